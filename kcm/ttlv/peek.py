@@ -1,0 +1,173 @@
+"""Read routing facts straight from request bytes, without building the message tree.
+
+The gateway's classifier needs, per request: the protocol version, the batch
+count, and for each batch item its operation, where it lies in the buffer, and
+sometimes its Unique Identifier or the attributes of a Create. Everything else
+is skipped by length. Only what is read is checked; a forwarded request is
+fully validated by whoever executes it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from kcm.ttlv.codec import decode_item
+from kcm.ttlv.errors import TtlvError
+from kcm.ttlv.types import Item
+
+_HEADER = struct.Struct(">II")
+_I32 = struct.Struct(">i")
+_U32 = struct.Struct(">I")
+
+# Tags (KMIP 1.4 §9.1.3.1 / 2.1 §9.1.3.1), as wire headers (tag << 8 | type).
+_REQUEST_MESSAGE = 0x42007801
+_REQUEST_HEADER = 0x42007701
+_PROTOCOL_VERSION = 0x42006901
+_VERSION_MAJOR = 0x42006A02
+_VERSION_MINOR = 0x42006B02
+_BATCH_COUNT = 0x42000D02
+_BATCH_ITEM = 0x42000F01
+_OPERATION = 0x42005C05
+_UNIQUE_BATCH_ITEM_ID = 0x42009308
+_REQUEST_PAYLOAD = 0x42007901
+_UNIQUE_IDENTIFIER = 0x42009407
+_OBJECT_TYPE = 0x42005705
+_TEMPLATE_ATTRIBUTE = 0x42009101
+_ATTRIBUTES = 0x42012501
+_OPERATION_CREATE = 0x01
+
+
+@dataclass(slots=True)
+class PeekedBatchItem:
+    """One batch item as the classifier sees it.
+
+    ``start``/``end`` delimit the whole Batch Item (header included) in the buffer.
+    ``unique_identifier`` is filled when asked and present as a Text String;
+    ``attributes`` (the Template-Attribute or Attributes structure, decoded) and
+    ``object_type`` are filled for a Create when asked.
+    """
+
+    operation: int
+    start: int
+    end: int
+    unique_batch_item_id: bytes | None = None
+    unique_identifier: str | None = None
+    object_type: int | None = None
+    attributes: Item | None = None
+
+
+@dataclass(slots=True)
+class PeekedRequest:
+    """The routing facts of one Request Message."""
+
+    version: tuple[int, int]
+    batch_count: int
+    header_start: int
+    header_end: int
+    items: list[PeekedBatchItem]
+
+
+def peek_request(data: bytes, *, unique_identifier: bool = False,
+                 create_attributes: bool = False) -> PeekedRequest:
+    """Peek at a Request Message; raise :class:`TtlvError` if what is read is wrong."""
+    size = len(data)
+    if size < 8:
+        raise TtlvError(0, "truncated message header")
+    head, length = _HEADER.unpack_from(data, 0)
+    if head != _REQUEST_MESSAGE:
+        raise TtlvError(0, "not a Request Message")
+    end = 8 + length
+    if end > size:
+        raise TtlvError(4, f"message length {length} overruns the {size}-byte buffer")
+    pos = 8
+    head, length = _item(data, pos, end)
+    if head != _REQUEST_HEADER:
+        raise TtlvError(pos, "a Request Message must begin with its Request Header")
+    header_start, header_end = pos, pos + 8 + length
+    version, batch_count = _read_request_header(data, pos + 8, header_end)
+    pos = header_end
+    items = []
+    while pos < end:
+        head, length = _item(data, pos, end)
+        item_end = pos + 8 + length
+        if head == _BATCH_ITEM:
+            items.append(
+                _read_batch_item(data, pos, item_end, unique_identifier, create_attributes)
+            )
+        pos = item_end
+    return PeekedRequest(version, batch_count, header_start, header_end, items)
+
+
+def _item(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The (tag << 8 | type, length) header at ``pos``, checked to fit before ``end``."""
+    if pos + 8 > end:
+        raise TtlvError(pos, "truncated item header")
+    head, length = _HEADER.unpack_from(data, pos)
+    padded = (length + 7) & ~7
+    if pos + 8 + padded > end:
+        raise TtlvError(pos, f"item length {length} overruns its container")
+    return head, padded
+
+
+def _read_request_header(data: bytes, pos: int, end: int) -> tuple[tuple[int, int], int]:
+    major = minor = batch_count = -1
+    while pos < end:
+        head, length = _item(data, pos, end)
+        if head == _PROTOCOL_VERSION:
+            inner, inner_end = pos + 8, pos + 8 + length
+            while inner < inner_end:
+                ihead, ilength = _item(data, inner, inner_end)
+                if ihead == _VERSION_MAJOR and ilength == 8:
+                    major = _I32.unpack_from(data, inner + 8)[0]
+                elif ihead == _VERSION_MINOR and ilength == 8:
+                    minor = _I32.unpack_from(data, inner + 8)[0]
+                inner += 8 + ilength
+        elif head == _BATCH_COUNT and length == 8:
+            batch_count = _I32.unpack_from(data, pos + 8)[0]
+        pos += 8 + length
+    if major < 0 or minor < 0:
+        raise TtlvError(pos, "Request Header has no usable Protocol Version")
+    if batch_count < 0:
+        raise TtlvError(pos, "Request Header has no Batch Count")
+    return (major, minor), batch_count
+
+
+def _read_batch_item(data: bytes, start: int, end: int, want_uid: bool,
+                     want_attributes: bool) -> PeekedBatchItem:
+    pos = start + 8
+    head, length = _item(data, pos, end)
+    if head != _OPERATION or length != 8:
+        raise TtlvError(pos, "a Batch Item must begin with its Operation")
+    peeked = PeekedBatchItem(_U32.unpack_from(data, pos + 8)[0], start, end)
+    pos += 16
+    while pos < end:
+        head, length = _item(data, pos, end)
+        if head == _UNIQUE_BATCH_ITEM_ID:
+            raw_length = _U32.unpack_from(data, pos + 4)[0]
+            peeked.unique_batch_item_id = bytes(data[pos + 8:pos + 8 + raw_length])
+        elif head == _REQUEST_PAYLOAD and (want_uid or want_attributes):
+            _read_payload(data, pos + 8, pos + 8 + length, peeked, want_uid, want_attributes)
+        pos += 8 + length
+    return peeked
+
+
+def _read_payload(data: bytes, pos: int, end: int, peeked: PeekedBatchItem, want_uid: bool,
+                  want_attributes: bool) -> None:
+    is_create = peeked.operation == _OPERATION_CREATE
+    while pos < end:
+        head, length = _item(data, pos, end)
+        if head == _UNIQUE_IDENTIFIER and want_uid:
+            raw_length = _U32.unpack_from(data, pos + 4)[0]
+            try:
+                peeked.unique_identifier = bytes(data[pos + 8:pos + 8 + raw_length]).decode()
+            except UnicodeDecodeError:
+                raise TtlvError(pos + 8, "Unique Identifier is not valid UTF-8") from None
+            if not want_attributes or not is_create:
+                return
+        elif is_create and want_attributes:
+            if head == _OBJECT_TYPE and length == 8:
+                peeked.object_type = _U32.unpack_from(data, pos + 8)[0]
+            elif head in (_TEMPLATE_ATTRIBUTE, _ATTRIBUTES):
+                peeked.attributes = decode_item(data, pos)[0]
+        pos += 8 + length

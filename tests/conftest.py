@@ -1,0 +1,15 @@
+"""Suite-wide fixtures. The KMIP vectors must be present: missing vectors fail, never skip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.vectors import vectors_dir
+
+
+@pytest.fixture(scope="session")
+def vectors() -> Path:
+    """The read-only OASIS KMIP vectors directory (fails loudly when missing)."""
+    return vectors_dir()

@@ -1,0 +1,40 @@
+"""The streaming framer: whole messages out, oversize refused from the header alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from kcm.ttlv import Item, ItemType, MessageTooLarge, TtlvError, encode
+from kcm.ttlv.framer import Framer
+from kcm.ttlv.types import structure
+
+
+def message(n: int) -> bytes:
+    return encode(structure(0x420078, Item(0x420020, ItemType.BYTE_STRING, bytes(n))))
+
+
+def test_byte_by_byte_and_many_at_once() -> None:
+    one, two = message(3), message(40)
+    framer = Framer(1024)
+    out = []
+    for b in one + two:
+        out += framer.feed(bytes([b]))
+    assert out == [one, two]
+    assert framer.feed(one + two + one[:5]) == [one, two]
+    assert framer.buffered == 5
+
+
+def test_oversize_refused_from_the_header_alone() -> None:
+    framer = Framer(64)
+    with pytest.raises(MessageTooLarge):
+        framer.feed(message(100)[:8])
+
+
+def test_non_structure_header_is_refused() -> None:
+    with pytest.raises(TtlvError, match="Structure"):
+        Framer(64).feed(encode(Item(0x420078, ItemType.INTEGER, 1)))
+
+
+def test_length_not_multiple_of_eight_is_refused() -> None:
+    with pytest.raises(TtlvError, match="multiple of 8"):
+        Framer(64).feed(bytes.fromhex("4200780100000005"))

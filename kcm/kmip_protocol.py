@@ -1,0 +1,223 @@
+"""KMIP over TLS, server side: framing, limits, ordering and identity for one connection.
+
+Shared by kcm-core and kcm-gateway, which differ only in the :class:`RequestHandler`
+they plug in. The protocol never decodes a message: it frames bytes, enforces the
+per-connection limits, hands whole requests to the handler in order and writes the
+answers back in the same order (KMIP over TLS has no other way to pair them).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime, ITransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kcm.ttlv.errors import MessageTooLarge, TtlvError
+from kcm.ttlv.framer import Framer
+
+if TYPE_CHECKING:
+    from kcm.identity import Principal
+
+log = Logger()
+_connection_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Per-connection limits; the defaults suit KMIP clients on a LAN."""
+
+    max_message_size: int = 1 << 20  # bytes, header included
+    idle_timeout: float = 300.0  # seconds without any byte from the client
+    message_timeout: float = 30.0  # seconds to finish sending a message once begun
+    max_pending: int = 32  # requests read but not yet answered, before reading pauses
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """Who is on the other end of a connection, as TLS established it."""
+
+    connection_id: int
+    principal: Principal
+    peer: str
+
+
+class RequestHandler(TypingProtocol):
+    """What a server plugs into the protocol."""
+
+    def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
+        """Answer one whole request message with one whole response message.
+
+        Must turn every KMIP-level failure into a response; a raised exception or a
+        failed Deferred is a bug, answered with a General Failure by the protocol.
+        """
+
+    def failure_response(self, reason: int, message: str) -> bytes:
+        """A one-item failed response for a request the handler never saw."""
+
+
+PrincipalResolver = Callable[[ITransport], "Principal | None"]
+
+RESULT_REASON_INVALID_MESSAGE = 0x04
+RESULT_REASON_GENERAL_FAILURE = 0x100
+
+
+@implementer(IHandshakeListener)
+class KmipServerProtocol(Protocol):
+    """One client connection."""
+
+    def __init__(self, handler: RequestHandler, limits: ConnectionLimits,
+                 resolve_principal: PrincipalResolver, clock: IReactorTime) -> None:
+        self._handler = handler
+        self._limits = limits
+        self._resolve_principal = resolve_principal
+        self._clock = clock
+        self._framer = Framer(limits.max_message_size)
+        self._pending: deque[bytes] = deque()
+        self._busy = False
+        self._paused = False
+        self._closing = False
+        self._idle_timer = None
+        self._message_timer = None
+        self.connection: ConnectionInfo | None = None
+
+    # Connection life ------------------------------------------------------
+    def connectionMade(self) -> None:
+        self._idle_timer = self._clock.callLater(self._limits.idle_timeout, self._idle)
+
+    def handshakeCompleted(self) -> None:
+        principal = self._resolve_principal(self.transport)
+        peer = self.transport.getPeer()
+        address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        if principal is None:
+            log.warn("refused connection from {peer}: no acceptable identity", peer=address)
+            self._close(abort=True)
+            return
+        self.connection = ConnectionInfo(next(_connection_ids), principal, address)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._closing = True
+        for timer in (self._idle_timer, self._message_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._pending.clear()
+
+    # Input ----------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self.connection is None:  # data can only follow a verified handshake
+            self._close(abort=True)
+            return
+        self._idle_timer.reset(self._limits.idle_timeout)
+        try:
+            messages = self._framer.feed(data)
+        except MessageTooLarge as e:
+            self._refuse(RESULT_REASON_INVALID_MESSAGE, f"request too large: {e.reason}")
+            return
+        except TtlvError as e:
+            log.info("closing {peer}: unreadable message header ({reason})",
+                     peer=self.connection.peer, reason=e.reason)
+            self._close(abort=True)
+            return
+        self._watch_partial_message()
+        if messages:
+            self._pending.extend(messages)
+            if len(self._pending) >= self._limits.max_pending and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            self._process()
+
+    def _watch_partial_message(self) -> None:
+        """A message begun must be finished in time: a slow sender holds nothing for long."""
+        if self._framer.buffered:
+            if self._message_timer is None or not self._message_timer.active():
+                self._message_timer = self._clock.callLater(
+                    self._limits.message_timeout, self._slow_message)
+        elif self._message_timer is not None and self._message_timer.active():
+            self._message_timer.cancel()
+
+    # Processing, strictly in order ----------------------------------------
+    def _process(self) -> None:
+        while self._pending and not self._busy and not self._closing:
+            wire = self._pending.popleft()
+            try:
+                result = self._handler.handle_request(wire, self.connection)
+            except Exception:
+                self._bug(Failure())
+                continue
+            if isinstance(result, Deferred):
+                self._busy = True
+                result.addCallbacks(self._answered, self._bug_async)
+                return
+            self.transport.write(result)
+        if self._paused and len(self._pending) < self._limits.max_pending // 2:
+            self._paused = False
+            if not self._closing:
+                self.transport.resumeProducing()
+
+    def _answered(self, response: bytes) -> None:
+        self._busy = False
+        if not self._closing:
+            self.transport.write(response)
+            self._process()
+
+    def _bug_async(self, failure: Failure) -> None:
+        self._busy = False
+        self._bug(failure)
+        self._process()
+
+    def _bug(self, failure: Failure) -> None:
+        log.failure("request handler failed on {peer}", failure, peer=self.connection.peer)
+        if not self._closing:
+            self.transport.write(self._handler.failure_response(
+                RESULT_REASON_GENERAL_FAILURE, "internal error; see the server log"))
+
+    # Closing --------------------------------------------------------------
+    def _refuse(self, reason: int, message: str) -> None:
+        self.transport.write(self._handler.failure_response(reason, message))
+        self._close(abort=False)
+
+    def _idle(self) -> None:
+        self._close(abort=False)
+
+    def _slow_message(self) -> None:
+        if self.connection is not None:
+            log.info("closing {peer}: message not completed within {t}s",
+                     peer=self.connection.peer, t=self._limits.message_timeout)
+        self._close(abort=True)
+
+    def _close(self, *, abort: bool) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+
+class KmipServerFactory(Factory):
+    """Builds a :class:`KmipServerProtocol` per connection, sharing handler and limits."""
+
+    def __init__(self, handler: RequestHandler, limits: ConnectionLimits,
+                 resolve_principal: PrincipalResolver, clock: IReactorTime) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.resolve_principal = resolve_principal
+        self.clock = clock
+
+    def buildProtocol(self, addr: object) -> KmipServerProtocol:
+        protocol = KmipServerProtocol(self.handler, self.limits, self.resolve_principal,
+                                      self.clock)
+        protocol.factory = self
+        return protocol

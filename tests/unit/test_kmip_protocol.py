@@ -1,0 +1,141 @@
+"""The shared KMIP-over-TLS server protocol, driven through StringTransport and a Clock."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from kcm.kmip_protocol import (
+    RESULT_REASON_GENERAL_FAILURE,
+    RESULT_REASON_INVALID_MESSAGE,
+    ConnectionInfo,
+    ConnectionLimits,
+    KmipServerFactory,
+)
+from kcm.ttlv import Item, ItemType, encode
+from kcm.ttlv.types import structure
+
+PRINCIPAL = object()
+
+
+def message(n: int) -> bytes:
+    return encode(structure(0x420078, Item(0x420020, ItemType.INTEGER, n)))
+
+
+class EchoHandler:
+    """Answers each request with itself, synchronously or later when told."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bytes, ConnectionInfo]] = []
+        self.deferreds: list[Deferred[bytes]] = []
+        self.defer = False
+        self.explode = False
+
+    def handle_request(self, wire: bytes, connection: ConnectionInfo):
+        self.seen.append((wire, connection))
+        if self.explode:
+            raise RuntimeError("boom")
+        if self.defer:
+            d: Deferred[bytes] = Deferred()
+            self.deferreds.append(d)
+            return d
+        return wire
+
+    def failure_response(self, reason: int, message: str) -> bytes:
+        return f"FAIL {reason} {message}".encode()
+
+
+def connect(handler=None, limits=None, principal=PRINCIPAL):
+    handler = handler or EchoHandler()
+    clock = Clock()
+    factory = KmipServerFactory(handler, limits or ConnectionLimits(), lambda t: principal, clock)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.handshakeCompleted()
+    return protocol, transport, handler, clock
+
+
+def test_requests_are_answered_in_order_with_the_connection_identity() -> None:
+    protocol, transport, handler, _ = connect()
+    wire = message(1) + message(2)
+    for i in range(0, len(wire), 5):
+        protocol.dataReceived(wire[i:i + 5])
+    assert transport.value() == wire
+    assert handler.seen[0][1].principal is PRINCIPAL
+    assert handler.seen[0][1].peer.startswith("192.168.1.1:")
+
+
+def test_deferred_answers_keep_request_order() -> None:
+    handler = EchoHandler()
+    handler.defer = True
+    protocol, transport, handler, _ = connect(handler)
+    protocol.dataReceived(message(1) + message(2))
+    assert len(handler.deferreds) == 1  # the second waits for the first
+    handler.deferreds[0].callback(b"A")
+    assert len(handler.deferreds) == 2
+    handler.deferreds[1].callback(b"B")
+    assert transport.value() == b"AB"
+
+
+def test_no_identity_no_service() -> None:
+    protocol, transport, handler, _ = connect(principal=None)
+    protocol.dataReceived(message(1))
+    assert transport.value() == b"" and handler.seen == []
+    assert transport.disconnecting or transport.disconnected
+
+
+def test_oversized_request_refused_from_its_header() -> None:
+    protocol, transport, handler, _ = connect(limits=ConnectionLimits(max_message_size=64))
+    big = encode(structure(0x420078, Item(0x420020, ItemType.BYTE_STRING, bytes(100))))
+    protocol.dataReceived(big[:8])
+    assert transport.value().startswith(f"FAIL {RESULT_REASON_INVALID_MESSAGE}".encode())
+    assert transport.disconnecting and handler.seen == []
+
+
+def test_unreadable_header_closes_the_connection() -> None:
+    protocol, transport, handler, _ = connect()
+    protocol.dataReceived(bytes.fromhex("4200780200000004"))
+    assert transport.value() == b"" and transport.disconnected
+
+
+def test_handler_bug_is_a_general_failure_and_the_connection_lives() -> None:
+    handler = EchoHandler()
+    handler.explode = True
+    protocol, transport, handler, _ = connect(handler)
+    protocol.dataReceived(message(1))
+    assert transport.value().startswith(f"FAIL {RESULT_REASON_GENERAL_FAILURE}".encode())
+    handler.explode = False
+    transport.clear()
+    protocol.dataReceived(message(2))
+    assert transport.value() == message(2)
+
+
+def test_idle_and_slow_clients_are_closed() -> None:
+    protocol, transport, _, clock = connect(
+        limits=ConnectionLimits(idle_timeout=10, message_timeout=3))
+    protocol.dataReceived(message(1)[:4])
+    clock.advance(2)
+    protocol.dataReceived(message(1)[4:6])  # still trickling
+    clock.advance(1.5)
+    assert transport.disconnected  # aborted: begun 3.5 s ago, not finished
+
+    protocol, transport, _, clock = connect(limits=ConnectionLimits(idle_timeout=10))
+    protocol.dataReceived(message(1))
+    clock.advance(9)
+    assert not transport.disconnecting
+    clock.advance(1.5)
+    assert transport.disconnecting
+
+
+def test_backpressure_pauses_reading_until_answers_drain() -> None:
+    handler = EchoHandler()
+    handler.defer = True
+    protocol, transport, handler, _ = connect(handler, ConnectionLimits(max_pending=4))
+    protocol.dataReceived(b"".join(message(i) for i in range(6)))
+    assert transport.producerState == "paused"
+    for i in range(6):
+        handler.deferreds[i].callback(b"x")
+    assert transport.producerState == "producing"
+    assert transport.value() == b"x" * 6

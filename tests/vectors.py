@@ -6,6 +6,10 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kcm.ttlv.types import Item
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 V11_TEXT = "oasis-kmip-testcases-v1.1-text/kmip-testcases-v1.1.txt"
@@ -49,3 +53,35 @@ def iter_v11_hex_messages() -> Iterator[tuple[int, bytes]]:
             i = j
         else:
             i += 1
+
+
+#: Upstream XML files that are not well-formed (see the vectors' README): they are
+#: proven to be refused, never read as vectors.
+MALFORMED_XML = frozenset({"oasis-kmip-testcases-v1.4-cnprd01/TC-ECDSA-SIGN-1-14.xml"})
+
+#: The fixed "now" placeholders resolve to (13 Sep 2020): far from every literal date
+#: in the files, so a written-back value is never mistaken for a placeholder.
+PLACEHOLDER_NOW = 1_600_000_000
+
+
+def xml_vector_files() -> list[Path]:
+    """Every OASIS XML test-case file under the vectors directory, sorted, malformed ones too."""
+    return sorted(vectors_dir().rglob("*.xml"))
+
+
+def iter_vector_messages() -> Iterator[tuple[Path, int, Item]]:
+    """Every request and response message of every well-formed XML test case.
+
+    Yields (file path, index of the message in its file, TTLV item tree), with the
+    placeholders of each file resolved by its own ``FixedPlaceholders(PLACEHOLDER_NOW)``.
+    """
+    from kcm.kmip.xml_encoding import FixedPlaceholders, items_from_xml
+
+    root = vectors_dir()
+    for path in xml_vector_files():
+        if path.relative_to(root).as_posix() in MALFORMED_XML:
+            continue
+        placeholders = FixedPlaceholders(now=PLACEHOLDER_NOW)
+        items = items_from_xml(path.read_text(encoding="utf-8"), placeholders=placeholders)
+        for index, item in enumerate(items):
+            yield path, index, item

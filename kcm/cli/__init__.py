@@ -1,0 +1,56 @@
+"""The ``kcm`` command line: one subcommand per module, registered by name.
+
+Each module listed in :data:`SUBCOMMAND_MODULES` has ``register(subparsers)``, which
+adds its subcommand and sets ``run`` (``run(args) -> int``) as the parser default.
+A subcommand reports a bad input by raising :class:`CommandError`; :func:`main`
+turns it into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+#: Subcommand modules, imported when the parser is built. Add new ones here.
+SUBCOMMAND_MODULES: tuple[str, ...] = ("kcm.cli.ttlv_cmd",)
+
+#: The exit status for bad input (the same as argparse's for bad usage).
+EXIT_BAD_INPUT = 2
+
+
+class CommandError(Exception):
+    """Bad input to a subcommand: the message is printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kcm`` parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="kcm", description="KCM, a KMIP key-management suite.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``kcm`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed by argparse
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    try:
+        return args.run(args)
+    except CommandError as e:
+        prog = getattr(args, "prog", None) or f"kcm {args.command}"
+        message = " ".join(str(e).split())  # always exactly one line
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # The reader went away (`kcm ttlv dump x | head`): not an error worth a traceback,
+        # and stdout must not be flushed again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -1,0 +1,252 @@
+"""Request and response messages (KMIP 1.4 §6-§7, 2.1 §8-§9), typed. Pure.
+
+``decode_request``/``decode_response`` turn a decoded TTLV tree into messages whose
+batch items carry a typed payload when the operation is modelled
+(:data:`kcm.kmip.payloads.PAYLOADS`), else the raw payload Item; ``encode_request`` /
+``encode_response`` are the inverse, for the protocol version in the message header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kcm.kmip.enums import (
+    AttestationType,
+    BatchErrorContinuationOption,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    UniqueIdentifier,
+)
+from kcm.kmip.errors import KmipError
+from kcm.kmip.fields import (
+    BoolOrEnum,
+    Codec,
+    Field,
+    Raw,
+    Struct,
+    Version,
+    fld,
+    kmip_struct,
+    tag_label,
+)
+from kcm.kmip.payloads import PAYLOADS
+from kcm.kmip.protocol_version import ProtocolVersion
+from kcm.kmip.tags import Tag
+from kcm.ttlv.types import Item, ItemType
+
+__all__ = [
+    "IdPlaceholder", "ProtocolVersion", "RequestBatchItem", "RequestHeader", "RequestMessage",
+    "ResponseBatchItem", "ResponseHeader", "ResponseMessage", "decode_request",
+    "decode_response", "encode_request", "encode_response",
+]
+
+_S = ItemType.STRUCTURE
+_INT = ItemType.INTEGER
+_TEXT = ItemType.TEXT_STRING
+_BYTES = ItemType.BYTE_STRING
+_BOOL = ItemType.BOOLEAN
+_RAW = Raw()
+
+
+class _Payload(Codec):
+    """A batch item's payload: typed when the operation (already decoded) is modelled."""
+
+    __slots__ = ("is_request",)
+    types = frozenset((_S,))
+
+    def __init__(self, is_request: bool) -> None:
+        self.is_request = is_request
+
+    def decode_into(self, values: dict, field: Field, item: Item, version: Version) -> None:
+        if field.name in values:
+            raise KmipError(ResultReason.INVALID_FIELD, f"{tag_label(item.tag)} occurs twice")
+        model = PAYLOADS.get((values.get("operation"), self.is_request))  # type: ignore[arg-type]
+        values[field.name] = item if model is None else model.from_item(item, version)
+
+    def encode(self, value: Any, tag: int, version: Version) -> Item:
+        return value.to_item(version, tag) if isinstance(value, Struct) else value
+
+
+@kmip_struct(Tag.REQUEST_HEADER)
+class RequestHeader(Struct):
+    """Request Header. Authentication stays a raw Item (credential kinds vary)."""
+
+    protocol_version: ProtocolVersion = fld(Tag.PROTOCOL_VERSION, ProtocolVersion, required=True)
+    maximum_response_size: int | None = fld(Tag.MAXIMUM_RESPONSE_SIZE, _INT)
+    client_correlation_value: str | None = fld(Tag.CLIENT_CORRELATION_VALUE, _TEXT)
+    server_correlation_value: str | None = fld(Tag.SERVER_CORRELATION_VALUE, _TEXT)
+    #: Boolean in 1.x, an Asynchronous Indicator enumeration in 2.1.
+    asynchronous_indicator: bool | int | None = fld(Tag.ASYNCHRONOUS_INDICATOR, BoolOrEnum())
+    attestation_capable_indicator: bool | None = fld(Tag.ATTESTATION_CAPABLE_INDICATOR, _BOOL)
+    attestation_types: list[AttestationType | int] = fld(Tag.ATTESTATION_TYPE, AttestationType,
+                                                         repeated=True)
+    authentication: Item | None = fld(Tag.AUTHENTICATION, _RAW)
+    batch_error_continuation_option: BatchErrorContinuationOption | int | None = fld(
+        Tag.BATCH_ERROR_CONTINUATION_OPTION, BatchErrorContinuationOption)
+    batch_order_option: bool | None = fld(Tag.BATCH_ORDER_OPTION, _BOOL)
+    time_stamp: int | None = fld(Tag.TIME_STAMP, ItemType.DATE_TIME)
+    batch_count: int = fld(Tag.BATCH_COUNT, _INT, required=True)
+
+    @property
+    def version(self) -> Version:
+        """The protocol version as ``(major, minor)``."""
+        return self.protocol_version.as_tuple()
+
+    @property
+    def effective_batch_order(self) -> bool:
+        """Must the batch run in order? Absent: False in 1.x (KMIP 1.4 §6.12, "no implied
+        ordering"), True in 2.x (KMIP 2.1 §9, Batch Order Option)."""
+        if self.batch_order_option is not None:
+            return self.batch_order_option
+        return self.protocol_version.major >= 2
+
+    @property
+    def effective_error_continuation(self) -> BatchErrorContinuationOption | int:
+        """What to do after a failed item. Absent: Stop (KMIP 1.4 §6.13, 2.1 §9)."""
+        option = self.batch_error_continuation_option
+        return BatchErrorContinuationOption.STOP if option is None else option
+
+
+@kmip_struct(Tag.BATCH_ITEM)
+class RequestBatchItem(Struct):
+    """One operation of a request; ``request_payload`` is a model or the raw Item."""
+
+    operation: Operation | int = fld(Tag.OPERATION, Operation, required=True)
+    ephemeral: bool | None = fld(Tag.EPHEMERAL, _BOOL)
+    unique_batch_item_id: bytes | None = fld(Tag.UNIQUE_BATCH_ITEM_ID, _BYTES)
+    request_payload: Struct | Item = fld(Tag.REQUEST_PAYLOAD, _Payload(True), required=True)
+    message_extensions: list[Item] = fld(Tag.MESSAGE_EXTENSION, _RAW, repeated=True)
+
+
+@kmip_struct(Tag.RESPONSE_HEADER)
+class ResponseHeader(Struct):
+    """Response Header. Nonce stays a raw Item."""
+
+    protocol_version: ProtocolVersion = fld(Tag.PROTOCOL_VERSION, ProtocolVersion, required=True)
+    time_stamp: int = fld(Tag.TIME_STAMP, ItemType.DATE_TIME, required=True)
+    nonce: Item | None = fld(Tag.NONCE, _RAW)
+    server_hashed_password: bytes | None = fld(Tag.SERVER_HASHED_PASSWORD, _BYTES)
+    attestation_types: list[AttestationType | int] = fld(Tag.ATTESTATION_TYPE, AttestationType,
+                                                         repeated=True)
+    client_correlation_value: str | None = fld(Tag.CLIENT_CORRELATION_VALUE, _TEXT)
+    server_correlation_value: str | None = fld(Tag.SERVER_CORRELATION_VALUE, _TEXT)
+    batch_count: int = fld(Tag.BATCH_COUNT, _INT, required=True)
+
+    @property
+    def version(self) -> Version:
+        """The protocol version as ``(major, minor)``."""
+        return self.protocol_version.as_tuple()
+
+
+@kmip_struct(Tag.BATCH_ITEM)
+class ResponseBatchItem(Struct):
+    """The result of one operation; ``response_payload`` is a model, a raw Item or None."""
+
+    operation: Operation | int | None = fld(Tag.OPERATION, Operation)
+    unique_batch_item_id: bytes | None = fld(Tag.UNIQUE_BATCH_ITEM_ID, _BYTES)
+    result_status: ResultStatus | int = fld(Tag.RESULT_STATUS, ResultStatus, required=True)
+    result_reason: ResultReason | int | None = fld(Tag.RESULT_REASON, ResultReason)
+    result_message: str | None = fld(Tag.RESULT_MESSAGE, _TEXT)
+    asynchronous_correlation_value: bytes | None = fld(Tag.ASYNCHRONOUS_CORRELATION_VALUE, _BYTES)
+    response_payload: Struct | Item | None = fld(Tag.RESPONSE_PAYLOAD, _Payload(False))
+    message_extension: Item | None = fld(Tag.MESSAGE_EXTENSION, _RAW)
+
+
+@dataclass(slots=True)
+class RequestMessage:
+    """A request: its header and batch items."""
+
+    header: RequestHeader
+    batch_items: list[RequestBatchItem]
+
+
+@dataclass(slots=True)
+class ResponseMessage:
+    """A response: its header and batch items."""
+
+    header: ResponseHeader
+    batch_items: list[ResponseBatchItem]
+
+
+def _split(item: Item, message_tag: int, header_tag: int) -> tuple[Item, list[Item]]:
+    name = tag_label(message_tag)
+    if item.tag != message_tag or item.type is not _S:
+        raise KmipError(ResultReason.INVALID_MESSAGE, f"not a {name}")
+    children = item.value
+    if not children or children[0].tag != header_tag:  # type: ignore[union-attr]
+        raise KmipError(ResultReason.INVALID_MESSAGE,
+                        f"{name} is missing the required field {tag_label(header_tag)}")
+    batch = children[1:]  # type: ignore[index]
+    if not batch:
+        raise KmipError(ResultReason.INVALID_MESSAGE,
+                        f"{name} is missing the required field Batch Item")
+    for child in batch:
+        if child.tag != Tag.BATCH_ITEM:
+            raise KmipError(ResultReason.INVALID_FIELD,
+                            f"unexpected field {tag_label(child.tag)} in {name}")
+    return children[0], batch  # type: ignore[index]
+
+
+def decode_request(item: Item) -> RequestMessage:
+    """Decode a Request Message tree; raise KmipError for a structurally wrong one."""
+    header_item, batch = _split(item, Tag.REQUEST_MESSAGE, Tag.REQUEST_HEADER)
+    header = RequestHeader.from_item(header_item)
+    version = header.version
+    return RequestMessage(header, [RequestBatchItem.from_item(b, version) for b in batch])
+
+
+def decode_response(item: Item) -> ResponseMessage:
+    """Decode a Response Message tree; raise KmipError for a structurally wrong one."""
+    header_item, batch = _split(item, Tag.RESPONSE_MESSAGE, Tag.RESPONSE_HEADER)
+    header = ResponseHeader.from_item(header_item)
+    version = header.version
+    return ResponseMessage(header, [ResponseBatchItem.from_item(b, version) for b in batch])
+
+
+def encode_request(message: RequestMessage) -> Item:
+    """The Request Message tree, encoded for the header's protocol version."""
+    version = message.header.version
+    return Item(Tag.REQUEST_MESSAGE, _S, [message.header.to_item(version)]
+                + [b.to_item(version) for b in message.batch_items])
+
+
+def encode_response(message: ResponseMessage) -> Item:
+    """The Response Message tree, encoded for the header's protocol version."""
+    version = message.header.version
+    return Item(Tag.RESPONSE_MESSAGE, _S, [message.header.to_item(version)]
+                + [b.to_item(version) for b in message.batch_items])
+
+
+class IdPlaceholder:
+    """The ID Placeholder of one request's batch (the "ID Placeholder" of KMIP 1.4 §4 and 2.1 §6).
+
+    An operation that creates or finds an object ``set``s it; a later batch item whose
+    Unique Identifier is omitted (or, in 2.x, is the ID Placeholder enumeration)
+    ``resolve``s to it. A new request starts with a fresh, empty placeholder.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def set(self, unique_identifier: str) -> None:
+        """Remember the identifier a batch item produced."""
+        self.value = unique_identifier
+
+    def resolve(self, unique_identifier: str | Item | None) -> str:
+        """The identifier a payload means: its own, else the placeholder's."""
+        if isinstance(unique_identifier, str):
+            return unique_identifier
+        if unique_identifier is not None and not (
+                unique_identifier.type is ItemType.ENUMERATION
+                and unique_identifier.value == UniqueIdentifier.ID_PLACEHOLDER):
+            raise KmipError(ResultReason.INVALID_FIELD,
+                            "unsupported Unique Identifier reference")
+        if self.value is None:
+            raise KmipError(ResultReason.MISSING_DATA,
+                            "no Unique Identifier given and no ID Placeholder set")
+        return self.value
+

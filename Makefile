@@ -17,10 +17,10 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 ## The whole suite: unit, conformance (OASIS vectors) and integration tests, then ruff.
 test: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable
-	$(BIN)/ruff check kcm tests twisted benchmarks
+	$(BIN)/ruff check .
 
 lint: $(STAMP)
-	$(BIN)/ruff check kcm tests twisted benchmarks
+	$(BIN)/ruff check .
 
 ## Codec micro-benchmarks; figures go to docs/benchmarks.md.
 bench: $(STAMP)

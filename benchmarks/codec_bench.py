@@ -24,20 +24,20 @@ from kcm.ttlv import Item, ItemType, decode, encode  # noqa: E402
 from kcm.ttlv.peek import peek_request  # noqa: E402
 from kcm.ttlv.types import structure  # noqa: E402
 
-I, E, T, B = ItemType.INTEGER, ItemType.ENUMERATION, ItemType.TEXT_STRING, ItemType.BYTE_STRING
+INT, E, T, B = ItemType.INTEGER, ItemType.ENUMERATION, ItemType.TEXT_STRING, ItemType.BYTE_STRING
 UID = "kcm4.AQAB4f3c2a1d9e8b7f6a5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1"
 RECORD = bytes(range(256))
 
 
 def _header(tag: int, *extra: Item) -> Item:
-    version = structure(0x420069, Item(0x42006A, I, 1), Item(0x42006B, I, 4))
-    return structure(tag, version, *extra, Item(0x42000D, I, 1))
+    version = structure(0x420069, Item(0x42006A, INT, 1), Item(0x42006B, INT, 4))
+    return structure(tag, version, *extra, Item(0x42000D, INT, 1))
 
 
 def encrypt_request() -> Item:
     """Encrypt 256 bytes with AES-GCM under a key named by a gateway-style token (KMIP 1.4)."""
     parameters = structure(
-        0x42002B, Item(0x420011, E, 9), Item(0x420028, E, 3), Item(0x4200CF, I, 16),
+        0x42002B, Item(0x420011, E, 9), Item(0x420028, E, 3), Item(0x4200CF, INT, 16),
     )
     payload = structure(
         0x420079, Item(0x420094, T, UID), parameters, Item(0x4200C2, B, RECORD),

@@ -1,0 +1,69 @@
+"""``kcm pki``: a development PKI for running KCM locally and in tests.
+
+* ``kcm pki init DIR [--trust-domain TD] [--tenant T] [--service S] [--host H ...] [--days N]
+  [--force]``: write a CA and the core, gateway, operator, tenant admin, application, second
+  tenant application and subject-only certificates into ``DIR`` (see :mod:`kcm.pki`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kcm import pki
+from kcm.cli import CommandError
+from kcm.identity import validate_trust_domain
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``pki`` and its actions to the ``kcm`` parser."""
+    pki_parser = subparsers.add_parser(
+        "pki", help="create a development PKI (CA and certificates)",
+        description=__doc__.split("\n\n")[0],
+    )
+    actions = pki_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    init = actions.add_parser(
+        "init", help="write a development CA and certificates into DIR",
+        description="Write a development CA and every certificate a local KCM deployment "
+        "needs into DIR. Private keys are unencrypted, mode 0600. Not for production.",
+    )
+    init.add_argument("directory", metavar="DIR", type=Path, help="where to write (created)")
+    init.add_argument("--trust-domain", default="kcm.test", help="SPIFFE trust domain")
+    init.add_argument("--tenant", default="demo", help="the application's tenant")
+    init.add_argument("--service", default="app", help="the application's service")
+    init.add_argument(
+        "--host", dest="hosts", action="append", metavar="HOST",
+        help="DNS name or IP address for the core and gateway certificates (repeatable; "
+        "default: localhost and 127.0.0.1)",
+    )
+    init.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
+                      help="validity of the leaf certificates in days")
+    init.add_argument("--force", action="store_true", help="replace an existing PKI in DIR")
+    init.set_defaults(run=_run_init, prog="kcm pki init")
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    try:
+        validate_trust_domain(args.trust_domain)
+    except ValueError as e:
+        raise CommandError(str(e)) from e
+    if args.days <= 0:
+        raise CommandError("--days must be positive")
+    try:
+        paths = pki.init_pki(
+            args.directory,
+            trust_domain=args.trust_domain,
+            tenant=args.tenant,
+            service=args.service,
+            hosts=tuple(args.hosts) if args.hosts else ("localhost", "127.0.0.1"),
+            days=args.days,
+            force=args.force,
+        )
+    except FileExistsError as e:
+        raise CommandError(f"{e}; pass --force to replace it") from e
+    except ValueError as e:
+        raise CommandError(str(e)) from e
+    print(f"development PKI written to {paths.directory}")
+    for pair in paths.all():
+        print(f"  {pair.cert.name:16} {pair.key.name}")
+    return 0

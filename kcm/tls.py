@@ -1,0 +1,249 @@
+"""Mutual TLS for kcm-core and kcm-gateway, built on Twisted from PEM files.
+
+One policy for every KCM listener and for the gateway's link to the core (ARCHITECTURE §5,
+§6):
+
+* TLS 1.2 and TLS 1.3 only;
+* TLS 1.2 cipher suites: ECDHE key exchange with an AEAD cipher only (AES-GCM,
+  ChaCha20-Poly1305), for ECDSA and RSA certificates alike; TLS 1.3 suites are all AEAD, and
+  OpenSSL's default set (AES-256-GCM, ChaCha20-Poly1305, AES-128-GCM) is kept;
+* no compression, no renegotiation, no session tickets, no session cache;
+* the server requires a client certificate and verifies it against the configured CA bundle
+  (``VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT``); OpenSSL also checks that it is fit for TLS
+  client use (an extendedKeyUsage without clientAuth is refused);
+* the client verifies the server's chain and its DNS or IP subject alternative name with
+  ``service_identity``, and presents its own certificate.
+
+The server neither needs nor uses SNI: PyKMIP's client, for one, sends none.
+
+After the handshake, :func:`peer_principal` names the peer (see :mod:`kcm.identity`). With
+TLS 1.3 a client finishes its side of the handshake before the server has checked the
+client's certificate, so a protocol must wait for ``handshakeCompleted`` (Twisted's
+``IHandshakeListener``) before it asks who the peer is; a refused client learns of it from
+the alert that closes the connection.
+
+Listeners stay endpoint strings in configuration: :func:`tls_server_endpoint` takes a plain
+``tcp:5696:interface=127.0.0.1`` description and wraps it in TLS; :func:`tls_client_endpoint`
+does the same for ``tcp:HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from OpenSSL import SSL, crypto
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from kcm.identity import Principal, SubjectMap, principal_from_certificate
+
+__all__ = [
+    "TLS12_CIPHERS",
+    "client_tls_options",
+    "load_certificates",
+    "peer_certificate",
+    "peer_principal",
+    "server_tls_options",
+    "tls_client_endpoint",
+    "tls_server_endpoint",
+]
+
+#: The OpenSSL cipher string for TLS 1.2: forward-secret ECDHE with AEAD ciphers only.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+_VERSIONS = (TLSVersion.TLSv1_2, TLSVersion.TLSv1_3)
+
+
+def load_certificates(path: str | Path) -> list[x509.Certificate]:
+    """Every certificate in the PEM file at ``path``, in file order; at least one."""
+    certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    if not certs:  # pragma: no cover - cryptography already refuses a file without any
+        raise ValueError(f"{path}: no PEM certificate")
+    return certs
+
+
+def _load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"{path}: TLS keys must be ECDSA or RSA")
+    return key
+
+
+def _trust_root(ca_path: str | Path) -> Any:
+    # Twisted's trust roots still hold pyOpenSSL certificates (X509Store takes nothing else).
+    return trustRootFromCertificates(
+        [Certificate(crypto.X509.from_cryptography(c)) for c in load_certificates(ca_path)]
+    )
+
+
+def _identity_options(cert_path: str | Path, key_path: str | Path) -> dict[str, Any]:
+    # pyOpenSSL takes cryptography objects for the local certificate and key (and warns about
+    # its own X509/PKey there), and Twisted passes them through untouched.
+    chain = load_certificates(cert_path)
+    return {
+        "privateKey": _load_private_key(key_path),
+        "certificate": chain[0],
+        "extraCertChain": chain[1:],
+    }
+
+
+def _check_versions(min_version: Any, max_version: Any) -> None:
+    if min_version not in _VERSIONS or max_version not in _VERSIONS:
+        raise ValueError("KCM speaks TLS 1.2 and TLS 1.3 only")
+    if min_version > max_version:
+        raise ValueError("min_version is above max_version")
+
+
+def _common_options(min_version: Any, max_version: Any) -> dict[str, Any]:
+    return {
+        "raiseMinimumTo": min_version,
+        "lowerMaximumSecurityTo": max_version,
+        "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
+    }
+
+
+def server_tls_options(
+    cert_path: str | Path,
+    key_path: str | Path,
+    ca_path: str | Path,
+    *,
+    min_version: Any = TLSVersion.TLSv1_2,
+    max_version: Any = TLSVersion.TLSv1_3,
+) -> IOpenSSLServerConnectionCreator:
+    """Server-side TLS that requires a client certificate issued by a CA in ``ca_path``.
+
+    ``cert_path`` holds the server certificate, optionally followed by intermediates, which are
+    sent too; ``key_path`` its unencrypted private key; ``ca_path`` the CA bundle client
+    certificates are verified against. The files are read and the TLS context is built now, so
+    a missing file or a key that does not match its certificate fails here, not on the first
+    connection. ``min_version``/``max_version`` narrow the range within TLS 1.2..1.3.
+    """
+    _check_versions(min_version, max_version)
+    options = CertificateOptions(
+        trustRoot=_trust_root(ca_path),
+        **_identity_options(cert_path, key_path),
+        **_common_options(min_version, max_version),
+    )
+    # CertificateOptions builds one context and reuses it for every connection, so an option
+    # set on it now applies to all of them. Twisted exposes no switch for renegotiation.
+    options.getContext().set_options(SSL.OP_NO_RENEGOTIATION)
+    return options
+
+
+def client_tls_options(
+    cert_path: str | Path,
+    key_path: str | Path,
+    ca_path: str | Path,
+    hostname: str,
+    *,
+    min_version: Any = TLSVersion.TLSv1_2,
+    max_version: Any = TLSVersion.TLSv1_3,
+) -> IOpenSSLClientConnectionCreator:
+    """Client-side TLS for the gateway→core link.
+
+    Verifies that the server's chain leads to a CA in ``ca_path`` and that its certificate
+    names ``hostname`` (a DNS name, or an IP address matched against IP SANs), and presents
+    the certificate in ``cert_path`` (optionally followed by intermediates) with its key.
+    """
+    _check_versions(min_version, max_version)
+    return optionsForClientTLS(
+        hostname,
+        trustRoot=_trust_root(ca_path),
+        extraCertificateOptions={
+            **_identity_options(cert_path, key_path),
+            **_common_options(min_version, max_version),
+        },
+    )
+
+
+def peer_certificate(transport: Any) -> x509.Certificate | None:
+    """The peer's verified certificate on a TLS ``transport``, or ``None`` if there is none.
+
+    Call it once the handshake has completed (``IHandshakeListener.handshakeCompleted``);
+    before that there is no verified certificate to read.
+    """
+    get_peer_certificate = getattr(transport, "getPeerCertificate", None)
+    if get_peer_certificate is None:
+        return None
+    cert = get_peer_certificate()
+    if cert is None:
+        return None
+    return cert.to_cryptography()
+
+
+def peer_principal(
+    transport: Any, trust_domain: str, subject_map: SubjectMap | None = None
+) -> Principal | None:
+    """The principal of the peer on a TLS ``transport`` after its handshake, or ``None``.
+
+    ``None`` means refuse: no certificate, or one that names no principal (see
+    :func:`kcm.identity.principal_from_certificate`).
+    """
+    cert = peer_certificate(transport)
+    if cert is None:
+        return None
+    return principal_from_certificate(cert, trust_domain=trust_domain, subject_map=subject_map)
+
+
+def _refuse_tls_description(description: str) -> None:
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("ssl", "tls", "txtls"):
+        raise ValueError(
+            f"{description!r}: give a plain stream endpoint (tcp:...); KCM adds the TLS itself"
+        )
+
+
+@implementer(IStreamServerEndpoint)
+class _TLSServerEndpoint:
+    """A stream server endpoint whose connections are TLS over those of another endpoint."""
+
+    def __init__(self, inner: IStreamServerEndpoint,
+                 options: IOpenSSLServerConnectionCreator) -> None:
+        self._inner = inner
+        self._options = options
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen on the inner endpoint, running ``protocolFactory``'s protocols inside TLS."""
+        return self._inner.listen(TLSMemoryBIOFactory(self._options, False, protocolFactory))
+
+
+def tls_server_endpoint(
+    reactor: Any, description: str, options: IOpenSSLServerConnectionCreator
+) -> IStreamServerEndpoint:
+    """A TLS server endpoint over the plain endpoint ``description`` (``tcp:PORT:...``).
+
+    Any stream server endpoint description Twisted parses will do (``tcp6:``, ``unix:``, ...);
+    ``ssl:``/``tls:`` descriptions are refused, since they would bring their own TLS settings.
+    """
+    _refuse_tls_description(description)
+    return _TLSServerEndpoint(serverFromString(reactor, description), options)
+
+
+def tls_client_endpoint(
+    reactor: Any, description: str, options: IOpenSSLClientConnectionCreator
+) -> IStreamClientEndpoint:
+    """A TLS client endpoint over the plain endpoint ``description`` (``tcp:HOST:PORT``)."""
+    _refuse_tls_description(description)
+    return wrapClientTLS(options, clientFromString(reactor, description))

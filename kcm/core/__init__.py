@@ -1,0 +1,1 @@
+"""kcm-core: the control plane (key hierarchy, lifecycle, KSI, audit, gateway events)."""

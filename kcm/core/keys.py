@@ -1,0 +1,167 @@
+"""The L1 master key file and the key-wrapping format of the key hierarchy.
+
+Wrapped blob, version 1::
+
+    0x01 || nonce (12 bytes, random) || AES-256-GCM ciphertext || tag (16 bytes)
+
+The version byte is authenticated together with the caller's associated data, which for a
+stored object is :func:`object_aad` (its tenant and uid): a blob copied onto another object,
+or into another tenant, fails to unwrap. L2s are wrapped under L1; L3s and ordinary managed
+objects under their tenant's L2.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+WRAP_VERSION = 1
+_HEADER = bytes([WRAP_VERSION])
+
+RandomBytes = Callable[[int], bytes]
+
+
+class KeyFileError(Exception):
+    """The L1 key file is missing, malformed, or not private to its owner."""
+
+
+class UnwrapError(Exception):
+    """A wrapped blob is malformed, of an unknown version, tampered with, or not for this
+    key or associated data."""
+
+
+def parse_l1(text: str) -> bytes:
+    """The 32-byte key from its base64 text form (file content or environment secret)."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise KeyFileError("L1 key is not valid base64") from exc
+    if len(key) != KEY_BYTES:
+        raise KeyFileError(f"L1 key must be {KEY_BYTES} bytes, not {len(key)}")
+    return key
+
+
+def create_l1_keyfile(
+    path: str | os.PathLike[str], *, random_bytes: RandomBytes = os.urandom
+) -> None:
+    """Write a new random L1 key to ``path`` (base64, mode 0600), durably.
+
+    Refuses to overwrite: raises FileExistsError if ``path`` exists, so a key in use can
+    never be replaced by accident.
+    """
+    target = Path(path)
+    key = random_bytes(KEY_BYTES)
+    if len(key) != KEY_BYTES:
+        raise ValueError("random source returned the wrong number of bytes")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        # The umask can only narrow the mode; fchmod makes 0600 exact whatever it is.
+        os.fchmod(fd, 0o600)
+        os.write(fd, base64.b64encode(key) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_l1(path: str | os.PathLike[str]) -> bytes:
+    """Read the L1 key from ``path``.
+
+    Refuses (KeyFileError) a file that is not a regular file, is readable or writable by
+    group or others, or does not hold exactly one base64 32-byte key.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise KeyFileError(f"cannot open L1 key file {os.fspath(path)}: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"L1 key file {os.fspath(path)} is not a regular file")
+        if info.st_mode & 0o077:
+            raise KeyFileError(
+                f"L1 key file {os.fspath(path)} has mode {stat.S_IMODE(info.st_mode):04o}; "
+                "it must not be accessible by group or others (chmod 600)"
+            )
+        content = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    try:
+        text = content.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise KeyFileError("L1 key file is not base64 text") from exc
+    return parse_l1(text)
+
+
+def key_check_value(key: bytes) -> str:
+    """A short public fingerprint of ``key`` (hex), to detect a wrong L1 at start-up.
+
+    HMAC-SHA-256 of a fixed label, truncated to 8 bytes: it reveals nothing usable about the
+    key and is stable across releases.
+    """
+    return hmac.new(key, b"kcm key check value v1", hashlib.sha256).digest()[:8].hex()
+
+
+def object_aad(tenant: str, uid: str) -> bytes:
+    """The associated data binding a wrapped blob to one stored object.
+
+    Length-prefixed, so no (tenant, uid) pair can collide with another.
+    """
+    tenant_bytes = tenant.encode("utf-8")
+    uid_bytes = uid.encode("utf-8")
+    return (
+        b"kcm-object\x00"
+        + len(tenant_bytes).to_bytes(4, "big")
+        + tenant_bytes
+        + len(uid_bytes).to_bytes(4, "big")
+        + uid_bytes
+    )
+
+
+def _aead(kek: bytes) -> AESGCM:
+    if len(kek) != KEY_BYTES:
+        raise ValueError(f"a wrapping key must be {KEY_BYTES} bytes (AES-256)")
+    return AESGCM(kek)
+
+
+def wrap(
+    kek: bytes, plaintext: bytes, *, aad: bytes, random_bytes: RandomBytes = os.urandom
+) -> bytes:
+    """Encrypt ``plaintext`` under the 32-byte ``kek`` with AES-256-GCM; see module doc."""
+    nonce = random_bytes(NONCE_BYTES)
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError("random source returned the wrong number of bytes")
+    return _HEADER + nonce + _aead(kek).encrypt(nonce, plaintext, _HEADER + aad)
+
+
+def unwrap(kek: bytes, blob: bytes, *, aad: bytes) -> bytes:
+    """The plaintext of ``blob``; raises UnwrapError unless it was wrapped by :func:`wrap`
+    under ``kek`` with exactly ``aad`` and is unaltered."""
+    aead = _aead(kek)
+    if len(blob) < 1 + NONCE_BYTES + TAG_BYTES:
+        raise UnwrapError("wrapped blob is too short")
+    if blob[0] != WRAP_VERSION:
+        raise UnwrapError(f"unknown wrapped blob version {blob[0]}")
+    nonce = blob[1 : 1 + NONCE_BYTES]
+    try:
+        return aead.decrypt(nonce, blob[1 + NONCE_BYTES :], blob[:1] + aad)
+    except InvalidTag as exc:
+        raise UnwrapError(
+            "wrapped blob failed authentication (wrong key or object, or tampered with)"
+        ) from exc

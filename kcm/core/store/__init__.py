@@ -1,0 +1,1 @@
+"""The key-state inventory (KSI): schema, migrations, engine and repository."""

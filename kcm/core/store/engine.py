@@ -1,0 +1,196 @@
+"""Database engines and the :class:`Store` service: one transaction per call, off the reactor.
+
+Write transactions are serialized on both backends, so lifecycle changes to an object never
+interleave, the audit chain never forks and outbox sequence numbers follow commit order:
+
+- SQLite: every write transaction starts with ``BEGIN IMMEDIATE`` (the database write lock
+  is taken up front, waiting up to the busy timeout); reads use a deferred ``BEGIN`` with
+  ``PRAGMA query_only`` on, and in WAL mode never wait for the writer.
+- PostgreSQL: every write transaction first takes one transaction-scoped advisory lock
+  (:func:`kcm.core.store.repository.lock_writers`); reads run ``READ ONLY``.
+
+Commits are durable: SQLite runs in WAL mode with ``synchronous=FULL``; PostgreSQL keeps its
+own ``fsync``/``synchronous_commit`` settings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from kcm.core.store.repository import lock_writers
+
+T = TypeVar("T")
+
+# How long a SQLite writer waits for the write lock before failing ("database is locked").
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+# Execution option telling the SQLite begin hook whether to take the write lock up front.
+WRITE_OPTION = "kcm_write"
+
+
+def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engine:
+    """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``).
+
+    Opens no connection. SQLite connections get WAL, ``synchronous=FULL``, foreign keys and a
+    busy timeout, and their transactions are begun by us (see the module docstring); a
+    PostgreSQL engine gets a checked, recycled connection pool of ``pool_size`` +
+    ``max_overflow`` connections. A plain ``postgresql://`` URL is taken to mean psycopg v3.
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            # Each pooled connection would see its own empty in-memory database.
+            raise ValueError("the store needs a SQLite database file, not :memory:")
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    if backend == "postgresql":
+        if parsed.get_driver_name() in ("", "psycopg2"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(
+            parsed,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            pool_timeout=30,
+            connect_args={"connect_timeout": 10, "application_name": "kcm-core"},
+        )
+    raise ValueError(f"unsupported database backend {backend!r} (use sqlite or postgresql)")
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Hand transaction control to us: pysqlite's implicit BEGIN is always DEFERRED, and a
+    # deferred writer that meets another writer fails at once instead of waiting.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Any) -> None:
+    write = connection.get_execution_options().get(WRITE_OPTION, True)
+    connection.exec_driver_sql("PRAGMA query_only=0" if write else "PRAGMA query_only=1")
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Store(Service):
+    """The KSI as a Twisted service: runs each unit of work in one transaction on a worker thread.
+
+    Construction does no I/O; :meth:`startService` opens the engine and starts the thread
+    pool, :meth:`stopService` waits for running work to finish, then closes both.
+    """
+
+    name = "kcm-store"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reactor: Any = None,
+        threads: int = 4,
+        pool_size: int | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.url = url
+        self._reactor = reactor
+        self._threads = threads
+        self._pool_size = pool_size if pool_size is not None else threads + 1
+        self._engine: Engine | None = None
+        self._sessions: dict[bool, sessionmaker[Session]] = {}
+        self._threadpool: ThreadPool | None = None
+        self._engine_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, created on first use."""
+        with self._engine_lock:
+            return self._engine_or_open()
+
+    def _engine_or_open(self) -> Engine:
+        if self._engine is None:
+            engine = open_engine(self.url, pool_size=self._pool_size, max_overflow=2)
+            self._sessions = {
+                write: sessionmaker(
+                    bind=engine.execution_options(**{WRITE_OPTION: write}),
+                    expire_on_commit=False,
+                    autoflush=True,
+                )
+                for write in (True, False)
+            }
+            self._engine = engine
+        return self._engine
+
+    def startService(self) -> None:
+        """Open the engine and start the worker threads."""
+        _ = self.engine
+        self._threadpool = ThreadPool(minthreads=1, maxthreads=self._threads, name=self.name)
+        self._threadpool.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        """Let running work finish, then stop the threads and close the connections.
+
+        Blocks until the in-flight transactions end; each is short, and queued work that has
+        not started yet is dropped with the pool.
+        """
+        super().stopService()
+        if self._threadpool is not None:
+            self._threadpool.stop()
+            self._threadpool = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+            self._sessions = {}
+
+    def run(self, fn: Callable[[Session], T], *, write: bool = True) -> Deferred[T]:
+        """Call ``fn(session)`` on a worker thread inside exactly one transaction.
+
+        The Deferred fires with ``fn``'s result after the commit, or fails with ``fn``'s
+        exception (or the commit's) after a rollback. With ``write=False`` the transaction is
+        read-only and runs alongside writers. Returned ORM objects are detached but loaded.
+        Fails with RuntimeError when the service is not running.
+        """
+        if self._threadpool is None:
+            return fail(RuntimeError("Store.run() before startService() or after stopService()"))
+        return deferToThreadPool(self._reactor, self._threadpool, self.run_sync, fn, write=write)
+
+    def run_sync(self, fn: Callable[[Session], T], *, write: bool = True) -> T:
+        """:meth:`run` in the calling thread, for the CLI and for migrations-time tools.
+
+        Never call it on the reactor thread.
+        """
+        with self._engine_lock:
+            self._engine_or_open()
+            make_session = self._sessions[write]
+        with make_session() as session, session.begin():
+            if write:
+                lock_writers(session)
+            elif session.get_bind().dialect.name == "postgresql":
+                session.execute(text("SET TRANSACTION READ ONLY"))
+            return fn(session)

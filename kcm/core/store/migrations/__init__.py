@@ -1,0 +1,1 @@
+"""Alembic migration environment of the KSI (loaded by Alembic, not imported by KCM)."""

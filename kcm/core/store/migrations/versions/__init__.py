@@ -1,0 +1,1 @@
+"""Alembic revisions of the KSI schema, one module per revision."""

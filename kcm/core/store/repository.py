@@ -1,0 +1,435 @@
+"""Queries and changes of the key-state inventory, over a Session inside one transaction.
+
+Every function here expects to run inside :meth:`kcm.core.store.engine.Store.run` (or another
+transaction the caller owns) and never commits. Objects are always looked up within a tenant:
+an object of another tenant is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
+
+from kcm.core.store.schema import (
+    DATE_COLUMNS,
+    LEVEL_SERVICE_KEY,
+    LEVEL_TENANT_KEY,
+    STATE_ACTIVE,
+    L4Tombstone,
+    ManagedObject,
+    Meta,
+    ObjectGroup,
+    ObjectName,
+    OutboxEvent,
+    Tenant,
+)
+
+# Arbitrary constant: the key of the PostgreSQL advisory lock that serializes writers.
+WRITER_LOCK_KEY = 0x4B434D0001
+
+OUTBOX_KINDS: frozenset[str] = frozenset({"l3.rotated", "l3.state", "l4.tombstone", "policy"})
+
+Clock = Callable[[], float]
+
+
+def lock_writers(session: Session) -> None:
+    """Serialize this write transaction against every other writer, until it ends.
+
+    PostgreSQL: a transaction-scoped advisory lock (re-entrant, so calling it again is
+    harmless). SQLite: nothing to do, ``BEGIN IMMEDIATE`` already holds the write lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(WRITER_LOCK_KEY)))
+
+
+def _dialect_insert(session: Session) -> Callable[..., Any]:
+    # Both dialects spell "insert or ignore" as ON CONFLICT DO NOTHING, with their own class.
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+# --- tenants and meta ----------------------------------------------------------------------
+
+
+def ensure_tenant(session: Session, name: str, *, clock: Clock = time.time) -> None:
+    """Make sure tenant ``name`` exists (created now if it did not)."""
+    stmt = (
+        _dialect_insert(session)(Tenant)
+        .values(name=name, created_at=int(clock()))
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    session.execute(stmt)
+
+
+def get_meta(session: Session, key: str) -> str | None:
+    """The value stored under ``key``, or None."""
+    return session.scalar(select(Meta.value).where(Meta.key == key))
+
+
+def set_meta(session: Session, key: str, value: str) -> None:
+    """Store ``value`` under ``key``, replacing any previous value."""
+    row = session.get(Meta, key)
+    if row is None:
+        session.add(Meta(key=key, value=value))
+    else:
+        row.value = value
+    session.flush()
+
+
+# --- managed objects -----------------------------------------------------------------------
+
+
+def insert_object(
+    session: Session,
+    *,
+    uid: str,
+    tenant: str,
+    object_type: int,
+    state: int,
+    attributes: bytes,
+    material: bytes | None = None,
+    material_format: int | None = None,
+    wrapped_by: str | None = None,
+    level: int | None = None,
+    service: str | None = None,
+    key_version: int | None = None,
+    cryptographic_algorithm: int | None = None,
+    cryptographic_length: int | None = None,
+    names: Iterable[tuple[str, int]] = (),
+    groups: Iterable[str] = (),
+    **dates: int | None,
+) -> ManagedObject:
+    """Insert a new managed object (its tenant must exist) and return it, flushed.
+
+    ``material`` must already be wrapped (:func:`kcm.core.keys.wrap`). ``dates`` are the
+    KMIP date columns in epoch seconds (``initial_date=...``, ``activation_date=...``; see
+    :data:`~kcm.core.store.schema.DATE_COLUMNS`). ``names`` are (value, Name Type) pairs.
+    A duplicate ``uid`` or L3 (tenant, service, version) raises ``IntegrityError``.
+    """
+    unknown = set(dates) - DATE_COLUMNS
+    if unknown:
+        raise TypeError(f"unknown date columns: {sorted(unknown)}")
+    lock_writers(session)
+    next_seq = (session.scalar(select(func.max(ManagedObject.created_seq))) or 0) + 1
+    obj = ManagedObject(
+        uid=uid,
+        created_seq=next_seq,
+        tenant=tenant,
+        object_type=object_type,
+        level=level,
+        service=service,
+        key_version=key_version,
+        state=state,
+        cryptographic_algorithm=cryptographic_algorithm,
+        cryptographic_length=cryptographic_length,
+        material=material,
+        material_format=material_format,
+        wrapped_by=wrapped_by,
+        attributes=attributes,
+        **dates,
+    )
+    session.add(obj)
+    session.flush()
+    _replace_names(session, obj, names)
+    _replace_groups(session, obj, groups)
+    session.flush()
+    return obj
+
+
+def get_object(
+    session: Session, tenant: str, uid: str, *, for_update: bool = False
+) -> ManagedObject | None:
+    """The object ``uid`` of ``tenant``, or None.
+
+    ``for_update`` locks the row until the transaction ends (``SELECT ... FOR UPDATE`` on
+    PostgreSQL; on SQLite the write transaction already holds the database write lock) and
+    always re-reads it from the database.
+    """
+    stmt = select(ManagedObject).where(ManagedObject.uid == uid, ManagedObject.tenant == tenant)
+    if for_update:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return session.scalar(stmt)
+
+
+def update_object(session: Session, obj: ManagedObject, **changes: object) -> ManagedObject:
+    """Apply column ``changes`` to ``obj`` and flush; its ``revision`` goes up by one.
+
+    Raises ``sqlalchemy.orm.exc.StaleDataError`` if the row changed since ``obj`` was read
+    (which serialized writers and ``for_update`` reads make impossible in practice).
+    """
+    for column in changes:
+        if column in ("uid", "tenant", "created_seq", "revision"):
+            raise TypeError(f"{column} cannot be changed")
+        if not hasattr(ManagedObject, column):
+            raise TypeError(f"unknown column {column!r}")
+    for column, value in changes.items():
+        setattr(obj, column, value)
+    # Bump the revision even when only ``changes`` equal the current values.
+    flag_modified(obj, "attributes")
+    session.flush()
+    return obj
+
+
+def names_of(session: Session, uid: str) -> list[tuple[str, int]]:
+    """The (name, name type) pairs recorded for ``uid``, sorted."""
+    rows = session.execute(
+        select(ObjectName.name, ObjectName.name_type)
+        .where(ObjectName.uid == uid)
+        .order_by(ObjectName.name)
+    )
+    return [(name, name_type) for name, name_type in rows]
+
+
+def groups_of(session: Session, uid: str) -> list[str]:
+    """The object groups recorded for ``uid``, sorted."""
+    return list(
+        session.scalars(
+            select(ObjectGroup.group_name)
+            .where(ObjectGroup.uid == uid)
+            .order_by(ObjectGroup.group_name)
+        )
+    )
+
+
+def set_names(session: Session, obj: ManagedObject, names: Iterable[tuple[str, int]]) -> None:
+    """Replace the Locate copy of ``obj``'s Name attributes; bumps its revision."""
+    _replace_names(session, obj, names)
+    update_object(session, obj)
+
+
+def set_groups(session: Session, obj: ManagedObject, groups: Iterable[str]) -> None:
+    """Replace the Locate copy of ``obj``'s Object Group attributes; bumps its revision."""
+    _replace_groups(session, obj, groups)
+    update_object(session, obj)
+
+
+def _replace_names(session: Session, obj: ManagedObject, names: Iterable[tuple[str, int]]) -> None:
+    session.execute(delete(ObjectName).where(ObjectName.uid == obj.uid))
+    unique = dict(names)
+    session.add_all(
+        ObjectName(uid=obj.uid, tenant=obj.tenant, name=name, name_type=name_type)
+        for name, name_type in unique.items()
+    )
+    session.flush()
+
+
+def _replace_groups(session: Session, obj: ManagedObject, groups: Iterable[str]) -> None:
+    session.execute(delete(ObjectGroup).where(ObjectGroup.uid == obj.uid))
+    session.add_all(
+        ObjectGroup(uid=obj.uid, tenant=obj.tenant, group_name=group)
+        for group in dict.fromkeys(groups)
+    )
+    session.flush()
+
+
+def locate(
+    session: Session,
+    tenant: str,
+    *,
+    object_type: int | None = None,
+    state: int | None = None,
+    algorithm: int | None = None,
+    length: int | None = None,
+    name: str | None = None,
+    group: str | None = None,
+    uid: str | None = None,
+    dates: Mapping[str, tuple[int | None, int | None]] | None = None,
+    levels: Collection[int | None] | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> list[str]:
+    """The uids of ``tenant``'s objects matching every given filter, oldest first.
+
+    ``dates`` maps a date column to an inclusive (low, high) range, either bound None for
+    open; an object whose date is unset never matches a range on it. ``levels`` restricts
+    the hierarchy level: ``{None}`` only ordinary objects, ``{2, 3}`` only L2/L3 keys; None
+    means any. ``offset``/``limit`` page through the ordered result.
+    """
+    conditions: list[ColumnElement[bool]] = [ManagedObject.tenant == tenant]
+    if object_type is not None:
+        conditions.append(ManagedObject.object_type == object_type)
+    if state is not None:
+        conditions.append(ManagedObject.state == state)
+    if algorithm is not None:
+        conditions.append(ManagedObject.cryptographic_algorithm == algorithm)
+    if length is not None:
+        conditions.append(ManagedObject.cryptographic_length == length)
+    if uid is not None:
+        conditions.append(ManagedObject.uid == uid)
+    if name is not None:
+        conditions.append(
+            exists().where(
+                ObjectName.tenant == tenant,
+                ObjectName.name == name,
+                ObjectName.uid == ManagedObject.uid,
+            )
+        )
+    if group is not None:
+        conditions.append(
+            exists().where(
+                ObjectGroup.tenant == tenant,
+                ObjectGroup.group_name == group,
+                ObjectGroup.uid == ManagedObject.uid,
+            )
+        )
+    for column_name, (low, high) in (dates or {}).items():
+        if column_name not in DATE_COLUMNS:
+            raise ValueError(f"not a date column: {column_name!r}")
+        column = getattr(ManagedObject, column_name)
+        conditions.append(column.is_not(None))
+        if low is not None:
+            conditions.append(column >= low)
+        if high is not None:
+            conditions.append(column <= high)
+    if levels is not None:
+        numbered = [level for level in levels if level is not None]
+        alternatives: list[ColumnElement[bool]] = []
+        if numbered:
+            alternatives.append(ManagedObject.level.in_(numbered))
+        if None in levels:
+            alternatives.append(ManagedObject.level.is_(None))
+        conditions.append(or_(*alternatives) if alternatives else false())
+    stmt = (
+        select(ManagedObject.uid)
+        .where(and_(*conditions))
+        .order_by(ManagedObject.created_seq)
+        .offset(offset)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def find_l3(
+    session: Session, tenant: str, service: str, *, active_only: bool = False
+) -> list[ManagedObject]:
+    """The L3 versions of ``tenant``/``service``, newest version first.
+
+    ``active_only`` keeps the Active ones; otherwise every version still usable for
+    decryption or bookkeeping is returned, whatever its state.
+    """
+    stmt = (
+        select(ManagedObject)
+        .where(
+            ManagedObject.tenant == tenant,
+            ManagedObject.level == LEVEL_SERVICE_KEY,
+            ManagedObject.service == service,
+        )
+        .order_by(ManagedObject.key_version.desc())
+    )
+    if active_only:
+        stmt = stmt.where(ManagedObject.state == STATE_ACTIVE)
+    return list(session.scalars(stmt))
+
+
+def find_l2(session: Session, tenant: str, *, active_only: bool = True) -> ManagedObject | None:
+    """``tenant``'s current L2: the newest Active one (or newest of any state)."""
+    stmt = (
+        select(ManagedObject)
+        .where(ManagedObject.tenant == tenant, ManagedObject.level == LEVEL_TENANT_KEY)
+        .order_by(ManagedObject.created_seq.desc())
+        .limit(1)
+    )
+    if active_only:
+        stmt = stmt.where(ManagedObject.state == STATE_ACTIVE)
+    return session.scalar(stmt)
+
+
+# --- L4 tombstones -------------------------------------------------------------------------
+
+
+def add_tombstone(
+    session: Session,
+    *,
+    token_id: str,
+    tenant: str,
+    l3_uid: str,
+    reason: str,
+    clock: Clock = time.time,
+) -> bool:
+    """Record that L4 token ``token_id`` is revoked/destroyed; False if it already was."""
+    stmt = (
+        _dialect_insert(session)(L4Tombstone)
+        .values(token_id=token_id, tenant=tenant, l3_uid=l3_uid, at=int(clock()), reason=reason)
+        .on_conflict_do_nothing(index_elements=["token_id"])
+        .returning(L4Tombstone.token_id)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def is_tombstoned(session: Session, token_id: str) -> bool:
+    """Whether L4 token ``token_id`` has a tombstone."""
+    return session.get(L4Tombstone, token_id) is not None
+
+
+def tombstones_for(session: Session, tenant: str, l3_uid: str | None = None) -> list[L4Tombstone]:
+    """``tenant``'s tombstones (under one L3 if given), oldest first."""
+    stmt = select(L4Tombstone).where(L4Tombstone.tenant == tenant)
+    if l3_uid is not None:
+        stmt = stmt.where(L4Tombstone.l3_uid == l3_uid)
+    return list(session.scalars(stmt.order_by(L4Tombstone.at, L4Tombstone.token_id)))
+
+
+# --- outbox --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One committed outbox event as gateways receive it."""
+
+    seq: int
+    at: int
+    tenant: str | None
+    kind: str
+    payload: bytes
+
+
+def append_outbox(
+    session: Session,
+    kind: str,
+    tenant: str | None,
+    payload: bytes,
+    *,
+    clock: Clock = time.time,
+) -> int:
+    """Queue an event in this transaction and return its sequence number.
+
+    Sequence numbers are gapless and increase in commit order, so a reader that has applied
+    everything up to N and asks for ``outbox_since(N)`` misses nothing.
+    """
+    if kind not in OUTBOX_KINDS:
+        raise ValueError(f"unknown outbox event kind {kind!r}")
+    if not isinstance(payload, bytes):
+        raise TypeError("outbox payload must be bytes")
+    lock_writers(session)
+    seq = outbox_head(session) + 1
+    session.add(
+        OutboxEvent(seq=seq, at=int(clock() * 1_000_000), tenant=tenant, kind=kind, payload=payload)
+    )
+    session.flush()
+    return seq
+
+
+def outbox_head(session: Session) -> int:
+    """The sequence number of the latest event, 0 when there is none."""
+    return session.scalar(select(func.max(OutboxEvent.seq))) or 0
+
+
+def outbox_since(session: Session, seq: int, limit: int = 1000) -> list[OutboxRecord]:
+    """Up to ``limit`` events after ``seq``, in order."""
+    rows = session.scalars(
+        select(OutboxEvent).where(OutboxEvent.seq > seq).order_by(OutboxEvent.seq).limit(limit)
+    )
+    return [OutboxRecord(row.seq, row.at, row.tenant, row.kind, row.payload) for row in rows]
+
+
+def ping(session: Session) -> None:
+    """A trivial query: proves the database answers (health checks)."""
+    session.execute(text("SELECT 1"))

@@ -1,0 +1,217 @@
+"""The key-state inventory's tables, as SQLAlchemy 2.x typed declarative mappings.
+
+The schema is portable between SQLite and PostgreSQL: only ``Text``, ``Integer``,
+``BigInteger`` and ``LargeBinary`` columns, no server-side defaults, no sequences.
+
+Time is stored as integers, never as ``DateTime``:
+
+- KMIP date attributes (Initial Date, Activation Date, ...) and ``tenants.created_at`` /
+  ``l4_tombstones.at`` are epoch **seconds**, the resolution of a KMIP Date-Time.
+- ``audit_log.at`` and ``outbox.at`` are epoch **microseconds**.
+
+Every sequence number (``managed_objects.created_seq``, ``audit_log.seq``, ``outbox.seq``) is
+assigned by the repository as ``max + 1`` while writers are serialized (see
+:func:`kcm.core.store.repository.lock_writers`): that makes the audit and outbox sequences
+gapless and ordered by commit, which a database sequence does not guarantee (a rolled-back
+``nextval`` leaves a gap; two transactions can commit out of ``nextval`` order).
+
+Changes to this module need a new Alembic revision under ``migrations/versions``; a test
+checks that the migrated database matches this metadata.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# KMIP State enumeration values (KMIP 1.4 §9.1.3.2.18); repeated here so the store depends on
+# no codec module.
+STATE_PRE_ACTIVE = 1
+STATE_ACTIVE = 2
+STATE_DEACTIVATED = 3
+STATE_COMPROMISED = 4
+STATE_DESTROYED = 5
+STATE_DESTROYED_COMPROMISED = 6
+
+LEVEL_TENANT_KEY = 2
+LEVEL_SERVICE_KEY = 3
+
+WRAPPED_BY_L1 = "L1"
+
+# Named constraints make future migrations (and SQLite batch mode) deterministic.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every KSI table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Tenant(Base):
+    """A tenant: the unit of isolation for every object."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ManagedObject(Base):
+    """One KMIP managed object: an L2 tenant key, an L3 service-key version, or an ordinary
+    object a client created or registered.
+
+    ``material`` holds the key material wrapped (see :mod:`kcm.core.keys`), never plaintext,
+    and is NULL once destroyed. ``attributes`` is an opaque TTLV blob owned by the operation
+    handlers; the columns beside it are the copies Locate and the hierarchy look-ups filter on.
+    ``revision`` starts at 1 and the ORM increments it on every UPDATE of the row, refusing an
+    update whose in-memory revision is stale (optimistic concurrency as a second line behind
+    the serialized writers).
+    """
+
+    __tablename__ = "managed_objects"
+    __table_args__ = (
+        UniqueConstraint("created_seq"),
+        # At most one row per (tenant, service, version); NULLs (ordinary objects) never clash.
+        UniqueConstraint("tenant", "service", "key_version"),
+        Index(None, "tenant", "level", "service"),
+    )
+
+    uid: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_seq: Mapped[int] = mapped_column(BigInteger)
+    tenant: Mapped[str] = mapped_column(Text, ForeignKey("tenants.name"), index=True)
+    object_type: Mapped[int] = mapped_column(Integer)
+    level: Mapped[int | None] = mapped_column(Integer)
+    service: Mapped[str | None] = mapped_column(Text)
+    key_version: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[int] = mapped_column(Integer)
+    cryptographic_algorithm: Mapped[int | None] = mapped_column(Integer)
+    cryptographic_length: Mapped[int | None] = mapped_column(Integer)
+    initial_date: Mapped[int | None] = mapped_column(BigInteger)
+    activation_date: Mapped[int | None] = mapped_column(BigInteger)
+    deactivation_date: Mapped[int | None] = mapped_column(BigInteger)
+    destroy_date: Mapped[int | None] = mapped_column(BigInteger)
+    compromise_date: Mapped[int | None] = mapped_column(BigInteger)
+    compromise_occurrence_date: Mapped[int | None] = mapped_column(BigInteger)
+    last_change_date: Mapped[int | None] = mapped_column(BigInteger)
+    process_start_date: Mapped[int | None] = mapped_column(BigInteger)
+    protect_stop_date: Mapped[int | None] = mapped_column(BigInteger)
+    material: Mapped[bytes | None] = mapped_column(LargeBinary)
+    material_format: Mapped[int | None] = mapped_column(Integer)
+    wrapped_by: Mapped[str | None] = mapped_column(Text)
+    attributes: Mapped[bytes] = mapped_column(LargeBinary)
+    revision: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": revision}
+
+
+# The date columns Locate may filter on, by column name.
+DATE_COLUMNS: frozenset[str] = frozenset(
+    {
+        "initial_date",
+        "activation_date",
+        "deactivation_date",
+        "destroy_date",
+        "compromise_date",
+        "compromise_occurrence_date",
+        "last_change_date",
+        "process_start_date",
+        "protect_stop_date",
+    }
+)
+
+
+class ObjectName(Base):
+    """One Name attribute of a managed object (copied from the blob for Locate)."""
+
+    __tablename__ = "object_names"
+    __table_args__ = (Index(None, "tenant", "name"),)
+
+    uid: Mapped[str] = mapped_column(
+        Text, ForeignKey("managed_objects.uid", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+    name_type: Mapped[int] = mapped_column(Integer)
+
+
+class ObjectGroup(Base):
+    """One Object Group attribute of a managed object (copied from the blob for Locate)."""
+
+    __tablename__ = "object_groups"
+    __table_args__ = (Index(None, "tenant", "group_name"),)
+
+    uid: Mapped[str] = mapped_column(
+        Text, ForeignKey("managed_objects.uid", ondelete="CASCADE"), primary_key=True
+    )
+    group_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+
+
+class L4Tombstone(Base):
+    """A revoked or destroyed L4 token: gateways refuse it from then on."""
+
+    __tablename__ = "l4_tombstones"
+
+    token_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text, ForeignKey("tenants.name"), index=True)
+    l3_uid: Mapped[str] = mapped_column(Text, ForeignKey("managed_objects.uid"), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class AuditLog(Base):
+    """One hash-chained audit record; see :mod:`kcm.core.audit` for the digest."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[int] = mapped_column(BigInteger)
+    principal: Mapped[str] = mapped_column(Text)
+    tenant: Mapped[str | None] = mapped_column(Text)
+    gateway: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    operation: Mapped[str] = mapped_column(Text)
+    object_ids: Mapped[str] = mapped_column(Text)
+    result_status: Mapped[str] = mapped_column(Text)
+    result_reason: Mapped[str | None] = mapped_column(Text)
+    correlation_id: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    prev_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class OutboxEvent(Base):
+    """One event for the gateways, committed with the change that caused it."""
+
+    __tablename__ = "outbox"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[int] = mapped_column(BigInteger)
+    tenant: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Meta(Base):
+    """Store-wide key/value facts (e.g. the L1 key check value, the audit chain head)."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,166 @@
+"""The L1 key file and the AES-256-GCM wrapping format."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+
+import pytest
+
+from kcm.core.keys import (
+    KeyFileError,
+    UnwrapError,
+    create_l1_keyfile,
+    key_check_value,
+    load_l1,
+    object_aad,
+    parse_l1,
+    unwrap,
+    wrap,
+)
+
+KEK = bytes(range(32))
+
+
+def _counting_random(n: int) -> bytes:
+    return bytes(range(1, n + 1))
+
+
+# --- key file ------------------------------------------------------------------------------
+
+
+def test_keyfile_is_private_and_loads(tmp_path) -> None:
+    path = tmp_path / "l1.key"
+    old_umask = os.umask(0)  # even a permissive umask must not widen the mode
+    try:
+        create_l1_keyfile(path, random_bytes=lambda n: b"\x07" * n)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == base64.b64encode(b"\x07" * 32).decode() + "\n"
+    assert load_l1(path) == b"\x07" * 32
+
+
+def test_keyfile_is_never_overwritten(tmp_path) -> None:
+    path = tmp_path / "l1.key"
+    create_l1_keyfile(path)
+    first = load_l1(path)
+    with pytest.raises(FileExistsError):
+        create_l1_keyfile(path)
+    assert load_l1(path) == first
+
+
+def test_keyfile_through_symlink_is_refused(tmp_path) -> None:
+    target = tmp_path / "real.key"
+    create_l1_keyfile(target)
+    link = tmp_path / "link.key"
+    link.symlink_to(target)
+    with pytest.raises(KeyFileError):
+        load_l1(link)
+    with pytest.raises(FileExistsError):
+        create_l1_keyfile(link)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o700 | 0o002])
+def test_keyfile_readable_by_others_is_refused(tmp_path, mode: int) -> None:
+    path = tmp_path / "l1.key"
+    create_l1_keyfile(path)
+    path.chmod(mode)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_l1(path)
+
+
+def test_keyfile_owner_read_only_is_accepted(tmp_path) -> None:
+    path = tmp_path / "l1.key"
+    create_l1_keyfile(path)
+    path.chmod(0o400)
+    assert len(load_l1(path)) == 32
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not base64!!\n", base64.b64encode(b"short") + b"\n", b"\xff\xfe"],
+)
+def test_malformed_keyfile_is_refused(tmp_path, content: bytes) -> None:
+    path = tmp_path / "l1.key"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError):
+        load_l1(path)
+
+
+def test_missing_keyfile_is_a_keyfile_error(tmp_path) -> None:
+    with pytest.raises(KeyFileError, match="cannot open"):
+        load_l1(tmp_path / "absent.key")
+
+
+def test_parse_l1_accepts_an_environment_secret() -> None:
+    assert parse_l1("  " + base64.b64encode(KEK).decode() + "\n") == KEK
+
+
+def test_key_check_value_is_stable_and_key_specific() -> None:
+    assert key_check_value(KEK) == key_check_value(bytes(KEK))
+    assert key_check_value(KEK) != key_check_value(bytes(32))
+    assert len(key_check_value(KEK)) == 16
+
+
+# --- wrapping ------------------------------------------------------------------------------
+
+
+def test_wrap_format_and_round_trip() -> None:
+    aad = object_aad("t1", "uid-1")
+    blob = wrap(KEK, b"secret material", aad=aad, random_bytes=_counting_random)
+    assert blob[0] == 1
+    assert blob[1:13] == bytes(range(1, 13))
+    assert len(blob) == 1 + 12 + len(b"secret material") + 16
+    assert unwrap(KEK, blob, aad=aad) == b"secret material"
+
+
+def test_wrap_uses_a_fresh_nonce_each_time() -> None:
+    aad = object_aad("t1", "uid-1")
+    assert wrap(KEK, b"k" * 32, aad=aad) != wrap(KEK, b"k" * 32, aad=aad)
+
+
+def test_every_flipped_bit_is_detected() -> None:
+    aad = object_aad("t1", "uid-1")
+    blob = wrap(KEK, b"k" * 32, aad=aad)
+    for index in range(len(blob)):
+        tampered = bytearray(blob)
+        tampered[index] ^= 0x01
+        with pytest.raises(UnwrapError):
+            unwrap(KEK, bytes(tampered), aad=aad)
+
+
+def test_blob_cannot_move_to_another_object_or_tenant() -> None:
+    blob = wrap(KEK, b"k" * 32, aad=object_aad("t1", "uid-1"))
+    for tenant, uid in (("t1", "uid-2"), ("t2", "uid-1")):
+        with pytest.raises(UnwrapError):
+            unwrap(KEK, blob, aad=object_aad(tenant, uid))
+
+
+def test_wrong_key_is_detected() -> None:
+    aad = object_aad("t1", "uid-1")
+    blob = wrap(KEK, b"k" * 32, aad=aad)
+    with pytest.raises(UnwrapError):
+        unwrap(bytes(32), blob, aad=aad)
+
+
+def test_short_or_unknown_version_blobs_are_refused() -> None:
+    aad = object_aad("t1", "uid-1")
+    blob = wrap(KEK, b"", aad=aad)
+    with pytest.raises(UnwrapError, match="short"):
+        unwrap(KEK, blob[:-1], aad=aad)
+    with pytest.raises(UnwrapError, match="version"):
+        unwrap(KEK, b"\x02" + blob[1:], aad=aad)
+
+
+def test_object_aad_is_unambiguous() -> None:
+    assert object_aad("ab", "c") != object_aad("a", "bc")
+
+
+def test_kek_must_be_aes_256() -> None:
+    with pytest.raises(ValueError):
+        wrap(bytes(16), b"x", aad=b"")
+    with pytest.raises(ValueError):
+        unwrap(bytes(16), bytes(40), aad=b"")

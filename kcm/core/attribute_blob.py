@@ -1,0 +1,57 @@
+"""The stored form of an object's attributes: one private TTLV structure. Pure.
+
+Attributes are kept in the internal representation of :mod:`kcm.kmip.attributes`
+(value items tagged with the attribute's own tag), so nothing depends on the protocol
+version a client used; extension tags (0x54xxxx, KMIP 1.4 §9.1.3.1) carry the index,
+vendor and name that the internal form keeps beside the value.
+"""
+
+from __future__ import annotations
+
+from kcm.kmip.attributes import Attribute
+from kcm.ttlv import Item, ItemType, decode, encode
+
+BLOB = 0x54A001
+ENTRY = 0x54A002
+INDEX = 0x54A003
+VENDOR = 0x54A004
+NAME = 0x54A005
+VALUE = 0x54A006  # wraps the value so the value keeps its own tag
+
+_S = ItemType.STRUCTURE
+_TEXT = ItemType.TEXT_STRING
+
+
+def encode_attributes(attributes: list[Attribute]) -> bytes:
+    """Encode ``attributes`` losslessly for storage."""
+    entries = []
+    for attribute in attributes:
+        if attribute.value is None:
+            raise ValueError("a stored attribute must have a value")
+        children = [Item(VALUE, _S, [attribute.value])]
+        if attribute.index is not None:
+            children.append(Item(INDEX, ItemType.INTEGER, attribute.index))
+        if attribute.vendor_identification is not None:
+            children.append(Item(VENDOR, _TEXT, attribute.vendor_identification))
+        if attribute.name is not None:
+            children.append(Item(NAME, _TEXT, attribute.name))
+        entries.append(Item(ENTRY, _S, children))
+    return encode(Item(BLOB, _S, entries))
+
+
+def decode_attributes(blob: bytes) -> list[Attribute]:
+    """The attributes stored by :func:`encode_attributes`."""
+    attributes = []
+    for entry in decode(blob).value:  # type: ignore[union-attr]
+        value = index = vendor = name = None
+        for child in entry.value:
+            if child.tag == VALUE:
+                value = child.value[0]
+            elif child.tag == INDEX:
+                index = child.value
+            elif child.tag == VENDOR:
+                vendor = child.value
+            elif child.tag == NAME:
+                name = child.value
+        attributes.append(Attribute(value.tag, value, index, vendor, name))
+    return attributes

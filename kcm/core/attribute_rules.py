@@ -1,0 +1,132 @@
+"""Who may set, change or delete each attribute (KMIP 1.4 §3, 2.1 §4 "Attribute Rules").
+
+One table, used by Create, Register, Re-key and the attribute operations. An
+attribute absent from the table is one the server does not manage specially: a
+client may set, modify and delete it, and it may have several values. Vendor
+attributes follow the "x-" rule (client attributes); "y-" ones are the server's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kcm.kmip.attributes import VENDOR_TAG, Attribute
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
+from kcm.kmip.tags import Tag
+
+Version = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """``on_create``: a client may supply it in Create/Register; ``modify``/``delete``:
+    with Modify/Set/Delete Attribute; ``multi``: it may have several instances."""
+
+    on_create: bool
+    modify: bool
+    delete: bool
+    multi: bool
+
+
+SERVER = Rule(on_create=False, modify=False, delete=False, multi=False)
+SERVER_MULTI = Rule(on_create=False, modify=False, delete=False, multi=True)
+CLIENT = Rule(on_create=True, modify=True, delete=True, multi=False)
+CLIENT_MULTI = Rule(on_create=True, modify=True, delete=True, multi=True)
+AT_CREATE = Rule(on_create=True, modify=False, delete=False, multi=False)
+SET_ONCE = Rule(on_create=True, modify=True, delete=False, multi=False)
+
+RULES: dict[int, Rule] = {
+    Tag.UNIQUE_IDENTIFIER: SERVER,
+    Tag.NAME: CLIENT_MULTI,
+    Tag.OBJECT_TYPE: SERVER,
+    Tag.CRYPTOGRAPHIC_ALGORITHM: AT_CREATE,
+    Tag.CRYPTOGRAPHIC_LENGTH: AT_CREATE,
+    Tag.CRYPTOGRAPHIC_PARAMETERS: CLIENT_MULTI,
+    Tag.CRYPTOGRAPHIC_DOMAIN_PARAMETERS: AT_CREATE,
+    Tag.CERTIFICATE_TYPE: SERVER,
+    Tag.CERTIFICATE_LENGTH: SERVER,
+    Tag.CERTIFICATE_IDENTIFIER: SERVER,
+    Tag.CERTIFICATE_SUBJECT: SERVER,
+    Tag.CERTIFICATE_ISSUER: SERVER,
+    Tag.X_509_CERTIFICATE_IDENTIFIER: SERVER,
+    Tag.X_509_CERTIFICATE_SUBJECT: SERVER,
+    Tag.X_509_CERTIFICATE_ISSUER: SERVER,
+    Tag.DIGITAL_SIGNATURE_ALGORITHM: SERVER,
+    Tag.DIGEST: SERVER_MULTI,
+    Tag.OPERATION_POLICY_NAME: CLIENT,
+    Tag.CRYPTOGRAPHIC_USAGE_MASK: SET_ONCE,
+    Tag.LEASE_TIME: SERVER,
+    Tag.USAGE_LIMITS: CLIENT,
+    Tag.STATE: SERVER,
+    Tag.INITIAL_DATE: SERVER,
+    Tag.ACTIVATION_DATE: SET_ONCE,
+    Tag.PROCESS_START_DATE: SET_ONCE,
+    Tag.PROTECT_STOP_DATE: SET_ONCE,
+    Tag.DEACTIVATION_DATE: SET_ONCE,
+    Tag.DESTROY_DATE: SERVER,
+    Tag.COMPROMISE_OCCURRENCE_DATE: SERVER,
+    Tag.COMPROMISE_DATE: SERVER,
+    Tag.REVOCATION_REASON: SERVER,
+    Tag.ARCHIVE_DATE: SERVER,
+    Tag.OBJECT_GROUP: CLIENT_MULTI,
+    Tag.FRESH: SET_ONCE,
+    Tag.LINK: CLIENT_MULTI,
+    Tag.APPLICATION_SPECIFIC_INFORMATION: CLIENT_MULTI,
+    Tag.CONTACT_INFORMATION: CLIENT,
+    Tag.LAST_CHANGE_DATE: SERVER,
+    Tag.ALTERNATIVE_NAME: CLIENT_MULTI,
+    Tag.KEY_VALUE_PRESENT: SERVER,
+    Tag.KEY_VALUE_LOCATION: CLIENT_MULTI,
+    Tag.ORIGINAL_CREATION_DATE: SERVER,
+    Tag.RANDOM_NUMBER_GENERATOR: SERVER,
+    Tag.PKCS_12_FRIENDLY_NAME: CLIENT,
+    Tag.DESCRIPTION: CLIENT,
+    Tag.COMMENT: CLIENT,
+    Tag.SENSITIVE: SET_ONCE,
+    Tag.ALWAYS_SENSITIVE: SERVER,
+    Tag.EXTRACTABLE: SET_ONCE,
+    Tag.NEVER_EXTRACTABLE: SERVER,
+    Tag.SHORT_UNIQUE_IDENTIFIER: SERVER,
+    Tag.KEY_FORMAT_TYPE: SERVER,
+}
+
+_DEFAULT = CLIENT_MULTI
+
+
+def rule_for(attribute: Attribute) -> Rule:
+    """The rule for one attribute (vendor attributes: "y" is the server's namespace)."""
+    if attribute.tag == VENDOR_TAG:
+        return SERVER_MULTI if attribute.vendor_identification == "y" else _DEFAULT
+    return RULES.get(attribute.tag, _DEFAULT)
+
+
+def read_only_error(version: Version, what: str) -> KmipError:
+    """A client tried to set or change what only the server may: 2.x says so by name."""
+    reason = (ResultReason.ATTRIBUTE_READ_ONLY if version >= (2, 0)
+              else ResultReason.PERMISSION_DENIED)
+    return KmipError(reason, f"{what} is set by the server only")
+
+
+def check_client_attributes(attributes: list[Attribute], version: Version) -> None:
+    """Refuse attributes a client may not supply when creating or registering an object,
+    and several values of a single-valued one."""
+    seen: set[int] = set()
+    for attribute in attributes:
+        rule = rule_for(attribute)
+        label = attribute.name or _label(attribute.tag)
+        if not rule.on_create:
+            raise read_only_error(version, label)
+        if not rule.multi:
+            if attribute.tag in seen:
+                reason = (ResultReason.ATTRIBUTE_SINGLE_VALUED if version >= (2, 0)
+                          else ResultReason.INVALID_FIELD)
+                raise KmipError(reason, f"{label} may have only one value")
+            seen.add(attribute.tag)
+
+
+def _label(tag: int) -> str:
+    try:
+        return Tag(tag).name.replace("_", " ").title()
+    except ValueError:
+        return f"0x{tag:06X}"

@@ -1,0 +1,61 @@
+"""What an operation handler is given: the transaction, the caller, the time, the keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from kcm.identity import Principal
+from kcm.kmip.messages import IdPlaceholder
+
+if TYPE_CHECKING:
+    from kcm.core.keyring import Keyring
+    from kcm.core.server_info import ServerInfo
+
+Version = tuple[int, int]
+
+
+@dataclass(slots=True)
+class Caller:
+    """The principal a request acts as, and how it reached the core.
+
+    ``gateway`` is the gateway principal that relayed the request over the link (the
+    core then trusts the asserted ``principal``); None for a direct connection.
+    """
+
+    principal: Principal
+    source: str
+    gateway: Principal | None = None
+
+
+@dataclass(slots=True)
+class OperationContext:
+    """One batch item's view of the world. Handlers read it and never keep it."""
+
+    session: Session
+    caller: Caller
+    version: Version
+    now: int  # epoch seconds, fixed for the whole request
+    keyring: Keyring
+    server_info: ServerInfo
+    id_placeholder: IdPlaceholder
+    random_bytes: object  # Callable[[int], bytes]
+    #: Identifiers the item touched, for its audit record.
+    object_ids: list[str] = field(default_factory=list)
+    #: Extra facts for the audit record (text and numbers only, never key material).
+    audit_detail: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def principal(self) -> Principal:
+        return self.caller.principal
+
+    @property
+    def tenant(self) -> str | None:
+        return self.caller.principal.tenant
+
+    def touched(self, uid: str) -> None:
+        """Record that this item acted on ``uid`` (audit)."""
+        if uid not in self.object_ids:
+            self.object_ids.append(uid)

@@ -1,0 +1,82 @@
+"""The key hierarchy at work: L1 in memory, tenant keys (L2) unwrapped on demand.
+
+The one place that wraps and unwraps stored material: an ordinary object or an L3 is
+wrapped under its tenant's current L2, an L2 under L1 (ARCHITECTURE §1).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from sqlalchemy.orm import Session
+
+from kcm.core import keys
+from kcm.core.store import repository
+from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1, ManagedObject
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
+
+
+class Keyring:
+    """Holds L1; unwraps and caches L2s by uid (they never change once created)."""
+
+    def __init__(self, l1: bytes, *, random_bytes: keys.RandomBytes = os.urandom) -> None:
+        self._l1 = l1
+        self._random_bytes = random_bytes
+        self._l2_by_uid: dict[str, bytes] = {}
+
+    @property
+    def random_bytes(self) -> keys.RandomBytes:
+        return self._random_bytes
+
+    def new_uid(self) -> str:
+        """A fresh Unique Identifier for a managed object."""
+        return str(uuid.UUID(bytes=self._random_bytes(16), version=4))
+
+    # Wrapping -------------------------------------------------------------
+    def wrap_for_tenant(
+        self, session: Session, tenant: str, uid: str, plaintext: bytes
+    ) -> tuple[bytes, str]:
+        """Wrap ``plaintext`` for object ``uid`` under ``tenant``'s current L2.
+
+        Returns (blob, uid of the L2). A tenant without an active L2 is not provisioned.
+        """
+        l2 = repository.find_l2(session, tenant, active_only=True)
+        if l2 is None:
+            raise KmipError(
+                ResultReason.PERMISSION_DENIED,
+                f"tenant {tenant!r} is not provisioned (no active tenant key)",
+            )
+        kek = self._l2_key(l2)
+        blob = keys.wrap(
+            kek, plaintext, aad=keys.object_aad(tenant, uid), random_bytes=self._random_bytes
+        )
+        return blob, l2.uid
+
+    def unwrap(self, session: Session, row: ManagedObject) -> bytes:
+        """The plaintext material of a stored object (which must still have material)."""
+        if row.material is None:
+            raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the object has no key value")
+        aad = keys.object_aad(row.tenant, row.uid)
+        if row.wrapped_by == WRAPPED_BY_L1:
+            return keys.unwrap(self._l1, row.material, aad=aad)
+        l2 = repository.get_object(session, row.tenant, row.wrapped_by)
+        if l2 is None or l2.level != LEVEL_TENANT_KEY:
+            raise KmipError(ResultReason.GENERAL_FAILURE, "the key wrapping this object is missing")
+        return keys.unwrap(self._l2_key(l2), row.material, aad=aad)
+
+    def _l2_key(self, l2: ManagedObject) -> bytes:
+        key = self._l2_by_uid.get(l2.uid)
+        if key is None:
+            if l2.material is None:
+                raise KmipError(ResultReason.GENERAL_FAILURE, "the tenant key was destroyed")
+            key = keys.unwrap(self._l1, l2.material, aad=keys.object_aad(l2.tenant, l2.uid))
+            self._l2_by_uid[l2.uid] = key
+        return key
+
+    def wrap_tenant_key(self, tenant: str, uid: str, key: bytes) -> bytes:
+        """Wrap a new L2 under L1."""
+        return keys.wrap(
+            self._l1, key, aad=keys.object_aad(tenant, uid), random_bytes=self._random_bytes
+        )

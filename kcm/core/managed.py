@@ -1,0 +1,208 @@
+"""Managed objects as the operations see them: attributes, state, wrapped material.
+
+The attribute list is the record of truth; the store's columns (state, algorithm,
+length, dates, names, groups) are copies for Locate, refreshed in :func:`save`. The
+material is the object's KMIP structure (Symmetric Key, Secret Data, ...) encoded as
+TTLV together with the protocol version it was encoded for, wrapped by the keyring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from kcm.core import lifecycle, policy
+from kcm.core.attribute_blob import decode_attributes, encode_attributes
+from kcm.core.context import OperationContext
+from kcm.core.store import repository
+from kcm.core.store.schema import ManagedObject as Row
+from kcm.kmip.attributes import ATTRIBUTE_TYPES, Attribute, Name
+from kcm.kmip.enums import ResultReason, State
+from kcm.kmip.errors import KmipError
+from kcm.kmip.fields import Struct
+from kcm.kmip.objects import ManagedObjectCodec
+from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType, decode, encode
+
+#: Attribute tags copied into date columns of the store.
+DATE_COLUMNS: dict[int, str] = {
+    Tag.INITIAL_DATE: "initial_date",
+    Tag.ACTIVATION_DATE: "activation_date",
+    Tag.DEACTIVATION_DATE: "deactivation_date",
+    Tag.DESTROY_DATE: "destroy_date",
+    Tag.COMPROMISE_DATE: "compromise_date",
+    Tag.COMPROMISE_OCCURRENCE_DATE: "compromise_occurrence_date",
+    Tag.LAST_CHANGE_DATE: "last_change_date",
+    Tag.PROCESS_START_DATE: "process_start_date",
+    Tag.PROTECT_STOP_DATE: "protect_stop_date",
+}
+
+_OBJECT_CODEC = ManagedObjectCodec()
+_MATERIAL_VERSION = (2, 1)
+
+
+class StoredObject:
+    """One managed object loaded in the current transaction."""
+
+    __slots__ = ("row", "attributes")
+
+    def __init__(self, row: Row, attributes: list[Attribute]) -> None:
+        self.row = row
+        self.attributes = attributes
+
+    @property
+    def uid(self) -> str:
+        return self.row.uid
+
+    @property
+    def tenant(self) -> str:
+        return self.row.tenant
+
+    @property
+    def object_type(self) -> int:
+        return self.row.object_type
+
+    @property
+    def level(self) -> int | None:
+        return self.row.level
+
+    @property
+    def state(self) -> State:
+        value = self.value(Tag.STATE)
+        return State(value if value is not None else self.row.state)
+
+    # Attribute access -----------------------------------------------------
+    def all(self, tag: int) -> list[Attribute]:
+        return [a for a in self.attributes if a.tag == tag]
+
+    def first(self, tag: int) -> Attribute | None:
+        for attribute in self.attributes:
+            if attribute.tag == tag:
+                return attribute
+        return None
+
+    def value(self, tag: int) -> Any:
+        """The primitive value (or typed model) of a single-valued attribute, or None."""
+        attribute = self.first(tag)
+        return None if attribute is None else attribute.typed
+
+    def set(self, tag: int, value: Any, item_type: ItemType | None = None) -> None:
+        """Set a single-valued attribute (replacing any value)."""
+        new = Attribute.of(tag, value, item_type)
+        for i, attribute in enumerate(self.attributes):
+            if attribute.tag == tag:
+                self.attributes[i] = new
+                return
+        self.attributes.append(new)
+
+    def remove(self, tag: int) -> None:
+        self.attributes = [a for a in self.attributes if a.tag != tag]
+
+
+# Loading ----------------------------------------------------------------------
+def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredObject:
+    """The caller's object ``uid``; Item Not Found for a missing one or another tenant's.
+
+    Time-driven state changes (an Activation or Deactivation Date that has passed) are
+    applied here, so every operation sees the state the object is in now.
+    """
+    tenant = policy.tenant_of(ctx.principal)
+    row = repository.get_object(ctx.session, tenant, uid, for_update=for_update)
+    if row is None:
+        raise KmipError(ResultReason.ITEM_NOT_FOUND, f"no object {uid!r}")
+    obj = StoredObject(row, decode_attributes(row.attributes))
+    current = obj.state
+    moved = lifecycle.state_at(current, lifecycle.LifecycleDates(
+        obj.value(Tag.ACTIVATION_DATE), obj.value(Tag.DEACTIVATION_DATE)), ctx.now)
+    if moved != current:
+        obj.set(Tag.STATE, int(moved))
+        if for_update:
+            save(ctx, obj, changed=False)
+    ctx.touched(uid)
+    return obj
+
+
+def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: list[Attribute],
+           managed_object: Struct | Item | None, tenant: str | None = None,
+           level: int | None = None, service: str | None = None,
+           key_version: int | None = None) -> StoredObject:
+    """Store a new object: attributes as given (the caller set the server-side ones),
+    material wrapped under the tenant's key."""
+    tenant = tenant or policy.tenant_of(ctx.principal)
+    material = wrapped_by = None
+    if managed_object is not None:
+        material, wrapped_by = ctx.keyring.wrap_for_tenant(
+            ctx.session, tenant, uid, _encode_material(managed_object))
+    obj = StoredObject(Row(uid=uid, tenant=tenant), attributes)
+    columns = _columns(obj)
+    row = repository.insert_object(
+        ctx.session, uid=uid, tenant=tenant, object_type=object_type,
+        attributes=encode_attributes(attributes), material=material,
+        material_format=None, wrapped_by=wrapped_by, level=level, service=service,
+        key_version=key_version, names=_names(obj), groups=_groups(obj), **columns)
+    ctx.touched(uid)
+    return StoredObject(row, attributes)
+
+
+def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> None:
+    """Write the object's attributes back (and their column copies).
+
+    ``changed`` stamps the Last Change Date (KMIP 1.4 §3.38): a client-visible change.
+    """
+    if changed:
+        obj.set(Tag.LAST_CHANGE_DATE, ctx.now)
+    columns = _columns(obj)
+    repository.update_object(ctx.session, obj.row, attributes=encode_attributes(obj.attributes),
+                             **columns)
+    repository.set_names(ctx.session, obj.row, _names(obj))
+    repository.set_groups(ctx.session, obj.row, _groups(obj))
+
+
+def material(ctx: OperationContext, obj: StoredObject) -> Struct | Item:
+    """The object's KMIP structure in the clear (a model object or a raw Item)."""
+    blob = ctx.keyring.unwrap(ctx.session, obj.row)
+    version = (blob[0], blob[1])
+    return _OBJECT_CODEC.decode(decode(blob[2:]), version)
+
+
+def destroy_material(ctx: OperationContext, obj: StoredObject) -> None:
+    """Forget the key material for good; the metadata stays (KMIP 1.4 §4.21)."""
+    repository.update_object(ctx.session, obj.row, material=None, wrapped_by=None)
+
+
+def _encode_material(managed_object: Struct | Item) -> bytes:
+    item = _OBJECT_CODEC.encode(managed_object, 0, _MATERIAL_VERSION)
+    return bytes(_MATERIAL_VERSION) + encode(item)
+
+
+def _columns(obj: StoredObject) -> dict[str, Any]:
+    columns: dict[str, Any] = {
+        "state": int(obj.state),
+        "cryptographic_algorithm": _int_or_none(obj.value(Tag.CRYPTOGRAPHIC_ALGORITHM)),
+        "cryptographic_length": _int_or_none(obj.value(Tag.CRYPTOGRAPHIC_LENGTH)),
+    }
+    for tag, column in DATE_COLUMNS.items():
+        columns[column] = obj.value(tag)
+    return columns
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _names(obj: StoredObject) -> Iterable[tuple[str, int]]:
+    names = []
+    for attribute in obj.all(Tag.NAME):
+        name = attribute.typed
+        if isinstance(name, Name):
+            names.append((name.value, int(name.type)))
+    return names
+
+
+def _groups(obj: StoredObject) -> Iterable[str]:
+    return [a.typed for a in obj.all(Tag.OBJECT_GROUP) if isinstance(a.typed, str)]
+
+
+def date_attribute(tag: int, when: int) -> Attribute:
+    """A Date-Time attribute."""
+    return Attribute.of(tag, when, ATTRIBUTE_TYPES.get(tag, ItemType.DATE_TIME))

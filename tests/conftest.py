@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.core_support import core  # noqa: F401  (an in-process kcm-core handler)
 from tests.pg import postgres_url  # noqa: F401  (a real PostgreSQL cluster, per session)
 from tests.vectors import vectors_dir
 

@@ -132,7 +132,7 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
     material = wrapped_by = None
     if managed_object is not None:
         material, wrapped_by = ctx.keyring.wrap_for_tenant(
-            ctx.session, tenant, uid, _encode_material(managed_object))
+            ctx.session, tenant, uid, encode_material(managed_object))
     obj = StoredObject(Row(uid=uid, tenant=tenant), attributes)
     columns = _columns(obj)
     row = repository.insert_object(
@@ -170,7 +170,8 @@ def destroy_material(ctx: OperationContext, obj: StoredObject) -> None:
     repository.update_object(ctx.session, obj.row, material=None, wrapped_by=None)
 
 
-def _encode_material(managed_object: Struct | Item) -> bytes:
+def encode_material(managed_object: Struct | Item) -> bytes:
+    """The plaintext stored (wrapped) for an object: its version, then its TTLV."""
     item = _OBJECT_CODEC.encode(managed_object, 0, _MATERIAL_VERSION)
     return bytes(_MATERIAL_VERSION) + encode(item)
 

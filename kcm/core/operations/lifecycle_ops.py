@@ -1,0 +1,74 @@
+"""Activate, Revoke and Destroy (KMIP 1.4 §4.19–§4.21, 2.1 §6.1.1, §6.1.46, §6.1.18).
+
+The state rules themselves are :mod:`kcm.core.lifecycle`'s; these handlers apply
+them to a stored object and record the dates the spec asks for.
+"""
+
+from __future__ import annotations
+
+from kcm.core import lifecycle, managed, policy
+from kcm.core.batch import operation
+from kcm.core.context import OperationContext
+from kcm.kmip.enums import Operation, RevocationReasonCode, State
+from kcm.kmip.payloads import (
+    ActivateRequest,
+    DestroyRequest,
+    RevokeRequest,
+    UniqueIdentifierResponse,
+)
+from kcm.kmip.tags import Tag
+
+
+def _load(ctx: OperationContext, unique_identifier) -> managed.StoredObject:
+    uid = ctx.id_placeholder.resolve(unique_identifier)
+    obj = managed.load(ctx, uid)
+    policy.check_lifecycle_change(ctx.principal, obj.level)
+    return obj
+
+
+@operation(Operation.ACTIVATE)
+def activate(ctx: OperationContext, request: ActivateRequest) -> UniqueIdentifierResponse:
+    obj = _load(ctx, request.unique_identifier)
+    obj.set(Tag.STATE, int(lifecycle.activate(obj.state, ctx.version)))
+    obj.set(Tag.ACTIVATION_DATE, ctx.now)
+    managed.save(ctx, obj)
+    ctx.id_placeholder.set(obj.uid)
+    return UniqueIdentifierResponse(unique_identifier=obj.uid)
+
+
+@operation(Operation.REVOKE)
+def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierResponse:
+    obj = _load(ctx, request.unique_identifier)
+    reason = request.revocation_reason
+    before = obj.state
+    after = lifecycle.revoke(before, reason.code, ctx.version)
+    obj.set(Tag.STATE, int(after))
+    obj.set(Tag.REVOCATION_REASON, reason)
+    if after in (State.COMPROMISED, State.DESTROYED_COMPROMISED):
+        obj.set(Tag.COMPROMISE_DATE, ctx.now)
+        occurred = request.compromise_occurrence_date
+        obj.set(Tag.COMPROMISE_OCCURRENCE_DATE, occurred if occurred is not None else ctx.now)
+    elif before == State.ACTIVE:
+        obj.set(Tag.DEACTIVATION_DATE, ctx.now)
+    managed.save(ctx, obj)
+    ctx.audit_detail["revocation_reason"] = _code_name(reason.code)
+    ctx.id_placeholder.set(obj.uid)
+    return UniqueIdentifierResponse(unique_identifier=obj.uid)
+
+
+@operation(Operation.DESTROY)
+def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierResponse:
+    obj = _load(ctx, request.unique_identifier)
+    obj.set(Tag.STATE, int(lifecycle.destroy(obj.state, ctx.version)))
+    obj.set(Tag.DESTROY_DATE, ctx.now)
+    managed.save(ctx, obj)
+    managed.destroy_material(ctx, obj)
+    ctx.id_placeholder.set(obj.uid)
+    return UniqueIdentifierResponse(unique_identifier=obj.uid)
+
+
+def _code_name(code: int) -> str:
+    try:
+        return RevocationReasonCode(code).name
+    except ValueError:
+        return str(int(code))

@@ -1,0 +1,64 @@
+"""An in-process kcm-core request handler over a real SQLite file (test support)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kcm.core import operations  # noqa: F401  (registers the handlers)
+from kcm.core.context import Caller
+from kcm.core.hierarchy import provision_service, provision_tenant
+from kcm.core.keyring import Keyring
+from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.store.engine import Store
+from kcm.core.store.migrate import upgrade
+from kcm.identity import Principal, Role
+
+TRUST_DOMAIN = "kcm.test"
+
+
+def service_principal(tenant: str = "demo", service: str = "app") -> Principal:
+    return Principal(Role.SERVICE, TRUST_DOMAIN, tenant=tenant, service=service,
+                     uri=f"spiffe://{TRUST_DOMAIN}/tenant/{tenant}/service/{service}")
+
+
+def admin_principal(tenant: str = "demo", name: str = "alice") -> Principal:
+    return Principal(Role.ADMIN, TRUST_DOMAIN, tenant=tenant, name=name,
+                     uri=f"spiffe://{TRUST_DOMAIN}/tenant/{tenant}/admin/{name}")
+
+
+@dataclass
+class CoreHarness:
+    store: Store
+    keyring: Keyring
+    handler: CoreRequestHandler
+
+    def caller(self, principal: Principal | None = None) -> Caller:
+        return Caller(principal or service_principal(), "127.0.0.1:40000")
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[CoreHarness]:
+    """A started store with tenants demo (service app) and other, and a request handler."""
+    url = f"sqlite:///{tmp_path / 'kcm.db'}"
+    upgrade(url)
+    store = Store(url)
+    store.startService()
+    keyring = Keyring(os.urandom(32))
+    now = int(time.time())
+
+    def bootstrap(session):
+        for tenant in ("demo", "other"):
+            provision_tenant(session, keyring, tenant, now=now)
+        provision_service(session, keyring, "demo", "app", now=now)
+
+    store.run_sync(bootstrap)
+    try:
+        yield CoreHarness(store, keyring, CoreRequestHandler(store, keyring, clock=time.time))
+    finally:
+        store.stopService()

@@ -1,0 +1,137 @@
+"""kcm-core's request handler in process: real store (SQLite file), real codec and model."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from sqlalchemy import select
+
+from kcm.core.audit import verify_chain
+from kcm.core.store.schema import AuditLog
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import (
+    BatchErrorContinuationOption,
+    CryptographicAlgorithm,
+    ObjectType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    RevocationReasonCode,
+    State,
+)
+from kcm.kmip.messages import (
+    ProtocolVersion,
+    RequestBatchItem,
+    RequestHeader,
+    RequestMessage,
+    decode_response,
+    encode_request,
+)
+from kcm.kmip.payloads import (
+    ActivateRequest,
+    CreateRequest,
+    DestroyRequest,
+    RevocationReason,
+    RevokeRequest,
+)
+from kcm.kmip.tags import Tag
+from kcm.ttlv import decode, encode
+from tests.core_support import CoreHarness, service_principal
+
+AES256 = [Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+          Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256)]
+
+
+def wire(*items: tuple[Operation, object], version=(2, 1), continuation=None) -> bytes:
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=len(items),
+                           batch_error_continuation_option=continuation)
+    batch = [RequestBatchItem(operation=op, request_payload=payload) for op, payload in items]
+    return encode(encode_request(RequestMessage(header, batch)))
+
+
+async def send(core: CoreHarness, data: bytes, principal=None):
+    answer = await core.handler.handle_as(data, core.caller(principal))
+    return decode_response(decode(answer))
+
+
+def state_of(core: CoreHarness, uid: str) -> int:
+    from kcm.core.store import repository
+    return core.store.run_sync(lambda s: repository.get_object(s, "demo", uid).state)
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_activate_revoke_destroy_with_id_placeholder(core: CoreHarness) -> None:
+    response = await send(core, wire(
+        (Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=AES256)),
+        (Operation.ACTIVATE, ActivateRequest()),
+    ))
+    assert [b.result_status for b in response.batch_items] == [ResultStatus.SUCCESS] * 2
+    uid = response.batch_items[0].response_payload.unique_identifier
+    assert response.batch_items[1].response_payload.unique_identifier == uid
+    assert state_of(core, uid) == State.ACTIVE
+
+    response = await send(core, wire((Operation.DESTROY, DestroyRequest(unique_identifier=uid))))
+    item = response.batch_items[0]
+    assert item.result_status == ResultStatus.OPERATION_FAILED
+    assert item.result_reason == ResultReason.WRONG_KEY_LIFECYCLE_STATE
+
+    response = await send(core, wire((Operation.DESTROY, DestroyRequest(unique_identifier=uid)),
+                                     version=(1, 4)))
+    assert response.batch_items[0].result_reason == ResultReason.PERMISSION_DENIED
+    assert response.header.version == (1, 4)
+
+    revoke = RevokeRequest(unique_identifier=uid, revocation_reason=RevocationReason(
+        code=RevocationReasonCode.CESSATION_OF_OPERATION))
+    response = await send(core, wire((Operation.REVOKE, revoke),
+                                     (Operation.DESTROY, DestroyRequest())))
+    assert [b.result_status for b in response.batch_items] == [ResultStatus.SUCCESS] * 2
+    assert state_of(core, uid) == State.DESTROYED
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_tenant_sees_nothing(core: CoreHarness) -> None:
+    response = await send(core, wire(
+        (Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=AES256))))
+    uid = response.batch_items[0].response_payload.unique_identifier
+    response = await send(core, wire((Operation.ACTIVATE, ActivateRequest(unique_identifier=uid))),
+                          principal=service_principal("other"))
+    assert response.batch_items[0].result_reason == ResultReason.ITEM_NOT_FOUND
+
+
+@pytest_twisted.ensureDeferred
+async def test_undo_rolls_back_and_reports_undone(core: CoreHarness) -> None:
+    create = CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=AES256)
+    missing = ActivateRequest(unique_identifier="nope")
+    response = await send(core, wire((Operation.CREATE, create), (Operation.ACTIVATE, missing),
+                                     continuation=BatchErrorContinuationOption.UNDO))
+    first, second = response.batch_items
+    assert first.result_status == ResultStatus.OPERATION_UNDONE
+    assert second.result_reason == ResultReason.ITEM_NOT_FOUND
+    from kcm.core.store import repository
+    assert core.store.run_sync(lambda s: repository.locate(s, "demo", levels={None})) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_and_unsupported_requests_are_answered(core: CoreHarness) -> None:
+    response = await send(core, b"\x42\x00\x78\x01\x00\x00\x00\x08garbage!")
+    assert response.batch_items[0].result_reason == ResultReason.INVALID_MESSAGE
+    response = await send(core, wire((Operation.ACTIVATE, ActivateRequest(unique_identifier="x")),
+                                     version=(3, 0)))
+    assert response.batch_items[0].result_reason == ResultReason.UNSUPPORTED_PROTOCOL_VERSION
+    assert response.header.version == (2, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_batch_item_and_refused_request_is_audited(core: CoreHarness) -> None:
+    create = CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=AES256)
+    await send(core, wire((Operation.CREATE, create), (Operation.ACTIVATE, ActivateRequest())))
+    await send(core, wire((Operation.ACTIVATE, ActivateRequest(unique_identifier="missing"))))
+    await send(core, b"not ttlv")
+    rows = core.store.run_sync(lambda s: s.scalars(select(AuditLog).order_by(AuditLog.seq)).all())
+    assert [(r.operation, r.result_status, r.result_reason) for r in rows] == [
+        ("CREATE", "SUCCESS", None), ("ACTIVATE", "SUCCESS", None),
+        ("ACTIVATE", "OPERATION_FAILED", "ITEM_NOT_FOUND"),
+        ("?", "OPERATION_FAILED", "INVALID_MESSAGE"),
+    ]
+    assert rows[0].principal == "spiffe://kcm.test/tenant/demo/service/app"
+    assert rows[0].source == "127.0.0.1:40000"
+    assert core.store.run_sync(verify_chain).ok

@@ -41,6 +41,19 @@ class CoreHarness:
     def caller(self, principal: Principal | None = None) -> Caller:
         return Caller(principal or service_principal(), "127.0.0.1:40000")
 
+    def client(self, principal: Principal | None = None) -> InProcessClient:
+        """A blocking ``send(bytes) -> bytes`` client, for runners written against sockets."""
+        return InProcessClient(self, self.caller(principal))
+
+
+@dataclass
+class InProcessClient:
+    harness: CoreHarness
+    caller: Caller
+
+    def send(self, request: bytes) -> bytes:
+        return self.harness.handler.respond(request, self.caller, int(time.time()))
+
 
 @pytest.fixture
 def core(tmp_path: Path) -> Iterator[CoreHarness]:

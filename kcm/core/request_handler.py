@@ -24,6 +24,7 @@ from kcm.kmip.enums import ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
     ProtocolVersion,
+    RequestHeader,
     ResponseBatchItem,
     ResponseHeader,
     ResponseMessage,
@@ -60,34 +61,34 @@ class CoreRequestHandler:
 
     # ------------------------------------------------------------------------
     def handle_as(self, wire: bytes, caller: Caller) -> Deferred[bytes]:
-        """Answer ``wire`` on behalf of ``caller``; never fails (errors are answers)."""
+        """Answer ``wire`` on behalf of ``caller`` on a store worker thread; never fails
+        (errors are answers)."""
+        return self._store.defer(self.respond, wire, caller, int(self._clock()))
+
+    def respond(self, wire: bytes, caller: Caller, now: int) -> bytes:
+        """Decode, execute in one transaction, encode. Blocking: never on the reactor."""
         correlation_id = uuid.uuid4().hex[:16]
-        now = int(self._clock())
         try:
             request = decode_request(decode(wire, max_size=self._max_message_size))
             version = request.header.version
             if not is_supported(version):
                 answer = answer_version(version)
-                raise _Refused(answer, unsupported_reason(answer),
-                               f"protocol version {version[0]}.{version[1]} is not supported")
-        except _Refused as refused:
-            return self._refuse(caller, refused.version, refused.reason, refused.message,
-                                correlation_id, now)
+                return self._refuse(caller, answer, unsupported_reason(answer),
+                                    f"protocol version {version[0]}.{version[1]} is not "
+                                    "supported", correlation_id, now)
         except (TtlvError, KmipError) as e:
             reason = e.reason if isinstance(e, KmipError) else ResultReason.INVALID_MESSAGE
             text = e.message if isinstance(e, KmipError) else f"malformed TTLV: {e}"
             return self._refuse(caller, _version_of(wire), reason, text, correlation_id, now)
+        try:
+            response = self._store.run_sync(lambda session: execute(
+                session, request, caller, now=now, keyring=self._keyring,
+                server_info=self._server_info, correlation_id=correlation_id))
+            return self._encode(response, request.header)
+        except Exception:
+            return self._general_failure(version, correlation_id, now)
 
-        def run(session):
-            return execute(session, request, caller, now=now, keyring=self._keyring,
-                           server_info=self._server_info, correlation_id=correlation_id)
-
-        d = self._store.run(run)
-        d.addCallback(lambda response: self._encode(response, request.header, now))
-        d.addErrback(self._general_failure, version, correlation_id, now)
-        return d
-
-    def _encode(self, response: ResponseMessage, request_header, now: int) -> bytes:
+    def _encode(self, response: ResponseMessage, request_header: RequestHeader) -> bytes:
         wire = encode(encode_response(response))
         limit = request_header.maximum_response_size
         if limit is not None and len(wire) > limit:
@@ -102,30 +103,20 @@ class CoreRequestHandler:
         return wire
 
     def _refuse(self, caller: Caller, version: Version, reason: int, message: str,
-                correlation_id: str, now: int) -> Deferred[bytes]:
+                correlation_id: str, now: int) -> bytes:
         response = failure_message(version, reason, message, now)
+        try:
+            self._store.run_sync(lambda session: append_audit(session, audit_event(
+                caller, response.batch_items[0], correlation_id, [])))
+        except Exception:
+            return self._general_failure(version, correlation_id, now)
+        return encode(encode_response(response))
 
-        def record(session):
-            append_audit(session, audit_event(caller, response.batch_items[0], correlation_id,
-                                              []))
-
-        d = self._store.run(record)
-        d.addCallback(lambda _: encode(encode_response(response)))
-        d.addErrback(self._general_failure, version, correlation_id, now)
-        return d
-
-    def _general_failure(self, failure, version: Version, correlation_id: str,
-                         now: int) -> bytes:
-        log.error("request failed [correlation id %s]: %s", correlation_id,
-                  failure.getTraceback())
+    def _general_failure(self, version: Version, correlation_id: str, now: int) -> bytes:
+        log.exception("request failed [correlation id %s]", correlation_id)
         return encode(encode_response(failure_message(
             version, ResultReason.GENERAL_FAILURE,
             f"internal error (correlation id {correlation_id})", now)))
-
-
-class _Refused(Exception):
-    def __init__(self, version: Version, reason: int, message: str) -> None:
-        self.version, self.reason, self.message = version, reason, message
 
 
 def _version_of(wire: bytes) -> Version:

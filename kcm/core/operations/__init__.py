@@ -1,4 +1,11 @@
 """The operation handlers of kcm-core. Importing this package registers them all
 in :data:`kcm.core.batch.OPERATIONS`; each module handles one family of operations."""
 
-from kcm.core.operations import create, lifecycle_ops  # noqa: F401
+from kcm.core.operations import (  # noqa: F401
+    attribute_ops,
+    create,
+    crypto_ops,
+    lifecycle_ops,
+    objects_ops,
+    service_ops,
+)

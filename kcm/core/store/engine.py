@@ -180,6 +180,13 @@ class Store(Service):
             return fail(RuntimeError("Store.run() before startService() or after stopService()"))
         return deferToThreadPool(self._reactor, self._threadpool, self.run_sync, fn, write=write)
 
+    def defer(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Call ``fn(*args)`` on a worker thread, outside any transaction; ``fn`` opens its
+        own with :meth:`run_sync`. Lets a caller do its CPU work off the reactor too."""
+        if self._threadpool is None:
+            return fail(RuntimeError("Store.defer() before startService() or after stopService()"))
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
     def run_sync(self, fn: Callable[[Session], T], *, write: bool = True) -> T:
         """:meth:`run` in the calling thread, for the CLI and for migrations-time tools.
 

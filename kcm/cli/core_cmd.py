@@ -1,0 +1,138 @@
+"""``kcm core``: set up and administer a kcm-core deployment (operator commands).
+
+* ``kcm core init [-c CONFIG]``: create the L1 key file (mode 0600) if missing, create or
+  upgrade the database schema (Alembic), and record the L1 check value.
+* ``kcm core tenant add TENANT [-c CONFIG]``: create a tenant and its tenant key (L2).
+* ``kcm core service add TENANT SERVICE [-c CONFIG]``: create a service key (L3) for a
+  service of a tenant; run again to add a new version (rotation).
+
+These run on the core's host, with direct access to its database and L1 key file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from kcm.cli import CommandError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``core`` and its actions to the ``kcm`` parser."""
+    core = subparsers.add_parser("core", help="initialise and administer kcm-core",
+                                 description=__doc__.split("\n\n")[0])
+    actions = core.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    init = actions.add_parser("init", help="create the L1 key file and the database schema")
+    _config_option(init)
+    init.set_defaults(run=_run_init, prog="kcm core init")
+
+    tenant = actions.add_parser("tenant", help="tenants")
+    tenant_actions = tenant.add_subparsers(dest="tenant_action", metavar="ACTION",
+                                           required=True)
+    add_tenant = tenant_actions.add_parser("add", help="create a tenant and its key (L2)")
+    add_tenant.add_argument("tenant")
+    _config_option(add_tenant)
+    add_tenant.set_defaults(run=_run_tenant_add, prog="kcm core tenant add")
+
+    service = actions.add_parser("service", help="services")
+    service_actions = service.add_subparsers(dest="service_action", metavar="ACTION",
+                                             required=True)
+    add_service = service_actions.add_parser(
+        "add", help="create a service key (L3) version for a tenant's service")
+    add_service.add_argument("tenant")
+    add_service.add_argument("service")
+    _config_option(add_service)
+    add_service.set_defaults(run=_run_service_add, prog="kcm core service add")
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default=os.environ.get("KCM_CORE_CONFIG"),
+                        help="kcm-core configuration file (default: $KCM_CORE_CONFIG)")
+
+
+def _config(args: argparse.Namespace):
+    from kcm.core.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as e:
+        raise CommandError(str(e)) from e
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from kcm.core import keys
+    from kcm.core.service import L1_CHECK_META
+    from kcm.core.store import repository
+    from kcm.core.store.engine import Store
+    from kcm.core.store.migrate import upgrade
+
+    config = _config(args)
+    created = False
+    if not os.path.exists(config.l1_key_file):
+        os.makedirs(os.path.dirname(os.path.abspath(config.l1_key_file)), exist_ok=True)
+        keys.create_l1_keyfile(config.l1_key_file)
+        created = True
+    try:
+        l1 = keys.load_l1(config.l1_key_file)
+    except keys.KeyFileError as e:
+        raise CommandError(str(e)) from e
+    _ensure_sqlite_directory(config.database)
+    upgrade(config.database)
+    store = Store(config.database)
+    check = keys.key_check_value(l1)
+
+    def record(session) -> None:
+        known = repository.get_meta(session, L1_CHECK_META)
+        if known is not None and known != check:
+            raise CommandError(f"{config.l1_key_file} is not the L1 key of this database")
+        repository.set_meta(session, L1_CHECK_META, check)
+
+    store.run_sync(record)
+    print(f"L1 key file: {config.l1_key_file} ({'created' if created else 'existing'})")
+    print(f"database: {config.database} (schema up to date)")
+    return 0
+
+
+def _with_keyring(args: argparse.Namespace, fn) -> str:
+    from kcm.core import keys
+    from kcm.core.keyring import Keyring
+    from kcm.core.store.engine import Store
+
+    config = _config(args)
+    try:
+        keyring = Keyring(keys.load_l1(config.l1_key_file))
+    except (OSError, keys.KeyFileError) as e:
+        raise CommandError(f"cannot load the L1 key: {e}") from e
+    return Store(config.database).run_sync(lambda session: fn(session, keyring))
+
+
+def _run_tenant_add(args: argparse.Namespace) -> int:
+    from kcm.core.hierarchy import provision_tenant
+
+    uid = _with_keyring(args, lambda s, k: provision_tenant(s, k, args.tenant,
+                                                            now=int(time.time())))
+    print(f"tenant {args.tenant}: tenant key {uid}")
+    return 0
+
+
+def _run_service_add(args: argparse.Namespace) -> int:
+    from kcm.core.hierarchy import provision_service
+    from kcm.kmip.errors import KmipError
+
+    try:
+        uid = _with_keyring(args, lambda s, k: provision_service(
+            s, k, args.tenant, args.service, now=int(time.time())))
+    except KmipError as e:
+        raise CommandError(e.message) from e
+    print(f"tenant {args.tenant}, service {args.service}: service key {uid}")
+    return 0
+
+
+def _ensure_sqlite_directory(url: str) -> None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix):
+        path = url[len(prefix):]
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

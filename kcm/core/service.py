@@ -1,0 +1,72 @@
+"""The kcm-core service tree. Construction only records the configuration; everything
+that touches files, the database or the network happens in :meth:`startService`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from kcm.core import keys, operations  # noqa: F401  (operations registers the handlers)
+from kcm.core.config import CoreConfig
+from kcm.core.keyring import Keyring
+from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.store import repository
+from kcm.core.store.engine import Store
+from kcm.core.store.migrate import upgrade
+from kcm.identity import SubjectMap
+from kcm.kmip_protocol import KmipServerFactory
+from kcm.logging import configure_logging
+from kcm.tls import peer_principal, server_tls_options, tls_server_endpoint
+
+log = Logger()
+
+L1_CHECK_META = "l1.kcv"
+
+
+class StartupError(RuntimeError):
+    """kcm-core cannot start with this configuration and data."""
+
+
+class CoreService(MultiService):
+    """kcm-core: the store, and the KMIP listener in front of it."""
+
+    def __init__(self, config: CoreConfig, *, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.store: Store | None = None
+        self.handler: CoreRequestHandler | None = None
+
+    def startService(self) -> None:
+        config = self.config
+        configure_logging(level=config.log_level)
+        l1 = keys.load_l1(config.l1_key_file)
+        upgrade(config.database)
+        store = Store(config.database, reactor=self.reactor, threads=config.database_threads)
+        expected = store.run_sync(lambda s: repository.get_meta(s, L1_CHECK_META), write=False)
+        if expected is None:
+            raise StartupError("the database was not initialised: run `kcm core init` first")
+        if expected != keys.key_check_value(l1):
+            raise StartupError(f"{config.l1_key_file} is not the L1 key of this database")
+        keyring = Keyring(l1)
+        self.handler = CoreRequestHandler(store, keyring, clock=self.reactor.seconds,
+                                          max_message_size=config.limits.max_message_size)
+        subject_map = (SubjectMap.from_toml(config.policy_file)
+                       if config.policy_file else None)
+        trust_domain = config.trust_domain
+        factory = KmipServerFactory(
+            self.handler, config.limits,
+            lambda transport: peer_principal(transport, trust_domain, subject_map),
+            self.reactor)
+        tls = server_tls_options(config.tls.cert, config.tls.key, config.tls.ca)
+        listener = StreamServerEndpointService(
+            tls_server_endpoint(self.reactor, config.listen, tls), factory)
+        listener._raiseSynchronously = True
+        self.store = store
+        store.setServiceParent(self)
+        listener.setServiceParent(self)
+        log.info("kcm-core listening on {listen}", listen=config.listen)
+        super().startService()

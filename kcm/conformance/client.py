@@ -1,0 +1,123 @@
+"""A small blocking KMIP client over mutual TLS, for conformance runs, end-to-end tests and
+benchmarks. It sends whole TTLV messages and reads back exactly one response each.
+
+The transport is KMIP's (KMIP 2.1 §13, KMIP 1.4 §10): TLS 1.2 or later, the client presents a
+certificate, the server's certificate is verified against ``ca``. A response is framed by its
+own 8-byte TTLV header (tag, type, length), so exactly ``8 + length`` bytes are read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["DEFAULT_MAX_RESPONSE", "DEFAULT_TIMEOUT", "KmipClient", "KmipClientError"]
+
+#: Seconds to wait for a connection and for each response.
+DEFAULT_TIMEOUT = 30.0
+#: The largest response accepted, in bytes.
+DEFAULT_MAX_RESPONSE = 16 * 1024 * 1024
+
+_HEADER = struct.Struct(">II")
+_STRUCTURE = 0x01
+
+
+class KmipClientError(ConnectionError):
+    """The connection failed, closed early, timed out or carried something not TTLV."""
+
+
+class KmipClient:
+    """One TLS connection to a KMIP server; :meth:`send` is one request and its response.
+
+    ``cert`` / ``key`` are the client's PEM certificate and key, ``ca`` the PEM CA bundle that
+    must have issued the server's certificate. ``check_hostname`` also checks ``host`` (or
+    ``server_hostname``) against the server certificate's names. Connects lazily on the first
+    :meth:`send` (or :meth:`connect`); usable as a context manager. Not thread-safe.
+    """
+
+    def __init__(self, host: str, port: int, *, cert: str | Path, key: str | Path,
+                 ca: str | Path, check_hostname: bool = False,
+                 server_hostname: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 max_response: int = DEFAULT_MAX_RESPONSE) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.max_response = max_response
+        self.server_hostname = server_hostname or host
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = check_hostname
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(ca))
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        self._context = context
+        self._socket: ssl.SSLSocket | None = None
+
+    def connect(self) -> None:
+        """Open the TLS connection (done by :meth:`send` when needed)."""
+        if self._socket is not None:
+            return
+        try:
+            raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as e:
+            raise KmipClientError(f"cannot connect to {self.host}:{self.port}: {e}") from e
+        try:
+            self._socket = self._context.wrap_socket(raw, server_hostname=self.server_hostname)
+        except (OSError, ssl.SSLError) as e:
+            raw.close()
+            raise KmipClientError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
+        self._socket.settimeout(self.timeout)
+
+    def send(self, request: bytes) -> bytes:
+        """Send one encoded request message; return the one response message, whole.
+
+        Raises :class:`KmipClientError` on any failure; the connection is closed then, and a
+        later call reconnects.
+        """
+        self.connect()
+        assert self._socket is not None
+        try:
+            self._socket.sendall(request)
+            header = self._read(8)
+            tag_type, length = _HEADER.unpack(header)
+            if tag_type & 0xFF != _STRUCTURE or length % 8:
+                raise KmipClientError(f"response header {header.hex()} is not a TTLV message")
+            if 8 + length > self.max_response:
+                raise KmipClientError(f"response of {8 + length} bytes is too large")
+            return header + self._read(length)
+        except (OSError, ssl.SSLError) as e:
+            self.close()
+            raise KmipClientError(f"connection to {self.host}:{self.port} failed: {e}") from e
+        except KmipClientError:
+            self.close()
+            raise
+
+    def _read(self, count: int) -> bytes:
+        assert self._socket is not None
+        chunks = bytearray()
+        while len(chunks) < count:
+            chunk = self._socket.recv(count - len(chunks))
+            if not chunk:
+                raise KmipClientError(
+                    f"server closed the connection after {len(chunks)} of {count} bytes"
+                )
+            chunks += chunk
+        return bytes(chunks)
+
+    def close(self) -> None:
+        """Close the connection, if open."""
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> KmipClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,174 @@
+"""Real kcm-core processes for end-to-end tests: a development PKI, `kcm core init`, a
+bootstrapped tenant, and `twistd -n kcm-core` on a free loopback port (test support)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from kcm.pki import PkiPaths, init_pki
+from tests.vectors import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_env() -> dict[str, str]:
+    """The environment for kcm processes: the repository on PYTHONPATH, so twistd finds the
+    plugin in twisted/plugins of the working tree (an editable install does not expose it)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+@dataclass
+class CoreProcess:
+    """One kcm-core deployment in a directory, and its running twistd process."""
+
+    root: Path
+    database: str
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def pki(self) -> PkiPaths:
+        return PkiPaths.for_directory(self.root / "pki")
+
+    @property
+    def config(self) -> Path:
+        return self.root / "kcm-core.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "core.log"
+
+    def write_config(self) -> None:
+        self.config.write_text(
+            "[core]\n"
+            f'listen = "tcp:{self.port}:interface=127.0.0.1"\n'
+            'trust_domain = "kcm.test"\n'
+            f'database = "{self.database}"\n'
+            f'l1_key_file = "{self.root / "l1.key"}"\n'
+            f'policy_file = "{self.root / "policy.toml"}"\n'
+            "[core.tls]\n"
+            f'cert = "{self.pki.core.cert}"\nkey = "{self.pki.core.key}"\n'
+            f'ca = "{self.pki.ca.cert}"\n'
+            "[core.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"
+        )
+        (self.root / "policy.toml").write_text(
+            '[subjects]\n"CN=legacy-client,O=KCM Dev" = "tenant/demo/service/legacy"\n')
+
+    def kcm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run the `kcm` command with this deployment's configuration."""
+        return subprocess.run([str(BIN / "kcm"), *args, "-c", str(self.config)],
+                              env=process_env(), capture_output=True, text=True, check=check,
+                              timeout=60)
+
+    def start(self) -> None:
+        """Start `twistd -n kcm-core` and wait until it accepts connections."""
+        log = open(self.log, "ab")  # noqa: SIM115 - owned by the child process
+        self.process = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "kcm-core", "-c", str(self.config)],
+            cwd=self.root, env=process_env(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kcm-core exited ({self.process.returncode}):\n"
+                                   + self.log.read_text()[-3000:])
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("kcm-core did not start listening:\n" + self.log.read_text()[-3000:])
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def client(self, who: str = "app"):
+        """A blocking KMIP client (kcm.conformance.client) with one of the PKI's identities."""
+        from kcm.conformance.client import KmipClient
+
+        pair = getattr(self.pki, who)
+        return KmipClient("127.0.0.1", self.port, cert=pair.cert, key=pair.key,
+                          ca=self.pki.ca.cert)
+
+    def pykmip(self, who: str = "app"):
+        """PyKMIP's ProxyKmipClient, opened, with one of the PKI's identities."""
+        from kmip.pie.client import ProxyKmipClient
+
+        pair = getattr(self.pki, who)
+        client = ProxyKmipClient(hostname="127.0.0.1", port=self.port, cert=str(pair.cert),
+                                 key=str(pair.key), ca=str(self.pki.ca.cert),
+                                 config_file=os.devnull)
+        client.open()
+        return client
+
+
+def deploy(root: Path, database: str) -> CoreProcess:
+    """A PKI, an initialised database and L1, tenants demo (service app) and other."""
+    root.mkdir(parents=True, exist_ok=True)
+    core = CoreProcess(root, database)
+    init_pki(root / "pki")
+    core.write_config()
+    core.kcm("core", "init")
+    for tenant in ("demo", "other"):
+        core.kcm("core", "tenant", "add", tenant)
+    core.kcm("core", "service", "add", "demo", "app")
+    return core
+
+
+@pytest.fixture
+def core_process(tmp_path: Path) -> Iterator[CoreProcess]:
+    """A running kcm-core on a real SQLite file."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.start()
+    try:
+        yield core
+    finally:
+        core.stop()
+
+
+_pg_databases = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def core_process_pg(tmp_path: Path, postgres_url: str) -> Iterator[CoreProcess]:
+    """A running kcm-core on its own database in the suite's PostgreSQL cluster."""
+    import sqlalchemy
+
+    name = f"kcm_e2e_{next(_pg_databases)}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    core = deploy(tmp_path / "core", url)
+    core.start()
+    try:
+        yield core
+    finally:
+        core.stop()

@@ -1,0 +1,70 @@
+"""kcm-core as a real `twistd` process: real certificates, real SQLite / PostgreSQL,
+PyKMIP and our own client over mutual TLS."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+
+import pytest
+from kmip.core import enums
+from kmip.pie import exceptions as pie_exceptions
+
+from tests.e2e_support import CoreProcess
+
+
+def _create_get_destroy(core: CoreProcess) -> None:
+    client = core.pykmip()
+    try:
+        uid = client.create(enums.CryptographicAlgorithm.AES, 256)
+        client.activate(uid)
+        client.revoke(enums.RevocationReasonCode.KEY_COMPROMISE, uid)
+        client.destroy(uid)
+    finally:
+        client.close()
+
+
+def test_pykmip_lifecycle_on_sqlite(core_process: CoreProcess) -> None:
+    _create_get_destroy(core_process)
+    result = core_process.kcm("audit", "verify")
+    assert "audit log intact" in result.stdout
+
+
+def test_pykmip_lifecycle_on_postgresql(core_process_pg: CoreProcess) -> None:
+    _create_get_destroy(core_process_pg)
+    assert core_process_pg.kcm("audit", "verify").returncode == 0
+
+
+def test_other_tenant_cannot_touch_an_object(core_process: CoreProcess) -> None:
+    owner, stranger = core_process.pykmip("app"), core_process.pykmip("other_app")
+    try:
+        uid = owner.create(enums.CryptographicAlgorithm.AES, 128)
+        with pytest.raises(pie_exceptions.KmipOperationFailure) as caught:
+            stranger.activate(uid)
+        assert caught.value.reason == enums.ResultReason.ITEM_NOT_FOUND
+    finally:
+        owner.close()
+        stranger.close()
+
+
+def test_a_client_without_certificate_is_refused(core_process: CoreProcess) -> None:
+    context = ssl.create_default_context(cafile=str(core_process.pki.ca.cert))
+    context.check_hostname = False
+    with socket.create_connection(("127.0.0.1", core_process.port), timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with context.wrap_socket(raw) as tls:
+                # TLS 1.3 reports the missing certificate at the first read, not the handshake.
+                tls.sendall(bytes.fromhex("4200780100000000"))
+                if not tls.recv(8):
+                    raise ConnectionError("closed")
+
+
+def test_malformed_ttlv_is_invalid_message_and_the_server_keeps_serving(
+        core_process: CoreProcess) -> None:
+    with core_process.client() as client:
+        # A readable header, a body that is not TTLV.
+        answer = client.send(bytes.fromhex("4200780100000010") + b"\xff" * 16)
+        assert struct.unpack(">I", answer[:4])[0] >> 8 == 0x42007B
+        assert b"malformed TTLV" in answer
+    _create_get_destroy(core_process)

@@ -51,13 +51,13 @@ def test_other_tenant_cannot_touch_an_object(core_process: CoreProcess) -> None:
 def test_a_client_without_certificate_is_refused(core_process: CoreProcess) -> None:
     context = ssl.create_default_context(cafile=str(core_process.pki.ca.cert))
     context.check_hostname = False
-    with socket.create_connection(("127.0.0.1", core_process.port), timeout=5) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            with context.wrap_socket(raw) as tls:
-                # TLS 1.3 reports the missing certificate at the first read, not the handshake.
-                tls.sendall(bytes.fromhex("4200780100000000"))
-                if not tls.recv(8):
-                    raise ConnectionError("closed")
+    with (socket.create_connection(("127.0.0.1", core_process.port), timeout=5) as raw,
+          pytest.raises((ssl.SSLError, ConnectionError)),
+          context.wrap_socket(raw) as tls):
+        # TLS 1.3 reports the missing certificate at the first read, not the handshake.
+        tls.sendall(bytes.fromhex("4200780100000000"))
+        if not tls.recv(8):
+            raise ConnectionError("closed")
 
 
 def test_malformed_ttlv_is_invalid_message_and_the_server_keeps_serving(

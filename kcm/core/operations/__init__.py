@@ -2,6 +2,7 @@
 in :data:`kcm.core.batch.OPERATIONS`; each module handles one family of operations."""
 
 from kcm.core.operations import (  # noqa: F401
+    asymmetric_ops,
     attribute_ops,
     create,
     crypto_ops,

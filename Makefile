@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# twistd finds the kcm plugins in ./twisted/plugins (an editable install does not expose them).
+export PYTHONPATH := $(CURDIR)
 
 .PHONY: test lint bench run clean
 
@@ -26,10 +28,21 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/codec_bench.py
 
-## Starts core and gateway on loopback (completed by the kcm-core and kcm-gateway work).
+## kcm-core on 127.0.0.1:5696 with a development PKI (var/pki), an embedded SQLite store
+## (var/kcm-core.db), the L1 key file var/l1.key and a demo tenant with service "app".
 run: $(STAMP)
-	@echo "make run: kcm-core and kcm-gateway are not built yet (see README.rst, Status)." >&2
-	@exit 1
+	@test -f var/pki/ca.pem || $(BIN)/kcm pki init var/pki
+	@$(BIN)/kcm core init -c etc/kcm-core.toml
+	@$(BIN)/kcm core bootstrap demo app -c etc/kcm-core.toml
+	@echo
+	@echo "kcm-core: KMIP over mutual TLS on 127.0.0.1:5696. Connect with PyKMIP, e.g."
+	@echo "  $(BIN)/python -c 'from kmip.pie.client import ProxyKmipClient as C; from kmip import enums;"
+	@echo "    c = C(hostname=\"127.0.0.1\", port=5696, cert=\"var/pki/app.pem\", key=\"var/pki/app.key\","
+	@echo "          ca=\"var/pki/ca.pem\", config_file=\"/dev/null\"); c.open();"
+	@echo "    print(c.create(enums.CryptographicAlgorithm.AES, 256))'"
+	@echo "(see README.rst). Ctrl-C stops it."
+	@echo
+	$(BIN)/twistd -n --pidfile= kcm-core -c etc/kcm-core.toml
 
 clean:
-	rm -rf $(VENV) build *.egg-info var
+	rm -rf $(VENV) build *.egg-info var .cache

@@ -5,6 +5,8 @@
 * ``kcm core tenant add TENANT [-c CONFIG]``: create a tenant and its tenant key (L2).
 * ``kcm core service add TENANT SERVICE [-c CONFIG]``: create a service key (L3) for a
   service of a tenant; run again to add a new version (rotation).
+* ``kcm core bootstrap TENANT SERVICE [-c CONFIG]``: make sure the tenant and a service key
+  exist (idempotent; what ``make run`` uses).
 
 These run on the core's host, with direct access to its database and L1 key file.
 """
@@ -45,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_service.add_argument("service")
     _config_option(add_service)
     add_service.set_defaults(run=_run_service_add, prog="kcm core service add")
+
+    bootstrap = actions.add_parser(
+        "bootstrap", help="ensure a tenant and a service key exist (idempotent)")
+    bootstrap.add_argument("tenant")
+    bootstrap.add_argument("service")
+    _config_option(bootstrap)
+    bootstrap.set_defaults(run=_run_bootstrap, prog="kcm core bootstrap")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +135,23 @@ def _run_service_add(args: argparse.Namespace) -> int:
             s, k, args.tenant, args.service, now=int(time.time())))
     except KmipError as e:
         raise CommandError(e.message) from e
+    print(f"tenant {args.tenant}, service {args.service}: service key {uid}")
+    return 0
+
+
+def _run_bootstrap(args: argparse.Namespace) -> int:
+    from kcm.core.hierarchy import provision_service, provision_tenant
+    from kcm.core.store import repository
+
+    def ensure(session, keyring) -> str:
+        now = int(time.time())
+        provision_tenant(session, keyring, args.tenant, now=now)
+        existing = repository.find_l3(session, args.tenant, args.service, active_only=True)
+        if existing:
+            return existing[0].uid
+        return provision_service(session, keyring, args.tenant, args.service, now=now)
+
+    uid = _with_keyring(args, ensure)
     print(f"tenant {args.tenant}, service {args.service}: service key {uid}")
     return 0
 

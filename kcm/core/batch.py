@@ -104,18 +104,26 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
         everything.rollback()
         for outcome in outcomes:
             if outcome.item.result_status == ResultStatus.SUCCESS:
+                # The payload stays: it says what was undone (as the BL-M-2-21 case shows).
                 outcome.item.result_status = ResultStatus.OPERATION_UNDONE
-                outcome.item.response_payload = None
     else:
         everything.commit()
     for outcome in outcomes:
         append_audit(session, audit_event(caller, outcome.item, correlation_id,
                                           outcome.object_ids, outcome.detail))
-    return ResponseMessage(
-        ResponseHeader(protocol_version=ProtocolVersion.of(version), time_stamp=now,
-                       client_correlation_value=header.client_correlation_value,
-                       batch_count=len(outcomes)),
-        [outcome.item for outcome in outcomes])
+    return ResponseMessage(response_header(version, now, correlation_id, len(outcomes)),
+                           [outcome.item for outcome in outcomes])
+
+
+def response_header(version: tuple[int, int], now: int, correlation_id: str,
+                    batch_count: int) -> ResponseHeader:
+    """A response header. From KMIP 1.4 on it carries the request's correlation id as
+    Server Correlation Value (KMIP 1.4 §6.19), the id that names the request in the
+    audit log and the server log."""
+    return ResponseHeader(
+        protocol_version=ProtocolVersion.of(version), time_stamp=now,
+        server_correlation_value=correlation_id if version >= (1, 4) else None,
+        batch_count=batch_count)
 
 
 def _fail(response: ResponseBatchItem, reason: int, message: str) -> None:

@@ -100,6 +100,13 @@ class StoredObject:
 
 
 # Loading ----------------------------------------------------------------------
+def not_found(version: tuple[int, int], uid: str) -> KmipError:
+    """No such object (for this caller): KMIP 2.x names it Object Not Found, 1.x has only
+    Item Not Found."""
+    reason = ResultReason.OBJECT_NOT_FOUND if version >= (2, 0) else ResultReason.ITEM_NOT_FOUND
+    return KmipError(reason, f"no object {uid!r}")
+
+
 def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredObject:
     """The caller's object ``uid``; Item Not Found for a missing one or another tenant's.
 
@@ -109,7 +116,7 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
     tenant = policy.tenant_of(ctx.principal)
     row = repository.get_object(ctx.session, tenant, uid, for_update=for_update)
     if row is None:
-        raise KmipError(ResultReason.ITEM_NOT_FOUND, f"no object {uid!r}")
+        raise not_found(ctx.version, uid)
     obj = StoredObject(row, decode_attributes(row.attributes))
     current = obj.state
     moved = lifecycle.state_at(current, lifecycle.LifecycleDates(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 
 from kcm.core.audit import append_audit
-from kcm.core.batch import audit_event, execute
+from kcm.core.batch import audit_event, execute, response_header
 from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
 from kcm.core.server_info import ServerInfo
@@ -104,7 +104,7 @@ class CoreRequestHandler:
 
     def _refuse(self, caller: Caller, version: Version, reason: int, message: str,
                 correlation_id: str, now: int) -> bytes:
-        response = failure_message(version, reason, message, now)
+        response = failure_message(version, reason, message, now, correlation_id)
         try:
             self._store.run_sync(lambda session: append_audit(session, audit_event(
                 caller, response.batch_items[0], correlation_id, [])))
@@ -116,7 +116,7 @@ class CoreRequestHandler:
         log.exception("request failed [correlation id %s]", correlation_id)
         return encode(encode_response(failure_message(
             version, ResultReason.GENERAL_FAILURE,
-            f"internal error (correlation id {correlation_id})", now)))
+            f"internal error (correlation id {correlation_id})", now, correlation_id)))
 
 
 def _version_of(wire: bytes) -> Version:
@@ -127,10 +127,14 @@ def _version_of(wire: bytes) -> Version:
         return (1, 0)
 
 
-def failure_message(version: Version, reason: int, message: str, now: int) -> ResponseMessage:
+def failure_message(version: Version, reason: int, message: str, now: int,
+                    correlation_id: str | None = None) -> ResponseMessage:
     """A response with one failed batch item (for a request that could not be read)."""
     item = ResponseBatchItem(result_status=ResultStatus.OPERATION_FAILED, result_reason=reason,
                              result_message=message)
-    header = ResponseHeader(protocol_version=ProtocolVersion.of(version), time_stamp=now,
-                            batch_count=1)
+    if correlation_id is None:
+        header = ResponseHeader(protocol_version=ProtocolVersion.of(version), time_stamp=now,
+                                batch_count=1)
+    else:
+        header = response_header(version, now, correlation_id, 1)
     return ResponseMessage(header, [item])

@@ -94,7 +94,7 @@ async def test_other_tenant_sees_nothing(core: CoreHarness) -> None:
     uid = response.batch_items[0].response_payload.unique_identifier
     response = await send(core, wire((Operation.ACTIVATE, ActivateRequest(unique_identifier=uid))),
                           principal=service_principal("other"))
-    assert response.batch_items[0].result_reason == ResultReason.ITEM_NOT_FOUND
+    assert response.batch_items[0].result_reason == ResultReason.OBJECT_NOT_FOUND
 
 
 @pytest_twisted.ensureDeferred
@@ -105,7 +105,7 @@ async def test_undo_rolls_back_and_reports_undone(core: CoreHarness) -> None:
                                      continuation=BatchErrorContinuationOption.UNDO))
     first, second = response.batch_items
     assert first.result_status == ResultStatus.OPERATION_UNDONE
-    assert second.result_reason == ResultReason.ITEM_NOT_FOUND
+    assert second.result_reason == ResultReason.OBJECT_NOT_FOUND
     from kcm.core.store import repository
     assert core.store.run_sync(lambda s: repository.locate(s, "demo", levels={None})) == []
 
@@ -129,7 +129,7 @@ async def test_every_batch_item_and_refused_request_is_audited(core: CoreHarness
     rows = core.store.run_sync(lambda s: s.scalars(select(AuditLog).order_by(AuditLog.seq)).all())
     assert [(r.operation, r.result_status, r.result_reason) for r in rows] == [
         ("CREATE", "SUCCESS", None), ("ACTIVATE", "SUCCESS", None),
-        ("ACTIVATE", "OPERATION_FAILED", "ITEM_NOT_FOUND"),
+        ("ACTIVATE", "OPERATION_FAILED", "OBJECT_NOT_FOUND"),
         ("?", "OPERATION_FAILED", "INVALID_MESSAGE"),
     ]
     assert rows[0].principal == "spiffe://kcm.test/tenant/demo/service/app"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from kcm.core import managed
 from kcm.core.attribute_rules import check_client_attributes
 from kcm.core.batch import operation
@@ -9,16 +11,19 @@ from kcm.core.context import OperationContext
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
+    HashingAlgorithm,
     KeyFormatType,
     ObjectType,
     Operation,
     ResultReason,
+    RNGAlgorithm,
     State,
 )
 from kcm.kmip.errors import KmipError
 from kcm.kmip.objects import KeyBlock, KeyValue, SymmetricKey
 from kcm.kmip.payloads import CreateRequest, CreateResponse
 from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType
 
 #: Key lengths in bits the server generates, per algorithm.
 KEY_LENGTHS: dict[int, frozenset[int]] = {
@@ -40,7 +45,8 @@ def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse:
     key = generate_key(ctx, algorithm, length)
     uid = ctx.keyring.new_uid()
     stored = server_attributes(ctx, uid, ObjectType.SYMMETRIC_KEY, attributes,
-                               algorithm=algorithm, length=length)
+                               algorithm=algorithm, length=length, key_bytes=key,
+                               generated=True)
     block = KeyBlock(key_format_type=KeyFormatType.RAW, key_value=KeyValue(key_material=key),
                      cryptographic_algorithm=algorithm, cryptographic_length=length)
     managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY, attributes=stored,
@@ -79,8 +85,16 @@ def generate_key(ctx: OperationContext, algorithm: int, length: int) -> bytes:
 
 def server_attributes(ctx: OperationContext, uid: str, object_type: int,
                       attributes: list[Attribute], *, algorithm: int | None,
-                      length: int | None, state: State | None = None) -> list[Attribute]:
-    """The client's attributes plus those the server sets on every new object."""
+                      length: int | None, state: State | None = None,
+                      key_bytes: bytes | None = None, generated: bool = False,
+                      key_format: int = KeyFormatType.RAW) -> list[Attribute]:
+    """The client's attributes plus those the server sets on every new object.
+
+    ``key_bytes`` (the object's key material, when it has plain material) gives it a
+    SHA-256 Digest (KMIP 1.4 §3.17); ``generated`` records how the server made it
+    (Random Number Generator, KMIP 1.4 §3.44). The sensitivity attributes start at
+    their spec defaults unless the client set them (KMIP 1.4 §3.45–§3.48).
+    """
     activation = _single(attributes, Tag.ACTIVATION_DATE)
     if state is None:
         state = (State.ACTIVE if activation is not None and activation <= ctx.now
@@ -101,6 +115,31 @@ def server_attributes(ctx: OperationContext, uid: str, object_type: int,
         Attribute.of(Tag.INITIAL_DATE, ctx.now),
         Attribute.of(Tag.LAST_CHANGE_DATE, ctx.now),
         Attribute.of(Tag.ORIGINAL_CREATION_DATE, ctx.now),
+    ]
+    if key_bytes is not None:
+        stored.append(Attribute(Tag.DIGEST, Item(Tag.DIGEST, ItemType.STRUCTURE, [
+            Item(Tag.HASHING_ALGORITHM, ItemType.ENUMERATION, HashingAlgorithm.SHA_256),
+            Item(Tag.DIGEST_VALUE, ItemType.BYTE_STRING, hashlib.sha256(key_bytes).digest()),
+            Item(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION, int(key_format)),
+        ])))
+    if generated:
+        # Keys come from the operating system's CSPRNG (os.urandom); no more specific
+        # algorithm can be claimed truthfully.
+        stored.append(Attribute(Tag.RANDOM_NUMBER_GENERATOR, Item(
+            Tag.RANDOM_NUMBER_GENERATOR, ItemType.STRUCTURE,
+            [Item(Tag.RNG_ALGORITHM, ItemType.ENUMERATION, RNGAlgorithm.UNSPECIFIED)])))
+    sensitive = _single(attributes, Tag.SENSITIVE)
+    extractable = _single(attributes, Tag.EXTRACTABLE)
+    if sensitive is None:
+        sensitive = False
+        stored.append(Attribute.of(Tag.SENSITIVE, False, ItemType.BOOLEAN))
+    if extractable is None:
+        extractable = True
+        stored.append(Attribute.of(Tag.EXTRACTABLE, True, ItemType.BOOLEAN))
+    stored += [
+        Attribute.of(Tag.ALWAYS_SENSITIVE, bool(sensitive), ItemType.BOOLEAN),
+        Attribute.of(Tag.NEVER_EXTRACTABLE, not extractable, ItemType.BOOLEAN),
+        Attribute.of(Tag.FRESH, True, ItemType.BOOLEAN),
     ]
     return stored
 

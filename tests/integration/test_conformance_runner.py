@@ -24,8 +24,6 @@ import pytest
 from kcm.cli import main
 from kcm.pki import PkiPaths, init_pki
 
-pytest.importorskip("kmip")
-
 _SERVER = """
 import sys, warnings
 warnings.simplefilter("ignore")

@@ -5,14 +5,17 @@
   (Item Not Found), so identifiers leak nothing across tenants.
 * Applications (SERVICE) and tenant administrators (ADMIN) manage ordinary objects
   of their tenant.
-* The hierarchy keys (L2, L3) are objects like any other for Locate and Get
-  Attributes; changing their lifecycle is for tenant administrators. Their key
-  material never leaves through KMIP Get: L2 never, L3 only over the gateway link.
+* The hierarchy keys (L2, L3) are objects like any other for Get Attributes, and for
+  Locate by tenant administrators (applications locate ordinary objects only);
+  changing their lifecycle is for tenant administrators. Their key material never
+  leaves through KMIP Get: L2 never, L3 only over the gateway link.
 * GATEWAY principals act only through the link, on behalf of the caller they assert.
   OPERATORs administer tenants with the `kcm` CLI and hold no tenant of their own.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.identity import Principal, Role
@@ -36,6 +39,17 @@ def check_lifecycle_change(principal: Principal, level: int | None) -> None:
     if level in (LEVEL_TENANT_KEY, LEVEL_SERVICE_KEY) and principal.role is not Role.ADMIN:
         raise KmipError(ResultReason.PERMISSION_DENIED,
                         "only a tenant administrator may change a tenant or service key")
+
+
+def locate_levels(principal: Principal) -> Collection[int | None] | None:
+    """The hierarchy levels Locate may return to ``principal`` (None: every level).
+
+    Applications find ordinary objects only; tenant administrators also find the tenant
+    and service keys, which they manage.
+    """
+    if principal.role is Role.ADMIN:
+        return None
+    return frozenset({None})
 
 
 def check_material_export(principal: Principal, level: int | None) -> None:

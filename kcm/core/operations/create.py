@@ -139,8 +139,14 @@ def server_attributes(ctx: OperationContext, uid: str, object_type: int,
     stored += [
         Attribute.of(Tag.ALWAYS_SENSITIVE, bool(sensitive), ItemType.BOOLEAN),
         Attribute.of(Tag.NEVER_EXTRACTABLE, not extractable, ItemType.BOOLEAN),
-        Attribute.of(Tag.FRESH, True, ItemType.BOOLEAN),
     ]
+    if _single(attributes, Tag.FRESH) is None:
+        stored.append(Attribute.of(Tag.FRESH, True, ItemType.BOOLEAN))
+    if _single(attributes, Tag.OPERATION_POLICY_NAME) is None:
+        # KMIP 1.x clients (PyKMIP among them) expect every object to carry one; KCM's
+        # policy is not per object, so every object names the one policy, "default".
+        # KMIP 2.x has no such attribute: its encoder drops it.
+        stored.append(Attribute.of(Tag.OPERATION_POLICY_NAME, "default", ItemType.TEXT_STRING))
     return stored
 
 

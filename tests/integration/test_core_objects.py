@@ -1,0 +1,539 @@
+"""Register, Re-key, Get and Locate through kcm-core's request handler, in process.
+
+Requests are built with the KMIP model, encoded in KMIP 1.4 or 2.1, and answered by the
+real handler over a real SQLite store (the ``core`` fixture). The last tests play the
+OASIS test cases that exercise these operations.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import keywrap
+
+from kcm.conformance.runner import run_case
+from kcm.core.hierarchy import service_key_name
+from kcm.core.store import repository
+from kcm.core.store.schema import LEVEL_SERVICE_KEY
+from kcm.kmip.attributes import Attribute, AttributeReference, Link, Name
+from kcm.kmip.enums import (
+    CryptographicAlgorithm,
+    CryptographicUsageMask,
+    KeyFormatType,
+    LinkType,
+    NameType,
+    ObjectType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    RevocationReasonCode,
+    SecretDataType,
+    State,
+    StorageStatusMask,
+    WrappingMethod,
+)
+from kcm.kmip.messages import (
+    ProtocolVersion,
+    RequestBatchItem,
+    RequestHeader,
+    RequestMessage,
+    ResponseMessage,
+    decode_response,
+    encode_request,
+)
+from kcm.kmip.objects import (
+    EncryptionKeyInformation,
+    KeyBlock,
+    KeyValue,
+    KeyWrappingSpecification,
+    OpaqueObject,
+    SecretData,
+    SymmetricKey,
+    TransparentSymmetricKey,
+)
+from kcm.kmip.payloads import (
+    ActivateRequest,
+    DestroyRequest,
+    GetAttributesRequest,
+    GetRequest,
+    LocateRequest,
+    RegisterRequest,
+    ReKeyRequest,
+    RevocationReason,
+    RevokeRequest,
+)
+from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType, decode, encode
+from tests.core_support import CoreHarness, admin_principal, service_principal
+
+V14 = (1, 4)
+V21 = (2, 1)
+KEY = bytes(range(16))
+KEK = bytes(range(16, 48))
+
+
+# -- helpers --------------------------------------------------------------------------
+
+def send(core: CoreHarness, *items: tuple[Operation, object], version=V21,
+         principal=None) -> ResponseMessage:
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=len(items))
+    batch = [RequestBatchItem(operation=op, request_payload=payload) for op, payload in items]
+    wire = encode(encode_request(RequestMessage(header, batch)))
+    answer = core.handler.respond(wire, core.caller(principal), int(time.time()))
+    return decode_response(decode(answer))
+
+
+def one(core: CoreHarness, op: Operation, payload: object, **kwargs):
+    """The single batch item of the answer to one operation."""
+    return send(core, (op, payload), **kwargs).batch_items[0]
+
+
+def ok(core: CoreHarness, op: Operation, payload: object, **kwargs):
+    item = one(core, op, payload, **kwargs)
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+    return item.response_payload
+
+
+def failed(core: CoreHarness, op: Operation, payload: object, reason: int, **kwargs) -> str:
+    item = one(core, op, payload, **kwargs)
+    assert item.result_status == ResultStatus.OPERATION_FAILED
+    assert item.result_reason == reason, (ResultReason(item.result_reason), item.result_message)
+    assert item.result_message
+    return item.result_message
+
+
+def name(text: str) -> Attribute:
+    return Attribute.of(Tag.NAME, Name(value=text, type=NameType.UNINTERPRETED_TEXT_STRING))
+
+
+def aes_key(key: bytes = KEY, fmt: int = KeyFormatType.RAW) -> SymmetricKey:
+    material = key if fmt == KeyFormatType.RAW else TransparentSymmetricKey(key=key)
+    return SymmetricKey(key_block=KeyBlock(
+        key_format_type=fmt, key_value=KeyValue(key_material=material),
+        cryptographic_algorithm=CryptographicAlgorithm.AES, cryptographic_length=len(key) * 8))
+
+
+def register(core: CoreHarness, obj=None, attributes=(), *, object_type=ObjectType.SYMMETRIC_KEY,
+             version=V21, principal=None) -> str:
+    request = RegisterRequest(object_type=object_type, attributes=list(attributes),
+                              object=obj if obj is not None else aes_key())
+    return ok(core, Operation.REGISTER, request, version=version,
+              principal=principal).unique_identifier
+
+
+def row(core: CoreHarness, uid: str, tenant: str = "demo"):
+    return core.store.run_sync(lambda s: repository.get_object(s, tenant, uid))
+
+
+def attributes_of(core: CoreHarness, uid: str, *tags: int) -> dict[int, list]:
+    payload = ok(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(
+        unique_identifier=uid, attribute_references=[AttributeReference(t) for t in tags]),
+        principal=admin_principal())
+    found: dict[int, list] = {}
+    for attribute in payload.attributes or []:
+        found.setdefault(attribute.tag, []).append(attribute.typed)
+    return found
+
+
+def locate(core: CoreHarness, *attributes: Attribute, version=V21, principal=None, **fields):
+    return ok(core, Operation.LOCATE, LocateRequest(attributes=list(attributes), **fields),
+              version=version, principal=principal)
+
+
+PAST = Attribute.of(Tag.ACTIVATION_DATE, 946_684_800)  # 2000-01-01
+WRAP_MASK = Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, CryptographicUsageMask.WRAP_KEY)
+
+
+# -- Register ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_register_symmetric_key_then_get(core: CoreHarness, version) -> None:
+    uid = register(core, aes_key(), [name("reg")], version=version)
+    assert row(core, uid).state == State.PRE_ACTIVE
+    payload = ok(core, Operation.GET, GetRequest(unique_identifier=uid), version=version)
+    assert payload.object_type == ObjectType.SYMMETRIC_KEY
+    assert payload.object.key_block.key_bytes == KEY
+    assert payload.object.key_block.cryptographic_length == 128
+    stored = row(core, uid)
+    assert KEY not in stored.material  # stored only wrapped
+    assert stored.cryptographic_algorithm == CryptographicAlgorithm.AES
+
+
+def test_register_with_past_activation_date_is_active(core: CoreHarness) -> None:
+    uid = register(core, aes_key(), [PAST])
+    assert row(core, uid).state == State.ACTIVE
+
+
+def test_register_secret_data_opaque_and_raw_objects(core: CoreHarness) -> None:
+    secret = SecretData(secret_data_type=SecretDataType.PASSWORD, key_block=KeyBlock(
+        key_format_type=KeyFormatType.OPAQUE, key_value=KeyValue(key_material=b"password")))
+    opaque = OpaqueObject(opaque_data_type=0x80000001, opaque_data_value=b"\x01\x02\x03")
+    public = Item(Tag.PUBLIC_KEY, ItemType.STRUCTURE, [Item(Tag.KEY_BLOCK, ItemType.STRUCTURE, [
+        Item(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION, int(KeyFormatType.PKCS_1)),
+        Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [
+            Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, b"\x30\x03\x02\x01\x01")]),
+        Item(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION,
+                 int(CryptographicAlgorithm.RSA)),
+        Item(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER, 2048)])])
+    for obj, object_type in ((secret, ObjectType.SECRET_DATA),
+                             (opaque, ObjectType.OPAQUE_OBJECT),
+                             (public, ObjectType.PUBLIC_KEY)):
+        for version in (V14, V21):
+            uid = register(core, obj, object_type=object_type, version=version)
+            got = ok(core, Operation.GET, GetRequest(unique_identifier=uid), version=version)
+            assert got.object_type == object_type
+            assert got.object == obj
+    uid = register(core, public, object_type=ObjectType.PUBLIC_KEY)
+    assert attributes_of(core, uid, Tag.CRYPTOGRAPHIC_ALGORITHM, Tag.CRYPTOGRAPHIC_LENGTH) == {
+        Tag.CRYPTOGRAPHIC_ALGORITHM: [CryptographicAlgorithm.RSA],
+        Tag.CRYPTOGRAPHIC_LENGTH: [2048]}
+
+
+def test_register_refuses_bad_input(core: CoreHarness) -> None:
+    request = RegisterRequest(object_type=ObjectType.SECRET_DATA, attributes=[], object=aes_key())
+    assert "does not match" in failed(core, Operation.REGISTER, request,
+                                      ResultReason.INVALID_FIELD)
+    short = aes_key()
+    short.key_block.key_value.key_material = b"\x00" * 10  # 80 bits, said to be 128
+    request = RegisterRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=[], object=short)
+    assert "does not match" in failed(core, Operation.REGISTER, request,
+                                      ResultReason.INVALID_FIELD)
+    contradicting = [Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256)]
+    request = RegisterRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=contradicting,
+                              object=aes_key())
+    failed(core, Operation.REGISTER, request, ResultReason.INVALID_FIELD)
+    read_only = [Attribute.of(Tag.STATE, State.ACTIVE)]
+    request = RegisterRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=read_only,
+                              object=aes_key())
+    failed(core, Operation.REGISTER, request, ResultReason.ATTRIBUTE_READ_ONLY)
+    failed(core, Operation.REGISTER, request, ResultReason.PERMISSION_DENIED, version=V14)
+
+
+def test_register_sets_the_id_placeholder(core: CoreHarness) -> None:
+    request = RegisterRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=[],
+                              object=aes_key())
+    response = send(core, (Operation.REGISTER, request), (Operation.GET, GetRequest()))
+    first, second = response.batch_items
+    assert second.result_status == ResultStatus.SUCCESS
+    assert second.response_payload.unique_identifier == first.response_payload.unique_identifier
+
+
+# -- Get --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_get_converts_between_raw_and_transparent(core: CoreHarness, version) -> None:
+    uid = register(core, aes_key(fmt=KeyFormatType.TRANSPARENT_SYMMETRIC_KEY), version=version)
+    raw = ok(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                             key_format_type=KeyFormatType.RAW), version=version)
+    assert raw.object.key_block.key_format_type == KeyFormatType.RAW
+    assert raw.object.key_block.key_value.key_material == KEY
+    same = ok(core, Operation.GET, GetRequest(unique_identifier=uid), version=version)
+    assert same.object.key_block.key_format_type == KeyFormatType.TRANSPARENT_SYMMETRIC_KEY
+    failed(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                           key_format_type=KeyFormatType.PKCS_8),
+           ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED, version=version)
+
+
+def test_get_of_a_destroyed_object_per_version(core: CoreHarness) -> None:
+    uid = register(core)
+    ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid))
+    failed(core, Operation.GET, GetRequest(unique_identifier=uid), ResultReason.OBJECT_DESTROYED)
+    failed(core, Operation.GET, GetRequest(unique_identifier=uid), ResultReason.ITEM_NOT_FOUND,
+           version=V14)
+
+
+def test_get_of_a_missing_object(core: CoreHarness) -> None:
+    failed(core, Operation.GET, GetRequest(unique_identifier="nope"),
+           ResultReason.OBJECT_NOT_FOUND)
+    failed(core, Operation.GET, GetRequest(unique_identifier="nope"), ResultReason.ITEM_NOT_FOUND,
+           version=V14)
+    failed(core, Operation.GET, GetRequest(), ResultReason.MISSING_DATA)
+
+
+def _wrap_spec(kek_uid: str, **kwargs) -> KeyWrappingSpecification:
+    return KeyWrappingSpecification(
+        wrapping_method=WrappingMethod.ENCRYPT,
+        encryption_key_information=EncryptionKeyInformation(unique_identifier=kek_uid), **kwargs)
+
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_get_wraps_with_a_tenant_key(core: CoreHarness, version) -> None:
+    kek_uid = register(core, aes_key(KEK), [WRAP_MASK, PAST], version=version)
+    uid = register(core, aes_key(), version=version)
+    payload = ok(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                                 key_wrapping_specification=_wrap_spec(kek_uid)),
+                 version=version)
+    block = payload.object.key_block
+    assert block.key_wrapping_data.encryption_key_information.unique_identifier == kek_uid
+    # TTLV Encoding (the default): the wrapped bytes are the encoded Key Value structure.
+    key_value = KeyValue.from_item(decode(keywrap.aes_key_unwrap(KEK, block.key_value)))
+    assert key_value.key_material == KEY
+
+    from kcm.kmip.enums import EncodingOption
+    bare = ok(core, Operation.GET, GetRequest(unique_identifier=uid, key_wrapping_specification=(
+        _wrap_spec(kek_uid, encoding_option=EncodingOption.NO_ENCODING))), version=version)
+    wrapped = bare.object.key_block.key_value
+    wrapped = wrapped.key_material if version < (2, 0) else wrapped
+    assert keywrap.aes_key_unwrap(KEK, wrapped) == KEY
+
+
+def test_get_wrapping_key_must_be_fit(core: CoreHarness) -> None:
+    uid = register(core)
+    no_wrap_usage = register(core, aes_key(KEK), [
+        Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, CryptographicUsageMask.ENCRYPT), PAST])
+    pre_active = register(core, aes_key(KEK), [WRAP_MASK])
+    for kek_uid, reason, version in (
+            (no_wrap_usage, ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK, V21),
+            (no_wrap_usage, ResultReason.PERMISSION_DENIED, V14),
+            (pre_active, ResultReason.WRONG_KEY_LIFECYCLE_STATE, V21),
+            ("missing", ResultReason.WRAPPING_OBJECT_NOT_FOUND, V21),
+            ("missing", ResultReason.ITEM_NOT_FOUND, V14)):
+        failed(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                               key_wrapping_specification=_wrap_spec(kek_uid)),
+               reason, version=version)
+    other_kek = register(core, aes_key(KEK), [WRAP_MASK, PAST],
+                         principal=service_principal("other"))
+    failed(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                           key_wrapping_specification=_wrap_spec(other_kek)),
+           ResultReason.WRAPPING_OBJECT_NOT_FOUND)
+
+
+def test_get_sensitive_and_not_extractable(core: CoreHarness) -> None:
+    sensitive = register(core, attributes=[Attribute.of(Tag.SENSITIVE, True)])
+    failed(core, Operation.GET, GetRequest(unique_identifier=sensitive), ResultReason.SENSITIVE)
+    kek_uid = register(core, aes_key(KEK), [WRAP_MASK, PAST])
+    ok(core, Operation.GET, GetRequest(unique_identifier=sensitive,
+                                       key_wrapping_specification=_wrap_spec(kek_uid)))
+    sealed = register(core, attributes=[Attribute.of(Tag.EXTRACTABLE, False)])
+    failed(core, Operation.GET, GetRequest(unique_identifier=sealed), ResultReason.NOT_EXTRACTABLE)
+
+
+def test_get_is_tenant_scoped(core: CoreHarness) -> None:
+    uid = register(core)
+    for version, reason in ((V14, ResultReason.ITEM_NOT_FOUND),
+                            (V21, ResultReason.OBJECT_NOT_FOUND)):
+        failed(core, Operation.GET, GetRequest(unique_identifier=uid), reason, version=version,
+               principal=service_principal("other"))
+
+
+def test_hierarchy_key_material_never_leaves_through_get(core: CoreHarness) -> None:
+    l3 = core.store.run_sync(lambda s: repository.find_l3(s, "demo", "app"))[0].uid
+    l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo")).uid
+    for uid in (l2, l3):
+        for principal in (service_principal(), admin_principal()):
+            for version in (V14, V21):
+                failed(core, Operation.GET, GetRequest(unique_identifier=uid),
+                       ResultReason.PERMISSION_DENIED, version=version, principal=principal)
+
+
+def test_get_clears_fresh(core: CoreHarness) -> None:
+    uid = register(core, attributes=[Attribute.of(Tag.FRESH, True)])
+    assert attributes_of(core, uid, Tag.FRESH) == {Tag.FRESH: [True]}
+    ok(core, Operation.GET, GetRequest(unique_identifier=uid))
+    assert attributes_of(core, uid, Tag.FRESH) == {Tag.FRESH: [False]}
+
+
+# -- Locate -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_locate_by_name_and_type(core: CoreHarness, version) -> None:
+    uid = register(core, attributes=[name("findme")], version=version)
+    register(core, attributes=[name("other")], version=version)
+    found = locate(core, Attribute.of(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY), name("findme"),
+                   version=version)
+    assert found.unique_identifiers == [uid]
+    assert found.located_items is None
+    assert locate(core, name("nobody"), version=version).unique_identifiers == []
+
+
+def test_locate_filters(core: CoreHarness) -> None:
+    both = Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK,
+                        CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT)
+    enc = register(core, attributes=[both, PAST, Attribute.of(Tag.OBJECT_GROUP, "g1")])
+    big = register(core, aes_key(KEK))
+    mask = Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, CryptographicUsageMask.ENCRYPT)
+    assert locate(core, mask).unique_identifiers == [enc]
+    assert locate(core, Attribute.of(Tag.STATE, State.ACTIVE)).unique_identifiers == [enc]
+    assert locate(core, Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256)).unique_identifiers == [big]
+    assert locate(core, Attribute.of(Tag.OBJECT_GROUP, "g1")).unique_identifiers == [enc]
+    assert locate(core, Attribute.of(Tag.UNIQUE_IDENTIFIER, big)).unique_identifiers == [big]
+    # One date value matches that date; two are an inclusive range.
+    assert locate(core, PAST).unique_identifiers == [enc]
+    now = int(time.time())
+    in_range = locate(core, Attribute.of(Tag.INITIAL_DATE, now - 60),
+                      Attribute.of(Tag.INITIAL_DATE, now + 60))
+    assert in_range.unique_identifiers == [big, enc]  # newest first
+    assert locate(core, Attribute.of(Tag.INITIAL_DATE, now + 60),
+                  Attribute.of(Tag.INITIAL_DATE, now + 120)).unique_identifiers == []
+
+
+def test_locate_pages_and_counts(core: CoreHarness) -> None:
+    uids = [register(core, attributes=[Attribute.of(Tag.OBJECT_GROUP, "page")]) for _ in range(5)]
+    group = Attribute.of(Tag.OBJECT_GROUP, "page")
+    first = locate(core, group, maximum_items=2)
+    assert first.unique_identifiers == uids[::-1][:2]
+    assert first.located_items is None
+    page = locate(core, group, maximum_items=2, offset_items=2, version=V14)
+    assert page.unique_identifiers == uids[::-1][2:4]
+    assert page.located_items == 5
+    failed(core, Operation.LOCATE, LocateRequest(maximum_items=-1), ResultReason.INVALID_FIELD)
+
+
+def test_locate_sets_the_id_placeholder_for_one_result(core: CoreHarness) -> None:
+    uid = register(core, attributes=[name("single")])
+    response = send(core, (Operation.LOCATE, LocateRequest(attributes=[name("single")])),
+                    (Operation.GET, GetRequest()))
+    assert response.batch_items[1].response_payload.unique_identifier == uid
+    register(core, attributes=[name("twice"), Attribute.of(Tag.OBJECT_GROUP, "t")])
+    register(core, attributes=[Attribute.of(Tag.OBJECT_GROUP, "t")])
+    response = send(core, (Operation.LOCATE, LocateRequest(
+        attributes=[Attribute.of(Tag.OBJECT_GROUP, "t")])), (Operation.GET, GetRequest()))
+    assert response.batch_items[1].result_reason == ResultReason.MISSING_DATA
+
+
+def test_locate_storage_status_and_destroyed_objects(core: CoreHarness) -> None:
+    uid = register(core, attributes=[name("gone")])
+    ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid))
+    assert locate(core, name("gone")).unique_identifiers == []
+    assert locate(core, name("gone"), version=V14).unique_identifiers == []
+    found = locate(core, name("gone"), storage_status_mask=StorageStatusMask.DESTROYED_STORAGE)
+    assert found.unique_identifiers == [uid]
+    archived = locate(core, name("gone"), storage_status_mask=StorageStatusMask.ARCHIVAL_STORAGE)
+    assert archived.unique_identifiers == []
+
+
+def test_locate_is_tenant_scoped_and_hides_hierarchy_from_applications(core: CoreHarness) -> None:
+    register(core, attributes=[name("mine")])
+    assert locate(core, name("mine"), principal=service_principal("other")).unique_identifiers \
+        == []
+    l3_name = name(service_key_name("demo", "app"))
+    assert locate(core, l3_name).unique_identifiers == []
+    assert len(locate(core, l3_name, principal=admin_principal()).unique_identifiers) == 1
+    everything = locate(core, principal=service_principal()).unique_identifiers
+    assert len(everything) == 1  # the application's own ordinary object only
+
+
+# -- Re-key -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_re_key_replaces_and_links(core: CoreHarness, version) -> None:
+    old = register(core, attributes=[name("rotating"), PAST,
+                                     Attribute.of(Tag.CONTACT_INFORMATION, "ops")],
+                   version=version)
+    new = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old),
+             version=version).unique_identifier
+    assert new != old
+    got = attributes_of(core, new, Tag.NAME, Tag.LINK, Tag.STATE, Tag.CONTACT_INFORMATION,
+                        Tag.CRYPTOGRAPHIC_LENGTH, Tag.ACTIVATION_DATE)
+    assert [n.value for n in got[Tag.NAME]] == ["rotating"]
+    assert got[Tag.LINK] == [Link(link_type=LinkType.REPLACED_OBJECT_LINK,
+                                  linked_object_identifier=old)]
+    assert got[Tag.STATE] == [State.ACTIVE]  # Activation Date copied (no Offset)
+    assert got[Tag.CONTACT_INFORMATION] == ["ops"]
+    assert got[Tag.CRYPTOGRAPHIC_LENGTH] == [128]
+    previous = attributes_of(core, old, Tag.NAME, Tag.LINK, Tag.STATE)
+    assert Tag.NAME not in previous
+    assert previous[Tag.LINK] == [Link(link_type=LinkType.REPLACEMENT_OBJECT_LINK,
+                                       linked_object_identifier=new)]
+    assert previous[Tag.STATE] == [State.ACTIVE]  # the spec leaves the existing key's state
+    new_key = ok(core, Operation.GET, GetRequest(unique_identifier=new)).object.key_block
+    assert new_key.key_bytes != KEY and len(new_key.key_bytes) == 16
+    assert locate(core, name("rotating")).unique_identifiers == [new]
+
+
+def test_re_key_offset_and_placeholder(core: CoreHarness) -> None:
+    old = register(core, attributes=[PAST, Attribute.of(Tag.DEACTIVATION_DATE, 946_771_200)])
+    response = send(core, (Operation.RE_KEY, ReKeyRequest(unique_identifier=old, offset=3600)),
+                    (Operation.GET, GetRequest()))
+    new = response.batch_items[0].response_payload.unique_identifier
+    assert response.batch_items[1].response_payload.unique_identifier == new
+    got = attributes_of(core, new, Tag.ACTIVATION_DATE, Tag.DEACTIVATION_DATE, Tag.STATE,
+                        Tag.INITIAL_DATE)
+    activation = got[Tag.ACTIVATION_DATE][0]
+    assert activation == got[Tag.INITIAL_DATE][0] + 3600
+    assert got[Tag.DEACTIVATION_DATE] == [activation + 86_400]  # same distance as before
+    assert got[Tag.STATE] == [State.PRE_ACTIVE]
+
+
+def test_re_key_refusals(core: CoreHarness) -> None:
+    secret = register(core, SecretData(secret_data_type=SecretDataType.SEED, key_block=KeyBlock(
+        key_format_type=KeyFormatType.OPAQUE, key_value=KeyValue(key_material=b"12345678"))),
+        object_type=ObjectType.SECRET_DATA)
+    failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=secret),
+           ResultReason.INVALID_OBJECT_TYPE)
+    gone = register(core)
+    ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=gone))
+    failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=gone),
+           ResultReason.WRONG_KEY_LIFECYCLE_STATE)
+    failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=gone),
+           ResultReason.PERMISSION_DENIED, version=V14)
+    failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=register(core)),
+           ResultReason.OBJECT_NOT_FOUND, principal=service_principal("other"))
+
+
+def test_re_key_of_a_service_key_makes_the_next_version(core: CoreHarness) -> None:
+    l3 = core.store.run_sync(lambda s: repository.find_l3(s, "demo", "app"))[0].uid
+    failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=l3),
+           ResultReason.PERMISSION_DENIED)
+    new = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=l3),
+             principal=admin_principal()).unique_identifier
+    versions = core.store.run_sync(lambda s: [(r.uid, r.key_version, r.level, r.state)
+                                              for r in repository.find_l3(s, "demo", "app")])
+    assert versions == [(new, 2, LEVEL_SERVICE_KEY, State.ACTIVE),
+                        (l3, 1, LEVEL_SERVICE_KEY, State.DEACTIVATED)]
+    # The new version is wrapped under the tenant key like the first.
+    assert row(core, new).wrapped_by == row(core, l3).wrapped_by
+    failed(core, Operation.GET, GetRequest(unique_identifier=new), ResultReason.PERMISSION_DENIED,
+           principal=admin_principal())
+
+
+def test_re_key_of_the_tenant_key_keeps_objects_readable(core: CoreHarness) -> None:
+    uid = register(core)
+    l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo")).uid
+    new = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=l2),
+             principal=admin_principal()).unique_identifier
+    assert core.store.run_sync(lambda s: repository.find_l2(s, "demo")).uid == new
+    assert row(core, l2).state == State.DEACTIVATED
+    assert ok(core, Operation.GET, GetRequest(unique_identifier=uid)).object.key_block.key_bytes \
+        == KEY
+    after = register(core)
+    assert row(core, after).wrapped_by == new
+    assert ok(core, Operation.GET, GetRequest(unique_identifier=after)).object.key_block \
+        .key_bytes == KEY
+
+
+def test_revoked_and_compromised_keys_can_be_re_keyed(core: CoreHarness) -> None:
+    uid = register(core, attributes=[PAST])
+    ok(core, Operation.REVOKE, RevokeRequest(unique_identifier=uid, revocation_reason=(
+        RevocationReason(code=RevocationReasonCode.KEY_COMPROMISE))))
+    new = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=uid)).unique_identifier
+    got = attributes_of(core, new, Tag.STATE, Tag.REVOCATION_REASON, Tag.COMPROMISE_DATE)
+    assert got == {Tag.STATE: [State.ACTIVE]}
+    ok(core, Operation.ACTIVATE, ActivateRequest(unique_identifier=register(core)))
+
+
+# -- OASIS test cases, in process ---------------------------------------------------------
+
+_PROFILES = "oasis-kmip-profiles-v{}-os/mandatory/{}.xml"
+_TESTCASES = "oasis-kmip-testcases-v1.4-cnprd01/{}.xml"
+CASES = [
+    *(_PROFILES.format("2.1", f"BL-M-{n}-21") for n in (2, 3, 4, 5, 6, 8, 9, 10, 11, 13)),
+    *(_PROFILES.format(v, f"SKFF-M-{n}-{s}") for v, s in (("1.4", 14), ("2.1", 21))
+      for n in (5, 7, 8)),
+    *(_PROFILES.format(v, f"AX-M-2-{s}") for v, s in (("1.4", 14), ("2.1", 21))),
+    *(_PROFILES.format(v, f"CS-BC-M-{n}-{s}") for v, s in (("1.4", 14), ("2.1", 21))
+      for n in (4, 5, 6)),
+    *(_TESTCASES.format(name) for name in (
+        "TC-WRAP-1-14", "TC-WRAP-2-14", "TC-WRAP-3-14", "TC-REKEY-1-14", "TC-OFFSET-1-14",
+        "TC-OFFSET-2-14", "TC-MDO-1-14", "TC-MDO-2-14", "TC-EXTRACTABLE-1-14")),
+    "oasis-kmip-testcases-v2.0-cnd02/TC-WRAP-3-20.xml",
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: Path(c).stem)
+def test_oasis_case_in_process(core: CoreHarness, vectors: Path, case: str) -> None:
+    result = run_case(vectors / case, core.client(service_principal()))
+    assert result.passed, result.line() + "\n" + "\n".join(
+        result.failure.findings if result.failure else ())

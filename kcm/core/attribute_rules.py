@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kcm.core.lifecycle import wrong_state
 from kcm.kmip.attributes import VENDOR_TAG, Attribute
-from kcm.kmip.enums import ResultReason
+from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.kmip.tags import Tag
 
@@ -20,8 +21,9 @@ Version = tuple[int, int]
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """``on_create``: a client may supply it in Create/Register; ``modify``/``delete``:
-    with Modify/Set/Delete Attribute; ``multi``: it may have several instances."""
+    """``on_create``: a client may supply it in Create/Register; ``modify``: a client may
+    give it a value afterwards (Add, Modify, Set, Adjust Attribute); ``delete``: with
+    Delete Attribute; ``multi``: it may have several instances."""
 
     on_create: bool
     modify: bool
@@ -52,10 +54,11 @@ RULES: dict[int, Rule] = {
     Tag.X_509_CERTIFICATE_IDENTIFIER: SERVER,
     Tag.X_509_CERTIFICATE_SUBJECT: SERVER,
     Tag.X_509_CERTIFICATE_ISSUER: SERVER,
-    Tag.DIGITAL_SIGNATURE_ALGORITHM: SERVER,
+    Tag.DIGITAL_SIGNATURE_ALGORITHM: SERVER_MULTI,
     Tag.DIGEST: SERVER_MULTI,
     Tag.OPERATION_POLICY_NAME: CLIENT,
-    Tag.CRYPTOGRAPHIC_USAGE_MASK: SET_ONCE,
+    # KMIP 1.4 §3.19: set by the client at creation, changed afterwards by the server only.
+    Tag.CRYPTOGRAPHIC_USAGE_MASK: AT_CREATE,
     Tag.LEASE_TIME: SERVER,
     Tag.USAGE_LIMITS: CLIENT,
     Tag.STATE: SERVER,
@@ -70,7 +73,7 @@ RULES: dict[int, Rule] = {
     Tag.REVOCATION_REASON: SERVER,
     Tag.ARCHIVE_DATE: SERVER,
     Tag.OBJECT_GROUP: CLIENT_MULTI,
-    Tag.FRESH: SET_ONCE,
+    Tag.FRESH: AT_CREATE,  # KMIP 1.4 §3.34: only the server clears it
     Tag.LINK: CLIENT_MULTI,
     Tag.APPLICATION_SPECIFIC_INFORMATION: CLIENT_MULTI,
     Tag.CONTACT_INFORMATION: CLIENT,
@@ -89,6 +92,22 @@ RULES: dict[int, Rule] = {
     Tag.NEVER_EXTRACTABLE: SERVER,
     Tag.SHORT_UNIQUE_IDENTIFIER: SERVER,
     Tag.KEY_FORMAT_TYPE: SERVER,
+    Tag.PROTECTION_STORAGE_MASKS: AT_CREATE,
+    Tag.PROTECTION_STORAGE_MASK: AT_CREATE,
+    Tag.PROTECTION_LEVEL: CLIENT,
+    Tag.PROTECTION_PERIOD: CLIENT,
+    Tag.QUANTUM_SAFE: CLIENT,
+    Tag.NIST_KEY_TYPE: CLIENT,
+    Tag.ROTATE_INTERVAL: CLIENT,
+    Tag.ROTATE_AUTOMATIC: CLIENT,
+    Tag.ROTATE_OFFSET: CLIENT,
+    Tag.ROTATE_DATE: CLIENT,
+    Tag.ROTATE_NAME: CLIENT,
+    Tag.ROTATE_GENERATION: SERVER,
+    Tag.ROTATE_LATEST: SERVER,
+    # KMIP 2.x derives these from the certificate itself.
+    **{tag: SERVER_MULTI for tag in range(Tag.CERTIFICATE_SUBJECT_CN,
+                                          Tag.CERTIFICATE_ISSUER_DN_QUALIFIER + 1)},
 }
 
 _DEFAULT = CLIENT_MULTI
@@ -103,9 +122,50 @@ def rule_for(attribute: Attribute) -> Rule:
 
 def read_only_error(version: Version, what: str) -> KmipError:
     """A client tried to set or change what only the server may: 2.x says so by name."""
+    return protected_error(version, f"{what} is set by the server only")
+
+
+def protected_error(version: Version, message: str) -> KmipError:
+    """A change the attribute rules forbid (read-only, or not deletable by a client).
+
+    KMIP 2.x has Attribute Read Only; 1.x has no such reason and its error tables
+    (KMIP 1.4 §11) answer Permission Denied.
+    """
     reason = (ResultReason.ATTRIBUTE_READ_ONLY if version >= (2, 0)
               else ResultReason.PERMISSION_DENIED)
-    return KmipError(reason, f"{what} is set by the server only")
+    return KmipError(reason, message)
+
+
+#: Dates a client may change only in some states (KMIP 1.4 §3.24–§3.27, 2.1 §4 rule tables:
+#: "Modifiable by client: Yes, only while in Pre-Active state", ...).
+_DATE_STATES: dict[int, frozenset[State]] = {
+    Tag.ACTIVATION_DATE: frozenset({State.PRE_ACTIVE}),
+    Tag.DEACTIVATION_DATE: frozenset({State.PRE_ACTIVE, State.ACTIVE}),
+    Tag.PROCESS_START_DATE: frozenset({State.PRE_ACTIVE, State.ACTIVE}),
+    Tag.PROTECT_STOP_DATE: frozenset({State.PRE_ACTIVE, State.ACTIVE}),
+}
+#: Dates that stop being changeable once they have passed.
+_UNTIL_REACHED = frozenset({Tag.PROCESS_START_DATE, Tag.PROTECT_STOP_DATE})
+
+
+def check_date_change(tag: int, state: State, current: int | None, now: int,
+                      version: Version) -> None:
+    """Refuse a client's change of a state-bound date that the object's state forbids.
+
+    ``current`` is the date's present value (None when unset); ``now`` epoch seconds.
+    Other attributes pass. The refusal is the lifecycle error of ``version``
+    (2.x Wrong Key Lifecycle State, 1.x Permission Denied), as the OASIS test cases expect.
+    """
+    states = _DATE_STATES.get(tag)
+    if states is None:
+        return
+    label = _label(tag)
+    if state not in states:
+        allowed = " or ".join(sorted(s.name for s in states))
+        raise wrong_state(version, f"{label} may be changed only while the object is "
+                                   f"{allowed}; it is {state.name}")
+    if tag in _UNTIL_REACHED and current is not None and current <= now:
+        raise wrong_state(version, f"{label} has passed and can no longer be changed")
 
 
 def check_client_attributes(attributes: list[Attribute], version: Version) -> None:

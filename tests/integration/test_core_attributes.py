@@ -1,0 +1,755 @@
+"""The attribute operations of kcm-core, in process: KMIP 1.4 and 2.1 encodings, success and
+error answers, 1.x Attribute Indices, lifecycle dates, policy and tenant isolation, and the
+attribute steps of the OASIS test cases."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from kcm.conformance.matcher import MatchState, UnboundPlaceholder, match_response, parse_case
+from kcm.core.store import repository
+from kcm.kmip import registry
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, AttributeReference, Name
+from kcm.kmip.enums import (
+    AdjustmentType,
+    CryptographicAlgorithm,
+    NameType,
+    ObjectType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    State,
+)
+from kcm.kmip.messages import (
+    ProtocolVersion,
+    RequestBatchItem,
+    RequestHeader,
+    RequestMessage,
+    ResponseBatchItem,
+    decode_response,
+    encode_request,
+)
+from kcm.kmip.payloads import (
+    AddAttributeRequest,
+    AdjustAttributeRequest,
+    CreateRequest,
+    DeleteAttributeRequest,
+    GetAttributeListRequest,
+    GetAttributesRequest,
+    ModifyAttributeRequest,
+    SetAttributeRequest,
+)
+from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType, decode, encode
+from tests.core_support import CoreHarness, admin_principal, service_principal
+
+V14 = (1, 4)
+V21 = (2, 1)
+BOTH = pytest.mark.parametrize("version", [V14, V21], ids=["1.4", "2.1"])
+
+
+# -- request helpers -----------------------------------------------------------------------
+
+def request(*items: tuple[Operation, object], version=V21) -> bytes:
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=len(items))
+    batch = [RequestBatchItem(operation=op, request_payload=payload) for op, payload in items]
+    return encode(encode_request(RequestMessage(header, batch)))
+
+
+def call(core: CoreHarness, *items: tuple[Operation, object], version=V21,
+         principal=None) -> list[ResponseBatchItem]:
+    answer = decode_response(decode(core.client(principal).send(request(*items, version=version))))
+    assert answer.header.version == version
+    return answer.batch_items
+
+
+def ok(core: CoreHarness, op: Operation, payload: object, version=V21, principal=None):
+    (item,) = call(core, (op, payload), version=version, principal=principal)
+    assert item.result_status == ResultStatus.SUCCESS, (item.result_reason, item.result_message)
+    return item.response_payload
+
+
+def refused(core: CoreHarness, op: Operation, payload: object, version=V21,
+            principal=None) -> ResponseBatchItem:
+    (item,) = call(core, (op, payload), version=version, principal=principal)
+    assert item.result_status == ResultStatus.OPERATION_FAILED
+    assert item.result_message
+    return item
+
+
+def name(value: str) -> Attribute:
+    return Attribute.of(Tag.NAME, Name(value=value, type=NameType.UNINTERPRETED_TEXT_STRING))
+
+
+def text(tag: int, value: str) -> Attribute:
+    return Attribute.of(tag, value, ItemType.TEXT_STRING)
+
+
+def vendor(vendor_id: str, attribute: str, value: object,
+           item_type: ItemType = ItemType.TEXT_STRING) -> Attribute:
+    return Attribute.vendor(vendor_id, attribute, Item(VENDOR_TAG, item_type, value))
+
+
+def ref(tag: int) -> AttributeReference:
+    return AttributeReference(tag)
+
+
+def create_key(core: CoreHarness, *extra: Attribute, version=V21, principal=None) -> str:
+    attributes = [Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+                  Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256), *extra]
+    payload = ok(core, Operation.CREATE,
+                 CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=attributes),
+                 version=version, principal=principal)
+    return payload.unique_identifier
+
+
+def get(core: CoreHarness, uid: str, *tags: int, version=V21, principal=None) -> list[Attribute]:
+    payload = ok(core, Operation.GET_ATTRIBUTES,
+                 GetAttributesRequest(unique_identifier=uid,
+                                      attribute_references=[ref(t) for t in tags]),
+                 version=version, principal=principal)
+    assert payload.unique_identifier == uid
+    return payload.attributes or []
+
+
+def values(attributes: list[Attribute], tag: int) -> list[object]:
+    return [a.typed for a in attributes if a.tag == tag]
+
+
+def names(attributes: list[Attribute]) -> list[tuple[str, int | None]]:
+    return [(a.typed.value, a.index) for a in attributes if a.tag == Tag.NAME]
+
+
+# -- Get Attributes / Get Attribute List ---------------------------------------------------
+
+def test_get_attributes_1x_answers_in_the_order_asked_and_skips_unknown_names(core) -> None:
+    uid = create_key(core, name("k1"), version=V14)
+    payload = ok(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(
+        unique_identifier=uid,
+        attribute_references=[ref(Tag.STATE), AttributeReference(VENDOR_TAG, "x", "nothing"),
+                              ref(Tag.CRYPTOGRAPHIC_LENGTH), ref(Tag.ACTIVATION_DATE)]),
+                 version=V14)
+    assert [(a.tag, a.typed) for a in payload.attributes] == [
+        (Tag.STATE, State.PRE_ACTIVE), (Tag.CRYPTOGRAPHIC_LENGTH, 256)]
+    assert all(a.index is None for a in payload.attributes)
+
+
+@BOTH
+def test_get_attributes_refuses_a_name_asked_twice(core, version) -> None:
+    # KMIP Test Cases 1.1 §17.1.
+    uid = create_key(core, version=version)
+    item = refused(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(
+        unique_identifier=uid, attribute_references=[ref(Tag.OBJECT_TYPE), ref(Tag.OBJECT_TYPE)]),
+        version=version)
+    assert item.result_reason == ResultReason.INVALID_FIELD
+
+
+@BOTH
+def test_get_attributes_without_names_returns_everything(core, version) -> None:
+    uid = create_key(core, name("all"), version=version)
+    attributes = get(core, uid, version=version)
+    tags = {a.tag for a in attributes}
+    assert {Tag.UNIQUE_IDENTIFIER, Tag.OBJECT_TYPE, Tag.CRYPTOGRAPHIC_ALGORITHM, Tag.NAME,
+            Tag.STATE, Tag.INITIAL_DATE, Tag.LAST_CHANGE_DATE} <= tags
+    assert values(attributes, Tag.UNIQUE_IDENTIFIER) == [uid]
+
+
+def test_get_attributes_2x_answers_an_attributes_structure_even_when_empty(core) -> None:
+    uid = create_key(core)
+    wire = core.client().send(request((Operation.GET_ATTRIBUTES, GetAttributesRequest(
+        unique_identifier=uid, attribute_references=[ref(Tag.DESCRIPTION)]))))
+    payload = decode(wire).find(Tag.BATCH_ITEM).find(Tag.RESPONSE_PAYLOAD)
+    assert [c.tag for c in payload] == [Tag.UNIQUE_IDENTIFIER, Tag.ATTRIBUTES]
+    assert len(payload.find(Tag.ATTRIBUTES)) == 0
+
+
+@BOTH
+def test_get_attribute_list_names_each_attribute_once(core, version) -> None:
+    uid = create_key(core, name("a"), name("b"), version=version)
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=vendor("x", "team", "blue")), version=version)
+    payload = ok(core, Operation.GET_ATTRIBUTE_LIST,
+                 GetAttributeListRequest(unique_identifier=uid), version=version)
+    references = payload.attribute_references
+    assert len(references) == len(set(references))
+    assert ref(Tag.NAME) in references and ref(Tag.STATE) in references
+    assert AttributeReference(VENDOR_TAG, "x", "team") in references
+
+
+def test_get_attribute_list_wire_forms(core) -> None:
+    uid = create_key(core)
+    for version, tag, item_type in ((V14, Tag.ATTRIBUTE_NAME, ItemType.TEXT_STRING),
+                                    (V21, Tag.ATTRIBUTE_REFERENCE, ItemType.ENUMERATION)):
+        wire = core.client().send(request(
+            (Operation.GET_ATTRIBUTE_LIST, GetAttributeListRequest(unique_identifier=uid)),
+            version=version))
+        payload = decode(wire).find(Tag.BATCH_ITEM).find(Tag.RESPONSE_PAYLOAD)
+        listed = payload.find_all(tag)
+        assert listed and all(item.type is item_type for item in listed)
+
+
+# -- Add Attribute --------------------------------------------------------------------------
+
+def test_add_attribute_1x_assigns_stable_indices(core) -> None:
+    uid = create_key(core, name("n0"), version=V14)
+    first = ok(core, Operation.ADD_ATTRIBUTE,
+               AddAttributeRequest(unique_identifier=uid, attribute=name("n1")), version=V14)
+    assert first.attribute.index == 1 and first.attribute.typed.value == "n1"
+    second = ok(core, Operation.ADD_ATTRIBUTE,
+                AddAttributeRequest(unique_identifier=uid, attribute=name("n2")), version=V14)
+    assert second.attribute.index == 2
+    # Get Attributes numbers every instance of a client-managed multi-valued attribute.
+    assert names(get(core, uid, Tag.NAME, version=V14)) == [("n0", 0), ("n1", 1), ("n2", 2)]
+
+    deleted = ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=ref(Tag.NAME), attribute_index=1),
+        version=V14)
+    assert deleted.attribute.typed.value == "n1" and deleted.attribute.index == 1
+    # The others keep their indices (KMIP 1.4 §2.1.1); a new instance takes the free one.
+    assert names(get(core, uid, Tag.NAME, version=V14)) == [("n0", 0), ("n2", 2)]
+    ok(core, Operation.ADD_ATTRIBUTE,
+       AddAttributeRequest(unique_identifier=uid, attribute=name("n3")), version=V14)
+    assert names(get(core, uid, Tag.NAME, version=V14)) == [
+        ("n0", 0), ("n3", 1), ("n2", 2)]
+    # 2.x shows the same instances, without indices.
+    assert names(get(core, uid, Tag.NAME)) == [("n0", None), ("n3", None), ("n2", None)]
+
+
+def test_add_attribute_1x_echoes_and_2x_does_not(core) -> None:
+    uid = create_key(core)
+    echoed = ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=vendor("x", "owner", "ops")), version=V14)
+    assert echoed.attribute.vendor_identification == "x" and echoed.attribute.index is None
+    wire = core.client().send(request((Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=text(Tag.DESCRIPTION, "a key")))))
+    payload = decode(wire).find(Tag.BATCH_ITEM).find(Tag.RESPONSE_PAYLOAD)
+    assert [c.tag for c in payload] == [Tag.UNIQUE_IDENTIFIER]
+    assert values(get(core, uid, Tag.DESCRIPTION), Tag.DESCRIPTION) == ["a key"]
+
+
+@pytest.mark.parametrize("version,reason", [(V14, ResultReason.ILLEGAL_OPERATION),
+                                            (V21, ResultReason.ATTRIBUTE_SINGLE_VALUED)])
+def test_add_attribute_refuses_a_second_value_of_a_single_valued_one(core, version,
+                                                                     reason) -> None:
+    uid = create_key(core, text(Tag.CONTACT_INFORMATION, "ops@example.com"), version=version)
+    item = refused(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=text(Tag.CONTACT_INFORMATION, "dev@example.com")),
+        version=version)
+    assert item.result_reason == reason
+    assert values(get(core, uid, Tag.CONTACT_INFORMATION), Tag.CONTACT_INFORMATION) == [
+        "ops@example.com"]
+
+
+@pytest.mark.parametrize("version,reason", [(V14, ResultReason.PERMISSION_DENIED),
+                                            (V21, ResultReason.ATTRIBUTE_READ_ONLY)])
+@pytest.mark.parametrize("attribute", [
+    Attribute.of(Tag.STATE, int(State.ACTIVE)),
+    Attribute.of(Tag.UNIQUE_IDENTIFIER, "mine"),
+    Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.DES3),
+    vendor("y", "server-only", "no"),
+], ids=["state", "uid", "algorithm", "y-vendor"])
+def test_add_attribute_refuses_read_only_attributes(core, version, reason, attribute) -> None:
+    uid = create_key(core)
+    item = refused(core, Operation.ADD_ATTRIBUTE,
+                   AddAttributeRequest(unique_identifier=uid, attribute=attribute),
+                   version=version)
+    assert item.result_reason == reason
+
+
+@pytest.mark.parametrize("version,reason", [(V14, ResultReason.ILLEGAL_OPERATION),
+                                            (V21, ResultReason.NON_UNIQUE_NAME_ATTRIBUTE)])
+def test_add_attribute_refuses_a_name_the_object_already_has(core, version, reason) -> None:
+    uid = create_key(core, name("twice"), version=version)
+    item = refused(core, Operation.ADD_ATTRIBUTE,
+                   AddAttributeRequest(unique_identifier=uid, attribute=name("twice")),
+                   version=version)
+    assert item.result_reason == reason
+    # Another object may carry the same name: names are not unique server-wide.
+    other = create_key(core, name("other"), version=version)
+    ok(core, Operation.ADD_ATTRIBUTE,
+       AddAttributeRequest(unique_identifier=other, attribute=name("twice")), version=version)
+
+
+def test_add_attribute_1x_refuses_a_client_index_and_a_wrong_type(core) -> None:
+    uid = create_key(core, version=V14)
+    indexed = name("n")
+    indexed.index = 3
+    item = refused(core, Operation.ADD_ATTRIBUTE,
+                   AddAttributeRequest(unique_identifier=uid, attribute=indexed), version=V14)
+    assert item.result_reason == ResultReason.INVALID_FIELD
+    wrong = Attribute(Tag.CONTACT_INFORMATION, Item(Tag.CONTACT_INFORMATION, ItemType.INTEGER, 5))
+    item = refused(core, Operation.ADD_ATTRIBUTE,
+                   AddAttributeRequest(unique_identifier=uid, attribute=wrong), version=V14)
+    assert item.result_reason == ResultReason.INVALID_FIELD
+
+
+def test_add_attribute_stamps_last_change_date(core) -> None:
+    uid = create_key(core)
+
+    def backdate(session):
+        row = repository.get_object(session, "demo", uid)
+        from kcm.core.attribute_blob import decode_attributes, encode_attributes
+        attributes = [a for a in decode_attributes(row.attributes)
+                      if a.tag != Tag.LAST_CHANGE_DATE]
+        attributes.append(Attribute.of(Tag.LAST_CHANGE_DATE, 1000))
+        repository.update_object(session, row, attributes=encode_attributes(attributes))
+
+    core.store.run_sync(backdate)
+    assert values(get(core, uid, Tag.LAST_CHANGE_DATE), Tag.LAST_CHANGE_DATE) == [1000]
+    ok(core, Operation.ADD_ATTRIBUTE,
+       AddAttributeRequest(unique_identifier=uid, attribute=text(Tag.COMMENT, "hello")))
+    (stamped,) = values(get(core, uid, Tag.LAST_CHANGE_DATE), Tag.LAST_CHANGE_DATE)
+    assert abs(stamped - time.time()) < 60
+
+
+# -- Modify Attribute -----------------------------------------------------------------------
+
+def test_modify_attribute_1x_by_index(core) -> None:
+    uid = create_key(core, name("a"), name("b"), version=V14)
+    renamed = name("B")
+    renamed.index = 1
+    payload = ok(core, Operation.MODIFY_ATTRIBUTE,
+                 ModifyAttributeRequest(unique_identifier=uid, attribute=renamed), version=V14)
+    assert payload.attribute.typed.value == "B" and payload.attribute.index == 1
+    # No index means index 0 (KMIP 1.4 §4.15).
+    payload = ok(core, Operation.MODIFY_ATTRIBUTE,
+                 ModifyAttributeRequest(unique_identifier=uid, attribute=name("A")), version=V14)
+    assert payload.attribute.index is None
+    assert names(get(core, uid, Tag.NAME, version=V14)) == [("A", 0), ("B", 1)]
+
+
+def test_1x_answers_name_an_index_of_0_only_where_a_client_uses_it(core) -> None:
+    uid = create_key(core, name("only"), text(Tag.COMMENT, "c"), version=V14)
+    listed = get(core, uid, Tag.NAME, Tag.COMMENT, Tag.STATE, version=V14)
+    assert [(a.tag, a.index) for a in listed] == [
+        (Tag.NAME, 0), (Tag.COMMENT, None), (Tag.STATE, None)]
+    # A request that names index 0 gets it back, as PyKMIP's client expects.
+    renamed = name("renamed")
+    renamed.index = 0
+    payload = ok(core, Operation.MODIFY_ATTRIBUTE,
+                 ModifyAttributeRequest(unique_identifier=uid, attribute=renamed), version=V14)
+    assert payload.attribute.index == 0
+    payload = ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=ref(Tag.NAME), attribute_index=0),
+        version=V14)
+    assert payload.attribute.index == 0 and payload.attribute.typed.value == "renamed"
+
+
+def test_modify_attribute_1x_errors(core) -> None:
+    uid = create_key(core, name("a"), version=V14)
+    missing = refused(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=text(Tag.DESCRIPTION, "d")), version=V14)
+    assert missing.result_reason == ResultReason.INVALID_FIELD
+    beyond = name("z")
+    beyond.index = 4
+    no_instance = refused(core, Operation.MODIFY_ATTRIBUTE,
+                          ModifyAttributeRequest(unique_identifier=uid, attribute=beyond),
+                          version=V14)
+    assert no_instance.result_reason == ResultReason.ITEM_NOT_FOUND
+    read_only = refused(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 128)),
+        version=V14)
+    assert read_only.result_reason == ResultReason.PERMISSION_DENIED
+    nowhere = refused(core, Operation.MODIFY_ATTRIBUTE,
+                      ModifyAttributeRequest(unique_identifier="missing", attribute=name("q")),
+                      version=V14)
+    assert nowhere.result_reason == ResultReason.ITEM_NOT_FOUND
+
+
+def test_modify_attribute_2x_current_and_new(core) -> None:
+    uid = create_key(core, name("a"), name("b"))
+    ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, current_attribute=name("b"), attribute=name("b2")))
+    assert names(get(core, uid, Tag.NAME)) == [("a", None), ("b2", None)]
+
+    gone = refused(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, current_attribute=name("b"), attribute=name("b3")))
+    assert gone.result_reason == ResultReason.ATTRIBUTE_INSTANCE_NOT_FOUND
+    ambiguous = refused(core, Operation.MODIFY_ATTRIBUTE,
+                        ModifyAttributeRequest(unique_identifier=uid, attribute=name("c")))
+    assert ambiguous.result_reason == ResultReason.MULTI_VALUED_ATTRIBUTE
+    clash = refused(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, current_attribute=name("a"), attribute=name("b2")))
+    assert clash.result_reason == ResultReason.NON_UNIQUE_NAME_ATTRIBUTE
+    absent = refused(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=text(Tag.DESCRIPTION, "d")))
+    assert absent.result_reason == ResultReason.ATTRIBUTE_NOT_FOUND
+    mixed = refused(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, current_attribute=name("a"),
+        attribute=text(Tag.DESCRIPTION, "d")))
+    assert mixed.result_reason == ResultReason.INVALID_FIELD
+    read_only = refused(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 128)))
+    assert read_only.result_reason == ResultReason.ATTRIBUTE_READ_ONLY
+
+
+def test_modify_attribute_2x_single_instance_needs_no_current(core) -> None:
+    uid = create_key(core, vendor("x", "attribute1", "Value1"))
+    payload = ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=vendor("x", "attribute1", "ModifiedValue1")))
+    assert payload.unique_identifier == uid and payload.attribute is None
+    (value,) = [a for a in get(core, uid) if a.tag == VENDOR_TAG]
+    assert (value.vendor_identification, value.name, value.typed) == (
+        "x", "attribute1", "ModifiedValue1")
+
+
+# -- Delete Attribute -----------------------------------------------------------------------
+
+def test_delete_attribute_1x(core) -> None:
+    uid = create_key(core, name("a"), vendor("x", "note", "n"), version=V14)
+    payload = ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=AttributeReference(VENDOR_TAG, "x", "note")),
+        version=V14)
+    assert payload.attribute.typed == "n" and payload.attribute.index is None
+    again = refused(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=AttributeReference(VENDOR_TAG, "x", "note")),
+        version=V14)
+    assert again.result_reason == ResultReason.ITEM_NOT_FOUND
+    no_index = refused(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=ref(Tag.NAME), attribute_index=7),
+        version=V14)
+    assert no_index.result_reason == ResultReason.ITEM_NOT_FOUND
+    for tag in (Tag.STATE, Tag.CRYPTOGRAPHIC_ALGORITHM, Tag.ACTIVATION_DATE):
+        protected = refused(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+            unique_identifier=uid, attribute_reference=ref(tag)), version=V14)
+        assert protected.result_reason == ResultReason.PERMISSION_DENIED
+
+
+def test_delete_attribute_2x_by_value_and_by_reference(core) -> None:
+    uid = create_key(core, name("a"), name("b"), name("c"),
+                     Attribute.of(Tag.OBJECT_GROUP, "g1"), Attribute.of(Tag.OBJECT_GROUP, "g2"))
+    ok(core, Operation.DELETE_ATTRIBUTE,
+       DeleteAttributeRequest(unique_identifier=uid, current_attribute=name("b")))
+    assert names(get(core, uid, Tag.NAME)) == [("a", None), ("c", None)]
+    missing = refused(core, Operation.DELETE_ATTRIBUTE,
+                      DeleteAttributeRequest(unique_identifier=uid, current_attribute=name("b")))
+    assert missing.result_reason == ResultReason.ATTRIBUTE_INSTANCE_NOT_FOUND
+
+    ok(core, Operation.DELETE_ATTRIBUTE,
+       DeleteAttributeRequest(unique_identifier=uid, attribute_reference=ref(Tag.OBJECT_GROUP)))
+    assert get(core, uid, Tag.OBJECT_GROUP) == []
+    none_left = refused(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=ref(Tag.OBJECT_GROUP)))
+    assert none_left.result_reason == ResultReason.ATTRIBUTE_NOT_FOUND
+    protected = refused(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=ref(Tag.INITIAL_DATE)))
+    assert protected.result_reason == ResultReason.ATTRIBUTE_READ_ONLY
+    empty = refused(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid))
+    assert empty.result_reason == ResultReason.INVALID_MESSAGE
+    # The Locate copies follow: the groups are gone from the store's columns too.
+    assert core.store.run_sync(lambda s: repository.groups_of(s, uid)) == []
+    assert sorted(n for n, _ in core.store.run_sync(lambda s: repository.names_of(s, uid))) == [
+        "a", "c"]
+
+
+# -- Set and Adjust Attribute (2.x) -----------------------------------------------------------
+
+def test_set_attribute(core) -> None:
+    uid = create_key(core)
+    ok(core, Operation.SET_ATTRIBUTE,
+       SetAttributeRequest(unique_identifier=uid, attribute=vendor("tc", "Set", "one")))
+    ok(core, Operation.SET_ATTRIBUTE,
+       SetAttributeRequest(unique_identifier=uid, attribute=vendor("tc", "Set", "two")))
+    assert [a.typed for a in get(core, uid) if a.tag == VENDOR_TAG] == ["two"]
+    ok(core, Operation.ADD_ATTRIBUTE,
+       AddAttributeRequest(unique_identifier=uid, attribute=vendor("tc", "Set", "three")))
+    several = refused(core, Operation.SET_ATTRIBUTE,
+                      SetAttributeRequest(unique_identifier=uid,
+                                          attribute=vendor("tc", "Set", "four")))
+    assert several.result_reason == ResultReason.MULTI_VALUED_ATTRIBUTE
+
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.SENSITIVE, True)))
+    assert values(get(core, uid, Tag.SENSITIVE), Tag.SENSITIVE) == [True]
+    read_only = refused(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.STATE, int(State.ACTIVE))))
+    assert read_only.result_reason == ResultReason.ATTRIBUTE_READ_ONLY
+
+
+def test_set_and_adjust_do_not_exist_in_1x(core) -> None:
+    uid = create_key(core, version=V14)
+    uid_item = Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, uid)
+    # The payloads in their only (2.x) form, sent in a 1.4 message.
+    set_payload = Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [uid_item, Item(
+        Tag.NEW_ATTRIBUTE, ItemType.STRUCTURE,
+        [Item(Tag.COMMENT, ItemType.TEXT_STRING, "c")])])
+    adjust_payload = Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [
+        uid_item,
+        Item(Tag.ATTRIBUTE_REFERENCE, ItemType.ENUMERATION, Tag.CRYPTOGRAPHIC_LENGTH),
+        Item(Tag.ADJUSTMENT_TYPE, ItemType.ENUMERATION, AdjustmentType.NEGATE)])
+    for op, payload in ((Operation.SET_ATTRIBUTE, set_payload),
+                        (Operation.ADJUST_ATTRIBUTE, adjust_payload)):
+        item = refused(core, op, payload, version=V14)
+        assert item.result_reason == ResultReason.OPERATION_NOT_SUPPORTED
+
+
+def adjust(uid: str, reference: AttributeReference, kind: AdjustmentType,
+           by: Item | None = None) -> AdjustAttributeRequest:
+    return AdjustAttributeRequest(unique_identifier=uid, attribute_reference=reference,
+                                  adjustment_type=kind, adjustment_value=by)
+
+
+def by(value: int, item_type: ItemType = ItemType.INTEGER) -> Item:
+    return Item(Tag.ADJUSTMENT_VALUE, item_type, value)
+
+
+def test_adjust_attribute_numbers_booleans_and_dates(core) -> None:
+    counter = AttributeReference(VENDOR_TAG, "x", "counter")
+    flag = AttributeReference(VENDOR_TAG, "x", "flag")
+    uid = create_key(core, vendor("x", "counter", 10, ItemType.INTEGER),
+                     vendor("x", "flag", False, ItemType.BOOLEAN))
+
+    def vendor_value(attribute: str) -> object:
+        return next(a.typed for a in get(core, uid) if a.name == attribute)
+
+    ok(core, Operation.ADJUST_ATTRIBUTE, adjust(uid, counter, AdjustmentType.INCREMENT, by(5)))
+    assert vendor_value("counter") == 15
+    ok(core, Operation.ADJUST_ATTRIBUTE, adjust(uid, counter, AdjustmentType.DECREMENT,
+                                                by(20, ItemType.LONG_INTEGER)))
+    assert vendor_value("counter") == -5
+    ok(core, Operation.ADJUST_ATTRIBUTE, adjust(uid, counter, AdjustmentType.NEGATE))
+    assert vendor_value("counter") == 5
+    ok(core, Operation.ADJUST_ATTRIBUTE, adjust(uid, flag, AdjustmentType.NEGATE))
+    assert vendor_value("flag") is True
+
+    overflow = refused(core, Operation.ADJUST_ATTRIBUTE,
+                       adjust(uid, counter, AdjustmentType.INCREMENT, by(1 << 31,
+                                                                          ItemType.LONG_INTEGER)))
+    assert overflow.result_reason == ResultReason.NUMERIC_RANGE
+    on_boolean = refused(core, Operation.ADJUST_ATTRIBUTE,
+                         adjust(uid, flag, AdjustmentType.INCREMENT, by(1)))
+    assert on_boolean.result_reason == ResultReason.INVALID_DATA_TYPE
+    no_step = refused(core, Operation.ADJUST_ATTRIBUTE,
+                      adjust(uid, counter, AdjustmentType.INCREMENT))
+    assert no_step.result_reason == ResultReason.INVALID_MESSAGE
+    absent = refused(core, Operation.ADJUST_ATTRIBUTE,
+                     adjust(uid, ref(Tag.DEACTIVATION_DATE), AdjustmentType.INCREMENT, by(60)))
+    assert absent.result_reason == ResultReason.ATTRIBUTE_NOT_FOUND
+    read_only = refused(core, Operation.ADJUST_ATTRIBUTE,
+                        adjust(uid, ref(Tag.CRYPTOGRAPHIC_LENGTH), AdjustmentType.NEGATE))
+    assert read_only.result_reason == ResultReason.ATTRIBUTE_READ_ONLY
+
+    later = int(time.time()) + 3600
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.DEACTIVATION_DATE, later)))
+    ok(core, Operation.ADJUST_ATTRIBUTE, adjust(uid, ref(Tag.DEACTIVATION_DATE),
+                                                AdjustmentType.INCREMENT,
+                                                by(600, ItemType.INTERVAL)))
+    assert values(get(core, uid, Tag.DEACTIVATION_DATE), Tag.DEACTIVATION_DATE) == [later + 600]
+
+
+# -- lifecycle dates ------------------------------------------------------------------------
+
+@BOTH
+def test_activation_date_in_the_past_activates_and_then_is_frozen(core, version) -> None:
+    uid = create_key(core, version=version)
+    past = int(time.time()) - 60
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.ACTIVATION_DATE, past)),
+        version=version)
+    assert values(get(core, uid, Tag.STATE, Tag.ACTIVATION_DATE, version=version),
+                  Tag.STATE) == [State.ACTIVE]
+    assert core.store.run_sync(
+        lambda s: repository.get_object(s, "demo", uid).state) == State.ACTIVE
+    item = refused(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.ACTIVATION_DATE, past + 10)),
+        version=version)
+    # The OASIS cases AKLC-M-3-14 / -21: 1.x Permission Denied, 2.x Wrong Key Lifecycle State.
+    assert item.result_reason == (ResultReason.PERMISSION_DENIED if version == V14
+                                  else ResultReason.WRONG_KEY_LIFECYCLE_STATE)
+
+
+def test_future_dates_keep_the_state_and_a_past_deactivation_date_deactivates(core) -> None:
+    uid = create_key(core)
+    soon = int(time.time()) + 3600
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.ACTIVATION_DATE, soon)))
+    assert values(get(core, uid, Tag.STATE), Tag.STATE) == [State.PRE_ACTIVE]
+    ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.ACTIVATION_DATE, soon - 7200)))
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.DEACTIVATION_DATE, soon - 3660)))
+    assert values(get(core, uid, Tag.STATE), Tag.STATE) == [State.DEACTIVATED]
+    frozen = refused(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.DEACTIVATION_DATE, soon)))
+    assert frozen.result_reason == ResultReason.WRONG_KEY_LIFECYCLE_STATE
+
+
+# -- batches, tenants, hierarchy keys ---------------------------------------------------------
+
+def test_id_placeholder_carries_through_a_batch(core) -> None:
+    create = CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=[
+        Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+        Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 128)])
+    items = call(core, (Operation.CREATE, create),
+                 (Operation.ADD_ATTRIBUTE, AddAttributeRequest(attribute=name("batched"))),
+                 (Operation.GET_ATTRIBUTES, GetAttributesRequest(
+                     attribute_references=[ref(Tag.NAME)])))
+    assert [i.result_status for i in items] == [ResultStatus.SUCCESS] * 3
+    uid = items[0].response_payload.unique_identifier
+    assert items[2].response_payload.unique_identifier == uid
+    assert names(items[2].response_payload.attributes) == [("batched", None)]
+
+
+@BOTH
+def test_another_tenant_sees_nothing(core, version) -> None:
+    uid = create_key(core, name("mine"), version=version)
+    stranger = service_principal("other")
+    for op, payload in (
+            (Operation.GET_ATTRIBUTES, GetAttributesRequest(unique_identifier=uid)),
+            (Operation.GET_ATTRIBUTE_LIST, GetAttributeListRequest(unique_identifier=uid)),
+            (Operation.ADD_ATTRIBUTE, AddAttributeRequest(unique_identifier=uid,
+                                                          attribute=name("theirs"))),
+            (Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(unique_identifier=uid,
+                                                                attribute=name("theirs"))),
+            (Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+                unique_identifier=uid, attribute_reference=ref(Tag.NAME)))):
+        item = refused(core, op, payload, version=version, principal=stranger)
+        assert item.result_reason == (ResultReason.ITEM_NOT_FOUND if version == V14
+                                      else ResultReason.OBJECT_NOT_FOUND)
+    assert [n for n, _ in names(get(core, uid, Tag.NAME, version=version))] == ["mine"]
+
+
+def test_service_keys_are_readable_but_changed_by_admins_only(core) -> None:
+    (l3,) = core.store.run_sync(lambda s: [r.uid for r in repository.find_l3(s, "demo", "app")])
+    assert values(get(core, l3, Tag.STATE), Tag.STATE) == [State.ACTIVE]
+    item = refused(core, Operation.ADD_ATTRIBUTE,
+                   AddAttributeRequest(unique_identifier=l3, attribute=text(Tag.COMMENT, "x")))
+    assert item.result_reason == ResultReason.PERMISSION_DENIED
+    ok(core, Operation.ADD_ATTRIBUTE,
+       AddAttributeRequest(unique_identifier=l3, attribute=text(Tag.COMMENT, "rotated monthly")),
+       principal=admin_principal())
+    assert values(get(core, l3, Tag.COMMENT), Tag.COMMENT) == ["rotated monthly"]
+
+
+def test_failed_change_leaves_nothing_behind_and_is_audited(core) -> None:
+    uid = create_key(core, name("keep"))
+    items = call(core,
+                 (Operation.ADD_ATTRIBUTE, AddAttributeRequest(unique_identifier=uid,
+                                                               attribute=name("extra"))),
+                 (Operation.ADD_ATTRIBUTE, AddAttributeRequest(unique_identifier=uid,
+                                                               attribute=name("keep"))))
+    assert [i.result_status for i in items] == [ResultStatus.SUCCESS,
+                                                ResultStatus.OPERATION_FAILED]
+    assert names(get(core, uid, Tag.NAME)) == [("keep", None), ("extra", None)]
+
+
+def test_vendor_attributes_cross_versions(core) -> None:
+    uid = create_key(core, version=V14)
+    ok(core, Operation.ADD_ATTRIBUTE,
+       AddAttributeRequest(unique_identifier=uid, attribute=vendor("x", "owner", "team-a")),
+       version=V14)
+    (owner,) = [a for a in get(core, uid) if a.tag == VENDOR_TAG]
+    assert (owner.vendor_identification, owner.name, owner.typed) == ("x", "owner", "team-a")
+    ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, current_attribute=vendor("x", "owner", "team-a")))
+    assert [a for a in get(core, uid, version=V14) if a.tag == VENDOR_TAG] == []
+
+
+# -- the OASIS test cases -------------------------------------------------------------------
+
+VECTORS = Path("/work/shared/kmip-vectors")
+ATTRIBUTE_OPERATIONS = frozenset({
+    Operation.GET_ATTRIBUTES, Operation.GET_ATTRIBUTE_LIST, Operation.ADD_ATTRIBUTE,
+    Operation.MODIFY_ATTRIBUTE, Operation.DELETE_ATTRIBUTE, Operation.SET_ATTRIBUTE,
+    Operation.ADJUST_ATTRIBUTE})
+
+#: Attributes whose presence and value are the business of the handlers that create objects
+#: (Create, Register), not of the attribute operations: the expected responses of the
+#: attribute steps are judged without them. Values here are server choices the permitted
+#: variations do not cover (Random Number Generator) or attributes not set yet.
+OWNED_BY_CREATE = frozenset({
+    "Digest", "Random Number Generator", "Lease Time", "Fresh", "Short Unique Identifier",
+    "Protection Storage Mask", "Certificate Subject CN", "Certificate Length", "Key Format Type",
+})
+
+ATTRIBUTE_CASES = [
+    "oasis-kmip-profiles-v1.4-os/mandatory/SKLC-M-1-14",
+    "oasis-kmip-profiles-v1.4-os/mandatory/SKLC-M-2-14",
+    "oasis-kmip-profiles-v1.4-os/mandatory/SKFF-M-9-14",
+    "oasis-kmip-profiles-v1.4-os/mandatory/SKFF-M-10-14",
+    "oasis-kmip-profiles-v1.4-os/mandatory/SKFF-M-11-14",
+    "oasis-kmip-profiles-v1.4-os/mandatory/SKFF-M-12-14",
+    "oasis-kmip-profiles-v1.4-os/mandatory/AKLC-M-3-14",
+    "oasis-kmip-profiles-v2.1-os/mandatory/SKLC-M-1-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/SKLC-M-2-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/SKFF-M-9-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/SKFF-M-10-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/SKFF-M-11-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/SKFF-M-12-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/AKLC-M-3-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/BL-M-5-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/BL-M-6-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/BL-M-8-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/BL-M-9-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/BL-M-10-21",
+    "oasis-kmip-profiles-v2.1-os/mandatory/BL-M-13-21",
+    "oasis-kmip-testcases-v2.0-cnd02/TC-SETATTR-1-20",
+    "oasis-kmip-testcases-v2.0-cnd02/TC-SETATTR-2-20",
+    "oasis-kmip-testcases-v2.0-cnd02/TC-SETATTR-3-20",
+]
+
+
+def play_attribute_steps(core: CoreHarness, path: Path) -> tuple[int, list[str], str | None]:
+    """Play a case like the conformance runner does, but judge only the batch items of the
+    attribute operations (without :data:`OWNED_BY_CREATE`), so that what other handlers
+    still lack does not hide them.
+
+    Returns (attribute batch items judged, findings, why the case stopped early or None).
+    """
+    messages = parse_case(path.read_text(encoding="utf-8"))
+    state = MatchState(now=int(time.time()))
+    client = core.client()
+    judged = 0
+    findings: list[str] = []
+    for index in range(0, len(messages), 2):
+        step = index // 2 + 1
+        try:
+            concrete = state.substitute(messages[index])
+        except UnboundPlaceholder as e:
+            return judged, findings, f"step {step}: {e}"
+        expected = _without_create_attributes(messages[index + 1])
+        actual = decode(client.send(encode(concrete)))
+        ours = {position for position, item in enumerate(expected.find_all(Tag.BATCH_ITEM))
+                if item.find(Tag.OPERATION).value in ATTRIBUTE_OPERATIONS}
+        judged += len(ours)
+        for finding in match_response(expected, actual, state, request=concrete):
+            if any(finding.startswith(f"ResponseMessage/BatchItem[{p}]") for p in ours):
+                findings.append(f"step {step}: {finding}")
+    return judged, findings, None
+
+
+def _without_create_attributes(item: Item) -> Item:
+    if item.type is not ItemType.STRUCTURE:
+        return item
+    kept = [_without_create_attributes(child) for child in item
+            if not _owned_by_create(item.tag, child)]
+    return Item(item.tag, item.type, kept)
+
+
+def _owned_by_create(parent: int, child: Item) -> bool:
+    if parent == Tag.RESPONSE_PAYLOAD and child.tag == Tag.ATTRIBUTE:  # 1.x Get Attributes
+        label = child.find(Tag.ATTRIBUTE_NAME)
+        return label is not None and label.value in OWNED_BY_CREATE
+    if parent == Tag.RESPONSE_PAYLOAD and child.tag == Tag.ATTRIBUTE_NAME:  # 1.x list
+        return child.value in OWNED_BY_CREATE
+    if parent == Tag.RESPONSE_PAYLOAD and child.tag == Tag.ATTRIBUTE_REFERENCE:  # 2.x list
+        return isinstance(child.value, int) and registry.tag_name(child.value) in OWNED_BY_CREATE
+    if parent == Tag.ATTRIBUTES:  # 2.x Get Attributes
+        return registry.tag_name(child.tag) in OWNED_BY_CREATE
+    return False
+
+
+@pytest.mark.parametrize("case", ATTRIBUTE_CASES, ids=lambda c: c.rsplit("/", 1)[1])
+def test_oasis_attribute_steps(core, case) -> None:
+    path = VECTORS / f"{case}.xml"
+    if not path.exists():
+        pytest.skip(f"{path} is not available")
+    judged, findings, stopped = play_attribute_steps(core, path)
+    assert not findings, "\n".join(findings)
+    if stopped is not None and judged == 0:
+        pytest.skip(f"blocked before any attribute step by another operation ({stopped})")

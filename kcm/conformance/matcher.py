@@ -384,6 +384,8 @@ class _Matcher:
     def _ordered(self, exp_children: list[Item], act_children: list[Item], path: str,
                  ctx: _Context) -> list[str]:
         """Children in order; a missing optional item or an allowed extra one is skipped."""
+        exp_children = _without_default_index(exp_children)
+        act_children = _without_default_index(act_children)
         findings: list[str] = []
         names = _child_paths(exp_children, path, ctx.version)
         j = 0
@@ -439,6 +441,14 @@ class _Matcher:
 
     def _unexpected(self, item: Item, path: str, ctx: _Context) -> str:
         return f"{path}: unexpected {_describe(item, ctx)}"
+
+
+def _without_default_index(children: list[Item]) -> list[Item]:
+    """Drop an Attribute Index of 0: KMIP 1.x defines an absent index as 0 (KMIP 1.4
+    §2.1.1), so the two forms say the same and neither is a difference."""
+    if not any(c.tag == Tag.ATTRIBUTE_INDEX for c in children):
+        return children
+    return [c for c in children if not (c.tag == Tag.ATTRIBUTE_INDEX and c.value == 0)]
 
 
 def _equal(expected: Value, actual: Value) -> bool:

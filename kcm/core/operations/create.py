@@ -25,10 +25,22 @@ from kcm.kmip.payloads import CreateRequest, CreateResponse
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
 
-#: Key lengths in bits the server generates, per algorithm.
+_HMAC_LENGTHS = frozenset(range(128, 1025, 8))
+
+#: Key lengths in bits the server generates, per algorithm. Generating a key is drawing
+#: random bits; which algorithms the server can also compute with is Encrypt's business.
 KEY_LENGTHS: dict[int, frozenset[int]] = {
     CryptographicAlgorithm.AES: frozenset({128, 192, 256}),
     CryptographicAlgorithm.DES3: frozenset({168}),
+    CryptographicAlgorithm.CAMELLIA: frozenset({128, 192, 256}),
+    CryptographicAlgorithm.CHACHA20: frozenset({256}),
+    CryptographicAlgorithm.IDEA: frozenset({128}),
+    CryptographicAlgorithm.BLOWFISH: frozenset(range(32, 449, 8)),
+    CryptographicAlgorithm.HMAC_SHA1: _HMAC_LENGTHS,
+    CryptographicAlgorithm.HMAC_SHA224: _HMAC_LENGTHS,
+    CryptographicAlgorithm.HMAC_SHA256: _HMAC_LENGTHS,
+    CryptographicAlgorithm.HMAC_SHA384: _HMAC_LENGTHS,
+    CryptographicAlgorithm.HMAC_SHA512: _HMAC_LENGTHS,
 }
 
 
@@ -71,7 +83,7 @@ def key_spec(attributes: list[Attribute]) -> tuple[int, int]:
                         "Create needs a Cryptographic Length attribute")
     if length not in lengths:
         raise KmipError(ResultReason.INVALID_FIELD,
-                        f"{_enum_name(algorithm)} keys are {sorted(lengths)} bits, not {length}")
+                        f"cannot generate a {length}-bit {_enum_name(algorithm)} key")
     return int(algorithm), int(length)
 
 

@@ -8,6 +8,17 @@ from __future__ import annotations
 
 from kcm.kmip.enums import Operation
 from kcm.kmip.fields import Struct
+from kcm.kmip.payloads.asymmetric import (
+    CreateKeyPairRequest,
+    CreateKeyPairResponse,
+    DerivationParameters,
+    DeriveKeyRequest,
+    DeriveKeyResponse,
+    SignatureVerifyRequest,
+    SignatureVerifyResponse,
+    SignRequest,
+    SignResponse,
+)
 from kcm.kmip.payloads.attribute_ops import (
     AddAttributeRequest,
     AddAttributeResponse,
@@ -70,6 +81,9 @@ __all__ = [
     "QueryRequest", "QueryResponse", "ReKeyRequest", "ReKeyResponse", "RegisterRequest",
     "RegisterResponse", "RevocationReason", "RevokeRequest", "SetAttributeRequest",
     "UniqueIdentifierPayload", "UniqueIdentifierResponse",
+    "CreateKeyPairRequest", "CreateKeyPairResponse", "DerivationParameters", "DeriveKeyRequest",
+    "DeriveKeyResponse", "SignRequest", "SignResponse", "SignatureVerifyRequest",
+    "SignatureVerifyResponse",
 ]
 
 _ID = UniqueIdentifierResponse
@@ -104,4 +118,11 @@ PAYLOADS: dict[tuple[Operation, bool], type[Struct]] = {
     (Operation.ENCRYPT, True): EncryptRequest, (Operation.ENCRYPT, False): EncryptResponse,
     (Operation.DECRYPT, True): DecryptRequest, (Operation.DECRYPT, False): DecryptResponse,
     (Operation.INTEROP, True): InteropRequest, (Operation.INTEROP, False): InteropResponse,
+    (Operation.CREATE_KEY_PAIR, True): CreateKeyPairRequest,
+    (Operation.CREATE_KEY_PAIR, False): CreateKeyPairResponse,
+    (Operation.SIGN, True): SignRequest, (Operation.SIGN, False): SignResponse,
+    (Operation.SIGNATURE_VERIFY, True): SignatureVerifyRequest,
+    (Operation.SIGNATURE_VERIFY, False): SignatureVerifyResponse,
+    (Operation.DERIVE_KEY, True): DeriveKeyRequest,
+    (Operation.DERIVE_KEY, False): DeriveKeyResponse,
 }

@@ -33,6 +33,7 @@ from kcm.core.attribute_blob import decode_attributes
 from kcm.core.attribute_rules import check_client_attributes, rule_for
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
+from kcm.core.operations.asymmetric_ops import rsa_key_block_in_format
 from kcm.core.operations.create import generate_key, key_spec, server_attributes
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_BY_L1
@@ -554,6 +555,13 @@ def _in_format(managed_object: Struct | Item, block: KeyBlock | None,
                         f"{_enum_label(KeyFormatType, wanted)}")
     if block.key_format_type == wanted:
         return block
+    if (isinstance(managed_object, Item) and managed_object.tag in (Tag.PUBLIC_KEY,
+                                                                    Tag.PRIVATE_KEY)
+            and block.cryptographic_algorithm == CryptographicAlgorithm.RSA
+            and block.key_wrapping_data is None):
+        return rsa_key_block_in_format(
+            ObjectType.PUBLIC_KEY if managed_object.tag == Tag.PUBLIC_KEY
+            else ObjectType.PRIVATE_KEY, block, wanted)
     convertible = (isinstance(managed_object, SymmetricKey)
                    and block.key_wrapping_data is None
                    and {int(block.key_format_type), wanted}

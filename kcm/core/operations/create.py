@@ -15,6 +15,7 @@ from kcm.kmip.enums import (
     KeyFormatType,
     ObjectType,
     Operation,
+    ProtectionStorageMask,
     ResultReason,
     RNGAlgorithm,
     State,
@@ -26,6 +27,10 @@ from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
 
 _HMAC_LENGTHS = frozenset(range(128, 1025, 8))
+
+#: The lease a client gets on a key (KMIP 1.4 §3.15), in seconds. KCM does not make
+#: clients renew leases; Check reports against this figure.
+LEASE_TIME = 86_400
 
 #: Key lengths in bits the server generates, per algorithm. Generating a key is drawing
 #: random bits; which algorithms the server can also compute with is Encrypt's business.
@@ -113,6 +118,9 @@ def server_attributes(ctx: OperationContext, uid: str, object_type: int,
                  else State.PRE_ACTIVE)
     stored = [
         Attribute.of(Tag.UNIQUE_IDENTIFIER, uid),
+        # KMIP 2.x only (1.x encodings drop it): a fixed-size handle for the object.
+        Attribute.of(Tag.SHORT_UNIQUE_IDENTIFIER, hashlib.sha256(uid.encode()).digest(),
+                     ItemType.BYTE_STRING),
         Attribute.of(Tag.OBJECT_TYPE, int(object_type)),
     ]
     client = [a for a in attributes
@@ -128,7 +136,12 @@ def server_attributes(ctx: OperationContext, uid: str, object_type: int,
         Attribute.of(Tag.LAST_CHANGE_DATE, ctx.now),
         Attribute.of(Tag.ORIGINAL_CREATION_DATE, ctx.now),
     ]
+    # Material is kept wrapped in software (the key file or the database), never in an HSM.
+    stored.append(Attribute.of(Tag.PROTECTION_STORAGE_MASK, int(ProtectionStorageMask.SOFTWARE),
+                               ItemType.INTEGER))
     if key_bytes is not None:
+        stored.append(Attribute.of(Tag.KEY_FORMAT_TYPE, int(key_format), ItemType.ENUMERATION))
+        stored.append(Attribute.of(Tag.LEASE_TIME, LEASE_TIME, ItemType.INTERVAL))
         stored.append(Attribute(Tag.DIGEST, Item(Tag.DIGEST, ItemType.STRUCTURE, [
             Item(Tag.HASHING_ALGORITHM, ItemType.ENUMERATION, HashingAlgorithm.SHA_256),
             Item(Tag.DIGEST_VALUE, ItemType.BYTE_STRING, hashlib.sha256(key_bytes).digest()),

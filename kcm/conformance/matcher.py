@@ -366,6 +366,13 @@ class _Matcher:
                 variable |= _CRYPTO_OUTPUT
         if op == Operation.ENCRYPT and not self._request_has(index, Tag.IV_COUNTER_NONCE):
             variable |= _SERVER_IV_OUTPUT
+        if (op == Operation.DECRYPT and uid is not None
+                and uid.value in self.state.server_generated
+                and not self._request_data_from_server(index)):
+            # A ciphertext written into the file was made under the file author's key, not
+            # under the key this server generated: what it decrypts to is generated output
+            # (§4.1.1, server-generated key material), like an Encrypt's under that key.
+            variable |= {Tag.DATA}
         item_ctx = _Context(ctx.version, op if isinstance(op, int) else None, frozenset(variable))
         findings = self._ordered(exp.value, act.value, path, item_ctx)  # type: ignore[arg-type]
         if op in _GENERATING_OPERATIONS and payload is not None and payload.type is _S:
@@ -374,6 +381,17 @@ class _Matcher:
                     if isinstance(generated.value, str):
                         self.state.server_generated.add(generated.value)
         return findings
+
+    def _request_data_from_server(self, index: int) -> bool:
+        """Is the request's Data a value this server returned earlier in the case?"""
+        if index >= len(self.request_items):
+            return False
+        payload = self.request_items[index].find(Tag.REQUEST_PAYLOAD)
+        data = payload.find(Tag.DATA) if payload is not None and payload.type is _S else None
+        if data is None:
+            return False
+        produced = [v for v in self.state.bindings.values() if isinstance(v, bytes)]
+        return data.value in produced or data.value == self.state.last_values.get(Tag.DATA)
 
     def _request_has(self, index: int, tag: int) -> bool:
         if index >= len(self.request_items):

@@ -15,6 +15,8 @@ from kcm.kmip.payloads import (
     DiscoverVersionsResponse,
     InteropRequest,
     InteropResponse,
+    LogRequest,
+    LogResponse,
     QueryRequest,
     QueryResponse,
 )
@@ -73,6 +75,18 @@ def interop(ctx: OperationContext, request: InteropRequest) -> InteropResponse:
         function = str(int(request.interop_function))
     ctx.audit_detail["interop"] = f"{function} {request.interop_identifier}"
     return InteropResponse()
+
+
+#: How much of a client's Log message the audit record keeps.
+LOG_MESSAGE_LIMIT = 1024
+
+
+@operation(Operation.LOG)
+def log_message(ctx: OperationContext, request: LogRequest) -> LogResponse:
+    """Log (KMIP 2.1 §6.1.29): the client's message goes into this request's audit record
+    (and so into the structured log), truncated to :data:`LOG_MESSAGE_LIMIT` characters."""
+    ctx.audit_detail["log_message"] = request.log_message[:LOG_MESSAGE_LIMIT]
+    return LogResponse()
 
 
 def _server_information(ctx: OperationContext) -> Item:

@@ -103,3 +103,15 @@ class InteropRequest(Struct):
 @kmip_struct(_RESP)
 class InteropResponse(Struct):
     """Interop response (empty)."""
+
+
+@kmip_struct(_REQ)
+class LogRequest(Struct):
+    """Log (2.x): a message the client wants in the server's log."""
+
+    log_message: str = fld(Tag.LOG_MESSAGE, ItemType.TEXT_STRING, required=True)
+
+
+@kmip_struct(_RESP)
+class LogResponse(Struct):
+    """Log response (empty)."""

@@ -34,7 +34,7 @@ from kcm.kmip.payloads import (
     RevokeRequest,
 )
 from kcm.kmip.tags import Tag
-from kcm.ttlv import decode, encode
+from kcm.ttlv import Item, ItemType, decode, encode
 from tests.core_support import CoreHarness, service_principal
 
 AES256 = [Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
@@ -135,3 +135,25 @@ async def test_every_batch_item_and_refused_request_is_audited(core: CoreHarness
     assert rows[0].principal == "spiffe://kcm.test/tenant/demo/service/app"
     assert rows[0].source == "127.0.0.1:40000"
     assert core.store.run_sync(verify_chain).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_operation_is_operation_not_supported(core: CoreHarness) -> None:
+    empty = Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [])
+    response = await send(core, wire((0x7F, empty), (Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=AES256)),
+        continuation=BatchErrorContinuationOption.CONTINUE))
+    unknown, create = response.batch_items
+    assert unknown.result_reason == ResultReason.OPERATION_NOT_SUPPORTED
+    assert create.result_status == ResultStatus.SUCCESS
+
+
+@pytest_twisted.ensureDeferred
+async def test_maximum_response_size_is_enforced(core: CoreHarness) -> None:
+    header = RequestHeader(protocol_version=ProtocolVersion.of((2, 1)), batch_count=1,
+                           maximum_response_size=64)
+    create = CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=AES256)
+    request = encode(encode_request(RequestMessage(
+        header, [RequestBatchItem(operation=Operation.CREATE, request_payload=create)])))
+    response = await send(core, request)
+    assert response.batch_items[0].result_reason == ResultReason.RESPONSE_TOO_LARGE

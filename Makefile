@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # twistd finds the kcm plugins in ./twisted/plugins (an editable install does not expose them).
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test lint bench run clean
+.PHONY: test lint bench bench-core run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: $(STAMP)
 ## Codec micro-benchmarks; figures go to docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/codec_bench.py
+
+## kcm-core's durable Create/Revoke against PyKMIP's server (a few minutes); docs/benchmarks.md.
+bench-core: $(STAMP)
+	$(BIN)/python benchmarks/core_bench.py
 
 ## kcm-core on 127.0.0.1:5696 with a development PKI (var/pki), an embedded SQLite store
 ## (var/kcm-core.db), the L1 key file var/l1.key and a demo tenant with service "app".

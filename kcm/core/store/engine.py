@@ -125,6 +125,7 @@ class Store(Service):
         self._sessions: dict[bool, sessionmaker[Session]] = {}
         self._threadpool: ThreadPool | None = None
         self._engine_lock = threading.Lock()
+        self._sqlite_writer = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -193,8 +194,19 @@ class Store(Service):
         Never call it on the reactor thread.
         """
         with self._engine_lock:
-            self._engine_or_open()
+            engine = self._engine_or_open()
             make_session = self._sessions[write]
+        if write and engine.dialect.name == "sqlite":
+            # SQLite admits one writer; a thread that finds the write lock taken sleeps on
+            # SQLite's own back-off schedule (up to 100 ms a try), which made the tail
+            # latency under concurrent writes. Writers of this process queue here instead.
+            with self._sqlite_writer:
+                return self._transaction(make_session, fn, write)
+        return self._transaction(make_session, fn, write)
+
+    @staticmethod
+    def _transaction(make_session: Callable[[], Session], fn: Callable[[Session], T],
+                     write: bool) -> T:
         with make_session() as session, session.begin():
             if write:
                 lock_writers(session)

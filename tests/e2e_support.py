@@ -43,6 +43,7 @@ class CoreProcess:
     root: Path
     database: str
     port: int = field(default_factory=free_port)
+    link_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
     @property
@@ -61,6 +62,7 @@ class CoreProcess:
         self.config.write_text(
             "[core]\n"
             f'listen = "tcp:{self.port}:interface=127.0.0.1"\n'
+            f'link_listen = "tcp:{self.link_port}:interface=127.0.0.1"\n'
             'trust_domain = "kcm.test"\n'
             f'database = "{self.database}"\n'
             f'l1_key_file = "{self.root / "l1.key"}"\n'
@@ -80,7 +82,7 @@ class CoreProcess:
                               timeout=60)
 
     def start(self) -> None:
-        """Start `twistd -n kcm-core` and wait until it accepts connections."""
+        """Start `twistd -n kcm-core` and wait until it accepts connections (KMIP and link)."""
         log = open(self.log, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", "kcm-core", "-c", str(self.config)],
@@ -92,7 +94,8 @@ class CoreProcess:
                 raise RuntimeError(f"kcm-core exited ({self.process.returncode}):\n"
                                    + self.log.read_text()[-3000:])
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                for port in (self.port, self.link_port):
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.05)
@@ -172,3 +175,102 @@ def core_process_pg(tmp_path: Path, postgres_url: str) -> Iterator[CoreProcess]:
         yield core
     finally:
         core.stop()
+
+
+@dataclass
+class GatewayProcess:
+    """A kcm-gateway in front of a :class:`CoreProcess` (same PKI), and its twistd process."""
+
+    root: Path
+    core: CoreProcess
+    port: int = field(default_factory=free_port)
+    l3_ttl: float = 300.0
+    max_stale: float = 3600.0
+    prewarm: tuple[str, ...] = ("demo/app",)
+    process: subprocess.Popen | None = None
+
+    @property
+    def pki(self) -> PkiPaths:
+        return self.core.pki
+
+    @property
+    def config(self) -> Path:
+        return self.root / "kcm-gateway.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "gateway.log"
+
+    def write_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        prewarm = ", ".join(f'"{entry}"' for entry in self.prewarm)
+        self.config.write_text(
+            "[gateway]\n"
+            f'listen = "tcp:{self.port}:interface=127.0.0.1"\n'
+            f'core = "tcp:127.0.0.1:{self.core.link_port}"\n'
+            'core_server_name = "localhost"\n'
+            'trust_domain = "kcm.test"\n'
+            f"l3_ttl = {self.l3_ttl}\nmax_stale = {self.max_stale}\n"
+            f"prewarm = [{prewarm}]\n"
+            "[gateway.tls]\n"
+            f'cert = "{self.pki.gateway.cert}"\nkey = "{self.pki.gateway.key}"\n'
+            f'ca = "{self.pki.ca.cert}"\n'
+            "[gateway.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"
+        )
+
+    def start(self) -> None:
+        """Start `twistd -n kcm-gateway` and wait until it accepts connections."""
+        if not self.config.exists():
+            self.write_config()
+        log = open(self.log, "ab")  # noqa: SIM115 - owned by the child process
+        self.process = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "kcm-gateway", "-c", str(self.config)],
+            cwd=self.root, env=process_env(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kcm-gateway exited ({self.process.returncode}):\n"
+                                   + self.log.read_text()[-3000:])
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("kcm-gateway did not start listening:\n"
+                           + self.log.read_text()[-3000:])
+
+    def links(self) -> int:
+        """How many times the gateway has linked to a core so far (from its log)."""
+        return self.log.read_text().count("linked to core")
+
+    def wait_linked(self, more_than: int = 0, timeout: float = 10.0) -> None:
+        """Wait until the gateway has linked to the core more than ``more_than`` times."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.links() > more_than:
+                return
+            time.sleep(0.02)
+        raise RuntimeError("the gateway did not link to the core:\n"
+                           + self.log.read_text()[-3000:])
+
+    stop = CoreProcess.stop
+
+    def client(self, who: str = "app"):
+        """A blocking KMIP client (kcm.conformance.client) talking to the gateway."""
+        from kcm.conformance.client import KmipClient
+
+        pair = getattr(self.pki, who)
+        return KmipClient("127.0.0.1", self.port, cert=pair.cert, key=pair.key,
+                          ca=self.pki.ca.cert)
+
+    def pykmip(self, who: str = "app"):
+        """PyKMIP's ProxyKmipClient, opened, talking to the gateway."""
+        from kmip.pie.client import ProxyKmipClient
+
+        pair = getattr(self.pki, who)
+        client = ProxyKmipClient(hostname="127.0.0.1", port=self.port, cert=str(pair.cert),
+                                 key=str(pair.key), ca=str(self.pki.ca.cert),
+                                 config_file=os.devnull)
+        client.open()
+        return client

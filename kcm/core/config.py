@@ -31,6 +31,8 @@ class CoreConfig:
     directory."""
 
     listen: str = "tcp:5696:interface=127.0.0.1"
+    #: The gateway link listener (docs/link-protocol.md); an empty string turns it off.
+    link_listen: str = "tcp:5697:interface=127.0.0.1"
     trust_domain: str = "kcm.test"
     database: str = "sqlite:///var/kcm-core.db"
     l1_key_file: str = "var/l1.key"
@@ -43,7 +45,7 @@ class CoreConfig:
     log_level: str = "info"
 
 
-_TOP_LEVEL = {"listen", "trust_domain", "database", "l1_key_file", "policy_file",
+_TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "policy_file",
               "database_threads", "log_level"}
 
 

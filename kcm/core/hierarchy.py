@@ -2,13 +2,15 @@
 
 L2 and L3 are stored as ordinary Symmetric Key objects of their tenant, marked with
 their level (and, for L3, the service and version), so Locate, Get Attributes and
-the lifecycle operations work on them. They are created Active.
+the lifecycle operations work on them. They are created Active. An L3's identifier is
+``l3-<uuid>`` (docs/link-protocol.md §3), so the gateway tells it apart by its text.
 """
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from kcm.core import events
 from kcm.core.attribute_blob import encode_attributes
 from kcm.core.keyring import Keyring
 from kcm.core.managed import encode_material
@@ -26,6 +28,7 @@ from kcm.kmip.enums import (
 )
 from kcm.kmip.objects import KeyBlock, KeyValue, SymmetricKey
 from kcm.kmip.tags import Tag
+from kcm.l4.identifiers import new_l3_uid
 
 
 class _Stamp:
@@ -68,7 +71,7 @@ def provision_service(session: Session, keyring: Keyring, tenant: str, service: 
     """Create the next L3 version of ``tenant``/``service`` (the tenant must exist)."""
     versions = repository.find_l3(session, tenant, service)
     version = (versions[0].key_version or 0) + 1 if versions else 1
-    uid = keyring.new_uid()
+    uid = new_l3_uid(keyring.random_bytes)
     name = service_key_name(tenant, service)
     attributes = _key_attributes(uid, name, now)
     material = _material(keyring.random_bytes(32))
@@ -80,6 +83,7 @@ def provision_service(session: Session, keyring: Keyring, tenant: str, service: 
         cryptographic_algorithm=CryptographicAlgorithm.AES, cryptographic_length=256,
         names=[(name, NameType.UNINTERPRETED_TEXT_STRING)], initial_date=now,
         activation_date=now, last_change_date=now)
+    events.l3_rotated(session, tenant, uid, service, version)
     return uid
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from kcm.core import lifecycle, policy
+from kcm.core import events, lifecycle, policy
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.context import OperationContext
 from kcm.core.store import repository
+from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.core.store.schema import ManagedObject as Row
 from kcm.kmip.attributes import ATTRIBUTE_TYPES, Attribute, Name
 from kcm.kmip.enums import ResultReason, State
@@ -155,21 +156,30 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     """Write the object's attributes back (and their column copies).
 
     ``changed`` stamps the Last Change Date (KMIP 1.4 §3.38): a client-visible change.
+    A service key (L3) whose state changes emits ``l3.state`` for the gateways, whatever
+    changed it (an operation, or a date that has passed).
     """
     if changed:
         obj.set(Tag.LAST_CHANGE_DATE, ctx.now)
+    stored_state = obj.row.state
     columns = _columns(obj)
     repository.update_object(ctx.session, obj.row, attributes=encode_attributes(obj.attributes),
                              **columns)
     repository.set_names(ctx.session, obj.row, _names(obj))
     repository.set_groups(ctx.session, obj.row, _groups(obj))
+    if obj.level == LEVEL_SERVICE_KEY and columns["state"] != stored_state:
+        events.l3_state(ctx, obj.tenant, obj.uid, obj.row.service, columns["state"])
 
 
 def material(ctx: OperationContext, obj: StoredObject) -> Struct | Item:
     """The object's KMIP structure in the clear (a model object or a raw Item)."""
-    blob = ctx.keyring.unwrap(ctx.session, obj.row)
-    version = (blob[0], blob[1])
-    return _OBJECT_CODEC.decode(decode(blob[2:]), version)
+    return decode_material(ctx.keyring.unwrap(ctx.session, obj.row))
+
+
+def decode_material(blob: bytes) -> Struct | Item:
+    """The KMIP structure of a stored plaintext (its version, then its TTLV; the inverse of
+    :func:`encode_material`)."""
+    return _OBJECT_CODEC.decode(decode(blob[2:]), (blob[0], blob[1]))
 
 
 def destroy_material(ctx: OperationContext, obj: StoredObject) -> None:

@@ -21,6 +21,7 @@ from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.identity import Principal, Role
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
+from kcm.l4.authorize import check_service_key_use
 
 _TENANT_ROLES = (Role.SERVICE, Role.ADMIN)
 
@@ -65,7 +66,7 @@ def check_key_use(principal: Principal, level: int | None, service: str | None) 
     """May ``principal`` encrypt or decrypt with this key inside the core?"""
     if level == LEVEL_TENANT_KEY:
         raise KmipError(ResultReason.PERMISSION_DENIED, "tenant keys are not for client use")
-    if level == LEVEL_SERVICE_KEY and principal.role is Role.SERVICE \
-            and principal.service != service:
-        raise KmipError(ResultReason.PERMISSION_DENIED,
-                        "an application may use only its own service's key")
+    if level == LEVEL_SERVICE_KEY:
+        # The object was found in the caller's tenant; who may use which service's key is
+        # kcm.l4.authorize's rule, shared with the gateway.
+        check_service_key_use(principal, tenant_of(principal), service or "")

@@ -11,7 +11,9 @@ from twisted.logger import Logger
 
 from kcm.core import keys, operations  # noqa: F401  (operations registers the handlers)
 from kcm.core.config import CoreConfig
+from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
+from kcm.core.link_server import LinkServerFactory
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
@@ -31,7 +33,7 @@ class StartupError(RuntimeError):
 
 
 class CoreService(MultiService):
-    """kcm-core: the store, and the KMIP listener in front of it."""
+    """kcm-core: the store, the KMIP listener in front of it, and the gateways' link."""
 
     def __init__(self, config: CoreConfig, *, reactor: Any) -> None:
         super().__init__()
@@ -39,6 +41,7 @@ class CoreService(MultiService):
         self.reactor = reactor
         self.store: Store | None = None
         self.handler: CoreRequestHandler | None = None
+        self.fanout: EventFanout | None = None
 
     def startService(self) -> None:
         config = self.config
@@ -69,4 +72,24 @@ class CoreService(MultiService):
         store.setServiceParent(self)
         listener.setServiceParent(self)
         log.info("kcm-core listening on {listen}", listen=config.listen)
+        if config.link_listen:
+            self._add_link_listener(store, keyring, tls, subject_map)
         super().startService()
+
+    def _add_link_listener(self, store: Store, keyring: Keyring, tls: Any,
+                           subject_map: SubjectMap | None) -> None:
+        """The gateways' link (same TLS as KMIP) and the outbox fan-out behind it."""
+        config = self.config
+        head = store.run_sync(repository.outbox_head, write=False)
+        self.fanout = EventFanout(store, self.reactor, head=head)
+        trust_domain = config.trust_domain
+        factory = LinkServerFactory(
+            handler=self.handler, store=store, keyring=keyring, fanout=self.fanout,
+            resolve_peer=lambda transport: peer_principal(transport, trust_domain),
+            trust_domain=trust_domain, subject_map=subject_map, clock=self.reactor)
+        link = StreamServerEndpointService(
+            tls_server_endpoint(self.reactor, config.link_listen, tls), factory)
+        link._raiseSynchronously = True
+        self.fanout.setServiceParent(self)
+        link.setServiceParent(self)
+        log.info("kcm-core gateway link listening on {listen}", listen=config.link_listen)

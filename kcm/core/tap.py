@@ -18,6 +18,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Configuration file (TOML, a [core] table)."],
         ["listen", None, None, "KMIP listener, an endpoint string (tcp:5696:interface=...)."],
+        ["link-listen", None, None, "Gateway link listener, an endpoint string (tcp:5697:...)."],
         ["database", None, None, "SQLAlchemy database URL."],
         ["l1-key-file", None, None, "The L1 master key file."],
         ["trust-domain", None, None, "SPIFFE trust domain of client identities."],

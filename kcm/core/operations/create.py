@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from kcm.core import managed
+from kcm.core import l4_requests, managed
 from kcm.core.attribute_rules import check_client_attributes
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
@@ -51,6 +51,8 @@ KEY_LENGTHS: dict[int, frozenset[int]] = {
 
 @operation(Operation.CREATE)
 def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse:
+    if (l4_answer := l4_requests.create(ctx, request)) is not None:
+        return l4_answer
     if request.object_type != ObjectType.SYMMETRIC_KEY:
         raise KmipError(ResultReason.INVALID_FIELD,
                         "Create makes Symmetric Keys only; use Register for other objects")

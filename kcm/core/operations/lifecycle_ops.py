@@ -6,7 +6,7 @@ them to a stored object and record the dates the spec asks for.
 
 from __future__ import annotations
 
-from kcm.core import lifecycle, managed, policy
+from kcm.core import l4_requests, lifecycle, managed, policy
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
 from kcm.kmip.enums import Operation, RevocationReasonCode, State
@@ -38,6 +38,8 @@ def activate(ctx: OperationContext, request: ActivateRequest) -> UniqueIdentifie
 
 @operation(Operation.REVOKE)
 def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierResponse:
+    if (l4_answer := l4_requests.revoke(ctx, request)) is not None:
+        return l4_answer
     obj = _load(ctx, request.unique_identifier)
     reason = request.revocation_reason
     before = obj.state
@@ -58,6 +60,8 @@ def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierRes
 
 @operation(Operation.DESTROY)
 def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierResponse:
+    if (l4_answer := l4_requests.destroy(ctx, request)) is not None:
+        return l4_answer
     obj = _load(ctx, request.unique_identifier)
     obj.set(Tag.STATE, int(lifecycle.destroy(obj.state, ctx.version)))
     obj.set(Tag.DESTROY_DATE, ctx.now)

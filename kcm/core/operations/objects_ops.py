@@ -25,10 +25,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import keywrap
 from cryptography.x509.oid import NameOID
 
-from kcm.core import lifecycle, managed, policy
+from kcm.core import events, l4_requests, lifecycle, managed, policy
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.attribute_rules import check_client_attributes, rule_for
 from kcm.core.batch import operation
@@ -37,6 +36,8 @@ from kcm.core.operations.asymmetric_ops import rsa_key_block_in_format
 from kcm.core.operations.create import generate_key, key_spec, server_attributes
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_BY_L1
+from kcm.crypto.key_wrap import aes_unwrap as _aes_unwrap
+from kcm.crypto.key_wrap import aes_wrap as _aes_wrap
 from kcm.kmip import registry
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link, Name
 from kcm.kmip.enums import (
@@ -78,6 +79,7 @@ from kcm.kmip.payloads import (
     ReKeyResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.l4.identifiers import new_l3_uid
 from kcm.ttlv import Item, ItemType, decode, encode
 
 Version = tuple[int, int]
@@ -346,7 +348,8 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
     client = list(request.attributes or [])
     check_client_attributes(client, ctx.version)
 
-    new_uid = ctx.keyring.new_uid()
+    new_uid = (new_l3_uid(ctx.keyring.random_bytes) if old.level == LEVEL_SERVICE_KEY
+               else ctx.keyring.new_uid())
     inherited = _override(_inherited_attributes(ctx, old, request.offset), client)
     algorithm, length = key_spec(inherited)
     if old.level is not None and (algorithm, length) != (
@@ -447,6 +450,7 @@ def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: s
                        tenant=tenant, level=LEVEL_SERVICE_KEY, service=service,
                        key_version=version)
         ctx.audit_detail["service_key_version"] = version
+        events.l3_rotated(ctx, tenant, uid, service, version)
         return
     managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY, attributes=attributes,
                    managed_object=SymmetricKey(key_block=block), tenant=tenant)
@@ -477,6 +481,8 @@ def _retire_at(ctx: OperationContext, old: managed.StoredObject, when: int | Non
 @operation(Operation.GET)
 def get(ctx: OperationContext, request: GetRequest) -> GetResponse:
     """The object's material: as stored, converted, unwrapped or wrapped on request."""
+    if (l4_answer := l4_requests.get(ctx, request)) is not None:
+        return l4_answer
     uid = ctx.id_placeholder.resolve(request.unique_identifier)
     obj = managed.load(ctx, uid)
     policy.check_material_export(ctx.principal, obj.level)
@@ -749,26 +755,6 @@ def _named_attributes(obj: managed.StoredObject, names: list[str],
             raise KmipError(ResultReason.INVALID_FIELD, f"unknown attribute name {name!r}")
         found += obj.all(tag)
     return found
-
-
-def _aes_wrap(kek: bytes, plaintext: bytes, mode: int) -> bytes:
-    if mode == BlockCipherMode.AESKEYWRAPPADDING:
-        return keywrap.aes_key_wrap_with_padding(kek, plaintext)
-    if len(plaintext) < 16 or len(plaintext) % 8:
-        raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
-                        f"NIST Key Wrap needs a multiple of 8 bytes (at least 16), not "
-                        f"{len(plaintext)}; use AES Key Wrap with Padding")
-    return keywrap.aes_key_wrap(kek, plaintext)
-
-
-def _aes_unwrap(kek: bytes, wrapped: bytes, mode: int) -> bytes:
-    try:
-        if mode == BlockCipherMode.AESKEYWRAPPADDING:
-            return keywrap.aes_key_unwrap_with_padding(kek, wrapped)
-        return keywrap.aes_key_unwrap(kek, wrapped)
-    except (keywrap.InvalidUnwrap, ValueError) as e:
-        raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
-                        "the key value does not unwrap with the named wrapping key") from e
 
 
 # =====================================================================================

@@ -329,6 +329,17 @@ def find_l3(
     return list(session.scalars(stmt))
 
 
+def get_l3(session: Session, uid: str) -> ManagedObject | None:
+    """The L3 version ``uid``, of whichever tenant, or None.
+
+    The one lookup not scoped by tenant: an L4 token names its L3 by identifier alone, and
+    a token of another tenant must be refused as such (Permission Denied), not as missing.
+    Callers decide with :func:`kcm.l4.authorize.check_service_key_use` before using it.
+    """
+    return session.scalar(select(ManagedObject).where(
+        ManagedObject.uid == uid, ManagedObject.level == LEVEL_SERVICE_KEY))
+
+
 def find_l2(session: Session, tenant: str, *, active_only: bool = True) -> ManagedObject | None:
     """``tenant``'s current L2: the newest Active one (or newest of any state)."""
     stmt = (

@@ -1,0 +1,114 @@
+"""Tail the outbox and fan new events out to every connected gateway link, in order.
+
+The outbox is the guarantee (ARCHITECTURE §4, §9): :class:`EventFanout` polls it off the
+reactor (a read-only transaction every ``poll_interval``), encodes each new event's EVENT
+frame once and hands it to every live subscriber. A link that has just connected first
+catches up through :meth:`EventFanout.replay`, then goes live; see
+:class:`kcm.core.link_server.LinkServerProtocol`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from kcm.core.store import repository
+from kcm.core.store.engine import Store
+from kcm.link.frames import Frame, FrameError, FrameType, decode_payload, encode_frame
+
+log = Logger()
+
+#: An event ready to send: its sequence number and its encoded EVENT frame.
+EncodedEvent = tuple[int, bytes]
+
+
+class EventSubscriber(Protocol):
+    """What the fan-out pushes live events to."""
+
+    def deliver(self, events: list[EncodedEvent]) -> None:
+        """Take new events in sequence order (it skips those it already has)."""
+
+
+class EventFanout(Service):
+    """Polls the outbox and pushes each new event to every subscriber, in sequence order."""
+
+    name = "kcm-event-fanout"
+
+    def __init__(self, store: Store, clock: IReactorTime, *, head: int = 0,
+                 poll_interval: float = 0.05, batch_size: int = 1000) -> None:
+        self._store = store
+        self._clock = clock
+        self.head = head  # the newest sequence number published (or known at start)
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+        self._subscribers: set[EventSubscriber] = set()
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.poll)
+        self._loop.clock = self._clock
+        self._loop.start(self.poll_interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def subscribe(self, subscriber: EventSubscriber) -> None:
+        """Push every event published from now on to ``subscriber``."""
+        self._subscribers.add(subscriber)
+
+    def unsubscribe(self, subscriber: EventSubscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    def poll(self) -> Deferred[None]:
+        """Read the events after :attr:`head` and publish them (all of them, batch after
+        batch); never fails."""
+        d = self.read(self.head)
+        d.addCallback(self._publish_and_continue)
+        d.addErrback(lambda failure: log.failure("polling the outbox failed", failure))
+        return d
+
+    def _publish_and_continue(self, records: list[repository.OutboxRecord]) -> Deferred | None:
+        self._publish([encode_event(r) for r in records])
+        if len(records) >= self.batch_size:  # more are waiting: read on at once
+            return self.poll()
+        return None
+
+    def _publish(self, events: list[EncodedEvent]) -> None:
+        events = [e for e in events if e[0] > self.head]  # a slow poll may overlap a replay
+        if not events:
+            return
+        self.head = events[-1][0]
+        for subscriber in list(self._subscribers):
+            subscriber.deliver(events)
+
+    def replay(self, after: int) -> Deferred[list[EncodedEvent]]:
+        """Up to ``batch_size`` committed events after sequence ``after``, read off the
+        reactor (a link catching up)."""
+        return self.read(after).addCallback(lambda records: [encode_event(r) for r in records])
+
+    def read(self, after: int) -> Deferred[list[repository.OutboxRecord]]:
+        """Up to ``batch_size`` outbox rows after ``after``, from a read-only transaction."""
+        return self._store.run(lambda s: repository.outbox_since(s, after, self.batch_size),
+                               write=False)
+
+
+def encode_event(record: repository.OutboxRecord) -> EncodedEvent:
+    """The EVENT frame of an outbox row. A payload that does not decode is sent empty (and
+    logged): the sequence must stay gapless even around a bad row."""
+    try:
+        payload = decode_payload(record.payload)
+    except FrameError as e:
+        log.error("outbox event {seq} has a malformed payload: {error}", seq=record.seq,
+                  error=str(e))
+        payload = {}
+    frame = Frame(FrameType.EVENT, sequence=record.seq, kind=record.kind, tenant=record.tenant,
+                  payload=payload)
+    return record.seq, encode_frame(frame)

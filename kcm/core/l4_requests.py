@@ -1,0 +1,145 @@
+"""L4 requests sent straight to kcm-core (ARCHITECTURE §2: every operation works at the core
+too, at control-plane speed).
+
+Each operation handler asks here first; a function returns the response payload when the
+request is an L4 one and None when it is not (the handler then goes on as before):
+
+* Create with L4 markers, Get of an ``l4.`` identifier, Encrypt/Decrypt with an ``l4.`` or
+  ``l3-`` identifier: the L4 engine, over the store (:mod:`kcm.core.l4_keys`), so the core
+  answers exactly as a gateway would.
+* Revoke/Destroy of an ``l4.`` identifier: a tombstone and an ``l4.tombstone`` event, in the
+  request's transaction, so the audit record, the tombstone and the event commit together.
+
+Audit records name the L3 involved and the token's TokenId, never the token itself (it
+carries the sealed DEK).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from kcm.core import events
+from kcm.core.context import OperationContext
+from kcm.core.l4_keys import StoreKeySource
+from kcm.core.store import repository
+from kcm.kmip.enums import RevocationReasonCode
+from kcm.kmip.errors import KmipError
+from kcm.kmip.payloads import (
+    CreateRequest,
+    CreateResponse,
+    DecryptRequest,
+    DecryptResponse,
+    DestroyRequest,
+    EncryptRequest,
+    EncryptResponse,
+    GetRequest,
+    GetResponse,
+    RevokeRequest,
+    UniqueIdentifierResponse,
+)
+from kcm.l4 import token
+from kcm.l4.engine import L4Engine, is_l4_create
+from kcm.l4.identifiers import is_l3, is_l4
+
+
+def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse | None:
+    """Create of an L4 (docs/link-protocol.md §3 markers), else None."""
+    if not is_l4_create(request.attributes):
+        return None
+    response = _engine(ctx).create(ctx.principal, ctx.version, request)
+    _note_token(ctx, response.unique_identifier)
+    ctx.id_placeholder.set(response.unique_identifier)
+    return response
+
+
+def get(ctx: OperationContext, request: GetRequest) -> GetResponse | None:
+    """Get of an L4, else None."""
+    uid = _resolved(ctx, request.unique_identifier)
+    if not is_l4(uid):
+        return None
+    _note_token(ctx, uid)
+    response = _engine(ctx).get(ctx.principal, ctx.version, _with_uid(request, uid))
+    ctx.id_placeholder.set(uid)
+    return response
+
+
+def encrypt(ctx: OperationContext, request: EncryptRequest) -> EncryptResponse | None:
+    """Encrypt with an L4 (a record) or an L3 (a DEK), else None."""
+    uid = _resolved(ctx, request.unique_identifier)
+    if not (is_l4(uid) or is_l3(uid)):
+        return None
+    _note_token(ctx, uid)
+    return _engine(ctx).encrypt(ctx.principal, ctx.version, _with_uid(request, uid))
+
+
+def decrypt(ctx: OperationContext, request: DecryptRequest) -> DecryptResponse | None:
+    """Decrypt with an L4 or an L3, else None."""
+    uid = _resolved(ctx, request.unique_identifier)
+    if not (is_l4(uid) or is_l3(uid)):
+        return None
+    _note_token(ctx, uid)
+    return _engine(ctx).decrypt(ctx.principal, ctx.version, _with_uid(request, uid))
+
+
+def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierResponse | None:
+    """Revoke of an L4: tombstone it, else None."""
+    uid = _resolved(ctx, request.unique_identifier)
+    if not is_l4(uid):
+        return None
+    code = request.revocation_reason.code
+    try:
+        reason = f"revoked: {RevocationReasonCode(code).name}"
+    except ValueError:
+        reason = f"revoked: {int(code)}"
+    return _tombstone(ctx, uid, reason)
+
+
+def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierResponse | None:
+    """Destroy of an L4: tombstone it, else None."""
+    uid = _resolved(ctx, request.unique_identifier)
+    if not is_l4(uid):
+        return None
+    return _tombstone(ctx, uid, "destroyed")
+
+
+def _tombstone(ctx: OperationContext, uid: str, reason: str) -> UniqueIdentifierResponse:
+    _note_token(ctx, uid)
+    target = _engine(ctx).tombstone(ctx.principal, ctx.version, uid)
+    added = repository.add_tombstone(ctx.session, token_id=target.token_id,
+                                     tenant=target.tenant, l3_uid=target.l3_uid, reason=reason,
+                                     clock=lambda: ctx.now)
+    if added:
+        events.emit(ctx, events.L4_TOMBSTONE, target.tenant,
+                    {"token_id": target.token_id, "unique_identifier": target.l3_uid})
+    ctx.audit_detail["l4_tombstone"] = "recorded" if added else "already recorded"
+    ctx.id_placeholder.set(uid)
+    return UniqueIdentifierResponse(unique_identifier=uid)
+
+
+def _engine(ctx: OperationContext) -> L4Engine:
+    return L4Engine(StoreKeySource(ctx), ctx.random_bytes)  # type: ignore[arg-type]
+
+
+def _resolved(ctx: OperationContext, unique_identifier: Any) -> str | None:
+    """The identifier the item means, or None when it has none (the handler's own
+    resolution then reports that)."""
+    try:
+        return ctx.id_placeholder.resolve(unique_identifier)
+    except KmipError:
+        return None
+
+
+def _with_uid(request: Any, uid: str) -> Any:
+    if request.unique_identifier == uid:
+        return request
+    return dataclasses.replace(request, unique_identifier=uid)
+
+
+def _note_token(ctx: OperationContext, uid: str) -> None:
+    """Audit an L4 by its TokenId (the token itself carries the sealed DEK)."""
+    if is_l4(uid):
+        try:
+            ctx.audit_detail["l4_token_id"] = token.token_id(uid)
+        except token.TokenError:
+            ctx.audit_detail["l4_token_id"] = "malformed"

@@ -1,0 +1,309 @@
+"""The core's end of the gateway link (docs/link-protocol.md): who may connect, and what the
+core does with each frame.
+
+Only a peer whose verified certificate names a GATEWAY principal is served; anyone else is
+closed right after the handshake. On a link:
+
+* HELLO → WELCOME, then the outbox events after the gateway's sequence, then new ones live;
+* REQUEST → :meth:`CoreRequestHandler.handle_as` as the asserted caller, the gateway named in
+  the audit record, answered with RESPONSE;
+* FETCH_SERVICE_KEY → :func:`kcm.core.service_keys.fetch_service_keys`, answered with
+  SERVICE_KEYS.
+
+A gateway that reads slowly never holds up the others: each link registers as the producer of
+its transport, queues events while its transport is full and is dropped (it resumes by
+sequence when it reconnects) when more than ``max_queued_events`` wait.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kcm.core.context import Caller
+from kcm.core.event_fanout import EncodedEvent, EventFanout
+from kcm.core.keyring import Keyring
+from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.service_keys import fetch_service_keys
+from kcm.core.store.engine import Store
+from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
+from kcm.l4.service_key import ServiceKey
+from kcm.link.frames import DEFAULT_MAX_FRAME_SIZE, LINK_VERSION, Frame, FrameType
+from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
+
+log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """Per-link limits of the core's link listener."""
+
+    heartbeat_interval: int = int(DEFAULT_HEARTBEAT_INTERVAL)  # seconds (a KMIP Interval)
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_queued_events: int = 10_000  # events waiting on a full transport before the drop
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class LinkServerProtocol(LinkProtocol):
+    """One gateway's link, at the core."""
+
+    def __init__(self, factory: LinkServerFactory) -> None:
+        settings = factory.settings
+        super().__init__(factory.clock, heartbeat_interval=settings.heartbeat_interval,
+                         max_frame_size=settings.max_frame_size)
+        self.factory = factory
+        self.gateway: Principal | None = None
+        self.sent_seq = -1  # the newest event written or queued for this gateway
+        self.live = False
+        self._hello = False
+        self._replaying = False
+        self._paused = False
+        self._queued: deque[bytes] = deque()
+
+    # Identity -------------------------------------------------------------------------------
+    def handshakeCompleted(self) -> None:
+        principal = self.factory.resolve_peer(self.transport)
+        if principal is None or principal.role is not Role.GATEWAY:
+            log.warn("refused link from {peer}: {who} is not a gateway", peer=self.peer,
+                     who=principal.id if principal is not None else "no acceptable identity")
+            self.close(abort=True)
+            return
+        self.gateway = principal
+        self.transport.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.gateway is None:  # frames only ever follow a verified gateway handshake
+            self.close(abort=True)
+            return
+        super().dataReceived(data)
+
+    def link_lost(self, reason: Failure) -> None:
+        self.factory.fanout.unsubscribe(self)
+        self._queued.clear()
+
+    # HELLO ----------------------------------------------------------------------------------
+    def frame_HELLO(self, frame: Frame) -> None:
+        if self._hello:
+            self.go_away("a second HELLO")
+            return
+        if frame.link_version != LINK_VERSION:
+            self.go_away(f"link version {frame.link_version} is not supported "
+                         f"(this core speaks {LINK_VERSION})")
+            return
+        self._hello = True
+        head = self.factory.fanout.head
+        asked = frame.sequence if frame.sequence is not None else -1
+        # A gateway ahead of the outbox (a restored database) starts over from the head; it
+        # learns so from WELCOME's sequence being below its own.
+        self.sent_seq = head if asked < 0 or asked > head else asked
+        log.info("gateway {gateway} linked from {peer} ({name}), events after {seq}",
+                 gateway=self.gateway.id, peer=self.peer, name=frame.peer_name, seq=self.sent_seq)
+        self.send(Frame(FrameType.WELCOME, link_version=LINK_VERSION,
+                        peer_name=self.factory.server_name, sequence=head,
+                        heartbeat_interval=self.factory.settings.heartbeat_interval))
+        self._catch_up()
+
+    def _require_hello(self, frame: Frame) -> bool:
+        if not self._hello:
+            self.go_away(f"{frame.type.name} before HELLO")
+        return self._hello
+
+    # Events ---------------------------------------------------------------------------------
+    def _catch_up(self) -> None:
+        if self._replaying or self.live or self.closing or self._paused:
+            return
+        self._replaying = True
+        fanout = self.factory.fanout
+        d = fanout.replay(self.sent_seq)
+        d.addCallbacks(self._replayed, self._replay_failed)
+
+    def _replayed(self, events: list[EncodedEvent]) -> None:
+        self._replaying = False
+        if self.closing:
+            return
+        self._write_events(events)
+        fanout = self.factory.fanout
+        # Go live only once nothing the fan-out has published is missing here; the check and
+        # the subscription happen in one reactor turn, so no event falls in between.
+        if len(events) < fanout.batch_size and self.sent_seq >= fanout.head:
+            self.live = True
+            fanout.subscribe(self)
+        else:
+            self._catch_up()
+
+    def _replay_failed(self, failure: Failure) -> None:
+        self._replaying = False
+        log.failure("replaying events for {peer} failed", failure, peer=self.peer)
+        self.go_away("the core could not read its event log; reconnect")
+
+    def deliver(self, events: list[EncodedEvent]) -> None:
+        """New events from the fan-out (in order)."""
+        if not self.closing:
+            self._write_events(events)
+
+    def _write_events(self, events: list[EncodedEvent]) -> None:
+        for seq, wire in events:
+            if seq <= self.sent_seq:
+                continue
+            self.sent_seq = seq
+            if self._paused:
+                self._queued.append(wire)
+            else:
+                self.send_wire(wire)
+        if len(self._queued) > self.factory.settings.max_queued_events:
+            self.go_away(f"too far behind the event stream; reconnect and resume after "
+                         f"sequence {self.sent_seq - len(self._queued)}", abort=True)
+
+    # IPushProducer: the transport tells us when its buffer is full -------------------------
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        while self._queued and not self._paused and not self.closing:
+            self.send_wire(self._queued.popleft())
+        if not self._paused and self._hello and not self.live:
+            self._catch_up()
+
+    def stopProducing(self) -> None:
+        self._queued.clear()
+
+    # REQUEST --------------------------------------------------------------------------------
+    def frame_REQUEST(self, frame: Frame) -> None:
+        if not self._require_hello(frame):
+            return
+        stream_id = frame.stream_id
+        principal = self.factory.asserted_principal(frame.caller_identity, frame.caller_subject)
+        handler = self.factory.handler
+        if principal is None:
+            log.warn("gateway {gateway} asserted an unacceptable caller {caller!r}",
+                     gateway=self.gateway.id, caller=frame.caller_identity)
+            self._respond(stream_id, handler.failure_response(
+                ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
+            return
+        caller = Caller(principal, frame.caller_source or "", gateway=self.gateway)
+        d = handler.handle_as(frame.message, caller)
+        d.addErrback(self._request_failed, handler)
+        d.addCallback(lambda wire: self._respond(stream_id, wire))
+
+    def _respond(self, stream_id: int, wire: bytes) -> None:
+        self.send(Frame(FrameType.RESPONSE, stream_id=stream_id, message=wire))
+
+    def _request_failed(self, failure: Failure, handler: CoreRequestHandler) -> bytes:
+        log.failure("forwarded request from {peer} failed", failure, peer=self.peer)
+        return handler.failure_response(ResultReason.GENERAL_FAILURE,
+                                        "internal error; see the core's log")
+
+    # FETCH_SERVICE_KEY ----------------------------------------------------------------------
+    def frame_FETCH_SERVICE_KEY(self, frame: Frame) -> None:
+        if not self._require_hello(frame):
+            return
+        stream_id = frame.stream_id
+        principal = self.factory.asserted_principal(frame.caller_identity, frame.caller_subject)
+        if principal is None:
+            self._keys_refused(stream_id, KmipError(
+                ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
+            return
+        caller = Caller(principal, self.peer, gateway=self.gateway)
+        d = self.factory.fetch_keys(caller, frame.tenant, frame.service, frame.unique_identifier,
+                                    int(self.clock.seconds()))
+        d.addCallbacks(lambda answer: self._keys_answered(stream_id, answer),
+                       lambda failure: self._keys_failed(stream_id, failure))
+
+    def _keys_answered(self, stream_id: int, answer: list[ServiceKey] | KmipError) -> None:
+        if isinstance(answer, KmipError):
+            self._keys_refused(stream_id, answer)
+        else:
+            self.send(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id, service_keys=answer))
+
+    def _keys_refused(self, stream_id: int, error: KmipError) -> None:
+        self.send(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id, error=error.message,
+                        result_reason=int(error.reason)))
+
+    def _keys_failed(self, stream_id: int, failure: Failure) -> None:
+        log.failure("service key fetch from {peer} failed", failure, peer=self.peer)
+        self._keys_refused(stream_id, KmipError(ResultReason.GENERAL_FAILURE,
+                                                "internal error; see the core's log"))
+
+    def go_away(self, reason: str, *, abort: bool = False) -> None:
+        """Send GOAWAY, then close (``abort``: without waiting for the peer to read)."""
+        if self.closing:
+            return
+        super().go_away(reason)
+        if abort:
+            self.transport.abortConnection()
+
+
+class LinkServerFactory(Factory):
+    """The core's link listener: shares the handler, store, keyring and event fan-out."""
+
+    protocol = LinkServerProtocol
+
+    def __init__(self, *, handler: CoreRequestHandler, store: Store, keyring: Keyring,
+                 fanout: EventFanout, resolve_peer: Callable[[Any], Principal | None],
+                 trust_domain: str, subject_map: SubjectMap | None, clock: IReactorTime,
+                 settings: LinkSettings | None = None, server_name: str = "kcm-core") -> None:
+        self.handler = handler
+        self.store = store
+        self.keyring = keyring
+        self.fanout = fanout
+        self.resolve_peer = resolve_peer
+        self.trust_domain = trust_domain
+        self.subject_map = subject_map
+        self.clock = clock
+        self.settings = settings or LinkSettings()
+        self.server_name = server_name
+        self._principals: dict[tuple[str, str | None], Principal | None] = {}
+
+    def buildProtocol(self, addr: object) -> LinkServerProtocol:
+        return LinkServerProtocol(self)
+
+    def fetch_keys(self, caller: Caller, tenant: str, service: str, uid: str | None,
+                   now: int) -> Deferred[list[ServiceKey] | KmipError]:
+        """FETCH_SERVICE_KEY's answer, computed in a store transaction off the reactor."""
+        return self.store.run(lambda session: fetch_service_keys(
+            session, self.keyring, caller, tenant, service, uid, now=now))
+
+    def asserted_principal(self, identity: str | None, subject: str | None) -> Principal | None:
+        """The caller a gateway asserts, or None when the core would not accept it directly.
+
+        A SPIFFE ID of this trust domain (never a gateway's); with a subject, the core's own
+        subject map must name the same principal for that subject.
+        """
+        key = (identity or "", subject)
+        if key in self._principals:
+            return self._principals[key]
+        principal = self._resolve_asserted(identity or "", subject)
+        if len(self._principals) >= 4096:  # bounded: identities are few, but asserted
+            self._principals.clear()
+        self._principals[key] = principal
+        return principal
+
+    def _resolve_asserted(self, identity: str, subject: str | None) -> Principal | None:
+        principal = parse_spiffe_id(identity, trust_domain=self.trust_domain)
+        if principal is None or principal.role is Role.GATEWAY:
+            return None
+        if subject is None:
+            return principal
+        if self.subject_map is None:
+            return None
+        try:
+            name = x509.Name.from_rfc4514_string(subject)
+        except ValueError:
+            return None
+        mapped = self.subject_map.lookup(name, trust_domain=self.trust_domain)
+        if mapped is None or mapped.path != principal.path:
+            return None
+        return mapped

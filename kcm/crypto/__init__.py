@@ -1,0 +1,1 @@
+"""Cipher primitives as KMIP uses them, free of stored objects (shared by core and gateway)."""

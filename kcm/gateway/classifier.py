@@ -1,0 +1,86 @@
+"""Local or forward: the gateway's one routing decision (ARCHITECTURE §2, link-protocol §3).
+
+Decided from :func:`kcm.ttlv.peek.peek_request` alone; a request that is forwarded is
+never decoded here. A batch item runs LOCAL when it is
+
+* a Create whose attributes mark an L4 (:func:`kcm.l4.marking.is_l4_create` says what the
+  markers are),
+* a Get whose Unique Identifier is an L4 token (``l4.``),
+* an Encrypt or Decrypt whose Unique Identifier is an L4 token or an L3 (``l3-``),
+* a Get, Encrypt or Decrypt without a Unique Identifier (it means the ID Placeholder) right
+  after a local item: the placeholder it refers to was set at the gateway;
+
+everything else is REMOTE and goes to the core as it came. So does every item of a request
+in a protocol version the gateway does not speak: version negotiation is the core's answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from kcm.core.versions import is_supported
+from kcm.kmip.enums import Operation
+from kcm.l4.identifiers import is_l3, is_l4
+from kcm.l4.marking import create_attributes, is_l4_create
+from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, peek_request
+
+__all__ = ["Classified", "Route", "classify"]
+
+_CREATE = int(Operation.CREATE)
+_GET = int(Operation.GET)
+_CRYPTO = (int(Operation.ENCRYPT), int(Operation.DECRYPT))
+_USES_UID = (_GET, *_CRYPTO)
+
+
+class Route(enum.Enum):
+    """Where a whole request goes."""
+
+    ALL_LOCAL = "all-local"
+    ALL_REMOTE = "all-remote"
+    MIXED = "mixed"
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """A peeked request and, per batch item in wire order, whether it runs locally."""
+
+    request: PeekedRequest
+    local: tuple[bool, ...]
+    route: Route
+
+
+def classify(wire: bytes) -> Classified:
+    """Classify one request message; raises TtlvError when its routing facts cannot be read
+    (the caller answers Invalid Message)."""
+    request = peek_request(wire, unique_identifier=True, create_attributes=True)
+    if not is_supported(request.version):
+        return Classified(request, (False,) * len(request.items), Route.ALL_REMOTE)
+    local: list[bool] = []
+    placeholder_is_local = False
+    for item in request.items:
+        here = _is_local(item, request.version, placeholder_is_local)
+        local.append(here)
+        # Any remote item may set the core's placeholder; any local one sets the gateway's.
+        placeholder_is_local = here
+    if all(local):
+        route = Route.ALL_LOCAL
+    elif any(local):
+        route = Route.MIXED
+    else:
+        route = Route.ALL_REMOTE
+    return Classified(request, tuple(local), route)
+
+
+def _is_local(item: PeekedBatchItem, version: tuple[int, int],
+              placeholder_is_local: bool) -> bool:
+    operation = item.operation
+    if operation == _CREATE:
+        return item.attributes is not None and is_l4_create(
+            create_attributes(item.attributes, version))
+    if operation not in _USES_UID:
+        return False
+    uid = item.unique_identifier
+    if uid is None:
+        return placeholder_is_local
+    return is_l4(uid) or (operation in _CRYPTO and is_l3(uid))

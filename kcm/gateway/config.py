@@ -1,0 +1,132 @@
+"""kcm-gateway's configuration: a TOML file (a ``[gateway]`` table), then command-line
+overrides. Pure (no I/O but reading the file it is given)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from kcm.core.config import ConfigError, TlsFiles
+from kcm.kmip_protocol import ConnectionLimits
+
+__all__ = ["ConfigError", "GatewayConfig", "TlsFiles", "load_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything kcm-gateway needs to start. Relative paths are relative to the working
+    directory."""
+
+    #: KMIP listener for applications; not 5696, so a core and a gateway share a host.
+    listen: str = "tcp:5698:interface=127.0.0.1"
+    trust_domain: str = "kcm.test"
+    #: The core's link listener (docs/link-protocol.md §1), a plain client endpoint.
+    core: str = "tcp:127.0.0.1:5697"
+    #: The name the core's certificate must carry (DNS or IP SAN).
+    core_server_name: str = "localhost"
+    policy_file: str | None = None
+    tls: TlsFiles = field(default_factory=lambda: TlsFiles("var/pki/gateway.pem",
+                                                           "var/pki/gateway.key",
+                                                           "var/pki/ca.pem"))
+    #: Seconds a cached L3 is fresh; after that it is refreshed in the background.
+    l3_ttl: float = 300.0
+    #: Seconds after the last successful refresh an L3 may still serve while the core is
+    #: unreachable; beyond that the gateway fails closed.
+    max_stale: float = 3600.0
+    #: Services whose current L3 is fetched as soon as the link is up ("tenant/service").
+    prewarm: tuple[str, ...] = ()
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: Requests forwarded to the core and not yet answered, across all clients.
+    max_in_flight: int = 1024
+    log_level: str = "info"
+
+    def prewarm_services(self) -> list[tuple[str, str]]:
+        """The prewarm list as (tenant, service) pairs."""
+        return [_service_pair(entry) for entry in self.prewarm]
+
+
+_TOP_LEVEL = {"listen", "trust_domain", "core", "core_server_name", "policy_file", "l3_ttl",
+              "max_stale", "prewarm", "max_in_flight", "log_level"}
+
+
+def _service_pair(entry: str) -> tuple[str, str]:
+    tenant, slash, service = entry.partition("/")
+    if not slash or not tenant or not service or "/" in service:
+        raise ConfigError(f"gateway.prewarm: {entry!r} is not \"tenant/service\"")
+    return tenant, service
+
+
+def load_config(path: str | Path | None,
+                overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    """Read ``[gateway]`` (with ``[gateway.tls]`` and ``[gateway.limits]``) from the TOML
+    file at ``path`` (None: defaults only), then apply ``overrides`` (keys of GatewayConfig,
+    plus ``tls_cert``/``tls_key``/``tls_ca``; None values are ignored). Raises ConfigError
+    naming the first wrong setting."""
+    table: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                table = tomllib.load(handle).get("gateway", {})
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in _TOP_LEVEL:
+            values[key] = value
+        elif key not in ("tls", "limits"):
+            raise ConfigError(f"unknown setting gateway.{key}")
+    tls = dict(table.get("tls", {}))
+    limits = dict(table.get("limits", {}))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key.startswith("tls_"):
+            tls[key[4:]] = value
+        elif key in _TOP_LEVEL:
+            values[key] = value
+        else:
+            raise ConfigError(f"unknown override {key}")
+    values = _typed(values)
+    config = GatewayConfig()
+    try:
+        config = replace(config, **values)
+        if tls:
+            config = replace(config, tls=replace(config.tls, **tls))
+        if limits:
+            known = {f.name for f in fields(ConnectionLimits)}
+            unknown = set(limits) - known
+            if unknown:
+                raise ConfigError(f"unknown setting gateway.limits.{sorted(unknown)[0]}")
+            config = replace(config, limits=replace(config.limits, **limits))
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+    config.prewarm_services()
+    if config.l3_ttl <= 0 or config.max_stale < config.l3_ttl:
+        raise ConfigError("gateway: l3_ttl must be positive and max_stale at least l3_ttl")
+    if config.max_in_flight < 1:
+        raise ConfigError("gateway.max_in_flight must be at least 1")
+    return config
+
+
+def _typed(values: dict[str, Any]) -> dict[str, Any]:
+    """Command-line overrides arrive as strings; the file gives TOML types."""
+    out = dict(values)
+    for key, kind in (("l3_ttl", float), ("max_stale", float), ("max_in_flight", int)):
+        if key in out:
+            try:
+                out[key] = kind(out[key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"gateway.{key} must be a number") from None
+    if "prewarm" in out:
+        prewarm = out["prewarm"]
+        if isinstance(prewarm, str):
+            prewarm = [p.strip() for p in prewarm.split(",") if p.strip()]
+        if not isinstance(prewarm, list | tuple) or not all(isinstance(p, str)
+                                                             for p in prewarm):
+            raise ConfigError("gateway.prewarm must be a list of \"tenant/service\" strings")
+        out["prewarm"] = tuple(prewarm)
+    return out

@@ -1,0 +1,338 @@
+"""The gateway's end of the link to the core (docs/link-protocol.md).
+
+:class:`LinkClient` keeps one mutually authenticated connection to the core up with Twisted's
+``ClientService`` (exponential backoff, 0.1 s → 5 s) and offers the gateway three things:
+
+* :meth:`LinkClient.forward` — relay a client's KMIP request, answered byte for byte by the
+  core; many in flight at once, multiplexed by stream id and answered in any order;
+* :meth:`LinkClient.fetch_service_keys` — a service's L3 versions, on behalf of a caller;
+* ``on_event(seq, kind, tenant, payload)`` — the core's event stream, applied in sequence
+  order, resumed after :attr:`LinkClient.last_sequence` on every reconnect.
+
+Nothing waits for a link that is not there: while it is down every call fails at once with
+:class:`LinkDown`. In-flight streams are bounded: at ``max_in_flight`` the registered
+producers (the gateway's client connections) are paused until half have been answered, and
+beyond twice that a call fails with :class:`LinkBusy`. A stream unanswered for
+``request_timeout`` seconds fails with :class:`LinkTimeout`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kcm.identity import Principal
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
+from kcm.l4.service_key import ServiceKey
+from kcm.link.frames import DEFAULT_MAX_FRAME_SIZE, LINK_VERSION, Frame, FrameType, Payload
+from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
+from kcm.tls import client_tls_options, tls_client_endpoint
+
+log = Logger()
+
+EventCallback = Callable[[int, str, "str | None", Payload], None]
+
+_MAX_STREAM_ID = (1 << 31) - 1
+
+
+class LinkError(Exception):
+    """The link could not carry a call to the core."""
+
+
+class LinkDown(LinkError):
+    """There is no link to the core now (or it was lost before the answer came)."""
+
+
+class LinkBusy(LinkError):
+    """Too many calls are in flight on the link."""
+
+
+class LinkTimeout(LinkError):
+    """The core did not answer in time."""
+
+
+class ServiceKeyRefused(KmipError):
+    """The core refused a service key fetch; ``reason`` is its KMIP Result Reason."""
+
+
+class _Stream:
+    __slots__ = ("deferred", "answer_type", "deadline")
+
+    def __init__(self, deferred: Deferred, answer_type: FrameType, deadline: float) -> None:
+        self.deferred = deferred
+        self.answer_type = answer_type
+        self.deadline = deadline
+
+
+class LinkClientProtocol(LinkProtocol):
+    """One connection to the core; its streams die with it."""
+
+    def __init__(self, client: LinkClient) -> None:
+        super().__init__(client.clock, heartbeat_interval=client.heartbeat_interval,
+                         max_frame_size=client.max_frame_size)
+        self.client = client
+        self.streams: dict[int, _Stream] = {}
+        self.welcomed = False
+        self._next_stream = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.send(Frame(FrameType.HELLO, link_version=LINK_VERSION, peer_name=self.client.name,
+                        sequence=self.client.last_sequence))
+
+    def frame_WELCOME(self, frame: Frame) -> None:
+        if self.welcomed:
+            self.go_away("a second WELCOME")
+            return
+        self.welcomed = True
+        if frame.heartbeat_interval and frame.heartbeat_interval != self.heartbeat_interval:
+            self.start_heartbeat(frame.heartbeat_interval)
+        self.client._welcomed(self, frame)
+
+    def frame_RESPONSE(self, frame: Frame) -> None:
+        stream = self._answered(frame)
+        if stream is not None:
+            stream.deferred.callback(frame.message)
+
+    def frame_SERVICE_KEYS(self, frame: Frame) -> None:
+        stream = self._answered(frame)
+        if stream is None:
+            return
+        if frame.error is not None or frame.result_reason is not None:
+            try:
+                reason = ResultReason(frame.result_reason)
+            except ValueError:
+                reason = ResultReason.GENERAL_FAILURE
+            stream.deferred.errback(ServiceKeyRefused(reason, frame.error or "refused"))
+        else:
+            stream.deferred.callback(frame.service_keys)
+
+    def frame_EVENT(self, frame: Frame) -> None:
+        self.client._event(self, frame)
+
+    def _answered(self, frame: Frame) -> _Stream | None:
+        stream = self.streams.pop(frame.stream_id, None)
+        if stream is None:  # timed out already: the late answer has nobody to go to
+            return None
+        self.client._stream_done()
+        if stream.answer_type is not frame.type:
+            self.go_away(f"{frame.type.name} answers stream {frame.stream_id}, "
+                         f"which awaits {stream.answer_type.name}")
+            stream.deferred.errback(LinkDown("the core answered out of protocol"))
+            return None
+        return stream
+
+    def call(self, frame: Frame, answer_type: FrameType) -> Deferred:
+        """Send ``frame`` on a fresh stream; the Deferred fires with the answer."""
+        stream_id = self._new_stream_id()
+        frame.stream_id = stream_id
+        d: Deferred = Deferred()
+        self.streams[stream_id] = _Stream(d, answer_type,
+                                          self.clock.seconds() + self.client.request_timeout)
+        self.send(frame)
+        return d
+
+    def _new_stream_id(self) -> int:
+        stream_id = self._next_stream
+        while True:
+            stream_id = stream_id + 1 if stream_id < _MAX_STREAM_ID else 1
+            if stream_id not in self.streams:
+                self._next_stream = stream_id
+                return stream_id
+
+    def heartbeat_tick(self) -> None:
+        now = self.clock.seconds()
+        expired = [sid for sid, stream in self.streams.items() if stream.deadline <= now]
+        for stream_id in expired:
+            stream = self.streams.pop(stream_id)
+            self.client._stream_done()
+            stream.deferred.errback(LinkTimeout(
+                f"the core did not answer within {self.client.request_timeout:g}s"))
+
+    def link_lost(self, reason: Failure) -> None:
+        streams, self.streams = self.streams, {}
+        self.client._lost(self, reason, len(streams))
+        for stream in streams.values():
+            stream.deferred.errback(LinkDown("the link to the core was lost before the answer"))
+
+
+class LinkClient(MultiService):
+    """The gateway's link to the core, kept up while the service runs."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, *, clock: IReactorTime,
+                 name: str = "kcm-gateway", on_event: EventCallback | None = None,
+                 on_resync: Callable[[], None] | None = None, last_sequence: int = -1,
+                 max_in_flight: int = 1024, request_timeout: float = 30.0,
+                 heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                 max_retry_delay: float = 5.0,
+                 random_fraction: Callable[[], float] = random.random) -> None:
+        super().__init__()
+        self.clock = clock
+        self.name = name
+        #: Called with (sequence, kind, tenant, payload) for each event, in order.
+        self.on_event = on_event
+        #: Called when the core's event log is behind ours (a restored database): cached
+        #: state may be stale and should be dropped.
+        self.on_resync = on_resync
+        #: The last event applied; sent in HELLO so the core resumes right after it.
+        self.last_sequence = last_sequence
+        self.max_in_flight = max_in_flight
+        self.request_timeout = request_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.max_frame_size = max_frame_size
+        self._protocol: LinkClientProtocol | None = None
+        self._waiters: list[Deferred[None]] = []
+        self._in_flight = 0
+        self._producers: set[IPushProducer] = set()
+        self._saturated = False
+        self._refusals = 0  # connections in a row lost before WELCOME
+        self._backoff = backoffPolicy(initialDelay=0.1, maxDelay=max_retry_delay, factor=2.0,
+                                      jitter=lambda: 0.1 * random_fraction())
+        factory = Factory.forProtocol(lambda: LinkClientProtocol(self))
+        # ClientService's prepareConnection cannot be used to wait for WELCOME: a connection
+        # lost while it waits trips its state machine (NoTransition). So it counts a TCP/TLS
+        # connection as success and the retry delay adds the refusals counted here, so a core
+        # that keeps closing the link before WELCOME is retried with backoff too.
+        self._connector = ClientService(endpoint, factory, clock=clock,
+                                        retryPolicy=self.retry_delay)
+        self._connector.setServiceParent(self)
+
+    @classmethod
+    def over_tls(cls, reactor: Any, core: str, *, cert: str, key: str, ca: str,
+                 server_name: str, **kwargs: Any) -> LinkClient:
+        """A client for the core's link at endpoint ``core`` (``tcp:HOST:PORT``), presenting
+        the gateway certificate ``cert``/``key`` and checking the core's against ``ca`` and
+        ``server_name``."""
+        options = client_tls_options(cert, key, ca, server_name)
+        return cls(tls_client_endpoint(reactor, core, options), clock=reactor, **kwargs)
+
+    def retry_delay(self, failed_attempts: int) -> float:
+        """Seconds before the next connection attempt: 0.1 s doubling to 5 s (plus up to
+        0.1 s of jitter) with each failure, counting links closed before WELCOME."""
+        return self._backoff(failed_attempts + self._refusals)
+
+    # State ----------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether a link is up and welcomed now."""
+        return self._protocol is not None
+
+    @property
+    def in_flight(self) -> int:
+        """Calls sent and not yet answered."""
+        return self._in_flight
+
+    def when_connected(self) -> Deferred[None]:
+        """Fires when a link is up (at once if it is now); for start-up and tests."""
+        if self._protocol is not None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    # Backpressure ---------------------------------------------------------------------------
+    def add_producer(self, producer: IPushProducer) -> None:
+        """Pause ``producer`` while the link is saturated (a client connection's transport)."""
+        self._producers.add(producer)
+        if self._saturated:
+            producer.pauseProducing()
+
+    def remove_producer(self, producer: IPushProducer) -> None:
+        self._producers.discard(producer)
+
+    def _stream_started(self) -> None:
+        self._in_flight += 1
+        if not self._saturated and self._in_flight >= self.max_in_flight:
+            self._saturated = True
+            for producer in list(self._producers):
+                producer.pauseProducing()
+
+    def _stream_done(self, count: int = 1) -> None:
+        self._in_flight -= count
+        if self._saturated and self._in_flight <= self.max_in_flight // 2:
+            self._saturated = False
+            for producer in list(self._producers):
+                producer.resumeProducing()
+
+    # Calls ----------------------------------------------------------------------------------
+    def forward(self, wire: bytes, caller: Principal, source: str) -> Deferred[bytes]:
+        """Have the core answer KMIP request ``wire`` as ``caller`` (connected from
+        ``source``); fires with the core's response bytes, or fails with a :class:`LinkError`
+        (at once when the link is down)."""
+        return self._call(Frame(
+            FrameType.REQUEST, caller_identity=caller.spiffe_id,
+            caller_subject=caller.subject if caller.uri is None else None,
+            caller_source=source, message=wire), FrameType.RESPONSE)
+
+    def fetch_service_keys(self, caller: Principal, tenant: str, service: str,
+                           uid: str | None = None) -> Deferred[list[ServiceKey]]:
+        """The Active versions of ``tenant``/``service``'s L3, newest first (or the one
+        version ``uid``), as ``caller`` may use them. Fails with :class:`ServiceKeyRefused`
+        (a KmipError with the core's reason) or a :class:`LinkError`."""
+        return self._call(Frame(
+            FrameType.FETCH_SERVICE_KEY, caller_identity=caller.spiffe_id,
+            caller_subject=caller.subject if caller.uri is None else None,
+            tenant=tenant, service=service, unique_identifier=uid), FrameType.SERVICE_KEYS)
+
+    def _call(self, frame: Frame, answer_type: FrameType) -> Deferred:
+        protocol = self._protocol
+        if protocol is None or protocol.closing:
+            return fail(LinkDown("no link to the core"))
+        if self._in_flight >= 2 * self.max_in_flight:
+            return fail(LinkBusy(f"{self._in_flight} calls in flight to the core"))
+        self._stream_started()
+        return protocol.call(frame, answer_type)
+
+    # From the protocol ----------------------------------------------------------------------
+    def _welcomed(self, protocol: LinkClientProtocol, frame: Frame) -> None:
+        head = frame.sequence if frame.sequence is not None else 0
+        if self.last_sequence < 0:
+            self.last_sequence = head
+        elif head < self.last_sequence:
+            log.warn("the core's event log ends at {head}, before our {ours}: resynchronising",
+                     head=head, ours=self.last_sequence)
+            self.last_sequence = head
+            if self.on_resync is not None:
+                self.on_resync()
+        log.info("linked to core {core} at {peer}; events after {seq}", core=frame.peer_name,
+                 peer=protocol.peer, seq=self.last_sequence)
+        self._protocol = protocol
+        self._refusals = 0
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _lost(self, protocol: LinkClientProtocol, reason: Failure, streams: int) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+            log.warn("link to the core lost: {reason}", reason=reason.getErrorMessage())
+        elif not protocol.welcomed:
+            self._refusals += 1
+        if streams:
+            self._stream_done(streams)
+
+    def _event(self, protocol: LinkClientProtocol, frame: Frame) -> None:
+        seq = frame.sequence
+        if seq <= self.last_sequence:
+            return  # already applied (a replay overlapping the live stream)
+        if seq != self.last_sequence + 1:
+            # Never apply out of order: reconnect and resume after the last one applied.
+            protocol.go_away(f"event gap: expected {self.last_sequence + 1}, got {seq}")
+            return
+        if self.on_event is not None:
+            try:
+                self.on_event(seq, frame.kind, frame.tenant, frame.payload or {})
+            except Exception:
+                log.failure("applying event {seq} ({kind}) failed", seq=seq, kind=frame.kind)
+        self.last_sequence = seq

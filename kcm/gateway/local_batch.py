@@ -1,0 +1,128 @@
+"""Run the local batch items of one request at the gateway, synchronously, in memory.
+
+A run takes decoded batch items (Create of an L4, Get of an L4, Encrypt / Decrypt with an L3
+or an L4), executes each with the L4 engine against a KeySource, and returns one Response
+Batch Item per item that ran, in order, with the item's operation and Unique Batch Item ID.
+A KmipError becomes a failed item with its Result Reason; any other exception a General
+Failure naming a correlation id, which is logged. After a failed item a Stop run ends there.
+
+The ID Placeholder (KMIP 1.4 §4, 2.1 §6) works within a run: an item without a Unique
+Identifier uses the identifier of the previous item of the run (the new token of a Create,
+the key of a Get, Encrypt or Decrypt).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+from kcm.identity import Principal
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kmip.errors import KmipError
+from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
+from kcm.l4.engine import KeySource, L4Engine
+from kcm.ttlv.types import Item
+
+__all__ = ["Engine", "LocalRun", "LocalRunner", "fail_item", "l4_engine"]
+
+log = Logger()
+
+Version = tuple[int, int]
+
+
+class Engine(Protocol):
+    """What runs one local batch item: :class:`kcm.l4.engine.L4Engine`."""
+
+    def execute(self, operation: int, principal: Principal, version: Version,
+                payload: Any) -> Any: ...
+
+
+#: Builds the engine for one run over that run's KeySource.
+EngineFactory = Callable[[KeySource], Engine]
+
+
+def l4_engine(keys: KeySource) -> Engine:
+    """The L4 engine over ``keys``, with the operating system's random source."""
+    return L4Engine(keys, os.urandom)
+
+
+@dataclass(slots=True)
+class LocalRun:
+    """What a run produced: the answered items, and whether one of them failed."""
+
+    items: list[ResponseBatchItem]
+    failed: bool
+
+
+class LocalRunner:
+    """Executes local batch items with the L4 engine (one engine per run, over the run's
+    KeySource)."""
+
+    def __init__(self, *, new_correlation_id: Callable[[], str],
+                 engine_factory: EngineFactory = l4_engine) -> None:
+        self._engine_factory = engine_factory
+        self._new_correlation_id = new_correlation_id
+
+    def run(self, items: list[RequestBatchItem], *, principal: Principal, version: Version,
+            keys: KeySource, stop_on_failure: bool) -> LocalRun:
+        """Run ``items`` in order (see the module docstring)."""
+        engine = self._engine_factory(keys)
+        placeholder = IdPlaceholder()
+        answered: list[ResponseBatchItem] = []
+        failed = False
+        for item in items:
+            if failed and stop_on_failure:
+                break
+            response = ResponseBatchItem(operation=item.operation,
+                                         unique_batch_item_id=item.unique_batch_item_id,
+                                         result_status=ResultStatus.SUCCESS)
+            try:
+                response.response_payload = _one(engine, item, principal, version,
+                                                 placeholder)
+            except KmipError as e:
+                fail_item(response, e.reason, e.message)
+                failed = True
+            except Exception:
+                correlation_id = self._new_correlation_id()
+                log.failure("local {op} failed [correlation id {cid}]",
+                            op=_name(item.operation), cid=correlation_id)
+                fail_item(response, ResultReason.GENERAL_FAILURE,
+                          f"internal error (correlation id {correlation_id})")
+                failed = True
+            answered.append(response)
+        return LocalRun(answered, failed)
+
+
+def _one(engine: Engine, item: RequestBatchItem, principal: Principal, version: Version,
+         placeholder: IdPlaceholder) -> Any:
+    payload = item.request_payload
+    if isinstance(payload, Item):
+        raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
+                        f"operation {_name(item.operation)} is not supported")
+    operation = int(item.operation)
+    if operation != Operation.CREATE:
+        payload.unique_identifier = placeholder.resolve(payload.unique_identifier)
+    answer = engine.execute(operation, principal, version, payload)
+    uid = getattr(answer, "unique_identifier", None)
+    if isinstance(uid, str):
+        placeholder.set(uid)
+    return answer
+
+
+def fail_item(response: ResponseBatchItem, reason: int, message: str) -> None:
+    """Make ``response`` a failed item with ``reason`` and ``message``."""
+    response.result_status = ResultStatus.OPERATION_FAILED
+    response.result_reason = reason
+    response.result_message = message
+    response.response_payload = None
+
+
+def _name(value: int) -> str:
+    try:
+        return Operation(value).name
+    except ValueError:
+        return f"0x{int(value):08X}"

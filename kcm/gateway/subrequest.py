@@ -1,0 +1,31 @@
+"""Cut a forwardable request out of a mixed one, without decoding its batch items.
+
+The sub-request keeps the client's Request Header (protocol version, Batch Error
+Continuation Option, Maximum Response Size, authentication, ...) with only the Batch Count
+changed, followed by the chosen batch items' bytes exactly as the client sent them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType, decode_item, encode
+from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest
+
+__all__ = ["sub_request"]
+
+_REQUEST_MESSAGE_HEAD = (int(Tag.REQUEST_MESSAGE) << 8) | ItemType.STRUCTURE.value
+_HEADER = struct.Struct(">II")
+
+
+def sub_request(wire: bytes, request: PeekedRequest, items: list[PeekedBatchItem]) -> bytes:
+    """A Request Message of ``items`` (a subset of ``request``'s, in order) under the
+    original header."""
+    header, _ = decode_item(wire, request.header_start)
+    children = [Item(Tag.BATCH_COUNT, ItemType.INTEGER, len(items))
+                if child.tag == Tag.BATCH_COUNT else child
+                for child in header.value]  # type: ignore[union-attr]
+    body = b"".join([encode(Item(header.tag, header.type, children)),
+                     *(wire[item.start:item.end] for item in items)])
+    return _HEADER.pack(_REQUEST_MESSAGE_HEAD, len(body)) + body

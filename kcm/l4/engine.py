@@ -1,0 +1,510 @@
+"""The four L4 operations: Create of an L4, Get of an L4, Encrypt and Decrypt with an L4 (a
+record) or an L3 (a DEK wrap/unwrap) (ARCHITECTURE §2–§3, docs/link-protocol.md §3).
+
+Pure and synchronous: the engine takes typed payloads, the caller's principal and the
+request's protocol version, and asks a :class:`KeySource` for service keys and tombstones;
+it does no I/O, no logging and keeps no state, so the gateway runs it on its hot path and the
+core runs it inside a request's transaction. Every refusal is a ``KmipError``:
+
+* not an L4 token, an unknown L3, a token that does not open: Object Not Found (2.x) /
+  Item Not Found (1.x);
+* a tombstoned token (revoked or destroyed through the core): Object Not Found / Item Not
+  Found as well — once revoked, the token names nothing any more, for every operation;
+* another tenant's token or L3, or (for an application) another service's: Permission
+  Denied (:mod:`kcm.l4.authorize`);
+* an L3 that may not do what is asked (Encrypt or Create needs it Active; Get, Decrypt also
+  work while it is Deactivated or Compromised): Wrong Key Lifecycle State (2.x) / Permission
+  Denied (1.x); an L4 whose L3 was destroyed is crypto-erased: Object Destroyed / Item Not
+  Found;
+* cipher parameters: as kcm-core answers for managed keys (:mod:`kcm.crypto.symmetric`);
+  streaming (Init Indicator / Correlation Value) is not offered for L3s and L4s: Feature Not
+  Supported.
+
+A KeySource refusal is passed on, with the KMIP 2.x-only reasons replaced by their 1.x
+stand-ins for 1.x requests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kcm.core.lifecycle import wrong_state
+from kcm.crypto.key_wrap import WRAP_MODES, aes_wrap
+from kcm.crypto.symmetric import (
+    AES_GCM_DEFAULT,
+    CipherSpec,
+    cryptographic_failure,
+    decrypt_iv,
+    decrypt_once,
+    encrypt_iv,
+    encrypt_once,
+    enum_name,
+    resolve_spec,
+    version_reason,
+)
+from kcm.identity import Principal
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link
+from kcm.kmip.enums import (
+    BlockCipherMode,
+    CryptographicAlgorithm,
+    EncodingOption,
+    KeyFormatType,
+    LinkType,
+    ObjectType,
+    Operation,
+    ResultReason,
+    State,
+    WrappingMethod,
+)
+from kcm.kmip.errors import KmipError
+from kcm.kmip.objects import (
+    EncryptionKeyInformation,
+    KeyBlock,
+    KeyValue,
+    KeyWrappingData,
+    KeyWrappingSpecification,
+    SymmetricKey,
+    TransparentSymmetricKey,
+)
+from kcm.kmip.payloads import (
+    CreateRequest,
+    CreateResponse,
+    DecryptRequest,
+    DecryptResponse,
+    EncryptRequest,
+    EncryptResponse,
+    GetRequest,
+    GetResponse,
+)
+from kcm.kmip.tags import Tag
+from kcm.l4 import token
+from kcm.l4.authorize import check_service_key_use
+from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
+from kcm.l4.marking import (
+    LEVEL_NAME,
+    SERVICE_NAME,
+    VENDOR,
+    create_attributes,
+    is_l4_create,
+    l4_target,
+)
+from kcm.l4.service_key import ServiceKey
+from kcm.ttlv import encode
+
+__all__ = ["KeySource", "L4Engine", "Tombstone", "create_attributes", "is_l4_create",
+           "l4_target"]
+
+Version = tuple[int, int]
+RandomBytes = Callable[[int], bytes]
+
+_AES = int(CryptographicAlgorithm.AES)
+_DEK_BITS = frozenset({128, 192, 256})
+_DESTROYED = frozenset({State.DESTROYED, State.DESTROYED_COMPROMISED})
+
+#: Create attributes an L4 accepts besides its markers: they describe the key and are
+#: implied by it. Anything else would have to be stored, and L4s are not stored.
+_IGNORED_CREATE_ATTRIBUTES = frozenset({
+    Tag.CRYPTOGRAPHIC_USAGE_MASK, Tag.OPERATION_POLICY_NAME,
+})
+
+#: KeySource refusals in KMIP 2.x terms, and what KMIP 1.x says instead.
+_V1_REASONS = {
+    ResultReason.OBJECT_NOT_FOUND: ResultReason.ITEM_NOT_FOUND,
+    ResultReason.OBJECT_DESTROYED: ResultReason.ITEM_NOT_FOUND,
+    ResultReason.WRAPPING_OBJECT_NOT_FOUND: ResultReason.ITEM_NOT_FOUND,
+    ResultReason.WRONG_KEY_LIFECYCLE_STATE: ResultReason.PERMISSION_DENIED,
+}
+
+
+class KeySource(Protocol):
+    """Where the engine gets service keys (L3) and tombstones. Each method raises
+    ``KmipError`` when it cannot answer (no such key, core unreachable, ...)."""
+
+    def current_service_key(self, tenant: str, service: str) -> ServiceKey:
+        """The current Active L3 version of ``tenant``/``service``."""
+        ...
+
+    def service_key(self, uid: str) -> ServiceKey:
+        """The L3 version ``uid`` (``l3-…``), whatever its state."""
+        ...
+
+    def is_tombstoned(self, token_id: str) -> bool:
+        """Whether the L4 token with this TokenId was revoked or destroyed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """What Revoke or Destroy of an L4 records: its TokenId, tenant and L3."""
+
+    token_id: str
+    tenant: str
+    l3_uid: str
+
+
+class L4Engine:
+    """Executes the L4 operations against a :class:`KeySource` and a random source."""
+
+    __slots__ = ("_keys", "_random_bytes", "_handlers")
+
+    def __init__(self, keys: KeySource, random_bytes: RandomBytes = os.urandom) -> None:
+        self._keys = keys
+        self._random_bytes = random_bytes
+        self._handlers: dict[int, Callable[[Principal, Version, Any], Any]] = {
+            Operation.CREATE: self.create, Operation.GET: self.get,
+            Operation.ENCRYPT: self.encrypt, Operation.DECRYPT: self.decrypt,
+        }
+
+    def execute(self, operation: int, principal: Principal, version: Version,
+                payload: Any) -> Any:
+        """Run one L4 batch item: the response payload, or a ``KmipError``."""
+        handler = self._handlers.get(operation)
+        if handler is None:
+            raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
+                            f"{enum_name(Operation, operation)} is not an L4 operation")
+        return handler(principal, version, payload)
+
+    # Create -------------------------------------------------------------------------
+    def create(self, principal: Principal, version: Version,
+               request: CreateRequest) -> CreateResponse:
+        """A new DEK sealed under the L3 the request's markers name (its current Active
+        version, or the linked one, which must be Active)."""
+        if request.object_type != ObjectType.SYMMETRIC_KEY:
+            raise KmipError(ResultReason.INVALID_FIELD, "an L4 is a Symmetric Key")
+        if request.template_names:
+            raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
+        attributes = request.attributes or []
+        length = _dek_length(attributes)
+        target = l4_target(principal, attributes)
+        if isinstance(target, str):
+            l3 = self._service_key(version, target)
+            check_service_key_use(principal, l3.tenant, l3.service)
+            named = _vendor_text(attributes, SERVICE_NAME)
+            if named is not None and named != l3.service:
+                raise KmipError(ResultReason.INVALID_FIELD,
+                                f"the Parent Link names a key of service {l3.service!r}, "
+                                f"x-kcm-service names {named!r}")
+        else:
+            tenant, service = target
+            check_service_key_use(principal, tenant, service)
+            l3 = self._current_service_key(version, tenant, service)
+        _check_state(version, l3, protect=True, what="seal a new L4")
+        dek = self._random_bytes(length // 8)
+        try:
+            uid = token.seal(l3, dek, self._random_bytes(token.NONCE_LENGTH))
+        except ValueError:
+            raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                            f"the service key {l3.uid!r} predates L4 tokens (its identifier is "
+                            "not l3-<uuid>); a tenant administrator re-keys it to seal L4s"
+                            ) from None
+        return CreateResponse(object_type=ObjectType.SYMMETRIC_KEY, unique_identifier=uid)
+
+    # Get ----------------------------------------------------------------------------
+    def get(self, principal: Principal, version: Version, request: GetRequest) -> GetResponse:
+        """The L4's key: Raw (default) or Transparent Symmetric Key, optionally wrapped
+        with an L3 (Key Wrapping Specification, AES key wrap)."""
+        uid = _identifier(request.unique_identifier)
+        if not uid.startswith(L4_PREFIX):
+            raise KmipError(ResultReason.PERMISSION_DENIED,
+                            "service keys are served to gateways only, over the link")
+        dek, _ = self._l4_key(principal, version, uid, protect=False)
+        if request.key_compression_type is not None:
+            raise KmipError(ResultReason.KEY_COMPRESSION_TYPE_NOT_SUPPORTED,
+                            "key compression is not supported")
+        wanted = request.key_format_type
+        if wanted is None or wanted == KeyFormatType.RAW:
+            key_format, material = KeyFormatType.RAW, dek
+        elif wanted == KeyFormatType.TRANSPARENT_SYMMETRIC_KEY:
+            key_format = KeyFormatType.TRANSPARENT_SYMMETRIC_KEY
+            material = TransparentSymmetricKey(key=dek)
+        else:
+            raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
+                            f"an L4 is returned as Raw or Transparent Symmetric Key, not "
+                            f"{enum_name(KeyFormatType, wanted)}")
+        value = KeyValue(key_material=material)
+        block = KeyBlock(key_format_type=key_format, key_value=value,
+                         cryptographic_algorithm=CryptographicAlgorithm.AES,
+                         cryptographic_length=len(dek) * 8)
+        spec = request.key_wrapping_specification
+        if spec is not None:
+            block = self._wrapped(principal, version, block, value, spec)
+        return GetResponse(object_type=ObjectType.SYMMETRIC_KEY, unique_identifier=uid,
+                           object=SymmetricKey(key_block=block))
+
+    def _wrapped(self, principal: Principal, version: Version, block: KeyBlock,
+                 value: KeyValue, spec: KeyWrappingSpecification) -> KeyBlock:
+        if spec.wrapping_method != WrappingMethod.ENCRYPT:
+            raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                            "an L4 is wrapped with Wrapping Method Encrypt only")
+        if spec.mac_signature_key_information is not None:
+            raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                            "MAC or signature wrapping is not supported")
+        info = spec.encryption_key_information
+        if info is None:
+            raise KmipError(ResultReason.MISSING_DATA,
+                            "Key Wrapping Specification needs Encryption Key Information")
+        if spec.attribute_names:
+            raise KmipError(ResultReason.INVALID_FIELD,
+                            "an L4 has no stored attributes to wrap with it")
+        wrapping_uid = info.unique_identifier
+        if not isinstance(wrapping_uid, str) or not wrapping_uid.startswith(L3_PREFIX):
+            raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                            "an L4 is wrapped only with a service key (l3-…)")
+        try:
+            kek = self._service_key(version, wrapping_uid)
+        except KmipError as e:
+            if e.reason not in (ResultReason.OBJECT_NOT_FOUND, ResultReason.ITEM_NOT_FOUND):
+                raise
+            reason = (ResultReason.WRAPPING_OBJECT_NOT_FOUND if version >= (2, 1)
+                      else ResultReason.ITEM_NOT_FOUND)
+            raise KmipError(reason, f"no wrapping key {wrapping_uid!r}") from None
+        check_service_key_use(principal, kek.tenant, kek.service)
+        _check_state(version, kek, protect=True, what="wrap")
+        mode = _wrap_mode(info.cryptographic_parameters)
+        encoding = spec.encoding_option
+        if encoding == EncodingOption.NO_ENCODING:
+            raw = value.key_material
+            wrapped: KeyValue | bytes = aes_wrap(
+                kek.key, raw.key if isinstance(raw, TransparentSymmetricKey) else raw, mode)
+            if version < (2, 0):
+                # KMIP 1.x keeps the Key Value structure and wraps its Key Material only
+                # (1.4 §2.1.5), as the core does for managed keys.
+                wrapped = KeyValue(key_material=wrapped)
+        else:
+            # No Encoding Option means TTLV Encoding: the whole Key Value structure.
+            wrapped = aes_wrap(kek.key, encode(value.to_item(version)), mode)
+        return KeyBlock(
+            key_format_type=block.key_format_type, key_value=wrapped,
+            cryptographic_algorithm=block.cryptographic_algorithm,
+            cryptographic_length=block.cryptographic_length,
+            key_wrapping_data=KeyWrappingData(
+                wrapping_method=WrappingMethod.ENCRYPT,
+                encryption_key_information=EncryptionKeyInformation(
+                    unique_identifier=kek.uid,
+                    cryptographic_parameters=info.cryptographic_parameters),
+                encoding_option=encoding))
+
+    # Encrypt / Decrypt --------------------------------------------------------------
+    def encrypt(self, principal: Principal, version: Version,
+                request: EncryptRequest) -> EncryptResponse:
+        """Encrypt ``Data`` with an L4 (a record) or an L3 (a DEK): AES-GCM unless the
+        Cryptographic Parameters say otherwise; a generated IV is returned."""
+        uid = _identifier(request.unique_identifier)
+        _no_stream(request)
+        key = self._key(principal, version, uid, protect=True)
+        data = _data(request.data)
+        spec = _spec(request.cryptographic_parameters, version)
+        iv, generated = encrypt_iv(spec, request.iv_counter_nonce, self._random_bytes)
+        aad = request.authenticated_encryption_additional_data
+        if spec is AES_GCM_DEFAULT and len(iv) == 12:
+            # The hot path: one AEAD call, the tag split off the end.
+            sealed = AESGCM(key).encrypt(iv, data, aad or None)
+            return EncryptResponse(unique_identifier=uid, data=sealed[:-16],
+                                   iv_counter_nonce=generated,
+                                   authenticated_encryption_tag=sealed[-16:])
+        with cryptographic_failure():
+            ciphertext, tag = encrypt_once(spec, key, iv, data, aad)
+        return EncryptResponse(unique_identifier=uid, data=ciphertext,
+                               iv_counter_nonce=generated, authenticated_encryption_tag=tag)
+
+    def decrypt(self, principal: Principal, version: Version,
+                request: DecryptRequest) -> DecryptResponse:
+        """Decrypt ``Data`` with an L4 or an L3; Cryptographic Failure if it does not verify."""
+        uid = _identifier(request.unique_identifier)
+        _no_stream(request)
+        key = self._key(principal, version, uid, protect=False)
+        data = _data(request.data)
+        spec = _spec(request.cryptographic_parameters, version)
+        iv = decrypt_iv(spec, request.iv_counter_nonce)
+        with cryptographic_failure():
+            plaintext = decrypt_once(spec, key, iv, data,
+                                     request.authenticated_encryption_additional_data,
+                                     request.authenticated_encryption_tag)
+        return DecryptResponse(unique_identifier=uid, data=plaintext)
+
+    # Revoke / Destroy (the core records it) -----------------------------------------
+    def tombstone(self, principal: Principal, version: Version, uid: str) -> Tombstone:
+        """What Revoke or Destroy of L4 ``uid`` must record, once the caller may do it.
+
+        The token must be well-formed, name an L3 the caller may use and, while that L3
+        still exists, open under it (so forged identifiers leave no tombstones). A token
+        already tombstoned is answered again (Revoke then Destroy is the usual sequence).
+        """
+        sealed = _parse(version, uid)
+        l3 = self._service_key(version, sealed.l3_uid)
+        check_service_key_use(principal, l3.tenant, l3.service)
+        if l3.state not in _DESTROYED:
+            _open(version, sealed, l3)
+        return Tombstone(sealed.token_id, l3.tenant, l3.uid)
+
+    # Keys ---------------------------------------------------------------------------
+    def _key(self, principal: Principal, version: Version, uid: str, *,
+             protect: bool) -> bytes:
+        if uid.startswith(L4_PREFIX):
+            return self._l4_key(principal, version, uid, protect=protect)[0]
+        if uid.startswith(L3_PREFIX):
+            l3 = self._service_key(version, uid)
+            check_service_key_use(principal, l3.tenant, l3.service)
+            _check_state(version, l3, protect=protect,
+                         what="wrap a DEK" if protect else "unwrap a DEK")
+            return l3.key
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"{uid!r} is neither a service key (l3-…) nor an L4 (l4.…)")
+
+    def _l4_key(self, principal: Principal, version: Version, uid: str, *,
+                protect: bool) -> tuple[bytes, ServiceKey]:
+        """The DEK of L4 ``uid`` for a caller who may use it, and its L3."""
+        sealed = _parse(version, uid)
+        l3 = self._service_key(version, sealed.l3_uid)
+        check_service_key_use(principal, l3.tenant, l3.service)
+        if self._keys.is_tombstoned(sealed.token_id):
+            raise KmipError(version_reason(version, ResultReason.OBJECT_NOT_FOUND,
+                                           ResultReason.ITEM_NOT_FOUND),
+                            f"the L4 {sealed.token_id} was revoked or destroyed")
+        if l3.state in _DESTROYED:
+            raise KmipError(version_reason(version, ResultReason.OBJECT_DESTROYED,
+                                           ResultReason.ITEM_NOT_FOUND),
+                            f"the service key {l3.uid} was destroyed: the L4s sealed under "
+                            "it are crypto-erased")
+        _check_state(version, l3, protect=protect,
+                     what="encrypt with its L4s" if protect else "open its L4s")
+        return _open(version, sealed, l3), l3
+
+    def _service_key(self, version: Version, uid: str) -> ServiceKey:
+        try:
+            return self._keys.service_key(uid)
+        except KmipError as e:
+            raise _in_version(version, e) from None
+
+    def _current_service_key(self, version: Version, tenant: str, service: str) -> ServiceKey:
+        try:
+            return self._keys.current_service_key(tenant, service)
+        except KmipError as e:
+            raise _in_version(version, e) from None
+
+
+# Helpers ------------------------------------------------------------------------------
+def _in_version(version: Version, error: KmipError) -> KmipError:
+    if version >= (2, 0):
+        return error
+    reason = _V1_REASONS.get(error.reason)
+    return error if reason is None else KmipError(reason, error.message)
+
+
+def _parse(version: Version, uid: str) -> token.SealedToken:
+    try:
+        return token.parse(uid)
+    except token.TokenError as e:
+        raise KmipError(version_reason(version, ResultReason.OBJECT_NOT_FOUND,
+                                       ResultReason.ITEM_NOT_FOUND),
+                        f"no L4 {uid[:24]!r}…: {e}") from None
+
+
+def _open(version: Version, sealed: token.SealedToken, l3: ServiceKey) -> bytes:
+    try:
+        return token.open_sealed(sealed, l3)
+    except token.TokenError as e:
+        raise KmipError(version_reason(version, ResultReason.OBJECT_NOT_FOUND,
+                                       ResultReason.ITEM_NOT_FOUND),
+                        f"no L4 {sealed.token_id}: {e}") from None
+
+
+def _check_state(version: Version, l3: ServiceKey, *, protect: bool, what: str) -> None:
+    usable = l3.usable_to_protect if protect else l3.usable_to_process
+    if not usable:
+        raise wrong_state(version, f"the service key {l3.uid} is "
+                                   f"{enum_name(State, l3.state)}: it cannot {what}")
+
+
+def _identifier(unique_identifier: object) -> str:
+    if isinstance(unique_identifier, str):
+        return unique_identifier
+    raise KmipError(ResultReason.INVALID_FIELD,
+                    "an L4 operation needs the Unique Identifier as text (the ID Placeholder is "
+                    "resolved before the engine)")
+
+
+def _no_stream(request: EncryptRequest | DecryptRequest) -> None:
+    if request.init_indicator or request.correlation_value is not None \
+            or request.final_indicator is not None:
+        raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                        "streaming (Init Indicator, Correlation Value) is not offered with "
+                        "service keys and L4s; send each message whole")
+
+
+def _data(data: bytes | None) -> bytes:
+    if data is None:
+        raise KmipError(ResultReason.INVALID_MESSAGE, "the request has no Data")
+    return data
+
+
+def _spec(requested: CryptographicParameters | None, version: Version) -> CipherSpec:
+    if requested is None:
+        return AES_GCM_DEFAULT
+    return resolve_spec(_AES, None, requested, version)
+
+
+def _wrap_mode(parameters: CryptographicParameters | None) -> int:
+    mode = parameters.block_cipher_mode if parameters is not None else None
+    if mode is None:
+        return int(BlockCipherMode.NISTKEYWRAP)
+    if mode not in WRAP_MODES:
+        raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                        f"keys are wrapped with NIST Key Wrap or AES Key Wrap with Padding, "
+                        f"not {enum_name(BlockCipherMode, mode)}")
+    return int(mode)
+
+
+def _dek_length(attributes: list[Attribute]) -> int:
+    """The DEK length in bits the Create asks for (AES; 256 unless it says 128 or 192);
+    refuses the attributes an L4 cannot keep."""
+    length = 256
+    for attribute in attributes:
+        tag = attribute.tag
+        value = attribute.value.value if attribute.value is not None else None
+        if tag == Tag.CRYPTOGRAPHIC_ALGORITHM:
+            if value != _AES:
+                raise KmipError(ResultReason.INVALID_FIELD,
+                                f"an L4 is an AES key, not "
+                                f"{enum_name(CryptographicAlgorithm, value)}")
+        elif tag == Tag.CRYPTOGRAPHIC_LENGTH:
+            if value not in _DEK_BITS:
+                raise KmipError(ResultReason.INVALID_FIELD,
+                                f"an L4 is 128, 192 or 256 bits, not {value}")
+            length = int(value)  # type: ignore[arg-type]
+        elif tag == Tag.LINK:
+            link = attribute.typed
+            if not isinstance(link, Link) or link.link_type != LinkType.PARENT_LINK:
+                raise KmipError(ResultReason.INVALID_FIELD,
+                                "an L4 links only to its parent service key")
+        elif tag == VENDOR_TAG and attribute.vendor_identification == VENDOR \
+                and attribute.name in (LEVEL_NAME, SERVICE_NAME):
+            continue
+        elif tag not in _IGNORED_CREATE_ATTRIBUTES:
+            raise KmipError(ResultReason.INVALID_FIELD,
+                            f"an L4 is not stored, so it cannot keep the attribute "
+                            f"{_attribute_label(attribute)}; L4s are not inventoried")
+    return length
+
+
+def _vendor_text(attributes: list[Attribute], name: str) -> str | None:
+    for attribute in attributes:
+        if attribute.tag == VENDOR_TAG and attribute.vendor_identification == VENDOR \
+                and attribute.name == name and attribute.value is not None:
+            value = attribute.value.value
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _attribute_label(attribute: Attribute) -> str:
+    if attribute.tag == VENDOR_TAG:
+        return f"{attribute.vendor_identification or ''}-{attribute.name}"
+    try:
+        return Tag(attribute.tag).name
+    except ValueError:
+        return f"0x{attribute.tag:06X}"

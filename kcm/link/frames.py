@@ -1,0 +1,298 @@
+"""Link frames and their TTLV encoding (docs/link-protocol.md §2). Pure: no I/O.
+
+Every frame is one ``LinkFrame`` Structure. :class:`Frame` is the whole model: a frame type
+and the optional fields the type uses. :func:`encode_frame` and :func:`decode_frame` are exact
+inverses for every frame :func:`decode_frame` accepts; anything else raises
+:class:`FrameError`, the one error of this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from kcm.l4.service_key import ServiceKey
+from kcm.ttlv import Item, ItemType, TtlvError, decode, encode
+
+LINK_VERSION = 1
+
+#: A frame carries at most one KMIP message (1 MiB at the default limits) plus a few fields.
+DEFAULT_MAX_FRAME_SIZE = 2 << 20
+_MAX_DEPTH = 4  # LinkFrame > ServiceKey / EventPayload > field
+_MAX_STREAM_ID = (1 << 31) - 1
+
+
+class Tag(enum.IntEnum):
+    """The link's TTLV tags (extension range 0x54B0xx, plus three of KMIP's own)."""
+
+    LINK_FRAME = 0x54B001
+    FRAME_TYPE = 0x54B002
+    STREAM_ID = 0x54B003
+    LINK_VERSION = 0x54B004
+    PEER_NAME = 0x54B005
+    EVENT_SEQUENCE = 0x54B006
+    KMIP_MESSAGE = 0x54B007
+    CALLER_IDENTITY = 0x54B008
+    CALLER_SUBJECT = 0x54B009
+    CALLER_SOURCE = 0x54B00A
+    TENANT = 0x54B00B
+    SERVICE = 0x54B00C
+    SERVICE_KEY = 0x54B00D
+    KEY_VERSION = 0x54B00E
+    EVENT_KIND = 0x54B00F
+    EVENT_PAYLOAD = 0x54B010
+    ERROR_MESSAGE = 0x54B011
+    HEARTBEAT_INTERVAL = 0x54B012
+    TOKEN_ID = 0x54B013
+    KEY_MATERIAL = 0x420043
+    RESULT_REASON = 0x42007E
+    STATE = 0x42008D
+    UNIQUE_IDENTIFIER = 0x420094
+
+
+class FrameType(enum.IntEnum):
+    """FrameType values."""
+
+    HELLO = 1
+    WELCOME = 2
+    REQUEST = 3
+    RESPONSE = 4
+    FETCH_SERVICE_KEY = 5
+    SERVICE_KEYS = 6
+    EVENT = 7
+    PING = 8
+    PONG = 9
+    GOAWAY = 10
+
+
+class FrameError(ValueError):
+    """Bytes that are not a valid link frame, or a frame that cannot be encoded."""
+
+
+#: An event's payload: field name -> value (see :data:`PAYLOAD_FIELDS`).
+Payload = dict[str, str | int]
+
+
+@dataclass(slots=True)
+class Frame:
+    """One link frame. Which fields a type needs is :data:`REQUIRED`'s business."""
+
+    type: FrameType
+    stream_id: int = 0
+    link_version: int | None = None
+    peer_name: str | None = None
+    sequence: int | None = None
+    message: bytes | None = None
+    caller_identity: str | None = None
+    caller_subject: str | None = None
+    caller_source: str | None = None
+    tenant: str | None = None
+    service: str | None = None
+    unique_identifier: str | None = None
+    service_keys: list[ServiceKey] = field(default_factory=list)
+    kind: str | None = None
+    payload: Payload | None = None
+    error: str | None = None
+    result_reason: int | None = None
+    heartbeat_interval: int | None = None
+
+
+# (attribute, tag, type) of every scalar field of a LinkFrame, in wire order.
+_FIELDS: tuple[tuple[str, int, ItemType], ...] = (
+    ("link_version", Tag.LINK_VERSION, ItemType.INTEGER),
+    ("peer_name", Tag.PEER_NAME, ItemType.TEXT_STRING),
+    ("sequence", Tag.EVENT_SEQUENCE, ItemType.LONG_INTEGER),
+    ("heartbeat_interval", Tag.HEARTBEAT_INTERVAL, ItemType.INTERVAL),
+    ("caller_identity", Tag.CALLER_IDENTITY, ItemType.TEXT_STRING),
+    ("caller_subject", Tag.CALLER_SUBJECT, ItemType.TEXT_STRING),
+    ("caller_source", Tag.CALLER_SOURCE, ItemType.TEXT_STRING),
+    ("tenant", Tag.TENANT, ItemType.TEXT_STRING),
+    ("service", Tag.SERVICE, ItemType.TEXT_STRING),
+    ("unique_identifier", Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING),
+    ("kind", Tag.EVENT_KIND, ItemType.TEXT_STRING),
+    ("error", Tag.ERROR_MESSAGE, ItemType.TEXT_STRING),
+    ("result_reason", Tag.RESULT_REASON, ItemType.ENUMERATION),
+    ("message", Tag.KMIP_MESSAGE, ItemType.BYTE_STRING),
+)
+_FIELD_BY_TAG = {tag: (name, item_type) for name, tag, item_type in _FIELDS}
+
+#: Fields a frame of each type must carry (StreamId > 0 where listed).
+REQUIRED: dict[FrameType, tuple[str, ...]] = {
+    FrameType.HELLO: ("link_version", "peer_name", "sequence"),
+    FrameType.WELCOME: ("link_version", "peer_name", "sequence", "heartbeat_interval"),
+    FrameType.REQUEST: ("stream_id", "caller_identity", "caller_source", "message"),
+    FrameType.RESPONSE: ("stream_id", "message"),
+    FrameType.FETCH_SERVICE_KEY: ("stream_id", "caller_identity", "tenant", "service"),
+    FrameType.SERVICE_KEYS: ("stream_id",),
+    FrameType.EVENT: ("sequence", "kind", "payload"),
+    FrameType.PING: (),
+    FrameType.PONG: (),
+    FrameType.GOAWAY: (),
+}
+
+#: EventPayload fields: name -> (tag, type).
+PAYLOAD_FIELDS: dict[str, tuple[int, ItemType]] = {
+    "unique_identifier": (Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING),
+    "service": (Tag.SERVICE, ItemType.TEXT_STRING),
+    "key_version": (Tag.KEY_VERSION, ItemType.INTEGER),
+    "state": (Tag.STATE, ItemType.ENUMERATION),
+    "token_id": (Tag.TOKEN_ID, ItemType.TEXT_STRING),
+}
+_PAYLOAD_BY_TAG = {tag: (name, item_type) for name, (tag, item_type) in PAYLOAD_FIELDS.items()}
+
+_KEY_FIELDS: tuple[tuple[str, int, ItemType], ...] = (
+    ("uid", Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING),
+    ("version", Tag.KEY_VERSION, ItemType.INTEGER),
+    ("state", Tag.STATE, ItemType.ENUMERATION),
+    ("key", Tag.KEY_MATERIAL, ItemType.BYTE_STRING),
+    ("tenant", Tag.TENANT, ItemType.TEXT_STRING),
+    ("service", Tag.SERVICE, ItemType.TEXT_STRING),
+)
+_KEY_FIELD_BY_TAG = {tag: (name, item_type) for name, tag, item_type in _KEY_FIELDS}
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """The TTLV bytes of ``frame``; FrameError if a field has a value of the wrong kind."""
+    try:
+        return encode(frame_item(frame))
+    except TtlvError as e:
+        raise FrameError(f"cannot encode {frame.type.name}: {e.reason}") from None
+
+
+def frame_item(frame: Frame) -> Item:
+    """``frame`` as a LinkFrame Item tree."""
+    children = [Item(Tag.FRAME_TYPE, ItemType.ENUMERATION, int(frame.type))]
+    if frame.stream_id:
+        children.append(Item(Tag.STREAM_ID, ItemType.INTEGER, frame.stream_id))
+    for name, tag, item_type in _FIELDS:
+        value = getattr(frame, name)
+        if value is not None:
+            children.append(Item(tag, item_type, value))
+    children.extend(_service_key_item(key) for key in frame.service_keys)
+    if frame.payload is not None:
+        children.append(payload_item(frame.payload))
+    return Item(Tag.LINK_FRAME, ItemType.STRUCTURE, children)
+
+
+def payload_item(payload: Payload) -> Item:
+    """An EventPayload Structure; FrameError for an unknown field."""
+    children = []
+    for name, value in payload.items():
+        spec = PAYLOAD_FIELDS.get(name)
+        if spec is None:
+            raise FrameError(f"unknown event payload field {name!r}")
+        children.append(Item(spec[0], spec[1], value))
+    return Item(Tag.EVENT_PAYLOAD, ItemType.STRUCTURE, children)
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """The TTLV bytes of an EventPayload (what the core's outbox stores)."""
+    try:
+        return encode(payload_item(payload))
+    except TtlvError as e:
+        raise FrameError(f"cannot encode event payload: {e.reason}") from None
+
+
+def _service_key_item(key: ServiceKey) -> Item:
+    return Item(Tag.SERVICE_KEY, ItemType.STRUCTURE,
+                [Item(tag, item_type, getattr(key, name)) for name, tag, item_type in _KEY_FIELDS])
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> Frame:
+    """Decode one whole frame; FrameError for bad TTLV, unknown fields, missing fields."""
+    try:
+        item = decode(data, max_depth=_MAX_DEPTH, max_size=max_size)
+    except TtlvError as e:
+        raise FrameError(f"malformed frame: {e}") from None
+    if item.tag != Tag.LINK_FRAME or item.type is not ItemType.STRUCTURE:
+        raise FrameError(f"not a LinkFrame: tag 0x{item.tag:06X}")
+    return _frame_from(item)
+
+
+def _frame_from(item: Item) -> Frame:
+    children = item.value
+    if not children or children[0].tag != Tag.FRAME_TYPE \
+            or children[0].type is not ItemType.ENUMERATION:
+        raise FrameError("a LinkFrame starts with its FrameType")
+    try:
+        frame = Frame(FrameType(children[0].value))
+    except ValueError:
+        raise FrameError(f"unknown FrameType {children[0].value}") from None
+    seen: set[int] = set()
+    for child in children[1:]:
+        tag = child.tag
+        if tag == Tag.SERVICE_KEY:
+            frame.service_keys.append(_service_key_from(child))
+            continue
+        if tag in seen:
+            raise FrameError(f"field 0x{tag:06X} appears twice")
+        seen.add(tag)
+        if tag == Tag.STREAM_ID:
+            frame.stream_id = _checked(child, ItemType.INTEGER)
+            if not 0 <= frame.stream_id <= _MAX_STREAM_ID:
+                raise FrameError(f"StreamId {frame.stream_id} out of range")
+        elif tag == Tag.EVENT_PAYLOAD:
+            frame.payload = decode_payload_item(child)
+        else:
+            spec = _FIELD_BY_TAG.get(tag)
+            if spec is None:
+                raise FrameError(f"unknown field 0x{tag:06X} in a LinkFrame")
+            setattr(frame, spec[0], _checked(child, spec[1]))
+    for name in REQUIRED[frame.type]:
+        value = getattr(frame, name)
+        if value is None or (name == "stream_id" and value == 0):
+            raise FrameError(f"{frame.type.name} without {name}")
+    return frame
+
+
+def decode_payload_item(item: Item) -> Payload:
+    """An EventPayload Structure as a dict; FrameError for unknown or repeated fields."""
+    if item.type is not ItemType.STRUCTURE:
+        raise FrameError("EventPayload must be a Structure")
+    payload: Payload = {}
+    for child in item.value:
+        spec = _PAYLOAD_BY_TAG.get(child.tag)
+        if spec is None:
+            raise FrameError(f"unknown field 0x{child.tag:06X} in an EventPayload")
+        if spec[0] in payload:
+            raise FrameError(f"EventPayload field {spec[0]} appears twice")
+        payload[spec[0]] = _checked(child, spec[1])
+    return payload
+
+
+def decode_payload(data: bytes) -> Payload:
+    """The dict of an EventPayload's TTLV bytes (as the outbox stores them)."""
+    try:
+        item = decode(data, max_depth=2)
+    except TtlvError as e:
+        raise FrameError(f"malformed event payload: {e}") from None
+    if item.tag != Tag.EVENT_PAYLOAD:
+        raise FrameError(f"not an EventPayload: tag 0x{item.tag:06X}")
+    return decode_payload_item(item)
+
+
+def _service_key_from(item: Item) -> ServiceKey:
+    if item.type is not ItemType.STRUCTURE:
+        raise FrameError("ServiceKey must be a Structure")
+    values: dict[str, object] = {}
+    for child in item.value:
+        spec = _KEY_FIELD_BY_TAG.get(child.tag)
+        if spec is None or spec[0] in values:
+            raise FrameError(f"unexpected field 0x{child.tag:06X} in a ServiceKey")
+        values[spec[0]] = _checked(child, spec[1])
+    missing = [name for name, _, _ in _KEY_FIELDS if name not in values]
+    if missing:
+        raise FrameError(f"ServiceKey without {', '.join(missing)}")
+    return ServiceKey(**values)  # type: ignore[arg-type]
+
+
+def _checked(item: Item, expected: ItemType) -> object:
+    if item.type is not expected:
+        raise FrameError(f"field 0x{item.tag:06X} must be {expected.name}, not {item.type.name}")
+    return item.value

@@ -1,0 +1,164 @@
+"""One end of a link connection: framing, dispatch, heartbeats, GOAWAY (docs/link-protocol.md).
+
+:class:`LinkProtocol` is what the gateway's and the core's ends share. It frames the byte
+stream with :class:`kcm.ttlv.framer.Framer`, decodes each frame and calls the subclass's
+``frame_<TYPE>`` method (``frame_REQUEST``, ``frame_EVENT``, ...), or :meth:`frame_unexpected`
+when there is none. It answers PING with PONG, sends a PING every heartbeat interval and
+declares the link dead when nothing at all arrived for :data:`MISSED_HEARTBEATS` intervals.
+Time comes from an injected ``IReactorTime``.
+
+A malformed or oversized frame ends the connection with a GOAWAY naming the reason: after one
+the byte stream cannot be trusted any more.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kcm.link.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    Frame,
+    FrameError,
+    FrameType,
+    decode_frame,
+    encode_frame,
+)
+from kcm.ttlv.errors import TtlvError
+from kcm.ttlv.framer import Framer
+
+log = Logger()
+
+#: A link with nothing received for this many heartbeat intervals is dead.
+MISSED_HEARTBEATS = 3
+DEFAULT_HEARTBEAT_INTERVAL = 1.0
+
+
+class LinkProtocol(Protocol):
+    """The machinery of one link connection; subclasses add ``frame_<TYPE>`` handlers."""
+
+    def __init__(self, clock: IReactorTime, *, heartbeat_interval: float =
+                 DEFAULT_HEARTBEAT_INTERVAL, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.clock = clock
+        self.heartbeat_interval = heartbeat_interval
+        self.max_frame_size = max_frame_size
+        self._framer = Framer(max_frame_size)
+        self._heartbeat: LoopingCall | None = None
+        self._ping_ids = itertools.count(1)
+        self._last_received = 0.0
+        self.closing = False
+        self.peer = "?"
+
+    # Connection life ----------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()
+        self.peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
+        self._last_received = self.clock.seconds()
+        self.start_heartbeat(self.heartbeat_interval)
+
+    def start_heartbeat(self, interval: float) -> None:
+        """(Re)start heartbeats every ``interval`` seconds; dead after 3 silent intervals."""
+        self.heartbeat_interval = interval
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self.clock
+        self._heartbeat.start(interval, now=False)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.closing = True
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self.link_lost(reason)
+
+    def link_lost(self, reason: Failure) -> None:
+        """Called once when the connection is gone, whatever the cause."""
+
+    # Input ----------------------------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self._last_received = self.clock.seconds()
+        try:
+            messages = self._framer.feed(data)
+        except TtlvError as e:
+            self.go_away(f"unreadable frame: {e.reason}")
+            return
+        for wire in messages:
+            if self.closing:
+                return
+            try:
+                frame = decode_frame(wire, max_size=self.max_frame_size)
+            except FrameError as e:
+                self.go_away(str(e))
+                return
+            handler = getattr(self, "frame_" + frame.type.name, None)
+            if handler is None:
+                self.frame_unexpected(frame)
+            else:
+                handler(frame)
+
+    def frame_unexpected(self, frame: Frame) -> None:
+        """A frame this end does not take: a protocol error that ends the link."""
+        self.go_away(f"unexpected {frame.type.name} frame")
+
+    def frame_PING(self, frame: Frame) -> None:
+        self.send(Frame(FrameType.PONG, stream_id=frame.stream_id))
+
+    def frame_PONG(self, frame: Frame) -> None:
+        """Liveness is any received byte; a PONG needs nothing more."""
+
+    def frame_GOAWAY(self, frame: Frame) -> None:
+        log.info("link peer {peer} went away: {reason}", peer=self.peer,
+                 reason=frame.error or "no reason given")
+        self.close()
+
+    # Output ---------------------------------------------------------------------------------
+    def send(self, frame: Frame) -> None:
+        """Write one frame (dropped once the link is closing)."""
+        if not self.closing:
+            self.transport.write(encode_frame(frame))
+
+    def send_wire(self, wire: bytes) -> None:
+        """Write an already encoded frame (one encoding fanned out to many links)."""
+        if not self.closing:
+            self.transport.write(wire)
+
+    def go_away(self, reason: str) -> None:
+        """Tell the peer why, then close."""
+        if self.closing:
+            return
+        log.info("closing link {peer}: {reason}", peer=self.peer, reason=reason)
+        self.send(Frame(FrameType.GOAWAY, error=reason))
+        self.close()
+
+    def close(self, *, abort: bool = False) -> None:
+        """Close the connection (``abort``: without flushing what is still buffered)."""
+        if self.closing:
+            return
+        self.closing = True
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # Heartbeats -----------------------------------------------------------------------------
+    def _beat(self) -> None:
+        silent = self.clock.seconds() - self._last_received
+        if silent >= MISSED_HEARTBEATS * self.heartbeat_interval:
+            log.warn("link {peer} is dead: nothing received for {silent:.1f}s",
+                     peer=self.peer, silent=silent)
+            self.close(abort=True)
+            return
+        self.send(Frame(FrameType.PING, stream_id=next(self._ping_ids) & 0x7FFFFFFF or 1))
+        self.heartbeat_tick()
+
+    def heartbeat_tick(self) -> None:
+        """Called every heartbeat interval while the link lives (for periodic checks)."""

@@ -1,0 +1,213 @@
+"""kcm-gateway as a real `twistd` process in front of a real kcm-core: PyKMIP and our own
+client over mutual TLS, the core killed and restarted under load."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kmip.core import enums
+from kmip.core import objects as core_objects
+from kmip.core.factories.attributes import AttributeFactory
+
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kmip.payloads.crypto import DecryptRequest
+from tests.e2e_support import CoreProcess, GatewayProcess, deploy
+from tests.gateway_support import (
+    activate,
+    create_l4,
+    create_managed,
+    encrypt,
+    get,
+    item,
+    locate,
+    request,
+    response,
+)
+
+CBC = {"cryptographic_algorithm": enums.CryptographicAlgorithm.AES,
+       "block_cipher_mode": enums.BlockCipherMode.CBC,
+       "padding_method": enums.PaddingMethod.PKCS5}
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    """A running kcm-core (SQLite) and a kcm-gateway linked to it, pre-warmed for demo/app."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.start()
+    gateway = GatewayProcess(tmp_path / "gateway", core)
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        yield core, gateway
+    finally:
+        gateway.stop()
+        core.stop()
+
+
+def pykmip_create_l4(client) -> str:
+    """Create of an L4 with PyKMIP: a Symmetric Key with the custom attribute x-kcm-level."""
+    factory = AttributeFactory()
+    template = core_objects.TemplateAttribute(attributes=[
+        factory.create_attribute(enums.AttributeType.CRYPTOGRAPHIC_ALGORITHM,
+                                 enums.CryptographicAlgorithm.AES),
+        factory.create_attribute(enums.AttributeType.CRYPTOGRAPHIC_LENGTH, 256),
+        factory.create_attribute("x-kcm-level", "L4"),
+    ])
+    result = client.proxy.create(enums.ObjectType.SYMMETRIC_KEY, template)
+    assert result.result_status.value == enums.ResultStatus.SUCCESS, result.result_message
+    return result.uuid
+
+
+def locate_l3(client) -> str:
+    """The demo/app service key's identifier, found with Locate by its name."""
+    factory = AttributeFactory()
+    name = factory.create_attribute(enums.AttributeType.NAME,
+                                    "kcm/tenant/demo/service/app/L3")
+    [uid] = client.locate(attributes=[name])
+    return uid
+
+
+def test_envelope_flow_with_pykmip_survives_a_gateway_restart(deployment) -> None:
+    core, gateway = deployment
+    app, admin = gateway.pykmip("app"), gateway.pykmip("admin")
+    try:
+        token = pykmip_create_l4(app)
+        assert token.startswith("l4.1.")
+        dek = app.get(token).value
+        assert len(dek) == 32
+        sealed, iv = app.encrypt(b"a customer record", uid=token,
+                                 cryptographic_parameters=CBC)
+        assert app.decrypt(sealed, uid=token, cryptographic_parameters=CBC,
+                           iv_counter_nonce=iv) == b"a customer record"
+        l3 = locate_l3(admin)  # a control operation, forwarded to the core
+        assert l3.startswith("l3-")
+        wrapped, wrap_iv = app.encrypt(dek, uid=l3, cryptographic_parameters=CBC)
+        assert app.decrypt(wrapped, uid=l3, cryptographic_parameters=CBC,
+                           iv_counter_nonce=wrap_iv) == dek
+    finally:
+        app.close()
+        admin.close()
+    gateway.stop()
+    gateway.start()
+    gateway.wait_linked()
+    app = gateway.pykmip("app")
+    try:
+        assert app.get(token).value == dek  # the token is the key: nothing was stored
+        assert app.decrypt(sealed, uid=token, cryptographic_parameters=CBC,
+                           iv_counter_nonce=iv) == b"a customer record"
+    finally:
+        app.close()
+
+
+def test_aes_gcm_default_record_encryption(deployment) -> None:
+    _, gateway = deployment
+    with gateway.client() as client:
+        token = ok(client.send(request(create_l4()))).unique_identifier
+        sealed = ok(client.send(request(encrypt(token, b"record"))))
+        assert sealed.authenticated_encryption_tag and sealed.iv_counter_nonce
+        opened = ok(client.send(request(item(Operation.DECRYPT, DecryptRequest(
+            unique_identifier=token, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
+            authenticated_encryption_tag=sealed.authenticated_encryption_tag)))))
+        assert opened.data == b"record"
+
+
+def ok(wire: bytes, index: int = 0):
+    answered = response(wire).batch_items[index]
+    assert answered.result_status == ResultStatus.SUCCESS, answered.result_message
+    return answered.response_payload
+
+
+def comparable(wire: bytes) -> list[tuple]:
+    """What a client sees of an answer, without identifiers, times and correlation values."""
+    return [(i.operation, i.unique_batch_item_id, i.result_status, i.result_reason,
+             i.result_message) for i in response(wire).batch_items]
+
+
+def test_forwarded_control_operations_answer_as_the_core_does(deployment) -> None:
+    core, gateway = deployment
+    with gateway.client() as via_gateway, core.client() as direct:
+        for build in (lambda: request(create_managed(b"c"), activate(None, b"a")),
+                      lambda: request(activate("no-such-object", b"x")),
+                      lambda: request(get("no-such-object"))):
+            assert comparable(via_gateway.send(build())) == comparable(direct.send(build()))
+    assert "audit log intact" in core.kcm("audit", "verify").stdout
+
+
+def test_mixed_batch_is_one_response(deployment) -> None:
+    core, gateway = deployment
+    with gateway.client() as client:
+        managed = ok(client.send(request(create_managed()))).unique_identifier
+        wire = client.send(request(create_l4(b"1"), activate(managed, b"2"), locate(b"3")))
+    message = response(wire)
+    assert [i.unique_batch_item_id for i in message.batch_items] == [b"1", b"2", b"3"]
+    assert [i.operation for i in message.batch_items] == [Operation.CREATE, Operation.ACTIVATE,
+                                                          Operation.LOCATE]
+    assert all(i.result_status == ResultStatus.SUCCESS for i in message.batch_items), \
+        [i.result_message for i in message.batch_items]
+    assert message.batch_items[0].response_payload.unique_identifier.startswith("l4.")
+    assert message.batch_items[1].response_payload.unique_identifier == managed
+    assert managed in message.batch_items[2].response_payload.unique_identifiers
+
+
+def test_core_killed_under_l4_load_then_back_without_a_gateway_restart(deployment) -> None:
+    core, gateway = deployment
+    errors: list[str] = []
+    done = threading.Event()
+    counts = [0]
+
+    def l4_load() -> None:
+        with gateway.client() as client:
+            while not done.is_set():
+                token_wire = client.send(request(create_l4()))
+                token_item = response(token_wire).batch_items[0]
+                if token_item.result_status != ResultStatus.SUCCESS:
+                    errors.append(token_item.result_message)
+                    continue
+                token = token_item.response_payload.unique_identifier
+                for answered in response(client.send(request(
+                        encrypt(token, b"r"), get(token)))).batch_items:
+                    if answered.result_status != ResultStatus.SUCCESS:
+                        errors.append(answered.result_message)
+                counts[0] += 1
+
+    load = threading.Thread(target=l4_load)
+    load.start()
+    try:
+        time.sleep(0.5)
+        links = gateway.links()
+        core.stop(signal.SIGKILL)
+        time.sleep(0.5)
+        with gateway.client() as client:
+            client.send(request(create_l4()))  # connected before timing
+            started = time.monotonic()
+            wire = client.send(request(locate()))
+            elapsed = time.monotonic() - started
+        [failed] = response(wire).batch_items
+        assert failed.result_status == ResultStatus.OPERATION_FAILED
+        assert failed.result_reason == ResultReason.GENERAL_FAILURE
+        assert "unreachable" in failed.result_message
+        assert elapsed < 0.1, f"a control operation took {elapsed * 1000:.0f} ms to fail"
+        during = counts[0]
+        time.sleep(0.5)
+        assert counts[0] > during, "L4 operations stopped while the core was down"
+        core.start()
+        restarted = time.monotonic()
+        gateway.wait_linked(more_than=links, timeout=5)
+        with gateway.client() as client:
+            while True:
+                answered = response(client.send(request(locate()))).batch_items[0]
+                if answered.result_status == ResultStatus.SUCCESS:
+                    break
+                assert time.monotonic() - restarted < 2.0, answered.result_message
+                time.sleep(0.05)
+        assert time.monotonic() - restarted < 2.0
+    finally:
+        done.set()
+        load.join(timeout=10)
+    assert errors == []
+    assert counts[0] > 0

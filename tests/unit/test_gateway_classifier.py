@@ -1,0 +1,82 @@
+"""The gateway's classifier: local or forward, per batch item and per request, from the peek."""
+
+from __future__ import annotations
+
+import pytest
+
+from kcm.gateway.classifier import Route, classify
+from kcm.ttlv import TtlvError
+from tests.gateway_support import (
+    L3_UID,
+    activate,
+    create_l4,
+    create_managed,
+    decrypt,
+    encrypt,
+    get,
+    locate,
+    request,
+)
+
+TOKEN = "l4.1.AAAA"
+
+
+@pytest.mark.parametrize("version", [(1, 0), (1, 2), (1, 4), (2, 0), (2, 1)])
+def test_l4_create_by_custom_attribute_is_local_in_every_version(version) -> None:
+    classified = classify(request(create_l4(), version=version))
+    assert classified.local == (True,)
+    assert classified.route is Route.ALL_LOCAL
+
+
+def test_l4_create_by_parent_link_to_an_l3_is_local() -> None:
+    assert classify(request(create_l4(via_link=L3_UID))).local == (True,)
+
+
+def test_parent_link_to_a_managed_object_is_not_an_l4() -> None:
+    assert classify(request(create_l4(via_link="1234"))).local == (False,)
+
+
+def test_create_of_a_managed_key_is_forwarded() -> None:
+    classified = classify(request(create_managed()))
+    assert classified.local == (False,)
+    assert classified.route is Route.ALL_REMOTE
+
+
+@pytest.mark.parametrize(("batch_item", "local"), [
+    (get(TOKEN), True),
+    (get(L3_UID), False),  # L3 material is the core's to refuse
+    (get("42"), False),
+    (encrypt(TOKEN), True),
+    (encrypt(L3_UID), True),
+    (encrypt("42"), False),
+    (decrypt(TOKEN, b"x"), True),
+    (decrypt(L3_UID, b"x"), True),
+    (decrypt("42", b"x"), False),
+    (activate(TOKEN), False),  # lifecycle of anything is the core's
+    (locate(), False),
+])
+def test_items_by_operation_and_identifier(batch_item, local: bool) -> None:
+    assert classify(request(batch_item)).local == (local,)
+
+
+def test_placeholder_after_a_local_create_is_local_after_a_remote_item_remote() -> None:
+    classified = classify(request(create_l4(), get(None), encrypt(None),
+                                  create_managed(), get(None), encrypt(None)))
+    assert classified.local == (True, True, True, False, False, False)
+    assert classified.route is Route.MIXED
+
+
+def test_a_request_without_an_identifier_on_its_own_is_forwarded() -> None:
+    assert classify(request(encrypt(None))).route is Route.ALL_REMOTE
+
+
+def test_mixed_request_keeps_peeked_facts() -> None:
+    classified = classify(request(create_l4(b"a"), activate("7", b"b"), locate(b"c")))
+    assert classified.local == (True, False, False)
+    assert classified.route is Route.MIXED
+    assert [i.unique_batch_item_id for i in classified.request.items] == [b"a", b"b", b"c"]
+
+
+def test_unreadable_request_raises() -> None:
+    with pytest.raises(TtlvError):
+        classify(b"\x42\x00\x78\x01\x00\x00\x00\x10garbage")

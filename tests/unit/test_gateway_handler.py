@@ -1,0 +1,288 @@
+"""The gateway's request handler: local, forwarded and mixed requests, with the real L4
+engine and L3 cache, a fake link, and (for forwarded items) an in-process kcm-core."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from kcm.gateway.classifier import classify
+from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
+from kcm.gateway.l3_cache import L3Cache
+from kcm.gateway.local_batch import LocalRunner, l4_engine
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus, State
+from kcm.kmip.payloads.crypto import DecryptRequest
+from kcm.kmip_protocol import ConnectionInfo
+from kcm.l4.service_key import ServiceKey
+from kcm.l4.token import token_id
+from kcm.ttlv import encode, structure
+from tests.core_support import CoreHarness, service_principal
+from tests.gateway_support import (
+    CONTINUE,
+    L3_UID,
+    UNDO,
+    FakeLink,
+    activate,
+    create_l4,
+    create_managed,
+    encrypt,
+    get,
+    item,
+    locate,
+    request,
+    response,
+)
+
+APP = service_principal()
+CONNECTION = ConnectionInfo(1, APP, "127.0.0.1:40000")
+L3 = ServiceKey(L3_UID, "demo", "app", 1, State.ACTIVE, bytes(range(32)))
+
+
+class Gateway:
+    """A handler wired to a fake link and a real cache; ``send`` insists on sync answers
+    unless told otherwise."""
+
+    def __init__(self, link: FakeLink, engine_factory=l4_engine) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.link = link
+        self.cache = L3Cache(link.fetch_service_keys, connected=lambda: not link.down,
+                             clock=self.clock.seconds)
+        self.handler = GatewayRequestHandler(
+            runner=LocalRunner(new_correlation_id=new_correlation_id,
+                               engine_factory=engine_factory),
+            cache=self.cache, link=link, clock=self.clock.seconds)
+
+    def answer(self, wire: bytes) -> bytes | Deferred[bytes]:
+        return self.handler.handle_request(wire, CONNECTION)
+
+    def send(self, wire: bytes, *, sync: bool = True):
+        answer = self.answer(wire)
+        if sync:
+            assert isinstance(answer, bytes), "the hot path must answer synchronously"
+            return response(answer)
+        assert isinstance(answer, Deferred)
+        results: list[bytes] = []
+        answer.addCallback(results.append)
+        assert results, "the answer must not wait on anything but the fake link"
+        return response(results[0])
+
+
+@pytest.fixture
+def link() -> FakeLink:
+    link = FakeLink()
+    link.keys[("demo", "app")] = [L3]
+    link.keys[L3_UID] = [L3]
+    return link
+
+
+@pytest.fixture
+def gateway(link: FakeLink) -> Gateway:
+    return Gateway(link)
+
+
+@pytest.fixture
+def warm(gateway: Gateway) -> Gateway:
+    gateway.send(request(create_l4()), sync=False)
+    gateway.link.fetches.clear()
+    return gateway
+
+
+def ok(message, index: int = 0):
+    item = message.batch_items[index]
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+    return item.response_payload
+
+
+# All local ---------------------------------------------------------------------------------
+
+def test_first_use_fetches_the_l3_then_answers(gateway: Gateway, link: FakeLink) -> None:
+    message = gateway.send(request(create_l4(b"1")), sync=False)
+    assert ok(message).unique_identifier.startswith("l4.1.")
+    assert message.batch_items[0].unique_batch_item_id == b"1"
+    assert link.fetches == [(APP, "demo", "app", None)]
+    assert link.forwarded == []
+
+
+def test_envelope_flow_is_answered_synchronously_once_warm(warm: Gateway) -> None:
+    token = ok(warm.send(request(create_l4()))).unique_identifier
+    key = ok(warm.send(request(get(token)))).object.key_block.key_value.key_material
+    assert len(key) == 32
+    sealed = ok(warm.send(request(encrypt(token, b"a record"))))
+    message = warm.send(request(item(Operation.DECRYPT, DecryptRequest(
+        unique_identifier=token, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
+        authenticated_encryption_tag=sealed.authenticated_encryption_tag))))
+    assert ok(message).data == b"a record"
+    assert warm.link.fetches == [] and warm.link.forwarded == []
+
+
+def test_l3_wraps_a_dek_locally(warm: Gateway) -> None:
+    wrapped = ok(warm.send(request(encrypt(L3_UID, b"k" * 32))))
+    assert wrapped.data != b"k" * 32 and wrapped.unique_identifier == L3_UID
+
+
+def test_placeholder_links_a_local_batch(warm: Gateway) -> None:
+    message = warm.send(request(create_l4(b"c"), encrypt(None, b"x", b"e"), get(None, b"g")))
+    token = ok(message, 0).unique_identifier
+    assert ok(message, 1).unique_identifier == token
+    assert ok(message, 2).unique_identifier == token
+    assert [i.unique_batch_item_id for i in message.batch_items] == [b"c", b"e", b"g"]
+
+
+def test_tombstoned_token_is_refused(warm: Gateway) -> None:
+    token = ok(warm.send(request(create_l4()))).unique_identifier
+    warm.cache.apply_event(1, "l4.tombstone", "demo", {"token_id": token_id(token)})
+    item = warm.send(request(get(token))).batch_items[0]
+    assert item.result_status == ResultStatus.OPERATION_FAILED
+    assert item.result_reason == ResultReason.ITEM_NOT_FOUND
+
+
+def test_stop_ends_a_local_batch_at_the_first_failure_continue_runs_on(warm: Gateway) -> None:
+    stop = warm.send(request(get("l4.1.bogus"), create_l4()))
+    assert [i.result_status for i in stop.batch_items] == [ResultStatus.OPERATION_FAILED]
+    go_on = warm.send(request(get("l4.1.bogus"), create_l4(), continuation=CONTINUE))
+    assert [i.result_status for i in go_on.batch_items] == [ResultStatus.OPERATION_FAILED,
+                                                            ResultStatus.SUCCESS]
+
+
+def test_undo_of_a_local_batch_marks_the_successes_undone(warm: Gateway) -> None:
+    message = warm.send(request(create_l4(), get("l4.1.bogus"), continuation=UNDO))
+    assert [i.result_status for i in message.batch_items] == [ResultStatus.OPERATION_UNDONE,
+                                                              ResultStatus.OPERATION_FAILED]
+
+
+def test_l3_not_cached_and_core_down_is_an_error_not_a_hang(gateway: Gateway,
+                                                             link: FakeLink) -> None:
+    link.down = True
+    item = gateway.send(request(create_l4()), sync=False).batch_items[0]
+    assert item.result_status == ResultStatus.OPERATION_FAILED
+    assert item.result_reason == ResultReason.GENERAL_FAILURE
+    assert "core is unreachable" in item.result_message
+
+
+def test_core_down_l4_keeps_working_from_the_cache(warm: Gateway, link: FakeLink) -> None:
+    link.down = True
+    token = ok(warm.send(request(create_l4()))).unique_identifier
+    ok(warm.send(request(encrypt(token))))
+
+
+def test_an_engine_bug_is_a_general_failure_with_a_correlation_id(link: FakeLink) -> None:
+    class Broken:
+        def execute(self, *args):
+            raise RuntimeError("boom")
+
+    gateway = Gateway(link, engine_factory=lambda keys: Broken())
+    item = gateway.send(request(create_l4())).batch_items[0]
+    assert item.result_reason == ResultReason.GENERAL_FAILURE
+    assert "correlation id" in item.result_message
+    assert gateway.send(request(create_l4())).batch_items[0].result_status \
+        == ResultStatus.OPERATION_FAILED  # and the handler keeps answering
+
+
+def test_unreadable_request_is_invalid_message(gateway: Gateway) -> None:
+    wire = encode(structure(0x420078))  # no header
+    item = response(gateway.answer(wire)).batch_items[0]
+    assert item.result_reason == ResultReason.INVALID_MESSAGE
+
+
+def test_response_header_carries_a_server_correlation_value_from_1_4(warm: Gateway) -> None:
+    message = warm.send(request(create_l4()))
+    assert message.header.server_correlation_value
+    assert warm.send(request(create_l4(), version=(1, 2))).header.server_correlation_value \
+        is None
+
+
+# All remote --------------------------------------------------------------------------------
+
+def test_remote_requests_are_relayed_byte_for_byte(gateway: Gateway, link: FakeLink) -> None:
+    link.answer = lambda wire: b"core answer"
+    wire = request(create_managed(), activate(None))
+    answer = gateway.answer(wire)
+    results: list[bytes] = []
+    answer.addCallback(results.append)
+    assert results == [b"core answer"]
+    assert link.forwarded == [(wire, APP, "127.0.0.1:40000")]
+
+
+def test_core_down_control_operation_fails_at_once(gateway: Gateway, link: FakeLink) -> None:
+    link.down = True
+    message = gateway.send(request(activate("7", b"a"), locate(b"l")), sync=False)
+    [item] = message.batch_items  # Stop: the first item failed, the rest did not run
+    assert item.operation == Operation.ACTIVATE and item.unique_batch_item_id == b"a"
+    assert item.result_reason == ResultReason.GENERAL_FAILURE
+    assert "core is unreachable" in item.result_message
+
+
+def test_unsupported_version_is_for_the_core_to_negotiate(gateway: Gateway,
+                                                          link: FakeLink) -> None:
+    link.answer = lambda wire: b"negotiated"
+    minor_4 = bytes.fromhex("42006b02000000040000000400000000")
+    wire = request(create_l4(), version=(1, 4))
+    assert wire.count(minor_4) == 1
+    results: list[bytes] = []
+    gateway.answer(wire.replace(minor_4, minor_4[:11] + b"\x09" + minor_4[12:])).addCallback(
+        results.append)
+    assert results == [b"negotiated"]
+
+
+# Mixed -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def with_core(warm: Gateway, core: CoreHarness) -> Gateway:
+    client = core.client(APP)
+    warm.link.answer = client.send
+    return warm
+
+
+def test_mixed_batch_is_one_response_in_the_client_order(with_core: Gateway) -> None:
+    wire = request(create_l4(b"1"), create_managed(b"2"), activate(None, b"3"), locate(b"4"),
+                   encrypt(L3_UID, b"dek", b"5"))
+    message = with_core.send(wire, sync=False)
+    assert [i.unique_batch_item_id for i in message.batch_items] == [b"1", b"2", b"3", b"4",
+                                                                     b"5"]
+    assert [i.operation for i in message.batch_items] == [
+        Operation.CREATE, Operation.CREATE, Operation.ACTIVATE, Operation.LOCATE,
+        Operation.ENCRYPT]
+    for index in range(5):
+        ok(message, index)
+    assert ok(message, 0).unique_identifier.startswith("l4.")
+    managed = ok(message, 1).unique_identifier
+    assert ok(message, 2).unique_identifier == managed
+    assert message.header.batch_count == 5
+    # One sub-request with the three remote items, under the client's header.
+    [(sub, _, _)] = with_core.link.forwarded
+    assert [i.unique_batch_item_id for i in classify(sub).request.items] == [b"2", b"3", b"4"]
+    assert classify(sub).request.batch_count == 3
+
+
+def test_mixed_stop_after_a_failed_remote_item_skips_the_rest(with_core: Gateway) -> None:
+    message = with_core.send(request(create_l4(b"1"), activate("no-such", b"2"),
+                                     create_l4(b"3")), sync=False)
+    assert [i.result_status for i in message.batch_items] == [ResultStatus.SUCCESS,
+                                                              ResultStatus.OPERATION_FAILED]
+
+
+def test_mixed_continue_runs_every_item(with_core: Gateway) -> None:
+    message = with_core.send(request(get("l4.1.bogus", b"1"), activate("no-such", b"2"),
+                                     create_l4(b"3"), continuation=CONTINUE), sync=False)
+    assert [i.result_status for i in message.batch_items] == [
+        ResultStatus.OPERATION_FAILED, ResultStatus.OPERATION_FAILED, ResultStatus.SUCCESS]
+
+
+def test_mixed_undo_is_refused_with_a_reason(with_core: Gateway) -> None:
+    message = with_core.send(request(create_l4(b"1"), locate(b"2"), continuation=UNDO),
+                             sync=False)
+    assert [i.unique_batch_item_id for i in message.batch_items] == [b"1", b"2"]
+    for answered in message.batch_items:
+        assert answered.result_reason == ResultReason.OPERATION_NOT_SUPPORTED
+        assert "Undo" in answered.result_message
+    assert with_core.link.forwarded == []
+
+
+def test_mixed_with_the_core_down_answers_the_local_part(warm: Gateway) -> None:
+    warm.link.down = True
+    message = warm.send(request(create_l4(b"1"), locate(b"2"), continuation=CONTINUE),
+                        sync=False)
+    ok(message, 0)
+    assert message.batch_items[1].result_reason == ResultReason.GENERAL_FAILURE

@@ -1,0 +1,202 @@
+"""The gateway's L3 cache: first use, TTL refresh, max-stale, fail closed, every event kind."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+
+from kcm.gateway.l3_cache import L3Cache, Need, ServiceKeyMissing
+from kcm.kmip.enums import ResultReason, State
+from kcm.kmip.errors import KmipError
+from kcm.l4.service_key import ServiceKey
+from tests.core_support import service_principal
+from tests.gateway_support import FakeLink
+
+APP = service_principal()
+V1 = ServiceKey("l3-00000000-0000-4000-8000-000000000001", "demo", "app", 1, State.ACTIVE,
+                b"1" * 32)
+V2 = ServiceKey("l3-00000000-0000-4000-8000-000000000002", "demo", "app", 2, State.ACTIVE,
+                b"2" * 32)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def link() -> FakeLink:
+    link = FakeLink()
+    link.keys[("demo", "app")] = [V1]
+    link.keys[V1.uid] = [V1]
+    link.keys[V2.uid] = [V2]
+    return link
+
+
+@pytest.fixture
+def cache(clock: Clock, link: FakeLink) -> L3Cache:
+    return L3Cache(link.fetch_service_keys, connected=lambda: not link.down,
+                   clock=clock.seconds, ttl=300, max_stale=3600)
+
+
+def warm(cache: L3Cache) -> None:
+    cache.ensure([Need("demo", "app")], APP)
+
+
+def test_a_miss_is_recorded_then_fetched_on_behalf_of_the_caller(cache, link) -> None:
+    keys = cache.key_source(APP)
+    with pytest.raises(ServiceKeyMissing):
+        keys.current_service_key("demo", "app")
+    with pytest.raises(ServiceKeyMissing):
+        keys.service_key(V2.uid)
+    assert keys.misses == [Need("demo", "app"), Need("demo", "app", V2.uid)]
+    cache.ensure(keys.misses, APP)
+    assert set(link.fetches) == {(APP, "demo", "app", None), (APP, "demo", "app", V2.uid)}
+    again = cache.key_source(APP)
+    assert again.current_service_key("demo", "app") == V1
+    assert again.service_key(V2.uid) == V2
+    assert again.misses == []
+
+
+def test_reads_never_touch_the_link_while_fresh(cache, link, clock) -> None:
+    warm(cache)
+    link.fetches.clear()
+    clock.advance(299)
+    assert cache.key_source(APP).current_service_key("demo", "app") == V1
+    assert link.fetches == []
+
+
+def test_stale_keys_serve_and_refresh_in_the_background_once(cache, link, clock) -> None:
+    warm(cache)
+    link.fetches.clear()
+    link.hold_fetches = True
+    clock.advance(301)
+    keys = cache.key_source(APP)
+    assert keys.current_service_key("demo", "app") == V1
+    assert keys.current_service_key("demo", "app") == V1
+    assert link.fetches == [(APP, "demo", "app", None)]  # one refresh in flight, not two
+    link.pending[0].callback([V2])
+    assert keys.current_service_key("demo", "app") == V2
+
+
+def test_periodic_refresh_keeps_unused_keys_fresh(cache, link, clock) -> None:
+    warm(cache)
+    link.fetches.clear()
+    clock.advance(301)
+    cache.refresh_due()
+    assert link.fetches == [(APP, "demo", "app", None)]  # it confirmed V1 as well
+    link.down = True
+    clock.advance(3500)  # 3500 s since the refresh, < max_stale
+    assert cache.key_source(APP).current_service_key("demo", "app") == V1
+    assert cache.key_source(APP).service_key(V1.uid) == V1
+
+
+def test_core_unreachable_serves_stale_up_to_max_stale_then_fails_closed(cache, link,
+                                                                          clock) -> None:
+    warm(cache)
+    link.down = True
+    clock.advance(3600)
+    assert cache.key_source(APP).current_service_key("demo", "app") == V1
+    assert cache.key_source(APP).service_key(V1.uid) == V1
+    clock.advance(1)
+    with pytest.raises(KmipError) as e:
+        cache.key_source(APP).current_service_key("demo", "app")
+    assert e.value.reason == ResultReason.GENERAL_FAILURE
+    assert "unreachable" in e.value.message and "3600" in e.value.message
+    with pytest.raises(KmipError, match="unreachable"):
+        cache.key_source(APP).service_key(V1.uid)
+
+
+def test_past_max_stale_with_the_core_reachable_is_a_miss_again(cache, link, clock) -> None:
+    warm(cache)
+    clock.advance(3601)
+    keys = cache.key_source(APP)
+    with pytest.raises(ServiceKeyMissing):
+        keys.service_key(V1.uid)
+    assert keys.misses == [Need("demo", "app", V1.uid)]
+
+
+def test_a_failed_fetch_explains_itself_on_the_final_try(cache, link) -> None:
+    link.down = True
+    keys = cache.key_source(APP)
+    with pytest.raises(ServiceKeyMissing):
+        keys.current_service_key("demo", "app")
+    cache.ensure(keys.misses, APP)
+    with pytest.raises(KmipError, match="not cached at the gateway and the core is unreachable"):
+        cache.key_source(APP, final=True).current_service_key("demo", "app")
+
+
+def test_rotation_event_fetches_the_new_current_version(cache, link) -> None:
+    warm(cache)
+    link.keys[("demo", "app")] = [V2, V1]
+    link.fetches.clear()
+    cache.apply_event(7, "l3.rotated", "demo",
+                      {"unique_identifier": V2.uid, "service": "app", "key_version": 2})
+    assert link.fetches == [(APP, "demo", "app", None)]
+    assert cache.key_source(APP).current_service_key("demo", "app") == V2
+    assert cache.key_source(APP).service_key(V1.uid) == V1  # old tokens still open
+    assert cache.last_event_sequence == 7
+
+
+def test_rotation_of_a_service_never_used_here_fetches_nothing(cache, link) -> None:
+    cache.apply_event(1, "l3.rotated", "demo", {"unique_identifier": V2.uid,
+                                                "service": "other", "key_version": 2})
+    assert link.fetches == []
+
+
+def test_deactivated_l3_is_decrypt_only_and_no_longer_current(cache) -> None:
+    warm(cache)
+    cache.apply_event(2, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
+                                              "state": State.DEACTIVATED})
+    keys = cache.key_source(APP)
+    assert keys.service_key(V1.uid).state == State.DEACTIVATED
+    with pytest.raises(ServiceKeyMissing):
+        keys.current_service_key("demo", "app")
+
+
+@pytest.mark.parametrize("state", [State.COMPROMISED, State.DESTROYED,
+                                   State.DESTROYED_COMPROMISED])
+def test_compromised_or_destroyed_l3_is_dropped_now(cache, link, state) -> None:
+    warm(cache)
+    cache.apply_event(3, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
+                                              "state": state})
+    assert not cache.holds(V1.uid)
+    with pytest.raises(KmipError) as e:
+        cache.key_source(APP).service_key(V1.uid)
+    assert e.value.reason == ResultReason.WRONG_KEY_LIFECYCLE_STATE
+    link.fetches.clear()
+    with pytest.raises(ServiceKeyMissing):  # a Create asks the core for the new current one
+        cache.key_source(APP).current_service_key("demo", "app")
+
+
+def test_fetched_keys_in_a_drop_state_are_not_held(cache, link) -> None:
+    destroyed = ServiceKey(V2.uid, "demo", "app", 2, State.DESTROYED, b"")
+    link.keys[V2.uid] = [destroyed]
+    cache.ensure([Need("demo", "app", V2.uid)], APP)
+    with pytest.raises(KmipError, match="destroyed"):
+        cache.key_source(APP).service_key(V2.uid)
+
+
+def test_tombstone_event_refuses_the_token(cache) -> None:
+    assert not cache.key_source(APP).is_tombstoned("ab" * 16)
+    cache.apply_event(4, "l4.tombstone", "demo", {"token_id": "ab" * 16,
+                                                  "unique_identifier": V1.uid})
+    assert cache.key_source(APP).is_tombstoned("ab" * 16)
+
+
+def test_policy_and_unknown_events_change_nothing(cache) -> None:
+    warm(cache)
+    cache.apply_event(5, "policy", "demo", {})
+    cache.apply_event(6, "something.new", "demo", {})
+    assert cache.key_source(APP).current_service_key("demo", "app") == V1
+    assert cache.last_event_sequence == 6
+
+
+def test_resync_forgets_keys_but_not_tombstones(cache) -> None:
+    warm(cache)
+    cache.apply_event(1, "l4.tombstone", "demo", {"token_id": "cd" * 16})
+    cache.resync()
+    assert not cache.holds(V1.uid)
+    with pytest.raises(ServiceKeyMissing):
+        cache.key_source(APP).current_service_key("demo", "app")
+    assert cache.is_tombstoned("cd" * 16)

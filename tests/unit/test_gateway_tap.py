@@ -1,0 +1,77 @@
+"""twistd kcm-gateway: options, configuration file and overrides, service assembly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.python import usage
+
+from kcm.gateway import tap
+from kcm.gateway.config import GatewayConfig, load_config
+from kcm.gateway.service import GatewayService
+from tests.vectors import REPO_ROOT
+
+
+def parse(*argv: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_defaults_run_beside_a_core() -> None:
+    config = parse()["gateway_config"]
+    assert config == GatewayConfig()
+    assert config.listen == "tcp:5698:interface=127.0.0.1"
+    assert config.core == "tcp:127.0.0.1:5697"
+    assert (config.l3_ttl, config.max_stale) == (300.0, 3600.0)
+
+
+def test_the_documented_example_file_loads() -> None:
+    config = load_config(REPO_ROOT / "etc" / "kcm-gateway.toml")
+    assert config.tls.cert == "var/pki/gateway.pem"
+    assert config.prewarm_services() == [("demo", "app")]
+
+
+def test_file_then_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\nlisten = "tcp:7000"\nl3_ttl = 10\nmax_stale = 20\n'
+                    'prewarm = ["acme/db"]\n[gateway.tls]\ncert = "a.pem"\n'
+                    '[gateway.limits]\nmax_pending = 4\n')
+    config = parse("-c", str(path), "--l3-ttl", "5", "--prewarm", "a/b, c/d",
+                   "--tls-key", "k.pem")["gateway_config"]
+    assert config.listen == "tcp:7000"
+    assert (config.l3_ttl, config.max_stale) == (5.0, 20.0)
+    assert config.prewarm_services() == [("a", "b"), ("c", "d")]
+    assert (config.tls.cert, config.tls.key) == ("a.pem", "k.pem")
+    assert config.limits.max_pending == 4
+
+
+@pytest.mark.parametrize("text", [
+    '[gateway]\nprewarm = ["no-slash"]\n',
+    '[gateway]\nbogus = 1\n',
+    '[gateway.limits]\nbogus = 1\n',
+    '[gateway]\nl3_ttl = 100\nmax_stale = 10\n',
+    '[gateway]\nmax_in_flight = 0\n',
+])
+def test_bad_settings_are_usage_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    with pytest.raises(usage.UsageError):
+        parse("-c", str(path))
+
+
+def test_make_service_only_assembles() -> None:
+    service = tap.makeService(parse("--listen", "tcp:0"), reactor=Clock())
+    assert isinstance(service, GatewayService)
+    assert service.config.listen == "tcp:0"
+    assert service.link is None and not service.running  # nothing started, nothing read
+
+
+def test_plugin_is_one_service_maker() -> None:
+    source = (REPO_ROOT / "twisted" / "plugins" / "kcm_gateway.py").read_text()
+    namespace: dict = {}
+    exec(compile(source, "kcm_gateway.py", "exec"), namespace)
+    maker = namespace["kcm_gateway"]
+    assert (maker.tapname, maker.module) == ("kcm-gateway", "kcm.gateway.tap")

@@ -1,0 +1,339 @@
+"""The L4 engine over a fake key source: the four operations, who may, the refusals and
+their reasons per protocol version."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives import keywrap
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kcm.identity import Principal, Role
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link
+from kcm.kmip.enums import (
+    BlockCipherMode,
+    CryptographicAlgorithm,
+    EncodingOption,
+    KeyFormatType,
+    LinkType,
+    ObjectType,
+    Operation,
+    PaddingMethod,
+    ResultReason,
+    State,
+    WrappingMethod,
+)
+from kcm.kmip.errors import KmipError
+from kcm.kmip.objects import (
+    EncryptionKeyInformation,
+    KeyWrappingSpecification,
+    TransparentSymmetricKey,
+)
+from kcm.kmip.payloads import CreateRequest, DecryptRequest, EncryptRequest, GetRequest
+from kcm.kmip.tags import Tag
+from kcm.l4 import token
+from kcm.l4.engine import L4Engine, create_attributes, is_l4_create, l4_target
+from kcm.l4.service_key import ServiceKey
+from kcm.ttlv import Item, ItemType
+
+TD = "kcm.test"
+APP = Principal(Role.SERVICE, TD, tenant="demo", service="app", uri=f"spiffe://{TD}/a")
+BILLING = Principal(Role.SERVICE, TD, tenant="demo", service="billing", uri=f"spiffe://{TD}/b")
+ADMIN = Principal(Role.ADMIN, TD, tenant="demo", name="alice", uri=f"spiffe://{TD}/c")
+STRANGER = Principal(Role.SERVICE, TD, tenant="other", service="app", uri=f"spiffe://{TD}/d")
+GATEWAY = Principal(Role.GATEWAY, TD, name="gw", uri=f"spiffe://{TD}/gateway/gw")
+V14, V21 = (1, 4), (2, 1)
+
+
+def l3(n: int, state: State = State.ACTIVE, service: str = "app") -> ServiceKey:
+    return ServiceKey(f"l3-{uuid.UUID(int=n)}", "demo", service, n, int(state),
+                      bytes([n]) * 32)
+
+
+class FakeKeys:
+    """A KeySource over a dict, answering with KMIP 2.x reasons as the core's does."""
+
+    def __init__(self, *keys: ServiceKey) -> None:
+        self.keys = {key.uid: key for key in keys}
+        self.tombstones: set[str] = set()
+
+    def current_service_key(self, tenant: str, service: str) -> ServiceKey:
+        for key in sorted(self.keys.values(), key=lambda k: -k.version):
+            if (key.tenant, key.service, key.state) == (tenant, service, State.ACTIVE):
+                return key
+        raise KmipError(ResultReason.OBJECT_NOT_FOUND, f"no key for {tenant}/{service}")
+
+    def service_key(self, uid: str) -> ServiceKey:
+        try:
+            return self.keys[uid]
+        except KeyError:
+            raise KmipError(ResultReason.OBJECT_NOT_FOUND, f"no service key {uid}") from None
+
+    def is_tombstoned(self, token_id: str) -> bool:
+        return token_id in self.tombstones
+
+
+def counter_random():
+    counter = itertools.count()
+    return lambda n: bytes((next(counter) + i) % 256 for i in range(n))
+
+
+@pytest.fixture
+def keys() -> FakeKeys:
+    return FakeKeys(l3(1), l3(2, service="billing"))
+
+
+@pytest.fixture
+def engine(keys: FakeKeys) -> L4Engine:
+    return L4Engine(keys, counter_random())
+
+
+def vendor(name: str, value: str) -> Attribute:
+    return Attribute.vendor("x", name, Item(VENDOR_TAG, ItemType.TEXT_STRING, value))
+
+
+LEVEL = vendor("kcm-level", "L4")
+
+
+def create(engine, *attributes, principal=APP, version=V21) -> str:
+    request = CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=list(attributes))
+    return engine.create(principal, version, request).unique_identifier
+
+
+def refused(reason: ResultReason, call, *args, **kwargs) -> str:
+    with pytest.raises(KmipError) as caught:
+        call(*args, **kwargs)
+    assert caught.value.reason == reason, caught.value.message
+    return caught.value.message
+
+
+# Marking ------------------------------------------------------------------------------
+def test_marking() -> None:
+    link = Attribute.of(Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
+                                       linked_object_identifier=l3(1).uid))
+    other_link = Attribute.of(Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
+                                             linked_object_identifier="some-object"))
+    assert is_l4_create([LEVEL]) and is_l4_create([link])
+    assert not is_l4_create([]) and not is_l4_create(None) and not is_l4_create([other_link])
+    assert not is_l4_create([vendor("kcm-level", "L3")])
+    assert l4_target(APP, [LEVEL]) == ("demo", "app")
+    assert l4_target(APP, [LEVEL, vendor("kcm-service", "billing")]) == ("demo", "billing")
+    assert l4_target(ADMIN, [link]) == l3(1).uid
+    refused(ResultReason.INVALID_FIELD, l4_target, ADMIN, [LEVEL])
+    refused(ResultReason.PERMISSION_DENIED, l4_target, GATEWAY, [LEVEL])
+
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_create_attributes_from_a_peeked_container(version) -> None:
+    from kcm.kmip.payloads import CreateRequest as Request
+    request = Request(object_type=ObjectType.SYMMETRIC_KEY, attributes=[LEVEL])
+    container = request.to_item(version).value[1]
+    assert is_l4_create(create_attributes(container, version))
+    assert create_attributes(Item(Tag.ATTRIBUTES, ItemType.INTEGER, 1), version) == []
+
+
+# Create / Get -------------------------------------------------------------------------
+def test_create_seals_under_the_current_active_l3(keys, engine) -> None:
+    keys.keys[l3(3).uid] = l3(3)  # a newer version of app
+    keys.keys[l3(4).uid] = l3(4, State.DEACTIVATED)  # newest, but not Active
+    uid = create(engine, LEVEL)
+    assert token.parse(uid).l3_uid == l3(3).uid
+    assert len(token.open(uid, l3(3))) == 32
+
+
+def test_create_lengths_and_refusals(keys, engine) -> None:
+    uid = create(engine, LEVEL, Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 192),
+                 Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+                 Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, 12))
+    assert len(token.open(uid, l3(1))) == 24
+    refused(ResultReason.INVALID_FIELD, create, engine, LEVEL,
+            Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.DES3))
+    refused(ResultReason.INVALID_FIELD, create, engine, LEVEL,
+            Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 168))
+    refused(ResultReason.INVALID_FIELD, engine.create, APP, V21, CreateRequest(
+        object_type=ObjectType.SECRET_DATA, attributes=[LEVEL]))
+    refused(ResultReason.PERMISSION_DENIED, create, engine, LEVEL,
+            vendor("kcm-service", "billing"))
+    refused(ResultReason.OBJECT_NOT_FOUND, create, engine, LEVEL, principal=STRANGER)
+    refused(ResultReason.ITEM_NOT_FOUND, create, engine, LEVEL, principal=STRANGER,
+            version=V14)
+    link = Attribute.of(Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
+                                       linked_object_identifier=l3(1).uid))
+    refused(ResultReason.INVALID_FIELD, create, engine, link, vendor("kcm-service", "billing"),
+            principal=ADMIN)
+    keys.keys[l3(1).uid] = l3(1, State.DEACTIVATED)
+    refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, create, engine, link)
+    refused(ResultReason.PERMISSION_DENIED, create, engine, link, version=V14)
+
+
+def test_get_formats_and_wrapping(engine) -> None:
+    uid = create(engine, LEVEL)
+    dek = token.open(uid, l3(1))
+    raw = engine.get(APP, V21, GetRequest(unique_identifier=uid)).object.key_block
+    assert raw.key_format_type == KeyFormatType.RAW and raw.key_value.key_material == dek
+    tsk = engine.get(APP, V21, GetRequest(
+        unique_identifier=uid, key_format_type=KeyFormatType.TRANSPARENT_SYMMETRIC_KEY))
+    assert tsk.object.key_block.key_value.key_material == TransparentSymmetricKey(key=dek)
+    refused(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED, engine.get, APP, V21, GetRequest(
+        unique_identifier=uid, key_format_type=KeyFormatType.PKCS_8))
+    padded = CryptographicParameters(block_cipher_mode=BlockCipherMode.AESKEYWRAPPADDING)
+    spec = KeyWrappingSpecification(
+        wrapping_method=WrappingMethod.ENCRYPT, encoding_option=EncodingOption.NO_ENCODING,
+        encryption_key_information=EncryptionKeyInformation(
+            unique_identifier=l3(1).uid, cryptographic_parameters=padded))
+    wrapped = engine.get(APP, V21, GetRequest(unique_identifier=uid,
+                                              key_wrapping_specification=spec))
+    block = wrapped.object.key_block
+    assert keywrap.aes_key_unwrap_with_padding(l3(1).key, block.key_value) == dek
+    for wrapping_uid, reason in ((l3(2).uid, ResultReason.PERMISSION_DENIED),
+                                 (l3(9).uid, ResultReason.WRAPPING_OBJECT_NOT_FOUND),
+                                 ("managed-key", ResultReason.FEATURE_NOT_SUPPORTED)):
+        other = KeyWrappingSpecification(
+            wrapping_method=WrappingMethod.ENCRYPT,
+            encryption_key_information=EncryptionKeyInformation(unique_identifier=wrapping_uid))
+        refused(reason, engine.get, APP, V21, GetRequest(unique_identifier=uid,
+                                                         key_wrapping_specification=other))
+    refused(ResultReason.PERMISSION_DENIED, engine.get, APP, V21,
+            GetRequest(unique_identifier=l3(1).uid))
+
+
+# Encrypt / Decrypt --------------------------------------------------------------------
+def test_encrypt_decrypt_with_an_l4_and_an_l3(engine) -> None:
+    uid = create(engine, LEVEL)
+    for key_uid, key in ((uid, token.open(uid, l3(1))), (l3(1).uid, l3(1).key)):
+        answer = engine.encrypt(APP, V21, EncryptRequest(unique_identifier=key_uid,
+                                                         data=b"record"))
+        assert answer.unique_identifier == key_uid
+        assert AESGCM(key).decrypt(answer.iv_counter_nonce,
+                                   answer.data + answer.authenticated_encryption_tag,
+                                   None) == b"record"
+        plain = engine.decrypt(APP, V21, DecryptRequest(
+            unique_identifier=key_uid, data=answer.data, iv_counter_nonce=answer.iv_counter_nonce,
+            authenticated_encryption_tag=answer.authenticated_encryption_tag))
+        assert plain.data == b"record"
+
+
+def test_parameters_as_the_core_answers_them(engine) -> None:
+    uid = create(engine, LEVEL)
+    aad = b"header"
+    iv = bytes(12)
+    answer = engine.encrypt(APP, V21, EncryptRequest(
+        unique_identifier=uid, data=b"r", iv_counter_nonce=iv,
+        authenticated_encryption_additional_data=aad,
+        cryptographic_parameters=CryptographicParameters(tag_length=12)))
+    assert answer.iv_counter_nonce is None and len(answer.authenticated_encryption_tag) == 12
+    assert engine.decrypt(APP, V21, DecryptRequest(
+        unique_identifier=uid, data=answer.data, iv_counter_nonce=iv,
+        authenticated_encryption_additional_data=aad,
+        authenticated_encryption_tag=answer.authenticated_encryption_tag)).data == b"r"
+    cbc = CryptographicParameters(block_cipher_mode=BlockCipherMode.CBC,
+                                  padding_method=PaddingMethod.PKCS5)
+    answer = engine.encrypt(APP, V21, EncryptRequest(unique_identifier=uid, data=b"r",
+                                                     cryptographic_parameters=cbc))
+    assert len(answer.data) == 16 and len(answer.iv_counter_nonce) == 16
+    refused(ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS, engine.encrypt, APP, V21,
+            EncryptRequest(unique_identifier=uid, data=b"r", cryptographic_parameters=(
+                CryptographicParameters(block_cipher_mode=BlockCipherMode.XTS))))
+    refused(ResultReason.FEATURE_NOT_SUPPORTED, engine.encrypt, APP, V14,
+            EncryptRequest(unique_identifier=uid, data=b"r", cryptographic_parameters=(
+                CryptographicParameters(block_cipher_mode=BlockCipherMode.XTS))))
+    refused(ResultReason.INVALID_MESSAGE, engine.decrypt, APP, V21,
+            DecryptRequest(unique_identifier=uid, data=b"r"))
+    refused(ResultReason.CRYPTOGRAPHIC_FAILURE, engine.decrypt, APP, V21, DecryptRequest(
+        unique_identifier=uid, data=b"r", iv_counter_nonce=iv,
+        authenticated_encryption_tag=bytes(16)))
+    refused(ResultReason.FEATURE_NOT_SUPPORTED, engine.encrypt, APP, V21,
+            EncryptRequest(unique_identifier=uid, data=b"r", init_indicator=True))
+    refused(ResultReason.INVALID_MESSAGE, engine.encrypt, APP, V21,
+            EncryptRequest(unique_identifier=uid))
+    refused(ResultReason.INVALID_FIELD, engine.encrypt, APP, V21,
+            EncryptRequest(unique_identifier="managed", data=b"r"))
+
+
+# Who may, tombstones, states ----------------------------------------------------------
+@pytest.mark.parametrize("principal", [STRANGER, BILLING, GATEWAY])
+def test_others_are_denied(engine, keys, principal) -> None:
+    stranger_l3 = ServiceKey(f"l3-{uuid.UUID(int=7)}", "other", "app", 1, State.ACTIVE,
+                             bytes(32))
+    keys.keys[stranger_l3.uid] = stranger_l3
+    uid = create(engine, LEVEL)
+    for version in (V14, V21):
+        refused(ResultReason.PERMISSION_DENIED, engine.get, principal, version,
+                GetRequest(unique_identifier=uid))
+        refused(ResultReason.PERMISSION_DENIED, engine.encrypt, principal, version,
+                EncryptRequest(unique_identifier=l3(1).uid, data=b"x"))
+        refused(ResultReason.PERMISSION_DENIED, engine.tombstone, principal, version, uid)
+    # APP itself may not use another tenant's L3.
+    refused(ResultReason.PERMISSION_DENIED, engine.encrypt, APP, V21,
+            EncryptRequest(unique_identifier=stranger_l3.uid, data=b"x"))
+    assert engine.get(ADMIN, V21, GetRequest(unique_identifier=uid)).unique_identifier == uid
+
+
+def test_tombstoned_and_malformed_tokens_name_nothing(engine, keys) -> None:
+    uid = create(engine, LEVEL)
+    target = engine.tombstone(APP, V21, uid)
+    assert (target.token_id, target.tenant, target.l3_uid) == (
+        token.token_id(uid), "demo", l3(1).uid)
+    keys.tombstones.add(target.token_id)
+    refused(ResultReason.OBJECT_NOT_FOUND, engine.get, APP, V21, GetRequest(unique_identifier=uid))
+    refused(ResultReason.ITEM_NOT_FOUND, engine.encrypt, APP, V14,
+            EncryptRequest(unique_identifier=uid, data=b"x"))
+    assert engine.tombstone(APP, V21, uid) == target  # Revoke then Destroy
+    for bad in ("l4.1.nope", "l4.2." + uid[5:], uid[:-2]):
+        refused(ResultReason.OBJECT_NOT_FOUND, engine.get, APP, V21,
+                GetRequest(unique_identifier=bad))
+        refused(ResultReason.OBJECT_NOT_FOUND, engine.tombstone, APP, V21, bad)
+
+
+def test_l3_states(engine, keys) -> None:
+    uid = create(engine, LEVEL)
+    sealed = engine.encrypt(APP, V21, EncryptRequest(unique_identifier=uid, data=b"r"))
+    decrypt = DecryptRequest(unique_identifier=uid, data=sealed.data,
+                             iv_counter_nonce=sealed.iv_counter_nonce,
+                             authenticated_encryption_tag=sealed.authenticated_encryption_tag)
+    for state in (State.DEACTIVATED, State.COMPROMISED):
+        keys.keys[l3(1).uid] = l3(1, state)
+        assert engine.decrypt(APP, V21, decrypt).data == b"r"
+        assert engine.get(APP, V21, GetRequest(unique_identifier=uid))
+        refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, engine.encrypt, APP, V21,
+                EncryptRequest(unique_identifier=uid, data=b"r"))
+        refused(ResultReason.PERMISSION_DENIED, engine.encrypt, APP, V14,
+                EncryptRequest(unique_identifier=l3(1).uid, data=b"r"))
+    keys.keys[l3(1).uid] = ServiceKey(l3(1).uid, "demo", "app", 1, State.DESTROYED, b"")
+    refused(ResultReason.OBJECT_DESTROYED, engine.decrypt, APP, V21, decrypt)
+    refused(ResultReason.ITEM_NOT_FOUND, engine.get, APP, V14, GetRequest(unique_identifier=uid))
+    refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, engine.decrypt, APP, V21, DecryptRequest(
+        unique_identifier=l3(1).uid, data=b"r", iv_counter_nonce=bytes(12),
+        authenticated_encryption_tag=bytes(16)))
+    # A destroyed L3 still lets its L4s be tombstoned.
+    assert engine.tombstone(APP, V21, uid).l3_uid == l3(1).uid
+
+
+def test_execute_dispatches_the_four_operations(engine) -> None:
+    uid = engine.execute(Operation.CREATE, APP, V21, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[LEVEL])).unique_identifier
+    assert engine.execute(Operation.GET, APP, V21, GetRequest(unique_identifier=uid))
+    refused(ResultReason.OPERATION_NOT_SUPPORTED, engine.execute, Operation.LOCATE, APP, V21,
+            None)
+
+
+def test_key_source_errors_pass_through(keys) -> None:
+    class Down(FakeKeys):
+        def service_key(self, uid):
+            raise KmipError(ResultReason.GENERAL_FAILURE, "the core is unreachable")
+
+    engine = L4Engine(Down(l3(1)), counter_random())
+    uid = token.seal(l3(1), bytes(32), bytes(12))
+    message = refused(ResultReason.GENERAL_FAILURE, engine.get, APP, V14,
+                      GetRequest(unique_identifier=uid))
+    assert "unreachable" in message
+
+
+def test_an_l3_from_before_l3_identifiers_cannot_seal(keys, engine) -> None:
+    legacy = ServiceKey(str(uuid.UUID(int=5)), "demo", "legacy", 1, State.ACTIVE, bytes(32))
+    keys.keys[legacy.uid] = legacy
+    message = refused(ResultReason.FEATURE_NOT_SUPPORTED, create, engine, LEVEL,
+                      vendor("kcm-service", "legacy"), principal=ADMIN)
+    assert "re-key" in message

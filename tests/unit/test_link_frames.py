@@ -1,0 +1,159 @@
+"""Link frames: every frame type round-trips; malformed frames raise FrameError only."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kcm.l4.service_key import ServiceKey
+from kcm.link.frames import (
+    Frame,
+    FrameError,
+    FrameType,
+    Tag,
+    decode_frame,
+    decode_payload,
+    encode_frame,
+    encode_payload,
+    frame_item,
+)
+from kcm.ttlv import Item, ItemType, encode
+
+KEY = ServiceKey(uid="l3-0f6c6d8e-0000-4000-8000-000000000001", tenant="demo", service="app",
+                 version=2, state=2, key=bytes(range(32)))
+
+FRAMES = [
+    Frame(FrameType.HELLO, link_version=1, peer_name="gw1", sequence=-1),
+    Frame(FrameType.WELCOME, link_version=1, peer_name="core", sequence=42,
+          heartbeat_interval=1),
+    Frame(FrameType.REQUEST, stream_id=7, caller_identity="spiffe://kcm.test/tenant/demo/service/app",
+          caller_source="127.0.0.1:40000", message=b"\x42\x00\x78\x01" + bytes(4)),
+    Frame(FrameType.REQUEST, stream_id=8, caller_identity="spiffe://kcm.test/tenant/demo/service/x",
+          caller_subject="CN=legacy,O=KCM Dev", caller_source="::1:1", message=b"m"),
+    Frame(FrameType.RESPONSE, stream_id=2**31 - 1, message=b"answer"),
+    Frame(FrameType.FETCH_SERVICE_KEY, stream_id=3, caller_identity="spiffe://kcm.test/x",
+          tenant="demo", service="app"),
+    Frame(FrameType.FETCH_SERVICE_KEY, stream_id=3, caller_identity="spiffe://kcm.test/x",
+          tenant="demo", service="app", unique_identifier=KEY.uid),
+    Frame(FrameType.SERVICE_KEYS, stream_id=3, service_keys=[KEY, KEY]),
+    Frame(FrameType.SERVICE_KEYS, stream_id=3, error="no", result_reason=1),
+    Frame(FrameType.EVENT, sequence=9, kind="l3.rotated", tenant="demo",
+          payload={"unique_identifier": KEY.uid, "service": "app", "key_version": 2}),
+    Frame(FrameType.EVENT, sequence=10, kind="policy", payload={}),
+    Frame(FrameType.EVENT, sequence=11, kind="l4.tombstone", tenant="demo",
+          payload={"token_id": "ab" * 16, "unique_identifier": KEY.uid}),
+    Frame(FrameType.EVENT, sequence=12, kind="l3.state", tenant="demo",
+          payload={"unique_identifier": KEY.uid, "service": "app", "state": 5}),
+    Frame(FrameType.PING, stream_id=1),
+    Frame(FrameType.PONG, stream_id=1),
+    Frame(FrameType.GOAWAY, error="bye"),
+    Frame(FrameType.GOAWAY),
+]
+
+
+@pytest.mark.parametrize("frame", FRAMES, ids=lambda f: f.type.name)
+def test_every_frame_round_trips(frame: Frame) -> None:
+    wire = encode_frame(frame)
+    assert decode_frame(wire) == frame
+    assert encode_frame(decode_frame(wire)) == wire
+
+
+def test_the_wire_is_a_link_frame_structure_with_its_type_first() -> None:
+    wire = encode_frame(Frame(FrameType.PING, stream_id=5))
+    assert wire[:4] == bytes.fromhex("54B00101")
+    assert wire[8:12] == bytes.fromhex("54B00205")
+    assert struct.unpack(">I", wire[16:20])[0] == FrameType.PING
+
+
+def test_service_key_material_never_shows_in_repr() -> None:
+    assert KEY.key.hex() not in repr(Frame(FrameType.SERVICE_KEYS, stream_id=1,
+                                           service_keys=[KEY]))
+
+
+def test_payload_bytes_round_trip() -> None:
+    payload = {"unique_identifier": "l3-x", "service": "app", "key_version": 3}
+    assert decode_payload(encode_payload(payload)) == payload
+    with pytest.raises(FrameError):
+        encode_payload({"colour": "red"})
+    with pytest.raises(FrameError):
+        decode_payload(b"junk")
+
+
+def _wire(*children: Item, tag: int = Tag.LINK_FRAME) -> bytes:
+    return encode(Item(tag, ItemType.STRUCTURE, list(children)))
+
+
+def _type(value: int) -> Item:
+    return Item(Tag.FRAME_TYPE, ItemType.ENUMERATION, value)
+
+
+MALFORMED = {
+    "empty": b"",
+    "truncated": encode_frame(FRAMES[0])[:-3],
+    "trailing bytes": encode_frame(FRAMES[0]) + bytes(8),
+    "not a structure": encode(Item(Tag.LINK_FRAME, ItemType.INTEGER, 1)),
+    "another tag": _wire(_type(8), tag=0x420078),
+    "no frame type": _wire(Item(Tag.STREAM_ID, ItemType.INTEGER, 1)),
+    "empty frame": _wire(),
+    "unknown frame type": _wire(_type(99)),
+    "frame type not first": _wire(Item(Tag.STREAM_ID, ItemType.INTEGER, 1), _type(8)),
+    "unknown field": _wire(_type(8), Item(0x54B0FF, ItemType.INTEGER, 1)),
+    "wrong field type": _wire(_type(8), Item(Tag.STREAM_ID, ItemType.LONG_INTEGER, 1)),
+    "repeated field": _wire(_type(8), Item(Tag.STREAM_ID, ItemType.INTEGER, 1),
+                            Item(Tag.STREAM_ID, ItemType.INTEGER, 2)),
+    "negative stream id": _wire(_type(8), Item(Tag.STREAM_ID, ItemType.INTEGER, -1)),
+    "request without stream": _wire(
+        _type(3), Item(Tag.CALLER_IDENTITY, ItemType.TEXT_STRING, "x"),
+        Item(Tag.CALLER_SOURCE, ItemType.TEXT_STRING, "y"),
+        Item(Tag.KMIP_MESSAGE, ItemType.BYTE_STRING, b"z")),
+    "hello without sequence": _wire(_type(1), Item(Tag.LINK_VERSION, ItemType.INTEGER, 1),
+                                    Item(Tag.PEER_NAME, ItemType.TEXT_STRING, "gw")),
+    "event without payload": _wire(_type(7), Item(Tag.EVENT_SEQUENCE, ItemType.LONG_INTEGER, 1),
+                                   Item(Tag.EVENT_KIND, ItemType.TEXT_STRING, "policy")),
+    "bad payload field": _wire(_type(7), Item(Tag.EVENT_SEQUENCE, ItemType.LONG_INTEGER, 1),
+                               Item(Tag.EVENT_KIND, ItemType.TEXT_STRING, "policy"),
+                               Item(Tag.EVENT_PAYLOAD, ItemType.STRUCTURE,
+                                    [Item(0x420001, ItemType.INTEGER, 1)])),
+    "incomplete service key": _wire(_type(6), Item(Tag.STREAM_ID, ItemType.INTEGER, 1),
+                                    Item(Tag.SERVICE_KEY, ItemType.STRUCTURE, [
+                                        Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, "u")])),
+    "too deep": _wire(_type(8), Item(Tag.EVENT_PAYLOAD, ItemType.STRUCTURE, [
+        Item(0x420001, ItemType.STRUCTURE, [Item(0x420001, ItemType.STRUCTURE, [
+            Item(0x420001, ItemType.STRUCTURE, [])])])])),
+}
+
+
+@pytest.mark.parametrize("wire", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_frames_raise_frame_error(wire: bytes) -> None:
+    with pytest.raises(FrameError):
+        decode_frame(wire)
+
+
+def test_an_oversized_frame_is_refused() -> None:
+    wire = encode_frame(Frame(FrameType.RESPONSE, stream_id=1, message=bytes(5000)))
+    with pytest.raises(FrameError):
+        decode_frame(wire, max_size=4096)
+
+
+def test_unencodable_values_raise_frame_error() -> None:
+    with pytest.raises(FrameError):
+        encode_frame(Frame(FrameType.PING, stream_id=2**40))
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_raise_only_frame_error(data: bytes) -> None:
+    with contextlib.suppress(FrameError):
+        decode_frame(data)
+
+
+@given(st.integers(0, 2**31 - 1), st.binary(max_size=64), st.text(max_size=20))
+def test_requests_round_trip(stream_id: int, message: bytes, source: str) -> None:
+    frame = Frame(FrameType.RESPONSE if stream_id else FrameType.PONG, stream_id=stream_id,
+                  message=message if stream_id else None)
+    frame.caller_source = source or None
+    assert decode_frame(encode_frame(frame)) == frame
+    assert frame_item(frame).tag == Tag.LINK_FRAME

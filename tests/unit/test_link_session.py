@@ -1,0 +1,363 @@
+"""The gateway's LinkClient talking to the core's link server in memory (twisted.test.iosim),
+with a Clock, a fake request handler and an in-memory outbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.test import iosim
+
+from kcm.core.context import Caller
+from kcm.core.event_fanout import EventFanout
+from kcm.core.link_server import LinkServerFactory, LinkServerProtocol, LinkSettings
+from kcm.core.store.repository import OutboxRecord
+from kcm.gateway.link_client import (
+    LinkBusy,
+    LinkClient,
+    LinkClientProtocol,
+    LinkDown,
+    LinkTimeout,
+    ServiceKeyRefused,
+)
+from kcm.identity import Principal, Role, SubjectMap
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
+from kcm.l4.service_key import ServiceKey
+from kcm.link.frames import Frame, FrameType, encode_frame, encode_payload
+
+TD = "kcm.test"
+GATEWAY = Principal(Role.GATEWAY, TD, name="gw1", uri=f"spiffe://{TD}/gateway/gw1")
+APP = Principal(Role.SERVICE, TD, tenant="demo", service="app",
+                uri=f"spiffe://{TD}/tenant/demo/service/app")
+LEGACY = Principal(Role.SERVICE, TD, tenant="demo", service="legacy",
+                   subject="CN=legacy-client,O=KCM Dev")
+KEY = ServiceKey(uid="l3-1", tenant="demo", service="app", version=1, state=2, key=bytes(32))
+
+
+class FakeHandler:
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, Caller, Deferred[bytes]]] = []
+
+    def handle_as(self, wire: bytes, caller: Caller) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.calls.append((wire, caller, d))
+        return d
+
+    def failure_response(self, reason: int, message: str) -> bytes:
+        return f"FAIL {reason} {message}".encode()
+
+
+class MemoryFanout(EventFanout):
+    """The fan-out over a list instead of the outbox table."""
+
+    def __init__(self, clock: Clock, batch_size: int = 1000) -> None:
+        super().__init__(None, clock, batch_size=batch_size)  # type: ignore[arg-type]
+        self.records: list[OutboxRecord] = []
+
+    def read(self, after: int):
+        return succeed([r for r in self.records if r.seq > after][: self.batch_size])
+
+    def commit(self, n: int = 1) -> None:
+        for _ in range(n):
+            seq = len(self.records) + 1
+            payload = encode_payload({"unique_identifier": f"l3-{seq}", "service": "app",
+                                      "key_version": seq})
+            self.records.append(OutboxRecord(seq, 0, "demo", "l3.rotated", payload))
+
+
+@dataclass
+class World:
+    clock: Clock = field(default_factory=Clock)
+    handler: FakeHandler = field(default_factory=FakeHandler)
+    events: list[tuple] = field(default_factory=list)
+    peer: Principal = GATEWAY
+    fanout: MemoryFanout = None  # type: ignore[assignment]
+    factory: LinkServerFactory = None  # type: ignore[assignment]
+    client: LinkClient = None  # type: ignore[assignment]
+    server: LinkServerProtocol | None = None
+    pump: iosim.IOPump | None = None
+    fetches: list[tuple] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fanout = MemoryFanout(self.clock)
+        self.factory = LinkServerFactory(
+            handler=self.handler, store=None, keyring=None, fanout=self.fanout,
+            resolve_peer=lambda transport: self.peer, trust_domain=TD,
+            subject_map=SubjectMap.from_mapping(
+                {"CN=legacy-client,O=KCM Dev": "tenant/demo/service/legacy"}),
+            clock=self.clock, settings=LinkSettings(max_queued_events=5))
+        self.factory.fetch_keys = self._fetch  # type: ignore[method-assign]
+        self.client = LinkClient(None, clock=self.clock, max_in_flight=4, request_timeout=10,
+                                 on_event=lambda *event: self.events.append(event))
+
+    def _fetch(self, caller, tenant, service, uid, now):
+        self.fetches.append((caller, tenant, service, uid))
+        if tenant != caller.principal.tenant:
+            return succeed(KmipError(ResultReason.PERMISSION_DENIED, "another tenant"))
+        return succeed([KEY])
+
+    def connect(self) -> LinkClientProtocol:
+        self.server = self.factory.buildProtocol(None)
+        gateway_end = LinkClientProtocol(self.client)
+        self.pump = iosim.connect(self.server, iosim.FakeTransport(self.server, True),
+                                  gateway_end, iosim.FakeTransport(gateway_end, False),
+                                  greet=False, clock=self.clock)
+        self.server.handshakeCompleted()
+        self.pump.flush()
+        return gateway_end
+
+    def flush(self) -> None:
+        self.pump.flush()
+
+    def drop(self) -> None:
+        self.pump.clientIO.loseConnection()
+        self.pump.flush()
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def results(deferreds):
+    """A list that each Deferred's result lands in, at its own index, when it fires."""
+    out = [None] * len(deferreds)
+    for i, d in enumerate(deferreds):
+        d.addBoth(lambda result, i=i: out.__setitem__(i, result))
+    return out
+
+
+def test_hello_welcome_makes_the_link_usable(world: World) -> None:
+    ready = results([world.client.when_connected()])
+    assert not world.client.connected and ready == [None]
+    assert not world.client.when_connected().called
+    world.connect()
+    assert world.client.connected and ready == [None]
+    assert world.client.last_sequence == 0
+    assert world.server.gateway == GATEWAY
+
+
+def test_forwarded_requests_are_multiplexed_and_answered_out_of_order(world: World) -> None:
+    world.connect()
+    answers = results([world.client.forward(f"req{i}".encode(), APP, f"10.0.0.{i}:1")
+                       for i in range(3)])
+    world.flush()
+    assert [wire for wire, _, _ in world.handler.calls] == [b"req0", b"req1", b"req2"]
+    _, caller, _ = world.handler.calls[1]
+    assert caller == Caller(APP, "10.0.0.1:1", gateway=GATEWAY)
+    for i in (2, 0, 1):
+        world.handler.calls[i][2].callback(f"ans{i}".encode())
+        world.flush()
+    assert answers == [b"ans0", b"ans1", b"ans2"]
+    assert world.client.in_flight == 0
+
+
+def test_a_subject_mapped_caller_is_checked_against_the_cores_own_map(world: World) -> None:
+    world.connect()
+    world.client.forward(b"r", LEGACY, "h:1")
+    world.flush()
+    assert world.handler.calls[0][1].principal == LEGACY
+    impostor = Principal(Role.SERVICE, TD, tenant="demo", service="app",
+                         subject="CN=legacy-client,O=KCM Dev")
+    answer = results([world.client.forward(b"r", impostor, "h:1")])
+    world.flush()
+    assert answer[0].startswith(b"FAIL %d" % ResultReason.PERMISSION_DENIED)
+    assert len(world.handler.calls) == 1
+
+
+def test_a_gateway_may_not_assert_a_gateway(world: World) -> None:
+    world.connect()
+    answer = results([world.client.forward(b"r", GATEWAY, "h:1")])
+    world.flush()
+    assert answer[0].startswith(b"FAIL")
+    assert world.handler.calls == []
+
+
+def test_only_gateways_are_served(world: World) -> None:
+    world.peer = APP
+    world.connect()
+    assert not world.client.connected
+    assert world.server.closing
+
+
+def test_calls_fail_fast_while_the_link_is_down(world: World) -> None:
+    [failure] = results([world.client.forward(b"r", APP, "h:1")])
+    failure.trap(LinkDown)
+    world.connect()
+    pending = results([world.client.forward(b"r", APP, "h:1"),
+                       world.client.fetch_service_keys(APP, "demo", "app")])
+    world.flush()
+    world.drop()
+    assert not world.client.connected
+    assert pending[0].check(LinkDown) and pending[1] == [KEY]
+    assert world.client.in_flight == 0
+    results([world.client.forward(b"r", APP, "h:1")])[0].trap(LinkDown)
+
+
+def test_service_keys_are_fetched_for_a_caller_and_refusals_carry_the_reason(
+        world: World) -> None:
+    world.connect()
+    got = results([world.client.fetch_service_keys(APP, "demo", "app"),
+                   world.client.fetch_service_keys(APP, "other", "app", uid="l3-9")])
+    world.flush()
+    assert got[0] == [KEY]
+    assert got[1].check(ServiceKeyRefused)
+    assert got[1].value.reason == ResultReason.PERMISSION_DENIED
+    caller, tenant, service, uid = world.fetches[1]
+    assert (caller.principal, caller.gateway, tenant, service, uid) == (
+        APP, GATEWAY, "other", "app", "l3-9")
+
+
+def test_new_events_are_pushed_in_order(world: World) -> None:
+    world.fanout.commit(2)
+    world.fanout.poll()
+    world.connect()  # HELLO -1: from the head, nothing replayed
+    assert world.client.last_sequence == 2 and world.events == []
+    world.fanout.commit(3)
+    world.fanout.poll()
+    world.flush()
+    assert [e[0] for e in world.events] == [3, 4, 5]
+    seq, kind, tenant, payload = world.events[0]
+    assert (kind, tenant, payload["unique_identifier"]) == ("l3.rotated", "demo", "l3-3")
+    assert world.client.last_sequence == 5
+
+
+def test_a_reconnecting_gateway_gets_what_it_missed_in_order(world: World) -> None:
+    world.fanout.batch_size = 2  # the catch-up takes several reads
+    world.connect()
+    world.fanout.commit(1)
+    world.fanout.poll()
+    world.flush()
+    world.drop()
+    world.fanout.commit(5)  # while the gateway is away
+    world.fanout.poll()
+    world.connect()
+    world.fanout.commit(1)
+    world.fanout.poll()
+    world.flush()
+    assert [e[0] for e in world.events] == [1, 2, 3, 4, 5, 6, 7]
+    assert world.server.live
+
+
+def test_an_event_gap_makes_the_gateway_reconnect_instead_of_applying(world: World) -> None:
+    gateway_end = world.connect()
+    gateway_end.dataReceived(encode_frame(Frame(FrameType.EVENT, sequence=5, kind="policy",
+                                                payload={})))
+    assert world.events == [] and gateway_end.closing
+
+
+def test_a_slow_gateway_is_dropped_without_holding_up_the_stream(world: World) -> None:
+    world.connect()
+    world.server.pauseProducing()  # its transport is full
+    world.fanout.commit(3)
+    world.fanout.poll()
+    world.server.resumeProducing()
+    world.flush()
+    assert [e[0] for e in world.events] == [1, 2, 3]
+    world.server.pauseProducing()
+    world.fanout.commit(6)
+    world.fanout.poll()  # 6 queued > 5 allowed
+    assert world.server.closing
+    world.flush()
+    assert not world.client.connected and world.fanout._subscribers == set()
+    world.connect()  # it resumes by sequence
+    assert [e[0] for e in world.events] == list(range(1, 10))
+
+
+def test_in_flight_is_bounded_with_backpressure(world: World) -> None:
+    world.connect()
+
+    class Producer:
+        paused = False
+
+        def pauseProducing(self):
+            self.paused = True
+
+        def resumeProducing(self):
+            self.paused = False
+
+    producer = Producer()
+    world.client.add_producer(producer)
+    for _ in range(4):
+        world.client.forward(b"r", APP, "h:1")
+    assert producer.paused
+    more = results([world.client.forward(b"r", APP, "h:1") for _ in range(5)])
+    assert more[-1].check(LinkBusy)  # twice the bound: refused
+    world.flush()
+    for _, _, d in world.handler.calls[:5]:
+        d.callback(b"ok")
+        world.flush()
+    assert world.client.in_flight == 3 and producer.paused
+    world.handler.calls[5][2].callback(b"ok")
+    world.flush()
+    assert world.client.in_flight == 2 and not producer.paused
+
+
+def test_unanswered_requests_time_out(world: World) -> None:
+    world.connect()
+    pending = results([world.client.forward(b"r", APP, "h:1")])
+    world.flush()
+    for _ in range(11):
+        world.clock.advance(1)
+        world.flush()
+    assert pending[0].check(LinkTimeout)
+    world.handler.calls[0][2].callback(b"late")  # discarded
+    world.flush()
+    assert world.client.in_flight == 0 and world.client.connected
+
+
+def test_a_silent_core_is_declared_dead(world: World) -> None:
+    gateway_end = world.connect()
+    world.server.transport.write = lambda data: None  # the core hangs
+    for _ in range(3):
+        world.clock.advance(1)
+        world.flush()
+    assert gateway_end.closing
+    world.flush()
+    assert not world.client.connected
+
+
+def test_an_unknown_link_version_is_refused(world: World) -> None:
+    world.server = server = world.factory.buildProtocol(None)
+    transport = iosim.FakeTransport(server, True)
+    server.makeConnection(transport)
+    server.handshakeCompleted()
+    server.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=9, peer_name="x",
+                                           sequence=-1)))
+    assert b"link version 9" in b"".join(transport.stream)
+    assert server.closing
+
+
+def test_requests_before_hello_are_refused(world: World) -> None:
+    server = world.factory.buildProtocol(None)
+    server.makeConnection(iosim.FakeTransport(server, True))
+    server.handshakeCompleted()
+    server.dataReceived(encode_frame(Frame(FrameType.RESPONSE, stream_id=1, message=b"x")))
+    assert server.closing
+
+
+def test_reconnects_back_off_also_when_the_core_closes_before_welcome(world: World) -> None:
+    delay = world.client.retry_delay
+    assert delay(0) < 0.2
+    world.peer = APP  # refused after the handshake, before WELCOME
+    for _ in range(6):
+        world.connect()
+        world.flush()
+    assert world.client._refusals == 6
+    assert delay(0) > 1.0
+    world.peer = GATEWAY
+    world.connect()
+    assert world.client._refusals == 0 and delay(0) < 0.2
+
+
+def test_the_core_configuration_has_a_link_listener(tmp_path) -> None:
+    from kcm.core.config import CoreConfig, load_config
+
+    assert CoreConfig().link_listen == "tcp:5697:interface=127.0.0.1"
+    path = tmp_path / "core.toml"
+    path.write_text('[core]\nlink_listen = "tcp:7000"\n')
+    assert load_config(path).link_listen == "tcp:7000"
+    assert load_config(path, {"link_listen": ""}).link_listen == ""

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # twistd finds the kcm plugins in ./twisted/plugins (an editable install does not expose them).
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test lint bench bench-core run clean
+.PHONY: test lint bench bench-core bench-gateway run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 ## kcm-core's durable Create/Revoke against PyKMIP's server (a few minutes); docs/benchmarks.md.
 bench-core: $(STAMP)
 	$(BIN)/python benchmarks/core_bench.py
+
+## kcm-gateway's L4 operations against a bare Twisted TLS echo server, and a forwarded control
+## operation against the core directly (about 2 minutes); docs/benchmarks.md.
+bench-gateway: $(STAMP)
+	$(BIN)/python benchmarks/gateway_bench.py
 
 ## kcm-core (KMIP 127.0.0.1:5696, gateway link 127.0.0.1:5697) in the background and
 ## kcm-gateway (KMIP 127.0.0.1:5698) in the foreground, with a development PKI (var/pki), an

@@ -4,6 +4,10 @@ Shared by kcm-core and kcm-gateway, which differ only in the :class:`RequestHand
 they plug in. The protocol never decodes a message: it frames bytes, enforces the
 per-connection limits, hands whole requests to the handler in order and writes the
 answers back in the same order (KMIP over TLS has no other way to pair them).
+
+Reading from a client pauses for more than one reason — too many of its own requests
+unanswered, or (at the gateway) the link to the core saturated — and resumes only when no
+reason holds any more (:meth:`KmipServerProtocol.pause` / :meth:`KmipServerProtocol.resume`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime, ITransport
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -65,7 +74,21 @@ class RequestHandler(TypingProtocol):
         """A one-item failed response for a request the handler never saw."""
 
 
+class Upstream(TypingProtocol):
+    """What a server's requests go on to, when it can say "stop reading from clients" (the
+    gateway's :class:`kcm.gateway.link_client.LinkClient`): it pauses and resumes every
+    producer registered with it."""
+
+    def add_producer(self, producer: IPushProducer) -> None: ...
+
+    def remove_producer(self, producer: IPushProducer) -> None: ...
+
+
 PrincipalResolver = Callable[[ITransport], "Principal | None"]
+
+#: Why a connection stops reading: its own unanswered requests, or its upstream.
+PAUSED_BY_PENDING = "pending"
+PAUSED_BY_UPSTREAM = "upstream"
 
 RESULT_REASON_INVALID_MESSAGE = 0x04
 RESULT_REASON_GENERAL_FAILURE = 0x100
@@ -76,15 +99,18 @@ class KmipServerProtocol(Protocol):
     """One client connection."""
 
     def __init__(self, handler: RequestHandler, limits: ConnectionLimits,
-                 resolve_principal: PrincipalResolver, clock: IReactorTime) -> None:
+                 resolve_principal: PrincipalResolver, clock: IReactorTime,
+                 upstream: Upstream | None = None) -> None:
         self._handler = handler
         self._limits = limits
         self._resolve_principal = resolve_principal
         self._clock = clock
+        self._upstream = upstream
+        self._upstream_producer: _UpstreamPause | None = None
         self._framer = Framer(limits.max_message_size)
         self._pending: deque[bytes] = deque()
         self._busy = False
-        self._paused = False
+        self._paused_by: set[str] = set()
         self._closing = False
         self._idle_timer = None
         self._message_timer = None
@@ -93,6 +119,9 @@ class KmipServerProtocol(Protocol):
     # Connection life ------------------------------------------------------
     def connectionMade(self) -> None:
         self._idle_timer = self._clock.callLater(self._limits.idle_timeout, self._idle)
+        if self._upstream is not None:
+            self._upstream_producer = _UpstreamPause(self)
+            self._upstream.add_producer(self._upstream_producer)
 
     def handshakeCompleted(self) -> None:
         principal = self._resolve_principal(self.transport)
@@ -110,6 +139,31 @@ class KmipServerProtocol(Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._pending.clear()
+        if self._upstream is not None and self._upstream_producer is not None:
+            self._upstream.remove_producer(self._upstream_producer)
+            self._upstream_producer = None
+
+    # Reading, paused for any number of reasons ------------------------------
+    @property
+    def paused_by(self) -> frozenset[str]:
+        """Why reading is paused now (empty: it is not)."""
+        return frozenset(self._paused_by)
+
+    def pause(self, reason: str) -> None:
+        """Stop reading from the client for ``reason`` (until :meth:`resume` with it)."""
+        if reason in self._paused_by:
+            return
+        self._paused_by.add(reason)
+        if len(self._paused_by) == 1 and not self._closing:
+            self.transport.pauseProducing()
+
+    def resume(self, reason: str) -> None:
+        """``reason`` no longer holds; reading resumes once no other reason does."""
+        if reason not in self._paused_by:
+            return
+        self._paused_by.discard(reason)
+        if not self._paused_by and not self._closing:
+            self.transport.resumeProducing()
 
     # Input ----------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -132,9 +186,8 @@ class KmipServerProtocol(Protocol):
         self._watch_partial_message()
         if messages:
             self._pending.extend(messages)
-            if len(self._pending) >= self._limits.max_pending and not self._paused:
-                self._paused = True
-                self.transport.pauseProducing()
+            if len(self._pending) >= self._limits.max_pending:
+                self.pause(PAUSED_BY_PENDING)
             self._process()
 
     def _watch_partial_message(self) -> None:
@@ -158,12 +211,11 @@ class KmipServerProtocol(Protocol):
             if isinstance(result, Deferred):
                 self._busy = True
                 result.addCallbacks(self._answered, self._bug_async)
-                return
+                break
             self.transport.write(result)
-        if self._paused and len(self._pending) < self._limits.max_pending // 2:
-            self._paused = False
-            if not self._closing:
-                self.transport.resumeProducing()
+        # Also while an answer is awaited: what counts is how many requests wait behind it.
+        if len(self._pending) < self._limits.max_pending // 2:
+            self.resume(PAUSED_BY_PENDING)
 
     def _answered(self, response: bytes) -> None:
         self._busy = False
@@ -206,18 +258,41 @@ class KmipServerProtocol(Protocol):
             self.transport.loseConnection()
 
 
+@implementer(IPushProducer)
+class _UpstreamPause:
+    """A connection as a producer its upstream pauses and resumes, apart from the pauses
+    the connection decides itself (the upstream's flag is one reason among several)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: KmipServerProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol.pause(PAUSED_BY_UPSTREAM)
+
+    def resumeProducing(self) -> None:
+        self._protocol.resume(PAUSED_BY_UPSTREAM)
+
+    def stopProducing(self) -> None:
+        """Nothing to stop: the connection closes on its own terms."""
+
+
 class KmipServerFactory(Factory):
-    """Builds a :class:`KmipServerProtocol` per connection, sharing handler and limits."""
+    """Builds a :class:`KmipServerProtocol` per connection, sharing handler and limits (and,
+    at the gateway, the ``upstream`` that may pause reading from every connection)."""
 
     def __init__(self, handler: RequestHandler, limits: ConnectionLimits,
-                 resolve_principal: PrincipalResolver, clock: IReactorTime) -> None:
+                 resolve_principal: PrincipalResolver, clock: IReactorTime,
+                 upstream: Upstream | None = None) -> None:
         self.handler = handler
         self.limits = limits
         self.resolve_principal = resolve_principal
         self.clock = clock
+        self.upstream = upstream
 
     def buildProtocol(self, addr: object) -> KmipServerProtocol:
         protocol = KmipServerProtocol(self.handler, self.limits, self.resolve_principal,
-                                      self.clock)
+                                      self.clock, self.upstream)
         protocol.factory = self
         return protocol

@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.core_support import core  # noqa: F401  (an in-process kcm-core handler)
-from tests.e2e_support import core_process, core_process_pg  # noqa: F401  (real twistd)
+from tests.e2e_support import (  # noqa: F401  (real twistd processes)
+    core_process,
+    core_process_pg,
+    gateway_process,
+)
 from tests.pg import postgres_url  # noqa: F401  (a real PostgreSQL cluster, per session)
 from tests.vectors import vectors_dir
 

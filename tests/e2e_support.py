@@ -4,12 +4,13 @@ bootstrapped tenant, and `twistd -n kcm-core` on a free loopback port (test supp
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,3 +275,50 @@ class GatewayProcess:
                                  config_file=os.devnull)
         client.open()
         return client
+
+
+# Event stream observations (tests of the gateway's sync with the core) ------------------
+
+_APPLIED = re.compile(r"applied event (\d+): (\S+) ")
+_RESUMED = re.compile(r"linked to core .*; events after (-?\d+)")
+
+
+def applied_events(gateway: GatewayProcess) -> list[tuple[int, str]]:
+    """The (sequence, kind) of every event ``gateway`` applied so far, in its log's order."""
+    return [(int(seq), kind) for seq, kind in _APPLIED.findall(gateway.log.read_text())]
+
+
+def resumed_after(gateway: GatewayProcess) -> list[int]:
+    """For each link ``gateway`` made so far, the last event it had applied (the sequence its
+    HELLO asked to resume after), from its log."""
+    return [int(seq) for seq in _RESUMED.findall(gateway.log.read_text())]
+
+
+def dead_links(core: CoreProcess) -> int:
+    """How many links the core has closed as dead (nothing received for 3 heartbeats)."""
+    return core.log.read_text().count("is dead: nothing received")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0,
+               interval: float = 0.02) -> float:
+    """Poll ``condition`` every ``interval`` s; the seconds it took, or RuntimeError naming
+    ``what`` after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def gateway_process(core_process: CoreProcess, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A running kcm-gateway linked to the ``core_process`` fixture's core (pre-warmed for
+    demo/app)."""
+    gateway = GatewayProcess(tmp_path / "gateway", core_process)
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        yield gateway
+    finally:
+        gateway.stop()

@@ -4,6 +4,10 @@ The one place the core lets L3 material leave it (ARCHITECTURE §1): only to an 
 gateway over the link, on behalf of a caller allowed to use the service
 (:func:`kcm.l4.authorize.check_service_key_use`). Every fetch, served or refused, leaves an
 audit record naming the caller and the gateway. Blocking: runs on a store worker thread.
+
+Refusals carry the KMIP 2.x reasons the core's own L4 engine would give for the same key
+(:class:`kcm.core.l4_keys.StoreKeySource`), so that the gateway, which hands them to the same
+engine and lets it translate them for 1.x requests, answers exactly as the core does.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
 from kcm.core.l4_keys import service_key_of
 from kcm.core.store import repository
-from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.l4.authorize import check_service_key_use
@@ -29,17 +32,23 @@ AUDIT_OPERATION = "FetchServiceKey"
 def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenant: str,
                        service: str, uid: str | None, *,
                        now: int) -> list[ServiceKey] | KmipError:
-    """The Active versions of ``tenant``/``service``'s L3, newest first, or the one version
-    ``uid`` in whatever state it is in (Destroyed has no material: refused).
+    """Without ``uid``: the Active versions of ``tenant``/``service``'s L3, newest first.
+    With ``uid``: that version, of whichever tenant and service (``tenant`` and ``service``
+    are then ignored), in whatever state it is in now; a destroyed one has no material and
+    is refused with Object Destroyed.
 
-    A refusal (Permission Denied, Item Not Found) is returned, not raised, so that its audit
-    record commits: this runs in a write transaction, and audits every outcome.
+    A refusal (Permission Denied, Object Not Found, Object Destroyed, Wrong Key Lifecycle
+    State) is returned, not raised, so that its audit record commits: this runs in a write
+    transaction, and audits every outcome.
     """
     correlation_id = uuid.uuid4().hex[:16]
+    if uid is not None:
+        # The caller's own tenant names the record: a refused attempt on another tenant's
+        # key is that caller's doing.
+        tenant = caller.principal.tenant or tenant
     try:
-        check_service_key_use(caller.principal, tenant, service)
-        keys = (_current(session, keyring, tenant, service, now) if uid is None
-                else [_one(session, keyring, tenant, service, uid, now)])
+        keys = (_current(session, keyring, caller, tenant, service, now) if uid is None
+                else [_one(session, keyring, caller, uid, now)])
     except KmipError as e:
         _audit(session, caller, tenant, [uid] if uid else [], correlation_id, now, e.reason)
         return e
@@ -47,34 +56,41 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
     return keys
 
 
-def _current(session: Session, keyring: Keyring, tenant: str, service: str,
+def _current(session: Session, keyring: Keyring, caller: Caller, tenant: str, service: str,
              now: int) -> list[ServiceKey]:
-    keys = [service_key_of(session, keyring, row, now)
-            for row in repository.find_l3(session, tenant, service)
+    check_service_key_use(caller.principal, tenant, service)
+    rows = repository.find_l3(session, tenant, service)
+    if not rows:
+        raise KmipError(ResultReason.OBJECT_NOT_FOUND,
+                        f"service {tenant}/{service} has no service key")
+    keys = [service_key_of(session, keyring, row, now) for row in rows
             if row.material is not None]
     active = [key for key in keys if key.state == State.ACTIVE]
     if not active:
-        raise KmipError(ResultReason.ITEM_NOT_FOUND,
-                        f"service {tenant}/{service} has no active service key")
+        raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
+                        f"service {tenant}/{service} has no Active service key")
     return active
 
 
-def _one(session: Session, keyring: Keyring, tenant: str, service: str, uid: str,
+def _one(session: Session, keyring: Keyring, caller: Caller, uid: str,
          now: int) -> ServiceKey:
-    row = repository.get_object(session, tenant, uid)
-    if row is None or row.level != LEVEL_SERVICE_KEY or row.service != service:
-        raise KmipError(ResultReason.ITEM_NOT_FOUND,
-                        f"no service key {uid!r} of service {tenant}/{service}")
+    row = repository.get_l3(session, uid)
+    if row is None:
+        raise KmipError(ResultReason.OBJECT_NOT_FOUND, f"no service key {uid!r}")
+    # Decided on the key's own tenant and service, before saying anything about its state.
+    check_service_key_use(caller.principal, row.tenant, row.service or "")
     if row.material is None:
-        raise KmipError(ResultReason.ITEM_NOT_FOUND, f"service key {uid!r} was destroyed")
+        raise KmipError(ResultReason.OBJECT_DESTROYED,
+                        f"the service key {uid} was destroyed: the L4s sealed under it are "
+                        "crypto-erased")
     return service_key_of(session, keyring, row, now)
 
 
-def _audit(session: Session, caller: Caller, tenant: str, uids: list[str],
+def _audit(session: Session, caller: Caller, tenant: str | None, uids: list[str],
            correlation_id: str, now: int, reason: int | None) -> None:
     append_audit(session, AuditEvent(
         principal=caller.principal.id,
-        tenant=tenant,
+        tenant=tenant or None,
         gateway=caller.gateway.id if caller.gateway is not None else None,
         source=caller.source,
         operation=AUDIT_OPERATION,

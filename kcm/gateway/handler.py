@@ -18,8 +18,12 @@ The classifier decides per batch item (:mod:`kcm.gateway.classifier`); this modu
 * A request whose routing facts cannot be read is answered Invalid Message here. An
   unexpected exception is answered General Failure with a correlation id, which is logged;
   the connection keeps serving.
+* A local item refused because its caller may not use the service key it names (another
+  tenant's token or L3, another service's) is logged as a warning: the caller, the
+  operation, the L3 and the token's TokenId — never the token, which carries the sealed DEK
+  (docs/link-protocol.md §3 "Who may").
 
-Nothing here touches the disk or a database, and only errors are logged.
+Nothing here touches the disk or a database, and only errors and refusals are logged.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from kcm.gateway.link_client import LinkBusy, LinkDown, LinkTimeout
 from kcm.gateway.local_batch import LocalRun, LocalRunner, fail_item
 from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
-from kcm.kmip.enums import BatchErrorContinuationOption, ResultReason, ResultStatus
+from kcm.kmip.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
     RequestBatchItem,
@@ -54,6 +58,9 @@ from kcm.kmip.messages import (
 )
 from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
+from kcm.l4 import token
+from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
+from kcm.l4.marking import l4_target
 from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, peek_request
 
@@ -153,15 +160,15 @@ class GatewayRequestHandler:
         keys = self._cache.key_source(principal)
         run = self._run(message.batch_items, header, principal, keys)
         if not keys.misses:
-            return self._local_answer(header, run)
+            return self._local_answer(header, principal, run)
 
         # The first use of an L3: fetch it, then run the request again from the start.
         def retry(_: None) -> bytes:
             # Payloads were resolved in place by the first run; decode afresh.
             again = decode_request(decode(wire, max_size=self._max_message_size))
             final = self._cache.key_source(principal, final=True)
-            return self._local_answer(header, self._run(again.batch_items, header, principal,
-                                                        final))
+            return self._local_answer(header, principal,
+                                      self._run(again.batch_items, header, principal, final))
 
         return self._cache.ensure(keys.misses, principal).addCallback(retry)
 
@@ -170,7 +177,10 @@ class GatewayRequestHandler:
         return self._runner.run(items, principal=principal, version=header.version, keys=keys,
                                 stop_on_failure=header.effective_error_continuation != _CONTINUE)
 
-    def _local_answer(self, header: RequestHeader, run: LocalRun) -> bytes:
+    def _local_answer(self, header: RequestHeader, principal: Principal,
+                      run: LocalRun) -> bytes:
+        if run.denied:
+            _log_denials(run, principal)
         if run.failed and header.effective_error_continuation == _UNDO:
             # Local operations leave nothing behind, so undoing them is only a status.
             for item in run.items:
@@ -234,6 +244,8 @@ class GatewayRequestHandler:
                      for p in peeked]
             run = self._run(items, header, principal,
                             self._cache.key_source(principal, final=True))
+        if run.denied:
+            _log_denials(run, principal)
         return [item.to_item(version) for item in run.items]
 
     async def _mixed_remote(self, wire: bytes, request: PeekedRequest,
@@ -287,6 +299,56 @@ class GatewayRequestHandler:
         log.failure("request failed [correlation id {cid}]", failure, cid=correlation_id)
         return self._refuse(version, ResultReason.GENERAL_FAILURE,
                             f"internal error (correlation id {correlation_id})")
+
+
+def _log_denials(run: LocalRun, principal: Principal) -> None:
+    for item, error in run.denied:
+        _log_denied_use(item, principal, error)
+
+
+def _log_denied_use(item: RequestBatchItem, principal: Principal, error: KmipError) -> None:
+    """Log the refused attempt of ``principal`` to use a service key with ``item``: who, which
+    operation, and what it named (the L3 uid, the token's TokenId and L3, the service)."""
+    payload = item.request_payload
+    l3_uid = token_id = service = wrapping_key = None
+    uid = getattr(payload, "unique_identifier", None)
+    if isinstance(uid, str) and uid.startswith(L4_PREFIX):
+        try:
+            sealed = token.parse(uid)
+        except token.TokenError:
+            pass  # refused before the token was read; it is not named
+        else:
+            token_id, l3_uid = sealed.token_id, sealed.l3_uid
+    elif isinstance(uid, str) and uid.startswith(L3_PREFIX):
+        l3_uid = uid
+    elif int(item.operation) == Operation.CREATE:
+        try:
+            target = l4_target(principal, getattr(payload, "attributes", None) or [])
+        except KmipError:
+            target = None
+        if isinstance(target, str):
+            l3_uid = target
+        elif target is not None:
+            service = "/".join(target)
+    spec = getattr(payload, "key_wrapping_specification", None)
+    info = getattr(spec, "encryption_key_information", None)
+    kek = getattr(info, "unique_identifier", None)
+    if isinstance(kek, str) and kek.startswith(L3_PREFIX):  # anything else may be a token
+        wrapping_key = kek
+    named = ", ".join(f"{label} {value}" for label, value in (
+        ("L4", token_id), ("L3", l3_uid), ("service", service), ("wrapping key", wrapping_key))
+        if value is not None) or "no key"
+    log.warn("denied {operation} by {principal} ({named}): {reason}",
+             operation=_operation_name(item.operation), principal=principal.id, named=named,
+             l3_uid=l3_uid, token_id=token_id, service=service, wrapping_key=wrapping_key,
+             reason=error.message)
+
+
+def _operation_name(value: int) -> str:
+    try:
+        return Operation(value).name
+    except ValueError:
+        return f"0x{int(value):08X}"
 
 
 def _version_of(wire: bytes) -> Version:

@@ -13,7 +13,8 @@ What it promises:
 * Events from the core apply at once: ``l3.rotated`` fetches the new current version,
   ``l3.state`` updates a version (Deactivated: it only decrypts from then on) or drops it
   (Compromised, Destroyed: refused from then on), ``l4.tombstone`` refuses the token,
-  ``policy`` is logged (policies are not cached yet).
+  ``policy`` is logged (policies are not cached yet). Each applied event is logged with
+  its sequence number (an operator sees what a gateway caught up on after a reconnect).
 
 Time comes from the injected ``clock``; the core is reached only through the injected
 ``fetch``. Nothing here blocks, writes to disk or logs on the read path.
@@ -40,19 +41,24 @@ __all__ = ["CachedKeySource", "L3Cache", "Need", "ServiceKeyMissing"]
 log = Logger()
 
 #: ``fetch(caller, tenant, service, uid)``: the core's SERVICE_KEYS answer (current first).
+#: With a uid, tenant and service are empty: the core finds the version by uid alone.
 Fetch = Callable[[Principal, str, str, "str | None"], Deferred]
 
 #: States after which an L3 must not be used at all, not even to decrypt (ARCHITECTURE §4).
 _DROP_STATES = frozenset((State.COMPROMISED, State.DESTROYED, State.DESTROYED_COMPROMISED))
 
+#: The event kinds a gateway applies (docs/link-protocol.md §2).
+_KNOWN_EVENTS = frozenset(("l3.rotated", "l3.state", "l4.tombstone", "policy"))
+
 
 @dataclass(frozen=True, slots=True)
 class Need:
-    """What a request needs and the cache lacks: one version by ``uid``, or (``uid`` None)
+    """What a request needs and the cache lacks: one version by ``uid`` (``tenant`` and
+    ``service`` empty: a uid names its L3 alone, whichever tenant owns it), or (``uid`` None)
     the current version of ``tenant``/``service``."""
 
-    tenant: str
-    service: str
+    tenant: str = ""
+    service: str = ""
     uid: str | None = None
 
 
@@ -69,6 +75,7 @@ class ServiceKeyMissing(KmipError):
 class _Held:
     key: ServiceKey
     confirmed_at: float  # when the core last answered for this version
+    caller: Principal  # on whose behalf background refreshes ask the core
 
 
 @dataclass(slots=True)
@@ -122,8 +129,8 @@ class L3Cache:
             self._refresh_service(tenant, service)
         return held.key
 
-    def by_uid(self, uid: str, tenant: str, service: str) -> ServiceKey:
-        """Version ``uid`` (``tenant``/``service`` say whom to ask if it is not held)."""
+    def by_uid(self, uid: str) -> ServiceKey:
+        """Version ``uid``, of whichever tenant (the engine decides who may use it)."""
         dropped = self._dropped.get(uid)
         if dropped is not None:
             raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
@@ -131,9 +138,9 @@ class L3Cache:
                             "the L4s under it can no longer be used")
         held = self._keys.get(uid)
         if held is None or not self._usable(held.confirmed_at, f"service key {uid}"):
-            raise ServiceKeyMissing(Need(tenant, service, uid))
+            raise ServiceKeyMissing(Need(uid=uid))
         if self._is_stale(held.confirmed_at):
-            self._refresh_uid(held.key, tenant, service)
+            self._refresh_uid(held)
         return held.key
 
     def _is_stale(self, confirmed_at: float) -> bool:
@@ -197,7 +204,7 @@ class L3Cache:
                 self._drop(key.uid, key.state)
                 continue
             self._dropped.pop(key.uid, None)
-            self._keys[key.uid] = _Held(key, now)
+            self._keys[key.uid] = _Held(key, now, caller)
             if current is None and key.state == State.ACTIVE:
                 current = key.uid
         if current_of is not None:
@@ -218,15 +225,13 @@ class L3Cache:
 
         self._fetch_need(Need(tenant, service), state.caller).addBoth(done)
 
-    def _refresh_uid(self, key: ServiceKey, tenant: str, service: str) -> None:
-        if key.uid in self._refreshing_uids or not self._connected():
+    def _refresh_uid(self, held: _Held) -> None:
+        uid = held.key.uid
+        if uid in self._refreshing_uids or not self._connected():
             return
-        state = self._services.get((key.tenant, key.service))
-        if state is None:
-            return  # nobody known to ask on behalf of; it is fetched again past max-stale
-        self._refreshing_uids.add(key.uid)
-        self._fetch_need(Need(key.tenant, key.service, key.uid), state.caller).addBoth(
-            lambda _: self._refreshing_uids.discard(key.uid))
+        self._refreshing_uids.add(uid)
+        self._fetch_need(Need(uid=uid), held.caller).addBoth(
+            lambda _: self._refreshing_uids.discard(uid))
 
     def refresh_due(self) -> None:
         """Refresh, in the background, everything held past its TTL (called periodically,
@@ -238,7 +243,7 @@ class L3Cache:
                 self._refresh_service(tenant, service)
         for held in list(self._keys.values()):
             if self._is_stale(held.confirmed_at):
-                self._refresh_uid(held.key, held.key.tenant, held.key.service)
+                self._refresh_uid(held)
 
     # Events -----------------------------------------------------------------------------
     def apply_event(self, sequence: int, kind: str, tenant: str | None,
@@ -258,6 +263,9 @@ class L3Cache:
             log.warn("ignoring unknown event kind {kind!r} (event {seq})", kind=kind,
                      seq=sequence)
         self.last_event_sequence = max(self.last_event_sequence, sequence)
+        if kind in _KNOWN_EVENTS:
+            log.info("applied event {seq}: {kind} for tenant {tenant}", seq=sequence, kind=kind,
+                     tenant=tenant)
 
     def _rotated(self, tenant: str, service: str) -> None:
         state = self._services.get((tenant, service))
@@ -325,10 +333,10 @@ class CachedKeySource:
 
     def service_key(self, uid: str) -> ServiceKey:
         """L3 version ``uid``."""
-        principal = self._principal
         try:
-            # A principal asks for its own tenant's keys; the core refuses anything else.
-            return self._cache.by_uid(uid, principal.tenant or "", principal.service or "")
+            # Asked for by uid alone: the core answers for whichever tenant's key it is, so a
+            # refusal here (another tenant's, destroyed) says what the core itself would.
+            return self._cache.by_uid(uid)
         except ServiceKeyMissing as e:
             raise self._missed(e) from None
 

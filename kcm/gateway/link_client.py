@@ -1,7 +1,7 @@
 """The gateway's end of the link to the core (docs/link-protocol.md).
 
 :class:`LinkClient` keeps one mutually authenticated connection to the core up with Twisted's
-``ClientService`` (exponential backoff, 0.1 s → 5 s) and offers the gateway three things:
+``ClientService`` (exponential backoff, 0.1 s → 1 s) and offers the gateway three things:
 
 * :meth:`LinkClient.forward` — relay a client's KMIP request, answered byte for byte by the
   core; many in flight at once, multiplexed by stream id and answered in any order;
@@ -175,7 +175,7 @@ class LinkClient(MultiService):
                  max_in_flight: int = 1024, request_timeout: float = 30.0,
                  heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-                 max_retry_delay: float = 5.0,
+                 max_retry_delay: float = 1.0,
                  random_fraction: Callable[[], float] = random.random) -> None:
         super().__init__()
         self.clock = clock
@@ -218,7 +218,7 @@ class LinkClient(MultiService):
         return cls(tls_client_endpoint(reactor, core, options), clock=reactor, **kwargs)
 
     def retry_delay(self, failed_attempts: int) -> float:
-        """Seconds before the next connection attempt: 0.1 s doubling to 5 s (plus up to
+        """Seconds before the next connection attempt: 0.1 s doubling to 1 s (plus up to
         0.1 s of jitter) with each failure, counting links closed before WELCOME."""
         return self._backoff(failed_attempts + self._refusals)
 
@@ -243,12 +243,15 @@ class LinkClient(MultiService):
 
     # Backpressure ---------------------------------------------------------------------------
     def add_producer(self, producer: IPushProducer) -> None:
-        """Pause ``producer`` while the link is saturated (a client connection's transport)."""
+        """Pause ``producer`` (a client connection: its reading) while the link is saturated,
+        from ``max_in_flight`` calls in flight until half have been answered; at once if it
+        is saturated now."""
         self._producers.add(producer)
         if self._saturated:
             producer.pauseProducing()
 
     def remove_producer(self, producer: IPushProducer) -> None:
+        """Forget ``producer`` (its connection closed)."""
         self._producers.discard(producer)
 
     def _stream_started(self) -> None:
@@ -277,9 +280,11 @@ class LinkClient(MultiService):
 
     def fetch_service_keys(self, caller: Principal, tenant: str, service: str,
                            uid: str | None = None) -> Deferred[list[ServiceKey]]:
-        """The Active versions of ``tenant``/``service``'s L3, newest first (or the one
-        version ``uid``), as ``caller`` may use them. Fails with :class:`ServiceKeyRefused`
-        (a KmipError with the core's reason) or a :class:`LinkError`."""
+        """The Active versions of ``tenant``/``service``'s L3, newest first, or the one
+        version ``uid`` of whichever tenant and service (``tenant`` and ``service`` are then
+        ignored by the core and may be empty), as ``caller`` may use them. Fails with
+        :class:`ServiceKeyRefused` (a KmipError with the core's KMIP 2.x reason) or a
+        :class:`LinkError`."""
         return self._call(Frame(
             FrameType.FETCH_SERVICE_KEY, caller_identity=caller.spiffe_id,
             caller_subject=caller.subject if caller.uri is None else None,

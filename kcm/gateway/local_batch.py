@@ -9,21 +9,27 @@ Failure naming a correlation id, which is logged. After a failed item a Stop run
 The ID Placeholder (KMIP 1.4 §4, 2.1 §6) works within a run: an item without a Unique
 Identifier uses the identifier of the previous item of the run (the new token of a Create,
 the key of a Get, Encrypt or Decrypt).
+
+An item refused because its caller may not use the service key it reached for (another
+tenant's token or L3, another service's; refused here or by the core on a fetch) is listed
+in :attr:`LocalRun.denied`, for the handler to log once it answers with that run.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from kcm.gateway.link_client import ServiceKeyRefused
 from kcm.identity import Principal
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
+from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.engine import KeySource, L4Engine
 from kcm.ttlv.types import Item
 
@@ -52,10 +58,12 @@ def l4_engine(keys: KeySource) -> Engine:
 
 @dataclass(slots=True)
 class LocalRun:
-    """What a run produced: the answered items, and whether one of them failed."""
+    """What a run produced: the answered items, whether one of them failed, and the items
+    refused because the caller may not use the service key they name (with the refusal)."""
 
     items: list[ResponseBatchItem]
     failed: bool
+    denied: list[tuple[RequestBatchItem, KmipError]] = field(default_factory=list)
 
 
 class LocalRunner:
@@ -73,6 +81,7 @@ class LocalRunner:
         engine = self._engine_factory(keys)
         placeholder = IdPlaceholder()
         answered: list[ResponseBatchItem] = []
+        denied: list[tuple[RequestBatchItem, KmipError]] = []
         failed = False
         for item in items:
             if failed and stop_on_failure:
@@ -86,6 +95,8 @@ class LocalRunner:
             except KmipError as e:
                 fail_item(response, e.reason, e.message)
                 failed = True
+                if _is_denied_use(e):
+                    denied.append((item, e))
             except Exception:
                 correlation_id = self._new_correlation_id()
                 log.failure("local {op} failed [correlation id {cid}]",
@@ -94,7 +105,7 @@ class LocalRunner:
                           f"internal error (correlation id {correlation_id})")
                 failed = True
             answered.append(response)
-        return LocalRun(answered, failed)
+        return LocalRun(answered, failed, denied)
 
 
 def _one(engine: Engine, item: RequestBatchItem, principal: Principal, version: Version,
@@ -111,6 +122,12 @@ def _one(engine: Engine, item: RequestBatchItem, principal: Principal, version: 
     if isinstance(uid, str):
         placeholder.set(uid)
     return answer
+
+
+def _is_denied_use(error: KmipError) -> bool:
+    if isinstance(error, ServiceKeyUseDenied):
+        return True
+    return isinstance(error, ServiceKeyRefused) and error.reason == ResultReason.PERMISSION_DENIED
 
 
 def fail_item(response: ResponseBatchItem, reason: int, message: str) -> None:

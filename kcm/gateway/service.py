@@ -1,9 +1,10 @@
 """The kcm-gateway service tree. Construction only records the configuration; everything
 that reads files or touches the network happens in :meth:`GatewayService.startService`.
 
-Children: the link to the core (a reconnecting client), the KMIP listener for applications,
-and a timer that refreshes service keys past their TTL in the background. Once the link is
-up the configured services are pre-warmed.
+Children: the link to the core (a reconnecting client), the KMIP listener for applications
+(whose connections stop reading while the link has too many calls in flight), and a timer
+that refreshes service keys past their TTL in the background. Once the link is up the
+configured services are pre-warmed.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class GatewayService(MultiService):
         trust_domain = config.trust_domain
         factory = KmipServerFactory(
             handler, config.limits,
-            lambda transport: peer_principal(transport, trust_domain, subject_map), reactor)
+            lambda transport: peer_principal(transport, trust_domain, subject_map), reactor,
+            upstream=link)
         tls = server_tls_options(config.tls.cert, config.tls.key, config.tls.ca)
         listener = StreamServerEndpointService(
             tls_server_endpoint(reactor, config.listen, tls), factory)

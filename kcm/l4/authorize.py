@@ -16,6 +16,11 @@ from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
 
+class ServiceKeyUseDenied(KmipError):
+    """Permission Denied because the caller may not use the service key it reached for
+    (another tenant's token or L3, another service's): an attempt the caller logs."""
+
+
 def may_use_service_key(principal: Principal, tenant: str, service: str) -> bool:
     """Whether ``principal`` may use ``tenant``/``service``'s L3 and its L4s."""
     if principal.tenant != tenant:
@@ -26,7 +31,8 @@ def may_use_service_key(principal: Principal, tenant: str, service: str) -> bool
 
 
 def check_service_key_use(principal: Principal, tenant: str, service: str) -> None:
-    """Raise Permission Denied unless ``principal`` may use ``tenant``/``service``'s keys."""
+    """Raise Permission Denied (:class:`ServiceKeyUseDenied`) unless ``principal`` may use
+    ``tenant``/``service``'s keys."""
     if may_use_service_key(principal, tenant, service):
         return
     if principal.tenant is None:
@@ -35,4 +41,4 @@ def check_service_key_use(principal: Principal, tenant: str, service: str) -> No
         message = "the key belongs to another tenant"
     else:
         message = f"an application may use only its own service's keys, not {service!r}'s"
-    raise KmipError(ResultReason.PERMISSION_DENIED, message)
+    raise ServiceKeyUseDenied(ResultReason.PERMISSION_DENIED, message)

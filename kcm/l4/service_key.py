@@ -31,8 +31,11 @@ class ServiceKey:
 
     @property
     def usable_to_process(self) -> bool:
-        """May open its L4s, decrypt, unwrap: also when Deactivated or Compromised."""
-        return usable_for(State(self.state), protect=False)
+        """May open its L4s, decrypt, unwrap: also when Deactivated, but never once
+        Compromised — a compromised service key is dropped at once everywhere
+        (ARCHITECTURE §4), so gateway and core give the same answer."""
+        state = State(self.state)
+        return state != State.COMPROMISED and usable_for(state, protect=False)
 
     def __repr__(self) -> str:
         # Never print the key (tracebacks, logs).

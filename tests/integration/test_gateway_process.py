@@ -16,6 +16,7 @@ from kmip.core.factories.attributes import AttributeFactory
 
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.payloads.crypto import DecryptRequest
+from kcm.l4 import token as l4_token
 from tests.e2e_support import CoreProcess, GatewayProcess, deploy
 from tests.gateway_support import (
     activate,
@@ -211,3 +212,43 @@ def test_core_killed_under_l4_load_then_back_without_a_gateway_restart(deploymen
         load.join(timeout=10)
     assert errors == []
     assert counts[0] > 0
+
+
+def test_cold_gateway_serves_a_tenant_admin_and_denies_another_tenant_as_the_core_does(
+        tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.start()
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=())
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        with core.client("app") as app_at_core:
+            token = ok(app_at_core.send(request(create_l4()))).unique_identifier
+            sealed = ok(app_at_core.send(request(encrypt(token, b"a record"))))
+        with core.client("admin") as admin_at_core:
+            dek_at_core = ok(admin_at_core.send(request(get(token)))).object
+        l3 = l4_token.parse(token).l3_uid
+        with gateway.client("admin") as admin:  # no service of its own, nothing cached
+            dek = ok(admin.send(request(get(token)))).object
+            assert dek.key_block.key_value.key_material == \
+                dek_at_core.key_block.key_value.key_material
+            opened = ok(admin.send(request(item(Operation.DECRYPT, DecryptRequest(
+                unique_identifier=token, data=sealed.data,
+                iv_counter_nonce=sealed.iv_counter_nonce,
+                authenticated_encryption_tag=sealed.authenticated_encryption_tag)))))
+            assert opened.data == b"a record"
+            ok(admin.send(request(encrypt(l3, b"k" * 32))))  # wraps a DEK with the L3
+        for build in (lambda: request(get(token)), lambda: request(encrypt(l3)),
+                      lambda: request(get(token), version=(2, 1))):
+            with gateway.client("other_app") as stranger, core.client("other_app") as direct:
+                at_gateway = comparable(stranger.send(build()))
+                at_core = comparable(direct.send(build()))
+            assert at_gateway == at_core
+            assert at_gateway[0][3] == ResultReason.PERMISSION_DENIED
+    finally:
+        gateway.stop()
+        core.stop()
+    log = gateway.log.read_text()
+    assert "denied GET by spiffe://kcm.test/tenant/other/service/app" in log
+    assert token not in log
+

@@ -1,6 +1,7 @@
 """PyKMIP's own integration suite (kmip/tests/integration of the pykmip source
-distribution) against a running kcm-core, as PyKMIP's maintainers run it: pytest with
-``-m "not ignore"`` (37 tests) and a ``[client]`` section in ~/.pykmip/pykmip.conf."""
+distribution) against a running kcm-core, directly and through a kcm-gateway in front of it,
+as PyKMIP's maintainers run it: pytest with ``-m "not ignore"`` (37 tests) and a ``[client]``
+section in ~/.pykmip/pykmip.conf."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import kmip
 
-from tests.e2e_support import CoreProcess
+from kcm.pki import PkiPaths
+from tests.e2e_support import CoreProcess, GatewayProcess
 from tests.vectors import REPO_ROOT
 
 CACHE = REPO_ROOT / ".cache"
@@ -38,15 +40,15 @@ def pykmip_integration_suite() -> Path:
     return target
 
 
-def test_pykmip_integration_suite_passes(core_process: CoreProcess, tmp_path: Path) -> None:
+def run_suite(port: int, pki: PkiPaths, home: Path) -> str:
+    """Run the suite against the KMIP server on 127.0.0.1:``port`` as the PKI's application
+    (its configuration in ``home``/.pykmip); the summary line, after asserting 37 passed."""
     source = pykmip_integration_suite()
-    home = tmp_path / "home"
     (home / ".pykmip").mkdir(parents=True)
-    pki = core_process.pki
     (home / ".pykmip" / "pykmip.conf").write_text(
         "[client]\n"
         "host=127.0.0.1\n"
-        f"port={core_process.port}\n"
+        f"port={port}\n"
         f"certfile={pki.app.cert}\n"
         f"keyfile={pki.app.key}\n"
         f"ca_certs={pki.ca.cert}\n"
@@ -64,3 +66,16 @@ def test_pykmip_integration_suite_passes(core_process: CoreProcess, tmp_path: Pa
     print(f"\nPyKMIP integration suite: {summary}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert re.search(r"\b37 passed\b", summary), summary
+    return summary
+
+
+def test_pykmip_integration_suite_passes(core_process: CoreProcess, tmp_path: Path) -> None:
+    run_suite(core_process.port, core_process.pki, tmp_path / "home")
+
+
+def test_pykmip_integration_suite_passes_through_kcm_gateway(
+        gateway_process: GatewayProcess, tmp_path: Path) -> None:
+    """The same suite against a kcm-gateway in front of the core: it creates, registers and
+    manages managed objects (forwarded to the core), so it must pass exactly as it does
+    against the core directly."""
+    run_suite(gateway_process.port, gateway_process.pki, tmp_path / "home")

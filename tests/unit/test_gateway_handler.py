@@ -4,12 +4,14 @@ engine and L3 cache, a fake link, and (for forwarded items) an in-process kcm-co
 from __future__ import annotations
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from kcm.gateway.classifier import classify
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
+from kcm.gateway.link_client import ServiceKeyRefused
 from kcm.gateway.local_batch import LocalRunner, l4_engine
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, State
 from kcm.kmip.payloads.crypto import DecryptRequest
@@ -286,3 +288,72 @@ def test_mixed_with_the_core_down_answers_the_local_part(warm: Gateway) -> None:
                         sync=False)
     ok(message, 0)
     assert message.batch_items[1].result_reason == ResultReason.GENERAL_FAILURE
+
+
+# Refused attempts are logged ---------------------------------------------------------------
+
+def send_as(gateway: Gateway, principal, wire: bytes):
+    answer = gateway.handler.handle_request(wire, ConnectionInfo(2, principal, "10.0.0.9:5000"))
+    if isinstance(answer, Deferred):
+        answered: list[bytes] = []
+        answer.addCallback(answered.append)
+        answer = answered[0]
+    return response(answer)
+
+
+def warnings(events) -> list[dict]:
+    return [e for e in events if e["log_level"] == LogLevel.warn]
+
+
+def test_another_tenants_token_or_l3_is_denied_and_the_attempt_logged(warm: Gateway) -> None:
+    token = ok(warm.send(request(create_l4()))).unique_identifier
+    stranger = service_principal("other", "app")
+    with capturedLogs() as events:
+        message = send_as(warm, stranger, request(get(token, b"g"), encrypt(L3_UID, b"x", b"e"),
+                                                  continuation=CONTINUE))
+    assert [i.result_reason for i in message.batch_items] == [ResultReason.PERMISSION_DENIED] * 2
+    by_token, by_l3 = warnings(events)
+    assert (by_token["principal"], by_token["operation"]) == (stranger.id, "GET")
+    assert (by_token["token_id"], by_token["l3_uid"]) == (token_id(token), L3_UID)
+    assert (by_l3["operation"], by_l3["l3_uid"], by_l3["token_id"]) == ("ENCRYPT", L3_UID, None)
+    text = " ".join(formatEvent(e) for e in events) + repr(events)
+    assert token not in text and L3.key.hex() not in text
+    assert stranger.id in formatEvent(by_token) and token_id(token) in formatEvent(by_token)
+
+
+def test_another_services_l3_is_denied_and_logged_once_across_a_fetch(warm: Gateway,
+                                                                      link: FakeLink) -> None:
+    billing = service_principal("demo", "billing")
+    with capturedLogs() as events:
+        # The second item misses (billing's own L3 is not cached): the run is made twice.
+        message = send_as(warm, billing, request(create_l4(via_link=L3_UID), create_l4(),
+                                                 continuation=CONTINUE))
+    assert message.batch_items[0].result_reason == ResultReason.PERMISSION_DENIED
+    assert link.fetches == [(billing, "demo", "billing", None)]
+    [logged] = warnings(events)
+    assert (logged["principal"], logged["operation"], logged["l3_uid"]) == (
+        billing.id, "CREATE", L3_UID)
+
+
+def test_a_refusal_by_the_core_is_logged_too(gateway: Gateway, link: FakeLink) -> None:
+    stranger = service_principal("other", "app")
+    link.fetch_service_keys = lambda *args: fail(ServiceKeyRefused(
+        ResultReason.PERMISSION_DENIED, "the key belongs to another tenant"))
+    with capturedLogs() as events:
+        item = send_as(gateway, stranger, request(encrypt(L3_UID))).batch_items[0]
+    assert item.result_reason == ResultReason.PERMISSION_DENIED
+    [logged] = warnings(events)
+    assert (logged["operation"], logged["l3_uid"]) == ("ENCRYPT", L3_UID)
+    assert "another tenant" in formatEvent(logged)
+
+
+def test_answered_and_other_refusals_log_nothing(warm: Gateway) -> None:
+    with capturedLogs() as events:
+        token = ok(warm.send(request(create_l4()))).unique_identifier
+        ok(warm.send(request(get(token), encrypt(token))))
+        warm.cache.apply_event(1, "l3.state", "demo", {"unique_identifier": L3_UID,
+                                                       "state": State.DEACTIVATED})
+        # KMIP 1.x says Permission Denied for a wrong state: not an attempt on a key.
+        refused = warm.send(request(encrypt(token), version=(1, 4))).batch_items[0]
+        assert refused.result_reason == ResultReason.PERMISSION_DENIED
+    assert warnings(events) == []

@@ -139,3 +139,16 @@ def test_backpressure_pauses_reading_until_answers_drain() -> None:
         handler.deferreds[i].callback(b"x")
     assert transport.producerState == "producing"
     assert transport.value() == b"x" * 6
+
+
+def test_reading_resumes_only_when_no_reason_to_pause_holds() -> None:
+    protocol, transport, _, _ = connect()
+    protocol.pause("a")
+    protocol.pause("b")
+    protocol.pause("a")  # idempotent per reason
+    assert transport.producerState == "paused" and protocol.paused_by == {"a", "b"}
+    protocol.resume("a")
+    assert transport.producerState == "paused"
+    protocol.resume("b")
+    protocol.resume("b")
+    assert transport.producerState == "producing" and protocol.paused_by == frozenset()

@@ -293,14 +293,19 @@ def test_l3_states(engine, keys) -> None:
     decrypt = DecryptRequest(unique_identifier=uid, data=sealed.data,
                              iv_counter_nonce=sealed.iv_counter_nonce,
                              authenticated_encryption_tag=sealed.authenticated_encryption_tag)
-    for state in (State.DEACTIVATED, State.COMPROMISED):
-        keys.keys[l3(1).uid] = l3(1, state)
-        assert engine.decrypt(APP, V21, decrypt).data == b"r"
-        assert engine.get(APP, V21, GetRequest(unique_identifier=uid))
-        refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, engine.encrypt, APP, V21,
-                EncryptRequest(unique_identifier=uid, data=b"r"))
-        refused(ResultReason.PERMISSION_DENIED, engine.encrypt, APP, V14,
-                EncryptRequest(unique_identifier=l3(1).uid, data=b"r"))
+    keys.keys[l3(1).uid] = l3(1, State.DEACTIVATED)  # decrypt-only
+    assert engine.decrypt(APP, V21, decrypt).data == b"r"
+    assert engine.get(APP, V21, GetRequest(unique_identifier=uid))
+    refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, engine.encrypt, APP, V21,
+            EncryptRequest(unique_identifier=uid, data=b"r"))
+    refused(ResultReason.PERMISSION_DENIED, engine.encrypt, APP, V14,
+            EncryptRequest(unique_identifier=l3(1).uid, data=b"r"))
+    keys.keys[l3(1).uid] = l3(1, State.COMPROMISED)  # dropped: nothing at all
+    refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, engine.decrypt, APP, V21, decrypt)
+    refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, engine.get, APP, V21,
+            GetRequest(unique_identifier=uid))
+    refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, engine.encrypt, APP, V21,
+            EncryptRequest(unique_identifier=uid, data=b"r"))
     keys.keys[l3(1).uid] = ServiceKey(l3(1).uid, "demo", "app", 1, State.DESTROYED, b"")
     refused(ResultReason.OBJECT_DESTROYED, engine.decrypt, APP, V21, decrypt)
     refused(ResultReason.ITEM_NOT_FOUND, engine.get, APP, V14, GetRequest(unique_identifier=uid))

@@ -1,0 +1,285 @@
+"""Gateways kept in step with the core, end to end: real `twistd kcm-core` and two real
+`twistd kcm-gateway` processes (different ports, both linked), the development PKI's
+certificates, mutual TLS on loopback.
+
+* A revocation committed through gateway A is enforced by gateway B (and A) within 1 s of
+  the core's commit (ARCHITECTURE §4): a non-compromise reason leaves the L3 Deactivated
+  (decrypt-only), Key Compromise drops it; a destroyed L4 token is refused by both gateways
+  and by the core.
+* A gateway cut off from the core while changes commit applies them, in order, when its link
+  comes back, without a restart (resume by sequence, docs/link-protocol.md §2).
+
+Every request here is KMIP 2.1, so refusals carry 2.x reasons (Wrong Key Lifecycle State,
+Object Not Found).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kcm.conformance.client import KmipClient
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode
+from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem
+from kcm.kmip.payloads.crypto import DecryptRequest, EncryptResponse
+from kcm.kmip.payloads.lifecycle import DestroyRequest, RevocationReason, RevokeRequest
+from kcm.l4 import token as l4_token
+from tests.e2e_support import (
+    CoreProcess,
+    GatewayProcess,
+    applied_events,
+    dead_links,
+    resumed_after,
+    wait_until,
+)
+from tests.gateway_support import CONTINUE, create_l4, encrypt, get, item, request, response
+
+V21 = (2, 1)
+#: The target of ARCHITECTURE §4: a revocation is enforced everywhere within 1 s of the commit.
+PROPAGATION_BOUND = 1.0
+POLL_INTERVAL = 0.02
+
+
+@pytest.fixture
+def gateways(core_process: CoreProcess, tmp_path: Path
+             ) -> Iterator[tuple[CoreProcess, GatewayProcess, GatewayProcess]]:
+    """The core and two gateways linked to it, each pre-warmed for demo/app."""
+    a = GatewayProcess(tmp_path / "gateway-a", core_process)
+    b = GatewayProcess(tmp_path / "gateway-b", core_process)
+    try:
+        a.start()
+        b.start()
+        a.wait_linked()
+        b.wait_linked()
+        yield core_process, a, b
+    finally:
+        for gateway in (a, b):
+            if gateway.process is not None and gateway.process.poll() is None:
+                gateway.process.send_signal(signal.SIGCONT)  # in case a test left it stopped
+            gateway.stop()
+
+
+# Requests ------------------------------------------------------------------------------------
+def send(client: KmipClient, *items: RequestBatchItem) -> list[ResponseBatchItem]:
+    """One KMIP 2.1 request of ``items`` (each answered whatever the others do)."""
+    return response(client.send(request(*items, version=V21, continuation=CONTINUE))).batch_items
+
+
+def succeeded(client: KmipClient, *items: RequestBatchItem) -> list:
+    """The response payloads of ``items``, each of which must succeed."""
+    answers = send(client, *items)
+    assert [a.result_status for a in answers] == [ResultStatus.SUCCESS] * len(items), \
+        [a.result_message for a in answers]
+    return [a.response_payload for a in answers]
+
+
+def revoke(uid: str, code: RevocationReasonCode) -> RequestBatchItem:
+    return item(Operation.REVOKE, RevokeRequest(unique_identifier=uid,
+                                                revocation_reason=RevocationReason(code=code)))
+
+
+def destroy(uid: str) -> RequestBatchItem:
+    return item(Operation.DESTROY, DestroyRequest(unique_identifier=uid))
+
+
+def decrypt(uid: str, sealed: EncryptResponse) -> RequestBatchItem:
+    """Decrypt of what an AES-GCM Encrypt answered (data, IV and tag)."""
+    return item(Operation.DECRYPT, DecryptRequest(
+        unique_identifier=uid, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
+        authenticated_encryption_tag=sealed.authenticated_encryption_tag))
+
+
+def refusals(answers: list[ResponseBatchItem]) -> list[ResultReason | None]:
+    """Each answer's Result Reason, None for one that succeeded."""
+    return [None if a.result_status == ResultStatus.SUCCESS else a.result_reason
+            for a in answers]
+
+
+@dataclass
+class Envelope:
+    """An application's envelope encryption at a gateway: an L4 token under the demo/app L3,
+    a record encrypted with it, and its DEK wrapped with the L3."""
+
+    token: str
+    l3: str
+    dek: bytes
+    record: EncryptResponse
+    wrapped: EncryptResponse
+
+
+def envelope(client: KmipClient) -> Envelope:
+    [created] = succeeded(client, create_l4())
+    token = created.unique_identifier
+    l3 = l4_token.parse(token).l3_uid
+    [key, record] = succeeded(client, get(token), encrypt(token, b"a customer record"))
+    dek = key.object.key_block.key_value.key_material
+    [wrapped] = succeeded(client, encrypt(l3, dek))
+    return Envelope(token, l3, dek, record, wrapped)
+
+
+def enforced_within(clients: dict[str, KmipClient], probe: list[RequestBatchItem],
+                    refused: list[ResultReason | None], since: float,
+                    timeout: float = 5.0) -> dict[str, float]:
+    """Send ``probe`` to every gateway every 20 ms until each answers with exactly the
+    ``refused`` reasons; the seconds from ``since`` to each gateway's first such answer."""
+    delays: dict[str, float] = {}
+    last: dict[str, list] = {}
+    while len(delays) < len(clients):
+        for name, client in clients.items():
+            if name in delays:
+                continue
+            answers = send(client, *probe)
+            last[name] = refusals(answers)
+            if last[name] == refused:
+                delays[name] = time.monotonic() - since
+        if time.monotonic() - since > timeout:
+            raise AssertionError(f"not enforced within {timeout:g}s: {last}")
+        time.sleep(POLL_INTERVAL)
+    return delays
+
+
+def report(what: str, delays: dict[str, float], sent: float, answered: float) -> None:
+    lead = answered - sent
+    print(f"\n{what}: " + ", ".join(
+        f"gateway {name} {(delay - lead) * 1000:.0f} ms after the core's answer "
+        f"({delay * 1000:.0f} ms after the request)" for name, delay in sorted(delays.items())))
+
+
+# Revocation reaches every gateway ---------------------------------------------------------
+def test_a_deactivating_revoke_through_one_gateway_is_enforced_by_both_within_1s(
+        gateways) -> None:
+    _, a, b = gateways
+    with a.client("admin") as admin, a.client("app") as app_a, b.client("app") as app_b:
+        kept = envelope(app_b)
+        succeeded(app_a, encrypt(kept.l3, kept.dek), encrypt(kept.token))  # held at A too
+        # Encrypt with the L3 and with its L4, Create of an L4 under it: what stops.
+        probe = [encrypt(kept.l3, kept.dek), encrypt(kept.token, b"more"),
+                 create_l4(via_link=kept.l3)]
+        assert refusals(send(app_b, *probe)) == [None, None, None]
+
+        sent = time.monotonic()
+        succeeded(admin, revoke(kept.l3, RevocationReasonCode.CESSATION_OF_OPERATION))
+        answered = time.monotonic()
+        delays = enforced_within({"A": app_a, "B": app_b}, probe,
+                                 [ResultReason.WRONG_KEY_LIFECYCLE_STATE] * 3, since=sent)
+        report("L3 deactivation enforced", delays, sent, answered)
+        assert max(delays.values()) < PROPAGATION_BOUND, delays
+
+        # The service has no Active L3 left: a Create by marker is refused too.
+        assert refusals(send(app_b, create_l4())) == [ResultReason.WRONG_KEY_LIFECYCLE_STATE]
+        # Decrypt-only: existing records and wrapped DEKs still open, the token still reads.
+        for client in (app_a, app_b):
+            opened, unwrapped, key = succeeded(client, decrypt(kept.token, kept.record),
+                                               decrypt(kept.l3, kept.wrapped), get(kept.token))
+            assert opened.data == b"a customer record"
+            assert unwrapped.data == kept.dek
+            assert key.object.key_block.key_value.key_material == kept.dek
+
+
+def test_a_key_compromise_revoke_drops_the_l3_at_both_gateways_within_1s(gateways) -> None:
+    _, a, b = gateways
+    with a.client("admin") as admin, a.client("app") as app_a, b.client("app") as app_b:
+        kept = envelope(app_b)
+        # Everything the L3 and its L4 were good for, decrypting included.
+        probe = [encrypt(kept.l3, kept.dek), encrypt(kept.token, b"more"),
+                 create_l4(via_link=kept.l3), decrypt(kept.token, kept.record),
+                 decrypt(kept.l3, kept.wrapped), get(kept.token)]
+        assert refusals(send(app_a, *probe)) == [None] * len(probe)
+        assert refusals(send(app_b, *probe)) == [None] * len(probe)
+
+        sent = time.monotonic()
+        succeeded(admin, revoke(kept.l3, RevocationReasonCode.KEY_COMPROMISE))
+        answered = time.monotonic()
+        delays = enforced_within({"A": app_a, "B": app_b}, probe,
+                                 [ResultReason.WRONG_KEY_LIFECYCLE_STATE] * len(probe),
+                                 since=sent)
+        report("L3 compromise enforced", delays, sent, answered)
+        assert max(delays.values()) < PROPAGATION_BOUND, delays
+        [answer] = send(app_b, decrypt(kept.token, kept.record))
+        assert "compromised" in answer.result_message
+
+
+def test_a_destroyed_l4_token_is_refused_by_both_gateways_within_1s_and_by_the_core(
+        gateways) -> None:
+    core, a, b = gateways
+    with a.client("app") as app_a, b.client("app") as app_b:
+        destroyed = envelope(app_b)
+        other = envelope(app_b)  # another token under the same L3
+        probe = [get(destroyed.token), encrypt(destroyed.token, b"more"),
+                 decrypt(destroyed.token, destroyed.record)]
+        assert refusals(send(app_a, *probe)) == [None] * len(probe)
+
+        sent = time.monotonic()
+        succeeded(app_a, destroy(destroyed.token))
+        answered = time.monotonic()
+        delays = enforced_within({"A": app_a, "B": app_b}, probe,
+                                 [ResultReason.OBJECT_NOT_FOUND] * len(probe), since=sent)
+        report("L4 destruction enforced", delays, sent, answered)
+        assert max(delays.values()) < PROPAGATION_BOUND, delays
+        with core.client("app") as direct:
+            assert refusals(send(direct, *probe)) == [ResultReason.OBJECT_NOT_FOUND] * 3
+            [opened] = succeeded(direct, decrypt(other.token, other.record))
+        assert opened.data == b"a customer record"
+        for client in (app_a, app_b):  # the tombstone names one token, not its L3
+            [opened] = succeeded(client, decrypt(other.token, other.record))
+            assert opened.data == b"a customer record"
+
+
+# Catch-up after a disconnection --------------------------------------------------------------
+def test_a_gateway_cut_off_while_changes_commit_applies_them_in_order_on_reconnect(
+        gateways) -> None:
+    """Gateway B is frozen with SIGSTOP: its process, its link's TCP connection and its
+    in-memory state stay as they were, but it answers nothing. The core notices after three
+    silent heartbeats and closes B's link (its log says the link is dead); only then are the
+    changes committed, through gateway A, so the events cannot reach B over the old
+    connection (nor sit in its socket buffer). After SIGCONT, B finds its link gone,
+    reconnects by itself, sends HELLO with the last sequence it applied and receives the
+    missed events from the outbox: its log shows the resume point and each missed event
+    applied in sequence order, and it then refuses what was revoked and destroyed. The
+    same process (same pid, one start-up) throughout: nothing was restarted."""
+    core, a, b = gateways
+    with b.client("app") as app_b:
+        destroyed = envelope(app_b)
+        kept = envelope(app_b)
+    pid = b.process.pid
+    before = applied_events(b)
+    last_applied = resumed_after(b)[-1] if not before else before[-1][0]
+    links, dead = b.links(), dead_links(core)
+
+    b.process.send_signal(signal.SIGSTOP)
+    try:
+        waited = wait_until(lambda: dead_links(core) > dead, "the core to drop B's link")
+        print(f"\nthe core dropped the frozen gateway's link after {waited:.1f} s")
+        with a.client("app") as app_a, a.client("admin") as admin:
+            succeeded(app_a, destroy(destroyed.token))
+            succeeded(admin, revoke(kept.l3, RevocationReasonCode.CESSATION_OF_OPERATION))
+        # A, still linked, applies both at once; B, frozen, cannot have.
+        wait_until(lambda: [kind for _, kind in applied_events(a)][-2:]
+                   == ["l4.tombstone", "l3.state"], "gateway A to apply both events", 5.0)
+        missed = applied_events(a)[-2:]
+    finally:
+        b.process.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+
+    b.wait_linked(more_than=links, timeout=15.0)
+    wait_until(lambda: len(applied_events(b)) >= len(before) + 2,
+               "gateway B to apply the missed events", 5.0)
+    print(f"gateway B relinked and caught up {time.monotonic() - resumed:.2f} s after SIGCONT")
+    assert resumed_after(b)[-1] == last_applied
+    assert missed == [(last_applied + 1, "l4.tombstone"), (last_applied + 2, "l3.state")]
+    assert applied_events(b)[len(before):] == missed
+    assert b.process.pid == pid and b.process.poll() is None
+    assert b.log.read_text().count("starting up") == 1
+
+    with b.client("app") as app_b:
+        assert refusals(send(app_b, get(destroyed.token), encrypt(kept.l3, kept.dek),
+                             encrypt(kept.token, b"more"))) == [
+            ResultReason.OBJECT_NOT_FOUND, ResultReason.WRONG_KEY_LIFECYCLE_STATE,
+            ResultReason.WRONG_KEY_LIFECYCLE_STATE]
+        [opened] = succeeded(app_b, decrypt(kept.token, kept.record))
+        assert opened.data == b"a customer record"

@@ -84,19 +84,20 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
             handler = OPERATIONS.get(int(batch_item.operation))
             payload = batch_item.request_payload
             if handler is None or isinstance(payload, Item):
-                raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
-                                f"operation {_name(batch_item.operation)} is not supported")
+                raise KmipError(
+                    ResultReason.OPERATION_NOT_SUPPORTED,
+                    f"operation {operation_name(batch_item.operation)} is not supported")
             response.response_payload = handler(ctx, payload)
             savepoint.commit()
         except KmipError as e:
             savepoint.rollback()
-            _fail(response, e.reason, e.message)
+            fail_item(response, e.reason, e.message)
             failed = True
         except Exception:
             savepoint.rollback()
             log.exception("operation %s failed [correlation id %s]",
-                          _name(batch_item.operation), correlation_id)
-            _fail(response, ResultReason.GENERAL_FAILURE,
+                          operation_name(batch_item.operation), correlation_id)
+            fail_item(response, ResultReason.GENERAL_FAILURE,
                   f"internal error (correlation id {correlation_id})")
             failed = True
         outcomes.append(_Outcome(response, ctx.object_ids, ctx.audit_detail))
@@ -126,14 +127,16 @@ def response_header(version: tuple[int, int], now: int, correlation_id: str,
         batch_count=batch_count)
 
 
-def _fail(response: ResponseBatchItem, reason: int, message: str) -> None:
+def fail_item(response: ResponseBatchItem, reason: int, message: str) -> None:
+    """Make ``response`` a failed item with ``reason`` and ``message`` (and no payload)."""
     response.result_status = ResultStatus.OPERATION_FAILED
     response.result_reason = reason
     response.result_message = message
     response.response_payload = None
 
 
-def _name(value: int) -> str:
+def operation_name(value: int) -> str:
+    """The Operation's enum name, or its hex for an operation this server does not know."""
     try:
         return Operation(value).name
     except ValueError:
@@ -149,7 +152,7 @@ def audit_event(caller: Caller, item: ResponseBatchItem, correlation_id: str,
         tenant=caller.principal.tenant,
         gateway=caller.gateway.id if caller.gateway is not None else None,
         source=caller.source,
-        operation=_name(item.operation) if item.operation is not None else "?",
+        operation=operation_name(item.operation) if item.operation is not None else "?",
         object_ids=tuple(object_ids),
         result_status=ResultStatus(item.result_status).name,
         result_reason=None if reason is None else _reason_name(reason),

@@ -37,13 +37,13 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kcm.core.batch import response_header
+from kcm.core.batch import fail_item, operation_name, response_header
 from kcm.core.request_handler import failure_message
 from kcm.core.versions import answer_version
 from kcm.gateway.classifier import Classified, Route, classify
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkBusy, LinkDown, LinkTimeout
-from kcm.gateway.local_batch import LocalRun, LocalRunner, fail_item
+from kcm.gateway.local_batch import LocalRun, LocalRunner
 from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
 from kcm.kmip.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
@@ -339,16 +339,9 @@ def _log_denied_use(item: RequestBatchItem, principal: Principal, error: KmipErr
         ("L4", token_id), ("L3", l3_uid), ("service", service), ("wrapping key", wrapping_key))
         if value is not None) or "no key"
     log.warn("denied {operation} by {principal} ({named}): {reason}",
-             operation=_operation_name(item.operation), principal=principal.id, named=named,
+             operation=operation_name(item.operation), principal=principal.id, named=named,
              l3_uid=l3_uid, token_id=token_id, service=service, wrapping_key=wrapping_key,
              reason=error.message)
-
-
-def _operation_name(value: int) -> str:
-    try:
-        return Operation(value).name
-    except ValueError:
-        return f"0x{int(value):08X}"
 
 
 def _version_of(wire: bytes) -> Version:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from kcm.core.batch import fail_item, operation_name
 from kcm.gateway.link_client import ServiceKeyRefused
 from kcm.identity import Principal
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
@@ -33,7 +34,7 @@ from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.engine import KeySource, L4Engine
 from kcm.ttlv.types import Item
 
-__all__ = ["Engine", "LocalRun", "LocalRunner", "fail_item", "l4_engine"]
+__all__ = ["Engine", "LocalRun", "LocalRunner", "l4_engine"]
 
 log = Logger()
 
@@ -100,7 +101,7 @@ class LocalRunner:
             except Exception:
                 correlation_id = self._new_correlation_id()
                 log.failure("local {op} failed [correlation id {cid}]",
-                            op=_name(item.operation), cid=correlation_id)
+                            op=operation_name(item.operation), cid=correlation_id)
                 fail_item(response, ResultReason.GENERAL_FAILURE,
                           f"internal error (correlation id {correlation_id})")
                 failed = True
@@ -113,7 +114,7 @@ def _one(engine: Engine, item: RequestBatchItem, principal: Principal, version: 
     payload = item.request_payload
     if isinstance(payload, Item):
         raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
-                        f"operation {_name(item.operation)} is not supported")
+                        f"operation {operation_name(item.operation)} is not supported")
     operation = int(item.operation)
     if operation != Operation.CREATE:
         payload.unique_identifier = placeholder.resolve(payload.unique_identifier)
@@ -130,16 +131,3 @@ def _is_denied_use(error: KmipError) -> bool:
     return isinstance(error, ServiceKeyRefused) and error.reason == ResultReason.PERMISSION_DENIED
 
 
-def fail_item(response: ResponseBatchItem, reason: int, message: str) -> None:
-    """Make ``response`` a failed item with ``reason`` and ``message``."""
-    response.result_status = ResultStatus.OPERATION_FAILED
-    response.result_reason = reason
-    response.result_message = message
-    response.response_payload = None
-
-
-def _name(value: int) -> str:
-    try:
-        return Operation(value).name
-    except ValueError:
-        return f"0x{int(value):08X}"

@@ -69,28 +69,13 @@ from kcm.kmip.payloads.lifecycle import RevocationReason  # noqa: E402
 from kcm.kmip.tags import Tag  # noqa: E402
 from kcm.pki import PkiPaths  # noqa: E402
 from kcm.ttlv import decode, encode  # noqa: E402
-from tests.e2e_support import CoreProcess, deploy  # noqa: E402
+from tests.e2e_support import PYKMIP_SERVER, CoreProcess, deploy  # noqa: E402
 
 KMIP_1_2 = ProtocolVersion.of((1, 2))
 START_TIMEOUT = 30.0
 #: Keys read back with Get Attributes after each scenario, per server.
 VERIFY_SAMPLE = 50
 
-# PyKMIP's server, as tests/integration/test_conformance_runner.py starts it.
-_PYKMIP_SERVER = """
-import sys, warnings
-warnings.simplefilter("ignore")
-from kmip.services.server.server import KmipServer
-pki, port, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-server = KmipServer(
-    hostname="127.0.0.1", port=port, certificate_path=f"{pki}/core.pem",
-    key_path=f"{pki}/core.key", ca_path=f"{pki}/ca.pem", auth_suite="TLS1.2",
-    config_path=None, log_path=f"{work}/pykmip.log", policy_path=None,
-    enable_tls_client_auth=False, logging_level="INFO", database_path=f"{work}/pykmip.db",
-)
-with server:
-    server.serve()
-"""
 
 
 # --- the requests: KMIP 1.2, identical bytes for both servers ---------------------------------
@@ -157,7 +142,7 @@ def free_port() -> int:
 def start_pykmip(pki: PkiPaths, work: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-c", _PYKMIP_SERVER, str(pki.directory), str(port), str(work)],
+        [sys.executable, "-c", PYKMIP_SERVER, str(pki.directory), str(port), str(work)],
         stdout=subprocess.DEVNULL, stderr=open(work / "pykmip.stderr", "wb"),  # noqa: SIM115
     )
     deadline = time.monotonic() + START_TIMEOUT

@@ -28,6 +28,7 @@ KMIP clients whose certificates carry only a subject are named by the core's pol
 from __future__ import annotations
 
 import enum
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -222,6 +223,24 @@ class SubjectMap:
         if not isinstance(subjects, dict):
             raise ValueError(f"{path}: [subjects] must be a table")
         return cls.from_mapping(subjects)
+
+    @classmethod
+    def from_document(cls, document: str) -> SubjectMap:
+        """The map a :meth:`document` describes; ``ValueError`` if it is not one."""
+        try:
+            subjects = json.loads(document)
+        except ValueError as e:
+            raise ValueError(f"policy document is not JSON: {e}") from None
+        if not isinstance(subjects, dict):
+            raise ValueError("policy document must be a JSON object")
+        return cls.from_mapping(subjects)
+
+    def document(self) -> str:
+        """The canonical policy document the core pushes to gateways (docs/link-protocol.md):
+        a JSON object of RFC 4514 subject -> role path, keys sorted, no spaces. Equal maps
+        give equal documents."""
+        subjects = {name.rfc4514_string(): path for name, path in self._paths.items()}
+        return json.dumps(subjects, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def __len__(self) -> int:
         return len(self._paths)

@@ -132,6 +132,25 @@ class CoreProcess:
         return client
 
 
+#: PyKMIP 0.11's own server, for the runner's test and as the durable-operations baseline:
+#: ``python -c PYKMIP_SERVER PKI_DIR PORT WORK_DIR`` (TLS 1.2, the PKI's core certificate, its
+#: SQLite database and log in WORK_DIR).
+PYKMIP_SERVER = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from kmip.services.server.server import KmipServer
+pki, port, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+server = KmipServer(
+    hostname="127.0.0.1", port=port, certificate_path=f"{pki}/core.pem",
+    key_path=f"{pki}/core.key", ca_path=f"{pki}/ca.pem", auth_suite="TLS1.2",
+    config_path=None, log_path=f"{work}/pykmip.log", policy_path=None,
+    enable_tls_client_auth=False, logging_level="INFO", database_path=f"{work}/pykmip.db",
+)
+with server:
+    server.serve()
+"""
+
+
 def deploy(root: Path, database: str) -> CoreProcess:
     """A PKI, an initialised database and L1, tenants demo (service app) and other."""
     root.mkdir(parents=True, exist_ok=True)

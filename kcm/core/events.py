@@ -41,3 +41,8 @@ def l3_state(ctx: Any, tenant: str, uid: str, service: str, state: int) -> int:
     """L3 object ``uid`` of ``tenant``/``service`` is now in KMIP state ``state``."""
     return emit(ctx, L3_STATE, tenant,
                 {"unique_identifier": uid, "service": service, "state": int(state)})
+
+
+def policy(ctx: Any, document: str) -> int:
+    """The core's policy is now ``document`` (:meth:`kcm.identity.SubjectMap.document`)."""
+    return emit(ctx, POLICY, None, {"policy": document})

@@ -4,7 +4,8 @@ core does with each frame.
 Only a peer whose verified certificate names a GATEWAY principal is served; anyone else is
 closed right after the handshake. On a link:
 
-* HELLO → WELCOME, then the outbox events after the gateway's sequence, then new ones live;
+* HELLO → WELCOME (carrying the core's policy document), then the outbox events after the
+  gateway's sequence, then new ones live;
 * REQUEST → :meth:`CoreRequestHandler.handle_as` as the asserted caller, the gateway named in
   the audit record, answered with RESPONSE;
 * FETCH_SERVICE_KEY → :func:`kcm.core.service_keys.fetch_service_keys`, answered with
@@ -112,7 +113,8 @@ class LinkServerProtocol(LinkProtocol):
                  gateway=self.gateway.id, peer=self.peer, name=frame.peer_name, seq=self.sent_seq)
         self.send(Frame(FrameType.WELCOME, link_version=LINK_VERSION,
                         peer_name=self.factory.server_name, sequence=head,
-                        heartbeat_interval=self.factory.settings.heartbeat_interval))
+                        heartbeat_interval=self.factory.settings.heartbeat_interval,
+                        policy=self.factory.policy_document))
         self._catch_up()
 
     def _require_hello(self, frame: Frame) -> bool:
@@ -261,11 +263,19 @@ class LinkServerFactory(Factory):
         self.fanout = fanout
         self.resolve_peer = resolve_peer
         self.trust_domain = trust_domain
-        self.subject_map = subject_map
         self.clock = clock
         self.settings = settings or LinkSettings()
         self.server_name = server_name
         self._principals: dict[tuple[str, str | None], Principal | None] = {}
+        self.set_subject_map(subject_map)
+
+    def set_subject_map(self, subject_map: SubjectMap | None) -> None:
+        """Use ``subject_map`` (the core's policy) from now on: for asserted subjects, and as
+        the policy document the next WELCOMEs carry (a running gateway learns it from the
+        ``policy`` event the core writes with the change)."""
+        self.subject_map = subject_map
+        self.policy_document = (subject_map or SubjectMap({})).document()
+        self._principals.clear()
 
     def buildProtocol(self, addr: object) -> LinkServerProtocol:
         return LinkServerProtocol(self)

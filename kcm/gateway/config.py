@@ -26,7 +26,6 @@ class GatewayConfig:
     core: str = "tcp:127.0.0.1:5697"
     #: The name the core's certificate must carry (DNS or IP SAN).
     core_server_name: str = "localhost"
-    policy_file: str | None = None
     tls: TlsFiles = field(default_factory=lambda: TlsFiles("var/pki/gateway.pem",
                                                            "var/pki/gateway.key",
                                                            "var/pki/ca.pem"))
@@ -47,8 +46,10 @@ class GatewayConfig:
         return [_service_pair(entry) for entry in self.prewarm]
 
 
-_TOP_LEVEL = {"listen", "trust_domain", "core", "core_server_name", "policy_file", "l3_ttl",
+_TOP_LEVEL = {"listen", "trust_domain", "core", "core_server_name", "l3_ttl",
               "max_stale", "prewarm", "max_in_flight", "log_level"}
+_GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
+                        "the core pushes (set policy_file in the core's configuration)"}
 
 
 def _service_pair(entry: str) -> tuple[str, str]:
@@ -77,6 +78,8 @@ def load_config(path: str | Path | None,
     for key, value in table.items():
         if key in _TOP_LEVEL:
             values[key] = value
+        elif key in _GONE:
+            raise ConfigError(_GONE[key])
         elif key not in ("tls", "limits"):
             raise ConfigError(f"unknown setting gateway.{key}")
     tls = dict(table.get("tls", {}))

@@ -13,8 +13,9 @@ What it promises:
 * Events from the core apply at once: ``l3.rotated`` fetches the new current version,
   ``l3.state`` updates a version (Deactivated: it only decrypts from then on) or drops it
   (Compromised, Destroyed: refused from then on), ``l4.tombstone`` refuses the token,
-  ``policy`` is logged (policies are not cached yet). Each applied event is logged with
-  its sequence number (an operator sees what a gateway caught up on after a reconnect).
+  ``policy`` is only logged here (the gateway service applies the policy it carries to new
+  client connections: :class:`kcm.gateway.service.GatewayService`). Each applied event is
+  logged with its sequence number (an operator sees what a gateway caught up on after a reconnect).
 
 Time comes from the injected ``clock``; the core is reached only through the injected
 ``fetch``. Nothing here blocks, writes to disk or logs on the read path.
@@ -257,7 +258,7 @@ class L3Cache:
         elif kind == "l4.tombstone":
             self._tombstones.add(str(payload["token_id"]))
         elif kind == "policy":
-            log.info("policy changed at the core (event {seq}); gateways do not cache policy",
+            log.info("policy changed at the core (event {seq}); it applies to new connections",
                      seq=sequence)
         else:
             log.warn("ignoring unknown event kind {kind!r} (event {seq})", kind=kind,

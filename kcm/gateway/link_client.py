@@ -7,7 +7,9 @@
   core; many in flight at once, multiplexed by stream id and answered in any order;
 * :meth:`LinkClient.fetch_service_keys` — a service's L3 versions, on behalf of a caller;
 * ``on_event(seq, kind, tenant, payload)`` — the core's event stream, applied in sequence
-  order, resumed after :attr:`LinkClient.last_sequence` on every reconnect.
+  order, resumed after :attr:`LinkClient.last_sequence` on every reconnect;
+* ``on_policy(document)`` — the core's policy document, from every WELCOME and every
+  ``policy`` event (before ``on_event`` sees that event).
 
 Nothing waits for a link that is not there: while it is down every call fails at once with
 :class:`LinkDown`. In-flight streams are bounded: at ``max_in_flight`` the registered
@@ -171,7 +173,8 @@ class LinkClient(MultiService):
 
     def __init__(self, endpoint: IStreamClientEndpoint, *, clock: IReactorTime,
                  name: str = "kcm-gateway", on_event: EventCallback | None = None,
-                 on_resync: Callable[[], None] | None = None, last_sequence: int = -1,
+                 on_resync: Callable[[], None] | None = None,
+                 on_policy: Callable[[str], None] | None = None, last_sequence: int = -1,
                  max_in_flight: int = 1024, request_timeout: float = 30.0,
                  heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
@@ -185,6 +188,9 @@ class LinkClient(MultiService):
         #: Called when the core's event log is behind ours (a restored database): cached
         #: state may be stale and should be dropped.
         self.on_resync = on_resync
+        #: Called with the core's policy document (kcm.identity.SubjectMap.document) from
+        #: each WELCOME that carries one and each ``policy`` event.
+        self.on_policy = on_policy
         #: The last event applied; sent in HELLO so the core resumes right after it.
         self.last_sequence = last_sequence
         self.max_in_flight = max_in_flight
@@ -312,6 +318,11 @@ class LinkClient(MultiService):
                 self.on_resync()
         log.info("linked to core {core} at {peer}; events after {seq}", core=frame.peer_name,
                  peer=protocol.peer, seq=self.last_sequence)
+        if frame.policy is not None and self.on_policy is not None:
+            try:
+                self.on_policy(frame.policy)
+            except Exception:
+                log.failure("applying the core's policy failed")
         self._protocol = protocol
         self._refusals = 0
         waiters, self._waiters = self._waiters, []
@@ -335,9 +346,12 @@ class LinkClient(MultiService):
             # Never apply out of order: reconnect and resume after the last one applied.
             protocol.go_away(f"event gap: expected {self.last_sequence + 1}, got {seq}")
             return
-        if self.on_event is not None:
-            try:
-                self.on_event(seq, frame.kind, frame.tenant, frame.payload or {})
-            except Exception:
-                log.failure("applying event {seq} ({kind}) failed", seq=seq, kind=frame.kind)
+        payload = frame.payload or {}
+        try:
+            if frame.kind == "policy" and "policy" in payload and self.on_policy is not None:
+                self.on_policy(str(payload["policy"]))
+            if self.on_event is not None:
+                self.on_event(seq, frame.kind, frame.tenant, payload)
+        except Exception:
+            log.failure("applying event {seq} ({kind}) failed", seq=seq, kind=frame.kind)
         self.last_sequence = seq

@@ -1,6 +1,9 @@
 """The kcm-gateway service tree. Construction only records the configuration; everything
 that reads files or touches the network happens in :meth:`GatewayService.startService`.
 
+Client principals come from certificates, and for subject-only certificates from the
+subject map the core pushes on the link (ARCHITECTURE §6); the gateway has no policy file.
+
 Children: the link to the core (a reconnecting client), the KMIP listener for applications
 (whose connections stop reading while the link has too many calls in flight), and a timer
 that refreshes service keys past their TTL in the background. Once the link is up the
@@ -40,6 +43,9 @@ class GatewayService(MultiService):
         self.link: LinkClient | None = None
         self.cache: L3Cache | None = None
         self.handler: GatewayRequestHandler | None = None
+        #: The core's subject map, as the core last pushed it (WELCOME, ``policy`` events);
+        #: empty until the first WELCOME, so subject-only clients are refused until then.
+        self.subject_map = SubjectMap({})
 
     def startService(self) -> None:
         config = self.config
@@ -54,16 +60,16 @@ class GatewayService(MultiService):
                         clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale)
         link.on_event = cache.apply_event
         link.on_resync = cache.resync
+        link.on_policy = self.apply_policy
         runner = LocalRunner(new_correlation_id=new_correlation_id)
         handler = GatewayRequestHandler(runner=runner, cache=cache, link=link,
                                         clock=reactor.seconds,
                                         max_message_size=config.limits.max_message_size)
-        subject_map = SubjectMap.from_toml(config.policy_file) if config.policy_file else None
         trust_domain = config.trust_domain
         factory = KmipServerFactory(
             handler, config.limits,
-            lambda transport: peer_principal(transport, trust_domain, subject_map), reactor,
-            upstream=link)
+            lambda transport: peer_principal(transport, trust_domain, self.subject_map),
+            reactor, upstream=link)
         tls = server_tls_options(config.tls.cert, config.tls.key, config.tls.ca)
         listener = StreamServerEndpointService(
             tls_server_endpoint(reactor, config.listen, tls), factory)
@@ -79,6 +85,20 @@ class GatewayService(MultiService):
         super().startService()
         if config.prewarm:
             link.when_connected().addCallback(lambda _: self._prewarm())
+
+    def apply_policy(self, document: str) -> None:
+        """Resolve client principals with the core's policy ``document`` from now on: each
+        new client connection is resolved with the map in force at its handshake."""
+        try:
+            subject_map = SubjectMap.from_document(document)
+        except ValueError as e:
+            log.error("the core sent a malformed policy; keeping the current one: {error}",
+                      error=str(e))
+            return
+        if subject_map.document() != self.subject_map.document():
+            log.info("policy from the core: {count} subject mappings, for new connections",
+                     count=len(subject_map))
+        self.subject_map = subject_map
 
     def _prewarm(self) -> None:
         """Fetch the current L3 of every configured service, asking as that service (the

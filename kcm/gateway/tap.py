@@ -21,7 +21,6 @@ class Options(usage.Options):
         ["core", None, None, "The core's link listener, a client endpoint (tcp:HOST:PORT)."],
         ["core-server-name", None, None, "Name the core's certificate must carry."],
         ["trust-domain", None, None, "SPIFFE trust domain of client identities."],
-        ["policy-file", None, None, "Policy file mapping certificate subjects to principals."],
         ["tls-cert", None, None, "Gateway certificate (PEM), for clients and the link."],
         ["tls-key", None, None, "Gateway private key (PEM)."],
         ["tls-ca", None, None, "CA certificates that peers' certificates must chain to."],

@@ -44,6 +44,7 @@ class Tag(enum.IntEnum):
     ERROR_MESSAGE = 0x54B011
     HEARTBEAT_INTERVAL = 0x54B012
     TOKEN_ID = 0x54B013
+    POLICY = 0x54B014
     KEY_MATERIAL = 0x420043
     RESULT_REASON = 0x42007E
     STATE = 0x42008D
@@ -95,6 +96,7 @@ class Frame:
     error: str | None = None
     result_reason: int | None = None
     heartbeat_interval: int | None = None
+    policy: str | None = None
 
 
 # (attribute, tag, type) of every scalar field of a LinkFrame, in wire order.
@@ -103,6 +105,7 @@ _FIELDS: tuple[tuple[str, int, ItemType], ...] = (
     ("peer_name", Tag.PEER_NAME, ItemType.TEXT_STRING),
     ("sequence", Tag.EVENT_SEQUENCE, ItemType.LONG_INTEGER),
     ("heartbeat_interval", Tag.HEARTBEAT_INTERVAL, ItemType.INTERVAL),
+    ("policy", Tag.POLICY, ItemType.TEXT_STRING),
     ("caller_identity", Tag.CALLER_IDENTITY, ItemType.TEXT_STRING),
     ("caller_subject", Tag.CALLER_SUBJECT, ItemType.TEXT_STRING),
     ("caller_source", Tag.CALLER_SOURCE, ItemType.TEXT_STRING),
@@ -137,6 +140,7 @@ PAYLOAD_FIELDS: dict[str, tuple[int, ItemType]] = {
     "key_version": (Tag.KEY_VERSION, ItemType.INTEGER),
     "state": (Tag.STATE, ItemType.ENUMERATION),
     "token_id": (Tag.TOKEN_ID, ItemType.TEXT_STRING),
+    "policy": (Tag.POLICY, ItemType.TEXT_STRING),
 }
 _PAYLOAD_BY_TAG = {tag: (name, item_type) for name, (tag, item_type) in PAYLOAD_FIELDS.items()}
 

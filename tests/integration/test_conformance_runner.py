@@ -23,21 +23,7 @@ import pytest
 
 from kcm.cli import main
 from kcm.pki import PkiPaths, init_pki
-
-_SERVER = """
-import sys, warnings
-warnings.simplefilter("ignore")
-from kmip.services.server.server import KmipServer
-pki, port, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-server = KmipServer(
-    hostname="127.0.0.1", port=port, certificate_path=f"{pki}/core.pem",
-    key_path=f"{pki}/core.key", ca_path=f"{pki}/ca.pem", auth_suite="TLS1.2",
-    config_path=None, log_path=f"{work}/pykmip.log", policy_path=None,
-    enable_tls_client_auth=False, logging_level="INFO", database_path=f"{work}/pykmip.db",
-)
-with server:
-    server.serve()
-"""
+from tests.e2e_support import PYKMIP_SERVER
 
 
 def _free_port() -> int:
@@ -52,7 +38,7 @@ def pykmip_server(tmp_path: Path) -> Iterator[tuple[PkiPaths, int]]:
     paths = init_pki(tmp_path / "pki")
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, str(paths.directory), str(port), str(tmp_path)],
+        [sys.executable, "-c", PYKMIP_SERVER, str(paths.directory), str(port), str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:

@@ -14,10 +14,11 @@ from kmip.core import enums
 from kmip.core import objects as core_objects
 from kmip.core.factories.attributes import AttributeFactory
 
+from kcm.conformance.client import KmipClientError
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.payloads.crypto import DecryptRequest
 from kcm.l4 import token as l4_token
-from tests.e2e_support import CoreProcess, GatewayProcess, deploy
+from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
 from tests.gateway_support import (
     activate,
     create_l4,
@@ -252,3 +253,52 @@ def test_cold_gateway_serves_a_tenant_admin_and_denies_another_tenant_as_the_cor
     assert "denied GET by spiffe://kcm.test/tenant/other/service/app" in log
     assert token not in log
 
+
+
+def test_subject_only_clients_follow_the_cores_policy_after_a_sighup(deployment) -> None:
+    """The gateway resolves a subject-only certificate with the subject map the core pushed;
+    after the core's policy file is edited and kcm-core gets SIGHUP, new connections follow
+    the new map within a second or two (reassigned, then refused)."""
+    core, gateway = deployment
+    core.kcm("core", "service", "add", "demo", "legacy")
+    policy = core.root / "policy.toml"
+    with gateway.client("legacy") as legacy:  # mapped to demo/legacy by the core's file
+        token = ok(legacy.send(request(create_l4()))).unique_identifier
+    with gateway.client("app") as app:  # the token is bound to demo/legacy, not demo/app
+        denied = response(app.send(request(get(token)))).batch_items[0]
+        assert denied.result_reason == ResultReason.PERMISSION_DENIED
+
+    policy.write_text('[subjects]\n"CN=legacy-client,O=KCM Dev" = "tenant/demo/service/app"\n')
+    core.process.send_signal(signal.SIGHUP)
+
+    def reassigned() -> bool:
+        with gateway.client("legacy") as legacy:
+            made = response(legacy.send(request(create_l4()))).batch_items[0]
+        if made.result_status != ResultStatus.SUCCESS:
+            return False
+        with gateway.client("app") as app:  # an L4 of demo/app now: the app may use it
+            got = response(app.send(request(get(made.response_payload.unique_identifier))))
+        return got.batch_items[0].result_status == ResultStatus.SUCCESS
+
+    assert wait_until(reassigned, "the legacy client to be demo/app", timeout=10) < 2.5
+    assert "policy event" in core.log.read_text()
+
+    policy.write_text("[subjects\n")  # a broken file leaves the policy as it was
+    core.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "the policy is unchanged" in core.log.read_text(), "the failed reload")
+    assert reassigned()
+
+    policy.write_text("[subjects]\n")
+    core.process.send_signal(signal.SIGHUP)
+
+    def refused() -> bool:
+        try:
+            with gateway.client("legacy") as legacy:
+                legacy.send(request(create_l4()))
+        except KmipClientError:
+            return True
+        return False
+
+    assert wait_until(refused, "the legacy client to be refused", timeout=10) < 2.5
+    with gateway.client("app") as app:  # everyone else is unaffected
+        ok(app.send(request(create_l4())))

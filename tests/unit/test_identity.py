@@ -253,3 +253,21 @@ def test_subject_map_from_toml_without_table(tmp_path) -> None:
     policy.write_text('subjects = "nope"\n')
     with pytest.raises(ValueError):
         SubjectMap.from_toml(policy)
+
+
+def test_subject_map_document_is_canonical_and_round_trips() -> None:
+    entries = {"CN=ops,O=Example Corp": "operator/ops", "CN=db1,O=Acme": "tenant/acme/service/db"}
+    first = SubjectMap.from_mapping(entries)
+    reordered = SubjectMap.from_mapping(dict(reversed(list(entries.items()))))
+    assert first.document() == reordered.document()
+    assert first.document() == ('{"CN=db1,O=Acme":"tenant/acme/service/db",'
+                                '"CN=ops,O=Example Corp":"operator/ops"}')
+    again = SubjectMap.from_document(first.document())
+    assert again.document() == first.document()
+    name = x509.Name.from_rfc4514_string("CN=db1,O=Acme")
+    assert again.lookup(name, trust_domain="kcm.test") == first.lookup(name,
+                                                                      trust_domain="kcm.test")
+    assert SubjectMap({}).document() == "{}"
+    for bad in ("nope", "[]", '{"CN=x": "gateway/g"}', '{"CN=x": 1}'):
+        with pytest.raises(ValueError):
+            SubjectMap.from_document(bad)

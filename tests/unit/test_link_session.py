@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from cryptography import x509
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.test import iosim
@@ -361,3 +362,66 @@ def test_the_core_configuration_has_a_link_listener(tmp_path) -> None:
     path.write_text('[core]\nlink_listen = "tcp:7000"\n')
     assert load_config(path).link_listen == "tcp:7000"
     assert load_config(path, {"link_listen": ""}).link_listen == ""
+
+
+# The core's policy (subject map) pushed to the gateway ----------------------------------------
+
+LEGACY_MAP = {"CN=legacy-client,O=KCM Dev": "tenant/demo/service/legacy"}
+
+
+def test_welcome_carries_the_cores_subject_map(world: World) -> None:
+    documents: list[str] = []
+    world.client.on_policy = documents.append
+    world.connect()
+    assert documents == [SubjectMap.from_mapping(LEGACY_MAP).document()]
+    pushed = SubjectMap.from_document(documents[0])
+    assert pushed.document() == documents[0] and len(pushed) == 1
+
+
+def test_a_policy_event_updates_the_gateways_map_and_the_core_checks_the_new_one(
+        world: World) -> None:
+    from kcm.gateway.config import GatewayConfig
+    from kcm.gateway.service import GatewayService
+
+    gateway = GatewayService(GatewayConfig(), reactor=world.clock)
+    world.client.on_policy = gateway.apply_policy
+    world.connect()
+    legacy = x509.Name.from_rfc4514_string("CN=legacy-client,O=KCM Dev")
+    assert gateway.subject_map.lookup(legacy, trust_domain=TD) == LEGACY
+
+    moved = SubjectMap.from_mapping({"CN=legacy-client,O=KCM Dev": "tenant/demo/service/app"})
+    world.factory.set_subject_map(moved)  # what CoreService.reload_policy does, then:
+    world.fanout.records.append(OutboxRecord(1, 0, None, "policy",
+                                             encode_payload({"policy": moved.document()})))
+    world.fanout.poll()
+    world.flush()
+    assert world.events[-1][:2] == (1, "policy")
+    principal = gateway.subject_map.lookup(legacy, trust_domain=TD)
+    assert principal is not None and principal.service == "app"
+    # The core now accepts the subject only as the new principal.
+    results([world.client.forward(b"old", LEGACY, "h:1"),
+             world.client.forward(b"new", principal, "h:1")])
+    world.flush()
+    assert [(wire, caller.principal.service) for wire, caller, _ in world.handler.calls] == [
+        (b"new", "app")]
+
+
+def test_the_gateway_keeps_its_map_when_the_core_sends_a_malformed_policy() -> None:
+    from kcm.gateway.config import GatewayConfig
+    from kcm.gateway.service import GatewayService
+
+    gateway = GatewayService(GatewayConfig(), reactor=Clock())
+    assert len(gateway.subject_map) == 0  # before the first WELCOME: subjects name nobody
+    gateway.apply_policy(SubjectMap.from_mapping(LEGACY_MAP).document())
+    for bad in ("not json", "[]", '{"CN=x": "gateway/gw1"}'):
+        gateway.apply_policy(bad)
+        assert len(gateway.subject_map) == 1
+
+
+def test_the_gateway_no_longer_reads_a_policy_file(tmp_path) -> None:
+    from kcm.gateway.config import ConfigError, load_config
+
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\npolicy_file = "etc/kcm-policy.toml"\n')
+    with pytest.raises(ConfigError, match="policy the core pushes"):
+        load_config(path)

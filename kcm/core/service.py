@@ -18,6 +18,7 @@ from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory
 from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
@@ -85,6 +86,7 @@ class CoreService(MultiService):
         log.info("kcm-core listening on {listen}", listen=config.listen)
         if config.link_listen:
             self._add_link_listener(store, keyring, tls, subject_map)
+        StateSweeper(store, self.reactor).setServiceParent(self)
         self._install_sighup()
         super().startService()
 

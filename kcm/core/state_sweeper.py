@@ -1,0 +1,103 @@
+"""Apply date-driven state changes to hierarchy keys as their dates pass.
+
+An object's state also moves with time (an Activation or Deactivation Date that has
+passed, KMIP 1.4 §3.22). For ordinary objects it is applied when they are next loaded;
+for tenant and service keys that is not enough, because gateways learn of an L3's state
+only from events: without a sweep, an L3 whose Deactivation Date passed would keep
+protecting new data at the gateways until someone touched it at the core. The sweep
+saves such keys (``managed.save`` emits ``l3.state`` in the same transaction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from kcm.core import lifecycle, managed
+from kcm.core.attribute_blob import decode_attributes
+from kcm.core.store.engine import Store
+from kcm.core.store.schema import (
+    LEVEL_SERVICE_KEY,
+    LEVEL_TENANT_KEY,
+    STATE_ACTIVE,
+    STATE_PRE_ACTIVE,
+    ManagedObject,
+)
+from kcm.kmip.tags import Tag
+
+log = Logger()
+
+#: Seconds between sweeps: how late, at most, a passed date reaches the gateways.
+DEFAULT_INTERVAL = 5.0
+
+
+@dataclass(slots=True)
+class _SweepContext:
+    """What :func:`kcm.core.managed.save` needs of an operation context."""
+
+    session: Session
+    now: int
+
+
+def sweep_due_states(session: Session, now: int) -> list[str]:
+    """Move every tenant or service key whose Activation or Deactivation Date has passed
+    to the state it is in at ``now``; return their identifiers."""
+    due = session.scalars(select(ManagedObject).where(
+        ManagedObject.level.in_((LEVEL_TENANT_KEY, LEVEL_SERVICE_KEY)),
+        ManagedObject.state.in_((STATE_PRE_ACTIVE, STATE_ACTIVE)),
+        or_(and_(ManagedObject.state == STATE_PRE_ACTIVE,
+                 ManagedObject.activation_date <= now),
+            ManagedObject.deactivation_date <= now),
+    )).all()
+    moved = []
+    for row in due:
+        obj = managed.StoredObject(row, decode_attributes(row.attributes))
+        state = lifecycle.state_at(obj.state, lifecycle.LifecycleDates(
+            obj.value(Tag.ACTIVATION_DATE), obj.value(Tag.DEACTIVATION_DATE)), now)
+        if state != obj.state:
+            obj.set(Tag.STATE, int(state))
+            managed.save(_SweepContext(session, now), obj, changed=False)  # type: ignore[arg-type]
+            moved.append(obj.uid)
+    return moved
+
+
+class StateSweeper(Service):
+    """Runs :func:`sweep_due_states` every ``interval`` seconds, off the reactor."""
+
+    name = "kcm-state-sweeper"
+
+    def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL) -> None:
+        self._store = store
+        self._clock = clock
+        self._interval = interval
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.sweep)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=True).addErrback(
+            lambda failure: log.failure("state sweeper stopped", failure))
+
+    def stopService(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return super().stopService()
+
+    def sweep(self):
+        """One sweep in one write transaction; errors are logged and the loop goes on."""
+        now = int(self._clock.seconds())
+        d = self._store.run(lambda session: sweep_due_states(session, now))
+        d.addCallbacks(_report, lambda failure: log.failure("state sweep failed", failure))
+        return d
+
+
+def _report(moved: list[str]) -> None:
+    if moved:
+        log.info("state sweep: {count} hierarchy keys moved with their dates: {uids}",
+                 count=len(moved), uids=", ".join(moved))

@@ -1,0 +1,41 @@
+"""Date-driven state changes of service keys reach the outbox without anyone loading them."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from kcm.core.attribute_blob import decode_attributes, encode_attributes
+from kcm.core.state_sweeper import sweep_due_states
+from kcm.core.store import repository
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, ManagedObject
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import State
+from kcm.kmip.tags import Tag
+from tests.core_support import CoreHarness
+
+
+def _schedule_deactivation(core: CoreHarness, when: int) -> str:
+    def schedule(session) -> str:
+        row = session.scalars(select(ManagedObject).where(
+            ManagedObject.level == LEVEL_SERVICE_KEY)).first()
+        attributes = [a for a in decode_attributes(row.attributes)
+                      if a.tag != Tag.DEACTIVATION_DATE]
+        attributes.append(Attribute.of(Tag.DEACTIVATION_DATE, when))
+        repository.update_object(session, row, attributes=encode_attributes(attributes),
+                                 deactivation_date=when)
+        return row.uid
+
+    return core.store.run_sync(schedule)
+
+
+def test_a_passed_deactivation_date_moves_the_l3_and_emits_an_event(core: CoreHarness) -> None:
+    uid = _schedule_deactivation(core, when=2_000_000_000)
+    head = core.store.run_sync(repository.outbox_head)
+    assert core.store.run_sync(lambda s: sweep_due_states(s, 1_999_999_999)) == []
+    assert core.store.run_sync(lambda s: sweep_due_states(s, 2_000_000_000)) == [uid]
+    row = core.store.run_sync(lambda s: repository.get_object(s, "demo", uid))
+    assert row.state == State.DEACTIVATED
+    events = core.store.run_sync(lambda s: repository.outbox_since(s, head))
+    assert [e.kind for e in events] == ["l3.state"]
+    # Nothing more to do the next time.
+    assert core.store.run_sync(lambda s: sweep_due_states(s, 2_000_000_100)) == []

@@ -3,16 +3,12 @@ reading the file it is given)."""
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kcm.config_file import load_section
 from kcm.kmip_protocol import ConnectionLimits
-
-
-class ConfigError(ValueError):
-    """The configuration is missing something or has a wrong value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,43 +49,4 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     """Read ``[core]`` (with ``[core.tls]`` and ``[core.limits]``) from the TOML file at
     ``path`` (None: defaults only), then apply ``overrides`` (keys of CoreConfig, plus
     ``tls_cert``/``tls_key``/``tls_ca``; None values are ignored)."""
-    table: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as handle:
-                table = tomllib.load(handle).get("core", {})
-        except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: {e}") from None
-    config = CoreConfig()
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in _TOP_LEVEL:
-            values[key] = value
-        elif key not in ("tls", "limits"):
-            raise ConfigError(f"unknown setting core.{key}")
-    tls = dict(table.get("tls", {}))
-    limits = dict(table.get("limits", {}))
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key.startswith("tls_"):
-            tls[key[4:]] = value
-        elif key in _TOP_LEVEL:
-            values[key] = value
-        else:
-            raise ConfigError(f"unknown override {key}")
-    try:
-        config = replace(config, **values)
-        if tls:
-            config = replace(config, tls=replace(config.tls, **tls))
-        if limits:
-            known = {f.name for f in fields(ConnectionLimits)}
-            unknown = set(limits) - known
-            if unknown:
-                raise ConfigError(f"unknown setting core.limits.{sorted(unknown)[0]}")
-            config = replace(config, limits=replace(config.limits, **limits))
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
-    return config
+    return load_section(CoreConfig(), "core", path, overrides, _TOP_LEVEL)

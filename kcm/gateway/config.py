@@ -3,12 +3,12 @@ overrides. Pure (no I/O but reading the file it is given)."""
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kcm.core.config import ConfigError, TlsFiles
+from kcm.config_file import ConfigError, load_section
+from kcm.core.config import TlsFiles
 from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["ConfigError", "GatewayConfig", "TlsFiles", "load_config"]
@@ -65,48 +65,8 @@ def load_config(path: str | Path | None,
     file at ``path`` (None: defaults only), then apply ``overrides`` (keys of GatewayConfig,
     plus ``tls_cert``/``tls_key``/``tls_ca``; None values are ignored). Raises ConfigError
     naming the first wrong setting."""
-    table: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as handle:
-                table = tomllib.load(handle).get("gateway", {})
-        except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: {e}") from None
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in _TOP_LEVEL:
-            values[key] = value
-        elif key in _GONE:
-            raise ConfigError(_GONE[key])
-        elif key not in ("tls", "limits"):
-            raise ConfigError(f"unknown setting gateway.{key}")
-    tls = dict(table.get("tls", {}))
-    limits = dict(table.get("limits", {}))
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key.startswith("tls_"):
-            tls[key[4:]] = value
-        elif key in _TOP_LEVEL:
-            values[key] = value
-        else:
-            raise ConfigError(f"unknown override {key}")
-    values = _typed(values)
-    config = GatewayConfig()
-    try:
-        config = replace(config, **values)
-        if tls:
-            config = replace(config, tls=replace(config.tls, **tls))
-        if limits:
-            known = {f.name for f in fields(ConnectionLimits)}
-            unknown = set(limits) - known
-            if unknown:
-                raise ConfigError(f"unknown setting gateway.limits.{sorted(unknown)[0]}")
-            config = replace(config, limits=replace(config.limits, **limits))
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
+    config = load_section(GatewayConfig(), "gateway", path, overrides, _TOP_LEVEL,
+                          retired=_GONE, coerce=_typed)
     config.prewarm_services()
     if config.l3_ttl <= 0 or config.max_stale < config.l3_ttl:
         raise ConfigError("gateway: l3_ttl must be positive and max_stale at least l3_ttl")

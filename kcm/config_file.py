@@ -1,0 +1,78 @@
+"""Reading a service's TOML configuration section and its command-line overrides, the same
+way for kcm-core and kcm-gateway. Pure but for reading the file it is given."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kcm.kmip_protocol import ConnectionLimits
+
+
+class ConfigError(ValueError):
+    """The configuration is missing something or has a wrong value."""
+
+
+C = TypeVar("C")
+
+
+def load_section(default: C, section: str, path: str | Path | None,
+                 overrides: Mapping[str, Any] | None, top_level: Collection[str], *,
+                 retired: Mapping[str, str] | None = None,
+                 coerce: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> C:
+    """``default`` (a dataclass with ``tls`` and ``limits`` fields) updated from the TOML
+    table ``[section]`` (with ``[section.tls]`` and ``[section.limits]``) of the file at
+    ``path`` (None: defaults only), then from ``overrides`` (top-level keys, plus
+    ``tls_cert``/``tls_key``/``tls_ca``; None values are ignored). ``retired`` maps settings
+    that no longer exist to the error that explains it; ``coerce`` converts the top-level
+    values (command-line overrides arrive as strings). Raises :class:`ConfigError` naming
+    the first wrong setting."""
+    table = _read(path, section)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in top_level:
+            values[key] = value
+        elif retired and key in retired:
+            raise ConfigError(retired[key])
+        elif key not in ("tls", "limits"):
+            raise ConfigError(f"unknown setting {section}.{key}")
+    tls = dict(table.get("tls", {}))
+    limits = dict(table.get("limits", {}))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key.startswith("tls_"):
+            tls[key[4:]] = value
+        elif key in top_level:
+            values[key] = value
+        else:
+            raise ConfigError(f"unknown override {key}")
+    if coerce is not None:
+        values = coerce(values)
+    unknown = set(limits) - {f.name for f in fields(ConnectionLimits)}
+    if unknown:
+        raise ConfigError(f"unknown setting {section}.limits.{sorted(unknown)[0]}")
+    try:
+        config = replace(default, **values)
+        if tls:
+            config = replace(config, tls=replace(config.tls, **tls))
+        if limits:
+            config = replace(config, limits=replace(config.limits, **limits))
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+    return config
+
+
+def _read(path: str | Path | None, section: str) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle).get(section, {})
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None

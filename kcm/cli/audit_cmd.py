@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    from kcm.config_file import ConfigError
     from kcm.core.audit import verify_chain
-    from kcm.core.config import ConfigError, load_config
+    from kcm.core.config import load_config
     from kcm.core.store.engine import Store
 
     try:

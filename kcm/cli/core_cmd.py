@@ -62,7 +62,8 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from kcm.core.config import ConfigError, load_config
+    from kcm.config_file import ConfigError
+    from kcm.core.config import load_config
 
     try:
         return load_config(args.config)

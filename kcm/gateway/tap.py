@@ -8,7 +8,8 @@ from twisted.application import service
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
-from kcm.gateway.config import ConfigError, load_config
+from kcm.config_file import ConfigError
+from kcm.gateway.config import load_config
 from kcm.gateway.service import GatewayService
 
 

@@ -419,7 +419,8 @@ def test_the_gateway_keeps_its_map_when_the_core_sends_a_malformed_policy() -> N
 
 
 def test_the_gateway_no_longer_reads_a_policy_file(tmp_path) -> None:
-    from kcm.gateway.config import ConfigError, load_config
+    from kcm.config_file import ConfigError
+    from kcm.gateway.config import load_config
 
     path = tmp_path / "gateway.toml"
     path.write_text('[gateway]\npolicy_file = "etc/kcm-policy.toml"\n')

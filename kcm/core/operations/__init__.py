@@ -6,7 +6,10 @@ from kcm.core.operations import (  # noqa: F401
     attribute_ops,
     create,
     crypto_ops,
+    get,
     lifecycle_ops,
-    objects_ops,
+    locate,
+    register,
+    rekey,
     service_ops,
 )

@@ -1,0 +1,329 @@
+"""Get (KMIP 1.4 §4.11, 2.1 §6.1.22): an object's material, converted or wrapped as asked."""
+
+from __future__ import annotations
+
+from kcm.core import l4_requests, lifecycle, managed, policy
+from kcm.core.batch import operation
+from kcm.core.context import OperationContext
+from kcm.core.operations._objects_common import AES_KEY_BITS, DESTROYED, WRAP_MODES, enum_label
+from kcm.core.operations.asymmetric_ops import rsa_key_block_in_format
+from kcm.crypto.key_wrap import aes_unwrap as _aes_unwrap
+from kcm.crypto.key_wrap import aes_wrap as _aes_wrap
+from kcm.kmip import registry
+from kcm.kmip.attributes import Attribute, CryptographicParameters
+from kcm.kmip.enums import (
+    BlockCipherMode,
+    CryptographicAlgorithm,
+    CryptographicUsageMask,
+    EncodingOption,
+    KeyFormatType,
+    KeyWrapType,
+    ObjectType,
+    Operation,
+    ResultReason,
+    WrappingMethod,
+)
+from kcm.kmip.errors import KmipError
+from kcm.kmip.fields import Struct
+from kcm.kmip.objects import (
+    EncryptionKeyInformation,
+    KeyBlock,
+    KeyValue,
+    KeyWrappingData,
+    KeyWrappingSpecification,
+    SecretData,
+    SymmetricKey,
+    TransparentSymmetricKey,
+)
+from kcm.kmip.payloads import (
+    GetRequest,
+    GetResponse,
+)
+from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType, decode, encode
+
+Version = tuple[int, int]
+
+#: The Object Type each managed-object structure stands for.
+
+
+@operation(Operation.GET)
+def get(ctx: OperationContext, request: GetRequest) -> GetResponse:
+    """The object's material: as stored, converted, unwrapped or wrapped on request."""
+    if (l4_answer := l4_requests.get(ctx, request)) is not None:
+        return l4_answer
+    uid = ctx.id_placeholder.resolve(request.unique_identifier)
+    obj = managed.load(ctx, uid)
+    policy.check_material_export(ctx.principal, obj.level)
+    if obj.state in DESTROYED or obj.row.material is None:
+        if obj.state in DESTROYED:
+            # KMIP 2.x has Object Destroyed; the KMIP 1.1 test cases (3.1.4) answer a Get
+            # of a destroyed key with Item Not Found.
+            reason = (ResultReason.OBJECT_DESTROYED if ctx.version >= (2, 0)
+                      else ResultReason.ITEM_NOT_FOUND)
+            raise KmipError(reason, f"object {uid!r} was destroyed; its key material is gone")
+        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the object has no key value")
+    if obj.value(Tag.EXTRACTABLE) is False:
+        raise KmipError(ResultReason.NOT_EXTRACTABLE, "the object is not extractable")
+    spec = request.key_wrapping_specification
+    if obj.value(Tag.SENSITIVE) is True and spec is None:
+        raise KmipError(ResultReason.SENSITIVE,
+                        "the object is sensitive: ask for it wrapped (Key Wrapping Specification)")
+    if request.key_compression_type is not None:
+        raise KmipError(ResultReason.KEY_COMPRESSION_TYPE_NOT_SUPPORTED,
+                        "key compression is not supported")
+    result = managed.material(ctx, obj)
+    block = _key_block(result)
+    wants_clear = (request.key_wrap_type == KeyWrapType.NOT_WRAPPED or spec is not None
+                   or (request.key_format_type is not None and block is not None
+                       and request.key_format_type != block.key_format_type))
+    if block is not None and block.key_wrapping_data is not None and wants_clear:
+        block = _unwrapped(ctx, block)
+    if request.key_format_type is not None:
+        block = _in_format(result, block, int(request.key_format_type))
+    if spec is not None:
+        if block is None:
+            raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
+                            "only objects with a key block can be wrapped")
+        block = _wrapped(ctx, obj, block, spec)
+    if block is not None:
+        result = _with_key_block(result, block, ctx.version)
+    if obj.value(Tag.FRESH) is True:
+        # Fresh: the object has not been retrieved yet (2.1 §4.24); this Get retrieves it.
+        obj.set(Tag.FRESH, False, ItemType.BOOLEAN)
+        managed.save(ctx, obj, changed=False)
+    return GetResponse(object_type=obj.object_type, unique_identifier=uid, object=result)
+
+
+def _key_block(managed_object: Struct | Item) -> KeyBlock | None:
+    if isinstance(managed_object, SymmetricKey | SecretData):
+        return managed_object.key_block
+    if isinstance(managed_object, Item):
+        found = managed_object.find(Tag.KEY_BLOCK)
+        if found is not None:
+            return KeyBlock.from_item(found)
+    return None
+
+
+def _with_key_block(managed_object: Struct | Item, block: KeyBlock,
+                    version: Version) -> Struct | Item:
+    if isinstance(managed_object, SymmetricKey | SecretData):
+        managed_object.key_block = block
+        return managed_object
+    if isinstance(managed_object, Item):
+        return Item(managed_object.tag, ItemType.STRUCTURE,
+                    [block.to_item(version) if child.tag == Tag.KEY_BLOCK else child
+                     for child in managed_object])
+    return managed_object
+
+
+def _in_format(managed_object: Struct | Item, block: KeyBlock | None,
+               wanted: int) -> KeyBlock | None:
+    """The key block in Key Format Type ``wanted``: Raw and Transparent Symmetric Key
+    convert into each other; every other format only to itself."""
+    if block is None:
+        if (isinstance(managed_object, Item) and managed_object.tag == Tag.CERTIFICATE
+                and wanted == KeyFormatType.X_509):
+            return None
+        raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
+                        f"this object has no key block to return as "
+                        f"{enum_label(KeyFormatType, wanted)}")
+    if block.key_format_type == wanted:
+        return block
+    if (isinstance(managed_object, Item) and managed_object.tag in (Tag.PUBLIC_KEY,
+                                                                    Tag.PRIVATE_KEY)
+            and block.cryptographic_algorithm == CryptographicAlgorithm.RSA
+            and block.key_wrapping_data is None):
+        return rsa_key_block_in_format(
+            ObjectType.PUBLIC_KEY if managed_object.tag == Tag.PUBLIC_KEY
+            else ObjectType.PRIVATE_KEY, block, wanted)
+    convertible = (isinstance(managed_object, SymmetricKey)
+                   and block.key_wrapping_data is None
+                   and {int(block.key_format_type), wanted}
+                   == {KeyFormatType.RAW, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY})
+    key = block.key_bytes
+    if not convertible or key is None or not isinstance(block.key_value, KeyValue):
+        raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
+                        f"cannot return a {enum_label(KeyFormatType, block.key_format_type)} "
+                        f"key as {enum_label(KeyFormatType, wanted)}")
+    material: bytes | TransparentSymmetricKey = (
+        key if wanted == KeyFormatType.RAW else TransparentSymmetricKey(key=key))
+    return KeyBlock(key_format_type=wanted,
+                    key_value=KeyValue(key_material=material,
+                                       attributes=block.key_value.attributes),
+                    cryptographic_algorithm=block.cryptographic_algorithm,
+                    cryptographic_length=block.cryptographic_length)
+
+
+def _wrapping_mode(parameters: CryptographicParameters | None,
+                   key: managed.StoredObject) -> int:
+    """The block cipher mode to (un)wrap with: the request's, else the wrapping key's
+    Cryptographic Parameters, else NIST Key Wrap."""
+    mode = parameters.block_cipher_mode if parameters is not None else None
+    if mode is None:
+        for attribute in key.all(Tag.CRYPTOGRAPHIC_PARAMETERS):
+            stored = attribute.typed
+            if isinstance(stored, CryptographicParameters) and stored.block_cipher_mode in \
+                    WRAP_MODES:
+                mode = stored.block_cipher_mode
+                break
+    mode = BlockCipherMode.NISTKEYWRAP if mode is None else mode
+    if mode not in WRAP_MODES:
+        raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                        f"keys are wrapped with NIST Key Wrap or AES Key Wrap with Padding, "
+                        f"not {enum_label(BlockCipherMode, mode)}")
+    return int(mode)
+
+
+def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
+                  protect: bool) -> tuple[managed.StoredObject, bytes]:
+    """The tenant's AES key that (un)wraps another key, and its bytes."""
+    uid = ctx.id_placeholder.resolve(reference)
+    try:
+        key = managed.load(ctx, uid, for_update=False)
+    except KmipError as e:
+        reason = (ResultReason.WRAPPING_OBJECT_NOT_FOUND if ctx.version >= (2, 1)
+                  else ResultReason.ITEM_NOT_FOUND)
+        raise KmipError(reason, f"no wrapping key {uid!r}") from e
+    policy.check_key_use(ctx.principal, key.level, key.row.service)
+    if key.state in DESTROYED or key.row.material is None:
+        reason = (ResultReason.WRAPPING_OBJECT_DESTROYED if ctx.version >= (2, 1)
+                  else ResultReason.ITEM_NOT_FOUND)
+        raise KmipError(reason, f"the wrapping key {uid!r} was destroyed")
+    if not lifecycle.usable_for(key.state, protect=protect):
+        raise lifecycle.wrong_state(
+            ctx.version, f"the wrapping key {uid!r} is {key.state.name}; "
+            + ("only an Active key wraps" if protect else "it cannot unwrap"))
+    if (key.object_type != ObjectType.SYMMETRIC_KEY
+            or key.value(Tag.CRYPTOGRAPHIC_ALGORITHM) != CryptographicAlgorithm.AES):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"the wrapping key {uid!r} is not an AES key")
+    mask = key.value(Tag.CRYPTOGRAPHIC_USAGE_MASK)
+    if protect and mask is not None and not mask & CryptographicUsageMask.WRAP_KEY:
+        reason = (ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK if ctx.version >= (2, 0)
+                  else ResultReason.PERMISSION_DENIED)
+        raise KmipError(reason, f"the key {uid!r} may not wrap keys (no Wrap Key usage)")
+    material = managed.material(ctx, key)
+    block = _key_block(material)
+    key_bytes = block.key_bytes if block is not None else None
+    if key_bytes is None or len(key_bytes) * 8 not in AES_KEY_BITS:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"the wrapping key {uid!r} has no usable AES key value")
+    return key, key_bytes
+
+
+def _wrapped(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlock,
+             spec: KeyWrappingSpecification) -> KeyBlock:
+    """``block`` with its Key Value wrapped as ``spec`` asks (1.4 §2.1.5-2.1.6)."""
+    if spec.wrapping_method != WrappingMethod.ENCRYPT:
+        raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                        f"Wrapping Method {enum_label(WrappingMethod, spec.wrapping_method)} "
+                        "is not supported; use Encrypt")
+    info = spec.encryption_key_information
+    if info is None:
+        raise KmipError(ResultReason.MISSING_DATA,
+                        "Key Wrapping Specification needs Encryption Key Information")
+    wrapping_key, kek = _wrapping_key(ctx, info.unique_identifier, protect=True)
+    mode = _wrapping_mode(info.cryptographic_parameters, wrapping_key)
+    value = block.key_value
+    if not isinstance(value, KeyValue):
+        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the key value is not available")
+    encoding = spec.encoding_option
+    if encoding == EncodingOption.NO_ENCODING:
+        # No Encoding wraps the key material alone, so there is no room for attributes.
+        if spec.attribute_names:
+            raise KmipError(ResultReason.ENCODING_OPTION_ERROR,
+                            "attributes can be wrapped only with TTLV Encoding")
+        wrapped: KeyValue | bytes = _aes_wrap(kek, _plain_material(value), mode)
+        if ctx.version < (2, 0):
+            # KMIP 1.x (1.4 §2.1.5, TC-WRAP-1/3-14) keeps the Key Value structure and
+            # wraps only its Key Material; 2.x makes the whole Key Value the Byte String.
+            wrapped = KeyValue(key_material=wrapped, attributes=value.attributes)
+    else:
+        # Absent Encoding Option means TTLV Encoding: the whole Key Value structure.
+        value = KeyValue(key_material=value.key_material,
+                         attributes=_named_attributes(obj, spec.attribute_names, ctx.version)
+                         or value.attributes)
+        wrapped = _aes_wrap(kek, encode(value.to_item(ctx.version)), mode)
+    ctx.touched(wrapping_key.uid)
+    uid = wrapping_key.uid
+    return KeyBlock(
+        key_format_type=block.key_format_type, key_value=wrapped,
+        cryptographic_algorithm=block.cryptographic_algorithm,
+        cryptographic_length=block.cryptographic_length,
+        key_wrapping_data=KeyWrappingData(
+            wrapping_method=WrappingMethod.ENCRYPT,
+            encryption_key_information=EncryptionKeyInformation(
+                unique_identifier=uid,
+                cryptographic_parameters=info.cryptographic_parameters),
+            encoding_option=encoding))
+
+
+def _unwrapped(ctx: OperationContext, block: KeyBlock) -> KeyBlock:
+    """A registered wrapped key block in the clear (Key Wrap Type Not Wrapped)."""
+    data = block.key_wrapping_data
+    assert data is not None
+    info = data.encryption_key_information
+    if data.wrapping_method != WrappingMethod.ENCRYPT or info is None:
+        raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                        "only keys wrapped with Encrypt by a key of this server can be "
+                        "unwrapped")
+    if data.mac_signature_key_information is not None:
+        raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                        "MAC or signature wrapped keys are not supported")
+    wrapping_key, kek = _wrapping_key(ctx, info.unique_identifier, protect=False)
+    mode = _wrapping_mode(info.cryptographic_parameters, wrapping_key)
+    wrapped = block.key_value
+    no_encoding = data.encoding_option == EncodingOption.NO_ENCODING
+    if no_encoding and isinstance(wrapped, KeyValue):
+        # No Encoding keeps the Key Value structure and wraps its Key Material only.
+        wrapped = wrapped.key_material
+    if not isinstance(wrapped, bytes):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "the wrapped key material must be a Byte String")
+    plaintext = _aes_unwrap(kek, wrapped, mode)
+    ctx.touched(wrapping_key.uid)
+    if no_encoding:
+        material: bytes | TransparentSymmetricKey = plaintext
+        if block.key_format_type == KeyFormatType.TRANSPARENT_SYMMETRIC_KEY:
+            material = TransparentSymmetricKey(key=plaintext)
+        attributes = (block.key_value.attributes if isinstance(block.key_value, KeyValue)
+                      else None)
+        value = KeyValue(key_material=material, attributes=attributes)
+    else:
+        try:
+            value = KeyValue.from_item(decode(plaintext), ctx.version)
+        except Exception as e:
+            raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                            "the unwrapped Key Value is not a TTLV Key Value") from e
+    return KeyBlock(key_format_type=block.key_format_type,
+                    key_compression_type=block.key_compression_type, key_value=value,
+                    cryptographic_algorithm=block.cryptographic_algorithm,
+                    cryptographic_length=block.cryptographic_length)
+
+
+def _plain_material(value: KeyValue) -> bytes:
+    material = value.key_material
+    if isinstance(material, bytes):
+        return material
+    if isinstance(material, TransparentSymmetricKey):
+        return material.key
+    raise KmipError(ResultReason.ENCODING_OPTION_ERROR,
+                    "No Encoding wraps byte-string key material only; use TTLV Encoding")
+
+
+def _named_attributes(obj: managed.StoredObject, names: list[str],
+                      version: Version) -> list[Attribute] | None:
+    """The object's attributes the wrapping specification names (wrapped with the key)."""
+    if not names:
+        return None
+    found = []
+    for name in names:
+        tag = registry.attribute_tag(name, version)
+        if tag is None:
+            raise KmipError(ResultReason.INVALID_FIELD, f"unknown attribute name {name!r}")
+        found += obj.all(tag)
+    return found
+
+
+#: Filters the store answers itself (the rest are checked on the loaded attributes).

@@ -1,0 +1,201 @@
+"""Re-key (KMIP 1.4 §4.4, 2.1 §6.1.41): a new key replacing an old one, linked both ways."""
+
+from __future__ import annotations
+
+from kcm.core import events, lifecycle, managed, policy
+from kcm.core.attribute_rules import check_client_attributes, rule_for
+from kcm.core.batch import operation
+from kcm.core.context import OperationContext
+from kcm.core.operations._objects_common import (
+    DESTROYED,
+    attribute_identity,
+    invalid_object_type,
+    value_of,
+)
+from kcm.core.operations.create import generate_key, key_spec, server_attributes
+from kcm.core.store import repository
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_BY_L1
+from kcm.kmip.attributes import Attribute, Link
+from kcm.kmip.enums import (
+    KeyFormatType,
+    LinkType,
+    ObjectType,
+    Operation,
+    ResultReason,
+    State,
+)
+from kcm.kmip.errors import KmipError
+from kcm.kmip.objects import (
+    KeyBlock,
+    KeyValue,
+    SymmetricKey,
+)
+from kcm.kmip.payloads import (
+    ReKeyRequest,
+    ReKeyResponse,
+)
+from kcm.kmip.tags import Tag
+from kcm.l4.identifiers import new_l3_uid
+from kcm.ttlv import Item, ItemType
+
+Version = tuple[int, int]
+
+#: The Object Type each managed-object structure stands for.
+
+
+_NOT_COPIED = frozenset({
+    Tag.UNIQUE_IDENTIFIER, Tag.OBJECT_TYPE, Tag.INITIAL_DATE, Tag.ALWAYS_SENSITIVE,
+    Tag.NEVER_EXTRACTABLE, Tag.FRESH, Tag.DESTROY_DATE, Tag.COMPROMISE_OCCURRENCE_DATE,
+    Tag.COMPROMISE_DATE, Tag.REVOCATION_REASON, Tag.STATE, Tag.DIGEST, Tag.LINK,
+    Tag.LAST_CHANGE_DATE, Tag.RANDOM_NUMBER_GENERATOR, Tag.ORIGINAL_CREATION_DATE,
+    Tag.ARCHIVE_DATE, Tag.SHORT_UNIQUE_IDENTIFIER, Tag.KEY_VALUE_PRESENT,
+    Tag.ACTIVATION_DATE, Tag.PROCESS_START_DATE, Tag.PROTECT_STOP_DATE,
+    Tag.DEACTIVATION_DATE,
+})
+_SHIFTED_DATES = (Tag.PROCESS_START_DATE, Tag.PROTECT_STOP_DATE, Tag.DEACTIVATION_DATE)
+
+
+@operation(Operation.RE_KEY)
+def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
+    """Make the replacement of a symmetric key; the ID Placeholder becomes its identifier."""
+    uid = ctx.id_placeholder.resolve(request.unique_identifier)
+    old = managed.load(ctx, uid)
+    policy.check_lifecycle_change(ctx.principal, old.level)
+    if old.object_type != ObjectType.SYMMETRIC_KEY:
+        raise KmipError(invalid_object_type(ctx.version),
+                        "Re-key replaces symmetric keys only")
+    if old.state in DESTROYED:
+        raise lifecycle.wrong_state(ctx.version, "cannot re-key a destroyed key")
+    if request.template_names:
+        raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
+    if request.offset is not None and request.offset < 0:
+        raise KmipError(ResultReason.INVALID_FIELD, "Offset must not be negative")
+    client = list(request.attributes or [])
+    check_client_attributes(client, ctx.version)
+
+    new_uid = (new_l3_uid(ctx.keyring.random_bytes) if old.level == LEVEL_SERVICE_KEY
+               else ctx.keyring.new_uid())
+    inherited = _override(_inherited_attributes(ctx, old, request.offset), client)
+    algorithm, length = key_spec(inherited)
+    if old.level is not None and (algorithm, length) != (
+            old.value(Tag.CRYPTOGRAPHIC_ALGORITHM), old.value(Tag.CRYPTOGRAPHIC_LENGTH)):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "a tenant or service key keeps its algorithm and length")
+    state = lifecycle.state_at(State.PRE_ACTIVE, lifecycle.LifecycleDates(
+        value_of(inherited, Tag.ACTIVATION_DATE), value_of(inherited, Tag.DEACTIVATION_DATE)),
+        ctx.now)
+    key = generate_key(ctx, algorithm, length)
+    # The hierarchy keys carry no Digest, as when they are provisioned.
+    attributes = server_attributes(
+        ctx, new_uid, ObjectType.SYMMETRIC_KEY, inherited, algorithm=algorithm, length=length,
+        state=state, key_bytes=key if old.level is None else None, generated=True)
+    _insert_replacement(ctx, old, new_uid, attributes, key, algorithm, length)
+
+    old.set(Tag.LINK, Link(link_type=LinkType.REPLACEMENT_OBJECT_LINK,
+                           linked_object_identifier=new_uid))
+    old.attributes = [a for a in old.attributes if a.tag != Tag.NAME]
+    if old.level is not None:
+        _retire_at(ctx, old, value_of(attributes, Tag.ACTIVATION_DATE))
+    managed.save(ctx, old)
+    ctx.touched(new_uid)
+    ctx.id_placeholder.set(new_uid)
+    return ReKeyResponse(unique_identifier=new_uid)
+
+
+def _inherited_attributes(ctx: OperationContext, old: managed.StoredObject,
+                          offset: int | None) -> list[Attribute]:
+    """The existing key's attributes as the replacement inherits them (1.4 Table 169),
+    before the server sets its own (identifier, dates, state, digest, ...)."""
+    attributes = []
+    for attribute in old.attributes:
+        if attribute.tag in _NOT_COPIED:
+            continue
+        if attribute.tag == Tag.USAGE_LIMITS and attribute.value is not None:
+            attribute = Attribute(Tag.USAGE_LIMITS, _fresh_usage_limits(attribute.value))
+        attributes.append(attribute)
+    activation = old.value(Tag.ACTIVATION_DATE)
+    dates: dict[int, int] = {}
+    if offset is None:
+        # No Offset: the dates are copied as they are (1.4 §4.4).
+        for tag in (Tag.ACTIVATION_DATE, *_SHIFTED_DATES):
+            if old.value(tag) is not None:
+                dates[tag] = old.value(tag)
+    else:
+        # 1.4 §4.4 Table 168: AT2 = IT2 + Offset; the other dates keep their distance
+        # to the activation date.
+        dates[Tag.ACTIVATION_DATE] = ctx.now + offset
+        for tag in _SHIFTED_DATES:
+            if old.value(tag) is not None:
+                shift = 0 if activation is None else dates[Tag.ACTIVATION_DATE] - activation
+                dates[tag] = old.value(tag) + shift
+    attributes += [managed.date_attribute(tag, when) for tag, when in dates.items()]
+    attributes.append(Attribute.of(Tag.LINK, Link(link_type=LinkType.REPLACED_OBJECT_LINK,
+                                                  linked_object_identifier=old.uid)))
+    return attributes
+
+
+def _fresh_usage_limits(limits: Item) -> Item:
+    """Usage Limits with the Count reset to the Total (1.4 Table 169)."""
+    total = limits.find(Tag.USAGE_LIMITS_TOTAL)
+    if total is None or limits.type is not ItemType.STRUCTURE:
+        return limits
+    children = [Item(Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, total.value)
+                if child.tag == Tag.USAGE_LIMITS_COUNT else child for child in limits]
+    return Item(limits.tag, limits.type, children)
+
+
+def _override(attributes: list[Attribute], client: list[Attribute]) -> list[Attribute]:
+    """The inherited attributes with the client's added: a single-valued attribute the
+    client gives replaces the inherited one; values of a multi-valued one (Name, Object
+    Group, ...) join the inherited values."""
+    replaced = {attribute_identity(a) for a in client if not rule_for(a).multi}
+    return [a for a in attributes if attribute_identity(a) not in replaced] + client
+
+
+def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: str,
+                        attributes: list[Attribute], key: bytes, algorithm: int,
+                        length: int) -> None:
+    block = KeyBlock(key_format_type=KeyFormatType.RAW, key_value=KeyValue(key_material=key),
+                     cryptographic_algorithm=algorithm, cryptographic_length=length)
+    tenant = old.tenant
+    if old.level == LEVEL_TENANT_KEY:
+        # An L2 is wrapped by L1 and holds the bare key (see kcm.core.hierarchy).
+        new = managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY,
+                             attributes=attributes, managed_object=None, tenant=tenant,
+                             level=LEVEL_TENANT_KEY)
+        repository.update_object(ctx.session, new.row, wrapped_by=WRAPPED_BY_L1,
+                                 material=ctx.keyring.wrap_tenant_key(tenant, uid, key))
+        return
+    if old.level == LEVEL_SERVICE_KEY:
+        service = old.row.service
+        versions = repository.find_l3(ctx.session, tenant, service)
+        version = max((v.key_version or 0) for v in versions) + 1
+        managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY,
+                       attributes=attributes, managed_object=SymmetricKey(key_block=block),
+                       tenant=tenant, level=LEVEL_SERVICE_KEY, service=service,
+                       key_version=version)
+        ctx.audit_detail["service_key_version"] = version
+        events.l3_rotated(ctx, tenant, uid, service, version)
+        return
+    managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY, attributes=attributes,
+                   managed_object=SymmetricKey(key_block=block), tenant=tenant)
+
+
+def _retire_at(ctx: OperationContext, old: managed.StoredObject, when: int | None) -> None:
+    """A replaced tenant or service key is deactivated when its successor activates.
+
+    The spec leaves the existing key's state alone; the hierarchy keeps one active version
+    per tenant and service, so the old version becomes decrypt-only from then on. A
+    successor without an Activation Date leaves the old version as it is.
+    """
+    if when is None:
+        return
+    current = old.value(Tag.DEACTIVATION_DATE)
+    if current is not None and current <= when:
+        return
+    old.set(Tag.DEACTIVATION_DATE, when, ItemType.DATE_TIME)
+    moved = lifecycle.state_at(old.state, lifecycle.LifecycleDates(
+        old.value(Tag.ACTIVATION_DATE), when), ctx.now)
+    old.set(Tag.STATE, int(moved))
+
+

@@ -7,7 +7,9 @@ wrapped under its tenant's current L2, an L2 under L1 (ARCHITECTURE §1).
 from __future__ import annotations
 
 import os
+import time
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
@@ -17,14 +19,23 @@ from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1, ManagedObject
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
+#: Seconds a tenant's current L2 is trusted without asking the store again.
+CURRENT_L2_TTL = 5.0
+
 
 class Keyring:
     """Holds L1; unwraps and caches L2s by uid (they never change once created)."""
 
-    def __init__(self, l1: bytes, *, random_bytes: keys.RandomBytes = os.urandom) -> None:
+    def __init__(self, l1: bytes, *, random_bytes: keys.RandomBytes = os.urandom,
+                 clock: Callable[[], float] = time.monotonic,
+                 current_l2_ttl: float = CURRENT_L2_TTL) -> None:
         self._l1 = l1
         self._random_bytes = random_bytes
+        self._clock = clock
+        self._current_l2_ttl = current_l2_ttl
         self._l2_by_uid: dict[str, bytes] = {}
+        # tenant -> (uid of its current L2, when looked up): saves a query per new object.
+        self._current_l2: dict[str, tuple[str, float]] = {}
 
     @property
     def random_bytes(self) -> keys.RandomBytes:
@@ -42,17 +53,36 @@ class Keyring:
 
         Returns (blob, uid of the L2). A tenant without an active L2 is not provisioned.
         """
+        l2_uid, kek = self._current_tenant_key(session, tenant)
+        blob = keys.wrap(
+            kek, plaintext, aad=keys.object_aad(tenant, uid), random_bytes=self._random_bytes
+        )
+        return blob, l2_uid
+
+    def _current_tenant_key(self, session: Session, tenant: str) -> tuple[str, bytes]:
+        """The tenant's current L2 (uid, key), looked up at most every ``current_l2_ttl``
+        seconds: another core may rotate it, and objects wrapped meanwhile under the
+        previous version stay readable, since every blob names the L2 that wrapped it."""
+        cached = self._current_l2.get(tenant)
+        now = self._clock()
+        if cached is not None and now - cached[1] < self._current_l2_ttl:
+            key = self._l2_by_uid.get(cached[0])
+            if key is not None:
+                return cached[0], key
         l2 = repository.find_l2(session, tenant, active_only=True)
         if l2 is None:
+            self._current_l2.pop(tenant, None)
             raise KmipError(
                 ResultReason.PERMISSION_DENIED,
                 f"tenant {tenant!r} is not provisioned (no active tenant key)",
             )
-        kek = self._l2_key(l2)
-        blob = keys.wrap(
-            kek, plaintext, aad=keys.object_aad(tenant, uid), random_bytes=self._random_bytes
-        )
-        return blob, l2.uid
+        key = self._l2_key(l2)
+        self._current_l2[tenant] = (l2.uid, now)
+        return l2.uid, key
+
+    def forget_current(self, tenant: str) -> None:
+        """The tenant's current L2 changed here (a re-key): look it up again next time."""
+        self._current_l2.pop(tenant, None)
 
     def unwrap(self, session: Session, row: ManagedObject) -> bytes:
         """The plaintext material of a stored object (which must still have material)."""

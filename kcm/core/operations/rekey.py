@@ -165,6 +165,7 @@ def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: s
                              level=LEVEL_TENANT_KEY)
         repository.update_object(ctx.session, new.row, wrapped_by=WRAPPED_BY_L1,
                                  material=ctx.keyring.wrap_tenant_key(tenant, uid, key))
+        ctx.keyring.forget_current(tenant)
         return
     if old.level == LEVEL_SERVICE_KEY:
         service = old.row.service

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, text
+from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -74,13 +74,15 @@ def get_meta(session: Session, key: str) -> str | None:
 
 
 def set_meta(session: Session, key: str, value: str) -> None:
-    """Store ``value`` under ``key``, replacing any previous value."""
-    row = session.get(Meta, key)
-    if row is None:
+    """Store ``value`` under ``key``, replacing any previous value.
+
+    One UPDATE (an INSERT the first time), not an ORM load and flush: the audit chain
+    writes its head here on every request.
+    """
+    updated = session.execute(update(Meta).where(Meta.key == key).values(value=value))
+    if updated.rowcount == 0:
         session.add(Meta(key=key, value=value))
-    else:
-        row.value = value
-    session.flush()
+        session.flush()
 
 
 # --- managed objects -----------------------------------------------------------------------

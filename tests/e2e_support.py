@@ -274,26 +274,10 @@ class GatewayProcess:
         raise RuntimeError("the gateway did not link to the core:\n"
                            + self.log.read_text()[-3000:])
 
+    # Stopping and connecting work the same way as for the core (same PKI, own port).
     stop = CoreProcess.stop
-
-    def client(self, who: str = "app"):
-        """A blocking KMIP client (kcm.conformance.client) talking to the gateway."""
-        from kcm.conformance.client import KmipClient
-
-        pair = getattr(self.pki, who)
-        return KmipClient("127.0.0.1", self.port, cert=pair.cert, key=pair.key,
-                          ca=self.pki.ca.cert)
-
-    def pykmip(self, who: str = "app"):
-        """PyKMIP's ProxyKmipClient, opened, talking to the gateway."""
-        from kmip.pie.client import ProxyKmipClient
-
-        pair = getattr(self.pki, who)
-        client = ProxyKmipClient(hostname="127.0.0.1", port=self.port, cert=str(pair.cert),
-                                 key=str(pair.key), ca=str(self.pki.ca.cert),
-                                 config_file=os.devnull)
-        client.open()
-        return client
+    client = CoreProcess.client
+    pykmip = CoreProcess.pykmip
 
 
 # Event stream observations (tests of the gateway's sync with the core) ------------------

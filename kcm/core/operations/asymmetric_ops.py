@@ -459,6 +459,22 @@ _SIGNATURE_FIELDS = ("padding_method", "hashing_algorithm", "digital_signature_a
                      "mask_generator_hashing_algorithm")
 
 
+def _signature_input(ctx: OperationContext, obj: managed.StoredObject, block: Any,
+                     request: Any, response: Any, *,
+                     signing: bool) -> tuple[Any, bytes, Any] | None:
+    """What Sign / Signature Verify work on: (signature spec, data, its form). None when
+    the request only continues a stream; ``response`` then carries the Correlation Value."""
+    stream = _stream_step(ctx, obj, block, request, signing=signing)
+    if stream is None:
+        spec = resolve_signature(ctx, obj, request.cryptographic_parameters)
+        data, form = _message(spec, request.data, request.digested_data)
+        return spec, data, form
+    if isinstance(stream, bytes):
+        response.correlation_value = stream
+        return None
+    return stream
+
+
 @operation(Operation.SIGN)
 def sign(ctx: OperationContext, request: SignRequest) -> SignResponse:
     obj = _signature_key(ctx, request.unique_identifier, signing=True)
@@ -467,15 +483,10 @@ def sign(ctx: OperationContext, request: SignRequest) -> SignResponse:
     if key is None:
         raise _unsupported(ctx.version, "only RSA private keys can sign here")
     response = SignResponse(unique_identifier=obj.uid)
-    stream = _stream_step(ctx, obj, block, request, signing=True)
-    if stream is None:
-        spec = resolve_signature(ctx, obj, request.cryptographic_parameters)
-        data, form = _message(spec, request.data, request.digested_data)
-    elif isinstance(stream, bytes):
-        response.correlation_value = stream
+    step = _signature_input(ctx, obj, block, request, response, signing=True)
+    if step is None:
         return response
-    else:
-        spec, data, form = stream
+    spec, data, form = step
     _audit(ctx, spec, len(data))
     with _cryptographic_failure():
         if form == _ENCODED:
@@ -499,15 +510,10 @@ def signature_verify(ctx: OperationContext,
     if key is None:
         raise _unsupported(ctx.version, "only RSA keys can verify signatures here")
     response = SignatureVerifyResponse(unique_identifier=obj.uid)
-    stream = _stream_step(ctx, obj, block, request, signing=False)
-    if stream is None:
-        spec = resolve_signature(ctx, obj, request.cryptographic_parameters)
-        data, form = _message(spec, request.data, request.digested_data)
-    elif isinstance(stream, bytes):
-        response.correlation_value = stream
+    step = _signature_input(ctx, obj, block, request, response, signing=False)
+    if step is None:
         return response
-    else:
-        spec, data, form = stream
+    spec, data, form = step
     signature = request.signature_data
     if signature is None:
         raise KmipError(ResultReason.INVALID_MESSAGE, "the request has no Signature Data")

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from kcm.kmip import registry
 from kcm.kmip.enums import Operation
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.kmip.xml_encoding import items_from_xml, message_version, value_text
 from kcm.ttlv.types import TYPE_NAMES, Item, ItemType, Value
 
@@ -65,7 +66,6 @@ __all__ = [
     "match_response", "parse_case",
 ]
 
-Version = tuple[int, int]
 
 #: Seconds a server's clock (and a case's run time) may stray from the runner's ``now``.
 DEFAULT_TOLERANCE = 600

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kcm.core.lifecycle import wrong_state
+from kcm.kernel.lifecycle import wrong_state
 from kcm.kmip.attributes import VENDOR_TAG, Attribute
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.kmip.tags import Tag
-
-Version = tuple[int, int]
+from kcm.kmip.versions import Version
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 
 from kcm.identity import Principal
 from kcm.kmip.messages import IdPlaceholder
+from kcm.kmip.versions import Version
 
 if TYPE_CHECKING:
     from kcm.core.keyring import Keyring
     from kcm.core.server_info import ServerInfo
 
-Version = tuple[int, int]
 
 
 @dataclass(slots=True)

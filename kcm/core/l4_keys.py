@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from kcm.core import lifecycle
 from kcm.core.context import OperationContext
 from kcm.core.keyring import Keyring
 from kcm.core.managed import decode_material
 from kcm.core.store import repository
 from kcm.core.store.schema import ManagedObject
+from kcm.kernel import lifecycle
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.kmip.objects import SymmetricKey

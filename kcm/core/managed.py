@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from kcm.core import events, lifecycle, policy
+from kcm.core import events, policy
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.context import OperationContext
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.core.store.schema import ManagedObject as Row
+from kcm.kernel import lifecycle
 from kcm.kmip.attributes import ATTRIBUTE_TYPES, Attribute, Name
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError

@@ -19,7 +19,7 @@ from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
-from kcm.core.versions import answer_version, is_supported, unsupported_reason
+from kcm.kernel.versions import answer_version, is_supported, unsupported_reason
 from kcm.kmip.enums import ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
@@ -31,13 +31,13 @@ from kcm.kmip.messages import (
     decode_request,
     encode_response,
 )
+from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.ttlv import TtlvError, decode, encode
 from kcm.ttlv.peek import peek_request
 
 log = logging.getLogger(__name__)
 
-Version = tuple[int, int]
 
 
 class CoreRequestHandler:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import kcm
-from kcm.core.versions import SUPPORTED_VERSIONS, Version
+from kcm.kernel.versions import SUPPORTED_VERSIONS, Version
 
 
 @dataclass(frozen=True, slots=True)

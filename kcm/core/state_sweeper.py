@@ -18,7 +18,7 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from kcm.core import lifecycle, managed
+from kcm.core import managed
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.store.engine import Store
 from kcm.core.store.schema import (
@@ -28,6 +28,7 @@ from kcm.core.store.schema import (
     STATE_PRE_ACTIVE,
     ManagedObject,
 )
+from kcm.kernel import lifecycle
 from kcm.kmip.tags import Tag
 
 log = Logger()

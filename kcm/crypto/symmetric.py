@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from kcm.kmip.attributes import CryptographicParameters
 from kcm.kmip.enums import BlockCipherMode, CryptographicAlgorithm, PaddingMethod, ResultReason
 from kcm.kmip.errors import KmipError
+from kcm.kmip.versions import Version
 
-Version = tuple[int, int]
 RandomBytes = Callable[[int], bytes]
 
 _AES = CryptographicAlgorithm.AES

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from kcm.core.versions import is_supported
+from kcm.kernel.versions import is_supported
 from kcm.kmip.enums import Operation
 from kcm.l4.identifiers import is_l3, is_l4
 from kcm.l4.marking import create_attributes, is_l4_create

@@ -39,13 +39,13 @@ from twisted.python.failure import Failure
 
 from kcm.core.batch import fail_item, operation_name, response_header
 from kcm.core.request_handler import failure_message
-from kcm.core.versions import answer_version
 from kcm.gateway.classifier import Classified, Route, classify
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkBusy, LinkDown, LinkTimeout
 from kcm.gateway.local_batch import LocalRun, LocalRunner
 from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
+from kcm.kernel.versions import answer_version
 from kcm.kmip.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
@@ -57,6 +57,7 @@ from kcm.kmip.messages import (
     encode_response,
 )
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
@@ -68,7 +69,6 @@ __all__ = ["GatewayRequestHandler", "Link"]
 
 log = Logger()
 
-Version = tuple[int, int]
 
 _CONTINUE = BatchErrorContinuationOption.CONTINUE
 _UNDO = BatchErrorContinuationOption.UNDO

@@ -30,6 +30,7 @@ from kcm.identity import Principal
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
+from kcm.kmip.versions import Version
 from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.engine import KeySource, L4Engine
 from kcm.ttlv.types import Item
@@ -38,7 +39,6 @@ __all__ = ["Engine", "LocalRun", "LocalRunner", "l4_engine"]
 
 log = Logger()
 
-Version = tuple[int, int]
 
 
 class Engine(Protocol):

@@ -17,9 +17,9 @@ from typing import Any, ClassVar, TypeVar
 from kcm.kmip import registry
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
+from kcm.kmip.versions import Version
 from kcm.ttlv.types import TYPE_NAMES, Item, ItemType
 
-Version = tuple[int, int]
 DEFAULT_VERSION: Version = (2, 1)
 
 _STRUCT = ItemType.STRUCTURE

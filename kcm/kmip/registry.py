@@ -15,8 +15,7 @@ All tables are built once at import; every function is a few dict lookups.
 from __future__ import annotations
 
 from kcm.kmip import _spec_tables as tables
-
-Version = tuple[int, int]
+from kcm.kmip.versions import Version
 
 _LATEST: Version = (2, 1)
 _TAG_ENUMERATION = "Tag"  # 2.x §11.53: the values of this enumeration are the tags

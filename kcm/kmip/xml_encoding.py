@@ -38,6 +38,7 @@ from typing import Protocol
 from xml.parsers import expat
 
 from kcm.kmip import registry
+from kcm.kmip.versions import Version
 from kcm.ttlv.types import TYPE_NAMES, TYPES_BY_NAME, Item, ItemType, Value
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "value_text",
 ]
 
-Version = tuple[int, int]
 
 #: The version assumed for an item without a message header around it.
 DEFAULT_VERSION: Version = (2, 1)

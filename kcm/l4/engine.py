@@ -33,7 +33,6 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kcm.core.lifecycle import wrong_state
 from kcm.crypto.key_wrap import WRAP_MODES, aes_wrap
 from kcm.crypto.symmetric import (
     AES_GCM_DEFAULT,
@@ -48,6 +47,7 @@ from kcm.crypto.symmetric import (
     version_reason,
 )
 from kcm.identity import Principal
+from kcm.kernel.lifecycle import wrong_state
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link
 from kcm.kmip.enums import (
     BlockCipherMode,
@@ -82,6 +82,7 @@ from kcm.kmip.payloads import (
     GetResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.l4 import token
 from kcm.l4.authorize import check_service_key_use
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
@@ -99,7 +100,6 @@ from kcm.ttlv import encode
 __all__ = ["KeySource", "L4Engine", "Tombstone", "create_attributes", "is_l4_create",
            "l4_target"]
 
-Version = tuple[int, int]
 RandomBytes = Callable[[int], bytes]
 
 _AES = int(CryptographicAlgorithm.AES)

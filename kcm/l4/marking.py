@@ -27,6 +27,7 @@ from kcm.kmip.attributes import (
 from kcm.kmip.enums import LinkType, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.l4.identifiers import is_l3
 from kcm.ttlv import Item, ItemType
 
@@ -35,7 +36,6 @@ LEVEL_NAME = "kcm-level"
 SERVICE_NAME = "kcm-service"
 L4_LEVEL = "L4"
 
-Version = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)

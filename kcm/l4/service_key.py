@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kcm.core.lifecycle import usable_for
+from kcm.kernel.lifecycle import usable_for
 from kcm.kmip.enums import State
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from kcm.conformance.runner import run_case
 from kcm.core import batch
-from kcm.core.versions import SUPPORTED_VERSIONS
+from kcm.kernel.versions import SUPPORTED_VERSIONS
 from kcm.kmip.enums import (
     InteropFunction,
     ObjectType,

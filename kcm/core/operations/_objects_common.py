@@ -15,8 +15,7 @@ from kcm.kmip.enums import (
     State,
 )
 from kcm.kmip.tags import Tag
-
-Version = tuple[int, int]
+from kcm.kmip.versions import Version
 
 #: The Object Type each managed-object structure stands for.
 OBJECT_TYPE_OF_TAG: dict[int, ObjectType] = {

@@ -57,11 +57,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from kcm.core import lifecycle, managed, policy
+from kcm.core import managed, policy
 from kcm.core.attribute_rules import check_client_attributes, rule_for
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
 from kcm.core.operations.create import server_attributes
+from kcm.kernel import lifecycle
 from kcm.kmip.attributes import Attribute, CryptographicParameters, Link
 from kcm.kmip.enums import (
     BlockCipherMode,
@@ -94,9 +95,8 @@ from kcm.kmip.payloads import (
     SignResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
-
-Version = tuple[int, int]
 
 #: RSA modulus sizes in bits the server generates.
 RSA_LENGTHS = frozenset({1024, 2048, 3072, 4096})

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kcm.core import lifecycle, managed, policy
+from kcm.core import managed, policy
 from kcm.core.attribute_rules import Rule, check_date_change, protected_error, rule_for
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
+from kcm.kernel import lifecycle
 from kcm.kmip import registry
 from kcm.kmip.attributes import (
     ATTRIBUTE_TYPES,
@@ -52,9 +53,9 @@ from kcm.kmip.payloads import (
     UniqueIdentifierResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
 
-Version = tuple[int, int]
 #: What names one attribute: its tag, or for a vendor attribute (vendor, name) too.
 Key = tuple[int, str | None, str | None]
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from kcm.core import l4_requests, lifecycle, managed, policy
+from kcm.core import l4_requests, managed, policy
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
 from kcm.crypto import symmetric
@@ -41,6 +41,7 @@ from kcm.crypto.symmetric import (
 )
 from kcm.crypto.symmetric import enum_name as _name
 from kcm.crypto.symmetric import version_reason as _version_reason
+from kcm.kernel import lifecycle
 from kcm.kmip.attributes import CryptographicParameters
 from kcm.kmip.enums import (
     BlockCipherMode,
@@ -62,9 +63,8 @@ from kcm.kmip.payloads import (
     EncryptResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
-
-Version = tuple[int, int]
 
 #: How much input a stream may carry in its Correlation Value before it is refused.
 MAX_STREAM_BYTES = 1 << 20

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from kcm.core import l4_requests, lifecycle, managed, policy
+from kcm.core import l4_requests, managed, policy
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import AES_KEY_BITS, DESTROYED, WRAP_MODES, enum_label
 from kcm.core.operations.asymmetric_ops import rsa_key_block_in_format
 from kcm.crypto.key_wrap import aes_unwrap as _aes_unwrap
 from kcm.crypto.key_wrap import aes_wrap as _aes_wrap
+from kcm.kernel import lifecycle
 from kcm.kmip import registry
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
@@ -40,9 +41,8 @@ from kcm.kmip.payloads import (
     GetResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType, decode, encode
-
-Version = tuple[int, int]
 
 #: The Object Type each managed-object structure stands for.
 

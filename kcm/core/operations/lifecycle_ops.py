@@ -1,14 +1,15 @@
 """Activate, Revoke and Destroy (KMIP 1.4 §4.19–§4.21, 2.1 §6.1.1, §6.1.46, §6.1.18).
 
-The state rules themselves are :mod:`kcm.core.lifecycle`'s; these handlers apply
+The state rules themselves are :mod:`kcm.kernel.lifecycle`'s; these handlers apply
 them to a stored object and record the dates the spec asks for.
 """
 
 from __future__ import annotations
 
-from kcm.core import l4_requests, lifecycle, managed, policy
+from kcm.core import l4_requests, managed, policy
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
+from kcm.kernel import lifecycle
 from kcm.kmip.enums import Operation, RevocationReasonCode, State
 from kcm.kmip.payloads import (
     ActivateRequest,

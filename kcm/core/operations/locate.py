@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kcm.core import lifecycle, managed, policy
+from kcm.core import managed, policy
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import DESTROYED, attribute_identity, tag_label
 from kcm.core.store import repository
+from kcm.kernel import lifecycle
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, Link, Name
 from kcm.kmip.enums import (
     ObjectGroupMember,
@@ -24,9 +25,8 @@ from kcm.kmip.payloads import (
     LocateResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType, encode
-
-Version = tuple[int, int]
 
 #: The Object Type each managed-object structure stands for.
 

@@ -34,8 +34,6 @@ from kcm.kmip.payloads import (
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
 
-Version = tuple[int, int]
-
 #: The Object Type each managed-object structure stands for.
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kcm.core import events, lifecycle, managed, policy
+from kcm.core import events, managed, policy
 from kcm.core.attribute_rules import check_client_attributes, rule_for
 from kcm.core.batch import operation
 from kcm.core.context import OperationContext
@@ -15,6 +15,7 @@ from kcm.core.operations._objects_common import (
 from kcm.core.operations.create import generate_key, key_spec, server_attributes
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_BY_L1
+from kcm.kernel import lifecycle
 from kcm.kmip.attributes import Attribute, Link
 from kcm.kmip.enums import (
     KeyFormatType,
@@ -37,8 +38,6 @@ from kcm.kmip.payloads import (
 from kcm.kmip.tags import Tag
 from kcm.l4.identifiers import new_l3_uid
 from kcm.ttlv import Item, ItemType
-
-Version = tuple[int, int]
 
 #: The Object Type each managed-object structure stands for.
 

@@ -22,9 +22,8 @@ from kcm.kmip.payloads import (
 )
 from kcm.kmip.protocol_version import ProtocolVersion
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
-
-Version = tuple[int, int]
 
 #: The object types the core stores: generated or registered Symmetric Keys, and registered
 #: Secret Data and Opaque Objects (the kinds :mod:`kcm.kmip.objects` models).

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from kcm.kmip.enums import ResultReason
-
-Version = tuple[int, int]
+from kcm.kmip.versions import Version
 
 #: Newest first, as Discover Versions lists them (KMIP 1.4 §4.26).
 SUPPORTED_VERSIONS: tuple[Version, ...] = ((2, 1), (2, 0), (1, 4), (1, 3), (1, 2), (1, 1), (1, 0))

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 from kcm.kmip.enums import ResultReason, RevocationReasonCode, State
 from kcm.kmip.errors import KmipError
-
-Version = tuple[int, int]
+from kcm.kmip.versions import Version
 
 _COMPROMISE_REASONS = frozenset(
     {RevocationReasonCode.KEY_COMPROMISE, RevocationReasonCode.CA_COMPROMISE}

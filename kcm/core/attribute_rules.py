@@ -130,8 +130,7 @@ def protected_error(version: Version, message: str) -> KmipError:
     KMIP 2.x has Attribute Read Only; 1.x has no such reason and its error tables
     (KMIP 1.4 §11) answer Permission Denied.
     """
-    reason = (ResultReason.ATTRIBUTE_READ_ONLY if version >= (2, 0)
-              else ResultReason.PERMISSION_DENIED)
+    reason = ResultReason.ATTRIBUTE_READ_ONLY
     return KmipError(reason, message)
 
 
@@ -161,10 +160,10 @@ def check_date_change(tag: int, state: State, current: int | None, now: int,
     label = _label(tag)
     if state not in states:
         allowed = " or ".join(sorted(s.name for s in states))
-        raise wrong_state(version, f"{label} may be changed only while the object is "
+        raise wrong_state(f"{label} may be changed only while the object is "
                                    f"{allowed}; it is {state.name}")
     if tag in _UNTIL_REACHED and current is not None and current <= now:
-        raise wrong_state(version, f"{label} has passed and can no longer be changed")
+        raise wrong_state(f"{label} has passed and can no longer be changed")
 
 
 def check_client_attributes(attributes: list[Attribute], version: Version) -> None:
@@ -178,8 +177,7 @@ def check_client_attributes(attributes: list[Attribute], version: Version) -> No
             raise read_only_error(version, label)
         if not rule.multi:
             if attribute.tag in seen:
-                reason = (ResultReason.ATTRIBUTE_SINGLE_VALUED if version >= (2, 0)
-                          else ResultReason.INVALID_FIELD)
+                reason = ResultReason.ATTRIBUTE_SINGLE_VALUED
                 raise KmipError(reason, f"{label} may have only one value")
             seen.add(attribute.tag)
 

@@ -105,7 +105,7 @@ class StoredObject:
 def not_found(version: tuple[int, int], uid: str) -> KmipError:
     """No such object (for this caller): KMIP 2.x names it Object Not Found, 1.x has only
     Item Not Found."""
-    reason = ResultReason.OBJECT_NOT_FOUND if version >= (2, 0) else ResultReason.ITEM_NOT_FOUND
+    reason = ResultReason.OBJECT_NOT_FOUND
     return KmipError(reason, f"no object {uid!r}")
 
 

@@ -7,37 +7,34 @@ caller's identity is asserted by a gateway.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from kcm.core.audit import append_audit
-from kcm.core.batch import audit_event, execute, response_header
+from kcm.core.batch import audit_event, execute
 from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
-from kcm.kernel.versions import answer_version, is_supported, unsupported_reason
-from kcm.kmip.enums import ResultReason, ResultStatus
-from kcm.kmip.errors import KmipError
-from kcm.kmip.messages import (
-    ProtocolVersion,
-    RequestHeader,
-    ResponseBatchItem,
-    ResponseHeader,
-    ResponseMessage,
-    decode_request,
-    encode_response,
+from kcm.kernel.responses import (
+    encode_items,
+    failed_item,
+    failure_response,
+    internal_error,
+    response_wire,
 )
+from kcm.kernel.versions import answer_version, is_supported, version_of
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
+from kcm.kmip.messages import decode_request
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.ttlv import TtlvError, decode, encode
-from kcm.ttlv.peek import peek_request
 
-log = logging.getLogger(__name__)
-
+log = Logger()
 
 
 class CoreRequestHandler:
@@ -56,8 +53,7 @@ class CoreRequestHandler:
         return self.handle_as(wire, Caller(connection.principal, connection.peer))
 
     def failure_response(self, reason: int, message: str) -> bytes:
-        return encode(encode_response(
-            failure_message((1, 0), reason, message, int(self._clock()))))
+        return failure_response((1, 0), reason, message, int(self._clock()))
 
     # ------------------------------------------------------------------------
     def handle_as(self, wire: bytes, caller: Caller) -> Deferred[bytes]:
@@ -72,69 +68,36 @@ class CoreRequestHandler:
             request = decode_request(decode(wire, max_size=self._max_message_size))
             version = request.header.version
             if not is_supported(version):
-                answer = answer_version(version)
-                return self._refuse(caller, answer, unsupported_reason(answer),
+                return self._refuse(caller, answer_version(version),
+                                    ResultReason.UNSUPPORTED_PROTOCOL_VERSION,
                                     f"protocol version {version[0]}.{version[1]} is not "
                                     "supported", correlation_id, now)
-        except (TtlvError, KmipError) as e:
-            reason = e.reason if isinstance(e, KmipError) else ResultReason.INVALID_MESSAGE
-            text = e.message if isinstance(e, KmipError) else f"malformed TTLV: {e}"
-            return self._refuse(caller, _version_of(wire), reason, text, correlation_id, now)
+        except KmipError as e:
+            return self._refuse(caller, version_of(wire), e.reason, e.message, correlation_id,
+                                now)
+        except TtlvError as e:
+            return self._refuse(caller, version_of(wire), ResultReason.INVALID_MESSAGE,
+                                f"malformed TTLV: {e}", correlation_id, now)
         try:
-            response = self._store.run_sync(lambda session: execute(
+            items = self._store.run_sync(lambda session: execute(
                 session, request, caller, now=now, keyring=self._keyring,
                 server_info=self._server_info, correlation_id=correlation_id))
-            return self._encode(response, request.header)
+            return response_wire(version, now, correlation_id, encode_items(items, version),
+                                 request.header.maximum_response_size)
         except Exception:
             return self._general_failure(version, correlation_id, now)
-
-    def _encode(self, response: ResponseMessage, request_header: RequestHeader) -> bytes:
-        wire = encode(encode_response(response))
-        limit = request_header.maximum_response_size
-        if limit is not None and len(wire) > limit:
-            for item in response.batch_items:
-                if item.result_status == ResultStatus.SUCCESS:
-                    item.result_status = ResultStatus.OPERATION_FAILED
-                    item.result_reason = ResultReason.RESPONSE_TOO_LARGE
-                    item.result_message = (f"the response exceeds the Maximum Response Size "
-                                           f"of {limit} bytes")
-                    item.response_payload = None
-            wire = encode(encode_response(response))
-        return wire
 
     def _refuse(self, caller: Caller, version: Version, reason: int, message: str,
                 correlation_id: str, now: int) -> bytes:
-        response = failure_message(version, reason, message, now, correlation_id)
+        item = failed_item(None, None, version, reason, message)
         try:
             self._store.run_sync(lambda session: append_audit(session, audit_event(
-                caller, response.batch_items[0], correlation_id, [])))
+                caller, item, correlation_id, [])))
         except Exception:
             return self._general_failure(version, correlation_id, now)
-        return encode(encode_response(response))
+        return response_wire(version, now, correlation_id, [encode(item.to_item(version))])
 
     def _general_failure(self, version: Version, correlation_id: str, now: int) -> bytes:
-        log.exception("request failed [correlation id %s]", correlation_id)
-        return encode(encode_response(failure_message(
-            version, ResultReason.GENERAL_FAILURE,
-            f"internal error (correlation id {correlation_id})", now, correlation_id)))
-
-
-def _version_of(wire: bytes) -> Version:
-    """The request's version if its header can be read and we speak it, else 1.0."""
-    try:
-        return answer_version(peek_request(wire).version)
-    except TtlvError:
-        return (1, 0)
-
-
-def failure_message(version: Version, reason: int, message: str, now: int,
-                    correlation_id: str | None = None) -> ResponseMessage:
-    """A response with one failed batch item (for a request that could not be read)."""
-    item = ResponseBatchItem(result_status=ResultStatus.OPERATION_FAILED, result_reason=reason,
-                             result_message=message)
-    if correlation_id is None:
-        header = ResponseHeader(protocol_version=ProtocolVersion.of(version), time_stamp=now,
-                                batch_count=1)
-    else:
-        header = response_header(version, now, correlation_id, 1)
-    return ResponseMessage(header, [item])
+        log.failure("request failed [correlation id {cid}]", cid=correlation_id)
+        return failure_response(version, ResultReason.GENERAL_FAILURE,
+                                internal_error(correlation_id), now, correlation_id)

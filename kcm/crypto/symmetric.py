@@ -334,16 +334,9 @@ def cryptographic_failure() -> Iterator[None]:
 
 
 # Result reasons -----------------------------------------------------------------
-def version_reason(version: Version, reason_2x: ResultReason,
-                   reason_1x: ResultReason = ResultReason.PERMISSION_DENIED) -> ResultReason:
-    """``reason_2x`` for KMIP 2.x, else the 1.x stand-in (1.x lacks many 2.x reasons)."""
-    return reason_2x if version >= (2, 0) else reason_1x
-
-
 def unsupported(version: Version, message: str) -> KmipError:
     """Parameters this server cannot run (2.x has a reason for it; 1.x has not)."""
-    return KmipError(version_reason(version, ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS,
-                                    ResultReason.FEATURE_NOT_SUPPORTED), message)
+    return KmipError(ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS, message)
 
 
 def enum_name(enum: type, value: object) -> str:

@@ -1,7 +1,8 @@
 """Local or forward: the gateway's one routing decision (ARCHITECTURE §2, link-protocol §3).
 
 Decided from :func:`kcm.ttlv.peek.peek_request` alone; a request that is forwarded is
-never decoded here. A batch item runs LOCAL when it is
+never decoded here, and a Create's attributes are decoded only when their bytes hold an L4
+marker (:data:`kcm.l4.marking.MARKER_BYTES`). A batch item runs LOCAL when it is
 
 * a Create whose attributes mark an L4 (:func:`kcm.l4.marking.is_l4_create` says what the
   markers are),
@@ -20,9 +21,11 @@ import enum
 from dataclasses import dataclass
 
 from kcm.kernel.versions import is_supported
+from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import Operation
+from kcm.kmip.versions import Version
 from kcm.l4.identifiers import is_l3, is_l4
-from kcm.l4.marking import create_attributes, is_l4_create
+from kcm.l4.marking import MARKER_BYTES, create_attributes, is_l4_create
 from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, peek_request
 
 __all__ = ["Classified", "Route", "classify"]
@@ -48,6 +51,8 @@ class Classified:
     request: PeekedRequest
     local: tuple[bool, ...]
     route: Route
+    #: Per batch item, the decoded attributes of a local (L4) Create, else None.
+    create_attributes: tuple[list[Attribute] | None, ...] = ()
 
 
 def classify(wire: bytes) -> Classified:
@@ -57,10 +62,15 @@ def classify(wire: bytes) -> Classified:
     if not is_supported(request.version):
         return Classified(request, (False,) * len(request.items), Route.ALL_REMOTE)
     local: list[bool] = []
+    attributes: list[list[Attribute] | None] = []
     placeholder_is_local = False
+    version = request.version
     for item in request.items:
-        here = _is_local(item, request.version, placeholder_is_local)
+        marked = _l4_create_attributes(item, version) if item.operation == _CREATE else None
+        here = marked is not None or (item.operation != _CREATE
+                                      and _uses_local_key(item, placeholder_is_local))
         local.append(here)
+        attributes.append(marked)
         # Any remote item may set the core's placeholder; any local one sets the gateway's.
         placeholder_is_local = here
     if all(local):
@@ -69,15 +79,19 @@ def classify(wire: bytes) -> Classified:
         route = Route.MIXED
     else:
         route = Route.ALL_REMOTE
-    return Classified(request, tuple(local), route)
+    return Classified(request, tuple(local), route, tuple(attributes))
 
 
-def _is_local(item: PeekedBatchItem, version: tuple[int, int],
-              placeholder_is_local: bool) -> bool:
+def _l4_create_attributes(item: PeekedBatchItem, version: Version) -> list[Attribute] | None:
+    """The attributes of an L4 Create, or None when the Create is not one."""
+    if not any(item.attributes_contain(marker) for marker in MARKER_BYTES):
+        return None
+    attributes = create_attributes(item.attributes, version)
+    return attributes if is_l4_create(attributes) else None
+
+
+def _uses_local_key(item: PeekedBatchItem, placeholder_is_local: bool) -> bool:
     operation = item.operation
-    if operation == _CREATE:
-        return item.attributes is not None and is_l4_create(
-            create_attributes(item.attributes, version))
     if operation not in _USES_UID:
         return False
     uid = item.unique_identifier

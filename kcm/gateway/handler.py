@@ -29,50 +29,52 @@ Nothing here touches the disk or a database, and only errors and refusals are lo
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import groupby
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kcm.core.batch import fail_item, operation_name, response_header
-from kcm.core.request_handler import failure_message
 from kcm.gateway.classifier import Classified, Route, classify
-from kcm.gateway.l3_cache import L3Cache
+from kcm.gateway.l3_cache import L3Cache, Need
+from kcm.gateway.l3_needs import l3_needs
 from kcm.gateway.link_client import LinkBusy, LinkDown, LinkTimeout
 from kcm.gateway.local_batch import LocalRun, LocalRunner
 from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
-from kcm.kernel.versions import answer_version
+from kcm.kernel.responses import (
+    encode_items,
+    failed_item,
+    failure_response,
+    internal_error,
+    operation_name,
+    response_wire,
+)
+from kcm.kernel.versions import answer_version, version_of
 from kcm.kmip.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
-from kcm.kmip.messages import (
-    RequestBatchItem,
-    RequestHeader,
-    ResponseBatchItem,
-    ResponseMessage,
-    decode_request,
-    encode_response,
-)
-from kcm.kmip.tags import Tag
+from kcm.kmip.messages import RequestBatchItem, RequestHeader, ResponseBatchItem, decode_request
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
 from kcm.l4.marking import l4_target
-from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
-from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, peek_request
+from kcm.ttlv import Item, TtlvError, decode, decode_item
+from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, peek_response
 
 __all__ = ["GatewayRequestHandler", "Link"]
 
 log = Logger()
 
-
 _CONTINUE = BatchErrorContinuationOption.CONTINUE
 _UNDO = BatchErrorContinuationOption.UNDO
 _FAILED = int(ResultStatus.OPERATION_FAILED)
+
+#: How often a local run may find a key it lacks that the peek did not show (a wrapping
+#: L3), fetch it and run again, before its misses are final.
+_MAX_FETCH_ROUNDS = 2
 
 
 class Link(Protocol):
@@ -103,28 +105,26 @@ class GatewayRequestHandler:
         try:
             answer = self._route(wire, connection)
         except Exception:
-            return self._general_failure(_version_of(wire), Failure())
+            return self._general_failure(version_of(wire), Failure())
         if isinstance(answer, Deferred):
-            answer.addErrback(lambda failure: self._general_failure(_version_of(wire), failure))
+            answer.addErrback(lambda failure: self._general_failure(version_of(wire), failure))
         return answer
 
     def failure_response(self, reason: int, message: str) -> bytes:
         """A one-item failed response for a request the handler never saw."""
-        return encode(encode_response(failure_message((1, 0), reason, message,
-                                                      int(self._clock()))))
+        return failure_response((1, 0), reason, message, int(self._clock()))
 
     # Routing ----------------------------------------------------------------------------
     def _route(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         try:
             classified = classify(wire)
         except TtlvError as e:
-            return self._refuse(_version_of(wire), ResultReason.INVALID_MESSAGE,
+            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
                                 f"malformed request: {e}")
-        request = classified.request
         if classified.route is Route.ALL_REMOTE:
-            return self._forward_whole(wire, request, connection)
+            return self._forward_whole(wire, classified.request, connection)
         if classified.route is Route.ALL_LOCAL:
-            return self._all_local(wire, connection)
+            return self._all_local(wire, classified, connection)
         return Deferred.fromCoroutine(self._mixed(wire, classified, connection))
 
     def _forward_whole(self, wire: bytes, request: PeekedRequest,
@@ -134,8 +134,9 @@ class GatewayRequestHandler:
         def link_failed(failure: Failure) -> bytes:
             version = answer_version(request.version)
             stop = _continuation_of(wire, request) != _CONTINUE
-            items = _unreachable_items(request.items, failure, stop)
-            return self._encode(version, items, None, new_correlation_id())
+            items = _unreachable_items(request.items, failure, stop, version)
+            return self._answer(version, encode_items(items, version), None,
+                                new_correlation_id())
 
         return d.addErrback(link_failed)
 
@@ -148,86 +149,113 @@ class GatewayRequestHandler:
             return d
 
     # All local: the hot path --------------------------------------------------------------
-    def _all_local(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
+    def _all_local(self, wire: bytes, classified: Classified,
+                   connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         try:
             message = decode_request(decode(wire, max_size=self._max_message_size))
-        except (TtlvError, KmipError) as e:
-            reason = e.reason if isinstance(e, KmipError) else ResultReason.INVALID_MESSAGE
-            text = e.message if isinstance(e, KmipError) else f"malformed TTLV: {e}"
-            return self._refuse(_version_of(wire), reason, text)
+        except KmipError as e:
+            return self._refuse(version_of(wire), e.reason, e.message)
+        except TtlvError as e:
+            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
+                                f"malformed TTLV: {e}")
         header = message.header
         principal = connection.principal
-        keys = self._cache.key_source(principal)
-        run = self._run(message.batch_items, header, principal, keys)
-        if not keys.misses:
-            return self._local_answer(header, principal, run)
+        correlation_id = new_correlation_id()
+        needs = self._lacking(classified, range(len(classified.local)), principal)
+        if not needs:
+            run = self._run_local(message.batch_items, header, principal, correlation_id,
+                                  frozenset())
+        else:
+            # The first use of an L3: fetch every one the request needs, then run it once.
+            run = self._cache.ensure(needs, principal).addCallback(
+                lambda _: self._run_local(message.batch_items, header, principal,
+                                          correlation_id, frozenset(needs)))
+        if isinstance(run, LocalRun):
+            return self._local_answer(header, principal, run, correlation_id)
+        return run.addCallback(
+            lambda done: self._local_answer(header, principal, done, correlation_id))
 
-        # The first use of an L3: fetch it, then run the request again from the start.
-        def retry(_: None) -> bytes:
-            # Payloads were resolved in place by the first run; decode afresh.
-            again = decode_request(decode(wire, max_size=self._max_message_size))
-            final = self._cache.key_source(principal, final=True)
-            return self._local_answer(header, principal,
-                                      self._run(again.batch_items, header, principal, final))
+    def _lacking(self, classified: Classified, indexes: Sequence[int] | range,
+                 principal: Principal) -> set[Need]:
+        """The L3s the local items at ``indexes`` need and the cache does not hold."""
+        items = classified.request.items
+        attributes = classified.create_attributes
+        needs = l3_needs(((items[i], attributes[i]) for i in indexes), principal)
+        return {need for need in needs if self._cache.lacks(need)}
 
-        return self._cache.ensure(keys.misses, principal).addCallback(retry)
+    def _run_local(self, items: list[RequestBatchItem], header: RequestHeader,
+                   principal: Principal, correlation_id: str, fetched: frozenset[Need],
+                   rounds: int = 0) -> LocalRun | Deferred[LocalRun]:
+        """Run ``items`` once the keys are held; a key the peek could not show is fetched
+        and the items (never changed by a run) run again."""
+        keys = self._cache.key_source(principal, fetched=fetched,
+                                      final=rounds >= _MAX_FETCH_ROUNDS)
+        run = self._runner.run(items, principal=principal, version=header.version, keys=keys,
+                               continuation=header.effective_error_continuation,
+                               correlation_id=correlation_id)
+        unseen = set(keys.misses) - fetched
+        if not unseen:
+            return run
+        return self._cache.ensure(unseen, principal).addCallback(
+            lambda _: self._run_local(items, header, principal, correlation_id,
+                                      fetched | unseen, rounds + 1))
 
-    def _run(self, items: list[RequestBatchItem], header: RequestHeader, principal: Principal,
-             keys: Any) -> LocalRun:
-        return self._runner.run(items, principal=principal, version=header.version, keys=keys,
-                                stop_on_failure=header.effective_error_continuation != _CONTINUE)
-
-    def _local_answer(self, header: RequestHeader, principal: Principal,
-                      run: LocalRun) -> bytes:
+    def _local_answer(self, header: RequestHeader, principal: Principal, run: LocalRun,
+                      correlation_id: str) -> bytes:
         if run.denied:
             _log_denials(run, principal)
-        if run.failed and header.effective_error_continuation == _UNDO:
-            # Local operations leave nothing behind, so undoing them is only a status.
-            for item in run.items:
-                if item.result_status == ResultStatus.SUCCESS:
-                    item.result_status = ResultStatus.OPERATION_UNDONE
         version = header.version
-        return self._encode(version, [item.to_item(version) for item in run.items],
-                            header.maximum_response_size, new_correlation_id())
+        return self._answer(version, encode_items(run.items, version),
+                            header.maximum_response_size, correlation_id)
 
     # Mixed ------------------------------------------------------------------------------
     async def _mixed(self, wire: bytes, classified: Classified,
                      connection: ConnectionInfo) -> bytes:
         request = classified.request
         try:
-            header = RequestHeader.from_item(decode_item(wire, request.header_start)[0])
+            header_item = decode_item(wire, request.header_start)[0]
+            header = RequestHeader.from_item(header_item)
         except (TtlvError, KmipError) as e:
-            return self._refuse(_version_of(wire), ResultReason.INVALID_MESSAGE,
+            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
                                 f"malformed request header: {e}")
         version = header.version
         continuation = header.effective_error_continuation
+        correlation_id = new_correlation_id()
         if continuation == _UNDO:
-            return self._encode(version, _refused_undo(request.items, version),
-                                header.maximum_response_size, new_correlation_id())
+            return self._answer(version, encode_items(_refused_undo(request.items, version),
+                                                      version),
+                                header.maximum_response_size, correlation_id)
         stop = continuation != _CONTINUE
         principal = connection.principal
-        answered: list[Item] = []
+        local_indexes = [i for i, local in enumerate(classified.local) if local]
+        needs = self._lacking(classified, local_indexes, principal)
+        if needs:
+            await self._cache.ensure(needs, principal)
+        fetched = frozenset(needs)
+        answered: list[bytes] = []
         core_correlation: list[str] = []
         failed = False
-        pairs = zip(request.items, classified.local, strict=True)
-        for local, run in groupby(pairs, key=lambda pair: pair[1]):
+        indexed = enumerate(zip(request.items, classified.local, strict=True))
+        for local, run in groupby(indexed, key=lambda pair: pair[1][1]):
             if failed and stop:
                 break
-            items = [peeked for peeked, _ in run]
+            items = [peeked for _, (peeked, _) in run]
             if local:
-                run_items = await self._mixed_local(wire, items, header, principal)
+                run_items, run_failed = await self._mixed_local(
+                    wire, items, header, principal, correlation_id, fetched)
             else:
-                run_items = await self._mixed_remote(wire, request, items, connection, stop,
-                                                     core_correlation)
+                run_items, run_failed = await self._mixed_remote(
+                    wire, header_item, items, connection, stop, version, core_correlation)
             answered.extend(run_items)
-            failed = failed or any(_status(item) == _FAILED for item in run_items)
+            failed = failed or run_failed
         # One remote run: its correlation value names the request in the core's audit log.
-        correlation_id = (core_correlation[0] if len(core_correlation) == 1
-                          else new_correlation_id())
-        return self._encode(version, answered, header.maximum_response_size, correlation_id)
+        if len(core_correlation) == 1:
+            correlation_id = core_correlation[0]
+        return self._answer(version, answered, header.maximum_response_size, correlation_id)
 
     async def _mixed_local(self, wire: bytes, peeked: list[PeekedBatchItem],
-                           header: RequestHeader, principal: Principal) -> list[Item]:
+                           header: RequestHeader, principal: Principal, correlation_id: str,
+                           fetched: frozenset[Need]) -> tuple[list[bytes], bool]:
         version = header.version
         try:
             items = [RequestBatchItem.from_item(decode_item(wire, p.start)[0], version)
@@ -235,70 +263,55 @@ class GatewayRequestHandler:
         except (TtlvError, KmipError) as e:
             reason = e.reason if isinstance(e, KmipError) else ResultReason.INVALID_MESSAGE
             text = e.message if isinstance(e, KmipError) else f"malformed batch item: {e}"
-            return [_failed_item(peeked[0], reason, text, version)]
-        keys = self._cache.key_source(principal)
-        run = self._run(items, header, principal, keys)
-        if keys.misses:
-            await self._cache.ensure(keys.misses, principal)
-            items = [RequestBatchItem.from_item(decode_item(wire, p.start)[0], version)
-                     for p in peeked]
-            run = self._run(items, header, principal,
-                            self._cache.key_source(principal, final=True))
+            first = peeked[0]
+            return encode_items([failed_item(first.operation, first.unique_batch_item_id,
+                                             version, reason, text)], version), True
+        run = self._run_local(items, header, principal, correlation_id, fetched)
+        if isinstance(run, Deferred):
+            run = await run
         if run.denied:
             _log_denials(run, principal)
-        return [item.to_item(version) for item in run.items]
+        return encode_items(run.items, version), run.failed
 
-    async def _mixed_remote(self, wire: bytes, request: PeekedRequest,
+    async def _mixed_remote(self, wire: bytes, header_item: Item,
                             peeked: list[PeekedBatchItem], connection: ConnectionInfo,
-                            stop: bool, core_correlation: list[str]) -> list[Item]:
-        version = answer_version(request.version)
+                            stop: bool, version: Version,
+                            core_correlation: list[str]) -> tuple[list[bytes], bool]:
         try:
-            answer = await self._forward(sub_request(wire, request, peeked), connection)
+            answer = await self._forward(sub_request(wire, header_item, peeked), connection)
         except Exception:
-            return [item.to_item(version)
-                    for item in _unreachable_items(peeked, Failure(), stop)]
+            return encode_items(_unreachable_items(peeked, Failure(), stop, version),
+                                version), True
         try:
-            header, *items = decode(answer, max_size=self._max_message_size).value
-        except (TtlvError, TypeError, ValueError):
+            relayed = peek_response(answer)
+        except TtlvError:
             log.failure("unreadable answer from the core")
-            return [_failed_item(peeked[0], ResultReason.GENERAL_FAILURE,
-                                 "the core's answer could not be read", version)]
-        for child in header.value:
-            if child.tag == Tag.SERVER_CORRELATION_VALUE:
-                core_correlation.append(child.value)
-        return items
+            first = peeked[0]
+            return encode_items([failed_item(first.operation, first.unique_batch_item_id,
+                                             version, ResultReason.GENERAL_FAILURE,
+                                             "the core's answer could not be read")],
+                                version), True
+        if relayed.server_correlation_value is not None:
+            core_correlation.append(relayed.server_correlation_value)
+        items = [answer[item.start:item.end] for item in relayed.items]
+        return items, any(item.result_status == _FAILED for item in relayed.items)
 
     # Answers ----------------------------------------------------------------------------
-    def _encode(self, version: Version, items: list[Item] | list[ResponseBatchItem],
-                maximum_response_size: int | None, correlation_id: str) -> bytes:
-        header = response_header(version, int(self._clock()), correlation_id, len(items))
-        batch = [item if isinstance(item, Item) else item.to_item(version) for item in items]
-        wire = encode(Item(Tag.RESPONSE_MESSAGE, ItemType.STRUCTURE,
-                           [header.to_item(version), *batch]))
-        if maximum_response_size is not None and len(wire) > maximum_response_size:
-            return self._too_large(version, batch, maximum_response_size, correlation_id)
-        return wire
-
-    def _too_large(self, version: Version, batch: list[Item], limit: int,
-                   correlation_id: str) -> bytes:
-        items = [ResponseBatchItem.from_item(item, version) for item in batch]
-        for item in items:
-            if item.result_status == ResultStatus.SUCCESS:
-                fail_item(item, ResultReason.RESPONSE_TOO_LARGE,
-                          f"the response exceeds the Maximum Response Size of {limit} bytes")
-        header = response_header(version, int(self._clock()), correlation_id, len(items))
-        return encode(encode_response(ResponseMessage(header, items)))
+    def _answer(self, version: Version, items: list[bytes], maximum_response_size: int | None,
+                correlation_id: str) -> bytes:
+        return response_wire(version, int(self._clock()), correlation_id, items,
+                             maximum_response_size)
 
     def _refuse(self, version: Version, reason: int, message: str) -> bytes:
-        return encode(encode_response(failure_message(version, reason, message,
-                                                      int(self._clock()),
-                                                      new_correlation_id())))
+        return failure_response(version, reason, message, int(self._clock()),
+                                new_correlation_id())
 
     def _general_failure(self, version: Version, failure: Failure) -> bytes:
         correlation_id = new_correlation_id()
         log.failure("request failed [correlation id {cid}]", failure, cid=correlation_id)
-        return self._refuse(version, ResultReason.GENERAL_FAILURE,
-                            f"internal error (correlation id {correlation_id})")
+        return failure_response(version, ResultReason.GENERAL_FAILURE,
+                                internal_error(correlation_id), int(self._clock()),
+                                correlation_id)
 
 
 def _log_denials(run: LocalRun, principal: Principal) -> None:
@@ -344,14 +357,6 @@ def _log_denied_use(item: RequestBatchItem, principal: Principal, error: KmipErr
              reason=error.message)
 
 
-def _version_of(wire: bytes) -> Version:
-    """The request's version if its header can be read and is spoken here, else 1.0."""
-    try:
-        return answer_version(peek_request(wire).version)
-    except TtlvError:
-        return (1, 0)
-
-
 def _continuation_of(wire: bytes, request: PeekedRequest) -> int:
     try:
         header = RequestHeader.from_item(decode_item(wire, request.header_start)[0])
@@ -360,8 +365,8 @@ def _continuation_of(wire: bytes, request: PeekedRequest) -> int:
     return header.effective_error_continuation
 
 
-def _unreachable_items(peeked: list[PeekedBatchItem], failure: Failure,
-                       stop: bool) -> list[ResponseBatchItem]:
+def _unreachable_items(peeked: list[PeekedBatchItem], failure: Failure, stop: bool,
+                       version: Version) -> list[ResponseBatchItem]:
     """Failed items for a run the core could not be asked to execute."""
     error = failure.value
     if isinstance(error, LinkDown):
@@ -373,15 +378,9 @@ def _unreachable_items(peeked: list[PeekedBatchItem], failure: Failure,
     else:
         log.failure("forwarding to the core failed", failure)
         message = "the request could not be forwarded to the core"
-    items = []
-    for p in peeked[:1] if stop else peeked:
-        item = ResponseBatchItem(operation=p.operation,
-                                 unique_batch_item_id=p.unique_batch_item_id,
-                                 result_status=ResultStatus.OPERATION_FAILED,
-                                 result_reason=ResultReason.GENERAL_FAILURE,
-                                 result_message=message)
-        items.append(item)
-    return items
+    return [failed_item(p.operation, p.unique_batch_item_id, version,
+                        ResultReason.GENERAL_FAILURE, message)
+            for p in (peeked[:1] if stop else peeked)]
 
 
 def _refused_undo(peeked: list[PeekedBatchItem], version: Version) -> list[ResponseBatchItem]:
@@ -389,22 +388,6 @@ def _refused_undo(peeked: list[PeekedBatchItem], version: Version) -> list[Respo
                "mixes L4 operations (answered by the gateway) with control operations "
                "(answered by the core); send them as separate requests, or use Stop or "
                "Continue")
-    return [ResponseBatchItem(operation=p.operation, unique_batch_item_id=p.unique_batch_item_id,
-                              result_status=ResultStatus.OPERATION_FAILED,
-                              result_reason=ResultReason.OPERATION_NOT_SUPPORTED,
-                              result_message=message)
+    return [failed_item(p.operation, p.unique_batch_item_id, version,
+                        ResultReason.OPERATION_NOT_SUPPORTED, message)
             for p in peeked]
-
-
-def _failed_item(peeked: PeekedBatchItem, reason: int, message: str, version: Version) -> Item:
-    return ResponseBatchItem(operation=peeked.operation,
-                             unique_batch_item_id=peeked.unique_batch_item_id,
-                             result_status=ResultStatus.OPERATION_FAILED, result_reason=reason,
-                             result_message=message).to_item(version)
-
-
-def _status(item: Item) -> int | None:
-    for child in item.value:  # type: ignore[union-attr]
-        if child.tag == Tag.RESULT_STATUS:
-            return child.value  # type: ignore[return-value]
-    return None

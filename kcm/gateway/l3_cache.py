@@ -107,10 +107,25 @@ class L3Cache:
         self.last_event_sequence = -1
 
     # Reads (the engine's KeySource goes through these) ---------------------------------
-    def key_source(self, principal: Principal, *, final: bool = False) -> CachedKeySource:
-        """A synchronous KeySource for one request of ``principal``. With ``final``, a miss
-        raises the reason the last fetch failed (the request is not retried again)."""
-        return CachedKeySource(self, principal, final)
+    def key_source(self, principal: Principal, *, final: bool = False,
+                   fetched: frozenset[Need] = frozenset()) -> CachedKeySource:
+        """A synchronous KeySource for one request of ``principal``. A miss of something in
+        ``fetched`` (already fetched for this request), or with ``final`` of anything,
+        raises the reason the last fetch failed (the request is not run again for it)."""
+        return CachedKeySource(self, principal, final, fetched)
+
+    def lacks(self, need: Need) -> bool:
+        """Whether a read of ``need`` would miss (so it must be fetched first)."""
+        try:
+            if need.uid is None:
+                self.current(need.tenant, need.service)
+            else:
+                self.by_uid(need.uid)
+        except ServiceKeyMissing:
+            return True
+        except KmipError:
+            return False  # held, but refused: the run says why
+        return False
 
     def is_tombstoned(self, token_id: str) -> bool:
         """Whether the core revoked or destroyed the L4 token ``token_id``."""
@@ -319,10 +334,12 @@ class CachedKeySource:
     Records every miss in :attr:`misses`, so the handler knows what to fetch even when the
     engine turns the raised error into a failed batch item."""
 
-    def __init__(self, cache: L3Cache, principal: Principal, final: bool) -> None:
+    def __init__(self, cache: L3Cache, principal: Principal, final: bool,
+                 fetched: frozenset[Need] = frozenset()) -> None:
         self._cache = cache
         self._principal = principal
         self._final = final
+        self._fetched = fetched
         self.misses: list[Need] = []
 
     def current_service_key(self, tenant: str, service: str) -> ServiceKey:
@@ -346,7 +363,7 @@ class CachedKeySource:
         return self._cache.is_tombstoned(token_id)
 
     def _missed(self, missing: ServiceKeyMissing) -> KmipError:
-        if self._final:
+        if self._final or missing.need in self._fetched:
             return self._cache.fetch_error(missing.need) or missing
         self.misses.append(missing.need)
         return missing

@@ -1,10 +1,10 @@
 """Run the local batch items of one request at the gateway, synchronously, in memory.
 
-A run takes decoded batch items (Create of an L4, Get of an L4, Encrypt / Decrypt with an L3
-or an L4), executes each with the L4 engine against a KeySource, and returns one Response
-Batch Item per item that ran, in order, with the item's operation and Unique Batch Item ID.
-A KmipError becomes a failed item with its Result Reason; any other exception a General
-Failure naming a correlation id, which is logged. After a failed item a Stop run ends there.
+A run is the kernel's batch (:func:`kcm.kernel.batch.run_batch`: order, Stop / Continue /
+Undo, the ID Placeholder, failed items in the request's protocol version) with the L4 engine
+as executor, over a KeySource: Create of an L4, Get of an L4, Encrypt / Decrypt with an L3
+or an L4. Nothing runs that could need undoing, so a run has no savepoints, and running the
+same decoded items again is safe: payloads are never changed in place.
 
 The ID Placeholder (KMIP 1.4 §4, 2.1 §6) works within a run: an item without a Unique
 Identifier uses the identifier of the previous item of the run (the new token of a Create,
@@ -17,28 +17,25 @@ in :attr:`LocalRun.denied`, for the handler to log once it answers with that run
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.logger import Logger
-
-from kcm.core.batch import fail_item, operation_name
 from kcm.gateway.link_client import ServiceKeyRefused
 from kcm.identity import Principal
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kernel.batch import run_batch
+from kcm.kmip.enums import Operation, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
 from kcm.kmip.versions import Version
 from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.engine import KeySource, L4Engine
-from kcm.ttlv.types import Item
 
 __all__ = ["Engine", "LocalRun", "LocalRunner", "l4_engine"]
 
-log = Logger()
-
+_CREATE = int(Operation.CREATE)
 
 
 class Engine(Protocol):
@@ -76,58 +73,34 @@ class LocalRunner:
         self._engine_factory = engine_factory
         self._new_correlation_id = new_correlation_id
 
-    def run(self, items: list[RequestBatchItem], *, principal: Principal, version: Version,
-            keys: KeySource, stop_on_failure: bool) -> LocalRun:
-        """Run ``items`` in order (see the module docstring)."""
+    def run(self, items: Sequence[RequestBatchItem], *, principal: Principal,
+            version: Version, keys: KeySource, continuation: int,
+            correlation_id: str | None = None) -> LocalRun:
+        """Run ``items`` in order (see the module docstring). An unexpected exception is a
+        General Failure naming ``correlation_id`` (a fresh one if None)."""
         engine = self._engine_factory(keys)
-        placeholder = IdPlaceholder()
-        answered: list[ResponseBatchItem] = []
-        denied: list[tuple[RequestBatchItem, KmipError]] = []
-        failed = False
-        for item in items:
-            if failed and stop_on_failure:
-                break
-            response = ResponseBatchItem(operation=item.operation,
-                                         unique_batch_item_id=item.unique_batch_item_id,
-                                         result_status=ResultStatus.SUCCESS)
-            try:
-                response.response_payload = _one(engine, item, principal, version,
-                                                 placeholder)
-            except KmipError as e:
-                fail_item(response, e.reason, e.message)
-                failed = True
-                if _is_denied_use(e):
-                    denied.append((item, e))
-            except Exception:
-                correlation_id = self._new_correlation_id()
-                log.failure("local {op} failed [correlation id {cid}]",
-                            op=operation_name(item.operation), cid=correlation_id)
-                fail_item(response, ResultReason.GENERAL_FAILURE,
-                          f"internal error (correlation id {correlation_id})")
-                failed = True
-            answered.append(response)
-        return LocalRun(answered, failed, denied)
 
+        def execute(item: RequestBatchItem, placeholder: IdPlaceholder) -> Any:
+            payload = item.request_payload
+            operation = int(item.operation)
+            if operation != _CREATE:
+                uid = placeholder.resolve(payload.unique_identifier)  # type: ignore[union-attr]
+                if uid is not payload.unique_identifier:  # type: ignore[union-attr]
+                    payload = dataclasses.replace(payload, unique_identifier=uid)
+            answer = engine.execute(operation, principal, version, payload)
+            uid = getattr(answer, "unique_identifier", None)
+            if isinstance(uid, str):
+                placeholder.set(uid)
+            return answer
 
-def _one(engine: Engine, item: RequestBatchItem, principal: Principal, version: Version,
-         placeholder: IdPlaceholder) -> Any:
-    payload = item.request_payload
-    if isinstance(payload, Item):
-        raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
-                        f"operation {operation_name(item.operation)} is not supported")
-    operation = int(item.operation)
-    if operation != Operation.CREATE:
-        payload.unique_identifier = placeholder.resolve(payload.unique_identifier)
-    answer = engine.execute(operation, principal, version, payload)
-    uid = getattr(answer, "unique_identifier", None)
-    if isinstance(uid, str):
-        placeholder.set(uid)
-    return answer
+        run = run_batch(items, execute, version=version, continuation=continuation,
+                        correlation_id=correlation_id or self._new_correlation_id())
+        denied = [(item, error) for item, error in run.errors
+                  if error is not None and _is_denied_use(error)]
+        return LocalRun(run.items, run.failed, denied)
 
 
 def _is_denied_use(error: KmipError) -> bool:
     if isinstance(error, ServiceKeyUseDenied):
         return True
     return isinstance(error, ServiceKeyRefused) and error.reason == ResultReason.PERMISSION_DENIED
-
-

@@ -10,8 +10,8 @@ from __future__ import annotations
 import struct
 
 from kcm.kmip.tags import Tag
-from kcm.ttlv import Item, ItemType, decode_item, encode
-from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest
+from kcm.ttlv import Item, ItemType, encode
+from kcm.ttlv.peek import PeekedBatchItem
 
 __all__ = ["sub_request"]
 
@@ -19,10 +19,9 @@ _REQUEST_MESSAGE_HEAD = (int(Tag.REQUEST_MESSAGE) << 8) | ItemType.STRUCTURE.val
 _HEADER = struct.Struct(">II")
 
 
-def sub_request(wire: bytes, request: PeekedRequest, items: list[PeekedBatchItem]) -> bytes:
-    """A Request Message of ``items`` (a subset of ``request``'s, in order) under the
-    original header."""
-    header, _ = decode_item(wire, request.header_start)
+def sub_request(wire: bytes, header: Item, items: list[PeekedBatchItem]) -> bytes:
+    """A Request Message of ``items`` (some of the request's, in order) under the
+    request's ``header`` (decoded once by the caller)."""
     children = [Item(Tag.BATCH_COUNT, ItemType.INTEGER, len(items))
                 if child.tag == Tag.BATCH_COUNT else child
                 for child in header.value]  # type: ignore[union-attr]

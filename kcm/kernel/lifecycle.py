@@ -10,25 +10,16 @@ from dataclasses import dataclass
 
 from kcm.kmip.enums import ResultReason, RevocationReasonCode, State
 from kcm.kmip.errors import KmipError
-from kcm.kmip.versions import Version
 
 _COMPROMISE_REASONS = frozenset(
     {RevocationReasonCode.KEY_COMPROMISE, RevocationReasonCode.CA_COMPROMISE}
 )
 
 
-def wrong_state(version: Version, message: str) -> KmipError:
-    """The error for an operation the object's state forbids.
-
-    KMIP 2.x has Wrong Key Lifecycle State; KMIP 1.x has no such reason and the
-    OASIS 1.x test cases expect Permission Denied.
-    """
-    reason = (
-        ResultReason.WRONG_KEY_LIFECYCLE_STATE
-        if version >= (2, 0)
-        else ResultReason.PERMISSION_DENIED
-    )
-    return KmipError(reason, message)
+def wrong_state(message: str) -> KmipError:
+    """The error for an operation the object's state forbids: Wrong Key Lifecycle State
+    (:mod:`kcm.kernel.result_reasons` says what KMIP 1.x answers instead)."""
+    return KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +51,14 @@ def state_at(state: State, dates: LifecycleDates, now: int) -> State:
     return state
 
 
-def activate(state: State, version: Version) -> State:
+def activate(state: State) -> State:
     """Activate: only a Pre-Active object becomes Active."""
     if state != State.PRE_ACTIVE:
-        raise wrong_state(version, f"cannot activate an object in state {state.name}")
+        raise wrong_state(f"cannot activate an object in state {state.name}")
     return State.ACTIVE
 
 
-def revoke(state: State, reason: int, version: Version) -> State:
+def revoke(state: State, reason: int) -> State:
     """Revoke with a Revocation Reason Code.
 
     Compromise moves any state but Destroyed Compromised to (Destroyed) Compromised;
@@ -80,16 +71,15 @@ def revoke(state: State, reason: int, version: Version) -> State:
     if state == State.ACTIVE:
         return State.DEACTIVATED
     raise wrong_state(
-        version, f"cannot revoke an object in state {state.name} for a reason other than compromise"
-    )
+        f"cannot revoke an object in state {state.name} for a reason other than compromise")
 
 
-def destroy(state: State, version: Version) -> State:
+def destroy(state: State) -> State:
     """Destroy: allowed unless the object is Active (it must be revoked first)."""
     if state == State.ACTIVE:
-        raise wrong_state(version, "cannot destroy an Active object; revoke it first")
+        raise wrong_state("cannot destroy an Active object; revoke it first")
     if state in (State.DESTROYED, State.DESTROYED_COMPROMISED):
-        raise wrong_state(version, "the object is already destroyed")
+        raise wrong_state("the object is already destroyed")
     if state == State.COMPROMISED:
         return State.DESTROYED_COMPROMISED
     return State.DESTROYED

@@ -1,9 +1,10 @@
-"""The protocol versions the core speaks, and how an unsupported one is answered."""
+"""The protocol versions KCM speaks, and which version answers a request."""
 
 from __future__ import annotations
 
-from kcm.kmip.enums import ResultReason
 from kcm.kmip.versions import Version
+from kcm.ttlv import TtlvError
+from kcm.ttlv.peek import peek_request
 
 #: Newest first, as Discover Versions lists them (KMIP 1.4 §4.26).
 SUPPORTED_VERSIONS: tuple[Version, ...] = ((2, 1), (2, 0), (1, 4), (1, 3), (1, 2), (1, 1), (1, 0))
@@ -24,8 +25,10 @@ def answer_version(requested: Version) -> Version:
     return SUPPORTED_VERSIONS[-1]
 
 
-def unsupported_reason(answer: Version) -> ResultReason:
-    """KMIP 2.x names the failure; 1.x has only Invalid Message for it."""
-    if answer >= (2, 0):
-        return ResultReason.UNSUPPORTED_PROTOCOL_VERSION
-    return ResultReason.INVALID_MESSAGE
+def version_of(wire: bytes) -> Version:
+    """The version to answer a request in that may not be readable: its own version when
+    its header can be read (or the nearest we speak), else 1.0."""
+    try:
+        return answer_version(peek_request(wire).version)
+    except TtlvError:
+        return (1, 0)

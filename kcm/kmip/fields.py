@@ -14,9 +14,9 @@ import dataclasses
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
 
-from kcm.kmip import registry
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
+from kcm.kmip.labels import tag_label
 from kcm.kmip.versions import Version
 from kcm.ttlv.types import TYPE_NAMES, Item, ItemType
 
@@ -24,11 +24,6 @@ DEFAULT_VERSION: Version = (2, 1)
 
 _STRUCT = ItemType.STRUCTURE
 T = TypeVar("T", bound="Struct")
-
-
-def tag_label(tag: int) -> str:
-    """A tag's spec name for error messages, or its hex."""
-    return registry.tag_name(tag) or registry.tag_name(tag, (1, 4)) or f"0x{tag:06X}"
 
 
 class Codec:

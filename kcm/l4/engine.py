@@ -20,8 +20,8 @@ core runs it inside a request's transaction. Every refusal is a ``KmipError``:
   streaming (Init Indicator / Correlation Value) is not offered for L3s and L4s: Feature Not
   Supported.
 
-A KeySource refusal is passed on, with the KMIP 2.x-only reasons replaced by their 1.x
-stand-ins for 1.x requests.
+Refusals carry KMIP 2.x reasons, a KeySource's included; the kernel answers a 1.x request
+with their 1.x stand-ins (:mod:`kcm.kernel.result_reasons`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from kcm.crypto.symmetric import (
     encrypt_once,
     enum_name,
     resolve_spec,
-    version_reason,
 )
 from kcm.identity import Principal
 from kcm.kernel.lifecycle import wrong_state
@@ -112,15 +111,6 @@ _IGNORED_CREATE_ATTRIBUTES = frozenset({
     Tag.CRYPTOGRAPHIC_USAGE_MASK, Tag.OPERATION_POLICY_NAME,
 })
 
-#: KeySource refusals in KMIP 2.x terms, and what KMIP 1.x says instead.
-_V1_REASONS = {
-    ResultReason.OBJECT_NOT_FOUND: ResultReason.ITEM_NOT_FOUND,
-    ResultReason.OBJECT_DESTROYED: ResultReason.ITEM_NOT_FOUND,
-    ResultReason.WRAPPING_OBJECT_NOT_FOUND: ResultReason.ITEM_NOT_FOUND,
-    ResultReason.WRONG_KEY_LIFECYCLE_STATE: ResultReason.PERMISSION_DENIED,
-}
-
-
 class KeySource(Protocol):
     """Where the engine gets service keys (L3) and tombstones. Each method raises
     ``KmipError`` when it cannot answer (no such key, core unreachable, ...)."""
@@ -182,7 +172,7 @@ class L4Engine:
         length = _dek_length(attributes)
         target = l4_target(principal, attributes)
         if isinstance(target, str):
-            l3 = self._service_key(version, target)
+            l3 = self._keys.service_key(target)
             check_service_key_use(principal, l3.tenant, l3.service)
             named = _vendor_text(attributes, SERVICE_NAME)
             if named is not None and named != l3.service:
@@ -192,7 +182,7 @@ class L4Engine:
         else:
             tenant, service = target
             check_service_key_use(principal, tenant, service)
-            l3 = self._current_service_key(version, tenant, service)
+            l3 = self._keys.current_service_key(tenant, service)
         _check_state(version, l3, protect=True, what="seal a new L4")
         dek = self._random_bytes(length // 8)
         try:
@@ -256,13 +246,12 @@ class L4Engine:
             raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
                             "an L4 is wrapped only with a service key (l3-…)")
         try:
-            kek = self._service_key(version, wrapping_uid)
+            kek = self._keys.service_key(wrapping_uid)
         except KmipError as e:
-            if e.reason not in (ResultReason.OBJECT_NOT_FOUND, ResultReason.ITEM_NOT_FOUND):
+            if e.reason != ResultReason.OBJECT_NOT_FOUND:
                 raise
-            reason = (ResultReason.WRAPPING_OBJECT_NOT_FOUND if version >= (2, 1)
-                      else ResultReason.ITEM_NOT_FOUND)
-            raise KmipError(reason, f"no wrapping key {wrapping_uid!r}") from None
+            raise KmipError(ResultReason.WRAPPING_OBJECT_NOT_FOUND,
+                            f"no wrapping key {wrapping_uid!r}") from None
         check_service_key_use(principal, kek.tenant, kek.service)
         _check_state(version, kek, protect=True, what="wrap")
         mode = _wrap_mode(info.cryptographic_parameters)
@@ -336,7 +325,7 @@ class L4Engine:
         already tombstoned is answered again (Revoke then Destroy is the usual sequence).
         """
         sealed = _parse(version, uid)
-        l3 = self._service_key(version, sealed.l3_uid)
+        l3 = self._keys.service_key(sealed.l3_uid)
         check_service_key_use(principal, l3.tenant, l3.service)
         if l3.state not in _DESTROYED:
             _open(version, sealed, l3)
@@ -348,7 +337,7 @@ class L4Engine:
         if uid.startswith(L4_PREFIX):
             return self._l4_key(principal, version, uid, protect=protect)[0]
         if uid.startswith(L3_PREFIX):
-            l3 = self._service_key(version, uid)
+            l3 = self._keys.service_key(uid)
             check_service_key_use(principal, l3.tenant, l3.service)
             _check_state(version, l3, protect=protect,
                          what="wrap a DEK" if protect else "unwrap a DEK")
@@ -360,48 +349,26 @@ class L4Engine:
                 protect: bool) -> tuple[bytes, ServiceKey]:
         """The DEK of L4 ``uid`` for a caller who may use it, and its L3."""
         sealed = _parse(version, uid)
-        l3 = self._service_key(version, sealed.l3_uid)
+        l3 = self._keys.service_key(sealed.l3_uid)
         check_service_key_use(principal, l3.tenant, l3.service)
         if self._keys.is_tombstoned(sealed.token_id):
-            raise KmipError(version_reason(version, ResultReason.OBJECT_NOT_FOUND,
-                                           ResultReason.ITEM_NOT_FOUND),
+            raise KmipError(ResultReason.OBJECT_NOT_FOUND,
                             f"the L4 {sealed.token_id} was revoked or destroyed")
         if l3.state in _DESTROYED:
-            raise KmipError(version_reason(version, ResultReason.OBJECT_DESTROYED,
-                                           ResultReason.ITEM_NOT_FOUND),
+            raise KmipError(ResultReason.OBJECT_DESTROYED,
                             f"the service key {l3.uid} was destroyed: the L4s sealed under "
                             "it are crypto-erased")
         _check_state(version, l3, protect=protect,
                      what="encrypt with its L4s" if protect else "open its L4s")
         return _open(version, sealed, l3), l3
 
-    def _service_key(self, version: Version, uid: str) -> ServiceKey:
-        try:
-            return self._keys.service_key(uid)
-        except KmipError as e:
-            raise _in_version(version, e) from None
-
-    def _current_service_key(self, version: Version, tenant: str, service: str) -> ServiceKey:
-        try:
-            return self._keys.current_service_key(tenant, service)
-        except KmipError as e:
-            raise _in_version(version, e) from None
-
 
 # Helpers ------------------------------------------------------------------------------
-def _in_version(version: Version, error: KmipError) -> KmipError:
-    if version >= (2, 0):
-        return error
-    reason = _V1_REASONS.get(error.reason)
-    return error if reason is None else KmipError(reason, error.message)
-
-
 def _parse(version: Version, uid: str) -> token.SealedToken:
     try:
         return token.parse(uid)
     except token.TokenError as e:
-        raise KmipError(version_reason(version, ResultReason.OBJECT_NOT_FOUND,
-                                       ResultReason.ITEM_NOT_FOUND),
+        raise KmipError(ResultReason.OBJECT_NOT_FOUND,
                         f"no L4 {uid[:24]!r}…: {e}") from None
 
 
@@ -409,15 +376,14 @@ def _open(version: Version, sealed: token.SealedToken, l3: ServiceKey) -> bytes:
     try:
         return token.open_sealed(sealed, l3)
     except token.TokenError as e:
-        raise KmipError(version_reason(version, ResultReason.OBJECT_NOT_FOUND,
-                                       ResultReason.ITEM_NOT_FOUND),
+        raise KmipError(ResultReason.OBJECT_NOT_FOUND,
                         f"no L4 {sealed.token_id}: {e}") from None
 
 
 def _check_state(version: Version, l3: ServiceKey, *, protect: bool, what: str) -> None:
     usable = l3.usable_to_protect if protect else l3.usable_to_process
     if not usable:
-        raise wrong_state(version, f"the service key {l3.uid} is "
+        raise wrong_state(f"the service key {l3.uid} is "
                                    f"{enum_name(State, l3.state)}: it cannot {what}")
 
 

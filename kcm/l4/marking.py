@@ -28,13 +28,18 @@ from kcm.kmip.enums import LinkType, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
-from kcm.l4.identifiers import is_l3
+from kcm.l4.identifiers import L3_PREFIX, is_l3
 from kcm.ttlv import Item, ItemType
 
 VENDOR = "x"
 LEVEL_NAME = "kcm-level"
 SERVICE_NAME = "kcm-service"
 L4_LEVEL = "L4"
+
+#: Bytes that the raw attributes of every L4 Create contain (the ``kcm-level`` name, or the
+#: ``l3-`` of a Parent Link): a Create whose attributes hold neither is not an L4 Create,
+#: and is forwarded without decoding them.
+MARKER_BYTES: tuple[bytes, ...] = (LEVEL_NAME.encode(), L3_PREFIX.encode())
 
 
 

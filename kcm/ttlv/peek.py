@@ -44,8 +44,9 @@ class PeekedBatchItem:
 
     ``start``/``end`` delimit the whole Batch Item (header included) in the buffer.
     ``unique_identifier`` is filled when asked and present as a Text String;
-    ``attributes`` (the Template-Attribute or Attributes structure, decoded) and
-    ``object_type`` are filled for a Create when asked.
+    ``object_type`` and where the Template-Attribute or Attributes structure lies
+    (``attributes_start``/``attributes_end``) are filled for a Create when asked. That
+    structure is decoded only when :attr:`attributes` is read.
     """
 
     operation: int
@@ -54,7 +55,22 @@ class PeekedBatchItem:
     unique_batch_item_id: bytes | None = None
     unique_identifier: str | None = None
     object_type: int | None = None
-    attributes: Item | None = None
+    attributes_start: int = -1
+    attributes_end: int = -1
+    source: bytes | None = None
+
+    @property
+    def attributes(self) -> Item | None:
+        """The Create's attribute structure, decoded now; TtlvError if it is malformed."""
+        if self.source is None or self.attributes_start < 0:
+            return None
+        return decode_item(self.source, self.attributes_start)[0]
+
+    def attributes_contain(self, needle: bytes) -> bool:
+        """Whether the raw attribute structure contains ``needle`` (no decoding)."""
+        if self.source is None or self.attributes_start < 0:
+            return False
+        return self.source.find(needle, self.attributes_start, self.attributes_end) >= 0
 
 
 @dataclass(slots=True)
@@ -169,5 +185,77 @@ def _read_payload(data: bytes, pos: int, end: int, peeked: PeekedBatchItem, want
             if head == _OBJECT_TYPE and length == 8:
                 peeked.object_type = _U32.unpack_from(data, pos + 8)[0]
             elif head in (_TEMPLATE_ATTRIBUTE, _ATTRIBUTES):
-                peeked.attributes = decode_item(data, pos)[0]
+                peeked.source = data
+                peeked.attributes_start, peeked.attributes_end = pos, pos + 8 + length
         pos += 8 + length
+
+
+# Responses ------------------------------------------------------------------------------
+_RESPONSE_MESSAGE = 0x42007B01
+_RESPONSE_HEADER = 0x42007A01
+_SERVER_CORRELATION_VALUE = 0x42010607
+_RESULT_STATUS = 0x42007F05
+
+
+@dataclass(slots=True)
+class PeekedResponseItem:
+    """One response batch item: where it lies in the buffer and its Result Status."""
+
+    start: int
+    end: int
+    result_status: int | None
+
+
+@dataclass(slots=True)
+class PeekedResponse:
+    """What a relay needs of a Response Message to splice its batch items into another."""
+
+    server_correlation_value: str | None
+    items: list[PeekedResponseItem]
+
+
+def peek_response(data: bytes) -> PeekedResponse:
+    """Peek at a Response Message: its Server Correlation Value and, per batch item, the
+    byte range and Result Status. Raises :class:`TtlvError` if what is read is wrong."""
+    size = len(data)
+    if size < 8:
+        raise TtlvError(0, "truncated message header")
+    head, length = _HEADER.unpack_from(data, 0)
+    if head != _RESPONSE_MESSAGE:
+        raise TtlvError(0, "not a Response Message")
+    end = 8 + length
+    if end != size:
+        raise TtlvError(4, f"message length {length} does not match the {size}-byte buffer")
+    pos = 8
+    head, length = _item(data, pos, end)
+    if head != _RESPONSE_HEADER:
+        raise TtlvError(pos, "a Response Message must begin with its Response Header")
+    correlation = None
+    inner, header_end = pos + 8, pos + 8 + length
+    while inner < header_end:
+        ihead, ilength = _item(data, inner, header_end)
+        if ihead == _SERVER_CORRELATION_VALUE:
+            raw_length = _U32.unpack_from(data, inner + 4)[0]
+            try:
+                correlation = bytes(data[inner + 8:inner + 8 + raw_length]).decode()
+            except UnicodeDecodeError:
+                raise TtlvError(inner + 8, "Server Correlation Value is not UTF-8") from None
+        inner += 8 + ilength
+    pos = header_end
+    items = []
+    while pos < end:
+        head, length = _item(data, pos, end)
+        if head != _BATCH_ITEM:
+            raise TtlvError(pos, "a Response Message holds only Batch Items after its header")
+        item_end = pos + 8 + length
+        status = None
+        inner = pos + 8
+        while inner < item_end:
+            ihead, ilength = _item(data, inner, item_end)
+            if ihead == _RESULT_STATUS and ilength == 8:
+                status = _U32.unpack_from(data, inner + 8)[0]
+                break
+            inner += 8 + ilength
+        items.append(PeekedResponseItem(pos, item_end, status))
+        pos = item_end
+    return PeekedResponse(correlation, items)

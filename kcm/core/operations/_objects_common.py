@@ -48,7 +48,7 @@ def value_of(attributes: Iterable[Attribute], tag: int) -> Any:
 
 
 def invalid_object_type(version: Version) -> ResultReason:
-    return ResultReason.INVALID_OBJECT_TYPE if version >= (2, 0) else ResultReason.INVALID_FIELD
+    return ResultReason.INVALID_OBJECT_TYPE
 
 
 def tag_label(tag: int) -> str:

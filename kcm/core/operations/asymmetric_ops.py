@@ -305,9 +305,9 @@ def _material_block(ctx: OperationContext, obj: managed.StoredObject) -> KeyBloc
         raise KmipError(ResultReason.INVALID_FIELD, "the object has no key block")
     block = KeyBlock.from_item(found)
     if block.key_wrapping_data is not None or not isinstance(block.key_value, KeyValue):
-        raise KmipError(_by_version(ctx.version, ResultReason.KEY_VALUE_NOT_PRESENT,
-                                    ResultReason.CRYPTOGRAPHIC_FAILURE),
-                        "the key is stored wrapped; the server cannot use it")
+        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT,
+                        "the key is stored wrapped; the server cannot use it",
+                        v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
     return block
 
 
@@ -543,23 +543,23 @@ def _signature_key(ctx: OperationContext, unique_identifier: object, *,
                else (ObjectType.PUBLIC_KEY, ObjectType.PRIVATE_KEY))
     verb = "sign" if signing else "verify signatures"
     if obj.object_type not in allowed:
-        raise KmipError(_by_version(ctx.version, ResultReason.INVALID_OBJECT_TYPE,
-                                    ResultReason.ILLEGAL_OPERATION),
-                        f"a {_name(ObjectType, obj.object_type)} cannot {verb}")
+        raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
+                        f"a {_name(ObjectType, obj.object_type)} cannot {verb}",
+                        v1_reason=ResultReason.ILLEGAL_OPERATION)
     policy.check_key_use(ctx.principal, obj.level, obj.row.service)
     state = obj.state
     if not lifecycle.usable_for(state, protect=signing):
-        raise lifecycle.wrong_state(ctx.version, f"a key in state {state.name} cannot {verb}")
+        raise lifecycle.wrong_state(f"a key in state {state.name} cannot {verb}")
     # Signing protects, verifying processes (KMIP 1.4 §3.25, §3.26; the OASIS CS-AC-M-8
     # cases refuse both by date).
     if signing:
         stop = obj.value(Tag.PROTECT_STOP_DATE)
         if stop is not None and ctx.now >= stop:
-            raise lifecycle.wrong_state(ctx.version, "the key's Protect Stop Date has passed")
+            raise lifecycle.wrong_state("the key's Protect Stop Date has passed")
     else:
         start = obj.value(Tag.PROCESS_START_DATE)
         if start is not None and ctx.now < start:
-            raise lifecycle.wrong_state(ctx.version, "the key's Process Start Date is ahead")
+            raise lifecycle.wrong_state("the key's Process Start Date is ahead")
     needed = CryptographicUsageMask.SIGN if signing else CryptographicUsageMask.VERIFY
     if not _mask_allows(obj, needed):
         raise _usage_mask_error(ctx.version,
@@ -642,8 +642,7 @@ def _stream_step(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlo
     if request.final_indicator:
         return spec, data, _MESSAGE
     if len(data) > MAX_STREAM_BYTES:
-        raise KmipError(_by_version(ctx.version, ResultReason.SERVER_LIMIT_EXCEEDED,
-                                    ResultReason.FEATURE_NOT_SUPPORTED),
+        raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
                         f"streams are limited to {MAX_STREAM_BYTES} bytes")
     head = struct.pack(_STREAM_HEAD, signing, spec.padding, spec.hashing,
                        -1 if spec.salt_length is None else spec.salt_length, spec.mgf_hashing)
@@ -662,8 +661,7 @@ def _open_stream(ctx: OperationContext, key: bytes, uid: str, value: bytes,
     except (InvalidTag, ValueError, struct.error):
         was_signing = None
     if was_signing is None or bool(was_signing) != signing:
-        raise KmipError(_by_version(ctx.version, ResultReason.INVALID_CORRELATION_VALUE,
-                                    ResultReason.INVALID_FIELD),
+        raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
                         "the Correlation Value is not one of this key's streams")
     return SignatureSpec(padding, hashing, None if salt < 0 else salt, mgf), blob[size:]
 
@@ -744,15 +742,13 @@ def _derivation_base(ctx: OperationContext, reference: object) -> managed.Stored
     uid = ctx.id_placeholder.resolve(reference)  # type: ignore[arg-type]
     obj = managed.load(ctx, uid)
     if obj.object_type not in _DERIVABLE:
-        raise KmipError(_by_version(ctx.version, ResultReason.INVALID_OBJECT_TYPE,
-                                    ResultReason.INVALID_FIELD),
+        raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
                         f"a {_name(ObjectType, obj.object_type)} cannot be a derivation base")
     # Derived material is a function of the base's: what may not leave may not be derived.
     policy.check_material_export(ctx.principal, obj.level)
     policy.check_key_use(ctx.principal, obj.level, obj.row.service)
     if obj.state not in _DERIVE_STATES:
-        raise lifecycle.wrong_state(ctx.version,
-                                    f"an object in state {obj.state.name} cannot derive keys")
+        raise lifecycle.wrong_state(f"an object in state {obj.state.name} cannot derive keys")
     if not _mask_allows(obj, CryptographicUsageMask.DERIVE_KEY):
         raise _usage_mask_error(ctx.version, f"the Cryptographic Usage Mask of {uid!r} does "
                                              "not allow Derive Key")
@@ -763,9 +759,9 @@ def _secret_bytes(ctx: OperationContext, obj: managed.StoredObject) -> bytes:
     stored = managed.material(ctx, obj)
     key = stored.key_block.key_bytes if isinstance(stored, SymmetricKey | SecretData) else None
     if key is None:
-        raise KmipError(_by_version(ctx.version, ResultReason.KEY_VALUE_NOT_PRESENT,
-                                    ResultReason.CRYPTOGRAPHIC_FAILURE),
-                        f"the material of {obj.uid!r} is not available in the clear")
+        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT,
+                        f"the material of {obj.uid!r} is not available in the clear",
+                        v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
     return key
 
 
@@ -895,13 +891,11 @@ def _mask_allows(obj: managed.StoredObject, wanted: int) -> bool:
 def _usage_mask_error(version: Version, message: str) -> KmipError:
     # KMIP 1.x has no Incompatible Cryptographic Usage Mask; the OASIS 1.4 CS-AC-M-8
     # cases expect Permission Denied.
-    return KmipError(_by_version(version, ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK,
-                                 ResultReason.PERMISSION_DENIED), message)
+    return KmipError(ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK, message)
 
 
 def _unsupported(version: Version, message: str) -> KmipError:
-    return KmipError(_by_version(version, ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS,
-                                 ResultReason.FEATURE_NOT_SUPPORTED), message)
+    return KmipError(ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS, message)
 
 
 def _by_version(version: Version, reason_2x: ResultReason,

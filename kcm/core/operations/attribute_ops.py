@@ -431,8 +431,7 @@ def _check_unique_name(others: list[Attribute], new: Attribute, version: Version
     if new.tag != Tag.NAME:
         return
     if any(_same_value(a.value, new.value) for a in others):
-        reason = (ResultReason.NON_UNIQUE_NAME_ATTRIBUTE if version >= _V2
-                  else ResultReason.ILLEGAL_OPERATION)
+        reason = ResultReason.NON_UNIQUE_NAME_ATTRIBUTE
         raise KmipError(reason, "the object already has this Name")
 
 

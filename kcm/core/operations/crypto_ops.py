@@ -40,7 +40,6 @@ from kcm.crypto.symmetric import (
     partial,
 )
 from kcm.crypto.symmetric import enum_name as _name
-from kcm.crypto.symmetric import version_reason as _version_reason
 from kcm.kernel import lifecycle
 from kcm.kmip.attributes import CryptographicParameters
 from kcm.kmip.enums import (
@@ -136,8 +135,7 @@ def open_stream(ctx: OperationContext, key: bytes, uid: str, value: bytes) -> St
         blob = AESGCM(_stream_key(key, uid)).decrypt(value[1:13], value[13:], uid.encode())
         return StreamState.unpack(blob)
     except (InvalidTag, ValueError, struct.error):
-        reason = (ResultReason.INVALID_CORRELATION_VALUE if ctx.version >= (2, 0)
-                  else ResultReason.INVALID_FIELD)
+        reason = ResultReason.INVALID_CORRELATION_VALUE
         raise KmipError(reason, "the Correlation Value is not one of this key's streams") \
             from None
 
@@ -224,7 +222,7 @@ def check(ctx: OperationContext, request: CheckRequest) -> CheckResponse:
     if wanted_count is not None:
         remaining = _usage_remaining(obj)
         if remaining is not None and remaining[0] < wanted_count:
-            raise KmipError(_version_reason(ctx.version, ResultReason.USAGE_LIMIT_EXCEEDED),
+            raise KmipError(ResultReason.USAGE_LIMIT_EXCEEDED,
                             f"Check failed: {remaining[0]} usage left, {wanted_count} asked")
     lease = obj.value(Tag.LEASE_TIME)
     if request.lease_time is not None and lease is not None and request.lease_time > lease:
@@ -243,22 +241,22 @@ def _usable_key(ctx: OperationContext, unique_identifier: str | Item | None, *,
         if obj.object_type in (ObjectType.PUBLIC_KEY, ObjectType.PRIVATE_KEY):
             raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
                             "asymmetric encryption is not supported")
-        raise KmipError(_version_reason(ctx.version, ResultReason.INVALID_OBJECT_TYPE,
-                                        ResultReason.ILLEGAL_OPERATION),
-                        f"a {_name(ObjectType, obj.object_type)} cannot encrypt or decrypt")
+        raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
+                        f"a {_name(ObjectType, obj.object_type)} cannot encrypt or decrypt",
+                        v1_reason=ResultReason.ILLEGAL_OPERATION)
     policy.check_key_use(ctx.principal, obj.level, obj.row.service)
     state = obj.state
     verb = "encrypt" if protect else "decrypt"
     if not lifecycle.usable_for(state, protect=protect):
-        raise lifecycle.wrong_state(ctx.version, f"a key in state {state.name} cannot {verb}")
+        raise lifecycle.wrong_state(f"a key in state {state.name} cannot {verb}")
     if protect:
         stop = obj.value(Tag.PROTECT_STOP_DATE)
         if stop is not None and ctx.now >= stop:
-            raise lifecycle.wrong_state(ctx.version, "the key's Protect Stop Date has passed")
+            raise lifecycle.wrong_state("the key's Protect Stop Date has passed")
     else:
         start = obj.value(Tag.PROCESS_START_DATE)
         if start is not None and ctx.now < start:
-            raise lifecycle.wrong_state(ctx.version, "the key's Process Start Date is ahead")
+            raise lifecycle.wrong_state("the key's Process Start Date is ahead")
     needed = CryptographicUsageMask.ENCRYPT if protect else CryptographicUsageMask.DECRYPT
     if not _mask_allows(obj, needed):
         raise _usage_mask_error(ctx.version,
@@ -270,9 +268,9 @@ def _key_bytes(ctx: OperationContext, obj: managed.StoredObject) -> bytes:
     key = managed.material(ctx, obj)
     key_bytes = key.key_block.key_bytes if isinstance(key, SymmetricKey) else None
     if key_bytes is None:
-        raise KmipError(_version_reason(ctx.version, ResultReason.KEY_VALUE_NOT_PRESENT,
-                                        ResultReason.CRYPTOGRAPHIC_FAILURE),
-                        "the key material is not available in the clear to the server")
+        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT,
+                        "the key material is not available in the clear to the server",
+                        v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
     return key_bytes
 
 
@@ -291,8 +289,7 @@ def _continue(ctx: OperationContext, key: bytes, uid: str, value: bytes, data: b
     """The stream a Correlation Value continues, with ``data`` appended."""
     state = open_stream(ctx, key, uid, value)
     if state.encrypt != encrypt:
-        raise KmipError(_version_reason(ctx.version, ResultReason.INVALID_CORRELATION_VALUE,
-                                        ResultReason.INVALID_FIELD),
+        raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
                         "the Correlation Value belongs to a stream of the other operation")
     state.data += data
     _bound_stream(ctx, state)
@@ -302,8 +299,7 @@ def _continue(ctx: OperationContext, key: bytes, uid: str, value: bytes, data: b
 def _bound_stream(ctx: OperationContext, state: StreamState) -> None:
     # The Correlation Value carries the whole input so far; keep it (and answers) small.
     if len(state.data) > MAX_STREAM_BYTES:
-        raise KmipError(_version_reason(ctx.version, ResultReason.SERVER_LIMIT_EXCEEDED,
-                                        ResultReason.FEATURE_NOT_SUPPORTED),
+        raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
                         f"streams are limited to {MAX_STREAM_BYTES} bytes")
 
 
@@ -314,7 +310,7 @@ def _mask_allows(obj: managed.StoredObject, wanted: int) -> bool:
 
 def _usage_mask_error(version: Version, message: str) -> KmipError:
     # KMIP 1.x has no Incompatible Cryptographic Usage Mask; Permission Denied stands in.
-    return KmipError(_version_reason(version, ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK),
+    return KmipError(ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK,
                      message)
 
 

@@ -59,8 +59,7 @@ def get(ctx: OperationContext, request: GetRequest) -> GetResponse:
         if obj.state in DESTROYED:
             # KMIP 2.x has Object Destroyed; the KMIP 1.1 test cases (3.1.4) answer a Get
             # of a destroyed key with Item Not Found.
-            reason = (ResultReason.OBJECT_DESTROYED if ctx.version >= (2, 0)
-                      else ResultReason.ITEM_NOT_FOUND)
+            reason = ResultReason.OBJECT_DESTROYED
             raise KmipError(reason, f"object {uid!r} was destroyed; its key material is gone")
         raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the object has no key value")
     if obj.value(Tag.EXTRACTABLE) is False:
@@ -182,17 +181,14 @@ def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
     try:
         key = managed.load(ctx, uid, for_update=False)
     except KmipError as e:
-        reason = (ResultReason.WRAPPING_OBJECT_NOT_FOUND if ctx.version >= (2, 1)
-                  else ResultReason.ITEM_NOT_FOUND)
+        reason = ResultReason.WRAPPING_OBJECT_NOT_FOUND
         raise KmipError(reason, f"no wrapping key {uid!r}") from e
     policy.check_key_use(ctx.principal, key.level, key.row.service)
     if key.state in DESTROYED or key.row.material is None:
-        reason = (ResultReason.WRAPPING_OBJECT_DESTROYED if ctx.version >= (2, 1)
-                  else ResultReason.ITEM_NOT_FOUND)
+        reason = ResultReason.WRAPPING_OBJECT_DESTROYED
         raise KmipError(reason, f"the wrapping key {uid!r} was destroyed")
     if not lifecycle.usable_for(key.state, protect=protect):
-        raise lifecycle.wrong_state(
-            ctx.version, f"the wrapping key {uid!r} is {key.state.name}; "
+        raise lifecycle.wrong_state(f"the wrapping key {uid!r} is {key.state.name}; "
             + ("only an Active key wraps" if protect else "it cannot unwrap"))
     if (key.object_type != ObjectType.SYMMETRIC_KEY
             or key.value(Tag.CRYPTOGRAPHIC_ALGORITHM) != CryptographicAlgorithm.AES):
@@ -200,8 +196,7 @@ def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
                         f"the wrapping key {uid!r} is not an AES key")
     mask = key.value(Tag.CRYPTOGRAPHIC_USAGE_MASK)
     if protect and mask is not None and not mask & CryptographicUsageMask.WRAP_KEY:
-        reason = (ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK if ctx.version >= (2, 0)
-                  else ResultReason.PERMISSION_DENIED)
+        reason = ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK
         raise KmipError(reason, f"the key {uid!r} may not wrap keys (no Wrap Key usage)")
     material = managed.material(ctx, key)
     block = _key_block(material)

@@ -30,7 +30,7 @@ def _load(ctx: OperationContext, unique_identifier) -> managed.StoredObject:
 @operation(Operation.ACTIVATE)
 def activate(ctx: OperationContext, request: ActivateRequest) -> UniqueIdentifierResponse:
     obj = _load(ctx, request.unique_identifier)
-    obj.set(Tag.STATE, int(lifecycle.activate(obj.state, ctx.version)))
+    obj.set(Tag.STATE, int(lifecycle.activate(obj.state)))
     obj.set(Tag.ACTIVATION_DATE, ctx.now)
     managed.save(ctx, obj)
     ctx.id_placeholder.set(obj.uid)
@@ -44,7 +44,7 @@ def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierRes
     obj = _load(ctx, request.unique_identifier)
     reason = request.revocation_reason
     before = obj.state
-    after = lifecycle.revoke(before, reason.code, ctx.version)
+    after = lifecycle.revoke(before, reason.code)
     obj.set(Tag.STATE, int(after))
     obj.set(Tag.REVOCATION_REASON, reason)
     if after in (State.COMPROMISED, State.DESTROYED_COMPROMISED):
@@ -64,7 +64,7 @@ def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierR
     if (l4_answer := l4_requests.destroy(ctx, request)) is not None:
         return l4_answer
     obj = _load(ctx, request.unique_identifier)
-    obj.set(Tag.STATE, int(lifecycle.destroy(obj.state, ctx.version)))
+    obj.set(Tag.STATE, int(lifecycle.destroy(obj.state)))
     obj.set(Tag.DESTROY_DATE, ctx.now)
     managed.save(ctx, obj)
     managed.destroy_material(ctx, obj)

@@ -64,7 +64,7 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
         raise KmipError(invalid_object_type(ctx.version),
                         "Re-key replaces symmetric keys only")
     if old.state in DESTROYED:
-        raise lifecycle.wrong_state(ctx.version, "cannot re-key a destroyed key")
+        raise lifecycle.wrong_state("cannot re-key a destroyed key")
     if request.template_names:
         raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
     if request.offset is not None and request.offset < 0:

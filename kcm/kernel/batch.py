@@ -1,0 +1,135 @@
+"""Batch semantics (KMIP 1.4 §6.12–§6.15, §7.1; 2.1 §9), around an item executor.
+
+:func:`run_batch` runs a request's batch items in order, each through the caller's
+executor, and returns one Response Batch Item per item that ran:
+
+* an item whose payload the model does not know (an unmodelled operation) answers
+  Operation Not Supported without reaching the executor;
+* a :class:`~kcm.kmip.errors.KmipError` becomes a failed item with its Result Reason in the
+  request's protocol version; any other exception a General Failure naming the batch's
+  correlation id, logged with its traceback;
+* the Batch Error Continuation Option decides what follows a failure: Stop (the rest is not
+  run), Continue (the rest runs), Undo (everything is rolled back through the savepoint hook
+  and the successful items are reported Operation Undone, keeping their payloads as the
+  BL-M-2-21 case shows);
+* one ID Placeholder lives for the batch; the executor resolves and sets it.
+
+The savepoint hook is how a transactional executor makes an item atomic: ``savepoint()`` is
+called once around the batch and once around each item, and each savepoint is committed or
+rolled back (SQLAlchemy's ``Session.begin_nested`` fits as it is). Executors without effects
+to undo pass :data:`NO_SAVEPOINTS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+from kcm.kernel.responses import fail_item, fail_with, internal_error, operation_name
+from kcm.kmip.enums import BatchErrorContinuationOption, ResultReason, ResultStatus
+from kcm.kmip.errors import KmipError
+from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
+from kcm.kmip.versions import Version
+from kcm.ttlv import Item
+
+__all__ = ["NO_SAVEPOINTS", "BatchRun", "ItemExecutor", "Savepoint", "run_batch"]
+
+log = Logger()
+
+_CONTINUE = BatchErrorContinuationOption.CONTINUE
+_UNDO = BatchErrorContinuationOption.UNDO
+
+
+class Savepoint(Protocol):
+    """One level of rollback."""
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class _NoSavepoint:
+    __slots__ = ()
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+
+_NO_SAVEPOINT = _NoSavepoint()
+
+
+def _no_savepoint() -> Savepoint:
+    return _NO_SAVEPOINT
+
+
+#: The savepoint hook of an executor that leaves nothing to roll back.
+NO_SAVEPOINTS: Callable[[], Savepoint] = _no_savepoint
+
+
+class ItemExecutor(Protocol):
+    """Runs one batch item: returns the response payload (a model, a raw Item or None)
+    or raises."""
+
+    def __call__(self, item: RequestBatchItem, placeholder: IdPlaceholder) -> Any: ...
+
+
+@dataclass(slots=True)
+class BatchRun:
+    """What a batch produced: an answer per item that ran, in order, and for each failed
+    item the KmipError that failed it (None for an unexpected exception)."""
+
+    items: list[ResponseBatchItem]
+    errors: list[tuple[RequestBatchItem, KmipError | None]]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
+
+
+def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, version: Version,
+              continuation: int, correlation_id: str,
+              savepoint: Callable[[], Savepoint] = NO_SAVEPOINTS) -> BatchRun:
+    """Run ``items`` in order with ``execute`` (see the module docstring)."""
+    placeholder = IdPlaceholder()
+    answered: list[ResponseBatchItem] = []
+    errors: list[tuple[RequestBatchItem, KmipError | None]] = []
+    everything = savepoint()
+    for item in items:
+        if errors and continuation != _CONTINUE:
+            break
+        response = ResponseBatchItem(operation=item.operation,
+                                     unique_batch_item_id=item.unique_batch_item_id,
+                                     result_status=ResultStatus.SUCCESS)
+        step = savepoint()
+        try:
+            if isinstance(item.request_payload, Item):
+                raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
+                                f"operation {operation_name(item.operation)} is not supported")
+            response.response_payload = execute(item, placeholder)
+            step.commit()
+        except KmipError as e:
+            step.rollback()
+            fail_with(response, version, e)
+            errors.append((item, e))
+        except Exception:
+            step.rollback()
+            log.failure("operation {operation} failed [correlation id {cid}]",
+                        operation=operation_name(item.operation), cid=correlation_id)
+            fail_item(response, version, ResultReason.GENERAL_FAILURE,
+                      internal_error(correlation_id))
+            errors.append((item, None))
+        answered.append(response)
+    if errors and continuation == _UNDO:
+        everything.rollback()
+        for response in answered:
+            if response.result_status == ResultStatus.SUCCESS:
+                response.result_status = ResultStatus.OPERATION_UNDONE
+    else:
+        everything.commit()
+    return BatchRun(answered, errors)

@@ -1,0 +1,114 @@
+"""Response messages as both planes build them: headers, failed items, the whole message.
+
+A response is written as its header followed by its batch items, each already encoded
+(TTLV bytes): items the server ran are encoded from their model, items relayed from another
+server (the gateway's share of a mixed batch) are spliced in by byte range. The Maximum
+Response Size (KMIP 1.4 §6.3, 2.1 §9) is enforced here: a response that would be larger has
+every successful item replaced by a Response Too Large failure.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from kcm.kernel.result_reasons import error_reason, reason_in
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kmip.errors import KmipError
+from kcm.kmip.labels import enum_label
+from kcm.kmip.messages import ProtocolVersion, ResponseBatchItem, ResponseHeader
+from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
+from kcm.ttlv import ItemType, decode_item, encode
+
+__all__ = [
+    "encode_items", "fail_item", "fail_with", "failed_item", "failure_response",
+    "internal_error", "operation_name", "response_header", "response_wire",
+]
+
+_HEAD = struct.Struct(">II")
+_RESPONSE_MESSAGE_HEAD = (int(Tag.RESPONSE_MESSAGE) << 8) | ItemType.STRUCTURE.value
+
+
+def response_header(version: Version, now: int, correlation_id: str | None,
+                    batch_count: int) -> ResponseHeader:
+    """A response header. From KMIP 1.4 on it carries the request's correlation id as
+    Server Correlation Value (KMIP 1.4 §6.19), the id that names the request in the
+    audit log and the server log."""
+    return ResponseHeader(
+        protocol_version=ProtocolVersion.of(version), time_stamp=now,
+        server_correlation_value=(correlation_id if correlation_id is not None
+                                  and version >= (1, 4) else None),
+        batch_count=batch_count)
+
+
+def fail_item(response: ResponseBatchItem, version: Version, reason: int, message: str,
+              v1_reason: int | None = None) -> None:
+    """Make ``response`` a failed item with ``reason`` (said as ``version`` says it) and
+    ``message``, and no payload."""
+    response.result_status = ResultStatus.OPERATION_FAILED
+    response.result_reason = reason_in(version, reason, v1_reason)
+    response.result_message = message
+    response.response_payload = None
+
+
+def fail_with(response: ResponseBatchItem, version: Version, error: KmipError) -> None:
+    """Make ``response`` the failed item that answers ``error`` in ``version``."""
+    fail_item(response, version, error_reason(version, error), error.message)
+
+
+def failed_item(operation: int | None, unique_batch_item_id: bytes | None, version: Version,
+                reason: int, message: str) -> ResponseBatchItem:
+    """A failed response batch item for an item that was not (or could not be) run."""
+    item = ResponseBatchItem(operation=operation, unique_batch_item_id=unique_batch_item_id,
+                             result_status=ResultStatus.OPERATION_FAILED)
+    fail_item(item, version, reason, message)
+    return item
+
+
+def internal_error(correlation_id: str) -> str:
+    """The Result Message of a General Failure: it names the correlation id of the log."""
+    return f"internal error (correlation id {correlation_id})"
+
+
+def encode_items(items: Sequence[ResponseBatchItem], version: Version) -> list[bytes]:
+    """Each item's TTLV bytes."""
+    return [encode(item.to_item(version)) for item in items]
+
+
+def response_wire(version: Version, now: int, correlation_id: str | None,
+                  items: Sequence[bytes], maximum_response_size: int | None = None) -> bytes:
+    """The Response Message of encoded ``items`` under a fresh header; over
+    ``maximum_response_size`` bytes, every successful item answers Response Too Large."""
+    wire = _assemble(version, now, correlation_id, items)
+    if maximum_response_size is None or len(wire) <= maximum_response_size:
+        return wire
+    message = (f"the response exceeds the Maximum Response Size of "
+               f"{maximum_response_size} bytes")
+    shrunk = []
+    for raw in items:
+        item = ResponseBatchItem.from_item(decode_item(raw)[0], version)
+        if item.result_status == ResultStatus.SUCCESS:
+            fail_item(item, version, ResultReason.RESPONSE_TOO_LARGE, message)
+            raw = encode(item.to_item(version))
+        shrunk.append(raw)
+    return _assemble(version, now, correlation_id, shrunk)
+
+
+def failure_response(version: Version, reason: int, message: str, now: int,
+                     correlation_id: str | None = None) -> bytes:
+    """A whole response of one failed item, for a request that could not be read or run."""
+    item = failed_item(None, None, version, reason, message)
+    return response_wire(version, now, correlation_id, [encode(item.to_item(version))])
+
+
+def _assemble(version: Version, now: int, correlation_id: str | None,
+              items: Sequence[bytes]) -> bytes:
+    header = encode(response_header(version, now, correlation_id, len(items)).to_item(version))
+    body = b"".join([header, *items])
+    return _HEAD.pack(_RESPONSE_MESSAGE_HEAD, len(body)) + body
+
+
+def operation_name(value: int) -> str:
+    """The Operation's enum name, or its hex for an operation this server does not know."""
+    return enum_label(Operation, value)

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kcm.kmip_protocol import ConnectionLimits
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files: this server's certificate and key, and the CA client certificates must
+    chain to."""
+
+    cert: str
+    key: str
+    ca: str
 
 
 class ConfigError(ValueError):

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.context import Caller, OperationContext
@@ -24,6 +26,8 @@ from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
 from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, RequestMessage, ResponseBatchItem
+
+log = Logger()
 
 OperationHandler = Callable[[OperationContext, Any], Any]
 
@@ -66,6 +70,9 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
     run = run_batch(request.batch_items, run_item, version=version,
                     continuation=request.header.effective_error_continuation,
                     correlation_id=correlation_id, savepoint=session.begin_nested)
+    for item, error in run.unexpected:
+        log.failure("operation {operation} failed [correlation id {cid}]", Failure(error),
+                    operation=operation_name(item.operation), cid=correlation_id)
     for item, response in zip(request.batch_items, run.items, strict=False):
         ctx = contexts.get(id(item))
         append_audit(session, audit_event(

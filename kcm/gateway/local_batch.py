@@ -23,9 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
 from kcm.gateway.link_client import ServiceKeyRefused
 from kcm.identity import Principal
 from kcm.kernel.batch import run_batch
+from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import Operation, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
@@ -34,6 +38,8 @@ from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.engine import KeySource, L4Engine
 
 __all__ = ["Engine", "LocalRun", "LocalRunner", "l4_engine"]
+
+log = Logger()
 
 _CREATE = int(Operation.CREATE)
 
@@ -93,10 +99,14 @@ class LocalRunner:
                 placeholder.set(uid)
             return answer
 
+        cid = correlation_id or self._new_correlation_id()
         run = run_batch(items, execute, version=version, continuation=continuation,
-                        correlation_id=correlation_id or self._new_correlation_id())
+                        correlation_id=cid)
+        for item, error in run.unexpected:
+            log.failure("local {op} failed [correlation id {cid}]", Failure(error),
+                        op=operation_name(item.operation), cid=cid)
         denied = [(item, error) for item, error in run.errors
-                  if error is not None and _is_denied_use(error)]
+                  if isinstance(error, KmipError) and _is_denied_use(error)]
         return LocalRun(run.items, run.failed, denied)
 
 

@@ -7,7 +7,8 @@ executor, and returns one Response Batch Item per item that ran:
   Operation Not Supported without reaching the executor;
 * a :class:`~kcm.kmip.errors.KmipError` becomes a failed item with its Result Reason in the
   request's protocol version; any other exception a General Failure naming the batch's
-  correlation id, logged with its traceback;
+  correlation id, and is returned in :attr:`BatchRun.errors` for the plane to log (the
+  kernel does no I/O, logging included);
 * the Batch Error Continuation Option decides what follows a failure: Stop (the rest is not
   run), Continue (the rest runs), Undo (everything is rolled back through the savepoint hook
   and the successful items are reported Operation Undone, keeping their payloads as the
@@ -26,8 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.logger import Logger
-
 from kcm.kernel.responses import fail_item, fail_with, internal_error, operation_name
 from kcm.kmip.enums import BatchErrorContinuationOption, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
@@ -36,8 +35,6 @@ from kcm.kmip.versions import Version
 from kcm.ttlv import Item
 
 __all__ = ["NO_SAVEPOINTS", "BatchRun", "ItemExecutor", "Savepoint", "run_batch"]
-
-log = Logger()
 
 _CONTINUE = BatchErrorContinuationOption.CONTINUE
 _UNDO = BatchErrorContinuationOption.UNDO
@@ -82,14 +79,19 @@ class ItemExecutor(Protocol):
 @dataclass(slots=True)
 class BatchRun:
     """What a batch produced: an answer per item that ran, in order, and for each failed
-    item the KmipError that failed it (None for an unexpected exception)."""
+    item the exception that failed it (a KmipError, or an unexpected one: a bug)."""
 
     items: list[ResponseBatchItem]
-    errors: list[tuple[RequestBatchItem, KmipError | None]]
+    errors: list[tuple[RequestBatchItem, Exception]]
 
     @property
     def failed(self) -> bool:
         return bool(self.errors)
+
+    @property
+    def unexpected(self) -> list[tuple[RequestBatchItem, Exception]]:
+        """The items that failed with an exception other than a KmipError."""
+        return [(item, e) for item, e in self.errors if not isinstance(e, KmipError)]
 
 
 def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, version: Version,
@@ -98,7 +100,7 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
     """Run ``items`` in order with ``execute`` (see the module docstring)."""
     placeholder = IdPlaceholder()
     answered: list[ResponseBatchItem] = []
-    errors: list[tuple[RequestBatchItem, KmipError | None]] = []
+    errors: list[tuple[RequestBatchItem, Exception]] = []
     everything = savepoint()
     for item in items:
         if errors and continuation != _CONTINUE:
@@ -117,13 +119,11 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             step.rollback()
             fail_with(response, version, e)
             errors.append((item, e))
-        except Exception:
+        except Exception as e:
             step.rollback()
-            log.failure("operation {operation} failed [correlation id {cid}]",
-                        operation=operation_name(item.operation), cid=correlation_id)
             fail_item(response, version, ResultReason.GENERAL_FAILURE,
                       internal_error(correlation_id))
-            errors.append((item, None))
+            errors.append((item, e))
         answered.append(response)
     if errors and continuation == _UNDO:
         everything.rollback()

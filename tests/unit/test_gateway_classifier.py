@@ -80,3 +80,28 @@ def test_mixed_request_keeps_peeked_facts() -> None:
 def test_unreadable_request_raises() -> None:
     with pytest.raises(TtlvError):
         classify(b"\x42\x00\x78\x01\x00\x00\x00\x10garbage")
+
+
+def _with_unreadable_attributes(wire: bytes) -> bytes:
+    """``wire`` with the type byte of the first attribute of its Create made invalid."""
+    from kcm.ttlv.peek import peek_request
+
+    start = peek_request(wire, create_attributes=True).items[0].attributes_start
+    assert start > 0
+    corrupt = bytearray(wire)
+    corrupt[start + 8 + 3] = 0xEE  # the first child's type byte
+    return bytes(corrupt)
+
+
+def test_a_forwarded_create_s_attributes_are_not_decoded() -> None:
+    # Unreadable attributes without an L4 marker: the gateway routes without decoding them
+    # (the core, which executes the request, answers it).
+    classified = classify(_with_unreadable_attributes(request(create_managed())))
+    assert classified.route is Route.ALL_REMOTE
+
+
+def test_a_create_with_an_l4_marker_has_its_attributes_decoded() -> None:
+    with pytest.raises(TtlvError):
+        classify(_with_unreadable_attributes(request(create_l4())))
+    classified = classify(request(create_l4()))
+    assert classified.create_attributes[0] is not None

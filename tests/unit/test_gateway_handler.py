@@ -16,13 +16,16 @@ from kcm.gateway.local_batch import LocalRunner, l4_engine
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, State
 from kcm.kmip.payloads.crypto import DecryptRequest
 from kcm.kmip_protocol import ConnectionInfo
+from kcm.l4 import token
 from kcm.l4.service_key import ServiceKey
 from kcm.l4.token import token_id
 from kcm.ttlv import encode, structure
+from kcm.ttlv.peek import peek_response
 from tests.core_support import CoreHarness, service_principal
 from tests.gateway_support import (
     CONTINUE,
     L3_UID,
+    STOP,
     UNDO,
     FakeLink,
     activate,
@@ -154,6 +157,30 @@ def test_undo_of_a_local_batch_marks_the_successes_undone(warm: Gateway) -> None
                                                               ResultStatus.OPERATION_FAILED]
 
 
+@pytest.mark.parametrize("continuation", [STOP, CONTINUE])
+def test_a_cold_batch_of_tokens_under_two_l3_versions_fetches_both_then_runs_once(
+        gateway: Gateway, link: FakeLink, continuation) -> None:
+    # Regression: the first run stopped at the first token's miss, so the second L3 was
+    # never asked for, and the retry failed the second item ("... is not available at the
+    # gateway"). Every L3 the peek names is now fetched before the batch runs.
+    older = ServiceKey("l3-00000000-0000-4000-8000-000000000002", "demo", "app", 2,
+                       State.ACTIVE, bytes(range(1, 33)))
+    link.keys[older.uid] = [older]
+    first, second = token.seal(L3, bytes(32), bytes(12)), token.seal(older, bytes(32), bytes(12))
+    runs: list[int] = []
+
+    def counting_engine(keys):
+        runs.append(1)
+        return l4_engine(keys)
+
+    gateway = Gateway(link, engine_factory=counting_engine)
+    message = gateway.send(request(encrypt(first), encrypt(second),
+                                   continuation=continuation), sync=False)
+    assert [i.result_status for i in message.batch_items] == [ResultStatus.SUCCESS] * 2
+    assert sorted(uid for *_, uid in link.fetches) == sorted([L3.uid, older.uid])
+    assert len(runs) == 1
+
+
 def test_l3_not_cached_and_core_down_is_an_error_not_a_hang(gateway: Gateway,
                                                              link: FakeLink) -> None:
     link.down = True
@@ -257,6 +284,26 @@ def test_mixed_batch_is_one_response_in_the_client_order(with_core: Gateway) -> 
     [(sub, _, _)] = with_core.link.forwarded
     assert [i.unique_batch_item_id for i in classify(sub).request.items] == [b"2", b"3", b"4"]
     assert classify(sub).request.batch_count == 3
+
+
+def test_mixed_batch_splices_the_core_s_items_byte_for_byte(with_core: Gateway) -> None:
+    answers: list[bytes] = []
+    send = with_core.link.answer
+
+    def recorded(wire: bytes) -> bytes:
+        answers.append(send(wire))
+        return answers[-1]
+
+    with_core.link.answer = recorded
+    answer = with_core.answer(request(create_l4(b"1"), create_managed(b"2"), locate(b"3")))
+    results: list[bytes] = []
+    answer.addCallback(results.append)
+    [core_answer] = answers
+    core_items = [core_answer[i.start:i.end] for i in peek_response(core_answer).items]
+    merged = peek_response(results[0])
+    assert [results[0][i.start:i.end] for i in merged.items][1:] == core_items
+    # The core's correlation value names the request (one remote run).
+    assert merged.server_correlation_value == peek_response(core_answer).server_correlation_value
 
 
 def test_mixed_stop_after_a_failed_remote_item_skips_the_rest(with_core: Gateway) -> None:

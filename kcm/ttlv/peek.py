@@ -87,20 +87,8 @@ class PeekedRequest:
 def peek_request(data: bytes, *, unique_identifier: bool = False,
                  create_attributes: bool = False) -> PeekedRequest:
     """Peek at a Request Message; raise :class:`TtlvError` if what is read is wrong."""
-    size = len(data)
-    if size < 8:
-        raise TtlvError(0, "truncated message header")
-    head, length = _HEADER.unpack_from(data, 0)
-    if head != _REQUEST_MESSAGE:
-        raise TtlvError(0, "not a Request Message")
-    end = 8 + length
-    if end > size:
-        raise TtlvError(4, f"message length {length} overruns the {size}-byte buffer")
-    pos = 8
-    head, length = _item(data, pos, end)
-    if head != _REQUEST_HEADER:
-        raise TtlvError(pos, "a Request Message must begin with its Request Header")
-    header_start, header_end = pos, pos + 8 + length
+    end, header_end = _message(data, _REQUEST_MESSAGE, _REQUEST_HEADER, "Request")
+    pos = header_start = 8
     version, batch_count = _read_request_header(data, pos + 8, header_end)
     pos = header_end
     items = []
@@ -113,6 +101,23 @@ def peek_request(data: bytes, *, unique_identifier: bool = False,
             )
         pos = item_end
     return PeekedRequest(version, batch_count, header_start, header_end, items)
+
+
+def _message(data: bytes, message_head: int, header_head: int, kind: str) -> tuple[int, int]:
+    """Where the message that begins ``data`` ends, and where its header (at 8) ends."""
+    size = len(data)
+    if size < 8:
+        raise TtlvError(0, "truncated message header")
+    head, length = _HEADER.unpack_from(data, 0)
+    if head != message_head:
+        raise TtlvError(0, f"not a {kind} Message")
+    end = 8 + length
+    if end > size:
+        raise TtlvError(4, f"message length {length} overruns the {size}-byte buffer")
+    head, length = _item(data, 8, end)
+    if head != header_head:
+        raise TtlvError(8, f"a {kind} Message must begin with its {kind} Header")
+    return end, 16 + length
 
 
 def _item(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -217,21 +222,9 @@ class PeekedResponse:
 def peek_response(data: bytes) -> PeekedResponse:
     """Peek at a Response Message: its Server Correlation Value and, per batch item, the
     byte range and Result Status. Raises :class:`TtlvError` if what is read is wrong."""
-    size = len(data)
-    if size < 8:
-        raise TtlvError(0, "truncated message header")
-    head, length = _HEADER.unpack_from(data, 0)
-    if head != _RESPONSE_MESSAGE:
-        raise TtlvError(0, "not a Response Message")
-    end = 8 + length
-    if end != size:
-        raise TtlvError(4, f"message length {length} does not match the {size}-byte buffer")
-    pos = 8
-    head, length = _item(data, pos, end)
-    if head != _RESPONSE_HEADER:
-        raise TtlvError(pos, "a Response Message must begin with its Response Header")
+    end, header_end = _message(data, _RESPONSE_MESSAGE, _RESPONSE_HEADER, "Response")
     correlation = None
-    inner, header_end = pos + 8, pos + 8 + length
+    inner = 16
     while inner < header_end:
         ihead, ilength = _item(data, inner, header_end)
         if ihead == _SERVER_CORRELATION_VALUE:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from kcm.core import operations  # noqa: F401  (registers the handlers)
 from kcm.core.context import Caller
 from kcm.core.hierarchy import provision_service, provision_tenant
 from kcm.core.keyring import Keyring

@@ -14,6 +14,7 @@ from kcm.kernel.lifecycle import wrong_state
 from kcm.kmip.attributes import VENDOR_TAG, Attribute
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
+from kcm.kmip.labels import tag_label
 from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
 
@@ -157,7 +158,7 @@ def check_date_change(tag: int, state: State, current: int | None, now: int,
     states = _DATE_STATES.get(tag)
     if states is None:
         return
-    label = _label(tag)
+    label = tag_label(tag)
     if state not in states:
         allowed = " or ".join(sorted(s.name for s in states))
         raise wrong_state(f"{label} may be changed only while the object is "
@@ -172,7 +173,7 @@ def check_client_attributes(attributes: list[Attribute], version: Version) -> No
     seen: set[int] = set()
     for attribute in attributes:
         rule = rule_for(attribute)
-        label = attribute.name or _label(attribute.tag)
+        label = attribute.name or tag_label(attribute.tag)
         if not rule.on_create:
             raise read_only_error(version, label)
         if not rule.multi:
@@ -181,9 +182,3 @@ def check_client_attributes(attributes: list[Attribute], version: Version) -> No
                 raise KmipError(reason, f"{label} may have only one value")
             seen.add(attribute.tag)
 
-
-def _label(tag: int) -> str:
-    try:
-        return Tag(tag).name.replace("_", " ").title()
-    except ValueError:
-        return f"0x{tag:06X}"

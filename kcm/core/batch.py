@@ -2,14 +2,15 @@
 
 Called on a store worker thread. :func:`kcm.kernel.batch.run_batch` runs the items in
 order with each item in a savepoint of the request's transaction (a failed item leaves
-nothing behind; Undo rolls back the whole batch), and this module supplies the executor
-(the registered operation handlers) and appends every item's audit record in the same
-transaction, so the changes and the records that describe them commit together.
+nothing behind; Undo rolls back the whole batch); this module supplies the executor (the
+operation handlers of :data:`kcm.core.operations.HANDLERS`) and appends every item's audit
+record in the same transaction, so the changes and the records that describe them commit
+together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -19,40 +20,24 @@ from twisted.python.failure import Failure
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.context import Caller, OperationContext
 from kcm.core.keyring import Keyring
+from kcm.core.operations import HANDLERS, OperationHandler
 from kcm.core.server_info import ServerInfo
 from kcm.kernel.batch import run_batch
 from kcm.kernel.responses import operation_name
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kmip.enums import ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
 from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, RequestMessage, ResponseBatchItem
 
 log = Logger()
 
-OperationHandler = Callable[[OperationContext, Any], Any]
-
-#: Operation -> handler; filled by :mod:`kcm.core.operations`.
-OPERATIONS: dict[int, OperationHandler] = {}
-
-
-def operation(op: Operation) -> Callable[[OperationHandler], OperationHandler]:
-    """Register a handler for ``op``. The handler gets the typed request payload and
-    returns the response payload (a model, a raw Item, or None for no payload)."""
-
-    def register(handler: OperationHandler) -> OperationHandler:
-        OPERATIONS[int(op)] = handler
-        return handler
-
-    return register
-
 
 def execute(session: Session, request: RequestMessage, caller: Caller, *, now: int,
             keyring: Keyring, server_info: ServerInfo, correlation_id: str,
-            handlers: Mapping[int, OperationHandler] | None = None
+            handlers: Mapping[int, OperationHandler] = HANDLERS
             ) -> list[ResponseBatchItem]:
     """Execute ``request`` in ``session``'s transaction; its answered batch items (in the
     request's version), each with its audit record appended."""
-    table = OPERATIONS if handlers is None else handlers
     version = request.header.version
     contexts: dict[int, OperationContext] = {}
 
@@ -61,7 +46,7 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
                                keyring=keyring, server_info=server_info,
                                id_placeholder=placeholder, random_bytes=keyring.random_bytes)
         contexts[id(item)] = ctx
-        handler = table.get(int(item.operation))
+        handler = handlers.get(int(item.operation))
         if handler is None:
             raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
                             f"operation {operation_name(item.operation)} is not supported")

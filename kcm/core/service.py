@@ -12,7 +12,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 
-from kcm.core import events, keys, operations  # noqa: F401  (operations registers handlers)
+from kcm.core import events, keys
 from kcm.core.config import CoreConfig
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring

@@ -9,21 +9,23 @@ and the L4 engine (:mod:`kcm.l4.engine`), so both answer alike. What it promises
   ChaCha20-Poly1305 (AEAD). Block modes default to no padding.
 * Supported: AES with ECB, CBC (padding None or PKCS5), CTR and GCM; 3DES with ECB and
   CBC; ChaCha20 (8- or 12-byte nonce) and ChaCha20-Poly1305. Anything else is refused
-  with Unsupported Cryptographic Parameters (2.x) / Feature Not Supported (1.x).
+  with Unsupported Cryptographic Parameters (the kernel answers 1.x with Feature Not
+  Supported).
 * The IV / Counter / Nonce is the client's; when the client sends none on Encrypt (or
   Random IV is True) one is drawn from the injected random source and returned. Decrypt
   without one, for a mode that needs one, is Invalid Message.
 * AEAD tags may be truncated to 4, 8 or 12..16 bytes (Tag Length, in bytes); a tag that
   does not verify is Cryptographic Failure, as are bad padding and a ciphertext that is
   not a whole number of blocks.
+
+Pure: no stored objects, no I/O; the random source is the caller's.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -31,10 +33,12 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from kcm.crypto.errors import unsupported
+from kcm.crypto.parameters import merge_parameters
 from kcm.kmip.attributes import CryptographicParameters
 from kcm.kmip.enums import BlockCipherMode, CryptographicAlgorithm, PaddingMethod, ResultReason
 from kcm.kmip.errors import KmipError
-from kcm.kmip.versions import Version
+from kcm.kmip.labels import enum_label
 
 RandomBytes = Callable[[int], bytes]
 
@@ -102,18 +106,18 @@ AES_GCM_DEFAULT = CipherSpec(int(_AES), int(BlockCipherMode.GCM), int(PaddingMet
 
 
 def resolve_spec(algorithm: int | None, stored: object,
-                 requested: CryptographicParameters | None, version: Version) -> CipherSpec:
+                 requested: CryptographicParameters | None) -> CipherSpec:
     """The cipher an Encrypt or Decrypt will run with a key of ``algorithm`` whose stored
     Cryptographic Parameters are ``stored`` (or None): request over stored over default."""
     if algorithm not in MODES:
-        raise unsupported(version, f"{enum_name(CryptographicAlgorithm, algorithm)} keys "
+        raise unsupported(f"{enum_label(CryptographicAlgorithm, algorithm)} keys "
                                    "cannot encrypt here")
-    params = _merge(stored, requested)
+    params = merge_parameters(stored, requested, _PARAMETER_FIELDS)
     named = params.cryptographic_algorithm
     if named is not None and named != algorithm:
         raise KmipError(ResultReason.INVALID_FIELD,
-                        f"the parameters name {enum_name(CryptographicAlgorithm, named)} but "
-                        f"the key is {enum_name(CryptographicAlgorithm, algorithm)}")
+                        f"the parameters name {enum_label(CryptographicAlgorithm, named)} but "
+                        f"the key is {enum_label(CryptographicAlgorithm, algorithm)}")
     mode = params.block_cipher_mode
     padding = params.padding_method
     if mode is None:
@@ -124,14 +128,14 @@ def resolve_spec(algorithm: int | None, stored: object,
     if algorithm == _CHACHA20POLY1305:
         mode = BlockCipherMode.AEAD if mode in (None, BlockCipherMode.AEAD) else mode
     if mode not in MODES[algorithm]:
-        raise unsupported(version, f"block cipher mode {enum_name(BlockCipherMode, mode)} is "
+        raise unsupported(f"block cipher mode {enum_label(BlockCipherMode, mode)} is "
                                    "not supported with "
-                                   f"{enum_name(CryptographicAlgorithm, algorithm)}")
+                                   f"{enum_label(CryptographicAlgorithm, algorithm)}")
     padding = PaddingMethod.NONE if padding is None else int(padding)
     if padding not in (PaddingMethod.NONE, PaddingMethod.PKCS5) or (
             padding == PaddingMethod.PKCS5 and mode not in _BLOCK_MODES):
-        raise unsupported(version, f"padding method {enum_name(PaddingMethod, padding)} is not "
-                                   f"supported with mode {enum_name(BlockCipherMode, mode)}")
+        raise unsupported(f"padding method {enum_label(PaddingMethod, padding)} is not "
+                                   f"supported with mode {enum_label(BlockCipherMode, mode)}")
     tag_length = params.tag_length if params.tag_length is not None else DEFAULT_TAG_LENGTH
     aead = mode in (BlockCipherMode.GCM, BlockCipherMode.AEAD)
     if aead and tag_length not in TAG_LENGTHS:
@@ -147,15 +151,6 @@ def resolve_spec(algorithm: int | None, stored: object,
         iv_length = params.iv_length // 8
     return CipherSpec(int(algorithm), mode, padding, tag_length, bool(params.random_iv),
                       iv_length)
-
-
-def _merge(stored: object, requested: CryptographicParameters | None) -> CryptographicParameters:
-    base = stored if isinstance(stored, CryptographicParameters) else CryptographicParameters()
-    if requested is None:
-        return base
-    overrides = {name: getattr(requested, name) for name in _PARAMETER_FIELDS
-                 if getattr(requested, name) is not None}
-    return replace(base, **overrides)
 
 
 _PARAMETER_FIELDS = ("block_cipher_mode", "padding_method", "cryptographic_algorithm",
@@ -322,28 +317,3 @@ def partial(spec: CipherSpec, key: bytes, iv: bytes, data: bytes, *, encrypt: bo
         safe -= size  # the last block may be padding
     return _raw(spec, key, iv, data[:safe], encrypt=encrypt, aad=aad)
 
-
-@contextmanager
-def cryptographic_failure() -> Iterator[None]:
-    """The library refuses what we did not check ourselves (a key of the wrong length
-    for its algorithm, say): that is the request's Cryptographic Failure, not ours."""
-    try:
-        yield
-    except ValueError as e:
-        raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE, str(e)) from None
-
-
-# Result reasons -----------------------------------------------------------------
-def unsupported(version: Version, message: str) -> KmipError:
-    """Parameters this server cannot run (2.x has a reason for it; 1.x has not)."""
-    return KmipError(ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS, message)
-
-
-def enum_name(enum: type, value: object) -> str:
-    """``value``'s name in ``enum`` for messages, or its hex value."""
-    if value is None:
-        return "none"
-    try:
-        return enum(value).name
-    except ValueError:
-        return f"0x{int(value):08X}"  # type: ignore[call-overload]

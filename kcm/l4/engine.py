@@ -33,16 +33,15 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kcm.crypto.errors import cryptographic_failure
 from kcm.crypto.key_wrap import WRAP_MODES, aes_wrap
 from kcm.crypto.symmetric import (
     AES_GCM_DEFAULT,
     CipherSpec,
-    cryptographic_failure,
     decrypt_iv,
     decrypt_once,
     encrypt_iv,
     encrypt_once,
-    enum_name,
     resolve_spec,
 )
 from kcm.identity import Principal
@@ -61,6 +60,7 @@ from kcm.kmip.enums import (
     WrappingMethod,
 )
 from kcm.kmip.errors import KmipError
+from kcm.kmip.labels import enum_label, tag_label
 from kcm.kmip.objects import (
     EncryptionKeyInformation,
     KeyBlock,
@@ -156,7 +156,7 @@ class L4Engine:
         handler = self._handlers.get(operation)
         if handler is None:
             raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
-                            f"{enum_name(Operation, operation)} is not an L4 operation")
+                            f"{enum_label(Operation, operation)} is not an L4 operation")
         return handler(principal, version, payload)
 
     # Create -------------------------------------------------------------------------
@@ -183,7 +183,7 @@ class L4Engine:
             tenant, service = target
             check_service_key_use(principal, tenant, service)
             l3 = self._keys.current_service_key(tenant, service)
-        _check_state(version, l3, protect=True, what="seal a new L4")
+        _check_state(l3, protect=True, what="seal a new L4")
         dek = self._random_bytes(length // 8)
         try:
             uid = token.seal(l3, dek, self._random_bytes(token.NONCE_LENGTH))
@@ -215,7 +215,7 @@ class L4Engine:
         else:
             raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
                             f"an L4 is returned as Raw or Transparent Symmetric Key, not "
-                            f"{enum_name(KeyFormatType, wanted)}")
+                            f"{enum_label(KeyFormatType, wanted)}")
         value = KeyValue(key_material=material)
         block = KeyBlock(key_format_type=key_format, key_value=value,
                          cryptographic_algorithm=CryptographicAlgorithm.AES,
@@ -253,7 +253,7 @@ class L4Engine:
             raise KmipError(ResultReason.WRAPPING_OBJECT_NOT_FOUND,
                             f"no wrapping key {wrapping_uid!r}") from None
         check_service_key_use(principal, kek.tenant, kek.service)
-        _check_state(version, kek, protect=True, what="wrap")
+        _check_state(kek, protect=True, what="wrap")
         mode = _wrap_mode(info.cryptographic_parameters)
         encoding = spec.encoding_option
         if encoding == EncodingOption.NO_ENCODING:
@@ -287,7 +287,7 @@ class L4Engine:
         _no_stream(request)
         key = self._key(principal, version, uid, protect=True)
         data = _data(request.data)
-        spec = _spec(request.cryptographic_parameters, version)
+        spec = _spec(request.cryptographic_parameters)
         iv, generated = encrypt_iv(spec, request.iv_counter_nonce, self._random_bytes)
         aad = request.authenticated_encryption_additional_data
         if spec is AES_GCM_DEFAULT and len(iv) == 12:
@@ -308,7 +308,7 @@ class L4Engine:
         _no_stream(request)
         key = self._key(principal, version, uid, protect=False)
         data = _data(request.data)
-        spec = _spec(request.cryptographic_parameters, version)
+        spec = _spec(request.cryptographic_parameters)
         iv = decrypt_iv(spec, request.iv_counter_nonce)
         with cryptographic_failure():
             plaintext = decrypt_once(spec, key, iv, data,
@@ -324,11 +324,11 @@ class L4Engine:
         still exists, open under it (so forged identifiers leave no tombstones). A token
         already tombstoned is answered again (Revoke then Destroy is the usual sequence).
         """
-        sealed = _parse(version, uid)
+        sealed = _parse(uid)
         l3 = self._keys.service_key(sealed.l3_uid)
         check_service_key_use(principal, l3.tenant, l3.service)
         if l3.state not in _DESTROYED:
-            _open(version, sealed, l3)
+            _open(sealed, l3)
         return Tombstone(sealed.token_id, l3.tenant, l3.uid)
 
     # Keys ---------------------------------------------------------------------------
@@ -339,7 +339,7 @@ class L4Engine:
         if uid.startswith(L3_PREFIX):
             l3 = self._keys.service_key(uid)
             check_service_key_use(principal, l3.tenant, l3.service)
-            _check_state(version, l3, protect=protect,
+            _check_state(l3, protect=protect,
                          what="wrap a DEK" if protect else "unwrap a DEK")
             return l3.key
         raise KmipError(ResultReason.INVALID_FIELD,
@@ -348,7 +348,7 @@ class L4Engine:
     def _l4_key(self, principal: Principal, version: Version, uid: str, *,
                 protect: bool) -> tuple[bytes, ServiceKey]:
         """The DEK of L4 ``uid`` for a caller who may use it, and its L3."""
-        sealed = _parse(version, uid)
+        sealed = _parse(uid)
         l3 = self._keys.service_key(sealed.l3_uid)
         check_service_key_use(principal, l3.tenant, l3.service)
         if self._keys.is_tombstoned(sealed.token_id):
@@ -358,13 +358,13 @@ class L4Engine:
             raise KmipError(ResultReason.OBJECT_DESTROYED,
                             f"the service key {l3.uid} was destroyed: the L4s sealed under "
                             "it are crypto-erased")
-        _check_state(version, l3, protect=protect,
+        _check_state(l3, protect=protect,
                      what="encrypt with its L4s" if protect else "open its L4s")
-        return _open(version, sealed, l3), l3
+        return _open(sealed, l3), l3
 
 
 # Helpers ------------------------------------------------------------------------------
-def _parse(version: Version, uid: str) -> token.SealedToken:
+def _parse(uid: str) -> token.SealedToken:
     try:
         return token.parse(uid)
     except token.TokenError as e:
@@ -372,7 +372,7 @@ def _parse(version: Version, uid: str) -> token.SealedToken:
                         f"no L4 {uid[:24]!r}…: {e}") from None
 
 
-def _open(version: Version, sealed: token.SealedToken, l3: ServiceKey) -> bytes:
+def _open(sealed: token.SealedToken, l3: ServiceKey) -> bytes:
     try:
         return token.open_sealed(sealed, l3)
     except token.TokenError as e:
@@ -380,11 +380,11 @@ def _open(version: Version, sealed: token.SealedToken, l3: ServiceKey) -> bytes:
                         f"no L4 {sealed.token_id}: {e}") from None
 
 
-def _check_state(version: Version, l3: ServiceKey, *, protect: bool, what: str) -> None:
+def _check_state(l3: ServiceKey, *, protect: bool, what: str) -> None:
     usable = l3.usable_to_protect if protect else l3.usable_to_process
     if not usable:
         raise wrong_state(f"the service key {l3.uid} is "
-                                   f"{enum_name(State, l3.state)}: it cannot {what}")
+                                   f"{enum_label(State, l3.state)}: it cannot {what}")
 
 
 def _identifier(unique_identifier: object) -> str:
@@ -409,10 +409,10 @@ def _data(data: bytes | None) -> bytes:
     return data
 
 
-def _spec(requested: CryptographicParameters | None, version: Version) -> CipherSpec:
+def _spec(requested: CryptographicParameters | None) -> CipherSpec:
     if requested is None:
         return AES_GCM_DEFAULT
-    return resolve_spec(_AES, None, requested, version)
+    return resolve_spec(_AES, None, requested)
 
 
 def _wrap_mode(parameters: CryptographicParameters | None) -> int:
@@ -422,7 +422,7 @@ def _wrap_mode(parameters: CryptographicParameters | None) -> int:
     if mode not in WRAP_MODES:
         raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
                         f"keys are wrapped with NIST Key Wrap or AES Key Wrap with Padding, "
-                        f"not {enum_name(BlockCipherMode, mode)}")
+                        f"not {enum_label(BlockCipherMode, mode)}")
     return int(mode)
 
 
@@ -437,7 +437,7 @@ def _dek_length(attributes: list[Attribute]) -> int:
             if value != _AES:
                 raise KmipError(ResultReason.INVALID_FIELD,
                                 f"an L4 is an AES key, not "
-                                f"{enum_name(CryptographicAlgorithm, value)}")
+                                f"{enum_label(CryptographicAlgorithm, value)}")
         elif tag == Tag.CRYPTOGRAPHIC_LENGTH:
             if value not in _DEK_BITS:
                 raise KmipError(ResultReason.INVALID_FIELD,
@@ -470,7 +470,4 @@ def _vendor_text(attributes: list[Attribute], name: str) -> str | None:
 def _attribute_label(attribute: Attribute) -> str:
     if attribute.tag == VENDOR_TAG:
         return f"{attribute.vendor_identification or ''}-{attribute.name}"
-    try:
-        return Tag(attribute.tag).name
-    except ValueError:
-        return f"0x{attribute.tag:06X}"
+    return tag_label(attribute.tag)

@@ -11,11 +11,11 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from kcm.core import managed
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.context import OperationContext
-from kcm.core.operations.asymmetric_ops import rsa_key_block_in_format
 from kcm.core.operations.create import server_attributes
 from kcm.core.server_info import ServerInfo
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY
+from kcm.crypto.rsa_keys import rsa_key_block_in_format
 from kcm.kmip.attributes import Attribute, CryptographicParameters, Link, Name
 from kcm.kmip.enums import (
     BlockCipherMode,

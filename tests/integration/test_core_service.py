@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kcm.conformance.runner import run_case
-from kcm.core import batch
+from kcm.core.operations import HANDLERS
 from kcm.kernel.versions import SUPPORTED_VERSIONS
 from kcm.kmip.enums import (
     InteropFunction,
@@ -63,7 +63,7 @@ def test_query_lists_registered_operations_and_stored_objects(core: CoreHarness,
     answer = one(core, Operation.QUERY, QueryRequest(query_functions=ALL_QUERIES),
                  version).response_payload
     operations = set(answer.operations)
-    assert operations <= set(batch.OPERATIONS)
+    assert operations <= set(HANDLERS)
     assert {Operation.QUERY, Operation.DISCOVER_VERSIONS, Operation.ENCRYPT,
             Operation.DECRYPT, Operation.CHECK, Operation.CREATE} <= operations
     assert (Operation.INTEROP in operations) == (version >= (2, 0))

@@ -1,21 +1,25 @@
-"""Constants and small helpers shared by the object operations (Register, Re-key, Get,
-Locate)."""
+"""Constants and small helpers the operation handlers share: attribute values, links, and
+the core's side of "may this key be used now" (the rule is :mod:`kcm.kernel.key_use`'s)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from kcm.kmip import registry
-from kcm.kmip.attributes import VENDOR_TAG, Attribute
+from kcm.core import managed
+from kcm.core.context import OperationContext
+from kcm.kernel.key_use import KeyUse, check_key_use
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, Link
 from kcm.kmip.enums import (
     BlockCipherMode,
+    LinkType,
     ObjectType,
     ResultReason,
     State,
 )
+from kcm.kmip.errors import KmipError
+from kcm.kmip.objects import SecretData, SymmetricKey
 from kcm.kmip.tags import Tag
-from kcm.kmip.versions import Version
 
 #: The Object Type each managed-object structure stands for.
 OBJECT_TYPE_OF_TAG: dict[int, ObjectType] = {
@@ -31,40 +35,58 @@ OBJECT_TYPE_OF_TAG: dict[int, ObjectType] = {
     Tag.CERTIFICATE_REQUEST: ObjectType.CERTIFICATE_REQUEST,
 }
 
-
-
 AES_KEY_BITS = frozenset({128, 192, 256})
 DESTROYED = (State.DESTROYED, State.DESTROYED_COMPROMISED)
 WRAP_MODES = (BlockCipherMode.NISTKEYWRAP, BlockCipherMode.AESKEYWRAPPADDING)
 
 
-
-
 def value_of(attributes: Iterable[Attribute], tag: int) -> Any:
+    """The typed value of the first attribute with ``tag``, or None."""
     for attribute in attributes:
         if attribute.tag == tag:
             return attribute.typed
     return None
 
 
-def invalid_object_type(version: Version) -> ResultReason:
-    return ResultReason.INVALID_OBJECT_TYPE
+def single_value(attributes: Iterable[Attribute], tag: int) -> Any:
+    """The plain value of the first attribute with ``tag`` that has one, or None."""
+    for attribute in attributes:
+        if attribute.tag == tag and attribute.value is not None:
+            return attribute.value.value
+    return None
 
 
-def tag_label(tag: int) -> str:
-    return registry.tag_name(tag) or registry.tag_name(tag, (1, 4)) or f"0x{tag:06X}"
+def link_attribute(link_type: LinkType, uid: str) -> Attribute:
+    """A Link attribute of ``link_type`` to the object ``uid``."""
+    return Attribute.of(Tag.LINK, Link(link_type=link_type, linked_object_identifier=uid))
 
-
-def enum_label(enum: Any, value: Any) -> str:
-    if value is None:
-        return "none"
-    try:
-        return enum(value).name
-    except ValueError:
-        return f"0x{int(value):08X}"
 
 def attribute_identity(attribute: Attribute) -> tuple[int, str | None, str | None]:
     """What makes two attributes "the same attribute" (vendor ones by vendor and name)."""
     if attribute.tag == VENDOR_TAG:
         return (VENDOR_TAG, attribute.vendor_identification, attribute.name)
     return (attribute.tag, None, None)
+
+
+def require_usable(ctx: OperationContext, obj: managed.StoredObject, use: KeyUse, *,
+                   named: bool = False) -> None:
+    """Refuse ``use`` of ``obj`` now: its state, Protect Stop Date, Process Start Date
+    and Cryptographic Usage Mask decide (:func:`kcm.kernel.key_use.check_key_use`).
+    ``named``: the messages name the object (one of several the request uses)."""
+    check_key_use(use, obj.state, now=ctx.now,
+                  protect_stop_date=obj.value(Tag.PROTECT_STOP_DATE),
+                  process_start_date=obj.value(Tag.PROCESS_START_DATE),
+                  usage_mask=obj.value(Tag.CRYPTOGRAPHIC_USAGE_MASK),
+                  key=obj.uid if named else None)
+
+
+def clear_key_bytes(ctx: OperationContext, obj: managed.StoredObject) -> bytes:
+    """The key bytes of a Symmetric Key or Secret Data, which the server must hold in the
+    clear to compute with them (a key registered wrapped it cannot use)."""
+    stored = managed.material(ctx, obj)
+    key = stored.key_block.key_bytes if isinstance(stored, SymmetricKey | SecretData) else None
+    if key is None:
+        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT,
+                        f"the key material of {obj.uid!r} is not available in the clear to "
+                        "the server", v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
+    return key

@@ -24,7 +24,6 @@ from collections.abc import Iterable
 
 from kcm.core import managed, policy
 from kcm.core.attribute_rules import Rule, check_date_change, protected_error, rule_for
-from kcm.core.batch import operation
 from kcm.core.context import OperationContext
 from kcm.kernel import lifecycle
 from kcm.kmip import registry
@@ -35,7 +34,7 @@ from kcm.kmip.attributes import (
     Attribute,
     AttributeReference,
 )
-from kcm.kmip.enums import AdjustmentType, Operation, ResultReason
+from kcm.kmip.enums import AdjustmentType, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.payloads import (
     AddAttributeRequest,
@@ -76,7 +75,6 @@ _DATES = frozenset({ItemType.DATE_TIME, ItemType.DATE_TIME_EXTENDED})
 
 # Reading ---------------------------------------------------------------------------------
 
-@operation(Operation.GET_ATTRIBUTES)
 def get_attributes(ctx: OperationContext, request: GetAttributesRequest) -> GetAttributesResponse:
     """The requested attributes (all when none is named), every instance of each, in the
     order asked; names the object does not have are simply absent, a name asked twice is
@@ -100,7 +98,6 @@ def get_attributes(ctx: OperationContext, request: GetAttributesRequest) -> GetA
         _on_wire(a, keep_zero=_client_managed_instances(a)) for a in chosen])
 
 
-@operation(Operation.GET_ATTRIBUTE_LIST)
 def get_attribute_list(ctx: OperationContext,
                        request: GetAttributeListRequest) -> GetAttributeListResponse:
     """The names (1.x) or references (2.x) of the attributes the object has, each once."""
@@ -119,7 +116,6 @@ def get_attribute_list(ctx: OperationContext,
 
 # Changing --------------------------------------------------------------------------------
 
-@operation(Operation.ADD_ATTRIBUTE)
 def add_attribute(ctx: OperationContext, request: AddAttributeRequest) -> AddAttributeResponse:
     """Add an instance: the first value of any attribute, or a further value of a
     multi-valued one. 1.x answers with the attribute and its new index."""
@@ -134,7 +130,7 @@ def add_attribute(ctx: OperationContext, request: AddAttributeRequest) -> AddAtt
     rule = _modifiable(new, ctx.version, label)
     existing = _instances(obj, _key(new))
     if existing and not rule.multi:
-        raise _single_valued(ctx.version, label)
+        raise _single_valued(label)
     _check_value(new, ctx.version, label)
     _check_unique_name(existing, new, ctx.version)
     _check_date(ctx, obj, new.tag)
@@ -146,17 +142,11 @@ def add_attribute(ctx: OperationContext, request: AddAttributeRequest) -> AddAtt
     return AddAttributeResponse(unique_identifier=obj.uid, attribute=answer)
 
 
-@operation(Operation.MODIFY_ATTRIBUTE)
 def modify_attribute(ctx: OperationContext,
                      request: ModifyAttributeRequest) -> ModifyAttributeResponse:
     """Give an existing instance a new value: 1.x names it by Attribute Index (0 when
     omitted), 2.x by its Current Attribute value (optional when there is one instance)."""
-    obj = _load(ctx, request.unique_identifier)
-    new = request.attribute
-    label = _label(new)
-    _require_value(new, label)
-    _modifiable(new, ctx.version, label)
-    existing = _instances(obj, _key(new))
+    obj, new, label, existing = _change(ctx, request)
     if ctx.version < _V2:
         target = _by_index(existing, new.index, label, missing=ResultReason.INVALID_FIELD)
     else:
@@ -172,7 +162,6 @@ def modify_attribute(ctx: OperationContext,
     return ModifyAttributeResponse(unique_identifier=obj.uid, attribute=answer)
 
 
-@operation(Operation.DELETE_ATTRIBUTE)
 def delete_attribute(ctx: OperationContext,
                      request: DeleteAttributeRequest) -> DeleteAttributeResponse:
     """Delete one instance (1.x: by name and index; 2.x: by Current Attribute value), or
@@ -212,17 +201,11 @@ def delete_attribute(ctx: OperationContext,
     return DeleteAttributeResponse(unique_identifier=obj.uid, attribute=answer)
 
 
-@operation(Operation.SET_ATTRIBUTE)
 def set_attribute(ctx: OperationContext, request: SetAttributeRequest) -> UniqueIdentifierResponse:
     """KMIP 2.x: give an attribute this one value, adding it if the object has none;
     refused when the object has several instances of it."""
     _require_v2(ctx, "Set Attribute")
-    obj = _load(ctx, request.unique_identifier)
-    new = request.attribute
-    label = _label(new)
-    _require_value(new, label)
-    _modifiable(new, ctx.version, label)
-    existing = _instances(obj, _key(new))
+    obj, new, label, existing = _change(ctx, request)
     if len(existing) > 1:
         raise KmipError(ResultReason.MULTI_VALUED_ATTRIBUTE,
                         f"the object has {len(existing)} values of {label}; change one with "
@@ -239,7 +222,6 @@ def set_attribute(ctx: OperationContext, request: SetAttributeRequest) -> Unique
     return UniqueIdentifierResponse(unique_identifier=obj.uid)
 
 
-@operation(Operation.ADJUST_ATTRIBUTE)
 def adjust_attribute(ctx: OperationContext,
                      request: AdjustAttributeRequest) -> UniqueIdentifierResponse:
     """KMIP 2.x: increment or decrement a numeric or date attribute by the Adjustment
@@ -405,6 +387,18 @@ def _same_value(stored: Item | None, given: Item | None) -> bool:
             and type(stored.value) is type(given.value) and stored.value == given.value)
 
 
+def _change(ctx: OperationContext, request: ModifyAttributeRequest | SetAttributeRequest
+            ) -> tuple[managed.StoredObject, Attribute, str, list[Attribute]]:
+    """What a Modify or Set Attribute changes: the object, the new attribute (with a value,
+    of a kind a client may change), its label, and the object's instances of it."""
+    obj = _load(ctx, request.unique_identifier)
+    new = request.attribute
+    label = _label(new)
+    _require_value(new, label)
+    _modifiable(new, ctx.version, label)
+    return obj, new, label, _instances(obj, _key(new))
+
+
 def _modifiable(attribute: Attribute, version: Version, label: str) -> Rule:
     rule = rule_for(attribute)
     if not rule.modify:
@@ -415,14 +409,12 @@ def _modifiable(attribute: Attribute, version: Version, label: str) -> Rule:
     return rule
 
 
-def _single_valued(version: Version, label: str) -> KmipError:
-    if version >= _V2:
-        return KmipError(ResultReason.ATTRIBUTE_SINGLE_VALUED,
-                         f"{label} has a single value; change it with Modify or Set Attribute")
-    # KMIP 1.4 §11 (Add Attribute): "The specified attribute already exists".
-    return KmipError(ResultReason.ILLEGAL_OPERATION,
-                     f"the object already has {label}, which has a single value; "
-                     "change it with Modify Attribute")
+def _single_valued(label: str) -> KmipError:
+    # KMIP 1.4 §11 (Add Attribute) answers "The specified attribute already exists" with
+    # Illegal Operation.
+    return KmipError(ResultReason.ATTRIBUTE_SINGLE_VALUED,
+                     f"the object already has {label}, which has a single value; change it "
+                     "with Modify or Set Attribute", v1_reason=ResultReason.ILLEGAL_OPERATION)
 
 
 def _check_unique_name(others: list[Attribute], new: Attribute, version: Version) -> None:

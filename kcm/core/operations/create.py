@@ -6,21 +6,21 @@ import hashlib
 
 from kcm.core import l4_requests, managed
 from kcm.core.attribute_rules import check_client_attributes
-from kcm.core.batch import operation
 from kcm.core.context import OperationContext
+from kcm.core.operations._objects_common import single_value
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
     HashingAlgorithm,
     KeyFormatType,
     ObjectType,
-    Operation,
     ProtectionStorageMask,
     ResultReason,
     RNGAlgorithm,
     State,
 )
 from kcm.kmip.errors import KmipError
+from kcm.kmip.labels import enum_label
 from kcm.kmip.objects import KeyBlock, KeyValue, SymmetricKey
 from kcm.kmip.payloads import CreateRequest, CreateResponse
 from kcm.kmip.tags import Tag
@@ -49,17 +49,13 @@ KEY_LENGTHS: dict[int, frozenset[int]] = {
 }
 
 
-@operation(Operation.CREATE)
 def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse:
     if (l4_answer := l4_requests.create(ctx, request)) is not None:
         return l4_answer
     if request.object_type != ObjectType.SYMMETRIC_KEY:
         raise KmipError(ResultReason.INVALID_FIELD,
                         "Create makes Symmetric Keys only; use Register for other objects")
-    if request.template_names:
-        raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
-    attributes = list(request.attributes or [])
-    check_client_attributes(attributes, ctx.version)
+    attributes = client_attributes(ctx, request.template_names, request.attributes)
     algorithm, length = key_spec(attributes)
     key = generate_key(ctx, algorithm, length)
     uid = ctx.keyring.new_uid()
@@ -74,23 +70,36 @@ def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse:
     return CreateResponse(object_type=ObjectType.SYMMETRIC_KEY, unique_identifier=uid)
 
 
+def client_attributes(ctx: OperationContext, template_names: list[str] | None,
+                      attributes: list[Attribute] | None) -> list[Attribute]:
+    """The attributes a client sent for a new object, checked
+    (:func:`kcm.core.attribute_rules.check_client_attributes`). Templates are refused:
+    the server keeps none, so a named one is not found."""
+    if template_names:
+        raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
+    checked = list(attributes or [])
+    check_client_attributes(checked, ctx.version)
+    return checked
+
+
 def key_spec(attributes: list[Attribute]) -> tuple[int, int]:
     """The (algorithm, length in bits) a Create asks for; refused if we cannot make it."""
-    algorithm = _single(attributes, Tag.CRYPTOGRAPHIC_ALGORITHM)
-    length = _single(attributes, Tag.CRYPTOGRAPHIC_LENGTH)
+    algorithm = single_value(attributes, Tag.CRYPTOGRAPHIC_ALGORITHM)
+    length = single_value(attributes, Tag.CRYPTOGRAPHIC_LENGTH)
     if algorithm is None:
         raise KmipError(ResultReason.INVALID_FIELD,
                         "Create needs a Cryptographic Algorithm attribute")
     lengths = KEY_LENGTHS.get(algorithm)
+    name = enum_label(CryptographicAlgorithm, algorithm)
     if lengths is None:
         raise KmipError(ResultReason.INVALID_FIELD,
-                        f"cannot generate keys for algorithm {_enum_name(algorithm)}")
+                        f"cannot generate keys for algorithm {name}")
     if length is None:
         raise KmipError(ResultReason.INVALID_FIELD,
                         "Create needs a Cryptographic Length attribute")
     if length not in lengths:
         raise KmipError(ResultReason.INVALID_FIELD,
-                        f"cannot generate a {length}-bit {_enum_name(algorithm)} key")
+                        f"cannot generate a {length}-bit {name} key")
     return int(algorithm), int(length)
 
 
@@ -114,7 +123,7 @@ def server_attributes(ctx: OperationContext, uid: str, object_type: int,
     (Random Number Generator, KMIP 1.4 §3.44). The sensitivity attributes start at
     their spec defaults unless the client set them (KMIP 1.4 §3.45–§3.48).
     """
-    activation = _single(attributes, Tag.ACTIVATION_DATE)
+    activation = single_value(attributes, Tag.ACTIVATION_DATE)
     if state is None:
         state = (State.ACTIVE if activation is not None and activation <= ctx.now
                  else State.PRE_ACTIVE)
@@ -155,8 +164,8 @@ def server_attributes(ctx: OperationContext, uid: str, object_type: int,
         stored.append(Attribute(Tag.RANDOM_NUMBER_GENERATOR, Item(
             Tag.RANDOM_NUMBER_GENERATOR, ItemType.STRUCTURE,
             [Item(Tag.RNG_ALGORITHM, ItemType.ENUMERATION, RNGAlgorithm.UNSPECIFIED)])))
-    sensitive = _single(attributes, Tag.SENSITIVE)
-    extractable = _single(attributes, Tag.EXTRACTABLE)
+    sensitive = single_value(attributes, Tag.SENSITIVE)
+    extractable = single_value(attributes, Tag.EXTRACTABLE)
     if sensitive is None:
         sensitive = False
         stored.append(Attribute.of(Tag.SENSITIVE, False, ItemType.BOOLEAN))
@@ -167,25 +176,12 @@ def server_attributes(ctx: OperationContext, uid: str, object_type: int,
         Attribute.of(Tag.ALWAYS_SENSITIVE, bool(sensitive), ItemType.BOOLEAN),
         Attribute.of(Tag.NEVER_EXTRACTABLE, not extractable, ItemType.BOOLEAN),
     ]
-    if _single(attributes, Tag.FRESH) is None:
+    if single_value(attributes, Tag.FRESH) is None:
         stored.append(Attribute.of(Tag.FRESH, True, ItemType.BOOLEAN))
-    if _single(attributes, Tag.OPERATION_POLICY_NAME) is None:
+    if single_value(attributes, Tag.OPERATION_POLICY_NAME) is None:
         # KMIP 1.x clients (PyKMIP among them) expect every object to carry one; KCM's
         # policy is not per object, so every object names the one policy, "default".
         # KMIP 2.x has no such attribute: its encoder drops it.
         stored.append(Attribute.of(Tag.OPERATION_POLICY_NAME, "default", ItemType.TEXT_STRING))
     return stored
 
-
-def _single(attributes: list[Attribute], tag: int) -> int | None:
-    for attribute in attributes:
-        if attribute.tag == tag and attribute.value is not None:
-            return attribute.value.value  # type: ignore[return-value]
-    return None
-
-
-def _enum_name(algorithm: int) -> str:
-    try:
-        return CryptographicAlgorithm(algorithm).name
-    except ValueError:
-        return f"0x{algorithm:08X}"

@@ -4,55 +4,45 @@
 What the handlers promise:
 
 * The key is the caller's own (another tenant's is Item Not Found), the policy lets the
-  caller use it (:func:`kcm.core.policy.check_key_use`), its state allows the use
-  (Encrypt only when Active and before its Protect Stop Date; Decrypt also when
-  Deactivated or Compromised, and not before its Process Start Date), its Cryptographic
-  Usage Mask, when set, has the Encrypt or Decrypt bit, and its Usage Limits, when set,
-  are not exhausted (Encrypt counts against them; KMIP 1.4 §3.21).
+  caller use it (:func:`kcm.core.policy.check_key_use`), the key-use rule allows it
+  (:mod:`kcm.kernel.key_use`: Encrypt only when Active and before its Protect Stop Date;
+  Decrypt also when Deactivated or Compromised, and not before its Process Start Date; the
+  Encrypt or Decrypt bit of its Cryptographic Usage Mask, when set), and its Usage Limits,
+  when set, are not exhausted (Encrypt counts against them; KMIP 1.4 §3.21).
 * The cipher itself (parameters and their defaults, modes, padding, IVs, AEAD tags, and
   the result reasons of each refusal) is :mod:`kcm.crypto.symmetric`'s, shared with the L4
   engine so that both answer alike.
 * Streaming (Init Indicator / Correlation Value / Final Indicator) works for every mode.
-  The Correlation Value is the stream's state sealed with AES-GCM under a key derived from
-  the object's own key, so any core can continue a stream and a client cannot forge one.
-  AEAD decryption releases no plaintext before the tag has been verified.
+  The Correlation Value is the stream's state sealed under a key derived from the object's
+  own key (:mod:`kcm.crypto.sealed_state`), so any core can continue a stream and a client
+  cannot forge one. AEAD decryption releases no plaintext before the tag has been verified.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TypeVar
 
 from kcm.core import l4_requests, managed, policy
-from kcm.core.batch import operation
 from kcm.core.context import OperationContext
+from kcm.core.operations._objects_common import clear_key_bytes, require_usable
 from kcm.crypto import symmetric
-from kcm.crypto.symmetric import (
-    CipherSpec,
-    cryptographic_failure,
-    decrypt_once,
-    encrypt_once,
-    partial,
-)
-from kcm.crypto.symmetric import enum_name as _name
-from kcm.kernel import lifecycle
+from kcm.crypto.errors import cryptographic_failure
+from kcm.crypto.sealed_state import check_stream_size, open_state, seal_state
+from kcm.crypto.symmetric import CipherSpec, decrypt_once, encrypt_once, partial
+from kcm.kernel import key_use
 from kcm.kmip.attributes import CryptographicParameters
 from kcm.kmip.enums import (
     BlockCipherMode,
     CryptographicAlgorithm,
     CryptographicUsageMask,
     ObjectType,
-    Operation,
     ResultReason,
     UsageLimitsUnit,
 )
 from kcm.kmip.errors import KmipError
-from kcm.kmip.objects import SymmetricKey
+from kcm.kmip.labels import enum_label
 from kcm.kmip.payloads import (
     CheckRequest,
     CheckResponse,
@@ -62,19 +52,18 @@ from kcm.kmip.payloads import (
     EncryptResponse,
 )
 from kcm.kmip.tags import Tag
-from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
 
-#: How much input a stream may carry in its Correlation Value before it is refused.
-MAX_STREAM_BYTES = 1 << 20
+#: The purpose an Encrypt or Decrypt stream's Correlation Value is sealed for.
+_CIPHER_STREAM = b"kcm stream state v1 "
+_Response = TypeVar("_Response", EncryptResponse, DecryptResponse)
 
 
-def resolve_spec(ctx: OperationContext, obj: managed.StoredObject,
+def resolve_spec(obj: managed.StoredObject,
                  requested: CryptographicParameters | None) -> CipherSpec:
     """The cipher an Encrypt or Decrypt will run: request over key attribute over default."""
     return symmetric.resolve_spec(obj.value(Tag.CRYPTOGRAPHIC_ALGORITHM),
-                                  obj.value(Tag.CRYPTOGRAPHIC_PARAMETERS), requested,
-                                  ctx.version)
+                                  obj.value(Tag.CRYPTOGRAPHIC_PARAMETERS), requested)
 
 
 # Streams ------------------------------------------------------------------------
@@ -112,100 +101,54 @@ class StreamState:
         return cls(bool(encrypt), spec, values[0], values[1], values[2], released)
 
 
-_STREAM_FORMAT = b"\x01"
-
-
-def _stream_key(key: bytes, uid: str) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=b"kcm stream state v1 " + uid.encode()).derive(key)
-
-
 def seal_stream(ctx: OperationContext, key: bytes, uid: str, state: StreamState) -> bytes:
     """The Correlation Value for ``state``: sealed under a key derived from ``key``."""
-    nonce = ctx.random_bytes(12)
-    return _STREAM_FORMAT + nonce + AESGCM(_stream_key(key, uid)).encrypt(
-        nonce, state.pack(), uid.encode())
+    return seal_state(key, _CIPHER_STREAM, uid, state.pack(), ctx.random_bytes)
 
 
-def open_stream(ctx: OperationContext, key: bytes, uid: str, value: bytes) -> StreamState:
+def open_stream(key: bytes, uid: str, value: bytes) -> StreamState:
     """The state a Correlation Value carries; refused if it is not one of this key's."""
-    try:
-        if value[:1] != _STREAM_FORMAT:
-            raise InvalidTag
-        blob = AESGCM(_stream_key(key, uid)).decrypt(value[1:13], value[13:], uid.encode())
-        return StreamState.unpack(blob)
-    except (InvalidTag, ValueError, struct.error):
-        reason = ResultReason.INVALID_CORRELATION_VALUE
-        raise KmipError(reason, "the Correlation Value is not one of this key's streams") \
-            from None
+    return open_state(key, _CIPHER_STREAM, uid, value, StreamState.unpack)
 
 
 # Handlers -----------------------------------------------------------------------
-@operation(Operation.ENCRYPT)
 def encrypt(ctx: OperationContext, request: EncryptRequest) -> EncryptResponse:
     if (l4_answer := l4_requests.encrypt(ctx, request)) is not None:
         return l4_answer
     obj = _usable_key(ctx, request.unique_identifier, protect=True)
     data = _data(request.data)
     _consume_usage(ctx, obj, data, first=request.correlation_value is None)
-    key = _key_bytes(ctx, obj)
-    response = EncryptResponse(unique_identifier=obj.uid)
-    if request.correlation_value is not None:
-        state = _continue(ctx, key, obj.uid, request.correlation_value, data, encrypt=True)
-        spec, iv = state.spec, state.iv
-    else:
-        spec = resolve_spec(ctx, obj, request.cryptographic_parameters)
-        iv, response.iv_counter_nonce = symmetric.encrypt_iv(
-            spec, request.iv_counter_nonce, ctx.random_bytes)
-        state = StreamState(True, spec, iv, request.authenticated_encryption_additional_data
-                            or b"", data, 0)
-    _audit(ctx, spec, len(data))
-    with cryptographic_failure():
-        if _streaming(request) and not request.final_indicator:
-            _bound_stream(ctx, state)
-            output = partial(spec, key, iv, state.data, encrypt=True, aad=state.aad)
-            response.data = output[state.released:]
-            state.released = len(output)
-            response.correlation_value = seal_stream(ctx, key, obj.uid, state)
-            return response
-        ciphertext, tag = encrypt_once(spec, key, iv, state.data, state.aad)
-    response.data = ciphertext[state.released:]
-    response.authenticated_encryption_tag = tag
-    return response
+    return _run(ctx, obj, request, EncryptResponse(unique_identifier=obj.uid), data)
 
 
-@operation(Operation.DECRYPT)
 def decrypt(ctx: OperationContext, request: DecryptRequest) -> DecryptResponse:
     if (l4_answer := l4_requests.decrypt(ctx, request)) is not None:
         return l4_answer
     obj = _usable_key(ctx, request.unique_identifier, protect=False)
     data = _data(request.data)
-    key = _key_bytes(ctx, obj)
-    response = DecryptResponse(unique_identifier=obj.uid)
-    if request.correlation_value is not None:
-        state = _continue(ctx, key, obj.uid, request.correlation_value, data, encrypt=False)
-        spec, iv = state.spec, state.iv
-    else:
-        spec = resolve_spec(ctx, obj, request.cryptographic_parameters)
-        iv = symmetric.decrypt_iv(spec, request.iv_counter_nonce)
-        state = StreamState(False, spec, iv, request.authenticated_encryption_additional_data
-                            or b"", data, 0)
-    _audit(ctx, spec, len(data))
+    return _run(ctx, obj, request, DecryptResponse(unique_identifier=obj.uid), data)
+
+
+def _run(ctx: OperationContext, obj: managed.StoredObject,
+         request: EncryptRequest | DecryptRequest, response: _Response, data: bytes
+         ) -> _Response:
+    """One Encrypt or Decrypt with ``obj``: of a whole message, or of a stream's part."""
+    key = clear_key_bytes(ctx, obj)
+    state = _stream_state(ctx, obj, key, request, response, data)
     with cryptographic_failure():
-        if _streaming(request) and not request.final_indicator:
-            _bound_stream(ctx, state)
-            output = partial(spec, key, iv, state.data, encrypt=False, aad=state.aad)
-            response.data = output[state.released:]
-            state.released = len(output)
-            response.correlation_value = seal_stream(ctx, key, obj.uid, state)
+        if _stream_part(ctx, request, key, obj.uid, state, response):
             return response
-        plaintext = decrypt_once(spec, key, iv, state.data, state.aad,
-                                 request.authenticated_encryption_tag)
-    response.data = plaintext[state.released:]
+        if isinstance(response, EncryptResponse):
+            ciphertext, response.authenticated_encryption_tag = encrypt_once(
+                state.spec, key, state.iv, state.data, state.aad)
+            response.data = ciphertext[state.released:]
+        else:
+            plaintext = decrypt_once(state.spec, key, state.iv, state.data, state.aad,
+                                     request.authenticated_encryption_tag)
+            response.data = plaintext[state.released:]
     return response
 
 
-@operation(Operation.CHECK)
 def check(ctx: OperationContext, request: CheckRequest) -> CheckResponse:
     """Could the caller use the object as described? The object's state is not judged
     (the OASIS BL-M-2 case checks a Pre-Active key); its policy, usage mask, remaining
@@ -215,9 +158,10 @@ def check(ctx: OperationContext, request: CheckRequest) -> CheckResponse:
     obj = managed.load(ctx, uid, for_update=False)
     policy.check_key_use(ctx.principal, obj.level, obj.row.service)
     wanted_mask = request.cryptographic_usage_mask
-    if wanted_mask is not None and not _mask_allows(obj, wanted_mask):
-        raise _usage_mask_error(ctx.version, "Check failed: the object's Cryptographic Usage "
-                                             "Mask does not allow " + _mask_names(wanted_mask))
+    if wanted_mask is not None and not key_use.mask_allows(
+            obj.value(Tag.CRYPTOGRAPHIC_USAGE_MASK), wanted_mask):
+        raise key_use.incompatible_mask("Check failed: the object's Cryptographic Usage Mask "
+                                        "does not allow " + _mask_names(wanted_mask))
     wanted_count = request.usage_limits_count
     if wanted_count is not None:
         remaining = _usage_remaining(obj)
@@ -242,36 +186,11 @@ def _usable_key(ctx: OperationContext, unique_identifier: str | Item | None, *,
             raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
                             "asymmetric encryption is not supported")
         raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
-                        f"a {_name(ObjectType, obj.object_type)} cannot encrypt or decrypt",
+                        f"a {enum_label(ObjectType, obj.object_type)} cannot encrypt or decrypt",
                         v1_reason=ResultReason.ILLEGAL_OPERATION)
     policy.check_key_use(ctx.principal, obj.level, obj.row.service)
-    state = obj.state
-    verb = "encrypt" if protect else "decrypt"
-    if not lifecycle.usable_for(state, protect=protect):
-        raise lifecycle.wrong_state(f"a key in state {state.name} cannot {verb}")
-    if protect:
-        stop = obj.value(Tag.PROTECT_STOP_DATE)
-        if stop is not None and ctx.now >= stop:
-            raise lifecycle.wrong_state("the key's Protect Stop Date has passed")
-    else:
-        start = obj.value(Tag.PROCESS_START_DATE)
-        if start is not None and ctx.now < start:
-            raise lifecycle.wrong_state("the key's Process Start Date is ahead")
-    needed = CryptographicUsageMask.ENCRYPT if protect else CryptographicUsageMask.DECRYPT
-    if not _mask_allows(obj, needed):
-        raise _usage_mask_error(ctx.version,
-                                f"the key's Cryptographic Usage Mask does not allow {verb}")
+    require_usable(ctx, obj, key_use.ENCRYPT if protect else key_use.DECRYPT)
     return obj
-
-
-def _key_bytes(ctx: OperationContext, obj: managed.StoredObject) -> bytes:
-    key = managed.material(ctx, obj)
-    key_bytes = key.key_block.key_bytes if isinstance(key, SymmetricKey) else None
-    if key_bytes is None:
-        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT,
-                        "the key material is not available in the clear to the server",
-                        v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
-    return key_bytes
 
 
 def _data(data: bytes | None) -> bytes:
@@ -280,38 +199,47 @@ def _data(data: bytes | None) -> bytes:
     return data
 
 
-def _streaming(request: EncryptRequest | DecryptRequest) -> bool:
-    return bool(request.init_indicator) or request.correlation_value is not None
-
-
-def _continue(ctx: OperationContext, key: bytes, uid: str, value: bytes, data: bytes, *,
-              encrypt: bool) -> StreamState:
-    """The stream a Correlation Value continues, with ``data`` appended."""
-    state = open_stream(ctx, key, uid, value)
-    if state.encrypt != encrypt:
-        raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
-                        "the Correlation Value belongs to a stream of the other operation")
-    state.data += data
-    _bound_stream(ctx, state)
+def _stream_state(ctx: OperationContext, obj: managed.StoredObject, key: bytes,
+                  request: EncryptRequest | DecryptRequest,
+                  response: EncryptResponse | DecryptResponse, data: bytes) -> StreamState:
+    """The stream this request continues (its Correlation Value's, with ``data``
+    appended), else a new one; a new Encrypt returns the IV the server chose."""
+    encrypt = isinstance(request, EncryptRequest)
+    if request.correlation_value is not None:
+        state = open_stream(key, obj.uid, request.correlation_value)
+        if state.encrypt != encrypt:
+            raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
+                            "the Correlation Value belongs to a stream of the other operation")
+        state.data += data
+        check_stream_size(len(state.data))
+    else:
+        spec = resolve_spec(obj, request.cryptographic_parameters)
+        if isinstance(response, EncryptResponse):
+            iv, response.iv_counter_nonce = symmetric.encrypt_iv(
+                spec, request.iv_counter_nonce, ctx.random_bytes)
+        else:
+            iv = symmetric.decrypt_iv(spec, request.iv_counter_nonce)
+        state = StreamState(encrypt, spec, iv, request.authenticated_encryption_additional_data
+                            or b"", data, 0)
+    _audit(ctx, state.spec, len(data))
     return state
 
 
-def _bound_stream(ctx: OperationContext, state: StreamState) -> None:
-    # The Correlation Value carries the whole input so far; keep it (and answers) small.
-    if len(state.data) > MAX_STREAM_BYTES:
-        raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
-                        f"streams are limited to {MAX_STREAM_BYTES} bytes")
-
-
-def _mask_allows(obj: managed.StoredObject, wanted: int) -> bool:
-    mask = obj.value(Tag.CRYPTOGRAPHIC_USAGE_MASK)
-    return mask is None or (int(mask) & wanted) == wanted
-
-
-def _usage_mask_error(version: Version, message: str) -> KmipError:
-    # KMIP 1.x has no Incompatible Cryptographic Usage Mask; Permission Denied stands in.
-    return KmipError(ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK,
-                     message)
+def _stream_part(ctx: OperationContext, request: EncryptRequest | DecryptRequest, key: bytes,
+                 uid: str, state: StreamState,
+                 response: EncryptResponse | DecryptResponse) -> bool:
+    """For a stream's part before its last: answer what can be released so far and the
+    next Correlation Value, and say True. False for a whole message or a stream's end."""
+    streaming = bool(request.init_indicator) or request.correlation_value is not None
+    if not streaming or request.final_indicator:
+        return False
+    check_stream_size(len(state.data))
+    output = partial(state.spec, key, state.iv, state.data, encrypt=state.encrypt,
+                     aad=state.aad)
+    response.data = output[state.released:]
+    state.released = len(output)
+    response.correlation_value = seal_stream(ctx, key, uid, state)
+    return True
 
 
 def _usage_remaining(obj: managed.StoredObject) -> tuple[int, int | None] | None:
@@ -351,9 +279,9 @@ def _consume_usage(ctx: OperationContext, obj: managed.StoredObject, data: bytes
 
 
 def _audit(ctx: OperationContext, spec: CipherSpec, length: int) -> None:
-    ctx.audit_detail["algorithm"] = _name(CryptographicAlgorithm, spec.algorithm)
+    ctx.audit_detail["algorithm"] = enum_label(CryptographicAlgorithm, spec.algorithm)
     if spec.mode is not None:
-        ctx.audit_detail["mode"] = _name(BlockCipherMode, spec.mode)
+        ctx.audit_detail["mode"] = enum_label(BlockCipherMode, spec.mode)
     ctx.audit_detail["bytes"] = length
 
 

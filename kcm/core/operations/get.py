@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 from kcm.core import l4_requests, managed, policy
-from kcm.core.batch import operation
 from kcm.core.context import OperationContext
-from kcm.core.operations._objects_common import AES_KEY_BITS, DESTROYED, WRAP_MODES, enum_label
-from kcm.core.operations.asymmetric_ops import rsa_key_block_in_format
+from kcm.core.operations._objects_common import AES_KEY_BITS, DESTROYED, WRAP_MODES
 from kcm.crypto.key_wrap import aes_unwrap as _aes_unwrap
 from kcm.crypto.key_wrap import aes_wrap as _aes_wrap
-from kcm.kernel import lifecycle
+from kcm.crypto.rsa_keys import rsa_key_block_in_format
+from kcm.kernel import key_use
 from kcm.kmip import registry
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
     BlockCipherMode,
     CryptographicAlgorithm,
-    CryptographicUsageMask,
     EncodingOption,
     KeyFormatType,
     KeyWrapType,
     ObjectType,
-    Operation,
     ResultReason,
     WrappingMethod,
 )
 from kcm.kmip.errors import KmipError
 from kcm.kmip.fields import Struct
+from kcm.kmip.labels import enum_label
 from kcm.kmip.objects import (
     EncryptionKeyInformation,
     KeyBlock,
@@ -44,10 +42,7 @@ from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType, decode, encode
 
-#: The Object Type each managed-object structure stands for.
 
-
-@operation(Operation.GET)
 def get(ctx: OperationContext, request: GetRequest) -> GetResponse:
     """The object's material: as stored, converted, unwrapped or wrapped on request."""
     if (l4_answer := l4_requests.get(ctx, request)) is not None:
@@ -187,17 +182,16 @@ def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
     if key.state in DESTROYED or key.row.material is None:
         reason = ResultReason.WRAPPING_OBJECT_DESTROYED
         raise KmipError(reason, f"the wrapping key {uid!r} was destroyed")
-    if not lifecycle.usable_for(key.state, protect=protect):
-        raise lifecycle.wrong_state(f"the wrapping key {uid!r} is {key.state.name}; "
-            + ("only an Active key wraps" if protect else "it cannot unwrap"))
+    use = key_use.WRAP if protect else key_use.UNWRAP
+    # The wrapping key's state decides here; its dates are not judged, and its usage mask
+    # only for wrapping, below, once it is known to be an AES key.
+    key_use.check_key_use(use, key.state, now=ctx.now, key=uid)
     if (key.object_type != ObjectType.SYMMETRIC_KEY
             or key.value(Tag.CRYPTOGRAPHIC_ALGORITHM) != CryptographicAlgorithm.AES):
         raise KmipError(ResultReason.INVALID_FIELD,
                         f"the wrapping key {uid!r} is not an AES key")
-    mask = key.value(Tag.CRYPTOGRAPHIC_USAGE_MASK)
-    if protect and mask is not None and not mask & CryptographicUsageMask.WRAP_KEY:
-        reason = ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK
-        raise KmipError(reason, f"the key {uid!r} may not wrap keys (no Wrap Key usage)")
+    if protect:
+        key_use.check_usage_mask(use, key.value(Tag.CRYPTOGRAPHIC_USAGE_MASK), key=uid)
     material = managed.material(ctx, key)
     block = _key_block(material)
     key_bytes = block.key_bytes if block is not None else None
@@ -320,5 +314,3 @@ def _named_attributes(obj: managed.StoredObject, names: list[str],
         found += obj.all(tag)
     return found
 
-
-#: Filters the store answers itself (the rest are checked on the loaded attributes).

@@ -7,10 +7,10 @@ them to a stored object and record the dates the spec asks for.
 from __future__ import annotations
 
 from kcm.core import l4_requests, managed, policy
-from kcm.core.batch import operation
 from kcm.core.context import OperationContext
 from kcm.kernel import lifecycle
-from kcm.kmip.enums import Operation, RevocationReasonCode, State
+from kcm.kmip.enums import RevocationReasonCode, State
+from kcm.kmip.labels import enum_label
 from kcm.kmip.payloads import (
     ActivateRequest,
     DestroyRequest,
@@ -27,17 +27,19 @@ def _load(ctx: OperationContext, unique_identifier) -> managed.StoredObject:
     return obj
 
 
-@operation(Operation.ACTIVATE)
+def _answer(ctx: OperationContext, obj: managed.StoredObject) -> UniqueIdentifierResponse:
+    ctx.id_placeholder.set(obj.uid)
+    return UniqueIdentifierResponse(unique_identifier=obj.uid)
+
+
 def activate(ctx: OperationContext, request: ActivateRequest) -> UniqueIdentifierResponse:
     obj = _load(ctx, request.unique_identifier)
     obj.set(Tag.STATE, int(lifecycle.activate(obj.state)))
     obj.set(Tag.ACTIVATION_DATE, ctx.now)
     managed.save(ctx, obj)
-    ctx.id_placeholder.set(obj.uid)
-    return UniqueIdentifierResponse(unique_identifier=obj.uid)
+    return _answer(ctx, obj)
 
 
-@operation(Operation.REVOKE)
 def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierResponse:
     if (l4_answer := l4_requests.revoke(ctx, request)) is not None:
         return l4_answer
@@ -54,12 +56,10 @@ def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierRes
     elif before == State.ACTIVE:
         obj.set(Tag.DEACTIVATION_DATE, ctx.now)
     managed.save(ctx, obj)
-    ctx.audit_detail["revocation_reason"] = _code_name(reason.code)
-    ctx.id_placeholder.set(obj.uid)
-    return UniqueIdentifierResponse(unique_identifier=obj.uid)
+    ctx.audit_detail["revocation_reason"] = enum_label(RevocationReasonCode, reason.code)
+    return _answer(ctx, obj)
 
 
-@operation(Operation.DESTROY)
 def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierResponse:
     if (l4_answer := l4_requests.destroy(ctx, request)) is not None:
         return l4_answer
@@ -68,12 +68,5 @@ def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierR
     obj.set(Tag.DESTROY_DATE, ctx.now)
     managed.save(ctx, obj)
     managed.destroy_material(ctx, obj)
-    ctx.id_placeholder.set(obj.uid)
-    return UniqueIdentifierResponse(unique_identifier=obj.uid)
+    return _answer(ctx, obj)
 
-
-def _code_name(code: int) -> str:
-    try:
-        return RevocationReasonCode(code).name
-    except ValueError:
-        return str(int(code))

@@ -6,20 +6,19 @@ from typing import Any
 
 from kcm.core import managed, policy
 from kcm.core.attribute_blob import decode_attributes
-from kcm.core.batch import operation
 from kcm.core.context import OperationContext
-from kcm.core.operations._objects_common import DESTROYED, attribute_identity, tag_label
+from kcm.core.operations._objects_common import DESTROYED, attribute_identity
 from kcm.core.store import repository
 from kcm.kernel import lifecycle
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, Link, Name
 from kcm.kmip.enums import (
     ObjectGroupMember,
-    Operation,
     ResultReason,
     State,
     StorageStatusMask,
 )
 from kcm.kmip.errors import KmipError
+from kcm.kmip.labels import tag_label
 from kcm.kmip.payloads import (
     LocateRequest,
     LocateResponse,
@@ -37,7 +36,6 @@ _COLUMN_FILTERS = {
 }
 
 
-@operation(Operation.LOCATE)
 def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     """The caller's tenant's objects matching every attribute of the request, newest first.
 

@@ -9,20 +9,19 @@ from cryptography.x509.oid import NameOID
 
 from kcm.core import managed
 from kcm.core.attribute_rules import check_client_attributes
-from kcm.core.batch import operation
 from kcm.core.context import OperationContext
-from kcm.core.operations._objects_common import OBJECT_TYPE_OF_TAG, enum_label, tag_label
+from kcm.core.operations._objects_common import OBJECT_TYPE_OF_TAG
 from kcm.core.operations.create import server_attributes
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
     KeyFormatType,
     ObjectType,
-    Operation,
     ResultReason,
 )
 from kcm.kmip.errors import KmipError
 from kcm.kmip.fields import Struct
+from kcm.kmip.labels import enum_label, tag_label
 from kcm.kmip.objects import (
     SecretData,
     SymmetricKey,
@@ -33,9 +32,6 @@ from kcm.kmip.payloads import (
 )
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
-
-#: The Object Type each managed-object structure stands for.
-
 
 # Certificate name fields as KMIP 2.x attributes (2.1 §4.9 "Certificate Attributes").
 _SUBJECT_FIELDS: tuple[tuple[Any, int, int], ...] = (
@@ -55,7 +51,6 @@ _SUBJECT_FIELDS: tuple[tuple[Any, int, int], ...] = (
      Tag.CERTIFICATE_ISSUER_DN_QUALIFIER),
 )
 
-@operation(Operation.REGISTER)
 def register(ctx: OperationContext, request: RegisterRequest) -> RegisterResponse:
     """Store the client's object under a new identifier (Pre-Active, or Active when its
     Activation Date has passed) and set the ID Placeholder to it."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from kcm.core import events, managed, policy
 from kcm.core.attribute_rules import check_client_attributes, rule_for
-from kcm.core.batch import operation
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import (
     DESTROYED,
     attribute_identity,
-    invalid_object_type,
+    link_attribute,
     value_of,
 )
 from kcm.core.operations.create import generate_key, key_spec, server_attributes
@@ -21,7 +20,6 @@ from kcm.kmip.enums import (
     KeyFormatType,
     LinkType,
     ObjectType,
-    Operation,
     ResultReason,
     State,
 )
@@ -39,9 +37,6 @@ from kcm.kmip.tags import Tag
 from kcm.l4.identifiers import new_l3_uid
 from kcm.ttlv import Item, ItemType
 
-#: The Object Type each managed-object structure stands for.
-
-
 _NOT_COPIED = frozenset({
     Tag.UNIQUE_IDENTIFIER, Tag.OBJECT_TYPE, Tag.INITIAL_DATE, Tag.ALWAYS_SENSITIVE,
     Tag.NEVER_EXTRACTABLE, Tag.FRESH, Tag.DESTROY_DATE, Tag.COMPROMISE_OCCURRENCE_DATE,
@@ -54,15 +49,13 @@ _NOT_COPIED = frozenset({
 _SHIFTED_DATES = (Tag.PROCESS_START_DATE, Tag.PROTECT_STOP_DATE, Tag.DEACTIVATION_DATE)
 
 
-@operation(Operation.RE_KEY)
 def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
     """Make the replacement of a symmetric key; the ID Placeholder becomes its identifier."""
     uid = ctx.id_placeholder.resolve(request.unique_identifier)
     old = managed.load(ctx, uid)
     policy.check_lifecycle_change(ctx.principal, old.level)
     if old.object_type != ObjectType.SYMMETRIC_KEY:
-        raise KmipError(invalid_object_type(ctx.version),
-                        "Re-key replaces symmetric keys only")
+        raise KmipError(ResultReason.INVALID_OBJECT_TYPE, "Re-key replaces symmetric keys only")
     if old.state in DESTROYED:
         raise lifecycle.wrong_state("cannot re-key a destroyed key")
     if request.template_names:
@@ -128,8 +121,7 @@ def _inherited_attributes(ctx: OperationContext, old: managed.StoredObject,
                 shift = 0 if activation is None else dates[Tag.ACTIVATION_DATE] - activation
                 dates[tag] = old.value(tag) + shift
     attributes += [managed.date_attribute(tag, when) for tag, when in dates.items()]
-    attributes.append(Attribute.of(Tag.LINK, Link(link_type=LinkType.REPLACED_OBJECT_LINK,
-                                                  linked_object_identifier=old.uid)))
+    attributes.append(link_attribute(LinkType.REPLACED_OBJECT_LINK, old.uid))
     return attributes
 
 

@@ -5,11 +5,10 @@ any authenticated principal may ask.
 
 from __future__ import annotations
 
-from kcm.core import batch
-from kcm.core.batch import operation
 from kcm.core.context import OperationContext
 from kcm.kmip import registry
 from kcm.kmip.enums import InteropFunction, ObjectType, Operation, QueryFunction
+from kcm.kmip.labels import enum_label
 from kcm.kmip.payloads import (
     DiscoverVersionsRequest,
     DiscoverVersionsResponse,
@@ -32,15 +31,17 @@ STORED_OBJECT_TYPES: tuple[ObjectType, ...] = (
 )
 
 
-@operation(Operation.QUERY)
 def query(ctx: OperationContext, request: QueryRequest) -> QueryResponse:
     """Answer the Query Functions we can; the others are left out of the answer, which
     the spec allows (a server returns what it supports of what was asked)."""
+    # The table lists this module's handlers, so it is read when asked, not at import.
+    from kcm.core.operations import HANDLERS
+
     functions = {int(f) for f in request.query_functions}
     info = ctx.server_info
     response = QueryResponse()
     if QueryFunction.QUERY_OPERATIONS in functions:
-        response.operations = [Operation(op) for op in sorted(batch.OPERATIONS)
+        response.operations = [Operation(op) for op in sorted(HANDLERS)
                                if _known(Tag.OPERATION, op, ctx.version)]
     if QueryFunction.QUERY_OBJECTS in functions:
         response.object_types = [t for t in STORED_OBJECT_TYPES
@@ -52,7 +53,6 @@ def query(ctx: OperationContext, request: QueryRequest) -> QueryResponse:
     return response
 
 
-@operation(Operation.DISCOVER_VERSIONS)
 def discover_versions(ctx: OperationContext,
                       request: DiscoverVersionsRequest) -> DiscoverVersionsResponse:
     """The versions we speak that the client listed (all of ours if it listed none), in
@@ -63,15 +63,11 @@ def discover_versions(ctx: OperationContext,
     return DiscoverVersionsResponse(protocol_versions=[ProtocolVersion.of(v) for v in chosen])
 
 
-@operation(Operation.INTEROP)
 def interop(ctx: OperationContext, request: InteropRequest) -> InteropResponse:
     """Begin, End or Reset of an interoperability test: accepted and recorded, no effect.
     KMIP 2.1 §6.1.25 makes the server side of it optional; the OASIS 2.x profile test
     cases open and close with it."""
-    try:
-        function = InteropFunction(request.interop_function).name
-    except ValueError:
-        function = str(int(request.interop_function))
+    function = enum_label(InteropFunction, request.interop_function)
     ctx.audit_detail["interop"] = f"{function} {request.interop_identifier}"
     return InteropResponse()
 
@@ -80,7 +76,6 @@ def interop(ctx: OperationContext, request: InteropRequest) -> InteropResponse:
 LOG_MESSAGE_LIMIT = 1024
 
 
-@operation(Operation.LOG)
 def log_message(ctx: OperationContext, request: LogRequest) -> LogResponse:
     """Log (KMIP 2.1 §6.1.29): the client's message goes into this request's audit record
     (and so into the structured log), truncated to :data:`LOG_MESSAGE_LIMIT` characters."""

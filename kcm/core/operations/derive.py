@@ -1,0 +1,115 @@
+"""Derive Key (KMIP 1.4 §4.6, 2.1 §6.1.11): a Symmetric Key or Secret Data made from stored
+key material.
+
+The derivation methods are :mod:`kcm.crypto.derivation`'s; this handler loads the base
+objects, applies the policy and the key-use rule, and stores what it makes:
+
+* The first base object's key material is derived from; without Derivation Data a second
+  base Secret Data supplies it.
+* The template's Cryptographic Length (bits, a whole number of bytes) is required, and for
+  a Symmetric Key its Cryptographic Algorithm.
+* Base objects must be usable for derivation (:data:`kcm.kernel.key_use.DERIVE`: Pre-Active
+  or Active, the Derive Key bit when a mask is set) and their material exportable: derived
+  material is a function of the base's, so what may not leave may not be derived, and never
+  from a tenant or service key.
+* The new object links to its bases (Derivation Base Object Link) and each base to it
+  (Derived Key Link).
+"""
+
+from __future__ import annotations
+
+from kcm.core import managed, policy
+from kcm.core.context import OperationContext
+from kcm.core.operations._objects_common import (
+    clear_key_bytes,
+    link_attribute,
+    require_usable,
+    single_value,
+)
+from kcm.core.operations.create import client_attributes, server_attributes
+from kcm.crypto.derivation import derive
+from kcm.kernel import key_use
+from kcm.kmip.enums import (
+    DerivationMethod,
+    KeyFormatType,
+    LinkType,
+    ObjectType,
+    ResultReason,
+    SecretDataType,
+)
+from kcm.kmip.errors import KmipError
+from kcm.kmip.fields import Struct
+from kcm.kmip.labels import enum_label
+from kcm.kmip.objects import KeyBlock, KeyValue, SecretData, SymmetricKey
+from kcm.kmip.payloads import DeriveKeyRequest, DeriveKeyResponse
+from kcm.kmip.tags import Tag
+
+_DERIVABLE = (ObjectType.SYMMETRIC_KEY, ObjectType.SECRET_DATA)
+
+
+def derive_key(ctx: OperationContext, request: DeriveKeyRequest) -> DeriveKeyResponse:
+    object_type = int(request.object_type)
+    if object_type not in _DERIVABLE:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "Derive Key makes a Symmetric Key or Secret Data only")
+    attributes = client_attributes(ctx, request.template_names, request.attributes)
+    length_bits = single_value(attributes, Tag.CRYPTOGRAPHIC_LENGTH)
+    if length_bits is None:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "Derive Key needs a Cryptographic Length attribute")
+    if length_bits <= 0 or length_bits % 8:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"Cryptographic Length {length_bits} is not a whole number of bytes")
+    algorithm = single_value(attributes, Tag.CRYPTOGRAPHIC_ALGORITHM)
+    if object_type == ObjectType.SYMMETRIC_KEY and algorithm is None:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "deriving a Symmetric Key needs a Cryptographic Algorithm attribute")
+    references = request.unique_identifiers or [None]
+    bases = [_derivation_base(ctx, reference) for reference in references]
+    key_material = clear_key_bytes(ctx, bases[0])
+    parameters = request.derivation_parameters
+    data = parameters.derivation_data
+    if data is None:
+        data = next((clear_key_bytes(ctx, base) for base in bases[1:]
+                     if base.object_type == ObjectType.SECRET_DATA), None)
+    method = int(request.derivation_method)
+    derived = derive(method, parameters, key_material, data, length_bits // 8,
+                     bases[0].value(Tag.CRYPTOGRAPHIC_ALGORITHM))
+    ctx.audit_detail["derivation_method"] = enum_label(DerivationMethod, method)
+    uid = ctx.keyring.new_uid()
+    if object_type == ObjectType.SYMMETRIC_KEY:
+        new_object: Struct = SymmetricKey(key_block=KeyBlock(
+            key_format_type=KeyFormatType.RAW, key_value=KeyValue(key_material=derived),
+            cryptographic_algorithm=int(algorithm),  # type: ignore[arg-type]
+            cryptographic_length=length_bits))
+        stored = server_attributes(ctx, uid, object_type, attributes,
+                                   algorithm=algorithm, length=length_bits)
+    else:
+        new_object = SecretData(secret_data_type=SecretDataType.SEED, key_block=KeyBlock(
+            key_format_type=KeyFormatType.OPAQUE, key_value=KeyValue(key_material=derived)))
+        # Secret Data has no algorithm or length of its own (PyKMIP drops them too).
+        stored = server_attributes(ctx, uid, object_type, attributes, algorithm=None,
+                                   length=None)
+    stored += [link_attribute(LinkType.DERIVATION_BASE_OBJECT_LINK, base.uid)
+               for base in bases]
+    managed.insert(ctx, uid=uid, object_type=object_type, attributes=stored,
+                   managed_object=new_object)
+    for base in bases:
+        base.attributes.append(link_attribute(LinkType.DERIVED_KEY_LINK, uid))
+        managed.save(ctx, base)
+    ctx.id_placeholder.set(uid)
+    return DeriveKeyResponse(unique_identifier=uid)
+
+
+def _derivation_base(ctx: OperationContext, reference: object) -> managed.StoredObject:
+    uid = ctx.id_placeholder.resolve(reference)  # type: ignore[arg-type]
+    obj = managed.load(ctx, uid)
+    if obj.object_type not in _DERIVABLE:
+        raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
+                        f"a {enum_label(ObjectType, obj.object_type)} cannot be a derivation "
+                        "base")
+    # Derived material is a function of the base's: what may not leave may not be derived.
+    policy.check_material_export(ctx.principal, obj.level)
+    policy.check_key_use(ctx.principal, obj.level, obj.row.service)
+    require_usable(ctx, obj, key_use.DERIVE, named=True)
+    return obj

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +14,16 @@ from kcm.kmip_protocol import ConnectionLimits
 
 class ConfigError(ValueError):
     """The configuration is missing something or has a wrong value."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files: this server's certificate and key, and the CA peer certificates must
+    chain to (a section's ``[section.tls]`` table)."""
+
+    cert: str
+    key: str
+    ca: str
 
 
 C = TypeVar("C")

@@ -7,18 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kcm.config_file import load_section
+from kcm.config_file import TlsFiles, load_section
 from kcm.kmip_protocol import ConnectionLimits
 
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """PEM files: this server's certificate and key, and the CA client certificates must
-    chain to."""
-
-    cert: str
-    key: str
-    ca: str
+__all__ = ["CoreConfig", "TlsFiles", "load_config"]
 
 
 @dataclass(frozen=True, slots=True)

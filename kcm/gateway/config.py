@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kcm.config_file import ConfigError, load_section
-from kcm.core.config import TlsFiles
+from kcm.config_file import ConfigError, TlsFiles, load_section
 from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["ConfigError", "GatewayConfig", "TlsFiles", "load_config"]

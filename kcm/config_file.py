@@ -12,18 +12,18 @@ from typing import Any, TypeVar
 from kcm.kmip_protocol import ConnectionLimits
 
 
+class ConfigError(ValueError):
+    """The configuration is missing something or has a wrong value."""
+
+
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """PEM files: this server's certificate and key, and the CA client certificates must
-    chain to."""
+    """PEM files: this server's certificate and key, and the CA peer certificates must
+    chain to (a section's ``[section.tls]`` table)."""
 
     cert: str
     key: str
     ca: str
-
-
-class ConfigError(ValueError):
-    """The configuration is missing something or has a wrong value."""
 
 
 C = TypeVar("C")

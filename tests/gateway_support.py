@@ -1,103 +1,33 @@
-"""KMIP requests and fakes for kcm-gateway unit tests (test support)."""
+"""Fakes for kcm-gateway unit tests, and the KMIP request builders they use
+(:mod:`kcm.testing.requests`) (test support)."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 
 from kcm.gateway.link_client import LinkDown
 from kcm.identity import Principal
-from kcm.kmip.attributes import Attribute, Link
-from kcm.kmip.enums import (
-    BatchErrorContinuationOption,
-    CryptographicAlgorithm,
-    LinkType,
-    ObjectType,
-    Operation,
+from kcm.testing.requests import (
+    CONTINUE,
+    STOP,
+    UNDO,
+    activate,
+    create_l4,
+    create_managed,
+    decrypt,
+    encrypt,
+    get,
+    item,
+    locate,
+    request,
+    response,
 )
-from kcm.kmip.messages import (
-    ProtocolVersion,
-    RequestBatchItem,
-    RequestHeader,
-    RequestMessage,
-    decode_response,
-    encode_request,
-)
-from kcm.kmip.payloads.crypto import DecryptRequest, EncryptRequest
-from kcm.kmip.payloads.lifecycle import ActivateRequest, CreateRequest, GetRequest
-from kcm.kmip.payloads.service import LocateRequest
-from kcm.kmip.tags import Tag
-from kcm.ttlv import Item, ItemType, decode, encode
+
+__all__ = ["CONTINUE", "L3_UID", "STOP", "UNDO", "FakeLink", "activate", "create_l4",
+           "create_managed", "decrypt", "encrypt", "get", "item", "locate", "request",
+           "response"]
 
 L3_UID = "l3-00000000-0000-4000-8000-000000000001"
-
-
-def request(*items: RequestBatchItem, version: tuple[int, int] = (1, 4),
-            continuation: int | None = None) -> bytes:
-    """A Request Message of ``items``."""
-    header = RequestHeader(protocol_version=ProtocolVersion.of(version),
-                           batch_error_continuation_option=continuation,
-                           batch_count=len(items))
-    return encode(encode_request(RequestMessage(header, list(items))))
-
-
-def item(operation: Operation, payload, batch_id: bytes | None = None) -> RequestBatchItem:
-    return RequestBatchItem(operation=operation, request_payload=payload,
-                            unique_batch_item_id=batch_id)
-
-
-def _aes(extra: Sequence[Attribute]) -> list[Attribute]:
-    return [Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
-            Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256), *extra]
-
-
-def create_l4(batch_id: bytes | None = None, *, via_link: str | None = None) -> RequestBatchItem:
-    """Create of an L4: ``x-kcm-level = L4``, or a Parent Link to ``via_link``."""
-    if via_link is not None:
-        marker = Attribute.of(Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
-                                             linked_object_identifier=via_link))
-    else:
-        marker = Attribute.vendor("x", "kcm-level",
-                                  Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "L4"))
-    return item(Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
-                                                attributes=_aes([marker])), batch_id)
-
-
-def create_managed(batch_id: bytes | None = None) -> RequestBatchItem:
-    return item(Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
-                                                attributes=_aes([])), batch_id)
-
-
-def get(uid: str | None, batch_id: bytes | None = None) -> RequestBatchItem:
-    return item(Operation.GET, GetRequest(unique_identifier=uid), batch_id)
-
-
-def encrypt(uid: str | None, data: bytes = b"record", batch_id: bytes | None = None
-            ) -> RequestBatchItem:
-    return item(Operation.ENCRYPT, EncryptRequest(unique_identifier=uid, data=data), batch_id)
-
-
-def decrypt(uid: str | None, data: bytes, batch_id: bytes | None = None) -> RequestBatchItem:
-    return item(Operation.DECRYPT, DecryptRequest(unique_identifier=uid, data=data), batch_id)
-
-
-def activate(uid: str | None, batch_id: bytes | None = None) -> RequestBatchItem:
-    return item(Operation.ACTIVATE, ActivateRequest(unique_identifier=uid), batch_id)
-
-
-def locate(batch_id: bytes | None = None) -> RequestBatchItem:
-    return item(Operation.LOCATE, LocateRequest(), batch_id)
-
-
-def response(wire: bytes):
-    """The decoded Response Message."""
-    return decode_response(decode(wire))
-
-
-STOP = BatchErrorContinuationOption.STOP
-CONTINUE = BatchErrorContinuationOption.CONTINUE
-UNDO = BatchErrorContinuationOption.UNDO
 
 
 class FakeLink:

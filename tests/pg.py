@@ -19,7 +19,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from kcm.testing.processes import free_port
 
 PG_USER = "kcm-pg"
 DB_NAME = "kcm"
@@ -60,12 +61,6 @@ def _unavailable(reason: str) -> NoReturn:
         pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}", pytrace=False)
     pytest.skip(f"PostgreSQL tests skipped: {reason}")
     raise AssertionError("unreachable")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _traversable_tempdir() -> str:
@@ -173,7 +168,7 @@ class _Cluster:
         last_error: Exception | None = None
         # The free port can be taken between probing and binding: try a few.
         for _attempt in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             conf = (
                 f"port = {self.port}\n"
                 "listen_addresses = '127.0.0.1'\n"

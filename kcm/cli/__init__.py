@@ -28,6 +28,16 @@ class CommandError(Exception):
     """Bad input to a subcommand: the message is printed as one line, exit status 2."""
 
 
+def add_command(subparsers: argparse._SubParsersAction, name: str, help_text: str,
+                module_doc: str | None) -> argparse._SubParsersAction:
+    """Add subcommand ``name``, described by the first paragraph of ``module_doc`` (its
+    module's docstring); return the subparsers its actions go into (the chosen action is
+    ``args.action``)."""
+    parser = subparsers.add_parser(name, help=help_text,
+                                   description=(module_doc or "").split("\n\n")[0])
+    return parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kcm`` parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="kcm", description="KCM, a KMIP key-management suite.")

@@ -7,32 +7,24 @@ altered, removed or reordered.
 from __future__ import annotations
 
 import argparse
-import os
 
-from kcm.cli import CommandError
+from kcm.cli import add_command
+from kcm.cli.core_cmd import config_option, core_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``audit`` to the ``kcm`` parser."""
-    audit = subparsers.add_parser("audit", help="the audit log",
-                                  description=__doc__.split("\n\n")[0])
-    actions = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = add_command(subparsers, "audit", "the audit log", __doc__)
     verify = actions.add_parser("verify", help="verify the audit log's hash chain")
-    verify.add_argument("-c", "--config", default=os.environ.get("KCM_CORE_CONFIG"),
-                        help="kcm-core configuration file (default: $KCM_CORE_CONFIG)")
+    config_option(verify)
     verify.set_defaults(run=_run_verify, prog="kcm audit verify")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from kcm.config_file import ConfigError
     from kcm.core.audit import verify_chain
-    from kcm.core.config import load_config
     from kcm.core.store.engine import Store
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        raise CommandError(str(e)) from e
+    config = core_config(args)
     result = Store(config.database).run_sync(verify_chain, write=False)
     if result.ok:
         print(f"audit log intact: {result.records_checked} records verified")

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from kcm.cli import CommandError
+from kcm.cli import CommandError, add_command
 
 #: The vectors directory when neither --vectors nor $KCM_VECTORS is given.
 DEFAULT_VECTORS = Path("../shared/kmip-vectors")
@@ -22,11 +22,8 @@ DEFAULT_VECTORS = Path("../shared/kmip-vectors")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``conformance`` and its ``run`` action to the ``kcm`` parser."""
-    parser = subparsers.add_parser(
-        "conformance", help="replay the OASIS KMIP test cases against a server",
-        description=__doc__.split("\n\n")[0],
-    )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = add_command(subparsers, "conformance",
+                          "replay the OASIS KMIP test cases against a server", __doc__)
     run = actions.add_parser(
         "run", help="play test cases against a KMIP server over mutual TLS",
         description="Play OASIS KMIP profile test cases against a KMIP server and judge each "

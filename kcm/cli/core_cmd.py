@@ -16,18 +16,20 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import TYPE_CHECKING
 
-from kcm.cli import CommandError
+from kcm.cli import CommandError, add_command
+
+if TYPE_CHECKING:
+    from kcm.core.config import CoreConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``core`` and its actions to the ``kcm`` parser."""
-    core = subparsers.add_parser("core", help="initialise and administer kcm-core",
-                                 description=__doc__.split("\n\n")[0])
-    actions = core.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = add_command(subparsers, "core", "initialise and administer kcm-core", __doc__)
 
     init = actions.add_parser("init", help="create the L1 key file and the database schema")
-    _config_option(init)
+    config_option(init)
     init.set_defaults(run=_run_init, prog="kcm core init")
 
     tenant = actions.add_parser("tenant", help="tenants")
@@ -35,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                            required=True)
     add_tenant = tenant_actions.add_parser("add", help="create a tenant and its key (L2)")
     add_tenant.add_argument("tenant")
-    _config_option(add_tenant)
+    config_option(add_tenant)
     add_tenant.set_defaults(run=_run_tenant_add, prog="kcm core tenant add")
 
     service = actions.add_parser("service", help="services")
@@ -45,23 +47,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "add", help="create a service key (L3) version for a tenant's service")
     add_service.add_argument("tenant")
     add_service.add_argument("service")
-    _config_option(add_service)
+    config_option(add_service)
     add_service.set_defaults(run=_run_service_add, prog="kcm core service add")
 
     bootstrap = actions.add_parser(
         "bootstrap", help="ensure a tenant and a service key exist (idempotent)")
     bootstrap.add_argument("tenant")
     bootstrap.add_argument("service")
-    _config_option(bootstrap)
+    config_option(bootstrap)
     bootstrap.set_defaults(run=_run_bootstrap, prog="kcm core bootstrap")
 
 
-def _config_option(parser: argparse.ArgumentParser) -> None:
+def config_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``-c/--config``, kcm-core's configuration file (default: $KCM_CORE_CONFIG)."""
     parser.add_argument("-c", "--config", default=os.environ.get("KCM_CORE_CONFIG"),
                         help="kcm-core configuration file (default: $KCM_CORE_CONFIG)")
 
 
-def _config(args: argparse.Namespace):
+def core_config(args: argparse.Namespace) -> CoreConfig:
+    """The kcm-core configuration ``-c/--config`` names; CommandError when it is wrong."""
     from kcm.config_file import ConfigError
     from kcm.core.config import load_config
 
@@ -78,7 +82,7 @@ def _run_init(args: argparse.Namespace) -> int:
     from kcm.core.store.engine import Store
     from kcm.core.store.migrate import upgrade
 
-    config = _config(args)
+    config = core_config(args)
     created = False
     if not os.path.exists(config.l1_key_file):
         os.makedirs(os.path.dirname(os.path.abspath(config.l1_key_file)), exist_ok=True)
@@ -110,7 +114,7 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
     from kcm.core.keyring import Keyring
     from kcm.core.store.engine import Store
 
-    config = _config(args)
+    config = core_config(args)
     try:
         keyring = Keyring(keys.load_l1(config.l1_key_file))
     except (OSError, keys.KeyFileError) as e:

@@ -11,17 +11,14 @@ import argparse
 from pathlib import Path
 
 from kcm import pki
-from kcm.cli import CommandError
+from kcm.cli import CommandError, add_command
 from kcm.identity import validate_trust_domain
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``pki`` and its actions to the ``kcm`` parser."""
-    pki_parser = subparsers.add_parser(
-        "pki", help="create a development PKI (CA and certificates)",
-        description=__doc__.split("\n\n")[0],
-    )
-    actions = pki_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = add_command(subparsers, "pki", "create a development PKI (CA and certificates)",
+                          __doc__)
     init = actions.add_parser(
         "init", help="write a development CA and certificates into DIR",
         description="Write a development CA and every certificate a local KCM deployment "

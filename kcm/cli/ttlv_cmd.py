@@ -19,7 +19,7 @@ import sys
 import time
 from typing import BinaryIO
 
-from kcm.cli import CommandError
+from kcm.cli import CommandError, add_command
 from kcm.kmip import registry
 from kcm.kmip.xml_encoding import (
     FixedPlaceholders,
@@ -44,11 +44,8 @@ _HEX_TEXT = _HEX_DIGITS | _WHITESPACE
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``ttlv`` and its actions to the ``kcm`` parser."""
-    ttlv = subparsers.add_parser(
-        "ttlv", help="dump TTLV, convert TTLV to and from the OASIS XML encoding",
-        description=__doc__.split("\n\n")[0],
-    )
-    actions = ttlv.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = add_command(subparsers, "ttlv",
+                          "dump TTLV, convert TTLV to and from the OASIS XML encoding", __doc__)
     for name, run, help_text, hex_help in (
         ("dump", _run_dump, "print TTLV messages as an indented tree",
          "the input is hex text (detected when it holds only hex digits and spaces)"),

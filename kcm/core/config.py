@@ -10,6 +10,8 @@ from typing import Any
 from kcm.config_file import TlsFiles, load_section
 from kcm.kmip_protocol import ConnectionLimits
 
+__all__ = ["CoreConfig", "TlsFiles", "load_config"]
+
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:

@@ -110,8 +110,7 @@ def _tombstone(ctx: OperationContext, uid: str, reason: str) -> UniqueIdentifier
                                      tenant=target.tenant, l3_uid=target.l3_uid, reason=reason,
                                      clock=lambda: ctx.now)
     if added:
-        events.emit(ctx, events.L4_TOMBSTONE, target.tenant,
-                    {"token_id": target.token_id, "unique_identifier": target.l3_uid})
+        events.l4_tombstone(ctx, target.tenant, target.token_id, target.l3_uid)
     ctx.audit_detail["l4_tombstone"] = "recorded" if added else "already recorded"
     ctx.id_placeholder.set(uid)
     return UniqueIdentifierResponse(unique_identifier=uid)

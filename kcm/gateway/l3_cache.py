@@ -36,6 +36,7 @@ from kcm.identity import Principal
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.l4.service_key import ServiceKey
+from kcm.link.events import EventKind
 
 __all__ = ["CachedKeySource", "L3Cache", "Need", "ServiceKeyMissing"]
 
@@ -47,9 +48,6 @@ Fetch = Callable[[Principal, str, str, "str | None"], Deferred]
 
 #: States after which an L3 must not be used at all, not even to decrypt (ARCHITECTURE §4).
 _DROP_STATES = frozenset((State.COMPROMISED, State.DESTROYED, State.DESTROYED_COMPROMISED))
-
-#: The event kinds a gateway applies (docs/link-protocol.md §2).
-_KNOWN_EVENTS = frozenset(("l3.rotated", "l3.state", "l4.tombstone", "policy"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,21 +263,25 @@ class L3Cache:
     def apply_event(self, sequence: int, kind: str, tenant: str | None,
                     payload: Mapping[str, Any]) -> None:
         """Apply one event of the core's stream (docs/link-protocol.md §2, event kinds)."""
-        if kind == "l3.rotated":
+        try:
+            known: EventKind | None = EventKind(kind)
+        except ValueError:
+            known = None  # a kind this gateway does not know (a newer core): skipped
+        if known is EventKind.L3_ROTATED:
             self._rotated(tenant or "", str(payload.get("service", "")))
-        elif kind == "l3.state":
+        elif known is EventKind.L3_STATE:
             self._state_changed(str(payload.get("unique_identifier", "")),
                                 int(payload.get("state", 0)))
-        elif kind == "l4.tombstone":
+        elif known is EventKind.L4_TOMBSTONE:
             self._tombstones.add(str(payload["token_id"]))
-        elif kind == "policy":
+        elif known is EventKind.POLICY:
             log.info("policy changed at the core (event {seq}); it applies to new connections",
                      seq=sequence)
         else:
             log.warn("ignoring unknown event kind {kind!r} (event {seq})", kind=kind,
                      seq=sequence)
         self.last_event_sequence = max(self.last_event_sequence, sequence)
-        if kind in _KNOWN_EVENTS:
+        if known is not None:
             log.info("applied event {seq}: {kind} for tenant {tenant}", seq=sequence, kind=kind,
                      tenant=tenant)
 

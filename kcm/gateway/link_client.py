@@ -36,6 +36,7 @@ from kcm.identity import Principal
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.l4.service_key import ServiceKey
+from kcm.link.events import EventKind
 from kcm.link.frames import DEFAULT_MAX_FRAME_SIZE, LINK_VERSION, Frame, FrameType, Payload
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
 from kcm.tls import client_tls_options, tls_client_endpoint
@@ -348,7 +349,8 @@ class LinkClient(MultiService):
             return
         payload = frame.payload or {}
         try:
-            if frame.kind == "policy" and "policy" in payload and self.on_policy is not None:
+            if (frame.kind == EventKind.POLICY and "policy" in payload
+                    and self.on_policy is not None):
                 self.on_policy(str(payload["policy"]))
             if self.on_event is not None:
                 self.on_event(seq, frame.kind, frame.tenant, payload)

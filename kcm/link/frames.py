@@ -91,7 +91,7 @@ class Frame:
     service: str | None = None
     unique_identifier: str | None = None
     service_keys: list[ServiceKey] = field(default_factory=list)
-    kind: str | None = None
+    kind: str | None = None  # an EVENT's kind: a kcm.link.events.EventKind value
     payload: Payload | None = None
     error: str | None = None
     result_reason: int | None = None

@@ -12,10 +12,6 @@ the documented format.
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,44 +19,18 @@ import pytest
 
 from kcm.cli import main
 from kcm.pki import PkiPaths, init_pki
-from tests.e2e_support import PYKMIP_SERVER
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from kcm.testing.processes import free_port, start_pykmip, stop_process
 
 
 @pytest.fixture
 def pykmip_server(tmp_path: Path) -> Iterator[tuple[PkiPaths, int]]:
     """A running PyKMIP server and the PKI whose ``app`` certificate it accepts."""
     paths = init_pki(tmp_path / "pki")
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", PYKMIP_SERVER, str(paths.directory), str(port), str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    process, port = start_pykmip(paths, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"PyKMIP server exited: {process.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("PyKMIP server did not start listening within 30 s")
-                time.sleep(0.2)
         yield paths, port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
 
 
 _LINE = re.compile(r"(PASS [A-Z0-9-]+|FAIL [A-Z0-9-]+ step \d+: .+)\Z")
@@ -95,7 +65,7 @@ def test_runner_fails_cleanly_when_no_server_listens(tmp_path: Path, vectors: Pa
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     paths = init_pki(tmp_path / "pki")
     status = main([
-        "conformance", "run", "--port", str(_free_port()), "--cert", str(paths.app.cert),
+        "conformance", "run", "--port", str(free_port()), "--cert", str(paths.app.cert),
         "--key", str(paths.app.key), "--ca", str(paths.ca.cert), "--vectors", str(vectors),
         "--case", "SKLC-M-1-14",
     ])

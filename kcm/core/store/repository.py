@@ -31,11 +31,10 @@ from kcm.core.store.schema import (
     OutboxEvent,
     Tenant,
 )
+from kcm.link.events import EventKind
 
 # Arbitrary constant: the key of the PostgreSQL advisory lock that serializes writers.
 WRITER_LOCK_KEY = 0x4B434D0001
-
-OUTBOX_KINDS: frozenset[str] = frozenset({"l3.rotated", "l3.state", "l4.tombstone", "policy"})
 
 Clock = Callable[[], float]
 
@@ -400,13 +399,13 @@ class OutboxRecord:
     seq: int
     at: int
     tenant: str | None
-    kind: str
+    kind: str  # an EventKind's wire string
     payload: bytes
 
 
 def append_outbox(
     session: Session,
-    kind: str,
+    kind: EventKind | str,
     tenant: str | None,
     payload: bytes,
     *,
@@ -417,8 +416,10 @@ def append_outbox(
     Sequence numbers are gapless and increase in commit order, so a reader that has applied
     everything up to N and asks for ``outbox_since(N)`` misses nothing.
     """
-    if kind not in OUTBOX_KINDS:
-        raise ValueError(f"unknown outbox event kind {kind!r}")
+    try:
+        kind = EventKind(kind).value  # the column holds the wire string itself
+    except ValueError:
+        raise ValueError(f"unknown outbox event kind {kind!r}") from None
     if not isinstance(payload, bytes):
         raise TypeError("outbox payload must be bytes")
     lock_writers(session)

@@ -1,0 +1,26 @@
+"""The kinds of event the core sends its gateways (docs/link-protocol.md §2, event kinds).
+
+One enumeration for both planes: the core writes these kinds to its outbox and into EVENT
+frames, the gateway's cache dispatches on them. Each value is the wire string itself (an
+EVENT frame's EventKind field and the outbox row's ``kind`` column), so comparing a decoded
+frame's ``kind`` with a member works and nothing on the wire or in the database changes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["EventKind"]
+
+
+class EventKind(StrEnum):
+    """What changed at the core; the value is the EventKind text on the wire."""
+
+    #: A new L3 version exists (service added, Re-key of an L3).
+    L3_ROTATED = "l3.rotated"
+    #: An L3's stored state changed (Activate, Revoke, Destroy, dates).
+    L3_STATE = "l3.state"
+    #: An L4 token was revoked or destroyed: every gateway refuses it from then on.
+    L4_TOMBSTONE = "l4.tombstone"
+    #: The core's policy (subject map) changed; the payload carries the new document.
+    POLICY = "policy"

@@ -1,0 +1,302 @@
+"""Real KMIP server processes on free loopback ports, for end-to-end tests and benchmarks.
+
+:func:`deploy` makes a kcm-core deployment in a directory (a development PKI, ``kcm core
+init``, tenants ``demo`` with service ``app`` and ``other``); :class:`CoreProcess` and
+:class:`GatewayProcess` run ``twistd -n kcm-core`` / ``twistd -n kcm-gateway`` on it;
+:func:`start_pykmip` runs PyKMIP 0.11's own server with the same PKI. Each start returns once
+the process accepts connections, or raises RuntimeError with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kcm.pki import PkiPaths, init_pki
+
+if TYPE_CHECKING:
+    from kmip.pie.client import ProxyKmipClient
+
+    from kcm.conformance.client import KmipClient
+
+__all__ = [
+    "PYKMIP_SERVER",
+    "START_TIMEOUT",
+    "CoreProcess",
+    "GatewayProcess",
+    "deploy",
+    "free_port",
+    "process_env",
+    "start_pykmip",
+    "start_python_server",
+    "stop_process",
+    "wait_listening",
+]
+
+#: The working tree: twistd finds the kcm plugins in its twisted/plugins.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+#: Seconds a server may take to accept connections.
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_env() -> dict[str, str]:
+    """The environment for kcm processes: the repository on PYTHONPATH, so twistd finds the
+    plugin in twisted/plugins of the working tree (an editable install does not expose it)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def wait_listening(process: subprocess.Popen, ports: Sequence[int], name: str, log: Path,
+                   timeout: float = START_TIMEOUT) -> None:
+    """Return once every one of ``ports`` on 127.0.0.1 accepts a connection; RuntimeError with
+    the tail of ``log`` when ``process`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited ({process.returncode}):\n"
+                               + _tail(log))
+        try:
+            for port in ports:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{name} did not start listening:\n" + _tail(log))
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+
+def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM,
+                 timeout: float = 20.0) -> None:
+    """Send ``sig`` to ``process`` if it still runs and wait; SIGKILL after ``timeout``."""
+    if process is not None and process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_python_server(script: str, args: Sequence[str], port: int, name: str,
+                        log: Path) -> subprocess.Popen:
+    """Run ``python -c script *args`` (output to ``log``) and wait until ``port`` listens."""
+    output = open(log, "ab")  # noqa: SIM115 - owned by the child process
+    process = subprocess.Popen([sys.executable, "-c", script, *args], env=process_env(),
+                               stdout=output, stderr=subprocess.STDOUT)
+    output.close()
+    try:
+        wait_listening(process, [port], name, log)
+    except RuntimeError:
+        stop_process(process)
+        raise
+    return process
+
+
+@dataclass
+class CoreProcess:
+    """One kcm-core deployment in a directory, and its running twistd process."""
+
+    root: Path
+    database: str
+    port: int = field(default_factory=free_port)
+    link_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def pki(self) -> PkiPaths:
+        return PkiPaths.for_directory(self.root / "pki")
+
+    @property
+    def config(self) -> Path:
+        return self.root / "kcm-core.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "core.log"
+
+    def write_config(self) -> None:
+        self.config.write_text(
+            "[core]\n"
+            f'listen = "tcp:{self.port}:interface=127.0.0.1"\n'
+            f'link_listen = "tcp:{self.link_port}:interface=127.0.0.1"\n'
+            'trust_domain = "kcm.test"\n'
+            f'database = "{self.database}"\n'
+            f'l1_key_file = "{self.root / "l1.key"}"\n'
+            f'policy_file = "{self.root / "policy.toml"}"\n'
+            "[core.tls]\n"
+            f'cert = "{self.pki.core.cert}"\nkey = "{self.pki.core.key}"\n'
+            f'ca = "{self.pki.ca.cert}"\n'
+            "[core.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"
+        )
+        (self.root / "policy.toml").write_text(
+            '[subjects]\n"CN=legacy-client,O=KCM Dev" = "tenant/demo/service/legacy"\n')
+
+    def kcm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run the `kcm` command with this deployment's configuration."""
+        return subprocess.run([str(BIN / "kcm"), *args, "-c", str(self.config)],
+                              env=process_env(), capture_output=True, text=True, check=check,
+                              timeout=60)
+
+    def start(self) -> None:
+        """Start `twistd -n kcm-core` and wait until it accepts connections (KMIP and link)."""
+        self.process = _twistd("kcm-core", self.config, self.root, self.log)
+        wait_listening(self.process, [self.port, self.link_port], "kcm-core", self.log)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop_process(self.process, sig)
+        self.process = None
+
+    def client(self, who: str = "app") -> KmipClient:
+        """A blocking KMIP client (kcm.conformance.client) with one of the PKI's identities."""
+        from kcm.conformance.client import KmipClient
+
+        pair = getattr(self.pki, who)
+        return KmipClient("127.0.0.1", self.port, cert=pair.cert, key=pair.key,
+                          ca=self.pki.ca.cert)
+
+    def pykmip(self, who: str = "app") -> ProxyKmipClient:
+        """PyKMIP's ProxyKmipClient, opened, with one of the PKI's identities."""
+        from kmip.pie.client import ProxyKmipClient
+
+        pair = getattr(self.pki, who)
+        client = ProxyKmipClient(hostname="127.0.0.1", port=self.port, cert=str(pair.cert),
+                                 key=str(pair.key), ca=str(self.pki.ca.cert),
+                                 config_file=os.devnull)
+        client.open()
+        return client
+
+
+def _twistd(plugin: str, config: Path, root: Path, log: Path) -> subprocess.Popen:
+    output = open(log, "ab")  # noqa: SIM115 - owned by the child process
+    process = subprocess.Popen(
+        [str(BIN / "twistd"), "-n", "--pidfile=", plugin, "-c", str(config)],
+        cwd=root, env=process_env(), stdout=output, stderr=subprocess.STDOUT)
+    output.close()
+    return process
+
+
+def deploy(root: Path, database: str) -> CoreProcess:
+    """A PKI, an initialised database and L1, tenants demo (service app) and other."""
+    root.mkdir(parents=True, exist_ok=True)
+    core = CoreProcess(root, database)
+    init_pki(root / "pki")
+    core.write_config()
+    core.kcm("core", "init")
+    for tenant in ("demo", "other"):
+        core.kcm("core", "tenant", "add", tenant)
+    core.kcm("core", "service", "add", "demo", "app")
+    return core
+
+
+@dataclass
+class GatewayProcess:
+    """A kcm-gateway in front of a :class:`CoreProcess` (same PKI), and its twistd process."""
+
+    root: Path
+    core: CoreProcess
+    port: int = field(default_factory=free_port)
+    l3_ttl: float = 300.0
+    max_stale: float = 3600.0
+    prewarm: tuple[str, ...] = ("demo/app",)
+    process: subprocess.Popen | None = None
+
+    @property
+    def pki(self) -> PkiPaths:
+        return self.core.pki
+
+    @property
+    def config(self) -> Path:
+        return self.root / "kcm-gateway.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "gateway.log"
+
+    def write_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        prewarm = ", ".join(f'"{entry}"' for entry in self.prewarm)
+        self.config.write_text(
+            "[gateway]\n"
+            f'listen = "tcp:{self.port}:interface=127.0.0.1"\n'
+            f'core = "tcp:127.0.0.1:{self.core.link_port}"\n'
+            'core_server_name = "localhost"\n'
+            'trust_domain = "kcm.test"\n'
+            f"l3_ttl = {self.l3_ttl}\nmax_stale = {self.max_stale}\n"
+            f"prewarm = [{prewarm}]\n"
+            "[gateway.tls]\n"
+            f'cert = "{self.pki.gateway.cert}"\nkey = "{self.pki.gateway.key}"\n'
+            f'ca = "{self.pki.ca.cert}"\n'
+            "[gateway.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"
+        )
+
+    def start(self) -> None:
+        """Start `twistd -n kcm-gateway` and wait until it accepts connections."""
+        if not self.config.exists():
+            self.write_config()
+        self.process = _twistd("kcm-gateway", self.config, self.root, self.log)
+        wait_listening(self.process, [self.port], "kcm-gateway", self.log)
+
+    def links(self) -> int:
+        """How many times the gateway has linked to a core so far (from its log)."""
+        return self.log.read_text().count("linked to core")
+
+    def wait_linked(self, more_than: int = 0, timeout: float = 10.0) -> None:
+        """Wait until the gateway has linked to the core more than ``more_than`` times."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.links() > more_than:
+                return
+            time.sleep(0.02)
+        raise RuntimeError("the gateway did not link to the core:\n" + _tail(self.log))
+
+    # Stopping and connecting work the same way as for the core (same PKI, own port).
+    stop = CoreProcess.stop
+    client = CoreProcess.client
+    pykmip = CoreProcess.pykmip
+
+
+#: PyKMIP 0.11's own server, for the conformance runner's test and as the durable-operations
+#: baseline: ``python -c PYKMIP_SERVER PKI_DIR PORT WORK_DIR`` (TLS 1.2, the PKI's core
+#: certificate, its SQLite database and log in WORK_DIR).
+PYKMIP_SERVER = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from kmip.services.server.server import KmipServer
+pki, port, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+server = KmipServer(
+    hostname="127.0.0.1", port=port, certificate_path=f"{pki}/core.pem",
+    key_path=f"{pki}/core.key", ca_path=f"{pki}/ca.pem", auth_suite="TLS1.2",
+    config_path=None, log_path=f"{work}/pykmip.log", policy_path=None,
+    enable_tls_client_auth=False, logging_level="INFO", database_path=f"{work}/pykmip.db",
+)
+with server:
+    server.serve()
+"""
+
+
+def start_pykmip(pki: PkiPaths, work: Path) -> tuple[subprocess.Popen, int]:
+    """PyKMIP's server with ``pki``, its files in ``work``, listening: (process, port)."""
+    port = free_port()
+    process = start_python_server(PYKMIP_SERVER, [str(pki.directory), str(port), str(work)],
+                                  port, "PyKMIP server", work / "pykmip.stderr")
+    return process, port

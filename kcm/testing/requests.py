@@ -1,0 +1,110 @@
+"""KMIP request messages as applications send them, for tests and benchmarks.
+
+:func:`request` encodes a Request Message of batch items; the item builders make the items the
+gateway and the core are exercised with (an L4 or a managed AES-256 key, Get, Encrypt, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kcm.kmip.attributes import Attribute, AttributeReference, Link
+from kcm.kmip.enums import (
+    BatchErrorContinuationOption,
+    CryptographicAlgorithm,
+    LinkType,
+    ObjectType,
+    Operation,
+)
+from kcm.kmip.messages import (
+    ProtocolVersion,
+    RequestBatchItem,
+    RequestHeader,
+    RequestMessage,
+    ResponseMessage,
+    decode_response,
+    encode_request,
+)
+from kcm.kmip.payloads import GetAttributesRequest
+from kcm.kmip.payloads.crypto import DecryptRequest, EncryptRequest
+from kcm.kmip.payloads.lifecycle import ActivateRequest, CreateRequest, GetRequest
+from kcm.kmip.payloads.service import LocateRequest
+from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType, decode, encode
+
+STOP = BatchErrorContinuationOption.STOP
+CONTINUE = BatchErrorContinuationOption.CONTINUE
+UNDO = BatchErrorContinuationOption.UNDO
+
+
+def request(*items: RequestBatchItem, version: tuple[int, int] = (1, 4),
+            continuation: int | None = None) -> bytes:
+    """A Request Message of ``items``."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version),
+                           batch_error_continuation_option=continuation,
+                           batch_count=len(items))
+    return encode(encode_request(RequestMessage(header, list(items))))
+
+
+def item(operation: Operation, payload: object, batch_id: bytes | None = None
+         ) -> RequestBatchItem:
+    return RequestBatchItem(operation=operation, request_payload=payload,
+                            unique_batch_item_id=batch_id)
+
+
+def response(wire: bytes) -> ResponseMessage:
+    """The decoded Response Message."""
+    return decode_response(decode(wire))
+
+
+def aes256(extra: Sequence[Attribute] = ()) -> list[Attribute]:
+    """The attributes of an AES-256 key, then ``extra``."""
+    return [Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+            Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256), *extra]
+
+
+def create_l4(batch_id: bytes | None = None, *, via_link: str | None = None) -> RequestBatchItem:
+    """Create of an L4: ``x-kcm-level = L4``, or a Parent Link to ``via_link``."""
+    if via_link is not None:
+        marker = Attribute.of(Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
+                                             linked_object_identifier=via_link))
+    else:
+        marker = Attribute.vendor("x", "kcm-level",
+                                  Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "L4"))
+    return item(Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                                attributes=aes256([marker])), batch_id)
+
+
+def create_managed(batch_id: bytes | None = None) -> RequestBatchItem:
+    """Create of a managed AES-256 key (stored by the core; Pre-Active)."""
+    return item(Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                                attributes=aes256()), batch_id)
+
+
+def get(uid: str | None, batch_id: bytes | None = None) -> RequestBatchItem:
+    return item(Operation.GET, GetRequest(unique_identifier=uid), batch_id)
+
+
+def get_attributes(uid: str | None, *tags: int, batch_id: bytes | None = None
+                   ) -> RequestBatchItem:
+    """Get Attributes of ``uid``: the attributes ``tags`` name."""
+    return item(Operation.GET_ATTRIBUTES, GetAttributesRequest(
+        unique_identifier=uid, attribute_references=[AttributeReference(tag) for tag in tags]),
+        batch_id)
+
+
+def encrypt(uid: str | None, data: bytes = b"record", batch_id: bytes | None = None
+            ) -> RequestBatchItem:
+    return item(Operation.ENCRYPT, EncryptRequest(unique_identifier=uid, data=data), batch_id)
+
+
+def decrypt(uid: str | None, data: bytes, batch_id: bytes | None = None) -> RequestBatchItem:
+    return item(Operation.DECRYPT, DecryptRequest(unique_identifier=uid, data=data), batch_id)
+
+
+def activate(uid: str | None, batch_id: bytes | None = None) -> RequestBatchItem:
+    return item(Operation.ACTIVATE, ActivateRequest(unique_identifier=uid), batch_id)
+
+
+def locate(batch_id: bytes | None = None) -> RequestBatchItem:
+    return item(Operation.LOCATE, LocateRequest(), batch_id)

@@ -290,25 +290,33 @@ class AttributeList(Codec):
 
 
 class TemplateAttributes(Codec):
-    """1.x ``Template-Attribute`` {Name*, Attribute*} or 2.x ``Attributes``.
+    """1.x ``Template-Attribute`` {Name*, Attribute*} under ``v1_tag``, or a 2.x
+    ``Attributes``-like structure under ``v2_tag``.
 
-    The attributes go to the field; the 1.x template Names (references to Template
-    objects, deprecated) go to the model's ``template_names``.
+    The attributes go to the field; the 1.x Names (references to Template objects,
+    deprecated) go to the model's ``names_field``. ``v2_tag`` None: the field does not
+    exist in 2.x (a key pair's response templates), and encoding for 2.x omits it.
     """
 
-    __slots__ = ("v1_tag",)
+    __slots__ = ("v1_tag", "v2_tag", "names_field")
 
-    def __init__(self, v1_tag: int = Tag.TEMPLATE_ATTRIBUTE) -> None:
+    def __init__(self, v1_tag: int = Tag.TEMPLATE_ATTRIBUTE, v2_tag: int | None = Tag.ATTRIBUTES,
+                 names_field: str = "template_names") -> None:
         self.v1_tag = v1_tag
+        self.v2_tag = v2_tag
+        self.names_field = names_field
 
     def decode_into(self, values: dict, field: Field, item: Item, version: Version) -> None:
         if field.name in values:
             raise KmipError(ResultReason.INVALID_FIELD, f"{tag_label(item.tag)} occurs twice")
+        if item.type is not ItemType.STRUCTURE:
+            raise KmipError(ResultReason.INVALID_FIELD,
+                            f"{tag_label(item.tag)} must be a Structure")
         if item.tag != self.v1_tag:
             values[field.name] = attributes_from_container(item, version)
             return
-        attributes = []
-        names = []
+        attributes: list[Attribute] = []
+        names: list[Name] = []
         for child in item.value:  # type: ignore[union-attr]
             if child.tag == Tag.ATTRIBUTE:
                 attributes.append(attribute_from_item(child, version))
@@ -316,24 +324,26 @@ class TemplateAttributes(Codec):
                 names.append(Name.from_item(child, version))
             else:
                 raise KmipError(ResultReason.INVALID_FIELD,
-                                f"unexpected field {tag_label(child.tag)} in Template-Attribute")
+                                f"unexpected field {tag_label(child.tag)} in "
+                                f"{tag_label(item.tag)}")
         values[field.name] = attributes
         if names:
-            values["template_names"] = names
+            values[self.names_field] = names
 
     def encode_into(self, out: list[Item], field: Field, obj: Any, version: Version) -> None:
         attributes = getattr(obj, field.name)
         if attributes is None:
             return
         if version[0] >= 2:
-            out.append(attributes_to_container(attributes, version))
+            if self.v2_tag is not None:
+                out.append(attributes_to_container(attributes, version, self.v2_tag))
             return
-        children = [name.to_item(version) for name in getattr(obj, "template_names", ())]
+        children = [name.to_item(version) for name in getattr(obj, self.names_field, ())]
         for attribute in attributes:
             item = attribute_to_v1(attribute, version)
             if item is not None:
                 children.append(item)
-        out.append(Item(self.v1_tag, _S, children))
+        out.append(Item(self.v1_tag, ItemType.STRUCTURE, children))
 
 
 class SingleAttribute(Codec):

@@ -74,18 +74,6 @@ _LEAF_ATTRIBUTES = frozenset({"type", "value"})
 _UNNAMED_ATTRIBUTES = frozenset({"type", "value", "tag", "name"})
 _INDENT = "  "
 
-_S = ItemType.STRUCTURE
-_INT = ItemType.INTEGER
-_LONG = ItemType.LONG_INTEGER
-_BIG = ItemType.BIG_INTEGER
-_ENUM = ItemType.ENUMERATION
-_BOOL = ItemType.BOOLEAN
-_TEXT = ItemType.TEXT_STRING
-_BYTES = ItemType.BYTE_STRING
-_DT = ItemType.DATE_TIME
-_IV = ItemType.INTERVAL
-_DTX = ItemType.DATE_TIME_EXTENDED
-
 _PLACEHOLDER = re.compile(r"\$[A-Z][A-Z0-9_]*(?:[+-][0-9]+)?\Z")
 _DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
 _HEX_NUMBER = re.compile(r"0[xX][0-9A-Fa-f]{1,16}\Z")
@@ -100,12 +88,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 _LIMITS = {
-    _INT: (-(1 << 31), (1 << 31) - 1),
-    _LONG: (-(1 << 63), (1 << 63) - 1),
-    _ENUM: (0, (1 << 32) - 1),
-    _IV: (0, (1 << 32) - 1),
-    _DT: (-(1 << 63), (1 << 63) - 1),
-    _DTX: (-(1 << 63), (1 << 63) - 1),
+    ItemType.INTEGER: (-(1 << 31), (1 << 31) - 1),
+    ItemType.LONG_INTEGER: (-(1 << 63), (1 << 63) - 1),
+    ItemType.ENUMERATION: (0, (1 << 32) - 1),
+    ItemType.INTERVAL: (0, (1 << 32) - 1),
+    ItemType.DATE_TIME: (-(1 << 63), (1 << 63) - 1),
+    ItemType.DATE_TIME_EXTENDED: (-(1 << 63), (1 << 63) - 1),
 }
 
 
@@ -176,27 +164,27 @@ class FixedPlaceholders:
 
     def placeholder_for(self, item_type: ItemType, value: Value) -> str | None:
         """The placeholder ``value`` was resolved from, if any."""
-        if item_type is _TEXT:
+        if item_type is ItemType.TEXT_STRING:
             return None  # a Text String placeholder is its own value
         return self._by_value.get((item_type, value))
 
     def _value(self, placeholder: str, item_type: ItemType) -> Value:
-        if item_type is _TEXT:
+        if item_type is ItemType.TEXT_STRING:
             return placeholder
-        if item_type in (_DT, _DTX):
+        if item_type in (ItemType.DATE_TIME, ItemType.DATE_TIME_EXTENDED):
             match = re.fullmatch(r"\$NOW([+-][0-9]+)?", placeholder)
             if match is None:
                 raise ValueError(f"no {TYPE_NAMES[item_type]} value for placeholder {placeholder}")
             seconds = self.now + int(match.group(1) or 0)
-            return seconds if item_type is _DT else seconds * 1_000_000
+            return seconds if item_type is ItemType.DATE_TIME else seconds * 1_000_000
         digest = hashlib.sha256(placeholder.encode("utf-8")).digest()
-        if item_type is _BYTES:
+        if item_type is ItemType.BYTE_STRING:
             return digest[:16]
-        if item_type is _BIG:
+        if item_type is ItemType.BIG_INTEGER:
             return int.from_bytes(digest[:16], "big")
-        if item_type is _LONG:
+        if item_type is ItemType.LONG_INTEGER:
             return int.from_bytes(digest[:8], "big") >> 1
-        if item_type in (_INT, _IV, _ENUM):
+        if item_type in (ItemType.INTEGER, ItemType.INTERVAL, ItemType.ENUMERATION):
             return int.from_bytes(digest[:4], "big") >> 1
         raise ValueError(f"no {TYPE_NAMES[item_type]} value for placeholder {placeholder}")
 
@@ -406,10 +394,10 @@ class _Reader:
             raise XmlEncodingError(
                 f"unexpected attribute {sorted(extra)[0]!r}", path=path, line=node.line,
             )
-        if item_type is _S:
+        if item_type is ItemType.STRUCTURE:
             if "value" in attrs:
                 raise XmlEncodingError("a Structure has no value", path=path, line=node.line)
-            return Item(tag, _S, self._children(node, path))
+            return Item(tag, ItemType.STRUCTURE, self._children(node, path))
         if node.children:
             raise XmlEncodingError(
                 f"a {type_name} has no child elements", path=path, line=node.line,
@@ -447,24 +435,24 @@ class _Reader:
 
 def _leaf(tag: int, item_type: ItemType, text: str, value_tag: int, version: Version) -> Item:
     """The item for a non-Structure element; ``value_tag`` names its enumeration or mask."""
-    if item_type is _TEXT:
-        return Item(tag, _TEXT, text)
-    if item_type is _BYTES:
+    if item_type is ItemType.TEXT_STRING:
+        return Item(tag, ItemType.TEXT_STRING, text)
+    if item_type is ItemType.BYTE_STRING:
         if not _HEX_BYTES.match(text):
             raise ValueError("not an even number of hex digits")
-        return Item(tag, _BYTES, bytes.fromhex(text))
-    if item_type is _BOOL:
+        return Item(tag, ItemType.BYTE_STRING, bytes.fromhex(text))
+    if item_type is ItemType.BOOLEAN:
         if text in ("true", "1"):
-            return Item(tag, _BOOL, True)
+            return Item(tag, ItemType.BOOLEAN, True)
         if text in ("false", "0"):
-            return Item(tag, _BOOL, False)
+            return Item(tag, ItemType.BOOLEAN, False)
         raise ValueError("not true or false")
-    if item_type is _BIG:
+    if item_type is ItemType.BIG_INTEGER:
         return _big_integer(tag, text)
-    if item_type is _ENUM:
+    if item_type is ItemType.ENUMERATION:
         hex_form = _HEX_NUMBER.match(text)
         value = int(text, 16) if hex_form else _enum_value(value_tag, text, version)
-    elif item_type is _INT:
+    elif item_type is ItemType.INTEGER:
         if _DECIMAL.match(text):
             value = int(text)
         elif _HEX_NUMBER.match(text):
@@ -473,13 +461,13 @@ def _leaf(tag: int, item_type: ItemType, text: str, value_tag: int, version: Ver
             value = _mask_from_names(value_tag, text, version)
         else:
             raise ValueError("not a decimal integer")
-    elif _DECIMAL.match(text) and item_type is not _DT:
+    elif _DECIMAL.match(text) and item_type is not ItemType.DATE_TIME:
         value = int(text)  # for a Date-Time Extended: microseconds, as some encoders write it
     elif _HEX_NUMBER.match(text):
         value = int(text, 16)
-        if item_type is not _IV and value >= 1 << 63:
+        if item_type is not ItemType.INTERVAL and value >= 1 << 63:
             value -= 1 << 64  # 64-bit two's complement
-    elif item_type is _DT or item_type is _DTX:
+    elif item_type is ItemType.DATE_TIME or item_type is ItemType.DATE_TIME_EXTENDED:
         value = _parse_date_time(text, item_type)
     else:
         raise ValueError("not a decimal integer")
@@ -502,7 +490,7 @@ def _big_integer(tag: int, text: str) -> Item:
     raw = bytes.fromhex(text)
     value = int.from_bytes(raw, "big", signed=True)
     width = -(-len(raw) // 8) * 8
-    return Item(tag, _BIG, value, width if width != _big_width(value) else None)
+    return Item(tag, ItemType.BIG_INTEGER, value, width if width != _big_width(value) else None)
 
 
 def _big_width(value: int) -> int:
@@ -533,7 +521,7 @@ def _parse_date_time(text: str, item_type: ItemType) -> int:
         offset = (zone_hours * 3600 + zone_minutes * 60) * (-1 if zone[0] == "-" else 1)
     seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
     fraction = match["fraction"] or ""
-    if item_type is _DT:
+    if item_type is ItemType.DATE_TIME:
         if fraction.strip("0"):
             raise ValueError("a Date-Time has no fractions of a second")
         return seconds
@@ -549,13 +537,13 @@ def _parse_date_time(text: str, item_type: ItemType) -> int:
 def message_version(item: Item) -> Version:
     """The protocol version in a message item's header, or :data:`DEFAULT_VERSION`."""
     header_tag = _HEADERS.get(item.tag)
-    if header_tag is None or item.type is not _S:
+    if header_tag is None or item.type is not ItemType.STRUCTURE:
         return DEFAULT_VERSION
     header = item.find(header_tag)
-    if header is None or header.type is not _S:
+    if header is None or header.type is not ItemType.STRUCTURE:
         return DEFAULT_VERSION
     version = header.find(_PROTOCOL_VERSION)
-    if version is None or version.type is not _S:
+    if version is None or version.type is not ItemType.STRUCTURE:
         return DEFAULT_VERSION
     major = version.find(_PROTOCOL_VERSION_MAJOR)
     minor = version.find(_PROTOCOL_VERSION_MINOR)
@@ -608,7 +596,7 @@ class _Writer:
             name, end_name = f'{_UNNAMED} tag="{name}"', _UNNAMED
         indent = _INDENT * depth
         item_type = item.type
-        if item_type is _S:
+        if item_type is ItemType.STRUCTURE:
             children = item.value
             if not isinstance(children, list):
                 raise XmlEncodingError("a Structure's value must be a list of items",
@@ -687,38 +675,39 @@ def value_text(item: Item, version: Version, value_tag: int | None = None) -> st
     value_tag = value_tag or item.tag
     item_type = item.type
     value = item.value
-    if item_type is _TEXT:
+    if item_type is ItemType.TEXT_STRING:
         if not isinstance(value, str):
             raise TypeError("a Text String value must be a str")
         return value
-    if item_type is _BYTES:
+    if item_type is ItemType.BYTE_STRING:
         if not isinstance(value, bytes | bytearray):
             raise TypeError("a Byte String value must be bytes")
         return value.hex()
-    if item_type is _BOOL:
+    if item_type is ItemType.BOOLEAN:
         if type(value) is not bool:
             raise TypeError("a Boolean value must be a bool")
         return "true" if value else "false"
     if type(value) is not int:
         raise TypeError(f"a {TYPE_NAMES[item_type]} value must be an int")
-    if item_type is _BIG:
+    if item_type is ItemType.BIG_INTEGER:
         width = item.width or _big_width(value)
         return value.to_bytes(width, "big", signed=True).hex()
     low, high = _LIMITS[item_type]
     if not low <= value <= high:
         raise ValueError(f"out of range for {TYPE_NAMES[item_type]}")
-    if item_type is _ENUM:
+    if item_type is ItemType.ENUMERATION:
         return _enum_name(value_tag, value, version) or f"0x{value:08X}"
-    if item_type is _INT and value > 0 and _is_mask(value_tag, version):
+    if item_type is ItemType.INTEGER and value > 0 and _is_mask(value_tag, version):
         return _mask_to_names(value_tag, value, version) or str(value)
-    if item_type is _DT or item_type is _DTX:
+    if item_type is ItemType.DATE_TIME or item_type is ItemType.DATE_TIME_EXTENDED:
         return _format_date_time(value, item_type)
     return str(value)
 
 
 def _format_date_time(value: int, item_type: ItemType) -> str:
     """UTC xsd:dateTime, with microseconds for a Date-Time Extended that has them."""
-    seconds, microseconds = (value, 0) if item_type is _DT else divmod(value, 1_000_000)
+    seconds, microseconds = ((value, 0) if item_type is ItemType.DATE_TIME
+                             else divmod(value, 1_000_000))
     try:
         moment = _EPOCH + timedelta(seconds=seconds)
     except OverflowError:

@@ -11,14 +11,9 @@ from kcm.kmip.attributes import (
     CryptographicParameters,
     Name,
     TemplateAttributes,
-    attribute_from_item,
-    attribute_to_v1,
-    attributes_from_container,
-    attributes_to_container,
 )
-from kcm.kmip.enums import DerivationMethod, ObjectType, ResultReason, ValidityIndicator
-from kcm.kmip.errors import KmipError
-from kcm.kmip.fields import Codec, Field, Struct, Version, fld, kmip_struct, tag_label
+from kcm.kmip.enums import DerivationMethod, ObjectType, ValidityIndicator
+from kcm.kmip.fields import Struct, fld, kmip_struct
 from kcm.kmip.payloads._common import RAW, UID
 from kcm.kmip.tags import Tag
 from kcm.ttlv.types import Item, ItemType
@@ -31,65 +26,9 @@ _S = ItemType.STRUCTURE
 _ATTRS = (Tag.TEMPLATE_ATTRIBUTE, Tag.ATTRIBUTES)
 
 
-class KeyPartAttributes(Codec):
-    """The attributes of one part of a key pair (common, private or public).
-
-    KMIP 1.x sends a Template-Attribute under ``v1_tag`` ({Name*, Attribute*}, the Names
-    being references to Template objects, kept in the model's ``names_field``); 2.x an
-    Attributes-like structure under ``v2_tag``. ``v2_tag`` None: the field does not
-    exist in 2.x (the response templates), and encoding for 2.x omits it.
-    """
-
-    __slots__ = ("v1_tag", "v2_tag", "names_field")
-
-    def __init__(self, v1_tag: int, v2_tag: int | None, names_field: str) -> None:
-        self.v1_tag = v1_tag
-        self.v2_tag = v2_tag
-        self.names_field = names_field
-
-    def decode_into(self, values: dict, field: Field, item: Item, version: Version) -> None:
-        if field.name in values:
-            raise KmipError(ResultReason.INVALID_FIELD, f"{tag_label(item.tag)} occurs twice")
-        if item.type is not _S:
-            raise KmipError(ResultReason.INVALID_FIELD,
-                            f"{tag_label(item.tag)} must be a Structure")
-        if item.tag != self.v1_tag:
-            values[field.name] = attributes_from_container(item, version)
-            return
-        attributes: list[Attribute] = []
-        names: list[Name] = []
-        for child in item.value:  # type: ignore[union-attr]
-            if child.tag == Tag.ATTRIBUTE:
-                attributes.append(attribute_from_item(child, version))
-            elif child.tag == Tag.NAME:
-                names.append(Name.from_item(child, version))
-            else:
-                raise KmipError(ResultReason.INVALID_FIELD,
-                                f"unexpected field {tag_label(child.tag)} in "
-                                f"{tag_label(item.tag)}")
-        values[field.name] = attributes
-        if names:
-            values[self.names_field] = names
-
-    def encode_into(self, out: list[Item], field: Field, obj: Any, version: Version) -> None:
-        attributes = getattr(obj, field.name)
-        if attributes is None:
-            return
-        if version[0] >= 2:
-            if self.v2_tag is not None:
-                out.append(attributes_to_container(attributes, version, self.v2_tag))
-            return
-        children = [name.to_item(version) for name in getattr(obj, self.names_field)]
-        for attribute in attributes:
-            item = attribute_to_v1(attribute, version)
-            if item is not None:
-                children.append(item)
-        out.append(Item(self.v1_tag, _S, children))
-
-
 def _part(v1_tag: int, v2_tag: int | None, names_field: str, *, required: bool = False) -> Any:
     tags = (v1_tag,) if v2_tag is None else (v1_tag, v2_tag)
-    return fld(tags, KeyPartAttributes(v1_tag, v2_tag, names_field), required=required)
+    return fld(tags, TemplateAttributes(v1_tag, v2_tag, names_field), required=required)
 
 
 @kmip_struct(_REQ)

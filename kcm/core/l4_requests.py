@@ -17,6 +17,7 @@ carries the sealed DEK).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from kcm.core import events
@@ -66,20 +67,22 @@ def get(ctx: OperationContext, request: GetRequest) -> GetResponse | None:
 
 def encrypt(ctx: OperationContext, request: EncryptRequest) -> EncryptResponse | None:
     """Encrypt with an L4 (a record) or an L3 (a DEK), else None."""
-    uid = _resolved(ctx, request.unique_identifier)
-    if not (is_l4(uid) or is_l3(uid)):
-        return None
-    _note_token(ctx, uid)
-    return _engine(ctx).encrypt(ctx.principal, ctx.version, _with_uid(request, uid))
+    return _with_service_key(ctx, request, L4Engine.encrypt)
 
 
 def decrypt(ctx: OperationContext, request: DecryptRequest) -> DecryptResponse | None:
     """Decrypt with an L4 or an L3, else None."""
+    return _with_service_key(ctx, request, L4Engine.decrypt)
+
+
+def _with_service_key(ctx: OperationContext, request: Any, operation: Callable[..., Any]
+                      ) -> Any:
+    """``operation`` of the engine when ``request`` names an L4 or an L3, else None."""
     uid = _resolved(ctx, request.unique_identifier)
     if not (is_l4(uid) or is_l3(uid)):
         return None
     _note_token(ctx, uid)
-    return _engine(ctx).decrypt(ctx.principal, ctx.version, _with_uid(request, uid))
+    return operation(_engine(ctx), ctx.principal, ctx.version, _with_uid(request, uid))
 
 
 def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierResponse | None:

@@ -477,3 +477,49 @@ def test_a_listener_reads_its_certificate_when_it_starts(tmp_path: Path) -> None
 def test_a_listener_refuses_a_tls_description_when_assembled(pki: PkiPaths) -> None:
     with pytest.raises(ValueError, match="KCM adds the TLS itself"):
         _listener(pki, "ssl:5696")
+
+
+class _LaterEndpoint:
+    """An endpoint that listens asynchronously (as e.g. an onion service does)."""
+
+    def __init__(self) -> None:
+        self.listening: defer.Deferred = defer.Deferred()
+
+    def listen(self, factory: Any) -> defer.Deferred:
+        return self.listening
+
+
+class _FakeReactor:
+    def __init__(self) -> None:
+        self.when_running: list = []
+
+    def callWhenRunning(self, fn: Callable[[], Any]) -> None:
+        self.when_running.append(fn)
+
+    def stop(self) -> None:  # pragma: no cover - only its identity is checked
+        pass
+
+
+def test_a_listener_whose_endpoint_fails_later_stops_the_reactor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.error import CannotListenError
+
+    endpoint = _LaterEndpoint()
+    monkeypatch.setattr("kcm.tls.tls_server_endpoint", lambda *args: endpoint)
+    fake = _FakeReactor()
+    listener = TLSListener(fake, "tcp:0", lambda: None, protocol.Factory())  # type: ignore[arg-type]
+    listener.startService()
+    assert listener.running and listener.port is None
+    endpoint.listening.errback(CannotListenError("127.0.0.1", 1, OSError("in use")))
+    assert fake.when_running == [fake.stop]
+
+
+def test_a_listener_stopped_before_its_endpoint_answers_cancels_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = _LaterEndpoint()
+    monkeypatch.setattr("kcm.tls.tls_server_endpoint", lambda *args: endpoint)
+    fake = _FakeReactor()
+    listener = TLSListener(fake, "tcp:0", lambda: None, protocol.Factory())  # type: ignore[arg-type]
+    listener.startService()
+    listener.stopService()
+    assert endpoint.listening.called and fake.when_running == []  # cancelled, not a failure

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kcm.kmip_protocol import ConnectionLimits
+from kcm.logging import check_log_format, parse_level
 
 
 class ConfigError(ValueError):
@@ -33,7 +34,8 @@ def load_section(default: C, section: str, path: str | Path | None,
                  overrides: Mapping[str, Any] | None, top_level: Collection[str], *,
                  retired: Mapping[str, str] | None = None,
                  coerce: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> C:
-    """``default`` (a dataclass with ``tls`` and ``limits`` fields) updated from the TOML
+    """``default`` (a dataclass with ``tls``, ``limits``, ``log_level`` and ``log_format``
+    fields) updated from the TOML
     table ``[section]`` (with ``[section.tls]`` and ``[section.limits]``) of the file at
     ``path`` (None: defaults only), then from ``overrides`` (top-level keys, plus
     ``tls_cert``/``tls_key``/``tls_ca``; None values are ignored). ``retired`` maps settings
@@ -73,6 +75,11 @@ def load_section(default: C, section: str, path: str | Path | None,
             config = replace(config, limits=replace(config.limits, **limits))
     except TypeError as e:
         raise ConfigError(str(e)) from None
+    try:
+        parse_level(config.log_level)  # type: ignore[attr-defined]
+        check_log_format(config.log_format)  # type: ignore[attr-defined]
+    except ValueError as e:
+        raise ConfigError(f"{section}: {e}") from None
     return config
 
 

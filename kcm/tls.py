@@ -25,10 +25,17 @@ the alert that closes the connection.
 Listeners stay endpoint strings in configuration: :func:`tls_server_endpoint` takes a plain
 ``tcp:5696:interface=127.0.0.1`` description and wraps it in TLS; :func:`tls_client_endpoint`
 does the same for ``tcp:HOST:PORT``.
+
+Services are assembled before anything is read (STYLE.md): :class:`TLSListener` is the one way
+a KCM process listens — an endpoint string, a function that builds the TLS options, and a
+protocol factory; it reads the certificate files and binds the port when it starts, and a
+failure to do either fails its start. :class:`TLSClientEndpoint` is the client side's
+counterpart: its TLS options are built when its owner loads it at start.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL, crypto
-from twisted.internet.defer import Deferred
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -54,13 +62,17 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
     trustRootFromCertificates,
 )
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
 
 __all__ = [
     "TLS12_CIPHERS",
+    "TLSClientEndpoint",
+    "TLSListener",
     "client_tls_options",
     "load_certificates",
     "peer_certificate",
@@ -74,6 +86,8 @@ __all__ = [
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 _VERSIONS = (TLSVersion.TLSv1_2, TLSVersion.TLSv1_3)
+
+log = Logger()
 
 
 def load_certificates(path: str | Path) -> list[x509.Certificate]:
@@ -247,3 +261,100 @@ def tls_client_endpoint(
     """A TLS client endpoint over the plain endpoint ``description`` (``tcp:HOST:PORT``)."""
     _refuse_tls_description(description)
     return wrapClientTLS(options, clientFromString(reactor, description))
+
+
+class TLSListener(Service):
+    """Listens with mutual TLS on the plain endpoint ``description`` while it runs.
+
+    Construction only checks the description. :meth:`startService` calls ``tls_options``
+    (which reads the certificate files, e.g. ``functools.partial(server_tls_options, cert,
+    key, ca)``), then listens with ``factory``; an error from either propagates, so the
+    service does not start (under twistd, the process stops with that error: a port already
+    in use is ``CannotListenError: Couldn't listen on ...: Address already in use``).
+    Stream endpoints listen at once; for one that answers later, a failure is logged as
+    critical and the reactor is stopped, since a server that cannot listen is not serving.
+    :attr:`port` is the listening port while running.
+    """
+
+    def __init__(self, reactor: Any, description: str,
+                 tls_options: Callable[[], IOpenSSLServerConnectionCreator],
+                 factory: IProtocolFactory, *, name: str | None = None) -> None:
+        _refuse_tls_description(description)
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.name = name  # type: ignore[assignment]
+        self._tls_options = tls_options
+        self._listening: Deferred[None] | None = None
+        self._starting = False
+        self._start_error: Failure | None = None
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        endpoint = tls_server_endpoint(self.reactor, self.description, self._tls_options())
+        self._starting, self._start_error = True, None
+        try:
+            self._listening = endpoint.listen(self.factory)
+            self._listening.addCallbacks(self._listened, self._listen_failed)
+        finally:
+            self._starting = False
+        if self._start_error is not None:
+            error, self._start_error = self._start_error, None
+            error.raiseException()
+        super().startService()
+
+    def _listened(self, port: IListeningPort) -> None:
+        self._listening = None
+        self.port = port
+        if not self._starting and not self.running:  # stopped while it was waiting
+            self.port = None
+            port.stopListening()
+
+    def _listen_failed(self, failure: Failure) -> None:
+        self._listening = None
+        if self._starting:  # raised by startService
+            self._start_error = failure
+        elif not failure.check(CancelledError):
+            log.failure("{name} cannot listen on {description}; stopping", failure,
+                        name=self.name or "a listener", description=self.description)
+            self.reactor.callWhenRunning(self.reactor.stop)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._listening is not None:
+            self._listening.cancel()
+            self._listening = None
+        port, self.port = self.port, None
+        if port is None:
+            return maybeDeferred(lambda: None)
+        return maybeDeferred(port.stopListening)
+
+
+@implementer(IStreamClientEndpoint)
+class TLSClientEndpoint:
+    """:func:`tls_client_endpoint` of ``description``, assembled before its files are read.
+
+    :meth:`load` builds the TLS options with ``tls_options`` (e.g. ``functools.partial(
+    client_tls_options, cert, key, ca, hostname)``); the service that owns the endpoint calls
+    it when it starts, so a missing or wrong file fails that start. Connecting before then
+    fails.
+    """
+
+    def __init__(self, reactor: Any, description: str,
+                 tls_options: Callable[[], IOpenSSLClientConnectionCreator]) -> None:
+        _refuse_tls_description(description)
+        self.reactor = reactor
+        self.description = description
+        self._tls_options = tls_options
+        self._endpoint: IStreamClientEndpoint | None = None
+
+    def load(self) -> None:
+        """Read the certificate files and build the TLS options now."""
+        self._endpoint = tls_client_endpoint(self.reactor, self.description,
+                                             self._tls_options())
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        """Connect through TLS; fails if :meth:`load` has not run."""
+        if self._endpoint is None:
+            return fail(RuntimeError(f"the TLS options for {self.description} are not loaded"))
+        return self._endpoint.connect(protocolFactory)

@@ -15,23 +15,23 @@ of the newest record so that a truncated tail is detected too.
 
 Appends are serialized with every other writer (see
 :func:`kcm.core.store.repository.lock_writers`), so the chain cannot fork. Committed records are
-also emitted as structured log events (``kcm.audit``) once their transaction commits; records of
-a rolled-back transaction are never logged.
+also emitted as log events of their own once their transaction commits: a
+``twisted.logger`` event in the ``kcm.audit`` namespace whose fields are the record's
+(:meth:`AuditRow.log_fields`); records of a rolled-back transaction are never logged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
+from twisted.logger import Logger
 
 from kcm.core.store.repository import get_meta, lock_writers, set_meta
 from kcm.core.store.schema import AuditLog
@@ -43,7 +43,13 @@ HEAD_META_KEY = "audit.head"
 _PENDING_KEY = "kcm.audit.pending"
 _HOOKED_KEY = "kcm.audit.hooked"
 
-_fallback_logger = logging.getLogger(__name__)
+#: Where committed audit records are emitted (a namespace of their own, so an observer can
+#: pick them out).
+audit_log = Logger(namespace="kcm.audit")
+
+#: The text of an audit event; the record itself is in the event's fields.
+AUDIT_FORMAT = ("audit {seq}: {operation} by {principal}: {result_status} "
+                "(correlation id {correlation_id})")
 
 JsonValue = str | int | float | bool | None | Sequence["JsonValue"] | Mapping[str, "JsonValue"]
 
@@ -189,7 +195,7 @@ def append_audit(
     """Append ``record`` to the chain in the caller's transaction and return the stored row.
 
     Raises TypeError if any field is not text (or ``detail`` holds bytes) before touching the
-    database. The record is logged through structlog only after the transaction commits.
+    database. The record is logged (``kcm.audit``) only after the transaction commits.
     """
     for name in ("principal", "operation", "result_status", "correlation_id", "source"):
         _check_text(name, getattr(record, name))
@@ -242,15 +248,10 @@ def _emit_pending(session: Session) -> None:
     pending: list[AuditRow] = session.info.pop(_PENDING_KEY, [])
     if not pending:
         return
-    # Looked up per commit, not at import, so a later configure_logging() always applies.
-    audit_logger = structlog.get_logger("kcm.audit")
+    # The committed row is the record of truth; a broken log observer cannot turn it into a
+    # reported failure, since the log publisher catches (and reports) observers' errors.
     for row in pending:
-        try:
-            audit_logger.info("audit", **row.log_fields())
-        except Exception:
-            # The committed database row is the record of truth; a broken log sink must not
-            # turn a committed change into a reported failure.
-            _fallback_logger.exception("could not emit audit record %d", row.seq)
+        audit_log.info(AUDIT_FORMAT, **row.log_fields())
 
 
 def _drop_pending(session: Session) -> None:

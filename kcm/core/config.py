@@ -30,11 +30,14 @@ class CoreConfig:
                                                            "var/pki/ca.pem"))
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     database_threads: int = 4
+    #: Events below this level are dropped (debug, info, warn, error, critical).
     log_level: str = "info"
+    #: ``json`` (one object per line) or ``text`` (readable lines); see kcm.logging.
+    log_format: str = "json"
 
 
 _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "policy_file",
-              "database_threads", "log_level"}
+              "database_threads", "log_level", "log_format"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:

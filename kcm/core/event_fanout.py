@@ -39,17 +39,22 @@ class EventFanout(Service):
 
     name = "kcm-event-fanout"
 
-    def __init__(self, store: Store, clock: IReactorTime, *, head: int = 0,
+    def __init__(self, store: Store, clock: IReactorTime, *, head: int | None = 0,
                  poll_interval: float = 0.05, batch_size: int = 1000) -> None:
         self._store = store
         self._clock = clock
-        self.head = head  # the newest sequence number published (or known at start)
+        #: The newest sequence number published (or known at start); None: the outbox's
+        #: head, read when the service starts.
+        self.head = head
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self._subscribers: set[EventSubscriber] = set()
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
+        if self.head is None:
+            # Once, at start (before the reactor runs): links resume from here.
+            self.head = self._store.run_sync(repository.outbox_head, write=False)
         super().startService()
         self._loop = LoopingCall(self.poll)
         self._loop.clock = self._clock

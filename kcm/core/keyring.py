@@ -24,9 +24,14 @@ CURRENT_L2_TTL = 5.0
 
 
 class Keyring:
-    """Holds L1; unwraps and caches L2s by uid (they never change once created)."""
+    """Holds L1; unwraps and caches L2s by uid (they never change once created).
 
-    def __init__(self, l1: bytes, *, random_bytes: keys.RandomBytes = os.urandom,
+    Made without ``l1``, it is assembled before the key file is read, and :meth:`load` gives
+    it L1 when the service that reads the file starts; until then nothing can be wrapped or
+    unwrapped.
+    """
+
+    def __init__(self, l1: bytes | None = None, *, random_bytes: keys.RandomBytes = os.urandom,
                  clock: Callable[[], float] = time.monotonic,
                  current_l2_ttl: float = CURRENT_L2_TTL) -> None:
         self._l1 = l1
@@ -36,6 +41,20 @@ class Keyring:
         self._l2_by_uid: dict[str, bytes] = {}
         # tenant -> (uid of its current L2, when looked up): saves a query per new object.
         self._current_l2: dict[str, tuple[str, float]] = {}
+
+    def load(self, l1: bytes) -> None:
+        """Use ``l1`` as the L1 key from now on."""
+        self._l1 = l1
+
+    @property
+    def loaded(self) -> bool:
+        """Whether L1 has been given."""
+        return self._l1 is not None
+
+    def _master(self) -> bytes:
+        if self._l1 is None:
+            raise KmipError(ResultReason.GENERAL_FAILURE, "the L1 key is not loaded")
+        return self._l1
 
     @property
     def random_bytes(self) -> keys.RandomBytes:
@@ -90,7 +109,7 @@ class Keyring:
             raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the object has no key value")
         aad = keys.object_aad(row.tenant, row.uid)
         if row.wrapped_by == WRAPPED_BY_L1:
-            return keys.unwrap(self._l1, row.material, aad=aad)
+            return keys.unwrap(self._master(), row.material, aad=aad)
         l2 = repository.get_object(session, row.tenant, row.wrapped_by)
         if l2 is None or l2.level != LEVEL_TENANT_KEY:
             raise KmipError(ResultReason.GENERAL_FAILURE, "the key wrapping this object is missing")
@@ -101,12 +120,14 @@ class Keyring:
         if key is None:
             if l2.material is None:
                 raise KmipError(ResultReason.GENERAL_FAILURE, "the tenant key was destroyed")
-            key = keys.unwrap(self._l1, l2.material, aad=keys.object_aad(l2.tenant, l2.uid))
+            key = keys.unwrap(self._master(), l2.material,
+                              aad=keys.object_aad(l2.tenant, l2.uid))
             self._l2_by_uid[l2.uid] = key
         return key
 
     def wrap_tenant_key(self, tenant: str, uid: str, key: bytes) -> bytes:
         """Wrap a new L2 under L1."""
         return keys.wrap(
-            self._l1, key, aad=keys.object_aad(tenant, uid), random_bytes=self._random_bytes
+            self._master(), key, aad=keys.object_aad(tenant, uid),
+            random_bytes=self._random_bytes
         )

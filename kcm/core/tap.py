@@ -1,16 +1,26 @@
-"""``twistd kcm-core``: options and service assembly (no I/O until the service starts)."""
+"""``twistd kcm-core``: options, and :func:`makeService`, which assembles the whole service
+tree from them without reading a file or touching the network (the services do that when
+they start; see :mod:`kcm.core.service`)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from twisted.application import service
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
 from kcm.config_file import ConfigError
 from kcm.core.config import load_config
-from kcm.core.service import CoreService
+from kcm.core.event_fanout import EventFanout
+from kcm.core.keyring import Keyring
+from kcm.core.link_server import LinkServerFactory
+from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.service import CoreService, MasterKey, PolicyFile
+from kcm.core.state_sweeper import StateSweeper
+from kcm.core.store.engine import Store
+from kcm.kmip_protocol import KmipServerFactory
+from kcm.tls import TLSListener, peer_principal, server_tls_options
 
 
 class Options(usage.Options):
@@ -27,7 +37,8 @@ class Options(usage.Options):
         ["tls-cert", None, None, "Server certificate (PEM)."],
         ["tls-key", None, None, "Server private key (PEM)."],
         ["tls-ca", None, None, "CA certificates that client certificates must chain to."],
-        ["log-level", None, None, "Log level (debug, info, warning, error)."],
+        ["log-level", None, None, "Log level (debug, info, warn, error, critical)."],
+        ["log-format", None, None, "Log format on standard output: json (lines) or text."],
     ]
 
     def postOptions(self) -> None:
@@ -39,6 +50,39 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def makeService(options: Options, reactor: Any = default_reactor) -> service.IService:
-    """The kcm-core service, assembled from parsed options."""
-    return CoreService(options["core_config"], reactor=reactor)
+def makeService(options: Options, reactor: Any = default_reactor) -> CoreService:
+    """The kcm-core service tree, assembled from parsed options; nothing is read yet."""
+    config = options["core_config"]
+    trust_domain = config.trust_domain
+    store = Store(config.database, reactor=reactor, threads=config.database_threads,
+                  migrate=True)
+    keyring = Keyring()
+    handler = CoreRequestHandler(store, keyring, clock=reactor.seconds,
+                                 max_message_size=config.limits.max_message_size)
+    policy = PolicyFile(config.policy_file, store, reactor)
+    core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
+                       policy=policy)
+    tls_options = partial(server_tls_options, config.tls.cert, config.tls.key, config.tls.ca)
+    kmip_factory = KmipServerFactory(
+        handler, config.limits,
+        lambda transport: peer_principal(transport, trust_domain, policy.subject_map),
+        reactor)
+
+    store.setServiceParent(core)
+    MasterKey(keyring, store, config.l1_key_file).setServiceParent(core)
+    policy.setServiceParent(core)
+    TLSListener(reactor, config.listen, tls_options, kmip_factory,
+                name="kcm-kmip-listener").setServiceParent(core)
+    if config.link_listen:
+        fanout = EventFanout(store, reactor, head=None)  # read from the outbox at start
+        link_factory = LinkServerFactory(
+            handler=handler, store=store, keyring=keyring, fanout=fanout,
+            resolve_peer=lambda transport: peer_principal(transport, trust_domain),
+            trust_domain=trust_domain, subject_map=None, clock=reactor)
+        policy.on_change.append(link_factory.set_subject_map)
+        core.fanout, core.link_factory = fanout, link_factory
+        fanout.setServiceParent(core)
+        TLSListener(reactor, config.link_listen, tls_options, link_factory,
+                    name="kcm-link-listener").setServiceParent(core)
+    StateSweeper(store, reactor).setServiceParent(core)
+    return core

@@ -38,7 +38,10 @@ class GatewayConfig:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: Requests forwarded to the core and not yet answered, across all clients.
     max_in_flight: int = 1024
+    #: Events below this level are dropped (debug, info, warn, error, critical).
     log_level: str = "info"
+    #: ``json`` (one object per line) or ``text`` (readable lines); see kcm.logging.
+    log_format: str = "json"
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -46,7 +49,7 @@ class GatewayConfig:
 
 
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_server_name", "l3_ttl",
-              "max_stale", "prewarm", "max_in_flight", "log_level"}
+              "max_stale", "prewarm", "max_in_flight", "log_level", "log_format"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 

@@ -90,7 +90,8 @@ class LinkClientProtocol(LinkProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.send(Frame(FrameType.HELLO, link_version=LINK_VERSION, peer_name=self.client.name,
+        self.send(Frame(FrameType.HELLO, link_version=LINK_VERSION,
+                        peer_name=self.client.gateway_name,
                         sequence=self.client.last_sequence))
 
     def frame_WELCOME(self, frame: Frame) -> None:
@@ -172,6 +173,8 @@ class LinkClientProtocol(LinkProtocol):
 class LinkClient(MultiService):
     """The gateway's link to the core, kept up while the service runs."""
 
+    name = "kcm-link"
+
     def __init__(self, endpoint: IStreamClientEndpoint, *, clock: IReactorTime,
                  name: str = "kcm-gateway", on_event: EventCallback | None = None,
                  on_resync: Callable[[], None] | None = None,
@@ -183,7 +186,9 @@ class LinkClient(MultiService):
                  random_fraction: Callable[[], float] = random.random) -> None:
         super().__init__()
         self.clock = clock
-        self.name = name
+        #: The name the gateway gives itself in HELLO (its certificate's gateway name; a
+        #: gateway assembled before reading its certificate sets it when it starts).
+        self.gateway_name = name
         #: Called with (sequence, kind, tenant, payload) for each event, in order.
         self.on_event = on_event
         #: Called when the core's event log is behind ours (a restored database): cached

@@ -1,43 +1,68 @@
-"""The kcm-gateway service tree. Construction only records the configuration; everything
-that reads files or touches the network happens in :meth:`GatewayService.startService`.
+"""The services of kcm-gateway's tree. :func:`kcm.gateway.tap.makeService` assembles them;
+none reads a file or touches the network before it starts.
 
 Client principals come from certificates, and for subject-only certificates from the
 subject map the core pushes on the link (ARCHITECTURE §6); the gateway has no policy file.
 
-Children: the link to the core (a reconnecting client), the KMIP listener for applications
-(whose connections stop reading while the link has too many calls in flight), and a timer
-that refreshes service keys past their TTL in the background. Once the link is up the
-configured services are pre-warmed.
+In start order (:class:`GatewayService` starts its children in the order they were added,
+all or none): :class:`GatewayIdentity` (reads the gateway's certificate: its name on the
+link, the link's TLS), the link to the core (a reconnecting client), the KMIP listener for
+applications (whose connections stop reading while the link has too many calls in flight;
+:class:`kcm.tls.TLSListener`), and a timer that refreshes service keys past their TTL in the
+background. Once the link is up the configured services are pre-warmed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 from kcm.gateway.config import GatewayConfig
-from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
+from kcm.gateway.handler import GatewayRequestHandler
 from kcm.gateway.l3_cache import L3Cache, Need
 from kcm.gateway.link_client import LinkClient
-from kcm.gateway.local_batch import LocalRunner
 from kcm.identity import Principal, Role, SubjectMap, principal_from_certificate
-from kcm.kmip_protocol import KmipServerFactory
-from kcm.logging import configure_logging
-from kcm.tls import load_certificates, peer_principal, server_tls_options, tls_server_endpoint
+from kcm.process import ProcessService
+from kcm.tls import TLSClientEndpoint, load_certificates
 
-__all__ = ["GatewayService"]
+__all__ = ["GatewayIdentity", "GatewayService"]
 
 log = Logger()
 
 
-class GatewayService(MultiService):
-    """kcm-gateway: the link to the core, the L3 cache, and the KMIP listener."""
+class GatewayIdentity(Service):
+    """Reads the gateway's certificate when it starts: the gateway name ``link`` announces in
+    HELLO (the certificate must name a gateway of ``trust_domain``), and the TLS options
+    ``endpoint`` (the link's) connects with. Starts before the link."""
+
+    name = "kcm-gateway-identity"
+
+    def __init__(self, cert_path: str, trust_domain: str, link: LinkClient,
+                 endpoint: TLSClientEndpoint) -> None:
+        self.cert_path = cert_path
+        self.trust_domain = trust_domain
+        self.link = link
+        self.endpoint = endpoint
+
+    def startService(self) -> None:
+        self.link.gateway_name = _gateway_name(self.cert_path, self.trust_domain)
+        self.endpoint.load()
+        super().startService()
+
+
+class GatewayService(ProcessService):
+    """kcm-gateway: the link to the core, the L3 cache, and the KMIP listener.
+
+    The root of the tree :func:`kcm.gateway.tap.makeService` assembles (which also sets
+    :attr:`link`, :attr:`cache` and :attr:`handler`); it holds the policy the core pushed and
+    pre-warms the configured services once the link is up.
+    """
 
     def __init__(self, config: GatewayConfig, *, reactor: Any) -> None:
-        super().__init__()
+        super().__init__("kcm-gateway", log_format=config.log_format,
+                         log_level=config.log_level)
         self.config = config
         self.reactor = reactor
         self.link: LinkClient | None = None
@@ -48,43 +73,12 @@ class GatewayService(MultiService):
         self.subject_map = SubjectMap({})
 
     def startService(self) -> None:
+        super().startService()
         config = self.config
-        configure_logging(level=config.log_level)
-        reactor = self.reactor
-        link = LinkClient.over_tls(reactor, config.core, cert=config.tls.cert,
-                                   key=config.tls.key, ca=config.tls.ca,
-                                   server_name=config.core_server_name,
-                                   name=_gateway_name(config.tls.cert, config.trust_domain),
-                                   max_in_flight=config.max_in_flight)
-        cache = L3Cache(link.fetch_service_keys, connected=lambda: link.connected,
-                        clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale)
-        link.on_event = cache.apply_event
-        link.on_resync = cache.resync
-        link.on_policy = self.apply_policy
-        runner = LocalRunner(new_correlation_id=new_correlation_id)
-        handler = GatewayRequestHandler(runner=runner, cache=cache, link=link,
-                                        clock=reactor.seconds,
-                                        max_message_size=config.limits.max_message_size)
-        trust_domain = config.trust_domain
-        factory = KmipServerFactory(
-            handler, config.limits,
-            lambda transport: peer_principal(transport, trust_domain, self.subject_map),
-            reactor, upstream=link)
-        tls = server_tls_options(config.tls.cert, config.tls.key, config.tls.ca)
-        listener = StreamServerEndpointService(
-            tls_server_endpoint(reactor, config.listen, tls), factory)
-        listener._raiseSynchronously = True
-        refresher = TimerService(max(config.l3_ttl / 4, 0.5), cache.refresh_due)
-        refresher.clock = reactor
-        self.link, self.cache, self.handler = link, cache, handler
-        link.setServiceParent(self)
-        listener.setServiceParent(self)
-        refresher.setServiceParent(self)
         log.info("kcm-gateway listening on {listen}, core link to {core}",
                  listen=config.listen, core=config.core)
-        super().startService()
-        if config.prewarm:
-            link.when_connected().addCallback(lambda _: self._prewarm())
+        if config.prewarm and self.link is not None:
+            self.link.when_connected().addCallback(lambda _: self._prewarm())
 
     def apply_policy(self, document: str) -> None:
         """Resolve client principals with the core's policy ``document`` from now on: each

@@ -1,16 +1,31 @@
-"""``twistd kcm-gateway``: options and service assembly (no I/O until the service starts)."""
+"""``twistd kcm-gateway``: options, and :func:`makeService`, which assembles the whole
+service tree from them without reading a file or touching the network (the services do that
+when they start; see :mod:`kcm.gateway.service`)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from twisted.application import service
+from twisted.application.internet import TimerService
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
 from kcm.config_file import ConfigError
 from kcm.gateway.config import load_config
-from kcm.gateway.service import GatewayService
+from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
+from kcm.gateway.l3_cache import L3Cache
+from kcm.gateway.link_client import LinkClient
+from kcm.gateway.local_batch import LocalRunner
+from kcm.gateway.service import GatewayIdentity, GatewayService
+from kcm.kmip_protocol import KmipServerFactory
+from kcm.tls import (
+    TLSClientEndpoint,
+    TLSListener,
+    client_tls_options,
+    peer_principal,
+    server_tls_options,
+)
 
 
 class Options(usage.Options):
@@ -29,7 +44,8 @@ class Options(usage.Options):
         ["max-stale", None, None, "Seconds a cached L3 may serve while the core is down."],
         ["prewarm", None, None, "Comma-separated tenant/service list to fetch at start."],
         ["max-in-flight", None, None, "Forwarded requests in flight before reading pauses."],
-        ["log-level", None, None, "Log level (debug, info, warning, error)."],
+        ["log-level", None, None, "Log level (debug, info, warn, error, critical)."],
+        ["log-format", None, None, "Log format on standard output: json (lines) or text."],
     ]
 
     def postOptions(self) -> None:
@@ -41,6 +57,35 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def makeService(options: Options, reactor: Any = default_reactor) -> service.IService:
-    """The kcm-gateway service, assembled from parsed options."""
-    return GatewayService(options["gateway_config"], reactor=reactor)
+def makeService(options: Options, reactor: Any = default_reactor) -> GatewayService:
+    """The kcm-gateway service tree, assembled from parsed options; nothing is read yet."""
+    config = options["gateway_config"]
+    tls = config.tls
+    trust_domain = config.trust_domain
+    gateway = GatewayService(config, reactor=reactor)
+    link_endpoint = TLSClientEndpoint(reactor, config.core, partial(
+        client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name))
+    link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight)
+    cache = L3Cache(link.fetch_service_keys, connected=lambda: link.connected,
+                    clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale)
+    link.on_event = cache.apply_event
+    link.on_resync = cache.resync
+    link.on_policy = gateway.apply_policy
+    runner = LocalRunner(new_correlation_id=new_correlation_id)
+    handler = GatewayRequestHandler(runner=runner, cache=cache, link=link,
+                                    clock=reactor.seconds,
+                                    max_message_size=config.limits.max_message_size)
+    kmip_factory = KmipServerFactory(
+        handler, config.limits,
+        lambda transport: peer_principal(transport, trust_domain, gateway.subject_map),
+        reactor, upstream=link)
+    refresher = TimerService(max(config.l3_ttl / 4, 0.5), cache.refresh_due)
+    refresher.clock = reactor
+    gateway.link, gateway.cache, gateway.handler = link, cache, handler
+
+    GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
+    link.setServiceParent(gateway)
+    TLSListener(reactor, config.listen, partial(server_tls_options, tls.cert, tls.key, tls.ca),
+                kmip_factory, name="kcm-kmip-listener").setServiceParent(gateway)
+    refresher.setServiceParent(gateway)
+    return gateway

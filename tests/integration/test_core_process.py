@@ -3,15 +3,17 @@ PyKMIP and our own client over mutual TLS."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import struct
+from pathlib import Path
 
 import pytest
 from kmip.core import enums
 from kmip.pie import exceptions as pie_exceptions
 
-from tests.e2e_support import CoreProcess
+from tests.e2e_support import CoreProcess, deploy, wait_until
 
 
 def _create_get_destroy(core: CoreProcess) -> None:
@@ -68,3 +70,50 @@ def test_malformed_ttlv_is_invalid_message_and_the_server_keeps_serving(
         assert struct.unpack(">I", answer[:4])[0] >> 8 == 0x42007B
         assert b"malformed TTLV" in answer
     _create_get_destroy(core_process)
+
+
+def _log_lines(core: CoreProcess) -> list[dict]:
+    return [json.loads(line) for line in core.log.read_text().splitlines() if line.strip()]
+
+
+def test_the_log_is_json_lines_with_an_audit_event_per_request(
+        core_process: CoreProcess) -> None:
+    client = core_process.pykmip()
+    try:
+        uid = client.create(enums.CryptographicAlgorithm.AES, 256)
+    finally:
+        client.close()
+
+    def audited() -> list[dict]:
+        return [line for line in _log_lines(core_process)
+                if line["namespace"] == "kcm.audit" and uid in line["object_ids"]]
+
+    wait_until(lambda: bool(audited()), "the audit event of the Create")
+    [event] = audited()
+    assert event["level"] == "info"
+    assert (event["operation"], event["result_status"]) == ("CREATE", "SUCCESS")
+    assert event["principal"] == "spiffe://kcm.test/tenant/demo/service/app"
+    assert event["text"].startswith(f"audit {event['seq']}: CREATE by ")
+    assert event["time"].endswith("Z") and len(event["digest"]) == 64
+    lines = _log_lines(core_process)  # every line is one JSON object, twistd's own too
+    assert any("starting up" in line["text"] for line in lines)
+    assert any(line["text"].startswith("kcm-core listening on") for line in lines)
+
+
+def test_start_failures_stop_twistd_with_a_clear_error(tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", core.port))
+        taken.listen()
+        with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
+            core.start()
+    log = core.log.read_text()
+    assert "kcm-core did not start: kcm-kmip-listener: Couldn't listen on" in log
+    assert "Address already in use" in log
+
+    core.database = f"sqlite:///{tmp_path / 'core' / 'empty.db'}"
+    core.write_config()
+    with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
+        core.start()
+    assert ("kcm-core did not start: kcm-l1: the database was not initialised: "
+            "run `kcm core init` first") in core.log.read_text()

@@ -3,6 +3,7 @@ client over mutual TLS, the core killed and restarted under load."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -252,6 +253,9 @@ def test_cold_gateway_serves_a_tenant_admin_and_denies_another_tenant_as_the_cor
     log = gateway.log.read_text()
     assert "denied GET by spiffe://kcm.test/tenant/other/service/app" in log
     assert token not in log
+    lines = [json.loads(line) for line in log.splitlines() if line.strip()]  # JSON lines
+    assert any(line["level"] == "warn" and line["text"].startswith("denied GET by ")
+               for line in lines)
 
 
 

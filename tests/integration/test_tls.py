@@ -15,6 +15,7 @@ import ssl
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from kcm.pki import (
     write_certificate,
 )
 from kcm.tls import (
+    TLSListener,
     client_tls_options,
     peer_principal,
     server_tls_options,
@@ -422,3 +424,102 @@ def test_context_refuses_renegotiation_compression_and_tickets(pki: PkiPaths) ->
     assert context.set_options(0) & wanted == wanted  # set_options returns the options
     required = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
     assert context.get_verify_mode() & required == required
+
+
+# --- TLSListener: the one way a KCM process listens ----------------------------------------------
+
+
+def _listener(pki: PkiPaths, description: str, log: ServerLog | None = None) -> TLSListener:
+    factory = protocol.Factory.forProtocol(lambda: WhoAmI(log or ServerLog(), None))
+    return TLSListener(reactor, description,
+                       partial(server_tls_options, pki.core.cert, pki.core.key, pki.ca.cert),
+                       factory, name="kcm-kmip-listener")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_listener_serves_mutual_tls_while_it_runs(pki: PkiPaths) -> None:
+    log = ServerLog()
+    listener = _listener(pki, "tcp:0:interface=127.0.0.1", log)
+    assert listener.port is None  # assembled: nothing bound, nothing read
+    listener.startService()
+    assert listener.running
+    options = client_tls_options(pki.app.cert, pki.app.key, pki.ca.cert, "localhost")
+    data, _ = yield _twisted_connect(listener.port.getHost().port, options)
+    assert data == b"spiffe://kcm.test/tenant/demo/service/app\n"
+    yield listener.stopService()
+    assert listener.port is None and not listener.running
+
+
+def test_a_listener_on_a_port_in_use_fails_its_start(pki: PkiPaths) -> None:
+    from twisted.internet.error import CannotListenError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listener = _listener(pki, f"tcp:{port}:interface=127.0.0.1")
+        with pytest.raises(CannotListenError,
+                           match=f"127.0.0.1:{port}: .*Address already in use"):
+            listener.startService()
+    assert not listener.running and listener.port is None
+
+
+def test_a_listener_reads_its_certificate_when_it_starts(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.pem"
+    listener = TLSListener(reactor, "tcp:0:interface=127.0.0.1",
+                           partial(server_tls_options, missing, missing, missing),
+                           protocol.Factory.forProtocol(protocol.Protocol))
+    with pytest.raises(FileNotFoundError, match="absent.pem"):
+        listener.startService()
+    assert not listener.running and listener.port is None
+
+
+def test_a_listener_refuses_a_tls_description_when_assembled(pki: PkiPaths) -> None:
+    with pytest.raises(ValueError, match="KCM adds the TLS itself"):
+        _listener(pki, "ssl:5696")
+
+
+class _LaterEndpoint:
+    """An endpoint that listens asynchronously (as e.g. an onion service does)."""
+
+    def __init__(self) -> None:
+        self.listening: defer.Deferred = defer.Deferred()
+
+    def listen(self, factory: Any) -> defer.Deferred:
+        return self.listening
+
+
+class _FakeReactor:
+    def __init__(self) -> None:
+        self.when_running: list = []
+
+    def callWhenRunning(self, fn: Callable[[], Any]) -> None:
+        self.when_running.append(fn)
+
+    def stop(self) -> None:  # pragma: no cover - only its identity is checked
+        pass
+
+
+def test_a_listener_whose_endpoint_fails_later_stops_the_reactor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.error import CannotListenError
+
+    endpoint = _LaterEndpoint()
+    monkeypatch.setattr("kcm.tls.tls_server_endpoint", lambda *args: endpoint)
+    fake = _FakeReactor()
+    listener = TLSListener(fake, "tcp:0", lambda: None, protocol.Factory())  # type: ignore[arg-type]
+    listener.startService()
+    assert listener.running and listener.port is None
+    endpoint.listening.errback(CannotListenError("127.0.0.1", 1, OSError("in use")))
+    assert fake.when_running == [fake.stop]
+
+
+def test_a_listener_stopped_before_its_endpoint_answers_cancels_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = _LaterEndpoint()
+    monkeypatch.setattr("kcm.tls.tls_server_endpoint", lambda *args: endpoint)
+    fake = _FakeReactor()
+    listener = TLSListener(fake, "tcp:0", lambda: None, protocol.Factory())  # type: ignore[arg-type]
+    listener.startService()
+    listener.stopService()
+    assert endpoint.listening.called and fake.when_running == []  # cancelled, not a failure

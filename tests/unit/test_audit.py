@@ -1,4 +1,4 @@
-"""The hash-chained audit log: canonical digest, chain verification, structured logging."""
+"""The hash-chained audit log: canonical digest, chain verification, audit log events."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-import structlog
 from sqlalchemy import update
-from structlog.testing import capture_logs
+from twisted.logger import capturedLogs
 
 from kcm.core.audit import (
     GENESIS_DIGEST,
@@ -23,7 +22,7 @@ from kcm.core.audit import (
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
 from kcm.core.store.schema import AuditLog
-from kcm.logging import configure_logging
+from kcm.logging import log_observer
 
 
 @pytest.fixture
@@ -163,12 +162,14 @@ def test_recomputed_digest_still_breaks_the_next_link(store: Store) -> None:
     assert "prev_digest" in result.reason
 
 
+def _audit_events(events) -> list[dict]:
+    return [e for e in events if e.get("log_namespace") == "kcm.audit"]
+
+
 def test_records_are_logged_only_after_commit(store: Store) -> None:
-    with capture_logs() as logs:
+    with capturedLogs() as events:
         store.run_sync(lambda s: append_audit(s, _event()))
-    assert len(logs) == 1
-    entry = logs[0]
-    assert entry["event"] == "audit"
+    [entry] = _audit_events(events)
     assert entry["seq"] == 1
     assert entry["object_ids"] == ["uid-1", "uid-2"]
     assert entry["detail"]["reason"] == "key compromise"
@@ -181,29 +182,22 @@ def test_records_are_logged_only_after_commit(store: Store) -> None:
         append_audit(session, _event())
         raise Boom
 
-    with capture_logs() as logs, pytest.raises(Boom):
+    with capturedLogs() as events, pytest.raises(Boom):
         store.run_sync(append_then_fail)
-    assert logs == []
+    assert _audit_events(events) == []
 
 
-def test_configure_logging_writes_json_lines() -> None:
+def test_an_audit_record_is_one_json_line_of_its_own(store: Store) -> None:
     stream = io.StringIO()
-    try:
-        configure_logging(stream, "info", cache=False)
-        logger = structlog.get_logger("kcm.test")
-        logger.debug("dropped")
-        logger.info("audit", seq=7, principal="p")
-    finally:
-        structlog.reset_defaults()
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 1
-    record = json.loads(lines[0])
-    assert record["event"] == "audit"
-    assert record["level"] == "info"
-    assert record["seq"] == 7
-    assert record["timestamp"].endswith("Z")
-
-
-def test_configure_logging_rejects_unknown_levels() -> None:
-    with pytest.raises(ValueError):
-        configure_logging(io.StringIO(), "chatty")
+    observer = log_observer(stream, log_format="json", level="info")
+    with capturedLogs() as events:
+        store.run_sync(lambda s: append_audit(s, _event()))
+    for event in events:
+        observer(event)
+    [line] = [json.loads(line) for line in stream.getvalue().splitlines()
+              if json.loads(line)["namespace"] == "kcm.audit"]
+    assert line["level"] == "info"
+    assert line["text"].startswith("audit 1: ")
+    assert line["seq"] == 1 and line["object_ids"] == ["uid-1", "uid-2"]
+    assert line["detail"]["nested"] == {"ok": True}
+    assert line["principal"] == "spiffe://kcm.test/tenant/t1/service/pay"

@@ -62,11 +62,26 @@ def test_bad_settings_are_usage_errors(tmp_path: Path, text: str) -> None:
         parse("-c", str(path))
 
 
-def test_make_service_only_assembles() -> None:
+def test_make_service_only_assembles(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default certificate paths name files that do not exist
     service = tap.makeService(parse("--listen", "tcp:0"), reactor=Clock())
     assert isinstance(service, GatewayService)
     assert service.config.listen == "tcp:0"
-    assert service.link is None and not service.running  # nothing started, nothing read
+    assert [child.name for child in service] == [
+        "kcm-gateway-identity", "kcm-link", "kcm-kmip-listener", None]  # None: the refresher
+    assert service.link is not None and service.cache is not None
+    assert service.handler is not None
+    assert not service.running and not any(child.running for child in service)
+    assert service.link.gateway_name == "kcm-gateway"  # the certificate is not read yet
+
+
+def test_a_start_that_cannot_read_the_certificate_fails_whole(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    service = tap.makeService(parse("--listen", "tcp:0"), reactor=Clock())
+    with pytest.raises(FileNotFoundError, match="gateway.pem"):
+        service.startService()
+    assert not service.running and not any(child.running for child in service)
 
 
 def test_plugin_is_one_service_maker() -> None:

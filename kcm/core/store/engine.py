@@ -99,8 +99,9 @@ def _sqlite_on_begin(connection: Any) -> None:
 class Store(Service):
     """The KSI as a Twisted service: runs each unit of work in one transaction on a worker thread.
 
-    Construction does no I/O; :meth:`startService` opens the engine and starts the thread
-    pool, :meth:`stopService` waits for running work to finish, then closes both.
+    Construction does no I/O; :meth:`startService` brings the schema up to date (when made
+    with ``migrate=True``, as kcm-core's is), opens the engine and starts the thread pool;
+    :meth:`stopService` waits for running work to finish, then closes both.
     """
 
     name = "kcm-store"
@@ -112,12 +113,14 @@ class Store(Service):
         reactor: Any = None,
         threads: int = 4,
         pool_size: int | None = None,
+        migrate: bool = False,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.url = url
+        self.migrate = migrate
         self._reactor = reactor
         self._threads = threads
         self._pool_size = pool_size if pool_size is not None else threads + 1
@@ -148,7 +151,11 @@ class Store(Service):
         return self._engine
 
     def startService(self) -> None:
-        """Open the engine and start the worker threads."""
+        """Upgrade the schema (with ``migrate``), open the engine, start the worker threads."""
+        if self.migrate:
+            from kcm.core.store.migrate import upgrade  # migrate.py builds on this module
+
+            upgrade(self.url)
         _ = self.engine
         self._threadpool = ThreadPool(minthreads=1, maxthreads=self._threads, name=self.name)
         self._threadpool.start()

@@ -1,0 +1,70 @@
+"""The root of a KCM process's service tree (kcm-core, kcm-gateway).
+
+:class:`ProcessService` promises two things its children cannot:
+
+* **It starts whole or not at all.** Children start in the order they were added; if one
+  fails, those already started are stopped again, in reverse order, a critical event names
+  the child and the error, and the error propagates (twistd then exits with status 1).
+* **Its log is KCM's.** When twistd attaches it to the Application it builds, it registers
+  :func:`kcm.logging.log_observer` (on standard output, in the configured ``log_format`` and
+  ``log_level``) as the Application's ``ILogObserver`` component, which is where twistd looks
+  for an application's log observer before it starts logging. twistd's ``--logger`` still
+  takes precedence; ``--logfile`` and ``--syslog`` no longer apply.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+
+from kcm.logging import log_observer
+
+__all__ = ["ProcessService"]
+
+log = Logger()
+
+
+class ProcessService(MultiService):
+    """A KCM process: its children, started in order, all or none."""
+
+    def __init__(self, process_name: str, *, log_format: str = "json", log_level: str = "info",
+                 log_file: IO[str] | None = None) -> None:
+        super().__init__()
+        self.process_name = process_name
+        self.log_format = log_format
+        self.log_level = log_level
+        self._log_file = log_file
+
+    def setServiceParent(self, parent: Any) -> None:
+        # makeService cannot reach the Application twistd builds around its service; this is
+        # the moment they meet, and twistd has not started logging yet (app.AppLogger.start
+        # runs after makeService and reads the component).
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, log_observer(
+                self._log_file or sys.stdout, log_format=self.log_format,
+                level=self.log_level))
+        super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        started: list[IService] = []
+        Service.startService(self)
+        try:
+            for child in self:
+                child.startService()
+                started.append(child)
+        except BaseException as error:
+            failed = child.name or type(child).__name__
+            log.critical("{process} did not start: {service}: {error}",
+                         process=self.process_name, service=failed,
+                         error=str(error) or type(error).__name__)
+            for done in reversed(started):
+                try:
+                    done.stopService()
+                except Exception:
+                    log.failure("stopping {service} after the failed start", service=done.name)
+            self.running = 0
+            raise

@@ -7,7 +7,8 @@ The classifier decides per batch item (:mod:`kcm.gateway.classifier`); this modu
   core is unreachable, never a hang.
 * ALL_LOCAL: decoded, run with the L4 engine against the L3 cache and answered
   *synchronously* (bytes, not a Deferred) when the cache holds the L3s it needs; otherwise
-  those are fetched first (ARCHITECTURE §4) and the answer follows.
+  every L3 the request names that the cache lacks is fetched at once (ARCHITECTURE §4), and
+  the request runs once more (decoded payloads are never changed, so that is safe).
 * MIXED: split into runs of consecutive local or remote items, run in order; each remote run
   is forwarded as one sub-request under the client's header; the answers are merged into one
   response in the client's order, with its Unique Batch Item IDs. Stop and Continue are
@@ -161,15 +162,9 @@ class GatewayRequestHandler:
         header = message.header
         principal = connection.principal
         correlation_id = new_correlation_id()
-        needs = self._lacking(classified, range(len(classified.local)), principal)
-        if not needs:
-            run = self._run_local(message.batch_items, header, principal, correlation_id,
-                                  frozenset())
-        else:
-            # The first use of an L3: fetch every one the request needs, then run it once.
-            run = self._cache.ensure(needs, principal).addCallback(
-                lambda _: self._run_local(message.batch_items, header, principal,
-                                          correlation_id, frozenset(needs)))
+        run = self._run_local(message.batch_items, header, principal, correlation_id,
+                              lambda: self._lacking(classified, range(len(classified.local)),
+                                                    principal))
         if isinstance(run, LocalRun):
             return self._local_answer(header, principal, run, correlation_id)
         return run.addCallback(
@@ -184,10 +179,15 @@ class GatewayRequestHandler:
         return {need for need in needs if self._cache.lacks(need)}
 
     def _run_local(self, items: list[RequestBatchItem], header: RequestHeader,
-                   principal: Principal, correlation_id: str, fetched: frozenset[Need],
+                   principal: Principal, correlation_id: str,
+                   peek_needs: Callable[[], set[Need]],
+                   fetched: frozenset[Need] = frozenset(),
                    rounds: int = 0) -> LocalRun | Deferred[LocalRun]:
-        """Run ``items`` once the keys are held; a key the peek could not show is fetched
-        and the items (never changed by a run) run again."""
+        """Run ``items`` with the keys the cache holds: the answer when nothing was missing
+        (the hot path: nothing else is done). On the first miss, every L3 the peek names
+        that the cache lacks (``peek_needs``) is fetched with the missed ones, and the items
+        (never changed by a run) run once more; only a key the peek cannot show (a wrapping
+        L3) can cost another round."""
         keys = self._cache.key_source(principal, fetched=fetched,
                                       final=rounds >= _MAX_FETCH_ROUNDS)
         run = self._runner.run(items, principal=principal, version=header.version, keys=keys,
@@ -196,8 +196,10 @@ class GatewayRequestHandler:
         unseen = set(keys.misses) - fetched
         if not unseen:
             return run
+        if not fetched:
+            unseen |= peek_needs()
         return self._cache.ensure(unseen, principal).addCallback(
-            lambda _: self._run_local(items, header, principal, correlation_id,
+            lambda _: self._run_local(items, header, principal, correlation_id, peek_needs,
                                       fetched | unseen, rounds + 1))
 
     def _local_answer(self, header: RequestHeader, principal: Principal, run: LocalRun,
@@ -266,7 +268,7 @@ class GatewayRequestHandler:
             first = peeked[0]
             return encode_items([failed_item(first.operation, first.unique_batch_item_id,
                                              version, reason, text)], version), True
-        run = self._run_local(items, header, principal, correlation_id, fetched)
+        run = self._run_local(items, header, principal, correlation_id, set, fetched)
         if isinstance(run, Deferred):
             run = await run
         if run.denied:

@@ -6,14 +6,16 @@
   fails, those already started are stopped again, in reverse order, a critical event names
   the child and the error, and the error propagates (twistd then exits with status 1).
 * **Its log is KCM's.** When twistd attaches it to the Application it builds, it registers
-  :func:`kcm.logging.log_observer` (on standard output, in the configured ``log_format`` and
+  :func:`kcm.logging.log_observer` (on :func:`open_log`, in the configured ``log_format`` and
   ``log_level``) as the Application's ``ILogObserver`` component, which is where twistd looks
-  for an application's log observer before it starts logging. twistd's ``--logger`` still
-  takes precedence; ``--logfile`` and ``--syslog`` no longer apply.
+  for an application's log observer before it starts logging; ``log_file`` names a file
+  instead of standard output (what a daemonized twistd needs). twistd's ``--logger`` still
+  takes precedence; its ``--logfile`` and ``--syslog`` do not apply.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import IO, Any
 
@@ -23,20 +25,30 @@ from twisted.python.components import Componentized
 
 from kcm.logging import log_observer
 
-__all__ = ["ProcessService"]
+__all__ = ["ProcessService", "open_log"]
 
 log = Logger()
+
+
+def open_log(path: str) -> IO[str]:
+    """The log's stream: standard output for ``-``, else ``path`` appended to, line-buffered,
+    created owner-only (0600: the log carries the audit records)."""
+    if path in ("", "-"):
+        return sys.stdout
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
 
 
 class ProcessService(MultiService):
     """A KCM process: its children, started in order, all or none."""
 
     def __init__(self, process_name: str, *, log_format: str = "json", log_level: str = "info",
-                 log_file: IO[str] | None = None) -> None:
+                 log_file: IO[str] | None = None, log_path: str = "-") -> None:
         super().__init__()
         self.process_name = process_name
         self.log_format = log_format
         self.log_level = log_level
+        self.log_path = log_path
         self._log_file = log_file
 
     def setServiceParent(self, parent: Any) -> None:
@@ -45,7 +57,7 @@ class ProcessService(MultiService):
         # runs after makeService and reads the component).
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
             parent.setComponent(ILogObserver, log_observer(
-                self._log_file or sys.stdout, log_format=self.log_format,
+                self._log_file or open_log(self.log_path), log_format=self.log_format,
                 level=self.log_level))
         super().setServiceParent(parent)
 

@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed by argparse
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    # Whatever a command creates (the L1 key file, the database and its WAL, key files of a
+    # development PKI) is the owner's alone unless it sets a mode itself.
+    umask = os.umask(0o077)
     try:
         return args.run(args)
     except CommandError as e:
@@ -67,3 +70,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    finally:
+        os.umask(umask)  # main() also runs inside other programs (tests)

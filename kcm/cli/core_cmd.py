@@ -83,16 +83,16 @@ def _run_init(args: argparse.Namespace) -> int:
     from kcm.core.store.migrate import upgrade
 
     config = core_config(args)
+    for directory in _data_directories(config):
+        _private_directory(directory)
     created = False
     if not os.path.exists(config.l1_key_file):
-        os.makedirs(os.path.dirname(os.path.abspath(config.l1_key_file)), exist_ok=True)
         keys.create_l1_keyfile(config.l1_key_file)
         created = True
     try:
         l1 = keys.load_l1(config.l1_key_file)
     except keys.KeyFileError as e:
         raise CommandError(str(e)) from e
-    _ensure_sqlite_directory(config.database)
     upgrade(config.database)
     store = Store(config.database)
     check = keys.key_check_value(l1)
@@ -161,9 +161,20 @@ def _run_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_sqlite_directory(url: str) -> None:
+def _data_directories(config: CoreConfig) -> list[str]:
+    """The directories that hold the L1 key file and an SQLite database (and its WAL/SHM)."""
+    directories = [os.path.dirname(os.path.abspath(config.l1_key_file))]
     prefix = "sqlite:///"
-    if url.startswith(prefix):
-        path = url[len(prefix):]
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if config.database.startswith(prefix) and config.database[len(prefix):]:
+        directories.append(os.path.dirname(os.path.abspath(config.database[len(prefix):])))
+    return directories
+
+
+def _private_directory(directory: str) -> None:
+    """Create ``directory`` owner-only (0700), or refuse one that others may read or enter:
+    the L1 key file and the database must not sit where other users can reach them."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    mode = os.stat(directory).st_mode & 0o777
+    if mode & 0o007:
+        raise CommandError(f"the data directory {directory} is accessible by other users "
+                           f"(mode {mode:04o}); make it private first: chmod 700 {directory}")

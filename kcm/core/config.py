@@ -34,10 +34,13 @@ class CoreConfig:
     log_level: str = "info"
     #: ``json`` (one object per line) or ``text`` (readable lines); see kcm.logging.
     log_format: str = "json"
+    #: Where the log goes: ``-`` for standard output, else a file (appended to, created 0600).
+    log_file: str = "-"
 
 
 _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "policy_file",
-              "database_threads", "log_level", "log_format"}
+              "database_threads", "log_level", "log_format",
+              "log_file"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:

@@ -38,7 +38,9 @@ class Options(usage.Options):
         ["tls-key", None, None, "Server private key (PEM)."],
         ["tls-ca", None, None, "CA certificates that client certificates must chain to."],
         ["log-level", None, None, "Log level (debug, info, warn, error, critical)."],
-        ["log-format", None, None, "Log format on standard output: json (lines) or text."],
+        ["log-format", None, None, "Log format: json (lines) or text."],
+        ["log-file", None, None, "Log file (appended to, created 0600), or - for standard "
+                                 "output."],
     ]
 
     def postOptions(self) -> None:

@@ -42,6 +42,8 @@ class GatewayConfig:
     log_level: str = "info"
     #: ``json`` (one object per line) or ``text`` (readable lines); see kcm.logging.
     log_format: str = "json"
+    #: Where the log goes: ``-`` for standard output, else a file (appended to, created 0600).
+    log_file: str = "-"
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -49,7 +51,8 @@ class GatewayConfig:
 
 
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_server_name", "l3_ttl",
-              "max_stale", "prewarm", "max_in_flight", "log_level", "log_format"}
+              "max_stale", "prewarm", "max_in_flight", "log_level", "log_format",
+              "log_file"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 

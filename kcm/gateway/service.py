@@ -62,7 +62,7 @@ class GatewayService(ProcessService):
 
     def __init__(self, config: GatewayConfig, *, reactor: Any) -> None:
         super().__init__("kcm-gateway", log_format=config.log_format,
-                         log_level=config.log_level)
+                         log_level=config.log_level, log_path=config.log_file)
         self.config = config
         self.reactor = reactor
         self.link: LinkClient | None = None

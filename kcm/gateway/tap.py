@@ -45,7 +45,9 @@ class Options(usage.Options):
         ["prewarm", None, None, "Comma-separated tenant/service list to fetch at start."],
         ["max-in-flight", None, None, "Forwarded requests in flight before reading pauses."],
         ["log-level", None, None, "Log level (debug, info, warn, error, critical)."],
-        ["log-format", None, None, "Log format on standard output: json (lines) or text."],
+        ["log-format", None, None, "Log format: json (lines) or text."],
+        ["log-file", None, None, "Log file (appended to, created 0600), or - for standard "
+                                 "output."],
     ]
 
     def postOptions(self) -> None:

@@ -197,7 +197,7 @@ def _twistd(plugin: str, config: Path, root: Path, log: Path) -> subprocess.Pope
 
 def deploy(root: Path, database: str) -> CoreProcess:
     """A PKI, an initialised database and L1, tenants demo (service app) and other."""
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)  # kcm core init wants it private
     core = CoreProcess(root, database)
     init_pki(root / "pki")
     core.write_config()

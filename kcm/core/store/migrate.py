@@ -6,6 +6,7 @@ always upgraded in place, never recreated.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -13,6 +14,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, select
+from sqlalchemy.engine import make_url
 
 from kcm.core.store.engine import WRITE_OPTION, open_engine
 
@@ -43,8 +45,10 @@ def head_revision() -> str:
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` up to ``revision`` in one transaction.
 
-    Safe to call at every start: an up-to-date database is left untouched.
+    Safe to call at every start: an up-to-date database is left untouched. A new SQLite
+    database is created owner-only (:func:`create_private_sqlite_file`).
     """
+    create_private_sqlite_file(url)
     engine = open_engine(url, pool_size=1, max_overflow=0)
     try:
         with engine.begin() as connection:
@@ -53,6 +57,24 @@ def upgrade(url: str, revision: str = "head") -> None:
             command.upgrade(alembic_config(connection), revision)
     finally:
         engine.dispose()
+
+
+def create_private_sqlite_file(url: str) -> None:
+    """Create the SQLite database file of ``url`` with mode 0600 if it does not exist yet.
+
+    SQLite gives the database's WAL and shared-memory files the database file's mode, so
+    the three hold key material and audit records for the owner alone, whatever the umask.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return
+    try:
+        fd = os.open(parsed.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                     0o600)
+    except FileExistsError:
+        return
+    os.fchmod(fd, 0o600)  # the umask can only narrow the mode; make it exact
+    os.close(fd)
 
 
 def current_revision(url: str) -> str | None:

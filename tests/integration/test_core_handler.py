@@ -30,11 +30,14 @@ from kcm.kmip.messages import (
     decode_response,
     encode_request,
 )
+from kcm.kmip.objects import OpaqueObject
 from kcm.kmip.payloads import (
     ActivateRequest,
     CreateRequest,
     DestroyRequest,
+    GetRequest,
     QueryRequest,
+    RegisterRequest,
     RevocationReason,
     RevokeRequest,
 )
@@ -211,3 +214,22 @@ def test_an_answer_whose_failures_alone_are_too_large_is_one_failed_item(
     [item] = decode_response(decode(answer)).batch_items
     assert item.result_reason == ResultReason.RESPONSE_TOO_LARGE
     assert "300 batch items" in item.result_message
+
+
+def test_an_object_over_1_mib_registered_under_a_larger_limit_reads_back(
+        core: CoreHarness) -> None:
+    handler = bounded_handler(core, 4 << 20)
+    blob = bytes(range(256)) * 6000  # 1.5 MB
+    register = RequestBatchItem(operation=Operation.REGISTER, request_payload=RegisterRequest(
+        object_type=ObjectType.OPAQUE_OBJECT, attributes=[],
+        object=OpaqueObject(opaque_data_type=0x80000001, opaque_data_value=blob)))
+    header = RequestHeader(protocol_version=ProtocolVersion.of((2, 1)), batch_count=1)
+    registered = handler.respond(encode(encode_request(RequestMessage(header, [register]))),
+                                 core.caller(), int(time.time()))
+    [item] = decode_response(decode(registered)).batch_items
+    uid = item.response_payload.unique_identifier
+    got = handler.respond(wire((Operation.GET, GetRequest(unique_identifier=uid))),
+                          core.caller(), int(time.time()))
+    [item] = decode_response(decode(got, max_size=len(got))).batch_items
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+    assert item.response_payload.object.opaque_data_value == blob

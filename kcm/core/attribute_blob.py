@@ -40,9 +40,10 @@ def encode_attributes(attributes: list[Attribute]) -> bytes:
 
 
 def decode_attributes(blob: bytes) -> list[Attribute]:
-    """The attributes stored by :func:`encode_attributes`."""
+    """The attributes stored by :func:`encode_attributes` (of any size: what was stored was
+    bounded when it was written)."""
     attributes = []
-    for entry in decode(blob).value:  # type: ignore[union-attr]
+    for entry in decode(blob, max_size=len(blob)).value:  # type: ignore[union-attr]
         value = index = vendor = name = None
         for child in entry.value:
             if child.tag == VALUE:

@@ -14,6 +14,14 @@ closed right after the handshake. On a link:
 A gateway that reads slowly never holds up the others: each link registers as the producer of
 its transport, queues events while its transport is full and is dropped (it resumes by
 sequence when it reconnects) when more than ``max_queued_events`` wait.
+
+No frame too large for the link ends it. The handler's answers are never longer than the
+core's maximum message size, so a RESPONSE always fits the core's frames (derived from the
+same limit); should one not, that stream is answered Response Too Large. A REQUEST larger
+than the core takes (a gateway configured with a larger maximum message size) is skipped and
+answered Invalid Message, as a direct client's would be. A policy too large to travel is
+left out of WELCOME and of its event (logged): a gateway keeps the map it has, which the
+core checks asserted subjects against anyway.
 """
 
 from __future__ import annotations
@@ -41,7 +49,16 @@ from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.l4.service_key import ServiceKey
-from kcm.link.frames import DEFAULT_MAX_FRAME_SIZE, LINK_VERSION, Frame, FrameType
+from kcm.link.framer import OversizedFrame
+from kcm.link.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    LINK_VERSION,
+    Frame,
+    FrameTooLarge,
+    FrameType,
+    decode_frame,
+    encode_frame,
+)
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
 
 log = Logger()
@@ -52,6 +69,7 @@ class LinkSettings:
     """Per-link limits of the core's link listener."""
 
     heartbeat_interval: int = int(DEFAULT_HEARTBEAT_INTERVAL)  # seconds (a KMIP Interval)
+    #: Frames sent and accepted: frame_size_limit(limits.max_message_size) (kcm.core.tap).
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_queued_events: int = 10_000  # events waiting on a full transport before the drop
 
@@ -111,10 +129,18 @@ class LinkServerProtocol(LinkProtocol):
         self.sent_seq = head if asked < 0 or asked > head else asked
         log.info("gateway {gateway} linked from {peer} ({name}), events after {seq}",
                  gateway=self.gateway.id, peer=self.peer, name=frame.peer_name, seq=self.sent_seq)
-        self.send(Frame(FrameType.WELCOME, link_version=LINK_VERSION,
+        welcome = Frame(FrameType.WELCOME, link_version=LINK_VERSION,
                         peer_name=self.factory.server_name, sequence=head,
                         heartbeat_interval=self.factory.settings.heartbeat_interval,
-                        policy=self.factory.policy_document))
+                        policy=self.factory.policy_document)
+        try:
+            self.send(welcome)
+        except FrameTooLarge as e:
+            log.error("the policy document does not fit in a link frame ({error}); gateway "
+                      "{gateway} keeps the map it has: raise limits.max_message_size",
+                      error=str(e), gateway=self.gateway.id)
+            welcome.policy = None
+            self.send(welcome)
         self._catch_up()
 
     def _require_hello(self, frame: Frame) -> bool:
@@ -160,6 +186,8 @@ class LinkServerProtocol(LinkProtocol):
             if seq <= self.sent_seq:
                 continue
             self.sent_seq = seq
+            if len(wire) > self.max_frame_size:
+                wire = self._without_payload(seq, wire)
             if self._paused:
                 self._queued.append(wire)
             else:
@@ -167,6 +195,16 @@ class LinkServerProtocol(LinkProtocol):
         if len(self._queued) > self.factory.settings.max_queued_events:
             self.go_away(f"too far behind the event stream; reconnect and resume after "
                          f"sequence {self.sent_seq - len(self._queued)}", abort=True)
+
+    def _without_payload(self, seq: int, wire: bytes) -> bytes:
+        """An event too large for the link (a huge policy), sent without its payload: the
+        sequence stays gapless and the gateway keeps what it has."""
+        frame = decode_frame(wire, max_size=len(wire))
+        log.error("event {seq} ({kind}) of {size} bytes does not fit in a link frame of at "
+                  "most {limit}: sent without its payload; raise limits.max_message_size",
+                  seq=seq, kind=frame.kind, size=len(wire), limit=self.max_frame_size)
+        frame.payload = {}
+        return encode_frame(frame)
 
     # IPushProducer: the transport tells us when its buffer is full -------------------------
     def pauseProducing(self) -> None:
@@ -200,8 +238,33 @@ class LinkServerProtocol(LinkProtocol):
         d.addErrback(self._request_failed, handler)
         d.addCallback(lambda wire: self._respond(stream_id, wire))
 
+    def frame_oversized(self, frame: OversizedFrame) -> None:
+        """A REQUEST too large for the core's frames is that request's Invalid Message, as
+        from a direct client; any other oversized frame ends the link."""
+        if frame.frame_type is not FrameType.REQUEST or not frame.stream_id or not self._hello:
+            super().frame_oversized(frame)
+            return
+        log.warn("gateway {gateway} sent a request of {size} bytes; frames of at most {limit} "
+                 "are taken", gateway=self.gateway.id, size=frame.size,
+                 limit=self.max_frame_size)
+        self._respond(frame.stream_id, self.factory.handler.failure_response(
+            ResultReason.INVALID_MESSAGE,
+            f"request too large: its link frame of {frame.size} bytes exceeds the core's "
+            f"maximum of {self.max_frame_size}"))
+
     def _respond(self, stream_id: int, wire: bytes) -> None:
-        self.send(Frame(FrameType.RESPONSE, stream_id=stream_id, message=wire))
+        try:
+            self.send(Frame(FrameType.RESPONSE, stream_id=stream_id, message=wire))
+        except FrameTooLarge as e:
+            # The handler never answers beyond the maximum message size, which the frame
+            # size allows for; an answer that got here anyway fails its stream, not the link.
+            log.error("an answer to gateway {gateway} does not fit in a link frame: {error}",
+                      gateway=self.gateway.id, error=str(e))
+            self.send(Frame(FrameType.RESPONSE, stream_id=stream_id,
+                            message=self.factory.handler.failure_response(
+                                ResultReason.RESPONSE_TOO_LARGE,
+                                f"the response of {len(wire)} bytes does not fit in a link "
+                                f"frame")))
 
     def _request_failed(self, failure: Failure, handler: CoreRequestHandler) -> bytes:
         log.failure("forwarded request from {peer} failed", failure, peer=self.peer)
@@ -227,8 +290,14 @@ class LinkServerProtocol(LinkProtocol):
     def _keys_answered(self, stream_id: int, answer: list[ServiceKey] | KmipError) -> None:
         if isinstance(answer, KmipError):
             self._keys_refused(stream_id, answer)
-        else:
+            return
+        try:
             self.send(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id, service_keys=answer))
+        except FrameTooLarge as e:
+            log.error("service keys for gateway {gateway} do not fit in a link frame: {error}",
+                      gateway=self.gateway.id, error=str(e))
+            self._keys_refused(stream_id, KmipError(
+                ResultReason.GENERAL_FAILURE, "too many key versions to send over the link"))
 
     def _keys_refused(self, stream_id: int, error: KmipError) -> None:
         self.send(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id, error=error.message,

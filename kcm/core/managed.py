@@ -179,8 +179,9 @@ def material(ctx: OperationContext, obj: StoredObject) -> Struct | Item:
 
 def decode_material(blob: bytes) -> Struct | Item:
     """The KMIP structure of a stored plaintext (its version, then its TTLV; the inverse of
-    :func:`encode_material`)."""
-    return _OBJECT_CODEC.decode(decode(blob[2:]), (blob[0], blob[1]))
+    :func:`encode_material`). Its size was bounded when the object was stored (by the
+    maximum message size then in force), so the codec's default bound does not apply."""
+    return _OBJECT_CODEC.decode(decode(blob[2:], max_size=len(blob)), (blob[0], blob[1]))
 
 
 def destroy_material(ctx: OperationContext, obj: StoredObject) -> None:

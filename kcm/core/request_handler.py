@@ -38,7 +38,13 @@ log = Logger()
 
 
 class CoreRequestHandler:
-    """Answers whole request messages with whole response messages."""
+    """Answers whole request messages with whole response messages.
+
+    No answer is longer than ``max_message_size`` (the core's ``limits.max_message_size``,
+    which also bounds requests): one that would be has its successful items answer Response
+    Too Large (KMIP's word for it), or, when even that is too long, is a single Response Too
+    Large item. The client's own Maximum Response Size applies when it is smaller.
+    """
 
     def __init__(self, store: Store, keyring: Keyring, *, clock: Callable[[], float],
                  server_info: ServerInfo | None = None, max_message_size: int = 1 << 20) -> None:
@@ -82,8 +88,11 @@ class CoreRequestHandler:
             items = self._store.run_sync(lambda session: execute(
                 session, request, caller, now=now, keyring=self._keyring,
                 server_info=self._server_info, correlation_id=correlation_id))
+            # Never larger than the maximum message size, for a direct client as for a
+            # gateway: the link carries answers up to that size and no larger.
             return response_wire(version, now, correlation_id, encode_items(items, version),
-                                 request.header.maximum_response_size)
+                                 request.header.maximum_response_size,
+                                 server_limit=self._max_message_size)
         except Exception:
             return self._general_failure(version, correlation_id, now)
 

@@ -14,12 +14,13 @@ from kcm.config_file import ConfigError
 from kcm.core.config import load_config
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
-from kcm.core.link_server import LinkServerFactory
+from kcm.core.link_server import LinkServerFactory, LinkSettings
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
 from kcm.kmip_protocol import KmipServerFactory
+from kcm.link.frames import frame_size_limit
 from kcm.tls import TLSListener, peer_principal, server_tls_options
 
 
@@ -80,7 +81,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         link_factory = LinkServerFactory(
             handler=handler, store=store, keyring=keyring, fanout=fanout,
             resolve_peer=lambda transport: peer_principal(transport, trust_domain),
-            trust_domain=trust_domain, subject_map=None, clock=reactor)
+            trust_domain=trust_domain, subject_map=None, clock=reactor,
+            settings=LinkSettings(
+                max_frame_size=frame_size_limit(config.limits.max_message_size)))
         policy.on_change.append(link_factory.set_subject_map)
         core.fanout, core.link_factory = fanout, link_factory
         fanout.setServiceParent(core)

@@ -16,6 +16,10 @@ The classifier decides per batch item (:mod:`kcm.gateway.classifier`); this modu
   answered, nor the other way round), so a mixed Undo batch is refused. ID Placeholders work
   within a run (and a local Get/Encrypt/Decrypt right after a local Create uses its token);
   a remote item cannot refer to a placeholder set by a local item.
+* No answer the gateway builds is longer than its maximum message size (the client's
+  Maximum Response Size when smaller): successful items answer Response Too Large, as at
+  the core. A forwarded answer comes back as the core bounded it, or, when it does not fit
+  the link, as Response Too Large items (the core may have carried them out).
 * A request whose routing facts cannot be read is answered Invalid Message here. An
   unexpected exception is answered General Failure with a correlation id, which is logged;
   the connection keeps serving.
@@ -41,7 +45,13 @@ from twisted.python.failure import Failure
 from kcm.gateway.classifier import Classified, Route, classify
 from kcm.gateway.l3_cache import L3Cache, Need
 from kcm.gateway.l3_needs import l3_needs
-from kcm.gateway.link_client import LinkBusy, LinkDown, LinkTimeout
+from kcm.gateway.link_client import (
+    AnswerTooLarge,
+    LinkBusy,
+    LinkDown,
+    LinkTimeout,
+    RequestTooLarge,
+)
 from kcm.gateway.local_batch import LocalRun, LocalRunner
 from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
@@ -302,7 +312,7 @@ class GatewayRequestHandler:
     def _answer(self, version: Version, items: list[bytes], maximum_response_size: int | None,
                 correlation_id: str) -> bytes:
         return response_wire(version, int(self._clock()), correlation_id, items,
-                             maximum_response_size)
+                             maximum_response_size, server_limit=self._max_message_size)
 
     def _refuse(self, version: Version, reason: int, message: str) -> bytes:
         return failure_response(version, reason, message, int(self._clock()),
@@ -369,9 +379,18 @@ def _continuation_of(wire: bytes, request: PeekedRequest) -> int:
 
 def _unreachable_items(peeked: list[PeekedBatchItem], failure: Failure, stop: bool,
                        version: Version) -> list[ResponseBatchItem]:
-    """Failed items for a run the core could not be asked to execute."""
+    """Failed items for a run whose answer did not come back from the core: the first
+    (``stop``) or every item, General Failure saying why; every item Response Too Large
+    when the core answered beyond what the link takes (it ran them all)."""
     error = failure.value
-    if isinstance(error, LinkDown):
+    if isinstance(error, AnswerTooLarge):
+        return [failed_item(p.operation, p.unique_batch_item_id, version,
+                            ResultReason.RESPONSE_TOO_LARGE,
+                            f"{error}; the operation may have been carried out")
+                for p in peeked]
+    if isinstance(error, RequestTooLarge):
+        message = "the request is too large to forward to the core"
+    elif isinstance(error, LinkDown):
         message = "the core is unreachable; only L4 operations are served until it is back"
     elif isinstance(error, LinkBusy):
         message = "the gateway has too many requests in flight to the core; retry"

@@ -16,6 +16,12 @@ Nothing waits for a link that is not there: while it is down every call fails at
 producers (the gateway's client connections) are paused until half have been answered, and
 beyond twice that a call fails with :class:`LinkBusy`. A stream unanswered for
 ``request_timeout`` seconds fails with :class:`LinkTimeout`.
+
+Frames are bounded by ``max_frame_size`` (:func:`kcm.link.frames.frame_size_limit` of the
+gateway's maximum message size), and a frame too large fails its one stream, never the
+link: a call too large to send fails at once with :class:`RequestTooLarge`, and an answer
+from the core too large to take is skipped unread and fails its call with
+:class:`AnswerTooLarge`.
 """
 
 from __future__ import annotations
@@ -37,7 +43,15 @@ from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.l4.service_key import ServiceKey
 from kcm.link.events import EventKind
-from kcm.link.frames import DEFAULT_MAX_FRAME_SIZE, LINK_VERSION, Frame, FrameType, Payload
+from kcm.link.framer import OversizedFrame
+from kcm.link.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    LINK_VERSION,
+    Frame,
+    FrameTooLarge,
+    FrameType,
+    Payload,
+)
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
 from kcm.tls import client_tls_options, tls_client_endpoint
 
@@ -62,6 +76,15 @@ class LinkBusy(LinkError):
 
 class LinkTimeout(LinkError):
     """The core did not answer in time."""
+
+
+class RequestTooLarge(LinkError):
+    """The call does not fit in a link frame; it was not sent."""
+
+
+class AnswerTooLarge(LinkError):
+    """The core's answer was larger than this gateway's frames; it was skipped unread (the
+    core may have carried the request out)."""
 
 
 class ServiceKeyRefused(KmipError):
@@ -124,6 +147,24 @@ class LinkClientProtocol(LinkProtocol):
     def frame_EVENT(self, frame: Frame) -> None:
         self.client._event(self, frame)
 
+    def frame_oversized(self, frame: OversizedFrame) -> None:
+        """An answer too large to take fails its call; the link goes on."""
+        if frame.frame_type not in (FrameType.RESPONSE, FrameType.SERVICE_KEYS) \
+                or not frame.stream_id:
+            super().frame_oversized(frame)
+            return
+        stream = self.streams.pop(frame.stream_id, None)
+        if stream is None:  # timed out already: skipped like any late answer
+            return
+        self.client._stream_done()
+        log.warn("the core answered stream {stream} with a {kind} frame of {size} bytes; "
+                 "frames of at most {limit} are taken (limits.max_message_size)",
+                 stream=frame.stream_id, kind=frame.frame_type.name, size=frame.size,
+                 limit=self.max_frame_size)
+        stream.deferred.errback(AnswerTooLarge(
+            f"the core's answer of {frame.size} bytes exceeds this gateway's link frames of "
+            f"at most {self.max_frame_size} bytes"))
+
     def _answered(self, frame: Frame) -> _Stream | None:
         stream = self.streams.pop(frame.stream_id, None)
         if stream is None:  # timed out already: the late answer has nobody to go to
@@ -137,13 +178,14 @@ class LinkClientProtocol(LinkProtocol):
         return stream
 
     def call(self, frame: Frame, answer_type: FrameType) -> Deferred:
-        """Send ``frame`` on a fresh stream; the Deferred fires with the answer."""
+        """Send ``frame`` on a fresh stream; the Deferred fires with the answer. Raises
+        :class:`FrameTooLarge` (nothing sent, no stream opened) for a frame too large."""
         stream_id = self._new_stream_id()
         frame.stream_id = stream_id
+        self.send(frame)
         d: Deferred = Deferred()
         self.streams[stream_id] = _Stream(d, answer_type,
                                           self.clock.seconds() + self.client.request_timeout)
-        self.send(frame)
         return d
 
     def _new_stream_id(self) -> int:
@@ -309,7 +351,11 @@ class LinkClient(MultiService):
         if self._in_flight >= 2 * self.max_in_flight:
             return fail(LinkBusy(f"{self._in_flight} calls in flight to the core"))
         self._stream_started()
-        return protocol.call(frame, answer_type)
+        try:
+            return protocol.call(frame, answer_type)
+        except FrameTooLarge as e:
+            self._stream_done()
+            return fail(RequestTooLarge(f"the request does not fit in a link frame: {e}"))
 
     # From the protocol ----------------------------------------------------------------------
     def _welcomed(self, protocol: LinkClientProtocol, frame: Frame) -> None:

@@ -19,6 +19,7 @@ from kcm.gateway.link_client import LinkClient
 from kcm.gateway.local_batch import LocalRunner
 from kcm.gateway.service import GatewayIdentity, GatewayService
 from kcm.kmip_protocol import KmipServerFactory
+from kcm.link.frames import frame_size_limit
 from kcm.tls import (
     TLSClientEndpoint,
     TLSListener,
@@ -67,7 +68,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> GatewayServ
     gateway = GatewayService(config, reactor=reactor)
     link_endpoint = TLSClientEndpoint(reactor, config.core, partial(
         client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name))
-    link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight)
+    link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
+                      max_frame_size=frame_size_limit(config.limits.max_message_size))
     cache = L3Cache(link.fetch_service_keys, connected=lambda: link.connected,
                     clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale)
     link.on_event = cache.apply_event

@@ -4,7 +4,9 @@ A response is written as its header followed by its batch items, each already en
 (TTLV bytes): items the server ran are encoded from their model, items relayed from another
 server (the gateway's share of a mixed batch) are spliced in by byte range. The Maximum
 Response Size (KMIP 1.4 §6.3, 2.1 §9) is enforced here: a response that would be larger has
-every successful item replaced by a Response Too Large failure.
+every successful item replaced by a Response Too Large failure. So is the server's own
+limit, its maximum message size, and that one strictly: a server never sends an answer
+larger than it (ARCHITECTURE §12).
 """
 
 from __future__ import annotations
@@ -77,14 +79,25 @@ def encode_items(items: Sequence[ResponseBatchItem], version: Version) -> list[b
 
 
 def response_wire(version: Version, now: int, correlation_id: str | None,
-                  items: Sequence[bytes], maximum_response_size: int | None = None) -> bytes:
-    """The Response Message of encoded ``items`` under a fresh header; over
-    ``maximum_response_size`` bytes, every successful item answers Response Too Large."""
+                  items: Sequence[bytes], maximum_response_size: int | None = None, *,
+                  server_limit: int | None = None) -> bytes:
+    """The Response Message of encoded ``items`` under a fresh header.
+
+    Over the smaller of ``maximum_response_size`` (the client's Maximum Response Size) and
+    ``server_limit`` (the server's maximum message size), every successful item answers
+    Response Too Large, its Result Message naming the limit that applied. Should even that
+    answer exceed ``server_limit`` (a batch of very many small items), the whole answer is
+    one Response Too Large item: the result is never longer than ``server_limit``.
+    """
     wire = _assemble(version, now, correlation_id, items)
-    if maximum_response_size is None or len(wire) <= maximum_response_size:
+    limit = min((size for size in (maximum_response_size, server_limit) if size is not None),
+                default=None)
+    if limit is None or len(wire) <= limit:
         return wire
-    message = (f"the response exceeds the Maximum Response Size of "
-               f"{maximum_response_size} bytes")
+    if limit == maximum_response_size:
+        message = f"the response exceeds the Maximum Response Size of {limit} bytes"
+    else:
+        message = f"the response exceeds the server's maximum message size of {limit} bytes"
     shrunk = []
     for raw in items:
         item = ResponseBatchItem.from_item(decode_item(raw)[0], version)
@@ -92,7 +105,13 @@ def response_wire(version: Version, now: int, correlation_id: str | None,
             fail_item(item, version, ResultReason.RESPONSE_TOO_LARGE, message)
             raw = encode(item.to_item(version))
         shrunk.append(raw)
-    return _assemble(version, now, correlation_id, shrunk)
+    wire = _assemble(version, now, correlation_id, shrunk)
+    if server_limit is not None and len(wire) > server_limit:
+        return failure_response(version, ResultReason.RESPONSE_TOO_LARGE,
+                                f"the response to {len(items)} batch items exceeds the "
+                                f"server's maximum message size of {server_limit} bytes",
+                                now, correlation_id)
+    return wire
 
 
 def failure_response(version: Version, reason: int, message: str, now: int,

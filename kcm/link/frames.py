@@ -12,12 +12,28 @@ import enum
 from dataclasses import dataclass, field
 
 from kcm.l4.service_key import ServiceKey
-from kcm.ttlv import Item, ItemType, TtlvError, decode, encode
+from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 
 LINK_VERSION = 1
 
-#: A frame carries at most one KMIP message (1 MiB at the default limits) plus a few fields.
-DEFAULT_MAX_FRAME_SIZE = 2 << 20
+#: Room a frame takes beside the one KMIP message it may carry: the LinkFrame, FrameType,
+#: StreamId and KmipMessage headers (56 bytes) and, in a REQUEST, the caller's identity,
+#: subject and source (a SPIFFE ID is at most 2 KiB; a subject is a certificate's).
+FRAME_OVERHEAD = 64 << 10
+
+
+def frame_size_limit(max_message_size: int) -> int:
+    """The largest frame an end of the link sends or accepts, given that end's
+    ``limits.max_message_size``: a whole KMIP message of that size plus
+    :data:`FRAME_OVERHEAD`. An answer the core may send always fits its frame."""
+    return max_message_size + FRAME_OVERHEAD
+
+
+#: The frame size limit at the default maximum message size (1 MiB).
+DEFAULT_MAX_FRAME_SIZE = frame_size_limit(1 << 20)
+#: The first bytes of an encoded frame, which name its type and stream: the LinkFrame
+#: header, then FrameType and StreamId (16 bytes each), the order :func:`encode_frame` writes.
+FRAME_HEAD_SIZE = 40
 _MAX_DEPTH = 4  # LinkFrame > ServiceKey / EventPayload > field
 _MAX_STREAM_ID = (1 << 31) - 1
 
@@ -68,6 +84,20 @@ class FrameType(enum.IntEnum):
 
 class FrameError(ValueError):
     """Bytes that are not a valid link frame, or a frame that cannot be encoded."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame over an end's size limit: ``size`` bytes of a ``frame_type`` frame
+    (None: unknown) on ``stream_id`` (0: none), where at most ``limit`` go."""
+
+    def __init__(self, frame_type: FrameType | None, stream_id: int, size: int,
+                 limit: int) -> None:
+        name = frame_type.name if frame_type is not None else "link"
+        super().__init__(f"a {name} frame of {size} bytes exceeds the maximum of {limit}")
+        self.frame_type = frame_type
+        self.stream_id = stream_id
+        self.size = size
+        self.limit = limit
 
 
 #: An event's payload: field name -> value (see :data:`PAYLOAD_FIELDS`).
@@ -206,6 +236,32 @@ def _service_key_item(key: ServiceKey) -> Item:
 
 
 # --- decoding --------------------------------------------------------------------------------
+
+
+_LINK_FRAME_HEAD = (Tag.LINK_FRAME << 8 | ItemType.STRUCTURE).to_bytes(4, "big")
+
+
+def peek_frame_head(head: bytes) -> tuple[FrameType | None, int]:
+    """The FrameType and StreamId of a frame read from its first :data:`FRAME_HEAD_SIZE`
+    bytes alone (a frame too large to be read whole): None for a type that cannot be read
+    there, 0 for a stream that cannot."""
+    if head[:4] != _LINK_FRAME_HEAD:
+        return None, 0
+    try:
+        type_item, end = decode_item(head, 8, max_depth=0)
+        if type_item.tag != Tag.FRAME_TYPE or type_item.type is not ItemType.ENUMERATION:
+            return None, 0
+        frame_type = FrameType(type_item.value)
+    except (TtlvError, ValueError):
+        return None, 0
+    try:
+        stream_item, _ = decode_item(head, end, max_depth=0)
+    except TtlvError:
+        return frame_type, 0
+    if stream_item.tag != Tag.STREAM_ID or stream_item.type is not ItemType.INTEGER \
+            or not 0 < stream_item.value <= _MAX_STREAM_ID:
+        return frame_type, 0
+    return frame_type, stream_item.value
 
 
 def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> Frame:

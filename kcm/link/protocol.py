@@ -7,8 +7,14 @@ when there is none. It answers PING with PONG, sends a PING every heartbeat inte
 declares the link dead when nothing at all arrived for :data:`MISSED_HEARTBEATS` intervals.
 Time comes from an injected ``IReactorTime``.
 
-A malformed or oversized frame ends the connection with a GOAWAY naming the reason: after one
-the byte stream cannot be trusted any more.
+A malformed frame ends the connection with a GOAWAY naming the reason: after one the byte
+stream cannot be trusted any more. Frames are bounded by ``max_frame_size`` (from the end's
+``limits.max_message_size``, :func:`kcm.link.frames.frame_size_limit`) both ways, and a frame
+over it never ends the link by itself: :meth:`LinkProtocol.send` refuses to write one
+(:class:`FrameTooLarge`, so that the caller answers its stream some other way), and one
+received is skipped unread and handed to :meth:`LinkProtocol.frame_oversized`, where an end
+fails the stream it belongs to; only a frame that belongs to no stream the end can fail ends
+the link.
 """
 
 from __future__ import annotations
@@ -21,16 +27,19 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kcm.link.framer import LinkFramer, OversizedFrame
 from kcm.link.frames import (
     DEFAULT_MAX_FRAME_SIZE,
+    FRAME_HEAD_SIZE,
     Frame,
     FrameError,
+    FrameTooLarge,
     FrameType,
     decode_frame,
     encode_frame,
+    peek_frame_head,
 )
 from kcm.ttlv.errors import TtlvError
-from kcm.ttlv.framer import Framer
 
 log = Logger()
 
@@ -47,7 +56,7 @@ class LinkProtocol(Protocol):
         self.clock = clock
         self.heartbeat_interval = heartbeat_interval
         self.max_frame_size = max_frame_size
-        self._framer = Framer(max_frame_size)
+        self._framer = LinkFramer(max_frame_size)
         self._heartbeat: LoopingCall | None = None
         self._ping_ids = itertools.count(1)
         self._last_received = 0.0
@@ -92,6 +101,9 @@ class LinkProtocol(Protocol):
         for wire in messages:
             if self.closing:
                 return
+            if isinstance(wire, OversizedFrame):
+                self.frame_oversized(wire)
+                continue
             try:
                 frame = decode_frame(wire, max_size=self.max_frame_size)
             except FrameError as e:
@@ -102,6 +114,13 @@ class LinkProtocol(Protocol):
                 self.frame_unexpected(frame)
             else:
                 handler(frame)
+
+    def frame_oversized(self, frame: OversizedFrame) -> None:
+        """A frame over :attr:`max_frame_size` arrived and was skipped. Subclasses fail the
+        stream it belongs to where they can; here, it ends the link."""
+        kind = frame.frame_type.name if frame.frame_type is not None else "link"
+        self.go_away(f"a {kind} frame of {frame.size} bytes exceeds the maximum of "
+                     f"{self.max_frame_size}")
 
     def frame_unexpected(self, frame: Frame) -> None:
         """A frame this end does not take: a protocol error that ends the link."""
@@ -120,13 +139,22 @@ class LinkProtocol(Protocol):
 
     # Output ---------------------------------------------------------------------------------
     def send(self, frame: Frame) -> None:
-        """Write one frame (dropped once the link is closing)."""
+        """Write one frame (dropped once the link is closing). A frame over
+        :attr:`max_frame_size` is not written: :class:`FrameTooLarge` is raised instead, for
+        the caller to answer its stream otherwise (the peer would not take it)."""
         if not self.closing:
-            self.transport.write(encode_frame(frame))
+            wire = encode_frame(frame)
+            if len(wire) > self.max_frame_size:
+                raise FrameTooLarge(frame.type, frame.stream_id, len(wire), self.max_frame_size)
+            self.transport.write(wire)
 
     def send_wire(self, wire: bytes) -> None:
-        """Write an already encoded frame (one encoding fanned out to many links)."""
+        """Write an already encoded frame (one encoding fanned out to many links); over
+        :attr:`max_frame_size`, :class:`FrameTooLarge` as :meth:`send`."""
         if not self.closing:
+            if len(wire) > self.max_frame_size:
+                frame_type, stream_id = peek_frame_head(wire[:FRAME_HEAD_SIZE])
+                raise FrameTooLarge(frame_type, stream_id, len(wire), self.max_frame_size)
             self.transport.write(wire)
 
     def go_away(self, reason: str) -> None:

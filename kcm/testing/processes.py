@@ -120,6 +120,8 @@ class CoreProcess:
     database: str
     port: int = field(default_factory=free_port)
     link_port: int = field(default_factory=free_port)
+    #: ``limits.max_message_size`` (None: the default, 1 MiB).
+    max_message_size: int | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -147,6 +149,7 @@ class CoreProcess:
             f'cert = "{self.pki.core.cert}"\nkey = "{self.pki.core.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
             "[core.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"
+            + _max_message_size(self.max_message_size)
         )
         (self.root / "policy.toml").write_text(
             '[subjects]\n"CN=legacy-client,O=KCM Dev" = "tenant/demo/service/legacy"\n')
@@ -186,6 +189,10 @@ class CoreProcess:
         return client
 
 
+def _max_message_size(size: int | None) -> str:
+    return f"max_message_size = {size}\n" if size is not None else ""
+
+
 def _twistd(plugin: str, config: Path, root: Path, log: Path) -> subprocess.Popen:
     output = open(log, "ab")  # noqa: SIM115 - owned by the child process
     process = subprocess.Popen(
@@ -195,10 +202,11 @@ def _twistd(plugin: str, config: Path, root: Path, log: Path) -> subprocess.Pope
     return process
 
 
-def deploy(root: Path, database: str) -> CoreProcess:
-    """A PKI, an initialised database and L1, tenants demo (service app) and other."""
+def deploy(root: Path, database: str, *, max_message_size: int | None = None) -> CoreProcess:
+    """A PKI, an initialised database and L1, tenants demo (service app) and other; the
+    core's ``limits.max_message_size`` if given."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)  # kcm core init wants it private
-    core = CoreProcess(root, database)
+    core = CoreProcess(root, database, max_message_size=max_message_size)
     init_pki(root / "pki")
     core.write_config()
     core.kcm("core", "init")
@@ -218,6 +226,8 @@ class GatewayProcess:
     l3_ttl: float = 300.0
     max_stale: float = 3600.0
     prewarm: tuple[str, ...] = ("demo/app",)
+    #: ``limits.max_message_size`` (None: the default, 1 MiB).
+    max_message_size: int | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -247,6 +257,7 @@ class GatewayProcess:
             f'cert = "{self.pki.gateway.cert}"\nkey = "{self.pki.gateway.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
             "[gateway.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"
+            + _max_message_size(self.max_message_size)
         )
 
     def start(self) -> None:

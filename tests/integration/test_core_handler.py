@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest_twisted
 from sqlalchemy import select
 
 from kcm.core.audit import verify_chain
+from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store.schema import AuditLog
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
@@ -13,6 +16,7 @@ from kcm.kmip.enums import (
     CryptographicAlgorithm,
     ObjectType,
     Operation,
+    QueryFunction,
     ResultReason,
     ResultStatus,
     RevocationReasonCode,
@@ -26,10 +30,14 @@ from kcm.kmip.messages import (
     decode_response,
     encode_request,
 )
+from kcm.kmip.objects import OpaqueObject
 from kcm.kmip.payloads import (
     ActivateRequest,
     CreateRequest,
     DestroyRequest,
+    GetRequest,
+    QueryRequest,
+    RegisterRequest,
     RevocationReason,
     RevokeRequest,
 )
@@ -157,3 +165,71 @@ async def test_maximum_response_size_is_enforced(core: CoreHarness) -> None:
         header, [RequestBatchItem(operation=Operation.CREATE, request_payload=create)])))
     response = await send(core, request)
     assert response.batch_items[0].result_reason == ResultReason.RESPONSE_TOO_LARGE
+
+
+# The core's own limit on answers (ARCHITECTURE §12) ---------------------------------------
+def queries(count: int, maximum_response_size: int | None = None) -> bytes:
+    """A KMIP 2.1 batch of ``count`` Query Operations (48 bytes each; 465 answered)."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of((2, 1)), batch_count=count,
+                           maximum_response_size=maximum_response_size)
+    query = RequestBatchItem(operation=Operation.QUERY, request_payload=QueryRequest(
+        query_functions=[QueryFunction.QUERY_OPERATIONS]))
+    return encode(encode_request(RequestMessage(header, [query] * count)))
+
+
+def bounded_handler(core: CoreHarness, max_message_size: int) -> CoreRequestHandler:
+    return CoreRequestHandler(core.store, core.keyring, clock=time.time,
+                              max_message_size=max_message_size)
+
+
+def test_an_answer_over_the_maximum_message_size_is_response_too_large(
+        core: CoreHarness) -> None:
+    handler = bounded_handler(core, 16 << 10)
+    fits = handler.respond(queries(30), core.caller(), int(time.time()))  # 14 KB answered
+    assert {i.result_status for i in decode_response(decode(fits)).batch_items} == {
+        ResultStatus.SUCCESS}
+    answer = handler.respond(queries(60), core.caller(), int(time.time()))  # 28 KB answered
+    assert len(answer) <= 16 << 10
+    items = decode_response(decode(answer)).batch_items
+    assert len(items) == 60
+    assert {(i.operation, i.result_reason, i.result_message) for i in items} == {
+        (Operation.QUERY, ResultReason.RESPONSE_TOO_LARGE,
+         "the response exceeds the server's maximum message size of 16384 bytes")}
+
+
+def test_the_clients_maximum_response_size_applies_when_smaller(core: CoreHarness) -> None:
+    handler = bounded_handler(core, 16 << 10)
+    answer = handler.respond(queries(30, maximum_response_size=4096), core.caller(),
+                             int(time.time()))
+    assert {i.result_message for i in decode_response(decode(answer)).batch_items} == {
+        "the response exceeds the Maximum Response Size of 4096 bytes"}
+
+
+def test_an_answer_whose_failures_alone_are_too_large_is_one_failed_item(
+        core: CoreHarness) -> None:
+    # 300 Queries fit in a 16 KiB request; 300 Response Too Large items would not.
+    handler = bounded_handler(core, 16 << 10)
+    answer = handler.respond(queries(300), core.caller(), int(time.time()))
+    assert len(answer) <= 16 << 10
+    [item] = decode_response(decode(answer)).batch_items
+    assert item.result_reason == ResultReason.RESPONSE_TOO_LARGE
+    assert "300 batch items" in item.result_message
+
+
+def test_an_object_over_1_mib_registered_under_a_larger_limit_reads_back(
+        core: CoreHarness) -> None:
+    handler = bounded_handler(core, 4 << 20)
+    blob = bytes(range(256)) * 6000  # 1.5 MB
+    register = RequestBatchItem(operation=Operation.REGISTER, request_payload=RegisterRequest(
+        object_type=ObjectType.OPAQUE_OBJECT, attributes=[],
+        object=OpaqueObject(opaque_data_type=0x80000001, opaque_data_value=blob)))
+    header = RequestHeader(protocol_version=ProtocolVersion.of((2, 1)), batch_count=1)
+    registered = handler.respond(encode(encode_request(RequestMessage(header, [register]))),
+                                 core.caller(), int(time.time()))
+    [item] = decode_response(decode(registered)).batch_items
+    uid = item.response_payload.unique_identifier
+    got = handler.respond(wire((Operation.GET, GetRequest(unique_identifier=uid))),
+                          core.caller(), int(time.time()))
+    [item] = decode_response(decode(got, max_size=len(got))).batch_items
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+    assert item.response_payload.object.opaque_data_value == blob

@@ -18,6 +18,8 @@ from kcm.core.service import L1_CHECK_META, CoreService, StartupError
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
+from kcm.kmip_protocol import ConnectionLimits
+from kcm.link.frames import FRAME_OVERHEAD
 from tests.vectors import REPO_ROOT
 
 TREE = ["kcm-store", "kcm-l1", "kcm-policy", "kcm-kmip-listener", "kcm-event-fanout",
@@ -68,6 +70,17 @@ def test_without_a_link_listener_there_is_no_fanout() -> None:
     assert [child.name for child in core] == [
         name for name in TREE if name not in ("kcm-event-fanout", "kcm-link-listener")]
     assert core.fanout is None and core.link_factory is None
+
+
+@pytest.mark.parametrize("max_message_size", [None, 64 << 10, 8 << 20])
+def test_link_frames_are_sized_from_the_maximum_message_size(tmp_path: Path,
+                                                             max_message_size) -> None:
+    path = tmp_path / "core.toml"
+    path.write_text("[core.limits]\n" + (f"max_message_size = {max_message_size}\n"
+                                         if max_message_size else ""))
+    core = tap.makeService(parse("-c", str(path)), reactor=Clock())
+    size = max_message_size or ConnectionLimits().max_message_size
+    assert core.link_factory.settings.max_frame_size == size + FRAME_OVERHEAD
 
 
 def test_twistd_application_gets_the_kcm_log_observer() -> None:

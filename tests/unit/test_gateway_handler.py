@@ -11,7 +11,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from kcm.gateway.classifier import classify
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
-from kcm.gateway.link_client import ServiceKeyRefused
+from kcm.gateway.link_client import AnswerTooLarge, RequestTooLarge, ServiceKeyRefused
 from kcm.gateway.local_batch import LocalRunner, l4_engine
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, State
 from kcm.kmip.payloads.crypto import DecryptRequest
@@ -48,7 +48,8 @@ class Gateway:
     """A handler wired to a fake link and a real cache; ``send`` insists on sync answers
     unless told otherwise."""
 
-    def __init__(self, link: FakeLink, engine_factory=l4_engine) -> None:
+    def __init__(self, link: FakeLink, engine_factory=l4_engine,
+                 max_message_size: int = 1 << 20) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.link = link
@@ -57,7 +58,8 @@ class Gateway:
         self.handler = GatewayRequestHandler(
             runner=LocalRunner(new_correlation_id=new_correlation_id,
                                engine_factory=engine_factory),
-            cache=self.cache, link=link, clock=self.clock.seconds)
+            cache=self.cache, link=link, clock=self.clock.seconds,
+            max_message_size=max_message_size)
 
     def answer(self, wire: bytes) -> bytes | Deferred[bytes]:
         return self.handler.handle_request(wire, CONNECTION)
@@ -257,6 +259,43 @@ def test_unsupported_version_is_for_the_core_to_negotiate(gateway: Gateway,
     gateway.answer(wire.replace(minor_4, minor_4[:11] + b"\x09" + minor_4[12:])).addCallback(
         results.append)
     assert results == [b"negotiated"]
+
+
+# Answers too large ---------------------------------------------------------------------------
+
+def test_an_answer_too_large_for_the_link_is_response_too_large_for_every_item(
+        gateway: Gateway) -> None:
+    error = AnswerTooLarge("the core's answer of 3000000 bytes exceeds this gateway's link "
+                           "frames of at most 1114112 bytes")
+    gateway.link.forward = lambda wire, caller, source: fail(error)
+    message = gateway.send(request(activate("7", b"a"), locate(b"l")), sync=False)
+    assert [(i.operation, i.unique_batch_item_id, i.result_reason)
+            for i in message.batch_items] == [
+        (Operation.ACTIVATE, b"a", ResultReason.RESPONSE_TOO_LARGE),
+        (Operation.LOCATE, b"l", ResultReason.RESPONSE_TOO_LARGE)]  # the core ran them all
+    assert message.batch_items[0].result_message == (
+        f"{error}; the operation may have been carried out")
+
+
+def test_a_request_too_large_for_the_link_is_a_general_failure(gateway: Gateway) -> None:
+    gateway.link.forward = lambda wire, caller, source: fail(RequestTooLarge("no room"))
+    message = gateway.send(request(locate(b"l")), sync=False)
+    [item] = message.batch_items
+    assert item.result_reason == ResultReason.GENERAL_FAILURE
+    assert item.result_message == "the request is too large to forward to the core"
+
+
+def test_the_gateways_own_answers_never_exceed_its_maximum_message_size(link: FakeLink) -> None:
+    gateway = Gateway(link, max_message_size=2048)
+    token = ok(gateway.send(request(create_l4()), sync=False)).unique_identifier
+    gets = request(*[get(token)] * 8)  # a Get's answer is twice its request
+    assert len(gets) <= 2048
+    answer = gateway.answer(gets)
+    assert isinstance(answer, bytes) and len(answer) <= 2048
+    message = response(answer)
+    assert {(i.result_reason, i.result_message) for i in message.batch_items} == {
+        (ResultReason.RESPONSE_TOO_LARGE,
+         "the response exceeds the server's maximum message size of 2048 bytes")}
 
 
 # Mixed -------------------------------------------------------------------------------------

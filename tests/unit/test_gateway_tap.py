@@ -11,6 +11,8 @@ from twisted.python import usage
 from kcm.gateway import tap
 from kcm.gateway.config import GatewayConfig, load_config
 from kcm.gateway.service import GatewayService
+from kcm.kmip_protocol import ConnectionLimits
+from kcm.link.frames import FRAME_OVERHEAD
 from tests.vectors import REPO_ROOT
 
 
@@ -73,6 +75,17 @@ def test_make_service_only_assembles(tmp_path: Path, monkeypatch) -> None:
     assert service.handler is not None
     assert not service.running and not any(child.running for child in service)
     assert service.link.gateway_name == "kcm-gateway"  # the certificate is not read yet
+
+
+@pytest.mark.parametrize("max_message_size", [None, 64 << 10, 8 << 20])
+def test_link_frames_are_sized_from_the_maximum_message_size(tmp_path: Path,
+                                                             max_message_size) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[gateway.limits]\n" + (f"max_message_size = {max_message_size}\n"
+                                            if max_message_size else ""))
+    service = tap.makeService(parse("-c", str(path)), reactor=Clock())
+    size = max_message_size or ConnectionLimits().max_message_size
+    assert service.link.max_frame_size == size + FRAME_OVERHEAD
 
 
 def test_a_start_that_cannot_read_the_certificate_fails_whole(tmp_path: Path,

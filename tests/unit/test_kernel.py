@@ -179,6 +179,51 @@ def test_over_the_maximum_response_size_successes_answer_response_too_large() ->
         (ResultStatus.OPERATION_FAILED, R.ITEM_NOT_FOUND)]
 
 
+def test_over_the_servers_limit_successes_answer_response_too_large_naming_it() -> None:
+    items = encode_items([answered("a" * 400), answered("b")], (2, 1))
+    wire = response_wire((2, 1), 0, "c", items, server_limit=400)
+    assert len(wire) <= 400
+    message = decode_response(decode(wire))
+    assert [i.result_reason for i in message.batch_items] == [R.RESPONSE_TOO_LARGE] * 2
+    assert message.batch_items[0].result_message == (
+        "the response exceeds the server's maximum message size of 400 bytes")
+    assert message.batch_items[0].operation == Operation.ACTIVATE
+
+
+@pytest.mark.parametrize(("client", "server", "named"), [
+    (250, 300, "the Maximum Response Size of 250 bytes"),
+    (350, 300, "the server's maximum message size of 300 bytes"),
+    (None, 300, "the server's maximum message size of 300 bytes"),
+    (250, None, "the Maximum Response Size of 250 bytes"),
+])
+def test_the_smaller_of_the_clients_and_the_servers_limit_applies(client, server,
+                                                                   named) -> None:
+    items = encode_items([answered("a" * 200)], (1, 4))
+    wire = response_wire((1, 4), 0, "c", items, client, server_limit=server)
+    [item] = decode_response(decode(wire)).batch_items
+    assert item.result_reason == R.RESPONSE_TOO_LARGE
+    assert item.result_message == f"the response exceeds {named}"
+
+
+def test_an_answer_within_both_limits_is_unchanged() -> None:
+    items = encode_items([answered("a")], (2, 1))
+    wire = response_wire((2, 1), 0, "c", items)
+    assert response_wire((2, 1), 0, "c", items, len(wire), server_limit=len(wire)) == wire
+
+
+def test_when_even_the_failures_exceed_the_servers_limit_one_item_answers() -> None:
+    # Ten thousand tiny successes: as Response Too Large failures they are longer still.
+    items = encode_items([answered("")] * 10_000, (2, 1))
+    wire = response_wire((2, 1), 0, "c", items, server_limit=64 << 10)
+    assert len(wire) <= 64 << 10
+    message = decode_response(decode(wire))
+    assert message.header.server_correlation_value == "c"
+    [item] = message.batch_items
+    assert item.result_reason == R.RESPONSE_TOO_LARGE and item.operation is None
+    assert item.result_message == ("the response to 10000 batch items exceeds the server's "
+                                   "maximum message size of 65536 bytes")
+
+
 def test_a_failure_response_says_the_reason_in_the_version() -> None:
     wire = failure_response((1, 0), R.UNSUPPORTED_PROTOCOL_VERSION, "no", 0)
     item = decode_response(decode(wire)).batch_items[0]

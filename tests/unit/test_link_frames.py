@@ -9,8 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kcm.kmip_protocol import ConnectionLimits
 from kcm.l4.service_key import ServiceKey
 from kcm.link.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FRAME_HEAD_SIZE,
+    FRAME_OVERHEAD,
     Frame,
     FrameError,
     FrameType,
@@ -20,6 +24,8 @@ from kcm.link.frames import (
     encode_frame,
     encode_payload,
     frame_item,
+    frame_size_limit,
+    peek_frame_head,
 )
 from kcm.ttlv import Item, ItemType, encode
 
@@ -160,3 +166,52 @@ def test_requests_round_trip(stream_id: int, message: bytes, source: str) -> Non
     frame.caller_source = source or None
     assert decode_frame(encode_frame(frame)) == frame
     assert frame_item(frame).tag == Tag.LINK_FRAME
+
+
+# Frame size: a whole maximum-size KMIP message always fits -----------------------------------
+def kmip_message(size: int) -> bytes:
+    """A TTLV Response Message of exactly ``size`` bytes (a multiple of 8), as the core's
+    largest permitted answer."""
+    return struct.pack(">II", 0x42007B01, size - 8) + bytes(size - 8)
+
+
+def test_the_frame_size_is_derived_from_the_maximum_message_size() -> None:
+    assert frame_size_limit(1 << 20) == (1 << 20) + FRAME_OVERHEAD
+    assert frame_size_limit(8 << 20) == (8 << 20) + FRAME_OVERHEAD
+    assert frame_size_limit(ConnectionLimits().max_message_size) == DEFAULT_MAX_FRAME_SIZE
+    assert FRAME_OVERHEAD == 64 << 10
+
+
+@pytest.mark.parametrize("max_message_size", [16 << 10, 1 << 20, 4 << 20])
+def test_an_answer_of_the_maximum_message_size_fits_a_response_frame(
+        max_message_size: int) -> None:
+    frame = Frame(FrameType.RESPONSE, stream_id=2**31 - 1,
+                  message=kmip_message(max_message_size))
+    wire = encode_frame(frame)
+    assert len(wire) <= frame_size_limit(max_message_size)
+    assert decode_frame(wire, max_size=frame_size_limit(max_message_size)) == frame
+
+
+def test_a_request_of_the_maximum_size_with_long_caller_fields_fits_its_frame() -> None:
+    identity = "spiffe://kcm.test/tenant/" + "t" * 1000 + "/service/" + "s" * 1000  # 2 KiB
+    frame = Frame(FrameType.REQUEST, stream_id=2**31 - 1, caller_identity=identity,
+                  caller_subject="CN=" + "x" * 16_000 + ",O=KCM Dev",
+                  caller_source="[2001:db8::1]:65535", message=kmip_message(1 << 20))
+    assert len(encode_frame(frame)) <= frame_size_limit(1 << 20)
+
+
+def test_the_head_of_a_frame_names_its_type_and_stream() -> None:
+    wire = encode_frame(Frame(FrameType.RESPONSE, stream_id=2**31 - 1, message=bytes(100)))
+    assert peek_frame_head(wire[:FRAME_HEAD_SIZE]) == (FrameType.RESPONSE, 2**31 - 1)
+    event = encode_frame(Frame(FrameType.EVENT, sequence=1, kind="policy", payload={}))
+    assert peek_frame_head(event[:FRAME_HEAD_SIZE]) == (FrameType.EVENT, 0)
+    assert peek_frame_head(wire[:30]) == (FrameType.RESPONSE, 0)  # StreamId cut short
+    assert peek_frame_head(b"\x42\x00\x7b\x01" + wire[4:FRAME_HEAD_SIZE]) == (None, 0)
+    assert peek_frame_head(wire[:8] + bytes(32)) == (None, 0)
+
+
+@given(st.binary(max_size=FRAME_HEAD_SIZE))
+def test_any_head_is_read_without_error(head: bytes) -> None:
+    frame_type, stream_id = peek_frame_head(head)
+    assert frame_type is None or isinstance(frame_type, FrameType)
+    assert 0 <= stream_id < 2**31

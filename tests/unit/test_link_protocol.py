@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from kcm.link.frames import Frame, FrameType, decode_frame, encode_frame
+from kcm.link.frames import Frame, FrameTooLarge, FrameType, decode_frame, encode_frame
 from kcm.link.protocol import LinkProtocol
 from kcm.ttlv.framer import Framer
 
@@ -76,12 +77,33 @@ def test_malformed_frame_goes_away() -> None:
     assert protocol.events == []
 
 
-def test_an_oversized_frame_is_refused_from_its_header() -> None:
+def test_an_oversized_frame_is_skipped_unbuffered_and_here_ends_the_link() -> None:
+    # This end fails no streams: an oversized frame of any type ends its link (ends that
+    # answer streams fail just the stream: test_link_session).
     protocol, transport, _ = connect(max_frame_size=1024)
-    protocol.dataReceived(bytes.fromhex("54B00101 00100000"))
+    big = encode_frame(Frame(FrameType.EVENT, sequence=1, kind="policy",
+                             payload={"policy": "x" * 2000}))
+    protocol.dataReceived(big[:8])  # the header alone: its type is not known yet
+    assert sent(transport) == [] and not transport.disconnecting
+    protocol.dataReceived(big[8:100])
+    assert protocol._framer.buffered == 0
     [goaway] = sent(transport)
-    assert "exceeds the maximum 1024" in goaway.error
-    assert transport.disconnecting
+    assert goaway.error == f"a EVENT frame of {len(big)} bytes exceeds the maximum of 1024"
+    assert transport.disconnecting and protocol.events == []
+
+
+def test_a_frame_too_large_to_send_is_refused_and_nothing_is_written() -> None:
+    protocol, transport, _ = connect(max_frame_size=1024)
+    big = Frame(FrameType.RESPONSE, stream_id=9, message=bytes(2000))
+    with pytest.raises(FrameTooLarge) as refused:
+        protocol.send(big)
+    assert (refused.value.frame_type, refused.value.stream_id, refused.value.limit) == (
+        FrameType.RESPONSE, 9, 1024)
+    with pytest.raises(FrameTooLarge):
+        protocol.send_wire(encode_frame(big))
+    assert transport.value() == b"" and not transport.disconnecting
+    protocol.send(Frame(FrameType.RESPONSE, stream_id=10, message=bytes(900)))
+    assert [f.stream_id for f in sent(transport)] == [10]
 
 
 def test_goaway_from_the_peer_closes() -> None:

@@ -3,6 +3,7 @@ with a Clock, a fake request handler and an in-memory outbox."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -16,18 +17,26 @@ from kcm.core.event_fanout import EventFanout
 from kcm.core.link_server import LinkServerFactory, LinkServerProtocol, LinkSettings
 from kcm.core.store.repository import OutboxRecord
 from kcm.gateway.link_client import (
+    AnswerTooLarge,
     LinkBusy,
     LinkClient,
     LinkClientProtocol,
     LinkDown,
     LinkTimeout,
+    RequestTooLarge,
     ServiceKeyRefused,
 )
 from kcm.identity import Principal, Role, SubjectMap
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.l4.service_key import ServiceKey
-from kcm.link.frames import Frame, FrameType, encode_frame, encode_payload
+from kcm.link.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    Frame,
+    FrameType,
+    encode_frame,
+    encode_payload,
+)
 
 TD = "kcm.test"
 GATEWAY = Principal(Role.GATEWAY, TD, name="gw1", uri=f"spiffe://{TD}/gateway/gw1")
@@ -81,6 +90,8 @@ class World:
     server: LinkServerProtocol | None = None
     pump: iosim.IOPump | None = None
     fetches: list[tuple] = field(default_factory=list)
+    core_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    gateway_frame_size: int = DEFAULT_MAX_FRAME_SIZE
 
     def __post_init__(self) -> None:
         self.fanout = MemoryFanout(self.clock)
@@ -89,10 +100,12 @@ class World:
             resolve_peer=lambda transport: self.peer, trust_domain=TD,
             subject_map=SubjectMap.from_mapping(
                 {"CN=legacy-client,O=KCM Dev": "tenant/demo/service/legacy"}),
-            clock=self.clock, settings=LinkSettings(max_queued_events=5))
+            clock=self.clock, settings=LinkSettings(max_queued_events=5,
+                                                    max_frame_size=self.core_frame_size))
         self.factory.fetch_keys = self._fetch  # type: ignore[method-assign]
         self.client = LinkClient(None, clock=self.clock, max_in_flight=4, request_timeout=10,
-                                 on_event=lambda *event: self.events.append(event))
+                                 on_event=lambda *event: self.events.append(event),
+                                 max_frame_size=self.gateway_frame_size)
 
     def _fetch(self, caller, tenant, service, uid, now):
         self.fetches.append((caller, tenant, service, uid))
@@ -426,3 +439,100 @@ def test_the_gateway_no_longer_reads_a_policy_file(tmp_path) -> None:
     path.write_text('[gateway]\npolicy_file = "etc/kcm-policy.toml"\n')
     with pytest.raises(ConfigError, match="policy the core pushes"):
         load_config(path)
+
+
+# A frame too large for the link fails its one stream, never the link -----------------------
+def test_an_answer_too_large_for_the_gateway_fails_its_call_and_the_link_goes_on() -> None:
+    world = World(gateway_frame_size=4096)  # the core sends frames the gateway will not take
+    world.connect()
+    calls = results([world.client.forward(b"big", APP, "h:1"),
+                     world.client.forward(b"small", APP, "h:1")])
+    world.flush()
+    world.handler.calls[0][2].callback(bytes(10_000))
+    world.handler.calls[1][2].callback(b"ok")
+    world.flush()
+    assert calls[0].check(AnswerTooLarge)
+    size = len(encode_frame(Frame(FrameType.RESPONSE, stream_id=1, message=bytes(10_000))))
+    assert str(calls[0].value) == (f"the core's answer of {size} bytes exceeds this "
+                                   "gateway's link frames of at most 4096 bytes")
+    assert calls[1] == b"ok"
+    assert world.client.connected and world.client.in_flight == 0
+    later = results([world.client.forward(b"again", APP, "h:1")])
+    world.flush()
+    world.handler.calls[2][2].callback(b"fine")
+    world.flush()
+    assert later == [b"fine"]
+
+
+def test_an_answer_too_large_for_a_call_that_timed_out_is_skipped_quietly() -> None:
+    world = World(gateway_frame_size=4096)
+    world.connect()
+    late = results([world.client.forward(b"slow", APP, "h:1")])
+    world.flush()
+    for _ in range(11):
+        world.clock.advance(1)
+        world.flush()
+    assert late[0].check(LinkTimeout)
+    world.handler.calls[0][2].callback(bytes(10_000))
+    world.flush()
+    assert world.client.connected and world.client.in_flight == 0
+
+
+def test_a_request_too_large_for_the_core_is_answered_invalid_message_on_its_stream() -> None:
+    world = World(core_frame_size=4096)  # the gateway sends frames the core will not take
+    world.connect()
+    calls = results([world.client.forward(bytes(10_000), APP, "h:1"),
+                     world.client.forward(b"small", APP, "h:1")])
+    world.flush()
+    assert [wire for wire, _, _ in world.handler.calls] == [b"small"]
+    world.handler.calls[0][2].callback(b"ok")
+    world.flush()
+    assert re.fullmatch(rb"FAIL 4 request too large: its link frame of 10\d\d\d bytes "
+                        rb"exceeds the core's maximum of 4096", calls[0])
+    assert ResultReason.INVALID_MESSAGE == 4
+    assert calls[1] == b"ok" and world.client.connected and world.client.in_flight == 0
+
+
+def test_a_request_too_large_for_the_gateways_own_frames_fails_at_once_unsent() -> None:
+    world = World(gateway_frame_size=4096)
+    world.connect()
+    refused = results([world.client.forward(bytes(10_000), APP, "h:1")])
+    assert refused[0].check(RequestTooLarge)
+    assert world.client.in_flight == 0
+    world.flush()
+    assert world.handler.calls == [] and world.client.connected
+
+
+def test_an_answer_too_large_for_the_cores_own_frames_is_response_too_large() -> None:
+    # The core's handler bounds its answers below the frame size; one that did not is still
+    # only its stream's failure.
+    world = World(core_frame_size=4096)
+    world.connect()
+    answer = results([world.client.forward(b"r", APP, "h:1")])
+    world.flush()
+    world.handler.calls[0][2].callback(bytes(10_000))
+    world.flush()
+    assert answer[0].startswith(f"FAIL {int(ResultReason.RESPONSE_TOO_LARGE)} the response "
+                                "of 10000 bytes does not fit".encode())
+    assert world.client.connected and world.client.in_flight == 0
+
+
+def test_a_policy_too_large_for_the_link_is_left_out_and_the_link_stays_up() -> None:
+    world = World(core_frame_size=4096)
+    big = SubjectMap.from_mapping({f"CN=client-{i},O=KCM Dev": "tenant/demo/service/app"
+                                   for i in range(200)})
+    assert len(big.document()) > 4096
+    world.factory.set_subject_map(big)
+    documents: list[str] = []
+    world.client.on_policy = documents.append
+    world.connect()
+    assert world.client.connected and documents == []  # the gateway keeps the map it has
+    world.fanout.records.append(OutboxRecord(1, 0, None, "policy",
+                                             encode_payload({"policy": big.document()})))
+    world.fanout.commit(1)
+    world.fanout.poll()
+    world.flush()
+    assert [(seq, kind, payload) for seq, kind, _, payload in world.events][0] == (
+        1, "policy", {})
+    assert [e[0] for e in world.events] == [1, 2]  # gapless
+    assert documents == [] and world.client.connected

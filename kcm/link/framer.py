@@ -1,0 +1,89 @@
+"""Split the link's byte stream into frames; a frame over the size limit is skipped, not
+fatal. Pure: the protocol feeds it bytes.
+
+A frame's size is known from its 8-byte TTLV header, so, as with
+:class:`kcm.ttlv.framer.Framer`, the body of a frame over ``max_size`` is never buffered.
+Unlike a KMIP connection, which serves one client and is closed then, a link carries every
+tenant's streams, and the header is enough to find where the next frame begins: an
+oversized frame is *skipped*. Its first :data:`~kcm.link.frames.FRAME_HEAD_SIZE` bytes are
+kept to name its type and stream, the rest is counted off as it arrives and dropped, and
+:meth:`LinkFramer.feed` reports it as an :class:`OversizedFrame` in its place, so that the
+end fails that one stream and the link goes on. A header that cannot be a frame (not a
+Structure, a length not a multiple of 8) still raises :class:`TtlvError`: after one, where
+the next frame begins is unknown.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from kcm.link.frames import FRAME_HEAD_SIZE, FrameType, peek_frame_head
+from kcm.ttlv.errors import TtlvError
+
+_HEADER = struct.Struct(">II")
+_STRUCTURE = 0x01
+
+
+@dataclass(frozen=True, slots=True)
+class OversizedFrame:
+    """A frame that was skipped for its size (``size`` bytes, header included): its type
+    and stream as its first bytes named them (None and 0 when they could not be read)."""
+
+    size: int
+    frame_type: FrameType | None
+    stream_id: int
+
+
+class LinkFramer:
+    """Buffer received bytes; hand out whole frames, and oversized ones as skipped."""
+
+    __slots__ = ("max_size", "_buffer", "_discard")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buffer = bytearray()
+        self._discard = 0  # bytes of a skipped frame yet to arrive, to be dropped
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: of a frame not yet complete, or of the head of an oversized one."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes | OversizedFrame]:
+        """Add ``data``; return, in stream order, the frames it completes (their bytes) and
+        the oversized frames whose head it completes.
+
+        Raises :class:`TtlvError` when a header cannot be a frame's; the stream cannot be
+        resynchronised after that and the caller should close the link.
+        """
+        if self._discard:
+            skipped = min(self._discard, len(data))
+            self._discard -= skipped
+            data = data[skipped:]
+        buffer = self._buffer
+        buffer += data
+        frames: list[bytes | OversizedFrame] = []
+        while len(buffer) >= 8:
+            tag_type, length = _HEADER.unpack_from(buffer, 0)
+            if tag_type & 0xFF != _STRUCTURE:
+                kind = tag_type & 0xFF
+                raise TtlvError(3, f"a frame must be a Structure, not type {kind:#04x}")
+            if length % 8:
+                raise TtlvError(4, f"structure length {length} is not a multiple of 8")
+            total = 8 + length
+            if total <= self.max_size:
+                if len(buffer) < total:
+                    break
+                frames.append(bytes(buffer[:total]))
+                del buffer[:total]
+                continue
+            head = min(total, FRAME_HEAD_SIZE)
+            if len(buffer) < head:
+                break  # wait for the bytes that say whose frame it is
+            frame_type, stream_id = peek_frame_head(bytes(buffer[:head]))
+            frames.append(OversizedFrame(total, frame_type, stream_id))
+            dropped = min(total, len(buffer))
+            del buffer[:dropped]
+            self._discard = total - dropped
+        return frames

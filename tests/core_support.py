@@ -62,6 +62,7 @@ def core(tmp_path: Path) -> Iterator[CoreHarness]:
     store = Store(url)
     store.startService()
     keyring = Keyring(os.urandom(32))
+    store.audit_key = keyring.audit_key  # what MasterKey does when kcm-core starts
     now = int(time.time())
 
     def bootstrap(session):

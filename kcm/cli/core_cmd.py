@@ -1,7 +1,8 @@
 """``kcm core``: set up and administer a kcm-core deployment (operator commands).
 
 * ``kcm core init [-c CONFIG]``: create the L1 key file (mode 0600) if missing, create or
-  upgrade the database schema (Alembic), and record the L1 check value.
+  upgrade the database schema (Alembic), record the L1 check value, and anchor audit records
+  written before the audit chain was keyed.
 * ``kcm core tenant add TENANT [-c CONFIG]``: create a tenant and its tenant key (L2).
 * ``kcm core service add TENANT SERVICE [-c CONFIG]``: create a service key (L3) for a
   service of a tenant; run again to add a new version (rotation).
@@ -76,7 +77,7 @@ def core_config(args: argparse.Namespace) -> CoreConfig:
 
 
 def _run_init(args: argparse.Namespace) -> int:
-    from kcm.core import keys
+    from kcm.core import audit, keys
     from kcm.core.service import L1_CHECK_META
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
@@ -95,17 +96,22 @@ def _run_init(args: argparse.Namespace) -> int:
         raise CommandError(str(e)) from e
     upgrade(config.database)
     store = Store(config.database)
+    store.audit_key = keys.derive_audit_key(l1)
     check = keys.key_check_value(l1)
 
-    def record(session) -> None:
+    def record(session) -> audit.AuditRow | None:
         known = repository.get_meta(session, L1_CHECK_META)
         if known is not None and known != check:
             raise CommandError(f"{config.l1_key_file} is not the L1 key of this database")
         repository.set_meta(session, L1_CHECK_META, check)
+        return audit.key_chain(session, by="kcm core init")
 
-    store.run_sync(record)
+    anchor = store.run_sync(record)
     print(f"L1 key file: {config.l1_key_file} ({'created' if created else 'existing'})")
     print(f"database: {config.database} (schema up to date)")
+    if anchor is not None:
+        print(f"audit chain keyed: record {anchor.seq} anchors the {anchor.seq - 1} records "
+              "written before")
     return 0
 
 
@@ -119,7 +125,9 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
         keyring = Keyring(keys.load_l1(config.l1_key_file))
     except (OSError, keys.KeyFileError) as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
-    return Store(config.database).run_sync(lambda session: fn(session, keyring))
+    store = Store(config.database)
+    store.audit_key = keyring.audit_key
+    return store.run_sync(lambda session: fn(session, keyring))
 
 
 def _run_tenant_add(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The append-only, hash-chained audit log.
+"""The append-only, hash-chained, keyed audit log.
 
 Each record carries the digest of the one before it::
 
@@ -10,22 +10,51 @@ where ``canonical(n)`` is the UTF-8 JSON object of the stored columns of record 
 sorted, no whitespace, non-ASCII escaped (``json.dumps(..., sort_keys=True,
 separators=(",", ":"), ensure_ascii=True)``). ``object_ids`` and ``detail`` enter as the exact
 JSON text stored in their columns, so verification never re-serializes anything. Sequence
-numbers start at 1 and have no gaps; the ``meta`` row ``audit.head`` holds ``"SEQ:DIGESTHEX"``
-of the newest record so that a truncated tail is detected too.
+numbers start at 1 and have no gaps.
+
+The digests alone only catch accidents: whoever can write the database can recompute them.
+So every record also carries a MAC under the **audit key** (HKDF of L1,
+:func:`kcm.core.keys.derive_audit_key`; never stored)::
+
+    mac(n)        = HMAC-SHA-256(audit key, "kcm audit record" || 0x00 || digest(n))
+    head          = "SEQ:DIGESTHEX:MACHEX"      (the ``meta`` row ``audit.head``)
+        MAC       = HMAC-SHA-256(audit key, "kcm audit head" || 0x00 || "SEQ:DIGESTHEX")
+    checkpoint    = "SEQ:DIGESTHEX:MACHEX"      (a ``kcm.audit.checkpoint`` log event)
+        MAC       = HMAC-SHA-256(audit key, "kcm audit checkpoint" || 0x00 || "SEQ:DIGESTHEX")
+
+Since ``digest(n)`` commits to every record up to ``n``, ``mac(n)`` authenticates them all;
+a record edited without the key (its digests recomputed or not) fails its own MAC. The head
+marker names the newest record, so a truncated tail is detected too; its MAC (distinct from
+the record's) means a tail can only be cut back to a head someone saw before. Checkpoints
+are the head, MACed under a third label and written to the log, outside the database, by
+:class:`kcm.core.audit_checkpoints.AuditCheckpoints`.
+
+Records written before the chain was keyed (schema revision 0002) have no MAC: they are
+**unkeyed**, checked by digest only. They can only come first: a keyed record after them
+MACs their last digest, and anchors them. kcm-core (and ``kcm core init``) append such a
+record, :func:`key_chain`, when they find the newest record unkeyed; from then on
+:func:`verify_chain` refuses a chain whose newest record is unkeyed, or an unkeyed record
+after a keyed one, so stripping the MACs is no way around them.
 
 Appends are serialized with every other writer (see
 :func:`kcm.core.store.repository.lock_writers`), so the chain cannot fork. Committed records are
 also emitted as log events of their own once their transaction commits: a
 ``twisted.logger`` event in the ``kcm.audit`` namespace whose fields are the record's
 (:meth:`AuditRow.log_fields`); records of a rolled-back transaction are never logged.
+
+The audit key reaches this module with each call (``audit_key=``) or, by default, with the
+session: a :class:`kcm.core.store.engine.Store` puts its ``audit_key`` in every session's
+``info``. Without one, nothing is appended or verified (:class:`AuditKeyMissing`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +62,22 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
+from kcm.core.store.engine import AUDIT_KEY_INFO
 from kcm.core.store.repository import get_meta, lock_writers, set_meta
 from kcm.core.store.schema import AuditLog
 
 GENESIS_DIGEST = bytes(32)
 CANONICAL_VERSION = 1
 HEAD_META_KEY = "audit.head"
+
+# The MAC labels (see the module doc): one key, three kinds of statement that can never be
+# taken for one another.
+_RECORD_LABEL = b"kcm audit record\x00"
+_HEAD_LABEL = b"kcm audit head\x00"
+_CHECKPOINT_LABEL = b"kcm audit checkpoint\x00"
+
+#: The operation of the record :func:`key_chain` appends to anchor unkeyed records.
+KEY_CHAIN_OPERATION = "KeyAuditChain"
 
 _PENDING_KEY = "kcm.audit.pending"
 _HOOKED_KEY = "kcm.audit.hooked"
@@ -51,7 +90,23 @@ audit_log = Logger(namespace="kcm.audit")
 AUDIT_FORMAT = ("audit {seq}: {operation} by {principal}: {result_status} "
                 "(correlation id {correlation_id})")
 
+#: Where checkpoints are emitted (:class:`kcm.core.audit_checkpoints.AuditCheckpoints`).
+checkpoint_log = Logger(namespace="kcm.audit.checkpoint")
+
+#: The text of a checkpoint event: the checkpoint itself, so that the ``text`` log format
+#: carries it too. Its fields are :meth:`Checkpoint.log_fields`.
+CHECKPOINT_FORMAT = "audit checkpoint {checkpoint}"
+
 JsonValue = str | int | float | bool | None | Sequence["JsonValue"] | Mapping[str, "JsonValue"]
+
+
+class AuditKeyMissing(RuntimeError):
+    """No audit key was given, nor set on the store: the chain can be neither extended nor
+    verified."""
+
+
+class AuditChainError(Exception):
+    """The chain's head is not what the audit key says it must be."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +131,7 @@ class AuditEvent:
 
 @dataclass(frozen=True, slots=True)
 class AuditRow:
-    """One stored audit record, with its chain digests."""
+    """One stored audit record, with its chain digests and its MAC (None: unkeyed)."""
 
     seq: int
     at: int
@@ -92,6 +147,7 @@ class AuditRow:
     detail: str | None
     prev_digest: bytes
     digest: bytes
+    mac: bytes | None = None
 
     def log_fields(self) -> dict[str, Any]:
         """The record as structured-log fields (digests in hex, JSON columns decoded)."""
@@ -114,12 +170,89 @@ class AuditRow:
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
-    """The outcome of :func:`verify_chain`. ``first_bad_seq`` is None when ``ok``."""
+    """The outcome of :func:`verify_chain`. ``first_bad_seq`` is None when ``ok`` (and when
+    what failed is a checkpoint given to check, not a record)."""
 
     ok: bool
     records_checked: int
     first_bad_seq: int | None = None
     reason: str | None = None
+    #: Of the records checked, those written before the chain was keyed (digest only).
+    unkeyed_records: int = 0
+    #: Checkpoints found in the chain.
+    checkpoints_matched: int = 0
+
+
+def _mac(audit_key: bytes, label: bytes, message: bytes) -> bytes:
+    return hmac.digest(audit_key, label + message, hashlib.sha256)
+
+
+def _position(seq: int, digest: bytes) -> bytes:
+    return f"{seq}:{digest.hex()}".encode("ascii")
+
+
+def record_mac(audit_key: bytes, digest: bytes) -> bytes:
+    """The MAC of the record whose chain digest is ``digest``; see module doc."""
+    return _mac(audit_key, _RECORD_LABEL, digest)
+
+
+def head_marker(audit_key: bytes, seq: int, digest: bytes) -> str:
+    """The ``audit.head`` value naming record ``seq`` (digest ``digest``) as the newest."""
+    return f"{seq}:{digest.hex()}:{_mac(audit_key, _HEAD_LABEL, _position(seq, digest)).hex()}"
+
+
+def _parse_position(text: str, what: str) -> tuple[int, bytes, bytes | None]:
+    """``SEQ:DIGESTHEX[:MACHEX]`` → (seq, digest, mac or None); ValueError naming ``what``."""
+    parts = text.strip().split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        seq = int(parts[0])
+        digest = bytes.fromhex(parts[1])
+        mac = bytes.fromhex(parts[2]) if len(parts) == 3 else None
+    except ValueError:
+        raise ValueError(f"{what} is not SEQ:DIGEST:MAC: {text!r}") from None
+    if seq < 0 or len(digest) != 32 or (mac is not None and len(mac) != 32):
+        raise ValueError(f"{what} is not SEQ:DIGEST:MAC: {text!r}")
+    return seq, digest, mac
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A MACed statement that the chain's newest record was ``seq``, with chain digest
+    ``digest`` (``0`` and 32 zero bytes: the chain was empty). kcm-core writes them to its
+    log; ``kcm audit verify --checkpoint`` checks that the chain still holds them. Its text
+    form, ``SEQ:DIGESTHEX:MACHEX``, is what the log carries and the command takes."""
+
+    seq: int
+    digest: bytes
+    mac: bytes
+
+    @classmethod
+    def sign(cls, audit_key: bytes, seq: int, digest: bytes) -> Checkpoint:
+        return cls(seq, digest, _mac(audit_key, _CHECKPOINT_LABEL, _position(seq, digest)))
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """The checkpoint written ``SEQ:DIGESTHEX:MACHEX``; ValueError if it is not one."""
+        seq, digest, mac = _parse_position(text, "a checkpoint")
+        if mac is None:
+            raise ValueError(f"a checkpoint is not SEQ:DIGEST:MAC: {text!r}")
+        return cls(seq, digest, mac)
+
+    def genuine(self, audit_key: bytes) -> bool:
+        """Whether this checkpoint was made with ``audit_key``."""
+        expected = _mac(audit_key, _CHECKPOINT_LABEL, _position(self.seq, self.digest))
+        return hmac.compare_digest(self.mac, expected)
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.digest.hex()}:{self.mac.hex()}"
+
+    def log_fields(self) -> dict[str, Any]:
+        """The checkpoint as structured-log fields: ``seq``, ``digest`` and ``mac`` (hex) and
+        ``checkpoint``, the three as one ``SEQ:DIGEST:MAC`` string."""
+        return {"seq": self.seq, "digest": self.digest.hex(), "mac": self.mac.hex(),
+                "checkpoint": str(self)}
 
 
 def _canonical_json(value: Any) -> str:
@@ -150,6 +283,14 @@ def _check_json(path: str, value: object) -> None:
             _check_json(f"{path}[{index}]", item)
         return
     raise TypeError(f"audit detail {path} has unsupported type {type(value).__name__}")
+
+
+def _audit_key(session: Session, audit_key: bytes | None) -> bytes:
+    key = audit_key if audit_key is not None else session.info.get(AUDIT_KEY_INFO)
+    if key is None:
+        raise AuditKeyMissing("the audit key (derived from L1) is not loaded: the audit log "
+                              "can be neither written nor verified")
+    return key
 
 
 def record_digest(
@@ -190,12 +331,16 @@ def record_digest(
 
 
 def append_audit(
-    session: Session, record: AuditEvent, *, clock: Callable[[], float] = time.time
+    session: Session, record: AuditEvent, *, clock: Callable[[], float] = time.time,
+    audit_key: bytes | None = None,
 ) -> AuditRow:
     """Append ``record`` to the chain in the caller's transaction and return the stored row.
 
-    Raises TypeError if any field is not text (or ``detail`` holds bytes) before touching the
-    database. The record is logged (``kcm.audit``) only after the transaction commits.
+    The record is MACed under ``audit_key`` (default: the session's, which a
+    :class:`~kcm.core.store.engine.Store` with an ``audit_key`` provides). Raises TypeError if
+    any field is not text (or ``detail`` holds bytes), and :class:`AuditKeyMissing` without
+    a key, before touching the database. The record is logged (``kcm.audit``) only after the
+    transaction commits.
     """
     for name in ("principal", "operation", "result_status", "correlation_id", "source"):
         _check_text(name, getattr(record, name))
@@ -207,6 +352,7 @@ def append_audit(
         _check_text("object_ids item", uid)
     if record.detail is not None:
         _check_json("detail", record.detail)
+    key = _audit_key(session, audit_key)
 
     lock_writers(session)
     tail = session.execute(
@@ -228,12 +374,100 @@ def append_audit(
         "detail": None if record.detail is None else _canonical_json(record.detail),
     }
     digest = record_digest(prev_digest, **values)
-    session.add(AuditLog(**values, prev_digest=prev_digest, digest=digest))
-    set_meta(session, HEAD_META_KEY, f"{seq}:{digest.hex()}")
+    mac = record_mac(key, digest)
+    session.add(AuditLog(**values, prev_digest=prev_digest, digest=digest, mac=mac))
+    set_meta(session, HEAD_META_KEY, head_marker(key, seq, digest))
     session.flush()
-    row = AuditRow(**values, prev_digest=prev_digest, digest=digest)
+    row = AuditRow(**values, prev_digest=prev_digest, digest=digest, mac=mac)
     _log_after_commit(session, row)
     return row
+
+
+def key_chain(session: Session, *, by: str, clock: Callable[[], float] = time.time,
+              audit_key: bytes | None = None) -> AuditRow | None:
+    """Anchor records written before the chain was keyed: if the newest record is unkeyed,
+    append a keyed one (operation :data:`KEY_CHAIN_OPERATION`, principal ``by``), whose MAC
+    covers every digest before it, and return it. An empty or keyed chain is left alone
+    (None). kcm-core calls it at start and ``kcm core init`` when it runs."""
+    key = _audit_key(session, audit_key)
+    lock_writers(session)
+    tail = session.execute(
+        select(AuditLog.seq, AuditLog.mac).order_by(AuditLog.seq.desc()).limit(1)
+    ).first()
+    if tail is None or tail[1] is not None:
+        return None
+    return append_audit(session, AuditEvent(
+        principal=by, operation=KEY_CHAIN_OPERATION, result_status="SUCCESS",
+        correlation_id="", detail={"unkeyed_records": tail[0]},
+    ), clock=clock, audit_key=key)
+
+
+def make_checkpoint(session: Session, *, audit_key: bytes | None = None) -> Checkpoint:
+    """A checkpoint of the chain's head as stored now.
+
+    Only a genuine head is signed: raises :class:`AuditChainError` when the head marker is
+    missing, unkeyed or fails its MAC, or the record it names is missing or not the one it
+    MACed. An empty chain's checkpoint names record 0.
+    """
+    key = _audit_key(session, audit_key)
+    text = get_meta(session, HEAD_META_KEY)
+    if text is None:
+        if session.scalar(select(AuditLog.seq).limit(1)) is not None:
+            raise AuditChainError("the audit head marker is missing, but there are records")
+        return Checkpoint.sign(key, 0, GENESIS_DIGEST)
+    try:
+        seq, digest, mac = _parse_position(text, "the audit head marker")
+    except ValueError as e:
+        raise AuditChainError(str(e)) from None
+    if mac is None:
+        raise AuditChainError(f"the audit head (record {seq}) is not keyed")
+    if not hmac.compare_digest(mac, _mac(key, _HEAD_LABEL, _position(seq, digest))):
+        raise AuditChainError(f"the audit head (record {seq}) fails its MAC: it was written "
+                              "without the audit key")
+    row = session.execute(
+        select(AuditLog.digest, AuditLog.mac).where(AuditLog.seq == seq)
+    ).first()
+    if (row is None or bytes(row[0]) != digest or row[1] is None
+            or not hmac.compare_digest(bytes(row[1]), record_mac(key, digest))):
+        raise AuditChainError(f"record {seq}, the audit head, is missing or altered")
+    return Checkpoint.sign(key, seq, digest)
+
+
+def log_checkpoint(checkpoint: Checkpoint) -> Checkpoint:
+    """Emit ``checkpoint`` as a ``kcm.audit.checkpoint`` event, and return it."""
+    checkpoint_log.info(CHECKPOINT_FORMAT, **checkpoint.log_fields())
+    return checkpoint
+
+
+_TEXT_CHECKPOINT = re.compile(r"\[kcm\.audit\.checkpoint#info\] audit checkpoint (\S+)$")
+
+
+def checkpoints_in_log(lines: Iterable[str]) -> list[Checkpoint]:
+    """The checkpoints of a kcm-core log, in order, whichever its ``log_format`` (a JSON
+    line of namespace ``kcm.audit.checkpoint``, or a text line of that system). Other lines
+    are skipped; a checkpoint line that does not parse raises ValueError naming its line."""
+    found = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        text = None
+        if line.startswith("{"):
+            try:
+                logged = json.loads(line)
+            except ValueError:
+                continue
+            if (isinstance(logged, dict) and logged.get("namespace") == checkpoint_log.namespace
+                    and "checkpoint" in logged):
+                text = str(logged["checkpoint"])
+        else:
+            match = _TEXT_CHECKPOINT.search(line)
+            if match:
+                text = match.group(1)
+        if text is not None:
+            try:
+                found.append(Checkpoint.parse(text))
+            except ValueError as e:
+                raise ValueError(f"line {number}: {e}") from None
+    return found
 
 
 def _log_after_commit(session: Session, row: AuditRow) -> None:
@@ -258,24 +492,50 @@ def _drop_pending(session: Session) -> None:
     session.info.pop(_PENDING_KEY, None)
 
 
-def verify_chain(session: Session, *, batch: int = 1000) -> VerifyResult:
+def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None = None,
+                 checkpoints: Iterable[Checkpoint] = ()) -> VerifyResult:
     """Walk the chain up to its recorded head and report the first record that breaks it.
 
-    Detects an edited record (digest mismatch), a removed or renumbered record (sequence
-    gap, broken ``prev_digest`` link), reordered records (the sequence number is inside the
-    digest), and a truncated tail (fewer records than the ``audit.head`` meta row names, or a
-    different newest digest). Safe to run beside writers: the head is read first and records
-    appended after it are left for the next run.
+    With the audit key (default: the session's; :class:`AuditKeyMissing` without one),
+    detects an edited record, its digests recomputed or not (digest or MAC mismatch), a
+    removed or renumbered record (sequence gap, broken ``prev_digest`` link), reordered
+    records (the sequence number is inside the digest), a truncated tail (fewer records than
+    the ``audit.head`` meta row names, or a different newest digest, or a head marker that
+    fails its MAC), and MACs stripped (an unkeyed record after a keyed one, or a chain whose
+    newest record is unkeyed: see :func:`key_chain`). Each of ``checkpoints`` must be
+    genuine and name a record of the chain with its digest: a chain cut back, or rewritten
+    since, fails. Safe to run beside writers: the head is read first and records appended
+    after it are left for the next run.
     """
+    key = _audit_key(session, audit_key)
+    expected: dict[int, list[Checkpoint]] = {}
+    for checkpoint in checkpoints:
+        if not checkpoint.genuine(key):
+            return VerifyResult(False, 0, None,
+                                f"checkpoint {checkpoint} does not verify under this L1 key: "
+                                "it was altered, or comes from another deployment")
+        expected.setdefault(checkpoint.seq, []).append(checkpoint)
+    matched = 0
+
+    def checkpoints_hold(seq: int, digest: bytes) -> bool:
+        nonlocal matched
+        for checkpoint in expected.pop(seq, ()):
+            if checkpoint.digest != digest:
+                return False
+            matched += 1
+        return True
+
     head = get_meta(session, HEAD_META_KEY)
     head_seq: int | None = None
-    head_digest = ""
+    head_digest = b""
+    head_mac: bytes | None = None
     if head is not None:
-        head_seq_text, _, head_digest = head.partition(":")
         try:
-            head_seq = int(head_seq_text)
+            head_seq, head_digest, head_mac = _parse_position(head, "the audit head marker")
         except ValueError:
             return VerifyResult(False, 0, 1, f"audit head marker is malformed: {head!r}")
+    if not checkpoints_hold(0, GENESIS_DIGEST):
+        return VerifyResult(False, 0, None, "a checkpoint of the empty chain is malformed")
 
     table = AuditLog.__table__
     stmt = select(table).order_by(table.c.seq).execution_options(yield_per=batch)
@@ -283,7 +543,7 @@ def verify_chain(session: Session, *, batch: int = 1000) -> VerifyResult:
         stmt = stmt.where(table.c.seq <= head_seq)
     expected_seq = 1
     prev_digest = GENESIS_DIGEST
-    checked = 0
+    checked = unkeyed = 0
     for row in session.execute(stmt).mappings():
         seq = row["seq"]
         if seq != expected_seq:
@@ -297,6 +557,21 @@ def verify_chain(session: Session, *, batch: int = 1000) -> VerifyResult:
         computed = record_digest(prev_digest, **{name: row[name] for name in _DIGESTED_COLUMNS})
         if bytes(row["digest"]) != computed:
             return VerifyResult(False, checked, seq, "digest does not match the record's content")
+        mac = row["mac"]
+        if mac is None:
+            if unkeyed < checked:
+                return VerifyResult(False, checked, seq,
+                                    "the record has no MAC, but an earlier record has one")
+            unkeyed += 1
+        elif not hmac.compare_digest(bytes(mac), record_mac(key, computed)):
+            return VerifyResult(False, checked, seq,
+                                "MAC does not match: the record, or one before it, was "
+                                "rewritten without the audit key (or this is not the "
+                                "database's L1 key)")
+        if not checkpoints_hold(seq, computed):
+            return VerifyResult(False, checked, seq,
+                                "the record differs from a checkpoint of it: the chain was "
+                                "rewritten since the checkpoint")
         prev_digest = computed
         expected_seq = seq + 1
         checked += 1
@@ -305,14 +580,29 @@ def verify_chain(session: Session, *, batch: int = 1000) -> VerifyResult:
     if head_seq is None:
         if checked:
             return VerifyResult(False, checked, last_seq, "audit head marker is missing")
-        return VerifyResult(True, 0)
-    if last_seq < head_seq:
+    elif last_seq < head_seq:
         return VerifyResult(
             False, checked, last_seq + 1, f"records {last_seq + 1}..{head_seq} are missing"
         )
-    if head_digest != prev_digest.hex():
+    elif head_digest != prev_digest:
         return VerifyResult(False, checked, last_seq, "newest record differs from the head marker")
-    return VerifyResult(True, checked)
+    if checked and unkeyed == checked:
+        return VerifyResult(False, checked, 1,
+                            f"no record is keyed: records 1..{last_seq} have no MAC (written "
+                            "before the chain was keyed and never anchored: start kcm-core or "
+                            "run `kcm core init` once; or stripped of their MACs)")
+    if checked and (head_mac is None or not hmac.compare_digest(
+            head_mac, _mac(key, _HEAD_LABEL, _position(last_seq, prev_digest)))):
+        return VerifyResult(False, checked, last_seq,
+                            "the head marker fails its MAC: it was rewritten without the audit "
+                            "key (the tail cut back?)")
+    if expected:
+        beyond = max(expected)
+        return VerifyResult(False, checked, last_seq + 1,
+                            f"a checkpoint names record {beyond}, but the chain ends at "
+                            f"{last_seq}: records {last_seq + 1}..{beyond} were deleted, or "
+                            "the chain was rolled back")
+    return VerifyResult(True, checked, unkeyed_records=unkeyed, checkpoints_matched=matched)
 
 
 _DIGESTED_COLUMNS = (

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kcm.config_file import TlsFiles, load_section
+from kcm.config_file import ConfigError, TlsFiles, load_section
 from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["CoreConfig", "TlsFiles", "load_config"]
@@ -36,15 +36,31 @@ class CoreConfig:
     log_format: str = "json"
     #: Where the log goes: ``-`` for standard output, else a file (appended to, created 0600).
     log_file: str = "-"
+    #: Seconds between checkpoints of the audit chain's head in the log (and one at start).
+    audit_checkpoint_interval: float = 300.0
 
 
 _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "policy_file",
-              "database_threads", "log_level", "log_format",
-              "log_file"}
+              "database_threads", "log_level", "log_format", "log_file",
+              "audit_checkpoint_interval"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:
     """Read ``[core]`` (with ``[core.tls]`` and ``[core.limits]``) from the TOML file at
     ``path`` (None: defaults only), then apply ``overrides`` (keys of CoreConfig, plus
     ``tls_cert``/``tls_key``/``tls_ca``; None values are ignored)."""
-    return load_section(CoreConfig(), "core", path, overrides, _TOP_LEVEL)
+    config = load_section(CoreConfig(), "core", path, overrides, _TOP_LEVEL, coerce=_typed)
+    if not config.audit_checkpoint_interval > 0:
+        raise ConfigError("core.audit_checkpoint_interval must be a positive number of seconds")
+    return config
+
+
+def _typed(values: dict[str, Any]) -> dict[str, Any]:
+    """Command-line overrides arrive as strings; the file gives TOML types."""
+    out = dict(values)
+    if "audit_checkpoint_interval" in out:
+        try:
+            out["audit_checkpoint_interval"] = float(out["audit_checkpoint_interval"])
+        except (TypeError, ValueError):
+            raise ConfigError("core.audit_checkpoint_interval must be a number") from None
+    return out

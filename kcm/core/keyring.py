@@ -1,7 +1,8 @@
 """The key hierarchy at work: L1 in memory, tenant keys (L2) unwrapped on demand.
 
 The one place that wraps and unwraps stored material: an ordinary object or an L3 is
-wrapped under its tenant's current L2, an L2 under L1 (ARCHITECTURE §1).
+wrapped under its tenant's current L2, an L2 under L1 (ARCHITECTURE §1). It also holds the
+audit key, derived from L1 once when L1 is given (:func:`kcm.core.keys.derive_audit_key`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Keyring:
                  clock: Callable[[], float] = time.monotonic,
                  current_l2_ttl: float = CURRENT_L2_TTL) -> None:
         self._l1 = l1
+        self._audit_key = None if l1 is None else keys.derive_audit_key(l1)
         self._random_bytes = random_bytes
         self._clock = clock
         self._current_l2_ttl = current_l2_ttl
@@ -45,6 +47,7 @@ class Keyring:
     def load(self, l1: bytes) -> None:
         """Use ``l1`` as the L1 key from now on."""
         self._l1 = l1
+        self._audit_key = keys.derive_audit_key(l1)
 
     @property
     def loaded(self) -> bool:
@@ -55,6 +58,13 @@ class Keyring:
         if self._l1 is None:
             raise KmipError(ResultReason.GENERAL_FAILURE, "the L1 key is not loaded")
         return self._l1
+
+    @property
+    def audit_key(self) -> bytes:
+        """The key that MACs the audit chain (derived from L1 when it was given)."""
+        if self._audit_key is None:
+            raise KmipError(ResultReason.GENERAL_FAILURE, "the L1 key is not loaded")
+        return self._audit_key
 
     @property
     def random_bytes(self) -> keys.RandomBytes:

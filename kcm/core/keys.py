@@ -8,6 +8,11 @@ The version byte is authenticated together with the caller's associated data, wh
 stored object is :func:`object_aad` (its tenant and uid): a blob copied onto another object,
 or into another tenant, fails to unwrap. L2s are wrapped under L1; L3s and ordinary managed
 objects under their tenant's L2.
+
+Keys derived from L1 (never stored; recomputed from the key file when needed):
+
+* the audit key (:func:`derive_audit_key`), HKDF-SHA-256 of L1 with the label
+  ``kcm audit chain key v1``, which MACs the audit chain (:mod:`kcm.core.audit`).
 """
 
 from __future__ import annotations
@@ -23,12 +28,16 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 WRAP_VERSION = 1
 _HEADER = bytes([WRAP_VERSION])
+#: The HKDF label of the audit key: no other key is derived from L1 with it.
+AUDIT_KEY_LABEL = b"kcm audit chain key v1"
 
 RandomBytes = Callable[[int], bytes]
 
@@ -116,6 +125,15 @@ def key_check_value(key: bytes) -> str:
     key and is stable across releases.
     """
     return hmac.new(key, b"kcm key check value v1", hashlib.sha256).digest()[:8].hex()
+
+
+def derive_audit_key(l1: bytes) -> bytes:
+    """The 32-byte key that MACs the audit chain, derived from ``l1`` (HKDF-SHA-256, no salt,
+    info :data:`AUDIT_KEY_LABEL`). Derived once per process (the keyring does, when it is
+    given L1), not once per record."""
+    if len(l1) != KEY_BYTES:
+        raise ValueError(f"L1 must be {KEY_BYTES} bytes")
+    return HKDF(algorithm=SHA256(), length=KEY_BYTES, salt=None, info=AUDIT_KEY_LABEL).derive(l1)
 
 
 def object_aad(tenant: str, uid: str) -> bytes:

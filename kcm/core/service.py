@@ -6,7 +6,10 @@ none):
 
 * the store (:class:`kcm.core.store.engine.Store`): upgrades the schema, opens the database;
 * :class:`MasterKey`: reads the L1 key file, checks it against the database, gives it to the
-  keyring;
+  keyring (and the audit key derived from it to the store), anchors an audit chain written
+  before it was keyed;
+* :class:`kcm.core.audit_checkpoints.AuditCheckpoints`: logs a checkpoint of the audit
+  chain's head, at start and periodically;
 * :class:`PolicyFile`: reads the policy file, and again on SIGHUP;
 * the KMIP listener and, unless turned off, the event fan-out and the gateways' link
   listener (:class:`kcm.tls.TLSListener`: the TLS files are read when they start);
@@ -24,7 +27,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 
-from kcm.core import events, keys
+from kcm.core import audit, events, keys
 from kcm.core.config import CoreConfig
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
@@ -48,8 +51,10 @@ class StartupError(RuntimeError):
 
 class MasterKey(Service):
     """Reads the L1 key file when it starts, checks it against the check value
-    ``kcm core init`` stored in the database, and gives it to the keyring. Starts after the
-    store (it reads the check value through it)."""
+    ``kcm core init`` stored in the database, and gives it to the keyring; gives the audit
+    key derived from it to the store, and anchors audit records written before the chain was
+    keyed (:func:`kcm.core.audit.key_chain`). Starts after the store (it reads the check
+    value through it)."""
 
     name = "kcm-l1"
 
@@ -68,6 +73,11 @@ class MasterKey(Service):
         if expected != keys.key_check_value(l1):
             raise StartupError(f"{self.l1_key_file} is not the L1 key of this database")
         self.keyring.load(l1)
+        self.store.audit_key = self.keyring.audit_key
+        anchor = self.store.run_sync(lambda s: audit.key_chain(s, by="kcm-core"))
+        if anchor is not None:
+            log.info("audit chain keyed: records 1..{unkeyed} were written before it was, "
+                     "record {seq} anchors them", unkeyed=anchor.seq - 1, seq=anchor.seq)
         super().startService()
 
 

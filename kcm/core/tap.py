@@ -11,6 +11,7 @@ from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
 from kcm.config_file import ConfigError
+from kcm.core.audit_checkpoints import AuditCheckpoints
 from kcm.core.config import load_config
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
@@ -42,6 +43,8 @@ class Options(usage.Options):
         ["log-format", None, None, "Log format: json (lines) or text."],
         ["log-file", None, None, "Log file (appended to, created 0600), or - for standard "
                                  "output."],
+        ["audit-checkpoint-interval", None, None,
+         "Seconds between audit checkpoints in the log (default 300)."],
     ]
 
     def postOptions(self) -> None:
@@ -73,6 +76,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
 
     store.setServiceParent(core)
     MasterKey(keyring, store, config.l1_key_file).setServiceParent(core)
+    AuditCheckpoints(store, keyring, reactor,
+                     interval=config.audit_checkpoint_interval).setServiceParent(core)
     policy.setServiceParent(core)
     TLSListener(reactor, config.listen, tls_options, kmip_factory,
                 name="kcm-kmip-listener").setServiceParent(core)

@@ -123,6 +123,8 @@ class CoreProcess:
     #: ``limits.max_message_size`` (None: the default, 1 MiB).
     max_message_size: int | None = None
     process: subprocess.Popen | None = None
+    #: Seconds between audit checkpoints in the log (None: kcm-core's default).
+    audit_checkpoint_interval: float | None = None
 
     @property
     def pki(self) -> PkiPaths:
@@ -145,7 +147,9 @@ class CoreProcess:
             f'database = "{self.database}"\n'
             f'l1_key_file = "{self.root / "l1.key"}"\n'
             f'policy_file = "{self.root / "policy.toml"}"\n'
-            "[core.tls]\n"
+            + (f"audit_checkpoint_interval = {self.audit_checkpoint_interval}\n"
+               if self.audit_checkpoint_interval is not None else "")
+            + "[core.tls]\n"
             f'cert = "{self.pki.core.cert}"\nkey = "{self.pki.core.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
             "[core.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"

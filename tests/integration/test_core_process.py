@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import ssl
 import struct
 from pathlib import Path
@@ -117,3 +118,42 @@ def test_start_failures_stop_twistd_with_a_clear_error(tmp_path: Path) -> None:
         core.start()
     assert ("kcm-core did not start: kcm-l1: the database was not initialised: "
             "run `kcm core init` first") in core.log.read_text()
+
+
+def _checkpoints(core: CoreProcess) -> list[dict]:
+    return [line for line in _log_lines(core)
+            if line["namespace"] == "kcm.audit.checkpoint" and "checkpoint" in line]
+
+
+def test_checkpoints_in_the_log_anchor_the_chain_outside_the_database(tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.audit_checkpoint_interval = 0.2
+    core.write_config()
+    core.start()
+    try:
+        wait_until(lambda: bool(_checkpoints(core)), "the checkpoint at start")
+        first = _checkpoints(core)[0]
+        assert (first["level"], first["seq"], first["digest"]) == ("info", 0, "00" * 32)
+        assert first["text"] == f"audit checkpoint {first['checkpoint']}"
+        assert first["checkpoint"] == f"0:{'00' * 32}:{first['mac']}"
+
+        _create_get_destroy(core)
+        newest = max(line["seq"] for line in _log_lines(core)
+                     if line["namespace"] == "kcm.audit")
+        wait_until(lambda: _checkpoints(core)[-1]["seq"] == newest,
+                   "a checkpoint of the newest audit record")
+        result = core.kcm("audit", "verify", "--checkpoint-log", str(core.log))
+        assert result.stdout.startswith(f"audit log intact: {newest} records verified; ")
+    finally:
+        core.stop()
+
+    # Someone with the database but not L1 empties the audit log: what is left looks like a
+    # log that never had a record, until it is held to the checkpoints.
+    with sqlite3.connect(tmp_path / "core" / "kcm.db") as database:
+        database.execute("DELETE FROM audit_log")
+        database.execute("DELETE FROM meta WHERE key = 'audit.head'")
+    assert core.kcm("audit", "verify").stdout == "audit log intact: 0 records verified\n"
+    result = core.kcm("audit", "verify", "--checkpoint-log", str(core.log), check=False)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"audit log BROKEN at record 1: a checkpoint names record "
+                                    f"{newest}, but the chain ends at 0")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from kcm.core.keyring import Keyring
+from kcm.core.keys import derive_audit_key
 from kcm.core.store import repository
+from kcm.kmip.errors import KmipError
 from tests.core_support import CoreHarness
 
 
@@ -38,3 +40,12 @@ def test_current_l2_is_cached_for_its_ttl(core: CoreHarness,
     # Whatever was wrapped names its L2 and unwraps through the store as always.
     l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo"))
     assert first[1] == l2.uid
+
+
+def test_the_audit_key_is_derived_when_l1_is_given() -> None:
+    keyring = Keyring()
+    with pytest.raises(KmipError, match="not loaded"):
+        _ = keyring.audit_key
+    l1 = bytes(range(32))
+    keyring.load(l1)
+    assert keyring.audit_key == derive_audit_key(l1) == Keyring(l1).audit_key

@@ -12,12 +12,19 @@ import pytest
 import pytest_twisted
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kcm.core.audit import AuditEvent, append_audit, verify_chain
-from kcm.core.keys import key_check_value, object_aad, unwrap, wrap
+from kcm.core.audit import (
+    GENESIS_DIGEST,
+    AuditEvent,
+    append_audit,
+    key_chain,
+    record_digest,
+    verify_chain,
+)
+from kcm.core.keys import derive_audit_key, key_check_value, object_aad, unwrap, wrap
 from kcm.core.store import repository as repo
 from kcm.core.store.engine import Store, open_engine
 from kcm.core.store.migrate import current_revision, head_revision, upgrade
@@ -31,6 +38,7 @@ from kcm.core.store.schema import (
     AuditLog,
     Base,
     ManagedObject,
+    Meta,
     ObjectName,
     OutboxEvent,
 )
@@ -61,6 +69,7 @@ def store(db_url: str) -> Iterator[Store]:
     """A migrated store, usable with run_sync (its thread pool is not started)."""
     upgrade(db_url)
     ksi = Store(db_url, threads=4)
+    ksi.audit_key = derive_audit_key(bytes(32))
     yield ksi
     ksi.stopService()
 
@@ -106,7 +115,7 @@ def test_migrations_match_metadata(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
     upgrade(db_url)  # idempotent at every start
-    assert current_revision(db_url) == head_revision() == "0001"
+    assert current_revision(db_url) == head_revision() == "0002"
     engine = open_engine(db_url)
     try:
         with engine.connect() as connection:
@@ -114,6 +123,48 @@ def test_migrations_match_metadata(db_url: str) -> None:
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_records_written_before_0002_stay_and_are_anchored(db_url: str) -> None:
+    """A database of schema 0001 with an (unkeyed) audit chain, as kcm-core wrote it then:
+    the upgrade adds the MAC column and keeps the records; the first keyed record anchors
+    them."""
+    upgrade(db_url, "0001")
+    engine = open_engine(db_url)
+    prev = GENESIS_DIGEST
+    try:
+        with engine.begin() as connection:
+            for seq in (1, 2, 3):
+                values = {"seq": seq, "at": seq, "principal": "p", "tenant": "t1",
+                          "gateway": None, "source": "s", "operation": "Create",
+                          "object_ids": f'["u{seq}"]', "result_status": "Success",
+                          "result_reason": None, "correlation_id": f"c{seq}", "detail": None}
+                digest = record_digest(prev, **values)
+                connection.execute(AuditLog.__table__.insert().values(
+                    **values, prev_digest=prev, digest=digest))
+                prev = digest
+            connection.execute(Meta.__table__.insert().values(key="audit.head",
+                                                              value=f"3:{prev.hex()}"))
+            columns = {column["name"] for column in inspect(connection).get_columns("audit_log")}
+            assert "mac" not in columns and "digest" in columns
+    finally:
+        engine.dispose()
+
+    upgrade(db_url)
+    assert current_revision(db_url) == "0002"
+    store = Store(db_url)
+    store.audit_key = derive_audit_key(bytes(32))
+    try:
+        assert store.run_sync(lambda s: s.scalars(select(AuditLog.mac)).all()) == [None] * 3
+        result = store.run_sync(verify_chain)
+        assert (result.ok, result.first_bad_seq) == (False, 1)
+        assert "no record is keyed" in result.reason
+        anchor = store.run_sync(lambda s: key_chain(s, by="kcm core init"))
+        assert anchor.seq == 4 and anchor.prev_digest == prev
+        result = store.run_sync(verify_chain)
+        assert (result.ok, result.records_checked, result.unkeyed_records) == (True, 4, 3)
+    finally:
+        store.stopService()
 
 
 def test_sqlite_connections_are_durable(tmp_path) -> None:

@@ -3,26 +3,40 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 from twisted.logger import capturedLogs
 
 from kcm.core.audit import (
     GENESIS_DIGEST,
+    HEAD_META_KEY,
+    AuditChainError,
     AuditEvent,
+    AuditKeyMissing,
+    AuditRow,
+    Checkpoint,
     VerifyResult,
     append_audit,
+    checkpoints_in_log,
+    key_chain,
+    log_checkpoint,
+    make_checkpoint,
     record_digest,
     verify_chain,
 )
+from kcm.core.keys import derive_audit_key
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
+from kcm.core.store.repository import get_meta, set_meta
 from kcm.core.store.schema import AuditLog
 from kcm.logging import log_observer
+
+AUDIT_KEY = derive_audit_key(bytes(range(32)))
 
 
 @pytest.fixture
@@ -30,6 +44,7 @@ def store(tmp_path) -> Iterator[Store]:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     upgrade(url)
     ksi = Store(url)
+    ksi.audit_key = AUDIT_KEY
     yield ksi
     ksi.stopService()
 
@@ -128,8 +143,9 @@ def test_altered_detail_is_detected(store: Store) -> None:
     assert "digest" in result.reason
 
 
-def test_recomputed_digest_still_breaks_the_next_link(store: Store) -> None:
-    """An attacker who fixes up the edited record's digest is caught by the next record."""
+def test_recomputed_digest_fails_the_records_own_mac(store: Store) -> None:
+    """An attacker who fixes up the edited record's digest is caught at that record: its MAC
+    (before the chain was keyed, only the next record's prev_digest link caught it)."""
     store.run_sync(lambda s: [append_audit(s, _event()) for _ in range(3)])
 
     def forge(session) -> None:
@@ -158,8 +174,8 @@ def test_recomputed_digest_still_breaks_the_next_link(store: Store) -> None:
 
     store.run_sync(forge)
     result = store.run_sync(verify_chain)
-    assert (result.ok, result.first_bad_seq) == (False, 3)
-    assert "prev_digest" in result.reason
+    assert (result.ok, result.first_bad_seq) == (False, 2)
+    assert "MAC" in result.reason
 
 
 def _audit_events(events) -> list[dict]:
@@ -201,3 +217,260 @@ def test_an_audit_record_is_one_json_line_of_its_own(store: Store) -> None:
     assert line["seq"] == 1 and line["object_ids"] == ["uid-1", "uid-2"]
     assert line["detail"]["nested"] == {"ok": True}
     assert line["principal"] == "spiffe://kcm.test/tenant/t1/service/pay"
+
+
+# --- the keyed chain -----------------------------------------------------------------------
+
+
+def _rechain_the_old_way(session, *, strip_macs_from: int | None = None) -> None:
+    """What an attacker with the database but not L1 does after editing records: recompute
+    every digest, link and the head exactly as the unkeyed chain defined them (optionally
+    also clearing the MACs they cannot recompute)."""
+    prev = GENESIS_DIGEST
+    rows = session.scalars(select(AuditLog).order_by(AuditLog.seq)).all()
+    for row in rows:
+        row.prev_digest = prev
+        row.digest = prev = record_digest(prev, **{name: getattr(row, name)
+                                                   for name in _DIGESTED})
+        if strip_macs_from is not None and row.seq >= strip_macs_from:
+            row.mac = None
+    if rows:
+        set_meta(session, HEAD_META_KEY, f"{rows[-1].seq}:{prev.hex()}")
+
+
+_DIGESTED = ("seq", "at", "principal", "tenant", "gateway", "source", "operation",
+             "object_ids", "result_status", "result_reason", "correlation_id", "detail")
+
+
+def _append(store: Store, count: int) -> list[AuditRow]:
+    return store.run_sync(lambda s: [append_audit(s, _event(correlation_id=f"c-{n}"))
+                                     for n in range(count)])
+
+
+def test_every_record_and_the_head_are_maced(store: Store) -> None:
+    rows = _append(store, 3)
+    for row in rows:
+        assert row.mac == hmac.digest(AUDIT_KEY, b"kcm audit record\x00" + row.digest,
+                                      hashlib.sha256)
+    head = store.run_sync(lambda s: get_meta(s, HEAD_META_KEY))
+    position = f"3:{rows[-1].digest.hex()}"
+    mac = hmac.digest(AUDIT_KEY, b"kcm audit head\x00" + position.encode(), hashlib.sha256)
+    assert head == f"{position}:{mac.hex()}"
+    assert store.run_sync(lambda s: s.get(AuditLog, 2).mac) == rows[1].mac
+
+
+def test_a_rewrite_recomputed_the_old_way_is_caught_at_the_first_bad_record(
+        store: Store) -> None:
+    _append(store, 5)
+    assert store.run_sync(verify_chain) == VerifyResult(True, 5)
+
+    def rewrite(session) -> None:
+        session.get(AuditLog, 3).result_status = "OperationFailed"
+        _rechain_the_old_way(session)
+
+    store.run_sync(rewrite)
+    result = store.run_sync(verify_chain)
+    assert (result.ok, result.first_bad_seq, result.records_checked) == (False, 3, 2)
+    assert "MAC does not match" in result.reason
+
+
+@pytest.mark.parametrize("strip_from", [3, 1])
+def test_stripping_the_macs_is_no_way_around_them(store: Store, strip_from: int) -> None:
+    """Records without a MAC may only come first, and a chain must end with a keyed one."""
+    _append(store, 5)
+
+    def rewrite(session) -> None:
+        session.get(AuditLog, 4).principal = "someone else"
+        _rechain_the_old_way(session, strip_macs_from=strip_from)
+
+    store.run_sync(rewrite)
+    result = store.run_sync(verify_chain)
+    if strip_from == 3:
+        assert (result.ok, result.first_bad_seq) == (False, 3)
+        assert "has no MAC, but an earlier record has one" in result.reason
+    else:
+        assert (result.ok, result.first_bad_seq) == (False, 1)
+        assert "no record is keyed" in result.reason
+
+
+def test_another_key_verifies_nothing(store: Store) -> None:
+    _append(store, 2)
+    result = store.run_sync(lambda s: verify_chain(s, audit_key=derive_audit_key(bytes(32))))
+    assert (result.ok, result.first_bad_seq) == (False, 1)
+
+
+def test_without_the_audit_key_nothing_is_written_or_verified(store: Store) -> None:
+    store.audit_key = None
+    with pytest.raises(AuditKeyMissing):
+        store.run_sync(lambda s: append_audit(s, _event()))
+    with pytest.raises(AuditKeyMissing):
+        store.run_sync(verify_chain)
+    # ... unless the caller gives it.
+    store.run_sync(lambda s: append_audit(s, _event(), audit_key=AUDIT_KEY))
+    assert store.run_sync(lambda s: verify_chain(s, audit_key=AUDIT_KEY)).ok
+
+
+def test_a_tail_cut_back_to_an_earlier_record_fails_the_head_mac(store: Store) -> None:
+    rows = _append(store, 5)
+
+    def cut(session) -> None:
+        session.execute(delete(AuditLog).where(AuditLog.seq > 3))
+        set_meta(session, HEAD_META_KEY, f"3:{rows[2].digest.hex()}:{rows[2].mac.hex()}")
+
+    store.run_sync(cut)
+    result = store.run_sync(verify_chain)
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert "head marker fails its MAC" in result.reason
+
+
+# --- records written before the chain was keyed ---------------------------------------------
+
+
+def _unkeyed_chain(store: Store, count: int) -> None:
+    """The chain as kcm-core wrote it before it was keyed: no MACs, head SEQ:DIGEST."""
+    _append(store, count)
+    store.run_sync(lambda s: _rechain_the_old_way(s, strip_macs_from=1))
+
+
+def test_unkeyed_records_are_anchored_by_the_first_keyed_one(store: Store) -> None:
+    _unkeyed_chain(store, 3)
+    result = store.run_sync(verify_chain)
+    assert (result.ok, result.first_bad_seq) == (False, 1)
+    assert "start kcm-core or run `kcm core init`" in result.reason
+
+    anchor = store.run_sync(lambda s: key_chain(s, by="kcm-core", clock=lambda: 7.0))
+    assert (anchor.seq, anchor.operation, anchor.principal) == (4, "KeyAuditChain", "kcm-core")
+    assert json.loads(anchor.detail) == {"unkeyed_records": 3}
+    assert store.run_sync(lambda s: key_chain(s, by="kcm-core")) is None  # once only
+    _append(store, 1)
+    assert store.run_sync(verify_chain) == VerifyResult(True, 5, unkeyed_records=3)
+
+    # The unkeyed records can still be rewritten and their digests recomputed, but the first
+    # keyed record MACs the last of those digests.
+    def rewrite(session) -> None:
+        session.get(AuditLog, 2).operation = "Get"
+        _rechain_the_old_way(session)
+
+    store.run_sync(rewrite)
+    result = store.run_sync(verify_chain)
+    assert (result.ok, result.first_bad_seq) == (False, 4)
+
+
+def test_an_empty_or_keyed_chain_needs_no_anchor(store: Store) -> None:
+    assert store.run_sync(lambda s: key_chain(s, by="kcm-core")) is None
+    _append(store, 1)
+    assert store.run_sync(lambda s: key_chain(s, by="kcm-core")) is None
+    assert store.run_sync(verify_chain) == VerifyResult(True, 1)
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def test_a_checkpoint_macs_the_head(store: Store) -> None:
+    empty = store.run_sync(make_checkpoint, write=False)
+    assert (empty.seq, empty.digest) == (0, GENESIS_DIGEST)
+    rows = _append(store, 3)
+    checkpoint = store.run_sync(make_checkpoint, write=False)
+    assert (checkpoint.seq, checkpoint.digest) == (3, rows[-1].digest)
+    position = f"3:{rows[-1].digest.hex()}"
+    assert checkpoint.mac == hmac.digest(AUDIT_KEY, b"kcm audit checkpoint\x00"
+                                         + position.encode(), hashlib.sha256)
+    assert str(checkpoint) == f"{position}:{checkpoint.mac.hex()}"
+    assert Checkpoint.parse(str(checkpoint)) == checkpoint
+    assert checkpoint.genuine(AUDIT_KEY)
+    assert not checkpoint.genuine(derive_audit_key(bytes(32)))
+    result = store.run_sync(lambda s: verify_chain(s, checkpoints=[empty, checkpoint]))
+    assert result == VerifyResult(True, 3, checkpoints_matched=2)
+
+
+@pytest.mark.parametrize("text", ["3", "3:abcd:ef", "x:" + "00" * 32 + ":" + "00" * 32,
+                                  "3:" + "00" * 32, "-1:" + "00" * 32 + ":" + "00" * 32])
+def test_malformed_checkpoints_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="SEQ:DIGEST:MAC"):
+        Checkpoint.parse(text)
+
+
+def test_a_rollback_to_an_earlier_genuine_state_is_caught_only_by_a_checkpoint(
+        store: Store) -> None:
+    """Someone with the database saved it (or its head) at record 3, and restores it after
+    record 5 was checkpointed: every MAC in it is genuine, only the checkpoint tells."""
+    _append(store, 3)
+    saved_head = store.run_sync(lambda s: get_meta(s, HEAD_META_KEY))
+    _append(store, 2)
+    checkpoint = store.run_sync(make_checkpoint, write=False)
+
+    def roll_back(session) -> None:
+        session.execute(delete(AuditLog).where(AuditLog.seq > 3))
+        set_meta(session, HEAD_META_KEY, saved_head)
+
+    store.run_sync(roll_back)
+    assert store.run_sync(verify_chain) == VerifyResult(True, 3)
+    result = store.run_sync(lambda s: verify_chain(s, checkpoints=[checkpoint]))
+    assert (result.ok, result.first_bad_seq) == (False, 4)
+    assert "records 4..5 were deleted" in result.reason
+
+    # Restored and written to again: the chain goes past the checkpoint, but not through it.
+    _append(store, 2)
+    result = store.run_sync(lambda s: verify_chain(s, checkpoints=[checkpoint]))
+    assert (result.ok, result.first_bad_seq) == (False, 5)
+    assert "differs from a checkpoint" in result.reason
+
+
+def test_a_forged_checkpoint_is_not_genuine(store: Store) -> None:
+    _append(store, 2)
+    checkpoint = store.run_sync(make_checkpoint, write=False)
+    forged = Checkpoint(1, checkpoint.digest, checkpoint.mac)
+    result = store.run_sync(lambda s: verify_chain(s, checkpoints=[forged]))
+    assert (result.ok, result.first_bad_seq) == (False, None)
+    assert "does not verify under this L1 key" in result.reason
+
+
+def test_only_a_genuine_head_is_checkpointed(store: Store) -> None:
+    rows = _append(store, 3)
+    store.run_sync(lambda s: set_meta(s, HEAD_META_KEY, f"2:{rows[1].digest.hex()}:"
+                                                         + "00" * 32))
+    with pytest.raises(AuditChainError, match="fails its MAC"):
+        store.run_sync(make_checkpoint, write=False)
+    store.run_sync(lambda s: _rechain_the_old_way(s))
+    with pytest.raises(AuditChainError, match="not keyed"):
+        store.run_sync(make_checkpoint, write=False)
+
+
+def test_checkpoints_are_read_back_from_either_log_format(store: Store) -> None:
+    _append(store, 2)
+    made = [store.run_sync(make_checkpoint, write=False)]
+    _append(store, 1)
+    made.append(store.run_sync(make_checkpoint, write=False))
+    for log_format in ("json", "text"):
+        stream = io.StringIO()
+        observer = log_observer(stream, log_format=log_format, level="info")
+        with capturedLogs() as events:
+            _append(store, 1)  # an audit event between them
+            for checkpoint in made:
+                log_checkpoint(checkpoint)
+        for logged in events:
+            observer(logged)
+        assert checkpoints_in_log(io.StringIO(stream.getvalue())) == made
+
+
+def test_a_checkpoint_event_carries_its_parts(store: Store) -> None:
+    _append(store, 1)
+    checkpoint = store.run_sync(make_checkpoint, write=False)
+    stream = io.StringIO()
+    observer = log_observer(stream, log_format="json", level="info")
+    with capturedLogs() as events:
+        log_checkpoint(checkpoint)
+    for logged in events:
+        observer(logged)
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert line["namespace"] == "kcm.audit.checkpoint" and line["level"] == "info"
+    assert line["text"] == f"audit checkpoint {checkpoint}"
+    assert (line["seq"], line["digest"], line["mac"], line["checkpoint"]) == (
+        1, checkpoint.digest.hex(), checkpoint.mac.hex(), str(checkpoint))
+
+
+def test_a_malformed_checkpoint_line_names_its_line() -> None:
+    lines = ['{"namespace": "kcm.audit", "text": "audit 1"}', "not json",
+             '{"namespace": "kcm.audit.checkpoint", "checkpoint": "1:zz:zz"}']
+    with pytest.raises(ValueError, match="line 3"):
+        checkpoints_in_log(lines)

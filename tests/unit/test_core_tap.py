@@ -7,23 +7,26 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from twisted.application.service import Application, IService
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from kcm.core import keys, tap
+from kcm.core import audit, keys, tap
 from kcm.core.config import CoreConfig
-from kcm.core.service import L1_CHECK_META, CoreService, StartupError
+from kcm.core.keyring import Keyring
+from kcm.core.service import L1_CHECK_META, CoreService, MasterKey, StartupError
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
+from kcm.core.store.schema import AuditLog
 from kcm.kmip_protocol import ConnectionLimits
 from kcm.link.frames import FRAME_OVERHEAD
 from tests.vectors import REPO_ROOT
 
-TREE = ["kcm-store", "kcm-l1", "kcm-policy", "kcm-kmip-listener", "kcm-event-fanout",
-        "kcm-link-listener", "kcm-state-sweeper"]
+TREE = ["kcm-store", "kcm-l1", "kcm-audit-checkpoints", "kcm-policy", "kcm-kmip-listener",
+        "kcm-event-fanout", "kcm-link-listener", "kcm-state-sweeper"]
 
 
 def parse(*argv: str) -> tap.Options:
@@ -37,6 +40,22 @@ def test_defaults_and_logging_options() -> None:
     assert (CoreConfig().log_format, CoreConfig().log_level) == ("json", "info")
     config = parse("--log-format", "text", "--log-level", "debug")["core_config"]
     assert (config.log_format, config.log_level) == ("text", "debug")
+
+
+def test_audit_checkpoint_interval(tmp_path: Path) -> None:
+    assert CoreConfig().audit_checkpoint_interval == 300.0
+    config_file = tmp_path / "core.toml"
+    config_file.write_text("[core]\naudit_checkpoint_interval = 60\n")
+    assert parse("-c", str(config_file))["core_config"].audit_checkpoint_interval == 60.0
+    options = parse("-c", str(config_file), "--audit-checkpoint-interval", "2.5")
+    assert options["core_config"].audit_checkpoint_interval == 2.5
+    reactor = Clock()
+    checkpoints = tap.makeService(options, reactor=reactor).getServiceNamed(
+        "kcm-audit-checkpoints")
+    assert (checkpoints.step, checkpoints.clock) == (2.5, reactor)
+    for wrong in ("0", "-5", "soon"):
+        with pytest.raises(usage.UsageError, match="audit_checkpoint_interval"):
+            parse("--audit-checkpoint-interval", wrong)
 
 
 @pytest.mark.parametrize("argv", [["--log-format", "xml"], ["--log-level", "chatty"]])
@@ -124,3 +143,33 @@ def test_another_l1_key_stops_the_start(deployment) -> None:
     with pytest.raises(StartupError, match="is not the L1 key of this database"):
         core.startService()
     assert not core.running and not any(child.running for child in core)
+
+
+def test_the_master_key_keys_the_store_and_anchors_an_unkeyed_chain(deployment) -> None:
+    database, l1_file = deployment
+    upgrade(database)
+    l1 = keys.load_l1(l1_file)
+    store = Store(database)
+    store.run_sync(lambda s: repository.set_meta(s, L1_CHECK_META, keys.key_check_value(l1)))
+    # Two records as kcm-core wrote them before the chain was keyed: no MAC, head SEQ:DIGEST.
+    store.run_sync(lambda s: [audit.append_audit(s, audit.AuditEvent("p", "Get", "S", "c"),
+                                                 audit_key=bytes(32)) for _ in range(2)])
+
+    def unkey(session) -> str:
+        session.execute(update(AuditLog).values(mac=None))
+        head = repository.get_meta(session, audit.HEAD_META_KEY).rsplit(":", 1)[0]
+        repository.set_meta(session, audit.HEAD_META_KEY, head)
+        return head
+
+    unkeyed_head = store.run_sync(unkey)
+    keyring = Keyring()
+    MasterKey(keyring, store, str(l1_file)).startService()
+    assert store.audit_key == keyring.audit_key == keys.derive_audit_key(l1)
+    result = store.run_sync(audit.verify_chain, write=False)
+    assert (result.ok, result.records_checked, result.unkeyed_records) == (True, 3, 2)
+    anchor = store.run_sync(lambda s: s.get(AuditLog, 3))
+    assert (anchor.operation, anchor.principal, anchor.prev_digest.hex()) == (
+        audit.KEY_CHAIN_OPERATION, "kcm-core", unkeyed_head.split(":")[1])
+    MasterKey(Keyring(), store, str(l1_file)).startService()  # a keyed chain: nothing to do
+    assert store.run_sync(audit.verify_chain, write=False).records_checked == 3
+    store.stopService()

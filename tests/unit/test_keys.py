@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import stat
 
@@ -12,6 +14,7 @@ from kcm.core.keys import (
     KeyFileError,
     UnwrapError,
     create_l1_keyfile,
+    derive_audit_key,
     key_check_value,
     load_l1,
     object_aad,
@@ -103,6 +106,17 @@ def test_key_check_value_is_stable_and_key_specific() -> None:
     assert key_check_value(KEK) == key_check_value(bytes(KEK))
     assert key_check_value(KEK) != key_check_value(bytes(32))
     assert len(key_check_value(KEK)) == 16
+
+
+def test_audit_key_is_hkdf_of_l1_with_its_own_label() -> None:
+    # RFC 5869 by hand: no salt (32 zero bytes), info "kcm audit chain key v1", one block.
+    prk = hmac.digest(bytes(32), KEK, hashlib.sha256)
+    expected = hmac.digest(prk, b"kcm audit chain key v1\x01", hashlib.sha256)
+    assert derive_audit_key(KEK) == expected
+    assert derive_audit_key(bytes(32)) != expected
+    assert expected not in (KEK, bytes.fromhex(key_check_value(KEK)))
+    with pytest.raises(ValueError):
+        derive_audit_key(KEK[:16])
 
 
 # --- wrapping ------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 # Execution option telling the SQLite begin hook whether to take the write lock up front.
 WRITE_OPTION = "kcm_write"
 
+#: Where a session of a :class:`Store` finds the store's audit key (``Session.info``).
+AUDIT_KEY_INFO = "kcm.audit.key"
+
 
 def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``).
@@ -129,6 +132,10 @@ class Store(Service):
         self._threadpool: ThreadPool | None = None
         self._engine_lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
+        #: The key that MACs this database's audit chain (:mod:`kcm.core.audit`), derived
+        #: from its L1; every session gets it in ``info[AUDIT_KEY_INFO]``. None until the
+        #: holder of L1 sets it: until then audit records cannot be written or verified.
+        self.audit_key: bytes | None = None
 
     @property
     def engine(self) -> Engine:
@@ -211,10 +218,11 @@ class Store(Service):
                 return self._transaction(make_session, fn, write)
         return self._transaction(make_session, fn, write)
 
-    @staticmethod
-    def _transaction(make_session: Callable[[], Session], fn: Callable[[Session], T],
+    def _transaction(self, make_session: Callable[[], Session], fn: Callable[[Session], T],
                      write: bool) -> T:
         with make_session() as session, session.begin():
+            if self.audit_key is not None:
+                session.info[AUDIT_KEY_INFO] = self.audit_key
             if write:
                 lock_writers(session)
             elif session.get_bind().dialect.name == "postgresql":

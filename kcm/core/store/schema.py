@@ -176,7 +176,8 @@ class L4Tombstone(Base):
 
 
 class AuditLog(Base):
-    """One hash-chained audit record; see :mod:`kcm.core.audit` for the digest."""
+    """One hash-chained audit record; see :mod:`kcm.core.audit` for the digest and the MAC
+    (None for records written before the chain was keyed, migration 0002)."""
 
     __tablename__ = "audit_log"
 
@@ -194,6 +195,7 @@ class AuditLog(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     prev_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
     digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary(32))
 
 
 class OutboxEvent(Base):

@@ -1,0 +1,64 @@
+"""Periodic checkpoints of the audit chain's head, written to the log.
+
+Whoever can write the database but not read L1 cannot forge a record, yet can still cut the
+chain back to a head they saw before, or roll the whole database back to a backup. A
+checkpoint, the head's sequence number and digest MACed under the audit key
+(:class:`kcm.core.audit.Checkpoint`), leaves the database in the log (``kcm.audit.checkpoint``
+events); kept elsewhere, it is what ``kcm audit verify --checkpoint`` holds the chain to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from kcm.core.audit import (
+    AuditChainError,
+    Checkpoint,
+    checkpoint_log,
+    log_checkpoint,
+    make_checkpoint,
+)
+from kcm.core.keyring import Keyring
+from kcm.core.store.engine import Store
+
+#: Seconds between checkpoints: at most this much of the tail can be cut off unseen.
+DEFAULT_INTERVAL = 300.0
+
+
+class AuditCheckpoints(TimerService):
+    """Logs a checkpoint of the audit chain's head when it starts and every ``interval``
+    seconds of ``clock``. Starts after the L1 key is loaded (it needs the audit key); each
+    checkpoint is one read transaction, off the reactor. A head that is not genuine is
+    logged as an error instead, and the next tick tries again."""
+
+    name = "kcm-audit-checkpoints"
+
+    def __init__(self, store: Store, keyring: Keyring, clock: Any,
+                 interval: float = DEFAULT_INTERVAL) -> None:
+        if interval <= 0:
+            raise ValueError("the audit checkpoint interval must be positive")
+        super().__init__(interval, self.checkpoint)
+        self.clock = clock
+        self._store = store
+        self._keyring = keyring
+
+    def checkpoint(self) -> Deferred[Checkpoint | None]:
+        """Read the head, MAC it, log it; fires with the checkpoint (None if there was
+        none to make), never fails."""
+        audit_key = self._keyring.audit_key
+        d = self._store.run(lambda session: make_checkpoint(session, audit_key=audit_key),
+                            write=False)
+        d.addCallbacks(log_checkpoint, _not_made)
+        return d
+
+
+def _not_made(failure: Failure) -> None:
+    if failure.check(AuditChainError):
+        checkpoint_log.error("no audit checkpoint: {reason}; run `kcm audit verify`",
+                             reason=str(failure.value))
+    else:
+        checkpoint_log.failure("no audit checkpoint: reading the audit head failed", failure)

@@ -1,0 +1,186 @@
+"""``kcm audit verify`` with the L1 key file: the keyed chain, checkpoints given on the
+command line or read from a saved log, and what ``kcm core init`` does for an unkeyed chain."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, select, update
+from twisted.logger import capturedLogs
+
+from kcm.cli import main
+from kcm.core import keys
+from kcm.core.audit import (
+    HEAD_META_KEY,
+    AuditEvent,
+    append_audit,
+    log_checkpoint,
+    make_checkpoint,
+    record_digest,
+)
+from kcm.core.store.engine import Store
+from kcm.core.store.repository import get_meta, set_meta
+from kcm.core.store.schema import AuditLog
+from kcm.logging import log_observer
+
+DIGESTED = ("seq", "at", "principal", "tenant", "gateway", "source", "operation",
+            "object_ids", "result_status", "result_reason", "correlation_id", "detail")
+
+
+class Deployment:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "core.toml"
+        self.l1_file = root / "l1.key"
+        self.url = f"sqlite:///{root / 'kcm.db'}"
+        self.config.write_text(f'[core]\ndatabase = "{self.url}"\n'
+                               f'l1_key_file = "{self.l1_file}"\n')
+
+    def store(self) -> Store:
+        store = Store(self.url)
+        store.audit_key = keys.derive_audit_key(keys.load_l1(self.l1_file))
+        return store
+
+    def append(self, count: int) -> None:
+        store = self.store()
+        store.run_sync(lambda s: [append_audit(s, AuditEvent("p", "Get", "SUCCESS", f"c{n}"))
+                                  for n in range(count)])
+        store.stopService()
+
+    def run(self, session_fn):
+        store = self.store()
+        try:
+            return store.run_sync(session_fn)
+        finally:
+            store.stopService()
+
+    def kcm(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+        status = main([*argv, "-c", str(self.config)])
+        captured = capsys.readouterr()
+        return status, captured.out + captured.err
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Deployment:
+    deployed = Deployment(tmp_path)
+    assert deployed.kcm(capsys, "core", "init")[0] == 0
+    return deployed
+
+
+def _rewrite_record_2_the_old_way(session) -> None:
+    session.get(AuditLog, 2).result_status = "OPERATION_FAILED"
+    prev = bytes(32)
+    for row in session.scalars(select(AuditLog).order_by(AuditLog.seq)):
+        row.prev_digest = prev
+        row.digest = prev = record_digest(prev, **{n: getattr(row, n) for n in DIGESTED})
+        last = row.seq
+    set_meta(session, HEAD_META_KEY, f"{last}:{prev.hex()}")
+
+
+def test_verify_names_the_first_record_rewritten_without_the_key(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    deployment.append(3)
+    assert deployment.kcm(capsys, "audit", "verify") == (
+        0, "audit log intact: 3 records verified\n")
+    deployment.run(_rewrite_record_2_the_old_way)
+    status, out = deployment.kcm(capsys, "audit", "verify")
+    assert status == 1
+    assert out.startswith("audit log BROKEN at record 2: MAC does not match")
+
+
+def test_verify_holds_the_chain_to_checkpoints(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    deployment.append(2)
+    saved_head = deployment.run(lambda s: get_meta(s, HEAD_META_KEY))
+    deployment.append(2)
+    checkpoint = deployment.run(make_checkpoint)
+    assert deployment.kcm(capsys, "audit", "verify", "--checkpoint", str(checkpoint)) == (
+        0, "audit log intact: 4 records verified; 1 checkpoints matched\n")
+
+    log_file = deployment.root / "core.log"
+    stream = io.StringIO()
+    observer = log_observer(stream, log_format="json")
+    with capturedLogs() as events:
+        log_checkpoint(deployment.run(make_checkpoint))
+        deployment.append(1)
+        log_checkpoint(deployment.run(make_checkpoint))
+    for event in events:
+        observer(event)
+    log_file.write_text("twistd said something\n" + stream.getvalue())
+    assert deployment.kcm(capsys, "audit", "verify", "--checkpoint-log", str(log_file)) == (
+        0, "audit log intact: 5 records verified; 2 checkpoints matched\n")
+
+    # The database put back as it was at record 2: genuine, but behind the checkpoints.
+    def roll_back(session) -> None:
+        session.execute(delete(AuditLog).where(AuditLog.seq > 2))
+        set_meta(session, HEAD_META_KEY, saved_head)
+
+    deployment.run(roll_back)
+    assert deployment.kcm(capsys, "audit", "verify")[0] == 0
+    status, out = deployment.kcm(capsys, "audit", "verify", "--checkpoint-log", str(log_file))
+    assert status == 1
+    assert out.startswith("audit log BROKEN at record 3: a checkpoint names record 5, but the "
+                          "chain ends at 2")
+
+
+def test_a_checkpoint_that_is_not_genuine_fails(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    deployment.append(1)
+    checkpoint = deployment.run(make_checkpoint)
+    forged = f"{checkpoint.seq}:{'11' * 32}:{checkpoint.mac.hex()}"
+    status, out = deployment.kcm(capsys, "audit", "verify", "--checkpoint", forged)
+    assert status == 1
+    assert out.startswith(f"audit log NOT verified: checkpoint {forged} does not verify")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint", "12:ab"], "is not SEQ:DIGEST:MAC"),
+    (["--checkpoint-log", "/nonexistent/core.log"], "cannot read /nonexistent/core.log"),
+])
+def test_bad_checkpoints_are_bad_input(deployment: Deployment,
+                                       capsys: pytest.CaptureFixture[str], argv: list[str],
+                                       message: str) -> None:
+    status, out = deployment.kcm(capsys, "audit", "verify", *argv)
+    assert status == 2 and message in out
+
+
+def test_a_log_without_checkpoints_is_bad_input(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    log_file = deployment.root / "empty.log"
+    log_file.write_text('{"namespace": "kcm.audit", "text": "audit 1: ..."}\n')
+    status, out = deployment.kcm(capsys, "audit", "verify", "--checkpoint-log", str(log_file))
+    assert status == 2 and "holds no audit checkpoint" in out
+
+
+def test_verify_needs_this_databases_l1(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    deployment.append(1)
+    deployment.l1_file.unlink()
+    status, out = deployment.kcm(capsys, "audit", "verify")
+    assert status == 2 and "cannot load the L1 key" in out
+    keys.create_l1_keyfile(deployment.l1_file)
+    status, out = deployment.kcm(capsys, "audit", "verify")
+    assert status == 2 and "is not the L1 key of this database" in out
+
+
+def test_core_init_anchors_records_written_before_the_chain_was_keyed(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    deployment.append(2)
+
+    def unkey(session) -> None:
+        session.execute(update(AuditLog).values(mac=None))
+        set_meta(session, HEAD_META_KEY, get_meta(session, HEAD_META_KEY).rsplit(":", 1)[0])
+
+    deployment.run(unkey)
+    status, out = deployment.kcm(capsys, "audit", "verify")
+    assert status == 1 and "no record is keyed" in out
+    status, out = deployment.kcm(capsys, "core", "init")
+    assert status == 0
+    assert "audit chain keyed: record 3 anchors the 2 records written before" in out
+    assert deployment.kcm(capsys, "audit", "verify") == (
+        0, "audit log intact: 3 records verified; the first 2 written before the chain was "
+           "keyed, checked by digest only\n")
+    status, out = deployment.kcm(capsys, "core", "init")
+    assert status == 0 and "audit chain keyed" not in out

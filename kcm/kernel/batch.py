@@ -13,7 +13,13 @@ executor, and returns one Response Batch Item per item that ran:
   run), Continue (the rest runs), Undo (everything is rolled back through the savepoint hook
   and the successful items are reported Operation Undone, keeping their payloads as the
   BL-M-2-21 case shows);
-* one ID Placeholder lives for the batch; the executor resolves and sets it.
+* one ID Placeholder lives for the batch; the executor resolves and sets it;
+* before each item the caller's ``should_stop`` hook may end the batch (a deadline passed,
+  the client gone): it returns the reason, and that item and every later one fail with
+  General Failure and the reason as Result Message without running (a
+  :class:`BatchStopped` in :attr:`BatchRun.errors`), under the batch's own rules: Stop and
+  Undo answer only the first of them, Continue answers each, Undo rolls everything back.
+  An item already running is never interrupted: the hook is asked at item boundaries only.
 
 The savepoint hook is how a transactional executor makes an item atomic: ``savepoint()`` is
 called once around the batch and once around each item, and each savepoint is committed or
@@ -34,7 +40,8 @@ from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
 from kcm.kmip.versions import Version
 from kcm.ttlv import Item
 
-__all__ = ["NO_SAVEPOINTS", "BatchRun", "ItemExecutor", "Savepoint", "run_batch"]
+__all__ = ["NO_SAVEPOINTS", "BatchRun", "BatchStopped", "ItemExecutor", "Savepoint",
+           "StopHook", "run_batch"]
 
 _CONTINUE = BatchErrorContinuationOption.CONTINUE
 _UNDO = BatchErrorContinuationOption.UNDO
@@ -69,6 +76,18 @@ def _no_savepoint() -> Savepoint:
 NO_SAVEPOINTS: Callable[[], Savepoint] = _no_savepoint
 
 
+#: Asked before each batch item: None to go on, or why the batch must stop (a short ASCII
+#: text that becomes the Result Message of the items that do not run).
+StopHook = Callable[[], str | None]
+
+
+class BatchStopped(KmipError):
+    """Why an item did not run: the batch was stopped before it (see ``should_stop``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ResultReason.GENERAL_FAILURE, message)
+
+
 class ItemExecutor(Protocol):
     """Runs one batch item: returns the response payload (a model, a raw Item or None)
     or raises."""
@@ -79,10 +98,12 @@ class ItemExecutor(Protocol):
 @dataclass(slots=True)
 class BatchRun:
     """What a batch produced: an answer per item that ran, in order, and for each failed
-    item the exception that failed it (a KmipError, or an unexpected one: a bug)."""
+    item the exception that failed it (a KmipError, or an unexpected one: a bug); and why
+    the batch was stopped, if ``should_stop`` stopped it."""
 
     items: list[ResponseBatchItem]
     errors: list[tuple[RequestBatchItem, Exception]]
+    stopped: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -96,11 +117,13 @@ class BatchRun:
 
 def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, version: Version,
               continuation: int, correlation_id: str,
-              savepoint: Callable[[], Savepoint] = NO_SAVEPOINTS) -> BatchRun:
+              savepoint: Callable[[], Savepoint] = NO_SAVEPOINTS,
+              should_stop: StopHook | None = None) -> BatchRun:
     """Run ``items`` in order with ``execute`` (see the module docstring)."""
     placeholder = IdPlaceholder()
     answered: list[ResponseBatchItem] = []
     errors: list[tuple[RequestBatchItem, Exception]] = []
+    stopped: str | None = None
     everything = savepoint()
     for item in items:
         if errors and continuation != _CONTINUE:
@@ -108,6 +131,14 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
         response = ResponseBatchItem(operation=item.operation,
                                      unique_batch_item_id=item.unique_batch_item_id,
                                      result_status=ResultStatus.SUCCESS)
+        if stopped is None and should_stop is not None:
+            stopped = should_stop()
+        if stopped is not None:
+            error = BatchStopped(stopped)
+            fail_with(response, version, error)
+            errors.append((item, error))
+            answered.append(response)
+            continue
         step = savepoint()
         try:
             if isinstance(item.request_payload, Item):
@@ -132,4 +163,4 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
                 response.result_status = ResultStatus.OPERATION_UNDONE
     else:
         everything.commit()
-    return BatchRun(answered, errors)
+    return BatchRun(answered, errors, stopped)

@@ -1,5 +1,6 @@
 """The KMIP server kernel, alone: Result Reasons per version, batch semantics around an
-executor with a savepoint hook and a stop hook, and responses (Maximum Response Size, spliced items)."""
+executor with a savepoint hook and a stop hook, and responses (Maximum Response Size,
+spliced items)."""
 
 from __future__ import annotations
 

@@ -42,6 +42,8 @@ class OperationContext:
     server_info: ServerInfo
     id_placeholder: IdPlaceholder
     random_bytes: object  # Callable[[int], bytes]
+    #: The most Unique Identifiers one Locate returns (``[core.limits]``); None: no cap.
+    max_locate_results: int | None = None
     #: Identifiers the item touched, for its audit record.
     object_ids: list[str] = field(default_factory=list)
     #: Extra facts for the audit record (text and numbers only, never key material).

@@ -51,7 +51,8 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
         ctx = OperationContext(session=session, caller=caller, version=version, now=now,
                                keyring=keyring, server_info=server_info,
                                id_placeholder=placeholder, random_bytes=keyring.random_bytes,
-                               max_locate_results=max_locate_results)
+                               max_locate_results=max_locate_results,
+                               should_stop=should_stop)
         contexts[id(item)] = ctx
         handler = handlers.get(int(item.operation))
         if handler is None:

@@ -19,7 +19,9 @@ executor, and returns one Response Batch Item per item that ran:
   General Failure and the reason as Result Message without running (a
   :class:`BatchStopped` in :attr:`BatchRun.errors`), under the batch's own rules: Stop and
   Undo answer only the first of them, Continue answers each, Undo rolls everything back.
-  An item already running is never interrupted: the hook is asked at item boundaries only.
+  The kernel never interrupts an item; an executor whose item may search for long can ask
+  the same hook itself and raise :class:`BatchStopped` (kcm-core's Locate does), which
+  stops the batch the same way from that item on.
 
 The savepoint hook is how a transactional executor makes an item atomic: ``savepoint()`` is
 called once around the batch and once around each item, and each savepoint is committed or
@@ -150,6 +152,8 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             step.rollback()
             fail_with(response, version, e)
             errors.append((item, e))
+            if isinstance(e, BatchStopped):
+                stopped = e.message
         except Exception as e:
             step.rollback()
             fail_item(response, version, ResultReason.GENERAL_FAILURE,

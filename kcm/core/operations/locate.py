@@ -45,10 +45,10 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
 
     At most ``ctx.max_locate_results`` identifiers are returned: Maximum Items is "the
     maximum number of object identifiers the server MAY return", so a smaller one is
-    honoured and an absent or larger one is the server's cap. A result the cap cut short
-    carries Located Items (the whole count, KMIP 1.3 on), so the client can page through
-    the rest with Offset Items; without Offset Items or a cut, the search ends as soon as
-    the page is full.
+    honoured and an absent or larger one is the server's cap. The search ends as soon as
+    the page is full, unless the client pages with Offset Items: then it goes on to count
+    every match for Located Items (a client with more objects than the cap pages that
+    way). A long search stops when the request must (``ctx.check_stop``).
     """
     tenant = policy.tenant_of(ctx.principal)
     maximum, offset = request.maximum_items, request.offset_items
@@ -59,10 +59,10 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     capped = cap is not None and (maximum is None or maximum > cap)
     limit = cap if capped else maximum
     start = offset or 0
-    # Located Items arrived in KMIP 1.3 with Offset Items; counting means a full search.
-    counting = ctx.version >= (1, 3) and (offset is not None or capped)
-    # Without a count to report, one match past the page is enough to stop searching.
-    enough = None if counting or limit is None else start + limit
+    # Located Items (with Offset Items, since KMIP 1.3) needs every match counted.
+    counting = offset is not None and ctx.version >= (1, 3)
+    # Else the search ends with the page; one match more tells whether the cap cut it.
+    enough = None if counting or limit is None else start + limit + (1 if capped else 0)
     criteria = _Criteria(list(request.attributes or []), ctx.version)
     storage = request.storage_status_mask or StorageStatusMask.ON_LINE_STORAGE
     fresh_only = request.object_group_member == ObjectGroupMember.GROUP_MEMBER_FRESH
@@ -76,6 +76,7 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
         for uid in reversed(candidates):
             if enough is not None and len(found) >= enough:
                 break
+            ctx.check_stop()
             row = repository.get_object(ctx.session, tenant, uid)
             if row is None:
                 continue
@@ -105,11 +106,10 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
         ctx.id_placeholder.value = None
     # Located Items is optional ("a server MAY elect to omit this value ... if it is unable
     # or unwilling to determine the total count"); it says how many matched when the
-    # client pages with Offset Items, or when the server's cap cut the result short.
-    located = len(found) if counting and (offset is not None or cut) else None
+    # client pages with Offset Items.
+    located = len(found) if counting else None
     if cut:
-        ctx.audit_detail["located_items"] = len(found)
-        ctx.audit_detail["returned"] = len(page)
+        ctx.audit_detail["capped_at"] = cap
     return LocateResponse(located_items=located, unique_identifiers=page)
 
 

@@ -121,6 +121,9 @@ class CoreProcess:
     port: int = field(default_factory=free_port)
     link_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    #: The ``[core.limits]`` table written to the configuration.
+    limits: dict[str, int | float] = field(default_factory=lambda: {
+        "idle_timeout": 60.0, "message_timeout": 5.0})
 
     @property
     def pki(self) -> PkiPaths:
@@ -146,7 +149,8 @@ class CoreProcess:
             "[core.tls]\n"
             f'cert = "{self.pki.core.cert}"\nkey = "{self.pki.core.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
-            "[core.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"
+            "[core.limits]\n"
+            + "".join(f"{name} = {value!r}\n" for name, value in self.limits.items())
         )
         (self.root / "policy.toml").write_text(
             '[subjects]\n"CN=legacy-client,O=KCM Dev" = "tenant/demo/service/legacy"\n')
@@ -195,10 +199,12 @@ def _twistd(plugin: str, config: Path, root: Path, log: Path) -> subprocess.Pope
     return process
 
 
-def deploy(root: Path, database: str) -> CoreProcess:
-    """A PKI, an initialised database and L1, tenants demo (service app) and other."""
+def deploy(root: Path, database: str, **limits: int | float) -> CoreProcess:
+    """A PKI, an initialised database and L1, tenants demo (service app) and other;
+    ``limits`` are added to (or replace) the deployment's ``[core.limits]``."""
     root.mkdir(parents=True, exist_ok=True)
     core = CoreProcess(root, database)
+    core.limits.update(limits)
     init_pki(root / "pki")
     core.write_config()
     core.kcm("core", "init")

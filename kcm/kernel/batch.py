@@ -84,7 +84,8 @@ StopHook = Callable[[], str | None]
 
 
 class BatchStopped(KmipError):
-    """Why an item did not run: the batch was stopped before it (see ``should_stop``)."""
+    """The request must stop (``should_stop`` gave this reason): raised for the items that
+    do not run, or by a long item that asked the hook itself."""
 
     def __init__(self, message: str) -> None:
         super().__init__(ResultReason.GENERAL_FAILURE, message)

@@ -5,10 +5,13 @@ header (a seeded mutator over the OASIS request vectors)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,8 @@ from tests.mutations import HEADER_SHAPES, base_requests, mutate, random_shape
 
 #: Objects in tenant demo: enough that a Locate counting every match takes tens of ms.
 OBJECTS = 150
+#: The busy core's idle timeout, in seconds.
+IDLE = 1.0
 
 
 def audit_rows(core: CoreProcess, after: int = 0) -> list[dict]:
@@ -75,13 +80,13 @@ def started(root: Path, **limits: int | float) -> Iterator[CoreProcess]:
 @pytest.fixture(scope="module")
 def busy_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProcess]:
     """A core with the default request limits, a short idle timeout and OBJECTS objects."""
-    yield from started(tmp_path_factory.mktemp("busy"), idle_timeout=1.0)
+    yield from started(tmp_path_factory.mktemp("busy"), idle_timeout=IDLE)
 
 
 @pytest.fixture(scope="module")
 def limited_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProcess]:
-    """A core with a 1 s request deadline, Locates capped at 5, and OBJECTS objects."""
-    yield from started(tmp_path_factory.mktemp("limited"), request_deadline=1.0,
+    """A core with a 0.5 s request deadline, Locates capped at 5, and OBJECTS objects."""
+    yield from started(tmp_path_factory.mktemp("limited"), request_deadline=0.5,
                        max_locate_results=5)
 
 
@@ -125,12 +130,12 @@ def test_work_past_the_deadline_is_stopped_at_the_next_item(limited_core: CorePr
     assert 0 < ran < 64 and statuses == [ResultStatus.SUCCESS] * ran + (
         [ResultStatus.OPERATION_FAILED] * (64 - ran))
     assert {(b.result_reason, b.result_message) for b in answer.batch_items[ran:]} == {
-        (ResultReason.GENERAL_FAILURE, "request deadline of 1 s exceeded")}
-    assert took < 1 + 2  # the deadline, one Locate, and the rest answered without running
+        (ResultReason.GENERAL_FAILURE, "request deadline of 0.5 s exceeded")}
+    assert took < 0.5 + 2  # the deadline, one Locate, and the rest answered without running
     rows = audit_rows(limited_core, before)
     assert len(rows) == 64
     assert {json.dumps(r["detail"]) for r in rows[ran:]} == {
-        json.dumps({"stopped": "request deadline of 1 s exceeded"})}
+        json.dumps({"stopped": "request deadline of 0.5 s exceeded"})}
 
 
 def test_an_undo_batch_past_its_deadline_leaves_nothing(limited_core: CoreProcess) -> None:
@@ -139,7 +144,7 @@ def test_an_undo_batch_past_its_deadline_leaves_nothing(limited_core: CoreProces
             create_managed(), *[counting_locate()] * 63, continuation=UNDO)))
         created = answer.batch_items[0]
         assert created.result_status == ResultStatus.OPERATION_UNDONE
-        assert answer.batch_items[-1].result_message == "request deadline of 1 s exceeded"
+        assert answer.batch_items[-1].result_message == "request deadline of 0.5 s exceeded"
         uid = created.response_payload.unique_identifier
         [gone] = response(kmip.send(request(get(uid)))).batch_items
     assert gone.result_reason == ResultReason.ITEM_NOT_FOUND
@@ -184,14 +189,32 @@ def test_a_request_whose_client_left_is_cancelled_and_audited_so(busy_core: Core
 
 
 # Defect 10: the idle timeout does not cut off a request in progress -------------------------
+@contextlib.contextmanager
+def database_write_lock(core: CoreProcess) -> Iterator[None]:
+    """Hold the SQLite write lock of ``core``'s database: its writers wait (up to SQLite's
+    busy timeout), so a request is kept in progress for as long as the test wants."""
+    connection = sqlite3.connect(core.database.removeprefix("sqlite:///"),
+                                 isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        yield
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
 def test_the_idle_timeout_does_not_close_a_connection_while_its_request_runs(
         busy_core: CoreProcess) -> None:
     with busy_core.client() as kmip:
+        kmip.connect()
         began = time.monotonic()
-        answer = response(kmip.send(request(*[counting_locate()] * 40)))
-        assert time.monotonic() - began > 1.0  # longer than the idle timeout
-        assert {b.result_status for b in answer.batch_items} == {ResultStatus.SUCCESS}
-        assert len(answer.batch_items) == 40
+        with ThreadPoolExecutor(1) as sender:
+            with database_write_lock(busy_core):
+                pending = sender.submit(kmip.send, request(create_managed()))
+                time.sleep(2.5 * IDLE)  # the request is in progress for longer than that
+            [created] = response(pending.result(timeout=10)).batch_items
+        assert time.monotonic() - began > 2.5 * IDLE
+        assert created.result_status == ResultStatus.SUCCESS
         # Idle again only from the answer: the connection still serves.
         [again] = response(kmip.send(request(locate()))).batch_items
         assert again.result_status == ResultStatus.SUCCESS

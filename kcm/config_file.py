@@ -9,7 +9,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kcm.kmip_protocol import ConnectionLimits
 from kcm.logging import check_log_format, parse_level
 
 
@@ -64,7 +63,8 @@ def load_section(default: C, section: str, path: str | Path | None,
             raise ConfigError(f"unknown override {key}")
     if coerce is not None:
         values = coerce(values)
-    unknown = set(limits) - {f.name for f in fields(ConnectionLimits)}
+    # A section's limits are ConnectionLimits or an extension of them (kcm-core's).
+    unknown = set(limits) - {f.name for f in fields(default.limits)}  # type: ignore[attr-defined]
     if unknown:
         raise ConfigError(f"unknown setting {section}.limits.{sorted(unknown)[0]}")
     try:
@@ -75,6 +75,8 @@ def load_section(default: C, section: str, path: str | Path | None,
             config = replace(config, limits=replace(config.limits, **limits))
     except TypeError as e:
         raise ConfigError(str(e)) from None
+    except ValueError as e:  # a value its dataclass refuses
+        raise ConfigError(f"{section}.{e}") from None
     try:
         parse_level(config.log_level)  # type: ignore[attr-defined]
         check_log_format(config.log_format)  # type: ignore[attr-defined]

@@ -5,6 +5,11 @@ they plug in. The protocol never decodes a message: it frames bytes, enforces th
 per-connection limits, hands whole requests to the handler in order and writes the
 answers back in the same order (KMIP over TLS has no other way to pair them).
 
+A connection is idle only while none of its requests is being answered: a long request is
+bounded by the server's own limits (kcm-core's request deadline), not cut off by the idle
+timeout. A connection that closes while a request is being answered tells the handler
+(``connection_lost``).
+
 Reading from a client pauses for more than one reason — too many of its own requests
 unanswered, or (at the gateway) the link to the core saturated — and resumes only when no
 reason holds any more (:meth:`KmipServerProtocol.pause` / :meth:`KmipServerProtocol.resume`).
@@ -46,7 +51,8 @@ class ConnectionLimits:
     """Per-connection limits; the defaults suit KMIP clients on a LAN."""
 
     max_message_size: int = 1 << 20  # bytes, header included
-    idle_timeout: float = 300.0  # seconds without any byte from the client
+    #: seconds without any byte from the client and no request of it being answered
+    idle_timeout: float = 300.0
     message_timeout: float = 30.0  # seconds to finish sending a message once begun
     max_pending: int = 32  # requests read but not yet answered, before reading pauses
 
@@ -61,7 +67,13 @@ class ConnectionInfo:
 
 
 class RequestHandler(TypingProtocol):
-    """What a server plugs into the protocol."""
+    """What a server plugs into the protocol.
+
+    A handler may also have ``connection_lost(connection: ConnectionInfo) -> None``: it is
+    then told when a connection closes while one of its requests is still being answered,
+    so it can stop work nobody will read (kcm-core stops that request at its next batch-item
+    boundary). A handler without it is not told.
+    """
 
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         """Answer one whole request message with one whole response message.
@@ -138,7 +150,12 @@ class KmipServerProtocol(Protocol):
         for timer in (self._idle_timer, self._message_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._pending.clear()
+        self._pending.clear()  # never handed over: nothing to stop
+        if self._busy and self.connection is not None:
+            # Nobody will read the answer of the request in flight: let the handler stop it.
+            connection_lost = getattr(self._handler, "connection_lost", None)
+            if connection_lost is not None:
+                connection_lost(self.connection)
         if self._upstream is not None and self._upstream_producer is not None:
             self._upstream.remove_producer(self._upstream_producer)
             self._upstream_producer = None
@@ -221,11 +238,13 @@ class KmipServerProtocol(Protocol):
         self._busy = False
         if not self._closing:
             self.transport.write(response)
+            self._restart_idle_timer()
             self._process()
 
     def _bug_async(self, failure: Failure) -> None:
         self._busy = False
         self._bug(failure)
+        self._restart_idle_timer()
         self._process()
 
     def _bug(self, failure: Failure) -> None:
@@ -240,7 +259,19 @@ class KmipServerProtocol(Protocol):
         self._close(abort=False)
 
     def _idle(self) -> None:
+        if self._busy:
+            # The client waits for an answer, it is not idle: the idle time counts again
+            # from that answer (_restart_idle_timer), and the request has its own deadline.
+            return
         self._close(abort=False)
+
+    def _restart_idle_timer(self) -> None:
+        if self._closing:
+            return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self._limits.idle_timeout)
+        else:
+            self._idle_timer = self._clock.callLater(self._limits.idle_timeout, self._idle)
 
     def _slow_message(self) -> None:
         if self.connection is not None:

@@ -5,12 +5,14 @@ order with each item in a savepoint of the request's transaction (a failed item 
 nothing behind; Undo rolls back the whole batch); this module supplies the executor (the
 operation handlers of :data:`kcm.core.operations.HANDLERS`) and appends every item's audit
 record in the same transaction, so the changes and the records that describe them commit
-together.
+together. The request's ``should_stop`` hook (its deadline, its client gone) is asked at each
+batch-item boundary; the items it stops fail without running, and their audit records say
+why (``detail.stopped``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -22,7 +24,7 @@ from kcm.core.context import Caller, OperationContext
 from kcm.core.keyring import Keyring
 from kcm.core.operations import HANDLERS, OperationHandler
 from kcm.core.server_info import ServerInfo
-from kcm.kernel.batch import run_batch
+from kcm.kernel.batch import BatchStopped, run_batch
 from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
@@ -34,17 +36,23 @@ log = Logger()
 
 def execute(session: Session, request: RequestMessage, caller: Caller, *, now: int,
             keyring: Keyring, server_info: ServerInfo, correlation_id: str,
-            handlers: Mapping[int, OperationHandler] = HANDLERS
+            handlers: Mapping[int, OperationHandler] = HANDLERS,
+            should_stop: Callable[[], str | None] | None = None,
+            max_locate_results: int | None = None,
             ) -> list[ResponseBatchItem]:
     """Execute ``request`` in ``session``'s transaction; its answered batch items (in the
-    request's version), each with its audit record appended."""
+    request's version), each with its audit record appended. ``should_stop`` is asked
+    before each item (see :func:`kcm.kernel.batch.run_batch`); ``max_locate_results``
+    caps what one Locate returns (None: no cap)."""
     version = request.header.version
     contexts: dict[int, OperationContext] = {}
 
     def run_item(item: RequestBatchItem, placeholder: IdPlaceholder) -> Any:
         ctx = OperationContext(session=session, caller=caller, version=version, now=now,
                                keyring=keyring, server_info=server_info,
-                               id_placeholder=placeholder, random_bytes=keyring.random_bytes)
+                               id_placeholder=placeholder, random_bytes=keyring.random_bytes,
+                               max_locate_results=max_locate_results,
+                               should_stop=should_stop)
         contexts[id(item)] = ctx
         handler = handlers.get(int(item.operation))
         if handler is None:
@@ -54,15 +62,26 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
 
     run = run_batch(request.batch_items, run_item, version=version,
                     continuation=request.header.effective_error_continuation,
-                    correlation_id=correlation_id, savepoint=session.begin_nested)
+                    correlation_id=correlation_id, savepoint=session.begin_nested,
+                    should_stop=should_stop)
     for item, error in run.unexpected:
         log.failure("operation {operation} failed [correlation id {cid}]", Failure(error),
                     operation=operation_name(item.operation), cid=correlation_id)
+    errors = {id(item): error for item, error in run.errors}
+    if run.stopped is not None:
+        ran = sum(not isinstance(errors.get(id(item)), BatchStopped)
+                  for item in request.batch_items[:len(run.items)])
+        log.info("request stopped, {ran} of {count} batch items ran: {reason} "
+                 "[correlation id {cid}]", ran=ran, count=len(request.batch_items),
+                 reason=run.stopped, cid=correlation_id)
     for item, response in zip(request.batch_items, run.items, strict=False):
         ctx = contexts.get(id(item))
+        detail = ctx.audit_detail if ctx else None
+        error = errors.get(id(item))
+        if isinstance(error, BatchStopped):
+            detail = {"stopped": error.message}
         append_audit(session, audit_event(
-            caller, response, correlation_id, ctx.object_ids if ctx else [],
-            ctx.audit_detail if ctx else None))
+            caller, response, correlation_id, ctx.object_ids if ctx else [], detail))
     return run.items
 
 

@@ -10,7 +10,32 @@ from typing import Any
 from kcm.config_file import ConfigError, TlsFiles, load_section
 from kcm.kmip_protocol import ConnectionLimits
 
-__all__ = ["CoreConfig", "TlsFiles", "load_config"]
+__all__ = ["CoreConfig", "CoreLimits", "TlsFiles", "load_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class CoreLimits(ConnectionLimits):
+    """``[core.limits]``: the per-connection limits every KMIP listener has, and the bounds
+    on the work one request may make the core do (docs/operations.md, "Limits and hostile
+    clients")."""
+
+    #: Batch items in one request; a request with more is refused whole (Invalid Message).
+    max_batch_items: int = 64
+    #: Unique Identifiers one Locate returns: a smaller Maximum Items is honoured, a larger
+    #: or absent one is this (KMIP allows a server to return fewer than asked).
+    max_locate_results: int = 1000
+    #: Seconds a request may take, from its arrival; at the next batch-item boundary past
+    #: it the remaining items fail (General Failure) without running.
+    request_deadline: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_items", "max_locate_results"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"limits.{name} must be a whole number of at least 1")
+        deadline = self.request_deadline
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0:
+            raise ValueError("limits.request_deadline must be a positive number of seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +53,7 @@ class CoreConfig:
     tls: TlsFiles = field(default_factory=lambda: TlsFiles("var/pki/core.pem",
                                                            "var/pki/core.key",
                                                            "var/pki/ca.pem"))
-    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    limits: CoreLimits = field(default_factory=CoreLimits)
     database_threads: int = 4
     #: Events below this level are dropped (debug, info, warn, error, critical).
     log_level: str = "info"

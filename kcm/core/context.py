@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
 from kcm.identity import Principal
+from kcm.kernel.batch import BatchStopped
 from kcm.kmip.messages import IdPlaceholder
 from kcm.kmip.versions import Version
 
@@ -42,6 +44,10 @@ class OperationContext:
     server_info: ServerInfo
     id_placeholder: IdPlaceholder
     random_bytes: object  # Callable[[int], bytes]
+    #: The most Unique Identifiers one Locate returns (``[core.limits]``); None: no cap.
+    max_locate_results: int | None = None
+    #: The request's stop hook (its deadline, its client gone), for a long search to ask.
+    should_stop: Callable[[], str | None] | None = None
     #: Identifiers the item touched, for its audit record.
     object_ids: list[str] = field(default_factory=list)
     #: Extra facts for the audit record (text and numbers only, never key material).
@@ -54,6 +60,14 @@ class OperationContext:
     @property
     def tenant(self) -> str | None:
         return self.caller.principal.tenant
+
+    def check_stop(self) -> None:
+        """Raise :class:`~kcm.kernel.batch.BatchStopped` if the request must stop now (its
+        deadline passed, its client gone): for an item that may run long, between steps."""
+        if self.should_stop is not None:
+            reason = self.should_stop()
+            if reason is not None:
+                raise BatchStopped(reason)
 
     def touched(self, uid: str) -> None:
         """Record that this item acted on ``uid`` (audit)."""

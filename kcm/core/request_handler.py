@@ -3,6 +3,17 @@
 Plugged into :class:`kcm.kmip_protocol.KmipServerProtocol` for direct clients, and
 (through :meth:`CoreRequestHandler.handle_as`) into the gateway link, where the
 caller's identity is asserted by a gateway.
+
+Every request leaves audit records, whatever happens to it: one per answered batch item
+when it runs, one for a request refused whole (unreadable, an unsupported protocol version,
+too many batch items), and one for a request that failed with an unexpected error (General
+Failure, logged with its traceback and correlation id).
+
+The work of one request is bounded (``[core.limits]``, :class:`kcm.core.config.CoreLimits`):
+its header is judged before any batch item is decoded (protocol version, number of items),
+a Locate returns at most ``max_locate_results`` identifiers, and at each batch-item
+boundary the request stops when its deadline has passed or its client has disconnected
+(:class:`RequestWatch`; the kernel's ``should_stop`` hook).
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from twisted.logger import Logger
 
 from kcm.core.audit import append_audit
 from kcm.core.batch import audit_event, execute
+from kcm.core.config import CoreLimits
 from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
 from kcm.core.server_info import ServerInfo
@@ -24,17 +36,57 @@ from kcm.kernel.responses import (
     failed_item,
     failure_response,
     internal_error,
+    operation_name,
     response_wire,
 )
 from kcm.kernel.versions import answer_version, is_supported, version_of
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
-from kcm.kmip.messages import decode_request
+from kcm.kmip.messages import RequestMessage, decode_request_header, decode_request_items
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.ttlv import TtlvError, decode, encode
 
 log = Logger()
+
+#: The Result Message of the batch items a vanished client's request did not run.
+CLIENT_GONE = "request cancelled: the client disconnected"
+
+
+class RequestWatch:
+    """Whether one request must stop: past its deadline (``limit`` seconds of ``clock``
+    from when the watch was made, the request's arrival), or its client gone (:attr:`lost`,
+    set on the reactor thread when the connection closes).
+
+    :meth:`stop_reason` is the kernel's ``should_stop`` hook; it runs on a store thread, and
+    reads only a flag and the clock.
+    """
+
+    __slots__ = ("_clock", "_deadline", "_limit", "lost")
+
+    def __init__(self, clock: Callable[[], float], limit: float) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._deadline = clock() + limit
+        self.lost = False
+
+    def stop_reason(self) -> str | None:
+        """None while the request may go on; else why it must stop (short ASCII)."""
+        if self.lost:
+            return CLIENT_GONE
+        if self._clock() >= self._deadline:
+            return f"request deadline of {self._limit:g} s exceeded"
+        return None
+
+
+class _Refused(Exception):
+    """A request answered with one failed item, without running any of its batch."""
+
+    def __init__(self, version: Version, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.version = version
+        self.reason = reason
+        self.message = message
 
 
 class CoreRequestHandler:
@@ -47,16 +99,40 @@ class CoreRequestHandler:
     """
 
     def __init__(self, store: Store, keyring: Keyring, *, clock: Callable[[], float],
-                 server_info: ServerInfo | None = None, max_message_size: int = 1 << 20) -> None:
+                 server_info: ServerInfo | None = None,
+                 limits: CoreLimits | None = None) -> None:
         self._store = store
         self._keyring = keyring
         self._clock = clock
         self._server_info = server_info or ServerInfo()
-        self._max_message_size = max_message_size
+        self._limits = limits or CoreLimits()
+        #: The watches of the requests in flight, by connection id (reactor thread only).
+        self._in_flight: dict[int, set[RequestWatch]] = {}
+
+    @property
+    def limits(self) -> CoreLimits:
+        return self._limits
 
     # RequestHandler ---------------------------------------------------------
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
-        return self.handle_as(wire, Caller(connection.principal, connection.peer))
+        watch = self._watch()
+        watching = self._in_flight.setdefault(connection.connection_id, set())
+        watching.add(watch)
+
+        def done(result: object) -> object:
+            watching.discard(watch)
+            if not watching and self._in_flight.get(connection.connection_id) is watching:
+                del self._in_flight[connection.connection_id]
+            return result
+
+        return self._answer(wire, Caller(connection.principal, connection.peer),
+                            watch).addBoth(done)
+
+    def connection_lost(self, connection: ConnectionInfo) -> None:
+        """``connection`` closed: its requests still running stop at their next batch-item
+        boundary (the items left fail, and are audited, as cancelled)."""
+        for watch in self._in_flight.pop(connection.connection_id, ()):
+            watch.lost = True
 
     def failure_response(self, reason: int, message: str) -> bytes:
         return failure_response((1, 0), reason, message, int(self._clock()))
@@ -64,37 +140,71 @@ class CoreRequestHandler:
     # ------------------------------------------------------------------------
     def handle_as(self, wire: bytes, caller: Caller) -> Deferred[bytes]:
         """Answer ``wire`` on behalf of ``caller`` on a store worker thread; never fails
-        (errors are answers)."""
-        return self._store.defer(self.respond, wire, caller, int(self._clock()))
+        (errors are answers). The request's deadline runs from now."""
+        return self._answer(wire, caller, self._watch())
 
-    def respond(self, wire: bytes, caller: Caller, now: int) -> bytes:
-        """Decode, execute in one transaction, encode. Blocking: never on the reactor."""
+    def _watch(self) -> RequestWatch:
+        return RequestWatch(self._clock, self._limits.request_deadline)
+
+    def _answer(self, wire: bytes, caller: Caller, watch: RequestWatch) -> Deferred[bytes]:
+        return self._store.defer(self.respond, wire, caller, int(self._clock()),
+                                 watch.stop_reason)
+
+    def respond(self, wire: bytes, caller: Caller, now: int,
+                should_stop: Callable[[], str | None] | None = None) -> bytes:
+        """Decode, execute in one transaction, encode. Blocking: never on the reactor.
+        ``should_stop`` is asked at each batch-item boundary (None: never stop)."""
         correlation_id = uuid.uuid4().hex[:16]
         try:
-            request = decode_request(decode(wire, max_size=self._max_message_size))
-            version = request.header.version
-            if not is_supported(version):
-                return self._refuse(caller, answer_version(version),
-                                    ResultReason.UNSUPPORTED_PROTOCOL_VERSION,
-                                    f"protocol version {version[0]}.{version[1]} is not "
-                                    "supported", correlation_id, now)
-        except KmipError as e:
-            return self._refuse(caller, version_of(wire), e.reason, e.message, correlation_id,
-                                now)
-        except TtlvError as e:
-            return self._refuse(caller, version_of(wire), ResultReason.INVALID_MESSAGE,
-                                f"malformed TTLV: {e}", correlation_id, now)
+            request = self._decode(wire)
+        except _Refused as refused:
+            return self._refuse(caller, refused.version, refused.reason, refused.message,
+                                correlation_id, now)
+        except Exception:
+            return self._general_failure(caller, _answer_version(wire), correlation_id, now)
+        version = request.header.version
         try:
             items = self._store.run_sync(lambda session: execute(
                 session, request, caller, now=now, keyring=self._keyring,
-                server_info=self._server_info, correlation_id=correlation_id))
+                server_info=self._server_info, correlation_id=correlation_id,
+                should_stop=should_stop, max_locate_results=self._limits.max_locate_results))
             # Never larger than the maximum message size, for a direct client as for a
             # gateway: the link carries answers up to that size and no larger.
             return response_wire(version, now, correlation_id, encode_items(items, version),
                                  request.header.maximum_response_size,
-                                 server_limit=self._max_message_size)
+                                 server_limit=self._limits.max_message_size)
         except Exception:
-            return self._general_failure(version, correlation_id, now)
+            return self._general_failure(caller, version, correlation_id, now, request)
+
+    def _decode(self, wire: bytes) -> RequestMessage:
+        """The request, or :class:`_Refused`. Its header is judged before any batch item is
+        decoded: an unsupported version or too many items costs no more than the header."""
+        try:
+            tree = decode(wire, max_size=self._limits.max_message_size)
+            header, batch = decode_request_header(tree)
+        except KmipError as e:
+            raise _Refused(version_of(wire), e.reason, e.message) from None
+        except TtlvError as e:
+            raise _Refused(version_of(wire), ResultReason.INVALID_MESSAGE,
+                           f"malformed TTLV: {e}") from None
+        version = header.version
+        answer_in = answer_version(version)
+        if not is_supported(version):
+            raise _Refused(answer_in, ResultReason.UNSUPPORTED_PROTOCOL_VERSION,
+                           f"protocol version {version[0]}.{version[1]} is not supported")
+        maximum = self._limits.max_batch_items
+        if len(batch) > maximum:
+            raise _Refused(answer_in, ResultReason.INVALID_MESSAGE,
+                           f"{len(batch)} batch items; at most {maximum} are accepted in "
+                           "one request")
+        if header.batch_count != len(batch):
+            raise _Refused(answer_in, ResultReason.INVALID_MESSAGE,
+                           f"Batch Count {header.batch_count} does not match the "
+                           f"{len(batch)} batch items")
+        try:
+            return decode_request_items(header, batch)
+        except KmipError as e:
+            raise _Refused(answer_in, e.reason, e.message) from None
 
     def _refuse(self, caller: Caller, version: Version, reason: int, message: str,
                 correlation_id: str, now: int) -> bytes:
@@ -103,10 +213,30 @@ class CoreRequestHandler:
             self._store.run_sync(lambda session: append_audit(session, audit_event(
                 caller, item, correlation_id, [])))
         except Exception:
-            return self._general_failure(version, correlation_id, now)
+            return self._general_failure(caller, version, correlation_id, now)
         return response_wire(version, now, correlation_id, [encode(item.to_item(version))])
 
-    def _general_failure(self, version: Version, correlation_id: str, now: int) -> bytes:
+    def _general_failure(self, caller: Caller, version: Version, correlation_id: str,
+                         now: int, request: RequestMessage | None = None) -> bytes:
+        """A General Failure answer for a request that failed unexpectedly (called while
+        handling the exception), with its audit record in a transaction of its own."""
         log.failure("request failed [correlation id {cid}]", cid=correlation_id)
-        return failure_response(version, ResultReason.GENERAL_FAILURE,
-                                internal_error(correlation_id), now, correlation_id)
+        item = failed_item(None, None, version, ResultReason.GENERAL_FAILURE,
+                           internal_error(correlation_id))
+        detail = None if request is None else {
+            "operations": [operation_name(i.operation) for i in request.batch_items]}
+        try:
+            self._store.run_sync(lambda session: append_audit(session, audit_event(
+                caller, item, correlation_id, [], detail)))
+        except Exception:
+            log.failure("the audit record of failed request {cid} could not be written",
+                        cid=correlation_id)
+        return response_wire(version, now, correlation_id, [encode(item.to_item(version))])
+
+
+def _answer_version(wire: bytes) -> Version:
+    """:func:`version_of`, for a request that already failed in an unexpected way."""
+    try:
+        return version_of(wire)
+    except Exception:
+        return (1, 0)

@@ -63,8 +63,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     store = Store(config.database, reactor=reactor, threads=config.database_threads,
                   migrate=True)
     keyring = Keyring()
-    handler = CoreRequestHandler(store, keyring, clock=reactor.seconds,
-                                 max_message_size=config.limits.max_message_size)
+    handler = CoreRequestHandler(store, keyring, clock=reactor.seconds, limits=config.limits)
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
                        policy=policy)

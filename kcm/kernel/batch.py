@@ -13,7 +13,15 @@ executor, and returns one Response Batch Item per item that ran:
   run), Continue (the rest runs), Undo (everything is rolled back through the savepoint hook
   and the successful items are reported Operation Undone, keeping their payloads as the
   BL-M-2-21 case shows);
-* one ID Placeholder lives for the batch; the executor resolves and sets it.
+* one ID Placeholder lives for the batch; the executor resolves and sets it;
+* before each item the caller's ``should_stop`` hook may end the batch (a deadline passed,
+  the client gone): it returns the reason, and that item and every later one fail with
+  General Failure and the reason as Result Message without running (a
+  :class:`BatchStopped` in :attr:`BatchRun.errors`), under the batch's own rules: Stop and
+  Undo answer only the first of them, Continue answers each, Undo rolls everything back.
+  The kernel never interrupts an item; an executor whose item may search for long can ask
+  the same hook itself and raise :class:`BatchStopped` (kcm-core's Locate does), which
+  stops the batch the same way from that item on.
 
 The savepoint hook is how a transactional executor makes an item atomic: ``savepoint()`` is
 called once around the batch and once around each item, and each savepoint is committed or
@@ -34,7 +42,8 @@ from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
 from kcm.kmip.versions import Version
 from kcm.ttlv import Item
 
-__all__ = ["NO_SAVEPOINTS", "BatchRun", "ItemExecutor", "Savepoint", "run_batch"]
+__all__ = ["NO_SAVEPOINTS", "BatchRun", "BatchStopped", "ItemExecutor", "Savepoint",
+           "StopHook", "run_batch"]
 
 _CONTINUE = BatchErrorContinuationOption.CONTINUE
 _UNDO = BatchErrorContinuationOption.UNDO
@@ -69,6 +78,19 @@ def _no_savepoint() -> Savepoint:
 NO_SAVEPOINTS: Callable[[], Savepoint] = _no_savepoint
 
 
+#: Asked before each batch item: None to go on, or why the batch must stop (a short ASCII
+#: text that becomes the Result Message of the items that do not run).
+StopHook = Callable[[], str | None]
+
+
+class BatchStopped(KmipError):
+    """The request must stop (``should_stop`` gave this reason): raised for the items that
+    do not run, or by a long item that asked the hook itself."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ResultReason.GENERAL_FAILURE, message)
+
+
 class ItemExecutor(Protocol):
     """Runs one batch item: returns the response payload (a model, a raw Item or None)
     or raises."""
@@ -79,10 +101,12 @@ class ItemExecutor(Protocol):
 @dataclass(slots=True)
 class BatchRun:
     """What a batch produced: an answer per item that ran, in order, and for each failed
-    item the exception that failed it (a KmipError, or an unexpected one: a bug)."""
+    item the exception that failed it (a KmipError, or an unexpected one: a bug); and why
+    the batch was stopped, if ``should_stop`` stopped it."""
 
     items: list[ResponseBatchItem]
     errors: list[tuple[RequestBatchItem, Exception]]
+    stopped: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -96,11 +120,13 @@ class BatchRun:
 
 def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, version: Version,
               continuation: int, correlation_id: str,
-              savepoint: Callable[[], Savepoint] = NO_SAVEPOINTS) -> BatchRun:
+              savepoint: Callable[[], Savepoint] = NO_SAVEPOINTS,
+              should_stop: StopHook | None = None) -> BatchRun:
     """Run ``items`` in order with ``execute`` (see the module docstring)."""
     placeholder = IdPlaceholder()
     answered: list[ResponseBatchItem] = []
     errors: list[tuple[RequestBatchItem, Exception]] = []
+    stopped: str | None = None
     everything = savepoint()
     for item in items:
         if errors and continuation != _CONTINUE:
@@ -108,6 +134,14 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
         response = ResponseBatchItem(operation=item.operation,
                                      unique_batch_item_id=item.unique_batch_item_id,
                                      result_status=ResultStatus.SUCCESS)
+        if stopped is None and should_stop is not None:
+            stopped = should_stop()
+        if stopped is not None:
+            error = BatchStopped(stopped)
+            fail_with(response, version, error)
+            errors.append((item, error))
+            answered.append(response)
+            continue
         step = savepoint()
         try:
             if isinstance(item.request_payload, Item):
@@ -119,6 +153,8 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             step.rollback()
             fail_with(response, version, e)
             errors.append((item, e))
+            if isinstance(e, BatchStopped):
+                stopped = e.message
         except Exception as e:
             step.rollback()
             fail_item(response, version, ResultReason.GENERAL_FAILURE,
@@ -132,4 +168,4 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
                 response.result_status = ResultStatus.OPERATION_UNDONE
     else:
         everything.commit()
-    return BatchRun(answered, errors)
+    return BatchRun(answered, errors, stopped)

@@ -39,7 +39,8 @@ from kcm.ttlv.types import Item, ItemType
 __all__ = [
     "IdPlaceholder", "ProtocolVersion", "RequestBatchItem", "RequestHeader", "RequestMessage",
     "ResponseBatchItem", "ResponseHeader", "ResponseMessage", "decode_request",
-    "decode_response", "encode_request", "encode_response",
+    "decode_request_header", "decode_request_items", "decode_response", "encode_request",
+    "encode_response",
 ]
 
 _S = ItemType.STRUCTURE
@@ -191,8 +192,20 @@ def _split(item: Item, message_tag: int, header_tag: int) -> tuple[Item, list[It
 
 def decode_request(item: Item) -> RequestMessage:
     """Decode a Request Message tree; raise KmipError for a structurally wrong one."""
+    header, batch = decode_request_header(item)
+    return decode_request_items(header, batch)
+
+
+def decode_request_header(item: Item) -> tuple[RequestHeader, list[Item]]:
+    """The first half of :func:`decode_request`: the decoded Request Header and the batch
+    items still undecoded, so a server can judge the header (protocol version, how many
+    items) before it decodes any item in that version."""
     header_item, batch = _split(item, Tag.REQUEST_MESSAGE, Tag.REQUEST_HEADER)
-    header = RequestHeader.from_item(header_item)
+    return RequestHeader.from_item(header_item), batch
+
+
+def decode_request_items(header: RequestHeader, batch: list[Item]) -> RequestMessage:
+    """The second half of :func:`decode_request`: the batch items, in the header's version."""
     version = header.version
     return RequestMessage(header, [RequestBatchItem.from_item(b, version) for b in batch])
 

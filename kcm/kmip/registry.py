@@ -2,7 +2,9 @@
 
 Every function takes the protocol ``version`` as ``(major, minor)`` last, default (2, 1).
 KMIP 1.0-1.3 use the 1.4 tables (1.x only ever added tags and values, so a tag new in
-1.2 also resolves for 1.0); 2.0 and 2.1 have their own; a later 2.x minor uses 2.1.
+1.2 also resolves for 1.0); 2.0 and 2.1 have their own; a later 2.x minor uses 2.1. Any
+other version uses the nearest tables (1.4 up to 1.x, 2.1 from 3.0), so no protocol version
+a client sends fails a lookup.
 
 Names come in three spellings: the spec name ("Cryptographic Algorithm"), the CamelCase
 name of the XML encoding (KMIP Profiles 2.1 §5.4.1, "CryptographicAlgorithm") and hex
@@ -84,12 +86,20 @@ _BY_VERSION: dict[Version, _VersionTables] = {
 
 
 def _tables(version: Version) -> _VersionTables:
+    """The tables of ``version``, or of the nearest version that has tables: another 1.x or
+    anything older (1.99, 0.4, a negative major) reads as 1.4, another 2.x or anything newer
+    (2.5, 3.0, 2**31-1) as 2.1. A request's header is read before the server decides
+    whether it speaks the version, so no version a client can send may make a lookup fail."""
     found = _BY_VERSION.get(version)
     if found is not None:
         return found
-    if version[0] == 2:
-        return _TABLES["2.1"]
-    raise ValueError(f"unsupported KMIP protocol version {version[0]}.{version[1]}")
+    return _TABLES["2.1"] if version[0] >= 2 else _TABLES["1.4"]
+
+
+def has_tables(version: Version) -> bool:
+    """Whether ``version`` is a version the tables describe (1.0-1.4, 2.x) rather than one
+    they stand in for (:func:`_tables`)."""
+    return version in _BY_VERSION or version[0] == 2
 
 
 def _hex(text: str) -> int | None:

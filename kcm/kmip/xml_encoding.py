@@ -230,11 +230,7 @@ def _enum_name(tag: int, value: int, version: Version) -> str | None:
 @lru_cache(maxsize=64)
 def _supported(version: Version) -> Version:
     """``version`` if the registry knows it, else :data:`DEFAULT_VERSION`'s names are used."""
-    try:
-        registry.xml_name(_REQUEST_MESSAGE, version)
-    except ValueError:
-        return DEFAULT_VERSION
-    return version
+    return version if registry.has_tables(version) else DEFAULT_VERSION
 
 
 @lru_cache(maxsize=4096)

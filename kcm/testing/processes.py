@@ -125,6 +125,9 @@ class CoreProcess:
     process: subprocess.Popen | None = None
     #: Seconds between audit checkpoints in the log (None: kcm-core's default).
     audit_checkpoint_interval: float | None = None
+    #: The ``[core.limits]`` table written to the configuration.
+    limits: dict[str, int | float] = field(default_factory=lambda: {
+        "idle_timeout": 60.0, "message_timeout": 5.0})
 
     @property
     def pki(self) -> PkiPaths:
@@ -152,7 +155,8 @@ class CoreProcess:
             + "[core.tls]\n"
             f'cert = "{self.pki.core.cert}"\nkey = "{self.pki.core.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
-            "[core.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"
+            "[core.limits]\n"
+            + "".join(f"{name} = {value!r}\n" for name, value in self.limits.items())
             + _max_message_size(self.max_message_size)
         )
         (self.root / "policy.toml").write_text(
@@ -206,11 +210,14 @@ def _twistd(plugin: str, config: Path, root: Path, log: Path) -> subprocess.Pope
     return process
 
 
-def deploy(root: Path, database: str, *, max_message_size: int | None = None) -> CoreProcess:
-    """A PKI, an initialised database and L1, tenants demo (service app) and other; the
-    core's ``limits.max_message_size`` if given."""
+def deploy(root: Path, database: str, *, max_message_size: int | None = None,
+           **limits: int | float) -> CoreProcess:
+    """A PKI, an initialised database and L1, tenants demo (service app) and other;
+    ``limits`` are added to (or replace) the deployment's ``[core.limits]``, and
+    ``max_message_size`` (if given) is the core's ``limits.max_message_size``."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)  # kcm core init wants it private
     core = CoreProcess(root, database, max_message_size=max_message_size)
+    core.limits.update(limits)
     init_pki(root / "pki")
     core.write_config()
     core.kcm("core", "init")

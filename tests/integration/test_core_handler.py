@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest_twisted
 from sqlalchemy import select
 
+from kcm.core import request_handler
 from kcm.core.audit import verify_chain
-from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.config import CoreLimits
+from kcm.core.request_handler import CLIENT_GONE, CoreRequestHandler
 from kcm.core.store.schema import AuditLog
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
@@ -36,12 +39,15 @@ from kcm.kmip.payloads import (
     CreateRequest,
     DestroyRequest,
     GetRequest,
+    LocateRequest,
     QueryRequest,
     RegisterRequest,
     RevocationReason,
     RevokeRequest,
 )
 from kcm.kmip.tags import Tag
+from kcm.testing.requests import create_managed, response
+from kcm.testing.requests import request as request_14
 from kcm.ttlv import Item, ItemType, decode, encode
 from tests.core_support import CoreHarness, service_principal
 
@@ -179,7 +185,8 @@ def queries(count: int, maximum_response_size: int | None = None) -> bytes:
 
 def bounded_handler(core: CoreHarness, max_message_size: int) -> CoreRequestHandler:
     return CoreRequestHandler(core.store, core.keyring, clock=time.time,
-                              max_message_size=max_message_size)
+                              limits=CoreLimits(max_message_size=max_message_size,
+                                                max_batch_items=1000))
 
 
 def test_an_answer_over_the_maximum_message_size_is_response_too_large(
@@ -233,3 +240,153 @@ def test_an_object_over_1_mib_registered_under_a_larger_limit_reads_back(
     [item] = decode_response(decode(got, max_size=len(got))).batch_items
     assert item.result_status == ResultStatus.SUCCESS, item.result_message
     assert item.response_payload.object.opaque_data_value == blob
+# Bounded work, and an audit record for every request (issue 11) ----------------------------
+def audit_rows(core: CoreHarness) -> list[AuditLog]:
+    return core.store.run_sync(lambda s: s.scalars(select(AuditLog).order_by(AuditLog.seq)).all())
+
+
+def limited(core: CoreHarness, **limits) -> CoreRequestHandler:
+    return CoreRequestHandler(core.store, core.keyring, clock=time.time,
+                              limits=CoreLimits(**limits))
+
+
+def create_item() -> tuple[Operation, object]:
+    return Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=AES256)
+
+
+def test_a_batch_over_max_batch_items_is_refused_whole_and_audited_once(
+        core: CoreHarness) -> None:
+    handler = limited(core, max_batch_items=3)
+    answer = response(handler.respond(wire(*[create_item()] * 4), core.caller(), 0))
+    [item] = answer.batch_items
+    assert item.result_reason == ResultReason.INVALID_MESSAGE
+    assert item.result_message == "4 batch items; at most 3 are accepted in one request"
+    assert [(r.operation, r.result_reason) for r in audit_rows(core)] == [
+        ("?", "INVALID_MESSAGE")]
+    answer = response(handler.respond(wire(*[create_item()] * 3), core.caller(), 0))
+    assert [b.result_status for b in answer.batch_items] == [ResultStatus.SUCCESS] * 3
+
+
+def test_a_batch_count_that_does_not_match_the_items_is_invalid_message(
+        core: CoreHarness) -> None:
+    request = decode(wire(create_item(), create_item()))
+    request.find(Tag.REQUEST_HEADER).find(Tag.BATCH_COUNT).value = 1
+    [item] = response(core.handler.respond(encode(request), core.caller(), 0)).batch_items
+    assert item.result_reason == ResultReason.INVALID_MESSAGE
+    assert item.result_message == "Batch Count 1 does not match the 2 batch items"
+    assert len(audit_rows(core)) == 1
+
+
+def stop_after(items: int, reason: str = "request deadline of 1 s exceeded"):
+    """A should_stop hook that lets ``items`` batch items start, then stops."""
+    asked = [0]
+
+    def should_stop() -> str | None:
+        asked[0] += 1
+        return reason if asked[0] > items else None
+
+    return should_stop
+
+
+def test_a_stopped_request_fails_the_rest_and_its_audit_records_say_why(
+        core: CoreHarness) -> None:
+    answer = response(core.handler.respond(
+        wire(*[create_item()] * 4, continuation=BatchErrorContinuationOption.CONTINUE),
+        core.caller(), int(time.time()), stop_after(2, CLIENT_GONE)))
+    assert [b.result_status for b in answer.batch_items] == (
+        [ResultStatus.SUCCESS] * 2 + [ResultStatus.OPERATION_FAILED] * 2)
+    assert {(b.result_reason, b.result_message) for b in answer.batch_items[2:]} == {
+        (ResultReason.GENERAL_FAILURE, "request cancelled: the client disconnected")}
+    rows = audit_rows(core)
+    assert [(r.operation, r.result_status, r.result_reason) for r in rows] == (
+        [("CREATE", "SUCCESS", None)] * 2 + [("CREATE", "OPERATION_FAILED", "GENERAL_FAILURE")] * 2)
+    assert [json.loads(r.detail) for r in rows[2:]] == [
+        {"stopped": "request cancelled: the client disconnected"}] * 2
+    assert core.store.run_sync(verify_chain).ok
+
+
+def test_a_stopped_undo_request_rolls_back_everything(core: CoreHarness) -> None:
+    answer = response(core.handler.respond(
+        wire(*[create_item()] * 3, continuation=BatchErrorContinuationOption.UNDO),
+        core.caller(), int(time.time()), stop_after(2)))
+    assert [b.result_status for b in answer.batch_items] == [
+        ResultStatus.OPERATION_UNDONE, ResultStatus.OPERATION_UNDONE,
+        ResultStatus.OPERATION_FAILED]
+    assert answer.batch_items[2].result_message == "request deadline of 1 s exceeded"
+    from kcm.core.store import repository
+    assert core.store.run_sync(lambda s: repository.locate(s, "demo", levels={None})) == []
+    assert [r.result_status for r in audit_rows(core)] == [
+        "OPERATION_UNDONE", "OPERATION_UNDONE", "OPERATION_FAILED"]
+
+
+def test_a_long_locate_stops_inside_its_search(core: CoreHarness) -> None:
+    for _ in range(3):
+        core.handler.respond(wire(create_item()), core.caller(), int(time.time()))
+    # Items: the Locate starts (1), then asks once per candidate: it stops at the second.
+    answer = response(core.handler.respond(wire((Operation.LOCATE, LocateRequest())),
+                                           core.caller(), int(time.time()), stop_after(2)))
+    [item] = answer.batch_items
+    assert (item.result_reason, item.result_message) == (
+        ResultReason.GENERAL_FAILURE, "request deadline of 1 s exceeded")
+    assert json.loads(audit_rows(core)[-1].detail) == {
+        "stopped": "request deadline of 1 s exceeded"}
+
+
+def locate_wire(version=(2, 1), **fields) -> bytes:
+    return wire((Operation.LOCATE, LocateRequest(**fields)), version=version)
+
+
+def test_locate_returns_at_most_the_servers_cap(core: CoreHarness) -> None:
+    handler = limited(core, max_locate_results=3)
+    created = [response(handler.respond(wire(create_item()), core.caller(), int(time.time())))
+               .batch_items[0].response_payload.unique_identifier for _ in range(5)]
+    newest_first = created[::-1]
+
+    def located(**fields) -> tuple[list[str], int | None]:
+        version = fields.pop("version", (2, 1))
+        [item] = response(handler.respond(locate_wire(version, **fields), core.caller(),
+                                          int(time.time()))).batch_items
+        assert item.result_status == ResultStatus.SUCCESS
+        return item.response_payload.unique_identifiers, item.response_payload.located_items
+
+    assert located() == (newest_first[:3], None)  # the first N, as asked for all
+    assert located(maximum_items=2) == (newest_first[:2], None)  # a smaller maximum
+    assert located(maximum_items=100) == (newest_first[:3], None)  # a larger one is the cap
+    assert located(version=(1, 2)) == (newest_first[:3], None)
+    # Paging through more than the cap: Located Items counts every match.
+    assert located(offset_items=0) == (newest_first[:3], 5)
+    assert located(offset_items=3, maximum_items=100) == (newest_first[3:], 5)
+    assert json.loads(audit_rows(core)[-6].detail) == {"capped_at": 3}  # the plain Locate
+
+
+def test_a_version_that_is_not_spoken_is_refused_before_its_items_are_decoded(
+        core: CoreHarness) -> None:
+    """Issue 11, defect 6: 1.x attribute names under version 1.99 raised ValueError in the
+    registry (General Failure, no audit record)."""
+    for version, answered in [((1, 99), (1, 4)), ((0, 4), (1, 0)), ((3, 0), (2, 1)),
+                              ((2**31 - 1, 0), (2, 1)), ((-1, 0), (1, 0))]:
+        request = decode(request_14(create_managed()))
+        header = request.find(Tag.REQUEST_HEADER)
+        header.find(Tag.PROTOCOL_VERSION).value = [
+            Item(Tag.PROTOCOL_VERSION_MAJOR, ItemType.INTEGER, version[0]),
+            Item(Tag.PROTOCOL_VERSION_MINOR, ItemType.INTEGER, version[1])]
+        answer = response(core.handler.respond(encode(request), core.caller(), 0))
+        assert answer.header.version == answered
+        expected = (ResultReason.UNSUPPORTED_PROTOCOL_VERSION if answered >= (2, 0)
+                    else ResultReason.INVALID_MESSAGE)
+        assert answer.batch_items[0].result_reason == expected, version
+    assert [r.result_status for r in audit_rows(core)] == ["OPERATION_FAILED"] * 5
+
+
+def test_an_unexpected_failure_is_a_general_failure_with_an_audit_record(
+        core: CoreHarness, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("the store fell over")
+
+    monkeypatch.setattr(request_handler, "execute", broken)
+    answer = response(core.handler.respond(wire(create_item()), core.caller(), 0))
+    assert answer.batch_items[0].result_reason == ResultReason.GENERAL_FAILURE
+    [row] = audit_rows(core)
+    assert (row.operation, row.result_reason) == ("?", "GENERAL_FAILURE")
+    assert json.loads(row.detail) == {"operations": ["CREATE"]}
+    assert row.correlation_id in answer.batch_items[0].result_message

@@ -71,6 +71,34 @@ def test_the_documented_example_file_loads() -> None:
     assert config.log_format == "json"
 
 
+def test_request_limits_come_from_core_limits_and_reach_the_handler(tmp_path: Path) -> None:
+    from kcm.core.config import CoreLimits
+
+    assert CoreLimits() == CoreLimits(max_batch_items=64, max_locate_results=1000,
+                                      request_deadline=10.0)
+    path = tmp_path / "core.toml"
+    path.write_text("[core.limits]\nmax_batch_items = 8\nmax_locate_results = 50\n"
+                    "request_deadline = 2.5\nidle_timeout = 30.0\n")
+    core = tap.makeService(parse("-c", str(path)), reactor=Clock())
+    limits = core.handler.limits
+    assert (limits.max_batch_items, limits.max_locate_results, limits.request_deadline,
+            limits.idle_timeout) == (8, 50, 2.5, 30.0)
+
+
+@pytest.mark.parametrize(("setting", "error"), [
+    ("max_batch_items = 0", "core.limits.max_batch_items must be a whole number of at least 1"),
+    ("max_locate_results = 2.5", "core.limits.max_locate_results must be a whole number"),
+    ("request_deadline = 0", "core.limits.request_deadline must be a positive number"),
+    ("request_deadline = \"soon\"", "core.limits.request_deadline must be a positive number"),
+    ("max_batch = 3", "unknown setting core.limits.max_batch"),
+])
+def test_wrong_request_limits_are_usage_errors(tmp_path: Path, setting: str, error: str) -> None:
+    path = tmp_path / "core.toml"
+    path.write_text(f"[core.limits]\n{setting}\n")
+    with pytest.raises(usage.UsageError, match=error):
+        parse("-c", str(path))
+
+
 def test_make_service_assembles_the_tree_and_reads_nothing(tmp_path: Path,
                                                           monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # the default paths name files that do not exist here

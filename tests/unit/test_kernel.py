@@ -1,11 +1,13 @@
 """The KMIP server kernel, alone: Result Reasons per version, batch semantics around an
-executor with a savepoint hook, and responses (Maximum Response Size, spliced items)."""
+executor with a savepoint hook and a stop hook, and responses (Maximum Response Size,
+spliced items)."""
 
 from __future__ import annotations
 
 import pytest
+from twisted.internet.task import Clock
 
-from kcm.kernel.batch import run_batch
+from kcm.kernel.batch import BatchStopped, run_batch
 from kcm.kernel.responses import encode_items, failure_response, response_wire
 from kcm.kernel.result_reasons import error_reason, reason_in
 from kcm.kmip.enums import (
@@ -133,6 +135,93 @@ def test_a_bug_is_a_general_failure_naming_the_correlation_id_and_is_returned() 
     assert run.items[0].result_reason == R.GENERAL_FAILURE
     assert "cid-7" in run.items[0].result_message
     assert [type(e) for _, e in run.unexpected] == [RuntimeError]
+
+
+# Stopping at item boundaries (a deadline, a client gone) ------------------------------------
+def timed(calls: list[str], clock: Clock, seconds_per_item: float):
+    """The executor of :func:`executor`, each item taking ``seconds_per_item`` of ``clock``."""
+    execute = executor(calls)
+
+    def slow(item: RequestBatchItem, placeholder):
+        clock.advance(seconds_per_item)
+        return execute(item, placeholder)
+
+    return slow
+
+
+def deadline(clock: Clock, seconds: float):
+    """A ``should_stop`` hook: stop once ``seconds`` of ``clock`` have passed from now."""
+    end = clock.seconds() + seconds
+
+    def should_stop() -> str | None:
+        return f"request deadline of {seconds:g} s exceeded" if clock.seconds() >= end else None
+
+    return should_stop
+
+
+def test_past_the_deadline_the_rest_of_a_continue_batch_fails_without_running() -> None:
+    clock, calls = Clock(), []
+    asked: list[float] = []
+    stop = deadline(clock, 2.5)
+
+    def should_stop() -> str | None:
+        asked.append(clock.seconds())
+        return stop()
+
+    run = run_batch([activate(uid) for uid in "abcde"], timed(calls, clock, 1.0),
+                    version=(2, 1), continuation=CONTINUE, correlation_id="c1",
+                    should_stop=should_stop)
+    assert calls == ["a", "b", "c"]  # the item running at 2.5 s was not interrupted
+    assert asked == [0.0, 1.0, 2.0, 3.0]  # once per boundary, until it says stop
+    assert statuses(run) == [ResultStatus.SUCCESS] * 3 + [ResultStatus.OPERATION_FAILED] * 2
+    assert {(i.result_reason, i.result_message) for i in run.items[3:]} == {
+        (R.GENERAL_FAILURE, "request deadline of 2.5 s exceeded")}
+    assert run.stopped == "request deadline of 2.5 s exceeded"
+    assert [type(e) for _, e in run.errors] == [BatchStopped, BatchStopped]
+    assert run.unexpected == []  # not a bug: nothing to log as one
+
+
+def test_a_stopped_stop_batch_answers_the_first_item_that_did_not_run() -> None:
+    clock, calls = Clock(), []
+    savepoints = Savepoints()
+    run = run_batch([activate(uid) for uid in "abcd"], timed(calls, clock, 1.0),
+                    version=(1, 4), continuation=STOP, correlation_id="c1",
+                    savepoint=savepoints, should_stop=deadline(clock, 1.0))
+    assert calls == ["a"]
+    assert statuses(run) == [ResultStatus.SUCCESS, ResultStatus.OPERATION_FAILED]
+    assert run.items[1].result_reason == R.GENERAL_FAILURE
+    assert savepoints.log == ["commit 1", "commit 0"]  # what ran stays; no savepoint for b
+
+
+def test_a_stopped_undo_batch_rolls_everything_back() -> None:
+    clock = Clock()
+    savepoints = Savepoints()
+    run = run_batch([activate(uid) for uid in "abc"], timed([], clock, 1.0), version=(2, 1),
+                    continuation=UNDO, correlation_id="c1", savepoint=savepoints,
+                    should_stop=deadline(clock, 2.0))
+    assert statuses(run) == [ResultStatus.OPERATION_UNDONE, ResultStatus.OPERATION_UNDONE,
+                             ResultStatus.OPERATION_FAILED]
+    assert savepoints.log[-1] == "rollback 0"
+
+
+def test_a_batch_stopped_before_it_began_runs_nothing() -> None:
+    calls: list[str] = []
+    lost = [True]  # e.g. the client went away while the request waited for a thread
+    run = run_batch([activate("a"), activate("b")], executor(calls), version=(1, 0),
+                    continuation=CONTINUE, correlation_id="c1",
+                    should_stop=lambda: "request cancelled: the client disconnected"
+                    if lost[0] else None)
+    assert calls == []
+    assert [i.result_message for i in run.items] == [
+        "request cancelled: the client disconnected"] * 2
+    assert run.items[0].result_reason == R.GENERAL_FAILURE
+
+
+def test_without_a_reason_to_stop_nothing_changes() -> None:
+    calls: list[str] = []
+    run = run_batch([activate("a"), activate("b")], executor(calls), version=(2, 1),
+                    continuation=STOP, correlation_id="c1", should_stop=lambda: None)
+    assert calls == ["a", "b"] and run.stopped is None and not run.failed
 
 
 def test_an_unmodelled_operation_is_not_supported_without_reaching_the_executor() -> None:

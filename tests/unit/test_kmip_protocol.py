@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from kcm.kmip_protocol import (
     RESULT_REASON_GENERAL_FAILURE,
@@ -152,3 +154,54 @@ def test_reading_resumes_only_when_no_reason_to_pause_holds() -> None:
     protocol.resume("b")
     protocol.resume("b")
     assert transport.producerState == "producing" and protocol.paused_by == frozenset()
+
+
+class CancellableHandler(EchoHandler):
+    """An :class:`EchoHandler` told which connections were lost with a request in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.defer = True
+        self.lost: list[ConnectionInfo] = []
+
+    def connection_lost(self, connection: ConnectionInfo) -> None:
+        self.lost.append(connection)
+
+
+def test_the_idle_timeout_does_not_close_a_connection_waiting_for_its_answer() -> None:
+    """Issue 11, defect 10: a request still being answered is not idleness."""
+    handler = CancellableHandler()
+    protocol, transport, handler, clock = connect(handler, ConnectionLimits(idle_timeout=10))
+    protocol.dataReceived(message(1))
+    clock.advance(25)  # the request runs for longer than the idle timeout
+    assert not transport.disconnecting and handler.lost == []
+    handler.deferreds[0].callback(b"A")
+    assert transport.value() == b"A"
+    clock.advance(9)  # idle counts from the answer
+    assert not transport.disconnecting
+    clock.advance(1.5)
+    assert transport.disconnecting
+
+
+def test_the_handler_is_told_when_a_connection_with_a_request_in_flight_is_lost() -> None:
+    handler = CancellableHandler()
+    protocol, transport, handler, _ = connect(handler)
+    protocol.dataReceived(message(1) + message(2))
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert handler.lost == [handler.seen[0][1]]  # the second request was never handed over
+    handler.deferreds[0].callback(b"late")  # its answer, when it comes, is dropped
+    assert transport.value() == b"" and len(handler.seen) == 1
+
+
+def test_a_connection_lost_between_requests_tells_nobody() -> None:
+    handler = CancellableHandler()
+    protocol, _, handler, _ = connect(handler)
+    protocol.dataReceived(message(1))
+    handler.deferreds[0].callback(b"A")
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert handler.lost == []
+    # A handler without connection_lost is simply not told.
+    protocol, _, echo, _ = connect()
+    echo.defer = True
+    protocol.dataReceived(message(1))
+    protocol.connectionLost(Failure(ConnectionDone()))

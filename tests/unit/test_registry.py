@@ -116,9 +116,19 @@ def test_attribute_tag() -> None:
     assert registry.attribute_tag("x-custom", (1, 4)) is None
 
 
-def test_unsupported_version() -> None:
-    with pytest.raises(ValueError):
-        registry.tag_name(0x420001, (3, 0))
+@pytest.mark.parametrize(("version", "nearest"), [
+    ((0, 4), (1, 4)), ((1, 99), (1, 4)), ((-1, 0), (1, 4)), ((1, -1), (1, 4)),
+    ((2, 5), (2, 1)), ((2, -1), (2, 1)), ((3, 0), (2, 1)), ((2**31 - 1, 0), (2, 1)),
+    ((2**31 - 1, 2**31 - 1), (2, 1)),
+])
+def test_any_version_reads_with_the_nearest_tables(version, nearest) -> None:
+    """A client may send any protocol version; the header is read before the server decides
+    whether it speaks it, so a lookup never fails on the version (issue 11, defect 6)."""
+    assert registry.attribute_tag("Cryptographic Algorithm", version) == (
+        registry.attribute_tag("Cryptographic Algorithm", nearest))
+    assert registry.tag_name(Tag.CRYPTOGRAPHIC_ALGORITHM, version) == "Cryptographic Algorithm"
+    assert registry.enum_value(Tag.OBJECT_TYPE, "SymmetricKey", version) == 2
+    assert registry.xml_name(0x420001, version) == registry.xml_name(0x420001, nearest)
 
 
 # -- round trips over the whole tables ----------------------------------------------------

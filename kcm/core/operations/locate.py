@@ -42,12 +42,27 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     Attributes compare by equality, with the spec's exceptions (1.4 §4.9, 2.1 §6.1.27):
     one value of a date attribute matches that date, two values an inclusive range; a
     Cryptographic Usage Mask matches objects whose mask has every requested bit.
+
+    At most ``ctx.max_locate_results`` identifiers are returned: Maximum Items is "the
+    maximum number of object identifiers the server MAY return", so a smaller one is
+    honoured and an absent or larger one is the server's cap. The search ends as soon as
+    the page is full, unless the client pages with Offset Items: then it goes on to count
+    every match for Located Items (a client with more objects than the cap pages that
+    way). A long search stops when the request must (``ctx.check_stop``).
     """
     tenant = policy.tenant_of(ctx.principal)
     maximum, offset = request.maximum_items, request.offset_items
     if maximum is not None and maximum < 0 or offset is not None and offset < 0:
         raise KmipError(ResultReason.INVALID_FIELD,
                         "Maximum Items and Offset Items must not be negative")
+    cap = ctx.max_locate_results
+    capped = cap is not None and (maximum is None or maximum > cap)
+    limit = cap if capped else maximum
+    start = offset or 0
+    # Located Items (with Offset Items, since KMIP 1.3) needs every match counted.
+    counting = offset is not None and ctx.version >= (1, 3)
+    # Else the search ends with the page; one match more tells whether the cap cut it.
+    enough = None if counting or limit is None else start + limit + (1 if capped else 0)
     criteria = _Criteria(list(request.attributes or []), ctx.version)
     storage = request.storage_status_mask or StorageStatusMask.ON_LINE_STORAGE
     fresh_only = request.object_group_member == ObjectGroupMember.GROUP_MEMBER_FRESH
@@ -59,6 +74,9 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
             ctx.principal), **criteria.store_filters())
         # Newest first, as the OASIS test cases (TC-OFFSET-*) page through the results.
         for uid in reversed(candidates):
+            if enough is not None and len(found) >= enough:
+                break
+            ctx.check_stop()
             row = repository.get_object(ctx.session, tenant, uid)
             if row is None:
                 continue
@@ -74,9 +92,10 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
                 continue
             if criteria.matches(obj, state):
                 found.append(uid)
-    page = found[offset or 0:]
-    if maximum is not None:
-        page = page[:maximum]
+    page = found[start:]
+    if limit is not None:
+        page = page[:limit]
+    cut = capped and len(found) > start + len(page)
     for uid in page:
         ctx.touched(uid)
     # 2.1 §6.1.27: a single identifier returned goes into the ID Placeholder; several
@@ -85,9 +104,12 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
         ctx.id_placeholder.set(page[0])
     else:
         ctx.id_placeholder.value = None
-    # Located Items is optional; it says how many matched when the client pages with
-    # Offset Items (both arrived in KMIP 1.3).
-    located = len(found) if offset is not None and ctx.version >= (1, 3) else None
+    # Located Items is optional ("a server MAY elect to omit this value ... if it is unable
+    # or unwilling to determine the total count"); it says how many matched when the
+    # client pages with Offset Items.
+    located = len(found) if counting else None
+    if cut:
+        ctx.audit_detail["capped_at"] = cap
     return LocateResponse(located_items=located, unique_identifiers=page)
 
 

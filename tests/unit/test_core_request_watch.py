@@ -1,0 +1,88 @@
+"""When kcm-core stops a request: its deadline on an injected clock, its connection lost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from kcm.core.config import CoreLimits
+from kcm.core.request_handler import CLIENT_GONE, CoreRequestHandler, RequestWatch
+from kcm.kmip_protocol import ConnectionInfo
+
+PRINCIPAL: Any = object()
+
+
+def test_a_watch_stops_its_request_at_the_deadline() -> None:
+    clock = Clock()
+    clock.advance(100)
+    watch = RequestWatch(clock.seconds, 2.5)
+    assert watch.stop_reason() is None
+    clock.advance(2.4)
+    assert watch.stop_reason() is None
+    clock.advance(0.1)
+    assert watch.stop_reason() == "request deadline of 2.5 s exceeded"
+
+
+def test_a_lost_client_stops_its_request_before_the_deadline() -> None:
+    watch = RequestWatch(Clock().seconds, 10)
+    watch.lost = True
+    assert watch.stop_reason() == CLIENT_GONE == "request cancelled: the client disconnected"
+
+
+class HeldStore:
+    """A store whose worker never runs: the test plays the worker with what was handed over."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], Deferred[bytes]]] = []
+
+    def defer(self, fn: Any, *args: Any) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.calls.append((fn, args, d))
+        return d
+
+
+def handler_with(store: HeldStore, clock: Clock, **limits: Any) -> CoreRequestHandler:
+    return CoreRequestHandler(store, keyring=None, clock=clock.seconds,  # type: ignore[arg-type]
+                              limits=CoreLimits(**limits))
+
+
+def test_a_lost_connection_stops_its_requests_in_flight_and_no_others() -> None:
+    store, clock = HeldStore(), Clock()
+    handler = handler_with(store, clock)
+    mine, other = ConnectionInfo(1, PRINCIPAL, "a:1"), ConnectionInfo(2, PRINCIPAL, "b:2")
+    handler.handle_request(b"request 1", mine)
+    handler.handle_request(b"request 2", other)
+    [(_, (wire, caller, _, mine_stop), _), (_, (_, _, _, other_stop), _)] = store.calls
+    assert (wire, caller.source) == (b"request 1", "a:1")
+    handler.connection_lost(mine)
+    assert mine_stop() == CLIENT_GONE  # what the kernel sees at the next item boundary
+    assert other_stop() is None
+    handler.connection_lost(mine)  # again, or for a connection with nothing in flight: nothing
+    handler.connection_lost(ConnectionInfo(3, PRINCIPAL, "c:3"))
+
+
+def test_a_finished_request_is_forgotten() -> None:
+    store, clock = HeldStore(), Clock()
+    handler = handler_with(store, clock)
+    connection = ConnectionInfo(1, PRINCIPAL, "a:1")
+    answer = handler.handle_request(b"request", connection)
+    store.calls[0][2].callback(b"answer")
+    assert answer.result == b"answer"
+    handler.handle_request(b"next", connection)
+    handler.connection_lost(connection)
+    assert store.calls[0][1][3]() is None  # the answered request is not marked
+    assert store.calls[1][1][3]() == CLIENT_GONE
+
+
+def test_the_deadline_runs_from_the_requests_arrival() -> None:
+    store, clock = HeldStore(), Clock()
+    handler = handler_with(store, clock, request_deadline=3.0)
+    handler.handle_request(b"request", ConnectionInfo(1, PRINCIPAL, "a:1"))
+    handler.handle_as(b"relayed", caller=None)  # type: ignore[arg-type]  (the gateway link)
+    stops = [args[3] for _, args, _ in store.calls]
+    clock.advance(2.9)  # e.g. waiting for a store thread
+    assert [stop() for stop in stops] == [None, None]
+    clock.advance(0.1)
+    assert [stop() for stop in stops] == ["request deadline of 3 s exceeded"] * 2

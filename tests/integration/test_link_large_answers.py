@@ -32,8 +32,11 @@ MiB = 1 << 20
 def deployment(tmp_path: Path, max_message_size: int | None = None
                ) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
     """A kcm-core and a kcm-gateway linked to it, both with ``max_message_size``."""
+    # The batches here are about answer sizes, not the per-request bounds (batch items and
+    # deadline): 5,000 Queries take about 10 s of core work, more on a busy machine.
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}",
-                  max_message_size=max_message_size)
+                  max_message_size=max_message_size, max_batch_items=10_000,
+                  request_deadline=120.0)
     core.start()
     gateway = GatewayProcess(tmp_path / "gateway", core, max_message_size=max_message_size)
     try:

@@ -196,7 +196,12 @@ def open_token_key(uri: str, *, create: bool = False) -> tuple[Pkcs11L1, bool]:
     except p11.PKCS11Error as e:
         raise keys.L1Error(f"cannot reach {token_name}: {_name(e)}") from e
     try:
-        session = token.open(user_pin=where.pin, rw=create)
+        try:
+            session = token.open(user_pin=where.pin, rw=create)
+        except p11.UserAlreadyLoggedIn:
+            # The login is the whole process's: another session of it has logged in (a test,
+            # or a tool that opens L1 twice). This one shares it, and must not log out.
+            session = token.open(rw=create)
     except p11.PinIncorrect as e:
         raise keys.L1Error(f"{token_name} refused the PIN (incorrect)") from e
     except p11.PinLocked as e:

@@ -11,7 +11,7 @@ import pytest
 from kmip.core import enums
 
 from tests.e2e_support import CoreProcess, deploy
-from tests.softhsm import SoftHsm, softhsm  # noqa: F401 - fixture
+from tests.softhsm import SoftHsm
 
 
 def _create(core: CoreProcess) -> tuple[str, bytes]:
@@ -32,7 +32,7 @@ def _get(core: CoreProcess, uid: str) -> bytes:
 
 
 def test_a_key_survives_a_restart_with_l1_in_the_token(
-        tmp_path: Path, softhsm: SoftHsm) -> None:  # noqa: F811
+        tmp_path: Path, softhsm: SoftHsm) -> None:
     root = tmp_path / "core"
     core = deploy(root, f"sqlite:///{root / 'kcm.db'}", l1_pkcs11=softhsm.uri())
     assert not (root / "l1.key").exists()  # no key file: L1 is in the token
@@ -53,7 +53,7 @@ def test_a_key_survives_a_restart_with_l1_in_the_token(
 
 
 def test_a_wrong_pin_or_a_missing_token_stops_the_core_with_a_clear_error(
-        tmp_path: Path, softhsm: SoftHsm) -> None:  # noqa: F811
+        tmp_path: Path, softhsm: SoftHsm) -> None:
     root = tmp_path / "core"
     core = deploy(root, f"sqlite:///{root / 'kcm.db'}", l1_pkcs11=softhsm.uri())
 

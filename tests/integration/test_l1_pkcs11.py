@@ -14,13 +14,13 @@ from kcm.core import keys
 from kcm.core.keyring import Keyring
 from kcm.core.l1 import L1Error, open_l1
 from kcm.core.l1_pkcs11 import Pkcs11L1, open_token_key
-from tests.softhsm import MODULE, SoftHsm, softhsm  # noqa: F401 - fixture
+from tests.softhsm import MODULE, SoftHsm
 
 AAD = keys.object_aad("demo", "l2-uid")
 
 
 def test_init_creates_a_sensitive_non_extractable_aes256_key_then_reuses_it(
-        softhsm: SoftHsm) -> None:  # noqa: F811
+        softhsm: SoftHsm) -> None:
     l1, created = open_token_key(softhsm.uri(), create=True)
     assert created and l1.description == "L1 key 'kcm-l1' in PKCS#11 token 'kcm-test'"
     blob = l1.wrap(b"k" * 32, aad=AAD)
@@ -42,7 +42,7 @@ def test_init_creates_a_sensitive_non_extractable_aes256_key_then_reuses_it(
 
 
 def test_a_blob_fails_under_other_aad_or_tampered_or_another_token_key(
-        softhsm: SoftHsm) -> None:  # noqa: F811
+        softhsm: SoftHsm) -> None:
     l1, _ = open_token_key(softhsm.uri(), create=True)
     other, _ = open_token_key(softhsm.uri(object="other"), create=True)
     blob = l1.wrap(b"secret", aad=AAD)
@@ -62,7 +62,7 @@ def test_a_blob_fails_under_other_aad_or_tampered_or_another_token_key(
     assert other.audit_key() != l1.audit_key()
 
 
-def test_token_results_match_the_documented_algorithms(softhsm: SoftHsm) -> None:  # noqa: F811
+def test_token_results_match_the_documented_algorithms(softhsm: SoftHsm) -> None:
     """With a known key value (a test-only, readable key), the token's blob is the key file's
     format (keys.unwrap opens it), the check value is AES-CMAC of the label, and the audit key
     is the SP 800-108 counter-mode KDF with AES-CMAC."""
@@ -89,7 +89,7 @@ def test_token_results_match_the_documented_algorithms(softhsm: SoftHsm) -> None
     l1.close()
 
 
-def test_the_keyring_wraps_l2s_through_the_token(softhsm: SoftHsm) -> None:  # noqa: F811
+def test_the_keyring_wraps_l2s_through_the_token(softhsm: SoftHsm) -> None:
     l1, _ = open_l1("unused-key-file", softhsm.uri(), create=True)
     keyring = Keyring(l1)
     blob = keyring.wrap_tenant_key("demo", "l2-uid", b"t" * 32)
@@ -98,7 +98,7 @@ def test_the_keyring_wraps_l2s_through_the_token(softhsm: SoftHsm) -> None:  # n
 
 
 def test_wrong_pin_missing_token_or_missing_key_are_refused_clearly(
-        softhsm: SoftHsm, tmp_path) -> None:  # noqa: F811
+        softhsm: SoftHsm, tmp_path) -> None:
     with pytest.raises(L1Error, match="PKCS#11 token 'kcm-test' refused the PIN"):
         open_token_key(softhsm.uri(pin="0000"), create=True)
     with pytest.raises(L1Error, match="no PKCS#11 token 'absent'"):
@@ -112,7 +112,7 @@ def test_wrong_pin_missing_token_or_missing_key_are_refused_clearly(
     assert open_token_key(softhsm.uri(pin_file=pin_file), create=True)[1]
 
 
-def test_an_existing_extractable_key_is_refused(softhsm: SoftHsm) -> None:  # noqa: F811
+def test_an_existing_extractable_key_is_refused(softhsm: SoftHsm) -> None:
     token = pkcs11.lib(MODULE).get_token(token_label=softhsm.token)
     with token.open(user_pin=softhsm.pin, rw=True) as session:
         session.generate_key(KeyType.AES, 256, label="exportable", store=True, template={

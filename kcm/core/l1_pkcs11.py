@@ -25,6 +25,7 @@ Values are percent-decoded. Anything else is refused rather than ignored.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
@@ -98,12 +99,18 @@ def _attributes(text: str, separator: str, allowed: set[str]) -> dict[str, str]:
 
 
 def _read_pin(source: str) -> str:
-    path = urlparse(source).path if source.startswith("file:") else source
+    """The first line of the PIN file; like the L1 key file, it must be its owner's alone."""
+    path = unquote(urlparse(source).path) if source.startswith("file:") else source
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
+        fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         raise keys.L1Error(f"cannot read the L1 token PIN from {path}: {e.strerror}") from e
+    with os.fdopen(fd, encoding="utf-8") as f:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            raise keys.L1Error(f"the L1 token PIN file {path} has mode {mode:04o}; it must not "
+                               "be accessible by group or others (chmod 600)")
+        return f.readline().rstrip("\r\n")
 
 
 class Pkcs11L1:

@@ -34,7 +34,10 @@ def _get(core: CoreProcess, uid: str) -> bytes:
 def test_a_key_survives_a_restart_with_l1_in_the_token(
         tmp_path: Path, softhsm: SoftHsm) -> None:
     root = tmp_path / "core"
-    core = deploy(root, f"sqlite:///{root / 'kcm.db'}", l1_pkcs11=softhsm.uri())
+    pin_file = tmp_path / "l1.pin"
+    pin_file.write_text(softhsm.pin + "\n")
+    pin_file.chmod(0o600)
+    core = deploy(root, f"sqlite:///{root / 'kcm.db'}", l1_pkcs11=softhsm.uri(pin_file=pin_file))
     assert not (root / "l1.key").exists()  # no key file: L1 is in the token
     init = core.kcm("core", "init")  # again: the token key exists, nothing changes
     assert "L1 key 'kcm-l1' in PKCS#11 token 'kcm-test' (existing)" in init.stdout

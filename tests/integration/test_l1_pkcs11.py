@@ -109,6 +109,7 @@ def test_wrong_pin_missing_token_or_missing_key_are_refused_clearly(
         open_token_key(softhsm.uri().replace(MODULE, "/nonexistent.so"))
     pin_file = tmp_path / "pin"
     pin_file.write_text(softhsm.pin + "\n")
+    pin_file.chmod(0o600)
     assert open_token_key(softhsm.uri(pin_file=pin_file), create=True)[1]
 
 

@@ -23,6 +23,7 @@ def test_token_object_module_and_pin_value_percent_decoded() -> None:
 def test_pin_source_is_the_first_line_of_a_file(tmp_path: Path) -> None:
     pin_file = tmp_path / "pin"
     pin_file.write_text("s3cret\nignored\n")
+    pin_file.chmod(0o600)
     for source in (f"file:{pin_file}", str(pin_file)):
         uri = Pkcs11Uri.parse(f"pkcs11:token=t;object=o?{MODULE}&pin-source={source}")
         assert uri.pin == "s3cret"
@@ -31,6 +32,14 @@ def test_pin_source_is_the_first_line_of_a_file(tmp_path: Path) -> None:
 def test_an_unreadable_pin_source_is_named(tmp_path: Path) -> None:
     with pytest.raises(L1Error, match="cannot read the L1 token PIN from .*missing"):
         Pkcs11Uri.parse(f"pkcs11:token=t;object=o?{MODULE}&pin-source={tmp_path / 'missing'}")
+
+
+def test_a_pin_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    pin_file = tmp_path / "pin"
+    pin_file.write_text("s3cret\n")
+    pin_file.chmod(0o640)
+    with pytest.raises(L1Error, match="mode 0640; it must not be accessible .* \\(chmod 600\\)"):
+        Pkcs11Uri.parse(f"pkcs11:token=t;object=o?{MODULE}&pin-source=file:{pin_file}")
 
 
 @pytest.mark.parametrize(("uri", "message"), [

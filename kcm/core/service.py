@@ -79,6 +79,7 @@ class MasterKey(Service):
             raise StartupError(f"the {l1.description} is not the L1 key of this database")
         self.keyring.load(l1)
         self.store.audit_key = self.keyring.audit_key
+        log.info("L1: the {l1}", l1=l1.description)
         anchor = self.store.run_sync(lambda s: audit.key_chain(s, by="kcm-core"))
         if anchor is not None:
             log.info("audit chain keyed: records 1..{unkeyed} were written before it was, "

@@ -45,6 +45,7 @@ def test_a_key_survives_a_restart_with_l1_in_the_token(
     try:
         uid, value = _create(core)
         assert len(value) == 32
+        assert "L1: the L1 key 'kcm-l1' in PKCS#11 token 'kcm-test'" in core.log.read_text()
     finally:
         core.stop()
     core.start()

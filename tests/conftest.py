@@ -13,6 +13,7 @@ from tests.e2e_support import (  # noqa: F401  (real twistd processes)
     gateway_process,
 )
 from tests.pg import postgres_url  # noqa: F401  (a real PostgreSQL cluster, per session)
+from tests.softhsm import softhsm  # noqa: F401  (a fresh SoftHSM2 token, per test)
 from tests.vectors import vectors_dir
 
 

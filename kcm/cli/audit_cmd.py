@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from kcm.core import keys
     from kcm.core.audit import Checkpoint, checkpoints_in_log, verify_chain
+    from kcm.core.l1 import L1Error, open_l1
     from kcm.core.service import L1_CHECK_META
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
@@ -62,16 +62,16 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     config = core_config(args)
     try:
-        l1 = keys.load_l1(config.l1_key_file)
-    except keys.KeyFileError as e:
+        l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
+    except L1Error as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
     store = Store(config.database)
-    store.audit_key = keys.derive_audit_key(l1)
+    store.audit_key = l1.audit_key()
 
     def verify(session):
         known = repository.get_meta(session, L1_CHECK_META)
-        if known is not None and known != keys.key_check_value(l1):
-            raise CommandError(f"{config.l1_key_file} is not the L1 key of this database")
+        if known is not None and known != l1.check_value():
+            raise CommandError(f"the {l1.description} is not the L1 key of this database")
         return verify_chain(session, checkpoints=checkpoints)
 
     result = store.run_sync(verify, write=False)

@@ -77,7 +77,8 @@ def core_config(args: argparse.Namespace) -> CoreConfig:
 
 
 def _run_init(args: argparse.Namespace) -> int:
-    from kcm.core import audit, keys
+    from kcm.core import audit
+    from kcm.core.l1 import L1Error, open_l1
     from kcm.core.service import L1_CHECK_META
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
@@ -86,28 +87,24 @@ def _run_init(args: argparse.Namespace) -> int:
     config = core_config(args)
     for directory in _data_directories(config):
         _private_directory(directory)
-    created = False
-    if not os.path.exists(config.l1_key_file):
-        keys.create_l1_keyfile(config.l1_key_file)
-        created = True
     try:
-        l1 = keys.load_l1(config.l1_key_file)
-    except keys.KeyFileError as e:
+        l1, created = open_l1(config.l1_key_file, config.l1_pkcs11, create=True)
+    except L1Error as e:
         raise CommandError(str(e)) from e
     upgrade(config.database)
     store = Store(config.database)
-    store.audit_key = keys.derive_audit_key(l1)
-    check = keys.key_check_value(l1)
+    store.audit_key = l1.audit_key()
+    check = l1.check_value()
 
     def record(session) -> audit.AuditRow | None:
         known = repository.get_meta(session, L1_CHECK_META)
         if known is not None and known != check:
-            raise CommandError(f"{config.l1_key_file} is not the L1 key of this database")
+            raise CommandError(f"the {l1.description} is not the L1 key of this database")
         repository.set_meta(session, L1_CHECK_META, check)
         return audit.key_chain(session, by="kcm core init")
 
     anchor = store.run_sync(record)
-    print(f"L1 key file: {config.l1_key_file} ({'created' if created else 'existing'})")
+    print(f"{l1.description} ({'created' if created else 'existing'})")
     print(f"database: {config.database} (schema up to date)")
     if anchor is not None:
         print(f"audit chain keyed: record {anchor.seq} anchors the {anchor.seq - 1} records "
@@ -116,14 +113,14 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _with_keyring(args: argparse.Namespace, fn) -> str:
-    from kcm.core import keys
     from kcm.core.keyring import Keyring
+    from kcm.core.l1 import L1Error, open_l1
     from kcm.core.store.engine import Store
 
     config = core_config(args)
     try:
-        keyring = Keyring(keys.load_l1(config.l1_key_file))
-    except (OSError, keys.KeyFileError) as e:
+        keyring = Keyring(open_l1(config.l1_key_file, config.l1_pkcs11)[0])
+    except (OSError, L1Error) as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
     store = Store(config.database)
     store.audit_key = keyring.audit_key
@@ -170,8 +167,10 @@ def _run_bootstrap(args: argparse.Namespace) -> int:
 
 
 def _data_directories(config: CoreConfig) -> list[str]:
-    """The directories that hold the L1 key file and an SQLite database (and its WAL/SHM)."""
-    directories = [os.path.dirname(os.path.abspath(config.l1_key_file))]
+    """The directories that hold the L1 key file (unless L1 is in a token) and an SQLite
+    database (and its WAL/SHM)."""
+    directories = ([] if config.l1_pkcs11
+                   else [os.path.dirname(os.path.abspath(config.l1_key_file))])
     prefix = "sqlite:///"
     if config.database.startswith(prefix) and config.database[len(prefix):]:
         directories.append(os.path.dirname(os.path.abspath(config.database[len(prefix):])))

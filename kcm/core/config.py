@@ -49,6 +49,8 @@ class CoreConfig:
     trust_domain: str = "kcm.test"
     database: str = "sqlite:///var/kcm-core.db"
     l1_key_file: str = "var/l1.key"
+    #: L1 in a PKCS#11 token instead of the key file: an RFC 7512 URI (kcm.core.l1_pkcs11).
+    l1_pkcs11: str | None = None
     policy_file: str | None = None
     tls: TlsFiles = field(default_factory=lambda: TlsFiles("var/pki/core.pem",
                                                            "var/pki/core.key",
@@ -65,7 +67,8 @@ class CoreConfig:
     audit_checkpoint_interval: float = 300.0
 
 
-_TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "policy_file",
+_TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "l1_pkcs11",
+              "policy_file",
               "database_threads", "log_level", "log_format", "log_file",
               "audit_checkpoint_interval"}
 

@@ -2,7 +2,10 @@
 
 The one place that wraps and unwraps stored material: an ordinary object or an L3 is
 wrapped under its tenant's current L2, an L2 under L1 (ARCHITECTURE §1). It also holds the
-audit key, derived from L1 once when L1 is given (:func:`kcm.core.keys.derive_audit_key`).
+audit key, derived from L1 once when L1 is given (:meth:`kcm.core.l1.L1Key.audit_key`).
+
+L1 is a :class:`kcm.core.l1.L1Key`: a key file's bytes (:mod:`kcm.core.l1_file`) or a key in
+a PKCS#11 token (:mod:`kcm.core.l1_pkcs11`); the keyring only asks it to wrap and unwrap.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from kcm.core import keys
+from kcm.core.l1 import L1Key
+from kcm.core.l1_file import FileL1
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1, ManagedObject
 from kcm.kmip.enums import ResultReason
@@ -27,16 +32,19 @@ CURRENT_L2_TTL = 5.0
 class Keyring:
     """Holds L1; unwraps and caches L2s by uid (they never change once created).
 
-    Made without ``l1``, it is assembled before the key file is read, and :meth:`load` gives
-    it L1 when the service that reads the file starts; until then nothing can be wrapped or
-    unwrapped.
+    Made without ``l1``, it is assembled before L1 is opened, and :meth:`load` gives it L1
+    when the service that opens it starts; until then nothing can be wrapped or unwrapped.
+    ``l1`` is an :class:`kcm.core.l1.L1Key`, or the 32 bytes of a key-file L1.
     """
 
-    def __init__(self, l1: bytes | None = None, *, random_bytes: keys.RandomBytes = os.urandom,
+    def __init__(self, l1: L1Key | bytes | None = None, *,
+                 random_bytes: keys.RandomBytes = os.urandom,
                  clock: Callable[[], float] = time.monotonic,
                  current_l2_ttl: float = CURRENT_L2_TTL) -> None:
-        self._l1 = l1
-        self._audit_key = None if l1 is None else keys.derive_audit_key(l1)
+        self._l1: L1Key | None = None
+        self._audit_key: bytes | None = None
+        if l1 is not None:
+            self.load(l1)
         self._random_bytes = random_bytes
         self._clock = clock
         self._current_l2_ttl = current_l2_ttl
@@ -44,17 +52,19 @@ class Keyring:
         # tenant -> (uid of its current L2, when looked up): saves a query per new object.
         self._current_l2: dict[str, tuple[str, float]] = {}
 
-    def load(self, l1: bytes) -> None:
+    def load(self, l1: L1Key | bytes) -> None:
         """Use ``l1`` as the L1 key from now on."""
+        if isinstance(l1, bytes):
+            l1 = FileL1(l1)
+        self._audit_key = l1.audit_key()
         self._l1 = l1
-        self._audit_key = keys.derive_audit_key(l1)
 
     @property
     def loaded(self) -> bool:
         """Whether L1 has been given."""
         return self._l1 is not None
 
-    def _master(self) -> bytes:
+    def _master(self) -> L1Key:
         if self._l1 is None:
             raise KmipError(ResultReason.GENERAL_FAILURE, "the L1 key is not loaded")
         return self._l1
@@ -119,7 +129,7 @@ class Keyring:
             raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the object has no key value")
         aad = keys.object_aad(row.tenant, row.uid)
         if row.wrapped_by == WRAPPED_BY_L1:
-            return keys.unwrap(self._master(), row.material, aad=aad)
+            return self._master().unwrap(row.material, aad=aad)
         l2 = repository.get_object(session, row.tenant, row.wrapped_by)
         if l2 is None or l2.level != LEVEL_TENANT_KEY:
             raise KmipError(ResultReason.GENERAL_FAILURE, "the key wrapping this object is missing")
@@ -130,14 +140,11 @@ class Keyring:
         if key is None:
             if l2.material is None:
                 raise KmipError(ResultReason.GENERAL_FAILURE, "the tenant key was destroyed")
-            key = keys.unwrap(self._master(), l2.material,
-                              aad=keys.object_aad(l2.tenant, l2.uid))
+            key = self._master().unwrap(l2.material, aad=keys.object_aad(l2.tenant, l2.uid))
             self._l2_by_uid[l2.uid] = key
         return key
 
     def wrap_tenant_key(self, tenant: str, uid: str, key: bytes) -> bytes:
         """Wrap a new L2 under L1."""
-        return keys.wrap(
-            self._master(), key, aad=keys.object_aad(tenant, uid),
-            random_bytes=self._random_bytes
-        )
+        return self._master().wrap(key, aad=keys.object_aad(tenant, uid),
+                                   random_bytes=self._random_bytes)

@@ -42,7 +42,11 @@ AUDIT_KEY_LABEL = b"kcm audit chain key v1"
 RandomBytes = Callable[[int], bytes]
 
 
-class KeyFileError(Exception):
+class L1Error(Exception):
+    """The L1 key cannot be had: its file or token is missing, wrong, or refuses us."""
+
+
+class KeyFileError(L1Error):
     """The L1 key file is missing, malformed, or not private to its owner."""
 
 

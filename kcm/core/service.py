@@ -5,7 +5,8 @@ In start order (:class:`CoreService` starts its children in the order they were 
 none):
 
 * the store (:class:`kcm.core.store.engine.Store`): upgrades the schema, opens the database;
-* :class:`MasterKey`: reads the L1 key file, checks it against the database, gives it to the
+* :class:`MasterKey`: opens L1 (key file or PKCS#11 token), checks it against the database,
+  gives it to the
   keyring (and the audit key derived from it to the store), anchors an audit chain written
   before it was keyed;
 * :class:`kcm.core.audit_checkpoints.AuditCheckpoints`: logs a checkpoint of the audit
@@ -27,10 +28,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 
-from kcm.core import audit, events, keys
+from kcm.core import audit, events
 from kcm.core.config import CoreConfig
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
+from kcm.core.l1 import open_l1
 from kcm.core.link_server import LinkServerFactory
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store import repository
@@ -50,30 +52,34 @@ class StartupError(RuntimeError):
 
 
 class MasterKey(Service):
-    """Reads the L1 key file when it starts, checks it against the check value
-    ``kcm core init`` stored in the database, and gives it to the keyring; gives the audit
+    """Opens L1 when it starts (the key file, or the token key ``l1_pkcs11`` names), checks
+    it against the check value ``kcm core init`` stored in the database, and gives it to the
+    keyring; gives the audit
     key derived from it to the store, and anchors audit records written before the chain was
     keyed (:func:`kcm.core.audit.key_chain`). Starts after the store (it reads the check
     value through it)."""
 
     name = "kcm-l1"
 
-    def __init__(self, keyring: Keyring, store: Store, l1_key_file: str) -> None:
+    def __init__(self, keyring: Keyring, store: Store, l1_key_file: str,
+                 l1_pkcs11: str | None = None) -> None:
         self.keyring = keyring
         self.store = store
         self.l1_key_file = l1_key_file
+        self.l1_pkcs11 = l1_pkcs11
 
     def startService(self) -> None:
-        l1 = keys.load_l1(self.l1_key_file)
+        l1, _ = open_l1(self.l1_key_file, self.l1_pkcs11)
         # Before the reactor runs, so blocking here holds nothing up.
         expected = self.store.run_sync(lambda s: repository.get_meta(s, L1_CHECK_META),
                                        write=False)
         if expected is None:
             raise StartupError("the database was not initialised: run `kcm core init` first")
-        if expected != keys.key_check_value(l1):
-            raise StartupError(f"{self.l1_key_file} is not the L1 key of this database")
+        if expected != l1.check_value():
+            raise StartupError(f"the {l1.description} is not the L1 key of this database")
         self.keyring.load(l1)
         self.store.audit_key = self.keyring.audit_key
+        log.info("L1: the {l1}", l1=l1.description)
         anchor = self.store.run_sync(lambda s: audit.key_chain(s, by="kcm-core"))
         if anchor is not None:
             log.info("audit chain keyed: records 1..{unkeyed} were written before it was, "

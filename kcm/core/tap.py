@@ -34,6 +34,8 @@ class Options(usage.Options):
         ["link-listen", None, None, "Gateway link listener, an endpoint string (tcp:5697:...)."],
         ["database", None, None, "SQLAlchemy database URL."],
         ["l1-key-file", None, None, "The L1 master key file."],
+        ["l1-pkcs11", None, None, "The L1 key in a PKCS#11 token (an RFC 7512 pkcs11: URI); "
+                                  "replaces the key file."],
         ["trust-domain", None, None, "SPIFFE trust domain of client identities."],
         ["policy-file", None, None, "Policy file mapping certificate subjects to principals."],
         ["tls-cert", None, None, "Server certificate (PEM)."],
@@ -74,7 +76,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         reactor)
 
     store.setServiceParent(core)
-    MasterKey(keyring, store, config.l1_key_file).setServiceParent(core)
+    MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11).setServiceParent(core)
     AuditCheckpoints(store, keyring, reactor,
                      interval=config.audit_checkpoint_interval).setServiceParent(core)
     policy.setServiceParent(core)

@@ -9,6 +9,7 @@ the process accepts connections, or raises RuntimeError with the tail of its log
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -128,6 +129,8 @@ class CoreProcess:
     #: The ``[core.limits]`` table written to the configuration.
     limits: dict[str, int | float] = field(default_factory=lambda: {
         "idle_timeout": 60.0, "message_timeout": 5.0})
+    #: L1 in a PKCS#11 token (the ``l1_pkcs11`` URI) instead of the key file.
+    l1_pkcs11: str | None = None
 
     @property
     def pki(self) -> PkiPaths:
@@ -149,7 +152,8 @@ class CoreProcess:
             'trust_domain = "kcm.test"\n'
             f'database = "{self.database}"\n'
             f'l1_key_file = "{self.root / "l1.key"}"\n'
-            f'policy_file = "{self.root / "policy.toml"}"\n'
+            + (f"l1_pkcs11 = {json.dumps(self.l1_pkcs11)}\n" if self.l1_pkcs11 else "")
+            + f'policy_file = "{self.root / "policy.toml"}"\n'
             + (f"audit_checkpoint_interval = {self.audit_checkpoint_interval}\n"
                if self.audit_checkpoint_interval is not None else "")
             + "[core.tls]\n"
@@ -211,12 +215,13 @@ def _twistd(plugin: str, config: Path, root: Path, log: Path) -> subprocess.Pope
 
 
 def deploy(root: Path, database: str, *, max_message_size: int | None = None,
-           **limits: int | float) -> CoreProcess:
+           l1_pkcs11: str | None = None, **limits: int | float) -> CoreProcess:
     """A PKI, an initialised database and L1, tenants demo (service app) and other;
-    ``limits`` are added to (or replace) the deployment's ``[core.limits]``, and
-    ``max_message_size`` (if given) is the core's ``limits.max_message_size``."""
+    ``limits`` are added to (or replace) the deployment's ``[core.limits]``,
+    ``max_message_size`` (if given) is the core's ``limits.max_message_size``, and
+    ``l1_pkcs11`` (if given) puts L1 in that PKCS#11 token key instead of a key file."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)  # kcm core init wants it private
-    core = CoreProcess(root, database, max_message_size=max_message_size)
+    core = CoreProcess(root, database, max_message_size=max_message_size, l1_pkcs11=l1_pkcs11)
     core.limits.update(limits)
     init_pki(root / "pki")
     core.write_config()

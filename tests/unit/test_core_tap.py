@@ -85,6 +85,18 @@ def test_request_limits_come_from_core_limits_and_reach_the_handler(tmp_path: Pa
             limits.idle_timeout) == (8, 50, 2.5, 30.0)
 
 
+def test_l1_in_a_token_comes_from_l1_pkcs11_in_the_file_or_on_the_command_line(
+        tmp_path: Path) -> None:
+    uri = "pkcs11:token=kcm;object=kcm-l1?module-path=/m.so&pin-source=file:/p"
+    path = tmp_path / "core.toml"
+    path.write_text(f'[core]\nl1_pkcs11 = "{uri}"\n')
+    assert parse("-c", str(path))["core_config"].l1_pkcs11 == uri
+    assert parse("--l1-pkcs11", uri + "x")["core_config"].l1_pkcs11 == uri + "x"
+    assert parse()["core_config"].l1_pkcs11 is None  # the key file is the default
+    core = tap.makeService(parse("-c", str(path)), reactor=Clock())
+    assert core.getServiceNamed("kcm-l1").l1_pkcs11 == uri
+
+
 @pytest.mark.parametrize(("setting", "error"), [
     ("max_batch_items = 0", "core.limits.max_batch_items must be a whole number of at least 1"),
     ("max_locate_results = 2.5", "core.limits.max_locate_results must be a whole number"),

@@ -1,0 +1,59 @@
+"""The L1 master key, wherever it is kept: the one interface the keyring uses, and the choice
+of where from the configuration.
+
+Two implementations, each in its own module:
+
+* :mod:`kcm.core.l1_file`: the key in a 0600 file, held in process memory (the default);
+* :mod:`kcm.core.l1_pkcs11`: a non-extractable AES-256 key in a PKCS#11 token (an HSM;
+  SoftHSM2 in the tests), used through the token for every operation.
+
+Both wrap in the same blob format (:mod:`kcm.core.keys`, AES-256-GCM, version 1), so the
+keyring neither knows nor cares which one it holds.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from kcm.core.keys import L1Error, RandomBytes
+
+__all__ = ["L1Error", "L1Key", "open_l1"]
+
+
+class L1Key(Protocol):
+    """What the keyring needs of L1. None of it reveals the key itself."""
+
+    #: Names the key for messages ("L1 key file var/l1.key"); never holds a secret.
+    description: str
+
+    def check_value(self) -> str:
+        """A short public fingerprint (hex), stored by ``kcm core init`` and compared at
+        start-up to detect a wrong L1."""
+
+    def audit_key(self) -> bytes:
+        """The 32-byte key that MACs the audit chain, derived from L1 (the same every
+        time)."""
+
+    def wrap(self, plaintext: bytes, *, aad: bytes, random_bytes: RandomBytes) -> bytes:
+        """``plaintext`` wrapped under L1, bound to ``aad`` (a :func:`keys.wrap` blob)."""
+
+    def unwrap(self, blob: bytes, *, aad: bytes) -> bytes:
+        """The plaintext of ``blob``; :class:`kcm.core.keys.UnwrapError` unless L1 wrapped it
+        with exactly ``aad``."""
+
+
+def open_l1(l1_key_file: str, l1_pkcs11: str | None, *, create: bool = False
+            ) -> tuple[L1Key, bool]:
+    """The configured L1: the PKCS#11 key ``l1_pkcs11`` names if set, else the key file.
+
+    With ``create`` (``kcm core init``), a missing key is created first (a new key file, or a
+    new token key); returns the key and whether it was created. Raises :class:`L1Error` with
+    a message fit for an operator.
+    """
+    if l1_pkcs11:
+        from kcm.core import l1_pkcs11 as pkcs11_l1
+
+        return pkcs11_l1.open_token_key(l1_pkcs11, create=create)
+    from kcm.core import l1_file
+
+    return l1_file.open_key_file(l1_key_file, create=create)

@@ -1,0 +1,43 @@
+"""L1 kept in a key file (:func:`kcm.core.keys.load_l1`): the key is in process memory, and
+wrapping, the check value and the audit key are computed here (:mod:`kcm.core.keys`)."""
+
+from __future__ import annotations
+
+import os
+
+from kcm.core import keys
+
+__all__ = ["FileL1", "open_key_file"]
+
+
+class FileL1:
+    """An L1 whose 32 bytes this process holds."""
+
+    def __init__(self, key: bytes, description: str = "L1 key") -> None:
+        if len(key) != keys.KEY_BYTES:
+            raise ValueError(f"L1 must be {keys.KEY_BYTES} bytes")
+        self._key = key
+        self.description = description
+
+    def check_value(self) -> str:
+        return keys.key_check_value(self._key)
+
+    def audit_key(self) -> bytes:
+        return keys.derive_audit_key(self._key)
+
+    def wrap(self, plaintext: bytes, *, aad: bytes,
+             random_bytes: keys.RandomBytes = os.urandom) -> bytes:
+        return keys.wrap(self._key, plaintext, aad=aad, random_bytes=random_bytes)
+
+    def unwrap(self, blob: bytes, *, aad: bytes) -> bytes:
+        return keys.unwrap(self._key, blob, aad=aad)
+
+
+def open_key_file(path: str, *, create: bool = False) -> tuple[FileL1, bool]:
+    """The L1 in the key file at ``path`` (:class:`kcm.core.keys.KeyFileError` if it cannot
+    be read); with ``create``, a new key file is written first if there is none."""
+    created = False
+    if create and not os.path.exists(path):
+        keys.create_l1_keyfile(path)
+        created = True
+    return FileL1(keys.load_l1(path), f"L1 key file {path}"), created

@@ -1,0 +1,260 @@
+"""L1 kept in a PKCS#11 token (an HSM; SoftHSM2 in the tests), named by an RFC 7512 URI.
+
+L1 is a token object: an AES-256 secret key, sensitive and not extractable, which never
+leaves the token. This process asks the token to
+
+* wrap and unwrap (C_Encrypt/C_Decrypt, CKM_AES_GCM): the blobs have the format of
+  :mod:`kcm.core.keys` (version 1, random 12-byte nonce chosen here, AAD = version byte +
+  the object's AAD); the unwrapped L2s then live in process memory, as with a key file;
+* compute the check value: AES-CMAC (CKM_AES_CMAC, C_Sign) of ``kcm key check value v1``,
+  truncated to 8 bytes;
+* derive the audit key: NIST SP 800-108 counter-mode KDF with AES-CMAC as the PRF, label
+  ``kcm audit chain key v1``, 256 bits (two CMAC blocks); the derived key leaves the token,
+  like the L2s, and MACs the audit chain in process memory.
+
+The URI (``l1_pkcs11`` in the configuration)::
+
+    pkcs11:token=kcm;object=kcm-l1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/kcm/l1.pin
+
+Path attributes: ``token`` (the token label) and ``object`` (the key's label) are required;
+``type=secret-key`` is allowed. Query attributes: ``module-path`` (required), and the user
+PIN as ``pin-source`` (a ``file:`` URI or a path; the file's first line) or ``pin-value``.
+Values are percent-decoded. Anything else is refused rather than ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
+
+from kcm.core import keys
+
+__all__ = ["Pkcs11L1", "Pkcs11Uri", "open_token_key"]
+
+#: The message whose AES-CMAC (truncated) is the check value.
+CHECK_VALUE_LABEL = b"kcm key check value v1"
+_PATH_ATTRIBUTES = {"token", "object", "type"}
+_QUERY_ATTRIBUTES = {"module-path", "pin-source", "pin-value"}
+
+
+@dataclass(frozen=True)
+class Pkcs11Uri:
+    """The parts of an RFC 7512 URI that locate L1."""
+
+    token: str
+    object: str
+    module_path: str
+    pin: str
+
+    @classmethod
+    def parse(cls, uri: str) -> Pkcs11Uri:
+        """Parse ``uri``; :class:`kcm.core.keys.L1Error` says what is wrong (never the PIN)."""
+        scheme, sep, rest = uri.partition(":")
+        if not sep or scheme.lower() != "pkcs11":
+            raise keys.L1Error("l1_pkcs11 must be a PKCS#11 URI (pkcs11:token=...;object=...)")
+        path, _, query = rest.partition("?")
+        found_path = _attributes(path, ";", _PATH_ATTRIBUTES)
+        found_query = _attributes(query, "&", _QUERY_ATTRIBUTES)
+        if found_path.get("type", "secret-key") != "secret-key":
+            raise keys.L1Error("the L1 PKCS#11 URI must name a secret key (type=secret-key)")
+        for name, where in (("token", found_path), ("object", found_path),
+                            ("module-path", found_query)):
+            if not where.get(name):
+                raise keys.L1Error(f"the L1 PKCS#11 URI must give {name}=")
+        if "pin-value" in found_query and "pin-source" in found_query:
+            raise keys.L1Error("the L1 PKCS#11 URI gives both pin-value and pin-source")
+        if "pin-value" in found_query:
+            pin = found_query["pin-value"]
+        elif "pin-source" in found_query:
+            pin = _read_pin(found_query["pin-source"])
+        else:
+            raise keys.L1Error("the L1 PKCS#11 URI must give the user PIN "
+                               "(pin-source=file:... or pin-value=...)")
+        return cls(found_path["token"], found_path["object"], found_query["module-path"], pin)
+
+    def __repr__(self) -> str:  # never show the PIN
+        return f"Pkcs11Uri(token={self.token!r}, object={self.object!r}, " \
+               f"module_path={self.module_path!r})"
+
+
+def _attributes(text: str, separator: str, allowed: set[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for part in filter(None, text.split(separator)):
+        name, sep, value = part.partition("=")
+        if not sep or name not in allowed:
+            raise keys.L1Error(f"the L1 PKCS#11 URI has an unsupported attribute {name!r} "
+                               f"(supported: {', '.join(sorted(allowed))})")
+        if name in found:
+            raise keys.L1Error(f"the L1 PKCS#11 URI gives {name} twice")
+        found[name] = unquote(value)
+    return found
+
+
+def _read_pin(source: str) -> str:
+    """The first line of the PIN file; like the L1 key file, it must be its owner's alone."""
+    path = unquote(urlparse(source).path) if source.startswith("file:") else source
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise keys.L1Error(f"cannot read the L1 token PIN from {path}: {e.strerror}") from e
+    with os.fdopen(fd, encoding="utf-8") as f:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            raise keys.L1Error(f"the L1 token PIN file {path} has mode {mode:04o}; it must not "
+                               "be accessible by group or others (chmod 600)")
+        return f.readline().rstrip("\r\n")
+
+
+class Pkcs11L1:
+    """An L1 in a PKCS#11 token, used through one logged-in session.
+
+    PKCS#11 allows one operation at a time per session, and the keyring is used from the
+    database threads: every token call holds a lock (they are rare, L2s are cached).
+    """
+
+    def __init__(self, session: pkcs11.Session, key: pkcs11.SecretKey, description: str
+                 ) -> None:
+        self._session = session
+        self._key = key
+        self._lock = threading.Lock()
+        self.description = description
+
+    def _cmac(self, message: bytes) -> bytes:
+        with self._lock:
+            return bytes(self._key.sign(message, mechanism=Mechanism.AES_CMAC))
+
+    def check_value(self) -> str:
+        return self._cmac(CHECK_VALUE_LABEL)[:8].hex()
+
+    def audit_key(self) -> bytes:
+        # SP 800-108 counter mode: [i]_32 || Label || 0x00 || Context (none) || [L]_32.
+        length = (keys.KEY_BYTES * 8).to_bytes(4, "big")
+        blocks = [self._cmac(i.to_bytes(4, "big") + keys.AUDIT_KEY_LABEL + b"\x00" + length)
+                  for i in (1, 2)]
+        return b"".join(blocks)[:keys.KEY_BYTES]
+
+    def wrap(self, plaintext: bytes, *, aad: bytes,
+             random_bytes: keys.RandomBytes = os.urandom) -> bytes:
+        nonce = random_bytes(keys.NONCE_BYTES)
+        if len(nonce) != keys.NONCE_BYTES:
+            raise ValueError("random source returned the wrong number of bytes")
+        header = bytes([keys.WRAP_VERSION])
+        params = GCMParams(nonce, header + aad, keys.TAG_BYTES * 8)
+        try:
+            with self._lock:
+                sealed = self._key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                                           mechanism_param=params)
+        except p11.PKCS11Error as e:
+            raise keys.L1Error(f"{self.description} failed to wrap: {_name(e)}") from e
+        return header + nonce + bytes(sealed)
+
+    def unwrap(self, blob: bytes, *, aad: bytes) -> bytes:
+        if len(blob) < 1 + keys.NONCE_BYTES + keys.TAG_BYTES:
+            raise keys.UnwrapError("wrapped blob is too short")
+        if blob[0] != keys.WRAP_VERSION:
+            raise keys.UnwrapError(f"unknown wrapped blob version {blob[0]}")
+        nonce = blob[1:1 + keys.NONCE_BYTES]
+        params = GCMParams(nonce, blob[:1] + aad, keys.TAG_BYTES * 8)
+        try:
+            with self._lock:
+                return bytes(self._key.decrypt(blob[1 + keys.NONCE_BYTES:],
+                                               mechanism=Mechanism.AES_GCM,
+                                               mechanism_param=params))
+        except p11.PKCS11Error as e:
+            # Tokens report a wrong tag variously (SoftHSM2: CKR_GENERAL_ERROR).
+            raise keys.UnwrapError(
+                f"wrapped blob failed authentication in the token ({_name(e)}: wrong key or "
+                "object, or tampered with)") from e
+
+    def close(self) -> None:
+        """Log out and close the session."""
+        with self._lock:
+            self._session.close()
+
+
+def _name(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+def open_token_key(uri: str, *, create: bool = False) -> tuple[Pkcs11L1, bool]:
+    """The L1 the PKCS#11 ``uri`` names, in a logged-in session; with ``create``, a new
+    token key is generated first if the token has none with that label. Raises
+    :class:`kcm.core.keys.L1Error` saying what is wrong."""
+    where = Pkcs11Uri.parse(uri)
+    token_name = f"PKCS#11 token {where.token!r}"
+    try:
+        lib = pkcs11.lib(where.module_path)
+    except p11.PKCS11Error as e:
+        raise keys.L1Error(f"cannot load the PKCS#11 module {where.module_path}: {e}") from e
+    try:
+        token = lib.get_token(token_label=where.token)
+    except p11.NoSuchToken as e:
+        raise keys.L1Error(f"no {token_name} (module {where.module_path})") from e
+    except p11.MultipleTokensReturned as e:
+        raise keys.L1Error(f"more than one {token_name}") from e
+    except p11.PKCS11Error as e:
+        raise keys.L1Error(f"cannot reach {token_name}: {_name(e)}") from e
+    try:
+        try:
+            session = token.open(user_pin=where.pin, rw=create)
+        except p11.UserAlreadyLoggedIn:
+            # The login is the whole process's: another session of it has logged in (a test,
+            # or a tool that opens L1 twice). This one shares it, and must not log out.
+            session = token.open(rw=create)
+    except p11.PinIncorrect as e:
+        raise keys.L1Error(f"{token_name} refused the PIN (incorrect)") from e
+    except p11.PinLocked as e:
+        raise keys.L1Error(f"{token_name}: the user PIN is locked") from e
+    except p11.PKCS11Error as e:
+        raise keys.L1Error(f"cannot log in to {token_name}: {_name(e)}") from e
+    try:
+        key, created = _find_or_create(session, where, token_name, create)
+    except BaseException:
+        session.close()
+        raise
+    return Pkcs11L1(session, key, f"L1 key {where.object!r} in {token_name}"), created
+
+
+def _find_or_create(session: pkcs11.Session, where: Pkcs11Uri, token_name: str,
+                    create: bool) -> tuple[pkcs11.SecretKey, bool]:
+    found = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                      Attribute.LABEL: where.object}))
+    if len(found) > 1:
+        raise keys.L1Error(f"{token_name} holds {len(found)} keys labelled {where.object!r}")
+    if not found:
+        if not create:
+            raise keys.L1Error(f"{token_name} has no key labelled {where.object!r}; "
+                               "`kcm core init` creates it")
+        key = session.generate_key(KeyType.AES, keys.KEY_BYTES * 8, label=where.object,
+                                   store=True, template={
+                                       Attribute.PRIVATE: True,
+                                       Attribute.SENSITIVE: True,
+                                       Attribute.EXTRACTABLE: False,
+                                       Attribute.ENCRYPT: True,
+                                       Attribute.DECRYPT: True,
+                                       Attribute.SIGN: True,
+                                       Attribute.VERIFY: True,
+                                       Attribute.WRAP: False,
+                                       Attribute.UNWRAP: False,
+                                       Attribute.DERIVE: False,
+                                   })
+        return key, True
+    key = found[0]
+    problems = []
+    if key[Attribute.KEY_TYPE] != KeyType.AES or key[Attribute.VALUE_LEN] != keys.KEY_BYTES:
+        problems.append("is not an AES-256 key")
+    if not key[Attribute.SENSITIVE] or key[Attribute.EXTRACTABLE]:
+        problems.append("must be sensitive and not extractable")
+    if not (key[Attribute.ENCRYPT] and key[Attribute.DECRYPT] and key[Attribute.SIGN]):
+        problems.append("must allow encrypt, decrypt and sign")
+    if problems:
+        raise keys.L1Error(f"the key {where.object!r} in {token_name} " + "; ".join(problems))
+    return key, False

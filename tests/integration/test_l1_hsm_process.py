@@ -1,0 +1,85 @@
+"""kcm-core with L1 in a PKCS#11 token, as a real `twistd` process against a fresh SoftHSM2
+token: `kcm core init` creates the token key, a key made over KMIP reads back the same after
+a restart, the audit chain (keyed from the token) verifies, and a wrong PIN or a missing
+token stops the core at start with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kmip.core import enums
+
+from tests.e2e_support import CoreProcess, deploy
+from tests.softhsm import SoftHsm
+
+
+def _create(core: CoreProcess) -> tuple[str, bytes]:
+    client = core.pykmip()
+    try:
+        uid = client.create(enums.CryptographicAlgorithm.AES, 256)
+        return uid, client.get(uid).value
+    finally:
+        client.close()
+
+
+def _get(core: CoreProcess, uid: str) -> bytes:
+    client = core.pykmip()
+    try:
+        return client.get(uid).value
+    finally:
+        client.close()
+
+
+def test_a_key_survives_a_restart_with_l1_in_the_token(
+        tmp_path: Path, softhsm: SoftHsm) -> None:
+    root = tmp_path / "core"
+    pin_file = tmp_path / "l1.pin"
+    pin_file.write_text(softhsm.pin + "\n")
+    pin_file.chmod(0o600)
+    core = deploy(root, f"sqlite:///{root / 'kcm.db'}", l1_pkcs11=softhsm.uri(pin_file=pin_file))
+    assert not (root / "l1.key").exists()  # no key file: L1 is in the token
+    init = core.kcm("core", "init")  # again: the token key exists, nothing changes
+    assert "L1 key 'kcm-l1' in PKCS#11 token 'kcm-test' (existing)" in init.stdout
+    core.start()
+    try:
+        uid, value = _create(core)
+        assert len(value) == 32
+        assert "L1: the L1 key 'kcm-l1' in PKCS#11 token 'kcm-test'" in core.log.read_text()
+    finally:
+        core.stop()
+    core.start()
+    try:
+        assert _get(core, uid) == value
+    finally:
+        core.stop()
+    assert "audit log intact" in core.kcm("audit", "verify").stdout
+
+
+def test_a_wrong_pin_or_a_missing_token_stops_the_core_with_a_clear_error(
+        tmp_path: Path, softhsm: SoftHsm) -> None:
+    root = tmp_path / "core"
+    core = deploy(root, f"sqlite:///{root / 'kcm.db'}", l1_pkcs11=softhsm.uri())
+
+    core.l1_pkcs11 = softhsm.uri(pin="0000")
+    core.write_config()
+    with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
+        core.start()
+    assert ("kcm-core did not start: kcm-l1: PKCS#11 token 'kcm-test' refused the PIN "
+            "(incorrect)") in core.log.read_text()
+    assert "0000" not in core.log.read_text()
+
+    core.l1_pkcs11 = softhsm.uri(token="gone")
+    core.write_config()
+    with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
+        core.start()
+    assert "kcm-core did not start: kcm-l1: no PKCS#11 token 'gone'" in core.log.read_text()
+
+    # A token key that is not this database's L1 (another label): refused too.
+    core.l1_pkcs11 = softhsm.uri(object="another")
+    core.write_config()
+    core.kcm("core", "init", check=False)  # creates 'another', then refuses the database
+    with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
+        core.start()
+    assert ("kcm-l1: the L1 key 'another' in PKCS#11 token 'kcm-test' is not the L1 key of "
+            "this database") in core.log.read_text()

@@ -18,9 +18,9 @@ from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.core.store.schema import ManagedObject as Row
 from kcm.kernel import lifecycle
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.attributes import ATTRIBUTE_TYPES, Attribute, Name
-from kcm.kmip.enums import ResultReason, State
-from kcm.kmip.errors import KmipError
+from kcm.kmip.enums import State
 from kcm.kmip.fields import Struct
 from kcm.kmip.objects import ManagedObjectCodec
 from kcm.kmip.tags import Tag
@@ -102,13 +102,6 @@ class StoredObject:
 
 
 # Loading ----------------------------------------------------------------------
-def not_found(version: tuple[int, int], uid: str) -> KmipError:
-    """No such object (for this caller): KMIP 2.x names it Object Not Found, 1.x has only
-    Item Not Found."""
-    reason = ResultReason.OBJECT_NOT_FOUND
-    return KmipError(reason, f"no object {uid!r}")
-
-
 def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredObject:
     """The caller's object ``uid``; Item Not Found for a missing one or another tenant's.
 
@@ -118,7 +111,7 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
     tenant = policy.tenant_of(ctx.principal)
     row = repository.get_object(ctx.session, tenant, uid, for_update=for_update)
     if row is None:
-        raise not_found(ctx.version, uid)
+        raise object_not_found(uid)
     obj = StoredObject(row, decode_attributes(row.attributes))
     current = obj.state
     moved = lifecycle.state_at(current, lifecycle.LifecycleDates(

@@ -103,15 +103,20 @@ class StoredObject:
 
 # Loading ----------------------------------------------------------------------
 def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredObject:
-    """The caller's object ``uid``; Item Not Found for a missing one or another tenant's.
+    """The caller's object ``uid``; Item Not Found for a missing one or another tenant's
+    (and for any, to an application whose service is not provisioned); Permission Denied
+    for another service's object that the policy does not let an application use.
 
     Time-driven state changes (an Activation or Deactivation Date that has passed) are
     applied here, so every operation sees the state the object is in now.
     """
     tenant = policy.tenant_of(ctx.principal)
+    if not policy.is_provisioned(ctx.session, ctx.principal):
+        raise object_not_found(uid)
     row = repository.get_object(ctx.session, tenant, uid, for_update=for_update)
     if row is None:
         raise object_not_found(uid)
+    policy.check_object_use(ctx.principal, ctx.server_info.access, row.service)
     obj = StoredObject(row, decode_attributes(row.attributes))
     current = obj.state
     moved = lifecycle.state_at(current, lifecycle.LifecycleDates(
@@ -129,8 +134,13 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
            level: int | None = None, service: str | None = None,
            key_version: int | None = None) -> StoredObject:
     """Store a new object: attributes as given (the caller set the server-side ones),
-    material wrapped under the tenant's key."""
-    tenant = tenant or policy.tenant_of(ctx.principal)
+    material wrapped under the tenant's key. Without ``tenant`` it is the caller's: in the
+    caller's tenant, and an application's belongs to its service (which must be
+    provisioned); with ``tenant``, ``service`` is recorded as given."""
+    if tenant is None:
+        tenant = policy.tenant_of(ctx.principal)
+        policy.check_provisioned(ctx.session, ctx.principal)
+        service = policy.service_of(ctx.principal)
     material = wrapped_by = None
     if managed_object is not None:
         material, wrapped_by = ctx.keyring.wrap_for_tenant(

@@ -16,6 +16,7 @@ from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory
 from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
@@ -39,6 +40,8 @@ class Options(usage.Options):
         ["tls-ca", None, None, "CA certificates that client certificates must chain to."],
         ["log-level", None, None, "Log level (debug, info, warn, error, critical)."],
         ["log-format", None, None, "Log format on standard output: json (lines) or text."],
+        ["application-objects", None, None,
+         "Which objects of its tenant an application may use: own-service or tenant."],
     ]
 
     def postOptions(self) -> None:
@@ -58,6 +61,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                   migrate=True)
     keyring = Keyring()
     handler = CoreRequestHandler(store, keyring, clock=reactor.seconds,
+                                 server_info=ServerInfo(access=config.access),
                                  max_message_size=config.limits.max_message_size)
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,

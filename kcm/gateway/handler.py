@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kcm.gateway.classifier import Classified, Route, classify
-from kcm.gateway.l3_cache import L3Cache, Need
+from kcm.gateway.l3_cache import FetchErrors, L3Cache, Need
 from kcm.gateway.l3_needs import l3_needs
 from kcm.gateway.link_client import LinkBusy, LinkDown, LinkTimeout
 from kcm.gateway.local_batch import LocalRun, LocalRunner
@@ -59,6 +59,7 @@ from kcm.kmip.messages import RequestBatchItem, RequestHeader, ResponseBatchItem
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
+from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
 from kcm.l4.marking import l4_target
 from kcm.ttlv import Item, TtlvError, decode, decode_item
@@ -163,13 +164,12 @@ class GatewayRequestHandler:
         correlation_id = new_correlation_id()
         needs = self._lacking(classified, range(len(classified.local)), principal)
         if not needs:
-            run = self._run_local(message.batch_items, header, principal, correlation_id,
-                                  frozenset())
+            run = self._run_local(message.batch_items, header, principal, correlation_id, {})
         else:
             # The first use of an L3: fetch every one the request needs, then run it once.
             run = self._cache.ensure(needs, principal).addCallback(
-                lambda _: self._run_local(message.batch_items, header, principal,
-                                          correlation_id, frozenset(needs)))
+                lambda errors: self._run_local(message.batch_items, header, principal,
+                                               correlation_id, _fetched(needs, errors)))
         if isinstance(run, LocalRun):
             return self._local_answer(header, principal, run, correlation_id)
         return run.addCallback(
@@ -181,24 +181,26 @@ class GatewayRequestHandler:
         items = classified.request.items
         attributes = classified.create_attributes
         needs = l3_needs(((items[i], attributes[i]) for i in indexes), principal)
-        return {need for need in needs if self._cache.lacks(need)}
+        return {need for need in needs if self._cache.lacks(need, principal)}
 
     def _run_local(self, items: list[RequestBatchItem], header: RequestHeader,
-                   principal: Principal, correlation_id: str, fetched: frozenset[Need],
+                   principal: Principal, correlation_id: str, fetched: FetchErrors,
                    rounds: int = 0) -> LocalRun | Deferred[LocalRun]:
         """Run ``items`` once the keys are held; a key the peek could not show is fetched
-        and the items (never changed by a run) run again."""
+        and the items (never changed by a run) run again. ``fetched``: what this request
+        fetched already, and why each failed fetch failed."""
         keys = self._cache.key_source(principal, fetched=fetched,
                                       final=rounds >= _MAX_FETCH_ROUNDS)
         run = self._runner.run(items, principal=principal, version=header.version, keys=keys,
                                continuation=header.effective_error_continuation,
                                correlation_id=correlation_id)
-        unseen = set(keys.misses) - fetched
+        unseen = set(keys.misses) - fetched.keys()
         if not unseen:
             return run
         return self._cache.ensure(unseen, principal).addCallback(
-            lambda _: self._run_local(items, header, principal, correlation_id,
-                                      fetched | unseen, rounds + 1))
+            lambda errors: self._run_local(items, header, principal, correlation_id,
+                                           {**fetched, **_fetched(unseen, errors)},
+                                           rounds + 1))
 
     def _local_answer(self, header: RequestHeader, principal: Principal, run: LocalRun,
                       correlation_id: str) -> bytes:
@@ -229,9 +231,7 @@ class GatewayRequestHandler:
         principal = connection.principal
         local_indexes = [i for i, local in enumerate(classified.local) if local]
         needs = self._lacking(classified, local_indexes, principal)
-        if needs:
-            await self._cache.ensure(needs, principal)
-        fetched = frozenset(needs)
+        fetched = _fetched(needs, await self._cache.ensure(needs, principal)) if needs else {}
         answered: list[bytes] = []
         core_correlation: list[str] = []
         failed = False
@@ -255,7 +255,7 @@ class GatewayRequestHandler:
 
     async def _mixed_local(self, wire: bytes, peeked: list[PeekedBatchItem],
                            header: RequestHeader, principal: Principal, correlation_id: str,
-                           fetched: frozenset[Need]) -> tuple[list[bytes], bool]:
+                           fetched: FetchErrors) -> tuple[list[bytes], bool]:
         version = header.version
         try:
             items = [RequestBatchItem.from_item(decode_item(wire, p.start)[0], version)
@@ -314,6 +314,12 @@ class GatewayRequestHandler:
                                 correlation_id)
 
 
+def _fetched(needs: set[Need], errors: dict[Need, KmipError]) -> dict[Need, KmipError | None]:
+    """What a request fetched: every need in ``needs``, with why its fetch failed (None:
+    it succeeded)."""
+    return {need: errors.get(need) for need in needs}
+
+
 def _log_denials(run: LocalRun, principal: Principal) -> None:
     for item, error in run.denied:
         _log_denied_use(item, principal, error)
@@ -351,10 +357,12 @@ def _log_denied_use(item: RequestBatchItem, principal: Principal, error: KmipErr
     named = ", ".join(f"{label} {value}" for label, value in (
         ("L4", token_id), ("L3", l3_uid), ("service", service), ("wrapping key", wrapping_key))
         if value is not None) or "no key"
+    # Another tenant's key is answered as a missing one: the log says what really happened.
+    reason = error.why if isinstance(error, ServiceKeyUseDenied) else error.message
     log.warn("denied {operation} by {principal} ({named}): {reason}",
              operation=operation_name(item.operation), principal=principal.id, named=named,
              l3_uid=l3_uid, token_id=token_id, service=service, wrapping_key=wrapping_key,
-             reason=error.message)
+             reason=reason, answered=error.message)
 
 
 def _continuation_of(wire: bytes, request: PeekedRequest) -> int:

@@ -13,6 +13,7 @@ from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import ServiceKeyRefused
 from kcm.gateway.local_batch import LocalRunner, l4_engine
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, State
 from kcm.kmip.payloads.crypto import DecryptRequest
 from kcm.kmip_protocol import ConnectionInfo
@@ -353,14 +354,18 @@ def warnings(events) -> list[dict]:
     return [e for e in events if e["log_level"] == LogLevel.warn]
 
 
-def test_another_tenants_token_or_l3_is_denied_and_the_attempt_logged(warm: Gateway) -> None:
+def test_another_tenants_token_or_l3_is_missing_and_the_attempt_logged(warm: Gateway) -> None:
     token = ok(warm.send(request(create_l4()))).unique_identifier
     stranger = service_principal("other", "app")
     with capturedLogs() as events:
         message = send_as(warm, stranger, request(get(token, b"g"), encrypt(L3_UID, b"x", b"e"),
                                                   continuation=CONTINUE))
-    assert [i.result_reason for i in message.batch_items] == [ResultReason.PERMISSION_DENIED] * 2
+    # Held here, yet answered exactly as an L3 the gateway never saw (asked of the core).
+    assert [(i.result_reason, i.result_message) for i in message.batch_items] == [
+        (ResultReason.ITEM_NOT_FOUND, object_not_found(L3_UID).message)] * 2
+    assert {uid for _, _, _, uid in warm.link.fetches} == {L3_UID}
     by_token, by_l3 = warnings(events)
+    assert by_token["reason"] == by_l3["reason"] == "another tenant's key"
     assert (by_token["principal"], by_token["operation"]) == (stranger.id, "GET")
     assert (by_token["token_id"], by_token["l3_uid"]) == (token_id(token), L3_UID)
     assert (by_l3["operation"], by_l3["l3_uid"], by_l3["token_id"]) == ("ENCRYPT", L3_UID, None)
@@ -377,22 +382,34 @@ def test_another_services_l3_is_denied_and_logged_once_across_a_fetch(warm: Gate
         message = send_as(warm, billing, request(create_l4(via_link=L3_UID), create_l4(),
                                                  continuation=CONTINUE))
     assert message.batch_items[0].result_reason == ResultReason.PERMISSION_DENIED
-    assert link.fetches == [(billing, "demo", "billing", None)]
+    assert sorted(link.fetches, key=repr) == sorted(
+        [(billing, "demo", "billing", None), (billing, "", "", L3_UID)], key=repr)
     [logged] = warnings(events)
     assert (logged["principal"], logged["operation"], logged["l3_uid"]) == (
         billing.id, "CREATE", L3_UID)
 
 
 def test_a_refusal_by_the_core_is_logged_too(gateway: Gateway, link: FakeLink) -> None:
+    """Cold: the core refuses the fetch as if the key were missing, naming its owner for
+    the log; the client sees only the missing answer."""
     stranger = service_principal("other", "app")
-    link.fetch_service_keys = lambda *args: fail(ServiceKeyRefused(
-        ResultReason.PERMISSION_DENIED, "the key belongs to another tenant"))
     with capturedLogs() as events:
         item = send_as(gateway, stranger, request(encrypt(L3_UID))).batch_items[0]
-    assert item.result_reason == ResultReason.PERMISSION_DENIED
+    assert (item.result_reason, item.result_message) == (ResultReason.ITEM_NOT_FOUND,
+                                                         object_not_found(L3_UID).message)
     [logged] = warnings(events)
     assert (logged["operation"], logged["l3_uid"]) == ("ENCRYPT", L3_UID)
-    assert "another tenant" in formatEvent(logged)
+    assert "another tenant's key" in formatEvent(logged)
+    # A refusal the core gives without naming an owner (an asserted identity it does not
+    # accept) is logged as well.
+    link.fetch_service_keys = lambda *args: fail(ServiceKeyRefused(
+        ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
+    fresh = Gateway(link)
+    with capturedLogs() as events:
+        item = send_as(fresh, stranger, request(encrypt(L3_UID))).batch_items[0]
+    assert item.result_reason == ResultReason.PERMISSION_DENIED
+    [logged] = warnings(events)
+    assert "not accepted" in formatEvent(logged)
 
 
 def test_answered_and_other_refusals_log_nothing(warm: Gateway) -> None:

@@ -15,9 +15,13 @@ The classifier decides per batch item (:mod:`kcm.gateway.classifier`); this modu
   answered, nor the other way round), so a mixed Undo batch is refused. ID Placeholders work
   within a run (and a local Get/Encrypt/Decrypt right after a local Create uses its token);
   a remote item cannot refer to a placeholder set by a local item.
-* A request whose routing facts cannot be read is answered Invalid Message here. An
-  unexpected exception is answered General Failure with a correlation id, which is logged;
-  the connection keeps serving.
+* The gateway and the core answer the same request the same way. A request whose routing
+  facts cannot be read is forwarded whole, so the core says what is wrong with it; a local
+  or mixed request is decoded whole first, with the core's decoder, and one the core would
+  refuse (a Batch Count that is not the number of items, a stray field, ...) is refused in
+  the core's words before anything runs. (The one deliberate difference: a mixed Undo
+  batch, below.) An unexpected exception is answered General Failure with a correlation id,
+  which is logged; the connection keeps serving.
 * A local item refused because its caller may not use the service key it names (another
   tenant's token or L3, another service's) is logged as a warning: the caller, the
   operation, the L3 and the token's TokenId — never the token, which carries the sealed DEK
@@ -55,7 +59,13 @@ from kcm.kernel.responses import (
 from kcm.kernel.versions import answer_version, version_of
 from kcm.kmip.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
-from kcm.kmip.messages import RequestBatchItem, RequestHeader, ResponseBatchItem, decode_request
+from kcm.kmip.messages import (
+    RequestBatchItem,
+    RequestHeader,
+    RequestMessage,
+    ResponseBatchItem,
+    decode_request,
+)
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
@@ -119,9 +129,10 @@ class GatewayRequestHandler:
     def _route(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         try:
             classified = classify(wire)
-        except TtlvError as e:
-            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
-                                f"malformed request: {e}")
+        except TtlvError:
+            # Not even the routing facts can be read: nothing here may run, and what is
+            # wrong with the request is the core's to say, in the core's words.
+            return self._forward_unread(wire, connection)
         if classified.route is Route.ALL_REMOTE:
             return self._forward_whole(wire, classified.request, connection)
         if classified.route is Route.ALL_LOCAL:
@@ -141,6 +152,13 @@ class GatewayRequestHandler:
 
         return d.addErrback(link_failed)
 
+    def _forward_unread(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
+        def link_failed(failure: Failure) -> bytes:
+            return self._refuse(version_of(wire), ResultReason.GENERAL_FAILURE,
+                                _unreachable_message(failure))
+
+        return self._forward(wire, connection).addErrback(link_failed)
+
     def _forward(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
         try:
             return self._link.forward(wire, connection.principal, connection.peer)
@@ -152,13 +170,9 @@ class GatewayRequestHandler:
     # All local: the hot path --------------------------------------------------------------
     def _all_local(self, wire: bytes, classified: Classified,
                    connection: ConnectionInfo) -> bytes | Deferred[bytes]:
-        try:
-            message = decode_request(decode(wire, max_size=self._max_message_size))
-        except KmipError as e:
-            return self._refuse(version_of(wire), e.reason, e.message)
-        except TtlvError as e:
-            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
-                                f"malformed TTLV: {e}")
+        message = self._decoded(wire)
+        if isinstance(message, bytes):
+            return message
         header = message.header
         principal = connection.principal
         correlation_id = new_correlation_id()
@@ -214,12 +228,13 @@ class GatewayRequestHandler:
     async def _mixed(self, wire: bytes, classified: Classified,
                      connection: ConnectionInfo) -> bytes:
         request = classified.request
-        try:
-            header_item = decode_item(wire, request.header_start)[0]
-            header = RequestHeader.from_item(header_item)
-        except (TtlvError, KmipError) as e:
-            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
-                                f"malformed request header: {e}")
+        # Decoded whole before anything runs, as the core decodes it: a request the core
+        # would refuse is refused here in the same words, not half run.
+        message = self._decoded(wire)
+        if isinstance(message, bytes):
+            return message
+        header = message.header
+        header_item = decode_item(wire, request.header_start)[0]
         version = header.version
         continuation = header.effective_error_continuation
         correlation_id = new_correlation_id()
@@ -239,13 +254,15 @@ class GatewayRequestHandler:
         for local, run in groupby(indexed, key=lambda pair: pair[1][1]):
             if failed and stop:
                 break
-            items = [peeked for _, (peeked, _) in run]
+            indexes, items = zip(*((i, peeked) for i, (peeked, _) in run), strict=True)
             if local:
                 run_items, run_failed = await self._mixed_local(
-                    wire, items, header, principal, correlation_id, fetched)
+                    [message.batch_items[i] for i in indexes], header, principal,
+                    correlation_id, fetched)
             else:
                 run_items, run_failed = await self._mixed_remote(
-                    wire, header_item, items, connection, stop, version, core_correlation)
+                    wire, header_item, list(items), connection, stop, version,
+                    core_correlation)
             answered.extend(run_items)
             failed = failed or run_failed
         # One remote run: its correlation value names the request in the core's audit log.
@@ -253,19 +270,10 @@ class GatewayRequestHandler:
             correlation_id = core_correlation[0]
         return self._answer(version, answered, header.maximum_response_size, correlation_id)
 
-    async def _mixed_local(self, wire: bytes, peeked: list[PeekedBatchItem],
-                           header: RequestHeader, principal: Principal, correlation_id: str,
+    async def _mixed_local(self, items: list[RequestBatchItem], header: RequestHeader,
+                           principal: Principal, correlation_id: str,
                            fetched: FetchErrors) -> tuple[list[bytes], bool]:
         version = header.version
-        try:
-            items = [RequestBatchItem.from_item(decode_item(wire, p.start)[0], version)
-                     for p in peeked]
-        except (TtlvError, KmipError) as e:
-            reason = e.reason if isinstance(e, KmipError) else ResultReason.INVALID_MESSAGE
-            text = e.message if isinstance(e, KmipError) else f"malformed batch item: {e}"
-            first = peeked[0]
-            return encode_items([failed_item(first.operation, first.unique_batch_item_id,
-                                             version, reason, text)], version), True
         run = self._run_local(items, header, principal, correlation_id, fetched)
         if isinstance(run, Deferred):
             run = await run
@@ -297,6 +305,17 @@ class GatewayRequestHandler:
         return items, any(item.result_status == _FAILED for item in relayed.items)
 
     # Answers ----------------------------------------------------------------------------
+    def _decoded(self, wire: bytes) -> RequestMessage | bytes:
+        """The request, decoded as the core decodes it, or the answer refusing it (the
+        core's words: :meth:`kcm.core.request_handler.CoreRequestHandler.respond`)."""
+        try:
+            return decode_request(decode(wire, max_size=self._max_message_size))
+        except KmipError as e:
+            return self._refuse(version_of(wire), e.reason, e.message)
+        except TtlvError as e:
+            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
+                                f"malformed TTLV: {e}")
+
     def _answer(self, version: Version, items: list[bytes], maximum_response_size: int | None,
                 correlation_id: str) -> bytes:
         return response_wire(version, int(self._clock()), correlation_id, items,
@@ -376,19 +395,23 @@ def _continuation_of(wire: bytes, request: PeekedRequest) -> int:
 def _unreachable_items(peeked: list[PeekedBatchItem], failure: Failure, stop: bool,
                        version: Version) -> list[ResponseBatchItem]:
     """Failed items for a run the core could not be asked to execute."""
-    error = failure.value
-    if isinstance(error, LinkDown):
-        message = "the core is unreachable; only L4 operations are served until it is back"
-    elif isinstance(error, LinkBusy):
-        message = "the gateway has too many requests in flight to the core; retry"
-    elif isinstance(error, LinkTimeout):
-        message = "the core did not answer in time; the operation may or may not have happened"
-    else:
-        log.failure("forwarding to the core failed", failure)
-        message = "the request could not be forwarded to the core"
+    message = _unreachable_message(failure)
     return [failed_item(p.operation, p.unique_batch_item_id, version,
                         ResultReason.GENERAL_FAILURE, message)
             for p in (peeked[:1] if stop else peeked)]
+
+
+def _unreachable_message(failure: Failure) -> str:
+    """What a client is told when the core could not be asked (``failure`` says why)."""
+    error = failure.value
+    if isinstance(error, LinkDown):
+        return "the core is unreachable; only L4 operations are served until it is back"
+    if isinstance(error, LinkBusy):
+        return "the gateway has too many requests in flight to the core; retry"
+    if isinstance(error, LinkTimeout):
+        return "the core did not answer in time; the operation may or may not have happened"
+    log.failure("forwarding to the core failed", failure)
+    return "the request could not be forwarded to the core"
 
 
 def _refused_undo(peeked: list[PeekedBatchItem], version: Version) -> list[ResponseBatchItem]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kcm.kmip import registry
 from kcm.kmip.enums import (
     AttestationType,
     BatchErrorContinuationOption,
@@ -190,9 +191,22 @@ def _split(item: Item, message_tag: int, header_tag: int) -> tuple[Item, list[It
 
 
 def decode_request(item: Item) -> RequestMessage:
-    """Decode a Request Message tree; raise KmipError for a structurally wrong one."""
+    """Decode a Request Message tree; raise KmipError for a structurally wrong one,
+    including one whose Batch Count is not the number of its Batch Items (Invalid Message:
+    the message contradicts itself, and the gateway and the core must not guess
+    differently which to believe)."""
     header_item, batch = _split(item, Tag.REQUEST_MESSAGE, Tag.REQUEST_HEADER)
     header = RequestHeader.from_item(header_item)
+    major, minor = header.version
+    if not registry.has_tables((major, minor)):
+        # Its batch items cannot be read (no tag or attribute tables for it): say so, as
+        # a server answers a version it does not speak, rather than fail reading them.
+        raise KmipError(ResultReason.UNSUPPORTED_PROTOCOL_VERSION,
+                        f"protocol version {major}.{minor} is not supported")
+    if header.batch_count != len(batch):
+        raise KmipError(ResultReason.INVALID_MESSAGE,
+                        f"Batch Count is {header.batch_count}, but the request holds "
+                        f"{len(batch)} Batch Item{'s' if len(batch) != 1 else ''}")
     version = header.version
     return RequestMessage(header, [RequestBatchItem.from_item(b, version) for b in batch])
 

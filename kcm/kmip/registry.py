@@ -101,6 +101,11 @@ def _hex(text: str) -> int | None:
     return None
 
 
+def has_tables(version: Version) -> bool:
+    """Whether messages of ``version`` can be read: 1.0-1.4 and any 2.x (as 2.1)."""
+    return version in _BY_VERSION or version[0] == 2
+
+
 def tag_name(tag: int, version: Version = _LATEST) -> str | None:
     """The spec name of ``tag`` in ``version`` ("Cryptographic Algorithm"), or None."""
     return _tables(version).tag_name.get(tag)

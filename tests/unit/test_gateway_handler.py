@@ -16,11 +16,13 @@ from kcm.gateway.local_batch import LocalRunner, l4_engine
 from kcm.kernel.missing import object_not_found
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, State
 from kcm.kmip.payloads.crypto import DecryptRequest
+from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
 from kcm.l4.service_key import ServiceKey
 from kcm.l4.token import token_id
-from kcm.ttlv import encode, structure
+from kcm.testing.requests import OMIT, odd_request
+from kcm.ttlv import Item, ItemType, encode, structure
 from kcm.ttlv.peek import peek_response
 from tests.core_support import CoreHarness, service_principal
 from tests.gateway_support import (
@@ -211,10 +213,19 @@ def test_an_engine_bug_is_a_general_failure_with_a_correlation_id(link: FakeLink
         == ResultStatus.OPERATION_FAILED  # and the handler keeps answering
 
 
-def test_unreadable_request_is_invalid_message(gateway: Gateway) -> None:
+def test_a_request_the_gateway_cannot_read_is_the_cores_to_answer(gateway: Gateway,
+                                                                     link: FakeLink) -> None:
+    """Nothing runs here; the core says what is wrong with it, in the core's words."""
+    link.answer = lambda wire: b"the core's answer"
     wire = encode(structure(0x420078))  # no header
-    item = response(gateway.answer(wire)).batch_items[0]
-    assert item.result_reason == ResultReason.INVALID_MESSAGE
+    results: list[bytes] = []
+    gateway.answer(wire).addCallback(results.append)
+    assert results == [b"the core's answer"]
+    assert [forwarded for forwarded, _, _ in link.forwarded] == [wire]
+    link.down = True
+    item = gateway.send(wire, sync=False).batch_items[0]
+    assert item.result_reason == ResultReason.GENERAL_FAILURE
+    assert "core is unreachable" in item.result_message
 
 
 def test_response_header_carries_a_server_correlation_value_from_1_4(warm: Gateway) -> None:
@@ -329,6 +340,48 @@ def test_mixed_undo_is_refused_with_a_reason(with_core: Gateway) -> None:
         assert answered.result_reason == ResultReason.OPERATION_NOT_SUPPORTED
         assert "Undo" in answered.result_message
     assert with_core.link.forwarded == []
+
+
+def comparable(message) -> list[tuple]:
+    """What a client sees of an answer, without times and correlation values."""
+    return [(message.header.protocol_version.as_tuple(),)] + [
+        (i.operation, i.unique_batch_item_id, i.result_status, i.result_reason,
+         i.result_message) for i in message.batch_items]
+
+
+ODD_HEADERS = {
+    "batch-count--1": {"batch_count": -1},
+    "batch-count-0": {"batch_count": 0},
+    "batch-count-7": {"batch_count": 7},
+    "no-batch-count": {"batch_count": OMIT},
+    "long-batch-count": {"batch_count": 1, "batch_count_type": ItemType.LONG_INTEGER},
+    "no-minor": {"minor": OMIT},
+    "minor--1": {"minor": -1},
+    "version-1.9": {"minor": 9},
+    "two-batch-counts": {"header_extra": [Item(Tag.BATCH_COUNT, ItemType.INTEGER, 1)]},
+    "stray-field": {"trailing": [Item(Tag.OBJECT_GROUP, ItemType.TEXT_STRING, "x")]},
+}
+
+
+@pytest.mark.parametrize("items", [
+    (create_l4(b"1"),),  # local
+    (create_l4(b"1"), locate(b"2")),  # mixed
+    (locate(b"1"),),  # remote
+], ids=["local", "mixed", "remote"])
+@pytest.mark.parametrize("odd", list(ODD_HEADERS.values()), ids=list(ODD_HEADERS))
+def test_header_oddities_are_answered_as_the_core_answers_them(with_core: Gateway,
+                                                               core: CoreHarness, items,
+                                                               odd) -> None:
+    """The gateway runs nothing the core would refuse, and refuses it in the core's words
+    (what it cannot read it forwards, so the core answers)."""
+    wire = odd_request(*items, **odd)
+    direct = response(core.client(APP).send(wire))
+    answer = with_core.answer(wire)
+    if isinstance(answer, Deferred):
+        answered: list[bytes] = []
+        answer.addCallback(answered.append)
+        answer = answered[0]
+    assert comparable(response(answer)) == comparable(direct)
 
 
 def test_mixed_with_the_core_down_answers_the_local_part(warm: Gateway) -> None:

@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from kcm.core import keys, tap
 from kcm.core.config import CoreConfig
+from kcm.core.policy import AccessPolicy, ApplicationObjects
 from kcm.core.service import L1_CHECK_META, CoreService, StartupError
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
@@ -41,6 +42,18 @@ def test_defaults_and_logging_options() -> None:
 def test_unknown_logging_settings_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(usage.UsageError, match="log"):
         parse(*argv)
+
+
+def test_application_objects_is_a_policy_setting_with_a_safe_default() -> None:
+    assert CoreConfig().access == AccessPolicy(ApplicationObjects.OWN_SERVICE)
+    config = parse("--application-objects", "tenant")["core_config"]
+    assert config.access.application_objects is ApplicationObjects.TENANT
+    with pytest.raises(usage.UsageError, match="application_objects must be one of "
+                                               "own-service, tenant"):
+        parse("--application-objects", "everything")
+    # The handler the service tree is built with applies it.
+    core = tap.makeService(parse("--application-objects", "tenant"), reactor=Clock())
+    assert core.handler._server_info.access == config.access
 
 
 def test_the_documented_example_file_loads() -> None:

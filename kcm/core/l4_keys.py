@@ -19,7 +19,7 @@ from kcm.core.store import repository
 from kcm.core.store.schema import ManagedObject
 from kcm.identity import Principal
 from kcm.kernel import lifecycle
-from kcm.kernel.missing import object_not_found
+from kcm.kernel.missing import identifier_label, object_not_found
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.kmip.objects import SymmetricKey
@@ -78,7 +78,7 @@ def current_l3(session: Session, tenant: str, service: str, now: int) -> Managed
         if row.material is not None and _state_now(row, now) == State.ACTIVE:
             return row
     raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
-                    f"service {tenant}/{service} has no Active service key")
+                    f"service {tenant}/{identifier_label(service)} has no Active service key")
 
 
 def service_key_of(session: Session, keyring: Keyring, row: ManagedObject, now: int, *,

@@ -23,6 +23,7 @@ from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
 from kcm.core.l4_keys import l3_for, service_key_of
 from kcm.core.store import repository
+from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.l4.authorize import ServiceKeyUseDenied, check_service_key_use, no_service_key
@@ -81,7 +82,8 @@ def _current(session: Session, keyring: Keyring, caller: Caller, tenant: str, se
     active = [key for key in keys if key.state == State.ACTIVE]
     if not active:
         raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
-                        f"service {tenant}/{service} has no Active service key")
+                        f"service {tenant}/{identifier_label(service)} has no Active "
+                        "service key")
     return active
 
 

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 
 from kcm.gateway.link_client import LinkError, ServiceKeyRefused
 from kcm.identity import Principal
+from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.l4.authorize import (
@@ -83,8 +84,8 @@ class ServiceKeyMissing(KmipError):
     """A read of an L3 the cache does not hold (yet): the handler fetches ``need``."""
 
     def __init__(self, need: Need) -> None:
-        what = need.uid or f"the current service key of {need.tenant}/{need.service}"
-        super().__init__(ResultReason.GENERAL_FAILURE, f"{what} is not available at the gateway")
+        super().__init__(ResultReason.GENERAL_FAILURE,
+                         f"{_named(need)} is not available at the gateway")
         self.need = need
 
 
@@ -175,7 +176,7 @@ class L3Cache:
             raise ServiceKeyMissing(Need(uid=uid))
         if held is None:
             return known
-        if not self._usable(held.confirmed_at, f"service key {uid}"):
+        if not self._usable(held.confirmed_at, f"service key {identifier_label(uid)}"):
             raise ServiceKeyMissing(Need(uid=uid))
         if self._is_stale(held.confirmed_at):
             self._refresh_uid(held)
@@ -435,10 +436,18 @@ def _refusal(error: KmipError, principal: Principal) -> KmipError:
 def _as_kmip_error(failure: Failure, need: Need) -> KmipError:
     if isinstance(failure.value, KmipError):
         return failure.value  # the core's refusal, with its reason
-    what = need.uid or f"the current service key of {need.tenant}/{need.service}"
+    what = _named(need)
     if isinstance(failure.value, LinkError):
         return KmipError(ResultReason.GENERAL_FAILURE,
                          f"{what} is not cached at the gateway and the core is unreachable "
                          f"({failure.getErrorMessage()})")
     log.failure("fetching {what} failed", failure, what=what)
     return KmipError(ResultReason.GENERAL_FAILURE, f"fetching {what} from the core failed")
+
+
+def _named(need: Need) -> str:
+    """``need`` as an answer names it (an identifier by its short label: it is the
+    client's)."""
+    if need.uid is not None:
+        return identifier_label(need.uid)
+    return f"the current service key of {need.tenant}/{need.service}"

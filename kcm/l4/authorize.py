@@ -26,7 +26,7 @@ core's store), by the core's Revoke/Destroy of an L4 and by the link's FETCH_SER
 from __future__ import annotations
 
 from kcm.identity import Principal, Role
-from kcm.kernel.missing import object_not_found
+from kcm.kernel.missing import identifier_label, object_not_found
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
@@ -68,7 +68,7 @@ def no_service_key(tenant: str, service: str) -> KmipError:
     """Object Not Found for a service that has no service key (or none the caller may ask
     about: the same answer)."""
     return KmipError(ResultReason.OBJECT_NOT_FOUND,
-                     f"service {tenant}/{service} has no service key")
+                     f"service {tenant}/{identifier_label(service)} has no service key")
 
 
 def check_service_key_use(principal: Principal, tenant: str, service: str, *,
@@ -87,7 +87,8 @@ def check_service_key_use(principal: Principal, tenant: str, service: str, *,
     if known and principal.tenant == tenant:  # another service's key, in the same tenant
         raise ServiceKeyUseDenied(
             ResultReason.PERMISSION_DENIED,
-            f"an application may use only its own service's keys, not {service!r}'s",
+            f"an application may use only its own service's keys, not "
+            f"{identifier_label(service)!r}'s",
             why=why, tenant=tenant, service=service)
     missing = object_not_found(uid) if uid is not None else no_service_key(tenant, service)
     raise ServiceKeyUseDenied(missing.reason, missing.message, why=why, tenant=tenant,

@@ -185,7 +185,7 @@ class L4Engine:
             if named is not None and named != l3.service:
                 raise KmipError(ResultReason.INVALID_FIELD,
                                 f"the Parent Link names a key of service {l3.service!r}, "
-                                f"x-kcm-service names {named!r}")
+                                f"x-kcm-service names {identifier_label(named)!r}")
         else:
             tenant, service = target
             check_service_key_use(principal, tenant, service)

@@ -56,7 +56,9 @@ class InProcessClient:
 
 @pytest.fixture
 def core(tmp_path: Path) -> Iterator[CoreHarness]:
-    """A started store with tenants demo (service app) and other, and a request handler."""
+    """A started store with tenants demo (services app and billing) and other (service
+    app), and a request handler. An application of any other service is one whose service
+    was never provisioned: it holds nothing (kcm.core.policy)."""
     url = f"sqlite:///{tmp_path / 'kcm.db'}"
     upgrade(url)
     store = Store(url)
@@ -68,7 +70,8 @@ def core(tmp_path: Path) -> Iterator[CoreHarness]:
     def bootstrap(session):
         for tenant in ("demo", "other"):
             provision_tenant(session, keyring, tenant, now=now)
-        provision_service(session, keyring, "demo", "app", now=now)
+        for tenant, service in (("demo", "app"), ("demo", "billing"), ("other", "app")):
+            provision_service(session, keyring, tenant, service, now=now)
 
     store.run_sync(bootstrap)
     try:

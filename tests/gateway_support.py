@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from kcm.gateway.link_client import LinkDown
+from kcm.gateway.link_client import LinkDown, ServiceKeyRefused
 from kcm.identity import Principal
+from kcm.l4.authorize import ServiceKeyUseDenied, check_service_key_use
 from kcm.testing.requests import (
     CONTINUE,
     STOP,
@@ -31,7 +32,9 @@ L3_UID = "l3-00000000-0000-4000-8000-000000000001"
 
 
 class FakeLink:
-    """A link to a core: records forwarded bytes and answers with ``answer(wire)``."""
+    """A link to a core: records forwarded bytes and answers with ``answer(wire)``; serves
+    the service keys in :attr:`keys` to whoever may use them, and refuses the others as the
+    core does (a refusal of who asks names the key's tenant and service)."""
 
     def __init__(self, answer=None) -> None:
         self.forwarded: list[tuple[bytes, Principal, str]] = []
@@ -59,4 +62,9 @@ class FakeLink:
             self.pending.append(d)
             return d
         keys = self.keys.get(uid) if uid else self.keys.get((tenant, service))
+        owner = (keys[0].tenant, keys[0].service) if uid and keys else (tenant, service)
+        try:
+            check_service_key_use(caller, *owner, uid=uid)
+        except ServiceKeyUseDenied as e:
+            return fail(ServiceKeyRefused(e.reason, e.message, owner=(e.tenant, e.service)))
         return succeed(list(keys or []))

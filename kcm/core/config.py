@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kcm.config_file import ConfigError, TlsFiles, load_section
+from kcm.core.policy import AccessPolicy, ApplicationObjects
 from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["CoreConfig", "CoreLimits", "TlsFiles", "load_config"]
@@ -65,12 +66,19 @@ class CoreConfig:
     log_file: str = "-"
     #: Seconds between checkpoints of the audit chain's head in the log (and one at start).
     audit_checkpoint_interval: float = 300.0
+    #: Which managed objects of its tenant an application may use: ``own-service`` (those
+    #: of its own service and those of no service) or ``tenant`` (all); see kcm.core.policy.
+    application_objects: str = ApplicationObjects.OWN_SERVICE.value
+
+    @property
+    def access(self) -> AccessPolicy:
+        """The configured access rules."""
+        return AccessPolicy(ApplicationObjects(self.application_objects))
 
 
 _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "l1_pkcs11",
-              "policy_file",
-              "database_threads", "log_level", "log_format", "log_file",
-              "audit_checkpoint_interval"}
+              "policy_file", "database_threads", "log_level", "log_format", "log_file",
+              "audit_checkpoint_interval", "application_objects"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:
@@ -80,6 +88,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     config = load_section(CoreConfig(), "core", path, overrides, _TOP_LEVEL, coerce=_typed)
     if not config.audit_checkpoint_interval > 0:
         raise ConfigError("core.audit_checkpoint_interval must be a positive number of seconds")
+    allowed = [choice.value for choice in ApplicationObjects]
+    if config.application_objects not in allowed:
+        raise ConfigError(f"core.application_objects must be one of {', '.join(allowed)}, "
+                          f"not {config.application_objects!r}")
     return config
 
 

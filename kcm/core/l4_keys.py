@@ -1,20 +1,29 @@
 """The L4 engine's key source inside kcm-core: service keys (L3) and tombstones read from
 the store, in the transaction of the request being executed (no cache: control-plane speed).
+
+Who asks is decided as soon as the key's owner is known and before anything else is done
+with it (its material unwrapped, its state said, the uid named in the audit record):
+another tenant's L3 costs one look-up and answers exactly as an unknown one
+(:mod:`kcm.l4.authorize`).
 """
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from kcm.core import policy
 from kcm.core.context import OperationContext
 from kcm.core.keyring import Keyring
 from kcm.core.managed import decode_material
 from kcm.core.store import repository
 from kcm.core.store.schema import ManagedObject
+from kcm.identity import Principal
 from kcm.kernel import lifecycle
+from kcm.kernel.missing import identifier_label, object_not_found
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.kmip.objects import SymmetricKey
+from kcm.l4.authorize import check_service_key_use, no_service_key
 from kcm.l4.service_key import ServiceKey
 
 
@@ -31,20 +40,11 @@ class StoreKeySource:
         self._ctx = ctx
 
     def current_service_key(self, tenant: str, service: str) -> ServiceKey:
-        rows = repository.find_l3(self._ctx.session, tenant, service)
-        if not rows:
-            raise KmipError(ResultReason.OBJECT_NOT_FOUND,
-                            f"service {tenant}/{service} has no service key")
-        for row in rows:
-            if row.material is not None and _state_now(row, self._ctx.now) == State.ACTIVE:
-                return self._loaded(row)
-        raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
-                        f"service {tenant}/{service} has no Active service key")
+        return self._loaded(current_l3(self._ctx.session, tenant, service, self._ctx.now))
 
     def service_key(self, uid: str) -> ServiceKey:
-        row = repository.get_l3(self._ctx.session, uid)
-        if row is None:
-            raise KmipError(ResultReason.OBJECT_NOT_FOUND, f"no service key {uid!r}")
+        ctx = self._ctx
+        row = l3_for(ctx.session, ctx.principal, uid)
         return self._loaded(row)
 
     def is_tombstoned(self, token_id: str) -> bool:
@@ -55,12 +55,38 @@ class StoreKeySource:
         return service_key_of(self._ctx.session, self._ctx.keyring, row, self._ctx.now)
 
 
-def service_key_of(session: Session, keyring: Keyring, row: ManagedObject,
-                   now: int) -> ServiceKey:
+def l3_for(session: Session, principal: Principal, uid: str) -> ManagedObject:
+    """The stored L3 ``uid`` if ``principal`` may use it: Object Not Found when there is none,
+    and the same answer (a :class:`ServiceKeyUseDenied`, for the audit) when it is another
+    tenant's, or the caller names a service its tenant has not provisioned; Permission Denied
+    for another service's of the caller's tenant. Nothing about the key (its state, its
+    material) is looked at before that is decided."""
+    row = repository.get_l3(session, uid)
+    if row is None:
+        raise object_not_found(uid)
+    check_service_key_use(principal, row.tenant, row.service or "", uid=uid,
+                          known=policy.is_provisioned(session, principal))
+    return row
+
+
+def current_l3(session: Session, tenant: str, service: str, now: int) -> ManagedObject:
+    """The newest Active version of ``tenant``/``service``'s L3 (the caller was checked)."""
+    rows = repository.find_l3(session, tenant, service)
+    if not rows:
+        raise no_service_key(tenant, service)
+    for row in rows:
+        if row.material is not None and _state_now(row, now) == State.ACTIVE:
+            return row
+    raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
+                    f"service {tenant}/{identifier_label(service)} has no Active service key")
+
+
+def service_key_of(session: Session, keyring: Keyring, row: ManagedObject, now: int, *,
+                   with_material: bool = True) -> ServiceKey:
     """The stored L3 ``row`` as a :class:`ServiceKey`, in the state it is in at ``now``;
-    a destroyed one has no key bytes."""
+    a destroyed one (or any, without ``with_material``) has no key bytes."""
     key = b""
-    if row.material is not None:
+    if row.material is not None and with_material:
         stored = material_of(session, keyring, row)
         key = stored.key_block.key_bytes or b""
     return ServiceKey(uid=row.uid, tenant=row.tenant, service=row.service or "",

@@ -11,7 +11,9 @@ request is an L4 one and None when it is not (the handler then goes on as before
   request's transaction, so the audit record, the tombstone and the event commit together.
 
 Audit records name the L3 involved and the token's TokenId, never the token itself (it
-carries the sealed DEK).
+carries the sealed DEK). A refusal because of who asks (another tenant's token or L3,
+answered exactly as a missing one; another service's) is recorded in the item's audit
+detail as ``denied``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from kcm.kmip.payloads import (
     UniqueIdentifierResponse,
 )
 from kcm.l4 import token
+from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.engine import L4Engine, is_l4_create
 from kcm.l4.identifiers import is_l3, is_l4
 
@@ -48,7 +51,7 @@ def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse | No
     """Create of an L4 (docs/link-protocol.md §3 markers), else None."""
     if not is_l4_create(request.attributes):
         return None
-    response = _engine(ctx).create(ctx.principal, ctx.version, request)
+    response = _audited(ctx, _engine(ctx).create, request)
     _note_token(ctx, response.unique_identifier)
     ctx.id_placeholder.set(response.unique_identifier)
     return response
@@ -60,7 +63,7 @@ def get(ctx: OperationContext, request: GetRequest) -> GetResponse | None:
     if not is_l4(uid):
         return None
     _note_token(ctx, uid)
-    response = _engine(ctx).get(ctx.principal, ctx.version, _with_uid(request, uid))
+    response = _audited(ctx, _engine(ctx).get, _with_uid(request, uid))
     ctx.id_placeholder.set(uid)
     return response
 
@@ -82,7 +85,8 @@ def _with_service_key(ctx: OperationContext, request: Any, operation: Callable[.
     if not (is_l4(uid) or is_l3(uid)):
         return None
     _note_token(ctx, uid)
-    return operation(_engine(ctx), ctx.principal, ctx.version, _with_uid(request, uid))
+    return _audited(ctx, lambda principal, version, payload: operation(
+        _engine(ctx), principal, version, payload), _with_uid(request, uid))
 
 
 def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierResponse | None:
@@ -108,7 +112,7 @@ def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierR
 
 def _tombstone(ctx: OperationContext, uid: str, reason: str) -> UniqueIdentifierResponse:
     _note_token(ctx, uid)
-    target = _engine(ctx).tombstone(ctx.principal, ctx.version, uid)
+    target = _audited(ctx, _engine(ctx).tombstone, uid)
     added = repository.add_tombstone(ctx.session, token_id=target.token_id,
                                      tenant=target.tenant, l3_uid=target.l3_uid, reason=reason,
                                      clock=lambda: ctx.now)
@@ -117,6 +121,16 @@ def _tombstone(ctx: OperationContext, uid: str, reason: str) -> UniqueIdentifier
     ctx.audit_detail["l4_tombstone"] = "recorded" if added else "already recorded"
     ctx.id_placeholder.set(uid)
     return UniqueIdentifierResponse(unique_identifier=uid)
+
+
+def _audited(ctx: OperationContext, call: Callable[..., Any], argument: Any) -> Any:
+    """``call(principal, version, argument)``; a refusal of who asks is noted for the audit
+    record (the client is answered as if the key were missing, the record says why)."""
+    try:
+        return call(ctx.principal, ctx.version, argument)
+    except ServiceKeyUseDenied as e:
+        ctx.audit_detail["denied"] = e.why
+        raise
 
 
 def _engine(ctx: OperationContext) -> L4Engine:

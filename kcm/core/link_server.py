@@ -48,6 +48,7 @@ from kcm.core.store.engine import Store
 from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
+from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.service_key import ServiceKey
 from kcm.link.framer import OversizedFrame
 from kcm.link.frames import (
@@ -300,8 +301,13 @@ class LinkServerProtocol(LinkProtocol):
                 ResultReason.GENERAL_FAILURE, "too many key versions to send over the link"))
 
     def _keys_refused(self, stream_id: int, error: KmipError) -> None:
+        # A refusal of who asks names the key's tenant and service, for the gateway's log
+        # (docs/link-protocol.md §2); the client is answered with the reason and message.
+        denied = error if isinstance(error, ServiceKeyUseDenied) else None
         self.send(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id, error=error.message,
-                        result_reason=int(error.reason)))
+                        result_reason=int(error.reason),
+                        tenant=denied.tenant if denied is not None else None,
+                        service=denied.service if denied is not None else None))
 
     def _keys_failed(self, stream_id: int, failure: Failure) -> None:
         log.failure("service key fetch from {peer} failed", failure, peer=self.peer)

@@ -18,9 +18,9 @@ from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.core.store.schema import ManagedObject as Row
 from kcm.kernel import lifecycle
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.attributes import ATTRIBUTE_TYPES, Attribute, Name
-from kcm.kmip.enums import ResultReason, State
-from kcm.kmip.errors import KmipError
+from kcm.kmip.enums import State
 from kcm.kmip.fields import Struct
 from kcm.kmip.objects import ManagedObjectCodec
 from kcm.kmip.tags import Tag
@@ -102,23 +102,21 @@ class StoredObject:
 
 
 # Loading ----------------------------------------------------------------------
-def not_found(version: tuple[int, int], uid: str) -> KmipError:
-    """No such object (for this caller): KMIP 2.x names it Object Not Found, 1.x has only
-    Item Not Found."""
-    reason = ResultReason.OBJECT_NOT_FOUND
-    return KmipError(reason, f"no object {uid!r}")
-
-
 def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredObject:
-    """The caller's object ``uid``; Item Not Found for a missing one or another tenant's.
+    """The caller's object ``uid``; Item Not Found for a missing one or another tenant's
+    (and for any, to an application whose service is not provisioned); Permission Denied
+    for another service's object that the policy does not let an application use.
 
     Time-driven state changes (an Activation or Deactivation Date that has passed) are
     applied here, so every operation sees the state the object is in now.
     """
     tenant = policy.tenant_of(ctx.principal)
+    if not policy.is_provisioned(ctx.session, ctx.principal):
+        raise object_not_found(uid)
     row = repository.get_object(ctx.session, tenant, uid, for_update=for_update)
     if row is None:
-        raise not_found(ctx.version, uid)
+        raise object_not_found(uid)
+    policy.check_object_use(ctx.principal, ctx.server_info.access, row.service)
     obj = StoredObject(row, decode_attributes(row.attributes))
     current = obj.state
     moved = lifecycle.state_at(current, lifecycle.LifecycleDates(
@@ -136,8 +134,13 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
            level: int | None = None, service: str | None = None,
            key_version: int | None = None) -> StoredObject:
     """Store a new object: attributes as given (the caller set the server-side ones),
-    material wrapped under the tenant's key."""
-    tenant = tenant or policy.tenant_of(ctx.principal)
+    material wrapped under the tenant's key. Without ``tenant`` it is the caller's: in the
+    caller's tenant, and an application's belongs to its service (which must be
+    provisioned); with ``tenant``, ``service`` is recorded as given."""
+    if tenant is None:
+        tenant = policy.tenant_of(ctx.principal)
+        policy.check_provisioned(ctx.session, ctx.principal)
+        service = policy.service_of(ctx.principal)
     material = wrapped_by = None
     if managed_object is not None:
         material, wrapped_by = ctx.keyring.wrap_for_tenant(

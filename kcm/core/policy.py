@@ -3,7 +3,15 @@
 * Every object belongs to one tenant; a principal sees and touches only its own
   tenant's objects. Another tenant's object is indistinguishable from a missing one
   (Item Not Found), so identifiers leak nothing across tenants.
-* Applications (SERVICE) and tenant administrators (ADMIN) manage ordinary objects
+* An application (SERVICE) exists only once its tenant has provisioned its service (the
+  service has, or had, a service key). Until then it holds nothing, like a principal of an
+  unknown tenant: every object and key is Item Not Found to it, and it may create nothing.
+* Objects an application creates (Create, Create Key Pair, Register, Derive Key) belong to
+  its service; a Re-key's replacement to its predecessor's; a tenant administrator's to no
+  service. Which of its tenant's objects an application may use is the core's
+  ``application_objects`` setting (:class:`AccessPolicy`): by default those of its own
+  service and those of no service; another service's object is Permission Denied (the tenant
+  is the same: nothing crosses a tenant's boundary). Tenant administrators use every object
   of their tenant.
 * The hierarchy keys (L2, L3) are objects like any other for Get Attributes, and for
   Locate by tenant administrators (applications locate ordinary objects only);
@@ -15,8 +23,13 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection
+from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
+from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.identity import Principal, Role
 from kcm.kmip.enums import ResultReason
@@ -26,6 +39,23 @@ from kcm.l4.authorize import check_service_key_use
 _TENANT_ROLES = (Role.SERVICE, Role.ADMIN)
 
 
+class ApplicationObjects(enum.StrEnum):
+    """Which managed objects of its tenant an application may use (``application_objects``
+    in the core's configuration)."""
+
+    #: Those of its own service and those of no service (the default).
+    OWN_SERVICE = "own-service"
+    #: Every object of its tenant (what KCM did before objects recorded their service).
+    TENANT = "tenant"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """The configured part of the rules (the rest is code, here and in kcm.l4.authorize)."""
+
+    application_objects: ApplicationObjects = ApplicationObjects.OWN_SERVICE
+
+
 def tenant_of(principal: Principal) -> str:
     """The tenant whose objects ``principal`` acts on; refused for tenant-less roles."""
     if principal.role not in _TENANT_ROLES or principal.tenant is None:
@@ -33,6 +63,46 @@ def tenant_of(principal: Principal) -> str:
                         f"{principal.role.value} principals hold no objects; "
                         "connect with a tenant identity")
     return principal.tenant
+
+
+def is_provisioned(session: Session, principal: Principal) -> bool:
+    """Whether ``principal`` names someone its tenant has: an application whose service has
+    (or had) a service key; any other principal is as known as its tenant is."""
+    if principal.role is not Role.SERVICE:
+        return True
+    return repository.service_exists(session, principal.tenant or "", principal.service or "")
+
+
+def check_provisioned(session: Session, principal: Principal) -> None:
+    """Permission Denied for an application whose service is not provisioned (it may create
+    nothing, as a principal of an unprovisioned tenant may not)."""
+    if not is_provisioned(session, principal):
+        raise KmipError(ResultReason.PERMISSION_DENIED,
+                        f"service {principal.tenant}/{principal.service} is not provisioned "
+                        "(it has no service key)")
+
+
+def service_of(principal: Principal) -> str | None:
+    """The service the objects ``principal`` creates belong to (None: no service)."""
+    return principal.service if principal.role is Role.SERVICE else None
+
+
+def object_services(principal: Principal, access: AccessPolicy) -> Collection[str | None] | None:
+    """The services whose objects ``principal`` may use (None: every object of its tenant)."""
+    if principal.role is Role.SERVICE \
+            and access.application_objects is ApplicationObjects.OWN_SERVICE:
+        return frozenset({None, principal.service})
+    return None
+
+
+def check_object_use(principal: Principal, access: AccessPolicy, service: str | None) -> None:
+    """May ``principal`` use an object of its tenant that belongs to ``service``?"""
+    allowed = object_services(principal, access)
+    if allowed is None or service in allowed:
+        return
+    raise KmipError(ResultReason.PERMISSION_DENIED,
+                    f"the object belongs to service {service!r}: an application uses only "
+                    "its own service's objects and those of no service")
 
 
 def check_lifecycle_change(principal: Principal, level: int | None) -> None:

@@ -42,7 +42,12 @@ from kcm.kernel.responses import (
 from kcm.kernel.versions import answer_version, is_supported, version_of
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
-from kcm.kmip.messages import RequestMessage, decode_request_header, decode_request_items
+from kcm.kmip.messages import (
+    RequestMessage,
+    batch_count_mismatch,
+    decode_request_header,
+    decode_request_items,
+)
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.ttlv import TtlvError, decode, encode
@@ -199,8 +204,7 @@ class CoreRequestHandler:
                            "one request")
         if header.batch_count != len(batch):
             raise _Refused(answer_in, ResultReason.INVALID_MESSAGE,
-                           f"Batch Count {header.batch_count} does not match the "
-                           f"{len(batch)} batch items")
+                           batch_count_mismatch(header, batch))
         try:
             return decode_request_items(header, batch)
         except KmipError as e:

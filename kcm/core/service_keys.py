@@ -5,9 +5,10 @@ gateway over the link, on behalf of a caller allowed to use the service
 (:func:`kcm.l4.authorize.check_service_key_use`). Every fetch, served or refused, leaves an
 audit record naming the caller and the gateway. Blocking: runs on a store worker thread.
 
-Refusals carry the KMIP 2.x reasons the core's own L4 engine would give for the same key
-(:class:`kcm.core.l4_keys.StoreKeySource`), so that the gateway, which hands them to the same
-engine and lets it translate them for 1.x requests, answers exactly as the core does.
+Refusals carry the KMIP 2.x reasons and the messages the core's own L4 engine would give
+for the same key (:class:`kcm.core.l4_keys.StoreKeySource`), so that the gateway, which hands
+them to the same engine and lets it translate them for 1.x requests, answers exactly as the
+core does.
 """
 
 from __future__ import annotations
@@ -16,17 +17,23 @@ import uuid
 
 from sqlalchemy.orm import Session
 
+from kcm.core import policy
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
-from kcm.core.l4_keys import service_key_of
+from kcm.core.l4_keys import l3_for, service_key_of
 from kcm.core.store import repository
+from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
-from kcm.l4.authorize import check_service_key_use
+from kcm.l4.authorize import ServiceKeyUseDenied, check_service_key_use, no_service_key
 from kcm.l4.service_key import ServiceKey
 
 AUDIT_OPERATION = "FetchServiceKey"
+
+#: States in which a fetched version comes without its material: it may not be used at all.
+_WITHOUT_MATERIAL = frozenset((State.COMPROMISED, State.DESTROYED,
+                               State.DESTROYED_COMPROMISED))
 
 
 def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenant: str,
@@ -34,12 +41,17 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
                        now: int) -> list[ServiceKey] | KmipError:
     """Without ``uid``: the Active versions of ``tenant``/``service``'s L3, newest first.
     With ``uid``: that version, of whichever tenant and service (``tenant`` and ``service``
-    are then ignored), in whatever state it is in now; a destroyed one has no material and
-    is refused with Object Destroyed.
+    are then ignored), in whatever state it is in now; a Compromised or Destroyed one comes
+    without its material (the gateway drops it and answers by its state, as the core's
+    engine does).
 
-    A refusal (Permission Denied, Object Not Found, Object Destroyed, Wrong Key Lifecycle
-    State) is returned, not raised, so that its audit record commits: this runs in a write
-    transaction, and audits every outcome.
+    Who asks is decided first (:func:`kcm.core.l4_keys.l3_for`): another tenant's key is
+    refused exactly as a missing one, as a :class:`ServiceKeyUseDenied` naming the key's
+    tenant and service, which the link passes on so that the gateway logs the attempt.
+
+    A refusal (Object Not Found, Permission Denied, Wrong Key Lifecycle State) is returned,
+    not raised, so that its audit record commits: this runs in a write transaction, and
+    audits every outcome (a refusal of who asks with ``denied`` in its detail).
     """
     correlation_id = uuid.uuid4().hex[:16]
     if uid is not None:
@@ -50,7 +62,9 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
         keys = (_current(session, keyring, caller, tenant, service, now) if uid is None
                 else [_one(session, keyring, caller, uid, now)])
     except KmipError as e:
-        _audit(session, caller, tenant, [uid] if uid else [], correlation_id, now, e.reason)
+        detail = {"denied": e.why} if isinstance(e, ServiceKeyUseDenied) else None
+        _audit(session, caller, tenant, [uid] if uid else [], correlation_id, now, e.reason,
+               detail)
         return e
     _audit(session, caller, tenant, [k.uid for k in keys], correlation_id, now, None)
     return keys
@@ -58,36 +72,33 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
 
 def _current(session: Session, keyring: Keyring, caller: Caller, tenant: str, service: str,
              now: int) -> list[ServiceKey]:
-    check_service_key_use(caller.principal, tenant, service)
+    check_service_key_use(caller.principal, tenant, service,
+                          known=policy.is_provisioned(session, caller.principal))
     rows = repository.find_l3(session, tenant, service)
     if not rows:
-        raise KmipError(ResultReason.OBJECT_NOT_FOUND,
-                        f"service {tenant}/{service} has no service key")
+        raise no_service_key(tenant, service)
     keys = [service_key_of(session, keyring, row, now) for row in rows
             if row.material is not None]
     active = [key for key in keys if key.state == State.ACTIVE]
     if not active:
         raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
-                        f"service {tenant}/{service} has no Active service key")
+                        f"service {tenant}/{identifier_label(service)} has no Active "
+                        "service key")
     return active
 
 
 def _one(session: Session, keyring: Keyring, caller: Caller, uid: str,
          now: int) -> ServiceKey:
-    row = repository.get_l3(session, uid)
-    if row is None:
-        raise KmipError(ResultReason.OBJECT_NOT_FOUND, f"no service key {uid!r}")
-    # Decided on the key's own tenant and service, before saying anything about its state.
-    check_service_key_use(caller.principal, row.tenant, row.service or "")
-    if row.material is None:
-        raise KmipError(ResultReason.OBJECT_DESTROYED,
-                        f"the service key {uid} was destroyed: the L4s sealed under it are "
-                        "crypto-erased")
+    row = l3_for(session, caller.principal, uid)
+    bare = service_key_of(session, keyring, row, now, with_material=False)
+    if bare.state in _WITHOUT_MATERIAL:
+        return bare  # the gateway drops it; its state is all it needs to answer
     return service_key_of(session, keyring, row, now)
 
 
 def _audit(session: Session, caller: Caller, tenant: str | None, uids: list[str],
-           correlation_id: str, now: int, reason: int | None) -> None:
+           correlation_id: str, now: int, reason: int | None,
+           detail: dict[str, object] | None = None) -> None:
     append_audit(session, AuditEvent(
         principal=caller.principal.id,
         tenant=tenant or None,
@@ -98,4 +109,5 @@ def _audit(session: Session, caller: Caller, tenant: str | None, uids: list[str]
         result_status="SUCCESS" if reason is None else "OPERATION_FAILED",
         result_reason=None if reason is None else ResultReason(reason).name,
         correlation_id=correlation_id,
+        detail=detail,
     ), clock=lambda: now)

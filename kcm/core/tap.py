@@ -17,6 +17,7 @@ from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory, LinkSettings
 from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
@@ -47,6 +48,8 @@ class Options(usage.Options):
                                  "output."],
         ["audit-checkpoint-interval", None, None,
          "Seconds between audit checkpoints in the log (default 300)."],
+        ["application-objects", None, None,
+         "Which objects of its tenant an application may use: own-service or tenant."],
     ]
 
     def postOptions(self) -> None:
@@ -65,7 +68,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     store = Store(config.database, reactor=reactor, threads=config.database_threads,
                   migrate=True)
     keyring = Keyring()
-    handler = CoreRequestHandler(store, keyring, clock=reactor.seconds, limits=config.limits)
+    handler = CoreRequestHandler(store, keyring, clock=reactor.seconds,
+                                 server_info=ServerInfo(access=config.access),
+                                 limits=config.limits)
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
                        policy=policy)

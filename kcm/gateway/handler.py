@@ -20,9 +20,13 @@ The classifier decides per batch item (:mod:`kcm.gateway.classifier`); this modu
   Maximum Response Size when smaller): successful items answer Response Too Large, as at
   the core. A forwarded answer comes back as the core bounded it, or, when it does not fit
   the link, as Response Too Large items (the core may have carried them out).
-* A request whose routing facts cannot be read is answered Invalid Message here. An
-  unexpected exception is answered General Failure with a correlation id, which is logged;
-  the connection keeps serving.
+* The gateway and the core answer the same request the same way. A request whose routing
+  facts cannot be read is forwarded whole, so the core says what is wrong with it; a local
+  or mixed request is decoded whole first, with the core's decoder, and one the core would
+  refuse (a Batch Count that is not the number of items, a stray field, ...) is refused in
+  the core's words before anything runs. (The one deliberate difference: a mixed Undo
+  batch, below.) An unexpected exception is answered General Failure with a correlation id,
+  which is logged; the connection keeps serving.
 * A local item refused because its caller may not use the service key it names (another
   tenant's token or L3, another service's) is logged as a warning: the caller, the
   operation, the L3 and the token's TokenId — never the token, which carries the sealed DEK
@@ -43,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kcm.gateway.classifier import Classified, Route, classify
-from kcm.gateway.l3_cache import L3Cache, Need
+from kcm.gateway.l3_cache import FetchErrors, L3Cache, Need
 from kcm.gateway.l3_needs import l3_needs
 from kcm.gateway.link_client import (
     AnswerTooLarge,
@@ -66,10 +70,17 @@ from kcm.kernel.responses import (
 from kcm.kernel.versions import answer_version, version_of
 from kcm.kmip.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
-from kcm.kmip.messages import RequestBatchItem, RequestHeader, ResponseBatchItem, decode_request
+from kcm.kmip.messages import (
+    RequestBatchItem,
+    RequestHeader,
+    RequestMessage,
+    ResponseBatchItem,
+    decode_request,
+)
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
+from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
 from kcm.l4.marking import l4_target
 from kcm.ttlv import Item, TtlvError, decode, decode_item
@@ -129,9 +140,10 @@ class GatewayRequestHandler:
     def _route(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         try:
             classified = classify(wire)
-        except TtlvError as e:
-            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
-                                f"malformed request: {e}")
+        except TtlvError:
+            # Not even the routing facts can be read: nothing here may run, and what is
+            # wrong with the request is the core's to say, in the core's words.
+            return self._forward_unread(wire, connection)
         if classified.route is Route.ALL_REMOTE:
             return self._forward_whole(wire, classified.request, connection)
         if classified.route is Route.ALL_LOCAL:
@@ -151,6 +163,13 @@ class GatewayRequestHandler:
 
         return d.addErrback(link_failed)
 
+    def _forward_unread(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
+        def link_failed(failure: Failure) -> bytes:
+            return self._refuse(version_of(wire), ResultReason.GENERAL_FAILURE,
+                                _unreachable_message(failure))
+
+        return self._forward(wire, connection).addErrback(link_failed)
+
     def _forward(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
         try:
             return self._link.forward(wire, connection.principal, connection.peer)
@@ -162,13 +181,9 @@ class GatewayRequestHandler:
     # All local: the hot path --------------------------------------------------------------
     def _all_local(self, wire: bytes, classified: Classified,
                    connection: ConnectionInfo) -> bytes | Deferred[bytes]:
-        try:
-            message = decode_request(decode(wire, max_size=self._max_message_size))
-        except KmipError as e:
-            return self._refuse(version_of(wire), e.reason, e.message)
-        except TtlvError as e:
-            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
-                                f"malformed TTLV: {e}")
+        message = self._decoded(wire)
+        if isinstance(message, bytes):
+            return message
         header = message.header
         principal = connection.principal
         correlation_id = new_correlation_id()
@@ -186,31 +201,33 @@ class GatewayRequestHandler:
         items = classified.request.items
         attributes = classified.create_attributes
         needs = l3_needs(((items[i], attributes[i]) for i in indexes), principal)
-        return {need for need in needs if self._cache.lacks(need)}
+        return {need for need in needs if self._cache.lacks(need, principal)}
 
     def _run_local(self, items: list[RequestBatchItem], header: RequestHeader,
                    principal: Principal, correlation_id: str,
-                   peek_needs: Callable[[], set[Need]],
-                   fetched: frozenset[Need] = frozenset(),
+                   peek_needs: Callable[[], set[Need]], fetched: FetchErrors | None = None,
                    rounds: int = 0) -> LocalRun | Deferred[LocalRun]:
         """Run ``items`` with the keys the cache holds: the answer when nothing was missing
         (the hot path: nothing else is done). On the first miss, every L3 the peek names
         that the cache lacks (``peek_needs``) is fetched with the missed ones, and the items
         (never changed by a run) run once more; only a key the peek cannot show (a wrapping
-        L3) can cost another round."""
+        L3) can cost another round. ``fetched``: what this request fetched already, and why
+        each failed fetch failed."""
+        fetched = fetched or {}
         keys = self._cache.key_source(principal, fetched=fetched,
                                       final=rounds >= _MAX_FETCH_ROUNDS)
         run = self._runner.run(items, principal=principal, version=header.version, keys=keys,
                                continuation=header.effective_error_continuation,
                                correlation_id=correlation_id)
-        unseen = set(keys.misses) - fetched
+        unseen = set(keys.misses) - fetched.keys()
         if not unseen:
             return run
         if not fetched:
             unseen |= peek_needs()
         return self._cache.ensure(unseen, principal).addCallback(
-            lambda _: self._run_local(items, header, principal, correlation_id, peek_needs,
-                                      fetched | unseen, rounds + 1))
+            lambda errors: self._run_local(items, header, principal, correlation_id,
+                                           peek_needs, {**fetched, **_fetched(unseen, errors)},
+                                           rounds + 1))
 
     def _local_answer(self, header: RequestHeader, principal: Principal, run: LocalRun,
                       correlation_id: str) -> bytes:
@@ -224,12 +241,13 @@ class GatewayRequestHandler:
     async def _mixed(self, wire: bytes, classified: Classified,
                      connection: ConnectionInfo) -> bytes:
         request = classified.request
-        try:
-            header_item = decode_item(wire, request.header_start)[0]
-            header = RequestHeader.from_item(header_item)
-        except (TtlvError, KmipError) as e:
-            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
-                                f"malformed request header: {e}")
+        # Decoded whole before anything runs, as the core decodes it: a request the core
+        # would refuse is refused here in the same words, not half run.
+        message = self._decoded(wire)
+        if isinstance(message, bytes):
+            return message
+        header = message.header
+        header_item = decode_item(wire, request.header_start)[0]
         version = header.version
         continuation = header.effective_error_continuation
         correlation_id = new_correlation_id()
@@ -241,9 +259,7 @@ class GatewayRequestHandler:
         principal = connection.principal
         local_indexes = [i for i, local in enumerate(classified.local) if local]
         needs = self._lacking(classified, local_indexes, principal)
-        if needs:
-            await self._cache.ensure(needs, principal)
-        fetched = frozenset(needs)
+        fetched = _fetched(needs, await self._cache.ensure(needs, principal)) if needs else {}
         answered: list[bytes] = []
         core_correlation: list[str] = []
         failed = False
@@ -251,13 +267,15 @@ class GatewayRequestHandler:
         for local, run in groupby(indexed, key=lambda pair: pair[1][1]):
             if failed and stop:
                 break
-            items = [peeked for _, (peeked, _) in run]
+            indexes, items = zip(*((i, peeked) for i, (peeked, _) in run), strict=True)
             if local:
                 run_items, run_failed = await self._mixed_local(
-                    wire, items, header, principal, correlation_id, fetched)
+                    [message.batch_items[i] for i in indexes], header, principal,
+                    correlation_id, fetched)
             else:
                 run_items, run_failed = await self._mixed_remote(
-                    wire, header_item, items, connection, stop, version, core_correlation)
+                    wire, header_item, list(items), connection, stop, version,
+                    core_correlation)
             answered.extend(run_items)
             failed = failed or run_failed
         # One remote run: its correlation value names the request in the core's audit log.
@@ -265,19 +283,11 @@ class GatewayRequestHandler:
             correlation_id = core_correlation[0]
         return self._answer(version, answered, header.maximum_response_size, correlation_id)
 
-    async def _mixed_local(self, wire: bytes, peeked: list[PeekedBatchItem],
-                           header: RequestHeader, principal: Principal, correlation_id: str,
-                           fetched: frozenset[Need]) -> tuple[list[bytes], bool]:
+    async def _mixed_local(self, items: list[RequestBatchItem], header: RequestHeader,
+                           principal: Principal, correlation_id: str,
+                           fetched: FetchErrors) -> tuple[list[bytes], bool]:
         version = header.version
-        try:
-            items = [RequestBatchItem.from_item(decode_item(wire, p.start)[0], version)
-                     for p in peeked]
-        except (TtlvError, KmipError) as e:
-            reason = e.reason if isinstance(e, KmipError) else ResultReason.INVALID_MESSAGE
-            text = e.message if isinstance(e, KmipError) else f"malformed batch item: {e}"
-            first = peeked[0]
-            return encode_items([failed_item(first.operation, first.unique_batch_item_id,
-                                             version, reason, text)], version), True
+        # The needs of every local item were fetched before the first run: nothing to add.
         run = self._run_local(items, header, principal, correlation_id, set, fetched)
         if isinstance(run, Deferred):
             run = await run
@@ -308,6 +318,17 @@ class GatewayRequestHandler:
         items = [answer[item.start:item.end] for item in relayed.items]
         return items, any(item.result_status == _FAILED for item in relayed.items)
 
+    def _decoded(self, wire: bytes) -> RequestMessage | bytes:
+        """The request, decoded as the core decodes it, or the answer refusing it (the
+        core's words: :meth:`kcm.core.request_handler.CoreRequestHandler.respond`)."""
+        try:
+            return decode_request(decode(wire, max_size=self._max_message_size))
+        except KmipError as e:
+            return self._refuse(version_of(wire), e.reason, e.message)
+        except TtlvError as e:
+            return self._refuse(version_of(wire), ResultReason.INVALID_MESSAGE,
+                                f"malformed TTLV: {e}")
+
     # Answers ----------------------------------------------------------------------------
     def _answer(self, version: Version, items: list[bytes], maximum_response_size: int | None,
                 correlation_id: str) -> bytes:
@@ -324,6 +345,12 @@ class GatewayRequestHandler:
         return failure_response(version, ResultReason.GENERAL_FAILURE,
                                 internal_error(correlation_id), int(self._clock()),
                                 correlation_id)
+
+
+def _fetched(needs: set[Need], errors: dict[Need, KmipError]) -> dict[Need, KmipError | None]:
+    """What a request fetched: every need in ``needs``, with why its fetch failed (None:
+    it succeeded)."""
+    return {need: errors.get(need) for need in needs}
 
 
 def _log_denials(run: LocalRun, principal: Principal) -> None:
@@ -363,10 +390,12 @@ def _log_denied_use(item: RequestBatchItem, principal: Principal, error: KmipErr
     named = ", ".join(f"{label} {value}" for label, value in (
         ("L4", token_id), ("L3", l3_uid), ("service", service), ("wrapping key", wrapping_key))
         if value is not None) or "no key"
+    # Another tenant's key is answered as a missing one: the log says what really happened.
+    reason = error.why if isinstance(error, ServiceKeyUseDenied) else error.message
     log.warn("denied {operation} by {principal} ({named}): {reason}",
              operation=operation_name(item.operation), principal=principal.id, named=named,
              l3_uid=l3_uid, token_id=token_id, service=service, wrapping_key=wrapping_key,
-             reason=error.message)
+             reason=reason, answered=error.message)
 
 
 def _continuation_of(wire: bytes, request: PeekedRequest) -> int:
@@ -388,17 +417,7 @@ def _unreachable_items(peeked: list[PeekedBatchItem], failure: Failure, stop: bo
                             ResultReason.RESPONSE_TOO_LARGE,
                             f"{error}; the operation may have been carried out")
                 for p in peeked]
-    if isinstance(error, RequestTooLarge):
-        message = "the request is too large to forward to the core"
-    elif isinstance(error, LinkDown):
-        message = "the core is unreachable; only L4 operations are served until it is back"
-    elif isinstance(error, LinkBusy):
-        message = "the gateway has too many requests in flight to the core; retry"
-    elif isinstance(error, LinkTimeout):
-        message = "the core did not answer in time; the operation may or may not have happened"
-    else:
-        log.failure("forwarding to the core failed", failure)
-        message = "the request could not be forwarded to the core"
+    message = _unreachable_message(failure)
     return [failed_item(p.operation, p.unique_batch_item_id, version,
                         ResultReason.GENERAL_FAILURE, message)
             for p in (peeked[:1] if stop else peeked)]
@@ -412,3 +431,18 @@ def _refused_undo(peeked: list[PeekedBatchItem], version: Version) -> list[Respo
     return [failed_item(p.operation, p.unique_batch_item_id, version,
                         ResultReason.OPERATION_NOT_SUPPORTED, message)
             for p in peeked]
+
+
+def _unreachable_message(failure: Failure) -> str:
+    """What a client is told when the core could not be asked (``failure`` says why)."""
+    error = failure.value
+    if isinstance(error, RequestTooLarge):
+        return "the request is too large to forward to the core"
+    if isinstance(error, LinkDown):
+        return "the core is unreachable; only L4 operations are served until it is back"
+    if isinstance(error, LinkBusy):
+        return "the gateway has too many requests in flight to the core; retry"
+    if isinstance(error, LinkTimeout):
+        return "the core did not answer in time; the operation may or may not have happened"
+    log.failure("forwarding to the core failed", failure)
+    return "the request could not be forwarded to the core"

@@ -5,14 +5,23 @@ What it promises:
 * An L3 is fetched from the core on first use, by uid or as the current version of a
   (tenant, service); reads never touch the network: a read of something not held is a
   *miss*, which the request handler fetches (the one synchronous call to the core a hot-path
-  request may make) before running the request again.
+  request may make) before running the request again. Why a fetch failed belongs to the
+  request that asked (:meth:`L3Cache.ensure` answers it), never to the cache.
 * An L3 is fresh for ``ttl`` seconds after the core last confirmed it. A stale one keeps
   serving and is refreshed in the background while the core is reachable.
 * With the core unreachable an L3 serves up to ``max_stale`` seconds after its last
   successful refresh; after that every use fails closed with a KmipError saying why.
+* Who asks is decided before anything about a version is looked at: a version held here
+  (or dropped) that the caller may not use (:func:`kcm.l4.authorize.may_use_service_key`)
+  is a miss for that caller, fetched on its behalf like a version never seen, so that the
+  core answers (and audits) it, and another tenant's key costs the same work and gets the
+  same answer as an unknown one. A refusal of who asks from the core names the key's
+  tenant and service; it becomes a :class:`ServiceKeyUseDenied`, which the handler logs.
 * Events from the core apply at once: ``l3.rotated`` fetches the new current version,
   ``l3.state`` updates a version (Deactivated: it only decrypts from then on) or drops it
-  (Compromised, Destroyed: refused from then on), ``l4.tombstone`` refuses the token,
+  (Compromised, Destroyed: its material is forgotten, and the version is kept as a marker
+  of its tenant, service and state, which the L4 engine answers by exactly as the core's
+  engine does), ``l4.tombstone`` refuses the token,
   ``policy`` is only logged here (the gateway service applies the policy it carries to new
   client connections: :class:`kcm.gateway.service.GatewayService`). Each applied event is
   logged with its sequence number (an operator sees what a gateway caught up on after a reconnect).
@@ -31,10 +40,17 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kcm.gateway.link_client import LinkError
+from kcm.gateway.link_client import LinkError, ServiceKeyRefused
 from kcm.identity import Principal
+from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
+from kcm.l4.authorize import (
+    ServiceKeyUseDenied,
+    check_service_key_use,
+    denial_reason,
+    may_use_service_key,
+)
 from kcm.l4.service_key import ServiceKey
 from kcm.link.events import EventKind
 
@@ -48,6 +64,9 @@ Fetch = Callable[[Principal, str, str, "str | None"], Deferred]
 
 #: States after which an L3 must not be used at all, not even to decrypt (ARCHITECTURE §4).
 _DROP_STATES = frozenset((State.COMPROMISED, State.DESTROYED, State.DESTROYED_COMPROMISED))
+
+#: What one request fetched: each need, and why its fetch failed (None: it succeeded).
+FetchErrors = Mapping["Need", "KmipError | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +84,8 @@ class ServiceKeyMissing(KmipError):
     """A read of an L3 the cache does not hold (yet): the handler fetches ``need``."""
 
     def __init__(self, need: Need) -> None:
-        what = need.uid or f"the current service key of {need.tenant}/{need.service}"
-        super().__init__(ResultReason.GENERAL_FAILURE, f"{what} is not available at the gateway")
+        super().__init__(ResultReason.GENERAL_FAILURE,
+                         f"{_named(need)} is not available at the gateway")
         self.need = need
 
 
@@ -98,27 +117,29 @@ class L3Cache:
         self.max_stale = max_stale
         self._keys: dict[str, _Held] = {}
         self._services: dict[tuple[str, str], _ServiceState] = {}
-        self._dropped: dict[str, int] = {}
+        #: Dropped versions: their tenant, service and state, without material.
+        self._dropped: dict[str, ServiceKey] = {}
         self._tombstones: set[str] = set()
         self._refreshing_uids: set[str] = set()
-        self._fetch_errors: dict[Need, KmipError] = {}
         self.last_event_sequence = -1
 
     # Reads (the engine's KeySource goes through these) ---------------------------------
     def key_source(self, principal: Principal, *, final: bool = False,
-                   fetched: frozenset[Need] = frozenset()) -> CachedKeySource:
+                   fetched: FetchErrors | None = None) -> CachedKeySource:
         """A synchronous KeySource for one request of ``principal``. A miss of something in
-        ``fetched`` (already fetched for this request), or with ``final`` of anything,
-        raises the reason the last fetch failed (the request is not run again for it)."""
-        return CachedKeySource(self, principal, final, fetched)
+        ``fetched`` (fetched for this request already: a need, and why its fetch failed if
+        it did), or with ``final`` of anything, raises why the fetch failed (the request is
+        not run again for it)."""
+        return CachedKeySource(self, principal, final, fetched or {})
 
-    def lacks(self, need: Need) -> bool:
-        """Whether a read of ``need`` would miss (so it must be fetched first)."""
+    def lacks(self, need: Need, principal: Principal) -> bool:
+        """Whether a read of ``need`` by ``principal`` would miss (so it must be fetched
+        first, on that principal's behalf)."""
         try:
             if need.uid is None:
                 self.current(need.tenant, need.service)
             else:
-                self.by_uid(need.uid)
+                self.by_uid(need.uid, principal)
         except ServiceKeyMissing:
             return True
         except KmipError:
@@ -143,15 +164,19 @@ class L3Cache:
             self._refresh_service(tenant, service)
         return held.key
 
-    def by_uid(self, uid: str) -> ServiceKey:
-        """Version ``uid``, of whichever tenant (the engine decides who may use it)."""
-        dropped = self._dropped.get(uid)
-        if dropped is not None:
-            raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
-                            f"service key {uid} is {State(dropped).name.lower()}; "
-                            "the L4s under it can no longer be used")
+    def by_uid(self, uid: str, principal: Principal) -> ServiceKey:
+        """Version ``uid`` for ``principal``; ServiceKeyMissing or KmipError.
+
+        Who asks comes first: a version ``principal`` may not use is a miss, whether held,
+        dropped or unknown here (the core answers it, the same way for each). A dropped
+        version is its marker, without material: the engine answers by its state."""
         held = self._keys.get(uid)
-        if held is None or not self._usable(held.confirmed_at, f"service key {uid}"):
+        known = held.key if held is not None else self._dropped.get(uid)
+        if known is None or not may_use_service_key(principal, known.tenant, known.service):
+            raise ServiceKeyMissing(Need(uid=uid))
+        if held is None:
+            return known
+        if not self._usable(held.confirmed_at, f"service key {identifier_label(uid)}"):
             raise ServiceKeyMissing(Need(uid=uid))
         if self._is_stale(held.confirmed_at):
             self._refresh_uid(held)
@@ -174,15 +199,18 @@ class L3Cache:
                         "refusing to use it")
 
     # Fetches ----------------------------------------------------------------------------
-    def ensure(self, needs: Iterable[Need], caller: Principal) -> Deferred[None]:
-        """Fetch every need on behalf of ``caller``; fires when all have answered (never
-        fails: a failed fetch is remembered for the final retry's error)."""
-        fetches = [self._fetch_need(need, caller) for need in set(needs)]
-        done: Deferred[None] = DeferredList(fetches, consumeErrors=True).addCallback(
-            lambda _: None)
+    def ensure(self, needs: Iterable[Need],
+               caller: Principal) -> Deferred[dict[Need, KmipError]]:
+        """Fetch every need on behalf of ``caller``; fires when all have answered, with why
+        each failed fetch failed (never fails itself)."""
+        errors: dict[Need, KmipError] = {}
+        fetches = [self._fetch_need(need, caller, errors) for need in set(needs)]
+        done: Deferred[dict[Need, KmipError]] = DeferredList(
+            fetches, consumeErrors=True).addCallback(lambda _: errors)
         return done
 
-    def _fetch_need(self, need: Need, caller: Principal) -> Deferred[None]:
+    def _fetch_need(self, need: Need, caller: Principal,
+                    errors: dict[Need, KmipError] | None = None) -> Deferred[None]:
         try:
             d = self._fetch(caller, need.tenant, need.service, need.uid)
         except Exception:  # a fetch that fails synchronously is still just a failed fetch
@@ -190,22 +218,22 @@ class L3Cache:
             d.errback(Failure())
 
         def fetched(keys: list[ServiceKey]) -> None:
-            self._fetch_errors.pop(need, None)
             self.store(keys, caller, current_of=None if need.uid else
                        (need.tenant, need.service))
 
         def failed(failure: Failure) -> None:
-            self._fetch_errors[need] = _as_kmip_error(failure, need)
+            error = _as_kmip_error(failure, need)
+            if errors is not None:
+                errors[need] = error
 
         return d.addCallbacks(fetched, failed)
 
-    def fetch_error(self, need: Need) -> KmipError | None:
-        """Why the last fetch of ``need`` failed, if it did."""
-        return self._fetch_errors.get(need)
-
-    def prewarm(self, tenant: str, service: str, caller: Principal) -> Deferred[None]:
-        """Fetch the current version of ``tenant``/``service`` now."""
-        return self.ensure([Need(tenant, service)], caller)
+    def prewarm(self, tenant: str, service: str,
+                caller: Principal) -> Deferred[KmipError | None]:
+        """Fetch the current version of ``tenant``/``service`` now; why it failed, if it
+        did."""
+        need = Need(tenant, service)
+        return self.ensure([need], caller).addCallback(lambda errors: errors.get(need))
 
     def store(self, keys: list[ServiceKey], caller: Principal, *,
               current_of: tuple[str, str] | None = None) -> None:
@@ -215,7 +243,7 @@ class L3Cache:
         current: str | None = None
         for key in keys:
             if State(key.state) in _DROP_STATES:
-                self._drop(key.uid, key.state)
+                self._drop(key)
                 continue
             self._dropped.pop(key.uid, None)
             self._keys[key.uid] = _Held(key, now, caller)
@@ -270,8 +298,8 @@ class L3Cache:
         if known is EventKind.L3_ROTATED:
             self._rotated(tenant or "", str(payload.get("service", "")))
         elif known is EventKind.L3_STATE:
-            self._state_changed(str(payload.get("unique_identifier", "")),
-                                int(payload.get("state", 0)))
+            self._state_changed(str(payload.get("unique_identifier", "")), tenant or "",
+                                str(payload.get("service", "")), int(payload.get("state", 0)))
         elif known is EventKind.L4_TOMBSTONE:
             self._tombstones.add(str(payload["token_id"]))
         elif known is EventKind.POLICY:
@@ -297,9 +325,11 @@ class L3Cache:
 
         self._fetch_need(Need(tenant, service), state.caller).addBoth(done)
 
-    def _state_changed(self, uid: str, new_state: int) -> None:
+    def _state_changed(self, uid: str, tenant: str, service: str, new_state: int) -> None:
         if new_state in _DROP_STATES:
-            self._drop(uid, new_state)
+            held = self._keys.get(uid)
+            version = held.key.version if held is not None else 0
+            self._drop(ServiceKey(uid, tenant, service, version, new_state, b""))
             return
         held = self._keys.get(uid)
         if held is None:
@@ -310,9 +340,11 @@ class L3Cache:
                 if state.current_uid == uid:
                     state.current_uid = None  # decrypt-only now: the next Create fetches
 
-    def _drop(self, uid: str, state: int) -> None:
+    def _drop(self, key: ServiceKey) -> None:
+        """Forget ``key``'s material; keep who owns it and its state, for the answers."""
+        uid = key.uid
         self._keys.pop(uid, None)
-        self._dropped[uid] = state
+        self._dropped[uid] = replace(key, key=b"")
         for service_state in self._services.values():
             if service_state.current_uid == uid:
                 service_state.current_uid = None
@@ -329,6 +361,11 @@ class L3Cache:
         """Whether version ``uid`` is held."""
         return uid in self._keys
 
+    def known(self, uid: str) -> ServiceKey | None:
+        """Version ``uid`` as held or dropped (whoever asks), or None."""
+        held = self._keys.get(uid)
+        return held.key if held is not None else self._dropped.get(uid)
+
 
 class CachedKeySource:
     """The engine's KeySource over an :class:`L3Cache`, for one request of one principal.
@@ -337,7 +374,7 @@ class CachedKeySource:
     engine turns the raised error into a failed batch item."""
 
     def __init__(self, cache: L3Cache, principal: Principal, final: bool,
-                 fetched: frozenset[Need] = frozenset()) -> None:
+                 fetched: FetchErrors) -> None:
         self._cache = cache
         self._principal = principal
         self._final = final
@@ -352,11 +389,12 @@ class CachedKeySource:
             raise self._missed(e) from None
 
     def service_key(self, uid: str) -> ServiceKey:
-        """L3 version ``uid``."""
+        """L3 version ``uid``, if this request's principal may use it."""
         try:
-            # Asked for by uid alone: the core answers for whichever tenant's key it is, so a
-            # refusal here (another tenant's, destroyed) says what the core itself would.
-            return self._cache.by_uid(uid)
+            # Asked for by uid alone: a version the principal may not use is fetched on its
+            # behalf, so that the core's refusal (another tenant's: as a missing one) is the
+            # answer, exactly as at the core.
+            return self._cache.by_uid(uid, self._principal)
         except ServiceKeyMissing as e:
             raise self._missed(e) from None
 
@@ -365,19 +403,51 @@ class CachedKeySource:
         return self._cache.is_tombstoned(token_id)
 
     def _missed(self, missing: ServiceKeyMissing) -> KmipError:
-        if self._final or missing.need in self._fetched:
-            return self._cache.fetch_error(missing.need) or missing
-        self.misses.append(missing.need)
+        need = missing.need
+        if self._final or need in self._fetched:
+            error = self._fetched.get(need)
+            if error is not None:
+                return _refusal(error, self._principal)
+            # Fetched, yet not this principal's (the core served someone else meanwhile):
+            # refused here by the same rule the core applies.
+            known = self._cache.known(need.uid) if need.uid is not None else None
+            if known is not None:
+                try:
+                    check_service_key_use(self._principal, known.tenant, known.service,
+                                          uid=need.uid)
+                except ServiceKeyUseDenied as denied:
+                    return denied
+            return missing
+        self.misses.append(need)
         return missing
+
+
+def _refusal(error: KmipError, principal: Principal) -> KmipError:
+    """What the engine raises for a failed fetch: the core's refusal of who asks (it names
+    the key's tenant and service) as the :class:`ServiceKeyUseDenied` it is, else ``error``."""
+    if isinstance(error, ServiceKeyRefused) and error.owner is not None:
+        tenant, service = error.owner
+        why = denial_reason(principal, tenant, service) or "refused by the core"
+        return ServiceKeyUseDenied(error.reason, error.message, why=why, tenant=tenant,
+                                   service=service)
+    return error
 
 
 def _as_kmip_error(failure: Failure, need: Need) -> KmipError:
     if isinstance(failure.value, KmipError):
         return failure.value  # the core's refusal, with its reason
-    what = need.uid or f"the current service key of {need.tenant}/{need.service}"
+    what = _named(need)
     if isinstance(failure.value, LinkError):
         return KmipError(ResultReason.GENERAL_FAILURE,
                          f"{what} is not cached at the gateway and the core is unreachable "
                          f"({failure.getErrorMessage()})")
     log.failure("fetching {what} failed", failure, what=what)
     return KmipError(ResultReason.GENERAL_FAILURE, f"fetching {what} from the core failed")
+
+
+def _named(need: Need) -> str:
+    """``need`` as an answer names it (an identifier by its short label: it is the
+    client's)."""
+    if need.uid is not None:
+        return identifier_label(need.uid)
+    return f"the current service key of {need.tenant}/{need.service}"

@@ -88,7 +88,14 @@ class AnswerTooLarge(LinkError):
 
 
 class ServiceKeyRefused(KmipError):
-    """The core refused a service key fetch; ``reason`` is its KMIP Result Reason."""
+    """The core refused a service key fetch; ``reason`` and ``message`` are what the client
+    is answered. ``owner`` is the (tenant, service) of the key when the core refused
+    because of who asks (docs/link-protocol.md §2), for the gateway's log."""
+
+    def __init__(self, reason: ResultReason, message: str, *,
+                 owner: tuple[str, str] | None = None) -> None:
+        super().__init__(reason, message)
+        self.owner = owner
 
 
 class _Stream:
@@ -140,7 +147,9 @@ class LinkClientProtocol(LinkProtocol):
                 reason = ResultReason(frame.result_reason)
             except ValueError:
                 reason = ResultReason.GENERAL_FAILURE
-            stream.deferred.errback(ServiceKeyRefused(reason, frame.error or "refused"))
+            owner = (frame.tenant, frame.service or "") if frame.tenant is not None else None
+            stream.deferred.errback(ServiceKeyRefused(reason, frame.error or "refused",
+                                                      owner=owner))
         else:
             stream.deferred.callback(frame.service_keys)
 

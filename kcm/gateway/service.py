@@ -21,9 +21,10 @@ from twisted.logger import Logger
 
 from kcm.gateway.config import GatewayConfig
 from kcm.gateway.handler import GatewayRequestHandler
-from kcm.gateway.l3_cache import L3Cache, Need
+from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
 from kcm.identity import Principal, Role, SubjectMap, principal_from_certificate
+from kcm.kmip.errors import KmipError
 from kcm.process import ProcessService
 from kcm.tls import TLSClientEndpoint, load_certificates
 
@@ -104,14 +105,12 @@ class GatewayService(ProcessService):
             caller = Principal(Role.SERVICE, trust_domain, tenant=tenant, service=service,
                                uri=f"spiffe://{trust_domain}/tenant/{tenant}/service/{service}")
             self.cache.prewarm(tenant, service, caller).addCallback(
-                lambda _, t=tenant, s=service: self._prewarmed(t, s))
+                self._prewarmed, tenant, service)
 
-    def _prewarmed(self, tenant: str, service: str) -> None:
-        assert self.cache is not None
-        need_error = self.cache.fetch_error(Need(tenant, service))
-        if need_error is not None:
+    def _prewarmed(self, error: KmipError | None, tenant: str, service: str) -> None:
+        if error is not None:
             log.error("pre-warming {tenant}/{service} failed: {reason}", tenant=tenant,
-                      service=service, reason=need_error.message)
+                      service=service, reason=error.message)
 
 
 def _gateway_name(cert_path: str, trust_domain: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kcm.kmip import registry
 from kcm.kmip.enums import (
     AttestationType,
     BatchErrorContinuationOption,
@@ -191,9 +192,29 @@ def _split(item: Item, message_tag: int, header_tag: int) -> tuple[Item, list[It
 
 
 def decode_request(item: Item) -> RequestMessage:
-    """Decode a Request Message tree; raise KmipError for a structurally wrong one."""
+    """Decode a Request Message tree; raise KmipError for a structurally wrong one,
+    including one whose items cannot be read in its protocol version (Unsupported Protocol
+    Version) and one whose Batch Count is not the number of its Batch Items (Invalid
+    Message: the message contradicts itself, and the gateway and the core must not guess
+    differently which to believe). A server that judges the header first (kcm-core) uses
+    the two halves below and says the same."""
     header, batch = decode_request_header(item)
+    major, minor = header.version
+    if not registry.has_tables((major, minor)):
+        # Its batch items cannot be read (no tag or attribute tables for it): say so, as
+        # a server answers a version it does not speak, rather than fail reading them.
+        raise KmipError(ResultReason.UNSUPPORTED_PROTOCOL_VERSION,
+                        f"protocol version {major}.{minor} is not supported")
+    if header.batch_count != len(batch):
+        raise KmipError(ResultReason.INVALID_MESSAGE, batch_count_mismatch(header, batch))
     return decode_request_items(header, batch)
+
+
+def batch_count_mismatch(header: RequestHeader, batch: list[Item]) -> str:
+    """The Result Message for a Batch Count that is not the number of Batch Items."""
+    count = len(batch)
+    return (f"Batch Count is {header.batch_count}, but the request holds {count} "
+            f"Batch Item{'s' if count != 1 else ''}")
 
 
 def decode_request_header(item: Item) -> tuple[RequestHeader, list[Item]]:

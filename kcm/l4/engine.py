@@ -1,21 +1,23 @@
 """The four L4 operations: Create of an L4, Get of an L4, Encrypt and Decrypt with an L4 (a
-record) or an L3 (a DEK wrap/unwrap) (ARCHITECTURE §2–§3, docs/link-protocol.md §3).
+record) or an L3 (a DEK wrap/unwrap) (ARCHITECTURE §2-§3, docs/link-protocol.md §3).
 
 Pure and synchronous: the engine takes typed payloads, the caller's principal and the
 request's protocol version, and asks a :class:`KeySource` for service keys and tombstones;
 it does no I/O, no logging and keeps no state, so the gateway runs it on its hot path and the
-core runs it inside a request's transaction. Every refusal is a ``KmipError``:
+core runs it inside a request's transaction. Every refusal is a ``KmipError``, and who asks
+is decided first, before anything about the key (:mod:`kcm.l4.authorize`):
 
-* not an L4 token, an unknown L3, a token that does not open: Object Not Found (2.x) /
-  Item Not Found (1.x);
+* another tenant's token or L3 (or wrapping key, or Parent Link), an unknown L3, a token that
+  is not one or does not open: Object Not Found (2.x) / Item Not Found (1.x), one message
+  shape made from what the client sent (:mod:`kcm.kernel.missing`), so that another
+  tenant's key answers exactly as a missing one;
+* another service's token or L3 of the caller's own tenant: Permission Denied;
 * a tombstoned token (revoked or destroyed through the core): Object Not Found / Item Not
-  Found as well — once revoked, the token names nothing any more, for every operation;
-* another tenant's token or L3, or (for an application) another service's: Permission
-  Denied (:mod:`kcm.l4.authorize`);
+  Found as well: once revoked, the token names nothing any more, for every operation;
 * an L3 that may not do what is asked (Encrypt or Create needs it Active; Get, Decrypt also
-  work while it is Deactivated or Compromised): Wrong Key Lifecycle State (2.x) / Permission
-  Denied (1.x); an L4 whose L3 was destroyed is crypto-erased: Object Destroyed / Item Not
-  Found;
+  work while it is Deactivated, never once it is Compromised): Wrong Key Lifecycle State
+  (2.x) / Permission Denied (1.x); an L4 whose L3 was destroyed is crypto-erased: Object
+  Destroyed / Item Not Found;
 * cipher parameters: as kcm-core answers for managed keys (:mod:`kcm.crypto.symmetric`);
   streaming (Init Indicator / Correlation Value) is not offered for L3s and L4s: Feature Not
   Supported.
@@ -46,6 +48,7 @@ from kcm.crypto.symmetric import (
 )
 from kcm.identity import Principal
 from kcm.kernel.lifecycle import wrong_state
+from kcm.kernel.missing import identifier_label, object_not_found, wrapping_key_not_found
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link
 from kcm.kmip.enums import (
     BlockCipherMode,
@@ -83,7 +86,7 @@ from kcm.kmip.payloads import (
 from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
 from kcm.l4 import token
-from kcm.l4.authorize import check_service_key_use
+from kcm.l4.authorize import ServiceKeyUseDenied, check_service_key_use
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
 from kcm.l4.marking import (
     LEVEL_NAME,
@@ -112,15 +115,20 @@ _IGNORED_CREATE_ATTRIBUTES = frozenset({
 })
 
 class KeySource(Protocol):
-    """Where the engine gets service keys (L3) and tombstones. Each method raises
-    ``KmipError`` when it cannot answer (no such key, core unreachable, ...)."""
+    """Where the engine gets service keys (L3) and tombstones, for one caller. Each method
+    raises ``KmipError`` when it cannot answer (no such key, core unreachable, ...)."""
 
     def current_service_key(self, tenant: str, service: str) -> ServiceKey:
-        """The current Active L3 version of ``tenant``/``service``."""
+        """The current Active L3 version of ``tenant``/``service`` (the engine has checked
+        that the caller may use it)."""
         ...
 
     def service_key(self, uid: str) -> ServiceKey:
-        """The L3 version ``uid`` (``l3-…``), whatever its state."""
+        """The L3 version ``uid`` (``l3-...``), whatever its state (a destroyed or dropped one
+        without key bytes), if the caller may use it. A source decides who asks
+        (:func:`kcm.l4.authorize.check_service_key_use` with ``uid``) before it says or does
+        anything about the key, so that another tenant's key answers as a missing one, with
+        the same work."""
         ...
 
     def is_tombstoned(self, token_id: str) -> bool:
@@ -172,13 +180,12 @@ class L4Engine:
         length = _dek_length(attributes)
         target = l4_target(principal, attributes)
         if isinstance(target, str):
-            l3 = self._keys.service_key(target)
-            check_service_key_use(principal, l3.tenant, l3.service)
+            l3 = self._service_key(principal, target)
             named = _vendor_text(attributes, SERVICE_NAME)
             if named is not None and named != l3.service:
                 raise KmipError(ResultReason.INVALID_FIELD,
                                 f"the Parent Link names a key of service {l3.service!r}, "
-                                f"x-kcm-service names {named!r}")
+                                f"x-kcm-service names {identifier_label(named)!r}")
         else:
             tenant, service = target
             check_service_key_use(principal, tenant, service)
@@ -244,15 +251,16 @@ class L4Engine:
         wrapping_uid = info.unique_identifier
         if not isinstance(wrapping_uid, str) or not wrapping_uid.startswith(L3_PREFIX):
             raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
-                            "an L4 is wrapped only with a service key (l3-…)")
+                            "an L4 is wrapped only with a service key (l3-...)")
         try:
-            kek = self._keys.service_key(wrapping_uid)
+            kek = self._service_key(principal, wrapping_uid)
         except KmipError as e:
             if e.reason != ResultReason.OBJECT_NOT_FOUND:
                 raise
-            raise KmipError(ResultReason.WRAPPING_OBJECT_NOT_FOUND,
-                            f"no wrapping key {wrapping_uid!r}") from None
-        check_service_key_use(principal, kek.tenant, kek.service)
+            missing = wrapping_key_not_found(wrapping_uid)
+            if isinstance(e, ServiceKeyUseDenied):  # still a refused attempt, to log
+                raise e.restated(missing) from None
+            raise missing from None
         _check_state(kek, protect=True, what="wrap")
         mode = _wrap_mode(info.cryptographic_parameters)
         encoding = spec.encoding_option
@@ -325,32 +333,37 @@ class L4Engine:
         already tombstoned is answered again (Revoke then Destroy is the usual sequence).
         """
         sealed = _parse(uid)
-        l3 = self._keys.service_key(sealed.l3_uid)
-        check_service_key_use(principal, l3.tenant, l3.service)
+        l3 = self._service_key(principal, sealed.l3_uid)
         if l3.state not in _DESTROYED:
-            _open(sealed, l3)
+            _open(uid, sealed, l3)
         return Tombstone(sealed.token_id, l3.tenant, l3.uid)
 
     # Keys ---------------------------------------------------------------------------
+    def _service_key(self, principal: Principal, uid: str) -> ServiceKey:
+        """L3 ``uid`` for a caller who may use it. The source decided who asks before
+        anything else; asking again here costs nothing and holds for any source."""
+        l3 = self._keys.service_key(uid)
+        check_service_key_use(principal, l3.tenant, l3.service, uid=uid)
+        return l3
+
     def _key(self, principal: Principal, version: Version, uid: str, *,
              protect: bool) -> bytes:
         if uid.startswith(L4_PREFIX):
             return self._l4_key(principal, version, uid, protect=protect)[0]
         if uid.startswith(L3_PREFIX):
-            l3 = self._keys.service_key(uid)
-            check_service_key_use(principal, l3.tenant, l3.service)
+            l3 = self._service_key(principal, uid)
             _check_state(l3, protect=protect,
                          what="wrap a DEK" if protect else "unwrap a DEK")
             return l3.key
         raise KmipError(ResultReason.INVALID_FIELD,
-                        f"{uid!r} is neither a service key (l3-…) nor an L4 (l4.…)")
+                        f"{identifier_label(uid)} is neither a service key (l3-) nor an L4 token "
+                        "(l4.)")
 
     def _l4_key(self, principal: Principal, version: Version, uid: str, *,
                 protect: bool) -> tuple[bytes, ServiceKey]:
         """The DEK of L4 ``uid`` for a caller who may use it, and its L3."""
         sealed = _parse(uid)
-        l3 = self._keys.service_key(sealed.l3_uid)
-        check_service_key_use(principal, l3.tenant, l3.service)
+        l3 = self._service_key(principal, sealed.l3_uid)
         if self._keys.is_tombstoned(sealed.token_id):
             raise KmipError(ResultReason.OBJECT_NOT_FOUND,
                             f"the L4 {sealed.token_id} was revoked or destroyed")
@@ -360,24 +373,25 @@ class L4Engine:
                             "it are crypto-erased")
         _check_state(l3, protect=protect,
                      what="encrypt with its L4s" if protect else "open its L4s")
-        return _open(sealed, l3), l3
+        return _open(uid, sealed, l3), l3
 
 
 # Helpers ------------------------------------------------------------------------------
 def _parse(uid: str) -> token.SealedToken:
+    """The token ``uid``; a text that is not one names nothing (the missing answer)."""
     try:
         return token.parse(uid)
-    except token.TokenError as e:
-        raise KmipError(ResultReason.OBJECT_NOT_FOUND,
-                        f"no L4 {uid[:24]!r}…: {e}") from None
+    except token.TokenError:
+        raise object_not_found(uid) from None
 
 
-def _open(sealed: token.SealedToken, l3: ServiceKey) -> bytes:
+def _open(uid: str, sealed: token.SealedToken, l3: ServiceKey) -> bytes:
+    """The DEK of token ``uid``; one that does not open under its L3 (forged, or sealed
+    for another tenant or service) names nothing either."""
     try:
         return token.open_sealed(sealed, l3)
-    except token.TokenError as e:
-        raise KmipError(ResultReason.OBJECT_NOT_FOUND,
-                        f"no L4 {sealed.token_id}: {e}") from None
+    except token.TokenError:
+        raise object_not_found(uid) from None
 
 
 def _check_state(l3: ServiceKey, *, protect: bool, what: str) -> None:

@@ -83,7 +83,7 @@ def l4_target(principal: Principal, attributes: Iterable[Attribute] | None
     marking = l4_marking(attributes)
     if marking is None:
         raise KmipError(ResultReason.INVALID_FIELD,
-                        "not an L4 Create: link a Parent L3 (l3-…) or set x-kcm-level = L4")
+                        "not an L4 Create: link a Parent L3 (l3-) or set x-kcm-level = L4")
     if marking.l3_uid is not None:
         return marking.l3_uid
     if principal.tenant is None:

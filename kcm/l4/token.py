@@ -82,7 +82,7 @@ def seal(l3: ServiceKey, dek: bytes, nonce: bytes) -> str:
 def parse(token: str) -> SealedToken:
     """The parts of ``token``; TokenError unless it is exactly a version-1 token."""
     if not isinstance(token, str) or not token.startswith(PREFIX) or len(token) > _MAX_TEXT:
-        raise TokenError("not an L4 token (l4.1.…)")
+        raise TokenError("not an L4 token (l4.1.)")
     text = token[len(PREFIX):]
     if not _ALPHABET.issuperset(text):
         raise TokenError("an L4 token's body is base64url without padding")

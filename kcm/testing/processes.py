@@ -1,7 +1,7 @@
 """Real KMIP server processes on free loopback ports, for end-to-end tests and benchmarks.
 
 :func:`deploy` makes a kcm-core deployment in a directory (a development PKI, ``kcm core
-init``, tenants ``demo`` with service ``app`` and ``other``); :class:`CoreProcess` and
+init``, tenants ``demo`` and ``other``, each with a service ``app``); :class:`CoreProcess` and
 :class:`GatewayProcess` run ``twistd -n kcm-core`` / ``twistd -n kcm-gateway`` on it;
 :func:`start_pykmip` runs PyKMIP 0.11's own server with the same PKI. Each start returns once
 the process accepts connections, or raises RuntimeError with the tail of its log.
@@ -216,7 +216,8 @@ def _twistd(plugin: str, config: Path, root: Path, log: Path) -> subprocess.Pope
 
 def deploy(root: Path, database: str, *, max_message_size: int | None = None,
            l1_pkcs11: str | None = None, **limits: int | float) -> CoreProcess:
-    """A PKI, an initialised database and L1, tenants demo (service app) and other;
+    """A PKI, an initialised database and L1, tenants demo and other with a service app
+    each (the PKI's ``app`` and ``other_app``);
     ``limits`` are added to (or replace) the deployment's ``[core.limits]``,
     ``max_message_size`` (if given) is the core's ``limits.max_message_size``, and
     ``l1_pkcs11`` (if given) puts L1 in that PKCS#11 token key instead of a key file."""
@@ -228,7 +229,8 @@ def deploy(root: Path, database: str, *, max_message_size: int | None = None,
     core.kcm("core", "init")
     for tenant in ("demo", "other"):
         core.kcm("core", "tenant", "add", tenant)
-    core.kcm("core", "service", "add", "demo", "app")
+    for tenant in ("demo", "other"):
+        core.kcm("core", "service", "add", tenant, "app")
     return core
 
 

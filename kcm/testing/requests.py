@@ -46,6 +46,41 @@ def request(*items: RequestBatchItem, version: tuple[int, int] = (1, 4),
     return encode(encode_request(RequestMessage(header, list(items))))
 
 
+#: A header field :func:`odd_request` leaves out.
+OMIT = object()
+
+
+def odd_request(*items: RequestBatchItem, version: tuple[int, int] = (1, 4),
+                batch_count: object = None, batch_count_type: ItemType = ItemType.INTEGER,
+                minor: object = None, header_extra: Sequence[Item] = (),
+                trailing: Sequence[Item] = ()) -> bytes:
+    """A Request Message of ``items`` as a careless or hostile client may send it:
+    ``batch_count`` other than the number of items (:data:`OMIT`: none) and of another
+    type, a Protocol Version ``minor`` other than ``version``'s (:data:`OMIT`: none),
+    ``header_extra`` fields after the header's own, ``trailing`` children after the batch
+    items. (The gateway and the core must answer it alike.)"""
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version),
+                           batch_count=len(items)).to_item(version)
+    children: list[Item] = []
+    for child in header.value:  # type: ignore[union-attr]
+        if child.tag == Tag.BATCH_COUNT:
+            if batch_count is OMIT:
+                continue
+            child = Item(Tag.BATCH_COUNT, batch_count_type,
+                         len(items) if batch_count is None else batch_count)
+        elif child.tag == Tag.PROTOCOL_VERSION and minor is not None:
+            major_item = child.value[0]  # type: ignore[index]
+            child = Item(Tag.PROTOCOL_VERSION, ItemType.STRUCTURE, [major_item] + (
+                [] if minor is OMIT else [Item(Tag.PROTOCOL_VERSION_MINOR, ItemType.INTEGER,
+                                               minor)]))
+        children.append(child)
+    children.extend(header_extra)
+    body = [item.to_item(version) for item in items]
+    return encode(Item(Tag.REQUEST_MESSAGE, ItemType.STRUCTURE,
+                       [Item(Tag.REQUEST_HEADER, ItemType.STRUCTURE, children), *body,
+                        *trailing]))
+
+
 def item(operation: Operation, payload: object, batch_id: bytes | None = None
          ) -> RequestBatchItem:
     return RequestBatchItem(operation=operation, request_payload=payload,

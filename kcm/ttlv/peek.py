@@ -3,8 +3,10 @@
 The gateway's classifier needs, per request: the protocol version, the batch
 count, and for each batch item its operation, where it lies in the buffer, and
 sometimes its Unique Identifier or the attributes of a Create. Everything else
-is skipped by length. Only what is read is checked; a forwarded request is
-fully validated by whoever executes it.
+is skipped by length. Only what routing needs is checked (a Protocol Version to read,
+well-formed lengths, an Operation first in each Batch Item); the rest (a Batch Count that
+is missing or does not match, odd values) is reported as found, and the request is fully
+validated by whoever executes it, with the same decoder on both planes.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class PeekedRequest:
     """The routing facts of one Request Message."""
 
     version: tuple[int, int]
-    batch_count: int
+    batch_count: int | None  # as the header says (None: it has none); not checked here
     header_start: int
     header_end: int
     items: list[PeekedBatchItem]
@@ -131,8 +133,11 @@ def _item(data: bytes, pos: int, end: int) -> tuple[int, int]:
     return head, padded
 
 
-def _read_request_header(data: bytes, pos: int, end: int) -> tuple[tuple[int, int], int]:
-    major = minor = batch_count = -1
+def _read_request_header(data: bytes, pos: int,
+                         end: int) -> tuple[tuple[int, int], int | None]:
+    major: int | None = None
+    minor: int | None = None
+    batch_count: int | None = None
     while pos < end:
         head, length = _item(data, pos, end)
         if head == _PROTOCOL_VERSION:
@@ -147,10 +152,8 @@ def _read_request_header(data: bytes, pos: int, end: int) -> tuple[tuple[int, in
         elif head == _BATCH_COUNT and length == 8:
             batch_count = _I32.unpack_from(data, pos + 8)[0]
         pos += 8 + length
-    if major < 0 or minor < 0:
+    if major is None or minor is None:
         raise TtlvError(pos, "Request Header has no usable Protocol Version")
-    if batch_count < 0:
-        raise TtlvError(pos, "Request Header has no Batch Count")
     return (major, minor), batch_count
 
 

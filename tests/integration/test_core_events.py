@@ -42,12 +42,16 @@ def current_l3(core: CoreHarness) -> str:
 
 
 def test_provisioning_a_service_emits_l3_rotated(core: CoreHarness) -> None:
-    [(seq, kind, tenant, payload)] = events_after(core, 0)
+    provisioned = events_after(core, 0)  # the fixture's three services
+    assert [(kind, tenant, payload["service"]) for _, kind, tenant, payload in provisioned] == [
+        ("l3.rotated", "demo", "app"), ("l3.rotated", "demo", "billing"),
+        ("l3.rotated", "other", "app")]
+    seq, kind, tenant, payload = provisioned[0]
     assert (seq, kind, tenant) == (1, "l3.rotated", "demo")
     assert payload == {"unique_identifier": current_l3(core), "service": "app", "key_version": 1}
     uid = core.store.run_sync(lambda s: provision_service(s, core.keyring, "demo", "app", now=1))
-    assert events_after(core, 1)[0][3] == {"unique_identifier": uid, "service": "app",
-                                           "key_version": 2}
+    assert events_after(core, len(provisioned))[0][3] == {"unique_identifier": uid,
+                                                          "service": "app", "key_version": 2}
 
 
 @pytest_twisted.ensureDeferred

@@ -273,7 +273,7 @@ def test_a_batch_count_that_does_not_match_the_items_is_invalid_message(
     request.find(Tag.REQUEST_HEADER).find(Tag.BATCH_COUNT).value = 1
     [item] = response(core.handler.respond(encode(request), core.caller(), 0)).batch_items
     assert item.result_reason == ResultReason.INVALID_MESSAGE
-    assert item.result_message == "Batch Count 1 does not match the 2 batch items"
+    assert item.result_message == "Batch Count is 1, but the request holds 2 Batch Items"
     assert len(audit_rows(core)) == 1
 
 

@@ -3,6 +3,7 @@ and their outbox events in the request's transaction (docs/link-protocol.md §3)
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from kcm.core.hierarchy import provision_service
 from kcm.core.l4_keys import service_key_of
 from kcm.core.store import repository
 from kcm.core.store.schema import AuditLog
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link, Name
 from kcm.kmip.enums import (
     BlockCipherMode,
@@ -263,19 +265,38 @@ def test_create_then_encrypt_in_one_batch_uses_the_id_placeholder(core: CoreHarn
 
 # Who may ----------------------------------------------------------------------------
 @pytest.mark.parametrize("version", VERSIONS)
-def test_another_tenant_or_service_is_denied(core: CoreHarness, version) -> None:
+def test_another_tenants_token_or_l3_is_missing_another_services_denied(
+        core: CoreHarness, version) -> None:
+    """Who asks first: another tenant (or an application whose service was never
+    provisioned) is answered exactly as for an unknown L3, and the attempt is audited as
+    refused; another service of the same tenant is Permission Denied."""
     uid = create_l4(core)
     l3 = current_l3(core)
-    for principal in (service_principal("other", "app"), service_principal("demo", "billing"),
-                      admin_principal("other")):
-        failed(one(core, Operation.GET, GetRequest(unique_identifier=uid), version=version,
-                   principal=principal), ResultReason.PERMISSION_DENIED)
-        failed(encrypt(core, uid, b"x", version=version, principal=principal),
-               ResultReason.PERMISSION_DENIED)
-        failed(encrypt(core, l3.uid, b"x", version=version, principal=principal),
-               ResultReason.PERMISSION_DENIED)
-        failed(one(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid),
-                   version=version, principal=principal), ResultReason.PERMISSION_DENIED)
+    strangers = (service_principal("other", "app"), admin_principal("other"),
+                 service_principal("demo", "ghost"))
+    missing = ResultReason.OBJECT_NOT_FOUND if version >= (2, 0) else ResultReason.ITEM_NOT_FOUND
+    for principal in (*strangers, service_principal("demo", "billing")):
+        reason = missing if principal in strangers else ResultReason.PERMISSION_DENIED
+        answers = [
+            one(core, Operation.GET, GetRequest(unique_identifier=uid), version=version,
+                principal=principal),
+            encrypt(core, uid, b"x", version=version, principal=principal),
+            encrypt(core, l3.uid, b"x", version=version, principal=principal),
+            one(core, Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                                      attributes=[parent(l3.uid)]),
+                version=version, principal=principal),
+            one(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid),
+                version=version, principal=principal)]
+        for answer in answers:
+            message = failed(answer, reason)
+            if reason is missing:
+                assert message == object_not_found(l3.uid).message
+    rows = core.store.run_sync(lambda s: s.scalars(select(AuditLog).order_by(AuditLog.seq)).all())
+    denied = [json.loads(row.detail)["denied"] for row in rows
+              if row.detail and "denied" in json.loads(row.detail)]
+    assert denied.count("another tenant's key") == 10
+    assert denied.count("service demo/ghost is not provisioned") == 5
+    assert denied.count("another service's key") == 5
     # The tenant's administrator may.
     assert get_key(core, uid, principal=admin_principal()) == get_key(core, uid)
 

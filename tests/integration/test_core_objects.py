@@ -15,8 +15,12 @@ from cryptography.hazmat.primitives import keywrap
 
 from kcm.conformance.runner import run_case
 from kcm.core.hierarchy import service_key_name
+from kcm.core.policy import AccessPolicy, ApplicationObjects
+from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.server_info import ServerInfo
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.attributes import Attribute, AttributeReference, Link, Name
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -537,3 +541,73 @@ def test_oasis_case_in_process(core: CoreHarness, vectors: Path, case: str) -> N
     result = run_case(vectors / case, core.client(service_principal()))
     assert result.passed, result.line() + "\n" + "\n".join(
         result.failure.findings if result.failure else ())
+
+
+# -- who may use which object of the tenant (kcm.core.policy) --------------------------
+
+BILLING = service_principal("demo", "billing")
+GHOST = service_principal("demo", "ghost")  # a service demo never provisioned
+
+
+def with_access(core: CoreHarness, application_objects: ApplicationObjects) -> CoreHarness:
+    """The same store and keys, under another ``application_objects`` setting."""
+    return CoreHarness(core.store, core.keyring, CoreRequestHandler(
+        core.store, core.keyring, clock=time.time,
+        server_info=ServerInfo(access=AccessPolicy(application_objects))))
+
+
+def test_objects_belong_to_the_service_that_made_them(core: CoreHarness) -> None:
+    mine = register(core)  # by demo/app
+    admins = register(core, principal=admin_principal())
+    assert row(core, mine).service == "app" and row(core, admins).service is None
+    replacement = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=mine)
+                     ).unique_identifier
+    assert row(core, replacement).service == "app"  # a replacement is its predecessor's
+    # Another service of the tenant: Permission Denied (its own tenant: nothing leaks).
+    for operation, payload in ((Operation.GET, GetRequest(unique_identifier=mine)),
+                               (Operation.DESTROY, DestroyRequest(unique_identifier=mine)),
+                               (Operation.GET_ATTRIBUTES,
+                                GetAttributesRequest(unique_identifier=mine))):
+        message = failed(core, operation, payload, ResultReason.PERMISSION_DENIED,
+                         principal=BILLING)
+        assert "belongs to service 'app'" in message
+    # Objects of no service are the tenant's: every application uses them.
+    ok(core, Operation.GET, GetRequest(unique_identifier=admins), principal=BILLING)
+    located = ok(core, Operation.LOCATE, LocateRequest(), principal=BILLING).unique_identifiers
+    assert admins in located and mine not in located and replacement not in located
+    # A tenant administrator uses everything in the tenant.
+    ok(core, Operation.GET, GetRequest(unique_identifier=mine), principal=admin_principal())
+    # Another service's key cannot wrap either (it is not missing: Permission Denied).
+    failed(core, Operation.GET, GetRequest(unique_identifier=admins,
+                                           key_wrapping_specification=_wrap_spec(mine)),
+           ResultReason.PERMISSION_DENIED, principal=BILLING)
+
+
+def test_application_objects_tenant_shares_every_object(core: CoreHarness) -> None:
+    mine = register(core)
+    shared = with_access(core, ApplicationObjects.TENANT)
+    ok(shared, Operation.GET, GetRequest(unique_identifier=mine), principal=BILLING)
+    assert mine in ok(shared, Operation.LOCATE, LocateRequest(),
+                      principal=BILLING).unique_identifiers
+    ok(shared, Operation.DESTROY, DestroyRequest(unique_identifier=mine), principal=BILLING)
+
+
+@pytest.mark.parametrize("application_objects", list(ApplicationObjects))
+def test_a_service_that_is_not_provisioned_holds_nothing(core: CoreHarness,
+                                                         application_objects) -> None:
+    """Like a principal of an unknown tenant, whatever the sharing setting."""
+    core = with_access(core, application_objects)
+    mine = register(core)
+    admins = register(core, principal=admin_principal())
+    for uid in (mine, admins, "no-such-object"):
+        for operation, payload in ((Operation.GET, GetRequest(unique_identifier=uid)),
+                                   (Operation.DESTROY, DestroyRequest(unique_identifier=uid))):
+            message = failed(core, operation, payload, ResultReason.OBJECT_NOT_FOUND,
+                             principal=GHOST)
+            assert message == object_not_found(uid).message
+    assert ok(core, Operation.LOCATE, LocateRequest(), principal=GHOST).unique_identifiers == []
+    message = failed(core, Operation.REGISTER, RegisterRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[], object=aes_key()),
+        ResultReason.PERMISSION_DENIED, principal=GHOST)
+    assert message == "service demo/ghost is not provisioned (it has no service key)"
+    ok(core, Operation.GET, GetRequest(unique_identifier=mine))  # untouched

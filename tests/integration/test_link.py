@@ -4,6 +4,7 @@ event stream across a core restart; heartbeats notice a core that stops answerin
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from twisted.internet import reactor, task, threads
 from kcm.core.store.schema import AuditLog
 from kcm.gateway.link_client import LinkClient, LinkDown, ServiceKeyRefused
 from kcm.identity import Principal, Role
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.enums import Operation, QueryFunction, ResultReason, State
 from kcm.kmip.messages import (
     ProtocolVersion,
@@ -135,12 +137,23 @@ async def test_service_keys_are_served_to_the_gateway_for_an_allowed_caller(
     assert key.version == 1 and key.state == State.ACTIVE and len(key.key) == 32
     [same] = await link.fetch_service_keys(APP, "demo", "app", uid=key.uid)
     assert same == key
+    # Another tenant's caller: refused as if there were no such key, the refusal naming the
+    # key's owner for the gateway's log only (docs/link-protocol.md §2).
     with pytest.raises(ServiceKeyRefused) as refused:
         await link.fetch_service_keys(OTHER_APP, "demo", "app")
-    assert refused.value.reason == ResultReason.PERMISSION_DENIED
+    assert refused.value.reason == ResultReason.OBJECT_NOT_FOUND
+    assert refused.value.owner == ("demo", "app")
+    with pytest.raises(ServiceKeyRefused) as refused:
+        await link.fetch_service_keys(OTHER_APP, "", "", uid=key.uid)
+    assert (refused.value.reason, refused.value.message) == (
+        ResultReason.OBJECT_NOT_FOUND, object_not_found(key.uid).message)
+    assert refused.value.owner == ("demo", "app")
     fetches = [row for row in audit_rows(core_process) if row.operation == "FetchServiceKey"]
-    assert [row.result_status for row in fetches] == ["SUCCESS", "SUCCESS", "OPERATION_FAILED"]
+    assert [row.result_status for row in fetches] == ["SUCCESS", "SUCCESS", "OPERATION_FAILED",
+                                                      "OPERATION_FAILED"]
     assert {row.gateway for row in fetches} == {GATEWAY_ID}
+    assert [json.loads(row.detail) for row in fetches[2:]] == [
+        {"denied": "another tenant's key"}] * 2
 
 
 @pytest_twisted.ensureDeferred

@@ -16,6 +16,7 @@ from twisted.python import usage
 from kcm.core import audit, keys, tap
 from kcm.core.config import CoreConfig
 from kcm.core.keyring import Keyring
+from kcm.core.policy import AccessPolicy, ApplicationObjects
 from kcm.core.service import L1_CHECK_META, CoreService, MasterKey, StartupError
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
@@ -62,6 +63,18 @@ def test_audit_checkpoint_interval(tmp_path: Path) -> None:
 def test_unknown_logging_settings_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(usage.UsageError, match="log"):
         parse(*argv)
+
+
+def test_application_objects_is_a_policy_setting_with_a_safe_default() -> None:
+    assert CoreConfig().access == AccessPolicy(ApplicationObjects.OWN_SERVICE)
+    config = parse("--application-objects", "tenant")["core_config"]
+    assert config.access.application_objects is ApplicationObjects.TENANT
+    with pytest.raises(usage.UsageError, match="application_objects must be one of "
+                                               "own-service, tenant"):
+        parse("--application-objects", "everything")
+    # The handler the service tree is built with applies it.
+    core = tap.makeService(parse("--application-objects", "tenant"), reactor=Clock())
+    assert core.handler._server_info.access == config.access
 
 
 def test_the_documented_example_file_loads() -> None:

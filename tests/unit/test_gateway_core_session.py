@@ -1,9 +1,11 @@
 """A cold gateway (handler, L3 cache, LinkClient) linked in memory (twisted.test.iosim) to the
 core's link server over a real store: L3s fetched by uid alone answer exactly as the core does
-for the same request (docs/link-protocol.md §2 FETCH_SERVICE_KEY, §3 "Who may")."""
+for the same request (docs/link-protocol.md §2 FETCH_SERVICE_KEY, §3 "Who may"), and another
+tenant's token or L3 answers exactly as a missing one, cold or warm."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -25,8 +27,10 @@ from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient, LinkClientProtocol
 from kcm.gateway.local_batch import LocalRunner
 from kcm.identity import Principal, Role
-from kcm.kmip.attributes import VENDOR_TAG, Attribute
+from kcm.kernel.missing import object_not_found
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, Link
 from kcm.kmip.enums import (
+    LinkType,
     ObjectType,
     Operation,
     ResultReason,
@@ -52,6 +56,7 @@ from kcm.kmip.payloads import (
     RevocationReason,
     RevokeRequest,
 )
+from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
 from kcm.l4.service_key import ServiceKey
@@ -63,8 +68,12 @@ GATEWAY = Principal(Role.GATEWAY, TRUST_DOMAIN, name="gw1",
                     uri=f"spiffe://{TRUST_DOMAIN}/gateway/gw1")
 ADMIN = admin_principal()
 APP = service_principal()
+#: Who answers as if the key did not exist: another tenant's application and administrator,
+#: and an application of the key's own tenant whose service was never provisioned.
 STRANGERS = (service_principal("other", "app"), admin_principal("other", "mallory"),
-             service_principal("demo", "billing"))
+             service_principal("demo", "ghost"))
+#: Another (provisioned) service of the key's own tenant: Permission Denied.
+BILLING = service_principal("demo", "billing")
 
 
 class _NoEvents(EventFanout):
@@ -156,6 +165,14 @@ def create_l4(service: str = "app") -> tuple[Operation, CreateRequest]:
         attributes=[vendor("kcm-level", "L4"), vendor("kcm-service", service)])
 
 
+def create_l4_under(l3: str) -> tuple[Operation, CreateRequest]:
+    """Create of an L4 naming its L3 by a Parent Link."""
+    return Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY,
+        attributes=[Attribute.of(Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
+                                                linked_object_identifier=l3))])
+
+
 def get(uid: str) -> tuple[Operation, GetRequest]:
     return Operation.GET, GetRequest(unique_identifier=uid)
 
@@ -179,6 +196,15 @@ def linked(core: CoreHarness) -> Linked:
     return Linked(core)
 
 
+def missing(items: list[ResponseBatchItem], uid: str, version) -> None:
+    """``items`` is the one answer a missing ``uid`` gets: Object (Item) Not Found, and a
+    message made from ``uid`` alone."""
+    [item] = items
+    assert item.result_reason == (ResultReason.OBJECT_NOT_FOUND if version >= (2, 0)
+                                  else ResultReason.ITEM_NOT_FOUND)
+    assert item.result_message == object_not_found(uid).message
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_a_tenant_admin_uses_an_l3_and_its_l4s_through_a_cold_gateway(
         linked: Linked, version) -> None:
@@ -200,23 +226,35 @@ def test_a_tenant_admin_uses_an_l3_and_its_l4s_through_a_cold_gateway(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_another_tenants_or_services_token_is_denied_as_at_the_core(
+def test_another_tenants_token_or_l3_is_missing_and_another_services_is_denied_as_at_the_core(
         linked: Linked, version) -> None:
     token_uid = ok(linked.direct(APP, create_l4())[0]).unique_identifier
     l3 = l3_of(linked.core)
-    for stranger in STRANGERS:
-        for request in (get(token_uid), encrypt(token_uid), encrypt(l3)):
-            direct = linked.direct(stranger, request, version=version)
-            assert outcome(linked.via_gateway(stranger, request, version=version)) == \
-                outcome(direct)
-            assert direct[0].result_reason == ResultReason.PERMISSION_DENIED
+
+    def answers() -> None:
+        for who in (*STRANGERS, BILLING):
+            for request in (get(token_uid), encrypt(token_uid), encrypt(l3),
+                            create_l4_under(l3)):
+                direct = linked.direct(who, request, version=version)
+                assert outcome(linked.via_gateway(who, request, version=version)) == \
+                    outcome(direct)
+                if who is BILLING:
+                    assert direct[0].result_reason == ResultReason.PERMISSION_DENIED
+                else:  # the token names its L3: the answer of an unknown L3
+                    missing(direct, l3, version)
+
+    answers()
     assert not linked.cache.holds(l3)  # refused by the core: nothing was handed out
-    assert {row.result_reason for row in linked.fetches()} == {"PERMISSION_DENIED"}
-    # Warm (the application fetched it): refused by the gateway itself, in the same words.
+    refused = linked.fetches()
+    assert {row.result_reason for row in refused} == {"OBJECT_NOT_FOUND", "PERMISSION_DENIED"}
+    assert all(json.loads(row.detail)["denied"] for row in refused)
+    # Warm (the application fetched it): the same answers, and the same work (a fetch on
+    # the stranger's behalf, which the core refuses and audits, as for an unknown L3).
     ok(linked.via_gateway(APP, get(token_uid))[0])
-    for stranger in STRANGERS:
-        assert outcome(linked.via_gateway(stranger, get(token_uid), version=version)) == \
-            outcome(linked.direct(stranger, get(token_uid), version=version))
+    assert linked.cache.holds(l3)
+    before = len(linked.fetches())
+    answers()
+    assert len(linked.fetches()) - before == len(refused)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -241,8 +279,8 @@ def test_a_destroyed_l3s_token_is_crypto_erased_as_at_the_core(linked: Linked,
         ResultReason.ITEM_NOT_FOUND
     assert linked.via_gateway(ADMIN, get(token_uid), version=version)[0].result_reason == \
         expected
-    assert linked.via_gateway(STRANGERS[0], get(token_uid), version=version)[0] \
-        .result_reason == ResultReason.PERMISSION_DENIED
+    # Who asks comes first: to a stranger, a destroyed L3 is as missing as any other.
+    missing(linked.via_gateway(STRANGERS[0], get(token_uid), version=version), l3, version)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -265,8 +303,13 @@ def test_the_current_version_is_still_fetched_by_service(linked: Linked) -> None
     assert refused.result_reason == ResultReason.OBJECT_NOT_FOUND
 
 
-def test_a_refusal_by_the_core_is_logged_at_the_gateway(linked: Linked) -> None:
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_refusal_of_another_tenant_is_logged_at_the_gateway(linked: Linked, warm) -> None:
+    """Answered as missing, logged as what it is, whether the core refused the fetch (cold)
+    or the gateway held the key (warm)."""
     token_uid = ok(linked.direct(APP, create_l4())[0]).unique_identifier
+    if warm:
+        ok(linked.via_gateway(APP, get(token_uid))[0])
     stranger = STRANGERS[0]
     with capturedLogs() as events:
         linked.via_gateway(stranger, get(token_uid))
@@ -275,4 +318,6 @@ def test_a_refusal_by_the_core_is_logged_at_the_gateway(linked: Linked) -> None:
     assert (denied["principal"], denied["operation"]) == (stranger.id, "GET")
     assert denied["token_id"] == token.token_id(token_uid)
     assert denied["l3_uid"] == l3_of(linked.core)
+    assert denied["reason"] == "another tenant's key"
+    assert denied["answered"] == object_not_found(l3_of(linked.core)).message
     assert token_uid not in repr(denied)

@@ -13,13 +13,16 @@ from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import AnswerTooLarge, RequestTooLarge, ServiceKeyRefused
 from kcm.gateway.local_batch import LocalRunner, l4_engine
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, State
 from kcm.kmip.payloads.crypto import DecryptRequest
+from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
 from kcm.l4.service_key import ServiceKey
 from kcm.l4.token import token_id
-from kcm.ttlv import encode, structure
+from kcm.testing.requests import OMIT, odd_request
+from kcm.ttlv import Item, ItemType, encode, structure
 from kcm.ttlv.peek import peek_response
 from tests.core_support import CoreHarness, service_principal
 from tests.gateway_support import (
@@ -215,10 +218,19 @@ def test_an_engine_bug_is_a_general_failure_with_a_correlation_id(link: FakeLink
         == ResultStatus.OPERATION_FAILED  # and the handler keeps answering
 
 
-def test_unreadable_request_is_invalid_message(gateway: Gateway) -> None:
+def test_a_request_the_gateway_cannot_read_is_the_cores_to_answer(gateway: Gateway,
+                                                                     link: FakeLink) -> None:
+    """Nothing runs here; the core says what is wrong with it, in the core's words."""
+    link.answer = lambda wire: b"the core's answer"
     wire = encode(structure(0x420078))  # no header
-    item = response(gateway.answer(wire)).batch_items[0]
-    assert item.result_reason == ResultReason.INVALID_MESSAGE
+    results: list[bytes] = []
+    gateway.answer(wire).addCallback(results.append)
+    assert results == [b"the core's answer"]
+    assert [forwarded for forwarded, _, _ in link.forwarded] == [wire]
+    link.down = True
+    item = gateway.send(wire, sync=False).batch_items[0]
+    assert item.result_reason == ResultReason.GENERAL_FAILURE
+    assert "core is unreachable" in item.result_message
 
 
 def test_response_header_carries_a_server_correlation_value_from_1_4(warm: Gateway) -> None:
@@ -372,6 +384,48 @@ def test_mixed_undo_is_refused_with_a_reason(with_core: Gateway) -> None:
     assert with_core.link.forwarded == []
 
 
+def comparable(message) -> list[tuple]:
+    """What a client sees of an answer, without times and correlation values."""
+    return [(message.header.protocol_version.as_tuple(),)] + [
+        (i.operation, i.unique_batch_item_id, i.result_status, i.result_reason,
+         i.result_message) for i in message.batch_items]
+
+
+ODD_HEADERS = {
+    "batch-count--1": {"batch_count": -1},
+    "batch-count-0": {"batch_count": 0},
+    "batch-count-7": {"batch_count": 7},
+    "no-batch-count": {"batch_count": OMIT},
+    "long-batch-count": {"batch_count": 1, "batch_count_type": ItemType.LONG_INTEGER},
+    "no-minor": {"minor": OMIT},
+    "minor--1": {"minor": -1},
+    "version-1.9": {"minor": 9},
+    "two-batch-counts": {"header_extra": [Item(Tag.BATCH_COUNT, ItemType.INTEGER, 1)]},
+    "stray-field": {"trailing": [Item(Tag.OBJECT_GROUP, ItemType.TEXT_STRING, "x")]},
+}
+
+
+@pytest.mark.parametrize("items", [
+    (create_l4(b"1"),),  # local
+    (create_l4(b"1"), locate(b"2")),  # mixed
+    (locate(b"1"),),  # remote
+], ids=["local", "mixed", "remote"])
+@pytest.mark.parametrize("odd", list(ODD_HEADERS.values()), ids=list(ODD_HEADERS))
+def test_header_oddities_are_answered_as_the_core_answers_them(with_core: Gateway,
+                                                               core: CoreHarness, items,
+                                                               odd) -> None:
+    """The gateway runs nothing the core would refuse, and refuses it in the core's words
+    (what it cannot read it forwards, so the core answers)."""
+    wire = odd_request(*items, **odd)
+    direct = response(core.client(APP).send(wire))
+    answer = with_core.answer(wire)
+    if isinstance(answer, Deferred):
+        answered: list[bytes] = []
+        answer.addCallback(answered.append)
+        answer = answered[0]
+    assert comparable(response(answer)) == comparable(direct)
+
+
 def test_mixed_with_the_core_down_answers_the_local_part(warm: Gateway) -> None:
     warm.link.down = True
     message = warm.send(request(create_l4(b"1"), locate(b"2"), continuation=CONTINUE),
@@ -395,14 +449,18 @@ def warnings(events) -> list[dict]:
     return [e for e in events if e["log_level"] == LogLevel.warn]
 
 
-def test_another_tenants_token_or_l3_is_denied_and_the_attempt_logged(warm: Gateway) -> None:
+def test_another_tenants_token_or_l3_is_missing_and_the_attempt_logged(warm: Gateway) -> None:
     token = ok(warm.send(request(create_l4()))).unique_identifier
     stranger = service_principal("other", "app")
     with capturedLogs() as events:
         message = send_as(warm, stranger, request(get(token, b"g"), encrypt(L3_UID, b"x", b"e"),
                                                   continuation=CONTINUE))
-    assert [i.result_reason for i in message.batch_items] == [ResultReason.PERMISSION_DENIED] * 2
+    # Held here, yet answered exactly as an L3 the gateway never saw (asked of the core).
+    assert [(i.result_reason, i.result_message) for i in message.batch_items] == [
+        (ResultReason.ITEM_NOT_FOUND, object_not_found(L3_UID).message)] * 2
+    assert {uid for _, _, _, uid in warm.link.fetches} == {L3_UID}
     by_token, by_l3 = warnings(events)
+    assert by_token["reason"] == by_l3["reason"] == "another tenant's key"
     assert (by_token["principal"], by_token["operation"]) == (stranger.id, "GET")
     assert (by_token["token_id"], by_token["l3_uid"]) == (token_id(token), L3_UID)
     assert (by_l3["operation"], by_l3["l3_uid"], by_l3["token_id"]) == ("ENCRYPT", L3_UID, None)
@@ -419,22 +477,34 @@ def test_another_services_l3_is_denied_and_logged_once_across_a_fetch(warm: Gate
         message = send_as(warm, billing, request(create_l4(via_link=L3_UID), create_l4(),
                                                  continuation=CONTINUE))
     assert message.batch_items[0].result_reason == ResultReason.PERMISSION_DENIED
-    assert link.fetches == [(billing, "demo", "billing", None)]
+    assert sorted(link.fetches, key=repr) == sorted(
+        [(billing, "demo", "billing", None), (billing, "", "", L3_UID)], key=repr)
     [logged] = warnings(events)
     assert (logged["principal"], logged["operation"], logged["l3_uid"]) == (
         billing.id, "CREATE", L3_UID)
 
 
 def test_a_refusal_by_the_core_is_logged_too(gateway: Gateway, link: FakeLink) -> None:
+    """Cold: the core refuses the fetch as if the key were missing, naming its owner for
+    the log; the client sees only the missing answer."""
     stranger = service_principal("other", "app")
-    link.fetch_service_keys = lambda *args: fail(ServiceKeyRefused(
-        ResultReason.PERMISSION_DENIED, "the key belongs to another tenant"))
     with capturedLogs() as events:
         item = send_as(gateway, stranger, request(encrypt(L3_UID))).batch_items[0]
-    assert item.result_reason == ResultReason.PERMISSION_DENIED
+    assert (item.result_reason, item.result_message) == (ResultReason.ITEM_NOT_FOUND,
+                                                         object_not_found(L3_UID).message)
     [logged] = warnings(events)
     assert (logged["operation"], logged["l3_uid"]) == ("ENCRYPT", L3_UID)
-    assert "another tenant" in formatEvent(logged)
+    assert "another tenant's key" in formatEvent(logged)
+    # A refusal the core gives without naming an owner (an asserted identity it does not
+    # accept) is logged as well.
+    link.fetch_service_keys = lambda *args: fail(ServiceKeyRefused(
+        ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
+    fresh = Gateway(link)
+    with capturedLogs() as events:
+        item = send_as(fresh, stranger, request(encrypt(L3_UID))).batch_items[0]
+    assert item.result_reason == ResultReason.PERMISSION_DENIED
+    [logged] = warnings(events)
+    assert "not accepted" in formatEvent(logged)
 
 
 def test_answered_and_other_refusals_log_nothing(warm: Gateway) -> None:

@@ -1,18 +1,25 @@
-"""The gateway's L3 cache: first use, TTL refresh, max-stale, fail closed, every event kind."""
+"""The gateway's L3 cache: first use, TTL refresh, max-stale, fail closed, every event kind,
+and who asks before anything about a held or dropped version."""
 
 from __future__ import annotations
 
 import pytest
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 
 from kcm.gateway.l3_cache import L3Cache, Need, ServiceKeyMissing
+from kcm.gateway.link_client import ServiceKeyRefused
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
+from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.service_key import ServiceKey
-from tests.core_support import service_principal
+from tests.core_support import admin_principal, service_principal
 from tests.gateway_support import FakeLink
 
 APP = service_principal()
+STRANGER = service_principal("other", "app")
+BILLING = service_principal("demo", "billing")
 V1 = ServiceKey("l3-00000000-0000-4000-8000-000000000001", "demo", "app", 1, State.ACTIVE,
                 b"1" * 32)
 V2 = ServiceKey("l3-00000000-0000-4000-8000-000000000002", "demo", "app", 2, State.ACTIVE,
@@ -116,14 +123,69 @@ def test_past_max_stale_with_the_core_reachable_is_a_miss_again(cache, link, clo
     assert keys.misses == [Need(uid=V1.uid)]
 
 
+def fetched(cache: L3Cache, needs, principal) -> dict:
+    """Fetch ``needs`` for ``principal``: what a request then knows of its fetches."""
+    answered: list[dict] = []
+    cache.ensure(needs, principal).addCallback(answered.append)
+    [errors] = answered
+    return {need: errors.get(need) for need in needs}
+
+
 def test_a_failed_fetch_explains_itself_on_the_final_try(cache, link) -> None:
     link.down = True
     keys = cache.key_source(APP)
     with pytest.raises(ServiceKeyMissing):
         keys.current_service_key("demo", "app")
-    cache.ensure(keys.misses, APP)
+    known = fetched(cache, keys.misses, APP)
     with pytest.raises(KmipError, match="not cached at the gateway and the core is unreachable"):
+        cache.key_source(APP, final=True, fetched=known).current_service_key("demo", "app")
+    with pytest.raises(ServiceKeyMissing):  # why belongs to the request, not to the cache
         cache.key_source(APP, final=True).current_service_key("demo", "app")
+
+
+def test_a_held_version_is_a_miss_for_whoever_may_not_use_it(clock, link) -> None:
+    """Who asks comes first: another tenant's (or service's) held version is fetched on the
+    caller's behalf like one never seen, so the core answers it; the core's refusal of who
+    asks becomes the refusal the handler logs."""
+    unknown = object_not_found(V1.uid)
+
+    def fetch(caller, tenant, service, uid=None):
+        if caller is APP:
+            return link.fetch_service_keys(caller, tenant, service, uid)
+        return fail(ServiceKeyRefused(unknown.reason, unknown.message, owner=("demo", "app")))
+
+    cache = L3Cache(fetch, connected=lambda: True, clock=clock.seconds)
+    cache.ensure([Need(uid=V1.uid)], APP)
+    assert cache.holds(V1.uid)
+    for who in (STRANGER, BILLING):
+        assert cache.lacks(Need(uid=V1.uid), who)
+        keys = cache.key_source(who)
+        with pytest.raises(ServiceKeyMissing):
+            keys.service_key(V1.uid)
+        assert keys.misses == [Need(uid=V1.uid)]
+    assert not cache.lacks(Need(uid=V1.uid), APP)
+    assert not cache.lacks(Need(uid=V1.uid), admin_principal())
+    known = fetched(cache, [Need(uid=V1.uid)], STRANGER)
+    with pytest.raises(ServiceKeyUseDenied) as refused:
+        cache.key_source(STRANGER, fetched=known).service_key(V1.uid)
+    assert (refused.value.reason, refused.value.message) == (unknown.reason, unknown.message)
+    assert refused.value.why == "another tenant's key"
+    assert cache.key_source(APP).service_key(V1.uid) == V1  # the owner is unaffected
+
+
+def test_why_a_fetch_failed_is_the_asking_requests_alone(clock) -> None:
+    """Two requests fetching the same version: each sees its own answer, never the other's
+    (another tenant's refusal must not reach the owner, nor the owner's the stranger)."""
+    answers = {APP: KmipError(ResultReason.GENERAL_FAILURE, "owner's"),
+               STRANGER: KmipError(ResultReason.OBJECT_NOT_FOUND, "stranger's")}
+    cache = L3Cache(lambda caller, tenant, service, uid=None: fail(answers[caller]),
+                    connected=lambda: True, clock=clock.seconds)
+    need = Need(uid=V2.uid)
+    for_app, for_stranger = fetched(cache, [need], APP), fetched(cache, [need], STRANGER)
+    with pytest.raises(KmipError, match="owner's"):
+        cache.key_source(APP, fetched=for_app).service_key(V2.uid)
+    with pytest.raises(KmipError, match="stranger's"):
+        cache.key_source(STRANGER, fetched=for_stranger).service_key(V2.uid)
 
 
 def test_rotation_event_fetches_the_new_current_version(cache, link) -> None:
@@ -161,20 +223,24 @@ def test_compromised_or_destroyed_l3_is_dropped_now(cache, link, state) -> None:
     cache.apply_event(3, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
                                               "state": state})
     assert not cache.holds(V1.uid)
-    with pytest.raises(KmipError) as e:
-        cache.key_source(APP).service_key(V1.uid)
-    assert e.value.reason == ResultReason.WRONG_KEY_LIFECYCLE_STATE
+    # Kept as a marker of its owner and state, without material: the engine answers by it,
+    # as the core's engine answers by the stored state.
+    assert cache.key_source(APP).service_key(V1.uid) == ServiceKey(
+        V1.uid, "demo", "app", 1, state, b"")
+    with pytest.raises(ServiceKeyMissing):  # to anyone else, as unknown as ever
+        cache.key_source(STRANGER).service_key(V1.uid)
     link.fetches.clear()
     with pytest.raises(ServiceKeyMissing):  # a Create asks the core for the new current one
         cache.key_source(APP).current_service_key("demo", "app")
 
 
 def test_fetched_keys_in_a_drop_state_are_not_held(cache, link) -> None:
-    destroyed = ServiceKey(V2.uid, "demo", "app", 2, State.DESTROYED, b"")
-    link.keys[V2.uid] = [destroyed]
+    compromised = ServiceKey(V2.uid, "demo", "app", 2, State.COMPROMISED, b"2" * 32)
+    link.keys[V2.uid] = [compromised]
     cache.ensure([Need(uid=V2.uid)], APP)
-    with pytest.raises(KmipError, match="destroyed"):
-        cache.key_source(APP).service_key(V2.uid)
+    assert not cache.holds(V2.uid)
+    assert cache.key_source(APP).service_key(V2.uid) == ServiceKey(
+        V2.uid, "demo", "app", 2, State.COMPROMISED, b"")  # the material is not kept
 
 
 def test_tombstone_event_refuses_the_token(cache) -> None:

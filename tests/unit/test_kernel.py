@@ -317,3 +317,20 @@ def test_a_failure_response_says_the_reason_in_the_version() -> None:
     wire = failure_response((1, 0), R.UNSUPPORTED_PROTOCOL_VERSION, "no", 0)
     item = decode_response(decode(wire)).batch_items[0]
     assert item.result_reason == R.INVALID_MESSAGE and item.result_message == "no"
+
+
+def test_the_missing_answer_is_made_from_what_the_client_sent_alone():
+    """Short printable ASCII, never the identifier whole, the same whether or not anything
+    exists (kcm.kernel.missing)."""
+    from kcm.kernel.missing import identifier_label, object_not_found, wrapping_key_not_found
+
+    assert identifier_label("short-id") == "short-id"
+    assert identifier_label("l3-2f1c9a7e-1b2c-4d5e-8f90-0123456789ab") == "l3-2f1c9a7e-1b2c..."
+    assert identifier_label("caf\u00e9\u2026\x00x") == "caf???x"
+    missing = object_not_found("l4.1." + "A" * 80)
+    assert (missing.reason, missing.message) == (R.OBJECT_NOT_FOUND,
+                                                 "no object l4.1.AAAAAAAAAAA...")
+    assert missing.message.isascii() and len(missing.message) < 40
+    wrapping = wrapping_key_not_found("l3-x")
+    assert (wrapping.reason, wrapping.message) == (R.WRAPPING_OBJECT_NOT_FOUND,
+                                                   "no wrapping key l3-x")

@@ -220,6 +220,17 @@ def test_wrong_type_and_unexpected_field_are_invalid_field():
     assert "Object Group" in caught.value.message
 
 
+@pytest.mark.parametrize("count", [-1, 0, 2])
+def test_a_batch_count_that_is_not_the_number_of_items_is_invalid_message(count):
+    header = RequestHeader(protocol_version=ProtocolVersion.of(V21), batch_count=count)
+    batch = structure(Tag.BATCH_ITEM, Item(Tag.OPERATION, ItemType.ENUMERATION, Operation.QUERY),
+                      structure(Tag.REQUEST_PAYLOAD))
+    with pytest.raises(KmipError) as caught:
+        decode_request(structure(Tag.REQUEST_MESSAGE, header.to_item(V21), batch))
+    assert caught.value.reason == ResultReason.INVALID_MESSAGE
+    assert caught.value.message == f"Batch Count is {count}, but the request holds 1 Batch Item"
+
+
 def test_message_without_batch_item_or_header_is_invalid_message():
     header = RequestHeader(protocol_version=ProtocolVersion.of(V21), batch_count=0)
     for item in (structure(Tag.REQUEST_MESSAGE, header.to_item()),

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import keywrap
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kcm.identity import Principal, Role
+from kcm.kernel.missing import object_not_found, wrapping_key_not_found
 from kcm.kernel.result_reasons import error_reason
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link
 from kcm.kmip.enums import (
@@ -35,6 +36,7 @@ from kcm.kmip.objects import (
 from kcm.kmip.payloads import CreateRequest, DecryptRequest, EncryptRequest, GetRequest
 from kcm.kmip.tags import Tag
 from kcm.l4 import token
+from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.engine import L4Engine, create_attributes, is_l4_create, l4_target
 from kcm.l4.service_key import ServiceKey
 from kcm.ttlv import Item, ItemType
@@ -67,10 +69,12 @@ class FakeKeys:
         raise KmipError(ResultReason.OBJECT_NOT_FOUND, f"no key for {tenant}/{service}")
 
     def service_key(self, uid: str) -> ServiceKey:
+        # Who asks is the engine's check here: this source hands out any tenant's key, so
+        # the engine's own check is what is tested.
         try:
             return self.keys[uid]
         except KeyError:
-            raise KmipError(ResultReason.OBJECT_NOT_FOUND, f"no service key {uid}") from None
+            raise object_not_found(uid) from None
 
     def is_tombstoned(self, token_id: str) -> bool:
         return token_id in self.tombstones
@@ -192,7 +196,7 @@ def test_get_formats_and_wrapping(engine) -> None:
                                               key_wrapping_specification=spec))
     block = wrapped.object.key_block
     assert keywrap.aes_key_unwrap_with_padding(l3(1).key, block.key_value) == dek
-    for wrapping_uid, reason in ((l3(2).uid, ResultReason.PERMISSION_DENIED),
+    for wrapping_uid, reason in ((l3(2).uid, ResultReason.PERMISSION_DENIED),  # billing's
                                  (l3(9).uid, ResultReason.WRAPPING_OBJECT_NOT_FOUND),
                                  ("managed-key", ResultReason.FEATURE_NOT_SUPPORTED)):
         other = KeyWrappingSpecification(
@@ -258,21 +262,73 @@ def test_parameters_as_the_core_answers_them(engine) -> None:
 
 
 # Who may, tombstones, states ----------------------------------------------------------
-@pytest.mark.parametrize("principal", [STRANGER, BILLING, GATEWAY])
-def test_others_are_denied(engine, keys, principal) -> None:
-    stranger_l3 = ServiceKey(f"l3-{uuid.UUID(int=7)}", "other", "app", 1, State.ACTIVE,
-                             bytes(32))
-    keys.keys[stranger_l3.uid] = stranger_l3
+def denial(call, *args, **kwargs) -> ServiceKeyUseDenied:
+    """The refusal of who asks that ``call`` raises (for the caller to log)."""
+    with pytest.raises(ServiceKeyUseDenied) as caught:
+        call(*args, **kwargs)
+    return caught.value
+
+
+@pytest.mark.parametrize("principal", [STRANGER, GATEWAY])
+@pytest.mark.parametrize("state", [State.ACTIVE, State.COMPROMISED, State.DESTROYED])
+def test_another_tenants_keys_answer_exactly_as_missing_ones(engine, keys, principal,
+                                                            state) -> None:
+    """Who asks comes first: whatever the L3's state, another tenant's token, L3, Parent
+    Link or wrapping key is answered as an unknown one, in the same words."""
     uid = create(engine, LEVEL)
+    app_l3 = l3(1).uid
+    keys.keys[app_l3] = ServiceKey(app_l3, "demo", "app", 1, int(state),
+                                   l3(1).key if state == State.ACTIVE else b"")
+    link = Attribute.of(Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
+                                       linked_object_identifier=app_l3))
+    wrapped_by = KeyWrappingSpecification(
+        wrapping_method=WrappingMethod.ENCRYPT,
+        encryption_key_information=EncryptionKeyInformation(unique_identifier=app_l3))
+    unknown = object_not_found(app_l3)
     for version in (V14, V21):
-        refused(ResultReason.PERMISSION_DENIED, engine.get, principal, version,
-                GetRequest(unique_identifier=uid))
-        refused(ResultReason.PERMISSION_DENIED, engine.encrypt, principal, version,
-                EncryptRequest(unique_identifier=l3(1).uid, data=b"x"))
-        refused(ResultReason.PERMISSION_DENIED, engine.tombstone, principal, version, uid)
-    # APP itself may not use another tenant's L3.
-    refused(ResultReason.PERMISSION_DENIED, engine.encrypt, APP, V21,
-            EncryptRequest(unique_identifier=stranger_l3.uid, data=b"x"))
+        for call, *args in (
+                (engine.get, principal, version, GetRequest(unique_identifier=uid)),
+                (engine.encrypt, principal, version, EncryptRequest(unique_identifier=uid,
+                                                                    data=b"x")),
+                (engine.encrypt, principal, version, EncryptRequest(unique_identifier=app_l3,
+                                                                    data=b"x")),
+                (engine.tombstone, principal, version, uid),
+                (create, engine, link)):
+            kwargs = {"principal": principal, "version": version} if call is create else {}
+            message = refused(ResultReason.OBJECT_NOT_FOUND if version >= (2, 0)
+                              else ResultReason.ITEM_NOT_FOUND, call, *args, **kwargs)
+            assert message == unknown.message
+            assert denial(call, *args, **kwargs).why in ("another tenant's key",
+                                                         "gateway principals use no service "
+                                                         "keys")
+    # A key of the stranger's own, wrapped with the application's L3: a missing wrapping key.
+    theirs = ServiceKey(f"l3-{uuid.UUID(int=7)}", principal.tenant or "none", "app", 1,
+                        State.ACTIVE, bytes(32))
+    keys.keys[theirs.uid] = theirs
+    if principal is STRANGER:
+        token_uid = token.seal(theirs, bytes(32), bytes(12))
+        request = GetRequest(unique_identifier=token_uid, key_wrapping_specification=wrapped_by)
+        message = refused(ResultReason.WRAPPING_OBJECT_NOT_FOUND, engine.get, principal, V21,
+                          request)
+        assert message == wrapping_key_not_found(app_l3).message
+        assert denial(engine.get, principal, V21, request).why == "another tenant's key"
+    # The application may not use another tenant's L3 either.
+    assert refused(ResultReason.OBJECT_NOT_FOUND, engine.encrypt, APP, V21, EncryptRequest(
+        unique_identifier=theirs.uid, data=b"x")) == object_not_found(theirs.uid).message
+
+
+def test_another_services_keys_of_the_same_tenant_are_permission_denied(engine, keys) -> None:
+    uid = create(engine, LEVEL)
+    keys.keys[l3(1).uid] = l3(1, State.COMPROMISED)  # still: who asks comes first
+    for version in (V14, V21):
+        for call, *args in ((engine.get, BILLING, version, GetRequest(unique_identifier=uid)),
+                            (engine.encrypt, BILLING, version,
+                             EncryptRequest(unique_identifier=l3(1).uid, data=b"x")),
+                            (engine.tombstone, BILLING, version, uid)):
+            message = refused(ResultReason.PERMISSION_DENIED, call, *args)
+            assert "own service" in message
+            assert denial(call, *args).why == "another service's key"
+    keys.keys[l3(1).uid] = l3(1)
     assert engine.get(ADMIN, V21, GetRequest(unique_identifier=uid)).unique_identifier == uid
 
 

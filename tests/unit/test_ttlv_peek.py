@@ -1,4 +1,5 @@
-"""The classifier's peek agrees with a full decode, and refuses what it cannot read."""
+"""The classifier's peek agrees with a full decode, refuses what it cannot read, and reports
+(never judges) what it need not read."""
 
 from __future__ import annotations
 
@@ -91,3 +92,21 @@ def test_peek_agrees_with_full_decode_on_every_v11_request() -> None:
 def test_peek_refuses_what_it_cannot_read(mangle) -> None:
     with pytest.raises(TtlvError):
         peek_request(mangle(request(batch_item(0x0A, uid("x")))), unique_identifier=True)
+
+
+def test_peek_reports_the_batch_count_as_found_without_judging_it() -> None:
+    """Whether Batch Count matches is the decoder's to say, on both planes alike."""
+    wire = request(batch_item(0x0A, uid("x")))
+    count = bytes.fromhex("42000D020000000400000001") + bytes(4)
+    assert wire.count(count) == 1
+    assert peek_request(wire).batch_count == 1
+    assert peek_request(wire.replace(count, count[:8] + bytes.fromhex("FFFFFFFF")
+                                     + bytes(4))).batch_count == -1
+    header_length = int.from_bytes(wire[12:16], "big")
+    without = (wire[:4] + (len(wire) - 8 - 16).to_bytes(4, "big") + wire[8:12]
+               + (header_length - 16).to_bytes(4, "big") + wire[16:].replace(count, b""))
+    assert peek_request(without).batch_count is None
+    with pytest.raises(TtlvError, match="Protocol Version"):
+        peek_request(request(batch_item(0x0A)).replace(bytes.fromhex(
+            "42006B02000000040000000100000000"), bytes.fromhex(
+            "42006C02000000040000000100000000")))

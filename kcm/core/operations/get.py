@@ -9,6 +9,7 @@ from kcm.crypto.key_wrap import aes_unwrap as _aes_unwrap
 from kcm.crypto.key_wrap import aes_wrap as _aes_wrap
 from kcm.crypto.rsa_keys import rsa_key_block_in_format
 from kcm.kernel import key_use
+from kcm.kernel.missing import wrapping_key_not_found
 from kcm.kmip import registry
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
@@ -176,8 +177,9 @@ def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
     try:
         key = managed.load(ctx, uid, for_update=False)
     except KmipError as e:
-        reason = ResultReason.WRAPPING_OBJECT_NOT_FOUND
-        raise KmipError(reason, f"no wrapping key {uid!r}") from e
+        if e.reason != ResultReason.OBJECT_NOT_FOUND:
+            raise  # a key the caller may not use says so (another service's)
+        raise wrapping_key_not_found(uid) from None
     policy.check_key_use(ctx.principal, key.level, key.row.service)
     if key.state in DESTROYED or key.row.material is None:
         reason = ResultReason.WRAPPING_OBJECT_DESTROYED

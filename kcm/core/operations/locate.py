@@ -51,6 +51,7 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     way). A long search stops when the request must (``ctx.check_stop``).
     """
     tenant = policy.tenant_of(ctx.principal)
+    services = policy.object_services(ctx.principal, ctx.server_info.access)
     maximum, offset = request.maximum_items, request.offset_items
     if maximum is not None and maximum < 0 or offset is not None and offset < 0:
         raise KmipError(ResultReason.INVALID_FIELD,
@@ -68,6 +69,8 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     fresh_only = request.object_group_member == ObjectGroupMember.GROUP_MEMBER_FRESH
     if not storage & (StorageStatusMask.ON_LINE_STORAGE | StorageStatusMask.DESTROYED_STORAGE):
         found: list[str] = []  # only archived objects were asked for; nothing is archived
+    elif not policy.is_provisioned(ctx.session, ctx.principal):
+        found = []  # an application whose service does not exist holds nothing
     else:
         found = []
         candidates = repository.locate(ctx.session, tenant, levels=policy.locate_levels(
@@ -78,7 +81,7 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
                 break
             ctx.check_stop()
             row = repository.get_object(ctx.session, tenant, uid)
-            if row is None:
+            if row is None or services is not None and row.service not in services:
                 continue
             obj = managed.StoredObject(row, decode_attributes(row.attributes))
             state = lifecycle.state_at(obj.state, lifecycle.LifecycleDates(

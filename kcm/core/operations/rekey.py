@@ -169,8 +169,10 @@ def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: s
         ctx.audit_detail["service_key_version"] = version
         events.l3_rotated(ctx, tenant, uid, service, version)
         return
+    # The replacement belongs to the service its predecessor belongs to (or to none).
     managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY, attributes=attributes,
-                   managed_object=SymmetricKey(key_block=block), tenant=tenant)
+                   managed_object=SymmetricKey(key_block=block), tenant=tenant,
+                   service=old.row.service)
 
 
 def _retire_at(ctx: OperationContext, old: managed.StoredObject, when: int | None) -> None:

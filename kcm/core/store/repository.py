@@ -330,12 +330,20 @@ def find_l3(
     return list(session.scalars(stmt))
 
 
+def service_exists(session: Session, tenant: str, service: str) -> bool:
+    """Whether ``tenant`` provisioned ``service``: it has an L3 version, in any state."""
+    return session.scalar(select(ManagedObject.uid).where(
+        ManagedObject.tenant == tenant, ManagedObject.level == LEVEL_SERVICE_KEY,
+        ManagedObject.service == service).limit(1)) is not None
+
+
 def get_l3(session: Session, uid: str) -> ManagedObject | None:
     """The L3 version ``uid``, of whichever tenant, or None.
 
-    The one lookup not scoped by tenant: an L4 token names its L3 by identifier alone, and
-    a token of another tenant must be refused as such (Permission Denied), not as missing.
-    Callers decide with :func:`kcm.l4.authorize.check_service_key_use` before using it.
+    The one lookup not scoped by tenant: an L4 token names its L3 by identifier alone.
+    Callers decide who may use it with :func:`kcm.l4.authorize.check_service_key_use`
+    before anything else (another tenant's answers exactly as a missing one, and is
+    audited as a refused attempt).
     """
     return session.scalar(select(ManagedObject).where(
         ManagedObject.uid == uid, ManagedObject.level == LEVEL_SERVICE_KEY))

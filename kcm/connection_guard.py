@@ -80,6 +80,8 @@ class ConnectionGuard:
         return True
 
     def opened(self, protocol: TLSMemoryBIOProtocol) -> None:
+        if protocol in self._open:  # TLSMemoryBIOProtocol registers itself twice
+            return
         transport = protocol.transport
         host = _host(transport)
         self.connections += 1

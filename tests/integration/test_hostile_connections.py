@@ -19,6 +19,7 @@ import ssl
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ SAMPLES = 300
 #: The handshake deadline of the servers under test, in seconds.
 HANDSHAKE = 3.0
 #: How long unsent answers may stay above the limit, in seconds.
-WRITE_TIMEOUT = 3.0
+WRITE_TIMEOUT = 5.0
 #: The bound asserted on the normal client's p99 under attack, as a multiple of its p99
 #: against the idle server (see docs/benchmarks.md, "Hostile connections").
 P99_FACTOR = 2.0
@@ -175,9 +176,10 @@ RECORD = 32 << 10
 
 
 def never_reading(port: int, pki, count: int, sources: list[str], wire: bytes,
-                  seconds: float) -> list[ssl.SSLSocket]:
-    """``count`` TLS connections that send ``wire`` again and again for ``seconds`` (as long
-    as the server reads) and never read an answer."""
+                  seconds: float) -> tuple[list[ssl.SSLSocket], int]:
+    """``count`` TLS connections that send ``wire`` again and again and never read an
+    answer, until the server has stopped reading from every one of them for a second, or
+    for ``seconds`` at most; the connections, and the bytes they sent."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.load_verify_locations(cafile=str(pki.ca.cert))
@@ -196,8 +198,10 @@ def never_reading(port: int, pki, count: int, sources: list[str], wire: bytes,
     selector = selectors.DefaultSelector()
     for tls in clients:
         selector.register(tls, selectors.EVENT_WRITE)
+    total = 0
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    progress = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - progress < 1.0:
         for key, _ in selector.select(timeout=0.1):
             tls = key.fileobj
             try:
@@ -207,10 +211,12 @@ def never_reading(port: int, pki, count: int, sources: list[str], wire: bytes,
             except OSError:
                 selector.unregister(tls)
                 continue
+            total += sent
+            progress = time.monotonic()
             rest = pending[tls][sent:]
             pending[tls] = rest if len(rest) else memoryview(wire)
     selector.close()
-    return clients
+    return clients, total
 
 
 @pytest.fixture
@@ -237,28 +243,52 @@ def test_clients_that_never_read_are_closed_and_their_answers_freed_at_the_gatew
     wire = request(encrypt(token, b"r" * 64))
     idle = measure(gateway.client, wire)
     hostile_wire = request(*[encrypt(token, b"x" * RECORD)] * 4)
-    sources = [f"127.0.1.{n}" for n in range(1, 21)]
+    sources = [f"127.0.1.{n}" for n in range(1, 21)]  # 5 connections from each
     before = rss(gateway.process)
-    peaks = []
-    for _wave in range(2):  # the second wave finds the memory of the first released
-        hostile = never_reading(gateway.port, gateway.pki, NEVER_READING, sources,
-                                hostile_wire, seconds=2.0)
+    filling: list[float] = []  # while the never-reading clients send as fast as they can
+    held: list[float] = []  # while the gateway holds them, reading from them no more
+    peaks, settled, sent = [], [], 0
+    for _wave in range(WAVES):
+        with ThreadPoolExecutor(1) as pool:
+            normal = pool.submit(measure, gateway.client, wire)
+            hostile, wave_sent = never_reading(gateway.port, gateway.pki, NEVER_READING,
+                                               sources, hostile_wire, seconds=20.0)
+            filling += normal.result()
+        sent += wave_sent
         with closing_all(hostile):
+            held_from = time.monotonic()
+            held += measure(gateway.client, wire)
+            held_for = time.monotonic() - held_from
             peaks.append(rss(gateway.process))
-            attacked = measure(gateway.client, wire)
             wait_until(lambda hostile=hostile: all_closed_by_server(hostile),
                        "the gateway closing every never-reading connection",
                        timeout=WRITE_TIMEOUT + 15)
-            peaks.append(rss(gateway.process))
-        print(f"\nnever-reading x{NEVER_READING}: rss before {before >> 20} MiB, "
-              f"peaks {[p >> 20 for p in peaks]} MiB; p99 idle {p99(idle) * 1e3:.2f} ms, "
-              f"attacked {p99(attacked) * 1e3:.2f} ms")
-    after = rss(gateway.process)
-    assert after <= peaks[1] + (16 << 20)  # no growth once the connections are closed
-    assert max(peaks) - before <= NEVER_READING * (2 << 20) + (64 << 20)
-    assert p99(attacked) <= P99_FACTOR * p99(idle) + P99_SLACK
+        time.sleep(0.5)
+        settled.append(rss(gateway.process))
+    print(f"\nnever-reading: {WAVES} waves of {NEVER_READING}, {sent >> 20} MiB sent; rss "
+          f"before {before >> 20} MiB, at each wave's end {[p >> 20 for p in peaks]} MiB, "
+          f"after each {[p >> 20 for p in settled]} MiB; p99 idle {p99(idle) * 1e3:.2f} ms, "
+          f"while they send {p99(filling) * 1e3:.2f} ms, while held {p99(held) * 1e3:.2f} ms "
+          f"(last measured in {held_for:.2f} s)")
+    # Bounded: what a connection may hold is max_pending requests read and max_unsent_output
+    # of answers (and one answer past it).
+    per_connection = 32 * len(hostile_wire) + 2 * (256 << 10)
+    assert max(peaks) - before <= NEVER_READING * per_connection
+    # Released: a wave leaves nothing behind — the last ends no higher than the high-water
+    # mark of the ones before (the allocator keeps its working set); the old code kept
+    # every never-reading connection, and its answers, for good.
+    assert settled[-1] <= max(settled[:-1]) + (16 << 20)
+    # Clients the gateway no longer reads from cost the others nothing.
+    assert p99(held) <= P99_FACTOR * p99(idle) + P99_SLACK
+    # While 100 connections push requests at full speed, the normal one gets its share of
+    # two busy cores (the test's own process included): every request succeeds, the bound
+    # is looser (docs/benchmarks.md, "Hostile connections").
+    assert p99(filling) <= FILLING_P99
     assert "were not read within" in gateway.log.read_text()
 
 
-#: Never-reading connections in each wave.
+#: The normal client's p99 while never-reading clients send, in seconds.
+FILLING_P99 = 1.0
+#: Never-reading connections in each wave, and waves.
 NEVER_READING = 100
+WAVES = 5

@@ -13,9 +13,11 @@ and link listeners, kcm-gateway's KMIP listener); it wraps each listener's TLS l
 * **a handshake deadline**: a connection whose application protocol has not been told who
   the peer is (``identified``) within ``handshake_timeout`` of its acceptance is aborted,
   so a client that opens TCP and never finishes TLS holds a descriptor for that long only;
-* **a bound on unsent output**: each connection's transport considers its buffer full
-  above ``max_unsent_output`` bytes (``bufferSize``), which is when a producer registered
-  on it (:class:`kcm.kmip_protocol.KmipServerProtocol`) is paused.
+* **a bound on unsent output** (KMIP listeners): each connection's transport considers its
+  buffer full above ``max_unsent_output`` bytes (``bufferSize``), which is when a producer
+  registered on it (:class:`kcm.kmip_protocol.KmipServerProtocol`) is paused. The link
+  listener keeps Twisted's own buffer size: its protocol has its own bound on what a slow
+  gateway may hold (``max_queued_events``).
 
 Refusals and expired handshakes are logged at most once per ``LOG_INTERVAL`` seconds per
 kind, with the number of connections since the previous line, so a flood does not flood
@@ -60,9 +62,11 @@ class ConnectionGuard:
         self._open: dict[TLSMemoryBIOProtocol, tuple[str, IDelayedCall]] = {}
         self._summaries: dict[str, _Summary] = {}
 
-    def tls_factory(self, options: Any, factory: Any) -> TLSMemoryBIOFactory:
-        """The server-side TLS factory over ``factory``, guarded."""
-        return _GuardedTLSFactory(self, options, factory)
+    def tls_factory(self, options: Any, factory: Any, *,
+                    bound_output: bool = True) -> TLSMemoryBIOFactory:
+        """The server-side TLS factory over ``factory``, guarded; with ``bound_output``, its
+        connections' send buffers are ``max_unsent_output`` bytes."""
+        return _GuardedTLSFactory(self, options, factory, bound_output)
 
     # Admission --------------------------------------------------------------------------
     def admit(self, host: str) -> bool:
@@ -79,14 +83,14 @@ class ConnectionGuard:
             return False
         return True
 
-    def opened(self, protocol: TLSMemoryBIOProtocol) -> None:
+    def opened(self, protocol: TLSMemoryBIOProtocol, *, bound_output: bool = True) -> None:
         if protocol in self._open:  # TLSMemoryBIOProtocol registers itself twice
             return
         transport = protocol.transport
         host = _host(transport)
         self.connections += 1
         self.by_address[host] += 1
-        if hasattr(transport, "bufferSize"):
+        if bound_output and hasattr(transport, "bufferSize"):
             transport.bufferSize = self.limits.max_unsent_output
         self._open[protocol] = (host, self.clock.callLater(
             self.limits.handshake_timeout, self._handshake_expired, protocol, host))
@@ -160,9 +164,11 @@ def _host(transport: Any) -> str:
 class _GuardedTLSFactory(TLSMemoryBIOFactory):
     """Server-side TLS whose connections the guard admits, counts and times."""
 
-    def __init__(self, guard: ConnectionGuard, options: Any, factory: Any) -> None:
+    def __init__(self, guard: ConnectionGuard, options: Any, factory: Any,
+                 bound_output: bool) -> None:
         super().__init__(options, False, factory)
         self.guard = guard
+        self.bound_output = bound_output
 
     def buildProtocol(self, addr: Any) -> TLSMemoryBIOProtocol | None:
         # None makes the listening port close the socket at once, before any TLS work.
@@ -172,7 +178,7 @@ class _GuardedTLSFactory(TLSMemoryBIOFactory):
 
     def registerProtocol(self, p: TLSMemoryBIOProtocol) -> None:
         super().registerProtocol(p)
-        self.guard.opened(p)
+        self.guard.opened(p, bound_output=self.bound_output)
 
     def unregisterProtocol(self, p: TLSMemoryBIOProtocol) -> None:
         super().unregisterProtocol(p)

@@ -238,30 +238,34 @@ class _TLSServerEndpoint:
 
     def __init__(self, inner: IStreamServerEndpoint,
                  options: IOpenSSLServerConnectionCreator,
-                 guard: ConnectionGuard | None = None) -> None:
+                 guard: ConnectionGuard | None = None, bound_output: bool = True) -> None:
         self._inner = inner
         self._options = options
         self._guard = guard
+        self._bound_output = bound_output
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen on the inner endpoint, running ``protocolFactory``'s protocols inside TLS."""
         if self._guard is not None:
-            return self._inner.listen(self._guard.tls_factory(self._options, protocolFactory))
+            return self._inner.listen(self._guard.tls_factory(
+                self._options, protocolFactory, bound_output=self._bound_output))
         return self._inner.listen(TLSMemoryBIOFactory(self._options, False, protocolFactory))
 
 
 def tls_server_endpoint(
     reactor: Any, description: str, options: IOpenSSLServerConnectionCreator,
-    guard: ConnectionGuard | None = None,
+    guard: ConnectionGuard | None = None, *, bound_output: bool = True,
 ) -> IStreamServerEndpoint:
     """A TLS server endpoint over the plain endpoint ``description`` (``tcp:PORT:...``),
-    its connections guarded by ``guard`` if given.
+    its connections guarded by ``guard`` if given (``bound_output``: see
+    :meth:`kcm.connection_guard.ConnectionGuard.tls_factory`).
 
     Any stream server endpoint description Twisted parses will do (``tcp6:``, ``unix:``, ...);
     ``ssl:``/``tls:`` descriptions are refused, since they would bring their own TLS settings.
     """
     _refuse_tls_description(description)
-    return _TLSServerEndpoint(serverFromString(reactor, description), options, guard)
+    return _TLSServerEndpoint(serverFromString(reactor, description), options, guard,
+                              bound_output)
 
 
 def tls_client_endpoint(
@@ -283,18 +287,20 @@ class TLSListener(Service):
     Stream endpoints listen at once; for one that answers later, a failure is logged as
     critical and the reactor is stopped, since a server that cannot listen is not serving.
     :attr:`port` is the listening port while running. ``guard`` (one per process, shared by
-    its listeners) caps and times the connections before they have a principal.
+    its listeners) caps and times the connections before they have a principal, and with
+    ``bound_output`` sizes their send buffers.
     """
 
     def __init__(self, reactor: Any, description: str,
                  tls_options: Callable[[], IOpenSSLServerConnectionCreator],
                  factory: IProtocolFactory, *, name: str | None = None,
-                 guard: ConnectionGuard | None = None) -> None:
+                 guard: ConnectionGuard | None = None, bound_output: bool = True) -> None:
         _refuse_tls_description(description)
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.guard = guard
+        self.bound_output = bound_output
         self.name = name  # type: ignore[assignment]
         self._tls_options = tls_options
         self._listening: Deferred[None] | None = None
@@ -304,7 +310,7 @@ class TLSListener(Service):
 
     def startService(self) -> None:
         endpoint = tls_server_endpoint(self.reactor, self.description, self._tls_options(),
-                                       self.guard)
+                                       self.guard, bound_output=self.bound_output)
         self._starting, self._start_error = True, None
         try:
             self._listening = endpoint.listen(self.factory)

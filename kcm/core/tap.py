@@ -95,6 +95,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         core.fanout, core.link_factory = fanout, link_factory
         fanout.setServiceParent(core)
         TLSListener(reactor, config.link_listen, tls_options, link_factory,
-                    name="kcm-link-listener", guard=guard).setServiceParent(core)
+                    name="kcm-link-listener", guard=guard,
+                    bound_output=False).setServiceParent(core)
     StateSweeper(store, reactor).setServiceParent(core)
     return core

@@ -110,6 +110,13 @@ def test_the_send_buffer_is_max_unsent_output(tls_options) -> None:
     assert transport.bufferSize == 12345
 
 
+def test_the_link_listener_keeps_twisteds_send_buffer(tls_options) -> None:
+    guard = ConnectionGuard(ConnectionLimits(max_unsent_output=12345), Clock())
+    factory = guard.tls_factory(tls_options, Factory.forProtocol(App), bound_output=False)
+    _, transport = accept(factory)
+    assert transport.bufferSize == 65536 and guard.connections == 1
+
+
 def test_a_flood_of_refusals_is_logged_once_per_interval(tls_options, warnings) -> None:
     _, factory, clock = guarded(tls_options, max_connections_per_address=1)
     accept(factory)

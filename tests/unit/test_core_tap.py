@@ -212,6 +212,7 @@ def test_both_listeners_share_one_connection_guard_from_core_limits(tmp_path: Pa
     kmip, link = core.getServiceNamed("kcm-kmip-listener"), core.getServiceNamed(
         "kcm-link-listener")
     assert kmip.guard is not None and kmip.guard is link.guard  # one count per process
+    assert kmip.bound_output and not link.bound_output
     limits = kmip.guard.limits
     assert (limits.handshake_timeout, limits.max_connections, limits.max_connections_per_address,
             limits.max_unsent_output, limits.write_timeout) == (2.5, 300, 7, 65536, 5.0)

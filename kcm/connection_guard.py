@@ -26,6 +26,7 @@ the log.
 
 from __future__ import annotations
 
+import resource
 from collections import Counter
 from typing import Any, Protocol
 
@@ -33,12 +34,15 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
-__all__ = ["LOG_INTERVAL", "ConnectionGuard", "GuardLimits"]
+__all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "GuardLimits"]
 
 log = Logger()
 
 #: Seconds between two log lines about refused or expired connections.
 LOG_INTERVAL = 10.0
+#: File descriptors a process needs besides its connections (database, logs, listening
+#: sockets, the reactor's own): ``max_connections`` should leave at least these free.
+DESCRIPTORS_KEPT = 100
 
 
 class GuardLimits(Protocol):
@@ -61,12 +65,27 @@ class ConnectionGuard:
         #: Each open connection's client address and handshake deadline.
         self._open: dict[TLSMemoryBIOProtocol, tuple[str, IDelayedCall]] = {}
         self._summaries: dict[str, _Summary] = {}
+        self._descriptors_checked = False
 
     def tls_factory(self, options: Any, factory: Any, *,
                     bound_output: bool = True) -> TLSMemoryBIOFactory:
         """The server-side TLS factory over ``factory``, guarded; with ``bound_output``, its
         connections' send buffers are ``max_unsent_output`` bytes."""
         return _GuardedTLSFactory(self, options, factory, bound_output)
+
+    def check_descriptors(self) -> None:
+        """Warn (once) when ``max_connections`` does not leave ``DESCRIPTORS_KEPT`` of the
+        process's open-file limit free: the caps would not keep it from running out."""
+        if self._descriptors_checked:
+            return
+        self._descriptors_checked = True
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (
+                self.limits.max_connections > soft - DESCRIPTORS_KEPT):
+            log.warn("limits.max_connections ({limit}) leaves fewer than {kept} of the "
+                     "{soft} file descriptors this process may open (ulimit -n): lower it "
+                     "or raise the limit", limit=self.limits.max_connections,
+                     kept=DESCRIPTORS_KEPT, soft=soft)
 
     # Admission --------------------------------------------------------------------------
     def admit(self, host: str) -> bool:

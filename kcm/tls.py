@@ -309,6 +309,8 @@ class TLSListener(Service):
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
+        if self.guard is not None:
+            self.guard.check_descriptors()
         endpoint = tls_server_endpoint(self.reactor, self.description, self._tls_options(),
                                        self.guard, bound_output=self.bound_output)
         self._starting, self._start_error = True, None

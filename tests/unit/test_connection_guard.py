@@ -117,6 +117,18 @@ def test_the_link_listener_keeps_twisteds_send_buffer(tls_options) -> None:
     assert transport.bufferSize == 65536 and guard.connections == 1
 
 
+def test_a_cap_above_the_descriptor_limit_is_warned_about_once(monkeypatch, warnings) -> None:
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (1024, 4096))
+    ConnectionGuard(ConnectionLimits(max_connections=924), Clock()).check_descriptors()
+    assert warnings == []
+    guard = ConnectionGuard(ConnectionLimits(max_connections=1000), Clock())
+    guard.check_descriptors()
+    guard.check_descriptors()  # the core's second listener
+    assert [event["soft"] for event in warnings] == [1024]
+
+
 def test_a_flood_of_refusals_is_logged_once_per_interval(tls_options, warnings) -> None:
     _, factory, clock = guarded(tls_options, max_connections_per_address=1)
     accept(factory)

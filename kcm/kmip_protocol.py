@@ -315,6 +315,7 @@ class KmipServerProtocol(Protocol):
         if self._closing:
             return
         self.resume(PAUSED_BY_OUTPUT)
+        self._restart_idle_timer()
         self._process()
 
     def _not_reading(self) -> None:
@@ -330,9 +331,11 @@ class KmipServerProtocol(Protocol):
         self._close(abort=False)
 
     def _idle(self) -> None:
-        if self._busy:
+        if self._busy or PAUSED_BY_OUTPUT in self._paused_by:
             # The client waits for an answer, it is not idle: the idle time counts again
             # from that answer (_restart_idle_timer), and the request has its own deadline.
+            # Answers it has not taken yet are the write timeout's to judge; a polite close
+            # would wait for them to be sent.
             return
         self._close(abort=False)
 

@@ -261,3 +261,22 @@ def test_the_new_limits_are_checked() -> None:
     limits = ConnectionLimits()
     assert (limits.handshake_timeout, limits.max_connections, limits.max_connections_per_address,
             limits.max_unsent_output, limits.write_timeout) == (10.0, 900, 100, 4 << 20, 30.0)
+
+
+def test_unread_answers_are_the_write_timeouts_not_the_idle_timeouts() -> None:
+    protocol, transport, _, clock = connect(
+        limits=ConnectionLimits(idle_timeout=10, write_timeout=60))
+    transport.producer.pauseProducing()
+    clock.advance(15)
+    assert not transport.disconnecting  # not idle: its answers wait for it
+    transport.producer.resumeProducing()  # taken at last: idle counts from now
+    clock.advance(9)
+    assert not transport.disconnecting
+    clock.advance(1.5)
+    assert transport.disconnecting
+
+    protocol, transport, _, clock = connect(
+        limits=ConnectionLimits(idle_timeout=10, write_timeout=60))
+    transport.producer.pauseProducing()
+    clock.advance(61)
+    assert transport.disconnected  # never taken: aborted at the write timeout

@@ -11,8 +11,15 @@ timeout. A connection that closes while a request is being answered tells the ha
 (``connection_lost``).
 
 Reading from a client pauses for more than one reason — too many of its own requests
-unanswered, or (at the gateway) the link to the core saturated — and resumes only when no
-reason holds any more (:meth:`KmipServerProtocol.pause` / :meth:`KmipServerProtocol.resume`).
+unanswered, its answers piling up unsent (a client that does not read them), or (at the
+gateway) the link to the core saturated — and resumes only when no reason holds any more
+(:meth:`KmipServerProtocol.pause` / :meth:`KmipServerProtocol.resume`). While the transport
+holds more than ``max_unsent_output`` bytes of answers, no further request of that
+connection is handled either; if it does not drain within ``write_timeout`` the connection
+is aborted, which frees what it held.
+
+What happens before a connection has a principal (the handshake deadline, the caps on
+connections) is :mod:`kcm.connection_guard`'s, around the TLS layer.
 """
 
 from __future__ import annotations
@@ -55,6 +62,30 @@ class ConnectionLimits:
     idle_timeout: float = 300.0
     message_timeout: float = 30.0  # seconds to finish sending a message once begun
     max_pending: int = 32  # requests read but not yet answered, before reading pauses
+    #: Seconds from the TCP connection to a finished TLS handshake that names a principal.
+    handshake_timeout: float = 10.0
+    #: Connections a process holds at once, over all its listeners (KMIP and link); keep it
+    #: below ``ulimit -n`` minus about 100 descriptors the process needs for itself.
+    max_connections: int = 900
+    #: Connections from one client IP address at once, over all the process's listeners.
+    max_connections_per_address: int = 100
+    #: Bytes of answers written but not yet sent to a client (the transport's buffer) above
+    #: which that connection's further requests wait (and are not read).
+    max_unsent_output: int = 4 << 20
+    #: Seconds a connection's unsent output may stay above ``max_unsent_output`` (a client
+    #: that does not read its answers) before the connection is closed.
+    write_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_size", "max_pending", "max_connections",
+                     "max_connections_per_address", "max_unsent_output"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"limits.{name} must be a whole number of at least 1")
+        for name in ("idle_timeout", "message_timeout", "handshake_timeout", "write_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"limits.{name} must be a positive number of seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +129,10 @@ class Upstream(TypingProtocol):
 
 PrincipalResolver = Callable[[ITransport], "Principal | None"]
 
-#: Why a connection stops reading: its own unanswered requests, or its upstream.
+#: Why a connection stops reading: its own unanswered requests, its unsent answers, or its
+#: upstream.
 PAUSED_BY_PENDING = "pending"
+PAUSED_BY_OUTPUT = "output"
 PAUSED_BY_UPSTREAM = "upstream"
 
 RESULT_REASON_INVALID_MESSAGE = 0x04
@@ -126,11 +159,22 @@ class KmipServerProtocol(Protocol):
         self._closing = False
         self._idle_timer = None
         self._message_timer = None
+        self._write_timer = None
+        self._output_producer: _OutputFull | None = None
         self.connection: ConnectionInfo | None = None
+
+    @property
+    def identified(self) -> bool:
+        """Whether TLS has named the client (what the handshake deadline waits for)."""
+        return self.connection is not None
 
     # Connection life ------------------------------------------------------
     def connectionMade(self) -> None:
         self._idle_timer = self._clock.callLater(self._limits.idle_timeout, self._idle)
+        # The transport tells this producer when its buffer of unsent bytes goes above its
+        # bufferSize (kcm.connection_guard sets it to max_unsent_output) and when it drains.
+        self._output_producer = _OutputFull(self)
+        self.transport.registerProducer(self._output_producer, True)
         if self._upstream is not None:
             self._upstream_producer = _UpstreamPause(self)
             self._upstream.add_producer(self._upstream_producer)
@@ -147,7 +191,7 @@ class KmipServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self._closing = True
-        for timer in (self._idle_timer, self._message_timer):
+        for timer in (self._idle_timer, self._message_timer, self._write_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._pending.clear()  # never handed over: nothing to stop
@@ -218,7 +262,8 @@ class KmipServerProtocol(Protocol):
 
     # Processing, strictly in order ----------------------------------------
     def _process(self) -> None:
-        while self._pending and not self._busy and not self._closing:
+        while (self._pending and not self._busy and not self._closing
+               and PAUSED_BY_OUTPUT not in self._paused_by):
             wire = self._pending.popleft()
             try:
                 result = self._handler.handle_request(wire, self.connection)
@@ -253,15 +298,44 @@ class KmipServerProtocol(Protocol):
             self.transport.write(self._handler.failure_response(
                 RESULT_REASON_GENERAL_FAILURE, "internal error; see the server log"))
 
+    # Unsent output --------------------------------------------------------
+    def _output_full(self) -> None:
+        """More answers wait in the transport than ``max_unsent_output``: handle no further
+        request, read none, and give the client ``write_timeout`` to take them."""
+        if self._closing:
+            return
+        self.pause(PAUSED_BY_OUTPUT)
+        if self._write_timer is None or not self._write_timer.active():
+            self._write_timer = self._clock.callLater(self._limits.write_timeout,
+                                                      self._not_reading)
+
+    def _output_drained(self) -> None:
+        if self._write_timer is not None and self._write_timer.active():
+            self._write_timer.cancel()
+        if self._closing:
+            return
+        self.resume(PAUSED_BY_OUTPUT)
+        self._restart_idle_timer()
+        self._process()
+
+    def _not_reading(self) -> None:
+        peer = self.connection.peer if self.connection is not None else "?"
+        log.info("closing {peer}: its answers were not read within {t}s "
+                 "(more than {size} bytes unsent)", peer=peer, t=self._limits.write_timeout,
+                 size=self._limits.max_unsent_output)
+        self._close(abort=True)
+
     # Closing --------------------------------------------------------------
     def _refuse(self, reason: int, message: str) -> None:
         self.transport.write(self._handler.failure_response(reason, message))
         self._close(abort=False)
 
     def _idle(self) -> None:
-        if self._busy:
+        if self._busy or PAUSED_BY_OUTPUT in self._paused_by:
             # The client waits for an answer, it is not idle: the idle time counts again
             # from that answer (_restart_idle_timer), and the request has its own deadline.
+            # Answers it has not taken yet are the write timeout's to judge; a polite close
+            # would wait for them to be sent.
             return
         self._close(abort=False)
 
@@ -283,6 +357,10 @@ class KmipServerProtocol(Protocol):
         if self._closing:
             return
         self._closing = True
+        if self._output_producer is not None:
+            # A TLS transport with a producer registered waits for it before closing.
+            self._output_producer = None
+            self.transport.unregisterProducer()
         if abort:
             self.transport.abortConnection()
         else:
@@ -307,6 +385,26 @@ class _UpstreamPause:
 
     def stopProducing(self) -> None:
         """Nothing to stop: the connection closes on its own terms."""
+
+
+@implementer(IPushProducer)
+class _OutputFull:
+    """A connection as the producer of its transport: paused when the transport holds more
+    unsent bytes than its buffer size, resumed when it has sent them all."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: KmipServerProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol._output_full()
+
+    def resumeProducing(self) -> None:
+        self._protocol._output_drained()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost follows."""
 
 
 class KmipServerFactory(Factory):

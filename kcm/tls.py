@@ -29,7 +29,9 @@ does the same for ``tcp:HOST:PORT``.
 Services are assembled before anything is read (STYLE.md): :class:`TLSListener` is the one way
 a KCM process listens — an endpoint string, a function that builds the TLS options, and a
 protocol factory; it reads the certificate files and binds the port when it starts, and a
-failure to do either fails its start. :class:`TLSClientEndpoint` is the client side's
+failure to do either fails its start. Given a :class:`kcm.connection_guard.ConnectionGuard`,
+its connections are capped, must finish the handshake in time, and have a bounded send
+buffer. :class:`TLSClientEndpoint` is the client side's
 counterpart: its TLS options are built when its owner loads it at start.
 """
 
@@ -67,6 +69,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.connection_guard import ConnectionGuard
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
 
 __all__ = [
@@ -234,25 +237,35 @@ class _TLSServerEndpoint:
     """A stream server endpoint whose connections are TLS over those of another endpoint."""
 
     def __init__(self, inner: IStreamServerEndpoint,
-                 options: IOpenSSLServerConnectionCreator) -> None:
+                 options: IOpenSSLServerConnectionCreator,
+                 guard: ConnectionGuard | None = None, bound_output: bool = True) -> None:
         self._inner = inner
         self._options = options
+        self._guard = guard
+        self._bound_output = bound_output
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen on the inner endpoint, running ``protocolFactory``'s protocols inside TLS."""
+        if self._guard is not None:
+            return self._inner.listen(self._guard.tls_factory(
+                self._options, protocolFactory, bound_output=self._bound_output))
         return self._inner.listen(TLSMemoryBIOFactory(self._options, False, protocolFactory))
 
 
 def tls_server_endpoint(
-    reactor: Any, description: str, options: IOpenSSLServerConnectionCreator
+    reactor: Any, description: str, options: IOpenSSLServerConnectionCreator,
+    guard: ConnectionGuard | None = None, *, bound_output: bool = True,
 ) -> IStreamServerEndpoint:
-    """A TLS server endpoint over the plain endpoint ``description`` (``tcp:PORT:...``).
+    """A TLS server endpoint over the plain endpoint ``description`` (``tcp:PORT:...``),
+    its connections guarded by ``guard`` if given (``bound_output``: see
+    :meth:`kcm.connection_guard.ConnectionGuard.tls_factory`).
 
     Any stream server endpoint description Twisted parses will do (``tcp6:``, ``unix:``, ...);
     ``ssl:``/``tls:`` descriptions are refused, since they would bring their own TLS settings.
     """
     _refuse_tls_description(description)
-    return _TLSServerEndpoint(serverFromString(reactor, description), options)
+    return _TLSServerEndpoint(serverFromString(reactor, description), options, guard,
+                              bound_output)
 
 
 def tls_client_endpoint(
@@ -273,16 +286,21 @@ class TLSListener(Service):
     in use is ``CannotListenError: Couldn't listen on ...: Address already in use``).
     Stream endpoints listen at once; for one that answers later, a failure is logged as
     critical and the reactor is stopped, since a server that cannot listen is not serving.
-    :attr:`port` is the listening port while running.
+    :attr:`port` is the listening port while running. ``guard`` (one per process, shared by
+    its listeners) caps and times the connections before they have a principal, and with
+    ``bound_output`` sizes their send buffers.
     """
 
     def __init__(self, reactor: Any, description: str,
                  tls_options: Callable[[], IOpenSSLServerConnectionCreator],
-                 factory: IProtocolFactory, *, name: str | None = None) -> None:
+                 factory: IProtocolFactory, *, name: str | None = None,
+                 guard: ConnectionGuard | None = None, bound_output: bool = True) -> None:
         _refuse_tls_description(description)
         self.reactor = reactor
         self.description = description
         self.factory = factory
+        self.guard = guard
+        self.bound_output = bound_output
         self.name = name  # type: ignore[assignment]
         self._tls_options = tls_options
         self._listening: Deferred[None] | None = None
@@ -291,7 +309,10 @@ class TLSListener(Service):
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
-        endpoint = tls_server_endpoint(self.reactor, self.description, self._tls_options())
+        if self.guard is not None:
+            self.guard.check_descriptors()
+        endpoint = tls_server_endpoint(self.reactor, self.description, self._tls_options(),
+                                       self.guard, bound_output=self.bound_output)
         self._starting, self._start_error = True, None
         try:
             self._listening = endpoint.listen(self.factory)

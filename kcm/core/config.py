@@ -30,6 +30,8 @@ class CoreLimits(ConnectionLimits):
     request_deadline: float = 10.0
 
     def __post_init__(self) -> None:
+        # Named, not super(): a slots dataclass is a new class, which super() cannot find.
+        ConnectionLimits.__post_init__(self)
         for name in ("max_batch_items", "max_locate_results"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

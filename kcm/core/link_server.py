@@ -93,6 +93,11 @@ class LinkServerProtocol(LinkProtocol):
         self._queued: deque[bytes] = deque()
 
     # Identity -------------------------------------------------------------------------------
+    @property
+    def identified(self) -> bool:
+        """Whether a gateway is on the other end (what the handshake deadline waits for)."""
+        return self.gateway is not None
+
     def handshakeCompleted(self) -> None:
         principal = self.factory.resolve_peer(self.transport)
         if principal is None or principal.role is not Role.GATEWAY:

@@ -11,6 +11,7 @@ from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
 from kcm.config_file import ConfigError
+from kcm.connection_guard import ConnectionGuard
 from kcm.core.audit_checkpoints import AuditCheckpoints
 from kcm.core.config import load_config
 from kcm.core.event_fanout import EventFanout
@@ -79,6 +80,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, policy.subject_map),
         reactor)
+    # One guard for both listeners: the caps count the process's connections.
+    guard = ConnectionGuard(config.limits, reactor)
 
     store.setServiceParent(core)
     MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11).setServiceParent(core)
@@ -86,7 +89,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                      interval=config.audit_checkpoint_interval).setServiceParent(core)
     policy.setServiceParent(core)
     TLSListener(reactor, config.listen, tls_options, kmip_factory,
-                name="kcm-kmip-listener").setServiceParent(core)
+                name="kcm-kmip-listener", guard=guard).setServiceParent(core)
     if config.link_listen:
         fanout = EventFanout(store, reactor, head=None)  # read from the outbox at start
         link_factory = LinkServerFactory(
@@ -99,6 +102,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         core.fanout, core.link_factory = fanout, link_factory
         fanout.setServiceParent(core)
         TLSListener(reactor, config.link_listen, tls_options, link_factory,
-                    name="kcm-link-listener").setServiceParent(core)
+                    name="kcm-link-listener", guard=guard,
+                    bound_output=False).setServiceParent(core)
     StateSweeper(store, reactor).setServiceParent(core)
     return core

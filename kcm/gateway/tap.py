@@ -12,6 +12,7 @@ from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
 from kcm.config_file import ConfigError
+from kcm.connection_guard import ConnectionGuard
 from kcm.gateway.config import load_config
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
@@ -90,6 +91,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> GatewayServ
     GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
     link.setServiceParent(gateway)
     TLSListener(reactor, config.listen, partial(server_tls_options, tls.cert, tls.key, tls.ca),
-                kmip_factory, name="kcm-kmip-listener").setServiceParent(gateway)
+                kmip_factory, name="kcm-kmip-listener",
+                guard=ConnectionGuard(config.limits, reactor)).setServiceParent(gateway)
     refresher.setServiceParent(gateway)
     return gateway

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -131,6 +132,8 @@ class CoreProcess:
         "idle_timeout": 60.0, "message_timeout": 5.0})
     #: L1 in a PKCS#11 token (the ``l1_pkcs11`` URI) instead of the key file.
     l1_pkcs11: str | None = None
+    #: The process's soft limit on open files (``ulimit -n``; None: inherited).
+    nofile: int | None = None
 
     @property
     def pki(self) -> PkiPaths:
@@ -174,7 +177,7 @@ class CoreProcess:
 
     def start(self) -> None:
         """Start `twistd -n kcm-core` and wait until it accepts connections (KMIP and link)."""
-        self.process = _twistd("kcm-core", self.config, self.root, self.log)
+        self.process = _twistd("kcm-core", self.config, self.root, self.log, self.nofile)
         wait_listening(self.process, [self.port, self.link_port], "kcm-core", self.log)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -205,13 +208,21 @@ def _max_message_size(size: int | None) -> str:
     return f"max_message_size = {size}\n" if size is not None else ""
 
 
-def _twistd(plugin: str, config: Path, root: Path, log: Path) -> subprocess.Popen:
+def _twistd(plugin: str, config: Path, root: Path, log: Path,
+            nofile: int | None = None) -> subprocess.Popen:
     output = open(log, "ab")  # noqa: SIM115 - owned by the child process
     process = subprocess.Popen(
         [str(BIN / "twistd"), "-n", "--pidfile=", plugin, "-c", str(config)],
-        cwd=root, env=process_env(), stdout=output, stderr=subprocess.STDOUT)
+        cwd=root, env=process_env(), stdout=output, stderr=subprocess.STDOUT,
+        preexec_fn=None if nofile is None else lambda: _limit_open_files(nofile))
     output.close()
     return process
+
+
+def _limit_open_files(nofile: int) -> None:
+    """In the child, before exec: lower the soft limit on open files (``ulimit -n``)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
 
 def deploy(root: Path, database: str, *, max_message_size: int | None = None,
@@ -247,6 +258,11 @@ class GatewayProcess:
     #: ``limits.max_message_size`` (None: the default, 1 MiB).
     max_message_size: int | None = None
     process: subprocess.Popen | None = None
+    #: The ``[gateway.limits]`` table written to the configuration.
+    limits: dict[str, int | float] = field(default_factory=lambda: {
+        "idle_timeout": 60.0, "message_timeout": 5.0})
+    #: The process's soft limit on open files (``ulimit -n``; None: inherited).
+    nofile: int | None = None
 
     @property
     def pki(self) -> PkiPaths:
@@ -274,7 +290,8 @@ class GatewayProcess:
             "[gateway.tls]\n"
             f'cert = "{self.pki.gateway.cert}"\nkey = "{self.pki.gateway.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
-            "[gateway.limits]\nidle_timeout = 60.0\nmessage_timeout = 5.0\n"
+            "[gateway.limits]\n"
+            + "".join(f"{name} = {value!r}\n" for name, value in self.limits.items())
             + _max_message_size(self.max_message_size)
         )
 
@@ -282,7 +299,7 @@ class GatewayProcess:
         """Start `twistd -n kcm-gateway` and wait until it accepts connections."""
         if not self.config.exists():
             self.write_config()
-        self.process = _twistd("kcm-gateway", self.config, self.root, self.log)
+        self.process = _twistd("kcm-gateway", self.config, self.root, self.log, self.nofile)
         wait_listening(self.process, [self.port], "kcm-gateway", self.log)
 
     def links(self) -> int:

@@ -505,7 +505,7 @@ def test_a_listener_whose_endpoint_fails_later_stops_the_reactor(
     from twisted.internet.error import CannotListenError
 
     endpoint = _LaterEndpoint()
-    monkeypatch.setattr("kcm.tls.tls_server_endpoint", lambda *args: endpoint)
+    monkeypatch.setattr("kcm.tls.tls_server_endpoint", lambda *args, **kwargs: endpoint)
     fake = _FakeReactor()
     listener = TLSListener(fake, "tcp:0", lambda: None, protocol.Factory())  # type: ignore[arg-type]
     listener.startService()
@@ -517,7 +517,7 @@ def test_a_listener_whose_endpoint_fails_later_stops_the_reactor(
 def test_a_listener_stopped_before_its_endpoint_answers_cancels_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint = _LaterEndpoint()
-    monkeypatch.setattr("kcm.tls.tls_server_endpoint", lambda *args: endpoint)
+    monkeypatch.setattr("kcm.tls.tls_server_endpoint", lambda *args, **kwargs: endpoint)
     fake = _FakeReactor()
     listener = TLSListener(fake, "tcp:0", lambda: None, protocol.Factory())  # type: ignore[arg-type]
     listener.startService()

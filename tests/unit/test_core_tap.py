@@ -226,3 +226,33 @@ def test_the_master_key_keys_the_store_and_anchors_an_unkeyed_chain(deployment) 
     MasterKey(Keyring(), store, str(l1_file)).startService()  # a keyed chain: nothing to do
     assert store.run_sync(audit.verify_chain, write=False).records_checked == 3
     store.stopService()
+
+
+def test_both_listeners_share_one_connection_guard_from_core_limits(tmp_path: Path) -> None:
+    path = tmp_path / "core.toml"
+    path.write_text("[core.limits]\nhandshake_timeout = 2.5\nmax_connections = 300\n"
+                    "max_connections_per_address = 7\nmax_unsent_output = 65536\n"
+                    "write_timeout = 5.0\n")
+    core = tap.makeService(parse("-c", str(path)), reactor=Clock())
+    kmip, link = core.getServiceNamed("kcm-kmip-listener"), core.getServiceNamed(
+        "kcm-link-listener")
+    assert kmip.guard is not None and kmip.guard is link.guard  # one count per process
+    assert kmip.bound_output and not link.bound_output
+    limits = kmip.guard.limits
+    assert (limits.handshake_timeout, limits.max_connections, limits.max_connections_per_address,
+            limits.max_unsent_output, limits.write_timeout) == (2.5, 300, 7, 65536, 5.0)
+
+
+@pytest.mark.parametrize(("setting", "error"), [
+    ("handshake_timeout = 0", "core.limits.handshake_timeout must be a positive number"),
+    ("max_connections = 0", "core.limits.max_connections must be a whole number"),
+    ("max_connections_per_address = 1.5", "core.limits.max_connections_per_address must be"),
+    ("max_unsent_output = -1", "core.limits.max_unsent_output must be a whole number"),
+    ("write_timeout = \"never\"", "core.limits.write_timeout must be a positive number"),
+])
+def test_wrong_connection_limits_are_usage_errors(tmp_path: Path, setting: str,
+                                                  error: str) -> None:
+    path = tmp_path / "core.toml"
+    path.write_text(f"[core.limits]\n{setting}\n")
+    with pytest.raises(usage.UsageError, match=error):
+        parse("-c", str(path))

@@ -103,3 +103,18 @@ def test_plugin_is_one_service_maker() -> None:
     exec(compile(source, "kcm_gateway.py", "exec"), namespace)
     maker = namespace["kcm_gateway"]
     assert (maker.tapname, maker.module) == ("kcm-gateway", "kcm.gateway.tap")
+
+
+def test_the_kmip_listener_is_guarded_by_gateway_limits(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[gateway.limits]\nhandshake_timeout = 3.0\nmax_connections = 200\n"
+                    "max_connections_per_address = 9\nmax_unsent_output = 1048576\n"
+                    "write_timeout = 12.0\n")
+    service = tap.makeService(parse("-c", str(path)), reactor=Clock())
+    listener = service.getServiceNamed("kcm-kmip-listener")
+    limits = listener.guard.limits
+    assert (limits.handshake_timeout, limits.max_connections, limits.max_connections_per_address,
+            limits.max_unsent_output, limits.write_timeout) == (3.0, 200, 9, 1 << 20, 12.0)
+    with pytest.raises(usage.UsageError, match="gateway.limits.write_timeout must be"):
+        path.write_text("[gateway.limits]\nwrite_timeout = 0\n")
+        parse("-c", str(path))

@@ -205,3 +205,78 @@ def test_a_connection_lost_between_requests_tells_nobody() -> None:
     echo.defer = True
     protocol.dataReceived(message(1))
     protocol.connectionLost(Failure(ConnectionDone()))
+
+
+# Unsent output (issue 11, defect 5) ---------------------------------------------------------
+
+def test_answers_piling_up_unsent_stop_the_next_requests_and_reading() -> None:
+    protocol, transport, handler, clock = connect()
+    assert transport.producer is not None and transport.streaming  # told when it is full
+    transport.producer.pauseProducing()  # the transport holds more than max_unsent_output
+    assert transport.producerState == "paused"  # no more bytes read from this client
+    protocol.dataReceived(message(1) + message(2))  # already on their way when it filled
+    assert handler.seen == []  # read, but not handled while answers wait unsent
+    transport.producer.resumeProducing()  # the client took its answers
+    assert transport.producerState == "producing"
+    assert transport.value() == message(1) + message(2)
+    clock.advance(3600)  # the write timer was cancelled; only the idle timeout is left
+    assert not transport.disconnected
+
+
+def test_a_client_that_never_reads_is_aborted_after_the_write_timeout() -> None:
+    protocol, transport, _, clock = connect(limits=ConnectionLimits(write_timeout=30))
+    protocol.dataReceived(message(1))
+    transport.producer.pauseProducing()
+    clock.advance(29)
+    assert not transport.disconnecting
+    transport.producer.pauseProducing()  # still full: the timer does not start again
+    clock.advance(1.5)
+    assert transport.disconnected  # aborted: a flush would never end
+
+
+def test_a_client_that_reads_slowly_but_drains_is_kept() -> None:
+    protocol, transport, _, clock = connect(limits=ConnectionLimits(write_timeout=30))
+    for _ in range(5):
+        transport.producer.pauseProducing()
+        clock.advance(20)
+        transport.producer.resumeProducing()
+    assert not transport.disconnecting
+
+
+def test_closing_a_connection_unregisters_its_producer_so_tls_can_close() -> None:
+    # A TLS transport with a producer registered does not close until it is unregistered.
+    protocol, transport, _, clock = connect(limits=ConnectionLimits(idle_timeout=10))
+    clock.advance(11)
+    assert transport.disconnecting and transport.producer is None
+
+
+def test_the_new_limits_are_checked() -> None:
+    import pytest
+
+    for name, value in (("handshake_timeout", 0), ("write_timeout", -1),
+                        ("max_connections", 0), ("max_connections_per_address", 1.5),
+                        ("max_unsent_output", True)):
+        with pytest.raises(ValueError, match=f"limits.{name}"):
+            ConnectionLimits(**{name: value})
+    limits = ConnectionLimits()
+    assert (limits.handshake_timeout, limits.max_connections, limits.max_connections_per_address,
+            limits.max_unsent_output, limits.write_timeout) == (10.0, 900, 100, 4 << 20, 30.0)
+
+
+def test_unread_answers_are_the_write_timeouts_not_the_idle_timeouts() -> None:
+    protocol, transport, _, clock = connect(
+        limits=ConnectionLimits(idle_timeout=10, write_timeout=60))
+    transport.producer.pauseProducing()
+    clock.advance(15)
+    assert not transport.disconnecting  # not idle: its answers wait for it
+    transport.producer.resumeProducing()  # taken at last: idle counts from now
+    clock.advance(9)
+    assert not transport.disconnecting
+    clock.advance(1.5)
+    assert transport.disconnecting
+
+    protocol, transport, _, clock = connect(
+        limits=ConnectionLimits(idle_timeout=10, write_timeout=60))
+    transport.producer.pauseProducing()
+    clock.advance(61)
+    assert transport.disconnected  # never taken: aborted at the write timeout

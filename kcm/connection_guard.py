@@ -1,0 +1,204 @@
+"""What a KCM process does with a connection before it knows who is on the other end.
+
+One :class:`ConnectionGuard` per process is shared by all its listeners (kcm-core's KMIP
+and link listeners, kcm-gateway's KMIP listener); it wraps each listener's TLS layer
+(:class:`kcm.tls.TLSListener`) and promises:
+
+* **caps**: at most ``max_connections`` connections at once over all the listeners, and
+  at most ``max_connections_per_address`` from one client IP address. A connection over
+  either cap is closed as soon as it is accepted, before any TLS work (its socket is closed
+  by the listening port, so it costs one ``accept``); keep ``max_connections`` below
+  ``ulimit -n`` minus the descriptors the process needs for itself (about 100: database,
+  log, listening sockets, the reactor's own), so that the process never runs out of them;
+* **a handshake deadline**: a connection whose application protocol has not been told who
+  the peer is (``identified``) within ``handshake_timeout`` of its acceptance is aborted,
+  so a client that opens TCP and never finishes TLS holds a descriptor for that long only;
+* **a bound on unsent output** (KMIP listeners): each connection's transport considers its
+  buffer full above ``max_unsent_output`` bytes (``bufferSize``), which is when a producer
+  registered on it (:class:`kcm.kmip_protocol.KmipServerProtocol`) is paused. The link
+  listener keeps Twisted's own buffer size: its protocol has its own bound on what a slow
+  gateway may hold (``max_queued_events``).
+
+Refusals and expired handshakes are logged at most once per ``LOG_INTERVAL`` seconds per
+kind, with the number of connections since the previous line, so a flood does not flood
+the log.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections import Counter
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
+__all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "GuardLimits"]
+
+log = Logger()
+
+#: Seconds between two log lines about refused or expired connections.
+LOG_INTERVAL = 10.0
+#: File descriptors a process needs besides its connections (database, logs, listening
+#: sockets, the reactor's own): ``max_connections`` should leave at least these free.
+DESCRIPTORS_KEPT = 100
+
+
+class GuardLimits(Protocol):
+    """The settings the guard reads (:class:`kcm.kmip_protocol.ConnectionLimits` has them)."""
+
+    handshake_timeout: float
+    max_connections: int
+    max_connections_per_address: int
+    max_unsent_output: int
+
+
+class ConnectionGuard:
+    """Caps, handshake deadline and send-buffer size for every connection of a process."""
+
+    def __init__(self, limits: GuardLimits, clock: IReactorTime) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.connections = 0
+        self.by_address: Counter[str] = Counter()
+        #: Each open connection's client address and handshake deadline.
+        self._open: dict[TLSMemoryBIOProtocol, tuple[str, IDelayedCall]] = {}
+        self._summaries: dict[str, _Summary] = {}
+        self._descriptors_checked = False
+
+    def tls_factory(self, options: Any, factory: Any, *,
+                    bound_output: bool = True) -> TLSMemoryBIOFactory:
+        """The server-side TLS factory over ``factory``, guarded; with ``bound_output``, its
+        connections' send buffers are ``max_unsent_output`` bytes."""
+        return _GuardedTLSFactory(self, options, factory, bound_output)
+
+    def check_descriptors(self) -> None:
+        """Warn (once) when ``max_connections`` does not leave ``DESCRIPTORS_KEPT`` of the
+        process's open-file limit free: the caps would not keep it from running out."""
+        if self._descriptors_checked:
+            return
+        self._descriptors_checked = True
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (
+                self.limits.max_connections > soft - DESCRIPTORS_KEPT):
+            log.warn("limits.max_connections ({limit}) leaves fewer than {kept} of the "
+                     "{soft} file descriptors this process may open (ulimit -n): lower it "
+                     "or raise the limit", limit=self.limits.max_connections,
+                     kept=DESCRIPTORS_KEPT, soft=soft)
+
+    # Admission --------------------------------------------------------------------------
+    def admit(self, host: str) -> bool:
+        """Whether a new connection from ``host`` may be accepted now (logged if not)."""
+        if self.connections >= self.limits.max_connections:
+            self._note("max_connections", host, "refused {count} connection(s) over "
+                       "limits.max_connections ({limit}) in the last {interval}s; last from "
+                       "{host}", self.limits.max_connections)
+            return False
+        if self.by_address[host] >= self.limits.max_connections_per_address:
+            self._note("max_connections_per_address", host, "refused {count} connection(s) "
+                       "over limits.max_connections_per_address ({limit}) in the last "
+                       "{interval}s; last from {host}", self.limits.max_connections_per_address)
+            return False
+        return True
+
+    def opened(self, protocol: TLSMemoryBIOProtocol, *, bound_output: bool = True) -> None:
+        if protocol in self._open:  # TLSMemoryBIOProtocol registers itself twice
+            return
+        transport = protocol.transport
+        host = _host(transport)
+        self.connections += 1
+        self.by_address[host] += 1
+        if bound_output and hasattr(transport, "bufferSize"):
+            transport.bufferSize = self.limits.max_unsent_output
+        self._open[protocol] = (host, self.clock.callLater(
+            self.limits.handshake_timeout, self._handshake_expired, protocol, host))
+
+    def closed(self, protocol: TLSMemoryBIOProtocol) -> None:
+        opened = self._open.pop(protocol, None)
+        if opened is None:
+            return
+        host, deadline = opened
+        self.connections -= 1
+        self.by_address[host] -= 1
+        if self.by_address[host] <= 0:
+            del self.by_address[host]
+        if deadline.active():
+            deadline.cancel()
+
+    def _handshake_expired(self, protocol: TLSMemoryBIOProtocol, host: str) -> None:
+        if getattr(protocol.wrappedProtocol, "identified", False):
+            return
+        self._note("handshake_timeout", host, "closed {count} "
+                   "connection(s) without a TLS handshake within limits.handshake_timeout "
+                   "({limit}s) in the last {interval}s; last from {host}",
+                   self.limits.handshake_timeout)
+        protocol.abortConnection()
+
+    # Rate-limited log -------------------------------------------------------------------
+    def _note(self, kind: str, host: str, message: str, limit: float) -> None:
+        summary = self._summaries.get(kind)
+        if summary is None:
+            summary = self._summaries[kind] = _Summary(message, limit)
+        summary.count += 1
+        summary.host = host
+        now = self.clock.seconds()
+        if summary.logged_at is None or now - summary.logged_at >= LOG_INTERVAL:
+            summary.flush(now)
+        elif summary.pending is None:
+            summary.pending = self.clock.callLater(
+                summary.logged_at + LOG_INTERVAL - now, lambda: summary.flush(
+                    self.clock.seconds()))
+
+
+class _Summary:
+    """One kind of refusal: how many since its last log line."""
+
+    __slots__ = ("count", "host", "limit", "logged_at", "message", "pending")
+
+    def __init__(self, message: str, limit: float) -> None:
+        self.message = message
+        self.limit = limit
+        self.count = 0
+        self.host = ""
+        self.logged_at: float | None = None
+        self.pending: IDelayedCall | None = None
+
+    def flush(self, now: float) -> None:
+        if self.pending is not None and self.pending.active():
+            self.pending.cancel()
+        self.pending = None
+        if self.count:
+            log.warn(self.message, count=self.count, limit=self.limit, host=self.host,
+                     interval=f"{LOG_INTERVAL:g}")
+        self.count = 0
+        self.logged_at = now
+
+
+def _host(transport: Any) -> str:
+    peer = transport.getPeer()
+    return str(getattr(peer, "host", peer))
+
+
+class _GuardedTLSFactory(TLSMemoryBIOFactory):
+    """Server-side TLS whose connections the guard admits, counts and times."""
+
+    def __init__(self, guard: ConnectionGuard, options: Any, factory: Any,
+                 bound_output: bool) -> None:
+        super().__init__(options, False, factory)
+        self.guard = guard
+        self.bound_output = bound_output
+
+    def buildProtocol(self, addr: Any) -> TLSMemoryBIOProtocol | None:
+        # None makes the listening port close the socket at once, before any TLS work.
+        if not self.guard.admit(str(getattr(addr, "host", addr))):
+            return None
+        return super().buildProtocol(addr)
+
+    def registerProtocol(self, p: TLSMemoryBIOProtocol) -> None:
+        super().registerProtocol(p)
+        self.guard.opened(p, bound_output=self.bound_output)
+
+    def unregisterProtocol(self, p: TLSMemoryBIOProtocol) -> None:
+        super().unregisterProtocol(p)
+        self.guard.closed(p)

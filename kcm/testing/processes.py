@@ -17,7 +17,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -346,3 +347,17 @@ def start_pykmip(pki: PkiPaths, work: Path) -> tuple[subprocess.Popen, int]:
     process = start_python_server(PYKMIP_SERVER, [str(pki.directory), str(port), str(work)],
                                   port, "PyKMIP server", work / "pykmip.stderr")
     return process, port
+
+
+@contextmanager
+def running(core: CoreProcess, gateway: GatewayProcess
+            ) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    """``core`` started and ``gateway`` started and linked to it; both stopped afterwards."""
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        yield core, gateway
+    finally:
+        gateway.stop()
+        core.stop()

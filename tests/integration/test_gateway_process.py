@@ -20,6 +20,7 @@ from kcm.kernel.missing import object_not_found
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.payloads.crypto import DecryptRequest
 from kcm.l4 import token as l4_token
+from kcm.testing.processes import running
 from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
 from tests.gateway_support import (
     activate,
@@ -42,15 +43,8 @@ CBC = {"cryptographic_algorithm": enums.CryptographicAlgorithm.AES,
 def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
     """A running kcm-core (SQLite) and a kcm-gateway linked to it, pre-warmed for demo/app."""
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    core.start()
-    gateway = GatewayProcess(tmp_path / "gateway", core)
-    try:
-        gateway.start()
-        gateway.wait_linked()
-        yield core, gateway
-    finally:
-        gateway.stop()
-        core.stop()
+    with running(core, GatewayProcess(tmp_path / "gateway", core)) as pair:
+        yield pair
 
 
 def pykmip_create_l4(client) -> str:

@@ -26,6 +26,7 @@ import pytest
 
 from kcm.conformance.client import KmipClient
 from kcm.kmip.enums import ResultStatus
+from kcm.testing.processes import running
 from kcm.testing.requests import create_l4, create_managed, encrypt, get, request, response
 from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
 
@@ -222,16 +223,10 @@ def never_reading(port: int, pki, count: int, sources: list[str], wire: bytes,
 @pytest.fixture
 def gateway_deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    core.start()
     gateway = GatewayProcess(tmp_path / "gateway", core)
     gateway.limits.update(write_timeout=WRITE_TIMEOUT, max_unsent_output=256 << 10)
-    try:
-        gateway.start()
-        gateway.wait_linked()
-        yield core, gateway
-    finally:
-        gateway.stop()
-        core.stop()
+    with running(core, gateway) as pair:
+        yield pair
 
 
 def test_clients_that_never_read_are_closed_and_their_answers_freed_at_the_gateway(

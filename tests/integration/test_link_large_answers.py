@@ -21,6 +21,7 @@ from kcm.kmip.objects import OpaqueObject
 from kcm.kmip.payloads import QueryRequest, RegisterRequest
 from kcm.kmip.payloads.service import LocateRequest
 from kcm.kmip.tags import Tag
+from kcm.testing.processes import running
 from kcm.testing.requests import create_managed, get, get_attributes, item, locate, request
 from kcm.ttlv import decode
 from tests.e2e_support import CoreProcess, GatewayProcess, deploy
@@ -37,15 +38,9 @@ def deployment(tmp_path: Path, max_message_size: int | None = None
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}",
                   max_message_size=max_message_size, max_batch_items=10_000,
                   request_deadline=120.0)
-    core.start()
     gateway = GatewayProcess(tmp_path / "gateway", core, max_message_size=max_message_size)
-    try:
-        gateway.start()
-        gateway.wait_linked()
-        yield core, gateway
-    finally:
-        gateway.stop()
-        core.stop()
+    with running(core, gateway) as pair:
+        yield pair
 
 
 def answer(wire: bytes) -> ResponseMessage:

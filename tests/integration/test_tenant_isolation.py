@@ -46,6 +46,7 @@ from kcm.kmip.payloads.service import LocateRequest
 from kcm.kmip.tags import Tag
 from kcm.l4 import token as l4_token
 from kcm.pki import CertKeyPaths, issue_certificate, load_ca, write_certificate
+from kcm.testing.processes import running
 from kcm.testing.requests import (
     OMIT,
     aes256,
@@ -147,15 +148,8 @@ def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
     pre-warmed for demo/app."""
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
     core.kcm("core", "service", "add", "demo", "vault")
-    core.start()
-    gateway = GatewayProcess(tmp_path / "gateway", core)
-    try:
-        gateway.start()
-        gateway.wait_linked()
-        yield core, gateway
-    finally:
-        gateway.stop()
-        core.stop()
+    with running(core, GatewayProcess(tmp_path / "gateway", core)) as pair:
+        yield pair
 
 
 @pytest.fixture

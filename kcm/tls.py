@@ -37,6 +37,7 @@ counterpart: its TLS options are built when its owner loads it at start.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ from kcm.connection_guard import ConnectionGuard
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
 
 __all__ = [
+    "LISTEN_BACKLOG",
     "TLS12_CIPHERS",
     "TLSClientEndpoint",
     "TLSListener",
@@ -83,6 +85,7 @@ __all__ = [
     "server_tls_options",
     "tls_client_endpoint",
     "tls_server_endpoint",
+    "with_backlog",
 ]
 
 #: The OpenSSL cipher string for TLS 1.2: forward-secret ECDHE with AEAD ciphers only.
@@ -264,8 +267,24 @@ def tls_server_endpoint(
     ``ssl:``/``tls:`` descriptions are refused, since they would bring their own TLS settings.
     """
     _refuse_tls_description(description)
-    return _TLSServerEndpoint(serverFromString(reactor, description), options, guard,
-                              bound_output)
+    return _TLSServerEndpoint(serverFromString(reactor, with_backlog(description)), options,
+                              guard, bound_output)
+
+
+#: The listen backlog of a TCP listener whose description names none. Twisted's default
+#: (50) lets a burst of connections that never speak fill the kernel's accept queue, so
+#: that everybody else's connects wait for SYN retries (1 s, 3 s, 7 s, ...) while the guard
+#: has not yet seen them; the kernel caps it at ``net.core.somaxconn``.
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """``description`` with ``backlog=LISTEN_BACKLOG`` added if it is a ``tcp:``/``tcp6:``
+    listener that names no backlog of its own."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in ("tcp", "tcp6") or re.search(r"(^|:)backlog=", description):
+        return description
+    return f"{description}:backlog={LISTEN_BACKLOG}"
 
 
 def tls_client_endpoint(

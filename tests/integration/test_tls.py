@@ -38,12 +38,14 @@ from kcm.pki import (
     write_certificate,
 )
 from kcm.tls import (
+    LISTEN_BACKLOG,
     TLSListener,
     client_tls_options,
     peer_principal,
     server_tls_options,
     tls_client_endpoint,
     tls_server_endpoint,
+    with_backlog,
 )
 
 TD = "kcm.test"
@@ -523,3 +525,16 @@ def test_a_listener_stopped_before_its_endpoint_answers_cancels_it(
     listener.startService()
     listener.stopService()
     assert endpoint.listening.called and fake.when_running == []  # cancelled, not a failure
+
+
+@pytest.mark.parametrize(("description", "expected"), [
+    ("tcp:5696", "tcp:5696:backlog=1024"),
+    ("tcp:5696:interface=127.0.0.1", "tcp:5696:interface=127.0.0.1:backlog=1024"),
+    ("tcp6:5696:interface=\\:\\:1", "tcp6:5696:interface=\\:\\:1:backlog=1024"),
+    ("tcp:5696:backlog=64:interface=127.0.0.1", "tcp:5696:backlog=64:interface=127.0.0.1"),
+    ("unix:/run/kcm.sock", "unix:/run/kcm.sock"),
+])
+def test_tcp_listeners_get_a_backlog_that_survives_a_connect_burst(
+        description: str, expected: str) -> None:
+    assert LISTEN_BACKLOG == 1024
+    assert with_backlog(description) == expected

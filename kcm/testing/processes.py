@@ -9,13 +9,17 @@ the process accepts connections, or raises RuntimeError with the tail of its log
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -232,18 +236,65 @@ def deploy(root: Path, database: str, *, max_message_size: int | None = None,
     each (the PKI's ``app`` and ``other_app``);
     ``limits`` are added to (or replace) the deployment's ``[core.limits]``,
     ``max_message_size`` (if given) is the core's ``limits.max_message_size``, and
-    ``l1_pkcs11`` (if given) puts L1 in that PKCS#11 token key instead of a key file."""
+    ``l1_pkcs11`` (if given) puts L1 in that PKCS#11 token key instead of a key file.
+
+    A SQLite deployment with a key-file L1 is a copy of one made by the same commands once
+    per process (:func:`_template`): the PKI, the L1 key and the database file are the same
+    bytes ``kcm core init`` and ``kcm core tenant/service add`` would write, without five
+    `kcm` processes per test."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)  # kcm core init wants it private
     core = CoreProcess(root, database, max_message_size=max_message_size, l1_pkcs11=l1_pkcs11)
     core.limits.update(limits)
-    init_pki(root / "pki")
+    target = _sqlite_file(database)
+    if target is not None and l1_pkcs11 is None:
+        template = _template()
+        shutil.copytree(template / "pki", root / "pki", copy_function=shutil.copy2)
+        shutil.copy2(template / "l1.key", root / "l1.key")
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copy2(template / "kcm.db", target)
+        core.write_config()
+        return core
+    _initialise(core)
+    return core
+
+
+def _initialise(core: CoreProcess) -> None:
+    init_pki(core.root / "pki")
     core.write_config()
     core.kcm("core", "init")
     for tenant in ("demo", "other"):
         core.kcm("core", "tenant", "add", tenant)
     for tenant in ("demo", "other"):
         core.kcm("core", "service", "add", tenant, "app")
-    return core
+
+
+def _sqlite_file(database: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL, else None."""
+    prefix = "sqlite:///"
+    return Path(database[len(prefix):]) if database.startswith(prefix) else None
+
+
+_TEMPLATE: Path | None = None
+
+
+def _template() -> Path:
+    """A SQLite deployment made once per process with the real commands, deleted at exit;
+    its database is checkpointed (no WAL file) so that one file is the whole of it."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        work = Path(tempfile.mkdtemp(prefix="kcm-deploy-template-"))
+        atexit.register(shutil.rmtree, work, True)
+        root = work / "core"
+        root.mkdir(mode=0o700)
+        template = CoreProcess(root, f"sqlite:///{root / 'kcm.db'}")
+        _initialise(template)
+        with sqlite3.connect(root / "kcm.db") as connection:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
+        for leftover in ("kcm.db-wal", "kcm.db-shm"):
+            (root / leftover).unlink(missing_ok=True)
+        _TEMPLATE = root
+    return _TEMPLATE
 
 
 @dataclass

@@ -15,6 +15,7 @@ from kcm.kmip.enums import (
     LinkType,
     ObjectType,
     Operation,
+    QueryFunction,
 )
 from kcm.kmip.messages import (
     ProtocolVersion,
@@ -28,7 +29,7 @@ from kcm.kmip.messages import (
 from kcm.kmip.payloads import GetAttributesRequest
 from kcm.kmip.payloads.crypto import DecryptRequest, EncryptRequest
 from kcm.kmip.payloads.lifecycle import ActivateRequest, CreateRequest, GetRequest
-from kcm.kmip.payloads.service import LocateRequest
+from kcm.kmip.payloads.service import LocateRequest, QueryRequest
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType, decode, encode
 
@@ -143,3 +144,9 @@ def activate(uid: str | None, batch_id: bytes | None = None) -> RequestBatchItem
 
 def locate(batch_id: bytes | None = None) -> RequestBatchItem:
     return item(Operation.LOCATE, LocateRequest(), batch_id)
+
+
+def query(batch_id: bytes | None = None) -> RequestBatchItem:
+    """Query for the operations and object types the server supports."""
+    return item(Operation.QUERY, QueryRequest(query_functions=[
+        QueryFunction.QUERY_OPERATIONS, QueryFunction.QUERY_OBJECTS]), batch_id)

@@ -1,0 +1,138 @@
+"""One tenant's heavy requests against another tenant's latency at kcm-core (issue 11).
+
+Tenant ``demo`` holds ``--objects`` keys. Its heavy clients (``--heavy`` processes, each
+with one connection) send, in a loop, the heaviest request the core accepts: a batch of
+``max_batch_items`` (64) Locates that each match every object of the tenant (up to
+``max_locate_results`` identifiers each), and every tenth time the 1,000-Locate batch the
+hostile-client report sent (refused whole by the batch limit). Meanwhile a client of tenant
+``other`` sends Get and Query requests back to back on one connection; its latencies are
+measured first against the idle core (the baseline, same run), then under the load. The
+target is the other tenant's p99 at most 50 ms under load, and no error.
+
+    .venv/bin/python benchmarks/fairness_bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+from hdrh.histogram import HdrHistogram
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import parse_args, work_directory  # noqa: E402
+from kcm.conformance.client import KmipClient  # noqa: E402
+from kcm.kmip.enums import ResultStatus  # noqa: E402
+from kcm.testing.processes import CoreProcess, deploy  # noqa: E402
+from kcm.testing.requests import (  # noqa: E402
+    create_managed,
+    get,
+    locate,
+    query,
+    request,
+    response,
+)
+
+#: The other tenant's p99 the issue sets, in seconds.
+TARGET_P99 = 0.050
+
+
+def populate(core: CoreProcess, objects: int) -> None:
+    with core.client() as client:
+        for _ in range(objects // 50):
+            answer = response(client.send(request(*[create_managed()] * 50)))
+            assert {b.result_status for b in answer.batch_items} == {ResultStatus.SUCCESS}
+
+
+def heavy_loop(port: int, pki_dir: str, stop_at: float, batch: int, counts) -> None:
+    """Locate batches of ``batch`` items until ``stop_at`` (time.time()), and every tenth
+    request the 1,000-Locate batch; counts answered batches and refusals."""
+    from kcm.pki import PkiPaths
+
+    pki = PkiPaths.for_directory(Path(pki_dir))
+    heavy = request(*[locate()] * batch)
+    hostile = request(*[locate()] * 1000)
+    client = KmipClient("127.0.0.1", port, cert=pki.app.cert, key=pki.app.key, ca=pki.ca.cert)
+    client.connect()
+    sent = 0
+    try:
+        while time.time() < stop_at:
+            wire = hostile if sent % 10 == 9 else heavy
+            answer = response(client.send(wire))
+            sent += 1
+            statuses = {b.result_status for b in answer.batch_items}
+            with counts.get_lock():
+                counts[0 if statuses == {ResultStatus.SUCCESS} else 1] += 1
+    finally:
+        client.close()
+
+
+def measure(core: CoreProcess, uid: str, seconds: float) -> tuple[HdrHistogram, int, int]:
+    """The other tenant's Get and Query, alternately, for ``seconds``: the latency
+    histogram (ns), the requests sent, and the ones that did not succeed."""
+    histogram = HdrHistogram(1_000, 60_000_000_000, 3)
+    wires = [request(get(uid)), request(query())]
+    sent = failed = 0
+    with core.client("other_app") as client:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            started = time.perf_counter_ns()
+            answer = response(client.send(wires[sent % 2]))
+            histogram.record_value(time.perf_counter_ns() - started)
+            sent += 1
+            if {b.result_status for b in answer.batch_items} != {ResultStatus.SUCCESS}:
+                failed += 1
+    return histogram, sent, failed
+
+
+def line(name: str, histogram: HdrHistogram, sent: int, failed: int) -> str:
+    ms = [histogram.get_value_at_percentile(p) / 1e6 for p in (50, 99, 99.9)]
+    return (f"{name:<28} {sent:>6} req  p50 {ms[0]:7.2f} ms  p99 {ms[1]:7.2f} ms  "
+            f"p99.9 {ms[2]:7.2f} ms  max {histogram.get_max_value() / 1e6:7.2f} ms  "
+            f"errors {failed}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, help="keys of the heavy tenant")
+    parser.add_argument("--heavy", type=int, help="heavy client processes")
+    parser.add_argument("--seconds", type=float, help="seconds of each measurement")
+    args = parse_args(parser, objects=(2000, 500), heavy=(4, 2), seconds=(20.0, 5.0))
+    with work_directory("kcm-fairness-", args.keep) as work:
+        core = deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
+        core.start()
+        try:
+            populate(core, args.objects)
+            with core.client("other_app") as client:
+                [created] = response(client.send(request(create_managed()))).batch_items
+            uid = created.response_payload.unique_identifier
+            idle = measure(core, uid, args.seconds)
+            counts = multiprocessing.Array("l", 2)
+            stop_at = time.time() + args.seconds + 3
+            heavy = [multiprocessing.get_context("fork").Process(
+                target=heavy_loop, args=(core.port, str(core.pki.directory), stop_at, 64,
+                                         counts)) for _ in range(args.heavy)]
+            for process in heavy:
+                process.start()
+            time.sleep(1.5)
+            loaded = measure(core, uid, args.seconds)
+            for process in heavy:
+                process.join(timeout=60)
+        finally:
+            core.stop()
+    print(f"kcm-core, tenant demo with {args.objects} keys; {args.heavy} heavy clients "
+          "sending 64-Locate batches (1 in 10: a 1,000-Locate batch)")
+    print(line("other tenant, idle core", *idle))
+    print(line("other tenant, under load", *loaded))
+    ratio = loaded[0].get_value_at_percentile(99) / max(1, idle[0].get_value_at_percentile(99))
+    print(f"heavy batches answered {counts[0]}, refused {counts[1]}; "
+          f"p99 under load / idle: {ratio:.1f}x; target p99 <= {TARGET_P99 * 1e3:.0f} ms: "
+          f"{'met' if loaded[0].get_value_at_percentile(99) <= TARGET_P99 * 1e9 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

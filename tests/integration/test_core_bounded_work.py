@@ -18,8 +18,10 @@ import pytest
 import sqlalchemy
 
 from kcm.conformance.client import KmipClient, KmipClientError
+from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.payloads import LocateRequest
+from kcm.kmip.tags import Tag
 from kcm.testing.requests import (
     CONTINUE,
     UNDO,
@@ -35,8 +37,9 @@ from kcm.ttlv.peek import peek_response
 from tests.e2e_support import CoreProcess, deploy, wait_until
 from tests.mutations import HEADER_SHAPES, base_requests, mutate, random_shape
 
-#: Objects in tenant demo: enough that a Locate counting every match takes tens of ms.
-OBJECTS = 150
+#: Objects in tenant demo: enough that a Locate judging each one's attributes takes tens
+#: of ms.
+OBJECTS = 300
 #: The busy core's idle timeout, in seconds.
 IDLE = 1.0
 
@@ -68,10 +71,18 @@ def populate(core: CoreProcess) -> None:
 
 
 def started(root: Path, **limits: int | float) -> Iterator[CoreProcess]:
-    core = deploy(root, f"sqlite:///{root / 'kcm.db'}", **limits)
+    """A core with OBJECTS objects, running with ``limits``; the objects are made while it
+    runs with the default limits (a tight deadline would cut the populating batches)."""
+    core = deploy(root, f"sqlite:///{root / 'kcm.db'}")
     core.start()
     try:
         populate(core)
+    finally:
+        core.stop()
+    core.limits.update(limits)
+    core.write_config()
+    core.start()
+    try:
         yield core
     finally:
         core.stop()
@@ -91,9 +102,11 @@ def limited_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProce
 
 
 def counting_locate() -> object:
-    """A Locate of everything that must count every match (Offset Items asks for Located
-    Items), so it searches all OBJECTS objects."""
-    return item(Operation.LOCATE, LocateRequest(maximum_items=1, offset_items=0))
+    """A Locate that must judge the attributes of every one of the OBJECTS objects: it
+    asks for a Cryptographic Usage Mask with every bit (which the store cannot filter on,
+    and no object has), and counts every match (Offset Items asks for Located Items)."""
+    return item(Operation.LOCATE, LocateRequest(maximum_items=1, offset_items=0, attributes=[
+        Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, 0x7FFFFFFF)]))
 
 
 def client(core: CoreProcess, timeout: float = 30.0) -> KmipClient:

@@ -8,7 +8,7 @@ an object of another tenant is indistinguishable from a missing one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,6 +234,64 @@ def locate(
     session: Session,
     tenant: str,
     *,
+    offset: int = 0,
+    limit: int | None = None,
+    **filters: Any,
+) -> list[str]:
+    """The uids of ``tenant``'s objects matching every given filter (see
+    :func:`_locate_conditions`), oldest first. ``offset``/``limit`` page through the
+    ordered result.
+    """
+    stmt = (
+        select(ManagedObject.uid)
+        .where(_locate_conditions(tenant, **filters))
+        .order_by(ManagedObject.created_seq)
+        .offset(offset)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+#: The columns :func:`locate_rows` reads (with ``attributes`` when asked).
+_LOCATE_COLUMNS = (ManagedObject.uid, ManagedObject.tenant, ManagedObject.object_type,
+                   ManagedObject.level, ManagedObject.service, ManagedObject.state,
+                   ManagedObject.activation_date, ManagedObject.deactivation_date)
+
+
+def locate_rows(
+    session: Session,
+    tenant: str,
+    *,
+    with_attributes: bool,
+    chunk: int = 256,
+    **filters: Any,
+) -> Iterator[Any]:
+    """``tenant``'s objects matching every given filter (see :func:`_locate_conditions`),
+    newest first, as rows of the columns Locate judges by (uid, tenant, object_type, level,
+    service, state, activation_date, deactivation_date, and ``attributes`` when
+    ``with_attributes``), read ``chunk`` rows at a time: a query per chunk, not one per
+    object, and a caller that stops early reads no further."""
+    columns = (*_LOCATE_COLUMNS, ManagedObject.attributes) if with_attributes else _LOCATE_COLUMNS
+    condition = _locate_conditions(tenant, **filters)
+    before: int | None = None
+    while True:
+        # Keyset pages, each read whole: no cursor stays open between them, so a caller
+        # may stop (or fail) between two rows at no cost.
+        page = select(*columns, ManagedObject.created_seq).where(condition)
+        if before is not None:
+            page = page.where(ManagedObject.created_seq < before)
+        rows = session.execute(
+            page.order_by(ManagedObject.created_seq.desc()).limit(chunk)).all()
+        yield from rows
+        if len(rows) < chunk:
+            return
+        before = rows[-1].created_seq
+
+
+def _locate_conditions(
+    tenant: str,
+    *,
     object_type: int | None = None,
     state: int | None = None,
     algorithm: int | None = None,
@@ -243,15 +301,13 @@ def locate(
     uid: str | None = None,
     dates: Mapping[str, tuple[int | None, int | None]] | None = None,
     levels: Collection[int | None] | None = None,
-    offset: int = 0,
-    limit: int | None = None,
-) -> list[str]:
-    """The uids of ``tenant``'s objects matching every given filter, oldest first.
+) -> ColumnElement[bool]:
+    """The condition that ``tenant``'s objects match every given filter.
 
     ``dates`` maps a date column to an inclusive (low, high) range, either bound None for
     open; an object whose date is unset never matches a range on it. ``levels`` restricts
     the hierarchy level: ``{None}`` only ordinary objects, ``{2, 3}`` only L2/L3 keys; None
-    means any. ``offset``/``limit`` page through the ordered result.
+    means any.
     """
     conditions: list[ColumnElement[bool]] = [ManagedObject.tenant == tenant]
     if object_type is not None:
@@ -297,15 +353,7 @@ def locate(
         if None in levels:
             alternatives.append(ManagedObject.level.is_(None))
         conditions.append(or_(*alternatives) if alternatives else false())
-    stmt = (
-        select(ManagedObject.uid)
-        .where(and_(*conditions))
-        .order_by(ManagedObject.created_seq)
-        .offset(offset)
-    )
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    return list(session.scalars(stmt))
+    return and_(*conditions)
 
 
 def find_l3(

@@ -39,11 +39,13 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
             handlers: Mapping[int, OperationHandler] = HANDLERS,
             should_stop: Callable[[], str | None] | None = None,
             max_locate_results: int | None = None,
+            record: Callable[[AuditEvent], object] | None = None,
             ) -> list[ResponseBatchItem]:
     """Execute ``request`` in ``session``'s transaction; its answered batch items (in the
-    request's version), each with its audit record appended. ``should_stop`` is asked
-    before each item (see :func:`kcm.kernel.batch.run_batch`); ``max_locate_results``
-    caps what one Locate returns (None: no cap)."""
+    request's version), each with its audit record appended to ``session`` (or, with
+    ``record``, handed to it: a read-only transaction cannot write them). ``should_stop``
+    is asked before each item (see :func:`kcm.kernel.batch.run_batch`);
+    ``max_locate_results`` caps what one Locate returns (None: no cap)."""
     version = request.header.version
     contexts: dict[int, OperationContext] = {}
 
@@ -80,8 +82,12 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
         error = errors.get(id(item))
         if isinstance(error, BatchStopped):
             detail = {"stopped": error.message}
-        append_audit(session, audit_event(
-            caller, response, correlation_id, ctx.object_ids if ctx else [], detail))
+        event = audit_event(caller, response, correlation_id, ctx.object_ids if ctx else [],
+                            detail)
+        if record is None:
+            append_audit(session, event)
+        else:
+            record(event)
     return run.items
 
 

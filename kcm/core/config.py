@@ -28,11 +28,14 @@ class CoreLimits(ConnectionLimits):
     #: Seconds a request may take, from its arrival; at the next batch-item boundary past
     #: it the remaining items fail (General Failure) without running.
     request_deadline: float = 10.0
+    #: Of the ``database_threads`` request workers, how many the requests of one tenant may
+    #: hold at once (kcm.core.fair_scheduler); the waiting tenants are served in turn.
+    max_workers_per_tenant: int = 2
 
     def __post_init__(self) -> None:
         # Named, not super(): a slots dataclass is a new class, which super() cannot find.
         ConnectionLimits.__post_init__(self)
-        for name in ("max_batch_items", "max_locate_results"):
+        for name in ("max_batch_items", "max_locate_results", "max_workers_per_tenant"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")

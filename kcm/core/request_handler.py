@@ -14,6 +14,12 @@ its header is judged before any batch item is decoded (protocol version, number 
 a Locate returns at most ``max_locate_results`` identifiers, and at each batch-item
 boundary the request stops when its deadline has passed or its client has disconnected
 (:class:`RequestWatch`; the kernel's ``should_stop`` hook).
+
+Requests reach the store's worker threads through a :class:`kcm.core.fair_scheduler.
+FairScheduler`, one queue per tenant served in turn. A batch of only read-only operations
+(:data:`kcm.core.operations.READ_ONLY`) runs in a read-only transaction, which does not
+wait for the writer nor hold it; its audit records are then written in a short write
+transaction of their own, before the answer is sent.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+from sqlalchemy.orm import Session
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from kcm.core.audit import append_audit
+from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.batch import audit_event, execute
 from kcm.core.config import CoreLimits
 from kcm.core.context import Caller
+from kcm.core.fair_scheduler import FairScheduler
 from kcm.core.keyring import Keyring
+from kcm.core.operations import READ_ONLY
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.kernel.responses import (
@@ -44,6 +53,7 @@ from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
     RequestMessage,
+    ResponseBatchItem,
     batch_count_mismatch,
     decode_request_header,
     decode_request_items,
@@ -105,12 +115,15 @@ class CoreRequestHandler:
 
     def __init__(self, store: Store, keyring: Keyring, *, clock: Callable[[], float],
                  server_info: ServerInfo | None = None,
-                 limits: CoreLimits | None = None) -> None:
+                 limits: CoreLimits | None = None, workers: int = 4) -> None:
         self._store = store
         self._keyring = keyring
         self._clock = clock
         self._server_info = server_info or ServerInfo()
         self._limits = limits or CoreLimits()
+        self._scheduler = FairScheduler(
+            store.defer, workers=workers,
+            per_key=min(workers, self._limits.max_workers_per_tenant))
         #: The watches of the requests in flight, by connection id (reactor thread only).
         self._in_flight: dict[int, set[RequestWatch]] = {}
 
@@ -152,8 +165,8 @@ class CoreRequestHandler:
         return RequestWatch(self._clock, self._limits.request_deadline)
 
     def _answer(self, wire: bytes, caller: Caller, watch: RequestWatch) -> Deferred[bytes]:
-        return self._store.defer(self.respond, wire, caller, int(self._clock()),
-                                 watch.stop_reason)
+        return self._scheduler.submit(share_of(caller), self.respond, wire, caller,
+                                      int(self._clock()), watch.stop_reason)
 
     def respond(self, wire: bytes, caller: Caller, now: int,
                 should_stop: Callable[[], str | None] | None = None) -> bytes:
@@ -169,10 +182,7 @@ class CoreRequestHandler:
             return self._general_failure(caller, _answer_version(wire), correlation_id, now)
         version = request.header.version
         try:
-            items = self._store.run_sync(lambda session: execute(
-                session, request, caller, now=now, keyring=self._keyring,
-                server_info=self._server_info, correlation_id=correlation_id,
-                should_stop=should_stop, max_locate_results=self._limits.max_locate_results))
+            items = self._execute(request, caller, now, correlation_id, should_stop)
             # Never larger than the maximum message size, for a direct client as for a
             # gateway: the link carries answers up to that size and no larger.
             return response_wire(version, now, correlation_id, encode_items(items, version),
@@ -180,6 +190,29 @@ class CoreRequestHandler:
                                  server_limit=self._limits.max_message_size)
         except Exception:
             return self._general_failure(caller, version, correlation_id, now, request)
+
+    def _execute(self, request: RequestMessage, caller: Caller, now: int,
+                 correlation_id: str, should_stop: Callable[[], str | None] | None
+                 ) -> list[ResponseBatchItem]:
+        """The request's answered items, each with its audit record durable."""
+        def run(session: Session, record: Callable[[AuditEvent], object] | None = None
+                ) -> list[ResponseBatchItem]:
+            return execute(session, request, caller, now=now, keyring=self._keyring,
+                           server_info=self._server_info, correlation_id=correlation_id,
+                           should_stop=should_stop,
+                           max_locate_results=self._limits.max_locate_results, record=record)
+
+        if not all(int(item.operation) in READ_ONLY for item in request.batch_items):
+            return self._store.run_sync(run)
+        events: list[AuditEvent] = []
+        items = self._store.run_sync(lambda session: run(session, events.append), write=False)
+
+        def audit(session: Session) -> None:
+            for event in events:
+                append_audit(session, event)
+
+        self._store.run_sync(audit)
+        return items
 
     def _decode(self, wire: bytes) -> RequestMessage:
         """The request, or :class:`_Refused`. Its header is judged before any batch item is
@@ -236,6 +269,15 @@ class CoreRequestHandler:
             log.failure("the audit record of failed request {cid} could not be written",
                         cid=correlation_id)
         return response_wire(version, now, correlation_id, [encode(item.to_item(version))])
+
+
+def share_of(caller: Caller) -> tuple[str, str]:
+    """The fair scheduler's key for ``caller``'s requests: its tenant, or the principal
+    itself when it has none (operators, gateways)."""
+    principal = caller.principal
+    if principal.tenant is not None:
+        return ("tenant", principal.tenant)
+    return ("principal", principal.id)
 
 
 def _answer_version(wire: bytes) -> Version:

@@ -71,7 +71,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     keyring = Keyring()
     handler = CoreRequestHandler(store, keyring, clock=reactor.seconds,
                                  server_info=ServerInfo(access=config.access),
-                                 limits=config.limits)
+                                 limits=config.limits, workers=config.database_threads)
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
                        policy=policy)

@@ -29,7 +29,7 @@ from kcm.core.operations import (
 )
 from kcm.kmip.enums import Operation
 
-__all__ = ["HANDLERS", "OperationHandler"]
+__all__ = ["HANDLERS", "READ_ONLY", "OperationHandler"]
 
 OperationHandler = Callable[[OperationContext, Any], Any]
 
@@ -68,4 +68,12 @@ HANDLERS: Mapping[int, OperationHandler] = MappingProxyType({
     _O.DISCOVER_VERSIONS: service_ops.discover_versions,
     _O.INTEROP: service_ops.interop,
     _O.LOG: service_ops.log_message,
+})
+
+#: The operations whose handlers never write: a batch of only these runs in a read-only
+#: transaction, beside the writer (its audit records are written after it, before the
+#: answer). A handler here that wrote would fail, not write.
+READ_ONLY: frozenset[int] = frozenset({
+    _O.LOCATE, _O.GET_ATTRIBUTES, _O.GET_ATTRIBUTE_LIST, _O.CHECK, _O.QUERY,
+    _O.DISCOVER_VERSIONS,
 })

@@ -1,6 +1,8 @@
 """kcm-gateway's answer to one KMIP request: run it here, forward it, or both.
 
-The classifier decides per batch item (:mod:`kcm.gateway.classifier`); this module promises:
+Plain L4 requests are answered by :mod:`kcm.gateway.fast_path` when one is given, which
+declines everything it is not sure of; the rest comes here. The classifier decides per
+batch item (:mod:`kcm.gateway.classifier`); this module promises:
 
 * ALL_REMOTE: the request's bytes go to the core unchanged and the core's answer comes back
   byte for byte. With the link down the answer is at once a KMIP General Failure saying the
@@ -47,6 +49,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kcm.gateway.classifier import Classified, Route, classify
+from kcm.gateway.fast_path import FastPath
 from kcm.gateway.l3_cache import FetchErrors, L3Cache, Need
 from kcm.gateway.l3_needs import l3_needs
 from kcm.gateway.link_client import (
@@ -114,12 +117,14 @@ class GatewayRequestHandler:
     """The gateway's :class:`kcm.kmip_protocol.RequestHandler`."""
 
     def __init__(self, *, runner: LocalRunner, cache: L3Cache, link: Link,
-                 clock: Callable[[], float], max_message_size: int = 1 << 20) -> None:
+                 clock: Callable[[], float], max_message_size: int = 1 << 20,
+                 fast_path: FastPath | None = None) -> None:
         self._runner = runner
         self._cache = cache
         self._link = link
         self._clock = clock
         self._max_message_size = max_message_size
+        self._fast_path = fast_path
 
     # RequestHandler ---------------------------------------------------------------------
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
@@ -138,6 +143,10 @@ class GatewayRequestHandler:
 
     # Routing ----------------------------------------------------------------------------
     def _route(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
+        if self._fast_path is not None:
+            answer = self._fast_path.answer(wire, connection.principal)
+            if answer is not None:
+                return answer
         try:
             classified = classify(wire)
         except TtlvError:

@@ -155,7 +155,7 @@ class L3Cache:
         state = self._services.get((tenant, service))
         if state is None or state.current_uid is None:
             raise ServiceKeyMissing(Need(tenant, service))
-        if not self._usable(state.confirmed_at, f"the service key of {tenant}/{service}"):
+        if not self._usable(state.confirmed_at, (tenant, service)):
             raise ServiceKeyMissing(Need(tenant, service))
         held = self._keys.get(state.current_uid)
         if held is None:
@@ -176,7 +176,7 @@ class L3Cache:
             raise ServiceKeyMissing(Need(uid=uid))
         if held is None:
             return known
-        if not self._usable(held.confirmed_at, f"service key {identifier_label(uid)}"):
+        if not self._usable(held.confirmed_at, uid):
             raise ServiceKeyMissing(Need(uid=uid))
         if self._is_stale(held.confirmed_at):
             self._refresh_uid(held)
@@ -185,14 +185,17 @@ class L3Cache:
     def _is_stale(self, confirmed_at: float) -> bool:
         return self._clock() - confirmed_at > self.ttl
 
-    def _usable(self, confirmed_at: float, what: str) -> bool:
+    def _usable(self, confirmed_at: float, key: str | tuple[str, str]) -> bool:
         """False: past max-stale but the core is reachable, so fetch again. Raises: past
-        max-stale and the core is unreachable (fail closed)."""
+        max-stale and the core is unreachable (fail closed). ``key``: the version's uid, or
+        (tenant, service) for a current version."""
         age = self._clock() - confirmed_at
         if age <= self.max_stale:
             return True
         if self._connected():
             return False
+        what = (f"service key {identifier_label(key)}" if isinstance(key, str)
+                else f"the service key of {key[0]}/{key[1]}")
         raise KmipError(ResultReason.GENERAL_FAILURE,
                         f"{what} was last confirmed by the core {age:.0f} s ago, more than the "
                         f"{self.max_stale:.0f} s allowed while the core is unreachable; "

@@ -14,10 +14,11 @@ from twisted.python import usage
 from kcm.config_file import ConfigError
 from kcm.connection_guard import ConnectionGuard
 from kcm.gateway.config import load_config
+from kcm.gateway.fast_path import FastPath
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
-from kcm.gateway.local_batch import LocalRunner
+from kcm.gateway.local_batch import LocalRunner, l4_engine
 from kcm.gateway.service import GatewayIdentity, GatewayService
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
@@ -77,9 +78,13 @@ def makeService(options: Options, reactor: Any = default_reactor) -> GatewayServ
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy
     runner = LocalRunner(new_correlation_id=new_correlation_id)
+    fast_path = FastPath(cache=cache, engine_factory=l4_engine, clock=reactor.seconds,
+                         new_correlation_id=new_correlation_id,
+                         max_message_size=config.limits.max_message_size)
     handler = GatewayRequestHandler(runner=runner, cache=cache, link=link,
                                     clock=reactor.seconds,
-                                    max_message_size=config.limits.max_message_size)
+                                    max_message_size=config.limits.max_message_size,
+                                    fast_path=fast_path)
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, gateway.subject_map),

@@ -39,9 +39,11 @@ UNDO = BatchErrorContinuationOption.UNDO
 
 
 def request(*items: RequestBatchItem, version: tuple[int, int] = (1, 4),
-            continuation: int | None = None) -> bytes:
+            continuation: int | None = None,
+            maximum_response_size: int | None = None) -> bytes:
     """A Request Message of ``items``."""
     header = RequestHeader(protocol_version=ProtocolVersion.of(version),
+                           maximum_response_size=maximum_response_size,
                            batch_error_continuation_option=continuation,
                            batch_count=len(items))
     return encode(encode_request(RequestMessage(header, list(items))))

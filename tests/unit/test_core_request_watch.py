@@ -8,10 +8,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from kcm.core.config import CoreLimits
+from kcm.core.context import Caller
 from kcm.core.request_handler import CLIENT_GONE, CoreRequestHandler, RequestWatch
 from kcm.kmip_protocol import ConnectionInfo
+from tests.core_support import service_principal
 
-PRINCIPAL: Any = object()
+PRINCIPAL = service_principal()
 
 
 def test_a_watch_stops_its_request_at_the_deadline() -> None:
@@ -80,7 +82,7 @@ def test_the_deadline_runs_from_the_requests_arrival() -> None:
     store, clock = HeldStore(), Clock()
     handler = handler_with(store, clock, request_deadline=3.0)
     handler.handle_request(b"request", ConnectionInfo(1, PRINCIPAL, "a:1"))
-    handler.handle_as(b"relayed", caller=None)  # type: ignore[arg-type]  (the gateway link)
+    handler.handle_as(b"relayed", Caller(PRINCIPAL, "gateway"))  # the gateway link
     stops = [args[3] for _, args, _ in store.calls]
     clock.advance(2.9)  # e.g. waiting for a store thread
     assert [stop() for stop in stops] == [None, None]

@@ -8,7 +8,13 @@ import pytest
 from twisted.internet.task import Clock
 
 from kcm.kernel.batch import BatchStopped, run_batch
-from kcm.kernel.responses import encode_items, failure_response, response_wire
+from kcm.kernel.responses import (
+    encode_items,
+    failure_response,
+    header_bytes,
+    response_header,
+    response_wire,
+)
 from kcm.kernel.result_reasons import error_reason, reason_in
 from kcm.kmip.enums import (
     BatchErrorContinuationOption,
@@ -19,7 +25,7 @@ from kcm.kmip.enums import (
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem, decode_response
 from kcm.kmip.payloads import ActivateRequest, UniqueIdentifierResponse
-from kcm.ttlv import Item, ItemType, decode
+from kcm.ttlv import Item, ItemType, decode, encode
 from kcm.ttlv.peek import peek_response
 
 R = ResultReason
@@ -334,3 +340,12 @@ def test_the_missing_answer_is_made_from_what_the_client_sent_alone():
     wrapping = wrapping_key_not_found("l3-x")
     assert (wrapping.reason, wrapping.message) == (R.WRAPPING_OBJECT_NOT_FOUND,
                                                    "no wrapping key l3-x")
+
+
+@pytest.mark.parametrize("version", [(1, 0), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1)])
+@pytest.mark.parametrize("correlation_id", [None, "", "0123456789abcdef", "x" * 9])
+@pytest.mark.parametrize(("now", "count"), [(0, 1), (1_700_000_000, 64), (2**40, 0)])
+def test_header_bytes_are_the_header_models_encoding(version, correlation_id, now,
+                                                     count) -> None:
+    model = response_header(version, now, correlation_id, count)
+    assert header_bytes(version, now, correlation_id, count) == encode(model.to_item(version))

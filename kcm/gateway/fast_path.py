@@ -1,0 +1,312 @@
+"""The gateway's fast path: plain L4 Encrypt, Decrypt and Get answered straight from bytes.
+
+Most of what a data plane answers is one shape: a Request Message in KMIP 1.4, 2.0 or 2.1
+whose batch items are Encrypt, Decrypt or Get of an L4 token (or Encrypt/Decrypt with an
+L3), with the Unique Identifier given and nothing unusual. For such a request this module
+reads the few fields the L4 engine needs straight from the bytes (no message tree, no
+typed request), runs the same :class:`kcm.l4.engine.L4Engine` the general path runs, writes
+each response batch item with the engine's answer filled into a fixed layout, and lets the
+kernel put the header on (:func:`kcm.kernel.responses.response_wire`, which also applies
+the Maximum Response Size). Batches of many such items (bulk record encryption) take the
+same path, item after item, in one call.
+
+It answers only what it is sure of, and *declines* (returns None) everything else, for the
+general path of :mod:`kcm.gateway.handler` to answer from scratch: any field it does not
+expect, a field out of the specification's order or repeated, non-zero padding, a version
+outside 1.4–2.1, a missing identifier (the ID Placeholder), Cryptographic Parameters it
+cannot read, a Batch Count that does not match, an answer it does not lay out (a wrapped
+or Transparent key), and any refusal at all — a missing L3 (the general path fetches it),
+another tenant's token (the general path answers and logs it), a wrong state, a bad tag.
+Nothing here has effects to undo, so declining after some work is safe: only random bytes
+were drawn. The general path's answer to every request this path answers is the same,
+byte for byte, given the same clock, correlation id and random bytes (a property test
+holds the two to it: ``tests/unit/test_gateway_fast_path.py``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from kcm.gateway.l3_cache import L3Cache
+from kcm.gateway.local_batch import EngineFactory
+from kcm.identity import Principal
+from kcm.kernel.responses import response_wire
+from kcm.kmip.attributes import CryptographicParameters
+from kcm.kmip.enums import KeyFormatType
+from kcm.kmip.objects import KeyValue, SymmetricKey
+from kcm.kmip.payloads import (
+    DecryptRequest,
+    DecryptResponse,
+    EncryptRequest,
+    EncryptResponse,
+    GetRequest,
+    GetResponse,
+)
+from kcm.ttlv import decode_item
+
+__all__ = ["FAST_VERSIONS", "FastPath"]
+
+#: The protocol versions the fast path answers in (their L4 answers have one layout).
+FAST_VERSIONS = frozenset({(1, 4), (2, 0), (2, 1)})
+
+_HEADER = struct.Struct(">II")
+_INT = struct.Struct(">iI")
+_UINT = struct.Struct(">II")
+
+# Wire headers: tag << 8 | type.
+_REQUEST_MESSAGE = 0x42007801
+_REQUEST_HEADER = 0x42007701
+_PROTOCOL_VERSION = 0x42006901
+_VERSION_MAJOR = 0x42006A02
+_VERSION_MINOR = 0x42006B02
+_MAXIMUM_RESPONSE_SIZE = 0x42005002
+_BATCH_COUNT = 0x42000D02
+_BATCH_ITEM = 0x42000F01
+_OPERATION = 0x42005C05
+_UNIQUE_BATCH_ITEM_ID = 0x42009308
+_REQUEST_PAYLOAD = 0x42007901
+_RESPONSE_PAYLOAD = 0x42007C01
+_RESULT_STATUS = 0x42007F05
+_UNIQUE_IDENTIFIER = 0x42009407
+_CRYPTOGRAPHIC_PARAMETERS = 0x42002B01
+_DATA = 0x4200C208
+_IV_COUNTER_NONCE = 0x42003D08
+_AAD = 0x4200FE08
+_AE_TAG = 0x4200FF08
+_KEY_FORMAT_TYPE = 0x42004205
+_OBJECT_TYPE = 0x42005705
+_SYMMETRIC_KEY = 0x42008F01
+_KEY_BLOCK = 0x42004001
+_KEY_VALUE = 0x42004501
+_KEY_MATERIAL = 0x42004308
+_CRYPTOGRAPHIC_ALGORITHM = 0x42002805
+_CRYPTOGRAPHIC_LENGTH = 0x42002A02
+
+_ENCRYPT, _DECRYPT, _GET = 0x1F, 0x20, 0x0A
+_SYMMETRIC_KEY_TYPE = 2
+_RAW = int(KeyFormatType.RAW)
+
+#: Per operation, the payload fields read, in the specification's order: wire header ->
+#: the request model's field name.
+_FIELDS: dict[int, tuple[tuple[int, str], ...]] = {
+    _ENCRYPT: ((_UNIQUE_IDENTIFIER, "unique_identifier"),
+               (_CRYPTOGRAPHIC_PARAMETERS, "cryptographic_parameters"),
+               (_DATA, "data"), (_IV_COUNTER_NONCE, "iv_counter_nonce"),
+               (_AAD, "authenticated_encryption_additional_data")),
+    _DECRYPT: ((_UNIQUE_IDENTIFIER, "unique_identifier"),
+               (_CRYPTOGRAPHIC_PARAMETERS, "cryptographic_parameters"),
+               (_DATA, "data"), (_IV_COUNTER_NONCE, "iv_counter_nonce"),
+               (_AAD, "authenticated_encryption_additional_data"),
+               (_AE_TAG, "authenticated_encryption_tag")),
+    _GET: ((_UNIQUE_IDENTIFIER, "unique_identifier"),
+           (_KEY_FORMAT_TYPE, "key_format_type")),
+}
+_REQUESTS: dict[int, Callable[..., Any]] = {
+    _ENCRYPT: EncryptRequest, _DECRYPT: DecryptRequest, _GET: GetRequest}
+
+
+class _Decline(Exception):
+    """The request is not one the fast path answers."""
+
+
+_DECLINE = _Decline()
+
+
+class FastPath:
+    """Answers plain L4 requests (see the module docstring), or declines with None."""
+
+    def __init__(self, *, cache: L3Cache, engine_factory: EngineFactory,
+                 clock: Callable[[], float], new_correlation_id: Callable[[], str],
+                 max_message_size: int) -> None:
+        self._cache = cache
+        self._engine_factory = engine_factory
+        self._clock = clock
+        self._new_correlation_id = new_correlation_id
+        self._max_message_size = max_message_size
+
+    def answer(self, wire: bytes, principal: Principal) -> bytes | None:
+        """The whole answer to ``wire``, or None to leave it to the general path."""
+        try:
+            version, maximum_response_size, items = _read_request(wire)
+            keys = self._cache.key_source(principal, fetched={}, final=False)
+            engine = self._engine_factory(keys)
+            answered = []
+            for operation, batch_id, payload in items:
+                result = engine.execute(operation, principal, version, payload)
+                answered.append(_response_item(operation, batch_id, result))
+        except Exception:
+            return None
+        return response_wire(version, int(self._clock()), self._new_correlation_id(),
+                             answered, maximum_response_size,
+                             server_limit=self._max_message_size)
+
+
+# Reading ------------------------------------------------------------------------------
+_Items = list[tuple[int, bytes | None, Any]]
+
+
+def _read_request(wire: bytes) -> tuple[tuple[int, int], int | None, _Items]:
+    size = len(wire)
+    head, length = _HEADER.unpack_from(wire, 0)
+    if head != _REQUEST_MESSAGE or 8 + length != size:
+        raise _DECLINE
+    pos, header_end = _structure(wire, 8, size, _REQUEST_HEADER)
+    pos, version_end = _structure(wire, pos, header_end, _PROTOCOL_VERSION)
+    pos, major = _integer(wire, pos, version_end, _VERSION_MAJOR)
+    pos, minor = _integer(wire, pos, version_end, _VERSION_MINOR)
+    version = (major, minor)
+    if pos != version_end or version not in FAST_VERSIONS:
+        raise _DECLINE
+    maximum_response_size = None
+    if _HEADER.unpack_from(wire, pos)[0] == _MAXIMUM_RESPONSE_SIZE:
+        pos, maximum_response_size = _integer(wire, pos, header_end, _MAXIMUM_RESPONSE_SIZE)
+    pos, batch_count = _integer(wire, pos, header_end, _BATCH_COUNT)
+    if pos != header_end:
+        raise _DECLINE
+    items = []
+    while pos < size:
+        pos, item_end = _structure(wire, pos, size, _BATCH_ITEM)
+        pos, operation = _integer(wire, pos, item_end, _OPERATION)
+        fields = _FIELDS.get(operation)
+        if fields is None:
+            raise _DECLINE
+        batch_id = None
+        if pos + 8 <= item_end and _HEADER.unpack_from(wire, pos)[0] == _UNIQUE_BATCH_ITEM_ID:
+            pos, batch_id = _bytes(wire, pos, item_end)
+        pos, payload_end = _structure(wire, pos, item_end, _REQUEST_PAYLOAD)
+        values = _payload(wire, pos, payload_end, fields)
+        if payload_end != item_end or "unique_identifier" not in values:
+            raise _DECLINE
+        items.append((operation, batch_id, _REQUESTS[operation](**values)))
+        pos = item_end
+    if not items or batch_count != len(items):
+        raise _DECLINE
+    return version, maximum_response_size, items
+
+
+def _payload(wire: bytes, pos: int, end: int,
+             fields: tuple[tuple[int, str], ...]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    index = 0
+    while pos < end:
+        head = _HEADER.unpack_from(wire, pos)[0] if pos + 8 <= end else None
+        while index < len(fields) and fields[index][0] != head:
+            index += 1
+        if index == len(fields):
+            raise _DECLINE  # unexpected, repeated or out of order
+        name = fields[index][1]
+        index += 1
+        if head == _UNIQUE_IDENTIFIER:
+            pos, raw = _bytes(wire, pos, end)
+            values[name] = raw.decode()  # UnicodeDecodeError declines
+        elif head == _KEY_FORMAT_TYPE:
+            pos, values[name] = _integer(wire, pos, end, head)
+        elif head == _CRYPTOGRAPHIC_PARAMETERS:
+            item, after = decode_item(wire, pos)
+            if after > end:
+                raise _DECLINE
+            values[name] = CryptographicParameters.from_item(item)
+            pos = after
+        else:
+            pos, values[name] = _bytes(wire, pos, end)
+    return values
+
+
+def _structure(wire: bytes, pos: int, end: int, expected: int) -> tuple[int, int]:
+    """(where its content begins, where it ends) of the Structure ``expected`` at ``pos``."""
+    if pos + 8 > end:
+        raise _DECLINE
+    head, length = _HEADER.unpack_from(wire, pos)
+    if head != expected or length & 7 or pos + 8 + length > end:
+        raise _DECLINE
+    return pos + 8, pos + 8 + length
+
+
+def _integer(wire: bytes, pos: int, end: int, expected: int) -> tuple[int, int]:
+    """An Integer or Enumeration ``expected`` at ``pos`` (zero padding checked)."""
+    if pos + 16 > end:
+        raise _DECLINE
+    head, length = _HEADER.unpack_from(wire, pos)
+    value, padding = (_UINT if head & 0xFF == 0x05 else _INT).unpack_from(wire, pos + 8)
+    if head != expected or length != 4 or padding:
+        raise _DECLINE
+    return pos + 16, value
+
+
+def _bytes(wire: bytes, pos: int, end: int) -> tuple[int, bytes]:
+    """A Text or Byte String at ``pos`` (zero padding checked)."""
+    length = _HEADER.unpack_from(wire, pos)[1]
+    after = pos + 8 + ((length + 7) & ~7)
+    if after > end or any(wire[pos + 8 + length:after]):
+        raise _DECLINE
+    return after, wire[pos + 8:pos + 8 + length]
+
+
+# Writing ------------------------------------------------------------------------------
+def _response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes:
+    if isinstance(result, EncryptResponse):
+        if result.correlation_value is not None:
+            raise _DECLINE
+        payload = _text(_UNIQUE_IDENTIFIER, result.unique_identifier)
+        for head, value in ((_DATA, result.data), (_IV_COUNTER_NONCE, result.iv_counter_nonce),
+                            (_AE_TAG, result.authenticated_encryption_tag)):
+            if value is not None:
+                payload += _byte_string(head, value)
+    elif isinstance(result, DecryptResponse):
+        if result.correlation_value is not None:
+            raise _DECLINE
+        payload = _text(_UNIQUE_IDENTIFIER, result.unique_identifier)
+        if result.data is not None:
+            payload += _byte_string(_DATA, result.data)
+    elif isinstance(result, GetResponse):
+        payload = (_enumeration(_OBJECT_TYPE, _SYMMETRIC_KEY_TYPE)
+                   + _text(_UNIQUE_IDENTIFIER, result.unique_identifier)
+                   + _symmetric_key(result.object))
+    else:
+        raise _DECLINE
+    body = _enumeration(_OPERATION, operation)
+    if batch_id is not None:
+        body += _byte_string(_UNIQUE_BATCH_ITEM_ID, batch_id)
+    body += _enumeration(_RESULT_STATUS, 0) + _struct(_RESPONSE_PAYLOAD, payload)
+    return _struct(_BATCH_ITEM, body)
+
+
+def _symmetric_key(obj: object) -> bytes:
+    """A Raw, unwrapped AES key block; anything else declines."""
+    if not isinstance(obj, SymmetricKey):
+        raise _DECLINE
+    block = obj.key_block
+    value = block.key_value
+    if (block.key_format_type != _RAW or block.key_wrapping_data is not None
+            or block.key_compression_type is not None or not isinstance(value, KeyValue)
+            or not isinstance(value.key_material, bytes) or value.attributes
+            or block.cryptographic_algorithm is None or block.cryptographic_length is None):
+        raise _DECLINE
+    material = value.key_material
+    key_block = (_enumeration(_KEY_FORMAT_TYPE, _RAW)
+                 + _struct(_KEY_VALUE, _byte_string(_KEY_MATERIAL, material))
+                 + _enumeration(_CRYPTOGRAPHIC_ALGORITHM, int(block.cryptographic_algorithm))
+                 + _integer_item(_CRYPTOGRAPHIC_LENGTH, int(block.cryptographic_length)))
+    return _struct(_SYMMETRIC_KEY, _struct(_KEY_BLOCK, key_block))
+
+
+def _struct(head: int, body: bytes) -> bytes:
+    return _HEADER.pack(head, len(body)) + body
+
+
+def _enumeration(head: int, value: int) -> bytes:
+    return _HEADER.pack(head, 4) + _UINT.pack(value, 0)
+
+
+def _integer_item(head: int, value: int) -> bytes:
+    return _HEADER.pack(head, 4) + _INT.pack(value, 0)
+
+
+def _byte_string(head: int, value: bytes) -> bytes:
+    return _HEADER.pack(head, len(value)) + value + bytes(-len(value) & 7)
+
+
+def _text(head: int, value: str) -> bytes:
+    return _byte_string(head, value.encode())

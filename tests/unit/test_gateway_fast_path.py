@@ -1,0 +1,237 @@
+"""kcm.gateway.fast_path against the general path: for every request the fast path answers,
+the general path's answer is the same, byte for byte (same clock, correlation id and random
+bytes), over generated L4 requests in every protocol version and over mutations of them;
+and the fast path does answer the plain ones (so the equality is not vacuous)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from kcm.gateway import handler as handler_module
+from kcm.gateway.fast_path import FAST_VERSIONS, FastPath
+from kcm.gateway.handler import GatewayRequestHandler
+from kcm.gateway.l3_cache import L3Cache
+from kcm.gateway.local_batch import LocalRunner
+from kcm.kmip.attributes import CryptographicParameters
+from kcm.kmip.enums import (
+    BlockCipherMode,
+    CryptographicAlgorithm,
+    KeyFormatType,
+    Operation,
+    State,
+)
+from kcm.kmip.payloads import DecryptRequest, EncryptRequest, GetRequest
+from kcm.kmip_protocol import ConnectionInfo
+from kcm.l4.engine import L4Engine
+from kcm.l4.service_key import ServiceKey
+from kcm.testing.requests import create_l4, item, request, response
+from tests.core_support import service_principal
+from tests.gateway_support import L3_UID, FakeLink
+
+APP = service_principal()
+CONNECTION = ConnectionInfo(1, APP, "127.0.0.1:40000")
+L3 = ServiceKey(L3_UID, "demo", "app", 1, State.ACTIVE, bytes(range(32)))
+CORRELATION = "00112233aabbccdd"
+VERSIONS = [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1)]
+
+
+def fixed_random(n: int) -> bytes:
+    return bytes((7 * i + 3) & 0xFF for i in range(n))
+
+
+def engine(keys) -> L4Engine:
+    return L4Engine(keys, fixed_random)
+
+
+class Planes:
+    """One L3 cache, the general handler (no fast path) and the fast path over it."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.link = FakeLink()
+        self.link.keys[("demo", "app")] = [L3]
+        self.link.keys[L3_UID] = [L3]
+        self.cache = L3Cache(self.link.fetch_service_keys, connected=lambda: True,
+                             clock=self.clock.seconds)
+        self.general = GatewayRequestHandler(
+            runner=LocalRunner(new_correlation_id=lambda: CORRELATION, engine_factory=engine),
+            cache=self.cache, link=self.link, clock=self.clock.seconds)
+        self.fast = FastPath(cache=self.cache, engine_factory=engine, clock=self.clock.seconds,
+                             new_correlation_id=lambda: CORRELATION,
+                             max_message_size=1 << 20)
+        created = self.general_answer(request(create_l4()))
+        self.token = response(created).batch_items[0].response_payload.unique_identifier
+        #: (Data, AAD) and what Encrypt made of them: IV, ciphertext, tag.
+        self.sealed = []
+        for data, aad in [(b"", None), (b"record", None), (b"x" * 70, b"context")]:
+            answer = response(self.general_answer(request(item(
+                Operation.ENCRYPT, EncryptRequest(
+                    unique_identifier=self.token, data=data,
+                    authenticated_encryption_additional_data=aad))))).batch_items[0]
+            out = answer.response_payload
+            self.sealed.append((aad, out.iv_counter_nonce, out.data,
+                                out.authenticated_encryption_tag))
+
+    def general_answer(self, wire: bytes) -> bytes:
+        answer = self.general.handle_request(wire, CONNECTION)
+        if isinstance(answer, Deferred):
+            results: list[bytes] = []
+            answer.addCallback(results.append)
+            assert results, "the fake link answers at once"
+            return results[0]
+        return answer
+
+
+@pytest.fixture(scope="module")
+def planes() -> Planes:
+    patch = pytest.MonkeyPatch()
+    patch.setattr(handler_module, "new_correlation_id", lambda: CORRELATION)
+    try:
+        yield Planes()
+    finally:
+        patch.undo()
+
+
+# Generated L4 requests ---------------------------------------------------------------------
+
+def identifiers(token: str) -> st.SearchStrategy[str | None]:
+    return st.sampled_from([token, token, token, L3_UID, None, "l4.1.AAAA", token[:-2] + "AA",
+                            "l3-00000000-0000-4000-8000-000000000009", "other"])
+
+
+binary = st.binary(max_size=80)
+parameters = st.one_of(st.none(), st.builds(
+    CryptographicParameters,
+    block_cipher_mode=st.sampled_from([BlockCipherMode.GCM, BlockCipherMode.CBC,
+                                       BlockCipherMode.ECB]),
+    cryptographic_algorithm=st.sampled_from([None, CryptographicAlgorithm.AES])))
+
+
+def l4_items(token: str) -> st.SearchStrategy:
+    uid = identifiers(token)
+    batch_id = st.one_of(st.none(), st.binary(min_size=1, max_size=9))
+    encrypt = st.builds(lambda u, p, d, iv, aad, b: item(Operation.ENCRYPT, EncryptRequest(
+        unique_identifier=u, cryptographic_parameters=p, data=d, iv_counter_nonce=iv,
+        authenticated_encryption_additional_data=aad), b),
+        uid, parameters, st.one_of(st.none(), binary),
+        st.one_of(st.none(), st.none(), st.binary(min_size=12, max_size=16)),
+        st.one_of(st.none(), binary), batch_id)
+    decrypt = st.builds(lambda u, p, d, iv, aad, tag, b: item(Operation.DECRYPT, DecryptRequest(
+        unique_identifier=u, cryptographic_parameters=p, data=d, iv_counter_nonce=iv,
+        authenticated_encryption_additional_data=aad, authenticated_encryption_tag=tag), b),
+        uid, parameters, binary, st.one_of(st.none(), st.binary(min_size=12, max_size=12)),
+        st.one_of(st.none(), binary), st.one_of(st.none(), st.binary(min_size=16,
+                                                                        max_size=16)),
+        batch_id)
+    get = st.builds(lambda u, f, b: item(Operation.GET, GetRequest(
+        unique_identifier=u, key_format_type=f), b),
+        uid, st.sampled_from([None, KeyFormatType.RAW, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY,
+                              KeyFormatType.PKCS_8]), batch_id)
+    return st.one_of(encrypt, decrypt, get)
+
+
+def plain_items(planes: Planes) -> st.SearchStrategy:
+    """L4 items that succeed: the token, default or GCM parameters, a decrypt of what an
+    encrypt made."""
+    token = planes.token
+    batch_id = st.one_of(st.none(), st.binary(min_size=1, max_size=9))
+    gcm = st.sampled_from([None, CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM)])
+    encrypt = st.builds(lambda d, aad, p, b: item(Operation.ENCRYPT, EncryptRequest(
+        unique_identifier=token, data=d, authenticated_encryption_additional_data=aad,
+        cryptographic_parameters=p), b), binary, st.one_of(st.none(), binary), gcm, batch_id)
+    decrypt = st.builds(lambda sealed, b: item(Operation.DECRYPT, DecryptRequest(
+        unique_identifier=token, data=sealed[2], iv_counter_nonce=sealed[1],
+        authenticated_encryption_additional_data=sealed[0],
+        authenticated_encryption_tag=sealed[3]), b), st.sampled_from(planes.sealed), batch_id)
+    get = st.builds(lambda f, b: item(Operation.GET, GetRequest(
+        unique_identifier=token, key_format_type=f), b),
+        st.sampled_from([None, KeyFormatType.RAW]), batch_id)
+    return st.one_of(encrypt, decrypt, get)
+
+
+@st.composite
+def l4_requests(draw: st.DrawFn, planes: Planes) -> bytes:
+    """Mostly plain requests (that the fast path should answer), some odd ones."""
+    if draw(st.integers(0, 3)):
+        items = draw(st.lists(plain_items(planes), min_size=1, max_size=5))
+        version = draw(st.sampled_from([*sorted(FAST_VERSIONS)] * 3 + VERSIONS))
+    else:
+        items = draw(st.lists(st.one_of(l4_items(planes.token), plain_items(planes)),
+                              min_size=1, max_size=4))
+        version = draw(st.sampled_from(VERSIONS))
+    maximum = draw(st.one_of(st.none(), st.none(), st.none(),
+                             st.integers(min_value=100, max_value=600)))
+    return request(*items, version=version, maximum_response_size=maximum)
+
+
+SETTINGS = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SETTINGS
+@given(data=st.data())
+def test_the_fast_answer_is_the_general_answer_byte_for_byte(planes: Planes, data) -> None:
+    wire = data.draw(l4_requests(planes))
+    fast = planes.fast.answer(wire, APP)
+    if fast is not None:
+        assert fast == planes.general_answer(wire)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_mutated_requests_the_fast_path_answers_are_answered_alike(planes: Planes,
+                                                                   data) -> None:
+    wire = bytearray(data.draw(l4_requests(planes)))
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    for _ in range(rng.randint(1, 3)):
+        position = rng.randrange(len(wire))
+        wire[position] = rng.choice([0, 1, 0xFF, wire[position] ^ (1 << rng.randrange(8))])
+    fast = planes.fast.answer(bytes(wire), APP)
+    if fast is not None:
+        assert fast == planes.general_answer(bytes(wire))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_plain_l4_requests_take_the_fast_path_in_its_versions(planes: Planes,
+                                                              version) -> None:
+    token = planes.token
+    plain = [
+        request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier=token, data=b"r")),
+                version=version),
+        request(item(Operation.GET, GetRequest(unique_identifier=token)), version=version),
+        request(*[item(Operation.ENCRYPT, EncryptRequest(unique_identifier=token,
+                                                         data=b"x" * 64), bytes([i]))
+                  for i in range(1, 101)], version=version),
+    ]
+    for wire in plain:
+        fast = planes.fast.answer(wire, APP)
+        if version in FAST_VERSIONS:
+            assert fast is not None and fast == planes.general_answer(wire)
+        else:
+            assert fast is None
+
+
+def test_what_the_fast_path_cannot_be_sure_of_is_declined(planes: Planes) -> None:
+    token = planes.token
+    declined = [
+        request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier=None, data=b"r"))),
+        request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier="l4.1.AAAA",
+                                                       data=b"r"))),
+        request(item(Operation.GET, GetRequest(
+            unique_identifier=token, key_format_type=KeyFormatType.TRANSPARENT_SYMMETRIC_KEY))),
+        request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier=token, data=b"r",
+                                                       init_indicator=True))),
+        request(create_l4()),
+    ]
+    for wire in declined:
+        assert planes.fast.answer(wire, APP) is None
+    other_tenant = ConnectionInfo(2, service_principal("other"), "127.0.0.1:40001").principal
+    wire = request(item(Operation.GET, GetRequest(unique_identifier=token)))
+    assert planes.fast.answer(wire, other_tenant) is None

@@ -55,7 +55,8 @@ _connection_ids = itertools.count(1)
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """Per-connection limits; the defaults suit KMIP clients on a LAN."""
+    """Per-connection limits, and the one per-request bound both servers apply to what
+    they run themselves; the defaults suit KMIP clients on a LAN."""
 
     max_message_size: int = 1 << 20  # bytes, header included
     #: seconds without any byte from the client and no request of it being answered
@@ -75,10 +76,14 @@ class ConnectionLimits:
     #: Seconds a connection's unsent output may stay above ``max_unsent_output`` (a client
     #: that does not read its answers) before the connection is closed.
     write_timeout: float = 30.0
+    #: Batch items in one request; a request with more is refused whole (Invalid Message,
+    #: :func:`kcm.kmip.messages.too_many_batch_items`) before any item is decoded. kcm-core
+    #: judges every request by it, kcm-gateway those it answers itself (local and mixed).
+    max_batch_items: int = 64
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "max_pending", "max_connections",
-                     "max_connections_per_address", "max_unsent_output"):
+                     "max_connections_per_address", "max_unsent_output", "max_batch_items"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")

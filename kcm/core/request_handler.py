@@ -47,6 +47,7 @@ from kcm.kmip.messages import (
     batch_count_mismatch,
     decode_request_header,
     decode_request_items,
+    too_many_batch_items,
 )
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
@@ -200,8 +201,7 @@ class CoreRequestHandler:
         maximum = self._limits.max_batch_items
         if len(batch) > maximum:
             raise _Refused(answer_in, ResultReason.INVALID_MESSAGE,
-                           f"{len(batch)} batch items; at most {maximum} are accepted in "
-                           "one request")
+                           too_many_batch_items(len(batch), maximum))
         if header.batch_count != len(batch):
             raise _Refused(answer_in, ResultReason.INVALID_MESSAGE,
                            batch_count_mismatch(header, batch))

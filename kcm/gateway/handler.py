@@ -24,9 +24,11 @@ The classifier decides per batch item (:mod:`kcm.gateway.classifier`); this modu
   facts cannot be read is forwarded whole, so the core says what is wrong with it; a local
   or mixed request is decoded whole first, with the core's decoder, and one the core would
   refuse (a Batch Count that is not the number of items, a stray field, ...) is refused in
-  the core's words before anything runs. (The one deliberate difference: a mixed Undo
-  batch, below.) An unexpected exception is answered General Failure with a correlation id,
-  which is logged; the connection keeps serving.
+  the core's words before anything runs; so is one of more than ``max_batch_items`` items
+  (``[gateway.limits]``, named as the core's limit), before any item is decoded. A request
+  forwarded whole meets the core's own limit there. (The one deliberate difference: a
+  mixed Undo batch, below.) An unexpected exception is answered General Failure with a
+  correlation id, which is logged; the connection keeps serving.
 * A local item refused because its caller may not use the service key it names (another
   tenant's token or L3, another service's) is logged as a warning: the caller, the
   operation, the L3 and the token's TokenId — never the token, which carries the sealed DEK
@@ -78,7 +80,7 @@ from kcm.kmip.messages import (
     decode_request,
 )
 from kcm.kmip.versions import Version
-from kcm.kmip_protocol import ConnectionInfo
+from kcm.kmip_protocol import ConnectionInfo, ConnectionLimits
 from kcm.l4 import token
 from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
@@ -114,12 +116,14 @@ class GatewayRequestHandler:
     """The gateway's :class:`kcm.kmip_protocol.RequestHandler`."""
 
     def __init__(self, *, runner: LocalRunner, cache: L3Cache, link: Link,
-                 clock: Callable[[], float], max_message_size: int = 1 << 20) -> None:
+                 clock: Callable[[], float], max_message_size: int = 1 << 20,
+                 max_batch_items: int = ConnectionLimits.max_batch_items) -> None:
         self._runner = runner
         self._cache = cache
         self._link = link
         self._clock = clock
         self._max_message_size = max_message_size
+        self._max_batch_items = max_batch_items
 
     # RequestHandler ---------------------------------------------------------------------
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
@@ -322,7 +326,8 @@ class GatewayRequestHandler:
         """The request, decoded as the core decodes it, or the answer refusing it (the
         core's words: :meth:`kcm.core.request_handler.CoreRequestHandler.respond`)."""
         try:
-            return decode_request(decode(wire, max_size=self._max_message_size))
+            return decode_request(decode(wire, max_size=self._max_message_size),
+                                  max_batch_items=self._max_batch_items)
         except KmipError as e:
             return self._refuse(version_of(wire), e.reason, e.message)
         except TtlvError as e:

@@ -79,7 +79,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> GatewayServ
     runner = LocalRunner(new_correlation_id=new_correlation_id)
     handler = GatewayRequestHandler(runner=runner, cache=cache, link=link,
                                     clock=reactor.seconds,
-                                    max_message_size=config.limits.max_message_size)
+                                    max_message_size=config.limits.max_message_size,
+                                    max_batch_items=config.limits.max_batch_items)
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, gateway.subject_map),

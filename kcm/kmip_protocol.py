@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 log = Logger()
 _connection_ids = itertools.count(1)
 
+#: ``limits.max_batch_items`` unless configured (kcm-core's and kcm-gateway's).
+DEFAULT_MAX_BATCH_ITEMS = 64
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
@@ -79,7 +82,7 @@ class ConnectionLimits:
     #: Batch items in one request; a request with more is refused whole (Invalid Message,
     #: :func:`kcm.kmip.messages.too_many_batch_items`) before any item is decoded. kcm-core
     #: judges every request by it, kcm-gateway those it answers itself (local and mixed).
-    max_batch_items: int = 64
+    max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "max_pending", "max_connections",

@@ -80,7 +80,7 @@ from kcm.kmip.messages import (
     decode_request,
 )
 from kcm.kmip.versions import Version
-from kcm.kmip_protocol import ConnectionInfo, ConnectionLimits
+from kcm.kmip_protocol import DEFAULT_MAX_BATCH_ITEMS, ConnectionInfo
 from kcm.l4 import token
 from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
@@ -117,7 +117,7 @@ class GatewayRequestHandler:
 
     def __init__(self, *, runner: LocalRunner, cache: L3Cache, link: Link,
                  clock: Callable[[], float], max_message_size: int = 1 << 20,
-                 max_batch_items: int = ConnectionLimits.max_batch_items) -> None:
+                 max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS) -> None:
         self._runner = runner
         self._cache = cache
         self._link = link

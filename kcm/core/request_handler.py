@@ -32,6 +32,7 @@ from kcm.core.keyring import Keyring
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.kernel.responses import (
+    CLIENT_GONE,
     encode_items,
     failed_item,
     failure_response,
@@ -54,9 +55,6 @@ from kcm.kmip_protocol import ConnectionInfo
 from kcm.ttlv import TtlvError, decode, encode
 
 log = Logger()
-
-#: The Result Message of the batch items a vanished client's request did not run.
-CLIENT_GONE = "request cancelled: the client disconnected"
 
 
 class RequestWatch:
@@ -144,10 +142,21 @@ class CoreRequestHandler:
         return failure_response((1, 0), reason, message, int(self._clock()))
 
     # ------------------------------------------------------------------------
-    def handle_as(self, wire: bytes, caller: Caller) -> Deferred[bytes]:
+    def handle_as(self, wire: bytes, caller: Caller,
+                  watch: RequestWatch | None = None) -> Deferred[bytes]:
         """Answer ``wire`` on behalf of ``caller`` on a store worker thread; never fails
-        (errors are answers). The request's deadline runs from now."""
-        return self._answer(wire, caller, self._watch())
+        (errors are answers). The request's deadline runs from now, or from when ``watch``
+        (:meth:`new_watch`, kept to :meth:`cancel` the request) was made."""
+        return self._answer(wire, caller, watch or self._watch())
+
+    def new_watch(self) -> RequestWatch:
+        """A watch for one request about to be handed to :meth:`handle_as`."""
+        return self._watch()
+
+    def cancel(self, watch: RequestWatch) -> None:
+        """Nobody will read the answer of ``watch``'s request (a gateway's client left): it
+        stops at its next batch-item boundary, as when a direct client disconnects."""
+        watch.lost = True
 
     def _watch(self) -> RequestWatch:
         return RequestWatch(self._clock, self._limits.request_deadline)

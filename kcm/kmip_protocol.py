@@ -225,6 +225,10 @@ class KmipServerProtocol(Protocol):
         self._paused_by.add(reason)
         if len(self._paused_by) == 1 and not self._closing:
             self.transport.pauseProducing()
+            # The rest of a message begun cannot arrive while we do not read: its time to
+            # finish counts again from when we do (every reason to pause has its own bound).
+            if self._message_timer is not None and self._message_timer.active():
+                self._message_timer.cancel()
 
     def resume(self, reason: str) -> None:
         """``reason`` no longer holds; reading resumes once no other reason does."""
@@ -233,6 +237,7 @@ class KmipServerProtocol(Protocol):
         self._paused_by.discard(reason)
         if not self._paused_by and not self._closing:
             self.transport.resumeProducing()
+            self._watch_partial_message()
 
     # Input ----------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -260,7 +265,10 @@ class KmipServerProtocol(Protocol):
             self._process()
 
     def _watch_partial_message(self) -> None:
-        """A message begun must be finished in time: a slow sender holds nothing for long."""
+        """A message begun must be finished in time: a slow sender holds nothing for long.
+        Only time while reading counts (:meth:`pause`)."""
+        if self._paused_by:
+            return
         if self._framer.buffered:
             if self._message_timer is None or not self._message_timer.active():
                 self._message_timer = self._clock.callLater(

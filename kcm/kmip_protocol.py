@@ -52,10 +52,14 @@ if TYPE_CHECKING:
 log = Logger()
 _connection_ids = itertools.count(1)
 
+#: ``limits.max_batch_items`` unless configured (kcm-core's and kcm-gateway's).
+DEFAULT_MAX_BATCH_ITEMS = 64
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """Per-connection limits; the defaults suit KMIP clients on a LAN."""
+    """Per-connection limits, and the one per-request bound both servers apply to what
+    they run themselves; the defaults suit KMIP clients on a LAN."""
 
     max_message_size: int = 1 << 20  # bytes, header included
     #: seconds without any byte from the client and no request of it being answered
@@ -75,10 +79,14 @@ class ConnectionLimits:
     #: Seconds a connection's unsent output may stay above ``max_unsent_output`` (a client
     #: that does not read its answers) before the connection is closed.
     write_timeout: float = 30.0
+    #: Batch items in one request; a request with more is refused whole (Invalid Message,
+    #: :func:`kcm.kmip.messages.too_many_batch_items`) before any item is decoded. kcm-core
+    #: judges every request by it, kcm-gateway those it answers itself (local and mixed).
+    max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "max_pending", "max_connections",
-                     "max_connections_per_address", "max_unsent_output"):
+                     "max_connections_per_address", "max_unsent_output", "max_batch_items"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")
@@ -217,6 +225,10 @@ class KmipServerProtocol(Protocol):
         self._paused_by.add(reason)
         if len(self._paused_by) == 1 and not self._closing:
             self.transport.pauseProducing()
+            # The rest of a message begun cannot arrive while we do not read: its time to
+            # finish counts again from when we do (every reason to pause has its own bound).
+            if self._message_timer is not None and self._message_timer.active():
+                self._message_timer.cancel()
 
     def resume(self, reason: str) -> None:
         """``reason`` no longer holds; reading resumes once no other reason does."""
@@ -225,6 +237,7 @@ class KmipServerProtocol(Protocol):
         self._paused_by.discard(reason)
         if not self._paused_by and not self._closing:
             self.transport.resumeProducing()
+            self._watch_partial_message()
 
     # Input ----------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -252,7 +265,10 @@ class KmipServerProtocol(Protocol):
             self._process()
 
     def _watch_partial_message(self) -> None:
-        """A message begun must be finished in time: a slow sender holds nothing for long."""
+        """A message begun must be finished in time: a slow sender holds nothing for long.
+        Only time while reading counts (:meth:`pause`)."""
+        if self._paused_by:
+            return
         if self._framer.buffered:
             if self._message_timer is None or not self._message_timer.active():
                 self._message_timer = self._clock.callLater(

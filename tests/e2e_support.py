@@ -4,6 +4,7 @@ and what end-to-end tests read from their logs (test support)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -11,11 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import Operation, ResultStatus
+from kcm.kmip.messages import RequestBatchItem
+from kcm.kmip.payloads import LocateRequest
+from kcm.kmip.tags import Tag
 from kcm.testing.processes import PYKMIP_SERVER, CoreProcess, GatewayProcess, deploy
+from kcm.testing.requests import create_managed, item, request, response
 
-__all__ = ["PYKMIP_SERVER", "CoreProcess", "GatewayProcess", "applied_events", "core_process",
-           "core_process_pg", "dead_links", "deploy", "gateway_process", "resumed_after",
-           "wait_until"]
+__all__ = ["PYKMIP_SERVER", "CoreProcess", "GatewayProcess", "applied_events", "audit_rows",
+           "core_process", "core_process_pg", "counting_locate", "dead_links", "deploy",
+           "gateway_process", "last_seq", "populated", "resumed_after", "wait_until"]
 
 
 @pytest.fixture
@@ -71,6 +78,50 @@ def resumed_after(gateway: GatewayProcess) -> list[int]:
 def dead_links(core: CoreProcess) -> int:
     """How many links the core has closed as dead (nothing received for 3 heartbeats)."""
     return core.log.read_text().count("is dead: nothing received")
+
+
+# The core's audit log, read from its database ----------------------------------------------
+
+def audit_rows(core: CoreProcess, after: int = 0) -> list[dict]:
+    """The audit records after sequence number ``after``, read from the core's database."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(core.database)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sqlalchemy.text(
+                "SELECT seq, operation, result_status, result_reason, detail FROM audit_log "
+                "WHERE seq > :after ORDER BY seq"), {"after": after}).mappings().all()
+    finally:
+        engine.dispose()
+    return [dict(row, detail=json.loads(row["detail"]) if row["detail"] else None)
+            for row in rows]
+
+
+def last_seq(core: CoreProcess) -> int:
+    """The sequence number of the core's newest audit record (0: none)."""
+    rows = audit_rows(core)
+    return rows[-1]["seq"] if rows else 0
+
+
+# Slow requests ---------------------------------------------------------------------------------
+
+def populated(core: CoreProcess, objects: int) -> CoreProcess:
+    """``core`` with ``objects`` more managed keys in tenant demo (a multiple of 50)."""
+    with core.client() as client:
+        for _ in range(objects // 50):
+            answer = response(client.send(request(*[create_managed()] * 50)))
+            assert {b.result_status for b in answer.batch_items} == {ResultStatus.SUCCESS}
+    return core
+
+
+def counting_locate() -> RequestBatchItem:
+    """A Locate that must judge the attributes of every object of the tenant: it asks for a
+    Cryptographic Usage Mask with every bit (which the store cannot filter on, and no
+    object has), and counts every match (Offset Items asks for Located Items). A batch of
+    them is slow on purpose."""
+    return item(Operation.LOCATE, LocateRequest(maximum_items=1, offset_items=0, attributes=[
+        Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, 0x7FFFFFFF)]))
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0,

@@ -1,9 +1,11 @@
-"""Malformed Request Headers made from well-formed requests (test support).
+"""Malformed requests made from well-formed ones (test support).
 
 Each shape rewrites one thing a client controls in the Request Header — the protocol
 version, the Batch Count, which header fields are there — and keeps the rest of the request
 as it was, so the server meets the bad header with real batch items behind it (1.x
-Template-Attributes, 2.x Attributes, ...).
+Template-Attributes, 2.x Attributes, ...). :func:`mutate_bytes` damages the bytes of the
+body instead, anywhere, keeping only the message's own header so that it is still one
+message on the wire.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterator
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType, decode, encode
 
-__all__ = ["HEADER_SHAPES", "base_requests", "mutate", "random_shape"]
+__all__ = ["HEADER_SHAPES", "base_requests", "mutate", "mutate_bytes", "random_shape"]
 
 Shape = Callable[[Item], None]  # rewrites a Request Message tree in place
 
@@ -98,6 +100,32 @@ def mutate(wire: bytes, shape: Shape) -> bytes:
     tree = copy.deepcopy(decode(wire))
     shape(tree)
     return encode(tree)
+
+
+def mutate_bytes(wire: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """``wire`` (a Request Message) with its body damaged one random way — bytes flipped,
+    a stretch overwritten with random bytes or zeros, or a stretch moved elsewhere — and a
+    name for the damage. The 8-byte message header is kept, so the server reads exactly one
+    message of the same length (whose inside no longer needs to make sense)."""
+    body = bytearray(wire[8:])
+    if not body:
+        return "as sent", wire
+    kind = rng.choice(("flip", "random", "zeros", "move"))
+    start = rng.randrange(len(body))
+    length = min(len(body) - start, rng.choice((1, 4, 8, 16, 64)))
+    if kind == "flip":
+        for _ in range(rng.randint(1, 8)):
+            body[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
+    elif kind == "random":
+        body[start:start + length] = rng.randbytes(length)
+    elif kind == "zeros":
+        body[start:start + length] = bytes(length)
+    else:
+        stretch = body[start:start + length]
+        del body[start:start + length]
+        at = rng.randrange(len(body) + 1)
+        body[at:at] = stretch
+    return f"{kind} at {start}+{length}", wire[:8] + bytes(body)
 
 
 def base_requests() -> Iterator[tuple[str, bytes]]:

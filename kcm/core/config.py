@@ -16,12 +16,10 @@ __all__ = ["CoreConfig", "CoreLimits", "TlsFiles", "load_config"]
 
 @dataclass(frozen=True, slots=True)
 class CoreLimits(ConnectionLimits):
-    """``[core.limits]``: the per-connection limits every KMIP listener has, and the bounds
-    on the work one request may make the core do (docs/operations.md, "Limits and hostile
-    clients")."""
+    """``[core.limits]``: the limits every KMIP listener has (``max_batch_items`` among
+    them), and the other bounds on the work one request may make the core do
+    (docs/operations.md, "Limits and hostile clients")."""
 
-    #: Batch items in one request; a request with more is refused whole (Invalid Message).
-    max_batch_items: int = 64
     #: Unique Identifiers one Locate returns: a smaller Maximum Items is honoured, a larger
     #: or absent one is this (KMIP allows a server to return fewer than asked).
     max_locate_results: int = 1000
@@ -35,7 +33,7 @@ class CoreLimits(ConnectionLimits):
     def __post_init__(self) -> None:
         # Named, not super(): a slots dataclass is a new class, which super() cannot find.
         ConnectionLimits.__post_init__(self)
-        for name in ("max_batch_items", "max_locate_results", "max_workers_per_tenant"):
+        for name in ("max_locate_results", "max_workers_per_tenant"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")

@@ -8,6 +8,9 @@ closed right after the handshake. On a link:
   gateway's sequence, then new ones live;
 * REQUEST → :meth:`CoreRequestHandler.handle_as` as the asserted caller, the gateway named in
   the audit record, answered with RESPONSE;
+* CANCEL (link version 2) → that stream's request stops at its next batch-item boundary, as
+  a direct client's does when it disconnects, and is not answered; every request in flight
+  on a link that closes stops the same way;
 * FETCH_SERVICE_KEY → :func:`kcm.core.service_keys.fetch_service_keys`, answered with
   SERVICE_KEYS.
 
@@ -42,7 +45,7 @@ from zope.interface import implementer
 from kcm.core.context import Caller
 from kcm.core.event_fanout import EncodedEvent, EventFanout
 from kcm.core.keyring import Keyring
-from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.request_handler import CoreRequestHandler, RequestWatch
 from kcm.core.service_keys import fetch_service_keys
 from kcm.core.store.engine import Store
 from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
@@ -53,6 +56,7 @@ from kcm.l4.service_key import ServiceKey
 from kcm.link.framer import OversizedFrame
 from kcm.link.frames import (
     DEFAULT_MAX_FRAME_SIZE,
+    HELLO_VERSION,
     LINK_VERSION,
     Frame,
     FrameTooLarge,
@@ -91,6 +95,8 @@ class LinkServerProtocol(LinkProtocol):
         self._replaying = False
         self._paused = False
         self._queued: deque[bytes] = deque()
+        #: The forwarded requests being answered, by stream (a CANCEL stops one).
+        self._requests: dict[int, RequestWatch] = {}
 
     # Identity -------------------------------------------------------------------------------
     @property
@@ -117,15 +123,21 @@ class LinkServerProtocol(LinkProtocol):
     def link_lost(self, reason: Failure) -> None:
         self.factory.fanout.unsubscribe(self)
         self._queued.clear()
+        # Nobody is left to read the answers of the requests in flight.
+        requests, self._requests = self._requests, {}
+        for watch in requests.values():
+            self.factory.handler.cancel(watch)
 
     # HELLO ----------------------------------------------------------------------------------
     def frame_HELLO(self, frame: Frame) -> None:
         if self._hello:
             self.go_away("a second HELLO")
             return
-        if frame.link_version != LINK_VERSION:
+        # A gateway names the oldest version (HELLO_VERSION) so that cores of every release
+        # take it; WELCOME tells it this core's, and so which frames it may send.
+        if not HELLO_VERSION <= (frame.link_version or 0) <= LINK_VERSION:
             self.go_away(f"link version {frame.link_version} is not supported "
-                         f"(this core speaks {LINK_VERSION})")
+                         f"(this core speaks {HELLO_VERSION} to {LINK_VERSION})")
             return
         self._hello = True
         head = self.factory.fanout.head
@@ -240,9 +252,27 @@ class LinkServerProtocol(LinkProtocol):
                 ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
             return
         caller = Caller(principal, frame.caller_source or "", gateway=self.gateway)
-        d = handler.handle_as(frame.message, caller)
+        watch = handler.new_watch()
+        self._requests[stream_id] = watch
+        d = handler.handle_as(frame.message, caller, watch)
         d.addErrback(self._request_failed, handler)
-        d.addCallback(lambda wire: self._respond(stream_id, wire))
+        d.addCallback(self._answered, stream_id, watch)
+
+    def _answered(self, wire: bytes, stream_id: int, watch: RequestWatch) -> None:
+        if self._requests.get(stream_id) is not watch:
+            return  # cancelled: the gateway no longer awaits this stream
+        del self._requests[stream_id]
+        self._respond(stream_id, wire)
+
+    def frame_CANCEL(self, frame: Frame) -> None:
+        """The gateway's client left: the request on that stream stops at its next batch-item
+        boundary (its remaining items are audited as cancelled) and is not answered. A
+        stream already answered, or unknown, is ignored: the answer crossed the CANCEL."""
+        if not self._require_hello(frame):
+            return
+        watch = self._requests.pop(frame.stream_id, None)
+        if watch is not None:
+            self.factory.handler.cancel(watch)
 
     def frame_oversized(self, frame: OversizedFrame) -> None:
         """A REQUEST too large for the core's frames is that request's Invalid Message, as

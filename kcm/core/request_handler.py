@@ -41,6 +41,7 @@ from kcm.core.operations import READ_ONLY
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.kernel.responses import (
+    CLIENT_GONE,
     encode_items,
     failed_item,
     failure_response,
@@ -57,15 +58,13 @@ from kcm.kmip.messages import (
     batch_count_mismatch,
     decode_request_header,
     decode_request_items,
+    too_many_batch_items,
 )
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.ttlv import TtlvError, decode, encode
 
 log = Logger()
-
-#: The Result Message of the batch items a vanished client's request did not run.
-CLIENT_GONE = "request cancelled: the client disconnected"
 
 
 class RequestWatch:
@@ -156,10 +155,21 @@ class CoreRequestHandler:
         return failure_response((1, 0), reason, message, int(self._clock()))
 
     # ------------------------------------------------------------------------
-    def handle_as(self, wire: bytes, caller: Caller) -> Deferred[bytes]:
+    def handle_as(self, wire: bytes, caller: Caller,
+                  watch: RequestWatch | None = None) -> Deferred[bytes]:
         """Answer ``wire`` on behalf of ``caller`` on a store worker thread; never fails
-        (errors are answers). The request's deadline runs from now."""
-        return self._answer(wire, caller, self._watch())
+        (errors are answers). The request's deadline runs from now, or from when ``watch``
+        (:meth:`new_watch`, kept to :meth:`cancel` the request) was made."""
+        return self._answer(wire, caller, watch or self._watch())
+
+    def new_watch(self) -> RequestWatch:
+        """A watch for one request about to be handed to :meth:`handle_as`."""
+        return self._watch()
+
+    def cancel(self, watch: RequestWatch) -> None:
+        """Nobody will read the answer of ``watch``'s request (a gateway's client left): it
+        stops at its next batch-item boundary, as when a direct client disconnects."""
+        watch.lost = True
 
     def _watch(self) -> RequestWatch:
         return RequestWatch(self._clock, self._limits.request_deadline)
@@ -233,8 +243,7 @@ class CoreRequestHandler:
         maximum = self._limits.max_batch_items
         if len(batch) > maximum:
             raise _Refused(answer_in, ResultReason.INVALID_MESSAGE,
-                           f"{len(batch)} batch items; at most {maximum} are accepted in "
-                           "one request")
+                           too_many_batch_items(len(batch), maximum))
         if header.batch_count != len(batch):
             raise _Refused(answer_in, ResultReason.INVALID_MESSAGE,
                            batch_count_mismatch(header, batch))

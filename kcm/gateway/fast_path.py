@@ -13,14 +13,14 @@ same path, item after item, in one call.
 It answers only what it is sure of, and *declines* (returns None) everything else, for the
 general path of :mod:`kcm.gateway.handler` to answer from scratch: any field it does not
 expect, a field out of the specification's order or repeated, non-zero padding, a version
-outside 1.4–2.1, a missing identifier (the ID Placeholder), Cryptographic Parameters it
-cannot read, a Batch Count that does not match, an answer it does not lay out (a wrapped
-or Transparent key), and any refusal at all — a missing L3 (the general path fetches it),
-another tenant's token (the general path answers and logs it), a wrong state, a bad tag.
-Nothing here has effects to undo, so declining after some work is safe: only random bytes
-were drawn. The general path's answer to every request this path answers is the same,
-byte for byte, given the same clock, correlation id and random bytes (a property test
-holds the two to it: ``tests/unit/test_gateway_fast_path.py``).
+outside 1.4-2.1, more than ``max_batch_items`` items, a missing identifier (the ID
+Placeholder), Cryptographic Parameters it cannot read, a Batch Count that does not match,
+an answer it does not lay out (a wrapped or Transparent key), and any refusal at all: a
+missing L3 (the general path fetches it), another tenant's token (the general path answers
+and logs it), a wrong state, a bad tag. Nothing here has effects to undo, so declining
+after some work is safe: only random bytes were drawn. The general path's answer to every
+request this path answers is the same, byte for byte, given the same clock, correlation id
+and random bytes (a property test holds the two to it: tests/unit/test_gateway_fast_path.py).
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ class FastPath:
 
     def __init__(self, *, cache: L3Cache, engine_factory: EngineFactory,
                  clock: Callable[[], float], new_correlation_id: Callable[[], str],
-                 max_message_size: int) -> None:
+                 max_message_size: int, max_batch_items: int) -> None:
+        self._max_batch_items = max_batch_items
         self._cache = cache
         self._engine_factory = engine_factory
         self._clock = clock
@@ -130,6 +131,8 @@ class FastPath:
         """The whole answer to ``wire``, or None to leave it to the general path."""
         try:
             version, maximum_response_size, items = _read_request(wire)
+            if len(items) > self._max_batch_items:
+                return None  # the general path refuses it
             keys = self._cache.key_source(principal, fetched={}, final=False)
             engine = self._engine_factory(keys)
             answered = []

@@ -26,9 +26,14 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
   facts cannot be read is forwarded whole, so the core says what is wrong with it; a local
   or mixed request is decoded whole first, with the core's decoder, and one the core would
   refuse (a Batch Count that is not the number of items, a stray field, ...) is refused in
-  the core's words before anything runs. (The one deliberate difference: a mixed Undo
-  batch, below.) An unexpected exception is answered General Failure with a correlation id,
-  which is logged; the connection keeps serving.
+  the core's words before anything runs; so is one of more than ``max_batch_items`` items
+  (``[gateway.limits]``, named as the core's limit), before any item is decoded. A request
+  forwarded whole meets the core's own limit there. (The one deliberate difference: a
+  mixed Undo batch, below.) An unexpected exception is answered General Failure with a
+  correlation id, which is logged; the connection keeps serving.
+* A client that disconnects while its request awaits the core has that call cancelled
+  (:meth:`GatewayRequestHandler.connection_lost`): the core stops it at its next batch-item
+  boundary, and nothing more of a mixed request is run or forwarded.
 * A local item refused because its caller may not use the service key it names (another
   tenant's token or L3, another service's) is logged as a warning: the caller, the
   operation, the L3 and the token's TokenId — never the token, which carries the sealed DEK
@@ -44,7 +49,7 @@ from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -63,6 +68,7 @@ from kcm.gateway.local_batch import LocalRun, LocalRunner
 from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
 from kcm.kernel.responses import (
+    CLIENT_GONE,
     encode_items,
     failed_item,
     failure_response,
@@ -81,7 +87,7 @@ from kcm.kmip.messages import (
     decode_request,
 )
 from kcm.kmip.versions import Version
-from kcm.kmip_protocol import ConnectionInfo
+from kcm.kmip_protocol import DEFAULT_MAX_BATCH_ITEMS, ConnectionInfo
 from kcm.l4 import token
 from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
@@ -118,6 +124,7 @@ class GatewayRequestHandler:
 
     def __init__(self, *, runner: LocalRunner, cache: L3Cache, link: Link,
                  clock: Callable[[], float], max_message_size: int = 1 << 20,
+                 max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
                  fast_path: FastPath | None = None) -> None:
         self._runner = runner
         self._cache = cache
@@ -125,6 +132,9 @@ class GatewayRequestHandler:
         self._clock = clock
         self._max_message_size = max_message_size
         self._fast_path = fast_path
+        self._max_batch_items = max_batch_items
+        #: The forwarded calls awaiting the core, by client connection (reactor thread).
+        self._forwarding: dict[int, set[Deferred[bytes]]] = {}
 
     # RequestHandler ---------------------------------------------------------------------
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
@@ -134,12 +144,20 @@ class GatewayRequestHandler:
         except Exception:
             return self._general_failure(version_of(wire), Failure())
         if isinstance(answer, Deferred):
-            answer.addErrback(lambda failure: self._general_failure(version_of(wire), failure))
+            answer.addErrback(self._unexpected, version_of(wire))
         return answer
 
     def failure_response(self, reason: int, message: str) -> bytes:
         """A one-item failed response for a request the handler never saw."""
         return failure_response((1, 0), reason, message, int(self._clock()))
+
+    def connection_lost(self, connection: ConnectionInfo) -> None:
+        """``connection`` closed while a request of it was being answered: its calls to the
+        core are cancelled (the core stops them at their next batch-item boundary and
+        audits the items left as cancelled); what is left of the request is not run."""
+        calls = self._forwarding.pop(connection.connection_id, None)
+        for call in list(calls or ()):
+            call.cancel()
 
     # Routing ----------------------------------------------------------------------------
     def _route(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
@@ -181,11 +199,24 @@ class GatewayRequestHandler:
 
     def _forward(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
         try:
-            return self._link.forward(wire, connection.principal, connection.peer)
+            call = self._link.forward(wire, connection.principal, connection.peer)
         except Exception:
             d: Deferred[bytes] = Deferred()
             d.errback(Failure())
             return d
+        if not call.called:  # awaiting the core: cancelled if the client leaves first
+            connection_id = connection.connection_id
+            calls = self._forwarding.setdefault(connection_id, set())
+            calls.add(call)
+
+            def answered(result: object) -> object:
+                calls.discard(call)
+                if not calls and self._forwarding.get(connection_id) is calls:
+                    del self._forwarding[connection_id]
+                return result
+
+            call.addBoth(answered)
+        return call
 
     # All local: the hot path --------------------------------------------------------------
     def _all_local(self, wire: bytes, classified: Classified,
@@ -310,6 +341,8 @@ class GatewayRequestHandler:
                             core_correlation: list[str]) -> tuple[list[bytes], bool]:
         try:
             answer = await self._forward(sub_request(wire, header_item, peeked), connection)
+        except CancelledError:
+            raise  # the client left: nothing more of its request runs
         except Exception:
             return encode_items(_unreachable_items(peeked, Failure(), stop, version),
                                 version), True
@@ -331,7 +364,8 @@ class GatewayRequestHandler:
         """The request, decoded as the core decodes it, or the answer refusing it (the
         core's words: :meth:`kcm.core.request_handler.CoreRequestHandler.respond`)."""
         try:
-            return decode_request(decode(wire, max_size=self._max_message_size))
+            return decode_request(decode(wire, max_size=self._max_message_size),
+                                  max_batch_items=self._max_batch_items)
         except KmipError as e:
             return self._refuse(version_of(wire), e.reason, e.message)
         except TtlvError as e:
@@ -347,6 +381,11 @@ class GatewayRequestHandler:
     def _refuse(self, version: Version, reason: int, message: str) -> bytes:
         return failure_response(version, reason, message, int(self._clock()),
                                 new_correlation_id())
+
+    def _unexpected(self, failure: Failure, version: Version) -> bytes:
+        if failure.check(CancelledError):  # the client left: nobody reads this
+            return self._refuse(version, ResultReason.GENERAL_FAILURE, CLIENT_GONE)
+        return self._general_failure(version, failure)
 
     def _general_failure(self, version: Version, failure: Failure) -> bytes:
         correlation_id = new_correlation_id()
@@ -445,6 +484,8 @@ def _refused_undo(peeked: list[PeekedBatchItem], version: Version) -> list[Respo
 def _unreachable_message(failure: Failure) -> str:
     """What a client is told when the core could not be asked (``failure`` says why)."""
     error = failure.value
+    if isinstance(error, CancelledError):
+        return CLIENT_GONE
     if isinstance(error, RequestTooLarge):
         return "the request is too large to forward to the core"
     if isinstance(error, LinkDown):

@@ -4,7 +4,9 @@
 ``ClientService`` (exponential backoff, 0.1 s → 1 s) and offers the gateway three things:
 
 * :meth:`LinkClient.forward` — relay a client's KMIP request, answered byte for byte by the
-  core; many in flight at once, multiplexed by stream id and answered in any order;
+  core; many in flight at once, multiplexed by stream id and answered in any order; cancel
+  its Deferred when the client leaves, and the core stops the request (a CANCEL frame, to a
+  core whose WELCOME names link version 2 or later);
 * :meth:`LinkClient.fetch_service_keys` — a service's L3 versions, on behalf of a caller;
 * ``on_event(seq, kind, tenant, payload)`` — the core's event stream, applied in sequence
   order, resumed after :attr:`LinkClient.last_sequence` on every reconnect;
@@ -45,8 +47,9 @@ from kcm.l4.service_key import ServiceKey
 from kcm.link.events import EventKind
 from kcm.link.framer import OversizedFrame
 from kcm.link.frames import (
+    CANCEL_VERSION,
     DEFAULT_MAX_FRAME_SIZE,
-    LINK_VERSION,
+    HELLO_VERSION,
     Frame,
     FrameTooLarge,
     FrameType,
@@ -116,11 +119,13 @@ class LinkClientProtocol(LinkProtocol):
         self.client = client
         self.streams: dict[int, _Stream] = {}
         self.welcomed = False
+        #: The link version the core named in WELCOME (which frames it takes).
+        self.core_version = HELLO_VERSION
         self._next_stream = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.send(Frame(FrameType.HELLO, link_version=LINK_VERSION,
+        self.send(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
                         peer_name=self.client.gateway_name,
                         sequence=self.client.last_sequence))
 
@@ -129,6 +134,7 @@ class LinkClientProtocol(LinkProtocol):
             self.go_away("a second WELCOME")
             return
         self.welcomed = True
+        self.core_version = frame.link_version or HELLO_VERSION
         if frame.heartbeat_interval and frame.heartbeat_interval != self.heartbeat_interval:
             self.start_heartbeat(frame.heartbeat_interval)
         self.client._welcomed(self, frame)
@@ -188,14 +194,28 @@ class LinkClientProtocol(LinkProtocol):
 
     def call(self, frame: Frame, answer_type: FrameType) -> Deferred:
         """Send ``frame`` on a fresh stream; the Deferred fires with the answer. Raises
-        :class:`FrameTooLarge` (nothing sent, no stream opened) for a frame too large."""
+        :class:`FrameTooLarge` (nothing sent, no stream opened) for a frame too large.
+
+        Cancelling the Deferred (``d.cancel()``: nobody awaits the answer any more) closes
+        the stream here and, when the core takes CANCEL (link version 2), sends one, so the
+        core stops the request at its next batch-item boundary."""
         stream_id = self._new_stream_id()
         frame.stream_id = stream_id
         self.send(frame)
-        d: Deferred = Deferred()
+        d: Deferred = Deferred(lambda d: self._cancel(stream_id, d))
         self.streams[stream_id] = _Stream(d, answer_type,
                                           self.clock.seconds() + self.client.request_timeout)
         return d
+
+    def _cancel(self, stream_id: int, d: Deferred) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.deferred is not d:
+            return
+        del self.streams[stream_id]
+        self.client._stream_done()
+        if self.core_version >= CANCEL_VERSION:
+            self.send(Frame(FrameType.CANCEL, stream_id=stream_id))
+            self.client.cancels_sent += 1
 
     def _new_stream_id(self) -> int:
         stream_id = self._next_stream
@@ -260,6 +280,8 @@ class LinkClient(MultiService):
         self._producers: set[IPushProducer] = set()
         self._saturated = False
         self._refusals = 0  # connections in a row lost before WELCOME
+        #: CANCEL frames sent since the service started (calls whose caller left).
+        self.cancels_sent = 0
         self._backoff = backoffPolicy(initialDelay=0.1, maxDelay=max_retry_delay, factor=2.0,
                                       jitter=lambda: 0.1 * random_fraction())
         factory = Factory.forProtocol(lambda: LinkClientProtocol(self))

@@ -80,10 +80,12 @@ def makeService(options: Options, reactor: Any = default_reactor) -> GatewayServ
     runner = LocalRunner(new_correlation_id=new_correlation_id)
     fast_path = FastPath(cache=cache, engine_factory=l4_engine, clock=reactor.seconds,
                          new_correlation_id=new_correlation_id,
-                         max_message_size=config.limits.max_message_size)
+                         max_message_size=config.limits.max_message_size,
+                         max_batch_items=config.limits.max_batch_items)
     handler = GatewayRequestHandler(runner=runner, cache=cache, link=link,
                                     clock=reactor.seconds,
                                     max_message_size=config.limits.max_message_size,
+                                    max_batch_items=config.limits.max_batch_items,
                                     fast_path=fast_path)
     kmip_factory = KmipServerFactory(
         handler, config.limits,

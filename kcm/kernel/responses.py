@@ -68,6 +68,11 @@ def failed_item(operation: int | None, unique_batch_item_id: bytes | None, versi
     return item
 
 
+#: The Result Message of what a server did not run of a request whose client disconnected
+#: (audited at the core; at the gateway nobody reads it).
+CLIENT_GONE = "request cancelled: the client disconnected"
+
+
 def internal_error(correlation_id: str) -> str:
     """The Result Message of a General Failure: it names the correlation id of the log."""
     return f"internal error (correlation id {correlation_id})"

@@ -191,13 +191,15 @@ def _split(item: Item, message_tag: int, header_tag: int) -> tuple[Item, list[It
     return children[0], batch  # type: ignore[index]
 
 
-def decode_request(item: Item) -> RequestMessage:
+def decode_request(item: Item, *, max_batch_items: int | None = None) -> RequestMessage:
     """Decode a Request Message tree; raise KmipError for a structurally wrong one,
     including one whose items cannot be read in its protocol version (Unsupported Protocol
-    Version) and one whose Batch Count is not the number of its Batch Items (Invalid
-    Message: the message contradicts itself, and the gateway and the core must not guess
-    differently which to believe). A server that judges the header first (kcm-core) uses
-    the two halves below and says the same."""
+    Version), one of more than ``max_batch_items`` Batch Items (Invalid Message,
+    :func:`too_many_batch_items`; judged before any item is decoded) and one whose Batch
+    Count is not the number of its Batch Items (Invalid Message: the message contradicts
+    itself, and the gateway and the core must not guess differently which to believe). A
+    server that judges the header first (kcm-core) uses the two halves below and says the
+    same, in the same order."""
     header, batch = decode_request_header(item)
     major, minor = header.version
     if not registry.has_tables((major, minor)):
@@ -205,9 +207,18 @@ def decode_request(item: Item) -> RequestMessage:
         # a server answers a version it does not speak, rather than fail reading them.
         raise KmipError(ResultReason.UNSUPPORTED_PROTOCOL_VERSION,
                         f"protocol version {major}.{minor} is not supported")
+    if max_batch_items is not None and len(batch) > max_batch_items:
+        raise KmipError(ResultReason.INVALID_MESSAGE,
+                        too_many_batch_items(len(batch), max_batch_items))
     if header.batch_count != len(batch):
         raise KmipError(ResultReason.INVALID_MESSAGE, batch_count_mismatch(header, batch))
     return decode_request_items(header, batch)
+
+
+def too_many_batch_items(count: int, maximum: int) -> str:
+    """The Result Message for a request of ``count`` Batch Items, over a server's
+    ``maximum`` (``limits.max_batch_items``)."""
+    return f"{count} batch items; at most {maximum} are accepted in one request"
 
 
 def batch_count_mismatch(header: RequestHeader, batch: list[Item]) -> str:

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from kcm.l4.service_key import ServiceKey
 from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 
-LINK_VERSION = 1
+#: The link version this end speaks: 2 is version 1 with CANCEL. A core names its version in
+#: WELCOME; a gateway sends a frame only to a core whose version has it.
+LINK_VERSION = 2
+#: The version a gateway's HELLO names: the first, which every core takes (a version-1 core
+#: refuses any other with GOAWAY), so a gateway links to a core of any release and learns
+#: the core's own version from WELCOME.
+HELLO_VERSION = 1
+#: The first link version with the CANCEL frame.
+CANCEL_VERSION = 2
 
 #: Room a frame takes beside the one KMIP message it may carry: the LinkFrame, FrameType,
 #: StreamId and KmipMessage headers (56 bytes) and, in a REQUEST, the caller's identity,
@@ -80,6 +88,7 @@ class FrameType(enum.IntEnum):
     PING = 8
     PONG = 9
     GOAWAY = 10
+    CANCEL = 11  # link version 2
 
 
 class FrameError(ValueError):
@@ -161,6 +170,7 @@ REQUIRED: dict[FrameType, tuple[str, ...]] = {
     FrameType.PING: (),
     FrameType.PONG: (),
     FrameType.GOAWAY: (),
+    FrameType.CANCEL: ("stream_id",),
 }
 
 #: EventPayload fields: name -> (tag, type).

@@ -15,13 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 
 from kcm.conformance.client import KmipClient, KmipClientError
-from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.payloads import LocateRequest
-from kcm.kmip.tags import Tag
 from kcm.testing.requests import (
     CONTINUE,
     UNDO,
@@ -34,7 +31,15 @@ from kcm.testing.requests import (
 )
 from kcm.ttlv import decode
 from kcm.ttlv.peek import peek_response
-from tests.e2e_support import CoreProcess, deploy, wait_until
+from tests.e2e_support import (
+    CoreProcess,
+    audit_rows,
+    counting_locate,
+    deploy,
+    last_seq,
+    populated,
+    wait_until,
+)
 from tests.mutations import HEADER_SHAPES, base_requests, mutate, random_shape
 
 #: Objects in tenant demo: enough that a Locate judging each one's attributes takes tens
@@ -44,30 +49,8 @@ OBJECTS = 300
 IDLE = 1.0
 
 
-def audit_rows(core: CoreProcess, after: int = 0) -> list[dict]:
-    """The audit records after sequence number ``after``, read from the core's database."""
-    engine = sqlalchemy.create_engine(core.database)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text(
-                "SELECT seq, operation, result_status, result_reason, detail FROM audit_log "
-                "WHERE seq > :after ORDER BY seq"), {"after": after}).mappings().all()
-    finally:
-        engine.dispose()
-    return [dict(row, detail=json.loads(row["detail"]) if row["detail"] else None)
-            for row in rows]
-
-
-def last_seq(core: CoreProcess) -> int:
-    rows = audit_rows(core)
-    return rows[-1]["seq"] if rows else 0
-
-
 def populate(core: CoreProcess) -> None:
-    with core.client() as client:
-        for _ in range(OBJECTS // 50):
-            answer = response(client.send(request(*[create_managed()] * 50)))
-            assert {b.result_status for b in answer.batch_items} == {ResultStatus.SUCCESS}
+    populated(core, OBJECTS)
 
 
 def started(root: Path, **limits: int | float) -> Iterator[CoreProcess]:
@@ -99,14 +82,6 @@ def limited_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProce
     """A core with a 0.5 s request deadline, Locates capped at 5, and OBJECTS objects."""
     yield from started(tmp_path_factory.mktemp("limited"), request_deadline=0.5,
                        max_locate_results=5)
-
-
-def counting_locate() -> object:
-    """A Locate that must judge the attributes of every one of the OBJECTS objects: it
-    asks for a Cryptographic Usage Mask with every bit (which the store cannot filter on,
-    and no object has), and counts every match (Offset Items asks for Located Items)."""
-    return item(Operation.LOCATE, LocateRequest(maximum_items=1, offset_items=0, attributes=[
-        Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, 0x7FFFFFFF)]))
 
 
 def client(core: CoreProcess, timeout: float = 30.0) -> KmipClient:

@@ -1,9 +1,9 @@
 """Issue 11 ("No tenant can hurt another"), defects 3 and 5, against real `twistd` processes:
-2,000 connections that never finish the TLS handshake do not exhaust a kcm-core started with
-``ulimit -n`` 1024 and are closed at the handshake deadline, and clients that send requests
-and never read the answers neither grow a kcm-gateway's (or kcm-core's) memory without bound
-nor outlive the write timeout — while a normal client keeps working, its p99 latency
-measured against the same idle server in the same test.
+2,000 connections that never finish the TLS handshake exhaust neither a kcm-core nor a
+kcm-gateway started with ``ulimit -n`` 1024 and are closed at the handshake deadline, and
+clients that send requests and never read the answers neither grow a kcm-gateway's or a
+kcm-core's memory without bound nor outlive the write timeout — while a normal client keeps
+working, its p99 latency measured against the same idle server in the same test.
 
 Hostile connections come from other loopback addresses (127.0.0.2, ...) than the normal
 client (127.0.0.1), the way hostile clients on a network come from their own addresses;
@@ -28,7 +28,7 @@ from kcm.conformance.client import KmipClient
 from kcm.kmip.enums import ResultStatus
 from kcm.testing.processes import running
 from kcm.testing.requests import create_l4, create_managed, encrypt, get, request, response
-from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
+from tests.e2e_support import CoreProcess, GatewayProcess, deploy, last_seq, wait_until
 
 #: Connections the hostile clients open.
 HOSTILE = 2000
@@ -50,13 +50,14 @@ def p99(latencies: list[float]) -> float:
     return statistics.quantiles(latencies, n=100)[98]
 
 
-def measure(make_client: Callable[[], KmipClient], wire: bytes) -> list[float]:
-    """SAMPLES requests of the normal client (a new connection every 50), each answered
+def measure(make_client: Callable[[], KmipClient], wire: bytes,
+            samples: int = SAMPLES) -> list[float]:
+    """``samples`` requests of the normal client (a new connection every 50), each answered
     Success; the latency of each request, in seconds."""
     latencies = []
     client = None
     try:
-        for i in range(SAMPLES):
+        for i in range(samples):
             if i % 50 == 0:
                 if client is not None:
                     client.close()
@@ -136,38 +137,65 @@ def small_core(tmp_path: Path) -> Iterator[CoreProcess]:
         core.stop()
 
 
-def test_half_open_connections_neither_exhaust_the_core_nor_slow_a_client(
-        small_core: CoreProcess) -> None:
-    core = small_core
-    with core.client() as client:
-        [created] = response(client.send(request(create_managed()))).batch_items
-    wire = request(get(created.response_payload.unique_identifier))
-    idle = measure(core.client, wire)
+def half_open_flood(server: CoreProcess | GatewayProcess, wire: bytes) -> None:
+    """Flood ``server`` (started with ``ulimit -n`` 1024 and a HANDSHAKE deadline) with
+    HOSTILE half-open connections while a normal client sends ``wire``: the server's
+    descriptors stay bounded, it closes every one of them, and the client's p99 stays
+    within P99_FACTOR of its p99 against the idle server."""
+    name = type(server).__name__
+    idle = measure(server.client, wire)
 
     # 2,000 half-open connections from four addresses: more than the 1,024 descriptors the
-    # core has; at most max_connections_per_address (100) of each address are held.
+    # server has; at most max_connections_per_address (100) of each address are held.
     sources = [f"127.0.0.{n}" for n in range(2, 6)]
-    with closing_all(half_open(core.port, HOSTILE, sources)) as hostile:
+    with closing_all(half_open(server.port, HOSTILE, sources)) as hostile:
         started = time.monotonic()
         time.sleep(0.5)  # let the listener take the flood in
-        attacked = measure(core.client, wire)
-        assert open_fds(core.process) < 1024 - 100
+        attacked = measure(server.client, wire)
+        assert open_fds(server.process) < 1024 - 100
         # The listen backlog (1,024) takes the flood in at once or after one SYN retry; the
-        # core refuses every connection over the per-address cap as it accepts it, and
+        # server refuses every connection over the per-address cap as it accepts it, and
         # aborts the 400 it held (4 addresses x 100) at the handshake deadline: every one of
         # the 2,000 is closed by the server within seconds.
         wait_until(lambda: all_closed_by_server(hostile),
-                   "the core closing every half-open connection",
+                   f"the {name} closing every half-open connection",
                    timeout=HANDSHAKE + 10)
         closed_after = time.monotonic() - started
-        assert open_fds(core.process) < 1024 - 100
-    assert core.process.poll() is None
-    print(f"\nhalf-open: p99 idle {p99(idle) * 1e3:.2f} ms, with {HOSTILE} half-open "
-          f"{p99(attacked) * 1e3:.2f} ms; all closed after {closed_after:.1f} s")
+        assert open_fds(server.process) < 1024 - 100
+    assert server.process.poll() is None
+    print(f"\nhalf-open ({name}): p99 idle {p99(idle) * 1e3:.2f} ms, with {HOSTILE} "
+          f"half-open {p99(attacked) * 1e3:.2f} ms; all closed after {closed_after:.1f} s")
     assert p99(attacked) <= P99_FACTOR * p99(idle) + P99_SLACK
-    log = core.log.read_text()
+    log = server.log.read_text()
     assert "over limits.max_connections_per_address (100)" in log
     assert "without a TLS handshake within limits.handshake_timeout" in log
+
+
+def test_half_open_connections_neither_exhaust_the_core_nor_slow_a_client(
+        small_core: CoreProcess) -> None:
+    with small_core.client() as client:
+        [created] = response(client.send(request(create_managed()))).batch_items
+    half_open_flood(small_core, request(get(created.response_payload.unique_identifier)))
+
+
+@pytest.fixture
+def small_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A kcm-gateway with ``ulimit -n`` 1024 and the default caps, a short handshake
+    deadline, linked to a core."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    gateway = GatewayProcess(tmp_path / "gateway", core)
+    gateway.limits.update(handshake_timeout=HANDSHAKE)
+    gateway.nofile = 1024
+    with running(core, gateway):
+        yield gateway
+
+
+def test_half_open_connections_neither_exhaust_the_gateway_nor_slow_a_client(
+        small_gateway: GatewayProcess) -> None:
+    with small_gateway.client() as client:
+        [created] = response(client.send(request(create_l4()))).batch_items
+    token = created.response_payload.unique_identifier
+    half_open_flood(small_gateway, request(encrypt(token, b"r" * 64)))
 
 
 # Defect 5: clients that never read their answers ------------------------------------------
@@ -288,3 +316,94 @@ FILLING_P99 = 1.0
 #: Never-reading connections in each wave, and waves.
 NEVER_READING = 100
 WAVES = 5
+
+
+#: The core's limits.max_pending in the never-reading test: what one connection can make it
+#: hold is about that many requests, so a smaller value bounds the test's work and memory.
+CORE_PENDING = 8
+#: Never-reading connections against the core, and the size of each of their requests (an
+#: Encrypt of that many bytes, whose answer is as long). Fewer, larger ones than at the
+#: gateway: each request the core answers is also an audit record in its database.
+CORE_NEVER_READING = 16
+CORE_RECORD = 256 << 10
+#: The normal client's requests in each measurement against the core (each is an audit
+#: record too).
+CORE_SAMPLES = 150
+
+
+@pytest.fixture
+def core_with_write_timeout(tmp_path: Path) -> Iterator[CoreProcess]:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}",
+                  write_timeout=WRITE_TIMEOUT, max_unsent_output=256 << 10,
+                  max_pending=CORE_PENDING)
+    core.start()
+    try:
+        yield core
+    finally:
+        core.stop()
+
+
+def quiescent(core: CoreProcess, still: float = 0.5) -> Callable[[], bool]:
+    """A condition that holds once ``core`` has written no audit record for ``still``
+    seconds (it answers nothing)."""
+    seen = {"seq": -1, "since": time.monotonic()}
+
+    def condition() -> bool:
+        seq = last_seq(core)
+        if seq != seen["seq"]:
+            seen.update(seq=seq, since=time.monotonic())
+        return time.monotonic() - seen["since"] >= still
+
+    return condition
+
+
+def test_clients_that_never_read_are_closed_and_their_answers_freed_at_the_core(
+        core_with_write_timeout: CoreProcess) -> None:
+    core = core_with_write_timeout
+    with core.client() as client:
+        [token] = response(client.send(request(create_l4()))).batch_items
+    token = token.response_payload.unique_identifier
+    wire = request(encrypt(token, b"r" * 64))
+    idle = measure(core.client, wire, CORE_SAMPLES)
+    hostile_wire = request(encrypt(token, b"x" * CORE_RECORD))
+    sources = [f"127.0.2.{n}" for n in range(1, 5)]  # 4 connections from each
+    before, fds_before = rss(core.process), open_fds(core.process)
+    with ThreadPoolExecutor(1) as pool:
+        normal = pool.submit(measure, core.client, wire, CORE_SAMPLES)
+        hostile, sent = never_reading(core.port, core.pki, CORE_NEVER_READING, sources,
+                                      hostile_wire, seconds=10.0)
+        filling = normal.result()
+    with closing_all(hostile):
+        # The core answers what it read until their answers fill its buffers, then holds
+        # them: measure from then on (its audit log stops growing).
+        wait_until(quiescent(core), "the core to stop answering the never-reading clients")
+        fds_held = open_fds(core.process)
+        held_from = time.monotonic()
+        held = measure(core.client, wire, CORE_SAMPLES)
+        peak = rss(core.process)
+        wait_until(lambda: all_closed_by_server(hostile),
+                   "the core closing every never-reading connection",
+                   timeout=WRITE_TIMEOUT + 15)
+        closed_after = time.monotonic() - held_from
+    fds_after = open_fds(core.process)
+    # The idle server, before and after: the core is a little slower once it has answered
+    # the attack (a larger database, a grown heap) whether or not anything is held.
+    idle += measure(core.client, wire, CORE_SAMPLES)
+    print(f"\nnever-reading (core): {CORE_NEVER_READING} connections, {sent >> 20} MiB sent; "
+          f"rss before {before >> 20} MiB, held {peak >> 20} MiB; descriptors before "
+          f"{fds_before}, held {fds_held}, after {fds_after}; all closed {closed_after:.1f} s "
+          f"after they stopped; p99 idle (before and after) {p99(idle) * 1e3:.2f} ms, while "
+          f"they send {p99(filling) * 1e3:.2f} ms, while held {p99(held) * 1e3:.2f} ms")
+    # One descriptor per connection while held, each closed by the core at the write
+    # timeout (the client never closed them: closed_by_server reads the kernel's state).
+    assert fds_held <= fds_before + CORE_NEVER_READING + 4 and fds_after <= fds_before + 2
+    # Bounded: a connection holds max_pending requests read and one begun, the answer being
+    # written and max_unsent_output of answers; plus the copies of the requests the core's
+    # database threads are working on.
+    per_connection = (CORE_PENDING + 2) * len(hostile_wire) + (256 << 10)
+    assert peak - before <= CORE_NEVER_READING * per_connection + (32 << 20)
+    # Clients the core no longer reads from cost the others nothing; while they send, the
+    # normal one gets its share (the bound of the gateway's test).
+    assert p99(held) <= P99_FACTOR * p99(idle) + P99_SLACK
+    assert p99(filling) <= FILLING_P99
+    assert "were not read within" in core.log.read_text()

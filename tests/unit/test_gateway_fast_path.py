@@ -62,10 +62,10 @@ class Planes:
                              clock=self.clock.seconds)
         self.general = GatewayRequestHandler(
             runner=LocalRunner(new_correlation_id=lambda: CORRELATION, engine_factory=engine),
-            cache=self.cache, link=self.link, clock=self.clock.seconds)
+            cache=self.cache, link=self.link, clock=self.clock.seconds, max_batch_items=100)
         self.fast = FastPath(cache=self.cache, engine_factory=engine, clock=self.clock.seconds,
                              new_correlation_id=lambda: CORRELATION,
-                             max_message_size=1 << 20)
+                             max_message_size=1 << 20, max_batch_items=100)
         created = self.general_answer(request(create_l4()))
         self.token = response(created).batch_items[0].response_payload.unique_identifier
         #: (Data, AAD) and what Encrypt made of them: IV, ciphertext, tag.
@@ -210,6 +210,9 @@ def test_plain_l4_requests_take_the_fast_path_in_its_versions(planes: Planes,
                                                          data=b"x" * 64), bytes([i]))
                   for i in range(1, 101)], version=version),
     ]
+    too_many = request(*[item(Operation.GET, GetRequest(unique_identifier=token))] * 101,
+                       version=version)
+    assert planes.fast.answer(too_many, APP) is None
     for wire in plain:
         fast = planes.fast.answer(wire, APP)
         if version in FAST_VERSIONS:

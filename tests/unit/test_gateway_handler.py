@@ -52,7 +52,7 @@ class Gateway:
     unless told otherwise."""
 
     def __init__(self, link: FakeLink, engine_factory=l4_engine,
-                 max_message_size: int = 1 << 20) -> None:
+                 max_message_size: int = 1 << 20, max_batch_items: int = 64) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.link = link
@@ -62,7 +62,7 @@ class Gateway:
             runner=LocalRunner(new_correlation_id=new_correlation_id,
                                engine_factory=engine_factory),
             cache=self.cache, link=link, clock=self.clock.seconds,
-            max_message_size=max_message_size)
+            max_message_size=max_message_size, max_batch_items=max_batch_items)
 
     def answer(self, wire: bytes) -> bytes | Deferred[bytes]:
         return self.handler.handle_request(wire, CONNECTION)
@@ -308,6 +308,36 @@ def test_the_gateways_own_answers_never_exceed_its_maximum_message_size(link: Fa
     assert {(i.result_reason, i.result_message) for i in message.batch_items} == {
         (ResultReason.RESPONSE_TOO_LARGE,
          "the response exceeds the server's maximum message size of 2048 bytes")}
+
+
+# Too many batch items ------------------------------------------------------------------------
+
+def test_a_local_or_mixed_batch_over_max_batch_items_is_refused_before_any_item_runs(
+        link: FakeLink) -> None:
+    ran: list[int] = []
+
+    def engine_factory(keys):
+        engine = l4_engine(keys)
+
+        class Counting:
+            def execute(self, operation, principal, version, payload):
+                ran.append(operation)
+                return engine.execute(operation, principal, version, payload)
+        return Counting()
+
+    gateway = Gateway(link, engine_factory=engine_factory, max_batch_items=3)
+    for wire, sync in ((request(*[create_l4()] * 4), True),
+                       (request(create_l4(), create_managed(), create_l4(), create_l4()), False)):
+        [refused] = gateway.send(wire, sync=sync).batch_items
+        assert (refused.result_status, refused.result_reason, refused.result_message) == (
+            ResultStatus.OPERATION_FAILED, ResultReason.INVALID_MESSAGE,
+            "4 batch items; at most 3 are accepted in one request")
+    assert ran == [] and link.fetches == [] and link.forwarded == []
+    # At the limit a local batch runs; a batch forwarded whole meets the core's own limit.
+    assert len(gateway.send(request(*[create_l4()] * 3), sync=False).batch_items) == 3
+    remote = request(*[locate()] * 4)
+    gateway.answer(remote)
+    assert [wire for wire, _, _ in link.forwarded] == [remote]
 
 
 # Mixed -------------------------------------------------------------------------------------

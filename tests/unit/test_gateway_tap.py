@@ -118,3 +118,15 @@ def test_the_kmip_listener_is_guarded_by_gateway_limits(tmp_path: Path) -> None:
     with pytest.raises(usage.UsageError, match="gateway.limits.write_timeout must be"):
         path.write_text("[gateway.limits]\nwrite_timeout = 0\n")
         parse("-c", str(path))
+
+
+def test_the_handler_refuses_batches_by_the_gateway_limit(tmp_path: Path) -> None:
+    assert parse().get("gateway_config").limits.max_batch_items == 64  # the core's default
+    path = tmp_path / "gw.toml"
+    path.write_text("[gateway.limits]\nmax_batch_items = 8\n")
+    service = tap.makeService(parse("-c", str(path)), reactor=Clock())
+    assert service.handler._max_batch_items == 8
+    with pytest.raises(usage.UsageError,
+                       match="gateway.limits.max_batch_items must be a whole number"):
+        path.write_text("[gateway.limits]\nmax_batch_items = 0\n")
+        parse("-c", str(path))

@@ -131,6 +131,27 @@ def test_idle_and_slow_clients_are_closed() -> None:
     assert transport.disconnecting
 
 
+def test_a_message_begun_is_timed_only_while_the_server_reads() -> None:
+    handler = EchoHandler()
+    handler.defer = True
+    protocol, transport, handler, clock = connect(
+        handler, ConnectionLimits(max_pending=4, message_timeout=3))
+    # Four requests pause reading; the fifth, begun, cannot be finished while we do not read.
+    protocol.dataReceived(b"".join(message(i) for i in range(4)) + message(4)[:6])
+    assert transport.producerState == "paused"
+    clock.advance(60)  # a slow request, not a slow client
+    assert not transport.disconnecting
+    for i in range(3):
+        handler.deferreds[i].callback(b"x")
+    assert transport.producerState == "producing"
+    clock.advance(2)
+    protocol.dataReceived(message(4)[6:])  # finished within 3 s of reading again
+    assert not transport.disconnecting and len(handler.seen) == 4
+    protocol.dataReceived(message(5)[:6])
+    clock.advance(3.5)
+    assert transport.disconnected  # a client that stops mid-message while we read
+
+
 def test_backpressure_pauses_reading_until_answers_drain() -> None:
     handler = EchoHandler()
     handler.defer = True

@@ -61,6 +61,7 @@ FRAMES = [
     Frame(FrameType.PONG, stream_id=1),
     Frame(FrameType.GOAWAY, error="bye"),
     Frame(FrameType.GOAWAY),
+    Frame(FrameType.CANCEL, stream_id=7),
 ]
 
 
@@ -76,6 +77,12 @@ def test_the_wire_is_a_link_frame_structure_with_its_type_first() -> None:
     assert wire[:4] == bytes.fromhex("54B00101")
     assert wire[8:12] == bytes.fromhex("54B00205")
     assert struct.unpack(">I", wire[16:20])[0] == FrameType.PING
+
+
+def test_cancel_is_frame_type_11_with_its_stream_and_nothing_else() -> None:
+    wire = encode_frame(Frame(FrameType.CANCEL, stream_id=7))
+    assert wire == _wire(_type(11), Item(Tag.STREAM_ID, ItemType.INTEGER, 7))
+    assert peek_frame_head(wire[:FRAME_HEAD_SIZE]) == (FrameType.CANCEL, 7)
 
 
 def test_service_key_material_never_shows_in_repr() -> None:
@@ -119,6 +126,8 @@ MALFORMED = {
         _type(3), Item(Tag.CALLER_IDENTITY, ItemType.TEXT_STRING, "x"),
         Item(Tag.CALLER_SOURCE, ItemType.TEXT_STRING, "y"),
         Item(Tag.KMIP_MESSAGE, ItemType.BYTE_STRING, b"z")),
+    "cancel without stream": _wire(_type(11)),
+    "cancel of stream 0": _wire(_type(11), Item(Tag.STREAM_ID, ItemType.INTEGER, 0)),
     "hello without sequence": _wire(_type(1), Item(Tag.LINK_VERSION, ItemType.INTEGER, 1),
                                     Item(Tag.PEER_NAME, ItemType.TEXT_STRING, "gw")),
     "event without payload": _wire(_type(7), Item(Tag.EVENT_SEQUENCE, ItemType.LONG_INTEGER, 1),

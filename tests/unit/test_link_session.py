@@ -15,6 +15,7 @@ from twisted.test import iosim
 from kcm.core.context import Caller
 from kcm.core.event_fanout import EventFanout
 from kcm.core.link_server import LinkServerFactory, LinkServerProtocol, LinkSettings
+from kcm.core.request_handler import RequestWatch
 from kcm.core.store.repository import OutboxRecord
 from kcm.gateway.link_client import (
     AnswerTooLarge,
@@ -50,10 +51,19 @@ KEY = ServiceKey(uid="l3-1", tenant="demo", service="app", version=1, state=2, k
 class FakeHandler:
     def __init__(self) -> None:
         self.calls: list[tuple[bytes, Caller, Deferred[bytes]]] = []
+        self.watches: list[RequestWatch] = []
 
-    def handle_as(self, wire: bytes, caller: Caller) -> Deferred[bytes]:
+    def new_watch(self) -> RequestWatch:
+        return RequestWatch(lambda: 0.0, 10.0)
+
+    def cancel(self, watch: RequestWatch) -> None:
+        watch.lost = True
+
+    def handle_as(self, wire: bytes, caller: Caller,
+                  watch: RequestWatch | None = None) -> Deferred[bytes]:
         d: Deferred[bytes] = Deferred()
         self.calls.append((wire, caller, d))
+        self.watches.append(watch)
         return d
 
     def failure_response(self, reason: int, message: str) -> bytes:
@@ -167,6 +177,22 @@ def test_forwarded_requests_are_multiplexed_and_answered_out_of_order(world: Wor
         world.flush()
     assert answers == [b"ans0", b"ans1", b"ans2"]
     assert world.client.in_flight == 0
+
+
+def test_a_call_cancelled_at_the_gateway_stops_its_request_at_the_core(world: World) -> None:
+    world.connect()
+    calls = [world.client.forward(f"req{i}".encode(), APP, "h:1") for i in range(2)]
+    world.flush()
+    calls[0].addErrback(lambda failure: None)
+    calls[0].cancel()
+    world.flush()
+    assert [w.stop_reason() for w in world.handler.watches] == [
+        "request cancelled: the client disconnected", None]
+    for _, _, answer in world.handler.calls:
+        answer.callback(b"answer")
+    world.flush()
+    assert calls[1].result == b"answer" and world.client.in_flight == 0
+    assert world.client.connected
 
 
 def test_a_subject_mapped_caller_is_checked_against_the_cores_own_map(world: World) -> None:

@@ -1,0 +1,219 @@
+"""Issue 11 ("No tenant can hurt another") at a real `twistd kcm-gateway` linked to a real
+kcm-core: a forwarded request whose client leaves the gateway is stopped at the core (the
+link's CANCEL) and audited so, the gateway's own batches are bounded by its
+``max_batch_items``, and a seeded network fuzz run over the OASIS request vectors (and L4
+requests) leaves both processes answering and the gateway's log free of tracebacks.
+
+The fuzz run is bounded for the suite (:data:`FUZZ_CASES`, a few hundred cases); a longer
+one is the same test with more cases and another seed::
+
+    KCM_FUZZ_CASES=20000 KCM_FUZZ_SEED=7 PYTHONPATH=. .venv/bin/python -m pytest \\
+        tests/integration/test_gateway_bounded_work.py -k fuzz
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kcm.conformance.client import KmipClient, KmipClientError
+from kcm.kmip.enums import ResultReason, ResultStatus
+from kcm.kmip.tags import Tag
+from kcm.testing.processes import running
+from kcm.testing.requests import (
+    CONTINUE,
+    create_l4,
+    create_managed,
+    encrypt,
+    get,
+    locate,
+    request,
+    response,
+)
+from kcm.ttlv import decode
+from tests.e2e_support import (
+    CoreProcess,
+    GatewayProcess,
+    audit_rows,
+    counting_locate,
+    deploy,
+    last_seq,
+    populated,
+    wait_until,
+)
+from tests.mutations import HEADER_SHAPES, base_requests, mutate, mutate_bytes, random_shape
+
+#: Objects in tenant demo: enough that a batch of 64 counting Locates runs for seconds.
+OBJECTS = 150
+#: The gateway's limits.max_batch_items (the core keeps its default, 64).
+GATEWAY_BATCH_ITEMS = 4
+#: Fuzz cases the suite sends, and how many between two health checks.
+FUZZ_CASES = int(os.environ.get("KCM_FUZZ_CASES", "400"))
+FUZZ_SEED = int(os.environ.get("KCM_FUZZ_SEED", "11"))
+CHECK_EVERY = 50
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    root = tmp_path_factory.mktemp("gateway-bounded")
+    core = deploy(root / "core", f"sqlite:///{root / 'core' / 'kcm.db'}")
+    gateway = GatewayProcess(root / "gateway", core)
+    gateway.limits.update(max_batch_items=GATEWAY_BATCH_ITEMS)
+    with running(core, gateway) as pair:
+        populated(core, OBJECTS)
+        yield pair
+
+
+def client(server: CoreProcess | GatewayProcess, timeout: float = 30.0) -> KmipClient:
+    pki = server.pki
+    return KmipClient("127.0.0.1", server.port, cert=pki.app.cert, key=pki.app.key,
+                      ca=pki.ca.cert, timeout=timeout)
+
+
+def succeeded(kmip: KmipClient, wire: bytes) -> list:
+    """Send ``wire``; its items, each asserted Success."""
+    items = response(kmip.send(wire)).batch_items
+    assert [(i.result_status, i.result_message) for i in items] == [
+        (ResultStatus.SUCCESS, None)] * len(items)
+    return items
+
+
+# Cancellation over the link -----------------------------------------------------------------
+
+def test_a_forwarded_request_whose_client_left_is_stopped_at_the_core(
+        deployment: tuple[CoreProcess, GatewayProcess]) -> None:
+    core, gateway = deployment
+    before, links = last_seq(core), gateway.links()
+    locates = request(*[counting_locate()] * 64, continuation=CONTINUE)
+    with client(gateway, timeout=0.5) as impatient:
+        impatient.connect()
+        began = time.monotonic()
+        with pytest.raises(KmipClientError):  # gives up waiting and closes the connection
+            impatient.send(locates)
+
+    wait_until(lambda: len(audit_rows(core, before)) == 64,
+               "the cancelled request's audit records", timeout=8)
+    stopped_after = time.monotonic() - began
+    rows = audit_rows(core, before)
+    ran = [r["result_status"] for r in rows].count("SUCCESS")
+    # Without CANCEL the core would run all 64 (its deadline is 10 s).
+    assert 0 < ran < 64 and {r["result_status"] for r in rows[:ran]} == {"SUCCESS"}
+    assert {(r["operation"], r["result_status"], r["result_reason"], json.dumps(r["detail"]))
+            for r in rows[ran:]} == {
+        ("LOCATE", "OPERATION_FAILED", "GENERAL_FAILURE",
+         json.dumps({"stopped": "request cancelled: the client disconnected"}))}
+    assert stopped_after < 8
+    assert "request stopped" in core.log.read_text()
+    # The link stayed up: it was the request that stopped, not the link.
+    assert gateway.links() == links
+    with client(gateway) as kmip:
+        succeeded(kmip, request(locate()))
+
+
+# The gateway's own batches are bounded --------------------------------------------------------
+
+def test_a_local_batch_over_the_gateways_max_batch_items_is_refused(
+        deployment: tuple[CoreProcess, GatewayProcess]) -> None:
+    _, gateway = deployment
+    over = GATEWAY_BATCH_ITEMS + 1
+    with client(gateway) as kmip:
+        for wire in (request(*[create_l4()] * over),
+                     request(create_managed(), *[create_l4()] * GATEWAY_BATCH_ITEMS)):
+            [refused] = response(kmip.send(wire)).batch_items
+            assert (refused.result_status, refused.result_reason, refused.result_message) == (
+                ResultStatus.OPERATION_FAILED, ResultReason.INVALID_MESSAGE,
+                f"{over} batch items; at most {GATEWAY_BATCH_ITEMS} are accepted in one "
+                "request")
+        # At the limit a local batch runs; one forwarded whole is the core's to bound (64).
+        succeeded(kmip, request(*[create_l4()] * GATEWAY_BATCH_ITEMS))
+        succeeded(kmip, request(*[locate()] * over))
+
+
+# Network fuzzing --------------------------------------------------------------------------------
+
+def fuzz_cases(rng: random.Random, l4_requests: list[tuple[str, bytes]], count: int
+               ) -> Iterator[tuple[str, bytes]]:
+    """``count`` malformed requests: each a base request (an OASIS vector, or an L4 or
+    mixed request the gateway answers itself) with a malformed header or damaged bytes."""
+    bases = list(base_requests()) + l4_requests * 10  # the gateway's own paths, often
+    for _ in range(count):
+        name, wire = rng.choice(bases)
+        roll = rng.random()
+        if roll < 0.2:
+            shape = rng.choice(HEADER_SHAPES)
+        elif roll < 0.3:
+            shape = random_shape(rng)
+        else:
+            damage, damaged = mutate_bytes(wire, rng)
+            yield f"{name}: {damage}", damaged
+            continue
+        try:
+            yield f"{name}: {shape.__name__}", mutate(wire, shape)
+        except (AssertionError, AttributeError):  # a base without that field: its bytes
+            damage, damaged = mutate_bytes(wire, rng)
+            yield f"{name}: {damage}", damaged
+
+
+def log_problems(log: Path) -> list[str]:
+    """The critical events and tracebacks in a JSON log."""
+    problems = []
+    for line in log.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            problems.append(line)  # not our logger's: twistd's own, e.g. a traceback
+            continue
+        if event.get("level") == "critical" or "traceback" in event:
+            problems.append(event.get("text", line))
+    return problems
+
+
+def test_fuzzed_requests_leave_the_gateway_and_the_core_answering(
+        deployment: tuple[CoreProcess, GatewayProcess]) -> None:
+    core, gateway = deployment
+    with client(gateway) as kmip:
+        [created] = succeeded(kmip, request(create_l4()))
+    token = created.response_payload.unique_identifier
+    l4_requests = [
+        ("l4 create", request(create_l4())),
+        ("l4 encrypt", request(encrypt(token, b"a record"))),
+        ("l4 get", request(get(token))),
+        ("l4 batch", request(create_l4(), encrypt(None, b"r"), get(None))),
+        ("mixed", request(create_l4(), locate(), encrypt(token, b"r"))),
+        ("l4 2.0", request(encrypt(token, b"r"), version=(2, 0))),
+    ]
+    cases = list(fuzz_cases(random.Random(FUZZ_SEED), l4_requests, FUZZ_CASES))
+    began = time.monotonic()
+    answered = closed = 0
+    fuzzer = client(gateway, timeout=10)
+    try:
+        for n, (name, wire) in enumerate(cases, 1):
+            try:
+                answer = fuzzer.send(wire)
+            except KmipClientError:
+                closed += 1  # the gateway may close a connection it cannot trust: reconnect
+            else:
+                assert decode(answer).tag == Tag.RESPONSE_MESSAGE, name
+                answered += 1
+            if n % CHECK_EVERY == 0 or n == len(cases):
+                assert gateway.process.poll() is None and core.process.poll() is None, name
+                with client(gateway) as normal:
+                    succeeded(normal, request(locate()))  # forwarded to the core
+                    succeeded(normal, request(encrypt(token, b"still here")))  # local
+                with client(core) as direct:
+                    succeeded(direct, request(locate()))
+                assert log_problems(gateway.log) == [], f"after {name}"
+    finally:
+        fuzzer.close()
+    took = time.monotonic() - began
+    print(f"\nfuzz: {len(cases)} cases (seed {FUZZ_SEED}) in {took:.1f} s; {answered} "
+          f"answered, {closed} connections closed by the gateway")
+    assert answered >= len(cases) * 0.9
+    assert log_problems(core.log) == []

@@ -27,7 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kcm.core import managed, policy
 from kcm.core.attribute_rules import check_client_attributes, rule_for
 from kcm.core.context import OperationContext
-from kcm.core.operations._objects_common import link_attribute, require_usable, single_value
+from kcm.core.operations._objects_common import (
+    link_attribute,
+    require_usable,
+    single_value,
+    unwrapped_key_block,
+)
 from kcm.core.operations.create import server_attributes
 from kcm.crypto import signatures
 from kcm.crypto.errors import unsupported
@@ -176,7 +181,7 @@ def _prepare(ctx: OperationContext, request: SignRequest | SignatureVerifyReques
     or None when the request only continues a stream (the response then carries the next
     Correlation Value)."""
     obj = _signature_key(ctx, request.unique_identifier, signing=signing)
-    block = _material_block(ctx, obj)
+    block = unwrapped_key_block(ctx, obj)
     key: rsa.RSAPrivateKey | rsa.RSAPublicKey | None
     if signing:
         key = load_private(block)
@@ -209,19 +214,6 @@ def _signature_key(ctx: OperationContext, unique_identifier: object, *,
     policy.check_key_use(ctx.principal, obj.level, obj.row.service)
     require_usable(ctx, obj, use)
     return obj
-
-
-def _material_block(ctx: OperationContext, obj: managed.StoredObject) -> KeyBlock:
-    stored = managed.material(ctx, obj)
-    found = stored.find(Tag.KEY_BLOCK) if isinstance(stored, Item) else None
-    if found is None:
-        raise KmipError(ResultReason.INVALID_FIELD, "the object has no key block")
-    block = KeyBlock.from_item(found)
-    if block.key_wrapping_data is not None or not isinstance(block.key_value, KeyValue):
-        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT,
-                        "the key is stored wrapped; the server cannot use it",
-                        v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
-    return block
 
 
 def _resolve(obj: managed.StoredObject,

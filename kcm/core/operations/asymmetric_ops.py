@@ -5,7 +5,8 @@ The cryptography is :mod:`kcm.crypto.rsa_keys` and :mod:`kcm.crypto.signatures`'
 handlers load the keys, apply the policy and the key-use rule, and store what they make.
 
 * Create Key Pair makes an RSA key pair (:data:`kcm.crypto.rsa_keys.RSA_LENGTHS`). Each
-  key gets the common attributes, then its own (a single-valued attribute of its own wins;
+  key gets the server's attributes of a generated key (Digest, Random Number Generator,
+  ...), the common attributes, then its own (a single-valued attribute of its own wins;
   the values of multi-valued ones are joined, KMIP 1.4 §4.2). The keys are stored (wrapped,
   like every object) in PKCS#1 DER and linked to each other (Public Key Link on the private
   key, Private Key Link on the public one). The ID Placeholder takes the private key's
@@ -88,11 +89,17 @@ def create_key_pair(ctx: OperationContext,
     pair = generate_key_pair(length)
     private_uid = ctx.keyring.new_uid()
     public_uid = ctx.keyring.new_uid()
+    # Like every generated key: a Digest of the stored PKCS#1 material and the Random
+    # Number Generator that made it (KMIP 1.4 §3.17, §3.44; the AKLC cases read both).
     private_attributes = server_attributes(ctx, private_uid, ObjectType.PRIVATE_KEY,
-                                           private_client, algorithm=algorithm, length=length)
+                                           private_client, algorithm=algorithm, length=length,
+                                           key_bytes=pair.private_der,
+                                           key_format=KeyFormatType.PKCS_1, generated=True)
     private_attributes.append(link_attribute(LinkType.PUBLIC_KEY_LINK, public_uid))
     public_attributes = server_attributes(ctx, public_uid, ObjectType.PUBLIC_KEY,
-                                          public_client, algorithm=algorithm, length=length)
+                                          public_client, algorithm=algorithm, length=length,
+                                          key_bytes=pair.public_der,
+                                          key_format=KeyFormatType.PKCS_1, generated=True)
     public_attributes.append(link_attribute(LinkType.PRIVATE_KEY_LINK, private_uid))
     managed.insert(ctx, uid=private_uid, object_type=ObjectType.PRIVATE_KEY,
                    attributes=private_attributes,

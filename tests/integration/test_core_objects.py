@@ -397,6 +397,25 @@ def test_locate_sets_the_id_placeholder_for_one_result(core: CoreHarness) -> Non
     assert response.batch_items[1].result_reason == ResultReason.MISSING_DATA
 
 
+def test_locate_id_placeholder_follows_maximum_items(core: CoreHarness) -> None:
+    """KMIP 1.4 §4.9: one identifier returned is copied, but when several objects matched
+    and Maximum Items was omitted or above one, the placeholder is emptied."""
+    group = Attribute.of(Tag.OBJECT_GROUP, "m")
+    uids = [register(core, attributes=[group]) for _ in range(3)]
+    # Maximum Items 1 over three matches: the one returned (the newest) is copied.
+    response = send(core, (Operation.LOCATE, LocateRequest(attributes=[group],
+                                                           maximum_items=1)),
+                    (Operation.GET, GetRequest()))
+    assert response.batch_items[1].response_payload.unique_identifier == uids[-1]
+    # A last page of one, without Maximum Items: three matched, so it is emptied.
+    for maximum in (None, 5):
+        response = send(core, (Operation.LOCATE, LocateRequest(
+            attributes=[group], offset_items=2, maximum_items=maximum)),
+            (Operation.GET, GetRequest()))
+        assert response.batch_items[0].response_payload.unique_identifiers == [uids[0]]
+        assert response.batch_items[1].result_reason == ResultReason.MISSING_DATA
+
+
 def test_locate_storage_status_and_destroyed_objects(core: CoreHarness) -> None:
     uid = register(core, attributes=[name("gone")])
     ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid))

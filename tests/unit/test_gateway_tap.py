@@ -118,3 +118,12 @@ def test_the_kmip_listener_is_guarded_by_gateway_limits(tmp_path: Path) -> None:
     with pytest.raises(usage.UsageError, match="gateway.limits.write_timeout must be"):
         path.write_text("[gateway.limits]\nwrite_timeout = 0\n")
         parse("-c", str(path))
+
+
+def test_tls_policy_reaches_the_gateway(tmp_path: Path) -> None:
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text('[gateway.tls]\nprofile = "kmip-compat"\nmin_version = "1.2"\n')
+    config = parse("-c", str(config_file))["gateway_config"]
+    assert config.tls.policy.profile == "kmip-compat"
+    with pytest.raises(usage.UsageError, match="gateway.tls.min_version"):
+        parse("--tls-min-version", "1.0")

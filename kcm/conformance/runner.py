@@ -47,13 +47,15 @@ CASE_DIRECTORIES: tuple[str, ...] = (
 )
 
 #: The mandatory cases of the profiles KCM claims: Baseline (2.1), Symmetric Key Lifecycle,
-#: Symmetric Key Foundry and Basic Cryptographic, at KMIP 1.4 and 2.1. Shell patterns on
-#: the file name without ``.xml``.
+#: Symmetric Key Foundry, Basic Cryptographic, Advanced Cryptographic and RNG Cryptographic,
+#: at KMIP 1.4 and 2.1. Shell patterns on the file name without ``.xml``.
 MANDATORY_PATTERNS: tuple[str, ...] = (
     "BL-M-*-21",
     "SKLC-M-*-14", "SKLC-M-*-21",
     "SKFF-M-*-14", "SKFF-M-*-21",
     "CS-BC-M-*-14", "CS-BC-M-*-21",
+    "CS-AC-M-*-14", "CS-AC-M-*-21",
+    "CS-RNG-M-*-14", "CS-RNG-M-*-21",
 )
 
 

@@ -240,6 +240,27 @@ def test_get_converts_between_raw_and_transparent(core: CoreHarness, version) ->
            ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED, version=version)
 
 
+@pytest.mark.parametrize("version", [(1, 0), V14, V21])
+def test_get_returns_key_bytes_in_opaque_format(core: CoreHarness, version) -> None:
+    """A storage array's Get of a Raw key in Opaque format (KMIP 1.4 §9.1.3.2.3): the
+    same bytes; and back from Opaque to Raw and Transparent Symmetric Key."""
+    uid = register(core, version=version)
+    opaque = ok(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                                key_format_type=KeyFormatType.OPAQUE),
+                version=version)
+    assert opaque.object.key_block.key_format_type == KeyFormatType.OPAQUE
+    assert opaque.object.key_block.key_value.key_material == KEY
+    stored_opaque = register(core, SymmetricKey(key_block=KeyBlock(
+        key_format_type=KeyFormatType.OPAQUE, key_value=KeyValue(key_material=KEY),
+        cryptographic_algorithm=CryptographicAlgorithm.AES,
+        cryptographic_length=len(KEY) * 8)), version=version)
+    for fmt in (KeyFormatType.RAW, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY):
+        got = ok(core, Operation.GET, GetRequest(unique_identifier=stored_opaque,
+                                                 key_format_type=fmt), version=version)
+        assert got.object.key_block.key_format_type == fmt
+        assert got.object.key_block.key_bytes == KEY
+
+
 def test_get_of_a_destroyed_object_per_version(core: CoreHarness) -> None:
     uid = register(core)
     ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid))

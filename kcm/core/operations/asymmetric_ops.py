@@ -41,6 +41,7 @@ from kcm.crypto.rsa_keys import RSA_LENGTHS, generate_key_pair, load_private, lo
 from kcm.crypto.sealed_state import check_stream_size, open_state, seal_state
 from kcm.crypto.signatures import SignatureSpec
 from kcm.kernel import key_use
+from kcm.kernel.quantum_safe import check_quantum_safe
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -86,6 +87,8 @@ def create_key_pair(ctx: OperationContext,
     check_client_attributes(private_client, ctx.version)
     check_client_attributes(public_client, ctx.version)
     algorithm, length = _key_pair_spec(private_client, public_client)
+    for attributes in (private_client, public_client):
+        check_quantum_safe(single_value(attributes, Tag.QUANTUM_SAFE), algorithm, length)
     pair = generate_key_pair(length)
     private_uid = ctx.keyring.new_uid()
     public_uid = ctx.keyring.new_uid()

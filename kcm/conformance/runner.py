@@ -40,10 +40,13 @@ __all__ = [
     "case_name", "run_case", "select_cases",
 ]
 
-#: Where the OASIS profile test cases live under the vectors directory.
+#: Where the OASIS profile test cases live under the vectors directory (``--case '*'``
+#: plays all of them; the default patterns pick the mandatory ones).
 CASE_DIRECTORIES: tuple[str, ...] = (
     "oasis-kmip-profiles-v1.4-os/mandatory",
+    "oasis-kmip-profiles-v1.4-os/optional",
     "oasis-kmip-profiles-v2.1-os/mandatory",
+    "oasis-kmip-profiles-v2.1-os/optional",
 )
 
 #: The mandatory cases of the profiles KCM claims: Baseline (2.1), Symmetric Key Lifecycle,

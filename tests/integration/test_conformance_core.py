@@ -1,7 +1,7 @@
 """The OASIS mandatory test cases (BL-M-*-21, SKLC/SKFF/CS-BC/CS-AC/CS-RNG-M-*-14/-21) replayed
-against a
-real `twistd kcm-core` over mutual TLS by the conformance runner, directly and through a real
-`twistd kcm-gateway` in front of it, with the permitted variations of KMIP Profiles §4.1.
+against a real `twistd kcm-core` over mutual TLS by the conformance runner, directly and
+through a real `twistd kcm-gateway` in front of it, with the permitted variations of KMIP
+Profiles §4.1.
 Cases left out are listed, with reasons, in docs/conformance.md and in EXCLUDED below;
 nothing else may fail, either way."""
 

@@ -21,6 +21,7 @@ from kcm.kmip.enums import (
     HashingAlgorithm,
     Operation,
     PaddingMethod,
+    QueryFunction,
     ResultReason,
     State,
     ValidityIndicator,
@@ -31,6 +32,7 @@ from kcm.kmip.payloads import (
     HashRequest,
     MacRequest,
     MacVerifyRequest,
+    QueryRequest,
     RngRetrieveRequest,
     RngSeedRequest,
 )
@@ -269,3 +271,10 @@ def test_oasis_advanced_cryptographic_and_rng_cases(core: CoreHarness, path: Pat
     result = run_case(path, core.client())
     assert result.passed, result.line()
 
+
+
+def test_query_lists_the_new_operations(core: CoreHarness) -> None:
+    answer = ok(one(core, Operation.QUERY, QueryRequest(
+        query_functions=[QueryFunction.QUERY_OPERATIONS])))
+    assert {Operation.MAC, Operation.MAC_VERIFY, Operation.HASH, Operation.RNG_RETRIEVE,
+            Operation.RNG_SEED} <= set(answer.operations)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kcm.logging import check_log_format, parse_level
+from kcm.tls_policy import TlsPolicy
 
 
 class ConfigError(ValueError):
@@ -18,12 +19,24 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """PEM files: this server's certificate and key, and the CA peer certificates must
-    chain to (a section's ``[section.tls]`` table)."""
+    """A section's ``[section.tls]`` table: the PEM files (this server's certificate and
+    key, and the CA peer certificates must chain to), and which TLS versions and TLS 1.2
+    cipher suites its KMIP listener accepts (:mod:`kcm.tls_policy`)."""
 
     cert: str
     key: str
     ca: str
+    min_version: str = "1.2"
+    profile: str = "default"
+    ciphers: str | None = None
+
+    def __post_init__(self) -> None:
+        self.policy  # noqa: B018 - refuses a wrong setting now
+
+    @property
+    def policy(self) -> TlsPolicy:
+        """The versions and suites: ``min_version``, ``profile`` and ``ciphers``."""
+        return TlsPolicy(str(self.min_version), self.profile, self.ciphers)
 
 
 C = TypeVar("C")
@@ -37,7 +50,8 @@ def load_section(default: C, section: str, path: str | Path | None,
     fields) updated from the TOML
     table ``[section]`` (with ``[section.tls]`` and ``[section.limits]``) of the file at
     ``path`` (None: defaults only), then from ``overrides`` (top-level keys, plus
-    ``tls_cert``/``tls_key``/``tls_ca``; None values are ignored). ``retired`` maps settings
+    ``tls_cert``/``tls_key``/``tls_ca``/``tls_min_version``/``tls_profile``/``tls_ciphers``;
+    None values are ignored). ``retired`` maps settings
     that no longer exist to the error that explains it; ``coerce`` converts the top-level
     values (command-line overrides arrive as strings). Raises :class:`ConfigError` naming
     the first wrong setting."""

@@ -3,10 +3,13 @@
 One policy for every KCM listener and for the gateway's link to the core (ARCHITECTURE §5,
 §6):
 
-* TLS 1.2 and TLS 1.3 only;
-* TLS 1.2 cipher suites: ECDHE key exchange with an AEAD cipher only (AES-GCM,
-  ChaCha20-Poly1305), for ECDSA and RSA certificates alike; TLS 1.3 suites are all AEAD, and
-  OpenSSL's default set (AES-256-GCM, ChaCha20-Poly1305, AES-128-GCM) is kept;
+* TLS 1.2 and TLS 1.3 only (a listener may be configured for TLS 1.3 only);
+* TLS 1.2 cipher suites: by default ECDHE key exchange with an AEAD cipher only (AES-GCM,
+  ChaCha20-Poly1305), for ECDSA and RSA certificates alike; a KMIP listener may be
+  configured for another list, e.g. the ``kmip-compat`` profile that adds the KMIP
+  profiles' CBC suites for old appliances (:mod:`kcm.tls_policy`); the server's order of
+  preference wins; TLS 1.3 suites are all AEAD, and OpenSSL's default set (AES-256-GCM,
+  ChaCha20-Poly1305, AES-128-GCM) is kept;
 * no compression, no renegotiation, no session tickets, no session cache;
 * the server requires a client certificate and verifies it against the configured CA bundle
   (``VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT``); OpenSSL also checks that it is fit for TLS
@@ -72,6 +75,7 @@ from zope.interface import implementer
 
 from kcm.connection_guard import ConnectionGuard
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
+from kcm.tls_policy import DEFAULT_TLS12_CIPHERS, TlsPolicy
 
 __all__ = [
     "LISTEN_BACKLOG",
@@ -79,7 +83,9 @@ __all__ = [
     "TLSClientEndpoint",
     "TLSListener",
     "client_tls_options",
+    "listener_tls_options",
     "load_certificates",
+    "min_tls_version",
     "peer_certificate",
     "peer_principal",
     "server_tls_options",
@@ -89,7 +95,7 @@ __all__ = [
 ]
 
 #: The OpenSSL cipher string for TLS 1.2: forward-secret ECDHE with AEAD ciphers only.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+TLS12_CIPHERS = DEFAULT_TLS12_CIPHERS
 
 _VERSIONS = (TLSVersion.TLSv1_2, TLSVersion.TLSv1_3)
 
@@ -136,11 +142,17 @@ def _check_versions(min_version: Any, max_version: Any) -> None:
         raise ValueError("min_version is above max_version")
 
 
-def _common_options(min_version: Any, max_version: Any) -> dict[str, Any]:
+def _common_options(min_version: Any, max_version: Any,
+                    ciphers: str = TLS12_CIPHERS) -> dict[str, Any]:
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(ciphers.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        raise ValueError(f"the TLS 1.2 cipher string {ciphers!r} names no suite OpenSSL "
+                         "has") from None
     return {
         "raiseMinimumTo": min_version,
         "lowerMaximumSecurityTo": max_version,
-        "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
+        "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(ciphers),
     }
 
 
@@ -151,6 +163,7 @@ def server_tls_options(
     *,
     min_version: Any = TLSVersion.TLSv1_2,
     max_version: Any = TLSVersion.TLSv1_3,
+    ciphers: str = TLS12_CIPHERS,
 ) -> IOpenSSLServerConnectionCreator:
     """Server-side TLS that requires a client certificate issued by a CA in ``ca_path``.
 
@@ -158,18 +171,33 @@ def server_tls_options(
     sent too; ``key_path`` its unencrypted private key; ``ca_path`` the CA bundle client
     certificates are verified against. The files are read and the TLS context is built now, so
     a missing file or a key that does not match its certificate fails here, not on the first
-    connection. ``min_version``/``max_version`` narrow the range within TLS 1.2..1.3.
+    connection. ``min_version``/``max_version`` narrow the range within TLS 1.2..1.3;
+    ``ciphers`` is the OpenSSL cipher string for TLS 1.2 (one that names no suite is a
+    ValueError).
     """
     _check_versions(min_version, max_version)
     options = CertificateOptions(
         trustRoot=_trust_root(ca_path),
         **_identity_options(cert_path, key_path),
-        **_common_options(min_version, max_version),
+        **_common_options(min_version, max_version, ciphers),
     )
     # CertificateOptions builds one context and reuses it for every connection, so an option
     # set on it now applies to all of them. Twisted exposes no switch for renegotiation.
     options.getContext().set_options(SSL.OP_NO_RENEGOTIATION)
     return options
+
+
+def min_tls_version(policy: TlsPolicy) -> Any:
+    """The Twisted ``TLSVersion`` of a policy's ``min_version``."""
+    return TLSVersion.TLSv1_3 if policy.min_version == "1.3" else TLSVersion.TLSv1_2
+
+
+def listener_tls_options(cert_path: str | Path, key_path: str | Path, ca_path: str | Path,
+                         policy: TlsPolicy) -> IOpenSSLServerConnectionCreator:
+    """:func:`server_tls_options` with the versions and TLS 1.2 suites of ``policy``."""
+    return server_tls_options(cert_path, key_path, ca_path,
+                              min_version=min_tls_version(policy),
+                              ciphers=policy.tls12_ciphers)
 
 
 def client_tls_options(

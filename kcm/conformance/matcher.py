@@ -28,7 +28,8 @@ Values the server chooses (§4.1.1 "Variable Items"):
   server pick the IV, so IV Counter Nonce, Data and Authenticated Encryption Tag of the
   response may differ (same length); the same holds for the output of Encrypt, MAC and Sign
   (Data, IV Counter Nonce, Authenticated Encryption Tag, MAC Data, Signature Data) under a
-  server-generated key. Decrypted data never varies.
+  server-generated key. Decrypted data never varies. The Data of an RNG Retrieve is
+  random output: it may differ (same length, the request's Data Length).
 * **Query**: Vendor Identification and the contents of Server Information may differ, and the
   Operation, Object Type and Extension Information lists may hold more entries than shown
   (a server may support more); every entry the file shows must be present.
@@ -366,6 +367,9 @@ class _Matcher:
                 variable |= _CRYPTO_OUTPUT
         if op == Operation.ENCRYPT and not self._request_has(index, Tag.IV_COUNTER_NONCE):
             variable |= _SERVER_IV_OUTPUT
+        if op == Operation.RNG_RETRIEVE:
+            # Random output: only its length is the request's (Data Length).
+            variable |= {Tag.DATA}
         if (op == Operation.DECRYPT and uid is not None
                 and uid.value in self.state.server_generated
                 and not self._request_data_from_server(index)):

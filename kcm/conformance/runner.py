@@ -40,20 +40,25 @@ __all__ = [
     "case_name", "run_case", "select_cases",
 ]
 
-#: Where the OASIS profile test cases live under the vectors directory.
+#: Where the OASIS profile test cases live under the vectors directory (``--case '*'``
+#: plays all of them; the default patterns pick the mandatory ones).
 CASE_DIRECTORIES: tuple[str, ...] = (
     "oasis-kmip-profiles-v1.4-os/mandatory",
+    "oasis-kmip-profiles-v1.4-os/optional",
     "oasis-kmip-profiles-v2.1-os/mandatory",
+    "oasis-kmip-profiles-v2.1-os/optional",
 )
 
 #: The mandatory cases of the profiles KCM claims: Baseline (2.1), Symmetric Key Lifecycle,
-#: Symmetric Key Foundry and Basic Cryptographic, at KMIP 1.4 and 2.1. Shell patterns on
-#: the file name without ``.xml``.
+#: Symmetric Key Foundry, Basic Cryptographic, Advanced Cryptographic and RNG Cryptographic,
+#: at KMIP 1.4 and 2.1. Shell patterns on the file name without ``.xml``.
 MANDATORY_PATTERNS: tuple[str, ...] = (
     "BL-M-*-21",
     "SKLC-M-*-14", "SKLC-M-*-21",
     "SKFF-M-*-14", "SKFF-M-*-21",
     "CS-BC-M-*-14", "CS-BC-M-*-21",
+    "CS-AC-M-*-14", "CS-AC-M-*-21",
+    "CS-RNG-M-*-14", "CS-RNG-M-*-21",
 )
 
 

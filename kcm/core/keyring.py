@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from kcm.core import keys
 from kcm.core.l1 import L1Key
 from kcm.core.l1_file import FileL1
+from kcm.core.os_random import mix_into_os_pool
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1, ManagedObject
 from kcm.kmip.enums import ResultReason
@@ -39,6 +40,7 @@ class Keyring:
 
     def __init__(self, l1: L1Key | bytes | None = None, *,
                  random_bytes: keys.RandomBytes = os.urandom,
+                 seed_random: Callable[[bytes], int] = mix_into_os_pool,
                  clock: Callable[[], float] = time.monotonic,
                  current_l2_ttl: float = CURRENT_L2_TTL) -> None:
         self._l1: L1Key | None = None
@@ -46,6 +48,7 @@ class Keyring:
         if l1 is not None:
             self.load(l1)
         self._random_bytes = random_bytes
+        self._seed_random = seed_random
         self._clock = clock
         self._current_l2_ttl = current_l2_ttl
         self._l2_by_uid: dict[str, bytes] = {}
@@ -79,6 +82,10 @@ class Keyring:
     @property
     def random_bytes(self) -> keys.RandomBytes:
         return self._random_bytes
+
+    def seed_random(self, seed: bytes) -> int:
+        """Mix ``seed`` into the random source (RNG Seed); the number of bytes used."""
+        return self._seed_random(seed)
 
     def new_uid(self) -> str:
         """A fresh Unique Identifier for a managed object."""

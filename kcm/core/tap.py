@@ -24,7 +24,13 @@ from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
-from kcm.tls import TLSListener, peer_principal, server_tls_options
+from kcm.tls import (
+    TLSListener,
+    listener_tls_options,
+    min_tls_version,
+    peer_principal,
+    server_tls_options,
+)
 
 
 class Options(usage.Options):
@@ -43,6 +49,13 @@ class Options(usage.Options):
         ["tls-cert", None, None, "Server certificate (PEM)."],
         ["tls-key", None, None, "Server private key (PEM)."],
         ["tls-ca", None, None, "CA certificates that client certificates must chain to."],
+        ["tls-min-version", None, None, "Lowest TLS version a KMIP client may use: 1.2 "
+                                        "(default) or 1.3."],
+        ["tls-profile", None, None, "TLS 1.2 suites for KMIP clients: default (ECDHE with "
+                                    "AEAD) or kmip-compat (adds the KMIP profiles' CBC "
+                                    "suites)."],
+        ["tls-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 that replaces the "
+                                    "profile's list."],
         ["log-level", None, None, "Log level (debug, info, warn, error, critical)."],
         ["log-format", None, None, "Log format: json (lines) or text."],
         ["log-file", None, None, "Log file (appended to, created 0600), or - for standard "
@@ -75,7 +88,12 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
                        policy=policy)
-    tls_options = partial(server_tls_options, config.tls.cert, config.tls.key, config.tls.ca)
+    tls = config.tls
+    # KMIP clients get the configured versions and suites; the gateways' link keeps the
+    # default suites (both ends are KCM) with the configured minimum version.
+    kmip_tls_options = partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy)
+    link_tls_options = partial(server_tls_options, tls.cert, tls.key, tls.ca,
+                               min_version=min_tls_version(tls.policy))
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, policy.subject_map),
@@ -88,7 +106,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     AuditCheckpoints(store, keyring, reactor,
                      interval=config.audit_checkpoint_interval).setServiceParent(core)
     policy.setServiceParent(core)
-    TLSListener(reactor, config.listen, tls_options, kmip_factory,
+    TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
     if config.link_listen:
         fanout = EventFanout(store, reactor, head=None)  # read from the outbox at start
@@ -101,7 +119,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         policy.on_change.append(link_factory.set_subject_map)
         core.fanout, core.link_factory = fanout, link_factory
         fanout.setServiceParent(core)
-        TLSListener(reactor, config.link_listen, tls_options, link_factory,
+        TLSListener(reactor, config.link_listen, link_tls_options, link_factory,
                     name="kcm-link-listener", guard=guard,
                     bound_output=False).setServiceParent(core)
     StateSweeper(store, reactor).setServiceParent(core)

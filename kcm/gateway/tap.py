@@ -26,8 +26,9 @@ from kcm.tls import (
     TLSClientEndpoint,
     TLSListener,
     client_tls_options,
+    listener_tls_options,
+    min_tls_version,
     peer_principal,
-    server_tls_options,
 )
 
 
@@ -43,6 +44,13 @@ class Options(usage.Options):
         ["tls-cert", None, None, "Gateway certificate (PEM), for clients and the link."],
         ["tls-key", None, None, "Gateway private key (PEM)."],
         ["tls-ca", None, None, "CA certificates that peers' certificates must chain to."],
+        ["tls-min-version", None, None, "Lowest TLS version a KMIP client may use: 1.2 "
+                                        "(default) or 1.3."],
+        ["tls-profile", None, None, "TLS 1.2 suites for KMIP clients: default (ECDHE with "
+                                    "AEAD) or kmip-compat (adds the KMIP profiles' CBC "
+                                    "suites)."],
+        ["tls-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 that replaces the "
+                                    "profile's list."],
         ["l3-ttl", None, None, "Seconds a cached service key (L3) is fresh."],
         ["max-stale", None, None, "Seconds a cached L3 may serve while the core is down."],
         ["prewarm", None, None, "Comma-separated tenant/service list to fetch at start."],
@@ -69,7 +77,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> GatewayServ
     trust_domain = config.trust_domain
     gateway = GatewayService(config, reactor=reactor)
     link_endpoint = TLSClientEndpoint(reactor, config.core, partial(
-        client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name))
+        client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name,
+        min_version=min_tls_version(tls.policy)))
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
     cache = L3Cache(link.fetch_service_keys, connected=lambda: link.connected,
@@ -97,7 +106,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> GatewayServ
 
     GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
     link.setServiceParent(gateway)
-    TLSListener(reactor, config.listen, partial(server_tls_options, tls.cert, tls.key, tls.ca),
+    TLSListener(reactor, config.listen,
+                partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy),
                 kmip_factory, name="kcm-kmip-listener",
                 guard=ConnectionGuard(config.limits, reactor)).setServiceParent(gateway)
     refresher.setServiceParent(gateway)

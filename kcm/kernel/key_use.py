@@ -24,7 +24,8 @@ from kcm.kmip.enums import CryptographicUsageMask, ResultReason, State
 from kcm.kmip.errors import KmipError
 
 __all__ = [
-    "DECRYPT", "DERIVE", "ENCRYPT", "SIGN", "UNWRAP", "VERIFY", "WRAP", "KeyUse",
+    "DECRYPT", "DERIVE", "ENCRYPT", "MAC_GENERATE", "MAC_VERIFY", "SIGN", "UNWRAP", "VERIFY",
+    "WRAP", "KeyUse",
     "check_key_use", "check_usage_mask", "incompatible_mask", "mask_allows",
 ]
 
@@ -48,6 +49,8 @@ ENCRYPT = KeyUse("encrypt", CryptographicUsageMask.ENCRYPT, protect=True)
 DECRYPT = KeyUse("decrypt", CryptographicUsageMask.DECRYPT, protect=False)
 SIGN = KeyUse("sign", CryptographicUsageMask.SIGN, protect=True)
 VERIFY = KeyUse("verify signatures", CryptographicUsageMask.VERIFY, protect=False)
+MAC_GENERATE = KeyUse("generate MACs", CryptographicUsageMask.MAC_GENERATE, protect=True)
+MAC_VERIFY = KeyUse("verify MACs", CryptographicUsageMask.MAC_VERIFY, protect=False)
 WRAP = KeyUse("wrap keys", CryptographicUsageMask.WRAP_KEY, protect=True)
 UNWRAP = KeyUse("unwrap keys", CryptographicUsageMask.UNWRAP_KEY, protect=False)
 DERIVE = KeyUse("derive keys", CryptographicUsageMask.DERIVE_KEY, protect=None,

@@ -240,6 +240,27 @@ def test_get_converts_between_raw_and_transparent(core: CoreHarness, version) ->
            ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED, version=version)
 
 
+@pytest.mark.parametrize("version", [(1, 0), V14, V21])
+def test_get_returns_key_bytes_in_opaque_format(core: CoreHarness, version) -> None:
+    """A storage array's Get of a Raw key in Opaque format (KMIP 1.4 §9.1.3.2.3): the
+    same bytes; and back from Opaque to Raw and Transparent Symmetric Key."""
+    uid = register(core, version=version)
+    opaque = ok(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                                key_format_type=KeyFormatType.OPAQUE),
+                version=version)
+    assert opaque.object.key_block.key_format_type == KeyFormatType.OPAQUE
+    assert opaque.object.key_block.key_value.key_material == KEY
+    stored_opaque = register(core, SymmetricKey(key_block=KeyBlock(
+        key_format_type=KeyFormatType.OPAQUE, key_value=KeyValue(key_material=KEY),
+        cryptographic_algorithm=CryptographicAlgorithm.AES,
+        cryptographic_length=len(KEY) * 8)), version=version)
+    for fmt in (KeyFormatType.RAW, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY):
+        got = ok(core, Operation.GET, GetRequest(unique_identifier=stored_opaque,
+                                                 key_format_type=fmt), version=version)
+        assert got.object.key_block.key_format_type == fmt
+        assert got.object.key_block.key_bytes == KEY
+
+
 def test_get_of_a_destroyed_object_per_version(core: CoreHarness) -> None:
     uid = register(core)
     ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid))
@@ -395,6 +416,25 @@ def test_locate_sets_the_id_placeholder_for_one_result(core: CoreHarness) -> Non
     response = send(core, (Operation.LOCATE, LocateRequest(
         attributes=[Attribute.of(Tag.OBJECT_GROUP, "t")])), (Operation.GET, GetRequest()))
     assert response.batch_items[1].result_reason == ResultReason.MISSING_DATA
+
+
+def test_locate_id_placeholder_follows_maximum_items(core: CoreHarness) -> None:
+    """KMIP 1.4 §4.9: one identifier returned is copied, but when several objects matched
+    and Maximum Items was omitted or above one, the placeholder is emptied."""
+    group = Attribute.of(Tag.OBJECT_GROUP, "m")
+    uids = [register(core, attributes=[group]) for _ in range(3)]
+    # Maximum Items 1 over three matches: the one returned (the newest) is copied.
+    response = send(core, (Operation.LOCATE, LocateRequest(attributes=[group],
+                                                           maximum_items=1)),
+                    (Operation.GET, GetRequest()))
+    assert response.batch_items[1].response_payload.unique_identifier == uids[-1]
+    # A last page of one, without Maximum Items: three matched, so it is emptied.
+    for maximum in (None, 5):
+        response = send(core, (Operation.LOCATE, LocateRequest(
+            attributes=[group], offset_items=2, maximum_items=maximum)),
+            (Operation.GET, GetRequest()))
+        assert response.batch_items[0].response_payload.unique_identifiers == [uids[0]]
+        assert response.batch_items[1].result_reason == ResultReason.MISSING_DATA
 
 
 def test_locate_storage_status_and_destroyed_objects(core: CoreHarness) -> None:

@@ -41,12 +41,14 @@ from kcm.tls import (
     LISTEN_BACKLOG,
     TLSListener,
     client_tls_options,
+    listener_tls_options,
     peer_principal,
     server_tls_options,
     tls_client_endpoint,
     tls_server_endpoint,
     with_backlog,
 )
+from kcm.tls_policy import TlsPolicy
 
 TD = "kcm.test"
 TIMEOUT = 10
@@ -538,3 +540,105 @@ def test_tcp_listeners_get_a_backlog_that_survives_a_connect_burst(
         description: str, expected: str) -> None:
     assert LISTEN_BACKLOG == 1024
     assert with_backlog(description) == expected
+
+
+# --- the TLS policy: minimum version and TLS 1.2 suites (kcm.tls_policy) --------------------
+
+
+def _listen_with(pki: PkiPaths, policy: TlsPolicy, cert: CertKeyPaths | None = None):
+    """A listener with ``policy``: a Deferred firing with (port, log)."""
+    log = ServerLog()
+    factory = protocol.Factory.forProtocol(lambda: WhoAmI(log, None))
+    cert = cert or pki.core
+    endpoint = tls_server_endpoint(reactor, "tcp:0:interface=127.0.0.1",
+                                   listener_tls_options(cert.cert, cert.key, pki.ca.cert, policy))
+    return endpoint.listen(factory).addCallback(lambda port: (port, log))
+
+
+@pytest.fixture(scope="module")
+def rsa_core(pki: PkiPaths, tmp_path_factory: pytest.TempPathFactory) -> CertKeyPaths:
+    """A core certificate with an RSA key: TLS_RSA_* suites need one."""
+    issued = issue_certificate(load_ca(pki.ca), "core", now=dt.datetime.now(dt.UTC),
+                               dns_names=["localhost"], ip_addresses=["127.0.0.1"],
+                               server=True, client=False, key_algorithm="rsa-2048")
+    directory = tmp_path_factory.mktemp("rsa-core")
+    paths = CertKeyPaths(directory / "core.pem", directory / "core.key")
+    write_certificate(paths, issued.cert, issued.key)
+    return paths
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.parametrize(("suite", "rsa"), [
+    ("AES128-SHA256", True),  # TLS_RSA_WITH_AES_128_CBC_SHA256
+    ("AES256-SHA256", True),  # TLS_RSA_WITH_AES_256_CBC_SHA256
+    ("ECDHE-ECDSA-AES128-SHA256", False),  # TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256
+    ("ECDHE-RSA-AES256-SHA384", True),  # TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384
+])
+def test_a_kmip_profile_suite_is_refused_by_default_and_served_with_kmip_compat(
+        pki: PkiPaths, rsa_core: CertKeyPaths, suite: str, rsa: bool) -> None:
+    """An old appliance offering only one of the KMIP profiles' CBC suites: the default
+    listener refuses it (no shared cipher), a ``kmip-compat`` listener serves it."""
+    cert = rsa_core if rsa else pki.core
+    for policy, accepted in ((TlsPolicy(), False), (TlsPolicy(profile="kmip-compat"), True)):
+        port, log = yield _listen_with(pki, policy, cert)
+        try:
+            context = _stdlib_context(pki)
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.set_ciphers(suite)
+            if accepted:
+                data, version, cipher = yield threads.deferToThread(
+                    _stdlib_exchange, port.getHost().port, context)
+                assert (version, cipher[0]) == ("TLSv1.2", suite)
+                assert data == b"spiffe://kcm.test/tenant/demo/service/app\n"
+            else:
+                with pytest.raises(ssl.SSLError):
+                    yield threads.deferToThread(_stdlib_exchange, port.getHost().port, context)
+                yield _server_saw_refusal(log, "no shared cipher")
+        finally:
+            yield defer.maybeDeferred(port.stopListening)
+
+
+@pytest_twisted.inlineCallbacks
+def test_kmip_compat_still_prefers_forward_secret_aead(pki: PkiPaths) -> None:
+    port, _ = yield _listen_with(pki, TlsPolicy(profile="kmip-compat"))
+    try:
+        context = _stdlib_context(pki)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("AES128-SHA256:ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256")
+        _, _, cipher = yield threads.deferToThread(_stdlib_exchange, port.getHost().port,
+                                                   context)
+        assert cipher[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    finally:
+        yield defer.maybeDeferred(port.stopListening)
+
+
+@pytest_twisted.inlineCallbacks
+def test_min_version_13_refuses_tls12_and_ciphers_replace_the_list(pki: PkiPaths) -> None:
+    port, log = yield _listen_with(pki, TlsPolicy(min_version="1.3"))
+    try:
+        context = _stdlib_context(pki)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError):
+            yield threads.deferToThread(_stdlib_exchange, port.getHost().port, context)
+        yield _server_saw_refusal(log, "unsupported protocol")
+        context = _stdlib_context(pki)
+        _, version, _ = yield threads.deferToThread(_stdlib_exchange, port.getHost().port,
+                                                    context)
+        assert version == "TLSv1.3"
+    finally:
+        yield defer.maybeDeferred(port.stopListening)
+    port, log = yield _listen_with(pki, TlsPolicy(ciphers="ECDHE-ECDSA-AES256-GCM-SHA384"))
+    try:
+        context = _stdlib_context(pki)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")  # in the default list, not in this
+        with pytest.raises(ssl.SSLError):
+            yield threads.deferToThread(_stdlib_exchange, port.getHost().port, context)
+    finally:
+        yield defer.maybeDeferred(port.stopListening)
+
+
+def test_a_cipher_string_naming_no_suite_fails_at_construction(pki: PkiPaths) -> None:
+    with pytest.raises(ValueError, match="names no suite"):
+        listener_tls_options(pki.core.cert, pki.core.key, pki.ca.cert,
+                             TlsPolicy(ciphers="NO-SUCH-SUITE"))

@@ -138,10 +138,13 @@ def test_every_mandatory_case_passes_its_own_transcript_with_permitted_variation
 
 def test_the_selection_is_the_claimed_profiles() -> None:
     names = [p.stem for p in _CASES]
-    assert len(names) == 73
-    assert {n.split("-M-")[0] for n in names} == {"BL", "SKLC", "SKFF", "CS-BC"}
+    assert len(names) == 111
+    assert {n.split("-M-")[0] for n in names} == {"BL", "SKLC", "SKFF", "CS-BC", "CS-AC",
+                                                  "CS-RNG"}
     assert "SKLC-M-1-14" in names and "CS-BC-M-GCM-1-21" in names
+    assert "CS-AC-M-OAEP-10-21" in names and "CS-RNG-M-1-14" in names
     assert not any(n.startswith("BL") and n.endswith("-14") for n in names)
+    assert len(select_cases(vectors_dir(), ["*"])) == 160  # optional cases too, on request
 
 
 # ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from kcm.core.store.migrate import upgrade
 from kcm.core.store.schema import AuditLog
 from kcm.kmip_protocol import ConnectionLimits
 from kcm.link.frames import FRAME_OVERHEAD
+from kcm.tls_policy import TlsPolicy
 from tests.vectors import REPO_ROOT
 
 TREE = ["kcm-store", "kcm-l1", "kcm-audit-checkpoints", "kcm-policy", "kcm-kmip-listener",
@@ -57,6 +58,28 @@ def test_audit_checkpoint_interval(tmp_path: Path) -> None:
     for wrong in ("0", "-5", "soon"):
         with pytest.raises(usage.UsageError, match="audit_checkpoint_interval"):
             parse("--audit-checkpoint-interval", wrong)
+
+
+def test_tls_policy_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    assert CoreConfig().tls.policy == TlsPolicy()  # ECDHE + AEAD, TLS 1.2 and 1.3
+    config_file = tmp_path / "core.toml"
+    config_file.write_text('[core.tls]\nprofile = "kmip-compat"\n')
+    policy = parse("-c", str(config_file))["core_config"].tls.policy
+    assert policy == TlsPolicy(profile="kmip-compat")
+    assert "AES128-SHA256" in policy.tls12_ciphers
+    assert parse("--tls-min-version", "1.3")["core_config"].tls.policy.min_version == "1.3"
+    ciphers = parse("--tls-ciphers", "ECDHE+AESGCM")["core_config"].tls.policy.tls12_ciphers
+    assert ciphers == "ECDHE+AESGCM"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--tls-min-version", "1.1"], ["--tls-profile", "legacy"],
+    ["--tls-profile", "kmip-compat", "--tls-ciphers", "AES128-SHA256"],
+    ["--tls-profile", "kmip-compat", "--tls-min-version", "1.3"],
+])
+def test_wrong_tls_policies_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(usage.UsageError, match="core.tls"):
+        parse(*argv)
 
 
 @pytest.mark.parametrize("argv", [["--log-format", "xml"], ["--log-level", "chatty"]])

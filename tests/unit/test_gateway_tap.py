@@ -130,3 +130,12 @@ def test_the_handler_refuses_batches_by_the_gateway_limit(tmp_path: Path) -> Non
                        match="gateway.limits.max_batch_items must be a whole number"):
         path.write_text("[gateway.limits]\nmax_batch_items = 0\n")
         parse("-c", str(path))
+
+
+def test_tls_policy_reaches_the_gateway(tmp_path: Path) -> None:
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text('[gateway.tls]\nprofile = "kmip-compat"\nmin_version = "1.2"\n')
+    config = parse("-c", str(config_file))["gateway_config"]
+    assert config.tls.policy.profile == "kmip-compat"
+    with pytest.raises(usage.UsageError, match="gateway.tls.min_version"):
+        parse("--tls-min-version", "1.0")

@@ -18,8 +18,9 @@ from kcm.kmip.enums import (
     State,
 )
 from kcm.kmip.errors import KmipError
-from kcm.kmip.objects import SecretData, SymmetricKey
+from kcm.kmip.objects import KeyBlock, KeyValue, SecretData, SymmetricKey
 from kcm.kmip.tags import Tag
+from kcm.ttlv import Item
 
 #: The Object Type each managed-object structure stands for.
 OBJECT_TYPE_OF_TAG: dict[int, ObjectType] = {
@@ -90,3 +91,18 @@ def clear_key_bytes(ctx: OperationContext, obj: managed.StoredObject) -> bytes:
                         f"the key material of {obj.uid!r} is not available in the clear to "
                         "the server", v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
     return key
+
+
+def unwrapped_key_block(ctx: OperationContext, obj: managed.StoredObject) -> KeyBlock:
+    """The Key Block of a key object (Public or Private Key, say) in the clear; a key
+    registered wrapped, which the server cannot use, is refused."""
+    stored = managed.material(ctx, obj)
+    found = stored.find(Tag.KEY_BLOCK) if isinstance(stored, Item) else None
+    if found is None:
+        raise KmipError(ResultReason.INVALID_FIELD, "the object has no key block")
+    block = KeyBlock.from_item(found)
+    if block.key_wrapping_data is not None or not isinstance(block.key_value, KeyValue):
+        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT,
+                        "the key is stored wrapped; the server cannot use it",
+                        v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
+    return block

@@ -5,7 +5,8 @@ The cryptography is :mod:`kcm.crypto.rsa_keys` and :mod:`kcm.crypto.signatures`'
 handlers load the keys, apply the policy and the key-use rule, and store what they make.
 
 * Create Key Pair makes an RSA key pair (:data:`kcm.crypto.rsa_keys.RSA_LENGTHS`). Each
-  key gets the common attributes, then its own (a single-valued attribute of its own wins;
+  key gets the server's attributes of a generated key (Digest, Random Number Generator,
+  ...), the common attributes, then its own (a single-valued attribute of its own wins;
   the values of multi-valued ones are joined, KMIP 1.4 §4.2). The keys are stored (wrapped,
   like every object) in PKCS#1 DER and linked to each other (Public Key Link on the private
   key, Private Key Link on the public one). The ID Placeholder takes the private key's
@@ -27,7 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kcm.core import managed, policy
 from kcm.core.attribute_rules import check_client_attributes, rule_for
 from kcm.core.context import OperationContext
-from kcm.core.operations._objects_common import link_attribute, require_usable, single_value
+from kcm.core.operations._objects_common import (
+    link_attribute,
+    require_usable,
+    single_value,
+    unwrapped_key_block,
+)
 from kcm.core.operations.create import server_attributes
 from kcm.crypto import signatures
 from kcm.crypto.errors import unsupported
@@ -35,6 +41,7 @@ from kcm.crypto.rsa_keys import RSA_LENGTHS, generate_key_pair, load_private, lo
 from kcm.crypto.sealed_state import check_stream_size, open_state, seal_state
 from kcm.crypto.signatures import SignatureSpec
 from kcm.kernel import key_use
+from kcm.kernel.quantum_safe import check_quantum_safe
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -80,14 +87,22 @@ def create_key_pair(ctx: OperationContext,
     check_client_attributes(private_client, ctx.version)
     check_client_attributes(public_client, ctx.version)
     algorithm, length = _key_pair_spec(private_client, public_client)
+    for attributes in (private_client, public_client):
+        check_quantum_safe(single_value(attributes, Tag.QUANTUM_SAFE), algorithm, length)
     pair = generate_key_pair(length)
     private_uid = ctx.keyring.new_uid()
     public_uid = ctx.keyring.new_uid()
+    # Like every generated key: a Digest of the stored PKCS#1 material and the Random
+    # Number Generator that made it (KMIP 1.4 §3.17, §3.44; the AKLC cases read both).
     private_attributes = server_attributes(ctx, private_uid, ObjectType.PRIVATE_KEY,
-                                           private_client, algorithm=algorithm, length=length)
+                                           private_client, algorithm=algorithm, length=length,
+                                           key_bytes=pair.private_der,
+                                           key_format=KeyFormatType.PKCS_1, generated=True)
     private_attributes.append(link_attribute(LinkType.PUBLIC_KEY_LINK, public_uid))
     public_attributes = server_attributes(ctx, public_uid, ObjectType.PUBLIC_KEY,
-                                          public_client, algorithm=algorithm, length=length)
+                                          public_client, algorithm=algorithm, length=length,
+                                          key_bytes=pair.public_der,
+                                          key_format=KeyFormatType.PKCS_1, generated=True)
     public_attributes.append(link_attribute(LinkType.PRIVATE_KEY_LINK, private_uid))
     managed.insert(ctx, uid=private_uid, object_type=ObjectType.PRIVATE_KEY,
                    attributes=private_attributes,
@@ -176,7 +191,7 @@ def _prepare(ctx: OperationContext, request: SignRequest | SignatureVerifyReques
     or None when the request only continues a stream (the response then carries the next
     Correlation Value)."""
     obj = _signature_key(ctx, request.unique_identifier, signing=signing)
-    block = _material_block(ctx, obj)
+    block = unwrapped_key_block(ctx, obj)
     key: rsa.RSAPrivateKey | rsa.RSAPublicKey | None
     if signing:
         key = load_private(block)
@@ -209,19 +224,6 @@ def _signature_key(ctx: OperationContext, unique_identifier: object, *,
     policy.check_key_use(ctx.principal, obj.level, obj.row.service)
     require_usable(ctx, obj, use)
     return obj
-
-
-def _material_block(ctx: OperationContext, obj: managed.StoredObject) -> KeyBlock:
-    stored = managed.material(ctx, obj)
-    found = stored.find(Tag.KEY_BLOCK) if isinstance(stored, Item) else None
-    if found is None:
-        raise KmipError(ResultReason.INVALID_FIELD, "the object has no key block")
-    block = KeyBlock.from_item(found)
-    if block.key_wrapping_data is not None or not isinstance(block.key_value, KeyValue):
-        raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT,
-                        "the key is stored wrapped; the server cannot use it",
-                        v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
-    return block
 
 
 def _resolve(obj: managed.StoredObject,

@@ -8,6 +8,7 @@ from kcm.core import l4_requests, managed
 from kcm.core.attribute_rules import check_client_attributes
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import single_value
+from kcm.kernel.quantum_safe import check_quantum_safe
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -57,6 +58,7 @@ def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse:
                         "Create makes Symmetric Keys only; use Register for other objects")
     attributes = client_attributes(ctx, request.template_names, request.attributes)
     algorithm, length = key_spec(attributes)
+    check_quantum_safe(single_value(attributes, Tag.QUANTUM_SAFE), algorithm, length)
     key = generate_key(ctx, algorithm, length)
     uid = ctx.keyring.new_uid()
     stored = server_attributes(ctx, uid, ObjectType.SYMMETRIC_KEY, attributes,

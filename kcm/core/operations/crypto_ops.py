@@ -1,5 +1,7 @@
-"""Encrypt, Decrypt and Check with managed symmetric keys
-(KMIP 1.4 §4.29, §4.30, §4.10; 2.1 §6.1.18, §6.1.12, §6.1.3).
+"""Encrypt, Decrypt and Check with managed symmetric keys, and the common checks of
+Encrypt and Decrypt with RSA keys (KMIP 1.4 §4.29, §4.30, §4.10; 2.1 §6.1.18, §6.1.12,
+§6.1.3). A Public Key (Encrypt) or Private Key (Decrypt) passes the same checks, then
+:mod:`kcm.core.operations.rsa_cipher_ops` runs the RSA cipher.
 
 What the handlers promise:
 
@@ -26,6 +28,7 @@ from typing import TypeVar
 
 from kcm.core import l4_requests, managed, policy
 from kcm.core.context import OperationContext
+from kcm.core.operations import rsa_cipher_ops
 from kcm.core.operations._objects_common import clear_key_bytes, require_usable
 from kcm.crypto import symmetric
 from kcm.crypto.errors import cryptographic_failure
@@ -118,6 +121,8 @@ def encrypt(ctx: OperationContext, request: EncryptRequest) -> EncryptResponse:
     obj = _usable_key(ctx, request.unique_identifier, protect=True)
     data = _data(request.data)
     _consume_usage(ctx, obj, data, first=request.correlation_value is None)
+    if obj.object_type == ObjectType.PUBLIC_KEY:
+        return rsa_cipher_ops.rsa_encrypt_request(ctx, obj, request, data)
     return _run(ctx, obj, request, EncryptResponse(unique_identifier=obj.uid), data)
 
 
@@ -126,6 +131,8 @@ def decrypt(ctx: OperationContext, request: DecryptRequest) -> DecryptResponse:
         return l4_answer
     obj = _usable_key(ctx, request.unique_identifier, protect=False)
     data = _data(request.data)
+    if obj.object_type == ObjectType.PRIVATE_KEY:
+        return rsa_cipher_ops.rsa_decrypt_request(ctx, obj, request, data)
     return _run(ctx, obj, request, DecryptResponse(unique_identifier=obj.uid), data)
 
 
@@ -181,10 +188,9 @@ def _usable_key(ctx: OperationContext, unique_identifier: str | Item | None, *,
                 protect: bool) -> managed.StoredObject:
     uid = ctx.id_placeholder.resolve(unique_identifier)
     obj = managed.load(ctx, uid, for_update=protect)
-    if obj.object_type != ObjectType.SYMMETRIC_KEY:
-        if obj.object_type in (ObjectType.PUBLIC_KEY, ObjectType.PRIVATE_KEY):
-            raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
-                            "asymmetric encryption is not supported")
+    # Encrypt with a Symmetric or Public Key; Decrypt with a Symmetric or Private Key.
+    asymmetric = ObjectType.PUBLIC_KEY if protect else ObjectType.PRIVATE_KEY
+    if obj.object_type not in (ObjectType.SYMMETRIC_KEY, asymmetric):
         raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
                         f"a {enum_label(ObjectType, obj.object_type)} cannot encrypt or decrypt",
                         v1_reason=ResultReason.ILLEGAL_OPERATION)

@@ -112,10 +112,20 @@ def _with_key_block(managed_object: Struct | Item, block: KeyBlock,
     return managed_object
 
 
+#: The Key Format Types the key bytes of a Symmetric Key (Secret Data) are returned in:
+#: the same bytes, as Raw, Opaque (KMIP 1.4 §9.1.3.2.3; storage arrays ask for it) or
+#: Transparent Symmetric Key.
+_SYMMETRIC_FORMATS = (KeyFormatType.RAW, KeyFormatType.OPAQUE,
+                      KeyFormatType.TRANSPARENT_SYMMETRIC_KEY)
+_SECRET_DATA_FORMATS = (KeyFormatType.RAW, KeyFormatType.OPAQUE)
+
+
 def _in_format(managed_object: Struct | Item, block: KeyBlock | None,
                wanted: int) -> KeyBlock | None:
-    """The key block in Key Format Type ``wanted``: Raw and Transparent Symmetric Key
-    convert into each other; every other format only to itself."""
+    """The key block in Key Format Type ``wanted``: a Symmetric Key's bytes as Raw, Opaque
+    or Transparent Symmetric Key, Secret Data's as Raw or Opaque, RSA keys in the formats
+    of :func:`kcm.crypto.rsa_keys.rsa_key_block_in_format`; every other format only to
+    itself."""
     if block is None:
         if (isinstance(managed_object, Item) and managed_object.tag == Tag.CERTIFICATE
                 and wanted == KeyFormatType.X_509):
@@ -132,17 +142,18 @@ def _in_format(managed_object: Struct | Item, block: KeyBlock | None,
         return rsa_key_block_in_format(
             ObjectType.PUBLIC_KEY if managed_object.tag == Tag.PUBLIC_KEY
             else ObjectType.PRIVATE_KEY, block, wanted)
-    convertible = (isinstance(managed_object, SymmetricKey)
-                   and block.key_wrapping_data is None
-                   and {int(block.key_format_type), wanted}
-                   == {KeyFormatType.RAW, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY})
+    formats = (_SYMMETRIC_FORMATS if isinstance(managed_object, SymmetricKey)
+               else _SECRET_DATA_FORMATS if isinstance(managed_object, SecretData) else ())
+    convertible = (block.key_wrapping_data is None
+                   and int(block.key_format_type) in formats and wanted in formats)
     key = block.key_bytes
     if not convertible or key is None or not isinstance(block.key_value, KeyValue):
         raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
                         f"cannot return a {enum_label(KeyFormatType, block.key_format_type)} "
                         f"key as {enum_label(KeyFormatType, wanted)}")
     material: bytes | TransparentSymmetricKey = (
-        key if wanted == KeyFormatType.RAW else TransparentSymmetricKey(key=key))
+        TransparentSymmetricKey(key=key) if wanted == KeyFormatType.TRANSPARENT_SYMMETRIC_KEY
+        else key)
     return KeyBlock(key_format_type=wanted,
                     key_value=KeyValue(key_material=material,
                                        attributes=block.key_value.attributes),

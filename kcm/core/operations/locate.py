@@ -103,9 +103,14 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     cut = capped and len(found) > start + len(page)
     for uid in page:
         ctx.touched(uid)
-    # 2.1 §6.1.27: a single identifier returned goes into the ID Placeholder; several
-    # empty it, so a following item without an identifier fails rather than guesses.
-    if len(page) == 1:
+    # KMIP 1.4 §4.9, 2.1 §6.1.27: a single identifier returned goes into the ID
+    # Placeholder, unless more than one object matched and Maximum Items was omitted or
+    # above one (an Offset Items page of one, say): then, as with several returned, it is
+    # emptied, so a following item without an identifier fails rather than guesses.
+    # ``found`` holds every match whenever that matters: it stops early only at Offset
+    # Items + Maximum Items (+1), which one returned identifier never reaches.
+    several_matched = len(found) > 1 and (maximum is None or maximum > 1)
+    if len(page) == 1 and not several_matched:
         ctx.id_placeholder.set(page[0])
     else:
         ctx.id_placeholder.value = None

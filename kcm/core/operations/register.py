@@ -10,8 +10,9 @@ from cryptography.x509.oid import NameOID
 from kcm.core import managed
 from kcm.core.attribute_rules import check_client_attributes
 from kcm.core.context import OperationContext
-from kcm.core.operations._objects_common import OBJECT_TYPE_OF_TAG
+from kcm.core.operations._objects_common import OBJECT_TYPE_OF_TAG, single_value
 from kcm.core.operations.create import server_attributes
+from kcm.kernel.quantum_safe import check_quantum_safe
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -76,6 +77,8 @@ def register(ctx: OperationContext, request: RegisterRequest) -> RegisterRespons
     length = _agreed(client, derived, Tag.CRYPTOGRAPHIC_LENGTH)
     if object_type == ObjectType.SYMMETRIC_KEY:
         _check_symmetric_key(managed_object, algorithm, length)
+    if algorithm is not None:
+        check_quantum_safe(single_value(client, Tag.QUANTUM_SAFE), int(algorithm), length)
     uid = ctx.keyring.new_uid()
     key_bytes, key_format = _plain_key(managed_object)
     stored = server_attributes(ctx, uid, object_type, client, algorithm=algorithm,

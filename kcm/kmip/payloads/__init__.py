@@ -58,6 +58,18 @@ from kcm.kmip.payloads.lifecycle import (
     UniqueIdentifierPayload,
     UniqueIdentifierResponse,
 )
+from kcm.kmip.payloads.mac_hash_rng import (
+    HashRequest,
+    HashResponse,
+    MacRequest,
+    MacResponse,
+    MacVerifyRequest,
+    MacVerifyResponse,
+    RngRetrieveRequest,
+    RngRetrieveResponse,
+    RngSeedRequest,
+    RngSeedResponse,
+)
 from kcm.kmip.payloads.service import (
     DiscoverVersionsRequest,
     DiscoverVersionsResponse,
@@ -86,7 +98,9 @@ __all__ = [
     "UniqueIdentifierPayload", "UniqueIdentifierResponse",
     "CreateKeyPairRequest", "CreateKeyPairResponse", "DerivationParameters", "DeriveKeyRequest",
     "DeriveKeyResponse", "SignRequest", "SignResponse", "SignatureVerifyRequest",
-    "SignatureVerifyResponse",
+    "SignatureVerifyResponse", "HashRequest", "HashResponse", "MacRequest", "MacResponse",
+    "MacVerifyRequest", "MacVerifyResponse", "RngRetrieveRequest", "RngRetrieveResponse",
+    "RngSeedRequest", "RngSeedResponse",
 ]
 
 _ID = UniqueIdentifierResponse
@@ -129,4 +143,11 @@ PAYLOADS: dict[tuple[Operation, bool], type[Struct]] = {
     (Operation.SIGNATURE_VERIFY, False): SignatureVerifyResponse,
     (Operation.DERIVE_KEY, True): DeriveKeyRequest,
     (Operation.DERIVE_KEY, False): DeriveKeyResponse,
+    (Operation.MAC, True): MacRequest, (Operation.MAC, False): MacResponse,
+    (Operation.MAC_VERIFY, True): MacVerifyRequest,
+    (Operation.MAC_VERIFY, False): MacVerifyResponse,
+    (Operation.HASH, True): HashRequest, (Operation.HASH, False): HashResponse,
+    (Operation.RNG_RETRIEVE, True): RngRetrieveRequest,
+    (Operation.RNG_RETRIEVE, False): RngRetrieveResponse,
+    (Operation.RNG_SEED, True): RngSeedRequest, (Operation.RNG_SEED, False): RngSeedResponse,
 }

@@ -175,7 +175,7 @@ async def test_maximum_response_size_is_enforced(core: CoreHarness) -> None:
 
 # The core's own limit on answers (ARCHITECTURE §12) ---------------------------------------
 def queries(count: int, maximum_response_size: int | None = None) -> bytes:
-    """A KMIP 2.1 batch of ``count`` Query Operations (48 bytes each; 465 answered)."""
+    """A KMIP 2.1 batch of ``count`` Query Operations (48 bytes each; about 580 answered)."""
     header = RequestHeader(protocol_version=ProtocolVersion.of((2, 1)), batch_count=count,
                            maximum_response_size=maximum_response_size)
     query = RequestBatchItem(operation=Operation.QUERY, request_payload=QueryRequest(
@@ -192,10 +192,10 @@ def bounded_handler(core: CoreHarness, max_message_size: int) -> CoreRequestHand
 def test_an_answer_over_the_maximum_message_size_is_response_too_large(
         core: CoreHarness) -> None:
     handler = bounded_handler(core, 16 << 10)
-    fits = handler.respond(queries(30), core.caller(), int(time.time()))  # 14 KB answered
+    fits = handler.respond(queries(20), core.caller(), int(time.time()))  # about 12 KB
     assert {i.result_status for i in decode_response(decode(fits)).batch_items} == {
         ResultStatus.SUCCESS}
-    answer = handler.respond(queries(60), core.caller(), int(time.time()))  # 28 KB answered
+    answer = handler.respond(queries(60), core.caller(), int(time.time()))  # about 35 KB
     assert len(answer) <= 16 << 10
     items = decode_response(decode(answer)).batch_items
     assert len(items) == 60

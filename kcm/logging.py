@@ -72,9 +72,9 @@ def check_log_format(name: str) -> str:
     return name
 
 
-def event_as_json(event: LogEvent) -> str:
-    """One event as one line of JSON (no newline inside, one at the end); see the module
-    docstring for its keys."""
+def event_as_json(event: LogEvent, fields: Mapping[str, Any] | None = None) -> str:
+    """One event as one line of JSON (no newline inside, one at the end), with ``fields``
+    added; see the module docstring for its keys."""
     legacy = "isError" in event and "message" in event
     record: dict[str, Any] = {
         "time": _utc_time(event.get("log_time")),
@@ -86,6 +86,9 @@ def event_as_json(event: LogEvent) -> str:
         if key.startswith("log_") or key in record or (legacy and key in _LEGACY_KEYS):
             continue
         record[key] = value
+    for key, value in (fields or {}).items():
+        if key not in ("time", "level", "namespace", "text"):
+            record[key] = value
     failure = event.get("log_failure")
     if failure is not None:
         record.setdefault("traceback", failure.getTraceback())
@@ -95,7 +98,7 @@ def event_as_json(event: LogEvent) -> str:
 def _with_fields(render: Callable[[LogEvent], str | None], fields: dict[str, Any], *,
                  json_lines: bool) -> Callable[[LogEvent], str | None]:
     if json_lines:
-        return lambda event: render({**event, **fields})
+        return lambda event: event_as_json(event, fields)
     suffix = "".join(f" {key}={value}" for key, value in fields.items())
 
     def text(event: LogEvent) -> str | None:

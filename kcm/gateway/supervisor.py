@@ -44,7 +44,7 @@ from kcm.process import ProcessService
 from kcm.tls import plain_server_endpoint
 
 __all__ = ["RESTART_BACKOFF", "STABLE_AFTER", "WORKER_LISTEN_FD", "GatewaySupervisor",
-           "SharedListener", "SupervisorLifeline", "WorkerPool", "worker_count"]
+           "SharedListener", "StartCheck", "SupervisorLifeline", "WorkerPool", "worker_count"]
 
 log = Logger()
 
@@ -76,6 +76,20 @@ def _usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1  # pragma: no cover - every Linux has sched_getaffinity
+
+
+class StartCheck(Service):
+    """Runs ``check`` when it starts; its error fails the start. The supervisor checks what
+    its workers will read (the TLS files) so that a configuration no worker could start with
+    stops it at once, as it would stop one gateway process, instead of a restart loop."""
+
+    def __init__(self, check: Callable[[], object], *, name: str) -> None:
+        self.check = check
+        self.name = name  # type: ignore[assignment]
+
+    def startService(self) -> None:
+        self.check()
+        super().startService()
 
 
 class SharedListener(Service):

@@ -29,6 +29,7 @@ from kcm.gateway.supervisor import (
     WORKER_LISTEN_FD,
     GatewaySupervisor,
     SharedListener,
+    StartCheck,
     SupervisorLifeline,
     WorkerPool,
     worker_count,
@@ -155,7 +156,10 @@ def make_supervisor(options: Options, workers: int,
                     reactor: Any = default_reactor) -> GatewaySupervisor:
     """A supervisor of ``workers`` gateway processes sharing the configured listener."""
     config = options["gateway_config"]
+    tls = config.tls
     supervisor = GatewaySupervisor(config, workers=workers)
+    StartCheck(partial(server_tls_options, tls.cert, tls.key, tls.ca),
+               name="kcm-tls-files").setServiceParent(supervisor)
     listener = SharedListener(reactor, config.listen)
     listener.setServiceParent(supervisor)
     WorkerPool(workers, partial(worker_command, options), listener,

@@ -369,8 +369,8 @@ class GatewayProcess:
     def wait_linked(self, more_than: int | None = None, timeout: float = 10.0) -> None:
         """Wait until the gateway has linked to the core more than ``more_than`` times (by
         default: once per worker)."""
-        if more_than is None:
-            more_than = max(1, self.workers) - 1
+        if more_than is None:  # workers = 0: one per CPU the gateway may use (as ours)
+            more_than = (self.workers or len(os.sched_getaffinity(0))) - 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.links() > more_than:

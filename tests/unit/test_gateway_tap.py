@@ -154,13 +154,24 @@ def test_more_workers_make_a_supervisor_that_only_assembles(tmp_path: Path) -> N
     clock = Clock()
     service = tap.makeService(parse("--workers", "3", "--listen", "tcp:0"), reactor=clock)
     assert isinstance(service, GatewaySupervisor)
-    assert [child.name for child in service] == ["kcm-kmip-socket", "kcm-gateway-workers"]
+    assert [child.name for child in service] == ["kcm-tls-files", "kcm-kmip-socket",
+                                                 "kcm-gateway-workers"]
     listener = service.getServiceNamed("kcm-kmip-socket")
     pool = service.getServiceNamed("kcm-gateway-workers")
     assert listener.description == "tcp:0" and listener.port is None
     assert pool.count == 3 and pool.listener is listener and pool.workers == {}
     assert not service.running
     assert service.log_fields == {"worker": "supervisor"}
+
+
+def test_a_supervisor_without_the_tls_files_fails_to_start_before_binding(
+        tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default certificate paths name files that do not exist
+    service = tap.makeService(parse("--workers", "2", "--listen", "tcp:0"), reactor=Clock())
+    with pytest.raises(FileNotFoundError):
+        service.startService()
+    assert service.getServiceNamed("kcm-kmip-socket").port is None
+    assert service.getServiceNamed("kcm-gateway-workers").workers == {}
 
 
 def test_workers_zero_is_one_per_cpu(monkeypatch) -> None:

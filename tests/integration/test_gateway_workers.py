@@ -11,7 +11,7 @@ supervisor's log (``kcm-gateway worker I started: pid P``).
 * A revocation (a destroyed L4 token, a compromised L3) reaches every worker within 1 s.
 * A worker killed with SIGKILL is restarted and serves again; the other kept serving.
 * SIGTERM to the supervisor stops every worker; a supervisor killed outright takes its
-  workers with it.
+  workers with it; SIGHUP restarts every worker (forwarded; a gateway exits on it).
 """
 
 from __future__ import annotations
@@ -287,3 +287,22 @@ def test_a_killed_supervisor_takes_its_workers_with_it(deployment) -> None:
     assert gateway.log.read_text().count("the kcm-gateway supervisor is gone") == 2
     gateway.process = None
 
+
+
+def test_sighup_to_the_supervisor_restarts_every_worker_and_they_link_again(
+        deployment) -> None:
+    _, gateway = deployment
+    assert gateway.process is not None
+    before = gateway.worker_pids()
+    gateway.process.send_signal(signal.SIGHUP)
+    gateway.wait_linked(more_than=3, timeout=20.0)  # two links each, old and new
+    after = gateway.worker_pids()
+    assert set(after) == {1, 2} and not set(after.values()) & set(before.values())
+    assert gateway.process.poll() is None  # the supervisor itself kept running
+    log = gateway.log.read_text()
+    for index, pid in before.items():
+        assert (f"kcm-gateway worker {index} (pid {pid}) exited after a forwarded signal "
+                "(signal SIGHUP); restarting it") in log
+    with gateway.client("app") as client:
+        [created] = succeeded(client, create_l4())
+        assert created.unique_identifier.startswith("l4.1.")

@@ -313,6 +313,11 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         problems = verify_states(direct, keys, State.ACTIVE, (1, 4))
 
         report(outcomes, args, problems, gateway_process, core_idle)
+        if args.workers != 1:  # how evenly the workers shared the work
+            print("# gateway CPU over the whole run, by process: " + ", ".join(
+                f"worker {index} {Server('', 0, core.pki, pid).cpu_seconds():.1f} s"
+                for index, pid in sorted(gateway_process.worker_pids().items()))
+                + f"; supervisor {Server('', 0, core.pki, gateway.pid).cpu_seconds():.1f} s")
         failed = sum(len(o.failures) for o in outcomes.values())
         return 1 if failed or problems else 0
     finally:

@@ -233,8 +233,8 @@ class WorkerPool(Service):
                             path=None, childFDs={0: "w", 1: 1, 2: 2,
                                                  WORKER_LISTEN_FD: self.listener.fileno})
         except Exception as e:
-            self._restart_later(index, failed=True,
-                                why=f"could not be started: {e}", pid=None, ran=0.0)
+            self._restart_later(index, failed=True, why=str(e) or type(e).__name__,
+                                pid=None, ran=0.0)
             return
         self.workers[index] = _Worker(index, process, process.pid, self.reactor.seconds())
         log.info("kcm-gateway worker {index} started: pid {pid}", index=index, pid=process.pid)
@@ -264,10 +264,15 @@ class WorkerPool(Service):
         if failed:
             delay = self.backoff(self.failures[index])
             self.failures[index] += 1
-            log.error("kcm-gateway worker {index} (pid {pid}) {why} after {ran:.1f} s; "
-                      "restarting it in {delay:.1f} s (failure {failures} in a row)",
-                      index=index, pid=pid, why=why if pid is None else f"exited: {why}",
-                      ran=ran, delay=delay, failures=self.failures[index])
+            if pid is None:
+                log.error("kcm-gateway worker {index} could not be started: {why}; trying "
+                          "again in {delay:.1f} s (failure {failures} in a row)", index=index,
+                          why=why, delay=delay, failures=self.failures[index])
+            else:
+                log.error("kcm-gateway worker {index} (pid {pid}) exited: {why} after "
+                          "{ran:.1f} s; restarting it in {delay:.1f} s (failure {failures} "
+                          "in a row)", index=index, pid=pid, why=why, ran=ran, delay=delay,
+                          failures=self.failures[index])
         else:
             delay = 0.0
             self.failures[index] = 0

@@ -94,7 +94,9 @@ def worker_command(options: Options, index: int) -> list[str]:
     """The command line of worker ``index``: ``twistd -n kcm-gateway`` with this process's
     configuration file (as an absolute path: a daemonized supervisor changes directory) and
     command-line settings, as worker ``index`` on the inherited listening socket."""
-    command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+    # -P: the working directory is not put on sys.path (python -c would), so a module there
+    # cannot stand in for one of ours.
+    command = [sys.executable, "-P", "-c", "from twisted.scripts.twistd import run; run()",
                "--nodaemon", "--pidfile=", "kcm-gateway", "--worker", str(index),
                "--listen", f"fd:{WORKER_LISTEN_FD}"]
     if options["config"] is not None:

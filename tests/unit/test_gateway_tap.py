@@ -189,14 +189,14 @@ def test_a_worker_runs_the_same_configuration_on_the_inherited_socket(tmp_path: 
     options = parse("-c", "gw.toml", "--workers", "2", "--listen", "tcp:7000",
                     "--l3-ttl", "5", "--log-level", "debug")
     command = tap.worker_command(options, 2)
-    assert command[:3] == [sys.executable, "-c",
+    assert command[:4] == [sys.executable, "-P", "-c",
                            "from twisted.scripts.twistd import run; run()"]
-    assert command[3:] == [
+    assert command[4:] == [
         "--nodaemon", "--pidfile=", "kcm-gateway", "--worker", "2", "--listen", "fd:3",
         "--config", str(tmp_path / "gw.toml"), "--l3-ttl", "5", "--log-level", "debug"]
     # What that command line makes in the worker: one gateway, on fd 3, that watches its
     # supervisor and logs as worker 2.
-    worker_options = parse(*command[6:])
+    worker_options = parse(*command[7:])
     assert worker_options["worker"] == 2
     worker = tap.makeService(worker_options, reactor=Clock())
     assert isinstance(worker, GatewayService)

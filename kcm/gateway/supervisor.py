@@ -112,8 +112,9 @@ class SharedListener(Service):
 
     def startService(self) -> None:
         outcome: list[Any] = []
-        listening = plain_server_endpoint(self.reactor, self.description).listen(
-            Factory.forProtocol(Protocol))
+        never_used = Factory.forProtocol(Protocol)
+        never_used.noisy = False  # no "Starting factory" lines for a factory never called
+        listening = plain_server_endpoint(self.reactor, self.description).listen(never_used)
         listening.addBoth(outcome.append)
         if not outcome:  # stream endpoints that bind (tcp, unix, fd) answer at once
             listening.cancel()

@@ -236,6 +236,16 @@ def test_the_shared_listener_binds_but_never_accepts() -> None:
         listener.stopService()
 
 
+def test_a_port_in_use_fails_the_shared_listeners_start() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listener = SharedListener(reactor, f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1")
+        with pytest.raises(error.CannotListenError, match="Address already in use"):
+            listener.startService()
+    assert listener.port is None and not listener.running
+
+
 def test_an_inherited_socket_is_adopted_with_its_family() -> None:
     with socket.socket(socket.AF_INET6) as sock:
         sock.bind(("::1", 0))

@@ -24,7 +24,11 @@ HDR histograms (ns, 3 significant digits); the load, the checks and the histogra
 ``benchmarks/harness.py``'s.
 
     .venv/bin/python benchmarks/gateway_bench.py [--requests N] [--rounds R]
-        [--concurrent-clients C] [--control-requests N] [--keep] [--quick]
+        [--concurrent-clients C] [--control-requests N] [--workers N] [--keep] [--quick]
+
+``--workers N`` runs the gateway with ``workers = N`` (a supervisor and N worker processes
+sharing its port; 0: one per CPU); its CPU figures are then the sum over the supervisor and
+its workers.
 
 ``--quick`` is a short run that proves the benchmark works end to end (its figures mean
 little): a few hundred requests in one round, little warm-up.
@@ -159,6 +163,8 @@ def main() -> int:
                         help="Get Attributes and Activates per path (default 1000; 100 with "
                              "--quick)")
     parser.add_argument("--record-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="kcm-gateway worker processes (its `workers` setting; default 1)")
     args = parse_args(parser, requests=(20_000, 400), rounds=(4, 1),
                       control_requests=(1000, 100))
     with work_directory("kcm-gateway-bench-", args.keep) as work:
@@ -177,12 +183,13 @@ def measure(args: argparse.Namespace, work: Path) -> int:
     try:
         core = deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
         core.start()
-        gateway_process = GatewayProcess(work / "gateway", core)
+        gateway_process = GatewayProcess(work / "gateway", core, workers=args.workers)
         gateway_process.start()
         gateway_process.wait_linked()
         echo_process, echo_port = start_echo(core.pki, work)
         assert core.process is not None and gateway_process.process is not None
-        gateway = Server("gateway", gateway_process.port, core.pki, gateway_process.process.pid)
+        gateway = Server("gateway", gateway_process.port, core.pki, gateway_process.process.pid,
+                         with_children=args.workers != 1)
         direct = Server("core", core.port, core.pki, core.process.pid)
         echo = Server("echo", echo_port, core.pki, echo_process.pid)
         watched = [gateway, direct, echo]
@@ -241,7 +248,8 @@ def measure(args: argparse.Namespace, work: Path) -> int:
               f"work directory {work}")
         print(f"# KMIP 1.4 over mutual TLS on 127.0.0.1; Encrypt request {len(encrypt_wire)} "
               f"bytes, its answer {len(send(gateway, encrypt_wire))} bytes; "
-              f"{args.requests} requests per sequential scenario in {args.rounds} rounds"
+              f"{args.requests} requests per sequential scenario in {args.rounds} rounds; "
+              f"gateway workers = {args.workers}"
               + (" (--quick: figures mean little)" if args.quick else ""), flush=True)
 
         per_round = max(1, args.requests // args.rounds)
@@ -305,6 +313,11 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         problems = verify_states(direct, keys, State.ACTIVE, (1, 4))
 
         report(outcomes, args, problems, gateway_process, core_idle)
+        if args.workers != 1:  # how evenly the workers shared the work
+            print("# gateway CPU over the whole run, by process: " + ", ".join(
+                f"worker {index} {Server('', 0, core.pki, pid).cpu_seconds():.1f} s"
+                for index, pid in sorted(gateway_process.worker_pids().items()))
+                + f"; supervisor {Server('', 0, core.pki, gateway.pid).cpu_seconds():.1f} s")
         failed = sum(len(o.failures) for o in outcomes.values())
         return 1 if failed or problems else 0
     finally:

@@ -77,15 +77,44 @@ class Server:
     port: int
     pki: PkiPaths
     pid: int
+    #: Count the CPU time of the process's live children too (a kcm-gateway supervisor's
+    #: workers).
+    with_children: bool = False
 
     def client(self) -> KmipClient:
         return KmipClient("127.0.0.1", self.port, cert=self.pki.app.cert, key=self.pki.app.key,
                           ca=self.pki.ca.cert)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the server process (and with :attr:`with_children`, its
+        live children) has used so far."""
+        pids = [self.pid] + (_children(self.pid) if self.with_children else [])
+        return sum(_cpu_ticks(pid) for pid in pids) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state is [0], ppid [1])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = _stat(pid)
+    except FileNotFoundError:  # a child that has just exited
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    children.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    return children
 
 
 def machine_busy() -> float:

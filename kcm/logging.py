@@ -12,6 +12,11 @@ level, written to a file as
   fixed keys come first and win over a field of the same name.
 * ``text``: Twisted's classic readable lines, ``TIME [NAMESPACE#LEVEL] TEXT``.
 
+A process may add fixed ``fields`` to every line (a kcm-gateway worker adds its ``worker``
+index and ``pid``, so that the lines of several workers in one log stay apart): in JSON they
+are added to the event's own fields (and win over one of the same name); in text they join
+the bracket, ``[NAMESPACE#LEVEL worker=1 pid=4242]``.
+
 Events may come from any thread (audit records are emitted by the store's worker threads):
 each line is written and flushed whole under a lock.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -67,9 +72,9 @@ def check_log_format(name: str) -> str:
     return name
 
 
-def event_as_json(event: LogEvent) -> str:
-    """One event as one line of JSON (no newline inside, one at the end); see the module
-    docstring for its keys."""
+def event_as_json(event: LogEvent, fields: Mapping[str, Any] | None = None) -> str:
+    """One event as one line of JSON (no newline inside, one at the end), with ``fields``
+    added; see the module docstring for its keys."""
     legacy = "isError" in event and "message" in event
     record: dict[str, Any] = {
         "time": _utc_time(event.get("log_time")),
@@ -81,10 +86,26 @@ def event_as_json(event: LogEvent) -> str:
         if key.startswith("log_") or key in record or (legacy and key in _LEGACY_KEYS):
             continue
         record[key] = value
+    for key, value in (fields or {}).items():
+        if key not in ("time", "level", "namespace", "text"):
+            record[key] = value
     failure = event.get("log_failure")
     if failure is not None:
         record.setdefault("traceback", failure.getTraceback())
     return json.dumps(record, default=repr, skipkeys=True) + "\n"
+
+
+def _with_fields(render: Callable[[LogEvent], str | None], fields: dict[str, Any], *,
+                 json_lines: bool) -> Callable[[LogEvent], str | None]:
+    if json_lines:
+        return lambda event: event_as_json(event, fields)
+    suffix = "".join(f" {key}={value}" for key, value in fields.items())
+
+    def text(event: LogEvent) -> str | None:
+        level = getattr(event.get("log_level"), "name", "-")
+        system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{level}"
+        return render({**event, "log_system": system + suffix})
+    return text
 
 
 def _utc_time(when: float | None) -> str | None:
@@ -111,11 +132,14 @@ class _LineWriter:
             self._out.flush()
 
 
-def log_observer(out: IO[str], *, log_format: str = "json",
-                 level: str = "info") -> ILogObserver:
+def log_observer(out: IO[str], *, log_format: str = "json", level: str = "info",
+                 fields: Mapping[str, Any] | None = None) -> ILogObserver:
     """An observer writing every event at ``level`` or above to ``out`` in ``log_format``
-    (``json`` or ``text``). ValueError for an unknown format or level."""
+    (``json`` or ``text``), each line with ``fields`` added (see the module docstring).
+    ValueError for an unknown format or level."""
     render = event_as_json if check_log_format(log_format) == "json" \
         else formatEventAsClassicLogText
+    if fields:
+        render = _with_fields(render, dict(fields), json_lines=log_format == "json")
     return FilteringLogObserver(_LineWriter(out, render),
                                 [LogLevelFilterPredicate(defaultLogLevel=parse_level(level))])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -43,13 +44,16 @@ class ProcessService(MultiService):
     """A KCM process: its children, started in order, all or none."""
 
     def __init__(self, process_name: str, *, log_format: str = "json", log_level: str = "info",
-                 log_file: IO[str] | None = None, log_path: str = "-") -> None:
+                 log_file: IO[str] | None = None, log_path: str = "-",
+                 log_fields: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.process_name = process_name
         self.log_format = log_format
         self.log_level = log_level
         self.log_path = log_path
         self._log_file = log_file
+        #: Fields added to every line of this process's log (see kcm.logging).
+        self.log_fields = dict(log_fields or {})
 
     def setServiceParent(self, parent: Any) -> None:
         # makeService cannot reach the Application twistd builds around its service; this is
@@ -58,7 +62,7 @@ class ProcessService(MultiService):
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
             parent.setComponent(ILogObserver, log_observer(
                 self._log_file or open_log(self.log_path), log_format=self.log_format,
-                level=self.log_level))
+                level=self.log_level, fields=self.log_fields))
         super().setServiceParent(parent)
 
     def startService(self) -> None:

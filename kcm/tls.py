@@ -27,7 +27,10 @@ the alert that closes the connection.
 
 Listeners stay endpoint strings in configuration: :func:`tls_server_endpoint` takes a plain
 ``tcp:5696:interface=127.0.0.1`` description and wraps it in TLS; :func:`tls_client_endpoint`
-does the same for ``tcp:HOST:PORT``.
+does the same for ``tcp:HOST:PORT``. A listener may also be ``fd:N``: a listening socket the
+process inherited as descriptor N (from kcm-gateway's supervisor, which binds the port once for
+all its workers; or from systemd's socket activation), adopted instead of bound
+(:func:`plain_server_endpoint`).
 
 Services are assembled before anything is read (STYLE.md): :class:`TLSListener` is the one way
 a KCM process listens — an endpoint string, a function that builds the TLS options, and a
@@ -40,7 +43,9 @@ counterpart: its TLS options are built when its owner loads it at start.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +56,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL, crypto
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
-from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    clientFromString,
+    serverFromString,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLClientConnectionCreator,
@@ -88,6 +98,7 @@ __all__ = [
     "min_tls_version",
     "peer_certificate",
     "peer_principal",
+    "plain_server_endpoint",
     "server_tls_options",
     "tls_client_endpoint",
     "tls_server_endpoint",
@@ -295,8 +306,27 @@ def tls_server_endpoint(
     ``ssl:``/``tls:`` descriptions are refused, since they would bring their own TLS settings.
     """
     _refuse_tls_description(description)
-    return _TLSServerEndpoint(serverFromString(reactor, with_backlog(description)), options,
+    return _TLSServerEndpoint(plain_server_endpoint(reactor, description), options,
                               guard, bound_output)
+
+
+def plain_server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """The plain stream server endpoint a listener ``description`` names: Twisted's endpoint
+    string (a ``tcp:`` listener with :data:`LISTEN_BACKLOG` unless it names its own), or
+    ``fd:N``, the listening socket inherited as descriptor N, adopted (its address family
+    read from the socket; the endpoint closes N once it has adopted a copy of it).
+    ``ssl:``/``tls:`` descriptions are refused: KCM adds the TLS itself."""
+    _refuse_tls_description(description)
+    kind, _, rest = description.partition(":")
+    if kind.strip().lower() != "fd":
+        return serverFromString(reactor, with_backlog(description))
+    if not rest.strip().isdigit():
+        raise ValueError(f"{description!r}: fd: takes a descriptor number (fd:3)")
+    fileno = int(rest)
+    # socket(fileno=) reads the family from the descriptor; a copy, so closing it keeps N.
+    with socket.socket(fileno=os.dup(fileno)) as inherited:
+        family = inherited.family
+    return AdoptedStreamServerEndpoint(reactor, fileno, family)
 
 
 #: The listen backlog of a TCP listener whose description names none. Twisted's default

@@ -44,6 +44,10 @@ class GatewayConfig:
     log_format: str = "json"
     #: Where the log goes: ``-`` for standard output, else a file (appended to, created 0600).
     log_file: str = "-"
+    #: Worker processes sharing the KMIP listener, each one whole gateway (its own link,
+    #: L3 cache and event stream) under a supervisor: 1 (the default) is one process and no
+    #: supervisor; 0 is one per CPU this process may run on. See kcm.gateway.supervisor.
+    workers: int = 1
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -52,7 +56,8 @@ class GatewayConfig:
 
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_server_name", "l3_ttl",
               "max_stale", "prewarm", "max_in_flight", "log_level", "log_format",
-              "log_file"}
+              "log_file",
+              "workers"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -77,6 +82,8 @@ def load_config(path: str | Path | None,
         raise ConfigError("gateway: l3_ttl must be positive and max_stale at least l3_ttl")
     if config.max_in_flight < 1:
         raise ConfigError("gateway.max_in_flight must be at least 1")
+    if config.workers < 0:
+        raise ConfigError("gateway.workers must be 0 (one per CPU) or more")
     return config
 
 
@@ -97,4 +104,15 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
                                                              for p in prewarm):
             raise ConfigError("gateway.prewarm must be a list of \"tenant/service\" strings")
         out["prewarm"] = tuple(prewarm)
+    if "workers" in out:
+        out["workers"] = _whole_number("workers", out["workers"])
     return out
+
+
+def _whole_number(key: str, value: Any) -> int:
+    """An integer setting, from TOML (an integer) or the command line (its digits)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"gateway.{key} must be a whole number")

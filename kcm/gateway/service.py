@@ -14,6 +14,7 @@ background. Once the link is up the configured services are pre-warmed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -61,9 +62,11 @@ class GatewayService(ProcessService):
     pre-warms the configured services once the link is up.
     """
 
-    def __init__(self, config: GatewayConfig, *, reactor: Any) -> None:
+    def __init__(self, config: GatewayConfig, *, reactor: Any,
+                 log_fields: Mapping[str, Any] | None = None) -> None:
         super().__init__("kcm-gateway", log_format=config.log_format,
-                         log_level=config.log_level, log_path=config.log_file)
+                         log_level=config.log_level, log_path=config.log_file,
+                         log_fields=log_fields)
         self.config = config
         self.reactor = reactor
         self.link: LinkClient | None = None

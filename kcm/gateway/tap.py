@@ -1,9 +1,15 @@
 """``twistd kcm-gateway``: options, and :func:`makeService`, which assembles the whole
 service tree from them without reading a file or touching the network (the services do that
-when they start; see :mod:`kcm.gateway.service`)."""
+when they start; see :mod:`kcm.gateway.service`).
+
+With ``workers`` other than 1 the tree is a supervisor's instead (:mod:`kcm.gateway.supervisor`),
+whose workers run this same plugin with ``--worker INDEX`` and the listening socket it hands
+them (:func:`worker_command`)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from functools import partial
 from typing import Any
 
@@ -20,6 +26,15 @@ from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
 from kcm.gateway.local_batch import LocalRunner, l4_engine
 from kcm.gateway.service import GatewayIdentity, GatewayService
+from kcm.gateway.supervisor import (
+    WORKER_LISTEN_FD,
+    GatewaySupervisor,
+    SharedListener,
+    StartCheck,
+    SupervisorLifeline,
+    WorkerPool,
+    worker_count,
+)
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
 from kcm.tls import (
@@ -59,23 +74,63 @@ class Options(usage.Options):
         ["log-format", None, None, "Log format: json (lines) or text."],
         ["log-file", None, None, "Log file (appended to, created 0600), or - for standard "
                                  "output."],
+        ["workers", None, None, "Worker processes sharing the KMIP listener (1: one process, "
+                                "no supervisor; 0: one per CPU)."],
+        ["worker", None, None, "Set by the supervisor: run as its worker INDEX (on the "
+                               "listening socket it hands over)."],
     ]
 
     def postOptions(self) -> None:
         overrides = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters
-                     if key != "config"}
+                     if key not in _NOT_SETTINGS}
         try:
             self["gateway_config"] = load_config(self["config"], overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["worker"] is not None:
+            if not str(self["worker"]).isdigit() or int(self["worker"]) < 1:
+                raise usage.UsageError("--worker takes a worker index (1, 2, ...)")
+            self["worker"] = int(self["worker"])
 
 
-def makeService(options: Options, reactor: Any = default_reactor) -> GatewayService:
-    """The kcm-gateway service tree, assembled from parsed options; nothing is read yet."""
+#: Options that are not settings of the configuration.
+_NOT_SETTINGS = {"config", "worker"}
+#: Options a worker does not inherit from its supervisor's command line.
+_SUPERVISOR_ONLY = {"config", "worker", "workers", "listen"}
+
+
+def worker_command(options: Options, index: int) -> list[str]:
+    """The command line of worker ``index``: ``twistd -n kcm-gateway`` with this process's
+    configuration file (as an absolute path: a daemonized supervisor changes directory) and
+    command-line settings, as worker ``index`` on the inherited listening socket."""
+    # -P: the working directory is not put on sys.path (python -c would), so a module there
+    # cannot stand in for one of ours.
+    command = [sys.executable, "-P", "-c", "from twisted.scripts.twistd import run; run()",
+               "--nodaemon", "--pidfile=", "kcm-gateway", "--worker", str(index),
+               "--listen", f"fd:{WORKER_LISTEN_FD}"]
+    if options["config"] is not None:
+        command += ["--config", os.path.abspath(options["config"])]
+    for key, *_ in Options.optParameters:
+        if key not in _SUPERVISOR_ONLY and options[key] is not None:
+            command += [f"--{key}", str(options[key])]
+    return command
+
+
+def makeService(options: Options,
+                reactor: Any = default_reactor) -> GatewayService | GatewaySupervisor:
+    """The kcm-gateway service tree, assembled from parsed options; nothing is read yet.
+    One gateway (``workers = 1``, or a supervisor's worker), else a supervisor of
+    ``workers`` gateway processes."""
     config = options["gateway_config"]
+    worker = options["worker"]
+    if worker is None:
+        workers = worker_count(config.workers)
+        if workers != 1:
+            return make_supervisor(options, workers, reactor)
     tls = config.tls
     trust_domain = config.trust_domain
-    gateway = GatewayService(config, reactor=reactor)
+    gateway = GatewayService(config, reactor=reactor, log_fields=None if worker is None else
+                             {"worker": worker, "pid": os.getpid()})
     link_endpoint = TLSClientEndpoint(reactor, config.core, partial(
         client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name,
         min_version=min_tls_version(tls.policy)))
@@ -111,4 +166,21 @@ def makeService(options: Options, reactor: Any = default_reactor) -> GatewayServ
                 kmip_factory, name="kcm-kmip-listener",
                 guard=ConnectionGuard(config.limits, reactor)).setServiceParent(gateway)
     refresher.setServiceParent(gateway)
+    if worker is not None:
+        SupervisorLifeline(reactor).setServiceParent(gateway)
     return gateway
+
+
+def make_supervisor(options: Options, workers: int,
+                    reactor: Any = default_reactor) -> GatewaySupervisor:
+    """A supervisor of ``workers`` gateway processes sharing the configured listener."""
+    config = options["gateway_config"]
+    tls = config.tls
+    supervisor = GatewaySupervisor(config, workers=workers)
+    StartCheck(partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy),
+               name="kcm-tls-files").setServiceParent(supervisor)
+    listener = SharedListener(reactor, config.listen)
+    listener.setServiceParent(supervisor)
+    WorkerPool(workers, partial(worker_command, options), listener,
+               reactor=reactor).setServiceParent(supervisor)
+    return supervisor

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -297,6 +298,9 @@ def _template() -> Path:
     return _TEMPLATE
 
 
+_WORKER_STARTED = re.compile(r"kcm-gateway worker (\d+) started: pid (\d+)")
+
+
 @dataclass
 class GatewayProcess:
     """A kcm-gateway in front of a :class:`CoreProcess` (same PKI), and its twistd process."""
@@ -315,6 +319,9 @@ class GatewayProcess:
         "idle_timeout": 60.0, "message_timeout": 5.0})
     #: The process's soft limit on open files (``ulimit -n``; None: inherited).
     nofile: int | None = None
+    #: The ``workers`` setting (1: one process; otherwise a supervisor and its workers, all
+    #: logging to :attr:`log`).
+    workers: int = 1
 
     @property
     def pki(self) -> PkiPaths:
@@ -339,7 +346,8 @@ class GatewayProcess:
             'trust_domain = "kcm.test"\n'
             f"l3_ttl = {self.l3_ttl}\nmax_stale = {self.max_stale}\n"
             f"prewarm = [{prewarm}]\n"
-            "[gateway.tls]\n"
+            + (f"workers = {self.workers}\n" if self.workers != 1 else "")
+            + "[gateway.tls]\n"
             f'cert = "{self.pki.gateway.cert}"\nkey = "{self.pki.gateway.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
             "[gateway.limits]\n"
@@ -358,14 +366,23 @@ class GatewayProcess:
         """How many times the gateway has linked to a core so far (from its log)."""
         return self.log.read_text().count("linked to core")
 
-    def wait_linked(self, more_than: int = 0, timeout: float = 10.0) -> None:
-        """Wait until the gateway has linked to the core more than ``more_than`` times."""
+    def wait_linked(self, more_than: int | None = None, timeout: float = 10.0) -> None:
+        """Wait until the gateway has linked to the core more than ``more_than`` times (by
+        default: once per worker)."""
+        if more_than is None:  # workers = 0: one per CPU the gateway may use (as ours)
+            more_than = (self.workers or len(os.sched_getaffinity(0))) - 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.links() > more_than:
                 return
             time.sleep(0.02)
         raise RuntimeError("the gateway did not link to the core:\n" + _tail(self.log))
+
+    def worker_pids(self) -> dict[int, int]:
+        """With workers: the process id of each worker index as last started (from the
+        supervisor's log)."""
+        return {int(index): int(pid) for index, pid
+                in _WORKER_STARTED.findall(self.log.read_text())}
 
     # Stopping and connecting work the same way as for the core (same PKI, own port).
     stop = CoreProcess.stop

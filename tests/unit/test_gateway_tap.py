@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from kcm.gateway import tap
+from kcm.gateway import supervisor, tap
 from kcm.gateway.config import GatewayConfig, load_config
 from kcm.gateway.service import GatewayService
+from kcm.gateway.supervisor import GatewaySupervisor
 from kcm.kmip_protocol import ConnectionLimits
 from kcm.link.frames import FRAME_OVERHEAD
 from tests.vectors import REPO_ROOT
@@ -139,3 +142,86 @@ def test_tls_policy_reaches_the_gateway(tmp_path: Path) -> None:
     assert config.tls.policy.profile == "kmip-compat"
     with pytest.raises(usage.UsageError, match="gateway.tls.min_version"):
         parse("--tls-min-version", "1.0")
+
+
+# workers ---------------------------------------------------------------------------------------
+def test_workers_setting_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[gateway]\nworkers = 4\n")
+    assert parse()["gateway_config"].workers == 1
+    assert parse("-c", str(path))["gateway_config"].workers == 4
+    assert parse("-c", str(path), "--workers", "0")["gateway_config"].workers == 0
+
+
+@pytest.mark.parametrize("text", ["workers = -1", "workers = 1.5", "workers = true",
+                                  'workers = "two"'])
+def test_bad_workers_settings_are_usage_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(f"[gateway]\n{text}\n")
+    with pytest.raises(usage.UsageError, match="gateway.workers"):
+        parse("-c", str(path))
+    with pytest.raises(usage.UsageError, match="--worker takes"):
+        parse("--worker", "0")
+
+
+def test_one_worker_is_one_gateway_process_without_a_supervisor(tmp_path: Path) -> None:
+    service = tap.makeService(parse("--workers", "1", "--listen", "tcp:0"), reactor=Clock())
+    assert isinstance(service, GatewayService)
+    assert "kcm-supervisor-lifeline" not in [child.name for child in service]
+    assert service.log_fields == {}
+
+
+def test_more_workers_make_a_supervisor_that_only_assembles(tmp_path: Path) -> None:
+    clock = Clock()
+    service = tap.makeService(parse("--workers", "3", "--listen", "tcp:0"), reactor=clock)
+    assert isinstance(service, GatewaySupervisor)
+    assert [child.name for child in service] == ["kcm-tls-files", "kcm-kmip-socket",
+                                                 "kcm-gateway-workers"]
+    listener = service.getServiceNamed("kcm-kmip-socket")
+    pool = service.getServiceNamed("kcm-gateway-workers")
+    assert listener.description == "tcp:0" and listener.port is None
+    assert pool.count == 3 and pool.listener is listener and pool.workers == {}
+    assert not service.running
+    assert service.log_fields == {"worker": "supervisor"}
+
+
+def test_a_supervisor_without_the_tls_files_fails_to_start_before_binding(
+        tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default certificate paths name files that do not exist
+    service = tap.makeService(parse("--workers", "2", "--listen", "tcp:0"), reactor=Clock())
+    with pytest.raises(FileNotFoundError):
+        service.startService()
+    assert service.getServiceNamed("kcm-kmip-socket").port is None
+    assert service.getServiceNamed("kcm-gateway-workers").workers == {}
+
+
+def test_workers_zero_is_one_per_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(supervisor, "_usable_cpus", lambda: 4)
+    service = tap.makeService(parse("--workers", "0"), reactor=Clock())
+    assert service.getServiceNamed("kcm-gateway-workers").count == 4
+    monkeypatch.setattr(supervisor, "_usable_cpus", lambda: 1)
+    assert isinstance(tap.makeService(parse("--workers", "0"), reactor=Clock()), GatewayService)
+
+
+def test_a_worker_runs_the_same_configuration_on_the_inherited_socket(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gw.toml").write_text("[gateway]\nworkers = 2\n")
+    options = parse("-c", "gw.toml", "--workers", "2", "--listen", "tcp:7000",
+                    "--l3-ttl", "5", "--log-level", "debug")
+    command = tap.worker_command(options, 2)
+    assert command[:4] == [sys.executable, "-P", "-c",
+                           "from twisted.scripts.twistd import run; run()"]
+    assert command[4:] == [
+        "--nodaemon", "--pidfile=", "kcm-gateway", "--worker", "2", "--listen", "fd:3",
+        "--config", str(tmp_path / "gw.toml"), "--l3-ttl", "5", "--log-level", "debug"]
+    # What that command line makes in the worker: one gateway, on fd 3, that watches its
+    # supervisor and logs as worker 2.
+    worker_options = parse(*command[7:])
+    assert worker_options["worker"] == 2
+    worker = tap.makeService(worker_options, reactor=Clock())
+    assert isinstance(worker, GatewayService)
+    assert worker.config.listen == "fd:3" and worker.config.l3_ttl == 5.0
+    assert worker.getServiceNamed("kcm-kmip-listener").description == "fd:3"
+    assert [child.name for child in worker][-1] == "kcm-supervisor-lifeline"
+    assert worker.log_fields == {"worker": 2, "pid": os.getpid()}

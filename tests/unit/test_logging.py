@@ -120,3 +120,22 @@ def test_unknown_levels_and_formats_are_refused() -> None:
     with pytest.raises(ValueError, match="log format"):
         log_observer(io.StringIO(), log_format="xml")
     assert parse_level("WARNING") is LogLevel.warn
+
+
+def test_fixed_fields_tell_the_processes_of_one_log_apart() -> None:
+    stream = io.StringIO()
+    log = logger(log_observer(stream, fields={"worker": 2, "pid": 4242}), "kcm.gateway")
+    log.info("worker {worker} of pid {pid}", worker=1, pid=7, other="x")
+    [line] = lines(stream)
+    # The message is the event's own; the line carries the process's fields.
+    assert line["text"] == "worker 1 of pid 7"
+    assert (line["worker"], line["pid"], line["other"]) == (2, 4242, "x")
+    assert list(line)[:4] == ["time", "level", "namespace", "text"]
+
+
+def test_fixed_fields_in_text_lines() -> None:
+    stream = io.StringIO()
+    logger(log_observer(stream, log_format="text", fields={"worker": 2, "pid": 4242}),
+           "kcm.gateway").warn("link lost")
+    [line] = stream.getvalue().splitlines()
+    assert "[kcm.gateway#warn worker=2 pid=4242] link lost" in line

@@ -1,0 +1,408 @@
+"""kcm-gateway on every core: with ``workers`` other than 1, the twistd process started is a
+supervisor and the gateways are its worker processes.
+
+* :class:`SharedListener` binds the KMIP listener once, in the supervisor (the configured
+  endpoint string, the usual backlog), and never accepts on it. Each worker inherits the
+  listening socket as descriptor :data:`WORKER_LISTEN_FD` and adopts it (its ``listen`` is
+  ``fd:3``, see :func:`kcm.tls.plain_server_endpoint`): the kernel gives each new connection
+  to whichever worker accepts it first. Everything else in a worker is one kcm-gateway as
+  with ``workers = 1``: its TLS listener and connection guard, its link to the core, its L3
+  cache and the full event stream.
+* :class:`WorkerPool` starts the workers (``reactor.spawnProcess`` of ``twistd -n
+  kcm-gateway --worker I``), restarts one that exits after a back-off that grows while it
+  keeps failing (:data:`RESTART_BACKOFF`: 0.2 s doubling up to 30 s, back to 0.2 s once a
+  worker has run :data:`STABLE_AFTER` seconds), forwards SIGHUP to them, and stops them
+  (SIGTERM, then SIGKILL after a grace period) when it stops. twistd turns SIGTERM and
+  SIGINT to the supervisor into that stop.
+* A worker's standard input is a pipe from the supervisor that nobody writes to;
+  :class:`SupervisorLifeline` stops the worker when it reads end-of-file there, so a
+  supervisor that dies without stopping its workers (SIGKILL) does not leave them serving.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import error
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReadDescriptor
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kcm.gateway.config import GatewayConfig
+from kcm.process import ProcessService
+from kcm.tls import plain_server_endpoint
+
+__all__ = ["RESTART_BACKOFF", "STABLE_AFTER", "WORKER_LISTEN_FD", "GatewaySupervisor",
+           "SharedListener", "StartCheck", "SupervisorLifeline", "WorkerPool", "worker_count"]
+
+log = Logger()
+
+#: The descriptor a worker finds the shared listening socket on.
+WORKER_LISTEN_FD = 3
+#: Seconds before restarting a worker that exited, by how many times in a row it failed
+#: (0: the first time).
+RESTART_BACKOFF: Callable[[int], float] = backoffPolicy(initialDelay=0.2, maxDelay=30.0,
+                                                         factor=2.0, jitter=lambda: 0.0)
+#: A worker that ran this many seconds before exiting starts the back-off afresh.
+STABLE_AFTER = 30.0
+#: Seconds stopping workers have to exit after SIGTERM before they are killed.
+STOP_TIMEOUT = 10.0
+
+#: ``reactor.spawnProcess``'s signature: (protocol, executable, args, env=, path=, childFDs=).
+Spawn = Callable[..., Any]
+
+
+def worker_count(workers: int, cpus: Callable[[], int] | None = None) -> int:
+    """How many worker processes the ``workers`` setting means: itself, or for 0 the number
+    of CPUs this process may run on (``cpus``; by default its CPU affinity, else the
+    machine's CPU count)."""
+    if workers > 0:
+        return workers
+    return max(1, (cpus or _usable_cpus)())
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover - every Linux has sched_getaffinity
+
+
+class StartCheck(Service):
+    """Runs ``check`` when it starts; its error fails the start. The supervisor checks what
+    its workers will read (the TLS files) so that a configuration no worker could start with
+    stops it at once, as it would stop one gateway process, instead of a restart loop."""
+
+    def __init__(self, check: Callable[[], object], *, name: str) -> None:
+        self.check = check
+        self.name = name  # type: ignore[assignment]
+
+    def startService(self) -> None:
+        self.check()
+        super().startService()
+
+
+class SharedListener(Service):
+    """Binds the listener ``description`` when it starts and holds the listening socket
+    for the workers without accepting on it (:attr:`fileno`); closes it when it stops."""
+
+    name = "kcm-kmip-socket"
+
+    def __init__(self, reactor: Any, description: str) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.port: IListeningPort | None = None
+
+    @property
+    def fileno(self) -> int:
+        """The listening socket's descriptor while running."""
+        if self.port is None:
+            raise RuntimeError("the KMIP listener is not bound")
+        return self.port.fileno()  # type: ignore[attr-defined]
+
+    def startService(self) -> None:
+        outcome: list[Any] = []
+        never_used = Factory.forProtocol(Protocol)
+        never_used.noisy = False  # no "Starting factory" lines for a factory never called
+        listening = plain_server_endpoint(self.reactor, self.description).listen(never_used)
+        listening.addBoth(outcome.append)
+        if not outcome:  # stream endpoints that bind (tcp, unix, fd) answer at once
+            listening.cancel()
+            raise RuntimeError(f"{self.description}: the listener did not bind at once")
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        self.port = outcome[0]
+        # The workers accept; the supervisor's reactor must never race them for a connection
+        # (nothing has accepted yet: the reactor has not run since the bind).
+        self.port.stopReading()  # type: ignore[union-attr]
+        log.info("kcm-gateway supervisor: KMIP listener bound on {address}",
+                 address=str(self.port.getHost()))  # type: ignore[union-attr]
+        super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()  # type: ignore[return-value]
+        return None
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any  # IProcessTransport
+    #: Its process id (the transport forgets it once the process is reaped).
+    pid: int
+    started: float
+    #: Until when an exit is one we asked for (a forwarded signal), not a failure.
+    expected_until: float = -1.0
+
+
+class _WorkerProtocol(ProcessProtocol):
+    """Tells the pool when its worker exits; the worker's output goes straight to the
+    supervisor's standard output and error (inherited), not through here."""
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+
+    def processEnded(self, reason: Failure) -> None:
+        self.pool.worker_ended(self.index, reason)
+
+
+class WorkerPool(Service):
+    """Runs ``count`` workers, each the process ``command(index)`` (an argv list, the
+    executable first) with the ``listener``'s socket as descriptor :data:`WORKER_LISTEN_FD`,
+    a pipe from the supervisor as standard input, and the supervisor's standard output and
+    error. A worker that exits while the pool runs is started again after
+    ``backoff(failures in a row)`` seconds (the count restarts once a worker has run
+    ``stable_after`` seconds; an exit after a forwarded signal is no failure and restarts at
+    once). ``forwarded_signals`` received by this process are sent on to every worker.
+    Stopping sends SIGTERM to every worker and SIGKILL to those still running after
+    ``stop_timeout`` seconds; the Deferred it returns fires once all have exited.
+
+    Time and process creation come from ``reactor`` (``callLater``, ``seconds``,
+    ``callFromThread``) and ``spawn`` (``reactor.spawnProcess`` by default)."""
+
+    name = "kcm-gateway-workers"
+
+    def __init__(self, count: int, command: Callable[[int], Sequence[str]],
+                 listener: SharedListener, *, reactor: Any, spawn: Spawn | None = None,
+                 backoff: Callable[[int], float] = RESTART_BACKOFF,
+                 stable_after: float = STABLE_AFTER, stop_timeout: float = STOP_TIMEOUT,
+                 forwarded_signals: Collection[int] = (signal.SIGHUP,),
+                 env: Callable[[], Mapping[str, str]] = lambda: dict(os.environ)) -> None:
+        if count < 1:
+            raise ValueError("a worker pool needs at least one worker")
+        self.count = count
+        self.command = command
+        self.listener = listener
+        self.reactor = reactor
+        self._spawn = spawn
+        self.backoff = backoff
+        self.stable_after = stable_after
+        self.stop_timeout = stop_timeout
+        self.forwarded_signals = tuple(forwarded_signals)
+        self._env = env
+        #: The running workers by index.
+        self.workers: dict[int, _Worker] = {}
+        #: Failures in a row, by index (what the back-off counts).
+        self.failures: dict[int, int] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
+        self._previous_handlers: dict[int, Any] = {}
+        self._stopped: Deferred[None] | None = None
+        self._kill: IDelayedCall | None = None
+
+    def pids(self) -> dict[int, int]:
+        """The running workers' process ids, by index."""
+        return {index: worker.pid for index, worker in self.workers.items()}
+
+    def startService(self) -> None:
+        super().startService()
+        for signum in self.forwarded_signals:
+            self._previous_handlers[signum] = signal.signal(
+                signum, lambda number, frame: self.reactor.callFromThread(self.forward, number))
+        for index in range(1, self.count + 1):
+            self.failures[index] = 0
+            self._start(index)
+
+    def forward(self, signum: int) -> None:
+        """Send ``signum`` to every running worker (what a forwarded signal does)."""
+        log.info("forwarding signal {signal} to {count} worker(s)",
+                 signal=signal.Signals(signum).name, count=len(self.workers))
+        until = self.reactor.seconds() + self.stop_timeout
+        for worker in list(self.workers.values()):
+            worker.expected_until = until
+            self._signal(worker, signum)
+
+    def _start(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        argv = list(self.command(index))
+        spawn = self._spawn or self.reactor.spawnProcess
+        try:
+            process = spawn(_WorkerProtocol(self, index), argv[0], argv, env=dict(self._env()),
+                            path=None, childFDs={0: "w", 1: 1, 2: 2,
+                                                 WORKER_LISTEN_FD: self.listener.fileno})
+        except Exception as e:
+            self._restart_later(index, failed=True, why=str(e) or type(e).__name__,
+                                pid=None, ran=0.0)
+            return
+        self.workers[index] = _Worker(index, process, process.pid, self.reactor.seconds())
+        log.info("kcm-gateway worker {index} started: pid {pid}", index=index, pid=process.pid)
+
+    def worker_ended(self, index: int, reason: Failure) -> None:
+        """Worker ``index`` exited (``reason``: ProcessDone or ProcessTerminated)."""
+        worker = self.workers.pop(index, None)
+        if worker is None:
+            return
+        how = _exit_description(reason)
+        if not self.running:
+            log.info("kcm-gateway worker {index} (pid {pid}) stopped: {how}", index=index,
+                     pid=worker.pid, how=how)
+            if not self.workers and self._stopped is not None:
+                self._all_stopped()
+            return
+        now = self.reactor.seconds()
+        expected = now <= worker.expected_until
+        ran = now - worker.started
+        if ran >= self.stable_after:
+            self.failures[index] = 0
+        self._restart_later(index, failed=not expected, why=how, pid=worker.pid,
+                            ran=ran)
+
+    def _restart_later(self, index: int, *, failed: bool, why: str, pid: int | None,
+                       ran: float) -> None:
+        if failed:
+            delay = self.backoff(self.failures[index])
+            self.failures[index] += 1
+            if pid is None:
+                log.error("kcm-gateway worker {index} could not be started: {why}; trying "
+                          "again in {delay:.1f} s (failure {failures} in a row)", index=index,
+                          why=why, delay=delay, failures=self.failures[index])
+            else:
+                log.error("kcm-gateway worker {index} (pid {pid}) exited: {why} after "
+                          "{ran:.1f} s; restarting it in {delay:.1f} s (failure {failures} "
+                          "in a row)", index=index, pid=pid, why=why, ran=ran, delay=delay,
+                          failures=self.failures[index])
+        else:
+            delay = 0.0
+            self.failures[index] = 0
+            log.info("kcm-gateway worker {index} (pid {pid}) exited after a forwarded signal "
+                     "({why}); restarting it", index=index, pid=pid, why=why)
+        self._restarts[index] = self.reactor.callLater(delay, self._start, index)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for call in self._restarts.values():
+            call.cancel()
+        self._restarts.clear()
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers.clear()
+        if not self.workers:
+            return succeed(None)
+        self._stopped = Deferred()
+        log.info("stopping {count} kcm-gateway worker(s)", count=len(self.workers))
+        for worker in list(self.workers.values()):
+            self._signal(worker, signal.SIGTERM)
+        self._kill = self.reactor.callLater(self.stop_timeout, self._kill_remaining)
+        return self._stopped
+
+    def _kill_remaining(self) -> None:
+        self._kill = None
+        for worker in list(self.workers.values()):
+            log.warn("kcm-gateway worker {index} (pid {pid}) did not stop within {t:g} s; "
+                     "killing it", index=worker.index, pid=worker.pid,
+                     t=self.stop_timeout)
+            self._signal(worker, signal.SIGKILL)
+
+    def _all_stopped(self) -> None:
+        if self._kill is not None and self._kill.active():
+            self._kill.cancel()
+        self._kill = None
+        stopped, self._stopped = self._stopped, None
+        assert stopped is not None
+        stopped.callback(None)
+
+    @staticmethod
+    def _signal(worker: _Worker, signum: int) -> None:
+        with suppress(error.ProcessExitedAlready):  # its processEnded is on its way
+            worker.process.signalProcess(signum)
+
+
+def _exit_description(reason: Failure) -> str:
+    value = reason.value
+    signum = getattr(value, "signal", None)
+    if signum:
+        try:
+            return f"signal {signal.Signals(signum).name}"
+        except ValueError:
+            return f"signal {signum}"
+    return f"exit status {getattr(value, 'exitCode', None)}"
+
+
+@implementer(IReadDescriptor)
+class _PipeEnd:
+    """The read end of the supervisor's pipe: ``gone()`` once it reads end-of-file."""
+
+    def __init__(self, fileno: int, gone: Callable[[], None]) -> None:
+        self._fileno = fileno
+        self._gone = gone
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def doRead(self) -> Any:
+        try:
+            data = os.read(self._fileno, 4096)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return CONNECTION_DONE
+        return None if data else CONNECTION_DONE
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._gone()
+
+    def logPrefix(self) -> str:
+        return "kcm-supervisor-pipe"
+
+
+class SupervisorLifeline(Service):
+    """In a worker: watches the pipe the supervisor gave it as descriptor ``fileno`` and
+    stops the reactor when it closes (the supervisor exited without stopping the worker)."""
+
+    name = "kcm-supervisor-lifeline"
+
+    def __init__(self, reactor: Any, fileno: int = 0) -> None:
+        self.reactor = reactor
+        self.fileno = fileno
+        self._reader: _PipeEnd | None = None
+
+    def startService(self) -> None:
+        self._reader = _PipeEnd(self.fileno, self._supervisor_gone)
+        self.reactor.addReader(self._reader)
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            self.reactor.removeReader(reader)
+
+    def _supervisor_gone(self) -> None:
+        if self._reader is None:
+            return
+        self._reader = None
+        log.warn("the kcm-gateway supervisor is gone (its pipe closed); stopping this worker")
+        with suppress(error.ReactorNotRunning):
+            self.reactor.stop()
+
+
+class GatewaySupervisor(ProcessService):
+    """The root of a supervisor process: the shared KMIP listener, then the worker pool.
+    Assembled by :func:`kcm.gateway.tap.makeService`; it logs (without a worker field) to
+    the configured log, which its workers append to as well."""
+
+    def __init__(self, config: GatewayConfig, *, workers: int) -> None:
+        super().__init__("kcm-gateway", log_format=config.log_format,
+                         log_level=config.log_level, log_path=config.log_file,
+                         log_fields={"worker": "supervisor"})
+        self.config = config
+        self.workers = workers
+
+    def startService(self) -> None:
+        log.info("kcm-gateway supervisor: {workers} workers sharing {listen}, each linked to "
+                 "{core}", workers=self.workers, listen=self.config.listen,
+                 core=self.config.core)
+        super().startService()

@@ -1,0 +1,308 @@
+"""kcm-gateway with ``workers = 2``, end to end: a real `twistd kcm-gateway` supervisor and its
+two worker processes sharing one KMIP port, in front of a real kcm-core, with mutual TLS on
+loopback.
+
+Which worker serves a connection is read from the kernel (Linux ``/proc``): the process that
+holds the server side of the client's TCP connection. The worker pids come from the
+supervisor's log (``kcm-gateway worker I started: pid P``).
+
+* Connections are spread over both workers, and each answers L4 requests itself and forwards
+  the rest to the core.
+* A revocation (a destroyed L4 token, a compromised L3) reaches every worker within 1 s.
+* A worker killed with SIGKILL is restarted and serves again; the other kept serving.
+* SIGTERM to the supervisor stops every worker; a supervisor killed outright takes its
+  workers with it; SIGHUP restarts every worker (forwarded; a gateway exits on it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from kcm.conformance.client import KmipClient, KmipClientError
+from kcm.kmip.enums import ResultReason, RevocationReasonCode
+from kcm.kmip.payloads.crypto import EncryptResponse
+from kcm.testing.processes import running
+from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
+from tests.gateway_support import create_l4, create_managed, encrypt, get, locate
+from tests.integration.test_gateway_sync import (
+    PROPAGATION_BOUND,
+    decrypt,
+    destroy,
+    enforced_within,
+    envelope,
+    refusals,
+    report,
+    revoke,
+    send,
+    succeeded,
+)
+
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
+                                reason="reads which process serves a connection from /proc")
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    """A running kcm-core and a kcm-gateway of two workers, both linked to it."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2)
+    with running(core, gateway) as pair:
+        assert len(gateway.worker_pids()) == 2
+        yield pair
+
+
+# Who serves a connection ----------------------------------------------------------------------
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def serving_pid(client: KmipClient, candidates: list[int]) -> int | None:
+    """Which of ``candidates`` holds the server side of ``client``'s connection."""
+    assert client._socket is not None, "connect first"
+    client_port = client._socket.getsockname()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if (int(local.split(":")[1], 16) == client.port
+                and int(remote.split(":")[1], 16) == client_port):
+            inodes.add(inode)
+    for pid in candidates:
+        if inodes & _socket_inodes(pid):
+            return pid
+    return None
+
+
+def connect(stack: ExitStack, gateway: GatewayProcess, who: str = "app") -> KmipClient:
+    client = stack.enter_context(gateway.client(who))
+    client.connect()
+    return client
+
+
+def clients_by_worker(stack: ExitStack, gateway: GatewayProcess, count: int,
+                      who: str = "app") -> dict[int, list[KmipClient]]:
+    """``count`` open connections, by the pid of the worker serving each."""
+    pids = list(gateway.worker_pids().values())
+    by_pid: dict[int, list[KmipClient]] = {pid: [] for pid in pids}
+    for _ in range(count):
+        client = connect(stack, gateway, who)
+        succeeded(client, locate())  # the handshake is done and a worker served it
+        pid = serving_pid(client, pids)
+        assert pid is not None, "no worker holds the connection"
+        by_pid[pid].append(client)
+    return by_pid
+
+
+def one_client_per_worker(stack: ExitStack, gateway: GatewayProcess, who: str = "app",
+                          tries: int = 40) -> dict[int, KmipClient]:
+    """A connection to each worker (connecting until each has served one)."""
+    pids = list(gateway.worker_pids().values())
+    chosen: dict[int, KmipClient] = {}
+    for _ in range(tries):
+        client = connect(stack, gateway, who)
+        succeeded(client, locate())
+        pid = serving_pid(client, pids)
+        if pid is not None and pid not in chosen:
+            chosen[pid] = client
+        if len(chosen) == len(pids):
+            return chosen
+    raise AssertionError(f"{tries} connections reached only workers {sorted(chosen)}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too (its parent has not reaped it yet).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+# (a) ---------------------------------------------------------------------------------------------
+def test_connections_are_spread_over_both_workers_and_each_answers_l4_and_forwarded_requests(
+        deployment) -> None:
+    _, gateway = deployment
+    with ExitStack() as stack:
+        by_pid = clients_by_worker(stack, gateway, 16)
+        counts = {pid: len(clients) for pid, clients in by_pid.items()}
+        print(f"\n16 connections over the workers: {counts}")
+        assert all(counts.values()), counts
+        for clients in by_pid.values():
+            for client in clients:
+                # L4, answered by the worker itself: a new token, its DEK, a record.
+                [created] = succeeded(client, create_l4())
+                token = created.unique_identifier
+                assert token.startswith("l4.1.")
+                key, sealed = succeeded(client, get(token), encrypt(token, b"a record"))
+                [opened] = succeeded(client, decrypt(token, sealed))
+                assert opened.data == b"a record"
+                assert len(key.object.key_block.key_value.key_material) == 32
+                # Forwarded to the core: a managed key, found again by Locate.
+                [managed] = succeeded(client, create_managed())
+                assert not managed.unique_identifier.startswith(("l4.", "l3-"))
+                [found] = succeeded(client, locate())
+                assert managed.unique_identifier in found.unique_identifiers
+        # Every token works at every worker: they share the service key, not a cache.
+        [first, second] = [clients[0] for clients in by_pid.values()]
+        [created] = succeeded(first, create_l4())
+        [sealed] = succeeded(first, encrypt(created.unique_identifier, b"crosses workers"))
+        [opened] = succeeded(second, decrypt(created.unique_identifier, sealed))
+        assert opened.data == b"crosses workers"
+
+
+# (b) ---------------------------------------------------------------------------------------------
+def test_a_revocation_reaches_every_worker_within_1s(deployment) -> None:
+    core, gateway = deployment
+    with ExitStack() as stack:
+        apps = one_client_per_worker(stack, gateway)
+        names = {pid: f"worker pid {pid}" for pid in apps}
+        clients = {names[pid]: client for pid, client in apps.items()}
+        first = next(iter(clients.values()))
+        admin = connect(stack, gateway, "admin")
+        destroyed, kept = envelope(first), envelope(first)
+        for client in clients.values():  # every worker holds the L3 and serves both tokens
+            assert refusals(send(client, get(destroyed.token), encrypt(kept.token, b"x"))) \
+                == [None, None]
+
+        # A destroyed L4 token.
+        probe = [get(destroyed.token), encrypt(destroyed.token, b"more"),
+                 decrypt(destroyed.token, destroyed.record)]
+        sent = time.monotonic()
+        succeeded(first, destroy(destroyed.token))
+        answered = time.monotonic()
+        delays = enforced_within(clients, probe, [ResultReason.OBJECT_NOT_FOUND] * 3,
+                                 since=sent)
+        report("L4 destruction enforced", delays, sent, answered)
+        assert max(delays.values()) < PROPAGATION_BOUND, delays
+
+        # A compromised L3: everything under it stops, decrypting included.
+        probe = [encrypt(kept.l3, kept.dek), encrypt(kept.token, b"more"),
+                 create_l4(via_link=kept.l3), decrypt(kept.token, kept.record),
+                 decrypt(kept.l3, kept.wrapped), get(kept.token)]
+        sent = time.monotonic()
+        succeeded(admin, revoke(kept.l3, RevocationReasonCode.KEY_COMPROMISE))
+        answered = time.monotonic()
+        delays = enforced_within(clients, probe,
+                                 [ResultReason.WRONG_KEY_LIFECYCLE_STATE] * len(probe),
+                                 since=sent)
+        report("L3 compromise enforced", delays, sent, answered)
+        assert max(delays.values()) < PROPAGATION_BOUND, delays
+        with core.client("app") as direct:
+            assert refusals(send(direct, get(destroyed.token))) == [
+                ResultReason.OBJECT_NOT_FOUND]
+
+
+# (c) ---------------------------------------------------------------------------------------------
+def test_a_killed_worker_is_restarted_and_serves_while_the_other_kept_serving(
+        deployment) -> None:
+    _, gateway = deployment
+    before = gateway.worker_pids()
+    with ExitStack() as stack:
+        apps = one_client_per_worker(stack, gateway)
+        [token] = [p.unique_identifier for p in succeeded(next(iter(apps.values())),
+                                                            create_l4())]
+        killed_index, killed = 1, before[1]
+        [survivor] = [pid for pid in before.values() if pid != killed]
+        os.kill(killed, signal.SIGKILL)
+        # The other worker keeps serving, on the connection it had, while its sibling is
+        # down and being restarted.
+        restarted = wait_until(lambda: gateway.worker_pids()[killed_index] != killed
+                               and survivor_serves(apps[survivor], token),
+                               "the killed worker to be started again", timeout=15.0)
+        new = gateway.worker_pids()[killed_index]
+        print(f"\nworker {killed_index} (pid {killed}) restarted as pid {new} "
+              f"within {restarted:.2f} s")
+        assert not alive(killed) and alive(survivor)
+        assert gateway.worker_pids() == {**before, killed_index: new}
+        # The connection the killed worker held is gone...
+        with pytest.raises(KmipClientError):
+            send(apps[killed], encrypt(token, b"x"))
+        # ...and the new worker serves once it is linked (a connection lands on it).
+        gateway.wait_linked(more_than=2)
+        pids = [survivor, new]
+        for _ in range(40):
+            client = connect(stack, gateway)
+            [sealed] = succeeded(client, encrypt(token, b"after the restart"))
+            if serving_pid(client, pids) == new:
+                [opened] = succeeded(client, decrypt(token, sealed))
+                assert opened.data == b"after the restart"
+                succeeded(client, locate())  # forwarded, over the new worker's own link
+                break
+        else:
+            raise AssertionError("no connection reached the restarted worker")
+        assert survivor_serves(apps[survivor], token)
+    log = gateway.log.read_text()
+    assert f"kcm-gateway worker {killed_index} (pid {killed}) exited: signal SIGKILL" in log
+
+
+def survivor_serves(client: KmipClient, token: str) -> bool:
+    [sealed] = succeeded(client, encrypt(token, b"still here"))
+    return isinstance(sealed, EncryptResponse) and bool(sealed.data)
+
+
+# (d) ---------------------------------------------------------------------------------------------
+def test_sigterm_to_the_supervisor_stops_every_worker(deployment) -> None:
+    _, gateway = deployment
+    assert gateway.process is not None
+    workers = list(gateway.worker_pids().values())
+    assert all(alive(pid) for pid in workers)
+    gateway.process.send_signal(signal.SIGTERM)
+    gateway.process.wait(timeout=20)
+    wait_until(lambda: not any(alive(pid) for pid in workers), "every worker to exit", 5.0)
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", gateway.port),
+                                                          timeout=1):
+        pass
+    log = gateway.log.read_text()
+    for index, pid in gateway.worker_pids().items():
+        assert f"kcm-gateway worker {index} (pid {pid}) stopped: " in log
+    gateway.process = None
+
+
+def test_a_killed_supervisor_takes_its_workers_with_it(deployment) -> None:
+    _, gateway = deployment
+    assert gateway.process is not None
+    workers = list(gateway.worker_pids().values())
+    gateway.process.send_signal(signal.SIGKILL)
+    gateway.process.wait(timeout=20)
+    wait_until(lambda: not any(alive(pid) for pid in workers), "every worker to exit", 10.0)
+    assert gateway.log.read_text().count("the kcm-gateway supervisor is gone") == 2
+    gateway.process = None
+
+
+
+def test_sighup_to_the_supervisor_restarts_every_worker_and_they_link_again(
+        deployment) -> None:
+    _, gateway = deployment
+    assert gateway.process is not None
+    before = gateway.worker_pids()
+    gateway.process.send_signal(signal.SIGHUP)
+    gateway.wait_linked(more_than=3, timeout=20.0)  # two links each, old and new
+    after = gateway.worker_pids()
+    assert set(after) == {1, 2} and not set(after.values()) & set(before.values())
+    assert gateway.process.poll() is None  # the supervisor itself kept running
+    log = gateway.log.read_text()
+    for index, pid in before.items():
+        assert (f"kcm-gateway worker {index} (pid {pid}) exited after a forwarded signal "
+                "(signal SIGHUP); restarting it") in log
+    with gateway.client("app") as client:
+        [created] = succeeded(client, create_l4())
+        assert created.unique_identifier.startswith("l4.1.")

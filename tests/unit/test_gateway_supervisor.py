@@ -1,0 +1,289 @@
+"""kcm-gateway's supervisor (kcm.gateway.supervisor): starting, restarting with a back-off,
+forwarding signals to and stopping its workers, driven by task.Clock and a fake spawner; the
+listener it shares; the worker's lifeline; how many workers ``workers = 0`` means."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from twisted.internet import error, reactor
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from kcm.gateway.supervisor import (
+    RESTART_BACKOFF,
+    WORKER_LISTEN_FD,
+    SharedListener,
+    SupervisorLifeline,
+    WorkerPool,
+    worker_count,
+)
+from kcm.tls import plain_server_endpoint
+
+
+@dataclass
+class FakeProcess:
+    pid: int
+    protocol: Any
+    signals: list[int] = field(default_factory=list)
+    ended: bool = False
+
+    def signalProcess(self, signum: int) -> None:
+        if self.ended:
+            raise error.ProcessExitedAlready()
+        self.signals.append(signum)
+
+    def end(self, *, code: int | None = 1, signum: int | None = None) -> None:
+        """The process exits: with status ``code``, or killed by ``signum``."""
+        self.ended = True
+        reason = error.ProcessDone(0) if code == 0 and signum is None \
+            else error.ProcessTerminated(exitCode=code, signal=signum)
+        self.protocol.processEnded(Failure(reason))
+
+
+class FakeSpawner:
+    """reactor.spawnProcess's stand-in: records every spawn, hands out pids 100, 101..."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.processes: list[FakeProcess] = []
+        self.fail_next = 0
+
+    def __call__(self, protocol: Any, executable: str, args: list[str], *, env: dict,
+                 path: str | None, childFDs: dict) -> FakeProcess:
+        self.calls.append({"executable": executable, "args": args, "env": env,
+                           "childFDs": childFDs})
+        if self.fail_next:
+            self.fail_next -= 1
+            raise OSError("no more processes")
+        process = FakeProcess(100 + len(self.processes), protocol)
+        self.processes.append(process)
+        return process
+
+    def latest(self, index: int) -> FakeProcess:
+        """The process last spawned for worker ``index``."""
+        return [p for p in self.processes if p.protocol.index == index][-1]
+
+
+class FakeListener:
+    fileno = 7
+
+
+def pool(count: int = 2, **kwargs: Any) -> tuple[WorkerPool, Clock, FakeSpawner]:
+    clock, spawner = Clock(), FakeSpawner()
+    workers = WorkerPool(count, lambda index: ["python", "worker", str(index)], FakeListener(),
+                         reactor=clock, spawn=spawner, forwarded_signals=(),
+                         env=lambda: {"PATH": "/bin"}, **kwargs)
+    return workers, clock, spawner
+
+
+def test_it_starts_each_worker_on_the_shared_socket_and_a_pipe() -> None:
+    workers, _, spawner = pool(3)
+    workers.startService()
+    assert [call["args"] for call in spawner.calls] == [
+        ["python", "worker", "1"], ["python", "worker", "2"], ["python", "worker", "3"]]
+    assert spawner.calls[0]["executable"] == "python"
+    assert spawner.calls[0]["env"] == {"PATH": "/bin"}
+    # stdin: a pipe from the supervisor; stdout/stderr: the supervisor's; the socket as fd 3.
+    assert spawner.calls[0]["childFDs"] == {0: "w", 1: 1, 2: 2, WORKER_LISTEN_FD: 7}
+    assert workers.pids() == {1: 100, 2: 101, 3: 102}
+
+
+def test_a_dead_worker_is_restarted_after_the_backoff_and_the_others_are_left_alone() -> None:
+    workers, clock, spawner = pool(2)
+    workers.startService()
+    clock.advance(60)
+    spawner.latest(1).end(signum=signal.SIGKILL)
+    assert workers.pids() == {2: 101}
+    [restart] = clock.getDelayedCalls()
+    assert restart.getTime() - clock.seconds() == pytest.approx(RESTART_BACKOFF(0)) == 0.2
+    clock.advance(0.15)
+    assert len(spawner.processes) == 2  # not yet
+    clock.advance(0.1)
+    assert workers.pids() == {1: 102, 2: 101}
+    assert spawner.latest(2).signals == []
+    assert spawner.calls[-1]["args"] == ["python", "worker", "1"]
+
+
+def test_a_crash_loop_backs_off_exponentially_up_to_30s() -> None:
+    workers, clock, spawner = pool(1)
+    workers.startService()
+    delays = []
+    for attempt in range(10):
+        spawner.latest(1).end(code=1)  # dies at once, every time
+        [restart] = clock.getDelayedCalls()
+        delays.append(round(restart.getTime() - clock.seconds(), 6))
+        clock.advance(delays[-1])
+        assert len(spawner.processes) == attempt + 2
+    assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
+    assert workers.failures[1] == 10
+
+
+def test_the_backoff_starts_afresh_after_a_worker_ran_long_enough() -> None:
+    workers, clock, spawner = pool(1, stable_after=30.0)
+    workers.startService()
+    for _ in range(3):
+        spawner.latest(1).end(code=1)
+        clock.advance(30)  # past any of these delays: restarted
+    assert workers.failures[1] == 3
+    clock.advance(30)  # the fourth worker has now run 30 s
+    spawner.latest(1).end(code=1)
+    assert workers.failures[1] == 1
+    clock.advance(RESTART_BACKOFF(0))
+    assert len(spawner.processes) == 5
+
+
+def test_a_worker_that_cannot_be_spawned_is_tried_again_with_the_backoff() -> None:
+    workers, clock, spawner = pool(1)
+    spawner.fail_next = 2
+    workers.startService()
+    assert workers.pids() == {}
+    clock.advance(RESTART_BACKOFF(0))
+    assert workers.pids() == {}  # second failure
+    clock.advance(RESTART_BACKOFF(1))
+    assert workers.pids() == {1: 100}
+
+
+def test_stopping_terminates_every_worker_and_waits_for_them() -> None:
+    workers, clock, spawner = pool(2)
+    workers.startService()
+    spawner.latest(1).end(code=1)  # a restart is pending...
+    stopped = workers.stopService()
+    clock.advance(5)
+    assert len(spawner.processes) == 2  # ...and cancelled
+    assert spawner.latest(2).signals == [signal.SIGTERM]
+    assert not stopped.called
+    spawner.latest(2).end(signum=signal.SIGTERM)
+    assert stopped.called
+    clock.advance(60)
+    assert len(spawner.processes) == 2  # a worker that stops is not restarted
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_stop_timeout() -> None:
+    workers, clock, spawner = pool(2, stop_timeout=10.0)
+    workers.startService()
+    stopped = workers.stopService()
+    spawner.latest(1).end(signum=signal.SIGTERM)
+    clock.advance(9.9)
+    assert spawner.latest(2).signals == [signal.SIGTERM]
+    clock.advance(0.1)
+    assert spawner.latest(2).signals == [signal.SIGTERM, signal.SIGKILL]
+    assert not stopped.called
+    spawner.latest(2).end(signum=signal.SIGKILL)
+    assert stopped.called
+
+
+def test_stopping_without_running_workers_is_immediate() -> None:
+    workers, _, spawner = pool(1)
+    spawner.fail_next = 1
+    workers.startService()
+    assert workers.stopService().called
+
+
+def test_a_forwarded_signal_reaches_every_worker_and_its_exit_restarts_at_once() -> None:
+    workers, clock, spawner = pool(2)
+    workers.startService()
+    spawner.latest(1).end(code=1)
+    clock.advance(RESTART_BACKOFF(0))  # one failure on record for worker 1
+    workers.forward(signal.SIGHUP)
+    assert [spawner.latest(i).signals for i in (1, 2)] == [[signal.SIGHUP]] * 2
+    spawner.latest(1).end(signum=signal.SIGHUP)  # a worker exits on SIGHUP...
+    clock.advance(0)
+    assert 1 in workers.pids() and workers.failures[1] == 0  # ...and is back at once
+    assert spawner.latest(2).signals == [signal.SIGHUP]  # the other kept running
+
+
+def test_sighup_to_the_supervisor_is_forwarded(monkeypatch) -> None:
+    clock, spawner = Clock(), FakeSpawner()
+    clock.callFromThread = lambda f, *args: f(*args)  # type: ignore[attr-defined]
+    previous = signal.getsignal(signal.SIGHUP)
+    workers = WorkerPool(1, lambda index: ["w"], FakeListener(), reactor=clock, spawn=spawner,
+                         env=dict)
+    workers.startService()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert spawner.latest(1).signals == [signal.SIGHUP]
+    finally:
+        workers.stopService()
+    assert signal.getsignal(signal.SIGHUP) == previous
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(1, 1), (2, 2), (7, 7), (0, 3)])
+def test_workers_zero_means_one_per_usable_cpu(setting: int, expected: int) -> None:
+    assert worker_count(setting, cpus=lambda: 3) == expected
+
+
+def test_workers_zero_counts_the_cpus_this_process_may_use() -> None:
+    assert worker_count(0) == len(os.sched_getaffinity(0))
+
+
+def test_the_shared_listener_binds_but_never_accepts() -> None:
+    listener = SharedListener(reactor, "tcp:0:interface=127.0.0.1")
+    listener.startService()
+    try:
+        port = listener.port
+        assert port is not None and port not in reactor.getReaders()
+        with socket.socket(fileno=os.dup(listener.fileno)) as sock:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+            assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        listener.stopService()
+
+
+def test_a_port_in_use_fails_the_shared_listeners_start() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listener = SharedListener(reactor, f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1")
+        with pytest.raises(error.CannotListenError, match="Address already in use"):
+            listener.startService()
+    assert listener.port is None and not listener.running
+
+
+def test_an_inherited_socket_is_adopted_with_its_family() -> None:
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        sock.listen()
+        endpoint = plain_server_endpoint(reactor, f"fd:{sock.fileno()}")
+        assert (endpoint.fileno, endpoint.addressFamily) == (sock.fileno(), socket.AF_INET6)
+    for bad in ("fd:", "fd:three", "ssl:5696"):
+        with pytest.raises(ValueError):
+            plain_server_endpoint(reactor, bad)
+
+
+class FakeReactor:
+    def __init__(self) -> None:
+        self.readers: list[Any] = []
+        self.stopped = 0
+
+    def addReader(self, reader: Any) -> None:
+        self.readers.append(reader)
+
+    def removeReader(self, reader: Any) -> None:
+        self.readers.remove(reader)
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_a_worker_stops_when_its_supervisors_pipe_closes() -> None:
+    read_end, write_end = os.pipe()
+    fake = FakeReactor()
+    lifeline = SupervisorLifeline(fake, read_end)
+    lifeline.startService()
+    try:
+        [reader] = fake.readers
+        assert reader.fileno() == read_end
+        os.close(write_end)  # the supervisor is gone
+        assert reader.doRead() is CONNECTION_DONE
+        reader.connectionLost(Failure(CONNECTION_DONE))  # what the reactor does next
+        assert fake.stopped == 1
+    finally:
+        lifeline.stopService()
+        os.close(read_end)

@@ -326,7 +326,30 @@ def plain_server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoi
     # socket(fileno=) reads the family from the descriptor; a copy, so closing it keeps N.
     with socket.socket(fileno=os.dup(fileno)) as inherited:
         family = inherited.family
-    return AdoptedStreamServerEndpoint(reactor, fileno, family)
+    return _OneAcceptPerTurn(AdoptedStreamServerEndpoint(reactor, fileno, family))
+
+
+class _OneAcceptPerTurn:
+    """An endpoint whose port accepts at most one connection each time the reactor finds
+    it readable. Several processes accept on one shared socket (kcm-gateway's workers):
+    Twisted's port accepts up to a hundred pending connections in one go, so the first
+    worker to wake would take a whole burst of connects; one each, in turn, they spread."""
+
+    def __init__(self, inner: IStreamServerEndpoint) -> None:
+        self._inner = inner
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        def one_at_a_time(port: IListeningPort) -> IListeningPort:
+            accept_some = port.doRead  # type: ignore[attr-defined]
+
+            def accept_one() -> object:
+                port.numberAccepts = 1  # type: ignore[attr-defined]
+                return accept_some()
+
+            port.doRead = accept_one  # type: ignore[attr-defined]
+            return port
+
+        return self._inner.listen(protocolFactory).addCallback(one_at_a_time)
 
 
 #: The listen backlog of a TCP listener whose description names none. Twisted's default

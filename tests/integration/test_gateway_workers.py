@@ -19,8 +19,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -167,6 +169,27 @@ def test_connections_are_spread_over_both_workers_and_each_answers_l4_and_forwar
         [sealed] = succeeded(first, encrypt(created.unique_identifier, b"crosses workers"))
         [opened] = succeeded(second, decrypt(created.unique_identifier, sealed))
         assert opened.data == b"crosses workers"
+
+
+def test_a_burst_of_connects_is_spread_over_the_workers(deployment) -> None:
+    """Eight clients connecting at the same instant (as a pool starting up does): each
+    worker accepts one pending connection per turn, so neither takes the whole burst."""
+    _, gateway = deployment
+    pids = list(gateway.worker_pids().values())
+    with ExitStack() as stack:
+        clients = [stack.enter_context(gateway.client()) for _ in range(8)]
+        start = threading.Barrier(len(clients))
+
+        def connect_together(client: KmipClient) -> None:
+            start.wait(timeout=10)
+            client.connect()
+            succeeded(client, locate())
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            list(pool.map(connect_together, clients))
+        counts = [sum(serving_pid(c, pids) == pid for c in clients) for pid in pids]
+    print(f"\na burst of 8 connects over the workers: {counts}")
+    assert sum(counts) == 8 and min(counts) >= 2, counts
 
 
 # (b) ---------------------------------------------------------------------------------------------

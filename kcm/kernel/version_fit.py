@@ -1,0 +1,153 @@
+"""What a response may carry in the request's protocol version: the one filter.
+
+Operations build their answers from one model that knows every version's fields; what
+an older version does not define must not reach its client (KMIP 1.0 has no Fresh
+attribute, no Discover Versions operation, no Authenticated Encryption Tag field; KMIP
+1.x has no Key Format Type attribute). :func:`fit` is applied to every batch item a
+server encodes (:func:`kcm.kernel.responses.encode_items`) and nowhere else, and drops:
+
+* an item whose tag the version does not define (a payload field, a Query answer part);
+* an Enumeration whose value the version does not define (an Operation or Object Type
+  a Query lists, a Link Type);
+* a 1.x ``Attribute`` whose Attribute Name is not an attribute of the version (custom
+  ``x-``/``y-`` attributes stay), and such a name in a Get Attribute List answer;
+* the bits of a mask (Cryptographic Usage Mask) the version does not name.
+
+:func:`faults` says what :func:`fit` would drop, for the strict check the tests run
+(``KCM_STRICT_VERSIONS=1``: :func:`kcm.kernel.responses.response_wire` refuses to send an
+answer with a fault, which catches an item that reached the wire without being fitted).
+Which version defines what is :mod:`kcm.kmip.registry`'s (from the spec tables and their
+1.x history). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kcm.kmip import registry
+from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
+from kcm.ttlv import Item, ItemType
+
+__all__ = ["STRICT", "faults", "fit"]
+
+#: Whether answers are checked before they are sent (the test suites set it).
+STRICT = os.environ.get("KCM_STRICT_VERSIONS", "") == "1"
+
+_S = ItemType.STRUCTURE
+_ENUM = ItemType.ENUMERATION
+_CUSTOM = ("x-", "y-")
+
+
+def fit(item: Item, version: Version) -> Item:
+    """``item`` (a Response Batch Item, or any part of an answer) without what ``version``
+    does not define. The item itself is kept even if its own tag is unknown. Of a batch
+    item only the payload is judged: its Operation repeats the request's, and its Result
+    Reason is :mod:`kcm.kernel.result_reasons`'."""
+    fitted = _fit_children(item, version, None, _payload_only(item))
+    return item if fitted is None else fitted
+
+
+def faults(item: Item, version: Version) -> list[str]:
+    """What in ``item`` ``version`` does not define, one line each (empty: it fits)."""
+    found: list[str] = []
+    _fit_children(item, version, found, _payload_only(item))
+    return found
+
+
+def _payload_only(item: Item) -> bool:
+    return item.tag == Tag.BATCH_ITEM
+
+
+def _fit_children(item: Item, version: Version, found: list[str] | None,
+                  payload_only: bool = False) -> Item | None:
+    """``item`` with its children fitted; None if nothing changed."""
+    if item.type is not _S:
+        return None
+    children: list[Item] = item.value  # type: ignore[assignment]
+    kept: list[Item] = []
+    changed = False
+    for child in children:
+        if payload_only and child.tag != Tag.RESPONSE_PAYLOAD:
+            kept.append(child)
+            continue
+        fitted = _fit_one(child, version, found)
+        if fitted is not child:
+            changed = True
+        if fitted is not None:
+            kept.append(fitted)
+    if not changed:
+        return None
+    return Item(item.tag, _S, kept)
+
+
+def _drop(found: list[str] | None, what: str) -> None:
+    if found is not None:
+        found.append(what)
+
+
+def _fit_one(item: Item, version: Version, found: list[str] | None) -> Item | None:
+    """``item`` fitted: itself, a changed copy, or None (dropped)."""
+    tag = item.tag
+    if not registry.defines_tag(tag, version):
+        _drop(found, f"tag 0x{tag:06X}")
+        return None
+    if tag == Tag.ATTRIBUTE and version < (2, 0):
+        return _fit_v1_attribute(item, version, found)
+    if tag == Tag.ATTRIBUTE_NAME and version < (2, 0) and item.type is ItemType.TEXT_STRING:
+        if not _v1_attribute_name(item.value, version):  # type: ignore[arg-type]
+            _drop(found, f"attribute {item.value!r}")
+            return None
+        return item
+    return _fit_value(item, tag, version, found)
+
+
+def _fit_value(item: Item, meaning: int, version: Version,
+               found: list[str] | None) -> Item | None:
+    """``item`` judged as a value of tag ``meaning`` (an Attribute Value means its
+    attribute's tag)."""
+    if item.type is _ENUM:
+        if not registry.defines_value(meaning, item.value, version):  # type: ignore[arg-type]
+            _drop(found, f"value 0x{item.value:08X} of tag 0x{meaning:06X}")
+            return None
+        return item
+    if item.type is ItemType.INTEGER:
+        bits = registry.defined_mask_bits(meaning, version)
+        if bits is not None and item.value & ~bits:  # type: ignore[operator]
+            _drop(found, f"mask bits 0x{item.value & ~bits:X} of tag 0x{meaning:06X}")  # type: ignore[operator]
+            return Item(item.tag, item.type, item.value & bits)  # type: ignore[operator]
+        return item
+    fitted = _fit_children(item, version, found)
+    return item if fitted is None else fitted
+
+
+def _v1_attribute_name(name: str, version: Version) -> bool:
+    if name.startswith(_CUSTOM):
+        return True
+    tag = registry.attribute_tag(name, version)
+    return tag is not None and registry.is_attribute(tag, version)
+
+
+def _fit_v1_attribute(item: Item, version: Version, found: list[str] | None) -> Item | None:
+    """A 1.x Attribute {Attribute Name, Attribute Index, Attribute Value}: dropped whole
+    unless its name is an attribute of ``version``; its value judged as that attribute."""
+    if item.type is not _S:
+        return item
+    children: list[Item] = item.value  # type: ignore[assignment]
+    name = next((c.value for c in children if c.tag == Tag.ATTRIBUTE_NAME), None)
+    if not isinstance(name, str):
+        return _fit_value(item, Tag.ATTRIBUTE, version, found)
+    if not _v1_attribute_name(name, version):
+        _drop(found, f"attribute {name!r}")
+        return None
+    meaning = registry.attribute_tag(name, version) or Tag.ATTRIBUTE_VALUE
+    kept = []
+    changed = False
+    for child in children:
+        fitted = (_fit_value(child, meaning, version, found) if child.tag == Tag.ATTRIBUTE_VALUE
+                  else child)
+        if fitted is None:  # the value itself is not expressible: the attribute is not
+            return None
+        changed = changed or fitted is not child
+        kept.append(fitted)
+    return Item(item.tag, _S, kept) if changed else item

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Sequence
 
 from kcm.kernel import version_fit
+from kcm.kernel.result_messages import result_message
 from kcm.kernel.result_reasons import error_reason, reason_in
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
@@ -48,10 +49,11 @@ def response_header(version: Version, now: int, correlation_id: str | None,
 def fail_item(response: ResponseBatchItem, version: Version, reason: int, message: str,
               v1_reason: int | None = None) -> None:
     """Make ``response`` a failed item with ``reason`` (said as ``version`` says it) and
-    ``message``, and no payload."""
+    ``message`` (as :func:`~kcm.kernel.result_messages.result_message` bounds it), and no
+    payload."""
     response.result_status = ResultStatus.OPERATION_FAILED
     response.result_reason = reason_in(version, reason, v1_reason)
-    response.result_message = message
+    response.result_message = result_message(message)
     response.response_payload = None
 
 

@@ -13,6 +13,13 @@ server encodes (:func:`kcm.kernel.responses.encode_items`) and nowhere else, and
   ``x-``/``y-`` attributes stay), and such a name in a Get Attribute List answer;
 * the bits of a mask (Cryptographic Usage Mask) the version does not name.
 
+An operation the request's version does not define is not run at all
+(:func:`check_operation`, asked by :func:`kcm.kernel.batch.run_batch`): its answer could
+not be said in that version (Encrypt's Data is a KMIP 1.2 tag), so it is Operation Not
+Supported, saying from which version on it exists. Discover Versions is the exception: it
+is how a client finds the version to speak (KMIP 1.1 §4.26), and its answer uses only
+KMIP 1.0 tags.
+
 :func:`faults` says what :func:`fit` would drop, for the strict check the tests run
 (``KCM_STRICT_VERSIONS=1``: :func:`kcm.kernel.responses.response_wire` refuses to send an
 answer with a fault, which catches an item that reached the wire without being fitted).
@@ -25,11 +32,14 @@ from __future__ import annotations
 import os
 
 from kcm.kmip import registry
+from kcm.kmip.enums import Operation, ResultReason
+from kcm.kmip.errors import KmipError
+from kcm.kmip.labels import enum_label
 from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
 
-__all__ = ["STRICT", "faults", "fit"]
+__all__ = ["STRICT", "check_operation", "faults", "fit"]
 
 #: Whether answers are checked before they are sent (the test suites set it).
 STRICT = os.environ.get("KCM_STRICT_VERSIONS", "") == "1"
@@ -37,6 +47,26 @@ STRICT = os.environ.get("KCM_STRICT_VERSIONS", "") == "1"
 _S = ItemType.STRUCTURE
 _ENUM = ItemType.ENUMERATION
 _CUSTOM = ("x-", "y-")
+
+
+#: Operations answered in every version (see the module docstring).
+_ANY_VERSION = frozenset({Operation.DISCOVER_VERSIONS})
+_VERSIONS: tuple[Version, ...] = ((1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1))
+
+
+def check_operation(version: Version, operation: int) -> None:
+    """Raise Operation Not Supported if ``version`` does not define ``operation``."""
+    if operation in _ANY_VERSION or registry.defines_value(Tag.OPERATION, operation, version):
+        return
+    since = next((v for v in _VERSIONS if registry.defines_value(Tag.OPERATION, operation, v)),
+                 None)
+    name = registry.enum_name(Tag.OPERATION, operation) or enum_label(Operation, operation)
+    if since is None:
+        raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
+                        f"{name} is not an operation of KMIP {version[0]}.{version[1]}")
+    raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
+                    f"{name} is an operation of KMIP {since[0]}.{since[1]} and later, "
+                    f"not of KMIP {version[0]}.{version[1]}")
 
 
 def fit(item: Item, version: Version) -> Item:

@@ -24,6 +24,7 @@ from kcm.kmip.enums import (
     ResultStatus,
     State,
 )
+from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import ResponseBatchItem
 from kcm.kmip.payloads import EncryptResponse, QueryResponse
 from kcm.kmip.tags import Tag
@@ -172,3 +173,25 @@ def test_the_aead_tag_ends_data_before_1_4() -> None:
     assert aead_tag.answer_data(V14, b"cipher", b"T" * 16) == (b"cipher", b"T" * 16)
     assert aead_tag.request_data(V12, b"cipher" + b"T" * 12, None, 12) == (b"cipher", b"T" * 12)
     assert aead_tag.request_data(V14, b"cipher", b"T" * 16, 16) == (b"cipher", b"T" * 16)
+
+
+def test_an_operation_its_version_does_not_define_is_not_supported_saying_since_when() -> None:
+    with pytest.raises(KmipError) as refused:
+        version_fit.check_operation(V11, Operation.ENCRYPT)
+    assert refused.value.reason == ResultReason.OPERATION_NOT_SUPPORTED
+    assert refused.value.message == "Encrypt is an operation of KMIP 1.2 and later, not of KMIP 1.1"
+    version_fit.check_operation(V12, Operation.ENCRYPT)
+    version_fit.check_operation(V10, Operation.DISCOVER_VERSIONS)  # how a client finds out
+
+
+def test_the_batch_runner_refuses_it_before_the_executor() -> None:
+    from kcm.kernel.batch import run_batch
+    from kcm.kmip.messages import RequestBatchItem
+    from kcm.kmip.payloads import EncryptRequest
+
+    ran = []
+    run = run_batch([RequestBatchItem(operation=Operation.ENCRYPT,
+                                      request_payload=EncryptRequest(data=b"x"))],
+                    lambda item, placeholder: ran.append(item), version=V10,
+                    continuation=1, correlation_id="c")
+    assert ran == [] and run.items[0].result_reason == ResultReason.OPERATION_NOT_SUPPORTED

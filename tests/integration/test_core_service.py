@@ -237,3 +237,37 @@ def test_oasis_discover_versions_case(core: CoreHarness, name: str) -> None:
     if not result.passed:
         assert result.failure is not None
         assert all("ProtocolVersion" in f for f in result.failure.findings), result.line()
+
+
+@pytest.mark.parametrize(("version", "object_tag"), [
+    ((1, 2), Tag.TEMPLATE), ((1, 2), Tag.PGP_KEY), ((2, 0), Tag.CERTIFICATE_REQUEST)])
+def test_every_object_type_query_lists_is_registered_and_got_back(
+        core: CoreHarness, version, object_tag) -> None:
+    """Query Objects lists what Register stores and Get returns, the rarer kinds too."""
+    from kcm.core.operations._objects_common import OBJECT_TYPE_OF_TAG
+    from kcm.kmip.payloads import GetRequest, RegisterRequest
+    from kcm.ttlv import Item, ItemType
+
+    inner = {
+        Tag.TEMPLATE: [Item(Tag.ATTRIBUTE, ItemType.STRUCTURE, [
+            Item(Tag.ATTRIBUTE_NAME, ItemType.TEXT_STRING, "Object Group"),
+            Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "g")])],
+        Tag.PGP_KEY: [Item(Tag.PGP_KEY_VERSION, ItemType.INTEGER, 4),
+                      Item(Tag.KEY_BLOCK, ItemType.STRUCTURE, [
+                          Item(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION, 2),
+                          Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [
+                              Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, b"pgp")])])],
+        Tag.CERTIFICATE_REQUEST: [
+            Item(Tag.CERTIFICATE_REQUEST_TYPE, ItemType.ENUMERATION, 2),
+            Item(Tag.CERTIFICATE_REQUEST_VALUE, ItemType.BYTE_STRING, b"csr")],
+    }[object_tag]
+    object_type = OBJECT_TYPE_OF_TAG[object_tag]
+    listed = one(core, Operation.QUERY, QueryRequest(
+        query_functions=[QueryFunction.QUERY_OBJECTS]), version).response_payload
+    assert object_type in listed.object_types
+    registered = one(core, Operation.REGISTER, RegisterRequest(
+        object_type=object_type, attributes=[],
+        object=Item(object_tag, ItemType.STRUCTURE, inner)), version)
+    got = one(core, Operation.GET, GetRequest(
+        unique_identifier=registered.response_payload.unique_identifier), version)
+    assert got.response_payload.object_type == object_type

@@ -46,7 +46,15 @@ STRICT = os.environ.get("KCM_STRICT_VERSIONS", "") == "1"
 
 _S = ItemType.STRUCTURE
 _ENUM = ItemType.ENUMERATION
+_INTEGER = ItemType.INTEGER
+_TEXT = ItemType.TEXT_STRING
 _CUSTOM = ("x-", "y-")
+_ATTRIBUTE = int(Tag.ATTRIBUTE)  # plain ints: IntEnum comparisons cost, and this is hot
+_ATTRIBUTE_NAME = int(Tag.ATTRIBUTE_NAME)
+_ATTRIBUTE_VALUE = int(Tag.ATTRIBUTE_VALUE)
+_RESPONSE_PAYLOAD = int(Tag.RESPONSE_PAYLOAD)
+_VENDOR_TAGS = 0x540000  # KMIP 1.4 §9.1.3.1: extension tags, which no version forbids
+_EXTENSION_VALUES = 0x80000000  # extension enumeration values (8XXXXXXX)
 
 
 #: Operations answered in every version (see the module docstring).
@@ -74,14 +82,14 @@ def fit(item: Item, version: Version) -> Item:
     does not define. The item itself is kept even if its own tag is unknown. Of a batch
     item only the payload is judged: its Operation repeats the request's, and its Result
     Reason is :mod:`kcm.kernel.result_reasons`'."""
-    fitted = _fit_children(item, version, None, _payload_only(item))
+    fitted = _Fitter(version, None).children(item, _payload_only(item))
     return item if fitted is None else fitted
 
 
 def faults(item: Item, version: Version) -> list[str]:
     """What in ``item`` ``version`` does not define, one line each (empty: it fits)."""
     found: list[str] = []
-    _fit_children(item, version, found, _payload_only(item))
+    _Fitter(version, found).children(item, _payload_only(item))
     return found
 
 
@@ -89,66 +97,106 @@ def _payload_only(item: Item) -> bool:
     return item.tag == Tag.BATCH_ITEM
 
 
-def _fit_children(item: Item, version: Version, found: list[str] | None,
-                  payload_only: bool = False) -> Item | None:
-    """``item`` with its children fitted; None if nothing changed."""
-    if item.type is not _S:
-        return None
-    children: list[Item] = item.value  # type: ignore[assignment]
-    kept: list[Item] = []
-    changed = False
-    for child in children:
-        if payload_only and child.tag != Tag.RESPONSE_PAYLOAD:
-            kept.append(child)
-            continue
-        fitted = _fit_one(child, version, found)
-        if fitted is not child:
-            changed = True
-        if fitted is not None:
+class _Fitter:
+    """One walk over an answer, with the version's definitions at hand."""
+
+    __slots__ = ("version", "found", "tags", "values_of_tag", "mask_bits", "v1")
+
+    def __init__(self, version: Version, found: list[str] | None) -> None:
+        defined = registry.definitions(version)
+        self.version = version
+        self.found = found
+        self.tags = defined.tags
+        self.values_of_tag = defined.values_of_tag
+        self.mask_bits = defined.mask_bits
+        self.v1 = version < (2, 0)
+
+    def drop(self, what: str) -> None:
+        if self.found is not None:
+            self.found.append(what)
+
+    def children(self, item: Item, payload_only: bool = False) -> Item | None:
+        """``item`` with its children fitted; None if nothing changed."""
+        if item.type is not _S:
+            return None
+        children: list[Item] = item.value  # type: ignore[assignment]
+        kept: list[Item] = []
+        changed = False
+        for child in children:
+            if payload_only and child.tag != _RESPONSE_PAYLOAD:
+                kept.append(child)
+                continue
+            fitted = self.one(child)
+            if fitted is not child:
+                changed = True
+            if fitted is not None:
+                kept.append(fitted)
+        if not changed:
+            return None
+        return Item(item.tag, _S, kept)
+
+    def one(self, item: Item) -> Item | None:
+        """``item`` fitted: itself, a changed copy, or None (dropped)."""
+        tag = item.tag
+        if tag not in self.tags and tag < _VENDOR_TAGS:
+            self.drop(f"tag 0x{tag:06X}")
+            return None
+        if self.v1:
+            if tag == _ATTRIBUTE:
+                return self.v1_attribute(item)
+            if tag == _ATTRIBUTE_NAME and item.type is _TEXT:
+                if not _v1_attribute_name(item.value, self.version):  # type: ignore[arg-type]
+                    self.drop(f"attribute {item.value!r}")
+                    return None
+                return item
+        return self.value(item, tag)
+
+    def value(self, item: Item, meaning: int) -> Item | None:
+        """``item`` judged as a value of tag ``meaning`` (an Attribute Value means its
+        attribute's tag)."""
+        kind = item.type
+        if kind is _ENUM:
+            allowed = self.values_of_tag.get(meaning)
+            value: int = item.value  # type: ignore[assignment]
+            if (allowed is None or value in allowed or value >= _EXTENSION_VALUES
+                    or (allowed is self.tags and value >= _VENDOR_TAGS)):
+                return item
+            self.drop(f"value 0x{value:08X} of tag 0x{meaning:06X}")
+            return None
+        if kind is _S:
+            fitted = self.children(item)
+            return item if fitted is None else fitted
+        if kind is _INTEGER:
+            bits = self.mask_bits.get(meaning)
+            if bits is not None and item.value & ~bits:  # type: ignore[operator]
+                extra = item.value & ~bits  # type: ignore[operator]
+                self.drop(f"mask bits 0x{extra:X} of tag 0x{meaning:06X}")
+                return Item(item.tag, item.type, item.value & bits)  # type: ignore[operator]
+        return item
+
+    def v1_attribute(self, item: Item) -> Item | None:
+        """A 1.x Attribute {Attribute Name, Attribute Index, Attribute Value}: dropped whole
+        unless its name is an attribute of the version; its value judged as that
+        attribute."""
+        if item.type is not _S:
+            return item
+        children: list[Item] = item.value  # type: ignore[assignment]
+        name = next((c.value for c in children if c.tag == _ATTRIBUTE_NAME), None)
+        if not isinstance(name, str):
+            return self.value(item, _ATTRIBUTE)
+        if not _v1_attribute_name(name, self.version):
+            self.drop(f"attribute {name!r}")
+            return None
+        meaning = registry.attribute_tag(name, self.version) or _ATTRIBUTE_VALUE
+        kept = []
+        changed = False
+        for child in children:
+            fitted = self.value(child, meaning) if child.tag == _ATTRIBUTE_VALUE else child
+            if fitted is None:  # the value is not expressible: neither is the attribute
+                return None
+            changed = changed or fitted is not child
             kept.append(fitted)
-    if not changed:
-        return None
-    return Item(item.tag, _S, kept)
-
-
-def _drop(found: list[str] | None, what: str) -> None:
-    if found is not None:
-        found.append(what)
-
-
-def _fit_one(item: Item, version: Version, found: list[str] | None) -> Item | None:
-    """``item`` fitted: itself, a changed copy, or None (dropped)."""
-    tag = item.tag
-    if not registry.defines_tag(tag, version):
-        _drop(found, f"tag 0x{tag:06X}")
-        return None
-    if tag == Tag.ATTRIBUTE and version < (2, 0):
-        return _fit_v1_attribute(item, version, found)
-    if tag == Tag.ATTRIBUTE_NAME and version < (2, 0) and item.type is ItemType.TEXT_STRING:
-        if not _v1_attribute_name(item.value, version):  # type: ignore[arg-type]
-            _drop(found, f"attribute {item.value!r}")
-            return None
-        return item
-    return _fit_value(item, tag, version, found)
-
-
-def _fit_value(item: Item, meaning: int, version: Version,
-               found: list[str] | None) -> Item | None:
-    """``item`` judged as a value of tag ``meaning`` (an Attribute Value means its
-    attribute's tag)."""
-    if item.type is _ENUM:
-        if not registry.defines_value(meaning, item.value, version):  # type: ignore[arg-type]
-            _drop(found, f"value 0x{item.value:08X} of tag 0x{meaning:06X}")
-            return None
-        return item
-    if item.type is ItemType.INTEGER:
-        bits = registry.defined_mask_bits(meaning, version)
-        if bits is not None and item.value & ~bits:  # type: ignore[operator]
-            _drop(found, f"mask bits 0x{item.value & ~bits:X} of tag 0x{meaning:06X}")  # type: ignore[operator]
-            return Item(item.tag, item.type, item.value & bits)  # type: ignore[operator]
-        return item
-    fitted = _fit_children(item, version, found)
-    return item if fitted is None else fitted
+        return Item(item.tag, _S, kept) if changed else item
 
 
 def _v1_attribute_name(name: str, version: Version) -> bool:
@@ -156,28 +204,3 @@ def _v1_attribute_name(name: str, version: Version) -> bool:
         return True
     tag = registry.attribute_tag(name, version)
     return tag is not None and registry.is_attribute(tag, version)
-
-
-def _fit_v1_attribute(item: Item, version: Version, found: list[str] | None) -> Item | None:
-    """A 1.x Attribute {Attribute Name, Attribute Index, Attribute Value}: dropped whole
-    unless its name is an attribute of ``version``; its value judged as that attribute."""
-    if item.type is not _S:
-        return item
-    children: list[Item] = item.value  # type: ignore[assignment]
-    name = next((c.value for c in children if c.tag == Tag.ATTRIBUTE_NAME), None)
-    if not isinstance(name, str):
-        return _fit_value(item, Tag.ATTRIBUTE, version, found)
-    if not _v1_attribute_name(name, version):
-        _drop(found, f"attribute {name!r}")
-        return None
-    meaning = registry.attribute_tag(name, version) or Tag.ATTRIBUTE_VALUE
-    kept = []
-    changed = False
-    for child in children:
-        fitted = (_fit_value(child, meaning, version, found) if child.tag == Tag.ATTRIBUTE_VALUE
-                  else child)
-        if fitted is None:  # the value itself is not expressible: the attribute is not
-            return None
-        changed = changed or fitted is not child
-        kept.append(fitted)
-    return Item(item.tag, _S, kept) if changed else item

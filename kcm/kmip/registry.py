@@ -245,12 +245,25 @@ def attribute_tag(attribute_name: str, version: Version = _LATEST) -> int | None
 _V1_KEYS = ("1.0", "1.1", "1.2", "1.3", "1.4")
 
 
-class _Definitions:
-    """The tags, enumeration values, mask bits and attributes one version defines."""
+class Definitions:
+    """The tags, enumeration values, mask bits and attributes one version defines.
 
-    __slots__ = ("tags", "values", "mask_bits", "attributes")
+    ``values_of_tag`` maps each Enumeration-typed tag to the values the version defines for
+    it (a tag whose values are tags maps to :attr:`tags`); ``mask_bits`` each mask tag to
+    its named bits; ``attributes`` holds the attribute tags (1.x: KMIP 1.x §3)."""
+
+    __slots__ = ("tags", "values", "mask_bits", "attributes", "values_of_tag")
 
     def __init__(self, key: str) -> None:
+        self._build(key)
+        lookup = _TABLES["1.4" if key.startswith("1.") else key]
+        # Only enumerations with values: one the tables name no values of judges nothing.
+        self.values_of_tag: dict[int, frozenset[int]] = {
+            tag: (self.tags if name == _TAG_ENUMERATION else self.values[name])
+            for tag, name in lookup.tag_enum.items()
+            if name == _TAG_ENUMERATION or (name in lookup.enums and lookup.enums[name].spec)}
+
+    def _build(self, key: str) -> None:
         if key in _TABLES:
             source = _TABLES[key]
             self.tags = frozenset(source.tag_name)
@@ -281,10 +294,10 @@ class _Definitions:
         self.mask_bits = {tag: sum(names.spec) for tag, names in source.tag_mask.items()}
 
 
-_DEFINITIONS = {key: _Definitions(key) for key in (*_V1_KEYS, "2.0", "2.1")}
+_DEFINITIONS = {key: Definitions(key) for key in (*_V1_KEYS, "2.0", "2.1")}
 
 
-def _definitions(version: Version) -> _Definitions:
+def definitions(version: Version) -> Definitions:
     """What ``version`` defines; a version without tables of its own reads as its nearest
     (as :func:`_tables`)."""
     if version[0] == 1 and 0 <= version[1] <= 4:
@@ -297,7 +310,7 @@ def _definitions(version: Version) -> _Definitions:
 def defines_tag(tag: int, version: Version = _LATEST) -> bool:
     """Whether ``version`` defines ``tag`` (vendor extension tags, 0x54xxxx, count as
     defined: a version cannot forbid them)."""
-    return tag in _definitions(version).tags or tag >= 0x540000
+    return tag in definitions(version).tags or tag >= 0x540000
 
 
 def defines_value(tag: int, value: int, version: Version = _LATEST) -> bool:
@@ -306,21 +319,17 @@ def defines_value(tag: int, value: int, version: Version = _LATEST) -> bool:
     table in ``version`` (nothing to judge by)."""
     if value >= 0x80000000:
         return True
-    enumeration = _tables(version).tag_enum.get(tag)
-    if enumeration is None:
-        return True
-    if enumeration == _TAG_ENUMERATION:
-        return defines_tag(value, version)
-    found = _definitions(version).values.get(enumeration)
-    return found is None or value in found
+    found = definitions(version).values_of_tag.get(tag)
+    return found is None or value in found or (found is definitions(version).tags
+                                                 and value >= 0x540000)
 
 
 def defined_mask_bits(tag: int, version: Version = _LATEST) -> int | None:
     """The bits of mask ``tag`` that ``version`` names, or None if ``tag`` is no mask."""
-    return _definitions(version).mask_bits.get(tag)
+    return definitions(version).mask_bits.get(tag)
 
 
 def is_attribute(tag: int, version: Version = _LATEST) -> bool:
     """Whether ``tag`` is an attribute in ``version`` (KMIP 1.x §3 lists them; in 2.x,
     attributes are tagged values and any tag of its tables may be one)."""
-    return tag in _definitions(version).attributes
+    return tag in definitions(version).attributes

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 
+from kcm.kernel.versions import SUPPORTED_VERSIONS
 from kcm.kmip import registry
 from kcm.kmip.enums import Operation, ResultReason
 from kcm.kmip.errors import KmipError
@@ -59,14 +60,14 @@ _EXTENSION_VALUES = 0x80000000  # extension enumeration values (8XXXXXXX)
 
 #: Operations answered in every version (see the module docstring).
 _ANY_VERSION = frozenset({Operation.DISCOVER_VERSIONS})
-_VERSIONS: tuple[Version, ...] = ((1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1))
+_OLDEST_FIRST: tuple[Version, ...] = tuple(sorted(SUPPORTED_VERSIONS))
 
 
 def check_operation(version: Version, operation: int) -> None:
     """Raise Operation Not Supported if ``version`` does not define ``operation``."""
     if operation in _ANY_VERSION or registry.defines_value(Tag.OPERATION, operation, version):
         return
-    since = next((v for v in _VERSIONS if registry.defines_value(Tag.OPERATION, operation, v)),
+    since = next((v for v in _OLDEST_FIRST if registry.defines_value(Tag.OPERATION, operation, v)),
                  None)
     name = registry.enum_name(Tag.OPERATION, operation) or enum_label(Operation, operation)
     if since is None:

@@ -271,6 +271,39 @@ def test_locate_by_name_and_by_object_type(client: ProxyKmipClient) -> None:
     assert uid in found
 
 
+def _add_to_group(process: CoreProcess | GatewayProcess, uid: str, group: str) -> None:
+    """Object Group ``group`` on ``uid``, by Add Attribute (PyKMIP has no Add Attribute)."""
+    from kcm.kmip.attributes import Attribute
+    from kcm.kmip.enums import ResultStatus
+    from kcm.kmip.payloads import AddAttributeRequest
+    from kcm.kmip.tags import Tag
+    from kcm.testing.requests import item, request, response
+    from kcm.ttlv import ItemType
+
+    add = item(Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.OBJECT_GROUP, group,
+                                                      ItemType.TEXT_STRING)))
+    with process.client("app") as kcm_client:
+        answer = response(kcm_client.send(request(add))).batch_items[0]
+    assert answer.result_status == ResultStatus.SUCCESS, answer.result_message
+
+
+def test_locate_by_object_group(client: ProxyKmipClient, deployment) -> None:
+    group = f"interop-group-{os.urandom(4).hex()}"
+    members = [aes(client), aes(client)]
+    for uid in members:
+        _add_to_group(deployment["core"], uid, group)
+    factory = attribute_factories.AttributeFactory()
+    found = client.locate(attributes=[factory.create_attribute(enums.AttributeType.OBJECT_GROUP,
+                                                               group)])
+    assert sorted(found) == sorted(members)
+    if at_least(version_of(client), V11):  # Object Group Member is KMIP 1.1
+        assert sorted(client.locate(
+            object_group_member=enums.ObjectGroupMember.GROUP_MEMBER_DEFAULT,
+            attributes=[factory.create_attribute(enums.AttributeType.OBJECT_GROUP,
+                                                 group)])) == sorted(members)
+
+
 def test_locate_paged(client: ProxyKmipClient) -> None:
     version = version_of(client)
     for _ in range(3):

@@ -25,13 +25,17 @@ from kcm.kmip.enums import (
     Operation,
     ResultReason,
     ResultStatus,
+    RevocationReasonCode,
 )
+from kcm.kmip.messages import ProtocolVersion, RequestHeader, RequestMessage, encode_request
 from kcm.kmip.payloads import (
     CreateRequest,
     DecryptRequest,
     DestroyRequest,
     GetAttributesRequest,
     GetRequest,
+    RevocationReason,
+    RevokeRequest,
 )
 from kcm.kmip.tags import Tag
 from kcm.l4 import token as l4_token
@@ -46,7 +50,7 @@ from kcm.testing.requests import (
     request,
     response,
 )
-from kcm.ttlv import Item, ItemType
+from kcm.ttlv import Item, ItemType, encode
 
 VERSIONS = [(1, 0), (1, 2), (1, 4), (2, 0)]
 PLANES = ["core", "gateway"]
@@ -73,8 +77,22 @@ def keys(deployment) -> dict[str, str]:
         managed = response(client.send(request(create_managed()))).batch_items[0]
         l4 = response(client.send(request(create_l4()))).batch_items[0]
     token = l4.response_payload.unique_identifier
+    with core.client("app") as client:
+        revoked = response(client.send(request(create_l4()))).batch_items[0]
+        revoked_token = revoked.response_payload.unique_identifier
+        answer = response(client.send(request(item(Operation.REVOKE, RevokeRequest(
+            unique_identifier=revoked_token, revocation_reason=RevocationReason(
+                code=RevocationReasonCode.CESSATION_OF_OPERATION))))))
+        assert answer.batch_items[0].result_status == ResultStatus.SUCCESS
     return {"managed": managed.response_payload.unique_identifier, "token": token,
-            "l3": l4_token.parse(token).l3_uid}
+            "l3": l4_token.parse(token).l3_uid, "revoked token": revoked_token}
+
+
+def _limited(wire_items, version: tuple[int, int], limit: int) -> bytes:
+    """A request of ``wire_items`` whose header asks a Maximum Response Size of ``limit``."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version),
+                           maximum_response_size=limit, batch_count=len(wire_items))
+    return encode(encode_request(RequestMessage(header, list(wire_items))))
 
 
 def read_with_pykmip(wire: bytes) -> list[tuple[int, int, str]]:
@@ -124,6 +142,12 @@ REFUSALS: dict[str, Refusal] = {
         Operation.DESTROY, DestroyRequest(unique_identifier="\u00e9" * 999)), version=v)),
     "a Batch Count that is not the batch": ("app", lambda v, k: odd_request(
         get(k["managed"]), version=v, batch_count=7)),
+    "a revoked L4 token": ("app", lambda v, k: request(get(k["revoked token"]), version=v)),
+    "an answer over the Maximum Response Size": ("app", lambda v, k: _limited(
+        [get(k["token"])], v, 64)),
+    "a Unique Identifier of the wrong type": ("app", lambda v, k: request(item(
+        Operation.GET, Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [
+            Item(Tag.UNIQUE_IDENTIFIER, ItemType.BYTE_STRING, b"\xff" * 300)])), version=v)),
     # Encrypt is KMIP 1.2; from 1.2 on, Re-key Key Pair, which KCM does not offer. (PyKMIP
     # reads only answers to operations it implements itself: Log, 2.1's Ping, Get Usage
     # Allocation it cannot decode.)
@@ -156,6 +180,8 @@ def test_every_refusal_reads_with_pykmip_in_short_ascii(deployment, keys, plane:
     assert answers["another tenant's L4 token"] == (missing, object_not_found(keys["l3"]).message)
     assert answers["another tenant's L3"] == (missing, object_not_found(keys["l3"]).message)
     assert answers["hostile identifier"] == (missing, object_not_found(HOSTILE_ID).message)
+    assert answers["an answer over the Maximum Response Size"][0] \
+        == ResultReason.RESPONSE_TOO_LARGE
     refused = answers["an operation of a later version, or not offered"]
     assert refused[0] == ResultReason.OPERATION_NOT_SUPPORTED
     if version < (1, 2):

@@ -222,3 +222,21 @@ def test_whatever_an_answer_holds_its_fitted_form_has_no_faults(attributes, oper
         fitted = version_fit.fit(answer, version)
         assert version_fit.faults(fitted, version) == []
         assert version_fit.fit(fitted, version) is fitted
+
+
+@pytest.mark.parametrize("version", [V10, V11, V12, V13, V14, V20])
+def test_the_1x_attribute_history_agrees_with_pykmips_independent_tables(version) -> None:
+    """PyKMIP lists the attributes of each version itself (kmip.core.enums.is_attribute):
+    an independent reading of KMIP 1.0-2.0 §3 (2.x §4). Every 1.x attribute it names is one
+    here in that version and none other; in 2.0 every one of its attributes is a 2.0 tag."""
+    from kmip.core import enums as pykmip
+
+    kmip_version = pykmip.KMIPVersion[f"KMIP_{version[0]}_{version[1]}"]
+    for tag in pykmip.Tags:
+        if tag is pykmip.Tags.DEFAULT or tag.value > 0x54FFFF:
+            continue
+        theirs = pykmip.is_attribute(tag, kmip_version)
+        if version < V20:
+            assert registry.is_attribute(tag.value, version) == theirs, (tag, version)
+        elif theirs:
+            assert registry.is_attribute(tag.value, version), tag

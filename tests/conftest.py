@@ -1,20 +1,30 @@
-"""Suite-wide fixtures. The KMIP vectors must be present: missing vectors fail, never skip."""
+"""Suite-wide fixtures. The KMIP vectors must be present: missing vectors fail, never skip.
+
+The whole suite runs with the strict version check (``KCM_STRICT_VERSIONS=1``, set before
+any kcm module is imported and inherited by the kcm-core and kcm-gateway processes the
+tests start): an answer carrying what its protocol version does not define is an error
+(:mod:`kcm.kernel.version_fit`).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+os.environ["KCM_STRICT_VERSIONS"] = "1"
 
-from tests.core_support import core  # noqa: F401  (an in-process kcm-core handler)
-from tests.e2e_support import (  # noqa: F401  (real twistd processes)
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.core_support import core  # noqa: F401, E402  (an in-process kcm-core handler)
+from tests.e2e_support import (  # noqa: F401, E402  (real twistd processes)
     core_process,
     core_process_pg,
     gateway_process,
 )
-from tests.pg import postgres_url  # noqa: F401  (a real PostgreSQL cluster, per session)
-from tests.softhsm import softhsm  # noqa: F401  (a fresh SoftHSM2 token, per test)
-from tests.vectors import vectors_dir
+from tests.pg import postgres_url  # noqa: F401, E402  (a real PostgreSQL cluster, per session)
+from tests.softhsm import softhsm  # noqa: F401, E402  (a fresh SoftHSM2 token, per test)
+from tests.vectors import vectors_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")

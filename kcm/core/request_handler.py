@@ -62,7 +62,7 @@ from kcm.kmip.messages import (
 )
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
-from kcm.ttlv import TtlvError, decode, encode
+from kcm.ttlv import TtlvError, decode
 
 log = Logger()
 
@@ -260,7 +260,7 @@ class CoreRequestHandler:
                 caller, item, correlation_id, [])))
         except Exception:
             return self._general_failure(caller, version, correlation_id, now)
-        return response_wire(version, now, correlation_id, [encode(item.to_item(version))])
+        return response_wire(version, now, correlation_id, encode_items([item], version))
 
     def _general_failure(self, caller: Caller, version: Version, correlation_id: str,
                          now: int, request: RequestMessage | None = None) -> bytes:
@@ -277,7 +277,7 @@ class CoreRequestHandler:
         except Exception:
             log.failure("the audit record of failed request {cid} could not be written",
                         cid=correlation_id)
-        return response_wire(version, now, correlation_id, [encode(item.to_item(version))])
+        return response_wire(version, now, correlation_id, encode_items([item], version))
 
 
 def share_of(caller: Caller) -> tuple[str, str]:

@@ -3,8 +3,10 @@
 :func:`run_batch` runs a request's batch items in order, each through the caller's
 executor, and returns one Response Batch Item per item that ran:
 
-* an item whose payload the model does not know (an unmodelled operation) answers
-  Operation Not Supported without reaching the executor;
+* an item whose payload the model does not know (an unmodelled operation), or whose
+  operation the request's version does not define
+  (:func:`kcm.kernel.version_fit.check_operation`), answers Operation Not Supported without
+  reaching the executor;
 * a :class:`~kcm.kmip.errors.KmipError` becomes a failed item with its Result Reason in the
   request's protocol version; any other exception a General Failure naming the batch's
   correlation id, and is returned in :attr:`BatchRun.errors` for the plane to log (the
@@ -35,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kcm.kernel import version_fit
 from kcm.kernel.responses import fail_item, fail_with, internal_error, operation_name
 from kcm.kmip.enums import BatchErrorContinuationOption, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
@@ -147,6 +150,7 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             if isinstance(item.request_payload, Item):
                 raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
                                 f"operation {operation_name(item.operation)} is not supported")
+            version_fit.check_operation(version, item.operation)
             response.response_payload = execute(item, placeholder)
             step.commit()
         except KmipError as e:

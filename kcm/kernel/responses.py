@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from kcm.kernel import version_fit
+from kcm.kernel.result_messages import result_message
 from kcm.kernel.result_reasons import error_reason, reason_in
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
@@ -47,10 +49,11 @@ def response_header(version: Version, now: int, correlation_id: str | None,
 def fail_item(response: ResponseBatchItem, version: Version, reason: int, message: str,
               v1_reason: int | None = None) -> None:
     """Make ``response`` a failed item with ``reason`` (said as ``version`` says it) and
-    ``message``, and no payload."""
+    ``message`` (as :func:`~kcm.kernel.result_messages.result_message` bounds it), and no
+    payload."""
     response.result_status = ResultStatus.OPERATION_FAILED
     response.result_reason = reason_in(version, reason, v1_reason)
-    response.result_message = message
+    response.result_message = result_message(message)
     response.response_payload = None
 
 
@@ -79,8 +82,19 @@ def internal_error(correlation_id: str) -> str:
 
 
 def encode_items(items: Sequence[ResponseBatchItem], version: Version) -> list[bytes]:
-    """Each item's TTLV bytes."""
-    return [encode(item.to_item(version)) for item in items]
+    """Each item's TTLV bytes, without what ``version`` does not define
+    (:func:`kcm.kernel.version_fit.fit`: the one place answers are filtered by version)."""
+    return [encode(version_fit.fit(item.to_item(version), version)) for item in items]
+
+
+def _check_fits(version: Version, items: Sequence[bytes]) -> None:
+    """The strict check of the test suites: no answer carries what its version does not
+    define (an item encoded without :func:`encode_items` would)."""
+    for raw in items:
+        found = version_fit.faults(decode_item(raw)[0], version)
+        if found:
+            raise AssertionError(f"an answer in KMIP {version[0]}.{version[1]} carries "
+                                 f"what that version does not define: {found}")
 
 
 def response_wire(version: Version, now: int, correlation_id: str | None,
@@ -94,6 +108,8 @@ def response_wire(version: Version, now: int, correlation_id: str | None,
     answer exceed ``server_limit`` (a batch of very many small items), the whole answer is
     one Response Too Large item: the result is never longer than ``server_limit``.
     """
+    if version_fit.STRICT:
+        _check_fits(version, items)
     wire = _assemble(version, now, correlation_id, items)
     limit = min((size for size in (maximum_response_size, server_limit) if size is not None),
                 default=None)
@@ -108,7 +124,7 @@ def response_wire(version: Version, now: int, correlation_id: str | None,
         item = ResponseBatchItem.from_item(decode_item(raw)[0], version)
         if item.result_status == ResultStatus.SUCCESS:
             fail_item(item, version, ResultReason.RESPONSE_TOO_LARGE, message)
-            raw = encode(item.to_item(version))
+            raw = encode_items([item], version)[0]
         shrunk.append(raw)
     wire = _assemble(version, now, correlation_id, shrunk)
     if server_limit is not None and len(wire) > server_limit:
@@ -123,7 +139,7 @@ def failure_response(version: Version, reason: int, message: str, now: int,
                      correlation_id: str | None = None) -> bytes:
     """A whole response of one failed item, for a request that could not be read or run."""
     item = failed_item(None, None, version, reason, message)
-    return response_wire(version, now, correlation_id, [encode(item.to_item(version))])
+    return response_wire(version, now, correlation_id, encode_items([item], version))
 
 
 def _assemble(version: Version, now: int, correlation_id: str | None,

@@ -39,6 +39,18 @@ _STAND_INS: dict[int, tuple[Version, ResultReason]] = {
     _R.SERVER_LIMIT_EXCEEDED: ((2, 0), _R.FEATURE_NOT_SUPPORTED),
     # KMIP 1.x has only Invalid Message for a version it cannot speak.
     _R.UNSUPPORTED_PROTOCOL_VERSION: ((2, 0), _R.INVALID_MESSAGE),
+    # The other 2.x reasons the server gives, in the 1.x reason of the same kind.
+    _R.ATTRIBUTE_NOT_FOUND: ((2, 0), _R.ITEM_NOT_FOUND),
+    _R.ATTRIBUTE_INSTANCE_NOT_FOUND: ((2, 0), _R.ITEM_NOT_FOUND),
+    _R.MULTI_VALUED_ATTRIBUTE: ((2, 0), _R.INVALID_FIELD),
+    _R.INVALID_DATA_TYPE: ((2, 0), _R.INVALID_FIELD),
+    _R.NUMERIC_RANGE: ((2, 0), _R.INVALID_FIELD),
+    # Reasons later 1.x versions added (their history is kcm.kmip.registry's): what the
+    # versions before them answer.
+    _R.SENSITIVE: ((1, 4), _R.PERMISSION_DENIED),
+    _R.NOT_EXTRACTABLE: ((1, 4), _R.PERMISSION_DENIED),
+    _R.KEY_VALUE_NOT_PRESENT: ((1, 2), _R.ITEM_NOT_FOUND),
+    _R.ENCODING_OPTION_ERROR: ((1, 1), _R.INVALID_FIELD),
 }
 
 

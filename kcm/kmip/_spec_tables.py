@@ -2367,4 +2367,97 @@ VALUE_ALIASES: dict[str, dict[str, int]] = {
     'Cryptographic Usage Mask': {'ContentCommitment': 1024},
     'Result Reason': {'NotAuthorized': 57},
 }
+
+#: KMIP 1.1-1.4: the first tag each added (1.0 is what comes before)
+V1_FIRST_TAG: dict[str, int] = {
+    '1.1': 0x4200A2,
+    '1.2': 0x4200B8,
+    '1.3': 0x4200D4,
+    '1.4': 0x4200F8,
+}
+
+#: enumeration -> {1.x version: (first, last) value it added}
+V1_ADDED_VALUES: dict[str, dict[str, tuple[int, int]]] = {
+    'Block Cipher Mode': {'1.4': (0x12, 0x12)},
+    'Credential Type': {'1.1': (0x2, 0x2), '1.2': (0x3, 0x3)},
+    'Cryptographic Algorithm': {'1.2': (0x1A, 0x1A), '1.3': (0x1B, 0x1B), '1.4': (0x1C, 0x28)},
+    'Derivation Method': {'1.4': (0x8, 0x8)},
+    'Digital Signature Algorithm': {'1.4': (0x11, 0x13)},
+    'Hashing Algorithm': {'1.2': (0xC, 0xD), '1.4': (0xE, 0x11)},
+    'Key Format Type': {'1.3': (0x14, 0x15), '1.4': (0x16, 0x16)},
+    'Key Role Type': {'1.4': (0x16, 0x18)},
+    'Link Type': {'1.2': (0x108, 0x10B), '1.4': (0x10C, 0x10D)},
+    'Object Type': {'1.2': (0x9, 0x9)},
+    'Operation': {'1.1': (0x1D, 0x1E), '1.2': (0x1F, 0x29), '1.4': (0x2A, 0x2B)},
+    'Profile Name': {'1.4': (0x79, 0xFF)},
+    'Query Function': {'1.1': (0x5, 0x6), '1.2': (0x7, 0x7), '1.3': (0x8, 0xC)},
+    'Recommended Curve': {'1.2': (0x10, 0x44)},
+    'Result Reason': {'1.1': (0x12, 0x12), '1.2': (0x13, 0x15), '1.4': (0x16, 0x18)},
+    'Split Key Method': {'1.2': (0x4, 0x4)},
+}
+
+#: 1.x version -> the attributes it added (spec names)
+V1_ADDED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    '1.0': (
+        'Unique Identifier',
+        'Name',
+        'Object Type',
+        'Cryptographic Algorithm',
+        'Cryptographic Length',
+        'Cryptographic Parameters',
+        'Cryptographic Domain Parameters',
+        'Certificate Type',
+        'Certificate Identifier',
+        'Certificate Subject',
+        'Certificate Issuer',
+        'Digest',
+        'Operation Policy Name',
+        'Cryptographic Usage Mask',
+        'Lease Time',
+        'Usage Limits',
+        'State',
+        'Initial Date',
+        'Activation Date',
+        'Process Start Date',
+        'Protect Stop Date',
+        'Deactivation Date',
+        'Destroy Date',
+        'Compromise Occurrence Date',
+        'Compromise Date',
+        'Revocation Reason',
+        'Archive Date',
+        'Object Group',
+        'Link',
+        'Application Specific Information',
+        'Contact Information',
+        'Last Change Date',
+        'Custom Attribute',
+    ),
+    '1.1': (
+        'Certificate Length',
+        'X.509 Certificate Identifier',
+        'X.509 Certificate Subject',
+        'X.509 Certificate Issuer',
+        'Digital Signature Algorithm',
+        'Fresh',
+    ),
+    '1.2': (
+        'Alternative Name',
+        'Key Value Present',
+        'Key Value Location',
+        'Original Creation Date',
+    ),
+    '1.3': (
+        'Random Number Generator',
+    ),
+    '1.4': (
+        'PKCS#12 Friendly Name',
+        'Description',
+        'Comment',
+        'Sensitive',
+        'Always Sensitive',
+        'Extractable',
+        'Never Extractable',
+    ),
+}
 # fmt: on

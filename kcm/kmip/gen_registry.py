@@ -153,6 +153,63 @@ _PKCS11_RETURN_CODES = {
     "PUBLIC_KEY_INVALID": 0x1B9, "FUNCTION_REJECTED": 0x200,
 }  # fmt: skip
 
+# --------------------------------------------------------------------------------------
+# KMIP 1.0-1.3: the history the 1.4 tables do not carry.
+# --------------------------------------------------------------------------------------
+# There are no scraped tables for KMIP 1.0-1.3. Each 1.x minor version only added tags,
+# enumeration values and attributes, numbering new tags and values after the existing
+# ones (KMIP 1.1-1.4 §9.1.3 tag and enumeration tables, and each spec's revision history).
+# So a 1.x version is the 1.4 table less what later 1.x versions added, which is listed
+# here: the first tag each minor version added, and per enumeration the ranges of values
+# (inclusive) each one added. A value in no range is a KMIP 1.0 value.
+V1_FIRST_TAG: dict[str, int] = {"1.1": 0x4200A2, "1.2": 0x4200B8, "1.3": 0x4200D4,
+                                "1.4": 0x4200F8}
+
+V1_ADDED_VALUES: dict[str, dict[str, tuple[int, int]]] = {
+    "Block Cipher Mode": {"1.4": (0x12, 0x12)},
+    "Credential Type": {"1.1": (0x2, 0x2), "1.2": (0x3, 0x3)},
+    "Cryptographic Algorithm": {"1.2": (0x1A, 0x1A), "1.3": (0x1B, 0x1B),
+                                "1.4": (0x1C, 0x28)},
+    "Derivation Method": {"1.4": (0x8, 0x8)},
+    "Digital Signature Algorithm": {"1.4": (0x11, 0x13)},
+    "Hashing Algorithm": {"1.2": (0xC, 0xD), "1.4": (0xE, 0x11)},
+    "Key Format Type": {"1.3": (0x14, 0x15), "1.4": (0x16, 0x16)},
+    "Key Role Type": {"1.4": (0x16, 0x18)},
+    "Link Type": {"1.2": (0x108, 0x10B), "1.4": (0x10C, 0x10D)},
+    "Object Type": {"1.2": (0x9, 0x9)},
+    "Operation": {"1.1": (0x1D, 0x1E), "1.2": (0x1F, 0x29), "1.4": (0x2A, 0x2B)},
+    "Profile Name": {"1.4": (0x79, 0xFF)},
+    "Query Function": {"1.1": (0x5, 0x6), "1.2": (0x7, 0x7), "1.3": (0x8, 0xC)},
+    "Recommended Curve": {"1.2": (0x10, 0x44)},
+    "Result Reason": {"1.1": (0x12, 0x12), "1.2": (0x13, 0x15), "1.4": (0x16, 0x18)},
+    "Split Key Method": {"1.2": (0x4, 0x4)},
+}
+
+# The attributes of each 1.x version (KMIP 1.0 §3 and what 1.1-1.4 §3 added), by spec
+# name. Other tags are not attributes in 1.x even where 2.x makes them one (Key Format
+# Type, Sensitive before 1.4, ...). 2.x attributes are the tags of its tables.
+V1_ADDED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "1.0": (
+        "Unique Identifier", "Name", "Object Type", "Cryptographic Algorithm",
+        "Cryptographic Length", "Cryptographic Parameters", "Cryptographic Domain Parameters",
+        "Certificate Type", "Certificate Identifier", "Certificate Subject",
+        "Certificate Issuer", "Digest", "Operation Policy Name", "Cryptographic Usage Mask",
+        "Lease Time", "Usage Limits", "State", "Initial Date", "Activation Date",
+        "Process Start Date", "Protect Stop Date", "Deactivation Date", "Destroy Date",
+        "Compromise Occurrence Date", "Compromise Date", "Revocation Reason", "Archive Date",
+        "Object Group", "Link", "Application Specific Information", "Contact Information",
+        "Last Change Date", "Custom Attribute",
+    ),
+    "1.1": ("Certificate Length", "X.509 Certificate Identifier", "X.509 Certificate Subject",
+            "X.509 Certificate Issuer", "Digital Signature Algorithm", "Fresh"),
+    "1.2": ("Alternative Name", "Key Value Present", "Key Value Location",
+            "Original Creation Date"),
+    "1.3": ("Random Number Generator",),
+    "1.4": ("PKCS#12 Friendly Name", "Description", "Comment", "Sensitive",
+            "Always Sensitive", "Extractable", "Never Extractable"),
+}
+
+
 CORRECTIONS: dict[str, object] = {
     # Enumerations the scrape has no values for: {enum name: {value name: value}}, for
     # the versions listed.
@@ -409,6 +466,21 @@ def render_tables(built: dict[str, dict]) -> str:
     out.append("#: enumeration or mask -> {extra spelling accepted on input: value}")
     out.append("VALUE_ALIASES: dict[str, dict[str, int]] = {")
     out += [f"    {name!r}: {spellings!r}," for name, spellings in sorted(aliases.items())]
+    out.append("}")
+    out += ["", "#: KMIP 1.1-1.4: the first tag each added (1.0 is what comes before)",
+            "V1_FIRST_TAG: dict[str, int] = {"]
+    out += [f"    {v!r}: 0x{t:06X}," for v, t in V1_FIRST_TAG.items()]
+    out += ["}", "", "#: enumeration -> {1.x version: (first, last) value it added}",
+            "V1_ADDED_VALUES: dict[str, dict[str, tuple[int, int]]] = {"]
+    for name, added in sorted(V1_ADDED_VALUES.items()):
+        ranges = ", ".join(f"{v!r}: (0x{a:X}, 0x{b:X})" for v, (a, b) in added.items())
+        out.append(f"    {name!r}: {{{ranges}}},")
+    out += ["}", "", "#: 1.x version -> the attributes it added (spec names)",
+            "V1_ADDED_ATTRIBUTES: dict[str, tuple[str, ...]] = {"]
+    for v, names in V1_ADDED_ATTRIBUTES.items():
+        out.append(f"    {v!r}: (")
+        out += [f"        {n!r}," for n in names]
+        out.append("    ),")
     out.append("}")
     out.append("# fmt: on")
     return "\n".join(out) + "\n"

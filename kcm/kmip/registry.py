@@ -233,3 +233,103 @@ def attribute_tag(attribute_name: str, version: Version = _LATEST) -> int | None
     names ("x-...", "y-...") and anything else unknown give None.
     """
     return _tables(version).tag_by_spec_name.get(attribute_name)
+
+
+# -- what each version defines -------------------------------------------------------
+#
+# The lookups above are lenient: they read KMIP 1.0-1.3 with the 1.4 tables, so that a
+# request naming a later tag or value is still understood. What a server may *send* in a
+# version is stricter: only what that version defines. KMIP 1.0-1.3 are the 1.4 tables
+# less what later 1.x versions added (``V1_*`` in the generated tables).
+
+_V1_KEYS = ("1.0", "1.1", "1.2", "1.3", "1.4")
+
+
+class Definitions:
+    """The tags, enumeration values, mask bits and attributes one version defines.
+
+    ``values_of_tag`` maps each Enumeration-typed tag to the values the version defines for
+    it (a tag whose values are tags maps to :attr:`tags`); ``mask_bits`` each mask tag to
+    its named bits; ``attributes`` holds the attribute tags (1.x: KMIP 1.x §3)."""
+
+    __slots__ = ("tags", "values", "mask_bits", "attributes", "values_of_tag")
+
+    def __init__(self, key: str) -> None:
+        self._build(key)
+        lookup = _TABLES["1.4" if key.startswith("1.") else key]
+        # Only enumerations with values: one the tables name no values of judges nothing.
+        self.values_of_tag: dict[int, frozenset[int]] = {
+            tag: (self.tags if name == _TAG_ENUMERATION else self.values[name])
+            for tag, name in lookup.tag_enum.items()
+            if name == _TAG_ENUMERATION or (name in lookup.enums and lookup.enums[name].spec)}
+
+    def _build(self, key: str) -> None:
+        if key in _TABLES:
+            source = _TABLES[key]
+            self.tags = frozenset(source.tag_name)
+            self.values = {name: frozenset(names.spec) for name, names in source.enums.items()}
+            self.mask_bits = {tag: sum(names.spec) for tag, names in source.tag_mask.items()}
+        else:
+            self._cut_v1(key)
+        if key.startswith("1."):
+            self.attributes = frozenset(
+                _TABLES["1.4"].tag_by_spec_name[name]
+                for minor in _V1_KEYS[:_V1_KEYS.index(key) + 1]
+                for name in tables.V1_ADDED_ATTRIBUTES[minor])
+        else:
+            self.attributes = self.tags
+
+    def _cut_v1(self, key: str) -> None:
+        later = _V1_KEYS[_V1_KEYS.index(key) + 1:]
+        limit = tables.V1_FIRST_TAG[later[0]]
+        source = _TABLES["1.4"]
+        self.tags = frozenset(tag for tag in source.tag_name if tag < limit)
+        self.values = {}
+        for name, names in source.enums.items():
+            added = tables.V1_ADDED_VALUES.get(name, {})
+            ranges = [added[minor] for minor in later if minor in added]
+            self.values[name] = frozenset(
+                value for value in names.spec
+                if not any(first <= value <= last for first, last in ranges))
+        self.mask_bits = {tag: sum(names.spec) for tag, names in source.tag_mask.items()}
+
+
+_DEFINITIONS = {key: Definitions(key) for key in (*_V1_KEYS, "2.0", "2.1")}
+
+
+def definitions(version: Version) -> Definitions:
+    """What ``version`` defines; a version without tables of its own reads as its nearest
+    (as :func:`_tables`)."""
+    if version[0] == 1 and 0 <= version[1] <= 4:
+        return _DEFINITIONS[f"1.{version[1]}"]
+    if version == (2, 0):
+        return _DEFINITIONS["2.0"]
+    return _DEFINITIONS["2.1"] if version[0] >= 2 else _DEFINITIONS["1.4"]
+
+
+def defines_tag(tag: int, version: Version = _LATEST) -> bool:
+    """Whether ``version`` defines ``tag`` (vendor extension tags, 0x54xxxx, count as
+    defined: a version cannot forbid them)."""
+    return tag in definitions(version).tags or tag >= 0x540000
+
+
+def defines_value(tag: int, value: int, version: Version = _LATEST) -> bool:
+    """Whether ``value`` of the Enumeration-typed ``tag`` is defined in ``version``:
+    True too for an extension value (high bit set) and for a tag with no enumeration
+    table in ``version`` (nothing to judge by)."""
+    if value >= 0x80000000:
+        return True
+    found = definitions(version).values_of_tag.get(tag)
+    return found is None or value in found or (found is definitions(version).tags
+                                                 and value >= 0x540000)
+
+
+def defined_mask_bits(tag: int, version: Version = _LATEST) -> int | None:
+    """The bits of mask ``tag`` that ``version`` names, or None if ``tag`` is no mask."""
+    return definitions(version).mask_bits.get(tag)
+
+
+def is_attribute(tag: int, version: Version = _LATEST) -> bool:
+    """Whether ``tag`` is an attribute in ``version`` (KMIP 1.x §3 lists them; in 2.x,
+    attributes are tagged values and any tag of its tables may be one)."""
+    return tag in definitions(version).attributes

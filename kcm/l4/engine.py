@@ -47,6 +47,7 @@ from kcm.crypto.symmetric import (
     resolve_spec,
 )
 from kcm.identity import Principal
+from kcm.kernel import aead_tag
 from kcm.kernel.lifecycle import wrong_state
 from kcm.kernel.missing import identifier_label, object_not_found, wrapping_key_not_found
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link
@@ -301,11 +302,11 @@ class L4Engine:
         if spec is AES_GCM_DEFAULT and len(iv) == 12:
             # The hot path: one AEAD call, the tag split off the end.
             sealed = AESGCM(key).encrypt(iv, data, aad or None)
-            return EncryptResponse(unique_identifier=uid, data=sealed[:-16],
-                                   iv_counter_nonce=generated,
-                                   authenticated_encryption_tag=sealed[-16:])
-        with cryptographic_failure():
-            ciphertext, tag = encrypt_once(spec, key, iv, data, aad)
+            ciphertext, tag = sealed[:-16], sealed[-16:]
+        else:
+            with cryptographic_failure():
+                ciphertext, tag = encrypt_once(spec, key, iv, data, aad)
+        ciphertext, tag = aead_tag.answer_data(version, ciphertext, tag)
         return EncryptResponse(unique_identifier=uid, data=ciphertext,
                                iv_counter_nonce=generated, authenticated_encryption_tag=tag)
 
@@ -318,10 +319,12 @@ class L4Engine:
         data = _data(request.data)
         spec = _spec(request.cryptographic_parameters)
         iv = decrypt_iv(spec, request.iv_counter_nonce)
+        tag = request.authenticated_encryption_tag
+        if spec.aead:
+            data, tag = aead_tag.request_data(version, data, tag, spec.tag_length)
         with cryptographic_failure():
             plaintext = decrypt_once(spec, key, iv, data,
-                                     request.authenticated_encryption_additional_data,
-                                     request.authenticated_encryption_tag)
+                                     request.authenticated_encryption_additional_data, tag)
         return DecryptResponse(unique_identifier=uid, data=plaintext)
 
     # Revoke / Destroy (the core records it) -----------------------------------------

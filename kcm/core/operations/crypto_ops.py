@@ -34,7 +34,7 @@ from kcm.crypto import symmetric
 from kcm.crypto.errors import cryptographic_failure
 from kcm.crypto.sealed_state import check_stream_size, open_state, seal_state
 from kcm.crypto.symmetric import CipherSpec, decrypt_once, encrypt_once, partial
-from kcm.kernel import key_use
+from kcm.kernel import aead_tag, key_use
 from kcm.kmip.attributes import CryptographicParameters
 from kcm.kmip.enums import (
     BlockCipherMode,
@@ -146,12 +146,15 @@ def _run(ctx: OperationContext, obj: managed.StoredObject,
         if _stream_part(ctx, request, key, obj.uid, state, response):
             return response
         if isinstance(response, EncryptResponse):
-            ciphertext, response.authenticated_encryption_tag = encrypt_once(
-                state.spec, key, state.iv, state.data, state.aad)
-            response.data = ciphertext[state.released:]
+            ciphertext, tag = encrypt_once(state.spec, key, state.iv, state.data, state.aad)
+            response.data, response.authenticated_encryption_tag = aead_tag.answer_data(
+                ctx.version, ciphertext[state.released:], tag)
         else:
-            plaintext = decrypt_once(state.spec, key, state.iv, state.data, state.aad,
-                                     request.authenticated_encryption_tag)
+            data, tag = state.data, request.authenticated_encryption_tag
+            if state.spec.aead:
+                data, tag = aead_tag.request_data(ctx.version, data, tag,
+                                                  state.spec.tag_length)
+            plaintext = decrypt_once(state.spec, key, state.iv, data, state.aad, tag)
             response.data = plaintext[state.released:]
     return response
 

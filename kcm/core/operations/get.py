@@ -9,7 +9,7 @@ from kcm.crypto.key_wrap import aes_unwrap as _aes_unwrap
 from kcm.crypto.key_wrap import aes_wrap as _aes_wrap
 from kcm.crypto.rsa_keys import rsa_key_block_in_format
 from kcm.kernel import key_use
-from kcm.kernel.missing import wrapping_key_not_found
+from kcm.kernel.missing import identifier_label, wrapping_key_not_found
 from kcm.kmip import registry
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
@@ -323,7 +323,8 @@ def _named_attributes(obj: managed.StoredObject, names: list[str],
     for name in names:
         tag = registry.attribute_tag(name, version)
         if tag is None:
-            raise KmipError(ResultReason.INVALID_FIELD, f"unknown attribute name {name!r}")
+            raise KmipError(ResultReason.INVALID_FIELD,
+                            f"unknown attribute name {identifier_label(name)!r}")
         found += obj.all(tag)
     return found
 

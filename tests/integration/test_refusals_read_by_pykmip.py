@@ -1,0 +1,204 @@
+"""Every refusal a client can provoke, at kcm-core and through kcm-gateway, read by PyKMIP's
+own decoder (issue 8): each answer decodes, fails with a Result Reason of its version, and
+says why in short printable ASCII that never repeats a client's input whole. Another
+tenant's object, L4 token or L3 answers what an unknown one answers (Item Not Found in 1.x,
+Object Not Found in 2.x), word for word, on both planes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+from kmip.core import utils
+from kmip.core.messages import messages
+
+from kcm.kernel.missing import object_not_found
+from kcm.kernel.result_messages import MAX_LENGTH
+from kcm.kmip.attributes import Attribute, AttributeReference, CryptographicParameters
+from kcm.kmip.enums import (
+    BlockCipherMode,
+    CryptographicAlgorithm,
+    KeyFormatType,
+    ObjectType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    RevocationReasonCode,
+)
+from kcm.kmip.messages import ProtocolVersion, RequestHeader, RequestMessage, encode_request
+from kcm.kmip.payloads import (
+    CreateRequest,
+    DecryptRequest,
+    DestroyRequest,
+    GetAttributesRequest,
+    GetRequest,
+    RevocationReason,
+    RevokeRequest,
+)
+from kcm.kmip.tags import Tag
+from kcm.l4 import token as l4_token
+from kcm.testing.processes import CoreProcess, GatewayProcess, deploy, running
+from kcm.testing.requests import (
+    create_l4,
+    create_managed,
+    encrypt,
+    get,
+    item,
+    odd_request,
+    request,
+    response,
+)
+from kcm.ttlv import Item, ItemType, encode
+
+VERSIONS = [(1, 0), (1, 2), (1, 4), (2, 0)]
+PLANES = ["core", "gateway"]
+
+#: A client identifier no answer may repeat whole: long, and not ASCII.
+HOSTILE_ID = "l4.1." + "A" * 3000 + "\u2026\u00ff\U0001f511"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[dict[str, CoreProcess | GatewayProcess]]:
+    root = tmp_path_factory.mktemp("refusals")
+    core = deploy(root / "core", f"sqlite:///{root / 'core' / 'kcm.db'}")
+    gateway = GatewayProcess(root / "gateway", core)
+    with running(core, gateway):
+        yield {"core": core, "gateway": gateway}
+
+
+@pytest.fixture(scope="module")
+def keys(deployment) -> dict[str, str]:
+    """The demo tenant's objects: a managed key (Pre-Active) and an L4 token, and its L3."""
+    core = deployment["core"]
+    with core.client("app") as client:
+        managed = response(client.send(request(create_managed()))).batch_items[0]
+        l4 = response(client.send(request(create_l4()))).batch_items[0]
+    token = l4.response_payload.unique_identifier
+    with core.client("app") as client:
+        revoked = response(client.send(request(create_l4()))).batch_items[0]
+        revoked_token = revoked.response_payload.unique_identifier
+        answer = response(client.send(request(item(Operation.REVOKE, RevokeRequest(
+            unique_identifier=revoked_token, revocation_reason=RevocationReason(
+                code=RevocationReasonCode.CESSATION_OF_OPERATION))))))
+        assert answer.batch_items[0].result_status == ResultStatus.SUCCESS
+    return {"managed": managed.response_payload.unique_identifier, "token": token,
+            "l3": l4_token.parse(token).l3_uid, "revoked token": revoked_token}
+
+
+def _limited(wire_items, version: tuple[int, int], limit: int) -> bytes:
+    """A request of ``wire_items`` whose header asks a Maximum Response Size of ``limit``."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version),
+                           maximum_response_size=limit, batch_count=len(wire_items))
+    return encode(encode_request(RequestMessage(header, list(wire_items))))
+
+
+def read_with_pykmip(wire: bytes) -> list[tuple[int, int, str]]:
+    """(status, reason, message) of each batch item, as PyKMIP's decoder reads them."""
+    decoded = messages.ResponseMessage()
+    decoded.read(utils.BytearrayStream(wire))
+    return [(i.result_status.value.value,
+             None if i.result_reason is None else i.result_reason.value.value,
+             None if i.result_message is None else i.result_message.value)
+            for i in decoded.batch_items]
+
+
+def _aes_with(length: int) -> CreateRequest:
+    return CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=[
+        Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+        Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, length)])
+
+
+#: name -> (who sends it, the request at a version, given the demo tenant's keys).
+Refusal = tuple[str, Callable[[tuple[int, int], dict[str, str]], bytes]]
+REFUSALS: dict[str, Refusal] = {
+    "unknown object": ("app", lambda v, k: request(get(str(os.urandom(8).hex())), version=v)),
+    "hostile identifier": ("app", lambda v, k: request(get(HOSTILE_ID), version=v)),
+    "malformed L4 token": ("app", lambda v, k: request(get("l4.1.AAAA\u2026"), version=v)),
+    "another tenant's object": ("other_app", lambda v, k: request(get(k["managed"]),
+                                                                  version=v)),
+    "another tenant's L4 token": ("other_app", lambda v, k: request(get(k["token"]),
+                                                                    version=v)),
+    "another tenant's L3": ("other_app", lambda v, k: request(
+        encrypt(k["l3"]) if v >= (1, 2) else create_l4(via_link=k["l3"]), version=v)),
+    "attributes of a hostile identifier": ("app", lambda v, k: request(item(
+        Operation.GET_ATTRIBUTES, GetAttributesRequest(
+            unique_identifier="\u00e9" * 500,
+            attribute_references=[AttributeReference(Tag.STATE)])), version=v)),
+    "key format the key is not in": ("app", lambda v, k: request(item(
+        Operation.GET, GetRequest(unique_identifier=k["managed"],
+                                  key_format_type=KeyFormatType.PKCS_8)), version=v)),
+    "a Pre-Active key used": ("app", lambda v, k: request(encrypt(k["managed"]), version=v)),
+    "an undecryptable record": ("app", lambda v, k: request(item(
+        Operation.DECRYPT, DecryptRequest(
+            unique_identifier=k["token"], data=b"x" * 40, iv_counter_nonce=b"\0" * 12,
+            cryptographic_parameters=CryptographicParameters(
+                block_cipher_mode=BlockCipherMode.GCM))), version=v)),
+    "a key length that is not AES's": ("app", lambda v, k: request(item(
+        Operation.CREATE, _aes_with(100)), version=v)),
+    "destroy of an unknown object": ("app", lambda v, k: request(item(
+        Operation.DESTROY, DestroyRequest(unique_identifier="\u00e9" * 999)), version=v)),
+    "a Batch Count that is not the batch": ("app", lambda v, k: odd_request(
+        get(k["managed"]), version=v, batch_count=7)),
+    "a revoked L4 token": ("app", lambda v, k: request(get(k["revoked token"]), version=v)),
+    "an answer over the Maximum Response Size": ("app", lambda v, k: _limited(
+        [get(k["token"])], v, 64)),
+    "a Unique Identifier of the wrong type": ("app", lambda v, k: request(item(
+        Operation.GET, Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [
+            Item(Tag.UNIQUE_IDENTIFIER, ItemType.BYTE_STRING, b"\xff" * 300)])), version=v)),
+    # Encrypt is KMIP 1.2; from 1.2 on, Re-key Key Pair, which KCM does not offer. (PyKMIP
+    # reads only answers to operations it implements itself: Log, 2.1's Ping, Get Usage
+    # Allocation it cannot decode.)
+    "an operation of a later version, or not offered": ("app", lambda v, k: request(
+        encrypt(k["managed"]) if v < (1, 2)
+        else item(Operation.RE_KEY_KEY_PAIR, Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [])),
+        version=v)),
+}
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"{v[0]}.{v[1]}")
+@pytest.mark.parametrize("plane", PLANES)
+def test_every_refusal_reads_with_pykmip_in_short_ascii(deployment, keys, plane: str,
+                                                        version: tuple[int, int]) -> None:
+    process = deployment[plane]
+    answers = {}
+    for name, (who, build) in REFUSALS.items():
+        with process.client(who) as client:
+            wire = client.send(build(version, keys))
+        [(status, reason, message)] = read_with_pykmip(wire)
+        assert status == ResultStatus.OPERATION_FAILED, (name, response(wire))
+        assert message.isascii() and message.isprintable() and len(message) <= MAX_LENGTH, \
+            (name, message)
+        assert "A" * 40 not in message, name  # a client's identifier is never echoed whole
+        answers[name] = (reason, message)
+    missing = ResultReason.OBJECT_NOT_FOUND if version >= (2, 0) else ResultReason.ITEM_NOT_FOUND
+    # Another tenant's object, token or L3 is a missing one, word for word.
+    assert answers["another tenant's object"] == (
+        missing, object_not_found(keys["managed"]).message)
+    assert answers["another tenant's L4 token"] == (missing, object_not_found(keys["l3"]).message)
+    assert answers["another tenant's L3"] == (missing, object_not_found(keys["l3"]).message)
+    assert answers["hostile identifier"] == (missing, object_not_found(HOSTILE_ID).message)
+    assert answers["an answer over the Maximum Response Size"][0] \
+        == ResultReason.RESPONSE_TOO_LARGE
+    refused = answers["an operation of a later version, or not offered"]
+    assert refused[0] == ResultReason.OPERATION_NOT_SUPPORTED
+    if version < (1, 2):
+        assert refused[1] == "Encrypt is an operation of KMIP 1.2 and later, not of KMIP 1.0"
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"{v[0]}.{v[1]}")
+def test_core_and_gateway_refuse_alike(deployment, keys, version: tuple[int, int]) -> None:
+    """The same refusals, word for word, whichever plane answers (the gateway's own L4
+    engine or the core behind it)."""
+    seen = {}
+    for plane in PLANES:
+        for name, (who, build) in REFUSALS.items():
+            if name in ("unknown object",):
+                continue  # a fresh random identifier each time
+            with deployment[plane].client(who) as client:
+                seen[plane, name] = read_with_pykmip(client.send(build(version, keys)))
+    for name in REFUSALS:
+        if name != "unknown object":
+            assert seen["core", name] == seen["gateway", name], name

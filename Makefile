@@ -17,8 +17,11 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	touch $(STAMP)
 
 ## The whole suite: unit, conformance (OASIS vectors) and integration tests, then ruff.
+## Two pytest workers run everything but the tests that assert latencies or timings
+## (marked serial), which then run alone on a quiet machine.
 test: $(STAMP)
-	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable
+	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -n 2 -m "not serial"
+	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -m serial
 	$(BIN)/ruff check .
 
 lint: $(STAMP)

@@ -336,7 +336,7 @@ class _OneAcceptPerTurn:
     worker to wake would take a whole burst of connects; one each, in turn, they spread."""
 
     def __init__(self, inner: IStreamServerEndpoint) -> None:
-        self._inner = inner
+        self.inner = inner
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         def one_at_a_time(port: IListeningPort) -> IListeningPort:
@@ -349,7 +349,7 @@ class _OneAcceptPerTurn:
             port.doRead = accept_one  # type: ignore[attr-defined]
             return port
 
-        return self._inner.listen(protocolFactory).addCallback(one_at_a_time)
+        return self.inner.listen(protocolFactory).addCallback(one_at_a_time)
 
 
 #: The listen backlog of a TCP listener whose description names none. Twisted's default

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -57,10 +58,34 @@ START_TIMEOUT = 30.0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Under pytest-xdist each worker draws from a range of its own, below the kernel's
+    ephemeral ports (:data:`_XDIST_PORTS`), so that two workers starting servers at once
+    never pick the same port (and no client socket of either takes it meanwhile)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if workers < 2 or not worker[2:].isdigit():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    low, high = _XDIST_PORTS
+    span = (high - low) // workers
+    first = low + int(worker[2:]) % workers * span
+    for _ in range(1000):
+        port = random.randrange(first, first + span)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + span - 1}")
+
+
+#: The ports pytest-xdist workers share out between them: below Linux's default ephemeral
+#: range (32768-60999), from which the kernel picks client ports.
+_XDIST_PORTS = (20000, 32000)
 
 
 def process_env() -> dict[str, str]:

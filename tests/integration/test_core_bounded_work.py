@@ -42,6 +42,9 @@ from tests.e2e_support import (
 )
 from tests.mutations import HEADER_SHAPES, base_requests, mutate, random_shape
 
+#: Asserts timings: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
+
 #: Objects in tenant demo: enough that a Locate judging each one's attributes takes tens
 #: of ms.
 OBJECTS = 300

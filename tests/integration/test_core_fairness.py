@@ -27,6 +27,9 @@ from kcm.kmip.tags import Tag
 from kcm.testing.requests import create_managed, get, item, query, request, response
 from tests.e2e_support import CoreProcess, deploy
 
+#: Asserts timings: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
+
 #: Objects of the heavy tenant (demo).
 OBJECTS = 200
 #: Heavy clients, each with one batch at a time.

@@ -49,6 +49,9 @@ from tests.e2e_support import (
 )
 from tests.mutations import HEADER_SHAPES, base_requests, mutate, mutate_bytes, random_shape
 
+#: Asserts timings: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
+
 #: Objects in tenant demo: enough that a batch of 64 counting Locates runs for seconds.
 OBJECTS = 150
 #: The gateway's limits.max_batch_items (the core keeps its default, 64).

@@ -39,6 +39,9 @@ from tests.e2e_support import (
 )
 from tests.gateway_support import CONTINUE, create_l4, encrypt, get, item, request, response
 
+#: Asserts timings: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
+
 V21 = (2, 1)
 #: The target of ARCHITECTURE §4: a revocation is enforced everywhere within 1 s of the commit.
 PROPAGATION_BOUND = 1.0

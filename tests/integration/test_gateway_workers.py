@@ -47,8 +47,10 @@ from tests.integration.test_gateway_sync import (
     succeeded,
 )
 
-pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
-                                reason="reads which process serves a connection from /proc")
+#: Asserts timings (run alone, after the parallel part of `make test`); reads /proc.
+pytestmark = [pytest.mark.serial,
+              pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
+                                 reason="reads which process serves a connection from /proc")]
 
 
 @pytest.fixture

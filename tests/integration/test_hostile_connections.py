@@ -30,6 +30,9 @@ from kcm.testing.processes import running
 from kcm.testing.requests import create_l4, create_managed, encrypt, get, request, response
 from tests.e2e_support import CoreProcess, GatewayProcess, deploy, last_seq, wait_until
 
+#: Asserts timings: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
+
 #: Connections the hostile clients open.
 HOSTILE = 2000
 #: Requests of the normal client in each measurement.

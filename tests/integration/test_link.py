@@ -32,6 +32,9 @@ from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, decode, encode
 from tests.e2e_support import CoreProcess
 
+#: Asserts timings: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
+
 TD = "kcm.test"
 APP = Principal(Role.SERVICE, TD, tenant="demo", service="app",
                 uri=f"spiffe://{TD}/tenant/demo/service/app")

@@ -390,19 +390,22 @@ def test_encrypt_decrypt_aes_gcm(client: ProxyKmipClient,
     ends the Data (docs/conformance.md), so a client that hands the ciphertext back as it
     got it decrypts; from 1.4 on the tag has its own field."""
     version = version_of(client)
-    if _before_1_2(client):
-        pytest.skip("Encrypt is KMIP 1.2 (test_encrypt_decrypt asserts the refusal)")
+    uid = aes(client)
+    client.activate(uid)
+    parameters = {"block_cipher_mode": enums.BlockCipherMode.GCM,
+                  "cryptographic_algorithm": enums.CryptographicAlgorithm.AES,
+                  "tag_length": 16}
+    if _before_1_2(client):  # Encrypt is an operation of KMIP 1.2 and later
+        refused(lambda: client.encrypt(b"a GCM record", uid=uid,
+                                       cryptographic_parameters=parameters),
+                enums.ResultReason.OPERATION_NOT_SUPPORTED)
+        return
     if at_least(version, V14):
         request.applymarker(pytest.mark.xfail(strict=True, raises=exceptions.KmipOperationFailure,
                                               reason=(
             "PyKMIP's bug (docs/conformance.md): ProxyKmipClient.encrypt drops the "
             "Authenticated Encryption Tag (0x4200FE) of the answer and decrypt sends none, so "
             "the decryption cannot verify (Cryptographic Failure)")))
-    uid = aes(client)
-    client.activate(uid)
-    parameters = {"block_cipher_mode": enums.BlockCipherMode.GCM,
-                  "cryptographic_algorithm": enums.CryptographicAlgorithm.AES,
-                  "tag_length": 16}
     ciphertext, iv = client.encrypt(b"a GCM record", uid=uid,
                                     cryptographic_parameters=parameters)
     assert len(ciphertext) == len(b"a GCM record") + (0 if at_least(version, V14) else 16)

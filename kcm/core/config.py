@@ -28,7 +28,7 @@ class CoreLimits(ConnectionLimits):
     request_deadline: float = 10.0
     #: Of the ``database_threads`` request workers, how many the requests of one tenant may
     #: hold at once (kcm.core.fair_scheduler); the waiting tenants are served in turn.
-    max_workers_per_tenant: int = 2
+    max_workers_per_tenant: int = 1
 
     def __post_init__(self) -> None:
         # Named, not super(): a slots dataclass is a new class, which super() cannot find.

@@ -20,6 +20,7 @@ none):
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -170,6 +171,10 @@ class PolicyFile(Service):
             self._pushed = None  # the next SIGHUP writes the event again
 
 
+#: Seconds a thread runs before it must let a thread that waits for the GIL have it.
+GIL_SWITCH_INTERVAL = 0.0005
+
+
 class CoreService(ProcessService):
     """kcm-core: the store, the KMIP listener in front of it, and the gateways' link.
 
@@ -201,6 +206,12 @@ class CoreService(ProcessService):
         return self.policy.reload()
 
     def startService(self) -> None:
+        # Requests run on worker threads under one GIL. A thread that waits for it (every
+        # SQLite or PostgreSQL call gives it up and takes it back) waits up to the switch
+        # interval while a busy thread runs: Python's 5 ms made a light request of one
+        # tenant wait tens of ms behind another tenant's long Locates (docs/benchmarks.md,
+        # "Fairness between tenants").
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         super().startService()
         log.info("kcm-core listening on {listen}", listen=self.config.listen)
         if self.link_factory is not None:

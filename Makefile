@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # twistd finds the kcm plugins in ./twisted/plugins (an editable install does not expose them).
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test lint bench bench-core bench-gateway run clean
+.PHONY: test lint bench bench-core bench-gateway bench-fairness run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench-core: $(STAMP)
 ## operation against the core directly (about 2 minutes); docs/benchmarks.md.
 bench-gateway: $(STAMP)
 	$(BIN)/python benchmarks/gateway_bench.py
+
+## Another tenant's latency at kcm-core while one tenant runs heavy Locate batches, against
+## the idle core (about 2 minutes); docs/benchmarks.md.
+bench-fairness: $(STAMP)
+	$(BIN)/python benchmarks/fairness_bench.py
 
 ## kcm-core (KMIP 127.0.0.1:5696, gateway link 127.0.0.1:5697) in the background and
 ## kcm-gateway (KMIP 127.0.0.1:5698) in the foreground, with a development PKI (var/pki), an

@@ -43,6 +43,17 @@ TLS_PROFILES: dict[str, str] = {
 #: ``min_version`` values.
 TLS_MIN_VERSIONS = ("1.2", "1.3")
 
+#: The command-line options (twistd ``optParameters``) of the TLS policy, the same for both
+#: planes' KMIP listeners.
+TLS_POLICY_OPTIONS = [
+    ["tls-min-version", None, None, "Lowest TLS version a KMIP client may use: 1.2 "
+                                    "(default) or 1.3."],
+    ["tls-profile", None, None, "TLS 1.2 suites for KMIP clients: default (ECDHE with "
+                                "AEAD) or kmip-compat (adds the KMIP profiles' CBC suites)."],
+    ["tls-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 that replaces the "
+                                "profile's list."],
+]
+
 
 @dataclass(frozen=True, slots=True)
 class TlsPolicy:

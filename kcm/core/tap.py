@@ -31,6 +31,7 @@ from kcm.tls import (
     peer_principal,
     server_tls_options,
 )
+from kcm.tls_policy import TLS_POLICY_OPTIONS
 
 
 class Options(usage.Options):
@@ -49,13 +50,7 @@ class Options(usage.Options):
         ["tls-cert", None, None, "Server certificate (PEM)."],
         ["tls-key", None, None, "Server private key (PEM)."],
         ["tls-ca", None, None, "CA certificates that client certificates must chain to."],
-        ["tls-min-version", None, None, "Lowest TLS version a KMIP client may use: 1.2 "
-                                        "(default) or 1.3."],
-        ["tls-profile", None, None, "TLS 1.2 suites for KMIP clients: default (ECDHE with "
-                                    "AEAD) or kmip-compat (adds the KMIP profiles' CBC "
-                                    "suites)."],
-        ["tls-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 that replaces the "
-                                    "profile's list."],
+        *TLS_POLICY_OPTIONS,
         ["log-level", None, None, "Log level (debug, info, warn, error, critical)."],
         ["log-format", None, None, "Log format: json (lines) or text."],
         ["log-file", None, None, "Log file (appended to, created 0600), or - for standard "

@@ -45,6 +45,7 @@ from kcm.tls import (
     min_tls_version,
     peer_principal,
 )
+from kcm.tls_policy import TLS_POLICY_OPTIONS
 
 
 class Options(usage.Options):
@@ -59,13 +60,7 @@ class Options(usage.Options):
         ["tls-cert", None, None, "Gateway certificate (PEM), for clients and the link."],
         ["tls-key", None, None, "Gateway private key (PEM)."],
         ["tls-ca", None, None, "CA certificates that peers' certificates must chain to."],
-        ["tls-min-version", None, None, "Lowest TLS version a KMIP client may use: 1.2 "
-                                        "(default) or 1.3."],
-        ["tls-profile", None, None, "TLS 1.2 suites for KMIP clients: default (ECDHE with "
-                                    "AEAD) or kmip-compat (adds the KMIP profiles' CBC "
-                                    "suites)."],
-        ["tls-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 that replaces the "
-                                    "profile's list."],
+        *TLS_POLICY_OPTIONS,
         ["l3-ttl", None, None, "Seconds a cached service key (L3) is fresh."],
         ["max-stale", None, None, "Seconds a cached L3 may serve while the core is down."],
         ["prewarm", None, None, "Comma-separated tenant/service list to fetch at start."],

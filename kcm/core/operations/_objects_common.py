@@ -3,10 +3,10 @@ the core's side of "may this key be used now" (the rule is :mod:`kcm.kernel.key_
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
-from kcm.core import managed
+from kcm.core import managed, policy
 from kcm.core.context import OperationContext
 from kcm.kernel.key_use import KeyUse, check_key_use
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, Link
@@ -18,6 +18,7 @@ from kcm.kmip.enums import (
     State,
 )
 from kcm.kmip.errors import KmipError
+from kcm.kmip.labels import enum_label
 from kcm.kmip.objects import KeyBlock, KeyValue, SecretData, SymmetricKey
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item
@@ -79,6 +80,22 @@ def require_usable(ctx: OperationContext, obj: managed.StoredObject, use: KeyUse
                   process_start_date=obj.value(Tag.PROCESS_START_DATE),
                   usage_mask=obj.value(Tag.CRYPTOGRAPHIC_USAGE_MASK),
                   key=obj.uid if named else None)
+
+
+def load_key_for(ctx: OperationContext, unique_identifier: object,
+                 allowed: Collection[int], use: KeyUse) -> managed.StoredObject:
+    """The caller's object ``unique_identifier`` (the ID Placeholder when None), if it is
+    of an ``allowed`` Object Type, the policy lets the caller use it, and it may be used for
+    ``use`` now (:func:`require_usable`)."""
+    uid = ctx.id_placeholder.resolve(unique_identifier)  # type: ignore[arg-type]
+    obj = managed.load(ctx, uid, for_update=False)
+    if obj.object_type not in allowed:
+        raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
+                        f"a {enum_label(ObjectType, obj.object_type)} cannot {use.verb}",
+                        v1_reason=ResultReason.ILLEGAL_OPERATION)
+    policy.check_key_use(ctx.principal, obj.level, obj.row.service)
+    require_usable(ctx, obj, use)
+    return obj
 
 
 def clear_key_bytes(ctx: OperationContext, obj: managed.StoredObject) -> bytes:

@@ -25,12 +25,12 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kcm.core import managed, policy
+from kcm.core import managed
 from kcm.core.attribute_rules import check_client_attributes, rule_for
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import (
     link_attribute,
-    require_usable,
+    load_key_for,
     single_value,
     unwrapped_key_block,
 )
@@ -212,18 +212,10 @@ def _prepare(ctx: OperationContext, request: SignRequest | SignatureVerifyReques
 
 def _signature_key(ctx: OperationContext, unique_identifier: object, *,
                    signing: bool) -> managed.StoredObject:
-    uid = ctx.id_placeholder.resolve(unique_identifier)  # type: ignore[arg-type]
-    obj = managed.load(ctx, uid, for_update=False)
     allowed = ((ObjectType.PRIVATE_KEY,) if signing
                else (ObjectType.PUBLIC_KEY, ObjectType.PRIVATE_KEY))
-    use = key_use.SIGN if signing else key_use.VERIFY
-    if obj.object_type not in allowed:
-        raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
-                        f"a {enum_label(ObjectType, obj.object_type)} cannot {use.verb}",
-                        v1_reason=ResultReason.ILLEGAL_OPERATION)
-    policy.check_key_use(ctx.principal, obj.level, obj.row.service)
-    require_usable(ctx, obj, use)
-    return obj
+    return load_key_for(ctx, unique_identifier, allowed,
+                        key_use.SIGN if signing else key_use.VERIFY)
 
 
 def _resolve(obj: managed.StoredObject,

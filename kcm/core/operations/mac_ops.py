@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import struct
 
-from kcm.core import managed, policy
+from kcm.core import managed
 from kcm.core.context import OperationContext
-from kcm.core.operations._objects_common import clear_key_bytes, require_usable
+from kcm.core.operations._objects_common import clear_key_bytes, load_key_for
 from kcm.crypto.mac import MacSpec, compute_mac, resolve_mac, verify_mac
 from kcm.crypto.sealed_state import check_stream_size, open_state, seal_state
 from kcm.kernel import key_use
 from kcm.kmip.enums import ObjectType, ResultReason, ValidityIndicator
 from kcm.kmip.errors import KmipError
-from kcm.kmip.labels import enum_label
 from kcm.kmip.payloads import MacRequest, MacResponse, MacVerifyRequest, MacVerifyResponse
 from kcm.kmip.tags import Tag
 
@@ -69,15 +68,7 @@ def mac_verify(ctx: OperationContext, request: MacVerifyRequest) -> MacVerifyRes
 
 def _mac_key(ctx: OperationContext, unique_identifier: object,
              use: key_use.KeyUse) -> managed.StoredObject:
-    uid = ctx.id_placeholder.resolve(unique_identifier)  # type: ignore[arg-type]
-    obj = managed.load(ctx, uid, for_update=False)
-    if obj.object_type not in _MAC_OBJECTS:
-        raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
-                        f"a {enum_label(ObjectType, obj.object_type)} cannot {use.verb}",
-                        v1_reason=ResultReason.ILLEGAL_OPERATION)
-    policy.check_key_use(ctx.principal, obj.level, obj.row.service)
-    require_usable(ctx, obj, use)
-    return obj
+    return load_key_for(ctx, unique_identifier, _MAC_OBJECTS, use)
 
 
 def _input(ctx: OperationContext, obj: managed.StoredObject, key: bytes,

@@ -46,6 +46,8 @@ class HeldStore:
 
 
 def handler_with(store: HeldStore, clock: Clock, **limits: Any) -> CoreRequestHandler:
+    """A handler whose requests (all of one tenant here) all reach the store at once."""
+    limits.setdefault("max_workers_per_tenant", 4)
     return CoreRequestHandler(store, keyring=None, clock=clock.seconds,  # type: ignore[arg-type]
                               limits=CoreLimits(**limits))
 

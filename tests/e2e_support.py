@@ -147,3 +147,16 @@ def gateway_process(core_process: CoreProcess, tmp_path: Path) -> Iterator[Gatew
         yield gateway
     finally:
         gateway.stop()
+
+
+def assert_cancelled_in_audit(core: CoreProcess, before: int) -> None:
+    """The 64 audit records after ``before`` are those of a Locate batch stopped because its
+    client left: some ran, the rest failed as cancelled; the core logged the stop."""
+    rows = audit_rows(core, before)
+    ran = [r["result_status"] for r in rows].count("SUCCESS")
+    assert 0 < ran < 64 and {r["result_status"] for r in rows[:ran]} == {"SUCCESS"}
+    assert {(r["operation"], r["result_status"], r["result_reason"], json.dumps(r["detail"]))
+            for r in rows[ran:]} == {
+        ("LOCATE", "OPERATION_FAILED", "GENERAL_FAILURE",
+         json.dumps({"stopped": "request cancelled: the client disconnected"}))}
+    assert "request stopped" in core.log.read_text()

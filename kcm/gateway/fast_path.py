@@ -34,7 +34,7 @@ from kcm.gateway.local_batch import EngineFactory
 from kcm.identity import Principal
 from kcm.kernel.responses import response_wire
 from kcm.kmip.attributes import CryptographicParameters
-from kcm.kmip.enums import KeyFormatType
+from kcm.kmip.enums import KeyFormatType, ObjectType, Operation
 from kcm.kmip.objects import KeyValue, SymmetricKey
 from kcm.kmip.payloads import (
     DecryptRequest,
@@ -44,7 +44,8 @@ from kcm.kmip.payloads import (
     GetRequest,
     GetResponse,
 )
-from kcm.ttlv import decode_item
+from kcm.kmip.tags import Tag
+from kcm.ttlv import ItemType, decode_item
 
 __all__ = ["FAST_VERSIONS", "FastPath"]
 
@@ -55,37 +56,42 @@ _HEADER = struct.Struct(">II")
 _INT = struct.Struct(">iI")
 _UINT = struct.Struct(">II")
 
-# Wire headers: tag << 8 | type.
-_REQUEST_MESSAGE = 0x42007801
-_REQUEST_HEADER = 0x42007701
-_PROTOCOL_VERSION = 0x42006901
-_VERSION_MAJOR = 0x42006A02
-_VERSION_MINOR = 0x42006B02
-_MAXIMUM_RESPONSE_SIZE = 0x42005002
-_BATCH_COUNT = 0x42000D02
-_BATCH_ITEM = 0x42000F01
-_OPERATION = 0x42005C05
-_UNIQUE_BATCH_ITEM_ID = 0x42009308
-_REQUEST_PAYLOAD = 0x42007901
-_RESPONSE_PAYLOAD = 0x42007C01
-_RESULT_STATUS = 0x42007F05
-_UNIQUE_IDENTIFIER = 0x42009407
-_CRYPTOGRAPHIC_PARAMETERS = 0x42002B01
-_DATA = 0x4200C208
-_IV_COUNTER_NONCE = 0x42003D08
-_AAD = 0x4200FE08
-_AE_TAG = 0x4200FF08
-_KEY_FORMAT_TYPE = 0x42004205
-_OBJECT_TYPE = 0x42005705
-_SYMMETRIC_KEY = 0x42008F01
-_KEY_BLOCK = 0x42004001
-_KEY_VALUE = 0x42004501
-_KEY_MATERIAL = 0x42004308
-_CRYPTOGRAPHIC_ALGORITHM = 0x42002805
-_CRYPTOGRAPHIC_LENGTH = 0x42002A02
 
-_ENCRYPT, _DECRYPT, _GET = 0x1F, 0x20, 0x0A
-_SYMMETRIC_KEY_TYPE = 2
+def _head(tag: int, item_type: ItemType) -> int:
+    """An item's wire header as read with ``_HEADER``: tag << 8 | type."""
+    return int(tag) << 8 | item_type.value
+
+
+_REQUEST_MESSAGE = _head(Tag.REQUEST_MESSAGE, ItemType.STRUCTURE)
+_REQUEST_HEADER = _head(Tag.REQUEST_HEADER, ItemType.STRUCTURE)
+_PROTOCOL_VERSION = _head(Tag.PROTOCOL_VERSION, ItemType.STRUCTURE)
+_VERSION_MAJOR = _head(Tag.PROTOCOL_VERSION_MAJOR, ItemType.INTEGER)
+_VERSION_MINOR = _head(Tag.PROTOCOL_VERSION_MINOR, ItemType.INTEGER)
+_MAXIMUM_RESPONSE_SIZE = _head(Tag.MAXIMUM_RESPONSE_SIZE, ItemType.INTEGER)
+_BATCH_COUNT = _head(Tag.BATCH_COUNT, ItemType.INTEGER)
+_BATCH_ITEM = _head(Tag.BATCH_ITEM, ItemType.STRUCTURE)
+_OPERATION = _head(Tag.OPERATION, ItemType.ENUMERATION)
+_UNIQUE_BATCH_ITEM_ID = _head(Tag.UNIQUE_BATCH_ITEM_ID, ItemType.BYTE_STRING)
+_REQUEST_PAYLOAD = _head(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE)
+_RESPONSE_PAYLOAD = _head(Tag.RESPONSE_PAYLOAD, ItemType.STRUCTURE)
+_RESULT_STATUS = _head(Tag.RESULT_STATUS, ItemType.ENUMERATION)
+_UNIQUE_IDENTIFIER = _head(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING)
+_CRYPTOGRAPHIC_PARAMETERS = _head(Tag.CRYPTOGRAPHIC_PARAMETERS, ItemType.STRUCTURE)
+_DATA = _head(Tag.DATA, ItemType.BYTE_STRING)
+_IV_COUNTER_NONCE = _head(Tag.IV_COUNTER_NONCE, ItemType.BYTE_STRING)
+_AAD = _head(Tag.AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, ItemType.BYTE_STRING)
+_AE_TAG = _head(Tag.AUTHENTICATED_ENCRYPTION_TAG, ItemType.BYTE_STRING)
+_KEY_FORMAT_TYPE = _head(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION)
+_OBJECT_TYPE = _head(Tag.OBJECT_TYPE, ItemType.ENUMERATION)
+_SYMMETRIC_KEY = _head(Tag.SYMMETRIC_KEY, ItemType.STRUCTURE)
+_KEY_BLOCK = _head(Tag.KEY_BLOCK, ItemType.STRUCTURE)
+_KEY_VALUE = _head(Tag.KEY_VALUE, ItemType.STRUCTURE)
+_KEY_MATERIAL = _head(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
+_CRYPTOGRAPHIC_ALGORITHM = _head(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
+_CRYPTOGRAPHIC_LENGTH = _head(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
+
+_ENCRYPT, _DECRYPT, _GET = int(Operation.ENCRYPT), int(Operation.DECRYPT), int(Operation.GET)
+_SYMMETRIC_KEY_TYPE = int(ObjectType.SYMMETRIC_KEY)
 _RAW = int(KeyFormatType.RAW)
 
 #: Per operation, the payload fields read, in the specification's order: wire header ->

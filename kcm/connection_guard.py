@@ -34,6 +34,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+from kcm.eager_tls import EagerTLSFactory
+
 __all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "GuardLimits"]
 
 log = Logger()
@@ -180,7 +182,7 @@ def _host(transport: Any) -> str:
     return str(getattr(peer, "host", peer))
 
 
-class _GuardedTLSFactory(TLSMemoryBIOFactory):
+class _GuardedTLSFactory(EagerTLSFactory):
     """Server-side TLS whose connections the guard admits, counts and times."""
 
     def __init__(self, guard: ConnectionGuard, options: Any, factory: Any,

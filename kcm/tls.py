@@ -60,7 +60,6 @@ from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
     clientFromString,
     serverFromString,
-    wrapClientTLS,
 )
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -79,11 +78,11 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kcm.connection_guard import ConnectionGuard
+from kcm.eager_tls import EagerTLSClientEndpoint, EagerTLSFactory
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
 from kcm.tls_policy import DEFAULT_TLS12_CIPHERS, TlsPolicy
 
@@ -291,7 +290,7 @@ class _TLSServerEndpoint:
         if self._guard is not None:
             return self._inner.listen(self._guard.tls_factory(
                 self._options, protocolFactory, bound_output=self._bound_output))
-        return self._inner.listen(TLSMemoryBIOFactory(self._options, False, protocolFactory))
+        return self._inner.listen(EagerTLSFactory(self._options, False, protocolFactory))
 
 
 def tls_server_endpoint(
@@ -373,7 +372,7 @@ def tls_client_endpoint(
 ) -> IStreamClientEndpoint:
     """A TLS client endpoint over the plain endpoint ``description`` (``tcp:HOST:PORT``)."""
     _refuse_tls_description(description)
-    return wrapClientTLS(options, clientFromString(reactor, description))
+    return EagerTLSClientEndpoint(options, clientFromString(reactor, description))
 
 
 class TLSListener(Service):

@@ -144,7 +144,7 @@ class GatewayRequestHandler:
         except Exception:
             return self._general_failure(version_of(wire), Failure())
         if isinstance(answer, Deferred):
-            answer.addErrback(self._unexpected, version_of(wire))
+            answer.addErrback(self._unexpected, wire)  # the version is read only if needed
         return answer
 
     def failure_response(self, reason: int, message: str) -> bytes:
@@ -382,10 +382,10 @@ class GatewayRequestHandler:
         return failure_response(version, reason, message, int(self._clock()),
                                 new_correlation_id())
 
-    def _unexpected(self, failure: Failure, version: Version) -> bytes:
+    def _unexpected(self, failure: Failure, wire: bytes) -> bytes:
         if failure.check(CancelledError):  # the client left: nobody reads this
-            return self._refuse(version, ResultReason.GENERAL_FAILURE, CLIENT_GONE)
-        return self._general_failure(version, failure)
+            return self._refuse(version_of(wire), ResultReason.GENERAL_FAILURE, CLIENT_GONE)
+        return self._general_failure(version_of(wire), failure)
 
     def _general_failure(self, version: Version, failure: Failure) -> bytes:
         correlation_id = new_correlation_id()

@@ -9,6 +9,7 @@ inverses for every frame :func:`decode_frame` accepts; anything else raises
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 
 from kcm.l4.service_key import ServiceKey
@@ -200,10 +201,72 @@ _KEY_FIELD_BY_TAG = {tag: (name, item_type) for name, tag, item_type in _KEY_FIE
 
 def encode_frame(frame: Frame) -> bytes:
     """The TTLV bytes of ``frame``; FrameError if a field has a value of the wrong kind."""
+    if not frame.service_keys and frame.payload is None:
+        wire = _encode_scalar_frame(frame)
+        if wire is not None:
+            return wire
     try:
         return encode(frame_item(frame))
     except TtlvError as e:
         raise FrameError(f"cannot encode {frame.type.name}: {e.reason}") from None
+
+
+# Every request and answer crosses the link as a frame of scalar fields only; those are
+# written and read here straight with struct (no Item tree), and the general codec above and
+# below stays the reference: the two give the same bytes and the same frames (a property
+# test holds them to it, tests/unit/test_link_frames.py).
+_HEAD = struct.Struct(">II")
+_U32_PAD = struct.Struct(">II")
+_I32_PAD = struct.Struct(">iI")
+_I64 = struct.Struct(">q")
+_FRAME_HEAD = Tag.LINK_FRAME << 8 | ItemType.STRUCTURE
+_TYPE_HEAD = Tag.FRAME_TYPE << 8 | ItemType.ENUMERATION
+_STREAM_HEAD = Tag.STREAM_ID << 8 | ItemType.INTEGER
+_SCALAR_FIELDS = tuple((name, tag << 8 | item_type, item_type) for name, tag, item_type in _FIELDS)
+_SCALAR_BY_HEAD = {head: (name, item_type) for name, head, item_type in _SCALAR_FIELDS}
+_PAD = bytes(8)
+
+
+def _encode_scalar_frame(frame: Frame) -> bytes | None:
+    """``frame`` (no service keys, no payload) as TTLV; None to leave a value of the wrong
+    kind to the general encoder (which raises FrameError for it)."""
+    parts = [_HEAD.pack(_TYPE_HEAD, 4), _U32_PAD.pack(int(frame.type), 0)]
+    stream_id = frame.stream_id
+    if stream_id:
+        if type(stream_id) is not int or not -(1 << 31) <= stream_id < 1 << 31:
+            return None
+        parts += (_HEAD.pack(_STREAM_HEAD, 4), _I32_PAD.pack(stream_id, 0))
+    for name, head, item_type in _SCALAR_FIELDS:
+        value = getattr(frame, name)
+        if value is None:
+            continue
+        if item_type is ItemType.TEXT_STRING or item_type is ItemType.BYTE_STRING:
+            if item_type is ItemType.TEXT_STRING:
+                if type(value) is not str:
+                    return None
+                try:
+                    value = value.encode()
+                except UnicodeEncodeError:
+                    return None
+            elif type(value) is not bytes:
+                return None
+            parts += (_HEAD.pack(head, len(value)), value, _PAD[:-len(value) & 7])
+        elif type(value) is not int:
+            return None
+        elif item_type is ItemType.LONG_INTEGER:
+            if not -(1 << 63) <= value < 1 << 63:
+                return None
+            parts += (_HEAD.pack(head, 8), _I64.pack(value))
+        elif item_type is ItemType.INTEGER:
+            if not -(1 << 31) <= value < 1 << 31:
+                return None
+            parts += (_HEAD.pack(head, 4), _I32_PAD.pack(value, 0))
+        else:  # Enumeration, Interval: unsigned 32 bits
+            if not 0 <= value < 1 << 32:
+                return None
+            parts += (_HEAD.pack(head, 4), _U32_PAD.pack(value, 0))
+    body = b"".join(parts)
+    return _HEAD.pack(_FRAME_HEAD, len(body)) + body
 
 
 def frame_item(frame: Frame) -> Item:
@@ -276,6 +339,16 @@ def peek_frame_head(head: bytes) -> tuple[FrameType | None, int]:
 
 def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> Frame:
     """Decode one whole frame; FrameError for bad TTLV, unknown fields, missing fields."""
+    if len(data) <= max_size:
+        frame = _decode_scalar_frame(data)
+        if frame is not None:
+            return frame
+    return decode_frame_tree(data, max_size=max_size)
+
+
+def decode_frame_tree(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> Frame:
+    """:func:`decode_frame` by way of the whole Item tree: the reference the scalar-frame
+    reader is held to."""
     try:
         item = decode(data, max_depth=_MAX_DEPTH, max_size=max_size)
     except TtlvError as e:
@@ -283,6 +356,80 @@ def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> Fram
     if item.tag != Tag.LINK_FRAME or item.type is not ItemType.STRUCTURE:
         raise FrameError(f"not a LinkFrame: tag 0x{item.tag:06X}")
     return _frame_from(item)
+
+
+def _decode_scalar_frame(data: bytes) -> Frame | None:
+    """The frame ``data`` holds if it is a well-formed frame of scalar fields only, in the
+    order :func:`encode_frame` writes them, each at most once, with every field its type
+    requires; None for anything else, which the general decoder then reads (and refuses
+    with the precise reason where it must)."""
+    size = len(data)
+    if size < 24:
+        return None
+    head, length = _HEAD.unpack_from(data, 0)
+    if head != _FRAME_HEAD or 8 + length != size:
+        return None
+    head, length = _HEAD.unpack_from(data, 8)
+    frame_type, padding = _U32_PAD.unpack_from(data, 16)
+    if head != _TYPE_HEAD or length != 4 or padding:
+        return None
+    try:
+        frame = Frame(FrameType(frame_type))
+    except ValueError:
+        return None
+    pos = 24
+    if pos + 16 <= size and _HEAD.unpack_from(data, pos) == (_STREAM_HEAD, 4):
+        stream_id, padding = _I32_PAD.unpack_from(data, pos + 8)
+        if padding or not 0 <= stream_id <= _MAX_STREAM_ID:
+            return None
+        frame.stream_id = stream_id
+        pos += 16
+    index = 0
+    fields = _SCALAR_FIELDS
+    while pos < size:
+        if pos + 8 > size:
+            return None
+        head, length = _HEAD.unpack_from(data, pos)
+        while index < len(fields) and fields[index][1] != head:
+            index += 1
+        if index == len(fields):
+            return None  # unknown, repeated, out of order, or not scalar
+        name, _, item_type = fields[index]
+        index += 1
+        value_at = pos + 8
+        if item_type is ItemType.TEXT_STRING or item_type is ItemType.BYTE_STRING:
+            end = value_at + length
+            pos = value_at + ((length + 7) & ~7)
+            if pos > size or data[end:pos] != _PAD[:pos - end]:
+                return None
+            if item_type is ItemType.TEXT_STRING:
+                try:
+                    value: object = data[value_at:end].decode()
+                except UnicodeDecodeError:
+                    return None
+            else:
+                value = data[value_at:end]
+        else:
+            pos = value_at + 8
+            if pos > size:
+                return None
+            if item_type is ItemType.LONG_INTEGER:
+                if length != 8:
+                    return None
+                value = _I64.unpack_from(data, value_at)[0]
+            else:
+                if length != 4:
+                    return None
+                value, padding = (_I32_PAD if item_type is ItemType.INTEGER
+                                  else _U32_PAD).unpack_from(data, value_at)
+                if padding:
+                    return None
+        setattr(frame, name, value)
+    for name in REQUIRED[frame.type]:
+        value = getattr(frame, name)
+        if value is None or (name == "stream_id" and value == 0):
+            return None
+    return frame
 
 
 def _frame_from(item: Item) -> Frame:

@@ -301,10 +301,12 @@ def test_clients_that_never_read_are_closed_and_their_answers_freed_at_the_gatew
     # of answers (and one answer past it).
     per_connection = 32 * len(hostile_wire) + 2 * (256 << 10)
     assert max(peaks) - before <= NEVER_READING * per_connection
-    # Released: a wave leaves nothing behind — the last ends no higher than the high-water
-    # mark of the ones before (the allocator keeps its working set); the old code kept
-    # every never-reading connection, and its answers, for good.
-    assert settled[-1] <= max(settled[:-1]) + (16 << 20)
+    # Released: a wave leaves nothing behind. The allocator keeps its working set, so RSS is
+    # a high-water mark that one unlucky wave may raise once (the wave that happened to hold
+    # the most at once); a leak raises it every wave. So of the last two waves, one ends no
+    # higher than the high-water mark of the ones before; the old code kept every
+    # never-reading connection, and its answers, for good.
+    assert min(settled[-2:]) <= max(settled[:-2]) + (16 << 20)
     # Clients the gateway no longer reads from cost the others nothing.
     assert p99(held) <= P99_FACTOR * p99(idle) + P99_SLACK
     # While 100 connections push requests at full speed, the normal one gets its share of

@@ -1,0 +1,176 @@
+"""kcm.eager_tls over real loopback sockets (both ends in this reactor): records leave in the
+turn that wrote them, in order, whole, however large, and with the TCP transport's flow
+control; over a StringTransport it writes to the transport as Twisted's own TLS does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.testing import StringTransport
+
+from kcm.eager_tls import MAX_GATHERED, EagerTLSClientEndpoint, EagerTLSFactory, EagerTLSProtocol
+from kcm.pki import PkiPaths, init_pki
+from kcm.tls import client_tls_options, server_tls_options
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
+    return init_pki(Path(tmp_path_factory.mktemp("pki")))
+
+
+class Lines(protocol.Protocol):
+    """Server side: answers every line with ``answer(line)``; b"close" closes after it."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            self.transport.write(self.answer(line))
+            if line == b"close":
+                self.transport.loseConnection()
+                return
+
+
+class Collector(protocol.Protocol):
+    """Client side: keeps what arrives; ``done`` fires with it when the connection ends."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+        self.waiters: list[tuple[int, defer.Deferred[None]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        ready = [w for w in self.waiters if len(self.received) >= w[0]]
+        for waiter in ready:
+            self.waiters.remove(waiter)
+            waiter[1].callback(None)
+
+    def until(self, size: int) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if len(self.received) >= size:
+            d.callback(None)
+        else:
+            self.waiters.append((size, d))
+        return d
+
+    def connectionLost(self, reason) -> None:
+        self.done.callback(bytes(self.received))
+
+
+@defer.inlineCallbacks
+def serve(pki: PkiPaths, answer):
+    """A server of ``Lines(answer)`` and one client connected to it; (client, port, server)."""
+    servers: list[Lines] = []
+
+    def build() -> Lines:
+        server = Lines(answer)
+        servers.append(server)
+        return server
+
+    factory = EagerTLSFactory(server_tls_options(pki.core.cert, pki.core.key, pki.ca.cert),
+                              False, protocol.Factory.forProtocol(build))
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    options = client_tls_options(pki.app.cert, pki.app.key, pki.ca.cert, "localhost")
+    client = yield EagerTLSClientEndpoint(
+        options, TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)).connect(
+        protocol.Factory.forProtocol(Collector))
+    return client, port, servers
+
+
+@pytest_twisted.inlineCallbacks
+def test_pipelined_answers_arrive_in_order_and_whole(pki: PkiPaths) -> None:
+    client, port, servers = yield serve(pki, lambda line: line[::-1] + b";")
+    try:
+        lines = [b"%05d" % i for i in range(2000)]  # answered in one turn: gathered records
+        client.transport.write(b"\n".join(lines) + b"\n")
+        expected = b"".join(line[::-1] + b";" for line in lines)
+        yield client.until(len(expected))
+        assert bytes(client.received) == expected
+        assert servers[0].transport._gathered is None  # nothing left gathered after the turn
+    finally:
+        client.transport.loseConnection()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_large_answers_are_sent_whole_and_in_order_past_a_full_socket(pki: PkiPaths) -> None:
+    # Several MiB in one turn: more than the socket takes at once, so part of every record
+    # goes through the TCP transport's buffer and what follows must queue behind it.
+    client, port, servers = yield serve(pki, lambda line: line * (1 << 20) + b"|")
+    try:
+        client.transport.write(b"a\nb\nc\nd\n")
+        expected = b"".join(x * (1 << 20) + b"|" for x in (b"a", b"b", b"c", b"d"))
+        yield client.until(len(expected))
+        assert bytes(client.received) == expected
+    finally:
+        client.transport.loseConnection()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_write_after_the_turn_is_sent_at_once(pki: PkiPaths) -> None:
+    client, port, servers = yield serve(pki, lambda line: b"")
+    try:
+        client.transport.write(b"hello\n")
+        while not servers:  # the server side exists once the handshake is under way
+            yield deferLater(0.01)
+        yield deferLater(0.05)
+        server_tcp = servers[0].transport.transport
+        servers[0].transport.write(b"late answer")  # as a Deferred firing later would
+        # Eager: the record is on the socket already, nothing waits in the TCP transport.
+        assert server_tcp._tempDataLen == 0 and not server_tcp.dataBuffer
+        yield client.until(len(b"late answer"))
+        assert bytes(client.received) == b"late answer"
+    finally:
+        client.transport.loseConnection()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_answer_written_before_closing_arrives_before_the_close(pki: PkiPaths) -> None:
+    client, port, _ = yield serve(pki, lambda line: b"bye:" + line)
+    try:
+        client.transport.write(b"one\nclose\nnever\n")
+        received = yield client.done
+        assert received == b"bye:onebye:close"
+    finally:
+        yield port.stopListening()
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater as later
+    return later(reactor, seconds, lambda: None)
+
+
+def test_over_a_string_transport_records_go_to_the_transport(pki: PkiPaths) -> None:
+    factory = EagerTLSFactory(server_tls_options(pki.core.cert, pki.core.key, pki.ca.cert),
+                              False, protocol.Factory.forProtocol(protocol.Protocol))
+    tls = factory.buildProtocol(None)
+    assert isinstance(tls, EagerTLSProtocol)
+    transport = StringTransport()
+    tls.makeConnection(transport)
+    assert tls._eager is False
+    assert transport.value() == b""  # a server waits for the ClientHello
+
+
+def test_gathered_writes_past_the_bound_go_out_at_once() -> None:
+    written: list[bytes] = []
+    tls = EagerTLSProtocol.__new__(EagerTLSProtocol)
+    tls.disconnecting = False
+    tls._producer = None
+    tls._write_now = written.append  # type: ignore[method-assign]
+    tls._gathered, tls._gathered_size = [], 0
+    tls.write(b"x" * 1000)
+    assert written == []
+    tls.write(b"y" * MAX_GATHERED)
+    assert written == [b"x" * 1000 + b"y" * MAX_GATHERED]
+    assert tls._gathered == [] and tls._gathered_size == 0

@@ -1,8 +1,10 @@
-"""The gateway's fast path: plain L4 Encrypt, Decrypt and Get answered straight from bytes.
+"""The gateway's fast path: plain L4 Create, Encrypt, Decrypt and Get answered from bytes.
 
 Most of what a data plane answers is one shape: a Request Message in KMIP 1.4, 2.0 or 2.1
 whose batch items are Encrypt, Decrypt or Get of an L4 token (or Encrypt/Decrypt with an
-L3), with the Unique Identifier given and nothing unusual. For such a request this module
+L3), with the Unique Identifier given and nothing unusual, or the Create of an L4 (its
+attributes, a few dozen bytes, are the one part decoded with the model, exactly as the
+general path decodes them). For such a request this module
 reads the few fields the L4 engine needs straight from the bytes (no message tree, no
 typed request), runs the same :class:`kcm.l4.engine.L4Engine` the general path runs, writes
 each response batch item with the engine's answer filled into a fixed layout, and lets the
@@ -33,10 +35,12 @@ from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.local_batch import EngineFactory
 from kcm.identity import Principal
 from kcm.kernel.responses import response_wire
-from kcm.kmip.attributes import CryptographicParameters
+from kcm.kmip.attributes import VENDOR_TAG, CryptographicParameters
 from kcm.kmip.enums import KeyFormatType, ObjectType, Operation
 from kcm.kmip.objects import KeyValue, SymmetricKey
 from kcm.kmip.payloads import (
+    CreateRequest,
+    CreateResponse,
     DecryptRequest,
     DecryptResponse,
     EncryptRequest,
@@ -45,6 +49,7 @@ from kcm.kmip.payloads import (
     GetResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.l4.marking import is_l4_create
 from kcm.ttlv import ItemType, decode_item
 
 __all__ = ["FAST_VERSIONS", "FastPath"]
@@ -91,6 +96,17 @@ _CRYPTOGRAPHIC_ALGORITHM = _head(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATI
 _CRYPTOGRAPHIC_LENGTH = _head(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
 
 _ENCRYPT, _DECRYPT, _GET = int(Operation.ENCRYPT), int(Operation.DECRYPT), int(Operation.GET)
+_CREATE = int(Operation.CREATE)
+#: What an L4 Create may carry besides its markers and the key's algorithm and length (the
+#: rest is refused by the engine, or means a stored key: the general path's to answer).
+_CREATE_ATTRIBUTE_TAGS = frozenset({
+    Tag.CRYPTOGRAPHIC_ALGORITHM, Tag.CRYPTOGRAPHIC_LENGTH, Tag.CRYPTOGRAPHIC_USAGE_MASK,
+    VENDOR_TAG, Tag.LINK})
+#: The attribute containers of a Create: KMIP 1.x Template-Attribute, 2.x Attributes.
+_CREATE_CONTAINERS = {
+    (1, 4): _head(Tag.TEMPLATE_ATTRIBUTE, ItemType.STRUCTURE),
+    (2, 0): _head(Tag.ATTRIBUTES, ItemType.STRUCTURE),
+    (2, 1): _head(Tag.ATTRIBUTES, ItemType.STRUCTURE)}
 _SYMMETRIC_KEY_TYPE = int(ObjectType.SYMMETRIC_KEY)
 _RAW = int(KeyFormatType.RAW)
 
@@ -108,6 +124,7 @@ _FIELDS: dict[int, tuple[tuple[int, str], ...]] = {
                (_AE_TAG, "authenticated_encryption_tag")),
     _GET: ((_UNIQUE_IDENTIFIER, "unique_identifier"),
            (_KEY_FORMAT_TYPE, "key_format_type")),
+    _CREATE: (),  # read by _create_request
 }
 _REQUESTS: dict[int, Callable[..., Any]] = {
     _ENCRYPT: EncryptRequest, _DECRYPT: DecryptRequest, _GET: GetRequest}
@@ -184,15 +201,42 @@ def _read_request(wire: bytes) -> tuple[tuple[int, int], int | None, _Items]:
         batch_id = None
         if pos + 8 <= item_end and _HEADER.unpack_from(wire, pos)[0] == _UNIQUE_BATCH_ITEM_ID:
             pos, batch_id = _bytes(wire, pos, item_end)
+        payload_at = pos
         pos, payload_end = _structure(wire, pos, item_end, _REQUEST_PAYLOAD)
-        values = _payload(wire, pos, payload_end, fields)
-        if payload_end != item_end or "unique_identifier" not in values:
+        if payload_end != item_end:
             raise _DECLINE
-        items.append((operation, batch_id, _REQUESTS[operation](**values)))
+        if operation == _CREATE:
+            items.append((operation, batch_id,
+                          _create_request(wire, payload_at, pos, payload_end, version)))
+        else:
+            values = _payload(wire, pos, payload_end, fields)
+            if "unique_identifier" not in values:
+                raise _DECLINE
+            items.append((operation, batch_id, _REQUESTS[operation](**values)))
         pos = item_end
     if not items or batch_count != len(items):
         raise _DECLINE
     return version, maximum_response_size, items
+
+
+def _create_request(wire: bytes, payload_at: int, pos: int, end: int,
+                    version: tuple[int, int]) -> CreateRequest:
+    """An L4 Create's payload: Object Type, then the attribute container of ``version``,
+    nothing else; decoded with the model, as the general path does."""
+    pos, _ = _integer(wire, pos, end, _OBJECT_TYPE)
+    container_end = _structure(wire, pos, end, _CREATE_CONTAINERS[version])[1]
+    if container_end != end:
+        raise _DECLINE
+    payload, after = decode_item(wire, payload_at, max_depth=8)
+    if after != end:
+        raise _DECLINE
+    request = CreateRequest.from_item(payload, version)  # KmipError declines
+    attributes = request.attributes
+    if (request.template_names or request.protection_storage_masks is not None
+            or not attributes or not is_l4_create(attributes)
+            or any(attribute.tag not in _CREATE_ATTRIBUTE_TAGS for attribute in attributes)):
+        raise _DECLINE
+    return request
 
 
 def _payload(wire: bytes, pos: int, end: int,
@@ -269,6 +313,11 @@ def _response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes
         payload = _text(_UNIQUE_IDENTIFIER, result.unique_identifier)
         if result.data is not None:
             payload += _byte_string(_DATA, result.data)
+    elif isinstance(result, CreateResponse):
+        if result.attributes or result.template_names:
+            raise _DECLINE
+        payload = (_enumeration(_OBJECT_TYPE, int(result.object_type))
+                   + _text(_UNIQUE_IDENTIFIER, result.unique_identifier))
     elif isinstance(result, GetResponse):
         payload = (_enumeration(_OBJECT_TYPE, _SYMMETRIC_KEY_TYPE)
                    + _text(_UNIQUE_IDENTIFIER, result.unique_identifier)

@@ -18,19 +18,24 @@ from kcm.gateway.fast_path import FAST_VERSIONS, FastPath
 from kcm.gateway.handler import GatewayRequestHandler
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.local_batch import LocalRunner
-from kcm.kmip.attributes import CryptographicParameters
+from kcm.kmip.attributes import Attribute, CryptographicParameters, Link, Name
 from kcm.kmip.enums import (
     BlockCipherMode,
     CryptographicAlgorithm,
     KeyFormatType,
+    LinkType,
+    NameType,
+    ObjectType,
     Operation,
     State,
 )
-from kcm.kmip.payloads import DecryptRequest, EncryptRequest, GetRequest
+from kcm.kmip.payloads import CreateRequest, DecryptRequest, EncryptRequest, GetRequest
+from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4.engine import L4Engine
 from kcm.l4.service_key import ServiceKey
-from kcm.testing.requests import create_l4, item, request, response
+from kcm.testing.requests import create_l4, create_managed, item, request, response
+from kcm.ttlv import Item, ItemType
 from tests.core_support import service_principal
 from tests.gateway_support import L3_UID, FakeLink
 
@@ -137,6 +142,42 @@ def l4_items(token: str) -> st.SearchStrategy:
     return st.one_of(encrypt, decrypt, get)
 
 
+def _vendor(name: str, value: str) -> Attribute:
+    return Attribute.vendor("x", name, Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, value))
+
+
+def create_items(plain: bool) -> st.SearchStrategy:
+    """Creates of L4s (marked by x-kcm-level or a Parent Link to the L3), with the attributes
+    an L4 takes; unless ``plain``, also odd ones: a managed key's, attributes an L4 cannot
+    keep, another algorithm or length, another object type, a service of another name."""
+    marker = st.sampled_from([
+        [_vendor("kcm-level", "L4")],
+        [Attribute.of(Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
+                                     linked_object_identifier=L3_UID))],
+        [_vendor("kcm-level", "L4"), _vendor("kcm-service", "app")]])
+    algorithm = st.sampled_from([[Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM,
+                                               CryptographicAlgorithm.AES)], []])
+    length = st.sampled_from([[Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, n)]
+                              for n in (128, 192, 256)] + [[]])
+    usage = st.sampled_from([[], [Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, 12)]])
+    object_type = st.just(ObjectType.SYMMETRIC_KEY)
+    if not plain:
+        marker = st.one_of(marker, st.sampled_from([
+            [], [_vendor("kcm-level", "L3")], [_vendor("kcm-level", "L4"),
+                                               _vendor("kcm-service", "other")]]))
+        algorithm = st.one_of(algorithm, st.just([Attribute.of(
+            Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.DES3)]))
+        length = st.one_of(length, st.just([Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 512)]))
+        usage = st.one_of(usage, st.just([Attribute.of(Tag.NAME, Name(
+            name_value="n", name_type=NameType.UNINTERPRETED_TEXT_STRING))]))
+        object_type = st.sampled_from([ObjectType.SYMMETRIC_KEY, ObjectType.SECRET_DATA])
+    batch_id = st.one_of(st.none(), st.binary(min_size=1, max_size=9))
+    return st.builds(
+        lambda t, a, n, u, m, b: item(Operation.CREATE, CreateRequest(
+            object_type=t, attributes=[*a, *n, *u, *m]), b),
+        object_type, algorithm, length, usage, marker, batch_id)
+
+
 def plain_items(planes: Planes) -> st.SearchStrategy:
     """L4 items that succeed: the token, default or GCM parameters, a decrypt of what an
     encrypt made."""
@@ -153,7 +194,7 @@ def plain_items(planes: Planes) -> st.SearchStrategy:
     get = st.builds(lambda f, b: item(Operation.GET, GetRequest(
         unique_identifier=token, key_format_type=f), b),
         st.sampled_from([None, KeyFormatType.RAW]), batch_id)
-    return st.one_of(encrypt, decrypt, get)
+    return st.one_of(encrypt, decrypt, get, create_items(plain=True))
 
 
 @st.composite
@@ -206,6 +247,8 @@ def test_plain_l4_requests_take_the_fast_path_in_its_versions(planes: Planes,
         request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier=token, data=b"r")),
                 version=version),
         request(item(Operation.GET, GetRequest(unique_identifier=token)), version=version),
+        request(create_l4(), version=version),
+        request(create_l4(via_link=L3_UID), version=version),
         request(*[item(Operation.ENCRYPT, EncryptRequest(unique_identifier=token,
                                                          data=b"x" * 64), bytes([i]))
                   for i in range(1, 101)], version=version),
@@ -231,7 +274,7 @@ def test_what_the_fast_path_cannot_be_sure_of_is_declined(planes: Planes) -> Non
             unique_identifier=token, key_format_type=KeyFormatType.TRANSPARENT_SYMMETRIC_KEY))),
         request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier=token, data=b"r",
                                                        init_indicator=True))),
-        request(create_l4()),
+        request(create_managed()),  # a stored key: the core's
     ]
     for wire in declined:
         assert planes.fast.answer(wire, APP) is None

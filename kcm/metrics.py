@@ -43,6 +43,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -240,9 +241,14 @@ class _QuietSite(Site):
         pass
 
 
+class _Root(Resource):
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return notFound()
+
+
 def metrics_site(registry: CollectorRegistry, ready: ReadinessCheck) -> Site:
     """``/metrics``, ``/healthz`` and ``/readyz`` over ``registry`` and ``ready``."""
-    root = Resource()
+    root = _Root()
     root.putChild(b"metrics", _Metrics(registry))
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(ready))

@@ -179,17 +179,28 @@ class L3Cache:
 
         Who asks comes first: a version ``principal`` may not use is a miss, whether held,
         dropped or unknown here (the core answers it, the same way for each). A dropped
-        version is its marker, without material: the engine answers by its state."""
+        version is its marker, without material: the engine answers by its state.
+        ``counted``: as for :meth:`current`."""
         held = self._keys.get(uid)
         known = held.key if held is not None else self._dropped.get(uid)
         if known is None or not may_use_service_key(principal, known.tenant, known.service):
+            if counted:
+                self.misses.value += 1
             raise ServiceKeyMissing(Need(uid=uid))
         if held is None:
+            if counted:
+                self.hits.value += 1
             return known
-        if not self._usable(held.confirmed_at, uid):
+        if not self._usable(held.confirmed_at, uid, counted):
+            if counted:
+                self.misses.value += 1
             raise ServiceKeyMissing(Need(uid=uid))
         if self._is_stale(held.confirmed_at):
+            if counted:
+                self.stale_hits.value += 1
             self._refresh_uid(held)
+        elif counted:
+            self.hits.value += 1
         return held.key
 
     def _is_stale(self, confirmed_at: float) -> bool:

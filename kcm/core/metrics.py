@@ -18,6 +18,7 @@ What it promises:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -152,7 +153,8 @@ def database_state(url: str, timeout: float = 2.0) -> dict[str, Any]:
     try:
         revision = _revision(url, timeout)
     except Exception as e:  # noqa: BLE001 - any failure to read is "not reachable"
-        return {"database": f"unreachable: {str(e).splitlines()[0] if str(e) else type(e)}"}
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return {"database": f"unreachable: {why}"}
     if revision != head:
         return {"database": f"not migrated: at {revision or 'no revision'}, the code needs "
                             f"{head} (run kcm core init or restart kcm-core)",
@@ -167,10 +169,7 @@ def _revision(url: str, timeout: float) -> str | None:
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        path = str(parsed.database or "")
-        import os
-
-        uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+        uri = f"file:{quote(os.path.abspath(str(parsed.database or '')))}?mode=ro"
         connection = sqlite3.connect(uri, uri=True, timeout=timeout)
         try:
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()

@@ -39,7 +39,9 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
   operation, the L3 and the token's TokenId — never the token, which carries the sealed DEK
   (docs/link-protocol.md §3 "Who may").
 
-Nothing here touches the disk or a database, and only errors and refusals are logged.
+Every answer is timed and its items counted (:mod:`kcm.gateway.metrics`; on the fast path
+with children bound in advance). Nothing here touches the disk or a database, and only
+errors and refusals are logged.
 """
 
 from __future__ import annotations
@@ -145,14 +147,14 @@ class GatewayRequestHandler:
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         """Answer ``wire``; never raises, and a returned Deferred never fails."""
         started = self._timer()
-        fast_path = self._fast_path
-        if fast_path is not None:
-            answer = fast_path.answer(wire, connection.principal)  # counts its items
-            if answer is not None:
-                self._local_duration.observe(self._timer() - started)
-                return answer
         routed = _Routed()
         try:
+            fast_path = self._fast_path
+            if fast_path is not None:
+                answer = fast_path.answer(wire, connection.principal)  # counts its items
+                if answer is not None:
+                    self._local_duration.observe(self._timer() - started)
+                    return answer
             answer = self._route(wire, connection, routed)
         except Exception:
             answer = self._general_failure(version_of(wire), Failure())

@@ -268,12 +268,12 @@ class CoreRequestHandler:
     def _refuse(self, caller: Caller, version: Version, reason: int, message: str,
                 correlation_id: str, now: int) -> bytes:
         item = failed_item(None, None, version, reason, message)
-        self._metrics.item(None)
         try:
             self._store.run_sync(lambda session: append_audit(session, audit_event(
                 caller, item, correlation_id, [])))
         except Exception:
             return self._general_failure(caller, version, correlation_id, now)
+        self._metrics.item(None)
         return response_wire(version, now, correlation_id, encode_items([item], version))
 
     def _general_failure(self, caller: Caller, version: Version, correlation_id: str,

@@ -170,7 +170,7 @@ class GatewayRequestHandler:
         duration = (metrics.local_duration if local is True else
                     metrics.forwarded_duration if local is False else metrics.mixed_duration)
         duration.observe(self._timer() - started)
-        metrics.answered(answer, routed.items, local)
+        metrics.answered(answer, local)
         return answer
 
     def failure_response(self, reason: int, message: str) -> bytes:
@@ -196,7 +196,6 @@ class GatewayRequestHandler:
             # wrong with the request is the core's to say, in the core's words.
             routed.local = False
             return self._forward_unread(wire, connection)
-        routed.items = classified.request.items
         if classified.route is Route.ALL_REMOTE:
             routed.local = False
             return self._forward_whole(wire, classified.request, connection)
@@ -424,13 +423,12 @@ class GatewayRequestHandler:
 
 
 class _Routed:
-    """Where the general path answered one request, for its metrics: its peeked items
-    (None: unreadable) and ``local`` (True, False, or per item for a mixed one)."""
+    """Where the general path answered one request, for its metrics: ``local`` is True,
+    False, or per item for a mixed one."""
 
-    __slots__ = ("items", "local")
+    __slots__ = ("local",)
 
     def __init__(self) -> None:
-        self.items: Sequence[PeekedBatchItem] | None = None
         self.local: bool | Sequence[bool] = True
 
 

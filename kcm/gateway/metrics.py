@@ -2,13 +2,14 @@
 
 What it promises:
 
-* Requests are counted per batch item, by operation, result (the item's Result Status) and
-  path (``local``: answered by this gateway; ``forwarded``: answered by the core, or by the
-  gateway for the core when the link could not carry it), and timed per request message
-  by path (``local``, ``forwarded``, ``mixed``). On the fast path this costs an attribute
-  update per item and one histogram child update per request, all bound in advance
-  (:mod:`kcm.metrics`); the general path reads the Result Statuses from its answer with
-  the peek (never a full decode).
+* Requests are counted per batch item, by operation (``unknown`` for an item answering a
+  whole request it refused), result (the item's Result Status) and path (``local``:
+  answered by this gateway; ``forwarded``: answered by the core, or by the gateway for the
+  core when the link could not carry it), and timed per request message by path
+  (``local``, ``forwarded``, ``mixed``). On the fast path this costs an attribute update
+  per item and one histogram child update per request, all bound in advance
+  (:mod:`kcm.metrics`); the general path reads each item's Operation and Result Status
+  from its answer with the peek (never a full decode).
 * Everything else (the L3 cache's hits, misses, stale and expired reads, the link's
   state, in-flight calls and reconnects, open connections) is read when scraped from
   counters the parts keep themselves.
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from kcm.connection_guard import ConnectionGuard
     from kcm.gateway.l3_cache import L3Cache
     from kcm.gateway.link_client import LinkClient
-    from kcm.ttlv.peek import PeekedBatchItem
 
 __all__ = ["FAST_OPERATIONS", "GatewayMetrics"]
 
@@ -86,21 +86,20 @@ class GatewayMetrics:
         self._clock: Callable[[], float] = time.time
 
     # The general path ---------------------------------------------------------------------
-    def answered(self, answer: bytes, requested: Sequence[PeekedBatchItem] | None,
-                 local: Sequence[bool] | bool) -> None:
-        """Count the items of ``answer`` (a general-path answer): item ``i`` answers
-        ``requested[i]`` (None: the request could not be read); ``local`` says per item,
-        or for all, whether the gateway answered it."""
+    def answered(self, answer: bytes, local: Sequence[bool] | bool) -> None:
+        """Count the items of ``answer`` (a general-path answer) by their Operation and
+        Result Status, read with the peek; ``local`` says for all items, or per item of the
+        request (a mixed one: answer item ``i`` answers request item ``i``), whether the
+        gateway answered it."""
         try:
-            statuses = [item.result_status for item in peek_response(answer).items]
+            items = peek_response(answer).items
         except TtlvError:
             return
-        for index, status in enumerate(statuses):
-            operation = (requested[index].operation
-                         if requested is not None and index < len(requested) else None)
+        for index, item in enumerate(items):
             here = local if isinstance(local, bool) else (
                 local[index] if index < len(local) else True)
-            self._item(operation, status, "local" if here else "forwarded").value += 1
+            self._item(item.operation, item.result_status,
+                       "local" if here else "forwarded").value += 1
 
     def _item(self, operation: int | None, status: int | None, path: str) -> Tally:
         key = (operation, status, path)

@@ -21,6 +21,7 @@ from kcm.kmip.errors import KmipError
 from kcm.kmip.payloads.crypto import DecryptRequest
 from kcm.kmip_protocol import ConnectionInfo, ConnectionLimits
 from kcm.l4.service_key import ServiceKey
+from kcm.ttlv.peek import peek_response
 from tests.core_support import CoreHarness, service_principal
 from tests.gateway_support import (
     L3_UID,
@@ -253,3 +254,21 @@ def test_make_service_adds_the_listener_only_when_asked() -> None:
 
     assert "kcm-metrics-listener" not in names()
     assert names("--metrics-listen", "tcp:0:interface=127.0.0.1")[-1] == "kcm-metrics-listener"
+
+
+def test_the_peek_reads_each_answer_item_s_operation(core: CoreHarness) -> None:
+    client = core.client(APP)
+    answer = client.send(request(create_managed(), locate()))
+    assert [i.operation for i in peek_response(answer).items] == [
+        int(Operation.CREATE), int(Operation.LOCATE)]
+    refused = client.send(b"\x42\x00\x78\x01\x00\x00\x00\x08garbage!")
+    assert [i.operation for i in peek_response(refused).items] == [None]
+
+
+def test_a_request_refused_whole_is_counted_as_unknown(gateway: Gateway) -> None:
+    wire = bytearray(request(create_l4(), create_l4()))
+    wire[wire.index(bytes.fromhex("42000d0200000004")) + 8 + 3] = 3  # Batch Count 3, not 2
+    answer = gateway.send(bytes(wire))
+    assert len(answer.batch_items) == 1
+    assert gateway.requests("unknown", "operation_failed", "local") == 1
+    assert gateway.requests("CREATE", "operation_failed", "local") == 0

@@ -163,3 +163,19 @@ def test_the_listener_is_a_named_endpoint_service_that_parses_at_once() -> None:
     assert service.name == "kcm-metrics-listener"
     with pytest.raises(ValueError):
         metrics_listener(Clock(), "nonsense:1", site)
+
+
+def test_a_port_in_use_fails_the_listener_s_start() -> None:
+    import socket
+
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        site = metrics_site(CollectorRegistry(), lambda: Readiness(True))
+        service = metrics_listener(reactor, f"tcp:{port}:interface=127.0.0.1", site)
+        with pytest.raises(CannotListenError):  # ProcessService then stops the start
+            service.startService()

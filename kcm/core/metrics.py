@@ -18,6 +18,7 @@ What it promises:
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -147,9 +148,7 @@ def database_state(url: str, timeout: float = 2.0) -> dict[str, Any]:
     newest migration: ``{"database": "ok", "revision": R}``, else ``{"database": why}``.
     Blocking: run it on a thread. A SQLite file is opened read-only (a missing file is not
     created)."""
-    from kcm.core.store.migrate import head_revision
-
-    head = head_revision()
+    head = _head_revision()
     try:
         revision = _revision(url, timeout)
     except Exception as e:  # noqa: BLE001 - any failure to read is "not reachable"
@@ -160,6 +159,14 @@ def database_state(url: str, timeout: float = 2.0) -> dict[str, Any]:
                             f"{head} (run kcm core init or restart kcm-core)",
                 "revision": revision}
     return {"database": "ok", "revision": revision}
+
+
+@functools.cache
+def _head_revision() -> str:
+    """The newest packaged migration (read from the scripts once per process)."""
+    from kcm.core.store.migrate import head_revision
+
+    return head_revision()
 
 
 def _revision(url: str, timeout: float) -> str | None:

@@ -62,7 +62,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
-from kcm.core.store.engine import AUDIT_KEY_INFO
+from kcm.core.store.engine import AUDIT_KEY_INFO, AUDIT_WRITTEN_INFO
 from kcm.core.store.repository import get_meta, lock_writers, set_meta
 from kcm.core.store.schema import AuditLog
 
@@ -486,6 +486,9 @@ def _emit_pending(session: Session) -> None:
     # reported failure, since the log publisher catches (and reports) observers' errors.
     for row in pending:
         audit_log.info(AUDIT_FORMAT, **row.log_fields())
+    written = session.info.get(AUDIT_WRITTEN_INFO)
+    if written is not None:
+        written(len(pending))
 
 
 def _drop_pending(session: Session) -> None:

@@ -72,6 +72,9 @@ class CoreConfig:
     #: Which managed objects of its tenant an application may use: ``own-service`` (those
     #: of its own service and those of no service) or ``tenant`` (all); see kcm.core.policy.
     application_objects: str = ApplicationObjects.OWN_SERVICE.value
+    #: The metrics and health listener (an endpoint string, ``tcp:9696:interface=...``):
+    #: ``/metrics``, ``/healthz``, ``/readyz`` over plain HTTP; empty (the default): none.
+    metrics_listen: str = ""
 
     @property
     def access(self) -> AccessPolicy:
@@ -81,7 +84,7 @@ class CoreConfig:
 
 _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "l1_pkcs11",
               "policy_file", "database_threads", "log_level", "log_format", "log_file",
-              "audit_checkpoint_interval", "application_objects"}
+              "audit_checkpoint_interval", "application_objects", "metrics_listen"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:
@@ -91,6 +94,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     config = load_section(CoreConfig(), "core", path, overrides, _TOP_LEVEL, coerce=_typed)
     if not config.audit_checkpoint_interval > 0:
         raise ConfigError("core.audit_checkpoint_interval must be a positive number of seconds")
+    if not isinstance(config.metrics_listen, str):
+        raise ConfigError("core.metrics_listen must be an endpoint string (or empty)")
     allowed = [choice.value for choice in ApplicationObjects]
     if config.application_objects not in allowed:
         raise ConfigError(f"core.application_objects must be one of {', '.join(allowed)}, "

@@ -122,6 +122,7 @@ class LinkServerProtocol(LinkProtocol):
 
     def link_lost(self, reason: Failure) -> None:
         self.factory.fanout.unsubscribe(self)
+        self.factory.links.discard(self)
         self._queued.clear()
         # Nobody is left to read the answers of the requests in flight.
         requests, self._requests = self._requests, {}
@@ -140,6 +141,7 @@ class LinkServerProtocol(LinkProtocol):
                          f"(this core speaks {HELLO_VERSION} to {LINK_VERSION})")
             return
         self._hello = True
+        self.factory.links.add(self)
         head = self.factory.fanout.head
         asked = frame.sequence if frame.sequence is not None else -1
         # A gateway ahead of the outbox (a restored database) starts over from the head; it
@@ -160,6 +162,11 @@ class LinkServerProtocol(LinkProtocol):
             welcome.policy = None
             self.send(welcome)
         self._catch_up()
+
+    @property
+    def delivered_seq(self) -> int:
+        """The newest event handed to the transport for this gateway (queued ones are not)."""
+        return self.sent_seq - len(self._queued)
 
     def _require_hello(self, frame: Frame) -> bool:
         if not self._hello:
@@ -377,6 +384,8 @@ class LinkServerFactory(Factory):
         self.settings = settings or LinkSettings()
         self.server_name = server_name
         self._principals: dict[tuple[str, str | None], Principal | None] = {}
+        #: The links that said HELLO and are still up (for the metrics).
+        self.links: set[LinkServerProtocol] = set()
         self.set_subject_map(subject_map)
 
     def set_subject_map(self, subject_map: SubjectMap | None) -> None:

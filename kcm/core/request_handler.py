@@ -37,6 +37,7 @@ from kcm.core.config import CoreLimits
 from kcm.core.context import Caller
 from kcm.core.fair_scheduler import FairScheduler
 from kcm.core.keyring import Keyring
+from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
@@ -114,8 +115,10 @@ class CoreRequestHandler:
 
     def __init__(self, store: Store, keyring: Keyring, *, clock: Callable[[], float],
                  server_info: ServerInfo | None = None,
-                 limits: CoreLimits | None = None, workers: int = 4) -> None:
+                 limits: CoreLimits | None = None, workers: int = 4,
+                 metrics: CoreMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics or CoreMetrics()
         self._keyring = keyring
         self._clock = clock
         self._server_info = server_info or ServerInfo()
@@ -175,8 +178,17 @@ class CoreRequestHandler:
         return RequestWatch(self._clock, self._limits.request_deadline)
 
     def _answer(self, wire: bytes, caller: Caller, watch: RequestWatch) -> Deferred[bytes]:
+        metrics = self._metrics
+        duration = metrics.direct_duration if caller.gateway is None else \
+            metrics.gateway_duration
+        started = metrics.timer()
+
+        def timed(result: object) -> object:
+            duration.observe(metrics.timer() - started)
+            return result
+
         return self._scheduler.submit(share_of(caller), self.respond, wire, caller,
-                                      int(self._clock()), watch.stop_reason)
+                                      int(self._clock()), watch.stop_reason).addBoth(timed)
 
     def respond(self, wire: bytes, caller: Caller, now: int,
                 should_stop: Callable[[], str | None] | None = None) -> bytes:
@@ -193,6 +205,7 @@ class CoreRequestHandler:
         version = request.header.version
         try:
             items = self._execute(request, caller, now, correlation_id, should_stop)
+            self._metrics.answered(items)
             # Never larger than the maximum message size, for a direct client as for a
             # gateway: the link carries answers up to that size and no larger.
             return response_wire(version, now, correlation_id, encode_items(items, version),
@@ -260,6 +273,7 @@ class CoreRequestHandler:
                 caller, item, correlation_id, [])))
         except Exception:
             return self._general_failure(caller, version, correlation_id, now)
+        self._metrics.item(None)
         return response_wire(version, now, correlation_id, encode_items([item], version))
 
     def _general_failure(self, caller: Caller, version: Version, correlation_id: str,
@@ -269,6 +283,7 @@ class CoreRequestHandler:
         log.failure("request failed [correlation id {cid}]", cid=correlation_id)
         item = failed_item(None, None, version, ResultReason.GENERAL_FAILURE,
                            internal_error(correlation_id))
+        self._metrics.item(None)
         detail = None if request is None else {
             "operations": [operation_name(i.operation) for i in request.batch_items]}
         try:

@@ -35,6 +35,7 @@ from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.l1 import open_l1
 from kcm.core.link_server import LinkServerFactory
+from kcm.core.metrics import CoreMetrics
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
@@ -195,6 +196,8 @@ class CoreService(ProcessService):
         #: The outbox fan-out and the link listener's factory (None with the link off).
         self.fanout: EventFanout | None = None
         self.link_factory: LinkServerFactory | None = None
+        #: The metrics (kcm.core.metrics), set by makeService.
+        self.metrics: CoreMetrics | None = None
 
     @property
     def subject_map(self) -> SubjectMap | None:

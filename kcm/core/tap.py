@@ -17,6 +17,7 @@ from kcm.core.config import load_config
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory, LinkSettings
+from kcm.core.metrics import CoreMetrics, DatabaseReadiness
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
@@ -24,6 +25,7 @@ from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
+from kcm.metrics import metrics_listener, metrics_site
 from kcm.tls import (
     TLSListener,
     listener_tls_options,
@@ -55,6 +57,9 @@ class Options(usage.Options):
         ["log-format", None, None, "Log format: json (lines) or text."],
         ["log-file", None, None, "Log file (appended to, created 0600), or - for standard "
                                  "output."],
+        ["metrics-listen", None, None, "Metrics and health listener (plain HTTP), an "
+                                       "endpoint string (tcp:9696:interface=...); "
+                                       "empty: none."],
         ["audit-checkpoint-interval", None, None,
          "Seconds between audit checkpoints in the log (default 300)."],
         ["application-objects", None, None,
@@ -76,10 +81,13 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     trust_domain = config.trust_domain
     store = Store(config.database, reactor=reactor, threads=config.database_threads,
                   migrate=True)
+    metrics = CoreMetrics(process=True)
+    store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     keyring = Keyring()
     handler = CoreRequestHandler(store, keyring, clock=reactor.seconds,
                                  server_info=ServerInfo(access=config.access),
-                                 limits=config.limits, workers=config.database_threads)
+                                 limits=config.limits, workers=config.database_threads,
+                                 metrics=metrics)
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
                        policy=policy)
@@ -117,5 +125,13 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         TLSListener(reactor, config.link_listen, link_tls_options, link_factory,
                     name="kcm-link-listener", guard=guard,
                     bound_output=False).setServiceParent(core)
+    else:
+        fanout = link_factory = None
     StateSweeper(store, reactor).setServiceParent(core)
+    metrics.watch(guard=guard, fanout=fanout, links=link_factory)
+    core.metrics = metrics
+    if config.metrics_listen:
+        readiness = DatabaseReadiness(config.database, reactor)
+        metrics_listener(reactor, config.metrics_listen,
+                         metrics_site(metrics.registry, readiness)).setServiceParent(core)
     return core

@@ -48,6 +48,10 @@ class GatewayConfig:
     #: L3 cache and event stream) under a supervisor: 1 (the default) is one process and no
     #: supervisor; 0 is one per CPU this process may run on. See kcm.gateway.supervisor.
     workers: int = 1
+    #: The metrics and health listener (an endpoint string, ``tcp:9697:interface=...``):
+    #: ``/metrics``, ``/healthz``, ``/readyz`` over plain HTTP; empty (the default): none.
+    #: Only with ``workers = 1``: workers share the KMIP port, not their metrics.
+    metrics_listen: str = ""
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -57,7 +61,7 @@ class GatewayConfig:
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_server_name", "l3_ttl",
               "max_stale", "prewarm", "max_in_flight", "log_level", "log_format",
               "log_file",
-              "workers"}
+              "workers", "metrics_listen"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -84,6 +88,12 @@ def load_config(path: str | Path | None,
         raise ConfigError("gateway.max_in_flight must be at least 1")
     if config.workers < 0:
         raise ConfigError("gateway.workers must be 0 (one per CPU) or more")
+    if not isinstance(config.metrics_listen, str):
+        raise ConfigError("gateway.metrics_listen must be an endpoint string (or empty)")
+    if config.metrics_listen and config.workers != 1:
+        raise ConfigError("gateway.metrics_listen works only with workers = 1 (each worker "
+                          "is a gateway of its own, and they share only the KMIP port); run "
+                          "one gateway per port to scrape each, or leave metrics_listen empty")
     return config
 
 

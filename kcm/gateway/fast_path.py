@@ -28,7 +28,7 @@ and random bytes (a property test holds the two to it: tests/unit/test_gateway_f
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kcm.gateway.l3_cache import L3Cache
@@ -50,9 +50,10 @@ from kcm.kmip.payloads import (
 )
 from kcm.kmip.tags import Tag
 from kcm.l4.marking import is_l4_create
+from kcm.metrics import Tally
 from kcm.ttlv import ItemType, decode_item
 
-__all__ = ["FAST_VERSIONS", "FastPath"]
+__all__ = ["FAST_OPERATIONS", "FAST_VERSIONS", "FastPath"]
 
 #: The protocol versions the fast path answers in (their L4 answers have one layout).
 FAST_VERSIONS = frozenset({(1, 4), (2, 0), (2, 1)})
@@ -97,6 +98,8 @@ _CRYPTOGRAPHIC_LENGTH = _head(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
 
 _ENCRYPT, _DECRYPT, _GET = int(Operation.ENCRYPT), int(Operation.DECRYPT), int(Operation.GET)
 _CREATE = int(Operation.CREATE)
+#: The operations the fast path answers.
+FAST_OPERATIONS = (_CREATE, _ENCRYPT, _DECRYPT, _GET)
 #: What an L4 Create may carry besides its markers and the key's algorithm and length (the
 #: rest is refused by the engine, or means a stored key: the general path's to answer).
 _CREATE_ATTRIBUTE_TAGS = frozenset({
@@ -142,8 +145,11 @@ class FastPath:
 
     def __init__(self, *, cache: L3Cache, engine_factory: EngineFactory,
                  clock: Callable[[], float], new_correlation_id: Callable[[], str],
-                 max_message_size: int, max_batch_items: int) -> None:
+                 max_message_size: int, max_batch_items: int,
+                 served: Mapping[int, Tally] | None = None) -> None:
         self._max_batch_items = max_batch_items
+        #: Per operation, the counter of its items answered here (kcm.gateway.metrics).
+        self._served = served
         self._cache = cache
         self._engine_factory = engine_factory
         self._clock = clock
@@ -164,9 +170,15 @@ class FastPath:
                 answered.append(_response_item(operation, batch_id, result))
         except Exception:
             return None
-        return response_wire(version, int(self._clock()), self._new_correlation_id(),
-                             answered, maximum_response_size,
-                             server_limit=self._max_message_size)
+        answer = response_wire(version, int(self._clock()), self._new_correlation_id(),
+                               answered, maximum_response_size,
+                               server_limit=self._max_message_size)
+        served = self._served
+        if served is not None:  # (an item the Maximum Response Size turned into Response
+            # Too Large is counted as answered: it was, and rarely is on this path)
+            for operation, _, _ in items:
+                served[operation].value += 1
+        return answer
 
 
 # Reading ------------------------------------------------------------------------------

@@ -39,7 +39,9 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
   operation, the L3 and the token's TokenId — never the token, which carries the sealed DEK
   (docs/link-protocol.md §3 "Who may").
 
-Nothing here touches the disk or a database, and only errors and refusals are logged.
+Every answer is timed and its items counted (:mod:`kcm.gateway.metrics`; on the fast path
+with children bound in advance). Nothing here touches the disk or a database, and only
+errors and refusals are logged.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from kcm.gateway.link_client import (
     RequestTooLarge,
 )
 from kcm.gateway.local_batch import LocalRun, LocalRunner
+from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
 from kcm.kernel.responses import (
@@ -125,8 +128,12 @@ class GatewayRequestHandler:
     def __init__(self, *, runner: LocalRunner, cache: L3Cache, link: Link,
                  clock: Callable[[], float], max_message_size: int = 1 << 20,
                  max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
-                 fast_path: FastPath | None = None) -> None:
+                 fast_path: FastPath | None = None,
+                 metrics: GatewayMetrics | None = None) -> None:
         self._runner = runner
+        self._metrics = metrics = metrics or GatewayMetrics()
+        self._timer = metrics.timer
+        self._local_duration = metrics.local_duration
         self._cache = cache
         self._link = link
         self._clock = clock
@@ -139,12 +146,31 @@ class GatewayRequestHandler:
     # RequestHandler ---------------------------------------------------------------------
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         """Answer ``wire``; never raises, and a returned Deferred never fails."""
+        started = self._timer()
+        routed = _Routed()
         try:
-            answer = self._route(wire, connection)
+            fast_path = self._fast_path
+            if fast_path is not None:
+                answer = fast_path.answer(wire, connection.principal)  # counts its items
+                if answer is not None:
+                    self._local_duration.observe(self._timer() - started)
+                    return answer
+            answer = self._route(wire, connection, routed)
         except Exception:
-            return self._general_failure(version_of(wire), Failure())
+            answer = self._general_failure(version_of(wire), Failure())
         if isinstance(answer, Deferred):
             answer.addErrback(self._unexpected, wire)  # the version is read only if needed
+            return answer.addCallback(self._count, routed, started)
+        return self._count(answer, routed, started)
+
+    def _count(self, answer: bytes, routed: _Routed, started: float) -> bytes:
+        """Count ``answer``'s items and time (the general path's), and return it."""
+        metrics = self._metrics
+        local = routed.local
+        duration = (metrics.local_duration if local is True else
+                    metrics.forwarded_duration if local is False else metrics.mixed_duration)
+        duration.observe(self._timer() - started)
+        metrics.answered(answer, local)
         return answer
 
     def failure_response(self, reason: int, message: str) -> bytes:
@@ -160,21 +186,22 @@ class GatewayRequestHandler:
             call.cancel()
 
     # Routing ----------------------------------------------------------------------------
-    def _route(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
-        if self._fast_path is not None:
-            answer = self._fast_path.answer(wire, connection.principal)
-            if answer is not None:
-                return answer
+    def _route(self, wire: bytes, connection: ConnectionInfo,
+               routed: _Routed) -> bytes | Deferred[bytes]:
+        """The general path's answer; ``routed`` learns where it was answered."""
         try:
             classified = classify(wire)
         except TtlvError:
             # Not even the routing facts can be read: nothing here may run, and what is
             # wrong with the request is the core's to say, in the core's words.
+            routed.local = False
             return self._forward_unread(wire, connection)
         if classified.route is Route.ALL_REMOTE:
+            routed.local = False
             return self._forward_whole(wire, classified.request, connection)
         if classified.route is Route.ALL_LOCAL:
             return self._all_local(wire, classified, connection)
+        routed.local = classified.local
         return Deferred.fromCoroutine(self._mixed(wire, classified, connection))
 
     def _forward_whole(self, wire: bytes, request: PeekedRequest,
@@ -393,6 +420,16 @@ class GatewayRequestHandler:
         return failure_response(version, ResultReason.GENERAL_FAILURE,
                                 internal_error(correlation_id), int(self._clock()),
                                 correlation_id)
+
+
+class _Routed:
+    """Where the general path answered one request, for its metrics: ``local`` is True,
+    False, or per item for a mixed one."""
+
+    __slots__ = ("local",)
+
+    def __init__(self) -> None:
+        self.local: bool | Sequence[bool] = True
 
 
 def _fetched(needs: set[Need], errors: dict[Need, KmipError]) -> dict[Need, KmipError | None]:

@@ -53,6 +53,7 @@ from kcm.l4.authorize import (
 )
 from kcm.l4.service_key import ServiceKey
 from kcm.link.events import EventKind
+from kcm.metrics import Tally
 
 __all__ = ["CachedKeySource", "L3Cache", "Need", "ServiceKeyMissing"]
 
@@ -122,6 +123,9 @@ class L3Cache:
         self._tombstones: set[str] = set()
         self._refreshing_uids: set[str] = set()
         self.last_event_sequence = -1
+        #: Reads by requests (:meth:`current`, :meth:`by_uid`), for the metrics: fresh,
+        #: stale (past ``ttl``, served), missed (to fetch), expired (refused past max-stale).
+        self.hits, self.stale_hits, self.misses, self.expired = Tally(), Tally(), Tally(), Tally()
 
     # Reads (the engine's KeySource goes through these) ---------------------------------
     def key_source(self, principal: Principal, *, final: bool = False,
@@ -137,9 +141,9 @@ class L3Cache:
         first, on that principal's behalf)."""
         try:
             if need.uid is None:
-                self.current(need.tenant, need.service)
+                self.current(need.tenant, need.service, counted=False)
             else:
-                self.by_uid(need.uid, principal)
+                self.by_uid(need.uid, principal, counted=False)
         except ServiceKeyMissing:
             return True
         except KmipError:
@@ -150,50 +154,71 @@ class L3Cache:
         """Whether the core revoked or destroyed the L4 token ``token_id``."""
         return token_id in self._tombstones
 
-    def current(self, tenant: str, service: str) -> ServiceKey:
-        """The current version of ``tenant``/``service``; ServiceKeyMissing or KmipError."""
+    def current(self, tenant: str, service: str, *, counted: bool = True) -> ServiceKey:
+        """The current version of ``tenant``/``service``; ServiceKeyMissing or KmipError.
+        ``counted``: a request's read, counted in :attr:`hits` and the others."""
         state = self._services.get((tenant, service))
-        if state is None or state.current_uid is None:
-            raise ServiceKeyMissing(Need(tenant, service))
-        if not self._usable(state.confirmed_at, (tenant, service)):
-            raise ServiceKeyMissing(Need(tenant, service))
-        held = self._keys.get(state.current_uid)
+        held = None
+        if (state is not None and state.current_uid is not None
+                and self._usable(state.confirmed_at, (tenant, service), counted)):
+            held = self._keys.get(state.current_uid)
         if held is None:
+            if counted:
+                self.misses.value += 1
             raise ServiceKeyMissing(Need(tenant, service))
         if self._is_stale(state.confirmed_at):
+            if counted:
+                self.stale_hits.value += 1
             self._refresh_service(tenant, service)
+        elif counted:
+            self.hits.value += 1
         return held.key
 
-    def by_uid(self, uid: str, principal: Principal) -> ServiceKey:
+    def by_uid(self, uid: str, principal: Principal, *, counted: bool = True) -> ServiceKey:
         """Version ``uid`` for ``principal``; ServiceKeyMissing or KmipError.
 
         Who asks comes first: a version ``principal`` may not use is a miss, whether held,
         dropped or unknown here (the core answers it, the same way for each). A dropped
-        version is its marker, without material: the engine answers by its state."""
+        version is its marker, without material: the engine answers by its state.
+        ``counted``: as for :meth:`current`."""
         held = self._keys.get(uid)
         known = held.key if held is not None else self._dropped.get(uid)
         if known is None or not may_use_service_key(principal, known.tenant, known.service):
+            if counted:
+                self.misses.value += 1
             raise ServiceKeyMissing(Need(uid=uid))
         if held is None:
+            if counted:
+                self.hits.value += 1
             return known
-        if not self._usable(held.confirmed_at, uid):
+        if not self._usable(held.confirmed_at, uid, counted):
+            if counted:
+                self.misses.value += 1
             raise ServiceKeyMissing(Need(uid=uid))
         if self._is_stale(held.confirmed_at):
+            if counted:
+                self.stale_hits.value += 1
             self._refresh_uid(held)
+        elif counted:
+            self.hits.value += 1
         return held.key
 
     def _is_stale(self, confirmed_at: float) -> bool:
         return self._clock() - confirmed_at > self.ttl
 
-    def _usable(self, confirmed_at: float, key: str | tuple[str, str]) -> bool:
+    def _usable(self, confirmed_at: float, key: str | tuple[str, str],
+                counted: bool = False) -> bool:
         """False: past max-stale but the core is reachable, so fetch again. Raises: past
-        max-stale and the core is unreachable (fail closed). ``key``: the version's uid, or
-        (tenant, service) for a current version."""
+        max-stale and the core is unreachable (fail closed; ``counted``: in
+        :attr:`expired`). ``key``: the version's uid, or (tenant, service) for a current
+        version."""
         age = self._clock() - confirmed_at
         if age <= self.max_stale:
             return True
         if self._connected():
             return False
+        if counted:
+            self.expired.value += 1
         what = (f"service key {identifier_label(key)}" if isinstance(key, str)
                 else f"the service key of {key[0]}/{key[1]}")
         raise KmipError(ResultReason.GENERAL_FAILURE,
@@ -360,6 +385,20 @@ class L3Cache:
         self._dropped.clear()
 
     # Introspection (tests, health) -------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """How many service key versions are held (with their material)."""
+        return len(self._keys)
+
+    def serving_left(self, now: float) -> float | None:
+        """Seconds until the most recently confirmed service key held passes max-stale (at
+        most; it is refreshed meanwhile while the core is reachable): how long L4
+        operations can still be served without the core. None: no key is held."""
+        if not self._keys:
+            return None
+        newest = max(held.confirmed_at for held in self._keys.values())
+        return newest + self.max_stale - now
+
     def holds(self, uid: str) -> bool:
         """Whether version ``uid`` is held."""
         return uid in self._keys

@@ -282,6 +282,8 @@ class LinkClient(MultiService):
         self._refusals = 0  # connections in a row lost before WELCOME
         #: CANCEL frames sent since the service started (calls whose caller left).
         self.cancels_sent = 0
+        #: Links made (welcomed) since the service started; all but the first reconnected.
+        self.links_made = 0
         self._backoff = backoffPolicy(initialDelay=0.1, maxDelay=max_retry_delay, factor=2.0,
                                       jitter=lambda: 0.1 * random_fraction())
         factory = Factory.forProtocol(lambda: LinkClientProtocol(self))
@@ -408,6 +410,7 @@ class LinkClient(MultiService):
                 log.failure("applying the core's policy failed")
         self._protocol = protocol
         self._refusals = 0
+        self.links_made += 1
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)

@@ -24,6 +24,7 @@ from kcm.gateway.config import GatewayConfig
 from kcm.gateway.handler import GatewayRequestHandler
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
+from kcm.gateway.metrics import GatewayMetrics
 from kcm.identity import Principal, Role, SubjectMap, principal_from_certificate
 from kcm.kmip.errors import KmipError
 from kcm.process import ProcessService
@@ -72,6 +73,7 @@ class GatewayService(ProcessService):
         self.link: LinkClient | None = None
         self.cache: L3Cache | None = None
         self.handler: GatewayRequestHandler | None = None
+        self.metrics: GatewayMetrics | None = None
         #: The core's subject map, as the core last pushed it (WELCOME, ``policy`` events);
         #: empty until the first WELCOME, so subject-only clients are refused until then.
         self.subject_map = SubjectMap({})

@@ -25,6 +25,7 @@ from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
 from kcm.gateway.local_batch import LocalRunner, l4_engine
+from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.service import GatewayIdentity, GatewayService
 from kcm.gateway.supervisor import (
     WORKER_LISTEN_FD,
@@ -37,6 +38,7 @@ from kcm.gateway.supervisor import (
 )
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
+from kcm.metrics import metrics_listener, metrics_site
 from kcm.tls import (
     TLSClientEndpoint,
     TLSListener,
@@ -69,6 +71,9 @@ class Options(usage.Options):
         ["log-format", None, None, "Log format: json (lines) or text."],
         ["log-file", None, None, "Log file (appended to, created 0600), or - for standard "
                                  "output."],
+        ["metrics-listen", None, None, "Metrics and health listener (plain HTTP), an "
+                                       "endpoint string (tcp:9697:interface=...); "
+                                       "empty: none."],
         ["workers", None, None, "Worker processes sharing the KMIP listener (1: one process, "
                                 "no supervisor; 0: one per CPU)."],
         ["worker", None, None, "Set by the supervisor: run as its worker INDEX (on the "
@@ -137,30 +142,39 @@ def makeService(options: Options,
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy
     runner = LocalRunner(new_correlation_id=new_correlation_id)
+    metrics = GatewayMetrics(process=True)
     fast_path = FastPath(cache=cache, engine_factory=l4_engine, clock=reactor.seconds,
                          new_correlation_id=new_correlation_id,
                          max_message_size=config.limits.max_message_size,
-                         max_batch_items=config.limits.max_batch_items)
+                         max_batch_items=config.limits.max_batch_items,
+                         served=metrics.fast_served)
     handler = GatewayRequestHandler(runner=runner, cache=cache, link=link,
                                     clock=reactor.seconds,
                                     max_message_size=config.limits.max_message_size,
                                     max_batch_items=config.limits.max_batch_items,
-                                    fast_path=fast_path)
+                                    fast_path=fast_path, metrics=metrics)
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, gateway.subject_map),
         reactor, upstream=link)
     refresher = TimerService(max(config.l3_ttl / 4, 0.5), cache.refresh_due)
     refresher.clock = reactor
+    guard = ConnectionGuard(config.limits, reactor)
+    metrics.watch(link=link, cache=cache, guard=guard, clock=reactor.seconds)
     gateway.link, gateway.cache, gateway.handler = link, cache, handler
+    gateway.metrics = metrics
 
     GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
     link.setServiceParent(gateway)
     TLSListener(reactor, config.listen,
                 partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy),
                 kmip_factory, name="kcm-kmip-listener",
-                guard=ConnectionGuard(config.limits, reactor)).setServiceParent(gateway)
+                guard=guard).setServiceParent(gateway)
     refresher.setServiceParent(gateway)
+    if config.metrics_listen:
+        metrics_listener(reactor, config.metrics_listen,
+                         metrics_site(metrics.registry, metrics.readiness)
+                         ).setServiceParent(gateway)
     if worker is not None:
         SupervisorLifeline(reactor).setServiceParent(gateway)
     return gateway

@@ -165,6 +165,8 @@ class CoreProcess:
     l1_pkcs11: str | None = None
     #: The process's soft limit on open files (``ulimit -n``; None: inherited).
     nofile: int | None = None
+    #: The ``metrics_listen`` port on 127.0.0.1 (None: no metrics listener).
+    metrics_port: int | None = None
 
     @property
     def pki(self) -> PkiPaths:
@@ -190,6 +192,7 @@ class CoreProcess:
             + f'policy_file = "{self.root / "policy.toml"}"\n'
             + (f"audit_checkpoint_interval = {self.audit_checkpoint_interval}\n"
                if self.audit_checkpoint_interval is not None else "")
+            + _metrics_listen(self.metrics_port)
             + "[core.tls]\n"
             f'cert = "{self.pki.core.cert}"\nkey = "{self.pki.core.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
@@ -209,7 +212,8 @@ class CoreProcess:
     def start(self) -> None:
         """Start `twistd -n kcm-core` and wait until it accepts connections (KMIP and link)."""
         self.process = _twistd("kcm-core", self.config, self.root, self.log, self.nofile)
-        wait_listening(self.process, [self.port, self.link_port], "kcm-core", self.log)
+        wait_listening(self.process, [self.port, self.link_port, *_ports(self.metrics_port)],
+                       "kcm-core", self.log)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop_process(self.process, sig)
@@ -237,6 +241,27 @@ class CoreProcess:
 
 def _max_message_size(size: int | None) -> str:
     return f"max_message_size = {size}\n" if size is not None else ""
+
+
+def _metrics_listen(port: int | None) -> str:
+    return f'metrics_listen = "tcp:{port}:interface=127.0.0.1"\n' if port is not None else ""
+
+
+def _ports(port: int | None) -> list[int]:
+    return [] if port is None else [port]
+
+
+def scrape(port: int, path: str = "/metrics", timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET ``path`` from the metrics listener on 127.0.0.1:``port``: (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}",
+                                    timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
 
 
 def _twistd(plugin: str, config: Path, root: Path, log: Path,
@@ -347,6 +372,8 @@ class GatewayProcess:
     #: The ``workers`` setting (1: one process; otherwise a supervisor and its workers, all
     #: logging to :attr:`log`).
     workers: int = 1
+    #: The ``metrics_listen`` port on 127.0.0.1 (None: no metrics listener).
+    metrics_port: int | None = None
 
     @property
     def pki(self) -> PkiPaths:
@@ -372,6 +399,7 @@ class GatewayProcess:
             f"l3_ttl = {self.l3_ttl}\nmax_stale = {self.max_stale}\n"
             f"prewarm = [{prewarm}]\n"
             + (f"workers = {self.workers}\n" if self.workers != 1 else "")
+            + _metrics_listen(self.metrics_port)
             + "[gateway.tls]\n"
             f'cert = "{self.pki.gateway.cert}"\nkey = "{self.pki.gateway.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
@@ -385,7 +413,8 @@ class GatewayProcess:
         if not self.config.exists():
             self.write_config()
         self.process = _twistd("kcm-gateway", self.config, self.root, self.log, self.nofile)
-        wait_listening(self.process, [self.port], "kcm-gateway", self.log)
+        wait_listening(self.process, [self.port, *_ports(self.metrics_port)], "kcm-gateway",
+                       self.log)
 
     def links(self) -> int:
         """How many times the gateway has linked to a core so far (from its log)."""

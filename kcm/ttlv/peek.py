@@ -203,15 +203,18 @@ _RESPONSE_MESSAGE = 0x42007B01
 _RESPONSE_HEADER = 0x42007A01
 _SERVER_CORRELATION_VALUE = 0x42010607
 _RESULT_STATUS = 0x42007F05
+_RESPONSE_OPERATION = 0x42005C05
 
 
 @dataclass(slots=True)
 class PeekedResponseItem:
-    """One response batch item: where it lies in the buffer and its Result Status."""
+    """One response batch item: where it lies in the buffer, its Result Status, and its
+    Operation (None when it has none, as an item refusing a whole request)."""
 
     start: int
     end: int
     result_status: int | None
+    operation: int | None = None
 
 
 @dataclass(slots=True)
@@ -224,7 +227,7 @@ class PeekedResponse:
 
 def peek_response(data: bytes) -> PeekedResponse:
     """Peek at a Response Message: its Server Correlation Value and, per batch item, the
-    byte range and Result Status. Raises :class:`TtlvError` if what is read is wrong."""
+    byte range, Result Status and Operation. Raises :class:`TtlvError` if what is read is wrong."""
     end, header_end = _message(data, _RESPONSE_MESSAGE, _RESPONSE_HEADER, "Response")
     correlation = None
     inner = 16
@@ -244,14 +247,16 @@ def peek_response(data: bytes) -> PeekedResponse:
         if head != _BATCH_ITEM:
             raise TtlvError(pos, "a Response Message holds only Batch Items after its header")
         item_end = pos + 8 + length
-        status = None
+        status = operation = None
         inner = pos + 8
         while inner < item_end:
             ihead, ilength = _item(data, inner, item_end)
             if ihead == _RESULT_STATUS and ilength == 8:
                 status = _U32.unpack_from(data, inner + 8)[0]
                 break
+            if ihead == _RESPONSE_OPERATION and ilength == 8:  # it precedes the status
+                operation = _U32.unpack_from(data, inner + 8)[0]
             inner += 8 + ilength
-        items.append(PeekedResponseItem(pos, item_end, status))
+        items.append(PeekedResponseItem(pos, item_end, status, operation))
         pos = item_end
     return PeekedResponse(correlation, items)

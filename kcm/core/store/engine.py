@@ -16,6 +16,7 @@ own ``fsync``/``synchronous_commit`` settings.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -39,6 +40,9 @@ WRITE_OPTION = "kcm_write"
 
 #: Where a session of a :class:`Store` finds the store's audit key (``Session.info``).
 AUDIT_KEY_INFO = "kcm.audit.key"
+#: Where a session of a :class:`Store` finds what to call with the number of audit
+#: records its transaction committed (``Session.info``; :attr:`Store.on_audit_written`).
+AUDIT_WRITTEN_INFO = "kcm.audit.written"
 
 
 def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engine:
@@ -136,6 +140,11 @@ class Store(Service):
         #: from its L1; every session gets it in ``info[AUDIT_KEY_INFO]``. None until the
         #: holder of L1 sets it: until then audit records cannot be written or verified.
         self.audit_key: bytes | None = None
+        #: Called on the worker thread with (write, seconds) after each transaction, and
+        #: with the number of audit records each commit wrote (kcm.core.metrics); None:
+        #: not measured.
+        self.on_transaction: Callable[[bool, float], None] | None = None
+        self.on_audit_written: Callable[[int], None] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -220,9 +229,22 @@ class Store(Service):
 
     def _transaction(self, make_session: Callable[[], Session], fn: Callable[[Session], T],
                      write: bool) -> T:
+        measured = self.on_transaction
+        if measured is None:
+            return self._transaction_of(make_session, fn, write)
+        started = time.perf_counter()
+        try:
+            return self._transaction_of(make_session, fn, write)
+        finally:
+            measured(write, time.perf_counter() - started)
+
+    def _transaction_of(self, make_session: Callable[[], Session],
+                        fn: Callable[[Session], T], write: bool) -> T:
         with make_session() as session, session.begin():
             if self.audit_key is not None:
                 session.info[AUDIT_KEY_INFO] = self.audit_key
+            if self.on_audit_written is not None:
+                session.info[AUDIT_WRITTEN_INFO] = self.on_audit_written
             if write:
                 lock_writers(session)
             elif session.get_bind().dialect.name == "postgresql":

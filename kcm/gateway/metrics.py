@@ -1,0 +1,167 @@
+"""kcm-gateway's metrics and readiness (docs/operations.md, "Metrics and health").
+
+What it promises:
+
+* Requests are counted per batch item, by operation (``unknown`` for an item answering a
+  whole request it refused), result (the item's Result Status) and path (``local``:
+  answered by this gateway; ``forwarded``: answered by the core, or by the gateway for the
+  core when the link could not carry it), and timed per request message by path
+  (``local``, ``forwarded``, ``mixed``). On the fast path this costs an attribute update
+  per item and one histogram child update per request, all bound in advance
+  (:mod:`kcm.metrics`); the general path reads each item's Operation and Result Status
+  from its answer with the peek (never a full decode).
+* Everything else (the L3 cache's hits, misses, stale and expired reads, the link's
+  state, in-flight calls and reconnects, open connections) is read when scraped from
+  counters the parts keep themselves.
+* :meth:`GatewayMetrics.readiness`: ready while the gateway can serve L4 operations, that
+  is while it is linked to the core, or, unlinked, while a service key it holds is still
+  within ``max_stale`` of its last confirmation; the body says whether it is linked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily
+
+from kcm.gateway.fast_path import FAST_OPERATIONS
+from kcm.kernel.responses import operation_name
+from kcm.kmip.enums import ResultStatus
+from kcm.metrics import CallbackGauge, ReactorCounter, ReactorHistogram, Readiness, Tally
+from kcm.ttlv import TtlvError
+from kcm.ttlv.peek import peek_response
+
+if TYPE_CHECKING:
+    from kcm.connection_guard import ConnectionGuard
+    from kcm.gateway.l3_cache import L3Cache
+    from kcm.gateway.link_client import LinkClient
+
+__all__ = ["GatewayMetrics"]
+
+_SUCCESS = int(ResultStatus.SUCCESS)
+
+
+def _result_label(status: int | None) -> str:
+    if status is None:
+        return "unknown"
+    try:
+        return ResultStatus(status).name.lower()
+    except ValueError:
+        return f"{status:#x}"
+
+
+class GatewayMetrics:
+    """The gateway's registry and the request counters its handler updates."""
+
+    def __init__(self, *, timer: Callable[[], float] = time.perf_counter,
+                 process: bool = False) -> None:
+        self.timer = timer
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = ReactorCounter(
+            "kcm_gateway_requests",
+            "KMIP batch items answered, by operation, result and path (local: answered by "
+            "this gateway; forwarded: by the core).", ("operation", "result", "path"))
+        self.duration = ReactorHistogram(
+            "kcm_gateway_request_duration_seconds",
+            "Time from a request's arrival to its answer, by path (local, forwarded, mixed).",
+            ("path",))
+        for collector in (self.requests, self.duration):
+            self.registry.register(collector)
+        if process:
+            ProcessCollector(registry=self.registry)
+        #: The fast path's successful items, by operation: bound once.
+        self.fast_served: dict[int, Tally] = {
+            operation: self.requests.labels(operation_name(operation), "success", "local")
+            for operation in FAST_OPERATIONS}
+        self.local_duration = self.duration.labels("local")
+        self.forwarded_duration = self.duration.labels("forwarded")
+        self.mixed_duration = self.duration.labels("mixed")
+        self._items: dict[tuple[int | None, int | None, str], Tally] = {}
+        self._link: LinkClient | None = None
+        self._cache: L3Cache | None = None
+        self._clock: Callable[[], float] = time.time
+
+    # The general path ---------------------------------------------------------------------
+    def answered(self, answer: bytes, local: Sequence[bool] | bool) -> None:
+        """Count the items of ``answer`` (a general-path answer) by their Operation and
+        Result Status, read with the peek; ``local`` says for all items, or per item of the
+        request (a mixed one: answer item ``i`` answers request item ``i``), whether the
+        gateway answered it."""
+        try:
+            items = peek_response(answer).items
+        except TtlvError:
+            return
+        for index, item in enumerate(items):
+            here = local if isinstance(local, bool) else (
+                local[index] if index < len(local) else True)
+            self._item(item.operation, item.result_status,
+                       "local" if here else "forwarded").value += 1
+
+    def _item(self, operation: int | None, status: int | None, path: str) -> Tally:
+        key = (operation, status, path)
+        child = self._items.get(key)
+        if child is None:
+            name = "unknown" if operation is None else operation_name(operation)
+            child = self._items[key] = self.requests.labels(name, _result_label(status), path)
+        return child
+
+    # Read when scraped ----------------------------------------------------------------------
+    def watch(self, *, link: LinkClient, cache: L3Cache, guard: ConnectionGuard,
+              clock: Callable[[], float]) -> None:
+        """Report ``link``'s, ``cache``'s and ``guard``'s state when scraped; ``clock``
+        (the reactor's) judges max-stale for readiness."""
+        self._link, self._cache, self._clock = link, cache, clock
+        register = self.registry.register
+        register(CallbackGauge("kcm_gateway_link_up",
+                               "1 while the link to the core is up (welcomed), else 0.", (),
+                               lambda: [((), 1.0 if link.connected else 0.0)]))
+        register(CallbackGauge("kcm_gateway_link_in_flight",
+                               "Calls sent to the core on the link and not yet answered.", (),
+                               lambda: [((), link.in_flight)]))
+        register(_CallbackCounter("kcm_gateway_link_reconnects",
+                                  "Links to the core made after the first one.", (),
+                                  lambda: [((), max(link.links_made - 1, 0))]))
+        register(CallbackGauge("kcm_gateway_open_connections",
+                               "Client connections open on the KMIP listener.", (),
+                               lambda: [((), guard.connections)]))
+        register(_CallbackCounter(
+            "kcm_gateway_l3_cache_lookups",
+            "Reads of service keys (L3) by requests: hit (fresh), stale (past l3_ttl, served "
+            "and refreshed in the background), miss (fetched from the core), expired (past "
+            "max_stale with the core unreachable: refused).", ("result",),
+            lambda: [(("hit",), cache.hits.value), (("stale",), cache.stale_hits.value),
+                     (("miss",), cache.misses.value), (("expired",), cache.expired.value)]))
+        register(CallbackGauge("kcm_gateway_l3_cache_keys",
+                               "Service key versions held in memory.", (),
+                               lambda: [((), cache.size)]))
+
+    def readiness(self) -> Readiness:
+        """Ready while L4 operations can be served (see the module docstring)."""
+        link, cache = self._link, self._cache
+        if link is None or cache is None:
+            return Readiness(False, {"linked": False, "reason": "not started"})
+        if link.connected:
+            return Readiness(True, {"linked": True})
+        left = cache.serving_left(self._clock())
+        if left is None:
+            return Readiness(False, {"linked": False,
+                                     "reason": "the core is unreachable and no service key "
+                                               "is held"})
+        if left <= 0:
+            return Readiness(False, {"linked": False,
+                                     "reason": "the core is unreachable and every service key "
+                                               "held is past max_stale"})
+        return Readiness(True, {"linked": False, "max_stale_left": round(left, 3)})
+
+
+class _CallbackCounter(CallbackGauge):
+    """A counter family read when scraped."""
+
+    def collect(self) -> Iterable[Any]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, value in self._read():
+            family.add_metric(list(values), float(value))
+        yield family

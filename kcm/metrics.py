@@ -1,0 +1,265 @@
+"""Metrics and health over HTTP, for kcm-core and kcm-gateway (docs/operations.md, "Metrics
+and health").
+
+What it promises:
+
+* Each service has its own :class:`prometheus_client.CollectorRegistry` (never the global
+  one), so tests and several services in one process do not collide.
+* :class:`ReactorCounter` and :class:`ReactorHistogram` are labelled families for values
+  changed on the reactor thread only (the gateway's hot path): a child is bound once
+  (:meth:`ReactorCounter.labels`, kept by the caller or in a dict), and changing it is one
+  attribute update, without the lock and label lookup of a ``prometheus_client`` metric.
+  They are read when scraped, which also happens on the reactor thread (twisted.web), so a
+  scrape never sees half an update. Values changed on other threads (the core's store
+  threads) use ``prometheus_client``'s own thread-safe metrics.
+* :class:`CallbackGauge` reads a value when scraped (link state, open connections, outbox
+  lag): nothing is kept up to date between scrapes.
+* :func:`metrics_site` answers ``GET /metrics`` (the registry in Prometheus' text format),
+  ``GET /healthz`` (200 while the process serves HTTP at all) and ``GET /readyz`` (200 or
+  503 with a small JSON body, from the service's readiness check, which must not block:
+  it returns a Deferred). Requests to it are not logged.
+* :func:`metrics_listener` is the plain HTTP listener (a Twisted endpoint string, such as
+  ``tcp:9696:interface=127.0.0.1``) as a child service; like the KMIP listener it fails
+  the process's start when it cannot listen.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+__all__ = ["LATENCY_BUCKETS", "CallbackGauge", "Readiness", "ReactorCounter",
+           "ReactorHistogram", "metrics_listener", "metrics_site"]
+
+log = Logger()
+
+#: Latency buckets (seconds): from the gateway's sub-millisecond L4 answers to the core's
+#: slowest durable work.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Tally:
+    """One labelled child of a :class:`ReactorCounter`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class ReactorCounter:
+    """A labelled counter family changed on the reactor thread only (see the module
+    docstring); register it in a registry to have it scraped."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Tally] = {}
+
+    def labels(self, *values: str) -> Tally:
+        """The child for these label values (made on first use); bind it once and keep it."""
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}")
+            child = self._children[values] = Tally()
+        return child
+
+    def value(self, *values: str) -> float:
+        """The current value of one child (0 when it was never made)."""
+        child = self._children.get(values)
+        return 0.0 if child is None else child.value
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value)
+        yield family
+
+
+class Latency:
+    """One labelled child of a :class:`ReactorHistogram`."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+
+class ReactorHistogram:
+    """A labelled histogram family changed on the reactor thread only."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(sorted(float(b) for b in buckets))
+        self._children: dict[tuple[str, ...], Latency] = {}
+
+    def labels(self, *values: str) -> Latency:
+        """The child for these label values (made on first use); bind it once and keep it."""
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}")
+            child = self._children[values] = Latency(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation,
+                                       labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), child.counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound),
+                                cumulative))
+            family.add_metric(values, buckets, child.sum)
+        yield family
+
+
+class CallbackGauge:
+    """A gauge family read when scraped: ``read()`` yields (label values, value) pairs."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 read: Callable[[], Iterable[tuple[Sequence[str], float]]]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, value in self._read():
+            family.add_metric(list(values), float(value))
+        yield family
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """A readiness check's answer: ``ready`` (200) or not (503), and what the body says."""
+
+    ready: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return json.dumps({"ready": self.ready, **self.details}, sort_keys=True).encode()
+
+
+#: A readiness check: a Readiness, or a Deferred firing with one (never blocking).
+ReadinessCheck = Callable[[], "Readiness | Deferred[Readiness]"]
+
+
+class _Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.registry)
+
+
+class _Health(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"alive": true}'
+
+
+class _Ready(Resource):
+    isLeaf = True
+
+    def __init__(self, check: ReadinessCheck) -> None:
+        super().__init__()
+        self.check = check
+
+    def render_GET(self, request: Request) -> Any:
+        d = maybeDeferred(self.check)
+        finished = request.notifyFinish()
+        gone: list[bool] = []
+        finished.addErrback(lambda _: gone.append(True))
+
+        def answer(readiness: Readiness) -> None:
+            if gone:
+                return
+            request.setResponseCode(200 if readiness.ready else 503)
+            request.setHeader(b"content-type", b"application/json")
+            request.write(readiness.body())
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            log.failure("the readiness check failed", failure)
+            answer(Readiness(False, {"error": failure.getErrorMessage()
+                                     or type(failure.value).__name__}))
+
+        d.addCallbacks(answer, failed)
+        return NOT_DONE_YET
+
+
+class _QuietSite(Site):
+    """A Site that keeps no access log (scrapes and probes every few seconds would fill
+    the service's log) and logs no factory start and stop."""
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+class _Root(Resource):
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return notFound()
+
+
+def metrics_site(registry: CollectorRegistry, ready: ReadinessCheck) -> Site:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over ``registry`` and ``ready``."""
+    root = _Root()
+    root.putChild(b"metrics", _Metrics(registry))
+    root.putChild(b"healthz", _Health())
+    root.putChild(b"readyz", _Ready(ready))
+    return _QuietSite(root)
+
+
+def metrics_listener(reactor: Any, description: str,
+                     site: Site) -> StreamServerEndpointService:
+    """The metrics listener on endpoint ``description`` (parsed now; it listens when
+    started, and a port it cannot take stops the process's start)."""
+    service = StreamServerEndpointService(serverFromString(reactor, description), site)
+    service._raiseSynchronously = True  # a port in use fails startService, as TLSListener's
+    service.setName("kcm-metrics-listener")
+    return service

@@ -1,0 +1,226 @@
+"""Metrics and health of real `twistd kcm-core` and `twistd kcm-gateway` processes, scraped
+over HTTP from their ``metrics_listen`` listeners and read with prometheus_client's parser:
+
+* counters move by exactly the traffic sent (per batch item, by operation, result and, at the
+  gateway, path), and the link, cache, connection and outbox gauges say what is going on;
+* the gateway's ``/readyz`` stays 200 (not linked) when the core stops, turns 503 once
+  ``max_stale`` has passed, and is 200 (linked) again when the core is back;
+* the core's ``/readyz`` is 503 while its database file is gone, 200 when it is back;
+* ``metrics_listen`` with ``workers`` > 1 stops the gateway's start with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kcm.kmip.enums import ResultStatus
+from kcm.testing.processes import BIN, free_port, process_env, scrape
+from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
+from tests.gateway_support import (
+    create_l4,
+    create_managed,
+    encrypt,
+    get,
+    locate,
+    request,
+    response,
+)
+
+pytestmark = pytest.mark.serial
+
+
+def metrics(port: int) -> dict[tuple[str, tuple], float]:
+    """Every sample the listener on ``port`` exposes, as Prometheus' parser reads it."""
+    status, body = scrape(port)
+    assert status == 200
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples}
+
+
+def ready(port: int) -> tuple[int, dict]:
+    status, body = scrape(port, "/readyz")
+    return status, json.loads(body)
+
+
+def moved(before: dict, after: dict, name: str, **labels: str) -> float:
+    """How much one sample moved between two scrapes."""
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[CoreProcess]:
+    """A kcm-core with its metrics listener."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.metrics_port = free_port()
+    core.write_config()
+    core.start()
+    try:
+        yield core
+    finally:
+        core.stop()
+
+
+def gateway_of(core: CoreProcess, root: Path, **settings: float) -> GatewayProcess:
+    gateway = GatewayProcess(root, core, metrics_port=free_port(), **settings)
+    gateway.start()
+    gateway.wait_linked()
+    return gateway
+
+
+def ok(answer: bytes) -> list:
+    items = response(answer).batch_items
+    assert {i.result_status for i in items} == {ResultStatus.SUCCESS}, \
+        [i.result_message for i in items]
+    return [i.response_payload for i in items]
+
+
+def test_the_core_counts_what_it_answered(core: CoreProcess) -> None:
+    assert scrape(core.metrics_port, "/healthz") == (200, b'{"alive": true}')
+    status, body = ready(core.metrics_port)
+    assert status == 200 and body["ready"] is True and body["database"] == "ok"
+    before = metrics(core.metrics_port)
+    with core.client() as client:
+        for _ in range(3):
+            ok(client.send(request(create_managed(), locate())))
+        failed = response(client.send(request(get("no-such-object"))))
+        assert failed.batch_items[0].result_status == ResultStatus.OPERATION_FAILED
+        during = metrics(core.metrics_port)
+    after = metrics(core.metrics_port)
+    requests = "kcm_core_requests_total"
+    assert moved(before, after, requests, operation="CREATE", result="success") == 3
+    assert moved(before, after, requests, operation="LOCATE", result="success") == 3
+    assert moved(before, after, requests, operation="GET", result="operation_failed") == 1
+    assert moved(before, after, "kcm_core_request_duration_seconds_count",
+                 source="direct") == 4
+    assert moved(before, after, "kcm_core_audit_records_total") == 7
+    assert moved(before, after, "kcm_core_db_transaction_duration_seconds_count",
+                 kind="write") >= 4
+    assert during[("kcm_core_open_connections", ())] >= 1
+
+
+def test_the_gateway_counts_local_and_forwarded_items(core: CoreProcess,
+                                                      tmp_path: Path) -> None:
+    gateway = gateway_of(core, tmp_path / "gateway")
+    try:
+        port = gateway.metrics_port
+        status, body = ready(port)
+        assert (status, body) == (200, {"ready": True, "linked": True})
+        # Linked is not yet pre-warmed: the pre-warm fetch may still be on its way.
+        wait_until(lambda: metrics(port).get(("kcm_gateway_l3_cache_keys", ()), 0) >= 1,
+                   "the gateway's pre-warm of demo/app", timeout=10)
+        before, core_before = metrics(port), metrics(core.metrics_port)
+        with gateway.client() as client:
+            [created] = ok(client.send(request(create_l4())))
+            token = created.unique_identifier
+            ok(client.send(request(*[encrypt(token)] * 5)))  # the fast path
+            ok(client.send(request(get(token))))
+            ok(client.send(request(create_managed(), locate())))  # forwarded whole
+            ok(client.send(request(create_l4(), locate())))  # mixed
+            during = metrics(port)
+        after = metrics(port)
+        requests = "kcm_gateway_requests_total"
+        assert moved(before, after, requests, operation="CREATE", result="success",
+                     path="local") == 2
+        assert moved(before, after, requests, operation="ENCRYPT", result="success",
+                     path="local") == 5
+        assert moved(before, after, requests, operation="GET", result="success",
+                     path="local") == 1
+        assert moved(before, after, requests, operation="CREATE", result="success",
+                     path="forwarded") == 1
+        assert moved(before, after, requests, operation="LOCATE", result="success",
+                     path="forwarded") == 2
+        duration = "kcm_gateway_request_duration_seconds_count"
+        assert moved(before, after, duration, path="local") == 3
+        assert moved(before, after, duration, path="forwarded") == 1
+        assert moved(before, after, duration, path="mixed") == 1
+        # demo/app was pre-warmed: every read of its L3 was a hit.
+        assert moved(before, after, "kcm_gateway_l3_cache_lookups_total", result="hit") >= 8
+        assert moved(before, after, "kcm_gateway_l3_cache_lookups_total", result="miss") == 0
+        assert after[("kcm_gateway_link_up", ())] == 1
+        assert after[("kcm_gateway_link_reconnects_total", ())] == 0
+        assert after[("kcm_gateway_link_in_flight", ())] == 0
+        assert during[("kcm_gateway_open_connections", ())] == 1
+        # The core saw the forwarded items as a gateway's, and the gateway is not behind.
+        core_after = metrics(core.metrics_port)
+        assert moved(core_before, core_after, "kcm_core_requests_total", operation="LOCATE",
+                     result="success") == 2
+        assert moved(core_before, core_after, "kcm_core_request_duration_seconds_count",
+                     source="gateway") == 2
+        gateway_id = (("gateway", "spiffe://kcm.test/gateway/gw1"),)
+        links = {key: value for key, value in core_after.items()
+                 if key[0] == "kcm_core_gateway_links"}
+        assert list(links.values()) == [1], links
+        [(_, gateway_id)] = links
+        assert core_after[("kcm_core_outbox_lag_events", gateway_id)] == 0
+    finally:
+        gateway.stop()
+
+
+def test_gateway_readiness_through_a_core_outage(core: CoreProcess, tmp_path: Path) -> None:
+    gateway = gateway_of(core, tmp_path / "gateway", l3_ttl=1.0, max_stale=8.0)
+    try:
+        port = gateway.metrics_port
+        assert ready(port) == (200, {"ready": True, "linked": True})
+        with gateway.client() as client:  # the gateway holds the L3 (it was used)
+            [created] = ok(client.send(request(create_l4())))
+        token = created.unique_identifier
+        core.stop()
+        wait_until(lambda: ready(port)[1].get("linked") is False, "the link to drop")
+        status, body = ready(port)
+        assert status == 200 and body["ready"] is True, body
+        assert 0 < body["max_stale_left"] <= 8.0
+        assert metrics(port)[("kcm_gateway_link_up", ())] == 0
+        with gateway.client() as client:  # ready: it serves L4 operations
+            ok(client.send(request(encrypt(token))))
+        # The L3 was confirmed at most l3_ttl + 0.5 s before the core stopped.
+        wait_until(lambda: ready(port)[0] == 503, "max_stale to pass", timeout=15.0)
+        status, body = ready(port)
+        assert body["ready"] is False and body["linked"] is False
+        assert "max_stale" in body["reason"]
+        with gateway.client() as client:  # not ready: it no longer does
+            refused = response(client.send(request(encrypt(token)))).batch_items[0]
+        assert refused.result_status == ResultStatus.OPERATION_FAILED
+        assert "refusing to use it" in refused.result_message
+        core.start()
+        wait_until(lambda: ready(port) == (200, {"ready": True, "linked": True}),
+                   "the link to come back", timeout=15.0)
+        assert metrics(port)[("kcm_gateway_link_reconnects_total", ())] == 1
+    finally:
+        gateway.stop()
+
+
+def test_core_readiness_follows_its_database(core: CoreProcess) -> None:
+    port = core.metrics_port
+    assert ready(port)[0] == 200
+    database = Path(core.database.removeprefix("sqlite:///"))
+    away = database.with_name("kcm.db.away")
+    database.rename(away)
+    try:
+        status, body = ready(port)
+        assert status == 503 and body["ready"] is False
+        assert body["database"].startswith("unreachable: ")
+        assert not database.exists()  # the check does not create an empty one
+        assert scrape(port, "/healthz")[0] == 200  # alive all the same
+    finally:
+        away.rename(database)
+    status, body = ready(port)
+    assert status == 200 and body["database"] == "ok"
+
+
+def test_metrics_listen_with_workers_stops_the_start(core: CoreProcess,
+                                                     tmp_path: Path) -> None:
+    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2, metrics_port=free_port())
+    gateway.write_config()
+    result = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "kcm-gateway", "-c",
+                             str(gateway.config)], cwd=gateway.root, env=process_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "metrics_listen works only with workers = 1" in result.stdout + result.stderr

@@ -1,0 +1,182 @@
+"""kcm-core's metrics: requests, transactions and audit records counted; outbox lag and
+connections read when scraped; the database readiness check; the metrics_listen setting."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+
+from kcm.core import tap
+from kcm.core.config import load_config
+from kcm.core.metrics import CoreMetrics, DatabaseReadiness, database_state
+from kcm.core.request_handler import CoreRequestHandler
+from kcm.metrics import Readiness
+from tests.core_support import CoreHarness
+from tests.gateway_support import create_managed, get, locate, request, response
+from tests.unit.test_metrics import samples
+
+
+@pytest.fixture
+def measured(core: CoreHarness) -> tuple[CoreHarness, CoreMetrics, CoreRequestHandler]:
+    metrics = CoreMetrics()
+    core.store.on_transaction = metrics.transaction
+    core.store.on_audit_written = metrics.audit_written
+    handler = CoreRequestHandler(core.store, core.keyring, clock=time.time, metrics=metrics)
+    return core, metrics, handler
+
+
+def test_items_are_counted_by_operation_and_result(measured) -> None:
+    core, metrics, handler = measured
+    caller = core.caller()
+    answer = response(handler.respond(request(create_managed(), locate(), get("nothing")),
+                                      caller, int(time.time())))
+    assert len(answer.batch_items) == 3
+    handler.respond(b"\x42\x00\x78\x01\x00\x00\x00\x08garbage!", caller, int(time.time()))
+    got = samples(metrics.registry)
+
+    def requests(operation: str, result: str) -> float:
+        return got.get(("kcm_core_requests_total",
+                        (("operation", operation), ("result", result))), 0)
+
+    assert requests("CREATE", "success") == 1
+    assert requests("LOCATE", "success") == 1
+    assert requests("GET", "operation_failed") == 1
+    assert requests("unknown", "operation_failed") == 1  # refused whole
+    # One audit record per item, and one for the refused request.
+    assert got[("kcm_core_audit_records_total", ())] == 4
+    assert got[("kcm_core_db_transaction_duration_seconds_count", (("kind", "write"),))] >= 2
+
+
+def test_read_only_batches_time_a_read_transaction(measured) -> None:
+    core, metrics, handler = measured
+    handler.respond(request(locate()), core.caller(), int(time.time()))
+    got = samples(metrics.registry)
+    assert got[("kcm_core_db_transaction_duration_seconds_count", (("kind", "read"),))] == 1
+    assert got[("kcm_core_audit_records_total", ())] == 1
+
+
+def test_connections_outbox_head_and_lag_per_gateway_are_read_when_scraped() -> None:
+    metrics = CoreMetrics()
+    guard = SimpleNamespace(connections=3)
+    fanout = SimpleNamespace(head=40)
+
+    def link(name: str | None, delivered: int) -> SimpleNamespace:
+        gateway = None if name is None else SimpleNamespace(id=name)
+        return SimpleNamespace(gateway=gateway, delivered_seq=delivered)
+
+    links = SimpleNamespace(links=[link("spiffe://kcm.test/gateway/a", 40),
+                                   link("spiffe://kcm.test/gateway/b", 31),
+                                   link("spiffe://kcm.test/gateway/b", 38)])
+    metrics.watch(guard=guard, fanout=fanout, links=links)
+    got = samples(metrics.registry)
+    assert got[("kcm_core_open_connections", ())] == 3
+    assert got[("kcm_core_outbox_head", ())] == 40
+    lag = "kcm_core_outbox_lag_events"
+    assert got[(lag, (("gateway", "spiffe://kcm.test/gateway/a"),))] == 0
+    assert got[(lag, (("gateway", "spiffe://kcm.test/gateway/b"),))] == 9  # its worst link
+    assert got[("kcm_core_gateway_links", (("gateway", "spiffe://kcm.test/gateway/b"),))] == 2
+    links.links.clear()
+    assert not [key for key in samples(metrics.registry) if key[0] == lag]
+
+
+# The database check ---------------------------------------------------------------------------
+
+def test_database_state_of_a_migrated_database_is_ok(core: CoreHarness) -> None:
+    state = database_state(core.store.url)
+    assert state["database"] == "ok" and state["revision"]
+
+
+def test_database_state_of_a_moved_file_is_unreachable_and_creates_nothing(
+        core: CoreHarness, tmp_path: Path) -> None:
+    path = Path(core.store.url.removeprefix("sqlite:///"))
+    path.rename(tmp_path / "moved.db")
+    state = database_state(core.store.url)
+    assert state["database"].startswith("unreachable: ")
+    assert not path.exists()
+
+
+def test_database_state_of_an_unmigrated_database_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).execute("CREATE TABLE alembic_version (version_num TEXT)")
+    state = database_state(f"sqlite:///{path}")
+    assert state["database"].startswith("not migrated: at no revision")
+
+
+class Threads:
+    """A fake ``run_in_thread``: each call's Deferred, to be fired by the test."""
+
+    def __init__(self) -> None:
+        self.calls: list[Deferred] = []
+
+    def __call__(self, fn, *args) -> Deferred:
+        self.calls.append(Deferred())
+        return self.calls[-1]
+
+
+def answers(d: Deferred) -> list[Readiness]:
+    got: list[Readiness] = []
+    d.addCallback(got.append)
+    return got
+
+
+def test_readiness_follows_the_check_and_shares_one_running_check() -> None:
+    clock, threads = Clock(), Threads()
+    ready = DatabaseReadiness("sqlite:///x.db", clock, timeout=2.0, run_in_thread=threads)
+    first, second = answers(ready()), answers(ready())
+    assert len(threads.calls) == 1 and not first
+    threads.calls[0].callback({"database": "ok", "revision": "0005"})
+    assert first == second == [Readiness(True, {"database": "ok", "revision": "0005"})]
+    assert clock.getDelayedCalls() == []
+    third = answers(ready())
+    threads.calls[1].callback({"database": "unreachable: disk I/O error"})
+    assert not third[0].ready and third[0].details["database"].startswith("unreachable")
+
+
+def test_a_check_that_fails_answers_not_ready() -> None:
+    clock = Clock()
+    ready = DatabaseReadiness("sqlite:///x.db", clock,
+                              run_in_thread=lambda fn, *a: fail(RuntimeError("no threads")))
+    [readiness] = answers(ready())
+    assert not readiness.ready and "no threads" in readiness.details["database"]
+
+
+def test_a_check_that_hangs_answers_not_ready_at_its_timeout_and_is_not_repeated() -> None:
+    clock, threads = Clock(), Threads()
+    ready = DatabaseReadiness("sqlite:///x.db", clock, timeout=2.0, run_in_thread=threads)
+    first = answers(ready())
+    clock.advance(2.0)
+    assert first == [Readiness(False, {"database": "unreachable: no answer in 2 s"})]
+    # The hung thread is not joined by another one while it has not come back.
+    second = answers(ready())
+    assert len(threads.calls) == 1 and not second[0].ready
+    threads.calls[0].callback({"database": "ok"})  # late: answers nobody
+    third = answers(ready())
+    assert len(threads.calls) == 2 and not third
+
+
+# Configuration --------------------------------------------------------------------------------
+
+def test_metrics_listen_is_off_by_default_and_set_by_file_or_option(tmp_path: Path) -> None:
+    assert load_config(None).metrics_listen == ""
+    config = tmp_path / "core.toml"
+    config.write_text('[core]\nmetrics_listen = "tcp:9696:interface=127.0.0.1"\n')
+    assert load_config(config).metrics_listen == "tcp:9696:interface=127.0.0.1"
+    options = tap.Options()
+    options.parseOptions(["-c", str(config), "--metrics-listen", ""])
+    assert options["core_config"].metrics_listen == ""
+
+
+def test_make_service_adds_the_listener_last_only_when_asked() -> None:
+    def names(*args: str) -> list[str]:
+        options = tap.Options()
+        options.parseOptions(list(args))
+        return [child.name for child in tap.makeService(options, Clock())]
+
+    assert "kcm-metrics-listener" not in names()
+    assert names("--metrics-listen", "tcp:0:interface=127.0.0.1")[-1] == "kcm-metrics-listener"

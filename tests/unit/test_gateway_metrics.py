@@ -1,0 +1,274 @@
+"""kcm-gateway's metrics: what its handler, fast path, L3 cache and link count, its
+readiness, and the metrics_listen setting."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python import usage
+
+from kcm.connection_guard import ConnectionGuard
+from kcm.gateway import tap
+from kcm.gateway.config import ConfigError, load_config
+from kcm.gateway.fast_path import FastPath
+from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
+from kcm.gateway.l3_cache import L3Cache, Need, ServiceKeyMissing
+from kcm.gateway.local_batch import LocalRunner, l4_engine
+from kcm.gateway.metrics import GatewayMetrics
+from kcm.kmip.enums import Operation, State
+from kcm.kmip.errors import KmipError
+from kcm.kmip.payloads.crypto import DecryptRequest
+from kcm.kmip_protocol import ConnectionInfo, ConnectionLimits
+from kcm.l4.service_key import ServiceKey
+from kcm.ttlv.peek import peek_response
+from tests.core_support import CoreHarness, service_principal
+from tests.gateway_support import (
+    L3_UID,
+    FakeLink,
+    create_l4,
+    create_managed,
+    encrypt,
+    get,
+    item,
+    locate,
+    request,
+    response,
+)
+from tests.unit.test_metrics import samples
+
+APP = service_principal()
+CONNECTION = ConnectionInfo(1, APP, "127.0.0.1:40000")
+L3 = ServiceKey(L3_UID, "demo", "app", 1, State.ACTIVE, bytes(range(32)))
+
+
+class Gateway:
+    """The handler with its fast path, a real cache, a fake link and the metrics."""
+
+    def __init__(self, link: FakeLink, *, max_stale: float = 3600.0) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.link = link
+        self.metrics = GatewayMetrics(timer=self.clock.seconds)
+        self.cache = L3Cache(link.fetch_service_keys, connected=lambda: not link.down,
+                             clock=self.clock.seconds, ttl=60.0, max_stale=max_stale)
+        fast_path = FastPath(cache=self.cache, engine_factory=l4_engine,
+                             clock=self.clock.seconds, new_correlation_id=new_correlation_id,
+                             max_message_size=1 << 20, max_batch_items=64,
+                             served=self.metrics.fast_served)
+        self.handler = GatewayRequestHandler(
+            runner=LocalRunner(new_correlation_id=new_correlation_id), cache=self.cache,
+            link=link, clock=self.clock.seconds, fast_path=fast_path, metrics=self.metrics)
+        link.links_made, link.in_flight = 1, 0
+        self.guard = ConnectionGuard(ConnectionLimits(), self.clock)
+        self.metrics.watch(link=link, cache=self.cache, guard=self.guard,
+                           clock=self.clock.seconds)
+
+    def send(self, wire: bytes, *, took: float = 0.0):
+        answer = self.handler.handle_request(wire, CONNECTION)
+        self.clock.advance(took)  # too late for a synchronous answer's time: it is taken
+        if isinstance(answer, Deferred):
+            results: list[bytes] = []
+            answer.addCallback(results.append)
+            answer = results[0]
+        return response(answer)
+
+    def requests(self, operation: str, result: str, path: str) -> float:
+        return self.metrics.requests.value(operation, result, path)
+
+    def scraped(self) -> dict:
+        return samples(self.metrics.registry)
+
+
+@pytest.fixture
+def link() -> FakeLink:
+    link = FakeLink()
+    link.keys[("demo", "app")] = [L3]
+    link.keys[L3_UID] = [L3]
+    return link
+
+
+@pytest.fixture
+def gateway(link: FakeLink) -> Gateway:
+    return Gateway(link)
+
+
+def test_local_items_are_counted_by_operation_and_result(gateway: Gateway) -> None:
+    created = gateway.send(request(create_l4()))  # general path: fetches the L3 first
+    token = created.batch_items[0].response_payload.unique_identifier
+    assert gateway.requests("CREATE", "success", "local") == 1
+    # The fast path: one request of three items, then one of one.
+    gateway.send(request(get(token), encrypt(token), encrypt(token)))
+    sealed = gateway.send(request(encrypt(token))).batch_items[0].response_payload
+    assert gateway.requests("GET", "success", "local") == 1
+    assert gateway.requests("ENCRYPT", "success", "local") == 3
+    gateway.send(request(item(Operation.DECRYPT, DecryptRequest(
+        unique_identifier=token, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
+        authenticated_encryption_tag=sealed.authenticated_encryption_tag))))
+    assert gateway.requests("DECRYPT", "success", "local") == 1
+    # A refusal (not the fast path's) is counted by its result.
+    gateway.send(request(get("l4.1.nonsense")))
+    assert gateway.requests("GET", "operation_failed", "local") == 1
+    got = gateway.scraped()
+    assert got[("kcm_gateway_request_duration_seconds_count", (("path", "local"),))] == 5
+    assert got[("kcm_gateway_requests_total", (("operation", "ENCRYPT"),
+                                               ("path", "local"), ("result", "success")))] == 3
+
+
+def test_forwarded_and_mixed_items_are_counted_by_path(gateway: Gateway,
+                                                       core: CoreHarness) -> None:
+    gateway.link.answer = core.client(APP).send
+    gateway.send(request(create_managed(), locate()))
+    assert gateway.requests("CREATE", "success", "forwarded") == 1
+    assert gateway.requests("LOCATE", "success", "forwarded") == 1
+    gateway.send(request(create_l4(), locate()))
+    assert gateway.requests("CREATE", "success", "local") == 1
+    assert gateway.requests("LOCATE", "success", "forwarded") == 2
+    gateway.link.down = True
+    gateway.send(request(locate()))
+    assert gateway.requests("LOCATE", "operation_failed", "forwarded") == 1
+    got = gateway.scraped()
+    assert got[("kcm_gateway_request_duration_seconds_count", (("path", "forwarded"),))] == 2
+    assert got[("kcm_gateway_request_duration_seconds_count", (("path", "mixed"),))] == 1
+
+
+def test_an_unreadable_request_is_counted_as_forwarded_unknown(gateway: Gateway,
+                                                               core: CoreHarness) -> None:
+    gateway.link.answer = core.client(APP).send
+    wire = bytearray(request(locate()))
+    wire[-9:] = b"\xff" * 9  # the last item's end no longer reads
+    gateway.send(bytes(wire))
+    assert gateway.requests("unknown", "operation_failed", "forwarded") == 1
+
+
+def test_latency_is_observed_with_the_metrics_timer(gateway: Gateway) -> None:
+    gateway.link.hold_fetches = True
+    answer = gateway.handler.handle_request(request(create_l4()), CONNECTION)
+    gateway.clock.advance(0.003)
+    gateway.link.hold_fetches = False
+    gateway.link.pending.pop().callback([L3])
+    assert isinstance(answer, Deferred) and answer.called
+    got = gateway.scraped()
+    local = (("le", "0.0025"), ("path", "local"))
+    assert got[("kcm_gateway_request_duration_seconds_bucket", local)] == 0
+    assert got[("kcm_gateway_request_duration_seconds_bucket",
+                (("le", "0.005"), ("path", "local")))] == 1
+
+
+def test_cache_reads_are_counted_hit_stale_miss_expired(gateway: Gateway) -> None:
+    cache = gateway.cache
+    cache.store([L3], APP, current_of=("demo", "app"))
+    cache.current("demo", "app")
+    cache.by_uid(L3_UID, APP)
+    gateway.clock.advance(61)  # past the TTL: served and refreshed
+    cache.current("demo", "app")
+    with pytest.raises(ServiceKeyMissing):
+        cache.current("demo", "billing")
+    cache.lacks(Need("demo", "other"), APP)  # the handler's look, not a read: not counted
+    gateway.link.down = True
+    gateway.clock.advance(3601)  # past max-stale since the refresh, unlinked: refused
+    with pytest.raises(KmipError, match="refusing to use it"):
+        cache.by_uid(L3_UID, APP)
+    got = gateway.scraped()
+
+    def lookups(result: str) -> float:
+        return got[("kcm_gateway_l3_cache_lookups_total", (("result", result),))]
+
+    assert [lookups(r) for r in ("hit", "stale", "miss", "expired")] == [2, 1, 1, 1]
+    assert got[("kcm_gateway_l3_cache_keys", ())] == 1
+
+
+def test_link_state_in_flight_reconnects_and_connections_are_read_when_scraped(
+        gateway: Gateway) -> None:
+    link = gateway.link
+    link.connected, link.in_flight, link.links_made = True, 7, 3
+    gateway.guard.connections = 4
+    got = gateway.scraped()
+    assert got[("kcm_gateway_link_up", ())] == 1
+    assert got[("kcm_gateway_link_in_flight", ())] == 7
+    assert got[("kcm_gateway_link_reconnects_total", ())] == 2
+    assert got[("kcm_gateway_open_connections", ())] == 4
+    link.connected = False
+    assert gateway.scraped()[("kcm_gateway_link_up", ())] == 0
+
+
+# Readiness ------------------------------------------------------------------------------------
+
+def test_ready_while_linked(gateway: Gateway) -> None:
+    readiness = gateway.metrics.readiness()
+    assert readiness.ready and readiness.details == {"linked": True}
+
+
+def test_unlinked_without_keys_is_not_ready(gateway: Gateway) -> None:
+    gateway.link.connected = False
+    readiness = gateway.metrics.readiness()
+    assert not readiness.ready and readiness.details["linked"] is False
+
+
+def test_unlinked_ready_until_max_stale_then_not(link: FakeLink) -> None:
+    gateway = Gateway(link, max_stale=120.0)
+    gateway.cache.store([L3], APP, current_of=("demo", "app"))
+    gateway.clock.advance(100)
+    link.connected = False
+    link.down = True
+    readiness = gateway.metrics.readiness()
+    assert readiness.ready
+    assert readiness.details == {"linked": False, "max_stale_left": 20.0}
+    gateway.clock.advance(20.5)
+    readiness = gateway.metrics.readiness()
+    assert not readiness.ready and readiness.details["linked"] is False
+    assert "max_stale" in readiness.details["reason"]
+    link.connected = True  # linked again: ready, whatever the cache holds
+    assert gateway.metrics.readiness().details == {"linked": True}
+
+
+def test_not_ready_before_it_is_assembled() -> None:
+    assert not GatewayMetrics().readiness().ready
+
+
+# Configuration --------------------------------------------------------------------------------
+
+def test_metrics_listen_is_off_by_default_and_set_by_file_or_option(tmp_path) -> None:
+    assert load_config(None).metrics_listen == ""
+    config = tmp_path / "gateway.toml"
+    config.write_text('[gateway]\nmetrics_listen = "tcp:9697:interface=127.0.0.1"\n')
+    assert load_config(config).metrics_listen == "tcp:9697:interface=127.0.0.1"
+    options = tap.Options()
+    options.parseOptions(["-c", str(config), "--metrics-listen", "tcp:9800"])
+    assert options["gateway_config"].metrics_listen == "tcp:9800"
+
+
+def test_metrics_listen_with_workers_is_refused() -> None:
+    with pytest.raises(ConfigError, match="metrics_listen works only with workers = 1"):
+        load_config(None, {"workers": "2", "metrics_listen": "tcp:9697"})
+    options = tap.Options()
+    with pytest.raises(usage.UsageError, match="workers = 1"):
+        options.parseOptions(["--workers", "0", "--metrics-listen", "tcp:9697"])
+
+
+def test_make_service_adds_the_listener_only_when_asked() -> None:
+    def names(*args: str) -> list[str]:
+        options = tap.Options()
+        options.parseOptions(list(args))
+        return [child.name for child in tap.makeService(options, Clock())]
+
+    assert "kcm-metrics-listener" not in names()
+    assert names("--metrics-listen", "tcp:0:interface=127.0.0.1")[-1] == "kcm-metrics-listener"
+
+
+def test_the_peek_reads_each_answer_item_s_operation(core: CoreHarness) -> None:
+    client = core.client(APP)
+    answer = client.send(request(create_managed(), locate()))
+    assert [i.operation for i in peek_response(answer).items] == [
+        int(Operation.CREATE), int(Operation.LOCATE)]
+    refused = client.send(b"\x42\x00\x78\x01\x00\x00\x00\x08garbage!")
+    assert [i.operation for i in peek_response(refused).items] == [None]
+
+
+def test_a_request_refused_whole_is_counted_as_unknown(gateway: Gateway) -> None:
+    wire = bytearray(request(create_l4(), create_l4()))
+    wire[wire.index(bytes.fromhex("42000d0200000004")) + 8 + 3] = 3  # Batch Count 3, not 2
+    answer = gateway.send(bytes(wire))
+    assert len(answer.batch_items) == 1
+    assert gateway.requests("unknown", "operation_failed", "local") == 1
+    assert gateway.requests("CREATE", "operation_failed", "local") == 0

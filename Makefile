@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# twistd finds the kcm plugins in ./twisted/plugins (an editable install does not expose them).
+# The install is editable in setuptools' "compat" mode: a .pth file puts the checkout on
+# sys.path, so .venv/bin/twistd finds the kcm plugins in ./twisted/plugins without PYTHONPATH
+# (the default editable mode maps the packages but hides that directory from twistd). A
+# virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: test lint bench bench-core bench-gateway bench-fairness run clean
@@ -13,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 ## The whole suite: unit, conformance (OASIS vectors) and integration tests, then ruff.

@@ -10,6 +10,8 @@
   the tenants, a tenant's keys and objects, the service keys (every version); read only.
 * ``kcm core tenant remove TENANT --yes``: remove a tenant whose objects are all destroyed,
   with its key hierarchy (gateways are told; every L4 of its services stops working).
+* ``kcm core backup FILE [-c CONFIG]``: an online, consistent copy of the SQLite database
+  (SQLite's backup API, while kcm-core runs); PostgreSQL: ``pg_dump``.
 * ``kcm core bootstrap TENANT SERVICE [-c CONFIG]``: make sure the tenant and a service key
   exist (idempotent; what ``make run`` uses).
 
@@ -79,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     list_services.add_argument("tenant", nargs="?")
     _read_options(list_services)
     list_services.set_defaults(run=_inventory("run_service_list"), prog="kcm core service list")
+
+    backup = actions.add_parser(
+        "backup", help="an online, consistent copy of the SQLite database (PostgreSQL: pg_dump)")
+    backup.add_argument("file", help="the copy to write (must not exist)")
+    config_option(backup)
+    backup.set_defaults(run=_run_backup, prog="kcm core backup")
 
     bootstrap = actions.add_parser(
         "bootstrap", help="ensure a tenant and a service key exist (idempotent)")
@@ -261,6 +269,50 @@ def _run_bootstrap(args: argparse.Namespace) -> int:
 
     uid = _with_keyring(args, ensure)
     print(f"tenant {args.tenant}, service {args.service}: service key {uid}")
+    return 0
+
+
+def _run_backup(args: argparse.Namespace) -> int:
+    """Copy the SQLite database with SQLite's online backup API: one read transaction, so the
+    copy is the database as of one moment, while kcm-core keeps serving."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    config = core_config(args)
+    url = make_url(existing_database(config))
+    if url.get_backend_name() != "sqlite":
+        raise CommandError("the database is PostgreSQL: back it up with pg_dump "
+                           "(docs/operations.md, \"Backup and restore\")")
+    if os.path.lexists(args.file):
+        raise CommandError(f"{args.file} exists; give a new file name")
+    partial = f"{args.file}.partial"
+    try:
+        source = sqlite3.connect(f"file:{url.database}?mode=ro", uri=True)
+        try:
+            target = sqlite3.connect(partial)
+            try:
+                source.backup(target)
+                (check,) = target.execute("PRAGMA integrity_check").fetchone()
+                if check != "ok":
+                    raise CommandError(f"the copy fails SQLite's integrity check: {check}")
+                target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                (objects,) = target.execute("SELECT count(*) FROM managed_objects").fetchone()
+                (records,) = target.execute("SELECT count(*) FROM audit_log").fetchone()
+            finally:
+                target.close()
+        finally:
+            source.close()
+        os.replace(partial, args.file)
+    except sqlite3.Error as e:
+        raise CommandError(f"backup of {url.database} failed: {e}") from e
+    except OSError as e:
+        raise CommandError(f"cannot write {args.file}: {e.strerror}") from e
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    print(f"{args.file}: a consistent copy of {url.database} ({objects} objects, {records} "
+          "audit records); the L1 key is not in it: keep a copy of that apart")
     return 0
 
 

@@ -155,3 +155,26 @@ def test_a_database_without_the_schema_is_one_line(tmp_path: Path, capsys) -> No
     status, out, err = kcm(capsys, "core", "tenant", "list", "-c", str(config))
     assert (status, out) == (2, "") and err.count("\n") == 1
     assert "has no kcm-core schema (kcm core init creates it)" in err
+
+
+def test_backup_is_a_consistent_copy(deployment: Path, capsys, tmp_path: Path) -> None:
+    import sqlite3
+
+    append_records(deployment, 3)
+    copy = tmp_path / "backup.db"
+    status, out, err = kcm(capsys, "core", "backup", str(copy), "-c", str(deployment))
+    assert (status, err) == (0, "")
+    assert out == (f"{copy}: a consistent copy of {deployment.parent / 'kcm.db'} (5 objects, 3 "
+                   "audit records); the L1 key is not in it: keep a copy of that apart\n")
+    assert copy.stat().st_mode & 0o077 == 0
+    with sqlite3.connect(copy) as connection:
+        assert connection.execute("SELECT count(*) FROM tenants").fetchone() == (2,)
+    connection.close()
+    # Restored (the copy as the database), it is the same deployment: the chain verifies.
+    restored = tmp_path / "restored.toml"
+    restored.write_text(f'[core]\ndatabase = "sqlite:///{copy}"\n'
+                        f'l1_key_file = "{deployment.parent / "l1.key"}"\n')
+    assert kcm(capsys, "audit", "verify", "-c", str(restored))[0] == 0
+    status, _, err = kcm(capsys, "core", "backup", str(copy), "-c", str(deployment))
+    assert (status, err) == (2, f"kcm core backup: error: {copy} exists; give a new file name\n")
+    assert not list(tmp_path.glob("*.partial"))

@@ -6,6 +6,8 @@
 * ``kcm core tenant add TENANT [-c CONFIG]``: create a tenant and its tenant key (L2).
 * ``kcm core service add TENANT SERVICE [-c CONFIG]``: create a service key (L3) for a
   service of a tenant; run again to add a new version (rotation).
+* ``kcm core service rotate TENANT SERVICE [-c CONFIG]``: a new version of an existing
+  service's key (refuses a service that does not exist).
 * ``kcm core tenant list|show TENANT [--json]``, ``kcm core service list [TENANT] [--json]``:
   the tenants, a tenant's keys and objects, the service keys (every version); read only.
 * ``kcm core tenant remove TENANT --yes``: remove a tenant whose objects are all destroyed,
@@ -75,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_service.add_argument("service")
     config_option(add_service)
     add_service.set_defaults(run=_run_service_add, prog="kcm core service add")
+
+    rotate_service = service_actions.add_parser(
+        "rotate", help="a new service key (L3) version for an existing service")
+    rotate_service.add_argument("tenant")
+    rotate_service.add_argument("service")
+    config_option(rotate_service)
+    rotate_service.set_defaults(run=_run_service_rotate, prog="kcm core service rotate")
 
     list_services = service_actions.add_parser(
         "list", help="list the service keys (L3), every version, of one tenant or all")
@@ -252,6 +261,26 @@ def _run_service_add(args: argparse.Namespace) -> int:
     except KmipError as e:
         raise CommandError(e.message) from e
     print(f"tenant {args.tenant}, service {args.service}: service key {uid}")
+    return 0
+
+
+def _run_service_rotate(args: argparse.Namespace) -> int:
+    """Like ``service add``, but only for a service that exists: a typo makes no new service.
+    Gateways learn of the new version (an ``l3.rotated`` event) and seal new L4s under it;
+    L4s under the older versions keep working while those are active."""
+    from kcm.core.hierarchy import provision_service
+    from kcm.core.store import repository
+
+    def rotate(session, keyring) -> tuple[str, int]:
+        if not repository.find_l3(session, args.tenant, args.service):
+            raise CommandError(f"tenant {args.tenant} has no service {args.service} "
+                               "(kcm core service add creates one)")
+        uid = provision_service(session, keyring, args.tenant, args.service,
+                                now=int(time.time()))
+        return uid, repository.find_l3(session, args.tenant, args.service)[0].key_version
+
+    uid, version = _with_keyring(args, rotate)
+    print(f"tenant {args.tenant}, service {args.service}: service key {uid} (version {version})")
     return 0
 
 

@@ -178,3 +178,40 @@ def test_backup_is_a_consistent_copy(deployment: Path, capsys, tmp_path: Path) -
     status, _, err = kcm(capsys, "core", "backup", str(copy), "-c", str(deployment))
     assert (status, err) == (2, f"kcm core backup: error: {copy} exists; give a new file name\n")
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_service_rotate(deployment: Path, capsys) -> None:
+    status, out, _ = kcm(capsys, "core", "service", "rotate", "demo", "app", "-c",
+                         str(deployment))
+    assert status == 0 and out.endswith("(version 3)\n")
+    status, out, _ = kcm(capsys, "core", "service", "list", "demo", "-c", str(deployment),
+                         "--json")
+    assert [r["version"] for r in json_lines(out)] == [1, 2, 3]
+    assert kcm(capsys, "core", "service", "rotate", "demo", "ap", "-c", str(deployment)) == (
+        2, "", "kcm core service rotate: error: tenant demo has no service ap (kcm core "
+               "service add creates one)\n")
+
+
+def test_audit_tail_follows_until_interrupted(deployment: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from kcm.testing.processes import process_env
+
+    append_records(deployment, 2)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "kcm", "audit", "tail", "-n", "1", "-f", "--interval", "0.05",
+         "-c", str(deployment)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=process_env())
+    try:
+        assert json.loads(follower.stdout.readline())["correlation_id"] == "c1"
+        append_records(deployment, 3)
+        assert [json.loads(follower.stdout.readline())["correlation_id"]
+                for _ in range(3)] == ["c0", "c1", "c2"]
+        time.sleep(0.1)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=30)
+    assert (follower.returncode, out, err) == (0, "", "")

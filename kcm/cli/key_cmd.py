@@ -3,8 +3,10 @@
 * ``kcm key create|register|get|locate|get-attributes|activate|revoke|destroy|encrypt|decrypt|
   query`` send one KMIP request each; ``kcm l4 create`` creates an L4 (a DEK) at kcm-gateway.
 * Every one takes ``--server HOST:PORT`` and the client's ``--cert``, ``--key`` and ``--ca``
-  (PEM files), or ``$KCM_SERVER``, ``$KCM_CERT``, ``$KCM_KEY``, ``$KCM_CA``; ``--json`` prints
-  the answer as one JSON object.
+  (PEM files), or ``$KCM_SERVER``, ``$KCM_CERT``, ``$KCM_KEY``, ``$KCM_CA``, or a client
+  configuration file (``--client-config FILE`` or ``$KCM_CLIENT_CONFIG``: a ``[client]`` table
+  of ``server``, ``cert``, ``key``, ``ca``, ``timeout``; its relative paths are taken from its
+  own directory), in that order; ``--json`` prints the answer as one JSON object.
 * ``create``, ``register`` and ``l4 create`` print the new Unique Identifier alone.
 * ``encrypt`` and ``decrypt`` read the data from ``--data-hex``, ``--in FILE`` or stdin and
   write raw bytes to stdout (or ``--out FILE``; ``--hex``: hex and a newline); the IV and the
@@ -115,8 +117,13 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
                        help="the client's private key (default: $KCM_KEY)")
     group.add_argument("--ca", default=os.environ.get("KCM_CA"), metavar="PEM",
                        help="the CA that issued the server's certificate (default: $KCM_CA)")
-    group.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+    group.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                        help="for the connection and the answer (default: 30)")
+    group.add_argument("--client-config", default=os.environ.get("KCM_CLIENT_CONFIG"),
+                       metavar="FILE",
+                       help="a TOML file whose [client] table gives server, cert, key, ca and "
+                            "timeout where neither an option nor the environment does "
+                            "(default: $KCM_CLIENT_CONFIG)")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
 
 
@@ -252,9 +259,52 @@ def _print_json(value: Any) -> None:
 
 # Running ----------------------------------------------------------------------------------
 
+#: The settings of a client configuration file's ``[client]`` table.
+CLIENT_SETTINGS = ("server", "cert", "key", "ca", "timeout")
+
+
+def client_config(path: str) -> dict[str, Any]:
+    """The ``[client]`` table of the TOML file at ``path``; relative ``cert``, ``key`` and
+    ``ca`` paths are taken from the file's directory. CommandError when it is wrong."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f).get("client", {})
+    except OSError as e:
+        raise CommandError(f"cannot read {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise CommandError(f"{path}: {e}") from e
+    if not isinstance(table, dict):
+        raise CommandError(f"{path}: client must be a table")
+    unknown = sorted(set(table) - set(CLIENT_SETTINGS))
+    if unknown:
+        raise CommandError(f"{path}: unknown setting client.{unknown[0]}")
+    for name in ("cert", "key", "ca"):
+        if name in table:
+            table[name] = os.path.join(os.path.dirname(os.path.abspath(path)),
+                                       os.path.expanduser(str(table[name])))
+    return table
+
+
+def _settings(args: argparse.Namespace) -> None:
+    """Fill in what neither an option nor the environment gave from the client file."""
+    found = client_config(args.client_config) if args.client_config else {}
+    for name in CLIENT_SETTINGS:
+        if getattr(args, name) is None and name in found:
+            setattr(args, name, found[name])
+    try:
+        args.timeout = 30.0 if args.timeout is None else float(args.timeout)
+    except (TypeError, ValueError):
+        raise CommandError(f"timeout {args.timeout!r} is not a number of seconds") from None
+    if isinstance(args.server, int | float):
+        args.server = str(args.server)
+
+
 def _session(args: argparse.Namespace):
     from kcm.client import KmipClientError, Session
 
+    _settings(args)
     host, port = parse_server(args.server)
     missing = [name for name in ("cert", "key", "ca") if not getattr(args, name)]
     if missing:

@@ -191,3 +191,13 @@ def test_a_client_certificate_the_server_does_not_trust_is_exit_2(planes, capsys
     status, out, err = kcm(capsysbinary, server, "key", "query")
     assert (status, out) == (2, b"") and err.count("\n") == 1
     assert err.startswith("kcm key query: error: ")
+
+
+def test_a_client_configuration_file_is_enough(planes, capsysbinary, tmp_path: Path) -> None:
+    core, gateway = planes
+    config = tmp_path / "client.toml"
+    config.write_text(f'[client]\nserver = "127.0.0.1:{gateway.port}"\n'
+                      f'cert = "{core.pki.app.cert}"\nkey = "{core.pki.app.key}"\n'
+                      f'ca = "{core.pki.ca.cert}"\n')
+    status, out, err = kcm(capsysbinary, ["--client-config", str(config)], "l4", "create")
+    assert (status, err) == (0, "") and out.startswith(b"l4.")

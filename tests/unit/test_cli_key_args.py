@@ -93,3 +93,25 @@ def test_an_unforeseen_failure_is_one_line(monkeypatch: pytest.MonkeyPatch,
     assert main(["key", "query"]) == 2
     assert capsys.readouterr().err == ("kcm key query: error: RuntimeError: something "
                                        "unexpected\n")
+
+
+def test_a_client_configuration_file_fills_in_what_is_not_given(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kcm.cli.key_cmd import _settings
+
+    for name in ("SERVER", "CERT", "KEY", "CA", "CLIENT_CONFIG"):
+        monkeypatch.delenv(f"KCM_{name}", raising=False)
+    path = tmp_path / "etc" / "client.toml"
+    path.parent.mkdir()
+    path.write_text('[client]\nserver = "kms:5698"\ncert = "app.pem"\nkey = "/abs/app.key"\n'
+                    'ca = "../ca.pem"\ntimeout = 5\n')
+    monkeypatch.setenv("KCM_CA", "env-ca.pem")
+    args = build_parser().parse_args(["key", "query", "--client-config", str(path),
+                                      "--server", "cli:1"])
+    _settings(args)
+    assert (args.server, args.cert, args.key, args.ca, args.timeout) == (
+        "cli:1", str(path.parent / "app.pem"), "/abs/app.key", "env-ca.pem", 5.0)
+    path.write_text('[client]\nport = 1\n')
+    args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
+    with pytest.raises(CommandError, match="unknown setting client.port"):
+        _settings(args)

@@ -75,13 +75,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def recorded_pid(pid_file: Path) -> int | None:
-    """The pid in ``pid_file`` if that process is alive, else None."""
+def recorded_pid(pid_file: Path, name: str) -> int | None:
+    """The pid in ``pid_file`` if that process is alive and (where /proc tells) is ``name``
+    (a pid the system has given to another program since is not an instance), else None."""
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if pid > 0 and pid_alive(pid) else None
+    if pid <= 0 or not pid_alive(pid):
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid  # no /proc: the pid alone decides
+    return pid if name.encode() in command else None
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:
@@ -99,7 +106,7 @@ def refusals(services: list[Service]) -> list[str]:
     """Why these services cannot start now (empty: they can)."""
     found = []
     for service in services:
-        pid = recorded_pid(service.pid_file)
+        pid = recorded_pid(service.pid_file, service.name)
         if pid is not None:
             found.append(f"{service.name} already runs (pid {pid}, recorded in "
                          f"{service.pid_file}); stop it first (Ctrl-C where it runs, or "
@@ -142,10 +149,10 @@ def _start(service: Service, env: dict[str, str]) -> None:
     service.pid_file.write_text(f"{service.process.pid}\n")
 
 
-def _wait_listening(service: Service) -> None:
+def _wait_listening(service: Service, stopping: list[int]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     assert service.process is not None
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopping:
         if service.process.poll() is not None:
             raise _Exited(service)
         try:
@@ -154,7 +161,8 @@ def _wait_listening(service: Service) -> None:
             return
         except OSError:
             time.sleep(0.1)
-    raise CommandError(f"{service.name} did not listen within {START_TIMEOUT:g}s")
+    if not stopping:
+        raise CommandError(f"{service.name} did not listen within {START_TIMEOUT:g}s")
 
 
 class _Exited(Exception):
@@ -263,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
                 break
             _start(service, env)
             started.append(service)
-            _wait_listening(service)
+            _wait_listening(service, stop_signal)
         if not stop_signal:
             print(banner(args, var), flush=True)
         while not stop_signal:

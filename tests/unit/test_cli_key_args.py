@@ -115,3 +115,4 @@ def test_a_client_configuration_file_fills_in_what_is_not_given(
     args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
     with pytest.raises(CommandError, match="unknown setting client.port"):
         _settings(args)
+

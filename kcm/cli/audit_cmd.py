@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", help="only this tenant's records")
-    parser.add_argument("--operation", help="only this operation's records (e.g. Create)")
+    parser.add_argument("--operation", help="only this operation's records (e.g. CREATE, "
+                                            "get-attributes; any case)")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -167,7 +168,7 @@ def record_json(row: Any) -> dict[str, Any]:
 
 
 def _query(args: argparse.Namespace):
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from kcm.core.store.schema import AuditLog
 
@@ -175,7 +176,8 @@ def _query(args: argparse.Namespace):
     if args.tenant is not None:
         query = query.where(AuditLog.tenant == args.tenant)
     if args.operation is not None:
-        query = query.where(AuditLog.operation == args.operation)
+        operation = args.operation.strip().upper().replace("-", "_").replace(" ", "_")
+        query = query.where(func.upper(AuditLog.operation) == operation)
     return query, AuditLog
 
 

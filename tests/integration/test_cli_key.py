@@ -201,3 +201,22 @@ def test_a_client_configuration_file_is_enough(planes, capsysbinary, tmp_path: P
                       f'ca = "{core.pki.ca.cert}"\n')
     status, out, err = kcm(capsysbinary, ["--client-config", str(config)], "l4", "create")
     assert (status, err) == (0, "") and out.startswith(b"l4.")
+
+
+def test_operators_read_the_running_cores_database(planes, at_core, capsysbinary,
+                                                   tmp_path) -> None:
+    """kcm audit tail / kcm core tenant list / kcm core backup while kcm-core serves."""
+    core, _ = planes
+    uid = created(at_core)
+    config = ["-c", str(core.config)]
+
+    def lines(*argv: str) -> list[dict]:
+        assert main([*argv, *config]) == 0
+        return [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
+
+    (record,) = lines("audit", "tail", "-n", "1", "--operation", "create")
+    assert (record["operation"], record["object_ids"], record["tenant"]) == (
+        "CREATE", [uid], "demo")
+    assert [r["tenant"] for r in lines("core", "tenant", "list", "--json")] == ["demo", "other"]
+    assert main(["core", "backup", str(tmp_path / "copy.db"), *config]) == 0
+    assert main(["audit", "verify", *config]) == 0

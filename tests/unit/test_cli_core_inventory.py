@@ -101,7 +101,7 @@ def test_audit_tail_and_export(deployment: Path, capsys, tmp_path: Path) -> None
     records = json_lines(out)
     assert status == 0 and len(records) == 20 and all(r["at"].endswith("Z") for r in records)
     assert [r["correlation_id"] for r in records] == [f"c{n}" for n in range(10, 30)]
-    status, out, _ = kcm(capsys, "audit", "tail", "-n", "2", "--operation", "Create", "-c",
+    status, out, _ = kcm(capsys, "audit", "tail", "-n", "2", "--operation", "create", "-c",
                          str(deployment))
     assert [r["correlation_id"] for r in json_lines(out)] == ["c26", "c28"]
     records = json_lines(kcm(capsys, "audit", "tail", "-n", "100", "-c", str(deployment))[1])

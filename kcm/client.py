@@ -25,6 +25,7 @@ from kcm.kmip.enums import (
     ResultStatus,
     RevocationReasonCode,
 )
+from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
 from kcm.kmip.messages import (
     ProtocolVersion,
@@ -126,7 +127,7 @@ class Session:
         answer = self.transport.send(encode(encode_request(message)))
         try:
             response = decode_response(decode(answer))
-        except (TtlvError, ValueError, LookupError) as e:
+        except (TtlvError, KmipError, ValueError, LookupError) as e:
             raise KmipClientError(f"the server's answer is not a KMIP response: {e}") from e
         if len(response.batch_items) != 1:
             raise KmipClientError(f"the server answered {len(response.batch_items)} batch items "

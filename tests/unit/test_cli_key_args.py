@@ -116,3 +116,33 @@ def test_a_client_configuration_file_fills_in_what_is_not_given(
     with pytest.raises(CommandError, match="unknown setting client.port"):
         _settings(args)
 
+
+
+class _Answers:
+    """A transport that answers every request with the next of ``answers``."""
+
+    def __init__(self, *answers: bytes) -> None:
+        self.answers = list(answers)
+        self.sent: list[bytes] = []
+
+    def send(self, wire: bytes) -> bytes:
+        self.sent.append(wire)
+        return self.answers.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_session_raises_failures_and_refuses_what_is_not_an_answer() -> None:
+    from kcm.client import KmipClientError, KmipOperationFailed, Session
+    from kcm.kernel.responses import failure_response
+    from kcm.kmip.enums import ResultReason
+
+    denied = failure_response((1, 4), ResultReason.PERMISSION_DENIED, "no", 0)
+    session = Session(_Answers(denied, b"\x42\x00\x7b\x01\x00\x00\x00\x00"))
+    with pytest.raises(KmipOperationFailed) as failed:
+        session.activate("u")
+    assert (failed.value.reason, failed.value.message) == (ResultReason.PERMISSION_DENIED, "no")
+    assert str(failed.value) == "PERMISSION_DENIED: no"
+    with pytest.raises(KmipClientError, match="not a KMIP response"):
+        session.query()

@@ -39,9 +39,18 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, help_text: st
     return parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line too (and where to look for the usage);
+    subcommands' parsers are of this class as well."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT,
+                  f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kcm`` parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="kcm", description="KCM, a KMIP key-management suite.")
+    parser = _Parser(prog="kcm", description="KCM, a KMIP key-management suite.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

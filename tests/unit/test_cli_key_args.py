@@ -56,7 +56,18 @@ def test_environment_supplies_the_connection(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_register_needs_key_material(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["key", "register", "--server", "h:1"]) == 2
-    assert "one of the arguments --key-hex --key-file is required" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "kcm key register: error: one of the arguments --key-hex --key-file is required (see "
+        "kcm key register --help)\n")
+
+
+@pytest.mark.parametrize("argv", [[], ["key"], ["key", "get"], ["key", "frobnicate"],
+                                  ["core", "tenant", "show"], ["l4", "create", "--length", "x"]])
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert " error: " in captured.err and captured.err.endswith(" --help)\n")
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -202,7 +202,7 @@ def _exit_reason(process: subprocess.Popen) -> str:
 def banner(args: argparse.Namespace, var: Path) -> str:
     """What to paste: one command a line, absolute paths, the environment's programs."""
     pki = (var / "pki").resolve()
-    app = f"--cert {pki / 'app.pem'} --key {pki / 'app.key'} --ca {pki / 'ca.pem'}"
+    kcm = _bin("kcm")
     pykmip = (
         f"{_bin('python')} -c 'from kmip.pie.client import ProxyKmipClient as C; "
         f"from kmip import enums; c = C(hostname=\"127.0.0.1\", port={args.gateway_port}, "
@@ -213,11 +213,11 @@ def banner(args: argparse.Namespace, var: Path) -> str:
         "",
         f"kcm-gateway: KMIP over mutual TLS on 127.0.0.1:{args.gateway_port} (kcm-core behind "
         f"it on {args.kmip_port}, link {args.link_port}).",
-        f"An L4 (a DEK served by the gateway) and a record encrypted with it, as "
-        f"{args.tenant}/{args.service}:",
-        f"  {_bin('kcm')} l4 create --server 127.0.0.1:{args.gateway_port} {app}",
-        f"  echo secret | {_bin('kcm')} key encrypt TOKEN --hex "
-        f"--server 127.0.0.1:{args.gateway_port} {app}",
+        f"As the application {args.tenant}/{args.service}, with kcm (kcm --help):",
+        f"  export KCM_SERVER=127.0.0.1:{args.gateway_port} KCM_CERT={pki / 'app.pem'} "
+        f"KCM_KEY={pki / 'app.key'} KCM_CA={pki / 'ca.pem'}",
+        f"  token=$({kcm} l4 create) && echo 'a record' | {kcm} key encrypt \"$token\" --json",
+        f"  {kcm} key create --name my-first-key",
         "A managed key (stored by the core), with PyKMIP:",
         f"  {pykmip}",
         f"kcm-core's log: {(var / 'kcm-core.log').resolve()}. Ctrl-C stops both.",

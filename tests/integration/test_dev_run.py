@@ -97,6 +97,16 @@ def alive(pid: int) -> bool:
 def test_it_serves_and_a_second_instance_is_refused_without_harm(
         launcher: Launcher, capsys: pytest.CaptureFixture[str]) -> None:
     assert launcher.query(capsys) == 0
+    # The commands it prints paste as they are: one line each, run from anywhere.
+    banner = launcher.text().split("kcm-gateway: KMIP over mutual TLS", 1)[1]
+    commands = [line[2:] for line in banner.split(BANNER_END)[0].splitlines()
+                if line.startswith("  ")]
+    assert len(commands) == 4
+    pasted = subprocess.run(["bash", "-e", "-c", "\n".join(commands)], cwd="/",
+                            env=process_env(), capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert pasted.returncode == 0, pasted.stderr
+    assert pasted.stdout.count("\n") == 3 and '"iv": ' in pasted.stdout
     var = launcher.root / "var"
     before = {name: (var / name).read_bytes()
               for name in ("kcm-core.log", "kcm-core.pid", "kcm-gateway.pid")}

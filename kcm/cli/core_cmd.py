@@ -220,7 +220,7 @@ def _run_init(args: argparse.Namespace) -> int:
 
     anchor = store.run_sync(record)
     print(f"{l1.description} ({'created' if created else 'existing'})")
-    print(f"database: {config.database} (schema up to date)")
+    print(f"database: {shown_url(config.database)}{_where(config.database)} (schema up to date)")
     if anchor is not None:
         print(f"audit chain keyed: record {anchor.seq} anchors the {anchor.seq - 1} records "
               "written before")
@@ -343,6 +343,14 @@ def _run_backup(args: argparse.Namespace) -> int:
     print(f"{args.file}: a consistent copy of {url.database} ({objects} objects, {records} "
           "audit records); the L1 key is not in it: keep a copy of that apart")
     return 0
+
+
+def _where(database: str) -> str:
+    """`` at /abs/path`` for a SQLite database named by a relative path (from the working
+    directory, which the reader may not have in mind), else nothing."""
+    prefix = "sqlite:///"
+    path = database[len(prefix):] if database.startswith(prefix) else ""
+    return f" at {os.path.abspath(path)}" if path and not os.path.isabs(path) else ""
 
 
 def _data_directories(config: CoreConfig) -> list[str]:

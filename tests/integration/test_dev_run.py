@@ -107,6 +107,15 @@ def test_it_serves_and_a_second_instance_is_refused_without_harm(
                             check=False)
     assert pasted.returncode == 0, pasted.stderr
     assert pasted.stdout.count("\n") == 3 and '"iv": ' in pasted.stdout
+    # etc/pykmip.conf is a PyKMIP client configuration for it (here on another port).
+    script = ("from kmip.pie.client import ProxyKmipClient; from kmip import enums; "
+              f"c = ProxyKmipClient(port={launcher.ports[2]}, config='kcm', "
+              f"config_file='{REPO_ROOT / 'etc' / 'pykmip.conf'}'); c.open(); "
+              "print(c.create(enums.CryptographicAlgorithm.AES, 256))")
+    pykmip = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=launcher.root,
+                            env=process_env(), capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert pykmip.returncode == 0 and pykmip.stdout.count("-") == 4, pykmip.stderr
     var = launcher.root / "var"
     before = {name: (var / name).read_bytes()
               for name in ("kcm-core.log", "kcm-core.pid", "kcm-gateway.pid")}

@@ -22,6 +22,7 @@ from kcm.testing.processes import (
     process_env,
     running,
 )
+from tests.e2e_support import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +221,25 @@ def test_operators_read_the_running_cores_database(planes, at_core, capsysbinary
     assert [r["tenant"] for r in lines("core", "tenant", "list", "--json")] == ["demo", "other"]
     assert main(["core", "backup", str(tmp_path / "copy.db"), *config]) == 0
     assert main(["audit", "verify", *config]) == 0
+
+
+def test_a_removed_tenants_l4s_stop_working_at_the_gateway(core_process, gateway_process,
+                                                           capsysbinary) -> None:
+    """kcm core tenant remove while both planes run: the gateway drops the tenant's service
+    keys (l3.state events), so its L4 tokens stop opening; another tenant is untouched."""
+    core, gateway = core_process, gateway_process
+    other = client_args(core, gateway.port, "other_app")
+    demo = client_args(core, gateway.port)
+    status, out, _ = kcm(capsysbinary, other, "l4", "create")
+    token = out.decode().strip()
+    assert status == 0 and kcm(capsysbinary, other, "key", "encrypt", token,
+                               "--data-hex", "01")[0] == 0
+    status, out, err = kcm(capsysbinary, [], "core", "tenant", "remove", "other", "--yes",
+                           "-c", str(core.config))
+    assert (status, err) == (0, "")
+    wait_until(lambda: "l3.state for tenant other" in gateway.log.read_text(),
+               "the gateway to apply the removal")
+    status, _, err = kcm(capsysbinary, other, "key", "encrypt", token, "--data-hex", "01")
+    assert status == 1 and err.startswith("kcm key encrypt: ")
+    assert kcm(capsysbinary, other, "l4", "create")[0] == 1
+    assert kcm(capsysbinary, demo, "l4", "create")[0] == 0

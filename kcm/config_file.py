@@ -66,6 +66,7 @@ def load_section(default: C, section: str, path: str | Path | None,
             raise ConfigError(f"unknown setting {section}.{key}")
     tls = dict(table.get("tls", {}))
     limits = dict(table.get("limits", {}))
+    limit_names = {f.name for f in fields(default.limits)}  # type: ignore[attr-defined]
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -73,6 +74,8 @@ def load_section(default: C, section: str, path: str | Path | None,
             tls[key[4:]] = value
         elif key in top_level:
             values[key] = value
+        elif key in limit_names:
+            limits[key] = _limit_value(section, key, value, getattr(default.limits, key))
         else:
             raise ConfigError(f"unknown override {key}")
     if coerce is not None:
@@ -97,6 +100,26 @@ def load_section(default: C, section: str, path: str | Path | None,
     except ValueError as e:
         raise ConfigError(f"{section}: {e}") from None
     return config
+
+
+def _limit_value(section: str, name: str, value: Any, default: Any) -> Any:
+    """A command-line limit (a string) as its default's type, int or float."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return type(default)(value)
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else "a number of seconds"
+        raise ConfigError(f"{section}.limits.{name} must be {kind}, not {value!r}") from None
+
+
+def limit_options(limits: Any) -> list[list[Any]]:
+    """twistd ``optParameters`` for every field of the ``limits`` dataclass: ``--NAME``
+    (``--max-message-size``), overriding ``limits.NAME`` of the configuration file (the
+    overrides :func:`load_section` takes by the field's name)."""
+    return [[f.name.replace("_", "-"), None, None,
+             f"limits.{f.name} (default {getattr(limits, f.name)!r}); see docs/operations.md, "
+             "Limits and hostile clients."] for f in fields(limits)]
 
 
 def _read(path: str | Path | None, section: str) -> dict[str, Any]:

@@ -144,7 +144,14 @@ PAUSED_BY_OUTPUT = "output"
 PAUSED_BY_UPSTREAM = "upstream"
 
 RESULT_REASON_INVALID_MESSAGE = 0x04
+RESULT_REASON_PERMISSION_DENIED = 0x0C
 RESULT_REASON_GENERAL_FAILURE = 0x100
+
+#: The Result Message of the answer a client gets when its certificate names nobody this
+#: server serves (no SPIFFE ID of the trust domain with a role allowed here, and no subject
+#: mapped by the policy): short ASCII, the same for every such client.
+IDENTITY_REFUSED = ("the client certificate names no identity this server accepts (a SPIFFE "
+                    "ID of its trust domain, or a subject its policy maps)")
 
 
 @implementer(IHandshakeListener)
@@ -169,6 +176,7 @@ class KmipServerProtocol(Protocol):
         self._message_timer = None
         self._write_timer = None
         self._output_producer: _OutputFull | None = None
+        self._refused_identity = False
         self.connection: ConnectionInfo | None = None
 
     @property
@@ -192,8 +200,12 @@ class KmipServerProtocol(Protocol):
         peer = self.transport.getPeer()
         address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         if principal is None:
+            # The client's first request is answered Permission Denied, then the connection
+            # closes: the client learns why, not only that it was cut off. Nothing is handed
+            # to the handler; the connection guard's handshake deadline (the connection is
+            # never "identified") bounds how long a silent one is kept.
             log.warn("refused connection from {peer}: no acceptable identity", peer=address)
-            self._close(abort=True)
+            self._refused_identity = True
             return
         self.connection = ConnectionInfo(next(_connection_ids), principal, address)
 
@@ -244,7 +256,10 @@ class KmipServerProtocol(Protocol):
         if self._closing:
             return
         if self.connection is None:  # data can only follow a verified handshake
-            self._close(abort=True)
+            if self._refused_identity:
+                self._answer_refused_identity(data)
+            else:
+                self._close(abort=True)
             return
         self._idle_timer.reset(self._limits.idle_timeout)
         try:
@@ -263,6 +278,17 @@ class KmipServerProtocol(Protocol):
             if len(self._pending) >= self._limits.max_pending:
                 self.pause(PAUSED_BY_PENDING)
             self._process()
+
+    def _answer_refused_identity(self, data: bytes) -> None:
+        """Answer the first whole request of a client refused for its identity with
+        Permission Denied, and close; anything that is not a KMIP message closes at once."""
+        try:
+            messages = self._framer.feed(data)
+        except TtlvError:  # MessageTooLarge included: not worth reading further
+            self._close(abort=True)
+            return
+        if messages:
+            self._refuse(RESULT_REASON_PERMISSION_DENIED, IDENTITY_REFUSED)
 
     def _watch_partial_message(self) -> None:
         """A message begun must be finished in time: a slow sender holds nothing for long.

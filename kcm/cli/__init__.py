@@ -3,7 +3,8 @@
 Each module listed in :data:`SUBCOMMAND_MODULES` has ``register(subparsers)``, which
 adds its subcommand and sets ``run`` (``run(args) -> int``) as the parser default.
 A subcommand reports a bad input by raising :class:`CommandError`; :func:`main`
-turns it into one line on stderr and exit status 2.
+turns it into one line on stderr and exit status 2. Any other exception is a failure no
+command foresaw: one line too (its type and message), exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 #: Subcommand modules, imported when the parser is built. Add new ones here.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "kcm.cli.ttlv_cmd", "kcm.cli.pki_cmd", "kcm.cli.conformance_cmd", "kcm.cli.core_cmd",
-    "kcm.cli.audit_cmd",
+    "kcm.cli.audit_cmd", "kcm.cli.key_cmd", "kcm.cli.dev_cmd",
 )
 
 #: The exit status for bad input (the same as argparse's for bad usage).
@@ -38,9 +39,18 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, help_text: st
     return parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line too (and where to look for the usage);
+    subcommands' parsers are of this class as well."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT,
+                  f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kcm`` parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="kcm", description="KCM, a KMIP key-management suite.")
+    parser = _Parser(prog="kcm", description="KCM, a KMIP key-management suite.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -60,15 +70,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except CommandError as e:
-        prog = getattr(args, "prog", None) or f"kcm {args.command}"
-        message = " ".join(str(e).split())  # always exactly one line
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{_prog(args)}: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{_prog(args)}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`kcm ttlv dump x | head`): not an error worth a traceback,
         # and stdout must not be flushed again at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as e:  # a bug, or a failure no command foresaw: still one line
+        print(f"{_prog(args)}: error: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         os.umask(umask)  # main() also runs inside other programs (tests)
+
+
+def _prog(args: argparse.Namespace) -> str:
+    return getattr(args, "prog", None) or f"kcm {args.command}"
+
+
+def _one_line(message: str) -> str:
+    """``message`` as exactly one line (long ones, such as a database driver's, cut short)."""
+    line = " ".join(message.split())
+    return line if len(line) <= 300 else line[:297] + "..."

@@ -1,4 +1,6 @@
-"""``kcm audit verify [-c CONFIG] [--checkpoint SEQ:DIGEST:MAC] [--checkpoint-log FILE]``:
+"""``kcm audit verify|tail|export``: check and read the audit log.
+
+``kcm audit verify [-c CONFIG] [--checkpoint SEQ:DIGEST:MAC] [--checkpoint-log FILE]``:
 check the audit log's keyed hash chain.
 
 Runs on the core's host: it needs the database and the L1 key file (the chain is MACed under
@@ -16,9 +18,15 @@ log format). Both may be repeated.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import re
+import sys
+import time
+from typing import Any
 
 from kcm.cli import CommandError, add_command
-from kcm.cli.core_cmd import config_option, core_config
+from kcm.cli.core_cmd import config_option, core_config, existing_database, run_in_store
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +41,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a saved kcm-core log: the chain must hold every checkpoint in it "
                              "(repeatable)")
     verify.set_defaults(run=_run_verify, prog="kcm audit verify")
+
+    tail = actions.add_parser("tail", help="the newest audit records, as JSON lines")
+    config_option(tail)
+    tail.add_argument("-n", "--lines", type=int, default=20, metavar="N",
+                      help="how many records (default: 20)")
+    tail.add_argument("-f", "--follow", action="store_true",
+                      help="then print new records as they are written (until Ctrl-C)")
+    tail.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    _filters(tail)
+    tail.set_defaults(run=_run_tail, prog="kcm audit tail")
+
+    export = actions.add_parser("export", help="audit records in a time range, as JSON lines")
+    config_option(export)
+    export.add_argument("--since", metavar="TIME",
+                        help="from TIME on (ISO 8601 such as 2026-12-03T14:00:00Z or "
+                             "2026-12-03, POSIX seconds, or a duration ago: 90s, 15m, 2h, 7d)")
+    export.add_argument("--until", metavar="TIME", help="before TIME (same forms)")
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    _filters(export)
+    export.set_defaults(run=_run_export, prog="kcm audit export")
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tenant", help="only this tenant's records")
+    parser.add_argument("--operation", help="only this operation's records (e.g. CREATE, "
+                                            "get-attributes; any case)")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -61,11 +95,11 @@ def _run_verify(args: argparse.Namespace) -> int:
         checkpoints.extend(found)
 
     config = core_config(args)
+    store = Store(existing_database(config))
     try:
         l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
     except L1Error as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
-    store = Store(config.database)
     store.audit_key = l1.audit_key()
 
     def verify(session):
@@ -74,7 +108,7 @@ def _run_verify(args: argparse.Namespace) -> int:
             raise CommandError(f"the {l1.description} is not the L1 key of this database")
         return verify_chain(session, checkpoints=checkpoints)
 
-    result = store.run_sync(verify, write=False)
+    result = run_in_store(store, verify, write=False)
     if result.ok:
         notes = []
         if result.unkeyed_records:
@@ -91,3 +125,141 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"audit log BROKEN at record {result.first_bad_seq}: {result.reason} "
               f"({result.records_checked} records checked)")
     return 1
+
+
+# Reading the log ------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str, what: str, now: float | None = None) -> float:
+    """POSIX seconds of ``text``: ISO 8601 (UTC unless it says otherwise; a date alone is its
+    midnight), POSIX seconds, or a duration before ``now`` ("15m", "2h", "7d")."""
+    now = time.time() if now is None else now
+    value = text.strip()
+    found = _DURATION.match(value)
+    if found:
+        return now - float(found.group(1)) * _UNITS[found.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(f"{what} {text!r} is not a time (ISO 8601, POSIX seconds, or a "
+                           "duration ago such as 15m)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def record_json(row: Any) -> dict[str, Any]:
+    """An audit record as one JSON line shows it: ``at`` in ISO 8601 UTC (microseconds) and
+    ``at_us``, the JSON columns decoded, the chain digest in hex."""
+    from kcm.core.audit import AuditRow
+
+    fields = {name: getattr(row, name) for name in AuditRow.__slots__ if hasattr(row, name)}
+    record = AuditRow(**fields).log_fields()
+    record["at"] = dt.datetime.fromtimestamp(row.at / 1e6, dt.UTC).isoformat(
+        timespec="microseconds").replace("+00:00", "Z")
+    return record
+
+
+def _query(args: argparse.Namespace):
+    from sqlalchemy import func, select
+
+    from kcm.core.store.schema import AuditLog
+
+    query = select(AuditLog)
+    if args.tenant is not None:
+        query = query.where(AuditLog.tenant == args.tenant)
+    if args.operation is not None:
+        operation = args.operation.strip().upper().replace("-", "_").replace(" ", "_")
+        query = query.where(func.upper(AuditLog.operation) == operation)
+    return query, AuditLog
+
+
+def _read(args: argparse.Namespace, fn):
+    from kcm.cli.core_cmd import open_store
+
+    store = open_store(args)
+    return store, run_in_store(store, fn, write=False)
+
+
+def _page(query, table, after: int):
+    """A read of the next (up to) 1000 records after sequence number ``after``."""
+    def read(session) -> list[dict[str, Any]]:
+        return [record_json(row) for row in session.scalars(
+            query.where(table.seq > after).order_by(table.seq).limit(1000))]
+    return read
+
+
+def _write(out, records: list[dict[str, Any]]) -> None:
+    for record in records:
+        out.write(json.dumps(record, sort_keys=True) + "\n")
+    out.flush()
+
+
+def _run_tail(args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        raise CommandError("--lines must be 0 or more")
+    query, table = _query(args)
+
+    def newest(session) -> list[dict[str, Any]]:
+        rows = session.scalars(query.order_by(table.seq.desc()).limit(args.lines)).all()
+        return [record_json(row) for row in reversed(rows)]
+
+    def last_seq(session) -> int:
+        from sqlalchemy import func, select
+
+        return session.scalar(select(func.coalesce(func.max(table.seq), 0)))
+
+    store, records = _read(args, newest)
+    _write(sys.stdout, records)
+    if not args.follow:
+        return 0
+    after = run_in_store(store, last_seq, write=False)
+    try:
+        while True:
+            time.sleep(args.interval)
+            found = run_in_store(store, _page(query, table, after), write=False)
+            if found:
+                _write(sys.stdout, found)
+                after = found[-1]["seq"]
+    except KeyboardInterrupt:
+        return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    query, table = _query(args)
+    if args.since is not None:
+        query = query.where(table.at >= int(parse_time(args.since, "--since") * 1e6))
+    if args.until is not None:
+        query = query.where(table.at < int(parse_time(args.until, "--until") * 1e6))
+
+    def export(out) -> int:
+        after = 0
+        count = 0
+        while True:  # in pages, so that a long log is never all in memory
+            page = run_in_store(store, _page(query, table, after), write=False)
+            if not page:
+                return count
+            _write(out, page)
+            count += len(page)
+            after = page[-1]["seq"]
+
+    from kcm.cli.core_cmd import open_store
+
+    store = open_store(args)
+    if args.output is None:
+        export(sys.stdout)
+        return 0
+    try:
+        with open(args.output, "w", encoding="utf-8") as out:
+            count = export(out)
+    except OSError as e:
+        raise CommandError(f"cannot write {args.output}: {e.strerror}") from e
+    print(f"{count} audit records written to {args.output}", file=sys.stderr)
+    return 0

@@ -6,10 +6,20 @@
 * ``kcm core tenant add TENANT [-c CONFIG]``: create a tenant and its tenant key (L2).
 * ``kcm core service add TENANT SERVICE [-c CONFIG]``: create a service key (L3) for a
   service of a tenant; run again to add a new version (rotation).
+* ``kcm core service rotate TENANT SERVICE [-c CONFIG]``: a new version of an existing
+  service's key (refuses a service that does not exist).
+* ``kcm core tenant list|show TENANT [--json]``, ``kcm core service list [TENANT] [--json]``:
+  the tenants, a tenant's keys and objects, the service keys (every version); read only.
+* ``kcm core tenant remove TENANT --yes``: remove a tenant whose objects are all destroyed,
+  with its key hierarchy (gateways are told; every L4 of its services stops working).
+* ``kcm core backup FILE [-c CONFIG]``: an online, consistent copy of the SQLite database
+  (SQLite's backup API, while kcm-core runs); PostgreSQL: ``pg_dump``.
 * ``kcm core bootstrap TENANT SERVICE [-c CONFIG]``: make sure the tenant and a service key
   exist (idempotent; what ``make run`` uses).
 
-These run on the core's host, with direct access to its database and L1 key file.
+These run on the core's host, with direct access to its database and L1 key file. None
+but ``init`` creates a database: a missing one is an error that names where it was looked
+for (a relative path in the configuration is taken from the working directory).
 """
 
 from __future__ import annotations
@@ -41,6 +51,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     config_option(add_tenant)
     add_tenant.set_defaults(run=_run_tenant_add, prog="kcm core tenant add")
 
+    list_tenants = tenant_actions.add_parser("list", help="list the tenants")
+    _read_options(list_tenants)
+    list_tenants.set_defaults(run=_inventory("run_tenant_list"), prog="kcm core tenant list")
+    show_tenant = tenant_actions.add_parser(
+        "show", help="a tenant's keys (L2, L3 versions) and objects by state")
+    show_tenant.add_argument("tenant")
+    _read_options(show_tenant)
+    show_tenant.set_defaults(run=_inventory("run_tenant_show"), prog="kcm core tenant show")
+    remove_tenant = tenant_actions.add_parser(
+        "remove", help="remove a tenant whose objects are all destroyed, with its keys")
+    remove_tenant.add_argument("tenant")
+    remove_tenant.add_argument("--yes", action="store_true",
+                               help="really remove it (without: say what would go)")
+    config_option(remove_tenant)
+    remove_tenant.set_defaults(run=_inventory("run_tenant_remove"),
+                               prog="kcm core tenant remove")
+
     service = actions.add_parser("service", help="services")
     service_actions = service.add_subparsers(dest="service_action", metavar="ACTION",
                                              required=True)
@@ -51,12 +78,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     config_option(add_service)
     add_service.set_defaults(run=_run_service_add, prog="kcm core service add")
 
+    rotate_service = service_actions.add_parser(
+        "rotate", help="a new service key (L3) version for an existing service")
+    rotate_service.add_argument("tenant")
+    rotate_service.add_argument("service")
+    config_option(rotate_service)
+    rotate_service.set_defaults(run=_run_service_rotate, prog="kcm core service rotate")
+
+    list_services = service_actions.add_parser(
+        "list", help="list the service keys (L3), every version, of one tenant or all")
+    list_services.add_argument("tenant", nargs="?")
+    _read_options(list_services)
+    list_services.set_defaults(run=_inventory("run_service_list"), prog="kcm core service list")
+
+    backup = actions.add_parser(
+        "backup", help="an online, consistent copy of the SQLite database (PostgreSQL: pg_dump)")
+    backup.add_argument("file", help="the copy to write (must not exist)")
+    config_option(backup)
+    backup.set_defaults(run=_run_backup, prog="kcm core backup")
+
     bootstrap = actions.add_parser(
         "bootstrap", help="ensure a tenant and a service key exist (idempotent)")
     bootstrap.add_argument("tenant")
     bootstrap.add_argument("service")
     config_option(bootstrap)
     bootstrap.set_defaults(run=_run_bootstrap, prog="kcm core bootstrap")
+
+
+def _read_options(parser: argparse.ArgumentParser) -> None:
+    config_option(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _inventory(name: str):
+    """The function ``name`` of :mod:`kcm.cli.core_inventory`, imported when it runs."""
+    def run(args: argparse.Namespace) -> int:
+        from kcm.cli import core_inventory
+
+        return getattr(core_inventory, name)(args)
+    return run
 
 
 def config_option(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +134,61 @@ def core_config(args: argparse.Namespace) -> CoreConfig:
         return load_config(args.config)
     except ConfigError as e:
         raise CommandError(str(e)) from e
+
+
+def existing_database(config: CoreConfig) -> str:
+    """The database URL of ``config``, once it is known to exist: a SQLite file that is not
+    there is a CommandError naming where it was looked for (only ``kcm core init`` creates a
+    database; a command asked to read one never does)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(config.database)
+    except ArgumentError as e:
+        raise CommandError(f"database {config.database!r} is not a database URL") from e
+    if url.get_backend_name() == "sqlite":
+        path = url.database or ""
+        if not path or not os.path.isfile(path):
+            where = os.path.abspath(path) if path else "(none)"
+            rule = ("" if os.path.isabs(path) else
+                    f"; a relative path in the configuration is taken from the working "
+                    f"directory, {os.getcwd()}")
+            raise CommandError(f"no database at {where}{rule} (kcm core init creates one)")
+    return config.database
+
+
+def open_store(args: argparse.Namespace, config: CoreConfig | None = None):
+    """A :class:`~kcm.core.store.engine.Store` on the existing database of ``-c/--config``
+    (never creating one); CommandError when there is none."""
+    from kcm.core.store.engine import Store
+
+    config = config or core_config(args)
+    return Store(existing_database(config))
+
+
+def run_in_store(store, fn, *, write: bool = True):
+    """``store.run_sync(fn)``, with database failures (unreachable, not initialised) as
+    one-line CommandErrors."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+
+    try:
+        return store.run_sync(fn, write=write)
+    except (OperationalError, ProgrammingError) as e:
+        text = str(e.orig) if e.orig is not None else str(e)
+        if "no such table" in text or "does not exist" in text:
+            raise CommandError(f"the database {shown_url(store.url)} has no kcm-core schema "
+                               f"(kcm core init creates it): {text}") from e
+        raise CommandError(f"database {shown_url(store.url)}: {text}") from e
+    except SQLAlchemyError as e:
+        raise CommandError(f"database {shown_url(store.url)}: {e}") from e
+
+
+def shown_url(url: str) -> str:
+    """A database URL as it may be printed: without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _run_init(args: argparse.Namespace) -> int:
@@ -105,7 +220,7 @@ def _run_init(args: argparse.Namespace) -> int:
 
     anchor = store.run_sync(record)
     print(f"{l1.description} ({'created' if created else 'existing'})")
-    print(f"database: {config.database} (schema up to date)")
+    print(f"database: {shown_url(config.database)}{_where(config.database)} (schema up to date)")
     if anchor is not None:
         print(f"audit chain keyed: record {anchor.seq} anchors the {anchor.seq - 1} records "
               "written before")
@@ -118,13 +233,13 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
     from kcm.core.store.engine import Store
 
     config = core_config(args)
+    store = Store(existing_database(config))
     try:
         keyring = Keyring(open_l1(config.l1_key_file, config.l1_pkcs11)[0])
     except (OSError, L1Error) as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
-    store = Store(config.database)
     store.audit_key = keyring.audit_key
-    return store.run_sync(lambda session: fn(session, keyring))
+    return run_in_store(store, lambda session: fn(session, keyring))
 
 
 def _run_tenant_add(args: argparse.Namespace) -> int:
@@ -149,6 +264,26 @@ def _run_service_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_service_rotate(args: argparse.Namespace) -> int:
+    """Like ``service add``, but only for a service that exists: a typo makes no new service.
+    Gateways learn of the new version (an ``l3.rotated`` event) and seal new L4s under it;
+    L4s under the older versions keep working while those are active."""
+    from kcm.core.hierarchy import provision_service
+    from kcm.core.store import repository
+
+    def rotate(session, keyring) -> tuple[str, int]:
+        if not repository.find_l3(session, args.tenant, args.service):
+            raise CommandError(f"tenant {args.tenant} has no service {args.service} "
+                               "(kcm core service add creates one)")
+        uid = provision_service(session, keyring, args.tenant, args.service,
+                                now=int(time.time()))
+        return uid, repository.find_l3(session, args.tenant, args.service)[0].key_version
+
+    uid, version = _with_keyring(args, rotate)
+    print(f"tenant {args.tenant}, service {args.service}: service key {uid} (version {version})")
+    return 0
+
+
 def _run_bootstrap(args: argparse.Namespace) -> int:
     from kcm.core.hierarchy import provision_service, provision_tenant
     from kcm.core.store import repository
@@ -164,6 +299,58 @@ def _run_bootstrap(args: argparse.Namespace) -> int:
     uid = _with_keyring(args, ensure)
     print(f"tenant {args.tenant}, service {args.service}: service key {uid}")
     return 0
+
+
+def _run_backup(args: argparse.Namespace) -> int:
+    """Copy the SQLite database with SQLite's online backup API: one read transaction, so the
+    copy is the database as of one moment, while kcm-core keeps serving."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    config = core_config(args)
+    url = make_url(existing_database(config))
+    if url.get_backend_name() != "sqlite":
+        raise CommandError("the database is PostgreSQL: back it up with pg_dump "
+                           "(docs/operations.md, \"Backup and restore\")")
+    if os.path.lexists(args.file):
+        raise CommandError(f"{args.file} exists; give a new file name")
+    partial = f"{args.file}.partial"
+    try:
+        source = sqlite3.connect(f"file:{url.database}?mode=ro", uri=True)
+        try:
+            target = sqlite3.connect(partial)
+            try:
+                source.backup(target)
+                (check,) = target.execute("PRAGMA integrity_check").fetchone()
+                if check != "ok":
+                    raise CommandError(f"the copy fails SQLite's integrity check: {check}")
+                target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                (objects,) = target.execute("SELECT count(*) FROM managed_objects").fetchone()
+                (records,) = target.execute("SELECT count(*) FROM audit_log").fetchone()
+            finally:
+                target.close()
+        finally:
+            source.close()
+        os.replace(partial, args.file)
+    except sqlite3.Error as e:
+        raise CommandError(f"backup of {url.database} failed: {e}") from e
+    except OSError as e:
+        raise CommandError(f"cannot write {args.file}: {e.strerror}") from e
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    print(f"{args.file}: a consistent copy of {url.database} ({objects} objects, {records} "
+          "audit records); the L1 key is not in it: keep a copy of that apart")
+    return 0
+
+
+def _where(database: str) -> str:
+    """`` at /abs/path`` for a SQLite database named by a relative path (from the working
+    directory, which the reader may not have in mind), else nothing."""
+    prefix = "sqlite:///"
+    path = database[len(prefix):] if database.startswith(prefix) else ""
+    return f" at {os.path.abspath(path)}" if path and not os.path.isabs(path) else ""
 
 
 def _data_directories(config: CoreConfig) -> list[str]:

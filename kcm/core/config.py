@@ -106,6 +106,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
+    if "database_threads" in out:
+        threads = out["database_threads"]
+        try:
+            threads = int(threads) if not isinstance(threads, bool) else 0
+        except (TypeError, ValueError):
+            threads = 0
+        if threads < 1:
+            raise ConfigError("core.database_threads must be a whole number of at least 1")
+        out["database_threads"] = threads
     if "audit_checkpoint_interval" in out:
         try:
             out["audit_checkpoint_interval"] = float(out["audit_checkpoint_interval"])

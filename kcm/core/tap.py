@@ -10,10 +10,10 @@ from typing import Any
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
-from kcm.config_file import ConfigError
+from kcm.config_file import ConfigError, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.core.audit_checkpoints import AuditCheckpoints
-from kcm.core.config import load_config
+from kcm.core.config import CoreLimits, load_config
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory, LinkSettings
@@ -64,6 +64,8 @@ class Options(usage.Options):
          "Seconds between audit checkpoints in the log (default 300)."],
         ["application-objects", None, None,
          "Which objects of its tenant an application may use: own-service or tenant."],
+        ["database-threads", None, None, "Worker threads for database transactions."],
+        *limit_options(CoreLimits()),
     ]
 
     def postOptions(self) -> None:

@@ -17,7 +17,7 @@ from twisted.application.internet import TimerService
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
-from kcm.config_file import ConfigError
+from kcm.config_file import ConfigError, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.gateway.config import load_config
 from kcm.gateway.fast_path import FastPath
@@ -36,7 +36,7 @@ from kcm.gateway.supervisor import (
     WorkerPool,
     worker_count,
 )
-from kcm.kmip_protocol import KmipServerFactory
+from kcm.kmip_protocol import ConnectionLimits, KmipServerFactory
 from kcm.link.frames import frame_size_limit
 from kcm.metrics import metrics_listener, metrics_site
 from kcm.tls import (
@@ -78,6 +78,7 @@ class Options(usage.Options):
                                 "no supervisor; 0: one per CPU)."],
         ["worker", None, None, "Set by the supervisor: run as its worker INDEX (on the "
                                "listening socket it hands over)."],
+        *limit_options(ConnectionLimits()),
     ]
 
     def postOptions(self) -> None:

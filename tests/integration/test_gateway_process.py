@@ -19,6 +19,7 @@ from kcm.conformance.client import KmipClientError
 from kcm.kernel.missing import object_not_found
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.payloads.crypto import DecryptRequest
+from kcm.kmip_protocol import IDENTITY_REFUSED
 from kcm.l4 import token as l4_token
 from kcm.testing.processes import running
 from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
@@ -297,13 +298,14 @@ def test_subject_only_clients_follow_the_cores_policy_after_a_sighup(deployment)
     policy.write_text("[subjects]\n")
     core.process.send_signal(signal.SIGHUP)
 
-    def refused() -> bool:
+    def refused() -> bool:  # answered Permission Denied for its identity, then closed
         try:
             with gateway.client("legacy") as legacy:
-                legacy.send(request(create_l4()))
+                answer = response(legacy.send(request(create_l4()))).batch_items[0]
         except KmipClientError:
-            return True
-        return False
+            return False
+        return (answer.result_reason, answer.result_message) == (
+            ResultReason.PERMISSION_DENIED, IDENTITY_REFUSED)
 
     assert wait_until(refused, "the legacy client to be refused", timeout=10) < 2.5
     with gateway.client("app") as app:  # everyone else is unaffected

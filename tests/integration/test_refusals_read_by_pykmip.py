@@ -7,13 +7,16 @@ Object Not Found in 2.x), word for word, on both planes.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from kmip.core import utils
 from kmip.core.messages import messages
 
+from kcm.conformance.client import KmipClient, KmipClientError
 from kcm.kernel.missing import object_not_found
 from kcm.kernel.result_messages import MAX_LENGTH
 from kcm.kmip.attributes import Attribute, AttributeReference, CryptographicParameters
@@ -38,7 +41,9 @@ from kcm.kmip.payloads import (
     RevokeRequest,
 )
 from kcm.kmip.tags import Tag
+from kcm.kmip_protocol import IDENTITY_REFUSED
 from kcm.l4 import token as l4_token
+from kcm.pki import CertKeyPaths, issue_certificate, load_ca, write_certificate
 from kcm.testing.processes import CoreProcess, GatewayProcess, deploy, running
 from kcm.testing.requests import (
     create_l4,
@@ -47,6 +52,7 @@ from kcm.testing.requests import (
     get,
     item,
     odd_request,
+    query,
     request,
     response,
 )
@@ -202,3 +208,29 @@ def test_core_and_gateway_refuse_alike(deployment, keys, version: tuple[int, int
     for name in REFUSALS:
         if name != "unknown object":
             assert seen["core", name] == seen["gateway", name], name
+
+
+@pytest.mark.parametrize("plane", PLANES)
+@pytest.mark.parametrize("uris", [[], ["spiffe://elsewhere.test/tenant/demo/service/app"]],
+                         ids=["no SAN, unmapped subject", "another trust domain"])
+def test_a_refused_identity_is_answered_permission_denied(deployment, plane: str,
+                                                          uris: list[str],
+                                                          tmp_path: Path) -> None:
+    """A certificate of the deployment's CA that names nobody the server serves: the first
+    request is answered Permission Denied, saying why in short ASCII, then the connection
+    closes (issue 13); before, the client saw only the connection close."""
+    core = deployment["core"]
+    now = dt.datetime.now(dt.UTC)
+    issued = issue_certificate(load_ca(core.pki.ca), "nobody", now=now, uris=uris)
+    stranger = CertKeyPaths(tmp_path / "nobody.pem", tmp_path / "nobody.key")
+    write_certificate(stranger, issued.cert, issued.key)
+    client = KmipClient("127.0.0.1", deployment[plane].port, cert=stranger.cert,
+                        key=stranger.key, ca=core.pki.ca.cert)
+    with client:
+        answer = client.send(request(query()))
+        assert read_with_pykmip(answer) == [
+            (ResultStatus.OPERATION_FAILED, ResultReason.PERMISSION_DENIED, IDENTITY_REFUSED)]
+        with pytest.raises(KmipClientError):
+            client.send(request(query()))
+    assert IDENTITY_REFUSED.isascii() and len(IDENTITY_REFUSED) <= MAX_LENGTH
+    assert "refused connection from 127.0.0.1" in deployment[plane].log.read_text()

@@ -279,3 +279,28 @@ def test_wrong_connection_limits_are_usage_errors(tmp_path: Path, setting: str,
     path.write_text(f"[core.limits]\n{setting}\n")
     with pytest.raises(usage.UsageError, match=error):
         parse("-c", str(path))
+
+
+def test_every_limit_and_database_threads_have_a_command_line_override(tmp_path: Path) -> None:
+    """docs/operations.md promises an override for every setting (issue 13)."""
+    from dataclasses import fields
+
+    from kcm.core.config import CoreLimits
+
+    config_file = tmp_path / "core.toml"
+    config_file.write_text("[core]\ndatabase_threads = 2\n[core.limits]\nmax_pending = 4\n"
+                           "request_deadline = 3.0\n")
+    config = parse("-c", str(config_file), "--database-threads", "8", "--max-pending", "6",
+                   "--request-deadline", "2.5", "--max-workers-per-tenant", "2")["core_config"]
+    assert config.database_threads == 8
+    assert (config.limits.max_pending, config.limits.request_deadline,
+            config.limits.max_workers_per_tenant) == (6, 2.5, 2)
+    names = {key for key, *_ in tap.Options.optParameters}
+    assert {f.name.replace("_", "-") for f in fields(CoreLimits)} <= names
+    for argv, error in ((["--database-threads", "0"], "database_threads"),
+                        (["--database-threads", "many"], "database_threads"),
+                        (["--max-pending", "1.5"], "limits.max_pending must be a whole number"),
+                        (["--idle-timeout", "soon"], "limits.idle_timeout must be a number"),
+                        (["--idle-timeout", "-1"], "idle_timeout")):
+        with pytest.raises(usage.UsageError, match=error):
+            parse(*argv)

@@ -225,3 +225,19 @@ def test_a_worker_runs_the_same_configuration_on_the_inherited_socket(tmp_path: 
     assert worker.getServiceNamed("kcm-kmip-listener").description == "fd:3"
     assert [child.name for child in worker][-1] == "kcm-supervisor-lifeline"
     assert worker.log_fields == {"worker": 2, "pid": os.getpid()}
+
+
+def test_every_limit_has_a_command_line_override_that_workers_inherit(tmp_path: Path) -> None:
+    """docs/operations.md promises an override for every setting (issue 13)."""
+    from dataclasses import fields
+
+    options = parse("--max-message-size", "65536", "--handshake-timeout", "2.5",
+                    "--workers", "2")
+    limits = options["gateway_config"].limits
+    assert (limits.max_message_size, limits.handshake_timeout) == (65536, 2.5)
+    names = {key for key, *_ in tap.Options.optParameters}
+    assert {f.name.replace("_", "-") for f in fields(ConnectionLimits)} <= names
+    command = tap.worker_command(options, 1)
+    assert command[-4:] == ["--max-message-size", "65536", "--handshake-timeout", "2.5"]
+    with pytest.raises(usage.UsageError, match="limits.max_batch_items must be a whole"):
+        parse("--max-batch-items", "lots")

@@ -9,8 +9,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from kcm.kmip_protocol import (
+    IDENTITY_REFUSED,
     RESULT_REASON_GENERAL_FAILURE,
     RESULT_REASON_INVALID_MESSAGE,
+    RESULT_REASON_PERMISSION_DENIED,
     ConnectionInfo,
     ConnectionLimits,
     KmipServerFactory,
@@ -81,8 +83,31 @@ def test_deferred_answers_keep_request_order() -> None:
     assert transport.value() == b"AB"
 
 
-def test_no_identity_no_service() -> None:
+def test_no_identity_no_service_but_an_answer_that_says_why() -> None:
     protocol, transport, handler, _ = connect(principal=None)
+    wire = message(1)
+    protocol.dataReceived(wire[:5])
+    assert transport.value() == b"" and not transport.disconnecting
+    protocol.dataReceived(wire[5:] + message(2))
+    assert transport.value() == (
+        f"FAIL {RESULT_REASON_PERMISSION_DENIED} {IDENTITY_REFUSED}".encode())
+    assert handler.seen == [] and transport.disconnecting
+    assert IDENTITY_REFUSED.isascii() and len(IDENTITY_REFUSED) <= 240
+
+
+def test_no_identity_and_no_kmip_closes_at_once() -> None:
+    protocol, transport, handler, _ = connect(principal=None)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+    assert transport.value() == b"" and handler.seen == []
+    assert transport.disconnecting or transport.disconnected
+
+
+def test_data_before_the_handshake_closes_at_once() -> None:
+    handler = EchoHandler()
+    factory = KmipServerFactory(handler, ConnectionLimits(), lambda t: PRINCIPAL, Clock())
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
     protocol.dataReceived(message(1))
     assert transport.value() == b"" and handler.seen == []
     assert transport.disconnecting or transport.disconnected

@@ -1,0 +1,217 @@
+"""``kcm core tenant list|show|remove``, ``kcm core service list`` and ``kcm audit
+tail|export`` on a real SQLite deployment, and that none of them (nor ``kcm audit verify``)
+creates a database it was asked to read."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kcm.cli import main
+from kcm.cli.audit_cmd import parse_time
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    root = tmp_path / "core"
+    root.mkdir(mode=0o700)
+    config = root / "core.toml"
+    config.write_text(f'[core]\ndatabase = "sqlite:///{root / "kcm.db"}"\n'
+                      f'l1_key_file = "{root / "l1.key"}"\n')
+    for argv in (["core", "init"], ["core", "tenant", "add", "demo"],
+                 ["core", "service", "add", "demo", "app"],
+                 ["core", "service", "add", "demo", "app"],
+                 ["core", "bootstrap", "other", "billing"]):
+        assert main([*argv, "-c", str(config)]) == 0
+    capsys.readouterr()
+    return config
+
+
+def kcm(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_tenant_list(deployment: Path, capsys) -> None:
+    status, out, _ = kcm(capsys, "core", "tenant", "list", "-c", str(deployment), "--json")
+    assert status == 0
+    assert [(r["tenant"], r["services"], r["objects"]) for r in json_lines(out)] == [
+        ("demo", 1, 3), ("other", 1, 2)]
+    status, out, _ = kcm(capsys, "core", "tenant", "list", "-c", str(deployment))
+    assert out.startswith("demo  created ") and out.count("\n") == 2
+
+
+def test_service_list_and_tenant_show(deployment: Path, capsys) -> None:
+    status, out, _ = kcm(capsys, "core", "service", "list", "demo", "-c", str(deployment),
+                         "--json")
+    records = json_lines(out)
+    assert [(r["service"], r["version"], r["state"]) for r in records] == [
+        ("app", 1, "ACTIVE"), ("app", 2, "ACTIVE")]
+    assert all(r["unique_identifier"].startswith("l3-") for r in records)
+    status, out, _ = kcm(capsys, "core", "service", "list", "-c", str(deployment))
+    assert out.count("\n") == 3
+    status, out, _ = kcm(capsys, "core", "tenant", "show", "demo", "-c", str(deployment),
+                         "--json")
+    shown = json.loads(out)
+    assert (len(shown["tenant_keys"]), len(shown["service_keys"]), shown["objects"]) == (
+        1, 2, {})
+    status, out, _ = kcm(capsys, "core", "tenant", "show", "demo", "-c", str(deployment))
+    assert "service key (L3) app version 2" in out
+    assert kcm(capsys, "core", "tenant", "show", "nobody", "-c", str(deployment)) == (
+        2, "", "kcm core tenant show: error: no tenant 'nobody'\n")
+
+
+def test_tenant_remove(deployment: Path, capsys) -> None:
+    status, _, err = kcm(capsys, "core", "tenant", "remove", "other", "-c", str(deployment))
+    assert status == 2 and "run again with --yes" in err
+    assert kcm(capsys, "core", "tenant", "remove", "other", "--yes", "-c", str(deployment)) == (
+        0, "tenant other removed with its 2 keys and objects\n", "")
+    status, out, _ = kcm(capsys, "core", "tenant", "list", "-c", str(deployment), "--json")
+    assert [r["tenant"] for r in json_lines(out)] == ["demo"]
+    status, out, _ = kcm(capsys, "audit", "tail", "-n", "1", "-c", str(deployment))
+    (record,) = json_lines(out)
+    assert (record["operation"], record["tenant"]) == ("RemoveTenant", "other")
+    assert kcm(capsys, "audit", "verify", "-c", str(deployment))[0] == 0
+
+
+def append_records(config: Path, count: int) -> None:
+    from kcm.core import keys
+    from kcm.core.audit import AuditEvent, append_audit
+    from kcm.core.store.engine import Store
+
+    store = Store(f"sqlite:///{config.parent / 'kcm.db'}")
+    store.audit_key = keys.derive_audit_key(keys.load_l1(config.parent / "l1.key"))
+    store.run_sync(lambda s: [append_audit(s, AuditEvent(
+        "p", "Get" if n % 2 else "Create", "SUCCESS", f"c{n}", tenant="demo"))
+        for n in range(count)])
+    store.stopService()
+
+
+def test_audit_tail_and_export(deployment: Path, capsys, tmp_path: Path) -> None:
+    append_records(deployment, 30)
+    status, out, _ = kcm(capsys, "audit", "tail", "-c", str(deployment))
+    records = json_lines(out)
+    assert status == 0 and len(records) == 20 and all(r["at"].endswith("Z") for r in records)
+    assert [r["correlation_id"] for r in records] == [f"c{n}" for n in range(10, 30)]
+    status, out, _ = kcm(capsys, "audit", "tail", "-n", "2", "--operation", "create", "-c",
+                         str(deployment))
+    assert [r["correlation_id"] for r in json_lines(out)] == ["c26", "c28"]
+    records = json_lines(kcm(capsys, "audit", "tail", "-n", "100", "-c", str(deployment))[1])
+    assert len(records) == 30
+    status, out, _ = kcm(capsys, "audit", "export", "--since", "1h", "-c", str(deployment))
+    assert json_lines(out) == records
+    status, out, _ = kcm(capsys, "audit", "export", "--until", "2000-01-01", "-c",
+                         str(deployment))
+    assert (status, out) == (0, "")
+    target = tmp_path / "audit.jsonl"
+    status, _, err = kcm(capsys, "audit", "export", "-o", str(target), "-c", str(deployment))
+    assert json_lines(target.read_text()) == records
+    assert err == f"{len(records)} audit records written to {target}\n"
+
+
+def test_times() -> None:
+    assert parse_time("2026-12-03T14:00:00Z", "--since") == 1796306400.0
+    assert parse_time("2026-12-03", "--since") == 1796256000.0
+    assert parse_time("15m", "--since", now=1000.0) == 100.0
+    assert parse_time("1796306400", "--since") == 1796306400.0
+
+
+@pytest.mark.parametrize("argv", [
+    ["audit", "verify"], ["audit", "tail"], ["audit", "export"], ["core", "tenant", "list"],
+    ["core", "service", "list"], ["core", "tenant", "show", "demo"],
+    ["core", "tenant", "add", "demo"], ["core", "bootstrap", "demo", "app"]])
+def test_no_command_creates_the_database_it_reads(tmp_path: Path, capsys,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   argv: list[str]) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "l1.key").write_bytes(os.urandom(32))
+    config = tmp_path / "etc" / "core.toml"
+    config.parent.mkdir()
+    config.write_text('[core]\ndatabase = "sqlite:///var/kcm-core.db"\n'
+                      'l1_key_file = "var/l1.key"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for cwd in (tmp_path, elsewhere):
+        monkeypatch.chdir(cwd)
+        status, out, err = kcm(capsys, *argv, "-c", str(config))
+        assert (status, out) == (2, "")
+        assert err.count("\n") == 1
+        assert f"no database at {cwd / 'var' / 'kcm-core.db'}; a relative path" in err
+    assert sorted(p.name for p in (tmp_path / "var").iterdir()) == ["l1.key"]
+
+
+def test_a_database_without_the_schema_is_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty.db").write_bytes(b"")
+    config = tmp_path / "core.toml"
+    config.write_text(f'[core]\ndatabase = "sqlite:///{tmp_path / "empty.db"}"\n')
+    status, out, err = kcm(capsys, "core", "tenant", "list", "-c", str(config))
+    assert (status, out) == (2, "") and err.count("\n") == 1
+    assert "has no kcm-core schema (kcm core init creates it)" in err
+
+
+def test_backup_is_a_consistent_copy(deployment: Path, capsys, tmp_path: Path) -> None:
+    import sqlite3
+
+    append_records(deployment, 3)
+    copy = tmp_path / "backup.db"
+    status, out, err = kcm(capsys, "core", "backup", str(copy), "-c", str(deployment))
+    assert (status, err) == (0, "")
+    assert out == (f"{copy}: a consistent copy of {deployment.parent / 'kcm.db'} (5 objects, 3 "
+                   "audit records); the L1 key is not in it: keep a copy of that apart\n")
+    assert copy.stat().st_mode & 0o077 == 0
+    with sqlite3.connect(copy) as connection:
+        assert connection.execute("SELECT count(*) FROM tenants").fetchone() == (2,)
+    connection.close()
+    # Restored (the copy as the database), it is the same deployment: the chain verifies.
+    restored = tmp_path / "restored.toml"
+    restored.write_text(f'[core]\ndatabase = "sqlite:///{copy}"\n'
+                        f'l1_key_file = "{deployment.parent / "l1.key"}"\n')
+    assert kcm(capsys, "audit", "verify", "-c", str(restored))[0] == 0
+    status, _, err = kcm(capsys, "core", "backup", str(copy), "-c", str(deployment))
+    assert (status, err) == (2, f"kcm core backup: error: {copy} exists; give a new file name\n")
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_service_rotate(deployment: Path, capsys) -> None:
+    status, out, _ = kcm(capsys, "core", "service", "rotate", "demo", "app", "-c",
+                         str(deployment))
+    assert status == 0 and out.endswith("(version 3)\n")
+    status, out, _ = kcm(capsys, "core", "service", "list", "demo", "-c", str(deployment),
+                         "--json")
+    assert [r["version"] for r in json_lines(out)] == [1, 2, 3]
+    assert kcm(capsys, "core", "service", "rotate", "demo", "ap", "-c", str(deployment)) == (
+        2, "", "kcm core service rotate: error: tenant demo has no service ap (kcm core "
+               "service add creates one)\n")
+
+
+def test_audit_tail_follows_until_interrupted(deployment: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from kcm.testing.processes import process_env
+
+    append_records(deployment, 2)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "kcm", "audit", "tail", "-n", "1", "-f", "--interval", "0.05",
+         "-c", str(deployment)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=process_env())
+    try:
+        assert json.loads(follower.stdout.readline())["correlation_id"] == "c1"
+        append_records(deployment, 3)
+        assert [json.loads(follower.stdout.readline())["correlation_id"]
+                for _ in range(3)] == ["c0", "c1", "c2"]
+        time.sleep(0.1)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=30)
+    assert (follower.returncode, out, err) == (0, "", "")

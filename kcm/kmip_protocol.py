@@ -272,6 +272,10 @@ class KmipServerProtocol(Protocol):
                      peer=self.connection.peer, reason=e.reason)
             self._close(abort=True)
             return
+        if self._framer.buffered:  # the rest of a message may wait for our ACK (Nagle)
+            acknowledge_now = getattr(self.transport, "acknowledge_now", None)
+            if acknowledge_now is not None:
+                acknowledge_now()
         self._watch_partial_message()
         if messages:
             self._pending.extend(messages)

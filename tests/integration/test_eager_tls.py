@@ -174,3 +174,20 @@ def test_gathered_writes_past_the_bound_go_out_at_once() -> None:
     tls.write(b"y" * MAX_GATHERED)
     assert written == [b"x" * 1000 + b"y" * MAX_GATHERED]
     assert tls._gathered == [] and tls._gathered_size == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_acknowledge_now_sets_quickack_on_the_socket(pki: PkiPaths) -> None:
+    import socket
+    client, port, servers = yield serve(pki, lambda line: b"")
+    try:
+        client.transport.write(b"x\n")
+        while not servers:
+            yield deferLater(0.01)
+        tls = servers[0].transport
+        tls.acknowledge_now()  # Linux re-arms delayed ACKs later; set now, it reads 1
+        assert tls.transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+        assert tls.transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        client.transport.loseConnection()
+        yield port.stopListening()

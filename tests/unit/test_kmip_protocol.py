@@ -326,3 +326,20 @@ def test_unread_answers_are_the_write_timeouts_not_the_idle_timeouts() -> None:
     transport.producer.pauseProducing()
     clock.advance(61)
     assert transport.disconnected  # never taken: aborted at the write timeout
+
+
+def test_part_of_a_message_is_acknowledged_at_once_a_whole_one_is_not() -> None:
+    """A client without TCP_NODELAY holds the rest of a large message until its first part
+    is acknowledged; the protocol asks its transport to acknowledge at once (TCP_QUICKACK)
+    whenever a read leaves part of a message, and only then."""
+    protocol, transport, _, _ = connect()
+    acknowledged: list[int] = []
+    transport.acknowledge_now = lambda: acknowledged.append(1)
+    wire = message(1)
+    protocol.dataReceived(wire)
+    assert acknowledged == []
+    protocol.dataReceived(wire[:10])
+    assert acknowledged == [1]
+    protocol.dataReceived(wire[10:] + wire)
+    assert acknowledged == [1]
+    assert transport.value() == wire * 3

@@ -147,13 +147,19 @@ class Tombstone:
 
 
 class L4Engine:
-    """Executes the L4 operations against a :class:`KeySource` and a random source."""
+    """Executes the L4 operations against a :class:`KeySource` and a random source.
 
-    __slots__ = ("_keys", "_random_bytes", "_handlers")
+    An engine serves one request (build one per request): it keeps the DEKs it opened for
+    that request's items, so a bulk request of many records under one L4 unwraps its DEK
+    once; they go with the engine."""
+
+    __slots__ = ("_keys", "_random_bytes", "_handlers", "_opened")
 
     def __init__(self, keys: KeySource, random_bytes: RandomBytes = os.urandom) -> None:
         self._keys = keys
         self._random_bytes = random_bytes
+        #: L4 identifier -> its DEK, opened for an earlier item of this request.
+        self._opened: dict[str, bytes] = {}
         self._handlers: dict[int, Callable[[Principal, Version, Any], Any]] = {
             Operation.CREATE: self.create, Operation.GET: self.get,
             Operation.ENCRYPT: self.encrypt, Operation.DECRYPT: self.decrypt,
@@ -376,7 +382,10 @@ class L4Engine:
                             "it are crypto-erased")
         _check_state(l3, protect=protect,
                      what="encrypt with its L4s" if protect else "open its L4s")
-        return _open(uid, sealed, l3), l3
+        dek = self._opened.get(uid)
+        if dek is None:  # (every check above is made for every item all the same)
+            dek = self._opened[uid] = _open(uid, sealed, l3)
+        return dek, l3
 
 
 # Helpers ------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -476,6 +477,23 @@ def _log_after_commit(session: Session, row: AuditRow) -> None:
         event.listen(session, "after_commit", _emit_pending)
         event.listen(session, "after_rollback", _drop_pending)
         session.info[_HOOKED_KEY] = True
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """``session.begin_nested()``, whose audit records are never logged if it rolls back
+    (a session's ``after_rollback`` fires for the whole transaction only). A group commit
+    runs each request in one (:mod:`kcm.core.group_commit`)."""
+    pending = session.info.get(_PENDING_KEY)
+    mark = 0 if pending is None else len(pending)
+    try:
+        with session.begin_nested():
+            yield
+    except BaseException:
+        pending = session.info.get(_PENDING_KEY)
+        if pending is not None:
+            del pending[mark:]
+        raise
 
 
 def _emit_pending(session: Session) -> None:

@@ -34,7 +34,8 @@ def test_a_lost_client_stops_its_request_before_the_deadline() -> None:
 
 
 class HeldStore:
-    """A store whose worker never runs: the test plays the worker with what was handed over."""
+    """A store whose worker and group commits never run: the test plays them with what was
+    handed over (these requests, not KMIP, take the write path: a group commit)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, tuple[Any, ...], Deferred[bytes]]] = []
@@ -44,12 +45,16 @@ class HeldStore:
         self.calls.append((fn, args, d))
         return d
 
+    def submit(self, _key: Any, fn: Any, *args: Any) -> Deferred[bytes]:
+        return self.defer(fn, *args)
+
 
 def handler_with(store: HeldStore, clock: Clock, **limits: Any) -> CoreRequestHandler:
     """A handler whose requests (all of one tenant here) all reach the store at once."""
     limits.setdefault("max_workers_per_tenant", 4)
     return CoreRequestHandler(store, keyring=None, clock=clock.seconds,  # type: ignore[arg-type]
-                              limits=CoreLimits(**limits))
+                              limits=CoreLimits(**limits),
+                              committer=store)  # type: ignore[arg-type]
 
 
 def test_a_lost_connection_stops_its_requests_in_flight_and_no_others() -> None:

@@ -130,6 +130,9 @@ class Store(Service):
         self._engine: Engine | None = None
         self._sessions: dict[bool, sessionmaker[Session]] = {}
         self._threadpool: ThreadPool | None = None
+        #: The one thread of :meth:`write` (group commits), apart from the workers so that
+        #: long reads holding every worker never delay a commit.
+        self._writer_pool: ThreadPool | None = None
         self._engine_lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
         #: The key that MACs this database's audit chain (:mod:`kcm.core.audit`), derived
@@ -166,6 +169,8 @@ class Store(Service):
         _ = self.engine
         self._threadpool = ThreadPool(minthreads=1, maxthreads=self._threads, name=self.name)
         self._threadpool.start()
+        self._writer_pool = ThreadPool(minthreads=1, maxthreads=1, name=f"{self.name}-writer")
+        self._writer_pool.start()
         super().startService()
 
     def stopService(self) -> None:
@@ -175,6 +180,9 @@ class Store(Service):
         not started yet is dropped with the pool.
         """
         super().stopService()
+        if self._writer_pool is not None:
+            self._writer_pool.stop()
+            self._writer_pool = None
         if self._threadpool is not None:
             self._threadpool.stop()
             self._threadpool = None
@@ -194,6 +202,13 @@ class Store(Service):
         if self._threadpool is None:
             return fail(RuntimeError("Store.run() before startService() or after stopService()"))
         return deferToThreadPool(self._reactor, self._threadpool, self.run_sync, fn, write=write)
+
+    def write(self, fn: Callable[[Session], T]) -> Deferred[T]:
+        """:meth:`run` with ``write=True`` on the store's one writer thread (not a worker):
+        kcm-core's group commits (:mod:`kcm.core.group_commit`) run there, one at a time."""
+        if self._writer_pool is None:
+            return fail(RuntimeError("Store.write() before startService() or after stopService()"))
+        return deferToThreadPool(self._reactor, self._writer_pool, self.run_sync, fn)
 
     def defer(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Call ``fn(*args)`` on a worker thread, outside any transaction; ``fn`` opens its

@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
 from kcm.core.store.repository import lock_writers
 
 T = TypeVar("T")
@@ -135,6 +136,8 @@ class Store(Service):
         self._writer_pool: ThreadPool | None = None
         self._engine_lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
+        #: Facts of the committed data the hot path reads from memory (tenants' services).
+        self.known = KnownFacts()
         #: The key that MACs this database's audit chain (:mod:`kcm.core.audit`), derived
         #: from its L1; every session gets it in ``info[AUDIT_KEY_INFO]``. None until the
         #: holder of L1 sets it: until then audit records cannot be written or verified.
@@ -235,11 +238,19 @@ class Store(Service):
 
     def _transaction(self, make_session: Callable[[], Session], fn: Callable[[Session], T],
                      write: bool) -> T:
-        with make_session() as session, session.begin():
-            if self.audit_key is not None:
-                session.info[AUDIT_KEY_INFO] = self.audit_key
-            if write:
-                lock_writers(session)
-            elif session.get_bind().dialect.name == "postgresql":
-                session.execute(text("SET TRANSACTION READ ONLY"))
-            return fn(session)
+        with make_session() as session:
+            with session.begin():
+                info = session.info
+                if self.audit_key is not None:
+                    info[AUDIT_KEY_INFO] = self.audit_key
+                info[KNOWN_FACTS_INFO] = self.known
+                info[WRITE_INFO] = write
+                if write:
+                    lock_writers(session)
+                elif session.get_bind().dialect.name == "postgresql":
+                    session.execute(text("SET TRANSACTION READ ONLY"))
+                result = fn(session)
+            learnt = info.pop(LEARNT_INFO, None)
+            if learnt:
+                self.known.services.update(learnt)
+            return result

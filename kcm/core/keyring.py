@@ -137,6 +137,9 @@ class Keyring:
         aad = keys.object_aad(row.tenant, row.uid)
         if row.wrapped_by == WRAPPED_BY_L1:
             return self._master().unwrap(row.material, aad=aad)
+        known = self._l2_by_uid.get(row.wrapped_by)
+        if known is not None:
+            return keys.unwrap(known, row.material, aad=aad)
         l2 = repository.get_object(session, row.tenant, row.wrapped_by)
         if l2 is None or l2.level != LEVEL_TENANT_KEY:
             raise KmipError(ResultReason.GENERAL_FAILURE, "the key wrapping this object is missing")

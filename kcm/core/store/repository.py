@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import flag_modified
+from sqlalchemy.orm.util import identity_key
 
 from kcm.core.store.known import known_facts, learn
 from kcm.core.store.schema import (
@@ -175,10 +176,28 @@ def get_object(
     PostgreSQL; on SQLite the write transaction already holds the database write lock) and
     always re-reads it from the database.
     """
+    if identity_key(ManagedObject, uid) not in session.identity_map:
+        # Not in this session yet: read the row with a Core statement (the hot path of
+        # every operation on an object) and attach it as loaded.
+        row = session.connection().execute(
+            _GET_OBJECT_FOR_UPDATE if for_update else _GET_OBJECT,
+            {"uid": uid, "tenant": tenant}).first()
+        if row is None:
+            return None
+        obj = ManagedObject(**row._mapping)
+        make_transient_to_detached(obj)
+        session.add(obj)
+        return obj
     stmt = select(ManagedObject).where(ManagedObject.uid == uid, ManagedObject.tenant == tenant)
     if for_update:
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.scalar(stmt)
+
+
+_GET_OBJECT = select(*ManagedObject.__table__.columns).where(
+    ManagedObject.__table__.c.uid == bindparam("uid"),
+    ManagedObject.__table__.c.tenant == bindparam("tenant"))
+_GET_OBJECT_FOR_UPDATE = _GET_OBJECT.with_for_update()
 
 
 def update_object(session: Session, obj: ManagedObject, **changes: object) -> ManagedObject:

@@ -44,6 +44,7 @@ __all__ = ["GroupCommitter"]
 class _Job:
     work: Callable[..., Any]
     args: tuple[Any, ...]
+    savepoint: bool
     done: Deferred[Any] = field(default_factory=Deferred)
     outcome: Any = None
     failed: bool = False
@@ -83,10 +84,13 @@ class GroupCommitter:
         with self._lock:
             return sum(len(jobs) for jobs in self._waiting.values())
 
-    def submit(self, key: Hashable, work: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def submit(self, key: Hashable, work: Callable[..., Any], *args: Any,
+               own_savepoint: bool = False) -> Deferred[Any]:
         """Run ``work(session, *args)`` in a group; fires with its result once the group has
-        committed, or fails with its exception (its savepoint rolled back) or the commit's."""
-        job = _Job(work, args)
+        committed, or fails with its exception (its savepoint rolled back) or the commit's.
+        With ``own_savepoint``, ``work`` promises to leave nothing behind when it raises
+        (it makes savepoints of its own), and the group makes none around it."""
+        job = _Job(work, args, not own_savepoint)
         with self._lock:
             jobs = self._waiting.get(key)
             if jobs is None:
@@ -126,7 +130,10 @@ class GroupCommitter:
                 return
             taken.append(job)
             try:
-                with savepoint(session):
+                if job.savepoint:
+                    with savepoint(session):
+                        job.outcome = job.work(session, *job.args)
+                else:
                     job.outcome = job.work(session, *job.args)
             except Exception:
                 job.outcome, job.failed = Failure(), True

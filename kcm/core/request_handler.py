@@ -192,8 +192,8 @@ class CoreRequestHandler:
     def _write(self, key: tuple[str, str], wire: bytes, caller: Caller, now: int,
                should_stop: Callable[[], str | None]) -> Deferred[bytes]:
         """The request run in a group commit, answered once that has committed."""
-        return self._committer.submit(key, self._respond_in, wire, caller, now, should_stop
-                                      ).addErrback(self._not_durable, key, caller,
+        return self._committer.submit(key, self._respond_in, wire, caller, now, should_stop,
+                                      own_savepoint=True).addErrback(self._not_durable, key, caller,
                                                    _answer_version(wire), now)
 
     def _audit_then_answer(self, answer: _Answer | None, key: tuple[str, str], wire: bytes,
@@ -275,7 +275,8 @@ class CoreRequestHandler:
                     should_stop: Callable[[], str | None] | None) -> bytes:
         """The writer thread, in ``session``'s (group's) transaction: the request's answer,
         its changes and every audit record of it written there. A batch that fails
-        unexpectedly leaves nothing but its General Failure record."""
+        unexpectedly leaves nothing but its General Failure record; if even that cannot be
+        written, nothing (it raises after its savepoint rolled back)."""
         correlation_id = uuid.uuid4().hex[:16]
         try:
             request = self._decode(wire)
@@ -294,7 +295,8 @@ class CoreRequestHandler:
                 log.failure("request failed [correlation id {cid}]", cid=correlation_id)
                 answer = _general_failure(caller, request.header.version, correlation_id,
                                           now, request)
-        _append_all(session, answer.events)
+        with savepoint(session):
+            _append_all(session, answer.events)
         return answer.wire
 
     def _execute(self, session: Session, request: RequestMessage, caller: Caller, now: int,

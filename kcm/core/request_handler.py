@@ -53,7 +53,7 @@ from kcm.kernel.responses import (
     response_wire,
 )
 from kcm.kernel.versions import answer_version, is_supported, version_of
-from kcm.kmip.enums import ResultReason
+from kcm.kmip.enums import Operation, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
     RequestMessage,
@@ -183,7 +183,7 @@ class CoreRequestHandler:
 
     def _answer(self, wire: bytes, caller: Caller, watch: RequestWatch) -> Deferred[bytes]:
         now, key, should_stop = int(self._clock()), share_of(caller), watch.stop_reason
-        if _read_only(wire):
+        if _beside_writer(wire):
             return self._scheduler.submit(key, self._read, wire, caller, now, should_stop
                                           ).addCallback(self._audit_then_answer, key, wire,
                                                         caller, now, should_stop)
@@ -382,14 +382,19 @@ def _append_all(session: Session, events: list[AuditEvent]) -> None:
         append_audit(session, event)
 
 
-def _read_only(wire: bytes) -> bool:
-    """Whether ``wire``, peeked at, asks only for read-only operations (a request that
-    cannot be peeked at is not: its refusal is a write, of its audit record)."""
+def _beside_writer(wire: bytes) -> bool:
+    """Whether ``wire``, peeked at, is a batch of read-only operations with a Locate in it,
+    which a store worker runs in a read-only transaction beside the writer: a Locate may
+    examine every object of its tenant. Every other request, read-only ones included (short:
+    they read one object each, or none), runs in a group commit, with its audit records, in
+    one hop and on the writer's warm connection. A request that cannot be peeked at goes
+    there too (its refusal is an audit record to write)."""
     try:
-        items = peek_request(wire).items
+        operations = [item.operation for item in peek_request(wire).items]
     except Exception:
         return False
-    return bool(items) and all(item.operation in READ_ONLY for item in items)
+    return (Operation.LOCATE in operations
+            and all(operation in READ_ONLY for operation in operations))
 
 
 def share_of(caller: Caller) -> tuple[str, str]:

@@ -15,11 +15,14 @@ a Locate returns at most ``max_locate_results`` identifiers, and at each batch-i
 boundary the request stops when its deadline has passed or its client has disconnected
 (:class:`RequestWatch`; the kernel's ``should_stop`` hook).
 
-Requests reach the store's worker threads through a :class:`kcm.core.fair_scheduler.
-FairScheduler`, one queue per tenant served in turn. A batch of only read-only operations
-(:data:`kcm.core.operations.READ_ONLY`) runs in a read-only transaction, which does not
-wait for the writer nor hold it; its audit records are then written in a short write
-transaction of their own, before the answer is sent.
+Most requests run in a group commit (:class:`kcm.core.group_commit.GroupCommitter`, on the
+store's writer thread): each in a savepoint of one write transaction shared with the other
+requests waiting, answered once that has committed. A batch of read-only operations
+(:data:`kcm.core.operations.READ_ONLY`) with a Locate in it instead reaches the store's
+worker threads through a :class:`kcm.core.fair_scheduler.FairScheduler`, one queue per
+tenant served in turn, and runs in a read-only transaction, which neither waits for the
+writer nor holds it; its audit records then ride in a group commit, before the answer is
+sent. Either way an answer leaves only once its changes and audit records are durable.
 """
 
 from __future__ import annotations

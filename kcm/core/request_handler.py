@@ -195,9 +195,9 @@ class CoreRequestHandler:
     def _write(self, key: tuple[str, str], wire: bytes, caller: Caller, now: int,
                should_stop: Callable[[], str | None]) -> Deferred[bytes]:
         """The request run in a group commit, answered once that has committed."""
-        return self._committer.submit(key, self._respond_in, wire, caller, now, should_stop,
-                                      own_savepoint=True).addErrback(self._not_durable, key, caller,
-                                                   _answer_version(wire), now)
+        running = self._committer.submit(key, self._respond_in, wire, caller, now,
+                                         should_stop, own_savepoint=True)
+        return running.addErrback(self._not_durable, key, caller, _answer_version(wire), now)
 
     def _audit_then_answer(self, answer: _Answer | None, key: tuple[str, str], wire: bytes,
                            caller: Caller, now: int,
@@ -218,12 +218,13 @@ class CoreRequestHandler:
         log.failure("request failed [correlation id {cid}]", failure, cid=correlation_id)
         answer = _general_failure(caller, version, correlation_id, now)
 
-        def unaudited(failure: Failure) -> None:
+        def unaudited(failure: Failure) -> bytes:
             log.failure("the audit record of failed request {cid} could not be written",
                         failure, cid=correlation_id)
+            return answer.wire
 
         return self._committer.submit(key, _append_all, answer.events).addCallbacks(
-            lambda _: answer.wire, lambda f: (unaudited(f), answer.wire)[1])
+            lambda _: answer.wire, unaudited)
 
     def respond(self, wire: bytes, caller: Caller, now: int,
                 should_stop: Callable[[], str | None] | None = None) -> bytes:

@@ -96,3 +96,23 @@ def test_the_deadline_runs_from_the_requests_arrival() -> None:
     assert [stop() for stop in stops] == [None, None]
     clock.advance(0.1)
     assert [stop() for stop in stops] == ["request deadline of 3 s exceeded"] * 2
+
+
+def test_a_request_whose_group_commit_failed_is_answered_general_failure_after_its_record() -> None:
+    from kcm.kmip.enums import ResultReason, ResultStatus
+    from kcm.testing.requests import response
+
+    store, clock = HeldStore(), Clock()
+    handler = handler_with(store, clock)
+    answers: list[bytes] = []
+    handler.handle_request(b"request", ConnectionInfo(1, PRINCIPAL, "a:1")
+                           ).addCallback(answers.append)
+    store.calls[0][2].errback(OSError("disk I/O error"))  # the group did not commit
+    assert answers == []  # its General Failure record goes to a later group first
+    audit_work, (events,), recorded = store.calls[1]
+    assert [event.result_reason for event in events] == ["GENERAL_FAILURE"]
+    recorded.callback(None)
+    [item] = response(answers[0]).batch_items
+    assert (item.result_status, item.result_reason) == (ResultStatus.OPERATION_FAILED,
+                                                        ResultReason.GENERAL_FAILURE)
+    assert audit_work.__name__ == "_append_all"

@@ -8,16 +8,21 @@ real SQLite file (WAL, ``synchronous=FULL``) in a temporary directory, and start
 directory). Both get the very same KMIP 1.2 request bytes (PyKMIP speaks 1.x only):
 
 * Create: an AES-256 symmetric key;
-* Revoke: reason Key Compromise, of keys created beforehand (not timed).
+* Revoke: reason Key Compromise, of keys created beforehand (not timed);
+* Discover Versions and Get Attributes (State) of one key, one client (issue 10's p50
+  targets: what a request costs that changes nothing but its audit record);
+* Encrypt of a 256-byte record with one Active managed AES-256 key (AES-GCM, 16-byte tag),
+  with ``--encrypt-clients`` clients (default 4).
 
-Each scenario runs with 1 and with 8 concurrent clients. Every client is its own process
-(multiprocessing, fork) holding one persistent mutual-TLS connection, so client-side Python
-never shares a GIL with another client. Every response is decoded and checked for Result Status
-Success (and the right identifier); afterwards a sample of keys is read back with Get
-Attributes (State) on each server. Latency is per request, client side, in an HDR histogram
-(the load, the checks and the histograms are ``benchmarks/harness.py``'s).
+Create and Revoke run with 1 and with 8 concurrent clients (``--clients``). Every client is
+its own process (multiprocessing, fork) holding one persistent mutual-TLS connection, so
+client-side Python never shares a GIL with another client. Every response is decoded and
+checked for Result Status Success (and the right identifier); afterwards a sample of keys is
+read back with Get Attributes (State) on each server. Latency is per request, client side, in
+an HDR histogram (the load, the checks and the histograms are ``benchmarks/harness.py``'s).
 
     .venv/bin/python benchmarks/core_bench.py [--requests N] [--clients 1,8] [--keep] [--quick]
+        [--scenarios create,revoke,discover,getattr,encrypt] [--encrypt-clients 4]
 
 ``--quick`` is a short run that proves the benchmark works end to end (its figures mean
 little): a few hundred requests per scenario and little warm-up.
@@ -48,8 +53,10 @@ from benchmarks.harness import (  # noqa: E402
     verify_states,
     work_directory,
 )
-from kcm.kmip.attributes import Attribute  # noqa: E402
+from kcm.kmip.attributes import Attribute, CryptographicParameters  # noqa: E402
 from kcm.kmip.enums import (  # noqa: E402
+    BlockCipherMode,
+    CryptographicAlgorithm,
     CryptographicUsageMask,
     ObjectType,
     Operation,
@@ -57,11 +64,17 @@ from kcm.kmip.enums import (  # noqa: E402
     State,
 )
 from kcm.kmip.messages import ProtocolVersion  # noqa: E402
-from kcm.kmip.payloads import CreateRequest, DiscoverVersionsRequest, RevokeRequest  # noqa: E402
+from kcm.kmip.payloads import (  # noqa: E402
+    ActivateRequest,
+    CreateRequest,
+    DiscoverVersionsRequest,
+    EncryptRequest,
+    RevokeRequest,
+)
 from kcm.kmip.payloads.lifecycle import RevocationReason  # noqa: E402
 from kcm.kmip.tags import Tag  # noqa: E402
 from kcm.testing.processes import CoreProcess, deploy, start_pykmip, stop_process  # noqa: E402
-from kcm.testing.requests import aes256, item, request  # noqa: E402
+from kcm.testing.requests import aes256, get_attributes, item, request  # noqa: E402
 
 KMIP_1_2 = (1, 2)
 
@@ -92,6 +105,36 @@ def revoke(unique_identifier: str) -> bytes:
         compromise_occurrence_date=1_700_000_000))
 
 
+RECORD = bytes(range(256))
+
+
+def activate(unique_identifier: str) -> bytes:
+    return kmip12(Operation.ACTIVATE, ActivateRequest(unique_identifier=unique_identifier))
+
+
+def encrypt(unique_identifier: str) -> bytes:
+    """AES-GCM of a 256-byte record (PyKMIP needs the mode, the algorithm and a tag length;
+    each server picks the IV)."""
+    return kmip12(Operation.ENCRYPT, EncryptRequest(
+        unique_identifier=unique_identifier, data=RECORD,
+        cryptographic_parameters=CryptographicParameters(
+            block_cipher_mode=BlockCipherMode.GCM,
+            cryptographic_algorithm=CryptographicAlgorithm.AES, tag_length=16)))
+
+
+def state_of(unique_identifier: str) -> bytes:
+    return request(get_attributes(unique_identifier, Tag.STATE), version=KMIP_1_2)
+
+
+def encrypted(_: bytes, payload: object) -> str | None:
+    data = getattr(payload, "data", None)
+    return None if data and len(data) >= len(RECORD) else "no ciphertext in the answer"
+
+
+def anything(_: bytes, payload: object) -> str | None:
+    return None
+
+
 def named_key(_: bytes, payload: object) -> str | None:
     """A Create's answer names the new key."""
     uid = getattr(payload, "unique_identifier", None)
@@ -106,8 +149,14 @@ def revoked_key(wire_request: bytes, payload: object) -> str | None:
     return None if revoke(uid) == wire_request else f"answer names {uid}, not the revoked key"
 
 
-CHECKS: dict[Operation, Check] = {Operation.CREATE: kmip_check(Operation.CREATE, named_key),
-                                  Operation.REVOKE: kmip_check(Operation.REVOKE, revoked_key)}
+CHECKS: dict[Operation, Check] = {
+    Operation.CREATE: kmip_check(Operation.CREATE, named_key),
+    Operation.REVOKE: kmip_check(Operation.REVOKE, revoked_key),
+    Operation.ACTIVATE: kmip_check(Operation.ACTIVATE, anything),
+    Operation.DISCOVER_VERSIONS: kmip_check(Operation.DISCOVER_VERSIONS, anything),
+    Operation.GET_ATTRIBUTES: kmip_check(Operation.GET_ATTRIBUTES, anything),
+    Operation.ENCRYPT: kmip_check(Operation.ENCRYPT, encrypted),
+}
 
 
 def run(server: Server, operation: Operation, requests: list[bytes], clients: int,
@@ -159,6 +208,10 @@ def main() -> int:
                         help="requests per scenario, all clients together (default 2000; "
                              "200 with --quick)")
     parser.add_argument("--clients", default="1,8", help="client counts (default 1,8)")
+    parser.add_argument("--scenarios", default="create,revoke,discover,getattr,encrypt",
+                        help="which scenarios to run (default: all)")
+    parser.add_argument("--encrypt-clients", type=int, default=4,
+                        help="clients of the Encrypt scenario (default 4)")
     parser.add_argument("--warmup", type=int,
                         help="untimed Creates per server (default 100; 20 with --quick)")
     args = parse_args(parser, requests=(2000, 200), warmup=(100, 20))
@@ -204,16 +257,40 @@ def measure(args: argparse.Namespace, work: Path) -> int:
             for server in servers:
                 outcome = run(server, operation, requests_for[server.name], clients, name)
                 results.append((server.name, outcome))
-                found = verify_states(server, outcome.identifiers, expected, KMIP_1_2)
+                found = (verify_states(server, outcome.identifiers, expected, KMIP_1_2)
+                         if operation in (Operation.CREATE, Operation.REVOKE) else [])
                 problems.extend(f"{server.name} {name}/{clients}: {p}" for p in found)
                 print(f"  {server.name:<9}{name:<8}{clients:>3} clients: "
                       f"{outcome.throughput:8.1f} ops/s  p50 {outcome.ms(50):7.2f} ms"
                       f"  failures {len(outcome.failures)}", flush=True)
 
-        for clients in client_counts:
+        chosen = set(args.scenarios.split(","))
+        for clients in client_counts if "create" in chosen else []:
             scenario("Create", Operation.CREATE, clients,
                      {server.name: [CREATE] * args.requests for server in servers}, None)
-        for clients in client_counts:
+        if chosen & {"getattr", "encrypt"}:
+            # One Active key per server, created and activated untimed.
+            keys = {}
+            for server in servers:
+                created = run(server, Operation.CREATE, [CREATE], 1, "setup")
+                [uid] = created.identifiers
+                if created.failures or run(server, Operation.ACTIVATE, [activate(uid)], 1,
+                                           "setup").failures:
+                    raise RuntimeError(f"{server.name}: setup of the Active key failed")
+                keys[server.name] = uid
+        if "discover" in chosen:
+            scenario("DiscVer", Operation.DISCOVER_VERSIONS, 1,
+                     {server.name: [DISCOVER_VERSIONS] * args.requests for server in servers},
+                     None)
+        if "getattr" in chosen:
+            scenario("GetAttr", Operation.GET_ATTRIBUTES, 1,
+                     {server.name: [state_of(keys[server.name])] * args.requests
+                      for server in servers}, None)
+        if "encrypt" in chosen:
+            scenario("Encrypt", Operation.ENCRYPT, args.encrypt_clients,
+                     {server.name: [encrypt(keys[server.name])] * args.requests
+                      for server in servers}, None)
+        for clients in client_counts if "revoke" in chosen else []:
             # Fresh keys for every Revoke scenario, created untimed with 8 clients.
             revocations = {}
             for server in servers:

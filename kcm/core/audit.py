@@ -54,17 +54,18 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
 from kcm.core.store.engine import AUDIT_KEY_INFO, AUDIT_WRITTEN_INFO
 from kcm.core.store.repository import get_meta, lock_writers, set_meta
-from kcm.core.store.schema import AuditLog
+from kcm.core.store.schema import AuditLog, Meta
 
 GENESIS_DIGEST = bytes(32)
 CANONICAL_VERSION = 1
@@ -80,7 +81,11 @@ _CHECKPOINT_LABEL = b"kcm audit checkpoint\x00"
 KEY_CHAIN_OPERATION = "KeyAuditChain"
 
 _PENDING_KEY = "kcm.audit.pending"
-_HOOKED_KEY = "kcm.audit.hooked"
+#: The chain's newest (seq, digest) as this transaction last wrote it.
+_TAIL_KEY = "kcm.audit.tail"
+_INSERT_RECORD = AuditLog.__table__.insert()
+_UPDATE_HEAD = (Meta.__table__.update().where(Meta.__table__.c.key == HEAD_META_KEY)
+                .values(value=bindparam("value")))
 
 #: Where committed audit records are emitted (a namespace of their own, so an observer can
 #: pick them out).
@@ -355,9 +360,11 @@ def append_audit(
     key = _audit_key(session, audit_key)
 
     lock_writers(session)
-    tail = session.execute(
-        select(AuditLog.seq, AuditLog.digest).order_by(AuditLog.seq.desc()).limit(1)
-    ).first()
+    tail = session.info.get(_TAIL_KEY)
+    if tail is None:
+        tail = session.execute(
+            select(AuditLog.seq, AuditLog.digest).order_by(AuditLog.seq.desc()).limit(1)
+        ).first()
     seq, prev_digest = (tail[0] + 1, bytes(tail[1])) if tail else (1, GENESIS_DIGEST)
     values: dict[str, Any] = {
         "seq": seq,
@@ -375,9 +382,16 @@ def append_audit(
     }
     digest = record_digest(prev_digest, **values)
     mac = record_mac(key, digest)
-    session.add(AuditLog(**values, prev_digest=prev_digest, digest=digest, mac=mac))
-    set_meta(session, HEAD_META_KEY, head_marker(key, seq, digest))
-    session.flush()
+    # Core statements, not the ORM's unit of work: this runs for every request.
+    connection = session.connection()
+    connection.execute(_INSERT_RECORD, {**values, "prev_digest": prev_digest,
+                                        "digest": digest, "mac": mac})
+    head = head_marker(key, seq, digest)
+    if connection.execute(_UPDATE_HEAD, {"value": head}).rowcount == 0:
+        set_meta(session, HEAD_META_KEY, head)  # the chain's first record
+    # Valid while this transaction holds the writers' lock; any rollback (a savepoint's
+    # included) forgets it, since the rows it described may be gone.
+    session.info[_TAIL_KEY] = (seq, digest)
     row = AuditRow(**values, prev_digest=prev_digest, digest=digest, mac=mac)
     _log_after_commit(session, row)
     return row
@@ -472,13 +486,29 @@ def checkpoints_in_log(lines: Iterable[str]) -> list[Checkpoint]:
 
 def _log_after_commit(session: Session, row: AuditRow) -> None:
     session.info.setdefault(_PENDING_KEY, []).append(row)
-    if not session.info.get(_HOOKED_KEY):
-        event.listen(session, "after_commit", _emit_pending)
-        event.listen(session, "after_rollback", _drop_pending)
-        session.info[_HOOKED_KEY] = True
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """``session.begin_nested()``, whose audit records are never logged if it rolls back
+    (the records of the transaction around it still are, once it commits). A group commit
+    runs each request in one (:mod:`kcm.core.group_commit`)."""
+    pending = session.info.get(_PENDING_KEY)
+    mark = 0 if pending is None else len(pending)
+    try:
+        with session.begin_nested():
+            yield
+    except BaseException:
+        pending = session.info.get(_PENDING_KEY)
+        if pending is not None:
+            del pending[mark:]
+        raise
 
 
 def _emit_pending(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released ("after_commit" fires for those too): not durable yet
+    session.info.pop(_TAIL_KEY, None)
     pending: list[AuditRow] = session.info.pop(_PENDING_KEY, [])
     if not pending:
         return
@@ -492,7 +522,21 @@ def _emit_pending(session: Session) -> None:
 
 
 def _drop_pending(session: Session) -> None:
+    session.info.pop(_TAIL_KEY, None)
+    if session.in_nested_transaction():
+        return  # a savepoint rolled back: :func:`savepoint` drops its own records
     session.info.pop(_PENDING_KEY, None)
+
+
+def _forget_tail(session: Session, _transaction: Any) -> None:
+    session.info.pop(_TAIL_KEY, None)
+
+
+# Once for every session (what they do is a look in ``session.info``): listening on each
+# new session cost more than the rest of an audit append.
+event.listen(Session, "after_commit", _emit_pending)
+event.listen(Session, "after_rollback", _drop_pending)
+event.listen(Session, "after_soft_rollback", _forget_tail)
 
 
 def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None = None,

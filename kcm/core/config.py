@@ -29,11 +29,14 @@ class CoreLimits(ConnectionLimits):
     #: Of the ``database_threads`` request workers, how many the requests of one tenant may
     #: hold at once (kcm.core.fair_scheduler); the waiting tenants are served in turn.
     max_workers_per_tenant: int = 1
+    #: Requests (or read-only requests' audit records) one group commit takes at most
+    #: (kcm.core.group_commit); a group also ends after 25 ms of work or with no one waiting.
+    max_group_commit: int = 64
 
     def __post_init__(self) -> None:
         # Named, not super(): a slots dataclass is a new class, which super() cannot find.
         ConnectionLimits.__post_init__(self)
-        for name in ("max_locate_results", "max_workers_per_tenant"):
+        for name in ("max_locate_results", "max_workers_per_tenant", "max_group_commit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")

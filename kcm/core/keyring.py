@@ -11,8 +11,10 @@ a PKCS#11 token (:mod:`kcm.core.l1_pkcs11`); the keyring only asks it to wrap an
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session
@@ -28,6 +30,8 @@ from kcm.kmip.errors import KmipError
 
 #: Seconds a tenant's current L2 is trusted without asking the store again.
 CURRENT_L2_TTL = 5.0
+#: Objects whose unwrapped material the keyring keeps (the most recently used).
+UNWRAPPED_CACHE_SIZE = 1024
 
 
 class Keyring:
@@ -54,6 +58,11 @@ class Keyring:
         self._l2_by_uid: dict[str, bytes] = {}
         # tenant -> (uid of its current L2, when looked up): saves a query per new object.
         self._current_l2: dict[str, tuple[str, float]] = {}
+        # (tenant, uid, wrapped material) -> plaintext, least recently used first. Keyed by
+        # the stored ciphertext itself, an entry can never answer for other material: a
+        # change of the row's material (or its removal) is a miss, whoever committed it.
+        self._unwrapped: OrderedDict[tuple[str, str, bytes], bytes] = OrderedDict()
+        self._unwrapped_lock = threading.Lock()
 
     def load(self, l1: L1Key | bytes) -> None:
         """Use ``l1`` as the L1 key from now on."""
@@ -134,9 +143,27 @@ class Keyring:
         """The plaintext material of a stored object (which must still have material)."""
         if row.material is None:
             raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the object has no key value")
+        cache_key = (row.tenant, row.uid, bytes(row.material))
+        with self._unwrapped_lock:
+            plaintext = self._unwrapped.get(cache_key)
+            if plaintext is not None:
+                self._unwrapped.move_to_end(cache_key)
+                return plaintext
+        plaintext = self._unwrap(session, row)
+        with self._unwrapped_lock:
+            self._unwrapped[cache_key] = plaintext
+            if len(self._unwrapped) > UNWRAPPED_CACHE_SIZE:
+                self._unwrapped.popitem(last=False)
+        return plaintext
+
+    def _unwrap(self, session: Session, row: ManagedObject) -> bytes:
+        assert row.material is not None
         aad = keys.object_aad(row.tenant, row.uid)
         if row.wrapped_by == WRAPPED_BY_L1:
             return self._master().unwrap(row.material, aad=aad)
+        known = self._l2_by_uid.get(row.wrapped_by)
+        if known is not None:
+            return keys.unwrap(known, row.material, aad=aad)
         l2 = repository.get_object(session, row.tenant, row.wrapped_by)
         if l2 is None or l2.level != LEVEL_TENANT_KEY:
             raise KmipError(ResultReason.GENERAL_FAILURE, "the key wrapping this object is missing")

@@ -15,27 +15,34 @@ a Locate returns at most ``max_locate_results`` identifiers, and at each batch-i
 boundary the request stops when its deadline has passed or its client has disconnected
 (:class:`RequestWatch`; the kernel's ``should_stop`` hook).
 
-Requests reach the store's worker threads through a :class:`kcm.core.fair_scheduler.
-FairScheduler`, one queue per tenant served in turn. A batch of only read-only operations
-(:data:`kcm.core.operations.READ_ONLY`) runs in a read-only transaction, which does not
-wait for the writer nor hold it; its audit records are then written in a short write
-transaction of their own, before the answer is sent.
+Most requests run in a group commit (:class:`kcm.core.group_commit.GroupCommitter`, on the
+store's writer thread): each in a savepoint of one write transaction shared with the other
+requests waiting, answered once that has committed. A batch of read-only operations
+(:data:`kcm.core.operations.READ_ONLY`) with a Locate in it instead reaches the store's
+worker threads through a :class:`kcm.core.fair_scheduler.FairScheduler`, one queue per
+tenant served in turn, and runs in a read-only transaction, which neither waits for the
+writer nor holds it; its audit records then ride in a group commit, before the answer is
+sent. Either way an answer leaves only once its changes and audit records are durable.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from kcm.core.audit import AuditEvent, append_audit
+from kcm.core.audit import AuditEvent, append_audit, savepoint
 from kcm.core.batch import audit_event, execute
 from kcm.core.config import CoreLimits
 from kcm.core.context import Caller
 from kcm.core.fair_scheduler import FairScheduler
+from kcm.core.group_commit import GroupCommitter
 from kcm.core.keyring import Keyring
 from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY
@@ -51,7 +58,7 @@ from kcm.kernel.responses import (
     response_wire,
 )
 from kcm.kernel.versions import answer_version, is_supported, version_of
-from kcm.kmip.enums import ResultReason
+from kcm.kmip.enums import Operation, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
     RequestMessage,
@@ -64,6 +71,7 @@ from kcm.kmip.messages import (
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.ttlv import TtlvError, decode
+from kcm.ttlv.peek import peek_request
 
 log = Logger()
 
@@ -116,6 +124,7 @@ class CoreRequestHandler:
     def __init__(self, store: Store, keyring: Keyring, *, clock: Callable[[], float],
                  server_info: ServerInfo | None = None,
                  limits: CoreLimits | None = None, workers: int = 4,
+                 committer: GroupCommitter | None = None,
                  metrics: CoreMetrics | None = None) -> None:
         self._store = store
         self._metrics = metrics or CoreMetrics()
@@ -126,6 +135,8 @@ class CoreRequestHandler:
         self._scheduler = FairScheduler(
             store.defer, workers=workers,
             per_key=min(workers, self._limits.max_workers_per_tenant))
+        self._committer = committer or GroupCommitter(
+            store.write, max_jobs=self._limits.max_group_commit)
         #: The watches of the requests in flight, by connection id (reactor thread only).
         self._in_flight: dict[int, set[RequestWatch]] = {}
 
@@ -187,55 +198,152 @@ class CoreRequestHandler:
             duration.observe(metrics.timer() - started)
             return result
 
-        return self._scheduler.submit(share_of(caller), self.respond, wire, caller,
-                                      int(self._clock()), watch.stop_reason).addBoth(timed)
+        now, key, should_stop = int(self._clock()), share_of(caller), watch.stop_reason
+        if _beside_writer(wire):
+            answering = self._scheduler.submit(
+                key, self._read, wire, caller, now, should_stop).addCallback(
+                self._audit_then_answer, key, wire, caller, now, should_stop)
+        else:
+            answering = self._write(key, wire, caller, now, should_stop)
+        return answering.addBoth(timed)
+
+    def _write(self, key: tuple[str, str], wire: bytes, caller: Caller, now: int,
+               should_stop: Callable[[], str | None]) -> Deferred[bytes]:
+        """The request run in a group commit, answered once that has committed."""
+        running = self._committer.submit(key, self._respond_in, wire, caller, now,
+                                         should_stop, own_savepoint=True)
+        return running.addErrback(self._not_durable, key, caller, _answer_version(wire), now)
+
+    def _audit_then_answer(self, answer: _Answer | None, key: tuple[str, str], wire: bytes,
+                           caller: Caller, now: int,
+                           should_stop: Callable[[], str | None]) -> Deferred[bytes]:
+        """A read-only request's answer, sent once its audit records have committed (in a
+        group commit); a request that turned out not to be read-only takes the write path."""
+        if answer is None:
+            return self._write(key, wire, caller, now, should_stop)
+        return self._committer.submit(key, _append_all, answer.events).addCallbacks(
+            lambda _: answer.wire, self._not_durable,
+            errbackArgs=(key, caller, answer.version, now))
+
+    def _not_durable(self, failure: Failure, key: tuple[str, str], caller: Caller,
+                     version: Version, now: int) -> Deferred[bytes]:
+        """General Failure for a request whose group did not commit; its own audit record
+        is attempted in a later group (the answer does not depend on it)."""
+        correlation_id = uuid.uuid4().hex[:16]
+        log.failure("request failed [correlation id {cid}]", failure, cid=correlation_id)
+        answer = self._failed_answer(caller, version, correlation_id, now)
+
+        def unaudited(failure: Failure) -> bytes:
+            log.failure("the audit record of failed request {cid} could not be written",
+                        failure, cid=correlation_id)
+            return answer.wire
+
+        return self._committer.submit(key, _append_all, answer.events).addCallbacks(
+            lambda _: answer.wire, unaudited)
 
     def respond(self, wire: bytes, caller: Caller, now: int,
                 should_stop: Callable[[], str | None] | None = None) -> bytes:
-        """Decode, execute in one transaction, encode. Blocking: never on the reactor.
-        ``should_stop`` is asked at each batch-item boundary (None: never stop)."""
+        """Decode, execute, encode, in transactions of its own (no group commit): the
+        answer and its audit records are durable when it returns. Blocking: never on the
+        reactor. ``should_stop`` is asked at each batch-item boundary (None: never stop)."""
+        answer = self._read(wire, caller, now, should_stop)
+        if answer is None:
+            return self._store.run_sync(
+                lambda session: self._respond_in(session, wire, caller, now, should_stop))
+        try:
+            self._store.run_sync(lambda session: _append_all(session, answer.events))
+        except Exception:
+            log.failure("request failed [correlation id {cid}]", cid=answer.correlation_id)
+            failure = self._failed_answer(caller, answer.version, answer.correlation_id, now)
+            try:
+                self._store.run_sync(lambda session: _append_all(session, failure.events))
+            except Exception:
+                log.failure("the audit record of failed request {cid} could not be written",
+                            cid=answer.correlation_id)
+            return failure.wire
+        return answer.wire
+
+    def _read(self, wire: bytes, caller: Caller, now: int,
+              should_stop: Callable[[], str | None] | None) -> _Answer | None:
+        """A store worker: the answer to a request of read-only operations, executed in a
+        read-only transaction, and the audit records to write before it is sent; a request
+        refused whole or failed is answered here too. None: the request writes."""
         correlation_id = uuid.uuid4().hex[:16]
         try:
             request = self._decode(wire)
         except _Refused as refused:
-            return self._refuse(caller, refused.version, refused.reason, refused.message,
-                                correlation_id, now)
+            return self._refused_answer(caller, refused, correlation_id, now)
         except Exception:
-            return self._general_failure(caller, _answer_version(wire), correlation_id, now)
-        version = request.header.version
-        try:
-            items = self._execute(request, caller, now, correlation_id, should_stop)
-            self._metrics.answered(items)
-            # Never larger than the maximum message size, for a direct client as for a
-            # gateway: the link carries answers up to that size and no larger.
-            return response_wire(version, now, correlation_id, encode_items(items, version),
-                                 request.header.maximum_response_size,
-                                 server_limit=self._limits.max_message_size)
-        except Exception:
-            return self._general_failure(caller, version, correlation_id, now, request)
-
-    def _execute(self, request: RequestMessage, caller: Caller, now: int,
-                 correlation_id: str, should_stop: Callable[[], str | None] | None
-                 ) -> list[ResponseBatchItem]:
-        """The request's answered items, each with its audit record durable."""
-        def run(session: Session, record: Callable[[AuditEvent], object] | None = None
-                ) -> list[ResponseBatchItem]:
-            return execute(session, request, caller, now=now, keyring=self._keyring,
-                           server_info=self._server_info, correlation_id=correlation_id,
-                           should_stop=should_stop,
-                           max_locate_results=self._limits.max_locate_results, record=record)
-
+            log.failure("request failed [correlation id {cid}]", cid=correlation_id)
+            return self._failed_answer(caller, _answer_version(wire), correlation_id, now)
         if not all(int(item.operation) in READ_ONLY for item in request.batch_items):
-            return self._store.run_sync(run)
+            return None
+        version = request.header.version
         events: list[AuditEvent] = []
-        items = self._store.run_sync(lambda session: run(session, events.append), write=False)
+        try:
+            items = self._store.run_sync(
+                lambda session: self._execute(session, request, caller, now, correlation_id,
+                                              should_stop, events.append), write=False)
+            return _Answer(self._response(request, now, correlation_id, items), events,
+                           version, correlation_id)
+        except Exception:
+            log.failure("request failed [correlation id {cid}]", cid=correlation_id)
+            return self._failed_answer(caller, version, correlation_id, now, request)
 
-        def audit(session: Session) -> None:
-            for event in events:
-                append_audit(session, event)
+    def _respond_in(self, session: Session, wire: bytes, caller: Caller, now: int,
+                    should_stop: Callable[[], str | None] | None) -> bytes:
+        """The writer thread, in ``session``'s (group's) transaction: the request's answer,
+        its changes and every audit record of it written there. A batch that fails
+        unexpectedly leaves nothing but its General Failure record; if even that cannot be
+        written, nothing (it raises after its savepoint rolled back)."""
+        correlation_id = uuid.uuid4().hex[:16]
+        try:
+            request = self._decode(wire)
+        except _Refused as refused:
+            answer = self._refused_answer(caller, refused, correlation_id, now)
+        except Exception:
+            log.failure("request failed [correlation id {cid}]", cid=correlation_id)
+            answer = self._failed_answer(caller, _answer_version(wire), correlation_id, now)
+        else:
+            try:
+                with savepoint(session):
+                    items = self._execute(session, request, caller, now, correlation_id,
+                                          should_stop)
+                return self._response(request, now, correlation_id, items)
+            except Exception:
+                log.failure("request failed [correlation id {cid}]", cid=correlation_id)
+                answer = self._failed_answer(caller, request.header.version, correlation_id,
+                                          now, request)
+        with savepoint(session):
+            _append_all(session, answer.events)
+        return answer.wire
 
-        self._store.run_sync(audit)
-        return items
+    def _execute(self, session: Session, request: RequestMessage, caller: Caller, now: int,
+                 correlation_id: str, should_stop: Callable[[], str | None] | None,
+                 record: Callable[[AuditEvent], object] | None = None
+                 ) -> list[ResponseBatchItem]:
+        return execute(session, request, caller, now=now, keyring=self._keyring,
+                       server_info=self._server_info, correlation_id=correlation_id,
+                       should_stop=should_stop,
+                       max_locate_results=self._limits.max_locate_results, record=record)
+
+    def _refused_answer(self, *args: Any) -> _Answer:
+        self._metrics.item(None)
+        return _refusal(*args)
+
+    def _failed_answer(self, *args: Any) -> _Answer:
+        self._metrics.item(None)
+        return _general_failure(*args)
+
+    def _response(self, request: RequestMessage, now: int, correlation_id: str,
+                  items: list[ResponseBatchItem]) -> bytes:
+        self._metrics.answered(items)
+        # Never larger than the maximum message size, for a direct client as for a
+        # gateway: the link carries answers up to that size and no larger.
+        version = request.header.version
+        return response_wire(version, now, correlation_id, encode_items(items, version),
+                             request.header.maximum_response_size,
+                             server_limit=self._limits.max_message_size)
 
     def _decode(self, wire: bytes) -> RequestMessage:
         """The request, or :class:`_Refused`. Its header is judged before any batch item is
@@ -265,34 +373,56 @@ class CoreRequestHandler:
         except KmipError as e:
             raise _Refused(answer_in, e.reason, e.message) from None
 
-    def _refuse(self, caller: Caller, version: Version, reason: int, message: str,
-                correlation_id: str, now: int) -> bytes:
-        item = failed_item(None, None, version, reason, message)
-        try:
-            self._store.run_sync(lambda session: append_audit(session, audit_event(
-                caller, item, correlation_id, [])))
-        except Exception:
-            return self._general_failure(caller, version, correlation_id, now)
-        self._metrics.item(None)
-        return response_wire(version, now, correlation_id, encode_items([item], version))
 
-    def _general_failure(self, caller: Caller, version: Version, correlation_id: str,
-                         now: int, request: RequestMessage | None = None) -> bytes:
-        """A General Failure answer for a request that failed unexpectedly (called while
-        handling the exception), with its audit record in a transaction of its own."""
-        log.failure("request failed [correlation id {cid}]", cid=correlation_id)
-        item = failed_item(None, None, version, ResultReason.GENERAL_FAILURE,
-                           internal_error(correlation_id))
-        self._metrics.item(None)
-        detail = None if request is None else {
-            "operations": [operation_name(i.operation) for i in request.batch_items]}
-        try:
-            self._store.run_sync(lambda session: append_audit(session, audit_event(
-                caller, item, correlation_id, [], detail)))
-        except Exception:
-            log.failure("the audit record of failed request {cid} could not be written",
-                        cid=correlation_id)
-        return response_wire(version, now, correlation_id, encode_items([item], version))
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An answer, with the audit records that must be durable before it is sent."""
+
+    wire: bytes
+    events: list[AuditEvent]
+    version: Version
+    correlation_id: str
+
+
+def _refusal(caller: Caller, refused: _Refused, correlation_id: str, now: int) -> _Answer:
+    item = failed_item(None, None, refused.version, refused.reason, refused.message)
+    return _Answer(response_wire(refused.version, now, correlation_id,
+                                 encode_items([item], refused.version)),
+                   [audit_event(caller, item, correlation_id, [])], refused.version,
+                   correlation_id)
+
+
+def _general_failure(caller: Caller, version: Version, correlation_id: str, now: int,
+                     request: RequestMessage | None = None) -> _Answer:
+    """A General Failure answer for a request that failed unexpectedly (the caller logs
+    why), and its audit record."""
+    item = failed_item(None, None, version, ResultReason.GENERAL_FAILURE,
+                       internal_error(correlation_id))
+    detail = None if request is None else {
+        "operations": [operation_name(i.operation) for i in request.batch_items]}
+    return _Answer(response_wire(version, now, correlation_id, encode_items([item], version)),
+                   [audit_event(caller, item, correlation_id, [], detail)], version,
+                   correlation_id)
+
+
+def _append_all(session: Session, events: list[AuditEvent]) -> None:
+    for event in events:
+        append_audit(session, event)
+
+
+def _beside_writer(wire: bytes) -> bool:
+    """Whether ``wire``, peeked at, is a batch of read-only operations with a Locate in it,
+    which a store worker runs in a read-only transaction beside the writer: a Locate may
+    examine every object of its tenant. Every other request, read-only ones included (short:
+    they read one object each, or none), runs in a group commit, with its audit records, in
+    one hop and on the writer's warm connection. A request that cannot be peeked at goes
+    there too (its refusal is an audit record to write)."""
+    try:
+        operations = [item.operation for item in peek_request(wire).items]
+    except Exception:
+        return False
+    return (Operation.LOCATE in operations
+            and all(operation in READ_ONLY for operation in operations))
 
 
 def share_of(caller: Caller) -> tuple[str, str]:

@@ -1,12 +1,15 @@
 """Crash safety: SIGKILL kcm-core during a write load; after a restart every acknowledged
-operation is there, nothing half-written is, and the audit chain verifies."""
+operation is there, nothing half-written is, and the audit chain verifies. The second test
+kills it 20 times while 8 clients keep its group commits (kcm.core.group_commit) full."""
 
 from __future__ import annotations
 
 import json
+import random
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 
 import sqlalchemy
 
@@ -20,7 +23,7 @@ from kcm.kmip.messages import (
     decode_response,
     encode_request,
 )
-from kcm.kmip.payloads import CreateRequest
+from kcm.kmip.payloads import CreateRequest, DiscoverVersionsRequest
 from kcm.kmip.tags import Tag
 from kcm.ttlv import decode, encode
 from tests.e2e_support import CoreProcess
@@ -31,6 +34,12 @@ CREATE = encode(encode_request(RequestMessage(
         object_type=ObjectType.SYMMETRIC_KEY,
         attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
                     Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256)]))])))
+
+
+DISCOVER_VERSIONS = encode(encode_request(RequestMessage(
+    RequestHeader(protocol_version=ProtocolVersion.of((2, 1)), batch_count=1),
+    [RequestBatchItem(operation=Operation.DISCOVER_VERSIONS,
+                      request_payload=DiscoverVersionsRequest())])))
 
 
 def _load(core: CoreProcess, acknowledged: list[str], failures: list[object],
@@ -84,3 +93,84 @@ def test_sigkill_during_writes_loses_nothing_acknowledged(core_process: CoreProc
     # and the restarted core serves
     response = decode_response(decode(core_process.client().send(CREATE)))
     assert response.batch_items[0].result_status == ResultStatus.SUCCESS
+
+
+@dataclass
+class _Acknowledged:
+    """What the clients of one cycle were answered (appended from their threads)."""
+
+    created: list[str] = field(default_factory=list)
+    #: The Server Correlation Value of every answer: the correlation id of its audit record.
+    correlations: list[str] = field(default_factory=list)
+    failures: list[object] = field(default_factory=list)
+
+
+def _mixed_load(core: CoreProcess, seen: _Acknowledged, stop: threading.Event,
+                seed: int) -> None:
+    """Creates, and now and then a Discover Versions (read-only: its audit record rides in
+    a group commit too), until ``stop`` or the server dies."""
+    chooser = random.Random(seed)
+    try:
+        client = core.client()
+    except (ConnectionError, OSError):
+        return  # killed before this client connected
+    try:
+        while not stop.is_set():
+            wire = DISCOVER_VERSIONS if chooser.random() < 0.25 else CREATE
+            response = decode_response(decode(client.send(wire)))
+            item = response.batch_items[0]
+            if item.result_status != ResultStatus.SUCCESS:
+                seen.failures.append(item)
+                return
+            if item.operation == Operation.CREATE:
+                seen.created.append(item.response_payload.unique_identifier)
+            seen.correlations.append(response.header.server_correlation_value)
+    except (ConnectionError, OSError):
+        pass  # the server died under us: whatever was not acknowledged may be lost
+    finally:
+        client.close()
+
+
+def test_sigkill_during_group_commits_20_cycles(core_process: CoreProcess) -> None:
+    chooser = random.Random(10)
+    everything_created: set[str] = set()
+    for cycle in range(20):
+        seen, stop = _Acknowledged(), threading.Event()
+        clients = [threading.Thread(target=_mixed_load, args=(core_process, seen, stop,
+                                                              cycle * 8 + n))
+                   for n in range(8)]
+        for client in clients:
+            client.start()
+        # Kill after a varying amount of acknowledged work, with requests of all 8 in flight.
+        wanted = chooser.randrange(16, 80)
+        deadline = time.monotonic() + 30
+        while len(seen.correlations) < wanted and time.monotonic() < deadline:
+            time.sleep(0.002)
+        core_process.stop(signal.SIGKILL)
+        stop.set()
+        for client in clients:
+            client.join(timeout=30)
+        assert seen.failures == [], f"cycle {cycle}"
+        assert len(seen.correlations) >= wanted, f"cycle {cycle}: too slow to measure"
+
+        core_process.start()
+        engine = sqlalchemy.create_engine(core_process.database)
+        with engine.connect() as connection:
+            stored = set(connection.scalars(sqlalchemy.text(
+                "SELECT uid FROM managed_objects WHERE level IS NULL")))
+            audited_creates: set[str] = set()
+            for row in connection.execute(sqlalchemy.text(
+                    "SELECT object_ids FROM audit_log WHERE operation = 'CREATE' "
+                    "AND result_status = 'SUCCESS'")):
+                audited_creates.update(json.loads(row[0]))
+            correlations = set(connection.scalars(sqlalchemy.text(
+                "SELECT correlation_id FROM audit_log")))
+        engine.dispose()
+        # durable: every acknowledged Create, and the audit record of every answer
+        assert set(seen.created) <= stored, f"cycle {cycle}"
+        assert set(seen.correlations) <= correlations, f"cycle {cycle}"
+        # atomic: no object without its audit record, nor the reverse
+        assert stored == audited_creates, f"cycle {cycle}"
+        assert everything_created <= stored, f"cycle {cycle}: an earlier object is gone"
+        everything_created = stored
+        assert "audit log intact" in core_process.kcm("audit", "verify").stdout, f"cycle {cycle}"

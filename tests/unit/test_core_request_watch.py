@@ -34,7 +34,8 @@ def test_a_lost_client_stops_its_request_before_the_deadline() -> None:
 
 
 class HeldStore:
-    """A store whose worker never runs: the test plays the worker with what was handed over."""
+    """A store whose worker and group commits never run: the test plays them with what was
+    handed over (these requests, not KMIP, take the write path: a group commit)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, tuple[Any, ...], Deferred[bytes]]] = []
@@ -44,12 +45,17 @@ class HeldStore:
         self.calls.append((fn, args, d))
         return d
 
+    def submit(self, _key: Any, fn: Any, *args: Any, own_savepoint: bool = False
+               ) -> Deferred[bytes]:
+        return self.defer(fn, *args)
+
 
 def handler_with(store: HeldStore, clock: Clock, **limits: Any) -> CoreRequestHandler:
     """A handler whose requests (all of one tenant here) all reach the store at once."""
     limits.setdefault("max_workers_per_tenant", 4)
     return CoreRequestHandler(store, keyring=None, clock=clock.seconds,  # type: ignore[arg-type]
-                              limits=CoreLimits(**limits))
+                              limits=CoreLimits(**limits),
+                              committer=store)  # type: ignore[arg-type]
 
 
 def test_a_lost_connection_stops_its_requests_in_flight_and_no_others() -> None:
@@ -90,3 +96,23 @@ def test_the_deadline_runs_from_the_requests_arrival() -> None:
     assert [stop() for stop in stops] == [None, None]
     clock.advance(0.1)
     assert [stop() for stop in stops] == ["request deadline of 3 s exceeded"] * 2
+
+
+def test_a_request_whose_group_commit_failed_is_answered_general_failure_after_its_record() -> None:
+    from kcm.kmip.enums import ResultReason, ResultStatus
+    from kcm.testing.requests import response
+
+    store, clock = HeldStore(), Clock()
+    handler = handler_with(store, clock)
+    answers: list[bytes] = []
+    handler.handle_request(b"request", ConnectionInfo(1, PRINCIPAL, "a:1")
+                           ).addCallback(answers.append)
+    store.calls[0][2].errback(OSError("disk I/O error"))  # the group did not commit
+    assert answers == []  # its General Failure record goes to a later group first
+    audit_work, (events,), recorded = store.calls[1]
+    assert [event.result_reason for event in events] == ["GENERAL_FAILURE"]
+    recorded.callback(None)
+    [item] = response(answers[0]).batch_items
+    assert (item.result_status, item.result_reason) == (ResultStatus.OPERATION_FAILED,
+                                                        ResultReason.GENERAL_FAILURE)
+    assert audit_work.__name__ == "_append_all"

@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
 from kcm.core.store.repository import lock_writers
 
 T = TypeVar("T")
@@ -134,8 +135,13 @@ class Store(Service):
         self._engine: Engine | None = None
         self._sessions: dict[bool, sessionmaker[Session]] = {}
         self._threadpool: ThreadPool | None = None
+        #: The one thread of :meth:`write` (group commits), apart from the workers so that
+        #: long reads holding every worker never delay a commit.
+        self._writer_pool: ThreadPool | None = None
         self._engine_lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
+        #: Facts of the committed data the hot path reads from memory (tenants' services).
+        self.known = KnownFacts()
         #: The key that MACs this database's audit chain (:mod:`kcm.core.audit`), derived
         #: from its L1; every session gets it in ``info[AUDIT_KEY_INFO]``. None until the
         #: holder of L1 sets it: until then audit records cannot be written or verified.
@@ -175,6 +181,8 @@ class Store(Service):
         _ = self.engine
         self._threadpool = ThreadPool(minthreads=1, maxthreads=self._threads, name=self.name)
         self._threadpool.start()
+        self._writer_pool = ThreadPool(minthreads=1, maxthreads=1, name=f"{self.name}-writer")
+        self._writer_pool.start()
         super().startService()
 
     def stopService(self) -> None:
@@ -184,6 +192,9 @@ class Store(Service):
         not started yet is dropped with the pool.
         """
         super().stopService()
+        if self._writer_pool is not None:
+            self._writer_pool.stop()
+            self._writer_pool = None
         if self._threadpool is not None:
             self._threadpool.stop()
             self._threadpool = None
@@ -203,6 +214,13 @@ class Store(Service):
         if self._threadpool is None:
             return fail(RuntimeError("Store.run() before startService() or after stopService()"))
         return deferToThreadPool(self._reactor, self._threadpool, self.run_sync, fn, write=write)
+
+    def write(self, fn: Callable[[Session], T]) -> Deferred[T]:
+        """:meth:`run` with ``write=True`` on the store's one writer thread (not a worker):
+        kcm-core's group commits (:mod:`kcm.core.group_commit`) run there, one at a time."""
+        if self._writer_pool is None:
+            return fail(RuntimeError("Store.write() before startService() or after stopService()"))
+        return deferToThreadPool(self._reactor, self._writer_pool, self.run_sync, fn)
 
     def defer(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Call ``fn(*args)`` on a worker thread, outside any transaction; ``fn`` opens its
@@ -240,13 +258,21 @@ class Store(Service):
 
     def _transaction_of(self, make_session: Callable[[], Session],
                         fn: Callable[[Session], T], write: bool) -> T:
-        with make_session() as session, session.begin():
-            if self.audit_key is not None:
-                session.info[AUDIT_KEY_INFO] = self.audit_key
-            if self.on_audit_written is not None:
-                session.info[AUDIT_WRITTEN_INFO] = self.on_audit_written
-            if write:
-                lock_writers(session)
-            elif session.get_bind().dialect.name == "postgresql":
-                session.execute(text("SET TRANSACTION READ ONLY"))
-            return fn(session)
+        with make_session() as session:
+            with session.begin():
+                info = session.info
+                if self.audit_key is not None:
+                    info[AUDIT_KEY_INFO] = self.audit_key
+                if self.on_audit_written is not None:
+                    info[AUDIT_WRITTEN_INFO] = self.on_audit_written
+                info[KNOWN_FACTS_INFO] = self.known
+                info[WRITE_INFO] = write
+                if write:
+                    lock_writers(session)
+                elif session.get_bind().dialect.name == "postgresql":
+                    session.execute(text("SET TRANSACTION READ ONLY"))
+                result = fn(session)
+            learnt = info.pop(LEARNT_INFO, None)
+            if learnt:
+                self.known.services.update(learnt)
+            return result

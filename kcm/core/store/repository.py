@@ -12,12 +12,26 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import flag_modified
+from sqlalchemy.orm.util import identity_key
 
+from kcm.core.store.known import known_facts, learn
 from kcm.core.store.schema import (
     DATE_COLUMNS,
     LEVEL_SERVICE_KEY,
@@ -118,30 +132,39 @@ def insert_object(
     if unknown:
         raise TypeError(f"unknown date columns: {sorted(unknown)}")
     lock_writers(session)
-    next_seq = (session.scalar(select(func.max(ManagedObject.created_seq))) or 0) + 1
-    obj = ManagedObject(
-        uid=uid,
-        created_seq=next_seq,
-        tenant=tenant,
-        object_type=object_type,
-        level=level,
-        service=service,
-        key_version=key_version,
-        state=state,
-        cryptographic_algorithm=cryptographic_algorithm,
-        cryptographic_length=cryptographic_length,
-        material=material,
-        material_format=material_format,
-        wrapped_by=wrapped_by,
-        attributes=attributes,
-        **dates,
-    )
+    # Core statements, not the ORM's unit of work (a Create's hot path); the row then joins
+    # the session as loaded, so later changes in this transaction go through the ORM.
+    connection = session.connection()
+    next_seq = (connection.scalar(_MAX_CREATED_SEQ) or 0) + 1
+    values: dict[str, Any] = {
+        "uid": uid, "created_seq": next_seq, "tenant": tenant, "object_type": object_type,
+        "level": level, "service": service, "key_version": key_version, "state": state,
+        "cryptographic_algorithm": cryptographic_algorithm,
+        "cryptographic_length": cryptographic_length, "material": material,
+        "material_format": material_format, "wrapped_by": wrapped_by,
+        "attributes": attributes, "revision": 1,
+        **dict.fromkeys(DATE_COLUMNS), **dates,
+    }
+    connection.execute(_INSERT_OBJECT, values)
+    unique_names = dict(names)
+    if unique_names:
+        connection.execute(_INSERT_NAME, [
+            {"uid": uid, "tenant": tenant, "name": name, "name_type": name_type}
+            for name, name_type in unique_names.items()])
+    unique_groups = dict.fromkeys(groups)
+    if unique_groups:
+        connection.execute(_INSERT_GROUP, [
+            {"uid": uid, "tenant": tenant, "group_name": group} for group in unique_groups])
+    obj = ManagedObject(**values)
+    make_transient_to_detached(obj)
     session.add(obj)
-    session.flush()
-    _replace_names(session, obj, names)
-    _replace_groups(session, obj, groups)
-    session.flush()
     return obj
+
+
+_MAX_CREATED_SEQ = select(func.max(ManagedObject.created_seq))
+_INSERT_OBJECT = ManagedObject.__table__.insert()
+_INSERT_NAME = ObjectName.__table__.insert()
+_INSERT_GROUP = ObjectGroup.__table__.insert()
 
 
 def get_object(
@@ -153,10 +176,28 @@ def get_object(
     PostgreSQL; on SQLite the write transaction already holds the database write lock) and
     always re-reads it from the database.
     """
+    if identity_key(ManagedObject, uid) not in session.identity_map:
+        # Not in this session yet: read the row with a Core statement (the hot path of
+        # every operation on an object) and attach it as loaded.
+        row = session.connection().execute(
+            _GET_OBJECT_FOR_UPDATE if for_update else _GET_OBJECT,
+            {"uid": uid, "tenant": tenant}).first()
+        if row is None:
+            return None
+        obj = ManagedObject(**row._mapping)
+        make_transient_to_detached(obj)
+        session.add(obj)
+        return obj
     stmt = select(ManagedObject).where(ManagedObject.uid == uid, ManagedObject.tenant == tenant)
     if for_update:
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.scalar(stmt)
+
+
+_GET_OBJECT = select(*ManagedObject.__table__.columns).where(
+    ManagedObject.__table__.c.uid == bindparam("uid"),
+    ManagedObject.__table__.c.tenant == bindparam("tenant"))
+_GET_OBJECT_FOR_UPDATE = _GET_OBJECT.with_for_update()
 
 
 def update_object(session: Session, obj: ManagedObject, **changes: object) -> ManagedObject:
@@ -379,10 +420,23 @@ def find_l3(
 
 
 def service_exists(session: Session, tenant: str, service: str) -> bool:
-    """Whether ``tenant`` provisioned ``service``: it has an L3 version, in any state."""
-    return session.scalar(select(ManagedObject.uid).where(
-        ManagedObject.tenant == tenant, ManagedObject.level == LEVEL_SERVICE_KEY,
-        ManagedObject.service == service).limit(1)) is not None
+    """Whether ``tenant`` provisioned ``service``: it has an L3 version, in any state.
+
+    A service once provisioned stays so (service keys are never deleted): the store
+    remembers it (:class:`kcm.core.store.engine.KnownFacts`) and asks only about others."""
+    facts = known_facts(session)
+    if facts is not None and (tenant, service) in facts.services:
+        return True
+    found = session.connection().execute(_SERVICE_EXISTS, {
+        "tenant": tenant, "service": service}).first() is not None
+    if found:
+        learn(session, (tenant, service))
+    return found
+
+
+_SERVICE_EXISTS = select(ManagedObject.uid).where(
+    ManagedObject.tenant == bindparam("tenant"), ManagedObject.level == LEVEL_SERVICE_KEY,
+    ManagedObject.service == bindparam("service")).limit(1)
 
 
 def get_l3(session: Session, uid: str) -> ManagedObject | None:

@@ -1,0 +1,168 @@
+"""Group commit: the pending write work of many requests, one durable commit.
+
+kcm-core's write requests (and the audit records of its read-only ones) do not each open a
+transaction. They are handed to the :class:`GroupCommitter`, which runs one **group** at a
+time on the store's writer thread (:meth:`kcm.core.store.engine.Store.write`): one write
+transaction, in which each job runs in a savepoint of its own
+(:func:`kcm.core.audit.savepoint`: a job that raises rolls back alone, and its audit records
+are never logged), then one commit (on SQLite in WAL mode with ``synchronous=FULL``, one
+fsync for the whole group), and only then are the jobs' Deferreds fired, on the reactor
+thread. So an answer is still sent only after its change and its audit record are durable;
+if the commit fails, every job of the group fails.
+
+Requests that arrive while a group runs wait for the next one, which starts as soon as the
+previous has committed: under load groups grow by themselves, and a lone request pays one
+commit, with no waiting for company.
+
+Fairness and bounds: the waiting jobs are kept in one FIFO per *share key* (the caller's
+tenant, as for :class:`kcm.core.fair_scheduler.FairScheduler`), and a group takes them one
+key at a time in turn, so a tenant's long queue delays another tenant's request by at most
+one job per busy tenant, not by its length. A group ends when no job is waiting, after
+``max_jobs`` jobs, or once its jobs have run ``max_seconds`` (measured on the writer
+thread), whichever comes first: so does the time any answer waits for its commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from threading import Lock
+from typing import Any
+
+from sqlalchemy.orm import Session
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from kcm.core.audit import savepoint
+
+__all__ = ["GroupCommitter"]
+
+
+@dataclass(slots=True)
+class _Job:
+    work: Callable[..., Any]
+    args: tuple[Any, ...]
+    savepoint: bool
+    done: Deferred[Any] = field(default_factory=Deferred)
+    outcome: Any = None
+    failed: bool = False
+
+
+class GroupCommitter:
+    """Runs submitted ``work(session, *args)`` calls in group commits through ``write``
+    (``write(fn)`` calls ``fn(session)`` in one write transaction on one thread, and fires
+    after the commit: :meth:`kcm.core.store.engine.Store.write`).
+
+    :meth:`submit` runs on the reactor thread; the groups run on the writer thread.
+    """
+
+    def __init__(self, write: Callable[[Callable[[Session], Any]], Deferred[Any]], *,
+                 max_jobs: int = 64, max_seconds: float = 0.025,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        if max_jobs < 1 or max_seconds <= 0:
+            raise ValueError("need max_jobs >= 1 and max_seconds > 0")
+        self._write = write
+        self._max_jobs = max_jobs
+        self._max_seconds = max_seconds
+        self._clock = clock
+        # Taken by the reactor (submit) and the writer thread (the group taking jobs).
+        self._lock = Lock()
+        #: Jobs waiting, per key; a key is present only while it has some.
+        self._waiting: dict[Hashable, deque[_Job]] = {}
+        #: Keys with jobs waiting, in the order they will be served.
+        self._turns: deque[Hashable] = deque()
+        self._group_running = False
+        #: Of the groups committed, how many and how many jobs in all (for benchmarks).
+        self.groups = 0
+        self.jobs = 0
+
+    @property
+    def waiting(self) -> int:
+        """Jobs submitted and not yet taken into a group."""
+        with self._lock:
+            return sum(len(jobs) for jobs in self._waiting.values())
+
+    def submit(self, key: Hashable, work: Callable[..., Any], *args: Any,
+               own_savepoint: bool = False) -> Deferred[Any]:
+        """Run ``work(session, *args)`` in a group; fires with its result once the group has
+        committed, or fails with its exception (its savepoint rolled back) or the commit's.
+        With ``own_savepoint``, ``work`` promises to leave nothing behind when it raises
+        (it makes savepoints of its own), and the group makes none around it."""
+        job = _Job(work, args, not own_savepoint)
+        with self._lock:
+            jobs = self._waiting.get(key)
+            if jobs is None:
+                jobs = self._waiting[key] = deque()
+                self._turns.append(key)
+            jobs.append(job)
+        if not self._group_running:
+            self._start_group()
+        return job.done
+
+    def _start_group(self) -> None:
+        self._group_running = True
+        taken: list[_Job] = []
+        self._write(lambda session: self._run_group(session, taken)).addCallbacks(
+            self._committed, self._not_committed, callbackArgs=(taken,),
+            errbackArgs=(taken,))
+
+    def _take(self) -> _Job | None:
+        with self._lock:
+            if not self._turns:
+                return None
+            key = self._turns[0]
+            self._turns.rotate(-1)
+            jobs = self._waiting[key]
+            job = jobs.popleft()
+            if not jobs:
+                del self._waiting[key]
+                self._turns.remove(key)
+            return job
+
+    def _run_group(self, session: Session, taken: list[_Job]) -> None:
+        """The writer thread: take jobs in turn and run each in a savepoint."""
+        started = self._clock()
+        while len(taken) < self._max_jobs and self._clock() - started < self._max_seconds:
+            job = self._take()
+            if job is None:
+                return
+            taken.append(job)
+            try:
+                if job.savepoint:
+                    with savepoint(session):
+                        job.outcome = job.work(session, *job.args)
+                else:
+                    job.outcome = job.work(session, *job.args)
+            except Exception:
+                job.outcome, job.failed = Failure(), True
+
+    def _committed(self, _: None, taken: list[_Job]) -> None:
+        self._next_group()
+        self.groups += 1
+        self.jobs += len(taken)
+        for job in taken:
+            if job.failed:
+                job.done.errback(job.outcome)
+            else:
+                job.done.callback(job.outcome)
+
+    def _not_committed(self, failure: Failure, taken: list[_Job]) -> None:
+        if not taken:
+            # The transaction failed before taking a job (no writer, no database): the
+            # waiting jobs would meet the same, so they fail now rather than loop.
+            with self._lock:
+                taken = [job for jobs in self._waiting.values() for job in jobs]
+                self._waiting.clear()
+                self._turns.clear()
+        self._next_group()
+        for job in taken:
+            job.done.errback(failure)
+
+    def _next_group(self) -> None:
+        self._group_running = False
+        with self._lock:
+            more = bool(self._turns)
+        if more:
+            self._start_group()

@@ -1,0 +1,161 @@
+"""Group commit: many requests' work, one commit, each job in its own savepoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, fail
+
+from kcm.core.group_commit import GroupCommitter
+
+
+class FakeSession:
+    """What a group needs of a session: ``info`` and savepoints (which record rollbacks)."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+        self.rolled_back = 0
+
+    @contextmanager
+    def begin_nested(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.rolled_back += 1
+            raise
+
+
+class Writer:
+    """The store's writer thread, played by the test: each group waits to be run."""
+
+    def __init__(self) -> None:
+        self.groups: list[tuple[Callable[[Any], Any], Deferred[Any]]] = []
+
+    def write(self, fn: Callable[[Any], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.groups.append((fn, d))
+        return d
+
+    def work(self) -> FakeSession:
+        """The next group takes the jobs waiting and runs them (not committed yet)."""
+        fn, _ = self.groups[0]
+        session = FakeSession()
+        fn(session)
+        return session
+
+    def commit(self, *, fails: bool = False) -> None:
+        _, d = self.groups.pop(0)
+        if fails:
+            d.errback(OSError("disk I/O error"))
+        else:
+            d.callback(None)
+
+    def run(self, *, commit_fails: bool = False) -> FakeSession:
+        session = self.work()
+        self.commit(fails=commit_fails)
+        return session
+
+
+def results(*ds: Deferred[Any]) -> list[Any]:
+    out: list[Any] = []
+    for d in ds:
+        d.addCallbacks(out.append, lambda f: out.append(f.value))
+    return out
+
+
+def test_requests_that_arrive_during_a_commit_share_the_next() -> None:
+    writer, ran = Writer(), []
+    committer = GroupCommitter(writer.write)
+    first = committer.submit("a", lambda _session, n: ran.append(n) or n, 1)
+    writer.work()
+    later = [committer.submit("a", lambda _session, n: ran.append(n) or n, n) for n in (2, 3)]
+    assert len(writer.groups) == 1  # one group at a time
+    answered = results(first, *later)
+    assert ran == [1] and answered == []  # answered only once its group committed
+    writer.commit()
+    assert ran == [1] and answered == [1]
+    assert len(writer.groups) == 1  # the next group starts at once with both waiting
+    writer.run()
+    assert ran == [1, 2, 3] and answered == [1, 2, 3]
+    assert (committer.groups, committer.jobs) == (2, 3)
+    assert writer.groups == []
+
+
+def test_a_failing_job_rolls_back_alone() -> None:
+    writer = Writer()
+    committer = GroupCommitter(writer.write)
+    blocker = committer.submit("a", lambda _session: "first")
+    writer.work()
+    jobs = [committer.submit("a", lambda _session: "ok"),
+            committer.submit("b", lambda _session: 1 / 0),
+            committer.submit("c", lambda _session: "also ok")]
+    answered = results(blocker, *jobs)
+    writer.commit()
+    session = writer.run()
+    assert session.rolled_back == 1
+    assert answered[0] == "first" and answered[1] == "ok" and answered[3] == "also ok"
+    assert isinstance(answered[2], ZeroDivisionError)
+
+
+def test_a_failed_commit_fails_every_job_of_its_group_and_the_next_runs() -> None:
+    writer = Writer()
+    committer = GroupCommitter(writer.write)
+    doomed = [committer.submit("a", lambda _session: "lost") for _ in range(2)]
+    answered = results(*doomed)
+    writer.run(commit_fails=True)
+    assert [type(a) for a in answered] == [OSError, OSError]
+    # the job that waited for the failed group is in the next one
+    answered = results(committer.submit("a", lambda _session: "kept"))
+    writer.run()
+    assert answered == ["kept"]
+
+
+def test_groups_take_tenants_in_turn_and_are_bounded() -> None:
+    writer, order = Writer(), []
+    committer = GroupCommitter(writer.write, max_jobs=4)
+    committer.submit("busy", lambda _s: order.append("first"))
+    writer.work()
+    for n in range(6):
+        committer.submit("busy", lambda _s, n=n: order.append(f"busy{n}"))
+    committer.submit("other", lambda _s: order.append("other"))
+    writer.commit()
+    writer.run()
+    # the other tenant's request, sent after six of the busy one's, is in the next group,
+    # second; the group stops at four jobs
+    assert order == ["first", "busy0", "other", "busy1", "busy2"]
+    writer.run()
+    assert order[5:] == ["busy3", "busy4", "busy5"]
+    assert committer.waiting == 0 and writer.groups == []
+
+
+def test_a_group_ends_after_its_time_budget() -> None:
+    writer, now = Writer(), [0.0]
+    committer = GroupCommitter(writer.write, max_seconds=0.01, clock=lambda: now[0])
+
+    def slow(_session: Any) -> None:
+        now[0] += 0.006
+
+    committer.submit("a", slow)
+    writer.work()
+    for _ in range(4):
+        committer.submit("a", slow)
+    writer.commit()  # the first alone
+    writer.run()
+    assert committer.jobs == 3  # two jobs, then 12 ms of work ended the group
+    writer.run()
+    assert committer.jobs == 5
+
+
+def test_no_writer_fails_the_waiting_jobs_instead_of_looping() -> None:
+    committer = GroupCommitter(lambda fn: fail(RuntimeError("store stopped")))
+    answered = results(committer.submit("a", lambda _session: "never"))
+    assert [type(a) for a in answered] == [RuntimeError]
+    assert committer.waiting == 0
+
+
+def test_bounds_are_checked() -> None:
+    with pytest.raises(ValueError):
+        GroupCommitter(Writer().write, max_jobs=0)

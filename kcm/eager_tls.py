@@ -119,9 +119,9 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         self.write(b"".join(sequence))
 
     def _write_now(self, data: bytes) -> None:
-        # One write may make several TLS records (16 KiB each): they leave in one send, for
-        # a later small segment would wait behind the first for its ACK (Nagle) even with
-        # TCP_NODELAY off, and the peer may delay that ACK by 40 ms.
+        # One write may make several TLS records (16 KiB each): they leave in one send. Sent
+        # one by one, a short last record would be a segment of its own: without TCP_NODELAY
+        # it waits for the ACK of the one before, which the peer may delay by 40 ms.
         self._holding = True
         try:
             TLSMemoryBIOProtocol.write(self, data)

@@ -7,7 +7,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from kcm.gateway.link_client import LinkDown, ServiceKeyRefused
 from kcm.identity import Principal
+from kcm.kmip.enums import State
+from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4.authorize import ServiceKeyUseDenied, check_service_key_use
+from kcm.l4.service_key import ServiceKey
 from kcm.testing.requests import (
     CONTINUE,
     STOP,
@@ -23,12 +26,17 @@ from kcm.testing.requests import (
     request,
     response,
 )
+from tests.core_support import service_principal
 
-__all__ = ["CONTINUE", "L3_UID", "STOP", "UNDO", "FakeLink", "activate", "create_l4",
-           "create_managed", "decrypt", "encrypt", "get", "item", "locate", "request",
-           "response"]
+__all__ = ["APP", "CONNECTION", "CONTINUE", "L3", "L3_UID", "STOP", "UNDO", "FakeLink",
+           "activate", "create_l4", "create_managed", "decrypt", "encrypt", "get", "item",
+           "locate", "request", "response"]
 
 L3_UID = "l3-00000000-0000-4000-8000-000000000001"
+#: The demo tenant's service "app", connected to a gateway directly, and its L3 (Active).
+APP = service_principal()
+CONNECTION = ConnectionInfo(1, APP, "127.0.0.1:40000")
+L3 = ServiceKey(L3_UID, "demo", "app", 1, State.ACTIVE, bytes(range(32)))
 
 
 class FakeLink:

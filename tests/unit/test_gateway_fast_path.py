@@ -27,21 +27,16 @@ from kcm.kmip.enums import (
     NameType,
     ObjectType,
     Operation,
-    State,
 )
 from kcm.kmip.payloads import CreateRequest, DecryptRequest, EncryptRequest, GetRequest
 from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4.engine import L4Engine
-from kcm.l4.service_key import ServiceKey
 from kcm.testing.requests import create_l4, create_managed, item, request, response
 from kcm.ttlv import Item, ItemType
 from tests.core_support import service_principal
-from tests.gateway_support import L3_UID, FakeLink
+from tests.gateway_support import APP, CONNECTION, L3, L3_UID, FakeLink
 
-APP = service_principal()
-CONNECTION = ConnectionInfo(1, APP, "127.0.0.1:40000")
-L3 = ServiceKey(L3_UID, "demo", "app", 1, State.ACTIVE, bytes(range(32)))
 CORRELATION = "00112233aabbccdd"
 VERSIONS = [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1)]
 

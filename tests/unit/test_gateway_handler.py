@@ -26,7 +26,10 @@ from kcm.ttlv import Item, ItemType, encode, structure
 from kcm.ttlv.peek import peek_response
 from tests.core_support import CoreHarness, service_principal
 from tests.gateway_support import (
+    APP,
+    CONNECTION,
     CONTINUE,
+    L3,
     L3_UID,
     STOP,
     UNDO,
@@ -41,10 +44,6 @@ from tests.gateway_support import (
     request,
     response,
 )
-
-APP = service_principal()
-CONNECTION = ConnectionInfo(1, APP, "127.0.0.1:40000")
-L3 = ServiceKey(L3_UID, "demo", "app", 1, State.ACTIVE, bytes(range(32)))
 
 
 class Gateway:

@@ -16,14 +16,16 @@ from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache, Need, ServiceKeyMissing
 from kcm.gateway.local_batch import LocalRunner, l4_engine
 from kcm.gateway.metrics import GatewayMetrics
-from kcm.kmip.enums import Operation, State
+from kcm.kmip.enums import Operation
 from kcm.kmip.errors import KmipError
 from kcm.kmip.payloads.crypto import DecryptRequest
-from kcm.kmip_protocol import ConnectionInfo, ConnectionLimits
-from kcm.l4.service_key import ServiceKey
+from kcm.kmip_protocol import ConnectionLimits
 from kcm.ttlv.peek import peek_response
-from tests.core_support import CoreHarness, service_principal
+from tests.core_support import CoreHarness
 from tests.gateway_support import (
+    APP,
+    CONNECTION,
+    L3,
     L3_UID,
     FakeLink,
     create_l4,
@@ -36,10 +38,6 @@ from tests.gateway_support import (
     response,
 )
 from tests.unit.test_metrics import samples
-
-APP = service_principal()
-CONNECTION = ConnectionInfo(1, APP, "127.0.0.1:40000")
-L3 = ServiceKey(L3_UID, "demo", "app", 1, State.ACTIVE, bytes(range(32)))
 
 
 class Gateway:

@@ -99,14 +99,18 @@ BATCH_TARGET = 30_000
 FORWARD_OVERHEAD_TARGET_MS = 0.2
 DURABLE_P99_TARGET_MS = 20.0
 
-# The baseline: Twisted, the same TLS options and certificates as the gateway, no KMIP at all.
+# The baseline: Twisted, the same TLS options and certificates as the gateway, no KMIP at all;
+# on Twisted's stock TLS transport, or (a fifth argument "eager") on kcm.eager_tls, the one
+# the gateway uses, to show what the transport alone is worth.
 _ECHO_SERVER = """
 import sys
 from twisted.internet import protocol, reactor
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from kcm.eager_tls import EagerTLSFactory
 from kcm.tls import server_tls_options
 
 cert, key, ca, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+eager = sys.argv[5:] == ["eager"]
 
 class Echo(protocol.Protocol):
     # Frames like a KMIP server (8-byte TTLV header, then the value) and answers each whole
@@ -124,8 +128,12 @@ class Echo(protocol.Protocol):
             self.transport.write(message)
 
 factory = protocol.Factory.forProtocol(Echo)
-SSL4ServerEndpoint(reactor, port, server_tls_options(cert, key, ca),
-                   interface="127.0.0.1").listen(factory)
+options = server_tls_options(cert, key, ca)
+if eager:
+    TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(
+        EagerTLSFactory(options, False, factory))
+else:
+    SSL4ServerEndpoint(reactor, port, options, interface="127.0.0.1").listen(factory)
 reactor.run()
 """
 
@@ -147,11 +155,14 @@ def echo_check(wire_request: bytes, wire_response: bytes) -> str | None:
 
 # --- the servers ---------------------------------------------------------------------------------
 
-def start_echo(pki: PkiPaths, work: Path) -> tuple[subprocess.Popen, int]:
+def start_echo(pki: PkiPaths, work: Path, *, eager: bool = False
+               ) -> tuple[subprocess.Popen, int]:
     port = free_port()
+    name = "echo-eager" if eager else "echo"
     process = start_python_server(
-        _ECHO_SERVER, [str(pki.gateway.cert), str(pki.gateway.key), str(pki.ca.cert), str(port)],
-        port, "echo server", work / "echo.stderr")
+        _ECHO_SERVER, [str(pki.gateway.cert), str(pki.gateway.key), str(pki.ca.cert), str(port),
+                       *(["eager"] if eager else [])],
+        port, f"{name} server", work / f"{name}.stderr")
     return process, port
 
 
@@ -187,6 +198,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
     core: CoreProcess | None = None
     gateway_process: GatewayProcess | None = None
     echo_process: subprocess.Popen | None = None
+    eager_echo_process: subprocess.Popen | None = None
     outcomes: dict[str, Outcome] = {}
     try:
         core = deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
@@ -196,12 +208,14 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         gateway_process.start()
         gateway_process.wait_linked()
         echo_process, echo_port = start_echo(core.pki, work)
+        eager_echo_process, eager_echo_port = start_echo(core.pki, work, eager=True)
         assert core.process is not None and gateway_process.process is not None
         gateway = Server("gateway", gateway_process.port, core.pki, gateway_process.process.pid,
                          with_children=args.workers != 1)
         direct = Server("core", core.port, core.pki, core.process.pid)
         echo = Server("echo", echo_port, core.pki, echo_process.pid)
-        watched = [gateway, direct, echo]
+        eager_echo = Server("echo-eager", eager_echo_port, core.pki, eager_echo_process.pid)
+        watched = [gateway, direct, echo, eager_echo]
 
         def run(name: str, servers: list[Server], plans: list[list[tuple[int, bytes]]],
                 check: list[Check], warmup: list[bytes | None],
@@ -263,6 +277,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
 
         sequential = {
             "echo": (echo, encrypt_wire, echo_check),
+            "echo, eager TLS": (eager_echo, encrypt_wire, echo_check),
             "L4 Encrypt": (gateway, encrypt_wire, kmip_check(Operation.ENCRYPT, encrypted)),
             "L4 Decrypt": (gateway, decrypt_wire, kmip_check(Operation.DECRYPT, decrypted)),
             "L4 Get": (gateway, get_wire, kmip_check(Operation.GET, got_dek)),
@@ -351,6 +366,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         return 1 if failed or problems else 0
     finally:
         stop_process(echo_process, timeout=10)
+        stop_process(eager_echo_process, timeout=10)
         if gateway_process is not None:
             gateway_process.stop()
         if core is not None:
@@ -368,11 +384,13 @@ def report(outcomes: dict[str, Outcome], args: argparse.Namespace, problems: lis
     print(f"{'scenario':<16}{'ok/sent':>13}{'ops/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
           f"{'p99.9 ms':>10}{'max ms':>9}{'client µs/op':>14}{'server µs/op':>14}"
           f"{'core %':>8}{'other load':>12}{'p50/echo':>10}{'ops/echo':>10}")
-    names = ["echo", "L4 Encrypt", "L4 Decrypt", "L4 Get", "L4 Create", "L4 Encrypt batch",
-             f"echo x{args.concurrent_clients}", f"L4 Encrypt x{args.concurrent_clients}"]
+    names = ["echo", "echo, eager TLS", "L4 Encrypt", "L4 Decrypt", "L4 Get", "L4 Create",
+             "L4 Encrypt batch", f"echo x{args.concurrent_clients}",
+             f"L4 Encrypt x{args.concurrent_clients}"]
     for name in names:
         o = outcomes[name]
-        server = "echo" if name.startswith("echo") else "gateway"
+        server = ("echo-eager" if name == "echo, eager TLS" else
+                  "echo" if name.startswith("echo") else "gateway")
         baseline = outcomes["echo" if o.clients == 1 else f"echo x{args.concurrent_clients}"]
         print(f"{name:<16}{f'{o.ok}/{o.requests}':>13}{o.throughput:9.0f}{o.ms(50):9.3f}"
               f"{o.ms(90):9.3f}{o.ms(99):9.3f}{o.ms(99.9):10.3f}{o.ms(100):9.2f}"
@@ -402,6 +420,11 @@ def report(outcomes: dict[str, Outcome], args: argparse.Namespace, problems: lis
               f"(≥ {target:.2f}: {verdict(ratio >= target)})")
     echo = outcomes["echo"]
     echo_cpu = echo.server_cpu_seconds["echo"] / max(1, echo.ok)
+    eager = outcomes["echo, eager TLS"]
+    eager_cpu = eager.server_cpu_seconds["echo-eager"] / max(1, eager.ok)
+    print(f"  the same echo on kcm.eager_tls (the gateway's transport): {1e6 * eager_cpu:.0f} µs "
+          f"of CPU per request against {1e6 * echo_cpu:.0f} µs on Twisted's stock TLS "
+          f"({eager_cpu / echo_cpu:.2f}x); the gateway's targets are against the stock echo")
     for name in ["L4 Encrypt", "L4 Decrypt", "L4 Get", "L4 Create"]:
         o = outcomes[name]
         ratio = o.server_cpu_seconds["gateway"] / max(1, o.ok) / echo_cpu

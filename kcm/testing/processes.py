@@ -58,22 +58,34 @@ START_TIMEOUT = 30.0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago.
+    """A TCP port on 127.0.0.1 that was free a moment ago, and that this process has not
+    handed out before (a deployment takes several ports before its servers bind them: two
+    equal draws made one server fail to listen).
 
     Under pytest-xdist each worker draws from a range of its own, below the kernel's
     ephemeral ports (:data:`_XDIST_PORTS`), so that two workers starting servers at once
-    never pick the same port (and no client socket of either takes it meanwhile)."""
+    never pick the same port (and no client socket of either takes it meanwhile); it walks
+    its range in order from a random start."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if workers < 2 or not worker[2:].isdigit():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
+        for _ in range(1000):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+        raise RuntimeError("no free port the kernel offers that was not handed out already")
     low, high = _XDIST_PORTS
     span = (high - low) // workers
     first = low + int(worker[2:]) % workers * span
-    for _ in range(1000):
-        port = random.randrange(first, first + span)
+    global _next_port
+    if _next_port is None:
+        _next_port = random.randrange(span)
+    for _ in range(span):
+        port = first + _next_port % span
+        _next_port += 1
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -81,6 +93,12 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {first}-{first + span - 1}")
+
+
+#: Ports :func:`free_port` gave out from the kernel's choice (outside pytest-xdist).
+_HANDED_OUT: set[int] = set()
+#: Where a pytest-xdist worker's walk through its range of ports has come to.
+_next_port: int | None = None
 
 
 #: The ports pytest-xdist workers share out between them: below Linux's default ephemeral

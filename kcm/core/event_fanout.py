@@ -1,8 +1,10 @@
 """Tail the outbox and fan new events out to every connected gateway link, in order.
 
-The outbox is the guarantee (ARCHITECTURE §4, §9): :class:`EventFanout` polls it off the
-reactor (a read-only transaction every ``poll_interval``), encodes each new event's EVENT
-frame once and hands it to every live subscriber. A link that has just connected first
+The outbox is the guarantee (ARCHITECTURE §4, §9): :class:`EventFanout` reads it off the
+reactor (a read-only transaction) when woken (:meth:`EventFanout.wake`: on PostgreSQL, the
+NOTIFY every commit that adds events sends, whichever core made it; see
+:mod:`kcm.core.outbox_listener`) and every ``poll_interval`` in any case, encodes each new
+event's EVENT frame once and hands it to every live subscriber. A link that has just connected first
 catches up through :meth:`EventFanout.replay`, then goes live; see
 :class:`kcm.core.link_server.LinkServerProtocol`.
 """
@@ -50,6 +52,8 @@ class EventFanout(Service):
         self.batch_size = batch_size
         self._subscribers: set[EventSubscriber] = set()
         self._loop: LoopingCall | None = None
+        self._waking = False
+        self._wake_again = False
 
     def startService(self) -> None:
         if self.head is None:
@@ -71,6 +75,21 @@ class EventFanout(Service):
 
     def unsubscribe(self, subscriber: EventSubscriber) -> None:
         self._subscribers.discard(subscriber)
+
+    def wake(self) -> None:
+        """Read the outbox now (new events were committed). Wakes that come while a read
+        runs make one more read after it, not one each."""
+        if self._waking:
+            self._wake_again = True
+            return
+        self._waking = True
+        self.poll().addBoth(self._woken)
+
+    def _woken(self, _: object) -> None:
+        self._waking = False
+        if self._wake_again:
+            self._wake_again = False
+            self.wake()
 
     def poll(self) -> Deferred[None]:
         """Read the events after :attr:`head` and publish them (all of them, batch after

@@ -92,6 +92,7 @@ class LinkServerProtocol(LinkProtocol):
         self.sent_seq = -1  # the newest event written or queued for this gateway
         self.live = False
         self._hello = False
+        self._peer_name: str | None = None
         self._replaying = False
         self._paused = False
         self._queued: deque[bytes] = deque()
@@ -141,14 +142,28 @@ class LinkServerProtocol(LinkProtocol):
                          f"(this core speaks {HELLO_VERSION} to {LINK_VERSION})")
             return
         self._hello = True
+        self._peer_name = frame.peer_name
         self.factory.links.add(self)
-        head = self.factory.fanout.head
         asked = frame.sequence if frame.sequence is not None else -1
+        fanout = self.factory.fanout
+        if asked > fanout.head:
+            # A gateway that was linked to another core on the same database may have
+            # applied events this core's fan-out has not read yet: read the outbox before
+            # taking it for a gateway ahead of the database.
+            fanout.poll().addBoth(lambda _: self._welcome(asked))
+        else:
+            self._welcome(asked)
+
+    def _welcome(self, asked: int) -> None:
+        if self.closing:
+            return
+        head = self.factory.fanout.head
         # A gateway ahead of the outbox (a restored database) starts over from the head; it
         # learns so from WELCOME's sequence being below its own.
         self.sent_seq = head if asked < 0 or asked > head else asked
         log.info("gateway {gateway} linked from {peer} ({name}), events after {seq}",
-                 gateway=self.gateway.id, peer=self.peer, name=frame.peer_name, seq=self.sent_seq)
+                 gateway=self.gateway.id, peer=self.peer, name=self._peer_name,
+                 seq=self.sent_seq)
         welcome = Frame(FrameType.WELCOME, link_version=LINK_VERSION,
                         peer_name=self.factory.server_name, sequence=head,
                         heartbeat_interval=self.factory.settings.heartbeat_interval,

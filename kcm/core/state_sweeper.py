@@ -6,6 +6,12 @@ for tenant and service keys that is not enough, because gateways learn of an L3'
 only from events: without a sweep, an L3 whose Deactivation Date passed would keep
 protecting new data at the gateways until someone touched it at the core. The sweep
 saves such keys (``managed.save`` emits ``l3.state`` in the same transaction).
+
+With several cores on one PostgreSQL database the sweep runs on one of them at a time: the
+one holding the sweeper's lease (:class:`kcm.core.leader_lease.AdvisoryLease`); the others
+ask for it at every interval and take over within one interval of the holder's death. The
+sweep is safe to repeat (it moves only keys whose dates say so), so the short overlap a
+network partition may cause does no harm.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from twisted.logger import Logger
 
 from kcm.core import managed
 from kcm.core.attribute_blob import decode_attributes
+from kcm.core.leader_lease import SWEEPER_LEASE_KEY, AdvisoryLease
 from kcm.core.store.engine import Store
 from kcm.core.store.schema import (
     LEVEL_SERVICE_KEY,
@@ -72,11 +79,15 @@ class StateSweeper(Service):
 
     name = "kcm-state-sweeper"
 
-    def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL, *,
+                 lease: AdvisoryLease | None = None) -> None:
         self._store = store
         self._clock = clock
         self._interval = interval
         self._loop: LoopingCall | None = None
+        #: Held by the one core that sweeps (always held on SQLite).
+        self.lease = lease if lease is not None else AdvisoryLease(store, SWEEPER_LEASE_KEY,
+                                                                   "state sweeper")
 
     def startService(self) -> None:
         super().startService()
@@ -85,17 +96,28 @@ class StateSweeper(Service):
         self._loop.start(self._interval, now=True).addErrback(
             lambda failure: log.failure("state sweeper stopped", failure))
 
-    def stopService(self) -> None:
+    def stopService(self):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        return super().stopService()
+        super().stopService()
+        if self.lease.held:
+            return self._store.defer(self.lease.release).addErrback(
+                lambda failure: log.failure("releasing the sweeper lease failed", failure))
+        return None
 
     def sweep(self):
-        """One sweep in one write transaction; errors are logged and the loop goes on."""
-        now = int(self._clock.seconds())
-        d = self._store.run(lambda session: sweep_due_states(session, now))
+        """One sweep in one write transaction, if this core holds the lease; errors are
+        logged and the loop goes on."""
+        d = self._store.defer(self.lease.hold)
+        d.addCallback(self._sweep_if_held)
         d.addCallbacks(_report, lambda failure: log.failure("state sweep failed", failure))
         return d
+
+    def _sweep_if_held(self, held: bool):
+        if not held:
+            return []
+        now = int(self._clock.seconds())
+        return self._store.run(lambda session: sweep_due_states(session, now))
 
 
 def _report(moved: list[str]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kcm.config_file import ConfigError, TlsFiles, load_section
+from kcm.gateway.core_endpoints import ORDERS
 from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["ConfigError", "GatewayConfig", "TlsFiles", "load_config"]
@@ -21,8 +22,13 @@ class GatewayConfig:
     #: KMIP listener for applications; not 5696, so a core and a gateway share a host.
     listen: str = "tcp:5698:interface=127.0.0.1"
     trust_domain: str = "kcm.test"
-    #: The core's link listener (docs/link-protocol.md §1), a plain client endpoint.
-    core: str = "tcp:127.0.0.1:5697"
+    #: The cores' link listeners (docs/link-protocol.md §1), plain client endpoints: one,
+    #: or several cores on one database to fail over between (kcm.gateway.core_endpoints).
+    #: A TOML string or list; on the command line, endpoints separated by commas.
+    core: tuple[str, ...] = ("tcp:127.0.0.1:5697",)
+    #: Which listed core a gateway tries first: ``spread`` (a random one, so that gateways
+    #: with the same list spread over the cores) or ``listed`` (the first).
+    core_order: str = "spread"
     #: The name the core's certificate must carry (DNS or IP SAN).
     core_server_name: str = "localhost"
     tls: TlsFiles = field(default_factory=lambda: TlsFiles("var/pki/gateway.pem",
@@ -58,7 +64,7 @@ class GatewayConfig:
         return [_service_pair(entry) for entry in self.prewarm]
 
 
-_TOP_LEVEL = {"listen", "trust_domain", "core", "core_server_name", "l3_ttl",
+_TOP_LEVEL = {"listen", "trust_domain", "core", "core_order", "core_server_name", "l3_ttl",
               "max_stale", "prewarm", "max_in_flight", "log_level", "log_format",
               "log_file",
               "workers", "metrics_listen"}
@@ -84,6 +90,8 @@ def load_config(path: str | Path | None,
     config.prewarm_services()
     if config.l3_ttl <= 0 or config.max_stale < config.l3_ttl:
         raise ConfigError("gateway: l3_ttl must be positive and max_stale at least l3_ttl")
+    if config.core_order not in ORDERS:
+        raise ConfigError(f"gateway.core_order must be one of {', '.join(ORDERS)}")
     if config.max_in_flight < 1:
         raise ConfigError("gateway.max_in_flight must be at least 1")
     if config.workers < 0:
@@ -106,6 +114,8 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
                 out[key] = kind(out[key])
             except (TypeError, ValueError):
                 raise ConfigError(f"gateway.{key} must be a number") from None
+    if "core" in out:
+        out["core"] = _core_list(out["core"])
     if "prewarm" in out:
         prewarm = out["prewarm"]
         if isinstance(prewarm, str):
@@ -117,6 +127,20 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
     if "workers" in out:
         out["workers"] = _whole_number("workers", out["workers"])
     return out
+
+
+def _core_list(value: Any) -> tuple[str, ...]:
+    """The ``core`` setting as a tuple of endpoint strings, from a TOML string or list or
+    the command line's comma-separated endpoints."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if (not isinstance(value, list | tuple) or not value
+            or not all(isinstance(v, str) and v for v in value)):
+        raise ConfigError("gateway.core must be a link endpoint (tcp:HOST:PORT) or a list "
+                          "of them")
+    if len(set(value)) != len(value):
+        raise ConfigError("gateway.core lists a core twice")
+    return tuple(value)
 
 
 def _whole_number(key: str, value: Any) -> int:

@@ -21,6 +21,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from kcm.gateway.config import GatewayConfig
+from kcm.gateway.core_endpoints import CoreFailoverEndpoint
 from kcm.gateway.handler import GatewayRequestHandler
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
@@ -43,7 +44,7 @@ class GatewayIdentity(Service):
     name = "kcm-gateway-identity"
 
     def __init__(self, cert_path: str, trust_domain: str, link: LinkClient,
-                 endpoint: TLSClientEndpoint) -> None:
+                 endpoint: TLSClientEndpoint | CoreFailoverEndpoint) -> None:
         self.cert_path = cert_path
         self.trust_domain = trust_domain
         self.link = link
@@ -82,7 +83,7 @@ class GatewayService(ProcessService):
         super().startService()
         config = self.config
         log.info("kcm-gateway listening on {listen}, core link to {core}",
-                 listen=config.listen, core=config.core)
+                 listen=config.listen, core=", ".join(config.core))
         if config.prewarm and self.link is not None:
             self.link.when_connected().addCallback(lambda _: self._prewarm())
 

@@ -404,5 +404,5 @@ class GatewaySupervisor(ProcessService):
     def startService(self) -> None:
         log.info("kcm-gateway supervisor: {workers} workers sharing {listen}, each linked to "
                  "{core}", workers=self.workers, listen=self.config.listen,
-                 core=self.config.core)
+                 core=", ".join(self.config.core))
         super().startService()

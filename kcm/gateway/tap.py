@@ -20,6 +20,7 @@ from twisted.python import usage
 from kcm.config_file import ConfigError, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.gateway.config import load_config
+from kcm.gateway.core_endpoints import CoreFailoverEndpoint, with_connect_timeout
 from kcm.gateway.fast_path import FastPath
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
@@ -56,7 +57,10 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Configuration file (TOML, a [gateway] table)."],
         ["listen", None, None, "KMIP listener, an endpoint string (tcp:5698:interface=...)."],
-        ["core", None, None, "The core's link listener, a client endpoint (tcp:HOST:PORT)."],
+        ["core", None, None, "The cores' link listeners, client endpoints (tcp:HOST:PORT) "
+         "separated by commas."],
+        ["core-order", None, None, "Which core to try first: spread (a random one) or "
+         "listed (the first)."],
         ["core-server-name", None, None, "Name the core's certificate must carry."],
         ["trust-domain", None, None, "SPIFFE trust domain of client identities."],
         ["tls-cert", None, None, "Gateway certificate (PEM), for clients and the link."],
@@ -132,9 +136,11 @@ def makeService(options: Options,
     trust_domain = config.trust_domain
     gateway = GatewayService(config, reactor=reactor, log_fields=None if worker is None else
                              {"worker": worker, "pid": os.getpid()})
-    link_endpoint = TLSClientEndpoint(reactor, config.core, partial(
-        client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name,
-        min_version=min_tls_version(tls.policy)))
+    core_tls = partial(client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name,
+                       min_version=min_tls_version(tls.policy))
+    link_endpoint = CoreFailoverEndpoint(
+        [TLSClientEndpoint(reactor, with_connect_timeout(core), core_tls)
+         for core in config.core], config.core, order=config.core_order)
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
     cache = L3Cache(link.fetch_service_keys, connected=lambda: link.connected,

@@ -28,7 +28,8 @@ from kcm.tls_policy import TlsPolicy
 from tests.vectors import REPO_ROOT
 
 TREE = ["kcm-store", "kcm-l1", "kcm-audit-checkpoints", "kcm-policy", "kcm-kmip-listener",
-        "kcm-event-fanout", "kcm-link-listener", "kcm-state-sweeper"]
+        "kcm-event-fanout", "kcm-outbox-listener", "kcm-link-listener",
+        "kcm-state-sweeper"]
 
 
 def parse(*argv: str) -> tap.Options:
@@ -163,7 +164,8 @@ def test_make_service_assembles_the_tree_and_reads_nothing(tmp_path: Path,
 def test_without_a_link_listener_there_is_no_fanout() -> None:
     core = tap.makeService(parse("--link-listen", ""), reactor=Clock())
     assert [child.name for child in core] == [
-        name for name in TREE if name not in ("kcm-event-fanout", "kcm-link-listener")]
+        name for name in TREE
+        if name not in ("kcm-event-fanout", "kcm-outbox-listener", "kcm-link-listener")]
     assert core.fanout is None and core.link_factory is None
 
 

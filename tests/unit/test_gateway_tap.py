@@ -29,7 +29,7 @@ def test_defaults_run_beside_a_core() -> None:
     config = parse()["gateway_config"]
     assert config == GatewayConfig()
     assert config.listen == "tcp:5698:interface=127.0.0.1"
-    assert config.core == "tcp:127.0.0.1:5697"
+    assert config.core == ("tcp:127.0.0.1:5697",)
     assert (config.l3_ttl, config.max_stale) == (300.0, 3600.0)
 
 

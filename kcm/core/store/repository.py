@@ -49,6 +49,8 @@ from kcm.link.events import EventKind
 
 # Arbitrary constant: the key of the PostgreSQL advisory lock that serializes writers.
 WRITER_LOCK_KEY = 0x4B434D0001
+#: The PostgreSQL channel a commit that adds outbox events notifies.
+OUTBOX_CHANNEL = "kcm_outbox"
 
 Clock = Callable[[], float]
 
@@ -538,6 +540,10 @@ def append_outbox(
         OutboxEvent(seq=seq, at=int(clock() * 1_000_000), tenant=tenant, kind=kind, payload=payload)
     )
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        # Delivered at commit (never for a rollback), once per transaction however many
+        # events it adds: wakes every core's fan-out (kcm.core.outbox_listener).
+        session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
     return seq
 
 

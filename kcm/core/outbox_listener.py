@@ -1,0 +1,101 @@
+"""Wake the event fan-out at commit time on PostgreSQL, whichever core committed.
+
+Every transaction that adds outbox events sends ``NOTIFY kcm_outbox``
+(:func:`kcm.core.store.repository.append_outbox`); PostgreSQL delivers it when, and only
+if, the transaction commits. :class:`OutboxListener` keeps one connection of its own
+listening on that channel, in a thread, and calls ``wake`` on the reactor for what it hears
+(at most one call waiting at a time, however many commits arrive meanwhile). When the
+connection breaks it reconnects after ``retry_delay`` and wakes once more, for what was
+committed while it was not listening; the fan-out's own poll bounds the delay meanwhile.
+
+On SQLite (one core per database file) it does nothing: the poll is the only reader.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from kcm.core.store.engine import Store
+from kcm.core.store.pg_session import is_postgresql, own_connection
+from kcm.core.store.repository import OUTBOX_CHANNEL
+
+log = Logger()
+
+
+class OutboxListener(Service):
+    """LISTENs for outbox commits and calls ``wake`` (on the reactor) for them."""
+
+    name = "kcm-outbox-listener"
+
+    def __init__(self, store: Store, wake: Callable[[], None], reactor: Any, *,
+                 retry_delay: float = 1.0, stop_check: float = 0.5) -> None:
+        self._store = store
+        self._wake = wake
+        self._reactor = reactor
+        self.retry_delay = retry_delay
+        self._stop_check = stop_check
+        self._stopping = threading.Event()
+        self._pending = threading.Lock()  # held from a wake's scheduling to its run
+        self._thread: threading.Thread | None = None
+        #: Whether the LISTEN is in place now (for tests and health).
+        self.listening = False
+        #: Notifications heard since the service started.
+        self.heard = 0
+
+    def startService(self) -> None:
+        super().startService()
+        if not is_postgresql(self._store.engine):
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._listen_forever, name=self.name,
+                                        daemon=True)
+        self._thread.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._stopping.set()  # the thread notices within stop_check seconds
+
+    # On the listening thread ---------------------------------------------------------------
+    def _listen_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._listen_once()
+            except Exception as e:
+                log.warn("listening for outbox commits failed ({error}); retrying in "
+                         "{delay}s, polling meanwhile", error=str(e).splitlines()[0] if str(e)
+                         else type(e).__name__, delay=self.retry_delay)
+            finally:
+                self.listening = False
+            self._stopping.wait(self.retry_delay)
+
+    def _listen_once(self) -> None:
+        connection = own_connection(self._store.engine)
+        try:
+            connection.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            self.listening = True
+            self._schedule_wake()  # what was committed before the LISTEN took
+            while not self._stopping.is_set():
+                for _ in connection.notifies(timeout=self._stop_check):
+                    self.heard += 1
+                    self._schedule_wake()
+                    if self._stopping.is_set():
+                        break
+        finally:
+            connection.close()
+
+    def _schedule_wake(self) -> None:
+        if self._pending.acquire(blocking=False):
+            self._reactor.callFromThread(self._run_wake)
+
+    # On the reactor ------------------------------------------------------------------------
+    def _run_wake(self) -> None:
+        self._pending.release()
+        try:
+            self._wake()
+        except Exception:
+            log.failure("waking the event fan-out failed")

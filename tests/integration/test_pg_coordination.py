@@ -1,0 +1,128 @@
+"""What several cores on one PostgreSQL database coordinate through it: the sweeper's
+lease (one holder; the next takes over when it goes) and the outbox NOTIFY that wakes
+every core's event fan-out at commit (never for a rollback)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy
+
+from kcm.core.keys import derive_audit_key
+from kcm.core.leader_lease import AdvisoryLease
+from kcm.core.outbox_listener import OutboxListener
+from kcm.core.store import repository
+from kcm.core.store.engine import Store
+from kcm.core.store.migrate import upgrade
+from kcm.link.events import EventKind
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def pg_database(postgres_url: str) -> Iterator[str]:
+    """A fresh, migrated database in the suite's cluster."""
+    name = f"kcm_coord_{next(_databases)}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+
+
+def _store(url: str) -> Store:
+    store = Store(url, threads=2)
+    store.audit_key = derive_audit_key(bytes(32))
+    return store
+
+
+def test_one_core_holds_the_lease_and_the_next_takes_over(pg_database: str) -> None:
+    first, second = _store(pg_database), _store(pg_database)
+    a, b = (AdvisoryLease(s, 0x4B434D00FF, "test") for s in (first, second))
+    try:
+        assert a.hold() and a.hold()  # taken, then kept
+        assert not b.hold()
+        a.release()
+        assert b.hold() and not a.hold()
+        # The holder's session dies (its core crashed or lost the database): the lock goes
+        # with it, and the holder learns it lost the lease at its next hold.
+        with second.engine.connect() as connection:
+            connection.execute(sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"))
+        deadline = time.monotonic() + 5
+        while not a.hold():
+            assert time.monotonic() < deadline, "the lease was not freed with its session"
+            time.sleep(0.05)
+        assert not b.hold() and not b.held
+    finally:
+        a.release()
+        b.release()
+        first.engine.dispose()
+        second.engine.dispose()
+
+
+class ThreadReactor:
+    """Just enough of a reactor for the listener: calls from its thread, run here."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.called = threading.Condition()
+
+    def callFromThread(self, fn, *args) -> None:  # noqa: N802 - Twisted's name
+        with self.called:
+            self.calls.append((fn, args))
+            self.called.notify_all()
+
+    def run_until(self, predicate, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            with self.called:
+                if not self.calls:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self.called.wait(left)
+                calls, self.calls = self.calls, []
+            for fn, args in calls:
+                fn(*args)
+        return True
+
+
+def test_a_commit_that_adds_events_wakes_the_fanout_and_a_rollback_does_not(
+        pg_database: str) -> None:
+    listening, writing = _store(pg_database), _store(pg_database)
+    reactor = ThreadReactor()
+    wakes: list[float] = []
+    listener = OutboxListener(listening, lambda: wakes.append(time.monotonic()), reactor,
+                              stop_check=0.1)
+    listener.startService()
+    try:
+        assert reactor.run_until(lambda: listener.listening and wakes)  # the catch-up wake
+        wakes.clear()
+
+        def add_event(session) -> None:
+            repository.append_outbox(session, EventKind.POLICY, None, b"")
+
+        def add_and_fail(session) -> None:
+            add_event(session)
+            raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            writing.run_sync(add_and_fail)
+        assert not reactor.run_until(lambda: wakes, timeout=0.5)
+        committed = time.monotonic()
+        writing.run_sync(add_event)
+        assert reactor.run_until(lambda: wakes, timeout=5)
+        assert wakes[0] - committed < 1.0
+        assert listener.heard == 1
+    finally:
+        listener.stopService()
+        listening.engine.dispose()
+        writing.engine.dispose()

@@ -1,0 +1,101 @@
+"""The gateway's list of cores: which it tries first, failover, and the ``core`` setting."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
+
+from kcm.gateway.config import ConfigError, load_config
+from kcm.gateway.core_endpoints import CoreFailoverEndpoint, with_connect_timeout
+
+
+class FakeEndpoint:
+    def __init__(self, up: bool) -> None:
+        self.up = up
+        self.attempts = 0
+        self.loaded = False
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def connect(self, factory: Factory):
+        self.attempts += 1
+        if self.up:
+            return succeed(factory.buildProtocol(None))
+        return fail(ConnectionRefusedError("down"))
+
+
+def _endpoints(*up: bool) -> list[FakeEndpoint]:
+    return [FakeEndpoint(u) for u in up]
+
+
+def connect(endpoint: CoreFailoverEndpoint) -> list:
+    results: list = []
+    endpoint.connect(Factory.forProtocol(Protocol)).addBoth(results.append)
+    return results
+
+
+def test_listed_order_starts_with_the_first_core_and_stays_on_it() -> None:
+    cores = _endpoints(True, True, True)
+    endpoint = CoreFailoverEndpoint(cores, ["a", "b", "c"], order="listed")
+    assert isinstance(connect(endpoint)[0], Protocol)
+    assert isinstance(connect(endpoint)[0], Protocol)
+    assert [c.attempts for c in cores] == [2, 0, 0]
+    assert endpoint.current_name == "a"
+
+
+def test_an_unreachable_core_fails_over_to_the_next_in_one_attempt() -> None:
+    cores = _endpoints(True, False, True)
+    endpoint = CoreFailoverEndpoint(cores, ["a", "b", "c"], order="listed")
+    endpoint.current = 1
+    assert isinstance(connect(endpoint)[0], Protocol)
+    assert [c.attempts for c in cores] == [0, 1, 1]
+    assert endpoint.current_name == "c"  # and it stays there
+    cores[1].up = True
+    connect(endpoint)
+    assert [c.attempts for c in cores] == [0, 1, 2]
+
+
+def test_no_core_reachable_fails_after_one_round_with_the_last_error() -> None:
+    cores = _endpoints(False, False)
+    endpoint = CoreFailoverEndpoint(cores, ["a", "b"], order="listed")
+    result = connect(endpoint)[0]
+    assert result.check(ConnectionRefusedError)
+    assert [c.attempts for c in cores] == [1, 1]
+    assert endpoint.current_name == "a"
+
+
+def test_spread_order_starts_at_a_random_core() -> None:
+    picks = [CoreFailoverEndpoint(_endpoints(True, True, True), ["a", "b", "c"],
+                                  random_index=lambda n, i=i: i % n).current_name
+             for i in range(3)]
+    assert picks == ["a", "b", "c"]
+
+
+def test_load_reads_every_cores_tls_files() -> None:
+    cores = _endpoints(True, True)
+    CoreFailoverEndpoint(cores, ["a", "b"]).load()
+    assert all(c.loaded for c in cores)
+
+
+def test_connect_timeout_is_added_unless_named() -> None:
+    assert with_connect_timeout("tcp:h:1") == "tcp:h:1:timeout=3"
+    assert with_connect_timeout("tcp:h:1:timeout=9") == "tcp:h:1:timeout=9"
+    assert with_connect_timeout("unix:/x") == "unix:/x"
+
+
+def test_core_setting_takes_a_string_a_list_or_commas(tmp_path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[gateway]\ncore = ["tcp:a:1", "tcp:b:1"]\ncore_order = "listed"\n')
+    config = load_config(path)
+    assert config.core == ("tcp:a:1", "tcp:b:1") and config.core_order == "listed"
+    path.write_text('[gateway]\ncore = "tcp:a:1"\n')
+    assert load_config(path).core == ("tcp:a:1",)
+    assert load_config(None, {"core": "tcp:a:1, tcp:b:2"}).core == ("tcp:a:1", "tcp:b:2")
+    for bad in ([], "tcp:a:1,tcp:a:1", [3]):
+        with pytest.raises(ConfigError, match="gateway.core"):
+            load_config(None, {"core": bad})
+    with pytest.raises(ConfigError, match="core_order"):
+        load_config(None, {"core_order": "nearest"})

@@ -231,3 +231,16 @@ def postgres_url() -> Iterator[str]:
             cluster.stop()
     finally:
         cluster.remove()
+
+
+def fresh_database(postgres_url: str, name: str) -> str:
+    """The URL of a new, empty database ``name`` in the cluster of ``postgres_url``."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    finally:
+        admin.dispose()
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"

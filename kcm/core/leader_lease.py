@@ -26,8 +26,9 @@ from kcm.core.store.pg_session import is_postgresql, own_connection
 
 log = Logger()
 
-#: The advisory lock key of the state sweeper (the writers' lock is another key).
-SWEEPER_LEASE_KEY = 0x4B434D0002
+#: The advisory lock key of the state sweeper (the writers' and migrations' locks are
+#: 0x4B434D0001 and 0x4B434D0002).
+SWEEPER_LEASE_KEY = 0x4B434D0003
 
 
 class AdvisoryLease:

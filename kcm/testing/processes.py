@@ -245,6 +245,19 @@ class CoreProcess:
         return KmipClient("127.0.0.1", self.port, cert=pair.cert, key=pair.key,
                           ca=self.pki.ca.cert)
 
+    def replica(self, root: Path) -> CoreProcess:
+        """Another kcm-core on this one's database (one more core of the deployment), in
+        ``root``: the same PKI, L1 key and policy, its own ports, configuration and log."""
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copytree(self.root / "pki", root / "pki", copy_function=shutil.copy2)
+        if (self.root / "l1.key").exists():
+            shutil.copy2(self.root / "l1.key", root / "l1.key")
+        other = CoreProcess(root, self.database, max_message_size=self.max_message_size,
+                            l1_pkcs11=self.l1_pkcs11)
+        other.limits = dict(self.limits)
+        other.write_config()
+        return other
+
     def pykmip(self, who: str = "app") -> ProxyKmipClient:
         """PyKMIP's ProxyKmipClient, opened, with one of the PKI's identities."""
         from kmip.pie.client import ProxyKmipClient
@@ -392,10 +405,19 @@ class GatewayProcess:
     workers: int = 1
     #: The ``metrics_listen`` port on 127.0.0.1 (None: no metrics listener).
     metrics_port: int | None = None
+    #: Cores on the same database to fail over between, in the order tried (``core_order =
+    #: "listed"``); None: :attr:`core` alone.
+    cores: Sequence[CoreProcess] | None = None
 
     @property
     def pki(self) -> PkiPaths:
         return self.core.pki
+
+    def _core_setting(self) -> str:
+        if self.cores is None:
+            return f'core = "tcp:127.0.0.1:{self.core.link_port}"\n'
+        listed = ", ".join(f'"tcp:127.0.0.1:{core.link_port}"' for core in self.cores)
+        return f'core = [{listed}]\ncore_order = "listed"\n'
 
     @property
     def config(self) -> Path:
@@ -411,8 +433,8 @@ class GatewayProcess:
         self.config.write_text(
             "[gateway]\n"
             f'listen = "tcp:{self.port}:interface=127.0.0.1"\n'
-            f'core = "tcp:127.0.0.1:{self.core.link_port}"\n'
-            'core_server_name = "localhost"\n'
+            + self._core_setting()
+            + 'core_server_name = "localhost"\n'
             'trust_domain = "kcm.test"\n'
             f"l3_ttl = {self.l3_ttl}\nmax_stale = {self.max_stale}\n"
             f"prewarm = [{prewarm}]\n"

@@ -19,6 +19,7 @@ from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
 from kcm.link.events import EventKind
+from tests.pg import fresh_database
 
 _databases = itertools.count()
 
@@ -26,12 +27,7 @@ _databases = itertools.count()
 @pytest.fixture
 def pg_database(postgres_url: str) -> Iterator[str]:
     """A fresh, migrated database in the suite's cluster."""
-    name = f"kcm_coord_{next(_databases)}"
-    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    url = fresh_database(postgres_url, f"kcm_coord_{next(_databases)}")
     upgrade(url)
     yield url
 

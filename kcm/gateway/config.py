@@ -39,6 +39,9 @@ class GatewayConfig:
     #: Seconds after the last successful refresh an L3 may still serve while the core is
     #: unreachable; beyond that the gateway fails closed.
     max_stale: float = 3600.0
+    #: L4 tombstones (revoked or destroyed tokens) held; beyond it the service key with the
+    #: most has its L4 requests answered by the core instead (kcm.gateway.l3_cache).
+    max_tombstones: int = 1_000_000
     #: Services whose current L3 is fetched as soon as the link is up ("tenant/service").
     prewarm: tuple[str, ...] = ()
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
@@ -65,7 +68,7 @@ class GatewayConfig:
 
 
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_order", "core_server_name", "l3_ttl",
-              "max_stale", "prewarm", "max_in_flight", "log_level", "log_format",
+              "max_stale", "max_tombstones", "prewarm", "max_in_flight", "log_level", "log_format",
               "log_file",
               "workers", "metrics_listen"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
@@ -92,6 +95,8 @@ def load_config(path: str | Path | None,
         raise ConfigError("gateway: l3_ttl must be positive and max_stale at least l3_ttl")
     if config.core_order not in ORDERS:
         raise ConfigError(f"gateway.core_order must be one of {', '.join(ORDERS)}")
+    if config.max_tombstones < 1:
+        raise ConfigError("gateway.max_tombstones must be at least 1")
     if config.max_in_flight < 1:
         raise ConfigError("gateway.max_in_flight must be at least 1")
     if config.workers < 0:
@@ -108,7 +113,8 @@ def load_config(path: str | Path | None,
 def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
-    for key, kind in (("l3_ttl", float), ("max_stale", float), ("max_in_flight", int)):
+    for key, kind in (("l3_ttl", float), ("max_stale", float), ("max_in_flight", int),
+                      ("max_tombstones", int)):
         if key in out:
             try:
                 out[key] = kind(out[key])

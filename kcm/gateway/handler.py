@@ -196,7 +196,8 @@ class GatewayRequestHandler:
             # wrong with the request is the core's to say, in the core's words.
             routed.local = False
             return self._forward_unread(wire, connection)
-        if classified.route is Route.ALL_REMOTE:
+        if classified.route is Route.ALL_REMOTE or (
+                self._cache.overflowed and self._names_overflowed(classified, connection)):
             routed.local = False
             return self._forward_whole(wire, classified.request, connection)
         if classified.route is Route.ALL_LOCAL:
@@ -261,6 +262,16 @@ class GatewayRequestHandler:
             return self._local_answer(header, principal, run, correlation_id)
         return run.addCallback(
             lambda done: self._local_answer(header, principal, done, correlation_id))
+
+    def _names_overflowed(self, classified: Classified, connection: ConnectionInfo) -> bool:
+        """Whether a local item uses an L3 whose tombstones the cache gave up: then the core,
+        which holds them all, answers the whole request."""
+        items = classified.request.items
+        attributes = classified.create_attributes
+        needs = l3_needs(((items[i], attributes[i])
+                          for i, local in enumerate(classified.local) if local),
+                         connection.principal)
+        return self._cache.names_overflowed(needs)
 
     def _lacking(self, classified: Classified, indexes: Sequence[int] | range,
                  principal: Principal) -> set[Need]:

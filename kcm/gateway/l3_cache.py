@@ -26,6 +26,14 @@ What it promises:
   client connections: :class:`kcm.gateway.service.GatewayService`). Each applied event is
   logged with its sequence number (an operator sees what a gateway caught up on after a reconnect).
 
+Tombstones are bounded. They are held by the L3 they belong to, and go with it when it is
+destroyed (the engine answers Object Destroyed for every token under a destroyed L3, at the
+core too, whether or not the token was revoked first). Beyond ``max_tombstones`` the L3 with
+the most is given up: its tombstones are forgotten and it joins :attr:`L3Cache.overflowed`,
+whose L4 requests the gateway forwards to the core (which keeps every tombstone) instead of
+answering them; an error is logged and the metrics show it. Rotating the service key and
+destroying the old version ends it.
+
 Time comes from the injected ``clock``; the core is reached only through the injected
 ``fetch``. Nothing here blocks, writes to disk or logs on the read path.
 """
@@ -110,7 +118,7 @@ class L3Cache:
 
     def __init__(self, fetch: Fetch, *, connected: Callable[[], bool],
                  clock: Callable[[], float], ttl: float = 300.0,
-                 max_stale: float = 3600.0) -> None:
+                 max_stale: float = 3600.0, max_tombstones: int = 1_000_000) -> None:
         self._fetch = fetch
         self._connected = connected
         self._clock = clock
@@ -120,7 +128,12 @@ class L3Cache:
         self._services: dict[tuple[str, str], _ServiceState] = {}
         #: Dropped versions: their tenant, service and state, without material.
         self._dropped: dict[str, ServiceKey] = {}
-        self._tombstones: set[str] = set()
+        #: Revoked or destroyed L4 tokens (TokenIds), each with its L3, and by L3.
+        self._tombstones: dict[str, str] = {}
+        self._tombstones_of: dict[str, set[str]] = {}
+        self.max_tombstones = max_tombstones
+        #: L3s whose tombstones were given up at the bound: their L4 requests go to the core.
+        self.overflowed: set[str] = set()
         self._refreshing_uids: set[str] = set()
         self.last_event_sequence = -1
         #: Reads by requests (:meth:`current`, :meth:`by_uid`), for the metrics: fresh,
@@ -329,7 +342,8 @@ class L3Cache:
             self._state_changed(str(payload.get("unique_identifier", "")), tenant or "",
                                 str(payload.get("service", "")), int(payload.get("state", 0)))
         elif known is EventKind.L4_TOMBSTONE:
-            self._tombstones.add(str(payload["token_id"]))
+            self._add_tombstone(str(payload["token_id"]),
+                                str(payload.get("unique_identifier", "")))
         elif known is EventKind.POLICY:
             log.info("policy changed at the core (event {seq}); it applies to new connections",
                      seq=sequence)
@@ -353,7 +367,45 @@ class L3Cache:
 
         self._fetch_need(Need(tenant, service), state.caller).addBoth(done)
 
+    # Tombstones --------------------------------------------------------------------------
+    @property
+    def tombstone_count(self) -> int:
+        """How many tombstones are held."""
+        return len(self._tombstones)
+
+    def names_overflowed(self, needs: Iterable[Need]) -> bool:
+        """Whether any of ``needs`` is an L3 whose tombstones this gateway gave up (so the
+        request must be answered by the core)."""
+        overflowed = self.overflowed
+        return bool(overflowed) and any(need.uid in overflowed for need in needs)
+
+    def _add_tombstone(self, token_id: str, l3_uid: str) -> None:
+        if l3_uid in self.overflowed or token_id in self._tombstones:
+            return
+        self._tombstones[token_id] = l3_uid
+        self._tombstones_of.setdefault(l3_uid, set()).add(token_id)
+        if len(self._tombstones) > self.max_tombstones:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        """Give up the tombstones of the L3 that has the most (see the module docstring)."""
+        l3_uid, tokens = max(self._tombstones_of.items(), key=lambda entry: len(entry[1]))
+        self._forget_tombstones(l3_uid)
+        self.overflowed.add(l3_uid)
+        log.error("over {limit} L4 tombstones: the {count} of service key {uid} are left to "
+                  "the core, which answers its L4 requests from now on (rotate the service "
+                  "and destroy this version, or raise max_tombstones)",
+                  limit=self.max_tombstones, count=len(tokens), uid=l3_uid)
+
+    def _forget_tombstones(self, l3_uid: str) -> None:
+        for token_id in self._tombstones_of.pop(l3_uid, ()):
+            del self._tombstones[token_id]
+
     def _state_changed(self, uid: str, tenant: str, service: str, new_state: int) -> None:
+        if new_state in (State.DESTROYED, State.DESTROYED_COMPROMISED):
+            # Every token under it now answers Object Destroyed: its tombstones say nothing.
+            self._forget_tombstones(uid)
+            self.overflowed.discard(uid)
         if new_state in _DROP_STATES:
             held = self._keys.get(uid)
             version = held.key.version if held is not None else 0

@@ -134,6 +134,13 @@ class GatewayMetrics:
             "max_stale with the core unreachable: refused).", ("result",),
             lambda: [(("hit",), cache.hits.value), (("stale",), cache.stale_hits.value),
                      (("miss",), cache.misses.value), (("expired",), cache.expired.value)]))
+        register(CallbackGauge("kcm_gateway_l4_tombstones",
+                               "Revoked or destroyed L4 tokens this gateway refuses itself.",
+                               (), lambda: [((), cache.tombstone_count)]))
+        register(CallbackGauge("kcm_gateway_l3_tombstones_overflowed",
+                               "Service keys whose L4 requests go to the core because their "
+                               "tombstones passed max_tombstones.", (),
+                               lambda: [((), len(cache.overflowed))]))
         register(CallbackGauge("kcm_gateway_l3_cache_keys",
                                "Service key versions held in memory.", (),
                                lambda: [((), cache.size)]))

@@ -69,6 +69,10 @@ class Options(usage.Options):
         *TLS_POLICY_OPTIONS,
         ["l3-ttl", None, None, "Seconds a cached service key (L3) is fresh."],
         ["max-stale", None, None, "Seconds a cached L3 may serve while the core is down."],
+        ["max-tombstones", None, None, "L4 tombstones held before the core answers for the "
+         "service key with the most."],
+        ["max-tombstones", None, None, "L4 tombstones held before the core answers for the "
+         "service key with the most."],
         ["prewarm", None, None, "Comma-separated tenant/service list to fetch at start."],
         ["max-in-flight", None, None, "Forwarded requests in flight before reading pauses."],
         ["log-level", None, None, "Log level (debug, info, warn, error, critical)."],
@@ -144,7 +148,8 @@ def makeService(options: Options,
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
     cache = L3Cache(link.fetch_service_keys, connected=lambda: link.connected,
-                    clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale)
+                    clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale,
+                    max_tombstones=config.max_tombstones)
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy

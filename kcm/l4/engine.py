@@ -373,13 +373,15 @@ class L4Engine:
         """The DEK of L4 ``uid`` for a caller who may use it, and its L3."""
         sealed = _parse(uid)
         l3 = self._service_key(principal, sealed.l3_uid)
-        if self._keys.is_tombstoned(sealed.token_id):
-            raise KmipError(ResultReason.OBJECT_NOT_FOUND,
-                            f"the L4 {sealed.token_id} was revoked or destroyed")
+        # A destroyed L3 first: every token under it is gone alike, revoked or not, so that
+        # a gateway may forget the tombstones of a destroyed L3 (kcm.gateway.l3_cache).
         if l3.state in _DESTROYED:
             raise KmipError(ResultReason.OBJECT_DESTROYED,
                             f"the service key {l3.uid} was destroyed: the L4s sealed under "
                             "it are crypto-erased")
+        if self._keys.is_tombstoned(sealed.token_id):
+            raise KmipError(ResultReason.OBJECT_NOT_FOUND,
+                            f"the L4 {sealed.token_id} was revoked or destroyed")
         _check_state(l3, protect=protect,
                      what="encrypt with its L4s" if protect else "open its L4s")
         dek = self._opened.get(uid)

@@ -408,6 +408,8 @@ class GatewayProcess:
     #: Cores on the same database to fail over between, in the order tried (``core_order =
     #: "listed"``); None: :attr:`core` alone.
     cores: Sequence[CoreProcess] | None = None
+    #: More ``[gateway]`` settings, written as TOML values (e.g. ``{"max_tombstones": 10}``).
+    settings: dict[str, int | float | str] = field(default_factory=dict)
 
     @property
     def pki(self) -> PkiPaths:
@@ -439,6 +441,7 @@ class GatewayProcess:
             f"l3_ttl = {self.l3_ttl}\nmax_stale = {self.max_stale}\n"
             f"prewarm = [{prewarm}]\n"
             + (f"workers = {self.workers}\n" if self.workers != 1 else "")
+            + "".join(f"{name} = {json.dumps(value)}\n" for name, value in self.settings.items())
             + _metrics_listen(self.metrics_port)
             + "[gateway.tls]\n"
             f'cert = "{self.pki.gateway.cert}"\nkey = "{self.pki.gateway.key}"\n'

@@ -29,6 +29,7 @@ from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem
 from kcm.kmip.payloads.crypto import DecryptRequest, EncryptResponse
 from kcm.kmip.payloads.lifecycle import DestroyRequest, RevocationReason, RevokeRequest
 from kcm.l4 import token as l4_token
+from kcm.testing.processes import free_port, scrape
 from tests.e2e_support import (
     CoreProcess,
     GatewayProcess,
@@ -286,3 +287,34 @@ def test_a_gateway_cut_off_while_changes_commit_applies_them_in_order_on_reconne
             ResultReason.WRONG_KEY_LIFECYCLE_STATE]
         [opened] = succeeded(app_b, decrypt(kept.token, kept.record))
         assert opened.data == b"a customer record"
+
+
+# Bounded tombstones ---------------------------------------------------------------------------
+def test_past_max_tombstones_the_core_answers_for_the_l3_and_nothing_revoked_comes_back(
+        core_process: CoreProcess, tmp_path: Path) -> None:
+    """A gateway that may hold one tombstone: the second destroyed token of the same L3
+    makes it leave that L3's L4 requests to the core, which refuses both destroyed tokens
+    and serves the live one; the metrics say so."""
+    gateway = GatewayProcess(tmp_path / "gateway", core_process, metrics_port=free_port(),
+                             settings={"max_tombstones": 1})
+    gateway.start()
+    try:
+        gateway.wait_linked()
+        with gateway.client("app") as app:
+            first, second, live = envelope(app), envelope(app), envelope(app)
+            for destroyed in (first, second):
+                succeeded(app, destroy(destroyed.token))
+            wait_until(lambda: "are left to the core" in gateway.log.read_text(),
+                       "the gateway to give up the L3's tombstones", timeout=5)
+            for destroyed in (first, second):
+                probe = [get(destroyed.token), decrypt(destroyed.token, destroyed.record)]
+                assert refusals(send(app, *probe)) == [ResultReason.OBJECT_NOT_FOUND] * 2
+            [opened] = succeeded(app, decrypt(live.token, live.record))
+            assert opened.data == b"a customer record"
+            [created] = succeeded(app, create_l4())  # the L3 is still the current one
+            succeeded(app, encrypt(created.unique_identifier, b"more"))
+        _, body = scrape(gateway.metrics_port)
+        assert b"kcm_gateway_l3_tombstones_overflowed 1.0" in body
+        assert b"kcm_gateway_l4_tombstones 0.0" in body
+    finally:
+        gateway.stop()

@@ -266,3 +266,37 @@ def test_resync_forgets_keys_but_not_tombstones(cache) -> None:
     with pytest.raises(ServiceKeyMissing):
         cache.key_source(APP).current_service_key("demo", "app")
     assert cache.is_tombstoned("cd" * 16)
+
+
+def _tombstone(cache: L3Cache, seq: int, token_id: str, l3_uid: str) -> None:
+    cache.apply_event(seq, "l4.tombstone", "demo", {"token_id": token_id,
+                                                    "unique_identifier": l3_uid})
+
+
+def test_tombstones_go_with_their_l3_when_it_is_destroyed(cache) -> None:
+    _tombstone(cache, 1, "ab" * 16, V1.uid)
+    _tombstone(cache, 2, "cd" * 16, V2.uid)
+    cache.apply_event(3, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
+                                              "state": int(State.DEACTIVATED)})
+    assert cache.tombstone_count == 2  # decrypt-only: its tokens still open, unless revoked
+    cache.apply_event(4, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
+                                              "state": int(State.DESTROYED)})
+    assert cache.tombstone_count == 1
+    assert not cache.is_tombstoned("ab" * 16) and cache.is_tombstoned("cd" * 16)
+
+
+def test_past_the_bound_the_l3_with_most_tombstones_is_left_to_the_core(cache) -> None:
+    cache.max_tombstones = 3
+    for seq, token in enumerate(("a1", "a2", "a3"), start=1):
+        _tombstone(cache, seq, token * 16, V1.uid)
+    assert not cache.overflowed and not cache.names_overflowed([Need(uid=V1.uid)])
+    _tombstone(cache, 4, "b1" * 16, V2.uid)  # the fourth: V1's three are given up
+    assert cache.overflowed == {V1.uid} and cache.tombstone_count == 1
+    assert cache.names_overflowed([Need(uid=V2.uid), Need(uid=V1.uid)])
+    assert not cache.names_overflowed([Need(uid=V2.uid), Need("demo", "app")])
+    _tombstone(cache, 5, "a4" * 16, V1.uid)  # the core holds V1's from now on
+    assert cache.tombstone_count == 1
+    # Destroying V1 ends it: its tokens answer Object Destroyed wherever they go.
+    cache.apply_event(6, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
+                                              "state": int(State.DESTROYED)})
+    assert not cache.overflowed

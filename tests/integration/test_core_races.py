@@ -28,9 +28,9 @@ from kcm.kmip.payloads.lifecycle import (
     RevokeRequest,
 )
 from kcm.link.frames import decode_payload
+from kcm.testing.postgres import fresh_database
 from kcm.testing.processes import deploy
 from tests.gateway_support import create_managed, item, request, response
-from tests.pg import fresh_database
 
 V21 = (2, 1)
 CLIENTS_PER_CORE = 4

@@ -19,7 +19,7 @@ from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
 from kcm.link.events import EventKind
-from tests.pg import fresh_database
+from kcm.testing.postgres import fresh_database
 
 _databases = itertools.count()
 

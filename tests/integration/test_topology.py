@@ -29,6 +29,7 @@ from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReas
 from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem
 from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
 from kcm.l4 import token as l4_token
+from kcm.testing.postgres import fresh_database
 from kcm.testing.processes import CoreProcess, GatewayProcess, deploy
 from tests.e2e_support import applied_events, resumed_after, wait_until
 from tests.gateway_support import (
@@ -41,7 +42,6 @@ from tests.gateway_support import (
     request,
     response,
 )
-from tests.pg import fresh_database
 
 #: Asserts timings (propagation, failover): run alone, after the parallel part.
 pytestmark = pytest.mark.serial

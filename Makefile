@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test lint bench bench-core bench-gateway bench-fairness run clean
+.PHONY: test lint bench bench-core bench-gateway bench-fairness bench-cluster run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench-gateway: $(STAMP)
 ## the idle core (about 2 minutes); docs/benchmarks.md.
 bench-fairness: $(STAMP)
 	$(BIN)/python benchmarks/fairness_bench.py
+
+## Durable Create with 1, 2 and 3 kcm-cores on one PostgreSQL cluster it starts, and event
+## delivery from commit to the last of three gateways (about 3 minutes); docs/benchmarks.md.
+bench-cluster: $(STAMP)
+	$(BIN)/python benchmarks/cluster_bench.py
 
 ## kcm-core (KMIP 127.0.0.1:5696, gateway link 127.0.0.1:5697) and kcm-gateway (KMIP
 ## 127.0.0.1:5698), with a development PKI (var/pki), an embedded SQLite store

@@ -282,6 +282,31 @@ def test_a_reconnecting_gateway_gets_what_it_missed_in_order(world: World) -> No
     assert world.server.live
 
 
+def test_a_gateway_from_another_core_is_not_taken_for_one_ahead_of_the_database(
+        world: World) -> None:
+    """Several cores on one database: the gateway applied events up to 4 at another core,
+    and this core's fan-out has read only up to 2 so far. It reads the outbox before its
+    WELCOME, so the gateway resumes after 4 instead of resynchronising."""
+    world.fanout.commit(2)
+    world.fanout.poll()
+    world.fanout.commit(3)  # committed by another core, not read here yet
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    world.client.last_sequence = 4
+    world.connect()
+    assert resyncs == [] and world.client.last_sequence == 5
+    assert [e[0] for e in world.events] == [5]
+
+
+def test_a_gateway_ahead_of_the_database_resynchronises(world: World) -> None:
+    world.fanout.commit(2)
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    world.client.last_sequence = 9  # a restored database: its events end at 2
+    world.connect()
+    assert resyncs == [True] and world.client.last_sequence == 2
+
+
 def test_an_event_gap_makes_the_gateway_reconnect_instead_of_applying(world: World) -> None:
     gateway_end = world.connect()
     gateway_end.dataReceived(encode_frame(Frame(FrameType.EVENT, sequence=5, kind="policy",

@@ -95,7 +95,8 @@ class KmipClient(Operations):
         self._connect_to = connect_to
         self._preferred = 0
         self._connections: list[KmipClientProtocol] = []
-        self._connecting: Deferred[KmipClientProtocol] | None = None
+        self._opening = False
+        self._waiters: list[Deferred[KmipClientProtocol]] = []
         self._closed = False
 
     @classmethod
@@ -154,19 +155,23 @@ class KmipClient(Operations):
         self._connections = [c for c in self._connections if c.usable]
         if self._connections:
             best = min(self._connections, key=lambda c: c.outstanding)
-            if best.outstanding == 0 or len(self._connections) >= self.size \
-                    or self._connecting is not None:
+            if best.outstanding == 0 or len(self._connections) >= self.size or self._opening:
                 return succeed(best)
-        if self._connecting is None:
-            self._connecting = self._open(0, [])
-            self._connecting.addBoth(self._opened)
         waiter: Deferred[KmipClientProtocol] = Deferred()
-        self._connecting.addBoth(_relay, waiter)
+        self._waiters.append(waiter)
+        if not self._opening:
+            self._opening = True
+            self._open(0, []).addBoth(self._opened)
         return waiter
 
-    def _opened(self, result: Any) -> Any:
-        self._connecting = None
-        return result
+    def _opened(self, result: Any) -> None:
+        self._opening = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
     def _open(self, step: int, errors: list[str]) -> Deferred[KmipClientProtocol]:
         index = (self._preferred + step) % len(self.endpoints)
@@ -203,14 +208,6 @@ def _one_result(response: ResponseMessage, operation: Operation) -> Any:
         raise KmipClientError(f"the server answered {len(response.batch_items)} batch items "
                               "to a request of one")
     return result_of(operation, response.batch_items[0])
-
-
-def _relay(result: Any, waiter: Deferred[Any]) -> Any:
-    if isinstance(result, Failure):
-        waiter.errback(result)
-        return None
-    waiter.callback(result)
-    return result
 
 
 def _fail(error: Exception) -> Deferred[Any]:

@@ -373,3 +373,17 @@ def test_kcm_seal_and_open(planes, stream: bool) -> None:
     wrong = run_kcm(core, gateway.port, "open", data=sealed.stdout)
     assert wrong.returncode == 1 and wrong.stderr.decode().count("\n") == 1
     assert wrong.stderr.decode().startswith("kcm open: ")
+
+
+def test_the_example_application_runs(planes) -> None:
+    core, gateway = planes
+    example = Path(__file__).resolve().parents[2] / "examples" / "envelope_app.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--gateway", f"127.0.0.1:{gateway.port}", "--core",
+         f"127.0.0.1:{core.port}", "--pki", str(core.pki.directory)],
+        capture_output=True, env=process_env(), timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert lines[:3] == ["1 Ada, 12 Analytical St", "2 Grace, 1 Cobol Way",
+                         "3 Alan, 8 Turing Rd"]
+    assert lines[3].startswith("moved blob refused: the envelope is not authentic")

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import parse_args, work_directory  # noqa: E402
 from kcm.client import Session  # noqa: E402
+from kcm.client.data_key_cache import CacheLimits  # noqa: E402
 from kcm.client.sealer import Envelope  # noqa: E402
 from kcm.testing.processes import GatewayProcess, deploy, running  # noqa: E402
 
@@ -30,14 +31,15 @@ BATCH = 1000
 TARGET_64B_SEALS = 100_000
 
 
-def timed(what: str, records: int, one: Callable[[int], object]) -> dict:
-    """Run ``one(i)`` for ``records`` records in batches; rate, CPU and batch percentiles."""
+def timed(what: str, records: int, one: Callable[[int], object], batch: int = BATCH) -> dict:
+    """Run ``one(i)`` for ``records`` records in batches of ``batch``; rate, CPU and the
+    percentiles of the batches' mean per record."""
     batches = []
     cpu = time.process_time()
     started = time.perf_counter()
     done = 0
     while done < records:
-        count = min(BATCH, records - done)
+        count = min(batch, records - done)
         t = time.perf_counter_ns()
         for i in range(done, done + count):
             one(i)
@@ -55,8 +57,19 @@ def timed(what: str, records: int, one: Callable[[int], object]) -> dict:
     return result
 
 
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
 def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p / 100))]
+
+
+def records_per_key(rate: float, size: int) -> float:
+    """Records one data key seals at ``rate`` records/s under the default bounds (the first
+    of age, messages and bytes it reaches)."""
+    limits = CacheLimits()
+    return min(limits.max_messages, rate * limits.max_age, limits.max_bytes / size)
 
 
 def envelope_runs(session_for: Callable[[], Session], size: int, records: int) -> list[dict]:
@@ -74,12 +87,15 @@ def envelope_runs(session_for: Callable[[], Session], size: int, records: int) -
     result = timed(f"kcm.client Envelope.seal {size} B", records, seal)
     requests = sealer.stats["create"] + sealer.stats["get"]
     result["gateway_requests_per_million"] = requests * 1_000_000 / records
+    result["sustained_per_million"] = 2 * 1_000_000 / records_per_key(result["per_s"], size)
     out.append(result)
 
     opener = Envelope(session_for())  # a reader that has to fetch the key once
     result = timed(f"kcm.client Envelope.open {size} B", records,
                    lambda i: opener.open(blobs[i % keep]))
     result["gateway_requests_per_million"] = opener.stats["get"] * 1_000_000 / records
+    # A reader Gets each key once per max_age: at most as often as the writer makes them.
+    result["sustained_per_million"] = 1_000_000 / records_per_key(result["per_s"], size)
     out.append(result)
     assert opener.open(blobs[0]) == payload
     sealer.close()
@@ -103,11 +119,12 @@ def pykmip_runs(gateway: GatewayProcess, token: str, size: int, records: int) ->
             sealed.append((data, iv))
 
     try:
-        out = [timed(f"PyKMIP encrypt at the gateway {size} B", records, encrypt)]
+        out = [timed(f"PyKMIP encrypt at the gateway {size} B", records, encrypt, 1)]
         out.append(timed(f"PyKMIP decrypt at the gateway {size} B", records,
                          lambda i: client.decrypt(sealed[i % len(sealed)][0], uid=token,
                                                   cryptographic_parameters=parameters,
-                                                  iv_counter_nonce=sealed[i % len(sealed)][1])))
+                                                  iv_counter_nonce=sealed[i % len(sealed)][1]),
+                         1))
     finally:
         client.close()
     for result in out:
@@ -118,7 +135,7 @@ def pykmip_runs(gateway: GatewayProcess, token: str, size: int, records: int) ->
 def kcm_encrypt_runs(session: Session, token: str, size: int, records: int) -> list[dict]:
     payload = os.urandom(size)
     result = timed(f"kcm.client Session.encrypt (remote) {size} B", records,
-                   lambda i: session.encrypt(token, payload))
+                   lambda i: session.encrypt(token, payload), 1)
     result["gateway_requests_per_million"] = 1_000_000
     return [result]
 
@@ -209,15 +226,16 @@ def report(results: list[dict]) -> None:
     by = {r["what"]: r for r in results}
     print()
     print("| path | record | records/s (one core) | records per CPU-second | p50 | p99 "
-          "| gateway requests per million records |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| gateway requests per million records: this run | sustained |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         size = r["what"].rsplit(" ", 2)[-2] + " B"
         name = r["what"].rsplit(" ", 2)[0]
         p50 = f"{r['p50_us']:.2f} µs" if "p50_us" in r else "—"
         p99 = f"{r['p99_us']:.2f} µs" if "p99_us" in r else "—"
         print(f"| {name} | {size} | {r['per_s']:,.0f} | {r['per_cpu_s']:,.0f} | {p50} | {p99} "
-              f"| {r['gateway_requests_per_million']:,.0f} |")
+              f"| {r['gateway_requests_per_million']:,.0f} "
+              f"| {_figure(r.get('sustained_per_million', r['gateway_requests_per_million']))} |")
     print()
     for size in (64, 4096):
         seal = by[f"kcm.client Envelope.seal {size} B"]
@@ -230,7 +248,11 @@ def report(results: list[dict]) -> None:
     met = "met" if seal64["per_s"] >= TARGET_64B_SEALS else "NOT met"
     print(f"target >= {TARGET_64B_SEALS:,} 64-byte seals/s on one core: {met} "
           f"({seal64['per_s']:,.0f}/s)")
-    print(f"p50/p99: of the mean per record over batches of {BATCH:,} records")
+    print(f"p50/p99: envelope runs, of the mean per record over batches of {BATCH:,} records; "
+          "the others, of each record")
+    print("sustained: at this rate and the default bounds (max_age 300 s, 2^24 records, "
+          "2^36 bytes per key): 2 requests (Create, Get) per key sealed, 1 (Get) per key "
+          "opened")
 
 
 if __name__ == "__main__":

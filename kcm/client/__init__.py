@@ -6,7 +6,8 @@
   persistent connections with pipelining, answers matched by Unique Batch Item ID, failover.
 * :class:`SplitHorizon` — L4 operations to the nearest gateway, the rest where configured.
 * :class:`Envelope` — ``seal``/``open`` of records under L4 data keys, cached and bounded
-  (:mod:`kcm.client.envelope` is the format), and streams of chunks (:mod:`kcm.client.stream`).
+  (:mod:`kcm.client.envelope` is the format), and streams of chunks (:mod:`kcm.client.stream`);
+  :class:`DeferredEnvelope` is the same with Deferreds, over the Twisted client.
 
 Modules are imported on first use, so ``from kcm.client import Session`` does not load
 Twisted.
@@ -26,7 +27,8 @@ from kcm.client.errors import (
 from kcm.client.operations import l4_marker, symmetric_attributes
 from kcm.client.session import Session
 
-__all__ = ["ClientConfig", "DataKeyCache", "DataKeyRefused", "Envelope", "EnvelopeError",
+__all__ = ["ClientConfig", "DataKeyCache", "DataKeyRefused", "DeferredEnvelope", "Envelope",
+           "EnvelopeError",
            "KmipClient", "KmipClientError", "KmipOperationFailed", "Session", "SplitHorizon",
            "l4_marker", "symmetric_attributes"]
 
@@ -34,6 +36,7 @@ _LAZY = {
     "KmipClient": "kcm.client.pool",
     "SplitHorizon": "kcm.client.routing",
     "Envelope": "kcm.client.sealer",
+    "DeferredEnvelope": "kcm.client.deferred_envelope",
     "DataKeyCache": "kcm.client.data_key_cache",
     "ClientConfig": "kcm.client.config",
 }

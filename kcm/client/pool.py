@@ -43,28 +43,26 @@ IDEMPOTENT = frozenset({
 })
 
 
-def tls_endpoint_factory(reactor: Any, tls: TlsFiles, *, connect_timeout: float = 10.0
+def tls_endpoint_factory(reactor: Any, tls: TlsFiles, endpoints: Sequence[Endpoint], *,
+                         connect_timeout: float = 10.0
                          ) -> Callable[[Endpoint], IStreamClientEndpoint]:
     """Mutual-TLS client endpoints (TLS 1.2+, the server's certificate verified against
-    ``tls.ca`` and its name against the endpoint's host) for each endpoint. Reads the files
-    now: a wrong file fails here, not at the first request."""
+    ``tls.ca`` and its name against the endpoint's host) for ``endpoints``. Reads the files
+    now: a wrong file fails here (:class:`KmipClientError`), not at the first request."""
     from kcm.tls import client_tls_options, tls_client_endpoint
 
-    cache: dict[str, Any] = {}
+    try:
+        options = {e.host: client_tls_options(tls.cert, tls.key, tls.ca, e.host)
+                   for e in endpoints}
+    except Exception as e:  # OSError, or OpenSSL's and cryptography's errors for bad PEM
+        raise KmipClientError(f"cannot load the client's certificate, key or CA: {e}") from e
 
     def endpoint_for(endpoint: Endpoint) -> IStreamClientEndpoint:
-        options = cache.get(endpoint.host)
-        if options is None:
-            options = cache[endpoint.host] = client_tls_options(
-                tls.cert, tls.key, tls.ca, endpoint.host)
         host = endpoint.host.replace(":", "\\:")
         return tls_client_endpoint(
-            reactor, f"tcp:{host}:{endpoint.port}:timeout={connect_timeout:g}", options)
+            reactor, f"tcp:{host}:{endpoint.port}:timeout={connect_timeout:g}",
+            options[endpoint.host])
 
-    try:
-        cache["127.0.0.1"] = client_tls_options(tls.cert, tls.key, tls.ca, "127.0.0.1")
-    except (OSError, ValueError, Exception) as e:
-        raise KmipClientError(f"cannot load the client's certificate, key or CA: {e}") from e
     return endpoint_for
 
 
@@ -103,8 +101,9 @@ class KmipClient(Operations):
     def tls(cls, reactor: Any, endpoints: Sequence[Endpoint | str], *, cert: str, key: str,
             ca: str, **options: Any) -> KmipClient:
         """A client over mutual TLS with the client's ``cert`` and ``key`` and the ``ca``."""
-        return cls(reactor, endpoints, tls_endpoint_factory(reactor, TlsFiles(cert, key, ca)),
-                   **options)
+        parsed = [parse_endpoint(e) for e in endpoints]
+        return cls(reactor, parsed, tls_endpoint_factory(reactor, TlsFiles(cert, key, ca),
+                                                         parsed), **options)
 
     @property
     def endpoint(self) -> Endpoint:

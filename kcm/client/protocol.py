@@ -74,7 +74,6 @@ class KmipClientProtocol(Protocol):
         self._in_flight: dict[bytes, _Request] = {}
         self._queued: deque[_Request] = deque()
         self._closed_because: str | None = None
-        self.connected_once: Deferred[KmipClientProtocol] = Deferred()
         self.lost: Deferred[None] = Deferred()
 
     # What the pool looks at ------------------------------------------------------------------
@@ -156,9 +155,6 @@ class KmipClientProtocol(Protocol):
         return self._in_flight.pop(oldest)
 
     # Closing -----------------------------------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        self.connected_once.callback(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         why = "the connection closed"

@@ -17,7 +17,8 @@ to the ``max_messages`` bound (2^24 by default, collision chance below 2^-49).
 
 ``client`` is a blocking client (:class:`~kcm.client.session.Session`,
 :class:`~kcm.client.routing.SplitHorizon` over sessions); an Envelope is not thread-safe
-(one per thread, or a lock around it). Streams are :mod:`kcm.client.stream`'s.
+(one per thread, or a lock around it). Streams are :mod:`kcm.client.stream`'s; the same
+envelope with Deferreds, over the Twisted client, is :mod:`kcm.client.deferred_envelope`.
 """
 
 from __future__ import annotations
@@ -34,12 +35,46 @@ from kcm.client.envelope import (
     ALGORITHM_AES_256_GCM,
     NONCE_SIZE,
     TAG_SIZE,
+    Header,
     header_prefix,
     parse_header,
 )
 from kcm.client.errors import DataKeyRefused, EnvelopeError, KmipOperationFailed
 
-__all__ = ["Envelope", "material_of"]
+__all__ = ["Envelope", "material_of", "open_record", "record_header", "seal_record"]
+
+
+def seal_record(key: DataKey, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """``plaintext`` sealed under ``key`` with ``nonce`` (the format of
+    :mod:`kcm.client.envelope`), counted against the key's bounds."""
+    key.messages += 1
+    key.bytes += len(plaintext)
+    header = key.prefix + nonce
+    return header + key.aead.encrypt(nonce, plaintext, header + aad if aad else header)
+
+
+def record_header(blob: bytes) -> Header:
+    """The header of a sealed record; :class:`EnvelopeError` if ``blob`` is not one."""
+    header = parse_header(blob)
+    if header.algorithm != ALGORITHM_AES_256_GCM:
+        raise EnvelopeError("this envelope is a stream: open it with kcm.client.stream")
+    if len(blob) < header.body + TAG_SIZE:
+        raise EnvelopeError("the envelope is truncated: no room for the tag")
+    return header
+
+
+def open_record(key: DataKey, header: Header, blob: bytes, aad: bytes) -> bytes:
+    """The plaintext of the record ``blob`` whose ``header`` names ``key``'s token."""
+    head = bytes(blob[:header.body])
+    aead = key.aead
+    if aead is None:
+        raise EnvelopeError(f"data key {key.token[:40]} was evicted while in use")
+    try:
+        return aead.decrypt(header.fields, bytes(blob[header.body:]),
+                            head + aad if aad else head)
+    except InvalidTag:
+        raise EnvelopeError("the envelope is not authentic: its header, body or "
+                            "associated data was changed, or it is not this key's") from None
 
 
 def material_of(get_response: Any) -> bytes:
@@ -72,11 +107,7 @@ class Envelope:
         size = len(plaintext)
         if not self.cache.usable_for_sealing(key, size):
             key = self._new_sealing_key(size)
-        key.messages += 1
-        key.bytes += size
-        nonce = self.random(NONCE_SIZE)
-        header = key.prefix + nonce
-        return header + key.aead.encrypt(nonce, plaintext, header + aad if aad else header)
+        return seal_record(key, self.random(NONCE_SIZE), plaintext, aad)
 
     def _new_sealing_key(self, size: int) -> DataKey:
         if size > self.cache.limits.max_bytes:
@@ -112,19 +143,8 @@ class Envelope:
     def open(self, blob: bytes, aad: bytes = b"") -> bytes:
         """The plaintext of ``blob``; :class:`EnvelopeError` when it is malformed or not
         authentic, :class:`DataKeyRefused` when the gateway refuses its data key."""
-        header = parse_header(blob)
-        if header.algorithm != ALGORITHM_AES_256_GCM:
-            raise EnvelopeError("this envelope is a stream: open it with kcm.client.stream")
-        if len(blob) < header.body + TAG_SIZE:
-            raise EnvelopeError("the envelope is truncated: no room for the tag")
-        key = self.key_for(header.token)
-        head = bytes(blob[:header.body])
-        try:
-            return key.aead.decrypt(header.fields, bytes(blob[header.body:]),
-                                    head + aad if aad else head)
-        except InvalidTag:
-            raise EnvelopeError("the envelope is not authentic: its header, body or "
-                                "associated data was changed, or it is not this key's") from None
+        header = record_header(blob)
+        return open_record(self.key_for(header.token), header, blob, aad)
 
     def close(self) -> None:
         """Zeroize every cached key."""

@@ -387,3 +387,27 @@ def test_the_example_application_runs(planes) -> None:
     assert lines[:3] == ["1 Ada, 12 Analytical St", "2 Grace, 1 Cobol Way",
                          "3 Alan, 8 Turing Rd"]
     assert lines[3].startswith("moved blob refused: the envelope is not authentic")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_deferred_envelope_over_the_twisted_client(planes) -> None:
+    from twisted.internet import reactor
+
+    from kcm.client.deferred_envelope import DeferredEnvelope
+    from kcm.client.pool import KmipClient
+
+    core, gateway = planes
+    client = KmipClient.tls(reactor, [f"127.0.0.1:{gateway.port}"], **files(core))
+    try:
+        envelope = DeferredEnvelope(client)
+        blobs = await defer.gatherResults([envelope.seal(b"record %d" % n, b"t")
+                                           for n in range(300)])
+        assert envelope.stats == {"create": 1, "get": 1}
+        reader = DeferredEnvelope(client)
+        opened = await defer.gatherResults([reader.open(b, b"t") for b in blobs])
+        assert opened == [b"record %d" % n for n in range(300)]
+        assert reader.stats == {"create": 0, "get": 1}
+        with session(core, gateway.port) as s:  # the blocking envelope reads them too
+            assert Envelope(s).open(blobs[7], b"t") == b"record 7"
+    finally:
+        await client.close()

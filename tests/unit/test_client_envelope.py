@@ -9,12 +9,16 @@ import io
 import itertools
 import os
 import struct
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from kcm.client.data_key_cache import CacheLimits
+from kcm.client.deferred_envelope import DeferredEnvelope
 from kcm.client.envelope import parse_header
 from kcm.client.errors import DataKeyRefused, EnvelopeError, KmipOperationFailed
 from kcm.client.routing import is_l4_request
@@ -238,3 +242,77 @@ def test_split_horizon_sends_l4_operations_to_the_gateway() -> None:
     assert is_l4_request(Operation.GET, GetRequest(unique_identifier="l4.1.abc"))
     assert not is_l4_request(Operation.GET, GetRequest(unique_identifier="1234"))
     assert not is_l4_request(Operation.DESTROY, DestroyRequest(unique_identifier="l4.1.abc"))
+
+
+# The envelope with Deferreds ----------------------------------------------------------------
+
+class DeferredGateway:
+    """FakeGateway's answers as Deferreds that fire when the test says."""
+
+    def __init__(self, gateway: FakeGateway) -> None:
+        self.gateway = gateway
+        self.pending: list[tuple[defer.Deferred, Callable[[], object]]] = []
+
+    def _later(self, call: Callable[[], object]) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append((d, call))
+        return d
+
+    def create_l4(self) -> defer.Deferred:
+        return self._later(self.gateway.create_l4)
+
+    def get(self, token: str) -> defer.Deferred:
+        return self._later(lambda: self.gateway.get(token))
+
+    def answer_all(self) -> None:
+        while self.pending:
+            d, call = self.pending.pop(0)
+            try:
+                d.callback(call())
+            except Exception as e:
+                d.errback(e)
+
+
+def fired(d: defer.Deferred):
+    """What ``d`` has fired with (None: not yet), leaving its result in place."""
+    out = []
+
+    def keep(result):
+        out.append(result)
+        return result
+
+    d.addBoth(keep)
+    if out and isinstance(out[0], Failure):
+        d.addErrback(lambda _: None)  # seen here: not an unhandled error
+    return out[0] if out else None
+
+
+def test_the_deferred_envelope_creates_one_key_for_concurrent_seals(gateway) -> None:
+    remote = DeferredGateway(gateway)
+    envelope = DeferredEnvelope(remote)
+    waiting = [envelope.seal(b"r%d" % n) for n in range(5)]
+    assert all(fired(d) is None for d in waiting) and len(remote.pending) == 1
+    remote.answer_all()  # the Create, then the one Get it leads to
+    blobs = [fired(d) for d in waiting]
+    assert gateway.calls == ["create", "get"]
+    assert len({parse_header(b).token for b in blobs}) == 1
+    # Cached: fired at once, and opened by the blocking envelope as well.
+    assert fired(envelope.open(blobs[3])) == b"r3"
+    assert Envelope(gateway).open(fired(envelope.seal(b"sync"))) == b"sync"
+
+
+def test_the_deferred_envelope_refuses_what_the_gateway_refuses(gateway) -> None:
+    clock = Clock()
+    blob = Envelope(gateway).seal(b"x")
+    remote = DeferredGateway(gateway)
+    envelope = DeferredEnvelope(remote, CacheLimits(max_age=10), clock=clock)
+    first, second = envelope.open(blob), envelope.open(blob)
+    remote.answer_all()
+    assert fired(first) == fired(second) == b"x" and gateway.calls.count("get") == 2
+    gateway.refused.add(parse_header(blob).token)
+    clock.now += 10
+    refused = envelope.open(blob)
+    remote.answer_all()
+    failure = fired(refused)
+    assert failure.check(DataKeyRefused) and len(envelope.cache) == 0
+    assert fired(envelope.open(b"KCM\x09rest of it")).check(EnvelopeError)

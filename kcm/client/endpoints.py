@@ -53,7 +53,9 @@ def parse_endpoint(text: str | Endpoint, default_port: int = 5696) -> Endpoint:
         return text
     text = text.strip()
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not [V6]:PORT")
         port = rest[1:] if rest.startswith(":") else ""
     elif text.count(":") == 1:
         host, port = text.split(":")

@@ -411,3 +411,27 @@ async def test_the_deferred_envelope_over_the_twisted_client(planes) -> None:
             assert Envelope(s).open(blobs[7], b"t") == b"record 7"
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("version", [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1)])
+def test_every_protocol_version_at_core_and_gateway(planes, version) -> None:
+    core, gateway = planes
+    with session(core, core.port, version=version) as at_core, \
+            session(core, gateway.port, version=version) as at_gateway:
+        uid = at_core.create()
+        at_core.activate(uid)
+        assert len(at_core.get(uid).object.key_block.key_bytes) == 32
+        token = at_gateway.create_l4()
+        assert len(at_gateway.get(token).object.key_block.key_bytes) == 32
+        if version < (1, 2):  # Encrypt and Decrypt came with KMIP 1.2
+            with pytest.raises(KmipOperationFailed) as refused:
+                at_gateway.encrypt(token, b"too early")
+            assert refused.value.reason == ResultReason.OPERATION_NOT_SUPPORTED
+            return
+        sealed = at_gateway.encrypt(token, b"v%d.%d" % version)
+        assert at_gateway.decrypt(token, sealed.data, iv=sealed.iv_counter_nonce,
+                                  tag=sealed.authenticated_encryption_tag) == b"v%d.%d" % version
+        with pytest.raises(KmipOperationFailed) as refused:
+            at_gateway.get("no-such-object")
+        assert refused.value.reason in (ResultReason.ITEM_NOT_FOUND,
+                                        ResultReason.OBJECT_NOT_FOUND)

@@ -64,6 +64,13 @@ class SplitHorizon(Operations):
         return self.route(operation, payload)._run(operation, payload, shape)
 
     def close(self) -> Any:
+        """Close both clients; with Twisted clients, a Deferred firing when both are."""
+        closing = [self.gateway.close()]
         if self.control is not self.gateway:
-            self.control.close()
-        return self.gateway.close()
+            closing.append(self.control.close())
+        pending = [c for c in closing if c is not None]
+        if not pending:
+            return None
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList(pending, consumeErrors=True)

@@ -62,6 +62,8 @@ class StreamSealer:
         if not 0 < chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk size {chunk_size} is not in 1..{MAX_CHUNK_SIZE}")
         self._key: DataKey = envelope.new_data_key(ALGORITHM_AES_256_GCM_STREAM)
+        # Our own reference: the cache may evict (and zeroize) the key mid-stream.
+        self._aead = self._key.aead
         self._prefix = random(7)
         self.header = self._key.prefix + _CHUNK_SIZE.pack(chunk_size) + self._prefix
         self._aad = self.header + aad
@@ -79,7 +81,7 @@ class StreamSealer:
             raise ValueError("a stream holds at most 2^32 chunks")
         nonce = self._prefix + _NONCE_TAIL.pack(self._index, 1 if last else 0)
         self._index += 1
-        return self._key.aead.encrypt(nonce, plaintext, self._aad)
+        return self._aead.encrypt(nonce, plaintext, self._aad)
 
     def update(self, data: bytes) -> bytes:
         if self._finished:
@@ -128,14 +130,14 @@ class StreamOpener:
         self._prefix = header.fields[4:]
         self._aad = bytes(self._buffer[:header.body]) + self._aad_tail
         self._key = self._envelope.key_for(header.token)
+        self._aead = self._key.aead  # kept even if the cache evicts the key mid-stream
         del self._buffer[:header.body]
         return True
 
     def _open(self, sealed: bytes, last: bool) -> bytes:
-        assert self._key is not None and self._key.aead is not None
         nonce = self._prefix + _NONCE_TAIL.pack(self._index, 1 if last else 0)
         try:
-            plain = self._key.aead.decrypt(nonce, sealed, self._aad)
+            plain = self._aead.decrypt(nonce, sealed, self._aad)
         except InvalidTag:
             raise EnvelopeError(f"stream chunk {self._index} is not authentic (changed, "
                                 "reordered, or the stream was cut)") from None

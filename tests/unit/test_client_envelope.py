@@ -316,3 +316,12 @@ def test_the_deferred_envelope_refuses_what_the_gateway_refuses(gateway) -> None
     failure = fired(refused)
     assert failure.check(DataKeyRefused) and len(envelope.cache) == 0
     assert fired(envelope.open(b"KCM\x09rest of it")).check(EnvelopeError)
+
+
+def test_a_stream_survives_its_key_being_evicted_from_the_cache(gateway) -> None:
+    envelope = Envelope(gateway, CacheLimits(max_entries=1))
+    sealer = StreamSealer(envelope, chunk_size=10)
+    sealed = sealer.header + sealer.update(b"x" * 25)
+    envelope.open(Envelope(gateway).seal(b"another key"))  # evicts (zeroizes) the stream's
+    sealed += sealer.update(b"y" * 5) + sealer.finish()
+    assert opened(gateway, sealed) == b"x" * 25 + b"y" * 5

@@ -74,6 +74,8 @@ class KmipClientProtocol(Protocol):
         self._in_flight: dict[bytes, _Request] = {}
         self._queued: deque[_Request] = deque()
         self._closed_because: str | None = None
+        #: The most requests this connection has had sent and unanswered at once.
+        self.most_in_flight = 0
         self.lost: Deferred[None] = Deferred()
 
     # What the pool looks at ------------------------------------------------------------------
@@ -110,6 +112,8 @@ class KmipClientProtocol(Protocol):
 
     def _write(self, request: _Request) -> None:
         self._in_flight[request.ids[0]] = request
+        if len(self._in_flight) > self.most_in_flight:
+            self.most_in_flight = len(self._in_flight)
         if self.timeout:
             request.timer = self._clock.callLater(self.timeout, self._timed_out, request)
         self.transport.write(request.wire)

@@ -194,6 +194,7 @@ async def test_a_thousand_requests_in_flight_on_one_connection(planes) -> None:
         asked = [tokens[n % 20] for n in range(1000)]
         answers = await defer.gatherResults([client.get(token) for token in asked])
         assert client.connections == 1
+        assert client._connections[0].most_in_flight == 1000  # all sent before any answer
         assert [a.unique_identifier for a in answers] == asked
         materials = {a.unique_identifier: a.object.key_block.key_bytes for a in answers}
         assert len(set(materials.values())) == 20

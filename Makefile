@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test lint bench bench-core bench-gateway bench-fairness bench-cluster run clean
+.PHONY: test lint bench bench-core bench-gateway bench-fairness bench-cluster bench-sdk run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench-fairness: $(STAMP)
 ## delivery from commit to the last of three gateways (about 3 minutes); docs/benchmarks.md.
 bench-cluster: $(STAMP)
 	$(BIN)/python benchmarks/cluster_bench.py
+
+## kcm.client's envelope: seal/open of 64 B and 4 KiB records with the data-key cache on one
+## core, against PyKMIP's client encrypting each record at the gateway (about a minute);
+## docs/benchmarks.md.
+bench-sdk: $(STAMP)
+	$(BIN)/python benchmarks/sdk_bench.py
 
 ## kcm-core (KMIP 127.0.0.1:5696, gateway link 127.0.0.1:5697) and kcm-gateway (KMIP
 ## 127.0.0.1:5698), with a development PKI (var/pki), an embedded SQLite store

@@ -110,7 +110,8 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--server``, ``--cert``, ``--key``, ``--ca``, ``--timeout`` and ``--json``."""
     group = parser.add_argument_group("connection")
     group.add_argument("--server", default=os.environ.get("KCM_SERVER"), metavar="HOST:PORT",
-                       help="the KMIP server (default: $KCM_SERVER)")
+                       help="the KMIP server, or several separated by commas: the first that "
+                            "answers (default: $KCM_SERVER)")
     group.add_argument("--cert", default=os.environ.get("KCM_CERT"), metavar="PEM",
                        help="the client's certificate (default: $KCM_CERT)")
     group.add_argument("--key", default=os.environ.get("KCM_KEY"), metavar="PEM",
@@ -261,6 +262,8 @@ def _print_json(value: Any) -> None:
 
 #: The settings of a client configuration file's ``[client]`` table.
 CLIENT_SETTINGS = ("server", "cert", "key", "ca", "timeout")
+#: Settings of the same table that only the SDK reads (kcm.client.config); ignored here.
+SDK_SETTINGS = ("gateway", "core", "version", "pool_size")
 
 
 def client_config(path: str) -> dict[str, Any]:
@@ -277,7 +280,7 @@ def client_config(path: str) -> dict[str, Any]:
         raise CommandError(f"{path}: {e}") from e
     if not isinstance(table, dict):
         raise CommandError(f"{path}: client must be a table")
-    unknown = sorted(set(table) - set(CLIENT_SETTINGS))
+    unknown = sorted(set(table) - set(CLIENT_SETTINGS) - set(SDK_SETTINGS))
     if unknown:
         raise CommandError(f"{path}: unknown setting client.{unknown[0]}")
     for name in ("cert", "key", "ca"):
@@ -299,13 +302,17 @@ def _settings(args: argparse.Namespace) -> None:
         raise CommandError(f"timeout {args.timeout!r} is not a number of seconds") from None
     if isinstance(args.server, int | float):
         args.server = str(args.server)
+    elif isinstance(args.server, list):  # a list of servers in the client file: failover
+        args.server = ",".join(str(s) for s in args.server)
 
 
 def _session(args: argparse.Namespace):
     from kcm.client import KmipClientError, Session
 
     _settings(args)
-    host, port = parse_server(args.server)
+    servers = [parse_server(s.strip()) for s in str(args.server or "").split(",") if s.strip()]
+    if not servers:
+        parse_server(None)
     missing = [name for name in ("cert", "key", "ca") if not getattr(args, name)]
     if missing:
         raise CommandError("no " + ", ".join(f"--{n}" for n in missing) + " (or "
@@ -314,8 +321,10 @@ def _session(args: argparse.Namespace):
         if not os.path.isfile(getattr(args, name)):
             raise CommandError(f"--{name} {getattr(args, name)}: no such file")
     try:
-        return Session.connect(host, port, cert=args.cert, key=args.key, ca=args.ca,
-                               timeout=args.timeout)
+        from kcm.client.endpoints import Endpoint
+
+        return Session.connect([Endpoint(host, port) for host, port in servers],
+                               cert=args.cert, key=args.key, ca=args.ca, timeout=args.timeout)
     except KmipClientError as e:
         raise CommandError(str(e)) from e
 

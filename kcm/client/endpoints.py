@@ -1,0 +1,137 @@
+"""Where a client connects: endpoints, the TLS files, and a blocking connection that fails
+over along a list of endpoints.
+
+An :class:`Endpoint` is a host and port. :class:`TlsFiles` are the client's certificate,
+key and CA bundle (PEM); :func:`parse_endpoint` reads ``HOST:PORT`` (``[v6]:PORT`` too).
+:class:`FailoverConnection` is the blocking transport of
+:class:`~kcm.client.session.Session`: one mutual-TLS connection at a time, to the first
+endpoint of the list that accepts it, kept open across requests (persistent). When the
+connection cannot be made it tries the next endpoint, in order, wrapping around once; when a
+connection that was kept open is found closed at the next request (an idle timeout, a
+restarted server, a gateway that went away) the request is sent again once on a fresh
+connection, to the next endpoint if need be. A server that closes an idle connection has not
+read the request; one that read it and died before answering may have run it, so a
+non-idempotent request (a Create) can, in that rare case, run twice: the first result is then
+lost, never the second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kcm.client.errors import KmipClientError
+from kcm.conformance.client import DEFAULT_TIMEOUT, KmipClient
+
+__all__ = ["Endpoint", "FailoverConnection", "TlsFiles", "parse_endpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A KMIP server's host and port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The client's certificate and key and the CA bundle that issued the servers' (PEM)."""
+
+    cert: str | Path
+    key: str | Path
+    ca: str | Path
+
+
+def parse_endpoint(text: str | Endpoint, default_port: int = 5696) -> Endpoint:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``HOST`` (port ``default_port``) as an Endpoint."""
+    if isinstance(text, Endpoint):
+        return text
+    text = text.strip()
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not [V6]:PORT")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"{text!r} names no host")
+    try:
+        number = int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"{text!r}: the port is not a number") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"{text!r}: port {number} is out of range")
+    return Endpoint(host, number)
+
+
+class FailoverConnection:
+    """A blocking, persistent mutual-TLS connection to the first of ``endpoints`` that
+    answers (see the module's docstring). ``send(bytes) -> bytes``; not thread-safe."""
+
+    def __init__(self, endpoints: Sequence[Endpoint | str], tls: TlsFiles, *,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not endpoints:
+            raise ValueError("no endpoint to connect to")
+        self.endpoints = [parse_endpoint(e) for e in endpoints]
+        try:
+            self._clients = [KmipClient(e.host, e.port, cert=tls.cert, key=tls.key, ca=tls.ca,
+                                        timeout=timeout, check_hostname=True)
+                             for e in self.endpoints]
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise KmipClientError(
+                f"cannot load the client's certificate, key or CA: {e}") from e
+        self._current = 0
+        self._open = False
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The endpoint in use (or to be tried first)."""
+        return self.endpoints[self._current]
+
+    def _connect(self) -> KmipClient:
+        errors = []
+        for step in range(len(self._clients)):
+            index = (self._current + step) % len(self._clients)
+            client = self._clients[index]
+            try:
+                client.connect()
+            except KmipClientError as e:
+                errors.append(str(e))
+                continue
+            self._current = index
+            self._open = True
+            return client
+        if len(errors) == 1:
+            raise KmipClientError(errors[0])
+        raise KmipClientError("no endpoint answered: " + "; ".join(errors))
+
+    def send(self, request: bytes) -> bytes:
+        """Send one request message; its response message."""
+        reused = self._open
+        client = self._connect()
+        try:
+            return client.send(request)
+        except KmipClientError:
+            self._open = False
+            if not reused:
+                raise
+        # A kept-open connection the server had closed: once more, on a fresh one.
+        client = self._connect()
+        try:
+            return client.send(request)
+        except KmipClientError:
+            self._open = False
+            raise
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._open = False

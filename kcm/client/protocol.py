@@ -1,0 +1,211 @@
+"""KMIP over TLS, client side, on Twisted: framing, pipelining and matching answers.
+
+:class:`KmipClientProtocol` sends request messages as soon as they are asked for, without
+waiting for earlier answers (pipelining), up to ``max_in_flight`` unanswered messages; more
+wait in a queue, in order, and are sent as answers arrive. Every batch item it sends carries
+a Unique Batch Item ID of its own (8 bytes, a per-connection counter), which the server
+echoes (KMIP 1.4 §6.4, 2.1 §8.4); an answer is matched to its request by the ID of its first
+batch item, so a server may answer messages in any order, and a message's batch items are
+put back in request order by their IDs. An answer that carries no known ID goes to the
+oldest unanswered request (KMIP over TLS answers in order unless IDs say otherwise).
+
+Each request has a deadline (``timeout``, on the injected ``clock``); a request not answered
+in time fails with :class:`KmipClientError` and the connection is closed, since a later
+answer could no longer be trusted to be matched. A connection that closes fails every
+unanswered and queued request with :class:`KmipClientError`. No I/O beyond the transport;
+tests drive it over a ``StringTransport`` and a ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from kcm.client.errors import KmipClientError
+from kcm.client.wire import encode_items, parse_response
+from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem, ResponseMessage
+from kcm.ttlv import TtlvError
+from kcm.ttlv.framer import Framer
+
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_TIMEOUT", "KmipClientProtocol"]
+
+#: Unanswered request messages on one connection before more wait in the client's queue.
+DEFAULT_MAX_IN_FLIGHT = 1024
+#: Seconds a request may wait for its answer.
+DEFAULT_TIMEOUT = 30.0
+#: The largest answer accepted, in bytes.
+DEFAULT_MAX_RESPONSE = 16 * 1024 * 1024
+
+_ID = struct.Struct(">Q")
+
+
+class _Request:
+    __slots__ = ("ids", "wire", "answer", "timer")
+
+    def __init__(self, ids: list[bytes], wire: bytes) -> None:
+        self.ids = ids
+        self.wire = wire
+        self.answer: Deferred[ResponseMessage] = Deferred()
+        self.timer: IDelayedCall | None = None
+
+
+class KmipClientProtocol(Protocol):
+    """One client connection; see the module's docstring. :meth:`send` returns a Deferred
+    firing with the whole :class:`ResponseMessage` of a request of ``items``."""
+
+    def __init__(self, clock: IReactorTime, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 max_response: int = DEFAULT_MAX_RESPONSE) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._clock = clock
+        self.max_in_flight = max_in_flight
+        self.timeout = timeout
+        self._framer = Framer(max_response)
+        self._next_id = 0
+        # Sent and unanswered, in the order sent (dicts keep insertion order).
+        self._in_flight: dict[bytes, _Request] = {}
+        self._queued: deque[_Request] = deque()
+        self._closed_because: str | None = None
+        #: The most requests this connection has had sent and unanswered at once.
+        self.most_in_flight = 0
+        self.lost: Deferred[None] = Deferred()
+
+    # What the pool looks at ------------------------------------------------------------------
+
+    @property
+    def outstanding(self) -> int:
+        """Requests sent and unanswered, plus those queued behind them."""
+        return len(self._in_flight) + len(self._queued)
+
+    @property
+    def usable(self) -> bool:
+        """Connected and not closing."""
+        return self.transport is not None and self._closed_because is None
+
+    # Sending ------------------------------------------------------------------------------------
+
+    def send(self, version: tuple[int, int], items: Sequence[RequestBatchItem]
+             ) -> Deferred[ResponseMessage]:
+        """Send a request message of ``items`` in protocol ``version`` (each item gets its
+        Unique Batch Item ID here); its answer, batch items in request order."""
+        if self._closed_because is not None:
+            return _failed(KmipClientError(self._closed_because))
+        ids = []
+        for item in items:
+            self._next_id += 1
+            item.unique_batch_item_id = _ID.pack(self._next_id)
+            ids.append(item.unique_batch_item_id)
+        request = _Request(ids, encode_items(version, items))
+        if len(self._in_flight) < self.max_in_flight and not self._queued:
+            self._write(request)
+        else:
+            self._queued.append(request)
+        return request.answer
+
+    def _write(self, request: _Request) -> None:
+        self._in_flight[request.ids[0]] = request
+        if len(self._in_flight) > self.most_in_flight:
+            self.most_in_flight = len(self._in_flight)
+        if self.timeout:
+            request.timer = self._clock.callLater(self.timeout, self._timed_out, request)
+        self.transport.write(request.wire)
+        request.wire = b""
+
+    def _timed_out(self, request: _Request) -> None:
+        request.timer = None
+        self._close(f"no answer within {self.timeout:g} s")
+
+    # Receiving -----------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            messages = self._framer.feed(data)
+        except TtlvError as e:
+            self._close(f"the server sent something that is not TTLV: {e}")
+            return
+        for wire in messages:
+            try:
+                response = parse_response(wire)
+            except KmipClientError as e:
+                self._close(str(e))
+                return
+            request = self._match(response.batch_items)
+            if request is None:
+                self._close("the server answered a request that was not asked")
+                return
+            if request.timer is not None and request.timer.active():
+                request.timer.cancel()
+            response.batch_items = _in_request_order(request.ids, response.batch_items)
+            request.answer.callback(response)
+        while self._queued and len(self._in_flight) < self.max_in_flight and self.usable:
+            self._write(self._queued.popleft())
+
+    def _match(self, items: list[ResponseBatchItem]) -> _Request | None:
+        for item in items:
+            key = item.unique_batch_item_id
+            if key is not None and key in self._in_flight:
+                return self._in_flight.pop(key)
+        if not self._in_flight:
+            return None
+        oldest = next(iter(self._in_flight))
+        return self._in_flight.pop(oldest)
+
+    # Closing -----------------------------------------------------------------------------------
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        why = "the connection closed"
+        if reason is not None and reason.value is not None and str(reason.value):
+            why = f"the connection closed: {reason.value}"
+        self._fail_all(self._closed_because or why)
+        self.transport = None
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def close(self) -> None:
+        """Close the connection; unanswered requests fail."""
+        self._close("the client closed the connection")
+
+    def _close(self, why: str) -> None:
+        if self._closed_because is None:
+            self._closed_because = why
+        self._fail_all(why)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _fail_all(self, why: str) -> None:
+        if self._closed_because is None:
+            self._closed_because = why
+        waiting = list(self._in_flight.values()) + list(self._queued)
+        self._in_flight.clear()
+        self._queued.clear()
+        for request in waiting:
+            if request.timer is not None and request.timer.active():
+                request.timer.cancel()
+            request.answer.errback(KmipClientError(why))
+
+
+def _in_request_order(ids: list[bytes], items: list[ResponseBatchItem]
+                      ) -> list[ResponseBatchItem]:
+    """``items`` sorted as their IDs are in ``ids``; those without a known ID keep their
+    place after them."""
+    if len(items) < 2:
+        return items
+    rank = {key: index for index, key in enumerate(ids)}
+    known = [i for i in items if i.unique_batch_item_id in rank]
+    if len(known) != len(items):
+        return items
+    return sorted(items, key=lambda i: rank[i.unique_batch_item_id])
+
+
+def _failed(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d

@@ -1,0 +1,151 @@
+"""Envelope encryption for applications: :class:`Envelope` seals and opens records under L4
+data keys, cached and bounded.
+
+The data key is created at the gateway (an L4 Create), fetched once (a Get of its token) and
+used locally for up to the cache's bounds (:mod:`kcm.client.data_key_cache`); each sealed
+record names its token in the header (:mod:`kcm.client.envelope`), so any holder of the
+format and of a Get right on the token can open it. Opening a record of a token not cached,
+or cached longer than ``max_age``, asks the gateway (Get); a key the gateway refuses is
+dropped from the cache and :class:`DataKeyRefused` raised — a revoked or destroyed L4 stops
+opening within ``max_age``. An unreachable gateway is :class:`KmipClientError`, never a
+stale key past its bound.
+
+Nonces are 12 bytes from ``os.urandom`` (the ``random`` argument), never a counter: a counter
+kept in the process would repeat after a ``fork`` or in two processes that were handed the
+same cached key, and repeating a GCM nonce under one key is fatal; random nonces are safe up
+to the ``max_messages`` bound (2^24 by default, collision chance below 2^-49).
+
+``client`` is a blocking client (:class:`~kcm.client.session.Session`,
+:class:`~kcm.client.routing.SplitHorizon` over sessions); an Envelope is not thread-safe
+(one per thread, or a lock around it). Streams are :mod:`kcm.client.stream`'s; the same
+envelope with Deferreds, over the Twisted client, is :mod:`kcm.client.deferred_envelope`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+
+from kcm.client.data_key_cache import DEFAULT_LIMITS, CacheLimits, DataKey, DataKeyCache
+from kcm.client.envelope import (
+    ALGORITHM_AES_256_GCM,
+    NONCE_SIZE,
+    TAG_SIZE,
+    Header,
+    header_prefix,
+    parse_header,
+)
+from kcm.client.errors import DataKeyRefused, EnvelopeError, KmipOperationFailed
+
+__all__ = ["Envelope", "material_of", "open_record", "record_header", "seal_record"]
+
+
+def seal_record(key: DataKey, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """``plaintext`` sealed under ``key`` with ``nonce`` (the format of
+    :mod:`kcm.client.envelope`), counted against the key's bounds."""
+    key.messages += 1
+    key.bytes += len(plaintext)
+    header = key.prefix + nonce
+    return header + key.aead.encrypt(nonce, plaintext, header + aad if aad else header)
+
+
+def record_header(blob: bytes) -> Header:
+    """The header of a sealed record; :class:`EnvelopeError` if ``blob`` is not one."""
+    header = parse_header(blob)
+    if header.algorithm != ALGORITHM_AES_256_GCM:
+        raise EnvelopeError("this envelope is a stream: open it with kcm.client.stream")
+    if len(blob) < header.body + TAG_SIZE:
+        raise EnvelopeError("the envelope is truncated: no room for the tag")
+    return header
+
+
+def open_record(key: DataKey, header: Header, blob: bytes, aad: bytes) -> bytes:
+    """The plaintext of the record ``blob`` whose ``header`` names ``key``'s token."""
+    head = bytes(blob[:header.body])
+    aead = key.aead
+    if aead is None:
+        raise EnvelopeError(f"data key {key.token[:40]} was evicted while in use")
+    try:
+        return aead.decrypt(header.fields, bytes(blob[header.body:]),
+                            head + aad if aad else head)
+    except InvalidTag:
+        raise EnvelopeError("the envelope is not authentic: its header, body or "
+                            "associated data was changed, or it is not this key's") from None
+
+
+def material_of(get_response: Any) -> bytes:
+    """The raw key bytes of a Get answer; :class:`EnvelopeError` if it holds none."""
+    block = getattr(get_response.object, "key_block", None)
+    material = None if block is None else block.key_bytes
+    if not material:
+        raise EnvelopeError(f"{get_response.unique_identifier} holds no raw key material")
+    return material
+
+
+class Envelope:
+    """``seal(plaintext, aad=b"") -> bytes`` and ``open(blob, aad=b"") -> bytes``; see the
+    module's docstring. ``stats`` counts the requests sent to the gateway."""
+
+    def __init__(self, client: Any, limits: CacheLimits = DEFAULT_LIMITS, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 random: Callable[[int], bytes] = os.urandom) -> None:
+        self.client = client
+        self.cache = DataKeyCache(limits, clock)
+        self.random = random
+        self.stats = {"create": 0, "get": 0}
+
+    # Sealing: the hot path ------------------------------------------------------------
+
+    def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        """``plaintext`` sealed under the current data key (a new one when the current one
+        reached a bound), bound to ``aad``."""
+        key = self.cache.sealing
+        size = len(plaintext)
+        if not self.cache.usable_for_sealing(key, size):
+            key = self._new_sealing_key(size)
+        return seal_record(key, self.random(NONCE_SIZE), plaintext, aad)
+
+    def _new_sealing_key(self, size: int) -> DataKey:
+        if size > self.cache.limits.max_bytes:
+            raise ValueError(f"{size} bytes exceed what one key may seal "
+                             f"({self.cache.limits.max_bytes}); use kcm.client.stream")
+        self.cache.retire_sealing()
+        key = self.new_data_key(ALGORITHM_AES_256_GCM)
+        self.cache.sealing = key
+        return key
+
+    def new_data_key(self, algorithm: int) -> DataKey:
+        """A fresh L4 (Create at the gateway, then Get), cached for opening."""
+        self.stats["create"] += 1
+        return self._fetch(self.client.create_l4(), algorithm)
+
+    def _fetch(self, token: str, algorithm: int) -> DataKey:
+        """Get ``token``'s material at the gateway and cache it."""
+        self.stats["get"] += 1
+        try:
+            answer = self.client.get(token)
+        except KmipOperationFailed as e:
+            self.cache.drop(token)
+            raise DataKeyRefused(token, e) from e
+        return self.cache.new_key(token, material_of(answer), header_prefix(token, algorithm))
+
+    # Opening --------------------------------------------------------------------------
+
+    def key_for(self, token: str) -> DataKey:
+        """The cached key of ``token``, or fetched again (revalidated) at the gateway."""
+        key = self.cache.for_opening(token)
+        return key if key is not None else self._fetch(token, ALGORITHM_AES_256_GCM)
+
+    def open(self, blob: bytes, aad: bytes = b"") -> bytes:
+        """The plaintext of ``blob``; :class:`EnvelopeError` when it is malformed or not
+        authentic, :class:`DataKeyRefused` when the gateway refuses its data key."""
+        header = record_header(blob)
+        return open_record(self.key_for(header.token), header, blob, aad)
+
+    def close(self) -> None:
+        """Zeroize every cached key."""
+        self.cache.clear()

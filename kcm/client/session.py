@@ -1,0 +1,75 @@
+"""The blocking client: :class:`Session`, for ordinary scripts and the ``kcm`` command.
+
+One request of one batch item at a time over a persistent mutual-TLS connection
+(:class:`~kcm.client.endpoints.FailoverConnection`: a list of endpoints, failover in
+order). Every method of :class:`~kcm.client.operations.Operations` returns its result or
+raises: :class:`KmipOperationFailed` for a failed batch item (Result Reason and Message),
+:class:`KmipClientError` for the connection.
+
+Why a socket and not the Twisted client in a thread: a blocking caller waits for each answer
+anyway, so pipelining buys it nothing, and a plain socket needs no reactor thread, works
+after ``fork`` and in any program, including one that runs its own reactor elsewhere. A
+script that wants many requests in flight uses the Twisted client (:mod:`kcm.client.pool`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from kcm.client.endpoints import Endpoint, FailoverConnection, TlsFiles
+from kcm.client.errors import KmipClientError
+from kcm.client.operations import Operations
+from kcm.client.wire import DEFAULT_VERSION, encode_items, parse_response, result_of
+from kcm.conformance.client import DEFAULT_TIMEOUT
+from kcm.kmip.enums import Operation
+from kcm.kmip.messages import RequestBatchItem
+
+__all__ = ["Session"]
+
+
+class Session(Operations):
+    """Requests to a KMIP server over one connection (opened on the first request).
+
+    ``transport`` is anything with ``send(bytes) -> bytes`` and ``close()``; :meth:`connect`
+    makes the usual one, mutual TLS with failover. Usable as a context manager. Not
+    thread-safe.
+    """
+
+    def __init__(self, transport: Any, version: tuple[int, int] = DEFAULT_VERSION) -> None:
+        self.transport = transport
+        self.version = version
+
+    @classmethod
+    def connect(cls, host: str | Sequence[Endpoint | str], port: int | None = None, *,
+                cert: str, key: str, ca: str, timeout: float = DEFAULT_TIMEOUT,
+                version: tuple[int, int] = DEFAULT_VERSION) -> Session:
+        """A session over mutual TLS to ``host:port``, or to the first of a list of
+        endpoints that answers (connected on the first request)."""
+        endpoints = [Endpoint(host, port or 5696)] if isinstance(host, str) else list(host)
+        return cls(FailoverConnection(endpoints, TlsFiles(cert, key, ca), timeout=timeout),
+                   version)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def call(self, operation: Operation, payload: Any) -> Any:
+        """Send ``operation`` with ``payload``; the response payload of a successful answer."""
+        wire = encode_items(self.version, [RequestBatchItem(operation=operation,
+                                                            request_payload=payload)])
+        response = parse_response(self.transport.send(wire))
+        if len(response.batch_items) != 1:
+            raise KmipClientError(f"the server answered {len(response.batch_items)} batch items "
+                                  "to a request of one")
+        return result_of(operation, response.batch_items[0])
+
+    def _run(self, operation: Operation, payload: Any, shape: Callable[[Any], Any]) -> Any:
+        return shape(self.call(operation, payload))

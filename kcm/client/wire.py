@@ -1,0 +1,62 @@
+"""Requests to bytes and answers to results: the one place the client encodes a request
+message and judges a response, shared by the blocking session and the Twisted protocol.
+
+Pure: no I/O. Every request carries the protocol version the caller chose (KMIP 1.0 to 2.1;
+the model encodes each version's own tags and attribute containers), and each batch item may
+carry a Unique Batch Item ID that the server echoes, which is how pipelined answers are
+matched (KMIP 1.4 §6.4, 2.1 §8.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kcm.client.errors import KmipClientError, KmipOperationFailed
+from kcm.kmip.enums import Operation, ResultStatus
+from kcm.kmip.errors import KmipError
+from kcm.kmip.messages import (
+    ProtocolVersion,
+    RequestBatchItem,
+    RequestHeader,
+    RequestMessage,
+    ResponseBatchItem,
+    ResponseMessage,
+    decode_response,
+    encode_request,
+)
+from kcm.ttlv import TtlvError, decode, encode
+
+__all__ = ["DEFAULT_VERSION", "SUPPORTED_VERSIONS", "encode_items", "parse_response",
+           "result_of"]
+
+#: The protocol version of requests unless the caller chooses (what PyKMIP speaks too).
+DEFAULT_VERSION = (1, 4)
+#: The versions the client's model encodes and decodes.
+SUPPORTED_VERSIONS = ((1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1))
+
+
+def encode_items(version: tuple[int, int], items: Sequence[RequestBatchItem]) -> bytes:
+    """One request message of ``items`` in protocol ``version``, as TTLV bytes."""
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"KMIP {version[0]}.{version[1]} is not one of the client's versions")
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version),
+                           batch_count=len(items))
+    return encode(encode_request(RequestMessage(header, list(items))))
+
+
+def parse_response(wire: bytes) -> ResponseMessage:
+    """The response message in ``wire``; :class:`KmipClientError` when it is not one."""
+    try:
+        return decode_response(decode(wire))
+    except (TtlvError, KmipError, ValueError, LookupError) as e:
+        raise KmipClientError(f"the server's answer is not a KMIP response: {e}") from e
+
+
+def result_of(operation: Operation | int, item: ResponseBatchItem) -> Any:
+    """The response payload of a successful ``item``; :class:`KmipOperationFailed` when it
+    failed (or is pending or undone)."""
+    if item.result_status != ResultStatus.SUCCESS:
+        raise KmipOperationFailed(item.operation if item.operation is not None else operation,
+                                  item.result_status, item.result_reason, item.result_message)
+    return item.response_payload

@@ -1,0 +1,94 @@
+"""kcm.client's endpoints and configuration (no network): HOST:PORT parsing, the [client]
+table (lists, failover, gateway and core apart, relative paths), and what it builds; the
+``kcm seal`` / ``kcm open`` parsers and ``kcm key``'s several servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kcm.cli import build_parser
+from kcm.client.config import ClientConfig, load_client_config
+from kcm.client.endpoints import Endpoint, parse_endpoint
+from kcm.client.routing import SplitHorizon
+from kcm.client.session import Session
+from kcm.pki import init_pki
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:5698", Endpoint("127.0.0.1", 5698)),
+    ("kms.example:15696", Endpoint("kms.example", 15696)),
+    ("[::1]:5696", Endpoint("::1", 5696)),
+    ("gateway", Endpoint("gateway", 5696)),
+])
+def test_endpoints_parse(text, expected) -> None:
+    assert parse_endpoint(text) == expected
+
+
+@pytest.mark.parametrize("text", [":5696", "host:port", "host:70000", "[::1"])
+def test_bad_endpoints_are_refused(text) -> None:
+    with pytest.raises(ValueError):
+        parse_endpoint(text)
+
+
+def test_a_client_table_with_gateways_and_a_core(tmp_path: Path) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text('[client]\ngateway = ["127.0.0.1:5698", "127.0.0.2:5698"]\n'
+                    'core = "127.0.0.1:5696"\ncert = "app.pem"\nkey = "app.key"\n'
+                    'ca = "ca.pem"\nversion = "2.1"\ntimeout = 5\n')
+    config = load_client_config(path)
+    assert config.gateway == [Endpoint("127.0.0.1", 5698), Endpoint("127.0.0.2", 5698)]
+    assert config.core == [Endpoint("127.0.0.1", 5696)]
+    assert config.cert == str(tmp_path / "app.pem") and config.version == (2, 1)
+    assert config.timeout == 5.0
+
+
+def test_one_server_serves_both(tmp_path: Path) -> None:
+    config = ClientConfig.from_table({"server": "h:1,h2:2", "cert": "c", "key": "k", "ca": "a"},
+                                     tmp_path)
+    assert config.gateway == config.core == [Endpoint("h", 1), Endpoint("h2", 2)]
+
+
+@pytest.mark.parametrize(("table", "error"), [
+    ({"server": "h:1", "cert": "c", "key": "k"}, "no client.ca"),
+    ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "port": 1}, "unknown setting"),
+    ({"cert": "c", "key": "k", "ca": "a"}, "no client.server"),
+    ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "version": "3.0"}, "KMIP 3.0"),
+])
+def test_bad_tables_say_what_is_wrong(table, error) -> None:
+    with pytest.raises(ValueError, match=error):
+        ClientConfig.from_table(table)
+
+
+def test_the_configuration_builds_sessions_and_a_split_horizon(tmp_path: Path) -> None:
+    pki = init_pki(tmp_path / "pki")
+    files = {"cert": str(pki.app.cert), "key": str(pki.app.key), "ca": str(pki.ca.cert)}
+    plain = ClientConfig.from_table({"server": "127.0.0.1:1", **files}).session()
+    assert isinstance(plain, Session)
+    routed = ClientConfig.from_table({"gateway": "127.0.0.1:1", "core": "127.0.0.1:2",
+                                      **files}).session()
+    assert isinstance(routed, SplitHorizon)
+    assert routed.gateway.transport.endpoint.port == 1
+    assert routed.control.transport.endpoint.port == 2
+
+
+def test_seal_and_open_take_the_connection_options_of_kcm_key() -> None:
+    args = build_parser().parse_args(["seal", "--server", "a:1,b:2", "--cert", "c", "--key",
+                                      "k", "--ca", "ca", "--stream", "--chunk-size", "4096",
+                                      "--aad-hex", "00"])
+    assert (args.server, args.stream, args.chunk_size, args.aad_hex) == ("a:1,b:2", True,
+                                                                          4096, "00")
+    args = build_parser().parse_args(["open", "--client-config", "x.toml"])
+    assert args.client_config == "x.toml" and args.prog == "kcm open"
+
+
+def test_kcm_key_connects_to_several_servers_in_order(tmp_path: Path) -> None:
+    from kcm.cli.key_cmd import _session
+
+    pki = init_pki(tmp_path / "pki")
+    args = build_parser().parse_args(["key", "query", "--server", "127.0.0.1:1, 127.0.0.1:2",
+                                      "--cert", str(pki.app.cert), "--key", str(pki.app.key),
+                                      "--ca", str(pki.ca.cert)])
+    session = _session(args)
+    assert [e.port for e in session.transport.endpoints] == [1, 2]

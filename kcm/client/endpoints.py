@@ -7,12 +7,13 @@ key and CA bundle (PEM); :func:`parse_endpoint` reads ``HOST:PORT`` (``[v6]:PORT
 :class:`~kcm.client.session.Session`: one mutual-TLS connection at a time, to the first
 endpoint of the list that accepts it, kept open across requests (persistent). When the
 connection cannot be made it tries the next endpoint, in order, wrapping around once; when a
-connection that was kept open is found closed at the next request (an idle timeout, a
-restarted server, a gateway that went away) the request is sent again once on a fresh
-connection, to the next endpoint if need be. A server that closes an idle connection has not
-read the request; one that read it and died before answering may have run it, so a
-non-idempotent request (a Create) can, in that rare case, run twice: the first result is then
-lost, never the second.
+connection that was kept open has been closed by the server meanwhile (an idle timeout, a
+restarted server, a gateway that went away), that is found before the request is sent, and
+the request goes on a fresh connection, to the next endpoint if need be. A connection that
+breaks after the request was sent may have been read, and the request run: it is sent again
+once, on a fresh connection, only when the caller says it is repeatable (reads, Encrypt,
+Decrypt, ...: :data:`kcm.client.pool.IDEMPOTENT`); otherwise the error goes to the caller,
+who knows whether a second Create is wanted.
 """
 
 from __future__ import annotations
@@ -113,17 +114,18 @@ class FailoverConnection:
             raise KmipClientError(errors[0])
         raise KmipClientError("no endpoint answered: " + "; ".join(errors))
 
-    def send(self, request: bytes) -> bytes:
-        """Send one request message; its response message."""
-        reused = self._open
+    def send(self, request: bytes, *, repeatable: bool = False) -> bytes:
+        """Send one request message; its response message. ``repeatable``: the request may
+        run twice harmlessly, so it is sent again once if its connection breaks under it."""
+        if self._open and self._clients[self._current].closed_by_peer():
+            self._open = False
         client = self._connect()
         try:
             return client.send(request)
         except KmipClientError:
             self._open = False
-            if not reused:
+            if not repeatable:
                 raise
-        # A kept-open connection the server had closed: once more, on a fresh one.
         client = self._connect()
         try:
             return client.send(request)

@@ -28,20 +28,11 @@ from kcm.client.endpoints import Endpoint, TlsFiles, parse_endpoint
 from kcm.client.errors import KmipClientError
 from kcm.client.operations import Operations
 from kcm.client.protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, KmipClientProtocol
-from kcm.client.wire import DEFAULT_VERSION, result_of
+from kcm.client.wire import DEFAULT_VERSION, IDEMPOTENT, result_of
 from kcm.kmip.enums import Operation
 from kcm.kmip.messages import RequestBatchItem, ResponseMessage
 
 __all__ = ["IDEMPOTENT", "KmipClient", "tls_endpoint_factory"]
-
-#: Operations sent again once when their connection breaks under them.
-IDEMPOTENT = frozenset({
-    Operation.GET, Operation.GET_ATTRIBUTES, Operation.GET_ATTRIBUTE_LIST, Operation.LOCATE,
-    Operation.CHECK, Operation.QUERY, Operation.DISCOVER_VERSIONS, Operation.ENCRYPT,
-    Operation.DECRYPT, Operation.SIGN, Operation.SIGNATURE_VERIFY, Operation.MAC,
-    Operation.MAC_VERIFY, Operation.HASH, Operation.RNG_RETRIEVE,
-})
-
 
 def tls_endpoint_factory(reactor: Any, tls: TlsFiles, endpoints: Sequence[Endpoint], *,
                          connect_timeout: float = 10.0

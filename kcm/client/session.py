@@ -21,7 +21,13 @@ from typing import Any
 from kcm.client.endpoints import Endpoint, FailoverConnection, TlsFiles
 from kcm.client.errors import KmipClientError
 from kcm.client.operations import Operations
-from kcm.client.wire import DEFAULT_VERSION, encode_items, parse_response, result_of
+from kcm.client.wire import (
+    DEFAULT_VERSION,
+    IDEMPOTENT,
+    encode_items,
+    parse_response,
+    result_of,
+)
 from kcm.conformance.client import DEFAULT_TIMEOUT
 from kcm.kmip.enums import Operation
 from kcm.kmip.messages import RequestBatchItem
@@ -65,11 +71,16 @@ class Session(Operations):
         """Send ``operation`` with ``payload``; the response payload of a successful answer."""
         wire = encode_items(self.version, [RequestBatchItem(operation=operation,
                                                             request_payload=payload)])
-        response = parse_response(self.transport.send(wire))
+        response = parse_response(self._send(wire, operation))
         if len(response.batch_items) != 1:
             raise KmipClientError(f"the server answered {len(response.batch_items)} batch items "
                                   "to a request of one")
         return result_of(operation, response.batch_items[0])
+
+    def _send(self, wire: bytes, operation: Operation) -> bytes:
+        if isinstance(self.transport, FailoverConnection):
+            return self.transport.send(wire, repeatable=operation in IDEMPOTENT)
+        return self.transport.send(wire)
 
     def _run(self, operation: Operation, payload: Any, shape: Callable[[Any], Any]) -> Any:
         return shape(self.call(operation, payload))

@@ -27,7 +27,7 @@ from kcm.kmip.messages import (
 )
 from kcm.ttlv import TtlvError, decode, encode
 
-__all__ = ["DEFAULT_VERSION", "SUPPORTED_VERSIONS", "encode_items", "parse_response",
+__all__ = ["DEFAULT_VERSION", "IDEMPOTENT", "SUPPORTED_VERSIONS", "encode_items", "parse_response",
            "result_of"]
 
 #: The protocol version of requests unless the caller chooses (what PyKMIP speaks too).
@@ -60,3 +60,13 @@ def result_of(operation: Operation | int, item: ResponseBatchItem) -> Any:
         raise KmipOperationFailed(item.operation if item.operation is not None else operation,
                                   item.result_status, item.result_reason, item.result_message)
     return item.response_payload
+
+
+#: Operations that may run twice harmlessly: a client sends one again, once, when its
+#: connection breaks under it (:mod:`kcm.client.pool`, :mod:`kcm.client.endpoints`).
+IDEMPOTENT = frozenset({
+    Operation.GET, Operation.GET_ATTRIBUTES, Operation.GET_ATTRIBUTE_LIST, Operation.LOCATE,
+    Operation.CHECK, Operation.QUERY, Operation.DISCOVER_VERSIONS, Operation.ENCRYPT,
+    Operation.DECRYPT, Operation.SIGN, Operation.SIGNATURE_VERIFY, Operation.MAC,
+    Operation.MAC_VERIFY, Operation.HASH, Operation.RNG_RETRIEVE,
+})

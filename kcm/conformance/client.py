@@ -9,6 +9,7 @@ own 8-byte TTLV header (tag, type, length), so exactly ``8 + length`` bytes are 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import struct
@@ -71,6 +72,30 @@ class KmipClient:
             raw.close()
             raise KmipClientError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
         self._socket.settimeout(self.timeout)
+
+    def closed_by_peer(self) -> bool:
+        """Whether an open connection has been closed (or broken) by the server while idle,
+        found without blocking and without sending anything (so a request is never sent on
+        a connection the server had already given up). Closes it if so."""
+        sock = self._socket
+        if sock is None:
+            return False
+        if not select.select([sock], [], [], 0)[0] and not sock.pending():
+            return False  # nothing arrived: open as far as can be known
+        sock.setblocking(False)
+        try:
+            data = sock.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False  # TLS records without application data (TLS 1.3 tickets)
+        except (OSError, ssl.SSLError):
+            data = b""
+        finally:
+            if self._socket is not None:
+                self._socket.settimeout(self.timeout)
+        # End of stream, an error, or bytes nobody asked for: not a connection to reuse.
+        del data
+        self.close()
+        return True
 
     def send(self, request: bytes) -> bytes:
         """Send one encoded request message; return the one response message, whole.

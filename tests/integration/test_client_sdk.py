@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -436,3 +437,20 @@ def test_every_protocol_version_at_core_and_gateway(planes, version) -> None:
             at_gateway.get("no-such-object")
         assert refused.value.reason in (ResultReason.ITEM_NOT_FOUND,
                                         ResultReason.OBJECT_NOT_FOUND)
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_used(tmp_path: Path) -> None:
+    """The core closes idle connections after 1 s here: a Create sent after that goes on
+    a fresh connection (found closed before sending), and runs once."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}",
+                  idle_timeout=1.0)
+    core.start()
+    try:
+        with session(core, core.port) as client:
+            first = client.create()
+            time.sleep(2.5)  # the core closes the idle connection meanwhile
+            second = client.create()
+            assert first != second
+            assert len(client.locate()) == 2
+    finally:
+        core.stop()

@@ -1,0 +1,76 @@
+"""The blocking client's failover connection: a connection the server closed while idle is
+found before anything is sent on it; a request whose connection breaks after it was sent is
+sent again only when it may run twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from kcm.client.endpoints import FailoverConnection, TlsFiles
+from kcm.client.errors import KmipClientError
+
+
+class FakeServerConnection:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[bytes] = []
+        self.idle_closed = False
+        self.break_next = False
+        self.down = False
+        self.connected = False
+
+    def connect(self) -> None:
+        if self.down:
+            raise KmipClientError(f"cannot connect to {self.name}")
+        self.connected = True
+
+    def closed_by_peer(self) -> bool:
+        if self.idle_closed:
+            self.idle_closed = self.connected = False
+            return True
+        return False
+
+    def send(self, request: bytes) -> bytes:
+        self.connect()
+        self.sent.append(request)
+        if self.break_next:
+            self.break_next = self.connected = False
+            raise KmipClientError(f"connection to {self.name} failed")
+        return b"answer from " + self.name.encode()
+
+    def close(self) -> None:
+        self.connected = False
+
+
+@pytest.fixture
+def connection(monkeypatch) -> tuple[FailoverConnection, list[FakeServerConnection]]:
+    servers = [FakeServerConnection("a"), FakeServerConnection("b")]
+    made = iter(servers)
+    monkeypatch.setattr("kcm.client.endpoints.KmipClient", lambda *a, **k: next(made))
+    return FailoverConnection(["a:1", "b:1"], TlsFiles("c", "k", "ca")), servers
+
+
+def test_a_connection_closed_while_idle_is_replaced_before_sending(connection) -> None:
+    failover, (a, _) = connection
+    assert failover.send(b"create") == b"answer from a"
+    a.idle_closed = True
+    assert failover.send(b"create") == b"answer from a"
+    assert a.sent == [b"create", b"create"]  # each sent once
+
+
+def test_a_request_that_may_not_run_twice_is_not_sent_again(connection) -> None:
+    failover, (a, b) = connection
+    failover.send(b"query")
+    a.break_next = True
+    with pytest.raises(KmipClientError):
+        failover.send(b"create")
+    assert a.sent == [b"query", b"create"] and b.sent == []
+
+
+def test_a_repeatable_request_is_sent_again_once_at_the_next_server(connection) -> None:
+    failover, (a, b) = connection
+    failover.send(b"get")
+    a.break_next = True
+    a.down = True  # it died with the request
+    assert failover.send(b"get", repeatable=True) == b"answer from b"
+    assert b.sent == [b"get"] and failover.endpoint.host == "b"

@@ -45,7 +45,7 @@ class CacheLimits:
             raise ValueError("cache limits must be positive")
         if self.max_messages > 2 ** 32:
             raise ValueError("more than 2^32 messages under one key with random nonces "
-                             "breaks AES-GCM's bound (NIST SP 800-38D §8.3)")
+                             "breaks AES-GCM's bound (NIST SP 800-38D section 8.3)")
 
 
 #: The defaults (docs/sdk.md, "The cache").

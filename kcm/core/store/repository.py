@@ -17,6 +17,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    event,
     exists,
     false,
     func,
@@ -58,11 +59,29 @@ Clock = Callable[[], float]
 def lock_writers(session: Session) -> None:
     """Serialize this write transaction against every other writer, until it ends.
 
-    PostgreSQL: a transaction-scoped advisory lock (re-entrant, so calling it again is
-    harmless). SQLite: nothing to do, ``BEGIN IMMEDIATE`` already holds the write lock.
+    PostgreSQL: a transaction-scoped advisory lock, taken once per transaction (a savepoint
+    rolled back keeps it: only the transaction's end releases it); calling again is free.
+    SQLite: nothing to do, ``BEGIN IMMEDIATE`` already holds the write lock.
     """
+    if session.info.get(_WRITERS_LOCKED):
+        return
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(WRITER_LOCK_KEY)))
+    session.info[_WRITERS_LOCKED] = True
+
+
+#: ``Session.info``: the writers' lock is held by this session's transaction.
+_WRITERS_LOCKED = "kcm.store.writers_locked"
+
+
+def _transaction_ended(session: Session, *_: Any) -> None:
+    if not session.in_nested_transaction():
+        session.info.pop(_WRITERS_LOCKED, None)
+
+
+# The lock goes with the transaction: the next one of the same session must take it again.
+event.listen(Session, "after_commit", _transaction_ended)
+event.listen(Session, "after_rollback", _transaction_ended)
 
 
 def _dialect_insert(session: Session) -> Callable[..., Any]:

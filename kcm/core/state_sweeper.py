@@ -10,6 +10,7 @@ saves such keys (``managed.save`` emits ``l3.state`` in the same transaction).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
@@ -35,6 +36,10 @@ log = Logger()
 
 #: Seconds between sweeps: how late, at most, a passed date reaches the gateways.
 DEFAULT_INTERVAL = 5.0
+
+#: A further step of each sweep (automatic rotation: kcm.core.auto_rotation), run first in
+#: the sweep's transaction with the time of the sweep; what it returns is logged.
+SweepStep = Callable[[Session, float], Sequence[object]]
 
 
 @dataclass(slots=True)
@@ -72,11 +77,14 @@ class StateSweeper(Service):
 
     name = "kcm-state-sweeper"
 
-    def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL,
+                 steps: Sequence[SweepStep] = ()) -> None:
         self._store = store
         self._clock = clock
         self._interval = interval
+        self._steps = tuple(steps)
         self._loop: LoopingCall | None = None
+        self._soon = None
 
     def startService(self) -> None:
         super().startService()
@@ -88,17 +96,39 @@ class StateSweeper(Service):
     def stopService(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
         return super().stopService()
 
     def sweep(self):
         """One sweep in one write transaction; errors are logged and the loop goes on."""
-        now = int(self._clock.seconds())
-        d = self._store.run(lambda session: sweep_due_states(session, now))
+        now = self._clock.seconds()
+        steps = self._steps
+
+        def work(session: Session) -> tuple[list[str], list[str]]:
+            done = [str(outcome) for step in steps for outcome in step(session, now)]
+            return done, sweep_due_states(session, int(now))
+
+        d = self._store.run(work)
         d.addCallbacks(_report, lambda failure: log.failure("state sweep failed", failure))
         return d
 
+    def sweep_soon(self) -> None:
+        """Sweep at the next reactor turn, not at the next tick (a usage cap was reported
+        reached); several calls before it runs make one sweep."""
+        if self._soon is None and self.running:
+            def run() -> None:
+                self._soon = None
+                self.sweep()
 
-def _report(moved: list[str]) -> None:
+            self._soon = self._clock.callLater(0, run)
+
+
+def _report(outcome: tuple[list[str], list[str]]) -> None:
+    done, moved = outcome
+    for entry in done:
+        log.info("state sweep: {done}", done=entry)
     if moved:
         log.info("state sweep: {count} hierarchy keys moved with their dates: {uids}",
                  count=len(moved), uids=", ".join(moved))

@@ -13,6 +13,7 @@ from twisted.python import usage
 from kcm.config_file import ConfigError, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.core.audit_checkpoints import AuditCheckpoints
+from kcm.core.auto_rotation import rotate_due
 from kcm.core.config import CoreLimits, load_config
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
@@ -62,6 +63,8 @@ class Options(usage.Options):
                                        "empty: none."],
         ["audit-checkpoint-interval", None, None,
          "Seconds between audit checkpoints in the log (default 300)."],
+        ["state-sweep-interval", None, None,
+         "Seconds between state sweeps: passed dates, automatic rotation (default 5)."],
         ["application-objects", None, None,
          "Which objects of its tenant an application may use: own-service or tenant."],
         ["database-threads", None, None, "Worker threads for database transactions."],
@@ -129,7 +132,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                     bound_output=False).setServiceParent(core)
     else:
         fanout = link_factory = None
-    StateSweeper(store, reactor).setServiceParent(core)
+    sweeper = StateSweeper(store, reactor, interval=config.state_sweep_interval,
+                           steps=[lambda session, now: rotate_due(session, keyring, now)])
+    sweeper.setServiceParent(core)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     core.metrics = metrics
     if config.metrics_listen:

@@ -217,3 +217,33 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class RotationPolicy(Base):
+    """When service keys rotate by themselves (:mod:`kcm.core.rotation_policy`): one row per
+    scope, ``("", "")`` the deployment's default, ``(tenant, "")`` a tenant's, ``(tenant,
+    service)`` a service's. A NULL field is inherited from the wider scope (migration 0003).
+    """
+
+    __tablename__ = "rotation_policies"
+
+    tenant: Mapped[str] = mapped_column(Text, primary_key=True)
+    service: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: Seconds a version is current before the next one replaces it (0: never by age).
+    interval: Mapped[int | None] = mapped_column(BigInteger)
+    #: Encryptions under one version (L4 seals, DEK wraps) before it is replaced (0: no cap).
+    max_uses: Mapped[int | None] = mapped_column(BigInteger)
+    #: Seconds a replaced version stays Active before it is Deactivated (decrypt-only).
+    overlap: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class L3Usage(Base):
+    """How many encryptions were made under one L3 version, as the gateways and the core
+    reported them (:mod:`kcm.core.usage`). Counts only grow."""
+
+    __tablename__ = "l3_usage"
+
+    uid: Mapped[str] = mapped_column(Text, primary_key=True)
+    uses: Mapped[int] = mapped_column(BigInteger)
+    reported_at: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,157 @@
+"""Rotation policies: when a service key (L3) is replaced by a new version by itself.
+
+A policy has three settings, each optional:
+
+* ``interval`` — seconds a version stays current; once the current version is that old, the
+  state sweeper makes a new one (0: never by age);
+* ``max_uses`` — encryptions under one version (L4 seals and DEK wraps, as the gateways
+  and the core report them: :mod:`kcm.core.usage`) after which it is replaced (0: no cap);
+* ``overlap`` — seconds the replaced version stays Active after its successor exists, then
+  it is Deactivated (decrypt-only). Default :data:`DEFAULT_OVERLAP`.
+
+Policies live at three scopes (table ``rotation_policies``): the deployment's default
+(``kcm core policy``), a tenant's (``kcm core tenant policy``), a service's (``kcm core
+service policy``). Each setting is taken from the narrowest scope that sets it
+(:func:`effective_policy`), and the effective policy says which scope gave the setting that
+triggered a rotation, for its audit record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from kcm.core.store.schema import RotationPolicy
+
+__all__ = ["DEFAULT_OVERLAP", "EffectivePolicy", "PolicySettings", "clear_policy",
+           "effective_policy", "format_duration", "parse_duration", "policies", "scope_name",
+           "set_policy"]
+
+#: Seconds a replaced version stays Active when no policy says: long enough for every
+#: gateway to have learned of its successor (they do within a second when linked).
+DEFAULT_OVERLAP = 60
+
+_FIELDS = ("interval", "max_uses", "overlap")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """One scope's settings as stored; None: not set here (inherited)."""
+
+    interval: int | None = None
+    max_uses: int | None = None
+    overlap: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ValueError(f"{name} must be a whole number of at least 0")
+
+
+@dataclass(frozen=True, slots=True)
+class EffectivePolicy:
+    """The settings that apply to one service, and the scope each came from
+    (:func:`scope_name`; None: not set anywhere)."""
+
+    interval: int = 0
+    max_uses: int = 0
+    overlap: int = DEFAULT_OVERLAP
+    interval_from: str | None = None
+    max_uses_from: str | None = None
+    overlap_from: str | None = None
+
+    @property
+    def rotates(self) -> bool:
+        """Whether anything makes this service rotate by itself."""
+        return self.interval > 0 or self.max_uses > 0
+
+
+def scope_name(tenant: str, service: str) -> str:
+    """How a scope is named in audit records and listings: ``default``, ``tenant T``,
+    ``service T/S``."""
+    if not tenant:
+        return "default"
+    return f"tenant {tenant}" if not service else f"service {tenant}/{service}"
+
+
+def effective_policy(session: Session, tenant: str, service: str) -> EffectivePolicy:
+    """What applies to ``tenant``/``service``: each setting from the narrowest scope that
+    sets it (service, then tenant, then the default)."""
+    rows = {(row.tenant, row.service): row for row in session.scalars(
+        select(RotationPolicy).where(RotationPolicy.tenant.in_(("", tenant)),
+                                     RotationPolicy.service.in_(("", service))))}
+    return resolve([(scope, rows[scope]) for scope in ((tenant, service), (tenant, ""),
+                                                        ("", "")) if scope in rows])
+
+
+def resolve(scopes: Iterable[tuple[tuple[str, str], RotationPolicy | PolicySettings]]
+            ) -> EffectivePolicy:
+    """The effective policy of ``scopes``, narrowest first."""
+    values: dict[str, object] = {}
+    for (tenant, service), settings in scopes:
+        for name in _FIELDS:
+            value = getattr(settings, name)
+            if value is not None and name not in values:
+                values[name] = value
+                values[f"{name}_from"] = scope_name(tenant, service)
+    return EffectivePolicy(**values)  # type: ignore[arg-type]
+
+
+def policies(session: Session) -> dict[tuple[str, str], PolicySettings]:
+    """Every stored policy by scope (for the sweeper: one query per sweep)."""
+    return {(row.tenant, row.service): PolicySettings(row.interval, row.max_uses, row.overlap)
+            for row in session.scalars(select(RotationPolicy))}
+
+
+def set_policy(session: Session, tenant: str, service: str, settings: PolicySettings, *,
+               now: int) -> PolicySettings:
+    """Change the given settings of a scope (those None in ``settings`` are kept); return
+    the scope's settings now."""
+    row = session.get(RotationPolicy, (tenant, service))
+    if row is None:
+        row = RotationPolicy(tenant=tenant, service=service, updated_at=now)
+        session.add(row)
+    for name in _FIELDS:
+        value = getattr(settings, name)
+        if value is not None:
+            setattr(row, name, value)
+    row.updated_at = now
+    session.flush()
+    return PolicySettings(row.interval, row.max_uses, row.overlap)
+
+
+def clear_policy(session: Session, tenant: str, service: str) -> bool:
+    """Remove a scope's policy (it inherits everything again); whether there was one."""
+    return session.execute(delete(RotationPolicy).where(
+        RotationPolicy.tenant == tenant, RotationPolicy.service == service)).rowcount > 0
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of ``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w``; ValueError else."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 30d, 2w)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def format_duration(seconds: int | float | None, *, never: str = "never") -> str:
+    """``seconds`` in the largest unit that divides it (``30d``, ``90s``); ``never`` for 0
+    or None."""
+    if not seconds:
+        return never
+    seconds = int(seconds)
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+

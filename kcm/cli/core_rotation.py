@@ -161,7 +161,8 @@ def run_service_show(args: argparse.Namespace) -> int:
     print(f"service {shown['tenant']}/{shown['service']}")
     for version in shown["versions"]:
         retire = (f"  deactivates {version['deactivation_date']}"
-                  if version["deactivation_date"] and version["state"] == "Active" else "")
+                  if version["deactivation_date"] and version["current"] is False
+                  and version["state"] == _state(2) else "")
         print(f"  version {version['version']}  {version['unique_identifier']}  "
               f"{version['state']}{'  current' if version['current'] else ''}  "
               f"age {_age(version['age'])}  "

@@ -22,6 +22,7 @@ destroys anything.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -33,13 +34,14 @@ from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.hierarchy import provision_service
 from kcm.core.keyring import Keyring
 from kcm.core.rotation_policy import EffectivePolicy, PolicySettings, policies, resolve
+from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, STATE_ACTIVE, ManagedObject
 from kcm.core.usage import uses_of
 from kcm.kernel import lifecycle
 from kcm.kmip.tags import Tag
 from kcm.ttlv import ItemType
 
-__all__ = ["AUDIT_OPERATION", "Rotation", "due_trigger", "rotate_due"]
+__all__ = ["AUDIT_OPERATION", "Rotation", "cap_reached", "due_trigger", "rotate_due"]
 
 AUDIT_OPERATION = "AutoRotate"
 #: The principal automatic rotations are audited as.
@@ -104,6 +106,26 @@ def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]
         if trigger is not None:
             rotations.append(_rotate(session, keyring, row, policy, trigger, age, count, now))
     return rotations
+
+
+def cap_reached(session: Session, uids: Iterable[str]) -> bool:
+    """Whether one of ``uids`` is the current version of its service and has reached the
+    usage cap of its policy (so a sweep now would rotate it)."""
+    stored = policies(session)
+    if not any(settings.max_uses for settings in stored.values()):
+        return False
+    uses = uses_of(session, uids)
+    for uid, count in uses.items():
+        row = repository.get_l3(session, uid)
+        if row is None or row.state != STATE_ACTIVE:
+            continue
+        policy = _effective(stored, row.tenant, row.service or "")
+        if not policy.max_uses or count < policy.max_uses:
+            continue
+        current = repository.find_l3(session, row.tenant, row.service or "", active_only=True)
+        if current and current[0].uid == uid:
+            return True
+    return False
 
 
 def _current_versions(session: Session) -> list[ManagedObject]:

@@ -24,6 +24,7 @@ from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
+from kcm.core.usage_intake import UsageIntake
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
 from kcm.metrics import metrics_listener, metrics_site
@@ -116,6 +117,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     policy.setServiceParent(core)
     TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
+    sweeper = StateSweeper(store, reactor, interval=config.state_sweep_interval,
+                           steps=[lambda session, now: rotate_due(session, keyring, now)])
     if config.link_listen:
         fanout = EventFanout(store, reactor, head=None)  # read from the outbox at start
         link_factory = LinkServerFactory(
@@ -125,6 +128,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
             settings=LinkSettings(
                 max_frame_size=frame_size_limit(config.limits.max_message_size)))
         policy.on_change.append(link_factory.set_subject_map)
+        link_factory.on_usage = UsageIntake(store, reactor,
+                                            on_cap_reached=sweeper.sweep_soon).add
         core.fanout, core.link_factory = fanout, link_factory
         fanout.setServiceParent(core)
         TLSListener(reactor, config.link_listen, link_tls_options, link_factory,
@@ -132,8 +137,6 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                     bound_output=False).setServiceParent(core)
     else:
         fanout = link_factory = None
-    sweeper = StateSweeper(store, reactor, interval=config.state_sweep_interval,
-                           steps=[lambda session, now: rotate_due(session, keyring, now)])
     sweeper.setServiceParent(core)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     core.metrics = metrics

@@ -52,6 +52,9 @@ class GatewayConfig:
     #: ``/metrics``, ``/healthz``, ``/readyz`` over plain HTTP; empty (the default): none.
     #: Only with ``workers = 1``: workers share the KMIP port, not their metrics.
     metrics_listen: str = ""
+    #: Seconds between this gateway's reports to the core of how many encryptions it made
+    #: under each service key version (the usage a rotation policy's cap counts).
+    usage_report_interval: float = 0.25
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -61,7 +64,7 @@ class GatewayConfig:
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_server_name", "l3_ttl",
               "max_stale", "prewarm", "max_in_flight", "log_level", "log_format",
               "log_file",
-              "workers", "metrics_listen"}
+              "workers", "metrics_listen", "usage_report_interval"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -84,6 +87,8 @@ def load_config(path: str | Path | None,
     config.prewarm_services()
     if config.l3_ttl <= 0 or config.max_stale < config.l3_ttl:
         raise ConfigError("gateway: l3_ttl must be positive and max_stale at least l3_ttl")
+    if not config.usage_report_interval > 0:
+        raise ConfigError("gateway.usage_report_interval must be a positive number of seconds")
     if config.max_in_flight < 1:
         raise ConfigError("gateway.max_in_flight must be at least 1")
     if config.workers < 0:
@@ -100,7 +105,8 @@ def load_config(path: str | Path | None,
 def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
-    for key, kind in (("l3_ttl", float), ("max_stale", float), ("max_in_flight", int)):
+    for key, kind in (("l3_ttl", float), ("max_stale", float), ("max_in_flight", int),
+                      ("usage_report_interval", float)):
         if key in out:
             try:
                 out[key] = kind(out[key])

@@ -155,3 +155,47 @@ def _audit_times(core: CoreProcess) -> list[dict]:
                 "SELECT seq, at FROM audit_log")).mappings()]
     finally:
         engine.dispose()
+
+
+#: The gateways' usage_report_interval (the default), and how long at most the core takes
+#: from a report that reaches the cap to every gateway sealing under the new version
+#: (docs/operations.md, "Automatic rotation": the overshoot bound).
+REPORT_INTERVAL = 0.25
+REACTION_BOUND = 1.0
+
+
+def test_a_usage_cap_of_1000_rotates_after_about_1000_creates_over_two_gateways(
+        deployment) -> None:
+    core, a, b = deployment
+    core.kcm("core", "service", "policy", "demo", "app", "--max-uses", "1000")
+    with a.client("app") as app_a, b.client("app") as app_b:
+        v1 = sealed_under(app_a)
+        sealed: dict[str, int] = {v1: 1}
+        moved: set[int] = set()
+        started = time.monotonic()
+        batches = 0
+        while len(moved) < 2:
+            client = (app_a, app_b)[batches % 2]
+            for created in succeeded(client, *[create_l4()] * 10):
+                l3 = l4_token.parse(created.unique_identifier).l3_uid
+                sealed[l3] = sealed.get(l3, 0) + 1
+                if l3 != v1:
+                    moved.add(batches % 2)
+            batches += 1
+            assert batches < 600, f"no rotation after {sum(sealed.values())} creates: {sealed}"
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+    rate = sum(sealed.values()) / elapsed
+    overshoot = sealed[v1] - 1000
+    bound = rate * (REPORT_INTERVAL + REACTION_BOUND)
+    print(f"\n{sealed[v1]} L4s sealed under version 1 (cap 1000, overshoot {overshoot}; "
+          f"bound at {rate:.0f} creates/s: {bound:.0f})")
+    assert 0 <= overshoot <= bound
+
+    [rotation] = [r for r in audit_rows(core) if r["operation"] == "AutoRotate"]
+    assert rotation["detail"]["trigger"] == "max_uses"
+    assert rotation["detail"]["policy"] == "service demo/app"
+    assert 1000 <= rotation["detail"]["uses"] <= sealed[v1]
+    # Every seal was counted, once: both gateways reported all they did.
+    wait_until(lambda: {v["unique_identifier"]: v["uses"] for v in service_show(core)[
+        "versions"]}.get(v1) == sealed[v1], "every use of version 1 reported", timeout=3)

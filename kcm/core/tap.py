@@ -18,6 +18,7 @@ from kcm.core.config import CoreLimits, load_config
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory, LinkSettings
+from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.metrics import CoreMetrics, DatabaseReadiness
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
@@ -117,8 +118,10 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     policy.setServiceParent(core)
     TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
-    sweeper = StateSweeper(store, reactor, interval=config.state_sweep_interval,
-                           steps=[lambda session, now: rotate_due(session, keyring, now)])
+    sweeper = StateSweeper(store, reactor, interval=config.state_sweep_interval, steps=[
+        lambda session, now: rotate_due(session, keyring, now),
+        lambda session, now: rotate_managed_due(session, keyring, now,
+                                                trust_domain=trust_domain)])
     if config.link_listen:
         fanout = EventFanout(store, reactor, head=None)  # read from the outbox at start
         link_factory = LinkServerFactory(

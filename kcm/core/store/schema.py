@@ -116,6 +116,10 @@ class ManagedObject(Base):
     wrapped_by: Mapped[str | None] = mapped_column(Text)
     attributes: Mapped[bytes] = mapped_column(LargeBinary)
     revision: Mapped[int] = mapped_column(Integer)
+    #: When a managed key rotates by itself (KMIP 2.1 Rotate Automatic and Rotate Interval,
+    #: :mod:`kcm.core.managed_rotation`): computed from its attributes on every save; NULL
+    #: when it does not (migration 0003).
+    rotate_due: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
     __mapper_args__ = {"version_id_col": revision}
 

@@ -1,6 +1,8 @@
-"""Automatic rotation: rotation policies and per-version usage counts of service keys.
+"""Automatic rotation: rotation policies and per-version usage counts of service keys, and
+when a managed key rotates by itself (``managed_objects.rotate_due``).
 
-Two new tables; nothing existing is rewritten, on either backend.
+Two new tables and a nullable, indexed column: existing rows are not rewritten (their
+``rotate_due`` is NULL: no managed key rotated by itself before this revision).
 
 Revision ID: 0003
 Revises: 0002
@@ -40,6 +42,15 @@ def upgrade() -> None:
     )
 
 
+    with op.batch_alter_table("managed_objects") as batch_op:
+        batch_op.add_column(sa.Column("rotate_due", sa.BigInteger(), nullable=True))
+        batch_op.create_index(batch_op.f("ix_managed_objects_rotate_due"), ["rotate_due"],
+                              unique=False)
+
+
 def downgrade() -> None:
+    with op.batch_alter_table("managed_objects") as batch_op:
+        batch_op.drop_index(batch_op.f("ix_managed_objects_rotate_due"))
+        batch_op.drop_column("rotate_due")
     op.drop_table("l3_usage")
     op.drop_table("rotation_policies")

@@ -28,6 +28,9 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
                         "(L4s sealed, DEKs wrapped) under one version (0: no cap)")
     parser.add_argument("--overlap", help="how long a replaced version stays Active before "
                         "it is Deactivated (decrypt-only); default 60s")
+    parser.add_argument("--managed-interval", help="the Rotate Interval (with Rotate "
+                        "Automatic) of new managed symmetric keys created without one "
+                        "(0: none)")
     parser.add_argument("--clear", action="store_true",
                         help="remove this scope's policy (it inherits the wider one's)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
@@ -44,7 +47,9 @@ def _settings(args: argparse.Namespace):
         return PolicySettings(
             interval=parse_duration(args.interval) if args.interval is not None else None,
             max_uses=args.max_uses,
-            overlap=parse_duration(args.overlap) if args.overlap is not None else None)
+            overlap=parse_duration(args.overlap) if args.overlap is not None else None,
+            managed_interval=(parse_duration(args.managed_interval)
+                              if args.managed_interval is not None else None))
     except ValueError as e:
         raise CommandError(str(e)) from e
 
@@ -53,8 +58,7 @@ def run_policy(args: argparse.Namespace) -> int:
     """Set (any setting given, or --clear) or show the rotation policy of a scope."""
     tenant, service = _scope(args)
     settings = _settings(args)
-    changing = args.clear or any(value is not None for value in
-                                 (settings.interval, settings.max_uses, settings.overlap))
+    changing = args.clear or _any_setting(settings)
     if changing:
         _with_keyring(args, lambda session, keyring: _change(session, args, tenant, service,
                                                              settings))
@@ -81,8 +85,7 @@ def _change(session, args: argparse.Namespace, tenant: str, service: str, settin
     now = int(time.time())
     if args.clear:
         rotation_policy.clear_policy(session, tenant, service)
-    if any(value is not None for value in (settings.interval, settings.max_uses,
-                                           settings.overlap)):
+    if _any_setting(settings):
         rotation_policy.set_policy(session, tenant, service, settings, now=now)
     stored = rotation_policy.policies(session).get((tenant, service))
     append_audit(session, AuditEvent(
@@ -91,7 +94,13 @@ def _change(session, args: argparse.Namespace, tenant: str, service: str, settin
         detail={"scope": rotation_policy.scope_name(tenant, service),
                 "interval": stored.interval if stored else None,
                 "max_uses": stored.max_uses if stored else None,
-                "overlap": stored.overlap if stored else None}))
+                "overlap": stored.overlap if stored else None,
+                "managed_interval": stored.managed_interval if stored else None}))
+
+
+def _any_setting(settings) -> bool:
+    return any(value is not None for value in (settings.interval, settings.max_uses,
+                                               settings.overlap, settings.managed_interval))
 
 
 def _policy_record(session, tenant: str, service: str) -> dict[str, Any]:
@@ -103,11 +112,13 @@ def _policy_record(session, tenant: str, service: str) -> dict[str, Any]:
         "scope": rotation_policy.scope_name(tenant, service),
         "set_here": None if stored is None else {
             "interval": stored.interval, "max_uses": stored.max_uses,
-            "overlap": stored.overlap},
+            "overlap": stored.overlap, "managed_interval": stored.managed_interval},
         "effective": {
             "interval": effective.interval, "interval_from": effective.interval_from,
             "max_uses": effective.max_uses, "max_uses_from": effective.max_uses_from,
-            "overlap": effective.overlap, "overlap_from": effective.overlap_from},
+            "overlap": effective.overlap, "overlap_from": effective.overlap_from,
+            "managed_interval": effective.managed_interval,
+            "managed_interval_from": effective.managed_interval_from},
     }
 
 
@@ -127,6 +138,8 @@ def _policy_text(record: dict[str, Any]) -> str:
         f"  max uses {effective['max_uses'] or 'no cap'}{origin('max_uses')}",
         f"  overlap {format_duration(effective['overlap'], never='0s')}"
         f"{origin('overlap') if effective['overlap_from'] else ' (the default)'}",
+        f"  new managed keys rotate every {format_duration(effective['managed_interval'])}"
+        f"{origin('managed_interval')}",
     ])
 
 

@@ -7,7 +7,10 @@ A policy has three settings, each optional:
 * ``max_uses`` — encryptions under one version (L4 seals and DEK wraps, as the gateways
   and the core report them: :mod:`kcm.core.usage`) after which it is replaced (0: no cap);
 * ``overlap`` — seconds the replaced version stays Active after its successor exists, then
-  it is Deactivated (decrypt-only). Default :data:`DEFAULT_OVERLAP`.
+  it is Deactivated (decrypt-only). Default :data:`DEFAULT_OVERLAP`;
+* ``managed_interval`` — not for service keys: the Rotate Interval (with Rotate Automatic)
+  a managed symmetric key created in the scope gets when its Create names neither
+  (:func:`managed_key_defaults`; the key then rotates by :mod:`kcm.core.managed_rotation`).
 
 Policies live at three scopes (table ``rotation_policies``): the deployment's default
 (``kcm core policy``), a tenant's (``kcm core tenant policy``), a service's (``kcm core
@@ -26,16 +29,18 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from kcm.core.store.schema import RotationPolicy
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.tags import Tag
 
 __all__ = ["DEFAULT_OVERLAP", "EffectivePolicy", "PolicySettings", "clear_policy",
-           "effective_policy", "format_duration", "parse_duration", "policies", "scope_name",
-           "set_policy"]
+           "effective_policy", "format_duration", "managed_key_defaults", "parse_duration",
+           "policies", "scope_name", "set_policy"]
 
 #: Seconds a replaced version stays Active when no policy says: long enough for every
 #: gateway to have learned of its successor (they do within a second when linked).
 DEFAULT_OVERLAP = 60
 
-_FIELDS = ("interval", "max_uses", "overlap")
+_FIELDS = ("interval", "max_uses", "overlap", "managed_interval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,7 @@ class PolicySettings:
     interval: int | None = None
     max_uses: int | None = None
     overlap: int | None = None
+    managed_interval: int | None = None
 
     def __post_init__(self) -> None:
         for name in _FIELDS:
@@ -62,9 +68,11 @@ class EffectivePolicy:
     interval: int = 0
     max_uses: int = 0
     overlap: int = DEFAULT_OVERLAP
+    managed_interval: int = 0
     interval_from: str | None = None
     max_uses_from: str | None = None
     overlap_from: str | None = None
+    managed_interval_from: str | None = None
 
     @property
     def rotates(self) -> bool:
@@ -103,10 +111,31 @@ def resolve(scopes: Iterable[tuple[tuple[str, str], RotationPolicy | PolicySetti
     return EffectivePolicy(**values)  # type: ignore[arg-type]
 
 
+def managed_key_defaults(session: Session, tenant: str, service: str | None,
+                         attributes: list[Attribute]) -> list[Attribute]:
+    """``attributes`` of a new managed symmetric key of ``tenant`` (made by ``service``'s
+    application, or by no service), with Rotate Automatic and Rotate Interval added when
+    the scope's ``managed_interval`` is set and the client named neither."""
+    if any(a.tag in (Tag.ROTATE_AUTOMATIC, Tag.ROTATE_INTERVAL) for a in attributes):
+        return attributes
+    if session.scalar(select(RotationPolicy.tenant).where(
+            RotationPolicy.managed_interval > 0).limit(1)) is None:
+        return attributes  # the common case: one indexed look, nothing more
+    interval = effective_policy(session, tenant, service or "").managed_interval
+    if not interval:
+        return attributes
+    return [*attributes, Attribute.of(Tag.ROTATE_AUTOMATIC, True),
+            Attribute.of(Tag.ROTATE_INTERVAL, interval)]
+
+
 def policies(session: Session) -> dict[tuple[str, str], PolicySettings]:
     """Every stored policy by scope (for the sweeper: one query per sweep)."""
-    return {(row.tenant, row.service): PolicySettings(row.interval, row.max_uses, row.overlap)
+    return {(row.tenant, row.service): _settings(row)
             for row in session.scalars(select(RotationPolicy))}
+
+
+def _settings(row: RotationPolicy) -> PolicySettings:
+    return PolicySettings(row.interval, row.max_uses, row.overlap, row.managed_interval)
 
 
 def set_policy(session: Session, tenant: str, service: str, settings: PolicySettings, *,
@@ -123,7 +152,7 @@ def set_policy(session: Session, tenant: str, service: str, settings: PolicySett
             setattr(row, name, value)
     row.updated_at = now
     session.flush()
-    return PolicySettings(row.interval, row.max_uses, row.overlap)
+    return _settings(row)
 
 
 def clear_policy(session: Session, tenant: str, service: str) -> bool:

@@ -113,3 +113,24 @@ def test_rotation_attributes_are_answered_only_in_2_x(core: CoreHarness) -> None
     assert found.unique_identifiers == [uid]
 
 
+
+
+def test_a_policy_gives_new_managed_keys_their_rotate_interval(core: CoreHarness) -> None:
+    from kcm.core.rotation_policy import PolicySettings, set_policy
+    from kcm.kmip.payloads import CreateRequest
+    from kcm.testing.requests import aes256
+
+    def create(*extra: Attribute) -> str:
+        return ok(core, Operation.CREATE, CreateRequest(
+            object_type=1 + 1, attributes=aes256(list(extra)))).unique_identifier
+
+    before = create()
+    core.store.run_sync(lambda s: set_policy(s, "demo", "", PolicySettings(
+        managed_interval=86400), now=0))
+    after = create()
+    own = create(Attribute.of(Tag.ROTATE_INTERVAL, 60))
+    assert Tag.ROTATE_INTERVAL not in attributes_of(core, before, Tag.ROTATE_INTERVAL)
+    got = attributes_of(core, after, Tag.ROTATE_INTERVAL, Tag.ROTATE_AUTOMATIC)
+    assert got == {Tag.ROTATE_INTERVAL: [86400], Tag.ROTATE_AUTOMATIC: [True]}
+    assert attributes_of(core, own, Tag.ROTATE_INTERVAL, Tag.ROTATE_AUTOMATIC) == {
+        Tag.ROTATE_INTERVAL: [60]}

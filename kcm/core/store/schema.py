@@ -239,6 +239,9 @@ class RotationPolicy(Base):
     max_uses: Mapped[int | None] = mapped_column(BigInteger)
     #: Seconds a replaced version stays Active before it is Deactivated (decrypt-only).
     overlap: Mapped[int | None] = mapped_column(BigInteger)
+    #: The Rotate Interval a managed symmetric key created in this scope gets (with Rotate
+    #: Automatic) when its Create names neither (0: none).
+    managed_interval: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
 
 

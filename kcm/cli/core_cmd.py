@@ -8,6 +8,8 @@
   service of a tenant; run again to add a new version (rotation).
 * ``kcm core service rotate TENANT SERVICE [-c CONFIG]``: a new version of an existing
   service's key (refuses a service that does not exist).
+* ``kcm core tenant rotate TENANT [-c CONFIG]``: a new tenant key (L2), the old one
+  deactivated; kcm-core re-wraps the tenant's keys and objects under the new one.
 * ``kcm core tenant list|show TENANT [--json]``, ``kcm core service list [TENANT] [--json]``:
   the tenants, a tenant's keys and objects, the service keys (every version); read only.
 * ``kcm core tenant remove TENANT --yes``: remove a tenant whose objects are all destroyed,
@@ -72,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     config_option(remove_tenant)
     remove_tenant.set_defaults(run=_inventory("run_tenant_remove"),
                                prog="kcm core tenant remove")
+
+    rotate_tenant = tenant_actions.add_parser(
+        "rotate", help="a new tenant key (L2); kcm-core re-wraps the tenant's keys under it")
+    rotate_tenant.add_argument("tenant")
+    config_option(rotate_tenant)
+    rotate_tenant.set_defaults(run=_run_tenant_rotate, prog="kcm core tenant rotate")
 
     tenant_policy = tenant_actions.add_parser(
         "policy", help="set or show a tenant's rotation policy for its service keys")
@@ -294,6 +302,25 @@ def _run_tenant_add(args: argparse.Namespace) -> int:
     uid = _with_keyring(args, lambda s, k: provision_tenant(s, k, args.tenant,
                                                             now=int(time.time())))
     print(f"tenant {args.tenant}: tenant key {uid}")
+    return 0
+
+
+def _run_tenant_rotate(args: argparse.Namespace) -> int:
+    """A new current L2 for an existing tenant; the old one is deactivated at once and the
+    running kcm-core re-wraps the tenant's service keys and objects under the new one, in
+    batches (docs/operations.md, "Tenant keys (L2)")."""
+    from kcm.core.store.schema import Tenant
+    from kcm.core.tenant_rotation import rotate_tenant_key
+
+    def rotate(session, keyring) -> tuple[str, list[str]]:
+        if session.get(Tenant, args.tenant) is None:
+            raise CommandError(f"no tenant {args.tenant!r}")
+        return rotate_tenant_key(session, keyring, args.tenant, now=int(time.time()),
+                                 by="kcm core tenant rotate", reason="command")
+
+    new, old = _with_keyring(args, rotate)
+    print(f"tenant {args.tenant}: tenant key {new}; deactivated {', '.join(old) or 'none'} "
+          "(kcm-core re-wraps what it wrapped)")
     return 0
 
 

@@ -38,7 +38,9 @@ log = Logger()
 DEFAULT_INTERVAL = 5.0
 
 #: A further step of each sweep (automatic rotation: kcm.core.auto_rotation), run first in
-#: the sweep's transaction with the time of the sweep; what it returns is logged.
+#: the sweep's transaction with the time of the sweep; what it returns is logged, and an
+#: outcome whose ``more`` is true (a bounded batch that left work) makes the next sweep
+#: come at once, in a transaction of its own.
 SweepStep = Callable[[Session, float], Sequence[object]]
 
 
@@ -106,17 +108,22 @@ class StateSweeper(Service):
         now = self._clock.seconds()
         steps = self._steps
 
-        def work(session: Session) -> tuple[list[str], list[str]]:
-            done = [str(outcome) for step in steps for outcome in step(session, now)]
+        def work(session: Session) -> tuple[list[object], list[str]]:
+            done = [outcome for step in steps for outcome in step(session, now)]
             return done, sweep_due_states(session, int(now))
 
+        def swept(outcome: tuple[list[object], list[str]]) -> None:
+            _report(outcome)
+            if any(getattr(done, "more", False) for done in outcome[0]):
+                self.sweep_soon()
+
         d = self._store.run(work)
-        d.addCallbacks(_report, lambda failure: log.failure("state sweep failed", failure))
+        d.addCallbacks(swept, lambda failure: log.failure("state sweep failed", failure))
         return d
 
     def sweep_soon(self) -> None:
         """Sweep at the next reactor turn, not at the next tick (a usage cap was reported
-        reached); several calls before it runs make one sweep."""
+        reached, a batch left work); several calls before it runs make one sweep."""
         if self._soon is None and self.running:
             def run() -> None:
                 self._soon = None
@@ -125,10 +132,10 @@ class StateSweeper(Service):
             self._soon = self._clock.callLater(0, run)
 
 
-def _report(outcome: tuple[list[str], list[str]]) -> None:
+def _report(outcome: tuple[list[object], list[str]]) -> None:
     done, moved = outcome
     for entry in done:
-        log.info("state sweep: {done}", done=entry)
+        log.info("state sweep: {done}", done=str(entry))
     if moved:
         log.info("state sweep: {count} hierarchy keys moved with their dates: {uids}",
                  count=len(moved), uids=", ".join(moved))

@@ -113,7 +113,9 @@ class ManagedObject(Base):
     protect_stop_date: Mapped[int | None] = mapped_column(BigInteger)
     material: Mapped[bytes | None] = mapped_column(LargeBinary)
     material_format: Mapped[int | None] = mapped_column(Integer)
-    wrapped_by: Mapped[str | None] = mapped_column(Text)
+    #: The L2 (uid) or ``L1`` that wraps ``material``; indexed (migration 0003) for the
+    #: re-wrap after a tenant key rotation (:mod:`kcm.core.tenant_rotation`).
+    wrapped_by: Mapped[str | None] = mapped_column(Text, index=True)
     attributes: Mapped[bytes] = mapped_column(LargeBinary)
     revision: Mapped[int] = mapped_column(Integer)
     #: When a managed key rotates by itself (KMIP 2.1 Rotate Automatic and Rotate Interval,

@@ -1,5 +1,6 @@
 """Automatic rotation: rotation policies and per-version usage counts of service keys, and
-when a managed key rotates by itself (``managed_objects.rotate_due``).
+when a managed key rotates by itself (``managed_objects.rotate_due``); an index on
+``managed_objects.wrapped_by`` for the re-wrap after a tenant key rotation.
 
 Two new tables and a nullable, indexed column: existing rows are not rewritten (their
 ``rotate_due`` is NULL: no managed key rotated by itself before this revision).
@@ -47,10 +48,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("rotate_due", sa.BigInteger(), nullable=True))
         batch_op.create_index(batch_op.f("ix_managed_objects_rotate_due"), ["rotate_due"],
                               unique=False)
+        batch_op.create_index(batch_op.f("ix_managed_objects_wrapped_by"), ["wrapped_by"],
+                              unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("managed_objects") as batch_op:
+        batch_op.drop_index(batch_op.f("ix_managed_objects_wrapped_by"))
         batch_op.drop_index(batch_op.f("ix_managed_objects_rotate_due"))
         batch_op.drop_column("rotate_due")
     op.drop_table("l3_usage")

@@ -31,6 +31,9 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--managed-interval", help="the Rotate Interval (with Rotate "
                         "Automatic) of new managed symmetric keys created without one "
                         "(0: none)")
+    parser.add_argument("--tenant-key-interval", help="replace the tenant key (L2) when it "
+                        "is this old, re-wrapping the tenant's keys (default and tenant "
+                        "policies; 0: never)")
     parser.add_argument("--clear", action="store_true",
                         help="remove this scope's policy (it inherits the wider one's)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
@@ -49,7 +52,9 @@ def _settings(args: argparse.Namespace):
             max_uses=args.max_uses,
             overlap=parse_duration(args.overlap) if args.overlap is not None else None,
             managed_interval=(parse_duration(args.managed_interval)
-                              if args.managed_interval is not None else None))
+                              if args.managed_interval is not None else None),
+            tenant_key_interval=(parse_duration(args.tenant_key_interval)
+                                 if args.tenant_key_interval is not None else None))
     except ValueError as e:
         raise CommandError(str(e)) from e
 
@@ -58,6 +63,9 @@ def run_policy(args: argparse.Namespace) -> int:
     """Set (any setting given, or --clear) or show the rotation policy of a scope."""
     tenant, service = _scope(args)
     settings = _settings(args)
+    if service and settings.tenant_key_interval is not None:
+        raise CommandError("--tenant-key-interval is a tenant's (or the default) setting: "
+                           "a service has no tenant key of its own")
     changing = args.clear or _any_setting(settings)
     if changing:
         _with_keyring(args, lambda session, keyring: _change(session, args, tenant, service,
@@ -95,12 +103,14 @@ def _change(session, args: argparse.Namespace, tenant: str, service: str, settin
                 "interval": stored.interval if stored else None,
                 "max_uses": stored.max_uses if stored else None,
                 "overlap": stored.overlap if stored else None,
-                "managed_interval": stored.managed_interval if stored else None}))
+                "managed_interval": stored.managed_interval if stored else None,
+                "tenant_key_interval": stored.tenant_key_interval if stored else None}))
 
 
 def _any_setting(settings) -> bool:
-    return any(value is not None for value in (settings.interval, settings.max_uses,
-                                               settings.overlap, settings.managed_interval))
+    return any(value is not None for value in (
+        settings.interval, settings.max_uses, settings.overlap, settings.managed_interval,
+        settings.tenant_key_interval))
 
 
 def _policy_record(session, tenant: str, service: str) -> dict[str, Any]:
@@ -112,13 +122,16 @@ def _policy_record(session, tenant: str, service: str) -> dict[str, Any]:
         "scope": rotation_policy.scope_name(tenant, service),
         "set_here": None if stored is None else {
             "interval": stored.interval, "max_uses": stored.max_uses,
-            "overlap": stored.overlap, "managed_interval": stored.managed_interval},
+            "overlap": stored.overlap, "managed_interval": stored.managed_interval,
+            "tenant_key_interval": stored.tenant_key_interval},
         "effective": {
             "interval": effective.interval, "interval_from": effective.interval_from,
             "max_uses": effective.max_uses, "max_uses_from": effective.max_uses_from,
             "overlap": effective.overlap, "overlap_from": effective.overlap_from,
             "managed_interval": effective.managed_interval,
-            "managed_interval_from": effective.managed_interval_from},
+            "managed_interval_from": effective.managed_interval_from,
+            "tenant_key_interval": effective.tenant_key_interval,
+            "tenant_key_interval_from": effective.tenant_key_interval_from},
     }
 
 
@@ -140,6 +153,8 @@ def _policy_text(record: dict[str, Any]) -> str:
         f"{origin('overlap') if effective['overlap_from'] else ' (the default)'}",
         f"  new managed keys rotate every {format_duration(effective['managed_interval'])}"
         f"{origin('managed_interval')}",
+        f"  tenant key rotates every {format_duration(effective['tenant_key_interval'])}"
+        f"{origin('tenant_key_interval')}",
     ])
 
 

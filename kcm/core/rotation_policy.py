@@ -10,7 +10,10 @@ A policy has three settings, each optional:
   it is Deactivated (decrypt-only). Default :data:`DEFAULT_OVERLAP`;
 * ``managed_interval`` — not for service keys: the Rotate Interval (with Rotate Automatic)
   a managed symmetric key created in the scope gets when its Create names neither
-  (:func:`managed_key_defaults`; the key then rotates by :mod:`kcm.core.managed_rotation`).
+  (:func:`managed_key_defaults`; the key then rotates by :mod:`kcm.core.managed_rotation`);
+* ``tenant_key_interval`` — at the default and tenant scopes: seconds a tenant key (L2) is
+  current before a new one replaces it (:mod:`kcm.core.tenant_rotation`, which then
+  re-wraps the tenant's keys and objects under it).
 
 Policies live at three scopes (table ``rotation_policies``): the deployment's default
 (``kcm core policy``), a tenant's (``kcm core tenant policy``), a service's (``kcm core
@@ -40,7 +43,7 @@ __all__ = ["DEFAULT_OVERLAP", "EffectivePolicy", "PolicySettings", "clear_policy
 #: gateway to have learned of its successor (they do within a second when linked).
 DEFAULT_OVERLAP = 60
 
-_FIELDS = ("interval", "max_uses", "overlap", "managed_interval")
+_FIELDS = ("interval", "max_uses", "overlap", "managed_interval", "tenant_key_interval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class PolicySettings:
     max_uses: int | None = None
     overlap: int | None = None
     managed_interval: int | None = None
+    tenant_key_interval: int | None = None
 
     def __post_init__(self) -> None:
         for name in _FIELDS:
@@ -69,10 +73,12 @@ class EffectivePolicy:
     max_uses: int = 0
     overlap: int = DEFAULT_OVERLAP
     managed_interval: int = 0
+    tenant_key_interval: int = 0
     interval_from: str | None = None
     max_uses_from: str | None = None
     overlap_from: str | None = None
     managed_interval_from: str | None = None
+    tenant_key_interval_from: str | None = None
 
     @property
     def rotates(self) -> bool:
@@ -135,7 +141,8 @@ def policies(session: Session) -> dict[tuple[str, str], PolicySettings]:
 
 
 def _settings(row: RotationPolicy) -> PolicySettings:
-    return PolicySettings(row.interval, row.max_uses, row.overlap, row.managed_interval)
+    return PolicySettings(row.interval, row.max_uses, row.overlap, row.managed_interval,
+                          row.tenant_key_interval)
 
 
 def set_policy(session: Session, tenant: str, service: str, settings: PolicySettings, *,

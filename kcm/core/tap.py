@@ -25,7 +25,7 @@ from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
-from kcm.core.tenant_rotation import rewrap_step
+from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_keys_due
 from kcm.core.usage_intake import UsageIntake
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
@@ -123,6 +123,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         lambda session, now: rotate_due(session, keyring, now),
         lambda session, now: rotate_managed_due(session, keyring, now,
                                                 trust_domain=trust_domain),
+        lambda session, now: rotate_tenant_keys_due(session, keyring, now),
         lambda session, now: rewrap_step(session, keyring, now)])
     if config.link_listen:
         fanout = EventFanout(store, reactor, head=None)  # read from the outbox at start

@@ -1,7 +1,8 @@
 """Tenant keys (L2) rotated, and what they wrap moved under the new one in bounded batches.
 
-:func:`rotate_tenant_key` makes a tenant's new L2 current (``kcm core tenant rotate``, or a
-tenant policy's ``tenant_key_interval`` through the sweeper) and deactivates the old one at
+:func:`rotate_tenant_key` makes a tenant's new L2 current (``kcm core tenant rotate``, or,
+through the sweeper, :func:`rotate_tenant_keys_due` when a tenant or default rotation
+policy's ``tenant_key_interval`` has passed) and deactivates the old one at
 once: from then on new objects and service keys are wrapped under the new L2, and the old
 one only unwraps. (A tenant administrator's KMIP Re-key of the L2 does the same, activating
 the new one at its Offset.)
@@ -31,6 +32,7 @@ from kcm.core.attribute_blob import decode_attributes
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.hierarchy import provision_tenant
 from kcm.core.keyring import Keyring
+from kcm.core.rotation_policy import policies, resolve
 from kcm.core.store import repository
 from kcm.core.store.schema import (
     LEVEL_TENANT_KEY,
@@ -43,7 +45,8 @@ from kcm.kernel import lifecycle
 from kcm.kmip.tags import Tag
 from kcm.ttlv import ItemType
 
-__all__ = ["REWRAP_BATCH", "Rewrapped", "rewrap_step", "rotate_tenant_key", "wrapped_counts"]
+__all__ = ["REWRAP_BATCH", "Rewrapped", "rewrap_step", "rotate_tenant_key",
+           "rotate_tenant_keys_due", "wrapped_counts"]
 
 #: Objects re-wrapped in one transaction at most.
 REWRAP_BATCH = 200
@@ -77,7 +80,8 @@ class _Context:
 
 
 def rotate_tenant_key(session: Session, keyring: Keyring, tenant: str, *, now: int,
-                      by: str, reason: str) -> tuple[str, list[str]]:
+                      by: str, reason: str,
+                      detail: dict[str, object] | None = None) -> tuple[str, list[str]]:
     """A new current L2 for ``tenant``, every other Active one Deactivated now; (the new
     L2's uid, the old ones' uids). Audited as ``RotateTenantKey`` by ``by``, for
     ``reason`` (the command, or the policy that caused it)."""
@@ -98,8 +102,39 @@ def rotate_tenant_key(session: Session, keyring: Keyring, tenant: str, *, now: i
     append_audit(session, AuditEvent(
         principal=by, operation=ROTATE_OPERATION, result_status="SUCCESS",
         correlation_id=uuid.uuid4().hex[:16], source="kcm-core", tenant=tenant,
-        object_ids=(new_uid, *old), detail={"reason": reason}), clock=lambda: now)
+        object_ids=(new_uid, *old), detail={"reason": reason, **(detail or {})}),  # type: ignore[arg-type]
+        clock=lambda: now)
     return new_uid, old
+
+
+def rotate_tenant_keys_due(session: Session, keyring: Keyring, now: float) -> list[str]:
+    """Rotate every tenant key older than its tenant's ``tenant_key_interval`` (a rotation
+    policy at the tenant or default scope); describe each rotation."""
+    stored = policies(session)
+    if not any(settings.tenant_key_interval for settings in stored.values()):
+        return []
+    seconds = int(now)
+    done = []
+    for row in session.scalars(select(ManagedObject).where(
+            ManagedObject.level == LEVEL_TENANT_KEY, ManagedObject.state == STATE_ACTIVE)
+            .order_by(ManagedObject.tenant, ManagedObject.created_seq.desc())).all():
+        policy = resolve([(scope, stored[scope]) for scope in ((row.tenant, ""), ("", ""))
+                          if scope in stored])
+        since = row.activation_date or row.initial_date or seconds
+        if not policy.tenant_key_interval or seconds - since < policy.tenant_key_interval:
+            continue
+        if row.state != STATE_ACTIVE:
+            continue  # retired just now, with a newer one of its tenant
+        scope = policy.tenant_key_interval_from or "default"
+        new, old = rotate_tenant_key(
+            session, keyring, row.tenant, now=seconds, by="kcm-core/rotation",
+            reason=f"the tenant_key_interval ({policy.tenant_key_interval} s) of the "
+                   f"{scope} policy", detail={"policy": scope, "trigger": "tenant_key_interval",
+                                              "interval": policy.tenant_key_interval,
+                                              "age": seconds - since})
+        done.append(f"tenant {row.tenant}: tenant key {new} replaced {', '.join(old)} by the "
+                    f"tenant_key_interval of the {scope} policy")
+    return done
 
 
 def rewrap_step(session: Session, keyring: Keyring, now: float, *,

@@ -60,3 +60,31 @@ def test_a_new_tenant_key_wraps_what_comes_and_the_sweeper_moves_the_rest_in_bat
             AuditLog.operation.in_(("RewrapObjects", "RotateTenantKey"))))])
     assert [op for op, _ in records] == ["RotateTenantKey"] + ["RewrapObjects"] * 3
     assert records[1][1] == {"from": old_l2, "to": new_l2, "count": 4, "more": True}
+
+
+def test_a_tenant_policy_rotates_the_tenant_key_when_it_is_old_enough(core: CoreHarness) -> None:
+    from kcm.core.rotation_policy import PolicySettings, set_policy
+    from kcm.core.tenant_rotation import rotate_tenant_keys_due
+
+    l2s = core.store.run_sync(lambda s: {t: repository.find_l2(s, t) for t in ("demo", "other")})
+    created = l2s["demo"].activation_date
+    assert core.store.run_sync(lambda s: rotate_tenant_keys_due(
+        s, core.keyring, created + 10**6)) == []  # no policy: nothing
+    core.store.run_sync(lambda s: set_policy(s, "demo", "", PolicySettings(
+        tenant_key_interval=3600), now=0))
+    assert core.store.run_sync(lambda s: rotate_tenant_keys_due(
+        s, core.keyring, created + 3599)) == []
+    [done] = core.store.run_sync(lambda s: rotate_tenant_keys_due(
+        s, core.keyring, created + 3600))
+    assert "tenant demo" in done and "tenant demo policy" in done
+    current = core.store.run_sync(lambda s: {t: repository.find_l2(s, t).uid
+                                             for t in ("demo", "other")})
+    assert current["demo"] != l2s["demo"].uid and current["other"] == l2s["other"].uid
+    [record] = core.store.run_sync(lambda s: [
+        json.loads(r.detail) for r in s.scalars(select(AuditLog).where(
+            AuditLog.operation == "RotateTenantKey"))])
+    assert record["policy"] == "tenant demo" and record["trigger"] == "tenant_key_interval"
+    assert record["interval"] == 3600 and record["age"] == 3600
+    # The new one is young: nothing more until it is as old.
+    assert core.store.run_sync(lambda s: rotate_tenant_keys_due(
+        s, core.keyring, created + 3601)) == []

@@ -244,6 +244,9 @@ class RotationPolicy(Base):
     #: The Rotate Interval a managed symmetric key created in this scope gets (with Rotate
     #: Automatic) when its Create names neither (0: none).
     managed_interval: Mapped[int | None] = mapped_column(BigInteger)
+    #: Seconds a tenant key (L2) is current before a new one replaces it (default and
+    #: tenant scopes only; 0: never by age).
+    tenant_key_interval: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
 
 

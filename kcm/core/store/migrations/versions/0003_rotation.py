@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("max_uses", sa.BigInteger(), nullable=True),
         sa.Column("overlap", sa.BigInteger(), nullable=True),
         sa.Column("managed_interval", sa.BigInteger(), nullable=True),
+        sa.Column("tenant_key_interval", sa.BigInteger(), nullable=True),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("tenant", "service", name=op.f("pk_rotation_policies")),
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -104,7 +105,10 @@ def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]
         count = uses.get(row.uid, 0)
         trigger = due_trigger(policy, age, count)
         if trigger is not None:
-            rotations.append(_rotate(session, keyring, row, policy, trigger, age, count, now))
+            previous = session.scalar(select(ManagedObject).where(ManagedObject.uid == row.uid))
+            assert previous is not None  # read in this transaction, writers serialized
+            rotations.append(_rotate(session, keyring, previous, policy, trigger, age, count,
+                                     now))
     return rotations
 
 
@@ -128,9 +132,13 @@ def cap_reached(session: Session, uids: Iterable[str]) -> bool:
     return False
 
 
-def _current_versions(session: Session) -> list[ManagedObject]:
-    """The newest Active L3 version of every service."""
-    rows = session.scalars(select(ManagedObject).where(
+def _current_versions(session: Session) -> list[Any]:
+    """The newest Active L3 version of every service: the columns the sweep judges by (uid,
+    tenant, service, key_version, activation_date, initial_date), not whole rows."""
+    rows = session.execute(select(
+        ManagedObject.uid, ManagedObject.tenant, ManagedObject.service,
+        ManagedObject.key_version, ManagedObject.activation_date, ManagedObject.initial_date,
+    ).where(
         ManagedObject.level == LEVEL_SERVICE_KEY, ManagedObject.state == STATE_ACTIVE,
     ).order_by(ManagedObject.tenant, ManagedObject.service,
                ManagedObject.key_version.desc())).all()

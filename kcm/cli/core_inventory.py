@@ -152,10 +152,12 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
     from kcm.core.audit import AuditEvent, append_audit
     from kcm.core.store.schema import (
         LEVEL_SERVICE_KEY,
+        L3Usage,
         L4Tombstone,
         ManagedObject,
         ObjectGroup,
         ObjectName,
+        RotationPolicy,
         Tenant,
     )
     from kcm.kmip.enums import State
@@ -183,6 +185,8 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
         session.execute(delete(L4Tombstone).where(L4Tombstone.tenant == args.tenant))
         session.execute(delete(ObjectName).where(ObjectName.uid.in_(uids)))
         session.execute(delete(ObjectGroup).where(ObjectGroup.uid.in_(uids)))
+        session.execute(delete(L3Usage).where(L3Usage.uid.in_(uids)))
+        session.execute(delete(RotationPolicy).where(RotationPolicy.tenant == args.tenant))
         session.execute(delete(ManagedObject).where(ManagedObject.tenant == args.tenant))
         session.execute(delete(Tenant).where(Tenant.name == args.tenant))
         append_audit(session, AuditEvent(

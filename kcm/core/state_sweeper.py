@@ -109,7 +109,16 @@ class StateSweeper(Service):
         steps = self._steps
 
         def work(session: Session) -> tuple[list[object], list[str]]:
-            done = [outcome for step in steps for outcome in step(session, now)]
+            done: list[object] = []
+            for step in steps:
+                # Each step in a savepoint of its own: one that fails (a tenant that cannot
+                # be rotated) is rolled back and reported, and the others, and the dates,
+                # still happen.
+                try:
+                    with session.begin_nested():
+                        done += step(session, now)
+                except Exception as e:  # noqa: BLE001 - reported on the reactor, see _report
+                    done.append(StepFailed(getattr(step, "__name__", repr(step)), e))
             return done, sweep_due_states(session, int(now))
 
         def swept(outcome: tuple[list[object], list[str]]) -> None:
@@ -132,10 +141,24 @@ class StateSweeper(Service):
             self._soon = self._clock.callLater(0, run)
 
 
+@dataclass(frozen=True, slots=True)
+class StepFailed:
+    """A sweep step that raised: rolled back alone, reported, tried again next sweep."""
+
+    step: str
+    error: Exception
+
+    def __str__(self) -> str:
+        return f"step {self.step} failed and was rolled back: {self.error!r}"
+
+
 def _report(outcome: tuple[list[object], list[str]]) -> None:
     done, moved = outcome
     for entry in done:
-        log.info("state sweep: {done}", done=str(entry))
+        if isinstance(entry, StepFailed):
+            log.error("state sweep: {failed}", failed=str(entry))
+        else:
+            log.info("state sweep: {done}", done=str(entry))
     if moved:
         log.info("state sweep: {count} hierarchy keys moved with their dates: {uids}",
                  count=len(moved), uids=", ".join(moved))

@@ -4,6 +4,7 @@ they start; see :mod:`kcm.core.service`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -23,7 +24,7 @@ from kcm.core.metrics import CoreMetrics, DatabaseReadiness
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
-from kcm.core.state_sweeper import StateSweeper
+from kcm.core.state_sweeper import StateSweeper, SweepStep
 from kcm.core.store.engine import Store
 from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_keys_due
 from kcm.core.usage_intake import UsageIntake
@@ -83,6 +84,16 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
+def _sweep_step(fn: Callable[..., Sequence[object]], **bound: Any) -> SweepStep:
+    """``fn(session, now=…, **bound)`` as a step of the state sweeper, named as ``fn`` (the
+    name its failures are reported under)."""
+    def step(session: Any, now: float) -> Sequence[object]:
+        return fn(session, now=now, **bound)
+
+    step.__name__ = fn.__name__
+    return step
+
+
 def makeService(options: Options, reactor: Any = default_reactor) -> CoreService:
     """The kcm-core service tree, assembled from parsed options; nothing is read yet."""
     config = options["core_config"]
@@ -120,11 +131,10 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
     sweeper = StateSweeper(store, reactor, interval=config.state_sweep_interval, steps=[
-        lambda session, now: rotate_due(session, keyring, now),
-        lambda session, now: rotate_managed_due(session, keyring, now,
-                                                trust_domain=trust_domain),
-        lambda session, now: rotate_tenant_keys_due(session, keyring, now),
-        lambda session, now: rewrap_step(session, keyring, now)])
+        _sweep_step(rotate_due, keyring=keyring),
+        _sweep_step(rotate_managed_due, keyring=keyring, trust_domain=trust_domain),
+        _sweep_step(rotate_tenant_keys_due, keyring=keyring),
+        _sweep_step(rewrap_step, keyring=keyring)])
     if config.link_listen:
         fanout = EventFanout(store, reactor, head=None)  # read from the outbox at start
         link_factory = LinkServerFactory(

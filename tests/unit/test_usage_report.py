@@ -122,3 +122,19 @@ _UID = Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, "l3-a")
 def test_a_broken_usage_report_is_refused(wire: bytes) -> None:
     with pytest.raises(FrameError):
         decode_frame(wire, max_size=1 << 20)
+
+
+def test_the_report_and_sweep_intervals_are_settings() -> None:
+    from kcm.config_file import ConfigError
+    from kcm.core.config import load_config as core_config
+    from kcm.gateway.config import load_config as gateway_config
+
+    assert gateway_config(None).usage_report_interval == 0.25
+    assert gateway_config(None, {"usage_report_interval": "0.5"}).usage_report_interval == 0.5
+    assert core_config(None).state_sweep_interval == 5.0
+    assert core_config(None, {"state_sweep_interval": "0.2"}).state_sweep_interval == 0.2
+    for load, name in ((gateway_config, "usage_report_interval"),
+                       (core_config, "state_sweep_interval")):
+        for bad in ("0", "soon"):
+            with pytest.raises(ConfigError, match=name):
+                load(None, {name: bad})

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from kcm.conformance.client import KmipClient
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kmip.enums import ObjectType, Operation, ResultReason, ResultStatus
 from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem
 from kcm.kmip.payloads.crypto import DecryptRequest, EncryptResponse
 from kcm.kmip.payloads.lifecycle import DestroyRequest
+from kcm.kmip.tags import Tag
 from kcm.l4 import token as l4_token
 from kcm.testing.processes import deploy
 from tests.e2e_support import CoreProcess, GatewayProcess, audit_rows, wait_until
@@ -199,3 +200,34 @@ def test_a_usage_cap_of_1000_rotates_after_about_1000_creates_over_two_gateways(
     # Every seal was counted, once: both gateways reported all they did.
     wait_until(lambda: {v["unique_identifier"]: v["uses"] for v in service_show(core)[
         "versions"]}.get(v1) == sealed[v1], "every use of version 1 reported", timeout=3)
+
+
+def test_a_managed_key_with_kmip_2_1_rotate_attributes_rotates_by_itself(deployment) -> None:
+    from kcm.kmip.attributes import Attribute, Name
+    from kcm.kmip.enums import NameType
+    from kcm.kmip.payloads import ActivateRequest, CreateRequest, LocateRequest
+    from kcm.testing.requests import aes256, get_attributes
+
+    core, a, _ = deployment
+    name = Attribute.of(Tag.NAME, Name(value="orders-key", type=NameType.UNINTERPRETED_TEXT_STRING))
+    with a.client("app") as app:
+        [created] = succeeded(app, item(Operation.CREATE, CreateRequest(
+            object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256([
+                name, Attribute.of(Tag.ROTATE_AUTOMATIC, True),
+                Attribute.of(Tag.ROTATE_INTERVAL, 2)]))))
+        old = created.unique_identifier
+        succeeded(app, item(Operation.ACTIVATE, ActivateRequest(unique_identifier=old)))
+
+        def latest() -> list[str]:
+            [found] = succeeded(app, item(Operation.LOCATE, LocateRequest(attributes=[
+                        name, Attribute.of(Tag.ROTATE_LATEST, True)])))
+            return found.unique_identifiers or []
+
+        wait_until(lambda: latest() not in ([], [old]), "a rotated replacement", timeout=8)
+        [new] = latest()
+        [got] = succeeded(app, get_attributes(new, Tag.ROTATE_GENERATION, Tag.ROTATE_DATE,
+                                              Tag.LINK))
+        values = {attribute.tag: attribute.typed for attribute in got.attributes}
+        assert values[Tag.ROTATE_GENERATION] == 1 and values[Tag.ROTATE_DATE] > 0
+    [record, *_] = [r for r in audit_rows(core) if r["operation"] == "AutoRotate"]
+    assert record["detail"]["policy"] == f"Rotate Interval of {old}"

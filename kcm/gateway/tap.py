@@ -145,11 +145,11 @@ def makeService(options: Options,
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy
-    usage = UsageCounter()
+    usage_counter = UsageCounter()
     runner = LocalRunner(new_correlation_id=new_correlation_id,
-                         engine_factory=usage.engine_factory)
+                         engine_factory=usage_counter.engine_factory)
     metrics = GatewayMetrics(process=True)
-    fast_path = FastPath(cache=cache, engine_factory=usage.engine_factory,
+    fast_path = FastPath(cache=cache, engine_factory=usage_counter.engine_factory,
                          clock=reactor.seconds,
                          new_correlation_id=new_correlation_id,
                          max_message_size=config.limits.max_message_size,
@@ -178,7 +178,7 @@ def makeService(options: Options,
                 kmip_factory, name="kcm-kmip-listener",
                 guard=guard).setServiceParent(gateway)
     refresher.setServiceParent(gateway)
-    UsageReporter(usage, link, reactor,
+    UsageReporter(usage_counter, link, reactor,
                   interval=config.usage_report_interval).setServiceParent(gateway)
     if config.metrics_listen:
         metrics_listener(reactor, config.metrics_listen,

@@ -131,7 +131,7 @@ def run_tenant_show(args: argparse.Namespace) -> int:
     print(f"tenant {shown['tenant']}, created {shown['created']}")
     for key in shown["tenant_keys"]:
         print(f"  tenant key (L2) {key['unique_identifier']}  {key['state']}  "
-              f"created {key['created']}  wraps {key['wraps']} keys and objects")
+              f"created {key['created']}  wraps {key['wraps']}")
     for key in shown["service_keys"]:
         print(f"  service key (L3) {key['service']} version {key['version']}  "
               f"{key['unique_identifier']}  {key['state']}  created {key['created']}")

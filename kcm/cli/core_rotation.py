@@ -151,9 +151,10 @@ def _policy_text(record: dict[str, Any]) -> str:
         f"  max uses {effective['max_uses'] or 'no cap'}{origin('max_uses')}",
         f"  overlap {format_duration(effective['overlap'], never='0s')}"
         f"{origin('overlap') if effective['overlap_from'] else ' (the default)'}",
-        f"  new managed keys rotate every {format_duration(effective['managed_interval'])}"
+        f"  new managed keys' Rotate Interval "
+        f"{format_duration(effective['managed_interval'], never='none')}"
         f"{origin('managed_interval')}",
-        f"  tenant key rotates every {format_duration(effective['tenant_key_interval'])}"
+        f"  tenant key interval {format_duration(effective['tenant_key_interval'])}"
         f"{origin('tenant_key_interval')}",
     ])
 

@@ -10,16 +10,17 @@ saves such keys (``managed.save`` emits ``l3.state`` in the same transaction).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from kcm.core import managed
+from kcm.core import managed, sweep_steps
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.store.engine import Store
 from kcm.core.store.schema import (
@@ -36,12 +37,6 @@ log = Logger()
 
 #: Seconds between sweeps: how late, at most, a passed date reaches the gateways.
 DEFAULT_INTERVAL = 5.0
-
-#: A further step of each sweep (automatic rotation: kcm.core.auto_rotation), run first in
-#: the sweep's transaction with the time of the sweep; what it returns is logged, and an
-#: outcome whose ``more`` is true (a bounded batch that left work) makes the next sweep
-#: come at once, in a transaction of its own.
-SweepStep = Callable[[Session, float], Sequence[object]]
 
 
 @dataclass(slots=True)
@@ -80,13 +75,14 @@ class StateSweeper(Service):
     name = "kcm-state-sweeper"
 
     def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL,
-                 steps: Sequence[SweepStep] = ()) -> None:
+                 steps: Sequence[sweep_steps.SweepStep] = ()) -> None:
         self._store = store
         self._clock = clock
         self._interval = interval
-        self._steps = tuple(steps)
         self._loop: LoopingCall | None = None
-        self._soon = None
+        #: Run first in each sweep's transaction (kcm.core.sweep_steps: rotation).
+        self._steps = tuple(steps)
+        self._soon: IDelayedCall | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -100,65 +96,37 @@ class StateSweeper(Service):
             self._loop.stop()
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
-        self._soon = None
         return super().stopService()
 
     def sweep(self):
         """One sweep in one write transaction; errors are logged and the loop goes on."""
-        now = self._clock.seconds()
-        steps = self._steps
-
-        def work(session: Session) -> tuple[list[object], list[str]]:
-            done: list[object] = []
-            for step in steps:
-                # Each step in a savepoint of its own: one that fails (a tenant that cannot
-                # be rotated) is rolled back and reported, and the others, and the dates,
-                # still happen.
-                try:
-                    with session.begin_nested():
-                        done += step(session, now)
-                except Exception as e:  # noqa: BLE001 - reported on the reactor, see _report
-                    done.append(StepFailed(getattr(step, "__name__", repr(step)), e))
-            return done, sweep_due_states(session, int(now))
-
-        def swept(outcome: tuple[list[object], list[str]]) -> None:
-            _report(outcome)
-            if any(getattr(done, "more", False) for done in outcome[0]):
-                self.sweep_soon()
-
-        d = self._store.run(work)
-        d.addCallbacks(swept, lambda failure: log.failure("state sweep failed", failure))
+        now = int(self._clock.seconds())
+        at, steps = self._clock.seconds(), self._steps
+        d = self._store.run(lambda session: (sweep_steps.run_steps(session, steps, at),
+                                             sweep_due_states(session, now)))
+        d.addCallback(self._stepped)
+        d.addCallbacks(_report, lambda failure: log.failure("state sweep failed", failure))
         return d
+
+    def _stepped(self, outcome: tuple[list[object], list[str]]) -> list[str]:
+        done, moved = outcome
+        sweep_steps.report(done)
+        if sweep_steps.wants_more(done):
+            self.sweep_soon()
+        return moved
 
     def sweep_soon(self) -> None:
         """Sweep at the next reactor turn, not at the next tick (a usage cap was reported
         reached, a batch left work); several calls before it runs make one sweep."""
         if self._soon is None and self.running:
-            def run() -> None:
-                self._soon = None
-                self.sweep()
+            self._soon = self._clock.callLater(0, self._sweep_now)
 
-            self._soon = self._clock.callLater(0, run)
-
-
-@dataclass(frozen=True, slots=True)
-class StepFailed:
-    """A sweep step that raised: rolled back alone, reported, tried again next sweep."""
-
-    step: str
-    error: Exception
-
-    def __str__(self) -> str:
-        return f"step {self.step} failed and was rolled back: {self.error!r}"
+    def _sweep_now(self) -> None:
+        self._soon = None
+        self.sweep()
 
 
-def _report(outcome: tuple[list[object], list[str]]) -> None:
-    done, moved = outcome
-    for entry in done:
-        if isinstance(entry, StepFailed):
-            log.error("state sweep: {failed}", failed=str(entry))
-        else:
-            log.info("state sweep: {done}", done=str(entry))
+def _report(moved: list[str]) -> None:
     if moved:
         log.info("state sweep: {count} hierarchy keys moved with their dates: {uids}",
                  count=len(moved), uids=", ".join(moved))

@@ -24,8 +24,9 @@ from kcm.core.metrics import CoreMetrics, DatabaseReadiness
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
-from kcm.core.state_sweeper import StateSweeper, SweepStep
+from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
+from kcm.core.sweep_steps import SweepStep
 from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_keys_due
 from kcm.core.usage_intake import UsageIntake
 from kcm.kmip_protocol import KmipServerFactory

@@ -46,7 +46,8 @@ def test_a_step_that_fails_is_rolled_back_alone_and_reported(core: CoreHarness) 
     from twisted.internet.defer import succeed
     from twisted.internet.task import Clock
 
-    from kcm.core.state_sweeper import StateSweeper, StepFailed
+    from kcm.core.state_sweeper import StateSweeper
+    from kcm.core.sweep_steps import StepFailed
 
     uid = _schedule_deactivation(core, when=1)
     seen: list = []

@@ -13,7 +13,7 @@ Date ``overlap`` seconds on (when that passes, the sweep's date step Deactivates
 ``l3.state`` tells the gateways: decrypt-only from then on; with ``overlap`` 0 it is
 Deactivated at once), and an audit record ``AutoRotate`` names the policy scope and the
 setting that caused it. The KMIP 2.1 rotation attributes are kept on the versions as 2.1
-§4.50–4.56 describes (Rotate Date, Rotate Generation, Rotate Latest).
+describes them (Rotate Date, Rotate Generation, Rotate Latest).
 
 Old L4 tokens keep opening under their version until it is destroyed: rotation never
 destroys anything.

@@ -88,5 +88,12 @@ class UsageReporter(Service):
     def report(self) -> None:
         """Send what was counted since the last report; keep it when it cannot be sent."""
         counts = self.counter.take()
-        if counts and not self._report_usage(counts):
+        if not counts:
+            return
+        try:
+            sent = self._report_usage(counts)
+        except Exception:  # a report must never stop the reports (nor the gateway)
+            log.failure("sending a usage report failed; its counts go with the next one")
+            sent = False
+        if not sent:
             self.counter.put_back(counts)

@@ -138,3 +138,22 @@ def test_the_report_and_sweep_intervals_are_settings() -> None:
         for bad in ("0", "soon"):
             with pytest.raises(ConfigError, match=name):
                 load(None, {name: bad})
+
+
+def test_a_report_that_fails_to_send_is_kept_and_the_reports_go_on() -> None:
+    clock, counter = Clock(), UsageCounter()
+
+    class Broken:
+        calls = 0
+
+        def report_usage(self, counts) -> bool:
+            Broken.calls += 1
+            raise RuntimeError("no")
+
+    reporter = UsageReporter(counter, Broken(), clock, interval=0.25)
+    reporter.startService()
+    counter.used("l3-a")
+    clock.advance(0.25)
+    clock.advance(0.25)
+    assert Broken.calls == 2 and counter.counts == {"l3-a": 1}
+    reporter.stopService()

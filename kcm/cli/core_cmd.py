@@ -8,10 +8,17 @@
   service of a tenant; run again to add a new version (rotation).
 * ``kcm core service rotate TENANT SERVICE [-c CONFIG]``: a new version of an existing
   service's key (refuses a service that does not exist).
+* ``kcm core tenant rotate TENANT [-c CONFIG]``: a new tenant key (L2), the old one
+  deactivated; kcm-core re-wraps the tenant's keys and objects under the new one.
 * ``kcm core tenant list|show TENANT [--json]``, ``kcm core service list [TENANT] [--json]``:
   the tenants, a tenant's keys and objects, the service keys (every version); read only.
 * ``kcm core tenant remove TENANT --yes``: remove a tenant whose objects are all destroyed,
   with its key hierarchy (gateways are told; every L4 of its services stops working).
+* ``kcm core policy``, ``kcm core tenant policy TENANT``, ``kcm core service policy TENANT
+  SERVICE`` ``[--interval D] [--max-uses N] [--overlap D] [--clear]``: the rotation policy
+  of the deployment (default), a tenant or a service; without settings, show it.
+* ``kcm core service show TENANT SERVICE [--json]``: a service's key versions, their states,
+  ages and usage counts, and its rotation policy.
 * ``kcm core backup FILE [-c CONFIG]``: an online, consistent copy of the SQLite database
   (SQLite's backup API, while kcm-core runs); PostgreSQL: ``pg_dump``.
 * ``kcm core bootstrap TENANT SERVICE [-c CONFIG]``: make sure the tenant and a service key
@@ -68,6 +75,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     remove_tenant.set_defaults(run=_inventory("run_tenant_remove"),
                                prog="kcm core tenant remove")
 
+    rotate_tenant = tenant_actions.add_parser(
+        "rotate", help="a new tenant key (L2); kcm-core re-wraps the tenant's keys under it")
+    rotate_tenant.add_argument("tenant")
+    config_option(rotate_tenant)
+    rotate_tenant.set_defaults(run=_run_tenant_rotate, prog="kcm core tenant rotate")
+
+    tenant_policy = tenant_actions.add_parser(
+        "policy", help="set or show a tenant's rotation policy for its service keys")
+    tenant_policy.add_argument("tenant")
+    _policy_options(tenant_policy)
+    tenant_policy.set_defaults(run=_rotation("run_policy"), prog="kcm core tenant policy")
+
+    default_policy = actions.add_parser(
+        "policy", help="set or show the default rotation policy of service keys")
+    _policy_options(default_policy)
+    default_policy.set_defaults(run=_rotation("run_policy"), prog="kcm core policy")
+
     service = actions.add_parser("service", help="services")
     service_actions = service.add_subparsers(dest="service_action", metavar="ACTION",
                                              required=True)
@@ -91,6 +115,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _read_options(list_services)
     list_services.set_defaults(run=_inventory("run_service_list"), prog="kcm core service list")
 
+    service_policy = service_actions.add_parser(
+        "policy", help="set or show a service's rotation policy")
+    service_policy.add_argument("tenant")
+    service_policy.add_argument("service")
+    _policy_options(service_policy)
+    service_policy.set_defaults(run=_rotation("run_policy"), prog="kcm core service policy")
+
+    show_service = service_actions.add_parser(
+        "show", help="a service's key versions (state, age, uses) and rotation policy")
+    show_service.add_argument("tenant")
+    show_service.add_argument("service")
+    _read_options(show_service)
+    show_service.set_defaults(run=_rotation("run_service_show"), prog="kcm core service show")
+
     backup = actions.add_parser(
         "backup", help="an online, consistent copy of the SQLite database (PostgreSQL: pg_dump)")
     backup.add_argument("file", help="the copy to write (must not exist)")
@@ -108,6 +146,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _read_options(parser: argparse.ArgumentParser) -> None:
     config_option(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _policy_options(parser: argparse.ArgumentParser) -> None:
+    from kcm.cli.core_rotation import add_policy_options
+
+    add_policy_options(parser)
+    config_option(parser)
+
+
+def _rotation(name: str):
+    """The function ``name`` of :mod:`kcm.cli.core_rotation`, imported when it runs."""
+    def run(args: argparse.Namespace) -> int:
+        from kcm.cli import core_rotation
+
+        return getattr(core_rotation, name)(args)
+    return run
 
 
 def _inventory(name: str):
@@ -248,6 +302,25 @@ def _run_tenant_add(args: argparse.Namespace) -> int:
     uid = _with_keyring(args, lambda s, k: provision_tenant(s, k, args.tenant,
                                                             now=int(time.time())))
     print(f"tenant {args.tenant}: tenant key {uid}")
+    return 0
+
+
+def _run_tenant_rotate(args: argparse.Namespace) -> int:
+    """A new current L2 for an existing tenant; the old one is deactivated at once and the
+    running kcm-core re-wraps the tenant's service keys and objects under the new one, in
+    batches (docs/operations.md, "Tenant keys (L2)")."""
+    from kcm.core.store.schema import Tenant
+    from kcm.core.tenant_rotation import rotate_tenant_key
+
+    def rotate(session, keyring) -> tuple[str, list[str]]:
+        if session.get(Tenant, args.tenant) is None:
+            raise CommandError(f"no tenant {args.tenant!r}")
+        return rotate_tenant_key(session, keyring, args.tenant, now=int(time.time()),
+                                 by="kcm core tenant rotate", reason="command")
+
+    new, old = _with_keyring(args, rotate)
+    print(f"tenant {args.tenant}: tenant key {new}; deactivated {', '.join(old) or 'none'} "
+          "(kcm-core re-wraps what it wrapped)")
     return 0
 
 

@@ -101,9 +101,11 @@ def run_tenant_show(args: argparse.Namespace) -> int:
     from sqlalchemy import func, select
 
     from kcm.core.store.schema import LEVEL_TENANT_KEY, L4Tombstone, ManagedObject
+    from kcm.core.tenant_rotation import wrapped_counts
 
     def read(session) -> dict[str, Any]:
         tenant = _require_tenant(session, args.tenant)
+        wraps = wrapped_counts(session, args.tenant)
         tenant_keys = session.scalars(
             select(ManagedObject).where(ManagedObject.tenant == args.tenant,
                                         ManagedObject.level == LEVEL_TENANT_KEY)
@@ -116,7 +118,8 @@ def run_tenant_show(args: argparse.Namespace) -> int:
                                     .where(L4Tombstone.tenant == args.tenant))
         return {"tenant": tenant.name, "created": iso(tenant.created_at),
                 "tenant_keys": [{"unique_identifier": key.uid, "state": _state(key.state),
-                                 "created": iso(key.initial_date)} for key in tenant_keys],
+                                 "created": iso(key.initial_date),
+                                 "wraps": wraps.get(key.uid, 0)} for key in tenant_keys],
                 "service_keys": _service_keys(session, args.tenant),
                 "objects": dict(sorted(states.items())),
                 "l4_tombstones": tombstones}
@@ -128,7 +131,7 @@ def run_tenant_show(args: argparse.Namespace) -> int:
     print(f"tenant {shown['tenant']}, created {shown['created']}")
     for key in shown["tenant_keys"]:
         print(f"  tenant key (L2) {key['unique_identifier']}  {key['state']}  "
-              f"created {key['created']}")
+              f"created {key['created']}  wraps {key['wraps']}")
     for key in shown["service_keys"]:
         print(f"  service key (L3) {key['service']} version {key['version']}  "
               f"{key['unique_identifier']}  {key['state']}  created {key['created']}")
@@ -149,10 +152,12 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
     from kcm.core.audit import AuditEvent, append_audit
     from kcm.core.store.schema import (
         LEVEL_SERVICE_KEY,
+        L3Usage,
         L4Tombstone,
         ManagedObject,
         ObjectGroup,
         ObjectName,
+        RotationPolicy,
         Tenant,
     )
     from kcm.kmip.enums import State
@@ -180,6 +185,8 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
         session.execute(delete(L4Tombstone).where(L4Tombstone.tenant == args.tenant))
         session.execute(delete(ObjectName).where(ObjectName.uid.in_(uids)))
         session.execute(delete(ObjectGroup).where(ObjectGroup.uid.in_(uids)))
+        session.execute(delete(L3Usage).where(L3Usage.uid.in_(uids)))
+        session.execute(delete(RotationPolicy).where(RotationPolicy.tenant == args.tenant))
         session.execute(delete(ManagedObject).where(ManagedObject.tenant == args.tenant))
         session.execute(delete(Tenant).where(Tenant.name == args.tenant))
         append_audit(session, AuditEvent(

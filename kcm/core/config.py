@@ -78,6 +78,8 @@ class CoreConfig:
     #: The metrics and health listener (an endpoint string, ``tcp:9696:interface=...``):
     #: ``/metrics``, ``/healthz``, ``/readyz`` over plain HTTP; empty (the default): none.
     metrics_listen: str = ""
+    #: Seconds between sweeps of the state sweeper (dates passed, automatic rotation).
+    state_sweep_interval: float = 5.0
 
     @property
     def access(self) -> AccessPolicy:
@@ -87,7 +89,8 @@ class CoreConfig:
 
 _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "l1_pkcs11",
               "policy_file", "database_threads", "log_level", "log_format", "log_file",
-              "audit_checkpoint_interval", "application_objects", "metrics_listen"}
+              "audit_checkpoint_interval", "application_objects", "metrics_listen",
+              "state_sweep_interval"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:
@@ -97,6 +100,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     config = load_section(CoreConfig(), "core", path, overrides, _TOP_LEVEL, coerce=_typed)
     if not config.audit_checkpoint_interval > 0:
         raise ConfigError("core.audit_checkpoint_interval must be a positive number of seconds")
+    if not config.state_sweep_interval > 0:
+        raise ConfigError("core.state_sweep_interval must be a positive number of seconds")
     if not isinstance(config.metrics_listen, str):
         raise ConfigError("core.metrics_listen must be an endpoint string (or empty)")
     allowed = [choice.value for choice in ApplicationObjects]
@@ -118,9 +123,10 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
         if threads < 1:
             raise ConfigError("core.database_threads must be a whole number of at least 1")
         out["database_threads"] = threads
-    if "audit_checkpoint_interval" in out:
-        try:
-            out["audit_checkpoint_interval"] = float(out["audit_checkpoint_interval"])
-        except (TypeError, ValueError):
-            raise ConfigError("core.audit_checkpoint_interval must be a number") from None
+    for name in ("audit_checkpoint_interval", "state_sweep_interval"):
+        if name in out:
+            try:
+                out[name] = float(out[name])
+            except (TypeError, ValueError):
+                raise ConfigError(f"core.{name} must be a number") from None
     return out

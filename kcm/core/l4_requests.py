@@ -26,6 +26,7 @@ from kcm.core import events
 from kcm.core.context import OperationContext
 from kcm.core.l4_keys import StoreKeySource
 from kcm.core.store import repository
+from kcm.core.usage import add_uses
 from kcm.kmip.enums import RevocationReasonCode
 from kcm.kmip.errors import KmipError
 from kcm.kmip.payloads import (
@@ -134,7 +135,10 @@ def _audited(ctx: OperationContext, call: Callable[..., Any], argument: Any) -> 
 
 
 def _engine(ctx: OperationContext) -> L4Engine:
-    return L4Engine(StoreKeySource(ctx), ctx.random_bytes)  # type: ignore[arg-type]
+    # The core's own L4 work counts towards a rotation policy's usage cap, as a gateway's
+    # reports do (kcm.core.usage), in the request's transaction.
+    return L4Engine(StoreKeySource(ctx), ctx.random_bytes,  # type: ignore[arg-type]
+                    lambda uid: add_uses(ctx.session, {uid: 1}, now=ctx.now))
 
 
 def _resolved(ctx: OperationContext, unique_identifier: Any) -> str | None:

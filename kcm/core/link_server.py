@@ -12,7 +12,9 @@ closed right after the handshake. On a link:
   a direct client's does when it disconnects, and is not answered; every request in flight
   on a link that closes stops the same way;
 * FETCH_SERVICE_KEY → :func:`kcm.core.service_keys.fetch_service_keys`, answered with
-  SERVICE_KEYS.
+  SERVICE_KEYS;
+* USAGE_REPORT (link version 3) → the factory's ``on_usage`` (kcm-core: its
+  :class:`kcm.core.usage_intake.UsageIntake`); not answered.
 
 A gateway that reads slowly never holds up the others: each link registers as the producer of
 its transport, queues events while its transport is full and is dropped (it resumes by
@@ -371,6 +373,19 @@ class LinkServerProtocol(LinkProtocol):
         self._keys_refused(stream_id, KmipError(ResultReason.GENERAL_FAILURE,
                                                 "internal error; see the core's log"))
 
+    # USAGE_REPORT ---------------------------------------------------------------------------
+    def frame_USAGE_REPORT(self, frame: Frame) -> None:
+        """How many encryptions the gateway made under each L3 version since its last
+        report; added up with every other gateway's (no answer)."""
+        if not self._require_hello(frame):
+            return
+        on_usage = self.factory.on_usage
+        if on_usage is not None:
+            counts: dict[str, int] = {}
+            for uid, count in frame.usage:
+                counts[uid] = counts.get(uid, 0) + count
+            on_usage(counts)
+
     def go_away(self, reason: str, *, abort: bool = False) -> None:
         """Send GOAWAY, then close (``abort``: without waiting for the peer to read)."""
         if self.closing:
@@ -401,6 +416,8 @@ class LinkServerFactory(Factory):
         self._principals: dict[tuple[str, str | None], Principal | None] = {}
         #: The links that said HELLO and are still up (for the metrics).
         self.links: set[LinkServerProtocol] = set()
+        #: Called with each USAGE_REPORT's counts (L3 uid -> encryptions); None: ignored.
+        self.on_usage: Callable[[dict[str, int]], None] | None = None
         self.set_subject_map(subject_map)
 
     def set_subject_map(self, subject_map: SubjectMap | None) -> None:

@@ -206,7 +206,23 @@ def _columns(obj: StoredObject) -> dict[str, Any]:
     }
     for tag, column in DATE_COLUMNS.items():
         columns[column] = obj.value(tag)
+    columns["rotate_due"] = rotate_due(obj)
     return columns
+
+
+def rotate_due(obj: StoredObject) -> int | None:
+    """When a managed key rotates by itself (KMIP 2.1 §4: Rotate Automatic true, a Rotate
+    Interval, and it is still the latest of its line): its last rotation (Rotate Date; else
+    when it became active, or was made) plus the interval; None otherwise. Tenant and
+    service keys rotate by rotation policies instead (kcm.core.auto_rotation)."""
+    if obj.row.level is not None or obj.value(Tag.ROTATE_AUTOMATIC) is not True:
+        return None
+    interval = obj.value(Tag.ROTATE_INTERVAL)
+    if not interval or obj.value(Tag.ROTATE_LATEST) is False:
+        return None
+    since = (obj.value(Tag.ROTATE_DATE) or obj.value(Tag.ACTIVATION_DATE)
+             or obj.value(Tag.INITIAL_DATE))
+    return None if since is None else int(since) + int(interval)
 
 
 def _int_or_none(value: Any) -> int | None:

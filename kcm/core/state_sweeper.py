@@ -16,15 +16,17 @@ network partition may cause does no harm.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from kcm.core import managed
+from kcm.core import managed, sweep_steps
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.leader_lease import SWEEPER_LEASE_KEY, AdvisoryLease
 from kcm.core.store.engine import Store
@@ -79,12 +81,16 @@ class StateSweeper(Service):
 
     name = "kcm-state-sweeper"
 
-    def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL, *,
+    def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL,
+                 steps: Sequence[sweep_steps.SweepStep] = (), *,
                  lease: AdvisoryLease | None = None) -> None:
         self._store = store
         self._clock = clock
         self._interval = interval
         self._loop: LoopingCall | None = None
+        #: Run first in each sweep's transaction (kcm.core.sweep_steps: rotation).
+        self._steps = tuple(steps)
+        self._soon: IDelayedCall | None = None
         #: Held by the one core that sweeps (always held on SQLite).
         self.lease = lease if lease is not None else AdvisoryLease(store, SWEEPER_LEASE_KEY,
                                                                    "state sweeper")
@@ -99,6 +105,8 @@ class StateSweeper(Service):
     def stopService(self):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
         super().stopService()
         if self.lease.held:
             return self._store.defer(self.lease.release).addErrback(
@@ -117,7 +125,27 @@ class StateSweeper(Service):
         if not held:
             return []
         now = int(self._clock.seconds())
-        return self._store.run(lambda session: sweep_due_states(session, now))
+        at, steps = self._clock.seconds(), self._steps
+        d = self._store.run(lambda session: (sweep_steps.run_steps(session, steps, at),
+                                             sweep_due_states(session, now)))
+        return d.addCallback(self._stepped)
+
+    def _stepped(self, outcome: tuple[list[object], list[str]]) -> list[str]:
+        done, moved = outcome
+        sweep_steps.report(done)
+        if sweep_steps.wants_more(done):
+            self.sweep_soon()
+        return moved
+
+    def sweep_soon(self) -> None:
+        """Sweep at the next reactor turn, not at the next tick (a usage cap was reported
+        reached, a batch left work); several calls before it runs make one sweep."""
+        if self._soon is None and self.running:
+            self._soon = self._clock.callLater(0, self._sweep_now)
+
+    def _sweep_now(self) -> None:
+        self._soon = None
+        self.sweep()
 
 
 def _report(moved: list[str]) -> None:

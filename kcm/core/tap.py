@@ -4,6 +4,7 @@ they start; see :mod:`kcm.core.service`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -13,10 +14,12 @@ from twisted.python import usage
 from kcm.config_file import ConfigError, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.core.audit_checkpoints import AuditCheckpoints
+from kcm.core.auto_rotation import rotate_due
 from kcm.core.config import CoreLimits, load_config
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory, LinkSettings
+from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.metrics import CoreMetrics, DatabaseReadiness
 from kcm.core.outbox_listener import OutboxListener
 from kcm.core.request_handler import CoreRequestHandler
@@ -24,6 +27,9 @@ from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
+from kcm.core.sweep_steps import SweepStep
+from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_keys_due
+from kcm.core.usage_intake import UsageIntake
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
 from kcm.metrics import metrics_listener, metrics_site
@@ -63,6 +69,8 @@ class Options(usage.Options):
                                        "empty: none."],
         ["audit-checkpoint-interval", None, None,
          "Seconds between audit checkpoints in the log (default 300)."],
+        ["state-sweep-interval", None, None,
+         "Seconds between state sweeps: passed dates, automatic rotation (default 5)."],
         ["application-objects", None, None,
          "Which objects of its tenant an application may use: own-service or tenant."],
         ["database-threads", None, None, "Worker threads for database transactions."],
@@ -76,6 +84,16 @@ class Options(usage.Options):
             self["core_config"] = load_config(self["config"], overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _sweep_step(fn: Callable[..., Sequence[object]], **bound: Any) -> SweepStep:
+    """``fn(session, now=…, **bound)`` as a step of the state sweeper, named as ``fn`` (the
+    name its failures are reported under)."""
+    def step(session: Any, now: float) -> Sequence[object]:
+        return fn(session, now=now, **bound)
+
+    step.__name__ = fn.__name__
+    return step
 
 
 def makeService(options: Options, reactor: Any = default_reactor) -> CoreService:
@@ -114,6 +132,11 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     policy.setServiceParent(core)
     TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
+    sweeper = StateSweeper(store, reactor, interval=config.state_sweep_interval, steps=[
+        _sweep_step(rotate_due, keyring=keyring),
+        _sweep_step(rotate_managed_due, keyring=keyring, trust_domain=trust_domain),
+        _sweep_step(rotate_tenant_keys_due, keyring=keyring),
+        _sweep_step(rewrap_step, keyring=keyring)])
     if config.link_listen:
         # Woken at commit on PostgreSQL (OutboxListener); the poll is the fallback there,
         # and the only reader on SQLite.
@@ -126,6 +149,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
             settings=LinkSettings(
                 max_frame_size=frame_size_limit(config.limits.max_message_size)))
         policy.on_change.append(link_factory.set_subject_map)
+        link_factory.on_usage = UsageIntake(store, reactor,
+                                            on_cap_reached=sweeper.sweep_soon).add
         core.fanout, core.link_factory = fanout, link_factory
         fanout.setServiceParent(core)
         OutboxListener(store, fanout.wake, reactor).setServiceParent(core)
@@ -134,7 +159,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                     bound_output=False).setServiceParent(core)
     else:
         fanout = link_factory = None
-    StateSweeper(store, reactor).setServiceParent(core)
+    sweeper.setServiceParent(core)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     core.metrics = metrics
     if config.metrics_listen:

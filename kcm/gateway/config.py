@@ -61,6 +61,9 @@ class GatewayConfig:
     #: ``/metrics``, ``/healthz``, ``/readyz`` over plain HTTP; empty (the default): none.
     #: Only with ``workers = 1``: workers share the KMIP port, not their metrics.
     metrics_listen: str = ""
+    #: Seconds between this gateway's reports to the core of how many encryptions it made
+    #: under each service key version (the usage a rotation policy's cap counts).
+    usage_report_interval: float = 0.25
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -70,7 +73,7 @@ class GatewayConfig:
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_order", "core_server_name", "l3_ttl",
               "max_stale", "max_tombstones", "prewarm", "max_in_flight", "log_level", "log_format",
               "log_file",
-              "workers", "metrics_listen"}
+              "workers", "metrics_listen", "usage_report_interval"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -97,6 +100,8 @@ def load_config(path: str | Path | None,
         raise ConfigError(f"gateway.core_order must be one of {', '.join(ORDERS)}")
     if config.max_tombstones < 1:
         raise ConfigError("gateway.max_tombstones must be at least 1")
+    if not config.usage_report_interval > 0:
+        raise ConfigError("gateway.usage_report_interval must be a positive number of seconds")
     if config.max_in_flight < 1:
         raise ConfigError("gateway.max_in_flight must be at least 1")
     if config.workers < 0:
@@ -114,7 +119,7 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
     for key, kind in (("l3_ttl", float), ("max_stale", float), ("max_in_flight", int),
-                      ("max_tombstones", int)):
+                      ("max_tombstones", int), ("usage_report_interval", float)):
         if key in out:
             try:
                 out[key] = kind(out[key])

@@ -11,7 +11,9 @@
 * ``on_event(seq, kind, tenant, payload)`` — the core's event stream, applied in sequence
   order, resumed after :attr:`LinkClient.last_sequence` on every reconnect;
 * ``on_policy(document)`` — the core's policy document, from every WELCOME and every
-  ``policy`` event (before ``on_event`` sees that event).
+  ``policy`` event (before ``on_event`` sees that event);
+* :meth:`LinkClient.report_usage` — how many encryptions were made under each L3 version
+  (USAGE_REPORT, to a core whose WELCOME names link version 3 or later; no answer).
 
 Nothing waits for a link that is not there: while it is down every call fails at once with
 :class:`LinkDown`. In-flight streams are bounded: at ``max_in_flight`` the registered
@@ -29,7 +31,8 @@ from the core too large to take is skipped unread and fails its call with
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from itertools import islice
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -50,6 +53,8 @@ from kcm.link.frames import (
     CANCEL_VERSION,
     DEFAULT_MAX_FRAME_SIZE,
     HELLO_VERSION,
+    MAX_USAGE_ENTRIES,
+    USAGE_VERSION,
     Frame,
     FrameTooLarge,
     FrameType,
@@ -376,6 +381,18 @@ class LinkClient(MultiService):
             FrameType.FETCH_SERVICE_KEY, caller_identity=caller.spiffe_id,
             caller_subject=caller.subject if caller.uri is None else None,
             tenant=tenant, service=service, unique_identifier=uid), FrameType.SERVICE_KEYS)
+
+    def report_usage(self, counts: Mapping[str, int]) -> bool:
+        """Send ``counts`` (L3 uid -> encryptions since the last report) to the core in
+        USAGE_REPORT frames; False (nothing sent) while there is no link or the core's link
+        version has no USAGE_REPORT."""
+        protocol = self._protocol
+        if protocol is None or protocol.closing or protocol.core_version < USAGE_VERSION:
+            return False
+        entries = iter(sorted(counts.items()))
+        while chunk := list(islice(entries, MAX_USAGE_ENTRIES)):
+            protocol.send(Frame(FrameType.USAGE_REPORT, usage=chunk))
+        return True
 
     def _call(self, frame: Frame, answer_type: FrameType) -> Deferred:
         protocol = self._protocol

@@ -25,7 +25,7 @@ from kcm.gateway.fast_path import FastPath
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
-from kcm.gateway.local_batch import LocalRunner, l4_engine
+from kcm.gateway.local_batch import LocalRunner
 from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.service import GatewayIdentity, GatewayService
 from kcm.gateway.supervisor import (
@@ -37,6 +37,7 @@ from kcm.gateway.supervisor import (
     WorkerPool,
     worker_count,
 )
+from kcm.gateway.usage_report import UsageCounter, UsageReporter
 from kcm.kmip_protocol import ConnectionLimits, KmipServerFactory
 from kcm.link.frames import frame_size_limit
 from kcm.metrics import metrics_listener, metrics_site
@@ -71,8 +72,8 @@ class Options(usage.Options):
         ["max-stale", None, None, "Seconds a cached L3 may serve while the core is down."],
         ["max-tombstones", None, None, "L4 tombstones held before the core answers for the "
          "service key with the most."],
-        ["max-tombstones", None, None, "L4 tombstones held before the core answers for the "
-         "service key with the most."],
+        ["usage-report-interval", None, None,
+         "Seconds between usage reports to the core (default 0.25)."],
         ["prewarm", None, None, "Comma-separated tenant/service list to fetch at start."],
         ["max-in-flight", None, None, "Forwarded requests in flight before reading pauses."],
         ["log-level", None, None, "Log level (debug, info, warn, error, critical)."],
@@ -153,9 +154,12 @@ def makeService(options: Options,
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy
-    runner = LocalRunner(new_correlation_id=new_correlation_id)
+    usage_counter = UsageCounter()
+    runner = LocalRunner(new_correlation_id=new_correlation_id,
+                         engine_factory=usage_counter.engine_factory)
     metrics = GatewayMetrics(process=True)
-    fast_path = FastPath(cache=cache, engine_factory=l4_engine, clock=reactor.seconds,
+    fast_path = FastPath(cache=cache, engine_factory=usage_counter.engine_factory,
+                         clock=reactor.seconds,
                          new_correlation_id=new_correlation_id,
                          max_message_size=config.limits.max_message_size,
                          max_batch_items=config.limits.max_batch_items,
@@ -183,6 +187,8 @@ def makeService(options: Options,
                 kmip_factory, name="kcm-kmip-listener",
                 guard=guard).setServiceParent(gateway)
     refresher.setServiceParent(gateway)
+    UsageReporter(usage_counter, link, reactor,
+                  interval=config.usage_report_interval).setServiceParent(gateway)
     if config.metrics_listen:
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(metrics.registry, metrics.readiness)

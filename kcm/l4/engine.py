@@ -153,11 +153,15 @@ class L4Engine:
     that request's items, so a bulk request of many records under one L4 unwraps its DEK
     once; they go with the engine."""
 
-    __slots__ = ("_keys", "_random_bytes", "_handlers", "_opened")
+    __slots__ = ("_keys", "_random_bytes", "_handlers", "_opened", "_used")
 
-    def __init__(self, keys: KeySource, random_bytes: RandomBytes = os.urandom) -> None:
+    def __init__(self, keys: KeySource, random_bytes: RandomBytes = os.urandom,
+                 used: Callable[[str], None] | None = None) -> None:
         self._keys = keys
         self._random_bytes = random_bytes
+        #: Told the uid of the L3 each time its key encrypts (an L4 sealed, a DEK wrapped):
+        #: the usage a rotation policy's cap counts (kcm.gateway.usage_report).
+        self._used = used
         #: L4 identifier -> its DEK, opened for an earlier item of this request.
         self._opened: dict[str, bytes] = {}
         self._handlers: dict[int, Callable[[Principal, Version, Any], Any]] = {
@@ -206,6 +210,8 @@ class L4Engine:
                             f"the service key {l3.uid!r} predates L4 tokens (its identifier is "
                             "not l3-<uuid>); a tenant administrator re-keys it to seal L4s"
                             ) from None
+        if self._used is not None:
+            self._used(l3.uid)
         return CreateResponse(object_type=ObjectType.SYMMETRIC_KEY, unique_identifier=uid)
 
     # Get ----------------------------------------------------------------------------
@@ -313,6 +319,8 @@ class L4Engine:
             with cryptographic_failure():
                 ciphertext, tag = encrypt_once(spec, key, iv, data, aad)
         ciphertext, tag = aead_tag.answer_data(version, ciphertext, tag)
+        if self._used is not None and uid.startswith(L3_PREFIX):
+            self._used(uid)
         return EncryptResponse(unique_identifier=uid, data=ciphertext,
                                iv_counter_nonce=generated, authenticated_encryption_tag=tag)
 

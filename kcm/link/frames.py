@@ -15,15 +15,19 @@ from dataclasses import dataclass, field
 from kcm.l4.service_key import ServiceKey
 from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 
-#: The link version this end speaks: 2 is version 1 with CANCEL. A core names its version in
-#: WELCOME; a gateway sends a frame only to a core whose version has it.
-LINK_VERSION = 2
+#: The link version this end speaks: 2 is version 1 with CANCEL, 3 adds USAGE_REPORT. A core
+#: names its version in WELCOME; a gateway sends a frame only to a core whose version has it.
+LINK_VERSION = 3
 #: The version a gateway's HELLO names: the first, which every core takes (a version-1 core
 #: refuses any other with GOAWAY), so a gateway links to a core of any release and learns
 #: the core's own version from WELCOME.
 HELLO_VERSION = 1
 #: The first link version with the CANCEL frame.
 CANCEL_VERSION = 2
+#: The first link version with the USAGE_REPORT frame.
+USAGE_VERSION = 3
+#: Usage entries one USAGE_REPORT carries at most (a longer report is sent as several).
+MAX_USAGE_ENTRIES = 1000
 
 #: Room a frame takes beside the one KMIP message it may carry: the LinkFrame, FrameType,
 #: StreamId and KmipMessage headers (56 bytes) and, in a REQUEST, the caller's identity,
@@ -43,7 +47,7 @@ DEFAULT_MAX_FRAME_SIZE = frame_size_limit(1 << 20)
 #: The first bytes of an encoded frame, which name its type and stream: the LinkFrame
 #: header, then FrameType and StreamId (16 bytes each), the order :func:`encode_frame` writes.
 FRAME_HEAD_SIZE = 40
-_MAX_DEPTH = 4  # LinkFrame > ServiceKey / EventPayload > field
+_MAX_DEPTH = 4  # LinkFrame > ServiceKey / EventPayload / Usage > field
 _MAX_STREAM_ID = (1 << 31) - 1
 
 
@@ -70,6 +74,8 @@ class Tag(enum.IntEnum):
     HEARTBEAT_INTERVAL = 0x54B012
     TOKEN_ID = 0x54B013
     POLICY = 0x54B014
+    USAGE = 0x54B015
+    USAGE_COUNT = 0x54B016
     KEY_MATERIAL = 0x420043
     RESULT_REASON = 0x42007E
     STATE = 0x42008D
@@ -90,6 +96,7 @@ class FrameType(enum.IntEnum):
     PONG = 9
     GOAWAY = 10
     CANCEL = 11  # link version 2
+    USAGE_REPORT = 12  # link version 3
 
 
 class FrameError(ValueError):
@@ -137,6 +144,8 @@ class Frame:
     result_reason: int | None = None
     heartbeat_interval: int | None = None
     policy: str | None = None
+    #: A USAGE_REPORT's (L3 uid, encryptions since the last report) entries.
+    usage: list[tuple[str, int]] = field(default_factory=list)
 
 
 # (attribute, tag, type) of every scalar field of a LinkFrame, in wire order.
@@ -172,6 +181,7 @@ REQUIRED: dict[FrameType, tuple[str, ...]] = {
     FrameType.PONG: (),
     FrameType.GOAWAY: (),
     FrameType.CANCEL: ("stream_id",),
+    FrameType.USAGE_REPORT: ("usage",),
 }
 
 #: EventPayload fields: name -> (tag, type).
@@ -201,7 +211,7 @@ _KEY_FIELD_BY_TAG = {tag: (name, item_type) for name, tag, item_type in _KEY_FIE
 
 def encode_frame(frame: Frame) -> bytes:
     """The TTLV bytes of ``frame``; FrameError if a field has a value of the wrong kind."""
-    if not frame.service_keys and frame.payload is None:
+    if not frame.service_keys and frame.payload is None and not frame.usage:
         wire = _encode_scalar_frame(frame)
         if wire is not None:
             return wire
@@ -279,6 +289,9 @@ def frame_item(frame: Frame) -> Item:
         if value is not None:
             children.append(Item(tag, item_type, value))
     children.extend(_service_key_item(key) for key in frame.service_keys)
+    children.extend(Item(Tag.USAGE, ItemType.STRUCTURE, [
+        Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, uid),
+        Item(Tag.USAGE_COUNT, ItemType.LONG_INTEGER, count)]) for uid, count in frame.usage)
     if frame.payload is not None:
         children.append(payload_item(frame.payload))
     return Item(Tag.LINK_FRAME, ItemType.STRUCTURE, children)
@@ -427,7 +440,7 @@ def _decode_scalar_frame(data: bytes) -> Frame | None:
         setattr(frame, name, value)
     for name in REQUIRED[frame.type]:
         value = getattr(frame, name)
-        if value is None or (name == "stream_id" and value == 0):
+        if value is None or value == [] or (name == "stream_id" and value == 0):
             return None
     return frame
 
@@ -447,6 +460,9 @@ def _frame_from(item: Item) -> Frame:
         if tag == Tag.SERVICE_KEY:
             frame.service_keys.append(_service_key_from(child))
             continue
+        if tag == Tag.USAGE:
+            frame.usage.append(_usage_from(child))
+            continue
         if tag in seen:
             raise FrameError(f"field 0x{tag:06X} appears twice")
         seen.add(tag)
@@ -463,9 +479,25 @@ def _frame_from(item: Item) -> Frame:
             setattr(frame, spec[0], _checked(child, spec[1]))
     for name in REQUIRED[frame.type]:
         value = getattr(frame, name)
-        if value is None or (name == "stream_id" and value == 0):
+        if value is None or value == [] or (name == "stream_id" and value == 0):
             raise FrameError(f"{frame.type.name} without {name}")
+    if frame.usage and frame.type is not FrameType.USAGE_REPORT:
+        raise FrameError(f"Usage in a {frame.type.name} frame")
+    if len(frame.usage) > MAX_USAGE_ENTRIES:
+        raise FrameError(f"a USAGE_REPORT of more than {MAX_USAGE_ENTRIES} entries")
     return frame
+
+
+def _usage_from(item: Item) -> tuple[str, int]:
+    """One Usage Structure: (UniqueIdentifier, UsageCount >= 0), in that order."""
+    if item.type is not ItemType.STRUCTURE or [child.tag for child in item.value] != [
+            Tag.UNIQUE_IDENTIFIER, Tag.USAGE_COUNT]:
+        raise FrameError("a Usage is a Structure of UniqueIdentifier and UsageCount")
+    uid = _checked(item.value[0], ItemType.TEXT_STRING)
+    count = _checked(item.value[1], ItemType.LONG_INTEGER)
+    if int(count) < 0:  # type: ignore[call-overload]
+        raise FrameError("a negative UsageCount")
+    return str(uid), int(count)  # type: ignore[call-overload]
 
 
 def decode_payload_item(item: Item) -> Payload:

@@ -185,6 +185,8 @@ class CoreProcess:
     nofile: int | None = None
     #: The ``metrics_listen`` port on 127.0.0.1 (None: no metrics listener).
     metrics_port: int | None = None
+    #: Seconds between state sweeps (None: kcm-core's default).
+    state_sweep_interval: float | None = None
 
     @property
     def pki(self) -> PkiPaths:
@@ -211,6 +213,8 @@ class CoreProcess:
             + (f"audit_checkpoint_interval = {self.audit_checkpoint_interval}\n"
                if self.audit_checkpoint_interval is not None else "")
             + _metrics_listen(self.metrics_port)
+            + (f"state_sweep_interval = {self.state_sweep_interval}\n"
+               if self.state_sweep_interval is not None else "")
             + "[core.tls]\n"
             f'cert = "{self.pki.core.cert}"\nkey = "{self.pki.core.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'

@@ -39,3 +39,62 @@ def test_a_passed_deactivation_date_moves_the_l3_and_emits_an_event(core: CoreHa
     assert [e.kind for e in events] == ["l3.state"]
     # Nothing more to do the next time.
     assert core.store.run_sync(lambda s: sweep_due_states(s, 2_000_000_100)) == []
+
+
+def test_a_step_that_fails_is_rolled_back_alone_and_reported(core: CoreHarness) -> None:
+    """A failing rotation step (one tenant that cannot be rotated) never stops the dates."""
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from kcm.core.state_sweeper import StateSweeper
+    from kcm.core.sweep_steps import StepFailed
+
+    uid = _schedule_deactivation(core, when=1)
+    seen: list = []
+
+    def broken(session, now):
+        repository.set_meta(session, "half-done", "yes")  # rolled back with the step
+        raise RuntimeError("cannot rotate")
+
+    def fine(session, now):
+        return ["a rotation"]
+
+    class SyncStore:
+        def run(self, fn):
+            result = core.store.run_sync(fn)
+            seen.append(result)
+            return succeed(result)
+
+    clock = Clock()
+    clock.advance(10)  # past the Deactivation Date
+    StateSweeper(SyncStore(), clock, steps=[broken, fine]).sweep()
+    [(done, moved)] = seen
+    assert isinstance(done[0], StepFailed) and done[0].step == "broken"
+    assert done[1:] == ["a rotation"] and moved == [uid]
+    assert core.store.run_sync(lambda s: repository.get_meta(s, "half-done")) is None
+
+
+def test_a_step_with_more_to_do_brings_the_next_sweep_at_once(core: CoreHarness) -> None:
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from kcm.core.state_sweeper import StateSweeper
+
+    class Batch:
+        more = True
+
+    runs: list[int] = []
+
+    class SyncStore:
+        def run(self, fn):
+            runs.append(1)
+            return succeed(core.store.run_sync(fn))
+
+    clock = Clock()
+    sweeper = StateSweeper(SyncStore(), clock, interval=60,
+                           steps=[lambda s, now: [Batch()] if len(runs) < 3 else []])
+    sweeper.startService()  # sweeps once at start
+    for _ in range(5):
+        clock.advance(0)
+    assert len(runs) == 3  # then at once while a batch leaves more, then at the next tick
+    sweeper.stopService()

@@ -115,7 +115,7 @@ def test_migrations_match_metadata(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
     upgrade(db_url)  # idempotent at every start
-    assert current_revision(db_url) == head_revision() == "0002"
+    assert current_revision(db_url) == head_revision() == "0003"
     engine = open_engine(db_url)
     try:
         with engine.connect() as connection:
@@ -151,7 +151,7 @@ def test_records_written_before_0002_stay_and_are_anchored(db_url: str) -> None:
         engine.dispose()
 
     upgrade(db_url)
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == head_revision()
     store = Store(db_url)
     store.audit_key = derive_audit_key(bytes(32))
     try:

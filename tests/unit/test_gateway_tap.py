@@ -73,7 +73,8 @@ def test_make_service_only_assembles(tmp_path: Path, monkeypatch) -> None:
     assert isinstance(service, GatewayService)
     assert service.config.listen == "tcp:0"
     assert [child.name for child in service] == [
-        "kcm-gateway-identity", "kcm-link", "kcm-kmip-listener", None]  # None: the refresher
+        "kcm-gateway-identity", "kcm-link", "kcm-kmip-listener", None,  # None: the refresher
+        "kcm-usage-report"]
     assert service.link is not None and service.cache is not None
     assert service.handler is not None
     assert not service.running and not any(child.running for child in service)

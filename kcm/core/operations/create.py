@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
-from kcm.core import l4_requests, managed
+from kcm.core import l4_requests, managed, policy
 from kcm.core.attribute_rules import check_client_attributes
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import single_value
+from kcm.core.rotation_policy import managed_key_defaults
 from kcm.kernel.quantum_safe import check_quantum_safe
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
@@ -57,6 +58,11 @@ def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse:
         raise KmipError(ResultReason.INVALID_FIELD,
                         "Create makes Symmetric Keys only; use Register for other objects")
     attributes = client_attributes(ctx, request.template_names, request.attributes)
+    if ctx.principal.tenant is not None:
+        # A rotation policy may give new managed keys a Rotate Interval
+        # (kcm.core.rotation_policy); a principal of no tenant is refused further on.
+        attributes = managed_key_defaults(ctx.session, ctx.principal.tenant,
+                                          policy.service_of(ctx.principal), attributes)
     algorithm, length = key_spec(attributes)
     check_quantum_safe(single_value(attributes, Tag.QUANTUM_SAFE), algorithm, length)
     key = generate_key(ctx, algorithm, length)

@@ -146,10 +146,11 @@ def insert_object(
 
     ``material`` must already be wrapped (:func:`kcm.core.keys.wrap`). ``dates`` are the
     KMIP date columns in epoch seconds (``initial_date=...``, ``activation_date=...``; see
-    :data:`~kcm.core.store.schema.DATE_COLUMNS`). ``names`` are (value, Name Type) pairs.
+    :data:`~kcm.core.store.schema.DATE_COLUMNS`), and ``rotate_due``. ``names`` are (value,
+    Name Type) pairs.
     A duplicate ``uid`` or L3 (tenant, service, version) raises ``IntegrityError``.
     """
-    unknown = set(dates) - DATE_COLUMNS
+    unknown = set(dates) - DATE_COLUMNS - {"rotate_due"}
     if unknown:
         raise TypeError(f"unknown date columns: {sorted(unknown)}")
     lock_writers(session)
@@ -163,7 +164,7 @@ def insert_object(
         "cryptographic_algorithm": cryptographic_algorithm,
         "cryptographic_length": cryptographic_length, "material": material,
         "material_format": material_format, "wrapped_by": wrapped_by,
-        "attributes": attributes, "revision": 1,
+        "attributes": attributes, "revision": 1, "rotate_due": None,
         **dict.fromkeys(DATE_COLUMNS), **dates,
     }
     connection.execute(_INSERT_OBJECT, values)

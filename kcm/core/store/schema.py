@@ -113,9 +113,15 @@ class ManagedObject(Base):
     protect_stop_date: Mapped[int | None] = mapped_column(BigInteger)
     material: Mapped[bytes | None] = mapped_column(LargeBinary)
     material_format: Mapped[int | None] = mapped_column(Integer)
-    wrapped_by: Mapped[str | None] = mapped_column(Text)
+    #: The L2 (uid) or ``L1`` that wraps ``material``; indexed (migration 0003) for the
+    #: re-wrap after a tenant key rotation (:mod:`kcm.core.tenant_rotation`).
+    wrapped_by: Mapped[str | None] = mapped_column(Text, index=True)
     attributes: Mapped[bytes] = mapped_column(LargeBinary)
     revision: Mapped[int] = mapped_column(Integer)
+    #: When a managed key rotates by itself (KMIP 2.1 Rotate Automatic and Rotate Interval,
+    #: :mod:`kcm.core.managed_rotation`): computed from its attributes on every save; NULL
+    #: when it does not (migration 0003).
+    rotate_due: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
     __mapper_args__ = {"version_id_col": revision}
 
@@ -217,3 +223,39 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class RotationPolicy(Base):
+    """When service keys rotate by themselves (:mod:`kcm.core.rotation_policy`): one row per
+    scope, ``("", "")`` the deployment's default, ``(tenant, "")`` a tenant's, ``(tenant,
+    service)`` a service's. A NULL field is inherited from the wider scope (migration 0003).
+    """
+
+    __tablename__ = "rotation_policies"
+
+    tenant: Mapped[str] = mapped_column(Text, primary_key=True)
+    service: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: Seconds a version is current before the next one replaces it (0: never by age).
+    interval: Mapped[int | None] = mapped_column(BigInteger)
+    #: Encryptions under one version (L4 seals, DEK wraps) before it is replaced (0: no cap).
+    max_uses: Mapped[int | None] = mapped_column(BigInteger)
+    #: Seconds a replaced version stays Active before it is Deactivated (decrypt-only).
+    overlap: Mapped[int | None] = mapped_column(BigInteger)
+    #: The Rotate Interval a managed symmetric key created in this scope gets (with Rotate
+    #: Automatic) when its Create names neither (0: none).
+    managed_interval: Mapped[int | None] = mapped_column(BigInteger)
+    #: Seconds a tenant key (L2) is current before a new one replaces it (default and
+    #: tenant scopes only; 0: never by age).
+    tenant_key_interval: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class L3Usage(Base):
+    """How many encryptions were made under one L3 version, as the gateways and the core
+    reported them (:mod:`kcm.core.usage`). Counts only grow."""
+
+    __tablename__ = "l3_usage"
+
+    uid: Mapped[str] = mapped_column(Text, primary_key=True)
+    uses: Mapped[int] = mapped_column(BigInteger)
+    reported_at: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,137 @@
+"""Managed keys that rotate by themselves, by their KMIP 2.1 rotation attributes: one step of
+the state sweeper.
+
+A client asks for it on a managed symmetric key with Rotate Automatic = true and a Rotate
+Interval (KMIP 2.1 §4); the store keeps when it is due in ``managed_objects.rotate_due``
+(:func:`kcm.core.managed.rotate_due`: the last Rotate Date, else its Activation Date or
+Initial Date, plus the interval). Each sweep, every Active or Pre-Active one whose time has
+come — at most ``limit`` per sweep, oldest due first — is rotated in the sweep's
+transaction, as if its tenant's administrator had sent a Re-key (KMIP 2.1 §6.1.41, with
+:mod:`kcm.core.operations.rekey`): a replacement with the same attributes and fresh
+material, linked both ways, the name moving to it, activated Rotate Offset seconds from now
+(0 when unset: at once). The server then maintains, as 2.1 describes: on the replacement
+Rotate Date (now), Rotate Generation (one more than the old key's, which counts from 0) and
+Rotate Latest (true); on the old key Rotate Latest (false), after which it is not due again.
+Each rotation is an ``AutoRotate`` audit record naming the attribute policy that caused it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kcm.core import managed
+from kcm.core.audit import AuditEvent, append_audit
+from kcm.core.auto_rotation import AUDIT_OPERATION, ROTATOR
+from kcm.core.context import Caller, OperationContext
+from kcm.core.keyring import Keyring
+from kcm.core.operations.rekey import re_key
+from kcm.core.server_info import ServerInfo
+from kcm.core.store.schema import STATE_ACTIVE, STATE_PRE_ACTIVE, ManagedObject
+from kcm.identity import Principal, Role
+from kcm.kmip.enums import ObjectType
+from kcm.kmip.errors import KmipError
+from kcm.kmip.messages import IdPlaceholder
+from kcm.kmip.payloads import ReKeyRequest
+from kcm.kmip.tags import Tag
+from kcm.ttlv import ItemType
+
+__all__ = ["ManagedRotation", "rotate_managed_due"]
+
+#: Managed keys rotated in one sweep at most (the rest wait for the next sweep).
+DEFAULT_LIMIT = 100
+
+
+class ManagedRotation:
+    """One managed key rotated: ``uid`` replaced by ``replacement`` (or why not)."""
+
+    __slots__ = ("tenant", "uid", "replacement", "error")
+
+    def __init__(self, tenant: str, uid: str, replacement: str | None,
+                 error: str | None = None) -> None:
+        self.tenant = tenant
+        self.uid = uid
+        self.replacement = replacement
+        self.error = error
+
+    def __str__(self) -> str:
+        if self.error is not None:
+            return f"managed key {self.uid} of {self.tenant} not rotated: {self.error}"
+        return (f"managed key {self.uid} of {self.tenant} rotated to {self.replacement} by its "
+                "Rotate Interval")
+
+
+def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
+                       trust_domain: str = "kcm.invalid",
+                       limit: int = DEFAULT_LIMIT) -> list[ManagedRotation]:
+    """Rotate the managed keys whose Rotate Interval has passed at ``now``."""
+    seconds = int(now)
+    due = session.scalars(select(ManagedObject).where(
+        ManagedObject.rotate_due <= seconds, ManagedObject.level.is_(None),
+        ManagedObject.object_type == int(ObjectType.SYMMETRIC_KEY),
+        ManagedObject.state.in_((STATE_ACTIVE, STATE_PRE_ACTIVE)),
+    ).order_by(ManagedObject.rotate_due).limit(limit)).all()
+    done = []
+    for row in due:
+        ctx = _context(session, keyring, row.tenant, seconds, trust_domain)
+        try:
+            with session.begin_nested():
+                done.append(_rotate(ctx, row.uid))
+        except KmipError as e:
+            # Never again by itself until a client changes it: the error is in the log and
+            # the audit record, and the key no longer looks due.
+            row.rotate_due = None
+            session.flush()
+            _audit(ctx, row.uid, None, {"error": e.message})
+            done.append(ManagedRotation(row.tenant, row.uid, None, e.message))
+    return done
+
+
+def _rotate(ctx: OperationContext, uid: str) -> ManagedRotation:
+    old = managed.load(ctx, uid)
+    generation = int(old.value(Tag.ROTATE_GENERATION) or 0)
+    interval = old.value(Tag.ROTATE_INTERVAL)
+    offset = old.value(Tag.ROTATE_OFFSET)
+    answer = re_key(ctx, ReKeyRequest(unique_identifier=uid, offset=int(offset or 0)))
+    new_uid = str(answer.unique_identifier)
+    new = managed.load(ctx, new_uid)
+    new.set(Tag.ROTATE_DATE, ctx.now, ItemType.DATE_TIME)
+    new.set(Tag.ROTATE_GENERATION, generation + 1, ItemType.INTEGER)
+    new.set(Tag.ROTATE_LATEST, True, ItemType.BOOLEAN)
+    managed.save(ctx, new)
+    old = managed.load(ctx, uid)
+    old.set(Tag.ROTATE_LATEST, False, ItemType.BOOLEAN)
+    managed.save(ctx, old)
+    _audit(ctx, uid, new_uid, {
+        "policy": f"Rotate Interval of {uid}", "trigger": "rotate_interval",
+        "rotate_interval": int(interval or 0), "rotate_offset": int(offset or 0),
+        "rotate_generation": generation + 1})
+    return ManagedRotation(old.tenant, uid, new_uid)
+
+
+def _audit(ctx: OperationContext, uid: str, new_uid: str | None,
+           detail: dict[str, object]) -> None:
+    now = ctx.now
+    append_audit(ctx.session, AuditEvent(
+        principal=ROTATOR, operation=AUDIT_OPERATION,
+        result_status="SUCCESS" if new_uid else "OPERATION_FAILED",
+        correlation_id=uuid.uuid4().hex[:16], source="state-sweeper",
+        tenant=ctx.principal.tenant,
+        object_ids=(new_uid, uid) if new_uid else (uid,),
+        detail=detail), clock=lambda: now)  # type: ignore[arg-type]
+
+
+def _context(session: Session, keyring: Keyring, tenant: str, now: int,
+             trust_domain: str) -> OperationContext:
+    """The context of a Re-key made by the server for ``tenant``: as its administrator
+    (who may change any object of the tenant), in KMIP 2.1."""
+    principal = Principal(Role.ADMIN, trust_domain, tenant=tenant, name="kcm-rotation",
+                          uri=f"spiffe://{trust_domain}/tenant/{tenant}/admin/kcm-rotation")
+    random_bytes: Callable[[int], bytes] = keyring.random_bytes
+    return OperationContext(session=session, caller=Caller(principal, "state-sweeper"),
+                            version=(2, 1), now=now, keyring=keyring,  # type: ignore[arg-type]
+                            server_info=ServerInfo(), id_placeholder=IdPlaceholder(),
+                            random_bytes=random_bytes)

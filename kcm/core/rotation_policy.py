@@ -1,0 +1,193 @@
+"""Rotation policies: when a service key (L3) is replaced by a new version by itself.
+
+A policy has three settings, each optional:
+
+* ``interval`` — seconds a version stays current; once the current version is that old, the
+  state sweeper makes a new one (0: never by age);
+* ``max_uses`` — encryptions under one version (L4 seals and DEK wraps, as the gateways
+  and the core report them: :mod:`kcm.core.usage`) after which it is replaced (0: no cap);
+* ``overlap`` — seconds the replaced version stays Active after its successor exists, then
+  it is Deactivated (decrypt-only). Default :data:`DEFAULT_OVERLAP`;
+* ``managed_interval`` — not for service keys: the Rotate Interval (with Rotate Automatic)
+  a managed symmetric key created in the scope gets when its Create names neither
+  (:func:`managed_key_defaults`; the key then rotates by :mod:`kcm.core.managed_rotation`);
+* ``tenant_key_interval`` — at the default and tenant scopes: seconds a tenant key (L2) is
+  current before a new one replaces it (:mod:`kcm.core.tenant_rotation`, which then
+  re-wraps the tenant's keys and objects under it).
+
+Policies live at three scopes (table ``rotation_policies``): the deployment's default
+(``kcm core policy``), a tenant's (``kcm core tenant policy``), a service's (``kcm core
+service policy``). Each setting is taken from the narrowest scope that sets it
+(:func:`effective_policy`), and the effective policy says which scope gave the setting that
+triggered a rotation, for its audit record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from kcm.core.store.schema import RotationPolicy
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.tags import Tag
+
+__all__ = ["DEFAULT_OVERLAP", "EffectivePolicy", "PolicySettings", "clear_policy",
+           "effective_policy", "format_duration", "managed_key_defaults", "parse_duration",
+           "policies", "scope_name", "set_policy"]
+
+#: Seconds a replaced version stays Active when no policy says: long enough for every
+#: gateway to have learned of its successor (they do within a second when linked).
+DEFAULT_OVERLAP = 60
+
+_FIELDS = ("interval", "max_uses", "overlap", "managed_interval", "tenant_key_interval")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """One scope's settings as stored; None: not set here (inherited)."""
+
+    interval: int | None = None
+    max_uses: int | None = None
+    overlap: int | None = None
+    managed_interval: int | None = None
+    tenant_key_interval: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ValueError(f"{name} must be a whole number of at least 0")
+
+
+@dataclass(frozen=True, slots=True)
+class EffectivePolicy:
+    """The settings that apply to one service, and the scope each came from
+    (:func:`scope_name`; None: not set anywhere)."""
+
+    interval: int = 0
+    max_uses: int = 0
+    overlap: int = DEFAULT_OVERLAP
+    managed_interval: int = 0
+    tenant_key_interval: int = 0
+    interval_from: str | None = None
+    max_uses_from: str | None = None
+    overlap_from: str | None = None
+    managed_interval_from: str | None = None
+    tenant_key_interval_from: str | None = None
+
+    @property
+    def rotates(self) -> bool:
+        """Whether anything makes this service rotate by itself."""
+        return self.interval > 0 or self.max_uses > 0
+
+
+def scope_name(tenant: str, service: str) -> str:
+    """How a scope is named in audit records and listings: ``default``, ``tenant T``,
+    ``service T/S``."""
+    if not tenant:
+        return "default"
+    return f"tenant {tenant}" if not service else f"service {tenant}/{service}"
+
+
+def effective_policy(session: Session, tenant: str, service: str) -> EffectivePolicy:
+    """What applies to ``tenant``/``service``: each setting from the narrowest scope that
+    sets it (service, then tenant, then the default)."""
+    rows = {(row.tenant, row.service): row for row in session.scalars(
+        select(RotationPolicy).where(RotationPolicy.tenant.in_(("", tenant)),
+                                     RotationPolicy.service.in_(("", service))))}
+    return resolve([(scope, rows[scope]) for scope in ((tenant, service), (tenant, ""),
+                                                        ("", "")) if scope in rows])
+
+
+def resolve(scopes: Iterable[tuple[tuple[str, str], RotationPolicy | PolicySettings]]
+            ) -> EffectivePolicy:
+    """The effective policy of ``scopes``, narrowest first."""
+    values: dict[str, object] = {}
+    for (tenant, service), settings in scopes:
+        for name in _FIELDS:
+            value = getattr(settings, name)
+            if value is not None and name not in values:
+                values[name] = value
+                values[f"{name}_from"] = scope_name(tenant, service)
+    return EffectivePolicy(**values)  # type: ignore[arg-type]
+
+
+def managed_key_defaults(session: Session, tenant: str, service: str | None,
+                         attributes: list[Attribute]) -> list[Attribute]:
+    """``attributes`` of a new managed symmetric key of ``tenant`` (made by ``service``'s
+    application, or by no service), with Rotate Automatic and Rotate Interval added when
+    the scope's ``managed_interval`` is set and the client named neither."""
+    if any(a.tag in (Tag.ROTATE_AUTOMATIC, Tag.ROTATE_INTERVAL) for a in attributes):
+        return attributes
+    if session.scalar(select(RotationPolicy.tenant).where(
+            RotationPolicy.managed_interval > 0).limit(1)) is None:
+        return attributes  # the common case: one indexed look, nothing more
+    interval = effective_policy(session, tenant, service or "").managed_interval
+    if not interval:
+        return attributes
+    return [*attributes, Attribute.of(Tag.ROTATE_AUTOMATIC, True),
+            Attribute.of(Tag.ROTATE_INTERVAL, interval)]
+
+
+def policies(session: Session) -> dict[tuple[str, str], PolicySettings]:
+    """Every stored policy by scope (for the sweeper: one query per sweep)."""
+    return {(row.tenant, row.service): _settings(row)
+            for row in session.scalars(select(RotationPolicy))}
+
+
+def _settings(row: RotationPolicy) -> PolicySettings:
+    return PolicySettings(row.interval, row.max_uses, row.overlap, row.managed_interval,
+                          row.tenant_key_interval)
+
+
+def set_policy(session: Session, tenant: str, service: str, settings: PolicySettings, *,
+               now: int) -> PolicySettings:
+    """Change the given settings of a scope (those None in ``settings`` are kept); return
+    the scope's settings now."""
+    row = session.get(RotationPolicy, (tenant, service))
+    if row is None:
+        row = RotationPolicy(tenant=tenant, service=service, updated_at=now)
+        session.add(row)
+    for name in _FIELDS:
+        value = getattr(settings, name)
+        if value is not None:
+            setattr(row, name, value)
+    row.updated_at = now
+    session.flush()
+    return _settings(row)
+
+
+def clear_policy(session: Session, tenant: str, service: str) -> bool:
+    """Remove a scope's policy (it inherits everything again); whether there was one."""
+    return session.execute(delete(RotationPolicy).where(
+        RotationPolicy.tenant == tenant, RotationPolicy.service == service)).rowcount > 0
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of ``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w``; ValueError else."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 30d, 2w)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def format_duration(seconds: int | float | None, *, never: str = "never") -> str:
+    """``seconds`` in the largest unit that divides it (``30d``, ``90s``); ``never`` for 0
+    or None."""
+    if not seconds:
+        return never
+    seconds = int(seconds)
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+

@@ -1,0 +1,182 @@
+"""Tenant keys (L2) rotated, and what they wrap moved under the new one in bounded batches.
+
+:func:`rotate_tenant_key` makes a tenant's new L2 current (``kcm core tenant rotate``, or,
+through the sweeper, :func:`rotate_tenant_keys_due` when a tenant or default rotation
+policy's ``tenant_key_interval`` has passed) and deactivates the old one at
+once: from then on new objects and service keys are wrapped under the new L2, and the old
+one only unwraps. (A tenant administrator's KMIP Re-key of the L2 does the same, activating
+the new one at its Offset.)
+
+:func:`rewrap_step`, a step of the state sweeper, then moves the material still wrapped
+under a tenant key that is no longer Active (Deactivated or Compromised, with its material)
+to its tenant's current L2: at most :data:`REWRAP_BATCH` objects per sweep transaction,
+each unwrapped and wrapped again (the L3s' and objects' key bytes do not change: L4 tokens,
+records and gateways are unaffected); a full batch makes the next sweep come at once, in a
+transaction of its own, so requests are served between batches and none waits for the
+whole tenant. Every batch is an audit record ``RewrapObjects`` naming the tenant, the old
+and the new L2 and the objects moved. A request that read an object before its batch
+committed still unwraps it under the old L2, which stays until an operator destroys it;
+``kcm core tenant show`` counts what each L2 still wraps.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from kcm.core import managed
+from kcm.core.attribute_blob import decode_attributes
+from kcm.core.audit import AuditEvent, append_audit
+from kcm.core.hierarchy import provision_tenant
+from kcm.core.keyring import Keyring
+from kcm.core.rotation_policy import policies, resolve
+from kcm.core.store import repository
+from kcm.core.store.schema import (
+    LEVEL_TENANT_KEY,
+    STATE_ACTIVE,
+    STATE_COMPROMISED,
+    STATE_DEACTIVATED,
+    ManagedObject,
+)
+from kcm.kernel import lifecycle
+from kcm.kmip.tags import Tag
+from kcm.ttlv import ItemType
+
+__all__ = ["REWRAP_BATCH", "Rewrapped", "rewrap_step", "rotate_tenant_key",
+           "rotate_tenant_keys_due", "wrapped_counts"]
+
+#: Objects re-wrapped in one transaction at most.
+REWRAP_BATCH = 200
+AUDIT_OPERATION = "RewrapObjects"
+ROTATE_OPERATION = "RotateTenantKey"
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrapped:
+    """One batch: ``count`` objects of ``tenant`` moved from L2 ``old`` to ``new``;
+    ``more``: objects are left to move (the sweeper comes back at once)."""
+
+    tenant: str
+    old: str
+    new: str
+    count: int
+    more: bool
+
+    def __str__(self) -> str:
+        rest = "; more to move" if self.more else "; none left under it"
+        return (f"re-wrapped {self.count} objects of {self.tenant} from tenant key {self.old} "
+                f"to {self.new}{rest}")
+
+
+@dataclass(slots=True)
+class _Context:
+    """What :func:`kcm.core.managed.save` needs of an operation context."""
+
+    session: Session
+    now: int
+
+
+def rotate_tenant_key(session: Session, keyring: Keyring, tenant: str, *, now: int,
+                      by: str, reason: str,
+                      detail: dict[str, object] | None = None) -> tuple[str, list[str]]:
+    """A new current L2 for ``tenant``, every other Active one Deactivated now; (the new
+    L2's uid, the old ones' uids). Audited as ``RotateTenantKey`` by ``by``, for
+    ``reason`` (the command, or the policy that caused it)."""
+    old_rows = session.scalars(select(ManagedObject).where(
+        ManagedObject.tenant == tenant, ManagedObject.level == LEVEL_TENANT_KEY,
+        ManagedObject.state == STATE_ACTIVE)).all()
+    for row in old_rows:
+        obj = managed.StoredObject(row, decode_attributes(row.attributes))
+        obj.set(Tag.DEACTIVATION_DATE, now, ItemType.DATE_TIME)
+        obj.set(Tag.STATE, int(lifecycle.state_at(obj.state, lifecycle.LifecycleDates(
+            obj.value(Tag.ACTIVATION_DATE), now), now)))
+        managed.save(_Context(session, now), obj)  # type: ignore[arg-type]
+    session.flush()
+    keyring.forget_current(tenant)
+    new_uid = provision_tenant(session, keyring, tenant, now=now)
+    keyring.forget_current(tenant)
+    old = [row.uid for row in old_rows]
+    append_audit(session, AuditEvent(
+        principal=by, operation=ROTATE_OPERATION, result_status="SUCCESS",
+        correlation_id=uuid.uuid4().hex[:16], source="kcm-core", tenant=tenant,
+        object_ids=(new_uid, *old), detail={"reason": reason, **(detail or {})}),  # type: ignore[arg-type]
+        clock=lambda: now)
+    return new_uid, old
+
+
+def rotate_tenant_keys_due(session: Session, keyring: Keyring, now: float) -> list[str]:
+    """Rotate every tenant key older than its tenant's ``tenant_key_interval`` (a rotation
+    policy at the tenant or default scope); describe each rotation."""
+    stored = policies(session)
+    if not any(settings.tenant_key_interval for settings in stored.values()):
+        return []
+    seconds = int(now)
+    done = []
+    for row in session.scalars(select(ManagedObject).where(
+            ManagedObject.level == LEVEL_TENANT_KEY, ManagedObject.state == STATE_ACTIVE)
+            .order_by(ManagedObject.tenant, ManagedObject.created_seq.desc())).all():
+        policy = resolve([(scope, stored[scope]) for scope in ((row.tenant, ""), ("", ""))
+                          if scope in stored])
+        since = row.activation_date or row.initial_date or seconds
+        if not policy.tenant_key_interval or seconds - since < policy.tenant_key_interval:
+            continue
+        if row.state != STATE_ACTIVE:
+            continue  # retired just now, with a newer one of its tenant
+        scope = policy.tenant_key_interval_from or "default"
+        new, old = rotate_tenant_key(
+            session, keyring, row.tenant, now=seconds, by="kcm-core/rotation",
+            reason=f"the tenant_key_interval ({policy.tenant_key_interval} s) of the "
+                   f"{scope} policy", detail={"policy": scope, "trigger": "tenant_key_interval",
+                                              "interval": policy.tenant_key_interval,
+                                              "age": seconds - since})
+        done.append(f"tenant {row.tenant}: tenant key {new} replaced {', '.join(old)} by the "
+                    f"tenant_key_interval of the {scope} policy")
+    return done
+
+
+def rewrap_step(session: Session, keyring: Keyring, now: float, *,
+                batch: int = REWRAP_BATCH) -> list[Rewrapped]:
+    """Move one batch of objects from a retired L2 to its tenant's current one (the first
+    retired L2 that still wraps something and whose tenant has a current L2)."""
+    retired = session.scalars(select(ManagedObject).where(
+        ManagedObject.level == LEVEL_TENANT_KEY,
+        ManagedObject.state.in_((STATE_DEACTIVATED, STATE_COMPROMISED)),
+        ManagedObject.material.is_not(None)).order_by(ManagedObject.created_seq)).all()
+    for old in retired:
+        rows = session.scalars(select(ManagedObject).where(
+            ManagedObject.wrapped_by == old.uid, ManagedObject.tenant == old.tenant,
+            ManagedObject.material.is_not(None)).order_by(ManagedObject.created_seq)
+            .limit(batch + 1)).all()
+        if not rows:
+            continue
+        current = repository.find_l2(session, old.tenant, active_only=True)
+        if current is None:
+            continue  # nothing to move it to (a tenant whose every L2 was revoked)
+        keyring.forget_current(old.tenant)
+        moved = []
+        for row in rows[:batch]:
+            plaintext = keyring.unwrap(session, row)
+            blob, l2 = keyring.wrap_for_tenant(session, row.tenant, row.uid, plaintext)
+            repository.update_object(session, row, material=blob, wrapped_by=l2)
+            moved.append(row.uid)
+        done = Rewrapped(old.tenant, old.uid, current.uid, len(moved), len(rows) > batch)
+        append_audit(session, AuditEvent(
+            principal="kcm-core/rotation", operation=AUDIT_OPERATION, result_status="SUCCESS",
+            correlation_id=uuid.uuid4().hex[:16], source="state-sweeper", tenant=old.tenant,
+            object_ids=tuple(moved),
+            detail={"from": old.uid, "to": current.uid, "count": len(moved),
+                    "more": done.more}), clock=lambda: now)
+        return [done]
+    return []
+
+
+def wrapped_counts(session: Session, tenant: str) -> dict[str, int]:
+    """How many objects (with material) each wrapping key of ``tenant`` wraps, by its uid
+    (``L1`` for the tenant keys themselves)."""
+    return dict(session.execute(
+        select(ManagedObject.wrapped_by, func.count())
+        .where(ManagedObject.tenant == tenant, ManagedObject.material.is_not(None))
+        .group_by(ManagedObject.wrapped_by)).all())

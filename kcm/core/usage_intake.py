@@ -1,0 +1,84 @@
+"""Usage reports from the gateways into the store (:mod:`kcm.core.usage`), and the state
+sweeper woken when one of them brings a service key to its usage cap.
+
+Reports arrive on the reactor from every link (USAGE_REPORT, docs/link-protocol.md); they are
+added up in memory and written in one transaction at most every ``delay`` seconds (one
+transaction at a time), so many gateways reporting often cost the store little. When a
+write finds the current version of a service at its policy's cap
+(:func:`kcm.core.auto_rotation.cap_reached`), ``on_cap_reached`` is called: kcm-core asks
+its state sweeper to sweep now rather than at its next tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy.orm import Session
+from twisted.logger import Logger
+
+from kcm.core.auto_rotation import cap_reached
+from kcm.core.store.engine import Store
+from kcm.core.usage import add_uses
+
+__all__ = ["UsageIntake"]
+
+log = Logger()
+
+
+class UsageIntake:
+    """Adds up reported counts and writes them, batched."""
+
+    def __init__(self, store: Store, clock: Any, *, on_cap_reached: Callable[[], None],
+                 delay: float = 0.05) -> None:
+        self._store = store
+        self._clock = clock
+        self._on_cap_reached = on_cap_reached
+        self.delay = delay
+        self._pending: dict[str, int] = {}
+        self._scheduled: Any = None
+        self._writing = False
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Counts one gateway reported (L3 uid -> encryptions since its last report)."""
+        for uid, count in counts.items():
+            if count > 0:
+                self._pending[uid] = self._pending.get(uid, 0) + count
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._pending and self._scheduled is None and not self._writing:
+            self._scheduled = self._clock.callLater(self.delay, self._write)
+
+    def _write(self) -> Any:
+        self._scheduled = None
+        counts, self._pending = self._pending, {}
+        self._writing = True
+        now = int(self._clock.seconds())
+
+        def work(session: Session) -> bool:
+            add_uses(session, counts, now=now)
+            return cap_reached(session, counts)
+
+        def done(reached: bool) -> None:
+            if reached:
+                self._on_cap_reached()
+
+        def failed(failure: Any) -> None:
+            log.failure("recording {count} usage counts failed; they are lost", failure,
+                        count=len(counts))
+
+        def next_batch(_: object) -> None:
+            self._writing = False
+            self._schedule()
+
+        d = self._store.run(work)
+        d.addCallbacks(done, failed)
+        d.addBoth(next_batch)
+        return d
+
+    def stop(self) -> None:
+        """Forget what is pending (the core stops)."""
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None

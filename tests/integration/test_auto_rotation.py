@@ -1,0 +1,173 @@
+"""Automatic rotation of service keys, in one process: policies, what makes a version due,
+what a rotation does to the versions, the events and the audit log
+(:mod:`kcm.core.auto_rotation`, :mod:`kcm.core.rotation_policy`, :mod:`kcm.core.usage`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from kcm.core.auto_rotation import due_trigger, rotate_due
+from kcm.core.rotation_policy import (
+    DEFAULT_OVERLAP,
+    PolicySettings,
+    clear_policy,
+    effective_policy,
+    format_duration,
+    parse_duration,
+    set_policy,
+)
+from kcm.core.state_sweeper import sweep_due_states
+from kcm.core.store import repository
+from kcm.core.store.schema import AuditLog
+from kcm.core.usage import add_uses, uses_of
+from kcm.kmip.enums import State
+from tests.core_support import CoreHarness
+
+
+def _versions(core: CoreHarness, tenant: str = "demo", service: str = "app"):
+    return core.store.run_sync(lambda s: [(r.key_version, r.uid, r.state, r.deactivation_date)
+                                          for r in repository.find_l3(s, tenant, service)])
+
+
+def _policy(core: CoreHarness, tenant: str, service: str, **settings: int) -> None:
+    core.store.run_sync(lambda s: set_policy(s, tenant, service, PolicySettings(**settings),
+                                             now=0))
+
+
+def _rotate(core: CoreHarness, now: float):
+    return core.store.run_sync(lambda s: rotate_due(s, core.keyring, now))
+
+
+def _audit(core: CoreHarness, operation: str) -> list[dict]:
+    return core.store.run_sync(lambda s: [
+        {"objects": row.object_ids, "principal": row.principal,
+         "detail": json.loads(row.detail) if row.detail else None}
+        for row in s.scalars(select(AuditLog).where(AuditLog.operation == operation)
+                             .order_by(AuditLog.seq))])
+
+
+def test_each_setting_comes_from_the_narrowest_scope_that_sets_it(core: CoreHarness) -> None:
+    _policy(core, "", "", interval=3600, overlap=10)
+    _policy(core, "demo", "", max_uses=1000)
+    _policy(core, "demo", "app", interval=60)
+    effective = core.store.run_sync(lambda s: effective_policy(s, "demo", "app"))
+    assert (effective.interval, effective.interval_from) == (60, "service demo/app")
+    assert (effective.max_uses, effective.max_uses_from) == (1000, "tenant demo")
+    assert (effective.overlap, effective.overlap_from) == (10, "default")
+    other = core.store.run_sync(lambda s: effective_policy(s, "other", "app"))
+    assert (other.interval, other.max_uses, other.interval_from) == (3600, 0, "default")
+    core.store.run_sync(lambda s: clear_policy(s, "demo", "app"))
+    assert core.store.run_sync(lambda s: effective_policy(s, "demo", "app")).interval == 3600
+    nothing = core.store.run_sync(lambda s: effective_policy(s, "other", "none"))
+    assert nothing.overlap == 10 and not core.store.run_sync(
+        lambda s: effective_policy(s, "x", "y")).max_uses
+
+
+def test_without_a_policy_nothing_rotates(core: CoreHarness) -> None:
+    before = _versions(core)
+    assert _rotate(core, 4_000_000_000) == []
+    assert _versions(core) == before
+
+
+def test_a_version_older_than_the_interval_is_replaced_and_retired_after_the_overlap(
+        core: CoreHarness) -> None:
+    [(_, old_uid, _, _)] = _versions(core)
+    activated = core.store.run_sync(lambda s: repository.get_l3(s, old_uid).activation_date)
+    _policy(core, "demo", "app", interval=2, overlap=5)
+    head = core.store.run_sync(repository.outbox_head)
+    assert _rotate(core, activated + 1) == []
+    [rotation] = _rotate(core, activated + 2)
+    assert (rotation.trigger, rotation.policy, rotation.version) == (
+        "interval", "service demo/app", 2)
+    new, old = _versions(core)
+    assert new[:3] == (2, rotation.uid, State.ACTIVE)
+    # The old version is still Active (the overlap), then Deactivated by the date sweep.
+    assert old == (1, old_uid, State.ACTIVE, activated + 2 + 5)
+    events = core.store.run_sync(lambda s: repository.outbox_since(s, head))
+    assert [e.kind for e in events] == ["l3.rotated"]
+    assert core.store.run_sync(lambda s: sweep_due_states(s, activated + 7)) == [old_uid]
+    assert _versions(core)[1][2] == State.DEACTIVATED
+    # Other services are not touched, and the new version is not due yet.
+    assert len(_versions(core, "demo", "billing")) == 1
+    assert _rotate(core, activated + 3) == []
+    [record] = _audit(core, "AutoRotate")
+    assert record["principal"] == "kcm-core/rotation"
+    assert record["detail"]["policy"] == "service demo/app"
+    assert record["detail"]["trigger"] == "interval"
+    assert record["detail"]["interval"] == 2 and record["detail"]["previous_version"] == 1
+
+
+def test_with_no_overlap_the_old_version_is_deactivated_at_once(core: CoreHarness) -> None:
+    [(_, old_uid, _, _)] = _versions(core)
+    _policy(core, "", "", interval=1, overlap=0)
+    rotations = _rotate(core, 4_000_000_000)
+    assert {(r.tenant, r.service) for r in rotations} == {
+        ("demo", "app"), ("demo", "billing"), ("other", "app")}
+    assert {r.policy for r in rotations} == {"default"}
+    assert _versions(core)[1][:3] == (1, old_uid, State.DEACTIVATED)
+
+
+def test_a_usage_cap_reached_rotates(core: CoreHarness) -> None:
+    [(_, uid, _, _)] = _versions(core)
+    _policy(core, "demo", "", max_uses=1000)
+    core.store.run_sync(lambda s: add_uses(s, {uid: 600}, now=0))
+    assert _rotate(core, 1) == []
+    core.store.run_sync(lambda s: add_uses(s, {uid: 450, "l3-unknown": 0}, now=0))
+    assert core.store.run_sync(lambda s: uses_of(s, [uid])) == {uid: 1050}
+    [rotation] = _rotate(core, 2)
+    assert (rotation.trigger, rotation.policy) == ("max_uses", "tenant demo")
+    [record] = _audit(core, "AutoRotate")
+    assert record["detail"]["uses"] == 1050 and record["detail"]["max_uses"] == 1000
+    # The new version starts from nothing; more uses of the old one change nothing.
+    core.store.run_sync(lambda s: add_uses(s, {uid: 10}, now=0))
+    assert _rotate(core, 3) == []
+
+
+def test_rotation_keeps_the_kmip_2_1_rotation_attributes(core: CoreHarness) -> None:
+    from kcm.core.attribute_blob import decode_attributes
+    from kcm.kmip.tags import Tag
+
+    [(_, old_uid, _, _)] = _versions(core)
+    _policy(core, "demo", "app", interval=1)
+    [first] = _rotate(core, 4_000_000_000)
+    [second] = _rotate(core, 4_000_000_010)
+
+    def attributes(uid):
+        row = core.store.run_sync(lambda s: repository.get_l3(s, uid))
+        return {a.tag: a.typed for a in decode_attributes(row.attributes)}
+
+    assert attributes(first.uid)[Tag.ROTATE_GENERATION] == 1
+    assert attributes(second.uid)[Tag.ROTATE_GENERATION] == 2
+    assert attributes(second.uid)[Tag.ROTATE_LATEST] is True
+    assert attributes(second.uid)[Tag.ROTATE_DATE] == 4_000_000_010
+    assert attributes(first.uid)[Tag.ROTATE_LATEST] is False
+    assert attributes(old_uid)[Tag.ROTATE_LATEST] is False
+
+
+def test_due_trigger() -> None:
+    from kcm.core.rotation_policy import EffectivePolicy
+
+    policy = EffectivePolicy(interval=10, max_uses=5)
+    assert due_trigger(policy, 9, 4) is None
+    assert due_trigger(policy, 10, 0) == "interval"
+    assert due_trigger(policy, 0, 5) == "max_uses"
+    assert due_trigger(EffectivePolicy(), 10**9, 10**9) is None
+    assert EffectivePolicy().overlap == DEFAULT_OVERLAP
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900),
+                                                ("12h", 43200), ("30d", 2592000),
+                                                ("2w", 1209600)])
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+    with pytest.raises(ValueError):
+        PolicySettings(interval=-1)

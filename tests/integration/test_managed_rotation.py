@@ -1,0 +1,136 @@
+"""Managed keys that rotate by themselves, by their KMIP 2.1 rotation attributes (Rotate
+Automatic, Rotate Interval, Rotate Offset; Rotate Date, Rotate Generation and Rotate Latest
+kept by the server): :mod:`kcm.core.managed_rotation`, in one process."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import select
+
+from kcm.core.managed_rotation import rotate_managed_due
+from kcm.core.store.schema import AuditLog
+from kcm.kmip.attributes import Attribute, Link
+from kcm.kmip.enums import LinkType, Operation, State
+from kcm.kmip.payloads import (
+    AddAttributeRequest,
+    GetAttributesRequest,
+    LocateRequest,
+    ModifyAttributeRequest,
+)
+from kcm.kmip.tags import Tag
+from tests.core_support import CoreHarness
+from tests.integration.test_core_objects import PAST, attributes_of, name, ok, register, row
+
+ROTATION_TAGS = (Tag.ROTATE_AUTOMATIC, Tag.ROTATE_INTERVAL, Tag.ROTATE_OFFSET,
+                 Tag.ROTATE_DATE, Tag.ROTATE_GENERATION, Tag.ROTATE_LATEST)
+
+
+def automatic(interval: int, **extra: int) -> list[Attribute]:
+    attributes = [Attribute.of(Tag.ROTATE_AUTOMATIC, True),
+                  Attribute.of(Tag.ROTATE_INTERVAL, interval)]
+    if "offset" in extra:
+        attributes.append(Attribute.of(Tag.ROTATE_OFFSET, extra["offset"]))
+    return attributes
+
+
+def sweep(core: CoreHarness, now: float):
+    return core.store.run_sync(lambda s: rotate_managed_due(s, core.keyring, now))
+
+
+def test_a_key_with_rotate_automatic_is_re_keyed_when_its_interval_passes(
+        core: CoreHarness) -> None:
+    old = register(core, attributes=[name("rotating"), PAST, *automatic(3600)])
+    assert row(core, old).rotate_due == 946_684_800 + 3600
+    plain = register(core, attributes=[name("plain"), PAST])
+    assert row(core, plain).rotate_due is None
+    assert sweep(core, 946_684_800 + 3599) == []
+    now = int(time.time())
+    [rotation] = sweep(core, now)
+    assert rotation.uid == old and rotation.error is None
+    new = rotation.replacement
+    got = attributes_of(core, new, Tag.NAME, Tag.LINK, Tag.STATE, *ROTATION_TAGS)
+    assert [n.value for n in got[Tag.NAME]] == ["rotating"]
+    assert got[Tag.LINK] == [Link(link_type=LinkType.REPLACED_OBJECT_LINK,
+                                  linked_object_identifier=old)]
+    assert got[Tag.STATE] == [State.ACTIVE]  # Rotate Offset unset: active at once
+    assert got[Tag.ROTATE_AUTOMATIC] == [True] and got[Tag.ROTATE_INTERVAL] == [3600]
+    assert got[Tag.ROTATE_DATE] == [now]
+    assert got[Tag.ROTATE_GENERATION] == [1]
+    assert got[Tag.ROTATE_LATEST] == [True]
+    assert row(core, new).rotate_due == now + 3600
+    previous = attributes_of(core, old, Tag.LINK, Tag.ROTATE_LATEST, Tag.STATE)
+    assert previous[Tag.ROTATE_LATEST] == [False]
+    assert previous[Tag.LINK] == [Link(link_type=LinkType.REPLACEMENT_OBJECT_LINK,
+                                       linked_object_identifier=new)]
+    assert row(core, old).rotate_due is None  # not the latest any more: never again
+    # The next rotation counts on.
+    [again] = sweep(core, now + 3600)
+    assert attributes_of(core, again.replacement, Tag.ROTATE_GENERATION)[
+        Tag.ROTATE_GENERATION] == [2]
+    assert sweep(core, now + 3601) == []
+
+    records = core.store.run_sync(lambda s: [
+        (r.principal, json.loads(r.object_ids), json.loads(r.detail))
+        for r in s.scalars(select(AuditLog).where(AuditLog.operation == "AutoRotate"))])
+    assert records[0] == ("kcm-core/rotation", [new, old], {
+        "policy": f"Rotate Interval of {old}", "trigger": "rotate_interval",
+        "rotate_interval": 3600, "rotate_offset": 0, "rotate_generation": 1})
+
+
+def test_rotate_offset_delays_the_replacement(core: CoreHarness) -> None:
+    old = register(core, attributes=[PAST, *automatic(60, offset=600)])
+    now = int(time.time())
+    [rotation] = sweep(core, now)
+    got = attributes_of(core, rotation.replacement, Tag.ACTIVATION_DATE, Tag.STATE)
+    assert got[Tag.ACTIVATION_DATE] == [now + 600]
+    assert got[Tag.STATE] == [State.PRE_ACTIVE]
+    assert row(core, old).rotate_due is None
+
+
+def test_turning_rotate_automatic_on_and_off_with_attribute_operations(
+        core: CoreHarness) -> None:
+    uid = register(core, attributes=[PAST, Attribute.of(Tag.ROTATE_INTERVAL, 60)])
+    assert row(core, uid).rotate_due is None  # an interval alone does not rotate
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.ROTATE_AUTOMATIC, True)))
+    assert row(core, uid).rotate_due == 946_684_800 + 60
+    ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.ROTATE_AUTOMATIC, False)))
+    assert row(core, uid).rotate_due is None
+    assert sweep(core, time.time()) == []
+
+
+def test_rotation_attributes_are_answered_only_in_2_x(core: CoreHarness) -> None:
+    uid = register(core, attributes=[PAST, *automatic(60)])
+    sweep(core, time.time())
+    answer = ok(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(
+        unique_identifier=uid, attribute_references=[]), version=(1, 4))
+    assert not {a.tag for a in answer.attributes or []} & set(ROTATION_TAGS)
+    found = ok(core, Operation.LOCATE, LocateRequest(attributes=[
+        Attribute.of(Tag.ROTATE_LATEST, False)]))
+    assert found.unique_identifiers == [uid]
+
+
+
+
+def test_a_policy_gives_new_managed_keys_their_rotate_interval(core: CoreHarness) -> None:
+    from kcm.core.rotation_policy import PolicySettings, set_policy
+    from kcm.kmip.payloads import CreateRequest
+    from kcm.testing.requests import aes256
+
+    def create(*extra: Attribute) -> str:
+        return ok(core, Operation.CREATE, CreateRequest(
+            object_type=1 + 1, attributes=aes256(list(extra)))).unique_identifier
+
+    before = create()
+    core.store.run_sync(lambda s: set_policy(s, "demo", "", PolicySettings(
+        managed_interval=86400), now=0))
+    after = create()
+    own = create(Attribute.of(Tag.ROTATE_INTERVAL, 60))
+    assert Tag.ROTATE_INTERVAL not in attributes_of(core, before, Tag.ROTATE_INTERVAL)
+    got = attributes_of(core, after, Tag.ROTATE_INTERVAL, Tag.ROTATE_AUTOMATIC)
+    assert got == {Tag.ROTATE_INTERVAL: [86400], Tag.ROTATE_AUTOMATIC: [True]}
+    assert attributes_of(core, own, Tag.ROTATE_INTERVAL, Tag.ROTATE_AUTOMATIC) == {
+        Tag.ROTATE_INTERVAL: [60]}

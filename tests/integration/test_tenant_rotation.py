@@ -1,0 +1,90 @@
+"""Tenant key (L2) rotation and the re-wrap that follows it, in bounded batches
+(:mod:`kcm.core.tenant_rotation`), in one process."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+
+from kcm.core.store import repository
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, AuditLog, ManagedObject
+from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_key, wrapped_counts
+from kcm.kmip.enums import Operation, State
+from kcm.kmip.payloads import GetRequest
+from tests.core_support import CoreHarness
+from tests.integration.test_core_objects import PAST, ok, register
+
+
+def _rotate(core: CoreHarness) -> tuple[str, list[str]]:
+    return core.store.run_sync(lambda s: rotate_tenant_key(
+        s, core.keyring, "demo", now=2_000_000_000, by="test", reason="test"))
+
+
+def test_a_new_tenant_key_wraps_what_comes_and_the_sweeper_moves_the_rest_in_batches(
+        core: CoreHarness) -> None:
+    objects = [register(core, attributes=[PAST]) for _ in range(7)]
+    old_l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo").uid)
+    before = core.store.run_sync(lambda s: wrapped_counts(s, "demo"))
+    assert before[old_l2] == 7 + 2  # the objects and the two L3s (app, billing)
+
+    new_l2, retired = _rotate(core)
+    assert retired == [old_l2] and new_l2 != old_l2
+    states = core.store.run_sync(lambda s: {
+        r.uid: r.state for r in s.scalars(select(ManagedObject).where(
+            ManagedObject.uid.in_((old_l2, new_l2))))})
+    assert states == {old_l2: State.DEACTIVATED, new_l2: State.ACTIVE}
+    fresh = register(core, attributes=[PAST])
+    assert core.store.run_sync(lambda s: repository.get_object(s, "demo", fresh)).wrapped_by \
+        == new_l2
+
+    batches = []
+    while done := core.store.run_sync(lambda s: rewrap_step(s, core.keyring, 2_000_000_001,
+                                                            batch=4)):
+        batches += done
+    assert [(b.count, b.more) for b in batches] == [(4, True), (4, True), (1, False)]
+    after = core.store.run_sync(lambda s: wrapped_counts(s, "demo"))
+    assert old_l2 not in after and after[new_l2] == 7 + 2 + 1
+    # Everything still opens, the L3s included (their key bytes did not change).
+    for uid in [*objects, fresh]:
+        ok(core, Operation.GET, GetRequest(unique_identifier=uid))
+    l3s = core.store.run_sync(lambda s: [r.uid for r in s.scalars(select(ManagedObject).where(
+        ManagedObject.tenant == "demo", ManagedObject.level == LEVEL_SERVICE_KEY))])
+    for l3 in l3s:
+        core.store.run_sync(lambda s, uid=l3: core.keyring.unwrap(
+            s, repository.get_object(s, "demo", uid)))
+    # The other tenant was not touched, and nothing is left to do.
+    assert core.store.run_sync(lambda s: rewrap_step(s, core.keyring, 2_000_000_002)) == []
+    records = core.store.run_sync(lambda s: [
+        (r.operation, json.loads(r.detail)) for r in s.scalars(select(AuditLog).where(
+            AuditLog.operation.in_(("RewrapObjects", "RotateTenantKey"))))])
+    assert [op for op, _ in records] == ["RotateTenantKey"] + ["RewrapObjects"] * 3
+    assert records[1][1] == {"from": old_l2, "to": new_l2, "count": 4, "more": True}
+
+
+def test_a_tenant_policy_rotates_the_tenant_key_when_it_is_old_enough(core: CoreHarness) -> None:
+    from kcm.core.rotation_policy import PolicySettings, set_policy
+    from kcm.core.tenant_rotation import rotate_tenant_keys_due
+
+    l2s = core.store.run_sync(lambda s: {t: repository.find_l2(s, t) for t in ("demo", "other")})
+    created = l2s["demo"].activation_date
+    assert core.store.run_sync(lambda s: rotate_tenant_keys_due(
+        s, core.keyring, created + 10**6)) == []  # no policy: nothing
+    core.store.run_sync(lambda s: set_policy(s, "demo", "", PolicySettings(
+        tenant_key_interval=3600), now=0))
+    assert core.store.run_sync(lambda s: rotate_tenant_keys_due(
+        s, core.keyring, created + 3599)) == []
+    [done] = core.store.run_sync(lambda s: rotate_tenant_keys_due(
+        s, core.keyring, created + 3600))
+    assert "tenant demo" in done and "tenant demo policy" in done
+    current = core.store.run_sync(lambda s: {t: repository.find_l2(s, t).uid
+                                             for t in ("demo", "other")})
+    assert current["demo"] != l2s["demo"].uid and current["other"] == l2s["other"].uid
+    [record] = core.store.run_sync(lambda s: [
+        json.loads(r.detail) for r in s.scalars(select(AuditLog).where(
+            AuditLog.operation == "RotateTenantKey"))])
+    assert record["policy"] == "tenant demo" and record["trigger"] == "tenant_key_interval"
+    assert record["interval"] == 3600 and record["age"] == 3600
+    # The new one is young: nothing more until it is as old.
+    assert core.store.run_sync(lambda s: rotate_tenant_keys_due(
+        s, core.keyring, created + 3601)) == []

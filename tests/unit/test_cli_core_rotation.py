@@ -1,0 +1,76 @@
+"""``kcm core policy``, ``kcm core tenant policy|rotate``, ``kcm core service policy|show`` on
+a real SQLite deployment (the commands of automatic rotation, docs/operations.md)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from tests.unit.test_cli_core_inventory import deployment, json_lines, kcm  # noqa: F401
+
+
+def test_policies_are_set_shown_inherited_and_cleared(deployment: Path, capsys) -> None:  # noqa: F811
+    c = ("-c", str(deployment))
+    status, out, _ = kcm(capsys, "core", "policy", "--interval", "90d", "--overlap", "1h", *c)
+    assert status == 0 and "interval 90d (from the default policy)" in out
+    kcm(capsys, "core", "tenant", "policy", "demo", "--max-uses", "1000",
+        "--tenant-key-interval", "365d", *c)
+    status, out, _ = kcm(capsys, "core", "service", "policy", "demo", "app", "--interval",
+                         "30d", "--json", *c)
+    shown = json.loads(out)
+    assert shown["scope"] == "service demo/app"
+    assert shown["set_here"]["interval"] == 30 * 86400
+    effective = shown["effective"]
+    assert (effective["interval"], effective["interval_from"]) == (2592000, "service demo/app")
+    assert (effective["max_uses"], effective["max_uses_from"]) == (1000, "tenant demo")
+    assert (effective["overlap"], effective["overlap_from"]) == (3600, "default")
+    status, out, _ = kcm(capsys, "core", "service", "policy", "demo", "app", "--clear", *c)
+    assert "nothing set here, all inherited" in out and "interval 90d" in out
+    # Every change is audited, and the chain still verifies.
+    status, out, _ = kcm(capsys, "audit", "tail", "-n", "4", *c)
+    assert [r["operation"] for r in json_lines(out)] == ["SetRotationPolicy"] * 4
+    assert kcm(capsys, "audit", "verify", *c)[0] == 0
+
+
+def test_policy_commands_refuse_what_is_not_there(deployment: Path, capsys) -> None:  # noqa: F811
+    c = ("-c", str(deployment))
+    assert kcm(capsys, "core", "tenant", "policy", "nobody", "--interval", "1d", *c) == (
+        2, "", "kcm core tenant policy: error: no tenant 'nobody'\n")
+    status, _, err = kcm(capsys, "core", "service", "policy", "demo", "nope", "--interval",
+                         "1d", *c)
+    assert status == 2 and "has no service nope" in err
+    status, _, err = kcm(capsys, "core", "policy", "--interval", "soon", *c)
+    assert status == 2 and "not a duration" in err
+    status, _, err = kcm(capsys, "core", "service", "policy", "demo", "app",
+                         "--tenant-key-interval", "1d", *c)
+    assert status == 2 and "tenant's (or the default) setting" in err
+
+
+def test_service_show_lists_versions_states_ages_and_uses(deployment: Path, capsys) -> None:  # noqa: F811
+    c = ("-c", str(deployment))
+    status, out, _ = kcm(capsys, "core", "service", "show", "demo", "app", "--json", *c)
+    shown = json.loads(out)
+    assert [(v["version"], v["state"], v["current"], v["uses"]) for v in shown["versions"]] \
+        == [(2, "ACTIVE", True, 0), (1, "ACTIVE", False, 0)]
+    assert all(v["age"] >= 0 for v in shown["versions"])
+    status, out, _ = kcm(capsys, "core", "service", "show", "demo", "app", *c)
+    assert out.startswith("service demo/app\n  version 2  l3-") and "current" in out
+    assert kcm(capsys, "core", "service", "show", "demo", "nope", *c)[0] == 2
+
+
+def test_tenant_rotate_then_show_counts_what_each_tenant_key_wraps(deployment: Path,  # noqa: F811
+                                                                   capsys) -> None:
+    c = ("-c", str(deployment))
+    status, out, _ = kcm(capsys, "core", "tenant", "rotate", "demo", *c)
+    assert status == 0 and "deactivated" in out
+    status, out, _ = kcm(capsys, "core", "tenant", "show", "demo", "--json", *c)
+    keys = json.loads(out)["tenant_keys"]
+    assert [(k["state"], k["wraps"]) for k in keys] == [("DEACTIVATED", 2), ("ACTIVE", 0)]
+    assert kcm(capsys, "core", "tenant", "rotate", "nobody", *c)[0] == 2
+    # Removing a tenant takes its policies and usage counts with it.
+    kcm(capsys, "core", "tenant", "policy", "other", "--interval", "1d", *c)
+    assert kcm(capsys, "core", "tenant", "remove", "other", "--yes", *c)[0] == 0
+    with sqlite3.connect(deployment.parent / "kcm.db") as db:
+        assert db.execute("SELECT count(*) FROM rotation_policies").fetchone() == (0,)
+    assert kcm(capsys, "audit", "verify", *c)[0] == 0

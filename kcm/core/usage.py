@@ -4,7 +4,9 @@ and counted by the core for its own L4 work. A usage cap in a rotation policy
 (:mod:`kcm.core.rotation_policy`) is judged against these counts.
 
 Counts only grow, and a report adds to them: two gateways reporting the same version add
-up. Blocking functions run in a store transaction.
+up. Counts for a uid that names no service key (a gateway's mistake, or a key removed with
+its tenant meanwhile) are dropped, so the table holds one row per real version at most.
+Blocking functions run in a store transaction.
 """
 
 from __future__ import annotations
@@ -14,16 +16,23 @@ from collections.abc import Iterable, Mapping
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from kcm.core.store.schema import L3Usage
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, L3Usage, ManagedObject
 
 __all__ = ["add_uses", "uses_of"]
 
 
 def add_uses(session: Session, counts: Mapping[str, int], *, now: int) -> None:
-    """Add ``counts`` (L3 uid -> encryptions since the last report) to the stored counts."""
-    for uid, count in counts.items():
-        if count <= 0:
+    """Add ``counts`` (L3 uid -> encryptions since the last report) to the stored counts;
+    those of uids that name no service key are dropped."""
+    wanted = [uid for uid, count in counts.items() if count > 0]
+    if not wanted:
+        return
+    known = set(session.scalars(select(ManagedObject.uid).where(
+        ManagedObject.uid.in_(wanted), ManagedObject.level == LEVEL_SERVICE_KEY)))
+    for uid in wanted:
+        if uid not in known:
             continue
+        count = counts[uid]
         updated = session.execute(update(L3Usage).where(L3Usage.uid == uid).values(
             uses=L3Usage.uses + count, reported_at=now))
         if updated.rowcount == 0:

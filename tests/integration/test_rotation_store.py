@@ -39,8 +39,8 @@ def test_rotation_on_both_backends(store: Store) -> None:  # noqa: F811
 
     store.run_sync(lambda s: add_uses(s, {v1: 6}, now=1001))
     assert not store.run_sync(lambda s: cap_reached(s, [v1]))
-    store.run_sync(lambda s: add_uses(s, {v1: 4}, now=1002))
-    assert store.run_sync(lambda s: uses_of(s, [v1])) == {v1: 10}
+    store.run_sync(lambda s: add_uses(s, {v1: 4, "l3-no-such-key": 7}, now=1002))
+    assert store.run_sync(lambda s: uses_of(s, [v1, "l3-no-such-key"])) == {v1: 10}
     assert store.run_sync(lambda s: cap_reached(s, [v1]))
     [by_cap] = store.run_sync(lambda s: rotate_due(s, keyring, 1003))
     assert by_cap.trigger == "max_uses"

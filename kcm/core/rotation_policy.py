@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from kcm.core.store.repository import forget_memo, transaction_memo
 from kcm.core.store.schema import RotationPolicy
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.tags import Tag
@@ -117,6 +118,10 @@ def resolve(scopes: Iterable[tuple[tuple[str, str], RotationPolicy | PolicySetti
     return EffectivePolicy(**values)  # type: ignore[arg-type]
 
 
+#: Whether any scope sets a managed-key interval (read once per transaction).
+_ANY_MANAGED_INTERVAL = "kcm.rotation.any_managed_interval"
+
+
 def managed_key_defaults(session: Session, tenant: str, service: str | None,
                          attributes: list[Attribute]) -> list[Attribute]:
     """``attributes`` of a new managed symmetric key of ``tenant`` (made by ``service``'s
@@ -124,9 +129,10 @@ def managed_key_defaults(session: Session, tenant: str, service: str | None,
     the scope's ``managed_interval`` is set and the client named neither."""
     if any(a.tag in (Tag.ROTATE_AUTOMATIC, Tag.ROTATE_INTERVAL) for a in attributes):
         return attributes
-    if session.scalar(select(RotationPolicy.tenant).where(
-            RotationPolicy.managed_interval > 0).limit(1)) is None:
-        return attributes  # the common case: one indexed look, nothing more
+    if not transaction_memo(session, _ANY_MANAGED_INTERVAL, lambda: session.scalar(
+            select(RotationPolicy.tenant).where(RotationPolicy.managed_interval > 0)
+            .limit(1)) is not None):
+        return attributes  # the common case: one look per transaction, nothing more
     interval = effective_policy(session, tenant, service or "").managed_interval
     if not interval:
         return attributes
@@ -149,6 +155,7 @@ def set_policy(session: Session, tenant: str, service: str, settings: PolicySett
                now: int) -> PolicySettings:
     """Change the given settings of a scope (those None in ``settings`` are kept); return
     the scope's settings now."""
+    forget_memo(session, _ANY_MANAGED_INTERVAL)
     row = session.get(RotationPolicy, (tenant, service))
     if row is None:
         row = RotationPolicy(tenant=tenant, service=service, updated_at=now)
@@ -164,6 +171,7 @@ def set_policy(session: Session, tenant: str, service: str, settings: PolicySett
 
 def clear_policy(session: Session, tenant: str, service: str) -> bool:
     """Remove a scope's policy (it inherits everything again); whether there was one."""
+    forget_memo(session, _ANY_MANAGED_INTERVAL)
     return session.execute(delete(RotationPolicy).where(
         RotationPolicy.tenant == tenant, RotationPolicy.service == service)).rowcount > 0
 

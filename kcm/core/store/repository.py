@@ -74,9 +74,29 @@ def lock_writers(session: Session) -> None:
 _WRITERS_LOCKED = "kcm.store.writers_locked"
 
 
+#: ``Session.info``: values read once in this session's transaction (:func:`transaction_memo`).
+_TRANSACTION_MEMO = "kcm.store.transaction_memo"
+
+
+def transaction_memo(session: Session, key: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, called once per transaction of ``session`` (a group commit's many
+    requests share one): for a fact the transaction reads often and changes seldom. Whoever
+    changes the fact calls :func:`forget_memo`."""
+    memo = session.info.setdefault(_TRANSACTION_MEMO, {})
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
+def forget_memo(session: Session, key: str) -> None:
+    """Have the next :func:`transaction_memo` of ``key`` read it again."""
+    session.info.get(_TRANSACTION_MEMO, {}).pop(key, None)
+
+
 def _transaction_ended(session: Session, *_: Any) -> None:
     if not session.in_nested_transaction():
         session.info.pop(_WRITERS_LOCKED, None)
+        session.info.pop(_TRANSACTION_MEMO, None)
 
 
 # The lock goes with the transaction: the next one of the same session must take it again.

@@ -361,10 +361,16 @@ LISTEN_BACKLOG = 1024
 def with_backlog(description: str) -> str:
     """``description`` with ``backlog=LISTEN_BACKLOG`` added if it is a ``tcp:``/``tcp6:``
     listener that names no backlog of its own."""
+    return with_tcp_option(description, "backlog", LISTEN_BACKLOG)
+
+
+def with_tcp_option(description: str, name: str, value: int) -> str:
+    """``description`` with ``name=value`` added if it is a ``tcp:``/``tcp6:`` endpoint that
+    names no ``name`` of its own."""
     kind = description.split(":", 1)[0].strip().lower()
-    if kind not in ("tcp", "tcp6") or re.search(r"(^|:)backlog=", description):
+    if kind not in ("tcp", "tcp6") or re.search(rf"(^|:){name}=", description):
         return description
-    return f"{description}:backlog={LISTEN_BACKLOG}"
+    return f"{description}:{name}={value}"
 
 
 def tls_client_endpoint(

@@ -25,6 +25,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.tls import with_tcp_option
+
 __all__ = ["ORDERS", "CoreFailoverEndpoint", "with_connect_timeout"]
 
 log = Logger()
@@ -39,10 +41,7 @@ def with_connect_timeout(description: str, seconds: int = CONNECT_TIMEOUT) -> st
     """``description`` with ``timeout=seconds`` added if it is a ``tcp:``/``tcp6:`` client
     endpoint naming no timeout of its own (Twisted's default is 30 s: too long to wait for a
     core that vanished before trying the next)."""
-    kind = description.split(":", 1)[0].strip().lower()
-    if kind not in ("tcp", "tcp6") or ":timeout=" in description:
-        return description
-    return f"{description}:timeout={seconds}"
+    return with_tcp_option(description, "timeout", seconds)
 
 
 @implementer(IStreamClientEndpoint)

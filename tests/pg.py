@@ -21,10 +21,10 @@ import pytest
 
 from kcm.testing.postgres import Cluster, find_pg_bin
 
-__all__ = ["postgres_url"]
+__all__ = ["postgres_url", "unavailable"]
 
 
-def _unavailable(reason: str) -> NoReturn:
+def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}", pytrace=False)
     pytest.skip(f"PostgreSQL tests skipped: {reason}")
@@ -36,14 +36,14 @@ def postgres_url() -> Iterator[str]:
     """A SQLAlchemy URL for an empty database ``kcm`` on a private PostgreSQL cluster."""
     bin_dir = find_pg_bin()
     if bin_dir is None:
-        _unavailable(
+        unavailable(
             "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin "
             "(apt-get install postgresql-15, or set KCM_PG_BIN)"
         )
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        _unavailable("psycopg is not installed (pip install 'psycopg[binary]')")
+        unavailable("psycopg is not installed (pip install 'psycopg[binary]')")
     cluster = Cluster(bin_dir)
     try:
         cluster.init()

@@ -78,6 +78,7 @@ class OutboxListener(Service):
         try:
             connection.execute(f"LISTEN {OUTBOX_CHANNEL}")
             self.listening = True
+            log.info("listening for outbox commits (NOTIFY {channel})", channel=OUTBOX_CHANNEL)
             self._schedule_wake()  # what was committed before the LISTEN took
             while not self._stopping.is_set():
                 for _ in connection.notifies(timeout=self._stop_check):

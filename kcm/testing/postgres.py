@@ -184,6 +184,12 @@ class Cluster:
             "createdb", "-h", str(self.socket_dir), "-p", str(self.port), "-U", DB_ROLE, DB_NAME
         )
 
+    def restart(self) -> None:
+        """Stop the server (fast: sessions are terminated) and start it again on the same
+        port, as a failover or a maintenance restart does to its clients."""
+        self.run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")

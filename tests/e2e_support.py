@@ -12,17 +12,51 @@ from pathlib import Path
 
 import pytest
 
+from kcm.conformance.client import KmipClient
 from kcm.kmip.attributes import Attribute
-from kcm.kmip.enums import Operation, ResultStatus
-from kcm.kmip.messages import RequestBatchItem
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem
 from kcm.kmip.payloads import LocateRequest
+from kcm.kmip.payloads.crypto import DecryptRequest, EncryptResponse
 from kcm.kmip.tags import Tag
 from kcm.testing.processes import PYKMIP_SERVER, CoreProcess, GatewayProcess, deploy
-from kcm.testing.requests import create_managed, item, request, response
+from kcm.testing.requests import CONTINUE, create_managed, item, request, response
 
-__all__ = ["PYKMIP_SERVER", "CoreProcess", "GatewayProcess", "applied_events", "audit_rows",
-           "core_process", "core_process_pg", "counting_locate", "dead_links", "deploy",
-           "gateway_process", "last_seq", "populated", "resumed_after", "wait_until"]
+__all__ = ["PYKMIP_SERVER", "V21", "CoreProcess", "GatewayProcess", "applied_events",
+           "audit_rows", "core_process", "core_process_pg", "counting_locate", "dead_links",
+           "decrypt_sealed", "deploy", "gateway_process", "last_seq", "populated", "refusals",
+           "resumed_after", "send_v21", "succeeded_v21", "wait_until"]
+
+#: The protocol version of the helpers below: refusals carry KMIP 2.x reasons.
+V21 = (2, 1)
+
+
+# KMIP 2.1 requests, each item answered whatever the others do ------------------------------
+
+def send_v21(client: KmipClient, *items: RequestBatchItem) -> list[ResponseBatchItem]:
+    """One KMIP 2.1 request of ``items`` (Batch Error Continuation: Continue)."""
+    return response(client.send(request(*items, version=V21, continuation=CONTINUE))).batch_items
+
+
+def succeeded_v21(client: KmipClient, *items: RequestBatchItem) -> list:
+    """The response payloads of ``items``, each of which must succeed."""
+    answers = send_v21(client, *items)
+    assert [a.result_status for a in answers] == [ResultStatus.SUCCESS] * len(items), \
+        [a.result_message for a in answers]
+    return [a.response_payload for a in answers]
+
+
+def refusals(answers: list[ResponseBatchItem]) -> list[ResultReason | None]:
+    """Each answer's Result Reason, None for one that succeeded."""
+    return [None if a.result_status == ResultStatus.SUCCESS else a.result_reason
+            for a in answers]
+
+
+def decrypt_sealed(uid: str, sealed: EncryptResponse) -> RequestBatchItem:
+    """Decrypt of what an AES-GCM Encrypt answered (data, IV and tag)."""
+    return item(Operation.DECRYPT, DecryptRequest(
+        unique_identifier=uid, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
+        authenticated_encryption_tag=sealed.authenticated_encryption_tag))
 
 
 @pytest.fixture

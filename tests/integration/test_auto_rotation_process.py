@@ -20,20 +20,25 @@ from pathlib import Path
 import pytest
 
 from kcm.conformance.client import KmipClient
-from kcm.kmip.enums import ObjectType, Operation, ResultReason, ResultStatus
-from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem
-from kcm.kmip.payloads.crypto import DecryptRequest, EncryptResponse
+from kcm.kmip.enums import ObjectType, Operation, ResultReason
 from kcm.kmip.payloads.lifecycle import DestroyRequest
 from kcm.kmip.tags import Tag
 from kcm.l4 import token as l4_token
 from kcm.testing.processes import deploy
-from tests.e2e_support import CoreProcess, GatewayProcess, audit_rows, wait_until
-from tests.gateway_support import CONTINUE, create_l4, encrypt, item, request, response
+from tests.e2e_support import (
+    CoreProcess,
+    GatewayProcess,
+    audit_rows,
+    decrypt_sealed,
+    send_v21,
+    succeeded_v21,
+    wait_until,
+)
+from tests.gateway_support import create_l4, encrypt, item
 
 #: Asserts timings: run alone, after the parallel part of `make test`.
 pytestmark = pytest.mark.serial
 
-V21 = (2, 1)
 #: New L4s are sealed under a new version at every gateway within this of the rotation.
 PROPAGATION_BOUND = 1.0
 
@@ -58,26 +63,9 @@ def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess, Ga
         core.stop()
 
 
-def send(client: KmipClient, *items: RequestBatchItem) -> list[ResponseBatchItem]:
-    return response(client.send(request(*items, version=V21, continuation=CONTINUE))).batch_items
-
-
-def succeeded(client: KmipClient, *items: RequestBatchItem) -> list:
-    answers = send(client, *items)
-    assert [a.result_status for a in answers] == [ResultStatus.SUCCESS] * len(items), \
-        [a.result_message for a in answers]
-    return [a.response_payload for a in answers]
-
-
-def decrypt(uid: str, sealed: EncryptResponse) -> RequestBatchItem:
-    return item(Operation.DECRYPT, DecryptRequest(
-        unique_identifier=uid, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
-        authenticated_encryption_tag=sealed.authenticated_encryption_tag))
-
-
 def sealed_under(client: KmipClient) -> str:
     """The L3 a new L4 created at ``client``'s gateway is sealed under."""
-    [created] = succeeded(client, create_l4())
+    [created] = succeeded_v21(client, create_l4())
     return l4_token.parse(created.unique_identifier).l3_uid
 
 
@@ -88,10 +76,10 @@ def service_show(core: CoreProcess) -> dict:
 def test_an_l3_with_a_2s_interval_rotates_and_gateways_follow_within_1s(deployment) -> None:
     core, a, b = deployment
     with a.client("app") as app_a, b.client("app") as app_b, a.client("admin") as admin:
-        [created] = succeeded(app_a, create_l4())
+        [created] = succeeded_v21(app_a, create_l4())
         old_token = created.unique_identifier
         v1 = l4_token.parse(old_token).l3_uid
-        [record] = succeeded(app_a, encrypt(old_token, b"a customer record"))
+        [record] = succeeded_v21(app_a, encrypt(old_token, b"a customer record"))
         assert sealed_under(app_b) == v1
 
         set_at = time.time()
@@ -122,7 +110,7 @@ def test_an_l3_with_a_2s_interval_rotates_and_gateways_follow_within_1s(deployme
         assert max(delays.values()) < PROPAGATION_BOUND, delays
 
         # The overlap ends: the old version is Deactivated (decrypt-only) everywhere.
-        wait_until(lambda: [r.result_reason for r in send(app_b, encrypt(old_token))]
+        wait_until(lambda: [r.result_reason for r in send_v21(app_b, encrypt(old_token))]
                    == [ResultReason.WRONG_KEY_LIFECYCLE_STATE], "v1 deactivated at B",
                    timeout=5)
         shown = service_show(core)
@@ -131,14 +119,14 @@ def test_an_l3_with_a_2s_interval_rotates_and_gateways_follow_within_1s(deployme
         assert [v["current"] for v in shown["versions"]].count(True) == 1
         assert shown["versions"][-1]["unique_identifier"] == v1
         for client in (app_a, app_b):
-            [opened] = succeeded(client, decrypt(old_token, record))
+            [opened] = succeeded_v21(client, decrypt_sealed(old_token, record))
             assert opened.data == b"a customer record"
 
         # Destroying the old version stops its tokens, at every gateway.
-        succeeded(admin, item(Operation.DESTROY, DestroyRequest(unique_identifier=v1)))
+        succeeded_v21(admin, item(Operation.DESTROY, DestroyRequest(unique_identifier=v1)))
         for client in (app_a, app_b):
-            wait_until(lambda c=client: [r.result_reason for r in send(
-                c, decrypt(old_token, record))] == [ResultReason.OBJECT_DESTROYED],
+            wait_until(lambda c=client: [r.result_reason for r in send_v21(
+                c, decrypt_sealed(old_token, record))] == [ResultReason.OBJECT_DESTROYED],
                 "the destroyed version refused", timeout=2)
         assert sealed_under(app_a) != v1
 
@@ -177,7 +165,7 @@ def test_a_usage_cap_of_1000_rotates_after_about_1000_creates_over_two_gateways(
         batches = 0
         while len(moved) < 2:
             client = (app_a, app_b)[batches % 2]
-            for created in succeeded(client, *[create_l4()] * 10):
+            for created in succeeded_v21(client, *[create_l4()] * 10):
                 l3 = l4_token.parse(created.unique_identifier).l3_uid
                 sealed[l3] = sealed.get(l3, 0) + 1
                 if l3 != v1:
@@ -211,21 +199,21 @@ def test_a_managed_key_with_kmip_2_1_rotate_attributes_rotates_by_itself(deploym
     core, a, _ = deployment
     name = Attribute.of(Tag.NAME, Name(value="orders-key", type=NameType.UNINTERPRETED_TEXT_STRING))
     with a.client("app") as app:
-        [created] = succeeded(app, item(Operation.CREATE, CreateRequest(
+        [created] = succeeded_v21(app, item(Operation.CREATE, CreateRequest(
             object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256([
                 name, Attribute.of(Tag.ROTATE_AUTOMATIC, True),
                 Attribute.of(Tag.ROTATE_INTERVAL, 2)]))))
         old = created.unique_identifier
-        succeeded(app, item(Operation.ACTIVATE, ActivateRequest(unique_identifier=old)))
+        succeeded_v21(app, item(Operation.ACTIVATE, ActivateRequest(unique_identifier=old)))
 
         def latest() -> list[str]:
-            [found] = succeeded(app, item(Operation.LOCATE, LocateRequest(attributes=[
+            [found] = succeeded_v21(app, item(Operation.LOCATE, LocateRequest(attributes=[
                         name, Attribute.of(Tag.ROTATE_LATEST, True)])))
             return found.unique_identifiers or []
 
         wait_until(lambda: latest() not in ([], [old]), "a rotated replacement", timeout=8)
         [new] = latest()
-        [got] = succeeded(app, get_attributes(new, Tag.ROTATE_GENERATION, Tag.ROTATE_DATE,
+        [got] = succeeded_v21(app, get_attributes(new, Tag.ROTATE_GENERATION, Tag.ROTATE_DATE,
                                               Tag.LINK))
         values = {attribute.tag: attribute.typed for attribute in got.attributes}
         assert values[Tag.ROTATE_GENERATION] == 1 and values[Tag.ROTATE_DATE] > 0

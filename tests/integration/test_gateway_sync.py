@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from kcm.conformance.client import KmipClient
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode
-from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem
-from kcm.kmip.payloads.crypto import DecryptRequest, EncryptResponse
+from kcm.kmip.enums import Operation, ResultReason, RevocationReasonCode
+from kcm.kmip.messages import RequestBatchItem
+from kcm.kmip.payloads.crypto import EncryptResponse
 from kcm.kmip.payloads.lifecycle import DestroyRequest, RevocationReason, RevokeRequest
 from kcm.l4 import token as l4_token
 from kcm.testing.processes import free_port, scrape
@@ -35,15 +35,18 @@ from tests.e2e_support import (
     GatewayProcess,
     applied_events,
     dead_links,
+    decrypt_sealed,
+    refusals,
     resumed_after,
+    send_v21,
+    succeeded_v21,
     wait_until,
 )
-from tests.gateway_support import CONTINUE, create_l4, encrypt, get, item, request, response
+from tests.gateway_support import create_l4, encrypt, get, item
 
 #: Asserts timings: run alone, after the parallel part of `make test`.
 pytestmark = pytest.mark.serial
 
-V21 = (2, 1)
 #: The target of ARCHITECTURE §4: a revocation is enforced everywhere within 1 s of the commit.
 PROPAGATION_BOUND = 1.0
 POLL_INTERVAL = 0.02
@@ -69,19 +72,6 @@ def gateways(core_process: CoreProcess, tmp_path: Path
 
 
 # Requests ------------------------------------------------------------------------------------
-def send(client: KmipClient, *items: RequestBatchItem) -> list[ResponseBatchItem]:
-    """One KMIP 2.1 request of ``items`` (each answered whatever the others do)."""
-    return response(client.send(request(*items, version=V21, continuation=CONTINUE))).batch_items
-
-
-def succeeded(client: KmipClient, *items: RequestBatchItem) -> list:
-    """The response payloads of ``items``, each of which must succeed."""
-    answers = send(client, *items)
-    assert [a.result_status for a in answers] == [ResultStatus.SUCCESS] * len(items), \
-        [a.result_message for a in answers]
-    return [a.response_payload for a in answers]
-
-
 def revoke(uid: str, code: RevocationReasonCode) -> RequestBatchItem:
     return item(Operation.REVOKE, RevokeRequest(unique_identifier=uid,
                                                 revocation_reason=RevocationReason(code=code)))
@@ -89,19 +79,6 @@ def revoke(uid: str, code: RevocationReasonCode) -> RequestBatchItem:
 
 def destroy(uid: str) -> RequestBatchItem:
     return item(Operation.DESTROY, DestroyRequest(unique_identifier=uid))
-
-
-def decrypt(uid: str, sealed: EncryptResponse) -> RequestBatchItem:
-    """Decrypt of what an AES-GCM Encrypt answered (data, IV and tag)."""
-    return item(Operation.DECRYPT, DecryptRequest(
-        unique_identifier=uid, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
-        authenticated_encryption_tag=sealed.authenticated_encryption_tag))
-
-
-def refusals(answers: list[ResponseBatchItem]) -> list[ResultReason | None]:
-    """Each answer's Result Reason, None for one that succeeded."""
-    return [None if a.result_status == ResultStatus.SUCCESS else a.result_reason
-            for a in answers]
 
 
 @dataclass
@@ -117,12 +94,12 @@ class Envelope:
 
 
 def envelope(client: KmipClient) -> Envelope:
-    [created] = succeeded(client, create_l4())
+    [created] = succeeded_v21(client, create_l4())
     token = created.unique_identifier
     l3 = l4_token.parse(token).l3_uid
-    [key, record] = succeeded(client, get(token), encrypt(token, b"a customer record"))
+    [key, record] = succeeded_v21(client, get(token), encrypt(token, b"a customer record"))
     dek = key.object.key_block.key_value.key_material
-    [wrapped] = succeeded(client, encrypt(l3, dek))
+    [wrapped] = succeeded_v21(client, encrypt(l3, dek))
     return Envelope(token, l3, dek, record, wrapped)
 
 
@@ -137,7 +114,7 @@ def enforced_within(clients: dict[str, KmipClient], probe: list[RequestBatchItem
         for name, client in clients.items():
             if name in delays:
                 continue
-            answers = send(client, *probe)
+            answers = send_v21(client, *probe)
             last[name] = refusals(answers)
             if last[name] == refused:
                 delays[name] = time.monotonic() - since
@@ -160,14 +137,14 @@ def test_a_deactivating_revoke_through_one_gateway_is_enforced_by_both_within_1s
     _, a, b = gateways
     with a.client("admin") as admin, a.client("app") as app_a, b.client("app") as app_b:
         kept = envelope(app_b)
-        succeeded(app_a, encrypt(kept.l3, kept.dek), encrypt(kept.token))  # held at A too
+        succeeded_v21(app_a, encrypt(kept.l3, kept.dek), encrypt(kept.token))  # held at A too
         # Encrypt with the L3 and with its L4, Create of an L4 under it: what stops.
         probe = [encrypt(kept.l3, kept.dek), encrypt(kept.token, b"more"),
                  create_l4(via_link=kept.l3)]
-        assert refusals(send(app_b, *probe)) == [None, None, None]
+        assert refusals(send_v21(app_b, *probe)) == [None, None, None]
 
         sent = time.monotonic()
-        succeeded(admin, revoke(kept.l3, RevocationReasonCode.CESSATION_OF_OPERATION))
+        succeeded_v21(admin, revoke(kept.l3, RevocationReasonCode.CESSATION_OF_OPERATION))
         answered = time.monotonic()
         delays = enforced_within({"A": app_a, "B": app_b}, probe,
                                  [ResultReason.WRONG_KEY_LIFECYCLE_STATE] * 3, since=sent)
@@ -175,11 +152,12 @@ def test_a_deactivating_revoke_through_one_gateway_is_enforced_by_both_within_1s
         assert max(delays.values()) < PROPAGATION_BOUND, delays
 
         # The service has no Active L3 left: a Create by marker is refused too.
-        assert refusals(send(app_b, create_l4())) == [ResultReason.WRONG_KEY_LIFECYCLE_STATE]
+        assert refusals(send_v21(app_b, create_l4())) == [ResultReason.WRONG_KEY_LIFECYCLE_STATE]
         # Decrypt-only: existing records and wrapped DEKs still open, the token still reads.
         for client in (app_a, app_b):
-            opened, unwrapped, key = succeeded(client, decrypt(kept.token, kept.record),
-                                               decrypt(kept.l3, kept.wrapped), get(kept.token))
+            opened, unwrapped, key = succeeded_v21(
+                client, decrypt_sealed(kept.token, kept.record),
+                decrypt_sealed(kept.l3, kept.wrapped), get(kept.token))
             assert opened.data == b"a customer record"
             assert unwrapped.data == kept.dek
             assert key.object.key_block.key_value.key_material == kept.dek
@@ -191,20 +169,20 @@ def test_a_key_compromise_revoke_drops_the_l3_at_both_gateways_within_1s(gateway
         kept = envelope(app_b)
         # Everything the L3 and its L4 were good for, decrypting included.
         probe = [encrypt(kept.l3, kept.dek), encrypt(kept.token, b"more"),
-                 create_l4(via_link=kept.l3), decrypt(kept.token, kept.record),
-                 decrypt(kept.l3, kept.wrapped), get(kept.token)]
-        assert refusals(send(app_a, *probe)) == [None] * len(probe)
-        assert refusals(send(app_b, *probe)) == [None] * len(probe)
+                 create_l4(via_link=kept.l3), decrypt_sealed(kept.token, kept.record),
+                 decrypt_sealed(kept.l3, kept.wrapped), get(kept.token)]
+        assert refusals(send_v21(app_a, *probe)) == [None] * len(probe)
+        assert refusals(send_v21(app_b, *probe)) == [None] * len(probe)
 
         sent = time.monotonic()
-        succeeded(admin, revoke(kept.l3, RevocationReasonCode.KEY_COMPROMISE))
+        succeeded_v21(admin, revoke(kept.l3, RevocationReasonCode.KEY_COMPROMISE))
         answered = time.monotonic()
         delays = enforced_within({"A": app_a, "B": app_b}, probe,
                                  [ResultReason.WRONG_KEY_LIFECYCLE_STATE] * len(probe),
                                  since=sent)
         report("L3 compromise enforced", delays, sent, answered)
         assert max(delays.values()) < PROPAGATION_BOUND, delays
-        [answer] = send(app_b, decrypt(kept.token, kept.record))
+        [answer] = send_v21(app_b, decrypt_sealed(kept.token, kept.record))
         assert "compromised" in answer.result_message.lower()
 
 
@@ -215,22 +193,22 @@ def test_a_destroyed_l4_token_is_refused_by_both_gateways_within_1s_and_by_the_c
         destroyed = envelope(app_b)
         other = envelope(app_b)  # another token under the same L3
         probe = [get(destroyed.token), encrypt(destroyed.token, b"more"),
-                 decrypt(destroyed.token, destroyed.record)]
-        assert refusals(send(app_a, *probe)) == [None] * len(probe)
+                 decrypt_sealed(destroyed.token, destroyed.record)]
+        assert refusals(send_v21(app_a, *probe)) == [None] * len(probe)
 
         sent = time.monotonic()
-        succeeded(app_a, destroy(destroyed.token))
+        succeeded_v21(app_a, destroy(destroyed.token))
         answered = time.monotonic()
         delays = enforced_within({"A": app_a, "B": app_b}, probe,
                                  [ResultReason.OBJECT_NOT_FOUND] * len(probe), since=sent)
         report("L4 destruction enforced", delays, sent, answered)
         assert max(delays.values()) < PROPAGATION_BOUND, delays
         with core.client("app") as direct:
-            assert refusals(send(direct, *probe)) == [ResultReason.OBJECT_NOT_FOUND] * 3
-            [opened] = succeeded(direct, decrypt(other.token, other.record))
+            assert refusals(send_v21(direct, *probe)) == [ResultReason.OBJECT_NOT_FOUND] * 3
+            [opened] = succeeded_v21(direct, decrypt_sealed(other.token, other.record))
         assert opened.data == b"a customer record"
         for client in (app_a, app_b):  # the tombstone names one token, not its L3
-            [opened] = succeeded(client, decrypt(other.token, other.record))
+            [opened] = succeeded_v21(client, decrypt_sealed(other.token, other.record))
             assert opened.data == b"a customer record"
 
 
@@ -260,8 +238,8 @@ def test_a_gateway_cut_off_while_changes_commit_applies_them_in_order_on_reconne
         waited = wait_until(lambda: dead_links(core) > dead, "the core to drop B's link")
         print(f"\nthe core dropped the frozen gateway's link after {waited:.1f} s")
         with a.client("app") as app_a, a.client("admin") as admin:
-            succeeded(app_a, destroy(destroyed.token))
-            succeeded(admin, revoke(kept.l3, RevocationReasonCode.CESSATION_OF_OPERATION))
+            succeeded_v21(app_a, destroy(destroyed.token))
+            succeeded_v21(admin, revoke(kept.l3, RevocationReasonCode.CESSATION_OF_OPERATION))
         # A, still linked, applies both at once; B, frozen, cannot have.
         wait_until(lambda: [kind for _, kind in applied_events(a)][-2:]
                    == ["l4.tombstone", "l3.state"], "gateway A to apply both events", 5.0)
@@ -281,11 +259,11 @@ def test_a_gateway_cut_off_while_changes_commit_applies_them_in_order_on_reconne
     assert b.log.read_text().count("starting up") == 1
 
     with b.client("app") as app_b:
-        assert refusals(send(app_b, get(destroyed.token), encrypt(kept.l3, kept.dek),
+        assert refusals(send_v21(app_b, get(destroyed.token), encrypt(kept.l3, kept.dek),
                              encrypt(kept.token, b"more"))) == [
             ResultReason.OBJECT_NOT_FOUND, ResultReason.WRONG_KEY_LIFECYCLE_STATE,
             ResultReason.WRONG_KEY_LIFECYCLE_STATE]
-        [opened] = succeeded(app_b, decrypt(kept.token, kept.record))
+        [opened] = succeeded_v21(app_b, decrypt_sealed(kept.token, kept.record))
         assert opened.data == b"a customer record"
 
 
@@ -303,16 +281,16 @@ def test_past_max_tombstones_the_core_answers_for_the_l3_and_nothing_revoked_com
         with gateway.client("app") as app:
             first, second, live = envelope(app), envelope(app), envelope(app)
             for destroyed in (first, second):
-                succeeded(app, destroy(destroyed.token))
+                succeeded_v21(app, destroy(destroyed.token))
             wait_until(lambda: "are left to the core" in gateway.log.read_text(),
                        "the gateway to give up the L3's tombstones", timeout=5)
             for destroyed in (first, second):
-                probe = [get(destroyed.token), decrypt(destroyed.token, destroyed.record)]
-                assert refusals(send(app, *probe)) == [ResultReason.OBJECT_NOT_FOUND] * 2
-            [opened] = succeeded(app, decrypt(live.token, live.record))
+                probe = [get(destroyed.token), decrypt_sealed(destroyed.token, destroyed.record)]
+                assert refusals(send_v21(app, *probe)) == [ResultReason.OBJECT_NOT_FOUND] * 2
+            [opened] = succeeded_v21(app, decrypt_sealed(live.token, live.record))
             assert opened.data == b"a customer record"
-            [created] = succeeded(app, create_l4())  # the L3 is still the current one
-            succeeded(app, encrypt(created.unique_identifier, b"more"))
+            [created] = succeeded_v21(app, create_l4())  # the L3 is still the current one
+            succeeded_v21(app, encrypt(created.unique_identifier, b"more"))
         _, body = scrape(gateway.metrics_port)
         assert b"kcm_gateway_l3_tombstones_overflowed 1.0" in body
         assert b"kcm_gateway_l4_tombstones 0.0" in body

@@ -18,7 +18,7 @@ from kcm.conformance.client import KmipClient
 from kcm.core.keyring import CURRENT_L2_TTL
 from kcm.kmip.enums import Operation, ResultStatus
 from kcm.kmip.messages import RequestBatchItem
-from kcm.testing.processes import deploy
+from kcm.testing.processes import deploy, running
 from tests.e2e_support import CoreProcess, GatewayProcess, audit_rows, populated, wait_until
 from tests.gateway_support import create_l4, create_managed, encrypt, get, request, response
 
@@ -33,15 +33,8 @@ def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
     core.state_sweep_interval = 0.2
     core.write_config()
-    gateway = GatewayProcess(tmp_path / "gateway", core)
-    core.start()
-    try:
-        gateway.start()
-        gateway.wait_linked()
-        yield core, gateway
-    finally:
-        gateway.stop()
-        core.stop()
+    with running(core, GatewayProcess(tmp_path / "gateway", core)) as both:
+        yield both
 
 
 def tenant_keys(core: CoreProcess) -> dict[str, dict]:

@@ -24,29 +24,31 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from kcm.conformance.client import KmipClient
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode
-from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem
+from kcm.kmip.messages import RequestBatchItem
 from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
 from kcm.l4 import token as l4_token
 from kcm.testing.postgres import fresh_database
 from kcm.testing.processes import CoreProcess, GatewayProcess, deploy
-from tests.e2e_support import applied_events, resumed_after, wait_until
+from tests.e2e_support import (
+    applied_events,
+    refusals,
+    resumed_after,
+    send_v21,
+    succeeded_v21,
+    wait_until,
+)
 from tests.gateway_support import (
-    CONTINUE,
     create_l4,
     create_managed,
     encrypt,
     get,
     item,
-    request,
-    response,
 )
 
 #: Asserts timings (propagation, failover): run alone, after the parallel part.
 pytestmark = pytest.mark.serial
 
-V21 = (2, 1)
 PROPAGATION_BOUND = 1.0
 FAILOVER_BOUND = 2.0
 _databases = itertools.count()
@@ -74,21 +76,6 @@ def topology(tmp_path: Path, postgres_url: str
 
 
 # Requests ------------------------------------------------------------------------------------
-def send(client: KmipClient, *items: RequestBatchItem) -> list[ResponseBatchItem]:
-    return response(client.send(request(*items, version=V21, continuation=CONTINUE))).batch_items
-
-
-def reasons(answers: list[ResponseBatchItem]) -> list[ResultReason | None]:
-    return [None if a.result_status == ResultStatus.SUCCESS else a.result_reason
-            for a in answers]
-
-
-def succeeded(client: KmipClient, *items: RequestBatchItem) -> list:
-    answers = send(client, *items)
-    assert reasons(answers) == [None] * len(items), [a.result_message for a in answers]
-    return [a.response_payload for a in answers]
-
-
 def revoke(uid: str) -> RequestBatchItem:
     return item(Operation.REVOKE, RevokeRequest(
         unique_identifier=uid,
@@ -110,9 +97,9 @@ class L4Load(threading.Thread):
         try:
             with self.gateway.client("app") as client:
                 while not self.done.is_set():
-                    [created] = succeeded(client, create_l4())
+                    [created] = succeeded_v21(client, create_l4())
                     token = created.unique_identifier
-                    succeeded(client, encrypt(token, b"a record"), get(token))
+                    succeeded_v21(client, encrypt(token, b"a record"), get(token))
                     self.rounds += 1
         except BaseException as e:  # noqa: BLE001 - every failure is the test's business
             self.failures.append(f"{type(e).__name__}: {e}")
@@ -125,7 +112,7 @@ def control_answered_within(gateway: GatewayProcess, since: float, bound: float)
     while time.monotonic() - since < bound + 3.0:
         try:
             with gateway.client("app") as client:
-                [answer] = send(client, create_managed())
+                [answer] = send_v21(client, create_managed())
             if answer.result_status == ResultStatus.SUCCESS:
                 return time.monotonic() - since
             last = f"{answer.result_reason}: {answer.result_message}"
@@ -160,7 +147,7 @@ def test_three_cores_three_gateways_revocation_failover_and_no_event_lost(topolo
     # A token under the service's first L3 version; then a second version becomes current
     # (at every gateway), which the load uses.
     with g1.client("app") as app:
-        [created] = succeeded(app, create_l4())
+        [created] = succeeded_v21(app, create_l4())
         kept = created.unique_identifier
         old_l3 = l4_token.parse(kept).l3_uid
     core1.kcm("core", "service", "rotate", "demo", "app")
@@ -168,7 +155,7 @@ def test_three_cores_three_gateways_revocation_failover_and_no_event_lost(topolo
     try:
         for client in clients.values():
             wait_until(lambda c=client: l4_token.parse(
-                succeeded(c, create_l4())[0].unique_identifier).l3_uid != old_l3,
+                succeeded_v21(c, create_l4())[0].unique_identifier).l3_uid != old_l3,
                 "the new L3 version at every gateway", timeout=5)
 
         loads = [L4Load(g) for g in gateways]
@@ -179,11 +166,11 @@ def test_three_cores_three_gateways_revocation_failover_and_no_event_lost(topolo
         # Revoke the old version at core 1: every gateway refuses its L4s within 1 s.
         sent = time.monotonic()
         with core1.client("admin") as admin:
-            succeeded(admin, revoke(old_l3))
+            succeeded_v21(admin, revoke(old_l3))
         enforced: dict[str, float] = {}
         while len(enforced) < len(clients):
             for name, client in clients.items():
-                if name not in enforced and reasons(send(client, encrypt(kept))) == [
+                if name not in enforced and refusals(send_v21(client, encrypt(kept))) == [
                         ResultReason.WRONG_KEY_LIFECYCLE_STATE]:
                     enforced[name] = time.monotonic() - sent
             assert time.monotonic() - sent < 5, f"not enforced everywhere: {enforced}"
@@ -205,7 +192,7 @@ def test_three_cores_three_gateways_revocation_failover_and_no_event_lost(topolo
         # Core 2 comes back and serves; core 1 (the sweeper's) dies: the lease moves.
         core2.start()
         with core2.client("app") as direct:
-            succeeded(direct, create_managed())
+            succeeded_v21(direct, create_managed())
         assert "holds the state sweeper lease" in core1.log.read_text()
         killed = time.monotonic()
         core1.stop(signal.SIGKILL)

@@ -32,19 +32,24 @@ from kcm.conformance.client import KmipClient, KmipClientError
 from kcm.kmip.enums import ResultReason, RevocationReasonCode
 from kcm.kmip.payloads.crypto import EncryptResponse
 from kcm.testing.processes import running
-from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
+from tests.e2e_support import (
+    CoreProcess,
+    GatewayProcess,
+    decrypt_sealed,
+    deploy,
+    refusals,
+    send_v21,
+    succeeded_v21,
+    wait_until,
+)
 from tests.gateway_support import create_l4, create_managed, encrypt, get, locate
 from tests.integration.test_gateway_sync import (
     PROPAGATION_BOUND,
-    decrypt,
     destroy,
     enforced_within,
     envelope,
-    refusals,
     report,
     revoke,
-    send,
-    succeeded,
 )
 
 #: Asserts timings (run alone, after the parallel part of `make test`); reads /proc.
@@ -106,7 +111,7 @@ def clients_by_worker(stack: ExitStack, gateway: GatewayProcess, count: int,
     by_pid: dict[int, list[KmipClient]] = {pid: [] for pid in pids}
     for _ in range(count):
         client = connect(stack, gateway, who)
-        succeeded(client, locate())  # the handshake is done and a worker served it
+        succeeded_v21(client, locate())  # the handshake is done and a worker served it
         pid = serving_pid(client, pids)
         assert pid is not None, "no worker holds the connection"
         by_pid[pid].append(client)
@@ -120,7 +125,7 @@ def one_client_per_worker(stack: ExitStack, gateway: GatewayProcess, who: str = 
     chosen: dict[int, KmipClient] = {}
     for _ in range(tries):
         client = connect(stack, gateway, who)
-        succeeded(client, locate())
+        succeeded_v21(client, locate())
         pid = serving_pid(client, pids)
         if pid is not None and pid not in chosen:
             chosen[pid] = client
@@ -153,23 +158,23 @@ def test_connections_are_spread_over_both_workers_and_each_answers_l4_and_forwar
         for clients in by_pid.values():
             for client in clients:
                 # L4, answered by the worker itself: a new token, its DEK, a record.
-                [created] = succeeded(client, create_l4())
+                [created] = succeeded_v21(client, create_l4())
                 token = created.unique_identifier
                 assert token.startswith("l4.1.")
-                key, sealed = succeeded(client, get(token), encrypt(token, b"a record"))
-                [opened] = succeeded(client, decrypt(token, sealed))
+                key, sealed = succeeded_v21(client, get(token), encrypt(token, b"a record"))
+                [opened] = succeeded_v21(client, decrypt_sealed(token, sealed))
                 assert opened.data == b"a record"
                 assert len(key.object.key_block.key_value.key_material) == 32
                 # Forwarded to the core: a managed key, found again by Locate.
-                [managed] = succeeded(client, create_managed())
+                [managed] = succeeded_v21(client, create_managed())
                 assert not managed.unique_identifier.startswith(("l4.", "l3-"))
-                [found] = succeeded(client, locate())
+                [found] = succeeded_v21(client, locate())
                 assert managed.unique_identifier in found.unique_identifiers
         # Every token works at every worker: they share the service key, not a cache.
         [first, second] = [clients[0] for clients in by_pid.values()]
-        [created] = succeeded(first, create_l4())
-        [sealed] = succeeded(first, encrypt(created.unique_identifier, b"crosses workers"))
-        [opened] = succeeded(second, decrypt(created.unique_identifier, sealed))
+        [created] = succeeded_v21(first, create_l4())
+        [sealed] = succeeded_v21(first, encrypt(created.unique_identifier, b"crosses workers"))
+        [opened] = succeeded_v21(second, decrypt_sealed(created.unique_identifier, sealed))
         assert opened.data == b"crosses workers"
 
 
@@ -187,7 +192,7 @@ def test_a_burst_of_connects_is_spread_over_the_workers(deployment) -> None:
         def connect_together(client: KmipClient) -> None:
             start.wait(timeout=10)
             client.connect()
-            succeeded(client, locate())
+            succeeded_v21(client, locate())
 
         with ThreadPoolExecutor(len(clients)) as pool:
             list(pool.map(connect_together, clients))
@@ -207,14 +212,14 @@ def test_a_revocation_reaches_every_worker_within_1s(deployment) -> None:
         admin = connect(stack, gateway, "admin")
         destroyed, kept = envelope(first), envelope(first)
         for client in clients.values():  # every worker holds the L3 and serves both tokens
-            assert refusals(send(client, get(destroyed.token), encrypt(kept.token, b"x"))) \
+            assert refusals(send_v21(client, get(destroyed.token), encrypt(kept.token, b"x"))) \
                 == [None, None]
 
         # A destroyed L4 token.
         probe = [get(destroyed.token), encrypt(destroyed.token, b"more"),
-                 decrypt(destroyed.token, destroyed.record)]
+                 decrypt_sealed(destroyed.token, destroyed.record)]
         sent = time.monotonic()
-        succeeded(first, destroy(destroyed.token))
+        succeeded_v21(first, destroy(destroyed.token))
         answered = time.monotonic()
         delays = enforced_within(clients, probe, [ResultReason.OBJECT_NOT_FOUND] * 3,
                                  since=sent)
@@ -223,10 +228,10 @@ def test_a_revocation_reaches_every_worker_within_1s(deployment) -> None:
 
         # A compromised L3: everything under it stops, decrypting included.
         probe = [encrypt(kept.l3, kept.dek), encrypt(kept.token, b"more"),
-                 create_l4(via_link=kept.l3), decrypt(kept.token, kept.record),
-                 decrypt(kept.l3, kept.wrapped), get(kept.token)]
+                 create_l4(via_link=kept.l3), decrypt_sealed(kept.token, kept.record),
+                 decrypt_sealed(kept.l3, kept.wrapped), get(kept.token)]
         sent = time.monotonic()
-        succeeded(admin, revoke(kept.l3, RevocationReasonCode.KEY_COMPROMISE))
+        succeeded_v21(admin, revoke(kept.l3, RevocationReasonCode.KEY_COMPROMISE))
         answered = time.monotonic()
         delays = enforced_within(clients, probe,
                                  [ResultReason.WRONG_KEY_LIFECYCLE_STATE] * len(probe),
@@ -234,7 +239,7 @@ def test_a_revocation_reaches_every_worker_within_1s(deployment) -> None:
         report("L3 compromise enforced", delays, sent, answered)
         assert max(delays.values()) < PROPAGATION_BOUND, delays
         with core.client("app") as direct:
-            assert refusals(send(direct, get(destroyed.token))) == [
+            assert refusals(send_v21(direct, get(destroyed.token))) == [
                 ResultReason.OBJECT_NOT_FOUND]
 
 
@@ -245,7 +250,7 @@ def test_a_killed_worker_is_restarted_and_serves_while_the_other_kept_serving(
     before = gateway.worker_pids()
     with ExitStack() as stack:
         apps = one_client_per_worker(stack, gateway)
-        [token] = [p.unique_identifier for p in succeeded(next(iter(apps.values())),
+        [token] = [p.unique_identifier for p in succeeded_v21(next(iter(apps.values())),
                                                             create_l4())]
         killed_index, killed = 1, before[1]
         [survivor] = [pid for pid in before.values() if pid != killed]
@@ -262,17 +267,17 @@ def test_a_killed_worker_is_restarted_and_serves_while_the_other_kept_serving(
         assert gateway.worker_pids() == {**before, killed_index: new}
         # The connection the killed worker held is gone...
         with pytest.raises(KmipClientError):
-            send(apps[killed], encrypt(token, b"x"))
+            send_v21(apps[killed], encrypt(token, b"x"))
         # ...and the new worker serves once it is linked (a connection lands on it).
         gateway.wait_linked(more_than=2)
         pids = [survivor, new]
         for _ in range(40):
             client = connect(stack, gateway)
-            [sealed] = succeeded(client, encrypt(token, b"after the restart"))
+            [sealed] = succeeded_v21(client, encrypt(token, b"after the restart"))
             if serving_pid(client, pids) == new:
-                [opened] = succeeded(client, decrypt(token, sealed))
+                [opened] = succeeded_v21(client, decrypt_sealed(token, sealed))
                 assert opened.data == b"after the restart"
-                succeeded(client, locate())  # forwarded, over the new worker's own link
+                succeeded_v21(client, locate())  # forwarded, over the new worker's own link
                 break
         else:
             raise AssertionError("no connection reached the restarted worker")
@@ -282,7 +287,7 @@ def test_a_killed_worker_is_restarted_and_serves_while_the_other_kept_serving(
 
 
 def survivor_serves(client: KmipClient, token: str) -> bool:
-    [sealed] = succeeded(client, encrypt(token, b"still here"))
+    [sealed] = succeeded_v21(client, encrypt(token, b"still here"))
     return isinstance(sealed, EncryptResponse) and bool(sealed.data)
 
 
@@ -331,5 +336,5 @@ def test_sighup_to_the_supervisor_restarts_every_worker_and_they_link_again(
         assert (f"kcm-gateway worker {index} (pid {pid}) exited after a forwarded signal "
                 "(signal SIGHUP); restarting it") in log
     with gateway.client("app") as client:
-        [created] = succeeded(client, create_l4())
+        [created] = succeeded_v21(client, create_l4())
         assert created.unique_identifier.startswith("l4.1.")

@@ -83,9 +83,13 @@ KEY_CHAIN_OPERATION = "KeyAuditChain"
 _PENDING_KEY = "kcm.audit.pending"
 #: The chain's newest (seq, digest) as this transaction last wrote it.
 _TAIL_KEY = "kcm.audit.tail"
+#: The audit key of a transaction that appended records: its head marker is written once,
+#: just before it commits (:func:`write_head`), not once per record.
+_HEAD_DUE = "kcm.audit.head_due"
 _INSERT_RECORD = AuditLog.__table__.insert()
 _UPDATE_HEAD = (Meta.__table__.update().where(Meta.__table__.c.key == HEAD_META_KEY)
                 .values(value=bindparam("value")))
+_NEWEST = select(AuditLog.seq, AuditLog.digest).order_by(AuditLog.seq.desc()).limit(1)
 
 #: Where committed audit records are emitted (a namespace of their own, so an observer can
 #: pick them out).
@@ -362,9 +366,7 @@ def append_audit(
     lock_writers(session)
     tail = session.info.get(_TAIL_KEY)
     if tail is None:
-        tail = session.execute(
-            select(AuditLog.seq, AuditLog.digest).order_by(AuditLog.seq.desc()).limit(1)
-        ).first()
+        tail = session.execute(_NEWEST).first()
     seq, prev_digest = (tail[0] + 1, bytes(tail[1])) if tail else (1, GENESIS_DIGEST)
     values: dict[str, Any] = {
         "seq": seq,
@@ -386,9 +388,7 @@ def append_audit(
     connection = session.connection()
     connection.execute(_INSERT_RECORD, {**values, "prev_digest": prev_digest,
                                         "digest": digest, "mac": mac})
-    head = head_marker(key, seq, digest)
-    if connection.execute(_UPDATE_HEAD, {"value": head}).rowcount == 0:
-        set_meta(session, HEAD_META_KEY, head)  # the chain's first record
+    session.info[_HEAD_DUE] = key
     # Valid while this transaction holds the writers' lock; any rollback (a savepoint's
     # included) forgets it, since the rows it described may be gone.
     session.info[_TAIL_KEY] = (seq, digest)
@@ -424,6 +424,7 @@ def make_checkpoint(session: Session, *, audit_key: bytes | None = None) -> Chec
     MACed. An empty chain's checkpoint names record 0.
     """
     key = _audit_key(session, audit_key)
+    write_head(session)
     text = get_meta(session, HEAD_META_KEY)
     if text is None:
         if session.scalar(select(AuditLog.seq).limit(1)) is not None:
@@ -484,6 +485,30 @@ def checkpoints_in_log(lines: Iterable[str]) -> list[Checkpoint]:
     return found
 
 
+def write_head(session: Session) -> None:
+    """Write the head marker naming the newest record, if this transaction appended any
+    since it last did. Runs by itself just before the transaction commits (so a group
+    commit of many records updates the head once); call it to read the head in the same
+    transaction as the appends."""
+    key = session.info.pop(_HEAD_DUE, None)
+    if key is None:
+        return
+    tail = session.info.get(_TAIL_KEY)
+    if tail is None:  # a savepoint rolled back since: the stored tail is the truth
+        tail = session.execute(_NEWEST).first()
+        if tail is None:
+            return
+    head = head_marker(key, tail[0], bytes(tail[1]))
+    if session.connection().execute(_UPDATE_HEAD, {"value": head}).rowcount == 0:
+        set_meta(session, HEAD_META_KEY, head)  # the chain's first record
+
+
+
+def _before_commit(session: Session) -> None:
+    if not session.in_nested_transaction():
+        write_head(session)
+
+
 def _log_after_commit(session: Session, row: AuditRow) -> None:
     session.info.setdefault(_PENDING_KEY, []).append(row)
 
@@ -503,6 +528,57 @@ def savepoint(session: Session) -> Iterator[None]:
         if pending is not None:
             del pending[mark:]
         raise
+
+
+class RequestSavepoint:
+    """:func:`savepoint` for one request, which its only batch item can share: the item's
+    rollback (:meth:`item_savepoint`) rolls back the request so far, which before its
+    audit records is that item's work alone, and begins the request's savepoint afresh for
+    them. A one-item request then costs one savepoint, not two.
+
+    Use as a context manager; :meth:`item_savepoint` fits
+    :func:`kcm.kernel.batch.run_batch`'s savepoint hook for a batch of one item.
+    """
+
+    __slots__ = ("_mark", "_nested", "_session")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._nested: Any = None
+        self._mark = 0
+
+    def __enter__(self) -> RequestSavepoint:
+        self._begin()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self._nested.commit()
+        else:
+            self._rollback()
+
+    def item_savepoint(self) -> RequestSavepoint:
+        return self
+
+    # The kernel's Savepoint: the item's commit is the request's (at its end), its
+    # rollback the request's so far.
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        self._rollback()
+        self._begin()
+
+    def _begin(self) -> None:
+        pending = self._session.info.get(_PENDING_KEY)
+        self._mark = 0 if pending is None else len(pending)
+        self._nested = self._session.begin_nested()
+
+    def _rollback(self) -> None:
+        self._nested.rollback()
+        pending = self._session.info.get(_PENDING_KEY)
+        if pending is not None:
+            del pending[self._mark:]
 
 
 def _emit_pending(session: Session) -> None:
@@ -526,6 +602,7 @@ def _drop_pending(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint rolled back: :func:`savepoint` drops its own records
     session.info.pop(_PENDING_KEY, None)
+    session.info.pop(_HEAD_DUE, None)
 
 
 def _forget_tail(session: Session, _transaction: Any) -> None:
@@ -534,6 +611,7 @@ def _forget_tail(session: Session, _transaction: Any) -> None:
 
 # Once for every session (what they do is a look in ``session.info``): listening on each
 # new session cost more than the rest of an audit append.
+event.listen(Session, "before_commit", _before_commit)
 event.listen(Session, "after_commit", _emit_pending)
 event.listen(Session, "after_rollback", _drop_pending)
 event.listen(Session, "after_soft_rollback", _forget_tail)
@@ -555,6 +633,7 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
     after it are left for the next run.
     """
     key = _audit_key(session, audit_key)
+    write_head(session)
     expected: dict[int, list[Checkpoint]] = {}
     for checkpoint in checkpoints:
         if not checkpoint.genuine(key):

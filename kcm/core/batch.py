@@ -24,7 +24,7 @@ from kcm.core.context import Caller, OperationContext
 from kcm.core.keyring import Keyring
 from kcm.core.operations import HANDLERS, OperationHandler
 from kcm.core.server_info import ServerInfo
-from kcm.kernel.batch import BatchStopped, run_batch
+from kcm.kernel.batch import BatchStopped, Savepoint, run_batch
 from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
@@ -40,12 +40,14 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
             should_stop: Callable[[], str | None] | None = None,
             max_locate_results: int | None = None,
             record: Callable[[AuditEvent], object] | None = None,
+            savepoint: Callable[[], Savepoint] | None = None,
             ) -> list[ResponseBatchItem]:
     """Execute ``request`` in ``session``'s transaction; its answered batch items (in the
     request's version), each with its audit record appended to ``session`` (or, with
     ``record``, handed to it: a read-only transaction cannot write them). ``should_stop``
     is asked before each item (see :func:`kcm.kernel.batch.run_batch`);
-    ``max_locate_results`` caps what one Locate returns (None: no cap)."""
+    ``max_locate_results`` caps what one Locate returns (None: no cap). ``savepoint`` is
+    the kernel's savepoint hook (default: ``session.begin_nested``)."""
     version = request.header.version
     contexts: dict[int, OperationContext] = {}
 
@@ -64,7 +66,8 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
 
     run = run_batch(request.batch_items, run_item, version=version,
                     continuation=request.header.effective_error_continuation,
-                    correlation_id=correlation_id, savepoint=session.begin_nested,
+                    correlation_id=correlation_id,
+                    savepoint=savepoint or session.begin_nested,
                     should_stop=should_stop)
     for item, error in run.unexpected:
         log.failure("operation {operation} failed [correlation id {cid}]", Failure(error),

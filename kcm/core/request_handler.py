@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kcm.core.audit import AuditEvent, append_audit, savepoint
+from kcm.core.audit import AuditEvent, RequestSavepoint, append_audit, savepoint
 from kcm.core.batch import audit_event, execute
 from kcm.core.config import CoreLimits
 from kcm.core.context import Caller
@@ -48,6 +48,7 @@ from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
+from kcm.kernel.batch import Savepoint
 from kcm.kernel.responses import (
     CLIENT_GONE,
     encode_items,
@@ -306,9 +307,12 @@ class CoreRequestHandler:
             answer = self._failed_answer(caller, _answer_version(wire), correlation_id, now)
         else:
             try:
-                with savepoint(session):
-                    items = self._execute(session, request, caller, now, correlation_id,
-                                          should_stop)
+                with RequestSavepoint(session) as request_savepoint:
+                    # A lone item shares the request's savepoint (one, not two).
+                    items = self._execute(
+                        session, request, caller, now, correlation_id, should_stop,
+                        savepoint=request_savepoint.item_savepoint
+                        if len(request.batch_items) == 1 else None)
                 return self._response(request, now, correlation_id, items)
             except Exception:
                 log.failure("request failed [correlation id {cid}]", cid=correlation_id)
@@ -320,12 +324,14 @@ class CoreRequestHandler:
 
     def _execute(self, session: Session, request: RequestMessage, caller: Caller, now: int,
                  correlation_id: str, should_stop: Callable[[], str | None] | None,
-                 record: Callable[[AuditEvent], object] | None = None
+                 record: Callable[[AuditEvent], object] | None = None,
+                 savepoint: Callable[[], Savepoint] | None = None,
                  ) -> list[ResponseBatchItem]:
         return execute(session, request, caller, now=now, keyring=self._keyring,
                        server_info=self._server_info, correlation_id=correlation_id,
                        should_stop=should_stop,
-                       max_locate_results=self._limits.max_locate_results, record=record)
+                       max_locate_results=self._limits.max_locate_results, record=record,
+                       savepoint=savepoint)
 
     def _refused_answer(self, *args: Any) -> _Answer:
         self._metrics.item(None)

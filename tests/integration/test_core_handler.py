@@ -25,6 +25,7 @@ from kcm.kmip.enums import (
     RevocationReasonCode,
     State,
 )
+from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
     ProtocolVersion,
     RequestBatchItem,
@@ -390,3 +391,40 @@ def test_an_unexpected_failure_is_a_general_failure_with_an_audit_record(
     assert (row.operation, row.result_reason) == ("?", "GENERAL_FAILURE")
     assert json.loads(row.detail) == {"operations": ["CREATE"]}
     assert row.correlation_id in answer.batch_items[0].result_message
+
+
+def test_a_lone_item_that_fails_after_writing_rolls_back_alone_in_its_group(
+        core: CoreHarness, monkeypatch) -> None:
+    """A one-item request shares its savepoint with its item: the item's rollback must undo
+    its writes, keep its own audit record and the group's other requests, and leave the
+    chain's head on the newest record."""
+    from kcm.core import managed
+    from kcm.core.store.schema import ManagedObject
+
+    real_insert = managed.insert
+
+    def insert_then_fail(*args, **kwargs):
+        real_insert(*args, **kwargs)  # the object is written...
+        raise KmipError(ResultReason.INVALID_FIELD, "refused after writing")
+
+    caller, now = core.caller(), int(time.time())
+
+    def group(session):
+        first = core.handler._respond_in(session, wire(create_item()), caller, now, None)
+        monkeypatch.setattr(managed, "insert", insert_then_fail)
+        failed = core.handler._respond_in(session, wire(create_item()), caller, now, None)
+        monkeypatch.setattr(managed, "insert", real_insert)
+        last = core.handler._respond_in(session, wire(create_item()), caller, now, None)
+        return first, failed, last
+
+    answers = [response(a) for a in core.store.run_sync(group)]
+    assert [a.batch_items[0].result_status for a in answers] == [
+        ResultStatus.SUCCESS, ResultStatus.OPERATION_FAILED, ResultStatus.SUCCESS]
+    kept = {a.batch_items[0].response_payload.unique_identifier for a in (answers[0], answers[2])}
+    stored = core.store.run_sync(lambda s: set(s.scalars(select(ManagedObject.uid).where(
+        ManagedObject.level.is_(None))).all()))
+    assert stored == kept
+    rows = audit_rows(core)
+    assert [(r.operation, r.result_status) for r in rows[-3:]] == [
+        ("CREATE", "SUCCESS"), ("CREATE", "OPERATION_FAILED"), ("CREATE", "SUCCESS")]
+    assert core.store.run_sync(lambda s: verify_chain(s)).ok

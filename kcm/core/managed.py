@@ -132,11 +132,12 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
 def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: list[Attribute],
            managed_object: Struct | Item | None, tenant: str | None = None,
            level: int | None = None, service: str | None = None,
-           key_version: int | None = None) -> StoredObject:
+           key_version: int | None = None, returning: bool = True) -> StoredObject | None:
     """Store a new object: attributes as given (the caller set the server-side ones),
     material wrapped under the tenant's key. Without ``tenant`` it is the caller's: in the
     caller's tenant, and an application's belongs to its service (which must be
-    provisioned); with ``tenant``, ``service`` is recorded as given."""
+    provisioned); with ``tenant``, ``service`` is recorded as given. ``returning=False``
+    returns None, which saves making the object for a caller that does not need it."""
     if tenant is None:
         tenant = policy.tenant_of(ctx.principal)
         policy.check_provisioned(ctx.session, ctx.principal)
@@ -151,9 +152,10 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
         ctx.session, uid=uid, tenant=tenant, object_type=object_type,
         attributes=encode_attributes(attributes), material=material,
         material_format=None, wrapped_by=wrapped_by, level=level, service=service,
-        key_version=key_version, names=_names(obj), groups=_groups(obj), **columns)
+        key_version=key_version, names=_names(obj), groups=_groups(obj), attach=returning,
+        **columns)
     ctx.touched(uid)
-    return StoredObject(row, attributes)
+    return None if row is None else StoredObject(row, attributes)
 
 
 def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> None:

@@ -120,6 +120,8 @@ def resolve(scopes: Iterable[tuple[tuple[str, str], RotationPolicy | PolicySetti
 
 #: Whether any scope sets a managed-key interval (read once per transaction).
 _ANY_MANAGED_INTERVAL = "kcm.rotation.any_managed_interval"
+_ANY_MANAGED_INTERVAL_SET = (select(RotationPolicy.__table__.c.tenant)
+                             .where(RotationPolicy.__table__.c.managed_interval > 0).limit(1))
 
 
 def managed_key_defaults(session: Session, tenant: str, service: str | None,
@@ -129,9 +131,8 @@ def managed_key_defaults(session: Session, tenant: str, service: str | None,
     the scope's ``managed_interval`` is set and the client named neither."""
     if any(a.tag in (Tag.ROTATE_AUTOMATIC, Tag.ROTATE_INTERVAL) for a in attributes):
         return attributes
-    if not transaction_memo(session, _ANY_MANAGED_INTERVAL, lambda: session.scalar(
-            select(RotationPolicy.tenant).where(RotationPolicy.managed_interval > 0)
-            .limit(1)) is not None):
+    if not transaction_memo(session, _ANY_MANAGED_INTERVAL, lambda: session.connection()
+                            .scalar(_ANY_MANAGED_INTERVAL_SET) is not None):
         return attributes  # the common case: one look per transaction, nothing more
     interval = effective_policy(session, tenant, service or "").managed_interval
     if not interval:

@@ -73,7 +73,7 @@ def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse:
     block = KeyBlock(key_format_type=KeyFormatType.RAW, key_value=KeyValue(key_material=key),
                      cryptographic_algorithm=algorithm, cryptographic_length=length)
     managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY, attributes=stored,
-                   managed_object=SymmetricKey(key_block=block))
+                   managed_object=SymmetricKey(key_block=block), returning=False)
     ctx.id_placeholder.set(uid)
     return CreateResponse(object_type=ObjectType.SYMMETRIC_KEY, unique_identifier=uid)
 

@@ -154,6 +154,7 @@ def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: s
         new = managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY,
                              attributes=attributes, managed_object=None, tenant=tenant,
                              level=LEVEL_TENANT_KEY)
+        assert new is not None
         repository.update_object(ctx.session, new.row, wrapped_by=WRAPPED_BY_L1,
                                  material=ctx.keyring.wrap_tenant_key(tenant, uid, key))
         ctx.keyring.forget_current(tenant)

@@ -97,11 +97,18 @@ def _transaction_ended(session: Session, *_: Any) -> None:
     if not session.in_nested_transaction():
         session.info.pop(_WRITERS_LOCKED, None)
         session.info.pop(_TRANSACTION_MEMO, None)
+        session.info.pop(_NEXT_CREATED_SEQ, None)
+
+
+def _rolled_back(session: Session, *_: Any) -> None:
+    # A savepoint or the transaction: the objects it numbered are gone.
+    session.info.pop(_NEXT_CREATED_SEQ, None)
 
 
 # The lock goes with the transaction: the next one of the same session must take it again.
 event.listen(Session, "after_commit", _transaction_ended)
 event.listen(Session, "after_rollback", _transaction_ended)
+event.listen(Session, "after_soft_rollback", _rolled_back)
 
 
 def _dialect_insert(session: Session) -> Callable[..., Any]:
@@ -160,9 +167,12 @@ def insert_object(
     cryptographic_length: int | None = None,
     names: Iterable[tuple[str, int]] = (),
     groups: Iterable[str] = (),
+    attach: bool = True,
     **dates: int | None,
-) -> ManagedObject:
-    """Insert a new managed object (its tenant must exist) and return it, flushed.
+) -> ManagedObject | None:
+    """Insert a new managed object (its tenant must exist) and return it, flushed; with
+    ``attach=False`` return None instead (no ORM object is made: the row is read back like
+    any other if this transaction asks for it again).
 
     ``material`` must already be wrapped (:func:`kcm.core.keys.wrap`). ``dates`` are the
     KMIP date columns in epoch seconds (``initial_date=...``, ``activation_date=...``; see
@@ -177,7 +187,13 @@ def insert_object(
     # Core statements, not the ORM's unit of work (a Create's hot path); the row then joins
     # the session as loaded, so later changes in this transaction go through the ORM.
     connection = session.connection()
-    next_seq = (connection.scalar(_MAX_CREATED_SEQ) or 0) + 1
+    info = session.info
+    # Numbered from memory within one transaction (it holds the writers' lock); a
+    # savepoint rolled back forgets the number, since the rows it counted may be gone.
+    next_seq = info.get(_NEXT_CREATED_SEQ)
+    if next_seq is None:
+        next_seq = (connection.scalar(_MAX_CREATED_SEQ) or 0) + 1
+    info[_NEXT_CREATED_SEQ] = next_seq + 1
     values: dict[str, Any] = {
         "uid": uid, "created_seq": next_seq, "tenant": tenant, "object_type": object_type,
         "level": level, "service": service, "key_version": key_version, "state": state,
@@ -197,12 +213,16 @@ def insert_object(
     if unique_groups:
         connection.execute(_INSERT_GROUP, [
             {"uid": uid, "tenant": tenant, "group_name": group} for group in unique_groups])
+    if not attach:
+        return None
     obj = ManagedObject(**values)
     make_transient_to_detached(obj)
     session.add(obj)
     return obj
 
 
+#: ``Session.info``: the ``created_seq`` the next object inserted in this transaction gets.
+_NEXT_CREATED_SEQ = "kcm.store.next_created_seq"
 _MAX_CREATED_SEQ = select(func.max(ManagedObject.created_seq))
 _INSERT_OBJECT = ManagedObject.__table__.insert()
 _INSERT_NAME = ObjectName.__table__.insert()

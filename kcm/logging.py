@@ -18,13 +18,24 @@ are added to the event's own fields (and win over one of the same name); in text
 the bracket, ``[NAMESPACE#LEVEL worker=1 pid=4242]``.
 
 Events may come from any thread (audit records are emitted by the store's worker threads):
-each line is written and flushed whole under a lock.
+each line is written and flushed whole under a lock. A process's own log
+(``background=True``, what :class:`kcm.process.ProcessService` installs) keeps the disk off
+the threads that log: an event is queued, and a thread of the observer's own renders and
+writes the queued events in order, many per write. The queue is bounded (``max_pending``
+events): a thread that finds it full waits for the writer, so no line is ever dropped, and
+a disk that cannot keep up slows the loggers down rather than growing memory. Lines still
+queued are written when the process exits normally (``atexit``) or when :meth:`flush` is
+called; a killed process loses the lines of its last moments (never an audit record: the
+database holds those, and ``kcm audit tail`` reads them there).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -40,8 +51,8 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "check_log_format", "event_as_json", "log_observer",
-           "parse_level"]
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "BackgroundLineWriter", "check_log_format",
+           "event_as_json", "log_observer", "parse_level"]
 
 #: The values of the ``log_format`` setting.
 LOG_FORMATS = ("json", "text")
@@ -132,14 +143,89 @@ class _LineWriter:
             self._out.flush()
 
 
+@implementer(ILogObserver)
+class BackgroundLineWriter:
+    """Queues each event, and renders and writes them in order on a thread of its own (see
+    the module docstring): logging costs the caller an append, not a write and a flush."""
+
+    def __init__(self, out: IO[str], render: Callable[[LogEvent], str | None], *,
+                 max_pending: int = 65_536) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self._out = out
+        self._render = render
+        self._max_pending = max_pending
+        self._pending: deque[LogEvent] = deque()
+        self._busy = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="kcm-log-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush)
+
+    def __call__(self, event: LogEvent) -> None:
+        with self._changed:
+            while len(self._pending) >= self._max_pending:
+                self._changed.wait()
+            self._pending.append(event)
+            if len(self._pending) == 1:
+                self._changed.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every event queued so far is written (at most ``timeout`` seconds);
+        whether they were."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._pending:
+                    self._changed.wait()
+                batch = list(self._pending)
+                self._pending.clear()
+                self._busy = True
+                self._changed.notify_all()  # room again for a logger that waits
+            try:
+                self._write(batch)
+            finally:
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
+
+    def _write(self, batch: list[LogEvent]) -> None:
+        lines = []
+        for event in batch:
+            try:
+                line = self._render(event)
+            except Exception as e:  # one event that cannot be rendered loses only itself
+                line = f"unrenderable log event: {type(e).__name__}\n"
+            if line:
+                lines.append(line)
+        if lines:
+            try:
+                self._out.write("".join(lines))
+                self._out.flush()
+            except (OSError, ValueError):
+                pass  # nowhere left to report it: the log itself is what failed
+
+
 def log_observer(out: IO[str], *, log_format: str = "json", level: str = "info",
-                 fields: Mapping[str, Any] | None = None) -> ILogObserver:
+                 fields: Mapping[str, Any] | None = None,
+                 background: bool = False) -> ILogObserver:
     """An observer writing every event at ``level`` or above to ``out`` in ``log_format``
-    (``json`` or ``text``), each line with ``fields`` added (see the module docstring).
+    (``json`` or ``text``), each line with ``fields`` added (see the module docstring);
+    with ``background``, on a writer thread of its own (:class:`BackgroundLineWriter`).
     ValueError for an unknown format or level."""
     render = event_as_json if check_log_format(log_format) == "json" \
         else formatEventAsClassicLogText
     if fields:
         render = _with_fields(render, dict(fields), json_lines=log_format == "json")
-    return FilteringLogObserver(_LineWriter(out, render),
+    writer = BackgroundLineWriter(out, render) if background else _LineWriter(out, render)
+    return FilteringLogObserver(writer,
                                 [LogLevelFilterPredicate(defaultLogLevel=parse_level(level))])

@@ -62,7 +62,7 @@ class ProcessService(MultiService):
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
             parent.setComponent(ILogObserver, log_observer(
                 self._log_file or open_log(self.log_path), log_format=self.log_format,
-                level=self.log_level, fields=self.log_fields))
+                level=self.log_level, fields=self.log_fields, background=True))
         super().setServiceParent(parent)
 
     def startService(self) -> None:

@@ -207,20 +207,20 @@ def _run_tail(args: argparse.Namespace) -> int:
         raise CommandError("--lines must be 0 or more")
     query, table = _query(args)
 
-    def newest(session) -> list[dict[str, Any]]:
-        rows = session.scalars(query.order_by(table.seq.desc()).limit(args.lines)).all()
-        return [record_json(row) for row in reversed(rows)]
-
-    def last_seq(session) -> int:
+    def newest(session) -> tuple[list[dict[str, Any]], int]:
+        """The last ``--lines`` records, and the newest sequence number, read together:
+        a record committed after this read is the first that following prints."""
         from sqlalchemy import func, select
 
-        return session.scalar(select(func.coalesce(func.max(table.seq), 0)))
+        last = session.scalar(select(func.coalesce(func.max(table.seq), 0)))
+        rows = session.scalars(query.where(table.seq <= last).order_by(table.seq.desc())
+                               .limit(args.lines)).all()
+        return [record_json(row) for row in reversed(rows)], last
 
-    store, records = _read(args, newest)
+    store, (records, after) = _read(args, newest)
     _write(sys.stdout, records)
     if not args.follow:
         return 0
-    after = run_in_store(store, last_seq, write=False)
     try:
         while True:
             time.sleep(args.interval)

@@ -24,7 +24,8 @@ So every record also carries a MAC under the **audit key** (HKDF of L1,
 
 Since ``digest(n)`` commits to every record up to ``n``, ``mac(n)`` authenticates them all;
 a record edited without the key (its digests recomputed or not) fails its own MAC. The head
-marker names the newest record, so a truncated tail is detected too; its MAC (distinct from
+marker names the newest record (written once per transaction, just before it commits:
+:func:`write_head`), so a truncated tail is detected too; its MAC (distinct from
 the record's) means a tail can only be cut back to a head someone saw before. Checkpoints
 are the head, MACed under a third label and written to the log, outside the database, by
 :class:`kcm.core.audit_checkpoints.AuditCheckpoints`.
@@ -64,6 +65,7 @@ from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
 from kcm.core.store.engine import AUDIT_KEY_INFO, AUDIT_WRITTEN_INFO
+from kcm.core.store.raw_statements import RawStatement
 from kcm.core.store.repository import get_meta, lock_writers, set_meta
 from kcm.core.store.schema import AuditLog, Meta
 
@@ -86,10 +88,14 @@ _TAIL_KEY = "kcm.audit.tail"
 #: The audit key of a transaction that appended records: its head marker is written once,
 #: just before it commits (:func:`write_head`), not once per record.
 _HEAD_DUE = "kcm.audit.head_due"
-_INSERT_RECORD = AuditLog.__table__.insert()
-_UPDATE_HEAD = (Meta.__table__.update().where(Meta.__table__.c.key == HEAD_META_KEY)
-                .values(value=bindparam("value")))
-_NEWEST = select(AuditLog.seq, AuditLog.digest).order_by(AuditLog.seq.desc()).limit(1)
+_RECORD_COLUMNS = ("seq", "at", "principal", "tenant", "gateway", "source", "operation",
+                   "object_ids", "result_status", "result_reason", "correlation_id", "detail",
+                   "prev_digest", "digest", "mac")
+_INSERT_RECORD = RawStatement(AuditLog.__table__.insert(), _RECORD_COLUMNS)
+_UPDATE_HEAD = RawStatement(Meta.__table__.update().where(
+    Meta.__table__.c.key == HEAD_META_KEY).values(value=bindparam("value")), ["value"])
+_NEWEST = RawStatement(select(AuditLog.seq, AuditLog.digest).order_by(AuditLog.seq.desc())
+                       .limit(1))
 
 #: Where committed audit records are emitted (a namespace of their own, so an observer can
 #: pick them out).
@@ -366,7 +372,7 @@ def append_audit(
     lock_writers(session)
     tail = session.info.get(_TAIL_KEY)
     if tail is None:
-        tail = session.execute(_NEWEST).first()
+        tail = _NEWEST.execute(session).fetchone()
     seq, prev_digest = (tail[0] + 1, bytes(tail[1])) if tail else (1, GENESIS_DIGEST)
     values: dict[str, Any] = {
         "seq": seq,
@@ -384,10 +390,9 @@ def append_audit(
     }
     digest = record_digest(prev_digest, **values)
     mac = record_mac(key, digest)
-    # Core statements, not the ORM's unit of work: this runs for every request.
-    connection = session.connection()
-    connection.execute(_INSERT_RECORD, {**values, "prev_digest": prev_digest,
-                                        "digest": digest, "mac": mac})
+    # Straight to the driver, not the ORM's unit of work: this runs for every request.
+    _INSERT_RECORD.execute(session, {**values, "prev_digest": prev_digest, "digest": digest,
+                                     "mac": mac})
     session.info[_HEAD_DUE] = key
     # Valid while this transaction holds the writers' lock; any rollback (a savepoint's
     # included) forgets it, since the rows it described may be gone.
@@ -495,11 +500,11 @@ def write_head(session: Session) -> None:
         return
     tail = session.info.get(_TAIL_KEY)
     if tail is None:  # a savepoint rolled back since: the stored tail is the truth
-        tail = session.execute(_NEWEST).first()
+        tail = _NEWEST.execute(session).fetchone()
         if tail is None:
             return
     head = head_marker(key, tail[0], bytes(tail[1]))
-    if session.connection().execute(_UPDATE_HEAD, {"value": head}).rowcount == 0:
+    if _UPDATE_HEAD.execute(session, {"value": head}).rowcount == 0:
         set_meta(session, HEAD_META_KEY, head)  # the chain's first record
 
 

@@ -139,3 +139,75 @@ def test_fixed_fields_in_text_lines() -> None:
            "kcm.gateway").warn("link lost")
     [line] = stream.getvalue().splitlines()
     assert "[kcm.gateway#warn worker=2 pid=4242] link lost" in line
+
+
+class _GatedStream(io.StringIO):
+    """A stream whose writes wait until ``gate`` is set (a disk that stalls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.gate.wait(10)
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_background_writer_keeps_the_disk_off_the_logging_thread() -> None:
+    from kcm.logging import BackgroundLineWriter
+
+    stream = _GatedStream()
+    writer = BackgroundLineWriter(stream, lambda event: f"{event['n']}\n")
+    for n in range(100):
+        writer({"n": n})  # returns at once although the stream is stalled
+    assert stream.getvalue() == ""
+    stream.gate.set()
+    assert writer.flush()
+    assert stream.getvalue().splitlines() == [str(n) for n in range(100)]
+    assert stream.writes < 100  # many lines per write
+
+
+def test_a_full_background_queue_makes_the_logger_wait_and_loses_nothing() -> None:
+    from kcm.logging import BackgroundLineWriter
+
+    stream = _GatedStream()
+    writer = BackgroundLineWriter(stream, lambda event: f"{event['n']}\n", max_pending=3)
+    logger_thread = threading.Thread(target=lambda: [writer({"n": n}) for n in range(20)])
+    logger_thread.start()
+    logger_thread.join(0.3)
+    assert logger_thread.is_alive()  # waiting for room, not dropping lines
+    stream.gate.set()
+    logger_thread.join(5)
+    assert not logger_thread.is_alive()
+    assert writer.flush()
+    assert stream.getvalue().splitlines() == [str(n) for n in range(20)]
+
+
+def test_an_event_the_background_writer_cannot_render_loses_only_itself() -> None:
+    from kcm.logging import BackgroundLineWriter
+
+    stream = io.StringIO()
+
+    def render(event):
+        if event["n"] == 1:
+            raise ValueError("no")
+        return f"{event['n']}\n"
+
+    writer = BackgroundLineWriter(stream, render)
+    for n in range(3):
+        writer({"n": n})
+    assert writer.flush()
+    assert stream.getvalue().splitlines() == ["0", "unrenderable log event: ValueError", "2"]
+
+
+def test_a_background_observer_writes_the_same_lines() -> None:
+    stream = io.StringIO()
+    observer = log_observer(stream, log_format="json", level="info", background=True)
+    log = logger(observer, "kcm.audit")
+    log.info("audit {seq}: {operation}", seq=7, operation="Create")
+    log.debug("not at this level")
+    assert observer._observer.flush()
+    [line] = lines(stream)
+    assert (line["text"], line["seq"]) == ("audit 7: Create", 7)

@@ -29,6 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
+from kcm.core.store.raw_statements import execute_plain
 from kcm.core.store.repository import lock_writers
 
 T = TypeVar("T")
@@ -90,18 +91,19 @@ def _plain_savepoints(engine: Engine) -> Engine:
     SQLAlchemy names every savepoint afresh (``sa_savepoint_N``) and so compiles each
     SAVEPOINT, RELEASE and ROLLBACK TO statement anew, never from its statement cache: a
     tenth of a group commit's CPU per request went there. The names are SQLAlchemy's own
-    identifiers, safe to put in the text as they are.
+    identifiers, safe to put in the text as they are; the text goes straight to the driver
+    (:mod:`kcm.core.store.raw_statements`).
     """
     dialect = engine.dialect
 
     def do_savepoint(connection: Any, name: str) -> None:
-        connection.exec_driver_sql(f"SAVEPOINT {name}")
+        execute_plain(connection, f"SAVEPOINT {name}")
 
     def do_rollback_to_savepoint(connection: Any, name: str) -> None:
-        connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+        execute_plain(connection, f"ROLLBACK TO SAVEPOINT {name}")
 
     def do_release_savepoint(connection: Any, name: str) -> None:
-        connection.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+        execute_plain(connection, f"RELEASE SAVEPOINT {name}")
 
     dialect.do_savepoint = do_savepoint  # type: ignore[method-assign]
     dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]

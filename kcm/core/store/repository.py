@@ -33,6 +33,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.util import identity_key
 
 from kcm.core.store.known import known_facts, learn
+from kcm.core.store.raw_statements import RawStatement
 from kcm.core.store.schema import (
     DATE_COLUMNS,
     LEVEL_SERVICE_KEY,
@@ -203,7 +204,7 @@ def insert_object(
         "attributes": attributes, "revision": 1, "rotate_due": None,
         **dict.fromkeys(DATE_COLUMNS), **dates,
     }
-    connection.execute(_INSERT_OBJECT, values)
+    _INSERT_OBJECT.execute(session, values)
     unique_names = dict(names)
     if unique_names:
         connection.execute(_INSERT_NAME, [
@@ -224,7 +225,8 @@ def insert_object(
 #: ``Session.info``: the ``created_seq`` the next object inserted in this transaction gets.
 _NEXT_CREATED_SEQ = "kcm.store.next_created_seq"
 _MAX_CREATED_SEQ = select(func.max(ManagedObject.created_seq))
-_INSERT_OBJECT = ManagedObject.__table__.insert()
+_INSERT_OBJECT = RawStatement(ManagedObject.__table__.insert(),
+                              [column.key for column in ManagedObject.__table__.columns])
 _INSERT_NAME = ObjectName.__table__.insert()
 _INSERT_GROUP = ObjectGroup.__table__.insert()
 
@@ -241,12 +243,12 @@ def get_object(
     if identity_key(ManagedObject, uid) not in session.identity_map:
         # Not in this session yet: read the row with a Core statement (the hot path of
         # every operation on an object) and attach it as loaded.
-        row = session.connection().execute(
-            _GET_OBJECT_FOR_UPDATE if for_update else _GET_OBJECT,
-            {"uid": uid, "tenant": tenant}).first()
+        cursor = (_GET_OBJECT_FOR_UPDATE if for_update else _GET_OBJECT).execute(
+            session, {"uid": uid, "tenant": tenant})
+        row = cursor.fetchone()
         if row is None:
             return None
-        obj = ManagedObject(**row._mapping)
+        obj = ManagedObject(**dict(zip(_OBJECT_COLUMNS, row, strict=True)))
         make_transient_to_detached(obj)
         session.add(obj)
         return obj
@@ -256,10 +258,12 @@ def get_object(
     return session.scalar(stmt)
 
 
-_GET_OBJECT = select(*ManagedObject.__table__.columns).where(
+_OBJECT_COLUMNS = [column.key for column in ManagedObject.__table__.columns]
+_SELECT_OBJECT = select(*ManagedObject.__table__.columns).where(
     ManagedObject.__table__.c.uid == bindparam("uid"),
     ManagedObject.__table__.c.tenant == bindparam("tenant"))
-_GET_OBJECT_FOR_UPDATE = _GET_OBJECT.with_for_update()
+_GET_OBJECT = RawStatement(_SELECT_OBJECT, ["uid", "tenant"])
+_GET_OBJECT_FOR_UPDATE = RawStatement(_SELECT_OBJECT.with_for_update(), ["uid", "tenant"])
 
 
 def update_object(session: Session, obj: ManagedObject, **changes: object) -> ManagedObject:

@@ -44,13 +44,14 @@ from kcm.eager_tls import EagerTLSFactory  # noqa: E402
 from kcm.gateway.fast_path import FastPath  # noqa: E402
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id  # noqa: E402
 from kcm.gateway.l3_cache import L3Cache  # noqa: E402
-from kcm.gateway.local_batch import LocalRunner  # noqa: E402
+from kcm.gateway.local_batch import LocalRunner, gateway_engines  # noqa: E402
 from kcm.gateway.metrics import GatewayMetrics  # noqa: E402
 from kcm.gateway.usage_report import UsageCounter  # noqa: E402
 from kcm.identity import Principal, Role  # noqa: E402
 from kcm.kmip.enums import Operation, State  # noqa: E402
 from kcm.kmip.payloads import DecryptRequest, EncryptRequest, GetRequest  # noqa: E402
 from kcm.kmip_protocol import ConnectionInfo, ConnectionLimits, KmipServerFactory  # noqa: E402
+from kcm.l4.opened_keys import OpenedKeys  # noqa: E402
 from kcm.l4.service_key import ServiceKey  # noqa: E402
 from kcm.pki import init_pki  # noqa: E402
 from kcm.testing.requests import create_l4, item, request, response  # noqa: E402
@@ -75,21 +76,24 @@ class _Keys:
         raise AssertionError("an L4 request was forwarded")
 
 
-def gateway(clock: Clock) -> GatewayRequestHandler:
+def gateway(clock: Clock, dek_cache_size: int = 10_000) -> GatewayRequestHandler:
     """The handler as makeService builds it, over a warm cache."""
     keys = _Keys()
-    cache = L3Cache(keys.fetch, connected=lambda: True, clock=clock.seconds)
+    opened_keys = (OpenedKeys(clock=clock.seconds, max_entries=dek_cache_size)
+                   if dek_cache_size else None)
+    cache = L3Cache(keys.fetch, connected=lambda: True, clock=clock.seconds,
+                    opened_keys=opened_keys)
     cache.store([L3], APP, current_of=("demo", "app"))
     usage = UsageCounter()
+    engines = gateway_engines(usage.used, opened_keys)
     metrics = GatewayMetrics()
     limits = ConnectionLimits()
-    fast_path = FastPath(cache=cache, engine_factory=usage.engine_factory,
+    fast_path = FastPath(cache=cache, engine_factory=engines,
                          clock=clock.seconds, new_correlation_id=new_correlation_id,
                          max_message_size=limits.max_message_size,
                          max_batch_items=limits.max_batch_items, served=metrics.fast_served)
     return GatewayRequestHandler(
-        runner=LocalRunner(new_correlation_id=new_correlation_id,
-                           engine_factory=usage.engine_factory),
+        runner=LocalRunner(new_correlation_id=new_correlation_id, engine_factory=engines),
         cache=cache, link=keys, clock=clock.seconds, fast_path=fast_path, metrics=metrics)
 
 
@@ -217,12 +221,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--operations", default=",".join(OPERATIONS))
     parser.add_argument("--depths", default=",".join(DEPTHS))
+    parser.add_argument("--dek-cache-size", type=int, default=10_000,
+                        help="the gateway's dek_cache_size (0: no opened DEKs kept)")
     parser.add_argument("--profile", metavar="OP:DEPTH",
                         help="print a cProfile of one case instead (e.g. encrypt:tls)")
     args = parser.parse_args()
     clock = Clock()
     clock.advance(1_700_000_000)
-    handler = gateway(clock)
+    handler = gateway(clock, args.dek_cache_size)
     wires = requests(handler)
     with TemporaryDirectory() as scratch:
         def case(operation: str, depth: str) -> Callable[[], float]:
@@ -245,7 +251,7 @@ def main() -> None:
             return
         depths = args.depths.split(",")
         print(f"gateway CPU µs per request, in process, best of {args.rounds} x "
-              f"{args.requests}")
+              f"{args.requests}, dek_cache_size {args.dek_cache_size}")
         print(f"{'operation':10}" + "".join(f"{depth:>10}" for depth in depths))
         for operation in args.operations.split(","):
             row = [measure(case(operation, depth), args.requests, args.rounds,

@@ -3,8 +3,8 @@ service tree from them without reading a file or touching the network (the servi
 when they start; see :mod:`kcm.gateway.service`).
 
 With ``workers`` other than 1 the tree is a supervisor's instead (:mod:`kcm.gateway.supervisor`),
-whose workers run this same plugin with ``--worker INDEX`` and the listening socket it hands
-them (:func:`worker_command`)."""
+whose workers run this same plugin with ``--worker INDEX`` on the address it reserved for
+them, or the listening socket it hands them (:func:`worker_command`)."""
 
 from __future__ import annotations
 
@@ -112,15 +112,17 @@ _NOT_SETTINGS = {"config", "worker"}
 _SUPERVISOR_ONLY = {"config", "worker", "workers", "listen"}
 
 
-def worker_command(options: Options, index: int) -> list[str]:
+def worker_command(options: Options, index: int,
+                   listen: str = f"fd:{WORKER_LISTEN_FD}") -> list[str]:
     """The command line of worker ``index``: ``twistd -n kcm-gateway`` with this process's
     configuration file (as an absolute path: a daemonized supervisor changes directory) and
-    command-line settings, as worker ``index`` on the inherited listening socket."""
+    command-line settings, as worker ``index`` listening on ``listen`` (the supervisor's
+    :attr:`SharedListener.worker_listen`: the inherited listening socket by default)."""
     # -P: the working directory is not put on sys.path (python -c would), so a module there
     # cannot stand in for one of ours.
     command = [sys.executable, "-P", "-c", "from twisted.scripts.twistd import run; run()",
                "--nodaemon", "--pidfile=", "kcm-gateway", "--worker", str(index),
-               "--listen", f"fd:{WORKER_LISTEN_FD}"]
+               "--listen", listen]
     if options["config"] is not None:
         command += ["--config", os.path.abspath(options["config"])]
     for key, *_ in Options.optParameters:
@@ -219,6 +221,6 @@ def make_supervisor(options: Options, workers: int,
                name="kcm-tls-files").setServiceParent(supervisor)
     listener = SharedListener(reactor, config.listen)
     listener.setServiceParent(supervisor)
-    WorkerPool(workers, partial(worker_command, options), listener,
-               reactor=reactor).setServiceParent(supervisor)
+    WorkerPool(workers, lambda index: worker_command(options, index, listener.worker_listen),
+               listener, reactor=reactor).setServiceParent(supervisor)
     return supervisor

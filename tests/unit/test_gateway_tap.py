@@ -263,3 +263,20 @@ def test_every_limit_has_a_command_line_override_that_workers_inherit(tmp_path: 
     assert command[-4:] == ["--max-message-size", "65536", "--handshake-timeout", "2.5"]
     with pytest.raises(usage.UsageError, match="limits.max_batch_items must be a whole"):
         parse("--max-batch-items", "lots")
+
+
+def test_a_supervisors_workers_listen_on_the_address_it_reserved() -> None:
+    service = tap.makeService(parse("--workers", "2", "--listen",
+                                    "tcp:0:interface=127.0.0.1"), reactor=Clock())
+    listener = service.getServiceNamed("kcm-kmip-socket")
+    pool = service.getServiceNamed("kcm-gateway-workers")
+    listener.startService()
+    try:
+        command = pool.command(1)
+        listen = command[command.index("--listen") + 1]
+        port = listener.reserved.getsockname()[1]
+        assert listen == listener.worker_listen == f"reuseport:{port}:interface=127.0.0.1"
+        worker = tap.makeService(parse(*command[7:]), reactor=Clock())
+        assert worker.getServiceNamed("kcm-kmip-listener").description == listen
+    finally:
+        listener.stopService()

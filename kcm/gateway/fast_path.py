@@ -171,6 +171,9 @@ class FastPath:
                 result = engine.execute(operation, principal, version, payload)
                 answered.append(_response_item(operation, batch_id, result))
         except Exception:
+            # Raising the one _DECLINE adds this raise's frames to its traceback: dropped,
+            # or it would grow with every request declined (every forwarded one).
+            _DECLINE.__traceback__ = None
             return None
         answer = response_wire(version, int(self._clock()), self._new_correlation_id(),
                                answered, maximum_response_size,

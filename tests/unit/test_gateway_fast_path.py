@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from kcm.gateway import fast_path as fast_path_module
 from kcm.gateway import handler as handler_module
 from kcm.gateway.fast_path import FAST_VERSIONS, FastPath
 from kcm.gateway.handler import GatewayRequestHandler
@@ -300,3 +301,12 @@ def test_what_the_fast_path_cannot_be_sure_of_is_declined(planes: Planes) -> Non
     other_tenant = ConnectionInfo(2, service_principal("other"), "127.0.0.1:40001").principal
     wire = request(item(Operation.GET, GetRequest(unique_identifier=token)))
     assert planes.fast.answer(wire, other_tenant) is None
+
+
+def test_declining_keeps_no_traceback(planes: Planes) -> None:
+    """The fast path declines by raising one shared exception: a traceback kept on it would
+    grow by a few frames with every request declined (every forwarded one), forever."""
+    wire = request(create_managed())
+    for _ in range(3):
+        assert planes.fast.answer(wire, APP) is None
+    assert fast_path_module._DECLINE.__traceback__ is None

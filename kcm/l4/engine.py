@@ -157,7 +157,7 @@ class L4Engine:
     opens there (:mod:`kcm.l4.opened_keys`); every check of who asks, of the L3 and of the
     token is made first all the same."""
 
-    __slots__ = ("_keys", "_random_bytes", "_handlers", "_opened", "_used", "_opened_keys")
+    __slots__ = ("_keys", "_random_bytes", "_opened", "_used", "_opened_keys")
 
     def __init__(self, keys: KeySource, random_bytes: RandomBytes = os.urandom,
                  used: Callable[[str], None] | None = None,
@@ -170,19 +170,15 @@ class L4Engine:
         #: L4 identifier -> its DEK, opened for an earlier item of this request.
         self._opened: dict[str, OpenedKey] = {}
         self._opened_keys = opened_keys
-        self._handlers: dict[int, Callable[[Principal, Version, Any], Any]] = {
-            Operation.CREATE: self.create, Operation.GET: self.get,
-            Operation.ENCRYPT: self.encrypt, Operation.DECRYPT: self.decrypt,
-        }
 
     def execute(self, operation: int, principal: Principal, version: Version,
                 payload: Any) -> Any:
         """Run one L4 batch item: the response payload, or a ``KmipError``."""
-        handler = self._handlers.get(operation)
+        handler = _OPERATIONS.get(operation)
         if handler is None:
             raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
                             f"{enum_label(Operation, operation)} is not an L4 operation")
-        return handler(principal, version, payload)
+        return handler(self, principal, version, payload)
 
     # Create -------------------------------------------------------------------------
     def create(self, principal: Principal, version: Version,
@@ -418,6 +414,14 @@ class L4Engine:
                        else OpenedKey(opened))
             self._opened[uid] = dek
         return dek, l3
+
+
+#: The engine's method for each operation (one table for every engine: an engine is built
+#: per request).
+_OPERATIONS: dict[int, Callable[..., Any]] = {
+    Operation.CREATE: L4Engine.create, Operation.GET: L4Engine.get,
+    Operation.ENCRYPT: L4Engine.encrypt, Operation.DECRYPT: L4Engine.decrypt,
+}
 
 
 # Helpers ------------------------------------------------------------------------------

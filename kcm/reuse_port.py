@@ -22,6 +22,7 @@ often the same one.)
 from __future__ import annotations
 
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +40,9 @@ REUSE_PORT_PREFIX = "reuseport"
 
 
 def supports_reuse_port() -> bool:
-    """Whether this platform has SO_REUSEPORT (Linux and the BSDs do)."""
-    return hasattr(socket, "SO_REUSEPORT")
+    """Whether this platform spreads connections over SO_REUSEPORT listeners: Linux (the
+    BSDs and macOS have the option, but it does not balance there)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ supervisor and the gateways are its worker processes.
   :mod:`kcm.reuse_port`), and the kernel spreads new connections over the workers by a hash
   of their addresses and ports. The supervisor's socket keeps the address reserved for the
   workers (sockets of the same user with SO_REUSEPORT) while one restarts. Any other
-  listener (``unix:``, ``fd:``, or a platform without SO_REUSEPORT) is bound and listened on
+  listener (``unix:``, ``fd:``, or on a platform other than Linux) is bound and listened on
   once, with the usual backlog; each worker inherits that socket as descriptor
   :data:`WORKER_LISTEN_FD` and adopts it (``fd:3``, see
   :func:`kcm.tls.plain_server_endpoint`), and each new connection goes to whichever worker

@@ -81,3 +81,12 @@ def test_the_endpoint_fails_on_an_address_it_cannot_bind() -> None:
         outcome: list = []
         endpoint.listen(Factory.forProtocol(Protocol)).addBoth(outcome.append)
     assert outcome[0].check(error.CannotListenError)
+
+
+def test_reuse_port_is_used_on_linux_only(monkeypatch) -> None:
+    from kcm import reuse_port
+
+    monkeypatch.setattr(reuse_port.sys, "platform", "darwin")
+    assert not reuse_port.supports_reuse_port()
+    monkeypatch.setattr(reuse_port.sys, "platform", "linux")
+    assert reuse_port.supports_reuse_port() == hasattr(socket, "SO_REUSEPORT")

@@ -111,8 +111,10 @@ def response_wire(version: Version, now: int, correlation_id: str | None,
     if version_fit.STRICT:
         _check_fits(version, items)
     wire = _assemble(version, now, correlation_id, items)
-    limit = min((size for size in (maximum_response_size, server_limit) if size is not None),
-                default=None)
+    if maximum_response_size is None or server_limit is None:
+        limit = server_limit if maximum_response_size is None else maximum_response_size
+    else:
+        limit = min(maximum_response_size, server_limit)
     if limit is None or len(wire) <= limit:
         return wire
     if limit == maximum_response_size:

@@ -114,6 +114,15 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
     def connectionLost(self, reason: Any) -> None:
         self._into_bio = self._out_bio = None  # the Connection goes: the stock loops
         super().connectionLost(reason)
+        transport = self.transport
+        if self._eager and not transport.connected:
+            # The answers the peer never took go now, not when the garbage collector finds
+            # this protocol and the one it wraps (they refer to each other): a client that
+            # never reads leaves up to max_unsent_output behind otherwise.
+            transport.dataBuffer = b""
+            transport.offset = 0
+            transport._tempDataBuffer = []
+            transport._tempDataLen = 0
 
     def _flushReceiveBIO(self) -> None:
         """As Twisted's, but it stops once OpenSSL holds no more bytes to read, rather than

@@ -24,6 +24,10 @@ class Framer:
         self.max_size = max_size
         self._buffer = bytearray()
 
+    def clear(self) -> None:
+        """Forget the bytes of a message begun (the connection is gone)."""
+        self._buffer = bytearray()
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete message."""

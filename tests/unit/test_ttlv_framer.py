@@ -51,3 +51,11 @@ def test_one_whole_message_in_one_read_is_handed_out_as_it_came() -> None:
     # A whole message that is too large is refused all the same.
     with pytest.raises(MessageTooLarge):
         Framer(16).feed(one)
+
+
+def test_clear_forgets_a_message_begun() -> None:
+    one = message(3)
+    framer = Framer(1024)
+    assert framer.feed(one[:5]) == [] and framer.buffered == 5
+    framer.clear()
+    assert framer.buffered == 0 and framer.feed(one) == [one]

@@ -215,6 +215,7 @@ class KmipServerProtocol(Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._pending.clear()  # never handed over: nothing to stop
+        self._framer.clear()  # (now, not when the garbage collector finds this protocol)
         if self._busy and self.connection is not None:
             # Nobody will read the answer of the request in flight: let the handler stop it.
             connection_lost = getattr(self._handler, "connection_lost", None)

@@ -28,8 +28,10 @@ the alert that closes the connection.
 Listeners stay endpoint strings in configuration: :func:`tls_server_endpoint` takes a plain
 ``tcp:5696:interface=127.0.0.1`` description and wraps it in TLS; :func:`tls_client_endpoint`
 does the same for ``tcp:HOST:PORT``. A listener may also be ``fd:N``: a listening socket the
-process inherited as descriptor N (from kcm-gateway's supervisor, which binds the port once for
-all its workers; or from systemd's socket activation), adopted instead of bound
+process inherited as descriptor N (from kcm-gateway's supervisor for a listener that is not
+TCP, which it binds once for all its workers; or from systemd's socket activation), adopted
+instead of bound; or ``reuseport:PORT:interface=HOST``, a TCP address several processes
+listen on, each with its own socket (kcm-gateway's workers: :mod:`kcm.reuse_port`)
 (:func:`plain_server_endpoint`).
 
 Services are assembled before anything is read (STYLE.md): :class:`TLSListener` is the one way
@@ -84,6 +86,7 @@ from zope.interface import implementer
 from kcm.connection_guard import ConnectionGuard
 from kcm.eager_tls import EagerTLSClientEndpoint, EagerTLSFactory
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
+from kcm.reuse_port import ReusePortServerEndpoint, parse_reuse_port
 from kcm.tls_policy import DEFAULT_TLS12_CIPHERS, TlsPolicy
 
 __all__ = [
@@ -313,9 +316,14 @@ def plain_server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoi
     """The plain stream server endpoint a listener ``description`` names: Twisted's endpoint
     string (a ``tcp:`` listener with :data:`LISTEN_BACKLOG` unless it names its own), or
     ``fd:N``, the listening socket inherited as descriptor N, adopted (its address family
-    read from the socket; the endpoint closes N once it has adopted a copy of it).
+    read from the socket; the endpoint closes N once it has adopted a copy of it), or
+    ``reuseport:PORT:interface=HOST``, a socket of its own with SO_REUSEPORT on an address
+    other processes listen on too (:mod:`kcm.reuse_port`: kcm-gateway's workers).
     ``ssl:``/``tls:`` descriptions are refused: KCM adds the TLS itself."""
     _refuse_tls_description(description)
+    shared = parse_reuse_port(description)
+    if shared is not None:
+        return ReusePortServerEndpoint(reactor, shared, LISTEN_BACKLOG)
     kind, _, rest = description.partition(":")
     if kind.strip().lower() != "fd":
         return serverFromString(reactor, with_backlog(description))

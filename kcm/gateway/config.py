@@ -42,6 +42,13 @@ class GatewayConfig:
     #: L4 tombstones (revoked or destroyed tokens) held; beyond it the service key with the
     #: most has its L4 requests answered by the core instead (kcm.gateway.l3_cache).
     max_tombstones: int = 1_000_000
+    #: Opened L4 DEKs kept between requests (kcm.l4.opened_keys), so that a token used again
+    #: is not opened under its L3 again: at most this many (least recently used go first);
+    #: 0 keeps none (every request opens its token).
+    dek_cache_size: int = 10_000
+    #: Seconds an opened DEK is kept after it was opened, used or not: how long a plaintext
+    #: DEK may stay in the gateway's memory after a request used it.
+    dek_cache_ttl: float = 300.0
     #: Services whose current L3 is fetched as soon as the link is up ("tenant/service").
     prewarm: tuple[str, ...] = ()
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
@@ -71,9 +78,9 @@ class GatewayConfig:
 
 
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_order", "core_server_name", "l3_ttl",
-              "max_stale", "max_tombstones", "prewarm", "max_in_flight", "log_level", "log_format",
-              "log_file",
-              "workers", "metrics_listen", "usage_report_interval"}
+              "max_stale", "max_tombstones", "dek_cache_size", "dek_cache_ttl", "prewarm",
+              "max_in_flight", "log_level", "log_format", "log_file", "workers", "metrics_listen",
+              "usage_report_interval"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -100,6 +107,10 @@ def load_config(path: str | Path | None,
         raise ConfigError(f"gateway.core_order must be one of {', '.join(ORDERS)}")
     if config.max_tombstones < 1:
         raise ConfigError("gateway.max_tombstones must be at least 1")
+    if config.dek_cache_size < 0:
+        raise ConfigError("gateway.dek_cache_size must be 0 (none kept) or more")
+    if not config.dek_cache_ttl > 0:
+        raise ConfigError("gateway.dek_cache_ttl must be a positive number of seconds")
     if not config.usage_report_interval > 0:
         raise ConfigError("gateway.usage_report_interval must be a positive number of seconds")
     if config.max_in_flight < 1:
@@ -119,7 +130,8 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
     for key, kind in (("l3_ttl", float), ("max_stale", float), ("max_in_flight", int),
-                      ("max_tombstones", int), ("usage_report_interval", float)):
+                      ("max_tombstones", int), ("usage_report_interval", float),
+                      ("dek_cache_ttl", float)):
         if key in out:
             try:
                 out[key] = kind(out[key])
@@ -135,8 +147,9 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
                                                              for p in prewarm):
             raise ConfigError("gateway.prewarm must be a list of \"tenant/service\" strings")
         out["prewarm"] = tuple(prewarm)
-    if "workers" in out:
-        out["workers"] = _whole_number("workers", out["workers"])
+    for key in ("workers", "dek_cache_size"):
+        if key in out:
+            out[key] = _whole_number(key, out[key])
     return out
 
 

@@ -171,6 +171,9 @@ class FastPath:
                 result = engine.execute(operation, principal, version, payload)
                 answered.append(_response_item(operation, batch_id, result))
         except Exception:
+            # Raising the one _DECLINE adds this raise's frames to its traceback: dropped,
+            # or it would grow with every request declined (every forwarded one).
+            _DECLINE.__traceback__ = None
             return None
         answer = response_wire(version, int(self._clock()), self._new_correlation_id(),
                                answered, maximum_response_size,
@@ -312,6 +315,10 @@ def _bytes(wire: bytes, pos: int, end: int) -> tuple[int, bytes]:
 
 
 # Writing ------------------------------------------------------------------------------
+#: Zero padding by length (a Byte or Text String is padded to a multiple of 8).
+_PADDING = tuple(bytes(n) for n in range(8))
+
+
 def _response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes:
     if isinstance(result, EncryptResponse):
         if result.correlation_value is not None:
@@ -338,11 +345,14 @@ def _response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes
                    + _symmetric_key(result.object))
     else:
         raise _DECLINE
-    body = _enumeration(_OPERATION, operation)
-    if batch_id is not None:
-        body += _byte_string(_UNIQUE_BATCH_ITEM_ID, batch_id)
-    body += _enumeration(_RESULT_STATUS, 0) + _struct(_RESPONSE_PAYLOAD, payload)
-    return _struct(_BATCH_ITEM, body)
+    if batch_id is None:
+        body = b"".join((_OPERATION_ITEMS[operation], _SUCCESS_ITEM,
+                         _HEADER.pack(_RESPONSE_PAYLOAD, len(payload)), payload))
+    else:
+        body = b"".join((_OPERATION_ITEMS[operation],
+                         _byte_string(_UNIQUE_BATCH_ITEM_ID, batch_id), _SUCCESS_ITEM,
+                         _HEADER.pack(_RESPONSE_PAYLOAD, len(payload)), payload))
+    return _HEADER.pack(_BATCH_ITEM, len(body)) + body
 
 
 def _symmetric_key(obj: object) -> bytes:
@@ -377,8 +387,15 @@ def _integer_item(head: int, value: int) -> bytes:
 
 
 def _byte_string(head: int, value: bytes) -> bytes:
-    return _HEADER.pack(head, len(value)) + value + bytes(-len(value) & 7)
+    length = len(value)
+    return b"".join((_HEADER.pack(head, length), value, _PADDING[-length & 7]))
 
 
 def _text(head: int, value: str) -> bytes:
     return _byte_string(head, value.encode())
+
+
+#: The first item of every answered batch item (its Operation), and its Result Status.
+_OPERATION_ITEMS = {operation: _enumeration(_OPERATION, operation)
+                    for operation in FAST_OPERATIONS}
+_SUCCESS_ITEM = _enumeration(_RESULT_STATUS, 0)

@@ -34,6 +34,11 @@ whose L4 requests the gateway forwards to the core (which keeps every tombstone)
 answering them; an error is logged and the metrics show it. Rotating the service key and
 destroying the old version ends it.
 
+The DEKs the L4 engine opened under the L3s held here (``opened_keys``, when the gateway
+keeps them: :mod:`kcm.l4.opened_keys`) are forgotten with what could change their use: an
+L3 version's state change, its destruction or drop, or its tombstones given up forget its
+DEKs, a tombstone forgets its token's, a resync forgets them all.
+
 Time comes from the injected ``clock``; the core is reached only through the injected
 ``fetch``. Nothing here blocks, writes to disk or logs on the read path.
 """
@@ -59,6 +64,7 @@ from kcm.l4.authorize import (
     denial_reason,
     may_use_service_key,
 )
+from kcm.l4.opened_keys import OpenedKeys
 from kcm.l4.service_key import ServiceKey
 from kcm.link.events import EventKind
 from kcm.metrics import Tally
@@ -118,8 +124,11 @@ class L3Cache:
 
     def __init__(self, fetch: Fetch, *, connected: Callable[[], bool],
                  clock: Callable[[], float], ttl: float = 300.0,
-                 max_stale: float = 3600.0, max_tombstones: int = 1_000_000) -> None:
+                 max_stale: float = 3600.0, max_tombstones: int = 1_000_000,
+                 opened_keys: OpenedKeys | None = None) -> None:
         self._fetch = fetch
+        #: The DEKs opened under the L3s held here, forgotten with them (module docstring).
+        self.opened_keys = opened_keys
         self._connected = connected
         self._clock = clock
         self.ttl = ttl
@@ -287,6 +296,9 @@ class L3Cache:
                 self._drop(key)
                 continue
             self._dropped.pop(key.uid, None)
+            held = self._keys.get(key.uid)
+            if held is not None and held.key != key:
+                self._forget_opened(key.uid)
             self._keys[key.uid] = _Held(key, now, caller)
             if current is None and key.state == State.ACTIVE:
                 current = key.uid
@@ -380,6 +392,8 @@ class L3Cache:
         return bool(overflowed) and any(need.uid in overflowed for need in needs)
 
     def _add_tombstone(self, token_id: str, l3_uid: str) -> None:
+        if self.opened_keys is not None:
+            self.opened_keys.forget_token(token_id)
         if l3_uid in self.overflowed or token_id in self._tombstones:
             return
         self._tombstones[token_id] = l3_uid
@@ -392,6 +406,7 @@ class L3Cache:
         l3_uid, tokens = max(self._tombstones_of.items(), key=lambda entry: len(entry[1]))
         self._forget_tombstones(l3_uid)
         self.overflowed.add(l3_uid)
+        self._forget_opened(l3_uid)
         log.error("over {limit} L4 tombstones: the {count} of service key {uid} are left to "
                   "the core, which answers its L4 requests from now on (rotate the service "
                   "and destroy this version, or raise max_tombstones)",
@@ -402,6 +417,7 @@ class L3Cache:
             del self._tombstones[token_id]
 
     def _state_changed(self, uid: str, tenant: str, service: str, new_state: int) -> None:
+        self._forget_opened(uid)
         if new_state in (State.DESTROYED, State.DESTROYED_COMPROMISED):
             # Every token under it now answers Object Destroyed: its tombstones say nothing.
             self._forget_tombstones(uid)
@@ -424,6 +440,7 @@ class L3Cache:
         """Forget ``key``'s material; keep who owns it and its state, for the answers."""
         uid = key.uid
         self._keys.pop(uid, None)
+        self._forget_opened(uid)
         self._dropped[uid] = replace(key, key=b"")
         for service_state in self._services.values():
             if service_state.current_uid == uid:
@@ -435,6 +452,12 @@ class L3Cache:
         self._keys.clear()
         self._services.clear()
         self._dropped.clear()
+        if self.opened_keys is not None:
+            self.opened_keys.clear()
+
+    def _forget_opened(self, l3_uid: str) -> None:
+        if self.opened_keys is not None:
+            self.opened_keys.forget_l3(l3_uid)
 
     # Introspection (tests, health) -------------------------------------------------------
     @property

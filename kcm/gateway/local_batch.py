@@ -36,8 +36,9 @@ from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
 from kcm.kmip.versions import Version
 from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.engine import KeySource, L4Engine
+from kcm.l4.opened_keys import OpenedKeys
 
-__all__ = ["Engine", "LocalRun", "LocalRunner", "l4_engine"]
+__all__ = ["Engine", "LocalRun", "LocalRunner", "gateway_engines", "l4_engine"]
 
 log = Logger()
 
@@ -58,6 +59,18 @@ EngineFactory = Callable[[KeySource], Engine]
 def l4_engine(keys: KeySource) -> Engine:
     """The L4 engine over ``keys``, with the operating system's random source."""
     return L4Engine(keys, os.urandom)
+
+
+def gateway_engines(used: Callable[[str], None],
+                    opened_keys: OpenedKeys | None) -> EngineFactory:
+    """The gateway's engines: the operating system's random source, telling ``used`` of
+    every encryption under an L3 (:class:`kcm.gateway.usage_report.UsageCounter`), keeping
+    opened DEKs in ``opened_keys`` (None: none kept)."""
+
+    def engine(keys: KeySource) -> Engine:
+        return L4Engine(keys, os.urandom, used, opened_keys)
+
+    return engine
 
 
 @dataclass(slots=True)

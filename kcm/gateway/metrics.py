@@ -144,6 +144,9 @@ class GatewayMetrics:
         register(CallbackGauge("kcm_gateway_l3_cache_keys",
                                "Service key versions held in memory.", (),
                                lambda: [((), cache.size)]))
+        register(CallbackGauge("kcm_gateway_opened_deks",
+                               "Opened L4 DEKs held in memory (at most dek_cache_size).", (),
+                               lambda: [((), len(cache.opened_keys or ()))]))
 
     def readiness(self) -> Readiness:
         """Ready while L4 operations can be served (see the module docstring)."""

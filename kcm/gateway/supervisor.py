@@ -1,13 +1,21 @@
 """kcm-gateway on every core: with ``workers`` other than 1, the twistd process started is a
 supervisor and the gateways are its worker processes.
 
-* :class:`SharedListener` binds the KMIP listener once, in the supervisor (the configured
-  endpoint string, the usual backlog), and never accepts on it. Each worker inherits the
-  listening socket as descriptor :data:`WORKER_LISTEN_FD` and adopts it (its ``listen`` is
-  ``fd:3``, see :func:`kcm.tls.plain_server_endpoint`): the kernel gives each new connection
-  to whichever worker accepts it first. Everything else in a worker is one kcm-gateway as
-  with ``workers = 1``: its TLS listener and connection guard, its link to the core, its L3
-  cache and the full event stream.
+* :class:`SharedListener` binds the KMIP address once, in the supervisor, and never accepts
+  on it: a port in use stops the supervisor when it starts. A TCP listener (``tcp:``,
+  ``tcp6:``) is bound with SO_REUSEPORT and not listened on; each worker then listens on the
+  same address with a socket of its own, SO_REUSEPORT set (its ``listen`` is
+  ``reuseport:PORT:interface=HOST``, the port the supervisor bound: see
+  :mod:`kcm.reuse_port`), and the kernel spreads new connections over the workers by a hash
+  of their addresses and ports. The supervisor's socket keeps the address reserved for the
+  workers (sockets of the same user with SO_REUSEPORT) while one restarts. Any other
+  listener (``unix:``, ``fd:``, or on a platform other than Linux) is bound and listened on
+  once, with the usual backlog; each worker inherits that socket as descriptor
+  :data:`WORKER_LISTEN_FD` and adopts it (``fd:3``, see
+  :func:`kcm.tls.plain_server_endpoint`), and each new connection goes to whichever worker
+  accepts it first. Everything else in a worker is one kcm-gateway as with ``workers = 1``:
+  its TLS listener and connection guard, its link to the core, its L3 cache and the full
+  event stream.
 * :class:`WorkerPool` starts the workers (``reactor.spawnProcess`` of ``twistd -n
   kcm-gateway --worker I``), restarts one that exits after a back-off that grows while it
   keeps failing (:data:`RESTART_BACKOFF`: 0.2 s doubling up to 30 s, back to 0.2 s once a
@@ -23,9 +31,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application.internet import backoffPolicy
@@ -41,6 +50,12 @@ from zope.interface import implementer
 
 from kcm.gateway.config import GatewayConfig
 from kcm.process import ProcessService
+from kcm.reuse_port import (
+    bind_reuse_port,
+    reuse_port_description,
+    supports_reuse_port,
+    tcp_listener,
+)
 from kcm.tls import plain_server_endpoint
 
 __all__ = ["RESTART_BACKOFF", "STABLE_AFTER", "WORKER_LISTEN_FD", "GatewaySupervisor",
@@ -93,24 +108,51 @@ class StartCheck(Service):
 
 
 class SharedListener(Service):
-    """Binds the listener ``description`` when it starts and holds the listening socket
-    for the workers without accepting on it (:attr:`fileno`); closes it when it stops."""
+    """Binds the listener ``description`` when it starts, without accepting on it, and says
+    how the workers listen (:attr:`worker_listen`): on the same address with SO_REUSEPORT
+    (a TCP listener), or on the listening socket it holds for them (:attr:`fileno`, any
+    other listener); closes its socket when it stops. ``reuse_port`` False: always the
+    latter."""
 
     name = "kcm-kmip-socket"
 
-    def __init__(self, reactor: Any, description: str) -> None:
+    def __init__(self, reactor: Any, description: str, *,
+                 reuse_port: bool | None = None) -> None:
         self.reactor = reactor
         self.description = description
         self.port: IListeningPort | None = None
+        #: The supervisor's socket on the workers' address (SO_REUSEPORT, not listening).
+        self.reserved: socket.socket | None = None
+        self._tcp = tcp_listener(description) if (
+            supports_reuse_port() if reuse_port is None else reuse_port) else None
 
     @property
-    def fileno(self) -> int:
-        """The listening socket's descriptor while running."""
+    def fileno(self) -> int | None:
+        """The listening socket's descriptor for the workers to inherit while running; None
+        when they listen on the address themselves."""
+        if self.reserved is not None:
+            return None
         if self.port is None:
             raise RuntimeError("the KMIP listener is not bound")
         return self.port.fileno()  # type: ignore[attr-defined]
 
+    @property
+    def worker_listen(self) -> str:
+        """The ``listen`` description of a worker while running."""
+        reserved = self.reserved
+        if reserved is None:
+            return f"fd:{WORKER_LISTEN_FD}"
+        assert self._tcp is not None
+        return reuse_port_description(replace(self._tcp, port=reserved.getsockname()[1]))
+
     def startService(self) -> None:
+        if self._tcp is not None:
+            self.reserved = bind_reuse_port(self._tcp)
+            host, port = self.reserved.getsockname()[:2]
+            log.info("kcm-gateway supervisor: KMIP address {host}:{port} reserved for the "
+                     "workers (SO_REUSEPORT)", host=host, port=port)
+            super().startService()
+            return
         outcome: list[Any] = []
         never_used = Factory.forProtocol(Protocol)
         never_used.noisy = False  # no "Starting factory" lines for a factory never called
@@ -131,6 +173,9 @@ class SharedListener(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        reserved, self.reserved = self.reserved, None
+        if reserved is not None:
+            reserved.close()
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()  # type: ignore[return-value]
@@ -162,8 +207,9 @@ class _WorkerProtocol(ProcessProtocol):
 
 class WorkerPool(Service):
     """Runs ``count`` workers, each the process ``command(index)`` (an argv list, the
-    executable first) with the ``listener``'s socket as descriptor :data:`WORKER_LISTEN_FD`,
-    a pipe from the supervisor as standard input, and the supervisor's standard output and
+    executable first) with the ``listener``'s socket as descriptor :data:`WORKER_LISTEN_FD`
+    when it holds one for them (:attr:`SharedListener.fileno`), a pipe from the supervisor as
+    standard input, and the supervisor's standard output and
     error. A worker that exits while the pool runs is started again after
     ``backoff(failures in a row)`` seconds (the count restarts once a worker has run
     ``stable_after`` seconds; an exit after a forwarded signal is no failure and restarts at
@@ -229,10 +275,13 @@ class WorkerPool(Service):
         self._restarts.pop(index, None)
         argv = list(self.command(index))
         spawn = self._spawn or self.reactor.spawnProcess
+        child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        inherited = self.listener.fileno
+        if inherited is not None:
+            child_fds[WORKER_LISTEN_FD] = inherited
         try:
             process = spawn(_WorkerProtocol(self, index), argv[0], argv, env=dict(self._env()),
-                            path=None, childFDs={0: "w", 1: 1, 2: 2,
-                                                 WORKER_LISTEN_FD: self.listener.fileno})
+                            path=None, childFDs=child_fds)
         except Exception as e:
             self._restart_later(index, failed=True, why=str(e) or type(e).__name__,
                                 pid=None, ran=0.0)

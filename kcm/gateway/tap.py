@@ -3,8 +3,8 @@ service tree from them without reading a file or touching the network (the servi
 when they start; see :mod:`kcm.gateway.service`).
 
 With ``workers`` other than 1 the tree is a supervisor's instead (:mod:`kcm.gateway.supervisor`),
-whose workers run this same plugin with ``--worker INDEX`` and the listening socket it hands
-them (:func:`worker_command`)."""
+whose workers run this same plugin with ``--worker INDEX`` on the address it reserved for
+them, or the listening socket it hands them (:func:`worker_command`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from kcm.gateway.fast_path import FastPath
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
-from kcm.gateway.local_batch import LocalRunner
+from kcm.gateway.local_batch import LocalRunner, gateway_engines
 from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.service import GatewayIdentity, GatewayService
 from kcm.gateway.supervisor import (
@@ -39,6 +39,7 @@ from kcm.gateway.supervisor import (
 )
 from kcm.gateway.usage_report import UsageCounter, UsageReporter
 from kcm.kmip_protocol import ConnectionLimits, KmipServerFactory
+from kcm.l4.opened_keys import OpenedKeys
 from kcm.link.frames import frame_size_limit
 from kcm.metrics import metrics_listener, metrics_site
 from kcm.tls import (
@@ -72,6 +73,8 @@ class Options(usage.Options):
         ["max-stale", None, None, "Seconds a cached L3 may serve while the core is down."],
         ["max-tombstones", None, None, "L4 tombstones held before the core answers for the "
          "service key with the most."],
+        ["dek-cache-size", None, None, "Opened L4 DEKs kept between requests (0: none)."],
+        ["dek-cache-ttl", None, None, "Seconds an opened L4 DEK is kept after it was opened."],
         ["usage-report-interval", None, None,
          "Seconds between usage reports to the core (default 0.25)."],
         ["prewarm", None, None, "Comma-separated tenant/service list to fetch at start."],
@@ -109,15 +112,17 @@ _NOT_SETTINGS = {"config", "worker"}
 _SUPERVISOR_ONLY = {"config", "worker", "workers", "listen"}
 
 
-def worker_command(options: Options, index: int) -> list[str]:
+def worker_command(options: Options, index: int,
+                   listen: str = f"fd:{WORKER_LISTEN_FD}") -> list[str]:
     """The command line of worker ``index``: ``twistd -n kcm-gateway`` with this process's
     configuration file (as an absolute path: a daemonized supervisor changes directory) and
-    command-line settings, as worker ``index`` on the inherited listening socket."""
+    command-line settings, as worker ``index`` listening on ``listen`` (the supervisor's
+    :attr:`SharedListener.worker_listen`: the inherited listening socket by default)."""
     # -P: the working directory is not put on sys.path (python -c would), so a module there
     # cannot stand in for one of ours.
     command = [sys.executable, "-P", "-c", "from twisted.scripts.twistd import run; run()",
                "--nodaemon", "--pidfile=", "kcm-gateway", "--worker", str(index),
-               "--listen", f"fd:{WORKER_LISTEN_FD}"]
+               "--listen", listen]
     if options["config"] is not None:
         command += ["--config", os.path.abspath(options["config"])]
     for key, *_ in Options.optParameters:
@@ -148,17 +153,19 @@ def makeService(options: Options,
          for core in config.core], config.core, order=config.core_order)
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
+    opened_keys = (OpenedKeys(clock=reactor.seconds, max_entries=config.dek_cache_size,
+                              ttl=config.dek_cache_ttl) if config.dek_cache_size else None)
     cache = L3Cache(link.fetch_service_keys, connected=lambda: link.connected,
                     clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale,
-                    max_tombstones=config.max_tombstones)
+                    max_tombstones=config.max_tombstones, opened_keys=opened_keys)
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy
     usage_counter = UsageCounter()
-    runner = LocalRunner(new_correlation_id=new_correlation_id,
-                         engine_factory=usage_counter.engine_factory)
+    engines = gateway_engines(usage_counter.used, opened_keys)
+    runner = LocalRunner(new_correlation_id=new_correlation_id, engine_factory=engines)
     metrics = GatewayMetrics(process=True)
-    fast_path = FastPath(cache=cache, engine_factory=usage_counter.engine_factory,
+    fast_path = FastPath(cache=cache, engine_factory=engines,
                          clock=reactor.seconds,
                          new_correlation_id=new_correlation_id,
                          max_message_size=config.limits.max_message_size,
@@ -187,6 +194,12 @@ def makeService(options: Options,
                 kmip_factory, name="kcm-kmip-listener",
                 guard=guard).setServiceParent(gateway)
     refresher.setServiceParent(gateway)
+    if opened_keys is not None:
+        # Expired DEKs are never served; this takes them out of memory soon after.
+        sweeper = TimerService(max(config.dek_cache_ttl / 10, 0.5), opened_keys.expire)
+        sweeper.clock = reactor
+        sweeper.setName("kcm-dek-cache-expiry")
+        sweeper.setServiceParent(gateway)
     UsageReporter(usage_counter, link, reactor,
                   interval=config.usage_report_interval).setServiceParent(gateway)
     if config.metrics_listen:
@@ -208,6 +221,6 @@ def make_supervisor(options: Options, workers: int,
                name="kcm-tls-files").setServiceParent(supervisor)
     listener = SharedListener(reactor, config.listen)
     listener.setServiceParent(supervisor)
-    WorkerPool(workers, partial(worker_command, options), listener,
-               reactor=reactor).setServiceParent(supervisor)
+    WorkerPool(workers, lambda index: worker_command(options, index, listener.worker_listen),
+               listener, reactor=reactor).setServiceParent(supervisor)
     return supervisor

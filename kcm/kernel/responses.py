@@ -111,8 +111,10 @@ def response_wire(version: Version, now: int, correlation_id: str | None,
     if version_fit.STRICT:
         _check_fits(version, items)
     wire = _assemble(version, now, correlation_id, items)
-    limit = min((size for size in (maximum_response_size, server_limit) if size is not None),
-                default=None)
+    if maximum_response_size is None or server_limit is None:
+        limit = server_limit if maximum_response_size is None else maximum_response_size
+    else:
+        limit = min(maximum_response_size, server_limit)
     if limit is None or len(wire) <= limit:
         return wire
     if limit == maximum_response_size:
@@ -159,14 +161,29 @@ _BATCH_COUNT_HEAD = (int(Tag.BATCH_COUNT) << 8) | ItemType.INTEGER.value
 _RESPONSE_HEADER_HEAD = (int(Tag.RESPONSE_HEADER) << 8) | ItemType.STRUCTURE.value
 
 
+def _protocol_version_bytes(version: Version) -> bytes:
+    """The Protocol Version structure of ``version``, with the Time Stamp's item header
+    that follows it (the same for every answer in that version)."""
+    protocol = (_HEAD.pack(_MAJOR_HEAD, 4) + _VALUE32.pack(version[0], 0)
+                + _HEAD.pack(_MINOR_HEAD, 4) + _VALUE32.pack(version[1], 0))
+    return (_HEAD.pack(_PROTOCOL_VERSION_HEAD, len(protocol)) + protocol
+            + _HEAD.pack(_TIME_STAMP_HEAD, 8))
+
+
+#: :func:`_protocol_version_bytes` by version, as answers are written.
+_PROTOCOL_VERSION_BYTES: dict[Version, bytes] = {}
+
+
 def header_bytes(version: Version, now: int, correlation_id: str | None,
                  batch_count: int) -> bytes:
     """:func:`response_header`, encoded: the same bytes as encoding the model, written
     directly (every answer has one; tests hold the two equal)."""
-    protocol = (_HEAD.pack(_MAJOR_HEAD, 4) + _VALUE32.pack(version[0], 0)
-                + _HEAD.pack(_MINOR_HEAD, 4) + _VALUE32.pack(version[1], 0))
-    body = (_HEAD.pack(_PROTOCOL_VERSION_HEAD, len(protocol)) + protocol
-            + _HEAD.pack(_TIME_STAMP_HEAD, 8) + _VALUE64.pack(now))
+    start = _PROTOCOL_VERSION_BYTES.get(version)
+    if start is None:
+        start = _protocol_version_bytes(version)
+        if len(_PROTOCOL_VERSION_BYTES) < 64:  # (answers are in a handful of versions)
+            _PROTOCOL_VERSION_BYTES[tuple(version)] = start
+    body = start + _VALUE64.pack(now)
     if correlation_id is not None and version >= (1, 4):
         text = correlation_id.encode()
         body += _HEAD.pack(_CORRELATION_HEAD, len(text)) + text + bytes(-len(text) & 7)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.exceptions import InvalidTag
 
 from kcm.crypto.errors import cryptographic_failure
 from kcm.crypto.key_wrap import WRAP_MODES, aes_wrap
@@ -97,6 +97,7 @@ from kcm.l4.marking import (
     is_l4_create,
     l4_target,
 )
+from kcm.l4.opened_keys import OpenedKey, OpenedKeys
 from kcm.l4.service_key import ServiceKey
 from kcm.ttlv import encode
 
@@ -151,32 +152,33 @@ class L4Engine:
 
     An engine serves one request (build one per request): it keeps the DEKs it opened for
     that request's items, so a bulk request of many records under one L4 unwraps its DEK
-    once; they go with the engine."""
+    once; they go with the engine. Given ``opened_keys`` (the gateway's), it also looks
+    there for a DEK opened by an earlier request before it opens a token, and keeps what it
+    opens there (:mod:`kcm.l4.opened_keys`); every check of who asks, of the L3 and of the
+    token is made first all the same."""
 
-    __slots__ = ("_keys", "_random_bytes", "_handlers", "_opened", "_used")
+    __slots__ = ("_keys", "_random_bytes", "_opened", "_used", "_opened_keys")
 
     def __init__(self, keys: KeySource, random_bytes: RandomBytes = os.urandom,
-                 used: Callable[[str], None] | None = None) -> None:
+                 used: Callable[[str], None] | None = None,
+                 opened_keys: OpenedKeys | None = None) -> None:
         self._keys = keys
         self._random_bytes = random_bytes
         #: Told the uid of the L3 each time its key encrypts (an L4 sealed, a DEK wrapped):
         #: the usage a rotation policy's cap counts (kcm.gateway.usage_report).
         self._used = used
         #: L4 identifier -> its DEK, opened for an earlier item of this request.
-        self._opened: dict[str, bytes] = {}
-        self._handlers: dict[int, Callable[[Principal, Version, Any], Any]] = {
-            Operation.CREATE: self.create, Operation.GET: self.get,
-            Operation.ENCRYPT: self.encrypt, Operation.DECRYPT: self.decrypt,
-        }
+        self._opened: dict[str, OpenedKey] = {}
+        self._opened_keys = opened_keys
 
     def execute(self, operation: int, principal: Principal, version: Version,
                 payload: Any) -> Any:
         """Run one L4 batch item: the response payload, or a ``KmipError``."""
-        handler = self._handlers.get(operation)
+        handler = _OPERATIONS.get(operation)
         if handler is None:
             raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
                             f"{enum_label(Operation, operation)} is not an L4 operation")
-        return handler(principal, version, payload)
+        return handler(self, principal, version, payload)
 
     # Create -------------------------------------------------------------------------
     def create(self, principal: Principal, version: Version,
@@ -222,7 +224,7 @@ class L4Engine:
         if not uid.startswith(L4_PREFIX):
             raise KmipError(ResultReason.PERMISSION_DENIED,
                             "service keys are served to gateways only, over the link")
-        dek, _ = self._l4_key(principal, version, uid, protect=False)
+        dek = self._l4_key(principal, version, uid, protect=False)[0].key
         if request.key_compression_type is not None:
             raise KmipError(ResultReason.KEY_COMPRESSION_TYPE_NOT_SUPPORTED,
                             "key compression is not supported")
@@ -313,11 +315,11 @@ class L4Engine:
         aad = request.authenticated_encryption_additional_data
         if spec is AES_GCM_DEFAULT and len(iv) == 12:
             # The hot path: one AEAD call, the tag split off the end.
-            sealed = AESGCM(key).encrypt(iv, data, aad or None)
+            sealed = key.aesgcm().encrypt(iv, data, aad or None)
             ciphertext, tag = sealed[:-16], sealed[-16:]
         else:
             with cryptographic_failure():
-                ciphertext, tag = encrypt_once(spec, key, iv, data, aad)
+                ciphertext, tag = encrypt_once(spec, key.key, iv, data, aad)
         ciphertext, tag = aead_tag.answer_data(version, ciphertext, tag)
         if self._used is not None and uid.startswith(L3_PREFIX):
             self._used(uid)
@@ -336,9 +338,18 @@ class L4Engine:
         tag = request.authenticated_encryption_tag
         if spec.aead:
             data, tag = aead_tag.request_data(version, data, tag, spec.tag_length)
-        with cryptographic_failure():
-            plaintext = decrypt_once(spec, key, iv, data,
-                                     request.authenticated_encryption_additional_data, tag)
+        aad = request.authenticated_encryption_additional_data
+        if spec is AES_GCM_DEFAULT and len(iv) == 12 and tag is not None and len(tag) == 16:
+            # The hot path, as encrypt's: one AEAD call (decrypt_once answers the same).
+            try:
+                with cryptographic_failure():
+                    plaintext = key.aesgcm().decrypt(iv, data + tag, aad or None)
+            except InvalidTag:
+                raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                                "the tag does not verify") from None
+        else:
+            with cryptographic_failure():
+                plaintext = decrypt_once(spec, key.key, iv, data, aad, tag)
         return DecryptResponse(unique_identifier=uid, data=plaintext)
 
     # Revoke / Destroy (the core records it) -----------------------------------------
@@ -364,20 +375,20 @@ class L4Engine:
         return l3
 
     def _key(self, principal: Principal, version: Version, uid: str, *,
-             protect: bool) -> bytes:
+             protect: bool) -> OpenedKey:
         if uid.startswith(L4_PREFIX):
             return self._l4_key(principal, version, uid, protect=protect)[0]
         if uid.startswith(L3_PREFIX):
             l3 = self._service_key(principal, uid)
             _check_state(l3, protect=protect,
                          what="wrap a DEK" if protect else "unwrap a DEK")
-            return l3.key
+            return OpenedKey(l3.key)
         raise KmipError(ResultReason.INVALID_FIELD,
                         f"{identifier_label(uid)} is neither a service key (l3-) nor an L4 token "
                         "(l4.)")
 
     def _l4_key(self, principal: Principal, version: Version, uid: str, *,
-                protect: bool) -> tuple[bytes, ServiceKey]:
+                protect: bool) -> tuple[OpenedKey, ServiceKey]:
         """The DEK of L4 ``uid`` for a caller who may use it, and its L3."""
         sealed = _parse(uid)
         l3 = self._service_key(principal, sealed.l3_uid)
@@ -392,10 +403,25 @@ class L4Engine:
                             f"the L4 {sealed.token_id} was revoked or destroyed")
         _check_state(l3, protect=protect,
                      what="encrypt with its L4s" if protect else "open its L4s")
+        # (every check above is made for every item and request all the same)
         dek = self._opened.get(uid)
-        if dek is None:  # (every check above is made for every item all the same)
-            dek = self._opened[uid] = _open(uid, sealed, l3)
+        if dek is None:
+            cache = self._opened_keys
+            dek = cache.get(uid, l3) if cache is not None else None
+            if dek is None:
+                opened = _open(uid, sealed, l3)
+                dek = (cache.put(uid, sealed.token_id, l3, opened) if cache is not None
+                       else OpenedKey(opened))
+            self._opened[uid] = dek
         return dek, l3
+
+
+#: The engine's method for each operation (one table for every engine: an engine is built
+#: per request).
+_OPERATIONS: dict[int, Callable[..., Any]] = {
+    Operation.CREATE: L4Engine.create, Operation.GET: L4Engine.get,
+    Operation.ENCRYPT: L4Engine.encrypt, Operation.DECRYPT: L4Engine.decrypt,
+}
 
 
 # Helpers ------------------------------------------------------------------------------

@@ -24,6 +24,10 @@ class Framer:
         self.max_size = max_size
         self._buffer = bytearray()
 
+    def clear(self) -> None:
+        """Forget the bytes of a message begun (the connection is gone)."""
+        self._buffer = bytearray()
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete message."""
@@ -37,22 +41,29 @@ class Framer:
         should close the connection.
         """
         buffer = self._buffer
+        # The usual case, one whole message in one read: handed out as it came.
+        if (not buffer and type(data) is bytes and len(data) >= 8
+                and 8 + self._length(*_HEADER.unpack_from(data, 0)) == len(data)):
+            return [data]
         buffer += data
         messages = []
         while len(buffer) >= 8:
-            tag_type, length = _HEADER.unpack_from(buffer, 0)
-            if tag_type & 0xFF != _STRUCTURE:
-                kind = tag_type & 0xFF
-                raise TtlvError(3, f"a message must be a Structure, not type {kind:#04x}")
-            if length % 8:
-                raise TtlvError(4, f"structure length {length} is not a multiple of 8")
-            total = 8 + length
-            if total > self.max_size:
-                raise MessageTooLarge(
-                    4, f"declared message size {total} exceeds the maximum {self.max_size}"
-                )
+            total = 8 + self._length(*_HEADER.unpack_from(buffer, 0))
             if len(buffer) < total:
                 break
             messages.append(bytes(buffer[:total]))
             del buffer[:total]
         return messages
+
+    def _length(self, tag_type: int, length: int) -> int:
+        """The body length of a message header; TtlvError if the header is unusable."""
+        if tag_type & 0xFF != _STRUCTURE:
+            kind = tag_type & 0xFF
+            raise TtlvError(3, f"a message must be a Structure, not type {kind:#04x}")
+        if length % 8:
+            raise TtlvError(4, f"structure length {length} is not a multiple of 8")
+        if 8 + length > self.max_size:
+            raise MessageTooLarge(
+                4, f"declared message size {8 + length} exceeds the maximum {self.max_size}"
+            )
+        return length

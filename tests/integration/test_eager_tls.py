@@ -191,3 +191,35 @@ def test_acknowledge_now_sets_quickack_on_the_socket(pki: PkiPaths) -> None:
     finally:
         client.transport.loseConnection()
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_answers_a_peer_never_took_are_released_when_the_connection_goes(pki: PkiPaths) -> None:
+    """Not when the garbage collector finds the protocols (they refer to each other): a
+    server closing clients that never read would otherwise hold their answers for a while."""
+    client, port, servers = yield serve(pki, lambda line: b"ok" if line == b"hi" else
+                                        line * (32 << 20))
+    try:
+        client.transport.write(b"hi\n")
+        yield client.until(2)  # the handshake is done
+        client.transport.transport.pauseProducing()  # the client reads no more
+        client.transport.write(b"a\n")
+        tls = servers[0].transport
+        server_tcp = tls.transport
+        for _ in range(200):
+            if server_tcp._tempDataLen or len(server_tcp.dataBuffer) > server_tcp.offset:
+                break
+            yield deferLater(0.01)
+        else:
+            raise AssertionError("the answer did not back up in the server's TCP transport")
+        tls.abortConnection()
+        for _ in range(200):
+            if not server_tcp.connected:
+                break
+            yield deferLater(0.01)
+        yield deferLater(0.01)
+        assert server_tcp.dataBuffer == b"" and server_tcp.offset == 0
+        assert server_tcp._tempDataLen == 0 and server_tcp._tempDataBuffer == []
+    finally:
+        client.transport.loseConnection()
+        yield port.stopListening()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from kcm.gateway import fast_path as fast_path_module
 from kcm.gateway import handler as handler_module
 from kcm.gateway.fast_path import FAST_VERSIONS, FastPath
 from kcm.gateway.handler import GatewayRequestHandler
@@ -32,6 +33,7 @@ from kcm.kmip.payloads import CreateRequest, DecryptRequest, EncryptRequest, Get
 from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4.engine import L4Engine
+from kcm.l4.opened_keys import OpenedKeys
 from kcm.testing.requests import create_l4, create_managed, item, request, response
 from kcm.ttlv import Item, ItemType
 from tests.core_support import service_principal
@@ -45,21 +47,24 @@ def fixed_random(n: int) -> bytes:
     return bytes((7 * i + 3) & 0xFF for i in range(n))
 
 
-def engine(keys) -> L4Engine:
-    return L4Engine(keys, fixed_random)
-
-
 class Planes:
-    """One L3 cache, the general handler (no fast path) and the fast path over it."""
+    """One L3 cache, the general handler (no fast path) and the fast path over it; with
+    ``keep_opened``, both keep opened DEKs in one cache (kcm.l4.opened_keys), as the
+    gateway's do."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_opened: bool = False) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.link = FakeLink()
         self.link.keys[("demo", "app")] = [L3]
         self.link.keys[L3_UID] = [L3]
+        opened_keys = OpenedKeys(clock=self.clock.seconds) if keep_opened else None
+
+        def engine(keys) -> L4Engine:
+            return L4Engine(keys, fixed_random, opened_keys=opened_keys)
+
         self.cache = L3Cache(self.link.fetch_service_keys, connected=lambda: True,
-                             clock=self.clock.seconds)
+                             clock=self.clock.seconds, opened_keys=opened_keys)
         self.general = GatewayRequestHandler(
             runner=LocalRunner(new_correlation_id=lambda: CORRELATION, engine_factory=engine),
             cache=self.cache, link=self.link, clock=self.clock.seconds, max_batch_items=100)
@@ -89,14 +94,24 @@ class Planes:
         return answer
 
 
-@pytest.fixture(scope="module")
-def planes() -> Planes:
+def _planes(keep_opened: bool):
     patch = pytest.MonkeyPatch()
     patch.setattr(handler_module, "new_correlation_id", lambda: CORRELATION)
     try:
-        yield Planes()
+        yield Planes(keep_opened=keep_opened)
     finally:
         patch.undo()
+
+
+@pytest.fixture(scope="module")
+def planes() -> Planes:
+    yield from _planes(False)
+
+
+@pytest.fixture(scope="module")
+def kept_planes() -> Planes:
+    """Planes whose engines keep the DEKs they open between requests."""
+    yield from _planes(True)
 
 
 # Generated L4 requests ---------------------------------------------------------------------
@@ -222,6 +237,16 @@ def test_the_fast_answer_is_the_general_answer_byte_for_byte(planes: Planes, dat
 
 @SETTINGS
 @given(data=st.data())
+def test_with_opened_deks_kept_the_fast_answer_is_still_the_general_answer(
+        kept_planes: Planes, data) -> None:
+    wire = data.draw(l4_requests(kept_planes))
+    fast = kept_planes.fast.answer(wire, APP)
+    if fast is not None:
+        assert fast == kept_planes.general_answer(wire)
+
+
+@SETTINGS
+@given(data=st.data())
 def test_mutated_requests_the_fast_path_answers_are_answered_alike(planes: Planes,
                                                                    data) -> None:
     wire = bytearray(data.draw(l4_requests(planes)))
@@ -276,3 +301,12 @@ def test_what_the_fast_path_cannot_be_sure_of_is_declined(planes: Planes) -> Non
     other_tenant = ConnectionInfo(2, service_principal("other"), "127.0.0.1:40001").principal
     wire = request(item(Operation.GET, GetRequest(unique_identifier=token)))
     assert planes.fast.answer(wire, other_tenant) is None
+
+
+def test_declining_keeps_no_traceback(planes: Planes) -> None:
+    """The fast path declines by raising one shared exception: a traceback kept on it would
+    grow by a few frames with every request declined (every forwarded one), forever."""
+    wire = request(create_managed())
+    for _ in range(3):
+        assert planes.fast.answer(wire, APP) is None
+    assert fast_path_module._DECLINE.__traceback__ is None

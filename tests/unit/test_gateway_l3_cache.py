@@ -13,6 +13,7 @@ from kcm.kernel.missing import object_not_found
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.l4.authorize import ServiceKeyUseDenied
+from kcm.l4.opened_keys import OpenedKeys
 from kcm.l4.service_key import ServiceKey
 from tests.core_support import admin_principal, service_principal
 from tests.gateway_support import FakeLink
@@ -300,3 +301,65 @@ def test_past_the_bound_the_l3_with_most_tombstones_is_left_to_the_core(cache) -
     cache.apply_event(6, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
                                               "state": int(State.DESTROYED)})
     assert not cache.overflowed
+
+
+# The opened DEKs (kcm.l4.opened_keys) go with what could change their use ------------------
+
+@pytest.fixture
+def opened(clock: Clock, link: FakeLink) -> tuple[L3Cache, OpenedKeys]:
+    opened_keys = OpenedKeys(clock=clock.seconds)
+    cache = L3Cache(link.fetch_service_keys, connected=lambda: not link.down,
+                    clock=clock.seconds, ttl=300, max_stale=3600, opened_keys=opened_keys)
+    warm(cache)
+    cache.ensure([Need(uid=V2.uid)], APP)
+    opened_keys.put("l4.1.A", "a1" * 16, V1, b"a" * 32)
+    opened_keys.put("l4.1.B", "b1" * 16, V1, b"b" * 32)
+    opened_keys.put("l4.1.C", "c1" * 16, V2, b"c" * 32)
+    return cache, opened_keys
+
+
+def _held(opened_keys: OpenedKeys) -> set[str]:
+    return {token for token, key in (("l4.1.A", V1), ("l4.1.B", V1), ("l4.1.C", V2))
+            if opened_keys.get(token, key) is not None}
+
+
+@pytest.mark.parametrize("state", [State.DEACTIVATED, State.COMPROMISED, State.DESTROYED,
+                                   State.DESTROYED_COMPROMISED])
+def test_a_state_change_forgets_the_deks_of_that_l3(opened, state) -> None:
+    cache, opened_keys = opened
+    cache.apply_event(1, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
+                                              "state": int(state)})
+    assert _held(opened_keys) == {"l4.1.C"}
+
+
+def test_a_tombstone_forgets_the_dek_of_its_token(opened) -> None:
+    cache, opened_keys = opened
+    _tombstone(cache, 1, "b1" * 16, V1.uid)
+    assert _held(opened_keys) == {"l4.1.A", "l4.1.C"}
+
+
+def test_overflowed_tombstones_forget_the_deks_of_their_l3(opened) -> None:
+    cache, opened_keys = opened
+    cache.max_tombstones = 1
+    _tombstone(cache, 1, "ff" * 16, V2.uid)
+    _tombstone(cache, 2, "ee" * 16, V1.uid)  # a tie: max() keeps the first, V2
+    assert cache.overflowed == {V2.uid}
+    assert _held(opened_keys) == {"l4.1.A", "l4.1.B"}
+
+
+def test_a_resync_forgets_every_dek(opened) -> None:
+    cache, opened_keys = opened
+    cache.resync()
+    assert len(opened_keys) == 0
+
+
+def test_a_refresh_forgets_deks_only_when_the_version_changed(opened, link, clock) -> None:
+    cache, opened_keys = opened
+    cache.ensure([Need(uid=V1.uid)], APP)  # the same version again: nothing forgotten
+    assert _held(opened_keys) == {"l4.1.A", "l4.1.B", "l4.1.C"}
+    link.keys[V1.uid] = [ServiceKey(V1.uid, "demo", "app", 1, State.DEACTIVATED, V1.key)]
+    cache.ensure([Need(uid=V1.uid)], APP)
+    assert _held(opened_keys) == {"l4.1.C"}
+    link.keys[V2.uid] = [ServiceKey(V2.uid, "demo", "app", 2, State.COMPROMISED, V2.key)]
+    cache.ensure([Need(uid=V2.uid)], APP)  # fetched in a drop state: dropped, and its DEKs
+    assert len(opened_keys) == 0

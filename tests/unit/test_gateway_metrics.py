@@ -20,6 +20,7 @@ from kcm.kmip.enums import Operation
 from kcm.kmip.errors import KmipError
 from kcm.kmip.payloads.crypto import DecryptRequest
 from kcm.kmip_protocol import ConnectionLimits
+from kcm.l4.opened_keys import OpenedKeys
 from kcm.ttlv.peek import peek_response
 from tests.core_support import CoreHarness
 from tests.gateway_support import (
@@ -174,6 +175,14 @@ def test_cache_reads_are_counted_hit_stale_miss_expired(gateway: Gateway) -> Non
 
     assert [lookups(r) for r in ("hit", "stale", "miss", "expired")] == [2, 1, 1, 1]
     assert got[("kcm_gateway_l3_cache_keys", ())] == 1
+    assert got[("kcm_gateway_opened_deks", ())] == 0  # this gateway keeps none
+
+
+def test_opened_deks_held_are_read_when_scraped(gateway: Gateway) -> None:
+    gateway.cache.opened_keys = opened_keys = OpenedKeys(clock=gateway.clock.seconds)
+    opened_keys.put("l4.1.A", "a1" * 16, L3, b"a" * 32)
+    opened_keys.put("l4.1.B", "b1" * 16, L3, b"b" * 32)
+    assert gateway.scraped()[("kcm_gateway_opened_deks", ())] == 2
 
 
 def test_link_state_in_flight_reconnects_and_connections_are_read_when_scraped(

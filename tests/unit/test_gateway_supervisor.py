@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from twisted.internet import error, reactor
 from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -223,10 +224,11 @@ def test_workers_zero_counts_the_cpus_this_process_may_use() -> None:
     assert worker_count(0) == len(os.sched_getaffinity(0))
 
 
-def test_the_shared_listener_binds_but_never_accepts() -> None:
-    listener = SharedListener(reactor, "tcp:0:interface=127.0.0.1")
+def test_without_reuse_port_the_shared_listener_binds_but_never_accepts() -> None:
+    listener = SharedListener(reactor, "tcp:0:interface=127.0.0.1", reuse_port=False)
     listener.startService()
     try:
+        assert listener.worker_listen == f"fd:{WORKER_LISTEN_FD}"
         port = listener.port
         assert port is not None and port not in reactor.getReaders()
         with socket.socket(fileno=os.dup(listener.fileno)) as sock:
@@ -236,14 +238,58 @@ def test_the_shared_listener_binds_but_never_accepts() -> None:
         listener.stopService()
 
 
-def test_a_port_in_use_fails_the_shared_listeners_start() -> None:
+@pytest.mark.parametrize("reuse_port", [True, False])
+def test_a_port_in_use_fails_the_shared_listeners_start(reuse_port: bool) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        listener = SharedListener(reactor, f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1")
+        listener = SharedListener(reactor, f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1",
+                                  reuse_port=reuse_port)
         with pytest.raises(error.CannotListenError, match="Address already in use"):
             listener.startService()
-    assert listener.port is None and not listener.running
+    assert listener.port is None and listener.reserved is None and not listener.running
+
+
+def test_a_tcp_listener_is_reserved_for_workers_that_listen_on_it_with_reuse_port() -> None:
+    listener = SharedListener(reactor, "tcp:0:interface=127.0.0.1")
+    listener.startService()
+    ports = []
+    try:
+        reserved = listener.reserved
+        assert reserved is not None and listener.port is None and listener.fileno is None
+        # Bound, never listening (a socket that does not listen is given no connections).
+        assert reserved.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+        assert reserved.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        number = reserved.getsockname()[1]
+        assert listener.worker_listen == f"reuseport:{number}:interface=127.0.0.1"
+        # Two workers listen on it, each with its own socket; connections are accepted.
+        for _ in range(2):
+            listening = plain_server_endpoint(reactor, listener.worker_listen).listen(
+                Factory.forProtocol(Protocol))
+            listening.addCallback(ports.append)
+        assert [port.getHost().port for port in ports] == [number, number]
+        for _ in range(8):
+            with socket.create_connection(("127.0.0.1", number), timeout=5):
+                pass
+        # Anybody else (no SO_REUSEPORT) finds the address taken.
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", number))
+    finally:
+        for port in ports:
+            port.stopListening()
+        listener.stopService()
+    assert listener.reserved is None
+
+
+def test_workers_listening_on_the_address_get_no_inherited_socket() -> None:
+    class ReservingListener:
+        fileno = None
+
+    spawner = FakeSpawner()
+    workers = WorkerPool(1, lambda index: ["python"], ReservingListener(), reactor=Clock(),
+                         spawn=spawner, forwarded_signals=(), env=dict)
+    workers.startService()
+    assert spawner.calls[0]["childFDs"] == {0: "w", 1: 1, 2: 2}
 
 
 def test_an_inherited_socket_is_adopted_with_its_family() -> None:

@@ -59,6 +59,9 @@ def test_file_then_command_line(tmp_path: Path) -> None:
     '[gateway.limits]\nbogus = 1\n',
     '[gateway]\nl3_ttl = 100\nmax_stale = 10\n',
     '[gateway]\nmax_in_flight = 0\n',
+    '[gateway]\ndek_cache_size = -1\n',
+    '[gateway]\ndek_cache_size = 1.5\n',
+    '[gateway]\ndek_cache_ttl = 0\n',
 ])
 def test_bad_settings_are_usage_errors(tmp_path: Path, text: str) -> None:
     path = tmp_path / "gw.toml"
@@ -74,11 +77,29 @@ def test_make_service_only_assembles(tmp_path: Path, monkeypatch) -> None:
     assert service.config.listen == "tcp:0"
     assert [child.name for child in service] == [
         "kcm-gateway-identity", "kcm-link", "kcm-kmip-listener", None,  # None: the refresher
-        "kcm-usage-report"]
+        "kcm-dek-cache-expiry", "kcm-usage-report"]
     assert service.link is not None and service.cache is not None
     assert service.handler is not None
     assert not service.running and not any(child.running for child in service)
     assert service.link.gateway_name == "kcm-gateway"  # the certificate is not read yet
+
+
+def test_opened_deks_are_kept_as_configured(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    service = tap.makeService(parse("--listen", "tcp:0", "--dek-cache-size", "50",
+                                    "--dek-cache-ttl", "20"), reactor=Clock())
+    opened_keys = service.cache.opened_keys
+    assert (opened_keys.max_entries, opened_keys.ttl) == (50, 20.0)
+    expiry = service.getServiceNamed("kcm-dek-cache-expiry")
+    assert expiry.step == 2.0
+
+
+def test_no_opened_deks_are_kept_with_a_size_of_0(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    service = tap.makeService(parse("--listen", "tcp:0", "--dek-cache-size", "0"),
+                              reactor=Clock())
+    assert service.cache.opened_keys is None
+    assert "kcm-dek-cache-expiry" not in [child.name for child in service]
 
 
 @pytest.mark.parametrize("max_message_size", [None, 64 << 10, 8 << 20])
@@ -242,3 +263,20 @@ def test_every_limit_has_a_command_line_override_that_workers_inherit(tmp_path: 
     assert command[-4:] == ["--max-message-size", "65536", "--handshake-timeout", "2.5"]
     with pytest.raises(usage.UsageError, match="limits.max_batch_items must be a whole"):
         parse("--max-batch-items", "lots")
+
+
+def test_a_supervisors_workers_listen_on_the_address_it_reserved() -> None:
+    service = tap.makeService(parse("--workers", "2", "--listen",
+                                    "tcp:0:interface=127.0.0.1"), reactor=Clock())
+    listener = service.getServiceNamed("kcm-kmip-socket")
+    pool = service.getServiceNamed("kcm-gateway-workers")
+    listener.startService()
+    try:
+        command = pool.command(1)
+        listen = command[command.index("--listen") + 1]
+        port = listener.reserved.getsockname()[1]
+        assert listen == listener.worker_listen == f"reuseport:{port}:interface=127.0.0.1"
+        worker = tap.makeService(parse(*command[7:]), reactor=Clock())
+        assert worker.getServiceNamed("kcm-kmip-listener").description == listen
+    finally:
+        listener.stopService()

@@ -239,6 +239,14 @@ def test_the_handler_is_told_when_a_connection_with_a_request_in_flight_is_lost(
     assert transport.value() == b"" and len(handler.seen) == 1
 
 
+def test_a_lost_connection_forgets_the_message_it_had_begun() -> None:
+    protocol, _, _, _ = connect()
+    protocol.dataReceived(message(1)[:12])
+    assert protocol._framer.buffered == 12
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert protocol._framer.buffered == 0
+
+
 def test_a_connection_lost_between_requests_tells_nobody() -> None:
     handler = CancellableHandler()
     protocol, _, handler, _ = connect(handler)

@@ -38,3 +38,24 @@ def test_non_structure_header_is_refused() -> None:
 def test_length_not_multiple_of_eight_is_refused() -> None:
     with pytest.raises(TtlvError, match="multiple of 8"):
         Framer(64).feed(bytes.fromhex("4200780100000005"))
+
+
+def test_one_whole_message_in_one_read_is_handed_out_as_it_came() -> None:
+    one = message(3)
+    framer = Framer(1024)
+    [out] = framer.feed(one)
+    assert out is one and framer.buffered == 0
+    # Not so with bytes already buffered, or given something other than bytes.
+    assert framer.feed(one[:3]) == [] and framer.feed(one[3:] + one) == [one, one]
+    assert framer.feed(bytearray(one)) == [one]
+    # A whole message that is too large is refused all the same.
+    with pytest.raises(MessageTooLarge):
+        Framer(16).feed(one)
+
+
+def test_clear_forgets_a_message_begun() -> None:
+    one = message(3)
+    framer = Framer(1024)
+    assert framer.feed(one[:5]) == [] and framer.buffered == 5
+    framer.clear()
+    assert framer.buffered == 0 and framer.feed(one) == [one]

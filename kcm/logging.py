@@ -20,13 +20,15 @@ the bracket, ``[NAMESPACE#LEVEL worker=1 pid=4242]``.
 Events may come from any thread (audit records are emitted by the store's worker threads):
 each line is written and flushed whole under a lock. A process's own log
 (``background=True``, what :class:`kcm.process.ProcessService` installs) keeps the disk off
-the threads that log: an event is queued, and a thread of the observer's own renders and
-writes the queued events in order, many per write. The queue is bounded (``max_pending``
-events): a thread that finds it full waits for the writer, so no line is ever dropped, and
-a disk that cannot keep up slows the loggers down rather than growing memory. Lines still
-queued are written when the process exits normally (``atexit``) or when :meth:`flush` is
-called; a killed process loses the lines of its last moments (never an audit record: the
-database holds those, and ``kcm audit tail`` reads them there).
+the requests' path: the line of an audit record (namespace ``kcm.audit``, one per request)
+is queued, and a thread of the observer's own renders and writes the queued events, many
+per write; any other event is written at once, after the queued ones, so lines keep the
+order of their events. The queue is bounded (``max_pending`` events): a thread that finds
+it full waits for the writer, so no line is ever dropped, and a disk that cannot keep up
+slows the loggers down rather than growing memory. Lines still queued are written when the
+process exits normally (``atexit``) or when :meth:`flush` is called; a killed process
+loses the audit lines of its last moments (never an audit record: the database holds
+those, and ``kcm audit tail`` reads them there).
 """
 
 from __future__ import annotations
@@ -145,24 +147,34 @@ class _LineWriter:
 
 @implementer(ILogObserver)
 class BackgroundLineWriter:
-    """Queues each event, and renders and writes them in order on a thread of its own (see
-    the module docstring): logging costs the caller an append, not a write and a flush."""
+    """Writes the events of ``queued`` namespaces (the audit records'; see the module
+    docstring) on a thread of its own, and every other event at once, after the queued
+    ones: logging an audit record costs its caller an append, not a write and a flush, and
+    the lines keep the order the events had."""
 
     def __init__(self, out: IO[str], render: Callable[[LogEvent], str | None], *,
+                 queued: frozenset[str] = frozenset({"kcm.audit"}),
                  max_pending: int = 65_536) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         self._out = out
         self._render = render
+        self._queued = queued
         self._max_pending = max_pending
         self._pending: deque[LogEvent] = deque()
         self._busy = False
         self._changed = threading.Condition()
+        #: Held while taking queued events and writing them: so lines keep their order.
+        self._writing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="kcm-log-writer", daemon=True)
         self._thread.start()
         atexit.register(self.flush)
 
     def __call__(self, event: LogEvent) -> None:
+        if event.get("log_namespace") not in self._queued:
+            with self._writing:
+                self._write([*self._take(), event])
+            return
         with self._changed:
             while len(self._pending) >= self._max_pending:
                 self._changed.wait()
@@ -182,21 +194,26 @@ class BackgroundLineWriter:
                 self._changed.wait(left)
         return True
 
+    def _take(self) -> list[LogEvent]:
+        with self._changed:
+            batch = list(self._pending)
+            self._pending.clear()
+            self._busy = bool(batch)
+            self._changed.notify_all()  # room again for a logger that waits
+            return batch
+
     def _run(self) -> None:
         while True:
             with self._changed:
                 while not self._pending:
                     self._changed.wait()
-                batch = list(self._pending)
-                self._pending.clear()
-                self._busy = True
-                self._changed.notify_all()  # room again for a logger that waits
-            try:
-                self._write(batch)
-            finally:
-                with self._changed:
-                    self._busy = False
-                    self._changed.notify_all()
+            with self._writing:
+                try:
+                    self._write(self._take())
+                finally:
+                    with self._changed:
+                        self._busy = False
+                        self._changed.notify_all()
 
     def _write(self, batch: list[LogEvent]) -> None:
         lines = []

@@ -160,8 +160,9 @@ def test_a_background_writer_keeps_the_disk_off_the_logging_thread() -> None:
 
     stream = _GatedStream()
     writer = BackgroundLineWriter(stream, lambda event: f"{event['n']}\n")
+    # Audit lines are queued: each call returns at once although the stream is stalled.
     for n in range(100):
-        writer({"n": n})  # returns at once although the stream is stalled
+        writer({"n": n, "log_namespace": "kcm.audit"})
     assert stream.getvalue() == ""
     stream.gate.set()
     assert writer.flush()
@@ -174,7 +175,8 @@ def test_a_full_background_queue_makes_the_logger_wait_and_loses_nothing() -> No
 
     stream = _GatedStream()
     writer = BackgroundLineWriter(stream, lambda event: f"{event['n']}\n", max_pending=3)
-    logger_thread = threading.Thread(target=lambda: [writer({"n": n}) for n in range(20)])
+    logger_thread = threading.Thread(target=lambda: [
+        writer({"n": n, "log_namespace": "kcm.audit"}) for n in range(20)])
     logger_thread.start()
     logger_thread.join(0.3)
     assert logger_thread.is_alive()  # waiting for room, not dropping lines
@@ -197,7 +199,7 @@ def test_an_event_the_background_writer_cannot_render_loses_only_itself() -> Non
 
     writer = BackgroundLineWriter(stream, render)
     for n in range(3):
-        writer({"n": n})
+        writer({"n": n, "log_namespace": "kcm.audit"})
     assert writer.flush()
     assert stream.getvalue().splitlines() == ["0", "unrenderable log event: ValueError", "2"]
 
@@ -211,3 +213,20 @@ def test_a_background_observer_writes_the_same_lines() -> None:
     assert observer._observer.flush()
     [line] = lines(stream)
     assert (line["text"], line["seq"]) == ("audit 7: Create", 7)
+
+
+def test_other_lines_are_written_at_once_after_the_queued_audit_lines() -> None:
+    from kcm.logging import BackgroundLineWriter
+
+    stream = _GatedStream()
+    writer = BackgroundLineWriter(stream, lambda event: f"{event['n']}\n")
+    for n in range(5):
+        writer({"n": n, "log_namespace": "kcm.audit"})
+    done = threading.Event()
+    other = threading.Thread(target=lambda: (writer({"n": "other", "log_namespace": "kcm.x"}),
+                                             done.set()))
+    other.start()
+    assert not done.wait(0.2)  # written by the logging thread itself: it waits for the disk
+    stream.gate.set()
+    assert done.wait(5)
+    assert stream.getvalue().splitlines() == ["0", "1", "2", "3", "4", "other"]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -162,13 +163,18 @@ class BackgroundLineWriter:
         self._queued = queued
         self._max_pending = max_pending
         self._pending: deque[LogEvent] = deque()
+        self._new_locks()
+        atexit.register(self.flush)
+        # A daemonizing twistd forks after the observer is made: the child, which logs,
+        # needs locks of its own and a writer thread of its own (started on first use).
+        os.register_at_fork(after_in_child=self._new_locks)
+
+    def _new_locks(self) -> None:
         self._busy = False
         self._changed = threading.Condition()
         #: Held while taking queued events and writing them: so lines keep their order.
         self._writing = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="kcm-log-writer", daemon=True)
-        self._thread.start()
-        atexit.register(self.flush)
+        self._thread: threading.Thread | None = None
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_namespace") not in self._queued:
@@ -176,6 +182,7 @@ class BackgroundLineWriter:
                 self._write([*self._take(), event])
             return
         with self._changed:
+            self._ensure_thread()
             while len(self._pending) >= self._max_pending:
                 self._changed.wait()
             self._pending.append(event)
@@ -188,17 +195,28 @@ class BackgroundLineWriter:
         deadline = time.monotonic() + timeout
         with self._changed:
             while self._pending or self._busy:
+                self._ensure_thread()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._changed.wait(left)
+        # A line being written by a thread that logged at once ends its write first.
+        if not self._writing.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return False
+        self._writing.release()
         return True
+
+    def _ensure_thread(self) -> None:
+        # Called holding ``_changed``.
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kcm-log-writer",
+                                            daemon=True)
+            self._thread.start()
 
     def _take(self) -> list[LogEvent]:
         with self._changed:
             batch = list(self._pending)
             self._pending.clear()
-            self._busy = bool(batch)
             self._changed.notify_all()  # room again for a logger that waits
             return batch
 
@@ -208,6 +226,8 @@ class BackgroundLineWriter:
                 while not self._pending:
                     self._changed.wait()
             with self._writing:
+                with self._changed:
+                    self._busy = True
                 try:
                     self._write(self._take())
                 finally:

@@ -230,3 +230,28 @@ def test_other_lines_are_written_at_once_after_the_queued_audit_lines() -> None:
     stream.gate.set()
     assert done.wait(5)
     assert stream.getvalue().splitlines() == ["0", "1", "2", "3", "4", "other"]
+
+
+def test_a_forked_child_writes_its_queued_lines_with_a_writer_of_its_own(tmp_path) -> None:
+    """A daemonizing twistd forks after the log observer exists: the child, which serves
+    and logs, must still get its audit lines written."""
+    import os
+
+    from kcm.logging import BackgroundLineWriter
+
+    path = tmp_path / "log"
+    with path.open("a") as out:
+        writer = BackgroundLineWriter(out, lambda event: f"{event['n']}\n")
+        writer({"n": "parent", "log_namespace": "kcm.audit"})
+        assert writer.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: log, flush, and leave without pytest's cleanup
+            try:
+                for n in range(3):
+                    writer({"n": f"child {n}", "log_namespace": "kcm.audit"})
+                os._exit(0 if writer.flush() else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert path.read_text().splitlines() == ["parent", "child 0", "child 1", "child 2"]

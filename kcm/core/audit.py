@@ -508,7 +508,6 @@ def write_head(session: Session) -> None:
         set_meta(session, HEAD_META_KEY, head)  # the chain's first record
 
 
-
 def _before_commit(session: Session) -> None:
     if not session.in_nested_transaction():
         write_head(session)
@@ -523,23 +522,16 @@ def savepoint(session: Session) -> Iterator[None]:
     """``session.begin_nested()``, whose audit records are never logged if it rolls back
     (the records of the transaction around it still are, once it commits). A group commit
     runs each request in one (:mod:`kcm.core.group_commit`)."""
-    pending = session.info.get(_PENDING_KEY)
-    mark = 0 if pending is None else len(pending)
-    try:
-        with session.begin_nested():
-            yield
-    except BaseException:
-        pending = session.info.get(_PENDING_KEY)
-        if pending is not None:
-            del pending[mark:]
-        raise
+    with RequestSavepoint(session):
+        yield
 
 
 class RequestSavepoint:
-    """:func:`savepoint` for one request, which its only batch item can share: the item's
-    rollback (:meth:`item_savepoint`) rolls back the request so far, which before its
-    audit records is that item's work alone, and begins the request's savepoint afresh for
-    them. A one-item request then costs one savepoint, not two.
+    """A savepoint (``session.begin_nested()``) whose audit records are never logged if
+    it rolls back (:func:`savepoint` is this). A request's can be shared by its only batch
+    item: the item's rollback (:meth:`item_savepoint`) rolls back the request so far, which
+    before its audit records is that item's work alone, and begins the request's savepoint
+    afresh for them. A one-item request then costs one savepoint, not two.
 
     Use as a context manager; :meth:`item_savepoint` fits
     :func:`kcm.kernel.batch.run_batch`'s savepoint hook for a batch of one item.

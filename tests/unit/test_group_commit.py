@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,13 +18,21 @@ class FakeSession:
         self.info: dict[str, Any] = {}
         self.rolled_back = 0
 
-    @contextmanager
-    def begin_nested(self) -> Iterator[None]:
-        try:
-            yield
-        except BaseException:
-            self.rolled_back += 1
-            raise
+    def begin_nested(self) -> FakeSavepoint:
+        return FakeSavepoint(self)
+
+
+class FakeSavepoint:
+    """What ``Session.begin_nested`` returns, as far as savepoints use it."""
+
+    def __init__(self, session: FakeSession) -> None:
+        self.session = session
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        self.session.rolled_back += 1
 
 
 class Writer:

@@ -44,13 +44,11 @@ class RawStatement:
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
             compiled = self._compiled[dialect.name] = self._compile(dialect)
-        values: Any = {**compiled.own, **params} if params else compiled.own
-        if compiled.convert:
-            values = dict(values)
-            for key, convert in compiled.convert.items():
-                value = values.get(key)
-                if value is not None:
-                    values[key] = convert(value)
+        values: Any = {**compiled.own, **(params or {})}
+        for key, convert in compiled.convert.items():
+            value = values.get(key)
+            if value is not None:
+                values[key] = convert(value)
         if compiled.order is not None:
             values = tuple(values[key] for key in compiled.order)
         return _run(connection, compiled.sql, values)

@@ -225,8 +225,8 @@ def insert_object(
 #: ``Session.info``: the ``created_seq`` the next object inserted in this transaction gets.
 _NEXT_CREATED_SEQ = "kcm.store.next_created_seq"
 _MAX_CREATED_SEQ = select(func.max(ManagedObject.created_seq))
-_INSERT_OBJECT = RawStatement(ManagedObject.__table__.insert(),
-                              [column.key for column in ManagedObject.__table__.columns])
+_OBJECT_COLUMNS = [column.key for column in ManagedObject.__table__.columns]
+_INSERT_OBJECT = RawStatement(ManagedObject.__table__.insert(), _OBJECT_COLUMNS)
 _INSERT_NAME = ObjectName.__table__.insert()
 _INSERT_GROUP = ObjectGroup.__table__.insert()
 
@@ -258,7 +258,6 @@ def get_object(
     return session.scalar(stmt)
 
 
-_OBJECT_COLUMNS = [column.key for column in ManagedObject.__table__.columns]
 _SELECT_OBJECT = select(*ManagedObject.__table__.columns).where(
     ManagedObject.__table__.c.uid == bindparam("uid"),
     ManagedObject.__table__.c.tenant == bindparam("tenant"))

@@ -80,6 +80,8 @@ class CoreConfig:
     metrics_listen: str = ""
     #: Seconds between sweeps of the state sweeper (dates passed, automatic rotation).
     state_sweep_interval: float = 5.0
+    #: Managed objects kept decoded in memory (kcm.core.store.object_cache); 0: none.
+    object_cache_size: int = 10_000
 
     @property
     def access(self) -> AccessPolicy:
@@ -90,7 +92,7 @@ class CoreConfig:
 _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "l1_pkcs11",
               "policy_file", "database_threads", "log_level", "log_format", "log_file",
               "audit_checkpoint_interval", "application_objects", "metrics_listen",
-              "state_sweep_interval"}
+              "state_sweep_interval", "object_cache_size"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:
@@ -114,6 +116,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
+    if "object_cache_size" in out:
+        size = out["object_cache_size"]
+        try:
+            size = int(size) if not isinstance(size, bool) else -1
+        except (TypeError, ValueError):
+            size = -1
+        if size < 0:
+            raise ConfigError("core.object_cache_size must be a whole number (0: no cache)")
+        out["object_cache_size"] = size
     if "database_threads" in out:
         threads = out["database_threads"]
         try:

@@ -8,13 +8,16 @@ TTLV together with the protocol version it was encoded for, wrapped by the keyri
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
 
 from kcm.core import events, policy
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.context import OperationContext
 from kcm.core.store import repository
+from kcm.core.store.object_cache import OBJECT_CACHE_INFO, CachedObject, ObjectCache
 from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.core.store.schema import ManagedObject as Row
 from kcm.kernel import lifecycle
@@ -39,18 +42,42 @@ DATE_COLUMNS: dict[int, str] = {
     Tag.PROTECT_STOP_DATE: "protect_stop_date",
 }
 
+T = TypeVar("T")
 _OBJECT_CODEC = ManagedObjectCodec()
 _MATERIAL_VERSION = (2, 1)
 
 
 class StoredObject:
-    """One managed object loaded in the current transaction."""
+    """One managed object loaded in the current transaction. ``row`` is its stored row
+    in the session, or (for one read from the store's object cache, ``cached``) its
+    columns as read, which :meth:`stored_row` puts in the session once it is changed."""
 
-    __slots__ = ("row", "attributes")
+    __slots__ = ("row", "attributes", "_cached")
 
-    def __init__(self, row: Row, attributes: list[Attribute]) -> None:
+    def __init__(self, row: Row | repository.ObjectColumns, attributes: list[Attribute],
+                 cached: CachedObject | None = None) -> None:
         self.row = row
         self.attributes = attributes
+        self._cached = cached
+
+    def stored_row(self, session: Session) -> Row:
+        """The object's row in ``session``, to change it."""
+        row = self.row
+        if not isinstance(row, Row):
+            row = self.row = repository.attach_object(session, row)
+        return row
+
+    def memo(self, name: str, compute: Callable[[], T]) -> T:
+        """``compute()``, kept with the object's cache entry for the next request that
+        loads the same content (not kept once this object has been changed)."""
+        cached = self._cached
+        if cached is None or self.row.revision != cached.stamp[0]:
+            return compute()
+        views = cached.views
+        if name in views:
+            return views[name]  # type: ignore[no-any-return]
+        value = views[name] = compute()
+        return value
 
     @property
     def uid(self) -> str:
@@ -113,11 +140,10 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
     tenant = policy.tenant_of(ctx.principal)
     if not policy.is_provisioned(ctx.session, ctx.principal):
         raise object_not_found(uid)
-    row = repository.get_object(ctx.session, tenant, uid, for_update=for_update)
-    if row is None:
+    obj = _read(ctx.session, tenant, uid, for_update)
+    if obj is None:
         raise object_not_found(uid)
-    policy.check_object_use(ctx.principal, ctx.server_info.access, row.service)
-    obj = StoredObject(row, decode_attributes(row.attributes))
+    policy.check_object_use(ctx.principal, ctx.server_info.access, obj.row.service)
     current = obj.state
     moved = lifecycle.state_at(current, lifecycle.LifecycleDates(
         obj.value(Tag.ACTIVATION_DATE), obj.value(Tag.DEACTIVATION_DATE)), ctx.now)
@@ -127,6 +153,32 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
             save(ctx, obj, changed=False)
     ctx.touched(uid)
     return obj
+
+
+def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredObject | None:
+    """``tenant``'s object ``uid`` as this transaction sees it, or None. Its decoded
+    attributes come from the store's object cache when the row has not changed since
+    (:mod:`kcm.core.store.object_cache`), so that a known object costs a two-number read."""
+    cache: ObjectCache | None = session.info.get(OBJECT_CACHE_INFO)
+    if cache is None or repository.in_session(session, uid):
+        row = repository.get_object(session, tenant, uid, for_update=for_update)
+        return None if row is None else StoredObject(row, decode_attributes(row.attributes))
+    stamp = repository.object_stamp(session, tenant, uid, for_update=for_update)
+    if stamp is None:
+        return None
+    cached = cache.get(tenant, uid, stamp)
+    if cached is None:
+        columns = repository.object_columns(session, tenant, uid)
+        if columns is None:
+            return None
+        cached = cache.put(tenant, uid, (columns.revision, columns.created_seq), columns)
+        cached.views[_ATTRIBUTES] = tuple(decode_attributes(columns.attributes))
+    attributes = [Attribute(a.tag, a.value, a.index, a.vendor_identification, a.name)
+                  for a in cached.views[_ATTRIBUTES]]  # operations renumber them in place
+    return StoredObject(cached.columns, attributes, cached)
+
+
+_ATTRIBUTES = "attributes"
 
 
 def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: list[Attribute],
@@ -167,12 +219,13 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     """
     if changed:
         obj.set(Tag.LAST_CHANGE_DATE, ctx.now)
-    stored_state = obj.row.state
+    row = obj.stored_row(ctx.session)
+    stored_state = row.state
     columns = _columns(obj)
-    repository.update_object(ctx.session, obj.row, attributes=encode_attributes(obj.attributes),
+    repository.update_object(ctx.session, row, attributes=encode_attributes(obj.attributes),
                              **columns)
-    repository.set_names(ctx.session, obj.row, _names(obj))
-    repository.set_groups(ctx.session, obj.row, _groups(obj))
+    repository.set_names(ctx.session, row, _names(obj))
+    repository.set_groups(ctx.session, row, _groups(obj))
     if obj.level == LEVEL_SERVICE_KEY and columns["state"] != stored_state:
         events.l3_state(ctx, obj.tenant, obj.uid, obj.row.service, columns["state"])
 
@@ -191,7 +244,8 @@ def decode_material(blob: bytes) -> Struct | Item:
 
 def destroy_material(ctx: OperationContext, obj: StoredObject) -> None:
     """Forget the key material for good; the metadata stays (KMIP 1.4 §4.21)."""
-    repository.update_object(ctx.session, obj.row, material=None, wrapped_by=None)
+    repository.update_object(ctx.session, obj.stored_row(ctx.session), material=None,
+                             wrapped_by=None)
 
 
 def encode_material(managed_object: Struct | Item) -> bytes:

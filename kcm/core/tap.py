@@ -101,7 +101,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     config = options["core_config"]
     trust_domain = config.trust_domain
     store = Store(config.database, reactor=reactor, threads=config.database_threads,
-                  migrate=True)
+                  migrate=True, object_cache_size=config.object_cache_size)
     metrics = CoreMetrics(process=True)
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     keyring = Keyring()

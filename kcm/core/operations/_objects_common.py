@@ -101,13 +101,16 @@ def load_key_for(ctx: OperationContext, unique_identifier: object,
 def clear_key_bytes(ctx: OperationContext, obj: managed.StoredObject) -> bytes:
     """The key bytes of a Symmetric Key or Secret Data, which the server must hold in the
     clear to compute with them (a key registered wrapped it cannot use)."""
-    stored = managed.material(ctx, obj)
-    key = stored.key_block.key_bytes if isinstance(stored, SymmetricKey | SecretData) else None
+    key = obj.memo("key_bytes", lambda: _key_bytes(managed.material(ctx, obj)))
     if key is None:
         raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT,
                         f"the key material of {obj.uid!r} is not available in the clear to "
                         "the server", v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
     return key
+
+
+def _key_bytes(stored: object) -> bytes | None:
+    return stored.key_block.key_bytes if isinstance(stored, SymmetricKey | SecretData) else None
 
 
 def unwrapped_key_block(ctx: OperationContext, obj: managed.StoredObject) -> KeyBlock:

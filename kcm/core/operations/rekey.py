@@ -155,7 +155,8 @@ def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: s
                              attributes=attributes, managed_object=None, tenant=tenant,
                              level=LEVEL_TENANT_KEY)
         assert new is not None
-        repository.update_object(ctx.session, new.row, wrapped_by=WRAPPED_BY_L1,
+        repository.update_object(ctx.session, new.stored_row(ctx.session),
+                                 wrapped_by=WRAPPED_BY_L1,
                                  material=ctx.keyring.wrap_tenant_key(tenant, uid, key))
         ctx.keyring.forget_current(tenant)
         return

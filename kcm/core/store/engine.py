@@ -29,6 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
+from kcm.core.store.object_cache import OBJECT_CACHE_INFO, ObjectCache
 from kcm.core.store.raw_statements import execute_plain
 from kcm.core.store.repository import lock_writers
 
@@ -149,6 +150,7 @@ class Store(Service):
         threads: int = 4,
         pool_size: int | None = None,
         migrate: bool = False,
+        object_cache_size: int = 10_000,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -169,6 +171,9 @@ class Store(Service):
         self._sqlite_writer = threading.Lock()
         #: Facts of the committed data the hot path reads from memory (tenants' services).
         self.known = KnownFacts()
+        #: Objects as last read, so that an operation on a known one reads two numbers
+        #: (kcm.core.store.object_cache); sized by ``object_cache_size`` (0: none).
+        self.objects = ObjectCache(object_cache_size)
         #: The key that MACs this database's audit chain (:mod:`kcm.core.audit`), derived
         #: from its L1; every session gets it in ``info[AUDIT_KEY_INFO]``. None until the
         #: holder of L1 sets it: until then audit records cannot be written or verified.
@@ -293,6 +298,8 @@ class Store(Service):
                 if self.on_audit_written is not None:
                     info[AUDIT_WRITTEN_INFO] = self.on_audit_written
                 info[KNOWN_FACTS_INFO] = self.known
+                if self.objects.size:
+                    info[OBJECT_CACHE_INFO] = self.objects
                 info[WRITE_INFO] = write
                 if write:
                     lock_writers(session)

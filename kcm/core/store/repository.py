@@ -8,6 +8,7 @@ an object of another tenant is indistinguishable from a missing one.
 from __future__ import annotations
 
 import time
+from collections import namedtuple
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.util import identity_key
 
 from kcm.core.store.known import known_facts, learn
+from kcm.core.store.object_cache import OBJECT_CACHE_INFO
 from kcm.core.store.raw_statements import RawStatement
 from kcm.core.store.schema import (
     DATE_COLUMNS,
@@ -226,6 +228,8 @@ def insert_object(
 _NEXT_CREATED_SEQ = "kcm.store.next_created_seq"
 _MAX_CREATED_SEQ = select(func.max(ManagedObject.created_seq))
 _OBJECT_COLUMNS = [column.key for column in ManagedObject.__table__.columns]
+#: A managed object's columns as read, by name; immutable (a row to change is attached).
+ObjectColumns = namedtuple("ObjectColumns", _OBJECT_COLUMNS)  # type: ignore[misc]
 _INSERT_OBJECT = RawStatement(ManagedObject.__table__.insert(), _OBJECT_COLUMNS)
 _INSERT_NAME = ObjectName.__table__.insert()
 _INSERT_GROUP = ObjectGroup.__table__.insert()
@@ -240,22 +244,52 @@ def get_object(
     PostgreSQL; on SQLite the write transaction already holds the database write lock) and
     always re-reads it from the database.
     """
-    if identity_key(ManagedObject, uid) not in session.identity_map:
+    if not in_session(session, uid):
         # Not in this session yet: read the row with a Core statement (the hot path of
         # every operation on an object) and attach it as loaded.
-        cursor = (_GET_OBJECT_FOR_UPDATE if for_update else _GET_OBJECT).execute(
-            session, {"uid": uid, "tenant": tenant})
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        obj = ManagedObject(**dict(zip(_OBJECT_COLUMNS, row, strict=True)))
-        make_transient_to_detached(obj)
-        session.add(obj)
-        return obj
+        columns = object_columns(session, tenant, uid, for_update=for_update)
+        return None if columns is None else attach_object(session, columns)
     stmt = select(ManagedObject).where(ManagedObject.uid == uid, ManagedObject.tenant == tenant)
     if for_update:
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.scalar(stmt)
+
+
+def in_session(session: Session, uid: str) -> bool:
+    """Whether ``session`` already holds the object ``uid`` (it may have changed it)."""
+    return identity_key(ManagedObject, uid) in session.identity_map
+
+
+def object_stamp(session: Session, tenant: str, uid: str, *, for_update: bool = False
+                 ) -> tuple[int, int] | None:
+    """The (revision, created_seq) of ``tenant``'s object ``uid``, or None: what names one
+    content of one row (:mod:`kcm.core.store.object_cache`). ``for_update`` locks the row
+    as :func:`get_object` does."""
+    row = (_STAMP_FOR_UPDATE if for_update else _STAMP).execute(
+        session, {"uid": uid, "tenant": tenant}).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def object_columns(session: Session, tenant: str, uid: str, *, for_update: bool = False
+                   ) -> ObjectColumns | None:
+    """The columns of ``tenant``'s object ``uid`` as stored, or None; read-only, not in
+    ``session`` (:func:`attach_object` puts them there to change them)."""
+    row = (_GET_OBJECT_FOR_UPDATE if for_update else _GET_OBJECT).execute(
+        session, {"uid": uid, "tenant": tenant}).fetchone()
+    return None if row is None else ObjectColumns(*row)
+
+
+def attach_object(session: Session, columns: ObjectColumns) -> ManagedObject:
+    """The object whose stored ``columns`` were read in this transaction, in ``session``
+    as loaded (so that changes to it are flushed as updates); the one ``session`` already
+    holds if it has it."""
+    held = session.identity_map.get(identity_key(ManagedObject, columns.uid))
+    if held is not None:
+        return held  # type: ignore[no-any-return]
+    obj = ManagedObject(**columns._asdict())
+    make_transient_to_detached(obj)
+    session.add(obj)
+    return obj
 
 
 _SELECT_OBJECT = select(*ManagedObject.__table__.columns).where(
@@ -263,6 +297,10 @@ _SELECT_OBJECT = select(*ManagedObject.__table__.columns).where(
     ManagedObject.__table__.c.tenant == bindparam("tenant"))
 _GET_OBJECT = RawStatement(_SELECT_OBJECT, ["uid", "tenant"])
 _GET_OBJECT_FOR_UPDATE = RawStatement(_SELECT_OBJECT.with_for_update(), ["uid", "tenant"])
+_SELECT_STAMP = select(ManagedObject.revision, ManagedObject.created_seq).where(
+    ManagedObject.uid == bindparam("uid"), ManagedObject.tenant == bindparam("tenant"))
+_STAMP = RawStatement(_SELECT_STAMP, ["uid", "tenant"])
+_STAMP_FOR_UPDATE = RawStatement(_SELECT_STAMP.with_for_update(), ["uid", "tenant"])
 
 
 def update_object(session: Session, obj: ManagedObject, **changes: object) -> ManagedObject:
@@ -276,6 +314,9 @@ def update_object(session: Session, obj: ManagedObject, **changes: object) -> Ma
             raise TypeError(f"{column} cannot be changed")
         if not hasattr(ManagedObject, column):
             raise TypeError(f"unknown column {column!r}")
+    cache = session.info.get(OBJECT_CACHE_INFO)
+    if cache is not None:
+        cache.forget(obj.tenant, obj.uid)  # stale from now on; its key may be going
     for column, value in changes.items():
         setattr(obj, column, value)
     # Bump the revision even when only ``changes`` equal the current values.

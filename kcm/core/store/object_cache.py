@@ -1,0 +1,112 @@
+"""Managed objects as last read, kept in memory so that an operation on a known object
+reads two numbers from the database instead of the whole row.
+
+An entry is keyed by (tenant, uid) and stamped with the row's (``revision``,
+``created_seq``). Every change of a row goes through the ORM, which raises its
+``revision`` (:func:`kcm.core.store.repository.update_object`), and ``created_seq``
+tells a row apart from any other that ever had the same uid; so a stamp names exactly
+one content of one row, and an entry whose stamp is the row's current one (read in the
+caller's own transaction, :func:`kcm.core.store.repository.object_stamp`) holds what
+the database holds. Nothing is served on trust: a change made by this core, by another
+core on the same database, or by a transaction that later rolled back, only makes an
+entry stale, and a stale entry is replaced on its next use.
+
+What an entry holds besides the row's columns is the caller's (:mod:`kcm.core.managed`
+keeps the decoded attributes and, once used, the clear key bytes). Entries are bounded
+in number (least recently used go first) and in age (an entry is dropped ``ttl`` seconds
+after it was filled, so a key destroyed on another core does not stay in this one's
+memory). Thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+#: Where a session of a :class:`kcm.core.store.engine.Store` finds its store's cache.
+OBJECT_CACHE_INFO = "kcm.store.objects"
+
+Stamp = tuple[int, int]  # (revision, created_seq)
+
+
+class CachedObject:
+    """One object as read: its stamp, its columns as read (immutable) and the caller's
+    decoded views of it (``views``: name → value, filled by the caller)."""
+
+    __slots__ = ("stamp", "columns", "views", "filled")
+
+    def __init__(self, stamp: Stamp, columns: Any, filled: float) -> None:
+        self.stamp = stamp
+        self.columns = columns
+        self.views: dict[str, Any] = {}
+        self.filled = filled
+
+
+class ObjectCache:
+    """At most ``size`` objects, each for at most ``ttl`` seconds (``size`` 0: none)."""
+
+    def __init__(self, size: int = 10_000, ttl: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if size < 0 or ttl <= 0:
+            raise ValueError("an object cache needs a size >= 0 and a ttl > 0")
+        self.size = size
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], CachedObject] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, tenant: str, uid: str, stamp: Stamp) -> CachedObject | None:
+        """The entry of (tenant, uid) if it has ``stamp`` and is not too old; a stale or
+        old entry is dropped."""
+        key = (tenant, uid)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry.stamp != stamp or self._clock() - entry.filled >= self.ttl:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry
+
+    def put(self, tenant: str, uid: str, stamp: Stamp, columns: Any) -> CachedObject:
+        """A new entry for (tenant, uid) at ``stamp`` (kept unless the cache has no room
+        at all); the least recently used and the expired go to make room."""
+        now = self._clock()
+        entry = CachedObject(stamp, columns, now)
+        if not self.size:
+            return entry
+        key = (tenant, uid)
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            entries = self._entries
+            while len(entries) > self.size:
+                entries.popitem(last=False)
+            self._expire(now)
+        return entry
+
+    def forget(self, tenant: str, uid: str) -> None:
+        """Drop (tenant, uid)'s entry: its row is changing (its key may be destroyed)."""
+        with self._lock:
+            self._entries.pop((tenant, uid), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def _expire(self, now: float) -> None:
+        """Drop expired entries from the least recently used end (those in use are
+        dropped by :meth:`get`)."""
+        entries = self._entries
+        while entries:
+            key, oldest = next(iter(entries.items()))
+            if now - oldest.filled < self.ttl:
+                return
+            del entries[key]

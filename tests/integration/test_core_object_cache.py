@@ -1,0 +1,191 @@
+"""kcm-core's object cache (kcm.core.store.object_cache) never answers from a stale
+object: not after a change by this core, by another core on the same database, or by a
+transaction that rolled back. Two request handlers on one real SQLite file stand for two
+cores."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kcm.core import managed
+from kcm.core.context import OperationContext
+from kcm.core.keyring import Keyring
+from kcm.core.operations._objects_common import clear_key_bytes
+from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.server_info import ServerInfo
+from kcm.core.store.engine import Store
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import BlockCipherMode, Operation, ResultReason, State, UsageLimitsUnit
+from kcm.kmip.errors import KmipError
+from kcm.kmip.messages import IdPlaceholder
+from kcm.kmip.payloads import ActivateRequest, DestroyRequest, GetRequest
+from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType
+from tests.core_support import CoreHarness, service_principal
+from tests.integration.test_core_crypto import (
+    ECB_CIPHER,
+    NIST_KEY,
+    NIST_PLAIN,
+    decrypt,
+    encrypt,
+    failed,
+    ok,
+    one,
+    params,
+    revoke,
+    store_key,
+)
+
+ECB = params(BlockCipherMode.ECB)
+
+
+@pytest.fixture
+def second_core(core: CoreHarness, tmp_path: Path) -> Iterator[CoreHarness]:
+    """Another core on ``core``'s database, with the same L1."""
+    store = Store(core.store.url)
+    store.startService()
+    keyring = Keyring(core.keyring._master())  # the same L1, as a second core
+    store.audit_key = keyring.audit_key
+    try:
+        yield CoreHarness(store, keyring, CoreRequestHandler(store, keyring, clock=time.time))
+    finally:
+        store.stopService()
+
+
+def _context(core: CoreHarness, session) -> OperationContext:
+    return OperationContext(session=session, caller=core.caller(service_principal()),
+                            version=(2, 1), now=int(time.time()), keyring=core.keyring,
+                            server_info=ServerInfo(), id_placeholder=IdPlaceholder(),
+                            random_bytes=os.urandom)
+
+
+def test_a_known_object_is_served_from_the_cache(core: CoreHarness) -> None:
+    uid = store_key(core, NIST_KEY)
+    assert ok(encrypt(core, uid, NIST_PLAIN, ECB)).data == ECB_CIPHER
+    assert len(core.store.objects) >= 1
+    entry = core.store.objects.get("demo", uid, _stamp(core, uid))
+    assert entry is not None and entry.views["key_bytes"] == NIST_KEY
+    assert ok(encrypt(core, uid, NIST_PLAIN, ECB)).data == ECB_CIPHER
+    assert core.store.objects.get("demo", uid, _stamp(core, uid)) is entry
+
+
+def test_another_cores_revocation_is_seen_at_once(core: CoreHarness,
+                                                  second_core: CoreHarness) -> None:
+    uid = store_key(core, NIST_KEY)
+    ok(encrypt(core, uid, NIST_PLAIN, ECB))
+    revoke(second_core, uid)
+    failed(encrypt(core, uid, NIST_PLAIN, ECB), ResultReason.WRONG_KEY_LIFECYCLE_STATE)
+    assert ok(decrypt(core, uid, ECB_CIPHER, ECB)).data == NIST_PLAIN  # still allowed
+
+
+def test_another_cores_destroy_is_seen_at_once(core: CoreHarness,
+                                               second_core: CoreHarness) -> None:
+    uid = store_key(core, NIST_KEY, state=State.PRE_ACTIVE)
+    ok(one(core, Operation.GET, GetRequest(unique_identifier=uid)))  # no longer Fresh
+    ok(one(core, Operation.GET, GetRequest(unique_identifier=uid)))  # cached as it is
+    ok(one(second_core, Operation.DESTROY, DestroyRequest(unique_identifier=uid)))
+    failed(one(core, Operation.GET, GetRequest(unique_identifier=uid)),
+           ResultReason.OBJECT_DESTROYED)
+    failed(decrypt(core, uid, ECB_CIPHER, ECB), ResultReason.WRONG_KEY_LIFECYCLE_STATE)
+
+
+def test_usage_limits_count_across_cores(core: CoreHarness, second_core: CoreHarness) -> None:
+    limits = Attribute.of(Tag.USAGE_LIMITS, [
+        Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, 2 * len(NIST_PLAIN)),
+        Item(Tag.USAGE_LIMITS_UNIT, ItemType.ENUMERATION, int(UsageLimitsUnit.BYTE))],
+        ItemType.STRUCTURE)
+    uid = store_key(core, NIST_KEY, extra=[limits])
+    ok(encrypt(core, uid, NIST_PLAIN, ECB))
+    ok(decrypt(core, uid, ECB_CIPHER, ECB))  # cached with half the usage left
+    ok(encrypt(second_core, uid, NIST_PLAIN, ECB))
+    failed(encrypt(core, uid, NIST_PLAIN, ECB), ResultReason.PERMISSION_DENIED)
+
+
+def test_a_change_rolled_back_leaves_the_object_as_stored(core: CoreHarness) -> None:
+    uid = store_key(core, NIST_KEY, state=State.PRE_ACTIVE)
+    ok(one(core, Operation.GET, GetRequest(unique_identifier=uid)))  # cached
+
+    class Undo(Exception):
+        pass
+
+    def activate_then_fail(session) -> None:
+        ctx = _context(core, session)
+        obj = managed.load(ctx, uid)
+        obj.set(Tag.STATE, int(State.ACTIVE))
+        managed.save(ctx, obj)
+        # In the same transaction, the change is seen (the session holds the row).
+        assert managed.load(ctx, uid).state is State.ACTIVE
+        raise Undo
+
+    with pytest.raises(Undo):
+        core.store.run_sync(activate_then_fail)
+    failed(encrypt(core, uid, NIST_PLAIN, ECB), ResultReason.WRONG_KEY_LIFECYCLE_STATE)
+    ok(one(core, Operation.ACTIVATE, ActivateRequest(unique_identifier=uid)))
+    assert ok(encrypt(core, uid, NIST_PLAIN, ECB)).data == ECB_CIPHER
+
+
+def test_what_one_request_changes_in_memory_is_not_shared(core: CoreHarness) -> None:
+    uid = store_key(core, NIST_KEY)
+    ok(encrypt(core, uid, NIST_PLAIN, ECB))
+
+    def scribble(session) -> None:
+        ctx = _context(core, session)
+        obj = managed.load(ctx, uid, for_update=False)
+        for attribute in obj.attributes:
+            attribute.index = 99
+        obj.set(Tag.STATE, int(State.DEACTIVATED))
+        obj.remove(Tag.CRYPTOGRAPHIC_USAGE_MASK)
+
+    def look(session) -> tuple[State, list[int | None], bool, bytes]:
+        obj = managed.load(_context(core, session), uid, for_update=False)
+        return (obj.state, [a.index for a in obj.attributes],
+                obj.first(Tag.CRYPTOGRAPHIC_USAGE_MASK) is not None,
+                clear_key_bytes(_context(core, session), obj))
+
+    core.store.run_sync(scribble)
+    state, indexes, has_mask, key = core.store.run_sync(look)
+    assert state is State.ACTIVE and 99 not in indexes and has_mask and key == NIST_KEY
+
+
+def test_a_row_changed_in_this_transaction_is_not_served_from_memory(
+        core: CoreHarness) -> None:
+    uid = store_key(core, NIST_KEY)
+    ok(encrypt(core, uid, NIST_PLAIN, ECB))
+
+    def destroy_then_use(session) -> list[str]:
+        ctx = _context(core, session)
+        obj = managed.load(ctx, uid)
+        managed.destroy_material(ctx, obj)
+        outcomes = []
+        for loaded in (obj, managed.load(ctx, uid)):
+            try:
+                clear_key_bytes(ctx, loaded)
+                outcomes.append("served")
+            except KmipError as exc:
+                outcomes.append(exc.reason.name)
+        return outcomes
+
+    class Undo(Exception):
+        pass
+
+    def checked(session) -> None:
+        assert destroy_then_use(session) == ["KEY_VALUE_NOT_PRESENT"] * 2
+        raise Undo
+
+    with pytest.raises(Undo):
+        core.store.run_sync(checked)
+    assert ok(encrypt(core, uid, NIST_PLAIN, ECB)).data == ECB_CIPHER
+
+
+def _stamp(core: CoreHarness, uid: str) -> tuple[int, int]:
+    from kcm.core.store import repository
+
+    stamp = core.store.run_sync(lambda session: repository.object_stamp(session, "demo", uid),
+                                write=False)
+    assert stamp is not None
+    return stamp

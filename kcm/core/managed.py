@@ -198,7 +198,7 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
     if managed_object is not None:
         material, wrapped_by = ctx.keyring.wrap_for_tenant(
             ctx.session, tenant, uid, encode_material(managed_object))
-    obj = StoredObject(Row(uid=uid, tenant=tenant), attributes)
+    obj = StoredObject(_NewRow(uid, tenant, level), attributes)
     columns = _columns(obj)
     row = repository.insert_object(
         ctx.session, uid=uid, tenant=tenant, object_type=object_type,
@@ -208,6 +208,15 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
         **columns)
     ctx.touched(uid)
     return None if row is None else StoredObject(row, attributes)
+
+
+class _NewRow:
+    """What :func:`insert` reads of a row before there is one (an ORM object costs more)."""
+
+    __slots__ = ("uid", "tenant", "level", "state")
+
+    def __init__(self, uid: str, tenant: str, level: int | None) -> None:
+        self.uid, self.tenant, self.level, self.state = uid, tenant, level, None
 
 
 def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> None:

@@ -67,6 +67,7 @@ from twisted.logger import Logger
 from kcm.core.store.engine import AUDIT_KEY_INFO, AUDIT_WRITTEN_INFO
 from kcm.core.store.raw_statements import RawStatement
 from kcm.core.store.repository import get_meta, lock_writers, set_meta
+from kcm.core.store.savepoints import RawSavepoint, on_rollback
 from kcm.core.store.schema import AuditLog, Meta
 
 GENESIS_DIGEST = bytes(32)
@@ -519,15 +520,16 @@ def _log_after_commit(session: Session, row: AuditRow) -> None:
 
 @contextmanager
 def savepoint(session: Session) -> Iterator[None]:
-    """``session.begin_nested()``, whose audit records are never logged if it rolls back
-    (the records of the transaction around it still are, once it commits). A group commit
-    runs each request in one (:mod:`kcm.core.group_commit`)."""
+    """A savepoint (:class:`RequestSavepoint`), whose audit records are never logged if it
+    rolls back (the records of the transaction around it still are, once it commits). A
+    group commit runs each request in one (:mod:`kcm.core.group_commit`)."""
     with RequestSavepoint(session):
         yield
 
 
 class RequestSavepoint:
-    """A savepoint (``session.begin_nested()``) whose audit records are never logged if
+    """A savepoint (:class:`kcm.core.store.savepoints.RawSavepoint`: plain SQL, with the
+    ORM's own inside only once something is flushed) whose audit records are never logged if
     it rolls back (:func:`savepoint` is this). A request's can be shared by its only batch
     item: the item's rollback (:meth:`item_savepoint`) rolls back the request so far, which
     before its audit records is that item's work alone, and begins the request's savepoint
@@ -541,7 +543,7 @@ class RequestSavepoint:
 
     def __init__(self, session: Session) -> None:
         self._session = session
-        self._nested: Any = None
+        self._nested: RawSavepoint | None = None
         self._mark = 0
 
     def __enter__(self) -> RequestSavepoint:
@@ -550,7 +552,11 @@ class RequestSavepoint:
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is None:
-            self._nested.commit()
+            try:
+                self._nested.commit()  # type: ignore[union-attr]
+            except BaseException:
+                self._drop_records()  # it rolled back: they are not the chain's
+                raise
         else:
             self._rollback()
 
@@ -569,10 +575,13 @@ class RequestSavepoint:
     def _begin(self) -> None:
         pending = self._session.info.get(_PENDING_KEY)
         self._mark = 0 if pending is None else len(pending)
-        self._nested = self._session.begin_nested()
+        self._nested = RawSavepoint(self._session)
 
     def _rollback(self) -> None:
-        self._nested.rollback()
+        self._nested.rollback()  # type: ignore[union-attr]
+        self._drop_records()
+
+    def _drop_records(self) -> None:
         pending = self._session.info.get(_PENDING_KEY)
         if pending is not None:
             del pending[self._mark:]
@@ -612,6 +621,7 @@ event.listen(Session, "before_commit", _before_commit)
 event.listen(Session, "after_commit", _emit_pending)
 event.listen(Session, "after_rollback", _drop_pending)
 event.listen(Session, "after_soft_rollback", _forget_tail)
+on_rollback(lambda session: _forget_tail(session, None))
 
 
 def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None = None,

@@ -21,6 +21,9 @@ class FakeSession:
     def begin_nested(self) -> FakeSavepoint:
         return FakeSavepoint(self)
 
+    def get_nested_transaction(self) -> None:
+        return None
+
 
 class FakeSavepoint:
     """What ``Session.begin_nested`` returns, as far as savepoints use it."""

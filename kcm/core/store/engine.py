@@ -32,6 +32,7 @@ from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, Know
 from kcm.core.store.object_cache import OBJECT_CACHE_INFO, ObjectCache
 from kcm.core.store.raw_statements import execute_plain
 from kcm.core.store.repository import lock_writers
+from kcm.core.store.savepoints import StoreSession
 
 T = TypeVar("T")
 
@@ -196,6 +197,7 @@ class Store(Service):
             self._sessions = {
                 write: sessionmaker(
                     bind=engine.execution_options(**{WRITE_OPTION: write}),
+                    class_=StoreSession,
                     expire_on_commit=False,
                     autoflush=True,
                 )

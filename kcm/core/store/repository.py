@@ -36,6 +36,7 @@ from sqlalchemy.orm.util import identity_key
 from kcm.core.store.known import known_facts, learn
 from kcm.core.store.object_cache import OBJECT_CACHE_INFO
 from kcm.core.store.raw_statements import RawStatement
+from kcm.core.store.savepoints import on_rollback
 from kcm.core.store.schema import (
     DATE_COLUMNS,
     LEVEL_SERVICE_KEY,
@@ -112,6 +113,7 @@ def _rolled_back(session: Session, *_: Any) -> None:
 event.listen(Session, "after_commit", _transaction_ended)
 event.listen(Session, "after_rollback", _transaction_ended)
 event.listen(Session, "after_soft_rollback", _rolled_back)
+on_rollback(_rolled_back)
 
 
 def _dialect_insert(session: Session) -> Callable[..., Any]:

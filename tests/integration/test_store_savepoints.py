@@ -1,0 +1,139 @@
+"""Raw savepoints (kcm.core.store.savepoints) on a real SQLite file and the PostgreSQL
+cluster: each rolls back alone, whatever failed inside it, and the transaction around it
+goes on — a group commit's other requests depend on it."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from kcm.core.store import repository as repo
+from kcm.core.store.engine import Store, open_engine
+from kcm.core.store.savepoints import RawSavepoint, StoreSession
+from kcm.core.store.schema import STATE_ACTIVE, STATE_PRE_ACTIVE, ManagedObject, ObjectName
+from tests.integration.test_store import _new_key, db_url, store  # noqa: F401 (fixtures)
+
+
+def _uids(session: Session) -> list[str]:
+    return sorted(session.scalars(select(ManagedObject.uid)))
+
+
+def test_commit_keeps_and_rollback_undoes(store: Store) -> None:  # noqa: F811
+    def work(session: Session) -> list[str]:
+        assert isinstance(session, StoreSession)
+        kept = RawSavepoint(session)
+        _new_key(session, "kept")
+        kept.commit()
+        undone = RawSavepoint(session)
+        _new_key(session, "undone")
+        inner = RawSavepoint(session)
+        _new_key(session, "inner")
+        inner.commit()
+        undone.rollback()  # the inner one with it
+        return _uids(session)
+
+    assert store.run_sync(work) == ["kept"]
+    assert store.run_sync(_uids, write=False) == ["kept"]
+
+
+def test_a_failed_flush_rolls_back_only_its_savepoint(store: Store) -> None:  # noqa: F811
+    """Without an ORM savepoint inside, a flush that fails would roll back the whole
+    transaction: the raw savepoint begins one at the first flush."""
+    store.run_sync(lambda session: _new_key(session, "k1"))
+
+    def work(session: Session) -> tuple[list[str], int]:
+        before = RawSavepoint(session)
+        _new_key(session, "earlier")  # another request of the group, kept
+        before.commit()
+        failing = RawSavepoint(session)
+        obj = repo.get_object(session, "t1", "k1", for_update=True)
+        repo.update_object(session, obj, state=STATE_ACTIVE)  # flushed, then undone
+        session.add(ObjectName(uid="k1", tenant="t1", name="n", name_type=1))
+        session.add(ObjectName(uid="k1", tenant="t1", name="n", name_type=1))
+        with pytest.raises(IntegrityError):
+            session.flush()
+        failing.rollback()
+        after = RawSavepoint(session)
+        _new_key(session, "later")
+        after.commit()
+        state = session.scalar(select(ManagedObject.state).where(ManagedObject.uid == "k1"))
+        return _uids(session), state
+
+    assert store.run_sync(work) == (["earlier", "k1", "later"], STATE_PRE_ACTIVE)
+    assert store.run_sync(_uids, write=False) == ["earlier", "k1", "later"]
+    names = store.run_sync(lambda s: s.scalar(select(func.count()).select_from(ObjectName)),
+                           write=False)
+    assert names == 0
+
+
+def test_a_failing_commit_rolls_back_and_raises(store: Store) -> None:  # noqa: F811
+    def work(session: Session) -> list[str]:
+        failing = RawSavepoint(session)
+        _new_key(session, "gone")
+        session.add(ObjectName(uid="gone", tenant="t1", name="n", name_type=1))
+        session.add(ObjectName(uid="gone", tenant="t1", name="n", name_type=1))
+        with pytest.raises(IntegrityError):
+            failing.commit()  # its flush fails
+        _new_key(session, "next")
+        return _uids(session)
+
+    assert store.run_sync(work) == ["next"]
+
+
+def test_a_failed_statement_leaves_the_transaction_usable(store: Store) -> None:  # noqa: F811
+    """On PostgreSQL a failed statement aborts the transaction up to the savepoint."""
+    def work(session: Session) -> list[str]:
+        failing = RawSavepoint(session)
+        _new_key(session, "dup")
+        with pytest.raises(IntegrityError):
+            _new_key(session, "dup")  # a Core insert: no flush involved
+        failing.rollback()
+        _new_key(session, "after")
+        return _uids(session)
+
+    assert store.run_sync(work) == ["after"]
+
+
+def test_changes_not_flushed_are_undone_in_the_session(store: Store) -> None:  # noqa: F811
+    store.run_sync(lambda session: _new_key(session, "k1"))
+
+    def work(session: Session) -> tuple[int, bool, list[str]]:
+        obj = repo.get_object(session, "t1", "k1")
+        savepoint = RawSavepoint(session)
+        obj.state = STATE_ACTIVE  # never flushed
+        added = ObjectName(uid="k1", tenant="t1", name="pending", name_type=1)
+        session.add(added)
+        savepoint.rollback()
+        return obj.state, added in session, _uids(session)
+
+    assert store.run_sync(work) == (STATE_PRE_ACTIVE, False, ["k1"])
+    assert store.run_sync(lambda s: repo.get_object(s, "t1", "k1").state,
+                          write=False) == STATE_PRE_ACTIVE
+
+
+def test_what_was_numbered_in_memory_is_forgotten_on_rollback(store: Store) -> None:  # noqa: F811
+    def work(session: Session) -> list[int]:
+        undone = RawSavepoint(session)
+        _new_key(session, "a")  # created_seq 1, then the next is remembered as 2
+        undone.rollback()
+        return [_new_key(session, "b").created_seq]
+
+    assert store.run_sync(work) == [1]
+
+
+def test_a_plain_session_gets_the_orms_savepoint(db_url: str) -> None:  # noqa: F811
+    from kcm.core.store.migrate import upgrade
+
+    upgrade(db_url)
+    engine = open_engine(db_url)
+    try:
+        with Session(engine) as session, session.begin():
+            savepoint = RawSavepoint(session)
+            assert session.in_nested_transaction()
+            session.execute(text("SELECT 1"))
+            savepoint.rollback()
+            assert not session.in_nested_transaction()
+    finally:
+        engine.dispose()

@@ -67,6 +67,7 @@ from kcm.link.frames import (
     encode_frame,
 )
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
+from kcm.link.relay import response_frame
 
 log = Logger()
 
@@ -314,7 +315,7 @@ class LinkServerProtocol(LinkProtocol):
 
     def _respond(self, stream_id: int, wire: bytes) -> None:
         try:
-            self.send(Frame(FrameType.RESPONSE, stream_id=stream_id, message=wire))
+            self.send_wire(response_frame(stream_id, wire))  # the answer spliced in as it is
         except FrameTooLarge as e:
             # The handler never answers beyond the maximum message size, which the frame
             # size allows for; an answer that got here anyway fails its stream, not the link.

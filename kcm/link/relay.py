@@ -13,7 +13,9 @@ frames (a property test holds it to that, tests/unit/test_link_relay.py):
 * :func:`response_frame` — a RESPONSE frame (the core's answer);
 * :func:`read_response` — the stream and the KMIP message of a RESPONSE frame laid out as
   :func:`response_frame` writes it, read at fixed offsets; None for any other frame, which
-  :func:`kcm.link.frames.decode_frame` then reads (and refuses where it must).
+  :func:`kcm.link.frames.decode_frame` then reads (and refuses where it must);
+* :func:`read_request` — the same for a REQUEST laid out as :func:`request_frame` writes it
+  (the core's end).
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ import struct
 from kcm.link.frames import FrameType, Tag
 from kcm.ttlv import ItemType
 
-__all__ = ["caller_fields", "read_response", "request_frame", "response_frame"]
+__all__ = ["ForwardedRequest", "caller_fields", "read_request", "read_response",
+           "request_frame", "response_frame"]
+
+#: A REQUEST read by :func:`read_request`: stream id, CallerIdentity, CallerSubject (or
+#: None), CallerSource and the KMIP message.
+ForwardedRequest = tuple[int, str, "str | None", str, bytes]
 
 _HEAD = struct.Struct(">II")
 _MAX_STREAM_ID = (1 << 31) - 1
@@ -107,3 +114,46 @@ def read_response(frame: bytes) -> tuple[int, bytes] | None:
             or frame[end:] != _PAD[:size - end]:
         return None
     return stream_id, frame[_RESPONSE_MESSAGE_AT:end]
+
+
+def read_request(frame: bytes) -> ForwardedRequest | None:
+    """The fields of a REQUEST frame of FrameType, StreamId (non-zero), CallerIdentity,
+    [CallerSubject], CallerSource and KmipMessage alone, each well formed, as
+    :func:`request_frame` writes it; None for any other bytes."""
+    size = len(frame)
+    if size < 40 or frame[8:_STREAM_AT] != _REQUEST_START:
+        return None
+    head, length = _HEAD.unpack_from(frame, 0)
+    if head != _FRAME_HEAD or length + 8 != size:
+        return None
+    stream_id, padding = _STREAM.unpack_from(frame, _STREAM_AT)
+    if padding or stream_id <= 0:
+        return None
+    pos = 40
+    texts: list[str | None] = []
+    for expected in _FIELD_HEADS:
+        if pos + 8 > size:
+            return None
+        head, length = _HEAD.unpack_from(frame, pos)
+        if head != expected:
+            if expected == _FIELD_HEADS[1]:  # CallerSubject is optional
+                texts.append(None)
+                continue
+            return None
+        end = pos + 8 + length
+        after = pos + 8 + ((length + 7) & ~7)
+        if after > size or frame[end:after] != _PAD[:after - end]:
+            return None
+        try:
+            texts.append(frame[pos + 8:end].decode())
+        except UnicodeDecodeError:
+            return None
+        pos = after
+    if pos + 8 > size:
+        return None
+    head, length = _HEAD.unpack_from(frame, pos)
+    end = pos + 8 + length
+    if head != _MESSAGE_HEAD or end + (-length & 7) != size or frame[end:] != _PAD[:size - end]:
+        return None
+    identity, subject, source = texts
+    return stream_id, identity, subject, source, frame[pos + 8:end]  # type: ignore[return-value]

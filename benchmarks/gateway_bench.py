@@ -25,10 +25,13 @@ HDR histograms (ns, 3 significant digits); the load, the checks and the histogra
 
     .venv/bin/python benchmarks/gateway_bench.py [--requests N] [--rounds R]
         [--concurrent-clients C] [--control-requests N] [--workers N] [--keep] [--quick]
+        [--scenarios all|forward]
 
 ``--workers N`` runs the gateway with ``workers = N`` (a supervisor and N worker processes
 sharing its port; 0: one per CPU); its CPU figures are then the sum over the supervisor and
 its workers.
+
+``--scenarios forward`` runs the forwarded scenarios (3.) alone, to iterate on the link.
 
 ``--quick`` is a short run that proves the benchmark works end to end (its figures mean
 little): a few hundred requests in one round, little warm-up.

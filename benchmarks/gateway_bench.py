@@ -25,10 +25,13 @@ HDR histograms (ns, 3 significant digits); the load, the checks and the histogra
 
     .venv/bin/python benchmarks/gateway_bench.py [--requests N] [--rounds R]
         [--concurrent-clients C] [--control-requests N] [--workers N] [--keep] [--quick]
+        [--scenarios all|forward]
 
 ``--workers N`` runs the gateway with ``workers = N`` (a supervisor and N worker processes
 sharing its port; 0: one per CPU); its CPU figures are then the sum over the supervisor and
 its workers.
+
+``--scenarios forward`` runs the forwarded scenarios (3.) alone, to iterate on the link.
 
 ``--quick`` is a short run that proves the benchmark works end to end (its figures mean
 little): a few hundred requests in one round, little warm-up.
@@ -42,6 +45,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Run as a script: the repository root, for this tree's kcm and the benchmarks' harness.
@@ -184,6 +188,9 @@ def main() -> int:
     parser.add_argument("--record-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1,
                         help="kcm-gateway worker processes (its `workers` setting; default 1)")
+    parser.add_argument("--scenarios", choices=("all", "forward"), default="all",
+                        help="all (default), or forward: only the forwarded Get Attributes "
+                             "and Activate against the core directly (to iterate on the link)")
     args = parse_args(parser, requests=(20_000, 400), rounds=(4, 1),
                       control_requests=(1000, 100))
     with work_directory("kcm-gateway-bench-", args.keep) as work:
@@ -292,6 +299,8 @@ def measure(args: argparse.Namespace, work: Path) -> int:
               f"gateway workers = {args.workers}"
               + (" (--quick: figures mean little)" if args.quick else ""), flush=True)
 
+        if args.scenarios == "forward":
+            return forwarded(args, run, gateway, direct, gateway_process)
         per_round = max(1, args.requests // args.rounds)
         rounds: dict[str, list[Outcome]] = {name: [] for name in sequential}
         concurrent: dict[str, list[Outcome]] = {"echo": [], "L4 Encrypt": []}
@@ -316,46 +325,8 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         for name in concurrent:
             outcomes[f"{name} x{args.concurrent_clients}"] = merge(concurrent[name])
 
-        # Forwarded control operations: the same request through the gateway (connection 0)
-        # and to the core directly (connection 1), interleaved, the order flipping every pair.
-        managed = payload_of(Operation.CREATE, send(direct, CREATE_MANAGED)).unique_identifier
-
-        def paired(wires_gateway: list[bytes], wires_direct: list[bytes]) -> list[tuple[int,
-                                                                                      bytes]]:
-            plan: list[tuple[int, bytes]] = []
-            for i, pair in enumerate(zip(wires_gateway, wires_direct, strict=True)):
-                plan.extend([(0, pair[0]), (1, pair[1])] if i % 2 == 0
-                            else [(1, pair[1]), (0, pair[0])])
-            return plan
-
-        n = args.control_requests
-        get_state = request(get_attributes(managed, Tag.STATE))
-        state_check = kmip_check(Operation.GET_ATTRIBUTES, state_is(State.PRE_ACTIVE))
-        outcomes["Get Attributes"] = run(
-            "Get Attributes", [gateway, direct],
-            [paired([get_state] * n, [get_state] * n)], [state_check, state_check],
-            [get_state] * 2)
-        print(f"  Get Attributes: gateway p50 {outcomes['Get Attributes'].ms(50, 0):.3f} ms, "
-              f"core p50 {outcomes['Get Attributes'].ms(50, 1):.3f} ms", flush=True)
-
-        # Fresh Pre-Active keys for Activate, created untimed (2 clients, at the core).
-        created = run("setup", [direct], [[(0, CREATE_MANAGED)] * n] * 2,
-                      [kmip_check(Operation.CREATE, lambda *_: None)], [None],
-                      keep_identifiers=True)
-        if created.failures or len(created.identifiers) != 2 * n:
-            raise RuntimeError(f"setup Creates failed: {created.failures[:3]}")
-        keys = created.identifiers
-        activations = paired([request(activate(uid)) for uid in keys[0::2]],
-                             [request(activate(uid)) for uid in keys[1::2]])
-        activated = kmip_check(Operation.ACTIVATE, lambda wire, payload: (
-            None if request(activate(payload.unique_identifier)) == wire else "another key"))
-        outcomes["Activate"] = run("Activate", [gateway, direct], [activations],
-                                   [activated, activated], [get_state] * 2)
-        print(f"  Activate: gateway p50 {outcomes['Activate'].ms(50, 0):.3f} ms, "
-              f"core p50 {outcomes['Activate'].ms(50, 1):.3f} ms", flush=True)
-        # Read back a sample: the core must hold them Active, whichever way they were sent.
-        problems = verify_states(direct, keys, State.ACTIVE, (1, 4))
-
+        forward_outcomes, problems = forwarded_scenarios(args, run, gateway, direct)
+        outcomes.update(forward_outcomes)
         report(outcomes, args, problems, gateway_process, core_idle)
         if args.workers != 1:  # how evenly the workers shared the work
             print("# gateway CPU over the whole run, by process: " + ", ".join(
@@ -371,6 +342,60 @@ def measure(args: argparse.Namespace, work: Path) -> int:
             gateway_process.stop()
         if core is not None:
             core.stop()
+
+
+def forwarded_scenarios(args: argparse.Namespace, run: Callable[..., Outcome], gateway: Server,
+                        direct: Server) -> tuple[dict[str, Outcome], list[str]]:
+    """Forwarded control operations: the same request through the gateway (connection 0) and
+    to the core directly (connection 1), interleaved, the order flipping every pair. Their
+    outcomes, and the read-backs that failed."""
+    outcomes: dict[str, Outcome] = {}
+    managed = payload_of(Operation.CREATE, send(direct, CREATE_MANAGED)).unique_identifier
+
+    def paired(wires_gateway: list[bytes], wires_direct: list[bytes]) -> list[tuple[int, bytes]]:
+        plan: list[tuple[int, bytes]] = []
+        for i, pair in enumerate(zip(wires_gateway, wires_direct, strict=True)):
+            plan.extend([(0, pair[0]), (1, pair[1])] if i % 2 == 0
+                        else [(1, pair[1]), (0, pair[0])])
+        return plan
+
+    n = args.control_requests
+    get_state = request(get_attributes(managed, Tag.STATE))
+    state_check = kmip_check(Operation.GET_ATTRIBUTES, state_is(State.PRE_ACTIVE))
+    outcomes["Get Attributes"] = run(
+        "Get Attributes", [gateway, direct],
+        [paired([get_state] * n, [get_state] * n)], [state_check, state_check],
+        [get_state] * 2)
+    print(f"  Get Attributes: gateway p50 {outcomes['Get Attributes'].ms(50, 0):.3f} ms, "
+          f"core p50 {outcomes['Get Attributes'].ms(50, 1):.3f} ms", flush=True)
+
+    # Fresh Pre-Active keys for Activate, created untimed (2 clients, at the core).
+    created = run("setup", [direct], [[(0, CREATE_MANAGED)] * n] * 2,
+                  [kmip_check(Operation.CREATE, lambda *_: None)], [None],
+                  keep_identifiers=True)
+    if created.failures or len(created.identifiers) != 2 * n:
+        raise RuntimeError(f"setup Creates failed: {created.failures[:3]}")
+    keys = created.identifiers
+    activations = paired([request(activate(uid)) for uid in keys[0::2]],
+                         [request(activate(uid)) for uid in keys[1::2]])
+    activated = kmip_check(Operation.ACTIVATE, lambda wire, payload: (
+        None if request(activate(payload.unique_identifier)) == wire else "another key"))
+    outcomes["Activate"] = run("Activate", [gateway, direct], [activations],
+                               [activated, activated], [get_state] * 2)
+    print(f"  Activate: gateway p50 {outcomes['Activate'].ms(50, 0):.3f} ms, "
+          f"core p50 {outcomes['Activate'].ms(50, 1):.3f} ms", flush=True)
+    # Read back a sample: the core must hold them Active, whichever way they were sent.
+    return outcomes, verify_states(direct, keys, State.ACTIVE, (1, 4))
+
+
+def forwarded(args: argparse.Namespace, run: Callable[..., Outcome], gateway: Server,
+              direct: Server, gateway_process: GatewayProcess) -> int:
+    """``--scenarios forward``: the forwarded scenarios alone, their table; the exit status."""
+    outcomes, problems = forwarded_scenarios(args, run, gateway, direct)
+    print()
+    report_forwarded(outcomes)
+    report_failures(outcomes, problems, gateway_process)
+    return 1 if problems or any(o.failures for o in outcomes.values()) else 0
 
 
 def verdict(met: bool) -> str:
@@ -441,6 +466,13 @@ def report(outcomes: dict[str, Outcome], args: argparse.Namespace, problems: lis
           f"{1e6 * batch.server_cpu_seconds['gateway'] / max(1, batch.ok * BATCH_ITEMS):.1f} "
           f"µs per record")
     print()
+    report_forwarded(outcomes)
+    print()
+    report_failures(outcomes, problems, gateway_process)
+
+
+def report_forwarded(outcomes: dict[str, Outcome]) -> None:
+    """The forwarded table: each operation through the gateway against the core directly."""
     print(f"{'forwarded':<16}{'path':<9}{'ok/sent':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
           f"{'p99.9 ms':>10}{'p50 diff':>10}{'p99 diff':>10}")
     for name in ("Get Attributes", "Activate"):
@@ -463,7 +495,11 @@ def report(outcomes: dict[str, Outcome], args: argparse.Namespace, problems: lis
     activate_p99 = max(outcomes["Activate"].ms(99, 0), outcomes["Activate"].ms(99, 1))
     print(f"  durable Activate p99 ≤ {DURABLE_P99_TARGET_MS} ms on SQLite: "
           f"{verdict(activate_p99 <= DURABLE_P99_TARGET_MS)} ({activate_p99:.2f} ms)")
-    print()
+
+
+def report_failures(outcomes: dict[str, Outcome], problems: list[str],
+                    gateway_process: GatewayProcess) -> None:
+    """The failed requests and read-backs, and the gateway's log size."""
     for o in outcomes.values():
         if o.failures:
             print(f"FAILURES {o.name} x{o.clients}: {len(o.failures)}, e.g. {o.failures[0]}")

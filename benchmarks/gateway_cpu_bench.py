@@ -1,10 +1,12 @@
-"""The gateway's CPU per L4 request, in process, on a warm L3 cache.
+"""The gateway's CPU per L4 request, in process, on a warm L3 cache, and per forwarded one.
 
 Assembles what :func:`kcm.gateway.tap.makeService` assembles for the KMIP data plane (an L3
 cache holding the service key, the usage counter's engines, the fast path, the request
-handler with its metrics) and feeds it the requests of ``benchmarks/gateway_bench.py``
-(KMIP 1.4, one item: Encrypt of a 64-byte record, Decrypt of it, Get, Create of an L4), at
-three depths:
+handler with its metrics, the link client) and feeds it the requests of
+``benchmarks/gateway_bench.py`` (KMIP 1.4, one item: Encrypt of a 64-byte record, Decrypt
+of it, Get, Create of an L4; ``forward``: a Get Attributes of a managed key, relayed over
+the link, whose end at the core answers each REQUEST at once with a recorded answer; the
+link's frames in and out are counted, not its TLS), at three depths:
 
 * ``handler``: :meth:`GatewayRequestHandler.handle_request` alone;
 * ``protocol``: bytes into a :class:`kcm.kmip_protocol.KmipServerProtocol` over a
@@ -44,26 +46,58 @@ from kcm.eager_tls import EagerTLSFactory  # noqa: E402
 from kcm.gateway.fast_path import FastPath  # noqa: E402
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id  # noqa: E402
 from kcm.gateway.l3_cache import L3Cache  # noqa: E402
+from kcm.gateway.link_client import LinkClient, LinkClientProtocol  # noqa: E402
 from kcm.gateway.local_batch import LocalRunner, gateway_engines  # noqa: E402
 from kcm.gateway.metrics import GatewayMetrics  # noqa: E402
 from kcm.gateway.usage_report import UsageCounter  # noqa: E402
 from kcm.identity import Principal, Role  # noqa: E402
-from kcm.kmip.enums import Operation, State  # noqa: E402
+from kcm.kernel.responses import encode_items, response_wire  # noqa: E402
+from kcm.kmip.attributes import Attribute  # noqa: E402
+from kcm.kmip.enums import Operation, ResultStatus, State  # noqa: E402
+from kcm.kmip.messages import ResponseBatchItem  # noqa: E402
 from kcm.kmip.payloads import DecryptRequest, EncryptRequest, GetRequest  # noqa: E402
+from kcm.kmip.payloads.attribute_ops import GetAttributesResponse  # noqa: E402
+from kcm.kmip.tags import Tag  # noqa: E402
 from kcm.kmip_protocol import ConnectionInfo, ConnectionLimits, KmipServerFactory  # noqa: E402
 from kcm.l4.opened_keys import OpenedKeys  # noqa: E402
 from kcm.l4.service_key import ServiceKey  # noqa: E402
+from kcm.link.framer import LinkFramer  # noqa: E402
+from kcm.link.frames import (  # noqa: E402
+    DEFAULT_MAX_FRAME_SIZE,
+    LINK_VERSION,
+    Frame,
+    FrameType,
+    decode_frame,
+    encode_frame,
+)
 from kcm.pki import init_pki  # noqa: E402
-from kcm.testing.requests import create_l4, item, request, response  # noqa: E402
+from kcm.testing.requests import (  # noqa: E402
+    create_l4,
+    get_attributes,
+    item,
+    request,
+    response,
+)
 from kcm.tls import client_tls_options, server_tls_options  # noqa: E402
+from kcm.ttlv import Item, ItemType  # noqa: E402
 
 APP = Principal(Role.SERVICE, "kcm.test", tenant="demo", service="app",
                 uri="spiffe://kcm.test/tenant/demo/service/app")
 L3_UID = "l3-00000000-0000-4000-8000-000000000001"
 L3 = ServiceKey(L3_UID, "demo", "app", 1, State.ACTIVE, os.urandom(32))
 CONNECTION = ConnectionInfo(1, APP, "127.0.0.1:40000")
-OPERATIONS = ("encrypt", "decrypt", "get", "create")
+OPERATIONS = ("encrypt", "decrypt", "get", "create", "forward")
 DEPTHS = ("handler", "protocol", "tls")
+
+
+#: What the core answers a forwarded Get Attributes (State: Pre-Active), made once.
+FORWARD_ANSWER = response_wire((1, 4), 1_700_000_000, "0123456789abcdef", encode_items([
+    ResponseBatchItem(operation=Operation.GET_ATTRIBUTES, result_status=ResultStatus.SUCCESS,
+                      response_payload=GetAttributesResponse(
+                          unique_identifier="6f1d0c8a-5b7e-4a8e-9a3c-2f4b6d8e0a1c",
+                          attributes=[Attribute(Tag.STATE, Item(
+                              Tag.STATE, ItemType.ENUMERATION, int(State.PRE_ACTIVE)))]))],
+    (1, 4)))
 
 
 class _Keys:
@@ -72,13 +106,45 @@ class _Keys:
     def fetch(self, caller: Principal, tenant: str, service: str, uid: str | None = None):
         return succeed([L3])
 
-    def forward(self, wire: bytes, caller: Principal, source: str):
-        raise AssertionError("an L4 request was forwarded")
+
+class _Core:
+    """The core's end of the link, in memory: answers every REQUEST written so far with
+    :data:`FORWARD_ANSWER` on its stream."""
+
+    def __init__(self, link: LinkClient, clock: Clock) -> None:
+        self.protocol = LinkClientProtocol(link)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.protocol.dataReceived(encode_frame(Frame(
+            FrameType.WELCOME, link_version=LINK_VERSION, peer_name="core", sequence=0,
+            heartbeat_interval=1)))
+        self.transport.clear()
+        self._framer = LinkFramer(DEFAULT_MAX_FRAME_SIZE)
+
+    def answer(self) -> None:
+        sent = self.transport.value()
+        if not sent:
+            return
+        self.transport.clear()
+        answers = [encode_frame(Frame(FrameType.RESPONSE,
+                                      stream_id=decode_frame(frame).stream_id,  # type: ignore[arg-type]
+                                      message=FORWARD_ANSWER))
+                   for frame in self._framer.feed(sent)]
+        receive = self.protocol.dataReceived
+        started = time.process_time()
+        for frame in answers:
+            receive(frame)
+        self.spent += time.process_time() - started
+
+    spent = 0.0  # CPU seconds the gateway's end spent taking answers
 
 
-def gateway(clock: Clock, dek_cache_size: int = 10_000) -> GatewayRequestHandler:
-    """The handler as makeService builds it, over a warm cache."""
+def gateway(clock: Clock, dek_cache_size: int = 10_000
+            ) -> tuple[GatewayRequestHandler, _Core]:
+    """The handler as makeService builds it, over a warm cache, and the link's other end."""
     keys = _Keys()
+    link = LinkClient(None, clock=clock)  # type: ignore[arg-type]
+    core = _Core(link, clock)
     opened_keys = (OpenedKeys(clock=clock.seconds, max_entries=dek_cache_size)
                    if dek_cache_size else None)
     cache = L3Cache(keys.fetch, connected=lambda: True, clock=clock.seconds,
@@ -94,7 +160,8 @@ def gateway(clock: Clock, dek_cache_size: int = 10_000) -> GatewayRequestHandler
                          max_batch_items=limits.max_batch_items, served=metrics.fast_served)
     return GatewayRequestHandler(
         runner=LocalRunner(new_correlation_id=new_correlation_id, engine_factory=engines),
-        cache=cache, link=keys, clock=clock.seconds, fast_path=fast_path, metrics=metrics)
+        cache=cache, link=link, clock=clock.seconds, fast_path=fast_path,
+        metrics=metrics), core
 
 
 def requests(handler: GatewayRequestHandler) -> dict[str, bytes]:
@@ -109,21 +176,28 @@ def requests(handler: GatewayRequestHandler) -> dict[str, bytes]:
         unique_identifier=token, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
         authenticated_encryption_tag=sealed.authenticated_encryption_tag)))
     get = request(item(Operation.GET, GetRequest(unique_identifier=token)))
-    return {"encrypt": encrypt, "decrypt": decrypt, "get": get, "create": request(create_l4())}
+    forward = request(get_attributes("6f1d0c8a-5b7e-4a8e-9a3c-2f4b6d8e0a1c", Tag.STATE))
+    return {"encrypt": encrypt, "decrypt": decrypt, "get": get, "create": request(create_l4()),
+            "forward": forward}
 
 
-def handler_case(handler: GatewayRequestHandler, wire: bytes) -> Callable[[], float]:
+def handler_case(handler: GatewayRequestHandler, wire: bytes,
+                 core: _Core | None) -> Callable[[], float]:
+    """``core``: the link's other end, answering what the run forwarded (None: L4)."""
     handle = handler.handle_request
+    answer = core.answer if core is not None else None
 
     def run() -> float:
         handle(wire, CONNECTION)
+        if answer is not None:
+            answer()
         return 0.0
 
     return run
 
 
-def protocol_case(handler: GatewayRequestHandler, wire: bytes,
-                  clock: Clock) -> Callable[[], float]:
+def protocol_case(handler: GatewayRequestHandler, wire: bytes, clock: Clock,
+                  core: _Core | None) -> Callable[[], float]:
     factory = KmipServerFactory(handler, ConnectionLimits(), lambda transport: APP, clock)
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
@@ -131,8 +205,12 @@ def protocol_case(handler: GatewayRequestHandler, wire: bytes,
     protocol.handshakeCompleted()
     feed = protocol.dataReceived
 
+    answer = core.answer if core is not None else None
+
     def run() -> float:
         feed(wire)
+        if answer is not None:
+            answer()
         transport.clear()
         return 0.0
 
@@ -140,7 +218,7 @@ def protocol_case(handler: GatewayRequestHandler, wire: bytes,
 
 
 def tls_case(handler: GatewayRequestHandler, wire: bytes, clock: Clock,
-             pki_dir: Path) -> Callable[[], float]:
+             core: _Core | None, pki_dir: Path) -> Callable[[], float]:
     """Returns a run whose value is the server's CPU seconds for one request (the client's
     encryption and decryption are not counted)."""
     pki = init_pki(pki_dir)
@@ -192,6 +270,10 @@ def tls_case(handler: GatewayRequestHandler, wire: bytes, clock: Clock,
         app.transport.write(wire)
         received.clear()
         spent = pump()
+        if core is not None:  # forwarded: the answer comes from the core
+            core.spent = 0.0
+            core.answer()
+            spent += core.spent + pump()
         assert received, "no answer"
         return spent
 
@@ -228,16 +310,18 @@ def main() -> None:
     args = parser.parse_args()
     clock = Clock()
     clock.advance(1_700_000_000)
-    handler = gateway(clock, args.dek_cache_size)
+    handler, core = gateway(clock, args.dek_cache_size)
     wires = requests(handler)
     with TemporaryDirectory() as scratch:
         def case(operation: str, depth: str) -> Callable[[], float]:
             wire = wires[operation]
+            link_end = core if operation == "forward" else None
             if depth == "handler":
-                return handler_case(handler, wire)
+                return handler_case(handler, wire, link_end)
             if depth == "protocol":
-                return protocol_case(handler, wire, clock)
-            return tls_case(handler, wire, clock, Path(scratch) / f"{operation}-pki")
+                return protocol_case(handler, wire, clock, link_end)
+            return tls_case(handler, wire, clock, link_end,
+                            Path(scratch) / f"{operation}-pki")
 
         if args.profile:
             operation, depth = args.profile.split(":")

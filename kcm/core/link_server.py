@@ -67,6 +67,7 @@ from kcm.link.frames import (
     encode_frame,
 )
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
+from kcm.link.relay import read_request, response_frame
 
 log = Logger()
 
@@ -263,22 +264,36 @@ class LinkServerProtocol(LinkProtocol):
         self._queued.clear()
 
     # REQUEST --------------------------------------------------------------------------------
+    def frame_received(self, wire: bytes) -> None:
+        """A REQUEST is read straight from its bytes (:func:`kcm.link.relay.read_request`),
+        its KMIP message handed on as it came; any other frame is decoded."""
+        request = read_request(wire)
+        if request is None:
+            super().frame_received(wire)
+        elif not self._hello:
+            self.go_away("REQUEST before HELLO")
+        else:
+            self._request(*request)
+
     def frame_REQUEST(self, frame: Frame) -> None:
-        if not self._require_hello(frame):
-            return
-        stream_id = frame.stream_id
-        principal = self.factory.asserted_principal(frame.caller_identity, frame.caller_subject)
+        if self._require_hello(frame):
+            self._request(frame.stream_id, frame.caller_identity or "", frame.caller_subject,
+                          frame.caller_source or "", frame.message or b"")
+
+    def _request(self, stream_id: int, identity: str, subject: str | None, source: str,
+                 message: bytes) -> None:
+        principal = self.factory.asserted_principal(identity, subject)
         handler = self.factory.handler
         if principal is None:
             log.warn("gateway {gateway} asserted an unacceptable caller {caller!r}",
-                     gateway=self.gateway.id, caller=frame.caller_identity)
+                     gateway=self.gateway.id, caller=identity)
             self._respond(stream_id, handler.failure_response(
                 ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
             return
-        caller = Caller(principal, frame.caller_source or "", gateway=self.gateway)
+        caller = Caller(principal, source, gateway=self.gateway)
         watch = handler.new_watch()
         self._requests[stream_id] = watch
-        d = handler.handle_as(frame.message, caller, watch)
+        d = handler.handle_as(message, caller, watch)
         d.addErrback(self._request_failed, handler)
         d.addCallback(self._answered, stream_id, watch)
 
@@ -314,7 +329,7 @@ class LinkServerProtocol(LinkProtocol):
 
     def _respond(self, stream_id: int, wire: bytes) -> None:
         try:
-            self.send(Frame(FrameType.RESPONSE, stream_id=stream_id, message=wire))
+            self.send_wire(response_frame(stream_id, wire))  # the answer spliced in as it is
         except FrameTooLarge as e:
             # The handler never answers beyond the maximum message size, which the frame
             # size allows for; an answer that got here anyway fails its stream, not the link.

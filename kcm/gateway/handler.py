@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Protocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -155,10 +155,12 @@ class GatewayRequestHandler:
                 if answer is not None:
                     self._local_duration.observe(self._timer() - started)
                     return answer
-            answer = self._route(wire, connection, routed)
+            answer = self._route(wire, connection, routed, started)
         except Exception:
             answer = self._general_failure(version_of(wire), Failure())
         if isinstance(answer, Deferred):
+            if routed.relayed:  # timed, counted and never failing already
+                return answer
             answer.addErrback(self._unexpected, wire)  # the version is read only if needed
             return answer.addCallback(self._count, routed, started)
         return self._count(answer, routed, started)
@@ -186,8 +188,8 @@ class GatewayRequestHandler:
             call.cancel()
 
     # Routing ----------------------------------------------------------------------------
-    def _route(self, wire: bytes, connection: ConnectionInfo,
-               routed: _Routed) -> bytes | Deferred[bytes]:
+    def _route(self, wire: bytes, connection: ConnectionInfo, routed: _Routed,
+               started: float) -> bytes | Deferred[bytes]:
         """The general path's answer; ``routed`` learns where it was answered."""
         try:
             classified = classify(wire)
@@ -199,24 +201,66 @@ class GatewayRequestHandler:
         if classified.route is Route.ALL_REMOTE or (
                 self._cache.overflowed and self._names_overflowed(classified, connection)):
             routed.local = False
-            return self._forward_whole(wire, classified.request, connection)
+            routed.relayed = True
+            return self._relay(wire, classified.request, connection, started)
         if classified.route is Route.ALL_LOCAL:
             return self._all_local(wire, classified, connection)
         routed.local = classified.local
         return Deferred.fromCoroutine(self._mixed(wire, classified, connection))
 
-    def _forward_whole(self, wire: bytes, request: PeekedRequest,
-                       connection: ConnectionInfo) -> Deferred[bytes]:
-        d = self._forward(wire, connection)
+    def _relay(self, wire: bytes, request: PeekedRequest, connection: ConnectionInfo,
+               started: float) -> Deferred[bytes]:
+        """A request forwarded whole: the core's answer relayed as it came, or the items'
+        failures when the link could not carry it; timed and counted, and never failing.
+        One callback pair on the link's Deferred does it all (the hot path of a forward)."""
+        try:
+            call = self._link.forward(wire, connection.principal, connection.peer)
+        except Exception:
+            call = fail(Failure())
+        calls = None
+        if not call.called:  # awaiting the core: cancelled if the client leaves first
+            calls = self._forwarding.get(connection.connection_id)
+            if calls is None:
+                calls = self._forwarding[connection.connection_id] = set()
+            calls.add(call)
+        return call.addCallbacks(
+            self._relayed, self._relay_failed,
+            callbackArgs=(connection.connection_id, calls, call, started),
+            errbackArgs=(wire, request, connection.connection_id, calls, call, started))
 
-        def link_failed(failure: Failure) -> bytes:
+    def _relayed(self, answer: bytes, connection_id: int, calls: set[Deferred[bytes]] | None,
+                 call: Deferred[bytes], started: float) -> bytes:
+        if calls is not None:
+            self._answered_call(connection_id, calls, call)
+        metrics = self._metrics
+        metrics.forwarded_duration.observe(self._timer() - started)
+        metrics.answered(answer, False)
+        return answer
+
+    def _relay_failed(self, failure: Failure, wire: bytes, request: PeekedRequest,
+                      connection_id: int, calls: set[Deferred[bytes]] | None,
+                      call: Deferred[bytes], started: float) -> bytes:
+        if calls is not None:
+            self._answered_call(connection_id, calls, call)
+        try:
             version = answer_version(request.version)
             stop = _continuation_of(wire, request) != _CONTINUE
             items = _unreachable_items(request.items, failure, stop, version)
-            return self._answer(version, encode_items(items, version), None,
-                                new_correlation_id())
+            answer = self._answer(version, encode_items(items, version), None,
+                                  new_correlation_id())
+        except Exception:
+            answer = self._general_failure(version_of(wire), Failure())
+        metrics = self._metrics
+        metrics.forwarded_duration.observe(self._timer() - started)
+        metrics.answered(answer, False)
+        return answer
 
-        return d.addErrback(link_failed)
+    def _answered_call(self, connection_id: int, calls: set[Deferred[bytes]],
+                       call: Deferred[bytes]) -> None:
+        """``call`` (of connection ``connection_id``) is no longer awaited."""
+        calls.discard(call)
+        if not calls and self._forwarding.get(connection_id) is calls:
+            del self._forwarding[connection_id]
 
     def _forward_unread(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
         def link_failed(failure: Failure) -> bytes:
@@ -238,9 +282,7 @@ class GatewayRequestHandler:
             calls.add(call)
 
             def answered(result: object) -> object:
-                calls.discard(call)
-                if not calls and self._forwarding.get(connection_id) is calls:
-                    del self._forwarding[connection_id]
+                self._answered_call(connection_id, calls, call)
                 return result
 
             call.addBoth(answered)
@@ -437,10 +479,12 @@ class _Routed:
     """Where the general path answered one request, for its metrics: ``local`` is True,
     False, or per item for a mixed one."""
 
-    __slots__ = ("local",)
+    __slots__ = ("local", "relayed")
 
     def __init__(self) -> None:
         self.local: bool | Sequence[bool] = True
+        #: Forwarded whole: the answer's Deferred times and counts it itself.
+        self.relayed = False
 
 
 def _fetched(needs: set[Need], errors: dict[Need, KmipError]) -> dict[Need, KmipError | None]:

@@ -61,6 +61,7 @@ from kcm.link.frames import (
     Payload,
 )
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
+from kcm.link.relay import caller_fields, read_response, request_frame
 from kcm.tls import client_tls_options, tls_client_endpoint
 
 log = Logger()
@@ -68,6 +69,8 @@ log = Logger()
 EventCallback = Callable[[int, str, "str | None", Payload], None]
 
 _MAX_STREAM_ID = (1 << 31) - 1
+#: Callers' encoded fields kept at most (one per client connection; emptied when full).
+_MAX_CALLERS = 4096
 
 
 class LinkError(Exception):
@@ -144,13 +147,24 @@ class LinkClientProtocol(LinkProtocol):
             self.start_heartbeat(frame.heartbeat_interval)
         self.client._welcomed(self, frame)
 
+    def frame_received(self, wire: bytes) -> None:
+        """A RESPONSE is read straight from its bytes (:func:`kcm.link.relay.read_response`)
+        and its KMIP message handed on as it came; any other frame is decoded."""
+        relayed = read_response(wire)
+        if relayed is None:
+            super().frame_received(wire)
+            return
+        stream = self._answered(FrameType.RESPONSE, relayed[0])
+        if stream is not None:
+            stream.deferred.callback(relayed[1])
+
     def frame_RESPONSE(self, frame: Frame) -> None:
-        stream = self._answered(frame)
+        stream = self._answered(frame.type, frame.stream_id)
         if stream is not None:
             stream.deferred.callback(frame.message)
 
     def frame_SERVICE_KEYS(self, frame: Frame) -> None:
-        stream = self._answered(frame)
+        stream = self._answered(frame.type, frame.stream_id)
         if stream is None:
             return
         if frame.error is not None or frame.result_reason is not None:
@@ -185,13 +199,13 @@ class LinkClientProtocol(LinkProtocol):
             f"the core's answer of {frame.size} bytes exceeds this gateway's link frames of "
             f"at most {self.max_frame_size} bytes"))
 
-    def _answered(self, frame: Frame) -> _Stream | None:
-        stream = self.streams.pop(frame.stream_id, None)
+    def _answered(self, frame_type: FrameType, stream_id: int) -> _Stream | None:
+        stream = self.streams.pop(stream_id, None)
         if stream is None:  # timed out already: the late answer has nobody to go to
             return None
         self.client._stream_done()
-        if stream.answer_type is not frame.type:
-            self.go_away(f"{frame.type.name} answers stream {frame.stream_id}, "
+        if stream.answer_type is not frame_type:
+            self.go_away(f"{frame_type.name} answers stream {stream_id}, "
                          f"which awaits {stream.answer_type.name}")
             stream.deferred.errback(LinkDown("the core answered out of protocol"))
             return None
@@ -209,6 +223,18 @@ class LinkClientProtocol(LinkProtocol):
         self.send(frame)
         d: Deferred = Deferred(lambda d: self._cancel(stream_id, d))
         self.streams[stream_id] = _Stream(d, answer_type,
+                                          self.clock.seconds() + self.client.request_timeout)
+        return d
+
+    def relay(self, caller: bytes, message: bytes) -> Deferred[bytes]:
+        """Send KMIP ``message`` in a REQUEST frame on a fresh stream, for the caller whose
+        :func:`kcm.link.relay.caller_fields` are ``caller``; as :meth:`call` otherwise (the
+        Deferred fires with the answer's KMIP message; :class:`FrameTooLarge` when it does
+        not fit, nothing sent)."""
+        stream_id = self._new_stream_id()
+        self.send_wire(request_frame(stream_id, caller, message))
+        d: Deferred[bytes] = Deferred(lambda d: self._cancel(stream_id, d))
+        self.streams[stream_id] = _Stream(d, FrameType.RESPONSE,
                                           self.clock.seconds() + self.client.request_timeout)
         return d
 
@@ -285,6 +311,8 @@ class LinkClient(MultiService):
         self._producers: set[IPushProducer] = set()
         self._saturated = False
         self._refusals = 0  # connections in a row lost before WELCOME
+        #: A REQUEST's caller fields, encoded once per (caller, source): per connection.
+        self._caller_fields: dict[tuple[Principal, str], bytes] = {}
         #: CANCEL frames sent since the service started (calls whose caller left).
         self.cancels_sent = 0
         #: Links made (welcomed) since the service started; all but the first reconnected.
@@ -365,10 +393,24 @@ class LinkClient(MultiService):
         """Have the core answer KMIP request ``wire`` as ``caller`` (connected from
         ``source``); fires with the core's response bytes, or fails with a :class:`LinkError`
         (at once when the link is down)."""
-        return self._call(Frame(
-            FrameType.REQUEST, caller_identity=caller.spiffe_id,
-            caller_subject=caller.subject if caller.uri is None else None,
-            caller_source=source, message=wire), FrameType.RESPONSE)
+        protocol = self._protocol
+        if protocol is None or protocol.closing:
+            return fail(LinkDown("no link to the core"))
+        if self._in_flight >= 2 * self.max_in_flight:
+            return fail(LinkBusy(f"{self._in_flight} calls in flight to the core"))
+        fields = self._caller_fields.get((caller, source))
+        if fields is None:
+            fields = caller_fields(caller.spiffe_id,
+                                   caller.subject if caller.uri is None else None, source)
+            if len(self._caller_fields) >= _MAX_CALLERS:  # bounded: one entry a connection
+                self._caller_fields.clear()
+            self._caller_fields[caller, source] = fields
+        self._stream_started()
+        try:
+            return protocol.relay(fields, wire)
+        except FrameTooLarge as e:
+            self._stream_done()
+            return fail(RequestTooLarge(f"the request does not fit in a link frame: {e}"))
 
     def fetch_service_keys(self, caller: Principal, tenant: str, service: str,
                            uid: str | None = None) -> Deferred[list[ServiceKey]]:

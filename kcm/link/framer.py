@@ -57,11 +57,17 @@ class LinkFramer:
         Raises :class:`TtlvError` when a header cannot be a frame's; the stream cannot be
         resynchronised after that and the caller should close the link.
         """
+        buffer = self._buffer
+        # The usual case, one whole frame in one read: handed out as it came, uncopied.
+        if not buffer and not self._discard and type(data) is bytes and len(data) >= 8:
+            tag_type, length = _HEADER.unpack_from(data, 0)
+            if (tag_type & 0xFF == _STRUCTURE and not length % 8
+                    and 8 + length == len(data) <= self.max_size):
+                return [data]
         if self._discard:
             skipped = min(self._discard, len(data))
             self._discard -= skipped
             data = data[skipped:]
-        buffer = self._buffer
         buffer += data
         frames: list[bytes | OversizedFrame] = []
         while len(buffer) >= 8:

@@ -103,17 +103,23 @@ class LinkProtocol(Protocol):
                 return
             if isinstance(wire, OversizedFrame):
                 self.frame_oversized(wire)
-                continue
-            try:
-                frame = decode_frame(wire, max_size=self.max_frame_size)
-            except FrameError as e:
-                self.go_away(str(e))
-                return
-            handler = getattr(self, "frame_" + frame.type.name, None)
-            if handler is None:
-                self.frame_unexpected(frame)
             else:
-                handler(frame)
+                self.frame_received(wire)
+
+    def frame_received(self, wire: bytes) -> None:
+        """One whole frame of at most :attr:`max_frame_size` bytes: decoded and handed to
+        its ``frame_<TYPE>`` method (a malformed one ends the link). An end may read the
+        frames it relays straight from ``wire`` first, and leave the rest to this."""
+        try:
+            frame = decode_frame(wire, max_size=self.max_frame_size)
+        except FrameError as e:
+            self.go_away(str(e))
+            return
+        handler = getattr(self, "frame_" + frame.type.name, None)
+        if handler is None:
+            self.frame_unexpected(frame)
+        else:
+            handler(frame)
 
     def frame_oversized(self, frame: OversizedFrame) -> None:
         """A frame over :attr:`max_frame_size` arrived and was skipped. Subclasses fail the

@@ -1,0 +1,109 @@
+"""Two kcm-gateways of two source trees in front of one kcm-core: which forwards cheaper.
+
+The machine's speed and load move from one run to the next by more than a change to the
+forward path is worth, so this compares two gateways in one run: one of this tree and one
+of ``--base-tree`` (another checkout, e.g. ``git worktree add /tmp/base main``), both
+linked to the same kcm-core (this tree's). One client sends the same Get Attributes
+through each gateway and to the core directly, one request at a time, rotating through all
+six orders of the three so that none always follows the same one (a server that answers
+two requests in a row finds its caches warm). Per round: each path's p50 and p99, what each
+gateway adds over the core directly, and each gateway's CPU per forwarded request.
+
+    .venv/bin/python benchmarks/forward_ab_bench.py --base-tree PATH [--requests N]
+        [--rounds R] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.harness import Server, payload_of, send, work_directory  # noqa: E402
+from kcm.kmip.enums import Operation  # noqa: E402
+from kcm.kmip.tags import Tag  # noqa: E402
+from kcm.testing import processes  # noqa: E402
+from kcm.testing.requests import create_managed, get_attributes, request  # noqa: E402
+
+
+def percentile(values: list[int], fraction: float) -> float:
+    """The ``fraction`` percentile of ``values`` (ns), in ms."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] / 1e6
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    core = processes.deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
+    gateways: dict[str, processes.GatewayProcess] = {}
+    try:
+        core.start()
+        gateways["this"] = processes.GatewayProcess(work / "gateway-this", core)
+        gateways["this"].start()
+        # The base gateway's twistd runs the base tree's code (process_env puts the tree
+        # named here first on its PYTHONPATH, and twistd finds that tree's plugin).
+        with mock.patch.object(processes, "REPO_ROOT", args.base_tree.resolve()):
+            gateways["base"] = processes.GatewayProcess(work / "gateway-base", core)
+            gateways["base"].start()
+        for gateway in gateways.values():
+            gateway.wait_linked()
+        assert core.process is not None
+        servers = {name: Server(name, gateway.port, core.pki, gateway.process.pid)
+                   for name, gateway in gateways.items() if gateway.process is not None}
+        servers["core"] = Server("core", core.port, core.pki, core.process.pid)
+        managed = payload_of(Operation.CREATE,
+                             send(servers["core"], request(create_managed()))).unique_identifier
+        wire = request(get_attributes(managed, Tag.STATE))
+        clients = {name: server.client() for name, server in servers.items()}
+        for client in clients.values():
+            client.connect()
+        for _ in range(200):  # warm-up, untimed
+            for client in clients.values():
+                client.send(wire)
+        orders = list(itertools.permutations(clients))
+        print(f"# base tree {args.base_tree}; {args.requests} Get Attributes per path a round")
+        for round_number in range(args.rounds):
+            latencies: dict[str, list[int]] = {name: [] for name in clients}
+            cpu = {name: servers[name].cpu_seconds() for name in gateways}
+            for i in range(args.requests):
+                for name in orders[i % len(orders)]:
+                    sent = time.perf_counter_ns()
+                    clients[name].send(wire)
+                    latencies[name].append(time.perf_counter_ns() - sent)
+            cpu = {name: servers[name].cpu_seconds() - cpu[name] for name in gateways}
+            p50 = {name: percentile(values, 0.5) for name, values in latencies.items()}
+            p99 = {name: percentile(values, 0.99) for name, values in latencies.items()}
+            print(f"round {round_number + 1}: core p50 {p50['core']:.3f} p99 {p99['core']:.3f} ms"
+                  + "".join(
+                      f"; {name} adds p50 {p50[name] - p50['core']:+.3f} p99 "
+                      f"{p99[name] - p99['core']:+.3f} ms, CPU "
+                      f"{1e6 * cpu[name] / args.requests:.0f} µs/request"
+                      for name in gateways), flush=True)
+        for client in clients.values():
+            client.close()
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+        core.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-tree", type=Path, required=True,
+                        help="the other source tree (its kcm and twisted/plugins)")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    with work_directory("kcm-forward-ab-", args.keep) as work:
+        measure(args, work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

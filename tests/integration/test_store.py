@@ -41,6 +41,7 @@ from kcm.core.store.schema import (
     Meta,
     ObjectName,
     OutboxEvent,
+    Tenant,
 )
 
 SYMMETRIC_KEY = 2
@@ -248,6 +249,23 @@ def test_read_only_transaction_cannot_write(store: Store) -> None:
     with pytest.raises(Exception, match="(?i)read.?only"):
         store.run_sync(lambda s: repo.ensure_tenant(s, "t9"), write=False)
     assert store.run_sync(lambda s: repo.locate(s, "t9")) == []
+
+
+def test_one_connection_alternating_reads_and_writes(db_url: str) -> None:
+    """A DB-API connection that served a write and then a read (or the other way) is
+    read-only exactly in the read: SQLite's ``query_only`` follows each transaction."""
+    upgrade(db_url)
+    single = Store(db_url, threads=1, pool_size=1)
+    single.audit_key = derive_audit_key(bytes(32))
+    try:
+        for name in ("t7", "t8"):
+            single.run_sync(lambda s, name=name: repo.ensure_tenant(s, name))
+            with pytest.raises(Exception, match="(?i)read.?only"):
+                single.run_sync(lambda s: repo.ensure_tenant(s, "t9"), write=False)
+        names = single.run_sync(lambda s: sorted(s.scalars(select(Tenant.name))), write=False)
+        assert names == ["t7", "t8"]
+    finally:
+        single.stopService()
 
 
 def test_locate_filters_and_order(store: Store) -> None:

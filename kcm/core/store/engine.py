@@ -128,9 +128,18 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(connection: Any) -> None:
+    # Every transaction comes here: the statements go straight to the driver, and
+    # ``query_only`` is set only when this DB-API connection last served the other kind.
     write = connection.get_execution_options().get(WRITE_OPTION, True)
-    connection.exec_driver_sql("PRAGMA query_only=0" if write else "PRAGMA query_only=1")
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    info = connection.connection.info  # this DB-API connection's, for as long as it lives
+    if info.get(_QUERY_ONLY) is not (not write):
+        execute_plain(connection, "PRAGMA query_only=0" if write else "PRAGMA query_only=1")
+        info[_QUERY_ONLY] = not write
+    execute_plain(connection, "BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+#: A DB-API connection's ``info``: the ``query_only`` it was last set to.
+_QUERY_ONLY = "kcm.sqlite.query_only"
 
 
 class Store(Service):

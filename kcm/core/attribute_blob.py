@@ -8,6 +8,8 @@ vendor and name that the internal form keeps beside the value.
 
 from __future__ import annotations
 
+import struct
+
 from kcm.kmip.attributes import Attribute
 from kcm.ttlv import Item, ItemType, decode, encode
 
@@ -23,7 +25,31 @@ _TEXT = ItemType.TEXT_STRING
 
 
 def encode_attributes(attributes: list[Attribute]) -> bytes:
-    """Encode ``attributes`` losslessly for storage."""
+    """Encode ``attributes`` losslessly for storage: exactly ``encode`` of the structure
+    :func:`reference_structure` builds, written without building it (every Create and
+    every change of an object encodes its whole list)."""
+    entries = []
+    for attribute in attributes:
+        value = attribute.value
+        if value is None:
+            raise ValueError("a stored attribute must have a value")
+        encoded = encode(value)
+        parts = [_HEADER(_VALUE_HEAD, len(encoded)), encoded]
+        if attribute.index is not None:
+            parts.append(encode(Item(INDEX, ItemType.INTEGER, attribute.index)))
+        if attribute.vendor_identification is not None:
+            parts.append(encode(Item(VENDOR, _TEXT, attribute.vendor_identification)))
+        if attribute.name is not None:
+            parts.append(encode(Item(NAME, _TEXT, attribute.name)))
+        body = b"".join(parts)
+        entries.append(_HEADER(_ENTRY_HEAD, len(body)))
+        entries.append(body)
+    blob = b"".join(entries)
+    return _HEADER(_BLOB_HEAD, len(blob)) + blob
+
+
+def reference_structure(attributes: list[Attribute]) -> Item:
+    """The structure :func:`encode_attributes` writes, as items (for tests and tools)."""
     entries = []
     for attribute in attributes:
         if attribute.value is None:
@@ -36,7 +62,13 @@ def encode_attributes(attributes: list[Attribute]) -> bytes:
         if attribute.name is not None:
             children.append(Item(NAME, _TEXT, attribute.name))
         entries.append(Item(ENTRY, _S, children))
-    return encode(Item(BLOB, _S, entries))
+    return Item(BLOB, _S, entries)
+
+
+_HEADER = struct.Struct(">II").pack  # a TTLV item's tag and type, then its length
+_VALUE_HEAD = VALUE << 8 | _S
+_ENTRY_HEAD = ENTRY << 8 | _S
+_BLOB_HEAD = BLOB << 8 | _S
 
 
 def decode_attributes(blob: bytes) -> list[Attribute]:

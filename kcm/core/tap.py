@@ -74,6 +74,8 @@ class Options(usage.Options):
         ["application-objects", None, None,
          "Which objects of its tenant an application may use: own-service or tenant."],
         ["database-threads", None, None, "Worker threads for database transactions."],
+        ["object-cache-size", None, None,
+         "Managed objects kept decoded in memory (default 10000; 0: none)."],
         *limit_options(CoreLimits()),
     ]
 

@@ -61,6 +61,20 @@ def test_audit_checkpoint_interval(tmp_path: Path) -> None:
             parse("--audit-checkpoint-interval", wrong)
 
 
+def test_object_cache_size(tmp_path: Path) -> None:
+    assert CoreConfig().object_cache_size == 10_000
+    config_file = tmp_path / "core.toml"
+    config_file.write_text("[core]\nobject_cache_size = 50\n")
+    assert parse("-c", str(config_file))["core_config"].object_cache_size == 50
+    options = parse("-c", str(config_file), "--object-cache-size", "0")
+    assert options["core_config"].object_cache_size == 0
+    store = tap.makeService(options, reactor=Clock()).getServiceNamed("kcm-store")
+    assert store.objects.size == 0
+    for wrong in ("-1", "many", "2.5"):
+        with pytest.raises(usage.UsageError, match="object_cache_size"):
+            parse("--object-cache-size", wrong)
+
+
 def test_tls_policy_from_the_file_and_the_command_line(tmp_path: Path) -> None:
     assert CoreConfig().tls.policy == TlsPolicy()  # ECDHE + AEAD, TLS 1.2 and 1.3
     config_file = tmp_path / "core.toml"

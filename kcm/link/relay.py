@@ -95,18 +95,28 @@ def response_frame(stream_id: int, message: bytes) -> bytes:
                      _PAD[:pad]))
 
 
-def read_response(frame: bytes) -> tuple[int, bytes] | None:
-    """``(stream id, KMIP message)`` of a RESPONSE frame of FrameType, StreamId (non-zero)
-    and KmipMessage alone, each well formed, as :func:`response_frame` writes it; None for
-    any other bytes."""
+def _stream_of(frame: bytes, minimum: int, start: bytes) -> int | None:
+    """The stream id of a frame at least ``minimum`` bytes long, whose LinkFrame header
+    covers it exactly and whose FrameType and StreamId head are ``start``; else None."""
     size = len(frame)
-    if size < _RESPONSE_MESSAGE_AT or frame[8:_STREAM_AT] != _RESPONSE_START:
+    if size < minimum or frame[8:_STREAM_AT] != start:
         return None
     head, length = _HEAD.unpack_from(frame, 0)
     if head != _FRAME_HEAD or length + 8 != size:
         return None
     stream_id, padding = _STREAM.unpack_from(frame, _STREAM_AT)
     if padding or stream_id <= 0:
+        return None
+    return stream_id  # type: ignore[no-any-return]
+
+
+def read_response(frame: bytes) -> tuple[int, bytes] | None:
+    """``(stream id, KMIP message)`` of a RESPONSE frame of FrameType, StreamId (non-zero)
+    and KmipMessage alone, each well formed, as :func:`response_frame` writes it; None for
+    any other bytes."""
+    size = len(frame)
+    stream_id = _stream_of(frame, _RESPONSE_MESSAGE_AT, _RESPONSE_START)
+    if stream_id is None:
         return None
     head, length = _HEAD.unpack_from(frame, _STREAM_AT + 8)
     end = _RESPONSE_MESSAGE_AT + length
@@ -121,13 +131,8 @@ def read_request(frame: bytes) -> ForwardedRequest | None:
     [CallerSubject], CallerSource and KmipMessage alone, each well formed, as
     :func:`request_frame` writes it; None for any other bytes."""
     size = len(frame)
-    if size < 40 or frame[8:_STREAM_AT] != _REQUEST_START:
-        return None
-    head, length = _HEAD.unpack_from(frame, 0)
-    if head != _FRAME_HEAD or length + 8 != size:
-        return None
-    stream_id, padding = _STREAM.unpack_from(frame, _STREAM_AT)
-    if padding or stream_id <= 0:
+    stream_id = _stream_of(frame, 40, _REQUEST_START)
+    if stream_id is None:
         return None
     pos = 40
     texts: list[str | None] = []

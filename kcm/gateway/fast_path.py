@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from kcm.gateway.l3_cache import L3Cache
@@ -244,8 +245,17 @@ def _create_request(wire: bytes, payload_at: int, pos: int, end: int,
     container_end = _structure(wire, pos, end, _CREATE_CONTAINERS[version])[1]
     if container_end != end:
         raise _DECLINE
-    payload, after = decode_item(wire, payload_at, max_depth=8)
-    if after != end:
+    return _decoded_create(bytes(wire[payload_at:end]), version)
+
+
+@lru_cache(maxsize=256)
+def _decoded_create(payload_bytes: bytes, version: tuple[int, int]) -> CreateRequest:
+    """The Create payload ``payload_bytes`` decoded, if it is an L4 Create the fast path
+    answers. An application sends the same Create again and again (nothing in it names the
+    new key), so the last 256 distinct payloads decoded are kept: the engine only reads a
+    request, never changes it. A payload that declines is not kept."""
+    payload, after = decode_item(payload_bytes, 0, max_depth=8)
+    if after != len(payload_bytes):
         raise _DECLINE
     request = CreateRequest.from_item(payload, version)  # KmipError declines
     attributes = request.attributes

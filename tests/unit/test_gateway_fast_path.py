@@ -310,3 +310,19 @@ def test_declining_keeps_no_traceback(planes: Planes) -> None:
     for _ in range(3):
         assert planes.fast.answer(wire, APP) is None
     assert fast_path_module._DECLINE.__traceback__ is None
+
+
+def test_a_create_sent_again_is_decoded_once_and_judged_each_time(planes: Planes) -> None:
+    """The last decoded L4 Create payloads are kept (kcm.gateway.fast_path._decoded_create):
+    a repeated one is not decoded again, yet each request is still judged for its caller,
+    and a payload the fast path declines is not kept."""
+    memo = fast_path_module._decoded_create
+    memo.cache_clear()
+    wire = request(create_l4())
+    first, second = planes.fast.answer(wire, APP), planes.fast.answer(wire, APP)
+    assert first is not None and first == second == planes.general_answer(wire)
+    assert (memo.cache_info().hits, memo.cache_info().currsize) == (1, 1)
+    other_tenant = ConnectionInfo(2, service_principal("other"), "127.0.0.1:40001").principal
+    assert planes.fast.answer(wire, other_tenant) is None  # no key of its own: the core's
+    assert planes.fast.answer(request(create_managed()), APP) is None
+    assert memo.cache_info().currsize == 1

@@ -163,12 +163,14 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredOb
     if cache is None or repository.in_session(session, uid):
         row = repository.get_object(session, tenant, uid, for_update=for_update)
         return None if row is None else StoredObject(row, decode_attributes(row.attributes))
-    stamp = repository.object_stamp(session, tenant, uid, for_update=for_update)
-    if stamp is None:
-        return None
-    cached = cache.get(tenant, uid, stamp)
+    cached = None
+    if cache.holds(tenant, uid):  # else its stamp would be read for nothing
+        stamp = repository.object_stamp(session, tenant, uid, for_update=for_update)
+        if stamp is None:
+            return None
+        cached = cache.get(tenant, uid, stamp)
     if cached is None:
-        columns = repository.object_columns(session, tenant, uid)
+        columns = repository.object_columns(session, tenant, uid, for_update=for_update)
         if columns is None:
             return None
         cached = cache.put(tenant, uid, (columns.revision, columns.created_seq), columns)

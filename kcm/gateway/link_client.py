@@ -221,10 +221,7 @@ class LinkClientProtocol(LinkProtocol):
         stream_id = self._new_stream_id()
         frame.stream_id = stream_id
         self.send(frame)
-        d: Deferred = Deferred(lambda d: self._cancel(stream_id, d))
-        self.streams[stream_id] = _Stream(d, answer_type,
-                                          self.clock.seconds() + self.client.request_timeout)
-        return d
+        return self._awaiting(stream_id, answer_type)
 
     def relay(self, caller: bytes, message: bytes) -> Deferred[bytes]:
         """Send KMIP ``message`` in a REQUEST frame on a fresh stream, for the caller whose
@@ -233,8 +230,13 @@ class LinkClientProtocol(LinkProtocol):
         not fit, nothing sent)."""
         stream_id = self._new_stream_id()
         self.send_wire(request_frame(stream_id, caller, message))
-        d: Deferred[bytes] = Deferred(lambda d: self._cancel(stream_id, d))
-        self.streams[stream_id] = _Stream(d, FrameType.RESPONSE,
+        return self._awaiting(stream_id, FrameType.RESPONSE)
+
+    def _awaiting(self, stream_id: int, answer_type: FrameType) -> Deferred:
+        """The open stream ``stream_id``'s Deferred, which its answer (``answer_type``)
+        fires; cancelling it closes the stream."""
+        d: Deferred = Deferred(lambda d: self._cancel(stream_id, d))
+        self.streams[stream_id] = _Stream(d, answer_type,
                                           self.clock.seconds() + self.client.request_timeout)
         return d
 
@@ -393,11 +395,6 @@ class LinkClient(MultiService):
         """Have the core answer KMIP request ``wire`` as ``caller`` (connected from
         ``source``); fires with the core's response bytes, or fails with a :class:`LinkError`
         (at once when the link is down)."""
-        protocol = self._protocol
-        if protocol is None or protocol.closing:
-            return fail(LinkDown("no link to the core"))
-        if self._in_flight >= 2 * self.max_in_flight:
-            return fail(LinkBusy(f"{self._in_flight} calls in flight to the core"))
         fields = self._caller_fields.get((caller, source))
         if fields is None:
             fields = caller_fields(caller.spiffe_id,
@@ -405,12 +402,7 @@ class LinkClient(MultiService):
             if len(self._caller_fields) >= _MAX_CALLERS:  # bounded: one entry a connection
                 self._caller_fields.clear()
             self._caller_fields[caller, source] = fields
-        self._stream_started()
-        try:
-            return protocol.relay(fields, wire)
-        except FrameTooLarge as e:
-            self._stream_done()
-            return fail(RequestTooLarge(f"the request does not fit in a link frame: {e}"))
+        return self._send(LinkClientProtocol.relay, fields, wire)
 
     def fetch_service_keys(self, caller: Principal, tenant: str, service: str,
                            uid: str | None = None) -> Deferred[list[ServiceKey]]:
@@ -437,6 +429,11 @@ class LinkClient(MultiService):
         return True
 
     def _call(self, frame: Frame, answer_type: FrameType) -> Deferred:
+        return self._send(LinkClientProtocol.call, frame, answer_type)
+
+    def _send(self, send: Callable[..., Deferred], *args: Any) -> Deferred:
+        """``send(protocol, *args)`` on the link (a call opening a stream), or the failure
+        that refuses it: no link, too many calls in flight, a frame too large."""
         protocol = self._protocol
         if protocol is None or protocol.closing:
             return fail(LinkDown("no link to the core"))
@@ -444,7 +441,7 @@ class LinkClient(MultiService):
             return fail(LinkBusy(f"{self._in_flight} calls in flight to the core"))
         self._stream_started()
         try:
-            return protocol.call(frame, answer_type)
+            return send(protocol, *args)
         except FrameTooLarge as e:
             self._stream_done()
             return fail(RequestTooLarge(f"the request does not fit in a link frame: {e}"))

@@ -61,6 +61,10 @@ class ObjectCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def holds(self, tenant: str, uid: str) -> bool:
+        """Whether there is an entry of (tenant, uid), current or not."""
+        return (tenant, uid) in self._entries
+
     def get(self, tenant: str, uid: str, stamp: Stamp) -> CachedObject | None:
         """The entry of (tenant, uid) if it has ``stamp`` and is not too old; a stale or
         old entry is dropped."""

@@ -95,17 +95,16 @@ class RawSavepoint:
 
     def commit(self) -> None:
         """Keep what was done since it began; if that fails (a flush), roll back and raise."""
-        if self._name is None:
-            self._orm.commit()  # type: ignore[union-attr]
-            return
         try:
-            self._session.flush()  # what is pending is this savepoint's (in an ORM one)
+            if self._name is not None:
+                self._session.flush()  # what is pending is this savepoint's (in an ORM one)
             if self._orm is not None:
                 self._orm.commit()
         except BaseException:
             self.rollback()
             raise
-        self._close(f"RELEASE {self._name}")
+        if self._name is not None:
+            self._close(f"RELEASE {self._name}")
 
     def rollback(self) -> None:
         session = self._session

@@ -22,13 +22,15 @@ each line is written and flushed whole under a lock. A process's own log
 (``background=True``, what :class:`kcm.process.ProcessService` installs) keeps the disk off
 the requests' path: the line of an audit record (namespace ``kcm.audit``, one per request)
 is queued, and a thread of the observer's own renders and writes the queued events, many
-per write; any other event is written at once, after the queued ones, so lines keep the
-order of their events. The queue is bounded (``max_pending`` events): a thread that finds
-it full waits for the writer, so no line is ever dropped, and a disk that cannot keep up
-slows the loggers down rather than growing memory. Lines still queued are written when the
-process exits normally (``atexit``) or when :meth:`flush` is called; a killed process
-loses the audit lines of its last moments (never an audit record: the database holds
-those, and ``kcm audit tail`` reads them there).
+per write (it waits up to ``linger`` seconds after the first for others to join it, so that
+at low load it does not wake once per request); any other event is written at once, after
+the queued ones, so lines keep the order of their events. The queue is bounded
+(``max_pending`` events): a thread that finds it full waits for the writer, so no line is
+ever dropped, and a disk that cannot keep up slows the loggers down rather than growing
+memory. Lines still queued are written when the process exits normally (``atexit``) or
+when :meth:`flush` is called; a killed process loses the audit lines of its last moments
+(never an audit record: the database holds those, and ``kcm audit tail`` reads them
+there).
 """
 
 from __future__ import annotations
@@ -155,13 +157,18 @@ class BackgroundLineWriter:
 
     def __init__(self, out: IO[str], render: Callable[[LogEvent], str | None], *,
                  queued: frozenset[str] = frozenset({"kcm.audit"}),
-                 max_pending: int = 65_536) -> None:
-        if max_pending < 1:
-            raise ValueError("max_pending must be at least 1")
+                 max_pending: int = 65_536, linger: float = 0.0,
+                 batch: int = 256) -> None:
+        if max_pending < 1 or batch < 1 or linger < 0:
+            raise ValueError("need max_pending >= 1, batch >= 1 and linger >= 0")
         self._out = out
         self._render = render
         self._queued = queued
         self._max_pending = max_pending
+        #: Seconds the writer waits, once a line is queued, for more to write with it
+        #: (unless ``batch`` are queued first, or a flush or another line asks for them).
+        self._linger = linger
+        self._batch = min(batch, max_pending)
         self._pending: deque[LogEvent] = deque()
         self._new_locks()
         atexit.register(self.flush)
@@ -171,6 +178,8 @@ class BackgroundLineWriter:
 
     def _new_locks(self) -> None:
         self._busy = False
+        #: Set by :meth:`flush`: the writer stops lingering and writes what is queued.
+        self._hurry = False
         self._changed = threading.Condition()
         #: Held while taking queued events and writing them: so lines keep their order.
         self._writing = threading.Lock()
@@ -186,7 +195,7 @@ class BackgroundLineWriter:
             while len(self._pending) >= self._max_pending:
                 self._changed.wait()
             self._pending.append(event)
-            if len(self._pending) == 1:
+            if len(self._pending) in (1, self._batch):
                 self._changed.notify_all()
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -194,6 +203,8 @@ class BackgroundLineWriter:
         whether they were."""
         deadline = time.monotonic() + timeout
         with self._changed:
+            self._hurry = True
+            self._changed.notify_all()
             while self._pending or self._busy:
                 self._ensure_thread()
                 left = deadline - time.monotonic()
@@ -225,6 +236,7 @@ class BackgroundLineWriter:
             with self._changed:
                 while not self._pending:
                     self._changed.wait()
+                self._wait_for_company()
             with self._writing:
                 with self._changed:
                     self._busy = True
@@ -234,6 +246,17 @@ class BackgroundLineWriter:
                     with self._changed:
                         self._busy = False
                         self._changed.notify_all()
+
+    def _wait_for_company(self) -> None:
+        # Called holding ``_changed`` with lines queued: one write (and one wake-up of this
+        # thread) for the lines of ``linger`` seconds, not one per request at low load.
+        deadline = time.monotonic() + self._linger
+        while self._pending and not self._hurry and len(self._pending) < self._batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._changed.wait(left)
+        self._hurry = False
 
     def _write(self, batch: list[LogEvent]) -> None:
         lines = []
@@ -254,15 +277,17 @@ class BackgroundLineWriter:
 
 def log_observer(out: IO[str], *, log_format: str = "json", level: str = "info",
                  fields: Mapping[str, Any] | None = None,
-                 background: bool = False) -> ILogObserver:
+                 background: bool = False, linger: float = 0.0) -> ILogObserver:
     """An observer writing every event at ``level`` or above to ``out`` in ``log_format``
     (``json`` or ``text``), each line with ``fields`` added (see the module docstring);
-    with ``background``, on a writer thread of its own (:class:`BackgroundLineWriter`).
+    with ``background``, on a writer thread of its own (:class:`BackgroundLineWriter`,
+    which waits up to ``linger`` seconds to write queued lines together).
     ValueError for an unknown format or level."""
     render = event_as_json if check_log_format(log_format) == "json" \
         else formatEventAsClassicLogText
     if fields:
         render = _with_fields(render, dict(fields), json_lines=log_format == "json")
-    writer = BackgroundLineWriter(out, render) if background else _LineWriter(out, render)
+    writer = BackgroundLineWriter(out, render, linger=linger) if background \
+        else _LineWriter(out, render)
     return FilteringLogObserver(writer,
                                 [LogLevelFilterPredicate(defaultLogLevel=parse_level(level))])

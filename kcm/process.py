@@ -7,7 +7,8 @@
   the child and the error, and the error propagates (twistd then exits with status 1).
 * **Its log is KCM's.** When twistd attaches it to the Application it builds, it registers
   :func:`kcm.logging.log_observer` (on :func:`open_log`, in the configured ``log_format`` and
-  ``log_level``) as the Application's ``ILogObserver`` component, which is where twistd looks
+  ``log_level``, its audit lines written together every :data:`LOG_LINGER` seconds at
+  most) as the Application's ``ILogObserver`` component, which is where twistd looks
   for an application's log observer before it starts logging; ``log_file`` names a file
   instead of standard output (what a daemonized twistd needs). twistd's ``--logger`` still
   takes precedence; its ``--logfile`` and ``--syslog`` do not apply.
@@ -26,9 +27,14 @@ from twisted.python.components import Componentized
 
 from kcm.logging import log_observer
 
-__all__ = ["ProcessService", "open_log"]
+__all__ = ["LOG_LINGER", "ProcessService", "open_log"]
 
 log = Logger()
+
+#: Seconds a process's log writer waits after an audit line is queued for more to write
+#: with it: a request's audit line reaches the log at most this much after its answer (the
+#: audit record itself is in the database before the answer).
+LOG_LINGER = 0.05
 
 
 def open_log(path: str) -> IO[str]:
@@ -62,7 +68,8 @@ class ProcessService(MultiService):
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
             parent.setComponent(ILogObserver, log_observer(
                 self._log_file or open_log(self.log_path), log_format=self.log_format,
-                level=self.log_level, fields=self.log_fields, background=True))
+                level=self.log_level, fields=self.log_fields, background=True,
+                linger=LOG_LINGER))
         super().setServiceParent(parent)
 
     def startService(self) -> None:

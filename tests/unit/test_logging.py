@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
 import pytest
 from twisted.logger import Logger, LogLevel
@@ -255,3 +256,44 @@ def test_a_forked_child_writes_its_queued_lines_with_a_writer_of_its_own(tmp_pat
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert path.read_text().splitlines() == ["parent", "child 0", "child 1", "child 2"]
+
+
+def test_a_lingering_writer_writes_the_lines_of_its_linger_together() -> None:
+    """With ``linger``, the writer waits for company after the first queued line: the lines
+    of that time go out in one write (one wake-up of its thread, not one per request)."""
+    from kcm.logging import BackgroundLineWriter
+
+    stream = _GatedStream()
+    stream.gate.set()
+    writer = BackgroundLineWriter(stream, lambda event: f"{event['n']}\n", linger=0.3)
+    for n in range(5):
+        writer({"n": n, "log_namespace": "kcm.audit"})
+        time.sleep(0.02)
+    deadline = time.monotonic() + 5
+    while stream.getvalue().count("\n") < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue().splitlines() == [str(n) for n in range(5)]
+    assert stream.writes == 1
+
+
+def test_a_flush_or_a_full_batch_does_not_wait_for_the_linger() -> None:
+    from kcm.logging import BackgroundLineWriter
+
+    stream = io.StringIO()
+    writer = BackgroundLineWriter(stream, lambda event: f"{event['n']}\n", linger=60.0,
+                                  batch=4)
+    writer({"n": 0, "log_namespace": "kcm.audit"})
+    started = time.monotonic()
+    assert writer.flush(timeout=5)
+    assert time.monotonic() - started < 5
+    assert stream.getvalue() == "0\n"
+    for n in range(1, 5):  # a batch's worth: written without a flush, long before 60 s
+        writer({"n": n, "log_namespace": "kcm.audit"})
+    deadline = time.monotonic() + 5
+    while stream.getvalue().count("\n") < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue().splitlines() == ["0", "1", "2", "3", "4"]
+    # Another line is written at once, after the queued ones, lingering or not.
+    writer({"n": 5, "log_namespace": "kcm.audit"})
+    writer({"n": "other", "log_namespace": "kcm.x"})
+    assert stream.getvalue().splitlines()[-2:] == ["5", "other"]

@@ -6,6 +6,7 @@ managed object of the core. The gateway's classifier and the core's dispatch bot
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 
@@ -35,11 +36,13 @@ def l3_uid_from_uuid(raw: bytes) -> str:
     return L3_PREFIX + str(uuid.UUID(bytes=raw))
 
 
+@functools.lru_cache(maxsize=1024)
 def l3_uuid_bytes(uid: str) -> bytes:
     """The 16 UUID bytes of an L3 identifier in canonical form; ValueError otherwise.
 
     Only the canonical spelling (lowercase, hyphenated) is accepted, so an L3 has exactly
-    one identifier and a token names it exactly one way.
+    one identifier and a token names it exactly one way. A gateway seals every L4 Create
+    under the same few L3s: the last 1,024 answers are kept (a refusal is not).
     """
     if len(uid) != _L3_UID_LENGTH or not uid.startswith(L3_PREFIX):
         raise ValueError(f"not an L3 identifier: {uid!r}")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from kcm.core.store.raw_statements import RawStatement
 from kcm.core.store.repository import forget_memo, transaction_memo
 from kcm.core.store.schema import RotationPolicy
 from kcm.kmip.attributes import Attribute
@@ -120,8 +121,9 @@ def resolve(scopes: Iterable[tuple[tuple[str, str], RotationPolicy | PolicySetti
 
 #: Whether any scope sets a managed-key interval (read once per transaction).
 _ANY_MANAGED_INTERVAL = "kcm.rotation.any_managed_interval"
-_ANY_MANAGED_INTERVAL_SET = (select(RotationPolicy.__table__.c.tenant)
-                             .where(RotationPolicy.__table__.c.managed_interval > 0).limit(1))
+_ANY_MANAGED_INTERVAL_SET = RawStatement(
+    select(RotationPolicy.__table__.c.tenant)
+    .where(RotationPolicy.__table__.c.managed_interval > 0).limit(1))
 
 
 def managed_key_defaults(session: Session, tenant: str, service: str | None,
@@ -131,8 +133,8 @@ def managed_key_defaults(session: Session, tenant: str, service: str | None,
     the scope's ``managed_interval`` is set and the client named neither."""
     if any(a.tag in (Tag.ROTATE_AUTOMATIC, Tag.ROTATE_INTERVAL) for a in attributes):
         return attributes
-    if not transaction_memo(session, _ANY_MANAGED_INTERVAL, lambda: session.connection()
-                            .scalar(_ANY_MANAGED_INTERVAL_SET) is not None):
+    if not transaction_memo(session, _ANY_MANAGED_INTERVAL, lambda: _ANY_MANAGED_INTERVAL_SET
+                            .execute(session).fetchone() is not None):
         return attributes  # the common case: one look per transaction, nothing more
     interval = effective_policy(session, tenant, service or "").managed_interval
     if not interval:

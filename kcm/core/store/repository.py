@@ -197,7 +197,7 @@ def insert_object(
     # savepoint rolled back forgets the number, since the rows it counted may be gone.
     next_seq = info.get(_NEXT_CREATED_SEQ)
     if next_seq is None:
-        next_seq = (connection.scalar(_MAX_CREATED_SEQ) or 0) + 1
+        next_seq = (_MAX_CREATED_SEQ.execute(session).fetchone()[0] or 0) + 1
     info[_NEXT_CREATED_SEQ] = next_seq + 1
     values: dict[str, Any] = {
         "uid": uid, "created_seq": next_seq, "tenant": tenant, "object_type": object_type,
@@ -228,7 +228,7 @@ def insert_object(
 
 #: ``Session.info``: the ``created_seq`` the next object inserted in this transaction gets.
 _NEXT_CREATED_SEQ = "kcm.store.next_created_seq"
-_MAX_CREATED_SEQ = select(func.max(ManagedObject.created_seq))
+_MAX_CREATED_SEQ = RawStatement(select(func.max(ManagedObject.created_seq)))
 _OBJECT_COLUMNS = [column.key for column in ManagedObject.__table__.columns]
 #: A managed object's columns as read, by name; immutable (a row to change is attached).
 ObjectColumns = namedtuple("ObjectColumns", _OBJECT_COLUMNS)  # type: ignore[misc]

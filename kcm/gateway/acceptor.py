@@ -41,6 +41,8 @@ log = Logger()
 ACCEPTS_PER_TURN = 64
 #: Seconds the listening socket is left unread after accepting failed (no descriptors).
 EXHAUSTED_PAUSE = 0.5
+#: Reports read from one channel at most each time it is readable.
+_REPORTS_PER_TURN = 16
 #: accept() errors that concern only the connection being accepted.
 _SKIPPED = (errno.ECONNABORTED, errno.EINTR, errno.EPROTO)
 
@@ -180,7 +182,7 @@ class _Channel:
         return self.sock.fileno()
 
     def doRead(self) -> object:
-        for _ in range(ACCEPTS_PER_TURN):
+        for _ in range(_REPORTS_PER_TURN):
             try:
                 report = self.sock.recv(REPORT.size)
             except BlockingIOError:

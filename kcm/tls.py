@@ -30,8 +30,8 @@ Listeners stay endpoint strings in configuration: :func:`tls_server_endpoint` ta
 does the same for ``tcp:HOST:PORT``. A listener may also be ``fd:N``: a listening socket the
 process inherited as descriptor N (from kcm-gateway's supervisor for a listener that is not
 TCP, which it binds once for all its workers; or from systemd's socket activation), adopted
-instead of bound; or ``reuseport:PORT:interface=HOST``, a TCP address several processes
-listen on, each with its own socket (kcm-gateway's workers: :mod:`kcm.reuse_port`)
+instead of bound; or ``handoff:N``, the connections another process accepted and hands over
+the Unix socket pair inherited as descriptor N (kcm-gateway's workers: :mod:`kcm.handoff`)
 (:func:`plain_server_endpoint`).
 
 Services are assembled before anything is read (STYLE.md): :class:`TLSListener` is the one way
@@ -85,8 +85,8 @@ from zope.interface import implementer
 
 from kcm.connection_guard import ConnectionGuard
 from kcm.eager_tls import EagerTLSClientEndpoint, EagerTLSFactory
+from kcm.handoff import HandoffServerEndpoint, parse_handoff
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
-from kcm.reuse_port import ReusePortServerEndpoint, parse_reuse_port
 from kcm.tls_policy import DEFAULT_TLS12_CIPHERS, TlsPolicy
 
 __all__ = [
@@ -317,13 +317,13 @@ def plain_server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoi
     string (a ``tcp:`` listener with :data:`LISTEN_BACKLOG` unless it names its own), or
     ``fd:N``, the listening socket inherited as descriptor N, adopted (its address family
     read from the socket; the endpoint closes N once it has adopted a copy of it), or
-    ``reuseport:PORT:interface=HOST``, a socket of its own with SO_REUSEPORT on an address
-    other processes listen on too (:mod:`kcm.reuse_port`: kcm-gateway's workers).
+    ``handoff:N``, the connections handed over the socket pair inherited as descriptor N
+    (:mod:`kcm.handoff`: kcm-gateway's workers).
     ``ssl:``/``tls:`` descriptions are refused: KCM adds the TLS itself."""
     _refuse_tls_description(description)
-    shared = parse_reuse_port(description)
-    if shared is not None:
-        return ReusePortServerEndpoint(reactor, shared, LISTEN_BACKLOG)
+    handoff = parse_handoff(description)
+    if handoff is not None:
+        return HandoffServerEndpoint(reactor, handoff)
     kind, _, rest = description.partition(":")
     if kind.strip().lower() != "fd":
         return serverFromString(reactor, with_backlog(description))

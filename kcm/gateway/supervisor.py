@@ -1,21 +1,19 @@
 """kcm-gateway on every core: with ``workers`` other than 1, the twistd process started is a
 supervisor and the gateways are its worker processes.
 
-* :class:`SharedListener` binds the KMIP address once, in the supervisor, and never accepts
-  on it: a port in use stops the supervisor when it starts. A TCP listener (``tcp:``,
-  ``tcp6:``) is bound with SO_REUSEPORT and not listened on; each worker then listens on the
-  same address with a socket of its own, SO_REUSEPORT set (its ``listen`` is
-  ``reuseport:PORT:interface=HOST``, the port the supervisor bound: see
-  :mod:`kcm.reuse_port`), and the kernel spreads new connections over the workers by a hash
-  of their addresses and ports. The supervisor's socket keeps the address reserved for the
-  workers (sockets of the same user with SO_REUSEPORT) while one restarts. Any other
-  listener (``unix:``, ``fd:``, or on a platform other than Linux) is bound and listened on
-  once, with the usual backlog; each worker inherits that socket as descriptor
-  :data:`WORKER_LISTEN_FD` and adopts it (``fd:3``, see
-  :func:`kcm.tls.plain_server_endpoint`), and each new connection goes to whichever worker
-  accepts it first. Everything else in a worker is one kcm-gateway as with ``workers = 1``:
-  its TLS listener and connection guard, its link to the core, its L3 cache and the full
-  event stream.
+* :class:`SharedListener` binds the KMIP address once, in the supervisor: a port in use
+  stops the supervisor when it starts. On a TCP listener (``tcp:``, ``tcp6:``, or an
+  ``fd:`` socket that is TCP) the supervisor accepts every connection itself and hands it
+  to the worker with the fewest open connections (:mod:`kcm.gateway.acceptor`), over a
+  Unix socket pair of that worker's (a new one each time it is started) that the worker
+  inherits as descriptor :data:`WORKER_LISTEN_FD` and listens on as ``handoff:3``
+  (:mod:`kcm.handoff`); the worker reports its open connections back over it. Any other
+  listener (``unix:``) is listened on once and never accepted on in the supervisor; each
+  worker inherits that socket as descriptor :data:`WORKER_LISTEN_FD` and adopts it
+  (``fd:3``, see :func:`kcm.tls.plain_server_endpoint`), and each new connection goes to
+  whichever worker accepts it first. Everything else in a worker is one kcm-gateway as with
+  ``workers = 1``: its TLS listener and connection guard, its link to the core, its L3
+  cache and the full event stream.
 * :class:`WorkerPool` starts the workers (``reactor.spawnProcess`` of ``twistd -n
   kcm-gateway --worker I``), restarts one that exits after a back-off that grows while it
   keeps failing (:data:`RESTART_BACKOFF`: 0.2 s doubling up to 30 s, back to 0.2 s once a
@@ -34,12 +32,13 @@ import signal
 import socket
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
@@ -48,14 +47,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.gateway.acceptor import Acceptor
 from kcm.gateway.config import GatewayConfig
+from kcm.handoff import handoff_description
 from kcm.process import ProcessService
-from kcm.reuse_port import (
-    bind_reuse_port,
-    reuse_port_description,
-    supports_reuse_port,
-    tcp_listener,
-)
 from kcm.tls import plain_server_endpoint
 
 __all__ = ["RESTART_BACKOFF", "STABLE_AFTER", "WORKER_LISTEN_FD", "GatewaySupervisor",
@@ -63,7 +58,7 @@ __all__ = ["RESTART_BACKOFF", "STABLE_AFTER", "WORKER_LISTEN_FD", "GatewaySuperv
 
 log = Logger()
 
-#: The descriptor a worker finds the shared listening socket on.
+#: The descriptor a worker finds its channel (or the shared listening socket) on.
 WORKER_LISTEN_FD = 3
 #: Seconds before restarting a worker that exited, by how many times in a row it failed
 #: (0: the first time).
@@ -108,51 +103,56 @@ class StartCheck(Service):
 
 
 class SharedListener(Service):
-    """Binds the listener ``description`` when it starts, without accepting on it, and says
-    how the workers listen (:attr:`worker_listen`): on the same address with SO_REUSEPORT
-    (a TCP listener), or on the listening socket it holds for them (:attr:`fileno`, any
-    other listener); closes its socket when it stops. ``reuse_port`` False: always the
-    latter."""
+    """Binds the listener ``description`` when it starts and serves the workers from it
+    (see the module docstring): a TCP listener through an :class:`Acceptor` that hands
+    connections to the workers' channels (:attr:`acceptor`), any other as the listening
+    socket the workers inherit; closes it when it stops.
+
+    The worker pool asks, for each worker it starts, for the descriptor to give it
+    (:meth:`worker_starting`), says when the spawn is done (:meth:`worker_spawned`) and when
+    the worker is gone (:meth:`worker_gone`)."""
 
     name = "kcm-kmip-socket"
 
-    def __init__(self, reactor: Any, description: str, *,
-                 reuse_port: bool | None = None) -> None:
+    def __init__(self, reactor: Any, description: str) -> None:
         self.reactor = reactor
         self.description = description
         self.port: IListeningPort | None = None
-        #: The supervisor's socket on the workers' address (SO_REUSEPORT, not listening).
-        self.reserved: socket.socket | None = None
-        self._tcp = tcp_listener(description) if (
-            supports_reuse_port() if reuse_port is None else reuse_port) else None
-
-    @property
-    def fileno(self) -> int | None:
-        """The listening socket's descriptor for the workers to inherit while running; None
-        when they listen on the address themselves."""
-        if self.reserved is not None:
-            return None
-        if self.port is None:
-            raise RuntimeError("the KMIP listener is not bound")
-        return self.port.fileno()  # type: ignore[attr-defined]
+        #: Set while running on a TCP listener.
+        self.acceptor: Acceptor | None = None
+        #: The workers' ends of their channels, until they are spawned.
+        self._worker_ends: dict[int, socket.socket] = {}
 
     @property
     def worker_listen(self) -> str:
         """The ``listen`` description of a worker while running."""
-        reserved = self.reserved
-        if reserved is None:
-            return f"fd:{WORKER_LISTEN_FD}"
-        assert self._tcp is not None
-        return reuse_port_description(replace(self._tcp, port=reserved.getsockname()[1]))
+        if self.acceptor is not None:
+            return handoff_description(WORKER_LISTEN_FD)
+        return f"fd:{WORKER_LISTEN_FD}"
+
+    def worker_starting(self, index: int) -> int:
+        """The descriptor worker ``index``, about to be spawned, inherits as
+        :data:`WORKER_LISTEN_FD`."""
+        if self.port is None:
+            raise RuntimeError("the KMIP listener is not bound")
+        if self.acceptor is None:
+            return self.port.fileno()  # type: ignore[attr-defined, no-any-return]
+        worker_end = self._worker_ends[index] = self.acceptor.open_channel(index)
+        return worker_end.fileno()
+
+    def worker_spawned(self, index: int) -> None:
+        """Worker ``index`` was spawned, or failed to be: the supervisor's copy of the
+        worker's end of its channel is closed."""
+        worker_end = self._worker_ends.pop(index, None)
+        if worker_end is not None:
+            worker_end.close()
+
+    def worker_gone(self, index: int) -> None:
+        """Worker ``index`` exited or could not be started: it is given no connections."""
+        if self.acceptor is not None:
+            self.acceptor.close_channel(index)
 
     def startService(self) -> None:
-        if self._tcp is not None:
-            self.reserved = bind_reuse_port(self._tcp)
-            host, port = self.reserved.getsockname()[:2]
-            log.info("kcm-gateway supervisor: KMIP address {host}:{port} reserved for the "
-                     "workers (SO_REUSEPORT)", host=host, port=port)
-            super().startService()
-            return
         outcome: list[Any] = []
         never_used = Factory.forProtocol(Protocol)
         never_used.noisy = False  # no "Starting factory" lines for a factory never called
@@ -163,19 +163,28 @@ class SharedListener(Service):
             raise RuntimeError(f"{self.description}: the listener did not bind at once")
         if isinstance(outcome[0], Failure):
             outcome[0].raiseException()
-        self.port = outcome[0]
-        # The workers accept; the supervisor's reactor must never race them for a connection
-        # (nothing has accepted yet: the reactor has not run since the bind).
-        self.port.stopReading()  # type: ignore[union-attr]
-        log.info("kcm-gateway supervisor: KMIP listener bound on {address}",
-                 address=str(self.port.getHost()))  # type: ignore[union-attr]
+        port = self.port = outcome[0]
+        # The Twisted port only binds: the workers accept, or the acceptor for them (nothing
+        # has accepted yet: the reactor has not run since the bind).
+        port.stopReading()  # type: ignore[attr-defined]
+        address = port.getHost()
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            self.acceptor = Acceptor(self.reactor, port.socket)  # type: ignore[attr-defined]
+            self.acceptor.start()
+            how = "handing each connection to the worker with the fewest"
+        else:
+            how = "shared by the workers"
+        log.info("kcm-gateway supervisor: KMIP listener on {address}, {how}",
+                 address=str(address), how=how)
         super().startService()
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        reserved, self.reserved = self.reserved, None
-        if reserved is not None:
-            reserved.close()
+        acceptor, self.acceptor = self.acceptor, None
+        if acceptor is not None:
+            acceptor.stop()
+        for index in list(self._worker_ends):
+            self.worker_spawned(index)
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()  # type: ignore[return-value]
@@ -207,11 +216,11 @@ class _WorkerProtocol(ProcessProtocol):
 
 class WorkerPool(Service):
     """Runs ``count`` workers, each the process ``command(index)`` (an argv list, the
-    executable first) with the ``listener``'s socket as descriptor :data:`WORKER_LISTEN_FD`
-    when it holds one for them (:attr:`SharedListener.fileno`), a pipe from the supervisor as
-    standard input, and the supervisor's standard output and
-    error. A worker that exits while the pool runs is started again after
-    ``backoff(failures in a row)`` seconds (the count restarts once a worker has run
+    executable first) with the descriptor the ``listener`` gives it as
+    :data:`WORKER_LISTEN_FD` (:meth:`SharedListener.worker_starting`), a pipe from the
+    supervisor as standard input, and the supervisor's standard output and error. A worker
+    that exits while the pool runs is started again after ``backoff(failures in a row)``
+    seconds (the count restarts once a worker has run
     ``stable_after`` seconds; an exit after a forwarded signal is no failure and restarts at
     once). ``forwarded_signals`` received by this process are sent on to every worker.
     Stopping sends SIGTERM to every worker and SIGKILL to those still running after
@@ -275,17 +284,18 @@ class WorkerPool(Service):
         self._restarts.pop(index, None)
         argv = list(self.command(index))
         spawn = self._spawn or self.reactor.spawnProcess
-        child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
-        inherited = self.listener.fileno
-        if inherited is not None:
-            child_fds[WORKER_LISTEN_FD] = inherited
         try:
+            child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2,
+                                         WORKER_LISTEN_FD: self.listener.worker_starting(index)}
             process = spawn(_WorkerProtocol(self, index), argv[0], argv, env=dict(self._env()),
                             path=None, childFDs=child_fds)
         except Exception as e:
+            self.listener.worker_gone(index)
             self._restart_later(index, failed=True, why=str(e) or type(e).__name__,
                                 pid=None, ran=0.0)
             return
+        finally:
+            self.listener.worker_spawned(index)
         self.workers[index] = _Worker(index, process, process.pid, self.reactor.seconds())
         log.info("kcm-gateway worker {index} started: pid {pid}", index=index, pid=process.pid)
 
@@ -294,6 +304,7 @@ class WorkerPool(Service):
         worker = self.workers.pop(index, None)
         if worker is None:
             return
+        self.listener.worker_gone(index)
         how = _exit_description(reason)
         if not self.running:
             log.info("kcm-gateway worker {index} (pid {pid}) stopped: {how}", index=index,

@@ -3,8 +3,8 @@ service tree from them without reading a file or touching the network (the servi
 when they start; see :mod:`kcm.gateway.service`).
 
 With ``workers`` other than 1 the tree is a supervisor's instead (:mod:`kcm.gateway.supervisor`),
-whose workers run this same plugin with ``--worker INDEX`` on the address it reserved for
-them, or the listening socket it hands them (:func:`worker_command`)."""
+whose workers run this same plugin with ``--worker INDEX`` on the connections it hands them,
+or the listening socket it shares with them (:func:`worker_command`)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class Options(usage.Options):
         ["workers", None, None, "Worker processes sharing the KMIP listener (1: one process, "
                                 "no supervisor; 0: one per CPU)."],
         ["worker", None, None, "Set by the supervisor: run as its worker INDEX (on the "
-                               "listening socket it hands over)."],
+                               "connections or the listening socket it hands over)."],
         *limit_options(ConnectionLimits()),
     ]
 

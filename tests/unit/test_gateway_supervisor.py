@@ -1,6 +1,7 @@
 """kcm-gateway's supervisor (kcm.gateway.supervisor): starting, restarting with a back-off,
 forwarding signals to and stopping its workers, driven by task.Clock and a fake spawner; the
-listener it shares; the worker's lifeline; how many workers ``workers = 0`` means."""
+listener it serves the workers from (connections handed over channels, or a shared socket);
+the worker's lifeline; how many workers ``workers = 0`` means."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any
 import pytest
 from twisted.internet import error, reactor
 from twisted.internet.main import CONNECTION_DONE
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -73,7 +73,20 @@ class FakeSpawner:
 
 
 class FakeListener:
-    fileno = 7
+    """SharedListener's stand-in: descriptor 7 for every worker; records the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def worker_starting(self, index: int) -> int:
+        self.calls.append(("starting", index))
+        return 7
+
+    def worker_spawned(self, index: int) -> None:
+        self.calls.append(("spawned", index))
+
+    def worker_gone(self, index: int) -> None:
+        self.calls.append(("gone", index))
 
 
 def pool(count: int = 2, **kwargs: Any) -> tuple[WorkerPool, Clock, FakeSpawner]:
@@ -94,6 +107,18 @@ def test_it_starts_each_worker_on_the_shared_socket_and_a_pipe() -> None:
     # stdin: a pipe from the supervisor; stdout/stderr: the supervisor's; the socket as fd 3.
     assert spawner.calls[0]["childFDs"] == {0: "w", 1: 1, 2: 2, WORKER_LISTEN_FD: 7}
     assert workers.pids() == {1: 100, 2: 101, 3: 102}
+    assert workers.listener.calls == [(call, index) for index in (1, 2, 3)
+                                      for call in ("starting", "spawned")]
+
+
+def test_the_listener_hears_of_a_worker_that_exits_or_cannot_be_spawned() -> None:
+    workers, clock, spawner = pool(1)
+    workers.startService()
+    spawner.latest(1).end(code=1)
+    assert workers.listener.calls[-1] == ("gone", 1)
+    spawner.fail_next = 1
+    clock.advance(RESTART_BACKOFF(0))
+    assert workers.listener.calls[-3:] == [("starting", 1), ("gone", 1), ("spawned", 1)]
 
 
 def test_a_dead_worker_is_restarted_after_the_backoff_and_the_others_are_left_alone() -> None:
@@ -224,72 +249,55 @@ def test_workers_zero_counts_the_cpus_this_process_may_use() -> None:
     assert worker_count(0) == len(os.sched_getaffinity(0))
 
 
-def test_without_reuse_port_the_shared_listener_binds_but_never_accepts() -> None:
-    listener = SharedListener(reactor, "tcp:0:interface=127.0.0.1", reuse_port=False)
+def test_a_listener_that_is_not_tcp_is_shared_and_never_accepted_on(tmp_path) -> None:
+    listener = SharedListener(reactor, f"unix:{tmp_path / 'kmip.sock'}")
     listener.startService()
     try:
-        assert listener.worker_listen == f"fd:{WORKER_LISTEN_FD}"
+        assert listener.worker_listen == f"fd:{WORKER_LISTEN_FD}" and listener.acceptor is None
         port = listener.port
         assert port is not None and port not in reactor.getReaders()
-        with socket.socket(fileno=os.dup(listener.fileno)) as sock:
+        fileno = listener.worker_starting(1)
+        listener.worker_spawned(1)
+        assert fileno == port.fileno()
+        with socket.socket(fileno=os.dup(fileno)) as sock:
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-            assert sock.getsockname()[0] == "127.0.0.1"
     finally:
         listener.stopService()
 
 
-@pytest.mark.parametrize("reuse_port", [True, False])
-def test_a_port_in_use_fails_the_shared_listeners_start(reuse_port: bool) -> None:
+def test_a_port_in_use_fails_the_shared_listeners_start() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        listener = SharedListener(reactor, f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1",
-                                  reuse_port=reuse_port)
+        listener = SharedListener(reactor, f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1")
         with pytest.raises(error.CannotListenError, match="Address already in use"):
             listener.startService()
-    assert listener.port is None and listener.reserved is None and not listener.running
+    assert listener.port is None and listener.acceptor is None and not listener.running
 
 
-def test_a_tcp_listener_is_reserved_for_workers_that_listen_on_it_with_reuse_port() -> None:
+def test_a_tcp_listener_is_accepted_on_by_the_supervisor_and_handed_over_channels() -> None:
     listener = SharedListener(reactor, "tcp:0:interface=127.0.0.1")
     listener.startService()
-    ports = []
     try:
-        reserved = listener.reserved
-        assert reserved is not None and listener.port is None and listener.fileno is None
-        # Bound, never listening (a socket that does not listen is given no connections).
-        assert reserved.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
-        assert reserved.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
-        number = reserved.getsockname()[1]
-        assert listener.worker_listen == f"reuseport:{number}:interface=127.0.0.1"
-        # Two workers listen on it, each with its own socket; connections are accepted.
-        for _ in range(2):
-            listening = plain_server_endpoint(reactor, listener.worker_listen).listen(
-                Factory.forProtocol(Protocol))
-            listening.addCallback(ports.append)
-        assert [port.getHost().port for port in ports] == [number, number]
-        for _ in range(8):
-            with socket.create_connection(("127.0.0.1", number), timeout=5):
-                pass
-        # Anybody else (no SO_REUSEPORT) finds the address taken.
-        with socket.socket() as other, pytest.raises(OSError):
-            other.bind(("127.0.0.1", number))
+        acceptor = listener.acceptor
+        assert acceptor is not None and listener.worker_listen == f"handoff:{WORKER_LISTEN_FD}"
+        # Listening, with Twisted's port not reading it: the acceptor reads it once a
+        # worker has a channel.
+        assert listener.port not in reactor.getReaders()
+        assert acceptor.listening.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        assert acceptor not in reactor.getReaders()
+        fileno = listener.worker_starting(1)
+        with socket.socket(fileno=os.dup(fileno)) as worker_end:
+            assert worker_end.type == socket.SOCK_SEQPACKET
+            listener.worker_spawned(1)  # the supervisor's copy of the worker's end is closed
+            with pytest.raises(OSError):
+                os.fstat(fileno)
+            assert acceptor in reactor.getReaders() and list(acceptor.channels) == [1]
+            listener.worker_gone(1)
+            assert acceptor not in reactor.getReaders() and acceptor.channels == {}
     finally:
-        for port in ports:
-            port.stopListening()
         listener.stopService()
-    assert listener.reserved is None
-
-
-def test_workers_listening_on_the_address_get_no_inherited_socket() -> None:
-    class ReservingListener:
-        fileno = None
-
-    spawner = FakeSpawner()
-    workers = WorkerPool(1, lambda index: ["python"], ReservingListener(), reactor=Clock(),
-                         spawn=spawner, forwarded_signals=(), env=dict)
-    workers.startService()
-    assert spawner.calls[0]["childFDs"] == {0: "w", 1: 1, 2: 2}
+    assert listener.acceptor is None
 
 
 def test_an_inherited_socket_is_adopted_with_its_family() -> None:

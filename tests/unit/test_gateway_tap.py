@@ -265,17 +265,18 @@ def test_every_limit_has_a_command_line_override_that_workers_inherit(tmp_path: 
         parse("--max-batch-items", "lots")
 
 
-def test_a_supervisors_workers_listen_on_the_address_it_reserved() -> None:
+def test_a_supervisors_workers_listen_on_the_connections_it_hands_them() -> None:
+    from twisted.internet import reactor
+
     service = tap.makeService(parse("--workers", "2", "--listen",
-                                    "tcp:0:interface=127.0.0.1"), reactor=Clock())
+                                    "tcp:0:interface=127.0.0.1"), reactor=reactor)
     listener = service.getServiceNamed("kcm-kmip-socket")
     pool = service.getServiceNamed("kcm-gateway-workers")
     listener.startService()
     try:
         command = pool.command(1)
         listen = command[command.index("--listen") + 1]
-        port = listener.reserved.getsockname()[1]
-        assert listen == listener.worker_listen == f"reuseport:{port}:interface=127.0.0.1"
+        assert listen == listener.worker_listen == "handoff:3"
         worker = tap.makeService(parse(*command[7:]), reactor=Clock())
         assert worker.getServiceNamed("kcm-kmip-listener").description == listen
     finally:

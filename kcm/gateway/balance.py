@@ -1,0 +1,68 @@
+"""Which kcm-gateway worker the supervisor hands a new connection to: the one with the
+fewest open connections, ties in turn. No I/O: the supervisor tells it what it handed and
+what the workers reported (:mod:`kcm.gateway.acceptor`).
+
+A worker's load is the number of open connections it last reported plus the connections
+handed to it that it had not yet received when it reported (each report says how many it
+has received in all), so a report that crosses a handoff in flight neither loses nor
+counts twice the connection handed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["LeastConnections"]
+
+
+@dataclass(slots=True)
+class _Load:
+    handed: int = 0
+    received: int = 0
+    open: int = 0
+
+    def total(self) -> int:
+        return self.open + self.handed - self.received
+
+
+class LeastConnections:
+    """The workers that can take connections (by index) and each one's load."""
+
+    def __init__(self) -> None:
+        self._loads: dict[int, _Load] = {}
+        self._last: int = 0
+
+    def __len__(self) -> int:
+        return len(self._loads)
+
+    def __contains__(self, worker: object) -> bool:
+        return worker in self._loads
+
+    def add(self, worker: int) -> None:
+        """``worker`` (new, or restarted: its counts start afresh) can take connections."""
+        self._loads[worker] = _Load()
+
+    def remove(self, worker: int) -> None:
+        """``worker`` can take no more connections (it exited)."""
+        self._loads.pop(worker, None)
+
+    def handed(self, worker: int) -> None:
+        """A connection was handed to ``worker``."""
+        self._loads[worker].handed += 1
+        self._last = worker
+
+    def reported(self, worker: int, open_connections: int, received: int) -> None:
+        """``worker`` holds ``open_connections`` and has received ``received`` in all."""
+        load = self._loads.get(worker)
+        if load is not None:
+            load.open, load.received = open_connections, min(received, load.handed)
+
+    def load(self, worker: int) -> int:
+        """``worker``'s open connections as far as the supervisor knows."""
+        return self._loads[worker].total()
+
+    def ranked(self) -> list[int]:
+        """The workers in the order to try them: fewest connections first; among equals,
+        the next after the one last handed a connection, in index order (round robin)."""
+        after = sorted(self._loads, key=lambda worker: (worker <= self._last, worker))
+        return sorted(after, key=self.load)

@@ -1,0 +1,184 @@
+"""Connections handed from one process to another over a Unix socket pair: kcm-gateway's
+supervisor accepts on the KMIP TCP listener and hands each connection to a worker
+(:mod:`kcm.gateway.acceptor`); this module is the channel between them and the worker's
+side of it.
+
+* :func:`channel_pair` makes the channel: a ``SOCK_SEQPACKET`` socket pair, so that every
+  message arrives whole. The supervisor sends each connection as one message of one byte
+  carrying the descriptor (``SCM_RIGHTS``); the worker sends :data:`REPORT`: how many
+  connections it holds open and how many it has received in all.
+* ``handoff:N`` (:func:`parse_handoff`) is a listener description: the channel inherited
+  as descriptor N. :class:`HandoffServerEndpoint` listens on it: each descriptor received
+  is adopted by the reactor as a connection of the factory given to ``listen``
+  (``adoptStreamConnection``), and every :data:`REPORT_INTERVAL` seconds, when they
+  changed, the counts are reported. The open connections are the factory's
+  ``protocols`` (a Twisted ``WrappingFactory``'s, such as the TLS factory of
+  :class:`kcm.tls.TLSListener`); a factory without them reports none open.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReadDescriptor,
+    IStreamServerEndpoint,
+)
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["HANDOFF_BYTE", "HANDOFF_PREFIX", "REPORT", "REPORT_INTERVAL", "HandoffServerEndpoint",
+           "channel_pair", "handoff_description", "parse_handoff"]
+
+log = Logger()
+
+#: The kind of listener description a worker is given.
+HANDOFF_PREFIX = "handoff"
+#: A worker's report: open connections, connections received in all (big-endian).
+REPORT = struct.Struct("!II")
+#: Seconds between a worker's looks at its counts (it reports only a change).
+REPORT_INTERVAL = 0.2
+#: What a handed connection's message carries besides its descriptor.
+HANDOFF_BYTE = b"\0"
+#: Descriptors received per reactor turn at most (the rest wait for the next).
+_RECEIVED_PER_TURN = 64
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """(the supervisor's end, the worker's end) of a new channel; the supervisor's end is
+    non-blocking, the worker's is for a child process to inherit."""
+    supervisor_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    supervisor_end.setblocking(False)
+    return supervisor_end, worker_end
+
+
+def handoff_description(fileno: int) -> str:
+    """The listener description of the channel inherited as descriptor ``fileno``."""
+    return f"{HANDOFF_PREFIX}:{fileno}"
+
+
+def parse_handoff(description: str) -> int | None:
+    """The descriptor of a ``handoff:N`` description; None for any other kind."""
+    kind, _, rest = description.partition(":")
+    if kind.strip().lower() != HANDOFF_PREFIX:
+        return None
+    if not rest.strip().isdigit():
+        raise ValueError(f"{description!r}: handoff: takes a descriptor number (handoff:3)")
+    return int(rest)
+
+
+@implementer(IStreamServerEndpoint)
+class HandoffServerEndpoint:
+    """Listens on the channel inherited as descriptor ``fileno`` (see the module
+    docstring); the descriptor is the port's, closed when it stops listening."""
+
+    def __init__(self, reactor: Any, fileno: int) -> None:
+        self.reactor = reactor
+        self.fileno = fileno
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        port = HandoffPort(self.reactor, socket.socket(fileno=self.fileno), protocolFactory)
+        port.startListening()
+        return succeed(port)
+
+
+@implementer(IListeningPort, IReadDescriptor)
+class HandoffPort:
+    """A worker's end of the channel, read by the reactor; the connections it receives
+    are ``factory``'s."""
+
+    def __init__(self, reactor: Any, channel: socket.socket, factory: IProtocolFactory) -> None:
+        self.reactor = reactor
+        self.channel = channel
+        self.factory = factory
+        #: Connections received in all.
+        self.received = 0
+        self._reported = (0, 0)
+        self._reporter = LoopingCall(self.report)
+        self._reporter.clock = reactor
+        self._listening = False
+
+    # IListeningPort ---------------------------------------------------------------------
+    def startListening(self) -> None:
+        self.channel.setblocking(False)
+        self.factory.doStart()
+        self._listening = True
+        self.reactor.addReader(self)
+        self._reporter.start(REPORT_INTERVAL, now=False)
+
+    def stopListening(self) -> Deferred[None]:
+        if self._listening:
+            self.reactor.removeReader(self)
+            self._stop()
+        return succeed(None)
+
+    def getHost(self) -> UNIXAddress:
+        """The channel's address (unnamed): the listening address is the supervisor's."""
+        return UNIXAddress(None)
+
+    def _stop(self) -> None:
+        self._listening = False
+        if self._reporter.running:
+            self._reporter.stop()
+        self.channel.close()
+        self.factory.doStop()
+
+    # IReadDescriptor --------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self.channel.fileno() if self._listening else -1
+
+    def doRead(self) -> object:
+        for _ in range(_RECEIVED_PER_TURN):
+            try:
+                data, fds, _flags, _address = socket.recv_fds(
+                    self.channel, len(HANDOFF_BYTE), 1, _CLOEXEC)
+            except BlockingIOError:
+                return None
+            except OSError:
+                return CONNECTION_DONE
+            if not data and not fds:
+                return CONNECTION_DONE
+            for fd in fds:
+                self.received += 1
+                self._adopt(fd)
+        return None
+
+    def _adopt(self, fd: int) -> None:
+        try:
+            with socket.socket(fileno=fd) as connection:
+                connection.setblocking(False)
+                # The reactor adopts a copy of the descriptor; ours closes with `connection`.
+                self.reactor.adoptStreamConnection(connection.fileno(), connection.family,
+                                                   self.factory)
+        except OSError as e:  # reset by the client before it arrived here
+            log.debug("a handed connection could not be adopted: {error}", error=e)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._listening:
+            log.info("the supervisor closed the handoff channel; no new connections here")
+            self._stop()
+
+    def logPrefix(self) -> str:
+        return "kcm-handoff"
+
+    # Reports ----------------------------------------------------------------------------
+    def report(self) -> None:
+        """Send the counts to the supervisor if they changed since the last report."""
+        counts = (len(getattr(self.factory, "protocols", ())), self.received)
+        if counts == self._reported:
+            return
+        try:
+            self.channel.send(REPORT.pack(*counts), socket.MSG_NOSIGNAL)
+        except OSError:  # full (next time) or closed (the reader hears of it)
+            return
+        self._reported = counts

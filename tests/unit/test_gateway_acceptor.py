@@ -1,0 +1,142 @@
+"""kcm.gateway.acceptor: the supervisor accepts on a real listening socket and hands each
+connection over real channels (socket pairs) to the worker with the fewest; a fake reactor
+records what it reads, task.Clock drives the pause after accept fails."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from kcm.gateway.acceptor import Acceptor
+from kcm.handoff import REPORT
+
+
+class FakeReactor(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: set[Any] = set()
+
+    def addReader(self, reader: Any) -> None:
+        self.readers.add(reader)
+
+    def removeReader(self, reader: Any) -> None:
+        self.readers.discard(reader)
+
+
+@pytest.fixture
+def listening() -> Iterator[socket.socket]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        sock.setblocking(False)
+        yield sock
+
+
+def received(worker_end: socket.socket) -> list[socket.socket]:
+    """The connections waiting on a worker's end of its channel."""
+    worker_end.setblocking(False)
+    got = []
+    while True:
+        try:
+            _, fds, _, _ = socket.recv_fds(worker_end, 1, 1)
+        except BlockingIOError:
+            return got
+        got += [socket.socket(fileno=fd) for fd in fds]
+
+
+def connect(sock: socket.socket, count: int) -> list[socket.socket]:
+    return [socket.create_connection(sock.getsockname(), timeout=5) for _ in range(count)]
+
+
+def test_connections_are_handed_to_the_worker_with_the_fewest(listening) -> None:
+    reactor = FakeReactor()
+    acceptor = Acceptor(reactor, listening)
+    acceptor.start()
+    assert acceptor not in reactor.readers  # no worker yet: connections wait in the backlog
+    ends = {index: acceptor.open_channel(index) for index in (1, 2)}
+    assert acceptor in reactor.readers and set(acceptor.channels.values()) <= reactor.readers
+    clients = connect(listening, 8)
+    acceptor.doRead()
+    got = {index: received(end) for index, end in ends.items()}
+    assert [len(got[1]), len(got[2])] == [4, 4]
+    # The worker's side of each is the server side of a client's connection.
+    assert sorted(c.getpeername() for c in got[1] + got[2]) == sorted(
+        c.getsockname() for c in clients)
+    # Worker 1's clients leave; it says so; the next four go to it.
+    ends[1].send(REPORT.pack(0, 4))
+    acceptor.channels[1].doRead()
+    assert acceptor.balance.load(1) == 0
+    clients += connect(listening, 4)
+    acceptor.doRead()
+    assert [len(received(ends[1])), len(received(ends[2]))] == [4, 0]
+    for sock in clients + got[1] + got[2] + list(ends.values()):
+        sock.close()
+    acceptor.stop()
+    assert reactor.readers == set()
+
+
+def test_a_worker_whose_channel_is_gone_is_skipped_and_then_dropped(listening) -> None:
+    reactor = FakeReactor()
+    acceptor = Acceptor(reactor, listening)
+    acceptor.start()
+    first, second = acceptor.open_channel(1), acceptor.open_channel(2)
+    first.close()  # worker 1 exited
+    clients = connect(listening, 2)
+    acceptor.doRead()
+    assert len(received(second)) == 2
+    channel = acceptor.channels[1]
+    assert channel.doRead() is not None  # end-of-file: the reactor calls connectionLost
+    channel.connectionLost(None)  # type: ignore[arg-type]
+    assert list(acceptor.channels) == [2] and channel not in reactor.readers
+    for sock in clients + [second]:
+        sock.close()
+    acceptor.stop()
+
+
+def test_a_connection_no_worker_takes_is_closed(listening) -> None:
+    reactor = FakeReactor()
+    acceptor = Acceptor(reactor, listening)
+    acceptor.start()
+    acceptor.open_channel(1).close()
+    [client] = connect(listening, 1)
+    acceptor.doRead()
+    assert client.recv(1) == b""  # closed by the supervisor
+    client.close()
+    acceptor.close_channel(1)
+    assert acceptor not in reactor.readers  # no worker: not reading
+    acceptor.stop()
+
+
+class Exhausted:
+    """A listening socket whose accept fails as in a process out of descriptors."""
+
+    def __init__(self) -> None:
+        self.accepts = 0
+
+    def fileno(self) -> int:
+        return 99
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.accepts += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_running_out_of_descriptors_pauses_reading_instead_of_spinning() -> None:
+    reactor, listening = FakeReactor(), Exhausted()
+    acceptor = Acceptor(reactor, listening, pause=0.5)  # type: ignore[arg-type]
+    acceptor.start()
+    worker_end = acceptor.open_channel(1)
+    acceptor.doRead()
+    assert listening.accepts == 1 and acceptor not in reactor.readers
+    reactor.advance(0.4)
+    assert acceptor not in reactor.readers
+    reactor.advance(0.1)
+    assert acceptor in reactor.readers
+    acceptor.stop()
+    worker_end.close()
+    assert reactor.readers == set() and reactor.getDelayedCalls() == []

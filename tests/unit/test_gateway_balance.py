@@ -1,0 +1,65 @@
+"""kcm.gateway.balance: which worker the supervisor hands a connection to."""
+
+from __future__ import annotations
+
+from kcm.gateway.balance import LeastConnections
+
+
+def balance(*workers: int) -> LeastConnections:
+    chosen = LeastConnections()
+    for worker in workers:
+        chosen.add(worker)
+    return chosen
+
+
+def hand(chosen: LeastConnections, count: int) -> list[int]:
+    """Hand ``count`` connections, each to the first worker ranked; who got them."""
+    got = []
+    for _ in range(count):
+        worker = chosen.ranked()[0]
+        chosen.handed(worker)
+        got.append(worker)
+    return got
+
+
+def test_ties_go_round_robin() -> None:
+    assert hand(balance(1, 2, 3), 7) == [1, 2, 3, 1, 2, 3, 1]
+
+
+def test_eight_connections_fall_four_and_four() -> None:
+    chosen = balance(1, 2)
+    assert sorted(hand(chosen, 8)) == [1] * 4 + [2] * 4
+    assert (chosen.load(1), chosen.load(2)) == (4, 4)
+
+
+def test_the_least_loaded_comes_first_by_its_report_plus_what_it_was_handed_since() -> None:
+    chosen = balance(1, 2)
+    hand(chosen, 8)
+    chosen.reported(1, 1, 4)  # worker 1 received its four; three of them have closed
+    assert chosen.load(1) == 1 and chosen.ranked() == [1, 2]
+    assert hand(chosen, 3) == [1, 1, 1]
+    assert chosen.load(1) == 4
+    chosen.reported(1, 2, 5)  # a report that crosses two connections in flight...
+    assert chosen.load(1) == 4  # ...counts them as handed, not yet received
+    assert chosen.ranked() == [2, 1]  # equal: the next after the last handed (1)
+
+
+def test_a_report_never_counts_more_received_than_handed() -> None:
+    chosen = balance(1)
+    chosen.reported(1, 0, 3)  # (from before a restart; cannot happen, but harmless)
+    assert chosen.load(1) == 0
+
+
+def test_a_removed_worker_is_not_chosen_and_a_restarted_one_starts_afresh() -> None:
+    chosen = balance(1, 2)
+    hand(chosen, 4)
+    chosen.remove(1)
+    assert 1 not in chosen and len(chosen) == 1
+    assert chosen.ranked() == [2]
+    chosen.reported(1, 9, 9)  # a late report from the worker gone: ignored
+    chosen.add(1)
+    assert chosen.load(1) == 0 and chosen.ranked() == [1, 2]
+
+
+def test_no_workers_rank_nothing() -> None:
+    assert LeastConnections().ranked() == []

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test lint bench bench-core bench-gateway bench-fairness bench-cluster bench-sdk run clean
+.PHONY: test lint bench bench-core bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench-core: $(STAMP)
 ## operation against the core directly (about 2 minutes); docs/benchmarks.md.
 bench-gateway: $(STAMP)
 	$(BIN)/python benchmarks/gateway_bench.py
+
+## kcm-gateway with workers = 1 and workers = 2 side by side under 8 clients, driven by a
+## compiled load generator (built on first use with cc and OpenSSL's headers, Debian's
+## libssl-dev) and by Python clients (about 4 minutes); docs/benchmarks.md.
+bench-workers: $(STAMP)
+	$(BIN)/python benchmarks/workers_bench.py
 
 ## Another tenant's latency at kcm-core while one tenant runs heavy Locate batches, against
 ## the idle core (about 2 minutes); docs/benchmarks.md.

@@ -24,16 +24,30 @@ _S = ItemType.STRUCTURE
 _TEXT = ItemType.TEXT_STRING
 
 
+#: The encodings of :func:`kept_encoding`'s items, by identity; each item is kept alive
+#: here beside its encoding, so no other item can ever have its identity.
+_KEPT: dict[int, tuple[Item, bytes]] = {}
+
+
+def kept_encoding(item: Item) -> Item:
+    """``item``, its encoding kept for :func:`encode_attributes`: for the values the server
+    sets alike on every new object. Items are values, never changed in place."""
+    _KEPT[id(item)] = (item, encode(item))
+    return item
+
+
 def encode_attributes(attributes: list[Attribute]) -> bytes:
     """Encode ``attributes`` losslessly for storage: exactly ``encode`` of the structure
     :func:`reference_structure` builds, written without building it (every Create and
     every change of an object encodes its whole list)."""
     entries = []
+    kept_encodings = _KEPT
     for attribute in attributes:
         value = attribute.value
         if value is None:
             raise ValueError("a stored attribute must have a value")
-        encoded = encode(value)
+        kept = kept_encodings.get(id(value))
+        encoded = kept[1] if kept is not None and kept[0] is value else encode(value)
         parts = [_HEADER(_VALUE_HEAD, len(encoded)), encoded]
         if attribute.index is not None:
             parts.append(encode(Item(INDEX, ItemType.INTEGER, attribute.index)))

@@ -7,8 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kcm.core.attribute_blob import decode_attributes, encode_attributes, reference_structure
+from kcm.core.attribute_blob import (
+    decode_attributes,
+    encode_attributes,
+    kept_encoding,
+    reference_structure,
+)
 from kcm.kmip.attributes import Attribute
+from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, encode
 from tests.unit.test_ttlv_properties import trees
 
@@ -35,3 +41,28 @@ def test_an_attribute_without_a_value_is_refused() -> None:
 def test_an_empty_list() -> None:
     assert encode_attributes([]) == encode(Item(0x54A001, reference_structure([]).type, []))
     assert decode_attributes(encode_attributes([])) == []
+
+
+@given(st.lists(attributes, max_size=8), st.lists(trees, min_size=1, max_size=4))
+def test_kept_encodings_are_the_items_own(listed: list[Attribute], values: list[Item]) -> None:
+    """Items whose encoding is kept (what the server sets on every new object) are written
+    exactly as any other, beside items that are not kept."""
+    kept = [Attribute(value.tag, kept_encoding(value), 1) for value in values]
+    mixed = [*kept, *listed, *kept]
+    blob = encode_attributes(mixed)
+    assert blob == encode(reference_structure(mixed))
+    assert decode_attributes(blob) == mixed
+
+
+def test_the_server_set_attributes_of_a_create_are_stored_as_they_encode() -> None:
+    from kcm.core.operations import create
+
+    flags = [create._flag(tag, value) for (tag, value) in create._FLAGS]
+    fixed = [Attribute(Tag.LEASE_TIME, create._LEASE),
+             Attribute(Tag.RANDOM_NUMBER_GENERATOR, create._GENERATED),
+             Attribute(Tag.OPERATION_POLICY_NAME, create._DEFAULT_POLICY), *flags]
+    assert encode_attributes(fixed) == encode(reference_structure(fixed))
+    decoded = decode_attributes(encode_attributes(fixed))
+    assert decoded == fixed
+    assert (decoded[0].typed, decoded[2].typed) == (create.LEASE_TIME, "default")
+    assert {(a.tag, a.typed) for a in decoded[3:]} == set(create._FLAGS)

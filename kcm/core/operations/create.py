@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from kcm.core import l4_requests, managed, policy
+from kcm.core.attribute_blob import kept_encoding
 from kcm.core.attribute_rules import check_client_attributes
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import single_value
@@ -119,6 +120,28 @@ def generate_key(ctx: OperationContext, algorithm: int, length: int) -> bytes:
     return ctx.random_bytes(length // 8)
 
 
+def _server_set(tag: int, item_type: ItemType, value: object) -> Item:
+    return kept_encoding(Item(tag, item_type, value))
+
+
+# What the server sets alike on every new object: one item each, shared (items are values),
+# encoded once (kcm.core.attribute_blob.kept_encoding).
+_SOFTWARE_STORAGE = _server_set(Tag.PROTECTION_STORAGE_MASK, ItemType.INTEGER,
+                                int(ProtectionStorageMask.SOFTWARE))
+_LEASE = _server_set(Tag.LEASE_TIME, ItemType.INTERVAL, LEASE_TIME)
+_RAW_FORMAT = _server_set(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION, int(KeyFormatType.RAW))
+_GENERATED = kept_encoding(Item(Tag.RANDOM_NUMBER_GENERATOR, ItemType.STRUCTURE, [
+    Item(Tag.RNG_ALGORITHM, ItemType.ENUMERATION, int(RNGAlgorithm.UNSPECIFIED))]))
+_FLAGS = {(tag, value): _server_set(tag, ItemType.BOOLEAN, value)
+          for tag in (Tag.SENSITIVE, Tag.EXTRACTABLE, Tag.ALWAYS_SENSITIVE,
+                      Tag.NEVER_EXTRACTABLE, Tag.FRESH) for value in (False, True)}
+_DEFAULT_POLICY = _server_set(Tag.OPERATION_POLICY_NAME, ItemType.TEXT_STRING, "default")
+
+
+def _flag(tag: int, value: bool) -> Attribute:
+    return Attribute(tag, _FLAGS[tag, value])
+
+
 def server_attributes(ctx: OperationContext, uid: str, object_type: int,
                       attributes: list[Attribute], *, algorithm: int | None,
                       length: int | None, state: State | None = None,
@@ -156,11 +179,11 @@ def server_attributes(ctx: OperationContext, uid: str, object_type: int,
         Attribute.of(Tag.ORIGINAL_CREATION_DATE, ctx.now),
     ]
     # Material is kept wrapped in software (the key file or the database), never in an HSM.
-    stored.append(Attribute.of(Tag.PROTECTION_STORAGE_MASK, int(ProtectionStorageMask.SOFTWARE),
-                               ItemType.INTEGER))
+    stored.append(Attribute(Tag.PROTECTION_STORAGE_MASK, _SOFTWARE_STORAGE))
     if key_bytes is not None:
-        stored.append(Attribute.of(Tag.KEY_FORMAT_TYPE, int(key_format), ItemType.ENUMERATION))
-        stored.append(Attribute.of(Tag.LEASE_TIME, LEASE_TIME, ItemType.INTERVAL))
+        stored.append(Attribute(Tag.KEY_FORMAT_TYPE, _RAW_FORMAT) if key_format == _RAW_FORMAT.value
+                      else Attribute.of(Tag.KEY_FORMAT_TYPE, int(key_format), ItemType.ENUMERATION))
+        stored.append(Attribute(Tag.LEASE_TIME, _LEASE))
         stored.append(Attribute(Tag.DIGEST, Item(Tag.DIGEST, ItemType.STRUCTURE, [
             Item(Tag.HASHING_ALGORITHM, ItemType.ENUMERATION, HashingAlgorithm.SHA_256),
             Item(Tag.DIGEST_VALUE, ItemType.BYTE_STRING, hashlib.sha256(key_bytes).digest()),
@@ -169,27 +192,25 @@ def server_attributes(ctx: OperationContext, uid: str, object_type: int,
     if generated:
         # Keys come from the operating system's CSPRNG (os.urandom); no more specific
         # algorithm can be claimed truthfully.
-        stored.append(Attribute(Tag.RANDOM_NUMBER_GENERATOR, Item(
-            Tag.RANDOM_NUMBER_GENERATOR, ItemType.STRUCTURE,
-            [Item(Tag.RNG_ALGORITHM, ItemType.ENUMERATION, RNGAlgorithm.UNSPECIFIED)])))
+        stored.append(Attribute(Tag.RANDOM_NUMBER_GENERATOR, _GENERATED))
     sensitive = single_value(attributes, Tag.SENSITIVE)
     extractable = single_value(attributes, Tag.EXTRACTABLE)
     if sensitive is None:
         sensitive = False
-        stored.append(Attribute.of(Tag.SENSITIVE, False, ItemType.BOOLEAN))
+        stored.append(_flag(Tag.SENSITIVE, False))
     if extractable is None:
         extractable = True
-        stored.append(Attribute.of(Tag.EXTRACTABLE, True, ItemType.BOOLEAN))
+        stored.append(_flag(Tag.EXTRACTABLE, True))
     stored += [
-        Attribute.of(Tag.ALWAYS_SENSITIVE, bool(sensitive), ItemType.BOOLEAN),
-        Attribute.of(Tag.NEVER_EXTRACTABLE, not extractable, ItemType.BOOLEAN),
+        _flag(Tag.ALWAYS_SENSITIVE, bool(sensitive)),
+        _flag(Tag.NEVER_EXTRACTABLE, not extractable),
     ]
     if single_value(attributes, Tag.FRESH) is None:
-        stored.append(Attribute.of(Tag.FRESH, True, ItemType.BOOLEAN))
+        stored.append(_flag(Tag.FRESH, True))
     if single_value(attributes, Tag.OPERATION_POLICY_NAME) is None:
         # KMIP 1.x clients (PyKMIP among them) expect every object to carry one; KCM's
         # policy is not per object, so every object names the one policy, "default".
         # KMIP 2.x has no such attribute: its encoder drops it.
-        stored.append(Attribute.of(Tag.OPERATION_POLICY_NAME, "default", ItemType.TEXT_STRING))
+        stored.append(Attribute(Tag.OPERATION_POLICY_NAME, _DEFAULT_POLICY))
     return stored
 

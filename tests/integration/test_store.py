@@ -400,6 +400,27 @@ def test_failed_transaction_leaves_nothing_sync(store: Store) -> None:
     assert store.run_sync(verify_chain).ok
 
 
+def test_a_commit_that_adds_events_is_told_after_it_commits(store: Store) -> None:
+    """This process's fan-out reads new events when their commit is done, not at its next
+    poll: the store tells ``on_outbox_written`` after (and only after) a commit that added
+    some."""
+    told: list[int] = []
+
+    def count_events(session: Session) -> int:
+        return session.scalar(select(func.count()).select_from(OutboxEvent)) or 0
+
+    store.on_outbox_written = lambda: told.append(store.run_sync(count_events, write=False))
+    store.run_sync(lambda s: append_audit(s, _event(1)))  # no event: nobody told
+    assert told == []
+    store.run_sync(lambda s: [repo.append_outbox(s, "policy", None, b"p") for _ in range(3)])
+    assert told == [3]  # once per transaction, and the events are committed by then
+    with pytest.raises(_Boom):
+        store.run_sync(_change_then_fail)  # rolled back: nobody told
+    assert told == [3]
+    store.run_sync(lambda s: repo.append_outbox(s, "policy", None, b"p"), write=True)
+    assert told == [3, 4]
+
+
 @pytest_twisted.inlineCallbacks
 def test_failed_transaction_leaves_nothing_deferred(store: Store):
     store.startService()

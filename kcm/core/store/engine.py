@@ -31,7 +31,7 @@ from twisted.python.threadpool import ThreadPool
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
 from kcm.core.store.object_cache import OBJECT_CACHE_INFO, ObjectCache
 from kcm.core.store.raw_statements import execute_plain
-from kcm.core.store.repository import lock_writers
+from kcm.core.store.repository import OUTBOX_WRITTEN_INFO, lock_writers
 from kcm.core.store.savepoints import StoreSession
 
 T = TypeVar("T")
@@ -193,6 +193,9 @@ class Store(Service):
         #: not measured.
         self.on_transaction: Callable[[bool, float], None] | None = None
         self.on_audit_written: Callable[[int], None] | None = None
+        #: Called on the worker thread after each commit that added outbox events (the
+        #: fan-out reads them at once, not at its next poll); None: nobody is told.
+        self.on_outbox_written: Callable[[], None] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -320,4 +323,6 @@ class Store(Service):
             learnt = info.pop(LEARNT_INFO, None)
             if learnt:
                 self.known.services.update(learnt)
+            if info.pop(OUTBOX_WRITTEN_INFO, False) and self.on_outbox_written is not None:
+                self.on_outbox_written()
             return result

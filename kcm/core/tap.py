@@ -155,7 +155,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         link_factory.on_usage = UsageIntake(store, reactor,
                                             on_cap_reached=sweeper.sweep_soon).add
         core.fanout, core.link_factory = fanout, link_factory
-        store.on_outbox_written = partial(reactor.callFromThread, fanout.wake)
+        store.on_outbox_written = _on_reactor(reactor, fanout.wake)
         fanout.setServiceParent(core)
         OutboxListener(store, fanout.wake, reactor).setServiceParent(core)
         TLSListener(reactor, config.link_listen, link_tls_options, link_factory,
@@ -171,6 +171,12 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(metrics.registry, readiness)).setServiceParent(core)
     return core
+
+
+def _on_reactor(reactor: Any, call: Callable[[], object]) -> Callable[[], None]:
+    """``call`` made on the reactor thread, from any thread (the reactor is looked up when
+    it is made: makeService only assembles)."""
+    return lambda: reactor.callFromThread(call)
 
 
 def fanout_poll_interval(database: str) -> float:

@@ -140,9 +140,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         _sweep_step(rotate_tenant_keys_due, keyring=keyring),
         _sweep_step(rewrap_step, keyring=keyring)])
     if config.link_listen:
-        # Woken by this process's commits that add events (the store's on_outbox_written)
-        # and, on PostgreSQL, by every core's (OutboxListener); the poll finds the events
-        # of other processes on SQLite (the kcm command, another core on the file).
+        # Woken on PostgreSQL by every core's commits that add events (OutboxListener), on
+        # SQLite by this process's (the store's on_outbox_written); the poll finds the
+        # events of other processes on SQLite (the kcm command, another core on the file).
         fanout = EventFanout(store, reactor, head=None,  # read from the outbox at start
                              poll_interval=fanout_poll_interval(config.database))
         link_factory = LinkServerFactory(
@@ -155,7 +155,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         link_factory.on_usage = UsageIntake(store, reactor,
                                             on_cap_reached=sweeper.sweep_soon).add
         core.fanout, core.link_factory = fanout, link_factory
-        store.on_outbox_written = _on_reactor(reactor, fanout.wake)
+        if not _notifies(config.database):  # there the commit's NOTIFY wakes it already
+            store.on_outbox_written = _on_reactor(reactor, fanout.wake)
         fanout.setServiceParent(core)
         OutboxListener(store, fanout.wake, reactor).setServiceParent(core)
         TLSListener(reactor, config.link_listen, link_tls_options, link_factory,
@@ -179,9 +180,14 @@ def _on_reactor(reactor: Any, call: Callable[[], object]) -> Callable[[], None]:
     return lambda: reactor.callFromThread(call)
 
 
+def _notifies(database: str) -> bool:
+    """Whether commits that add events NOTIFY every core (PostgreSQL)."""
+    return database.startswith("postgresql")
+
+
 def fanout_poll_interval(database: str) -> float:
     """Seconds between the fan-out's reads of the outbox: on PostgreSQL a fallback behind
     the commits' NOTIFY (so 0.5); on SQLite, where only this process's own commits wake it,
     the way other processes' events are found (so 0.2: an idle core reads five times a
     second, not twenty)."""
-    return 0.5 if database.startswith("postgresql") else 0.2
+    return 0.5 if _notifies(database) else 0.2

@@ -203,9 +203,10 @@ class BackgroundLineWriter:
         whether they were."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            self._hurry = True
-            self._changed.notify_all()
             while self._pending or self._busy:
+                # (each time round: lines queued while the writer wrote do not linger)
+                self._hurry = True
+                self._changed.notify_all()
                 self._ensure_thread()
                 left = deadline - time.monotonic()
                 if left <= 0:

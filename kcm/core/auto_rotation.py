@@ -21,7 +21,6 @@ destroys anything.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +38,7 @@ from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, STATE_ACTIVE, ManagedObject
 from kcm.core.usage import uses_of
 from kcm.kernel import lifecycle
+from kcm.kernel.correlation import new_correlation_id
 from kcm.kmip.tags import Tag
 from kcm.ttlv import ItemType
 
@@ -186,7 +186,7 @@ def _rotate(session: Session, keyring: Keyring, previous: ManagedObject,
         detail.update(max_uses=policy.max_uses, uses=uses)
     append_audit(session, AuditEvent(
         principal=ROTATOR, operation=AUDIT_OPERATION, result_status="SUCCESS",
-        correlation_id=uuid.uuid4().hex[:16], source="state-sweeper", tenant=tenant,
+        correlation_id=new_correlation_id(), source="state-sweeper", tenant=tenant,
         object_ids=(uid, previous.uid), detail=detail),  # type: ignore[arg-type]
         clock=lambda: now)
     return rotation

@@ -79,6 +79,13 @@ class StoredObject:
         value = views[name] = compute()
         return value
 
+    def remember(self, name: str, value: object) -> None:
+        """Keep ``value`` as ``name`` with the object's cache entry, replacing what was
+        kept (not kept once this object has been changed); :meth:`memo` reads it back."""
+        cached = self._cached
+        if cached is not None and self.row.revision == cached.stamp[0]:
+            cached.views[name] = value
+
     @property
     def uid(self) -> str:
         return self.row.uid

@@ -17,7 +17,6 @@ Each rotation is an ``AutoRotate`` audit record naming the attribute policy that
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 
 from sqlalchemy import select
@@ -32,6 +31,7 @@ from kcm.core.operations.rekey import re_key
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.schema import STATE_ACTIVE, STATE_PRE_ACTIVE, ManagedObject
 from kcm.identity import Principal, Role
+from kcm.kernel.correlation import new_correlation_id
 from kcm.kmip.enums import ObjectType
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder
@@ -118,7 +118,7 @@ def _audit(ctx: OperationContext, uid: str, new_uid: str | None,
     append_audit(ctx.session, AuditEvent(
         principal=ROTATOR, operation=AUDIT_OPERATION,
         result_status="SUCCESS" if new_uid else "OPERATION_FAILED",
-        correlation_id=uuid.uuid4().hex[:16], source="state-sweeper",
+        correlation_id=new_correlation_id(), source="state-sweeper",
         tenant=ctx.principal.tenant,
         object_ids=(new_uid, uid) if new_uid else (uid,),
         detail=detail), clock=lambda: now)  # type: ignore[arg-type]

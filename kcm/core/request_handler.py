@@ -27,7 +27,6 @@ sent. Either way an answer leaves only once its changes and audit records are du
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +48,7 @@ from kcm.core.operations import READ_ONLY
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.kernel.batch import Savepoint
+from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.responses import (
     CLIENT_GONE,
     encode_items,
@@ -230,7 +230,7 @@ class CoreRequestHandler:
                      version: Version, now: int) -> Deferred[bytes]:
         """General Failure for a request whose group did not commit; its own audit record
         is attempted in a later group (the answer does not depend on it)."""
-        correlation_id = uuid.uuid4().hex[:16]
+        correlation_id = new_correlation_id()
         log.failure("request failed [correlation id {cid}]", failure, cid=correlation_id)
         answer = self._failed_answer(caller, version, correlation_id, now)
 
@@ -269,7 +269,7 @@ class CoreRequestHandler:
         """A store worker: the answer to a request of read-only operations, executed in a
         read-only transaction, and the audit records to write before it is sent; a request
         refused whole or failed is answered here too. None: the request writes."""
-        correlation_id = uuid.uuid4().hex[:16]
+        correlation_id = new_correlation_id()
         try:
             request = self._decode(wire)
         except _Refused as refused:
@@ -297,7 +297,7 @@ class CoreRequestHandler:
         its changes and every audit record of it written there. A batch that fails
         unexpectedly leaves nothing but its General Failure record; if even that cannot be
         written, nothing (it raises after its savepoint rolled back)."""
-        correlation_id = uuid.uuid4().hex[:16]
+        correlation_id = new_correlation_id()
         try:
             request = self._decode(wire)
         except _Refused as refused:

@@ -13,8 +13,6 @@ core does.
 
 from __future__ import annotations
 
-import uuid
-
 from sqlalchemy.orm import Session
 
 from kcm.core import policy
@@ -23,6 +21,7 @@ from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
 from kcm.core.l4_keys import l3_for, service_key_of
 from kcm.core.store import repository
+from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
@@ -53,7 +52,7 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
     not raised, so that its audit record commits: this runs in a write transaction, and
     audits every outcome (a refusal of who asks with ``denied`` in its detail).
     """
-    correlation_id = uuid.uuid4().hex[:16]
+    correlation_id = new_correlation_id()
     if uid is not None:
         # The caller's own tenant names the record: a refused attempt on another tenant's
         # key is that caller's doing.

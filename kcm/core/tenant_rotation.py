@@ -21,7 +21,6 @@ committed still unwraps it under the old L2, which stays until an operator destr
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -42,6 +41,7 @@ from kcm.core.store.schema import (
     ManagedObject,
 )
 from kcm.kernel import lifecycle
+from kcm.kernel.correlation import new_correlation_id
 from kcm.kmip.tags import Tag
 from kcm.ttlv import ItemType
 
@@ -101,7 +101,7 @@ def rotate_tenant_key(session: Session, keyring: Keyring, tenant: str, *, now: i
     old = [row.uid for row in old_rows]
     append_audit(session, AuditEvent(
         principal=by, operation=ROTATE_OPERATION, result_status="SUCCESS",
-        correlation_id=uuid.uuid4().hex[:16], source="kcm-core", tenant=tenant,
+        correlation_id=new_correlation_id(), source="kcm-core", tenant=tenant,
         object_ids=(new_uid, *old), detail={"reason": reason, **(detail or {})}),  # type: ignore[arg-type]
         clock=lambda: now)
     return new_uid, old
@@ -165,7 +165,7 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         done = Rewrapped(old.tenant, old.uid, current.uid, len(moved), len(rows) > batch)
         append_audit(session, AuditEvent(
             principal="kcm-core/rotation", operation=AUDIT_OPERATION, result_status="SUCCESS",
-            correlation_id=uuid.uuid4().hex[:16], source="state-sweeper", tenant=old.tenant,
+            correlation_id=new_correlation_id(), source="state-sweeper", tenant=old.tenant,
             object_ids=tuple(moved),
             detail={"from": old.uid, "to": current.uid, "count": len(moved),
                     "more": done.more}), clock=lambda: now)

@@ -112,7 +112,7 @@ def resolve_spec(algorithm: int | None, stored: object,
     if algorithm not in MODES:
         raise unsupported(f"{enum_label(CryptographicAlgorithm, algorithm)} keys "
                                    "cannot encrypt here")
-    params = merge_parameters(stored, requested, _PARAMETER_FIELDS)
+    params = merge_parameters(stored, requested, PARAMETER_FIELDS)
     named = params.cryptographic_algorithm
     if named is not None and named != algorithm:
         raise KmipError(ResultReason.INVALID_FIELD,
@@ -153,7 +153,8 @@ def resolve_spec(algorithm: int | None, stored: object,
                       iv_length)
 
 
-_PARAMETER_FIELDS = ("block_cipher_mode", "padding_method", "cryptographic_algorithm",
+#: The fields of Cryptographic Parameters that decide a cipher (:func:`resolve_spec`).
+PARAMETER_FIELDS = ("block_cipher_mode", "padding_method", "cryptographic_algorithm",
                      "random_iv", "iv_length", "tag_length")
 
 

@@ -46,7 +46,6 @@ errors and refusals are logged.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Protocol
@@ -70,6 +69,7 @@ from kcm.gateway.local_batch import LocalRun, LocalRunner
 from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
+from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.responses import (
     CLIENT_GONE,
     encode_items,
@@ -115,11 +115,6 @@ class Link(Protocol):
     """What the handler needs of the link to the core (kcm.gateway.link_client)."""
 
     def forward(self, wire: bytes, caller: Principal, source: str) -> Deferred[bytes]: ...
-
-
-def new_correlation_id() -> str:
-    """A fresh id naming one request in answers and in the log."""
-    return os.urandom(8).hex()
 
 
 class GatewayRequestHandler:

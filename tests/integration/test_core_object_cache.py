@@ -182,6 +182,26 @@ def test_a_row_changed_in_this_transaction_is_not_served_from_memory(
     assert ok(encrypt(core, uid, NIST_PLAIN, ECB)).data == ECB_CIPHER
 
 
+def test_the_cipher_kept_is_the_last_one_resolved_and_only_for_its_parameters(
+        core: CoreHarness) -> None:
+    uid = store_key(core, NIST_KEY)
+    assert ok(encrypt(core, uid, NIST_PLAIN, ECB)).data == ECB_CIPHER
+    entry = core.store.objects.get("demo", uid, _stamp(core, uid))
+    assert entry is not None
+    assert entry.views["last_spec"][1].mode == BlockCipherMode.ECB
+    # Other parameters: resolved for themselves (GCM answers with an IV and a tag), and
+    # the one kept is replaced, not added to.
+    gcm = ok(encrypt(core, uid, NIST_PLAIN, params(BlockCipherMode.GCM)))
+    assert gcm.iv_counter_nonce and gcm.authenticated_encryption_tag
+    assert entry.views["last_spec"][1].mode == BlockCipherMode.GCM
+    assert sum(name == "last_spec" for name in entry.views) == 1
+    # Parameters the key cannot run are refused every time, whatever was kept before.
+    for _ in range(2):
+        failed(encrypt(core, uid, NIST_PLAIN, params(BlockCipherMode.ECB, padding=99)),
+               ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS)
+    assert ok(encrypt(core, uid, NIST_PLAIN, ECB)).data == ECB_CIPHER
+
+
 def _stamp(core: CoreHarness, uid: str) -> tuple[int, int]:
     from kcm.core.store import repository
 

@@ -64,9 +64,25 @@ _Response = TypeVar("_Response", EncryptResponse, DecryptResponse)
 
 def resolve_spec(obj: managed.StoredObject,
                  requested: CryptographicParameters | None) -> CipherSpec:
-    """The cipher an Encrypt or Decrypt will run: request over key attribute over default."""
-    return symmetric.resolve_spec(obj.value(Tag.CRYPTOGRAPHIC_ALGORITHM),
+    """The cipher an Encrypt or Decrypt will run: request over key attribute over default.
+    The object's cache entry keeps the last one resolved, with the request's parameters it
+    was resolved for (one entry: a client varying them costs a resolution, not memory)."""
+    asked = None if requested is None else tuple(
+        getattr(requested, name) for name in symmetric.PARAMETER_FIELDS)
+    last = obj.memo(_LAST_SPEC, _no_spec)
+    if last[0] == asked and last[1] is not None:
+        return last[1]
+    spec = symmetric.resolve_spec(obj.value(Tag.CRYPTOGRAPHIC_ALGORITHM),
                                   obj.value(Tag.CRYPTOGRAPHIC_PARAMETERS), requested)
+    obj.remember(_LAST_SPEC, (asked, spec))
+    return spec
+
+
+_LAST_SPEC = "last_spec"
+
+
+def _no_spec() -> tuple[object, CipherSpec | None]:
+    return (None, None)
 
 
 # Streams ------------------------------------------------------------------------

@@ -331,7 +331,7 @@ def main() -> None:
             for _ in range(args.requests):
                 run()
             profile.disable()
-            pstats.Stats(profile).sort_stats(os.environ.get("KCM_PROFILE_SORT", "tottime")).print_stats(45)
+            pstats.Stats(profile).sort_stats("tottime").print_stats(30)
             return
         depths = args.depths.split(",")
         print(f"gateway CPU µs per request, in process, best of {args.rounds} x "

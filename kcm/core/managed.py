@@ -52,13 +52,17 @@ class StoredObject:
     in the session, or (for one read from the store's object cache, ``cached``) its
     columns as read, which :meth:`stored_row` puts in the session once it is changed."""
 
-    __slots__ = ("row", "attributes", "_cached")
+    __slots__ = ("row", "attributes", "_cached", "_stored")
 
     def __init__(self, row: Row | repository.ObjectColumns, attributes: list[Attribute],
-                 cached: CachedObject | None = None) -> None:
+                 cached: CachedObject | None = None,
+                 stored: tuple[Attribute, ...] | None = None) -> None:
         self.row = row
         self.attributes = attributes
         self._cached = cached
+        #: The attributes as stored (not changed in place by operations), or None: a new
+        #: object's. What the store's Name and Object Group copies hold (:func:`save`).
+        self._stored = tuple(attributes) if stored is None else stored
 
     def stored_row(self, session: Session) -> Row:
         """The object's row in ``session``, to change it."""
@@ -184,7 +188,7 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredOb
         cached.views[_ATTRIBUTES] = tuple(decode_attributes(columns.attributes))
     attributes = [Attribute(a.tag, a.value, a.index, a.vendor_identification, a.name)
                   for a in cached.views[_ATTRIBUTES]]  # operations renumber them in place
-    return StoredObject(cached.columns, attributes, cached)
+    return StoredObject(cached.columns, attributes, cached, cached.views[_ATTRIBUTES])
 
 
 _ATTRIBUTES = "attributes"
@@ -237,15 +241,27 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     """
     if changed:
         obj.set(Tag.LAST_CHANGE_DATE, ctx.now)
-    row = obj.stored_row(ctx.session)
-    stored_state = row.state
+    stored_state = obj.row.state
     columns = _columns(obj)
-    repository.update_object(ctx.session, row, attributes=encode_attributes(obj.attributes),
-                             **columns)
-    repository.set_names(ctx.session, row, _names(obj))
-    repository.set_groups(ctx.session, row, _groups(obj))
+    _update(ctx, obj, attributes=encode_attributes(obj.attributes), **columns)
+    # The Locate copies of Names and Object Groups are rewritten only when they changed
+    # (a state change leaves them alone): one UPDATE in all for most saves.
+    names, groups = _names(obj), _groups(obj)
+    stored_names = _names(obj._stored)
+    stored_groups = _groups(obj._stored)
+    if names != stored_names or groups != stored_groups:
+        repository.replace_locate_copies(
+            ctx.session, obj.uid, obj.tenant, names=None if names == stored_names else names,
+            groups=None if groups == stored_groups else groups)
+    obj._stored = tuple(obj.attributes)
     if obj.level == LEVEL_SERVICE_KEY and columns["state"] != stored_state:
         events.l3_state(ctx, obj.tenant, obj.uid, obj.row.service, columns["state"])
+
+
+def _update(ctx: OperationContext, obj: StoredObject, **changes: Any) -> None:
+    """Write column ``changes`` of ``obj`` in one statement; ``obj.row`` is then the row
+    as stored (:func:`kcm.core.store.repository.update_columns`)."""
+    obj.row = repository.update_columns(ctx.session, obj.row, **changes)
 
 
 def material(ctx: OperationContext, obj: StoredObject) -> Struct | Item:
@@ -262,8 +278,7 @@ def decode_material(blob: bytes) -> Struct | Item:
 
 def destroy_material(ctx: OperationContext, obj: StoredObject) -> None:
     """Forget the key material for good; the metadata stays (KMIP 1.4 §4.21)."""
-    repository.update_object(ctx.session, obj.stored_row(ctx.session), material=None,
-                             wrapped_by=None)
+    _update(ctx, obj, material=None, wrapped_by=None)
 
 
 def encode_material(managed_object: Struct | Item) -> bytes:
@@ -303,17 +318,19 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _names(obj: StoredObject) -> Iterable[tuple[str, int]]:
+def _names(obj: StoredObject | Iterable[Attribute]) -> list[tuple[str, int]]:
     names = []
-    for attribute in obj.all(Tag.NAME):
-        name = attribute.typed
-        if isinstance(name, Name):
-            names.append((name.value, int(name.type)))
+    for attribute in obj.attributes if isinstance(obj, StoredObject) else obj:
+        if attribute.tag == Tag.NAME:
+            name = attribute.typed
+            if isinstance(name, Name):
+                names.append((name.value, int(name.type)))
     return names
 
 
-def _groups(obj: StoredObject) -> Iterable[str]:
-    return [a.typed for a in obj.all(Tag.OBJECT_GROUP) if isinstance(a.typed, str)]
+def _groups(obj: StoredObject | Iterable[Attribute]) -> list[str]:
+    return [a.typed for a in (obj.attributes if isinstance(obj, StoredObject) else obj)
+            if a.tag == Tag.OBJECT_GROUP and isinstance(a.typed, str)]
 
 
 def date_attribute(tag: int, when: int) -> Attribute:

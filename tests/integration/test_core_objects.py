@@ -59,10 +59,12 @@ from kcm.kmip.objects import (
 )
 from kcm.kmip.payloads import (
     ActivateRequest,
+    DeleteAttributeRequest,
     DestroyRequest,
     GetAttributesRequest,
     GetRequest,
     LocateRequest,
+    ModifyAttributeRequest,
     RegisterRequest,
     ReKeyRequest,
     RevocationReason,
@@ -371,6 +373,33 @@ def test_locate_by_name_and_type(core: CoreHarness, version) -> None:
     assert found.unique_identifiers == [uid]
     assert found.located_items is None
     assert locate(core, name("nobody"), version=version).unique_identifiers == []
+
+
+def test_locate_copies_follow_every_save(core: CoreHarness) -> None:
+    """A save rewrites the store's Name and Object Group copies only when they changed;
+    whether it did or not, Locate finds what the attributes say, and a state change moves
+    the row's revision once."""
+    group = Attribute.of(Tag.OBJECT_GROUP, "g")
+    uid = register(core, attributes=[name("keep"), group])
+    before = row(core, uid).revision
+    ok(core, Operation.ACTIVATE, ActivateRequest(unique_identifier=uid))
+    stored = row(core, uid)
+    assert (stored.state, stored.revision) == (State.ACTIVE, before + 1)
+    assert locate(core, name("keep")).unique_identifiers == [uid]
+    assert locate(core, group).unique_identifiers == [uid]
+    assert locate(core, Attribute.of(Tag.STATE, State.ACTIVE)).unique_identifiers == [uid]
+    ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=name("renamed")), version=V14)
+    assert locate(core, name("keep")).unique_identifiers == []
+    assert locate(core, name("renamed")).unique_identifiers == [uid]
+    assert locate(core, group).unique_identifiers == [uid]
+    ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=AttributeReference(Tag.OBJECT_GROUP)))
+    assert locate(core, group).unique_identifiers == []
+    assert locate(core, name("renamed")).unique_identifiers == [uid]
+    assert core.store.run_sync(lambda s: (repository.names_of(s, uid),
+                                          repository.groups_of(s, uid))) == (
+        [("renamed", NameType.UNINTERPRETED_TEXT_STRING)], [])
 
 
 def test_locate_filters(core: CoreHarness) -> None:

@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import delete, func, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from kcm.core.audit import (
     GENESIS_DIGEST,
@@ -225,6 +226,50 @@ def test_insert_get_update(store: Store) -> None:
     obj = store.run_sync(lambda s: repo.get_object(s, "t1", "k1"), write=False)
     assert (obj.state, obj.activation_date, obj.revision) == (STATE_ACTIVE, 2000, 3)
     assert store.run_sync(lambda s: repo.names_of(s, "k1")) == [("alias", 2), ("db-master-2", 1)]
+
+
+def test_update_columns_is_one_checked_update(store: Store) -> None:
+    store.run_sync(lambda s: _new_key(s, "k1", names=[("db-master", 1)]))
+    read = store.run_sync(lambda s: repo.object_columns(s, "t1", "k1"), write=False)
+
+    def activate(session: Session) -> repo.ObjectColumns:
+        columns = repo.object_columns(session, "t1", "k1", for_update=True)
+        return repo.update_columns(session, columns, state=STATE_ACTIVE,
+                                   activation_date=2000, attributes=b"\x43attrs")
+
+    changed = store.run_sync(activate)
+    assert changed == read._replace(state=STATE_ACTIVE, activation_date=2000,
+                                    attributes=b"\x43attrs", revision=read.revision + 1)
+    assert store.run_sync(lambda s: repo.object_columns(s, "t1", "k1"),
+                          write=False) == changed
+    assert store.run_sync(lambda s: repo.names_of(s, "k1")) == [("db-master", 1)]
+    # A row read before that change is stale: updating it fails and changes nothing.
+    with pytest.raises(StaleDataError):
+        store.run_sync(lambda s: repo.update_columns(s, read, state=STATE_DEACTIVATED))
+    assert store.run_sync(lambda s: repo.object_columns(s, "t1", "k1"),
+                          write=False) == changed
+    with pytest.raises(TypeError):
+        store.run_sync(lambda s: repo.update_columns(s, changed, revision=9))
+
+
+def test_update_columns_keeps_a_row_in_the_session_in_step(store: Store) -> None:
+    store.run_sync(lambda s: _new_key(s, "k1"))
+
+    def change(session: Session) -> int:
+        obj = repo.get_object(session, "t1", "k1", for_update=True)  # in the session
+        assert repo.update_columns(session, obj, state=STATE_ACTIVE) is obj
+        assert obj.state == STATE_ACTIVE and obj not in session.dirty
+        # The ORM's next flush of the same row sees the revision the UPDATE wrote.
+        repo.update_object(session, obj, activation_date=2000)
+        # A row with unflushed changes goes through the ORM, which flushes them too.
+        obj.deactivation_date = 3000
+        repo.update_columns(session, obj, state=STATE_DEACTIVATED)
+        return obj.revision
+
+    assert store.run_sync(change) == 4
+    stored = store.run_sync(lambda s: repo.object_columns(s, "t1", "k1"), write=False)
+    assert (stored.state, stored.activation_date, stored.deactivation_date,
+            stored.revision) == (STATE_DEACTIVATED, 2000, 3000, 4)
 
 
 def test_objects_are_tenant_scoped(store: Store) -> None:

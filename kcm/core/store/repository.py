@@ -22,6 +22,7 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    inspect,
     or_,
     select,
     text,
@@ -30,7 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached
-from sqlalchemy.orm.attributes import flag_modified
+from sqlalchemy.orm.attributes import flag_modified, set_committed_value
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.util import identity_key
 
 from kcm.core.store.known import known_facts, learn
@@ -314,11 +316,7 @@ def update_object(session: Session, obj: ManagedObject, **changes: object) -> Ma
     Raises ``sqlalchemy.orm.exc.StaleDataError`` if the row changed since ``obj`` was read
     (which serialized writers and ``for_update`` reads make impossible in practice).
     """
-    for column in changes:
-        if column in ("uid", "tenant", "created_seq", "revision"):
-            raise TypeError(f"{column} cannot be changed")
-        if not hasattr(ManagedObject, column):
-            raise TypeError(f"unknown column {column!r}")
+    _check_changes(changes)
     cache = session.info.get(OBJECT_CACHE_INFO)
     if cache is not None:
         cache.forget(obj.tenant, obj.uid)  # stale from now on; its key may be going
@@ -328,6 +326,90 @@ def update_object(session: Session, obj: ManagedObject, **changes: object) -> Ma
     flag_modified(obj, "attributes")
     session.flush()
     return obj
+
+
+def update_columns(session: Session, row: ObjectColumns | ManagedObject,
+                   **changes: Any) -> ObjectColumns | ManagedObject:
+    """Apply column ``changes`` to the stored object ``row`` (as read in this transaction)
+    with one UPDATE sent straight to the driver; its ``revision`` goes up by one. Returns
+    the row as now stored: new :class:`ObjectColumns`, or ``row`` itself when it is in the
+    session (its loaded state updated, nothing left for the ORM to flush).
+
+    A state change, the hot write of Activate, Revoke and the like: the ORM's unit of work
+    cost several times the statement. A row the session holds with unflushed changes
+    goes through :func:`update_object` instead. Raises
+    ``sqlalchemy.orm.exc.StaleDataError`` if the row's revision is no longer the one read
+    (which serialized writers and ``for_update`` reads make impossible in practice).
+    """
+    _check_changes(changes)
+    attached = isinstance(row, ManagedObject)
+    if attached and inspect(row).modified:
+        return update_object(session, row, **changes)
+    cache = session.info.get(OBJECT_CACHE_INFO)
+    if cache is not None:
+        cache.forget(row.tenant, row.uid)  # stale from now on; its key may be going
+    names = tuple(sorted(changes))
+    statement = _UPDATES.get(names)
+    if statement is None:
+        statement = _UPDATES[names] = _update_statement(names)
+    revision = row.revision
+    params = {f"v_{column}": value for column, value in changes.items()}
+    params.update(w_uid=row.uid, w_tenant=row.tenant, w_revision=revision,
+                  v_revision=revision + 1)
+    if statement.execute(session, params).rowcount != 1:
+        raise StaleDataError(f"object {row.uid} changed since it was read")
+    if not attached:
+        return row._replace(revision=revision + 1, **changes)
+    for column, value in changes.items():
+        set_committed_value(row, column, value)
+    set_committed_value(row, "revision", revision + 1)
+    return row
+
+
+def _check_changes(changes: Mapping[str, object]) -> None:
+    for column in changes:
+        if column in ("uid", "tenant", "created_seq", "revision"):
+            raise TypeError(f"{column} cannot be changed")
+        if column not in _OBJECT_COLUMN_SET:
+            raise TypeError(f"unknown column {column!r}")
+
+
+def _update_statement(columns: tuple[str, ...]) -> RawStatement:
+    table = ManagedObject.__table__
+    values = {column: bindparam(f"v_{column}") for column in (*columns, "revision")}
+    return RawStatement(table.update().where(
+        table.c.uid == bindparam("w_uid"), table.c.tenant == bindparam("w_tenant"),
+        table.c.revision == bindparam("w_revision")).values(values))
+
+
+#: The UPDATE of each set of columns changed together, made on first use (a handful).
+_UPDATES: dict[tuple[str, ...], RawStatement] = {}
+_OBJECT_COLUMN_SET = frozenset(_OBJECT_COLUMNS)
+
+
+def replace_locate_copies(session: Session, uid: str, tenant: str, *,
+                          names: Iterable[tuple[str, int]] | None = None,
+                          groups: Iterable[str] | None = None) -> None:
+    """Replace the Locate copies of an object's Name (``names``: (value, Name Type)
+    pairs) or Object Group attributes, those given, with Core statements. The caller bumps
+    the object's revision (:func:`update_columns`)."""
+    connection = session.connection()
+    if names is not None:
+        connection.execute(ObjectName.__table__.delete().where(
+            ObjectName.__table__.c.uid == uid))
+        unique_names = dict(names)
+        if unique_names:
+            connection.execute(_INSERT_NAME, [
+                {"uid": uid, "tenant": tenant, "name": name, "name_type": name_type}
+                for name, name_type in unique_names.items()])
+    if groups is not None:
+        connection.execute(ObjectGroup.__table__.delete().where(
+            ObjectGroup.__table__.c.uid == uid))
+        unique_groups = dict.fromkeys(groups)
+        if unique_groups:
+            connection.execute(_INSERT_GROUP, [
+                {"uid": uid, "tenant": tenant, "group_name": group}
+                for group in unique_groups])
 
 
 def names_of(session: Session, uid: str) -> list[tuple[str, int]]:

@@ -49,8 +49,9 @@ _MATERIAL_VERSION = (2, 1)
 
 class StoredObject:
     """One managed object loaded in the current transaction. ``row`` is its stored row
-    in the session, or (for one read from the store's object cache, ``cached``) its
-    columns as read, which :meth:`stored_row` puts in the session once it is changed."""
+    in the session, or its columns as read (an immutable tuple, replaced by the row as
+    written when :func:`save` changes it; :meth:`stored_row` puts it in the session for a
+    change made through the ORM); ``cached`` is its entry in the store's object cache."""
 
     __slots__ = ("row", "attributes", "_cached", "_stored")
 

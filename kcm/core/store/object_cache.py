@@ -2,8 +2,9 @@
 reads two numbers from the database instead of the whole row.
 
 An entry is keyed by (tenant, uid) and stamped with the row's (``revision``,
-``created_seq``). Every change of a row goes through the ORM, which raises its
-``revision`` (:func:`kcm.core.store.repository.update_object`), and ``created_seq``
+``created_seq``). Every change of a row raises its ``revision``
+(:func:`kcm.core.store.repository.update_columns`, or the ORM's version counter in
+:func:`~kcm.core.store.repository.update_object`), and ``created_seq``
 tells a row apart from any other that ever had the same uid; so a stamp names exactly
 one content of one row, and an entry whose stamp is the row's current one (read in the
 caller's own transaction, :func:`kcm.core.store.repository.object_stamp`) holds what

@@ -392,7 +392,7 @@ def append_audit(
     digest = record_digest(prev_digest, **values)
     mac = record_mac(key, digest)
     # Straight to the driver, not the ORM's unit of work: this runs for every request.
-    _INSERT_RECORD.execute(session, {**values, "prev_digest": prev_digest, "digest": digest,
+    _INSERT_RECORD.send(session, {**values, "prev_digest": prev_digest, "digest": digest,
                                      "mac": mac})
     session.info[_HEAD_DUE] = key
     # Valid while this transaction holds the writers' lock; any rollback (a savepoint's

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from kcm.core.store import repository as repo
 from kcm.core.store.engine import Store, open_engine
+from kcm.core.store.raw_statements import drain_pending
 from kcm.core.store.savepoints import RawSavepoint, StoreSession
 from kcm.core.store.schema import STATE_ACTIVE, STATE_PRE_ACTIVE, ManagedObject, ObjectName
 from tests.integration.test_store import _new_key, db_url, store  # noqa: F401 (fixtures)
@@ -83,12 +84,15 @@ def test_a_failing_commit_rolls_back_and_raises(store: Store) -> None:  # noqa: 
 
 
 def test_a_failed_statement_leaves_the_transaction_usable(store: Store) -> None:  # noqa: F811
-    """On PostgreSQL a failed statement aborts the transaction up to the savepoint."""
+    """On PostgreSQL a failed statement aborts the transaction up to the savepoint. (There
+    a new object's row is sent, not waited for: its error comes with the next statement
+    that waits, here the drain a commit would make.)"""
     def work(session: Session) -> list[str]:
         failing = RawSavepoint(session)
         _new_key(session, "dup")
         with pytest.raises(IntegrityError):
             _new_key(session, "dup")  # a Core insert: no flush involved
+            drain_pending(session)
         failing.rollback()
         _new_key(session, "after")
         return _uids(session)
@@ -137,3 +141,41 @@ def test_a_plain_session_gets_the_orms_savepoint(db_url: str) -> None:  # noqa: 
             assert not session.in_nested_transaction()
     finally:
         engine.dispose()
+
+
+def test_an_error_of_a_statement_sent_fails_its_transaction(store: Store) -> None:  # noqa: F811
+    """A statement sent and not waited for (PostgreSQL) whose error no later statement
+    raised still fails the transaction before it commits: nothing of it is kept."""
+    store.run_sync(lambda session: _new_key(session, "k1"))
+
+    def work(session: Session) -> None:
+        _new_key(session, "k2")
+        _new_key(session, "k1")  # its error comes at the commit's drain, not here
+
+    with pytest.raises(IntegrityError):
+        store.run_sync(work)
+    assert store.run_sync(_uids) == ["k1"]
+
+
+def test_a_request_ends_having_waited_for_what_it_sent(store: Store) -> None:  # noqa: F811
+    """A savepoint's RELEASE waits: an error of a statement sent inside it is raised by
+    its commit, which rolls it back alone, and the transaction goes on."""
+    def work(session: Session) -> list[str]:
+        _new_key(session, "k1")
+        sent = session.get_bind().dialect.name == "postgresql"
+        failing = RawSavepoint(session)
+        try:
+            _new_key(session, "k1")
+        except IntegrityError:  # SQLite: at once
+            assert not sent
+            failing.rollback()
+        else:  # PostgreSQL: sent; the RELEASE waits for it, raises, and rolls back
+            with pytest.raises(IntegrityError):
+                failing.commit()
+        kept = RawSavepoint(session)
+        _new_key(session, "k2")
+        kept.commit()
+        return _uids(session)
+
+    assert store.run_sync(work) == ["k1", "k2"]
+    assert store.run_sync(_uids) == ["k1", "k2"]

@@ -30,7 +30,7 @@ from twisted.python.threadpool import ThreadPool
 
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
 from kcm.core.store.object_cache import OBJECT_CACHE_INFO, ObjectCache
-from kcm.core.store.raw_statements import execute_plain
+from kcm.core.store.raw_statements import discard_pending, drain_pending, execute_plain, pipelined
 from kcm.core.store.repository import OUTBOX_WRITTEN_INFO, lock_writers
 from kcm.core.store.savepoints import StoreSession
 
@@ -75,7 +75,9 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engin
     if backend == "postgresql":
         if parsed.get_driver_name() in ("", "psycopg2"):
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return _plain_savepoints(create_engine(
+        # Statements whose outcome nobody reads are sent without waiting, so that a
+        # request costs one round trip, not one per statement (raw_statements).
+        return pipelined(_plain_savepoints(create_engine(
             parsed,
             pool_size=pool_size,
             max_overflow=max_overflow,
@@ -83,7 +85,7 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engin
             pool_recycle=1800,
             pool_timeout=30,
             connect_args={"connect_timeout": 10, "application_name": "kcm-core"},
-        ))
+        )))
     raise ValueError(f"unsupported database backend {backend!r} (use sqlite or postgresql)")
 
 
@@ -102,6 +104,7 @@ def _plain_savepoints(engine: Engine) -> Engine:
         execute_plain(connection, f"SAVEPOINT {name}")
 
     def do_rollback_to_savepoint(connection: Any, name: str) -> None:
+        discard_pending(connection)  # undone anyway; queued after an error, never run
         execute_plain(connection, f"ROLLBACK TO SAVEPOINT {name}")
 
     def do_release_savepoint(connection: Any, name: str) -> None:
@@ -320,6 +323,7 @@ class Store(Service):
                 elif session.get_bind().dialect.name == "postgresql":
                     session.execute(text("SET TRANSACTION READ ONLY"))
                 result = fn(session)
+                drain_pending(session)
             learnt = info.pop(LEARNT_INFO, None)
             if learnt:
                 self.known.services.update(learnt)

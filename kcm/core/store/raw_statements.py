@@ -10,19 +10,41 @@ SQL, same quoting) and executed on the DB-API connection under the session's tra
 Driver errors are raised as SQLAlchemy's exceptions (``IntegrityError`` and so on), as the
 rest of the store expects, and parameters get the type's conversion for the driver where
 SQLAlchemy would apply one (binary columns).
+
+**Sent, not waited for (PostgreSQL).** Each statement on PostgreSQL is a round trip, and a
+group commit's writer waits for every one. A statement whose outcome nobody reads (a
+request's ``SAVEPOINT``, a new object's row, an audit record) can instead be *sent*
+(:meth:`RawStatement.send`, ``execute_plain(..., wait=False)``): psycopg's pipeline mode
+queues it, and the next statement that waits (a ``SELECT``, the request's ``RELEASE``, any
+statement of SQLAlchemy's, the commit) goes with it in one round trip. An error of a
+statement sent is raised by that next statement; since a request ends with the
+``RELEASE`` of its savepoint, which waits, a request's errors are always raised within it,
+and its savepoint rolls it back alone (:func:`discard_pending` first: what was queued after
+the error never ran). A transaction drains what is pending before it commits
+(:func:`drain_pending`), and any statement of SQLAlchemy's drains it first
+(:func:`pipelined` installs the hooks). On SQLite, sending is executing: there is no
+round trip to save.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exc
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["RawStatement", "execute_plain"]
+__all__ = ["RawStatement", "discard_pending", "drain_pending", "execute_plain", "pipelined"]
+
+#: A pooled DB-API connection's ``info``: the psycopg pipeline open on it, holding
+#: statements sent and not yet waited for.
+_PIPELINE = "kcm.store.pipeline"
+#: A DB-API connection's ``info``: whether its statements may be sent (a pipelined engine).
+_SENDS = "kcm.store.sends"
 
 
 class RawStatement:
@@ -39,6 +61,16 @@ class RawStatement:
 
     def execute(self, session: Session, params: Mapping[str, Any] | None = None) -> Any:
         """Run with ``params`` in ``session``'s transaction; the DB-API cursor."""
+        return self._execute(session, params, True)
+
+    def send(self, session: Session, params: Mapping[str, Any] | None = None) -> None:
+        """Run with ``params`` in ``session``'s transaction without waiting for the outcome
+        where the engine allows it (see the module's note): for a statement whose result
+        nobody reads. An error is raised by the next statement that waits."""
+        self._execute(session, params, False)
+
+    def _execute(self, session: Session, params: Mapping[str, Any] | None,
+                 wait: bool) -> Any:
         connection = session.connection()
         dialect = connection.dialect
         compiled = self._compiled.get(dialect.name)
@@ -51,7 +83,7 @@ class RawStatement:
                 values[key] = convert(value)
         if compiled.order is not None:
             values = tuple(values[key] for key in compiled.order)
-        return _run(connection, compiled.sql, values)
+        return _run(connection, compiled.sql, values, wait)
 
     def _compile(self, dialect: Any) -> _Compiled:
         compiled = self._statement.compile(dialect=dialect,
@@ -75,21 +107,100 @@ class _Compiled:
     convert: dict[str, Callable[[Any], Any]]
 
 
-def execute_plain(connection: Any, sql: str) -> Any:
+def execute_plain(connection: Any, sql: str, *, wait: bool = True) -> Any:
     """Run ``sql`` (no parameters) on the DB-API connection of ``connection`` (a
-    SQLAlchemy Connection)."""
-    return _run(connection, sql, ())
+    SQLAlchemy Connection); with ``wait=False``, sent as :meth:`RawStatement.send` is."""
+    return _run(connection, sql, (), wait)
 
 
-def _run(connection: Any, sql: str, values: Any) -> Any:
-    dbapi = connection.connection.dbapi_connection
-    cursor = dbapi.cursor()
+def _run(connection: Any, sql: str, values: Any, wait: bool = True) -> Any:
+    fairy = connection.connection
+    dbapi = fairy.dbapi_connection
+    info = fairy.info
+    pipeline = info.get(_PIPELINE)
     try:
+        if pipeline is None and not wait and info.get(_SENDS):
+            pipeline = dbapi.pipeline()
+            pipeline.__enter__()
+            info[_PIPELINE] = pipeline
+        cursor = dbapi.cursor()
         if values:
             cursor.execute(sql, values)
         else:
             cursor.execute(sql)
+        if wait and pipeline is not None:
+            # This statement goes with those sent before it, in one round trip; an error
+            # of any of them is raised here.
+            del info[_PIPELINE]
+            pipeline.__exit__(None, None, None)
     except connection.dialect.loaded_dbapi.Error as e:
+        _discard(info)
         raise exc.DBAPIError.instance(sql, values, e, connection.dialect.loaded_dbapi.Error,
                                       dialect=connection.dialect) from e
+    except BaseException:
+        _discard(info)
+        raise
     return cursor
+
+
+def discard_pending(connection: Any) -> None:
+    """Forget what was sent on ``connection`` (a SQLAlchemy Connection) and not waited for,
+    and any error it met: for a rollback, which undoes it anyway."""
+    _discard(connection.connection.info)
+
+
+def _drain(connection: Any) -> None:
+    """Wait for what was sent on ``connection`` (a SQLAlchemy Connection); raises its
+    error, as SQLAlchemy's exception."""
+    pipeline = connection.connection.info.pop(_PIPELINE, None)
+    if pipeline is None:
+        return
+    error = connection.dialect.loaded_dbapi.Error
+    try:
+        pipeline.__exit__(None, None, None)
+    except error as e:
+        raise exc.DBAPIError.instance("(statements sent before this one)", (), e, error,
+                                      dialect=connection.dialect) from e
+
+
+def _discard(info: dict[Any, Any]) -> None:
+    pipeline = info.pop(_PIPELINE, None)
+    if pipeline is not None:
+        # Leaving pipeline mode always happens; the error of what was sent is dropped.
+        with contextlib.suppress(Exception):
+            pipeline.__exit__(None, None, None)
+
+
+def pipelined(engine: Engine) -> Engine:
+    """Let statements on ``engine``'s connections be sent without waiting (its driver must
+    be psycopg 3: PostgreSQL), and have everything else wait for what was sent first:
+    SQLAlchemy's own statements and a commit drain it (raising its error), a rollback and
+    a connection's return to the pool discard it."""
+
+    def allow(dbapi_connection: Any, record: Any) -> None:
+        record.info[_SENDS] = True
+
+    def drain_before(connection: Any, *_: Any) -> None:
+        _drain(connection)
+
+    def discard_before(connection: Any, *_: Any) -> None:
+        _discard(connection.connection.info)
+
+    def discard_on_reset(_dbapi_connection: Any, record: Any, _state: Any) -> None:
+        _discard(record.info)
+
+    event.listen(engine, "connect", allow)
+    event.listen(engine, "before_cursor_execute", drain_before)
+    event.listen(engine, "commit", drain_before)
+    event.listen(engine, "rollback", discard_before)
+    event.listen(engine.pool, "reset", discard_on_reset)
+    event.listen(engine.pool, "checkin", lambda _c, record: _discard(record.info))
+    return engine
+
+
+def drain_pending(session: Session) -> None:
+    """Wait for what ``session``'s connection sent and did not wait for; raises its error.
+    A :class:`~kcm.core.store.engine.Store` calls it before each commit, where an error
+    still rolls the transaction back (the connection's own ``commit`` event, which drains
+    too, comes after the point of no return)."""
+    _drain(session.connection())

@@ -213,7 +213,7 @@ def insert_object(
         "attributes": attributes, "revision": 1, "rotate_due": None,
         **dict.fromkeys(DATE_COLUMNS), **dates,
     }
-    _INSERT_OBJECT.execute(session, values)
+    _INSERT_OBJECT.send(session, values)
     unique_names = dict(names)
     if unique_names:
         connection.execute(_INSERT_NAME, [

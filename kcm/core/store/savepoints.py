@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, SessionTransaction
 
-from kcm.core.store.raw_statements import execute_plain
+from kcm.core.store.raw_statements import discard_pending, execute_plain
 
 __all__ = ["RawSavepoint", "StoreSession", "on_rollback"]
 
@@ -75,7 +75,9 @@ class RawSavepoint:
             self._orm = session.begin_nested()
             return
         self._name = f"kcm_sp{self._depth}"
-        execute_plain(session.connection(), f"SAVEPOINT {self._name}")
+        # Sent, not waited for (PostgreSQL): it goes with the request's first statement
+        # that waits, at the latest its RELEASE (kcm.core.store.raw_statements).
+        execute_plain(session.connection(), f"SAVEPOINT {self._name}", wait=False)
         info[_OPEN] = self
 
     def needs_orm_savepoint(self) -> bool:
@@ -104,7 +106,16 @@ class RawSavepoint:
             self.rollback()
             raise
         if self._name is not None:
-            self._close(f"RELEASE {self._name}")
+            try:
+                self._close(f"RELEASE {self._name}")
+            except BaseException:
+                # The error of a statement sent in this savepoint and not waited for,
+                # raised by the RELEASE that waits for it (kcm.core.store.raw_statements):
+                # the savepoint's work is undone alone. Its ORM savepoint, if any, was
+                # released: what is left to undo, in the session too, is this one's.
+                self._orm = None
+                self.rollback()
+                raise
 
     def rollback(self) -> None:
         session = self._session
@@ -117,6 +128,7 @@ class RawSavepoint:
                 session.expunge(obj)
             for obj in list(session.dirty):
                 session.expire(obj)
+        discard_pending(session.connection())  # undone anyway; queued after an error
         self._close(f"ROLLBACK TO {self._name}", f"RELEASE {self._name}")
         for hook in _ROLLBACK_HOOKS:
             hook(session)

@@ -23,6 +23,11 @@ an HDR histogram (the load, the checks and the histograms are ``benchmarks/harne
 
     .venv/bin/python benchmarks/core_bench.py [--requests N] [--clients 1,8] [--keep] [--quick]
         [--scenarios create,revoke,discover,getattr,encrypt] [--encrypt-clients 4]
+        [--postgresql]
+
+``--postgresql`` puts kcm-core's store on a PostgreSQL 15 cluster started for the run (as
+the tests start theirs: ``kcm.testing.postgres``, fsync and ``synchronous_commit`` on);
+PyKMIP's server keeps its SQLite file.
 
 ``--quick`` is a short run that proves the benchmark works end to end (its figures mean
 little): a few hundred requests per scenario and little warm-up.
@@ -73,6 +78,7 @@ from kcm.kmip.payloads import (  # noqa: E402
 )
 from kcm.kmip.payloads.lifecycle import RevocationReason  # noqa: E402
 from kcm.kmip.tags import Tag  # noqa: E402
+from kcm.testing.postgres import Cluster, find_pg_bin  # noqa: E402
 from kcm.testing.processes import CoreProcess, deploy, start_pykmip, stop_process  # noqa: E402
 from kcm.testing.requests import aes256, get_attributes, item, request  # noqa: E402
 
@@ -214,19 +220,39 @@ def main() -> int:
                         help="clients of the Encrypt scenario (default 4)")
     parser.add_argument("--warmup", type=int,
                         help="untimed Creates per server (default 100; 20 with --quick)")
+    parser.add_argument("--postgresql", action="store_true",
+                        help="kcm-core on a PostgreSQL cluster started for the run "
+                             "(kcm.testing.postgres, as the tests do) instead of SQLite")
     args = parse_args(parser, requests=(2000, 200), warmup=(100, 20))
     with work_directory("kcm-core-bench-", args.keep) as work:
-        return measure(args, work)
+        if not args.postgresql:
+            return measure(args, work, f"sqlite:///{work / 'core' / 'kcm.db'}")
+        bin_dir = find_pg_bin()
+        if bin_dir is None:
+            print("no PostgreSQL binaries (apt-get install postgresql-15, or set KCM_PG_BIN)")
+            return 1
+        cluster = Cluster(bin_dir)
+        try:
+            cluster.init()
+            cluster.start()
+            try:
+                cluster.create_database()
+                return measure(args, work, cluster.url)
+            finally:
+                cluster.stop()
+        finally:
+            cluster.remove()
 
 
-def measure(args: argparse.Namespace, work: Path) -> int:
-    """Start both servers in ``work``, run every scenario, print the figures; the exit status."""
+def measure(args: argparse.Namespace, work: Path, database: str) -> int:
+    """Start both servers in ``work`` (kcm-core's store at ``database``), run every
+    scenario, print the figures; the exit status."""
     probes = 50 if args.quick else 500  # Discover Versions round trips per server
     client_counts = [int(count) for count in args.clients.split(",")]
     core: CoreProcess | None = None
     pykmip: subprocess.Popen | None = None
     try:
-        core = deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
+        core = deploy(work / "core", database)
         core.start()
         pykmip, pykmip_port = start_pykmip(core.pki, work)
         assert core.process is not None
@@ -238,6 +264,9 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         print(f"# KMIP 1.2 over mutual TLS on 127.0.0.1; {args.requests} requests per scenario; "
               "each client a process with one persistent connection"
               + (" (--quick: figures mean little)" if args.quick else ""))
+        store = ("PostgreSQL 15 on this machine (fsync, synchronous_commit on)"
+                 if args.postgresql else "SQLite (WAL, synchronous=FULL)")
+        print(f"# kcm-core's store: {store}; PyKMIP's: SQLite")
         print(f"# fsync of 4 KiB on this file system: p50 {fsync_ms(work):.2f} ms")
         for server in servers:
             warmup = run(server, Operation.CREATE, [CREATE] * args.warmup, 1, "warm-up")

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test lint bench bench-core bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
+.PHONY: test lint bench bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(STAMP)
 ## kcm-core's durable Create/Revoke against PyKMIP's server (a few minutes); docs/benchmarks.md.
 bench-core: $(STAMP)
 	$(BIN)/python benchmarks/core_bench.py
+
+## The same with kcm-core's store on a PostgreSQL cluster it starts (Debian's binaries).
+bench-core-pg: $(STAMP)
+	$(BIN)/python benchmarks/core_bench.py --postgresql
 
 ## kcm-gateway's L4 operations against a bare Twisted TLS echo server, and a forwarded control
 ## operation against the core directly (about 2 minutes); docs/benchmarks.md.

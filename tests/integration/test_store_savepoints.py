@@ -179,3 +179,19 @@ def test_a_request_ends_having_waited_for_what_it_sent(store: Store) -> None:  #
 
     assert store.run_sync(work) == ["k1", "k2"]
     assert store.run_sync(_uids) == ["k1", "k2"]
+
+
+def test_an_error_sent_before_an_inner_savepoint_is_the_outer_ones(store: Store) -> None:  # noqa: F811
+    """A savepoint begun inside another waits for what the outer one sent: its error is
+    raised there, and the outer savepoint rolls back, never the inner one in its place."""
+    def work(session: Session) -> list[str]:
+        _new_key(session, "k1")
+        outer = RawSavepoint(session)
+        with pytest.raises(IntegrityError):
+            _new_key(session, "k1")  # SQLite: here; PostgreSQL: sent ...
+            RawSavepoint(session)  # ... and raised by the inner savepoint's beginning
+        outer.rollback()
+        _new_key(session, "k2")
+        return _uids(session)
+
+    assert store.run_sync(work) == ["k1", "k2"]

@@ -75,9 +75,12 @@ class RawSavepoint:
             self._orm = session.begin_nested()
             return
         self._name = f"kcm_sp{self._depth}"
-        # Sent, not waited for (PostgreSQL): it goes with the request's first statement
-        # that waits, at the latest its RELEASE (kcm.core.store.raw_statements).
-        execute_plain(session.connection(), f"SAVEPOINT {self._name}", wait=False)
+        # The outermost is sent, not waited for (PostgreSQL): it goes with the first
+        # statement that waits, at the latest its RELEASE (kcm.core.store.raw_statements).
+        # One inside another waits, so that an error of what the outer one sent is
+        # raised here, in the outer one's scope, never by the inner one's RELEASE.
+        execute_plain(session.connection(), f"SAVEPOINT {self._name}",
+                      wait=self._outer is not None)
         info[_OPEN] = self
 
     def needs_orm_savepoint(self) -> bool:

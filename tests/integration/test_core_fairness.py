@@ -31,7 +31,7 @@ from tests.e2e_support import CoreProcess, deploy
 pytestmark = pytest.mark.serial
 
 #: Objects of the heavy tenant (demo).
-OBJECTS = 200
+OBJECTS = 500
 #: Heavy clients, each with one batch at a time.
 HEAVY = 2
 

@@ -54,7 +54,7 @@ from tests.mutations import HEADER_SHAPES, base_requests, mutate, mutate_bytes, 
 pytestmark = pytest.mark.serial
 
 #: Objects in tenant demo: enough that a batch of 64 counting Locates runs for seconds.
-OBJECTS = 150
+OBJECTS = 400
 #: The gateway's limits.max_batch_items (the core keeps its default, 64).
 GATEWAY_BATCH_ITEMS = 4
 #: Fuzz cases the suite sends, and how many between two health checks.

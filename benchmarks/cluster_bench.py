@@ -46,7 +46,7 @@ from benchmarks.harness import (  # noqa: E402
     work_directory,
 )
 from kcm.kmip.enums import Operation, ResultStatus  # noqa: E402
-from kcm.testing.postgres import Cluster, find_pg_bin, fresh_database  # noqa: E402
+from kcm.testing.postgres import Cluster, find_pg_bin, fresh_database, running_cluster  # noqa: E402
 from kcm.testing.processes import CoreProcess, GatewayProcess, deploy  # noqa: E402
 from kcm.testing.requests import create_l4, item, request, response  # noqa: E402
 
@@ -175,16 +175,9 @@ def main() -> int:
     if bin_dir is None:
         print("no PostgreSQL binaries (apt-get install postgresql-15, or set KCM_PG_BIN)")
         return 2
-    with work_directory("kcm-cluster-bench-", args.keep) as work:
-        cluster = Cluster(bin_dir)
-        try:
-            cluster.init()
-            cluster.start()
-            cluster.create_database()
-            return measure(args, work, cluster)
-        finally:
-            cluster.stop()
-            cluster.remove()
+    with (work_directory("kcm-cluster-bench-", args.keep) as work,
+          running_cluster(bin_dir) as cluster):
+        return measure(args, work, cluster)
 
 
 def measure(args: argparse.Namespace, work: Path, cluster: Cluster) -> int:

@@ -78,7 +78,7 @@ from kcm.kmip.payloads import (  # noqa: E402
 )
 from kcm.kmip.payloads.lifecycle import RevocationReason  # noqa: E402
 from kcm.kmip.tags import Tag  # noqa: E402
-from kcm.testing.postgres import Cluster, find_pg_bin  # noqa: E402
+from kcm.testing.postgres import find_pg_bin, running_cluster  # noqa: E402
 from kcm.testing.processes import CoreProcess, deploy, start_pykmip, stop_process  # noqa: E402
 from kcm.testing.requests import aes256, get_attributes, item, request  # noqa: E402
 
@@ -231,17 +231,8 @@ def main() -> int:
         if bin_dir is None:
             print("no PostgreSQL binaries (apt-get install postgresql-15, or set KCM_PG_BIN)")
             return 1
-        cluster = Cluster(bin_dir)
-        try:
-            cluster.init()
-            cluster.start()
-            try:
-                cluster.create_database()
-                return measure(args, work, cluster.url)
-            finally:
-                cluster.stop()
-        finally:
-            cluster.remove()
+        with running_cluster(bin_dir) as cluster:
+            return measure(args, work, cluster.url)
 
 
 def measure(args: argparse.Namespace, work: Path, database: str) -> int:

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import pytest
 
-from kcm.testing.postgres import Cluster, find_pg_bin
+from kcm.testing.postgres import find_pg_bin, running_cluster
 
 __all__ = ["postgres_url", "unavailable"]
 
@@ -44,14 +44,5 @@ def postgres_url() -> Iterator[str]:
         import psycopg  # noqa: F401
     except ImportError:
         unavailable("psycopg is not installed (pip install 'psycopg[binary]')")
-    cluster = Cluster(bin_dir)
-    try:
-        cluster.init()
-        cluster.start()
-        try:
-            cluster.create_database()
-            yield cluster.url
-        finally:
-            cluster.stop()
-    finally:
-        cluster.remove()
+    with running_cluster(bin_dir) as cluster:
+        yield cluster.url

@@ -18,6 +18,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from kcm.testing.processes import free_port
@@ -200,6 +201,23 @@ class Cluster:
     @property
     def url(self) -> str:
         return f"postgresql+psycopg://{DB_ROLE}:{self.password}@127.0.0.1:{self.port}/{DB_NAME}"
+
+
+@contextlib.contextmanager
+def running_cluster(bin_dir: Path) -> Iterator[Cluster]:
+    """A new cluster of ``bin_dir``'s binaries, started, its database ``kcm`` created
+    (``cluster.url``); stopped and removed afterwards."""
+    cluster = Cluster(bin_dir)
+    try:
+        cluster.init()
+        cluster.start()
+        try:
+            cluster.create_database()
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        cluster.remove()
 
 
 def fresh_database(postgres_url: str, name: str) -> str:

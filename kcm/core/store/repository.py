@@ -348,10 +348,10 @@ def update_columns(session: Session, row: ObjectColumns | ManagedObject,
     cache = session.info.get(OBJECT_CACHE_INFO)
     if cache is not None:
         cache.forget(row.tenant, row.uid)  # stale from now on; its key may be going
-    names = tuple(sorted(changes))
-    statement = _UPDATES.get(names)
+    columns = tuple(sorted(changes))
+    statement = _UPDATES.get(columns)
     if statement is None:
-        statement = _UPDATES[names] = _update_statement(names)
+        statement = _UPDATES[columns] = _update_statement(columns)
     revision = row.revision
     params = {f"v_{column}": value for column, value in changes.items()}
     params.update(w_uid=row.uid, w_tenant=row.tenant, w_revision=revision,

@@ -10,6 +10,7 @@ the process accepts connections, or raises RuntimeError with the tail of its log
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -138,14 +140,34 @@ def _tail(log: Path) -> str:
 
 def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM,
                  timeout: float = 20.0) -> None:
-    """Send ``sig`` to ``process`` if it still runs and wait; SIGKILL after ``timeout``."""
-    if process is not None and process.poll() is None:
-        process.send_signal(sig)
+    """Send ``sig`` to ``process`` if it still runs and wait; SIGKILL after ``timeout``.
+    A process :func:`start_python_server` started leads a process group of its own: the
+    signals go to the whole group, and whatever of it is left afterwards (PyKMIP's server
+    forks a helper that outlives a killed parent) is killed too."""
+    if process is None:
+        return
+    group = process in _OWN_GROUPS
+    if process.poll() is None:
+        _send(process, sig, group)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
+            _send(process, signal.SIGKILL, group)
             process.wait()
+    if group:
+        _send(process, signal.SIGKILL, group)
+
+
+def _send(process: subprocess.Popen, sig: int, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+
+
+#: The processes started as the leaders of process groups of their own.
+_OWN_GROUPS: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
 
 
 def start_python_server(script: str, args: Sequence[str], port: int, name: str,
@@ -153,7 +175,9 @@ def start_python_server(script: str, args: Sequence[str], port: int, name: str,
     """Run ``python -c script *args`` (output to ``log``) and wait until ``port`` listens."""
     output = open(log, "ab")  # noqa: SIM115 - owned by the child process
     process = subprocess.Popen([sys.executable, "-c", script, *args], env=process_env(),
-                               stdout=output, stderr=subprocess.STDOUT)
+                               stdout=output, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    _OWN_GROUPS.add(process)
     output.close()
     try:
         wait_listening(process, [port], name, log)

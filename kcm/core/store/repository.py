@@ -17,7 +17,6 @@ from sqlalchemy import (
     ColumnElement,
     and_,
     bindparam,
-    delete,
     event,
     exists,
     false,
@@ -214,15 +213,7 @@ def insert_object(
         **dict.fromkeys(DATE_COLUMNS), **dates,
     }
     _INSERT_OBJECT.send(session, values)
-    unique_names = dict(names)
-    if unique_names:
-        connection.execute(_INSERT_NAME, [
-            {"uid": uid, "tenant": tenant, "name": name, "name_type": name_type}
-            for name, name_type in unique_names.items()])
-    unique_groups = dict.fromkeys(groups)
-    if unique_groups:
-        connection.execute(_INSERT_GROUP, [
-            {"uid": uid, "tenant": tenant, "group_name": group} for group in unique_groups])
+    _insert_locate_copies(connection, uid, tenant, names, groups)
     if not attach:
         return None
     obj = ManagedObject(**values)
@@ -397,19 +388,25 @@ def replace_locate_copies(session: Session, uid: str, tenant: str, *,
     if names is not None:
         connection.execute(ObjectName.__table__.delete().where(
             ObjectName.__table__.c.uid == uid))
-        unique_names = dict(names)
-        if unique_names:
-            connection.execute(_INSERT_NAME, [
-                {"uid": uid, "tenant": tenant, "name": name, "name_type": name_type}
-                for name, name_type in unique_names.items()])
     if groups is not None:
         connection.execute(ObjectGroup.__table__.delete().where(
             ObjectGroup.__table__.c.uid == uid))
-        unique_groups = dict.fromkeys(groups)
-        if unique_groups:
-            connection.execute(_INSERT_GROUP, [
-                {"uid": uid, "tenant": tenant, "group_name": group}
-                for group in unique_groups])
+    _insert_locate_copies(connection, uid, tenant, names or (), groups or ())
+
+
+def _insert_locate_copies(connection: Any, uid: str, tenant: str,
+                          names: Iterable[tuple[str, int]], groups: Iterable[str]) -> None:
+    """Core inserts of an object's Name and Object Group copies (none when there are none;
+    a repeated value once)."""
+    unique_names = dict(names)
+    if unique_names:
+        connection.execute(_INSERT_NAME, [
+            {"uid": uid, "tenant": tenant, "name": name, "name_type": name_type}
+            for name, name_type in unique_names.items()])
+    unique_groups = dict.fromkeys(groups)
+    if unique_groups:
+        connection.execute(_INSERT_GROUP, [
+            {"uid": uid, "tenant": tenant, "group_name": group} for group in unique_groups])
 
 
 def names_of(session: Session, uid: str) -> list[tuple[str, int]]:
@@ -435,33 +432,8 @@ def groups_of(session: Session, uid: str) -> list[str]:
 
 def set_names(session: Session, obj: ManagedObject, names: Iterable[tuple[str, int]]) -> None:
     """Replace the Locate copy of ``obj``'s Name attributes; bumps its revision."""
-    _replace_names(session, obj, names)
+    replace_locate_copies(session, obj.uid, obj.tenant, names=names)
     update_object(session, obj)
-
-
-def set_groups(session: Session, obj: ManagedObject, groups: Iterable[str]) -> None:
-    """Replace the Locate copy of ``obj``'s Object Group attributes; bumps its revision."""
-    _replace_groups(session, obj, groups)
-    update_object(session, obj)
-
-
-def _replace_names(session: Session, obj: ManagedObject, names: Iterable[tuple[str, int]]) -> None:
-    session.execute(delete(ObjectName).where(ObjectName.uid == obj.uid))
-    unique = dict(names)
-    session.add_all(
-        ObjectName(uid=obj.uid, tenant=obj.tenant, name=name, name_type=name_type)
-        for name, name_type in unique.items()
-    )
-    session.flush()
-
-
-def _replace_groups(session: Session, obj: ManagedObject, groups: Iterable[str]) -> None:
-    session.execute(delete(ObjectGroup).where(ObjectGroup.uid == obj.uid))
-    session.add_all(
-        ObjectGroup(uid=obj.uid, tenant=obj.tenant, group_name=group)
-        for group in dict.fromkeys(groups)
-    )
-    session.flush()
 
 
 def locate(

@@ -213,7 +213,13 @@ class CoreRequestHandler:
         """The request run in a group commit, answered once that has committed."""
         running = self._committer.submit(key, self._respond_in, wire, caller, now,
                                          should_stop, own_savepoint=True)
-        return running.addErrback(self._not_durable, key, caller, _answer_version(wire), now)
+        return running.addErrback(self._write_not_durable, key, caller, wire, now)
+
+    def _write_not_durable(self, failure: Failure, key: tuple[str, str], caller: Caller,
+                           wire: bytes, now: int) -> Deferred[bytes]:
+        """:meth:`_not_durable` for a request of :meth:`_write` (its version read only now:
+        rarely needed, and a peek of every request on the reactor otherwise)."""
+        return self._not_durable(failure, key, caller, _answer_version(wire), now)
 
     def _audit_then_answer(self, answer: _Answer | None, key: tuple[str, str], wire: bytes,
                            caller: Caller, now: int,
@@ -422,13 +428,36 @@ def _beside_writer(wire: bytes) -> bool:
     examine every object of its tenant. Every other request, read-only ones included (short:
     they read one object each, or none), runs in a group commit, with its audit records, in
     one hop and on the writer's warm connection. A request that cannot be peeked at goes
-    there too (its refusal is an audit record to write)."""
+    there too (its refusal is an audit record to write).
+
+    Most requests have no Locate: a scan for an Operation item whose value is Locate, as
+    the peek reads one, answers them without the peek (on the reactor, for every request)."""
+    if not _may_hold_locate(wire):
+        return False
     try:
         operations = [item.operation for item in peek_request(wire).items]
     except Exception:
         return False
     return (Operation.LOCATE in operations
             and all(operation in READ_ONLY for operation in operations))
+
+
+#: An Operation item's tag and type, as every batch item begins (the peek reads its value as
+#: the four bytes after the item's length, whatever that length says).
+_OPERATION_HEAD = bytes.fromhex("42005c05")
+_LOCATE = int(Operation.LOCATE).to_bytes(4, "big")
+
+
+def _may_hold_locate(wire: bytes) -> bool:
+    """False only when no Operation item of ``wire`` can be a Locate: what
+    :func:`peek_request` would read as one is an Operation head with Locate's value 8 bytes
+    on. (True may be a byte string that looks like one: the peek then decides.)"""
+    at = wire.find(_OPERATION_HEAD)
+    while at >= 0:
+        if wire[at + 8:at + 12] == _LOCATE:
+            return True
+        at = wire.find(_OPERATION_HEAD, at + 1)
+    return False
 
 
 def share_of(caller: Caller) -> tuple[str, str]:

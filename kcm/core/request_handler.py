@@ -126,7 +126,10 @@ class CoreRequestHandler:
                  server_info: ServerInfo | None = None,
                  limits: CoreLimits | None = None, workers: int = 4,
                  committer: GroupCommitter | None = None,
-                 metrics: CoreMetrics | None = None) -> None:
+                 metrics: CoreMetrics | None = None,
+                 group_start: Callable[[Callable[[], None]], object] | None = None) -> None:
+        """``group_start``: when its group commits start (:class:`GroupCommitter`'s
+        ``start``; kcm-core's is the end of the reactor's turn)."""
         self._store = store
         self._metrics = metrics or CoreMetrics()
         self._keyring = keyring
@@ -137,7 +140,7 @@ class CoreRequestHandler:
             store.defer, workers=workers,
             per_key=min(workers, self._limits.max_workers_per_tenant))
         self._committer = committer or GroupCommitter(
-            store.write, max_jobs=self._limits.max_group_commit)
+            store.write, max_jobs=self._limits.max_group_commit, start=group_start)
         #: The watches of the requests in flight, by connection id (reactor thread only).
         self._in_flight: dict[int, set[RequestWatch]] = {}
 

@@ -110,7 +110,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     handler = CoreRequestHandler(store, keyring, clock=reactor.seconds,
                                  server_info=ServerInfo(access=config.access),
                                  limits=config.limits, workers=config.database_threads,
-                                 metrics=metrics)
+                                 metrics=metrics,
+                                 group_start=lambda run: reactor.callLater(0, run))
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
                        policy=policy)

@@ -94,6 +94,31 @@ def test_requests_that_arrive_during_a_commit_share_the_next() -> None:
     assert writer.groups == []
 
 
+def test_a_group_starts_once_the_reactor_turn_is_over() -> None:
+    """With ``start``, the requests submitted in the same turn (here: before the turn's
+    end runs) share a group, the first included; so do those that arrived while a group
+    ran, with the ones of the turn in which it committed."""
+    writer, turn_end, ran = Writer(), [], []
+    committer = GroupCommitter(writer.write, start=turn_end.append)
+    first = [committer.submit("a", lambda _session, n: ran.append(n) or n, n) for n in (1, 2)]
+    first.append(committer.submit("b", lambda _session: ran.append(3) or 3))
+    assert writer.groups == [] and len(turn_end) == 1  # not started mid-turn
+    turn_end.pop()()
+    assert len(writer.groups) == 1
+    writer.work()
+    assert ran == [1, 3, 2]  # one group, tenants in turn
+    waiting = committer.submit("a", lambda _session: ran.append(4) or 4)
+    answered = results(*first, waiting)
+    writer.commit()
+    assert answered == [1, 3, 2] and writer.groups == []  # the next waits for the turn end
+    late = committer.submit("b", lambda _session: ran.append(5) or 5)
+    late_answered = results(late)
+    turn_end.pop()()
+    writer.run()
+    assert ran == answered + late_answered == [1, 3, 2, 4, 5]
+    assert (committer.groups, committer.jobs) == (2, 5) and turn_end == []
+
+
 def test_a_failing_job_rolls_back_alone() -> None:
     writer = Writer()
     committer = GroupCommitter(writer.write)

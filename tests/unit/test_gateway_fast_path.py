@@ -19,6 +19,7 @@ from kcm.gateway.fast_path import FAST_VERSIONS, FastPath
 from kcm.gateway.handler import GatewayRequestHandler
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.local_batch import LocalRunner
+from kcm.kernel.plain_messages import NOT_PLAIN
 from kcm.kmip.attributes import Attribute, CryptographicParameters, Link, Name
 from kcm.kmip.enums import (
     BlockCipherMode,
@@ -309,7 +310,7 @@ def test_declining_keeps_no_traceback(planes: Planes) -> None:
     wire = request(create_managed())
     for _ in range(3):
         assert planes.fast.answer(wire, APP) is None
-    assert fast_path_module._DECLINE.__traceback__ is None
+    assert NOT_PLAIN.__traceback__ is None
 
 
 def test_a_create_sent_again_is_decoded_once_and_judged_each_time(planes: Planes) -> None:

@@ -1,0 +1,332 @@
+"""Plain requests and answers, read and written straight from and to bytes.
+
+Most requests a KMIP server answers in volume are one shape: a Request Message in KMIP 1.4,
+2.0 or 2.1 whose batch items are Encrypt, Decrypt or Get with the Unique Identifier given
+and nothing unusual (and, for the gateway, the Create of an L4). :func:`read_request` reads
+such a request's header fields and typed payloads from the bytes, without the message
+tree; :func:`response_item` writes a successful answer's batch item into a fixed layout.
+The gateway's fast path (:mod:`kcm.gateway.fast_path`) answers its L4 requests with them,
+and kcm-core decodes and encodes its plain requests and answers with them
+(:mod:`kcm.core.request_handler`).
+
+Both are *sure or silent*: :func:`read_request` raises :data:`NOT_PLAIN` for any field it
+does not expect, a field out of the specification's order or repeated, non-zero padding, a
+version outside 1.4-2.1, a missing identifier (the ID Placeholder), Cryptographic
+Parameters it cannot read, a Batch Count that does not match; :func:`response_item` for an
+answer it does not lay out (a wrapped or Transparent key, a correlation value). The caller
+then takes the general codec, whose results these equal wherever they answer (property
+tests: tests/unit/test_gateway_fast_path.py, tests/unit/test_plain_messages.py).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from kcm.kmip.attributes import CryptographicParameters
+from kcm.kmip.enums import KeyFormatType, ObjectType, Operation
+from kcm.kmip.objects import KeyValue, SymmetricKey
+from kcm.kmip.payloads import (
+    CreateResponse,
+    DecryptRequest,
+    DecryptResponse,
+    EncryptRequest,
+    EncryptResponse,
+    GetRequest,
+    GetResponse,
+)
+from kcm.kmip.tags import Tag
+from kcm.ttlv import ItemType, decode_item
+
+__all__ = ["NOT_PLAIN", "PLAIN_OPERATIONS", "PLAIN_VERSIONS", "READABLE_VERSIONS",
+           "CreateReader", "NotPlain",
+           "head", "integer_at", "read_request", "response_item", "structure_at"]
+
+#: The protocol versions read and written here by default: an L4 answer has one layout in
+#: all of them.
+PLAIN_VERSIONS = frozenset({(1, 4), (2, 0), (2, 1)})
+#: The versions whose plain requests are read alike (Encrypt, Decrypt and Get have had these
+#: fields since KMIP 1.2; the model reads the AEAD ones in any version, as here).
+READABLE_VERSIONS = frozenset({(1, 2), (1, 3), *PLAIN_VERSIONS})
+
+_HEADER = struct.Struct(">II")
+_INT = struct.Struct(">iI")
+_UINT = struct.Struct(">II")
+
+
+def head(tag: int, item_type: ItemType) -> int:
+    """An item's wire header as read with ``_HEADER``: tag << 8 | type."""
+    return int(tag) << 8 | item_type.value
+
+
+_REQUEST_MESSAGE = head(Tag.REQUEST_MESSAGE, ItemType.STRUCTURE)
+_REQUEST_HEADER = head(Tag.REQUEST_HEADER, ItemType.STRUCTURE)
+_PROTOCOL_VERSION = head(Tag.PROTOCOL_VERSION, ItemType.STRUCTURE)
+_VERSION_MAJOR = head(Tag.PROTOCOL_VERSION_MAJOR, ItemType.INTEGER)
+_VERSION_MINOR = head(Tag.PROTOCOL_VERSION_MINOR, ItemType.INTEGER)
+_MAXIMUM_RESPONSE_SIZE = head(Tag.MAXIMUM_RESPONSE_SIZE, ItemType.INTEGER)
+_BATCH_COUNT = head(Tag.BATCH_COUNT, ItemType.INTEGER)
+_BATCH_ITEM = head(Tag.BATCH_ITEM, ItemType.STRUCTURE)
+_OPERATION = head(Tag.OPERATION, ItemType.ENUMERATION)
+_UNIQUE_BATCH_ITEM_ID = head(Tag.UNIQUE_BATCH_ITEM_ID, ItemType.BYTE_STRING)
+_REQUEST_PAYLOAD = head(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE)
+_RESPONSE_PAYLOAD = head(Tag.RESPONSE_PAYLOAD, ItemType.STRUCTURE)
+_RESULT_STATUS = head(Tag.RESULT_STATUS, ItemType.ENUMERATION)
+_UNIQUE_IDENTIFIER = head(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING)
+_CRYPTOGRAPHIC_PARAMETERS = head(Tag.CRYPTOGRAPHIC_PARAMETERS, ItemType.STRUCTURE)
+_DATA = head(Tag.DATA, ItemType.BYTE_STRING)
+_IV_COUNTER_NONCE = head(Tag.IV_COUNTER_NONCE, ItemType.BYTE_STRING)
+_AAD = head(Tag.AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, ItemType.BYTE_STRING)
+_AE_TAG = head(Tag.AUTHENTICATED_ENCRYPTION_TAG, ItemType.BYTE_STRING)
+_KEY_FORMAT_TYPE = head(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION)
+_OBJECT_TYPE = head(Tag.OBJECT_TYPE, ItemType.ENUMERATION)
+_SYMMETRIC_KEY = head(Tag.SYMMETRIC_KEY, ItemType.STRUCTURE)
+_KEY_BLOCK = head(Tag.KEY_BLOCK, ItemType.STRUCTURE)
+_KEY_VALUE = head(Tag.KEY_VALUE, ItemType.STRUCTURE)
+_KEY_MATERIAL = head(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
+_CRYPTOGRAPHIC_ALGORITHM = head(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
+_CRYPTOGRAPHIC_LENGTH = head(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
+
+_ENCRYPT, _DECRYPT, _GET = int(Operation.ENCRYPT), int(Operation.DECRYPT), int(Operation.GET)
+_CREATE = int(Operation.CREATE)
+#: The operations whose requests are read (a Create by the caller's reader) and answered.
+PLAIN_OPERATIONS = (_CREATE, _ENCRYPT, _DECRYPT, _GET)
+_SYMMETRIC_KEY_TYPE = int(ObjectType.SYMMETRIC_KEY)
+_RAW = int(KeyFormatType.RAW)
+
+#: Per operation, the payload fields read, in the specification's order: wire header ->
+#: the request model's field name.
+_FIELDS: dict[int, tuple[tuple[int, str], ...]] = {
+    _ENCRYPT: ((_UNIQUE_IDENTIFIER, "unique_identifier"),
+               (_CRYPTOGRAPHIC_PARAMETERS, "cryptographic_parameters"),
+               (_DATA, "data"), (_IV_COUNTER_NONCE, "iv_counter_nonce"),
+               (_AAD, "authenticated_encryption_additional_data")),
+    _DECRYPT: ((_UNIQUE_IDENTIFIER, "unique_identifier"),
+               (_CRYPTOGRAPHIC_PARAMETERS, "cryptographic_parameters"),
+               (_DATA, "data"), (_IV_COUNTER_NONCE, "iv_counter_nonce"),
+               (_AAD, "authenticated_encryption_additional_data"),
+               (_AE_TAG, "authenticated_encryption_tag")),
+    _GET: ((_UNIQUE_IDENTIFIER, "unique_identifier"),
+           (_KEY_FORMAT_TYPE, "key_format_type")),
+    _CREATE: (),  # read by the caller's CreateReader
+}
+_REQUESTS: dict[int, Callable[..., Any]] = {
+    _ENCRYPT: EncryptRequest, _DECRYPT: DecryptRequest, _GET: GetRequest}
+
+
+class NotPlain(Exception):
+    """Not a plain request or answer: the general codec's to read or write."""
+
+
+#: The one exception raised (raising it adds frames to its traceback: a caller that keeps
+#: going drops them, ``NOT_PLAIN.__traceback__ = None``, or they grow with every decline).
+NOT_PLAIN = NotPlain()
+
+# Reading ------------------------------------------------------------------------------
+_Items = list[tuple[int, bytes | None, Any]]
+#: Reads a Create's payload: ``(wire, payload_at, pos, payload_end, version)``.
+CreateReader = Callable[[bytes, int, int, int, tuple[int, int]], Any]
+
+
+def read_request(wire: bytes, create: CreateReader | None = None,
+                 versions: frozenset[tuple[int, int]] = PLAIN_VERSIONS
+                 ) -> tuple[tuple[int, int], int | None, _Items]:
+    """(version, Maximum Response Size or None, [(operation, Unique Batch Item ID or None,
+    typed request payload)]) of a plain request; raises :data:`NOT_PLAIN` for any other.
+    A Create is read by ``create`` (``create(wire, payload_at, pos, payload_end, version)``:
+    the payload's Structure at ``payload_at``, its content from ``pos``), and without one
+    is not plain. ``versions``: those read (a subset of :data:`READABLE_VERSIONS`)."""
+    size = len(wire)
+    head, length = _HEADER.unpack_from(wire, 0)
+    if head != _REQUEST_MESSAGE or 8 + length != size:
+        raise NOT_PLAIN
+    pos, header_end = structure_at(wire, 8, size, _REQUEST_HEADER)
+    pos, version_end = structure_at(wire, pos, header_end, _PROTOCOL_VERSION)
+    pos, major = integer_at(wire, pos, version_end, _VERSION_MAJOR)
+    pos, minor = integer_at(wire, pos, version_end, _VERSION_MINOR)
+    version = (major, minor)
+    if pos != version_end or version not in versions:
+        raise NOT_PLAIN
+    maximum_response_size = None
+    if _HEADER.unpack_from(wire, pos)[0] == _MAXIMUM_RESPONSE_SIZE:
+        pos, maximum_response_size = integer_at(wire, pos, header_end, _MAXIMUM_RESPONSE_SIZE)
+    pos, batch_count = integer_at(wire, pos, header_end, _BATCH_COUNT)
+    if pos != header_end:
+        raise NOT_PLAIN
+    items = []
+    while pos < size:
+        pos, item_end = structure_at(wire, pos, size, _BATCH_ITEM)
+        pos, operation = integer_at(wire, pos, item_end, _OPERATION)
+        fields = _FIELDS.get(operation)
+        if fields is None:
+            raise NOT_PLAIN
+        batch_id = None
+        if pos + 8 <= item_end and _HEADER.unpack_from(wire, pos)[0] == _UNIQUE_BATCH_ITEM_ID:
+            pos, batch_id = _bytes(wire, pos, item_end)
+        payload_at = pos
+        pos, payload_end = structure_at(wire, pos, item_end, _REQUEST_PAYLOAD)
+        if payload_end != item_end:
+            raise NOT_PLAIN
+        if operation == _CREATE:
+            if create is None:
+                raise NOT_PLAIN
+            items.append((operation, batch_id,
+                          create(wire, payload_at, pos, payload_end, version)))
+        else:
+            values = _payload(wire, pos, payload_end, fields)
+            if "unique_identifier" not in values:
+                raise NOT_PLAIN
+            items.append((operation, batch_id, _REQUESTS[operation](**values)))
+        pos = item_end
+    if not items or batch_count != len(items):
+        raise NOT_PLAIN
+    return version, maximum_response_size, items
+
+
+def _payload(wire: bytes, pos: int, end: int,
+             fields: tuple[tuple[int, str], ...]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    index = 0
+    while pos < end:
+        head = _HEADER.unpack_from(wire, pos)[0] if pos + 8 <= end else None
+        while index < len(fields) and fields[index][0] != head:
+            index += 1
+        if index == len(fields):
+            raise NOT_PLAIN  # unexpected, repeated or out of order
+        name = fields[index][1]
+        index += 1
+        if head == _UNIQUE_IDENTIFIER:
+            pos, raw = _bytes(wire, pos, end)
+            values[name] = raw.decode()  # UnicodeDecodeError declines
+        elif head == _KEY_FORMAT_TYPE:
+            pos, values[name] = integer_at(wire, pos, end, head)
+        elif head == _CRYPTOGRAPHIC_PARAMETERS:
+            item, after = decode_item(wire, pos)
+            if after > end:
+                raise NOT_PLAIN
+            values[name] = CryptographicParameters.from_item(item)
+            pos = after
+        else:
+            pos, values[name] = _bytes(wire, pos, end)
+    return values
+
+
+def structure_at(wire: bytes, pos: int, end: int, expected: int) -> tuple[int, int]:
+    """(where its content begins, where it ends) of the Structure ``expected`` at ``pos``."""
+    if pos + 8 > end:
+        raise NOT_PLAIN
+    head, length = _HEADER.unpack_from(wire, pos)
+    if head != expected or length & 7 or pos + 8 + length > end:
+        raise NOT_PLAIN
+    return pos + 8, pos + 8 + length
+
+
+def integer_at(wire: bytes, pos: int, end: int, expected: int) -> tuple[int, int]:
+    """An Integer or Enumeration ``expected`` at ``pos`` (zero padding checked)."""
+    if pos + 16 > end:
+        raise NOT_PLAIN
+    head, length = _HEADER.unpack_from(wire, pos)
+    value, padding = (_UINT if head & 0xFF == 0x05 else _INT).unpack_from(wire, pos + 8)
+    if head != expected or length != 4 or padding:
+        raise NOT_PLAIN
+    return pos + 16, value
+
+
+def _bytes(wire: bytes, pos: int, end: int) -> tuple[int, bytes]:
+    """A Text or Byte String at ``pos`` (zero padding checked)."""
+    length = _HEADER.unpack_from(wire, pos)[1]
+    after = pos + 8 + ((length + 7) & ~7)
+    if after > end or any(wire[pos + 8 + length:after]):
+        raise NOT_PLAIN
+    return after, wire[pos + 8:pos + 8 + length]
+
+
+# Writing ------------------------------------------------------------------------------
+#: Zero padding by length (a Byte or Text String is padded to a multiple of 8).
+_PADDING = tuple(bytes(n) for n in range(8))
+
+
+def response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes:
+    """The successful Response Batch Item answering ``operation`` with the typed payload
+    ``result``: an Encrypt, Decrypt or Create answer, or a Get of a Raw, unwrapped
+    symmetric key; raises :data:`NOT_PLAIN` for any other."""
+    if isinstance(result, EncryptResponse):
+        if result.correlation_value is not None:
+            raise NOT_PLAIN
+        payload = _text(_UNIQUE_IDENTIFIER, result.unique_identifier)
+        for head, value in ((_DATA, result.data), (_IV_COUNTER_NONCE, result.iv_counter_nonce),
+                            (_AE_TAG, result.authenticated_encryption_tag)):
+            if value is not None:
+                payload += _byte_string(head, value)
+    elif isinstance(result, DecryptResponse):
+        if result.correlation_value is not None:
+            raise NOT_PLAIN
+        payload = _text(_UNIQUE_IDENTIFIER, result.unique_identifier)
+        if result.data is not None:
+            payload += _byte_string(_DATA, result.data)
+    elif isinstance(result, CreateResponse):
+        if result.attributes or result.template_names:
+            raise NOT_PLAIN
+        payload = (_enumeration(_OBJECT_TYPE, int(result.object_type))
+                   + _text(_UNIQUE_IDENTIFIER, result.unique_identifier))
+    elif isinstance(result, GetResponse):
+        payload = (_enumeration(_OBJECT_TYPE, _SYMMETRIC_KEY_TYPE)
+                   + _text(_UNIQUE_IDENTIFIER, result.unique_identifier)
+                   + _symmetric_key(result.object))
+    else:
+        raise NOT_PLAIN
+    if batch_id is None:
+        body = b"".join((_OPERATION_ITEMS[operation], _SUCCESS_ITEM,
+                         _HEADER.pack(_RESPONSE_PAYLOAD, len(payload)), payload))
+    else:
+        body = b"".join((_OPERATION_ITEMS[operation],
+                         _byte_string(_UNIQUE_BATCH_ITEM_ID, batch_id), _SUCCESS_ITEM,
+                         _HEADER.pack(_RESPONSE_PAYLOAD, len(payload)), payload))
+    return _HEADER.pack(_BATCH_ITEM, len(body)) + body
+
+
+def _symmetric_key(obj: object) -> bytes:
+    """A Raw, unwrapped AES key block; anything else declines."""
+    if not isinstance(obj, SymmetricKey):
+        raise NOT_PLAIN
+    block = obj.key_block
+    value = block.key_value
+    if (block.key_format_type != _RAW or block.key_wrapping_data is not None
+            or block.key_compression_type is not None or not isinstance(value, KeyValue)
+            or not isinstance(value.key_material, bytes) or value.attributes
+            or block.cryptographic_algorithm is None or block.cryptographic_length is None):
+        raise NOT_PLAIN
+    material = value.key_material
+    key_block = (_enumeration(_KEY_FORMAT_TYPE, _RAW)
+                 + _struct(_KEY_VALUE, _byte_string(_KEY_MATERIAL, material))
+                 + _enumeration(_CRYPTOGRAPHIC_ALGORITHM, int(block.cryptographic_algorithm))
+                 + _integer_item(_CRYPTOGRAPHIC_LENGTH, int(block.cryptographic_length)))
+    return _struct(_SYMMETRIC_KEY, _struct(_KEY_BLOCK, key_block))
+
+
+def _struct(head: int, body: bytes) -> bytes:
+    return _HEADER.pack(head, len(body)) + body
+
+
+def _enumeration(head: int, value: int) -> bytes:
+    return _HEADER.pack(head, 4) + _UINT.pack(value, 0)
+
+
+def _integer_item(head: int, value: int) -> bytes:
+    return _HEADER.pack(head, 4) + _INT.pack(value, 0)
+
+
+def _byte_string(head: int, value: bytes) -> bytes:
+    length = len(value)
+    return b"".join((_HEADER.pack(head, length), value, _PADDING[-length & 7]))
+
+
+def _text(head: int, value: str) -> bytes:
+    return _byte_string(head, value.encode())
+
+
+#: The first item of every answered batch item (its Operation), and its Result Status.
+_OPERATION_ITEMS = {operation: _enumeration(_OPERATION, operation)
+                    for operation in PLAIN_OPERATIONS}
+_SUCCESS_ITEM = _enumeration(_RESULT_STATUS, 0)

@@ -49,6 +49,12 @@ from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.kernel.batch import Savepoint
 from kcm.kernel.correlation import new_correlation_id
+from kcm.kernel.plain_messages import (
+    NOT_PLAIN,
+    READABLE_VERSIONS,
+    read_request,
+    response_item,
+)
 from kcm.kernel.responses import (
     CLIENT_GONE,
     encode_items,
@@ -59,9 +65,12 @@ from kcm.kernel.responses import (
     response_wire,
 )
 from kcm.kernel.versions import answer_version, is_supported, version_of
-from kcm.kmip.enums import Operation, ResultReason
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
+    ProtocolVersion,
+    RequestBatchItem,
+    RequestHeader,
     RequestMessage,
     ResponseBatchItem,
     batch_count_mismatch,
@@ -356,13 +365,18 @@ class CoreRequestHandler:
         # Never larger than the maximum message size, for a direct client as for a
         # gateway: the link carries answers up to that size and no larger.
         version = request.header.version
-        return response_wire(version, now, correlation_id, encode_items(items, version),
+        return response_wire(version, now, correlation_id, _encoded(items, version),
                              request.header.maximum_response_size,
                              server_limit=self._limits.max_message_size)
 
     def _decode(self, wire: bytes) -> RequestMessage:
         """The request, or :class:`_Refused`. Its header is judged before any batch item is
-        decoded: an unsupported version or too many items costs no more than the header."""
+        decoded: an unsupported version or too many items costs no more than the header.
+        A plain request (:mod:`kcm.kernel.plain_messages`) is read without the message
+        tree, into the same model."""
+        plain = _plain_request(wire, self._limits)
+        if plain is not None:
+            return plain
         try:
             tree = decode(wire, max_size=self._limits.max_message_size)
             header, batch = decode_request_header(tree)
@@ -387,6 +401,53 @@ class CoreRequestHandler:
             return decode_request_items(header, batch)
         except KmipError as e:
             raise _Refused(answer_in, e.reason, e.message) from None
+
+
+def _plain_request(wire: bytes, limits: CoreLimits) -> RequestMessage | None:
+    """``wire`` read by :func:`kcm.kernel.plain_messages.read_request` (what the general
+    decoder reads from it, the property tests hold), or None: not plain, or one the
+    general decoder refuses (too long, too many items)."""
+    try:
+        version, maximum_response_size, items = read_request(wire, versions=READABLE_VERSIONS)
+    except Exception:
+        NOT_PLAIN.__traceback__ = None  # (see kcm.kernel.plain_messages)
+        return None
+    if (len(items) > limits.max_batch_items or len(wire) > limits.max_message_size
+            or not is_supported(version)):
+        return None
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version),
+                           maximum_response_size=maximum_response_size,
+                           batch_count=len(items))
+    return RequestMessage(header, [
+        RequestBatchItem(operation=Operation(operation), unique_batch_item_id=batch_id,
+                         request_payload=payload)
+        for operation, batch_id, payload in items])
+
+
+def _encoded(items: list[ResponseBatchItem], version: Version) -> list[bytes]:
+    """``items`` encoded: successful answers of plain operations written straight to bytes
+    (:func:`kcm.kernel.plain_messages.response_item`, the same bytes), the others by the
+    general encoder."""
+    if version in READABLE_VERSIONS:
+        try:
+            return [_plain_item(item, version) for item in items]
+        except Exception:
+            NOT_PLAIN.__traceback__ = None
+    return encode_items(items, version)
+
+
+def _plain_item(item: ResponseBatchItem, version: Version) -> bytes:
+    payload = item.response_payload
+    if (item.result_status != ResultStatus.SUCCESS or item.result_reason is not None
+            or item.result_message is not None
+            or item.asynchronous_correlation_value is not None
+            or item.message_extension is not None or item.operation is None
+            # Before KMIP 1.4 the general encoder leaves out the tag, which is no field
+            # of that version (the answer's Data carries it: kcm.kernel.aead_tag).
+            or (version < (1, 4)
+                and getattr(payload, "authenticated_encryption_tag", None) is not None)):
+        raise NOT_PLAIN
+    return response_item(int(item.operation), item.unique_batch_item_id, payload)
 
 
 @dataclass(frozen=True, slots=True)

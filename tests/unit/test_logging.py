@@ -8,9 +8,12 @@ import threading
 import time
 
 import pytest
-from twisted.logger import Logger, LogLevel
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.logger import Logger, LogLevel, formatEvent
 
-from kcm.logging import event_as_json, log_observer, parse_level
+from kcm.kmip.enums import ResultStatus
+from kcm.logging import event_as_json, format_text, log_observer, parse_level
 
 NOW = 1_790_000_000.25
 
@@ -297,3 +300,23 @@ def test_a_flush_or_a_full_batch_does_not_wait_for_the_linger() -> None:
     writer({"n": 5, "log_namespace": "kcm.audit"})
     writer({"n": "other", "log_namespace": "kcm.x"})
     assert stream.getvalue().splitlines()[-2:] == ["5", "other"]
+
+
+_VALUES = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8),
+                    st.binary(max_size=4), st.sampled_from(list(LogLevel.iterconstants())),
+                    st.sampled_from(list(ResultStatus)), st.lists(st.integers(), max_size=2))
+_NAMES = st.sampled_from(["seq", "who", "a_b", "x"])
+_PIECES = st.one_of(
+    st.text(alphabet="ab :()-{}", max_size=6).map(lambda t: t.replace("{", "{{")
+                                                    .replace("}", "}}")),
+    _NAMES.map(lambda n: "{" + n + "}"),
+    st.sampled_from(["{seq!r}", "{seq:>5}", "{who.real}", "{x()}", "{", "}", "{0}", "{}"]))
+
+
+@given(st.lists(_PIECES, max_size=6).map("".join),
+       st.dictionaries(_NAMES, _VALUES, max_size=4))
+def test_text_is_twisteds_text_of_the_event(log_format: str, fields: dict) -> None:
+    """format_text (kept parses of plain formats) writes what formatEvent writes, for
+    any format and fields, missing ones and odd formats included."""
+    event = {**fields, "log_format": log_format, "log_level": LogLevel.info}
+    assert format_text(event) == formatEvent(event)

@@ -17,7 +17,7 @@ commit, with no waiting for company. With ``start`` (kcm-core gives the reactor'
 was submitted or the group before it committed, not in the middle of it: the requests read
 from other connections in the same turn join it, where they would otherwise wait for the
 next commit. That costs a lone request no waiting either (the turn ends at once), and made
-groups of 3.0 requests 3.6 at 4 clients sending Encrypts (docs/benchmarks.md).
+groups of 3.2 requests 3.8 at 4 clients sending Encrypts (docs/benchmarks.md).
 
 Fairness and bounds: the waiting jobs are kept in one FIFO per *share key* (the caller's
 tenant, as for :class:`kcm.core.fair_scheduler.FairScheduler`), and a group takes them one

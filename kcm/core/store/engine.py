@@ -33,6 +33,7 @@ from kcm.core.store.object_cache import OBJECT_CACHE_INFO, ObjectCache
 from kcm.core.store.raw_statements import discard_pending, drain_pending, execute_plain, pipelined
 from kcm.core.store.repository import OUTBOX_WRITTEN_INFO, lock_writers
 from kcm.core.store.savepoints import StoreSession
+from kcm.core.store.writer_thread import WriterThread
 
 T = TypeVar("T")
 
@@ -179,7 +180,7 @@ class Store(Service):
         self._threadpool: ThreadPool | None = None
         #: The one thread of :meth:`write` (group commits), apart from the workers so that
         #: long reads holding every worker never delay a commit.
-        self._writer_pool: ThreadPool | None = None
+        self._writer: WriterThread | None = None
         self._engine_lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
         #: Facts of the committed data the hot path reads from memory (tenants' services).
@@ -230,8 +231,8 @@ class Store(Service):
         _ = self.engine
         self._threadpool = ThreadPool(minthreads=1, maxthreads=self._threads, name=self.name)
         self._threadpool.start()
-        self._writer_pool = ThreadPool(minthreads=1, maxthreads=1, name=f"{self.name}-writer")
-        self._writer_pool.start()
+        self._writer = WriterThread(self._reactor, name=f"{self.name}-writer")
+        self._writer.start()
         super().startService()
 
     def stopService(self) -> None:
@@ -241,9 +242,9 @@ class Store(Service):
         not started yet is dropped with the pool.
         """
         super().stopService()
-        if self._writer_pool is not None:
-            self._writer_pool.stop()
-            self._writer_pool = None
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
         if self._threadpool is not None:
             self._threadpool.stop()
             self._threadpool = None
@@ -267,9 +268,9 @@ class Store(Service):
     def write(self, fn: Callable[[Session], T]) -> Deferred[T]:
         """:meth:`run` with ``write=True`` on the store's one writer thread (not a worker):
         kcm-core's group commits (:mod:`kcm.core.group_commit`) run there, one at a time."""
-        if self._writer_pool is None:
+        if self._writer is None:
             return fail(RuntimeError("Store.write() before startService() or after stopService()"))
-        return deferToThreadPool(self._reactor, self._writer_pool, self.run_sync, fn)
+        return self._writer.submit(self.run_sync, fn)
 
     def defer(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Call ``fn(*args)`` on a worker thread, outside any transaction; ``fn`` opens its

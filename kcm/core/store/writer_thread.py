@@ -1,0 +1,69 @@
+"""The store's one writer thread: the calls handed to it run there in order, one at a time,
+and each one's outcome fires a Deferred on the reactor thread.
+
+It does what a one-thread ``twisted.python.threadpool.ThreadPool`` with
+``deferToThreadPool`` does for :meth:`kcm.core.store.engine.Store.write`, and no more: a
+``queue.SimpleQueue`` to hand a call over, ``callFromThread`` to hand the outcome back.
+kcm-core hands it one group commit at a time, so both hand-offs are on every group's path;
+Twisted's pool wraps each in its worker team, a condition variable and a log context.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.python.failure import Failure
+
+__all__ = ["WriterThread"]
+
+T = TypeVar("T")
+
+_STOP = object()
+
+
+class WriterThread:
+    """One thread running ``fn(*args)`` calls in the order submitted."""
+
+    def __init__(self, reactor: IReactorFromThreads, name: str) -> None:
+        self._reactor = reactor
+        self._calls: SimpleQueue[Any] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._stopping = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run ``fn(*args)`` on the thread; fires (on the reactor thread) with its result,
+        or fails with its exception. A call still queued when the thread stops never runs,
+        and its Deferred never fires."""
+        done: Deferred[T] = Deferred()
+        self._calls.put((done, fn, args))
+        return done
+
+    def stop(self) -> None:
+        """Let the running call finish, drop the queued ones, and end the thread (blocks
+        until it has ended)."""
+        self._stopping = True
+        self._calls.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        calls, call_from_thread = self._calls, self._reactor.callFromThread
+        while True:
+            call = calls.get()
+            if call is _STOP or self._stopping:
+                return
+            done, fn, args = call
+            try:
+                result = fn(*args)
+            except BaseException:
+                call_from_thread(done.errback, Failure())
+            else:
+                call_from_thread(done.callback, result)

@@ -1,0 +1,74 @@
+"""The store's writer thread runs calls in order, one at a time, off the calling thread, and
+hands each outcome back through the reactor; stopping it drops what has not started."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any
+
+from kcm.core.store.writer_thread import WriterThread
+
+
+class Reactor:
+    """``callFromThread`` only: the calls wait here until the test runs them."""
+
+    def __init__(self) -> None:
+        self.calls: SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = SimpleQueue()
+
+    def callFromThread(self, fn: Callable[..., Any], *args: Any) -> None:  # noqa: N802
+        self.calls.put((fn, args))
+
+    def run_one(self) -> None:
+        fn, args = self.calls.get(timeout=5)
+        fn(*args)
+
+
+def test_calls_run_in_order_on_one_other_thread_and_answer_through_the_reactor() -> None:
+    reactor = Reactor()
+    writer = WriterThread(reactor, "test-writer")  # type: ignore[arg-type]
+    writer.start()
+    ran: list[tuple[int, str]] = []
+    outcomes: list[Any] = []
+    try:
+        for n in range(5):
+            writer.submit(lambda n: ran.append((n, threading.current_thread().name)) or n * n,
+                          n).addBoth(outcomes.append)
+        failing = writer.submit(lambda: 1 / 0)
+        failing.addErrback(lambda failure: outcomes.append(failure.type))
+        for _ in range(6):
+            reactor.run_one()  # the Deferreds fire here, on this thread
+    finally:
+        writer.stop()
+    assert ran == [(n, "test-writer") for n in range(5)]
+    assert outcomes == [0, 1, 4, 9, 16, ZeroDivisionError]
+
+
+def test_stopping_lets_the_running_call_finish_and_drops_the_queued() -> None:
+    reactor = Reactor()
+    writer = WriterThread(reactor, "test-writer")  # type: ignore[arg-type]
+    writer.start()
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def slow() -> str:
+        started.set()
+        release.wait(5)
+        ran.append("slow")
+        return "slow"
+
+    first = writer.submit(slow)
+    assert started.wait(5)
+    queued = writer.submit(lambda: ran.append("queued"))
+    stopper = threading.Thread(target=writer.stop)
+    stopper.start()
+    release.set()
+    stopper.join(5)
+    assert not stopper.is_alive()
+    assert ran == ["slow"]
+    outcome: list[Any] = []
+    first.addCallback(outcome.append)
+    reactor.run_one()
+    assert outcome == ["slow"]
+    assert not queued.called and reactor.calls.empty()

@@ -119,7 +119,6 @@ class GroupCommitter:
             self._start(self._start_group)
 
     def _start_group(self) -> None:
-        self._group_running = True
         taken: list[_Job] = []
         self._write(lambda session: self._run_group(session, taken)).addCallbacks(
             self._committed, self._not_committed, callbackArgs=(taken,),

@@ -37,8 +37,8 @@ from kcm.kernel.plain_messages import (
     NOT_PLAIN,
     PLAIN_OPERATIONS,
     PLAIN_VERSIONS,
-    head,
     integer_at,
+    item_head,
     read_request,
     response_item,
     structure_at,
@@ -58,7 +58,7 @@ FAST_VERSIONS = PLAIN_VERSIONS
 #: The operations the fast path answers.
 FAST_OPERATIONS = PLAIN_OPERATIONS
 
-_OBJECT_TYPE = head(Tag.OBJECT_TYPE, ItemType.ENUMERATION)
+_OBJECT_TYPE = item_head(Tag.OBJECT_TYPE, ItemType.ENUMERATION)
 #: What an L4 Create may carry besides its markers and the key's algorithm and length (the
 #: rest is refused by the engine, or means a stored key: the general path's to answer).
 _CREATE_ATTRIBUTE_TAGS = frozenset({
@@ -66,9 +66,9 @@ _CREATE_ATTRIBUTE_TAGS = frozenset({
     VENDOR_TAG, Tag.LINK})
 #: The attribute containers of a Create: KMIP 1.x Template-Attribute, 2.x Attributes.
 _CREATE_CONTAINERS = {
-    (1, 4): head(Tag.TEMPLATE_ATTRIBUTE, ItemType.STRUCTURE),
-    (2, 0): head(Tag.ATTRIBUTES, ItemType.STRUCTURE),
-    (2, 1): head(Tag.ATTRIBUTES, ItemType.STRUCTURE)}
+    (1, 4): item_head(Tag.TEMPLATE_ATTRIBUTE, ItemType.STRUCTURE),
+    (2, 0): item_head(Tag.ATTRIBUTES, ItemType.STRUCTURE),
+    (2, 1): item_head(Tag.ATTRIBUTES, ItemType.STRUCTURE)}
 
 
 class FastPath:

@@ -41,7 +41,7 @@ from kcm.ttlv import ItemType, decode_item
 
 __all__ = ["NOT_PLAIN", "PLAIN_OPERATIONS", "PLAIN_VERSIONS", "READABLE_VERSIONS",
            "CreateReader", "NotPlain",
-           "head", "integer_at", "read_request", "response_item", "structure_at"]
+           "integer_at", "item_head", "read_request", "response_item", "structure_at"]
 
 #: The protocol versions read and written here by default: an L4 answer has one layout in
 #: all of them.
@@ -55,38 +55,38 @@ _INT = struct.Struct(">iI")
 _UINT = struct.Struct(">II")
 
 
-def head(tag: int, item_type: ItemType) -> int:
+def item_head(tag: int, item_type: ItemType) -> int:
     """An item's wire header as read with ``_HEADER``: tag << 8 | type."""
     return int(tag) << 8 | item_type.value
 
 
-_REQUEST_MESSAGE = head(Tag.REQUEST_MESSAGE, ItemType.STRUCTURE)
-_REQUEST_HEADER = head(Tag.REQUEST_HEADER, ItemType.STRUCTURE)
-_PROTOCOL_VERSION = head(Tag.PROTOCOL_VERSION, ItemType.STRUCTURE)
-_VERSION_MAJOR = head(Tag.PROTOCOL_VERSION_MAJOR, ItemType.INTEGER)
-_VERSION_MINOR = head(Tag.PROTOCOL_VERSION_MINOR, ItemType.INTEGER)
-_MAXIMUM_RESPONSE_SIZE = head(Tag.MAXIMUM_RESPONSE_SIZE, ItemType.INTEGER)
-_BATCH_COUNT = head(Tag.BATCH_COUNT, ItemType.INTEGER)
-_BATCH_ITEM = head(Tag.BATCH_ITEM, ItemType.STRUCTURE)
-_OPERATION = head(Tag.OPERATION, ItemType.ENUMERATION)
-_UNIQUE_BATCH_ITEM_ID = head(Tag.UNIQUE_BATCH_ITEM_ID, ItemType.BYTE_STRING)
-_REQUEST_PAYLOAD = head(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE)
-_RESPONSE_PAYLOAD = head(Tag.RESPONSE_PAYLOAD, ItemType.STRUCTURE)
-_RESULT_STATUS = head(Tag.RESULT_STATUS, ItemType.ENUMERATION)
-_UNIQUE_IDENTIFIER = head(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING)
-_CRYPTOGRAPHIC_PARAMETERS = head(Tag.CRYPTOGRAPHIC_PARAMETERS, ItemType.STRUCTURE)
-_DATA = head(Tag.DATA, ItemType.BYTE_STRING)
-_IV_COUNTER_NONCE = head(Tag.IV_COUNTER_NONCE, ItemType.BYTE_STRING)
-_AAD = head(Tag.AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, ItemType.BYTE_STRING)
-_AE_TAG = head(Tag.AUTHENTICATED_ENCRYPTION_TAG, ItemType.BYTE_STRING)
-_KEY_FORMAT_TYPE = head(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION)
-_OBJECT_TYPE = head(Tag.OBJECT_TYPE, ItemType.ENUMERATION)
-_SYMMETRIC_KEY = head(Tag.SYMMETRIC_KEY, ItemType.STRUCTURE)
-_KEY_BLOCK = head(Tag.KEY_BLOCK, ItemType.STRUCTURE)
-_KEY_VALUE = head(Tag.KEY_VALUE, ItemType.STRUCTURE)
-_KEY_MATERIAL = head(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
-_CRYPTOGRAPHIC_ALGORITHM = head(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
-_CRYPTOGRAPHIC_LENGTH = head(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
+_REQUEST_MESSAGE = item_head(Tag.REQUEST_MESSAGE, ItemType.STRUCTURE)
+_REQUEST_HEADER = item_head(Tag.REQUEST_HEADER, ItemType.STRUCTURE)
+_PROTOCOL_VERSION = item_head(Tag.PROTOCOL_VERSION, ItemType.STRUCTURE)
+_VERSION_MAJOR = item_head(Tag.PROTOCOL_VERSION_MAJOR, ItemType.INTEGER)
+_VERSION_MINOR = item_head(Tag.PROTOCOL_VERSION_MINOR, ItemType.INTEGER)
+_MAXIMUM_RESPONSE_SIZE = item_head(Tag.MAXIMUM_RESPONSE_SIZE, ItemType.INTEGER)
+_BATCH_COUNT = item_head(Tag.BATCH_COUNT, ItemType.INTEGER)
+_BATCH_ITEM = item_head(Tag.BATCH_ITEM, ItemType.STRUCTURE)
+_OPERATION = item_head(Tag.OPERATION, ItemType.ENUMERATION)
+_UNIQUE_BATCH_ITEM_ID = item_head(Tag.UNIQUE_BATCH_ITEM_ID, ItemType.BYTE_STRING)
+_REQUEST_PAYLOAD = item_head(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE)
+_RESPONSE_PAYLOAD = item_head(Tag.RESPONSE_PAYLOAD, ItemType.STRUCTURE)
+_RESULT_STATUS = item_head(Tag.RESULT_STATUS, ItemType.ENUMERATION)
+_UNIQUE_IDENTIFIER = item_head(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING)
+_CRYPTOGRAPHIC_PARAMETERS = item_head(Tag.CRYPTOGRAPHIC_PARAMETERS, ItemType.STRUCTURE)
+_DATA = item_head(Tag.DATA, ItemType.BYTE_STRING)
+_IV_COUNTER_NONCE = item_head(Tag.IV_COUNTER_NONCE, ItemType.BYTE_STRING)
+_AAD = item_head(Tag.AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, ItemType.BYTE_STRING)
+_AE_TAG = item_head(Tag.AUTHENTICATED_ENCRYPTION_TAG, ItemType.BYTE_STRING)
+_KEY_FORMAT_TYPE = item_head(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION)
+_OBJECT_TYPE = item_head(Tag.OBJECT_TYPE, ItemType.ENUMERATION)
+_SYMMETRIC_KEY = item_head(Tag.SYMMETRIC_KEY, ItemType.STRUCTURE)
+_KEY_BLOCK = item_head(Tag.KEY_BLOCK, ItemType.STRUCTURE)
+_KEY_VALUE = item_head(Tag.KEY_VALUE, ItemType.STRUCTURE)
+_KEY_MATERIAL = item_head(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
+_CRYPTOGRAPHIC_ALGORITHM = item_head(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
+_CRYPTOGRAPHIC_LENGTH = item_head(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
 
 _ENCRYPT, _DECRYPT, _GET = int(Operation.ENCRYPT), int(Operation.DECRYPT), int(Operation.GET)
 _CREATE = int(Operation.CREATE)

@@ -476,6 +476,37 @@ def test_failed_transaction_leaves_nothing_deferred(store: Store):
 
 
 @pytest_twisted.inlineCallbacks
+def test_the_writer_keeps_its_connection_and_gives_back_a_failed_one(store: Store):
+    """On SQLite the writer thread's transactions (group commits) share one connection
+    until one fails; the next then starts on a fresh one, with nothing of the failed one.
+    On PostgreSQL each borrows one from the pool, which checks it first."""
+    store.startService()
+    sqlite = store.engine.dialect.name == "sqlite"
+
+    def connection(session: Session) -> object:
+        return session.connection()  # SQLAlchemy's, one per checkout from the pool
+
+    first = yield store.write(connection)
+    second = yield store.write(lambda s: (_new_key(s, "k1"), connection(s))[1])
+    assert (first is second) is sqlite
+
+    def fail(session: Session) -> None:
+        _new_key(session, "k9")
+        append_audit(session, _event(1))
+        raise _Boom("handler failed after writing")
+
+    with pytest.raises(_Boom):
+        yield store.write(fail)
+    third = yield store.write(connection)
+    if sqlite:
+        assert third is not second
+    counts = yield store.run(_counts, write=False)
+    assert counts == (1, 0, 0, 0)  # k1; nothing of the failed transaction
+    uid = yield store.write(lambda s: _new_key(s, "k2").uid)
+    assert uid == "k2"
+
+
+@pytest_twisted.inlineCallbacks
 def test_run_commits_and_returns(store: Store):
     store.startService()
     uid = yield store.run(lambda s: _new_key(s, "k1").uid)

@@ -26,6 +26,7 @@ from kcm.core.audit import (
     verify_chain,
 )
 from kcm.core.keys import derive_audit_key, key_check_value, object_aad, unwrap, wrap
+from kcm.core.store import engine as engine_module
 from kcm.core.store import repository as repo
 from kcm.core.store.engine import Store, open_engine
 from kcm.core.store.migrate import current_revision, head_revision, upgrade
@@ -477,18 +478,16 @@ def test_failed_transaction_leaves_nothing_deferred(store: Store):
 
 @pytest_twisted.inlineCallbacks
 def test_the_writer_keeps_its_connection_and_gives_back_a_failed_one(store: Store):
-    """On SQLite the writer thread's transactions (group commits) share one connection
-    until one fails; the next then starts on a fresh one, with nothing of the failed one.
-    On PostgreSQL each borrows one from the pool, which checks it first."""
+    """The writer thread's transactions (group commits) share one connection until one
+    fails; the next then starts on a fresh one, with nothing of the failed one."""
     store.startService()
-    sqlite = store.engine.dialect.name == "sqlite"
 
     def connection(session: Session) -> object:
         return session.connection()  # SQLAlchemy's, one per checkout from the pool
 
     first = yield store.write(connection)
     second = yield store.write(lambda s: (_new_key(s, "k1"), connection(s))[1])
-    assert (first is second) is sqlite
+    assert first is second
 
     def fail(session: Session) -> None:
         _new_key(session, "k9")
@@ -498,12 +497,41 @@ def test_the_writer_keeps_its_connection_and_gives_back_a_failed_one(store: Stor
     with pytest.raises(_Boom):
         yield store.write(fail)
     third = yield store.write(connection)
-    if sqlite:
-        assert third is not second
+    assert third is not second
     counts = yield store.run(_counts, write=False)
     assert counts == (1, 0, 0, 0)  # k1; nothing of the failed transaction
     uid = yield store.write(lambda s: _new_key(s, "k2").uid)
     assert uid == "k2"
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_writer_checks_a_kept_postgresql_connection_that_sat_idle(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+    """A PostgreSQL connection the writer kept idle is pinged before it is used again, as
+    the pool checks one before lending it: a server that dropped it (a restart, a
+    failover, an idle timeout) costs the next write nothing."""
+    engine = open_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    upgrade(postgres_url)
+    store = Store(postgres_url, threads=2)
+    store.audit_key = derive_audit_key(bytes(32))
+    store.startService()
+    try:
+        backend = yield store.write(
+            lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        monkeypatch.setattr(engine_module, "KEPT_CONNECTION_CHECK_S", 0.0)
+        uid = yield store.write(lambda s: _new_key(s, "k1").uid)
+        assert uid == "k1"
+        again = yield store.write(
+            lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        assert again != backend
+    finally:
+        store.stopService()
+        engine.dispose()
 
 
 @pytest_twisted.inlineCallbacks

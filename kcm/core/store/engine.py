@@ -43,6 +43,12 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 # Execution option telling the SQLite begin hook whether to take the write lock up front.
 WRITE_OPTION = "kcm_write"
 
+#: A connection the writer thread kept idle this long (seconds) is pinged before its next
+#: transaction (PostgreSQL; :meth:`Store.write`).
+KEPT_CONNECTION_CHECK_S = 1.0
+#: PostgreSQL connections are exchanged for fresh ones at this age (seconds).
+POSTGRESQL_RECYCLE_S = 1800
+
 #: Where a session of a :class:`Store` finds the store's audit key (``Session.info``).
 AUDIT_KEY_INFO = "kcm.audit.key"
 #: Where a session of a :class:`Store` finds what to call with the number of audit
@@ -83,7 +89,7 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engin
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_pre_ping=True,
-            pool_recycle=1800,
+            pool_recycle=POSTGRESQL_RECYCLE_S,
             pool_timeout=30,
             connect_args={"connect_timeout": 10, "application_name": "kcm-core"},
         )))
@@ -142,6 +148,15 @@ def _sqlite_on_begin(connection: Any) -> None:
     execute_plain(connection, "BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def _answers_ping(engine: Engine, connection: Connection) -> bool:
+    """Whether ``connection``'s server answers (the pool's own check before it lends one)."""
+    try:
+        return bool(engine.dialect.do_ping(connection.connection.dbapi_connection))
+    except Exception:
+        connection.invalidate()  # the pool discards it when it comes back
+        return False
+
+
 #: A DB-API connection's ``info``: the ``query_only`` it was last set to.
 _QUERY_ONLY = "kcm.sqlite.query_only"
 
@@ -181,8 +196,11 @@ class Store(Service):
         #: The one thread of :meth:`write` (group commits), apart from the workers so that
         #: long reads holding every worker never delay a commit.
         self._writer: WriterThread | None = None
-        #: The connection the writer thread keeps between its transactions (SQLite).
+        #: The connection the writer thread keeps between its transactions, and when
+        #: (``time.monotonic()``) it was opened and last used.
         self._writer_connection: Connection | None = None
+        self._writer_connection_opened = 0.0
+        self._writer_connection_used = 0.0
         self._engine_lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
         #: Facts of the committed data the hot path reads from memory (tenants' services).
@@ -278,28 +296,45 @@ class Store(Service):
         return self._writer.submit(self._write_sync, fn)
 
     def _write_sync(self, fn: Callable[[Session], T]) -> T:
-        """:meth:`run_sync` for the writer thread: on SQLite in a connection the thread
-        keeps from one group to the next (a pool checkout and return, with its rollback,
-        cost a group commit about a fifth of its fixed CPU); a transaction that fails
-        gives it back, so the next starts on a fresh one."""
+        """:meth:`run_sync` for the writer thread, in a connection it keeps from one
+        transaction (group commit) to the next: a checkout from the pool and its return
+        cost a group about a fifth of its fixed CPU on SQLite, and on PostgreSQL a ping
+        and a rollback, two round trips. A transaction that fails gives the connection
+        back, so that the next begins on a fresh one. On PostgreSQL a connection kept
+        idle for :data:`KEPT_CONNECTION_CHECK_S` is pinged first, as the pool does before
+        lending one (a restarted server then costs no request a failure), and one older
+        than the pool's recycling age is exchanged."""
         with self._engine_lock:
             engine = self._engine_or_open()
-        if engine.dialect.name != "sqlite":
-            # PostgreSQL's pool pings a connection before lending it: a restarted server
-            # costs no request a failure (tests/integration/test_pg_restart.py).
-            return self.run_sync(fn)
-        with self._sqlite_writer:
-            kept = self._writer_connection
-            if kept is None:
-                kept = self._writer_connection = engine.execution_options(
-                    **{WRITE_OPTION: True}).connect()
-            try:
-                return self._transaction(lambda: StoreSession(
-                    bind=kept, expire_on_commit=False, autoflush=True), fn, True)
-            except BaseException:
-                self._writer_connection = None
-                kept.close()
-                raise
+        if engine.dialect.name == "sqlite":
+            with self._sqlite_writer:
+                return self._in_kept_connection(engine, fn, check=False)
+        return self._in_kept_connection(engine, fn, check=True)
+
+    def _in_kept_connection(self, engine: Engine, fn: Callable[[Session], T], *,
+                            check: bool) -> T:
+        now = time.monotonic()
+        kept = self._writer_connection
+        if kept is not None and check and (
+                now - self._writer_connection_used >= KEPT_CONNECTION_CHECK_S
+                and not _answers_ping(engine, kept)
+                or now - self._writer_connection_opened >= POSTGRESQL_RECYCLE_S):
+            self._writer_connection = None
+            kept.close()
+            kept = None
+        if kept is None:
+            kept = self._writer_connection = engine.execution_options(
+                **{WRITE_OPTION: True}).connect()
+            self._writer_connection_opened = now
+        try:
+            return self._transaction(lambda: StoreSession(
+                bind=kept, expire_on_commit=False, autoflush=True), fn, True)
+        except BaseException:
+            self._writer_connection = None
+            kept.close()
+            raise
+        finally:
+            self._writer_connection_used = time.monotonic()
 
     def defer(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Call ``fn(*args)`` on a worker thread, outside any transaction; ``fn`` opens its

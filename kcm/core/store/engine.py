@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
@@ -36,6 +37,8 @@ from kcm.core.store.savepoints import StoreSession
 from kcm.core.store.writer_thread import WriterThread
 
 T = TypeVar("T")
+
+log = Logger()
 
 # How long a SQLite writer waits for the write lock before failing ("database is locked").
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -265,9 +268,7 @@ class Store(Service):
         if self._writer is not None:
             self._writer.stop()
             self._writer = None
-        if self._writer_connection is not None:
-            self._writer_connection.close()
-            self._writer_connection = None
+        self._give_back_writer_connection()
         if self._threadpool is not None:
             self._threadpool.stop()
             self._threadpool = None
@@ -315,13 +316,12 @@ class Store(Service):
                             check: bool) -> T:
         now = time.monotonic()
         kept = self._writer_connection
-        if kept is not None and check and (
-                now - self._writer_connection_used >= KEPT_CONNECTION_CHECK_S
-                and not _answers_ping(engine, kept)
-                or now - self._writer_connection_opened >= POSTGRESQL_RECYCLE_S):
-            self._writer_connection = None
-            kept.close()
-            kept = None
+        if kept is not None and check:
+            old = now - self._writer_connection_opened >= POSTGRESQL_RECYCLE_S
+            idle = now - self._writer_connection_used >= KEPT_CONNECTION_CHECK_S
+            if old or (idle and not _answers_ping(engine, kept)):
+                self._give_back_writer_connection()
+                kept = None
         if kept is None:
             kept = self._writer_connection = engine.execution_options(
                 **{WRITE_OPTION: True}).connect()
@@ -330,11 +330,21 @@ class Store(Service):
             return self._transaction(lambda: StoreSession(
                 bind=kept, expire_on_commit=False, autoflush=True), fn, True)
         except BaseException:
-            self._writer_connection = None
-            kept.close()
+            self._give_back_writer_connection()
             raise
         finally:
             self._writer_connection_used = time.monotonic()
+
+    def _give_back_writer_connection(self) -> None:
+        """Return the writer's kept connection to the pool (which discards it if it was
+        found broken); the next write transaction opens another."""
+        kept, self._writer_connection = self._writer_connection, None
+        if kept is None:
+            return
+        try:
+            kept.close()
+        except Exception:
+            log.failure("closing the store writer's connection")
 
     def defer(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Call ``fn(*args)`` on a worker thread, outside any transaction; ``fn`` opens its

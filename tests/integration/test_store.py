@@ -509,7 +509,8 @@ def test_the_writer_checks_a_kept_postgresql_connection_that_sat_idle(
         postgres_url: str, monkeypatch: pytest.MonkeyPatch):
     """A PostgreSQL connection the writer kept idle is pinged before it is used again, as
     the pool checks one before lending it: a server that dropped it (a restart, a
-    failover, an idle timeout) costs the next write nothing."""
+    failover, an idle timeout) costs the next write nothing. One past the pool's recycling
+    age is exchanged."""
     engine = open_engine(postgres_url)
     with engine.begin() as connection:
         connection.execute(text("DROP SCHEMA public CASCADE"))
@@ -522,13 +523,21 @@ def test_the_writer_checks_a_kept_postgresql_connection_that_sat_idle(
         backend = yield store.write(
             lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar_one())
         with engine.begin() as connection:
-            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+            # With a timeout, it returns once the backend is gone (PostgreSQL 14 and later).
+            assert connection.execute(text("SELECT pg_terminate_backend(:pid, 10000)"),
+                                      {"pid": backend}).scalar_one()
         monkeypatch.setattr(engine_module, "KEPT_CONNECTION_CHECK_S", 0.0)
         uid = yield store.write(lambda s: _new_key(s, "k1").uid)
         assert uid == "k1"
         again = yield store.write(
             lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar_one())
         assert again != backend
+        # One past the recycling age goes back to the pool (which, at that age, replaces
+        # it with a new one), however lively.
+        kept = yield store.write(lambda s: s.connection())
+        monkeypatch.setattr(engine_module, "POSTGRESQL_RECYCLE_S", 0.0)
+        exchanged = yield store.write(lambda s: s.connection())
+        assert exchanged is not kept
     finally:
         store.stopService()
         engine.dispose()

@@ -110,10 +110,12 @@ def test_a_batch_answered_in_2_3_mb_is_response_too_large_and_the_link_stays_up(
         queries = request(*[item(Operation.QUERY, QueryRequest(
             query_functions=[QueryFunction.QUERY_OPERATIONS]))] * 5000, version=(2, 1))
         assert len(queries) == 240_072
-        with neighbour, gateway.client("app") as client:
+        with neighbour, gateway.client("app") as client, \
+                gateway.client("other_app") as other:
             wire = client.send(queries)
-            # Right after, from another tenant: forwarded and answered.
-            succeeded(answer(neighbour.client.send(request(get_attributes(
+            # Right after, from another tenant: forwarded and answered. (On a connection
+            # of its own: the neighbour's thread is using its connection meanwhile.)
+            succeeded(answer(other.send(request(get_attributes(
                 neighbour.uid, Tag.CRYPTOGRAPHIC_ALGORITHM)))))
         assert len(wire) <= MiB
         items = answer(wire).batch_items

@@ -55,7 +55,7 @@ class WriterThread:
             self._thread.join()
 
     def _run(self) -> None:
-        calls, call_from_thread = self._calls, self._reactor.callFromThread
+        calls, reactor = self._calls, self._reactor
         while True:
             call = calls.get()
             if call is _STOP or self._stopping:
@@ -64,6 +64,6 @@ class WriterThread:
             try:
                 result = fn(*args)
             except BaseException:
-                call_from_thread(done.errback, Failure())
+                reactor.callFromThread(done.errback, Failure())
             else:
-                call_from_thread(done.callback, result)
+                reactor.callFromThread(done.callback, result)

@@ -36,7 +36,7 @@ from sqlalchemy.orm.util import identity_key
 
 from kcm.core.store.known import known_facts, learn
 from kcm.core.store.object_cache import OBJECT_CACHE_INFO
-from kcm.core.store.raw_statements import RawStatement
+from kcm.core.store.raw_statements import RawStatement, execute_plain
 from kcm.core.store.savepoints import on_rollback
 from kcm.core.store.schema import (
     DATE_COLUMNS,
@@ -74,10 +74,13 @@ def lock_writers(session: Session) -> None:
     if session.info.get(_WRITERS_LOCKED):
         return
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(WRITER_LOCK_KEY)))
+        # Straight to the driver: once per write transaction (every group commit), where
+        # the ORM's execute cost more than the lock.
+        execute_plain(session.connection(), _LOCK_WRITERS)
     session.info[_WRITERS_LOCKED] = True
 
 
+_LOCK_WRITERS = f"SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"
 #: ``Session.info``: the writers' lock is held by this session's transaction.
 _WRITERS_LOCKED = "kcm.store.writers_locked"
 

@@ -80,7 +80,9 @@ def lock_writers(session: Session) -> None:
     session.info[_WRITERS_LOCKED] = True
 
 
+#: The statement that takes the writers' lock (PostgreSQL).
 _LOCK_WRITERS = f"SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"
+
 #: ``Session.info``: the writers' lock is held by this session's transaction.
 _WRITERS_LOCKED = "kcm.store.writers_locked"
 

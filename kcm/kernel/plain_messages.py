@@ -41,7 +41,8 @@ from kcm.ttlv import ItemType, decode_item
 
 __all__ = ["NOT_PLAIN", "PLAIN_OPERATIONS", "PLAIN_VERSIONS", "READABLE_VERSIONS",
            "CreateReader", "NotPlain",
-           "integer_at", "item_head", "read_request", "response_item", "structure_at"]
+           "integer_at", "item_head", "read_request", "read_request_python", "response_item",
+           "structure_at"]
 
 #: The protocol versions read and written here by default: an L4 answer has one layout in
 #: all of them.
@@ -114,6 +115,24 @@ _FIELDS: dict[int, tuple[tuple[int, str], ...]] = {
 _REQUESTS: dict[int, Callable[..., Any]] = {
     _ENCRYPT: EncryptRequest, _DECRYPT: DecryptRequest, _GET: GetRequest}
 
+#: How the scan returns each field's value (kcm/kernel/_plain_scan.c): 0 bytes, 1 text,
+#: 2 an integer, 3 a Structure's (start, end) for the model to decode.
+_KINDS = {_UNIQUE_IDENTIFIER: 1, _KEY_FORMAT_TYPE: 2, _CRYPTOGRAPHIC_PARAMETERS: 3}
+#: :data:`_FIELDS` as the scan takes it: (wire header, name, kind).
+_SCAN_FIELDS = {operation: tuple((head, name, _KINDS.get(head, 0)) for head, name in fields)
+                for operation, fields in _FIELDS.items()}
+
+try:
+    from kcm.kernel import _plain_scan
+except ImportError:  # a checkout whose extension is not built: the Python reader
+    _scan = None
+else:
+    _plain_scan.configure(
+        _REQUEST_MESSAGE, _REQUEST_HEADER, _PROTOCOL_VERSION, _VERSION_MAJOR, _VERSION_MINOR,
+        _MAXIMUM_RESPONSE_SIZE, _BATCH_COUNT, _BATCH_ITEM, _OPERATION, _UNIQUE_BATCH_ITEM_ID,
+        _REQUEST_PAYLOAD)
+    _scan = _plain_scan.scan
+
 
 class NotPlain(Exception):
     """Not a plain request or answer: the general codec's to read or write."""
@@ -136,7 +155,35 @@ def read_request(wire: bytes, create: CreateReader | None = None,
     typed request payload)]) of a plain request; raises :data:`NOT_PLAIN` for any other.
     A Create is read by ``create`` (``create(wire, payload_at, pos, payload_end, version)``:
     the payload's Structure at ``payload_at``, its content from ``pos``), and without one
-    is not plain. ``versions``: those read (a subset of :data:`READABLE_VERSIONS`)."""
+    is not plain. ``versions``: those read (a subset of :data:`READABLE_VERSIONS`).
+
+    The bytes are walked by the compiled :mod:`kcm.kernel._plain_scan` where it is built
+    (``pip install`` builds it), by :func:`read_request_python` otherwise; the two read
+    alike (tests/unit/test_plain_scan.py)."""
+    if _scan is None or type(wire) is not bytes:
+        return read_request_python(wire, create, versions)
+    version, maximum_response_size, scanned = _scan(
+        wire, _SCAN_FIELDS, versions, _CREATE, NOT_PLAIN)
+    items = []
+    for operation, batch_id, values in scanned:
+        if operation == _CREATE:
+            if create is None:
+                raise NOT_PLAIN
+            items.append((operation, batch_id, create(wire, *values, version)))
+            continue
+        if "unique_identifier" not in values:
+            raise NOT_PLAIN
+        parameters = values.get("cryptographic_parameters")
+        if parameters is not None:
+            values["cryptographic_parameters"] = _parameters(wire, *parameters)
+        items.append((operation, batch_id, _REQUESTS[operation](**values)))
+    return version, maximum_response_size, items
+
+
+def read_request_python(wire: bytes, create: CreateReader | None = None,
+                        versions: frozenset[tuple[int, int]] = PLAIN_VERSIONS
+                        ) -> tuple[tuple[int, int], int | None, _Items]:
+    """:func:`read_request` in Python alone: the reference the compiled scan is held to."""
     size = len(wire)
     head, length = _HEADER.unpack_from(wire, 0)
     if head != _REQUEST_MESSAGE or 8 + length != size:
@@ -210,6 +257,14 @@ def _payload(wire: bytes, pos: int, end: int,
         else:
             pos, values[name] = _bytes(wire, pos, end)
     return values
+
+
+def _parameters(wire: bytes, start: int, end: int) -> CryptographicParameters:
+    """The Cryptographic Parameters the scan found from ``start`` to ``end``."""
+    item, after = decode_item(wire, start)
+    if after != end:
+        raise NOT_PLAIN
+    return CryptographicParameters.from_item(item)
 
 
 def structure_at(wire: bytes, pos: int, end: int, expected: int) -> tuple[int, int]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kcm.kernel.lifecycle import usable_for
 from kcm.kmip.enums import State
@@ -14,7 +17,9 @@ class ServiceKey:
     KMIP State and AES-256 key bytes (empty once destroyed).
 
     ``state`` is the state the key is in now (time-driven changes already applied by
-    whoever built it).
+    whoever built it). A version is never changed (a new state is a new ServiceKey), so
+    what is derived from it on every L4 request (whether it may protect or process, the
+    AES-GCM object on its key, a token's associated data) is worked out once, on first use.
     """
 
     uid: str
@@ -23,19 +28,43 @@ class ServiceKey:
     version: int
     state: int
     key: bytes
+    #: What is derived once (see above): by name.
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def usable_to_protect(self) -> bool:
         """May seal new L4s, encrypt records under its L4s, wrap: only when Active."""
-        return usable_for(State(self.state), protect=True)
+        usable = self._derived.get("protect")
+        if usable is None:
+            usable = self._derived["protect"] = usable_for(State(self.state), protect=True)
+        return usable
 
     @property
     def usable_to_process(self) -> bool:
         """May open its L4s, decrypt, unwrap: also when Deactivated, but never once
         Compromised — a compromised service key is dropped at once everywhere
         (ARCHITECTURE §4), so gateway and core give the same answer."""
-        state = State(self.state)
-        return state != State.COMPROMISED and usable_for(state, protect=False)
+        usable = self._derived.get("process")
+        if usable is None:
+            state = State(self.state)
+            usable = self._derived["process"] = (
+                state != State.COMPROMISED and usable_for(state, protect=False))
+        return usable
+
+    def aesgcm(self) -> AESGCM:
+        """``AESGCM(key)``, built once (raises as AESGCM does for a destroyed key's b"")."""
+        aesgcm = self._derived.get("aesgcm")
+        if aesgcm is None:
+            aesgcm = self._derived["aesgcm"] = AESGCM(self.key)
+        return aesgcm
+
+    def derived(self, name: str, make: Callable[[ServiceKey], object]) -> object:
+        """``make(self)``, made once under ``name`` (for what another module derives from
+        a version, such as a token's associated data)."""
+        value = self._derived.get(name)
+        if value is None:
+            value = self._derived[name] = make(self)
+        return value
 
     def __repr__(self) -> str:
         # Never print the key (tracebacks, logs).

@@ -22,7 +22,6 @@ import hashlib
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kcm.l4.identifiers import l3_uid_from_uuid, l3_uuid_bytes
 from kcm.l4.service_key import ServiceKey
@@ -65,6 +64,12 @@ def associated_data(l3_uuid: bytes, tenant: str, service: str) -> bytes:
                      len(service_bytes).to_bytes(2, "big"), service_bytes))
 
 
+def _binding(l3: ServiceKey) -> tuple[bytes, bytes]:
+    """(the L3 version's uuid bytes, the associated data binding its tokens to it)."""
+    l3_uuid = l3_uuid_bytes(l3.uid)
+    return l3_uuid, associated_data(l3_uuid, l3.tenant, l3.service)
+
+
 def seal(l3: ServiceKey, dek: bytes, nonce: bytes) -> str:
     """The token of ``dek`` sealed under ``l3`` with ``nonce`` (12 fresh random bytes).
 
@@ -74,8 +79,8 @@ def seal(l3: ServiceKey, dek: bytes, nonce: bytes) -> str:
         raise ValueError(f"a DEK is 16, 24 or 32 bytes, not {len(dek)}")
     if len(nonce) != NONCE_LENGTH:
         raise ValueError(f"the nonce is {NONCE_LENGTH} bytes, not {len(nonce)}")
-    l3_uuid = l3_uuid_bytes(l3.uid)
-    sealed = AESGCM(l3.key).encrypt(nonce, dek, associated_data(l3_uuid, l3.tenant, l3.service))
+    l3_uuid, aad = l3.derived("token-binding", _binding)
+    sealed = l3.aesgcm().encrypt(nonce, dek, aad)
     body = base64.urlsafe_b64encode(l3_uuid + nonce + sealed).rstrip(b"=")
     return PREFIX + body.decode("ascii")
 
@@ -133,7 +138,7 @@ def open_sealed(sealed: SealedToken, l3: ServiceKey) -> bytes:
     aad = associated_data(sealed.l3_uuid or l3_uuid_bytes(sealed.l3_uid), l3.tenant,
                           l3.service)
     try:
-        return AESGCM(l3.key).decrypt(sealed.nonce, sealed.ciphertext, aad)
+        return l3.aesgcm().decrypt(sealed.nonce, sealed.ciphertext, aad)
     except InvalidTag:
         raise TokenError("the token does not open under its service key") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import uuid
 
@@ -121,3 +122,23 @@ def test_any_token_round_trips(key: bytes, nonce: bytes, length: int, data) -> N
     l3 = ServiceKey(L3.uid, "t", "s", 1, State.ACTIVE, key)
     dek = data.draw(st.binary(min_size=length, max_size=length))
     assert token.open(token.seal(l3, dek, nonce), l3) == dek
+
+
+def test_what_a_service_key_derives_once_belongs_to_that_version_alone() -> None:
+    """Sealing twice under one version seals alike (the derived binding is its own), and a
+    version in another state, or of another tenant, derives its own answers afresh."""
+    l3 = ServiceKey(uid=L3.uid, tenant="demo", service="app", version=1,
+                    state=State.ACTIVE, key=L3.key)
+    assert l3.usable_to_protect and token.seal(l3, DEK, NONCE) == token.seal(L3, DEK, NONCE)
+    assert token.seal(l3, DEK, NONCE) == token.seal(l3, DEK, NONCE)
+    deactivated = dataclasses.replace(l3, state=State.DEACTIVATED)
+    assert not deactivated.usable_to_protect and deactivated.usable_to_process
+    compromised = dataclasses.replace(l3, state=State.COMPROMISED)
+    assert not compromised.usable_to_protect and not compromised.usable_to_process
+    assert l3.usable_to_protect and l3 == L3 and hash(l3) == hash(L3)  # (derived: not compared)
+    other = dataclasses.replace(l3, tenant="other")
+    sealed_for_other = token.seal(other, DEK, NONCE)
+    with pytest.raises(token.TokenError):
+        token.open(sealed_for_other, l3)
+    assert token.open(sealed_for_other, other) == DEK
+    assert "key=" not in repr(l3) and "_derived" not in repr(l3)

@@ -24,7 +24,14 @@ shutdown, producers, the factory's bookkeeping) and changes two things:
 * it asks OpenSSL's memory buffers how many bytes they hold before reading them, instead of
   reading until pyOpenSSL raises ``WantReadError``: a request and its answer otherwise cost
   two raised exceptions (about 2 µs each) for nothing (a pyOpenSSL without the buffers
-  this looks at gets the stock loop).
+  this looks at gets the stock loop);
+* once the handshake is done, the four calls on every request's path (into the receive
+  buffer, ``SSL_read``, ``SSL_write``, out of the send buffer) go to OpenSSL through
+  pyOpenSSL's own binding, without the checks pyOpenSSL's methods wrap around each: those
+  cost more than the calls. Whatever does not succeed at once (OpenSSL wanting to read,
+  a closed or failed connection) is handed to pyOpenSSL's methods and Twisted's loops, which
+  repeat the call and answer it exactly as before: the direct calls only take the path
+  where nothing goes wrong.
 
 The eager send needs a TCP transport of Twisted's (``twisted.internet.tcp.Connection``:
 ``writeSomeData`` and its write buffer); over anything else (``StringTransport``, ``iosim``)
@@ -50,12 +57,17 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-try:  # pyOpenSSL's own binding of OpenSSL: how many bytes a memory BIO holds
+try:  # pyOpenSSL's own binding of OpenSSL: how many bytes a memory BIO holds, and the calls
+    # a request's bytes take once the handshake is done
     from OpenSSL._util import ffi as _ffi
     from OpenSSL._util import lib as _lib
+    from OpenSSL._util import no_zero_allocator as _allocate
 
     _MEM_DATA = _lib.BIO_get_mem_data
     _MEM_POINTER = _ffi.new("char **")
+    _BIO_WRITE, _BIO_READ = _lib.BIO_write, _lib.BIO_read
+    _SSL_READ, _SSL_WRITE, _SSL_PENDING = _lib.SSL_read, _lib.SSL_write, _lib.SSL_pending
+    _FROM_BUFFER, _BUFFER = _ffi.from_buffer, _ffi.buffer
 except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
     _MEM_DATA = None
 
@@ -82,6 +94,21 @@ def _memory_bios(connection: Any) -> tuple[Any, Any] | tuple[None, None]:
     return into, out
 
 
+def _direct_ssl(connection: Any) -> Any:
+    """The ``SSL *`` of a pyOpenSSL ``Connection`` whose calls this module may make itself
+    (see the module docstring), or None."""
+    if _MEM_DATA is None or not all(callable(getattr(connection, name, None)) for name in (
+            "_raise_ssl_error", "_handle_bio_errors")):
+        return None
+    return getattr(connection, "_ssl", None)
+
+
+#: Plaintext taken out of OpenSSL at once (as Twisted's loop: a TLS record holds 16 KiB).
+_RECEIVE_CHUNK = 2**15
+#: Plaintext handed to OpenSSL at once (as Twisted's loop: one TLS record).
+_RECORD = 2**14
+
+
 def _can_send_eagerly(transport: Any) -> bool:
     """Whether ``transport`` is a Twisted TCP connection whose buffer we may look at."""
     return all(hasattr(transport, name) for name in (
@@ -100,6 +127,8 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
     #: The connection's memory BIOs, once it has them (None: use the stock loops).
     _into_bio: Any = None
     _out_bio: Any = None
+    #: The connection's ``SSL *``, for the direct calls (None: pyOpenSSL's methods only).
+    _ssl: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         self._eager = _can_send_eagerly(transport)
@@ -110,9 +139,11 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         if self._tlsConnection is not None:
             # (the BIOs live as long as the Connection, which outlives them: connectionLost)
             self._into_bio, self._out_bio = _memory_bios(self._tlsConnection)
+            if self._into_bio is not None:
+                self._ssl = _direct_ssl(self._tlsConnection)
 
     def connectionLost(self, reason: Any) -> None:
-        self._into_bio = self._out_bio = None  # the Connection goes: the stock loops
+        self._into_bio = self._out_bio = self._ssl = None  # the Connection goes: the stock loops
         super().connectionLost(reason)
         transport = self.transport
         if self._eager and not transport.connected:
@@ -132,9 +163,18 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
             super()._flushReceiveBIO()
             return
         connection = self._tlsConnection
+        ssl = self._ssl if self._handshakeDone else None
         while not self._lostTLSConnection:
             try:
-                data = connection.recv(2**15)
+                if ssl is not None:
+                    buffer = _allocate("char[]", _RECEIVE_CHUNK)
+                    got = _SSL_READ(ssl, buffer, _RECEIVE_CHUNK)
+                    if got <= 0:  # pyOpenSSL says why, as its recv would have
+                        connection._raise_ssl_error(ssl, got)
+                        break  # (nothing to say: nothing to read)
+                    data = _BUFFER(buffer, got)[:]
+                else:
+                    data = connection.recv(_RECEIVE_CHUNK)
             except WantReadError:
                 break
             except ZeroReturnError:
@@ -147,7 +187,8 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
                     ProtocolWrapper.dataReceived(self, data)
                 # Nothing decrypted waiting, nothing received unread: a read would only
                 # raise WantReadError (OpenSSL reads no further ahead than one record).
-                if not connection.pending() and not _buffered(into):
+                if not (_SSL_PENDING(ssl) if ssl is not None else connection.pending()
+                        ) and not _buffered(into):
                     break
         self._flushSendBIO()
 
@@ -158,7 +199,16 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         self._gathered = []
         self._gathered_size = 0
         try:
-            super().dataReceived(data)
+            if self._ssl is not None and self._handshakeDone and not self._appSendBuffer:
+                # Twisted's dataReceived, for a connection past its handshake with nothing
+                # waiting to be written: into OpenSSL, and the plaintext out.
+                with _FROM_BUFFER(data) as view:
+                    written = _BIO_WRITE(self._into_bio, view, len(data))
+                if written != len(data):  # (a memory BIO takes everything, or fails)
+                    self._tlsConnection._handle_bio_errors(self._into_bio, written)
+                self._flushReceiveBIO()
+            else:
+                super().dataReceived(data)
         finally:
             gathered, self._gathered = self._gathered, None
             if gathered:
@@ -199,10 +249,30 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         # it waits for the ACK of the one before, which the peer may delay by 40 ms.
         self._holding = True
         try:
-            TLSMemoryBIOProtocol.write(self, data)
+            ssl = self._ssl
+            if (ssl is not None and self._handshakeDone and not self._appSendBuffer
+                    and not self._lostTLSConnection
+                    and not (self.disconnecting and self._producer is None)):
+                data = self._write_directly(ssl, data)
+            if data:
+                TLSMemoryBIOProtocol.write(self, data)
         finally:
             self._holding = False
         self._flushSendBIO()
+
+    def _write_directly(self, ssl: Any, data: bytes) -> bytes:
+        """Hand ``data`` to OpenSSL a record at a time; what is left when a call does not
+        succeed at once (Twisted's loop repeats that call with the same bytes, as OpenSSL
+        requires, and deals with the outcome)."""
+        with _FROM_BUFFER(data) as view:
+            sent, size = 0, len(data)
+            while sent < size:
+                chunk = min(size - sent, _RECORD)
+                written = _SSL_WRITE(ssl, view + sent, chunk)
+                if written <= 0:
+                    break
+                sent += written
+        return data[sent:] if sent else data
 
     def loseConnection(self) -> None:
         gathered, self._gathered = self._gathered, None
@@ -217,8 +287,17 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         if self._holding:
             return
         out = self._out_bio
-        if out is not None and not _buffered(out):
-            return
+        if out is not None:
+            waiting = _buffered(out)
+            if not waiting:
+                return
+            if self._ssl is not None:  # all of it, in one read of that size
+                buffer = _allocate("char[]", waiting)
+                got = _BIO_READ(out, buffer, waiting)
+                if got != waiting:  # (a memory BIO gives what it says it holds)
+                    self._tlsConnection._handle_bio_errors(out, got)
+                self._send_records(_BUFFER(buffer, got)[:])
+                return
         try:
             records = self._tlsConnection.bio_read(_SEND_CHUNK)
         except WantReadError:
@@ -231,6 +310,11 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
                 except WantReadError:
                     break
             records = b"".join(chunks)
+        self._send_records(records)
+
+    def _send_records(self, records: bytes) -> None:
+        """Send ``records`` on the socket now if nothing waits before them, else queue them
+        in the TCP transport."""
         transport = self.transport
         if (self._eager and not transport._tempDataLen
                 and transport.offset == len(transport.dataBuffer)

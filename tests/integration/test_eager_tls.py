@@ -96,6 +96,8 @@ def test_pipelined_answers_arrive_in_order_and_whole(pki: PkiPaths) -> None:
         yield client.until(len(expected))
         assert bytes(client.received) == expected
         assert servers[0].transport._gathered is None  # nothing left gathered after the turn
+        # (both ends made OpenSSL's calls themselves once the handshake was done)
+        assert servers[0].transport._ssl is not None and client.transport._ssl is not None
     finally:
         client.transport.loseConnection()
         yield port.stopListening()
@@ -142,6 +144,53 @@ def test_an_answer_written_before_closing_arrives_before_the_close(pki: PkiPaths
         client.transport.write(b"one\nclose\nnever\n")
         received = yield client.done
         assert received == b"bye:onebye:close"
+    finally:
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_request_of_many_records_is_read_whole(pki: PkiPaths) -> None:
+    # 3 MiB in: many TLS records received in reads of any size, each decrypted on its way.
+    client, port, servers = yield serve(pki, lambda line: b"%d;" % len(line))
+    try:
+        big = bytes(range(97, 123)) * ((3 << 20) // 26)
+        client.transport.write(big + b"\nsmall\n")
+        expected = b"%d;5;" % len(big)
+        yield client.until(len(expected))
+        assert bytes(client.received) == expected
+    finally:
+        client.transport.loseConnection()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_damaged_record_ends_the_connection_and_nothing_else(pki: PkiPaths) -> None:
+    # Bytes that are no TLS record, after the handshake: OpenSSL refuses them, the server
+    # ends that connection, and a second client is served all the same.
+    lost: list[object] = []
+
+    class Watched(Lines):
+        def connectionLost(self, reason) -> None:
+            lost.append(reason)
+
+    client, port, servers = yield serve(pki, lambda line: b"ok:" + line)
+    try:
+        client.transport.write(b"first\n")
+        yield client.until(len(b"ok:first"))
+        servers[0].__class__ = Watched
+        client.transport.transport.write(b"\x17\x03\x03\x00\x20" + bytes(32))  # raw, no TLS
+        received = yield client.done
+        assert received == b"ok:first"
+        while not lost:
+            yield deferLater(0.01)
+        options = client_tls_options(pki.app.cert, pki.app.key, pki.ca.cert, "localhost")
+        second = yield EagerTLSClientEndpoint(
+            options, TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)).connect(
+            protocol.Factory.forProtocol(Collector))
+        second.transport.write(b"second\n")
+        yield second.until(len(b"ok:second"))
+        assert bytes(second.received) == b"ok:second"
+        second.transport.loseConnection()
     finally:
         yield port.stopListening()
 

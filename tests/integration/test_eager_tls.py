@@ -86,36 +86,40 @@ def serve(pki: PkiPaths, answer):
     return client, port, servers
 
 
-@pytest_twisted.inlineCallbacks
-def test_pipelined_answers_arrive_in_order_and_whole(pki: PkiPaths) -> None:
-    client, port, servers = yield serve(pki, lambda line: line[::-1] + b";")
+@defer.inlineCallbacks
+def exchange(pki: PkiPaths, answer, sent: bytes, expected: bytes, check=None):
+    """Send ``sent`` to a server of ``Lines(answer)``, see ``expected`` come back whole, and
+    run ``check(client, servers)`` before the client closes."""
+    client, port, servers = yield serve(pki, answer)
     try:
-        lines = [b"%05d" % i for i in range(2000)]  # answered in one turn: gathered records
-        client.transport.write(b"\n".join(lines) + b"\n")
-        expected = b"".join(line[::-1] + b";" for line in lines)
+        client.transport.write(sent)
         yield client.until(len(expected))
         assert bytes(client.received) == expected
-        assert servers[0].transport._gathered is None  # nothing left gathered after the turn
-        # (both ends made OpenSSL's calls themselves once the handshake was done)
-        assert servers[0].transport._ssl is not None and client.transport._ssl is not None
+        if check is not None:
+            check(client, servers)
     finally:
         client.transport.loseConnection()
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_pipelined_answers_arrive_in_order_and_whole(pki: PkiPaths) -> None:
+    def check(client, servers) -> None:
+        assert servers[0].transport._gathered is None  # nothing left gathered after the turn
+        # (both ends made OpenSSL's calls themselves once the handshake was done)
+        assert servers[0].transport._ssl is not None and client.transport._ssl is not None
+
+    lines = [b"%05d" % i for i in range(2000)]  # answered in one turn: gathered records
+    yield exchange(pki, lambda line: line[::-1] + b";", b"\n".join(lines) + b"\n",
+                   b"".join(line[::-1] + b";" for line in lines), check)
 
 
 @pytest_twisted.inlineCallbacks
 def test_large_answers_are_sent_whole_and_in_order_past_a_full_socket(pki: PkiPaths) -> None:
     # Several MiB in one turn: more than the socket takes at once, so part of every record
     # goes through the TCP transport's buffer and what follows must queue behind it.
-    client, port, servers = yield serve(pki, lambda line: line * (1 << 20) + b"|")
-    try:
-        client.transport.write(b"a\nb\nc\nd\n")
-        expected = b"".join(x * (1 << 20) + b"|" for x in (b"a", b"b", b"c", b"d"))
-        yield client.until(len(expected))
-        assert bytes(client.received) == expected
-    finally:
-        client.transport.loseConnection()
-        yield port.stopListening()
+    yield exchange(pki, lambda line: line * (1 << 20) + b"|", b"a\nb\nc\nd\n",
+                   b"".join(x * (1 << 20) + b"|" for x in (b"a", b"b", b"c", b"d")))
 
 
 @pytest_twisted.inlineCallbacks
@@ -151,16 +155,9 @@ def test_an_answer_written_before_closing_arrives_before_the_close(pki: PkiPaths
 @pytest_twisted.inlineCallbacks
 def test_a_request_of_many_records_is_read_whole(pki: PkiPaths) -> None:
     # 3 MiB in: many TLS records received in reads of any size, each decrypted on its way.
-    client, port, servers = yield serve(pki, lambda line: b"%d;" % len(line))
-    try:
-        big = bytes(range(97, 123)) * ((3 << 20) // 26)
-        client.transport.write(big + b"\nsmall\n")
-        expected = b"%d;5;" % len(big)
-        yield client.until(len(expected))
-        assert bytes(client.received) == expected
-    finally:
-        client.transport.loseConnection()
-        yield port.stopListening()
+    big = bytes(range(97, 123)) * ((3 << 20) // 26)
+    yield exchange(pki, lambda line: b"%d;" % len(line), big + b"\nsmall\n",
+                   b"%d;5;" % len(big))
 
 
 @pytest_twisted.inlineCallbacks

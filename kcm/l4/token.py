@@ -135,8 +135,7 @@ def open_sealed(sealed: SealedToken, l3: ServiceKey) -> bytes:
     """As :func:`open`, for a token already parsed."""
     if sealed.l3_uid != l3.uid or len(l3.key) != 32:
         raise TokenError("the token is sealed under another service key")
-    aad = associated_data(sealed.l3_uuid or l3_uuid_bytes(sealed.l3_uid), l3.tenant,
-                          l3.service)
+    aad = l3.derived("token-binding", _binding)[1]  # (sealed.l3_uid is l3.uid: one binding)
     try:
         return l3.aesgcm().decrypt(sealed.nonce, sealed.ciphertext, aad)
     except InvalidTag:

@@ -260,11 +260,29 @@ def _payload(wire: bytes, pos: int, end: int,
 
 
 def _parameters(wire: bytes, start: int, end: int) -> CryptographicParameters:
-    """The Cryptographic Parameters the scan found from ``start`` to ``end``."""
+    """The Cryptographic Parameters the scan found from ``start`` to ``end``.
+
+    A client sends the same few over and over: the model of each is made once and shared
+    by the requests that carry those bytes (nothing changes a request's model once it is
+    read), up to :data:`_PARAMETERS_KEPT` of them."""
+    encoded = wire[start:end]
+    known = _PARAMETERS.get(encoded)
+    if known is not None:
+        return known
     item, after = decode_item(wire, start)
     if after != end:
         raise NOT_PLAIN
-    return CryptographicParameters.from_item(item)
+    parameters = CryptographicParameters.from_item(item)
+    if len(_PARAMETERS) >= _PARAMETERS_KEPT:
+        _PARAMETERS.clear()  # (a client that varies them pays the decoding, not memory)
+    _PARAMETERS[encoded] = parameters
+    return parameters
+
+
+#: Encoded Cryptographic Parameters -> their model (:func:`_parameters`); at most
+#: :data:`_PARAMETERS_KEPT` entries.
+_PARAMETERS: dict[bytes, CryptographicParameters] = {}
+_PARAMETERS_KEPT = 64
 
 
 def structure_at(wire: bytes, pos: int, end: int, expected: int) -> tuple[int, int]:

@@ -150,3 +150,26 @@ def test_an_answer_before_kmip_1_4_is_written_by_the_general_encoder() -> None:
                                          authenticated_encryption_tag=bytes(16)))
     for version in ((1, 2), (1, 3)):
         assert _encoded([sealed], version) == encode_items([sealed], version)
+
+
+def test_the_same_parameters_are_read_once_and_their_number_is_bounded() -> None:
+    """Cryptographic Parameters with the same bytes are decoded once and shared; a client
+    that sends many different ones is still read right, and the memory stays bounded."""
+    from kcm.kernel import plain_messages
+
+    def encrypt_with(tag_length: int) -> bytes:
+        return request(item(Operation.ENCRYPT, EncryptRequest(
+            unique_identifier="k", data=b"x", cryptographic_parameters=CryptographicParameters(
+                block_cipher_mode=BlockCipherMode.GCM, tag_length=tag_length))),
+            version=(1, 4))
+
+    def parameters_of(wire: bytes) -> CryptographicParameters:
+        plain = _plain_request(wire, LIMITS)
+        assert plain is not None
+        return plain.batch_items[0].request_payload.cryptographic_parameters
+
+    first, again = parameters_of(encrypt_with(16)), parameters_of(encrypt_with(16))
+    assert first is again
+    for length in range(1, 3 * plain_messages._PARAMETERS_KEPT):
+        assert parameters_of(encrypt_with(length)).tag_length == length
+        assert len(plain_messages._PARAMETERS) <= plain_messages._PARAMETERS_KEPT

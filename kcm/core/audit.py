@@ -272,9 +272,13 @@ class Checkpoint:
 
 
 def _canonical_json(value: Any) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
+    return _CANONICAL(value)
+
+
+#: The canonical encoding (made once: ``json.dumps`` with options builds an encoder per
+#: call, and every record takes three).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                              allow_nan=False).encode
 
 
 def _check_text(name: str, value: object, *, optional: bool = False) -> None:
@@ -399,7 +403,7 @@ def append_audit(
     # included) forgets it, since the rows it described may be gone.
     session.info[_TAIL_KEY] = (seq, digest)
     row = AuditRow(**values, prev_digest=prev_digest, digest=digest, mac=mac)
-    _log_after_commit(session, row)
+    _log_after_commit(session, row, record)
     return row
 
 
@@ -514,8 +518,30 @@ def _before_commit(session: Session) -> None:
         write_head(session)
 
 
-def _log_after_commit(session: Session, row: AuditRow) -> None:
-    session.info.setdefault(_PENDING_KEY, []).append(row)
+def _log_after_commit(session: Session, row: AuditRow, record: AuditEvent) -> None:
+    # With the record as given: its object ids and detail need no decoding from the row.
+    session.info.setdefault(_PENDING_KEY, []).append((row, record))
+
+
+def _log_fields(row: AuditRow, record: AuditEvent) -> dict[str, Any]:
+    """:meth:`AuditRow.log_fields` of ``row``, appended from ``record``."""
+    return {
+        "seq": row.seq,
+        "at_us": row.at,
+        "principal": row.principal,
+        "tenant": row.tenant,
+        "gateway": row.gateway,
+        "source": row.source,
+        "operation": row.operation,
+        "object_ids": list(record.object_ids),
+        "result_status": row.result_status,
+        "result_reason": row.result_reason,
+        "correlation_id": row.correlation_id,
+        # (A plain dict logs as it is; any other mapping as the row stored it.)
+        "detail": record.detail if type(record.detail) is dict or record.detail is None
+        else json.loads(row.detail),  # type: ignore[arg-type]
+        "digest": row.digest.hex(),
+    }
 
 
 @contextmanager
@@ -563,6 +589,13 @@ class RequestSavepoint:
     def item_savepoint(self) -> RequestSavepoint:
         return self
 
+    @property
+    def wrote(self) -> bool:
+        """Whether anything was written under it so far (its ``SAVEPOINT`` is sent only
+        before the first statement that may write, where the database allows:
+        :class:`~kcm.core.store.savepoints.RawSavepoint`)."""
+        return self._nested.sent  # type: ignore[union-attr]
+
     # The kernel's Savepoint: the item's commit is the request's (at its end), its
     # rollback the request's so far.
     def commit(self) -> None:
@@ -575,7 +608,7 @@ class RequestSavepoint:
     def _begin(self) -> None:
         pending = self._session.info.get(_PENDING_KEY)
         self._mark = 0 if pending is None else len(pending)
-        self._nested = RawSavepoint(self._session)
+        self._nested = RawSavepoint(self._session, deferred=True)
 
     def _rollback(self) -> None:
         self._nested.rollback()  # type: ignore[union-attr]
@@ -591,13 +624,13 @@ def _emit_pending(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint released ("after_commit" fires for those too): not durable yet
     session.info.pop(_TAIL_KEY, None)
-    pending: list[AuditRow] = session.info.pop(_PENDING_KEY, [])
+    pending: list[tuple[AuditRow, AuditEvent]] = session.info.pop(_PENDING_KEY, [])
     if not pending:
         return
     # The committed row is the record of truth; a broken log observer cannot turn it into a
     # reported failure, since the log publisher catches (and reports) observers' errors.
-    for row in pending:
-        audit_log.info(AUDIT_FORMAT, **row.log_fields())
+    for row, record in pending:
+        audit_log.info(AUDIT_FORMAT, **_log_fields(row, record))
     written = session.info.get(AUDIT_WRITTEN_INFO)
     if written is not None:
         written(len(pending))

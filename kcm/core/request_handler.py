@@ -325,12 +325,19 @@ class CoreRequestHandler:
             answer = self._failed_answer(caller, _answer_version(wire), correlation_id, now)
         else:
             try:
+                events: list[AuditEvent] = []
                 with RequestSavepoint(session) as request_savepoint:
                     # A lone item shares the request's savepoint (one, not two).
                     items = self._execute(
                         session, request, caller, now, correlation_id, should_stop,
-                        savepoint=request_savepoint.item_savepoint
+                        events.append, savepoint=request_savepoint.item_savepoint
                         if len(request.batch_items) == 1 else None)
+                    if request_savepoint.wrote or len(events) != 1:
+                        _append_all(session, events)
+                        events = []
+                # A request that wrote nothing has one record to write: one INSERT, which
+                # leaves nothing if it fails, needs no savepoint (none was ever sent).
+                _append_all(session, events)
                 return self._response(request, now, correlation_id, items)
             except Exception:
                 log.failure("request failed [correlation id {cid}]", cid=correlation_id)

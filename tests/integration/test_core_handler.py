@@ -39,6 +39,7 @@ from kcm.kmip.payloads import (
     ActivateRequest,
     CreateRequest,
     DestroyRequest,
+    DiscoverVersionsRequest,
     GetRequest,
     LocateRequest,
     QueryRequest,
@@ -391,6 +392,48 @@ def test_an_unexpected_failure_is_a_general_failure_with_an_audit_record(
     assert (row.operation, row.result_reason) == ("?", "GENERAL_FAILURE")
     assert json.loads(row.detail) == {"operations": ["CREATE"]}
     assert row.correlation_id in answer.batch_items[0].result_message
+
+
+def test_a_request_that_writes_nothing_sends_no_savepoint(core: CoreHarness,
+                                                          monkeypatch) -> None:
+    """A request's savepoint is sent before its first write (SQLite): a Discover Versions,
+    which writes nothing but its one audit record, sends none; two read-only items, or a
+    Create, do. A lone record whose insert fails leaves nothing: the request is answered
+    General Failure, audited as such, and the group goes on."""
+    from kcm.core import audit
+
+    caller, now = core.caller(), int(time.time())
+    seen: list[str] = []
+    discover = wire((Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest()))
+    real_append = audit.append_audit
+
+    def refuse_first(session, record, **kwargs):
+        monkeypatch.setattr(request_handler, "append_audit", real_append)
+        raise RuntimeError("the record cannot be written")
+
+    def group(session):
+        session.connection().connection.dbapi_connection.set_trace_callback(
+            lambda sql: seen.append(sql.split()[0]))
+        answers = []
+        for data in (discover, queries(2), wire(create_item())):
+            answers.append(core.handler._respond_in(session, data, caller, now, None))
+            answers.append(seen.count("SAVEPOINT"))
+        monkeypatch.setattr(request_handler, "append_audit", refuse_first)
+        answers.append(core.handler._respond_in(session, discover, caller, now, None))
+        return answers
+
+    before = len(audit_rows(core))
+    first, none, second, one, third, two, refused = core.store.run_sync(group)
+    assert (none, one, two) == (0, 1, 2)
+    for answer in (first, second, third):
+        assert {i.result_status for i in response(answer).batch_items} == {
+            ResultStatus.SUCCESS}
+    assert response(refused).batch_items[0].result_reason == ResultReason.GENERAL_FAILURE
+    rows = audit_rows(core)[before:]
+    assert [(r.operation, r.result_status) for r in rows] == [
+        ("DISCOVER_VERSIONS", "SUCCESS"), ("QUERY", "SUCCESS"), ("QUERY", "SUCCESS"),
+        ("CREATE", "SUCCESS"), ("?", "OPERATION_FAILED")]
+    assert core.store.run_sync(lambda s: verify_chain(s)).ok
 
 
 def test_a_lone_item_that_fails_after_writing_rolls_back_alone_in_its_group(

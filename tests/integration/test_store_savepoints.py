@@ -195,3 +195,125 @@ def test_an_error_sent_before_an_inner_savepoint_is_the_outer_ones(store: Store)
         return _uids(session)
 
     assert store.run_sync(work) == ["k1", "k2"]
+
+
+# Deferred savepoints (SQLite: sent before the first statement that may write) --------
+def _traced(session: Session) -> list[str]:
+    """The statements ``session``'s SQLite connection runs from now on (their first word
+    and, for a savepoint's, its name)."""
+    seen: list[str] = []
+    dbapi = session.connection().connection.dbapi_connection
+    dbapi.set_trace_callback(lambda sql: seen.append(" ".join(sql.split()[:2])))
+    return seen
+
+
+def _sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def test_a_deferred_savepoint_under_which_nothing_is_written_is_never_sent(
+        store: Store) -> None:  # noqa: F811
+    """A read (a raw SELECT) runs without it; its end sends nothing. On PostgreSQL, where
+    a failed statement would spoil the transaction, it is sent at once."""
+    store.run_sync(lambda session: _new_key(session, "k1"))
+
+    def work(session: Session) -> tuple[bool, list[str], int | None]:
+        seen = _traced(session) if _sqlite(session) else []
+        kept = RawSavepoint(session, deferred=True)
+        stamp = repo.object_stamp(session, "t1", "k1", for_update=True)
+        sent = kept.sent
+        kept.commit()
+        undone = RawSavepoint(session, deferred=True)
+        undone.rollback()
+        return sent, seen, None if stamp is None else stamp[0]
+
+    sent, seen, revision = store.run_sync(work)
+    assert revision is not None
+    if store.engine.dialect.name == "sqlite":
+        assert not sent
+        assert seen == ["SELECT managed_objects.revision,", "COMMIT"]
+    else:
+        assert sent
+
+
+def test_a_deferred_savepoint_is_sent_before_the_first_write(store: Store) -> None:  # noqa: F811
+    """A Core insert, a flush of the ORM's, a savepoint begun inside: each sends it first,
+    and its rollback undoes what was written under it, and only that."""
+    def work(session: Session) -> tuple[list[str], list[bool]]:
+        sent = []
+        _new_key(session, "before")
+        core = RawSavepoint(session, deferred=True)
+        _new_key(session, "core")  # a Core insert
+        sent.append(core.sent)
+        core.rollback()
+        orm = RawSavepoint(session, deferred=True)
+        session.add(ObjectName(uid="before", tenant="t1", name="n", name_type=1))
+        session.flush()
+        sent.append(orm.sent)
+        orm.rollback()
+        outer = RawSavepoint(session, deferred=True)
+        inner = RawSavepoint(session)  # not deferred: the outer one goes first
+        sent.append(outer.sent)
+        _new_key(session, "inner")
+        inner.rollback()
+        _new_key(session, "outer")
+        outer.commit()
+        return _uids(session), sent
+
+    assert store.run_sync(work) == (["before", "outer"], [True, True, True])
+    assert store.run_sync(_uids, write=False) == ["before", "outer"]
+    names = store.run_sync(lambda s: s.scalar(select(func.count()).select_from(ObjectName)),
+                           write=False)
+    assert names == 0
+
+
+def test_an_inner_deferred_savepoint_never_sent_leaves_the_outer_one_waiting(
+        store: Store) -> None:  # noqa: F811
+    def work(session: Session) -> tuple[list[str], bool, bool]:
+        outer = RawSavepoint(session, deferred=True)
+        inner = RawSavepoint(session, deferred=True)
+        inner.commit()
+        waiting = not outer.sent
+        _new_key(session, "undone")  # sends the outer one, then writes under it
+        sent = outer.sent
+        outer.rollback()
+        return _uids(session), waiting, sent
+
+    uids, waiting, sent = store.run_sync(work)
+    assert uids == [] and sent
+    assert waiting == (store.engine.dialect.name == "sqlite")
+
+
+def test_a_deferred_savepoint_left_open_is_not_sent_in_the_next_transaction(
+        store: Store) -> None:  # noqa: F811
+    """A transaction that failed with a deferred savepoint open (never ended) leaves the
+    connection to the next one with nothing waiting to be sent before its statements."""
+    def fails(session: Session) -> None:
+        RawSavepoint(session, deferred=True)
+        raise RuntimeError("the transaction fails")
+
+    with pytest.raises(RuntimeError):
+        store._write_sync(fails)
+    store._write_sync(lambda session: _new_key(session, "next"))  # the same kept connection
+    assert store.run_sync(_uids, write=False) == ["next"]
+
+
+_KEY_FIELDS = {"tenant": "t1", "object_type": 2, "state": STATE_PRE_ACTIVE,
+               "attributes": b"", "material": None, "material_format": None,
+               "wrapped_by": None}
+
+
+def test_a_raw_statement_in_an_orm_savepoint_is_undone_with_it(store: Store) -> None:  # noqa: F811
+    """Raw statements run on the transaction's connection without asking the ORM for it,
+    except inside a savepoint of the ORM's, which is begun on the database only when its
+    connection is asked for: there they ask, and its rollback undoes them."""
+    def work(session: Session) -> list[str]:
+        _new_key(session, "kept")
+        nested = session.begin_nested()
+        # The first statement in it a Core insert, sent straight to the driver.
+        repo.insert_object(session, **{**_KEY_FIELDS, "uid": "undone"})
+        nested.rollback()
+        return _uids(session)
+
+    assert store.run_sync(work) == ["kept"]
+    assert store.run_sync(_uids, write=False) == ["kept"]

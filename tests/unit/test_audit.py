@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import io
 import json
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import pytest
@@ -180,6 +181,21 @@ def test_recomputed_digest_fails_the_records_own_mac(store: Store) -> None:
 
 def _audit_events(events) -> list[dict]:
     return [e for e in events if e.get("log_namespace") == "kcm.audit"]
+
+
+@pytest.mark.parametrize("detail", [
+    {"reason": "key compromise", "list": ("a", 1), "nested": {"ok": True}},
+    OrderedDict(reason="a dict of another type"),
+    None,
+])
+def test_a_logged_record_carries_the_stored_rows_fields(store: Store, detail) -> None:
+    """The log line is made from the record as given, not decoded from the row: it must
+    say what the row's own :meth:`AuditRow.log_fields` says."""
+    with capturedLogs() as events:
+        row = store.run_sync(lambda s: append_audit(s, _event(detail=detail)))
+    [entry] = _audit_events(events)
+    logged = {key: value for key, value in entry.items() if not key.startswith("log_")}
+    assert json.loads(json.dumps(logged)) == row.log_fields()
 
 
 def test_records_are_logged_only_after_commit(store: Store) -> None:

@@ -31,7 +31,15 @@ from twisted.python.threadpool import ThreadPool
 
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
 from kcm.core.store.object_cache import OBJECT_CACHE_INFO, ObjectCache
-from kcm.core.store.raw_statements import discard_pending, drain_pending, execute_plain, pipelined
+from kcm.core.store.raw_statements import (
+    TRANSACTION_CONNECTION,
+    defers_savepoints,
+    discard_pending,
+    drain_pending,
+    execute_plain,
+    forget_deferred,
+    pipelined,
+)
 from kcm.core.store.repository import OUTBOX_WRITTEN_INFO, lock_writers
 from kcm.core.store.savepoints import StoreSession
 from kcm.core.store.writer_thread import WriterThread
@@ -81,7 +89,7 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engin
         )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
-        return _plain_savepoints(engine)
+        return defers_savepoints(_plain_savepoints(engine))
     if backend == "postgresql":
         if parsed.get_driver_name() in ("", "psycopg2"):
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -143,6 +151,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_on_begin(connection: Any) -> None:
     # Every transaction comes here: the statements go straight to the driver, and
     # ``query_only`` is set only when this DB-API connection last served the other kind.
+    forget_deferred(connection)  # (a savepoint never ended waits for no statement now)
     write = connection.get_execution_options().get(WRITE_OPTION, True)
     info = connection.connection.info  # this DB-API connection's, for as long as it lives
     if info.get(_QUERY_ONLY) is not (not write):
@@ -393,6 +402,7 @@ class Store(Service):
                 if self.objects.size:
                     info[OBJECT_CACHE_INFO] = self.objects
                 info[WRITE_INFO] = write
+                info[TRANSACTION_CONNECTION] = session.connection()
                 if write:
                     lock_writers(session)
                 elif session.get_bind().dialect.name == "postgresql":

@@ -24,6 +24,17 @@ the error never ran). A transaction drains what is pending before it commits
 (:func:`drain_pending`), and any statement of SQLAlchemy's drains it first
 (:func:`pipelined` installs the hooks). On SQLite, sending is executing: there is no
 round trip to save.
+
+**A savepoint opened when first needed (SQLite).** A savepoint is there to undo writes. On
+SQLite a statement that fails leaves its transaction as it was, so a savepoint whose
+``SAVEPOINT`` has not been sent yet costs nothing to have: reads run before it see what
+they would see after it. :func:`defer_savepoint` registers such a savepoint on a
+connection. Before the first statement that may write (any but a ``SELECT`` of a
+:class:`RawStatement`: an insert, an update, another savepoint, any statement of
+SQLAlchemy's) its ``SAVEPOINT`` is sent. A request that only reads, and writes nothing but
+its audit record, then sends no ``SAVEPOINT`` and no ``RELEASE``
+(:class:`kcm.core.store.savepoints.RawSavepoint`). PostgreSQL is not offered this: a
+statement that fails there spoils the whole transaction unless a savepoint was open.
 """
 
 from __future__ import annotations
@@ -38,24 +49,37 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["RawStatement", "discard_pending", "drain_pending", "execute_plain", "pipelined"]
+__all__ = ["TRANSACTION_CONNECTION", "RawStatement", "connection_of", "defer_savepoint",
+           "defers_savepoints", "discard_pending", "drain_pending", "execute_plain",
+           "forget_deferred", "pipelined"]
 
 #: A pooled DB-API connection's ``info``: the psycopg pipeline open on it, holding
 #: statements sent and not yet waited for.
 _PIPELINE = "kcm.store.pipeline"
 #: A DB-API connection's ``info``: whether its statements may be sent (a pipelined engine).
 _SENDS = "kcm.store.sends"
+#: ``Session.info``: the Connection of the session's transaction, as a
+#: :class:`~kcm.core.store.engine.Store` sets it when the transaction begins
+#: (:func:`connection_of`).
+TRANSACTION_CONNECTION = "kcm.store.connection"
+#: A DB-API connection's ``info``: whether its savepoints may be sent when first needed.
+_DEFERS = "kcm.store.defers_savepoints"
+#: A DB-API connection's ``info``: what sends the savepoint that waits for the first
+#: statement that may write (:func:`defer_savepoint`).
+_DEFERRED = "kcm.store.deferred_savepoint"
 
 
 class RawStatement:
     """``statement`` with the bound parameters ``keys`` (for an INSERT: its columns, in
     this order), compiled once per dialect, run on the session's DB-API connection."""
 
-    __slots__ = ("_compiled", "_keys", "_statement")
+    __slots__ = ("_compiled", "_keys", "_statement", "_writes")
 
     def __init__(self, statement: ClauseElement, keys: Sequence[str] = ()) -> None:
         self._statement = statement
         self._keys = list(keys)
+        #: Whether it may write: only a SELECT runs before a deferred savepoint is sent.
+        self._writes = not getattr(statement, "is_select", False)
         #: dialect name -> _Compiled
         self._compiled: dict[str, _Compiled] = {}
 
@@ -71,7 +95,7 @@ class RawStatement:
 
     def _execute(self, session: Session, params: Mapping[str, Any] | None,
                  wait: bool) -> Any:
-        connection = session.connection()
+        connection = connection_of(session)
         dialect = connection.dialect
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
@@ -83,7 +107,7 @@ class RawStatement:
                 values[key] = convert(value)
         if compiled.order is not None:
             values = tuple(values[key] for key in compiled.order)
-        return _run(connection, compiled.sql, values, wait)
+        return _run(connection, compiled.sql, values, wait, self._writes)
 
     def _compile(self, dialect: Any) -> _Compiled:
         compiled = self._statement.compile(dialect=dialect,
@@ -107,16 +131,37 @@ class _Compiled:
     convert: dict[str, Callable[[Any], Any]]
 
 
-def execute_plain(connection: Any, sql: str, *, wait: bool = True) -> Any:
+def connection_of(session: Session) -> Any:
+    """``session.connection()``, without the ORM's way there for each statement: the
+    Connection its transaction began with, while no savepoint of the ORM's is open and that
+    transaction runs. Otherwise the ORM's answer, which matters: an ORM savepoint sends its
+    ``SAVEPOINT`` only when its connection is first asked for, and a transaction a failed
+    flush rolled back is refused."""
+    connection = session.info.get(TRANSACTION_CONNECTION)
+    if (connection is None or session.get_nested_transaction() is not None
+            or not connection.in_transaction()):
+        return session.connection()
+    return connection
+
+
+def execute_plain(connection: Any, sql: str, *, wait: bool = True,
+                  writes: bool = True) -> Any:
     """Run ``sql`` (no parameters) on the DB-API connection of ``connection`` (a
-    SQLAlchemy Connection); with ``wait=False``, sent as :meth:`RawStatement.send` is."""
-    return _run(connection, sql, (), wait)
+    SQLAlchemy Connection); with ``wait=False``, sent as :meth:`RawStatement.send` is.
+    ``writes=False`` only for a statement that may run before a deferred savepoint is sent
+    (a ``SAVEPOINT``'s own)."""
+    return _run(connection, sql, (), wait, writes)
 
 
-def _run(connection: Any, sql: str, values: Any, wait: bool = True) -> Any:
+def _run(connection: Any, sql: str, values: Any, wait: bool = True,
+         writes: bool = True) -> Any:
     fairy = connection.connection
     dbapi = fairy.dbapi_connection
     info = fairy.info
+    if writes:
+        deferred = info.pop(_DEFERRED, None)
+        if deferred is not None:
+            deferred(connection)
     pipeline = info.get(_PIPELINE)
     try:
         if pipeline is None and not wait and info.get(_SENDS):
@@ -141,6 +186,42 @@ def _run(connection: Any, sql: str, values: Any, wait: bool = True) -> Any:
         _discard(info)
         raise
     return cursor
+
+
+def defers_savepoints(engine: Engine) -> Engine:
+    """Let savepoints on ``engine``'s connections be sent when first needed (its database
+    must be SQLite; see the module's note): statements of SQLAlchemy's send the one
+    waiting first."""
+
+    def allow(dbapi_connection: Any, record: Any) -> None:
+        record.info[_DEFERS] = True
+
+    def send_before(connection: Any, *_: Any) -> None:
+        deferred = connection.connection.info.pop(_DEFERRED, None)
+        if deferred is not None:
+            deferred(connection)
+
+    event.listen(engine, "connect", allow)
+    event.listen(engine, "before_cursor_execute", send_before)
+    return engine
+
+
+def defer_savepoint(connection: Any, send: Callable[[Any], None]) -> bool:
+    """Have ``send(connection)`` (which sends a ``SAVEPOINT``) called before the next
+    statement on ``connection`` (a SQLAlchemy Connection) that may write, in place of any
+    savepoint waiting there; False, with nothing registered, where savepoints cannot wait
+    (see the module's note)."""
+    info = connection.connection.info
+    if not info.get(_DEFERS):
+        return False
+    info[_DEFERRED] = send
+    return True
+
+
+def forget_deferred(connection: Any) -> None:
+    """No savepoint waits on ``connection`` any more (a transaction's end, or the
+    savepoint's end before it was ever sent)."""
+    connection.connection.info.pop(_DEFERRED, None)
 
 
 def discard_pending(connection: Any) -> None:
@@ -203,4 +284,4 @@ def drain_pending(session: Session) -> None:
     A :class:`~kcm.core.store.engine.Store` calls it before each commit, where an error
     still rolls the transaction back (the connection's own ``commit`` event, which drains
     too, comes after the point of no return)."""
-    _drain(session.connection())
+    _drain(connection_of(session))

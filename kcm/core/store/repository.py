@@ -36,7 +36,7 @@ from sqlalchemy.orm.util import identity_key
 
 from kcm.core.store.known import known_facts, learn
 from kcm.core.store.object_cache import OBJECT_CACHE_INFO
-from kcm.core.store.raw_statements import RawStatement, execute_plain
+from kcm.core.store.raw_statements import RawStatement, connection_of, execute_plain
 from kcm.core.store.savepoints import on_rollback
 from kcm.core.store.schema import (
     DATE_COLUMNS,
@@ -76,7 +76,7 @@ def lock_writers(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         # Straight to the driver: once per write transaction (every group commit), where
         # the ORM's execute cost more than the lock.
-        execute_plain(session.connection(), _LOCK_WRITERS)
+        execute_plain(connection_of(session), _LOCK_WRITERS)
     session.info[_WRITERS_LOCKED] = True
 
 
@@ -200,7 +200,7 @@ def insert_object(
     lock_writers(session)
     # Core statements, not the ORM's unit of work (a Create's hot path); the row then joins
     # the session as loaded, so later changes in this transaction go through the ORM.
-    connection = session.connection()
+    connection = connection_of(session)
     info = session.info
     # Numbered from memory within one transaction (it holds the writers' lock); a
     # savepoint rolled back forgets the number, since the rows it counted may be gone.
@@ -389,7 +389,7 @@ def replace_locate_copies(session: Session, uid: str, tenant: str, *,
     """Replace the Locate copies of an object's Name (``names``: (value, Name Type)
     pairs) or Object Group attributes, those given, with Core statements. The caller bumps
     the object's revision (:func:`update_columns`)."""
-    connection = session.connection()
+    connection = connection_of(session)
     if names is not None:
         connection.execute(ObjectName.__table__.delete().where(
             ObjectName.__table__.c.uid == uid))
@@ -597,7 +597,7 @@ def service_exists(session: Session, tenant: str, service: str) -> bool:
     facts = known_facts(session)
     if facts is not None and (tenant, service) in facts.services:
         return True
-    found = session.connection().execute(_SERVICE_EXISTS, {
+    found = connection_of(session).execute(_SERVICE_EXISTS, {
         "tenant": tenant, "service": service}).first() is not None
     if found:
         learn(session, (tenant, service))

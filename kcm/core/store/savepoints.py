@@ -13,7 +13,9 @@ transaction. So the first flush inside a raw savepoint with no ORM savepoint of 
 first begins one (:class:`StoreSession` sees every flush: explicit, automatic before a
 query, and before a commit), and the raw savepoint commits or rolls it back with itself.
 A request that never flushes (the hot ones: their statements are Core statements, see
-:mod:`kcm.core.store.raw_statements`) pays three short SQL statements and nothing more.
+:mod:`kcm.core.store.raw_statements`) pays three short SQL statements and nothing more; on
+SQLite a request's savepoint is *deferred* (its ``SAVEPOINT`` is sent before the first
+statement that may write), so one that writes nothing but its audit record pays none.
 
 A raw savepoint rolled back without an ORM one undoes in the session what the ORM's
 rollback would have: objects added are expunged, objects changed or deleted but not
@@ -28,7 +30,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session, SessionTransaction
 
-from kcm.core.store.raw_statements import discard_pending, execute_plain
+from kcm.core.store.raw_statements import (
+    connection_of,
+    defer_savepoint,
+    discard_pending,
+    execute_plain,
+    forget_deferred,
+)
 
 __all__ = ["RawSavepoint", "StoreSession", "on_rollback"]
 
@@ -60,9 +68,12 @@ class RawSavepoint:
     :meth:`commit` or :meth:`rollback` once, innermost first. In a session that is not a
     :class:`StoreSession` it is the ORM's ``begin_nested()`` from the start."""
 
-    __slots__ = ("_session", "_name", "_depth", "_outer", "_orm_outer", "_orm")
+    __slots__ = ("_session", "_name", "_depth", "_outer", "_orm_outer", "_orm", "_sent")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, deferred: bool = False) -> None:
+        """With ``deferred``, its ``SAVEPOINT`` waits for the first statement that may
+        write, where the database allows (:func:`kcm.core.store.raw_statements.
+        defer_savepoint`): a savepoint under which nothing is written is never sent."""
         self._session = session
         self._orm: SessionTransaction | None = None
         info = session.info
@@ -70,18 +81,37 @@ class RawSavepoint:
         #: The ORM savepoint open around this one: a flush inside one of its own is safe.
         self._orm_outer = session.get_nested_transaction()
         self._depth = 0 if self._outer is None else self._outer._depth + 1
+        self._sent = False
         if not isinstance(session, StoreSession):
             self._name = None
             self._orm = session.begin_nested()
             return
         self._name = f"kcm_sp{self._depth}"
+        connection = connection_of(session)
+        if not (deferred and defer_savepoint(connection, self._send)):
+            self._send(connection)
+        info[_OPEN] = self
+
+    @property
+    def sent(self) -> bool:
+        """Whether its ``SAVEPOINT`` was sent (always, unless made ``deferred``)."""
+        return self._sent
+
+    def _send(self, connection: Any) -> None:
+        """Send the ``SAVEPOINT`` on ``connection`` (the session's), and those of the
+        savepoints around it that wait too, outermost first."""
+        if self._sent:
+            return
+        outer = self._outer
+        if outer is not None:
+            outer._send(connection)  # (sent already, unless deferred too)
         # The outermost is sent, not waited for (PostgreSQL): it goes with the first
         # statement that waits, at the latest its RELEASE (kcm.core.store.raw_statements).
         # One inside another waits, so that an error of what the outer one sent is
         # raised here, in the outer one's scope, never by the inner one's RELEASE.
-        execute_plain(session.connection(), f"SAVEPOINT {self._name}",
-                      wait=self._outer is not None)
-        info[_OPEN] = self
+        execute_plain(connection, f"SAVEPOINT {self._name}", wait=outer is not None,
+                      writes=False)
+        self._sent = True
 
     def needs_orm_savepoint(self) -> bool:
         """Whether a flush now would run without an ORM savepoint inside this one."""
@@ -108,7 +138,9 @@ class RawSavepoint:
         except BaseException:
             self.rollback()
             raise
-        if self._name is not None:
+        if self._name is not None and not self._sent:
+            self._forget()
+        elif self._name is not None:
             try:
                 self._close(f"RELEASE {self._name}")
             except BaseException:
@@ -131,14 +163,27 @@ class RawSavepoint:
                 session.expunge(obj)
             for obj in list(session.dirty):
                 session.expire(obj)
-        discard_pending(session.connection())  # undone anyway; queued after an error
-        self._close(f"ROLLBACK TO {self._name}", f"RELEASE {self._name}")
+        if self._sent:
+            discard_pending(connection_of(session))  # undone anyway; queued after an error
+            self._close(f"ROLLBACK TO {self._name}", f"RELEASE {self._name}")
+        else:
+            self._forget()  # nothing was written under it
         for hook in _ROLLBACK_HOOKS:
             hook(session)
 
+    def _forget(self) -> None:
+        """End a savepoint never sent: the one around it, if it waits too, waits again."""
+        connection = connection_of(self._session)
+        outer = self._outer
+        if outer is not None and not outer._sent:
+            defer_savepoint(connection, outer._send)
+        else:
+            forget_deferred(connection)
+        self._session.info[_OPEN] = outer
+
     def _close(self, *statements: str) -> None:
         session = self._session
-        connection = session.connection()
+        connection = connection_of(session)
         for sql in statements:
             execute_plain(connection, sql)
         session.info[_OPEN] = self._outer

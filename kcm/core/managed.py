@@ -53,17 +53,36 @@ class StoredObject:
     written when :func:`save` changes it; :meth:`stored_row` puts it in the session for a
     change made through the ORM); ``cached`` is its entry in the store's object cache."""
 
-    __slots__ = ("row", "attributes", "_cached", "_stored")
+    __slots__ = ("row", "_attributes", "_cached", "_stored")
 
-    def __init__(self, row: Row | repository.ObjectColumns, attributes: list[Attribute],
+    def __init__(self, row: Row | repository.ObjectColumns,
+                 attributes: list[Attribute] | None,
                  cached: CachedObject | None = None,
                  stored: tuple[Attribute, ...] | None = None) -> None:
+        """``attributes`` None: they are ``stored``'s, copied when first asked for (most
+        operations only read a few values, which :meth:`value` and :meth:`first` find in
+        ``stored`` itself)."""
         self.row = row
-        self.attributes = attributes
+        self._attributes = attributes
         self._cached = cached
         #: The attributes as stored (not changed in place by operations), or None: a new
         #: object's. What the store's Name and Object Group copies hold (:func:`save`).
-        self._stored = tuple(attributes) if stored is None else stored
+        self._stored = tuple(attributes or ()) if stored is None else stored
+
+    @property
+    def attributes(self) -> list[Attribute]:
+        """The object's attributes, the operation's to change in place (copies of the
+        stored ones: operations renumber them)."""
+        attributes = self._attributes
+        if attributes is None:
+            attributes = self._attributes = [
+                Attribute(a.tag, a.value, a.index, a.vendor_identification, a.name)
+                for a in self._stored]
+        return attributes
+
+    @attributes.setter
+    def attributes(self, attributes: list[Attribute]) -> None:
+        self._attributes = attributes
 
     def stored_row(self, session: Session) -> Row:
         """The object's row in ``session``, to change it."""
@@ -117,7 +136,10 @@ class StoredObject:
         return [a for a in self.attributes if a.tag == tag]
 
     def first(self, tag: int) -> Attribute | None:
-        for attribute in self.attributes:
+        """The first attribute ``tag``, to read: change attributes through :meth:`set`,
+        :meth:`remove` or :attr:`attributes` (it may be the stored attribute itself)."""
+        attributes = self._attributes
+        for attribute in self._stored if attributes is None else attributes:
             if attribute.tag == tag:
                 return attribute
         return None
@@ -187,9 +209,8 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredOb
             return None
         cached = cache.put(tenant, uid, (columns.revision, columns.created_seq), columns)
         cached.views[_ATTRIBUTES] = tuple(decode_attributes(columns.attributes))
-    attributes = [Attribute(a.tag, a.value, a.index, a.vendor_identification, a.name)
-                  for a in cached.views[_ATTRIBUTES]]  # operations renumber them in place
-    return StoredObject(cached.columns, attributes, cached, cached.views[_ATTRIBUTES])
+    # (copied when an operation asks for them: it may renumber them in place)
+    return StoredObject(cached.columns, None, cached, cached.views[_ATTRIBUTES])
 
 
 _ATTRIBUTES = "attributes"

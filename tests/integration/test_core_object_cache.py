@@ -152,6 +152,25 @@ def test_what_one_request_changes_in_memory_is_not_shared(core: CoreHarness) -> 
     assert state is State.ACTIVE and 99 not in indexes and has_mask and key == NIST_KEY
 
 
+def test_an_object_reads_its_own_changes_and_copies_only_what_it_changes(
+        core: CoreHarness) -> None:
+    """An object served from memory reads its values from the stored attributes until an
+    operation asks for its attributes to change; from then on it reads its own copies."""
+    uid = store_key(core, NIST_KEY)
+    ok(encrypt(core, uid, NIST_PLAIN, ECB))
+
+    def change(session) -> tuple[bool, State, State, bool]:
+        obj = managed.load(_context(core, session), uid, for_update=False)
+        stored = obj.first(Tag.STATE)
+        read_in_place = any(stored is a for a in obj._stored)
+        before = obj.state
+        obj.set(Tag.STATE, int(State.DEACTIVATED))
+        copied = all(a is not b for a in obj.attributes for b in obj._stored)
+        return read_in_place, before, obj.state, copied
+
+    assert core.store.run_sync(change) == (True, State.ACTIVE, State.DEACTIVATED, True)
+
+
 def test_a_row_changed_in_this_transaction_is_not_served_from_memory(
         core: CoreHarness) -> None:
     uid = store_key(core, NIST_KEY)

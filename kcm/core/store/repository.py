@@ -260,7 +260,8 @@ def get_object(
 
 def in_session(session: Session, uid: str) -> bool:
     """Whether ``session`` already holds the object ``uid`` (it may have changed it)."""
-    return identity_key(ManagedObject, uid) in session.identity_map
+    held = session.identity_map
+    return bool(held) and identity_key(ManagedObject, uid) in held  # (most hold none)
 
 
 def object_stamp(session: Session, tenant: str, uid: str, *, for_update: bool = False

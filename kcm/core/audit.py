@@ -62,7 +62,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import Session
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from kcm.core.store.engine import AUDIT_KEY_INFO, AUDIT_WRITTEN_INFO
 from kcm.core.store.raw_statements import RawStatement
@@ -523,6 +523,16 @@ def _log_after_commit(session: Session, row: AuditRow, record: AuditEvent) -> No
     session.info.setdefault(_PENDING_KEY, []).append((row, record))
 
 
+def _log_record(fields: dict[str, Any]) -> None:
+    """``audit_log.info(AUDIT_FORMAT, **fields)``: the same event to the same observer,
+    without the checks :meth:`Logger.emit` makes of a level and a format given by its
+    caller (they were half of what logging a record cost the writer)."""
+    fields.update(log_logger=audit_log, log_level=LogLevel.info,
+                  log_namespace=audit_log.namespace, log_source=audit_log.source,
+                  log_format=AUDIT_FORMAT, log_time=time.time())
+    audit_log.observer(fields)
+
+
 def _log_fields(row: AuditRow, record: AuditEvent) -> dict[str, Any]:
     """:meth:`AuditRow.log_fields` of ``row``, appended from ``record``."""
     return {
@@ -630,7 +640,7 @@ def _emit_pending(session: Session) -> None:
     # The committed row is the record of truth; a broken log observer cannot turn it into a
     # reported failure, since the log publisher catches (and reports) observers' errors.
     for row, record in pending:
-        audit_log.info(AUDIT_FORMAT, **_log_fields(row, record))
+        _log_record(_log_fields(row, record))
     written = session.info.get(AUDIT_WRITTEN_INFO)
     if written is not None:
         written(len(pending))

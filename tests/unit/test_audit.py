@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import delete, select, update
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 
 from kcm.core.audit import (
+    AUDIT_FORMAT,
     GENESIS_DIGEST,
     HEAD_META_KEY,
     AuditChainError,
@@ -23,6 +24,7 @@ from kcm.core.audit import (
     Checkpoint,
     VerifyResult,
     append_audit,
+    audit_log,
     checkpoints_in_log,
     key_chain,
     log_checkpoint,
@@ -196,6 +198,21 @@ def test_a_logged_record_carries_the_stored_rows_fields(store: Store, detail) ->
     [entry] = _audit_events(events)
     logged = {key: value for key, value in entry.items() if not key.startswith("log_")}
     assert json.loads(json.dumps(logged)) == row.log_fields()
+
+
+def test_a_record_is_logged_as_the_audit_logger_would_log_it(store: Store) -> None:
+    """Records go to the observer without ``Logger.emit``: the event must be the one
+    ``audit_log.info(AUDIT_FORMAT, **fields)`` makes, but for its time."""
+    with capturedLogs() as events:
+        store.run_sync(lambda s: append_audit(s, _event()))
+    [ours] = _audit_events(events)
+    fields = {key: value for key, value in ours.items() if not key.startswith("log_")}
+    with capturedLogs() as events:
+        audit_log.info(AUDIT_FORMAT, **fields)
+    [theirs] = events
+    assert ours.pop("log_time") <= theirs.pop("log_time")
+    assert ours == theirs
+    assert formatEvent(ours).startswith("audit 1: Revoke by spiffe://")
 
 
 def test_records_are_logged_only_after_commit(store: Store) -> None:

@@ -165,8 +165,19 @@ class AuditRow:
     digest: bytes
     mac: bytes | None = None
 
-    def log_fields(self) -> dict[str, Any]:
-        """The record as structured-log fields (digests in hex, JSON columns decoded)."""
+    def log_fields(self, record: AuditEvent | None = None) -> dict[str, Any]:
+        """The record as structured-log fields (digests in hex, JSON columns decoded).
+        With ``record``, the event this row was appended from, its object ids and detail
+        are taken from it rather than decoded again (a detail that is not a plain dict
+        still is, so that it logs as stored)."""
+        if record is None:
+            object_ids: Any = json.loads(self.object_ids)
+            detail: Any = None if self.detail is None else json.loads(self.detail)
+        else:
+            object_ids = list(record.object_ids)
+            detail = record.detail
+            if detail is not None and type(detail) is not dict:
+                detail = json.loads(self.detail)  # type: ignore[arg-type]
         return {
             "seq": self.seq,
             "at_us": self.at,
@@ -175,11 +186,11 @@ class AuditRow:
             "gateway": self.gateway,
             "source": self.source,
             "operation": self.operation,
-            "object_ids": json.loads(self.object_ids),
+            "object_ids": object_ids,
             "result_status": self.result_status,
             "result_reason": self.result_reason,
             "correlation_id": self.correlation_id,
-            "detail": None if self.detail is None else json.loads(self.detail),
+            "detail": detail,
             "digest": self.digest.hex(),
         }
 
@@ -533,27 +544,6 @@ def _log_record(fields: dict[str, Any]) -> None:
     audit_log.observer(fields)
 
 
-def _log_fields(row: AuditRow, record: AuditEvent) -> dict[str, Any]:
-    """:meth:`AuditRow.log_fields` of ``row``, appended from ``record``."""
-    return {
-        "seq": row.seq,
-        "at_us": row.at,
-        "principal": row.principal,
-        "tenant": row.tenant,
-        "gateway": row.gateway,
-        "source": row.source,
-        "operation": row.operation,
-        "object_ids": list(record.object_ids),
-        "result_status": row.result_status,
-        "result_reason": row.result_reason,
-        "correlation_id": row.correlation_id,
-        # (A plain dict logs as it is; any other mapping as the row stored it.)
-        "detail": record.detail if type(record.detail) is dict or record.detail is None
-        else json.loads(row.detail),  # type: ignore[arg-type]
-        "digest": row.digest.hex(),
-    }
-
-
 @contextmanager
 def savepoint(session: Session) -> Iterator[None]:
     """A savepoint (:class:`RequestSavepoint`), whose audit records are never logged if it
@@ -640,7 +630,7 @@ def _emit_pending(session: Session) -> None:
     # The committed row is the record of truth; a broken log observer cannot turn it into a
     # reported failure, since the log publisher catches (and reports) observers' errors.
     for row, record in pending:
-        _log_record(_log_fields(row, record))
+        _log_record(row.log_fields(record))
     written = session.info.get(AUDIT_WRITTEN_INFO)
     if written is not None:
         written(len(pending))

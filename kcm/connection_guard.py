@@ -15,7 +15,8 @@ and link listeners, kcm-gateway's KMIP listener); it wraps each listener's TLS l
   so a client that opens TCP and never finishes TLS holds a descriptor for that long only;
 * **a bound on unsent output** (KMIP listeners): each connection's transport considers its
   buffer full above ``max_unsent_output`` bytes (``bufferSize``), which is when a producer
-  registered on it (:class:`kcm.kmip_protocol.KmipServerProtocol`) is paused. The link
+  registered on it (:class:`kcm.kmip_protocol.KmipServerProtocol`) is paused (its reads
+  keep their own size: :mod:`kcm.tcp_reads`). The link
   listener keeps Twisted's own buffer size: its protocol has its own bound on what a slow
   gateway may hold (``max_queued_events``).
 
@@ -35,6 +36,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from kcm.eager_tls import EagerTLSFactory
+from kcm.tcp_reads import read_into_shared_buffer
 
 __all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "GuardLimits"]
 
@@ -112,6 +114,8 @@ class ConnectionGuard:
         self.connections += 1
         self.by_address[host] += 1
         if bound_output and hasattr(transport, "bufferSize"):
+            # bufferSize is also Twisted's read size: reads keep theirs (kcm.tcp_reads).
+            read_into_shared_buffer(transport)
             transport.bufferSize = self.limits.max_unsent_output
         self._open[protocol] = (host, self.clock.callLater(
             self.limits.handshake_timeout, self._handshake_expired, protocol, host))

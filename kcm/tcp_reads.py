@@ -1,0 +1,66 @@
+"""TCP transports whose reads do not depend on their ``bufferSize``.
+
+Twisted's TCP transport uses ``bufferSize`` twice: as the size of every ``recv`` and as
+the amount of unsent output above which it pauses its producer. kcm's KMIP listeners set
+it to ``max_unsent_output`` (4 MiB by default, :mod:`kcm.connection_guard`) for the
+second meaning, which also made every read ask the kernel for 4 MiB. Python allocates
+that much for each ``recv`` and shrinks it to what arrived. Whether glibc serves such an
+allocation from the heap or with ``mmap`` depends on what the process freed before, so
+some processes paid an ``mmap``, an ``mremap`` and a ``munmap`` (and a page fault) on
+every request, and others of the same program did not: 20–30 µs per request, at random
+per process (measured on two gateway workers of one run, ``strace -c``).
+
+:func:`read_into_shared_buffer` gives a connected transport a read that takes at most
+:data:`READ_SIZE` bytes into one buffer the reactor's thread shares between all such
+transports, and copies out only what arrived. Flow control keeps its ``bufferSize``.
+"""
+
+from __future__ import annotations
+
+from errno import EWOULDBLOCK
+from typing import Any
+
+from twisted.internet import main, tcp
+
+__all__ = ["READ_SIZE", "read_into_shared_buffer"]
+
+#: The most a transport reads at once (Twisted's own default read size).
+READ_SIZE = 1 << 16
+
+# One buffer for every transport: reads happen on the reactor's thread only, and each
+# read's bytes are copied out before the next read.
+_BUFFER = bytearray(READ_SIZE)
+_VIEW = memoryview(_BUFFER)
+
+_CLASSES: dict[type, type] = {}
+
+
+def _read_into_buffer(self: Any) -> Any:
+    """``tcp.Connection.doRead``, reading into the shared buffer."""
+    try:
+        got = self.socket.recv_into(_BUFFER)
+    except OSError as error:
+        if error.args[0] == EWOULDBLOCK:
+            return None
+        return main.CONNECTION_LOST
+    return self._dataReceived(_VIEW[:got].tobytes() if got else b"")
+
+
+def _reading_class(base: type) -> type:
+    cls = _CLASSES.get(base)
+    if cls is None:
+        cls = _CLASSES[base] = type(base.__name__, (base,), {
+            "doRead": _read_into_buffer, "__module__": base.__module__,
+            "__doc__": base.__doc__})
+    return cls
+
+
+def read_into_shared_buffer(transport: object) -> bool:
+    """Make ``transport`` (a connected Twisted TCP or UNIX transport) read at most
+    :data:`READ_SIZE` bytes at a time into the shared buffer, whatever its
+    ``bufferSize``. Returns whether it did (False for any other kind of transport)."""
+    base = type(transport)
+    if not isinstance(transport, tcp.Connection) or base.doRead is not tcp.Connection.doRead:
+        return base in _CLASSES.values()
+    transport.__class__ = _reading_class(base)
+    return True

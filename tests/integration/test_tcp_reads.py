@@ -1,0 +1,98 @@
+"""kcm.tcp_reads over real loopback sockets: a transport whose ``bufferSize`` is large reads
+at most READ_SIZE bytes at a time, loses and reorders nothing (two connections sharing the
+buffer), sees the peer's close, and keeps ``bufferSize`` for flow control."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor, tcp, threads
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from kcm.tcp_reads import READ_SIZE, read_into_shared_buffer
+
+BIG = 4 << 20
+
+
+class Recorder(protocol.Protocol):
+    """Keeps every read's bytes; ``done`` fires with them when the peer closes."""
+
+    def __init__(self) -> None:
+        self.reads: list[bytes] = []
+        self.done: defer.Deferred[list[bytes]] = defer.Deferred()
+        self.adopted = False
+
+    def connectionMade(self) -> None:
+        self.transport.bufferSize = BIG
+        self.adopted = read_into_shared_buffer(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert type(data) is bytes
+        self.reads.append(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.done.callback(self.reads)
+
+
+def _send(port: int, payload: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(payload)
+
+
+@pytest_twisted.inlineCallbacks
+def test_reads_are_bounded_whole_and_in_order_across_connections():
+    recorders: list[Recorder] = []
+
+    def build(_address):
+        recorders.append(Recorder())
+        return recorders[-1]
+
+    factory = protocol.Factory()
+    factory.buildProtocol = build
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    try:
+        number = port.getHost().port
+        payloads = [os.urandom(3 * READ_SIZE + 17), os.urandom(5 * READ_SIZE + 1)]
+        # Two clients at once from threads, so the two connections' reads interleave.
+        yield defer.gatherResults([threads.deferToThread(_send, number, payload)
+                                   for payload in payloads])
+        reads = yield defer.gatherResults([r.done for r in recorders])
+    finally:
+        yield port.stopListening()
+    assert len(recorders) == 2 and all(r.adopted for r in recorders)
+    assert sorted(b"".join(chunks) for chunks in reads) == sorted(payloads)
+    assert all(len(chunk) <= READ_SIZE for chunks in reads for chunk in chunks)
+    assert all(r.transport.bufferSize == BIG for r in recorders)
+
+
+def test_only_twisteds_tcp_connections_are_changed():
+    assert read_into_shared_buffer(StringTransport()) is False
+
+
+def test_a_changed_transport_stays_a_tcp_server_and_is_changed_once():
+    left, right = socket.socketpair()
+    transport = tcp.Server(left, protocol.Protocol(), ("127.0.0.1", 1), _FakePort(), 1,
+                           reactor)
+    try:
+        assert read_into_shared_buffer(transport) is True
+        changed = type(transport)
+        assert isinstance(transport, tcp.Server) and changed is not tcp.Server
+        assert read_into_shared_buffer(transport) is True
+        assert type(transport) is changed
+    finally:
+        transport.stopReading()
+        left.close()
+        right.close()
+
+
+class _FakePort:
+    """What tcp.Server asks of its port when built."""
+
+    _realPortNumber = 1
+
+    def getHost(self):
+        return None

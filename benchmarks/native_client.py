@@ -57,11 +57,12 @@ def build() -> Path:
 
 def native_load(name: str, server: Server, wire: bytes, *, connections: int,
                 requests: int, warmup: int, watched: Sequence[Server],
-                echo: bool = False) -> Outcome:
+                echo: bool = False, event_threads: int = 0) -> Outcome:
     """``connections`` mutual-TLS connections to ``server``, each sending ``wire``
     ``warmup`` times untimed, then ``requests`` times timed, all connections together.
-    Server CPU is read while the timed part runs (the program waits for a word on its
-    standard input before and after it)."""
+    With ``event_threads`` above 0 that many threads share the connections (epoll);
+    otherwise each connection has a thread. Server CPU is read while the timed part runs
+    (the program waits for a word on its standard input before and after it)."""
     binary = build()
     with tempfile.TemporaryDirectory(prefix="kcm-loadgen-") as scratch:
         request_file, out_file = Path(scratch) / "request", Path(scratch) / "out"
@@ -69,7 +70,8 @@ def native_load(name: str, server: Server, wire: bytes, *, connections: int,
         pki = server.pki
         command = [str(binary), "127.0.0.1", str(server.port), str(pki.app.cert),
                    str(pki.app.key), str(pki.ca.cert), str(request_file), str(connections),
-                   str(requests), str(warmup), str(out_file)] + (["--echo"] if echo else [])
+                   str(requests), str(warmup), str(out_file)] + (["--echo"] if echo else []) + (
+                   ["--event-threads", str(event_threads)] if event_threads > 0 else [])
         with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True) as process:
             assert process.stdin is not None and process.stdout is not None

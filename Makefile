@@ -49,7 +49,7 @@ bench-gateway: $(STAMP)
 
 ## kcm-gateway with workers = 1 and workers = 2 side by side under 8 clients, driven by a
 ## compiled load generator (built on first use with cc and OpenSSL's headers, Debian's
-## libssl-dev) and by Python clients (about 4 minutes); docs/benchmarks.md.
+## libssl-dev) and by Python clients (about a minute); docs/benchmarks.md.
 bench-workers: $(STAMP)
 	$(BIN)/python benchmarks/workers_bench.py
 

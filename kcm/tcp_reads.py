@@ -56,9 +56,10 @@ def _reading_class(base: type) -> type:
 
 
 def read_into_shared_buffer(transport: object) -> bool:
-    """Make ``transport`` (a connected Twisted TCP or UNIX transport) read at most
+    """Make ``transport`` (a connected Twisted TCP transport) read at most
     :data:`READ_SIZE` bytes at a time into the shared buffer, whatever its
-    ``bufferSize``. Returns whether it did (False for any other kind of transport)."""
+    ``bufferSize``. Returns whether it does. Any other transport is left as it is
+    (False): a UNIX socket's reads, for one, also carry file descriptors."""
     base = type(transport)
     if not isinstance(transport, tcp.Connection) or base.doRead is not tcp.Connection.doRead:
         return base in _CLASSES.values()

@@ -45,10 +45,14 @@ def _send(port: int, payload: bytes) -> None:
 
 @pytest_twisted.inlineCallbacks
 def test_reads_are_bounded_whole_and_in_order_across_connections():
+    payloads = [os.urandom(3 * READ_SIZE + 17), os.urandom(5 * READ_SIZE + 1)]
+    # One Deferred per connection the listener will accept, fired with its protocol.
+    accepted: list[defer.Deferred[Recorder]] = [defer.Deferred() for _ in payloads]
     recorders: list[Recorder] = []
 
     def build(_address):
         recorders.append(Recorder())
+        accepted[len(recorders) - 1].callback(recorders[-1])
         return recorders[-1]
 
     factory = protocol.Factory()
@@ -56,11 +60,11 @@ def test_reads_are_bounded_whole_and_in_order_across_connections():
     port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     try:
         number = port.getHost().port
-        payloads = [os.urandom(3 * READ_SIZE + 17), os.urandom(5 * READ_SIZE + 1)]
         # Two clients at once from threads, so the two connections' reads interleave.
         yield defer.gatherResults([threads.deferToThread(_send, number, payload)
                                    for payload in payloads])
-        reads = yield defer.gatherResults([r.done for r in recorders])
+        both = yield defer.gatherResults(accepted)
+        reads = yield defer.gatherResults([r.done for r in both])
     finally:
         yield port.stopListening()
     assert len(recorders) == 2 and all(r.adopted for r in recorders)

@@ -4,7 +4,8 @@ Python clients cost about 85 µs of CPU per request on this kind of machine (the
 module, the socket calls, the interpreter), so when 8 of them share two cores with the server
 under test they take a large part of the machine and cap what a server with more processes
 can show. :func:`native_load` drives the same mutual-TLS round trips from threads of one C
-process (OpenSSL, blocking sockets), checks every answer (TTLV framing and Result Status
+process (OpenSSL; a blocked thread per connection, or with ``event_threads`` a few
+threads sharing the connections through epoll), checks every answer (TTLV framing and Result Status
 Success, or for an echo the request byte for byte) and returns the same
 :class:`benchmarks.harness.Outcome` as :func:`benchmarks.harness.load`.
 

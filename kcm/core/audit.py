@@ -65,8 +65,9 @@ from sqlalchemy.orm import Session
 from twisted.logger import Logger, LogLevel
 
 from kcm.core.store.engine import AUDIT_KEY_INFO, AUDIT_WRITTEN_INFO
-from kcm.core.store.raw_statements import RawStatement
-from kcm.core.store.repository import get_meta, lock_writers, set_meta
+from kcm.core.store.lean import LeanTransaction
+from kcm.core.store.raw_statements import RawStatement, connection_of
+from kcm.core.store.repository import get_meta, lock_writers
 from kcm.core.store.savepoints import RawSavepoint, on_rollback
 from kcm.core.store.schema import AuditLog, Meta
 
@@ -97,6 +98,7 @@ _UPDATE_HEAD = RawStatement(Meta.__table__.update().where(
     Meta.__table__.c.key == HEAD_META_KEY).values(value=bindparam("value")), ["value"])
 _NEWEST = RawStatement(select(AuditLog.seq, AuditLog.digest).order_by(AuditLog.seq.desc())
                        .limit(1))
+_INSERT_HEAD = RawStatement(Meta.__table__.insert().values(key=HEAD_META_KEY), ["value"])
 
 #: Where committed audit records are emitted (a namespace of their own, so an observer can
 #: pick them out).
@@ -317,7 +319,11 @@ def _check_json(path: str, value: object) -> None:
 
 
 def _audit_key(session: Session, audit_key: bytes | None) -> bytes:
-    key = audit_key if audit_key is not None else session.info.get(AUDIT_KEY_INFO)
+    return _audit_key_of(audit_key if audit_key is not None
+                         else session.info.get(AUDIT_KEY_INFO))
+
+
+def _audit_key_of(key: bytes | None) -> bytes:
     if key is None:
         raise AuditKeyMissing("the audit key (derived from L1) is not loaded: the audit log "
                               "can be neither written nor verified")
@@ -373,6 +379,59 @@ def append_audit(
     a key, before touching the database. The record is logged (``kcm.audit``) only after the
     transaction commits.
     """
+    _check_record(record)
+    key = _audit_key(session, audit_key)
+
+    lock_writers(session)
+    tail = session.info.get(_TAIL_KEY)
+    if tail is None:
+        tail = _NEWEST.execute(session).fetchone()
+    values, row = _chained(record, tail, key, clock)
+    # Straight to the driver, not the ORM's unit of work: this runs for every request.
+    _INSERT_RECORD.send(session, values)
+    session.info[_HEAD_DUE] = key
+    # Valid while this transaction holds the writers' lock; any rollback (a savepoint's
+    # included) forgets it, since the rows it described may be gone.
+    session.info[_TAIL_KEY] = (row.seq, row.digest)
+    _log_after_commit(session, row, record)
+    return row
+
+
+def append_records(transaction: LeanTransaction, records: Sequence[AuditEvent], *,
+                   clock: Callable[[], float] = time.time) -> list[AuditRow]:
+    """:func:`append_audit` of each of ``records``, in order, in a lean transaction
+    (:mod:`kcm.core.store.lean`: a group commit of audit records alone). Every record is
+    checked, and the audit key found, before anything is written: a TypeError or
+    :class:`AuditKeyMissing` leaves the transaction as it was. Any other error may leave
+    some of the records written, so the transaction must not commit (a group commit fails
+    whole on it). The head marker is written once before the commit, the records logged
+    after it, as for a session."""
+    for record in records:
+        _check_record(record)
+    info = transaction.info
+    key = _audit_key_of(info.get(AUDIT_KEY_INFO))
+    connection = transaction.connection
+    tail = info.get(_TAIL_KEY)
+    if tail is None:
+        tail = _NEWEST.run_on(connection).fetchone()
+    pending = info.get(_PENDING_KEY)
+    if pending is None:
+        pending = info[_PENDING_KEY] = []
+        transaction.before_commit(_write_lean_head)
+        transaction.after_commit(_emit_lean)
+    rows = []
+    for record in records:
+        values, row = _chained(record, tail, key, clock)
+        _INSERT_RECORD.run_on(connection, values, wait=False)
+        tail = (row.seq, row.digest)
+        info[_TAIL_KEY] = tail
+        pending.append((row, record))
+        rows.append(row)
+    return rows
+
+
+def _check_record(record: AuditEvent) -> None:
+    """TypeError unless every field of ``record`` is what the chain stores."""
     for name in ("principal", "operation", "result_status", "correlation_id", "source"):
         _check_text(name, getattr(record, name))
     for name in ("tenant", "gateway", "result_reason"):
@@ -383,12 +442,12 @@ def append_audit(
         _check_text("object_ids item", uid)
     if record.detail is not None:
         _check_json("detail", record.detail)
-    key = _audit_key(session, audit_key)
 
-    lock_writers(session)
-    tail = session.info.get(_TAIL_KEY)
-    if tail is None:
-        tail = _NEWEST.execute(session).fetchone()
+
+def _chained(record: AuditEvent, tail: Any, key: bytes, clock: Callable[[], float]
+             ) -> tuple[dict[str, Any], AuditRow]:
+    """The columns of ``record`` stored after ``tail`` ((seq, digest) of the newest record,
+    or None for an empty chain), and the row they make."""
     seq, prev_digest = (tail[0] + 1, bytes(tail[1])) if tail else (1, GENESIS_DIGEST)
     values: dict[str, Any] = {
         "seq": seq,
@@ -406,16 +465,9 @@ def append_audit(
     }
     digest = record_digest(prev_digest, **values)
     mac = record_mac(key, digest)
-    # Straight to the driver, not the ORM's unit of work: this runs for every request.
-    _INSERT_RECORD.send(session, {**values, "prev_digest": prev_digest, "digest": digest,
-                                     "mac": mac})
-    session.info[_HEAD_DUE] = key
-    # Valid while this transaction holds the writers' lock; any rollback (a savepoint's
-    # included) forgets it, since the rows it described may be gone.
-    session.info[_TAIL_KEY] = (seq, digest)
     row = AuditRow(**values, prev_digest=prev_digest, digest=digest, mac=mac)
-    _log_after_commit(session, row, record)
-    return row
+    values.update(prev_digest=prev_digest, digest=digest, mac=mac)
+    return values, row
 
 
 def key_chain(session: Session, *, by: str, clock: Callable[[], float] = time.time,
@@ -519,9 +571,24 @@ def write_head(session: Session) -> None:
         tail = _NEWEST.execute(session).fetchone()
         if tail is None:
             return
+    _store_head(connection_of(session), key, tail)
+
+
+def _store_head(connection: Any, key: bytes, tail: Any) -> None:
+    """Write the head marker naming ``tail`` ((seq, digest)) on ``connection``."""
     head = head_marker(key, tail[0], bytes(tail[1]))
-    if _UPDATE_HEAD.execute(session, {"value": head}).rowcount == 0:
-        set_meta(session, HEAD_META_KEY, head)  # the chain's first record
+    if _UPDATE_HEAD.run_on(connection, {"value": head}).rowcount == 0:
+        _INSERT_HEAD.run_on(connection, {"value": head})  # the chain's first record
+
+
+def _write_lean_head(transaction: LeanTransaction) -> None:
+    _store_head(transaction.connection, transaction.info[AUDIT_KEY_INFO],
+                transaction.info[_TAIL_KEY])
+
+
+def _emit_lean(transaction: LeanTransaction) -> None:
+    _log_committed(transaction.info.pop(_PENDING_KEY, []),
+                   transaction.info.get(AUDIT_WRITTEN_INFO))
 
 
 def _before_commit(session: Session) -> None:
@@ -624,14 +691,18 @@ def _emit_pending(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint released ("after_commit" fires for those too): not durable yet
     session.info.pop(_TAIL_KEY, None)
-    pending: list[tuple[AuditRow, AuditEvent]] = session.info.pop(_PENDING_KEY, [])
+    _log_committed(session.info.pop(_PENDING_KEY, []), session.info.get(AUDIT_WRITTEN_INFO))
+
+
+def _log_committed(pending: list[tuple[AuditRow, AuditEvent]],
+                   written: Callable[[int], None] | None) -> None:
+    """Log the records just committed, and tell ``written`` how many there were."""
     if not pending:
         return
     # The committed row is the record of truth; a broken log observer cannot turn it into a
     # reported failure, since the log publisher catches (and reports) observers' errors.
     for row, record in pending:
         _log_record(row.log_fields(record))
-    written = session.info.get(AUDIT_WRITTEN_INFO)
     if written is not None:
         written(len(pending))
 

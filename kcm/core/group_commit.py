@@ -19,6 +19,15 @@ from other connections in the same turn join it, where they would otherwise wait
 next commit. That costs a lone request no waiting either (the turn ends at once), and made
 groups of 3.2 requests 3.8 at 4 clients sending Encrypts (docs/benchmarks.md).
 
+Lean groups: a job may also say how to do its work without a session (``lean``: kcm-core's
+audit records of requests already answered, :func:`kcm.core.audit.append_records`). A group
+whose first job has one runs through ``write_lean``
+(:meth:`kcm.core.store.engine.Store.write_lean`: the same writer thread, no ORM session,
+which costs such a group more than its work) and takes only such jobs; the first job in
+turn that has none ends it and begins the next group. A lean group has no savepoints: a
+lean job raises before writing anything, and fails alone, or raises SQLAlchemy's
+``DBAPIError``, which fails the whole group.
+
 Fairness and bounds: the waiting jobs are kept in one FIFO per *share key* (the caller's
 tenant, as for :class:`kcm.core.fair_scheduler.FairScheduler`), and a group takes them one
 key at a time in turn, so a tenant's long queue delays another tenant's request by at most
@@ -36,6 +45,7 @@ from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -50,6 +60,7 @@ class _Job:
     work: Callable[..., Any]
     args: tuple[Any, ...]
     savepoint: bool
+    lean: Callable[..., Any] | None
     done: Deferred[Any] = field(default_factory=Deferred)
     outcome: Any = None
     failed: bool = False
@@ -66,12 +77,17 @@ class GroupCommitter:
     def __init__(self, write: Callable[[Callable[[Session], Any]], Deferred[Any]], *,
                  max_jobs: int = 64, max_seconds: float = 0.025,
                  clock: Callable[[], float] = time.perf_counter,
-                 start: Callable[[Callable[[], None]], object] | None = None) -> None:
+                 start: Callable[[Callable[[], None]], object] | None = None,
+                 write_lean: Callable[[Callable[[Any], Any]], Deferred[Any]] | None = None,
+                 ) -> None:
         """``start(run)`` calls ``run`` (which starts a group) once the reactor's current
-        turn is over; None starts each group at once."""
+        turn is over; None starts each group at once. ``write_lean`` is ``write`` for
+        work that needs no session (:meth:`kcm.core.store.engine.Store.write_lean`);
+        None runs every group through ``write``."""
         if max_jobs < 1 or max_seconds <= 0:
             raise ValueError("need max_jobs >= 1 and max_seconds > 0")
         self._write = write
+        self._write_lean = write_lean
         self._start = start
         self._max_jobs = max_jobs
         self._max_seconds = max_seconds
@@ -94,12 +110,19 @@ class GroupCommitter:
             return sum(len(jobs) for jobs in self._waiting.values())
 
     def submit(self, key: Hashable, work: Callable[..., Any], *args: Any,
-               own_savepoint: bool = False) -> Deferred[Any]:
+               own_savepoint: bool = False,
+               lean: Callable[..., Any] | None = None) -> Deferred[Any]:
         """Run ``work(session, *args)`` in a group; fires with its result once the group has
         committed, or fails with its exception (its savepoint rolled back) or the commit's.
         With ``own_savepoint``, ``work`` promises to leave nothing behind when it raises
-        (it makes savepoints of its own), and the group makes none around it."""
-        job = _Job(work, args, not own_savepoint)
+        (it makes savepoints of its own), and the group makes none around it.
+
+        ``lean(transaction, *args)`` is the same work done in a lean group (one without a
+        session, through ``write_lean``), which a group is when the job it begins with has
+        one: it then takes only jobs that have one. ``lean`` raises either before writing
+        anything (the job fails alone) or SQLAlchemy's ``DBAPIError``, which fails the
+        whole group: a lean group has no savepoints."""
+        job = _Job(work, args, not own_savepoint, lean)
         with self._lock:
             jobs = self._waiting.get(key)
             if jobs is None:
@@ -120,37 +143,58 @@ class GroupCommitter:
 
     def _start_group(self) -> None:
         taken: list[_Job] = []
-        self._write(lambda session: self._run_group(session, taken)).addCallbacks(
-            self._committed, self._not_committed, callbackArgs=(taken,),
-            errbackArgs=(taken,))
+        if self._write_lean is not None and self._lean_next():
+            running = self._write_lean(lambda transaction: self._run_group(
+                transaction, taken, lean=True))
+        else:
+            running = self._write(lambda session: self._run_group(session, taken))
+        running.addCallbacks(self._committed, self._not_committed, callbackArgs=(taken,),
+                             errbackArgs=(taken,))
 
-    def _take(self) -> _Job | None:
+    def _lean_next(self) -> bool:
+        """Whether the job next in turn can run in a lean group."""
+        with self._lock:
+            return bool(self._turns) and \
+                self._waiting[self._turns[0]][0].lean is not None
+
+    def _take(self, lean: bool = False) -> _Job | None:
+        """The job next in turn; None when none waits, or (``lean``) when that job cannot
+        run in a lean group (it waits for the next group)."""
         with self._lock:
             if not self._turns:
                 return None
             key = self._turns[0]
-            self._turns.rotate(-1)
             jobs = self._waiting[key]
+            if lean and jobs[0].lean is None:
+                return None
+            self._turns.rotate(-1)
             job = jobs.popleft()
             if not jobs:
                 del self._waiting[key]
                 self._turns.remove(key)
             return job
 
-    def _run_group(self, session: Session, taken: list[_Job]) -> None:
-        """The writer thread: take jobs in turn and run each in a savepoint."""
+    def _run_group(self, session: Any, taken: list[_Job], lean: bool = False) -> None:
+        """The writer thread: take jobs in turn and run each in a savepoint (``lean``:
+        each job's lean work in ``session``, a lean transaction)."""
         started = self._clock()
         while len(taken) < self._max_jobs and self._clock() - started < self._max_seconds:
-            job = self._take()
+            job = self._take(lean)
             if job is None:
                 return
             taken.append(job)
             try:
-                if job.savepoint:
+                if lean:
+                    job.outcome = job.lean(session, *job.args)  # type: ignore[misc]
+                elif job.savepoint:
                     with savepoint(session):
                         job.outcome = job.work(session, *job.args)
                 else:
                     job.outcome = job.work(session, *job.args)
+            except DBAPIError:
+                if lean:
+                    raise  # what it wrote may stay: the group must not commit
+                job.outcome, job.failed = Failure(), True
             except Exception:
                 job.outcome, job.failed = Failure(), True
 

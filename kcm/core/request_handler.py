@@ -22,7 +22,10 @@ requests waiting, answered once that has committed. A batch of read-only operati
 worker threads through a :class:`kcm.core.fair_scheduler.FairScheduler`, one queue per
 tenant served in turn, and runs in a read-only transaction, which neither waits for the
 writer nor holds it; its audit records then ride in a group commit, before the answer is
-sent. Either way an answer leaves only once its changes and audit records are durable.
+sent. A batch of storeless operations (:data:`kcm.core.operations.STORELESS`: Discover
+Versions, Query) is answered on the reactor without a transaction, and its audit records
+likewise ride in a group commit, a lean one (no ORM session) when they can. Either way an
+answer leaves only once its changes and audit records are durable.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kcm.core.audit import AuditEvent, RequestSavepoint, append_audit, savepoint
+from kcm.core.audit import (
+    AuditEvent,
+    RequestSavepoint,
+    append_audit,
+    append_records,
+    savepoint,
+)
 from kcm.core.batch import audit_event, execute
 from kcm.core.config import CoreLimits
 from kcm.core.context import Caller
@@ -44,7 +53,7 @@ from kcm.core.fair_scheduler import FairScheduler
 from kcm.core.group_commit import GroupCommitter
 from kcm.core.keyring import Keyring
 from kcm.core.metrics import CoreMetrics
-from kcm.core.operations import READ_ONLY
+from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.kernel.batch import Savepoint
@@ -149,7 +158,8 @@ class CoreRequestHandler:
             store.defer, workers=workers,
             per_key=min(workers, self._limits.max_workers_per_tenant))
         self._committer = committer or GroupCommitter(
-            store.write, max_jobs=self._limits.max_group_commit, start=group_start)
+            store.write, max_jobs=self._limits.max_group_commit, start=group_start,
+            write_lean=store.write_lean)
         #: The watches of the requests in flight, by connection id (reactor thread only).
         self._in_flight: dict[int, set[RequestWatch]] = {}
 
@@ -216,6 +226,10 @@ class CoreRequestHandler:
             answering = self._scheduler.submit(
                 key, self._read, wire, caller, now, should_stop).addCallback(
                 self._audit_then_answer, key, wire, caller, now, should_stop)
+        elif _storeless(wire):
+            answering = self._audit_then_answer(
+                self._read(wire, caller, now, should_stop, storeless=True), key, wire,
+                caller, now, should_stop)
         else:
             answering = self._write(key, wire, caller, now, should_stop)
         return answering.addBoth(timed)
@@ -240,7 +254,8 @@ class CoreRequestHandler:
         group commit); a request that turned out not to be read-only takes the write path."""
         if answer is None:
             return self._write(key, wire, caller, now, should_stop)
-        return self._committer.submit(key, _append_all, answer.events).addCallbacks(
+        return self._committer.submit(
+            key, _append_all, answer.events, lean=append_records).addCallbacks(
             lambda _: answer.wire, self._not_durable,
             errbackArgs=(key, caller, answer.version, now))
 
@@ -257,7 +272,8 @@ class CoreRequestHandler:
                         failure, cid=correlation_id)
             return answer.wire
 
-        return self._committer.submit(key, _append_all, answer.events).addCallbacks(
+        return self._committer.submit(
+            key, _append_all, answer.events, lean=append_records).addCallbacks(
             lambda _: answer.wire, unaudited)
 
     def respond(self, wire: bytes, caller: Caller, now: int,
@@ -283,10 +299,15 @@ class CoreRequestHandler:
         return answer.wire
 
     def _read(self, wire: bytes, caller: Caller, now: int,
-              should_stop: Callable[[], str | None] | None) -> _Answer | None:
+              should_stop: Callable[[], str | None] | None, *,
+              storeless: bool = False) -> _Answer | None:
         """A store worker: the answer to a request of read-only operations, executed in a
         read-only transaction, and the audit records to write before it is sent; a request
-        refused whole or failed is answered here too. None: the request writes."""
+        refused whole or failed is answered here too. None: the request writes.
+
+        ``storeless``: the reactor, for a request :func:`_storeless` picked, executed with
+        no transaction at all; None also when it holds an operation that is not
+        :data:`~kcm.core.operations.STORELESS` after all."""
         correlation_id = new_correlation_id()
         try:
             request = self._decode(wire)
@@ -295,14 +316,21 @@ class CoreRequestHandler:
         except Exception:
             log.failure("request failed [correlation id {cid}]", cid=correlation_id)
             return self._failed_answer(caller, _answer_version(wire), correlation_id, now)
-        if not all(int(item.operation) in READ_ONLY for item in request.batch_items):
+        if not all(int(item.operation) in (STORELESS if storeless else READ_ONLY)
+                   for item in request.batch_items):
             return None
         version = request.header.version
         events: list[AuditEvent] = []
         try:
-            items = self._store.run_sync(
-                lambda session: self._execute(session, request, caller, now, correlation_id,
-                                              should_stop, events.append), write=False)
+            if storeless:
+                items = self._execute(None, request, caller, now,  # type: ignore[arg-type]
+                                      correlation_id, should_stop, events.append,
+                                      savepoint=_NothingToUndo)
+            else:
+                items = self._store.run_sync(
+                    lambda session: self._execute(session, request, caller, now,
+                                                  correlation_id, should_stop,
+                                                  events.append), write=False)
             return _Answer(self._response(request, now, correlation_id, items), events,
                            version, correlation_id)
         except Exception:
@@ -491,6 +519,42 @@ def _general_failure(caller: Caller, version: Version, correlation_id: str, now:
 def _append_all(session: Session, events: list[AuditEvent]) -> None:
     for event in events:
         append_audit(session, event)
+
+
+class _NothingToUndo:
+    """The savepoint of a batch item of a storeless request (kcm.kernel.batch's hook):
+    its handler wrote nothing, so there is nothing to keep or to undo."""
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+
+#: The longest request :func:`_storeless` picks: one is decoded on the reactor.
+STORELESS_MAX_BYTES = 4096
+#: The Operation values of :data:`STORELESS`, as the peek reads them.
+_STORELESS_VALUES = frozenset(int(op).to_bytes(4, "big") for op in STORELESS)
+
+
+def _storeless(wire: bytes) -> bool:
+    """Whether ``wire``, at most :data:`STORELESS_MAX_BYTES` long, has only
+    :data:`~kcm.core.operations.STORELESS` operations: every Operation item found (as
+    :func:`_may_hold_locate` finds them, so every real one is) has one of their values.
+    Such a request is answered on the reactor (its decoding there is bounded by the
+    length), and only its audit records wait for a group commit, a lean one. A byte
+    string that looks like an Operation item can only make it False."""
+    if len(wire) > STORELESS_MAX_BYTES:
+        return False
+    at = wire.find(_OPERATION_HEAD)
+    if at < 0:
+        return False
+    while at >= 0:
+        if wire[at + 8:at + 12] not in _STORELESS_VALUES:
+            return False
+        at = wire.find(_OPERATION_HEAD, at + 1)
+    return True
 
 
 def _beside_writer(wire: bytes) -> bool:

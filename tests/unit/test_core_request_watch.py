@@ -45,8 +45,8 @@ class HeldStore:
         self.calls.append((fn, args, d))
         return d
 
-    def submit(self, _key: Any, fn: Any, *args: Any, own_savepoint: bool = False
-               ) -> Deferred[bytes]:
+    def submit(self, _key: Any, fn: Any, *args: Any, own_savepoint: bool = False,
+               lean: Any = None) -> Deferred[bytes]:
         return self.defer(fn, *args)
 
 

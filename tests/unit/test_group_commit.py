@@ -194,3 +194,97 @@ def test_no_writer_fails_the_waiting_jobs_instead_of_looping() -> None:
 def test_bounds_are_checked() -> None:
     with pytest.raises(ValueError):
         GroupCommitter(Writer().write, max_jobs=0)
+
+
+class Writers:
+    """The store's writer with both kinds of group: sessions and lean transactions. A
+    group that raises fails, as the writer's transaction does (it rolls back)."""
+
+    def __init__(self) -> None:
+        self.groups: list[tuple[str, Callable[[Any], Any], Deferred[Any]]] = []
+
+    def write(self, fn: Callable[[Any], Any]) -> Deferred[Any]:
+        return self._queued("session", fn)
+
+    def write_lean(self, fn: Callable[[Any], Any]) -> Deferred[Any]:
+        return self._queued("lean", fn)
+
+    def _queued(self, kind: str, fn: Callable[[Any], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.groups.append((kind, fn, d))
+        return d
+
+    def run(self) -> str:
+        """Run and commit the next group; its kind."""
+        kind, fn, d = self.groups.pop(0)
+        try:
+            fn(FakeSession())
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(None)
+        return kind
+
+
+def test_a_group_that_begins_with_a_lean_job_is_lean_and_takes_only_lean_jobs() -> None:
+    writers, ran = Writers(), []
+    committer = GroupCommitter(writers.write, write_lean=writers.write_lean)
+    jobs = [committer.submit("a", lambda _s: ran.append("a session"),
+                             lean=lambda _t: ran.append("a lean")),
+            committer.submit("b", lambda _s: ran.append("b session"),
+                             lean=lambda _t: ran.append("b lean")),
+            committer.submit("c", lambda _s: ran.append("c write")),
+            committer.submit("a", lambda _s: ran.append("a2 session"),
+                             lean=lambda _t: ran.append("a2 lean"))]
+    answered = results(*jobs)
+    # tenants in turn: a, b, then c's job, which needs a session: the lean group ends
+    assert writers.run() == "lean"
+    assert ran == ["a lean", "b lean"]
+    # the next group begins with c's job: a session group, where lean jobs do their
+    # session work
+    assert writers.run() == "session"
+    assert ran[2:] == ["c write", "a2 session"]
+    assert len(answered) == 4 and writers.groups == []
+
+
+def test_without_write_lean_every_group_is_a_session_group() -> None:
+    writer, ran = Writer(), []
+    committer = GroupCommitter(writer.write)
+    committer.submit("a", lambda _s: ran.append("session"), lean=lambda _t: ran.append("lean"))
+    writer.run()
+    assert ran == ["session"]
+
+
+def test_a_lean_job_that_fails_before_writing_fails_alone() -> None:
+    writers = Writers()
+    committer = GroupCommitter(writers.write, write_lean=writers.write_lean)
+
+    def refused(_t: Any) -> None:
+        raise TypeError("audit principal must be str")
+
+    answered = results(committer.submit("a", lambda _s: None, lean=lambda _t: "ok"),
+                       committer.submit("b", lambda _s: None, lean=refused),
+                       committer.submit("c", lambda _s: None, lean=lambda _t: "also ok"))
+    assert writers.run() == "lean"
+    assert answered[0] == "ok" and answered[2] == "also ok"
+    assert isinstance(answered[1], TypeError)
+
+
+def test_a_database_error_in_a_lean_group_fails_the_whole_group() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    writers = Writers()
+    committer = GroupCommitter(writers.write, write_lean=writers.write_lean)
+
+    def broken(_t: Any) -> None:
+        raise OperationalError("INSERT INTO audit_log", {}, OSError("disk I/O error"))
+
+    answered = results(committer.submit("a", lambda _s: None, lean=lambda _t: "written"),
+                       committer.submit("b", lambda _s: None, lean=broken))
+    writers.run()
+    # what the first job wrote may not commit: a lean group has no savepoints
+    assert [type(a) for a in answered] == [OperationalError, OperationalError]
+    # the groups after it run as usual
+    answered = results(committer.submit("a", lambda _s: None, lean=lambda _t: "kept"))
+    assert writers.run() == "lean"
+    assert answered == ["kept"]

@@ -31,7 +31,7 @@ from kcm.core.operations import (
 )
 from kcm.kmip.enums import Operation
 
-__all__ = ["HANDLERS", "READ_ONLY", "OperationHandler"]
+__all__ = ["HANDLERS", "READ_ONLY", "STORELESS", "OperationHandler"]
 
 OperationHandler = Callable[[OperationContext, Any], Any]
 
@@ -84,3 +84,8 @@ READ_ONLY: frozenset[int] = frozenset({
     _O.LOCATE, _O.GET_ATTRIBUTES, _O.GET_ATTRIBUTE_LIST, _O.CHECK, _O.QUERY,
     _O.DISCOVER_VERSIONS,
 })
+
+#: The operations whose handlers never read the store either (what the server says about
+#: itself): a batch of only these is answered without a transaction, and only its audit
+#: records are committed before the answer is sent. Their handlers get no session.
+STORELESS: frozenset[int] = frozenset({_O.QUERY, _O.DISCOVER_VERSIONS})

@@ -30,17 +30,19 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
+from kcm.core.store.lean import LeanTransaction
 from kcm.core.store.object_cache import OBJECT_CACHE_INFO, ObjectCache
 from kcm.core.store.raw_statements import (
     TRANSACTION_CONNECTION,
     defers_savepoints,
     discard_pending,
+    drain_connection,
     drain_pending,
     execute_plain,
     forget_deferred,
     pipelined,
 )
-from kcm.core.store.repository import OUTBOX_WRITTEN_INFO, lock_writers
+from kcm.core.store.repository import OUTBOX_WRITTEN_INFO, lock_writers, lock_writers_on
 from kcm.core.store.savepoints import StoreSession
 from kcm.core.store.writer_thread import WriterThread
 
@@ -314,14 +316,53 @@ class Store(Service):
         idle for :data:`KEPT_CONNECTION_CHECK_S` is pinged first, as the pool does before
         lending one (a restarted server then costs no request a failure), and one older
         than the pool's recycling age is exchanged."""
+        return self._on_writer_connection(lambda kept: self._transaction(
+            lambda: StoreSession(bind=kept, expire_on_commit=False, autoflush=True), fn,
+            True))
+
+    def write_lean(self, fn: Callable[[LeanTransaction], T]) -> Deferred[T]:
+        """:meth:`write` for work that needs no ORM session (:mod:`kcm.core.store.lean`):
+        ``fn(transaction)`` in one write transaction on the writer's kept connection,
+        the writers' lock held; fires after the commit."""
+        if self._writer is None:
+            return fail(RuntimeError(
+                "Store.write_lean() before startService() or after stopService()"))
+        return self._writer.submit(self._write_lean_sync, fn)
+
+    def _write_lean_sync(self, fn: Callable[[LeanTransaction], T]) -> T:
+        return self._on_writer_connection(lambda kept: self._lean_transaction(kept, fn))
+
+    def _lean_transaction(self, kept: Connection, fn: Callable[[LeanTransaction], T]) -> T:
+        measured = self.on_transaction
+        started = time.perf_counter()
+        try:
+            info: dict[str, Any] = {}
+            if self.audit_key is not None:
+                info[AUDIT_KEY_INFO] = self.audit_key
+            if self.on_audit_written is not None:
+                info[AUDIT_WRITTEN_INFO] = self.on_audit_written
+            transaction = LeanTransaction(kept, info)
+            with kept.begin():
+                lock_writers_on(kept)
+                result = fn(transaction)
+                transaction.run_before_commit()
+                drain_connection(kept)
+            transaction.run_after_commit()
+            return result
+        finally:
+            if measured is not None:
+                measured(True, time.perf_counter() - started)
+
+    def _on_writer_connection(self, run: Callable[[Connection], T]) -> T:
+        """``run(kept)``: the writer thread's transaction on the connection it keeps."""
         with self._engine_lock:
             engine = self._engine_or_open()
         if engine.dialect.name == "sqlite":
             with self._sqlite_writer:
-                return self._in_kept_connection(engine, fn, check=False)
-        return self._in_kept_connection(engine, fn, check=True)
+                return self._in_kept_connection(engine, run, check=False)
+        return self._in_kept_connection(engine, run, check=True)
 
-    def _in_kept_connection(self, engine: Engine, fn: Callable[[Session], T], *,
+    def _in_kept_connection(self, engine: Engine, run: Callable[[Connection], T], *,
                             check: bool) -> T:
         now = time.monotonic()
         kept = self._writer_connection
@@ -336,8 +377,7 @@ class Store(Service):
                 **{WRITE_OPTION: True}).connect()
             self._writer_connection_opened = now
         try:
-            return self._transaction(lambda: StoreSession(
-                bind=kept, expire_on_commit=False, autoflush=True), fn, True)
+            return run(kept)
         except BaseException:
             self._give_back_writer_connection()
             raise

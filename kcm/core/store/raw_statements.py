@@ -50,8 +50,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
 __all__ = ["TRANSACTION_CONNECTION", "RawStatement", "connection_of", "defer_savepoint",
-           "defers_savepoints", "discard_pending", "drain_pending", "execute_plain",
-           "forget_deferred", "pipelined"]
+           "defers_savepoints", "discard_pending", "drain_connection", "drain_pending",
+           "execute_plain", "forget_deferred", "pipelined"]
 
 #: A pooled DB-API connection's ``info``: the psycopg pipeline open on it, holding
 #: statements sent and not yet waited for.
@@ -93,9 +93,19 @@ class RawStatement:
         nobody reads. An error is raised by the next statement that waits."""
         self._execute(session, params, False)
 
+    def run_on(self, connection: Any, params: Mapping[str, Any] | None = None, *,
+               wait: bool = True) -> Any:
+        """:meth:`execute` (``wait=False``: :meth:`send`) on ``connection``, a SQLAlchemy
+        Connection in a transaction with no ORM session around it (the store's lean
+        transactions, :class:`kcm.core.store.lean.LeanTransaction`)."""
+        return self._execute_on(connection, params, wait)
+
     def _execute(self, session: Session, params: Mapping[str, Any] | None,
                  wait: bool) -> Any:
-        connection = connection_of(session)
+        return self._execute_on(connection_of(session), params, wait)
+
+    def _execute_on(self, connection: Any, params: Mapping[str, Any] | None,
+                    wait: bool) -> Any:
         dialect = connection.dialect
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
@@ -285,3 +295,9 @@ def drain_pending(session: Session) -> None:
     still rolls the transaction back (the connection's own ``commit`` event, which drains
     too, comes after the point of no return)."""
     _drain(connection_of(session))
+
+
+def drain_connection(connection: Any) -> None:
+    """:func:`drain_pending` for a transaction on ``connection`` (a SQLAlchemy Connection)
+    with no session around it (:mod:`kcm.core.store.lean`)."""
+    _drain(connection)

@@ -76,8 +76,15 @@ def lock_writers(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         # Straight to the driver: once per write transaction (every group commit), where
         # the ORM's execute cost more than the lock.
-        execute_plain(connection_of(session), _LOCK_WRITERS)
+        lock_writers_on(connection_of(session))
     session.info[_WRITERS_LOCKED] = True
+
+
+def lock_writers_on(connection: Any) -> None:
+    """:func:`lock_writers` for a write transaction open on ``connection`` (a SQLAlchemy
+    Connection) with no session around it; call it once, first."""
+    if connection.dialect.name == "postgresql":
+        execute_plain(connection, _LOCK_WRITERS)
 
 
 #: The statement that takes the writers' lock (PostgreSQL).

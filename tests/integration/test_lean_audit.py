@@ -1,0 +1,168 @@
+"""Lean group commits (audit records without an ORM session) and storeless requests, on a
+real store (a SQLite file, and PostgreSQL for the store's part): the records chain with
+those of sessions, the head marker names the newest, a failed lean transaction leaves
+nothing, and a Discover Versions or a Query is answered without a transaction, its records
+committed before the answer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from sqlalchemy import select
+
+from kcm.core import request_handler
+from kcm.core.audit import (
+    AuditEvent,
+    AuditKeyMissing,
+    append_audit,
+    append_records,
+    make_checkpoint,
+    verify_chain,
+)
+from kcm.core.request_handler import STORELESS_MAX_BYTES, _storeless
+from kcm.core.store.engine import Store
+from kcm.core.store.schema import AuditLog
+from kcm.kmip.enums import ObjectType, Operation, QueryFunction, ResultStatus
+from kcm.kmip.messages import decode_response
+from kcm.kmip.payloads import CreateRequest, DiscoverVersionsRequest, QueryRequest
+from kcm.ttlv import decode
+from tests.core_support import CoreHarness
+from tests.integration.test_core_handler import AES256, wire
+from tests.integration.test_store import db_url, store  # noqa: F401 (fixtures: both databases)
+
+
+def event(n: int) -> AuditEvent:
+    return AuditEvent(principal="op:test", operation=f"TEST{n}", result_status="SUCCESS",
+                      correlation_id=f"c{n}", object_ids=(f"uid-{n}",), detail={"n": n})
+
+
+def operations(ksi: Store) -> list[str]:
+    return ksi.run_sync(lambda s: list(s.scalars(
+        select(AuditLog.operation).order_by(AuditLog.seq))), write=False)
+
+
+def test_lean_records_chain_with_session_records_and_the_head_names_the_newest(
+        store: Store) -> None:  # noqa: F811
+    # the chain's first record through a lean transaction: the head marker is inserted
+    rows = store._write_lean_sync(lambda t: append_records(t, [event(1), event(2)]))
+    assert [r.seq for r in rows] == [1, 2]
+    assert rows[1].prev_digest == rows[0].digest
+    store.run_sync(lambda s: append_audit(s, event(3)))
+    store._write_lean_sync(lambda t: (append_records(t, [event(4)]),
+                                      append_records(t, [event(5), event(6)])))
+    assert operations(store) == [f"TEST{n}" for n in range(1, 7)]
+    assert store.run_sync(verify_chain).ok
+    # the head marker, written once before the lean commit, names record 6
+    assert store.run_sync(make_checkpoint).seq == 6
+
+
+def test_a_lean_transaction_that_fails_leaves_no_record(store: Store) -> None:  # noqa: F811
+    store._write_lean_sync(lambda t: append_records(t, [event(1)]))
+
+    def fails(transaction):
+        append_records(transaction, [event(2)])
+        raise OSError("disk I/O error")
+
+    with pytest.raises(OSError):
+        store._write_lean_sync(fails)
+    store._write_lean_sync(lambda t: append_records(t, [event(3)]))
+    assert operations(store) == ["TEST1", "TEST3"]
+    assert store.run_sync(verify_chain).ok
+    assert store.run_sync(make_checkpoint).seq == 2
+
+
+def test_a_bad_record_is_refused_before_anything_is_written(store: Store) -> None:  # noqa: F811
+    bad = AuditEvent(principal=b"op:test",  # type: ignore[arg-type]
+                     operation="X", result_status="SUCCESS", correlation_id="c")
+
+    def mixed(transaction):
+        with pytest.raises(TypeError):
+            append_records(transaction, [event(1), bad])
+        return append_records(transaction, [event(2)])
+
+    assert [r.seq for r in store._write_lean_sync(mixed)] == [1]
+    assert operations(store) == ["TEST2"]
+    store.audit_key = None
+    with pytest.raises(AuditKeyMissing):
+        store._write_lean_sync(lambda t: append_records(t, [event(3)]))
+
+
+def test_lean_commits_log_their_records_and_count_them(store: Store, monkeypatch) -> None:  # noqa: F811
+    from kcm.core import audit
+
+    logged, counted = [], []
+    monkeypatch.setattr(audit, "_log_record", logged.append)
+    store.on_audit_written = counted.append
+    store._write_lean_sync(lambda t: append_records(t, [event(1), event(2)]))
+    assert [f["operation"] for f in logged] == ["TEST1", "TEST2"]
+    assert [f["seq"] for f in logged] == [1, 2] and counted == [2]
+    with pytest.raises(OSError):
+        store._write_lean_sync(lambda t: (append_records(t, [event(3)]),
+                                          (_ for _ in ()).throw(OSError("lost"))))
+    assert len(logged) == 2 and counted == [2]  # a record rolled back is never logged
+
+
+@pytest_twisted.ensureDeferred
+async def test_storeless_requests_run_without_a_transaction_and_their_records_commit_lean(
+        core: CoreHarness, monkeypatch) -> None:
+    ksi = core.store
+    kinds: list[str] = []
+    write, write_lean = ksi.write, ksi.write_lean
+    monkeypatch.setattr(ksi, "write", lambda fn: (kinds.append("session"), write(fn))[1])
+    monkeypatch.setattr(ksi, "write_lean", lambda fn: (kinds.append("lean"), write_lean(fn))[1])
+    handler = request_handler.CoreRequestHandler(ksi, core.keyring, clock=time.time)
+
+    def no_transaction(*_args, **_kwargs):
+        raise AssertionError("a storeless request opened a transaction")
+
+    before = len(operations_of(core))
+    monkeypatch.setattr(ksi, "run_sync", no_transaction)
+    discover = await handler.handle_as(
+        wire((Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest())), core.caller())
+    query = await handler.handle_as(
+        wire((Operation.QUERY, QueryRequest(query_functions=[QueryFunction.QUERY_OPERATIONS])),
+             (Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest())), core.caller())
+    monkeypatch.undo()
+    for answer, count in ((discover, 1), (query, 2)):
+        items = decode_response(decode(answer)).batch_items
+        assert [i.result_status for i in items] == [ResultStatus.SUCCESS] * count
+    assert kinds == ["lean", "lean"]
+    assert operations_of(core)[before:] == ["DISCOVER_VERSIONS", "QUERY", "DISCOVER_VERSIONS"]
+    assert core.store.run_sync(verify_chain).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_that_also_creates_is_not_storeless(core: CoreHarness) -> None:
+    before = len(operations_of(core))
+    answer = await core.handler.handle_as(wire(
+        (Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest()),
+        (Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                         attributes=AES256))), core.caller())
+    items = decode_response(decode(answer)).batch_items
+    assert [i.result_status for i in items] == [ResultStatus.SUCCESS] * 2
+    assert operations_of(core)[before:] == ["DISCOVER_VERSIONS", "CREATE"]
+    assert core.store.run_sync(verify_chain).ok
+
+
+def operations_of(core: CoreHarness) -> list[str]:
+    return operations(core.store)
+
+
+def test_storeless_is_picked_from_the_operations_and_the_length() -> None:
+    discover = wire((Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest()))
+    assert _storeless(discover)
+    assert _storeless(wire((Operation.QUERY, QueryRequest(query_functions=[
+        QueryFunction.QUERY_OPERATIONS]))))
+    create = wire((Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                                   attributes=AES256)))
+    assert not _storeless(create)
+    assert not _storeless(wire((Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest()),
+                               (Operation.CREATE, CreateRequest(
+                                   object_type=ObjectType.SYMMETRIC_KEY,
+                                   attributes=AES256))))
+    # a Discover Versions over the length bound goes the general way
+    padded = discover + bytes(STORELESS_MAX_BYTES)
+    assert not _storeless(padded)
+    assert not _storeless(b"not ttlv")

@@ -84,6 +84,22 @@ class StoredObject:
     def attributes(self, attributes: list[Attribute]) -> None:
         self._attributes = attributes
 
+    def number_to_read(self, number: Callable[[list[Attribute]], None]) -> None:
+        """Have :attr:`attributes` numbered by ``number``, for an operation that only reads
+        them: unless this request changed them, the numbered copies are made once per
+        content of the object and shared, kept with its cache entry (:meth:`memo`). The
+        operation must not change them in place."""
+        if self._attributes is not None:  # changed in this request: numbered here alone
+            number(self._attributes)
+            return
+
+        def numbered() -> tuple[Attribute, ...]:
+            copies = self.attributes
+            number(copies)
+            return tuple(copies)
+
+        self._attributes = list(self.memo("numbered attributes", numbered))
+
     def stored_row(self, session: Session) -> Row:
         """The object's row in ``session``, to change it."""
         row = self.row

@@ -56,6 +56,7 @@ from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
+from kcm.core.store.lean import LeanTransaction
 from kcm.kernel.batch import Savepoint
 from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.plain_messages import (
@@ -231,15 +232,41 @@ class CoreRequestHandler:
                 self._read(wire, caller, now, should_stop, storeless=True), key, wire,
                 caller, now, should_stop)
         else:
-            answering = self._write(key, wire, caller, now, should_stop)
+            answering = self._write(key, wire, caller, now, should_stop,
+                                    lean=_reads_only(wire))
         return answering.addBoth(timed)
 
     def _write(self, key: tuple[str, str], wire: bytes, caller: Caller, now: int,
-               should_stop: Callable[[], str | None]) -> Deferred[bytes]:
-        """The request run in a group commit, answered once that has committed."""
+               should_stop: Callable[[], str | None], *, lean: bool = False
+               ) -> Deferred[bytes]:
+        """The request run in a group commit, answered once that has committed. ``lean``:
+        it may run in a lean group (:meth:`_read_lean`)."""
         running = self._committer.submit(key, self._respond_in, wire, caller, now,
-                                         should_stop, own_savepoint=True)
+                                         should_stop, own_savepoint=True,
+                                         lean=self._read_lean if lean else None)
+        if lean:
+            running.addCallback(self._unless_it_writes, key, wire, caller, now, should_stop)
         return running.addErrback(self._write_not_durable, key, caller, wire, now)
+
+    def _read_lean(self, transaction: LeanTransaction, wire: bytes, caller: Caller, now: int,
+                   should_stop: Callable[[], str | None]) -> bytes | object:
+        """The writer thread, in a lean group (no ORM session of its own): the answer to a
+        request of read-only operations (:func:`_reads_only` picked it), executed with a
+        session that only reads in the group's transaction, its audit records appended
+        there; :data:`_WRITES` if it turns out to write after all (it then takes the
+        general way, :meth:`_unless_it_writes`)."""
+        answer = self._read(wire, caller, now, should_stop, transaction=transaction)
+        if answer is None:
+            return _WRITES
+        append_records(transaction, answer.events)
+        return answer.wire
+
+    def _unless_it_writes(self, answer: bytes | object, key: tuple[str, str], wire: bytes,
+                          caller: Caller, now: int,
+                          should_stop: Callable[[], str | None]) -> bytes | Deferred[bytes]:
+        if answer is _WRITES:
+            return self._write(key, wire, caller, now, should_stop)
+        return answer  # type: ignore[return-value]
 
     def _write_not_durable(self, failure: Failure, key: tuple[str, str], caller: Caller,
                            wire: bytes, now: int) -> Deferred[bytes]:
@@ -300,14 +327,16 @@ class CoreRequestHandler:
 
     def _read(self, wire: bytes, caller: Caller, now: int,
               should_stop: Callable[[], str | None] | None, *,
-              storeless: bool = False) -> _Answer | None:
+              storeless: bool = False,
+              transaction: LeanTransaction | None = None) -> _Answer | None:
         """A store worker: the answer to a request of read-only operations, executed in a
         read-only transaction, and the audit records to write before it is sent; a request
         refused whole or failed is answered here too. None: the request writes.
 
         ``storeless``: the reactor, for a request :func:`_storeless` picked, executed with
         no transaction at all; None also when it holds an operation that is not
-        :data:`~kcm.core.operations.STORELESS` after all."""
+        :data:`~kcm.core.operations.STORELESS` after all. ``transaction``: the writer
+        thread, executed in that lean transaction (:meth:`_read_lean`)."""
         correlation_id = new_correlation_id()
         try:
             request = self._decode(wire)
@@ -326,6 +355,11 @@ class CoreRequestHandler:
                 items = self._execute(None, request, caller, now,  # type: ignore[arg-type]
                                       correlation_id, should_stop, events.append,
                                       savepoint=_NothingToUndo)
+            elif transaction is not None:
+                items = self._store.read_in(
+                    transaction, lambda session: self._execute(
+                        session, request, caller, now, correlation_id, should_stop,
+                        events.append, savepoint=_NothingToUndo))
             else:
                 items = self._store.run_sync(
                     lambda session: self._execute(session, request, caller, now,
@@ -530,6 +564,29 @@ class _NothingToUndo:
 
     def rollback(self) -> None:
         pass
+
+
+#: What :meth:`CoreRequestHandler._read_lean` answers for a request that writes.
+_WRITES = object()
+
+#: The Operation values of the read-only operations a lean group runs (no Locate: a batch
+#: with one runs beside the writer).
+_LEAN_READ_VALUES = frozenset(int(op).to_bytes(4, "big")
+                              for op in READ_ONLY - {Operation.LOCATE})
+
+
+def _reads_only(wire: bytes) -> bool:
+    """Whether every Operation item found in ``wire`` (as :func:`_storeless` finds them)
+    is a read-only operation other than Locate: such a request may run in a lean group
+    (a look-alike in a byte string can only make it False, or lose it a hop)."""
+    at = wire.find(_OPERATION_HEAD)
+    if at < 0:
+        return False
+    while at >= 0:
+        if wire[at + 8:at + 12] not in _LEAN_READ_VALUES:
+            return False
+        at = wire.find(_OPERATION_HEAD, at + 1)
+    return True
 
 
 #: The longest request :func:`_storeless` picks: one is decoded on the reactor.

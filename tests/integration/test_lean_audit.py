@@ -27,6 +27,8 @@ from kcm.core.store.schema import AuditLog
 from kcm.kmip.enums import ObjectType, Operation, QueryFunction, ResultStatus
 from kcm.kmip.messages import decode_response
 from kcm.kmip.payloads import CreateRequest, DiscoverVersionsRequest, QueryRequest
+from kcm.kmip.tags import Tag
+from kcm.testing import requests as kmip
 from kcm.ttlv import decode
 from tests.core_support import CoreHarness
 from tests.integration.test_core_handler import AES256, wire
@@ -107,12 +109,8 @@ def test_lean_commits_log_their_records_and_count_them(store: Store, monkeypatch
 @pytest_twisted.ensureDeferred
 async def test_storeless_requests_run_without_a_transaction_and_their_records_commit_lean(
         core: CoreHarness, monkeypatch) -> None:
+    handler, kinds = counting_groups(core, monkeypatch)
     ksi = core.store
-    kinds: list[str] = []
-    write, write_lean = ksi.write, ksi.write_lean
-    monkeypatch.setattr(ksi, "write", lambda fn: (kinds.append("session"), write(fn))[1])
-    monkeypatch.setattr(ksi, "write_lean", lambda fn: (kinds.append("lean"), write_lean(fn))[1])
-    handler = request_handler.CoreRequestHandler(ksi, core.keyring, clock=time.time)
 
     def no_transaction(*_args, **_kwargs):
         raise AssertionError("a storeless request opened a transaction")
@@ -148,6 +146,65 @@ async def test_a_batch_that_also_creates_is_not_storeless(core: CoreHarness) -> 
 
 def operations_of(core: CoreHarness) -> list[str]:
     return operations(core.store)
+
+
+def counting_groups(core: CoreHarness, monkeypatch) -> tuple[request_handler.CoreRequestHandler,
+                                                              list[str]]:
+    """A handler on ``core``'s store whose group commits say which kind they are."""
+    ksi, kinds = core.store, []
+    write, write_lean = ksi.write, ksi.write_lean
+    monkeypatch.setattr(ksi, "write", lambda fn: (kinds.append("session"), write(fn))[1])
+    monkeypatch.setattr(ksi, "write_lean", lambda fn: (kinds.append("lean"), write_lean(fn))[1])
+    return request_handler.CoreRequestHandler(ksi, core.keyring, clock=time.time), kinds
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_only_request_runs_in_a_lean_group(core: CoreHarness,
+                                                       monkeypatch) -> None:
+    created = await core.handler.handle_as(kmip.request(kmip.create_managed()), core.caller())
+    uid = kmip.response(created).batch_items[0].response_payload.unique_identifier
+    handler, kinds = counting_groups(core, monkeypatch)
+    before = len(operations_of(core))
+    answer = await handler.handle_as(kmip.request(
+        kmip.get_attributes(uid, Tag.STATE, Tag.CRYPTOGRAPHIC_LENGTH),
+        kmip.get_attributes("missing", Tag.STATE)), core.caller())
+    # an object of another tenant is as missing as one that never was
+    other = await handler.handle_as(kmip.request(kmip.get_attributes(uid, Tag.STATE)),
+                                    core.caller(other_tenant()))
+    assert kinds == ["lean", "lean"]
+    found, missing = kmip.response(answer).batch_items
+    assert found.result_status == ResultStatus.SUCCESS
+    assert [a.value.value for a in found.response_payload.attributes] == [1, 256]  # Pre-Active
+    assert missing.result_status == ResultStatus.OPERATION_FAILED
+    assert kmip.response(other).batch_items[0].result_reason == missing.result_reason
+    assert operations_of(core)[before:] == ["GET_ATTRIBUTES"] * 3
+    assert core.store.run_sync(verify_chain).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_writes_takes_a_session_group(core: CoreHarness,
+                                                           monkeypatch) -> None:
+    handler, kinds = counting_groups(core, monkeypatch)
+    created = await handler.handle_as(kmip.request(kmip.create_managed(),
+                                                   kmip.get_attributes(None, Tag.STATE)),
+                                      core.caller())
+    assert kinds == ["session"]
+    # one the scan takes for read-only, and that writes after all, goes the general way:
+    # nothing written in the lean group, then a session group
+    monkeypatch.setattr(request_handler, "_reads_only", lambda _wire: True)
+    before = len(operations_of(core))
+    again = await handler.handle_as(kmip.request(kmip.create_managed()), core.caller())
+    assert kinds == ["session", "lean", "session"]
+    for answer in (created, again):
+        assert {i.result_status for i in kmip.response(answer).batch_items} == {
+            ResultStatus.SUCCESS}
+    assert operations_of(core)[before:] == ["CREATE"]
+    assert core.store.run_sync(verify_chain).ok
+
+
+def other_tenant():
+    from tests.core_support import service_principal
+    return service_principal("other", "app")
 
 
 def test_storeless_is_picked_from_the_operations_and_the_length() -> None:

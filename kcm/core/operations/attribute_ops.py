@@ -251,12 +251,16 @@ def adjust_attribute(ctx: OperationContext,
 
 def _load(ctx: OperationContext, unique_identifier: str | Item | None, *,
           for_update: bool = True) -> managed.StoredObject:
-    """The object, its instances numbered; a change also needs the policy's consent."""
+    """The object, its instances numbered; a change also needs the policy's consent. Read
+    only (``for_update`` False), the numbered instances may be shared with other requests:
+    the caller does not change them."""
     obj = managed.load(ctx, ctx.id_placeholder.resolve(unique_identifier),
                        for_update=for_update)
     if for_update:
         policy.check_lifecycle_change(ctx.principal, obj.level)
-    _number(obj.attributes)
+        _number(obj.attributes)
+    else:
+        obj.number_to_read(_number)
     return obj
 
 

@@ -353,6 +353,22 @@ class Store(Service):
             if measured is not None:
                 measured(True, time.perf_counter() - started)
 
+    def read_in(self, transaction: LeanTransaction, fn: Callable[[Session], T]) -> T:
+        """``fn(session)`` for reads in ``transaction`` (a lean one, on the writer thread):
+        the session joins the transaction and leaves it as it was when it closes (it
+        neither commits nor rolls it back). A lean group writes nothing but audit records,
+        so what the session reads is committed: it gets what a read-only transaction's
+        session gets. ``fn`` must not write."""
+        with StoreSession(bind=transaction.connection, expire_on_commit=False,
+                          autoflush=False, join_transaction_mode="rollback_only") as session:
+            info = session.info
+            info[KNOWN_FACTS_INFO] = self.known
+            if self.objects.size:
+                info[OBJECT_CACHE_INFO] = self.objects
+            info[WRITE_INFO] = False
+            info[TRANSACTION_CONNECTION] = transaction.connection
+            return fn(session)
+
     def _on_writer_connection(self, run: Callable[[Connection], T]) -> T:
         """``run(kept)``: the writer thread's transaction on the connection it keeps."""
         with self._engine_lock:

@@ -62,6 +62,7 @@ from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.plain_messages import (
     NOT_PLAIN,
     READABLE_VERSIONS,
+    read_discover_versions,
     read_request,
     response_item,
 )
@@ -339,7 +340,7 @@ class CoreRequestHandler:
         thread, executed in that lean transaction (:meth:`_read_lean`)."""
         correlation_id = new_correlation_id()
         try:
-            request = self._decode(wire)
+            request = self._decode(wire, storeless=storeless)
         except _Refused as refused:
             return self._refused_answer(caller, refused, correlation_id, now)
         except Exception:
@@ -438,12 +439,13 @@ class CoreRequestHandler:
                              request.header.maximum_response_size,
                              server_limit=self._limits.max_message_size)
 
-    def _decode(self, wire: bytes) -> RequestMessage:
+    def _decode(self, wire: bytes, *, storeless: bool = False) -> RequestMessage:
         """The request, or :class:`_Refused`. Its header is judged before any batch item is
         decoded: an unsupported version or too many items costs no more than the header.
-        A plain request (:mod:`kcm.kernel.plain_messages`) is read without the message
+        A plain request (:mod:`kcm.kernel.plain_messages`; ``storeless``, one
+        :func:`_storeless` picked: a plain Discover Versions) is read without the message
         tree, into the same model."""
-        plain = _plain_request(wire, self._limits)
+        plain = _plain_request(wire, self._limits, storeless=storeless)
         if plain is not None:
             return plain
         try:
@@ -472,12 +474,16 @@ class CoreRequestHandler:
             raise _Refused(answer_in, e.reason, e.message) from None
 
 
-def _plain_request(wire: bytes, limits: CoreLimits) -> RequestMessage | None:
-    """``wire`` read by :func:`kcm.kernel.plain_messages.read_request` (what the general
-    decoder reads from it, the property tests hold), or None: not plain, or one the
-    general decoder refuses (too long, too many items)."""
+def _plain_request(wire: bytes, limits: CoreLimits, *,
+                   storeless: bool = False) -> RequestMessage | None:
+    """``wire`` read by :func:`kcm.kernel.plain_messages.read_request` (``storeless``:
+    by :func:`~kcm.kernel.plain_messages.read_discover_versions`; what the general decoder
+    reads from it, the property tests hold), or None: not plain, or one the general
+    decoder refuses (too long, too many items)."""
     try:
-        version, maximum_response_size, items = read_request(wire, versions=READABLE_VERSIONS)
+        version, maximum_response_size, items = (
+            read_discover_versions(wire) if storeless
+            else read_request(wire, versions=READABLE_VERSIONS))
     except Exception:
         NOT_PLAIN.__traceback__ = None  # (see kcm.kernel.plain_messages)
         return None

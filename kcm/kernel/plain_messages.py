@@ -31,18 +31,21 @@ from kcm.kmip.payloads import (
     CreateResponse,
     DecryptRequest,
     DecryptResponse,
+    DiscoverVersionsRequest,
+    DiscoverVersionsResponse,
     EncryptRequest,
     EncryptResponse,
     GetRequest,
     GetResponse,
 )
+from kcm.kmip.protocol_version import ProtocolVersion
 from kcm.kmip.tags import Tag
 from kcm.ttlv import ItemType, decode_item
 
 __all__ = ["NOT_PLAIN", "PLAIN_OPERATIONS", "PLAIN_VERSIONS", "READABLE_VERSIONS",
            "CreateReader", "NotPlain",
-           "integer_at", "item_head", "read_request", "read_request_python", "response_item",
-           "structure_at"]
+           "integer_at", "item_head", "read_discover_versions", "read_request",
+           "read_request_python", "response_item", "structure_at"]
 
 #: The protocol versions read and written here by default: an L4 answer has one layout in
 #: all of them.
@@ -91,6 +94,7 @@ _CRYPTOGRAPHIC_LENGTH = item_head(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
 
 _ENCRYPT, _DECRYPT, _GET = int(Operation.ENCRYPT), int(Operation.DECRYPT), int(Operation.GET)
 _CREATE = int(Operation.CREATE)
+_DISCOVER_VERSIONS = int(Operation.DISCOVER_VERSIONS)
 #: The operations whose requests are read (a Create by the caller's reader) and answered.
 PLAIN_OPERATIONS = (_CREATE, _ENCRYPT, _DECRYPT, _GET)
 _SYMMETRIC_KEY_TYPE = int(ObjectType.SYMMETRIC_KEY)
@@ -185,22 +189,7 @@ def read_request_python(wire: bytes, create: CreateReader | None = None,
                         ) -> tuple[tuple[int, int], int | None, _Items]:
     """:func:`read_request` in Python alone: the reference the compiled scan is held to."""
     size = len(wire)
-    head, length = _HEADER.unpack_from(wire, 0)
-    if head != _REQUEST_MESSAGE or 8 + length != size:
-        raise NOT_PLAIN
-    pos, header_end = structure_at(wire, 8, size, _REQUEST_HEADER)
-    pos, version_end = structure_at(wire, pos, header_end, _PROTOCOL_VERSION)
-    pos, major = integer_at(wire, pos, version_end, _VERSION_MAJOR)
-    pos, minor = integer_at(wire, pos, version_end, _VERSION_MINOR)
-    version = (major, minor)
-    if pos != version_end or version not in versions:
-        raise NOT_PLAIN
-    maximum_response_size = None
-    if _HEADER.unpack_from(wire, pos)[0] == _MAXIMUM_RESPONSE_SIZE:
-        pos, maximum_response_size = integer_at(wire, pos, header_end, _MAXIMUM_RESPONSE_SIZE)
-    pos, batch_count = integer_at(wire, pos, header_end, _BATCH_COUNT)
-    if pos != header_end:
-        raise NOT_PLAIN
+    pos, version, maximum_response_size, batch_count = _read_header(wire, versions)
     items = []
     while pos < size:
         pos, item_end = structure_at(wire, pos, size, _BATCH_ITEM)
@@ -226,6 +215,67 @@ def read_request_python(wire: bytes, create: CreateReader | None = None,
                 raise NOT_PLAIN
             items.append((operation, batch_id, _REQUESTS[operation](**values)))
         pos = item_end
+    if not items or batch_count != len(items):
+        raise NOT_PLAIN
+    return version, maximum_response_size, items
+
+
+def _read_header(wire: bytes, versions: frozenset[tuple[int, int]]
+                 ) -> tuple[int, tuple[int, int], int | None, int]:
+    """(where the first batch item begins, version, Maximum Response Size or None, Batch
+    Count) of a plain request's header: Protocol Version, Maximum Response Size, Batch
+    Count and nothing else."""
+    size = len(wire)
+    if size < 8:
+        raise NOT_PLAIN
+    head, length = _HEADER.unpack_from(wire, 0)
+    if head != _REQUEST_MESSAGE or 8 + length != size:
+        raise NOT_PLAIN
+    pos, header_end = structure_at(wire, 8, size, _REQUEST_HEADER)
+    pos, version_end = structure_at(wire, pos, header_end, _PROTOCOL_VERSION)
+    pos, major = integer_at(wire, pos, version_end, _VERSION_MAJOR)
+    pos, minor = integer_at(wire, pos, version_end, _VERSION_MINOR)
+    version = (major, minor)
+    if pos != version_end or version not in versions:
+        raise NOT_PLAIN
+    maximum_response_size = None
+    if pos + 8 <= header_end and _HEADER.unpack_from(wire, pos)[0] == _MAXIMUM_RESPONSE_SIZE:
+        pos, maximum_response_size = integer_at(wire, pos, header_end, _MAXIMUM_RESPONSE_SIZE)
+    pos, batch_count = integer_at(wire, pos, header_end, _BATCH_COUNT)
+    if pos != header_end:
+        raise NOT_PLAIN
+    return pos, version, maximum_response_size, batch_count
+
+
+def read_discover_versions(wire: bytes,
+                           versions: frozenset[tuple[int, int]] = READABLE_VERSIONS
+                           ) -> tuple[tuple[int, int], int | None, _Items]:
+    """:func:`read_request`'s answer for a plain request of Discover Versions only (each
+    payload empty or Protocol Versions of two Integers); raises :data:`NOT_PLAIN` for any
+    other. In Python: the payload's repeated structures are not the compiled scan's."""
+    size = len(wire)
+    pos, version, maximum_response_size, batch_count = _read_header(wire, versions)
+    items: _Items = []
+    while pos < size:
+        pos, item_end = structure_at(wire, pos, size, _BATCH_ITEM)
+        pos, operation = integer_at(wire, pos, item_end, _OPERATION)
+        if operation != _DISCOVER_VERSIONS:
+            raise NOT_PLAIN
+        batch_id = None
+        if pos + 8 <= item_end and _HEADER.unpack_from(wire, pos)[0] == _UNIQUE_BATCH_ITEM_ID:
+            pos, batch_id = _bytes(wire, pos, item_end)
+        pos, payload_end = structure_at(wire, pos, item_end, _REQUEST_PAYLOAD)
+        if payload_end != item_end:
+            raise NOT_PLAIN
+        listed = []
+        while pos < payload_end:
+            pos, version_end = structure_at(wire, pos, payload_end, _PROTOCOL_VERSION)
+            pos, major = integer_at(wire, pos, version_end, _VERSION_MAJOR)
+            pos, minor = integer_at(wire, pos, version_end, _VERSION_MINOR)
+            if pos != version_end:
+                raise NOT_PLAIN
+            listed.append(ProtocolVersion(major=major, minor=minor))
+        items.append((operation, batch_id, DiscoverVersionsRequest(protocol_versions=listed)))
     if not items or batch_count != len(items):
         raise NOT_PLAIN
     return version, maximum_response_size, items
@@ -322,8 +372,8 @@ _PADDING = tuple(bytes(n) for n in range(8))
 
 def response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes:
     """The successful Response Batch Item answering ``operation`` with the typed payload
-    ``result``: an Encrypt, Decrypt or Create answer, or a Get of a Raw, unwrapped
-    symmetric key; raises :data:`NOT_PLAIN` for any other."""
+    ``result``: an Encrypt, Decrypt, Create or Discover Versions answer, or a Get of a Raw,
+    unwrapped symmetric key; raises :data:`NOT_PLAIN` for any other."""
     if isinstance(result, EncryptResponse):
         if result.correlation_value is not None:
             raise NOT_PLAIN
@@ -347,6 +397,11 @@ def response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes:
         payload = (_enumeration(_OBJECT_TYPE, _SYMMETRIC_KEY_TYPE)
                    + _text(_UNIQUE_IDENTIFIER, result.unique_identifier)
                    + _symmetric_key(result.object))
+    elif isinstance(result, DiscoverVersionsResponse):
+        payload = b"".join(_struct(_PROTOCOL_VERSION,
+                                   _integer_item(_VERSION_MAJOR, int(version.major))
+                                   + _integer_item(_VERSION_MINOR, int(version.minor)))
+                           for version in result.protocol_versions)
     else:
         raise NOT_PLAIN
     if batch_id is None:
@@ -401,5 +456,5 @@ def _text(head: int, value: str) -> bytes:
 
 #: The first item of every answered batch item (its Operation), and its Result Status.
 _OPERATION_ITEMS = {operation: _enumeration(_OPERATION, operation)
-                    for operation in PLAIN_OPERATIONS}
+                    for operation in (*PLAIN_OPERATIONS, _DISCOVER_VERSIONS)}
 _SUCCESS_ITEM = _enumeration(_RESULT_STATUS, 0)

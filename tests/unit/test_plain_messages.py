@@ -19,6 +19,7 @@ from kcm.kmip.enums import (
     KeyFormatType,
     ObjectType,
     Operation,
+    QueryFunction,
     ResultReason,
     ResultStatus,
 )
@@ -28,11 +29,15 @@ from kcm.kmip.payloads import (
     CreateResponse,
     DecryptRequest,
     DecryptResponse,
+    DiscoverVersionsRequest,
+    DiscoverVersionsResponse,
     EncryptRequest,
     EncryptResponse,
     GetRequest,
     GetResponse,
+    QueryRequest,
 )
+from kcm.kmip.protocol_version import ProtocolVersion
 from kcm.testing.requests import item, request
 from kcm.ttlv import decode
 
@@ -173,3 +178,57 @@ def test_the_same_parameters_are_read_once_and_their_number_is_bounded() -> None
     for length in range(1, 3 * plain_messages._PARAMETERS_KEPT):
         assert parameters_of(encrypt_with(length)).tag_length == length
         assert len(plain_messages._PARAMETERS) <= plain_messages._PARAMETERS_KEPT
+
+
+# Discover Versions (read and written plainly by kcm-core for a storeless request) ------
+protocol_versions = st.lists(st.builds(ProtocolVersion, major=st.integers(-3, 5),
+                                       minor=st.integers(-1, 9)), max_size=4)
+discovers = st.builds(lambda v, b: item(Operation.DISCOVER_VERSIONS,
+                                        DiscoverVersionsRequest(protocol_versions=v), b),
+                      protocol_versions, batch_ids)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(discovers, min_size=1, max_size=3), VERSIONS,
+       st.one_of(st.none(), st.integers(1, 1 << 20)))
+def test_a_plain_discover_versions_reads_as_the_general_decoder_reads_it(
+        items: list, version: tuple[int, int], maximum_response_size: int | None) -> None:
+    wire = request(*items, version=version, maximum_response_size=maximum_response_size)
+    plain = _plain_request(wire, LIMITS, storeless=True)
+    assert plain is not None
+    assert plain == decode_request(decode(wire))
+
+
+@given(st.binary(max_size=300))
+def test_bytes_that_are_not_a_plain_discover_versions_are_left_to_the_general_decoder(
+        wire: bytes) -> None:
+    assert _plain_request(wire, LIMITS, storeless=True) is None
+
+
+def test_what_the_discover_versions_reader_does_not_read_is_left_to_the_general_decoder(
+        ) -> None:
+    discover = item(Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest())
+    query = item(Operation.QUERY, QueryRequest(query_functions=[QueryFunction.QUERY_OBJECTS]))
+    for wire in (request(discover, version=(1, 1)),  # not a plain version
+                 request(discover, continuation=1),  # a header field it does not read
+                 request(discover, query),  # another operation
+                 request(query)):
+        assert _plain_request(wire, LIMITS, storeless=True) is None
+    assert _plain_request(request(discover), LIMITS, storeless=True) is not None
+    assert _plain_request(request(*[discover] * 3), CoreLimits(max_batch_items=2),
+                          storeless=True) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(protocol_versions, batch_ids), min_size=1, max_size=3), VERSIONS)
+def test_a_discover_versions_answer_is_written_as_the_general_encoder_writes_it(
+        answers: list, version: tuple[int, int]) -> None:
+    items = [ResponseBatchItem(operation=Operation.DISCOVER_VERSIONS,
+                               unique_batch_item_id=batch_id,
+                               result_status=ResultStatus.SUCCESS,
+                               response_payload=DiscoverVersionsResponse(protocol_versions=v))
+             for v, batch_id in answers]
+    written = [response_item(int(Operation.DISCOVER_VERSIONS), batch_id,
+                             DiscoverVersionsResponse(protocol_versions=v))
+               for v, batch_id in answers]
+    assert _encoded(items, version) == written == encode_items(items, version)

@@ -7,7 +7,8 @@ such a request's header fields and typed payloads from the bytes, without the me
 tree; :func:`response_item` writes a successful answer's batch item into a fixed layout.
 The gateway's fast path (:mod:`kcm.gateway.fast_path`) answers its L4 requests with them,
 and kcm-core decodes and encodes its plain requests and answers with them
-(:mod:`kcm.core.request_handler`).
+(:mod:`kcm.core.request_handler`); kcm-core also reads a Discover Versions here
+(:func:`read_discover_versions`, which the fast path never calls) and writes its answer.
 
 Both are *sure or silent*: :func:`read_request` raises :data:`NOT_PLAIN` for any field it
 does not expect, a field out of the specification's order or repeated, non-zero padding, a

@@ -22,11 +22,11 @@ groups of 3.2 requests 3.8 at 4 clients sending Encrypts (docs/benchmarks.md).
 Lean groups: a job may also say how to do its work without a session (``lean``: kcm-core's
 audit records of requests already answered, :func:`kcm.core.audit.append_records`). A group
 whose first job has one runs through ``write_lean``
-(:meth:`kcm.core.store.engine.Store.write_lean`: the same writer thread, no ORM session,
-which costs such a group more than its work) and takes only such jobs; the first job in
-turn that has none ends it and begins the next group. A lean group has no savepoints: a
-lean job raises before writing anything, and fails alone, or raises SQLAlchemy's
-``DBAPIError``, which fails the whole group.
+(:meth:`kcm.core.store.engine.Store.write_lean`: the same writer thread without an ORM
+session, whose setting up and closing cost such a group more than its work) and takes only
+such jobs; the first job in turn that has none ends it and begins the next group. A lean
+group has no savepoints: a lean job raises before writing anything, and fails alone, or
+raises SQLAlchemy's ``DBAPIError``, which fails the whole group.
 
 Fairness and bounds: the waiting jobs are kept in one FIFO per *share key* (the caller's
 tenant, as for :class:`kcm.core.fair_scheduler.FairScheduler`), and a group takes them one

@@ -562,8 +562,9 @@ def _append_all(session: Session, events: list[AuditEvent]) -> None:
 
 
 class _NothingToUndo:
-    """The savepoint of a batch item of a storeless request (kcm.kernel.batch's hook):
-    its handler wrote nothing, so there is nothing to keep or to undo."""
+    """The savepoint of a batch item of a read-only request run without one (storeless,
+    or in a lean group; kcm.kernel.batch's hook): its handler writes nothing, so there is
+    nothing to keep or to undo."""
 
     def commit(self) -> None:
         pass
@@ -582,14 +583,21 @@ _LEAN_READ_VALUES = frozenset(int(op).to_bytes(4, "big")
 
 
 def _reads_only(wire: bytes) -> bool:
-    """Whether every Operation item found in ``wire`` (as :func:`_storeless` finds them)
-    is a read-only operation other than Locate: such a request may run in a lean group
-    (a look-alike in a byte string can only make it False, or lose it a hop)."""
+    """Whether every Operation item found in ``wire`` (:func:`_only_operations`) is a
+    read-only operation other than Locate: such a request may run in a lean group (a
+    look-alike in a byte string can only make it False, or cost it a hop)."""
+    return _only_operations(wire, _LEAN_READ_VALUES)
+
+
+def _only_operations(wire: bytes, values: frozenset[bytes]) -> bool:
+    """Whether ``wire`` has an Operation item and every one found has one of ``values``
+    (four bytes each). Every real Operation item is found (as :func:`_may_hold_locate`
+    finds them); a byte string that looks like one can only make it False."""
     at = wire.find(_OPERATION_HEAD)
     if at < 0:
         return False
     while at >= 0:
-        if wire[at + 8:at + 12] not in _LEAN_READ_VALUES:
+        if wire[at + 8:at + 12] not in values:
             return False
         at = wire.find(_OPERATION_HEAD, at + 1)
     return True
@@ -603,21 +611,10 @@ _STORELESS_VALUES = frozenset(int(op).to_bytes(4, "big") for op in STORELESS)
 
 def _storeless(wire: bytes) -> bool:
     """Whether ``wire``, at most :data:`STORELESS_MAX_BYTES` long, has only
-    :data:`~kcm.core.operations.STORELESS` operations: every Operation item found (as
-    :func:`_may_hold_locate` finds them, so every real one is) has one of their values.
-    Such a request is answered on the reactor (its decoding there is bounded by the
-    length), and only its audit records wait for a group commit, a lean one. A byte
-    string that looks like an Operation item can only make it False."""
-    if len(wire) > STORELESS_MAX_BYTES:
-        return False
-    at = wire.find(_OPERATION_HEAD)
-    if at < 0:
-        return False
-    while at >= 0:
-        if wire[at + 8:at + 12] not in _STORELESS_VALUES:
-            return False
-        at = wire.find(_OPERATION_HEAD, at + 1)
-    return True
+    :data:`~kcm.core.operations.STORELESS` operations (:func:`_only_operations`). Such a
+    request is answered on the reactor (its decoding there is bounded by the length), and
+    only its audit records wait for a group commit, a lean one."""
+    return len(wire) <= STORELESS_MAX_BYTES and _only_operations(wire, _STORELESS_VALUES)
 
 
 def _beside_writer(wire: bytes) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pytest
 import sqlalchemy
 
-from kcm.kmip.attributes import Attribute
+from kcm.kmip.attributes import Attribute, AttributeReference
 from kcm.kmip.enums import CryptographicAlgorithm, ObjectType, Operation, ResultStatus
 from kcm.kmip.messages import (
     ProtocolVersion,
@@ -29,7 +29,7 @@ from kcm.kmip.messages import (
     decode_response,
     encode_request,
 )
-from kcm.kmip.payloads import CreateRequest, DiscoverVersionsRequest
+from kcm.kmip.payloads import CreateRequest, DiscoverVersionsRequest, GetAttributesRequest
 from kcm.kmip.tags import Tag
 from kcm.ttlv import decode, encode
 from tests.e2e_support import CoreProcess
@@ -119,18 +119,31 @@ class _Acknowledged:
     failures: list[object] = field(default_factory=list)
 
 
+def get_state(uid: str) -> bytes:
+    return encode(encode_request(RequestMessage(
+        RequestHeader(protocol_version=ProtocolVersion.of((2, 1)), batch_count=1),
+        [RequestBatchItem(operation=Operation.GET_ATTRIBUTES,
+                          request_payload=GetAttributesRequest(
+                              unique_identifier=uid,
+                              attribute_references=[AttributeReference(Tag.STATE)]))])))
+
+
 def _mixed_load(core: CoreProcess, seen: _Acknowledged, stop: threading.Event,
                 seed: int) -> None:
-    """Creates, and now and then a Discover Versions (read-only: its audit record rides in
-    a group commit too), until ``stop`` or the server dies."""
+    """Creates, and now and then a Discover Versions (answered without a transaction) or a
+    Get Attributes of the client's last key (read in a lean group commit), whose audit
+    records ride in group commits too, until ``stop`` or the server dies."""
     chooser = random.Random(seed)
+    mine: list[str] = []
     try:
         client = core.client()
     except (ConnectionError, OSError):
         return  # killed before this client connected
     try:
         while not stop.is_set():
-            wire = DISCOVER_VERSIONS if chooser.random() < 0.25 else CREATE
+            roll = chooser.random()
+            wire = (DISCOVER_VERSIONS if roll < 0.2 else
+                    get_state(mine[-1]) if roll < 0.4 and mine else CREATE)
             response = decode_response(decode(client.send(wire)))
             item = response.batch_items[0]
             if item.result_status != ResultStatus.SUCCESS:
@@ -138,6 +151,7 @@ def _mixed_load(core: CoreProcess, seen: _Acknowledged, stop: threading.Event,
                 return
             if item.operation == Operation.CREATE:
                 seen.created.append(item.response_payload.unique_identifier)
+                mine.append(item.response_payload.unique_identifier)
             seen.correlations.append(response.header.server_correlation_value)
     except (ConnectionError, OSError):
         pass  # the server died under us: whatever was not acknowledged may be lost

@@ -24,7 +24,7 @@ from kcm.core.audit import (
 from kcm.core.request_handler import STORELESS_MAX_BYTES, _storeless
 from kcm.core.store.engine import Store
 from kcm.core.store.schema import AuditLog
-from kcm.kmip.enums import ObjectType, Operation, QueryFunction, ResultStatus
+from kcm.kmip.enums import ObjectType, Operation, QueryFunction, ResultReason, ResultStatus
 from kcm.kmip.messages import decode_response
 from kcm.kmip.payloads import CreateRequest, DiscoverVersionsRequest, QueryRequest
 from kcm.kmip.tags import Tag
@@ -223,3 +223,24 @@ def test_storeless_is_picked_from_the_operations_and_the_length() -> None:
     padded = discover + bytes(STORELESS_MAX_BYTES)
     assert not _storeless(padded)
     assert not _storeless(b"not ttlv")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storeless_request_refused_whole_is_answered_and_audited(
+        core: CoreHarness, monkeypatch) -> None:
+    handler, kinds = counting_groups(core, monkeypatch)
+    before = len(operations_of(core))
+    unsupported = wire((Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest()),
+                       version=(3, 0))
+    truncated = wire((Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest()))[:-8]
+    assert _storeless(unsupported) and _storeless(truncated)
+    answers = [kmip.response(await handler.handle_as(data, core.caller()))
+               for data in (unsupported, truncated)]
+    assert [a.batch_items[0].result_reason for a in answers] == [
+        ResultReason.UNSUPPORTED_PROTOCOL_VERSION, ResultReason.INVALID_MESSAGE]
+    assert kinds == ["lean", "lean"]
+    rows = core.store.run_sync(lambda s: list(s.execute(select(
+        AuditLog.operation, AuditLog.result_reason).order_by(AuditLog.seq))), write=False)
+    assert [tuple(r) for r in rows[before:]] == [
+        ("?", "UNSUPPORTED_PROTOCOL_VERSION"), ("?", "INVALID_MESSAGE")]
+    assert core.store.run_sync(verify_chain).ok

@@ -244,3 +244,31 @@ async def test_a_storeless_request_refused_whole_is_answered_and_audited(
     assert [tuple(r) for r in rows[before:]] == [
         ("?", "UNSUPPORTED_PROTOCOL_VERSION"), ("?", "INVALID_MESSAGE")]
     assert core.store.run_sync(verify_chain).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_attributes_shared_by_reads_still_show_a_state_that_time_changed(
+        core: CoreHarness) -> None:
+    """Read-only loads share an object's numbered attributes (its cache entry); a state an
+    Activation Date moves, in memory only, is still seen by the next read."""
+    from kcm.kmip.attributes import Attribute
+    from kcm.kmip.enums import State
+
+    now = [time.time()]
+    handler = request_handler.CoreRequestHandler(core.store, core.keyring,
+                                                 clock=lambda: now[0])
+    created = await handler.handle_as(kmip.request(kmip.item(
+        Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                        attributes=kmip.aes256([Attribute.of(
+                                            Tag.ACTIVATION_DATE, int(now[0]) + 100)])))),
+        core.caller())
+    uid = kmip.response(created).batch_items[0].response_payload.unique_identifier
+
+    async def state() -> int:
+        answer = await handler.handle_as(kmip.request(kmip.get_attributes(uid, Tag.STATE)),
+                                         core.caller())
+        return kmip.response(answer).batch_items[0].response_payload.attributes[0].value.value
+
+    assert [await state(), await state()] == [State.PRE_ACTIVE] * 2
+    now[0] += 200
+    assert [await state(), await state()] == [State.ACTIVE] * 2

@@ -21,7 +21,7 @@ from kcm.core.audit import (
     make_checkpoint,
     verify_chain,
 )
-from kcm.core.request_handler import STORELESS_MAX_BYTES, _storeless
+from kcm.core.request_handler import STORELESS_MAX_BYTES, STORELESS_MAX_ITEMS, _storeless
 from kcm.core.store.engine import Store
 from kcm.core.store.schema import AuditLog
 from kcm.kmip.enums import ObjectType, Operation, QueryFunction, ResultReason, ResultStatus
@@ -219,10 +219,35 @@ def test_storeless_is_picked_from_the_operations_and_the_length() -> None:
                                (Operation.CREATE, CreateRequest(
                                    object_type=ObjectType.SYMMETRIC_KEY,
                                    attributes=AES256))))
-    # a Discover Versions over the length bound goes the general way
+    # a Discover Versions over the length bound goes the general way, and so does a batch
+    # of more items than the reactor takes (a lean group runs it on the writer)
     padded = discover + bytes(STORELESS_MAX_BYTES)
     assert not _storeless(padded)
     assert not _storeless(b"not ttlv")
+    discovers = [(Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest())]
+    assert _storeless(wire(*discovers * STORELESS_MAX_ITEMS))
+    assert not _storeless(wire(*discovers * (STORELESS_MAX_ITEMS + 1)))
+    assert request_handler._reads_only(wire(*discovers * (STORELESS_MAX_ITEMS + 1)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_storeless_batch_is_answered_in_a_lean_group(core: CoreHarness,
+                                                                  monkeypatch) -> None:
+    handler, kinds = counting_groups(core, monkeypatch)
+    reads, read_in = [], core.store.read_in
+    monkeypatch.setattr(core.store, "read_in",
+                        lambda *args: (reads.append(1), read_in(*args))[1])
+    queries = [(Operation.QUERY, QueryRequest(query_functions=list(QueryFunction)))]
+    answer = await handler.handle_as(wire(*queries * (STORELESS_MAX_ITEMS + 2)),
+                                     core.caller())
+    items = kmip.response(answer).batch_items
+    assert [i.result_status for i in items] == [ResultStatus.SUCCESS] * (
+        STORELESS_MAX_ITEMS + 2)
+    # executed on the writer thread in the lean group, not on the reactor
+    assert kinds == ["lean"] and reads == [1]
+    await handler.handle_as(wire(*queries * STORELESS_MAX_ITEMS), core.caller())
+    assert kinds == ["lean", "lean"] and reads == [1]  # this one on the reactor
+    assert core.store.run_sync(verify_chain).ok
 
 
 @pytest_twisted.ensureDeferred

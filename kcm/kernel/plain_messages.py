@@ -193,17 +193,9 @@ def read_request_python(wire: bytes, create: CreateReader | None = None,
     pos, version, maximum_response_size, batch_count = _read_header(wire, versions)
     items = []
     while pos < size:
-        pos, item_end = structure_at(wire, pos, size, _BATCH_ITEM)
-        pos, operation = integer_at(wire, pos, item_end, _OPERATION)
+        operation, batch_id, payload_at, pos, payload_end = _batch_item(wire, pos, size)
         fields = _FIELDS.get(operation)
         if fields is None:
-            raise NOT_PLAIN
-        batch_id = None
-        if pos + 8 <= item_end and _HEADER.unpack_from(wire, pos)[0] == _UNIQUE_BATCH_ITEM_ID:
-            pos, batch_id = _bytes(wire, pos, item_end)
-        payload_at = pos
-        pos, payload_end = structure_at(wire, pos, item_end, _REQUEST_PAYLOAD)
-        if payload_end != item_end:
             raise NOT_PLAIN
         if operation == _CREATE:
             if create is None:
@@ -215,10 +207,26 @@ def read_request_python(wire: bytes, create: CreateReader | None = None,
             if "unique_identifier" not in values:
                 raise NOT_PLAIN
             items.append((operation, batch_id, _REQUESTS[operation](**values)))
-        pos = item_end
+        pos = payload_end
     if not items or batch_count != len(items):
         raise NOT_PLAIN
     return version, maximum_response_size, items
+
+
+def _batch_item(wire: bytes, pos: int, size: int) -> tuple[int, bytes | None, int, int, int]:
+    """(Operation, Unique Batch Item ID or None, where the Request Payload begins, where its
+    content begins, where it and the batch item end) of the plain Batch Item at ``pos``:
+    an Operation, an optional Unique Batch Item ID and a Request Payload, nothing else."""
+    pos, item_end = structure_at(wire, pos, size, _BATCH_ITEM)
+    pos, operation = integer_at(wire, pos, item_end, _OPERATION)
+    batch_id = None
+    if pos + 8 <= item_end and _HEADER.unpack_from(wire, pos)[0] == _UNIQUE_BATCH_ITEM_ID:
+        pos, batch_id = _bytes(wire, pos, item_end)
+    payload_at = pos
+    pos, payload_end = structure_at(wire, pos, item_end, _REQUEST_PAYLOAD)
+    if payload_end != item_end:
+        raise NOT_PLAIN
+    return operation, batch_id, payload_at, pos, payload_end
 
 
 def _read_header(wire: bytes, versions: frozenset[tuple[int, int]]
@@ -258,15 +266,8 @@ def read_discover_versions(wire: bytes,
     pos, version, maximum_response_size, batch_count = _read_header(wire, versions)
     items: _Items = []
     while pos < size:
-        pos, item_end = structure_at(wire, pos, size, _BATCH_ITEM)
-        pos, operation = integer_at(wire, pos, item_end, _OPERATION)
+        operation, batch_id, _, pos, payload_end = _batch_item(wire, pos, size)
         if operation != _DISCOVER_VERSIONS:
-            raise NOT_PLAIN
-        batch_id = None
-        if pos + 8 <= item_end and _HEADER.unpack_from(wire, pos)[0] == _UNIQUE_BATCH_ITEM_ID:
-            pos, batch_id = _bytes(wire, pos, item_end)
-        pos, payload_end = structure_at(wire, pos, item_end, _REQUEST_PAYLOAD)
-        if payload_end != item_end:
             raise NOT_PLAIN
         listed = []
         while pos < payload_end:

@@ -63,6 +63,7 @@ from kcm.kernel.plain_messages import (
     NOT_PLAIN,
     READABLE_VERSIONS,
     read_discover_versions,
+    read_get_attributes,
     read_request,
     response_item,
 )
@@ -340,7 +341,9 @@ class CoreRequestHandler:
         thread, executed in that lean transaction (:meth:`_read_lean`)."""
         correlation_id = new_correlation_id()
         try:
-            request = self._decode(wire, storeless=storeless)
+            request = self._decode(
+                wire, read=read_discover_versions if storeless
+                else read_get_attributes if transaction is not None else _read_plain)
         except _Refused as refused:
             return self._refused_answer(caller, refused, correlation_id, now)
         except Exception:
@@ -439,13 +442,13 @@ class CoreRequestHandler:
                              request.header.maximum_response_size,
                              server_limit=self._limits.max_message_size)
 
-    def _decode(self, wire: bytes, *, storeless: bool = False) -> RequestMessage:
+    def _decode(self, wire: bytes, *, read: PlainReader | None = None) -> RequestMessage:
         """The request, or :class:`_Refused`. Its header is judged before any batch item is
         decoded: an unsupported version or too many items costs no more than the header.
-        A plain request (:mod:`kcm.kernel.plain_messages`; ``storeless``, one
-        :func:`_storeless` picked: a plain Discover Versions) is read without the message
-        tree, into the same model."""
-        plain = _plain_request(wire, self._limits, storeless=storeless)
+        A plain request (:mod:`kcm.kernel.plain_messages`: ``read``, the reader of the
+        kind of request expected, by default that of Encrypt, Decrypt, Get and Create) is
+        read without the message tree, into the same model."""
+        plain = _plain_request(wire, self._limits, read or _read_plain)
         if plain is not None:
             return plain
         try:
@@ -474,16 +477,23 @@ class CoreRequestHandler:
             raise _Refused(answer_in, e.reason, e.message) from None
 
 
-def _plain_request(wire: bytes, limits: CoreLimits, *,
-                   storeless: bool = False) -> RequestMessage | None:
-    """``wire`` read by :func:`kcm.kernel.plain_messages.read_request` (``storeless``:
-    by :func:`~kcm.kernel.plain_messages.read_discover_versions`; what the general decoder
-    reads from it, the property tests hold), or None: not plain, or one the general
-    decoder refuses (too long, too many items)."""
+#: A reader of plain requests (:mod:`kcm.kernel.plain_messages`): (version, Maximum
+#: Response Size, [(operation, batch item id, payload)]), or NOT_PLAIN raised.
+PlainReader = Callable[[bytes], tuple[Version, int | None, list[tuple[int, Any, Any]]]]
+
+
+def _read_plain(wire: bytes) -> tuple[Version, int | None, list[tuple[int, Any, Any]]]:
+    return read_request(wire, versions=READABLE_VERSIONS)
+
+
+def _plain_request(wire: bytes, limits: CoreLimits,
+                   read: PlainReader = _read_plain) -> RequestMessage | None:
+    """``wire`` read by ``read`` (by default :func:`kcm.kernel.plain_messages.read_request`;
+    kcm-core also reads Discover Versions and Get Attributes plainly: what the general
+    decoder reads from them, the property tests hold), or None: not plain, or one the
+    general decoder refuses (too long, too many items)."""
     try:
-        version, maximum_response_size, items = (
-            read_discover_versions(wire) if storeless
-            else read_request(wire, versions=READABLE_VERSIONS))
+        version, maximum_response_size, items = read(wire)
     except Exception:
         NOT_PLAIN.__traceback__ = None  # (see kcm.kernel.plain_messages)
         return None
@@ -522,7 +532,7 @@ def _plain_item(item: ResponseBatchItem, version: Version) -> bytes:
             or (version < (1, 4)
                 and getattr(payload, "authenticated_encryption_tag", None) is not None)):
         raise NOT_PLAIN
-    return response_item(int(item.operation), item.unique_batch_item_id, payload)
+    return response_item(int(item.operation), item.unique_batch_item_id, payload, version)
 
 
 @dataclass(frozen=True, slots=True)

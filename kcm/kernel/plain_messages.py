@@ -25,7 +25,14 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from kcm.kmip.attributes import CryptographicParameters
+from kcm.kernel.version_fit import fit
+from kcm.kmip.attributes import (
+    AttributeReference,
+    CryptographicParameters,
+    attribute_to_v1,
+    attributes_to_container,
+    reference_from_name,
+)
 from kcm.kmip.enums import KeyFormatType, ObjectType, Operation
 from kcm.kmip.objects import KeyValue, SymmetricKey
 from kcm.kmip.payloads import (
@@ -36,16 +43,19 @@ from kcm.kmip.payloads import (
     DiscoverVersionsResponse,
     EncryptRequest,
     EncryptResponse,
+    GetAttributesRequest,
+    GetAttributesResponse,
     GetRequest,
     GetResponse,
 )
 from kcm.kmip.protocol_version import ProtocolVersion
 from kcm.kmip.tags import Tag
-from kcm.ttlv import ItemType, decode_item
+from kcm.ttlv import Item, ItemType, decode_item, encode
 
 __all__ = ["NOT_PLAIN", "PLAIN_OPERATIONS", "PLAIN_VERSIONS", "READABLE_VERSIONS",
            "CreateReader", "NotPlain",
-           "integer_at", "item_head", "read_discover_versions", "read_request",
+           "integer_at", "item_head", "read_discover_versions", "read_get_attributes",
+           "read_request",
            "read_request_python", "response_item", "structure_at"]
 
 #: The protocol versions read and written here by default: an L4 answer has one layout in
@@ -92,10 +102,13 @@ _KEY_VALUE = item_head(Tag.KEY_VALUE, ItemType.STRUCTURE)
 _KEY_MATERIAL = item_head(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
 _CRYPTOGRAPHIC_ALGORITHM = item_head(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
 _CRYPTOGRAPHIC_LENGTH = item_head(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
+_ATTRIBUTE_NAME = item_head(Tag.ATTRIBUTE_NAME, ItemType.TEXT_STRING)
+_ATTRIBUTE_REFERENCE = item_head(Tag.ATTRIBUTE_REFERENCE, ItemType.ENUMERATION)
 
 _ENCRYPT, _DECRYPT, _GET = int(Operation.ENCRYPT), int(Operation.DECRYPT), int(Operation.GET)
 _CREATE = int(Operation.CREATE)
 _DISCOVER_VERSIONS = int(Operation.DISCOVER_VERSIONS)
+_GET_ATTRIBUTES = int(Operation.GET_ATTRIBUTES)
 #: The operations whose requests are read (a Create by the caller's reader) and answered.
 PLAIN_OPERATIONS = (_CREATE, _ENCRYPT, _DECRYPT, _GET)
 _SYMMETRIC_KEY_TYPE = int(ObjectType.SYMMETRIC_KEY)
@@ -283,6 +296,43 @@ def read_discover_versions(wire: bytes,
     return version, maximum_response_size, items
 
 
+def read_get_attributes(wire: bytes,
+                        versions: frozenset[tuple[int, int]] = READABLE_VERSIONS
+                        ) -> tuple[tuple[int, int], int | None, _Items]:
+    """:func:`read_request`'s answer for a plain request of Get Attributes only: each
+    payload a Unique Identifier, then any number of attributes named by a 1.x Attribute
+    Name or a 2.x Attribute Reference by tag (none: all of them); raises
+    :data:`NOT_PLAIN` for any other (a vendor attribute's reference structure, the ID
+    Placeholder). In Python: the payload's repeated fields are not the compiled scan's."""
+    size = len(wire)
+    pos, version, maximum_response_size, batch_count = _read_header(wire, versions)
+    items: _Items = []
+    while pos < size:
+        operation, batch_id, _, pos, payload_end = _batch_item(wire, pos, size)
+        if operation != _GET_ATTRIBUTES or pos + 8 > payload_end or \
+                _HEADER.unpack_from(wire, pos)[0] != _UNIQUE_IDENTIFIER:
+            raise NOT_PLAIN
+        pos, raw = _bytes(wire, pos, payload_end)
+        references: list[AttributeReference] = []
+        while pos < payload_end:
+            if pos + 8 > payload_end:
+                raise NOT_PLAIN
+            head = _HEADER.unpack_from(wire, pos)[0]
+            if head == _ATTRIBUTE_NAME:
+                pos, name = _bytes(wire, pos, payload_end)
+                references.append(reference_from_name(name.decode(), version))
+            elif head == _ATTRIBUTE_REFERENCE:
+                pos, tag = integer_at(wire, pos, payload_end, head)
+                references.append(AttributeReference(tag))
+            else:
+                raise NOT_PLAIN
+        items.append((operation, batch_id, GetAttributesRequest(
+            unique_identifier=raw.decode(), attribute_references=references)))
+    if not items or batch_count != len(items):
+        raise NOT_PLAIN
+    return version, maximum_response_size, items
+
+
 def _payload(wire: bytes, pos: int, end: int,
              fields: tuple[tuple[int, str], ...]) -> dict[str, Any]:
     values: dict[str, Any] = {}
@@ -372,10 +422,12 @@ def _bytes(wire: bytes, pos: int, end: int) -> tuple[int, bytes]:
 _PADDING = tuple(bytes(n) for n in range(8))
 
 
-def response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes:
+def response_item(operation: int, batch_id: bytes | None, result: Any,
+                  version: tuple[int, int] | None = None) -> bytes:
     """The successful Response Batch Item answering ``operation`` with the typed payload
-    ``result``: an Encrypt, Decrypt, Create or Discover Versions answer, or a Get of a Raw,
-    unwrapped symmetric key; raises :data:`NOT_PLAIN` for any other."""
+    ``result``: an Encrypt, Decrypt, Create or Discover Versions answer, a Get of a Raw,
+    unwrapped symmetric key, or (given the answer's ``version``) a Get Attributes answer;
+    raises :data:`NOT_PLAIN` for any other."""
     if isinstance(result, EncryptResponse):
         if result.correlation_value is not None:
             raise NOT_PLAIN
@@ -399,6 +451,10 @@ def response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes:
         payload = (_enumeration(_OBJECT_TYPE, _SYMMETRIC_KEY_TYPE)
                    + _text(_UNIQUE_IDENTIFIER, result.unique_identifier)
                    + _symmetric_key(result.object))
+    elif isinstance(result, GetAttributesResponse):
+        if version is None:
+            raise NOT_PLAIN
+        payload = _attributes_payload(result, version)
     elif isinstance(result, DiscoverVersionsResponse):
         payload = b"".join(_struct(_PROTOCOL_VERSION,
                                    _integer_item(_VERSION_MAJOR, int(version.major))
@@ -414,6 +470,27 @@ def response_item(operation: int, batch_id: bytes | None, result: Any) -> bytes:
                          _byte_string(_UNIQUE_BATCH_ITEM_ID, batch_id), _SUCCESS_ITEM,
                          _HEADER.pack(_RESPONSE_PAYLOAD, len(payload)), payload))
     return _HEADER.pack(_BATCH_ITEM, len(body)) + body
+
+
+def _attributes_payload(result: GetAttributesResponse, version: tuple[int, int]) -> bytes:
+    """A Get Attributes answer's payload content: its attributes in ``version``'s form
+    (:mod:`kcm.kmip.attributes`' functions, which the payload's codec calls) and fitted to
+    it (:func:`kcm.kernel.version_fit.fit`, as every answer is), without the message's
+    model around them."""
+    uid = result.unique_identifier
+    if type(uid) is not str:
+        raise NOT_PLAIN
+    children = [Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, uid)]
+    attributes = result.attributes
+    if attributes is not None:
+        if version[0] >= 2:
+            children.append(attributes_to_container(attributes, version))
+        else:
+            for attribute in attributes:
+                item = attribute_to_v1(attribute, version)
+                if item is not None:
+                    children.append(item)
+    return encode(fit(Item(Tag.RESPONSE_PAYLOAD, ItemType.STRUCTURE, children), version))[8:]
 
 
 def _symmetric_key(obj: object) -> bytes:
@@ -458,5 +535,5 @@ def _text(head: int, value: str) -> bytes:
 
 #: The first item of every answered batch item (its Operation), and its Result Status.
 _OPERATION_ITEMS = {operation: _enumeration(_OPERATION, operation)
-                    for operation in (*PLAIN_OPERATIONS, _DISCOVER_VERSIONS)}
+                    for operation in (*PLAIN_OPERATIONS, _DISCOVER_VERSIONS, _GET_ATTRIBUTES)}
 _SUCCESS_ITEM = _enumeration(_RESULT_STATUS, 0)

@@ -232,7 +232,7 @@ def reference_from_item(item: Item, version: Version) -> AttributeReference:
     if item.tag == Tag.ATTRIBUTE_NAME:
         if item.type is not _TEXT:
             raise KmipError(ResultReason.INVALID_FIELD, "Attribute Name must be a Text String")
-        return AttributeReference(*_from_v1_name(item.value, version))  # type: ignore[arg-type]
+        return reference_from_name(item.value, version)  # type: ignore[arg-type]
     if item.type is ItemType.ENUMERATION:
         return AttributeReference(item.value)  # type: ignore[arg-type]
     if item.type is _S:
@@ -243,6 +243,12 @@ def reference_from_item(item: Item, version: Version) -> AttributeReference:
                             "Attribute Reference needs Vendor Identification and Attribute Name")
         return AttributeReference(VENDOR_TAG, vendor.value, name.value)  # type: ignore[arg-type]
     raise KmipError(ResultReason.INVALID_FIELD, "Attribute Reference has the wrong type")
+
+
+def reference_from_name(name: str, version: Version) -> AttributeReference:
+    """The attribute a 1.x Attribute Name (or one in a 2.x Attribute Reference's place)
+    names."""
+    return AttributeReference(*_from_v1_name(name, version))
 
 
 def reference_to_item(ref: AttributeReference, version: Version) -> Item | None:

@@ -10,18 +10,32 @@ from hypothesis import strategies as st
 
 from kcm.core.config import CoreLimits
 from kcm.core.request_handler import _encoded, _plain_request
-from kcm.kernel.plain_messages import response_item
+from kcm.kernel.plain_messages import (
+    read_discover_versions,
+    read_get_attributes,
+    response_item,
+)
 from kcm.kernel.responses import encode_items
-from kcm.kmip.attributes import CryptographicParameters
+from kcm.kmip.attributes import (
+    VENDOR_TAG,
+    Attribute,
+    AttributeReference,
+    CryptographicParameters,
+    Link,
+    Name,
+)
 from kcm.kmip.enums import (
     BlockCipherMode,
     CryptographicAlgorithm,
     KeyFormatType,
+    LinkType,
+    NameType,
     ObjectType,
     Operation,
     QueryFunction,
     ResultReason,
     ResultStatus,
+    State,
 )
 from kcm.kmip.messages import ResponseBatchItem, decode_request
 from kcm.kmip.objects import KeyBlock, KeyValue, SymmetricKey
@@ -33,13 +47,17 @@ from kcm.kmip.payloads import (
     DiscoverVersionsResponse,
     EncryptRequest,
     EncryptResponse,
+    GetAttributeListRequest,
+    GetAttributesRequest,
+    GetAttributesResponse,
     GetRequest,
     GetResponse,
     QueryRequest,
 )
 from kcm.kmip.protocol_version import ProtocolVersion
+from kcm.kmip.tags import Tag
 from kcm.testing.requests import item, request
-from kcm.ttlv import decode
+from kcm.ttlv import Item, ItemType, decode, encode
 
 LIMITS = CoreLimits()
 VERSIONS = st.sampled_from([(1, 2), (1, 3), (1, 4), (2, 0), (2, 1)])
@@ -194,7 +212,7 @@ discovers = st.builds(lambda v, b: item(Operation.DISCOVER_VERSIONS,
 def test_a_plain_discover_versions_reads_as_the_general_decoder_reads_it(
         items: list, version: tuple[int, int], maximum_response_size: int | None) -> None:
     wire = request(*items, version=version, maximum_response_size=maximum_response_size)
-    plain = _plain_request(wire, LIMITS, storeless=True)
+    plain = _plain_request(wire, LIMITS, read_discover_versions)
     assert plain is not None
     assert plain == decode_request(decode(wire))
 
@@ -202,7 +220,7 @@ def test_a_plain_discover_versions_reads_as_the_general_decoder_reads_it(
 @given(st.binary(max_size=300))
 def test_bytes_that_are_not_a_plain_discover_versions_are_left_to_the_general_decoder(
         wire: bytes) -> None:
-    assert _plain_request(wire, LIMITS, storeless=True) is None
+    assert _plain_request(wire, LIMITS, read_discover_versions) is None
 
 
 def test_what_the_discover_versions_reader_does_not_read_is_left_to_the_general_decoder(
@@ -213,10 +231,10 @@ def test_what_the_discover_versions_reader_does_not_read_is_left_to_the_general_
                  request(discover, continuation=1),  # a header field it does not read
                  request(discover, query),  # another operation
                  request(query)):
-        assert _plain_request(wire, LIMITS, storeless=True) is None
-    assert _plain_request(request(discover), LIMITS, storeless=True) is not None
+        assert _plain_request(wire, LIMITS, read_discover_versions) is None
+    assert _plain_request(request(discover), LIMITS, read_discover_versions) is not None
     assert _plain_request(request(*[discover] * 3), CoreLimits(max_batch_items=2),
-                          storeless=True) is None
+                          read_discover_versions) is None
 
 
 @settings(max_examples=200, deadline=None)
@@ -231,4 +249,108 @@ def test_a_discover_versions_answer_is_written_as_the_general_encoder_writes_it(
     written = [response_item(int(Operation.DISCOVER_VERSIONS), batch_id,
                              DiscoverVersionsResponse(protocol_versions=v))
                for v, batch_id in answers]
+    assert _encoded(items, version) == written == encode_items(items, version)
+
+
+# Get Attributes (read and written plainly by kcm-core in a lean group) -----------------
+references = st.lists(st.sampled_from([
+    AttributeReference(Tag.STATE), AttributeReference(Tag.CRYPTOGRAPHIC_LENGTH),
+    AttributeReference(Tag.NAME), AttributeReference(Tag.ACTIVATION_DATE),
+    AttributeReference(Tag.KEY_FORMAT_TYPE),  # no attribute of KMIP 1.x
+    AttributeReference(Tag.FRESH), AttributeReference(0x420FFF),  # no attribute at all
+    AttributeReference(VENDOR_TAG, "x", "colour"),  # custom (1.x) or vendor (2.x)
+    AttributeReference(VENDOR_TAG, "acme", "owner")]), max_size=4)
+attribute_reads = st.builds(lambda u, r, b: item(Operation.GET_ATTRIBUTES, GetAttributesRequest(
+    unique_identifier=u, attribute_references=r), b), uids, references, batch_ids)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(attribute_reads, min_size=1, max_size=3), VERSIONS,
+       st.one_of(st.none(), st.integers(1, 1 << 20)))
+def test_a_plain_get_attributes_reads_as_the_general_decoder_reads_it(
+        items: list, version: tuple[int, int], maximum_response_size: int | None) -> None:
+    wire = request(*items, version=version, maximum_response_size=maximum_response_size)
+    plain = _plain_request(wire, LIMITS, read_get_attributes)
+    vendor_structure = version >= (2, 0) and any(
+        reference.tag == VENDOR_TAG
+        for batch_item in items for reference in batch_item.request_payload.attribute_references)
+    assert (plain is None) == vendor_structure  # the one field it leaves to the decoder
+    if plain is not None:
+        assert plain == decode_request(decode(wire))
+
+
+def test_a_get_attributes_names_attributes_either_way_in_any_version() -> None:
+    """An Attribute Name in a KMIP 2 request, or an Attribute Reference by tag in a KMIP 1
+    one, is read as the general decoder reads it."""
+    for version in ((1, 2), (2, 0)):
+        plain_wire = request(item(Operation.GET_ATTRIBUTES, GetAttributesRequest(
+            unique_identifier="k")), version=version)
+        tree = decode(plain_wire)
+        payload = tree.value[1].value[1]  # Batch Item -> Request Payload
+        payload.value.extend([Item(Tag.ATTRIBUTE_NAME, ItemType.TEXT_STRING, "State"),
+                              Item(Tag.ATTRIBUTE_REFERENCE, ItemType.ENUMERATION,
+                                   int(Tag.CRYPTOGRAPHIC_LENGTH))])
+        wire = encode(tree)
+        plain = _plain_request(wire, LIMITS, read_get_attributes)
+        assert plain is not None
+        assert plain == decode_request(decode(wire))
+        assert [r.tag for r in plain.batch_items[0].request_payload.attribute_references] == [
+            Tag.STATE, Tag.CRYPTOGRAPHIC_LENGTH]
+
+
+@given(st.binary(max_size=300))
+def test_bytes_that_are_not_a_plain_get_attributes_are_left_to_the_general_decoder(
+        wire: bytes) -> None:
+    assert _plain_request(wire, LIMITS, read_get_attributes) is None
+
+
+def test_what_the_get_attributes_reader_does_not_read_is_left_to_the_general_decoder(
+        ) -> None:
+    get_attributes = item(Operation.GET_ATTRIBUTES, GetAttributesRequest(
+        unique_identifier="k", attribute_references=[AttributeReference(Tag.STATE)]))
+    list_them = item(Operation.GET_ATTRIBUTE_LIST, GetAttributeListRequest(
+        unique_identifier="k"))
+    for wire in (request(get_attributes, version=(1, 1)),  # not a plain version
+                 request(get_attributes, continuation=1),  # a header field it does not read
+                 request(get_attributes, list_them),  # another operation
+                 request(item(Operation.GET_ATTRIBUTES, GetAttributesRequest())),  # placeholder
+                 request(list_them)):
+        assert _plain_request(wire, LIMITS, read_get_attributes) is None
+    assert _plain_request(request(get_attributes), LIMITS, read_get_attributes) is not None
+    assert _plain_request(request(*[get_attributes] * 3), CoreLimits(max_batch_items=2),
+                          read_get_attributes) is None
+
+
+attribute_values = st.lists(st.sampled_from([
+    Attribute.of(Tag.STATE, State.ACTIVE),
+    Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256),
+    Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+    Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, 0xFFFFF),  # bits no version names
+    Attribute.of(Tag.NAME, Name(value="payroll", type=NameType.UNINTERPRETED_TEXT_STRING)),
+    Attribute(Tag.NAME, Name(value="second", type=NameType.URI).to_item(tag=Tag.NAME),
+              index=1),
+    Attribute.of(Tag.ACTIVATION_DATE, 1_700_000_000),
+    Attribute.of(Tag.KEY_FORMAT_TYPE, KeyFormatType.RAW),  # no attribute of KMIP 1.x
+    Attribute.of(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
+    Attribute.of(Tag.FRESH, True),
+    Attribute.of(Tag.LINK, Link(link_type=LinkType.REPLACEMENT_OBJECT_LINK,
+                                linked_object_identifier="k2")),
+    Attribute.vendor("x", "colour", Item(VENDOR_TAG, ItemType.TEXT_STRING, "blue")),
+    Attribute.vendor("acme", "owner", Item(VENDOR_TAG, ItemType.INTEGER, 7)),
+]), max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(uids, st.one_of(st.none(), attribute_values), batch_ids),
+                min_size=1, max_size=3), VERSIONS)
+def test_a_get_attributes_answer_is_written_as_the_general_encoder_writes_it(
+        answers: list, version: tuple[int, int]) -> None:
+    payloads = [GetAttributesResponse(unique_identifier=uid, attributes=attributes)
+                for uid, attributes, _ in answers]
+    items = [ResponseBatchItem(operation=Operation.GET_ATTRIBUTES,
+                               unique_batch_item_id=batch_id,
+                               result_status=ResultStatus.SUCCESS, response_payload=payload)
+             for payload, (_, _, batch_id) in zip(payloads, answers, strict=True)]
+    written = [response_item(int(Operation.GET_ATTRIBUTES), batch_id, payload, version)
+               for payload, (_, _, batch_id) in zip(payloads, answers, strict=True)]
     assert _encoded(items, version) == written == encode_items(items, version)

@@ -25,6 +25,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
+from kcm import reactor_dispatch
 from kcm.logging import log_observer
 
 __all__ = ["LOG_LINGER", "ProcessService", "open_log"]
@@ -51,8 +52,11 @@ class ProcessService(MultiService):
 
     def __init__(self, process_name: str, *, log_format: str = "json", log_level: str = "info",
                  log_file: IO[str] | None = None, log_path: str = "-",
-                 log_fields: Mapping[str, Any] | None = None) -> None:
+                 log_fields: Mapping[str, Any] | None = None, reactor: Any = None) -> None:
+        """``reactor``: the process's (Twisted's global one by default), whose events
+        :mod:`kcm.reactor_dispatch` hands over directly once the process starts."""
         super().__init__()
+        self._reactor = reactor
         self.process_name = process_name
         self.log_format = log_format
         self.log_level = log_level
@@ -74,6 +78,10 @@ class ProcessService(MultiService):
 
     def startService(self) -> None:
         started: list[IService] = []
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        reactor_dispatch.install(reactor)
         Service.startService(self)
         try:
             for child in self:

@@ -186,7 +186,7 @@ class CoreService(ProcessService):
     def __init__(self, config: CoreConfig, *, reactor: Any, store: Store, keyring: Keyring,
                  handler: CoreRequestHandler, policy: PolicyFile) -> None:
         super().__init__("kcm-core", log_format=config.log_format, log_level=config.log_level,
-                         log_path=config.log_file)
+                         log_path=config.log_file, reactor=reactor)
         self.config = config
         self.reactor = reactor
         self.store = store

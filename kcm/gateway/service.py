@@ -68,7 +68,7 @@ class GatewayService(ProcessService):
                  log_fields: Mapping[str, Any] | None = None) -> None:
         super().__init__("kcm-gateway", log_format=config.log_format,
                          log_level=config.log_level, log_path=config.log_file,
-                         log_fields=log_fields)
+                         log_fields=log_fields, reactor=reactor)
         self.config = config
         self.reactor = reactor
         self.link: LinkClient | None = None

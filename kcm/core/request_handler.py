@@ -93,7 +93,7 @@ from kcm.kmip.messages import (
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.ttlv import TtlvError, decode
-from kcm.ttlv.peek import peek_request
+from kcm.ttlv.peek import operation_values, peek_request
 
 log = Logger()
 
@@ -603,18 +603,11 @@ def _only_operations(wire: bytes, values: frozenset[bytes],
                      most: int | None = None) -> bool:
     """Whether ``wire`` has an Operation item, at most ``most`` of them (None: any
     number), and every one found has one of ``values`` (four bytes each). Every real
-    Operation item is found (as :func:`_may_hold_locate` finds them); a byte string that
+    Operation item is found (:func:`kcm.ttlv.peek.operation_values`); a byte string that
     looks like one can only make it False."""
-    at = wire.find(_OPERATION_HEAD)
-    if at < 0:
-        return False
-    found = 0
-    while at >= 0:
-        found += 1
-        if wire[at + 8:at + 12] not in values or (most is not None and found > most):
-            return False
-        at = wire.find(_OPERATION_HEAD, at + 1)
-    return True
+    found = operation_values(wire)
+    return bool(found) and (most is None or len(found) <= most) and all(
+        value in values for value in found)
 
 
 #: The longest request :func:`_storeless` picks, and the most batch items: one is decoded,
@@ -656,22 +649,15 @@ def _beside_writer(wire: bytes) -> bool:
             and all(operation in READ_ONLY for operation in operations))
 
 
-#: An Operation item's tag and type, as every batch item begins (the peek reads its value as
-#: the four bytes after the item's length, whatever that length says).
-_OPERATION_HEAD = bytes.fromhex("42005c05")
 _LOCATE = int(Operation.LOCATE).to_bytes(4, "big")
 
 
 def _may_hold_locate(wire: bytes) -> bool:
     """False only when no Operation item of ``wire`` can be a Locate: what
-    :func:`peek_request` would read as one is an Operation head with Locate's value 8 bytes
-    on. (True may be a byte string that looks like one: the peek then decides.)"""
-    at = wire.find(_OPERATION_HEAD)
-    while at >= 0:
-        if wire[at + 8:at + 12] == _LOCATE:
-            return True
-        at = wire.find(_OPERATION_HEAD, at + 1)
-    return False
+    :func:`peek_request` would read as one is among
+    :func:`~kcm.ttlv.peek.operation_values`. (True may be a byte string that looks like
+    one: the peek then decides.)"""
+    return _LOCATE in operation_values(wire)
 
 
 def share_of(caller: Caller) -> tuple[str, str]:

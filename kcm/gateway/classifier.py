@@ -13,6 +13,10 @@ marker (:data:`kcm.l4.marking.MARKER_BYTES`). A batch item runs LOCAL when it is
 
 everything else is REMOTE and goes to the core as it came. So does every item of a request
 in a protocol version the gateway does not speak: version negotiation is the core's answer.
+
+Most forwarded requests hold none of these four operations: :func:`may_run_here` says so
+from a scan of the bytes for Operation items, without the peek, and such a request is
+forwarded whole at once.
 """
 
 from __future__ import annotations
@@ -26,14 +30,29 @@ from kcm.kmip.enums import Operation
 from kcm.kmip.versions import Version
 from kcm.l4.identifiers import is_l3, is_l4
 from kcm.l4.marking import MARKER_BYTES, create_attributes, is_l4_create
-from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, peek_request
+from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, operation_values, peek_request
 
-__all__ = ["Classified", "Route", "classify"]
+__all__ = ["Classified", "Route", "classify", "may_run_here"]
 
 _CREATE = int(Operation.CREATE)
 _GET = int(Operation.GET)
 _CRYPTO = (int(Operation.ENCRYPT), int(Operation.DECRYPT))
 _USES_UID = (_GET, *_CRYPTO)
+
+
+#: The Operation values, as :func:`~kcm.ttlv.peek.operation_values` finds them, of the items
+#: that may run here.
+_LOCAL_VALUES = frozenset(op.to_bytes(4, "big") for op in (_CREATE, *_USES_UID))
+
+
+def may_run_here(wire: bytes) -> bool:
+    """False only when ``wire`` has batch items and none can run here: it has Operation
+    items, and none is a Create, Get, Encrypt or Decrypt (:func:`classify` would route it
+    ALL_REMOTE, or find its routing facts unreadable, and either way it goes to the core
+    whole). A string that looks like an Operation item can only make it True:
+    :func:`classify` then decides (as it does for a request with no item at all)."""
+    found = operation_values(wire)
+    return not found or any(value in _LOCAL_VALUES for value in found)
 
 
 class Route(enum.Enum):

@@ -54,7 +54,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kcm.gateway.classifier import Classified, Route, classify
+from kcm.gateway.classifier import Classified, Route, classify, may_run_here
 from kcm.gateway.fast_path import FastPath
 from kcm.gateway.l3_cache import FetchErrors, L3Cache, Need
 from kcm.gateway.l3_needs import l3_needs
@@ -96,7 +96,7 @@ from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
 from kcm.l4.marking import l4_target
 from kcm.ttlv import Item, TtlvError, decode, decode_item
-from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, peek_response
+from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, peek_request, peek_response
 
 __all__ = ["GatewayRequestHandler", "Link"]
 
@@ -186,6 +186,10 @@ class GatewayRequestHandler:
     def _route(self, wire: bytes, connection: ConnectionInfo, routed: _Routed,
                started: float) -> bytes | Deferred[bytes]:
         """The general path's answer; ``routed`` learns where it was answered."""
+        if not may_run_here(wire):  # (most forwarded requests: no peek at all)
+            routed.local = False
+            routed.relayed = True
+            return self._relay(wire, None, connection, started)
         try:
             classified = classify(wire)
         except TtlvError:
@@ -203,11 +207,13 @@ class GatewayRequestHandler:
         routed.local = classified.local
         return Deferred.fromCoroutine(self._mixed(wire, classified, connection))
 
-    def _relay(self, wire: bytes, request: PeekedRequest, connection: ConnectionInfo,
+    def _relay(self, wire: bytes, request: PeekedRequest | None, connection: ConnectionInfo,
                started: float) -> Deferred[bytes]:
         """A request forwarded whole: the core's answer relayed as it came, or the items'
         failures when the link could not carry it; timed and counted, and never failing.
-        One callback pair on the link's Deferred does it all (the hot path of a forward)."""
+        One callback pair on the link's Deferred does it all (the hot path of a forward).
+        ``request``: its peek, or None when it was not needed to route it (it is then
+        peeked only if the link fails)."""
         try:
             call = self._link.forward(wire, connection.principal, connection.peer)
         except Exception:
@@ -232,19 +238,25 @@ class GatewayRequestHandler:
         metrics.answered(answer, False)
         return answer
 
-    def _relay_failed(self, failure: Failure, wire: bytes, request: PeekedRequest,
+    def _relay_failed(self, failure: Failure, wire: bytes, request: PeekedRequest | None,
                       connection_id: int, calls: set[Deferred[bytes]] | None,
                       call: Deferred[bytes], started: float) -> bytes:
         if calls is not None:
             self._answered_call(connection_id, calls, call)
         try:
-            version = answer_version(request.version)
-            stop = _continuation_of(wire, request) != _CONTINUE
-            items = _unreachable_items(request.items, failure, stop, version)
-            answer = self._answer(version, encode_items(items, version), None,
-                                  new_correlation_id())
-        except Exception:
-            answer = self._general_failure(version_of(wire), Failure())
+            if request is None:
+                request = peek_request(wire)
+        except TtlvError:  # as for a request whose routing facts cannot be read
+            answer = self._unreachable(wire, failure)
+        else:
+            try:
+                version = answer_version(request.version)
+                stop = _continuation_of(wire, request) != _CONTINUE
+                items = _unreachable_items(request.items, failure, stop, version)
+                answer = self._answer(version, encode_items(items, version), None,
+                                      new_correlation_id())
+            except Exception:
+                answer = self._general_failure(version_of(wire), Failure())
         metrics = self._metrics
         metrics.forwarded_duration.observe(self._timer() - started)
         metrics.answered(answer, False)
@@ -258,11 +270,14 @@ class GatewayRequestHandler:
             del self._forwarding[connection_id]
 
     def _forward_unread(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
-        def link_failed(failure: Failure) -> bytes:
-            return self._refuse(version_of(wire), ResultReason.GENERAL_FAILURE,
-                                _unreachable_message(failure))
+        return self._forward(wire, connection).addErrback(
+            lambda failure: self._unreachable(wire, failure))
 
-        return self._forward(wire, connection).addErrback(link_failed)
+    def _unreachable(self, wire: bytes, failure: Failure) -> bytes:
+        """The answer to a request that cannot be peeked, when the link could not carry
+        it: General Failure, saying why."""
+        return self._refuse(version_of(wire), ResultReason.GENERAL_FAILURE,
+                            _unreachable_message(failure))
 
     def _forward(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
         try:

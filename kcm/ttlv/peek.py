@@ -86,6 +86,23 @@ class PeekedRequest:
     items: list[PeekedBatchItem]
 
 
+#: An Operation item's tag and type, as every batch item begins.
+OPERATION_HEAD = _OPERATION.to_bytes(4, "big")
+
+
+def operation_values(data: bytes) -> list[bytes]:
+    """The four bytes 8 on from every Operation head (:data:`OPERATION_HEAD`) in ``data``,
+    in order, found without peeking. Every batch item's Operation is among them, as
+    :func:`peek_request` reads it (the four bytes after the item's length, whatever that
+    length says); so may be look-alikes inside strings, which can only add values."""
+    found = []
+    at = data.find(OPERATION_HEAD)
+    while at >= 0:
+        found.append(data[at + 8:at + 12])
+        at = data.find(OPERATION_HEAD, at + 1)
+    return found
+
+
 def peek_request(data: bytes, *, unique_identifier: bool = False,
                  create_attributes: bool = False) -> PeekedRequest:
     """Peek at a Request Message; raise :class:`TtlvError` if what is read is wrong."""

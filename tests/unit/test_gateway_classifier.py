@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kcm.gateway.classifier import Route, classify
+from kcm.gateway.classifier import Route, classify, may_run_here
 from kcm.ttlv import TtlvError
 from tests.gateway_support import (
     L3_UID,
@@ -105,3 +107,36 @@ def test_a_create_with_an_l4_marker_has_its_attributes_decoded() -> None:
         classify(_with_unreadable_attributes(request(create_l4())))
     classified = classify(request(create_l4()))
     assert classified.create_attributes[0] is not None
+
+
+# Forwarded without a peek -----------------------------------------------------------------
+_ITEMS = [create_l4(), create_managed(), get(TOKEN), get("42"), encrypt(TOKEN),
+          encrypt(L3_UID), encrypt("42"), decrypt(TOKEN, b"x"), activate(TOKEN), activate(None),
+          locate(), locate(b"b")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_ITEMS), max_size=4),
+       st.sampled_from([(1, 0), (1, 2), (1, 4), (2, 0), (2, 1), (3, 0)]),
+       st.one_of(st.none(), st.tuples(st.integers(0, 10_000), st.integers(0, 255))))
+def test_a_request_that_may_not_run_here_is_one_the_classifier_forwards_whole(
+        items: list, version: tuple[int, int], flip: tuple[int, int] | None) -> None:
+    """What :func:`may_run_here` declines, the peek would route ALL_REMOTE or could not
+    read: either way the core gets it whole (bytes changed at random included)."""
+    wire = bytearray(request(*items, version=version))
+    if flip is not None:
+        wire[flip[0] % len(wire)] = flip[1]
+    wire = bytes(wire)
+    if may_run_here(wire):
+        return
+    try:
+        classified = classify(wire)
+    except TtlvError:
+        return
+    assert classified.route is Route.ALL_REMOTE
+
+
+def test_a_request_with_an_item_that_may_run_here_is_peeked() -> None:
+    for item in (create_l4(), create_managed(), get("42"), encrypt(TOKEN), decrypt("42", b"x")):
+        assert may_run_here(request(activate("7"), item))
+    assert not may_run_here(request(activate(TOKEN), locate()))

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kcm.ttlv import Item, ItemType, TtlvError, decode, encode
-from kcm.ttlv.peek import peek_request
+from kcm.ttlv.peek import operation_values, peek_request
 from kcm.ttlv.types import structure
 from tests.vectors import iter_v11_hex_messages
 
@@ -110,3 +112,21 @@ def test_peek_reports_the_batch_count_as_found_without_judging_it() -> None:
         peek_request(request(batch_item(0x0A)).replace(bytes.fromhex(
             "42006B02000000040000000100000000"), bytes.fromhex(
             "42006C02000000040000000100000000")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 0xFFFFFFFF), st.text(max_size=12),
+                          st.one_of(st.none(), st.binary(max_size=12))), max_size=4))
+def test_every_operation_the_peek_reads_is_found_by_the_scan_in_order(items: list) -> None:
+    """Strings may hold look-alikes (the scan then finds more), never hide one."""
+    wire = request(*(batch_item(operation, uid(text), batch_id=batch_id)
+                     for operation, text, batch_id in items))
+    peeked = [item.operation.to_bytes(4, "big") for item in peek_request(wire).items]
+    found = iter(operation_values(wire))
+    assert all(value in found for value in peeked)  # a subsequence, in order
+
+
+def test_a_look_alike_in_a_string_is_found_too() -> None:
+    look_alike = bytes.fromhex("42005c05000000040000000800000000")
+    wire = request(batch_item(0x0A, Item(0x420094, ItemType.BYTE_STRING, look_alike)))
+    assert operation_values(wire) == [(0x0A).to_bytes(4, "big"), (8).to_bytes(4, "big")]

@@ -477,12 +477,16 @@ class CoreRequestHandler:
             raise _Refused(answer_in, e.reason, e.message) from None
 
 
-#: A reader of plain requests (:mod:`kcm.kernel.plain_messages`): (version, Maximum
-#: Response Size, [(operation, batch item id, payload)]), or NOT_PLAIN raised.
-PlainReader = Callable[[bytes], tuple[Version, int | None, list[tuple[int, Any, Any]]]]
+#: A reader of plain requests (:mod:`kcm.kernel.plain_messages`), given the most batch
+#: items to read: (version, Maximum Response Size, [(operation, batch item id, payload)]),
+#: or NOT_PLAIN raised.
+PlainReader = Callable[..., tuple[Version, int | None, list[tuple[int, Any, Any]]]]
 
 
-def _read_plain(wire: bytes) -> tuple[Version, int | None, list[tuple[int, Any, Any]]]:
+def _read_plain(wire: bytes, *, max_items: int | None = None
+                ) -> tuple[Version, int | None, list[tuple[int, Any, Any]]]:
+    """:func:`read_request` in every version kcm-core reads plainly (the compiled scan
+    reads a batch over ``max_items`` whole: it is refused after, as fast)."""
     return read_request(wire, versions=READABLE_VERSIONS)
 
 
@@ -493,7 +497,7 @@ def _plain_request(wire: bytes, limits: CoreLimits,
     decoder reads from them, the property tests hold), or None: not plain, or one the
     general decoder refuses (too long, too many items)."""
     try:
-        version, maximum_response_size, items = read(wire)
+        version, maximum_response_size, items = read(wire, max_items=limits.max_batch_items)
     except Exception:
         NOT_PLAIN.__traceback__ = None  # (see kcm.kernel.plain_messages)
         return None

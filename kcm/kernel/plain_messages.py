@@ -242,11 +242,12 @@ def _batch_item(wire: bytes, pos: int, size: int) -> tuple[int, bytes | None, in
     return operation, batch_id, payload_at, pos, payload_end
 
 
-def _read_header(wire: bytes, versions: frozenset[tuple[int, int]]
+def _read_header(wire: bytes, versions: frozenset[tuple[int, int]],
+                 max_items: int | None = None
                  ) -> tuple[int, tuple[int, int], int | None, int]:
     """(where the first batch item begins, version, Maximum Response Size or None, Batch
     Count) of a plain request's header: Protocol Version, Maximum Response Size, Batch
-    Count and nothing else."""
+    Count (at most ``max_items``, when given) and nothing else."""
     size = len(wire)
     if size < 8:
         raise NOT_PLAIN
@@ -264,21 +265,26 @@ def _read_header(wire: bytes, versions: frozenset[tuple[int, int]]
     if pos + 8 <= header_end and _HEADER.unpack_from(wire, pos)[0] == _MAXIMUM_RESPONSE_SIZE:
         pos, maximum_response_size = integer_at(wire, pos, header_end, _MAXIMUM_RESPONSE_SIZE)
     pos, batch_count = integer_at(wire, pos, header_end, _BATCH_COUNT)
-    if pos != header_end:
+    if pos != header_end or (max_items is not None and batch_count > max_items):
         raise NOT_PLAIN
     return pos, version, maximum_response_size, batch_count
 
 
 def read_discover_versions(wire: bytes,
-                           versions: frozenset[tuple[int, int]] = READABLE_VERSIONS
+                           versions: frozenset[tuple[int, int]] = READABLE_VERSIONS, *,
+                           max_items: int | None = None
                            ) -> tuple[tuple[int, int], int | None, _Items]:
     """:func:`read_request`'s answer for a plain request of Discover Versions only (each
     payload empty or Protocol Versions of two Integers); raises :data:`NOT_PLAIN` for any
-    other. In Python: the payload's repeated structures are not the compiled scan's."""
+    other, and for one whose Batch Count is over ``max_items`` (read no further). In
+    Python: the payload's repeated structures are not the compiled scan's."""
     size = len(wire)
-    pos, version, maximum_response_size, batch_count = _read_header(wire, versions)
+    pos, version, maximum_response_size, batch_count = _read_header(wire, versions,
+                                                                    max_items)
     items: _Items = []
     while pos < size:
+        if len(items) == batch_count:
+            raise NOT_PLAIN  # more items than it says: never read past the count
         operation, batch_id, _, pos, payload_end = _batch_item(wire, pos, size)
         if operation != _DISCOVER_VERSIONS:
             raise NOT_PLAIN
@@ -297,17 +303,22 @@ def read_discover_versions(wire: bytes,
 
 
 def read_get_attributes(wire: bytes,
-                        versions: frozenset[tuple[int, int]] = READABLE_VERSIONS
+                        versions: frozenset[tuple[int, int]] = READABLE_VERSIONS, *,
+                        max_items: int | None = None
                         ) -> tuple[tuple[int, int], int | None, _Items]:
     """:func:`read_request`'s answer for a plain request of Get Attributes only: each
     payload a Unique Identifier, then any number of attributes named by a 1.x Attribute
     Name or a 2.x Attribute Reference by tag (none: all of them); raises
     :data:`NOT_PLAIN` for any other (a vendor attribute's reference structure, the ID
-    Placeholder). In Python: the payload's repeated fields are not the compiled scan's."""
+    Placeholder), and for one whose Batch Count is over ``max_items`` (read no further).
+    In Python: the payload's repeated fields are not the compiled scan's."""
     size = len(wire)
-    pos, version, maximum_response_size, batch_count = _read_header(wire, versions)
+    pos, version, maximum_response_size, batch_count = _read_header(wire, versions,
+                                                                    max_items)
     items: _Items = []
     while pos < size:
+        if len(items) == batch_count:
+            raise NOT_PLAIN  # more items than it says: never read past the count
         operation, batch_id, _, pos, payload_end = _batch_item(wire, pos, size)
         if operation != _GET_ATTRIBUTES or pos + 8 > payload_end or \
                 _HEADER.unpack_from(wire, pos)[0] != _UNIQUE_IDENTIFIER:

@@ -354,3 +354,26 @@ def test_a_get_attributes_answer_is_written_as_the_general_encoder_writes_it(
     written = [response_item(int(Operation.GET_ATTRIBUTES), batch_id, payload, version)
                for payload, (_, _, batch_id) in zip(payloads, answers, strict=True)]
     assert _encoded(items, version) == written == encode_items(items, version)
+
+
+def test_the_python_readers_read_no_batch_item_past_the_limit_or_the_count(
+        monkeypatch) -> None:
+    """A request over the batch-item limit is declined on its header; one with more items
+    than its Batch Count says, at the first item past the count."""
+    from kcm.kernel import plain_messages
+    read: list[int] = []
+    real = plain_messages._batch_item
+    monkeypatch.setattr(plain_messages, "_batch_item",
+                        lambda wire, pos, size: read.append(pos) or real(wire, pos, size))
+    get_attributes = item(Operation.GET_ATTRIBUTES, GetAttributesRequest(unique_identifier="k"))
+    discover = item(Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest())
+    for reader, one in ((read_get_attributes, get_attributes),
+                        (read_discover_versions, discover)):
+        read.clear()
+        assert _plain_request(request(*[one] * 3), CoreLimits(max_batch_items=2),
+                              reader) is None
+        assert read == []
+        tree = decode(request(*[one] * 3))
+        tree.value[0].value[-1] = Item(Tag.BATCH_COUNT, ItemType.INTEGER, 1)
+        assert _plain_request(encode(tree), LIMITS, reader) is None
+        assert len(read) == 1

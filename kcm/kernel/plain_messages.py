@@ -278,28 +278,7 @@ def read_discover_versions(wire: bytes,
     payload empty or Protocol Versions of two Integers); raises :data:`NOT_PLAIN` for any
     other, and for one whose Batch Count is over ``max_items`` (read no further). In
     Python: the payload's repeated structures are not the compiled scan's."""
-    size = len(wire)
-    pos, version, maximum_response_size, batch_count = _read_header(wire, versions,
-                                                                    max_items)
-    items: _Items = []
-    while pos < size:
-        if len(items) == batch_count:
-            raise NOT_PLAIN  # more items than it says: never read past the count
-        operation, batch_id, _, pos, payload_end = _batch_item(wire, pos, size)
-        if operation != _DISCOVER_VERSIONS:
-            raise NOT_PLAIN
-        listed = []
-        while pos < payload_end:
-            pos, version_end = structure_at(wire, pos, payload_end, _PROTOCOL_VERSION)
-            pos, major = integer_at(wire, pos, version_end, _VERSION_MAJOR)
-            pos, minor = integer_at(wire, pos, version_end, _VERSION_MINOR)
-            if pos != version_end:
-                raise NOT_PLAIN
-            listed.append(ProtocolVersion(major=major, minor=minor))
-        items.append((operation, batch_id, DiscoverVersionsRequest(protocol_versions=listed)))
-    if not items or batch_count != len(items):
-        raise NOT_PLAIN
-    return version, maximum_response_size, items
+    return _read_batch(wire, versions, max_items, _DISCOVER_VERSIONS, _discover_versions)
 
 
 def read_get_attributes(wire: bytes,
@@ -312,6 +291,18 @@ def read_get_attributes(wire: bytes,
     :data:`NOT_PLAIN` for any other (a vendor attribute's reference structure, the ID
     Placeholder), and for one whose Batch Count is over ``max_items`` (read no further).
     In Python: the payload's repeated fields are not the compiled scan's."""
+    return _read_batch(wire, versions, max_items, _GET_ATTRIBUTES, _get_attributes)
+
+
+#: Reads one payload's content: ``(wire, pos, payload_end, version)`` -> its model.
+_PayloadReader = Callable[[bytes, int, int, tuple[int, int]], Any]
+
+
+def _read_batch(wire: bytes, versions: frozenset[tuple[int, int]], max_items: int | None,
+                operation: int, read_payload: _PayloadReader
+                ) -> tuple[tuple[int, int], int | None, _Items]:
+    """A plain request whose every batch item is ``operation``, each payload read by
+    ``read_payload``; no item is read past the Batch Count."""
     size = len(wire)
     pos, version, maximum_response_size, batch_count = _read_header(wire, versions,
                                                                     max_items)
@@ -319,29 +310,49 @@ def read_get_attributes(wire: bytes,
     while pos < size:
         if len(items) == batch_count:
             raise NOT_PLAIN  # more items than it says: never read past the count
-        operation, batch_id, _, pos, payload_end = _batch_item(wire, pos, size)
-        if operation != _GET_ATTRIBUTES or pos + 8 > payload_end or \
-                _HEADER.unpack_from(wire, pos)[0] != _UNIQUE_IDENTIFIER:
+        found, batch_id, _, pos, payload_end = _batch_item(wire, pos, size)
+        if found != operation:
             raise NOT_PLAIN
-        pos, raw = _bytes(wire, pos, payload_end)
-        references: list[AttributeReference] = []
-        while pos < payload_end:
-            if pos + 8 > payload_end:
-                raise NOT_PLAIN
-            head = _HEADER.unpack_from(wire, pos)[0]
-            if head == _ATTRIBUTE_NAME:
-                pos, name = _bytes(wire, pos, payload_end)
-                references.append(reference_from_name(name.decode(), version))
-            elif head == _ATTRIBUTE_REFERENCE:
-                pos, tag = integer_at(wire, pos, payload_end, head)
-                references.append(AttributeReference(tag))
-            else:
-                raise NOT_PLAIN
-        items.append((operation, batch_id, GetAttributesRequest(
-            unique_identifier=raw.decode(), attribute_references=references)))
+        items.append((operation, batch_id, read_payload(wire, pos, payload_end, version)))
+        pos = payload_end
     if not items or batch_count != len(items):
         raise NOT_PLAIN
     return version, maximum_response_size, items
+
+
+def _discover_versions(wire: bytes, pos: int, end: int,
+                       version: tuple[int, int]) -> DiscoverVersionsRequest:
+    listed = []
+    while pos < end:
+        pos, version_end = structure_at(wire, pos, end, _PROTOCOL_VERSION)
+        pos, major = integer_at(wire, pos, version_end, _VERSION_MAJOR)
+        pos, minor = integer_at(wire, pos, version_end, _VERSION_MINOR)
+        if pos != version_end:
+            raise NOT_PLAIN
+        listed.append(ProtocolVersion(major=major, minor=minor))
+    return DiscoverVersionsRequest(protocol_versions=listed)
+
+
+def _get_attributes(wire: bytes, pos: int, end: int,
+                    version: tuple[int, int]) -> GetAttributesRequest:
+    if pos + 8 > end or _HEADER.unpack_from(wire, pos)[0] != _UNIQUE_IDENTIFIER:
+        raise NOT_PLAIN
+    pos, raw = _bytes(wire, pos, end)
+    references: list[AttributeReference] = []
+    while pos < end:
+        if pos + 8 > end:
+            raise NOT_PLAIN
+        head = _HEADER.unpack_from(wire, pos)[0]
+        if head == _ATTRIBUTE_NAME:
+            pos, name = _bytes(wire, pos, end)
+            references.append(reference_from_name(name.decode(), version))
+        elif head == _ATTRIBUTE_REFERENCE:
+            pos, tag = integer_at(wire, pos, end, head)
+            references.append(AttributeReference(tag))
+        else:
+            raise NOT_PLAIN
+    return GetAttributesRequest(unique_identifier=raw.decode(),
+                                attribute_references=references)
 
 
 def _payload(wire: bytes, pos: int, end: int,

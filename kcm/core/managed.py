@@ -195,14 +195,28 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
         raise object_not_found(uid)
     policy.check_object_use(ctx.principal, ctx.server_info.access, obj.row.service)
     current = obj.state
-    moved = lifecycle.state_at(current, lifecycle.LifecycleDates(
-        obj.value(Tag.ACTIVATION_DATE), obj.value(Tag.DEACTIVATION_DATE)), ctx.now)
+    moved = state_now(obj, ctx.now)
     if moved != current:
         obj.set(Tag.STATE, int(moved))
         if for_update:
             save(ctx, obj, changed=False)
     ctx.touched(uid)
     return obj
+
+
+def state_now(obj: StoredObject, now: int) -> State:
+    """The state ``obj`` is in at ``now``: its own, moved by an Activation or Deactivation
+    Date that has passed (:func:`load` applies it)."""
+    return lifecycle.state_at(obj.state, lifecycle.LifecycleDates(
+        obj.value(Tag.ACTIVATION_DATE), obj.value(Tag.DEACTIVATION_DATE)), now)
+
+
+def from_cache(cached: CachedObject) -> StoredObject | None:
+    """The object a cache entry holds, as :func:`load` makes it from the entry (None: an
+    entry not filled by a load)."""
+    attributes = cached.views.get(_ATTRIBUTES)
+    return None if attributes is None else StoredObject(cached.columns, None, cached,
+                                                        attributes)
 
 
 def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredObject | None:
@@ -226,7 +240,7 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredOb
         cached = cache.put(tenant, uid, (columns.revision, columns.created_seq), columns)
         cached.views[_ATTRIBUTES] = tuple(decode_attributes(columns.attributes))
     # (copied when an operation asks for them: it may renumber them in place)
-    return StoredObject(cached.columns, None, cached, cached.views[_ATTRIBUTES])
+    return from_cache(cached)
 
 
 _ATTRIBUTES = "attributes"

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from kcm.core.store import repository
+from kcm.core.store.known import KnownFacts
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.identity import Principal, Role
 from kcm.kmip.enums import ResultReason
@@ -71,6 +72,14 @@ def is_provisioned(session: Session, principal: Principal) -> bool:
     if principal.role is not Role.SERVICE:
         return True
     return repository.service_exists(session, principal.tenant or "", principal.service or "")
+
+
+def known_provisioned(known: KnownFacts, principal: Principal) -> bool:
+    """:func:`is_provisioned` from what the store remembers alone: True only where that is
+    True (False may be a service the store has not been asked about yet)."""
+    if principal.role is not Role.SERVICE:
+        return True
+    return (principal.tenant or "", principal.service or "") in known.services
 
 
 def check_provisioned(session: Session, principal: Principal) -> None:

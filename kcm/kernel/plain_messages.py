@@ -53,7 +53,7 @@ from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType, decode_item, encode
 
 __all__ = ["NOT_PLAIN", "PLAIN_OPERATIONS", "PLAIN_VERSIONS", "READABLE_VERSIONS",
-           "CreateReader", "NotPlain",
+           "CreateReader", "NotPlain", "answer_item", "attributes_payload",
            "integer_at", "item_head", "read_discover_versions", "read_get_attributes",
            "read_request",
            "read_request_python", "response_item", "structure_at"]
@@ -476,7 +476,7 @@ def response_item(operation: int, batch_id: bytes | None, result: Any,
     elif isinstance(result, GetAttributesResponse):
         if version is None:
             raise NOT_PLAIN
-        payload = _attributes_payload(result, version)
+        payload = attributes_payload(result, version)
     elif isinstance(result, DiscoverVersionsResponse):
         payload = b"".join(_struct(_PROTOCOL_VERSION,
                                    _integer_item(_VERSION_MAJOR, int(version.major))
@@ -484,6 +484,13 @@ def response_item(operation: int, batch_id: bytes | None, result: Any,
                            for version in result.protocol_versions)
     else:
         raise NOT_PLAIN
+    return answer_item(operation, batch_id, payload)
+
+
+def answer_item(operation: int, batch_id: bytes | None, payload: bytes) -> bytes:
+    """The successful Response Batch Item answering ``operation`` whose Response Payload's
+    content is ``payload`` (as :func:`response_item` and :func:`attributes_payload` write
+    it)."""
     if batch_id is None:
         body = b"".join((_OPERATION_ITEMS[operation], _SUCCESS_ITEM,
                          _HEADER.pack(_RESPONSE_PAYLOAD, len(payload)), payload))
@@ -494,11 +501,11 @@ def response_item(operation: int, batch_id: bytes | None, result: Any,
     return _HEADER.pack(_BATCH_ITEM, len(body)) + body
 
 
-def _attributes_payload(result: GetAttributesResponse, version: tuple[int, int]) -> bytes:
-    """A Get Attributes answer's payload content: its attributes in ``version``'s form
-    (:mod:`kcm.kmip.attributes`' functions, which the payload's codec calls) and fitted to
-    it (:func:`kcm.kernel.version_fit.fit`, as every answer is), without the message's
-    model around them."""
+def attributes_payload(result: GetAttributesResponse, version: tuple[int, int]) -> bytes:
+    """A Get Attributes answer's payload content (NOT_PLAIN for one it does not write): its
+    attributes in ``version``'s form (:mod:`kcm.kmip.attributes`' functions, which the
+    payload's codec calls) and fitted to it (:func:`kcm.kernel.version_fit.fit`, as every
+    answer is), without the message's model around them."""
     uid = result.unique_identifier
     if type(uid) is not str:
         raise NOT_PLAIN

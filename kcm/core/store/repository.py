@@ -281,6 +281,12 @@ def object_stamp(session: Session, tenant: str, uid: str, *, for_update: bool = 
     return None if row is None else (row[0], row[1])
 
 
+def stamp_on(connection: Any, tenant: str, uid: str) -> tuple[int, int] | None:
+    """:func:`object_stamp` on ``connection`` (a lean transaction's, no session)."""
+    row = _STAMP.run_on(connection, {"uid": uid, "tenant": tenant}).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
 def object_columns(session: Session, tenant: str, uid: str, *, for_update: bool = False
                    ) -> ObjectColumns | None:
     """The columns of ``tenant``'s object ``uid`` as stored, or None; read-only, not in

@@ -84,6 +84,11 @@ class StoredObject:
     def attributes(self, attributes: list[Attribute]) -> None:
         self._attributes = attributes
 
+    @property
+    def changed_here(self) -> bool:
+        """Whether this request may have changed the attributes (it asked for copies)."""
+        return self._attributes is not None
+
     def number_to_read(self, number: Callable[[list[Attribute]], None]) -> None:
         """Have :attr:`attributes` numbered by ``number``, for an operation that only reads
         them: unless this request changed them, the numbered copies are made once per
@@ -206,9 +211,14 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
 
 def state_now(obj: StoredObject, now: int) -> State:
     """The state ``obj`` is in at ``now``: its own, moved by an Activation or Deactivation
-    Date that has passed (:func:`load` applies it)."""
-    return lifecycle.state_at(obj.state, lifecycle.LifecycleDates(
-        obj.value(Tag.ACTIVATION_DATE), obj.value(Tag.DEACTIVATION_DATE)), now)
+    Date that has passed (:func:`load` applies it). What it is moved from is read once per
+    content of an object that this request has not changed (:meth:`StoredObject.memo`)."""
+    def moved_from() -> tuple[State, lifecycle.LifecycleDates]:
+        return obj.state, lifecycle.LifecycleDates(obj.value(Tag.ACTIVATION_DATE),
+                                                   obj.value(Tag.DEACTIVATION_DATE))
+
+    state, dates = moved_from() if obj.changed_here else obj.memo("lifecycle", moved_from)
+    return lifecycle.state_at(state, dates, now)
 
 
 def from_cache(cached: CachedObject) -> StoredObject | None:

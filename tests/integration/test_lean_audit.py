@@ -297,3 +297,30 @@ async def test_attributes_shared_by_reads_still_show_a_state_that_time_changed(
     assert [await state(), await state()] == [State.PRE_ACTIVE] * 2
     now[0] += 200
     assert [await state(), await state()] == [State.ACTIVE] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lean_group_on_the_writer_logs_its_records_after_its_answer(
+        store: Store, monkeypatch) -> None:  # noqa: F811
+    """On the writer thread, a lean group's records are logged once its outcome is handed
+    over (while the reactor wakes up), in order, before the next group runs."""
+    import threading
+
+    from kcm.core import audit
+
+    logged: list[int] = []
+    two = threading.Event()
+
+    def log_record(fields):
+        logged.append(fields["seq"])
+        if len(logged) == 3:
+            two.set()
+
+    monkeypatch.setattr(audit, "_log_record", log_record)
+    store.startService()
+    first = store.write_lean(lambda t: append_records(t, [event(1), event(2)]))
+    second = store.write_lean(lambda t: append_records(t, [event(3)]))
+    assert [r.seq for r in await first] == [1, 2]
+    assert [r.seq for r in await second] == [3]
+    assert two.wait(5)
+    assert logged == [1, 2, 3]

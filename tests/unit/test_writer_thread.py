@@ -72,3 +72,43 @@ def test_stopping_lets_the_running_call_finish_and_drops_the_queued() -> None:
     reactor.run_one()
     assert outcome == ["slow"]
     assert not queued.called and reactor.calls.empty()
+
+
+def test_work_left_for_after_the_answer_runs_once_the_outcome_is_handed_over() -> None:
+    """A call's ``after_answer`` hooks run after its outcome went to the reactor and before
+    the next call; one that fails is logged, and the rest and the next call still run."""
+    from twisted.logger import globalLogPublisher
+
+    reactor = Reactor()
+    writer = WriterThread(reactor, "test-writer")  # type: ignore[arg-type]
+    events: list[str] = []
+    logged: list[dict[str, Any]] = []
+    handed = reactor.callFromThread
+
+    def recording(fn: Callable[..., Any], *args: Any) -> None:
+        events.append("handed over")
+        handed(fn, *args)
+
+    reactor.callFromThread = recording  # type: ignore[method-assign]
+
+    def call() -> str:
+        writer.after_answer(lambda: events.append("after"))
+        writer.after_answer(lambda: 1 / 0)
+        writer.after_answer(lambda: events.append("after, still"))
+        events.append("call")
+        return "done"
+
+    globalLogPublisher.addObserver(logged.append)
+    writer.start()
+    try:
+        writer.submit(call)
+        writer.submit(lambda: events.append("next call"))
+        reactor.run_one()
+        reactor.run_one()
+    finally:
+        writer.stop()
+        globalLogPublisher.removeObserver(logged.append)
+    assert events == ["call", "handed over", "after", "after, still", "next call",
+                      "handed over"]
+    assert any(event.get("log_failure") is not None
+               and event["log_failure"].check(ZeroDivisionError) for event in logged)

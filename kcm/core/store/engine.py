@@ -327,12 +327,18 @@ class Store(Service):
         if self._writer is None:
             return fail(RuntimeError(
                 "Store.write_lean() before startService() or after stopService()"))
-        return self._writer.submit(self._write_lean_sync, fn)
+        return self._writer.submit(self._write_lean_sync, fn, True)
 
-    def _write_lean_sync(self, fn: Callable[[LeanTransaction], T]) -> T:
-        return self._on_writer_connection(lambda kept: self._lean_transaction(kept, fn))
+    def _write_lean_sync(self, fn: Callable[[LeanTransaction], T],
+                         on_writer: bool = False) -> T:
+        """``fn`` in a lean transaction; ``on_writer``: as a call of the writer thread, whose
+        after-commit work (logging its audit records) then runs once the outcome has been
+        handed over (:meth:`WriterThread.after_answer`)."""
+        return self._on_writer_connection(lambda kept: self._lean_transaction(
+            kept, fn, self._writer.after_answer if on_writer and self._writer else None))
 
-    def _lean_transaction(self, kept: Connection, fn: Callable[[LeanTransaction], T]) -> T:
+    def _lean_transaction(self, kept: Connection, fn: Callable[[LeanTransaction], T],
+                          later: Callable[[Callable[[], object]], None] | None = None) -> T:
         measured = self.on_transaction
         started = time.perf_counter()
         try:
@@ -347,7 +353,10 @@ class Store(Service):
                 result = fn(transaction)
                 transaction.run_before_commit()
                 drain_connection(kept)
-            transaction.run_after_commit()
+            if later is None:
+                transaction.run_after_commit()
+            else:
+                later(transaction.run_after_commit)
             return result
         finally:
             if measured is not None:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 __all__ = ["WriterThread"]
@@ -24,6 +25,8 @@ __all__ = ["WriterThread"]
 T = TypeVar("T")
 
 _STOP = object()
+
+log = Logger()
 
 
 class WriterThread:
@@ -34,6 +37,8 @@ class WriterThread:
         self._calls: SimpleQueue[Any] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopping = False
+        #: What the running call left to do once its outcome is handed over (this thread).
+        self._afterwards: list[Callable[[], object]] = []
 
     def start(self) -> None:
         self._thread.start()
@@ -45,6 +50,13 @@ class WriterThread:
         done: Deferred[T] = Deferred()
         self._calls.put((done, fn, args))
         return done
+
+    def after_answer(self, hook: Callable[[], object]) -> None:
+        """Call ``hook()`` on this thread once the running call's outcome has been handed to
+        the reactor, before the next call runs (work its caller need not wait for, done
+        while the reactor wakes up); an error there is logged. Call it from the running
+        call only."""
+        self._afterwards.append(hook)
 
     def stop(self) -> None:
         """Let the running call finish, drop the queued ones, and end the thread (blocks
@@ -67,3 +79,13 @@ class WriterThread:
                 reactor.callFromThread(done.errback, Failure())
             else:
                 reactor.callFromThread(done.callback, result)
+            if self._afterwards:
+                self._run_afterwards()
+
+    def _run_afterwards(self) -> None:
+        hooks, self._afterwards = self._afterwards, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.failure("after a store write")

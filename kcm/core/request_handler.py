@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -277,8 +278,14 @@ class CoreRequestHandler:
         if request is None:
             return None
         store = self._store
-        payloads = recall(transaction.connection, store.objects, store.known, caller.principal,
-                          self._server_info.access, request, now)
+        try:
+            payloads = recall(transaction.connection, store.objects, store.known,
+                              caller.principal, self._server_info.access, request, now)
+        except DBAPIError:
+            raise  # the database's: the group fails
+        except Exception:
+            log.failure("a kept Get Attributes answer could not be recalled; executing it")
+            return None
         if payloads is None:
             return None
         correlation_id = new_correlation_id()
@@ -296,6 +303,18 @@ class CoreRequestHandler:
         return _Answer(answer, [
             audit_event(caller, answered, correlation_id, [item.request_payload.unique_identifier])
             for item, answered in zip(asked, items, strict=True)], version, correlation_id)
+
+    def _remember(self, transaction: LeanTransaction, caller: Caller,
+                  request: RequestMessage, items: list[ResponseBatchItem], now: int) -> None:
+        """Keep the answers of an executed Get Attributes (:func:`remember`); the answer
+        stands whatever happens to that."""
+        try:
+            remember(transaction.connection, self._store.objects, caller.principal, request,
+                     items, now)
+        except DBAPIError:
+            raise  # the database's: the group fails
+        except Exception:
+            log.failure("the answers of a Get Attributes could not be kept")
 
     def _unless_it_writes(self, answer: bytes | object, key: tuple[str, str], wire: bytes,
                           caller: Caller, now: int,
@@ -400,9 +419,7 @@ class CoreRequestHandler:
                         events.append, savepoint=_NothingToUndo))
                 if all(item.operation == Operation.GET_ATTRIBUTES
                        for item in request.batch_items):
-                    store = self._store
-                    remember(transaction.connection, store.objects, caller.principal, request,
-                             items, now)
+                    self._remember(transaction, caller, request, items, now)
             else:
                 items = self._store.run_sync(
                     lambda session: self._execute(session, request, caller, now,

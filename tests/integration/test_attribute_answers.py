@@ -227,3 +227,29 @@ async def test_a_kept_answer_reaches_a_client_of_the_core(core: CoreHarness,
     assert {a.batch_items[0].response_payload.attributes[0].value.value
             for a in answers} == {State.PRE_ACTIVE}
     assert core.store.run_sync(verify_chain).ok
+
+
+def test_a_fault_of_the_kept_answers_costs_no_answer(lean: Lean, monkeypatch: Any) -> None:
+    """An unexpected error recalling or keeping answers is logged; the request is executed
+    (recalling) or its answer stands (keeping)."""
+    from twisted.logger import globalLogPublisher
+
+    uid = created(lean)
+    wire = ask(uid, Tag.STATE)
+    expected = lean.send(wire)
+
+    def broken(*_args: Any) -> Any:
+        raise RuntimeError("broken")
+
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        monkeypatch.setattr(request_handler, "recall", broken)
+        assert lean.send(wire) == expected  # executed
+        monkeypatch.setattr(request_handler, "remember", broken)
+        assert lean.send(wire) == expected  # executed, answered, nothing kept
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    failures = [event for event in logged if event.get("log_failure") is not None]
+    assert len(failures) == 3 and all(
+        event["log_failure"].check(RuntimeError) for event in failures)

@@ -72,13 +72,9 @@ def recall(connection: Any, objects: ObjectCache, known: KnownFacts, principal: 
         uid = payload.unique_identifier
         if item.operation != _GET_ATTRIBUTES or type(uid) is not str:
             return None
-        stamp = repository.stamp_on(connection, tenant, uid)
-        cached = None if stamp is None else objects.get(tenant, uid, stamp)
-        answers = None if cached is None else cached.views.get(_ANSWERS)
+        obj = _current(connection, objects, tenant, uid)
+        answers = None if obj is None or obj.cached is None else obj.cached.views.get(_ANSWERS)
         if answers is None:
-            return None
-        obj = managed.from_cache(cached)  # type: ignore[arg-type]
-        if obj is None:
             return None
         try:
             policy.check_object_use(principal, access, obj.row.service)
@@ -105,10 +101,8 @@ def remember(connection: Any, objects: ObjectCache, principal: Principal,
         uid = asked.request_payload.unique_identifier
         if asked.operation != _GET_ATTRIBUTES or type(uid) is not str:
             return
-        stamp = repository.stamp_on(connection, tenant, uid)
-        cached = None if stamp is None else objects.get(tenant, uid, stamp)
-        obj = None if cached is None else managed.from_cache(cached)
-        if obj is None:
+        obj = _current(connection, objects, tenant, uid)
+        if obj is None or obj.cached is None:
             continue
         try:
             payload = attributes_payload(answered.response_payload, version)
@@ -116,8 +110,17 @@ def remember(connection: Any, objects: ObjectCache, principal: Principal,
             NOT_PLAIN.__traceback__ = None  # (see kcm.kernel.plain_messages)
             continue
         if len(payload) <= ANSWER_MAX_BYTES:
-            _keep(cached, _key(version, asked.request_payload.attribute_references, obj, now),
-                  payload)
+            _keep(obj.cached, _key(version, asked.request_payload.attribute_references, obj,
+                                   now), payload)
+
+
+def _current(connection: Any, objects: ObjectCache, tenant: str, uid: str
+             ) -> managed.StoredObject | None:
+    """``tenant``'s object ``uid`` from its cache entry, if the entry names the row as it
+    is in this transaction (its stamp read on ``connection``, as loading reads it)."""
+    stamp = repository.stamp_on(connection, tenant, uid)
+    cached = None if stamp is None else objects.get(tenant, uid, stamp)
+    return None if cached is None else managed.from_cache(cached)
 
 
 def _key(version: tuple[int, int], references: Sequence[Any], obj: managed.StoredObject,

@@ -85,6 +85,11 @@ class StoredObject:
         self._attributes = attributes
 
     @property
+    def cached(self) -> CachedObject | None:
+        """The object's entry in the store's object cache (None: not read through it)."""
+        return self._cached
+
+    @property
     def changed_here(self) -> bool:
         """Whether this request may have changed the attributes (it asked for copies)."""
         return self._attributes is not None

@@ -25,7 +25,14 @@ from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.harness import Server, payload_of, send, work_directory  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Server,
+    add_cpu_latency_option,
+    hold_cpu_latency,
+    payload_of,
+    send,
+    work_directory,
+)
 from kcm.kmip.enums import Operation  # noqa: E402
 from kcm.kmip.tags import Tag  # noqa: E402
 from kcm.testing import processes  # noqa: E402
@@ -99,7 +106,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_cpu_latency_option(parser)
     args = parser.parse_args()
+    hold_cpu_latency(args.cpu_latency_us)
     with work_directory("kcm-forward-ab-", args.keep) as work:
         measure(args, work)
     return 0

@@ -44,16 +44,44 @@ VERIFY_SAMPLE = 50
 
 def parse_args(parser: argparse.ArgumentParser, **defaults: tuple[Any, Any]
                ) -> argparse.Namespace:
-    """Add ``--keep`` and ``--quick`` to ``parser`` and parse the command line. An option
-    named in ``defaults`` that was not given takes ``(full run, quick run)[--quick]``."""
+    """Add ``--keep``, ``--quick`` and ``--cpu-latency-us`` to ``parser`` and parse the
+    command line. An option named in ``defaults`` that was not given takes ``(full run,
+    quick run)[--quick]``."""
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--quick", action="store_true",
                         help="a short run proving the benchmark works (figures mean little)")
+    add_cpu_latency_option(parser)
     args = parser.parse_args()
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
+    hold_cpu_latency(args.cpu_latency_us)
     return args
+
+
+def add_cpu_latency_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cpu-latency-us", type=int, default=None, metavar="N",
+        help="hold a PM QoS CPU latency request of N microseconds for the run "
+             "(/dev/cpu_dma_latency, root only): idle CPUs stay in states they leave within "
+             "N us, as tuned's latency-performance profile does (docs/operations.md); "
+             "default: the machine's idle states as they are")
+
+
+#: The open /dev/cpu_dma_latency, whose request holds while it is open (until the run ends).
+_CPU_LATENCY_REQUEST: list[int] = []
+
+
+def hold_cpu_latency(microseconds: int | None) -> None:
+    """With ``microseconds``, ask the kernel for at most that CPU wake-up latency until this
+    process exits (it drops the request when the file closes), and say so."""
+    if microseconds is None:
+        return
+    fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    os.write(fd, microseconds.to_bytes(4, "little", signed=True))
+    _CPU_LATENCY_REQUEST.append(fd)
+    print(f"# CPU latency request held for the run: {microseconds} us "
+          f"(/dev/cpu_dma_latency; figures are not the machine's default)")
 
 
 @contextlib.contextmanager

@@ -12,18 +12,28 @@ the wrapping cost about 10 µs of a forwarded request's 180-190 µs of gateway C
 (``_doReadOrWrite``, which turns a connection's failure into its ``connectionLost``) directly.
 What ``callWithLogger`` also did is kept: an exception that escapes the dispatch is logged
 with the connection's log prefix as its ``system``, and the next event is served.
+
+The same poll runs what :func:`call_before_poll` was given just before it asks the kernel
+for events: the end of the reactor's turn, after every event of the turn has been
+dispatched and every timed call due has run. kcm-core starts its group commits there
+(:mod:`kcm.core.group_commit`): the requests read in the turn join the group, and the writer
+thread it wakes finds the reactor already asleep, not holding the GIL.
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from types import MethodType
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python import log
 
-__all__ = ["install"]
+__all__ = ["call_before_poll", "install"]
+
+#: The reactor attribute holding what runs before its next poll (set by :func:`install`).
+_BEFORE_POLL = "_kcm_before_poll"
 
 
 def install(reactor: Any) -> bool:
@@ -31,14 +41,34 @@ def install(reactor: Any) -> bool:
     did. Any other reactor is left as it is."""
     if not isinstance(reactor, EPollReactor):
         return False
+    setattr(reactor, _BEFORE_POLL, [])
     poll = MethodType(_poll, reactor)
     reactor.doPoll = poll
     reactor.doIteration = poll  # what the reactor's main loop calls
     return True
 
 
+def call_before_poll(reactor: Any, run: Callable[[], object]) -> None:
+    """Call ``run()`` on the reactor thread once the reactor's current turn is over: just
+    before its next poll if :func:`install` installed into it, else with ``callLater(0)``
+    (the start of the next turn). An exception ``run`` raises is logged."""
+    waiting = getattr(reactor, _BEFORE_POLL, None)
+    if waiting is None:
+        reactor.callLater(0, run)
+    else:
+        waiting.append(run)
+
+
 def _poll(self: EPollReactor, timeout: float | None) -> None:
-    """``EPollReactor.doPoll``, with each event dispatched without the log context."""
+    """``EPollReactor.doPoll``, with each event dispatched without the log context, after
+    what :func:`call_before_poll` was given."""
+    waiting = getattr(self, _BEFORE_POLL)
+    if waiting:
+        _run_before_poll(waiting)
+        # What they did may be due sooner (a timed call): the poll waits no longer.
+        due = self.timeout()
+        if due is not None and (timeout is None or due < timeout):
+            timeout = due
     try:
         events = self._poller.poll(-1 if timeout is None else timeout,
                                    len(self._selectables))
@@ -62,3 +92,14 @@ def _poll(self: EPollReactor, timeout: float | None) -> None:
             except BaseException:
                 system = "(buggy logPrefix method)"
             log.err(system=system)
+
+
+def _run_before_poll(waiting: list[Callable[[], object]]) -> None:
+    # (a call made by one of them waits for the next poll)
+    calls = waiting[:]
+    del waiting[:]
+    for run in calls:
+        try:
+            run()
+        except BaseException:
+            log.err(None, "a call before the reactor's poll failed")

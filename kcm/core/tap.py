@@ -33,6 +33,7 @@ from kcm.core.usage_intake import UsageIntake
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
 from kcm.metrics import metrics_listener, metrics_site
+from kcm.reactor_dispatch import call_before_poll
 from kcm.tls import (
     TLSListener,
     listener_tls_options,
@@ -111,7 +112,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                                  server_info=ServerInfo(access=config.access),
                                  limits=config.limits, workers=config.database_threads,
                                  metrics=metrics,
-                                 group_start=lambda run: reactor.callLater(0, run))
+                                 group_start=partial(call_before_poll, reactor))
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
                        policy=policy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -106,3 +107,67 @@ def test_another_reactor_is_left_alone() -> None:
     clock = Clock()
     assert reactor_dispatch.install(clock) is False
     assert not hasattr(clock, "doIteration")
+
+
+def test_calls_before_the_poll_run_after_the_turn_before_the_kernel_is_asked(
+        reactor: Any) -> None:
+    reactor_dispatch.install(reactor)
+    order: list[str] = []
+    left, right = _pair()
+
+    class _Recording(_Reader):
+        def doRead(self) -> Any:  # noqa: N802
+            order.append("event")
+            # A call given during the turn runs at its end, before the next poll.
+            reactor_dispatch.call_before_poll(reactor, lambda: order.append("end of turn"))
+            return super().doRead()
+
+    reactor.addReader(_Recording(left, "one"))
+    right.sendall(b"x")
+    reactor.doIteration(1)
+    assert order == ["event"]
+    reactor.doIteration(0)  # the next poll: the call first, then (no) events
+    assert order == ["event", "end of turn"]
+    left.close()
+    right.close()
+
+
+def test_a_call_before_the_poll_made_there_waits_for_the_next_and_errors_are_logged(
+        reactor: Any) -> None:
+    reactor_dispatch.install(reactor)
+    ran: list[str] = []
+    logged: list[dict[str, Any]] = []
+
+    def first() -> None:
+        ran.append("first")
+        reactor_dispatch.call_before_poll(reactor, lambda: ran.append("made there"))
+        raise RuntimeError("boom")
+
+    reactor_dispatch.call_before_poll(reactor, first)
+    reactor_dispatch.call_before_poll(reactor, lambda: ran.append("second"))
+    log.addObserver(logged.append)
+    try:
+        reactor.doIteration(0)
+    finally:
+        log.removeObserver(logged.append)
+    assert ran == ["first", "second"]
+    assert any(event.get("isError") for event in logged)
+    reactor.doIteration(0)
+    assert ran == ["first", "second", "made there"]
+
+
+def test_the_poll_does_not_sleep_past_what_a_call_before_it_made_due(reactor: Any) -> None:
+    reactor_dispatch.install(reactor)
+    reactor_dispatch.call_before_poll(reactor, lambda: reactor.callLater(0, lambda: None))
+    started = time.monotonic()
+    reactor.doIteration(5)  # asked to wait up to 5 s: the timed call is due now
+    assert time.monotonic() - started < 1
+
+
+def test_another_reactor_gets_the_call_at_the_start_of_its_next_turn() -> None:
+    clock = Clock()
+    ran: list[bool] = []
+    reactor_dispatch.call_before_poll(clock, lambda: ran.append(True))
+    assert ran == []
+    clock.advance(0)
+    assert ran == [True]

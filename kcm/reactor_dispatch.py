@@ -16,8 +16,7 @@ with the connection's log prefix as its ``system``, and the next event is served
 The same poll runs what :func:`call_before_poll` was given just before it asks the kernel
 for events: the end of the reactor's turn, after every event of the turn has been
 dispatched and every timed call due has run. kcm-core starts its group commits there
-(:mod:`kcm.core.group_commit`): the requests read in the turn join the group, and the writer
-thread it wakes finds the reactor already asleep, not holding the GIL.
+(:mod:`kcm.core.group_commit`), so that the requests read in the turn join the group.
 """
 
 from __future__ import annotations

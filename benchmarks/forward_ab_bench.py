@@ -9,8 +9,12 @@ six orders of the three so that none always follows the same one (a server that 
 two requests in a row finds its caches warm). Per round: each path's p50 and p99, what each
 gateway adds over the core directly, and each gateway's CPU per forwarded request.
 
-    .venv/bin/python benchmarks/forward_ab_bench.py --base-tree PATH [--requests N]
-        [--rounds R] [--keep]
+With ``--with-cores`` each tree runs its own kcm-core too (a change to the core's end of the
+link shows then): the base gateway is linked to the base core, and each gateway's figures
+are against its own core, which the client also asks directly (four paths a round).
+
+    .venv/bin/python benchmarks/forward_ab_bench.py --base-tree PATH [--with-cores]
+        [--requests N] [--rounds R] [--keep]
 """
 
 from __future__ import annotations
@@ -46,63 +50,82 @@ def percentile(values: list[int], fraction: float) -> float:
 
 
 def measure(args: argparse.Namespace, work: Path) -> None:
-    core = processes.deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
+    cores: dict[str, processes.CoreProcess] = {}
     gateways: dict[str, processes.GatewayProcess] = {}
     try:
+        core = cores["this"] = processes.deploy(work / "core",
+                                                f"sqlite:///{work / 'core' / 'kcm.db'}")
         core.start()
         gateways["this"] = processes.GatewayProcess(work / "gateway-this", core)
         gateways["this"].start()
-        # The base gateway's twistd runs the base tree's code (process_env puts the tree
+        # The base tree's processes run the base tree's code (process_env puts the tree
         # named here first on its PYTHONPATH, and twistd finds that tree's plugin).
         with mock.patch.object(processes, "REPO_ROOT", args.base_tree.resolve()):
-            gateways["base"] = processes.GatewayProcess(work / "gateway-base", core)
+            base_core = core
+            if args.with_cores:
+                base_core = cores["base"] = processes.deploy(
+                    work / "core-base", f"sqlite:///{work / 'core-base' / 'kcm.db'}")
+                base_core.start()
+            gateways["base"] = processes.GatewayProcess(work / "gateway-base", base_core)
             gateways["base"].start()
         for gateway in gateways.values():
             gateway.wait_linked()
-        assert core.process is not None
-        servers = {name: Server(name, gateway.port, core.pki, gateway.process.pid)
+        servers = {name: Server(name, gateway.port, gateway.core.pki, gateway.process.pid)
                    for name, gateway in gateways.items() if gateway.process is not None}
-        servers["core"] = Server("core", core.port, core.pki, core.process.pid)
-        managed = payload_of(Operation.CREATE,
-                             send(servers["core"], request(create_managed()))).unique_identifier
-        wire = request(get_attributes(managed, Tag.STATE))
+        direct = {name: f"core-{name}" if args.with_cores else "core" for name in gateways}
+        for name, each in cores.items():
+            assert each.process is not None
+            servers[direct[name]] = Server(direct[name], each.port, each.pki,
+                                           each.process.pid)
+        wires = {}
+        for name in cores:
+            managed = payload_of(Operation.CREATE, send(servers[direct[name]], request(
+                create_managed()))).unique_identifier
+            wires[direct[name]] = request(get_attributes(managed, Tag.STATE))
+        for name in gateways:
+            wires[name] = wires[direct[name]]
         clients = {name: server.client() for name, server in servers.items()}
         for client in clients.values():
             client.connect()
         for _ in range(200):  # warm-up, untimed
-            for client in clients.values():
-                client.send(wire)
+            for name, client in clients.items():
+                client.send(wires[name])
         orders = list(itertools.permutations(clients))
-        print(f"# base tree {args.base_tree}; {args.requests} Get Attributes per path a round")
+        print(f"# base tree {args.base_tree}{' with its own core' if args.with_cores else ''}; "
+              f"{args.requests} Get Attributes per path a round")
         for round_number in range(args.rounds):
             latencies: dict[str, list[int]] = {name: [] for name in clients}
             cpu = {name: servers[name].cpu_seconds() for name in gateways}
             for i in range(args.requests):
                 for name in orders[i % len(orders)]:
                     sent = time.perf_counter_ns()
-                    clients[name].send(wire)
+                    clients[name].send(wires[name])
                     latencies[name].append(time.perf_counter_ns() - sent)
             cpu = {name: servers[name].cpu_seconds() - cpu[name] for name in gateways}
             p50 = {name: percentile(values, 0.5) for name, values in latencies.items()}
             p99 = {name: percentile(values, 0.99) for name, values in latencies.items()}
-            print(f"round {round_number + 1}: core p50 {p50['core']:.3f} p99 {p99['core']:.3f} ms"
-                  + "".join(
-                      f"; {name} adds p50 {p50[name] - p50['core']:+.3f} p99 "
-                      f"{p99[name] - p99['core']:+.3f} ms, CPU "
-                      f"{1e6 * cpu[name] / args.requests:.0f} µs/request"
-                      for name in gateways), flush=True)
+            print(f"round {round_number + 1}: " + "; ".join(
+                f"{core_name} p50 {p50[core_name]:.3f} p99 {p99[core_name]:.3f} ms"
+                for core_name in dict.fromkeys(direct.values())) + "".join(
+                f"; {name} adds p50 {p50[name] - p50[direct[name]]:+.3f} p99 "
+                f"{p99[name] - p99[direct[name]]:+.3f} ms, CPU "
+                f"{1e6 * cpu[name] / args.requests:.0f} µs/request"
+                for name in gateways), flush=True)
         for client in clients.values():
             client.close()
     finally:
         for gateway in gateways.values():
             gateway.stop()
-        core.stop()
+        for each in cores.values():
+            each.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-tree", type=Path, required=True,
                         help="the other source tree (its kcm and twisted/plugins)")
+    parser.add_argument("--with-cores", action="store_true",
+                        help="run the base tree's kcm-core too, behind the base gateway")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")

@@ -67,9 +67,20 @@ from kcm.link.frames import (
     encode_frame,
 )
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
-from kcm.link.relay import read_request, response_frame
+from kcm.link.relay import read_caller, response_frame, split_request
 
 log = Logger()
+
+#: The callers a link keeps at most (one per gateway client connection; emptied when full).
+_MAX_CALLERS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A caller identity a gateway asserted that the core does not accept (kept like the
+    accepted ones)."""
+
+    identity: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +112,11 @@ class LinkServerProtocol(LinkProtocol):
         self._queued: deque[bytes] = deque()
         #: The forwarded requests being answered, by stream (a CANCEL stops one).
         self._requests: dict[int, RequestWatch] = {}
+        #: What the caller fields of a REQUEST name (a Caller, or _Refused), by their
+        #: bytes: a gateway sends the same with every request of a connection. Made under
+        #: the factory's ``policy_generation``; a new policy empties it.
+        self._callers: dict[bytes, Caller | _Refused] = {}
+        self._callers_generation = factory.policy_generation
 
     # Identity -------------------------------------------------------------------------------
     @property
@@ -265,32 +281,55 @@ class LinkServerProtocol(LinkProtocol):
 
     # REQUEST --------------------------------------------------------------------------------
     def frame_received(self, wire: bytes) -> None:
-        """A REQUEST is read straight from its bytes (:func:`kcm.link.relay.read_request`),
-        its KMIP message handed on as it came; any other frame is decoded."""
-        request = read_request(wire)
-        if request is None:
+        """A REQUEST is read straight from its bytes (:func:`kcm.link.relay.split_request`),
+        its KMIP message handed on as it came, its caller fields read once per connection
+        of the gateway's; any other frame is decoded."""
+        split = split_request(wire)
+        if split is None:
             super().frame_received(wire)
-        elif not self._hello:
-            self.go_away("REQUEST before HELLO")
-        else:
-            self._request(*request)
+            return
+        stream_id, fields, message = split
+        factory = self.factory
+        if self._callers_generation != factory.policy_generation:
+            self._callers.clear()
+            self._callers_generation = factory.policy_generation
+        caller = self._callers.get(fields)
+        if caller is None:
+            read = read_caller(fields)
+            if read is None:  # not well formed: the general decoder says what is wrong
+                super().frame_received(wire)
+                return
+            if not self._hello:
+                self.go_away("REQUEST before HELLO")
+                return
+            caller = self._caller(*read)
+            if len(self._callers) >= _MAX_CALLERS:
+                self._callers.clear()
+            self._callers[fields] = caller  # (kept only once HELLO came)
+        self._serve(stream_id, caller, message)
 
     def frame_REQUEST(self, frame: Frame) -> None:
         if self._require_hello(frame):
-            self._request(frame.stream_id, frame.caller_identity or "", frame.caller_subject,
-                          frame.caller_source or "", frame.message or b"")
+            self._serve(frame.stream_id, self._caller(frame.caller_identity or "",
+                                                      frame.caller_subject,
+                                                      frame.caller_source or ""),
+                        frame.message or b"")
 
-    def _request(self, stream_id: int, identity: str, subject: str | None, source: str,
-                 message: bytes) -> None:
+    def _caller(self, identity: str, subject: str | None, source: str) -> Caller | _Refused:
+        """The Caller a gateway asserts, or why the core does not accept it."""
         principal = self.factory.asserted_principal(identity, subject)
-        handler = self.factory.handler
         if principal is None:
+            return _Refused(identity)
+        return Caller(principal, source, gateway=self.gateway)
+
+    def _serve(self, stream_id: int, caller: Caller | _Refused, message: bytes) -> None:
+        handler = self.factory.handler
+        if isinstance(caller, _Refused):
             log.warn("gateway {gateway} asserted an unacceptable caller {caller!r}",
-                     gateway=self.gateway.id, caller=identity)
+                     gateway=self.gateway.id, caller=caller.identity)
             self._respond(stream_id, handler.failure_response(
                 ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
             return
-        caller = Caller(principal, source, gateway=self.gateway)
         watch = handler.new_watch()
         self._requests[stream_id] = watch
         d = handler.handle_as(message, caller, watch)
@@ -429,6 +468,8 @@ class LinkServerFactory(Factory):
         self.settings = settings or LinkSettings()
         self.server_name = server_name
         self._principals: dict[tuple[str, str | None], Principal | None] = {}
+        #: Raised by every new policy: what a link read under an older one is read anew.
+        self.policy_generation = 0
         #: The links that said HELLO and are still up (for the metrics).
         self.links: set[LinkServerProtocol] = set()
         #: Called with each USAGE_REPORT's counts (L3 uid -> encryptions); None: ignored.
@@ -442,6 +483,7 @@ class LinkServerFactory(Factory):
         self.subject_map = subject_map
         self.policy_document = (subject_map or SubjectMap({})).document()
         self._principals.clear()
+        self.policy_generation += 1
 
     def buildProtocol(self, addr: object) -> LinkServerProtocol:
         return LinkServerProtocol(self)

@@ -40,8 +40,11 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
   (docs/link-protocol.md §3 "Who may").
 
 Every answer is timed and its items counted (:mod:`kcm.gateway.metrics`; on the fast path
-with children bound in advance). Nothing here touches the disk or a database, and only
-errors and refusals are logged.
+with children bound in advance). A request relayed whole is timed when its answer comes
+back and counted by ``later`` (kcm-gateway: when the reactor's turn is over), after the
+answer has been written: reading the items of the core's answer is no part of its way to
+the client. Nothing here touches the disk or a database, and only errors and refusals are
+logged.
 """
 
 from __future__ import annotations
@@ -124,7 +127,8 @@ class GatewayRequestHandler:
                  clock: Callable[[], float], max_message_size: int = 1 << 20,
                  max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
                  fast_path: FastPath | None = None,
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None,
+                 later: Callable[[Callable[[], object]], None] | None = None) -> None:
         self._runner = runner
         self._metrics = metrics = metrics or GatewayMetrics()
         self._timer = metrics.timer
@@ -137,6 +141,10 @@ class GatewayRequestHandler:
         self._max_batch_items = max_batch_items
         #: The forwarded calls awaiting the core, by client connection (reactor thread).
         self._forwarding: dict[int, set[Deferred[bytes]]] = {}
+        #: Runs a call once the answers at hand are written (None: at once).
+        self._later = later
+        #: Relayed answers and their durations, counted by the next :meth:`_count_relayed`.
+        self._uncounted: list[tuple[bytes, float]] = []
 
     # RequestHandler ---------------------------------------------------------------------
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
@@ -233,10 +241,26 @@ class GatewayRequestHandler:
                  call: Deferred[bytes], started: float) -> bytes:
         if calls is not None:
             self._answered_call(connection_id, calls, call)
-        metrics = self._metrics
-        metrics.forwarded_duration.observe(self._timer() - started)
-        metrics.answered(answer, False)
+        elapsed = self._timer() - started
+        if self._later is None:
+            self._count_relayed_one(answer, elapsed)
+            return answer
+        uncounted = self._uncounted
+        if not uncounted:
+            self._later(self._count_relayed)
+        uncounted.append((answer, elapsed))
         return answer
+
+    def _count_relayed(self) -> None:
+        """Time and count the relayed answers written since the last call."""
+        uncounted, self._uncounted = self._uncounted, []
+        for answer, elapsed in uncounted:
+            self._count_relayed_one(answer, elapsed)
+
+    def _count_relayed_one(self, answer: bytes, elapsed: float) -> None:
+        metrics = self._metrics
+        metrics.forwarded_duration.observe(elapsed)
+        metrics.answered(answer, False)
 
     def _relay_failed(self, failure: Failure, wire: bytes, request: PeekedRequest | None,
                       connection_id: int, calls: set[Deferred[bytes]] | None,

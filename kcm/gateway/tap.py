@@ -42,6 +42,7 @@ from kcm.kmip_protocol import ConnectionLimits, KmipServerFactory
 from kcm.l4.opened_keys import OpenedKeys
 from kcm.link.frames import frame_size_limit
 from kcm.metrics import metrics_listener, metrics_site
+from kcm.reactor_dispatch import call_before_poll
 from kcm.tls import (
     TLSClientEndpoint,
     TLSListener,
@@ -175,7 +176,8 @@ def makeService(options: Options,
                                     clock=reactor.seconds,
                                     max_message_size=config.limits.max_message_size,
                                     max_batch_items=config.limits.max_batch_items,
-                                    fast_path=fast_path, metrics=metrics)
+                                    fast_path=fast_path, metrics=metrics,
+                                    later=partial(call_before_poll, reactor))
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, gateway.subject_map),

@@ -15,7 +15,10 @@ frames (a property test holds it to that, tests/unit/test_link_relay.py):
   :func:`response_frame` writes it, read at fixed offsets; None for any other frame, which
   :func:`kcm.link.frames.decode_frame` then reads (and refuses where it must);
 * :func:`read_request` — the same for a REQUEST laid out as :func:`request_frame` writes it
-  (the core's end).
+  (the core's end), in two steps a caller can take apart: :func:`split_request` finds the
+  stream, the caller's fields (as bytes) and the KMIP message, and :func:`read_caller`
+  reads the fields. A gateway sends the same fields with every request of a connection,
+  so the core reads them once per connection and keeps what they name.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import struct
 from kcm.link.frames import FrameType, Tag
 from kcm.ttlv import ItemType
 
-__all__ = ["ForwardedRequest", "caller_fields", "read_request", "read_response",
-           "request_frame", "response_frame"]
+__all__ = ["CallerFields", "ForwardedRequest", "caller_fields", "read_caller", "read_request",
+           "read_response", "request_frame", "response_frame", "split_request"]
 
 #: A REQUEST read by :func:`read_request`: stream id, CallerIdentity, CallerSubject (or
 #: None), CallerSource and the KMIP message.
 ForwardedRequest = tuple[int, str, "str | None", str, bytes]
+#: What a REQUEST's caller fields say: CallerIdentity, CallerSubject (or None), CallerSource.
+CallerFields = tuple[str, "str | None", str]
 
 _HEAD = struct.Struct(">II")
 _MAX_STREAM_ID = (1 << 31) - 1
@@ -126,20 +131,45 @@ def read_response(frame: bytes) -> tuple[int, bytes] | None:
     return stream_id, frame[_RESPONSE_MESSAGE_AT:end]
 
 
-def read_request(frame: bytes) -> ForwardedRequest | None:
-    """The fields of a REQUEST frame of FrameType, StreamId (non-zero), CallerIdentity,
-    [CallerSubject], CallerSource and KmipMessage alone, each well formed, as
-    :func:`request_frame` writes it; None for any other bytes."""
+def split_request(frame: bytes) -> tuple[int, bytes, bytes] | None:
+    """``(stream id, caller fields, KMIP message)`` of a REQUEST frame laid out as
+    :func:`request_frame` writes it: FrameType, StreamId (non-zero), the items
+    CallerIdentity, [CallerSubject] and CallerSource (returned as their bytes, unread:
+    :func:`read_caller`) and KmipMessage, in that order, with nothing else; None for any
+    other bytes."""
     size = len(frame)
     stream_id = _stream_of(frame, 40, _REQUEST_START)
     if stream_id is None:
         return None
     pos = 40
-    texts: list[str | None] = []
     for expected in _FIELD_HEADS:
         if pos + 8 > size:
             return None
         head, length = _HEAD.unpack_from(frame, pos)
+        if head != expected:
+            if expected == _FIELD_HEADS[1]:  # CallerSubject is optional
+                continue
+            return None
+        pos += 8 + ((length + 7) & ~7)
+    if pos + 8 > size:
+        return None
+    head, length = _HEAD.unpack_from(frame, pos)
+    end = pos + 8 + length
+    if head != _MESSAGE_HEAD or end + (-length & 7) != size or frame[end:] != _PAD[:size - end]:
+        return None
+    return stream_id, frame[40:pos], frame[pos + 8:end]  # type: ignore[return-value]
+
+
+def read_caller(fields: bytes) -> CallerFields | None:
+    """What the caller fields :func:`split_request` found say, each item well formed (its
+    padding zero, its text valid UTF-8); None otherwise."""
+    size = len(fields)
+    pos = 0
+    texts: list[str | None] = []
+    for expected in _FIELD_HEADS:
+        if pos + 8 > size:
+            return None
+        head, length = _HEAD.unpack_from(fields, pos)
         if head != expected:
             if expected == _FIELD_HEADS[1]:  # CallerSubject is optional
                 texts.append(None)
@@ -147,18 +177,28 @@ def read_request(frame: bytes) -> ForwardedRequest | None:
             return None
         end = pos + 8 + length
         after = pos + 8 + ((length + 7) & ~7)
-        if after > size or frame[end:after] != _PAD[:after - end]:
+        if after > size or fields[end:after] != _PAD[:after - end]:
             return None
         try:
-            texts.append(frame[pos + 8:end].decode())
+            texts.append(fields[pos + 8:end].decode())
         except UnicodeDecodeError:
             return None
         pos = after
-    if pos + 8 > size:
-        return None
-    head, length = _HEAD.unpack_from(frame, pos)
-    end = pos + 8 + length
-    if head != _MESSAGE_HEAD or end + (-length & 7) != size or frame[end:] != _PAD[:size - end]:
+    if pos != size:
         return None
     identity, subject, source = texts
-    return stream_id, identity, subject, source, frame[pos + 8:end]  # type: ignore[return-value]
+    return identity, subject, source  # type: ignore[return-value]
+
+
+def read_request(frame: bytes) -> ForwardedRequest | None:
+    """The fields of a REQUEST frame of FrameType, StreamId (non-zero), CallerIdentity,
+    [CallerSubject], CallerSource and KmipMessage alone, each well formed, as
+    :func:`request_frame` writes it; None for any other bytes."""
+    split = split_request(frame)
+    if split is None:
+        return None
+    stream_id, fields, message = split
+    caller = read_caller(fields)
+    if caller is None:
+        return None
+    return (stream_id, *caller, message)

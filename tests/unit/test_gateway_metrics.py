@@ -131,6 +131,33 @@ def test_forwarded_and_mixed_items_are_counted_by_path(gateway: Gateway,
     assert got[("kcm_gateway_request_duration_seconds_count", (("path", "mixed"),))] == 1
 
 
+def test_a_relayed_answer_is_counted_after_it_is_written(link: FakeLink,
+                                                        core: CoreHarness) -> None:
+    """With ``later`` (kcm-gateway: the end of the reactor's turn), a request relayed whole
+    is answered first and timed and counted when ``later`` runs, with the time it took
+    when its answer came back; the answers of one turn are counted by one call."""
+    scheduled: list = []
+    gateway = Gateway(link)
+    gateway.handler = GatewayRequestHandler(
+        runner=LocalRunner(new_correlation_id=new_correlation_id), cache=gateway.cache,
+        link=link, clock=gateway.clock.seconds, metrics=gateway.metrics,
+        later=scheduled.append)
+    link.answer = core.client(APP).send
+    gateway.send(request(locate()), took=0.5)
+    gateway.send(request(locate(), locate()), took=0.5)
+    assert gateway.requests("LOCATE", "success", "forwarded") == 0
+    assert len(scheduled) == 1
+    scheduled.pop()()
+    assert gateway.requests("LOCATE", "success", "forwarded") == 3
+    got = gateway.scraped()
+    assert got[("kcm_gateway_request_duration_seconds_count", (("path", "forwarded"),))] == 2
+    assert got[("kcm_gateway_request_duration_seconds_sum", (("path", "forwarded"),))] == 0
+    gateway.send(request(locate()))  # a later turn: scheduled anew
+    assert len(scheduled) == 1
+    scheduled.pop()()
+    assert gateway.requests("LOCATE", "success", "forwarded") == 4
+
+
 def test_an_unreadable_request_is_counted_as_forwarded_unknown(gateway: Gateway,
                                                                core: CoreHarness) -> None:
     gateway.link.answer = core.client(APP).send

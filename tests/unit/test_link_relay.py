@@ -31,10 +31,12 @@ from kcm.link.frames import (
 )
 from kcm.link.relay import (
     caller_fields,
+    read_caller,
     read_request,
     read_response,
     request_frame,
     response_frame,
+    split_request,
 )
 from kcm.ttlv import Item, ItemType, encode
 from tests.gateway_support import APP, create_managed, request, response
@@ -75,6 +77,9 @@ def test_a_request_frame_is_read_back(stream_id: int, identity: str, subject: st
                                       source: str, message: bytes) -> None:
     wire = request_frame(stream_id, caller_fields(identity, subject, source), message)
     assert read_request(wire) == (stream_id, identity, subject, source, message)
+    fields = caller_fields(identity, subject, source)
+    assert split_request(wire) == (stream_id, fields, message)
+    assert read_caller(fields) == (identity, subject, source)
 
 
 @given(_STREAMS, _TEXT, st.none() | _TEXT, _TEXT, st.binary(max_size=40), st.data())

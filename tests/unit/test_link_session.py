@@ -470,6 +470,30 @@ def test_a_policy_event_updates_the_gateways_map_and_the_core_checks_the_new_one
         (b"new", "app")]
 
 
+def test_the_core_reads_a_callers_fields_once_and_again_under_a_new_policy(
+        world: World) -> None:
+    """The core keeps what a connection's caller fields name (the same with each of its
+    requests) until the policy changes: then the same fields are judged anew."""
+    world.connect()
+    first = results([world.client.forward(b"one", LEGACY, "h:1"),
+                     world.client.forward(b"two", LEGACY, "h:1")])
+    world.flush()
+    assert [(wire, caller.principal) for wire, caller, _ in world.handler.calls] == [
+        (b"one", LEGACY), (b"two", LEGACY)]
+    one, two = (caller for _, caller, _ in world.handler.calls)
+    assert one is two and one.source == "h:1" and one.gateway is not None
+    for _, _, d in world.handler.calls:
+        d.callback(b"answer")
+    world.flush()
+    assert first == [b"answer", b"answer"]
+    world.factory.set_subject_map(SubjectMap.from_mapping(
+        {"CN=legacy-client,O=KCM Dev": "tenant/demo/service/app"}))
+    refused = results([world.client.forward(b"three", LEGACY, "h:1")])
+    world.flush()
+    assert len(world.handler.calls) == 2  # not handed on: the subject names another now
+    assert b"asserted caller identity is not accepted" in refused[0]
+
+
 def test_the_gateway_keeps_its_map_when_the_core_sends_a_malformed_policy() -> None:
     from kcm.gateway.config import GatewayConfig
     from kcm.gateway.service import GatewayService

@@ -73,6 +73,9 @@ log = Logger()
 
 #: The callers a link keeps at most (one per gateway client connection; emptied when full).
 _MAX_CALLERS = 4096
+#: Caller fields longer than this (bytes) are read for each request, not kept: what a link
+#: keeps stays within _MAX_CALLERS times this (a SPIFFE ID is at most 2,048 bytes).
+_MAX_KEPT_FIELDS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,9 +306,10 @@ class LinkServerProtocol(LinkProtocol):
                 self.go_away("REQUEST before HELLO")
                 return
             caller = self._caller(*read)
-            if len(self._callers) >= _MAX_CALLERS:
-                self._callers.clear()
-            self._callers[fields] = caller  # (kept only once HELLO came)
+            if len(fields) <= _MAX_KEPT_FIELDS:  # (kept only once HELLO came)
+                if len(self._callers) >= _MAX_CALLERS:
+                    self._callers.clear()
+                self._callers[fields] = caller
         self._serve(stream_id, caller, message)
 
     def frame_REQUEST(self, frame: Frame) -> None:
@@ -504,9 +508,10 @@ class LinkServerFactory(Factory):
         if key in self._principals:
             return self._principals[key]
         principal = self._resolve_asserted(identity or "", subject)
-        if len(self._principals) >= 4096:  # bounded: identities are few, but asserted
-            self._principals.clear()
-        self._principals[key] = principal
+        if len(key[0]) + len(subject or "") <= _MAX_KEPT_FIELDS:  # bounded in size
+            if len(self._principals) >= 4096:  # and number: identities are few, but asserted
+                self._principals.clear()
+            self._principals[key] = principal
         return principal
 
     def _resolve_asserted(self, identity: str, subject: str | None) -> Principal | None:

@@ -494,6 +494,21 @@ def test_the_core_reads_a_callers_fields_once_and_again_under_a_new_policy(
     assert b"asserted caller identity is not accepted" in refused[0]
 
 
+def test_long_caller_fields_are_read_for_each_request_and_not_kept(world: World) -> None:
+    """What a link keeps is bounded in size too: caller fields over 4 KiB are served, read
+    anew each time."""
+    world.connect()
+    source = "h:" + "9" * 5000
+    results([world.client.forward(b"one", LEGACY, source),
+             world.client.forward(b"two", LEGACY, "h:1")])
+    world.flush()
+    assert [(wire, caller.principal, caller.source)
+            for wire, caller, _ in world.handler.calls] == [
+        (b"one", LEGACY, source), (b"two", LEGACY, "h:1")]
+    (link,) = world.factory.links
+    assert [len(fields) < 4096 for fields in link._callers] == [True]
+
+
 def test_the_gateway_keeps_its_map_when_the_core_sends_a_malformed_policy() -> None:
     from kcm.gateway.config import GatewayConfig
     from kcm.gateway.service import GatewayService

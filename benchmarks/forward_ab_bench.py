@@ -9,12 +9,16 @@ six orders of the three so that none always follows the same one (a server that 
 two requests in a row finds its caches warm). Per round: each path's p50 and p99, what each
 gateway adds over the core directly, and each gateway's CPU per forwarded request.
 
+The processes started first serve a little slower (3-23 µs a forward in an A/A run on the
+machine of docs/benchmarks.md): ``--both-orders`` runs it twice, the base tree's processes
+started first the second time, and averages what this tree saves over both orders.
+
 With ``--with-cores`` each tree runs its own kcm-core too (a change to the core's end of the
 link shows then): the base gateway is linked to the base core, and each gateway's figures
 are against its own core, which the client also asks directly (four paths a round).
 
     .venv/bin/python benchmarks/forward_ab_bench.py --base-tree PATH [--with-cores]
-        [--requests N] [--rounds R] [--keep]
+        [--both-orders] [--requests N] [--rounds R] [--keep]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,25 +54,36 @@ def percentile(values: list[int], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] / 1e6
 
 
-def measure(args: argparse.Namespace, work: Path) -> None:
+def _started_core(directory: Path, tree: Path) -> processes.CoreProcess:
+    """A kcm-core of the source tree ``tree``, started, its SQLite file in ``directory``."""
+    # process_env puts the tree named here first on its PYTHONPATH, and twistd finds that
+    # tree's plugin: the process runs that tree's code.
+    with mock.patch.object(processes, "REPO_ROOT", tree):
+        core = processes.deploy(directory, f"sqlite:///{directory / 'kcm.db'}")
+        core.start()
+    return core
+
+
+def measure(args: argparse.Namespace, work: Path, *, base_first: bool = False
+            ) -> dict[str, list[float]]:
+    """One run, every round's figures printed; what each gateway added at p50 (ms), by tree,
+    one figure a round. ``base_first``: the base tree's processes are started first."""
     cores: dict[str, processes.CoreProcess] = {}
     gateways: dict[str, processes.GatewayProcess] = {}
+    tree = {"this": processes.REPO_ROOT, "base": args.base_tree.resolve()}
+    prefix = "second-" if base_first else ""
     try:
-        core = cores["this"] = processes.deploy(work / "core",
-                                                f"sqlite:///{work / 'core' / 'kcm.db'}")
-        core.start()
-        gateways["this"] = processes.GatewayProcess(work / "gateway-this", core)
-        gateways["this"].start()
-        # The base tree's processes run the base tree's code (process_env puts the tree
-        # named here first on its PYTHONPATH, and twistd finds that tree's plugin).
-        with mock.patch.object(processes, "REPO_ROOT", args.base_tree.resolve()):
-            base_core = core
+        if not args.with_cores:  # one core, this tree's, for both gateways
+            cores["this"] = _started_core(work / f"{prefix}core", tree["this"])
+        for name in ("base", "this") if base_first else ("this", "base"):
             if args.with_cores:
-                base_core = cores["base"] = processes.deploy(
-                    work / "core-base", f"sqlite:///{work / 'core-base' / 'kcm.db'}")
-                base_core.start()
-            gateways["base"] = processes.GatewayProcess(work / "gateway-base", base_core)
-            gateways["base"].start()
+                cores[name] = _started_core(work / f"{prefix}core-{name}", tree[name])
+            with mock.patch.object(processes, "REPO_ROOT", tree[name]):
+                gateways[name] = processes.GatewayProcess(
+                    work / f"{prefix}gateway-{name}",
+                    cores[name if args.with_cores else "this"])
+                gateways[name].start()
+        gateways = {name: gateways[name] for name in ("this", "base")}
         for gateway in gateways.values():
             gateway.wait_linked()
         servers = {name: Server(name, gateway.port, gateway.core.pki, gateway.process.pid)
@@ -91,8 +107,10 @@ def measure(args: argparse.Namespace, work: Path) -> None:
             for name, client in clients.items():
                 client.send(wires[name])
         orders = list(itertools.permutations(clients))
-        print(f"# base tree {args.base_tree}{' with its own core' if args.with_cores else ''}; "
-              f"{args.requests} Get Attributes per path a round")
+        print(f"# base tree {args.base_tree}{' with its own core' if args.with_cores else ''}"
+              f"{', started first' if base_first else ''}; {args.requests} Get Attributes per "
+              f"path a round")
+        added: dict[str, list[float]] = {name: [] for name in gateways}
         for round_number in range(args.rounds):
             latencies: dict[str, list[int]] = {name: [] for name in clients}
             cpu = {name: servers[name].cpu_seconds() for name in gateways}
@@ -104,6 +122,8 @@ def measure(args: argparse.Namespace, work: Path) -> None:
             cpu = {name: servers[name].cpu_seconds() - cpu[name] for name in gateways}
             p50 = {name: percentile(values, 0.5) for name, values in latencies.items()}
             p99 = {name: percentile(values, 0.99) for name, values in latencies.items()}
+            for name in gateways:
+                added[name].append(p50[name] - p50[direct[name]])
             print(f"round {round_number + 1}: " + "; ".join(
                 f"{core_name} p50 {p50[core_name]:.3f} p99 {p99[core_name]:.3f} ms"
                 for core_name in dict.fromkeys(direct.values())) + "".join(
@@ -113,6 +133,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
                 for name in gateways), flush=True)
         for client in clients.values():
             client.close()
+        return added
     finally:
         for gateway in gateways.values():
             gateway.stop()
@@ -126,6 +147,9 @@ def main() -> int:
                         help="the other source tree (its kcm and twisted/plugins)")
     parser.add_argument("--with-cores", action="store_true",
                         help="run the base tree's kcm-core too, behind the base gateway")
+    parser.add_argument("--both-orders", action="store_true",
+                        help="run twice, the base tree's processes started first the second "
+                             "time (the processes started first serve slower), and sum up")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -133,7 +157,18 @@ def main() -> int:
     args = parser.parse_args()
     hold_cpu_latency(args.cpu_latency_us)
     with work_directory("kcm-forward-ab-", args.keep) as work:
-        measure(args, work)
+        runs = [measure(args, work)]
+        if args.both_orders:
+            runs.append(measure(args, work, base_first=True))
+    if args.both_orders:
+        differences = [statistics.median(run["this"]) - statistics.median(run["base"])
+                       for run in runs]
+        print("# median p50 added, this tree started first / base tree started first: "
+              + "; ".join(f"{name} " + " / ".join(
+                  f"{statistics.median(run[name]):+.3f}" for run in runs) + " ms"
+                  for name in ("this", "base"))
+              + f"; this minus base, both orders averaged: "
+                f"{1000 * statistics.fmean(differences):+.0f} µs")
     return 0
 
 

@@ -1,0 +1,29 @@
+"""``benchmarks/gateway_bench.py`` runs end to end: its forwarded scenarios, the bare TLS
+relay that is their floor included, answer every request rightly (the figures of a
+``--quick`` run mean little and are not judged here; docs/benchmarks.md holds real ones)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from kcm.testing.processes import process_env
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_forwarded_scenarios_and_their_floor_run() -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gateway_bench.py"), "--quick",
+         "--scenarios", "forward"],
+        env=process_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert "0 failed requests, 0 failed read-backs" in out
+    # Every path answered all its Get Attributes: the gateway, the core, the relay.
+    floor = out[out.index("Get Attributes, floor"):]
+    for path in ("gateway", "core", "relay"):
+        assert re.search(rf"^(Get Attributes, floor)?\s+{path}\s+100/100\s", floor, re.M), floor
+    assert "a bare TLS relay on the gateway's transport" in floor

@@ -14,7 +14,9 @@ What it promises:
   threads) use ``prometheus_client``'s own thread-safe metrics.
 * :class:`CallbackGauge` reads a value when scraped (link state, open connections, outbox
   lag): nothing is kept up to date between scrapes.
-* :func:`metrics_site` answers ``GET /metrics`` (the registry in Prometheus' text format),
+* :func:`metrics_site` answers ``GET /metrics`` (the registry in Prometheus' text format,
+  or what an exposition callable answers, which must not block either: kcm-gateway's
+  supervisor gathers its workers' that way),
   ``GET /healthz`` (200 while the process serves HTTP at all) and ``GET /readyz`` (200 or
   503 with a small JSON body, from the service's readiness check, which must not block:
   it returns a Deferred). Requests to it are not logged.
@@ -29,6 +31,7 @@ import json
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -181,16 +184,41 @@ class Readiness:
 ReadinessCheck = Callable[[], "Readiness | Deferred[Readiness]"]
 
 
+#: What ``/metrics`` answers: the exposition, or a Deferred firing with it (never blocking).
+Exposition = Callable[[], "bytes | Deferred[bytes]"]
+
+
 class _Metrics(Resource):
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, exposition: Exposition) -> None:
         super().__init__()
-        self.registry = registry
+        self.exposition = exposition
 
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.registry)
+    def render_GET(self, request: Request) -> Any:
+        d = maybeDeferred(self.exposition)
+        finished = request.notifyFinish()
+        gone: list[bool] = []
+        finished.addErrback(lambda _: gone.append(True))
+
+        def answer(body: bytes) -> None:
+            if gone:
+                return
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            log.failure("the metrics could not be gathered", failure)
+            if gone:
+                return
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain")
+            request.write(b"metrics unavailable; see the log\n")
+            request.finish()
+
+        d.addCallbacks(answer, failed)
+        return NOT_DONE_YET
 
 
 class _Health(Resource):
@@ -246,10 +274,16 @@ class _Root(Resource):
         return notFound()
 
 
-def metrics_site(registry: CollectorRegistry, ready: ReadinessCheck) -> Site:
-    """``/metrics``, ``/healthz`` and ``/readyz`` over ``registry`` and ``ready``."""
+def metrics_site(registry: CollectorRegistry | None, ready: ReadinessCheck, *,
+                 exposition: Exposition | None = None) -> Site:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over ``registry`` (or what ``exposition``
+    answers) and ``ready``."""
+    if exposition is None:
+        if registry is None:
+            raise ValueError("metrics_site needs a registry or an exposition")
+        exposition = partial(generate_latest, registry)
     root = _Root()
-    root.putChild(b"metrics", _Metrics(registry))
+    root.putChild(b"metrics", _Metrics(exposition))
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(ready))
     return _QuietSite(root)

@@ -66,7 +66,7 @@ class GatewayConfig:
     workers: int = 1
     #: The metrics and health listener (an endpoint string, ``tcp:9697:interface=...``):
     #: ``/metrics``, ``/healthz``, ``/readyz`` over plain HTTP; empty (the default): none.
-    #: Only with ``workers = 1``: workers share the KMIP port, not their metrics.
+    #: With workers, the supervisor's answers for all of them (kcm.gateway.worker_metrics).
     metrics_listen: str = ""
     #: Seconds between this gateway's reports to the core of how many encryptions it made
     #: under each service key version (the usage a rotation policy's cap counts).
@@ -119,10 +119,6 @@ def load_config(path: str | Path | None,
         raise ConfigError("gateway.workers must be 0 (one per CPU) or more")
     if not isinstance(config.metrics_listen, str):
         raise ConfigError("gateway.metrics_listen must be an endpoint string (or empty)")
-    if config.metrics_listen and config.workers != 1:
-        raise ConfigError("gateway.metrics_listen works only with workers = 1 (each worker "
-                          "is a gateway of its own, and they share only the KMIP port); run "
-                          "one gateway per port to scrape each, or leave metrics_listen empty")
     return config
 
 

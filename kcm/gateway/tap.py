@@ -38,6 +38,7 @@ from kcm.gateway.supervisor import (
     worker_count,
 )
 from kcm.gateway.usage_report import UsageCounter, UsageReporter
+from kcm.gateway.worker_metrics import WorkerMetrics
 from kcm.kmip_protocol import ConnectionLimits, KmipServerFactory
 from kcm.l4.opened_keys import OpenedKeys
 from kcm.link.frames import frame_size_limit
@@ -110,15 +111,18 @@ class Options(usage.Options):
 #: Options that are not settings of the configuration.
 _NOT_SETTINGS = {"config", "worker"}
 #: Options a worker does not inherit from its supervisor's command line.
-_SUPERVISOR_ONLY = {"config", "worker", "workers", "listen"}
+_SUPERVISOR_ONLY = {"config", "worker", "workers", "listen", "metrics-listen"}
 
 
 def worker_command(options: Options, index: int,
-                   listen: str = f"fd:{WORKER_LISTEN_FD}") -> list[str]:
+                   listen: str = f"fd:{WORKER_LISTEN_FD}",
+                   metrics_listen: str | None = None) -> list[str]:
     """The command line of worker ``index``: ``twistd -n kcm-gateway`` with this process's
     configuration file (as an absolute path: a daemonized supervisor changes directory) and
     command-line settings, as worker ``index`` listening on ``listen`` (the supervisor's
-    :attr:`SharedListener.worker_listen`: the inherited listening socket by default)."""
+    :attr:`SharedListener.worker_listen`: the inherited listening socket by default), its
+    metrics on ``metrics_listen`` (:meth:`WorkerMetrics.listen_for`) when the supervisor
+    has a metrics listener (else none, whatever the configuration file says)."""
     # -P: the working directory is not put on sys.path (python -c would), so a module there
     # cannot stand in for one of ours.
     command = [sys.executable, "-P", "-c", "from twisted.scripts.twistd import run; run()",
@@ -129,6 +133,7 @@ def worker_command(options: Options, index: int,
     for key, *_ in Options.optParameters:
         if key not in _SUPERVISOR_ONLY and options[key] is not None:
             command += [f"--{key}", str(options[key])]
+    command += ["--metrics-listen", metrics_listen or ""]
     return command
 
 
@@ -223,6 +228,18 @@ def make_supervisor(options: Options, workers: int,
                name="kcm-tls-files").setServiceParent(supervisor)
     listener = SharedListener(reactor, config.listen)
     listener.setServiceParent(supervisor)
-    WorkerPool(workers, lambda index: worker_command(options, index, listener.worker_listen),
-               listener, reactor=reactor).setServiceParent(supervisor)
+    worker_metrics: WorkerMetrics | None = None
+    pool = WorkerPool(workers, lambda index: worker_command(
+        options, index, listener.worker_listen,
+        worker_metrics.listen_for(index) if worker_metrics is not None else None),
+        listener, reactor=reactor)
+    if config.metrics_listen:
+        # Before the pool: its directory is there when the first worker starts.
+        worker_metrics = WorkerMetrics(reactor, lambda: pool.workers)
+        worker_metrics.setServiceParent(supervisor)
+        metrics_listener(reactor, config.metrics_listen,
+                         metrics_site(None, worker_metrics.readiness,
+                                      exposition=worker_metrics.exposition)
+                         ).setServiceParent(supervisor)
+    pool.setServiceParent(supervisor)
     return supervisor

@@ -6,21 +6,23 @@ over HTTP from their ``metrics_listen`` listeners and read with prometheus_clien
 * the gateway's ``/readyz`` stays 200 (not linked) when the core stops, turns 503 once
   ``max_stale`` has passed, and is 200 (linked) again when the core is back;
 * the core's ``/readyz`` is 503 while its database file is gone, 200 when it is back;
-* ``metrics_listen`` with ``workers`` > 1 stops the gateway's start with a clear error.
+* with ``workers = 2`` the supervisor's listener answers for both workers.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import os
+import signal
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kcm.kmip.enums import ResultStatus
-from kcm.testing.processes import BIN, free_port, process_env, scrape
+from kcm.testing.processes import free_port, scrape
 from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
 from tests.gateway_support import (
     create_l4,
@@ -215,12 +217,50 @@ def test_core_readiness_follows_its_database(core: CoreProcess) -> None:
     assert status == 200 and body["database"] == "ok"
 
 
-def test_metrics_listen_with_workers_stops_the_start(core: CoreProcess,
-                                                     tmp_path: Path) -> None:
+def test_a_gateway_with_workers_answers_for_all_of_them(core: CoreProcess,
+                                                       tmp_path: Path) -> None:
+    """``metrics_listen`` with ``workers = 2``: the supervisor's listener has every worker's
+    samples (labelled), counts what each served, is ready while both are, and has a worker
+    killed outright back once it is restarted (on its socket, left behind by the kill)."""
     gateway = GatewayProcess(tmp_path / "gateway", core, workers=2, metrics_port=free_port())
-    gateway.write_config()
-    result = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "kcm-gateway", "-c",
-                             str(gateway.config)], cwd=gateway.root, env=process_env(),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
-    assert "metrics_listen works only with workers = 1" in result.stdout + result.stderr
+    gateway.start()
+    try:
+        port = gateway.metrics_port
+        assert scrape(port, "/healthz") == (200, b'{"alive": true}')
+        both = {"1": {"ready": True, "linked": True}, "2": {"ready": True, "linked": True}}
+        wait_until(lambda: ready(port) == (200, {"ready": True, "workers": both}),
+                   "both workers linked", timeout=15.0)
+        before = metrics(port)
+        assert before[("kcm_gateway_workers", ())] == 2
+        for worker in ("1", "2"):
+            assert before[("kcm_gateway_worker_up", (("worker", worker),))] == 1
+            assert before[("kcm_gateway_link_up", (("worker", worker),))] == 1
+            assert ("process_cpu_seconds_total", (("worker", worker),)) in before
+        assert ("process_cpu_seconds_total", (("worker", "supervisor"),)) in before
+        # Four connections: the supervisor hands them two to each worker.
+        with ExitStack() as stack:
+            clients = [stack.enter_context(gateway.client()) for _ in range(4)]
+            for client in clients:
+                client.connect()
+            for client in clients:
+                [created] = ok(client.send(request(create_l4())))
+                ok(client.send(request(encrypt(created.unique_identifier))))
+        after = metrics(port)
+        served = {worker: moved(before, after, "kcm_gateway_requests_total",
+                                operation="ENCRYPT", result="success", path="local",
+                                worker=worker) for worker in ("1", "2")}
+        assert served == {"1": 2, "2": 2}
+
+        pids = gateway.worker_pids()
+        os.kill(pids[1], signal.SIGKILL)
+        wait_until(lambda: gateway.worker_pids().get(1, pids[1]) != pids[1],
+                   "worker 1 to be restarted", timeout=15.0)
+        wait_until(lambda: ready(port) == (200, {"ready": True, "workers": both}),
+                   "the restarted worker to be ready", timeout=15.0)
+        again = metrics(port)
+        assert again[("kcm_gateway_worker_up", (("worker", "1"),))] == 1
+        # Worker 1 is a new process: its counters started again.
+        assert moved(before, again, "kcm_gateway_requests_total", operation="ENCRYPT",
+                     result="success", path="local", worker="1") == 0
+    finally:
+        gateway.stop()

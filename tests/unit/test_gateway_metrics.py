@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python import usage
 
 from kcm.connection_guard import ConnectionGuard
 from kcm.gateway import tap
-from kcm.gateway.config import ConfigError, load_config
+from kcm.gateway.config import load_config
 from kcm.gateway.fast_path import FastPath
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache, Need, ServiceKeyMissing
@@ -272,12 +271,13 @@ def test_metrics_listen_is_off_by_default_and_set_by_file_or_option(tmp_path) ->
     assert options["gateway_config"].metrics_listen == "tcp:9800"
 
 
-def test_metrics_listen_with_workers_is_refused() -> None:
-    with pytest.raises(ConfigError, match="metrics_listen works only with workers = 1"):
-        load_config(None, {"workers": "2", "metrics_listen": "tcp:9697"})
+def test_metrics_listen_goes_with_workers() -> None:
+    """The supervisor's listener answers for its workers (kcm.gateway.worker_metrics)."""
+    config = load_config(None, {"workers": "2", "metrics_listen": "tcp:9697"})
+    assert (config.workers, config.metrics_listen) == (2, "tcp:9697")
     options = tap.Options()
-    with pytest.raises(usage.UsageError, match="workers = 1"):
-        options.parseOptions(["--workers", "0", "--metrics-listen", "tcp:9697"])
+    options.parseOptions(["--workers", "0", "--metrics-listen", "tcp:9697"])
+    assert options["gateway_config"].metrics_listen == "tcp:9697"
 
 
 def test_make_service_adds_the_listener_only_when_asked() -> None:

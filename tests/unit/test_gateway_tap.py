@@ -236,7 +236,8 @@ def test_a_worker_runs_the_same_configuration_on_the_inherited_socket(tmp_path: 
                            "from twisted.scripts.twistd import run; run()"]
     assert command[4:] == [
         "--nodaemon", "--pidfile=", "kcm-gateway", "--worker", "2", "--listen", "fd:3",
-        "--config", str(tmp_path / "gw.toml"), "--l3-ttl", "5", "--log-level", "debug"]
+        "--config", str(tmp_path / "gw.toml"), "--l3-ttl", "5", "--log-level", "debug",
+        "--metrics-listen", ""]
     # What that command line makes in the worker: one gateway, on fd 3, that watches its
     # supervisor and logs as worker 2.
     worker_options = parse(*command[7:])
@@ -260,7 +261,7 @@ def test_every_limit_has_a_command_line_override_that_workers_inherit(tmp_path: 
     names = {key for key, *_ in tap.Options.optParameters}
     assert {f.name.replace("_", "-") for f in fields(ConnectionLimits)} <= names
     command = tap.worker_command(options, 1)
-    assert command[-4:] == ["--max-message-size", "65536", "--handshake-timeout", "2.5"]
+    assert command[-6:-2] == ["--max-message-size", "65536", "--handshake-timeout", "2.5"]
     with pytest.raises(usage.UsageError, match="limits.max_batch_items must be a whole"):
         parse("--max-batch-items", "lots")
 
@@ -281,3 +282,41 @@ def test_a_supervisors_workers_listen_on_the_connections_it_hands_them() -> None
         assert worker.getServiceNamed("kcm-kmip-listener").description == listen
     finally:
         listener.stopService()
+
+
+def test_a_supervisor_with_metrics_gives_each_worker_a_socket_of_its_own(tmp_path: Path) -> None:
+    """``metrics_listen`` with workers: the supervisor listens on it and each worker serves
+    its metrics on a Unix socket in the supervisor's private directory, whatever the
+    configuration file says (it names the supervisor's port)."""
+    config = tmp_path / "gw.toml"
+    config.write_text('[gateway]\nworkers = 2\nmetrics_listen = "tcp:0:interface=127.0.0.1"\n')
+    service = tap.makeService(parse("-c", str(config)), reactor=Clock())
+    names = [child.name for child in service]
+    assert names.index("kcm-worker-metrics") < names.index("kcm-gateway-workers")
+    assert names.index("kcm-metrics-listener") < names.index("kcm-gateway-workers")
+    worker_metrics = service.getServiceNamed("kcm-worker-metrics")
+    pool = service.getServiceNamed("kcm-gateway-workers")
+    worker_metrics.startService()
+    try:
+        directory = Path(worker_metrics.directory)
+        assert directory.stat().st_mode & 0o777 == 0o700
+        command = pool.command(2)
+        metrics_listen = command[command.index("--metrics-listen") + 1]
+        assert metrics_listen == f"unix:{directory / 'worker-2.sock'}:mode=600"
+        worker = tap.makeService(parse(*command[7:]), reactor=Clock())
+        assert isinstance(worker, GatewayService)
+        assert worker.config.metrics_listen == metrics_listen
+        assert "kcm-metrics-listener" in [child.name for child in worker]
+    finally:
+        worker_metrics.stopService()
+    assert not directory.exists()
+
+
+def test_without_metrics_a_supervisors_workers_have_none() -> None:
+    service = tap.makeService(parse("--workers", "2"), reactor=Clock())
+    names = [child.name for child in service]
+    assert "kcm-worker-metrics" not in names and "kcm-metrics-listener" not in names
+    command = service.getServiceNamed("kcm-gateway-workers").command(1)
+    assert command[-2:] == ["--metrics-listen", ""]
+    worker = tap.makeService(parse(*command[7:]), reactor=Clock())
+    assert "kcm-metrics-listener" not in [child.name for child in worker]

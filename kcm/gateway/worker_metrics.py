@@ -1,0 +1,256 @@
+"""Metrics and health of a kcm-gateway with workers: the supervisor's ``metrics_listen``
+answers for all of them (docs/operations.md, "Metrics and health").
+
+What it promises:
+
+* Each worker serves its own ``/metrics`` and ``/readyz`` (:mod:`kcm.gateway.metrics`, as
+  one gateway does) on a Unix socket in a directory only the supervisor's user may enter
+  (made when the supervisor starts, removed when it stops): :meth:`WorkerMetrics.listen_for`
+  is the ``metrics_listen`` a worker is started with.
+* ``/metrics`` at the supervisor asks every running worker at once and answers with all
+  their samples, each with a ``worker`` label (``"1"``, ``"2"``, ...), one HELP and TYPE per
+  family (:func:`merged_exposition`); then ``kcm_gateway_worker_up`` (1 for a worker that
+  answered, 0 for one that did not: its samples are missing from that scrape),
+  ``kcm_gateway_workers`` (running) and the supervisor's own process metrics
+  (``worker="supervisor"``).
+* ``/readyz`` at the supervisor is 200 while at least one worker runs and every running
+  worker answers ready, else 503; its body has each worker's answer
+  (:func:`merged_readiness`). A worker being restarted is not running: new connections do
+  not go to it. A worker that runs but is not ready (starting, or its link down and its
+  keys past ``max_stale``) would be handed connections it cannot serve, so it makes the
+  whole gateway not ready.
+* Bounds: a worker has :data:`ANSWER_TIMEOUT` seconds to answer and at most
+  :data:`MAX_ANSWER` bytes; past either it counts as not answering.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import UNIXClientEndpoint, quoteStringArgument
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, ResponseDone
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from kcm.metrics import Readiness
+
+__all__ = ["ANSWER_TIMEOUT", "MAX_ANSWER", "WorkerMetrics", "merged_exposition",
+           "merged_readiness"]
+
+log = Logger()
+
+#: Seconds a worker has to answer a scrape or a readiness probe.
+ANSWER_TIMEOUT = 2.0
+#: The most bytes of a worker's answer read.
+MAX_ANSWER = 8 * 1024 * 1024
+#: The longest directory the workers' sockets go in (their paths must fit in 107 bytes).
+_LONGEST_DIRECTORY = 80
+#: The label each worker's samples get.
+WORKER_LABEL = "worker"
+
+
+def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] = ()
+                      ) -> bytes:
+    """One Prometheus text exposition from the workers' (``answers``: worker label -> its
+    exposition, or None when it did not answer), each sample labelled with its worker, and
+    ``own`` families after. A family whose type differs from the first worker's that had
+    it is left out for that worker (never mixed)."""
+    families: dict[str, Metric] = {}
+    for worker, text in answers.items():
+        if text is None:
+            continue
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation,
+                                                        family.type)
+            elif merged.type != family.type:
+                continue
+            merged.samples.extend(
+                Sample(sample.name, {**sample.labels, WORKER_LABEL: worker}, sample.value,
+                       sample.timestamp, sample.exemplar) for sample in family.samples)
+    up = GaugeMetricFamily("kcm_gateway_worker_up",
+                           "1 if the worker answered this scrape, else 0 (its samples are "
+                           "missing)", labels=[WORKER_LABEL])
+    for worker, text in answers.items():
+        up.add_metric([worker], 0.0 if text is None else 1.0)
+    running = GaugeMetricFamily("kcm_gateway_workers", "worker processes running")
+    running.add_metric([], float(len(answers)))
+    collected = [*families.values(), up, running, *own]
+
+    class _Once:
+        def collect(self) -> Iterator[Metric]:
+            return iter(collected)
+
+    return generate_latest(_Once())  # type: ignore[arg-type]
+
+
+def merged_readiness(answers: Mapping[str, Readiness | None]) -> Readiness:
+    """Ready while at least one worker runs and every running worker is ready (``answers``:
+    worker label -> its readiness, or None when it did not answer)."""
+    workers = {worker: ({"ready": False, "reason": "did not answer"} if answer is None
+                        else {"ready": answer.ready, **answer.details})
+               for worker, answer in sorted(answers.items())}
+    ready = bool(answers) and all(answer is not None and answer.ready
+                                  for answer in answers.values())
+    details: dict[str, Any] = {"workers": workers}
+    if not answers:
+        details["reason"] = "no worker is running"
+    return Readiness(ready, details)
+
+
+class _Body(Protocol):
+    """A response body, read up to :data:`MAX_ANSWER` bytes."""
+
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self.done = done
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > MAX_ANSWER:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+            if not self.done.called:
+                self.done.errback(ValueError(f"answer over {MAX_ANSWER} bytes"))
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.done.called:
+            return
+        if reason is None or reason.check(ResponseDone):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+@implementer(IAgentEndpointFactory)
+class _WorkerSockets:
+    """The Unix socket of the worker a request's host names (``worker-I``)."""
+
+    def __init__(self, reactor: Any, path_for: Callable[[str], str]) -> None:
+        self.reactor = reactor
+        self.path_for = path_for
+
+    def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
+        return UNIXClientEndpoint(self.reactor, self.path_for(uri.host.decode()),
+                                  timeout=ANSWER_TIMEOUT)
+
+
+class WorkerMetrics(Service):
+    """The supervisor's side (see the module docstring). ``running()`` names the workers
+    running now (their indices); time comes from ``reactor``."""
+
+    name = "kcm-worker-metrics"
+
+    def __init__(self, reactor: Any, running: Callable[[], Iterable[int]]) -> None:
+        self.reactor = reactor
+        self.running_workers = running
+        self.directory: str | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self._agent = Agent.usingEndpointFactory(
+            reactor, _WorkerSockets(reactor, lambda host: self._path(host.removeprefix(
+                "worker-"))))
+
+    def startService(self) -> None:
+        # Only this user may enter it (mkdtemp: 0700): the workers' metrics are no one
+        # else's to read. A Unix socket's path holds at most 107 bytes: under a long TMPDIR,
+        # /tmp.
+        directory = tempfile.mkdtemp(prefix="kcm-gateway-")
+        if len(directory) > _LONGEST_DIRECTORY:
+            os.rmdir(directory)
+            directory = tempfile.mkdtemp(prefix="kcm-gateway-", dir="/tmp")
+        self.directory = directory
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        directory, self.directory = self.directory, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def listen_for(self, index: int) -> str:
+        """The ``metrics_listen`` of worker ``index`` (a Unix socket, mode 0600)."""
+        return f"unix:{quoteStringArgument(self._path(str(index)))}:mode=600"
+
+    def _path(self, index: str) -> str:
+        if self.directory is None:
+            raise RuntimeError("the workers' metrics directory is not made yet")
+        if not index.isdigit():
+            raise ValueError(f"no worker {index!r}")
+        return os.path.join(self.directory, f"worker-{index}.sock")
+
+    # What the supervisor's listener answers --------------------------------------------
+    def exposition(self) -> Deferred[bytes]:
+        """``/metrics``: every running worker's, merged, and the supervisor's own."""
+        return self._ask_all("/metrics", lambda status, body: (
+            body.decode() if status == 200 else None)).addCallback(
+            lambda answers: merged_exposition(answers, self._own()))
+
+    def readiness(self) -> Deferred[Readiness]:
+        """``/readyz``: every running worker's, merged."""
+        return self._ask_all("/readyz", _readiness_of).addCallback(merged_readiness)
+
+    def _own(self) -> list[Metric]:
+        own = []
+        for family in self.registry.collect():
+            family.samples = [Sample(s.name, {**s.labels, WORKER_LABEL: "supervisor"},
+                                     s.value, s.timestamp, s.exemplar)
+                              for s in family.samples]
+            own.append(family)
+        return own
+
+    def _ask_all(self, path: str, read: Callable[[int, bytes], Any]
+                 ) -> Deferred[dict[str, Any]]:
+        workers = sorted(self.running_workers())
+        asked = [self._ask(index, path, read) for index in workers]
+        return DeferredList(asked, consumeErrors=True).addCallback(
+            lambda results: {str(index): value if ok else None
+                             for index, (ok, value) in zip(workers, results, strict=True)})
+
+    def _ask(self, index: int, path: str, read: Callable[[int, bytes], Any]) -> Deferred[Any]:
+        asked = self._agent.request(b"GET", f"http://worker-{index}{path}".encode())
+
+        def body(response: Any) -> Deferred[Any]:
+            done: Deferred[bytes] = Deferred()
+            response.deliverBody(_Body(done))
+            return done.addCallback(lambda data: read(response.code, data))
+
+        def failed(failure: Failure) -> None:
+            log.info("kcm-gateway worker {index} did not answer {path}: {why}", index=index,
+                     path=path, why=failure.getErrorMessage() or type(failure.value).__name__)
+            return None
+
+        asked.addCallback(body)
+        asked.addTimeout(ANSWER_TIMEOUT, self.reactor)
+        return asked.addErrback(failed)
+
+
+def _readiness_of(status: int, body: bytes) -> Readiness | None:
+    """A worker's ``/readyz`` answer as a Readiness (None: not one)."""
+    if status not in (200, 503):
+        return None
+    try:
+        details = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(details, dict):
+        return None
+    details.pop("ready", None)
+    return Readiness(status == 200, details)

@@ -1,0 +1,151 @@
+"""The supervisor's metrics and health for its workers (kcm.gateway.worker_metrics): the
+merge of their expositions and readiness, and the asking, over real Unix sockets on the
+real reactor, of workers served by :func:`kcm.metrics.metrics_site` (as a worker does)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest_twisted
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+
+from kcm.gateway.worker_metrics import WorkerMetrics, merged_exposition, merged_readiness
+from kcm.metrics import ReactorCounter, ReactorHistogram, Readiness, metrics_site
+
+
+def samples(exposition: bytes) -> dict[tuple[str, tuple], float]:
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(exposition.decode())
+            for sample in family.samples}
+
+
+def worker_registry(items: float) -> CollectorRegistry:
+    """What a worker exposes: a labelled counter and a histogram."""
+    registry = CollectorRegistry()
+    counter = ReactorCounter("kcm_gateway_items", "Items.", ("operation",))
+    counter.labels("Encrypt").inc(items)
+    histogram = ReactorHistogram("kcm_gateway_request_duration_seconds", "Time.", ("path",))
+    histogram.labels("local").observe(0.0002)
+    registry.register(counter)
+    registry.register(histogram)
+    return registry
+
+
+def test_every_worker_s_samples_are_kept_under_its_label_one_family_each() -> None:
+    merged = merged_exposition({"1": generate_latest(worker_registry(3)).decode(),
+                                "2": generate_latest(worker_registry(5)).decode()})
+    text = merged.decode()
+    assert text.count("# TYPE kcm_gateway_items_total counter") == 1
+    assert text.count("# TYPE kcm_gateway_request_duration_seconds histogram") == 1
+    values = samples(merged)
+    assert values["kcm_gateway_items_total", (("operation", "Encrypt"), ("worker", "1"))] == 3
+    assert values["kcm_gateway_items_total", (("operation", "Encrypt"), ("worker", "2"))] == 5
+    assert values["kcm_gateway_request_duration_seconds_count",
+                  (("path", "local"), ("worker", "2"))] == 1
+    assert values["kcm_gateway_worker_up", (("worker", "1"),)] == 1
+    assert values["kcm_gateway_worker_up", (("worker", "2"),)] == 1
+    assert values["kcm_gateway_workers", ()] == 2
+
+
+def test_a_worker_that_did_not_answer_is_down_and_has_no_samples() -> None:
+    values = samples(merged_exposition({"1": generate_latest(worker_registry(3)).decode(),
+                                        "2": None}))
+    assert values["kcm_gateway_worker_up", (("worker", "2"),)] == 0
+    assert not [key for key in values
+                if ("worker", "2") in key[1] and key[0] != "kcm_gateway_worker_up"]
+
+
+def test_a_family_of_another_type_is_not_mixed_in() -> None:
+    counter = "# HELP kcm_x Things.\n# TYPE kcm_x counter\nkcm_x_total 1.0\n"
+    gauge = "# HELP kcm_x Things.\n# TYPE kcm_x gauge\nkcm_x 7.0\n"
+    values = samples(merged_exposition({"1": counter, "2": gauge}))
+    assert values["kcm_x_total", (("worker", "1"),)] == 1
+    assert not [key for key in values if key[0] == "kcm_x"]
+
+
+def test_ready_only_while_every_running_worker_is() -> None:
+    linked = Readiness(True, {"linked": True})
+    down = Readiness(False, {"linked": False, "reason": "the core is unreachable"})
+    both = merged_readiness({"1": linked, "2": linked})
+    assert both.ready
+    assert json.loads(both.body()) == {"ready": True, "workers": {
+        "1": {"ready": True, "linked": True}, "2": {"ready": True, "linked": True}}}
+    assert not merged_readiness({"1": linked, "2": down}).ready
+    silent = merged_readiness({"1": linked, "2": None})
+    assert not silent.ready
+    assert silent.details["workers"]["2"] == {"ready": False, "reason": "did not answer"}
+    nobody = merged_readiness({})
+    assert not nobody.ready and nobody.details["reason"] == "no worker is running"
+
+
+class _Silent(Protocol):
+    """A worker that accepts and never answers."""
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_supervisor_asks_each_running_worker_on_its_socket() -> None:
+    from twisted.internet import reactor
+
+    running = [1, 2, 3]
+    worker_metrics = WorkerMetrics(reactor, lambda: running)
+    worker_metrics.startService()
+    ports = []
+    try:
+        directory = Path(worker_metrics.directory)
+        assert directory.stat().st_mode & 0o777 == 0o700
+        for index, ready in ((1, True), (2, False)):  # worker 3 never listens
+            site = metrics_site(worker_registry(index), lambda ready=ready: Readiness(
+                ready, {"linked": ready}))
+            ports.append(await serverFromString(
+                reactor, worker_metrics.listen_for(index)).listen(site))
+        assert (directory / "worker-1.sock").stat().st_mode & 0o777 == 0o600
+
+        values = samples(await worker_metrics.exposition())
+        assert values["kcm_gateway_items_total", (("operation", "Encrypt"), ("worker", "1"))] == 1
+        assert values["kcm_gateway_items_total", (("operation", "Encrypt"), ("worker", "2"))] == 2
+        assert values["kcm_gateway_worker_up", (("worker", "3"),)] == 0
+        assert values["kcm_gateway_workers", ()] == 3
+        assert [key for key in values if key[0] == "process_cpu_seconds_total"
+                and ("worker", "supervisor") in key[1]]
+
+        readiness = await worker_metrics.readiness()
+        assert not readiness.ready
+        assert readiness.details["workers"] == {
+            "1": {"ready": True, "linked": True}, "2": {"ready": False, "linked": False},
+            "3": {"ready": False, "reason": "did not answer"}}
+        running.remove(3)
+        running.remove(2)
+        assert (await worker_metrics.readiness()).ready
+    finally:
+        for port in ports:
+            stopped: Deferred[None] = port.stopListening()
+            await stopped
+        worker_metrics.stopService()
+    assert not directory.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_that_never_answers_is_given_up_on(monkeypatch) -> None:
+    from twisted.internet import reactor
+
+    from kcm.gateway import worker_metrics as module
+
+    monkeypatch.setattr(module, "ANSWER_TIMEOUT", 0.2)
+    worker_metrics = WorkerMetrics(reactor, lambda: [1])
+    worker_metrics.startService()
+    try:
+        port = await serverFromString(reactor, worker_metrics.listen_for(1)).listen(
+            Factory.forProtocol(_Silent))
+        try:
+            values = samples(await worker_metrics.exposition())
+            assert values["kcm_gateway_worker_up", (("worker", "1"),)] == 0
+        finally:
+            stopped: Deferred[None] = port.stopListening()
+            await stopped
+    finally:
+        worker_metrics.stopService()

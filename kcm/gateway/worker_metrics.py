@@ -20,7 +20,9 @@ What it promises:
   keys past ``max_stale``) would be handed connections it cannot serve, so it makes the
   whole gateway not ready.
 * Bounds: a worker has :data:`ANSWER_TIMEOUT` seconds to answer and at most
-  :data:`MAX_ANSWER` bytes; past either it counts as not answering.
+  :data:`MAX_ANSWER` bytes; past either it counts as not answering. Scrapes that arrive
+  while the workers are being asked share that answer: each worker renders one exposition
+  at a time, however hard the supervisor's listener is scraped.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint, quoteStringArgument
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -162,6 +164,8 @@ class WorkerMetrics(Service):
         self.reactor = reactor
         self.running_workers = running
         self.directory: str | None = None
+        #: Per path being asked: who waits for its answer.
+        self._waiting: dict[str, list[Deferred[Any]]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self._agent = Agent.usingEndpointFactory(
@@ -199,13 +203,32 @@ class WorkerMetrics(Service):
     # What the supervisor's listener answers --------------------------------------------
     def exposition(self) -> Deferred[bytes]:
         """``/metrics``: every running worker's, merged, and the supervisor's own."""
-        return self._ask_all("/metrics", lambda status, body: (
+        return self._once("/metrics", lambda: self._ask_all("/metrics", lambda status, body: (
             body.decode() if status == 200 else None)).addCallback(
-            lambda answers: merged_exposition(answers, self._own()))
+            lambda answers: merged_exposition(answers, self._own())))
 
     def readiness(self) -> Deferred[Readiness]:
         """``/readyz``: every running worker's, merged."""
-        return self._ask_all("/readyz", _readiness_of).addCallback(merged_readiness)
+        return self._once("/readyz", lambda: self._ask_all("/readyz", _readiness_of)
+                          .addCallback(merged_readiness))
+
+    def _once(self, path: str, ask: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        """What ``ask()`` answers; requests for ``path`` that come while it is being asked
+        get the same answer (however often the listener is asked, each worker is asked
+        for one path once at a time)."""
+        d: Deferred[Any] = Deferred()
+        waiting = self._waiting.get(path)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        self._waiting[path] = [d]
+
+        def answered(result: Any) -> None:
+            for each in self._waiting.pop(path):
+                each.callback(result)
+
+        maybeDeferred(ask).addBoth(answered)
+        return d
 
     def _own(self) -> list[Metric]:
         own = []

@@ -149,3 +149,50 @@ async def test_a_worker_that_never_answers_is_given_up_on(monkeypatch) -> None:
             await stopped
     finally:
         worker_metrics.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_scrapes_meanwhile_share_one_asking_of_the_workers() -> None:
+    from twisted.internet import reactor
+
+    asked: list[str] = []
+    worker_metrics = WorkerMetrics(reactor, lambda: [1])
+    worker_metrics.startService()
+    try:
+        site = metrics_site(worker_registry(1), lambda: Readiness(True))
+        factory = site
+
+        class Counting(Factory):
+            def buildProtocol(self, address):
+                asked.append("connection")
+                return factory.buildProtocol(address)
+
+        port = await serverFromString(reactor, worker_metrics.listen_for(1)).listen(
+            Counting())
+        try:
+            scrapes = [worker_metrics.exposition() for _ in range(5)]
+            answers = [await scrape for scrape in scrapes]
+            assert len(set(answers)) == 1 and b'worker="1"' in answers[0]
+            assert asked == ["connection"]
+            await worker_metrics.exposition()  # a later one asks again
+            assert asked == ["connection"] * 2
+        finally:
+            stopped: Deferred[None] = port.stopListening()
+            await stopped
+    finally:
+        worker_metrics.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_no_worker_running_the_answer_comes_at_once() -> None:
+    from twisted.internet import reactor
+
+    worker_metrics = WorkerMetrics(reactor, lambda: [])
+    worker_metrics.startService()
+    try:
+        readiness = await worker_metrics.readiness()
+        assert not readiness.ready and readiness.details["reason"] == "no worker is running"
+        values = samples(await worker_metrics.exposition())
+        assert values["kcm_gateway_workers", ()] == 0
+    finally:
+        worker_metrics.stopService()

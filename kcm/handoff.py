@@ -14,12 +14,18 @@ side of it.
   changed, the counts are reported. The open connections are the factory's
   ``protocols`` (a Twisted ``WrappingFactory``'s, such as the TLS factory of
   :class:`kcm.tls.TLSListener`); a factory without them reports none open.
+* The worker also sends :data:`READY`, once, as soon as it listens and its ``ready()``
+  says it can serve (checked every :data:`REPORT_INTERVAL`; without one, at once): the
+  supervisor prefers workers that sent it (:mod:`kcm.gateway.balance`), and a rolling
+  restart waits for it. A supervisor of an older release ignores the message (it is not
+  the size of a report).
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import UNIXAddress
@@ -36,8 +42,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["HANDOFF_BYTE", "HANDOFF_PREFIX", "REPORT", "REPORT_INTERVAL", "HandoffServerEndpoint",
-           "channel_pair", "handoff_description", "parse_handoff"]
+__all__ = ["HANDOFF_BYTE", "HANDOFF_PREFIX", "READY", "REPORT", "REPORT_INTERVAL",
+           "HandoffServerEndpoint", "channel_pair", "handoff_description", "parse_handoff"]
 
 log = Logger()
 
@@ -45,6 +51,8 @@ log = Logger()
 HANDOFF_PREFIX = "handoff"
 #: A worker's report: open connections, connections received in all (big-endian).
 REPORT = struct.Struct("!II")
+#: A worker's message, sent once: it listens and can serve.
+READY = b"ready"
 #: Seconds between a worker's looks at its counts (it reports only a change).
 REPORT_INTERVAL = 0.2
 #: What a handed connection's message carries besides its descriptor.
@@ -82,12 +90,15 @@ class HandoffServerEndpoint:
     """Listens on the channel inherited as descriptor ``fileno`` (see the module
     docstring); the descriptor is the port's, closed when it stops listening."""
 
-    def __init__(self, reactor: Any, fileno: int) -> None:
+    def __init__(self, reactor: Any, fileno: int,
+                 ready: Callable[[], bool] | None = None) -> None:
         self.reactor = reactor
         self.fileno = fileno
+        self.ready = ready
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        port = HandoffPort(self.reactor, socket.socket(fileno=self.fileno), protocolFactory)
+        port = HandoffPort(self.reactor, socket.socket(fileno=self.fileno), protocolFactory,
+                           self.ready)
         port.startListening()
         return succeed(port)
 
@@ -97,10 +108,15 @@ class HandoffPort:
     """A worker's end of the channel, read by the reactor; the connections it receives
     are ``factory``'s."""
 
-    def __init__(self, reactor: Any, channel: socket.socket, factory: IProtocolFactory) -> None:
+    def __init__(self, reactor: Any, channel: socket.socket, factory: IProtocolFactory,
+                 ready: Callable[[], bool] | None = None) -> None:
         self.reactor = reactor
         self.channel = channel
         self.factory = factory
+        #: Whether the worker can serve (None: as soon as it listens); READY not yet sent
+        #: while it is still here.
+        self._ready: Callable[[], bool] | None = ready
+        self._told_ready = False
         #: Connections received in all.
         self.received = 0
         self._reported = (0, 0)
@@ -114,7 +130,7 @@ class HandoffPort:
         self.factory.doStart()
         self._listening = True
         self.reactor.addReader(self)
-        self._reporter.start(REPORT_INTERVAL, now=False)
+        self._reporter.start(REPORT_INTERVAL, now=True)
 
     def stopListening(self) -> Deferred[None]:
         if self._listening:
@@ -173,7 +189,15 @@ class HandoffPort:
 
     # Reports ----------------------------------------------------------------------------
     def report(self) -> None:
-        """Send the counts to the supervisor if they changed since the last report."""
+        """Send :data:`READY` once the worker can serve, and the counts to the supervisor
+        if they changed since the last report."""
+        if not self._told_ready and (self._ready is None or self._ready()):
+            try:
+                self.channel.send(READY, socket.MSG_NOSIGNAL)
+            except OSError:  # full (next time) or closed (the reader hears of it)
+                pass
+            else:
+                self._told_ready = True
         counts = (len(getattr(self.factory, "protocols", ())), self.received)
         if counts == self._reported:
             return

@@ -177,6 +177,9 @@ class KmipServerProtocol(Protocol):
         self._write_timer = None
         self._output_producer: _OutputFull | None = None
         self._refused_identity = False
+        #: Seconds of silence before the connection is closed: ``idle_timeout``, or the
+        #: drain's grace once the server is stopping (:meth:`drain`).
+        self._idle_after = limits.idle_timeout
         self.connection: ConnectionInfo | None = None
 
     @property
@@ -186,7 +189,12 @@ class KmipServerProtocol(Protocol):
 
     # Connection life ------------------------------------------------------
     def connectionMade(self) -> None:
-        self._idle_timer = self._clock.callLater(self._limits.idle_timeout, self._idle)
+        factory = getattr(self, "factory", None)
+        if isinstance(factory, KmipServerFactory):
+            grace = factory.connection_made(self)
+            if grace is not None:  # made while the server drains
+                self._idle_after = min(self._idle_after, grace)
+        self._idle_timer = self._clock.callLater(self._idle_after, self._idle)
         # The transport tells this producer when its buffer of unsent bytes goes above its
         # bufferSize (kcm.connection_guard sets it to max_unsent_output) and when it drains.
         self._output_producer = _OutputFull(self)
@@ -209,7 +217,19 @@ class KmipServerProtocol(Protocol):
             return
         self.connection = ConnectionInfo(next(_connection_ids), principal, address)
 
+    def drain(self, grace: float) -> None:
+        """The server is stopping: close this connection once it has been idle for
+        ``grace`` seconds (no request in progress, no answer unsent; the request being
+        answered, and those already received, are answered first). A connection still
+        in its handshake, or just made, gets its first request served."""
+        self._idle_after = min(self._idle_after, grace)
+        if not self._closing:
+            self._restart_idle_timer()
+
     def connectionLost(self, reason: Failure) -> None:
+        factory = getattr(self, "factory", None)
+        if isinstance(factory, KmipServerFactory):
+            factory.connection_gone(self)
         self._closing = True
         for timer in (self._idle_timer, self._message_timer, self._write_timer):
             if timer is not None and timer.active():
@@ -262,7 +282,7 @@ class KmipServerProtocol(Protocol):
             else:
                 self._close(abort=True)
             return
-        self._idle_timer.reset(self._limits.idle_timeout)
+        self._idle_timer.reset(self._idle_after)
         try:
             messages = self._framer.feed(data)
         except MessageTooLarge as e:
@@ -390,9 +410,9 @@ class KmipServerProtocol(Protocol):
         if self._closing:
             return
         if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.reset(self._limits.idle_timeout)
+            self._idle_timer.reset(self._idle_after)
         else:
-            self._idle_timer = self._clock.callLater(self._limits.idle_timeout, self._idle)
+            self._idle_timer = self._clock.callLater(self._idle_after, self._idle)
 
     def _slow_message(self) -> None:
         if self.connection is not None:
@@ -466,9 +486,42 @@ class KmipServerFactory(Factory):
         self.resolve_principal = resolve_principal
         self.clock = clock
         self.upstream = upstream
+        #: The connections open now (made and not yet lost: bounded by the listener's
+        #: connection caps).
+        self.connections: set[KmipServerProtocol] = set()
+        #: While draining: the grace, and who waits for the last connection to close.
+        self._drain_grace: float | None = None
+        self._drained: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: object) -> KmipServerProtocol:
         protocol = KmipServerProtocol(self.handler, self.limits, self.resolve_principal,
                                       self.clock, self.upstream)
         protocol.factory = self
         return protocol
+
+    def connection_made(self, protocol: KmipServerProtocol) -> float | None:
+        """``protocol`` is connected: counted until it is lost; the drain's grace if the
+        server drains."""
+        self.connections.add(protocol)
+        return self._drain_grace
+
+    def connection_gone(self, protocol: KmipServerProtocol) -> None:
+        self.connections.discard(protocol)
+        if not self.connections and self._drained:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """Close every connection once it has been idle ``grace`` seconds
+        (:meth:`KmipServerProtocol.drain`), new ones too; fires when none is left (the
+        caller bounds the wait: a client may keep a connection busy)."""
+        self._drain_grace = grace
+        d: Deferred[None] = Deferred()
+        if not self.connections:
+            d.callback(None)
+            return d
+        self._drained.append(d)
+        for protocol in list(self.connections):
+            protocol.drain(grace)
+        return d

@@ -299,6 +299,7 @@ class _TLSServerEndpoint:
 def tls_server_endpoint(
     reactor: Any, description: str, options: IOpenSSLServerConnectionCreator,
     guard: ConnectionGuard | None = None, *, bound_output: bool = True,
+    ready: Callable[[], bool] | None = None,
 ) -> IStreamServerEndpoint:
     """A TLS server endpoint over the plain endpoint ``description`` (``tcp:PORT:...``),
     its connections guarded by ``guard`` if given (``bound_output``: see
@@ -306,24 +307,27 @@ def tls_server_endpoint(
 
     Any stream server endpoint description Twisted parses will do (``tcp6:``, ``unix:``, ...);
     ``ssl:``/``tls:`` descriptions are refused, since they would bring their own TLS settings.
+    ``ready``: see :func:`plain_server_endpoint`.
     """
     _refuse_tls_description(description)
-    return _TLSServerEndpoint(plain_server_endpoint(reactor, description), options,
-                              guard, bound_output)
+    return _TLSServerEndpoint(plain_server_endpoint(reactor, description, ready=ready),
+                              options, guard, bound_output)
 
 
-def plain_server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+def plain_server_endpoint(reactor: Any, description: str, *,
+                          ready: Callable[[], bool] | None = None) -> IStreamServerEndpoint:
     """The plain stream server endpoint a listener ``description`` names: Twisted's endpoint
     string (a ``tcp:`` listener with :data:`LISTEN_BACKLOG` unless it names its own), or
     ``fd:N``, the listening socket inherited as descriptor N, adopted (its address family
     read from the socket; the endpoint closes N once it has adopted a copy of it), or
     ``handoff:N``, the connections handed over the socket pair inherited as descriptor N
-    (:mod:`kcm.handoff`: kcm-gateway's workers).
+    (:mod:`kcm.handoff`: kcm-gateway's workers), which tells the supervisor when
+    ``ready()`` (if given) first says the process can serve.
     ``ssl:``/``tls:`` descriptions are refused: KCM adds the TLS itself."""
     _refuse_tls_description(description)
     handoff = parse_handoff(description)
     if handoff is not None:
-        return HandoffServerEndpoint(reactor, handoff)
+        return HandoffServerEndpoint(reactor, handoff, ready)
     kind, _, rest = description.partition(":")
     if kind.strip().lower() != "fd":
         return serverFromString(reactor, with_backlog(description))
@@ -401,16 +405,19 @@ class TLSListener(Service):
     critical and the reactor is stopped, since a server that cannot listen is not serving.
     :attr:`port` is the listening port while running. ``guard`` (one per process, shared by
     its listeners) caps and times the connections before they have a principal, and with
-    ``bound_output`` sizes their send buffers.
+    ``bound_output`` sizes their send buffers. ``ready``: whether the process can serve, for
+    a ``handoff:`` listener to tell its supervisor (:mod:`kcm.handoff`).
     """
 
     def __init__(self, reactor: Any, description: str,
                  tls_options: Callable[[], IOpenSSLServerConnectionCreator],
                  factory: IProtocolFactory, *, name: str | None = None,
-                 guard: ConnectionGuard | None = None, bound_output: bool = True) -> None:
+                 guard: ConnectionGuard | None = None, bound_output: bool = True,
+                 ready: Callable[[], bool] | None = None) -> None:
         _refuse_tls_description(description)
         self.reactor = reactor
         self.description = description
+        self.ready = ready
         self.factory = factory
         self.guard = guard
         self.bound_output = bound_output
@@ -425,7 +432,8 @@ class TLSListener(Service):
         if self.guard is not None:
             self.guard.check_descriptors()
         endpoint = tls_server_endpoint(self.reactor, self.description, self._tls_options(),
-                                       self.guard, bound_output=self.bound_output)
+                                       self.guard, bound_output=self.bound_output,
+                                       ready=self.ready)
         self._starting, self._start_error = True, None
         try:
             self._listening = endpoint.listen(self.factory)

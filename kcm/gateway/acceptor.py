@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
@@ -31,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kcm.gateway.balance import LeastConnections
-from kcm.handoff import HANDOFF_BYTE, REPORT, channel_pair
+from kcm.handoff import HANDOFF_BYTE, READY, REPORT, channel_pair
 
 __all__ = ["ACCEPTS_PER_TURN", "EXHAUSTED_PAUSE", "Acceptor"]
 
@@ -53,10 +54,14 @@ class Acceptor:
     hands the connections to the workers that have a channel (:meth:`open_channel`)."""
 
     def __init__(self, reactor: Any, listening: socket.socket, *,
-                 pause: float = EXHAUSTED_PAUSE) -> None:
+                 pause: float = EXHAUSTED_PAUSE,
+                 worker_up: Callable[[int], object] | None = None) -> None:
         self.reactor = reactor
         self.listening = listening
         self.pause = pause
+        #: Called with a worker's index when it says it is ready on its channel
+        #: (:data:`~kcm.handoff.READY`).
+        self.worker_up = worker_up
         self.balance = LeastConnections()
         #: Each worker's channel, by index.
         self.channels: dict[int, _Channel] = {}
@@ -193,6 +198,10 @@ class _Channel:
                 return CONNECTION_DONE
             if len(report) == REPORT.size:
                 self.acceptor.balance.reported(self.worker, *REPORT.unpack(report))
+            elif report == READY and self.worker not in self.acceptor.balance.ready:
+                self.acceptor.balance.mark_ready(self.worker)
+                if self.acceptor.worker_up is not None:
+                    self.acceptor.worker_up(self.worker)
         return None
 
     def connectionLost(self, reason: Failure) -> None:

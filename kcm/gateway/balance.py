@@ -1,6 +1,12 @@
-"""Which kcm-gateway worker the supervisor hands a new connection to: the one with the
+"""Which kcm-gateway worker the supervisor hands a new connection to: of the workers that
+said they are ready (:data:`kcm.handoff.READY`), or of all when none has, the one with the
 fewest open connections, ties in turn. No I/O: the supervisor tells it what it handed and
 what the workers reported (:mod:`kcm.gateway.acceptor`).
+
+A worker that has just started (or started again) is not ready until it is linked to the
+core: while another is, it gets no connections it could only fail. When none is (every
+worker starting, or the core unreachable at start), connections go to them all anyway,
+to be answered with KMIP errors rather than wait unanswered.
 
 A worker's load is the number of open connections it last reported plus the connections
 handed to it that it had not yet received when it reported (each report says how many it
@@ -31,6 +37,8 @@ class LeastConnections:
     def __init__(self) -> None:
         self._loads: dict[int, _Load] = {}
         self._last: int = 0
+        #: The workers that said they are ready.
+        self.ready: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._loads)
@@ -39,12 +47,20 @@ class LeastConnections:
         return worker in self._loads
 
     def add(self, worker: int) -> None:
-        """``worker`` (new, or restarted: its counts start afresh) can take connections."""
+        """``worker`` (new, or restarted: its counts start afresh, and it is not ready) can
+        take connections."""
         self._loads[worker] = _Load()
+        self.ready.discard(worker)
 
     def remove(self, worker: int) -> None:
         """``worker`` can take no more connections (it exited)."""
         self._loads.pop(worker, None)
+        self.ready.discard(worker)
+
+    def mark_ready(self, worker: int) -> None:
+        """``worker`` said it is ready."""
+        if worker in self._loads:
+            self.ready.add(worker)
 
     def handed(self, worker: int) -> None:
         """A connection was handed to ``worker``."""
@@ -62,7 +78,10 @@ class LeastConnections:
         return self._loads[worker].total()
 
     def ranked(self) -> list[int]:
-        """The workers in the order to try them: fewest connections first; among equals,
-        the next after the one last handed a connection, in index order (round robin)."""
-        after = sorted(self._loads, key=lambda worker: (worker <= self._last, worker))
+        """The workers in the order to try them: the ready ones (all, when none is), fewest
+        connections first; among equals, the next after the one last handed a connection,
+        in index order (round robin)."""
+        candidates = [worker for worker in self._loads if worker in self.ready] or list(
+            self._loads)
+        after = sorted(candidates, key=lambda worker: (worker <= self._last, worker))
         return sorted(after, key=self.load)

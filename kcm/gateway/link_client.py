@@ -274,6 +274,10 @@ class LinkClientProtocol(LinkProtocol):
             stream.deferred.errback(LinkDown("the link to the core was lost before the answer"))
 
 
+#: Seconds after a gateway starts during which calls wait for its first link to the core.
+FIRST_LINK_WAIT = 5.0
+
+
 class LinkClient(MultiService):
     """The gateway's link to the core, kept up while the service runs."""
 
@@ -287,9 +291,14 @@ class LinkClient(MultiService):
                  heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                  max_retry_delay: float = 1.0,
-                 random_fraction: Callable[[], float] = random.random) -> None:
+                 random_fraction: Callable[[], float] = random.random,
+                 first_link_wait: float = FIRST_LINK_WAIT) -> None:
         super().__init__()
         self.clock = clock
+        #: Seconds after the service starts during which a call waits for the first link
+        #: (see :meth:`_send`).
+        self.first_link_wait = first_link_wait
+        self._started_at: float | None = None
         #: The name the gateway gives itself in HELLO (its certificate's gateway name; a
         #: gateway assembled before reading its certificate sets it when it starts).
         self.gateway_name = name
@@ -343,6 +352,10 @@ class LinkClient(MultiService):
         """Seconds before the next connection attempt: 0.1 s doubling to 1 s (plus up to
         0.1 s of jitter) with each failure, counting links closed before WELCOME."""
         return self._backoff(failed_attempts + self._refusals)
+
+    def startService(self) -> None:
+        self._started_at = self.clock.seconds()
+        super().startService()
 
     # State ----------------------------------------------------------------------------------
     @property
@@ -433,7 +446,42 @@ class LinkClient(MultiService):
 
     def _send(self, send: Callable[..., Deferred], *args: Any) -> Deferred:
         """``send(protocol, *args)`` on the link (a call opening a stream), or the failure
-        that refuses it: no link, too many calls in flight, a frame too large."""
+        that refuses it: no link, too many calls in flight, a frame too large.
+
+        A call made before the first link is up, within ``first_link_wait`` seconds of the
+        start, waits for it until then (a gateway just started, or a worker just
+        restarted, serves its first clients instead of failing them for a link that is a
+        few milliseconds away); later, no link fails the call at once."""
+        started = self._started_at
+        if (self._protocol is None and self.links_made == 0 and started is not None
+                and self.running):
+            left = started + self.first_link_wait - self.clock.seconds()
+            if left > 0:
+                return self._after_first_link(left, send, *args)
+        return self._send_now(send, *args)
+
+    def _after_first_link(self, left: float, send: Callable[..., Deferred],
+                          *args: Any) -> Deferred:
+        """``_send_now(send, *args)`` once the first link is up, or LinkDown after ``left``
+        seconds; cancelling it gives up the wait."""
+        result: Deferred = Deferred()
+
+        def linked(_: object) -> None:
+            if not result.called:
+                timer.cancel()
+                self._send_now(send, *args).chainDeferred(result)
+
+        def too_late() -> None:
+            if not result.called:
+                result.errback(LinkDown("no link to the core"))
+
+        timer = self.clock.callLater(left, too_late)
+        result.addBoth(lambda outcome: (timer.cancel() if timer.active() else None,
+                                        outcome)[1])
+        self.when_connected().addCallback(linked)
+        return result
+
+    def _send_now(self, send: Callable[..., Deferred], *args: Any) -> Deferred:
         protocol = self._protocol
         if protocol is None or protocol.closing:
             return fail(LinkDown("no link to the core"))

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from kcm.gateway.config import GatewayConfig
@@ -28,6 +29,7 @@ from kcm.gateway.link_client import LinkClient
 from kcm.gateway.metrics import GatewayMetrics
 from kcm.identity import Principal, Role, SubjectMap, principal_from_certificate
 from kcm.kmip.errors import KmipError
+from kcm.kmip_protocol import KmipServerFactory
 from kcm.process import ProcessService
 from kcm.tls import TLSClientEndpoint, load_certificates
 
@@ -56,12 +58,24 @@ class GatewayIdentity(Service):
         super().startService()
 
 
+#: Seconds a connection may be idle before a stopping gateway closes it.
+DRAIN_GRACE = 0.5
+#: Seconds a stopping gateway waits for its connections to close (a supervisor kills a
+#: worker 10 s after its SIGTERM).
+DRAIN_TIMEOUT = 5.0
+
+
 class GatewayService(ProcessService):
     """kcm-gateway: the link to the core, the L3 cache, and the KMIP listener.
 
     The root of the tree :func:`kcm.gateway.tap.makeService` assembles (which also sets
-    :attr:`link`, :attr:`cache` and :attr:`handler`); it holds the policy the core pushed and
-    pre-warms the configured services once the link is up.
+    :attr:`link`, :attr:`cache`, :attr:`handler` and :attr:`kmip_factory`); it holds the
+    policy the core pushed and pre-warms the configured services once the link is up.
+
+    Stopping (SIGTERM) drains first: the KMIP listener stops, each connection is closed
+    once it has been idle :data:`DRAIN_GRACE` seconds (what it sent is answered first, over
+    the link that is still up), and the rest stops when none is left, or after
+    :data:`DRAIN_TIMEOUT` seconds (what is still open then is cut).
     """
 
     def __init__(self, config: GatewayConfig, *, reactor: Any,
@@ -75,6 +89,7 @@ class GatewayService(ProcessService):
         self.cache: L3Cache | None = None
         self.handler: GatewayRequestHandler | None = None
         self.metrics: GatewayMetrics | None = None
+        self.kmip_factory: KmipServerFactory | None = None
         #: The core's subject map, as the core last pushed it (WELCOME, ``policy`` events);
         #: empty until the first WELCOME, so subject-only clients are refused until then.
         self.subject_map = SubjectMap({})
@@ -86,6 +101,27 @@ class GatewayService(ProcessService):
                  listen=config.listen, core=", ".join(config.core))
         if config.prewarm and self.link is not None:
             self.link.when_connected().addCallback(lambda _: self._prewarm())
+
+    def stopService(self) -> Deferred[None]:
+        factory = self.kmip_factory
+        listener = self.namedServices.get("kcm-kmip-listener")
+        if factory is None or listener is None or not self.running:
+            return maybeDeferred(super().stopService)
+        stopping = maybeDeferred(listener.stopService)  # no new connections
+
+        def drain(_: object) -> Deferred[None]:
+            if factory.connections:
+                log.info("kcm-gateway stopping: closing {count} connection(s) once idle",
+                         count=len(factory.connections))
+            drained = factory.drain(DRAIN_GRACE)
+            drained.addTimeout(DRAIN_TIMEOUT, self.reactor)
+            return drained.addErrback(lambda _: log.warn(
+                "kcm-gateway stopping: {count} connection(s) still busy after {t:g} s; "
+                "closing them", count=len(factory.connections), t=DRAIN_TIMEOUT))
+
+        stopping.addCallback(drain)
+        stopping.addErrback(lambda failure: log.failure("draining failed", failure))
+        return stopping.addCallback(lambda _: super(GatewayService, self).stopService())
 
     def apply_policy(self, document: str) -> None:
         """Resolve client principals with the core's policy ``document`` from now on: each

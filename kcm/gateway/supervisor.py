@@ -17,9 +17,10 @@ supervisor and the gateways are its worker processes.
 * :class:`WorkerPool` starts the workers (``reactor.spawnProcess`` of ``twistd -n
   kcm-gateway --worker I``), restarts one that exits after a back-off that grows while it
   keeps failing (:data:`RESTART_BACKOFF`: 0.2 s doubling up to 30 s, back to 0.2 s once a
-  worker has run :data:`STABLE_AFTER` seconds), forwards SIGHUP to them, and stops them
-  (SIGTERM, then SIGKILL after a grace period) when it stops. twistd turns SIGTERM and
-  SIGINT to the supervisor into that stop.
+  worker has run :data:`STABLE_AFTER` seconds), restarts them one at a time on SIGHUP
+  (:meth:`WorkerPool.reload`: the others serve meanwhile, and a new worker that cannot
+  start stops the restart), and stops them (SIGTERM, then SIGKILL after a grace period)
+  when it stops. twistd turns SIGTERM and SIGINT to the supervisor into that stop.
 * A worker's standard input is a pipe from the supervisor that nobody writes to;
   :class:`SupervisorLifeline` stops the worker when it reads end-of-file there, so a
   supervisor that dies without stopping its workers (SIGKILL) does not leave them serving.
@@ -27,6 +28,7 @@ supervisor and the gateways are its worker processes.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -68,6 +70,12 @@ RESTART_BACKOFF: Callable[[int], float] = backoffPolicy(initialDelay=0.2, maxDel
 STABLE_AFTER = 30.0
 #: Seconds stopping workers have to exit after SIGTERM before they are killed.
 STOP_TIMEOUT = 10.0
+#: In a rolling restart (SIGHUP): seconds a restarted worker has to say it is ready on its
+#: channel; past them the restart stops there.
+UP_TIMEOUT = 30.0
+#: In a rolling restart of workers on a shared socket (which say nothing): seconds after a
+#: worker is started again before the next is restarted.
+SETTLE = 2.0
 
 #: ``reactor.spawnProcess``'s signature: (protocol, executable, args, env=, path=, childFDs=).
 Spawn = Callable[..., Any]
@@ -122,6 +130,15 @@ class SharedListener(Service):
         self.acceptor: Acceptor | None = None
         #: The workers' ends of their channels, until they are spawned.
         self._worker_ends: dict[int, socket.socket] = {}
+        #: Called with a worker's index once it says on its channel that it is ready (TCP
+        #: listeners only: :attr:`tells_when_up`).
+        self.on_worker_up: Callable[[int], object] | None = None
+
+    @property
+    def tells_when_up(self) -> bool:
+        """Whether :attr:`on_worker_up` will be called (a worker on a shared socket says
+        nothing)."""
+        return self.acceptor is not None
 
     @property
     def worker_listen(self) -> str:
@@ -152,6 +169,10 @@ class SharedListener(Service):
         if self.acceptor is not None:
             self.acceptor.close_channel(index)
 
+    def _worker_up(self, index: int) -> None:
+        if self.on_worker_up is not None:
+            self.on_worker_up(index)
+
     def startService(self) -> None:
         outcome: list[Any] = []
         never_used = Factory.forProtocol(Protocol)
@@ -169,7 +190,8 @@ class SharedListener(Service):
         port.stopReading()  # type: ignore[attr-defined]
         address = port.getHost()
         if isinstance(address, (IPv4Address, IPv6Address)):
-            self.acceptor = Acceptor(self.reactor, port.socket)  # type: ignore[attr-defined]
+            self.acceptor = Acceptor(self.reactor, port.socket,  # type: ignore[attr-defined]
+                                     worker_up=self._worker_up)
             self.acceptor.start()
             how = "handing each connection to the worker with the fewest"
         else:
@@ -202,6 +224,19 @@ class _Worker:
     expected_until: float = -1.0
 
 
+@dataclass
+class _Reload:
+    """A rolling restart under way."""
+
+    #: The workers still to restart, in order.
+    left: list[int]
+    #: The one being restarted, and where it is: ``stopping`` (asked to stop) or
+    #: ``starting`` (started again, not yet up).
+    current: int | None = None
+    stage: str = ""
+    timer: IDelayedCall | None = None
+
+
 class _WorkerProtocol(ProcessProtocol):
     """Tells the pool when its worker exits; the worker's output goes straight to the
     supervisor's standard output and error (inherited), not through here."""
@@ -222,7 +257,8 @@ class WorkerPool(Service):
     that exits while the pool runs is started again after ``backoff(failures in a row)``
     seconds (the count restarts once a worker has run
     ``stable_after`` seconds; an exit after a forwarded signal is no failure and restarts at
-    once). ``forwarded_signals`` received by this process are sent on to every worker.
+    once). ``reload_signals`` (SIGHUP) received by this process restart the workers one at
+    a time (:meth:`reload`); ``forwarded_signals`` are sent on to every worker.
     Stopping sends SIGTERM to every worker and SIGKILL to those still running after
     ``stop_timeout`` seconds; the Deferred it returns fires once all have exited.
 
@@ -235,7 +271,9 @@ class WorkerPool(Service):
                  listener: SharedListener, *, reactor: Any, spawn: Spawn | None = None,
                  backoff: Callable[[int], float] = RESTART_BACKOFF,
                  stable_after: float = STABLE_AFTER, stop_timeout: float = STOP_TIMEOUT,
-                 forwarded_signals: Collection[int] = (signal.SIGHUP,),
+                 up_timeout: float = UP_TIMEOUT, settle: float = SETTLE,
+                 reload_signals: Collection[int] = (signal.SIGHUP,),
+                 forwarded_signals: Collection[int] = (),
                  env: Callable[[], Mapping[str, str]] = lambda: dict(os.environ)) -> None:
         if count < 1:
             raise ValueError("a worker pool needs at least one worker")
@@ -247,6 +285,9 @@ class WorkerPool(Service):
         self.backoff = backoff
         self.stable_after = stable_after
         self.stop_timeout = stop_timeout
+        self.up_timeout = up_timeout
+        self.settle = settle
+        self.reload_signals = tuple(reload_signals)
         self.forwarded_signals = tuple(forwarded_signals)
         self._env = env
         #: The running workers by index.
@@ -257,6 +298,8 @@ class WorkerPool(Service):
         self._previous_handlers: dict[int, Any] = {}
         self._stopped: Deferred[None] | None = None
         self._kill: IDelayedCall | None = None
+        #: The rolling restart under way, if any.
+        self._reload: _Reload | None = None
 
     def pids(self) -> dict[int, int]:
         """The running workers' process ids, by index."""
@@ -264,6 +307,9 @@ class WorkerPool(Service):
 
     def startService(self) -> None:
         super().startService()
+        for signum in self.reload_signals:
+            self._previous_handlers[signum] = signal.signal(
+                signum, lambda number, frame: self.reactor.callFromThread(self.reload))
         for signum in self.forwarded_signals:
             self._previous_handlers[signum] = signal.signal(
                 signum, lambda number, frame: self.reactor.callFromThread(self.forward, number))
@@ -280,6 +326,92 @@ class WorkerPool(Service):
             worker.expected_until = until
             self._signal(worker, signum)
 
+    def reload(self) -> None:
+        """Restart the running workers one at a time, so that the others serve meanwhile
+        (what SIGHUP does): SIGTERM to one (SIGKILL after ``stop_timeout``), start it again
+        once it has exited, and go on to the next once the new one is up: it has said on
+        its channel that it is ready, linked to the core (:meth:`worker_up`), or, on a
+        shared socket (where workers say nothing), ``settle`` seconds after it started. A
+        new worker that exits before it is up, or is not ready within ``up_timeout``, stops
+        the restart: the workers not restarted yet keep running as they were (a
+        configuration they cannot start with, or a core they cannot reach, takes one
+        worker out of service, not all). A SIGHUP during a restart is ignored."""
+        if not self.running:
+            return
+        if self._reload is not None:
+            log.info("a restart of the kcm-gateway workers is under way; SIGHUP ignored")
+            return
+        self._reload = _Reload(sorted(self.workers))
+        log.info("restarting {count} kcm-gateway worker(s) one at a time",
+                 count=len(self._reload.left))
+        self._reload_next()
+
+    def worker_up(self, index: int) -> None:
+        """Worker ``index``, as last started, said it is ready (:data:`kcm.handoff.READY`)."""
+        reload = self._reload
+        if (reload is not None and reload.current == index and reload.stage == "starting"
+                and index in self.workers):
+            log.info("kcm-gateway worker {index} is up again", index=index)
+            self._reload_next()
+
+    def _reload_next(self) -> None:
+        reload = self._reload
+        assert reload is not None
+        self._reload_timer(None)
+        while reload.left:
+            index = reload.left.pop(0)
+            worker = self.workers.get(index)
+            if worker is None:  # waiting for its restart after a failure: it starts anew
+                continue
+            reload.current, reload.stage = index, "stopping"
+            worker.expected_until = math.inf  # its exit is the one asked for
+            log.info("restarting kcm-gateway worker {index} (pid {pid})", index=index,
+                     pid=worker.pid)
+            self._signal(worker, signal.SIGTERM)
+            # New connections go to the others from now on: one handed to a worker that
+            # is stopping could be lost with it.
+            self.listener.worker_gone(index)
+            self._reload_timer(self.reactor.callLater(self.stop_timeout, self._reload_kill,
+                                                      worker))
+            return
+        self._reload = None
+        log.info("every kcm-gateway worker was restarted")
+
+    def _reload_timer(self, timer: IDelayedCall | None) -> None:
+        reload = self._reload
+        if reload is None:
+            return
+        if reload.timer is not None and reload.timer.active():
+            reload.timer.cancel()
+        reload.timer = timer
+
+    def _reload_kill(self, worker: _Worker) -> None:
+        if self.workers.get(worker.index) is worker:
+            log.warn("kcm-gateway worker {index} (pid {pid}) did not stop within {t:g} s; "
+                     "killing it", index=worker.index, pid=worker.pid, t=self.stop_timeout)
+            self._signal(worker, signal.SIGKILL)
+
+    def _reload_started(self, index: int) -> None:
+        """Worker ``index`` was started again in a rolling restart: wait for it to be up."""
+        if getattr(self.listener, "tells_when_up", False):
+            self._reload_timer(self.reactor.callLater(self.up_timeout, self._reload_late,
+                                                      index))
+        else:
+            self._reload_timer(self.reactor.callLater(self.settle, self._reload_next))
+
+    def _reload_late(self, index: int) -> None:
+        self._reload_failed(index, f"not ready within {self.up_timeout:g} s")
+
+    def _reload_failed(self, index: int, why: str) -> None:
+        reload = self._reload
+        if reload is None:
+            return
+        self._reload_timer(None)
+        self._reload = None
+        log.error("the restart of the kcm-gateway workers stops: worker {index} failed to "
+                  "start again ({why}); {left} worker(s) not restarted keep running as they "
+                  "were", index=index, why=why, left=len(reload.left))
+
     def _start(self, index: int) -> None:
         self._restarts.pop(index, None)
         argv = list(self.command(index))
@@ -291,13 +423,22 @@ class WorkerPool(Service):
                             path=None, childFDs=child_fds)
         except Exception as e:
             self.listener.worker_gone(index)
-            self._restart_later(index, failed=True, why=str(e) or type(e).__name__,
-                                pid=None, ran=0.0)
+            why = str(e) or type(e).__name__
+            if self._reloading(index):
+                self._reload_failed(index, why)
+            self._restart_later(index, failed=True, why=why, pid=None, ran=0.0)
             return
         finally:
             self.listener.worker_spawned(index)
         self.workers[index] = _Worker(index, process, process.pid, self.reactor.seconds())
         log.info("kcm-gateway worker {index} started: pid {pid}", index=index, pid=process.pid)
+        if self._reloading(index):
+            self._reload_started(index)
+
+    def _reloading(self, index: int) -> bool:
+        """Whether worker ``index`` is being started again in a rolling restart."""
+        reload = self._reload
+        return reload is not None and reload.current == index and reload.stage == "starting"
 
     def worker_ended(self, index: int, reason: Failure) -> None:
         """Worker ``index`` exited (``reason``: ProcessDone or ProcessTerminated)."""
@@ -317,6 +458,13 @@ class WorkerPool(Service):
         ran = now - worker.started
         if ran >= self.stable_after:
             self.failures[index] = 0
+        reload = self._reload
+        if reload is not None and reload.current == index:
+            if reload.stage == "stopping":  # the old one: started again at once, below
+                self._reload_timer(None)
+                reload.stage = "starting"
+            else:  # the new one, before it was up
+                self._reload_failed(index, how)
         self._restart_later(index, failed=not expected, why=how, pid=worker.pid,
                             ran=ran)
 
@@ -337,12 +485,14 @@ class WorkerPool(Service):
         else:
             delay = 0.0
             self.failures[index] = 0
-            log.info("kcm-gateway worker {index} (pid {pid}) exited after a forwarded signal "
-                     "({why}); restarting it", index=index, pid=pid, why=why)
+            log.info("kcm-gateway worker {index} (pid {pid}) exited as asked ({why}); "
+                     "starting it again", index=index, pid=pid, why=why)
         self._restarts[index] = self.reactor.callLater(delay, self._start, index)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._reload_timer(None)
+        self._reload = None
         for call in self._restarts.values():
             call.cancel()
         self._restarts.clear()

@@ -192,14 +192,16 @@ def makeService(options: Options,
     guard = ConnectionGuard(config.limits, reactor)
     metrics.watch(link=link, cache=cache, guard=guard, clock=reactor.seconds)
     gateway.link, gateway.cache, gateway.handler = link, cache, handler
+    gateway.kmip_factory = kmip_factory
     gateway.metrics = metrics
 
     GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
     link.setServiceParent(gateway)
     TLSListener(reactor, config.listen,
                 partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy),
-                kmip_factory, name="kcm-kmip-listener",
-                guard=guard).setServiceParent(gateway)
+                kmip_factory, name="kcm-kmip-listener", guard=guard,
+                # A worker tells its supervisor once it can serve: linked, or holding keys.
+                ready=lambda: metrics.readiness().ready).setServiceParent(gateway)
     refresher.setServiceParent(gateway)
     if opened_keys is not None:
         # Expired DEKs are never served; this takes them out of memory soon after.
@@ -233,6 +235,7 @@ def make_supervisor(options: Options, workers: int,
         options, index, listener.worker_listen,
         worker_metrics.listen_for(index) if worker_metrics is not None else None),
         listener, reactor=reactor)
+    listener.on_worker_up = pool.worker_up  # a rolling restart waits for each to be up
     if config.metrics_listen:
         # Before the pool: its directory is there when the first worker starts.
         worker_metrics = WorkerMetrics(reactor, lambda: pool.workers)

@@ -12,7 +12,8 @@ supervisor's log (``kcm-gateway worker I started: pid P``).
 * A revocation (a destroyed L4 token, a compromised L3) reaches every worker within 1 s.
 * A worker killed with SIGKILL is restarted and serves again; the other kept serving.
 * SIGTERM to the supervisor stops every worker; a supervisor killed outright takes its
-  workers with it; SIGHUP restarts every worker (forwarded; a gateway exits on it).
+  workers with it; SIGHUP restarts the workers one at a time, and a client opening new
+  connections all the while is served every time.
 """
 
 from __future__ import annotations
@@ -358,20 +359,51 @@ def test_a_killed_supervisor_takes_its_workers_with_it(deployment) -> None:
 
 
 
-def test_sighup_to_the_supervisor_restarts_every_worker_and_they_link_again(
+def test_sighup_restarts_the_workers_one_at_a_time_and_new_connections_are_served_throughout(
         deployment) -> None:
+    """SIGHUP: worker 1 is stopped (SIGTERM) and started again, and only once the new one
+    is up is worker 2 restarted; a client that opens a new connection for every request
+    all the while is answered every time (by whichever worker is not restarting)."""
     _, gateway = deployment
     assert gateway.process is not None
     before = gateway.worker_pids()
-    gateway.process.send_signal(signal.SIGHUP)
-    gateway.wait_linked(more_than=3, timeout=20.0)  # two links each, old and new
+    done = threading.Event()
+    served: list[str] = []
+    failed: list[str] = []
+
+    def keep_connecting() -> None:
+        while not done.is_set():
+            try:
+                with gateway.client("app") as client:
+                    [created] = succeeded_v21(client, create_l4())
+                served.append(created.unique_identifier)
+            except Exception as e:  # what a client would see: counted, and the test fails
+                failed.append(repr(e))
+
+    client_thread = threading.Thread(target=keep_connecting)
+    client_thread.start()
+    try:
+        wait_until(lambda: len(served) >= 5, "the client to be served before the SIGHUP")
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "every kcm-gateway worker was restarted" in gateway.log.read_text(),
+                   "the rolling restart to finish", timeout=40.0)
+        count = len(served)
+        wait_until(lambda: len(served) >= count + 5, "the client to be served after it")
+    finally:
+        done.set()
+        client_thread.join(timeout=30)
+    assert failed == [], failed[:5]
     after = gateway.worker_pids()
     assert set(after) == {1, 2} and not set(after.values()) & set(before.values())
     assert gateway.process.poll() is None  # the supervisor itself kept running
     log = gateway.log.read_text()
-    for index, pid in before.items():
-        assert (f"kcm-gateway worker {index} (pid {pid}) exited after a forwarded signal "
-                "(signal SIGHUP); restarting it") in log
-    with gateway.client("app") as client:
-        [created] = succeeded_v21(client, create_l4())
-        assert created.unique_identifier.startswith("l4.1.")
+    steps = [f"restarting kcm-gateway worker 1 (pid {before[1]})",
+             f"kcm-gateway worker 1 (pid {before[1]}) exited as asked",
+             "kcm-gateway worker 1 is up again",
+             f"restarting kcm-gateway worker 2 (pid {before[2]})",
+             f"kcm-gateway worker 2 (pid {before[2]}) exited as asked",
+             "kcm-gateway worker 2 is up again",
+             "every kcm-gateway worker was restarted"]
+    at = [log.index(step) for step in steps]
+    assert at == sorted(at), steps
+    print(f"\n{len(served)} connections served, none failed, through the rolling restart")

@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from kcm.gateway.acceptor import Acceptor
-from kcm.handoff import REPORT
+from kcm.handoff import READY, REPORT
 
 
 class FakeReactor(Clock):
@@ -140,3 +140,32 @@ def test_running_out_of_descriptors_pauses_reading_instead_of_spinning() -> None
     acceptor.stop()
     worker_end.close()
     assert reactor.readers == set() and reactor.getDelayedCalls() == []
+
+
+def test_a_worker_that_says_it_is_ready_is_preferred_and_heard_of(listening) -> None:
+    """What a rolling restart waits for, and where connections go meanwhile: a worker that
+    has said READY on its channel (once per channel) is preferred over one that has not."""
+    up: list[int] = []
+    reactor = FakeReactor()
+    acceptor = Acceptor(reactor, listening, worker_up=up.append)
+    acceptor.start()
+    ends = {index: acceptor.open_channel(index) for index in (1, 2)}
+    clients = connect(listening, 2)
+    acceptor.doRead()  # neither is ready: both get one
+    assert [len(received(ends[1])), len(received(ends[2]))] == [1, 1]
+    ends[2].send(READY)
+    acceptor.channels[2].doRead()
+    ends[2].send(READY)  # (said again: heard once)
+    acceptor.channels[2].doRead()
+    assert up == [2]
+    clients += connect(listening, 3)
+    acceptor.doRead()  # worker 2 is ready, 1 is not: all three go to 2
+    assert [len(received(ends[1])), len(received(ends[2]))] == [0, 3]
+    again = acceptor.open_channel(2)  # worker 2 started again: not ready on its new channel
+    assert 2 not in acceptor.balance.ready
+    again.send(READY)
+    acceptor.channels[2].doRead()
+    assert up == [2, 2]
+    for sock in [*clients, *ends.values(), again]:
+        sock.close()
+    acceptor.stop()

@@ -63,3 +63,18 @@ def test_a_removed_worker_is_not_chosen_and_a_restarted_one_starts_afresh() -> N
 
 def test_no_workers_rank_nothing() -> None:
     assert LeastConnections().ranked() == []
+
+
+def test_ready_workers_take_the_connections_while_any_is_ready() -> None:
+    chosen = balance(1, 2, 3)
+    assert hand(chosen, 3) == [1, 2, 3]  # none is ready yet: all take them
+    chosen.mark_ready(2)
+    chosen.mark_ready(3)
+    assert hand(chosen, 4) == [2, 3, 2, 3]  # worker 1 (not ready) gets none
+    chosen.add(2)  # worker 2 started again: not ready, its counts afresh
+    assert 2 not in chosen.ready
+    assert hand(chosen, 2) == [3, 3]
+    chosen.remove(3)
+    assert hand(chosen, 2) == [2, 1]  # none ready left: the fewest, as before
+    chosen.mark_ready(9)  # a worker it does not know: nothing
+    assert chosen.ready == set()

@@ -73,10 +73,12 @@ class FakeSpawner:
 
 
 class FakeListener:
-    """SharedListener's stand-in: descriptor 7 for every worker; records the calls."""
+    """SharedListener's stand-in: descriptor 7 for every worker; records the calls. Like a
+    TCP listener's, it tells when a worker is up (the test calls ``worker_up``)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
+        self.tells_when_up = True
 
     def worker_starting(self, index: int) -> int:
         self.calls.append(("starting", index))
@@ -217,24 +219,121 @@ def test_a_forwarded_signal_reaches_every_worker_and_its_exit_restarts_at_once()
     workers.startService()
     spawner.latest(1).end(code=1)
     clock.advance(RESTART_BACKOFF(0))  # one failure on record for worker 1
-    workers.forward(signal.SIGHUP)
-    assert [spawner.latest(i).signals for i in (1, 2)] == [[signal.SIGHUP]] * 2
-    spawner.latest(1).end(signum=signal.SIGHUP)  # a worker exits on SIGHUP...
+    workers.forward(signal.SIGUSR1)
+    assert [spawner.latest(i).signals for i in (1, 2)] == [[signal.SIGUSR1]] * 2
+    spawner.latest(1).end(signum=signal.SIGUSR1)  # a worker exits on it...
     clock.advance(0)
     assert 1 in workers.pids() and workers.failures[1] == 0  # ...and is back at once
-    assert spawner.latest(2).signals == [signal.SIGHUP]  # the other kept running
+    assert spawner.latest(2).signals == [signal.SIGUSR1]  # the other kept running
 
 
-def test_sighup_to_the_supervisor_is_forwarded(monkeypatch) -> None:
+def test_a_reload_restarts_one_worker_at_a_time_each_once_the_last_is_up() -> None:
+    workers, clock, spawner = pool(3)
+    workers.startService()
+    old = {i: spawner.latest(i) for i in (1, 2, 3)}
+    workers.reload()
+    assert [old[i].signals for i in (1, 2, 3)] == [[signal.SIGTERM], [], []]
+    assert workers.listener.calls[-1] == ("gone", 1)  # no new connections for it
+    old[1].end(code=0)  # twistd stops on SIGTERM
+    clock.advance(0)
+    new1 = spawner.latest(1)
+    assert new1 is not old[1] and workers.failures[1] == 0
+    clock.advance(5)  # not up yet: worker 2 waits
+    assert old[2].signals == []
+    workers.worker_up(2)  # (not the one awaited: nothing happens)
+    assert old[2].signals == []
+    workers.worker_up(1)
+    assert old[2].signals == [signal.SIGTERM]
+    old[2].end(code=0)
+    clock.advance(0)
+    workers.worker_up(2)
+    assert old[3].signals == [signal.SIGTERM]
+    old[3].end(code=0)
+    clock.advance(0)
+    workers.worker_up(3)
+    assert workers.pids() == {i: spawner.latest(i).pid for i in (1, 2, 3)}
+    assert len(spawner.processes) == 6
+    workers.reload()  # another reload may start now
+    assert spawner.latest(1).signals == [signal.SIGTERM]
+
+
+def test_a_reload_stops_when_a_new_worker_cannot_start_and_leaves_the_rest_running() -> None:
+    workers, clock, spawner = pool(3)
+    workers.startService()
+    old = {i: spawner.latest(i) for i in (1, 2, 3)}
+    workers.reload()
+    old[1].end(code=0)
+    clock.advance(0)
+    spawner.latest(1).end(code=1)  # the new configuration does not start
+    clock.advance(60)
+    assert old[2].signals == [] and old[3].signals == []  # still serving, as they were
+    assert workers.pids()[2] == old[2].pid and workers.pids()[3] == old[3].pid
+    # Worker 1 is restarted with the back-off, as any failing worker; a new SIGHUP (the
+    # configuration fixed) starts a new reload.
+    assert workers.failures[1] >= 1
+    workers.reload()
+    assert spawner.latest(1).signals == [signal.SIGTERM]
+
+
+def test_a_reload_kills_a_worker_that_does_not_stop_and_stops_at_one_not_ready_in_time(
+        ) -> None:
+    """A new worker that never says it is ready (it cannot reach the core) stops the
+    restart: the workers not yet restarted keep their keys and serve."""
+    workers, clock, spawner = pool(2, stop_timeout=10.0, up_timeout=30.0)
+    workers.startService()
+    old = {i: spawner.latest(i) for i in (1, 2)}
+    workers.reload()
+    workers.reload()  # a second SIGHUP meanwhile is ignored
+    assert old[1].signals == [signal.SIGTERM]
+    clock.advance(10)
+    assert old[1].signals == [signal.SIGTERM, signal.SIGKILL]
+    old[1].end(signum=signal.SIGKILL)
+    clock.advance(0)
+    assert spawner.latest(1) is not old[1]
+    clock.advance(30)
+    clock.advance(60)
+    assert old[2].signals == [] and workers.pids()[2] == old[2].pid
+    workers.worker_up(1)  # ready at last: nothing more happens (the restart was given up)
+    assert old[2].signals == []
+
+
+def test_a_reload_on_a_shared_socket_goes_on_after_the_settle_time() -> None:
+    workers, clock, spawner = pool(2, settle=2.0)
+    workers.listener.tells_when_up = False  # as a shared (unix:) socket's
+    workers.startService()
+    old = {i: spawner.latest(i) for i in (1, 2)}
+    workers.reload()
+    old[1].end(code=0)
+    clock.advance(0)
+    clock.advance(1.9)
+    assert old[2].signals == []
+    clock.advance(0.1)
+    assert old[2].signals == [signal.SIGTERM]
+
+
+def test_stopping_ends_a_reload() -> None:
+    workers, clock, spawner = pool(2)
+    workers.startService()
+    workers.reload()
+    stopped = workers.stopService()
+    for process in spawner.processes:
+        if not process.ended:
+            process.end(signum=signal.SIGTERM)
+    assert stopped.called
+    clock.advance(60)
+    assert len(spawner.processes) == 2 and clock.getDelayedCalls() == []
+
+
+def test_sighup_to_the_supervisor_restarts_the_workers_one_at_a_time(monkeypatch) -> None:
     clock, spawner = Clock(), FakeSpawner()
     clock.callFromThread = lambda f, *args: f(*args)  # type: ignore[attr-defined]
     previous = signal.getsignal(signal.SIGHUP)
-    workers = WorkerPool(1, lambda index: ["w"], FakeListener(), reactor=clock, spawn=spawner,
+    workers = WorkerPool(2, lambda index: ["w"], FakeListener(), reactor=clock, spawn=spawner,
                          env=dict)
     workers.startService()
     try:
         os.kill(os.getpid(), signal.SIGHUP)
-        assert spawner.latest(1).signals == [signal.SIGHUP]
+        assert [spawner.latest(i).signals for i in (1, 2)] == [[signal.SIGTERM], []]
     finally:
         workers.stopService()
     assert signal.getsignal(signal.SIGHUP) == previous

@@ -19,6 +19,7 @@ from twisted.protocols.policies import WrappingFactory
 
 from kcm.handoff import (
     HANDOFF_BYTE,
+    READY,
     REPORT,
     REPORT_INTERVAL,
     HandoffServerEndpoint,
@@ -82,6 +83,8 @@ def test_descriptors_received_are_adopted_with_their_family_and_counted(server) 
         listening.append)
     [port] = listening
     assert reactor.readers == [port]
+    # Without a readiness check it is ready as soon as it listens, and says so.
+    assert supervisor_end.recv(64) == READY
     clients = [hand_over(server, supervisor_end) for _ in range(3)]
     assert port.doRead() is None  # all three, then nothing more to read
     assert [(family, f) for _, family, f in reactor.adopted] == [
@@ -118,6 +121,7 @@ def test_stopping_closes_the_channel_and_the_reports() -> None:
     [port] = listening
     port.stopListening()
     assert reactor.readers == [] and reactor.getDelayedCalls() == []
+    assert supervisor_end.recv(64) == READY
     assert supervisor_end.recv(1) == b""  # the worker's end is closed
     supervisor_end.close()
 
@@ -147,3 +151,25 @@ async def test_an_adopted_connection_is_served_on_the_real_reactor(server) -> No
         stopped: Deferred[None] = port.stopListening()
         await stopped
         supervisor_end.close()
+
+
+def test_ready_is_said_once_when_the_worker_can_serve() -> None:
+    reactor = FakeReactor()
+    supervisor_end, worker_end = channel_pair()
+    supervisor_end.setblocking(False)
+    linked = [False]
+    listening: list[Any] = []
+    HandoffServerEndpoint(reactor, worker_end.detach(), ready=lambda: linked[0]).listen(
+        Factory.forProtocol(Protocol)).addCallback(listening.append)
+    [port] = listening
+    reactor.advance(REPORT_INTERVAL)
+    with pytest.raises(BlockingIOError):  # not linked yet: nothing said
+        supervisor_end.recv(64)
+    linked[0] = True
+    reactor.advance(REPORT_INTERVAL)
+    assert supervisor_end.recv(64) == READY
+    reactor.advance(REPORT_INTERVAL * 3)
+    with pytest.raises(BlockingIOError):  # once
+        supervisor_end.recv(64)
+    port.stopListening()
+    supervisor_end.close()

@@ -351,3 +351,49 @@ def test_part_of_a_message_is_acknowledged_at_once_a_whole_one_is_not() -> None:
     protocol.dataReceived(wire[10:] + wire)
     assert acknowledged == [1]
     assert transport.value() == wire * 3
+
+
+def test_draining_closes_each_connection_once_idle_for_the_grace_answering_first() -> None:
+    """A stopping gateway (kcm.gateway.service): the idle connection closes after the grace;
+    the one whose request is being answered gets its answer, then closes after the grace;
+    one made while draining gets its first request served; the drain fires once none is
+    left."""
+    handler = EchoHandler()
+    handler.defer = True
+    clock = Clock()
+    factory = KmipServerFactory(handler, ConnectionLimits(idle_timeout=300),
+                                lambda t: PRINCIPAL, clock)
+
+    def connected():
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.handshakeCompleted()
+        return protocol, transport
+
+    (idle, idle_transport), (busy, busy_transport) = connected(), connected()
+    busy.dataReceived(message(1))
+    assert factory.connections == {idle, busy}
+    drained = factory.drain(0.5)
+    late, late_transport = connected()  # (handed over just before the listener stopped)
+    late.dataReceived(message(2))
+    clock.advance(0.5)
+    assert idle_transport.disconnecting and not busy_transport.disconnecting
+    assert not late_transport.disconnecting  # its request is being answered
+    idle.connectionLost(Failure(ConnectionDone()))
+    handler.deferreds[0].callback(b"A")
+    handler.deferreds[1].callback(b"B")
+    assert busy_transport.value() == b"A" and late_transport.value() == b"B"
+    clock.advance(0.4)
+    assert not busy_transport.disconnecting  # idle only since its answer
+    clock.advance(0.1)
+    assert busy_transport.disconnecting and late_transport.disconnecting
+    assert not drained.called
+    busy.connectionLost(Failure(ConnectionDone()))
+    late.connectionLost(Failure(ConnectionDone()))
+    assert drained.called and factory.connections == set()
+
+
+def test_draining_with_no_connection_is_done_at_once() -> None:
+    factory = KmipServerFactory(EchoHandler(), ConnectionLimits(), lambda t: PRINCIPAL, Clock())
+    assert factory.drain(0.5).called

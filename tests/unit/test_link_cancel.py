@@ -5,8 +5,10 @@ gateway's request handler cancelling a client's calls when its connection closes
 from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from kcm.core.context import Caller
 from kcm.core.link_server import LinkServerFactory, LinkServerProtocol
@@ -281,3 +283,72 @@ def test_a_mixed_request_whose_client_left_runs_nothing_more() -> None:
     [item] = response(answer.result).batch_items
     assert (item.result_status, item.result_message) == (ResultStatus.OPERATION_FAILED,
                                                          CLIENT_GONE)
+
+
+# The first link ---------------------------------------------------------------------------------
+
+class NeverConnects:
+    """A client endpoint whose connection attempts never end."""
+
+    def connect(self, factory):
+        return Deferred()
+
+
+def started_link(clock: Clock, **kwargs) -> LinkClient:
+    client = LinkClient(NeverConnects(), clock=clock, max_in_flight=4, **kwargs)
+    client.startService()
+    return client
+
+
+def welcome(client: LinkClient) -> tuple[LinkClientProtocol, StringTransport]:
+    protocol = LinkClientProtocol(client)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(encode_frame(Frame(FrameType.WELCOME, link_version=2,
+                                             peer_name="core", sequence=0,
+                                             heartbeat_interval=1)))
+    return protocol, transport
+
+
+def test_a_call_before_the_first_link_waits_for_it_within_the_first_seconds() -> None:
+    """A gateway (or worker) just started serves its first clients once its link is up,
+    milliseconds later, rather than failing them."""
+    clock = Clock()
+    client = started_link(clock, first_link_wait=5.0)
+    call = client.forward(b"early", APP, "h:1")
+    clock.advance(1)
+    assert not call.called
+    protocol, transport = welcome(client)
+    [hello, sent] = frames_in(transport)
+    assert (hello.type, sent.type, sent.message) == (FrameType.HELLO, FrameType.REQUEST,
+                                                     b"early")
+    protocol.dataReceived(encode_frame(Frame(FrameType.RESPONSE, stream_id=sent.stream_id,
+                                             message=b"answer")))
+    assert call.result == b"answer"
+    client.stopService()
+
+
+def test_past_the_first_seconds_or_after_a_first_link_no_link_fails_at_once() -> None:
+    clock = Clock()
+    client = started_link(clock, first_link_wait=5.0)
+    waiting = client.forward(b"early", APP, "h:1")
+    failures: list = []
+    waiting.addErrback(failures.append)
+    clock.advance(5)  # the wait is bounded
+    assert failures and failures[0].value.args == ("no link to the core",)
+    late = client.forward(b"late", APP, "h:1")
+    late.addErrback(failures.append)
+    assert len(failures) == 2  # at once
+    cancelled = started_link(Clock(), first_link_wait=5.0).forward(b"x", APP, "h:1")
+    cancelled.addErrback(lambda failure: failure.trap(CancelledError))
+    cancelled.cancel()  # a client that leaves while its call waits: nothing is left behind
+    client.stopService()
+    # Once a link was up, a lost one fails calls at once, even within the first seconds.
+    clock = Clock()
+    client = started_link(clock, first_link_wait=5.0)
+    protocol, _ = welcome(client)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    after = client.forward(b"after", APP, "h:1")
+    after.addErrback(failures.append)
+    assert len(failures) == 3
+    client.stopService()

@@ -68,14 +68,20 @@ WORKER_LABEL = "worker"
 def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] = ()
                       ) -> bytes:
     """One Prometheus text exposition from the workers' (``answers``: worker label -> its
-    exposition, or None when it did not answer), each sample labelled with its worker, and
-    ``own`` families after. A family whose type differs from the first worker's that had
-    it is left out for that worker (never mixed)."""
-    families: dict[str, Metric] = {}
+    exposition, or None when it did not answer; one that cannot be parsed counts as not
+    answering), each sample labelled with its worker, and ``own`` families after. A family
+    whose type differs from the first worker's that had it is left out for that worker
+    (never mixed)."""
+    parsed: dict[str, list[Metric] | None] = {}
     for worker, text in answers.items():
-        if text is None:
-            continue
-        for family in text_string_to_metric_families(text):
+        try:
+            parsed[worker] = None if text is None else list(
+                text_string_to_metric_families(text))
+        except ValueError:  # not Prometheus' text format: as if it had not answered
+            parsed[worker] = None
+    families: dict[str, Metric] = {}
+    for worker, worker_families in parsed.items():
+        for family in worker_families or ():
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(family.name, family.documentation,
@@ -88,8 +94,8 @@ def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] =
     up = GaugeMetricFamily("kcm_gateway_worker_up",
                            "1 if the worker answered this scrape, else 0 (its samples are "
                            "missing)", labels=[WORKER_LABEL])
-    for worker, text in answers.items():
-        up.add_metric([worker], 0.0 if text is None else 1.0)
+    for worker, worker_families in parsed.items():
+        up.add_metric([worker], 0.0 if worker_families is None else 1.0)
     running = GaugeMetricFamily("kcm_gateway_workers", "worker processes running")
     running.add_metric([], float(len(answers)))
     collected = [*families.values(), up, running, *own]

@@ -196,3 +196,10 @@ async def test_with_no_worker_running_the_answer_comes_at_once() -> None:
         assert values["kcm_gateway_workers", ()] == 0
     finally:
         worker_metrics.stopService()
+
+
+def test_a_worker_answering_something_else_counts_as_not_answering() -> None:
+    values = samples(merged_exposition({"1": generate_latest(worker_registry(3)).decode(),
+                                        "2": "<html>not metrics</html>\n{{{"}))
+    assert values["kcm_gateway_worker_up", (("worker", "1"),)] == 1
+    assert values["kcm_gateway_worker_up", (("worker", "2"),)] == 0

@@ -517,7 +517,7 @@ class KmipServerFactory(Factory):
         (:meth:`KmipServerProtocol.drain`), new ones too; fires when none is left (the
         caller bounds the wait: a client may keep a connection busy)."""
         self._drain_grace = grace
-        d: Deferred[None] = Deferred()
+        d: Deferred[None] = Deferred(lambda d: self._drained.remove(d))  # (given up on)
         if not self.connections:
             d.callback(None)
             return d

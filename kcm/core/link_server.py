@@ -121,6 +121,11 @@ class LinkServerProtocol(LinkProtocol):
         self._callers: dict[bytes, Caller | _Refused] = {}
         self._callers_generation = factory.policy_generation
 
+    @property
+    def requests_in_flight(self) -> int:
+        """Forwarded requests of this link being answered now."""
+        return len(self._requests)
+
     # Identity -------------------------------------------------------------------------------
     @property
     def identified(self) -> bool:
@@ -491,6 +496,11 @@ class LinkServerFactory(Factory):
 
     def buildProtocol(self, addr: object) -> LinkServerProtocol:
         return LinkServerProtocol(self)
+
+    def requests_in_flight(self) -> int:
+        """Forwarded requests being answered now, on every link (what a stopping core
+        waits for)."""
+        return sum(link.requests_in_flight for link in self.links)
 
     def fetch_keys(self, caller: Caller, tenant: str, service: str, uid: str | None,
                    now: int) -> Deferred[list[ServiceKey] | KmipError]:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from kcm.core import audit, events
@@ -39,7 +39,9 @@ from kcm.core.metrics import CoreMetrics
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
+from kcm.drain import DRAIN_GRACE, drain, until
 from kcm.identity import SubjectMap
+from kcm.kmip_protocol import KmipServerFactory
 from kcm.process import ProcessService
 
 __all__ = ["L1_CHECK_META", "CoreService", "MasterKey", "PolicyFile", "StartupError"]
@@ -198,6 +200,8 @@ class CoreService(ProcessService):
         self.link_factory: LinkServerFactory | None = None
         #: The metrics (kcm.core.metrics), set by makeService.
         self.metrics: CoreMetrics | None = None
+        #: The KMIP listener's factory, set by makeService (what a stop drains).
+        self.kmip_factory: KmipServerFactory | None = None
 
     @property
     def subject_map(self) -> SubjectMap | None:
@@ -207,6 +211,25 @@ class CoreService(ProcessService):
     def reload_policy(self) -> Deferred[None]:
         """Re-read the policy file (what SIGHUP does); see :meth:`PolicyFile.reload`."""
         return self.policy.reload()
+
+    def stopService(self) -> Deferred[None]:
+        """Drain first (:func:`kcm.drain.drain`): the listeners stop, each KMIP client
+        connection is closed once idle 0.5 s, its requests answered, and the gateways'
+        forwarded requests in flight are answered; then the rest stops (the store last),
+        5 s later at most. The links close with the process; gateways reconnect (to another
+        core, if they have one)."""
+        if not self.running:
+            return maybeDeferred(super().stopService)
+        kmip, links = self.kmip_factory, self.link_factory
+        waits: list[Callable[[], Deferred[None]]] = []
+        if kmip is not None:
+            waits.append(lambda: kmip.drain(DRAIN_GRACE))
+        if links is not None:
+            waits.append(lambda: until(self.reactor, lambda: links.requests_in_flight() == 0))
+        draining = drain(self.reactor, "kcm-core",
+                         [self.namedServices.get("kcm-kmip-listener"),
+                          self.namedServices.get("kcm-link-listener")], waits)
+        return draining.addCallback(lambda _: super(CoreService, self).stopService())
 
     def startService(self) -> None:
         # Requests run on worker threads under one GIL. A thread that waits for it (every

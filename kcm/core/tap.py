@@ -169,6 +169,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     sweeper.setServiceParent(core)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     core.metrics = metrics
+    core.kmip_factory = kmip_factory
     if config.metrics_listen:
         readiness = DatabaseReadiness(config.database, reactor)
         metrics_listener(reactor, config.metrics_listen,

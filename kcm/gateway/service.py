@@ -21,6 +21,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
+from kcm.drain import DRAIN_GRACE, drain
 from kcm.gateway.config import GatewayConfig
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint
 from kcm.gateway.handler import GatewayRequestHandler
@@ -58,13 +59,6 @@ class GatewayIdentity(Service):
         super().startService()
 
 
-#: Seconds a connection may be idle before a stopping gateway closes it.
-DRAIN_GRACE = 0.5
-#: Seconds a stopping gateway waits for its connections to close (a supervisor kills a
-#: worker 10 s after its SIGTERM).
-DRAIN_TIMEOUT = 5.0
-
-
 class GatewayService(ProcessService):
     """kcm-gateway: the link to the core, the L3 cache, and the KMIP listener.
 
@@ -72,10 +66,10 @@ class GatewayService(ProcessService):
     :attr:`link`, :attr:`cache`, :attr:`handler` and :attr:`kmip_factory`); it holds the
     policy the core pushed and pre-warms the configured services once the link is up.
 
-    Stopping (SIGTERM) drains first: the KMIP listener stops, each connection is closed
-    once it has been idle :data:`DRAIN_GRACE` seconds (what it sent is answered first, over
-    the link that is still up), and the rest stops when none is left, or after
-    :data:`DRAIN_TIMEOUT` seconds (what is still open then is cut).
+    Stopping (SIGTERM) drains first (:func:`kcm.drain.drain`): the KMIP listener stops,
+    each connection is closed once it has been idle 0.5 s (what it sent is answered first,
+    over the link that is still up), and the rest stops when none is left, or after 5 s
+    (what is still open then is cut).
     """
 
     def __init__(self, config: GatewayConfig, *, reactor: Any,
@@ -104,24 +98,12 @@ class GatewayService(ProcessService):
 
     def stopService(self) -> Deferred[None]:
         factory = self.kmip_factory
-        listener = self.namedServices.get("kcm-kmip-listener")
-        if factory is None or listener is None or not self.running:
+        if factory is None or not self.running:
             return maybeDeferred(super().stopService)
-        stopping = maybeDeferred(listener.stopService)  # no new connections
-
-        def drain(_: object) -> Deferred[None]:
-            if factory.connections:
-                log.info("kcm-gateway stopping: closing {count} connection(s) once idle",
-                         count=len(factory.connections))
-            drained = factory.drain(DRAIN_GRACE)
-            drained.addTimeout(DRAIN_TIMEOUT, self.reactor)
-            return drained.addErrback(lambda _: log.warn(
-                "kcm-gateway stopping: {count} connection(s) still busy after {t:g} s; "
-                "closing them", count=len(factory.connections), t=DRAIN_TIMEOUT))
-
-        stopping.addCallback(drain)
-        stopping.addErrback(lambda failure: log.failure("draining failed", failure))
-        return stopping.addCallback(lambda _: super(GatewayService, self).stopService())
+        draining = drain(self.reactor, "kcm-gateway",
+                         [self.namedServices.get("kcm-kmip-listener")],
+                         [lambda: factory.drain(DRAIN_GRACE)])
+        return draining.addCallback(lambda _: super(GatewayService, self).stopService())
 
     def apply_policy(self, document: str) -> None:
         """Resolve client principals with the core's policy ``document`` from now on: each

@@ -300,10 +300,16 @@ class WorkerPool(Service):
         self._kill: IDelayedCall | None = None
         #: The rolling restart under way, if any.
         self._reload: _Reload | None = None
+        #: How many times each worker was started again (after an exit, for any reason).
+        self._starts: dict[int, int] = {}
 
     def pids(self) -> dict[int, int]:
         """The running workers' process ids, by index."""
         return {index: worker.pid for index, worker in self.workers.items()}
+
+    def restarts(self) -> dict[int, int]:
+        """How many times each worker was started again since the supervisor started."""
+        return {index: max(0, starts - 1) for index, starts in self._starts.items()}
 
     def startService(self) -> None:
         super().startService()
@@ -431,6 +437,7 @@ class WorkerPool(Service):
         finally:
             self.listener.worker_spawned(index)
         self.workers[index] = _Worker(index, process, process.pid, self.reactor.seconds())
+        self._starts[index] = self._starts.get(index, 0) + 1
         log.info("kcm-gateway worker {index} started: pid {pid}", index=index, pid=process.pid)
         if self._reloading(index):
             self._reload_started(index)

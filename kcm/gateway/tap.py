@@ -238,7 +238,7 @@ def make_supervisor(options: Options, workers: int,
     listener.on_worker_up = pool.worker_up  # a rolling restart waits for each to be up
     if config.metrics_listen:
         # Before the pool: its directory is there when the first worker starts.
-        worker_metrics = WorkerMetrics(reactor, lambda: pool.workers)
+        worker_metrics = WorkerMetrics(reactor, lambda: pool.workers, pool.restarts)
         worker_metrics.setServiceParent(supervisor)
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(None, worker_metrics.readiness,

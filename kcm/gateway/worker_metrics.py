@@ -11,8 +11,8 @@ What it promises:
   their samples, each with a ``worker`` label (``"1"``, ``"2"``, ...), one HELP and TYPE per
   family (:func:`merged_exposition`); then ``kcm_gateway_worker_up`` (1 for a worker that
   answered, 0 for one that did not: its samples are missing from that scrape),
-  ``kcm_gateway_workers`` (running) and the supervisor's own process metrics
-  (``worker="supervisor"``).
+  ``kcm_gateway_workers`` (running), ``kcm_gateway_worker_restarts_total`` (per worker) and
+  the supervisor's own process metrics (``worker="supervisor"``).
 * ``/readyz`` at the supervisor is 200 while at least one worker runs and every running
   worker answers ready, else 503; its body has each worker's answer
   (:func:`merged_readiness`). A worker being restarted is not running: new connections do
@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from twisted.application.service import Service
@@ -166,9 +166,11 @@ class WorkerMetrics(Service):
 
     name = "kcm-worker-metrics"
 
-    def __init__(self, reactor: Any, running: Callable[[], Iterable[int]]) -> None:
+    def __init__(self, reactor: Any, running: Callable[[], Iterable[int]],
+                 restarts: Callable[[], Mapping[int, int]] = dict) -> None:
         self.reactor = reactor
         self.running_workers = running
+        self.restarts = restarts
         self.directory: str | None = None
         #: Per path being asked: who waits for its answer.
         self._waiting: dict[str, list[Deferred[Any]]] = {}
@@ -237,7 +239,12 @@ class WorkerMetrics(Service):
         return d
 
     def _own(self) -> list[Metric]:
-        own = []
+        restarts = CounterMetricFamily(
+            "kcm_gateway_worker_restarts", "times the worker was started again (it exited, "
+            "or a SIGHUP restarted it)", labels=[WORKER_LABEL])
+        for index, count in sorted(self.restarts().items()):
+            restarts.add_metric([str(index)], float(count))
+        own: list[Metric] = [restarts]
         for family in self.registry.collect():
             family.samples = [Sample(s.name, {**s.labels, WORKER_LABEL: "supervisor"},
                                      s.value, s.timestamp, s.exemplar)

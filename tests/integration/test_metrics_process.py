@@ -232,6 +232,7 @@ def test_a_gateway_with_workers_answers_for_all_of_them(core: CoreProcess,
                    "both workers linked", timeout=15.0)
         before = metrics(port)
         assert before[("kcm_gateway_workers", ())] == 2
+        assert before[("kcm_gateway_worker_restarts_total", (("worker", "1"),))] == 0
         for worker in ("1", "2"):
             assert before[("kcm_gateway_worker_up", (("worker", worker),))] == 1
             assert before[("kcm_gateway_link_up", (("worker", worker),))] == 1
@@ -259,6 +260,8 @@ def test_a_gateway_with_workers_answers_for_all_of_them(core: CoreProcess,
                    "the restarted worker to be ready", timeout=15.0)
         again = metrics(port)
         assert again[("kcm_gateway_worker_up", (("worker", "1"),))] == 1
+        assert again[("kcm_gateway_worker_restarts_total", (("worker", "1"),))] == 1
+        assert again[("kcm_gateway_worker_restarts_total", (("worker", "2"),))] == 0
         # Worker 1 is a new process: its counters started again.
         assert moved(before, again, "kcm_gateway_requests_total", operation="ENCRYPT",
                      result="success", path="local", worker="1") == 0

@@ -253,6 +253,7 @@ def test_a_reload_restarts_one_worker_at_a_time_each_once_the_last_is_up() -> No
     workers.worker_up(3)
     assert workers.pids() == {i: spawner.latest(i).pid for i in (1, 2, 3)}
     assert len(spawner.processes) == 6
+    assert workers.restarts() == {1: 1, 2: 1, 3: 1}
     workers.reload()  # another reload may start now
     assert spawner.latest(1).signals == [signal.SIGTERM]
 

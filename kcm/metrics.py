@@ -188,6 +188,22 @@ ReadinessCheck = Callable[[], "Readiness | Deferred[Readiness]"]
 Exposition = Callable[[], "bytes | Deferred[bytes]"]
 
 
+def _render_later(request: Request, result: Deferred[Any],
+                  write: Callable[[Request, Any], None]) -> Any:
+    """Answer ``request`` with ``write(request, value)`` once ``result`` fires with a
+    value (it never fails), unless the client has left meanwhile."""
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def answer(value: Any) -> None:
+        if not gone:
+            write(request, value)
+            request.finish()
+
+    result.addCallback(answer)
+    return NOT_DONE_YET
+
+
 class _Metrics(Resource):
     isLeaf = True
 
@@ -196,29 +212,22 @@ class _Metrics(Resource):
         self.exposition = exposition
 
     def render_GET(self, request: Request) -> Any:
-        d = maybeDeferred(self.exposition)
-        finished = request.notifyFinish()
-        gone: list[bool] = []
-        finished.addErrback(lambda _: gone.append(True))
-
-        def answer(body: bytes) -> None:
-            if gone:
-                return
-            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-            request.write(body)
-            request.finish()
-
         def failed(failure: Failure) -> None:
             log.failure("the metrics could not be gathered", failure)
-            if gone:
-                return
+            return None
+
+        return _render_later(request, maybeDeferred(self.exposition).addErrback(failed),
+                             self._write)
+
+    @staticmethod
+    def _write(request: Request, body: bytes | None) -> None:
+        if body is None:
             request.setResponseCode(500)
             request.setHeader(b"content-type", b"text/plain")
             request.write(b"metrics unavailable; see the log\n")
-            request.finish()
-
-        d.addCallbacks(answer, failed)
-        return NOT_DONE_YET
+            return
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.write(body)
 
 
 class _Health(Resource):
@@ -237,26 +246,19 @@ class _Ready(Resource):
         self.check = check
 
     def render_GET(self, request: Request) -> Any:
-        d = maybeDeferred(self.check)
-        finished = request.notifyFinish()
-        gone: list[bool] = []
-        finished.addErrback(lambda _: gone.append(True))
-
-        def answer(readiness: Readiness) -> None:
-            if gone:
-                return
-            request.setResponseCode(200 if readiness.ready else 503)
-            request.setHeader(b"content-type", b"application/json")
-            request.write(readiness.body())
-            request.finish()
-
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> Readiness:
             log.failure("the readiness check failed", failure)
-            answer(Readiness(False, {"error": failure.getErrorMessage()
-                                     or type(failure.value).__name__}))
+            return Readiness(False, {"error": failure.getErrorMessage()
+                                     or type(failure.value).__name__})
 
-        d.addCallbacks(answer, failed)
-        return NOT_DONE_YET
+        return _render_later(request, maybeDeferred(self.check).addErrback(failed),
+                             self._write)
+
+    @staticmethod
+    def _write(request: Request, readiness: Readiness) -> None:
+        request.setResponseCode(200 if readiness.ready else 503)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(readiness.body())
 
 
 class _QuietSite(Site):

@@ -179,3 +179,21 @@ def test_a_port_in_use_fails_the_listener_s_start() -> None:
         service = metrics_listener(reactor, f"tcp:{port}:interface=127.0.0.1", site)
         with pytest.raises(CannotListenError):  # ProcessService then stops the start
             service.startService()
+
+
+def test_metrics_from_an_exposition_that_answers_later_or_fails() -> None:
+    pending: Deferred[bytes] = Deferred()
+    site = metrics_site(None, lambda: Readiness(True), exposition=lambda: pending)
+    request = get(site, b"/metrics")
+    assert not request.finished
+    pending.callback(b"# nothing\n")
+    assert request.finished and body(request) == b"# nothing\n"
+
+    def broken() -> bytes:
+        raise RuntimeError("a worker broke it")
+
+    request = get(metrics_site(None, lambda: Readiness(True), exposition=broken), b"/metrics")
+    assert request.finished and request.responseCode == 500
+    assert body(request) == b"metrics unavailable; see the log\n"
+    with pytest.raises(ValueError):
+        metrics_site(None, lambda: Readiness(True))

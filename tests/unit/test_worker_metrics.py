@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 from prometheus_client import CollectorRegistry, generate_latest
@@ -87,22 +88,44 @@ class _Silent(Protocol):
     """A worker that accepts and never answers."""
 
 
+class Supervisor:
+    """A started WorkerMetrics of the real reactor, whose ``running`` workers are those
+    the test lists, and the worker listeners the test opens (:meth:`serve`): all closed
+    at the end of an ``async with``."""
+
+    def __init__(self, running: list[int]) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.metrics = WorkerMetrics(reactor, lambda: running)
+        self.ports: list[Any] = []
+
+    async def __aenter__(self) -> Supervisor:
+        self.metrics.startService()
+        return self
+
+    async def serve(self, index: int, factory: Any) -> None:
+        """Worker ``index`` listens, served by ``factory``."""
+        self.ports.append(await serverFromString(
+            self.reactor, self.metrics.listen_for(index)).listen(factory))
+
+    async def __aexit__(self, *exc: object) -> None:
+        for port in self.ports:
+            stopped: Deferred[None] = port.stopListening()
+            await stopped
+        self.metrics.stopService()
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_supervisor_asks_each_running_worker_on_its_socket() -> None:
-    from twisted.internet import reactor
-
     running = [1, 2, 3]
-    worker_metrics = WorkerMetrics(reactor, lambda: running)
-    worker_metrics.startService()
-    ports = []
-    try:
+    async with Supervisor(running) as supervisor:
+        worker_metrics = supervisor.metrics
         directory = Path(worker_metrics.directory)
         assert directory.stat().st_mode & 0o777 == 0o700
         for index, ready in ((1, True), (2, False)):  # worker 3 never listens
-            site = metrics_site(worker_registry(index), lambda ready=ready: Readiness(
-                ready, {"linked": ready}))
-            ports.append(await serverFromString(
-                reactor, worker_metrics.listen_for(index)).listen(site))
+            await supervisor.serve(index, metrics_site(
+                worker_registry(index), lambda ready=ready: Readiness(ready, {"linked": ready})))
         assert (directory / "worker-1.sock").stat().st_mode & 0o777 == 0o600
 
         values = samples(await worker_metrics.exposition())
@@ -121,81 +144,47 @@ async def test_the_supervisor_asks_each_running_worker_on_its_socket() -> None:
         running.remove(3)
         running.remove(2)
         assert (await worker_metrics.readiness()).ready
-    finally:
-        for port in ports:
-            stopped: Deferred[None] = port.stopListening()
-            await stopped
-        worker_metrics.stopService()
     assert not directory.exists()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_worker_that_never_answers_is_given_up_on(monkeypatch) -> None:
-    from twisted.internet import reactor
-
     from kcm.gateway import worker_metrics as module
 
     monkeypatch.setattr(module, "ANSWER_TIMEOUT", 0.2)
-    worker_metrics = WorkerMetrics(reactor, lambda: [1])
-    worker_metrics.startService()
-    try:
-        port = await serverFromString(reactor, worker_metrics.listen_for(1)).listen(
-            Factory.forProtocol(_Silent))
-        try:
-            values = samples(await worker_metrics.exposition())
-            assert values["kcm_gateway_worker_up", (("worker", "1"),)] == 0
-        finally:
-            stopped: Deferred[None] = port.stopListening()
-            await stopped
-    finally:
-        worker_metrics.stopService()
+    async with Supervisor([1]) as supervisor:
+        await supervisor.serve(1, Factory.forProtocol(_Silent))
+        values = samples(await supervisor.metrics.exposition())
+        assert values["kcm_gateway_worker_up", (("worker", "1"),)] == 0
 
 
 @pytest_twisted.ensureDeferred
 async def test_scrapes_meanwhile_share_one_asking_of_the_workers() -> None:
-    from twisted.internet import reactor
-
     asked: list[str] = []
-    worker_metrics = WorkerMetrics(reactor, lambda: [1])
-    worker_metrics.startService()
-    try:
-        site = metrics_site(worker_registry(1), lambda: Readiness(True))
-        factory = site
+    site = metrics_site(worker_registry(1), lambda: Readiness(True))
 
-        class Counting(Factory):
-            def buildProtocol(self, address):
-                asked.append("connection")
-                return factory.buildProtocol(address)
+    class Counting(Factory):
+        def buildProtocol(self, address):
+            asked.append("connection")
+            return site.buildProtocol(address)
 
-        port = await serverFromString(reactor, worker_metrics.listen_for(1)).listen(
-            Counting())
-        try:
-            scrapes = [worker_metrics.exposition() for _ in range(5)]
-            answers = [await scrape for scrape in scrapes]
-            assert len(set(answers)) == 1 and b'worker="1"' in answers[0]
-            assert asked == ["connection"]
-            await worker_metrics.exposition()  # a later one asks again
-            assert asked == ["connection"] * 2
-        finally:
-            stopped: Deferred[None] = port.stopListening()
-            await stopped
-    finally:
-        worker_metrics.stopService()
+    async with Supervisor([1]) as supervisor:
+        await supervisor.serve(1, Counting())
+        scrapes = [supervisor.metrics.exposition() for _ in range(5)]
+        answers = [await scrape for scrape in scrapes]
+        assert len(set(answers)) == 1 and b'worker="1"' in answers[0]
+        assert asked == ["connection"]
+        await supervisor.metrics.exposition()  # a later one asks again
+        assert asked == ["connection"] * 2
 
 
 @pytest_twisted.ensureDeferred
 async def test_with_no_worker_running_the_answer_comes_at_once() -> None:
-    from twisted.internet import reactor
-
-    worker_metrics = WorkerMetrics(reactor, lambda: [])
-    worker_metrics.startService()
-    try:
-        readiness = await worker_metrics.readiness()
+    async with Supervisor([]) as supervisor:
+        readiness = await supervisor.metrics.readiness()
         assert not readiness.ready and readiness.details["reason"] == "no worker is running"
-        values = samples(await worker_metrics.exposition())
+        values = samples(await supervisor.metrics.exposition())
         assert values["kcm_gateway_workers", ()] == 0
-    finally:
-        worker_metrics.stopService()
 
 
 def test_a_worker_answering_something_else_counts_as_not_answering() -> None:

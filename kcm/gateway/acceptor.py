@@ -68,6 +68,8 @@ class Acceptor:
         self._started = False
         self._reading = False
         self._paused: IDelayedCall | None = None
+        #: Set while the start holds the first connections back (:meth:`start`).
+        self._holding: IDelayedCall | None = None
         self._logged_accept_error = False
         self._logged_unplaced = False
 
@@ -95,13 +97,35 @@ class Acceptor:
         current.sock.close()
         self._update_reading()
 
+    def ready(self, worker: int) -> None:
+        """``worker`` said it is ready on its channel."""
+        self.balance.mark_ready(worker)
+        if self._holding is not None and all(w in self.balance.ready for w in self.channels):
+            self._release()
+        if self.worker_up is not None:
+            self.worker_up(worker)
+
     # Reading the listening socket ---------------------------------------------------------
-    def start(self) -> None:
+    def start(self, hold: float = 0.0) -> None:
+        """Accept from now on; with ``hold``, only once every worker with a channel has
+        said it is ready, or ``hold`` seconds from now: the first connections (a pool's,
+        made as the gateway starts) spread over all the workers rather than going to the
+        first one ready, and they are long-lived."""
         self._started = True
+        if hold > 0:
+            self._holding = self.reactor.callLater(hold, self._release)
+        self._update_reading()
+
+    def _release(self) -> None:
+        if self._holding is not None and self._holding.active():
+            self._holding.cancel()
+        self._holding = None
         self._update_reading()
 
     def stop(self) -> None:
         self._started = False
+        if self._holding is not None:
+            self._release()
         if self._paused is not None and self._paused.active():
             self._paused.cancel()
         self._paused = None
@@ -110,7 +134,8 @@ class Acceptor:
         self._update_reading()
 
     def _update_reading(self) -> None:
-        wanted = self._started and self._paused is None and len(self.balance) > 0
+        wanted = (self._started and self._paused is None and self._holding is None
+                  and len(self.balance) > 0)
         if wanted and not self._reading:
             self.reactor.addReader(self)
         elif self._reading and not wanted:
@@ -199,9 +224,7 @@ class _Channel:
             if len(report) == REPORT.size:
                 self.acceptor.balance.reported(self.worker, *REPORT.unpack(report))
             elif report == READY and self.worker not in self.acceptor.balance.ready:
-                self.acceptor.balance.mark_ready(self.worker)
-                if self.acceptor.worker_up is not None:
-                    self.acceptor.worker_up(self.worker)
+                self.acceptor.ready(self.worker)
         return None
 
     def connectionLost(self, reason: Failure) -> None:

@@ -70,6 +70,9 @@ RESTART_BACKOFF: Callable[[int], float] = backoffPolicy(initialDelay=0.2, maxDel
 STABLE_AFTER = 30.0
 #: Seconds stopping workers have to exit after SIGTERM before they are killed.
 STOP_TIMEOUT = 10.0
+#: At the supervisor's start: seconds new connections wait (in the backlog) for every worker
+#: to be ready, so that they spread over all of them (kcm.gateway.acceptor).
+START_HOLD = 5.0
 #: In a rolling restart (SIGHUP): seconds a restarted worker has to say it is ready on its
 #: channel; past them the restart stops there.
 UP_TIMEOUT = 30.0
@@ -192,7 +195,7 @@ class SharedListener(Service):
         if isinstance(address, (IPv4Address, IPv6Address)):
             self.acceptor = Acceptor(self.reactor, port.socket,  # type: ignore[attr-defined]
                                      worker_up=self._worker_up)
-            self.acceptor.start()
+            self.acceptor.start(hold=START_HOLD)
             how = "handing each connection to the worker with the fewest"
         else:
             how = "shared by the workers"

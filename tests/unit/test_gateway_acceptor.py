@@ -169,3 +169,35 @@ def test_a_worker_that_says_it_is_ready_is_preferred_and_heard_of(listening) -> 
     for sock in [*clients, *ends.values(), again]:
         sock.close()
     acceptor.stop()
+
+
+def test_at_the_start_connections_wait_for_every_worker_to_be_ready(listening) -> None:
+    """A pool's connections, made as the gateway starts, spread over all the workers: the
+    listening socket is read once every worker with a channel is ready, or after the hold."""
+    reactor = FakeReactor()
+    acceptor = Acceptor(reactor, listening)
+    acceptor.start(hold=5.0)
+    ends = {index: acceptor.open_channel(index) for index in (1, 2)}
+    assert acceptor not in reactor.readers
+    ends[1].send(READY)
+    acceptor.channels[1].doRead()
+    assert acceptor not in reactor.readers  # worker 2 is not ready yet
+    ends[2].send(READY)
+    acceptor.channels[2].doRead()
+    assert acceptor in reactor.readers
+    clients = connect(listening, 4)
+    acceptor.doRead()
+    assert [len(received(ends[1])), len(received(ends[2]))] == [2, 2]
+    for sock in [*clients, *ends.values()]:
+        sock.close()
+    acceptor.stop()
+
+    held = Acceptor(reactor, listening)
+    held.start(hold=5.0)
+    end = held.open_channel(1)  # a worker that never says it is ready
+    reactor.advance(4.9)
+    assert held not in reactor.readers
+    reactor.advance(0.1)
+    assert held in reactor.readers  # the hold is bounded
+    end.close()
+    held.stop()

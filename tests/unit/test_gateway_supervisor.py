@@ -25,6 +25,7 @@ from kcm.gateway.supervisor import (
     WorkerPool,
     worker_count,
 )
+from kcm.handoff import READY
 from kcm.tls import plain_server_endpoint
 
 
@@ -392,7 +393,11 @@ def test_a_tcp_listener_is_accepted_on_by_the_supervisor_and_handed_over_channel
             listener.worker_spawned(1)  # the supervisor's copy of the worker's end is closed
             with pytest.raises(OSError):
                 os.fstat(fileno)
-            assert acceptor in reactor.getReaders() and list(acceptor.channels) == [1]
+            # At the start it waits for every worker to be ready (or START_HOLD seconds).
+            assert acceptor not in reactor.getReaders() and list(acceptor.channels) == [1]
+            worker_end.send(READY)
+            acceptor.channels[1].doRead()
+            assert acceptor in reactor.getReaders()
             listener.worker_gone(1)
             assert acceptor not in reactor.getReaders() and acceptor.channels == {}
     finally:

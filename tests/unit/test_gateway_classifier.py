@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kcm.gateway.classifier import Route, classify, may_run_here
+from kcm.kmip.tags import Tag
 from kcm.ttlv import TtlvError
 from tests.gateway_support import (
     L3_UID,
@@ -121,8 +122,11 @@ _ITEMS = [create_l4(), create_managed(), get(TOKEN), get("42"), encrypt(TOKEN),
        st.one_of(st.none(), st.tuples(st.integers(0, 10_000), st.integers(0, 255))))
 def test_a_request_that_may_not_run_here_is_one_the_classifier_forwards_whole(
         items: list, version: tuple[int, int], flip: tuple[int, int] | None) -> None:
-    """What :func:`may_run_here` declines, the peek would route ALL_REMOTE or could not
-    read: either way the core gets it whole (bytes changed at random included)."""
+    """What :func:`may_run_here` declines, the peek would route ALL_REMOTE, could not read,
+    or finds no batch item in (a flipped byte can turn a Batch Item's tag into another):
+    either way the core gets it whole and answers it (bytes changed at random included).
+    A request without a batch item the peek can see is answered Invalid Message wherever it
+    runs, so which end answers it does not matter."""
     wire = bytearray(request(*items, version=version))
     if flip is not None:
         wire[flip[0] % len(wire)] = flip[1]
@@ -133,7 +137,20 @@ def test_a_request_that_may_not_run_here_is_one_the_classifier_forwards_whole(
         classified = classify(wire)
     except TtlvError:
         return
-    assert classified.route is Route.ALL_REMOTE
+    assert classified.route is Route.ALL_REMOTE or not classified.request.items
+
+
+def test_a_request_whose_batch_item_tag_is_damaged_has_no_item_for_the_peek() -> None:
+    """The case hypothesis found: the one Batch Item's tag changed, the peek sees no item
+    (the request would be answered Invalid Message), while the Operation inside it is still
+    found by the scan, which declines it."""
+    wire = bytearray(request(activate(TOKEN)))
+    at = wire.index(int(Tag.BATCH_ITEM).to_bytes(3, "big"))
+    wire[at + 2] ^= 0x01  # another tag
+    wire = bytes(wire)
+    assert not may_run_here(wire)
+    classified = classify(wire)
+    assert classified.request.items == [] and classified.request.batch_count == 1
 
 
 def test_a_request_with_an_item_that_may_run_here_is_peeked() -> None:

@@ -180,6 +180,9 @@ class Readiness:
         return json.dumps({"ready": self.ready, **self.details}, sort_keys=True).encode()
 
 
+#: What ``/readyz`` answers while the process stops.
+STOPPING = Readiness(False, {"reason": "stopping"})
+
 #: A readiness check: a Readiness, or a Deferred firing with one (never blocking).
 ReadinessCheck = Callable[[], "Readiness | Deferred[Readiness]"]
 
@@ -241,11 +244,16 @@ class _Health(Resource):
 class _Ready(Resource):
     isLeaf = True
 
-    def __init__(self, check: ReadinessCheck) -> None:
+    def __init__(self, check: ReadinessCheck, stopping: Callable[[], bool]) -> None:
         super().__init__()
         self.check = check
+        self.stopping = stopping
 
     def render_GET(self, request: Request) -> Any:
+        if self.stopping():
+            self._write(request, STOPPING)
+            return b""
+
         def failed(failure: Failure) -> Readiness:
             log.failure("the readiness check failed", failure)
             return Readiness(False, {"error": failure.getErrorMessage()
@@ -277,9 +285,11 @@ class _Root(Resource):
 
 
 def metrics_site(registry: CollectorRegistry | None, ready: ReadinessCheck, *,
-                 exposition: Exposition | None = None) -> Site:
+                 exposition: Exposition | None = None,
+                 stopping: Callable[[], bool] | None = None) -> Site:
     """``/metrics``, ``/healthz`` and ``/readyz`` over ``registry`` (or what ``exposition``
-    answers) and ``ready``."""
+    answers) and ``ready``; ``/readyz`` is 503 without asking ``ready`` once ``stopping()``
+    (a load balancer sends no more while the process drains)."""
     if exposition is None:
         if registry is None:
             raise ValueError("metrics_site needs a registry or an exposition")
@@ -287,7 +297,7 @@ def metrics_site(registry: CollectorRegistry | None, ready: ReadinessCheck, *,
     root = _Root()
     root.putChild(b"metrics", _Metrics(exposition))
     root.putChild(b"healthz", _Health())
-    root.putChild(b"readyz", _Ready(ready))
+    root.putChild(b"readyz", _Ready(ready, stopping or (lambda: False)))
     return _QuietSite(root)
 
 

@@ -58,6 +58,8 @@ class ProcessService(MultiService):
         super().__init__()
         self._reactor = reactor
         self.process_name = process_name
+        #: Set once the process has begun to stop (its /readyz then answers 503).
+        self.stopping = False
         self.log_format = log_format
         self.log_level = log_level
         self.log_path = log_path

@@ -220,6 +220,7 @@ class CoreService(ProcessService):
         core, if they have one)."""
         if not self.running:
             return maybeDeferred(super().stopService)
+        self.stopping = True
         kmip, links = self.kmip_factory, self.link_factory
         waits: list[Callable[[], Deferred[None]]] = []
         if kmip is not None:

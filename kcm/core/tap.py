@@ -173,7 +173,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     if config.metrics_listen:
         readiness = DatabaseReadiness(config.database, reactor)
         metrics_listener(reactor, config.metrics_listen,
-                         metrics_site(metrics.registry, readiness)).setServiceParent(core)
+                         metrics_site(metrics.registry, readiness,
+                                      stopping=lambda: core.stopping)).setServiceParent(core)
     return core
 
 

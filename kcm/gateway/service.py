@@ -100,6 +100,7 @@ class GatewayService(ProcessService):
         factory = self.kmip_factory
         if factory is None or not self.running:
             return maybeDeferred(super().stopService)
+        self.stopping = True
         draining = drain(self.reactor, "kcm-gateway",
                          [self.namedServices.get("kcm-kmip-listener")],
                          [lambda: factory.drain(DRAIN_GRACE)])

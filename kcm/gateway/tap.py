@@ -213,7 +213,8 @@ def makeService(options: Options,
                   interval=config.usage_report_interval).setServiceParent(gateway)
     if config.metrics_listen:
         metrics_listener(reactor, config.metrics_listen,
-                         metrics_site(metrics.registry, metrics.readiness)
+                         metrics_site(metrics.registry, metrics.readiness,
+                                      stopping=lambda: gateway.stopping)
                          ).setServiceParent(gateway)
     if worker is not None:
         SupervisorLifeline(reactor).setServiceParent(gateway)

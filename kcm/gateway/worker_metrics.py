@@ -13,12 +13,10 @@ What it promises:
   answered, 0 for one that did not: its samples are missing from that scrape),
   ``kcm_gateway_workers`` (running), ``kcm_gateway_worker_restarts_total`` (per worker) and
   the supervisor's own process metrics (``worker="supervisor"``).
-* ``/readyz`` at the supervisor is 200 while at least one worker runs and every running
-  worker answers ready, else 503; its body has each worker's answer
-  (:func:`merged_readiness`). A worker being restarted is not running: new connections do
-  not go to it. A worker that runs but is not ready (starting, or its link down and its
-  keys past ``max_stale``) would be handed connections it cannot serve, so it makes the
-  whole gateway not ready.
+* ``/readyz`` at the supervisor is 200 while at least one worker answers ready, else 503;
+  its body has each worker's answer (:func:`merged_readiness`). The supervisor hands new
+  connections to the ready workers (:mod:`kcm.gateway.balance`), so one that is not ready
+  (restarting, linking, stopping) takes none while another is: the gateway serves.
 * Bounds: a worker has :data:`ANSWER_TIMEOUT` seconds to answer and at most
   :data:`MAX_ANSWER` bytes; past either it counts as not answering. Scrapes that arrive
   while the workers are being asked share that answer: each worker renders one exposition
@@ -108,16 +106,17 @@ def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] =
 
 
 def merged_readiness(answers: Mapping[str, Readiness | None]) -> Readiness:
-    """Ready while at least one worker runs and every running worker is ready (``answers``:
-    worker label -> its readiness, or None when it did not answer)."""
+    """Ready while at least one worker is (``answers``: worker label -> its readiness, or
+    None when it did not answer)."""
     workers = {worker: ({"ready": False, "reason": "did not answer"} if answer is None
                         else {"ready": answer.ready, **answer.details})
                for worker, answer in sorted(answers.items())}
-    ready = bool(answers) and all(answer is not None and answer.ready
-                                  for answer in answers.values())
+    ready = any(answer is not None and answer.ready for answer in answers.values())
     details: dict[str, Any] = {"workers": workers}
     if not answers:
         details["reason"] = "no worker is running"
+    elif not ready:
+        details["reason"] = "no worker is ready"
     return Readiness(ready, details)
 
 

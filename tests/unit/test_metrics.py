@@ -197,3 +197,19 @@ def test_metrics_from_an_exposition_that_answers_later_or_fails() -> None:
     assert body(request) == b"metrics unavailable; see the log\n"
     with pytest.raises(ValueError):
         metrics_site(None, lambda: Readiness(True))
+
+
+def test_readyz_is_503_once_the_process_stops_without_asking_the_check() -> None:
+    asked: list[bool] = []
+    stopping = [False]
+
+    def check() -> Readiness:
+        asked.append(True)
+        return Readiness(True)
+
+    site = metrics_site(CollectorRegistry(), check, stopping=lambda: stopping[0])
+    assert get(site, b"/readyz").responseCode == 200 and asked == [True]
+    stopping[0] = True
+    request = get(site, b"/readyz")
+    assert request.finished and request.responseCode == 503 and asked == [True]
+    assert json.loads(body(request)) == {"ready": False, "reason": "stopping"}

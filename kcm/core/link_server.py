@@ -14,7 +14,13 @@ closed right after the handshake. On a link:
 * FETCH_SERVICE_KEY → :func:`kcm.core.service_keys.fetch_service_keys`, answered with
   SERVICE_KEYS;
 * USAGE_REPORT (link version 3) → the factory's ``on_usage`` (kcm-core: its
-  :class:`kcm.core.usage_intake.UsageIntake`); not answered.
+  :class:`kcm.core.usage_intake.UsageIntake`); not answered;
+* VERSION (link version 4) → the gateway's own link version, which says whether it takes
+  DRAIN.
+
+A stopping core (:meth:`LinkServerFactory.drain`) sends DRAIN to every gateway that takes
+it: the gateway sends no new request on that link and closes it once its requests are
+answered; a HELLO then is answered GOAWAY, so the gateway links to another core.
 
 A gateway that reads slowly never holds up the others: each link registers as the producer of
 its transport, queues events while its transport is full and is dropped (it resumes by
@@ -50,6 +56,7 @@ from kcm.core.keyring import Keyring
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch
 from kcm.core.service_keys import fetch_service_keys
 from kcm.core.store.engine import Store
+from kcm.drain import until
 from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
@@ -58,6 +65,7 @@ from kcm.l4.service_key import ServiceKey
 from kcm.link.framer import OversizedFrame
 from kcm.link.frames import (
     DEFAULT_MAX_FRAME_SIZE,
+    DRAIN_VERSION,
     HELLO_VERSION,
     LINK_VERSION,
     Frame,
@@ -120,6 +128,10 @@ class LinkServerProtocol(LinkProtocol):
         #: the factory's ``policy_generation``; a new policy empties it.
         self._callers: dict[bytes, Caller | _Refused] = {}
         self._callers_generation = factory.policy_generation
+        #: The link version the gateway named in VERSION (1: it sent none).
+        self.gateway_version = HELLO_VERSION
+        #: Whether this link was sent DRAIN (the gateway closes it once answered).
+        self.drain_sent = False
 
     @property
     def requests_in_flight(self) -> int:
@@ -162,6 +174,9 @@ class LinkServerProtocol(LinkProtocol):
         if self._hello:
             self.go_away("a second HELLO")
             return
+        if self.factory.draining:
+            self.go_away("this core is stopping: link to another")
+            return
         # A gateway names the oldest version (HELLO_VERSION) so that cores of every release
         # take it; WELCOME tells it this core's, and so which frames it may send.
         if not HELLO_VERSION <= (frame.link_version or 0) <= LINK_VERSION:
@@ -183,6 +198,9 @@ class LinkServerProtocol(LinkProtocol):
 
     def _welcome(self, asked: int) -> None:
         if self.closing:
+            return
+        if self.factory.draining:
+            self.go_away("this core is stopping: link to another")
             return
         head = self.factory.fanout.head
         # A gateway ahead of the outbox (a restored database) starts over from the head; it
@@ -449,6 +467,31 @@ class LinkServerProtocol(LinkProtocol):
                 counts[uid] = counts.get(uid, 0) + count
             on_usage(counts)
 
+    # VERSION and DRAIN ----------------------------------------------------------------------
+    def frame_VERSION(self, frame: Frame) -> None:
+        """The gateway's own link version (sent once, after a WELCOME of version 4 or
+        later): which frames it takes."""
+        if not self._require_hello(frame):
+            return
+        if self.gateway_version != HELLO_VERSION:
+            self.go_away("a second VERSION")
+            return
+        self.gateway_version = max(HELLO_VERSION, frame.link_version or HELLO_VERSION)
+        if self.factory.draining:  # it crossed the DRAIN this link was not sent yet
+            self.drain()
+
+    def drain(self) -> None:
+        """Ask the gateway to send no new request here (DRAIN), if it takes DRAIN."""
+        if self.gateway_version >= DRAIN_VERSION and not self.drain_sent and not self.closing:
+            self.drain_sent = True
+            self.send(Frame(FrameType.DRAIN, error="the core is stopping"))
+
+    @property
+    def drained(self) -> bool:
+        """Whether nothing is left to answer here: a link sent DRAIN is drained once the
+        gateway closed it; another once no request of it is in flight."""
+        return self.closing or (not self.drain_sent and not self._requests)
+
     def go_away(self, reason: str, *, abort: bool = False) -> None:
         """Send GOAWAY, then close (``abort``: without waiting for the peer to read)."""
         if self.closing:
@@ -483,6 +526,8 @@ class LinkServerFactory(Factory):
         self.links: set[LinkServerProtocol] = set()
         #: Called with each USAGE_REPORT's counts (L3 uid -> encryptions); None: ignored.
         self.on_usage: Callable[[dict[str, int]], None] | None = None
+        #: Set by :meth:`drain`: no new link is welcomed.
+        self.draining = False
         self.set_subject_map(subject_map)
 
     def set_subject_map(self, subject_map: SubjectMap | None) -> None:
@@ -498,9 +543,18 @@ class LinkServerFactory(Factory):
         return LinkServerProtocol(self)
 
     def requests_in_flight(self) -> int:
-        """Forwarded requests being answered now, on every link (what a stopping core
-        waits for)."""
+        """Forwarded requests being answered now, on every link."""
         return sum(link.requests_in_flight for link in self.links)
+
+    def drain(self) -> Deferred[None]:
+        """What a stopping core does with its links: welcome no new one, send DRAIN to each
+        gateway that takes it; fires once every link is drained (:attr:`LinkServerProtocol.
+        drained`: its gateway closed it, its requests answered, or, for a gateway that
+        does not take DRAIN, no request of it is in flight). The caller bounds the wait."""
+        self.draining = True
+        for link in list(self.links):
+            link.drain()
+        return until(self.clock, lambda: all(link.drained for link in self.links))
 
     def fetch_keys(self, caller: Caller, tenant: str, service: str, uid: str | None,
                    now: int) -> Deferred[list[ServiceKey] | KmipError]:

@@ -39,7 +39,7 @@ from kcm.core.metrics import CoreMetrics
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
-from kcm.drain import DRAIN_GRACE, drain, until
+from kcm.drain import DRAIN_GRACE, drain
 from kcm.identity import SubjectMap
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.process import ProcessService
@@ -214,10 +214,11 @@ class CoreService(ProcessService):
 
     def stopService(self) -> Deferred[None]:
         """Drain first (:func:`kcm.drain.drain`): the listeners stop, each KMIP client
-        connection is closed once idle 0.5 s, its requests answered, and the gateways'
-        forwarded requests in flight are answered; then the rest stops (the store last),
-        5 s later at most. The links close with the process; gateways reconnect (to another
-        core, if they have one)."""
+        connection is closed once idle 0.5 s, its requests answered, and each gateway is
+        sent DRAIN (:meth:`LinkServerFactory.drain`): it sends its new requests to its next
+        link and closes this one once its requests are answered (a gateway that does not
+        take DRAIN is waited for until none of its requests is in flight); then the rest
+        stops (the store last), 5 s later at most."""
         if not self.running:
             return maybeDeferred(super().stopService)
         self.stopping = True
@@ -226,7 +227,7 @@ class CoreService(ProcessService):
         if kmip is not None:
             waits.append(lambda: kmip.drain(DRAIN_GRACE))
         if links is not None:
-            waits.append(lambda: until(self.reactor, lambda: links.requests_in_flight() == 0))
+            waits.append(links.drain)
         draining = drain(self.reactor, "kcm-core",
                          [self.namedServices.get("kcm-kmip-listener"),
                           self.namedServices.get("kcm-link-listener")], waits)

@@ -15,11 +15,18 @@
 * :meth:`LinkClient.report_usage` — how many encryptions were made under each L3 version
   (USAGE_REPORT, to a core whose WELCOME names link version 3 or later; no answer).
 
-Nothing waits for a link that is not there: while it is down every call fails at once with
-:class:`LinkDown`. In-flight streams are bounded: at ``max_in_flight`` the registered
-producers (the gateway's client connections) are paused until half have been answered, and
-beyond twice that a call fails with :class:`LinkBusy`. A stream unanswered for
-``request_timeout`` seconds fails with :class:`LinkTimeout`.
+Nothing waits long for a link that is not there: while it is down every call fails at once
+with :class:`LinkDown`, with two exceptions, both bounded (``first_link_wait`` and
+``drain_wait``, 5 s): the calls made just after the start wait for the first link, and the
+calls made after the core sent DRAIN (it is stopping; link version 4) wait for the next link.
+A draining link takes no new call; its calls in flight are answered on it, and it is closed
+once they all are, which makes the link reconnect at once (to the next core, when the
+draining one no longer takes links).
+
+In-flight streams are bounded: at ``max_in_flight`` the registered producers (the gateway's
+client connections) are paused until half have been answered, and beyond twice that a call
+fails with :class:`LinkBusy` (as does one beyond twice that waiting for a link). A stream
+unanswered for ``request_timeout`` seconds fails with :class:`LinkTimeout`.
 
 Frames are bounded by ``max_frame_size`` (:func:`kcm.link.frames.frame_size_limit` of the
 gateway's maximum message size), and a frame too large fails its one stream, never the
@@ -52,7 +59,9 @@ from kcm.link.framer import OversizedFrame
 from kcm.link.frames import (
     CANCEL_VERSION,
     DEFAULT_MAX_FRAME_SIZE,
+    DRAIN_VERSION,
     HELLO_VERSION,
+    LINK_VERSION,
     MAX_USAGE_ENTRIES,
     USAGE_VERSION,
     Frame,
@@ -129,6 +138,9 @@ class LinkClientProtocol(LinkProtocol):
         self.welcomed = False
         #: The link version the core named in WELCOME (which frames it takes).
         self.core_version = HELLO_VERSION
+        #: Whether the core sent DRAIN: no new call goes on this link, which closes once
+        #: its streams are answered.
+        self.draining = False
         self._next_stream = 0
 
     def connectionMade(self) -> None:
@@ -143,9 +155,34 @@ class LinkClientProtocol(LinkProtocol):
             return
         self.welcomed = True
         self.core_version = frame.link_version or HELLO_VERSION
+        if self.core_version >= DRAIN_VERSION:  # so that the core may send DRAIN
+            self.send(Frame(FrameType.VERSION, link_version=LINK_VERSION))
         if frame.heartbeat_interval and frame.heartbeat_interval != self.heartbeat_interval:
             self.start_heartbeat(frame.heartbeat_interval)
         self.client._welcomed(self, frame)
+
+    def frame_DRAIN(self, frame: Frame) -> None:
+        """The core is stopping: new calls wait for the next link; this one closes once
+        its streams are answered."""
+        if not self.welcomed:
+            self.go_away("DRAIN before WELCOME")
+            return
+        if self.draining:
+            return
+        self.draining = True
+        self.client._draining(self, frame.error)
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.draining and not self.streams and not self.closing:
+            self.go_away("drained: every stream is answered")
+
+    def _stream_closed(self) -> None:
+        """A stream was answered, failed or given up: counted, and a draining link whose
+        last stream it was is closed."""
+        self.client._stream_done()
+        if self.draining and not self.streams:
+            self._close_if_drained()
 
     def frame_received(self, wire: bytes) -> None:
         """A RESPONSE is read straight from its bytes (:func:`kcm.link.relay.read_response`)
@@ -190,7 +227,7 @@ class LinkClientProtocol(LinkProtocol):
         stream = self.streams.pop(frame.stream_id, None)
         if stream is None:  # timed out already: skipped like any late answer
             return
-        self.client._stream_done()
+        self._stream_closed()
         log.warn("the core answered stream {stream} with a {kind} frame of {size} bytes; "
                  "frames of at most {limit} are taken (limits.max_message_size)",
                  stream=frame.stream_id, kind=frame.frame_type.name, size=frame.size,
@@ -203,7 +240,7 @@ class LinkClientProtocol(LinkProtocol):
         stream = self.streams.pop(stream_id, None)
         if stream is None:  # timed out already: the late answer has nobody to go to
             return None
-        self.client._stream_done()
+        self._stream_closed()
         if stream.answer_type is not frame_type:
             self.go_away(f"{frame_type.name} answers stream {stream_id}, "
                          f"which awaits {stream.answer_type.name}")
@@ -245,7 +282,7 @@ class LinkClientProtocol(LinkProtocol):
         if stream is None or stream.deferred is not d:
             return
         del self.streams[stream_id]
-        self.client._stream_done()
+        self._stream_closed()
         if self.core_version >= CANCEL_VERSION:
             self.send(Frame(FrameType.CANCEL, stream_id=stream_id))
             self.client.cancels_sent += 1
@@ -263,7 +300,7 @@ class LinkClientProtocol(LinkProtocol):
         expired = [sid for sid, stream in self.streams.items() if stream.deadline <= now]
         for stream_id in expired:
             stream = self.streams.pop(stream_id)
-            self.client._stream_done()
+            self._stream_closed()
             stream.deferred.errback(LinkTimeout(
                 f"the core did not answer within {self.client.request_timeout:g}s"))
 
@@ -276,6 +313,8 @@ class LinkClientProtocol(LinkProtocol):
 
 #: Seconds after a gateway starts during which calls wait for its first link to the core.
 FIRST_LINK_WAIT = 5.0
+#: Seconds after the core sent DRAIN during which calls wait for the next link.
+DRAIN_WAIT = 5.0
 
 
 class LinkClient(MultiService):
@@ -292,13 +331,20 @@ class LinkClient(MultiService):
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                  max_retry_delay: float = 1.0,
                  random_fraction: Callable[[], float] = random.random,
-                 first_link_wait: float = FIRST_LINK_WAIT) -> None:
+                 first_link_wait: float = FIRST_LINK_WAIT,
+                 drain_wait: float = DRAIN_WAIT) -> None:
         super().__init__()
         self.clock = clock
-        #: Seconds after the service starts during which a call waits for the first link
-        #: (see :meth:`_send`).
+        #: Seconds after the service starts during which a call waits for the first link,
+        #: and after a DRAIN during which it waits for the next (see :meth:`_send`).
         self.first_link_wait = first_link_wait
-        self._started_at: float | None = None
+        self.drain_wait = drain_wait
+        #: Until when (the clock's seconds) a call made with no link waits for one.
+        self._hold_until = float("-inf")
+        #: The calls waiting for a link now: each one's way to give up (LinkDown).
+        self._held: set[Callable[[], None]] = set()
+        #: Whether the next reconnection goes at once (the link closed after a DRAIN).
+        self._relink_now = False
         #: The name the gateway gives itself in HELLO (its certificate's gateway name; a
         #: gateway assembled before reading its certificate sets it when it starts).
         self.gateway_name = name
@@ -328,6 +374,8 @@ class LinkClient(MultiService):
         self.cancels_sent = 0
         #: Links made (welcomed) since the service started; all but the first reconnected.
         self.links_made = 0
+        #: Links the core drained (sent DRAIN on: it was stopping).
+        self.links_drained = 0
         self._backoff = backoffPolicy(initialDelay=0.1, maxDelay=max_retry_delay, factor=2.0,
                                       jitter=lambda: 0.1 * random_fraction())
         factory = Factory.forProtocol(lambda: LinkClientProtocol(self))
@@ -350,12 +398,22 @@ class LinkClient(MultiService):
 
     def retry_delay(self, failed_attempts: int) -> float:
         """Seconds before the next connection attempt: 0.1 s doubling to 1 s (plus up to
-        0.1 s of jitter) with each failure, counting links closed before WELCOME."""
+        0.1 s of jitter) with each failure, counting links closed before WELCOME; none
+        after a drained link closed (the core asked the gateway to go elsewhere)."""
+        if self._relink_now:
+            self._relink_now = False
+            return 0.0
         return self._backoff(failed_attempts + self._refusals)
 
     def startService(self) -> None:
-        self._started_at = self.clock.seconds()
+        self._hold_until = self.clock.seconds() + self.first_link_wait
         super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        self._hold_until = float("-inf")
+        for give_up in list(self._held):
+            give_up()
+        return super().stopService()
 
     # State ----------------------------------------------------------------------------------
     @property
@@ -448,36 +506,43 @@ class LinkClient(MultiService):
         """``send(protocol, *args)`` on the link (a call opening a stream), or the failure
         that refuses it: no link, too many calls in flight, a frame too large.
 
-        A call made before the first link is up, within ``first_link_wait`` seconds of the
-        start, waits for it until then (a gateway just started, or a worker just
-        restarted, serves its first clients instead of failing them for a link that is a
-        few milliseconds away); later, no link fails the call at once."""
-        started = self._started_at
-        if (self._protocol is None and self.links_made == 0 and started is not None
-                and self.running):
-            left = started + self.first_link_wait - self.clock.seconds()
+        A call made with no link waits for the next one, until it is up or the hold ends,
+        in two cases: within ``first_link_wait`` seconds of the start, before the first
+        link (a gateway just started, or a worker just restarted, serves its first clients
+        instead of failing them for a link that is a few milliseconds away); and within
+        ``drain_wait`` seconds of a DRAIN (the core it was linked to is stopping: the link
+        moves to the next core, or to the same one restarted). Otherwise no link fails the
+        call at once."""
+        if self._protocol is None:
+            left = self._hold_until - self.clock.seconds()
             if left > 0:
-                return self._after_first_link(left, send, *args)
+                if len(self._held) >= 2 * self.max_in_flight:  # bounded as calls in flight
+                    return fail(LinkBusy(f"{len(self._held)} calls wait for a link"))
+                return self._after_link(left, send, *args)
         return self._send_now(send, *args)
 
-    def _after_first_link(self, left: float, send: Callable[..., Deferred],
-                          *args: Any) -> Deferred:
-        """``_send_now(send, *args)`` once the first link is up, or LinkDown after ``left``
-        seconds; cancelling it gives up the wait."""
+    def _after_link(self, left: float, send: Callable[..., Deferred], *args: Any) -> Deferred:
+        """``_send_now(send, *args)`` once a link is up, or LinkDown after ``left`` seconds
+        (or when the service stops); cancelling it gives up the wait."""
         result: Deferred = Deferred()
 
         def linked(_: object) -> None:
             if not result.called:
-                timer.cancel()
                 self._send_now(send, *args).chainDeferred(result)
 
         def too_late() -> None:
             if not result.called:
                 result.errback(LinkDown("no link to the core"))
 
+        def done(outcome: object) -> object:
+            self._held.discard(too_late)
+            if timer.active():
+                timer.cancel()
+            return outcome
+
         timer = self.clock.callLater(left, too_late)
-        result.addBoth(lambda outcome: (timer.cancel() if timer.active() else None,
-                                        outcome)[1])
+        self._held.add(too_late)
+        result.addBoth(done)
         self.when_connected().addCallback(linked)
         return result
 
@@ -514,15 +579,32 @@ class LinkClient(MultiService):
                 log.failure("applying the core's policy failed")
         self._protocol = protocol
         self._refusals = 0
+        self._hold_until = float("-inf")  # a link lost from now on fails calls at once
         self.links_made += 1
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
 
+    def _draining(self, protocol: LinkClientProtocol, reason: str | None) -> None:
+        """The core of ``protocol`` sent DRAIN: new calls wait for the next link (up to
+        ``drain_wait`` seconds), which is made at once when this one closes."""
+        self.links_drained += 1
+        if self._protocol is not protocol:
+            return
+        self._protocol = None
+        self._hold_until = self.clock.seconds() + self.drain_wait
+        self._relink_now = True
+        log.info("the core at {peer} is stopping ({reason}): {streams} calls in flight are "
+                 "answered on its link; new calls wait up to {wait:g}s for the next link",
+                 peer=protocol.peer, reason=reason or "DRAIN", streams=len(protocol.streams),
+                 wait=self.drain_wait)
+
     def _lost(self, protocol: LinkClientProtocol, reason: Failure, streams: int) -> None:
         if self._protocol is protocol:
             self._protocol = None
             log.warn("link to the core lost: {reason}", reason=reason.getErrorMessage())
+        elif protocol.draining:
+            log.info("the drained link to {peer} is closed", peer=protocol.peer)
         elif not protocol.welcomed:
             self._refusals += 1
         if streams:

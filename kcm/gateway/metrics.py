@@ -124,6 +124,10 @@ class GatewayMetrics:
         register(_CallbackCounter("kcm_gateway_link_reconnects",
                                   "Links to the core made after the first one.", (),
                                   lambda: [((), max(link.links_made - 1, 0))]))
+        register(_CallbackCounter("kcm_gateway_link_drains",
+                                  "Links the core drained because it was stopping (DRAIN): "
+                                  "their calls answered, new ones sent on the next link.", (),
+                                  lambda: [((), link.links_drained)]))
         register(CallbackGauge("kcm_gateway_open_connections",
                                "Client connections open on the KMIP listener.", (),
                                lambda: [((), guard.connections)]))

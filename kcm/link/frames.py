@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from kcm.l4.service_key import ServiceKey
 from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 
-#: The link version this end speaks: 2 is version 1 with CANCEL, 3 adds USAGE_REPORT. A core
-#: names its version in WELCOME; a gateway sends a frame only to a core whose version has it.
-LINK_VERSION = 3
+#: The link version this end speaks: 2 is version 1 with CANCEL, 3 adds USAGE_REPORT, 4 adds
+#: VERSION and DRAIN. A core names its version in WELCOME, and a gateway sends a frame only to
+#: a core whose version has it; a gateway names its own in VERSION (to a core of version 4 or
+#: later), and a core sends DRAIN only to a gateway that named 4 or later.
+LINK_VERSION = 4
 #: The version a gateway's HELLO names: the first, which every core takes (a version-1 core
 #: refuses any other with GOAWAY), so a gateway links to a core of any release and learns
 #: the core's own version from WELCOME.
@@ -26,6 +28,8 @@ HELLO_VERSION = 1
 CANCEL_VERSION = 2
 #: The first link version with the USAGE_REPORT frame.
 USAGE_VERSION = 3
+#: The first link version with the VERSION and DRAIN frames.
+DRAIN_VERSION = 4
 #: Usage entries one USAGE_REPORT carries at most (a longer report is sent as several).
 MAX_USAGE_ENTRIES = 1000
 
@@ -97,6 +101,8 @@ class FrameType(enum.IntEnum):
     GOAWAY = 10
     CANCEL = 11  # link version 2
     USAGE_REPORT = 12  # link version 3
+    VERSION = 13  # link version 4
+    DRAIN = 14  # link version 4
 
 
 class FrameError(ValueError):
@@ -182,6 +188,8 @@ REQUIRED: dict[FrameType, tuple[str, ...]] = {
     FrameType.GOAWAY: (),
     FrameType.CANCEL: ("stream_id",),
     FrameType.USAGE_REPORT: ("usage",),
+    FrameType.VERSION: ("link_version",),
+    FrameType.DRAIN: (),
 }
 
 #: EventPayload fields: name -> (tag, type).

@@ -15,6 +15,7 @@ import pytest
 
 from kcm.kmip.enums import ResultStatus, State
 from kcm.kmip.tags import Tag
+from kcm.testing.postgres import fresh_database
 from kcm.testing.processes import running
 from kcm.testing.requests import create_managed, get_attributes, request, response
 from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
@@ -72,3 +73,75 @@ def test_a_stopping_server_answers_the_batch_it_was_sent(tmp_path: Path, stopped
         else:
             identifiers = answered_through_a_stop(gateway, moment)
         held(core, identifiers)
+
+
+class ForwardedLoad(threading.Thread):
+    """A client of ``gateway`` sending durable Creates (answered by a core) one after
+    another on one connection; every failure is kept."""
+
+    def __init__(self, gateway: GatewayProcess) -> None:
+        super().__init__(daemon=True)
+        self.gateway = gateway
+        self.done = threading.Event()
+        self.answered = 0
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        try:
+            with self.gateway.client() as client:
+                client.connect()
+                while not self.done.is_set():
+                    [answer] = response(client.send(request(create_managed()))).batch_items
+                    if answer.result_status != ResultStatus.SUCCESS:
+                        self.failures.append(f"{answer.result_reason}: {answer.result_message}")
+                    self.answered += 1
+        except Exception as e:  # noqa: BLE001 - every failure is the test's business
+            self.failures.append(f"{type(e).__name__}: {e}")
+
+
+def test_a_stopping_core_moves_its_gateways_to_another_without_failing_a_request(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Two cores on one database, a gateway linked to the first (listing both), clients
+    forwarding durable writes through it without pause. The first core gets SIGTERM: it
+    sends DRAIN, the gateway answers its requests in flight on the old link and sends the
+    new ones to the second core; no client sees a failure, and the first core stops
+    without cutting anything."""
+    url = fresh_database(postgres_url, "kcm_drain_link")
+    first = deploy(tmp_path / "core1", url)
+    second = first.replica(tmp_path / "core2")
+    gateway = GatewayProcess(tmp_path / "gateway", first, cores=[first, second])
+    second.start()
+    try:
+        with running(first, gateway):
+            moved_without_a_failure(first, second, gateway)
+    finally:
+        second.stop()
+
+
+def moved_without_a_failure(first: CoreProcess, second: CoreProcess,
+                            gateway: GatewayProcess) -> None:
+    """SIGTERM ``first`` (the core ``gateway`` is linked to) under load; see above."""
+    loads = [ForwardedLoad(gateway) for _ in range(3)]
+    for load in loads:
+        load.start()
+    wait_until(lambda: all(load.answered >= 20 for load in loads), "load to run", 20.0)
+    before = [load.answered for load in loads]
+    assert first.process is not None
+    first.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: first.process.poll() is not None, "core 1 to exit", 15.0)
+    assert first.process.returncode in (0, -signal.SIGTERM)
+    first.process = None
+    stopped_at = [load.answered for load in loads]
+    wait_until(lambda: all(load.answered >= n + 20
+                           for load, n in zip(loads, stopped_at, strict=True)),
+               "load to go on at core 2", 20.0)
+    for load in loads:
+        load.done.set()
+    for load in loads:
+        load.join(timeout=30)
+    assert [load.failures for load in loads] == [[], [], []]
+    assert all(n > m for n, m in zip(stopped_at, before, strict=True))
+    log = gateway.log.read_text()
+    assert "is stopping" in log
+    assert f"127.0.0.1:{second.link_port};" in log[log.index("is stopping"):]
+    assert "cutting what is left" not in first.log.read_text()

@@ -57,7 +57,7 @@ class Gateway:
         self.handler = GatewayRequestHandler(
             runner=LocalRunner(new_correlation_id=new_correlation_id), cache=self.cache,
             link=link, clock=self.clock.seconds, fast_path=fast_path, metrics=self.metrics)
-        link.links_made, link.in_flight = 1, 0
+        link.links_made, link.in_flight, link.links_drained = 1, 0, 0
         self.guard = ConnectionGuard(ConnectionLimits(), self.clock)
         self.metrics.watch(link=link, cache=self.cache, guard=self.guard,
                            clock=self.clock.seconds)
@@ -214,9 +214,10 @@ def test_opened_deks_held_are_read_when_scraped(gateway: Gateway) -> None:
 def test_link_state_in_flight_reconnects_and_connections_are_read_when_scraped(
         gateway: Gateway) -> None:
     link = gateway.link
-    link.connected, link.in_flight, link.links_made = True, 7, 3
+    link.connected, link.in_flight, link.links_made, link.links_drained = True, 7, 3, 1
     gateway.guard.connections = 4
     got = gateway.scraped()
+    assert got[("kcm_gateway_link_drains_total", ())] == 1
     assert got[("kcm_gateway_link_up", ())] == 1
     assert got[("kcm_gateway_link_in_flight", ())] == 7
     assert got[("kcm_gateway_link_reconnects_total", ())] == 2

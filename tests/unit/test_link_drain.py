@@ -1,0 +1,263 @@
+"""VERSION and DRAIN (link version 4): a stopping core asks each gateway that takes DRAIN to
+send its new requests elsewhere; the gateway finishes its streams on the old link, closes
+it, and sends what came meanwhile on its next link. Each end over StringTransport and a
+Clock, frame by frame."""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from kcm.core.link_server import LinkServerFactory, LinkServerProtocol
+from kcm.gateway.link_client import LinkBusy, LinkClient, LinkClientProtocol, LinkDown
+from kcm.identity import SubjectMap
+from kcm.link.frames import (
+    DRAIN_VERSION,
+    HELLO_VERSION,
+    LINK_VERSION,
+    USAGE_VERSION,
+    Frame,
+    FrameType,
+    encode_frame,
+)
+from tests.unit.test_link_cancel import (
+    APP,
+    GATEWAY,
+    TD,
+    NeverConnects,
+    NoEvents,
+    RecordingHandler,
+    frames_in,
+    request_frame,
+)
+
+# The core's end -------------------------------------------------------------------------------
+
+
+def core_factory() -> tuple[LinkServerFactory, RecordingHandler, Clock]:
+    clock = Clock()
+    handler = RecordingHandler(clock)
+    factory = LinkServerFactory(handler=handler, store=None, keyring=None, fanout=NoEvents(),
+                                resolve_peer=lambda transport: GATEWAY, trust_domain=TD,
+                                subject_map=SubjectMap({}), clock=clock)
+    return factory, handler, clock
+
+
+def linked(factory: LinkServerFactory, version: int | None) -> tuple[LinkServerProtocol,
+                                                                        StringTransport]:
+    """A link of a gateway that names ``version`` in VERSION (None: sends no VERSION, as
+    gateways before version 4)."""
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.handshakeCompleted()
+    protocol.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
+                                             peer_name="gw1", sequence=-1)))
+    if version is not None:
+        protocol.dataReceived(encode_frame(Frame(FrameType.VERSION, link_version=version)))
+    frames_in(transport)
+    return protocol, transport
+
+
+def test_a_stopping_core_sends_drain_only_to_gateways_that_take_it_and_waits_for_them() -> None:
+    factory, handler, clock = core_factory()
+    new, new_wire = linked(factory, LINK_VERSION)
+    old, old_wire = linked(factory, USAGE_VERSION)
+    legacy, legacy_wire = linked(factory, None)
+    for link in (new, old, legacy):
+        link.dataReceived(request_frame(1))
+    done: list = []
+    factory.drain().addCallback(done.append)
+
+    [drain] = frames_in(new_wire)
+    assert (drain.type, drain.error) == (FrameType.DRAIN, "the core is stopping")
+    assert frames_in(old_wire) == [] and frames_in(legacy_wire) == []
+    # A request that crossed the DRAIN is still served and answered.
+    new.dataReceived(request_frame(2))
+    assert len(handler.calls) == 4
+    for _, _, answer in handler.calls:
+        answer.callback(b"ans")
+    assert [f.type for f in frames_in(new_wire)] == [FrameType.RESPONSE] * 2
+    clock.advance(1)
+    assert done == []  # the drained gateway has not closed its link yet
+    new.dataReceived(encode_frame(Frame(FrameType.GOAWAY, error="drained")))
+    assert new_wire.disconnecting
+    new.connectionLost(Failure(ConnectionDone()))
+    clock.advance(0.05)
+    assert done == [None]
+
+
+def test_a_gateway_that_does_not_take_drain_is_waited_for_until_nothing_is_in_flight() -> None:
+    factory, handler, clock = core_factory()
+    legacy, _ = linked(factory, None)
+    legacy.dataReceived(request_frame(1))
+    done: list = []
+    factory.drain().addCallback(done.append)
+    clock.advance(1)
+    assert done == []
+    handler.calls[0][2].callback(b"ans")
+    clock.advance(0.05)
+    assert done == [None]
+
+
+def test_a_draining_core_welcomes_no_new_link() -> None:
+    factory, _, _ = core_factory()
+    factory.drain()
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.handshakeCompleted()
+    protocol.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
+                                             peer_name="gw1", sequence=-1)))
+    [goaway] = frames_in(transport)
+    assert goaway.type is FrameType.GOAWAY and "stopping" in (goaway.error or "")
+    assert transport.disconnecting and protocol not in factory.links
+
+
+def test_a_version_that_crosses_the_drain_is_sent_drain() -> None:
+    factory, _, _ = core_factory()
+    protocol, transport = linked(factory, None)
+    factory.drain()
+    assert frames_in(transport) == []
+    protocol.dataReceived(encode_frame(Frame(FrameType.VERSION, link_version=DRAIN_VERSION)))
+    assert [f.type for f in frames_in(transport)] == [FrameType.DRAIN]
+
+
+def test_version_comes_once_and_after_hello() -> None:
+    factory, _, _ = core_factory()
+    protocol, transport = linked(factory, LINK_VERSION)
+    protocol.dataReceived(encode_frame(Frame(FrameType.VERSION, link_version=LINK_VERSION)))
+    [goaway] = frames_in(transport)
+    assert goaway.type is FrameType.GOAWAY and goaway.error == "a second VERSION"
+    early = factory.buildProtocol(None)
+    transport = StringTransport()
+    early.makeConnection(transport)
+    early.handshakeCompleted()
+    early.dataReceived(encode_frame(Frame(FrameType.VERSION, link_version=LINK_VERSION)))
+    [goaway] = frames_in(transport)
+    assert goaway.error == "VERSION before HELLO"
+
+
+# The gateway's end ----------------------------------------------------------------------------
+
+
+def gateway_link(clock: Clock, *, max_in_flight: int = 4) -> LinkClient:
+    client = LinkClient(NeverConnects(), clock=clock, max_in_flight=max_in_flight,
+                        first_link_wait=0.0, drain_wait=5.0)
+    client.startService()
+    return client
+
+
+def welcomed(client: LinkClient, core_version: int = LINK_VERSION
+             ) -> tuple[LinkClientProtocol, StringTransport]:
+    protocol = LinkClientProtocol(client)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(encode_frame(Frame(FrameType.WELCOME, link_version=core_version,
+                                             peer_name="core", sequence=0,
+                                             heartbeat_interval=1)))
+    return protocol, transport
+
+
+def answer(protocol: LinkClientProtocol, stream_id: int, message: bytes) -> None:
+    protocol.dataReceived(encode_frame(Frame(FrameType.RESPONSE, stream_id=stream_id,
+                                             message=message)))
+
+
+def test_the_gateway_names_its_version_to_a_core_that_takes_it() -> None:
+    client = gateway_link(Clock())
+    _, transport = welcomed(client)
+    [hello, version] = frames_in(transport)
+    assert hello.link_version == HELLO_VERSION
+    assert (version.type, version.link_version) == (FrameType.VERSION, LINK_VERSION)
+    _, transport = welcomed(client, core_version=USAGE_VERSION)
+    assert [f.type for f in frames_in(transport)] == [FrameType.HELLO]  # a frame it lacks
+    client.stopService()
+
+
+def test_after_drain_calls_in_flight_finish_on_the_old_link_and_new_ones_go_to_the_next() -> None:
+    clock = Clock()
+    client = gateway_link(clock)
+    old, old_wire = welcomed(client)
+    in_flight = client.forward(b"before", APP, "h:1")
+    [sent] = [f for f in frames_in(old_wire) if f.type is FrameType.REQUEST]
+
+    old.dataReceived(encode_frame(Frame(FrameType.DRAIN, error="the core is stopping")))
+    assert client.links_drained == 1 and not client.connected
+    held = client.forward(b"after", APP, "h:1")
+    assert frames_in(old_wire) == []  # nothing new goes on the draining link
+    assert not old_wire.disconnecting  # its stream is still to be answered
+    answer(old, sent.stream_id, b"first answer")
+    assert in_flight.result == b"first answer"
+    [goaway] = frames_in(old_wire)
+    assert goaway.type is FrameType.GOAWAY and old_wire.disconnecting
+    old.connectionLost(Failure(ConnectionDone()))
+    assert client.retry_delay(1) == 0.0  # the next link is made at once
+    assert client.retry_delay(1) > 0.0  # and only that once
+
+    clock.advance(0.2)
+    assert not held.called
+    new, new_wire = welcomed(client)
+    [moved] = [f for f in frames_in(new_wire) if f.type is FrameType.REQUEST]
+    assert moved.message == b"after"
+    answer(new, moved.stream_id, b"second answer")
+    assert held.result == b"second answer" and client.in_flight == 0
+    # The new link is an ordinary one: lost, it fails calls at once.
+    new.connectionLost(Failure(ConnectionDone()))
+    failures: list = []
+    client.forward(b"x", APP, "h:1").addErrback(failures.append)
+    assert failures and failures[0].check(LinkDown)
+    client.stopService()
+
+
+def test_a_drained_link_with_nothing_in_flight_closes_at_once_and_the_wait_is_bounded() -> None:
+    clock = Clock()
+    client = gateway_link(clock)
+    old, old_wire = welcomed(client)
+    frames_in(old_wire)
+    old.dataReceived(encode_frame(Frame(FrameType.DRAIN)))
+    assert [f.type for f in frames_in(old_wire)] == [FrameType.GOAWAY]
+    failures: list = []
+    client.forward(b"held", APP, "h:1").addErrback(failures.append)
+    clock.advance(4.9)
+    assert failures == []
+    clock.advance(0.1)
+    assert [f.value.args for f in failures] == [("no link to the core",)]
+    client.forward(b"late", APP, "h:1").addErrback(failures.append)
+    assert len(failures) == 2  # past the hold: at once
+    client.stopService()
+
+
+def test_held_calls_are_bounded_and_released_when_the_gateway_stops() -> None:
+    clock = Clock()
+    client = gateway_link(clock, max_in_flight=2)
+    old, _ = welcomed(client)
+    old.dataReceived(encode_frame(Frame(FrameType.DRAIN)))
+    outcomes: list = []
+    for _ in range(5):
+        client.forward(b"held", APP, "h:1").addBoth(outcomes.append)
+    assert len(outcomes) == 1 and outcomes[0].check(LinkBusy)  # 4 wait, the fifth does not
+    client.stopService()
+    assert len(outcomes) == 5 and all(o.check(LinkDown) for o in outcomes[1:])
+    assert not clock.getDelayedCalls()
+
+
+def test_drain_before_welcome_is_a_protocol_error() -> None:
+    client = gateway_link(Clock())
+    protocol = LinkClientProtocol(client)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(encode_frame(Frame(FrameType.DRAIN)))
+    assert [f.type for f in frames_in(transport)] == [FrameType.HELLO, FrameType.GOAWAY]
+    client.stopService()
+
+
+def test_a_usage_report_waits_for_the_next_link_during_a_drain() -> None:
+    client = gateway_link(Clock())
+    old, old_wire = welcomed(client)
+    frames_in(old_wire)
+    old.dataReceived(encode_frame(Frame(FrameType.DRAIN)))
+    assert client.report_usage({"l3-1": 3}) is False  # kept for the next report
+    client.stopService()

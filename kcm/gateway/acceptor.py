@@ -95,13 +95,13 @@ class Acceptor:
         self.balance.remove(worker)
         self.reactor.removeReader(current)
         current.sock.close()
+        self._release_if_all_ready()  # a worker gone at the start holds nothing back
         self._update_reading()
 
     def ready(self, worker: int) -> None:
         """``worker`` said it is ready on its channel."""
         self.balance.mark_ready(worker)
-        if self._holding is not None and all(w in self.balance.ready for w in self.channels):
-            self._release()
+        self._release_if_all_ready()
         if self.worker_up is not None:
             self.worker_up(worker)
 
@@ -115,6 +115,12 @@ class Acceptor:
         if hold > 0:
             self._holding = self.reactor.callLater(hold, self._release)
         self._update_reading()
+
+    def _release_if_all_ready(self) -> None:
+        """End the start's hold once every worker with a channel (one at least) is ready."""
+        if (self._holding is not None and self.channels
+                and all(w in self.balance.ready for w in self.channels)):
+            self._release()
 
     def _release(self) -> None:
         if self._holding is not None and self._holding.active():

@@ -201,3 +201,27 @@ def test_at_the_start_connections_wait_for_every_worker_to_be_ready(listening) -
     assert held in reactor.readers  # the hold is bounded
     end.close()
     held.stop()
+
+
+def test_a_worker_that_exits_during_the_start_holds_nothing_back(listening) -> None:
+    """The others being ready ends the hold as soon as the worker that was not is gone."""
+    reactor = FakeReactor()
+    acceptor = Acceptor(reactor, listening)
+    acceptor.start(hold=5.0)
+    ends = {index: acceptor.open_channel(index) for index in (1, 2)}
+    ends[1].send(READY)
+    acceptor.channels[1].doRead()
+    assert acceptor not in reactor.readers
+    acceptor.close_channel(2)  # worker 2 exited before it was ready
+    assert acceptor in reactor.readers
+    for sock in ends.values():
+        sock.close()
+    acceptor.stop()
+
+    alone = Acceptor(reactor, listening)
+    alone.start(hold=5.0)
+    end = alone.open_channel(1)
+    alone.close_channel(1)  # no worker left: nothing to hand connections to, still held
+    assert alone not in reactor.readers
+    end.close()
+    alone.stop()

@@ -240,7 +240,9 @@ class LinkClientProtocol(LinkProtocol):
         stream = self.streams.pop(stream_id, None)
         if stream is None:  # timed out already: the late answer has nobody to go to
             return None
-        self._stream_closed()
+        self.client._stream_done()  # (what _stream_closed does, inline: every answer)
+        if self.draining and not self.streams:
+            self._close_if_drained()
         if stream.answer_type is not frame_type:
             self.go_away(f"{frame_type.name} answers stream {stream_id}, "
                          f"which awaits {stream.answer_type.name}")

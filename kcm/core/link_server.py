@@ -130,6 +130,7 @@ class LinkServerProtocol(LinkProtocol):
         self._callers_generation = factory.policy_generation
         #: The link version the gateway named in VERSION (1: it sent none).
         self.gateway_version = HELLO_VERSION
+        self._version_seen = False
         #: Whether this link was sent DRAIN (the gateway closes it once answered).
         self.drain_sent = False
 
@@ -473,9 +474,10 @@ class LinkServerProtocol(LinkProtocol):
         later): which frames it takes."""
         if not self._require_hello(frame):
             return
-        if self.gateway_version != HELLO_VERSION:
+        if self._version_seen:
             self.go_away("a second VERSION")
             return
+        self._version_seen = True
         self.gateway_version = max(HELLO_VERSION, frame.link_version or HELLO_VERSION)
         if self.factory.draining:  # it crossed the DRAIN this link was not sent yet
             self.drain()

@@ -127,10 +127,11 @@ def test_a_version_that_crosses_the_drain_is_sent_drain() -> None:
 
 def test_version_comes_once_and_after_hello() -> None:
     factory, _, _ = core_factory()
-    protocol, transport = linked(factory, LINK_VERSION)
-    protocol.dataReceived(encode_frame(Frame(FrameType.VERSION, link_version=LINK_VERSION)))
-    [goaway] = frames_in(transport)
-    assert goaway.type is FrameType.GOAWAY and goaway.error == "a second VERSION"
+    for first in (LINK_VERSION, HELLO_VERSION):
+        protocol, transport = linked(factory, first)
+        protocol.dataReceived(encode_frame(Frame(FrameType.VERSION, link_version=LINK_VERSION)))
+        [goaway] = frames_in(transport)
+        assert goaway.type is FrameType.GOAWAY and goaway.error == "a second VERSION"
     early = factory.buildProtocol(None)
     transport = StringTransport()
     early.makeConnection(transport)

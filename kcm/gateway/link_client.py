@@ -1,7 +1,8 @@
 """The gateway's end of the link to the core (docs/link-protocol.md).
 
 :class:`LinkClient` keeps one mutually authenticated connection to the core up with Twisted's
-``ClientService`` (exponential backoff, 0.1 s → 1 s) and offers the gateway three things:
+``ClientService`` (at once after losing a link that lived a while, then exponential backoff,
+0.1 s → 1 s) and offers the gateway these things:
 
 * :meth:`LinkClient.forward` — relay a client's KMIP request, answered byte for byte by the
   core; many in flight at once, multiplexed by stream id and answered in any order; cancel
@@ -141,6 +142,8 @@ class LinkClientProtocol(LinkProtocol):
         #: Whether the core sent DRAIN: no new call goes on this link, which closes once
         #: its streams are answered.
         self.draining = False
+        #: When WELCOME came (the clock's seconds).
+        self.welcomed_at = 0.0
         self._next_stream = 0
 
     def connectionMade(self) -> None:
@@ -154,6 +157,7 @@ class LinkClientProtocol(LinkProtocol):
             self.go_away("a second WELCOME")
             return
         self.welcomed = True
+        self.welcomed_at = self.clock.seconds()
         self.core_version = frame.link_version or HELLO_VERSION
         if self.core_version >= DRAIN_VERSION:  # so that the core may send DRAIN
             self.send(Frame(FrameType.VERSION, link_version=LINK_VERSION))
@@ -317,6 +321,13 @@ class LinkClientProtocol(LinkProtocol):
 FIRST_LINK_WAIT = 5.0
 #: Seconds after the core sent DRAIN during which calls wait for the next link.
 DRAIN_WAIT = 5.0
+#: A link lost after living this long (seconds) is made again at once, not after the
+#: back-off's first delay; one that dies younger backs off (a core that takes links and
+#: drops them is not hammered).
+RELINK_AFTER = 1.0
+#: The most a link made again at once waits (seconds, at random): gateways that lost the
+#: same core do not all reach the next one in the same instant.
+RELINK_JITTER = 0.025
 
 
 class LinkClient(MultiService):
@@ -345,8 +356,10 @@ class LinkClient(MultiService):
         self._hold_until = float("-inf")
         #: The calls waiting for a link now: each one's way to give up (LinkDown).
         self._held: set[Callable[[], None]] = set()
-        #: Whether the next reconnection goes at once (the link closed after a DRAIN).
+        #: Whether the next reconnection goes at once (a drained link, or one that lived
+        #: RELINK_AFTER seconds, was lost).
         self._relink_now = False
+        self._random_fraction = random_fraction
         #: The name the gateway gives itself in HELLO (its certificate's gateway name; a
         #: gateway assembled before reading its certificate sets it when it starts).
         self.gateway_name = name
@@ -400,11 +413,13 @@ class LinkClient(MultiService):
 
     def retry_delay(self, failed_attempts: int) -> float:
         """Seconds before the next connection attempt: 0.1 s doubling to 1 s (plus up to
-        0.1 s of jitter) with each failure, counting links closed before WELCOME; none
-        after a drained link closed (the core asked the gateway to go elsewhere)."""
+        0.1 s of jitter) with each failure, counting links closed before WELCOME; at
+        once (up to :data:`RELINK_JITTER`) after a link was drained or was lost after
+        living :data:`RELINK_AFTER` seconds: the core endpoint then tries the next core,
+        so a gateway that lost its core links to another without waiting."""
         if self._relink_now:
             self._relink_now = False
-            return 0.0
+            return RELINK_JITTER * self._random_fraction()
         return self._backoff(failed_attempts + self._refusals)
 
     def startService(self) -> None:
@@ -605,6 +620,8 @@ class LinkClient(MultiService):
         if self._protocol is protocol:
             self._protocol = None
             log.warn("link to the core lost: {reason}", reason=reason.getErrorMessage())
+            lived = self.clock.seconds() - protocol.welcomed_at
+            self._relink_now = lived >= RELINK_AFTER
         elif protocol.draining:
             log.info("the drained link to {peer} is closed", peer=protocol.peer)
         elif not protocol.welcomed:

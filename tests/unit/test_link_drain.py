@@ -11,7 +11,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from kcm.core.link_server import LinkServerFactory, LinkServerProtocol
-from kcm.gateway.link_client import LinkBusy, LinkClient, LinkClientProtocol, LinkDown
+from kcm.gateway.link_client import (
+    RELINK_AFTER,
+    RELINK_JITTER,
+    LinkBusy,
+    LinkClient,
+    LinkClientProtocol,
+    LinkDown,
+)
 from kcm.identity import SubjectMap
 from kcm.link.frames import (
     DRAIN_VERSION,
@@ -195,8 +202,8 @@ def test_after_drain_calls_in_flight_finish_on_the_old_link_and_new_ones_go_to_t
     [goaway] = frames_in(old_wire)
     assert goaway.type is FrameType.GOAWAY and old_wire.disconnecting
     old.connectionLost(Failure(ConnectionDone()))
-    assert client.retry_delay(1) == 0.0  # the next link is made at once
-    assert client.retry_delay(1) > 0.0  # and only that once
+    assert client.retry_delay(1) <= RELINK_JITTER  # the next link is made at once
+    assert client.retry_delay(1) >= 0.2  # and only that once
 
     clock.advance(0.2)
     assert not held.called
@@ -261,4 +268,21 @@ def test_a_usage_report_waits_for_the_next_link_during_a_drain() -> None:
     frames_in(old_wire)
     old.dataReceived(encode_frame(Frame(FrameType.DRAIN)))
     assert client.report_usage({"l3-1": 3}) is False  # kept for the next report
+    client.stopService()
+
+
+def test_a_link_lost_after_living_a_while_is_made_again_at_once_a_young_one_backs_off() -> None:
+    """The core endpoint tries the next core when the last one refuses, so a gateway whose
+    core died links to another without the back-off's first delay; a link that dies young
+    (a core that takes links and drops them) backs off as usual."""
+    clock = Clock()
+    client = gateway_link(clock)
+    old, _ = welcomed(client)
+    clock.advance(RELINK_AFTER)
+    old.connectionLost(Failure(ConnectionDone()))
+    assert client.retry_delay(1) <= RELINK_JITTER
+    young, _ = welcomed(client)
+    clock.advance(RELINK_AFTER / 2)
+    young.connectionLost(Failure(ConnectionDone()))
+    assert client.retry_delay(1) >= 0.2
     client.stopService()

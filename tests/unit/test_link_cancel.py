@@ -86,18 +86,30 @@ class NoEvents:
         pass
 
 
-def core_end() -> tuple[LinkServerProtocol, StringTransport, RecordingHandler]:
+def core_factory() -> tuple[LinkServerFactory, RecordingHandler, Clock]:
+    """A core's link listener with a recording handler and no events."""
     clock = Clock()
     handler = RecordingHandler(clock)
     factory = LinkServerFactory(handler=handler, store=None, keyring=None, fanout=NoEvents(),
                                 resolve_peer=lambda transport: GATEWAY, trust_domain=TD,
                                 subject_map=SubjectMap({}), clock=clock)
+    return factory, handler, clock
+
+
+def hello(factory: LinkServerFactory) -> tuple[LinkServerProtocol, StringTransport]:
+    """A new link of ``factory``'s, past the handshake and the gateway's HELLO."""
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
     protocol.handshakeCompleted()
     protocol.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
                                              peer_name="gw1", sequence=-1)))
+    return protocol, transport
+
+
+def core_end() -> tuple[LinkServerProtocol, StringTransport, RecordingHandler]:
+    factory, handler, _ = core_factory()
+    protocol, transport = hello(factory)
     return protocol, transport, handler
 
 

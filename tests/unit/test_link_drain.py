@@ -19,7 +19,6 @@ from kcm.gateway.link_client import (
     LinkClientProtocol,
     LinkDown,
 )
-from kcm.identity import SubjectMap
 from kcm.link.frames import (
     DRAIN_VERSION,
     HELLO_VERSION,
@@ -31,37 +30,21 @@ from kcm.link.frames import (
 )
 from tests.unit.test_link_cancel import (
     APP,
-    GATEWAY,
-    TD,
     NeverConnects,
-    NoEvents,
-    RecordingHandler,
+    core_factory,
     frames_in,
+    hello,
     request_frame,
 )
 
 # The core's end -------------------------------------------------------------------------------
 
 
-def core_factory() -> tuple[LinkServerFactory, RecordingHandler, Clock]:
-    clock = Clock()
-    handler = RecordingHandler(clock)
-    factory = LinkServerFactory(handler=handler, store=None, keyring=None, fanout=NoEvents(),
-                                resolve_peer=lambda transport: GATEWAY, trust_domain=TD,
-                                subject_map=SubjectMap({}), clock=clock)
-    return factory, handler, clock
-
-
 def linked(factory: LinkServerFactory, version: int | None) -> tuple[LinkServerProtocol,
                                                                         StringTransport]:
     """A link of a gateway that names ``version`` in VERSION (None: sends no VERSION, as
     gateways before version 4)."""
-    protocol = factory.buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    protocol.handshakeCompleted()
-    protocol.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
-                                             peer_name="gw1", sequence=-1)))
+    protocol, transport = hello(factory)
     if version is not None:
         protocol.dataReceived(encode_frame(Frame(FrameType.VERSION, link_version=version)))
     frames_in(transport)
@@ -112,12 +95,7 @@ def test_a_gateway_that_does_not_take_drain_is_waited_for_until_nothing_is_in_fl
 def test_a_draining_core_welcomes_no_new_link() -> None:
     factory, _, _ = core_factory()
     factory.drain()
-    protocol = factory.buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    protocol.handshakeCompleted()
-    protocol.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
-                                             peer_name="gw1", sequence=-1)))
+    protocol, transport = hello(factory)
     [goaway] = frames_in(transport)
     assert goaway.type is FrameType.GOAWAY and "stopping" in (goaway.error or "")
     assert transport.disconnecting and protocol not in factory.links

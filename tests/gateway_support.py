@@ -48,6 +48,7 @@ class FakeLink:
         self.forwarded: list[tuple[bytes, Principal, str]] = []
         self.fetches: list[tuple[Principal, str, str, str | None]] = []
         self.connected = True
+        self.relinking = False
         self.down = False
         self.answer = answer or (lambda wire: wire)
         self.keys: dict[tuple[str, str] | str, list] = {}

@@ -439,6 +439,13 @@ class LinkClient(MultiService):
         return self._protocol is not None
 
     @property
+    def relinking(self) -> bool:
+        """Whether calls wait for the next link now (the core this gateway was linked to
+        sent DRAIN: it is stopping), for at most ``drain_wait`` seconds."""
+        return (self._protocol is None and self.links_made > 0
+                and self.clock.seconds() < self._hold_until)
+
+    @property
     def in_flight(self) -> int:
         """Calls sent and not yet answered."""
         return self._in_flight

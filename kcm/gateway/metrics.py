@@ -159,6 +159,8 @@ class GatewayMetrics:
             return Readiness(False, {"linked": False, "reason": "not started"})
         if link.connected:
             return Readiness(True, {"linked": True})
+        if link.relinking:  # calls wait a few milliseconds for the next link: served
+            return Readiness(True, {"linked": False, "relinking": True})
         left = cache.serving_left(self._clock())
         if left is None:
             return Readiness(False, {"linked": False,

@@ -161,7 +161,9 @@ def makeService(options: Options,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
     opened_keys = (OpenedKeys(clock=reactor.seconds, max_entries=config.dek_cache_size,
                               ttl=config.dek_cache_ttl) if config.dek_cache_size else None)
-    cache = L3Cache(link.fetch_service_keys, connected=lambda: link.connected,
+    # (the core counts as reachable while calls wait for the next link after a DRAIN)
+    cache = L3Cache(link.fetch_service_keys,
+                    connected=lambda: link.connected or link.relinking,
                     clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale,
                     max_tombstones=config.max_tombstones, opened_keys=opened_keys)
     link.on_event = cache.apply_event

@@ -239,6 +239,12 @@ def test_unlinked_without_keys_is_not_ready(gateway: Gateway) -> None:
     assert not readiness.ready and readiness.details["linked"] is False
 
 
+def test_ready_while_calls_wait_for_the_next_link_after_a_drain(gateway: Gateway) -> None:
+    gateway.link.connected, gateway.link.relinking = False, True
+    readiness = gateway.metrics.readiness()
+    assert readiness.ready and readiness.details == {"linked": False, "relinking": True}
+
+
 def test_unlinked_ready_until_max_stale_then_not(link: FakeLink) -> None:
     gateway = Gateway(link, max_stale=120.0)
     gateway.cache.store([L3], APP, current_of=("demo", "app"))

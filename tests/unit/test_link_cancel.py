@@ -330,6 +330,7 @@ def test_a_call_before_the_first_link_waits_for_it_within_the_first_seconds() ->
     call = client.forward(b"early", APP, "h:1")
     clock.advance(1)
     assert not call.called
+    assert not client.relinking  # (a gateway is not ready before its first link)
     protocol, transport = welcome(client)
     [hello, sent] = frames_in(transport)
     assert (hello.type, sent.type, sent.message) == (FrameType.HELLO, FrameType.REQUEST,

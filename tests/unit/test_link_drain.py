@@ -171,7 +171,7 @@ def test_after_drain_calls_in_flight_finish_on_the_old_link_and_new_ones_go_to_t
     [sent] = [f for f in frames_in(old_wire) if f.type is FrameType.REQUEST]
 
     old.dataReceived(encode_frame(Frame(FrameType.DRAIN, error="the core is stopping")))
-    assert client.links_drained == 1 and not client.connected
+    assert client.links_drained == 1 and not client.connected and client.relinking
     held = client.forward(b"after", APP, "h:1")
     assert frames_in(old_wire) == []  # nothing new goes on the draining link
     assert not old_wire.disconnecting  # its stream is still to be answered
@@ -190,6 +190,7 @@ def test_after_drain_calls_in_flight_finish_on_the_old_link_and_new_ones_go_to_t
     assert moved.message == b"after"
     answer(new, moved.stream_id, b"second answer")
     assert held.result == b"second answer" and client.in_flight == 0
+    assert client.connected and not client.relinking
     # The new link is an ordinary one: lost, it fails calls at once.
     new.connectionLost(Failure(ConnectionDone()))
     failures: list = []
@@ -209,8 +210,10 @@ def test_a_drained_link_with_nothing_in_flight_closes_at_once_and_the_wait_is_bo
     client.forward(b"held", APP, "h:1").addErrback(failures.append)
     clock.advance(4.9)
     assert failures == []
+    assert client.relinking
     clock.advance(0.1)
     assert [f.value.args for f in failures] == [("no link to the core",)]
+    assert not client.relinking  # the wait is over: no link is no link
     client.forward(b"late", APP, "h:1").addErrback(failures.append)
     assert len(failures) == 2  # past the hold: at once
     client.stopService()

@@ -99,49 +99,57 @@ class ForwardedLoad(threading.Thread):
             self.failures.append(f"{type(e).__name__}: {e}")
 
 
-def test_a_stopping_core_moves_its_gateways_to_another_without_failing_a_request(
+def test_a_rolling_restart_of_the_cores_fails_no_forwarded_request(
         tmp_path: Path, postgres_url: str) -> None:
     """Two cores on one database, a gateway linked to the first (listing both), clients
-    forwarding durable writes through it without pause. The first core gets SIGTERM: it
-    sends DRAIN, the gateway answers its requests in flight on the old link and sends the
-    new ones to the second core; no client sees a failure, and the first core stops
-    without cutting anything."""
+    forwarding durable writes through it without pause, while the cores are restarted one
+    at a time. Each core, stopped with SIGTERM, sends DRAIN: the gateway answers its
+    requests in flight on the old link and sends the new ones to the other core. No client
+    sees a failure, and no core cuts anything when it stops."""
     url = fresh_database(postgres_url, "kcm_drain_link")
     first = deploy(tmp_path / "core1", url)
     second = first.replica(tmp_path / "core2")
     gateway = GatewayProcess(tmp_path / "gateway", first, cores=[first, second])
     second.start()
+    loads = [ForwardedLoad(gateway) for _ in range(3)]
     try:
         with running(first, gateway):
-            moved_without_a_failure(first, second, gateway)
+            for load in loads:
+                load.start()
+            restarted_under_load(first, second, gateway, loads)
+            restarted_under_load(second, first, gateway, loads)
+            for load in loads:
+                load.done.set()
+            for load in loads:
+                load.join(timeout=30)
+            assert [load.failures for load in loads] == [[], [], []]
+            drains = [line for line in gateway.log.read_text().splitlines()
+                      if "new calls wait up to" in line]
+            assert len(drains) == 2, drains
     finally:
+        for load in loads:
+            load.done.set()
         second.stop()
 
 
-def moved_without_a_failure(first: CoreProcess, second: CoreProcess,
-                            gateway: GatewayProcess) -> None:
-    """SIGTERM ``first`` (the core ``gateway`` is linked to) under load; see above."""
-    loads = [ForwardedLoad(gateway) for _ in range(3)]
-    for load in loads:
-        load.start()
+def restarted_under_load(stopped: CoreProcess, other: CoreProcess, gateway: GatewayProcess,
+                         loads: list[ForwardedLoad]) -> None:
+    """SIGTERM ``stopped`` (the core ``gateway`` is linked to) while ``loads`` run; the load
+    goes on at ``other``; then ``stopped`` starts again."""
     wait_until(lambda: all(load.answered >= 20 for load in loads), "load to run", 20.0)
-    before = [load.answered for load in loads]
-    assert first.process is not None
-    first.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: first.process.poll() is not None, "core 1 to exit", 15.0)
-    assert first.process.returncode in (0, -signal.SIGTERM)
-    first.process = None
-    stopped_at = [load.answered for load in loads]
+    linked_before = gateway.log.read_text().count("linked to core")
+    assert stopped.process is not None
+    stopped.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: stopped.process.poll() is not None, "the core to exit", 15.0)
+    assert stopped.process.returncode in (0, -signal.SIGTERM)
+    stopped.process = None
+    at_stop = [load.answered for load in loads]
     wait_until(lambda: all(load.answered >= n + 20
-                           for load, n in zip(loads, stopped_at, strict=True)),
-               "load to go on at core 2", 20.0)
-    for load in loads:
-        load.done.set()
-    for load in loads:
-        load.join(timeout=30)
+                           for load, n in zip(loads, at_stop, strict=True)),
+               "load to go on at the other core", 20.0)
     assert [load.failures for load in loads] == [[], [], []]
-    assert all(n > m for n, m in zip(stopped_at, before, strict=True))
     log = gateway.log.read_text()
-    assert "is stopping" in log
-    assert f"127.0.0.1:{second.link_port};" in log[log.index("is stopping"):]
-    assert "cutting what is left" not in first.log.read_text()
+    assert log.count("linked to core") == linked_before + 1
+    assert log.rsplit("linked to core", 1)[1].split(";")[0].endswith(f":{other.link_port}")
+    assert "cutting what is left" not in stopped.log.read_text()
+    stopped.start()  # back, and ready for the next core's restart

@@ -312,11 +312,13 @@ def started_link(clock: Clock, **kwargs) -> LinkClient:
     return client
 
 
-def welcome(client: LinkClient) -> tuple[LinkClientProtocol, StringTransport]:
+def welcome(client: LinkClient, core_version: int = CANCEL_VERSION
+            ) -> tuple[LinkClientProtocol, StringTransport]:
+    """A new link of ``client``'s, welcomed by a core of ``core_version``."""
     protocol = LinkClientProtocol(client)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    protocol.dataReceived(encode_frame(Frame(FrameType.WELCOME, link_version=2,
+    protocol.dataReceived(encode_frame(Frame(FrameType.WELCOME, link_version=core_version,
                                              peer_name="core", sequence=0,
                                              heartbeat_interval=1)))
     return protocol, transport

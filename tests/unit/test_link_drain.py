@@ -35,6 +35,7 @@ from tests.unit.test_link_cancel import (
     frames_in,
     hello,
     request_frame,
+    welcome,
 )
 
 # The core's end -------------------------------------------------------------------------------
@@ -138,13 +139,7 @@ def gateway_link(clock: Clock, *, max_in_flight: int = 4) -> LinkClient:
 
 def welcomed(client: LinkClient, core_version: int = LINK_VERSION
              ) -> tuple[LinkClientProtocol, StringTransport]:
-    protocol = LinkClientProtocol(client)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    protocol.dataReceived(encode_frame(Frame(FrameType.WELCOME, link_version=core_version,
-                                             peer_name="core", sequence=0,
-                                             heartbeat_interval=1)))
-    return protocol, transport
+    return welcome(client, core_version)
 
 
 def answer(protocol: LinkClientProtocol, stream_id: int, message: bytes) -> None:

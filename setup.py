@@ -1,6 +1,11 @@
-"""The one compiled module (kcm.kernel._plain_scan); everything else is in setup.cfg."""
+"""The compiled modules (kcm.kernel._plain_scan, kcm._tls_calls); everything else is in
+setup.cfg."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("kcm.kernel._plain_scan", ["kcm/kernel/_plain_scan.c"],
-                             extra_compile_args=["-O2", "-Wall", "-Wextra"])])
+_FLAGS = ["-O2", "-Wall", "-Wextra"]
+
+setup(ext_modules=[
+    Extension("kcm.kernel._plain_scan", ["kcm/kernel/_plain_scan.c"], extra_compile_args=_FLAGS),
+    Extension("kcm._tls_calls", ["kcm/_tls_calls.c"], extra_compile_args=_FLAGS),
+])

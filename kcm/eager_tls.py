@@ -71,6 +71,25 @@ try:  # pyOpenSSL's own binding of OpenSSL: how many bytes a memory BIO holds, a
 except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
     _MEM_DATA = None
 
+_calls: Any = None
+if _MEM_DATA is not None:
+    try:  # the same calls, one C call each way (kcm/_tls_calls.c), where it is built
+        from kcm import _tls_calls as _calls
+    except ImportError:  # a checkout whose extension is not built: the calls through cffi
+        pass
+    else:
+        _IO = "int(*)(void *, void *, int)"
+        _calls.configure(*(int(_ffi.cast("uintptr_t", _ffi.cast(kind, function)))
+                           for kind, function in ((_IO, _BIO_WRITE), (_IO, _BIO_READ),
+                                                  ("long(*)(void *, char **)", _MEM_DATA),
+                                                  (_IO, _SSL_READ), (_IO, _SSL_WRITE),
+                                                  ("int(*)(void *)", _SSL_PENDING))))
+
+
+def _address(pointer: Any) -> int:
+    """A cffi pointer as the integer :mod:`kcm._tls_calls` takes."""
+    return int(_ffi.cast("uintptr_t", pointer))
+
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 #: Bytes taken from OpenSSL's send buffer at once (the stock transport takes 32 KiB).
 _SEND_CHUNK = 1 << 18
@@ -129,6 +148,8 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
     _out_bio: Any = None
     #: The connection's ``SSL *``, for the direct calls (None: pyOpenSSL's methods only).
     _ssl: Any = None
+    #: ``_ssl`` and the two BIOs as :mod:`kcm._tls_calls` takes them (0: the cffi calls).
+    _c_ssl = _c_into = _c_out = 0
 
     def makeConnection(self, transport: Any) -> None:
         self._eager = _can_send_eagerly(transport)
@@ -141,9 +162,13 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
             self._into_bio, self._out_bio = _memory_bios(self._tlsConnection)
             if self._into_bio is not None:
                 self._ssl = _direct_ssl(self._tlsConnection)
+                if self._ssl is not None and _calls is not None:
+                    self._c_ssl, self._c_into, self._c_out = (
+                        _address(self._ssl), _address(self._into_bio), _address(self._out_bio))
 
     def connectionLost(self, reason: Any) -> None:
         self._into_bio = self._out_bio = self._ssl = None  # the Connection goes: the stock loops
+        self._c_ssl = self._c_into = self._c_out = 0
         super().connectionLost(reason)
         transport = self.transport
         if self._eager and not transport.connected:
@@ -161,6 +186,9 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         into = self._into_bio
         if into is None:
             super()._flushReceiveBIO()
+            return
+        if self._c_ssl and self._handshakeDone:
+            self._receive(b"")
             return
         connection = self._tlsConnection
         ssl = self._ssl if self._handshakeDone else None
@@ -192,6 +220,33 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
                     break
         self._flushSendBIO()
 
+    def _receive(self, data: bytes) -> None:
+        """:meth:`_flushReceiveBIO` through :mod:`kcm._tls_calls`, ``data`` (received, not
+        yet in OpenSSL) put in first: each call reads one chunk of plaintext and says
+        whether more is waiting; a read that gives nothing is explained by pyOpenSSL."""
+        receive, ssl, into = _calls.receive, self._c_ssl, self._c_into
+        while not self._lostTLSConnection:
+            plaintext, code = receive(ssl, into, data)
+            data = b""
+            if code <= 0:  # pyOpenSSL says why, as its recv would have
+                try:
+                    self._tlsConnection._raise_ssl_error(self._ssl, code)
+                except WantReadError:
+                    break
+                except ZeroReturnError:
+                    self._shutdownTLS()
+                    self._tlsShutdownFinished(None)
+                except Error:
+                    self._tlsShutdownFinished(Failure())
+                else:
+                    break  # (nothing to say: nothing to read)
+                continue
+            if not self._aborted:
+                ProtocolWrapper.dataReceived(self, plaintext)
+            if code == 1:  # nothing decrypted waiting, nothing received unread
+                break
+        self._flushSendBIO()
+
     def dataReceived(self, data: bytes) -> None:
         if self._gathered is not None:  # re-entered (a protocol feeding itself): as is
             super().dataReceived(data)
@@ -202,6 +257,9 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
             if self._ssl is not None and self._handshakeDone and not self._appSendBuffer:
                 # Twisted's dataReceived, for a connection past its handshake with nothing
                 # waiting to be written: into OpenSSL, and the plaintext out.
+                if self._c_ssl:
+                    self._receive(data)
+                    return
                 with _FROM_BUFFER(data) as view:
                     written = _BIO_WRITE(self._into_bio, view, len(data))
                 if written != len(data):  # (a memory BIO takes everything, or fails)
@@ -247,12 +305,20 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         # One write may make several TLS records (16 KiB each): they leave in one send. Sent
         # one by one, a short last record would be a segment of its own: without TCP_NODELAY
         # it waits for the ACK of the one before, which the peer may delay by 40 ms.
+        ssl = self._ssl
+        direct = (ssl is not None and self._handshakeDone and not self._appSendBuffer
+                  and not self._lostTLSConnection
+                  and not (self.disconnecting and self._producer is None))
+        if direct and self._c_ssl:  # one C call: the records of all that was written
+            written, records = _calls.send(self._c_ssl, self._c_out, data)
+            if records:
+                self._send_records(records)
+            if written == len(data):
+                return
+            data, direct = data[written:], False  # the rest: as Twisted writes it
         self._holding = True
         try:
-            ssl = self._ssl
-            if (ssl is not None and self._handshakeDone and not self._appSendBuffer
-                    and not self._lostTLSConnection
-                    and not (self.disconnecting and self._producer is None)):
+            if direct:
                 data = self._write_directly(ssl, data)
             if data:
                 TLSMemoryBIOProtocol.write(self, data)
@@ -288,6 +354,11 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
             return
         out = self._out_bio
         if out is not None:
+            if self._c_out:
+                records = _calls.take(self._c_out)
+                if records:
+                    self._send_records(records)
+                return
             waiting = _buffered(out)
             if not waiting:
                 return

@@ -1,6 +1,8 @@
 """kcm.eager_tls over real loopback sockets (both ends in this reactor): records leave in the
 turn that wrote them, in order, whole, however large, and with the TCP transport's flow
-control; over a StringTransport it writes to the transport as Twisted's own TLS does."""
+control; over a StringTransport it writes to the transport as Twisted's own TLS does. Every
+test runs twice: with OpenSSL's calls made by the compiled kcm._tls_calls (as deployed),
+and through cffi (a checkout whose extension is not built)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import StringTransport
 
+from kcm import eager_tls
 from kcm.eager_tls import MAX_GATHERED, EagerTLSClientEndpoint, EagerTLSFactory, EagerTLSProtocol
 from kcm.pki import PkiPaths, init_pki
 from kcm.tls import client_tls_options, server_tls_options
@@ -20,6 +23,16 @@ from kcm.tls import client_tls_options, server_tls_options
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
     return init_pki(Path(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture(autouse=True, params=["compiled", "cffi"])
+def calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which way the connections made in the test call OpenSSL."""
+    if request.param == "compiled":
+        assert eager_tls._calls is not None, "kcm._tls_calls is not built (make .venv/.installed)"
+    else:
+        monkeypatch.setattr(eager_tls, "_calls", None)
+    return request.param
 
 
 class Lines(protocol.Protocol):
@@ -103,11 +116,14 @@ def exchange(pki: PkiPaths, answer, sent: bytes, expected: bytes, check=None):
 
 
 @pytest_twisted.inlineCallbacks
-def test_pipelined_answers_arrive_in_order_and_whole(pki: PkiPaths) -> None:
+def test_pipelined_answers_arrive_in_order_and_whole(pki: PkiPaths, calls: str) -> None:
     def check(client, servers) -> None:
         assert servers[0].transport._gathered is None  # nothing left gathered after the turn
-        # (both ends made OpenSSL's calls themselves once the handshake was done)
+        # (both ends made OpenSSL's calls themselves once the handshake was done, in C or not)
         assert servers[0].transport._ssl is not None and client.transport._ssl is not None
+        compiled = calls == "compiled"
+        assert bool(servers[0].transport._c_ssl) is compiled
+        assert bool(client.transport._c_ssl) is compiled
 
     lines = [b"%05d" % i for i in range(2000)]  # answered in one turn: gathered records
     yield exchange(pki, lambda line: line[::-1] + b";", b"\n".join(lines) + b"\n",

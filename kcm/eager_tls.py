@@ -224,13 +224,16 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         """:meth:`_flushReceiveBIO` through :mod:`kcm._tls_calls`, ``data`` (received, not
         yet in OpenSSL) put in first: each call reads one chunk of plaintext and says
         whether more is waiting; a read that gives nothing is explained by pyOpenSSL."""
-        receive, ssl, into = _calls.receive, self._c_ssl, self._c_into
+        # ``owner`` (pyOpenSSL's SSL object, which frees the SSL and its BIOs) is held for
+        # the loop: the addresses stay valid whatever the protocol does meanwhile.
+        receive, owner, ssl, into = _calls.receive, self._ssl, self._c_ssl, self._c_into
+        connection = self._tlsConnection
         while not self._lostTLSConnection:
             plaintext, code = receive(ssl, into, data)
             data = b""
             if code <= 0:  # pyOpenSSL says why, as its recv would have
                 try:
-                    self._tlsConnection._raise_ssl_error(self._ssl, code)
+                    connection._raise_ssl_error(owner, code)
                 except WantReadError:
                     break
                 except ZeroReturnError:

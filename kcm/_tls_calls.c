@@ -6,8 +6,8 @@
  * BIO, SSL_read, SSL_write, out of the send memory BIO. Made through cffi they are four to
  * six calls, each with its own argument conversion, buffer allocation and copy. Here they
  * are two: receive (BIO_write, then one SSL_read, then whether more is waiting) and send
- * (SSL_write a record at a time, then everything the send BIO holds). What the calls are is
- * unchanged, and so is everything around them: anything that does not succeed at once is
+ * (SSL_write a record at a time, then everything the send BIO holds, sent on the socket
+ * when kcm.eager_tls says nothing is queued before it). What the calls are is unchanged, and so is everything around them: anything that does not succeed at once is
  * reported back as OpenSSL's return value, and kcm.eager_tls hands it to pyOpenSSL and
  * Twisted exactly as before (tests/unit/test_eager_tls.py runs its cases with and without
  * this module).
@@ -16,17 +16,20 @@
  * OpenSSL is linked into it and exports no symbols): their addresses are given once by
  * kcm.eager_tls (configure), from that binding's cffi objects. The SSL and BIO pointers are
  * given per call, as integers, by kcm.eager_tls, which holds the pyOpenSSL Connection that
- * owns them for as long as it passes them. The GIL is held throughout: the calls work on
- * memory only.
+ * owns them for as long as it passes them, and the socket's descriptor, read from the
+ * open socket just before the call. The GIL is held throughout: the calls work on memory,
+ * and the one system call, a non-blocking send, does not wait.
  *
  * configure(bio_write, bio_read, bio_get_mem_data, ssl_read, ssl_write, ssl_pending)
  * receive(ssl, into, data: bytes) -> (plaintext: bytes, code: int)
- * send(ssl, out, data: bytes) -> (written: int, records: bytes)
+ * send(ssl, out, data: bytes, fd: int) -> (written: int, records: bytes)
  * take(out) -> bytes
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 typedef int (*bio_io_fn)(void *, void *, int);
 typedef long (*bio_mem_fn)(void *, char **);
@@ -63,6 +66,7 @@ static int pointer(PyObject *value, void **out) {
 }
 
 static PyObject *configure(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *values[6];
     void *addresses[6];
     if (!PyArg_ParseTuple(args, "OOOOOO", &values[0], &values[1], &values[2], &values[3],
@@ -93,6 +97,7 @@ static long buffered(void *bio) {
  * OpenSSL why (SSL_get_error) at once, as pyOpenSSL's recv would. MemoryError when the
  * memory BIO cannot take `data` (it takes everything or fails). */
 static PyObject *receive(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *ssl_value, *into_value;
     Py_buffer data;
     void *ssl, *into;
@@ -144,15 +149,65 @@ static PyObject *take_from(void *out) {
     return records;
 }
 
-/* send(ssl, out, data): `data` to SSL_write a record at a time, stopping at the first call
- * that does not succeed at once; then everything the memory BIO `out` holds. Returns
- * (bytes of `data` written, records): the caller hands what was not written to the stock
- * path, which repeats that SSL_write with the same bytes, as OpenSSL requires. */
+/* Records read out of the send BIO to be sent at once: one write's usual size. */
+#define SEND_BUFFER 65536
+
+/* The records the memory BIO `out` holds, sent on the socket `fd` (non-blocking, as
+ * Twisted's are) as far as it takes them now; what it did not take, as bytes (empty when
+ * it took everything). A send that fails (a full socket, a connection gone) leaves the
+ * rest to the caller, who queues it in the TCP transport: Twisted's own send then meets
+ * the same condition and deals with it. */
+static PyObject *send_on(void *out, int fd) {
+    long waiting = buffered(out);
+    if (waiting <= 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (waiting > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "send buffer too large");
+        return NULL;
+    }
+    /* (the GIL is held from the read to the copy of the rest: nothing else uses the buffer) */
+    static char small[SEND_BUFFER];
+    PyObject *large = NULL;
+    char *buffer = small;
+    if (waiting > SEND_BUFFER) {
+        large = PyBytes_FromStringAndSize(NULL, waiting);
+        if (large == NULL)
+            return NULL;
+        buffer = PyBytes_AS_STRING(large);
+    }
+    int got = BIO_read_(out, buffer, (int)waiting);
+    if (got != (int)waiting) {
+        Py_XDECREF(large);
+        PyErr_Format(PyExc_RuntimeError, "BIO_read gave %d of %ld bytes", got, waiting);
+        return NULL;
+    }
+    long sent = 0;
+    while (sent < waiting) {
+        ssize_t n = send(fd, buffer + sent, (size_t)(waiting - sent), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        sent += n;
+    }
+    PyObject *rest = PyBytes_FromStringAndSize(buffer + sent, waiting - sent);
+    Py_XDECREF(large);
+    return rest;
+}
+
+/* send(ssl, out, data, fd): `data` to SSL_write a record at a time, stopping at the first
+ * call that does not succeed at once; then the records the memory BIO `out` holds: sent
+ * on the socket `fd` when it is not negative (send_on), else all returned. Returns (bytes
+ * of `data` written, records not sent): the caller hands what was not written to the
+ * stock path, which repeats that SSL_write with the same bytes, as OpenSSL requires. */
 static PyObject *send_(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *ssl_value, *out_value;
     Py_buffer data;
     void *ssl, *out;
-    if (!PyArg_ParseTuple(args, "OOy*", &ssl_value, &out_value, &data))
+    int fd;
+    if (!PyArg_ParseTuple(args, "OOy*i", &ssl_value, &out_value, &data, &fd))
         return NULL;
     PyObject *result = NULL;
     if (!configured() || !pointer(ssl_value, &ssl) || !pointer(out_value, &out))
@@ -165,7 +220,7 @@ static PyObject *send_(PyObject *self, PyObject *args) {
             break;
         sent += written;
     }
-    PyObject *records = take_from(out);
+    PyObject *records = fd >= 0 ? send_on(out, fd) : take_from(out);
     if (records != NULL)
         result = Py_BuildValue("(nN)", sent, records);
 done:
@@ -175,6 +230,7 @@ done:
 
 /* take(out): everything the memory BIO `out` holds, as bytes. */
 static PyObject *take(PyObject *self, PyObject *out_value) {
+    (void)self;
     void *out;
     if (!configured() || !pointer(out_value, &out))
         return NULL;
@@ -184,7 +240,7 @@ static PyObject *take(PyObject *self, PyObject *out_value) {
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Set the OpenSSL functions' addresses (once)."},
     {"receive", receive, METH_VARARGS, "Received bytes in, one SSL_read's plaintext out."},
-    {"send", send_, METH_VARARGS, "Plaintext in (SSL_write), the records out."},
+    {"send", send_, METH_VARARGS, "Plaintext in (SSL_write), the records sent or out."},
     {"take", take, METH_O, "Everything a memory BIO holds."},
     {NULL, NULL, 0, NULL},
 };
@@ -192,7 +248,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "kcm._tls_calls",
     "The OpenSSL calls of a request's path through kcm.eager_tls, one C call each way.", -1,
-    methods,
+    methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__tls_calls(void) { return PyModule_Create(&module); }

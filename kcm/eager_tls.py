@@ -312,10 +312,14 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         direct = (ssl is not None and self._handshakeDone and not self._appSendBuffer
                   and not self._lostTLSConnection
                   and not (self.disconnecting and self._producer is None))
-        if direct and self._c_ssl:  # one C call: the records of all that was written
-            written, records = _calls.send(self._c_ssl, self._c_out, data)
-            if records:
-                self._send_records(records)
+        if direct and self._c_ssl:  # one C call: the records of all that was written, sent
+            fd = self._send_now_on()
+            written, records = _calls.send(self._c_ssl, self._c_out, data, fd)
+            if records:  # (what the socket did not take, or all of it when it could not)
+                if fd >= 0:
+                    self.transport.write(records)
+                else:
+                    self._send_records(records)
             if written == len(data):
                 return
             data, direct = data[written:], False  # the rest: as Twisted writes it
@@ -386,13 +390,21 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
             records = b"".join(chunks)
         self._send_records(records)
 
-    def _send_records(self, records: bytes) -> None:
-        """Send ``records`` on the socket now if nothing waits before them, else queue them
-        in the TCP transport."""
+    def _send_now_on(self) -> int:
+        """The descriptor of the socket when what is written may be sent on it now (an open
+        Twisted TCP connection with nothing queued), else -1."""
         transport = self.transport
         if (self._eager and not transport._tempDataLen
                 and transport.offset == len(transport.dataBuffer)
                 and transport.connected and not transport.disconnected):
+            return transport.socket.fileno()  # (-1 once closed)
+        return -1
+
+    def _send_records(self, records: bytes) -> None:
+        """Send ``records`` on the socket now if nothing waits before them, else queue them
+        in the TCP transport."""
+        transport = self.transport
+        if self._send_now_on() >= 0:
             sent = transport.writeSomeData(records)
             if isinstance(sent, int) and sent > 0:
                 if sent == len(records):

@@ -18,7 +18,7 @@ def test_null_pointers_are_refused(calls) -> None:
     with pytest.raises(ValueError, match="null pointer"):
         calls.receive(0, 1, b"")
     with pytest.raises(ValueError, match="null pointer"):
-        calls.send(1, 0, b"")
+        calls.send(1, 0, b"", -1)
     with pytest.raises(ValueError, match="null pointer"):
         calls.take(0)
 

@@ -86,6 +86,11 @@ if _MEM_DATA is not None:
                                                   ("int(*)(void *)", _SSL_PENDING))))
 
 
+def compiled() -> bool:
+    """Whether the OpenSSL calls are made by :mod:`kcm._tls_calls` (else through cffi)."""
+    return _calls is not None
+
+
 def _address(pointer: Any) -> int:
     """A cffi pointer as the integer :mod:`kcm._tls_calls` takes."""
     return int(_ffi.cast("uintptr_t", pointer))

@@ -25,7 +25,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
-from kcm import reactor_dispatch
+from kcm import compiled, reactor_dispatch
 from kcm.logging import log_observer
 
 __all__ = ["LOG_LINGER", "ProcessService", "open_log"]
@@ -84,6 +84,12 @@ class ProcessService(MultiService):
         if reactor is None:
             from twisted.internet import reactor
         reactor_dispatch.install(reactor)
+        absent = compiled.missing()
+        if absent:
+            log.warn("{process} runs without its compiled modules ({modules}): the same "
+                     "answers at a higher CPU cost per request; reinstall with a C compiler "
+                     "and Python's headers", process=self.process_name,
+                     modules=", ".join(absent))
         Service.startService(self)
         try:
             for child in self:

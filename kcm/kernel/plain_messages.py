@@ -152,6 +152,11 @@ else:
     _scan = _plain_scan.scan
 
 
+def compiled() -> bool:
+    """Whether plain requests are walked by :mod:`kcm.kernel._plain_scan` (else in Python)."""
+    return _scan is not None
+
+
 class NotPlain(Exception):
     """Not a plain request or answer: the general codec's to read or write."""
 

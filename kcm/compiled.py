@@ -1,0 +1,26 @@
+"""Which of KCM's compiled modules this installation runs without.
+
+Two small C modules are built by the install (``setup.py``): :mod:`kcm.kernel._plain_scan`
+(the plain-request reader of the L4 hot path) and :mod:`kcm._tls_calls` (eager TLS's
+OpenSSL calls). Without them, KCM answers the same, through the Python code they replace,
+at a higher CPU cost per request; an installation made without a C compiler or Python's
+headers gets that silently. :class:`kcm.process.ProcessService` warns about it when a
+process starts.
+"""
+
+from __future__ import annotations
+
+from kcm import eager_tls
+from kcm.kernel import plain_messages
+
+__all__ = ["missing"]
+
+
+def missing() -> list[str]:
+    """The compiled modules this process runs without (none, as installed by ``make``)."""
+    absent = []
+    if not plain_messages.compiled():
+        absent.append("kcm.kernel._plain_scan")
+    if not eager_tls.compiled():
+        absent.append("kcm._tls_calls")
+    return absent

@@ -128,35 +128,15 @@ done:
     return result;
 }
 
-/* Everything the memory BIO `out` holds, as bytes (empty when it holds nothing). */
-static PyObject *take_from(void *out) {
-    long waiting = buffered(out);
-    if (waiting <= 0)
-        return PyBytes_FromStringAndSize(NULL, 0);
-    if (waiting > INT_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "send buffer too large");
-        return NULL;
-    }
-    PyObject *records = PyBytes_FromStringAndSize(NULL, waiting);
-    if (records == NULL)
-        return NULL;
-    int got = BIO_read_(out, PyBytes_AS_STRING(records), (int)waiting);
-    if (got != (int)waiting) { /* a memory BIO gives what it says it holds */
-        Py_DECREF(records);
-        PyErr_Format(PyExc_RuntimeError, "BIO_read gave %d of %ld bytes", got, waiting);
-        return NULL;
-    }
-    return records;
-}
-
 /* Records read out of the send BIO to be sent at once: one write's usual size. */
 #define SEND_BUFFER 65536
 
 /* The records the memory BIO `out` holds, sent on the socket `fd` (non-blocking, as
- * Twisted's are) as far as it takes them now; what it did not take, as bytes (empty when
- * it took everything). A send that fails (a full socket, a connection gone) leaves the
- * rest to the caller, who queues it in the TCP transport: Twisted's own send then meets
- * the same condition and deals with it. */
+ * Twisted's are) as far as it takes them now when `fd` is not negative; what was not sent,
+ * as bytes (empty when the socket took everything; all of them when `fd` is negative). A
+ * send that fails (a full socket, a connection gone) leaves the rest to the caller, who
+ * queues it in the TCP transport: Twisted's own send then meets the same condition and
+ * deals with it. */
 static PyObject *send_on(void *out, int fd) {
     long waiting = buffered(out);
     if (waiting <= 0)
@@ -176,13 +156,13 @@ static PyObject *send_on(void *out, int fd) {
         buffer = PyBytes_AS_STRING(large);
     }
     int got = BIO_read_(out, buffer, (int)waiting);
-    if (got != (int)waiting) {
+    if (got != (int)waiting) { /* a memory BIO gives what it says it holds */
         Py_XDECREF(large);
         PyErr_Format(PyExc_RuntimeError, "BIO_read gave %d of %ld bytes", got, waiting);
         return NULL;
     }
     long sent = 0;
-    while (sent < waiting) {
+    while (fd >= 0 && sent < waiting) {
         ssize_t n = send(fd, buffer + sent, (size_t)(waiting - sent), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
@@ -191,6 +171,8 @@ static PyObject *send_on(void *out, int fd) {
         }
         sent += n;
     }
+    if (large != NULL && sent == 0)
+        return large; /* all of it, as read */
     PyObject *rest = PyBytes_FromStringAndSize(buffer + sent, waiting - sent);
     Py_XDECREF(large);
     return rest;
@@ -220,7 +202,7 @@ static PyObject *send_(PyObject *self, PyObject *args) {
             break;
         sent += written;
     }
-    PyObject *records = fd >= 0 ? send_on(out, fd) : take_from(out);
+    PyObject *records = send_on(out, fd);
     if (records != NULL)
         result = Py_BuildValue("(nN)", sent, records);
 done:
@@ -234,7 +216,7 @@ static PyObject *take(PyObject *self, PyObject *out_value) {
     void *out;
     if (!configured() || !pointer(out_value, &out))
         return NULL;
-    return take_from(out);
+    return send_on(out, -1);
 }
 
 static PyMethodDef methods[] = {

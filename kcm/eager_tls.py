@@ -208,13 +208,9 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
                     data = _BUFFER(buffer, got)[:]
                 else:
                     data = connection.recv(_RECEIVE_CHUNK)
-            except WantReadError:
-                break
-            except ZeroReturnError:
-                self._shutdownTLS()
-                self._tlsShutdownFinished(None)
-            except Error:
-                self._tlsShutdownFinished(Failure())
+            except Error as error:
+                if self._read_failed(error):
+                    break
             else:
                 if not self._aborted:
                     ProtocolWrapper.dataReceived(self, data)
@@ -224,6 +220,19 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
                         ) and not _buffered(into):
                     break
         self._flushSendBIO()
+
+    def _read_failed(self, error: Error) -> bool:
+        """A read raised ``error`` (pyOpenSSL's): as Twisted's loop takes it (the peer's
+        close_notify shuts the connection down, any other error ends it); whether reading
+        stops at once (nothing more to read now)."""
+        if isinstance(error, WantReadError):
+            return True
+        if isinstance(error, ZeroReturnError):
+            self._shutdownTLS()
+            self._tlsShutdownFinished(None)
+        else:
+            self._tlsShutdownFinished(Failure(error))
+        return False
 
     def _receive(self, data: bytes) -> None:
         """:meth:`_flushReceiveBIO` through :mod:`kcm._tls_calls`, ``data`` (received, not
@@ -239,16 +248,11 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
             if code <= 0:  # pyOpenSSL says why, as its recv would have
                 try:
                     connection._raise_ssl_error(owner, code)
-                except WantReadError:
-                    break
-                except ZeroReturnError:
-                    self._shutdownTLS()
-                    self._tlsShutdownFinished(None)
-                except Error:
-                    self._tlsShutdownFinished(Failure())
-                else:
-                    break  # (nothing to say: nothing to read)
-                continue
+                except Error as error:
+                    if self._read_failed(error):
+                        break
+                    continue
+                break  # (nothing to say: nothing to read)
             if not self._aborted:
                 ProtocolWrapper.dataReceived(self, plaintext)
             if code == 1:  # nothing decrypted waiting, nothing received unread

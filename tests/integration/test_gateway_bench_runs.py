@@ -1,6 +1,7 @@
 """``benchmarks/gateway_bench.py`` runs end to end: its forwarded scenarios, the bare TLS
-relay that is their floor included, answer every request rightly (the figures of a
-``--quick`` run mean little and are not judged here; docs/benchmarks.md holds real ones)."""
+relay that is their floor included, answer every request rightly; so does
+``benchmarks/link_path_bench.py``, on both of kcm-core's paths (the figures of these short
+runs mean little and are not judged here; docs/benchmarks.md holds real ones)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def test_the_forwarded_scenarios_and_their_floor_run() -> None:
     for path in ("gateway", "core", "relay"):
         assert re.search(rf"^(Get Attributes, floor)?\s+{path}\s+100/100\s", floor, re.M), floor
     assert "a bare TLS relay on the gateway's transport" in floor
+
+
+def test_the_link_path_bench_runs_both_paths() -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "link_path_bench.py"), "--requests", "40",
+         "--block", "20"],
+        env=process_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for path in ("link", "direct"):
+        assert re.search(rf"^{path}\s+p50 \d+\.\d+ ms", run.stdout, re.M), run.stdout
+    assert "the link path minus the direct path" in run.stdout

@@ -2,10 +2,10 @@
 
 Two small C modules are built by the install (``setup.py``): :mod:`kcm.kernel._plain_scan`
 (the plain-request reader of the L4 hot path) and :mod:`kcm._tls_calls` (eager TLS's
-OpenSSL calls). Without them, KCM answers the same, through the Python code they replace,
-at a higher CPU cost per request; an installation made without a C compiler or Python's
-headers gets that silently. :class:`kcm.process.ProcessService` warns about it when a
-process starts.
+OpenSSL calls); an install without a C compiler fails. A source tree run without being
+installed (on ``PYTHONPATH``) has neither: KCM answers the same there, through the Python
+code they replace, at a higher CPU cost per request, and would say nothing of it;
+:class:`kcm.process.ProcessService` warns about it when a process starts.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from kcm.kmip.enums import Operation
 from kcm.kmip.versions import Version
 from kcm.l4.identifiers import is_l3, is_l4
 from kcm.l4.marking import MARKER_BYTES, create_attributes, is_l4_create
-from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, operation_values, peek_request
+from kcm.ttlv.peek import OPERATION_HEAD, PeekedBatchItem, PeekedRequest, peek_request
 
 __all__ = ["Classified", "Route", "classify", "may_run_here"]
 
@@ -50,9 +50,18 @@ def may_run_here(wire: bytes) -> bool:
     items, and none is a Create, Get, Encrypt or Decrypt (:func:`classify` would route it
     ALL_REMOTE, or find its routing facts unreadable, and either way it goes to the core
     whole). A string that looks like an Operation item can only make it True:
-    :func:`classify` then decides (as it does for a request with no item at all)."""
-    found = operation_values(wire)
-    return not found or any(value in _LOCAL_VALUES for value in found)
+    :func:`classify` then decides (as it does for a request with no item at all).
+
+    The values are those :func:`~kcm.ttlv.peek.operation_values` finds, read one by one: an
+    L4 request is known at its first item, however many it has."""
+    at = wire.find(OPERATION_HEAD)
+    if at < 0:
+        return True
+    while at >= 0:
+        if wire[at + 8:at + 12] in _LOCAL_VALUES:
+            return True
+        at = wire.find(OPERATION_HEAD, at + 1)
+    return False
 
 
 class Route(enum.Enum):

@@ -150,6 +150,10 @@ class GatewayRequestHandler:
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         """Answer ``wire``; never raises, and a returned Deferred never fails."""
         started = self._timer()
+        if not may_run_here(wire):
+            # Forwarded whole, unpeeked (most forwarded requests): nothing here could
+            # answer any of it, the fast path included. Timed, counted and never failing.
+            return self._relay(wire, None, connection, started)
         routed = _Routed()
         try:
             fast_path = self._fast_path
@@ -193,11 +197,8 @@ class GatewayRequestHandler:
     # Routing ----------------------------------------------------------------------------
     def _route(self, wire: bytes, connection: ConnectionInfo, routed: _Routed,
                started: float) -> bytes | Deferred[bytes]:
-        """The general path's answer; ``routed`` learns where it was answered."""
-        if not may_run_here(wire):  # (most forwarded requests: no peek at all)
-            routed.local = False
-            routed.relayed = True
-            return self._relay(wire, None, connection, started)
+        """The general path's answer to a request that :func:`may_run_here`; ``routed``
+        learns where it was answered."""
         try:
             classified = classify(wire)
         except TtlvError:

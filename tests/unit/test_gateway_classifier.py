@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kcm.gateway.classifier import Route, classify, may_run_here
+from kcm.kmip.enums import Operation
 from kcm.kmip.tags import Tag
 from kcm.ttlv import TtlvError
+from kcm.ttlv.peek import operation_values
 from tests.gateway_support import (
     L3_UID,
     activate,
@@ -111,6 +113,7 @@ def test_a_create_with_an_l4_marker_has_its_attributes_decoded() -> None:
 
 
 # Forwarded without a peek -----------------------------------------------------------------
+_MAY_RUN_HERE = {Operation.CREATE, Operation.GET, Operation.ENCRYPT, Operation.DECRYPT}
 _ITEMS = [create_l4(), create_managed(), get(TOKEN), get("42"), encrypt(TOKEN),
           encrypt(L3_UID), encrypt("42"), decrypt(TOKEN, b"x"), activate(TOKEN), activate(None),
           locate(), locate(b"b")]
@@ -131,6 +134,9 @@ def test_a_request_that_may_not_run_here_is_one_the_classifier_forwards_whole(
     if flip is not None:
         wire[flip[0] % len(wire)] = flip[1]
     wire = bytes(wire)
+    found = operation_values(wire)  # may_run_here reads them one by one, stopping early
+    assert may_run_here(wire) == (not found or any(
+        int.from_bytes(value, "big") in _MAY_RUN_HERE for value in found))
     if may_run_here(wire):
         return
     try:

@@ -154,9 +154,11 @@ _RELAY_SERVER = """
 import sys
 from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from kcm import reactor_dispatch
 from kcm.eager_tls import EagerTLSClientEndpoint, EagerTLSFactory
 from kcm.tls import client_tls_options, server_tls_options
 
+reactor_dispatch.install(reactor)  # events dispatched as kcm-gateway's reactor does
 (cert, key, ca, port, client_cert, client_key, core_port, core_name) = sys.argv[1:9]
 upstream = EagerTLSClientEndpoint(
     client_tls_options(client_cert, client_key, ca, core_name),

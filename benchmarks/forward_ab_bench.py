@@ -4,10 +4,11 @@ The machine's speed and load move from one run to the next by more than a change
 forward path is worth, so this compares two gateways in one run: one of this tree and one
 of ``--base-tree`` (another checkout, e.g. ``git worktree add /tmp/base main``), both
 linked to the same kcm-core (this tree's). One client sends the same Get Attributes
-through each gateway and to the core directly, one request at a time, rotating through all
-six orders of the three so that none always follows the same one (a server that answers
-two requests in a row finds its caches warm). Per round: each path's p50 and p99, what each
-gateway adds over the core directly, and each gateway's CPU per forwarded request.
+through each gateway and to the core directly, one request at a time, each path alone for
+a block of ``--requests``, the three in another of their six orders each round (a path
+measured between requests of the others is not in its steady state: docs/benchmarks.md,
+sixteenth sitting). Per round: each path's p50 and p99, what each gateway adds over the
+core directly, and each gateway's CPU per forwarded request.
 
 The processes started first serve a little slower (3-23 µs a forward in an A/A run on the
 machine of docs/benchmarks.md): ``--both-orders`` runs it twice, the base tree's processes
@@ -114,11 +115,12 @@ def measure(args: argparse.Namespace, work: Path, *, base_first: bool = False
         for round_number in range(args.rounds):
             latencies: dict[str, list[int]] = {name: [] for name in clients}
             cpu = {name: servers[name].cpu_seconds() for name in gateways}
-            for i in range(args.requests):
-                for name in orders[i % len(orders)]:
+            for name in orders[round_number * (len(orders) - 1) % len(orders)]:  # each alone
+                client, wire, block = clients[name], wires[name], latencies[name]
+                for _ in range(args.requests):
                     sent = time.perf_counter_ns()
-                    clients[name].send(wires[name])
-                    latencies[name].append(time.perf_counter_ns() - sent)
+                    client.send(wire)
+                    block.append(time.perf_counter_ns() - sent)
             cpu = {name: servers[name].cpu_seconds() - cpu[name] for name in gateways}
             p50 = {name: percentile(values, 0.5) for name, values in latencies.items()}
             p99 = {name: percentile(values, 0.99) for name, values in latencies.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from kcm.kmip.tags import Tag
 from kcm.testing.processes import PYKMIP_SERVER, CoreProcess, GatewayProcess, deploy
 from kcm.testing.requests import CONTINUE, create_managed, item, request, response
 
-__all__ = ["PYKMIP_SERVER", "V21", "CoreProcess", "GatewayProcess", "applied_events",
+__all__ = ["PYKMIP_SERVER", "V21", "ClientLoad", "CoreProcess", "GatewayProcess", "applied_events",
            "audit_rows", "core_process", "core_process_pg", "counting_locate", "dead_links",
            "decrypt_sealed", "deploy", "gateway_process", "last_seq", "populated", "refusals",
            "resumed_after", "send_v21", "succeeded_v21", "wait_until"]
@@ -168,6 +169,33 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0,
             raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
     return time.monotonic() - started
+
+
+class ClientLoad(threading.Thread):
+    """One client of ``server`` (its ``app`` identity) running ``step(client)`` again and
+    again on one connection until :attr:`done` is set. :attr:`steps` counts the steps
+    taken; :attr:`failures` keeps what each step that failed returned, and the exception
+    that ends the load if one does."""
+
+    def __init__(self, server: CoreProcess | GatewayProcess,
+                 step: Callable[[KmipClient], str | None]) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.step = step
+        self.done = threading.Event()
+        self.steps = 0
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        try:
+            with self.server.client() as client:
+                while not self.done.is_set():
+                    problem = self.step(client)
+                    if problem is not None:
+                        self.failures.append(problem)
+                    self.steps += 1
+        except BaseException as e:  # noqa: BLE001 - every failure is the test's business
+            self.failures.append(f"{type(e).__name__}: {e}")
 
 
 @pytest.fixture

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from kcm.conformance.client import KmipClient
 from kcm.kmip.enums import ResultStatus, State
 from kcm.kmip.tags import Tag
 from kcm.testing.postgres import fresh_database
 from kcm.testing.processes import running
 from kcm.testing.requests import create_managed, get_attributes, request, response
-from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
+from tests.e2e_support import ClientLoad, CoreProcess, GatewayProcess, deploy, wait_until
 
 BATCH = 64
 
@@ -75,28 +76,12 @@ def test_a_stopping_server_answers_the_batch_it_was_sent(tmp_path: Path, stopped
         held(core, identifiers)
 
 
-class ForwardedLoad(threading.Thread):
-    """A client of ``gateway`` sending durable Creates (answered by a core) one after
-    another on one connection; every failure is kept."""
-
-    def __init__(self, gateway: GatewayProcess) -> None:
-        super().__init__(daemon=True)
-        self.gateway = gateway
-        self.done = threading.Event()
-        self.answered = 0
-        self.failures: list[str] = []
-
-    def run(self) -> None:
-        try:
-            with self.gateway.client() as client:
-                client.connect()
-                while not self.done.is_set():
-                    [answer] = response(client.send(request(create_managed()))).batch_items
-                    if answer.result_status != ResultStatus.SUCCESS:
-                        self.failures.append(f"{answer.result_reason}: {answer.result_message}")
-                    self.answered += 1
-        except Exception as e:  # noqa: BLE001 - every failure is the test's business
-            self.failures.append(f"{type(e).__name__}: {e}")
+def forwarded_create(client: KmipClient) -> str | None:
+    """A durable Create (a core answers it through the gateway): what failed, or None."""
+    [answer] = response(client.send(request(create_managed()))).batch_items
+    if answer.result_status != ResultStatus.SUCCESS:
+        return f"{answer.result_reason}: {answer.result_message}"
+    return None
 
 
 def test_a_rolling_restart_of_the_cores_fails_no_forwarded_request(
@@ -111,7 +96,7 @@ def test_a_rolling_restart_of_the_cores_fails_no_forwarded_request(
     second = first.replica(tmp_path / "core2")
     gateway = GatewayProcess(tmp_path / "gateway", first, cores=[first, second])
     second.start()
-    loads = [ForwardedLoad(gateway) for _ in range(3)]
+    loads = [ClientLoad(gateway, forwarded_create) for _ in range(3)]
     try:
         with running(first, gateway):
             for load in loads:
@@ -133,18 +118,18 @@ def test_a_rolling_restart_of_the_cores_fails_no_forwarded_request(
 
 
 def restarted_under_load(stopped: CoreProcess, other: CoreProcess, gateway: GatewayProcess,
-                         loads: list[ForwardedLoad]) -> None:
+                         loads: list[ClientLoad]) -> None:
     """SIGTERM ``stopped`` (the core ``gateway`` is linked to) while ``loads`` run; the load
     goes on at ``other``; then ``stopped`` starts again."""
-    wait_until(lambda: all(load.answered >= 20 for load in loads), "load to run", 20.0)
+    wait_until(lambda: all(load.steps >= 20 for load in loads), "load to run", 20.0)
     linked_before = gateway.log.read_text().count("linked to core")
     assert stopped.process is not None
     stopped.process.send_signal(signal.SIGTERM)
     wait_until(lambda: stopped.process.poll() is not None, "the core to exit", 15.0)
     assert stopped.process.returncode in (0, -signal.SIGTERM)
     stopped.process = None
-    at_stop = [load.answered for load in loads]
-    wait_until(lambda: all(load.answered >= n + 20
+    at_stop = [load.steps for load in loads]
+    wait_until(lambda: all(load.steps >= n + 20
                            for load, n in zip(loads, at_stop, strict=True)),
                "load to go on at the other core", 20.0)
     assert [load.failures for load in loads] == [[], [], []]

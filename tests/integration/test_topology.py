@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import re
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
+from kcm.conformance.client import KmipClient
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode
 from kcm.kmip.messages import RequestBatchItem
 from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
@@ -31,6 +31,7 @@ from kcm.l4 import token as l4_token
 from kcm.testing.postgres import fresh_database
 from kcm.testing.processes import CoreProcess, GatewayProcess, deploy
 from tests.e2e_support import (
+    ClientLoad,
     applied_events,
     refusals,
     resumed_after,
@@ -82,27 +83,12 @@ def revoke(uid: str) -> RequestBatchItem:
         revocation_reason=RevocationReason(code=RevocationReasonCode.CESSATION_OF_OPERATION)))
 
 
-class L4Load(threading.Thread):
-    """An application at one gateway: Create an L4, Encrypt with it, Get it, again and
-    again, on one connection; every failure is kept."""
-
-    def __init__(self, gateway: GatewayProcess) -> None:
-        super().__init__(daemon=True)
-        self.gateway = gateway
-        self.done = threading.Event()
-        self.rounds = 0
-        self.failures: list[str] = []
-
-    def run(self) -> None:
-        try:
-            with self.gateway.client("app") as client:
-                while not self.done.is_set():
-                    [created] = succeeded_v21(client, create_l4())
-                    token = created.unique_identifier
-                    succeeded_v21(client, encrypt(token, b"a record"), get(token))
-                    self.rounds += 1
-        except BaseException as e:  # noqa: BLE001 - every failure is the test's business
-            self.failures.append(f"{type(e).__name__}: {e}")
+def l4_round(client: KmipClient) -> None:
+    """An application's round at a gateway: Create an L4, Encrypt with it, Get it (a
+    failure raises, and ends the load)."""
+    [created] = succeeded_v21(client, create_l4())
+    token = created.unique_identifier
+    succeeded_v21(client, encrypt(token, b"a record"), get(token))
 
 
 def control_answered_within(gateway: GatewayProcess, since: float, bound: float) -> float:
@@ -158,7 +144,7 @@ def test_three_cores_three_gateways_revocation_failover_and_no_event_lost(topolo
                 succeeded_v21(c, create_l4())[0].unique_identifier).l3_uid != old_l3,
                 "the new L3 version at every gateway", timeout=5)
 
-        loads = [L4Load(g) for g in gateways]
+        loads = [ClientLoad(g, l4_round) for g in gateways]
         for load in loads:
             load.start()
         time.sleep(0.5)
@@ -210,8 +196,8 @@ def test_three_cores_three_gateways_revocation_failover_and_no_event_lost(topolo
         for load in loads:
             load.join(10)
         assert [load.failures for load in loads] == [[], [], []]
-        assert all(load.rounds > 0 for load in loads), [load.rounds for load in loads]
-        print(f"L4 rounds per gateway: {[load.rounds for load in loads]}")
+        assert all(load.steps > 0 for load in loads), [load.steps for load in loads]
+        print(f"L4 rounds per gateway: {[load.steps for load in loads]}")
     finally:
         for client in clients.values():
             client.close()

@@ -36,10 +36,11 @@ class NativeClientUnavailable(RuntimeError):
     """The load generator cannot be built here (no C compiler or no OpenSSL headers)."""
 
 
-def build() -> Path:
-    """The load generator's executable, compiled when missing or out of date."""
-    source = SOURCE.read_bytes()
-    binary = BUILD / f"loadgen-{hashlib.sha256(source).hexdigest()[:12]}"
+def build(path: Path = SOURCE) -> Path:
+    """The executable of ``path`` (a C program of ``benchmarks/`` using OpenSSL; by default
+    the load generator), compiled when missing or out of date."""
+    source = path.read_bytes()
+    binary = BUILD / f"{path.stem}-{hashlib.sha256(source).hexdigest()[:12]}"
     if binary.exists():
         return binary
     compiler = shutil.which("cc") or shutil.which("gcc")
@@ -47,11 +48,11 @@ def build() -> Path:
         raise NativeClientUnavailable("no C compiler (cc or gcc) on PATH")
     BUILD.mkdir(exist_ok=True)
     built = subprocess.run(
-        [compiler, "-O2", "-Wall", "-o", str(binary), str(SOURCE), "-lssl", "-lcrypto",
+        [compiler, "-O2", "-Wall", "-o", str(binary), str(path), "-lssl", "-lcrypto",
          "-lpthread"], capture_output=True, text=True)
     if built.returncode != 0:
         raise NativeClientUnavailable(
-            "building benchmarks/loadgen.c failed (OpenSSL's headers: apt-get install "
+            f"building benchmarks/{path.name} failed (OpenSSL's headers: apt-get install "
             f"libssl-dev):\n{built.stderr.strip()}")
     return binary
 

@@ -1,0 +1,138 @@
+"""What forwarding costs on this machine, with and without an interpreter on the way.
+
+The same Get Attributes of one managed key, sent by one client one request at a time on
+each of four paths:
+
+* ``core``: kcm-core's KMIP port directly;
+* ``gateway``: through kcm-gateway (classification, the link's frames and streams);
+* ``relay``: through the bare TLS relay of ``benchmarks/gateway_bench.py`` (Python, the
+  gateway's transport and reactor dispatch; no KMIP, no framing, a connection to the core
+  per client);
+* ``native``: through ``benchmarks/native_relay.c`` (the same splice in C and OpenSSL, a
+  thread per client connection; built on first use into ``.bench-build/``, which needs
+  OpenSSL's headers: Debian's ``libssl-dev``).
+
+Each path alone for a block of ``--requests``, the four in another order each round. It
+prints each round's p50 per path and, over the rounds, the median of what each way adds at
+p50 over the core directly: the gateway's against the floors of a relay through Python and
+of one that never enters an interpreter (docs/benchmarks.md, "Forwarding measured in steady
+state").
+
+    .venv/bin/python benchmarks/forward_floor_bench.py [--requests N] [--rounds R]
+        [--cpu-latency-us N] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.gateway_bench import start_relay  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Server,
+    add_cpu_latency_option,
+    hold_cpu_latency,
+    payload_of,
+    send,
+    work_directory,
+)
+from benchmarks.native_client import build  # noqa: E402
+from kcm.kmip.enums import Operation  # noqa: E402
+from kcm.kmip.tags import Tag  # noqa: E402
+from kcm.testing import processes  # noqa: E402
+from kcm.testing.processes import free_port, stop_process, wait_listening  # noqa: E402
+from kcm.testing.requests import create_managed, get_attributes, request  # noqa: E402
+
+NATIVE_RELAY = Path(__file__).with_name("native_relay.c")
+
+
+def start_native_relay(core: processes.CoreProcess, work: Path) -> tuple[subprocess.Popen, int]:
+    """The C relay in front of ``core``'s KMIP port, on a port of its own."""
+    binary = build(NATIVE_RELAY)
+    pki, port, log = core.pki, free_port(), work / "native-relay.log"
+    output = open(log, "ab")  # noqa: SIM115 - owned by the child process
+    process = subprocess.Popen(
+        [str(binary), str(port), str(pki.gateway.cert), str(pki.gateway.key), str(pki.ca.cert),
+         str(core.port), str(pki.app.cert), str(pki.app.key), "localhost"],
+        stdout=output, stderr=subprocess.STDOUT)
+    wait_listening(process, [port], "native relay", log)
+    return process, port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="per path a round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_cpu_latency_option(parser)
+    args = parser.parse_args()
+    hold_cpu_latency(args.cpu_latency_us)
+    core = gateway = None
+    relays: list[subprocess.Popen] = []
+    with work_directory("kcm-forward-floor-", args.keep) as work:
+        try:
+            core = processes.deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
+            core.start()
+            gateway = processes.GatewayProcess(work / "gateway", core)
+            gateway.start()
+            gateway.wait_linked()
+            relay, relay_port = start_relay(core.pki, work, core)
+            native, native_port = start_native_relay(core, work)
+            relays = [relay, native]
+            assert core.process is not None and gateway.process is not None
+            servers = {"core": Server("core", core.port, core.pki, core.process.pid),
+                       "gateway": Server("gateway", gateway.port, core.pki,
+                                         gateway.process.pid),
+                       "relay": Server("relay", relay_port, core.pki, relay.pid),
+                       "native": Server("native", native_port, core.pki, native.pid)}
+            managed = payload_of(Operation.CREATE, send(servers["core"], request(
+                create_managed()))).unique_identifier
+            wire = request(get_attributes(managed, Tag.STATE))
+            clients = {name: server.client() for name, server in servers.items()}
+            for client in clients.values():
+                client.connect()
+                for _ in range(200):  # warm-up, untimed
+                    client.send(wire)
+            orders = list(itertools.permutations(clients))
+            print(f"# {args.requests} Get Attributes per path a round, each path alone",
+                  flush=True)
+            added: dict[str, list[float]] = {name: [] for name in clients if name != "core"}
+            for round_number in range(args.rounds):
+                p50: dict[str, float] = {}
+                for name in orders[round_number * (len(orders) - 1) % len(orders)]:
+                    client, latencies = clients[name], []
+                    for _ in range(args.requests):
+                        sent = time.perf_counter_ns()
+                        client.send(wire)
+                        latencies.append(time.perf_counter_ns() - sent)
+                    p50[name] = statistics.median(latencies) / 1e6
+                for name in added:
+                    added[name].append(p50[name] - p50["core"])
+                print(f"round {round_number + 1}: core p50 {p50['core']:.3f} ms; " + "; ".join(
+                    f"{name} {p50[name]:.3f} ({p50[name] - p50['core']:+.3f})"
+                    for name in added), flush=True)
+            for client in clients.values():
+                client.close()
+            print("# median p50 added over the core: " + "; ".join(
+                f"{name} {statistics.median(values):+.3f} ms"
+                for name, values in added.items()))
+        finally:
+            for process in relays:
+                stop_process(process, timeout=10)
+            if gateway is not None:
+                gateway.stop()
+            if core is not None:
+                core.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

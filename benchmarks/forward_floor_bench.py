@@ -12,11 +12,11 @@ each of four paths:
   thread per client connection; built on first use into ``.bench-build/``, which needs
   OpenSSL's headers: Debian's ``libssl-dev``).
 
-Each path alone for a block of ``--requests``, the four in another order each round. It
-prints each round's p50 per path and, over the rounds, the median of what each way adds at
-p50 over the core directly: the gateway's against the floors of a relay through Python and
-of one that never enters an interpreter (docs/benchmarks.md, "Forwarding measured in steady
-state").
+Each path alone for a block of ``--requests``, the four in another order each round; every
+answer is checked afterwards (Success, State Pre-Active). It prints each round's p50 per
+path and, over the rounds, the median of what each way adds at p50 over the core directly:
+the gateway's against the floors of a relay through Python and of one that never enters an
+interpreter (docs/benchmarks.md, "Forwarding measured in steady state").
 
     .venv/bin/python benchmarks/forward_floor_bench.py [--requests N] [--rounds R]
         [--cpu-latency-us N] [--keep]
@@ -40,12 +40,14 @@ from benchmarks.harness import (  # noqa: E402
     Server,
     add_cpu_latency_option,
     hold_cpu_latency,
+    kmip_check,
     payload_of,
     send,
+    state_is,
     work_directory,
 )
 from benchmarks.native_client import build  # noqa: E402
-from kcm.kmip.enums import Operation  # noqa: E402
+from kcm.kmip.enums import Operation, State  # noqa: E402
 from kcm.kmip.tags import Tag  # noqa: E402
 from kcm.testing import processes  # noqa: E402
 from kcm.testing.processes import free_port, stop_process, wait_listening  # noqa: E402
@@ -101,6 +103,8 @@ def main() -> int:
                 client.connect()
                 for _ in range(200):  # warm-up, untimed
                     client.send(wire)
+            check = kmip_check(Operation.GET_ATTRIBUTES, state_is(State.PRE_ACTIVE))
+            failed: dict[str, list[str]] = {name: [] for name in clients}
             orders = list(itertools.permutations(clients))
             print(f"# {args.requests} Get Attributes per path a round, each path alone",
                   flush=True)
@@ -108,12 +112,14 @@ def main() -> int:
             for round_number in range(args.rounds):
                 p50: dict[str, float] = {}
                 for name in orders[round_number * (len(orders) - 1) % len(orders)]:
-                    client, latencies = clients[name], []
+                    client, latencies, answers = clients[name], [], []
                     for _ in range(args.requests):
                         sent = time.perf_counter_ns()
-                        client.send(wire)
+                        answers.append(client.send(wire))
                         latencies.append(time.perf_counter_ns() - sent)
                     p50[name] = statistics.median(latencies) / 1e6
+                    failed[name].extend(problem for answer in answers
+                                        if (problem := check(wire, answer)) is not None)
                 for name in added:
                     added[name].append(p50[name] - p50["core"])
                 print(f"round {round_number + 1}: core p50 {p50['core']:.3f} ms; " + "; ".join(
@@ -124,6 +130,12 @@ def main() -> int:
             print("# median p50 added over the core: " + "; ".join(
                 f"{name} {statistics.median(values):+.3f} ms"
                 for name, values in added.items()))
+            failures = sum(len(problems) for problems in failed.values())
+            print(f"{failures} failed answers" + "".join(
+                f"; {name}: {problems[0]} ({len(problems)})"
+                for name, problems in failed.items() if problems))
+            if failures:
+                return 1
         finally:
             for process in relays:
                 stop_process(process, timeout=10)

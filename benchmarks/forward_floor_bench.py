@@ -87,8 +87,9 @@ def main() -> int:
             gateway.start()
             gateway.wait_linked()
             relay, relay_port = start_relay(core.pki, work, core)
+            relays.append(relay)
             native, native_port = start_native_relay(core, work)
-            relays = [relay, native]
+            relays.append(native)
             assert core.process is not None and gateway.process is not None
             servers = {"core": Server("core", core.port, core.pki, core.process.pid),
                        "gateway": Server("gateway", gateway.port, core.pki,
@@ -109,6 +110,7 @@ def main() -> int:
             print(f"# {args.requests} Get Attributes per path a round, each path alone",
                   flush=True)
             added: dict[str, list[float]] = {name: [] for name in clients if name != "core"}
+            every: dict[str, list[int]] = {name: [] for name in clients}
             for round_number in range(args.rounds):
                 p50: dict[str, float] = {}
                 for name in orders[round_number * (len(orders) - 1) % len(orders)]:
@@ -118,6 +120,7 @@ def main() -> int:
                         answers.append(client.send(wire))
                         latencies.append(time.perf_counter_ns() - sent)
                     p50[name] = statistics.median(latencies) / 1e6
+                    every[name].extend(latencies)
                     failed[name].extend(problem for answer in answers
                                         if (problem := check(wire, answer)) is not None)
                 for name in added:
@@ -130,6 +133,10 @@ def main() -> int:
             print("# median p50 added over the core: " + "; ".join(
                 f"{name} {statistics.median(values):+.3f} ms"
                 for name, values in added.items()))
+            p99 = {name: sorted(values)[int(len(values) * 0.99)] / 1e6
+                   for name, values in every.items()}
+            print("# p99 over all rounds: " + "; ".join(
+                f"{name} {value:.3f} ms" for name, value in p99.items()))
             failures = sum(len(problems) for problems in failed.values())
             print(f"{failures} failed answers" + "".join(
                 f"; {name}: {problems[0]} ({len(problems)})"

@@ -27,10 +27,13 @@ at low load it does not wake once per request); any other event is written at on
 the queued ones, so lines keep the order of their events. The queue is bounded
 (``max_pending`` events): a thread that finds it full waits for the writer, so no line is
 ever dropped, and a disk that cannot keep up slows the loggers down rather than growing
-memory. Lines still queued are written when the process exits normally (``atexit``) or
-when :meth:`flush` is called; a killed process loses the audit lines of its last moments
-(never an audit record: the database holds those, and ``kcm audit tail`` reads them
-there).
+memory. The writer renders what it took a few lines at a time and, unless lines are
+piling up, pauses briefly between those slices: rendering holds Python's interpreter lock,
+and the lines of ``linger`` seconds rendered at one go held every request of the process
+up for a millisecond or more, which was most of kcm-core's p99 (docs/benchmarks.md).
+Lines still queued are written when the process exits normally (``atexit``) or when
+:meth:`flush` is called; a killed process loses the audit lines of its last moments (never
+an audit record: the database holds those, and ``kcm audit tail`` reads them there).
 """
 
 from __future__ import annotations
@@ -100,17 +103,25 @@ def event_as_json(event: LogEvent, fields: Mapping[str, Any] | None = None) -> s
         "namespace": event.get("log_namespace"),
         "text": format_text(event),
     }
-    for key, value in event.items():
-        if key.startswith("log_") or key in record or (legacy and key in _LEGACY_KEYS):
-            continue
-        record[key] = value
+    skip = _SKIPPED_LEGACY if legacy else _FIXED_KEYS
+    record.update({key: value for key, value in event.items()
+                   if key not in skip and key[:4] != "log_"})
     for key, value in (fields or {}).items():
         if key not in ("time", "level", "namespace", "text"):
             record[key] = value
     failure = event.get("log_failure")
     if failure is not None:
         record.setdefault("traceback", failure.getTraceback())
-    return json.dumps(record, default=repr, skipkeys=True) + "\n"
+    return _ENCODE(record) + "\n"
+
+
+#: The keys every line starts with; an event's own field of the same name is left out.
+_FIXED_KEYS = frozenset({"time", "level", "namespace", "text"})
+_SKIPPED_LEGACY = _FIXED_KEYS | _LEGACY_KEYS
+
+#: ``json.dumps(record, default=repr, skipkeys=True)``, its encoder made once (``dumps``
+#: with options builds one per call).
+_ENCODE = json.JSONEncoder(default=repr, skipkeys=True).encode
 
 
 def format_text(event: LogEvent) -> str:
@@ -158,9 +169,21 @@ def _with_fields(render: Callable[[LogEvent], str | None], fields: dict[str, Any
 
 
 def _utc_time(when: float | None) -> str | None:
+    """``when`` as ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")`` in UTC; the text up to the second is
+    made once per second (``strftime`` cost an audit line a third of its rendering)."""
+    global _SECOND
     if when is None:
         return None
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = datetime.fromtimestamp(when, UTC)
+    second = (moment.second, moment.minute, moment.hour, moment.day, moment.month, moment.year)
+    cached = _SECOND
+    if cached[0] != second:
+        cached = (second, moment.strftime("%Y-%m-%dT%H:%M:%S."))
+        _SECOND = cached  # (one tuple, swapped whole: any thread may log)
+    return f"{cached[1]}{moment.microsecond:06d}Z"
+
+
+_SECOND: tuple[tuple[int, ...], str] = ((), "")
 
 
 @implementer(ILogObserver)
@@ -191,9 +214,11 @@ class BackgroundLineWriter:
     def __init__(self, out: IO[str], render: Callable[[LogEvent], str | None], *,
                  queued: frozenset[str] = frozenset({"kcm.audit"}),
                  max_pending: int = 65_536, linger: float = 0.0,
-                 batch: int = 256) -> None:
-        if max_pending < 1 or batch < 1 or linger < 0:
-            raise ValueError("need max_pending >= 1, batch >= 1 and linger >= 0")
+                 batch: int = 256, slice_lines: int = 8, pause: float = 0.0002,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
+        if max_pending < 1 or batch < 1 or linger < 0 or slice_lines < 1 or pause < 0:
+            raise ValueError("need max_pending >= 1, batch >= 1, linger >= 0, "
+                             "slice_lines >= 1 and pause >= 0")
         self._out = out
         self._render = render
         self._queued = queued
@@ -202,6 +227,12 @@ class BackgroundLineWriter:
         #: (unless ``batch`` are queued first, or a flush or another line asks for them).
         self._linger = linger
         self._batch = min(batch, max_pending)
+        #: The writer renders this many lines, then pauses ``pause`` seconds (``sleep``)
+        #: before the next ones, while fewer than ``batch`` lines wait: the other threads
+        #: of the process get the interpreter lock (and the CPU) meanwhile.
+        self._slice = slice_lines
+        self._pause = pause
+        self._sleep = sleep
         self._pending: deque[LogEvent] = deque()
         self._new_locks()
         atexit.register(self.flush)
@@ -275,7 +306,7 @@ class BackgroundLineWriter:
                 with self._changed:
                     self._busy = True
                 try:
-                    self._write(self._take())
+                    self._write(self._take(), paced=True)
                 finally:
                     with self._changed:
                         self._busy = False
@@ -292,9 +323,15 @@ class BackgroundLineWriter:
             self._changed.wait(left)
         self._hurry = False
 
-    def _write(self, batch: list[LogEvent]) -> None:
+    def _write(self, batch: list[LogEvent], *, paced: bool = False) -> None:
+        """Render ``batch`` and write it in one write; ``paced`` (the writer thread): with
+        a pause after every ``slice_lines`` lines rendered, unless ``batch`` lines are
+        queued again (the disk and the loggers come first then)."""
         lines = []
-        for event in batch:
+        pause, every = self._pause if paced else 0.0, self._slice
+        for index, event in enumerate(batch):
+            if pause and index and not index % every and len(self._pending) < self._batch:
+                self._sleep(pause)
             try:
                 line = self._render(event)
             except Exception as e:  # one event that cannot be rendered loses only itself

@@ -302,6 +302,66 @@ def test_a_flush_or_a_full_batch_does_not_wait_for_the_linger() -> None:
     assert stream.getvalue().splitlines()[-2:] == ["5", "other"]
 
 
+def test_the_writer_thread_renders_a_slice_at_a_time_with_pauses_between() -> None:
+    """The writer thread renders ``slice_lines`` lines, then pauses (the other threads get
+    the interpreter lock), and writes the whole batch once; the lines are unchanged."""
+    from kcm.logging import BackgroundLineWriter
+
+    stream = _GatedStream()
+    stream.gate.set()  # (a stream that counts its writes)
+    rendered: list[object] = []
+    pauses: list[tuple[float, int]] = []
+
+    def render(event):
+        rendered.append(event["n"])
+        return f"{event['n']}\n"
+
+    writer = BackgroundLineWriter(stream, render, slice_lines=4, pause=0.001, linger=60.0,
+                                  sleep=lambda seconds: pauses.append((seconds,
+                                                                       len(rendered))))
+    for n in range(10):
+        writer({"n": n, "log_namespace": "kcm.audit"})
+    assert writer.flush()
+    assert stream.getvalue().splitlines() == [str(n) for n in range(10)]
+    # The ten waited for company (linger) and went as one batch, at the flush.
+    assert pauses == [(0.001, 4), (0.001, 8)]
+    assert stream.writes == 1
+
+
+def test_the_writer_does_not_pause_while_lines_pile_up() -> None:
+    """With ``batch`` lines queued again, the writer renders straight through: pausing then
+    would only make the loggers wait for room."""
+    from kcm.logging import BackgroundLineWriter
+
+    pauses: list[float] = []
+    writer = BackgroundLineWriter(io.StringIO(), lambda event: f"{event['n']}\n",
+                                  slice_lines=1, batch=2, sleep=pauses.append)
+    writer._pending.extend({"n": n, "log_namespace": "kcm.audit"} for n in range(3))
+    writer._write([{"n": n} for n in range(5)], paced=True)
+    assert pauses == []
+    writer._pending.clear()
+    writer._write([{"n": n} for n in range(5)], paced=True)
+    assert len(pauses) == 4
+
+
+def test_lines_written_at_once_are_never_paused() -> None:
+    """A line that is not queued (a warning, say) is written by the thread that logs it,
+    with the queued ones before it: at once, whatever their number."""
+    from kcm.logging import BackgroundLineWriter
+
+    stream = _GatedStream()
+    pauses: list[float] = []
+    writer = BackgroundLineWriter(stream, lambda event: f"{event['n']}\n", slice_lines=1,
+                                  linger=60.0, sleep=pauses.append)
+    for n in range(5):
+        writer({"n": n, "log_namespace": "kcm.audit"})
+    stream.gate.set()
+    writer({"n": "other", "log_namespace": "kcm.x"})
+    assert writer.flush()
+    assert stream.getvalue().splitlines() == ["0", "1", "2", "3", "4", "other"]
+    assert pauses == []
+
+
 _VALUES = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8),
                     st.binary(max_size=4), st.sampled_from(list(LogLevel.iterconstants())),
                     st.sampled_from(list(ResultStatus)), st.lists(st.integers(), max_size=2))

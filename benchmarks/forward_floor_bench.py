@@ -8,15 +8,20 @@ each of four paths:
 * ``relay``: through the bare TLS relay of ``benchmarks/gateway_bench.py`` (Python, the
   gateway's transport and reactor dispatch; no KMIP, no framing, a connection to the core
   per client);
+* ``in-process``: through the Python relay above, which hands both connections, after the
+  first request, to a thread of its own process running ``benchmarks/inprocess_splice.c``:
+  the C relay's loop with no Python on the way (what a forward path in native code inside
+  the gateway's process would cost);
 * ``native``: through ``benchmarks/native_relay.c`` (the same splice in C and OpenSSL, a
-  thread per client connection; built on first use into ``.bench-build/``, which needs
-  OpenSSL's headers: Debian's ``libssl-dev``).
+  thread per client connection, a process of its own; built on first use into
+  ``.bench-build/``, which needs OpenSSL's headers: Debian's ``libssl-dev``).
 
-Each path alone for a block of ``--requests``, the four in another order each round; every
+Each path alone for a block of ``--requests``, the five in another order each round; every
 answer is checked afterwards (Success, State Pre-Active). It prints each round's p50 per
 path and, over the rounds, the median of what each way adds at p50 over the core directly:
-the gateway's against the floors of a relay through Python and of one that never enters an
-interpreter (docs/benchmarks.md, "Forwarding measured in steady state").
+the gateway's against the floors of a relay through Python, of native code inside a Python
+process, and of a process that never enters an interpreter (docs/benchmarks.md,
+"Forwarding measured in steady state" and "Native code inside the gateway's process").
 
     .venv/bin/python benchmarks/forward_floor_bench.py [--requests N] [--rounds R]
         [--cpu-latency-us N] [--keep]
@@ -35,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.gateway_bench import start_relay  # noqa: E402
+from benchmarks.gateway_bench import _RELAY_SERVER, start_relay  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     Server,
     add_cpu_latency_option,
@@ -50,10 +55,67 @@ from benchmarks.native_client import build  # noqa: E402
 from kcm.kmip.enums import Operation, State  # noqa: E402
 from kcm.kmip.tags import Tag  # noqa: E402
 from kcm.testing import processes  # noqa: E402
-from kcm.testing.processes import free_port, stop_process, wait_listening  # noqa: E402
+from kcm.testing.processes import (  # noqa: E402
+    free_port,
+    start_python_server,
+    stop_process,
+    wait_listening,
+)
 from kcm.testing.requests import create_managed, get_attributes, request  # noqa: E402
 
 NATIVE_RELAY = Path(__file__).with_name("native_relay.c")
+INPROCESS_SPLICE = Path(__file__).with_name("inprocess_splice.c")
+
+# The bare relay of gateway_bench.py, which after relaying a client's first request hands its
+# two connections to a thread of inprocess_splice.c: Twisted stops reading them, they are
+# made blocking and their TLS objects read and write the sockets themselves (SSL_set_fd;
+# nothing is left unread in the memory buffers they had), and the thread copies every byte
+# after that. The handed connections are kept for the life of the process.
+_INPROCESS_RELAY = _RELAY_SERVER.replace("""reactor_dispatch.install(reactor)""", """\
+reactor_dispatch.install(reactor)
+import ctypes
+from OpenSSL._util import ffi, lib
+from kcm import eager_tls
+
+splice_library = ctypes.CDLL(sys.argv.pop())
+HANDED = "connections handed to the native thread"
+def _address(kind, function):
+    return ffi.cast("uintptr_t", ffi.cast(kind, function))
+assert splice_library.kcm_splice_configure(
+    ctypes.c_void_p(int(_address("int(*)(void *, void *, int)", lib.SSL_read))),
+    ctypes.c_void_p(int(_address("int(*)(void *, void *, int)", lib.SSL_write))),
+    ctypes.c_void_p(int(_address("int(*)(void *)", lib.SSL_pending)))) == 0
+handed = []
+
+def hand_over(client_tls, core_tls):
+    ends = []
+    for tls in (client_tls, core_tls):
+        if (tls._ssl is None or lib.SSL_pending(tls._ssl) or eager_tls._buffered(tls._into_bio)
+                or eager_tls._buffered(tls._out_bio) or tls._send_now_on() < 0):
+            return False  # (something unread or unsent: Python keeps relaying)
+        ends.append(tls)
+    for tls in ends:
+        reactor.removeReader(tls.transport)
+        tls.transport.socket.setblocking(True)
+        assert lib.SSL_set_fd(tls._ssl, tls.transport.socket.fileno()) == 1
+    handed.append(ends)
+    sys.stderr.write(f"{HANDED}\\n")
+    sys.stderr.flush()
+    (client, core) = ends
+    assert splice_library.kcm_splice_start(
+        client.transport.socket.fileno(), ctypes.c_void_p(int(ffi.cast("uintptr_t", client._ssl))),
+        core.transport.socket.fileno(), ctypes.c_void_p(int(ffi.cast("uintptr_t", core._ssl)))) == 0
+    return True
+""").replace("""        else:
+            self.core.transport.write(data)
+""", """        else:
+            self.core.transport.write(data)
+            if not getattr(self, "handed", False):
+                self.handed = hand_over(self.transport, self.core.transport)
+""")
+assert _INPROCESS_RELAY.count("hand_over(") == 2, "the relay script changed: update this one"
+#: What the in-process relay writes to its log each time it hands a client's connections over.
+HANDED = "connections handed to the native thread"
 
 
 def start_native_relay(core: processes.CoreProcess, work: Path) -> tuple[subprocess.Popen, int]:
@@ -66,6 +128,20 @@ def start_native_relay(core: processes.CoreProcess, work: Path) -> tuple[subproc
          str(core.port), str(pki.app.cert), str(pki.app.key), "localhost"],
         stdout=output, stderr=subprocess.STDOUT)
     wait_listening(process, [port], "native relay", log)
+    return process, port
+
+
+def start_inprocess_relay(core: processes.CoreProcess, work: Path
+                          ) -> tuple[subprocess.Popen, int]:
+    """The Python relay whose connections a thread of native code splices (see
+    :data:`_INPROCESS_RELAY`), in front of ``core``'s KMIP port, on a port of its own."""
+    library = build(INPROCESS_SPLICE, library=True)
+    pki, port = core.pki, free_port()
+    process = start_python_server(
+        _INPROCESS_RELAY, [str(pki.gateway.cert), str(pki.gateway.key), str(pki.ca.cert),
+                           str(port), str(pki.app.cert), str(pki.app.key), str(core.port),
+                           "localhost", str(library)],
+        port, "in-process relay", work / "inprocess-relay.stderr")
     return process, port
 
 
@@ -88,6 +164,8 @@ def main() -> int:
             gateway.wait_linked()
             relay, relay_port = start_relay(core.pki, work, core)
             relays.append(relay)
+            inprocess, inprocess_port = start_inprocess_relay(core, work)
+            relays.append(inprocess)
             native, native_port = start_native_relay(core, work)
             relays.append(native)
             assert core.process is not None and gateway.process is not None
@@ -95,6 +173,8 @@ def main() -> int:
                        "gateway": Server("gateway", gateway.port, core.pki,
                                          gateway.process.pid),
                        "relay": Server("relay", relay_port, core.pki, relay.pid),
+                       "in-process": Server("in-process", inprocess_port, core.pki,
+                                            inprocess.pid),
                        "native": Server("native", native_port, core.pki, native.pid)}
             managed = payload_of(Operation.CREATE, send(servers["core"], request(
                 create_managed()))).unique_identifier
@@ -137,6 +217,9 @@ def main() -> int:
                    for name, values in every.items()}
             print("# p99 over all rounds: " + "; ".join(
                 f"{name} {value:.3f} ms" for name, value in p99.items()))
+            log = (work / "inprocess-relay.stderr").read_text(errors="replace")
+            if HANDED not in log:  # it relayed in Python all along: not the path it names
+                failed["in-process"].append("the relay never handed its connections over")
             failures = sum(len(problems) for problems in failed.values())
             print(f"{failures} failed answers" + "".join(
                 f"; {name}: {problems[0]} ({len(problems)})"

@@ -36,20 +36,24 @@ class NativeClientUnavailable(RuntimeError):
     """The load generator cannot be built here (no C compiler or no OpenSSL headers)."""
 
 
-def build(path: Path = SOURCE) -> Path:
+def build(path: Path = SOURCE, *, library: bool = False) -> Path:
     """The executable of ``path`` (a C program of ``benchmarks/`` using OpenSSL; by default
-    the load generator), compiled when missing or out of date."""
+    the load generator), compiled when missing or out of date; with ``library``, the shared
+    library of ``path`` instead (one that takes its OpenSSL functions as addresses, linked
+    to no libssl)."""
     source = path.read_bytes()
-    binary = BUILD / f"{path.stem}-{hashlib.sha256(source).hexdigest()[:12]}"
+    binary = BUILD / (f"{path.stem}-{hashlib.sha256(source).hexdigest()[:12]}"
+                      + (".so" if library else ""))
     if binary.exists():
         return binary
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise NativeClientUnavailable("no C compiler (cc or gcc) on PATH")
     BUILD.mkdir(exist_ok=True)
+    linking = ["-shared", "-fPIC", "-lpthread"] if library else ["-lssl", "-lcrypto", "-lpthread"]
     built = subprocess.run(
-        [compiler, "-O2", "-Wall", "-o", str(binary), str(path), "-lssl", "-lcrypto",
-         "-lpthread"], capture_output=True, text=True)
+        [compiler, "-O2", "-Wall", "-o", str(binary), str(path), *linking],
+        capture_output=True, text=True)
     if built.returncode != 0:
         raise NativeClientUnavailable(
             f"building benchmarks/{path.name} failed (OpenSSL's headers: apt-get install "

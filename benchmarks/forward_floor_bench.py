@@ -66,11 +66,13 @@ from kcm.testing.requests import create_managed, get_attributes, request  # noqa
 NATIVE_RELAY = Path(__file__).with_name("native_relay.c")
 INPROCESS_SPLICE = Path(__file__).with_name("inprocess_splice.c")
 
-# The bare relay of gateway_bench.py, which after relaying a client's first request hands its
-# two connections to a thread of inprocess_splice.c: Twisted stops reading them, they are
-# made blocking and their TLS objects read and write the sockets themselves (SSL_set_fd;
-# nothing is left unread in the memory buffers they had), and the thread copies every byte
-# after that. The handed connections are kept for the life of the process.
+# The bare relay of gateway_bench.py, which after relaying a client's request (in the next
+# reactor turn, outside the TLS layer's calls; the first one that finds both handshakes done
+# and nothing buffered) hands its two connections to a thread of inprocess_splice.c: Twisted
+# stops reading them, they are made blocking and their TLS objects read and write the
+# sockets themselves (SSL_set_fd, which frees the memory buffers they had: the TLS layer is
+# told it has none any more), and the thread copies every byte after that. The handed
+# connections are kept for the life of the process.
 _INPROCESS_RELAY = _RELAY_SERVER.replace("""reactor_dispatch.install(reactor)""", """\
 reactor_dispatch.install(reactor)
 import ctypes
@@ -90,30 +92,40 @@ handed = []
 def hand_over(client_tls, core_tls):
     ends = []
     for tls in (client_tls, core_tls):
-        if (tls._ssl is None or lib.SSL_pending(tls._ssl) or eager_tls._buffered(tls._into_bio)
+        if (tls._ssl is None or not tls._handshakeDone or tls._appSendBuffer
+                or lib.SSL_pending(tls._ssl) or eager_tls._buffered(tls._into_bio)
                 or eager_tls._buffered(tls._out_bio) or tls._send_now_on() < 0):
-            return False  # (something unread or unsent: Python keeps relaying)
+            return False  # (a handshake going on, something unread or unsent: not yet)
         ends.append(tls)
+    ssl = [tls._ssl for tls in ends]
     for tls in ends:
         reactor.removeReader(tls.transport)
         tls.transport.socket.setblocking(True)
         assert lib.SSL_set_fd(tls._ssl, tls.transport.socket.fileno()) == 1
-    handed.append(ends)
+        # (SSL_set_fd freed the memory buffers: the TLS layer must never reach them again)
+        tls._ssl = tls._into_bio = tls._out_bio = None
+        tls._c_ssl = tls._c_into = tls._c_out = 0
+    handed.append((ends, ssl))
     sys.stderr.write(f"{HANDED}\\n")
     sys.stderr.flush()
     (client, core) = ends
     assert splice_library.kcm_splice_start(
-        client.transport.socket.fileno(), ctypes.c_void_p(int(ffi.cast("uintptr_t", client._ssl))),
-        core.transport.socket.fileno(), ctypes.c_void_p(int(ffi.cast("uintptr_t", core._ssl)))) == 0
+        client.transport.socket.fileno(), ctypes.c_void_p(int(ffi.cast("uintptr_t", ssl[0]))),
+        core.transport.socket.fileno(), ctypes.c_void_p(int(ffi.cast("uintptr_t", ssl[1])))) == 0
     return True
 """).replace("""        else:
             self.core.transport.write(data)
 """, """        else:
             self.core.transport.write(data)
-            if not getattr(self, "handed", False):
-                self.handed = hand_over(self.transport, self.core.transport)
+            if not getattr(self, "handing", False):  # once out of the TLS layer's calls
+                self.handing = True
+                reactor.callLater(0, self.hand_over)
+
+    def hand_over(self):
+        self.handing = hand_over(self.transport, self.core.transport)  # (True: done)
 """)
-assert _INPROCESS_RELAY.count("hand_over(") == 2, "the relay script changed: update this one"
+assert "def hand_over(client_tls" in _INPROCESS_RELAY and "self.hand_over)" in _INPROCESS_RELAY, \
+    "gateway_bench's relay script changed: update this one"
 #: What the in-process relay writes to its log each time it hands a client's connections over.
 HANDED = "connections handed to the native thread"
 
@@ -180,10 +192,13 @@ def main() -> int:
                 create_managed()))).unique_identifier
             wire = request(get_attributes(managed, Tag.STATE))
             clients = {name: server.client() for name, server in servers.items()}
-            for client in clients.values():
-                client.connect()
-                for _ in range(200):  # warm-up, untimed
-                    client.send(wire)
+            for name, client in clients.items():
+                try:
+                    client.connect()
+                    for _ in range(200):  # warm-up, untimed
+                        client.send(wire)
+                except Exception as e:
+                    raise RuntimeError(f"the {name} path failed in its warm-up: {e}") from e
             check = kmip_check(Operation.GET_ATTRIBUTES, state_is(State.PRE_ACTIVE))
             failed: dict[str, list[str]] = {name: [] for name in clients}
             orders = list(itertools.permutations(clients))

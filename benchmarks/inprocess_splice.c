@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 typedef int (*ssl_io_fn)(void *, void *, int);
@@ -46,8 +47,10 @@ static int copy(void *from, void *to) {
     char buffer[16384];
     do {
         int got = ssl_read(from, buffer, sizeof buffer);
-        if (got <= 0)
+        if (got <= 0) {
+            fprintf(stderr, "splice: SSL_read gave %d (errno %d)\n", got, errno);
             return 0;
+        }
         for (int sent = 0; sent < got;) {
             int n = ssl_write(to, buffer + sent, got - sent);
             if (n <= 0)

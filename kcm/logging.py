@@ -215,10 +215,11 @@ class BackgroundLineWriter:
                  queued: frozenset[str] = frozenset({"kcm.audit"}),
                  max_pending: int = 65_536, linger: float = 0.0,
                  batch: int = 256, slice_lines: int = 8, pause: float = 0.0002,
-                 sleep: Callable[[float], object] = time.sleep) -> None:
-        if max_pending < 1 or batch < 1 or linger < 0 or slice_lines < 1 or pause < 0:
+                 max_pauses: int = 8, sleep: Callable[[float], object] = time.sleep) -> None:
+        if (max_pending < 1 or batch < 1 or linger < 0 or slice_lines < 1 or pause < 0
+                or max_pauses < 1):
             raise ValueError("need max_pending >= 1, batch >= 1, linger >= 0, "
-                             "slice_lines >= 1 and pause >= 0")
+                             "slice_lines >= 1, pause >= 0 and max_pauses >= 1")
         self._out = out
         self._render = render
         self._queued = queued
@@ -227,11 +228,14 @@ class BackgroundLineWriter:
         #: (unless ``batch`` are queued first, or a flush or another line asks for them).
         self._linger = linger
         self._batch = min(batch, max_pending)
-        #: The writer renders this many lines, then pauses ``pause`` seconds (``sleep``)
-        #: before the next ones, while fewer than ``batch`` lines wait: the other threads
-        #: of the process get the interpreter lock (and the CPU) meanwhile.
+        #: The writer renders this many lines (more in a batch that would need more than
+        #: ``max_pauses`` pauses), then pauses ``pause`` seconds (``sleep``) before the next
+        #: ones, while fewer than ``batch`` lines wait: the other threads of the process get
+        #: the interpreter lock (and the CPU) meanwhile. A thread that logs another event at
+        #: once waits for the batch being written, pauses included: they are bounded.
         self._slice = slice_lines
         self._pause = pause
+        self._max_pauses = max_pauses
         self._sleep = sleep
         self._pending: deque[LogEvent] = deque()
         self._new_locks()
@@ -325,10 +329,11 @@ class BackgroundLineWriter:
 
     def _write(self, batch: list[LogEvent], *, paced: bool = False) -> None:
         """Render ``batch`` and write it in one write; ``paced`` (the writer thread): with
-        a pause after every ``slice_lines`` lines rendered, unless ``batch`` lines are
-        queued again (the disk and the loggers come first then)."""
+        a pause after every ``slice_lines`` lines rendered (at most ``max_pauses`` a batch),
+        unless ``batch`` lines are queued again (the disk and the loggers come first then)."""
         lines = []
-        pause, every = self._pause if paced else 0.0, self._slice
+        pause = self._pause if paced else 0.0
+        every = max(self._slice, -(-len(batch) // (self._max_pauses + 1)))
         for index, event in enumerate(batch):
             if pause and index and not index % every and len(self._pending) < self._batch:
                 self._sleep(pause)

@@ -344,6 +344,19 @@ def test_the_writer_does_not_pause_while_lines_pile_up() -> None:
     assert len(pauses) == 4
 
 
+def test_a_batch_is_paused_a_bounded_number_of_times() -> None:
+    """A large batch is rendered in longer slices rather than with more pauses: a thread
+    that logs another event at once waits for the batch, and that wait stays bounded."""
+    from kcm.logging import BackgroundLineWriter
+
+    pauses: list[float] = []
+    writer = BackgroundLineWriter(io.StringIO(), lambda event: f"{event['n']}\n",
+                                  slice_lines=1, max_pauses=3, sleep=pauses.append)
+    writer._write([{"n": n} for n in range(100)], paced=True)
+    assert len(pauses) == 3  # after lines 25, 50 and 75
+    assert writer._out.getvalue().splitlines() == [str(n) for n in range(100)]
+
+
 def test_lines_written_at_once_are_never_paused() -> None:
     """A line that is not queued (a warning, say) is written by the thread that logs it,
     with the queued ones before it: at once, whatever their number."""

@@ -282,7 +282,6 @@ class KmipServerProtocol(Protocol):
             else:
                 self._close(abort=True)
             return
-        self._idle_timer.reset(self._idle_after)
         try:
             messages = self._framer.feed(data)
         except MessageTooLarge as e:
@@ -293,16 +292,21 @@ class KmipServerProtocol(Protocol):
                      peer=self.connection.peer, reason=e.reason)
             self._close(abort=True)
             return
-        if self._framer.buffered:  # the rest of a message may wait for our ACK (Nagle)
-            acknowledge_now = getattr(self.transport, "acknowledge_now", None)
-            if acknowledge_now is not None:
-                acknowledge_now()
-        self._watch_partial_message()
         if messages:
             self._pending.extend(messages)
             if len(self._pending) >= self._limits.max_pending:
                 self.pause(PAUSED_BY_PENDING)
             self._process()
+        # The timers once the requests are on their way (answered, or sent on to where
+        # they are answered): none of a request's path. They are set in the same turn.
+        if self._closing:
+            return
+        self._restart_idle_timer()
+        if self._framer.buffered:  # the rest of a message may wait for our ACK (Nagle)
+            acknowledge_now = getattr(self.transport, "acknowledge_now", None)
+            if acknowledge_now is not None:
+                acknowledge_now()
+        self._watch_partial_message()
 
     def _answer_refused_identity(self, data: bytes) -> None:
         """Answer the first whole request of a client refused for its identity with

@@ -229,6 +229,25 @@ def test_the_idle_timeout_does_not_close_a_connection_waiting_for_its_answer() -
     assert transport.disconnecting
 
 
+def test_a_request_pipelined_after_the_idle_timeout_passed_while_busy_is_taken() -> None:
+    """The idle timer fired while a request was being answered (and did nothing): a request
+    the client pipelines after that is queued and answered in turn, and idleness counts
+    again from the last answer (resetting the spent timer used to raise AlreadyCalled)."""
+    handler = CancellableHandler()
+    protocol, transport, handler, clock = connect(handler, ConnectionLimits(idle_timeout=10))
+    protocol.dataReceived(message(1))
+    clock.advance(25)
+    protocol.dataReceived(message(2))  # while the first is still being answered
+    assert len(handler.seen) == 1 and not transport.disconnecting
+    handler.deferreds[0].callback(b"A")
+    handler.deferreds[1].callback(b"B")
+    assert transport.value() == b"AB"
+    clock.advance(9)
+    assert not transport.disconnecting
+    clock.advance(1.5)
+    assert transport.disconnecting
+
+
 def test_the_handler_is_told_when_a_connection_with_a_request_in_flight_is_lost() -> None:
     handler = CancellableHandler()
     protocol, transport, handler, _ = connect(handler)

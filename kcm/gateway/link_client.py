@@ -38,6 +38,7 @@ from the core too large to take is skipped unread and fails its call with
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Mapping
 from itertools import islice
@@ -148,6 +149,14 @@ class LinkClientProtocol(LinkProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # ClientService puts a proxy between the TLS layer and this protocol that hands
+        # every call on through ``__getattr__``, a failed lookup and a call in Python for
+        # each read of the link; the reads go straight here instead (its connectionLost,
+        # which ClientService needs, still goes through it).
+        proxy = getattr(self.transport, "wrappedProtocol", None)
+        if proxy is not self and getattr(proxy, "_protocol", None) is self:
+            with contextlib.suppress(AttributeError):  # (a proxy that takes no attribute)
+                proxy.dataReceived = self.dataReceived
         self.send(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
                         peer_name=self.client.gateway_name,
                         sequence=self.client.last_sequence))

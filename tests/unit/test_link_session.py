@@ -164,6 +164,35 @@ def test_hello_welcome_makes_the_link_usable(world: World) -> None:
     assert world.server.gateway == GATEWAY
 
 
+def test_the_links_reads_skip_client_services_proxy_and_its_loss_still_reaches_it(
+        world: World) -> None:
+    """ClientService wraps the link's protocol in a proxy that forwards every call through
+    ``__getattr__``: the protocol has the proxy hand its reads straight to it, and the
+    proxy still learns that the connection was lost (which is how it reconnects)."""
+    from twisted.application._client_service import _ReconnectingProtocolProxy
+    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+    lost: list[object] = []
+    world.server = world.factory.buildProtocol(None)
+    gateway_end = LinkClientProtocol(world.client)
+    proxy = _ReconnectingProtocolProxy(gateway_end, lost.append)
+    tls_like = ProtocolWrapper(WrappingFactory(None), proxy)  # (a wrapper, as the TLS layer)
+    world.pump = iosim.connect(world.server, iosim.FakeTransport(world.server, True),
+                               tls_like, iosim.FakeTransport(tls_like, False),
+                               greet=False, clock=world.clock)
+    world.server.handshakeCompleted()
+    world.pump.flush()
+    assert vars(proxy)["dataReceived"] == gateway_end.dataReceived
+    assert world.client.connected
+    answer = results([world.client.forward(b"req", APP, "10.0.0.1:1")])
+    world.flush()
+    world.handler.calls[0][2].callback(b"ans")
+    world.flush()
+    assert answer == [b"ans"]
+    world.drop()
+    assert len(lost) == 1 and not world.client.connected
+
+
 def test_forwarded_requests_are_multiplexed_and_answered_out_of_order(world: World) -> None:
     world.connect()
     answers = results([world.client.forward(f"req{i}".encode(), APP, f"10.0.0.{i}:1")

@@ -15,8 +15,10 @@ Measured, client side, over persistent mutual-TLS connections (KMIP 1.4 requests
    the scenarios alternate round by round so none gets a quieter machine;
 2. Encrypt and echo with several concurrent client processes (throughput under load);
 3. Get Attributes (repeatable) and Activate (fresh Pre-Active keys, created untimed) of
-   managed keys, through the gateway and to the core directly, interleaved request by request
-   on two connections of one client.
+   managed keys, through the gateway and to the core directly (and, for the floor, through a
+   bare TLS relay), on connections of one client: each path alone in blocks, the paths
+   taking turns four times (``--control-requests`` per path, 4,000 by default, so that a
+   p99 rests on 40 requests).
 
 Every answer is decoded and checked (Result Status Success, the operation, the identifier; the
 echo must return the request byte for byte; Decrypt must return the record). Latencies go to
@@ -102,6 +104,8 @@ CPU_TARGET = 1.5
 BATCH_ITEMS = 100
 BATCH_TARGET = 30_000
 FORWARD_OVERHEAD_TARGET_MS = 0.2
+#: Issue 9: what forwarding may add at p99 over the core directly.
+FORWARD_P99_TARGET_MS = 0.5
 #: Blocks each forwarded path is measured in (alternating; see forwarded_scenarios).
 FORWARD_ROUNDS = 4
 DURABLE_P99_TARGET_MS = 20.0
@@ -256,8 +260,8 @@ def main() -> int:
     parser.add_argument("--concurrent-clients", type=int, default=4,
                         help="client processes for the throughput scenarios (default 4)")
     parser.add_argument("--control-requests", type=int,
-                        help="Get Attributes and Activates per path (default 1000; 100 with "
-                             "--quick)")
+                        help="Get Attributes and Activates per path (default 4000, so that a "
+                             "p99 rests on 40 requests; 100 with --quick)")
     parser.add_argument("--record-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1,
                         help="kcm-gateway worker processes (its `workers` setting; default 1)")
@@ -265,7 +269,7 @@ def main() -> int:
                         help="all (default), or forward: only the forwarded Get Attributes "
                              "and Activate against the core directly (to iterate on the link)")
     args = parse_args(parser, requests=(20_000, 400), rounds=(4, 1),
-                      control_requests=(1000, 100))
+                      control_requests=(4000, 100))
     with work_directory("kcm-gateway-bench-", args.keep) as work:
         return measure(args, work)
 
@@ -592,9 +596,12 @@ def report_forwarded(outcomes: dict[str, Outcome]) -> None:
                f"gateway CPU {1e3 * o.server_cpu_seconds['gateway'] / forwarded:.3f} ms "
                f"per forwarded request")
         if "relay" not in paths:
+            tail = o.ms(99, 0) - o.ms(99, 1)
             print(f"  {name}: the gateway adds {overhead:+.3f} ms at p50 "
                   f"(≤ {FORWARD_OVERHEAD_TARGET_MS} ms: "
-                  f"{verdict(overhead <= FORWARD_OVERHEAD_TARGET_MS)}); {cpu}; "
+                  f"{verdict(overhead <= FORWARD_OVERHEAD_TARGET_MS)}) and {tail:+.3f} ms at "
+                  f"p99 (≤ {FORWARD_P99_TARGET_MS} ms: {verdict(tail <= FORWARD_P99_TARGET_MS)}"
+                  f", over {o.histograms[0].get_total_count()} requests); {cpu}; "
                   f"other load {o.foreign_cores:.2f}")
             continue
         floor = o.ms(50, 2) - o.ms(50, 1)

@@ -617,6 +617,31 @@ def test_concurrent_writers_from_plain_threads(store: Store) -> None:
     assert (result.ok, result.records_checked) == (True, 40)
 
 
+def test_the_fanouts_plain_read_of_the_outbox_gives_what_the_sessions_does(
+        store: Store) -> None:
+    """The event fan-out reads the outbox without an ORM session
+    (``outbox_since_plain`` in ``Store.read_plain_sync``): the same records, in order, with
+    the same limits, in a read-only transaction."""
+    store.run_sync(lambda s: repo.ensure_tenant(s, "t1"))
+    for n in range(5):
+        store.run_sync(lambda s, n=n: repo.append_outbox(s, "l4.tombstone", "t1",
+                                                         f"token-{n}".encode()))
+    store.run_sync(lambda s: repo.append_outbox(s, "policy", None, b"\x00\xff"))
+    for after, limit in ((0, 1000), (2, 1000), (0, 3), (6, 10)):
+        plain = store.read_plain_sync(
+            lambda c, after=after, limit=limit: repo.outbox_since_plain(c, after, limit))
+        assert plain == store.run_sync(
+            lambda s, after=after, limit=limit: repo.outbox_since(s, after, limit),
+            write=False)
+    assert [r.seq for r in store.read_plain_sync(lambda c: repo.outbox_since_plain(c, 0))] \
+        == list(range(1, 7))
+    assert store.read_plain_sync(lambda c: repo.outbox_since_plain(c, 0))[-1].payload \
+        == b"\x00\xff"
+    with pytest.raises(Exception, match="(?i)read.?only"):
+        store.read_plain_sync(lambda c: c.execute(text("DELETE FROM outbox")))
+    assert len(store.read_plain_sync(lambda c: repo.outbox_since_plain(c, 0))) == 6
+
+
 def test_outbox_refuses_unknown_kinds(store: Store) -> None:
     with pytest.raises(ValueError):
         store.run_sync(lambda s: repo.append_outbox(s, "l3.exploded", None, b""))

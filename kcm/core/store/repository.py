@@ -743,6 +743,22 @@ def outbox_since(session: Session, seq: int, limit: int = 1000) -> list[OutboxRe
     return [OutboxRecord(row.seq, row.at, row.tenant, row.kind, row.payload) for row in rows]
 
 
+_OUTBOX_SINCE = RawStatement(
+    select(OutboxEvent.seq, OutboxEvent.at, OutboxEvent.tenant, OutboxEvent.kind,
+           OutboxEvent.payload)
+    .where(OutboxEvent.seq > bindparam("after")).order_by(OutboxEvent.seq)
+    .limit(bindparam("limit")), ["after", "limit"])
+
+
+def outbox_since_plain(connection: Any, seq: int, limit: int = 1000) -> list[OutboxRecord]:
+    """:func:`outbox_since` on ``connection``, a SQLAlchemy Connection in a transaction with
+    no ORM session around it (:meth:`kcm.core.store.engine.Store.read_plain`): the same
+    records."""
+    rows = _OUTBOX_SINCE.run_on(connection, {"after": seq, "limit": limit}).fetchall()
+    return [OutboxRecord(seq, at, tenant, kind, bytes(payload))
+            for seq, at, tenant, kind, payload in rows]
+
+
 def ping(session: Session) -> None:
     """A trivial query: proves the database answers (health checks)."""
     session.execute(text("SELECT 1"))

@@ -617,11 +617,11 @@ def test_concurrent_writers_from_plain_threads(store: Store) -> None:
     assert (result.ok, result.records_checked) == (True, 40)
 
 
-def test_the_fanouts_plain_read_of_the_outbox_gives_what_the_sessions_does(
+def test_the_fanouts_plain_read_of_the_outbox_gives_what_a_sessions_does(
         store: Store) -> None:
     """The event fan-out reads the outbox without an ORM session
-    (``outbox_since_plain`` in ``Store.read_plain_sync``): the same records, in order, with
-    the same limits, in a read-only transaction."""
+    (``outbox_since_plain`` in ``Store.read_plain_sync``): the same records as in a
+    session, in order, with the same limits, in a read-only transaction."""
     store.run_sync(lambda s: repo.ensure_tenant(s, "t1"))
     for n in range(5):
         store.run_sync(lambda s, n=n: repo.append_outbox(s, "l4.tombstone", "t1",
@@ -633,8 +633,10 @@ def test_the_fanouts_plain_read_of_the_outbox_gives_what_the_sessions_does(
         assert plain == store.run_sync(
             lambda s, after=after, limit=limit: repo.outbox_since(s, after, limit),
             write=False)
-    assert [r.seq for r in store.read_plain_sync(lambda c: repo.outbox_since_plain(c, 0))] \
-        == list(range(1, 7))
+    records = store.read_plain_sync(lambda c: repo.outbox_since_plain(c, 0))
+    assert [(r.seq, r.tenant, r.kind) for r in records] == [
+        *((n, "t1", "l4.tombstone") for n in range(1, 6)), (6, None, "policy")]
+    assert [r.payload for r in records[:5]] == [f"token-{n}".encode() for n in range(5)]
     assert store.read_plain_sync(lambda c: repo.outbox_since_plain(c, 0))[-1].payload \
         == b"\x00\xff"
     with pytest.raises(Exception, match="(?i)read.?only"):

@@ -735,14 +735,6 @@ def outbox_head(session: Session) -> int:
     return session.scalar(select(func.max(OutboxEvent.seq))) or 0
 
 
-def outbox_since(session: Session, seq: int, limit: int = 1000) -> list[OutboxRecord]:
-    """Up to ``limit`` events after ``seq``, in order."""
-    rows = session.scalars(
-        select(OutboxEvent).where(OutboxEvent.seq > seq).order_by(OutboxEvent.seq).limit(limit)
-    )
-    return [OutboxRecord(row.seq, row.at, row.tenant, row.kind, row.payload) for row in rows]
-
-
 _OUTBOX_SINCE = RawStatement(
     select(OutboxEvent.seq, OutboxEvent.at, OutboxEvent.tenant, OutboxEvent.kind,
            OutboxEvent.payload)
@@ -750,13 +742,20 @@ _OUTBOX_SINCE = RawStatement(
     .limit(bindparam("limit")), ["after", "limit"])
 
 
+def outbox_since(session: Session, seq: int, limit: int = 1000) -> list[OutboxRecord]:
+    """Up to ``limit`` events after ``seq``, in order."""
+    return _outbox_records(_OUTBOX_SINCE.execute(session, {"after": seq, "limit": limit}))
+
+
 def outbox_since_plain(connection: Any, seq: int, limit: int = 1000) -> list[OutboxRecord]:
     """:func:`outbox_since` on ``connection``, a SQLAlchemy Connection in a transaction with
-    no ORM session around it (:meth:`kcm.core.store.engine.Store.read_plain`): the same
-    records."""
-    rows = _OUTBOX_SINCE.run_on(connection, {"after": seq, "limit": limit}).fetchall()
+    no ORM session around it (:meth:`kcm.core.store.engine.Store.read_plain`)."""
+    return _outbox_records(_OUTBOX_SINCE.run_on(connection, {"after": seq, "limit": limit}))
+
+
+def _outbox_records(cursor: Any) -> list[OutboxRecord]:
     return [OutboxRecord(seq, at, tenant, kind, bytes(payload))
-            for seq, at, tenant, kind, payload in rows]
+            for seq, at, tenant, kind, payload in cursor.fetchall()]
 
 
 def ping(session: Session) -> None:

@@ -1,7 +1,7 @@
 """What forwarding costs on this machine, with and without an interpreter on the way.
 
 The same Get Attributes of one managed key, sent by one client one request at a time on
-each of four paths:
+each of five paths:
 
 * ``core``: kcm-core's KMIP port directly;
 * ``gateway``: through kcm-gateway (classification, the link's frames and streams);
@@ -66,6 +66,9 @@ from kcm.testing.requests import create_managed, get_attributes, request  # noqa
 NATIVE_RELAY = Path(__file__).with_name("native_relay.c")
 INPROCESS_SPLICE = Path(__file__).with_name("inprocess_splice.c")
 
+#: What the in-process relay writes to its log each time it hands a client's connections over.
+HANDED = "connections handed to the native thread"
+
 # The bare relay of gateway_bench.py, which after relaying a client's request (in the next
 # reactor turn, outside the TLS layer's calls; the first one that finds both handshakes done
 # and nothing buffered) hands its two connections to a thread of inprocess_splice.c: Twisted
@@ -80,13 +83,13 @@ from OpenSSL._util import ffi, lib
 from kcm import eager_tls
 
 splice_library = ctypes.CDLL(sys.argv.pop())
-HANDED = "connections handed to the native thread"
-def _address(kind, function):
-    return ffi.cast("uintptr_t", ffi.cast(kind, function))
+HANDED = HANDED_TEXT
+def _pointer(value, kind=None):
+    return ctypes.c_void_p(int(ffi.cast("uintptr_t", ffi.cast(kind, value) if kind else value)))
 assert splice_library.kcm_splice_configure(
-    ctypes.c_void_p(int(_address("int(*)(void *, void *, int)", lib.SSL_read))),
-    ctypes.c_void_p(int(_address("int(*)(void *, void *, int)", lib.SSL_write))),
-    ctypes.c_void_p(int(_address("int(*)(void *)", lib.SSL_pending)))) == 0
+    _pointer(lib.SSL_read, "int(*)(void *, void *, int)"),
+    _pointer(lib.SSL_write, "int(*)(void *, void *, int)"),
+    _pointer(lib.SSL_pending, "int(*)(void *)")) == 0
 handed = []
 
 def hand_over(client_tls, core_tls):
@@ -109,9 +112,8 @@ def hand_over(client_tls, core_tls):
     sys.stderr.write(f"{HANDED}\\n")
     sys.stderr.flush()
     (client, core) = ends
-    assert splice_library.kcm_splice_start(
-        client.transport.socket.fileno(), ctypes.c_void_p(int(ffi.cast("uintptr_t", ssl[0]))),
-        core.transport.socket.fileno(), ctypes.c_void_p(int(ffi.cast("uintptr_t", ssl[1])))) == 0
+    assert splice_library.kcm_splice_start(client.transport.socket.fileno(), _pointer(ssl[0]),
+                                           core.transport.socket.fileno(), _pointer(ssl[1])) == 0
     return True
 """).replace("""        else:
             self.core.transport.write(data)
@@ -123,11 +125,9 @@ def hand_over(client_tls, core_tls):
 
     def hand_over(self):
         self.handing = hand_over(self.transport, self.core.transport)  # (True: done)
-""")
+""").replace("HANDED_TEXT", repr(HANDED))
 assert "def hand_over(client_tls" in _INPROCESS_RELAY and "self.hand_over)" in _INPROCESS_RELAY, \
     "gateway_bench's relay script changed: update this one"
-#: What the in-process relay writes to its log each time it hands a client's connections over.
-HANDED = "connections handed to the native thread"
 
 
 def start_native_relay(core: processes.CoreProcess, work: Path) -> tuple[subprocess.Popen, int]:

@@ -17,6 +17,10 @@ The same poll runs what :func:`call_before_poll` was given just before it asks t
 for events: the end of the reactor's turn, after every event of the turn has been
 dispatched and every timed call due has run. kcm-core starts its group commits there
 (:mod:`kcm.core.group_commit`), so that the requests read in the turn join the group.
+
+With a busy-poll window (kcm-gateway's ``busy_poll_us``), the poll waits for events the
+way :class:`kcm.busy_poll.SpinningWait` does: after a turn that had events it asks the
+kernel again without sleeping, for up to that long, before it sleeps.
 """
 
 from __future__ import annotations
@@ -29,18 +33,24 @@ from typing import Any
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python import log
 
+from kcm.busy_poll import SpinningWait
+
 __all__ = ["call_before_poll", "install"]
 
 #: The reactor attribute holding what runs before its next poll (set by :func:`install`).
 _BEFORE_POLL = "_kcm_before_poll"
+#: The reactor attribute holding its :class:`SpinningWait` (None: it sleeps at once).
+_WAIT = "_kcm_wait"
 
 
-def install(reactor: Any) -> bool:
+def install(reactor: Any, *, busy_poll: float = 0.0) -> bool:
     """Make ``reactor`` (if Twisted's epoll reactor) dispatch its events directly; whether it
-    did. Any other reactor is left as it is."""
+    did. Any other reactor is left as it is. ``busy_poll``: seconds it polls without
+    sleeping after a turn with events (:class:`SpinningWait`; 0: none)."""
     if not isinstance(reactor, EPollReactor):
         return False
     setattr(reactor, _BEFORE_POLL, [])
+    setattr(reactor, _WAIT, SpinningWait(busy_poll) if busy_poll > 0 else None)
     poll = MethodType(_poll, reactor)
     reactor.doPoll = poll
     reactor.doIteration = poll  # what the reactor's main loop calls
@@ -68,9 +78,13 @@ def _poll(self: EPollReactor, timeout: float | None) -> None:
         due = self.timeout()
         if due is not None and (timeout is None or due < timeout):
             timeout = due
+    wait = getattr(self, _WAIT)
     try:
-        events = self._poller.poll(-1 if timeout is None else timeout,
-                                   len(self._selectables))
+        if wait is None:
+            events = self._poller.poll(-1 if timeout is None else timeout,
+                                       len(self._selectables))
+        else:
+            events = wait.wait(self._poller.poll, timeout, len(self._selectables))
     except OSError as e:
         if e.errno == errno.EINTR:
             return

@@ -171,3 +171,54 @@ def test_another_reactor_gets_the_call_at_the_start_of_its_next_turn() -> None:
     assert ran == []
     clock.advance(0)
     assert ran == [True]
+
+
+class _RecordingPoller:
+    """An epoll object that records each poll's timeout."""
+
+    def __init__(self, poller: Any) -> None:
+        self._poller = poller
+        self.timeouts: list[float] = []
+
+    def poll(self, timeout: float, count: int) -> Any:
+        self.timeouts.append(timeout)
+        return self._poller.poll(timeout, count)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._poller, name)
+
+
+def test_with_a_busy_poll_window_the_poll_after_events_spins_then_sleeps(reactor: Any) -> None:
+    assert reactor_dispatch.install(reactor, busy_poll=0.002) is True
+    recording = reactor._poller = _RecordingPoller(reactor._poller)
+    left, right = _pair()
+    reader = _Reader(left, "one")
+    reactor.addReader(reader)
+    right.sendall(b"first")
+    reactor.doIteration(1)  # slept (nothing had come before), then the event
+    assert reader.read == [b"first"]
+    assert recording.timeouts == [1]
+    recording.timeouts.clear()
+    started = time.monotonic()
+    reactor.doIteration(0.05)  # nothing comes: asked without sleeping, then slept
+    assert time.monotonic() - started >= 0.045
+    assert len(recording.timeouts) > 2 and recording.timeouts[0] == 0
+    assert 0 < recording.timeouts[-1] < 0.05
+    recording.timeouts.clear()
+    reactor.doIteration(0.01)  # the last poll found nothing: it sleeps at once
+    assert recording.timeouts == [0.01]
+    left.close()
+    right.close()
+
+
+def test_without_a_window_the_poll_sleeps_at_once(reactor: Any) -> None:
+    reactor_dispatch.install(reactor)
+    recording = reactor._poller = _RecordingPoller(reactor._poller)
+    left, right = _pair()
+    reactor.addReader(_Reader(left, "one"))
+    right.sendall(b"x")
+    reactor.doIteration(1)
+    reactor.doIteration(0.01)
+    assert recording.timeouts == [1, 0.01]
+    left.close()
+    right.close()

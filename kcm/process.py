@@ -52,11 +52,15 @@ class ProcessService(MultiService):
 
     def __init__(self, process_name: str, *, log_format: str = "json", log_level: str = "info",
                  log_file: IO[str] | None = None, log_path: str = "-",
-                 log_fields: Mapping[str, Any] | None = None, reactor: Any = None) -> None:
+                 log_fields: Mapping[str, Any] | None = None, reactor: Any = None,
+                 busy_poll: float = 0.0) -> None:
         """``reactor``: the process's (Twisted's global one by default), whose events
-        :mod:`kcm.reactor_dispatch` hands over directly once the process starts."""
+        :mod:`kcm.reactor_dispatch` hands over directly once the process starts;
+        ``busy_poll``: seconds its poll spins before it sleeps (:mod:`kcm.busy_poll`)."""
         super().__init__()
         self._reactor = reactor
+        #: Seconds its poll spins before it sleeps (kcm.busy_poll; 0: none).
+        self.busy_poll = busy_poll
         self.process_name = process_name
         #: Set once the process has begun to stop (its /readyz then answers 503).
         self.stopping = False
@@ -83,7 +87,15 @@ class ProcessService(MultiService):
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
-        reactor_dispatch.install(reactor)
+        installed = reactor_dispatch.install(reactor, busy_poll=self.busy_poll)
+        if self.busy_poll:
+            if installed:
+                log.info("{process} polls for events without sleeping for {us:.0f} us after "
+                         "each turn that had some (busy_poll_us)", process=self.process_name,
+                         us=self.busy_poll * 1e6)
+            else:
+                log.warn("{process}: busy_poll_us is ignored: the reactor is not epoll",
+                         process=self.process_name)
         absent = compiled.missing()
         if absent:
             log.warn("{process} runs without its compiled modules ({modules}): the same "

@@ -76,7 +76,8 @@ class GatewayService(ProcessService):
                  log_fields: Mapping[str, Any] | None = None) -> None:
         super().__init__("kcm-gateway", log_format=config.log_format,
                          log_level=config.log_level, log_path=config.log_file,
-                         log_fields=log_fields, reactor=reactor)
+                         log_fields=log_fields, reactor=reactor,
+                         busy_poll=config.busy_poll_us / 1e6)
         self.config = config
         self.reactor = reactor
         self.link: LinkClient | None = None

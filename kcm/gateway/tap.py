@@ -90,6 +90,8 @@ class Options(usage.Options):
                                        "empty: none."],
         ["workers", None, None, "Worker processes sharing the KMIP listener (1: one process, "
                                 "no supervisor; 0: one per CPU)."],
+        ["busy-poll-us", None, None, "Microseconds to poll for events without sleeping "
+                                     "after a turn that had some (0: none)."],
         ["worker", None, None, "Set by the supervisor: run as its worker INDEX (on the "
                                "connections or the listening socket it hands over)."],
         *limit_options(ConnectionLimits()),

@@ -320,3 +320,35 @@ def test_without_metrics_a_supervisors_workers_have_none() -> None:
     assert command[-2:] == ["--metrics-listen", ""]
     worker = tap.makeService(parse(*command[7:]), reactor=Clock())
     assert "kcm-metrics-listener" not in [child.name for child in worker]
+
+
+# busy polling ------------------------------------------------------------------------------------
+def test_busy_poll_from_the_file_and_the_command_line_reaches_the_process_and_its_workers(
+        tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[gateway]\nbusy_poll_us = 700\n")
+    assert parse()["gateway_config"].busy_poll_us == 0
+    assert tap.makeService(parse("--listen", "tcp:0"), reactor=Clock()).busy_poll == 0
+    assert parse("-c", str(path))["gateway_config"].busy_poll_us == 700
+    options = parse("-c", str(path), "--busy-poll-us", "300", "--listen", "tcp:0")
+    service = tap.makeService(options, reactor=Clock())
+    assert isinstance(service, GatewayService)
+    assert service.busy_poll == pytest.approx(300e-6)
+    # A supervisor only hands connections over: it sleeps at once; its workers poll.
+    options = parse("-c", str(path), "--busy-poll-us", "300", "--workers", "2")
+    supervisor_service = tap.makeService(options, reactor=Clock())
+    assert isinstance(supervisor_service, GatewaySupervisor)
+    assert supervisor_service.busy_poll == 0
+    command = tap.worker_command(options, 1)
+    assert command[command.index("--busy-poll-us") + 1] == "300"
+    worker = tap.makeService(parse(*command[7:]), reactor=Clock())
+    assert worker.busy_poll == pytest.approx(300e-6)
+
+
+@pytest.mark.parametrize("text", ["busy_poll_us = -1", "busy_poll_us = 10001",
+                                  "busy_poll_us = 1.5", 'busy_poll_us = "fast"'])
+def test_bad_busy_poll_settings_are_usage_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(f"[gateway]\n{text}\n")
+    with pytest.raises(usage.UsageError, match="gateway.busy_poll_us"):
+        parse("-c", str(path))

@@ -24,7 +24,7 @@ process, and of a process that never enters an interpreter (docs/benchmarks.md,
 "Forwarding measured in steady state" and "Native code inside the gateway's process").
 
     .venv/bin/python benchmarks/forward_floor_bench.py [--requests N] [--rounds R]
-        [--cpu-latency-us N] [--keep]
+        [--cpu-latency-us N] [--busy-poll-us N] [--keep]
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ HANDED = "connections handed to the native thread"
 # sockets themselves (SSL_set_fd, which frees the memory buffers they had: the TLS layer is
 # told it has none any more), and the thread copies every byte after that. The handed
 # connections are kept for the life of the process.
-_INPROCESS_RELAY = _RELAY_SERVER.replace("""reactor_dispatch.install(reactor)""", """\
-reactor_dispatch.install(reactor)
+_INPROCESS_RELAY = _RELAY_SERVER.replace("""/ 1e6)
+""", """/ 1e6)
 import ctypes
 from OpenSSL._util import ffi, lib
 from kcm import eager_tls
@@ -162,8 +162,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="per path a round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--busy-poll-us", type=int, default=0, metavar="N",
+                        help="the gateway's busy_poll_us, and the Python relays' (default 0)")
     add_cpu_latency_option(parser)
     args = parser.parse_args()
+    if args.busy_poll_us:
+        os.environ["KCM_BENCH_BUSY_POLL_US"] = str(args.busy_poll_us)  # (the relay scripts)
+        print(f"# busy_poll_us = {args.busy_poll_us}: the gateway and the Python relays poll "
+              f"that long before they sleep (the core does not)")
     hold_cpu_latency(args.cpu_latency_us)
     core = gateway = None
     relays: list[subprocess.Popen] = []
@@ -171,7 +177,8 @@ def main() -> int:
         try:
             core = processes.deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
             core.start()
-            gateway = processes.GatewayProcess(work / "gateway", core)
+            gateway = processes.GatewayProcess(work / "gateway", core,
+                                               settings={"busy_poll_us": args.busy_poll_us})
             gateway.start()
             gateway.wait_linked()
             relay, relay_port = start_relay(core.pki, work, core)

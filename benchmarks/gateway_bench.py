@@ -26,12 +26,17 @@ HDR histograms (ns, 3 significant digits); the load, the checks and the histogra
 ``benchmarks/harness.py``'s.
 
     .venv/bin/python benchmarks/gateway_bench.py [--requests N] [--rounds R]
-        [--concurrent-clients C] [--control-requests N] [--workers N] [--keep] [--quick]
-        [--scenarios all|forward]
+        [--concurrent-clients C] [--control-requests N] [--workers N] [--busy-poll-us N]
+        [--keep] [--quick] [--scenarios all|forward]
 
 ``--workers N`` runs the gateway with ``workers = N`` (a supervisor and N worker processes
 sharing its port; 0: one per CPU); its CPU figures are then the sum over the supervisor and
 its workers.
+
+``--busy-poll-us N`` sets the gateway's ``busy_poll_us`` (``kcm.busy_poll``: it polls that long
+for events after each turn that had some before it sleeps); the echo servers and the relay
+then poll the same way, so that the gateway is still compared with servers that wait as it
+does. kcm-core has no such setting and sleeps at once as always.
 
 ``--scenarios forward`` runs the forwarded scenarios (3.) alone, to iterate on the link.
 
@@ -114,14 +119,19 @@ DURABLE_P99_TARGET_MS = 20.0
 # on Twisted's stock TLS transport, or (a fifth argument "eager") on kcm.eager_tls, the one
 # the gateway uses, to show what the transport alone is worth.
 _ECHO_SERVER = """
+import os
 import sys
 from twisted.internet import protocol, reactor
+from kcm import reactor_dispatch
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from kcm.eager_tls import EagerTLSFactory
 from kcm.tls import server_tls_options
 
 cert, key, ca, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 eager = sys.argv[5:] == ["eager"]
+busy_poll = float(os.environ.get("KCM_BENCH_BUSY_POLL_US", "0")) / 1e6
+if busy_poll:  # polling as the gateway does (which also drops the legacy log context)
+    reactor_dispatch.install(reactor, busy_poll=busy_poll)
 
 class Echo(protocol.Protocol):
     # Frames like a KMIP server (8-byte TTLV header, then the value) and answers each whole
@@ -155,6 +165,7 @@ reactor.run()
 # KMIP, no framing, no multiplexing: what any Python TLS relay pays for the two extra hops, on
 # kcm.eager_tls, the gateway's transport (so what the gateway adds beyond it is its own work).
 _RELAY_SERVER = """
+import os
 import sys
 from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -162,7 +173,9 @@ from kcm import reactor_dispatch
 from kcm.eager_tls import EagerTLSClientEndpoint, EagerTLSFactory
 from kcm.tls import client_tls_options, server_tls_options
 
-reactor_dispatch.install(reactor)  # events dispatched as kcm-gateway's reactor does
+# events dispatched (and polled for) as kcm-gateway's reactor does
+reactor_dispatch.install(
+    reactor, busy_poll=float(os.environ.get("KCM_BENCH_BUSY_POLL_US", "0")) / 1e6)
 (cert, key, ca, port, client_cert, client_key, core_port, core_name) = sys.argv[1:9]
 upstream = EagerTLSClientEndpoint(
     client_tls_options(client_cert, client_key, ca, core_name),
@@ -265,6 +278,9 @@ def main() -> int:
     parser.add_argument("--record-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1,
                         help="kcm-gateway worker processes (its `workers` setting; default 1)")
+    parser.add_argument("--busy-poll-us", type=int, default=0, metavar="N",
+                        help="the gateway's busy_poll_us (default 0: it sleeps at once); the "
+                             "echo servers and the relay then poll the same way")
     parser.add_argument("--scenarios", choices=("all", "forward"), default="all",
                         help="all (default), or forward: only the forwarded Get Attributes "
                              "and Activate against the core directly (to iterate on the link)")
@@ -288,7 +304,13 @@ def measure(args: argparse.Namespace, work: Path) -> int:
     try:
         core = deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
         core.start()
-        gateway_process = GatewayProcess(work / "gateway", core, workers=args.workers)
+        gateway_process = GatewayProcess(work / "gateway", core, workers=args.workers,
+                                         settings={"busy_poll_us": args.busy_poll_us})
+        if args.busy_poll_us:
+            # (read by the echo and relay scripts started below; kcm-core has no such setting)
+            os.environ["KCM_BENCH_BUSY_POLL_US"] = str(args.busy_poll_us)
+            print(f"# busy_poll_us = {args.busy_poll_us}: the gateway, the echo servers and the "
+                  f"relay poll that long before they sleep (the core does not)")
         gateway_process.limits["max_batch_items"] = BATCH_ITEMS  # the default is 64
         gateway_process.start()
         gateway_process.wait_linked()

@@ -16,7 +16,7 @@ Deploys kcm-core, two kcm-gateways linked to it (one with ``workers = 1``, one w
 ``gateway_bench.py``. Rounds alternate between the servers so none gets a quieter machine.
 
     .venv/bin/python benchmarks/workers_bench.py [--requests N] [--rounds R] [--clients C]
-        [--event-threads T] [--no-python-clients] [--keep] [--quick]
+        [--event-threads T] [--no-python-clients] [--busy-poll-us N] [--keep] [--quick]
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def main() -> int:
                              "epoll (default 2; 0: a thread per connection)")
     parser.add_argument("--python-clients", action=argparse.BooleanOptionalAction,
                         default=True, help="also run the scenario with Python clients")
+    parser.add_argument("--busy-poll-us", type=int, default=0, metavar="N",
+                        help="both gateways' busy_poll_us, and the echo's (default 0)")
     args = parse_args(parser, requests=(3000, 200), rounds=(3, 1))
     with work_directory("kcm-workers-bench-", args.keep) as work:
         return measure(args, work)
@@ -79,9 +81,14 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         core.start()
         for workers in (1, 2):
             gateways[workers] = GatewayProcess(work / f"gateway-{workers}", core,
-                                               workers=workers)
+                                               workers=workers,
+                                               settings={"busy_poll_us": args.busy_poll_us})
             gateways[workers].start()
             gateways[workers].wait_linked()
+        if args.busy_poll_us:
+            os.environ["KCM_BENCH_BUSY_POLL_US"] = str(args.busy_poll_us)  # (the echo script)
+            print(f"# busy_poll_us = {args.busy_poll_us}: the gateways and the echo poll that "
+                  f"long before they sleep")
         echo_process, echo_port = start_echo(core.pki, work)
         servers = {
             f"workers = {workers}": Server(f"workers = {workers}", process.port, core.pki,

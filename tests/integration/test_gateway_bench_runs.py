@@ -3,7 +3,8 @@ relay that is their floor included, answer every request rightly; so do
 ``benchmarks/link_path_bench.py``, on both of kcm-core's paths, and
 ``benchmarks/forward_floor_bench.py``, on its five (its C relay built with OpenSSL's
 headers, which .ci/run installs; its in-process relay really handing its connections to
-the native thread, which the bench checks). The figures of these short runs mean little and are not
+the native thread, which the bench checks), with the gateway's and the relays' busy
+polling on (``--busy-poll-us``). The figures of these short runs mean little and are not
 judged here; docs/benchmarks.md holds real ones."""
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ def test_the_link_path_bench_runs_both_paths() -> None:
     assert "the link path minus the direct path" in run.stdout
 
 
-def test_the_forward_floor_bench_runs_its_five_paths() -> None:
+def test_the_forward_floor_bench_runs_its_five_paths_polling_before_sleeping() -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "forward_floor_bench.py"), "--requests",
-         "30", "--rounds", "1"],
+         "30", "--rounds", "1", "--busy-poll-us", "700"],
         env=process_env(), capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert re.search(r"^round 1: core p50 \d+\.\d+ ms; gateway .*; relay .*; in-process .*; "
                      r"native ", run.stdout, re.M), run.stdout
     assert "0 failed answers" in run.stdout
+    assert "# busy_poll_us = 700: the gateway and the Python relays poll" in run.stdout

@@ -11,6 +11,8 @@ supervisor's log (``kcm-gateway worker I started: pid P``).
   fewest (8 fall 4/4; after one worker's 4 close, the next 4 go to it).
 * A revocation (a destroyed L4 token, a compromised L3) reaches every worker within 1 s.
 * A worker killed with SIGKILL is restarted and serves again; the other kept serving.
+* With ``busy_poll_us``, each worker polls before it sleeps, serves as usual, and rests
+  when its clients are idle.
 * SIGTERM to the supervisor stops every worker; a supervisor killed outright takes its
   workers with it; SIGHUP restarts the workers one at a time, and a client opening new
   connections all the while is served every time.
@@ -18,6 +20,7 @@ supervisor's log (``kcm-gateway worker I started: pid P``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -407,3 +410,64 @@ def test_sighup_restarts_the_workers_one_at_a_time_and_new_connections_are_serve
     at = [log.index(step) for step in steps]
     assert at == sorted(at), steps
     print(f"\n{len(served)} connections served, none failed, through the rolling restart")
+
+
+# busy polling ---------------------------------------------------------------------------------
+WINDOW_US = 700
+
+
+@pytest.fixture
+def polling_deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    """As :func:`deployment`, with ``busy_poll_us`` set."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2,
+                             settings={"busy_poll_us": WINDOW_US})
+    with running(core, gateway) as pair:
+        assert len(gateway.worker_pids()) == 2
+        yield pair
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _log_lines(gateway: GatewayProcess) -> list[dict]:
+    return [json.loads(line) for line in gateway.log.read_text().splitlines()
+            if line.startswith("{")]
+
+
+def test_with_busy_poll_each_worker_polls_serves_as_usual_and_rests_when_idle(
+        polling_deployment) -> None:
+    """``busy_poll_us``: each worker (not the supervisor) says it polls before it sleeps,
+    answers L4 and forwarded requests as usual, and spends next to no CPU once its
+    clients are idle (the spin ends one window after the last event)."""
+    _, gateway = polling_deployment
+    said = [line for line in _log_lines(gateway) if "busy_poll_us" in line.get("text", "")]
+    # Each worker says it polls; the supervisor (which only hands connections over) does not.
+    assert sorted(line.get("worker") for line in said) == [1, 2], said
+    assert all(f"{WINDOW_US} us" in line["text"] for line in said)
+    pids = list(gateway.worker_pids().values())
+    with ExitStack() as stack:
+        clients = one_client_per_worker(stack, gateway)
+        for _ in range(20):
+            for client in clients.values():
+                [created] = succeeded_v21(client, create_l4())
+                token = created.unique_identifier
+                [sealed] = succeeded_v21(client, encrypt(token, b"a record"))
+                [opened] = succeeded_v21(client, decrypt_sealed(token, sealed))
+                assert opened.data == b"a record"
+        for client in clients.values():  # forwarded whole to the core
+            [managed] = succeeded_v21(client, create_managed())
+            [found] = succeeded_v21(client, locate())
+            assert managed.unique_identifier in found.unique_identifiers
+        # Idle connections: a worker spins one window after its last event, then sleeps.
+        time.sleep(0.2)
+        before = {pid: _cpu_seconds(pid) for pid in pids}
+        time.sleep(2.0)
+        spent = {pid: _cpu_seconds(pid) - before[pid] for pid in pids}
+    print(f"\nCPU seconds over 2 s idle, by worker: {spent}")
+    # Spinning throughout would be 2 s each; timers (usage reports, key refresh) cost a
+    # few ms, each followed by at most one window.
+    assert all(seconds < 0.2 for seconds in spent.values()), spent

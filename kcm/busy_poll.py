@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["MAX_WINDOW", "OTHERS_SHARE", "SpinningWait"]
+__all__ = ["MAX_WINDOW", "OTHERS_SHARE", "SPIN_ENDS", "SpinningWait"]
 
 #: When other threads have had more than this share of the window (the time spent giving
 #: the CPU away), the spin ends and the process sleeps: it spins on a CPU that is mostly
@@ -41,6 +41,9 @@ OTHERS_SHARE = 0.5
 #: only burns CPU (the next event of a busy process is never that far away, and an idle
 #: process sleeps anyway).
 MAX_WINDOW = 0.01
+
+#: How a spin ends (:attr:`SpinningWait.spins`).
+SPIN_ENDS = ("event", "window", "ceded")
 
 Event = TypeVar("Event")
 
@@ -59,6 +62,11 @@ class SpinningWait:
         self._give_way = give_way
         #: Whether the last poll found events (the next wait spins first).
         self._armed = False
+        #: Spins so far, by how each ended: ``event`` (events came), ``window`` (the window,
+        #: or the timeout, passed first), ``ceded`` (others had their share of the CPU).
+        self.spins = dict.fromkeys(SPIN_ENDS, 0)
+        #: Seconds spent spinning so far (wall time, the threads given way to included).
+        self.spun = 0.0
 
     def wait(self, poll: Callable[[float, int], Sequence[Event]], timeout: float | None,
              count: int) -> Sequence[Event]:
@@ -72,19 +80,26 @@ class SpinningWait:
             give_way = self._give_way
             given = 0.0  # how long giving the CPU away took: other threads' time, mostly
             ceded = self.window * OTHERS_SHARE
+            spins = self.spins
             while True:
                 events = poll(0, count)
-                if events:
-                    return events  # (still armed)
                 checked = now()
+                if events:
+                    spins["event"] += 1
+                    self.spun += checked - started
+                    return events  # (still armed)
                 if checked >= end:
+                    spins["window"] += 1
                     break
                 give_way()
                 given += now() - checked
                 if given > ceded:
+                    spins["ceded"] += 1
                     break  # this CPU is wanted by others: leave it to them
+            spun = now() - started
+            self.spun += spun
             if timeout is not None:
-                timeout = max(0.0, timeout - (now() - started))
+                timeout = max(0.0, timeout - spun)
                 if timeout == 0:
                     self._armed = False
                     return events

@@ -35,7 +35,7 @@ from twisted.python import log
 
 from kcm.busy_poll import SpinningWait
 
-__all__ = ["call_before_poll", "install"]
+__all__ = ["call_before_poll", "install", "spinning_wait"]
 
 #: The reactor attribute holding what runs before its next poll (set by :func:`install`).
 _BEFORE_POLL = "_kcm_before_poll"
@@ -55,6 +55,12 @@ def install(reactor: Any, *, busy_poll: float = 0.0) -> bool:
     reactor.doPoll = poll
     reactor.doIteration = poll  # what the reactor's main loop calls
     return True
+
+
+def spinning_wait(reactor: Any) -> SpinningWait | None:
+    """The :class:`SpinningWait` ``reactor``'s poll waits with (its counts), or None: it
+    sleeps at once, or :func:`install` has not run."""
+    return getattr(reactor, _WAIT, None)
 
 
 def call_before_poll(reactor: Any, run: Callable[[], object]) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
 
+from kcm.busy_poll import SPIN_ENDS, SpinningWait
 from kcm.gateway.fast_path import FAST_OPERATIONS
 from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import ResultStatus
@@ -151,6 +152,29 @@ class GatewayMetrics:
         register(CallbackGauge("kcm_gateway_opened_deks",
                                "Opened L4 DEKs held in memory (at most dek_cache_size).", (),
                                lambda: [((), len(cache.opened_keys or ()))]))
+
+    def watch_busy_poll(self, wait: Callable[[], SpinningWait | None]) -> None:
+        """Report the spins of the poll's :class:`SpinningWait` (``wait()``; None: none
+        yet) when scraped (``busy_poll_us``)."""
+        def spins() -> list[tuple[tuple[str], float]]:
+            spinning = wait()
+            counts = spinning.spins if spinning is not None else dict.fromkeys(SPIN_ENDS, 0)
+            return [((end,), counts[end]) for end in SPIN_ENDS]
+
+        def spun() -> list[tuple[tuple[()], float]]:
+            spinning = wait()
+            return [((), spinning.spun if spinning is not None else 0.0)]
+
+        self.registry.register(_CallbackCounter(
+            "kcm_gateway_busy_poll_spins",
+            "Times the reactor polled for events without sleeping after a turn that had some "
+            "(busy_poll_us), by how the spin ended: event (events came), window (the window "
+            "passed; it then slept), ceded (other threads wanted the CPU; it then slept).",
+            ("ended",), spins))
+        self.registry.register(_CallbackCounter(
+            "kcm_gateway_busy_poll_seconds",
+            "Seconds the reactor spent polling without sleeping (busy_poll_us), the threads "
+            "it gave the CPU to meanwhile included.", (), spun))
 
     def readiness(self) -> Readiness:
         """Ready while L4 operations can be served (see the module docstring)."""

@@ -43,7 +43,7 @@ from kcm.kmip_protocol import ConnectionLimits, KmipServerFactory
 from kcm.l4.opened_keys import OpenedKeys
 from kcm.link.frames import frame_size_limit
 from kcm.metrics import metrics_listener, metrics_site
-from kcm.reactor_dispatch import call_before_poll
+from kcm.reactor_dispatch import call_before_poll, spinning_wait
 from kcm.tls import (
     TLSClientEndpoint,
     TLSListener,
@@ -195,6 +195,8 @@ def makeService(options: Options,
     refresher.clock = reactor
     guard = ConnectionGuard(config.limits, reactor)
     metrics.watch(link=link, cache=cache, guard=guard, clock=reactor.seconds)
+    if config.busy_poll_us:
+        metrics.watch_busy_poll(partial(spinning_wait, reactor))
     gateway.link, gateway.cache, gateway.handler = link, cache, handler
     gateway.kmip_factory = kmip_factory
     gateway.metrics = metrics

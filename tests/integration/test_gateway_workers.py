@@ -32,11 +32,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kcm.conformance.client import KmipClient, KmipClientError
 from kcm.kmip.enums import ResultReason, RevocationReasonCode
 from kcm.kmip.payloads.crypto import EncryptResponse
-from kcm.testing.processes import running
+from kcm.testing.processes import free_port, running, scrape
 from tests.e2e_support import (
     CoreProcess,
     GatewayProcess,
@@ -420,7 +421,7 @@ WINDOW_US = 700
 def polling_deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
     """As :func:`deployment`, with ``busy_poll_us`` set."""
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2,
+    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2, metrics_port=free_port(),
                              settings={"busy_poll_us": WINDOW_US})
     with running(core, gateway) as pair:
         assert len(gateway.worker_pids()) == 2
@@ -433,6 +434,22 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _spins(gateway: GatewayProcess) -> dict[tuple[str, str], float]:
+    """The workers' busy-poll counts from the supervisor's metrics listener: by (worker,
+    how the spins ended), and (worker, "seconds")."""
+    assert gateway.metrics_port is not None
+    status, body = scrape(gateway.metrics_port)
+    assert status == 200
+    found: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == "kcm_gateway_busy_poll_spins_total":
+                found[(sample.labels["worker"], sample.labels["ended"])] = sample.value
+            elif sample.name == "kcm_gateway_busy_poll_seconds_total":
+                found[(sample.labels["worker"], "seconds")] = sample.value
+    return found
+
+
 def _log_lines(gateway: GatewayProcess) -> list[dict]:
     return [json.loads(line) for line in gateway.log.read_text().splitlines()
             if line.startswith("{")]
@@ -441,8 +458,9 @@ def _log_lines(gateway: GatewayProcess) -> list[dict]:
 def test_with_busy_poll_each_worker_polls_serves_as_usual_and_rests_when_idle(
         polling_deployment) -> None:
     """``busy_poll_us``: each worker (not the supervisor) says it polls before it sleeps,
-    answers L4 and forwarded requests as usual, and spends next to no CPU once its
-    clients are idle (the spin ends one window after the last event)."""
+    answers L4 and forwarded requests as usual, catches events while it spins (its
+    metrics count them), and spends next to no CPU once its clients are idle (the spin
+    ends one window after the last event)."""
     _, gateway = polling_deployment
     said = [line for line in _log_lines(gateway) if "busy_poll_us" in line.get("text", "")]
     # Each worker says it polls; the supervisor (which only hands connections over) does not.
@@ -462,6 +480,12 @@ def test_with_busy_poll_each_worker_polls_serves_as_usual_and_rests_when_idle(
             [managed] = succeeded_v21(client, create_managed())
             [found] = succeeded_v21(client, locate())
             assert managed.unique_identifier in found.unique_identifiers
+        # Each worker caught some of those events while it spun, without sleeping.
+        spins = _spins(gateway)
+        print(f"\nspins by worker and end: {spins}")
+        for worker in ("1", "2"):
+            assert spins[(worker, "event")] > 0, spins
+            assert spins[(worker, "seconds")] > 0, spins
         # Idle connections: a worker spins one window after its last event, then sleeps.
         time.sleep(0.2)
         before = {pid: _cpu_seconds(pid) for pid in pids}

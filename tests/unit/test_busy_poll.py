@@ -77,6 +77,8 @@ def test_after_events_it_spins_and_takes_an_event_that_comes_within_the_window()
     assert wait.wait(kernel.poll, None, 8) == [(3, 1)]
     assert kernel.calls and all(timeout == 0 for timeout in kernel.calls)  # never slept
     assert 15 <= kernel.yields <= 25  # gave the CPU away between asks (10 µs apart)
+    assert wait.spins == {"event": 1, "window": 0, "ceded": 0}
+    assert wait.spun == pytest.approx(200e-6, abs=10e-6)
     # It found events: the next wait spins again.
     kernel.calls.clear()
     kernel.ready_at = kernel.time + 100e-6
@@ -92,6 +94,8 @@ def test_when_the_window_passes_with_nothing_it_sleeps_and_then_sleeps_at_once()
     assert wait.wait(kernel.poll, None, 8) == [(3, 1)]
     assert kernel.calls[:-1] == [0] * (len(kernel.calls) - 1)
     assert kernel.calls[-1] == -1  # then slept until the event
+    assert wait.spins == {"event": 0, "window": 1, "ceded": 0}
+    assert wait.spun == pytest.approx(500e-6, abs=10e-6)  # not the sleep
     assert kernel.time == pytest.approx(started + 0.3)
     # The next wait after a sleeping poll that found events spins; one that found nothing
     # (a timeout) makes the one after it sleep at once.
@@ -146,6 +150,7 @@ def test_once_other_threads_have_had_half_the_window_it_sleeps() -> None:
     kernel.ready_at = kernel.time + 0.3
     assert wait.wait(kernel.poll, None, 8) == [(3, 1)]
     assert kernel.yields == 4  # 600 µs given away > 500 µs (OTHERS_SHARE): slept
+    assert wait.spins == {"event": 0, "window": 0, "ceded": 1}
     assert kernel.calls == [0, 0, 0, 0, -1]
     assert OTHERS_SHARE == 0.5
 

@@ -313,3 +313,46 @@ def test_a_request_refused_whole_is_counted_as_unknown(gateway: Gateway) -> None
     assert len(answer.batch_items) == 1
     assert gateway.requests("unknown", "operation_failed", "local") == 1
     assert gateway.requests("CREATE", "operation_failed", "local") == 0
+
+
+def test_busy_poll_spins_are_read_when_scraped_and_only_with_busy_poll() -> None:
+    from twisted.internet.epollreactor import EPollReactor
+
+    from kcm import reactor_dispatch
+    from tests.unit.test_busy_poll import _Kernel
+
+    def parsed(*args: str) -> tap.Options:
+        options = tap.Options()
+        options.parseOptions(["--listen", "tcp:0", *args])
+        return options
+
+    assert not any(name.startswith("kcm_gateway_busy_poll") for name, _ in samples(
+        tap.makeService(parsed(), Clock()).metrics.registry))
+    reactor = EPollReactor()
+    try:
+        service = tap.makeService(parsed("--busy-poll-us", "500"), reactor)
+        registry = service.metrics.registry
+        # Before the process starts (no wait installed yet): zeros.
+        got = samples(registry)
+        assert got[("kcm_gateway_busy_poll_spins_total", (("ended", "event"),))] == 0
+        assert got[("kcm_gateway_busy_poll_seconds_total", ())] == 0
+        reactor_dispatch.install(reactor, busy_poll=service.busy_poll)
+        wait = reactor_dispatch.spinning_wait(reactor)
+        assert wait is not None and wait.window == pytest.approx(500e-6)
+        # Spins on a fake kernel (tests/unit/test_busy_poll.py): one that an event ends, one
+        # that the window ends.
+        kernel = _Kernel()
+        wait._now, wait._give_way = kernel.now, kernel.give_way
+        kernel.ready_at = kernel.time
+        wait.wait(kernel.poll, None, 8)  # (slept: not a spin)
+        kernel.ready_at = kernel.time + 100e-6
+        wait.wait(kernel.poll, None, 8)
+        wait.wait(kernel.poll, 0.01, 8)
+        got = samples(registry)
+        assert {end: got[("kcm_gateway_busy_poll_spins_total", (("ended", end),))]
+                for end in ("event", "window", "ceded")} == {
+            "event": 1, "window": 1, "ceded": 0}
+        assert got[("kcm_gateway_busy_poll_seconds_total", ())] == pytest.approx(
+            600e-6, abs=30e-6)
+    finally:
+        reactor._poller.close()

@@ -122,8 +122,8 @@ _ECHO_SERVER = """
 import os
 import sys
 from twisted.internet import protocol, reactor
-from kcm import reactor_dispatch
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from kcm import reactor_dispatch
 from kcm.eager_tls import EagerTLSFactory
 from kcm.tls import server_tls_options
 

@@ -1,5 +1,6 @@
-"""``benchmarks/gateway_bench.py`` runs end to end: its forwarded scenarios, the bare TLS
-relay that is their floor included, answer every request rightly; so do
+"""``benchmarks/gateway_bench.py`` runs end to end, with and without busy polling: its
+forwarded scenarios, the bare TLS relay that is their floor included, answer every request
+rightly; so do
 ``benchmarks/link_path_bench.py``, on both of kcm-core's paths, and
 ``benchmarks/forward_floor_bench.py``, on its five (its C relay built with OpenSSL's
 headers, which .ci/run installs; its in-process relay really handing its connections to
@@ -14,15 +15,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kcm.testing.processes import process_env
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_forwarded_scenarios_and_their_floor_run() -> None:
+@pytest.mark.parametrize("busy_poll", [[], ["--busy-poll-us", "700"]],
+                         ids=["sleeping", "polling"])
+def test_the_forwarded_scenarios_and_their_floor_run(busy_poll: list[str]) -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gateway_bench.py"), "--quick",
-         "--scenarios", "forward"],
+         "--scenarios", "forward", *busy_poll],
         env=process_env(), capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout
@@ -32,6 +37,8 @@ def test_the_forwarded_scenarios_and_their_floor_run() -> None:
     for path in ("gateway", "core", "relay"):
         assert re.search(rf"^(Get Attributes, floor)?\s+{path}\s+100/100\s", floor, re.M), floor
     assert "a bare TLS relay on the gateway's transport" in floor
+    if busy_poll:  # the gateway, the echo servers and the relay all poll
+        assert "# busy_poll_us = 700: the gateway, the echo servers and the relay" in out
 
 
 def test_the_link_path_bench_runs_both_paths() -> None:

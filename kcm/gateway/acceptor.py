@@ -1,6 +1,7 @@
 """kcm-gateway's supervisor on a TCP listener: it accepts every connection itself and hands
-each one to the worker holding the fewest (:class:`kcm.gateway.balance.LeastConnections`),
-over that worker's channel (:mod:`kcm.handoff`), then closes its own copy.
+each one to the worker pinned to the CPU it arrives on or the worker holding the fewest
+(:class:`kcm.gateway.balance.LeastConnections`), over that worker's channel
+(:mod:`kcm.handoff`), then closes its own copy.
 
 A handful of long-lived connections (databases and storage arrays keep a few) is what
 kcm-gateway mostly serves; spread by a hash (SO_REUSEPORT) or by whichever worker wakes
@@ -12,8 +13,12 @@ workers then serve little more than one. Handed out by count they fall 4/4.
   of descriptors (or accepting fails otherwise) it logs once and stops reading for
   :data:`EXHAUSTED_PAUSE` seconds rather than spin; while no worker has a channel it does
   not read, and connections wait in the listen backlog.
-* A connection goes to the least loaded worker; if sending fails there (the worker is gone,
-  its channel is full) the next is tried, and if none takes it, it is closed.
+* A connection goes to the least loaded worker, or, when the workers are pinned to CPUs
+  (:mod:`kcm.gateway.placement`), to the one on the CPU its packets arrive on while that
+  worker is not more than :data:`~kcm.gateway.balance.NEAR_SLACK` connections above the
+  least loaded; if sending fails there (the worker is gone, its channel is full) the next
+  is tried, and if none takes it, it is closed. :attr:`Acceptor.handoffs` counts what was
+  handed to each worker, and whether by CPU or by count.
 * Each channel is read for the worker's reports (open connections, connections received)
   and closes when the worker exits: from then on the worker is not chosen.
 """
@@ -22,7 +27,8 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
@@ -32,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kcm.gateway.balance import LeastConnections
+from kcm.gateway.placement import incoming_cpu
 from kcm.handoff import HANDOFF_BYTE, READY, REPORT, channel_pair
 
 __all__ = ["ACCEPTS_PER_TURN", "EXHAUSTED_PAUSE", "Acceptor"]
@@ -55,10 +62,20 @@ class Acceptor:
 
     def __init__(self, reactor: Any, listening: socket.socket, *,
                  pause: float = EXHAUSTED_PAUSE,
-                 worker_up: Callable[[int], object] | None = None) -> None:
+                 worker_up: Callable[[int], object] | None = None,
+                 near: Mapping[int, Collection[int]] | None = None,
+                 incoming_cpu: Callable[[socket.socket], int | None] = incoming_cpu) -> None:
+        """``near``: the workers pinned to each CPU (:func:`kcm.gateway.placement.
+        workers_by_cpu`; none: connections go by count only); ``incoming_cpu``: the CPU a
+        connection's packets arrive on."""
         self.reactor = reactor
         self.listening = listening
         self.pause = pause
+        self.near = dict(near or {})
+        self.incoming_cpu = incoming_cpu
+        #: Connections handed, by (worker, ``"cpu"`` when it went to a worker on the CPU
+        #: its packets arrive on, else ``"count"``).
+        self.handoffs: Counter[tuple[int, str]] = Counter()
         #: Called with a worker's index when it says it is ready on its channel
         #: (:data:`~kcm.handoff.READY`).
         self.worker_up = worker_up
@@ -181,16 +198,22 @@ class Acceptor:
         self._update_reading()
 
     def hand(self, connection: socket.socket) -> None:
-        """Send ``connection`` to the least loaded worker that takes it, else drop it; the
-        supervisor's copy is closed either way."""
+        """Send ``connection`` to the first worker that takes it (those near the CPU its
+        packets arrive on first, then the least loaded), else drop it; the supervisor's
+        copy is closed either way."""
         with connection:
-            for worker in self.balance.ranked():
+            near: Collection[int] = ()
+            if self.near:
+                cpu = self.incoming_cpu(connection)
+                near = self.near.get(cpu, ()) if cpu is not None else ()
+            for worker in self.balance.ranked(near):
                 try:
                     socket.send_fds(self.channels[worker].sock, [HANDOFF_BYTE],
                                     [connection.fileno()], socket.MSG_NOSIGNAL)
                 except OSError:
                     continue
                 self.balance.handed(worker)
+                self.handoffs[worker, "cpu" if worker in near else "count"] += 1
                 self._logged_unplaced = False
                 return
             if not self._logged_unplaced:

@@ -10,6 +10,7 @@ from typing import Any
 from kcm.busy_poll import MAX_WINDOW
 from kcm.config_file import ConfigError, TlsFiles, load_section
 from kcm.gateway.core_endpoints import ORDERS
+from kcm.gateway.placement import PIN_MODES
 from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["ConfigError", "GatewayConfig", "TlsFiles", "load_config"]
@@ -77,6 +78,11 @@ class GatewayConfig:
     #: once. On a VM whose idle vCPUs halt, 700 takes the wake-ups off a forward (about
     #: 0.08 ms of it) at the cost of up to a CPU while requests come (docs/operations.md).
     busy_poll_us: int = 0
+    #: With workers: ``auto`` (the default) pins each worker to a CPU of its own when there
+    #: is one per CPU this process may run on; ``always`` pins them round robin over those
+    #: CPUs; ``never`` leaves them to the kernel. Pinned workers are handed the connections
+    #: whose packets arrive on their CPU (kcm.gateway.placement).
+    pin_workers: str = "auto"
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -86,7 +92,7 @@ class GatewayConfig:
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_order", "core_server_name", "l3_ttl",
               "max_stale", "max_tombstones", "dek_cache_size", "dek_cache_ttl", "prewarm",
               "max_in_flight", "log_level", "log_format", "log_file", "workers", "metrics_listen",
-              "usage_report_interval", "busy_poll_us"}
+              "usage_report_interval", "busy_poll_us", "pin_workers"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -125,6 +131,8 @@ def load_config(path: str | Path | None,
         raise ConfigError("gateway.workers must be 0 (one per CPU) or more")
     if not 0 <= config.busy_poll_us <= MAX_WINDOW * 1e6:
         raise ConfigError(f"gateway.busy_poll_us must be 0 (none) to {MAX_WINDOW * 1e6:.0f}")
+    if config.pin_workers not in PIN_MODES:
+        raise ConfigError(f"gateway.pin_workers must be one of {', '.join(PIN_MODES)}")
     if not isinstance(config.metrics_listen, str):
         raise ConfigError("gateway.metrics_listen must be an endpoint string (or empty)")
     return config

@@ -28,6 +28,7 @@ from kcm.gateway.handler import GatewayRequestHandler
 from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
 from kcm.gateway.metrics import GatewayMetrics
+from kcm.gateway.placement import pin
 from kcm.identity import Principal, Role, SubjectMap, principal_from_certificate
 from kcm.kmip.errors import KmipError
 from kcm.kmip_protocol import KmipServerFactory
@@ -73,13 +74,16 @@ class GatewayService(ProcessService):
     """
 
     def __init__(self, config: GatewayConfig, *, reactor: Any,
-                 log_fields: Mapping[str, Any] | None = None) -> None:
+                 log_fields: Mapping[str, Any] | None = None, cpu: int | None = None) -> None:
+        """``cpu``: the CPU a supervisor's worker runs on only (pinned as it starts,
+        :mod:`kcm.gateway.placement`); None: wherever the kernel places it."""
         super().__init__("kcm-gateway", log_format=config.log_format,
                          log_level=config.log_level, log_path=config.log_file,
                          log_fields=log_fields, reactor=reactor,
                          busy_poll=config.busy_poll_us / 1e6)
         self.config = config
         self.reactor = reactor
+        self.cpu = cpu
         self.link: LinkClient | None = None
         self.cache: L3Cache | None = None
         self.handler: GatewayRequestHandler | None = None
@@ -90,6 +94,14 @@ class GatewayService(ProcessService):
         self.subject_map = SubjectMap({})
 
     def startService(self) -> None:
+        if self.cpu is not None:
+            try:
+                pin(self.cpu)
+            except OSError as e:
+                log.warn("kcm-gateway could not run on CPU {cpu} only ({error}); the kernel "
+                         "places it (pin_workers)", cpu=self.cpu, error=e.strerror or str(e))
+            else:
+                log.info("kcm-gateway runs on CPU {cpu} only (pin_workers)", cpu=self.cpu)
         super().startService()
         config = self.config
         log.info("kcm-gateway listening on {listen}, core link to {core}",

@@ -4,7 +4,8 @@ supervisor and the gateways are its worker processes.
 * :class:`SharedListener` binds the KMIP address once, in the supervisor: a port in use
   stops the supervisor when it starts. On a TCP listener (``tcp:``, ``tcp6:``, or an
   ``fd:`` socket that is TCP) the supervisor accepts every connection itself and hands it
-  to the worker with the fewest open connections (:mod:`kcm.gateway.acceptor`), over a
+  to the worker pinned to the CPU it arrives on, if any (:mod:`kcm.gateway.placement`), or
+  the worker with the fewest open connections (:mod:`kcm.gateway.acceptor`), over a
   Unix socket pair of that worker's (a new one each time it is started) that the worker
   inherits as descriptor :data:`WORKER_LISTEN_FD` and listens on as ``handoff:3``
   (:mod:`kcm.handoff`); the worker reports its open connections back over it. Any other
@@ -51,6 +52,7 @@ from zope.interface import implementer
 
 from kcm.gateway.acceptor import Acceptor
 from kcm.gateway.config import GatewayConfig
+from kcm.gateway.placement import usable_cpus
 from kcm.handoff import handoff_description
 from kcm.process import ProcessService
 from kcm.tls import plain_server_endpoint
@@ -90,13 +92,7 @@ def worker_count(workers: int, cpus: Callable[[], int] | None = None) -> int:
     machine's CPU count)."""
     if workers > 0:
         return workers
-    return max(1, (cpus or _usable_cpus)())
-
-
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1  # pragma: no cover - every Linux has sched_getaffinity
+    return max(1, (cpus or (lambda: len(usable_cpus())))())
 
 
 class StartCheck(Service):
@@ -125,9 +121,13 @@ class SharedListener(Service):
 
     name = "kcm-kmip-socket"
 
-    def __init__(self, reactor: Any, description: str) -> None:
+    def __init__(self, reactor: Any, description: str, *,
+                 near: Mapping[int, Collection[int]] | None = None) -> None:
+        """``near``: the workers pinned to each CPU, which a TCP listener's connections
+        arriving on that CPU go to first (:mod:`kcm.gateway.placement`)."""
         self.reactor = reactor
         self.description = description
+        self.near = dict(near or {})
         self.port: IListeningPort | None = None
         #: Set while running on a TCP listener.
         self.acceptor: Acceptor | None = None
@@ -194,9 +194,11 @@ class SharedListener(Service):
         address = port.getHost()
         if isinstance(address, (IPv4Address, IPv6Address)):
             self.acceptor = Acceptor(self.reactor, port.socket,  # type: ignore[attr-defined]
-                                     worker_up=self._worker_up)
+                                     worker_up=self._worker_up, near=self.near)
             self.acceptor.start(hold=START_HOLD)
-            how = "handing each connection to the worker with the fewest"
+            how = ("handing each connection to the worker on the CPU it arrives on, or the "
+                   "one with the fewest" if self.near else
+                   "handing each connection to the worker with the fewest")
         else:
             how = "shared by the workers"
         log.info("kcm-gateway supervisor: KMIP listener on {address}, {how}",
@@ -614,15 +616,20 @@ class GatewaySupervisor(ProcessService):
     Assembled by :func:`kcm.gateway.tap.makeService`; it logs (without a worker field) to
     the configured log, which its workers append to as well."""
 
-    def __init__(self, config: GatewayConfig, *, workers: int) -> None:
+    def __init__(self, config: GatewayConfig, *, workers: int,
+                 pinned: Mapping[int, int] | None = None) -> None:
+        """``pinned``: the CPU each worker runs on only (:mod:`kcm.gateway.placement`)."""
         super().__init__("kcm-gateway", log_format=config.log_format,
                          log_level=config.log_level, log_path=config.log_file,
                          log_fields={"worker": "supervisor"})
         self.config = config
         self.workers = workers
+        self.pinned = dict(pinned or {})
 
     def startService(self) -> None:
         log.info("kcm-gateway supervisor: {workers} workers sharing {listen}, each linked to "
-                 "{core}", workers=self.workers, listen=self.config.listen,
-                 core=", ".join(self.config.core))
+                 "{core}; {placement}", workers=self.workers, listen=self.config.listen,
+                 core=", ".join(self.config.core), placement=", ".join(
+                     f"worker {index} on CPU {cpu}" for index, cpu in sorted(self.pinned.items()))
+                 if self.pinned else "workers placed by the kernel")
         super().startService()

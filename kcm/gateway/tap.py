@@ -27,6 +27,7 @@ from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient
 from kcm.gateway.local_batch import LocalRunner, gateway_engines
 from kcm.gateway.metrics import GatewayMetrics
+from kcm.gateway.placement import usable_cpus, worker_cpus, workers_by_cpu
 from kcm.gateway.service import GatewayIdentity, GatewayService
 from kcm.gateway.supervisor import (
     WORKER_LISTEN_FD,
@@ -92,8 +93,11 @@ class Options(usage.Options):
                                 "no supervisor; 0: one per CPU)."],
         ["busy-poll-us", None, None, "Microseconds to poll for events without sleeping "
                                      "after a turn that had some (0: none)."],
+        ["pin-workers", None, None, "Pin each worker to a CPU: auto (when there is one per "
+                                    "CPU), always, or never."],
         ["worker", None, None, "Set by the supervisor: run as its worker INDEX (on the "
                                "connections or the listening socket it hands over)."],
+        ["cpu", None, None, "Set by the supervisor: run this worker on CPU N only."],
         *limit_options(ConnectionLimits()),
     ]
 
@@ -108,23 +112,28 @@ class Options(usage.Options):
             if not str(self["worker"]).isdigit() or int(self["worker"]) < 1:
                 raise usage.UsageError("--worker takes a worker index (1, 2, ...)")
             self["worker"] = int(self["worker"])
+        if self["cpu"] is not None:
+            if self["worker"] is None or not str(self["cpu"]).isdigit():
+                raise usage.UsageError("--cpu takes a CPU number, for a worker (--worker)")
+            self["cpu"] = int(self["cpu"])
 
 
 #: Options that are not settings of the configuration.
-_NOT_SETTINGS = {"config", "worker"}
+_NOT_SETTINGS = {"config", "worker", "cpu"}
 #: Options a worker does not inherit from its supervisor's command line.
-_SUPERVISOR_ONLY = {"config", "worker", "workers", "listen", "metrics-listen"}
+_SUPERVISOR_ONLY = {"config", "worker", "cpu", "workers", "listen", "metrics-listen"}
 
 
 def worker_command(options: Options, index: int,
                    listen: str = f"fd:{WORKER_LISTEN_FD}",
-                   metrics_listen: str | None = None) -> list[str]:
+                   metrics_listen: str | None = None, cpu: int | None = None) -> list[str]:
     """The command line of worker ``index``: ``twistd -n kcm-gateway`` with this process's
     configuration file (as an absolute path: a daemonized supervisor changes directory) and
     command-line settings, as worker ``index`` listening on ``listen`` (the supervisor's
     :attr:`SharedListener.worker_listen`: the inherited listening socket by default), its
     metrics on ``metrics_listen`` (:meth:`WorkerMetrics.listen_for`) when the supervisor
-    has a metrics listener (else none, whatever the configuration file says)."""
+    has a metrics listener (else none, whatever the configuration file says), pinned to
+    ``cpu`` when given (:mod:`kcm.gateway.placement`)."""
     # -P: the working directory is not put on sys.path (python -c would), so a module there
     # cannot stand in for one of ours.
     command = [sys.executable, "-P", "-c", "from twisted.scripts.twistd import run; run()",
@@ -136,6 +145,8 @@ def worker_command(options: Options, index: int,
         if key not in _SUPERVISOR_ONLY and options[key] is not None:
             command += [f"--{key}", str(options[key])]
     command += ["--metrics-listen", metrics_listen or ""]
+    if cpu is not None:
+        command += ["--cpu", str(cpu)]
     return command
 
 
@@ -153,7 +164,7 @@ def makeService(options: Options,
     tls = config.tls
     trust_domain = config.trust_domain
     gateway = GatewayService(config, reactor=reactor, log_fields=None if worker is None else
-                             {"worker": worker, "pid": os.getpid()})
+                             {"worker": worker, "pid": os.getpid()}, cpu=options["cpu"])
     core_tls = partial(client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name,
                        min_version=min_tls_version(tls.policy))
     link_endpoint = CoreFailoverEndpoint(
@@ -232,20 +243,24 @@ def make_supervisor(options: Options, workers: int,
     """A supervisor of ``workers`` gateway processes sharing the configured listener."""
     config = options["gateway_config"]
     tls = config.tls
-    supervisor = GatewaySupervisor(config, workers=workers)
+    pinned = worker_cpus(workers, config.pin_workers, usable_cpus())
+    supervisor = GatewaySupervisor(config, workers=workers, pinned=pinned)
     StartCheck(partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy),
                name="kcm-tls-files").setServiceParent(supervisor)
-    listener = SharedListener(reactor, config.listen)
+    listener = SharedListener(reactor, config.listen, near=workers_by_cpu(pinned))
     listener.setServiceParent(supervisor)
     worker_metrics: WorkerMetrics | None = None
     pool = WorkerPool(workers, lambda index: worker_command(
         options, index, listener.worker_listen,
-        worker_metrics.listen_for(index) if worker_metrics is not None else None),
+        worker_metrics.listen_for(index) if worker_metrics is not None else None,
+        pinned.get(index)),
         listener, reactor=reactor)
     listener.on_worker_up = pool.worker_up  # a rolling restart waits for each to be up
     if config.metrics_listen:
         # Before the pool: its directory is there when the first worker starts.
-        worker_metrics = WorkerMetrics(reactor, lambda: pool.workers, pool.restarts)
+        worker_metrics = WorkerMetrics(
+            reactor, lambda: pool.workers, pool.restarts,
+            lambda: listener.acceptor.handoffs if listener.acceptor is not None else {})
         worker_metrics.setServiceParent(supervisor)
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(None, worker_metrics.readiness,

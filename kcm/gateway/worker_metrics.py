@@ -11,8 +11,10 @@ What it promises:
   their samples, each with a ``worker`` label (``"1"``, ``"2"``, ...), one HELP and TYPE per
   family (:func:`merged_exposition`); then ``kcm_gateway_worker_up`` (1 for a worker that
   answered, 0 for one that did not: its samples are missing from that scrape),
-  ``kcm_gateway_workers`` (running), ``kcm_gateway_worker_restarts_total`` (per worker) and
-  the supervisor's own process metrics (``worker="supervisor"``).
+  ``kcm_gateway_workers`` (running), ``kcm_gateway_worker_restarts_total`` (per worker),
+  ``kcm_gateway_handoffs_total`` (connections handed to each worker, ``by="cpu"`` when it
+  is pinned to the CPU they arrived on, else ``by="count"``) and the supervisor's own
+  process metrics (``worker="supervisor"``).
 * ``/readyz`` at the supervisor is 200 while at least one worker answers ready, else 503;
   its body has each worker's answer (:func:`merged_readiness`). The supervisor hands new
   connections to the ready workers (:mod:`kcm.gateway.balance`), so one that is not ready
@@ -166,10 +168,14 @@ class WorkerMetrics(Service):
     name = "kcm-worker-metrics"
 
     def __init__(self, reactor: Any, running: Callable[[], Iterable[int]],
-                 restarts: Callable[[], Mapping[int, int]] = dict) -> None:
+                 restarts: Callable[[], Mapping[int, int]] = dict,
+                 handoffs: Callable[[], Mapping[tuple[int, str], int]] = dict) -> None:
+        """``restarts()``: each worker's restarts; ``handoffs()``: connections handed, by
+        (worker, how: ``cpu`` or ``count``)."""
         self.reactor = reactor
         self.running_workers = running
         self.restarts = restarts
+        self.handoffs = handoffs
         self.directory: str | None = None
         #: Per path being asked: who waits for its answer.
         self._waiting: dict[str, list[Deferred[Any]]] = {}
@@ -243,7 +249,13 @@ class WorkerMetrics(Service):
             "or a SIGHUP restarted it)", labels=[WORKER_LABEL])
         for index, count in sorted(self.restarts().items()):
             restarts.add_metric([str(index)], float(count))
-        own: list[Metric] = [restarts]
+        handoffs = CounterMetricFamily(
+            "kcm_gateway_handoffs", "connections the supervisor handed to the worker, by "
+            "whether it went by CPU (the worker is pinned to the one they arrived on) or by "
+            "count", labels=[WORKER_LABEL, "by"])
+        for (index, by), count in sorted(self.handoffs().items()):
+            handoffs.add_metric([str(index), by], float(count))
+        own: list[Metric] = [restarts, handoffs]
         for family in self.registry.collect():
             family.samples = [Sample(s.name, {**s.labels, WORKER_LABEL: "supervisor"},
                                      s.value, s.timestamp, s.exemplar)

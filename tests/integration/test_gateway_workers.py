@@ -8,9 +8,12 @@ supervisor's log (``kcm-gateway worker I started: pid P``).
 
 * Connections are spread over both workers, and each answers L4 requests itself and forwards
   the rest to the core; the supervisor hands each new connection to the worker with the
-  fewest (8 fall 4/4; after one worker's 4 close, the next 4 go to it).
+  fewest (with ``pin_workers = "never"``: 8 fall 4/4; after one worker's 4 close, the
+  next 4 go to it).
 * A revocation (a destroyed L4 token, a compromised L3) reaches every worker within 1 s.
 * A worker killed with SIGKILL is restarted and serves again; the other kept serving.
+* Pinned workers (``pin_workers``) each run on a CPU of their own, and a connection goes
+  to the worker on the CPU it arrives on; connections from one CPU still reach both.
 * With ``busy_poll_us``, each worker polls before it sleeps, serves as usual, and rests
   when its clients are idle.
 * SIGTERM to the supervisor stops every worker; a supervisor killed outright takes its
@@ -66,9 +69,22 @@ pytestmark = [pytest.mark.serial,
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
-    """A running kcm-core and a kcm-gateway of two workers, both linked to it."""
+    """A running kcm-core and a kcm-gateway of two workers, both linked to it (as
+    configured by default: on a machine with 2 usable CPUs, each pinned to one)."""
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
     gateway = GatewayProcess(tmp_path / "gateway", core, workers=2)
+    with running(core, gateway) as pair:
+        assert len(gateway.worker_pids()) == 2
+        yield pair
+
+
+@pytest.fixture
+def counted_deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    """As :func:`deployment`, with ``pin_workers = "never"``: connections go by count only,
+    wherever the test's threads run."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2,
+                             settings={"pin_workers": "never"})
     with running(core, gateway) as pair:
         assert len(gateway.worker_pids()) == 2
         yield pair
@@ -197,12 +213,12 @@ def test_connections_are_spread_over_both_workers_and_each_answers_l4_and_forwar
 
 
 def test_eight_connections_fall_four_to_each_worker_and_new_ones_go_to_the_emptier(
-        deployment) -> None:
+        counted_deployment) -> None:
     """A database's or a storage array's few long-lived connections: the supervisor hands
     each to the worker holding the fewest, so 8 fall 4/4 (counted from the kernel: the
     established sockets each worker holds on the KMIP port), and once one worker's 4 have
     closed (and it has said so, within 0.2 s), the next 4 all go to it."""
-    _, gateway = deployment
+    _, gateway = counted_deployment
     pids = list(gateway.worker_pids().values())
     with ExitStack() as stack:
         by_pid = clients_by_worker(stack, gateway, 8)
@@ -221,11 +237,11 @@ def test_eight_connections_fall_four_to_each_worker_and_new_ones_go_to_the_empti
         assert [established(gateway.port, pid) for pid in pids] == [4, 4]
 
 
-def test_a_burst_of_connects_is_spread_evenly_over_the_workers(deployment) -> None:
+def test_a_burst_of_connects_is_spread_evenly_over_the_workers(counted_deployment) -> None:
     """Sixteen clients connecting at the same instant (as a pool starting up does): the
     supervisor accepts them all and hands them out by count, however the workers are
     scheduled: 8/8."""
-    _, gateway = deployment
+    _, gateway = counted_deployment
     pids = list(gateway.worker_pids().values())
     with ExitStack() as stack:
         clients = [stack.enter_context(gateway.client()) for _ in range(16)]
@@ -495,3 +511,98 @@ def test_with_busy_poll_each_worker_polls_serves_as_usual_and_rests_when_idle(
     # Spinning throughout would be 2 s each; timers (usage reports, key refresh) cost a
     # few ms, each followed by at most one window.
     assert all(seconds < 0.2 for seconds in spent.values()), spent
+
+
+# pinned workers ----------------------------------------------------------------------------------
+@pytest.fixture
+def pinned_deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    """As :func:`deployment`, with ``pin_workers = "always"`` and metrics."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("pinning two workers apart needs two usable CPUs (CI machines have 2)")
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2, metrics_port=free_port(),
+                             settings={"pin_workers": "always"})
+    with running(core, gateway) as pair:
+        assert len(gateway.worker_pids()) == 2
+        yield pair
+
+
+def _allowed_cpus(pid: int) -> set[str]:
+    """The CPU lists every thread of ``pid`` may run on (``Cpus_allowed_list``)."""
+    lists = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                lists.add(line.split(":", 1)[1].strip())
+    return lists
+
+
+def _connect_from(stack: ExitStack, gateway: GatewayProcess, cpu: int) -> KmipClient:
+    """A client connected (and served once) from a thread that runs on ``cpu`` only."""
+    client = stack.enter_context(gateway.client())
+
+    def connect() -> None:
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        client.connect()
+        succeeded_v21(client, locate())
+
+    thread = threading.Thread(target=connect)
+    thread.start()
+    thread.join(timeout=30)
+    assert client._socket is not None, "the client did not connect"
+    return client
+
+
+def _handoffs(gateway: GatewayProcess) -> dict[tuple[str, str], float]:
+    assert gateway.metrics_port is not None
+    status, body = scrape(gateway.metrics_port)
+    assert status == 200
+    return {(sample.labels["worker"], sample.labels["by"]): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples if sample.name == "kcm_gateway_handoffs_total"}
+
+
+def test_pinned_workers_each_run_on_a_cpu_and_get_the_connections_arriving_there(
+        pinned_deployment) -> None:
+    """``pin_workers``: worker 1 runs on the first usable CPU only and worker 2 on the
+    second (every thread of each, as each says in its log); a client connecting from a
+    thread on one of those CPUs is served by the worker pinned there (read from the kernel),
+    and the supervisor counts those handoffs as by CPU. Clients that all connect from one
+    CPU still reach both workers (5/3 for eight)."""
+    _, gateway = pinned_deployment
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    pids = gateway.worker_pids()
+    assert _allowed_cpus(pids[1]) == {str(first)} and _allowed_cpus(pids[2]) == {str(second)}
+    said = {line.get("worker"): line["text"] for line in _log_lines(gateway)
+            if "pin_workers" in line.get("text", "")}
+    assert said == {1: f"kcm-gateway runs on CPU {first} only (pin_workers)",
+                    2: f"kcm-gateway runs on CPU {second} only (pin_workers)"}, said
+    with ExitStack() as stack:
+        by_cpu: dict[int, list[KmipClient]] = {first: [], second: []}
+        for _ in range(4):  # as two client threads on two CPUs open their pools
+            for cpu in (first, second):
+                by_cpu[cpu].append(_connect_from(stack, gateway, cpu))
+        served = {cpu: [serving_pid(client, list(pids.values())) for client in clients]
+                  for cpu, clients in by_cpu.items()}
+        print(f"\nworkers serving connections from each CPU: {served}")
+        assert served == {first: [pids[1]] * 4, second: [pids[2]] * 4}, served
+        # Each serves as usual: L4 and forwarded requests.
+        for clients in by_cpu.values():
+            [created] = succeeded_v21(clients[0], create_l4())
+            [sealed] = succeeded_v21(clients[0], encrypt(created.unique_identifier, b"rec"))
+            [opened] = succeeded_v21(clients[-1], decrypt_sealed(created.unique_identifier,
+                                                                  sealed))
+            assert opened.data == b"rec"
+            [managed] = succeeded_v21(clients[-1], create_managed())
+            assert not managed.unique_identifier.startswith(("l4.", "l3-"))
+        handoffs = _handoffs(gateway)
+        assert handoffs.get(("1", "cpu"), 0) >= 4 and handoffs.get(("2", "cpu"), 0) >= 4, handoffs
+        # Eight more from one CPU only (once the workers' reports of connections that
+        # closed, every 0.2 s at most, have reached the supervisor: each holds 4): the
+        # worker there takes them while it holds at most NEAR_SLACK (2) above the other,
+        # so 5/3.
+        time.sleep(1.0)
+        more = [_connect_from(stack, gateway, first) for _ in range(8)]
+        counts = [sum(serving_pid(c, [pid]) == pid for c in more) for pid in pids.values()]
+        print(f"\n8 more connections from CPU {first}, by worker: {counts}")
+        assert counts == [5, 3], counts

@@ -225,3 +225,48 @@ def test_a_worker_that_exits_during_the_start_holds_nothing_back(listening) -> N
     assert alone not in reactor.readers
     end.close()
     alone.stop()
+
+
+def test_pinned_workers_get_the_connections_that_arrive_on_their_cpu(listening) -> None:
+    reactor = FakeReactor()
+    arrived_on: dict[int, int] = {}  # the client's port: the CPU its packets came in on
+
+    def incoming_cpu(connection: socket.socket) -> int | None:
+        return arrived_on.get(connection.getpeername()[1])
+
+    acceptor = Acceptor(reactor, listening, near={0: {1}, 1: {2}, 5: {3}},
+                        incoming_cpu=incoming_cpu)
+    acceptor.start()
+    ends = {index: acceptor.open_channel(index) for index in (1, 2)}
+    clients = connect(listening, 6)
+    for client, cpu in zip(clients, [1, 1, 1, None, 0, 7], strict=True):
+        if cpu is not None:
+            arrived_on[client.getsockname()[1]] = cpu
+    acceptor.doRead()
+    got = {index: sorted(c.getpeername()[1] for c in received(end))
+           for index, end in ends.items()}
+    ports = [client.getsockname()[1] for client in clients]
+    # CPU 1's three go to worker 2, CPU 0's one to worker 1; a connection whose CPU is not
+    # known, or one with no worker pinned to it (7), goes by count.
+    assert got == {1: sorted([ports[3], ports[4], ports[5]]), 2: sorted(ports[:3])}
+    assert acceptor.handoffs == {(2, "cpu"): 3, (1, "count"): 2, (1, "cpu"): 1}
+    for sock in clients + list(ends.values()):
+        sock.close()
+    acceptor.stop()
+
+
+def test_without_pinned_workers_the_cpu_is_not_asked(listening) -> None:
+    reactor = FakeReactor()
+
+    def incoming_cpu(connection: socket.socket) -> int | None:
+        raise AssertionError("asked")
+
+    acceptor = Acceptor(reactor, listening, incoming_cpu=incoming_cpu)
+    acceptor.start()
+    end = acceptor.open_channel(1)
+    clients = connect(listening, 2)
+    acceptor.doRead()
+    assert len(received(end)) == 2 and acceptor.handoffs == {(1, "count"): 2}
+    for sock in clients + [end]:
+        sock.close()
+    acceptor.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kcm.gateway.balance import LeastConnections
+from kcm.gateway.balance import NEAR_SLACK, LeastConnections
 
 
 def balance(*workers: int) -> LeastConnections:
@@ -78,3 +78,35 @@ def test_ready_workers_take_the_connections_while_any_is_ready() -> None:
     assert hand(chosen, 2) == [2, 1]  # none ready left: the fewest, as before
     chosen.mark_ready(9)  # a worker it does not know: nothing
     assert chosen.ready == set()
+
+
+def test_a_connection_goes_to_the_workers_near_it_within_the_slack() -> None:
+    chosen = balance(1, 2)
+    # A burst from the CPU of worker 2: it takes them until it holds NEAR_SLACK more than 1.
+    got = []
+    for _ in range(NEAR_SLACK + 2):
+        worker = chosen.ranked({2})[0]
+        chosen.handed(worker)
+        got.append(worker)
+    assert got == [2] * (NEAR_SLACK + 1) + [1]
+    # Then the burst from worker 1's CPU evens them out again.
+    assert hand_near(chosen, {1}, NEAR_SLACK) == [1] * NEAR_SLACK
+    assert chosen.load(1) == chosen.load(2) == NEAR_SLACK + 1
+
+
+def test_near_only_reorders_the_ready_workers() -> None:
+    chosen = balance(1, 2, 3)
+    chosen.mark_ready(1)
+    chosen.mark_ready(2)
+    assert chosen.ranked({3}) == [1, 2]  # worker 3 is not ready: near or not, it waits
+    assert chosen.ranked({2}) == [2, 1]
+    assert chosen.ranked(()) == chosen.ranked() == [1, 2]
+
+
+def hand_near(chosen: LeastConnections, near: set[int], count: int) -> list[int]:
+    got = []
+    for _ in range(count):
+        worker = chosen.ranked(near)[0]
+        chosen.handed(worker)
+        got.append(worker)
+    return got

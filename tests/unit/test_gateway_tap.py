@@ -217,11 +217,18 @@ def test_a_supervisor_without_the_tls_files_fails_to_start_before_binding(
     assert service.getServiceNamed("kcm-gateway-workers").workers == {}
 
 
+def cpus(monkeypatch, *usable: int) -> None:
+    """This process may run on ``usable`` CPUs, as far as kcm-gateway asks."""
+    monkeypatch.setattr(supervisor, "usable_cpus", lambda: list(usable))
+    monkeypatch.setattr(tap, "usable_cpus", lambda: list(usable))
+
+
 def test_workers_zero_is_one_per_cpu(monkeypatch) -> None:
-    monkeypatch.setattr(supervisor, "_usable_cpus", lambda: 4)
+    cpus(monkeypatch, 0, 1, 2, 3)
     service = tap.makeService(parse("--workers", "0"), reactor=Clock())
     assert service.getServiceNamed("kcm-gateway-workers").count == 4
-    monkeypatch.setattr(supervisor, "_usable_cpus", lambda: 1)
+    assert service.pinned == {1: 0, 2: 1, 3: 2, 4: 3}  # pin_workers = auto: one per CPU
+    cpus(monkeypatch, 0)
     assert isinstance(tap.makeService(parse("--workers", "0"), reactor=Clock()), GatewayService)
 
 
@@ -317,7 +324,7 @@ def test_without_metrics_a_supervisors_workers_have_none() -> None:
     names = [child.name for child in service]
     assert "kcm-worker-metrics" not in names and "kcm-metrics-listener" not in names
     command = service.getServiceNamed("kcm-gateway-workers").command(1)
-    assert command[-2:] == ["--metrics-listen", ""]
+    assert command[command.index("--metrics-listen") + 1] == ""
     worker = tap.makeService(parse(*command[7:]), reactor=Clock())
     assert "kcm-metrics-listener" not in [child.name for child in worker]
 
@@ -352,3 +359,57 @@ def test_bad_busy_poll_settings_are_usage_errors(tmp_path: Path, text: str) -> N
     path.write_text(f"[gateway]\n{text}\n")
     with pytest.raises(usage.UsageError, match="gateway.busy_poll_us"):
         parse("-c", str(path))
+
+
+# pinned workers ----------------------------------------------------------------------------------
+def test_one_worker_per_cpu_is_pinned_by_default_and_hands_connections_by_cpu(
+        monkeypatch) -> None:
+    cpus(monkeypatch, 2, 5)
+    options = parse("--workers", "2")
+    assert options["gateway_config"].pin_workers == "auto"
+    service = tap.makeService(options, reactor=Clock())
+    assert service.pinned == {1: 2, 2: 5}
+    assert service.getServiceNamed("kcm-kmip-socket").near == {2: {1}, 5: {2}}
+    pool = service.getServiceNamed("kcm-gateway-workers")
+    for index, cpu in ((1, 2), (2, 5)):
+        command = pool.command(index)
+        assert command[command.index("--cpu") + 1] == str(cpu)
+        worker = tap.makeService(parse(*command[7:]), reactor=Clock())
+        assert isinstance(worker, GatewayService) and worker.cpu == cpu
+
+
+@pytest.mark.parametrize(("workers", "mode", "pinned"), [
+    (3, "auto", {}),  # not one per CPU: the kernel places them
+    (3, "always", {1: 0, 2: 1, 3: 0}),
+    (2, "never", {}),
+    (2, "always", {1: 0, 2: 1}),
+])
+def test_pin_workers_from_the_file_and_the_command_line(tmp_path: Path, monkeypatch,
+                                                        workers: int, mode: str,
+                                                        pinned: dict[int, int]) -> None:
+    cpus(monkeypatch, 0, 1)
+    path = tmp_path / "gw.toml"
+    path.write_text(f'[gateway]\npin_workers = "{mode}"\n')
+    for options in (parse("-c", str(path), "--workers", str(workers)),
+                    parse("--pin-workers", mode, "--workers", str(workers))):
+        service = tap.makeService(options, reactor=Clock())
+        assert service.pinned == pinned
+        pool = service.getServiceNamed("kcm-gateway-workers")
+        assert ("--cpu" in pool.command(1)) == bool(pinned)
+        assert service.getServiceNamed("kcm-kmip-socket").near == {
+            cpu: {index for index, on in pinned.items() if on == cpu}
+            for cpu in set(pinned.values())}
+
+
+def test_one_gateway_process_is_never_pinned(monkeypatch) -> None:
+    cpus(monkeypatch, 0, 1)
+    service = tap.makeService(parse("--pin-workers", "always", "--listen", "tcp:0"),
+                              reactor=Clock())
+    assert isinstance(service, GatewayService) and service.cpu is None
+
+
+@pytest.mark.parametrize("argv", [("--pin-workers", "sometimes"), ("--cpu", "1"),
+                                  ("--worker", "1", "--cpu", "x")])
+def test_bad_pinning_settings_are_usage_errors(argv: tuple[str, ...]) -> None:
+    with pytest.raises(usage.UsageError, match="pin_workers|--cpu"):
+        parse(*argv)

@@ -194,3 +194,15 @@ def test_a_worker_answering_something_else_counts_as_not_answering() -> None:
                                         "2": "<html>not metrics</html>\n{{{"}))
     assert values["kcm_gateway_worker_up", (("worker", "1"),)] == 1
     assert values["kcm_gateway_worker_up", (("worker", "2"),)] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_supervisor_counts_its_handoffs_by_worker_and_by_how() -> None:
+    handed = {(1, "cpu"): 3, (2, "count"): 1}
+    async with Supervisor([]) as supervisor:
+        supervisor.metrics.handoffs = lambda: handed
+        supervisor.metrics.restarts = lambda: {2: 1}
+        values = samples(await supervisor.metrics.exposition())
+    assert values["kcm_gateway_handoffs_total", (("by", "cpu"), ("worker", "1"))] == 3
+    assert values["kcm_gateway_handoffs_total", (("by", "count"), ("worker", "2"))] == 1
+    assert values["kcm_gateway_worker_restarts_total", (("worker", "2"),)] == 1

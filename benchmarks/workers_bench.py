@@ -14,9 +14,13 @@ the clients less CPU per request than a blocked thread per connection. The Pytho
 Deploys kcm-core, two kcm-gateways linked to it (one with ``workers = 1``, one with
 ``workers = 2``, both pre-warmed for demo/app) and the bare Twisted TLS echo server of
 ``gateway_bench.py``. Rounds alternate between the servers so none gets a quieter machine.
+The ``workers = 2`` gateway has ``pin_workers = auto`` (the default: on 2 CPUs each worker
+is pinned to one, and gets the connections arriving there); ``--also-unpinned`` adds a
+third gateway, ``workers = 2`` with ``pin_workers = never``, to the same rounds.
 
     .venv/bin/python benchmarks/workers_bench.py [--requests N] [--rounds R] [--clients C]
-        [--event-threads T] [--no-python-clients] [--busy-poll-us N] [--keep] [--quick]
+        [--event-threads T] [--no-python-clients] [--busy-poll-us N] [--also-unpinned]
+        [--keep] [--quick]
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ def main() -> int:
                         default=True, help="also run the scenario with Python clients")
     parser.add_argument("--busy-poll-us", type=int, default=0, metavar="N",
                         help="both gateways' busy_poll_us, and the echo's (default 0)")
+    parser.add_argument("--also-unpinned", action="store_true",
+                        help="also a workers = 2 gateway with pin_workers = never")
     args = parse_args(parser, requests=(3000, 200), rounds=(3, 1))
     with work_directory("kcm-workers-bench-", args.keep) as work:
         return measure(args, work)
@@ -79,21 +85,23 @@ def measure(args: argparse.Namespace, work: Path) -> int:
     try:
         core = deploy(work / "core", f"sqlite:///{work / 'core' / 'kcm.db'}")
         core.start()
-        for workers in (1, 2):
-            gateways[workers] = GatewayProcess(work / f"gateway-{workers}", core,
-                                               workers=workers,
-                                               settings={"busy_poll_us": args.busy_poll_us})
-            gateways[workers].start()
-            gateways[workers].wait_linked()
+        variants = [(1, 1, "auto"), (2, 2, "auto")] + (
+            [(UNPINNED, 2, "never")] if args.also_unpinned else [])
+        for key, workers, pin_workers in variants:
+            gateways[key] = GatewayProcess(work / f"gateway-{key}", core, workers=workers,
+                                           settings={"busy_poll_us": args.busy_poll_us,
+                                                     "pin_workers": pin_workers})
+            gateways[key].start()
+            gateways[key].wait_linked()
         if args.busy_poll_us:
             os.environ["KCM_BENCH_BUSY_POLL_US"] = str(args.busy_poll_us)  # (the echo script)
             print(f"# busy_poll_us = {args.busy_poll_us}: the gateways and the echo poll that "
                   f"long before they sleep")
         echo_process, echo_port = start_echo(core.pki, work)
         servers = {
-            f"workers = {workers}": Server(f"workers = {workers}", process.port, core.pki,
-                                           process.process.pid, with_children=workers != 1)
-            for workers, process in gateways.items() if process.process is not None}
+            _name(key): Server(_name(key), process.port, core.pki, process.process.pid,
+                               with_children=key != 1)
+            for key, process in gateways.items() if process.process is not None}
         echo = Server("echo", echo_port, core.pki, echo_process.pid)
         watched = [*servers.values(), echo]
 
@@ -148,6 +156,14 @@ def measure(args: argparse.Namespace, work: Path) -> int:
             core.stop()
 
 
+#: The key of the ``--also-unpinned`` gateway.
+UNPINNED = -2
+
+
+def _name(key: int) -> str:
+    return "2, unpinned" if key == UNPINNED else f"workers = {key}"
+
+
 def report(label: str, merged: dict[str, Outcome], watched: list[Server]) -> None:
     one, two = merged["workers = 1"], merged["workers = 2"]
     print()
@@ -164,6 +180,10 @@ def report(label: str, merged: dict[str, Outcome], watched: list[Server]) -> Non
     ratio = two.throughput / one.throughput if one.throughput else 0.0
     verdict = "met" if ratio >= WORKERS_TARGET else "NOT met"
     print(f"workers = 2 / workers = 1: {ratio:.2f}x (target {WORKERS_TARGET}x: {verdict})")
+    unpinned = merged.get(_name(UNPINNED))
+    if unpinned is not None and one.throughput:
+        print(f"workers = 2 with pin_workers = never / workers = 1: "
+              f"{unpinned.throughput / one.throughput:.2f}x")
     for name, outcome in merged.items():
         if outcome.failures:
             print(f"FAILURES {name}: {len(outcome.failures)}, e.g. {outcome.failures[0]}")

@@ -5,7 +5,8 @@ rightly; so do
 ``benchmarks/forward_floor_bench.py``, on its five (its C relay built with OpenSSL's
 headers, which .ci/run installs; its in-process relay really handing its connections to
 the native thread, which the bench checks), with the gateway's and the relays' busy
-polling on (``--busy-poll-us``). The figures of these short runs mean little and are not
+polling on (``--busy-poll-us``); and ``benchmarks/workers_bench.py``, with pinned and
+unpinned workers. The figures of these short runs mean little and are not
 judged here; docs/benchmarks.md holds real ones."""
 
 from __future__ import annotations
@@ -62,3 +63,19 @@ def test_the_forward_floor_bench_runs_its_five_paths_polling_before_sleeping() -
                      r"native ", run.stdout, re.M), run.stdout
     assert "0 failed answers" in run.stdout
     assert "# busy_poll_us = 700: the gateway and the Python relays poll" in run.stdout
+
+
+def test_the_workers_bench_runs_pinned_and_unpinned_workers() -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "workers_bench.py"), "--quick",
+         "--no-python-clients", "--also-unpinned"],
+        env=process_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    # Every server answered every request of the C load generator's 8 clients rightly.
+    for name in ("workers = 1", "workers = 2", "2, unpinned", "echo"):
+        assert re.search(rf"^{re.escape(name)}\s+1600/1600\s", out, re.M), out
+    assert "FAILURES" not in out
+    assert re.search(r"^workers = 2 / workers = 1: \d+\.\d+x", out, re.M), out
+    assert re.search(r"^workers = 2 with pin_workers = never / workers = 1: \d+\.\d+x", out,
+                     re.M), out

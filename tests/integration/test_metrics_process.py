@@ -235,6 +235,11 @@ def test_a_gateway_with_workers_answers_for_all_of_them(core: CoreProcess,
         both = {"1": {"ready": True, "linked": True}, "2": {"ready": True, "linked": True}}
         wait_until(lambda: ready(port) == (200, {"ready": True, "workers": both}),
                    "both workers linked", timeout=15.0)
+        # The start's check that the port listens made one connection, held back until
+        # both workers were ready and handed then.
+        wait_until(lambda: sum(value for (name, _), value in metrics(port).items()
+                               if name == "kcm_gateway_handoffs_total") == 1,
+                   "the start's probe connection to be handed", timeout=5.0)
         before = metrics(port)
         assert before[("kcm_gateway_workers", ())] == 2
         assert before[("kcm_gateway_worker_restarts_total", (("worker", "1"),))] == 0
@@ -243,7 +248,9 @@ def test_a_gateway_with_workers_answers_for_all_of_them(core: CoreProcess,
             assert before[("kcm_gateway_link_up", (("worker", worker),))] == 1
             assert ("process_cpu_seconds_total", (("worker", worker),)) in before
         assert ("process_cpu_seconds_total", (("worker", "supervisor"),)) in before
-        # Four connections: the supervisor hands them two to each worker.
+        # Four connections, each with one Encrypt: the supervisor hands them out (by count,
+        # or to the worker pinned to the CPU they arrive on), and counts each handoff;
+        # each worker counts the Encrypts of the connections it was handed.
         with ExitStack() as stack:
             clients = [stack.enter_context(gateway.client()) for _ in range(4)]
             for client in clients:
@@ -255,7 +262,11 @@ def test_a_gateway_with_workers_answers_for_all_of_them(core: CoreProcess,
         served = {worker: moved(before, after, "kcm_gateway_requests_total",
                                 operation="ENCRYPT", result="success", path="local",
                                 worker=worker) for worker in ("1", "2")}
-        assert served == {"1": 2, "2": 2}
+        handed = {worker: sum(moved(before, after, "kcm_gateway_handoffs_total",
+                                    worker=worker, by=by) for by in ("cpu", "count"))
+                  for worker in ("1", "2")}
+        assert sum(served.values()) == 4 and all(served.values()), served
+        assert served == handed, (served, handed)
 
         pids = gateway.worker_pids()
         os.kill(pids[1], signal.SIGKILL)

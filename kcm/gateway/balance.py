@@ -31,8 +31,8 @@ __all__ = ["NEAR_SLACK", "LeastConnections"]
 #: still be tried first (taking it leaves it at most one more above). Measured with
 #: benchmarks/workers_bench.py (8 connections, one to eight client threads): 2 keeps each
 #: client thread's connections on one worker when threads on two CPUs open them together,
-#: and costs nothing when one thread opens all eight; 3 let one thread's eight fall 6/2,
-#: which served 10 % less than 4/4.
+#: and costs little when one thread opens and drives all eight (5/3: 1.60-1.71x one worker,
+#: against 1.68-1.70x at 4/4); 3 let them fall 6/2, which served 10 % less.
 NEAR_SLACK = 2
 
 

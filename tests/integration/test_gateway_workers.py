@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -67,27 +68,28 @@ pytestmark = [pytest.mark.serial,
                                  reason="reads which process serves a connection from /proc")]
 
 
-@pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
-    """A running kcm-core and a kcm-gateway of two workers, both linked to it (as
-    configured by default: on a machine with 2 usable CPUs, each pinned to one)."""
+def two_workers(tmp_path: Path, **options: Any) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    """A running kcm-core and a kcm-gateway of two workers (``GatewayProcess`` ``options``),
+    both linked to it."""
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2)
+    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2, **options)
     with running(core, gateway) as pair:
         assert len(gateway.worker_pids()) == 2
         yield pair
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    """Two workers as configured by default (on a machine with 2 usable CPUs, each pinned
+    to one)."""
+    yield from two_workers(tmp_path)
 
 
 @pytest.fixture
 def counted_deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
     """As :func:`deployment`, with ``pin_workers = "never"``: connections go by count only,
     wherever the test's threads run."""
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2,
-                             settings={"pin_workers": "never"})
-    with running(core, gateway) as pair:
-        assert len(gateway.worker_pids()) == 2
-        yield pair
+    yield from two_workers(tmp_path, settings={"pin_workers": "never"})
 
 
 # Who serves a connection ----------------------------------------------------------------------
@@ -436,12 +438,8 @@ WINDOW_US = 700
 @pytest.fixture
 def polling_deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
     """As :func:`deployment`, with ``busy_poll_us`` set."""
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2, metrics_port=free_port(),
-                             settings={"busy_poll_us": WINDOW_US})
-    with running(core, gateway) as pair:
-        assert len(gateway.worker_pids()) == 2
-        yield pair
+    yield from two_workers(tmp_path, metrics_port=free_port(),
+                           settings={"busy_poll_us": WINDOW_US})
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -519,12 +517,8 @@ def pinned_deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProc
     """As :func:`deployment`, with ``pin_workers = "always"`` and metrics."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("pinning two workers apart needs two usable CPUs (CI machines have 2)")
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2, metrics_port=free_port(),
-                             settings={"pin_workers": "always"})
-    with running(core, gateway) as pair:
-        assert len(gateway.worker_pids()) == 2
-        yield pair
+    yield from two_workers(tmp_path, metrics_port=free_port(),
+                           settings={"pin_workers": "always"})
 
 
 def _allowed_cpus(pid: int) -> set[str]:

@@ -11,6 +11,7 @@ What it promises:
   records counted, by the store (:attr:`kcm.core.store.engine.Store.on_transaction`).
 * Open connections, the outbox head and each gateway's lag behind it are read when
   scraped.
+* No ``_created`` series: the metrics documented are all there is.
 * :class:`DatabaseReadiness`: ready when the database answers and is at the newest
   migration; the check runs on a thread of its own (never on the reactor), one at a time,
   and a check that takes longer than ``timeout`` answers not ready.
@@ -26,7 +27,13 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -44,6 +51,11 @@ if TYPE_CHECKING:
 __all__ = ["CoreMetrics", "DatabaseReadiness", "database_state"]
 
 _FAILED = int(ResultStatus.OPERATION_FAILED)
+
+# prometheus_client's counters and histograms also export a ``<name>_created`` gauge per
+# series, which the scrape does not need and kcm-gateway's metrics do not have. The switch
+# is the library's, process wide (only kcm-core's metrics use those classes).
+disable_created_metrics()
 
 
 def _result_label(status: int | None) -> str:

@@ -53,6 +53,14 @@ def test_items_are_counted_by_operation_and_result(measured) -> None:
     assert got[("kcm_core_db_transaction_duration_seconds_count", (("kind", "write"),))] >= 2
 
 
+def test_only_the_documented_series_are_exported(measured) -> None:
+    core, metrics, handler = measured
+    handler.respond(request(create_managed()), core.caller(), int(time.time()))
+    names = {name for name, _ in samples(metrics.registry)}
+    assert names, "nothing was exported"
+    assert not [name for name in names if name.endswith("_created")]
+
+
 def test_read_only_batches_time_a_read_transaction(measured) -> None:
     core, metrics, handler = measured
     handler.respond(request(locate()), core.caller(), int(time.time()))

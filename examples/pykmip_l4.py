@@ -1,10 +1,13 @@
 """Envelope encryption through kcm-gateway with PyKMIP (what `make run` points to).
 
 Run from the repository root while `make run` is up:  .venv/bin/python examples/pykmip_l4.py
+(`--gateway HOST:PORT` for a gateway elsewhere than 127.0.0.1:5698, `--pki DIR` for other
+certificates than var/pki's app.pem, app.key and ca.pem).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from kmip.core import enums
@@ -18,8 +21,15 @@ CBC = {"cryptographic_algorithm": enums.CryptographicAlgorithm.AES,
 
 
 def main() -> None:
-    client = ProxyKmipClient(hostname="127.0.0.1", port=5698, cert="var/pki/app.pem",
-                             key="var/pki/app.key", ca="var/pki/ca.pem", config_file=os.devnull)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gateway", default="127.0.0.1:5698", help="kcm-gateway's KMIP "
+                        "address (default: make run's)")
+    parser.add_argument("--pki", default="var/pki", help="where app.pem, app.key, ca.pem are")
+    args = parser.parse_args()
+    host, _, port = args.gateway.rpartition(":")
+    client = ProxyKmipClient(hostname=host, port=int(port), cert=f"{args.pki}/app.pem",
+                             key=f"{args.pki}/app.key", ca=f"{args.pki}/ca.pem",
+                             config_file=os.devnull)
     client.open()
     try:
         # An L4 (DEK) is a Create of an AES key marked with the custom attribute x-kcm-level.

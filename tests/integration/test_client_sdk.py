@@ -391,6 +391,21 @@ def test_the_example_application_runs(planes) -> None:
     assert lines[3].startswith("moved blob refused: the envelope is not authentic")
 
 
+def test_the_pykmip_example_runs(planes) -> None:
+    core, gateway = planes
+    example = Path(__file__).resolve().parents[2] / "examples" / "pykmip_l4.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--gateway", f"127.0.0.1:{gateway.port}",
+         "--pki", str(core.pki.directory)],
+        capture_output=True, env=process_env(), timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.decode().splitlines())
+    assert lines["L4 token"].startswith("l4.")
+    assert len(bytes.fromhex(lines["DEK"])) == 32
+    assert lines["decrypted"] == "b'a customer record'"
+    assert lines["managed key (served by the core)"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_deferred_envelope_over_the_twisted_client(planes) -> None:
     from twisted.internet import reactor

@@ -60,6 +60,7 @@ from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
 from kcm.kernel.batch import Savepoint
+from kcm.kernel.batch_limit import over_batch_limit
 from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.plain_messages import (
     NOT_PLAIN,
@@ -228,17 +229,23 @@ class CoreRequestHandler:
             return result
 
         now, key, should_stop = int(self._clock()), share_of(caller), watch.stop_reason
-        if _beside_writer(wire):
+        most = self._limits.max_batch_items
+        # Read once for every choice below, and no further than one over the limit: a
+        # request of more items is refused in a group commit at the cost of its header.
+        found = operation_values(wire, most)
+        if len(found) > most:
+            answering = self._write(key, wire, caller, now, should_stop)
+        elif _beside_writer(wire, found):
             answering = self._scheduler.submit(
                 key, self._read, wire, caller, now, should_stop).addCallback(
                 self._audit_then_answer, key, wire, caller, now, should_stop)
-        elif _storeless(wire):
+        elif _storeless(wire, found):
             answering = self._audit_then_answer(
                 self._read(wire, caller, now, should_stop, storeless=True), key, wire,
                 caller, now, should_stop)
         else:
             answering = self._write(key, wire, caller, now, should_stop,
-                                    lean=_reads_only(wire))
+                                    lean=_reads_only(wire, found))
         return answering.addBoth(timed)
 
     def _write(self, key: tuple[str, str], wire: bytes, caller: Caller, now: int,
@@ -507,6 +514,9 @@ class CoreRequestHandler:
         plain = _plain_request(wire, self._limits, read or _read_plain)
         if plain is not None:
             return plain
+        refusal = over_batch_limit(wire, self._limits.max_batch_items)
+        if refusal is not None:  # at the cost of the header: no item is read
+            raise _Refused(*refusal)
         try:
             tree = decode(wire, max_size=self._limits.max_message_size)
             header, batch = decode_request_header(tree)
@@ -541,9 +551,9 @@ PlainReader = Callable[..., tuple[Version, int | None, list[tuple[int, Any, Any]
 
 def _read_plain(wire: bytes, *, max_items: int | None = None
                 ) -> tuple[Version, int | None, list[tuple[int, Any, Any]]]:
-    """:func:`read_request` in every version kcm-core reads plainly (the compiled scan
-    reads a batch over ``max_items`` whole: it is refused after, as fast)."""
-    return read_request(wire, versions=READABLE_VERSIONS)
+    """:func:`read_request` in every version kcm-core reads plainly, no more than
+    ``max_items`` items."""
+    return read_request(wire, versions=READABLE_VERSIONS, max_items=max_items)
 
 
 def _plain_request(wire: bytes, limits: CoreLimits,
@@ -652,20 +662,21 @@ _LEAN_READ_VALUES = frozenset(int(op).to_bytes(4, "big")
                               for op in READ_ONLY - {Operation.LOCATE})
 
 
-def _reads_only(wire: bytes) -> bool:
+def _reads_only(wire: bytes, found: list[bytes] | None = None) -> bool:
     """Whether every Operation item found in ``wire`` (:func:`_only_operations`) is a
     read-only operation other than Locate: such a request may run in a lean group (a
     look-alike in a byte string can only make it False, or cost it a hop)."""
-    return _only_operations(wire, _LEAN_READ_VALUES)
+    return _only_operations(wire, _LEAN_READ_VALUES, found=found)
 
 
-def _only_operations(wire: bytes, values: frozenset[bytes],
-                     most: int | None = None) -> bool:
+def _only_operations(wire: bytes, values: frozenset[bytes], most: int | None = None, *,
+                     found: list[bytes] | None = None) -> bool:
     """Whether ``wire`` has an Operation item, at most ``most`` of them (None: any
     number), and every one found has one of ``values`` (four bytes each). Every real
-    Operation item is found (:func:`kcm.ttlv.peek.operation_values`); a byte string that
-    looks like one can only make it False."""
-    found = operation_values(wire)
+    Operation item is found (:func:`kcm.ttlv.peek.operation_values`; ``found``: what it
+    found, if read already); a byte string that looks like one can only make it False."""
+    if found is None:
+        found = operation_values(wire)
     return bool(found) and (most is None or len(found) <= most) and all(
         value in values for value in found)
 
@@ -681,17 +692,17 @@ STORELESS_MAX_ITEMS = 4
 _STORELESS_VALUES = frozenset(int(op).to_bytes(4, "big") for op in STORELESS)
 
 
-def _storeless(wire: bytes) -> bool:
+def _storeless(wire: bytes, found: list[bytes] | None = None) -> bool:
     """Whether ``wire``, at most :data:`STORELESS_MAX_BYTES` long, has only
     :data:`~kcm.core.operations.STORELESS` operations, at most
     :data:`STORELESS_MAX_ITEMS` of them (:func:`_only_operations`). Such a request is
     answered on the reactor (its work there bounded by both), and only its audit records
     wait for a group commit, a lean one."""
     return len(wire) <= STORELESS_MAX_BYTES and _only_operations(
-        wire, _STORELESS_VALUES, STORELESS_MAX_ITEMS)
+        wire, _STORELESS_VALUES, STORELESS_MAX_ITEMS, found=found)
 
 
-def _beside_writer(wire: bytes) -> bool:
+def _beside_writer(wire: bytes, found: list[bytes] | None = None) -> bool:
     """Whether ``wire``, peeked at, is a batch of read-only operations with a Locate in it,
     which a store worker runs in a read-only transaction beside the writer: a Locate may
     examine every object of its tenant. Every other request, read-only ones included (short:
@@ -700,8 +711,10 @@ def _beside_writer(wire: bytes) -> bool:
     there too (its refusal is an audit record to write).
 
     Most requests have no Locate: a scan for an Operation item whose value is Locate, as
-    the peek reads one, answers them without the peek (on the reactor, for every request)."""
-    if not _may_hold_locate(wire):
+    the peek reads one, answers them without the peek (on the reactor, for every request).
+    ``found``: :func:`~kcm.ttlv.peek.operation_values` of ``wire``, if read already (at
+    most the limit's worth: the peek then reads no more items than that)."""
+    if _LOCATE not in (operation_values(wire) if found is None else found):
         return False
     try:
         operations = [item.operation for item in peek_request(wire).items]
@@ -712,14 +725,6 @@ def _beside_writer(wire: bytes) -> bool:
 
 
 _LOCATE = int(Operation.LOCATE).to_bytes(4, "big")
-
-
-def _may_hold_locate(wire: bytes) -> bool:
-    """False only when no Operation item of ``wire`` can be a Locate: what
-    :func:`peek_request` would read as one is among
-    :func:`~kcm.ttlv.peek.operation_values`. (True may be a byte string that looks like
-    one: the peek then decides.)"""
-    return _LOCATE in operation_values(wire)
 
 
 def share_of(caller: Caller) -> tuple[str, str]:

@@ -43,9 +43,11 @@ _USES_UID = (_GET, *_CRYPTO)
 #: The Operation values, as :func:`~kcm.ttlv.peek.operation_values` finds them, of the items
 #: that may run here.
 _LOCAL_VALUES = frozenset(op.to_bytes(4, "big") for op in (_CREATE, *_USES_UID))
+#: Those items whole, as a well-formed request holds them (head, length 4, value).
+_LOCAL_ITEMS = tuple(OPERATION_HEAD + b"\x00\x00\x00\x04" + value for value in _LOCAL_VALUES)
 
 
-def may_run_here(wire: bytes) -> bool:
+def may_run_here(wire: bytes, most: int | None = None) -> bool:
     """False only when ``wire`` has batch items and none can run here: it has Operation
     items, and none is a Create, Get, Encrypt or Decrypt (:func:`classify` would route it
     ALL_REMOTE, or find its routing facts unreadable, and either way it goes to the core
@@ -53,13 +55,22 @@ def may_run_here(wire: bytes) -> bool:
     :func:`classify` then decides (as it does for a request with no item at all).
 
     The values are those :func:`~kcm.ttlv.peek.operation_values` finds, read one by one: an
-    L4 request is known at its first item, however many it has."""
+    L4 request is known at its first item, however many it has. ``most``: past that many
+    values read one by one, the rest of ``wire`` is searched for a local Operation item
+    whole, with the length a well-formed one has (one search per local operation, not one
+    step per item: a request of thousands of remote items costs no more than one of
+    ``most``). An item the peek would read as local with another length is malformed, and
+    the core, which gets it, refuses it as the gateway's decoder would."""
     at = wire.find(OPERATION_HEAD)
     if at < 0:
         return True
+    read = 0
     while at >= 0:
         if wire[at + 8:at + 12] in _LOCAL_VALUES:
             return True
+        read += 1
+        if most is not None and read > most:
+            return any(wire.find(item, at) >= 0 for item in _LOCAL_ITEMS)
         at = wire.find(OPERATION_HEAD, at + 1)
     return False
 

@@ -92,9 +92,9 @@ class FastPath:
         if self._cache.overflowed:
             return None  # some L4s are the core's to answer: the general path knows which
         try:
-            version, maximum_response_size, items = read_request(wire, _create_request)
-            if len(items) > self._max_batch_items:
-                return None  # the general path refuses it
+            # Over the limit is not plain (read no further): the general path refuses it.
+            version, maximum_response_size, items = read_request(
+                wire, _create_request, max_items=self._max_batch_items)
             keys = self._cache.key_source(principal, fetched={}, final=False)
             engine = self._engine_factory(keys)
             answered = []

@@ -26,11 +26,16 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
   facts cannot be read is forwarded whole, so the core says what is wrong with it; a local
   or mixed request is decoded whole first, with the core's decoder, and one the core would
   refuse (a Batch Count that is not the number of items, a stray field, ...) is refused in
-  the core's words before anything runs; so is one of more than ``max_batch_items`` items
-  (``[gateway.limits]``, named as the core's limit), before any item is decoded. A request
-  forwarded whole meets the core's own limit there. (The one deliberate difference: a
-  mixed Undo batch, below.) An unexpected exception is answered General Failure with a
-  correlation id, which is logged; the connection keeps serving.
+  the core's words before anything runs. A request of more than ``max_batch_items`` items
+  (``[gateway.limits]``) is not run here, whatever its items: known from its header and
+  ``max_batch_items + 1`` item heads (:func:`kcm.kernel.batch_limit.over_batch_limit`),
+  before any item is read, it is forwarded whole, and the core judges it by its own limit
+  (the same 64 by default: refused, in the same words, and audited) and answers any L4
+  item in it as the gateway would. If the link cannot carry such a request, it is
+  answered General Failure whole, not item by item.
+  (The one deliberate difference: a mixed Undo batch, below.) An unexpected exception is
+  answered General Failure with a correlation id, which is logged; the connection keeps
+  serving.
 * A client that disconnects while its request awaits the core has that call cancelled
   (:meth:`GatewayRequestHandler.connection_lost`): the core stops it at its next batch-item
   boundary, and nothing more of a mixed request is run or forwarded.
@@ -72,6 +77,7 @@ from kcm.gateway.local_batch import LocalRun, LocalRunner
 from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
+from kcm.kernel.batch_limit import over_batch_limit
 from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.responses import (
     CLIENT_GONE,
@@ -150,7 +156,7 @@ class GatewayRequestHandler:
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         """Answer ``wire``; never raises, and a returned Deferred never fails."""
         started = self._timer()
-        if not may_run_here(wire):
+        if not may_run_here(wire, self._max_batch_items):
             # Forwarded whole, unpeeked (most forwarded requests): nothing here could
             # answer any of it, the fast path included. Timed, counted and never failing.
             return self._relay(wire, None, connection, started)
@@ -198,7 +204,14 @@ class GatewayRequestHandler:
     def _route(self, wire: bytes, connection: ConnectionInfo, routed: _Routed,
                started: float) -> bytes | Deferred[bytes]:
         """The general path's answer to a request that :func:`may_run_here`; ``routed``
-        learns where it was answered."""
+        learns where it was answered. One of more items than the gateway's limit is not
+        run here: it goes whole to the core, judged at the cost of its header, before
+        anything else is read (the core bounds it by its own limit and answers L4 items as
+        the gateway would)."""
+        if over_batch_limit(wire, self._max_batch_items) is not None:
+            routed.local = False
+            routed.relayed = True
+            return self._relay(wire, None, connection, started)
         try:
             classified = classify(wire)
         except TtlvError:
@@ -270,6 +283,8 @@ class GatewayRequestHandler:
             self._answered_call(connection_id, calls, call)
         try:
             if request is None:
+                if over_batch_limit(wire, self._max_batch_items) is not None:
+                    raise TtlvError(0, "too many items to answer one by one")
                 request = peek_request(wire)
         except TtlvError:  # as for a request whose routing facts cannot be read
             answer = self._unreachable(wire, failure)

@@ -19,9 +19,14 @@
  * tags are plain_messages' to name).
  *
  * scan(wire: bytes, fields: dict[int, tuple[tuple[int, str, int], ...]],
- *      versions: frozenset[tuple[int, int]], create_operation: int, not_plain: Exception)
+ *      versions: frozenset[tuple[int, int]], create_operation: int, not_plain: Exception,
+ *      max_items: int)
  *   -> ((major, minor), maximum_response_size | None,
  *       [(operation, batch_id | None, values)])
+ *
+ * A Batch Count over ``max_items`` (when it is not negative) is not plain, and no item is
+ * read past the Batch Count: the work of one call is bounded by the header's count, and the
+ * count by the caller's limit, however many items the bytes hold.
  *
  * ``fields``: per operation, the payload's fields in the specification's order, as
  * (wire header: tag << 8 | type, name, kind); kind 0: a Byte String (bytes), 1: a Text
@@ -166,13 +171,16 @@ failed:
 }
 
 static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyBytes_CheckExact(args[0]) || !PyDict_Check(args[1])
-            || !PyAnySet_Check(args[2]) || !PyLong_Check(args[3])) {
+    if (nargs != 6 || !PyBytes_CheckExact(args[0]) || !PyDict_Check(args[1])
+            || !PyAnySet_Check(args[2]) || !PyLong_Check(args[3]) || !PyLong_Check(args[5])) {
         PyErr_SetString(PyExc_TypeError,
                         "scan(wire: bytes, fields: dict, versions: frozenset, "
-                        "create_operation: int, not_plain: Exception)");
+                        "create_operation: int, not_plain: Exception, max_items: int)");
         return NULL;
     }
+    long long max_items = PyLong_AsLongLong(args[5]);  /* < 0: no limit */
+    if (max_items == -1 && PyErr_Occurred())
+        return NULL;
     Wire w = {(const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]),
               args[4]};
     PyObject *fields_by_operation = args[1], *versions = args[2];
@@ -212,7 +220,7 @@ static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
     }
     if (integer_at(&w, &pos, header_end, ITEM_BATCH_COUNT, &batch_count) < 0)
         goto failed;
-    if (pos != header_end) {
+    if (pos != header_end || (max_items >= 0 && batch_count > max_items)) {
         refuse(&w);
         goto failed;
     }
@@ -221,6 +229,10 @@ static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
         goto failed;
     while (pos < size) {
         int64_t item_end, operation, payload_end;
+        if (PyList_GET_SIZE(items) >= batch_count) {  /* never read past the Batch Count */
+            refuse(&w);
+            goto failed;
+        }
         if (structure_at(&w, &pos, size, ITEM_BATCH_ITEM, &item_end) < 0
                 || integer_at(&w, &pos, item_end, ITEM_OPERATION, &operation) < 0)
             goto failed;

@@ -172,10 +172,13 @@ CreateReader = Callable[[bytes, int, int, int, tuple[int, int]], Any]
 
 
 def read_request(wire: bytes, create: CreateReader | None = None,
-                 versions: frozenset[tuple[int, int]] = PLAIN_VERSIONS
+                 versions: frozenset[tuple[int, int]] = PLAIN_VERSIONS, *,
+                 max_items: int | None = None
                  ) -> tuple[tuple[int, int], int | None, _Items]:
     """(version, Maximum Response Size or None, [(operation, Unique Batch Item ID or None,
-    typed request payload)]) of a plain request; raises :data:`NOT_PLAIN` for any other.
+    typed request payload)]) of a plain request; raises :data:`NOT_PLAIN` for any other,
+    one whose Batch Count is over ``max_items`` included. No item is read past the Batch
+    Count, so the work is bounded by ``max_items`` however many items the bytes hold.
     A Create is read by ``create`` (``create(wire, payload_at, pos, payload_end, version)``:
     the payload's Structure at ``payload_at``, its content from ``pos``), and without one
     is not plain. ``versions``: those read (a subset of :data:`READABLE_VERSIONS`).
@@ -184,9 +187,9 @@ def read_request(wire: bytes, create: CreateReader | None = None,
     (``pip install`` builds it), by :func:`read_request_python` otherwise; the two read
     alike (tests/unit/test_plain_scan.py)."""
     if _scan is None or type(wire) is not bytes:
-        return read_request_python(wire, create, versions)
+        return read_request_python(wire, create, versions, max_items=max_items)
     version, maximum_response_size, scanned = _scan(
-        wire, _SCAN_FIELDS, versions, _CREATE, NOT_PLAIN)
+        wire, _SCAN_FIELDS, versions, _CREATE, NOT_PLAIN, -1 if max_items is None else max_items)
     items = []
     for operation, batch_id, values in scanned:
         if operation == _CREATE:
@@ -204,13 +207,17 @@ def read_request(wire: bytes, create: CreateReader | None = None,
 
 
 def read_request_python(wire: bytes, create: CreateReader | None = None,
-                        versions: frozenset[tuple[int, int]] = PLAIN_VERSIONS
+                        versions: frozenset[tuple[int, int]] = PLAIN_VERSIONS, *,
+                        max_items: int | None = None
                         ) -> tuple[tuple[int, int], int | None, _Items]:
     """:func:`read_request` in Python alone: the reference the compiled scan is held to."""
     size = len(wire)
-    pos, version, maximum_response_size, batch_count = _read_header(wire, versions)
+    pos, version, maximum_response_size, batch_count = _read_header(wire, versions,
+                                                                    max_items)
     items = []
     while pos < size:
+        if len(items) >= batch_count:
+            raise NOT_PLAIN  # more items than it says: never read past the count
         operation, batch_id, payload_at, pos, payload_end = _batch_item(wire, pos, size)
         fields = _FIELDS.get(operation)
         if fields is None:

@@ -215,10 +215,12 @@ def decode_request(item: Item, *, max_batch_items: int | None = None) -> Request
     return decode_request_items(header, batch)
 
 
-def too_many_batch_items(count: int, maximum: int) -> str:
+def too_many_batch_items(count: int | None, maximum: int) -> str:
     """The Result Message for a request of ``count`` Batch Items, over a server's
-    ``maximum`` (``limits.max_batch_items``)."""
-    return f"{count} batch items; at most {maximum} are accepted in one request"
+    ``maximum`` (``limits.max_batch_items``); None: more than ``maximum``, not all counted
+    (:func:`kcm.kernel.batch_limit.over_batch_limit`)."""
+    many = f"more than {maximum}" if count is None else str(count)
+    return f"{many} batch items; at most {maximum} are accepted in one request"
 
 
 def batch_count_mismatch(header: RequestHeader, batch: list[Item]) -> str:

@@ -86,19 +86,52 @@ class PeekedRequest:
     items: list[PeekedBatchItem]
 
 
+@dataclass(slots=True)
+class RequestHead:
+    """A Request Message's header, and the heads of its first items after it."""
+
+    version: tuple[int, int]
+    batch_count: int | None  # as the header says (None: it has none); not checked here
+    #: The items after the header, counted up to the bound it was read with, plus one.
+    items: int
+    #: The tag of the first of those items that is not a Batch Item, if one was seen.
+    stranger: int | None
+
+
+def peek_request_head(data: bytes, *, max_items: int) -> RequestHead:
+    """The header of a Request Message, and how many items follow it, counted no further
+    than ``max_items + 1``: the work is bounded by the header and ``max_items + 1`` item
+    heads, however many items the request holds. Raise :class:`TtlvError` if what is read
+    is wrong (what is not read is not judged)."""
+    end, header_end = _message(data, _REQUEST_MESSAGE, _REQUEST_HEADER, "Request")
+    version, batch_count = _read_request_header(data, 16, header_end)
+    pos, items, stranger = header_end, 0, None
+    while pos < end and items <= max_items:
+        head, length = _item(data, pos, end)
+        if head != _BATCH_ITEM and stranger is None:
+            stranger = head >> 8
+        items += 1
+        pos += 8 + length
+    return RequestHead(version, batch_count, items, stranger)
+
+
 #: An Operation item's tag and type, as every batch item begins.
 OPERATION_HEAD = _OPERATION.to_bytes(4, "big")
 
 
-def operation_values(data: bytes) -> list[bytes]:
+def operation_values(data: bytes, most: int | None = None) -> list[bytes]:
     """The four bytes 8 on from every Operation head (:data:`OPERATION_HEAD`) in ``data``,
     in order, found without peeking. Every batch item's Operation is among them, as
     :func:`peek_request` reads it (the four bytes after the item's length, whatever that
-    length says); so may be look-alikes inside strings, which can only add values."""
+    length says); so may be look-alikes inside strings, which can only add values.
+    ``most``: stop once more than that many are found (the list is then ``most + 1``
+    long, and the search bounded however many ``data`` holds)."""
     found = []
     at = data.find(OPERATION_HEAD)
     while at >= 0:
         found.append(data[at + 8:at + 12])
+        if most is not None and len(found) > most:
+            break
         at = data.find(OPERATION_HEAD, at + 1)
     return found
 

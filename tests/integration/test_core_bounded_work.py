@@ -106,7 +106,8 @@ def test_a_batch_of_a_thousand_locates_is_refused_at_once(busy_core: CoreProcess
     assert time.monotonic() - began < 2
     [refused] = answer.batch_items
     assert (refused.result_reason, refused.result_message) == (
-        ResultReason.INVALID_MESSAGE, "1000 batch items; at most 64 are accepted in one request")
+        ResultReason.INVALID_MESSAGE,
+        "more than 64 batch items; at most 64 are accepted in one request")
     assert [(r["operation"], r["result_reason"]) for r in audit_rows(busy_core, before)] == [
         ("?", "INVALID_MESSAGE")]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import pytest_twisted
 from sqlalchemy import select
 
@@ -256,13 +257,48 @@ def create_item() -> tuple[Operation, object]:
     return Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=AES256)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_batch_over_the_limit_is_refused_without_its_items_being_read(
+        core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-only batches with a Locate are peeked on the reactor to choose their thread,
+    and every request's Operation values scanned: over the limit, neither reads past it,
+    and the request is refused from its header (thousands of items would otherwise take
+    the reactor and the writer tens of milliseconds each)."""
+    from kcm.core import request_handler
+    from kcm.ttlv import peek
+
+    handler = limited(core, max_batch_items=3)
+    scanned: list[int] = []
+
+    def operation_values(data: bytes, most: int | None = None) -> list[bytes]:
+        found = peek.operation_values(data, most)
+        scanned.append(len(found))
+        return found
+
+    def peek_request(*args, **kwargs):
+        raise AssertionError("an over-limit request was peeked")
+
+    monkeypatch.setattr(request_handler, "operation_values", operation_values)
+    monkeypatch.setattr(request_handler, "peek_request", peek_request)
+    monkeypatch.setattr(request_handler, "decode", peek_request)
+    many = wire(*[(Operation.LOCATE, LocateRequest())] * 500)
+    answer = decode_response(decode(await handler.handle_as(many, core.caller())))
+    [item] = answer.batch_items
+    assert (item.result_reason, item.result_message) == (
+        ResultReason.INVALID_MESSAGE,
+        "more than 3 batch items; at most 3 are accepted in one request")
+    assert scanned == [4]
+    assert [(r.operation, r.result_reason) for r in audit_rows(core)] == [
+        ("?", "INVALID_MESSAGE")]
+
+
 def test_a_batch_over_max_batch_items_is_refused_whole_and_audited_once(
         core: CoreHarness) -> None:
     handler = limited(core, max_batch_items=3)
     answer = response(handler.respond(wire(*[create_item()] * 4), core.caller(), 0))
     [item] = answer.batch_items
     assert item.result_reason == ResultReason.INVALID_MESSAGE
-    assert item.result_message == "4 batch items; at most 3 are accepted in one request"
+    assert item.result_message == "more than 3 batch items; at most 3 are accepted in one request"
     assert [(r.operation, r.result_reason) for r in audit_rows(core)] == [
         ("?", "INVALID_MESSAGE")]
     answer = response(handler.respond(wire(*[create_item()] * 3), core.caller(), 0))

@@ -116,21 +116,48 @@ def test_a_forwarded_request_whose_client_left_is_stopped_at_the_core(
 
 # The gateway's own batches are bounded --------------------------------------------------------
 
-def test_a_local_batch_over_the_gateways_max_batch_items_is_refused(
+def test_a_batch_over_the_gateways_max_batch_items_is_the_cores_to_judge(
         deployment: tuple[CoreProcess, GatewayProcess]) -> None:
-    _, gateway = deployment
+    core, gateway = deployment
     over = GATEWAY_BATCH_ITEMS + 1
+    before = last_seq(core)
     with client(gateway) as kmip:
-        for wire in (request(*[create_l4()] * over),
-                     request(create_managed(), *[create_l4()] * GATEWAY_BATCH_ITEMS)):
-            [refused] = response(kmip.send(wire)).batch_items
-            assert (refused.result_status, refused.result_reason, refused.result_message) == (
-                ResultStatus.OPERATION_FAILED, ResultReason.INVALID_MESSAGE,
-                f"{over} batch items; at most {GATEWAY_BATCH_ITEMS} are accepted in one "
-                "request")
-        # At the limit a local batch runs; one forwarded whole is the core's to bound (64).
-        succeeded(kmip, request(*[create_l4()] * GATEWAY_BATCH_ITEMS))
+        # Over the gateway's limit (4), within the core's (64): the core runs them, L4
+        # items included, as the gateway would have.
+        created = succeeded(kmip, request(*[create_l4()] * over))
+        assert all(c.response_payload.unique_identifier.startswith("l4.") for c in created)
+        succeeded(kmip, request(create_managed(), *[create_l4()] * GATEWAY_BATCH_ITEMS))
         succeeded(kmip, request(*[locate()] * over))
+        # At the limit a local batch runs at the gateway: the core audits nothing of it.
+        audited = len(audit_rows(core, before))
+        succeeded(kmip, request(*[create_l4()] * GATEWAY_BATCH_ITEMS))
+    assert len(audit_rows(core, before)) == audited == 3 * over
+
+
+def largest(item, limit: int = 1 << 20) -> bytes:
+    """A request of as many copies of ``item`` as the maximum message size holds."""
+    one, two = len(request(item)), len(request(item, item))
+    return request(*[item] * ((limit - one) // (two - one)))
+
+
+def test_a_request_of_thousands_of_items_is_refused_from_its_header(
+        deployment: tuple[CoreProcess, GatewayProcess]) -> None:
+    """A 1 MiB request holds about 20,000 small items. Judged after reading them, the
+    limit let one such request hold a plane's reactor or the core's writer for a quarter
+    of a second; both refuse it from the header and the first items' heads instead."""
+    core, gateway = deployment
+    before = last_seq(core)
+    local, remote = largest(get("l4.x")), largest(locate())
+    assert len(local) > 1_000_000 and len(remote) > 1_000_000
+    with client(gateway) as kmip:
+        for wire in (local, remote):
+            [refused] = response(kmip.send(wire)).batch_items
+            assert (refused.result_reason, refused.result_message) == (
+                ResultReason.INVALID_MESSAGE,
+                "more than 64 batch items; at most 64 are accepted in one request")
+        succeeded(kmip, request(locate()))
+    assert [(r["operation"], r["result_reason"]) for r in audit_rows(core, before)] == [
+        ("?", "INVALID_MESSAGE"), ("?", "INVALID_MESSAGE"), ("LOCATE", None)]
 
 
 # Network fuzzing --------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ async def test_a_request_that_writes_takes_a_session_group(core: CoreHarness,
     assert kinds == ["session"]
     # one the scan takes for read-only, and that writes after all, goes the general way:
     # nothing written in the lean group, then a session group
-    monkeypatch.setattr(request_handler, "_reads_only", lambda _wire: True)
+    monkeypatch.setattr(request_handler, "_reads_only", lambda _wire, _found=None: True)
     before = len(operations_of(core))
     again = await handler.handle_as(kmip.request(kmip.create_managed()), core.caller())
     assert kinds == ["session", "lean", "session"]

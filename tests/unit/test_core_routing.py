@@ -7,10 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kcm.core.operations import READ_ONLY
-from kcm.core.request_handler import _beside_writer, _may_hold_locate
+from kcm.core.request_handler import _beside_writer
 from kcm.kmip.enums import Operation
 from kcm.ttlv import Item, ItemType, encode
-from kcm.ttlv.peek import peek_request
+from kcm.ttlv.peek import operation_values, peek_request
 from kcm.ttlv.types import structure
 from tests.vectors import iter_v11_hex_messages
 
@@ -60,8 +60,9 @@ _LOOKALIKE = bytes.fromhex("42005c05000000040000000800000000")
 def test_the_scan_answers_as_the_peek(items: list[tuple[int, int, bytes]]) -> None:
     wire = _request(items)
     assert _beside_writer(wire) == _by_peek(wire)
+    assert _beside_writer(wire, operation_values(wire)) == _by_peek(wire)
     if _by_peek(wire):
-        assert _may_hold_locate(wire)
+        assert _LOCATE.to_bytes(4, "big") in operation_values(wire)
 
 
 def test_the_scan_answers_as_the_peek_on_every_v11_request() -> None:

@@ -137,6 +137,8 @@ def test_a_request_that_may_not_run_here_is_one_the_classifier_forwards_whole(
     found = operation_values(wire)  # may_run_here reads them one by one, stopping early
     assert may_run_here(wire) == (not found or any(
         int.from_bytes(value, "big") in _MAY_RUN_HERE for value in found))
+    if flip is None:  # bounded, it reads a well-formed request alike
+        assert may_run_here(wire, 1) == may_run_here(wire)
     if may_run_here(wire):
         return
     try:
@@ -157,6 +159,14 @@ def test_a_request_whose_batch_item_tag_is_damaged_has_no_item_for_the_peek() ->
     assert not may_run_here(wire)
     classified = classify(wire)
     assert classified.request.items == [] and classified.request.batch_count == 1
+
+
+def test_past_its_bound_the_scan_finds_a_local_item_however_far_it_is() -> None:
+    remote = [locate()] * 50
+    for item in (create_l4(), get("42"), encrypt(TOKEN), decrypt("42", b"x")):
+        assert may_run_here(request(*remote, item), 3)
+    assert not may_run_here(request(*remote), 3)
+    assert not may_run_here(request(*remote, activate(TOKEN)), 3)
 
 
 def test_a_request_with_an_item_that_may_run_here_is_peeked() -> None:

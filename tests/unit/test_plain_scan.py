@@ -117,6 +117,29 @@ def test_a_text_that_is_not_utf_8_is_refused_alike() -> None:
     assert _same(wire[:at] + b"\xff\xfe" + wire[at + 2:]) == ("refused",)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(encrypts, decrypts, gets, creates), min_size=1, max_size=6),
+       st.integers(0, 7), st.integers(0, 8))
+def test_a_batch_count_over_max_items_or_items_past_the_count_are_refused_alike(
+        items: list, max_items: int, count: int) -> None:
+    wire = request(*items)
+    # The Batch Count said otherwise (its value is the last Integer of the header).
+    at = wire.index((0x42000D02).to_bytes(4, "big")) + 8
+    wire = wire[:at] + count.to_bytes(4, "big") + wire[at + 4:]
+
+    def outcome(reader):
+        try:
+            return ("read", reader(wire, _create_request, READABLE_VERSIONS,
+                                   max_items=max_items))
+        except Exception:
+            NOT_PLAIN.__traceback__ = None
+            return ("refused",)
+
+    expected = "read" if count == len(items) <= max_items else "refused"
+    assert outcome(read_request)[0] == expected
+    assert outcome(read_request) == outcome(read_request_python)
+
+
 def test_only_bytes_are_scanned() -> None:
     wire = request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier="k", data=b"x")))
     assert read_request(bytearray(wire)) == read_request(wire)  # (the Python reader's)

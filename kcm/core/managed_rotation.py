@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from kcm.core import managed
@@ -80,13 +81,18 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
         try:
             with session.begin_nested():
                 done.append(_rotate(ctx, row.uid))
-        except KmipError as e:
+        except DBAPIError:
+            raise  # the database's trouble, not this key's: the whole step is retried
+        except Exception as e:
             # Never again by itself until a client changes it: the error is in the log and
-            # the audit record, and the key no longer looks due.
+            # the audit record, and the key no longer looks due. Any error, not only a KMIP
+            # one (a stored value no rotation can read): one key never stops the others.
+            message = e.message if isinstance(e, KmipError) else (
+                f"internal error ({type(e).__name__})")
             row.rotate_due = None
             session.flush()
-            _audit(ctx, row.uid, None, {"error": e.message})
-            done.append(ManagedRotation(row.tenant, row.uid, None, e.message))
+            _audit(ctx, row.uid, None, {"error": message})
+            done.append(ManagedRotation(row.tenant, row.uid, None, message))
     return done
 
 

@@ -167,7 +167,40 @@ def attribute_from_item(item: Item, version: Version) -> Attribute:
     if vendor is not None:
         return Attribute(VENDOR_TAG, value, index, vendor, name)
     tag, vendor, kept = _from_v1_name(name, version)
-    return Attribute(tag, None if value is None else _retag(value, tag), index, vendor, kept)
+    attribute = Attribute(tag, None if value is None else _retag(value, tag), index, vendor,
+                          kept)
+    check_value_type(attribute, version, name)
+    return attribute
+
+
+@lru_cache(maxsize=4096)
+def expected_type(tag: int, version: Version) -> ItemType | None:
+    """The item type a value of attribute ``tag`` must have in ``version``: a Structure for
+    those with a model (Name, Link, ...), the specification's type for the primitive ones
+    the server reads (:data:`ATTRIBUTE_TYPES`), an Enumeration for any other the version
+    enumerates; None when the server does not judge it (a vendor or unknown attribute is
+    kept as given)."""
+    if tag == VENDOR_TAG:
+        return None
+    if tag in TYPED_ATTRIBUTES:
+        return _S
+    known = ATTRIBUTE_TYPES.get(tag)
+    if known is None and registry.enumeration_of(tag, version) is not None:
+        return ItemType.ENUMERATION
+    return known
+
+
+def check_value_type(attribute: Attribute, version: Version, label: str | None = None) -> None:
+    """Refuse (Invalid Field) a value of the wrong item type for a known attribute, as it
+    is read from a request: every operation after reads the value as its type."""
+    value = attribute.value
+    if value is None:
+        return
+    expected = expected_type(attribute.tag, version)
+    if expected is not None and value.type is not expected:
+        label = label or tag_label(attribute.tag)
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"{label} must be of type {expected.name.replace('_', ' ').title()}")
 
 
 def attribute_to_v1(attribute: Attribute, version: Version) -> Item | None:
@@ -209,9 +242,12 @@ def attributes_from_container(item: Item, version: Version) -> list[Attribute]:
     """The attributes of a 2.x ``Attributes`` (or Current/New Attribute) structure."""
     if item.type is not _S:
         raise KmipError(ResultReason.INVALID_FIELD, f"{tag_label(item.tag)} must be a Structure")
-    return [attribute_from_item(child, version) if child.tag == Tag.ATTRIBUTE
-            else Attribute(child.tag, child)
-            for child in item.value]  # type: ignore[union-attr]
+    attributes = [attribute_from_item(child, version) if child.tag == Tag.ATTRIBUTE
+                  else Attribute(child.tag, child)
+                  for child in item.value]  # type: ignore[union-attr]
+    for attribute in attributes:
+        check_value_type(attribute, version)
+    return attributes
 
 
 def attributes_to_container(attributes: list[Attribute], version: Version,

@@ -680,3 +680,31 @@ def test_a_service_that_is_not_provisioned_holds_nothing(core: CoreHarness,
         ResultReason.PERMISSION_DENIED, principal=GHOST)
     assert message == "service demo/ghost is not provisioned (it has no service key)"
     ok(core, Operation.GET, GetRequest(unique_identifier=mine))  # untouched
+
+
+def test_a_key_block_or_certificate_field_of_the_wrong_type_is_invalid_field(
+        core: CoreHarness) -> None:
+    """What Register reads from an object it keeps as sent (a private key, a certificate)
+    is read as its type: a Text String Cryptographic Algorithm was a General Failure."""
+    from kcm.ttlv import Item, ItemType
+
+    def key(algorithm: Item) -> Item:
+        return Item(Tag.PRIVATE_KEY, ItemType.STRUCTURE, [Item(Tag.KEY_BLOCK, ItemType.STRUCTURE, [
+            Item(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION, int(KeyFormatType.PKCS_8)),
+            Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [
+                Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, b"not a key")]),
+            algorithm,
+            Item(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER, 2048)])])
+
+    message = failed(core, Operation.REGISTER, RegisterRequest(
+        object_type=ObjectType.PRIVATE_KEY, attributes=[],
+        object=key(Item(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.TEXT_STRING, "RSA"))),
+        ResultReason.INVALID_FIELD, version=V21)
+    assert message == "Cryptographic Algorithm in Key Block must be of type Enumeration"
+    certificate = Item(Tag.CERTIFICATE, ItemType.STRUCTURE, [
+        Item(Tag.CERTIFICATE_TYPE, ItemType.TEXT_STRING, "X.509"),
+        Item(Tag.CERTIFICATE_VALUE, ItemType.BYTE_STRING, b"not DER")])
+    message = failed(core, Operation.REGISTER, RegisterRequest(
+        object_type=ObjectType.CERTIFICATE, attributes=[], object=certificate),
+        ResultReason.INVALID_FIELD, version=V21)
+    assert message == "Certificate Type in Certificate must be of type Enumeration"

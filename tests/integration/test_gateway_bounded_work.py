@@ -23,7 +23,10 @@ from pathlib import Path
 import pytest
 
 from kcm.conformance.client import KmipClient, KmipClientError
-from kcm.kmip.enums import ResultReason, ResultStatus
+from kcm.kmip.attributes import VENDOR_TAG, Attribute
+from kcm.kmip.enums import ObjectType, Operation, ResultReason, ResultStatus
+from kcm.kmip.messages import RequestBatchItem
+from kcm.kmip.payloads import CreateRequest
 from kcm.kmip.tags import Tag
 from kcm.testing.processes import running
 from kcm.testing.requests import (
@@ -32,11 +35,12 @@ from kcm.testing.requests import (
     create_managed,
     encrypt,
     get,
+    item,
     locate,
     request,
     response,
 )
-from kcm.ttlv import decode
+from kcm.ttlv import Item, ItemType, decode
 from tests.e2e_support import (
     CoreProcess,
     GatewayProcess,
@@ -158,6 +162,50 @@ def test_a_request_of_thousands_of_items_is_refused_from_its_header(
         succeeded(kmip, request(locate()))
     assert [(r["operation"], r["result_reason"]) for r in audit_rows(core, before)] == [
         ("?", "INVALID_MESSAGE"), ("?", "INVALID_MESSAGE"), ("LOCATE", None)]
+
+
+# Values of the wrong type -------------------------------------------------------------------------
+
+def wrongly_typed(tag: int, value_type: ItemType, value: object, *,
+                  l4: bool = False) -> RequestBatchItem:
+    """A Create (of an L4 when ``l4``) whose attribute ``tag`` has a value of ``value_type``."""
+    wrong = Attribute(tag, Item(tag, value_type, value))
+    attributes = [a for a in create_l4().request_payload.attributes if l4 or a.tag != VENDOR_TAG]
+    attributes = [a for a in attributes if a.tag != tag] + [wrong]
+    return item(Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                                attributes=attributes))
+
+
+@pytest.mark.parametrize("version", [(1, 4), (2, 1)])
+def test_an_attribute_value_of_the_wrong_type_is_invalid_field_and_stores_nothing(
+        deployment: tuple[CoreProcess, GatewayProcess], version: tuple[int, int]) -> None:
+    """Before, such values reached the operations: General Failure with a traceback in the
+    log, or (a date as text, in SQLite) stored, after which every Locate and Get Attributes
+    of that object failed."""
+    core, gateway = deployment
+    cases = [
+        (wrongly_typed(Tag.ACTIVATION_DATE, ItemType.TEXT_STRING, "now"),
+         "Activation Date must be of type Date Time"),
+        (wrongly_typed(Tag.DEACTIVATION_DATE, ItemType.TEXT_STRING, "later"),
+         "Deactivation Date must be of type Date Time"),
+        (wrongly_typed(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.TEXT_STRING, "AES", l4=True),
+         "Cryptographic Algorithm must be of type Enumeration"),
+        (wrongly_typed(Tag.ROTATE_OFFSET, ItemType.TEXT_STRING, "x"),
+         "Rotate Offset must be of type Interval"),
+    ]
+    if version < (2, 0):
+        cases.pop()  # (no Rotate Offset in 1.4)
+    before = last_seq(core)
+    for server in (gateway, core):
+        with client(server) as kmip:
+            for wrong, message in cases:
+                [refused] = response(kmip.send(request(wrong, version=version))).batch_items
+                assert (refused.result_status, refused.result_reason,
+                        refused.result_message) == (
+                    ResultStatus.OPERATION_FAILED, ResultReason.INVALID_FIELD, message)
+            succeeded(kmip, request(locate(), version=version))
+    records = [(r["operation"], r["result_reason"]) for r in audit_rows(core, before)]
+    assert records == ([("?", "INVALID_FIELD")] * len(cases) + [("LOCATE", None)]) * 2
 
 
 # Network fuzzing --------------------------------------------------------------------------------

@@ -134,3 +134,28 @@ def test_a_policy_gives_new_managed_keys_their_rotate_interval(core: CoreHarness
     assert got == {Tag.ROTATE_INTERVAL: [86400], Tag.ROTATE_AUTOMATIC: [True]}
     assert attributes_of(core, own, Tag.ROTATE_INTERVAL, Tag.ROTATE_AUTOMATIC) == {
         Tag.ROTATE_INTERVAL: [60]}
+
+
+def test_a_key_that_cannot_be_rotated_does_not_stop_the_others(
+        core: CoreHarness, monkeypatch) -> None:
+    """Any error rotating one key (here a ValueError, as a stored value of the wrong type
+    gave before values were checked on the way in) is that key's alone: it is audited and
+    no longer due, and the other keys of the sweep rotate."""
+    from kcm.core import managed_rotation
+
+    broken = register(core, attributes=[PAST, *automatic(60)])
+    fine = register(core, attributes=[PAST, *automatic(120)])
+    real = managed_rotation.re_key
+
+    def re_key(ctx, request):
+        if request.unique_identifier == broken:
+            raise ValueError("invalid literal for int() with base 10: 'x'")
+        return real(ctx, request)
+
+    monkeypatch.setattr(managed_rotation, "re_key", re_key)
+    first, second = sweep(core, int(time.time()))
+    assert (first.uid, first.replacement, first.error) == (
+        broken, None, "internal error (ValueError)")
+    assert second.uid == fine and second.replacement and second.error is None
+    assert row(core, broken).rotate_due is None
+    assert sweep(core, int(time.time()) + 60) == []

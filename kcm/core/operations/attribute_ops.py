@@ -28,11 +28,11 @@ from kcm.core.context import OperationContext
 from kcm.kernel import lifecycle
 from kcm.kmip import registry
 from kcm.kmip.attributes import (
-    ATTRIBUTE_TYPES,
     TYPED_ATTRIBUTES,
     VENDOR_TAG,
     Attribute,
     AttributeReference,
+    check_value_type,
 )
 from kcm.kmip.enums import AdjustmentType, ResultReason
 from kcm.kmip.errors import KmipError
@@ -452,13 +452,8 @@ def _check_value(attribute: Attribute, version: Version, label: str) -> None:
     value = attribute.value
     if value is None or attribute.tag == VENDOR_TAG:
         return
+    check_value_type(attribute, version, label)
     model = TYPED_ATTRIBUTES.get(attribute.tag)
-    expected = ItemType.STRUCTURE if model is not None else ATTRIBUTE_TYPES.get(attribute.tag)
-    if expected is None and registry.enumeration_of(attribute.tag, version) is not None:
-        expected = ItemType.ENUMERATION
-    if expected is not None and value.type is not expected:
-        raise KmipError(ResultReason.INVALID_FIELD,
-                        f"{label} must be of type {expected.name.replace('_', ' ').title()}")
     if model is not None:
         model.from_item(value, version)
 

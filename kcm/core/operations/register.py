@@ -148,10 +148,8 @@ def _derived_attributes(managed_object: Struct | Item, object_type: int) -> list
         if block_item is not None and block_item.type is ItemType.STRUCTURE:
             if block_item.find(Tag.KEY_VALUE) is None:
                 derived.append(Attribute.of(Tag.KEY_VALUE_PRESENT, False, ItemType.BOOLEAN))
-            found = block_item.find(Tag.CRYPTOGRAPHIC_ALGORITHM)
-            algorithm = found.value if found is not None else None
-            found = block_item.find(Tag.CRYPTOGRAPHIC_LENGTH)
-            length = found.value if found is not None else None
+            algorithm = _field(block_item, Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
+            length = _field(block_item, Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
         if object_type == ObjectType.CERTIFICATE:
             derived += _certificate_attributes(managed_object)
     if algorithm is not None:
@@ -161,13 +159,28 @@ def _derived_attributes(managed_object: Struct | Item, object_type: int) -> list
     return derived
 
 
+def _field(structure: Item, tag: int, item_type: ItemType) -> Any:
+    """The value of ``structure``'s field ``tag`` (None if absent), refused (Invalid Field)
+    when it is not of ``item_type``: the object is stored as sent, but what is read from it
+    is read as its type."""
+    found = structure.find(tag)
+    if found is None:
+        return None
+    if found.type is not item_type:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"{tag_label(tag)} in {tag_label(structure.tag)} must be of type "
+                        f"{item_type.name.replace('_', ' ').title()}")
+    return found.value
+
+
 def _certificate_attributes(certificate: Item) -> list[Attribute]:
     """Certificate Type and Length, and for X.509 the subject and issuer name fields."""
-    found = certificate.find(Tag.CERTIFICATE_TYPE)
+    certificate_type = _field(certificate, Tag.CERTIFICATE_TYPE, ItemType.ENUMERATION)
     value = certificate.find(Tag.CERTIFICATE_VALUE)
     attributes = []
-    if found is not None:
-        attributes.append(Attribute.of(Tag.CERTIFICATE_TYPE, found.value, ItemType.ENUMERATION))
+    if certificate_type is not None:
+        attributes.append(Attribute.of(Tag.CERTIFICATE_TYPE, certificate_type,
+                                       ItemType.ENUMERATION))
     if value is None or not isinstance(value.value, bytes):
         return attributes
     der = value.value

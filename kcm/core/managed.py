@@ -22,8 +22,9 @@ from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.core.store.schema import ManagedObject as Row
 from kcm.kernel import lifecycle
 from kcm.kernel.missing import object_not_found
-from kcm.kmip.attributes import ATTRIBUTE_TYPES, Attribute, Name
-from kcm.kmip.enums import State
+from kcm.kmip.attributes import ATTRIBUTE_TYPES, MAX_ATTRIBUTES, Attribute, Name
+from kcm.kmip.enums import ResultReason, State
+from kcm.kmip.errors import KmipError
 from kcm.kmip.fields import Struct
 from kcm.kmip.objects import ManagedObjectCodec
 from kcm.kmip.tags import Tag
@@ -260,6 +261,20 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredOb
 
 _ATTRIBUTES = "attributes"
 
+#: The most attributes one object keeps: a request's most (:data:`MAX_ATTRIBUTES`) and
+#: room for the server's own. Every later load, Locate and Get Attributes of the object
+#: reads them all, so one added at a time must not grow without bound either.
+MAX_STORED_ATTRIBUTES = MAX_ATTRIBUTES + 64
+
+
+def _encoded_attributes(attributes: list[Attribute]) -> bytes:
+    """The stored form of an object's ``attributes``, refused (Server Limit Exceeded)
+    when there are more than :data:`MAX_STORED_ATTRIBUTES`."""
+    if len(attributes) > MAX_STORED_ATTRIBUTES:
+        raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
+                        f"an object keeps at most {MAX_STORED_ATTRIBUTES} attributes")
+    return encode_attributes(attributes)
+
 
 def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: list[Attribute],
            managed_object: Struct | Item | None, tenant: str | None = None,
@@ -282,7 +297,7 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
     columns = _columns(obj)
     row = repository.insert_object(
         ctx.session, uid=uid, tenant=tenant, object_type=object_type,
-        attributes=encode_attributes(attributes), material=material,
+        attributes=_encoded_attributes(attributes), material=material,
         material_format=None, wrapped_by=wrapped_by, level=level, service=service,
         key_version=key_version, names=_names(obj), groups=_groups(obj), attach=returning,
         **columns)
@@ -310,7 +325,7 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
         obj.set(Tag.LAST_CHANGE_DATE, ctx.now)
     stored_state = obj.row.state
     columns = _columns(obj)
-    _update(ctx, obj, attributes=encode_attributes(obj.attributes), **columns)
+    _update(ctx, obj, attributes=_encoded_attributes(obj.attributes), **columns)
     # The Locate copies of Names and Object Groups are rewritten only when they changed
     # (a state change leaves them alone): one UPDATE in all for most saves.
     names, groups = _names(obj), _groups(obj)

@@ -173,6 +173,18 @@ def attribute_from_item(item: Item, version: Version) -> Attribute:
     return attribute
 
 
+#: The most attributes one request payload may carry (a Create's, a Locate's, ...): more
+#: is Server Limit Exceeded as it is decoded. Every operation's work grows with them, and
+#: a 1 MiB request holds some 60,000 small ones.
+MAX_ATTRIBUTES = 1024
+
+
+def _too_many(count: int) -> KmipError:
+    return KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
+                     f"{count} attributes; at most {MAX_ATTRIBUTES} are accepted in one "
+                     "request payload")
+
+
 @lru_cache(maxsize=4096)
 def expected_type(tag: int, version: Version) -> ItemType | None:
     """The item type a value of attribute ``tag`` must have in ``version``: a Structure for
@@ -242,6 +254,8 @@ def attributes_from_container(item: Item, version: Version) -> list[Attribute]:
     """The attributes of a 2.x ``Attributes`` (or Current/New Attribute) structure."""
     if item.type is not _S:
         raise KmipError(ResultReason.INVALID_FIELD, f"{tag_label(item.tag)} must be a Structure")
+    if len(item.value) > MAX_ATTRIBUTES:  # type: ignore[arg-type]
+        raise _too_many(len(item.value))  # type: ignore[arg-type]
     attributes = [attribute_from_item(child, version) if child.tag == Tag.ATTRIBUTE
                   else Attribute(child.tag, child)
                   for child in item.value]  # type: ignore[union-attr]
@@ -314,9 +328,13 @@ class AttributeList(Codec):
     def decode_into(self, values: dict, field: Field, item: Item, version: Version) -> None:
         found = values.setdefault(field.name, [])
         if item.tag == Tag.ATTRIBUTE:
+            if len(found) == MAX_ATTRIBUTES:
+                raise _too_many(len(found) + 1)
             found.append(attribute_from_item(item, version))
         else:
             found.extend(attributes_from_container(item, version))
+            if len(found) > MAX_ATTRIBUTES:
+                raise _too_many(len(found))
 
     def encode_into(self, out: list[Item], field: Field, obj: Any, version: Version) -> None:
         attributes = getattr(obj, field.name)
@@ -357,6 +375,8 @@ class TemplateAttributes(Codec):
         if item.tag != self.v1_tag:
             values[field.name] = attributes_from_container(item, version)
             return
+        if len(item.value) > MAX_ATTRIBUTES:  # type: ignore[arg-type]
+            raise _too_many(len(item.value))  # type: ignore[arg-type]
         attributes: list[Attribute] = []
         names: list[Name] = []
         for child in item.value:  # type: ignore[union-attr]

@@ -258,6 +258,36 @@ def create_item() -> tuple[Operation, object]:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_long_request_is_decoded_on_a_store_worker_not_on_the_writer(
+        core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer thread runs every tenant's group commits: a request of a thousand small
+    attributes (or one long one, as here) is decoded before, in its tenant's turn on a
+    store worker, and the writer only runs it. A short one is decoded on the writer."""
+    import threading
+
+    from kcm.core.request_handler import PREDECODE_BYTES
+
+    decoded_on: list[str] = []
+    real = core.handler._decode
+
+    def recording(wire: bytes, **kwargs):
+        decoded_on.append(threading.current_thread().name)
+        return real(wire, **kwargs)
+
+    monkeypatch.setattr(core.handler, "_decode", recording)
+    comment = Attribute.of(Tag.COMMENT, "c" * PREDECODE_BYTES)
+    long = wire((Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                                 attributes=[*AES256, comment])))
+    assert len(long) > PREDECODE_BYTES
+    for request in (long, wire(create_item())):
+        answer = decode_response(decode(await core.handler.handle_as(request, core.caller())))
+        assert answer.batch_items[0].result_status == ResultStatus.SUCCESS
+    writer = f"{core.store.name}-writer"
+    assert decoded_on[-1] == writer
+    assert decoded_on[0] not in (writer, threading.main_thread().name)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_batch_over_the_limit_is_refused_without_its_items_being_read(
         core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     """Read-only batches with a Locate are peeked on the reactor to choose their thread,

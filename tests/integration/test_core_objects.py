@@ -708,3 +708,36 @@ def test_a_key_block_or_certificate_field_of_the_wrong_type_is_invalid_field(
         object_type=ObjectType.CERTIFICATE, attributes=[], object=certificate),
         ResultReason.INVALID_FIELD, version=V21)
     assert message == "Certificate Type in Certificate must be of type Enumeration"
+
+
+def test_an_object_keeps_a_bounded_number_of_attributes(core: CoreHarness) -> None:
+    """A request carries at most MAX_ATTRIBUTES, and an object keeps at most a few more (its
+    server-set ones): attributes added one at a time cannot grow it without bound either
+    (every later load, Locate and Get Attributes reads them all)."""
+    from kcm.core.managed import MAX_STORED_ATTRIBUTES
+    from kcm.kmip.attributes import MAX_ATTRIBUTES
+    from kcm.kmip.payloads import AddAttributeRequest
+
+    def custom(name: str) -> Attribute:
+        return Attribute.vendor("x", name, Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "v"))
+
+    uid = register(core, attributes=[custom(f"c{n}") for n in range(MAX_ATTRIBUTES - 10)])
+    stored = len(row_attributes(core, uid))
+    assert stored <= MAX_STORED_ATTRIBUTES
+    adds = [(Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=custom(f"more{n}")))
+        for n in range(MAX_STORED_ATTRIBUTES - stored + 1)]
+    answer = send(core, *adds[:64])
+    while len(answer.batch_items) == 64 and adds[64:]:  # (batches of at most 64 items)
+        adds = adds[64:]
+        answer = send(core, *adds[:64])
+    last = answer.batch_items[-1]
+    assert (last.result_status, last.result_reason, last.result_message) == (
+        ResultStatus.OPERATION_FAILED, ResultReason.SERVER_LIMIT_EXCEEDED,
+        f"an object keeps at most {MAX_STORED_ATTRIBUTES} attributes")
+    assert len(row_attributes(core, uid)) == MAX_STORED_ATTRIBUTES
+
+
+def row_attributes(core: CoreHarness, uid: str) -> list[Attribute]:
+    from kcm.core.managed import decode_attributes
+    return decode_attributes(row(core, uid).attributes)

@@ -64,3 +64,40 @@ def test_values_of_the_right_type_and_vendor_or_unknown_ones_are_kept() -> None:
             Item(Tag.ATTRIBUTE_VALUE, T.STRUCTURE, [])])])
     assert len(attributes_from_container(container, (2, 1))) == 4
     assert attribute_from_item(v1("x-custom", T.INTEGER, 7), (1, 4)).value.value == 7
+
+
+def test_a_payload_of_more_than_max_attributes_is_server_limit_exceeded() -> None:
+    from kcm.kmip.attributes import MAX_ATTRIBUTES
+    from kcm.kmip.payloads import CreateRequest, LocateRequest
+
+    def custom(count: int) -> list[Item]:
+        return [v1(f"x-{n}", T.INTEGER, n) for n in range(count)]
+
+    def template(count: int) -> Item:
+        return Item(Tag.REQUEST_PAYLOAD, T.STRUCTURE, [
+            Item(Tag.OBJECT_TYPE, T.ENUMERATION, 2),
+            Item(Tag.TEMPLATE_ATTRIBUTE, T.STRUCTURE, custom(count))])
+
+    def container(count: int) -> Item:
+        return Item(Tag.REQUEST_PAYLOAD, T.STRUCTURE, [Item(Tag.ATTRIBUTES, T.STRUCTURE, [
+            Item(Tag.COMMENT, T.TEXT_STRING, str(n)) for n in range(count)])])
+
+    def created(count: int) -> Item:
+        return Item(Tag.REQUEST_PAYLOAD, T.STRUCTURE, [
+            Item(Tag.OBJECT_TYPE, T.ENUMERATION, 2), *container(count).value])
+
+    def repeated(count: int) -> Item:  # a 1.x Locate's Attribute items
+        return Item(Tag.REQUEST_PAYLOAD, T.STRUCTURE, custom(count))
+
+    for payload, model, version in ((template, CreateRequest, (1, 4)),
+                                    (created, CreateRequest, (2, 1)),
+                                    (container, LocateRequest, (2, 1)),
+                                    (repeated, LocateRequest, (1, 4))):
+        at_most = model.from_item(payload(MAX_ATTRIBUTES), version)
+        assert len(at_most.attributes) == MAX_ATTRIBUTES
+        with pytest.raises(KmipError) as refused:
+            model.from_item(payload(MAX_ATTRIBUTES + 1), version)
+        assert (refused.value.reason, refused.value.message) == (
+            ResultReason.SERVER_LIMIT_EXCEEDED,
+            f"{MAX_ATTRIBUTES + 1} attributes; at most {MAX_ATTRIBUTES} are accepted in one "
+            "request payload")

@@ -64,7 +64,7 @@ def test_a_lost_connection_stops_its_requests_in_flight_and_no_others() -> None:
     mine, other = ConnectionInfo(1, PRINCIPAL, "a:1"), ConnectionInfo(2, PRINCIPAL, "b:2")
     handler.handle_request(b"request 1", mine)
     handler.handle_request(b"request 2", other)
-    [(_, (wire, caller, _, mine_stop), _), (_, (_, _, _, other_stop), _)] = store.calls
+    [(_, (wire, caller, _, mine_stop, *_), _), (_, (_, _, _, other_stop, *_), _)] = store.calls
     assert (wire, caller.source) == (b"request 1", "a:1")
     handler.connection_lost(mine)
     assert mine_stop() == CLIENT_GONE  # what the kernel sees at the next item boundary

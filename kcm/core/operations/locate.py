@@ -147,8 +147,9 @@ class _Criteria:
             else:
                 self.others += group
 
-    @property
-    def needs_attributes(self) -> bool:
+        self.needs_attributes = self._needs_attributes()
+
+    def _needs_attributes(self) -> bool:
         """Whether judging an object takes its attributes: not when every criterion is a
         State (judged from the columns) or one value of a column the store filters on
         exactly."""
@@ -187,6 +188,7 @@ class _Criteria:
             if value is None or not low <= value <= high:
                 return False
         exact = not self.needs_attributes  # then the store has judged the columns
+        have_by_identity: dict[tuple[int, str | None, str | None], list[Attribute]] | None = None
         for wanted in self.others:
             if wanted.tag == Tag.STATE:
                 if int(state) != wanted.value.value:
@@ -198,9 +200,15 @@ class _Criteria:
                 bits = wanted.value.value
                 if mask is None or mask & bits != bits:
                     return False
-            elif not any(_same_value(wanted, have) for have in obj.attributes
-                         if attribute_identity(have) == attribute_identity(wanted)):
-                return False
+            else:
+                if have_by_identity is None:  # once per object: criteria x attributes
+                    # would be quadratic (a request may carry a thousand of each)
+                    have_by_identity = {}
+                    for have in obj.attributes:
+                        have_by_identity.setdefault(attribute_identity(have), []).append(have)
+                if not any(_same_value(wanted, have)
+                           for have in have_by_identity.get(attribute_identity(wanted), ())):
+                    return False
         return True
 
 

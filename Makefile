@@ -15,7 +15,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml kcm/kernel/_plain_scan.c kcm/_tls_calls.c
+$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml kcm/kernel/_plain_scan.c kcm/_tls_calls.c \
+		kcm/ttlv/_item_count.c
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 

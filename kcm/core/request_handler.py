@@ -62,6 +62,7 @@ from kcm.core.store.lean import LeanTransaction
 from kcm.kernel.batch import Savepoint
 from kcm.kernel.batch_limit import over_batch_limit
 from kcm.kernel.correlation import new_correlation_id
+from kcm.kernel.item_limit import item_limit, over_item_limit
 from kcm.kernel.plain_messages import (
     NOT_PLAIN,
     READABLE_VERSIONS,
@@ -161,6 +162,8 @@ class CoreRequestHandler:
         self._clock = clock
         self._server_info = server_info or ServerInfo()
         self._limits = limits or CoreLimits()
+        #: The most TTLV items of one request (:mod:`kcm.kernel.item_limit`).
+        self._max_items = item_limit(self._limits.max_batch_items)
         self._scheduler = FairScheduler(
             store.defer, workers=workers,
             per_key=min(workers, self._limits.max_workers_per_tenant))
@@ -540,7 +543,9 @@ class CoreRequestHandler:
         if plain is not None:
             return plain
         refusal = over_batch_limit(wire, self._limits.max_batch_items)
-        if refusal is not None:  # at the cost of the header: no item is read
+        if refusal is None and len(wire) > 8 * self._max_items:
+            refusal = over_item_limit(wire, self._max_items)
+        if refusal is not None:  # at the cost of the headers: no item is decoded
             raise _Refused(*refusal)
         try:
             tree = decode(wire, max_size=self._limits.max_message_size)

@@ -79,6 +79,7 @@ from kcm.gateway.subrequest import sub_request
 from kcm.identity import Principal
 from kcm.kernel.batch_limit import over_batch_limit
 from kcm.kernel.correlation import new_correlation_id
+from kcm.kernel.item_limit import item_limit, over_item_limit
 from kcm.kernel.responses import (
     CLIENT_GONE,
     encode_items,
@@ -145,6 +146,8 @@ class GatewayRequestHandler:
         self._max_message_size = max_message_size
         self._fast_path = fast_path
         self._max_batch_items = max_batch_items
+        #: The most TTLV items of a request run here (:mod:`kcm.kernel.item_limit`).
+        self._max_items = item_limit(max_batch_items)
         #: The forwarded calls awaiting the core, by client connection (reactor thread).
         self._forwarding: dict[int, set[Deferred[bytes]]] = {}
         #: Runs a call once the answers at hand are written (None: at once).
@@ -156,9 +159,13 @@ class GatewayRequestHandler:
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         """Answer ``wire``; never raises, and a returned Deferred never fails."""
         started = self._timer()
-        if not may_run_here(wire, self._max_batch_items):
+        if not may_run_here(wire, self._max_batch_items) or (
+                len(wire) > 8 * self._max_items
+                and over_item_limit(wire, self._max_items) is not None):
             # Forwarded whole, unpeeked (most forwarded requests): nothing here could
-            # answer any of it, the fast path included. Timed, counted and never failing.
+            # answer any of it, the fast path included; or it holds more fields than any
+            # request needs, which the core refuses and audits, and nothing here decodes.
+            # Timed, counted and never failing.
             return self._relay(wire, None, connection, started)
         routed = _Routed()
         try:

@@ -164,6 +164,41 @@ def test_a_request_of_thousands_of_items_is_refused_from_its_header(
         ("?", "INVALID_MESSAGE"), ("?", "INVALID_MESSAGE"), ("LOCATE", None)]
 
 
+def test_a_request_of_more_fields_than_any_request_needs_is_refused_before_decoding(
+        deployment: tuple[CoreProcess, GatewayProcess]) -> None:
+    """A 1 MiB Create of 130,000 empty Comments (an L4 one, which the gateway would run):
+    decoded, it would hold a plane's interpreter some 70 ms before the attribute limit
+    refused it. Both planes judge it from its headers; the core refuses it, and audits."""
+    core, gateway = deployment
+    before = last_seq(core)
+    empty = Attribute(Tag.COMMENT, Item(Tag.COMMENT, ItemType.TEXT_STRING, ""))
+    l4 = create_l4().request_payload.attributes
+
+    def create(count: int) -> bytes:
+        return request(item(Operation.CREATE, CreateRequest(
+            object_type=ObjectType.SYMMETRIC_KEY, attributes=[*l4, *[empty] * count])),
+            version=(2, 1))
+
+    wire = largest_of(create)
+    assert len(wire) > 1_000_000
+    for server in (gateway, core):
+        with client(server) as kmip:
+            [refused] = response(kmip.send(wire)).batch_items
+            assert (refused.result_reason, refused.result_message) == (
+                ResultReason.INVALID_MESSAGE,
+                "request too large: more than 16384 fields; at most 16384 are accepted in "
+                "one request")
+            succeeded(kmip, request(create_l4()))
+    assert [r["result_reason"] for r in audit_rows(core, before)
+            if r["operation"] == "?"] == ["INVALID_MESSAGE"] * 2
+
+
+def largest_of(build, limit: int = (1 << 20) - 64) -> bytes:
+    """``build(n)`` for the largest ``n`` whose request fits in ``limit`` bytes."""
+    one, two = len(build(1)), len(build(2))
+    return build((limit - one) // (two - one) + 1)
+
+
 # Values of the wrong type -------------------------------------------------------------------------
 
 def wrongly_typed(tag: int, value_type: ItemType, value: object, *,

@@ -54,8 +54,8 @@ bench-gateway: $(STAMP)
 bench-workers: $(STAMP)
 	$(BIN)/python benchmarks/workers_bench.py
 
-## Another tenant's latency at kcm-core while one tenant runs heavy Locate batches, against
-## the idle core (about 2 minutes); docs/benchmarks.md.
+## Another tenant's latency at kcm-core while one tenant runs heavy Locate batches, then
+## 1 MiB requests of small items, against the idle core (about 3 minutes); docs/benchmarks.md.
 bench-fairness: $(STAMP)
 	$(BIN)/python benchmarks/fairness_bench.py
 

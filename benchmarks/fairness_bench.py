@@ -54,24 +54,9 @@ def populate(core: CoreProcess, objects: int) -> None:
 def heavy_loop(port: int, pki_dir: str, stop_at: float, batch: int, counts) -> None:
     """Locate batches of ``batch`` items until ``stop_at`` (time.time()), and every tenth
     request the 1,000-Locate batch; counts answered batches and refusals."""
-    from kcm.pki import PkiPaths
-
-    pki = PkiPaths.for_directory(Path(pki_dir))
     heavy = request(*[locate()] * batch)
     hostile = request(*[locate()] * 1000)
-    client = KmipClient("127.0.0.1", port, cert=pki.app.cert, key=pki.app.key, ca=pki.ca.cert)
-    client.connect()
-    sent = 0
-    try:
-        while time.time() < stop_at:
-            wire = hostile if sent % 10 == 9 else heavy
-            answer = response(client.send(wire))
-            sent += 1
-            statuses = {b.result_status for b in answer.batch_items}
-            with counts.get_lock():
-                counts[0 if statuses == {ResultStatus.SUCCESS} else 1] += 1
-    finally:
-        client.close()
+    send_until(port, pki_dir, stop_at, [heavy] * 9 + [hostile], counts)
 
 
 def many_items_loop(port: int, pki_dir: str, stop_at: float, counts) -> None:
@@ -82,22 +67,29 @@ def many_items_loop(port: int, pki_dir: str, stop_at: float, counts) -> None:
     from kcm.kmip.enums import ObjectType, Operation
     from kcm.kmip.payloads import CreateRequest
     from kcm.kmip.tags import Tag
-    from kcm.pki import PkiPaths
     from kcm.testing.requests import aes256, item
     from kcm.ttlv import Item, ItemType
 
-    pki = PkiPaths.for_directory(Path(pki_dir))
     many_gets = largest(lambda n: request(*[get("k")] * n))
     many_attributes = largest(lambda n: request(item(Operation.CREATE, CreateRequest(
         object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256([
             Attribute(Tag.COMMENT, Item(Tag.COMMENT, ItemType.TEXT_STRING, ""))] * n))),
         version=(2, 1)))
+    send_until(port, pki_dir, stop_at, [many_gets, many_attributes], counts)
+
+
+def send_until(port: int, pki_dir: str, stop_at: float, wires: list[bytes], counts) -> None:
+    """``wires`` in turn, on one connection of tenant demo's application, until ``stop_at``
+    (time.time()); counts the answers all of whose items succeeded, and the others."""
+    from kcm.pki import PkiPaths
+
+    pki = PkiPaths.for_directory(Path(pki_dir))
     client = KmipClient("127.0.0.1", port, cert=pki.app.cert, key=pki.app.key, ca=pki.ca.cert)
     client.connect()
     sent = 0
     try:
         while time.time() < stop_at:
-            answer = response(client.send(many_gets if sent % 2 == 0 else many_attributes))
+            answer = response(client.send(wires[sent % len(wires)]))
             sent += 1
             statuses = {b.result_status for b in answer.batch_items}
             with counts.get_lock():

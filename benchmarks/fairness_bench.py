@@ -67,7 +67,7 @@ def many_items_loop(port: int, pki_dir: str, stop_at: float, counts) -> None:
     from kcm.kmip.enums import ObjectType, Operation
     from kcm.kmip.payloads import CreateRequest
     from kcm.kmip.tags import Tag
-    from kcm.testing.requests import aes256, item
+    from kcm.testing.requests import aes256, item, largest
     from kcm.ttlv import Item, ItemType
 
     many_gets = largest(lambda n: request(*[get("k")] * n))
@@ -96,12 +96,6 @@ def send_until(port: int, pki_dir: str, stop_at: float, wires: list[bytes], coun
                 counts[0 if statuses == {ResultStatus.SUCCESS} else 1] += 1
     finally:
         client.close()
-
-
-def largest(build, limit: int = (1 << 20) - 64) -> bytes:
-    """``build(n)`` for the largest ``n`` whose request fits ``limit`` bytes."""
-    one, two = len(build(1)), len(build(2))
-    return build((limit - one) // (two - one) + 1)
 
 
 def measure(core: CoreProcess, uid: str, seconds: float) -> tuple[HdrHistogram, int, int]:

@@ -6,7 +6,7 @@ gateway and the core are exercised with (an L4 or a managed AES-256 key, Get, En
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kcm.kmip.attributes import Attribute, AttributeReference, Link
 from kcm.kmip.enums import (
@@ -152,3 +152,11 @@ def query(batch_id: bytes | None = None) -> RequestBatchItem:
     """Query for the operations and object types the server supports."""
     return item(Operation.QUERY, QueryRequest(query_functions=[
         QueryFunction.QUERY_OPERATIONS, QueryFunction.QUERY_OBJECTS]), batch_id)
+
+
+def largest(build: Callable[[int], bytes], limit: int = (1 << 20) - 64) -> bytes:
+    """``build(n)``, a request of ``n`` of something, for the largest ``n`` that fits in
+    ``limit`` bytes (the default maximum message size, less room for slack): what a
+    hostile client sends to make a plane read the most small things for one request."""
+    one, two = len(build(1)), len(build(2))
+    return build((limit - one) // (two - one) + 1)

@@ -36,6 +36,7 @@ from kcm.testing.requests import (
     encrypt,
     get,
     item,
+    largest,
     locate,
     request,
     response,
@@ -138,12 +139,6 @@ def test_a_batch_over_the_gateways_max_batch_items_is_the_cores_to_judge(
     assert len(audit_rows(core, before)) == audited == 3 * over
 
 
-def largest(item, limit: int = 1 << 20) -> bytes:
-    """A request of as many copies of ``item`` as the maximum message size holds."""
-    one, two = len(request(item)), len(request(item, item))
-    return request(*[item] * ((limit - one) // (two - one)))
-
-
 def test_a_request_of_thousands_of_items_is_refused_from_its_header(
         deployment: tuple[CoreProcess, GatewayProcess]) -> None:
     """A 1 MiB request holds about 20,000 small items. Judged after reading them, the
@@ -151,7 +146,8 @@ def test_a_request_of_thousands_of_items_is_refused_from_its_header(
     of a second; both refuse it from the header and the first items' heads instead."""
     core, gateway = deployment
     before = last_seq(core)
-    local, remote = largest(get("l4.x")), largest(locate())
+    local = largest(lambda n: request(*[get("l4.x")] * n))
+    remote = largest(lambda n: request(*[locate()] * n))
     assert len(local) > 1_000_000 and len(remote) > 1_000_000
     with client(gateway) as kmip:
         for wire in (local, remote):
@@ -179,7 +175,7 @@ def test_a_request_of_more_fields_than_any_request_needs_is_refused_before_decod
             object_type=ObjectType.SYMMETRIC_KEY, attributes=[*l4, *[empty] * count])),
             version=(2, 1))
 
-    wire = largest_of(create)
+    wire = largest(create)
     assert len(wire) > 1_000_000
     for server in (gateway, core):
         with client(server) as kmip:
@@ -191,12 +187,6 @@ def test_a_request_of_more_fields_than_any_request_needs_is_refused_before_decod
             succeeded(kmip, request(create_l4()))
     assert [r["result_reason"] for r in audit_rows(core, before)
             if r["operation"] == "?"] == ["INVALID_MESSAGE"] * 2
-
-
-def largest_of(build, limit: int = (1 << 20) - 64) -> bytes:
-    """``build(n)`` for the largest ``n`` whose request fits in ``limit`` bytes."""
-    one, two = len(build(1)), len(build(2))
-    return build((limit - one) // (two - one) + 1)
 
 
 # Values of the wrong type -------------------------------------------------------------------------

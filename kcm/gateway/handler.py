@@ -289,11 +289,11 @@ class GatewayRequestHandler:
         if calls is not None:
             self._answered_call(connection_id, calls, call)
         try:
-            if request is None:
-                if over_batch_limit(wire, self._max_batch_items) is not None:
-                    raise TtlvError(0, "too many items to answer one by one")
+            if request is None and over_batch_limit(wire, self._max_batch_items) is None:
                 request = peek_request(wire)
-        except TtlvError:  # as for a request whose routing facts cannot be read
+        except TtlvError:  # its routing facts cannot be read
+            request = None
+        if request is None:  # unreadable, or too many items to answer one by one: whole
             answer = self._unreachable(wire, failure)
         else:
             try:

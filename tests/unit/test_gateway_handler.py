@@ -336,6 +336,15 @@ def test_a_batch_over_max_batch_items_is_forwarded_whole_before_any_item_runs(
     # At the limit a local batch runs here.
     assert len(gateway.send(request(*[create_l4()] * 3), sync=False).batch_items) == 3
     assert ran and len(link.forwarded) == 3
+    # With the core unreachable, such a request is answered whole, not item by item.
+    link.down = True
+    [whole] = gateway.send(over[2], sync=False).batch_items
+    assert (whole.operation, whole.result_status, whole.result_reason) == (
+        None, ResultStatus.OPERATION_FAILED, ResultReason.GENERAL_FAILURE)
+    assert "core is unreachable" in whole.result_message
+    first = gateway.send(request(*[locate()] * 3), sync=False).batch_items[0]
+    assert (first.operation, first.result_reason) == (
+        Operation.LOCATE, ResultReason.GENERAL_FAILURE)  # at the limit: item by item
 
 
 # Mixed -------------------------------------------------------------------------------------

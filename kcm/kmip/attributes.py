@@ -256,11 +256,14 @@ def attributes_from_container(item: Item, version: Version) -> list[Attribute]:
         raise KmipError(ResultReason.INVALID_FIELD, f"{tag_label(item.tag)} must be a Structure")
     if len(item.value) > MAX_ATTRIBUTES:  # type: ignore[arg-type]
         raise _too_many(len(item.value))  # type: ignore[arg-type]
-    attributes = [attribute_from_item(child, version) if child.tag == Tag.ATTRIBUTE
-                  else Attribute(child.tag, child)
-                  for child in item.value]  # type: ignore[union-attr]
-    for attribute in attributes:
-        check_value_type(attribute, version)
+    attributes = []
+    for child in item.value:  # type: ignore[union-attr]
+        if child.tag == Tag.ATTRIBUTE:  # (checked as it is read)
+            attributes.append(attribute_from_item(child, version))
+        else:
+            attribute = Attribute(child.tag, child)
+            check_value_type(attribute, version)
+            attributes.append(attribute)
     return attributes
 
 

@@ -12,6 +12,7 @@ catches up through :meth:`EventFanout.replay`, then goes live; see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.application.service import Service
@@ -52,6 +53,12 @@ class EventFanout(Service):
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self._subscribers: set[EventSubscriber] = set()
+        #: Every event this process committed up to this sequence number has been
+        #: published (or was rolled back with a savepoint): set by each read that began
+        #: after those commits (:meth:`committed`, read as the read begins).
+        self.settled = 0
+        #: Called after each read that raised :attr:`settled` (links holding answers).
+        self.on_settled: set[Callable[[], None]] = set()
         self._loop: LoopingCall | None = None
         self._waking = False
         self._wake_again = False
@@ -92,18 +99,28 @@ class EventFanout(Service):
             self._wake_again = False
             self.wake()
 
+    def committed(self) -> int:
+        """The latest event this process has committed (the store's count)."""
+        return self._store.outbox_committed
+
     def poll(self) -> Deferred[None]:
         """Read the events after :attr:`head` and publish them (all of them, batch after
         batch); never fails."""
+        committed = self.committed()  # before the read: it finds all of these
         d = self.read(self.head)
-        d.addCallback(self._publish_and_continue)
+        d.addCallback(self._publish_and_continue, committed)
         d.addErrback(lambda failure: log.failure("polling the outbox failed", failure))
         return d
 
-    def _publish_and_continue(self, records: list[repository.OutboxRecord]) -> Deferred | None:
+    def _publish_and_continue(self, records: list[repository.OutboxRecord],
+                              committed: int) -> Deferred | None:
         self._publish([encode_event(r) for r in records])
         if len(records) >= self.batch_size:  # more are waiting: read on at once
             return self.poll()
+        if committed > self.settled:
+            self.settled = committed
+            for settled in list(self.on_settled):
+                settled()
         return None
 
     def _publish(self, events: list[EncodedEvent]) -> None:

@@ -84,6 +84,10 @@ _MAX_CALLERS = 4096
 #: Caller fields longer than this (bytes) are read for each request, not kept: what a link
 #: keeps stays within _MAX_CALLERS times this (a SPIFFE ID is at most 2,048 bytes).
 _MAX_KEPT_FIELDS = 4096
+#: Seconds an answer waits at most for the events committed before it to be sent on its
+#: link (:meth:`LinkServerProtocol._answered`); only a fan-out that cannot read the outbox
+#: makes one wait this long.
+ANSWER_HOLD_LIMIT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,9 @@ class LinkServerProtocol(LinkProtocol):
         self._queued: deque[bytes] = deque()
         #: The forwarded requests being answered, by stream (a CANCEL stops one).
         self._requests: dict[int, RequestWatch] = {}
+        #: Answers waiting for the events committed before them: (sequence, stream, wire).
+        self._held: list[tuple[int, int, bytes]] = []
+        self._hold_timer: Any = None
         #: What the caller fields of a REQUEST name (a Caller, or _Refused), by their
         #: bytes: a gateway sends the same with every request of a connection. Made under
         #: the factory's ``policy_generation``; a new policy empties it.
@@ -137,7 +144,7 @@ class LinkServerProtocol(LinkProtocol):
     @property
     def requests_in_flight(self) -> int:
         """Forwarded requests of this link being answered now."""
-        return len(self._requests)
+        return len(self._requests) + len(self._held)
 
     # Identity -------------------------------------------------------------------------------
     @property
@@ -165,6 +172,8 @@ class LinkServerProtocol(LinkProtocol):
         self.factory.fanout.unsubscribe(self)
         self.factory.links.discard(self)
         self._queued.clear()
+        self._held.clear()
+        self._stop_holding()
         # Nobody is left to read the answers of the requests in flight.
         requests, self._requests = self._requests, {}
         for watch in requests.values():
@@ -278,6 +287,8 @@ class LinkServerProtocol(LinkProtocol):
                 self._queued.append(wire)
             else:
                 self.send_wire(wire)
+        if self._held:
+            self._release_held()
         if len(self._queued) > self.factory.settings.max_queued_events:
             self.go_away(f"too far behind the event stream; reconnect and resume after "
                          f"sequence {self.sent_seq - len(self._queued)}", abort=True)
@@ -300,6 +311,8 @@ class LinkServerProtocol(LinkProtocol):
         self._paused = False
         while self._queued and not self._paused and not self.closing:
             self.send_wire(self._queued.popleft())
+        if self._held and not self._paused:
+            self._release_held()
         if not self._paused and self._hello and not self.live:
             self._catch_up()
 
@@ -368,7 +381,67 @@ class LinkServerProtocol(LinkProtocol):
         if self._requests.get(stream_id) is not watch:
             return  # cancelled: the gateway no longer awaits this stream
         del self._requests[stream_id]
-        self._respond(stream_id, wire)
+        # What this request changed reaches the gateway before its answer does: a gateway
+        # that relays a Revoke's Success has applied the revocation (docs/link-protocol.md
+        # §3). The events committed so far are awaited, this request's among them.
+        committed = self.factory.fanout.committed()
+        if self._has_events_through(committed):
+            self._respond(stream_id, wire)
+        else:
+            self._hold(committed, stream_id, wire)
+
+    def _has_events_through(self, committed: int) -> bool:
+        """Whether every event this process committed up to ``committed`` has been handed
+        to this link's transport (or never existed: a savepoint rolled it back)."""
+        delivered = self.delivered_seq
+        if delivered >= committed:
+            return True
+        fanout = self.factory.fanout
+        return fanout.settled >= committed and delivered >= fanout.head
+
+    def _hold(self, committed: int, stream_id: int, wire: bytes) -> None:
+        self._held.append((committed, stream_id, wire))
+        self.factory.fanout.on_settled.add(self._release_held)
+        if self._hold_timer is None:
+            self._hold_timer = self.clock.callLater(ANSWER_HOLD_LIMIT, self._held_too_long)
+
+    def _release_held(self) -> None:
+        """Send the held answers whose events have gone out."""
+        if self._paused or self.closing:
+            return
+        waiting = []
+        for committed, stream_id, wire in self._held:
+            if self._has_events_through(committed):
+                self._respond(stream_id, wire)
+            else:
+                waiting.append((committed, stream_id, wire))
+        self._held = waiting
+        if not waiting:
+            self._stop_holding()
+
+    def _held_too_long(self) -> None:
+        """The fan-out has not read the outbox for ANSWER_HOLD_LIMIT: the answers go
+        without their events, which follow when it reads again (gateways learn of them late,
+        as of changes made at another core). A link whose gateway is not reading keeps them
+        behind its queued events."""
+        if self._paused or self._queued:
+            self._hold_timer = self.clock.callLater(ANSWER_HOLD_LIMIT, self._held_too_long)
+            return
+        log.warn("{count} answers to gateway {gateway} sent before their events: the event "
+                 "fan-out has not read the outbox for {limit} s", count=len(self._held),
+                 gateway=self.gateway.id if self.gateway else "?", limit=ANSWER_HOLD_LIMIT)
+        held, self._held = self._held, []
+        self._stop_holding()
+        for _, stream_id, wire in held:
+            self._respond(stream_id, wire)
+
+    def _stop_holding(self) -> None:
+        if self._hold_timer is None:  # (set while anything is held)
+            return
+        self.factory.fanout.on_settled.discard(self._release_held)
+        if self._hold_timer.active():
+            self._hold_timer.cancel()
+        self._hold_timer = None
 
     def frame_CANCEL(self, frame: Frame) -> None:
         """The gateway's client left: the request on that stream stops at its next batch-item
@@ -492,7 +565,8 @@ class LinkServerProtocol(LinkProtocol):
     def drained(self) -> bool:
         """Whether nothing is left to answer here: a link sent DRAIN is drained once the
         gateway closed it; another once no request of it is in flight."""
-        return self.closing or (not self.drain_sent and not self._requests)
+        return self.closing or (not self.drain_sent and not self._requests
+                                and not self._held)
 
     def go_away(self, reason: str, *, abort: bool = False) -> None:
         """Send GOAWAY, then close (``abort``: without waiting for the peer to read)."""

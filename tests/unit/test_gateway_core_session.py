@@ -82,6 +82,9 @@ class _NoEvents(EventFanout):
     def __init__(self, clock: Clock) -> None:
         super().__init__(None, clock)  # type: ignore[arg-type]
 
+    def committed(self) -> int:
+        return 0
+
     def read(self, after: int) -> Deferred[list]:
         return succeed([])
 

@@ -78,6 +78,11 @@ class NoEvents:
     """An event fan-out with an empty outbox whose replay never ends (no events here)."""
 
     head = 0
+    settled = 0
+    on_settled: set = set()
+
+    def committed(self) -> int:
+        return 0
 
     def replay(self, after: int) -> Deferred:
         return Deferred()

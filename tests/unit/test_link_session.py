@@ -76,13 +76,18 @@ class MemoryFanout(EventFanout):
     def __init__(self, clock: Clock, batch_size: int = 1000) -> None:
         super().__init__(None, clock, batch_size=batch_size)  # type: ignore[arg-type]
         self.records: list[OutboxRecord] = []
+        #: The latest event committed by "this process" (commit() here).
+        self.committed_seq = 0
+
+    def committed(self) -> int:
+        return self.committed_seq
 
     def read(self, after: int):
         return succeed([r for r in self.records if r.seq > after][: self.batch_size])
 
     def commit(self, n: int = 1) -> None:
         for _ in range(n):
-            seq = len(self.records) + 1
+            seq = self.committed_seq = len(self.records) + 1
             payload = encode_payload({"unique_identifier": f"l3-{seq}", "service": "app",
                                       "key_version": seq})
             self.records.append(OutboxRecord(seq, 0, "demo", "l3.rotated", payload))
@@ -292,6 +297,72 @@ def test_new_events_are_pushed_in_order(world: World) -> None:
     seq, kind, tenant, payload = world.events[0]
     assert (kind, tenant, payload["unique_identifier"]) == ("l3.rotated", "demo", "l3-3")
     assert world.client.last_sequence == 5
+
+
+def test_an_answer_follows_the_events_its_request_committed(world: World) -> None:
+    """A Revoke's Success reaches the gateway after its events: the gateway has applied
+    the revocation before it relays the answer (or runs the batch's next item)."""
+    world.connect()
+    seen: list[str] = []
+    world.client.on_event = lambda *event: seen.append(f"event {event[0]}")
+    answer = world.client.forward(b"revoke", APP, "h:1")
+    answer.addCallback(lambda wire: seen.append(wire.decode()))
+    world.flush()
+    world.fanout.commit()  # the request's transaction commits its event ...
+    world.handler.calls[0][2].callback(b"answer")  # ... then answers
+    world.flush()
+    assert seen == []  # held: the fan-out has not read the event yet
+    world.fanout.poll()
+    world.flush()
+    assert seen == ["event 1", "answer"]
+    assert world.server.requests_in_flight == 0
+
+
+def test_an_answer_without_new_events_is_not_held(world: World) -> None:
+    world.connect()
+    world.fanout.commit()
+    world.fanout.poll()
+    world.flush()
+    answer = results([world.client.forward(b"get", APP, "h:1")])
+    world.flush()
+    world.handler.calls[0][2].callback(b"answer")
+    world.flush()
+    assert answer == [b"answer"]
+
+
+def test_an_answer_whose_event_was_rolled_back_goes_once_the_fan_out_has_read(
+        world: World) -> None:
+    """A savepoint that rolled back an event leaves the count above the outbox: the
+    answer waits for one read that began after it, not for an event that never comes."""
+    world.connect()
+    world.fanout.committed_seq = 1  # counted, then rolled back: no record
+    answer = results([world.client.forward(b"req", APP, "h:1")])
+    world.flush()
+    world.handler.calls[0][2].callback(b"answer")
+    world.flush()
+    assert answer == [None]
+    world.fanout.poll()
+    world.flush()
+    assert answer == [b"answer"]
+
+
+def test_an_answer_is_held_at_most_the_hold_limit_when_the_fan_out_cannot_read(
+        world: World) -> None:
+    from kcm.core.link_server import ANSWER_HOLD_LIMIT
+
+    world.connect()
+    world.fanout.commit()  # committed, but the fan-out never reads it
+    answer = results([world.client.forward(b"req", APP, "h:1")])
+    world.flush()
+    world.handler.calls[0][2].callback(b"answer")
+    world.flush()
+    world.clock.advance(ANSWER_HOLD_LIMIT - 0.01)
+    world.flush()
+    assert answer == [None] and world.server.requests_in_flight == 1
+    world.clock.advance(0.02)
+    world.flush()
+    assert answer == [b"answer"] and world.server.requests_in_flight == 0
+    assert world.fanout.on_settled == set()
 
 
 def test_a_reconnecting_gateway_gets_what_it_missed_in_order(world: World) -> None:

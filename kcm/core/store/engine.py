@@ -234,6 +234,11 @@ class Store(Service):
         #: Called on the worker thread after each commit that added outbox events (the
         #: fan-out reads them at once, not at its next poll); None: nobody is told.
         self.on_outbox_written: Callable[[], None] | None = None
+        #: The sequence number of the latest outbox event this process committed (0:
+        #: none). Set before the transaction's result is handed back, so an answer made
+        #: after a commit can wait for its events to reach the gateways (kcm.core.link_server).
+        self.outbox_committed = 0
+        self._outbox_committed_lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -499,6 +504,10 @@ class Store(Service):
             learnt = info.pop(LEARNT_INFO, None)
             if learnt:
                 self.known.services.update(learnt)
-            if info.pop(OUTBOX_WRITTEN_INFO, False) and self.on_outbox_written is not None:
-                self.on_outbox_written()
+            written = info.pop(OUTBOX_WRITTEN_INFO, 0)
+            if written:
+                with self._outbox_committed_lock:  # commits of two threads may finish
+                    self.outbox_committed = max(self.outbox_committed, written)  # crossed
+                if self.on_outbox_written is not None:
+                    self.on_outbox_written()
             return result

@@ -57,8 +57,9 @@ from kcm.link.events import EventKind
 WRITER_LOCK_KEY = 0x4B434D0001
 #: The PostgreSQL channel a commit that adds outbox events notifies.
 OUTBOX_CHANNEL = "kcm_outbox"
-#: ``Session.info``: set when the transaction added outbox events (the store then tells
-#: its ``on_outbox_written`` after the commit: this process's fan-out reads them at once).
+#: ``Session.info``: the sequence number of the latest outbox event the transaction added
+#: (the store then keeps it as ``outbox_committed`` and tells its ``on_outbox_written``
+#: after the commit: this process's fan-out reads them at once).
 OUTBOX_WRITTEN_INFO = "kcm.store.outbox_written"
 
 Clock = Callable[[], float]
@@ -722,7 +723,7 @@ def append_outbox(
         OutboxEvent(seq=seq, at=int(clock() * 1_000_000), tenant=tenant, kind=kind, payload=payload)
     )
     session.flush()
-    session.info[OUTBOX_WRITTEN_INFO] = True
+    session.info[OUTBOX_WRITTEN_INFO] = seq  # the transaction's latest (the Store keeps it)
     if session.get_bind().dialect.name == "postgresql":
         # Delivered at commit (never for a rollback), once per transaction however many
         # events it adds: wakes every core's fan-out (kcm.core.outbox_listener).

@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -59,6 +59,7 @@ from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
+from kcm.core.store.unavailable import store_unavailable, store_unavailable_message
 from kcm.kernel.batch import Savepoint
 from kcm.kernel.batch_limit import over_batch_limit
 from kcm.kernel.correlation import new_correlation_id
@@ -363,20 +364,32 @@ class CoreRequestHandler:
 
     def _not_durable(self, failure: Failure, key: tuple[str, str], caller: Caller,
                      version: Version, now: int) -> Deferred[bytes]:
-        """General Failure for a request whose group did not commit; its own audit record
-        is attempted in a later group (the answer does not depend on it)."""
-        correlation_id = new_correlation_id()
-        log.failure("request failed [correlation id {cid}]", failure, cid=correlation_id)
-        answer = self._failed_answer(caller, version, correlation_id, now)
+        """General Failure for a request whose group did not commit, answered at once.
 
-        def unaudited(failure: Failure) -> bytes:
+        A store that is unavailable (locked by another process, full, unreachable) is named
+        in the answer, and the failure is recorded by one log line, with the caller, not in
+        the audit chain: writing there would meet the same store, and each attempt would
+        hold the writer (up to the SQLite lock wait) ahead of every other request. Any
+        other failure is logged with its traceback and its audit record attempted in a
+        later group, which the answer does not wait for."""
+        correlation_id = new_correlation_id()
+        unavailable = store_unavailable(failure.value)
+        answer = self._failed_answer(caller, version, correlation_id, now,
+                                     unavailable=unavailable is not None)
+        if unavailable is not None:
+            log.error("request of {caller} failed [correlation id {cid}]: the key store is "
+                      "unavailable ({why}); not audited", caller=caller.principal.id,
+                      cid=correlation_id, why=unavailable)
+            return succeed(answer.wire)
+        log.failure("request failed [correlation id {cid}]", failure, cid=correlation_id)
+
+        def unaudited(failure: Failure) -> None:
             log.failure("the audit record of failed request {cid} could not be written",
                         failure, cid=correlation_id)
-            return answer.wire
 
-        return self._committer.submit(
-            key, _append_all, answer.events, lean=append_records).addCallbacks(
-            lambda _: answer.wire, unaudited)
+        self._committer.submit(key, _append_all, answer.events,
+                               lean=append_records).addErrback(unaudited)
+        return succeed(answer.wire)
 
     def respond(self, wire: bytes, caller: Caller, now: int,
                 should_stop: Callable[[], str | None] | None = None) -> bytes:
@@ -519,9 +532,9 @@ class CoreRequestHandler:
         self._metrics.item(None)
         return _refusal(*args)
 
-    def _failed_answer(self, *args: Any) -> _Answer:
+    def _failed_answer(self, *args: Any, **kwargs: Any) -> _Answer:
         self._metrics.item(None)
-        return _general_failure(*args)
+        return _general_failure(*args, **kwargs)
 
     def _response(self, request: RequestMessage, now: int, correlation_id: str,
                   items: list[ResponseBatchItem]) -> bytes:
@@ -654,11 +667,13 @@ def _refusal(caller: Caller, refused: _Refused, correlation_id: str, now: int) -
 
 
 def _general_failure(caller: Caller, version: Version, correlation_id: str, now: int,
-                     request: RequestMessage | None = None) -> _Answer:
+                     request: RequestMessage | None = None, *,
+                     unavailable: bool = False) -> _Answer:
     """A General Failure answer for a request that failed unexpectedly (the caller logs
-    why), and its audit record."""
+    why), and its audit record; ``unavailable``: because the key store was."""
     item = failed_item(None, None, version, ResultReason.GENERAL_FAILURE,
-                       internal_error(correlation_id))
+                       store_unavailable_message(correlation_id) if unavailable
+                       else internal_error(correlation_id))
     detail = None if request is None else {
         "operations": [operation_name(i.operation) for i in request.batch_items]}
     return _Answer(response_wire(version, now, correlation_id, encode_items([item], version)),

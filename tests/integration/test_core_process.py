@@ -39,6 +39,44 @@ def test_pykmip_lifecycle_on_postgresql(core_process_pg: CoreProcess) -> None:
     assert core_process_pg.kcm("audit", "verify").returncode == 0
 
 
+def test_a_database_another_process_keeps_locked_fails_requests_in_seconds(
+        core_process: CoreProcess) -> None:
+    """Another process holding the SQLite file's write lock (a stuck maintenance script)
+    makes writes and reads fail within seconds, each answered General Failure naming the
+    key store, not hang for the lock; once it lets go, the core serves again by itself."""
+    import time
+
+    client = core_process.pykmip()
+    try:
+        uid = client.create(enums.CryptographicAlgorithm.AES, 256)
+        blocker = sqlite3.connect(core_process.root / "kcm.db", timeout=30)
+        blocker.isolation_level = None
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            for attempt in (lambda: client.create(enums.CryptographicAlgorithm.AES, 256),
+                            lambda: client.get_attributes(uid)):
+                started = time.monotonic()
+                with pytest.raises(pie_exceptions.KmipOperationFailure) as refused:
+                    attempt()
+                took = time.monotonic() - started
+                assert refused.value.status == enums.ResultStatus.OPERATION_FAILED
+                assert refused.value.reason == enums.ResultReason.GENERAL_FAILURE
+                assert "the key store is unavailable" in str(refused.value)
+                # The store's lock wait is 5 s: a request waits for its own group's, and
+                # at most one other's (a state sweep's) before it.
+                assert took < 11.5, took
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert client.get_attributes(uid)[0] == uid
+        client.create(enums.CryptographicAlgorithm.AES, 256)
+    finally:
+        client.close()
+    lines = core_process.log.read_text().splitlines()
+    assert any("the key store is unavailable (database is locked); not audited" in line
+               for line in lines)
+
+
 def test_other_tenant_cannot_touch_an_object(core_process: CoreProcess) -> None:
     owner, stranger = core_process.pykmip("app"), core_process.pykmip("other_app")
     try:

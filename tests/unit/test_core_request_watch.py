@@ -98,7 +98,8 @@ def test_the_deadline_runs_from_the_requests_arrival() -> None:
     assert [stop() for stop in stops] == ["request deadline of 3 s exceeded"] * 2
 
 
-def test_a_request_whose_group_commit_failed_is_answered_general_failure_after_its_record() -> None:
+def test_a_request_whose_group_commit_failed_is_answered_at_once_and_its_record_follows(
+        ) -> None:
     from kcm.kmip.enums import ResultReason, ResultStatus
     from kcm.testing.requests import response
 
@@ -108,11 +109,34 @@ def test_a_request_whose_group_commit_failed_is_answered_general_failure_after_i
     handler.handle_request(b"request", ConnectionInfo(1, PRINCIPAL, "a:1")
                            ).addCallback(answers.append)
     store.calls[0][2].errback(OSError("disk I/O error"))  # the group did not commit
-    assert answers == []  # its General Failure record goes to a later group first
-    audit_work, (events,), recorded = store.calls[1]
-    assert [event.result_reason for event in events] == ["GENERAL_FAILURE"]
-    recorded.callback(None)
-    [item] = response(answers[0]).batch_items
+    [item] = response(answers[0]).batch_items  # answered without waiting for its record
     assert (item.result_status, item.result_reason) == (ResultStatus.OPERATION_FAILED,
                                                         ResultReason.GENERAL_FAILURE)
+    assert item.result_message.startswith("internal error (correlation id ")
+    audit_work, (events,), recorded = store.calls[1]  # its record goes to a later group
+    assert [event.result_reason for event in events] == ["GENERAL_FAILURE"]
     assert audit_work.__name__ == "_append_all"
+    recorded.callback(None)
+
+
+def test_a_request_that_met_an_unavailable_store_is_told_so_and_not_audited() -> None:
+    """A locked, full or unreachable store: the answer names it, and no audit record is
+    attempted (it would meet the same store, holding the writer for its lock wait)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from kcm.kmip.enums import ResultReason
+    from kcm.testing.requests import response
+
+    store, clock = HeldStore(), Clock()
+    handler = handler_with(store, clock)
+    answers: list[bytes] = []
+    handler.handle_request(b"request", ConnectionInfo(1, PRINCIPAL, "a:1")
+                           ).addCallback(answers.append)
+    store.calls[0][2].errback(OperationalError(
+        "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked")))
+    [item] = response(answers[0]).batch_items
+    assert item.result_reason == ResultReason.GENERAL_FAILURE
+    assert item.result_message.startswith("the key store is unavailable; try again")
+    assert len(store.calls) == 1

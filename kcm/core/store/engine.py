@@ -50,8 +50,12 @@ T = TypeVar("T")
 
 log = Logger()
 
-# How long a SQLite writer waits for the write lock before failing ("database is locked").
-SQLITE_BUSY_TIMEOUT_S = 30.0
+# How long a SQLite writer waits for the write lock before failing ("database is locked"):
+# well inside a request's deadline (limits.request_deadline, 10 s by default), so a file
+# another process keeps locked fails each waiting group's requests with a clear answer in
+# seconds, instead of every client hanging on it. kcm-core's own transactions are short;
+# the kcm command's wait for them as long.
+SQLITE_BUSY_TIMEOUT_S = 5.0
 
 # Execution option telling the SQLite begin hook whether to take the write lock up front.
 WRITE_OPTION = "kcm_write"

@@ -1,0 +1,26 @@
+"""Whether an error of the store means the store is unavailable (locked by another process,
+out of space, unreachable), as opposed to a bug: the first is the operator's to fix, and a
+client is told so in a short message, the second is logged with its traceback."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+#: What the causes' messages are cut to in a log line.
+_MAX_WHY = 120
+
+
+def store_unavailable(error: BaseException) -> str | None:
+    """A short ASCII reason when ``error`` says the database could not be used (a SQLite
+    file locked or full, a PostgreSQL server gone); None for any other error."""
+    if not isinstance(error, (OperationalError, InterfaceError)) and not (
+            isinstance(error, DBAPIError) and error.connection_invalidated):
+        return None
+    why = str(getattr(error, "orig", None) or error).splitlines()[0] if str(error) else ""
+    why = why.encode("ascii", "replace").decode("ascii")[:_MAX_WHY]
+    return why or type(error).__name__
+
+
+def store_unavailable_message(correlation_id: str) -> str:
+    """The Result Message of a General Failure that the key store's unavailability caused."""
+    return f"the key store is unavailable; try again (correlation id {correlation_id})"

@@ -251,7 +251,7 @@ def _run_init(args: argparse.Namespace) -> int:
     from kcm.core.service import L1_CHECK_META
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
-    from kcm.core.store.migrate import upgrade
+    from kcm.core.store.migrate import current_revision, upgrade
 
     config = core_config(args)
     for directory in _data_directories(config):
@@ -260,7 +260,9 @@ def _run_init(args: argparse.Namespace) -> int:
         l1, created = open_l1(config.l1_key_file, config.l1_pkcs11, create=True)
     except L1Error as e:
         raise CommandError(str(e)) from e
+    before = current_revision(config.database)
     upgrade(config.database)
+    after = current_revision(config.database)
     store = Store(config.database)
     store.audit_key = l1.audit_key()
     check = l1.check_value()
@@ -274,7 +276,9 @@ def _run_init(args: argparse.Namespace) -> int:
 
     anchor = store.run_sync(record)
     print(f"{l1.description} ({'created' if created else 'existing'})")
-    print(f"database: {shown_url(config.database)}{_where(config.database)} (schema up to date)")
+    schema = ("schema up to date" if before == after else f"schema created at {after}"
+              if before is None else f"schema upgraded from {before} to {after}")
+    print(f"database: {shown_url(config.database)}{_where(config.database)} ({schema})")
     if anchor is not None:
         print(f"audit chain keyed: record {anchor.seq} anchors the {anchor.seq - 1} records "
               "written before")

@@ -70,3 +70,24 @@ def test_init_creates_a_missing_data_directory_private(tmp_path: Path) -> None:
     assert core.kcm("core", "init").returncode == 0
     assert _mode(root / "data") == 0o700
     assert _mode(root / "data" / "kcm-core.db") == 0o600
+
+
+def test_init_says_what_it_did_to_the_schema(tmp_path: Path) -> None:
+    """An operator upgrading sees that a migration ran, and from which revision."""
+    from kcm.core.store.migrate import head_revision, upgrade
+
+    root = tmp_path / "old"
+    root.mkdir(mode=0o700)
+    database = f"sqlite:///{root / 'kcm-core.db'}"
+    core = CoreProcess(root, database)
+    core.write_config()
+    head = head_revision()
+    assert f"(schema created at {head})" in core.kcm("core", "init").stdout
+    assert "(schema up to date)" in core.kcm("core", "init").stdout
+    older = tmp_path / "older"
+    older.mkdir(mode=0o700)
+    upgrade(f"sqlite:///{older / 'kcm-core.db'}", "0001")
+    core = CoreProcess(older, f"sqlite:///{older / 'kcm-core.db'}")
+    core.write_config()
+    assert f"(schema upgraded from 0001 to {head})" in core.kcm("core", "init").stdout
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.kernel.lifecycle import wrong_state
 from kcm.kmip.attributes import VENDOR_TAG, Attribute
 from kcm.kmip.enums import ResultReason, State
@@ -165,6 +166,27 @@ def check_date_change(tag: int, state: State, current: int | None, now: int,
                                    f"{allowed}; it is {state.name}")
     if tag in _UNTIL_REACHED and current is not None and current <= now:
         raise wrong_state(f"{label} has passed and can no longer be changed")
+
+
+#: Dates a tenant or service key (L2, L3) does not take: the core's L4 engine and the
+#: gateways judge a hierarchy key by its state only, so they would never be enforced.
+_NOT_ON_HIERARCHY_KEYS = frozenset({Tag.PROCESS_START_DATE, Tag.PROTECT_STOP_DATE})
+
+
+def level_takes(tag: int, level: int | None) -> bool:
+    """Whether an object at ``level`` (None: an ordinary object) may carry attribute ``tag``:
+    a tenant or service key takes no Process Start Date or Protect Stop Date."""
+    return tag not in _NOT_ON_HIERARCHY_KEYS or level not in (LEVEL_TENANT_KEY,
+                                                              LEVEL_SERVICE_KEY)
+
+
+def check_hierarchy_date(tag: int, level: int | None, version: Version) -> None:
+    """Refuse a client's Process Start Date or Protect Stop Date on a tenant or service key
+    (:func:`level_takes`): 2.x Attribute Read Only, 1.x Permission Denied. Their
+    Deactivation Date is what ends their use."""
+    if not level_takes(tag, level):
+        raise protected_error(version, f"{tag_label(tag)} is not offered on a tenant or "
+                                       "service key; set its Deactivation Date")
 
 
 def check_client_attributes(attributes: list[Attribute], version: Version) -> None:

@@ -14,9 +14,11 @@ and the L4 engine (:mod:`kcm.l4.engine`), so both answer alike. What it promises
 * The IV / Counter / Nonce is the client's; when the client sends none on Encrypt (or
   Random IV is True) one is drawn from the injected random source and returned. Decrypt
   without one, for a mode that needs one, is Invalid Message.
-* AEAD tags may be truncated to 4, 8 or 12..16 bytes (Tag Length, in bytes); a tag that
-  does not verify is Cryptographic Failure, as are bad padding and a ciphertext that is
-  not a whole number of blocks.
+* AEAD tags may be truncated to 4, 8 or 12..16 bytes (Tag Length, in bytes). A Decrypt's
+  tag must be exactly the Tag Length in force (the request's, else the key's, else 16): a
+  shorter prefix of a longer tag is not accepted. A tag of another length or that does not
+  verify is Cryptographic Failure, as are bad padding and a ciphertext that is not a whole
+  number of blocks.
 
 Pure: no stored objects, no I/O; the random source is the caller's.
 """
@@ -273,8 +275,10 @@ def decrypt_once(spec: CipherSpec, key: bytes, iv: bytes, data: bytes, aad: byte
         if tag is None:
             raise KmipError(ResultReason.INVALID_MESSAGE,
                             "Decrypt in an AEAD mode needs the Authenticated Encryption Tag")
-        if len(tag) not in TAG_LENGTHS:
-            raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE, "the tag does not verify")
+        if len(tag) != spec.tag_length:
+            # Accepting any shorter prefix would let a forger pick a 4-byte tag.
+            raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                            f"the tag is {len(tag)} bytes; the Tag Length is {spec.tag_length}")
         if spec.mode == BlockCipherMode.GCM:
             decryptor = Cipher(algorithms.AES(key), modes.GCM(iv, tag, min_tag_length=4)
                                ).decryptor()
@@ -288,7 +292,7 @@ def decrypt_once(spec: CipherSpec, key: bytes, iv: bytes, data: bytes, aad: byte
         # ChaCha20-Poly1305 takes only full tags: recompute it and compare the prefix.
         plaintext = _raw(spec, key, iv, data, encrypt=False, aad=aad)
         expected = ChaCha20Poly1305(key).encrypt(iv, plaintext, aad or None)[-16:]
-        if not hmac.compare_digest(expected[:len(tag)], tag):
+        if not hmac.compare_digest(expected[:spec.tag_length], tag):
             raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE, "the tag does not verify")
         return plaintext
     if len(data) % spec.block_size:

@@ -54,6 +54,7 @@ from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, 
 from kcm.kmip.enums import (
     BlockCipherMode,
     CryptographicAlgorithm,
+    CryptographicUsageMask,
     EncodingOption,
     KeyFormatType,
     LinkType,
@@ -110,11 +111,13 @@ _AES = int(CryptographicAlgorithm.AES)
 _DEK_BITS = frozenset({128, 192, 256})
 _DESTROYED = frozenset({State.DESTROYED, State.DESTROYED_COMPROMISED})
 
-#: Create attributes an L4 accepts besides its markers: they describe the key and are
-#: implied by it. Anything else would have to be stored, and L4s are not stored.
-_IGNORED_CREATE_ATTRIBUTES = frozenset({
-    Tag.CRYPTOGRAPHIC_USAGE_MASK, Tag.OPERATION_POLICY_NAME,
-})
+#: Create attributes an L4 accepts besides its markers and the ones checked in
+#: :func:`_dek_length`: implied by the key. Anything else would have to be stored, and L4s
+#: are not stored.
+_IGNORED_CREATE_ATTRIBUTES = frozenset({Tag.OPERATION_POLICY_NAME})
+#: The uses every L4 allows: a Create's Cryptographic Usage Mask must include them all (the
+#: mask is not kept, so a narrower one would be silently ignored).
+_L4_USAGE = int(CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT)
 
 class KeySource(Protocol):
     """Where the engine gets service keys (L3) and tombstones, for one caller. Each method
@@ -508,6 +511,8 @@ def _dek_length(attributes: list[Attribute]) -> int:
                 raise KmipError(ResultReason.INVALID_FIELD,
                                 f"an L4 is 128, 192 or 256 bits, not {value}")
             length = int(value)  # type: ignore[arg-type]
+        elif tag == Tag.CRYPTOGRAPHIC_USAGE_MASK:
+            _check_usage_mask(value)
         elif tag == Tag.LINK:
             link = attribute.typed
             if not isinstance(link, Link) or link.link_type != LinkType.PARENT_LINK:
@@ -521,6 +526,14 @@ def _dek_length(attributes: list[Attribute]) -> int:
                             f"an L4 is not stored, so it cannot keep the attribute "
                             f"{_attribute_label(attribute)}; L4s are not inventoried")
     return length
+
+
+def _check_usage_mask(mask: object) -> None:
+    """Refuse a Cryptographic Usage Mask that lacks a use every L4 allows."""
+    if not isinstance(mask, int) or mask & _L4_USAGE != _L4_USAGE:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "an L4 always encrypts and decrypts: its Cryptographic Usage Mask "
+                        "must include Encrypt and Decrypt")
 
 
 def _vendor_text(attributes: list[Attribute], name: str) -> str | None:

@@ -396,6 +396,19 @@ def test_derive_refuses_a_base_without_the_derive_bit(core: CoreHarness) -> None
     assert item.result_reason == ResultReason.PERMISSION_DENIED
 
 
+def test_derive_refuses_a_base_named_twice(core: CoreHarness) -> None:
+    seed = put(core, secret(b"\x0c" * 22, SecretDataType.SEED), ObjectType.SECRET_DATA)
+    parameters = DerivationParameters(cryptographic_parameters=CryptographicParameters(
+        hashing_algorithm=HashingAlgorithm.SHA_256), derivation_data=b"d", salt=b"s")
+    for bases in ([seed, seed], [seed, seed, seed]):
+        (item,) = derive(core, ObjectType.SECRET_DATA, bases, DerivationMethod.HMAC,
+                         parameters, 256)
+        assert item.result_reason == ResultReason.INVALID_FIELD, item.result_message
+        assert item.result_message == f"the base object {seed[:16]}... is named twice"
+    _, attributes = stored(core, seed)  # nothing was derived from it
+    assert not [a for a in attributes if a.tag == Tag.LINK]
+
+
 def test_derive_hash_oasis_derivekey_1(core: CoreHarness) -> None:
     """TC-DERIVEKEY-1 (KMIP 1.4 test cases): SHA-256 of the base key, cut to 128 bits."""
     base = put(core, symmetric(CryptographicAlgorithm.AES,

@@ -40,6 +40,7 @@ from kcm.kmip.payloads import (
     GetAttributeListRequest,
     GetAttributesRequest,
     ModifyAttributeRequest,
+    ReKeyRequest,
     SetAttributeRequest,
 )
 from kcm.kmip.tags import Tag
@@ -624,6 +625,33 @@ def test_service_keys_are_readable_but_changed_by_admins_only(core) -> None:
        AddAttributeRequest(unique_identifier=l3, attribute=text(Tag.COMMENT, "rotated monthly")),
        principal=admin_principal())
     assert values(get(core, l3, Tag.COMMENT), Tag.COMMENT) == ["rotated monthly"]
+
+
+@BOTH
+@pytest.mark.parametrize("tag", [Tag.PROTECT_STOP_DATE, Tag.PROCESS_START_DATE])
+def test_hierarchy_keys_take_no_protect_stop_or_process_start_date(core, version, tag) -> None:
+    """Neither the gateways nor the core's L4 engine would enforce them on an L2 or L3."""
+    l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo")).uid
+    (l3,) = core.store.run_sync(lambda s: [r.uid for r in repository.find_l3(s, "demo", "app")])
+    date = Attribute.of(tag, int(time.time()) + 3600, ItemType.DATE_TIME)
+    changes = [(Operation.ADD_ATTRIBUTE, AddAttributeRequest)]  # (none to Modify)
+    if version == V21:
+        changes.append((Operation.SET_ATTRIBUTE, SetAttributeRequest))
+    expected = (ResultReason.ATTRIBUTE_READ_ONLY if version == V21
+                else ResultReason.PERMISSION_DENIED)
+    for uid in (l2, l3):
+        for operation, change in changes:
+            item = refused(core, operation, change(unique_identifier=uid, attribute=date),
+                           version=version, principal=admin_principal())
+            assert item.result_reason == expected, item.result_message
+            assert "not offered on a tenant or service key" in item.result_message
+        item = refused(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=uid,
+                                                            attributes=[date]),
+                       version=version, principal=admin_principal())
+        assert item.result_reason == expected, item.result_message
+        assert values(get(core, uid, tag), tag) == []
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(  # an ordinary key takes it
+        unique_identifier=create_key(core), attribute=date), version=version)
 
 
 def test_failed_change_leaves_nothing_behind_and_is_audited(core) -> None:

@@ -244,7 +244,8 @@ def test_gcm_with_aad_and_tag(core: CoreHarness) -> None:
     assert ok(plain).data == GCM_PLAIN
 
 
-@pytest.mark.parametrize("tamper", ["tag", "data", "aad", "iv", "short-tag"])
+@pytest.mark.parametrize("tamper", ["tag", "data", "aad", "iv", "short-tag", "prefix-12",
+                                    "prefix-8", "prefix-4"])
 def test_gcm_refuses_anything_tampered(core: CoreHarness, tamper: str) -> None:
     uid = store_key(core, GCM_KEY)
     fields = {"data": GCM_CIPHER, "iv_counter_nonce": GCM_IV,
@@ -252,6 +253,9 @@ def test_gcm_refuses_anything_tampered(core: CoreHarness, tamper: str) -> None:
               "authenticated_encryption_tag": GCM_TAG}
     if tamper == "short-tag":
         fields["authenticated_encryption_tag"] = GCM_TAG[:2]
+    elif tamper.startswith("prefix-"):
+        # A prefix of the right tag, with no Tag Length saying so: the Tag Length is 16.
+        fields["authenticated_encryption_tag"] = GCM_TAG[:int(tamper[7:])]
     else:
         key = {"tag": "authenticated_encryption_tag", "data": "data",
                "aad": "authenticated_encryption_additional_data", "iv": "iv_counter_nonce"}[tamper]
@@ -259,6 +263,21 @@ def test_gcm_refuses_anything_tampered(core: CoreHarness, tamper: str) -> None:
     data = fields.pop("data")
     failed(decrypt(core, uid, data, params(BlockCipherMode.GCM), **fields),
            ResultReason.CRYPTOGRAPHIC_FAILURE)
+
+
+def test_gcm_tag_length_is_the_key_s_unless_the_request_says(core: CoreHarness) -> None:
+    stored = Attribute.of(Tag.CRYPTOGRAPHIC_PARAMETERS, params(BlockCipherMode.GCM,
+                                                               tag_length=12))
+    uid = store_key(core, GCM_KEY, extra=[stored])
+    fields = {"iv_counter_nonce": GCM_IV, "authenticated_encryption_additional_data": GCM_AAD}
+    plain = decrypt(core, uid, GCM_CIPHER, authenticated_encryption_tag=GCM_TAG[:12], **fields)
+    assert ok(plain).data == GCM_PLAIN
+    for tag in (GCM_TAG, GCM_TAG[:8]):
+        failed(decrypt(core, uid, GCM_CIPHER, authenticated_encryption_tag=tag, **fields),
+               ResultReason.CRYPTOGRAPHIC_FAILURE)
+    plain = decrypt(core, uid, GCM_CIPHER, params(tag_length=8),
+                    authenticated_encryption_tag=GCM_TAG[:8], **fields)
+    assert ok(plain).data == GCM_PLAIN
 
 
 def test_gcm_bad_tag_length_and_missing_tag(core: CoreHarness) -> None:

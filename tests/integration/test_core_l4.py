@@ -20,6 +20,7 @@ from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, 
 from kcm.kmip.enums import (
     BlockCipherMode,
     CryptographicAlgorithm,
+    CryptographicUsageMask,
     EncodingOption,
     KeyFormatType,
     LinkType,
@@ -185,6 +186,13 @@ def test_create_refusals(core: CoreHarness) -> None:
     failed(create(level, principal=admin_principal()), ResultReason.INVALID_FIELD)
     failed(create(parent("l3-00000000-0000-4000-8000-000000000000")),
            ResultReason.OBJECT_NOT_FOUND)
+    # The mask is not kept: one without Encrypt and Decrypt would be ignored.
+    for mask in (CryptographicUsageMask.DECRYPT, CryptographicUsageMask.ENCRYPT):
+        message = failed(create(level, Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, int(mask))),
+                         ResultReason.INVALID_FIELD)
+        assert "must include Encrypt and Decrypt" in message
+    both = CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT
+    ok(create(level, Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, int(both))))
     # A tenant administrator names the service.
     uid = ok(create(level, vendor("kcm-service", "app"), principal=admin_principal()))
     assert uid.unique_identifier.startswith("l4.1.")
@@ -228,6 +236,11 @@ def test_encrypt_and_decrypt_a_record(core: CoreHarness, version) -> None:
     assert plain.data == record
     failed(decrypt(core, uid, answer.data, answer.iv_counter_nonce, bytes(16), version=version),
            ResultReason.CRYPTOGRAPHIC_FAILURE)
+    if version >= (1, 4):  # a prefix of the right tag, with no Tag Length saying so
+        for length in (12, 8, 4):
+            failed(decrypt(core, uid, answer.data, answer.iv_counter_nonce,
+                           answer.authenticated_encryption_tag[:length], version=version),
+                   ResultReason.CRYPTOGRAPHIC_FAILURE)
 
 
 def test_cryptographic_parameters_are_honoured(core: CoreHarness) -> None:

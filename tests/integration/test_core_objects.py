@@ -516,6 +516,25 @@ def test_re_key_replaces_and_links(core: CoreHarness, version) -> None:
     assert locate(core, name("rotating")).unique_identifiers == [new]
 
 
+def test_re_key_keeps_the_other_links_and_replaces_only_its_own(core: CoreHarness) -> None:
+    parent, certificate = register(core), register(core)
+    kept = [Link(link_type=LinkType.PARENT_LINK, linked_object_identifier=parent),
+            Link(link_type=LinkType.CERTIFICATE_LINK, linked_object_identifier=certificate)]
+    old = register(core, attributes=[Attribute.of(Tag.LINK, link) for link in kept])
+    first = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old)).unique_identifier
+    second = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old)).unique_identifier
+    # Link is multi-valued: a second Re-key moves the Replacement Object Link only.
+    assert attributes_of(core, old, Tag.LINK)[Tag.LINK] == [*kept, Link(
+        link_type=LinkType.REPLACEMENT_OBJECT_LINK, linked_object_identifier=second)]
+    for new in (first, second):
+        assert attributes_of(core, new, Tag.LINK)[Tag.LINK] == [Link(
+            link_type=LinkType.REPLACED_OBJECT_LINK, linked_object_identifier=old)]
+    replaced = Attribute.of(Tag.LINK, Link(link_type=LinkType.REPLACED_OBJECT_LINK,
+                                           linked_object_identifier=parent))
+    failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old, attributes=[replaced]),
+           ResultReason.INVALID_FIELD)
+
+
 def test_re_key_offset_and_placeholder(core: CoreHarness) -> None:
     old = register(core, attributes=[PAST, Attribute.of(Tag.DEACTIVATION_DATE, 946_771_200)])
     response = send(core, (Operation.RE_KEY, ReKeyRequest(unique_identifier=old, offset=3600)),

@@ -17,8 +17,10 @@ from kmip.core.factories.attributes import AttributeFactory
 
 from kcm.conformance.client import KmipClientError
 from kcm.kernel.missing import object_not_found
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import CryptographicUsageMask, Operation, ResultReason, ResultStatus
 from kcm.kmip.payloads.crypto import DecryptRequest
+from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import IDENTITY_REFUSED
 from kcm.l4 import token as l4_token
 from kcm.testing.processes import running
@@ -117,6 +119,29 @@ def test_aes_gcm_default_record_encryption(deployment) -> None:
             unique_identifier=token, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
             authenticated_encryption_tag=sealed.authenticated_encryption_tag)))))
         assert opened.data == b"record"
+
+
+def test_l4_refusals_at_the_gateway_answer_as_the_core_does(deployment) -> None:
+    """A prefix of a 16-byte tag, and an L4 Create whose usage mask lacks Encrypt: the
+    gateway (which runs the same engine) refuses them exactly as the core does."""
+    core, gateway = deployment
+    narrow = create_l4()
+    narrow.request_payload.attributes.append(
+        Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, int(CryptographicUsageMask.DECRYPT)))
+    with gateway.client() as via_gateway, core.client() as direct:
+        token = ok(via_gateway.send(request(create_l4()))).unique_identifier
+        sealed = ok(via_gateway.send(request(encrypt(token, b"record"))))
+        for length in (12, 4):
+            truncated = request(item(Operation.DECRYPT, DecryptRequest(
+                unique_identifier=token, data=sealed.data,
+                iv_counter_nonce=sealed.iv_counter_nonce,
+                authenticated_encryption_tag=sealed.authenticated_encryption_tag[:length])))
+            answer = comparable(via_gateway.send(truncated))
+            assert answer == comparable(direct.send(truncated))
+            assert answer[0][3] == ResultReason.CRYPTOGRAPHIC_FAILURE
+        answer = comparable(via_gateway.send(request(narrow)))
+        assert answer == comparable(direct.send(request(narrow)))
+        assert answer[0][3] == ResultReason.INVALID_FIELD
 
 
 def ok(wire: bytes, index: int = 0):

@@ -17,6 +17,7 @@ from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, 
 from kcm.kmip.enums import (
     BlockCipherMode,
     CryptographicAlgorithm,
+    CryptographicUsageMask,
     EncodingOption,
     KeyFormatType,
     LinkType,
@@ -177,6 +178,19 @@ def test_create_lengths_and_refusals(keys, engine) -> None:
     refused(ResultReason.PERMISSION_DENIED, create, engine, link, version=V14)
 
 
+@pytest.mark.parametrize("mask", [0, CryptographicUsageMask.ENCRYPT,
+                                  CryptographicUsageMask.DECRYPT,
+                                  CryptographicUsageMask.SIGN | CryptographicUsageMask.DECRYPT])
+def test_create_refuses_a_usage_mask_without_encrypt_and_decrypt(engine, mask) -> None:
+    message = refused(ResultReason.INVALID_FIELD, create, engine, LEVEL,
+                      Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, int(mask)))
+    assert message == ("an L4 always encrypts and decrypts: its Cryptographic Usage Mask "
+                       "must include Encrypt and Decrypt")
+    wider = CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT \
+        | CryptographicUsageMask.EXPORT
+    assert create(engine, LEVEL, Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, int(wider)))
+
+
 def test_get_formats_and_wrapping(engine) -> None:
     uid = create(engine, LEVEL)
     dek = token.open(uid, l3(1))
@@ -233,10 +247,15 @@ def test_parameters_as_the_core_answers_them(engine) -> None:
         authenticated_encryption_additional_data=aad,
         cryptographic_parameters=CryptographicParameters(tag_length=12)))
     assert answer.iv_counter_nonce is None and len(answer.authenticated_encryption_tag) == 12
+    short = CryptographicParameters(tag_length=12)  # an L4 keeps none: the request says
     assert engine.decrypt(APP, V21, DecryptRequest(
         unique_identifier=uid, data=answer.data, iv_counter_nonce=iv,
-        authenticated_encryption_additional_data=aad,
+        authenticated_encryption_additional_data=aad, cryptographic_parameters=short,
         authenticated_encryption_tag=answer.authenticated_encryption_tag)).data == b"r"
+    refused(ResultReason.CRYPTOGRAPHIC_FAILURE, engine.decrypt, APP, V21, DecryptRequest(
+        unique_identifier=uid, data=answer.data, iv_counter_nonce=iv,
+        authenticated_encryption_additional_data=aad,
+        authenticated_encryption_tag=answer.authenticated_encryption_tag))
     cbc = CryptographicParameters(block_cipher_mode=BlockCipherMode.CBC,
                                   padding_method=PaddingMethod.PKCS5)
     answer = engine.encrypt(APP, V21, EncryptRequest(unique_identifier=uid, data=b"r",

@@ -218,7 +218,7 @@ def test_a_warm_cache_changes_no_answer(clock, principal, version, l3_state) -> 
         assert cached == uncached
 
 
-def test_decrypt_refuses_a_bad_tag_and_takes_a_truncated_one() -> None:
+def test_decrypt_refuses_a_bad_tag_and_a_truncated_one() -> None:
     keys = FakeKeys(l3(1))
     uid = sealed_token(keys)
     _, bad_tag = requests_for(uid)[2]
@@ -226,5 +226,10 @@ def test_decrypt_refuses_a_bad_tag_and_takes_a_truncated_one() -> None:
         L4Engine(keys, fixed_random).decrypt(APP, V21, bad_tag)
     assert refused.value.reason == ResultReason.CRYPTOGRAPHIC_FAILURE
     assert refused.value.message == "the tag does not verify"
-    _, short_tag = requests_for(uid)[3]  # 12 bytes: not the one-call path, still verified
-    assert L4Engine(keys, fixed_random).decrypt(APP, V21, short_tag).data == b"record"
+    _, short_tag = requests_for(uid)[3]  # the 12-byte prefix of a 16-byte tag
+    for length in (12, 8, 4):
+        short_tag.authenticated_encryption_tag = short_tag.authenticated_encryption_tag[:length]
+        with pytest.raises(KmipError) as refused:
+            L4Engine(keys, fixed_random).decrypt(APP, V21, short_tag)
+        assert refused.value.reason == ResultReason.CRYPTOGRAPHIC_FAILURE
+        assert refused.value.message == f"the tag is {length} bytes; the Tag Length is 16"

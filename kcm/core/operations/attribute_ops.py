@@ -23,7 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kcm.core import managed, policy
-from kcm.core.attribute_rules import Rule, check_date_change, protected_error, rule_for
+from kcm.core.attribute_rules import (
+    Rule,
+    check_date_change,
+    check_hierarchy_date,
+    protected_error,
+    rule_for,
+)
 from kcm.core.context import OperationContext
 from kcm.kernel import lifecycle
 from kcm.kmip import registry
@@ -432,6 +438,7 @@ def _check_unique_name(others: list[Attribute], new: Attribute, version: Version
 
 
 def _check_date(ctx: OperationContext, obj: managed.StoredObject, tag: int) -> None:
+    check_hierarchy_date(tag, obj.level, ctx.version)
     check_date_change(tag, obj.state, obj.value(tag), ctx.now, ctx.version)
 
 

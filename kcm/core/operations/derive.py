@@ -5,7 +5,7 @@ The derivation methods are :mod:`kcm.crypto.derivation`'s; this handler loads th
 objects, applies the policy and the key-use rule, and stores what it makes:
 
 * The first base object's key material is derived from; without Derivation Data a second
-  base Secret Data supplies it.
+  base Secret Data supplies it. An object named twice is refused (Invalid Field).
 * The template's Cryptographic Length (bits, a whole number of bytes) is required, and for
   a Symmetric Key its Cryptographic Algorithm.
 * Base objects must be usable for derivation (:data:`kcm.kernel.key_use.DERIVE`: Pre-Active
@@ -29,6 +29,7 @@ from kcm.core.operations._objects_common import (
 from kcm.core.operations.create import client_attributes, server_attributes
 from kcm.crypto.derivation import derive
 from kcm.kernel import key_use
+from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import (
     DerivationMethod,
     KeyFormatType,
@@ -65,7 +66,9 @@ def derive_key(ctx: OperationContext, request: DeriveKeyRequest) -> DeriveKeyRes
         raise KmipError(ResultReason.INVALID_FIELD,
                         "deriving a Symmetric Key needs a Cryptographic Algorithm attribute")
     references = request.unique_identifiers or [None]
-    bases = [_derivation_base(ctx, reference) for reference in references]
+    uids = [ctx.id_placeholder.resolve(reference) for reference in references]
+    _no_repeated_base(uids)
+    bases = [_derivation_base(ctx, uid) for uid in uids]
     key_material = clear_key_bytes(ctx, bases[0])
     parameters = request.derivation_parameters
     data = parameters.derivation_data
@@ -101,8 +104,18 @@ def derive_key(ctx: OperationContext, request: DeriveKeyRequest) -> DeriveKeyRes
     return DeriveKeyResponse(unique_identifier=uid)
 
 
-def _derivation_base(ctx: OperationContext, reference: object) -> managed.StoredObject:
-    uid = ctx.id_placeholder.resolve(reference)  # type: ignore[arg-type]
+def _no_repeated_base(uids: list[str]) -> None:
+    """Refuse a base object named twice: one object is one base (and is loaded and
+    updated once)."""
+    seen: set[str] = set()
+    for uid in uids:
+        if uid in seen:
+            raise KmipError(ResultReason.INVALID_FIELD,
+                            f"the base object {identifier_label(uid)} is named twice")
+        seen.add(uid)
+
+
+def _derivation_base(ctx: OperationContext, uid: str) -> managed.StoredObject:
     obj = managed.load(ctx, uid)
     if obj.object_type not in _DERIVABLE:
         raise KmipError(ResultReason.INVALID_OBJECT_TYPE,

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from kcm.core import events, managed, policy
-from kcm.core.attribute_rules import check_client_attributes, rule_for
+from kcm.core.attribute_rules import (
+    check_client_attributes,
+    check_hierarchy_date,
+    level_takes,
+    rule_for,
+)
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import (
     DESTROYED,
@@ -64,6 +69,12 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
         raise KmipError(ResultReason.INVALID_FIELD, "Offset must not be negative")
     client = list(request.attributes or [])
     check_client_attributes(client, ctx.version)
+    for attribute in client:
+        check_hierarchy_date(attribute.tag, old.level, ctx.version)
+    if any(_is_link(a, LinkType.REPLACED_OBJECT_LINK) for a in client):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "Re-key links the new key to the existing one itself: send no "
+                        "Replaced Object Link")
 
     new_uid = (new_l3_uid(ctx.keyring.random_bytes) if old.level == LEVEL_SERVICE_KEY
                else ctx.keyring.new_uid())
@@ -83,8 +94,7 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
         state=state, key_bytes=key if old.level is None else None, generated=True)
     _insert_replacement(ctx, old, new_uid, attributes, key, algorithm, length)
 
-    old.set(Tag.LINK, Link(link_type=LinkType.REPLACEMENT_OBJECT_LINK,
-                           linked_object_identifier=new_uid))
+    _link_to_replacement(old, new_uid)
     old.attributes = [a for a in old.attributes if a.tag != Tag.NAME]
     if old.level is not None:
         _retire_at(ctx, old, value_of(attributes, Tag.ACTIVATION_DATE))
@@ -92,6 +102,21 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
     ctx.touched(new_uid)
     ctx.id_placeholder.set(new_uid)
     return ReKeyResponse(unique_identifier=new_uid)
+
+
+def _link_to_replacement(old: managed.StoredObject, new_uid: str) -> None:
+    """Point the existing key's Replacement Object Link at ``new_uid``. Link is
+    multi-valued: its other Links (Parent, Certificate, Derived Key, ...) stay."""
+    old.attributes = [a for a in old.attributes
+                      if not _is_link(a, LinkType.REPLACEMENT_OBJECT_LINK)]
+    old.attributes.append(link_attribute(LinkType.REPLACEMENT_OBJECT_LINK, new_uid))
+
+
+def _is_link(attribute: Attribute, link_type: LinkType) -> bool:
+    if attribute.tag != Tag.LINK:
+        return False
+    link = attribute.typed
+    return isinstance(link, Link) and link.link_type == link_type
 
 
 def _inherited_attributes(ctx: OperationContext, old: managed.StoredObject,
@@ -120,7 +145,9 @@ def _inherited_attributes(ctx: OperationContext, old: managed.StoredObject,
             if old.value(tag) is not None:
                 shift = 0 if activation is None else dates[Tag.ACTIVATION_DATE] - activation
                 dates[tag] = old.value(tag) + shift
-    attributes += [managed.date_attribute(tag, when) for tag, when in dates.items()]
+    # (a tenant or service key set before these dates were refused does not pass them on)
+    attributes += [managed.date_attribute(tag, when) for tag, when in dates.items()
+                   if level_takes(tag, old.level)]
     attributes.append(link_attribute(LinkType.REPLACED_OBJECT_LINK, old.uid))
     return attributes
 

@@ -27,6 +27,9 @@ from kcm.link.frames import Frame, FrameError, FrameType, decode_payload, encode
 
 log = Logger()
 
+#: Seconds without a successful read of the outbox after which the fan-out is stale.
+STALE_AFTER = 5.0
+
 #: An event ready to send: its sequence number and its encoded EVENT frame.
 EncodedEvent = tuple[int, bytes]
 
@@ -44,7 +47,8 @@ class EventFanout(Service):
     name = "kcm-event-fanout"
 
     def __init__(self, store: Store, clock: IReactorTime, *, head: int | None = 0,
-                 poll_interval: float = 0.05, batch_size: int = 1000) -> None:
+                 poll_interval: float = 0.05, batch_size: int = 1000,
+                 stale_after: float = STALE_AFTER) -> None:
         self._store = store
         self._clock = clock
         #: The newest sequence number published (or known at start); None: the outbox's
@@ -59,6 +63,15 @@ class EventFanout(Service):
         self.settled = 0
         #: Called after each read that raised :attr:`settled` (links holding answers).
         self.on_settled: set[Callable[[], None]] = set()
+        #: No read of the outbox has succeeded for ``stale_after`` seconds (a database
+        #: out of reach or hung): what is sent on links may miss changes made at other
+        #: cores, so the links are closed (:attr:`on_stale`) until a read succeeds again.
+        self.stale = False
+        self.stale_after = stale_after
+        #: Called once each time the fan-out becomes stale.
+        self.on_stale: list[Callable[[], None]] = []
+        self._last_read = clock.seconds()
+        self._watch: LoopingCall | None = None
         self._loop: LoopingCall | None = None
         self._waking = False
         self._wake_again = False
@@ -71,11 +84,27 @@ class EventFanout(Service):
         self._loop = LoopingCall(self.poll)
         self._loop.clock = self._clock
         self._loop.start(self.poll_interval, now=True)
+        # A separate clock: a read that hangs holds the poll loop, never this.
+        self._last_read = self._clock.seconds()
+        self._watch = LoopingCall(self.check_fresh)
+        self._watch.clock = self._clock
+        self._watch.start(min(1.0, self.stale_after / 2), now=False)
 
     def stopService(self) -> None:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._watch):
+            if loop is not None and loop.running:
+                loop.stop()
+
+    def check_fresh(self) -> None:
+        """Become stale when no read has succeeded for ``stale_after`` seconds."""
+        if self.stale or self._clock.seconds() - self._last_read < self.stale_after:
+            return
+        self.stale = True
+        log.error("the event fan-out has not read the outbox for {seconds:g} s: closing the "
+                  "gateways' links so they link to another core", seconds=self.stale_after)
+        for stale in list(self.on_stale):
+            stale()
 
     def subscribe(self, subscriber: EventSubscriber) -> None:
         """Push every event published from now on to ``subscriber``."""
@@ -114,6 +143,10 @@ class EventFanout(Service):
 
     def _publish_and_continue(self, records: list[repository.OutboxRecord],
                               committed: int) -> Deferred | None:
+        self._last_read = self._clock.seconds()
+        if self.stale:
+            self.stale = False
+            log.info("the event fan-out reads the outbox again: gateways may link")
         self._publish([encode_event(r) for r in records])
         if len(records) >= self.batch_size:  # more are waiting: read on at once
             return self.poll()

@@ -54,7 +54,7 @@ from kcm.core.context import Caller
 from kcm.core.event_fanout import EncodedEvent, EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch
-from kcm.core.service_keys import fetch_service_keys
+from kcm.core.service_keys import fetch_service_keys, without_tombstones
 from kcm.core.store.engine import Store
 from kcm.drain import until
 from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
@@ -68,6 +68,7 @@ from kcm.link.frames import (
     DRAIN_VERSION,
     HELLO_VERSION,
     LINK_VERSION,
+    TOMBSTONES_VERSION,
     Frame,
     FrameTooLarge,
     FrameType,
@@ -88,6 +89,9 @@ _MAX_KEPT_FIELDS = 4096
 #: link (:meth:`LinkServerProtocol._answered`); only a fan-out that cannot read the outbox
 #: makes one wait this long.
 ANSWER_HOLD_LIMIT = 1.0
+#: Why a core whose fan-out is stale (it cannot read its outbox) closes its links and
+#: refuses new ones: a gateway linked here would miss what other cores change.
+STALE_EVENTS = "this core cannot read its event log: link to another"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +190,9 @@ class LinkServerProtocol(LinkProtocol):
             return
         if self.factory.draining:
             self.go_away("this core is stopping: link to another")
+            return
+        if self.factory.fanout.stale:
+            self.go_away(STALE_EVENTS)
             return
         # A gateway names the oldest version (HELLO_VERSION) so that cores of every release
         # take it; WELCOME tells it this core's, and so which frames it may send.
@@ -499,6 +506,8 @@ class LinkServerProtocol(LinkProtocol):
         caller = Caller(principal, self.peer, gateway=self.gateway)
         d = self.factory.fetch_keys(caller, frame.tenant, frame.service, frame.unique_identifier,
                                     int(self.clock.seconds()))
+        if self.gateway_version < TOMBSTONES_VERSION:  # (it named its version before this)
+            d.addCallback(without_tombstones)
         d.addCallbacks(lambda answer: self._keys_answered(stream_id, answer),
                        lambda failure: self._keys_failed(stream_id, failure))
 
@@ -631,6 +640,13 @@ class LinkServerFactory(Factory):
         for link in list(self.links):
             link.drain()
         return until(self.clock, lambda: all(link.drained for link in self.links))
+
+    def events_stale(self) -> None:
+        """The fan-out cannot read the outbox (:attr:`EventFanout.on_stale`): every link is
+        closed, so that its gateway links to another core and follows changes made there
+        (HELLO is refused while it lasts)."""
+        for link in list(self.links):
+            link.go_away(STALE_EVENTS)
 
     def fetch_keys(self, caller: Caller, tenant: str, service: str, uid: str | None,
                    now: int) -> Deferred[list[ServiceKey] | KmipError]:

@@ -13,6 +13,9 @@ core does.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kcm.core import policy
@@ -21,18 +24,22 @@ from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
 from kcm.core.l4_keys import l3_for, service_key_of
 from kcm.core.store import repository
+from kcm.core.store.schema import L4Tombstone
 from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.l4.authorize import ServiceKeyUseDenied, check_service_key_use, no_service_key
 from kcm.l4.service_key import ServiceKey
+from kcm.link.frames import MAX_SENT_TOMBSTONES
 
 AUDIT_OPERATION = "FetchServiceKey"
 
 #: States in which a fetched version comes without its material: it may not be used at all.
 _WITHOUT_MATERIAL = frozenset((State.COMPROMISED, State.DESTROYED,
                                State.DESTROYED_COMPROMISED))
+#: States in which a version's tombstones say nothing (its L4s are all Object Destroyed).
+_DESTROYED = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
 
 
 def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenant: str,
@@ -43,6 +50,13 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
     are then ignored), in whatever state it is in now; a Compromised or Destroyed one comes
     without its material (the gateway drops it and answers by its state, as the core's
     engine does).
+
+    Each version comes with its tombstones (:attr:`ServiceKey.tombstones`): the TokenIds of
+    the L4s revoked or destroyed under it, all of them, or None for a version whose do not
+    all fit in the :data:`MAX_SENT_TOMBSTONES` of the answer (newest version first) and for
+    a destroyed one (every token under it is Object Destroyed). Read in this transaction,
+    after the gateway's WELCOME: with the events after it, the gateway then knows every
+    tombstone of the version (docs/link-protocol.md §2).
 
     Who asks is decided first (:func:`kcm.core.l4_keys.l3_for`): another tenant's key is
     refused exactly as a missing one, as a :class:`ServiceKeyUseDenied` naming the key's
@@ -66,7 +80,34 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
                detail)
         return e
     _audit(session, caller, tenant, [k.uid for k in keys], correlation_id, now, None)
-    return keys
+    return _with_tombstones(session, keys)
+
+
+def without_tombstones(answer: list[ServiceKey] | KmipError) -> list[ServiceKey] | KmipError:
+    """``answer`` for a gateway of link version 4 or earlier: its versions without their
+    tombstones, which such a gateway cannot read (docs/link-protocol.md §2, "Versions")."""
+    if isinstance(answer, KmipError):
+        return answer
+    return [replace(key, tombstones=None) for key in answer]
+
+
+def _with_tombstones(session: Session, keys: list[ServiceKey]) -> list[ServiceKey]:
+    """``keys`` with their tombstones (see :func:`fetch_service_keys`)."""
+    room = MAX_SENT_TOMBSTONES
+    answered = []
+    for key in keys:
+        if key.state in _DESTROYED:
+            answered.append(replace(key, tombstones=None))
+            continue
+        token_ids = session.scalars(
+            select(L4Tombstone.token_id).where(L4Tombstone.l3_uid == key.uid)
+            .order_by(L4Tombstone.token_id).limit(room + 1)).all()
+        if len(token_ids) > room:
+            answered.append(replace(key, tombstones=None))
+            continue
+        room -= len(token_ids)
+        answered.append(replace(key, tombstones=frozenset(token_ids)))
+    return answered
 
 
 def _current(session: Session, keyring: Keyring, caller: Caller, tenant: str, service: str,

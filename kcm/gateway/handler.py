@@ -232,9 +232,9 @@ class GatewayRequestHandler:
             routed.relayed = True
             return self._relay(wire, classified.request, connection, started)
         if classified.route is Route.ALL_LOCAL:
-            return self._all_local(wire, classified, connection)
+            return self._all_local(wire, classified, connection, routed)
         routed.local = classified.local
-        return Deferred.fromCoroutine(self._mixed(wire, classified, connection))
+        return Deferred.fromCoroutine(self._mixed(wire, classified, connection, routed))
 
     def _relay(self, wire: bytes, request: PeekedRequest | None, connection: ConnectionInfo,
                started: float) -> Deferred[bytes]:
@@ -346,8 +346,8 @@ class GatewayRequestHandler:
         return call
 
     # All local: the hot path --------------------------------------------------------------
-    def _all_local(self, wire: bytes, classified: Classified,
-                   connection: ConnectionInfo) -> bytes | Deferred[bytes]:
+    def _all_local(self, wire: bytes, classified: Classified, connection: ConnectionInfo,
+                   routed: _Routed) -> bytes | Deferred[bytes]:
         message = self._decoded(wire)
         if isinstance(message, bytes):
             return message
@@ -356,11 +356,21 @@ class GatewayRequestHandler:
         correlation_id = new_correlation_id()
         run = self._run_local(message.batch_items, header, principal, correlation_id,
                               lambda: self._lacking(classified, range(len(classified.local)),
-                                                    principal))
+                                                    principal),
+                              to_core=lambda: self._names_overflowed(classified, connection))
         if isinstance(run, LocalRun):
             return self._local_answer(header, principal, run, correlation_id)
         return run.addCallback(
-            lambda done: self._local_answer(header, principal, done, correlation_id))
+            lambda done: self._local_answer(header, principal, done, correlation_id)
+            if done is not None else self._forward_after_all(wire, connection, routed))
+
+    def _forward_after_all(self, wire: bytes, connection: ConnectionInfo,
+                           routed: _Routed) -> Deferred[bytes]:
+        """A request routed here that turns out the core's once its L3s are fetched (one
+        came without all its tombstones, or gave them up meanwhile), forwarded whole before
+        anything of it ran here."""
+        routed.local = False
+        return self._forward_unread(wire, connection)
 
     def _names_overflowed(self, classified: Classified, connection: ConnectionInfo) -> bool:
         """Whether a local item uses an L3 whose tombstones the cache gave up: then the core,
@@ -383,13 +393,16 @@ class GatewayRequestHandler:
     def _run_local(self, items: list[RequestBatchItem], header: RequestHeader,
                    principal: Principal, correlation_id: str,
                    peek_needs: Callable[[], set[Need]], fetched: FetchErrors | None = None,
-                   rounds: int = 0) -> LocalRun | Deferred[LocalRun]:
+                   rounds: int = 0, to_core: Callable[[], bool] | None = None,
+                   ) -> LocalRun | Deferred[LocalRun | None]:
         """Run ``items`` with the keys the cache holds: the answer when nothing was missing
         (the hot path: nothing else is done). On the first miss, every L3 the peek names
         that the cache lacks (``peek_needs``) is fetched with the missed ones, and the items
         (never changed by a run) run once more; only a key the peek cannot show (a wrapping
         L3) can cost another round. ``fetched``: what this request fetched already, and why
-        each failed fetch failed."""
+        each failed fetch failed. ``to_core``: asked after each fetch, whether the request
+        is now the core's (an L3 it uses has tombstones this gateway does not hold): the
+        answer is then None, and nothing more runs here."""
         fetched = fetched or {}
         keys = self._cache.key_source(principal, fetched=fetched,
                                       final=rounds >= _MAX_FETCH_ROUNDS)
@@ -402,9 +415,9 @@ class GatewayRequestHandler:
         if not fetched:
             unseen |= peek_needs()
         return self._cache.ensure(unseen, principal).addCallback(
-            lambda errors: self._run_local(items, header, principal, correlation_id,
-                                           peek_needs, {**fetched, **_fetched(unseen, errors)},
-                                           rounds + 1))
+            lambda errors: None if to_core is not None and to_core() else self._run_local(
+                items, header, principal, correlation_id, peek_needs,
+                {**fetched, **_fetched(unseen, errors)}, rounds + 1, to_core))
 
     def _local_answer(self, header: RequestHeader, principal: Principal, run: LocalRun,
                       correlation_id: str) -> bytes:
@@ -415,8 +428,8 @@ class GatewayRequestHandler:
                             header.maximum_response_size, correlation_id)
 
     # Mixed ------------------------------------------------------------------------------
-    async def _mixed(self, wire: bytes, classified: Classified,
-                     connection: ConnectionInfo) -> bytes:
+    async def _mixed(self, wire: bytes, classified: Classified, connection: ConnectionInfo,
+                     routed: _Routed) -> bytes:
         request = classified.request
         # Decoded whole before anything runs, as the core decodes it: a request the core
         # would refuse is refused here in the same words, not half run.
@@ -437,6 +450,8 @@ class GatewayRequestHandler:
         local_indexes = [i for i, local in enumerate(classified.local) if local]
         needs = self._lacking(classified, local_indexes, principal)
         fetched = _fetched(needs, await self._cache.ensure(needs, principal)) if needs else {}
+        if needs and self._names_overflowed(classified, connection):
+            return await self._forward_after_all(wire, connection, routed)
         answered: list[bytes] = []
         core_correlation: list[str] = []
         failed = False

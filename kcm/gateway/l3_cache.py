@@ -26,6 +26,11 @@ What it promises:
   client connections: :class:`kcm.gateway.service.GatewayService`). Each applied event is
   logged with its sequence number (an operator sees what a gateway caught up on after a reconnect).
 
+Tombstones come with each version fetched (those made before this process followed the
+core's events: :meth:`L3Cache.store` takes them before the version is used) and then from
+``l4.tombstone`` events; a version that came without them (a core older than link version 5,
+or too many to send) is overflowed at once (below).
+
 Tombstones are bounded. They are held by the L3 they belong to, and go with it when it is
 destroyed (the engine answers Object Destroyed for every token under a destroyed L3, at the
 core too, whether or not the token was revoked first). Beyond ``max_tombstones`` the L3 with
@@ -79,6 +84,8 @@ Fetch = Callable[[Principal, str, str, "str | None"], Deferred]
 
 #: States after which an L3 must not be used at all, not even to decrypt (ARCHITECTURE §4).
 _DROP_STATES = frozenset((State.COMPROMISED, State.DESTROYED, State.DESTROYED_COMPROMISED))
+#: States in which an L3's tombstones say nothing: every L4 under it is Object Destroyed.
+_DESTROYED_STATES = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
 
 #: What one request fetched: each need, and why its fetch failed (None: it succeeded).
 FetchErrors = Mapping["Need", "KmipError | None"]
@@ -292,6 +299,10 @@ class L3Cache:
         now = self._clock()
         current: str | None = None
         for key in keys:
+            if key.state not in _DESTROYED_STATES:
+                self._learn_tombstones(key)
+                if key.tombstones:
+                    key = replace(key, tombstones=frozenset())  # held once: by L3 below
             if State(key.state) in _DROP_STATES:
                 self._drop(key)
                 continue
@@ -390,6 +401,26 @@ class L3Cache:
         request must be answered by the core)."""
         overflowed = self.overflowed
         return bool(overflowed) and any(need.uid in overflowed for need in needs)
+
+    def _learn_tombstones(self, key: ServiceKey) -> None:
+        """Take the tombstones ``key`` came with from the core, before it is used: those made
+        before this gateway followed the core's events (a restart) are known only so. A
+        version that came without them all is left to the core, as an overflowed one,
+        unless it is held: it came with them all before, and the events since added the
+        rest (a refresh may come without them when a newer version took the frame's room)."""
+        if key.tombstones is not None:
+            for token_id in key.tombstones:
+                self._add_tombstone(token_id, key.uid)
+            return
+        uid = key.uid
+        if uid in self.overflowed or uid in self._keys:
+            return
+        self._forget_tombstones(uid)
+        self.overflowed.add(uid)
+        self._forget_opened(uid)
+        log.warn("the core sent service key {uid} without its L4 tombstones (a core older "
+                 "than link version 5, or too many to send): its L4 requests go to the core",
+                 uid=uid)
 
     def _add_tombstone(self, token_id: str, l3_uid: str) -> None:
         if self.opened_keys is not None:

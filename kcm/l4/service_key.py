@@ -28,6 +28,11 @@ class ServiceKey:
     version: int
     state: int
     key: bytes
+    #: The TokenIds of the L4s revoked or destroyed under this version, when they come with
+    #: it over the link (docs/link-protocol.md §2, link version 5): all of them (none unless
+    #: given), or None when not all came (a core of an earlier version, or more than one
+    #: frame carries), so that a gateway leaves this version's L4s to the core.
+    tombstones: frozenset[str] | None = field(default=frozenset(), compare=False)
     #: What is derived once (see above): by name.
     _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 

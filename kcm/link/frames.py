@@ -16,10 +16,11 @@ from kcm.l4.service_key import ServiceKey
 from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 
 #: The link version this end speaks: 2 is version 1 with CANCEL, 3 adds USAGE_REPORT, 4 adds
-#: VERSION and DRAIN. A core names its version in WELCOME, and a gateway sends a frame only to
-#: a core whose version has it; a gateway names its own in VERSION (to a core of version 4 or
-#: later), and a core sends DRAIN only to a gateway that named 4 or later.
-LINK_VERSION = 4
+#: VERSION and DRAIN, 5 the tombstones of a ServiceKey. A core names its version in WELCOME,
+#: and a gateway sends a frame only to a core whose version has it; a gateway names its own in
+#: VERSION (to a core of version 4 or later), and a core sends DRAIN only to a gateway that
+#: named 4 or later, and a ServiceKey's tombstones only to one that named 5 or later.
+LINK_VERSION = 5
 #: The version a gateway's HELLO names: the first, which every core takes (a version-1 core
 #: refuses any other with GOAWAY), so a gateway links to a core of any release and learns
 #: the core's own version from WELCOME.
@@ -30,8 +31,14 @@ CANCEL_VERSION = 2
 USAGE_VERSION = 3
 #: The first link version with the VERSION and DRAIN frames.
 DRAIN_VERSION = 4
+#: The first link version whose ServiceKey carries its tombstones (TombstoneCount, TokenId*).
+TOMBSTONES_VERSION = 5
 #: Usage entries one USAGE_REPORT carries at most (a longer report is sent as several).
 MAX_USAGE_ENTRIES = 1000
+#: TokenIds one SERVICE_KEYS carries at most, over all its ServiceKeys (40 bytes each: well
+#: inside FRAME_OVERHEAD, so they never make the frame too large for a gateway of any
+#: ``max_message_size``). A version whose tombstones do not all fit is sent without them.
+MAX_SENT_TOMBSTONES = 1000
 
 #: Room a frame takes beside the one KMIP message it may carry: the LinkFrame, FrameType,
 #: StreamId and KmipMessage headers (56 bytes) and, in a REQUEST, the caller's identity,
@@ -80,6 +87,7 @@ class Tag(enum.IntEnum):
     POLICY = 0x54B014
     USAGE = 0x54B015
     USAGE_COUNT = 0x54B016
+    TOMBSTONE_COUNT = 0x54B017
     KEY_MATERIAL = 0x420043
     RESULT_REASON = 0x42007E
     STATE = 0x42008D
@@ -325,8 +333,12 @@ def encode_payload(payload: Payload) -> bytes:
 
 
 def _service_key_item(key: ServiceKey) -> Item:
-    return Item(Tag.SERVICE_KEY, ItemType.STRUCTURE,
-                [Item(tag, item_type, getattr(key, name)) for name, tag, item_type in _KEY_FIELDS])
+    fields = [Item(tag, item_type, getattr(key, name)) for name, tag, item_type in _KEY_FIELDS]
+    if key.tombstones is not None:  # all of them, after how many (link version 5)
+        fields.append(Item(Tag.TOMBSTONE_COUNT, ItemType.INTEGER, len(key.tombstones)))
+        fields.extend(Item(Tag.TOKEN_ID, ItemType.TEXT_STRING, token_id)
+                      for token_id in sorted(key.tombstones))
+    return Item(Tag.SERVICE_KEY, ItemType.STRUCTURE, fields)
 
 
 # --- decoding --------------------------------------------------------------------------------
@@ -535,10 +547,23 @@ def decode_payload(data: bytes) -> Payload:
 
 
 def _service_key_from(item: Item) -> ServiceKey:
+    """One ServiceKey; its tombstones None when it has no TombstoneCount (a core of link
+    version 4 or earlier, or too many to send: the gateway leaves its L4s to the core)."""
     if item.type is not ItemType.STRUCTURE:
         raise FrameError("ServiceKey must be a Structure")
     values: dict[str, object] = {}
+    count: object = None
+    token_ids: set[str] = set()
     for child in item.value:
+        if child.tag == Tag.TOMBSTONE_COUNT and count is None:
+            count = _checked(child, ItemType.INTEGER)
+            continue
+        if child.tag == Tag.TOKEN_ID and count is not None:
+            token_id = str(_checked(child, ItemType.TEXT_STRING))
+            if token_id in token_ids:
+                raise FrameError("a TokenId appears twice in a ServiceKey")
+            token_ids.add(token_id)
+            continue
         spec = _KEY_FIELD_BY_TAG.get(child.tag)
         if spec is None or spec[0] in values:
             raise FrameError(f"unexpected field 0x{child.tag:06X} in a ServiceKey")
@@ -546,7 +571,11 @@ def _service_key_from(item: Item) -> ServiceKey:
     missing = [name for name, _, _ in _KEY_FIELDS if name not in values]
     if missing:
         raise FrameError(f"ServiceKey without {', '.join(missing)}")
-    return ServiceKey(**values)  # type: ignore[arg-type]
+    if count is not None and count != len(token_ids):
+        raise FrameError(f"a ServiceKey's TombstoneCount is {count}, with {len(token_ids)} "
+                         "TokenIds")
+    return ServiceKey(**values,  # type: ignore[arg-type]
+                      tombstones=frozenset(token_ids) if count is not None else None)
 
 
 def _checked(item: Item, expected: ItemType) -> object:

@@ -346,6 +346,38 @@ def test_a_killed_worker_is_restarted_and_serves_while_the_other_kept_serving(
     assert f"kcm-gateway worker {killed_index} (pid {killed}) exited: signal SIGKILL" in log
 
 
+def test_a_token_destroyed_before_a_worker_restarted_is_refused_by_the_new_worker(
+        deployment) -> None:
+    """The restarted worker links anew, from the head of the core's events: the tombstones
+    made before come with the L3 it fetches (docs/link-protocol.md §2)."""
+    _, gateway = deployment
+    before = gateway.worker_pids()
+    with gateway.client("app") as client:
+        [created] = succeeded_v21(client, create_l4())
+        token = created.unique_identifier
+        [sealed] = succeeded_v21(client, encrypt(token, b"a record"))
+        succeeded_v21(client, revoke(token, RevocationReasonCode.CESSATION_OF_OPERATION),
+                      destroy(token))
+    killed_index, killed = 1, before[1]
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: gateway.worker_pids()[killed_index] != killed,
+               "the killed worker to be started again", timeout=15.0)
+    gateway.wait_linked(more_than=2)
+    new = gateway.worker_pids()[killed_index]
+    uses = (get(token), encrypt(token, b"more"), decrypt_sealed(token, sealed))
+    served: set[int | None] = set()
+    with ExitStack() as stack:
+        for _ in range(40):
+            client = connect(stack, gateway)
+            answers = send_v21(client, *uses)
+            assert refusals(answers) == [ResultReason.OBJECT_NOT_FOUND] * 3, \
+                [a.result_message for a in answers]
+            served.add(serving_pid(client, list(gateway.worker_pids().values())))
+            if new in served:
+                break
+    assert new in served, "no connection reached the restarted worker"
+
+
 def survivor_serves(client: KmipClient, token: str) -> bool:
     [sealed] = succeeded_v21(client, encrypt(token, b"still here"))
     return isinstance(sealed, EncryptResponse) and bool(sealed.data)

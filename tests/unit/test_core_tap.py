@@ -170,6 +170,8 @@ def test_make_service_assembles_the_tree_and_reads_nothing(tmp_path: Path,
     assert [child.name for child in core] == TREE
     assert core.handler is not None and core.store is not None
     assert core.fanout is not None and core.link_factory is not None
+    # A fan-out that cannot read the outbox sends the gateways to another core.
+    assert core.fanout.on_stale == [core.link_factory.events_stale]
     assert core.subject_map is None and not core.keyring.loaded
     assert not core.running and not any(child.running for child in core)
     assert list(tmp_path.iterdir()) == []  # no database, no directory

@@ -23,7 +23,7 @@ from kcm.core.service_keys import AUDIT_OPERATION, fetch_service_keys
 from kcm.core.store import repository
 from kcm.core.store.schema import AuditLog
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
-from kcm.gateway.l3_cache import L3Cache
+from kcm.gateway.l3_cache import L3Cache, Need
 from kcm.gateway.link_client import LinkClient, LinkClientProtocol
 from kcm.gateway.local_batch import LocalRunner
 from kcm.identity import Principal, Role
@@ -60,8 +60,18 @@ from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
 from kcm.l4.service_key import ServiceKey
+from kcm.link.frames import (
+    DRAIN_VERSION,
+    LINK_VERSION,
+    MAX_SENT_TOMBSTONES,
+    Frame,
+    FrameType,
+    encode_frame,
+)
 from kcm.ttlv import Item, ItemType, decode, encode
 from tests.core_support import TRUST_DOMAIN, CoreHarness, admin_principal, service_principal
+from tests.unit.test_link_cancel import core_factory, frames_in
+from tests.unit.test_link_drain import linked as link_of_version
 
 VERSIONS = [(1, 4), (2, 1)]
 GATEWAY = Principal(Role.GATEWAY, TRUST_DOMAIN, name="gw1",
@@ -324,3 +334,80 @@ def test_a_refusal_of_another_tenant_is_logged_at_the_gateway(linked: Linked, wa
     assert denied["reason"] == "another tenant's key"
     assert denied["answered"] == object_not_found(l3_of(linked.core)).message
     assert token_uid not in repr(denied)
+
+
+# Tombstones made before the gateway linked (docs/link-protocol.md §2, "Tombstones in
+# SERVICE_KEYS"): this gateway follows no events, as one that (re)started after them. ------
+
+def _revoked(linked: Linked, who: Principal = APP) -> tuple[str, object, str]:
+    """A token created, used, then revoked and destroyed at the core; and a live one."""
+    token_uid = ok(linked.direct(who, create_l4())[0]).unique_identifier
+    record = ok(linked.direct(who, encrypt(token_uid, b"a record"))[0])
+    live = ok(linked.direct(who, create_l4())[0]).unique_identifier
+    ok(linked.direct(who, (Operation.REVOKE, RevokeRequest(
+        unique_identifier=token_uid,
+        revocation_reason=RevocationReason(code=RevocationReasonCode.UNSPECIFIED))))[0])
+    ok(linked.direct(who, (Operation.DESTROY, DestroyRequest(unique_identifier=token_uid)))[0])
+    return token_uid, record, live
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_token_revoked_before_the_gateway_linked_names_nothing_as_at_the_core(
+        linked: Linked, version) -> None:
+    token_uid, record, live = _revoked(linked)
+    for request in (get(token_uid), encrypt(token_uid), decrypt(token_uid, record)):
+        direct = linked.direct(APP, request, version=version)
+        assert outcome(linked.via_gateway(APP, request, version=version)) == outcome(direct)
+        assert direct[0].result_reason in (ResultReason.OBJECT_NOT_FOUND,
+                                           ResultReason.ITEM_NOT_FOUND)
+    ok(linked.via_gateway(APP, get(live), version=version)[0])
+    # Answered here, from the tombstone that came with the L3.
+    assert linked.cache.is_tombstoned(token.token_id(token_uid))
+    assert not linked.cache.overflowed
+
+
+def test_a_version_with_more_tombstones_than_a_frame_carries_is_the_cores(
+        linked: Linked) -> None:
+    """As many as fit come with it; one more, and none do: a gateway that starts then
+    forwards what uses that version (tests/unit/test_gateway_handler.py), while one that
+    holds it already keeps what it has (it followed the events since)."""
+    token_uid, _, _ = _revoked(linked)
+    l3 = l3_of(linked.core)
+
+    def tombstones(first: int, count: int) -> None:
+        linked.core.store.run_sync(lambda session: [repository.add_tombstone(
+            session, token_id=f"{i:032x}", tenant="demo", l3_uid=l3, reason="destroyed")
+            for i in range(first, first + count)])
+
+    def fetch(gateway: Linked) -> None:
+        gateway.cache.ensure([Need(uid=l3)], APP)
+        gateway.pump.flush()
+
+    tombstones(0, MAX_SENT_TOMBSTONES - 1)  # with the revoked token's: exactly as many
+    fetch(linked)
+    assert linked.cache.holds(l3) and not linked.cache.overflowed
+    assert linked.cache.tombstone_count == MAX_SENT_TOMBSTONES
+    assert linked.cache.is_tombstoned(token.token_id(token_uid))
+    tombstones(MAX_SENT_TOMBSTONES, 1)
+    started = Linked(linked.core)
+    fetch(started)
+    assert started.cache.overflowed == {l3} and started.cache.tombstone_count == 0
+    fetch(linked)
+    assert not linked.cache.overflowed
+
+
+@pytest.mark.parametrize("version", [None, DRAIN_VERSION, LINK_VERSION])
+def test_only_a_gateway_of_version_5_is_sent_a_versions_tombstones(version) -> None:
+    """An older gateway decodes strictly, and would end the link on them."""
+    factory, _, _ = core_factory()
+    key = ServiceKey(f"l3-{uuid.uuid4()}", "demo", "app", 1, State.ACTIVE, bytes(32),
+                     tombstones=frozenset({"ab" * 16}))
+    factory.fetch_keys = lambda *args: succeed([key])  # type: ignore[method-assign]
+    protocol, transport = link_of_version(factory, version)
+    protocol.dataReceived(encode_frame(Frame(
+        FrameType.FETCH_SERVICE_KEY, stream_id=1, caller_identity=APP.spiffe_id, tenant="demo",
+        service="app")))
+    [answer] = frames_in(transport)
+    assert answer.service_keys == [key]
+    assert answer.service_keys[0].tombstones == (
+        key.tombstones if version == LINK_VERSION else None)

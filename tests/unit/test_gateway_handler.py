@@ -3,6 +3,8 @@ engine and L3 cache, a fake link, and (for forwarded items) an in-process kcm-co
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -145,6 +147,46 @@ def test_tombstoned_token_is_refused(warm: Gateway) -> None:
     item = warm.send(request(get(token))).batch_items[0]
     assert item.result_status == ResultStatus.OPERATION_FAILED
     assert item.result_reason == ResultReason.ITEM_NOT_FOUND
+
+
+def _cold_gateway(l3: ServiceKey) -> tuple[Gateway, FakeLink]:
+    """A gateway that just started, before a core that serves ``l3`` (e.g. as a restart
+    finds it)."""
+    link = FakeLink()
+    link.keys[("demo", "app")] = [l3]
+    link.keys[L3_UID] = [l3]
+    return Gateway(link), link
+
+
+def test_a_token_revoked_before_the_gateway_started_is_refused(warm: Gateway) -> None:
+    """The tombstones made before a gateway (re)started come with the L3 it fetches."""
+    token = ok(warm.send(request(create_l4()))).unique_identifier
+    cold, link = _cold_gateway(replace(L3, tombstones=frozenset({token_id(token)})))
+    for wire, sync in ((request(get(token)), False), (request(encrypt(token, b"x")), True)):
+        item = cold.send(wire, sync=sync).batch_items[0]
+        assert (item.result_status, item.result_reason) == (
+            ResultStatus.OPERATION_FAILED, ResultReason.ITEM_NOT_FOUND)
+    assert link.forwarded == []
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["all local", "mixed"])
+def test_a_version_that_came_without_its_tombstones_sends_the_request_to_the_core(
+        warm: Gateway, mixed: bool) -> None:
+    """Routed here before the fetch, it goes whole to the core, before any of it runs here
+    (an older core sends no tombstones; a core sends none for a version with too many)."""
+    token = ok(warm.send(request(create_l4()))).unique_identifier
+    cold, link = _cold_gateway(replace(L3, tombstones=None))
+    link.answer = lambda wire: b"the core's answer"
+    wire = request(get(token), locate()) if mixed else request(get(token))
+    answers: list[bytes] = []
+    cold.answer(wire).addCallback(answers.append)
+    assert answers == [b"the core's answer"]
+    assert [forwarded for forwarded, _, _ in link.forwarded] == [wire]
+    assert cold.cache.overflowed == {L3_UID}
+    # From then on such a request is routed to the core before anything is fetched.
+    link.fetches.clear()
+    cold.answer(request(encrypt(token, b"x"))).addCallback(answers.append)
+    assert answers[-1] == b"the core's answer" and link.fetches == []
 
 
 def test_stop_ends_a_local_batch_at_the_first_failure_continue_runs_on(warm: Gateway) -> None:

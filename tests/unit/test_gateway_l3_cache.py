@@ -3,6 +3,8 @@ and who asks before anything about a held or dropped version."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
@@ -301,6 +303,71 @@ def test_past_the_bound_the_l3_with_most_tombstones_is_left_to_the_core(cache) -
     cache.apply_event(6, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
                                               "state": int(State.DESTROYED)})
     assert not cache.overflowed
+
+
+# Tombstones that come with a fetched version (link version 5) ------------------------------
+
+def test_a_fetched_version_brings_the_tombstones_made_before_this_gateway_followed(
+        cache, link) -> None:
+    """A restarted gateway (a worker, a new one) learns the tokens revoked before it
+    linked from the fetch, before the version is used; events add to them."""
+    link.keys[V1.uid] = [replace(V1, tombstones=frozenset({"a1" * 16, "a2" * 16}))]
+    _tombstone(cache, 7, "a3" * 16, V1.uid)  # an event that came before the fetch's answer
+    keys = cache.key_source(APP)
+    with pytest.raises(ServiceKeyMissing):
+        keys.service_key(V1.uid)
+    cache.ensure(keys.misses, APP)
+    again = cache.key_source(APP)
+    assert again.service_key(V1.uid) == V1
+    assert all(again.is_tombstoned(token * 16) for token in ("a1", "a2", "a3"))
+    assert cache.tombstone_count == 3 and not cache.overflowed
+    # A refresh that sends fewer (none of these would ever be undone) forgets nothing.
+    cache.store([V1], APP)
+    assert cache.tombstone_count == 3
+
+
+def test_a_version_fetched_without_its_tombstones_is_left_to_the_core(cache, link) -> None:
+    """An older core sends none, and a core sends none for a version with too many: not
+    "none", so the gateway forwards whatever uses that version."""
+    link.keys[("demo", "app")] = [replace(V1, tombstones=None)]
+    warm(cache)
+    assert cache.overflowed == {V1.uid}
+    assert cache.names_overflowed([Need(uid=V1.uid)])
+    _tombstone(cache, 1, "a1" * 16, V1.uid)  # the core holds them
+    assert cache.tombstone_count == 0
+    # Complete ones later do not bring it back: an event given up meanwhile would be lost.
+    cache.store([replace(V1, tombstones=frozenset())], APP)
+    assert cache.overflowed == {V1.uid}
+
+
+def test_a_held_version_refreshed_without_its_tombstones_keeps_them(cache, link) -> None:
+    """It came with them all, and the events since added the rest: a refresh that comes
+    without them (a newer version took the answer's room) changes nothing."""
+    cache.store([replace(V1, tombstones=frozenset({"a1" * 16}))], APP)
+    _tombstone(cache, 1, "a2" * 16, V1.uid)
+    cache.store([V2, replace(V1, tombstones=None)], APP, current_of=("demo", "app"))
+    assert not cache.overflowed and cache.tombstone_count == 2
+
+
+def test_a_fetched_version_past_the_bound_overflows_as_events_do(cache, link) -> None:
+    cache.max_tombstones = 2
+    link.keys[V2.uid] = [replace(V2, tombstones=frozenset({"b1" * 16, "b2" * 16, "b3" * 16}))]
+    cache.ensure([Need(uid=V2.uid)], APP)
+    assert cache.overflowed == {V2.uid} and cache.tombstone_count == 0
+
+
+@pytest.mark.parametrize("state", [State.DESTROYED, State.DESTROYED_COMPROMISED])
+def test_a_destroyed_version_needs_no_tombstones(cache, state) -> None:
+    cache.store([ServiceKey(V1.uid, "demo", "app", 1, state, b"", tombstones=None)], APP)
+    assert not cache.overflowed and cache.known(V1.uid).state == state
+
+
+def test_a_compromised_version_keeps_the_tombstones_it_came_with(cache) -> None:
+    """The core answers a tombstoned token under a compromised L3 Object Not Found before
+    it looks at the state: so does the gateway."""
+    cache.store([replace(V1, state=State.COMPROMISED, key=b"",
+                         tombstones=frozenset({"a1" * 16}))], APP)
+    assert cache.is_tombstoned("a1" * 16) and not cache.holds(V1.uid)
 
 
 # The opened DEKs (kcm.l4.opened_keys) go with what could change their use ------------------

@@ -79,6 +79,7 @@ class NoEvents:
 
     head = 0
     settled = 0
+    stale = False
     on_settled: set = set()
 
     def committed(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,7 @@ from kcm.link.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     FRAME_HEAD_SIZE,
     FRAME_OVERHEAD,
+    MAX_SENT_TOMBSTONES,
     Frame,
     FrameError,
     FrameType,
@@ -296,3 +298,70 @@ def test_damaged_scalar_frames_decode_as_the_general_decoder_reads_them(
         assert decoded == general
     else:
         assert decoded == "refused"
+
+
+# --- a ServiceKey's tombstones (link version 5) ------------------------------------------
+
+
+def _key_fields(key: ServiceKey) -> list[Item]:
+    return [Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, key.uid),
+            Item(Tag.KEY_VERSION, ItemType.INTEGER, key.version),
+            Item(Tag.STATE, ItemType.ENUMERATION, key.state),
+            Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, key.key),
+            Item(Tag.TENANT, ItemType.TEXT_STRING, key.tenant),
+            Item(Tag.SERVICE, ItemType.TEXT_STRING, key.service)]
+
+
+def _keys_wire(*extra: Item) -> bytes:
+    return _wire(_type(6), Item(Tag.STREAM_ID, ItemType.INTEGER, 3),
+                 Item(Tag.SERVICE_KEY, ItemType.STRUCTURE, [*_key_fields(KEY), *extra]))
+
+
+def _count(n: int) -> Item:
+    return Item(Tag.TOMBSTONE_COUNT, ItemType.INTEGER, n)
+
+
+def _token(token_id: str) -> Item:
+    return Item(Tag.TOKEN_ID, ItemType.TEXT_STRING, token_id)
+
+
+def test_a_service_keys_tombstones_round_trip_and_none_means_not_sent() -> None:
+    tombstones = frozenset({"ab" * 16, "cd" * 16, "ef" * 16})
+    keys = [replace(KEY, tombstones=tombstones), replace(KEY, tombstones=frozenset()),
+            replace(KEY, tombstones=None)]
+    wire = encode_frame(Frame(FrameType.SERVICE_KEYS, stream_id=3, service_keys=keys))
+    decoded = decode_frame(wire)
+    assert [key.tombstones for key in decoded.service_keys] == [tombstones, frozenset(), None]
+    assert encode_frame(decoded) == wire
+
+
+def test_a_service_key_of_an_older_core_has_its_tombstones_unknown() -> None:
+    """A core of link version 4 sends no TombstoneCount: not "none", but unknown."""
+    [key] = decode_frame(_keys_wire()).service_keys
+    assert key == KEY and key.tombstones is None
+    [key] = decode_frame(_keys_wire(_count(0))).service_keys
+    assert key.tombstones == frozenset()
+
+
+@pytest.mark.parametrize("extra", [
+    [_token("ab" * 16)],  # a TokenId without TombstoneCount
+    [_token("ab" * 16), _count(1)],  # before it
+    [_count(2), _token("ab" * 16)],  # fewer than counted
+    [_count(0), _token("ab" * 16)],  # more
+    [_count(2), _token("ab" * 16), _token("ab" * 16)],  # the same twice
+    [_count(0), _count(0)],  # TombstoneCount twice
+    [Item(Tag.TOMBSTONE_COUNT, ItemType.LONG_INTEGER, 0)],  # of the wrong type
+], ids=["no count", "count after", "fewer", "more", "repeated", "two counts", "wrong type"])
+def test_malformed_tombstones_raise_frame_error(extra: list[Item]) -> None:
+    with pytest.raises(FrameError):
+        decode_frame(_keys_wire(*extra))
+
+
+def test_the_most_tombstones_sent_fit_in_the_frame_overhead() -> None:
+    """They never make SERVICE_KEYS too large for a gateway, whatever its message size."""
+    tombstones = frozenset(f"{i:032x}" for i in range(MAX_SENT_TOMBSTONES))
+    wire = encode_frame(Frame(FrameType.SERVICE_KEYS, stream_id=3, service_keys=[
+        replace(KEY, tombstones=tombstones), KEY, KEY]))
+    assert len(wire) <= FRAME_OVERHEAD
+    assert decode_frame(wire, max_size=frame_size_limit(1)).service_keys[0].tombstones \
+        == tombstones

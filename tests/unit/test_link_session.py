@@ -365,6 +365,37 @@ def test_an_answer_is_held_at_most_the_hold_limit_when_the_fan_out_cannot_read(
     assert world.fanout.on_settled == set()
 
 
+def test_a_core_that_cannot_read_its_event_log_sends_its_gateways_to_another(
+        world: World) -> None:
+    """A core cut off from its database (a read that hangs) would keep its gateways
+    linked while they miss what other cores change: once no read has succeeded for
+    ``stale_after``, it closes their links and refuses new ones until it reads again."""
+    from kcm.core.link_server import STALE_EVENTS
+
+    gateway_end = world.connect()
+    pending: list[Deferred] = []
+    world.fanout.read = lambda after: pending.append(Deferred()) or pending[-1]
+    world.fanout.stale_after = 5.0
+    world.fanout.on_stale.append(world.factory.events_stale)  # (as kcm.core.tap wires it)
+    world.fanout.startService()
+    for _ in range(45):  # (heartbeats flow meanwhile)
+        world.clock.advance(0.1)
+        world.flush()
+    assert world.client.connected and not world.fanout.stale and len(pending) == 1
+    for _ in range(10):
+        world.clock.advance(0.1)
+        world.flush()
+    assert world.fanout.stale and not world.client.connected
+    assert gateway_end.closing and world.server.closing
+    refused = world.connect()  # HELLO while it lasts: refused
+    assert not world.client.connected and refused.refused == f"GOAWAY: {STALE_EVENTS}"
+    pending[0].callback([])  # the database answers again
+    assert not world.fanout.stale
+    world.connect()
+    assert world.client.connected
+    world.fanout.stopService()
+
+
 def test_a_reconnecting_gateway_gets_what_it_missed_in_order(world: World) -> None:
     world.fanout.batch_size = 2  # the catch-up takes several reads
     world.connect()
@@ -483,6 +514,31 @@ def test_a_silent_core_is_declared_dead(world: World) -> None:
     assert gateway_end.closing
     world.flush()
     assert not world.client.connected
+
+
+def test_a_core_that_never_welcomes_is_given_up_at_the_welcome_deadline(world: World) -> None:
+    """A hung core: the TCP connection is made (the kernel takes it into the listen
+    backlog), and then nothing; the link is given up, a refusal for the back-off, well
+    before heartbeats would find it dead."""
+    server = world.factory.buildProtocol(None)
+    server.dataReceived = lambda data: None  # its TLS handshake never finishes
+    gateway_end = LinkClientProtocol(world.client)
+    pump = iosim.connect(server, iosim.FakeTransport(server, True),
+                         gateway_end, iosim.FakeTransport(gateway_end, False),
+                         greet=False, clock=world.clock)
+    world.clock.advance(world.client.welcome_timeout - 0.01)
+    pump.flush()
+    assert not gateway_end.closing
+    world.clock.advance(0.01)
+    pump.flush()
+    assert gateway_end.closing and world.client._refusals == 1
+    assert not world.client.connected
+    # A link welcomed in time keeps no deadline.
+    world.connect()
+    assert world.client.connected and world.client._refusals == 0
+    world.clock.advance(world.client.welcome_timeout)
+    world.flush()
+    assert world.client.connected
 
 
 def test_an_unknown_link_version_is_refused(world: World) -> None:

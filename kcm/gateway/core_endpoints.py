@@ -3,10 +3,13 @@
 Every core on one database serves the same inventory and the same event stream, so a gateway
 may link to any of them. It keeps to the core it reached last while that core answers; when
 a connection attempt fails it tries the next core in the list at once, round the list once,
-before the link's own back-off waits for the next round. A gateway that lost its core (the
-link closed, or heartbeats stopped) thus links to the next within one connection attempt,
-and resumes the event stream after the last event it applied (sequences are the database's,
-the same at every core).
+before the link's own back-off waits for the next round. An attempt fails when the core
+cannot be reached, and also when it was reached but the link was lost before it was of use
+(:meth:`CoreFailoverEndpoint.attempt_failed`: a hung core completes the TCP connection from
+its listen backlog and never the TLS handshake, and a stopping core refuses the link). A
+gateway that lost its core (the link closed, or heartbeats stopped) thus links to the next
+within one connection attempt, and resumes the event stream after the last event it applied
+(sequences are the database's, the same at every core).
 
 Which core a gateway tries first: with ``order = "spread"`` (the default) a random one, so
 that a fleet of gateways with the same list spreads over the cores; with ``"listed"`` the
@@ -99,4 +102,19 @@ class CoreFailoverEndpoint:
             return self._attempt(factory, (index + 1) % len(self.endpoints), left - 1)
 
         return d.addCallbacks(reached, failed)
+
+    def attempt_failed(self, reason: str, in_a_row: int = 1) -> bool:
+        """The connection :meth:`connect` made last was lost before it was of use (its core
+        did not complete the link: hung in the TLS handshake, or refused the link), the
+        ``in_a_row``-th such loss since the last link of use: that core counts as
+        unreachable, and the next :meth:`connect` starts at the next core. True when that
+        one should be tried at once: another core, still in the first round of the list
+        (after it, and with one core, the link's back-off waits)."""
+        if len(self.endpoints) == 1:
+            return False
+        failed = self.current
+        self.current = (failed + 1) % len(self.endpoints)
+        log.info("core {core} did not complete the link ({error}); trying {next}",
+                 core=self.names[failed], error=reason, next=self.current_name)
+        return in_a_row < len(self.endpoints)
 

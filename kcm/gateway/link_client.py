@@ -16,6 +16,11 @@
 * :meth:`LinkClient.report_usage` — how many encryptions were made under each L3 version
   (USAGE_REPORT, to a core whose WELCOME names link version 3 or later; no answer).
 
+A link is made when the core's WELCOME comes, within ``welcome_timeout`` (2 s) of the TCP
+connection; one lost or given up before it (a core that refuses the link, or a hung one whose
+kernel completes the TCP connection but which never completes the TLS handshake) is a failed
+attempt of that core: the next goes to the next core (:mod:`kcm.gateway.core_endpoints`).
+
 Nothing waits long for a link that is not there: while it is down every call fails at once
 with :class:`LinkDown`, with two exceptions, both bounded (``first_link_wait`` and
 ``drain_wait``, 5 s): the calls made just after the start wait for the first link, and the
@@ -47,7 +52,12 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -146,6 +156,10 @@ class LinkClientProtocol(LinkProtocol):
         #: When WELCOME came (the clock's seconds).
         self.welcomed_at = 0.0
         self._next_stream = 0
+        #: Gives the link up unless WELCOME comes in time (from connectionMade).
+        self._welcome_deadline: IDelayedCall | None = None
+        #: Why the link ends before WELCOME, when this end knows (for the log).
+        self.refused: str | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -157,6 +171,10 @@ class LinkClientProtocol(LinkProtocol):
         if proxy is not self and getattr(proxy, "_protocol", None) is self:
             with contextlib.suppress(AttributeError):  # (a proxy that takes no attribute)
                 proxy.dataReceived = self.dataReceived
+        # Made here, at the TCP connection: a hung core's kernel completes it from the
+        # listen backlog, and only the missing WELCOME tells that core from a live one.
+        self._welcome_deadline = self.clock.callLater(self.client.welcome_timeout,
+                                                      self._no_welcome)
         self.send(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
                         peer_name=self.client.gateway_name,
                         sequence=self.client.last_sequence))
@@ -167,12 +185,34 @@ class LinkClientProtocol(LinkProtocol):
             return
         self.welcomed = True
         self.welcomed_at = self.clock.seconds()
+        self._cancel_welcome_deadline()
         self.core_version = frame.link_version or HELLO_VERSION
         if self.core_version >= DRAIN_VERSION:  # so that the core may send DRAIN
             self.send(Frame(FrameType.VERSION, link_version=LINK_VERSION))
         if frame.heartbeat_interval and frame.heartbeat_interval != self.heartbeat_interval:
             self.start_heartbeat(frame.heartbeat_interval)
         self.client._welcomed(self, frame)
+
+    def _no_welcome(self) -> None:
+        """No WELCOME in time: the link is given up (a failed attempt of this core)."""
+        self._welcome_deadline = None
+        self.refused = f"no WELCOME within {self.client.welcome_timeout:g}s"
+        log.warn("core at {peer} sent no WELCOME within {timeout:g}s (hung?): link given up",
+                 peer=self.peer, timeout=self.client.welcome_timeout)
+        if self.closing:  # a close waiting on a handshake that does not finish
+            self.transport.abortConnection()
+        else:
+            self.close(abort=True)
+
+    def _cancel_welcome_deadline(self) -> None:
+        if self._welcome_deadline is not None and self._welcome_deadline.active():
+            self._welcome_deadline.cancel()
+        self._welcome_deadline = None
+
+    def frame_GOAWAY(self, frame: Frame) -> None:
+        if not self.welcomed:
+            self.refused = f"GOAWAY: {frame.error or 'no reason given'}"
+        super().frame_GOAWAY(frame)
 
     def frame_DRAIN(self, frame: Frame) -> None:
         """The core is stopping: new calls wait for the next link; this one closes once
@@ -320,6 +360,7 @@ class LinkClientProtocol(LinkProtocol):
                 f"the core did not answer within {self.client.request_timeout:g}s"))
 
     def link_lost(self, reason: Failure) -> None:
+        self._cancel_welcome_deadline()
         streams, self.streams = self.streams, {}
         self.client._lost(self, reason, len(streams))
         for stream in streams.values():
@@ -337,6 +378,10 @@ RELINK_AFTER = 1.0
 #: The most a link made again at once waits (seconds, at random): gateways that lost the
 #: same core do not all reach the next one in the same instant.
 RELINK_JITTER = 0.025
+#: Seconds from the TCP connection to the core's WELCOME (TLS handshake, HELLO, WELCOME)
+#: after which the link is given up and the next core tried: a live core takes
+#: milliseconds; a hung one completes the TCP connection and nothing more.
+WELCOME_TIMEOUT = 2.0
 
 
 class LinkClient(MultiService):
@@ -354,9 +399,13 @@ class LinkClient(MultiService):
                  max_retry_delay: float = 1.0,
                  random_fraction: Callable[[], float] = random.random,
                  first_link_wait: float = FIRST_LINK_WAIT,
-                 drain_wait: float = DRAIN_WAIT) -> None:
+                 drain_wait: float = DRAIN_WAIT,
+                 welcome_timeout: float = WELCOME_TIMEOUT) -> None:
         super().__init__()
         self.clock = clock
+        #: Seconds a connection may take to be welcomed before it is given up.
+        self.welcome_timeout = welcome_timeout
+        self._endpoint = endpoint
         #: Seconds after the service starts during which a call waits for the first link,
         #: and after a DRAIN during which it waits for the next (see :meth:`_send`).
         self.first_link_wait = first_link_wait
@@ -405,8 +454,10 @@ class LinkClient(MultiService):
         factory = Factory.forProtocol(lambda: LinkClientProtocol(self))
         # ClientService's prepareConnection cannot be used to wait for WELCOME: a connection
         # lost while it waits trips its state machine (NoTransition). So it counts a TCP/TLS
-        # connection as success and the retry delay adds the refusals counted here, so a core
-        # that keeps closing the link before WELCOME is retried with backoff too.
+        # connection as success; a link lost before WELCOME is counted here instead (_lost):
+        # it moves the core endpoint on to the next core, and the retry delay adds these
+        # refusals, so a core that keeps closing the link before WELCOME, or a single core
+        # that hangs, is retried with backoff too.
         self._connector = ClientService(endpoint, factory, clock=clock,
                                         retryPolicy=self.retry_delay)
         self._connector.setServiceParent(self)
@@ -425,7 +476,9 @@ class LinkClient(MultiService):
         0.1 s of jitter) with each failure, counting links closed before WELCOME; at
         once (up to :data:`RELINK_JITTER`) after a link was drained or was lost after
         living :data:`RELINK_AFTER` seconds: the core endpoint then tries the next core,
-        so a gateway that lost its core links to another without waiting."""
+        so a gateway that lost its core links to another without waiting; at once, too,
+        after a link lost before WELCOME when the core endpoint moves on to a core not yet
+        tried in this round (``CoreFailoverEndpoint.attempt_failed``)."""
         if self._relink_now:
             self._relink_now = False
             return RELINK_JITTER * self._random_fraction()
@@ -638,12 +691,25 @@ class LinkClient(MultiService):
             log.warn("link to the core lost: {reason}", reason=reason.getErrorMessage())
             lived = self.clock.seconds() - protocol.welcomed_at
             self._relink_now = lived >= RELINK_AFTER
+            if protocol.went_silent:  # a hung core: not worth another attempt first
+                self._attempt_failed("its heartbeats stopped")
         elif protocol.draining:
             log.info("the drained link to {peer} is closed", peer=protocol.peer)
         elif not protocol.welcomed:
             self._refusals += 1
+            self._relink_now = self._attempt_failed(protocol.refused
+                                                    or reason.getErrorMessage())
         if streams:
             self._stream_done(streams)
+
+    def _attempt_failed(self, reason: str) -> bool:
+        """A link lost before WELCOME is a failed attempt of its core: the core endpoint
+        (one that fails over: :class:`kcm.gateway.core_endpoints.CoreFailoverEndpoint`)
+        moves on to the next; True when that one is to be tried at once."""
+        attempt_failed = getattr(self._endpoint, "attempt_failed", None)
+        if attempt_failed is None:
+            return False
+        return bool(attempt_failed(reason, self._refusals))
 
     def _event(self, protocol: LinkClientProtocol, frame: Frame) -> None:
         seq = frame.sequence

@@ -55,6 +55,8 @@ class LinkProtocol(Protocol):
                  DEFAULT_HEARTBEAT_INTERVAL, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.clock = clock
         self.heartbeat_interval = heartbeat_interval
+        #: Whether the link was closed because the peer went silent (missed heartbeats).
+        self.went_silent = False
         self.max_frame_size = max_frame_size
         self._framer = LinkFramer(max_frame_size)
         self._heartbeat: LoopingCall | None = None
@@ -189,6 +191,7 @@ class LinkProtocol(Protocol):
         if silent >= MISSED_HEARTBEATS * self.heartbeat_interval:
             log.warn("link {peer} is dead: nothing received for {silent:.1f}s",
                      peer=self.peer, silent=silent)
+            self.went_silent = True
             self.close(abort=True)
             return
         self.send(Frame(FrameType.PING, stream_id=next(self._ping_ids) & 0x7FFFFFFF or 1))

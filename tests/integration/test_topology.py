@@ -9,6 +9,9 @@ three, its own first), application load through every gateway.
   and another core takes the lease over within seconds.
 * No event is lost or applied twice at any gateway: each applied one gapless run of
   sequences up to the database's newest; the audit chain verifies.
+* A hung core (SIGSTOP: its kernel still completes TCP connections, its TLS handshakes
+  never finish): its gateway fails over to the next core and enforces a revocation (Key
+  Compromise) committed there within heartbeats' detection plus one WELCOME deadline.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReas
 from kcm.kmip.messages import RequestBatchItem
 from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
 from kcm.l4 import token as l4_token
+from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS
 from kcm.testing.postgres import fresh_database
 from kcm.testing.processes import CoreProcess, GatewayProcess, deploy
 from tests.e2e_support import (
@@ -52,6 +56,10 @@ pytestmark = pytest.mark.serial
 
 PROPAGATION_BOUND = 1.0
 FAILOVER_BOUND = 2.0
+#: From a core's SIGSTOP to its gateway refusing what the next core revoked: heartbeats
+#: find the link dead (3 to 4 intervals: they are checked once an interval), then the next
+#: core is linked at once (a link that went silent is not tried again first).
+HUNG_FAILOVER_BOUND = (MISSED_HEARTBEATS + 1) * DEFAULT_HEARTBEAT_INTERVAL + 1.0
 _databases = itertools.count()
 
 
@@ -211,3 +219,50 @@ def test_three_cores_three_gateways_revocation_failover_and_no_event_lost(topolo
         start = resumed_after(gateway)[0]
         assert applied == list(range(start + 1, head + 1)), gateway.root.name
     assert core3.kcm("audit", "verify").returncode == 0
+
+
+def test_a_hung_cores_gateway_fails_over_and_enforces_a_revocation_at_the_next(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Core 1 is stopped (SIGSTOP) under its gateway, which lists [core 1, core 2]; an L3
+    is revoked (Key Compromise) at core 2 right after. The gateway gives core 1 up,
+    links to core 2 and refuses the revoked L3's tokens; before, it kept reconnecting to
+    the hung core (the TCP connection completes) and served the compromised L3."""
+    url = fresh_database(postgres_url, f"kcm_topology_{next(_databases)}")
+    first = deploy(tmp_path / "core1", url)
+    second = first.replica(tmp_path / "core2")
+    gateway = GatewayProcess(tmp_path / "gateway", first, cores=[first, second])
+    stopped = False
+    try:
+        first.start()
+        second.start()
+        gateway.start()
+        gateway.wait_linked()
+        assert linked_to_ports(gateway) == [first.link_port]
+        with gateway.client("app") as app:
+            [created] = succeeded_v21(app, create_l4())
+            token = created.unique_identifier
+            assert refusals(send_v21(app, encrypt(token))) == [None]
+            hung = time.monotonic()
+            assert first.process is not None
+            first.process.send_signal(signal.SIGSTOP)
+            stopped = True
+            with second.client("admin") as admin:
+                succeeded_v21(admin, item(Operation.REVOKE, RevokeRequest(
+                    unique_identifier=l4_token.parse(token).l3_uid,
+                    revocation_reason=RevocationReason(
+                        code=RevocationReasonCode.KEY_COMPROMISE))))
+            while refusals(send_v21(app, encrypt(token))) != [
+                    ResultReason.WRONG_KEY_LIFECYCLE_STATE]:
+                assert time.monotonic() - hung < HUNG_FAILOVER_BOUND + 3, (
+                    "the revocation at core 2 is not enforced")
+                time.sleep(0.05)
+            enforced = time.monotonic() - hung
+        print(f"\nrevocation at core 2 enforced {enforced:.2f}s after core 1 hung")
+        assert enforced < HUNG_FAILOVER_BOUND
+        assert linked_to_ports(gateway)[-1] == second.link_port
+        assert "did not complete the link (its heartbeats stopped)" in gateway.log.read_text()
+    finally:
+        if stopped and first.process is not None:
+            first.process.send_signal(signal.SIGCONT)
+        for process in (gateway, first, second):
+            process.stop()

@@ -67,6 +67,28 @@ def test_no_core_reachable_fails_after_one_round_with_the_last_error() -> None:
     assert endpoint.current_name == "a"
 
 
+def test_a_core_reached_but_of_no_use_counts_as_failed_and_the_next_is_tried() -> None:
+    """A hung core completes the TCP connection (so connect succeeds) and never the link:
+    the link client reports the attempt failed, and the next connect starts at the next
+    core, at once while the round of the list lasts."""
+    cores = _endpoints(True, True, True)
+    endpoint = CoreFailoverEndpoint(cores, ["a", "b", "c"], order="listed")
+    connect(endpoint)
+    assert endpoint.attempt_failed("no WELCOME", 1) is True
+    assert endpoint.current_name == "b"
+    connect(endpoint)
+    assert [c.attempts for c in cores] == [1, 1, 0]
+    assert endpoint.attempt_failed("no WELCOME", 2) is True
+    assert endpoint.attempt_failed("no WELCOME", 3) is False  # round over: back off
+    assert endpoint.current_name == "a"
+
+
+def test_a_single_core_reached_but_of_no_use_is_tried_again_after_backoff() -> None:
+    endpoint = CoreFailoverEndpoint(_endpoints(True), ["a"], order="listed")
+    assert endpoint.attempt_failed("no WELCOME", 1) is False
+    assert endpoint.current_name == "a"
+
+
 def test_spread_order_starts_at_a_random_core() -> None:
     picks = [CoreFailoverEndpoint(_endpoints(True, True, True), ["a", "b", "c"],
                                   random_index=lambda n, i=i: i % n).current_name

@@ -1,0 +1,194 @@
+"""The gateway's link failing over between cores as it runs: :class:`LinkClient` on its
+``ClientService`` over a :class:`CoreFailoverEndpoint` of fake cores, driven by a Clock.
+
+A fake core is live (WELCOME, PONG), hung (a stopped process: the TCP connection completes
+from the listen backlog, and nothing more), refusing (GOAWAY after HELLO: a stopping core)
+or down (the connection is refused)."""
+
+from __future__ import annotations
+
+import itertools
+
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from kcm.gateway.core_endpoints import CoreFailoverEndpoint
+from kcm.gateway.link_client import WELCOME_TIMEOUT, LinkClient
+from kcm.link.framer import LinkFramer
+from kcm.link.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    LINK_VERSION,
+    Frame,
+    FrameType,
+    decode_frame,
+    encode_frame,
+)
+
+
+class CoreTransport(StringTransport):
+    """The gateway's end of a connection to a :class:`FakeCore`; the core answers what the
+    gateway writes (on the next turn of the clock) as its mode says at that moment."""
+
+    def __init__(self, core: FakeCore, protocol) -> None:
+        super().__init__()
+        self.core = core
+        self.protocol = protocol
+        self.framer = LinkFramer(DEFAULT_MAX_FRAME_SIZE)
+        self.lost = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        for wire in self.framer.feed(data):
+            self.core.received(self, decode_frame(wire))
+
+    def deliver(self, frame: Frame) -> None:
+        self.core.clock.callLater(0, lambda: None if self.lost else
+                                  self.protocol.dataReceived(encode_frame(frame)))
+
+    def loseConnection(self) -> None:
+        self._lose(ConnectionDone())
+
+    def abortConnection(self) -> None:
+        self._lose(ConnectionAborted())
+
+    def _lose(self, why: Exception) -> None:
+        if not self.lost:
+            self.lost = True
+            self.core.clock.callLater(0, self.protocol.connectionLost, Failure(why))
+
+
+class FakeCore:
+    """A client endpoint to one fake core; ``mode`` is live, hung, refusing or down."""
+
+    def __init__(self, name: str, clock: Clock, mode: str = "live") -> None:
+        self.name = name
+        self.clock = clock
+        self.mode = mode
+        #: When each connection attempt was made (the clock's seconds).
+        self.attempts: list[float] = []
+        self.links: list[CoreTransport] = []
+
+    def connect(self, factory):
+        self.attempts.append(self.clock.seconds())
+        if self.mode == "down":
+            return fail(ConnectionRefusedError(self.name))
+        protocol = factory.buildProtocol(None)
+        transport = CoreTransport(self, protocol)
+        self.links.append(transport)
+        protocol.makeConnection(transport)
+        return succeed(protocol)
+
+    def received(self, transport: CoreTransport, frame: Frame) -> None:
+        if self.mode == "hung":
+            return
+        if frame.type is FrameType.HELLO:
+            if self.mode == "refusing":
+                transport.deliver(Frame(FrameType.GOAWAY, error="this core is stopping"))
+                return
+            transport.deliver(Frame(FrameType.WELCOME, link_version=LINK_VERSION,
+                                    peer_name=self.name, sequence=0, heartbeat_interval=1))
+        elif frame.type is FrameType.PING:
+            transport.deliver(Frame(FrameType.PONG, stream_id=frame.stream_id))
+
+
+def gateway(*cores: FakeCore) -> tuple[LinkClient, CoreFailoverEndpoint]:
+    endpoint = CoreFailoverEndpoint(list(cores), [c.name for c in cores], order="listed")
+    client = LinkClient(endpoint, clock=cores[0].clock, random_fraction=lambda: 0.5,
+                        first_link_wait=0.0)
+    client.startService()
+    return client, endpoint
+
+
+def run(clock: Clock, seconds: float, step: float = 0.01) -> None:
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+
+
+def linked_to(client: LinkClient, core: FakeCore) -> bool:
+    protocol = client._protocol
+    return protocol is not None and any(t.protocol._protocol is protocol for t in core.links)
+
+
+def test_a_core_that_hangs_is_left_for_the_next_one_within_one_connection_attempt() -> None:
+    """The defect: heartbeats found the hung core dead, the gateway connected to it again
+    (its kernel still completes TCP connections) and, counting that a success, never
+    tried the next core. A link found dead by its heartbeats now goes to the next core at
+    once."""
+    clock = Clock()
+    a, b = FakeCore("a", clock), FakeCore("b", clock)
+    client, endpoint = gateway(a, b)
+    run(clock, 1.5)
+    assert linked_to(client, a) and b.attempts == []
+
+    a.mode = "hung"  # SIGSTOP
+    hung_at = clock.seconds()
+    run(clock, 1.9)
+    assert linked_to(client, a)  # heartbeats have not given up on it yet
+    for _ in range(200):  # three silent heartbeat intervals
+        if b.attempts:
+            break
+        clock.advance(0.01)
+    assert b.attempts and b.attempts[0] - hung_at <= 3.1  # the next core, at once
+    run(clock, 0.1)
+    assert linked_to(client, b) and endpoint.current_name == "b"
+    assert a.links[-1].lost
+    run(clock, 10)
+    assert linked_to(client, b) and len(a.attempts) == 1 and len(b.attempts) == 1
+    client.stopService()
+
+
+def test_a_first_core_hung_at_start_is_left_for_the_next() -> None:
+    clock = Clock()
+    a, b = FakeCore("a", clock, "hung"), FakeCore("b", clock)
+    client, endpoint = gateway(a, b)
+    run(clock, WELCOME_TIMEOUT + 0.1)
+    assert linked_to(client, b) and endpoint.current_name == "b"
+    assert (len(a.attempts), len(b.attempts)) == (1, 1)
+    client.stopService()
+
+
+def test_a_single_hung_core_is_retried_with_backoff_and_taken_back_when_it_resumes() -> None:
+    clock = Clock()
+    a = FakeCore("a", clock, "hung")
+    client, endpoint = gateway(a)
+    run(clock, 30)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(a.attempts)]
+    assert len(a.attempts) <= 30 / WELCOME_TIMEOUT
+    assert all(gap >= WELCOME_TIMEOUT + 0.2 for gap in gaps)  # each attempt, then back-off
+    assert gaps[-1] >= WELCOME_TIMEOUT + 1.0  # the back-off's cap
+    assert all(link.lost for link in a.links[:-1])  # nothing left open
+    a.mode = "live"  # SIGCONT: the next attempt links
+    run(clock, WELCOME_TIMEOUT + 1.2)
+    assert linked_to(client, a) and endpoint.current_name == "a"
+    client.stopService()
+
+
+def test_cores_that_refuse_before_welcome_are_tried_in_turn_with_backoff() -> None:
+    """A stopping core answers HELLO with GOAWAY: the next attempt goes to the next core;
+    after a round of the list, the link backs off (it does not spin)."""
+    clock = Clock()
+    a, b = FakeCore("a", clock, "refusing"), FakeCore("b", clock, "refusing")
+    client, endpoint = gateway(a, b)
+    run(clock, 10)
+    assert 2 <= len(a.attempts) <= 12 and abs(len(a.attempts) - len(b.attempts)) <= 1
+    attempts = sorted([(t, "a") for t in a.attempts] + [(t, "b") for t in b.attempts])
+    assert [name for _, name in attempts[:4]] == ["a", "b", "a", "b"]
+    assert attempts[1][0] - attempts[0][0] < 0.1  # the round goes at once ...
+    assert attempts[2][0] - attempts[1][0] >= 0.2  # ... then the back-off waits
+    b.mode = "live"
+    run(clock, 3)
+    assert linked_to(client, b) and endpoint.current_name == "b"
+    assert client._refusals == 0
+    client.stopService()
+
+
+def test_an_unreachable_core_still_fails_over_within_the_same_attempt() -> None:
+    clock = Clock()
+    a, b = FakeCore("a", clock, "down"), FakeCore("b", clock)
+    client, endpoint = gateway(a, b)
+    clock.advance(0.01)
+    assert linked_to(client, b) and (len(a.attempts), len(b.attempts)) == (1, 1)
+    client.stopService()

@@ -27,6 +27,7 @@ from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import Store
+from kcm.core.stream_parts import purge_spent
 from kcm.core.sweep_steps import SweepStep
 from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_keys_due
 from kcm.core.usage_intake import UsageIntake
@@ -140,7 +141,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         _sweep_step(rotate_due, keyring=keyring),
         _sweep_step(rotate_managed_due, keyring=keyring, trust_domain=trust_domain),
         _sweep_step(rotate_tenant_keys_due, keyring=keyring),
-        _sweep_step(rewrap_step, keyring=keyring)])
+        _sweep_step(rewrap_step, keyring=keyring),
+        _sweep_step(purge_spent)])
     if config.link_listen:
         # Woken on PostgreSQL by every core's commits that add events (OutboxListener), on
         # SQLite by this process's (the store's on_outbox_written); the poll finds the
@@ -154,6 +156,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
             settings=LinkSettings(
                 max_frame_size=frame_size_limit(config.limits.max_message_size)))
         policy.on_change.append(link_factory.set_subject_map)
+        fanout.on_stale.append(link_factory.events_stale)
         link_factory.on_usage = UsageIntake(store, reactor,
                                             on_cap_reached=sweeper.sweep_soon).add
         core.fanout, core.link_factory = fanout, link_factory

@@ -4,13 +4,21 @@ sealed so that any core can continue the stream and no client can forge or move 
 The state is sealed with AES-GCM under a key derived (HKDF-SHA256) from the object's own
 key material, the stream's purpose and the object's identifier, which is also the
 associated data: a Correlation Value opens only for the key and the kind of stream that
-made it. Pure: the random source is the caller's.
+made it.
+
+Each value also names its :class:`StreamPart`: the stream's random identifier, the part it
+continues, and when it stops opening (:data:`STREAM_LIFETIME` after it was issued). The
+seal alone cannot stop a client from presenting a value twice; the core records each part
+it has taken (:mod:`kcm.core.stream_parts`) and refuses it the second time, so every value
+is used at most once and a stream is one chain of parts. Pure: the random source and the
+time are the caller's.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -21,12 +29,19 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
-__all__ = ["MAX_STREAM_BYTES", "check_stream_size", "open_state", "seal_state"]
+__all__ = ["MAX_STREAM_BYTES", "STREAM_LIFETIME", "StreamPart", "check_stream_size",
+           "open_state", "seal_state"]
 
 T = TypeVar("T")
 
-_FORMAT = b"\x01"
+# Format 2 added the StreamPart; a format-1 value (sealed before) no longer opens.
+_FORMAT = b"\x02"
 _NONCE_LENGTH = 12
+_PART = struct.Struct(">16sQQ")  # stream id, part, expires (epoch seconds)
+
+#: Seconds a Correlation Value opens after it was issued: a stream may wait that long
+#: between two parts.
+STREAM_LIFETIME = 3600
 
 #: How much data a stream may accumulate in its Correlation Value: it carries the whole
 #: input so far, so it (and each answer) stays small.
@@ -41,27 +56,53 @@ def check_stream_size(length: int) -> None:
                         f"streams are limited to {MAX_STREAM_BYTES} bytes")
 
 
+@dataclass(frozen=True, slots=True)
+class StreamPart:
+    """Which part of which stream a Correlation Value continues, and until when."""
+
+    stream_id: bytes  # 16 random bytes, the same for every part of one stream
+    part: int  # 0 for the value an Init Indicator's answer carries, then 1, 2, ...
+    expires: int  # epoch seconds: the value opens before then
+
+    @classmethod
+    def first(cls, now: int, random_bytes: Callable[[int], bytes]) -> StreamPart:
+        """The part a new stream's first Correlation Value names."""
+        return cls(random_bytes(16), 0, now + STREAM_LIFETIME)
+
+    def following(self, now: int) -> StreamPart:
+        """The part the Correlation Value answered for this one names."""
+        return StreamPart(self.stream_id, self.part + 1, now + STREAM_LIFETIME)
+
+
 def seal_state(secret: bytes, purpose: bytes, uid: str, state: bytes,
-               random_bytes: Callable[[int], bytes]) -> bytes:
-    """The Correlation Value that carries ``state`` for the object ``uid``."""
+               random_bytes: Callable[[int], bytes], *, part: StreamPart) -> bytes:
+    """The Correlation Value that carries ``state`` for the object ``uid`` as ``part``."""
     nonce = random_bytes(_NONCE_LENGTH)
+    head = _PART.pack(part.stream_id, part.part, part.expires)
     return _FORMAT + nonce + AESGCM(_state_key(secret, purpose, uid)).encrypt(
-        nonce, state, uid.encode())
+        nonce, head + state, uid.encode())
 
 
 def open_state(secret: bytes, purpose: bytes, uid: str, value: bytes,
-               unpack: Callable[[bytes], T]) -> T:
-    """The state ``value`` carries, read by ``unpack``; Invalid Correlation Value when it
-    is not one of this key's streams of this purpose (or does not unpack)."""
+               unpack: Callable[[bytes], T], *, now: int) -> tuple[StreamPart, T]:
+    """The part ``value`` names and the state it carries, read by ``unpack``; Invalid
+    Correlation Value when it is not one of this key's streams of this purpose (or does
+    not unpack), or has expired at ``now``. Whether it was used already is the caller's
+    to ask (:mod:`kcm.core.stream_parts`)."""
     try:
         if value[:1] != _FORMAT:
             raise InvalidTag
         blob = AESGCM(_state_key(secret, purpose, uid)).decrypt(
             value[1:1 + _NONCE_LENGTH], value[1 + _NONCE_LENGTH:], uid.encode())
-        return unpack(blob)
+        part = StreamPart(*_PART.unpack_from(blob))
+        state = unpack(blob[_PART.size:])
     except (InvalidTag, ValueError, struct.error):
         raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
                         "the Correlation Value is not one of this key's streams") from None
+    if now >= part.expires:
+        raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
+                        "the Correlation Value has expired")
+    return part, state
 
 
 def _state_key(secret: bytes, purpose: bytes, uid: str) -> bytes:

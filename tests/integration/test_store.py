@@ -118,7 +118,7 @@ def test_migrations_match_metadata(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
     upgrade(db_url)  # idempotent at every start
-    assert current_revision(db_url) == head_revision() == "0003"
+    assert current_revision(db_url) == head_revision() == "0004"
     engine = open_engine(db_url)
     try:
         with engine.connect() as connection:
@@ -666,6 +666,51 @@ def test_tombstones(store: Store) -> None:
     assert not store.run_sync(lambda s: repo.is_tombstoned(s, "tok2"))
     graves = store.run_sync(lambda s: repo.tombstones_for(s, "t1", "l3"))
     assert [(g.token_id, g.reason, g.at) for g in graves] == [("tok1", "revoked", 5)]
+
+
+def test_a_stream_part_is_spent_once_and_purged_after_it_expired(store: Store) -> None:
+    """kcm.core.stream_parts: a Correlation Value's part is recorded once; a second record
+    of it, in the same transaction or a later one, says False; expired ones are purged."""
+    def spend_twice(session: Session) -> tuple[bool, bool, bool]:
+        return (repo.spend_stream_part(session, b"s" * 16, 0, 100),
+                repo.spend_stream_part(session, b"s" * 16, 0, 100),
+                repo.spend_stream_part(session, b"s" * 16, 1, 200))
+
+    assert store.run_sync(spend_twice) == (True, False, True)
+    assert not store.run_sync(lambda s: repo.spend_stream_part(s, b"s" * 16, 1, 200))
+    assert store.run_sync(lambda s: repo.spend_stream_part(s, b"t" * 16, 1, 200))
+    assert store.run_sync(lambda s: repo.purge_stream_parts(s, 100)) == 0
+    assert store.run_sync(lambda s: repo.purge_stream_parts(s, 101)) == 1
+    assert store.run_sync(lambda s: repo.spend_stream_part(s, b"s" * 16, 0, 100))  # forgotten
+    assert not store.run_sync(lambda s: repo.spend_stream_part(s, b"s" * 16, 1, 200))
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_two_transactions_racing_for_one_stream_part_one_wins(db_url: str) -> None:
+    """Two cores on one PostgreSQL database taking the same Correlation Value at once: the
+    second waits for the first and, once it commits, is told the part was spent. (PostgreSQL
+    only: SQLite serializes writers, so no two write transactions overlap there.)"""
+    upgrade(db_url)
+    engine = open_engine(db_url)
+    outcome: list[bool] = []
+    try:
+        with Session(engine) as first:
+            assert repo.spend_stream_part(first, b"r" * 16, 3, 100)
+
+            def second() -> None:
+                with Session(engine) as session:
+                    outcome.append(repo.spend_stream_part(session, b"r" * 16, 3, 100))
+                    session.commit()
+
+            racer = threading.Thread(target=second)
+            racer.start()
+            racer.join(0.5)
+            assert racer.is_alive() and outcome == []  # waiting for the first to end
+            first.commit()
+            racer.join(10)
+        assert outcome == [False]
+    finally:
+        engine.dispose()
 
 
 # --- audit chain on both backends ----------------------------------------------------------

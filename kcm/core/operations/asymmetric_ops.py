@@ -16,7 +16,8 @@ handlers load the keys, apply the policy and the key-use rule, and store what th
   (:mod:`kcm.kernel.key_use`: state, Protect Stop Date / Process Start Date, Cryptographic
   Usage Mask) allows signing or verifying. Streaming (Init Indicator, Correlation Value,
   Final Indicator) accumulates the data in a Correlation Value sealed under a key derived
-  from the key itself (:mod:`kcm.crypto.sealed_state`).
+  from the key itself (:mod:`kcm.crypto.sealed_state`), each value used once
+  (:mod:`kcm.core.stream_parts`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kcm.core import managed
+from kcm.core import managed, stream_parts
 from kcm.core.attribute_rules import check_client_attributes, rule_for
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import (
@@ -38,7 +39,7 @@ from kcm.core.operations.create import server_attributes
 from kcm.crypto import signatures
 from kcm.crypto.errors import unsupported
 from kcm.crypto.rsa_keys import RSA_LENGTHS, generate_key_pair, load_private, load_public
-from kcm.crypto.sealed_state import check_stream_size, open_state, seal_state
+from kcm.crypto.sealed_state import check_stream_size
 from kcm.crypto.signatures import SignatureSpec
 from kcm.kernel import key_use
 from kcm.kernel.quantum_safe import check_quantum_safe
@@ -251,10 +252,11 @@ def _stream_step(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlo
     if request.digested_data is not None:
         raise KmipError(ResultReason.INVALID_FIELD, "Digested Data cannot be streamed")
     secret = _stream_secret(block)
+    part = None
     if request.correlation_value is not None:
-        was_signing, spec, data = open_state(secret, _SIGNATURE_STREAM, obj.uid,
-                                             request.correlation_value,
-                                             signatures.unpack_stream)
+        part, (was_signing, spec, data) = stream_parts.open_once(
+            ctx, secret, _SIGNATURE_STREAM, obj.uid, request.correlation_value,
+            signatures.unpack_stream)
         if was_signing != signing:
             raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
                             "the Correlation Value is not one of this key's streams")
@@ -264,8 +266,8 @@ def _stream_step(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlo
     if request.final_indicator:
         return spec, data, signatures.MESSAGE
     check_stream_size(len(data))
-    return seal_state(secret, _SIGNATURE_STREAM, obj.uid,
-                      signatures.pack_stream(signing, spec, data), ctx.random_bytes)
+    return stream_parts.seal_part(ctx, secret, _SIGNATURE_STREAM, obj.uid,
+                                  signatures.pack_stream(signing, spec, data), part)
 
 
 def _stream_secret(block: KeyBlock) -> bytes:

@@ -17,7 +17,10 @@ What the handlers promise:
 * Streaming (Init Indicator / Correlation Value / Final Indicator) works for every mode.
   The Correlation Value is the stream's state sealed under a key derived from the object's
   own key (:mod:`kcm.crypto.sealed_state`), so any core can continue a stream and a client
-  cannot forge one. AEAD decryption releases no plaintext before the tag has been verified.
+  cannot forge one. Each value is used once (:mod:`kcm.core.stream_parts`): a stream is
+  one chain of parts, one message under one IV, counted once against the Usage Limits at
+  its Init Indicator (or by the bytes of each part). AEAD decryption releases no plaintext
+  before the tag has been verified.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ import struct
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kcm.core import l4_requests, managed, policy
+from kcm.core import l4_requests, managed, policy, stream_parts
 from kcm.core.context import OperationContext
 from kcm.core.operations import rsa_cipher_ops
 from kcm.core.operations._objects_common import clear_key_bytes, require_usable
 from kcm.crypto import symmetric
 from kcm.crypto.errors import cryptographic_failure
-from kcm.crypto.sealed_state import check_stream_size, open_state, seal_state
+from kcm.crypto.sealed_state import StreamPart, check_stream_size
 from kcm.crypto.symmetric import CipherSpec, decrypt_once, encrypt_once, partial
 from kcm.kernel import aead_tag, key_use
 from kcm.kmip.attributes import CryptographicParameters
@@ -120,14 +123,18 @@ class StreamState:
         return cls(bool(encrypt), spec, values[0], values[1], values[2], released)
 
 
-def seal_stream(ctx: OperationContext, key: bytes, uid: str, state: StreamState) -> bytes:
-    """The Correlation Value for ``state``: sealed under a key derived from ``key``."""
-    return seal_state(key, _CIPHER_STREAM, uid, state.pack(), ctx.random_bytes)
+def seal_stream(ctx: OperationContext, key: bytes, uid: str, state: StreamState,
+                after: StreamPart | None) -> bytes:
+    """The Correlation Value for ``state`` (the part after ``after``, or a new stream's
+    first): sealed under a key derived from ``key``."""
+    return stream_parts.seal_part(ctx, key, _CIPHER_STREAM, uid, state.pack(), after)
 
 
-def open_stream(key: bytes, uid: str, value: bytes) -> StreamState:
-    """The state a Correlation Value carries; refused if it is not one of this key's."""
-    return open_state(key, _CIPHER_STREAM, uid, value, StreamState.unpack)
+def open_stream(ctx: OperationContext, key: bytes, uid: str, value: bytes
+                ) -> tuple[StreamPart, StreamState]:
+    """The part a Correlation Value names and the state it carries, the value used up;
+    refused if it is not one of this key's, or was used already."""
+    return stream_parts.open_once(ctx, key, _CIPHER_STREAM, uid, value, StreamState.unpack)
 
 
 # Handlers -----------------------------------------------------------------------
@@ -157,9 +164,9 @@ def _run(ctx: OperationContext, obj: managed.StoredObject,
          ) -> _Response:
     """One Encrypt or Decrypt with ``obj``: of a whole message, or of a stream's part."""
     key = clear_key_bytes(ctx, obj)
-    state = _stream_state(ctx, obj, key, request, response, data)
+    part, state = _stream_state(ctx, obj, key, request, response, data)
     with cryptographic_failure():
-        if _stream_part(ctx, request, key, obj.uid, state, response):
+        if _stream_part(ctx, request, key, obj.uid, part, state, response):
             return response
         if isinstance(response, EncryptResponse):
             ciphertext, tag = encrypt_once(state.spec, key, state.iv, state.data, state.aad)
@@ -226,12 +233,15 @@ def _data(data: bytes | None) -> bytes:
 
 def _stream_state(ctx: OperationContext, obj: managed.StoredObject, key: bytes,
                   request: EncryptRequest | DecryptRequest,
-                  response: EncryptResponse | DecryptResponse, data: bytes) -> StreamState:
-    """The stream this request continues (its Correlation Value's, with ``data``
-    appended), else a new one; a new Encrypt returns the IV the server chose."""
+                  response: EncryptResponse | DecryptResponse, data: bytes
+                  ) -> tuple[StreamPart | None, StreamState]:
+    """The stream this request continues (its Correlation Value's, used up, with ``data``
+    appended) and the part it was, else a new one (None); a new Encrypt returns the IV
+    the server chose."""
     encrypt = isinstance(request, EncryptRequest)
+    part = None
     if request.correlation_value is not None:
-        state = open_stream(key, obj.uid, request.correlation_value)
+        part, state = open_stream(ctx, key, obj.uid, request.correlation_value)
         if state.encrypt != encrypt:
             raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
                             "the Correlation Value belongs to a stream of the other operation")
@@ -247,11 +257,11 @@ def _stream_state(ctx: OperationContext, obj: managed.StoredObject, key: bytes,
         state = StreamState(encrypt, spec, iv, request.authenticated_encryption_additional_data
                             or b"", data, 0)
     _audit(ctx, state.spec, len(data))
-    return state
+    return part, state
 
 
 def _stream_part(ctx: OperationContext, request: EncryptRequest | DecryptRequest, key: bytes,
-                 uid: str, state: StreamState,
+                 uid: str, part: StreamPart | None, state: StreamState,
                  response: EncryptResponse | DecryptResponse) -> bool:
     """For a stream's part before its last: answer what can be released so far and the
     next Correlation Value, and say True. False for a whole message or a stream's end."""
@@ -263,7 +273,7 @@ def _stream_part(ctx: OperationContext, request: EncryptRequest | DecryptRequest
                      aad=state.aad)
     response.data = output[state.released:]
     state.released = len(output)
-    response.correlation_value = seal_stream(ctx, key, uid, state)
+    response.correlation_value = seal_stream(ctx, key, uid, state, part)
     return True
 
 
@@ -283,7 +293,9 @@ def _usage_remaining(obj: managed.StoredObject) -> tuple[int, int | None] | None
 def _consume_usage(ctx: OperationContext, obj: managed.StoredObject, data: bytes, *,
                    first: bool) -> None:
     """Count an Encrypt against the key's Usage Limits (KMIP 1.4 §3.21: only protection
-    counts). The OASIS CS-BC-M-7 cases expect Permission Denied once it is used up."""
+    counts). The OASIS CS-BC-M-7 cases expect Permission Denied once it is used up. A
+    stream counts once, at its first part (``first``): its Correlation Values are used
+    once each (:mod:`kcm.core.stream_parts`), so no stream runs twice."""
     usage = _usage_remaining(obj)
     if usage is None:
         return

@@ -5,7 +5,9 @@ call them; each is audited like every operation.
 * Hash: the digest of the data with the Hashing Algorithm of the Cryptographic Parameters
   (:func:`kcm.crypto.hashing.digest`: SHA-1, the SHA-2 family and SHA-3). Streaming
   accumulates the data in the Correlation Value; it holds nothing secret (the client
-  sent all of it), so it is carried as is, bounded like every stream.
+  sent all of it), so it is carried as is, bounded like every stream. Unlike the keyed
+  streams' values (:mod:`kcm.core.stream_parts`) it may be sent again: a replay only
+  hashes data the client could hash anyway, and counts against nothing.
 * RNG Retrieve: Data Length bytes (1 to :data:`MAX_RNG_BYTES`) from the server's random
   source, the operating system's CSPRNG.
 * RNG Seed: the seed is mixed into the operating system's CSPRNG (written to its input

@@ -8,18 +8,19 @@
 * Which MAC runs, and the MAC itself, are :mod:`kcm.crypto.mac`'s.
 * Streaming (Init Indicator / Correlation Value / Final Indicator) accumulates the data in
   a Correlation Value sealed under a key derived from the key itself
-  (:mod:`kcm.crypto.sealed_state`), so a stream cannot move to another key or be forged.
+  (:mod:`kcm.crypto.sealed_state`), so a stream cannot move to another key or be forged,
+  and used once (:mod:`kcm.core.stream_parts`), so it cannot be replayed either.
 """
 
 from __future__ import annotations
 
 import struct
 
-from kcm.core import managed
+from kcm.core import managed, stream_parts
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import clear_key_bytes, load_key_for
 from kcm.crypto.mac import MacSpec, compute_mac, resolve_mac, verify_mac
-from kcm.crypto.sealed_state import check_stream_size, open_state, seal_state
+from kcm.crypto.sealed_state import check_stream_size
 from kcm.kernel import key_use
 from kcm.kmip.enums import ObjectType, ResultReason, ValidityIndicator
 from kcm.kmip.errors import KmipError
@@ -77,9 +78,10 @@ def _input(ctx: OperationContext, obj: managed.StoredObject, key: bytes,
     """(the MAC to run, all the data) for a whole message or a stream's end; for a
     stream's earlier part, the next Correlation Value."""
     streaming = bool(request.init_indicator) or request.correlation_value is not None
+    part = None
     if request.correlation_value is not None:
-        was_generating, spec, data = open_state(key, _MAC_STREAM, obj.uid,
-                                                request.correlation_value, _unpack)
+        part, (was_generating, spec, data) = stream_parts.open_once(
+            ctx, key, _MAC_STREAM, obj.uid, request.correlation_value, _unpack)
         if was_generating != generating:
             raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
                             "the Correlation Value is not one of this key's streams")
@@ -93,9 +95,9 @@ def _input(ctx: OperationContext, obj: managed.StoredObject, key: bytes,
     data += request.data or b""
     check_stream_size(len(data))
     if streaming and not request.final_indicator:
-        return seal_state(key, _MAC_STREAM, obj.uid,
-                          _STREAM_HEAD.pack(generating, spec.algorithm) + data,
-                          ctx.random_bytes)  # type: ignore[arg-type]
+        return stream_parts.seal_part(ctx, key, _MAC_STREAM, obj.uid,
+                                      _STREAM_HEAD.pack(generating, spec.algorithm) + data,
+                                      part)
     return spec, data
 
 

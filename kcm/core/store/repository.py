@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     and_,
     bindparam,
+    delete,
     event,
     exists,
     false,
@@ -49,6 +50,7 @@ from kcm.core.store.schema import (
     ObjectGroup,
     ObjectName,
     OutboxEvent,
+    SpentStreamPart,
     Tenant,
 )
 from kcm.link.events import EventKind
@@ -682,6 +684,28 @@ def tombstones_for(session: Session, tenant: str, l3_uid: str | None = None) -> 
     if l3_uid is not None:
         stmt = stmt.where(L4Tombstone.l3_uid == l3_uid)
     return list(session.scalars(stmt.order_by(L4Tombstone.at, L4Tombstone.token_id)))
+
+
+# --- spent stream parts (kcm.core.stream_parts) --------------------------------------------
+
+
+def spend_stream_part(session: Session, stream_id: bytes, part: int, expires_at: int) -> bool:
+    """Record that part ``part`` of stream ``stream_id`` was used (its Correlation Value
+    opens until ``expires_at``); False if it already was, in a committed transaction or in
+    this one. On PostgreSQL a concurrent transaction that recorded it first is waited for."""
+    stmt = (
+        _dialect_insert(session)(SpentStreamPart)
+        .values(stream_id=stream_id, part=part, expires_at=expires_at)
+        .on_conflict_do_nothing(index_elements=["stream_id", "part"])
+        .returning(SpentStreamPart.part)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def purge_stream_parts(session: Session, before: int) -> int:
+    """Delete the spent parts whose values expired before ``before``; how many."""
+    result = session.execute(delete(SpentStreamPart).where(SpentStreamPart.expires_at < before))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 # --- outbox --------------------------------------------------------------------------------

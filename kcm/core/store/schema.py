@@ -259,3 +259,16 @@ class L3Usage(Base):
     uid: Mapped[str] = mapped_column(Text, primary_key=True)
     uses: Mapped[int] = mapped_column(BigInteger)
     reported_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class SpentStreamPart(Base):
+    """A Correlation Value a request has used (:mod:`kcm.core.stream_parts`): the part of
+    the stream it named, so that it is refused the second time. Kept until the value has
+    expired (``expires_at``, epoch seconds), then purged by the state sweeper (migration
+    0004)."""
+
+    __tablename__ = "spent_stream_parts"
+
+    stream_id: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    part: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -1,0 +1,74 @@
+"""A Correlation Value is used once (KMIP 1.4 §2.1.15 ff.: Init Indicator, Correlation
+Value, Final Indicator).
+
+A stream's state travels with the client, sealed (:mod:`kcm.crypto.sealed_state`), so any
+core can continue it; the seal stops forgery, not replay. Each request that continues a
+stream takes the part its Correlation Value names: the part is recorded in the store
+(table ``spent_stream_parts``) in the request's own transaction, beside the Usage Limits it
+counts and the audit record, and a value presented again is refused Invalid Correlation
+Value. A part taken by an item that then fails is rolled back with the item's savepoint,
+so the value may be sent again. Two requests racing with one value meet at the table's
+primary key: one commits, the other is refused, on one core or several sharing one
+PostgreSQL database.
+
+So every stream is one chain of parts: one Init Indicator (which counts once against the
+key's Usage Limits), one IV, one message. Nothing can run a stream's Final twice, under the
+IV the server chose once, over two plaintexts.
+
+A record is kept until its value expires (:data:`~kcm.crypto.sealed_state.STREAM_LIFETIME`
+after it was issued), then the state sweeper deletes it (:func:`purge_spent`), with a margin
+for cores whose clocks differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from kcm.core.context import OperationContext
+from kcm.core.store import repository
+from kcm.crypto.sealed_state import StreamPart, open_state, seal_state
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
+
+__all__ = ["PURGE_MARGIN", "open_once", "purge_spent", "seal_part"]
+
+T = TypeVar("T")
+
+#: Seconds a spent part is kept after its value expired: another core's clock may be
+#: behind this one's by up to that much and still open the value.
+PURGE_MARGIN = 600
+
+
+def open_once(ctx: OperationContext, secret: bytes, purpose: bytes, uid: str, value: bytes,
+              unpack: Callable[[bytes], T]) -> tuple[StreamPart, T]:
+    """The part ``value`` names and the state it carries, the part taken in this request's
+    transaction; Invalid Correlation Value when the value does not open (forged, another
+    key's or kind's, expired) or was used already."""
+    part, state = open_state(secret, purpose, uid, value, unpack, now=ctx.now)
+    if not repository.spend_stream_part(ctx.session, part.stream_id, part.part,
+                                        part.expires):
+        raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
+                        "the Correlation Value was used already; each is used once")
+    ctx.audit_detail["stream"] = f"{part.stream_id[:8].hex()}/{part.part}"
+    return part, state
+
+
+def seal_part(ctx: OperationContext, secret: bytes, purpose: bytes, uid: str, state: bytes,
+              after: StreamPart | None) -> bytes:
+    """The Correlation Value to answer: a new stream's first part when ``after`` is None,
+    else the part that follows ``after``."""
+    random_bytes: Callable[[int], bytes] = ctx.random_bytes  # type: ignore[assignment]
+    part = (StreamPart.first(ctx.now, random_bytes) if after is None
+            else after.following(ctx.now))
+    return seal_state(secret, purpose, uid, state, random_bytes, part=part)
+
+
+def purge_spent(session: Session, now: float) -> list[object]:
+    """A step of the state sweeper (:mod:`kcm.core.sweep_steps`): forget the spent parts
+    whose values expired more than :data:`PURGE_MARGIN` ago (they open nowhere any more).
+    Reports nothing: the deletions are routine."""
+    repository.purge_stream_parts(session, int(now) - PURGE_MARGIN)
+    return []

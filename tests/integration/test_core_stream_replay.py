@@ -1,0 +1,230 @@
+"""A Correlation Value is used once (kcm.core.stream_parts): a stream's part presented again is
+refused Invalid Correlation Value, for every keyed stream (Encrypt, Decrypt, MAC, MAC
+Verify, Sign, Signature Verify), so a stream cannot be run twice past the key's Usage Limits
+nor under the IV the server chose once. Through kcm-core's request handler in process, and
+against a real `twistd kcm-core` on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import func, select
+
+from kcm.core.store.schema import SpentStreamPart
+from kcm.kmip.attributes import Attribute, CryptographicParameters
+from kcm.kmip.enums import (
+    BatchErrorContinuationOption,
+    BlockCipherMode,
+    ObjectType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    UsageLimitsUnit,
+    ValidityIndicator,
+)
+from kcm.kmip.payloads import (
+    CreateRequest,
+    EncryptRequest,
+    MacVerifyRequest,
+    SignatureVerifyRequest,
+    SignRequest,
+)
+from kcm.kmip.tags import Tag
+from kcm.testing.processes import CoreProcess
+from kcm.testing.requests import aes256, item, request, response
+from kcm.ttlv import Item, ItemType
+from tests.core_support import CoreHarness
+from tests.integration.test_core_asymmetric import create_pair
+from tests.integration.test_core_crypto import call, decrypt, encrypt, failed, ok, params, store_key
+from tests.integration.test_core_mac_hash_rng import hmac_key, mac
+
+KEY = bytes(range(32))
+USED = "the Correlation Value was used already; each is used once"
+GCM_RANDOM_IV = CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM, random_iv=True)
+
+
+def usage_limits(count: int, unit: UsageLimitsUnit | None = None) -> Attribute:
+    """``count`` uses (of ``unit``; none: each Encrypt, or stream, counts one)."""
+    fields = [Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, count),
+              Item(Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, count)]
+    if unit is not None:
+        fields.append(Item(Tag.USAGE_LIMITS_UNIT, ItemType.ENUMERATION, int(unit)))
+    return Attribute.of(Tag.USAGE_LIMITS, fields, ItemType.STRUCTURE)
+
+
+def replayed(answer, version=(2, 1)) -> None:
+    failed(answer, ResultReason.INVALID_CORRELATION_VALUE if version >= (2, 0)
+           else ResultReason.INVALID_FIELD)
+    assert answer.result_message == USED
+
+
+def spent_parts(core: CoreHarness) -> int:
+    return core.store.run_sync(lambda s: s.scalar(
+        select(func.count()).select_from(SpentStreamPart)))
+
+
+# Encrypt: Usage Limits and the server's IV -----------------------------------------------
+@pytest.mark.parametrize("version", [(2, 1), (1, 4)])
+def test_a_replayed_final_is_refused_and_the_usage_limit_holds(core: CoreHarness,
+                                                                version) -> None:
+    uid = store_key(core, KEY, extra=[usage_limits(1),
+                                      Attribute.of(Tag.CRYPTOGRAPHIC_PARAMETERS, GCM_RANDOM_IV)])
+    start = ok(encrypt(core, uid, b"A" * 16, init_indicator=True, version=version))
+    iv, value = start.iv_counter_nonce, start.correlation_value
+    end = ok(encrypt(core, uid, b"B" * 16, correlation_value=value, final_indicator=True,
+                     version=version))
+    # The one stream is one GCM encryption, under the IV the server chose.
+    sealed = AESGCM(KEY).encrypt(iv, b"A" * 16 + b"B" * 16, None)
+    assert start.data + end.data + end.authenticated_encryption_tag == sealed
+    for data in (b"C" * 16, b"D" * 16, b"E" * 16):
+        replayed(encrypt(core, uid, data, correlation_value=value, final_indicator=True,
+                         version=version), version)
+        replayed(encrypt(core, uid, data, correlation_value=value, version=version), version)
+    failed(encrypt(core, uid, b"plain"), ResultReason.PERMISSION_DENIED)
+    failed(encrypt(core, uid, b"again", init_indicator=True), ResultReason.PERMISSION_DENIED)
+
+
+def test_each_value_is_used_once_along_the_stream(core: CoreHarness) -> None:
+    uid = store_key(core, KEY)
+    start = ok(encrypt(core, uid, b"a" * 20, GCM_RANDOM_IV, init_indicator=True))
+    middle = ok(encrypt(core, uid, b"b" * 20, correlation_value=start.correlation_value))
+    # The first value cannot branch the stream once it was continued.
+    replayed(encrypt(core, uid, b"X" * 20, correlation_value=start.correlation_value,
+                     final_indicator=True))
+    end = ok(encrypt(core, uid, b"c" * 20, correlation_value=middle.correlation_value,
+                     final_indicator=True))
+    assert end.correlation_value is None
+    replayed(encrypt(core, uid, b"Y" * 20, correlation_value=middle.correlation_value,
+                     final_indicator=True))
+    sealed = AESGCM(KEY).encrypt(start.iv_counter_nonce, b"a" * 20 + b"b" * 20 + b"c" * 20, None)
+    assert start.data + middle.data + end.data + end.authenticated_encryption_tag == sealed
+    assert spent_parts(core) == 2
+
+
+def test_every_stream_gets_its_own_random_iv(core: CoreHarness) -> None:
+    uid = store_key(core, KEY, extra=[Attribute.of(Tag.CRYPTOGRAPHIC_PARAMETERS, GCM_RANDOM_IV)])
+    ivs = set()
+    for n in range(8):
+        start = ok(encrypt(core, uid, b"head", init_indicator=True))
+        ok(encrypt(core, uid, bytes([n]) * 8, correlation_value=start.correlation_value,
+                   final_indicator=True))
+        ivs.add(start.iv_counter_nonce)
+    assert len(ivs) == 8
+
+
+def test_byte_usage_limits_count_every_part_once(core: CoreHarness) -> None:
+    uid = store_key(core, KEY, extra=[usage_limits(40, UsageLimitsUnit.BYTE)])
+    start = ok(encrypt(core, uid, b"a" * 16, GCM_RANDOM_IV, init_indicator=True))  # 24 left
+    ok(encrypt(core, uid, b"b" * 16, correlation_value=start.correlation_value,
+               final_indicator=True))  # 8 left
+    replayed(encrypt(core, uid, b"c" * 8, correlation_value=start.correlation_value,
+                     final_indicator=True))
+    ok(encrypt(core, uid, b"d" * 8, GCM_RANDOM_IV))  # the replay took nothing: 8 were left
+    failed(encrypt(core, uid, b"e", GCM_RANDOM_IV), ResultReason.PERMISSION_DENIED)
+
+
+def test_a_value_refused_for_another_reason_is_not_used_up(core: CoreHarness) -> None:
+    """A failed item is rolled back whole, its use of the value with it."""
+    uid = store_key(core, KEY)
+    start = ok(encrypt(core, uid, b"abc", GCM_RANDOM_IV, init_indicator=True))
+    failed(decrypt(core, uid, b"d", correlation_value=start.correlation_value,
+                   final_indicator=True), ResultReason.INVALID_CORRELATION_VALUE)
+    ok(encrypt(core, uid, b"d", correlation_value=start.correlation_value, final_indicator=True))
+    assert spent_parts(core) == 1
+
+
+def test_one_value_twice_in_one_batch(core: CoreHarness) -> None:
+    uid = store_key(core, KEY)
+    start = ok(encrypt(core, uid, b"abc", GCM_RANDOM_IV, init_indicator=True))
+    final = EncryptRequest(unique_identifier=uid, data=b"d",
+                           correlation_value=start.correlation_value, final_indicator=True)
+    first, second = call(core, (Operation.ENCRYPT, final), (Operation.ENCRYPT, final),
+                         continuation=BatchErrorContinuationOption.CONTINUE)
+    ok(first)
+    replayed(second)
+
+
+# The other keyed streams ------------------------------------------------------------------
+def test_decrypt_streams_are_used_once(core: CoreHarness) -> None:
+    uid = store_key(core, KEY)
+    iv = bytes(12)
+    sealed = AESGCM(KEY).encrypt(iv, b"x" * 40, None)
+    cp = params(BlockCipherMode.GCM)
+    start = ok(decrypt(core, uid, sealed[:20], cp, iv_counter_nonce=iv, init_indicator=True))
+    end = ok(decrypt(core, uid, sealed[20:40], cp, correlation_value=start.correlation_value,
+                     final_indicator=True, authenticated_encryption_tag=sealed[40:]))
+    assert end.data == b"x" * 40
+    replayed(decrypt(core, uid, sealed[20:40], cp, correlation_value=start.correlation_value,
+                     final_indicator=True, authenticated_encryption_tag=sealed[40:]))
+
+
+def test_mac_streams_are_used_once(core: CoreHarness) -> None:
+    uid = hmac_key(core)
+    first = ok(mac(core, uid, data=b"head", init_indicator=True))
+    ok(mac(core, uid, data=b"tail", correlation_value=first.correlation_value,
+           final_indicator=True))
+    replayed(mac(core, uid, data=b"other", correlation_value=first.correlation_value,
+                 final_indicator=True))
+    start = ok(call(core, (Operation.MAC_VERIFY, MacVerifyRequest(
+        unique_identifier=uid, data=b"head", init_indicator=True)))[0])
+    replayed(call(core, (Operation.MAC_VERIFY, MacVerifyRequest(
+        unique_identifier=uid, data=b"", correlation_value=start.correlation_value,
+        final_indicator=True, mac_data=b"x" * 32)), (Operation.MAC_VERIFY, MacVerifyRequest(
+            unique_identifier=uid, data=b"", correlation_value=start.correlation_value,
+            final_indicator=True, mac_data=b"x" * 32)),
+        continuation=BatchErrorContinuationOption.CONTINUE)[1])
+
+
+def test_signature_streams_are_used_once(core: CoreHarness) -> None:
+    private_uid, public_uid = create_pair(core)
+    first = ok(call(core, (Operation.SIGN, SignRequest(
+        unique_identifier=private_uid, data=b"head", init_indicator=True)))[0])
+    signed = ok(call(core, (Operation.SIGN, SignRequest(
+        unique_identifier=private_uid, data=b"tail", correlation_value=first.correlation_value,
+        final_indicator=True)))[0])
+    replayed(call(core, (Operation.SIGN, SignRequest(
+        unique_identifier=private_uid, data=b"other", correlation_value=first.correlation_value,
+        final_indicator=True)))[0])
+    start = ok(call(core, (Operation.SIGNATURE_VERIFY, SignatureVerifyRequest(
+        unique_identifier=public_uid, data=b"head", init_indicator=True)))[0])
+    verify = SignatureVerifyRequest(unique_identifier=public_uid, data=b"tail",
+                                    correlation_value=start.correlation_value,
+                                    final_indicator=True, signature_data=signed.signature_data)
+    assert ok(call(core, (Operation.SIGNATURE_VERIFY, verify))[0]).validity_indicator \
+        == ValidityIndicator.VALID
+    replayed(call(core, (Operation.SIGNATURE_VERIFY, verify))[0])
+
+
+# A real kcm-core -----------------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_core_process(request: pytest.FixtureRequest) -> CoreProcess:
+    return request.getfixturevalue("core_process" if request.param == "sqlite"
+                                   else "core_process_pg")
+
+
+def test_a_real_core_refuses_a_replayed_final(any_core_process: CoreProcess) -> None:
+    """The review's case: a key limited to one use, GCM with Random IV; a stream's Final
+    sent four times with one Correlation Value encrypts once."""
+    activated = Attribute.of(Tag.ACTIVATION_DATE, int(time.time()) - 5)
+    with any_core_process.client("app") as client:
+        def send(payload: object, operation: Operation = Operation.ENCRYPT):
+            return response(client.send(request(item(operation, payload), version=(2, 1))
+                                        )).batch_items[0]
+
+        created = send(CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256([
+            usage_limits(1), Attribute.of(Tag.CRYPTOGRAPHIC_PARAMETERS, GCM_RANDOM_IV),
+            activated])), Operation.CREATE)
+        uid = created.response_payload.unique_identifier
+        start = send(EncryptRequest(unique_identifier=uid, data=b"A" * 16, init_indicator=True))
+        value = start.response_payload.correlation_value
+        answers = [send(EncryptRequest(unique_identifier=uid, data=data, correlation_value=value,
+                                       final_indicator=True))
+                   for data in (b"B" * 16, b"C" * 16, b"D" * 16, b"E" * 16)]
+        assert [a.result_status for a in answers] == [ResultStatus.SUCCESS] + [
+            ResultStatus.OPERATION_FAILED] * 3
+        for answer in answers[1:]:
+            replayed(answer)
+        assert send(EncryptRequest(unique_identifier=uid, data=b"plain")).result_reason \
+            == ResultReason.PERMISSION_DENIED

@@ -18,13 +18,28 @@ from kmip.core.factories.attributes import AttributeFactory
 from kcm.conformance.client import KmipClientError
 from kcm.kernel.missing import object_not_found
 from kcm.kmip.attributes import Attribute
-from kcm.kmip.enums import CryptographicUsageMask, Operation, ResultReason, ResultStatus
+from kcm.kmip.enums import (
+    CryptographicUsageMask,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    RevocationReasonCode,
+)
 from kcm.kmip.payloads.crypto import DecryptRequest
 from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import IDENTITY_REFUSED
 from kcm.l4 import token as l4_token
 from kcm.testing.processes import running
-from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
+from tests.e2e_support import (
+    CoreProcess,
+    GatewayProcess,
+    decrypt_sealed,
+    deploy,
+    refusals,
+    send_v21,
+    succeeded_v21,
+    wait_until,
+)
 from tests.gateway_support import (
     activate,
     create_l4,
@@ -36,6 +51,7 @@ from tests.gateway_support import (
     request,
     response,
 )
+from tests.integration.test_gateway_sync import destroy, revoke
 
 #: Asserts timings: run alone, after the parallel part of `make test`.
 pytestmark = pytest.mark.serial
@@ -107,6 +123,40 @@ def test_envelope_flow_with_pykmip_survives_a_gateway_restart(deployment) -> Non
                            iv_counter_nonce=iv) == b"a customer record"
     finally:
         app.close()
+
+
+def test_a_revoked_and_destroyed_token_stays_refused_after_a_gateway_restart(
+        deployment) -> None:
+    """A restarted gateway follows the core's events from their head on: the tombstones
+    made before come with the L3 it fetches (docs/link-protocol.md §2)."""
+    core, gateway = deployment
+    with gateway.client("app") as via_gateway:
+        [created, live] = succeeded_v21(via_gateway, create_l4(), create_l4())
+        token = created.unique_identifier
+        [sealed] = succeeded_v21(via_gateway, encrypt(token, b"a record"))
+        succeeded_v21(via_gateway, revoke(token, RevocationReasonCode.CESSATION_OF_OPERATION),
+                      destroy(token))
+    uses = (get(token), encrypt(token, b"more"), decrypt_sealed(token, sealed))
+    for restart in range(2):  # the second restart fetches the L3 by uid, not prewarmed
+        links = gateway.links()
+        gateway.stop()
+        if restart:
+            gateway.prewarm = ()
+            gateway.write_config()
+        gateway.start()
+        gateway.wait_linked(more_than=links)
+        with gateway.client("app") as via_gateway, core.client("app") as direct:
+            answers = send_v21(via_gateway, *uses)
+            assert refusals(answers) == [ResultReason.OBJECT_NOT_FOUND] * 3, \
+                [a.result_message for a in answers]
+            assert [comparable_item(a) for a in answers] == \
+                [comparable_item(a) for a in send_v21(direct, *uses)]
+            succeeded_v21(via_gateway, get(live.unique_identifier))
+
+
+def comparable_item(answer) -> tuple:
+    return (answer.operation, answer.result_status, answer.result_reason,
+            answer.result_message)
 
 
 def test_aes_gcm_default_record_encryption(deployment) -> None:

@@ -16,6 +16,19 @@ _COMPROMISE_REASONS = frozenset(
 )
 
 
+#: Enumeration values KMIP leaves to extensions (8XXXXXXX), which a server may take.
+_EXTENSION_VALUES = range(0x80000000, 0x90000000)
+
+
+def check_revocation_reason(code: int) -> None:
+    """Refuse a Revocation Reason Code that is neither defined nor an extension value
+    (Invalid Field): what a revocation says of itself must mean something."""
+    if code in RevocationReasonCode._value2member_map_ or code in _EXTENSION_VALUES:
+        return
+    raise KmipError(ResultReason.INVALID_FIELD,
+                    f"Revocation Reason Code {int(code):#010x} is not defined")
+
+
 def wrong_state(message: str) -> KmipError:
     """The error for an operation the object's state forbids: Wrong Key Lifecycle State
     (:mod:`kcm.kernel.result_reasons` says what KMIP 1.x answers instead)."""

@@ -606,6 +606,20 @@ def test_revoked_and_compromised_keys_can_be_re_keyed(core: CoreHarness) -> None
     ok(core, Operation.ACTIVATE, ActivateRequest(unique_identifier=register(core)))
 
 
+def test_revoke_refuses_an_undefined_reason_code_and_takes_an_extension(
+        core: CoreHarness) -> None:
+    uid = register(core, attributes=[PAST])
+    for code in (0, 0x7FFFFFFF, 0x90000000):
+        message = failed(core, Operation.REVOKE, RevokeRequest(
+            unique_identifier=uid, revocation_reason=RevocationReason(code=code)),
+            ResultReason.INVALID_FIELD, version=V14)
+        assert message == f"Revocation Reason Code {code:#010x} is not defined"
+    assert attributes_of(core, uid, Tag.STATE) == {Tag.STATE: [State.ACTIVE]}
+    ok(core, Operation.REVOKE, RevokeRequest(unique_identifier=uid, revocation_reason=(
+        RevocationReason(code=0x80000001))))
+    assert attributes_of(core, uid, Tag.STATE) == {Tag.STATE: [State.DEACTIVATED]}
+
+
 # -- OASIS test cases, in process ---------------------------------------------------------
 
 _PROFILES = "oasis-kmip-profiles-v{}-os/mandatory/{}.xml"

@@ -41,6 +41,7 @@ def activate(ctx: OperationContext, request: ActivateRequest) -> UniqueIdentifie
 
 
 def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierResponse:
+    lifecycle.check_revocation_reason(request.revocation_reason.code)
     if (l4_answer := l4_requests.revoke(ctx, request)) is not None:
         return l4_answer
     obj = _load(ctx, request.unique_identifier)

@@ -40,6 +40,8 @@ from tests.integration.test_core_crypto import (
     revoke,
     store_key,
 )
+from tests.integration.test_core_mac_hash_rng import hmac_key, mac, mac_verify
+from tests.integration.test_core_stream_replay import usage_limits
 
 ECB = params(BlockCipherMode.ECB)
 
@@ -104,6 +106,18 @@ def test_usage_limits_count_across_cores(core: CoreHarness, second_core: CoreHar
     ok(decrypt(core, uid, ECB_CIPHER, ECB))  # cached with half the usage left
     ok(encrypt(second_core, uid, NIST_PLAIN, ECB))
     failed(encrypt(core, uid, NIST_PLAIN, ECB), ResultReason.PERMISSION_DENIED)
+
+
+def test_mac_usage_limits_count_across_cores(core: CoreHarness,
+                                             second_core: CoreHarness) -> None:
+    """A MAC reads its key unlocked (from the cache) and counts on the row read again
+    locked (kcm.core.usage_limits)."""
+    uid = hmac_key(core, extra=[usage_limits(2)])
+    ok(mac(core, uid))
+    mac_data = ok(mac(second_core, uid)).mac_data
+    ok(mac_verify(core, uid, mac_data))  # MAC Verify counts nothing
+    failed(mac(core, uid), ResultReason.PERMISSION_DENIED)
+    failed(mac(second_core, uid), ResultReason.PERMISSION_DENIED)
 
 
 def test_a_change_rolled_back_leaves_the_object_as_stored(core: CoreHarness) -> None:

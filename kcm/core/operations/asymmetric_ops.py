@@ -14,10 +14,11 @@ handlers load the keys, apply the policy and the key-use rule, and store what th
 * Sign uses a Private Key; Signature Verify a Public Key (or the public half of a Private
   Key). The key is the caller's own, its policy allows the use, and the key-use rule
   (:mod:`kcm.kernel.key_use`: state, Protect Stop Date / Process Start Date, Cryptographic
-  Usage Mask) allows signing or verifying. Streaming (Init Indicator, Correlation Value,
-  Final Indicator) accumulates the data in a Correlation Value sealed under a key derived
-  from the key itself (:mod:`kcm.crypto.sealed_state`), each value used once
-  (:mod:`kcm.core.stream_parts`).
+  Usage Mask) allows signing or verifying. A Sign counts against the key's Usage Limits
+  (:mod:`kcm.core.usage_limits`); a Signature Verify does not. Streaming (Init Indicator,
+  Correlation Value, Final Indicator) accumulates the data in a Correlation Value sealed
+  under a key derived from the key itself (:mod:`kcm.crypto.sealed_state`), each value
+  used once (:mod:`kcm.core.stream_parts`); a signing stream counts once, at its first part.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kcm.core import managed, stream_parts
+from kcm.core import managed, stream_parts, usage_limits
 from kcm.core.attribute_rules import check_client_attributes, rule_for
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import (
@@ -192,6 +193,10 @@ def _prepare(ctx: OperationContext, request: SignRequest | SignatureVerifyReques
     or None when the request only continues a stream (the response then carries the next
     Correlation Value)."""
     obj = _signature_key(ctx, request.unique_identifier, signing=signing)
+    if signing:
+        # Signing applies protection (KMIP 1.4 §3.21); a stream counts at its first part.
+        signed = len(request.data or b"") + len(request.digested_data or b"")
+        usage_limits.consume_usage(ctx, obj, signed, first=request.correlation_value is None)
     block = unwrapped_key_block(ctx, obj)
     key: rsa.RSAPrivateKey | rsa.RSAPublicKey | None
     if signing:

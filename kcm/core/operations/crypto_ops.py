@@ -10,7 +10,7 @@ What the handlers promise:
   (:mod:`kcm.kernel.key_use`: Encrypt only when Active and before its Protect Stop Date;
   Decrypt also when Deactivated or Compromised, and not before its Process Start Date; the
   Encrypt or Decrypt bit of its Cryptographic Usage Mask, when set), and its Usage Limits,
-  when set, are not exhausted (Encrypt counts against them; KMIP 1.4 §3.21).
+  when set, are not exhausted (Encrypt counts against them, :mod:`kcm.core.usage_limits`).
 * The cipher itself (parameters and their defaults, modes, padding, IVs, AEAD tags, and
   the result reasons of each refusal) is :mod:`kcm.crypto.symmetric`'s, shared with the L4
   engine so that both answer alike.
@@ -29,7 +29,7 @@ import struct
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kcm.core import l4_requests, managed, policy, stream_parts
+from kcm.core import l4_requests, managed, policy, stream_parts, usage_limits
 from kcm.core.context import OperationContext
 from kcm.core.operations import rsa_cipher_ops
 from kcm.core.operations._objects_common import clear_key_bytes, require_usable
@@ -45,7 +45,6 @@ from kcm.kmip.enums import (
     CryptographicUsageMask,
     ObjectType,
     ResultReason,
-    UsageLimitsUnit,
 )
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
@@ -58,7 +57,7 @@ from kcm.kmip.payloads import (
     EncryptResponse,
 )
 from kcm.kmip.tags import Tag
-from kcm.ttlv import Item, ItemType
+from kcm.ttlv import Item
 
 #: The purpose an Encrypt or Decrypt stream's Correlation Value is sealed for.
 _CIPHER_STREAM = b"kcm stream state v1 "
@@ -143,7 +142,9 @@ def encrypt(ctx: OperationContext, request: EncryptRequest) -> EncryptResponse:
         return l4_answer
     obj = _usable_key(ctx, request.unique_identifier, protect=True)
     data = _data(request.data)
-    _consume_usage(ctx, obj, data, first=request.correlation_value is None)
+    # Counted for a Public Key too (KMIP 1.4 §3.21: encryption applies protection).
+    usage_limits.consume_usage(ctx, obj, len(data), first=request.correlation_value is None,
+                               locked=True)
     if obj.object_type == ObjectType.PUBLIC_KEY:
         return rsa_cipher_ops.rsa_encrypt_request(ctx, obj, request, data)
     return _run(ctx, obj, request, EncryptResponse(unique_identifier=obj.uid), data)
@@ -197,7 +198,7 @@ def check(ctx: OperationContext, request: CheckRequest) -> CheckResponse:
                                         "does not allow " + _mask_names(wanted_mask))
     wanted_count = request.usage_limits_count
     if wanted_count is not None:
-        remaining = _usage_remaining(obj)
+        remaining = usage_limits.remaining_usage(obj)
         if remaining is not None and remaining[0] < wanted_count:
             raise KmipError(ResultReason.USAGE_LIMIT_EXCEEDED,
                             f"Check failed: {remaining[0]} usage left, {wanted_count} asked")
@@ -275,44 +276,6 @@ def _stream_part(ctx: OperationContext, request: EncryptRequest | DecryptRequest
     state.released = len(output)
     response.correlation_value = seal_stream(ctx, key, uid, state, part)
     return True
-
-
-def _usage_remaining(obj: managed.StoredObject) -> tuple[int, int | None] | None:
-    """(remaining, unit) of the object's Usage Limits, or None when it has none."""
-    attribute = obj.first(Tag.USAGE_LIMITS)
-    if attribute is None or attribute.value is None or attribute.value.type is not \
-            ItemType.STRUCTURE:
-        return None
-    fields = {child.tag: child.value for child in attribute.value.value}
-    remaining = fields.get(Tag.USAGE_LIMITS_COUNT, fields.get(Tag.USAGE_LIMITS_TOTAL))
-    if remaining is None:
-        return None
-    return int(remaining), fields.get(Tag.USAGE_LIMITS_UNIT)
-
-
-def _consume_usage(ctx: OperationContext, obj: managed.StoredObject, data: bytes, *,
-                   first: bool) -> None:
-    """Count an Encrypt against the key's Usage Limits (KMIP 1.4 §3.21: only protection
-    counts). The OASIS CS-BC-M-7 cases expect Permission Denied once it is used up. A
-    stream counts once, at its first part (``first``): its Correlation Values are used
-    once each (:mod:`kcm.core.stream_parts`), so no stream runs twice."""
-    usage = _usage_remaining(obj)
-    if usage is None:
-        return
-    remaining, unit = usage
-    amount = len(data) if unit == UsageLimitsUnit.BYTE else int(first)
-    if amount > remaining:
-        raise KmipError(ResultReason.PERMISSION_DENIED,
-                        f"the key's usage limit is used up ({remaining} left, {amount} needed)")
-    attribute = obj.first(Tag.USAGE_LIMITS)
-    assert attribute is not None and attribute.value is not None
-    children = [c for c in attribute.value.value if c.tag != Tag.USAGE_LIMITS_COUNT]
-    count = Item(Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, remaining - amount)
-    # Total, Count, Unit is the spec's order (KMIP 1.4 §3.21, 2.1 §4.63).
-    position = 1 if children and children[0].tag == Tag.USAGE_LIMITS_TOTAL else 0
-    children.insert(position, count)
-    obj.set(Tag.USAGE_LIMITS, children, ItemType.STRUCTURE)
-    managed.save(ctx, obj)
 
 
 def _audit(ctx: OperationContext, spec: CipherSpec, length: int) -> None:

@@ -1,8 +1,11 @@
-"""Get (KMIP 1.4 §4.11, 2.1 §6.1.22): an object's material, converted or wrapped as asked."""
+"""Get (KMIP 1.4 §4.11, 2.1 §6.1.22): an object's material, converted or wrapped as asked.
+
+Wrapping counts against the wrapping key's Usage Limits (:mod:`kcm.core.usage_limits`);
+unwrapping a registered wrapped key does not."""
 
 from __future__ import annotations
 
-from kcm.core import l4_requests, managed, policy
+from kcm.core import l4_requests, managed, policy, usage_limits
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import AES_KEY_BITS, DESTROYED, WRAP_MODES
 from kcm.crypto.key_wrap import aes_unwrap as _aes_unwrap
@@ -236,17 +239,24 @@ def _wrapped(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlock,
         if spec.attribute_names:
             raise KmipError(ResultReason.ENCODING_OPTION_ERROR,
                             "attributes can be wrapped only with TTLV Encoding")
-        wrapped: KeyValue | bytes = _aes_wrap(kek, _plain_material(value), mode)
-        if ctx.version < (2, 0):
-            # KMIP 1.x (1.4 §2.1.5, TC-WRAP-1/3-14) keeps the Key Value structure and
-            # wraps only its Key Material; 2.x makes the whole Key Value the Byte String.
-            wrapped = KeyValue(key_material=wrapped, attributes=value.attributes)
+        plaintext = _plain_material(value)
     else:
         # Absent Encoding Option means TTLV Encoding: the whole Key Value structure.
         value = KeyValue(key_material=value.key_material,
                          attributes=_named_attributes(obj, spec.attribute_names, ctx.version)
                          or value.attributes)
-        wrapped = _aes_wrap(kek, encode(value.to_item(ctx.version)), mode)
+        plaintext = encode(value.to_item(ctx.version))
+    # Wrapping applies protection (KMIP 1.4 §3.21). A key wrapping itself is ``obj``,
+    # already read for update: count on that copy, which the Get may save again.
+    if wrapping_key.uid == obj.uid:
+        usage_limits.consume_usage(ctx, obj, len(plaintext), locked=True)
+    else:
+        usage_limits.consume_usage(ctx, wrapping_key, len(plaintext))
+    wrapped: KeyValue | bytes = _aes_wrap(kek, plaintext, mode)
+    if encoding == EncodingOption.NO_ENCODING and ctx.version < (2, 0):
+        # KMIP 1.x (1.4 §2.1.5, TC-WRAP-1/3-14) keeps the Key Value structure and wraps
+        # only its Key Material; 2.x makes the whole Key Value the Byte String.
+        wrapped = KeyValue(key_material=wrapped, attributes=value.attributes)
     ctx.touched(wrapping_key.uid)
     uid = wrapping_key.uid
     return KeyBlock(

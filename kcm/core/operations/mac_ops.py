@@ -5,6 +5,8 @@
   (:mod:`kcm.kernel.key_use`: MAC generation only while Active and before the Protect Stop
   Date, verification also while Deactivated or Compromised and not before the Process
   Start Date; the MAC Generate or MAC Verify bit of its Cryptographic Usage Mask, when set).
+* A MAC counts against the key's Usage Limits (:mod:`kcm.core.usage_limits`), a stream
+  once at its first part; a MAC Verify does not.
 * Which MAC runs, and the MAC itself, are :mod:`kcm.crypto.mac`'s.
 * Streaming (Init Indicator / Correlation Value / Final Indicator) accumulates the data in
   a Correlation Value sealed under a key derived from the key itself
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-from kcm.core import managed, stream_parts
+from kcm.core import managed, stream_parts, usage_limits
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import clear_key_bytes, load_key_for
 from kcm.crypto.mac import MacSpec, compute_mac, resolve_mac, verify_mac
@@ -37,6 +39,9 @@ _MAC_OBJECTS = (ObjectType.SYMMETRIC_KEY, ObjectType.SECRET_DATA)
 
 def mac(ctx: OperationContext, request: MacRequest) -> MacResponse:
     obj = _mac_key(ctx, request.unique_identifier, key_use.MAC_GENERATE)
+    # MAC generation applies protection (KMIP 1.4 §3.21); a stream counts at its first part.
+    usage_limits.consume_usage(ctx, obj, len(request.data or b""),
+                               first=request.correlation_value is None)
     key = clear_key_bytes(ctx, obj)
     response = MacResponse(unique_identifier=obj.uid)
     step = _input(ctx, obj, key, request, generating=True)

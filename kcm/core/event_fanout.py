@@ -48,7 +48,7 @@ class EventFanout(Service):
 
     def __init__(self, store: Store, clock: IReactorTime, *, head: int | None = 0,
                  poll_interval: float = 0.05, batch_size: int = 1000,
-                 stale_after: float = STALE_AFTER) -> None:
+                 stale_after: float | None = None) -> None:
         self._store = store
         self._clock = clock
         #: The newest sequence number published (or known at start); None: the outbox's
@@ -66,6 +66,8 @@ class EventFanout(Service):
         #: No read of the outbox has succeeded for ``stale_after`` seconds (a database
         #: out of reach or hung): what is sent on links may miss changes made at other
         #: cores, so the links are closed (:attr:`on_stale`) until a read succeeds again.
+        #: (None: not watched. kcm-core watches on PostgreSQL, where other cores share the
+        #: database; a SQLite file has no other core to send gateways to.)
         self.stale = False
         self.stale_after = stale_after
         #: Called once each time the fan-out becomes stale.
@@ -86,9 +88,10 @@ class EventFanout(Service):
         self._loop.start(self.poll_interval, now=True)
         # A separate clock: a read that hangs holds the poll loop, never this.
         self._last_read = self._clock.seconds()
-        self._watch = LoopingCall(self.check_fresh)
-        self._watch.clock = self._clock
-        self._watch.start(min(1.0, self.stale_after / 2), now=False)
+        if self.stale_after is not None:
+            self._watch = LoopingCall(self.check_fresh)
+            self._watch.clock = self._clock
+            self._watch.start(min(1.0, self.stale_after / 2), now=False)
 
     def stopService(self) -> None:
         super().stopService()
@@ -98,7 +101,8 @@ class EventFanout(Service):
 
     def check_fresh(self) -> None:
         """Become stale when no read has succeeded for ``stale_after`` seconds."""
-        if self.stale or self._clock.seconds() - self._last_read < self.stale_after:
+        if self.stale or self.stale_after is None \
+                or self._clock.seconds() - self._last_read < self.stale_after:
             return
         self.stale = True
         log.error("the event fan-out has not read the outbox for {seconds:g} s: closing the "

@@ -131,8 +131,9 @@ class LinkServerProtocol(LinkProtocol):
         self._queued: deque[bytes] = deque()
         #: The forwarded requests being answered, by stream (a CANCEL stops one).
         self._requests: dict[int, RequestWatch] = {}
-        #: Answers waiting for the events committed before them: (sequence, stream, wire).
-        self._held: list[tuple[int, int, bytes]] = []
+        #: Answers waiting for the events committed before them, oldest first:
+        #: (sequence, stream, wire, when held).
+        self._held: list[tuple[int, int, bytes, float]] = []
         self._hold_timer: Any = None
         #: What the caller fields of a REQUEST name (a Caller, or _Refused), by their
         #: bytes: a gateway sends the same with every request of a connection. Made under
@@ -407,7 +408,7 @@ class LinkServerProtocol(LinkProtocol):
         return fanout.settled >= committed and delivered >= fanout.head
 
     def _hold(self, committed: int, stream_id: int, wire: bytes) -> None:
-        self._held.append((committed, stream_id, wire))
+        self._held.append((committed, stream_id, wire, self.clock.seconds()))
         self.factory.fanout.on_settled.add(self._release_held)
         if self._hold_timer is None:
             self._hold_timer = self.clock.callLater(ANSWER_HOLD_LIMIT, self._held_too_long)
@@ -417,30 +418,39 @@ class LinkServerProtocol(LinkProtocol):
         if self._paused or self.closing:
             return
         waiting = []
-        for committed, stream_id, wire in self._held:
-            if self._has_events_through(committed):
-                self._respond(stream_id, wire)
+        for held in self._held:
+            if self._has_events_through(held[0]):
+                self._respond(held[1], held[2])
             else:
-                waiting.append((committed, stream_id, wire))
+                waiting.append(held)
         self._held = waiting
         if not waiting:
             self._stop_holding()
 
     def _held_too_long(self) -> None:
-        """The fan-out has not read the outbox for ANSWER_HOLD_LIMIT: the answers go
-        without their events, which follow when it reads again (gateways learn of them late,
-        as of changes made at another core). A link whose gateway is not reading keeps them
-        behind its queued events."""
-        if self._paused or self._queued:
-            self._hold_timer = self.clock.callLater(ANSWER_HOLD_LIMIT, self._held_too_long)
+        """Answers held ANSWER_HOLD_LIMIT (the fan-out has not read the outbox meanwhile)
+        go without their events, which follow when it reads again (gateways learn of them
+        late, as of changes made at another core); the others wait on, the timer set for
+        the oldest of them. A link whose gateway is not reading keeps them all behind its
+        queued events."""
+        self._hold_timer = None
+        now = self.clock.seconds()
+        if not self._paused and not self._queued:
+            overdue = [held for held in self._held if now - held[3] >= ANSWER_HOLD_LIMIT]
+            if overdue:
+                log.warn("{count} answers to gateway {gateway} sent before their events: "
+                         "the event fan-out has not read the outbox for {limit} s",
+                         count=len(overdue), limit=ANSWER_HOLD_LIMIT,
+                         gateway=self.gateway.id if self.gateway else "?")
+                self._held = [held for held in self._held if now - held[3] < ANSWER_HOLD_LIMIT]
+                for held in overdue:
+                    self._respond(held[1], held[2])
+        if not self._held:
+            self.factory.fanout.on_settled.discard(self._release_held)
             return
-        log.warn("{count} answers to gateway {gateway} sent before their events: the event "
-                 "fan-out has not read the outbox for {limit} s", count=len(self._held),
-                 gateway=self.gateway.id if self.gateway else "?", limit=ANSWER_HOLD_LIMIT)
-        held, self._held = self._held, []
-        self._stop_holding()
-        for _, stream_id, wire in held:
-            self._respond(stream_id, wire)
+        wait = ANSWER_HOLD_LIMIT if self._paused or self._queued else max(
+            0.0, self._held[0][3] + ANSWER_HOLD_LIMIT - now)
+        self._hold_timer = self.clock.callLater(wait, self._held_too_long)
 
     def _stop_holding(self) -> None:
         if self._hold_timer is None:  # (set while anything is held)

@@ -16,7 +16,7 @@ from kcm.connection_guard import ConnectionGuard
 from kcm.core.audit_checkpoints import AuditCheckpoints
 from kcm.core.auto_rotation import rotate_due
 from kcm.core.config import CoreLimits, load_config
-from kcm.core.event_fanout import EventFanout
+from kcm.core.event_fanout import STALE_AFTER, EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory, LinkSettings
 from kcm.core.managed_rotation import rotate_managed_due
@@ -148,7 +148,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         # SQLite by this process's (the store's on_outbox_written); the poll finds the
         # events of other processes on SQLite (the kcm command, another core on the file).
         fanout = EventFanout(store, reactor, head=None,  # read from the outbox at start
-                             poll_interval=fanout_poll_interval(config.database))
+                             poll_interval=fanout_poll_interval(config.database),
+                             stale_after=STALE_AFTER if _notifies(config.database) else None)
         link_factory = LinkServerFactory(
             handler=handler, store=store, keyring=keyring, fanout=fanout,
             resolve_peer=lambda transport: peer_principal(transport, trust_domain),

@@ -170,11 +170,24 @@ def test_make_service_assembles_the_tree_and_reads_nothing(tmp_path: Path,
     assert [child.name for child in core] == TREE
     assert core.handler is not None and core.store is not None
     assert core.fanout is not None and core.link_factory is not None
-    # A fan-out that cannot read the outbox sends the gateways to another core.
+    # A fan-out that cannot read the outbox sends the gateways to another core: watched
+    # where other cores may share the database (PostgreSQL), not on this SQLite file.
     assert core.fanout.on_stale == [core.link_factory.events_stale]
+    assert core.fanout.stale_after is None
     assert core.subject_map is None and not core.keyring.loaded
     assert not core.running and not any(child.running for child in core)
     assert list(tmp_path.iterdir()) == []  # no database, no directory
+
+
+def test_on_postgresql_the_fan_out_is_watched_for_staleness(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    from kcm.core.event_fanout import STALE_AFTER
+
+    monkeypatch.chdir(tmp_path)
+    core = tap.makeService(parse("--policy-file", "absent.toml", "--database",
+                                 "postgresql+psycopg://kcm@127.0.0.1:1/kcm"), reactor=Clock())
+    assert core.fanout.stale_after == STALE_AFTER
+    assert core.fanout.on_stale == [core.link_factory.events_stale]
 
 
 def test_without_a_link_listener_there_is_no_fanout() -> None:

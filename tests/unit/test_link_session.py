@@ -318,30 +318,31 @@ def test_an_answer_follows_the_events_its_request_committed(world: World) -> Non
     assert world.server.requests_in_flight == 0
 
 
+def forward_committing(world: World, request: bytes, answer: bytes, seen: list[str]) -> None:
+    """Forward ``request``; the core commits an event, then answers ``answer`` (which the
+    gateway, once it gets it, adds to ``seen``)."""
+    world.client.forward(request, APP, "h:1").addCallback(
+        lambda wire: seen.append(wire.decode()))
+    world.flush()
+    world.fanout.commit()
+    world.handler.calls[-1][2].callback(answer)
+    world.flush()
+
+
 def test_each_answer_is_held_its_own_limit_not_the_first_held_ones(world: World) -> None:
     """Answer A held at 0 s, B at 0.85 s; a read frees A: at 1 s B is not sent without
     its event (it has waited 0.15 s), and goes once the next read brings the event."""
     world.connect()
     seen: list[str] = []
     world.client.on_event = lambda *event: seen.append(f"event {event[0]}")
-    first = world.client.forward(b"a", APP, "h:1")
-    first.addCallback(lambda wire: seen.append(wire.decode()))
-    world.flush()
-    world.fanout.commit()
-    world.handler.calls[0][2].callback(b"A")  # held at 0 s
-    world.flush()
+    forward_committing(world, b"a", b"A", seen)  # held at 0 s
     world.clock.advance(0.85)
     reads: list[Deferred] = []
     read = world.fanout.read
     world.fanout.read = lambda after: reads.append(Deferred()) or reads[-1]
     world.fanout.poll()  # a read that began before B's event was committed
     world.fanout.read = read
-    second = world.client.forward(b"b", APP, "h:1")
-    second.addCallback(lambda wire: seen.append(wire.decode()))
-    world.flush()
-    world.fanout.commit()
-    world.handler.calls[1][2].callback(b"B")  # held at 0.85 s
-    world.flush()
+    forward_committing(world, b"b", b"B", seen)  # held at 0.85 s
     world.clock.advance(0.1)
     reads[0].callback([r for r in world.fanout.records if r.seq <= 1])
     world.flush()

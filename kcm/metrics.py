@@ -50,10 +50,25 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from kcm.kernel.responses import operation_name
+from kcm.kmip.enums import Operation
+
 __all__ = ["LATENCY_BUCKETS", "CallbackGauge", "Readiness", "ReactorCounter",
+           "operation_label",
            "ReactorHistogram", "metrics_listener", "metrics_site"]
 
+
 log = Logger()
+
+
+def operation_label(operation: int | None) -> str:
+    """The ``operation`` label of a request's item: the Operation's name, or ``unknown``
+    (a request refused whole, or an operation value KMIP does not define). A client picks
+    the value, so the label never takes it as it came: a client could make series without
+    bound."""
+    if operation is None or operation not in Operation._value2member_map_:
+        return "unknown"
+    return operation_name(operation)
 
 #: Latency buckets (seconds): from the gateway's sub-millisecond L4 answers to the core's
 #: slowest durable work.

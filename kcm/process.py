@@ -5,6 +5,8 @@
 * **It starts whole or not at all.** Children start in the order they were added; if one
   fails, those already started are stopped again, in reverse order, a critical event names
   the child and the error, and the error propagates (twistd then exits with status 1).
+* **Its memory stays its own.** It starts by forbidding core dumps and same-user ptrace
+  (:mod:`kcm.no_core_dumps`): it holds keys.
 * **Its log is KCM's.** When twistd attaches it to the Application it builds, it registers
   :func:`kcm.logging.log_observer` (on :func:`open_log`, in the configured ``log_format`` and
   ``log_level``, its audit lines written together every :data:`LOG_LINGER` seconds at
@@ -27,6 +29,7 @@ from twisted.python.components import Componentized
 
 from kcm import compiled, reactor_dispatch
 from kcm.logging import log_observer
+from kcm.no_core_dumps import forbid_core_dumps
 
 __all__ = ["LOG_LINGER", "ProcessService", "open_log"]
 
@@ -87,6 +90,8 @@ class ProcessService(MultiService):
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
+        # Before any child opens a key: no core dump, no same-user ptrace.
+        forbid_core_dumps()
         installed = reactor_dispatch.install(reactor, busy_poll=self.busy_poll)
         if self.busy_poll:
             if installed:

@@ -38,10 +38,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import ResultStatus
 from kcm.kmip.messages import ResponseBatchItem
-from kcm.metrics import LATENCY_BUCKETS, CallbackGauge, Readiness
+from kcm.metrics import LATENCY_BUCKETS, CallbackGauge, Readiness, operation_label
 
 if TYPE_CHECKING:
     from kcm.connection_guard import ConnectionGuard
@@ -101,10 +100,10 @@ class CoreMetrics:
 
     def item(self, operation: int | None, status: int = _FAILED) -> None:
         """Count one answered item (``operation`` None: a request refused whole)."""
-        key = (operation, status)
+        name = operation_label(operation)
+        key = (name, status)  # (bounded: the client picks the operation's value)
         child = self._items.get(key)
         if child is None:  # two threads may both bind it: labels() gives both the same child
-            name = "unknown" if operation is None else operation_name(operation)
             child = self._items[key] = self.requests.labels(name, _result_label(status))
         child.inc()
 

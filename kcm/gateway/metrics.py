@@ -29,9 +29,15 @@ from prometheus_client.core import CounterMetricFamily
 
 from kcm.busy_poll import SPIN_ENDS, SpinningWait
 from kcm.gateway.fast_path import FAST_OPERATIONS
-from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import ResultStatus
-from kcm.metrics import CallbackGauge, ReactorCounter, ReactorHistogram, Readiness, Tally
+from kcm.metrics import (
+    CallbackGauge,
+    ReactorCounter,
+    ReactorHistogram,
+    Readiness,
+    Tally,
+    operation_label,
+)
 from kcm.ttlv import TtlvError
 from kcm.ttlv.peek import peek_response
 
@@ -75,7 +81,7 @@ class GatewayMetrics:
             ProcessCollector(registry=self.registry)
         #: The fast path's successful items, by operation: bound once.
         self.fast_served: dict[int, Tally] = {
-            operation: self.requests.labels(operation_name(operation), "success", "local")
+            operation: self.requests.labels(operation_label(operation), "success", "local")
             for operation in FAST_OPERATIONS}
         self.local_duration = self.duration.labels("local")
         self.forwarded_duration = self.duration.labels("forwarded")
@@ -102,10 +108,10 @@ class GatewayMetrics:
                        "local" if here else "forwarded").value += 1
 
     def _item(self, operation: int | None, status: int | None, path: str) -> Tally:
-        key = (operation, status, path)
+        name = operation_label(operation)
+        key = (name, status, path)  # (bounded: the client picks the operation's value)
         child = self._items.get(key)
         if child is None:
-            name = "unknown" if operation is None else operation_name(operation)
             child = self._items[key] = self.requests.labels(name, _result_label(status), path)
         return child
 

@@ -32,6 +32,11 @@ def test_pykmip_lifecycle_on_sqlite(core_process: CoreProcess) -> None:
     _create_get_destroy(core_process)
     result = core_process.kcm("audit", "verify")
     assert "audit log intact" in result.stdout
+    # It holds the L1 key: no core file, whatever ulimit -c allows (kcm.no_core_dumps).
+    assert core_process.process is not None
+    limits = Path(f"/proc/{core_process.process.pid}/limits").read_text()
+    assert [line.split()[4:6] for line in limits.splitlines()
+            if line.startswith("Max core file size")] == [["0", "0"]]
 
 
 def test_pykmip_lifecycle_on_postgresql(core_process_pg: CoreProcess) -> None:

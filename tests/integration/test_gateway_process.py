@@ -161,6 +161,10 @@ def comparable_item(answer) -> tuple:
 
 def test_aes_gcm_default_record_encryption(deployment) -> None:
     _, gateway = deployment
+    # It holds service keys and opened DEKs: no core file (kcm.no_core_dumps).
+    assert gateway.process is not None
+    limits = Path(f"/proc/{gateway.process.pid}/limits").read_text()
+    assert "Max core file size        0                    0" in limits
     with gateway.client() as client:
         token = ok(client.send(request(create_l4()))).unique_identifier
         sealed = ok(client.send(request(encrypt(token, b"record"))))

@@ -53,6 +53,22 @@ def test_items_are_counted_by_operation_and_result(measured) -> None:
     assert got[("kcm_core_db_transaction_duration_seconds_count", (("kind", "write"),))] >= 2
 
 
+def test_operations_kmip_does_not_define_share_one_label(measured) -> None:
+    """A client picks the Operation's value: values KMIP does not define are counted as
+    ``unknown``, so no client can make series (or kept children) without bound."""
+    _, metrics, _ = measured
+    for value in range(0x7F000001, 0x7F000033):
+        metrics.item(value)
+    metrics.item(0x0000000A)  # Get
+    got = samples(metrics.registry)
+    labels = {dict(key[1])["operation"] for key in got
+              if key[0] == "kcm_core_requests_total"}
+    assert labels == {"unknown", "GET"}
+    assert got[("kcm_core_requests_total", (("operation", "unknown"),
+                                            ("result", "operation_failed")))] == 50
+    assert len(metrics._items) == 2
+
+
 def test_only_the_documented_series_are_exported(measured) -> None:
     core, metrics, handler = measured
     handler.respond(request(create_managed()), core.caller(), int(time.time()))

@@ -20,11 +20,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
-from kcm.core.store.unavailable import store_unavailable
+from kcm.core.store.unavailable import log_failure
 from kcm.link.frames import Frame, FrameError, FrameType, decode_payload, encode_frame
 
 log = Logger()
@@ -144,7 +143,7 @@ class EventFanout(Service):
         committed = self.committed()  # before the read: it finds all of these
         d = self.read(self.head)
         d.addCallback(self._publish_and_continue, committed)
-        d.addErrback(_poll_failed)
+        d.addErrback(lambda failure: log_failure(log, failure, "polling the outbox"))
         return d
 
     def _publish_and_continue(self, records: list[repository.OutboxRecord],
@@ -182,17 +181,6 @@ class EventFanout(Service):
         return self._store.read_plain(
             lambda connection: repository.outbox_since_plain(connection, after,
                                                              self.batch_size))
-
-
-def _poll_failed(failure: Failure) -> None:
-    """A poll that met an unavailable store is one line (it recurs every poll interval
-    until the store is back); any other failure is logged with its traceback."""
-    unavailable = store_unavailable(failure.value)
-    if unavailable is None:
-        log.failure("polling the outbox failed", failure)
-    else:
-        log.error("polling the outbox failed: the key store is unavailable ({why})",
-                  why=unavailable)
 
 
 def encode_event(record: repository.OutboxRecord) -> EncodedEvent:

@@ -25,7 +25,6 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from kcm.core import managed, sweep_steps
 from kcm.core.attribute_blob import decode_attributes
@@ -38,7 +37,7 @@ from kcm.core.store.schema import (
     STATE_PRE_ACTIVE,
     ManagedObject,
 )
-from kcm.core.store.unavailable import store_unavailable
+from kcm.core.store.unavailable import log_failure
 from kcm.kernel import lifecycle
 from kcm.kmip.tags import Tag
 
@@ -120,7 +119,7 @@ class StateSweeper(Service):
         logged and the loop goes on."""
         d = self._store.defer(self.lease.hold)
         d.addCallback(self._sweep_if_held)
-        d.addCallbacks(_report, _sweep_failed)
+        d.addCallbacks(_report, lambda failure: log_failure(log, failure, "state sweep"))
         return d
 
     def _sweep_if_held(self, held: bool):
@@ -154,13 +153,3 @@ def _report(moved: list[str]) -> None:
     if moved:
         log.info("state sweep: {count} hierarchy keys moved with their dates: {uids}",
                  count=len(moved), uids=", ".join(moved))
-
-
-def _sweep_failed(failure: Failure) -> None:
-    """A sweep that met an unavailable store is one log line (it recurs every interval
-    until the store is back); any other failure is logged with its traceback."""
-    unavailable = store_unavailable(failure.value)
-    if unavailable is None:
-        log.failure("state sweep failed", failure)
-    else:
-        log.error("state sweep failed: the key store is unavailable ({why})", why=unavailable)

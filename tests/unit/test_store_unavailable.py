@@ -32,3 +32,20 @@ def test_other_errors_are_not_the_stores_unavailability() -> None:
 def test_the_clients_message_names_the_store_and_the_log_line() -> None:
     assert store_unavailable_message("abc") == (
         "the key store is unavailable; try again (correlation id abc)")
+
+
+def test_a_failure_is_one_line_when_the_store_is_unavailable_else_a_traceback() -> None:
+    from twisted.logger import Logger
+    from twisted.python.failure import Failure
+
+    from kcm.core.store.unavailable import log_failure
+
+    events: list[dict] = []
+    log = Logger(observer=events.append)
+    locked = OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))
+    log_failure(log, Failure(locked), "state sweep")
+    log_failure(log, Failure(ValueError("bug")), "state sweep")
+    assert [(e["log_format"], "log_failure" in e) for e in events] == [
+        ("{what} failed: the key store is unavailable ({why})", False),
+        ("{what} failed", True)]
+    assert events[0]["why"] == "database is locked"

@@ -5,6 +5,8 @@ client is told so in a short message, the second is logged with its traceback.""
 from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 #: What the causes' messages are cut to in a log line.
 _MAX_WHY = 120
@@ -24,3 +26,14 @@ def store_unavailable(error: BaseException) -> str | None:
 def store_unavailable_message(correlation_id: str) -> str:
     """The Result Message of a General Failure that the key store's unavailability caused."""
     return f"the key store is unavailable; try again (correlation id {correlation_id})"
+
+
+def log_failure(log: Logger, failure: Failure, what: str) -> None:
+    """Log that ``what`` failed: one line when the store is unavailable (it recurs until
+    the store is back), with its traceback for any other error."""
+    unavailable = store_unavailable(failure.value)
+    if unavailable is None:
+        log.failure("{what} failed", failure, what=what)
+    else:
+        log.error("{what} failed: the key store is unavailable ({why})", what=what,
+                  why=unavailable)

@@ -62,7 +62,9 @@ class DataKey:
             raise ValueError(f"a data key of {len(material)} bytes is not AES-256")
         self.token = token
         self.material: bytearray | None = bytearray(material)
-        self.aead: AESGCM | None = AESGCM(self.material)
+        # From a copy: some cryptography releases (42) keep the buffer they are given, and
+        # zeroize() would then turn a stream's kept AES-GCM object into an all-zero key.
+        self.aead: AESGCM | None = AESGCM(bytes(material))
         self.prefix = prefix
         self.expires = expires
         self.messages = 0

@@ -92,7 +92,7 @@ class DeferredEnvelope:
         return waiter
 
     def _fetched(self, answer: Any, token: str) -> DataKey:
-        return self.cache.new_key(token, material_of(answer),
+        return self.cache.new_key(token, material_of(answer, token),
                                   header_prefix(token, ALGORITHM_AES_256_GCM))
 
     def _refused(self, failure: Failure, token: str) -> Failure:

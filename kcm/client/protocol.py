@@ -121,7 +121,7 @@ class KmipClientProtocol(Protocol):
 
     def _timed_out(self, request: _Request) -> None:
         request.timer = None
-        self._close(f"no answer within {self.timeout:g} s")
+        self._close(f"no answer within {self.timeout:g} s", abort=True)
 
     # Receiving -----------------------------------------------------------------------------------
 
@@ -129,17 +129,17 @@ class KmipClientProtocol(Protocol):
         try:
             messages = self._framer.feed(data)
         except TtlvError as e:
-            self._close(f"the server sent something that is not TTLV: {e}")
+            self._close(f"the server sent something that is not TTLV: {e}", abort=True)
             return
         for wire in messages:
             try:
                 response = parse_response(wire)
             except KmipClientError as e:
-                self._close(str(e))
+                self._close(str(e), abort=True)
                 return
             request = self._match(response.batch_items)
             if request is None:
-                self._close("the server answered a request that was not asked")
+                self._close("the server answered a request that was not asked", abort=True)
                 return
             if request.timer is not None and request.timer.active():
                 request.timer.cancel()
@@ -173,12 +173,17 @@ class KmipClientProtocol(Protocol):
         """Close the connection; unanswered requests fail."""
         self._close("the client closed the connection")
 
-    def _close(self, why: str) -> None:
+    def _close(self, why: str, *, abort: bool = False) -> None:
+        """Fail what is unanswered and close; ``abort``: at once, without waiting for the
+        server's TLS close (a server that does not answer would keep the socket open)."""
         if self._closed_because is None:
             self._closed_because = why
         self._fail_all(why)
         if self.transport is not None:
-            self.transport.loseConnection()
+            if abort:
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
 
     def _fail_all(self, why: str) -> None:
         if self._closed_because is None:

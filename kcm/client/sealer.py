@@ -77,12 +77,15 @@ def open_record(key: DataKey, header: Header, blob: bytes, aad: bytes) -> bytes:
                             "associated data was changed, or it is not this key's") from None
 
 
-def material_of(get_response: Any) -> bytes:
-    """The raw key bytes of a Get answer; :class:`EnvelopeError` if it holds none."""
+def material_of(get_response: Any, token: str) -> bytes:
+    """The raw key bytes of the answer to a Get of ``token``; :class:`EnvelopeError` if it
+    answers for another object or holds no AES-256 key (what a data key is)."""
+    if get_response.unique_identifier != token:
+        raise EnvelopeError("the answer to the Get of a data key names another object")
     block = getattr(get_response.object, "key_block", None)
     material = None if block is None else block.key_bytes
-    if not material:
-        raise EnvelopeError(f"{get_response.unique_identifier} holds no raw key material")
+    if not material or len(material) != 32:
+        raise EnvelopeError("the key a blob names is not an AES-256 data key")
     return material
 
 
@@ -131,7 +134,8 @@ class Envelope:
         except KmipOperationFailed as e:
             self.cache.drop(token)
             raise DataKeyRefused(token, e) from e
-        return self.cache.new_key(token, material_of(answer), header_prefix(token, algorithm))
+        return self.cache.new_key(token, material_of(answer, token),
+                                  header_prefix(token, algorithm))
 
     # Opening --------------------------------------------------------------------------
 

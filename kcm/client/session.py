@@ -14,6 +14,7 @@ script that wants many requests in flight uses the Twisted client (:mod:`kcm.cli
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -39,13 +40,15 @@ class Session(Operations):
     """Requests to a KMIP server over one connection (opened on the first request).
 
     ``transport`` is anything with ``send(bytes) -> bytes`` and ``close()``; :meth:`connect`
-    makes the usual one, mutual TLS with failover. Usable as a context manager. Not
-    thread-safe.
+    makes the usual one, mutual TLS with failover. Usable as a context manager. Threads may
+    share it: their requests take turns on its one connection (a thread each with a session
+    of its own runs them side by side).
     """
 
     def __init__(self, transport: Any, version: tuple[int, int] = DEFAULT_VERSION) -> None:
         self.transport = transport
         self.version = version
+        self._lock = threading.Lock()  # one request at a time on the connection
 
     @classmethod
     def connect(cls, host: str | Sequence[Endpoint | str], port: int | None = None, *,
@@ -71,7 +74,8 @@ class Session(Operations):
         """Send ``operation`` with ``payload``; the response payload of a successful answer."""
         wire = encode_items(self.version, [RequestBatchItem(operation=operation,
                                                             request_payload=payload)])
-        response = parse_response(self._send(wire, operation))
+        with self._lock:
+            response = parse_response(self._send(wire, operation))
         if len(response.batch_items) != 1:
             raise KmipClientError(f"the server answered {len(response.batch_items)} batch items "
                                   "to a request of one")

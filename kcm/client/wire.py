@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kcm.client.errors import KmipClientError, KmipOperationFailed
+from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import Operation, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
@@ -59,6 +60,9 @@ def result_of(operation: Operation | int, item: ResponseBatchItem) -> Any:
     if item.result_status != ResultStatus.SUCCESS:
         raise KmipOperationFailed(item.operation if item.operation is not None else operation,
                                   item.result_status, item.result_reason, item.result_message)
+    if item.operation is not None and int(item.operation) != int(operation):
+        raise KmipClientError(f"the server answered {operation_name(int(item.operation))} "
+                              f"to a request of {operation_name(int(operation))}")
     return item.response_payload
 
 

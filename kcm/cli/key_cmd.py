@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     register_ = _action(actions, "register", "register a symmetric key; print its Unique "
                         "Identifier", _run_register)
     material = register_.add_mutually_exclusive_group(required=True)
-    material.add_argument("--key-hex", metavar="HEX", help="the key, in hex")
+    material.add_argument("--key-hex", metavar="HEX",
+                          help="the key, in hex (a command line is visible to other "
+                          "users: prefer --key-file for a real key)")
     material.add_argument("--key-file", metavar="FILE", help="a file holding the raw key")
     register_.add_argument("--algorithm", default="AES", help="Cryptographic Algorithm "
                            "(default: AES)")

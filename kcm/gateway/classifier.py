@@ -8,11 +8,20 @@ marker (:data:`kcm.l4.marking.MARKER_BYTES`). A batch item runs LOCAL when it is
   markers are),
 * a Get whose Unique Identifier is an L4 token (``l4.``),
 * an Encrypt or Decrypt whose Unique Identifier is an L4 token or an L3 (``l3-``),
-* a Get, Encrypt or Decrypt without a Unique Identifier (it means the ID Placeholder) right
-  after a local item: the placeholder it refers to was set at the gateway;
+* a Get, Encrypt or Decrypt without a Unique Identifier (it means the ID Placeholder) when
+  the placeholder was last set at the gateway: by a local Create or Get (which set it, as
+  the core's L4 Create and Get do; an Encrypt or Decrypt sets none, at the gateway as at
+  the core), with no remote item since;
 
 everything else is REMOTE and goes to the core as it came. So does every item of a request
 in a protocol version the gateway does not speak: version negotiation is the core's answer.
+
+The ID Placeholder is one per request (KMIP 1.4 §4, 2.1 §6), and a mixed request's remote
+runs reach the core as separate sub-requests. So a request that would be mixed, and in
+which a remote item that may refer to the placeholder (one without a Unique Identifier,
+other than an operation that takes none) comes after a local item, goes whole to the core,
+which runs L4 items as the gateway does: the placeholder it means may have been set by
+the local item, or by a remote item of another run.
 
 Most forwarded requests hold none of these four operations: :func:`may_run_here` says so
 from a scan of the bytes for Operation items, without the peek, and such a request is
@@ -38,6 +47,13 @@ _CREATE = int(Operation.CREATE)
 _GET = int(Operation.GET)
 _CRYPTO = (int(Operation.ENCRYPT), int(Operation.DECRYPT))
 _USES_UID = (_GET, *_CRYPTO)
+#: The local operations that set the ID Placeholder (as kcm.core.l4_requests does).
+_SETS_PLACEHOLDER = frozenset((_CREATE, _GET))
+#: Operations whose request names no existing object: never the ID Placeholder.
+_TAKES_NO_IDENTIFIER = frozenset(int(op) for op in (
+    Operation.CREATE, Operation.CREATE_KEY_PAIR, Operation.REGISTER, Operation.LOCATE,
+    Operation.QUERY, Operation.DISCOVER_VERSIONS, Operation.RNG_RETRIEVE,
+    Operation.RNG_SEED, Operation.HASH))
 
 
 #: The Operation values, as :func:`~kcm.ttlv.peek.operation_values` finds them, of the items
@@ -103,21 +119,31 @@ def classify(wire: bytes) -> Classified:
     local: list[bool] = []
     attributes: list[list[Attribute] | None] = []
     placeholder_is_local = False
+    placeholder_across = False  # a remote item may mean a placeholder set before its run
     version = request.version
     for item in request.items:
-        marked = _l4_create_attributes(item, version) if item.operation == _CREATE else None
-        here = marked is not None or (item.operation != _CREATE
+        operation = item.operation
+        marked = _l4_create_attributes(item, version) if operation == _CREATE else None
+        here = marked is not None or (operation != _CREATE
                                       and _uses_local_key(item, placeholder_is_local))
+        if here:
+            if operation in _SETS_PLACEHOLDER:
+                placeholder_is_local = True
+        else:
+            if (any(local) and item.unique_identifier is None
+                    and operation not in _TAKES_NO_IDENTIFIER):
+                placeholder_across = True
+            # Any remote item may set the core's placeholder.
+            placeholder_is_local = False
         local.append(here)
         attributes.append(marked)
-        # Any remote item may set the core's placeholder; any local one sets the gateway's.
-        placeholder_is_local = here
     if all(local):
         route = Route.ALL_LOCAL
-    elif any(local):
+    elif any(local) and not placeholder_across:
         route = Route.MIXED
     else:
         route = Route.ALL_REMOTE
+        local = [False] * len(local)
     return Classified(request, tuple(local), route, tuple(attributes))
 
 

@@ -15,13 +15,16 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
   is forwarded as one sub-request under the client's header; the answers are merged into one
   response in the client's order, with its Unique Batch Item IDs. Stop and Continue are
   honoured across the runs; Undo cannot be (the core cannot roll back what the gateway
-  answered, nor the other way round), so a mixed Undo batch is refused. ID Placeholders work
-  within a run (and a local Get/Encrypt/Decrypt right after a local Create uses its token);
-  a remote item cannot refer to a placeholder set by a local item.
+  answered, nor the other way round), so a mixed Undo batch is refused. The ID Placeholder
+  is the core's: a request in which a remote item may refer to a placeholder set before
+  its run is forwarded whole (:mod:`kcm.gateway.classifier`); a local item refers only to a
+  placeholder set by a local item.
 * No answer the gateway builds is longer than its maximum message size (the client's
   Maximum Response Size when smaller): successful items answer Response Too Large, as at
   the core. A forwarded answer comes back as the core bounded it, or, when it does not fit
-  the link, as Response Too Large items (the core may have carried them out).
+  the link, as Response Too Large items (the core may have carried them out). A mixed
+  request's sub-requests go without the Maximum Response Size, which bounds the merged
+  answer once, as the core bounds its whole answer.
 * The gateway and the core answer the same request the same way. A request whose routing
   facts cannot be read is forwarded whole, so the core says what is wrong with it; a local
   or mixed request is decoded whole first, with the core's decoder, and one the core would

@@ -7,8 +7,8 @@ or an L4. Nothing runs that could need undoing, so a run has no savepoints, and 
 same decoded items again is safe: payloads are never changed in place.
 
 The ID Placeholder (KMIP 1.4 §4, 2.1 §6) works within a run: an item without a Unique
-Identifier uses the identifier of the previous item of the run (the new token of a Create,
-the key of a Get, Encrypt or Decrypt).
+Identifier uses the identifier the last Create (its new token) or Get (its token) of the
+run set. An Encrypt or Decrypt sets none, as at the core (:mod:`kcm.core.l4_requests`).
 
 An item refused because its caller may not use the service key it reached for (another
 tenant's token or L3, another service's; refused here or by the core on a fetch) is listed
@@ -43,6 +43,7 @@ __all__ = ["Engine", "LocalRun", "LocalRunner", "gateway_engines", "l4_engine"]
 log = Logger()
 
 _CREATE = int(Operation.CREATE)
+_SETS_PLACEHOLDER = frozenset((_CREATE, int(Operation.GET)))
 
 
 class Engine(Protocol):
@@ -107,9 +108,8 @@ class LocalRunner:
                 if uid is not payload.unique_identifier:  # type: ignore[union-attr]
                     payload = dataclasses.replace(payload, unique_identifier=uid)
             answer = engine.execute(operation, principal, version, payload)
-            uid = getattr(answer, "unique_identifier", None)
-            if isinstance(uid, str):
-                placeholder.set(uid)
+            if operation in _SETS_PLACEHOLDER:
+                placeholder.set(answer.unique_identifier)
             return answer
 
         cid = correlation_id or self._new_correlation_id()

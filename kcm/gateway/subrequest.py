@@ -1,8 +1,10 @@
 """Cut a forwardable request out of a mixed one, without decoding its batch items.
 
 The sub-request keeps the client's Request Header (protocol version, Batch Error
-Continuation Option, Maximum Response Size, authentication, ...) with only the Batch Count
-changed, followed by the chosen batch items' bytes exactly as the client sent them.
+Continuation Option, authentication, ...) with the Batch Count changed and no Maximum
+Response Size, followed by the chosen batch items' bytes exactly as the client sent them.
+The client's Maximum Response Size bounds the whole answer, local and forwarded items
+together, as at the core: the gateway applies it once, to the merged answer.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def sub_request(wire: bytes, header: Item, items: list[PeekedBatchItem]) -> byte
     request's ``header`` (decoded once by the caller)."""
     children = [Item(Tag.BATCH_COUNT, ItemType.INTEGER, len(items))
                 if child.tag == Tag.BATCH_COUNT else child
-                for child in header.value]  # type: ignore[union-attr]
+                for child in header.value  # type: ignore[union-attr]
+                if child.tag != Tag.MAXIMUM_RESPONSE_SIZE]
     body = b"".join([encode(Item(header.tag, header.type, children)),
                      *(wire[item.start:item.end] for item in items)])
     return _HEADER.pack(_REQUEST_MESSAGE_HEAD, len(body)) + body

@@ -30,6 +30,7 @@ from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import IDENTITY_REFUSED
 from kcm.l4 import token as l4_token
 from kcm.testing.processes import running
+from kcm.testing.requests import CONTINUE, query
 from tests.e2e_support import (
     CoreProcess,
     GatewayProcess,
@@ -234,6 +235,30 @@ def test_mixed_batch_is_one_response(deployment) -> None:
     assert message.batch_items[0].response_payload.unique_identifier.startswith("l4.")
     assert message.batch_items[1].response_payload.unique_identifier == managed
     assert managed in message.batch_items[2].response_payload.unique_identifiers
+
+
+def test_mixed_batches_keep_the_core_s_placeholder_and_maximum_response_size(
+        deployment) -> None:
+    """One ID Placeholder a request, and the client's Maximum Response Size over the whole
+    answer, through the gateway as at the core."""
+    core, gateway = deployment
+    with gateway.client() as via_gateway, core.client() as direct:
+        token = ok(via_gateway.send(request(create_l4()))).unique_identifier
+        query_alone = len(direct.send(request(query(b"1"))))
+        builds = (
+            lambda: request(create_managed(b"1"), encrypt(token, b"r", b"2"), get(None, b"3")),
+            lambda: request(create_l4(b"1"), activate(None, b"2"), continuation=CONTINUE),
+            lambda: request(query(b"1"), encrypt(token, b"r", b"2"), continuation=CONTINUE,
+                            maximum_response_size=query_alone + 8),
+        )
+        for build in builds:
+            through, at_core = via_gateway.send(build()), direct.send(build())
+            assert comparable(through) == comparable(at_core)
+        answered = response(via_gateway.send(builds[0]()))
+        managed = answered.batch_items[0].response_payload.unique_identifier
+        assert answered.batch_items[2].response_payload.unique_identifier == managed
+        assert [i.result_reason for i in response(via_gateway.send(builds[2]())).batch_items] \
+            == [ResultReason.RESPONSE_TOO_LARGE] * 2
 
 
 def test_core_killed_under_l4_load_then_back_without_a_gateway_restart(deployment) -> None:

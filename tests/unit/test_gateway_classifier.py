@@ -67,7 +67,38 @@ def test_items_by_operation_and_identifier(batch_item, local: bool) -> None:
 def test_placeholder_after_a_local_create_is_local_after_a_remote_item_remote() -> None:
     classified = classify(request(create_l4(), get(None), encrypt(None),
                                   create_managed(), get(None), encrypt(None)))
-    assert classified.local == (True, True, True, False, False, False)
+    # The remote items' placeholder might have been set before their run: the whole
+    # request goes to the core, whose placeholder is the request's.
+    assert classified.local == (False,) * 6
+    assert classified.route is Route.ALL_REMOTE
+    classified = classify(request(create_managed(), get(None), encrypt(None),
+                                  create_l4(), get(None), encrypt(None)))
+    assert classified.local == (False, False, False, True, True, True)
+    assert classified.route is Route.MIXED
+
+
+def test_an_encrypt_or_decrypt_sets_no_placeholder() -> None:
+    # As at the core: the Get after a local Encrypt means the Create's token.
+    classified = classify(request(create_l4(), encrypt(TOKEN), decrypt(L3_UID, b"x"),
+                                  get(None)))
+    assert classified.route is Route.ALL_LOCAL
+    # The Get after a local Encrypt means the managed key the core created: the core's.
+    classified = classify(request(create_managed(), encrypt(TOKEN), get(None)))
+    assert classified.route is Route.ALL_REMOTE
+
+
+@pytest.mark.parametrize("remote", [activate(None), get(None)])
+def test_a_remote_item_that_may_mean_a_local_placeholder_sends_the_request_whole(
+        remote) -> None:
+    classified = classify(request(encrypt(TOKEN), create_managed(), remote))
+    assert classified.route is Route.ALL_REMOTE
+    classified = classify(request(create_l4(), activate(None)))
+    assert classified.route is Route.ALL_REMOTE
+
+
+def test_remote_items_that_take_no_identifier_keep_a_request_mixed() -> None:
+    classified = classify(request(create_l4(), locate(), create_managed()))
+    assert classified.local == (True, False, False)
     assert classified.route is Route.MIXED
 
 

@@ -23,7 +23,7 @@ from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4 import token
 from kcm.l4.service_key import ServiceKey
 from kcm.l4.token import token_id
-from kcm.testing.requests import OMIT, odd_request
+from kcm.testing.requests import OMIT, odd_request, query
 from kcm.ttlv import Item, ItemType, encode, structure
 from kcm.ttlv.peek import peek_response
 from tests.core_support import CoreHarness, service_principal
@@ -399,24 +399,72 @@ def with_core(warm: Gateway, core: CoreHarness) -> Gateway:
 
 
 def test_mixed_batch_is_one_response_in_the_client_order(with_core: Gateway) -> None:
-    wire = request(create_l4(b"1"), create_managed(b"2"), activate(None, b"3"), locate(b"4"),
+    wire = request(create_managed(b"1"), activate(None, b"2"), create_l4(b"3"), locate(b"4"),
                    encrypt(L3_UID, b"dek", b"5"))
     message = with_core.send(wire, sync=False)
     assert [i.unique_batch_item_id for i in message.batch_items] == [b"1", b"2", b"3", b"4",
                                                                      b"5"]
     assert [i.operation for i in message.batch_items] == [
-        Operation.CREATE, Operation.CREATE, Operation.ACTIVATE, Operation.LOCATE,
+        Operation.CREATE, Operation.ACTIVATE, Operation.CREATE, Operation.LOCATE,
         Operation.ENCRYPT]
     for index in range(5):
         ok(message, index)
-    assert ok(message, 0).unique_identifier.startswith("l4.")
-    managed = ok(message, 1).unique_identifier
-    assert ok(message, 2).unique_identifier == managed
+    managed = ok(message, 0).unique_identifier
+    assert ok(message, 1).unique_identifier == managed
+    assert ok(message, 2).unique_identifier.startswith("l4.")
     assert message.header.batch_count == 5
-    # One sub-request with the three remote items, under the client's header.
-    [(sub, _, _)] = with_core.link.forwarded
-    assert [i.unique_batch_item_id for i in classify(sub).request.items] == [b"2", b"3", b"4"]
-    assert classify(sub).request.batch_count == 3
+    # A sub-request per remote run, under the client's header.
+    subs = [classify(sub).request for sub, _, _ in with_core.link.forwarded]
+    assert [[i.unique_batch_item_id for i in sub.items] for sub in subs] == [
+        [b"1", b"2"], [b"4"]]
+    assert [sub.batch_count for sub in subs] == [2, 1]
+
+
+def test_a_placeholder_a_remote_item_may_mean_from_before_its_run_is_the_core_s(
+        with_core: Gateway, core: CoreHarness) -> None:
+    """One ID Placeholder a request, as at the core: a remote item without a Unique
+    Identifier after a local item sends the request whole."""
+    wire = request(create_managed(b"1"), encrypt(L3_UID, b"dek", b"2"), get(None, b"3"),
+                   continuation=CONTINUE)
+    message = with_core.send(wire, sync=False)
+    managed = ok(message, 0).unique_identifier
+    assert ok(message, 2).unique_identifier == managed  # not the L3 the Encrypt named
+    assert [sub for sub, _, _ in with_core.link.forwarded] == [wire]
+    whole = request(create_l4(b"1"), activate(None, b"2"), continuation=CONTINUE)
+    message = with_core.send(whole, sync=False)
+    assert with_core.link.forwarded[-1][0] == whole
+    assert comparable(message) == comparable(response(core.client(APP).send(whole)))
+
+
+def test_a_local_encrypt_sets_no_placeholder(warm: Gateway) -> None:
+    first = ok(warm.send(request(create_l4()))).unique_identifier
+    second = ok(warm.send(request(create_l4()))).unique_identifier
+    message = warm.send(request(get(first, b"1"), encrypt(second, b"x", b"2"),
+                                get(None, b"3")))
+    assert ok(message, 2).unique_identifier == first
+
+
+def _answered(gateway: Gateway, wire: bytes) -> bytes:
+    answer = gateway.answer(wire)
+    results: list[bytes] = []
+    answer.addCallback(results.append)
+    return results[0]
+
+
+def test_a_mixed_request_s_maximum_response_size_bounds_the_whole_answer_once(
+        with_core: Gateway, core: CoreHarness) -> None:
+    whole = len(_answered(with_core, request(query(b"1"), encrypt(L3_UID, b"dek", b"2"))))
+    core_part = len(core.client(APP).send(request(query(b"1"))))
+    assert core_part + 8 < whole
+    wire = request(query(b"1"), encrypt(L3_UID, b"dek", b"2"),
+                   maximum_response_size=core_part + 8)  # the core's part fits, not all
+    message = response(_answered(with_core, wire))
+    assert [i.result_reason for i in message.batch_items] == [
+        ResultReason.RESPONSE_TOO_LARGE] * 2
+    # The sub-request carries no Maximum Response Size: the merged answer is bounded once.
+    sub = with_core.link.forwarded[-1][0]
+    assert Tag.MAXIMUM_RESPONSE_SIZE.to_bytes(3, "big") not in sub
+    assert Tag.MAXIMUM_RESPONSE_SIZE.to_bytes(3, "big") in wire
 
 
 def test_mixed_batch_splices_the_core_s_items_byte_for_byte(with_core: Gateway) -> None:

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from kcm.cli import CommandError
-from kcm.cli.core_cmd import _with_keyring, open_store, run_in_store
+from kcm.cli.core_cmd import _with_keyring, core_config, open_store, run_in_store
 
 AUDIT_OPERATION = "SetRotationPolicy"
 
@@ -24,10 +24,12 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     """The settings a policy command takes (none given: show the policy)."""
     parser.add_argument("--interval", help="rotate when the current version is this old "
                         "(90s, 15m, 12h, 30d, 2w; 0: never by age)")
-    parser.add_argument("--max-uses", type=int, help="rotate after this many encryptions "
-                        "(L4s sealed, DEKs wrapped) under one version (0: no cap)")
+    parser.add_argument("--max-uses", help="rotate after this many encryptions "
+                        "(L4s sealed, DEKs wrapped) under one version (0: no cap; at most "
+                        "2**62)")
     parser.add_argument("--overlap", help="how long a replaced version stays Active before "
-                        "it is Deactivated (decrypt-only); default 60s")
+                        "it is Deactivated (decrypt-only); default 60s (durations: at most "
+                        "100 years)")
     parser.add_argument("--managed-interval", help="the Rotate Interval (with Rotate "
                         "Automatic) of new managed symmetric keys created without one "
                         "(0: none)")
@@ -43,13 +45,25 @@ def _scope(args: argparse.Namespace) -> tuple[str, str]:
     return getattr(args, "tenant", None) or "", getattr(args, "service", None) or ""
 
 
+def _uses(text: str) -> int:
+    """A ``--max-uses`` value: a whole number from 0 to :data:`MAX_USES`; ValueError else."""
+    from kcm.core.rotation_policy import MAX_USES
+
+    digits = text.strip()
+    if not digits.isdigit() or not digits.isascii():
+        raise ValueError(f"--max-uses takes a whole number, not {text[:40]!r}")
+    if len(digits.lstrip("0")) > 19 or int(digits) > MAX_USES:
+        raise ValueError(f"--max-uses is at most {MAX_USES}")
+    return int(digits)
+
+
 def _settings(args: argparse.Namespace):
     from kcm.core.rotation_policy import PolicySettings, parse_duration
 
     try:
         return PolicySettings(
             interval=parse_duration(args.interval) if args.interval is not None else None,
-            max_uses=args.max_uses,
+            max_uses=_uses(args.max_uses) if args.max_uses is not None else None,
             overlap=parse_duration(args.overlap) if args.overlap is not None else None,
             managed_interval=(parse_duration(args.managed_interval)
                               if args.managed_interval is not None else None),
@@ -66,6 +80,11 @@ def run_policy(args: argparse.Namespace) -> int:
     if service and settings.tenant_key_interval is not None:
         raise CommandError("--tenant-key-interval is a tenant's (or the default) setting: "
                            "a service has no tenant key of its own")
+    if settings.managed_interval:
+        minimum = core_config(args).limits.min_rotate_interval
+        if settings.managed_interval < minimum:
+            raise CommandError(f"--managed-interval must be at least the core's "
+                               f"limits.min_rotate_interval ({minimum} s)")
     changing = args.clear or _any_setting(settings)
     if changing:
         _with_keyring(args, lambda session, keyring: _change(session, args, tenant, service,

@@ -9,6 +9,7 @@ from typing import Any
 
 from kcm.config_file import ConfigError, TlsFiles, load_section
 from kcm.core.policy import AccessPolicy, ApplicationObjects
+from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL
 from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["CoreConfig", "CoreLimits", "TlsFiles", "load_config"]
@@ -32,6 +33,11 @@ class CoreLimits(ConnectionLimits):
     #: Requests (or read-only requests' audit records) one group commit takes at most
     #: (kcm.core.group_commit); a group also ends after 25 ms of work or with no one waiting.
     max_group_commit: int = 64
+    #: Seconds: the shortest Rotate Interval a client may give a managed key (Create,
+    #: Register, Re-key, the attribute operations; kcm.core.managed), since every rotation
+    #: makes a new object; 0 accepts any. A scope's ``managed_interval`` below it is raised
+    #: to it.
+    min_rotate_interval: int = DEFAULT_MIN_ROTATE_INTERVAL
 
     def __post_init__(self) -> None:
         # Named, not super(): a slots dataclass is a new class, which super() cannot find.
@@ -40,6 +46,10 @@ class CoreLimits(ConnectionLimits):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")
+        minimum = self.min_rotate_interval
+        if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
+            raise ValueError("limits.min_rotate_interval must be a whole number of seconds "
+                             "of at least 0")
         deadline = self.request_deadline
         if isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0:
             raise ValueError("limits.request_deadline must be a positive number of seconds")

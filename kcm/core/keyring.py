@@ -35,7 +35,8 @@ UNWRAPPED_CACHE_SIZE = 1024
 
 
 class Keyring:
-    """Holds L1; unwraps and caches L2s by uid (they never change once created).
+    """Holds L1; unwraps and caches L2s by uid (they never change once created; a destroyed
+    one is dropped: :meth:`forget_tenant_key`).
 
     Made without ``l1``, it is assembled before L1 is opened, and :meth:`load` gives it L1
     when the service that opens it starts; until then nothing can be wrapped or unwrapped.
@@ -139,6 +140,16 @@ class Keyring:
         """The tenant's current L2 changed here (a re-key): look it up again next time."""
         self._current_l2.pop(tenant, None)
 
+    def forget_tenant_key(self, tenant: str, uid: str) -> None:
+        """L2 ``uid`` of ``tenant`` was destroyed here: drop its key, and stop taking it for
+        the tenant's current one. (Another core drops it when it next reads the row:
+        :meth:`_l2_key`; it never wraps under it again once a Destroy is allowed, see
+        :func:`kcm.core.tenant_rotation.check_destroy`.)"""
+        self._l2_by_uid.pop(uid, None)
+        cached = self._current_l2.get(tenant)
+        if cached is not None and cached[0] == uid:
+            self._current_l2.pop(tenant, None)
+
     def unwrap(self, session: Session, row: ManagedObject) -> bytes:
         """The plaintext material of a stored object (which must still have material)."""
         if row.material is None:
@@ -170,10 +181,12 @@ class Keyring:
         return keys.unwrap(self._l2_key(l2), row.material, aad=aad)
 
     def _l2_key(self, l2: ManagedObject) -> bytes:
+        if l2.material is None:
+            # Destroyed (perhaps by another core): whatever this process kept of it goes.
+            self.forget_tenant_key(l2.tenant, l2.uid)
+            raise KmipError(ResultReason.GENERAL_FAILURE, "the tenant key was destroyed")
         key = self._l2_by_uid.get(l2.uid)
         if key is None:
-            if l2.material is None:
-                raise KmipError(ResultReason.GENERAL_FAILURE, "the tenant key was destroyed")
             key = self._master().unwrap(l2.material, aad=keys.object_aad(l2.tenant, l2.uid))
             self._l2_by_uid[l2.uid] = key
         return key

@@ -289,6 +289,7 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
         tenant = policy.tenant_of(ctx.principal)
         policy.check_provisioned(ctx.session, ctx.principal)
         service = policy.service_of(ctx.principal)
+    check_rotate_interval(ctx, _rotate_interval(attributes))
     material = wrapped_by = None
     if managed_object is not None:
         material, wrapped_by = ctx.keyring.wrap_for_tenant(
@@ -321,6 +322,9 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     A service key (L3) whose state changes emits ``l3.state`` for the gateways, whatever
     changed it (an operation, or a date that has passed).
     """
+    interval = obj.value(Tag.ROTATE_INTERVAL)
+    if interval != _rotate_interval(obj._stored):
+        check_rotate_interval(ctx, interval)
     if changed:
         obj.set(Tag.LAST_CHANGE_DATE, ctx.now)
     stored_state = obj.row.state
@@ -394,6 +398,21 @@ def rotate_due(obj: StoredObject) -> int | None:
     since = (obj.value(Tag.ROTATE_DATE) or obj.value(Tag.ACTIVATION_DATE)
              or obj.value(Tag.INITIAL_DATE))
     return None if since is None else int(since) + int(interval)
+
+
+def check_rotate_interval(ctx: OperationContext, interval: Any) -> None:
+    """Refuse (Invalid Field) a Rotate Interval shorter than the configured minimum
+    (``ctx.server_info.min_rotate_interval``): every rotation makes a new object, so a key
+    given a short one would fill the store by itself. 0 (never) passes. :func:`insert`
+    checks a new object's (a Re-key's replacement inherits it), :func:`save` a changed one."""
+    minimum = ctx.server_info.min_rotate_interval
+    if interval and int(interval) < minimum:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"the Rotate Interval must be at least {minimum} s")
+
+
+def _rotate_interval(attributes: Iterable[Attribute]) -> Any:
+    return next((a.typed for a in attributes if a.tag == Tag.ROTATE_INTERVAL), None)
 
 
 def _int_or_none(value: Any) -> int | None:

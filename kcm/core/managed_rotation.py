@@ -2,16 +2,20 @@
 the state sweeper.
 
 A client asks for it on a managed symmetric key with Rotate Automatic = true and a Rotate
-Interval (KMIP 2.1 §4); the store keeps when it is due in ``managed_objects.rotate_due``
-(:func:`kcm.core.managed.rotate_due`: the last Rotate Date, else its Activation Date or
-Initial Date, plus the interval). Each sweep, every Active or Pre-Active one whose time has
-come — at most ``limit`` per sweep, oldest due first — is rotated in the sweep's
-transaction, as if its tenant's administrator had sent a Re-key (KMIP 2.1 §6.1.41, with
-:mod:`kcm.core.operations.rekey`): a replacement with the same attributes and fresh
-material, linked both ways, the name moving to it, activated Rotate Offset seconds from now
-(0 when unset: at once). The server then maintains, as 2.1 describes: on the replacement
-Rotate Date (now), Rotate Generation (one more than the old key's, which counts from 0) and
-Rotate Latest (true); on the old key Rotate Latest (false), after which it is not due again.
+Interval (KMIP 2.1 §4) of at least the core's ``min_rotate_interval``
+(:func:`kcm.core.managed.check_rotate_interval`); the store keeps when it is due in
+``managed_objects.rotate_due`` (:func:`kcm.core.managed.rotate_due`: the last Rotate Date,
+else its Activation Date or Initial Date, plus the interval). Each sweep, every Active or
+Pre-Active one whose time has come — at most ``limit`` per sweep, shared by the tenants in
+turn (each tenant's oldest due first: the first due key of every tenant with one, then the
+second, ...), so no tenant takes more than its share while another has keys due — is
+rotated in the sweep's transaction, as if its tenant's administrator had sent a Re-key
+(KMIP 2.1 §6.1.41, with :mod:`kcm.core.operations.rekey`): a replacement with the same
+attributes and fresh material, linked both ways, the name moving to it, activated Rotate
+Offset seconds from now (0 when unset: at once). The server then maintains, as 2.1
+describes: on the replacement Rotate Date (now), Rotate Generation (one more than the old
+key's, which counts from 0) and Rotate Latest (true); on the old key Rotate Latest (false),
+after which it is not due again.
 Each rotation is an ``AutoRotate`` audit record naming the attribute policy that caused it.
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -29,7 +33,7 @@ from kcm.core.auto_rotation import AUDIT_OPERATION, ROTATOR
 from kcm.core.context import Caller, OperationContext
 from kcm.core.keyring import Keyring
 from kcm.core.operations.rekey import re_key
-from kcm.core.server_info import ServerInfo
+from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL, ServerInfo
 from kcm.core.store.schema import STATE_ACTIVE, STATE_PRE_ACTIVE, ManagedObject
 from kcm.identity import Principal, Role
 from kcm.kernel.correlation import new_correlation_id
@@ -67,17 +71,19 @@ class ManagedRotation:
 
 def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
                        trust_domain: str = "kcm.invalid",
-                       limit: int = DEFAULT_LIMIT) -> list[ManagedRotation]:
-    """Rotate the managed keys whose Rotate Interval has passed at ``now``."""
+                       limit: int = DEFAULT_LIMIT,
+                       min_rotate_interval: int = DEFAULT_MIN_ROTATE_INTERVAL,
+                       ) -> list[ManagedRotation]:
+    """Rotate the managed keys whose Rotate Interval has passed at ``now``: at most
+    ``limit``, shared by the tenants in turn (:func:`_due_in_turn`). A key whose Rotate
+    Interval is below ``min_rotate_interval`` (stored before the minimum was enforced, or
+    raised since) is not rotated: its replacement would be refused."""
     seconds = int(now)
-    due = session.scalars(select(ManagedObject).where(
-        ManagedObject.rotate_due <= seconds, ManagedObject.level.is_(None),
-        ManagedObject.object_type == int(ObjectType.SYMMETRIC_KEY),
-        ManagedObject.state.in_((STATE_ACTIVE, STATE_PRE_ACTIVE)),
-    ).order_by(ManagedObject.rotate_due).limit(limit)).all()
+    due = _due_in_turn(session, seconds, limit)
+    server_info = ServerInfo(min_rotate_interval=min_rotate_interval)
     done = []
     for row in due:
-        ctx = _context(session, keyring, row.tenant, seconds, trust_domain)
+        ctx = _context(session, keyring, row.tenant, seconds, trust_domain, server_info)
         try:
             with session.begin_nested():
                 done.append(_rotate(ctx, row.uid))
@@ -94,6 +100,28 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
             _audit(ctx, row.uid, None, {"error": message})
             done.append(ManagedRotation(row.tenant, row.uid, None, message))
     return done
+
+
+def _due_in_turn(session: Session, now: int, limit: int) -> list[ManagedObject]:
+    """At most ``limit`` keys due at ``now``, the tenants taking turns: every tenant's
+    oldest due key first (oldest first), then every tenant's second, and so on. A tenant
+    with many keys due thus takes no more than another with as many, and only what the
+    others leave of the limit."""
+    rank = func.row_number().over(partition_by=ManagedObject.tenant,
+                                  order_by=(ManagedObject.rotate_due, ManagedObject.uid))
+    ranked = select(ManagedObject.uid, ManagedObject.rotate_due, rank.label("turn")).where(
+        ManagedObject.rotate_due <= now, ManagedObject.level.is_(None),
+        ManagedObject.object_type == int(ObjectType.SYMMETRIC_KEY),
+        ManagedObject.state.in_((STATE_ACTIVE, STATE_PRE_ACTIVE)),
+    ).subquery()
+    picked = list(session.scalars(select(ranked.c.uid).where(ranked.c.turn <= limit)
+                                  .order_by(ranked.c.turn, ranked.c.rotate_due, ranked.c.uid)
+                                  .limit(limit)))
+    if not picked:
+        return []
+    rows = {row.uid: row for row in session.scalars(
+        select(ManagedObject).where(ManagedObject.uid.in_(picked)))}
+    return [rows[uid] for uid in picked if uid in rows]
 
 
 def _rotate(ctx: OperationContext, uid: str) -> ManagedRotation:
@@ -131,7 +159,7 @@ def _audit(ctx: OperationContext, uid: str, new_uid: str | None,
 
 
 def _context(session: Session, keyring: Keyring, tenant: str, now: int,
-             trust_domain: str) -> OperationContext:
+             trust_domain: str, server_info: ServerInfo) -> OperationContext:
     """The context of a Re-key made by the server for ``tenant``: as its administrator
     (who may change any object of the tenant), in KMIP 2.1."""
     principal = Principal(Role.ADMIN, trust_domain, tenant=tenant, name="kcm-rotation",
@@ -139,5 +167,5 @@ def _context(session: Session, keyring: Keyring, tenant: str, now: int,
     random_bytes: Callable[[int], bytes] = keyring.random_bytes
     return OperationContext(session=session, caller=Caller(principal, "state-sweeper"),
                             version=(2, 1), now=now, keyring=keyring,  # type: ignore[arg-type]
-                            server_info=ServerInfo(), id_placeholder=IdPlaceholder(),
+                            server_info=server_info, id_placeholder=IdPlaceholder(),
                             random_bytes=random_bytes)

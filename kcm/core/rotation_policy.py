@@ -37,15 +37,23 @@ from kcm.core.store.schema import RotationPolicy
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.tags import Tag
 
-__all__ = ["DEFAULT_OVERLAP", "EffectivePolicy", "PolicySettings", "clear_policy",
-           "effective_policy", "format_duration", "managed_key_defaults", "parse_duration",
-           "policies", "scope_name", "set_policy"]
+__all__ = ["DEFAULT_OVERLAP", "MAX_DURATION", "MAX_USES", "EffectivePolicy", "PolicySettings",
+           "clear_policy", "effective_policy", "format_duration", "managed_key_defaults",
+           "parse_duration", "policies", "scope_name", "set_policy"]
 
 #: Seconds a replaced version stays Active when no policy says: long enough for every
 #: gateway to have learned of its successor (they do within a second when linked).
 DEFAULT_OVERLAP = 60
 
+#: The longest duration a policy takes (100 years, in seconds): added to a date it still
+#: makes a Date-Time, and as a Rotate Interval it fits the Interval type (32 bits).
+MAX_DURATION = 100 * 365 * 86400
+#: The largest usage cap a policy takes: use counts, summed, stay within 64 bits.
+MAX_USES = 2**62
+
 _FIELDS = ("interval", "max_uses", "overlap", "managed_interval", "tenant_key_interval")
+#: The largest value of each setting.
+_MAXIMA = {name: MAX_USES if name == "max_uses" else MAX_DURATION for name in _FIELDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,9 @@ class PolicySettings:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 0):
                 raise ValueError(f"{name} must be a whole number of at least 0")
+            if value is not None and value > _MAXIMA[name]:
+                raise ValueError(f"{name} must be at most {_MAXIMA[name]}"
+                                 + (" s (100 years)" if name != "max_uses" else ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +125,8 @@ def resolve(scopes: Iterable[tuple[tuple[str, str], RotationPolicy | PolicySetti
         for name in _FIELDS:
             value = getattr(settings, name)
             if value is not None and name not in values:
-                values[name] = value
+                # (a value stored before the maxima were enforced is taken as the maximum)
+                values[name] = min(value, _MAXIMA[name])
                 values[f"{name}_from"] = scope_name(tenant, service)
     return EffectivePolicy(**values)  # type: ignore[arg-type]
 
@@ -127,10 +139,11 @@ _ANY_MANAGED_INTERVAL_SET = RawStatement(
 
 
 def managed_key_defaults(session: Session, tenant: str, service: str | None,
-                         attributes: list[Attribute]) -> list[Attribute]:
+                         attributes: list[Attribute], *, minimum: int = 0) -> list[Attribute]:
     """``attributes`` of a new managed symmetric key of ``tenant`` (made by ``service``'s
     application, or by no service), with Rotate Automatic and Rotate Interval added when
-    the scope's ``managed_interval`` is set and the client named neither."""
+    the scope's ``managed_interval`` is set and the client named neither; an interval
+    below ``minimum`` (the core's ``min_rotate_interval``) is raised to it."""
     if any(a.tag in (Tag.ROTATE_AUTOMATIC, Tag.ROTATE_INTERVAL) for a in attributes):
         return attributes
     if not transaction_memo(session, _ANY_MANAGED_INTERVAL, lambda: _ANY_MANAGED_INTERVAL_SET
@@ -140,7 +153,7 @@ def managed_key_defaults(session: Session, tenant: str, service: str | None,
     if not interval:
         return attributes
     return [*attributes, Attribute.of(Tag.ROTATE_AUTOMATIC, True),
-            Attribute.of(Tag.ROTATE_INTERVAL, interval)]
+            Attribute.of(Tag.ROTATE_INTERVAL, max(interval, minimum))]
 
 
 def policies(session: Session) -> dict[tuple[str, str], PolicySettings]:
@@ -150,8 +163,10 @@ def policies(session: Session) -> dict[tuple[str, str], PolicySettings]:
 
 
 def _settings(row: RotationPolicy) -> PolicySettings:
-    return PolicySettings(row.interval, row.max_uses, row.overlap, row.managed_interval,
-                          row.tenant_key_interval)
+    # A value stored before the maxima were enforced is read as the maximum.
+    return PolicySettings(*(None if value is None else min(value, _MAXIMA[name])
+                            for name, value in ((name, getattr(row, name))
+                                                for name in _FIELDS)))
 
 
 def set_policy(session: Session, tenant: str, service: str, settings: PolicySettings, *,
@@ -184,11 +199,15 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str) -> int:
-    """Seconds of ``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w``; ValueError else."""
+    """Seconds of ``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` (at most
+    :data:`MAX_DURATION`); ValueError else."""
     match = _DURATION.match(text)
     if match is None:
-        raise ValueError(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 30d, 2w)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+        raise ValueError(f"{text[:40]!r} is not a duration (e.g. 90s, 15m, 12h, 30d, 2w)")
+    digits = match.group(1).lstrip("0")
+    if len(digits) > 12 or int(digits or 0) * _UNITS[match.group(2)] > MAX_DURATION:
+        raise ValueError("a duration is at most 100 years (3153600000 s)")
+    return int(digits or 0) * _UNITS[match.group(2)]
 
 
 def format_duration(seconds: int | float | None, *, never: str = "never") -> str:

@@ -68,6 +68,10 @@ CAPABILITY_MODES: dict[int, int] = {
     Tag.RNG_MODE: RNGMode.UNSPECIFIED,
 }
 
+#: The shortest Rotate Interval a managed key may have, in seconds, unless the configuration
+#: says otherwise (``[core.limits] min_rotate_interval``): each rotation makes a new object.
+DEFAULT_MIN_ROTATE_INTERVAL = 3600
+
 #: The profiles KCM claims, by the names each version gives them (KMIP 1.3 introduced Query
 #: Profiles; 2.x names carry no version). Only profiles whose OASIS cases all pass: the
 #: Baseline server (2.x; KMIP 1.x ties its baseline to TLS suites KCM does not offer by
@@ -101,3 +105,6 @@ class ServerInfo:
     #: The configured access rules (``application_objects``); carried here because every
     #: operation's context holds this object.
     access: AccessPolicy = AccessPolicy()
+    #: The shortest Rotate Interval accepted (``[core.limits] min_rotate_interval``; 0:
+    #: any), checked where an object is stored (:mod:`kcm.core.managed`).
+    min_rotate_interval: int = DEFAULT_MIN_ROTATE_INTERVAL

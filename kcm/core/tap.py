@@ -110,7 +110,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     keyring = Keyring()
     handler = CoreRequestHandler(store, keyring, clock=reactor.seconds,
-                                 server_info=ServerInfo(access=config.access),
+                                 server_info=ServerInfo(
+                                     access=config.access,
+                                     min_rotate_interval=config.limits.min_rotate_interval),
                                  limits=config.limits, workers=config.database_threads,
                                  metrics=metrics,
                                  group_start=partial(call_before_poll, reactor))
@@ -139,7 +141,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
     sweeper = StateSweeper(store, reactor, interval=config.state_sweep_interval, steps=[
         _sweep_step(rotate_due, keyring=keyring),
-        _sweep_step(rotate_managed_due, keyring=keyring, trust_domain=trust_domain),
+        _sweep_step(rotate_managed_due, keyring=keyring, trust_domain=trust_domain,
+                    min_rotate_interval=config.limits.min_rotate_interval),
         _sweep_step(rotate_tenant_keys_due, keyring=keyring),
         _sweep_step(rewrap_step, keyring=keyring),
         _sweep_step(purge_spent)])

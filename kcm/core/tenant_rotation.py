@@ -17,6 +17,11 @@ whole tenant. Every batch is an audit record ``RewrapObjects`` naming the tenant
 and the new L2 and the objects moved. A request that read an object before its batch
 committed still unwraps it under the old L2, which stays until an operator destroys it;
 ``kcm core tenant show`` counts what each L2 still wraps.
+
+A Destroy of an L2 is refused (:func:`check_destroy`) while anything with material is
+still wrapped under it (the re-wrap has not finished: it would be lost with it), and for
+:data:`DESTROY_GRACE` seconds after it stopped being Active (until then another core may
+still take it for its tenant's current one: :data:`kcm.core.keyring.CURRENT_L2_TTL`).
 """
 
 from __future__ import annotations
@@ -42,14 +47,20 @@ from kcm.core.store.schema import (
 )
 from kcm.kernel import lifecycle
 from kcm.kernel.correlation import new_correlation_id
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
 from kcm.kmip.tags import Tag
 from kcm.ttlv import ItemType
 
-__all__ = ["REWRAP_BATCH", "Rewrapped", "rewrap_step", "rotate_tenant_key",
-           "rotate_tenant_keys_due", "wrapped_counts"]
+__all__ = ["DESTROY_GRACE", "REWRAP_BATCH", "Rewrapped", "check_destroy", "rewrap_step",
+           "rotate_tenant_key", "rotate_tenant_keys_due", "wrapped_counts"]
 
 #: Objects re-wrapped in one transaction at most.
 REWRAP_BATCH = 200
+#: Seconds after an L2 stopped being Active before it may be destroyed: every core has
+#: looked its tenant's current L2 up again by then (each trusts what it found for
+#: :data:`kcm.core.keyring.CURRENT_L2_TTL`, 5 s), so none wraps anything new under it.
+DESTROY_GRACE = 30
 AUDIT_OPERATION = "RewrapObjects"
 ROTATE_OPERATION = "RotateTenantKey"
 
@@ -180,3 +191,23 @@ def wrapped_counts(session: Session, tenant: str) -> dict[str, int]:
         select(ManagedObject.wrapped_by, func.count())
         .where(ManagedObject.tenant == tenant, ManagedObject.material.is_not(None))
         .group_by(ManagedObject.wrapped_by)).all())
+
+
+def check_destroy(session: Session, tenant: str, uid: str, retired_at: int | None,
+                  now: int) -> None:
+    """Refuse (Wrong Key Lifecycle State; 1.x Permission Denied) the Destroy of ``tenant``'s
+    L2 ``uid`` while any key or object with material is still wrapped under it, or within
+    :data:`DESTROY_GRACE` seconds of ``retired_at``, when it stopped being Active (None:
+    it never was)."""
+    wrapped = session.scalar(select(func.count()).select_from(ManagedObject).where(
+        ManagedObject.wrapped_by == uid, ManagedObject.tenant == tenant,
+        ManagedObject.material.is_not(None)))
+    if wrapped:
+        raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
+                        f"the tenant key still wraps {wrapped} keys or objects: the re-wrap "
+                        "has not finished")
+    if retired_at is not None and now - retired_at < DESTROY_GRACE:
+        raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
+                        f"the tenant key was retired less than {DESTROY_GRACE} s ago; "
+                        "try again later")
+

@@ -12,6 +12,8 @@ from sqlalchemy import select
 from kcm.core.auto_rotation import due_trigger, rotate_due
 from kcm.core.rotation_policy import (
     DEFAULT_OVERLAP,
+    MAX_DURATION,
+    MAX_USES,
     PolicySettings,
     clear_policy,
     effective_policy,
@@ -171,3 +173,41 @@ def test_bad_settings_are_refused() -> None:
         parse_duration("soon")
     with pytest.raises(ValueError):
         PolicySettings(interval=-1)
+
+
+def test_durations_and_caps_have_a_maximum() -> None:
+    """A policy's durations are at most 100 years (then added to a date they still make a
+    Date-Time) and its usage cap at most 2**62; more is refused with a short message."""
+    assert parse_duration("36500d") == MAX_DURATION == 100 * 365 * 86400
+    for text in ("36501d", "3153600001", str(2**63 - 100), "9" * 5000):
+        with pytest.raises(ValueError, match="^a duration is at most 100 years"):
+            parse_duration(text)
+    for name in ("interval", "overlap", "managed_interval", "tenant_key_interval"):
+        assert getattr(PolicySettings(**{name: MAX_DURATION}), name) == MAX_DURATION
+        with pytest.raises(ValueError, match=f"^{name} must be at most 3153600000 s"):
+            PolicySettings(**{name: MAX_DURATION + 1})
+    assert PolicySettings(max_uses=MAX_USES).max_uses == 2**62
+    with pytest.raises(ValueError, match="^max_uses must be at most 4611686018427387904$"):
+        PolicySettings(max_uses=10**20)
+
+
+def test_an_overlap_stored_before_the_maximum_does_not_stop_rotation(
+        core: CoreHarness) -> None:
+    """A huge overlap stored before the maximum (the column holds it) is read as 100 years:
+    the scope's rotations go on instead of failing at every sweep."""
+    from kcm.core.store.schema import RotationPolicy
+
+    _policy(core, "", "", interval=1)
+    core.store.run_sync(lambda s: setattr(s.get(RotationPolicy, ("", "")), "overlap",
+                                          2**63 - 100))
+    created = _versions(core)[0]
+    [rotation] = [r for r in _rotate(core, 2_000_000_000) if r.tenant == "demo"
+                  and r.service == "app"]
+    assert rotation.previous_uid == created[1]
+    old = [v for v in _versions(core) if v[1] == created[1]][0]
+    assert old[3] == 2_000_000_000 + MAX_DURATION
+    assert effective_policy_of(core).overlap == MAX_DURATION
+
+
+def effective_policy_of(core: CoreHarness):
+    return core.store.run_sync(lambda s: effective_policy(s, "demo", "app"))

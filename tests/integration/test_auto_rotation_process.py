@@ -47,6 +47,8 @@ PROPAGATION_BOUND = 1.0
 def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess, GatewayProcess]]:
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
     core.state_sweep_interval = 0.2
+    # A managed key below rotates every 2 s: allow it (the default minimum is an hour).
+    core.limits = {**core.limits, "min_rotate_interval": 1}
     core.write_config()
     a = GatewayProcess(tmp_path / "gateway-a", core)
     b = GatewayProcess(tmp_path / "gateway-b", core)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.store.schema import AuditLog
 from kcm.kmip.attributes import Attribute, Link
-from kcm.kmip.enums import LinkType, Operation, State
+from kcm.kmip.enums import LinkType, Operation, ResultReason, State
 from kcm.kmip.payloads import (
     AddAttributeRequest,
     GetAttributesRequest,
@@ -21,7 +21,15 @@ from kcm.kmip.payloads import (
 )
 from kcm.kmip.tags import Tag
 from tests.core_support import CoreHarness
-from tests.integration.test_core_objects import PAST, attributes_of, name, ok, register, row
+from tests.integration.test_core_objects import (
+    PAST,
+    attributes_of,
+    failed,
+    name,
+    ok,
+    register,
+    row,
+)
 
 ROTATION_TAGS = (Tag.ROTATE_AUTOMATIC, Tag.ROTATE_INTERVAL, Tag.ROTATE_OFFSET,
                  Tag.ROTATE_DATE, Tag.ROTATE_GENERATION, Tag.ROTATE_LATEST)
@@ -80,7 +88,7 @@ def test_a_key_with_rotate_automatic_is_re_keyed_when_its_interval_passes(
 
 
 def test_rotate_offset_delays_the_replacement(core: CoreHarness) -> None:
-    old = register(core, attributes=[PAST, *automatic(60, offset=600)])
+    old = register(core, attributes=[PAST, *automatic(3600, offset=600)])
     now = int(time.time())
     [rotation] = sweep(core, now)
     got = attributes_of(core, rotation.replacement, Tag.ACTIVATION_DATE, Tag.STATE)
@@ -91,11 +99,11 @@ def test_rotate_offset_delays_the_replacement(core: CoreHarness) -> None:
 
 def test_turning_rotate_automatic_on_and_off_with_attribute_operations(
         core: CoreHarness) -> None:
-    uid = register(core, attributes=[PAST, Attribute.of(Tag.ROTATE_INTERVAL, 60)])
+    uid = register(core, attributes=[PAST, Attribute.of(Tag.ROTATE_INTERVAL, 3600)])
     assert row(core, uid).rotate_due is None  # an interval alone does not rotate
     ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
         unique_identifier=uid, attribute=Attribute.of(Tag.ROTATE_AUTOMATIC, True)))
-    assert row(core, uid).rotate_due == 946_684_800 + 60
+    assert row(core, uid).rotate_due == 946_684_800 + 3600
     ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
         unique_identifier=uid, attribute=Attribute.of(Tag.ROTATE_AUTOMATIC, False)))
     assert row(core, uid).rotate_due is None
@@ -103,7 +111,7 @@ def test_turning_rotate_automatic_on_and_off_with_attribute_operations(
 
 
 def test_rotation_attributes_are_answered_only_in_2_x(core: CoreHarness) -> None:
-    uid = register(core, attributes=[PAST, *automatic(60)])
+    uid = register(core, attributes=[PAST, *automatic(3600)])
     sweep(core, time.time())
     answer = ok(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(
         unique_identifier=uid, attribute_references=[]), version=(1, 4))
@@ -128,12 +136,12 @@ def test_a_policy_gives_new_managed_keys_their_rotate_interval(core: CoreHarness
     core.store.run_sync(lambda s: set_policy(s, "demo", "", PolicySettings(
         managed_interval=86400), now=0))
     after = create()
-    own = create(Attribute.of(Tag.ROTATE_INTERVAL, 60))
+    own = create(Attribute.of(Tag.ROTATE_INTERVAL, 7200))
     assert Tag.ROTATE_INTERVAL not in attributes_of(core, before, Tag.ROTATE_INTERVAL)
     got = attributes_of(core, after, Tag.ROTATE_INTERVAL, Tag.ROTATE_AUTOMATIC)
     assert got == {Tag.ROTATE_INTERVAL: [86400], Tag.ROTATE_AUTOMATIC: [True]}
     assert attributes_of(core, own, Tag.ROTATE_INTERVAL, Tag.ROTATE_AUTOMATIC) == {
-        Tag.ROTATE_INTERVAL: [60]}
+        Tag.ROTATE_INTERVAL: [7200]}
 
 
 def test_a_key_that_cannot_be_rotated_does_not_stop_the_others(
@@ -143,8 +151,8 @@ def test_a_key_that_cannot_be_rotated_does_not_stop_the_others(
     no longer due, and the other keys of the sweep rotate."""
     from kcm.core import managed_rotation
 
-    broken = register(core, attributes=[PAST, *automatic(60)])
-    fine = register(core, attributes=[PAST, *automatic(120)])
+    broken = register(core, attributes=[PAST, *automatic(3600)])
+    fine = register(core, attributes=[PAST, *automatic(7200)])
     real = managed_rotation.re_key
 
     def re_key(ctx, request):
@@ -159,3 +167,112 @@ def test_a_key_that_cannot_be_rotated_does_not_stop_the_others(
     assert second.uid == fine and second.replacement and second.error is None
     assert row(core, broken).rotate_due is None
     assert sweep(core, int(time.time()) + 60) == []
+
+
+def _core_with_minimum(core: CoreHarness, minimum: int) -> CoreHarness:
+    """The same store and keyring behind a handler configured with ``minimum`` as its
+    ``limits.min_rotate_interval``."""
+    from kcm.core.request_handler import CoreRequestHandler
+    from kcm.core.server_info import ServerInfo
+
+    return CoreHarness(core.store, core.keyring, CoreRequestHandler(
+        core.store, core.keyring, clock=time.time,
+        server_info=ServerInfo(min_rotate_interval=minimum)))
+
+
+def test_a_rotate_interval_below_the_minimum_is_refused_everywhere(core: CoreHarness) -> None:
+    """Each rotation makes a new object: a Rotate Interval below the configured minimum
+    (default 1 hour) is Invalid Field in Create, Register, Re-key (the replacement
+    inherits it) and the attribute operations; 0 (never) and the minimum itself pass."""
+    from kcm.kmip.payloads import CreateRequest, ReKeyRequest, SetAttributeRequest
+    from kcm.testing.requests import aes256
+
+    message = "the Rotate Interval must be at least 3600 s"
+    assert failed(core, Operation.CREATE, CreateRequest(object_type=1 + 1, attributes=aes256(
+        automatic(3599))), ResultReason.INVALID_FIELD) == message
+    assert failed(core, Operation.REGISTER, register_request([PAST, *automatic(1)]),
+                  ResultReason.INVALID_FIELD) == message
+    uid = register(core, attributes=[PAST, *automatic(3600)])
+    register(core, attributes=[PAST, Attribute.of(Tag.ROTATE_INTERVAL, 0)])
+    plain = register(core, attributes=[PAST])
+    low = Attribute.of(Tag.ROTATE_INTERVAL, 1)
+    for op, payload in (
+            (Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(unique_identifier=uid,
+                                                                attribute=low)),
+            (Operation.SET_ATTRIBUTE, SetAttributeRequest(unique_identifier=uid,
+                                                          attribute=low)),
+            (Operation.ADD_ATTRIBUTE, AddAttributeRequest(unique_identifier=plain,
+                                                          attribute=low))):
+        assert failed(core, op, payload, ResultReason.INVALID_FIELD) == message
+    assert attributes_of(core, uid, Tag.ROTATE_INTERVAL) == {Tag.ROTATE_INTERVAL: [3600]}
+    # A key stored with a short one (by a core configured lower, or before the minimum)
+    # is not re-keyed with it, by a client or by the sweeper (which stops rotating it).
+    lower = _core_with_minimum(core, 1)
+    short = register(lower, attributes=[PAST, *automatic(1)])
+    assert failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=short),
+                  ResultReason.INVALID_FIELD) == message
+    done = {rotation.uid: rotation for rotation in sweep(core, time.time())}
+    assert (done[short].replacement, done[short].error) == (None, message)
+    assert done[uid].error is None  # the other keys of the sweep rotate
+    assert row(core, short).rotate_due is None
+    assert rotate_managed_due_with(core, 0) == []  # and it is no longer due
+
+
+def register_request(attributes: list[Attribute]):
+    from kcm.kmip.enums import ObjectType
+    from kcm.kmip.payloads import RegisterRequest
+    from tests.integration.test_core_objects import aes_key
+
+    return RegisterRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=attributes,
+                           object=aes_key())
+
+
+def rotate_managed_due_with(core: CoreHarness, minimum: int):
+    return core.store.run_sync(lambda s: rotate_managed_due(
+        s, core.keyring, time.time() + 10, min_rotate_interval=minimum))
+
+
+def test_the_minimum_rotate_interval_is_configurable(core: CoreHarness, tmp_path) -> None:
+    from kcm.core.config import load_config
+    from kcm.core.rotation_policy import PolicySettings, set_policy
+    from kcm.kmip.payloads import CreateRequest
+    from kcm.testing.requests import aes256
+
+    assert load_config(None).limits.min_rotate_interval == 3600
+    path = tmp_path / "core.toml"
+    path.write_text("[core.limits]\nmin_rotate_interval = 60\n")
+    assert load_config(path).limits.min_rotate_interval == 60
+    lower = _core_with_minimum(core, 60)
+    uid = register(lower, attributes=[PAST, *automatic(60)])
+    [rotation] = rotate_managed_due_with(core, 60)
+    assert rotation.uid == uid and rotation.error is None
+    # A policy's managed_interval below the minimum gives new keys the minimum.
+    core.store.run_sync(lambda s: set_policy(s, "demo", "", PolicySettings(
+        managed_interval=10), now=0))
+    made = ok(core, Operation.CREATE, CreateRequest(
+        object_type=1 + 1, attributes=aes256([]))).unique_identifier
+    assert attributes_of(core, made, Tag.ROTATE_INTERVAL) == {Tag.ROTATE_INTERVAL: [3600]}
+
+
+def test_a_sweep_shares_its_limit_among_the_tenants_with_keys_due(core: CoreHarness) -> None:
+    """One tenant with many keys due takes no more of a sweep than its share while another
+    tenant has keys due: the tenants take turns, each oldest first."""
+    from tests.core_support import service_principal
+
+    other = service_principal("other", "app")
+    hoarder = [register(core, attributes=[PAST, *automatic(3600)]) for _ in range(12)]
+    modest = [register(core, attributes=[PAST, *automatic(3600)], principal=other)
+              for _ in range(3)]
+
+    def rotated(limit: int) -> list[str]:
+        done = core.store.run_sync(lambda s: rotate_managed_due(
+            s, core.keyring, time.time(), limit=limit))
+        assert all(r.error is None for r in done)
+        return [r.uid for r in done]
+
+    def split(uids: list[str]) -> tuple[int, int]:
+        return len(set(uids) & set(hoarder)), len(set(uids) & set(modest))
+
+    assert split(rotated(4)) == (2, 2)  # two each, in turn
+    assert split(rotated(4)) == (3, 1)  # the other tenant's last; the rest to demo
+    assert split(rotated(100)) == (7, 0)

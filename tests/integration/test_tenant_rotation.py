@@ -4,16 +4,25 @@
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
 from sqlalchemy import select
 
+from kcm.core.keyring import CURRENT_L2_TTL, Keyring
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, AuditLog, ManagedObject
-from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_key, wrapped_counts
-from kcm.kmip.enums import Operation, State
-from kcm.kmip.payloads import GetRequest
-from tests.core_support import CoreHarness
-from tests.integration.test_core_objects import PAST, ok, register
+from kcm.core.tenant_rotation import (
+    DESTROY_GRACE,
+    rewrap_step,
+    rotate_tenant_key,
+    wrapped_counts,
+)
+from kcm.kmip.enums import Operation, ResultReason, State
+from kcm.kmip.errors import KmipError
+from kcm.kmip.payloads import DestroyRequest, GetRequest
+from tests.core_support import CoreHarness, admin_principal
+from tests.integration.test_core_objects import PAST, failed, ok, register
 
 
 def _rotate(core: CoreHarness) -> tuple[str, list[str]]:
@@ -88,3 +97,80 @@ def test_a_tenant_policy_rotates_the_tenant_key_when_it_is_old_enough(core: Core
     # The new one is young: nothing more until it is as old.
     assert core.store.run_sync(lambda s: rotate_tenant_keys_due(
         s, core.keyring, created + 3601)) == []
+
+
+def _retire_l2(core: CoreHarness, now: int) -> tuple[str, str]:
+    old = core.store.run_sync(lambda s: repository.find_l2(s, "demo").uid)
+    new, _ = core.store.run_sync(lambda s: rotate_tenant_key(
+        s, core.keyring, "demo", now=now, by="test", reason="test"))
+    return old, new
+
+
+def _rewrap_all(core: CoreHarness) -> None:
+    while core.store.run_sync(lambda s: rewrap_step(s, core.keyring, time.time())):
+        pass
+
+
+def test_a_tenant_key_is_not_destroyed_while_it_still_wraps_anything(
+        core: CoreHarness) -> None:
+    """A retired L2 that still wraps keys or objects (the re-wrap has not finished) is not
+    destroyed: they would be lost with it. Once it wraps nothing, it is, and the keyring
+    forgets it at once (no later unwrap may hide a loss until a restart)."""
+    objects = [register(core, attributes=[PAST]) for _ in range(3)]
+    old, new = _retire_l2(core, int(time.time()) - 100)
+    destroy = DestroyRequest(unique_identifier=old)
+    message = failed(core, Operation.DESTROY, destroy, ResultReason.WRONG_KEY_LIFECYCLE_STATE,
+                     principal=admin_principal())
+    assert message == ("the tenant key still wraps 5 keys or objects: the re-wrap has not "
+                       "finished")  # the three objects and the two L3s
+    failed(core, Operation.DESTROY, destroy, ResultReason.PERMISSION_DENIED,
+           principal=admin_principal(), version=(1, 4))
+    kept = core.store.run_sync(lambda s: repository.get_object(s, "demo", old))
+    assert kept.state == State.DEACTIVATED and kept.material is not None
+
+    _rewrap_all(core)
+    assert old in core.keyring._l2_by_uid  # it unwrapped what the re-wrap moved
+    ok(core, Operation.DESTROY, destroy, principal=admin_principal())
+    assert old not in core.keyring._l2_by_uid
+    gone = core.store.run_sync(lambda s: repository.get_object(s, "demo", old))
+    assert gone.state == State.DESTROYED and gone.material is None
+    # Nothing was lost: a keyring that never saw the old L2 (a restarted core) opens all.
+    fresh = Keyring(core.keyring._l1)
+    for uid in objects:
+        assert core.store.run_sync(lambda s, u=uid: fresh.unwrap(
+            s, repository.get_object(s, "demo", u)))
+        ok(core, Operation.GET, GetRequest(unique_identifier=uid))
+    assert core.store.run_sync(lambda s: wrapped_counts(s, "demo")).get(old) is None
+    assert new in core.keyring._l2_by_uid
+
+
+def test_a_tenant_key_retired_moments_ago_is_not_destroyed(core: CoreHarness) -> None:
+    """Another core may take the tenant's previous L2 for its current one for a few
+    seconds more (CURRENT_L2_TTL): its Destroy waits DESTROY_GRACE after it was retired."""
+    old, _ = _retire_l2(core, int(time.time()))
+    _rewrap_all(core)
+    message = failed(core, Operation.DESTROY, DestroyRequest(unique_identifier=old),
+                     ResultReason.WRONG_KEY_LIFECYCLE_STATE, principal=admin_principal())
+    assert message == (f"the tenant key was retired less than {DESTROY_GRACE} s ago; try "
+                       "again later")
+    assert DESTROY_GRACE > CURRENT_L2_TTL
+
+
+def test_a_core_drops_a_tenant_key_another_core_destroyed(core: CoreHarness) -> None:
+    """A second core's keyring (same database, its own caches) that unwrapped under the old
+    L2 drops it as soon as it reads the destroyed row, and takes the new L2 for current
+    once its TTL has passed."""
+    register(core, attributes=[PAST])
+    now = [0.0]
+    other = Keyring(core.keyring._l1, clock=lambda: now[0])
+    old_l2 = core.store.run_sync(lambda s: other.wrap_for_tenant(s, "demo", "x", b"k"))[1]
+    old, new = _retire_l2(core, int(time.time()) - 100)
+    assert old == old_l2 and old in other._l2_by_uid
+    _rewrap_all(core)
+    ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=old),
+       principal=admin_principal())
+    now[0] += CURRENT_L2_TTL
+    assert core.store.run_sync(lambda s: other.wrap_for_tenant(s, "demo", "y", b"k"))[1] == new
+    with pytest.raises(KmipError, match="the tenant key was destroyed"):
+        core.store.run_sync(lambda s: other._l2_key(repository.get_object(s, "demo", old)))
+    assert old not in other._l2_by_uid

@@ -63,7 +63,8 @@ def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse:
         # A rotation policy may give new managed keys a Rotate Interval
         # (kcm.core.rotation_policy); a principal of no tenant is refused further on.
         attributes = managed_key_defaults(ctx.session, ctx.principal.tenant,
-                                          policy.service_of(ctx.principal), attributes)
+                                          policy.service_of(ctx.principal), attributes,
+                                          minimum=ctx.server_info.min_rotate_interval)
     algorithm, length = key_spec(attributes)
     check_quantum_safe(single_value(attributes, Tag.QUANTUM_SAFE), algorithm, length)
     key = generate_key(ctx, algorithm, length)

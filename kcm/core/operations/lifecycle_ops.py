@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kcm.core import l4_requests, managed, policy
 from kcm.core.context import OperationContext
+from kcm.core.store.schema import LEVEL_TENANT_KEY
 from kcm.kernel import lifecycle
 from kcm.kmip.enums import RevocationReasonCode, State
 from kcm.kmip.labels import enum_label
@@ -65,9 +66,31 @@ def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierR
     if (l4_answer := l4_requests.destroy(ctx, request)) is not None:
         return l4_answer
     obj = _load(ctx, request.unique_identifier)
-    obj.set(Tag.STATE, int(lifecycle.destroy(obj.state)))
+    state = lifecycle.destroy(obj.state)
+    if obj.level == LEVEL_TENANT_KEY:
+        # What an L2 still wraps would be lost with it. (An L3 wraps nothing stored: the
+        # L4 tokens sealed under it are the clients', and destroying it is how they are
+        # crypto-erased.) Imported here: kcm.core.hierarchy, which tenant_rotation uses,
+        # is imported while the operations are.
+        from kcm.core import tenant_rotation
+
+        tenant_rotation.check_destroy(ctx.session, obj.tenant, obj.uid, _retired_at(obj),
+                                      ctx.now)
+    obj.set(Tag.STATE, int(state))
     obj.set(Tag.DESTROY_DATE, ctx.now)
     managed.save(ctx, obj)
     managed.destroy_material(ctx, obj)
+    if obj.level == LEVEL_TENANT_KEY:
+        ctx.keyring.forget_tenant_key(obj.tenant, obj.uid)
     return _answer(ctx, obj)
+
+
+def _retired_at(obj: managed.StoredObject) -> int | None:
+    """When a key stopped being Active (its Deactivation or Compromise Date, the earlier
+    one that has been reached), or None if it never was."""
+    if obj.state == State.PRE_ACTIVE:
+        return None
+    dates = [int(date) for date in (obj.value(Tag.DEACTIVATION_DATE),
+                                    obj.value(Tag.COMPROMISE_DATE)) if date is not None]
+    return min(dates) if dates else None
 

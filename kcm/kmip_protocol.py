@@ -177,6 +177,12 @@ class KmipServerProtocol(Protocol):
         self._write_timer = None
         self._output_producer: _OutputFull | None = None
         self._refused_identity = False
+        #: The unusable header that ended the stream (:attr:`Framer.error`): the requests
+        #: read before it are answered, then the connection is refused or closed
+        #: (:meth:`_end_of_stream`); nothing after it is read.
+        self._unreadable: TtlvError | None = None
+        #: Whether any whole request has been read on this connection.
+        self._read_any = False
         #: Seconds of silence before the connection is closed: ``idle_timeout``, or the
         #: drain's grace once the server is stopping (:meth:`drain`).
         self._idle_after = limits.idle_timeout
@@ -274,7 +280,7 @@ class KmipServerProtocol(Protocol):
 
     # Input ----------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._unreadable is not None:
             return
         if self.connection is None:  # data can only follow a verified handshake
             if self._refused_identity:
@@ -284,18 +290,18 @@ class KmipServerProtocol(Protocol):
             return
         try:
             messages = self._framer.feed(data)
-        except MessageTooLarge as e:
-            self._refuse(RESULT_REASON_INVALID_MESSAGE, f"request too large: {e.reason}")
-            return
-        except TtlvError as e:
-            log.info("closing {peer}: unreadable message header ({reason})",
-                     peer=self.connection.peer, reason=e.reason)
-            self._close(abort=True)
-            return
+        except TtlvError:  # nothing whole before the unusable header
+            messages = []
         if messages:
+            self._read_any = True
             self._pending.extend(messages)
             if len(self._pending) >= self._limits.max_pending:
                 self.pause(PAUSED_BY_PENDING)
+        if self._framer.error is not None:
+            # The requests read before it (in this read or earlier ones) are still
+            # answered, in order: the refusal or the close follows the last of them.
+            self._unreadable = self._framer.error
+        if messages or self._unreadable is not None:
             self._process()
         # The timers once the requests are on their way (answered, or sent on to where
         # they are answered): none of a request's path. They are set in the same turn.
@@ -346,9 +352,26 @@ class KmipServerProtocol(Protocol):
                 result.addCallbacks(self._answered, self._bug_async)
                 break
             self.transport.write(result)
+        if (self._unreadable is not None and not self._pending and not self._busy
+                and not self._closing and PAUSED_BY_OUTPUT not in self._paused_by):
+            self._end_of_stream(self._unreadable)
+            return
         # Also while an answer is awaited: what counts is how many requests wait behind it.
         if len(self._pending) < self._limits.max_pending // 2:
             self.resume(PAUSED_BY_PENDING)
+
+    def _end_of_stream(self, error: TtlvError) -> None:
+        """Every request read before the unusable header ``error`` is answered: refuse a
+        message too large (a client waiting for its answer reads that it was too large),
+        close on any other. With no request read before it, the sender was never a KMIP
+        client and the connection is aborted; otherwise it closes once the answers
+        written are sent."""
+        if isinstance(error, MessageTooLarge):
+            self._refuse(RESULT_REASON_INVALID_MESSAGE, f"request too large: {error.reason}")
+            return
+        log.info("closing {peer}: unreadable message header ({reason})",
+                 peer=self.connection.peer, reason=error.reason)
+        self._close(abort=not self._read_any)
 
     def _answered(self, response: bytes) -> None:
         self._busy = False

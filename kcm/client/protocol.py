@@ -145,6 +145,10 @@ class KmipClientProtocol(Protocol):
                 request.timer.cancel()
             response.batch_items = _in_request_order(request.ids, response.batch_items)
             request.answer.callback(response)
+        broken = self._framer.error
+        if broken is not None:  # after the answers that came whole before it
+            self._close(f"the server sent something that is not TTLV: {broken}", abort=True)
+            return
         while self._queued and len(self._in_flight) < self.max_in_flight and self.usable:
             self._write(self._queued.popleft())
 

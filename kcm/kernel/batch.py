@@ -3,6 +3,11 @@
 :func:`run_batch` runs a request's batch items in order, each through the caller's
 executor, and returns one Response Batch Item per item that ran:
 
+* an item carrying a critical Message Extension
+  (:attr:`~kcm.kmip.messages.RequestBatchItem.critical_extension`) answers Unknown Message
+  Extension (Feature Not Supported in 1.x) without reaching the executor: KCM supports no
+  vendor extension, and a critical one must not be ignored (KMIP 1.4 §6.16, 2.1 §9);
+  non-critical ones are;
 * an item whose payload the model does not know (an unmodelled operation), or whose
   operation the request's version does not define
   (:func:`kcm.kernel.version_fit.check_operation`), answers Operation Not Supported without
@@ -46,11 +51,15 @@ from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
 from kcm.kmip.versions import Version
 from kcm.ttlv import Item
 
-__all__ = ["NO_SAVEPOINTS", "BatchRun", "BatchStopped", "ItemExecutor", "Savepoint",
-           "StopHook", "run_batch"]
+__all__ = ["CRITICAL_EXTENSION", "NO_SAVEPOINTS", "BatchRun", "BatchStopped", "ItemExecutor",
+           "Savepoint", "StopHook", "run_batch"]
 
 _CONTINUE = BatchErrorContinuationOption.CONTINUE
 _UNDO = BatchErrorContinuationOption.UNDO
+
+#: The Result Message of an item failed for a critical Message Extension.
+CRITICAL_EXTENSION = ("a critical Message Extension is not supported: this server supports "
+                      "no vendor extension")
 
 
 class Savepoint(Protocol):
@@ -148,6 +157,8 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             continue
         step = savepoint()
         try:
+            if item.message_extensions and item.critical_extension is not None:
+                raise KmipError(ResultReason.UNKNOWN_MESSAGE_EXTENSION, CRITICAL_EXTENSION)
             if isinstance(item.request_payload, Item):
                 raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
                                 f"operation {operation_name(item.operation)} is not supported")

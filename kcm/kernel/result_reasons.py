@@ -37,6 +37,8 @@ _STAND_INS: dict[int, tuple[Version, ResultReason]] = {
     _R.INVALID_CORRELATION_VALUE: ((2, 0), _R.INVALID_FIELD),
     _R.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS: ((2, 0), _R.FEATURE_NOT_SUPPORTED),
     _R.SERVER_LIMIT_EXCEEDED: ((2, 0), _R.FEATURE_NOT_SUPPORTED),
+    # KMIP 1.4 §11: a critical Message Extension the server does not support.
+    _R.UNKNOWN_MESSAGE_EXTENSION: ((2, 0), _R.FEATURE_NOT_SUPPORTED),
     # KMIP 1.x has only Invalid Message for a version it cannot speak.
     _R.UNSUPPORTED_PROTOCOL_VERSION: ((2, 0), _R.INVALID_MESSAGE),
     # The other 2.x reasons the server gives, in the 1.x reason of the same kind.

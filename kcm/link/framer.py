@@ -9,8 +9,9 @@ oversized frame is *skipped*. Its first :data:`~kcm.link.frames.FRAME_HEAD_SIZE`
 kept to name its type and stream, the rest is counted off as it arrives and dropped, and
 :meth:`LinkFramer.feed` reports it as an :class:`OversizedFrame` in its place, so that the
 end fails that one stream and the link goes on. A header that cannot be a frame (not a
-Structure, a length not a multiple of 8) still raises :class:`TtlvError`: after one, where
-the next frame begins is unknown.
+Structure, a length not a multiple of 8) still ends the stream: after one, where the next
+frame begins is unknown. The frames before it are handed out all the same (answers the
+peer sent whole are delivered), and the error is kept in :attr:`LinkFramer.error`.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ class OversizedFrame:
 class LinkFramer:
     """Buffer received bytes; hand out whole frames, and oversized ones as skipped."""
 
-    __slots__ = ("max_size", "_buffer", "_discard")
+    __slots__ = ("max_size", "_buffer", "_discard", "error")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._buffer = bytearray()
         self._discard = 0  # bytes of a skipped frame yet to arrive, to be dropped
+        #: Why the stream ended (a header that cannot be a frame's), or None.
+        self.error: TtlvError | None = None
 
     @property
     def buffered(self) -> int:
@@ -54,9 +57,14 @@ class LinkFramer:
         """Add ``data``; return, in stream order, the frames it completes (their bytes) and
         the oversized frames whose head it completes.
 
-        Raises :class:`TtlvError` when a header cannot be a frame's; the stream cannot be
-        resynchronised after that and the caller should close the link.
+        A header that cannot be a frame's ends the stream (it cannot be resynchronised:
+        the caller should close the link): its :class:`TtlvError` is kept in :attr:`error`
+        and raised at once when nothing precedes it in ``data``; otherwise the frames
+        before it are returned and the caller finds it in :attr:`error`. Every later call
+        raises it.
         """
+        if self.error is not None:
+            raise self.error
         buffer = self._buffer
         # The usual case, one whole frame in one read: handed out as it came, uncopied.
         if not buffer and not self._discard and type(data) is bytes and len(data) >= 8:
@@ -72,11 +80,18 @@ class LinkFramer:
         frames: list[bytes | OversizedFrame] = []
         while len(buffer) >= 8:
             tag_type, length = _HEADER.unpack_from(buffer, 0)
+            error = None
             if tag_type & 0xFF != _STRUCTURE:
                 kind = tag_type & 0xFF
-                raise TtlvError(3, f"a frame must be a Structure, not type {kind:#04x}")
-            if length % 8:
-                raise TtlvError(4, f"structure length {length} is not a multiple of 8")
+                error = TtlvError(3, f"a frame must be a Structure, not type {kind:#04x}")
+            elif length % 8:
+                error = TtlvError(4, f"structure length {length} is not a multiple of 8")
+            if error is not None:
+                self.error = error
+                self._buffer = bytearray()
+                if not frames:
+                    raise error
+                return frames
             total = 8 + length
             if total <= self.max_size:
                 if len(buffer) < total:

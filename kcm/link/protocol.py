@@ -107,6 +107,9 @@ class LinkProtocol(Protocol):
                 self.frame_oversized(wire)
             else:
                 self.frame_received(wire)
+        broken = self._framer.error
+        if broken is not None:  # after the frames that came whole before it
+            self.go_away(f"unreadable frame: {broken.reason}")
 
     def frame_received(self, wire: bytes) -> None:
         """One whole frame of at most :attr:`max_frame_size` bytes: decoded and handed to

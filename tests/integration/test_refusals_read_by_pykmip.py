@@ -7,8 +7,11 @@ Object Not Found in 2.x), word for word, on both planes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import socket
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from kmip.core import utils
 from kmip.core.messages import messages
 
 from kcm.conformance.client import KmipClient, KmipClientError
+from kcm.kernel.batch import CRITICAL_EXTENSION
 from kcm.kernel.missing import object_not_found
 from kcm.kernel.result_messages import MAX_LENGTH
 from kcm.kmip.attributes import Attribute, AttributeReference, CryptographicParameters
@@ -101,6 +105,22 @@ def _limited(wire_items, version: tuple[int, int], limit: int) -> bytes:
     return encode(encode_request(RequestMessage(header, list(wire_items))))
 
 
+def _with_header(batch_item, version: tuple[int, int], **fields) -> bytes:
+    """A request of ``batch_item`` whose header has ``fields`` in their places."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=1,
+                           **fields)
+    return encode(encode_request(RequestMessage(header, [batch_item])))
+
+
+def _critical(batch_item):
+    """``batch_item`` with a critical Message Extension of a vendor KCM does not know."""
+    batch_item.message_extensions = [Item(Tag.MESSAGE_EXTENSION, ItemType.STRUCTURE, [
+        Item(Tag.VENDOR_IDENTIFICATION, ItemType.TEXT_STRING, "acme"),
+        Item(Tag.CRITICALITY_INDICATOR, ItemType.BOOLEAN, True),
+        Item(Tag.VENDOR_EXTENSION, ItemType.STRUCTURE, [])])]
+    return batch_item
+
+
 def read_with_pykmip(wire: bytes) -> list[tuple[int, int, str]]:
     """(status, reason, message) of each batch item, as PyKMIP's decoder reads them."""
     decoded = messages.ResponseMessage()
@@ -157,6 +177,19 @@ REFUSALS: dict[str, Refusal] = {
     # Encrypt is KMIP 1.2; from 1.2 on, Re-key Key Pair, which KCM does not offer. (PyKMIP
     # reads only answers to operations it implements itself: Log, 2.1's Ping, Get Usage
     # Allocation it cannot decode.)
+    # A critical Message Extension, on an L4 Get (the gateway's own) and on a Query.
+    "a critical Message Extension": ("app", lambda v, k: request(_critical(get(k["token"])),
+                                                                 version=v)),
+    "a critical Message Extension on a Query": ("app", lambda v, k: request(_critical(query()),
+                                                                            version=v)),
+    "an undefined Batch Error Continuation Option": ("app", lambda v, k: _with_header(
+        get(k["token"]), v, batch_error_continuation_option=9)),
+    # 1.x defines a Boolean, 2.x an Enumeration.
+    "an Asynchronous Indicator of the wrong type": ("app", lambda v, k: _with_header(
+        get(k["token"]), v, asynchronous_indicator=2 if v < (2, 0) else True)),
+    # Mandatory: refused in 2.x; in 1.x an Enumeration is the wrong type.
+    "asynchronous processing required": ("app", lambda v, k: _with_header(
+        get(k["token"]), v, asynchronous_indicator=1)),
     "an operation of a later version, or not offered": ("app", lambda v, k: request(
         encrypt(k["managed"]) if v < (1, 2)
         else item(Operation.RE_KEY_KEY_PAIR, Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [])),
@@ -188,6 +221,19 @@ def test_every_refusal_reads_with_pykmip_in_short_ascii(deployment, keys, plane:
     assert answers["hostile identifier"] == (missing, object_not_found(HOSTILE_ID).message)
     assert answers["an answer over the Maximum Response Size"][0] \
         == ResultReason.RESPONSE_TOO_LARGE
+    v2 = version >= (2, 0)
+    for name in ("a critical Message Extension", "a critical Message Extension on a Query"):
+        assert answers[name][0] == (ResultReason.UNKNOWN_MESSAGE_EXTENSION if v2
+                                    else ResultReason.FEATURE_NOT_SUPPORTED), name
+        assert answers[name][1] == CRITICAL_EXTENSION
+    assert answers["an undefined Batch Error Continuation Option"] == (
+        ResultReason.INVALID_FIELD, "Batch Error Continuation Option 9 is not defined")
+    assert answers["an Asynchronous Indicator of the wrong type"] == (
+        ResultReason.INVALID_FIELD,
+        f"Asynchronous Indicator must be {'Enumeration' if v2 else 'Boolean'} in KMIP "
+        f"{version[0]}.{version[1]}, not {'Boolean' if v2 else 'Enumeration'}")
+    assert answers["asynchronous processing required"][0] == (
+        ResultReason.FEATURE_NOT_SUPPORTED if v2 else ResultReason.INVALID_FIELD)
     refused = answers["an operation of a later version, or not offered"]
     assert refused[0] == ResultReason.OPERATION_NOT_SUPPORTED
     if version < (1, 2):
@@ -234,3 +280,144 @@ def test_a_refused_identity_is_answered_permission_denied(deployment, plane: str
             client.send(request(query()))
     assert IDENTITY_REFUSED.isascii() and len(IDENTITY_REFUSED) <= MAX_LENGTH
     assert "refused connection from 127.0.0.1" in deployment[plane].log.read_text()
+
+
+def _answered(wire: bytes) -> list[tuple]:
+    """What each batch item of an answer says (its time stamp and correlation value apart)."""
+    return [(i.operation, i.result_status, i.result_reason, i.result_message)
+            for i in response(wire).batch_items]
+
+
+def test_header_and_extension_refusals_alike_in_2_1_on_the_fast_path_s_operations(
+        deployment, keys) -> None:
+    """KMIP 2.1 (which PyKMIP does not read): what the gateway's fast path answers (Get,
+    Encrypt, Create of an L4) with a critical Message Extension or a header it cannot honour
+    is refused, by the gateway as by the core."""
+    v21 = (2, 1)
+    token = keys["token"]
+    builds = [lambda: get(token), lambda: encrypt(token), create_l4]
+    expected = [
+        (lambda b: request(_critical(b()), version=v21), ResultReason.UNKNOWN_MESSAGE_EXTENSION),
+        (lambda b: _with_header(b(), v21, batch_error_continuation_option=9),
+         ResultReason.INVALID_FIELD),
+        (lambda b: _with_header(b(), v21, asynchronous_indicator=True),
+         ResultReason.INVALID_FIELD),
+        (lambda b: _with_header(b(), v21, asynchronous_indicator=1),
+         ResultReason.FEATURE_NOT_SUPPORTED),
+    ]
+    for build in builds:
+        for make, reason in expected:
+            wire = make(build)
+            seen = {}
+            for plane in PLANES:
+                with deployment[plane].client("app") as client:
+                    seen[plane] = _answered(client.send(wire))
+            assert seen["core"] == seen["gateway"], response(wire)
+            [(_, status, answered_reason, _)] = seen["core"]
+            assert (status, answered_reason) == (ResultStatus.OPERATION_FAILED, reason)
+    # Optional and Prohibited are honoured: answered synchronously, as always.
+    for indicator in (2, 3):
+        for plane in PLANES:
+            with deployment[plane].client("app") as client:
+                [(_, status, _, _)] = _answered(client.send(_with_header(
+                    get(token), v21, asynchronous_indicator=indicator)))
+            assert status == ResultStatus.SUCCESS, (plane, indicator)
+
+
+def _tls(process: CoreProcess | GatewayProcess) -> ssl.SSLSocket:
+    pki = process.pki
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(cafile=str(pki.ca.cert))
+    context.load_cert_chain(certfile=str(pki.app.cert), keyfile=str(pki.app.key))
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", process.port)),
+                               server_hostname="127.0.0.1")
+    sock.settimeout(15)
+    return sock
+
+
+def _read_until_closed(sock: ssl.SSLSocket) -> tuple[list[bytes], bool]:
+    """The whole messages the server sent, and whether it closed the connection."""
+    received = bytearray()
+    closed = False
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except (OSError, ssl.SSLError):
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        received += chunk
+    messages = []
+    while len(received) >= 8:
+        total = 8 + int.from_bytes(received[4:8], "big")
+        if len(received) < total:
+            break
+        messages.append(bytes(received[:total]))
+        del received[:total]
+    return messages, closed
+
+
+@pytest.mark.parametrize("plane", PLANES)
+@pytest.mark.parametrize("bad", ["oversized", "unreadable"])
+def test_requests_before_an_unusable_header_in_the_same_write_are_answered_first(
+        deployment, keys, plane: str, bad: str) -> None:
+    """Whole requests, then in the same write a header declaring 4 MiB (over the maximum
+    message size) or 8 zero bytes: each request is answered, in order, then the refusal
+    (Invalid Message, request too large) or the close. Before, the requests were dropped
+    and the refusal, answered in KMIP 1.0, was the only answer the client read."""
+    header = (bytes.fromhex("4200780100400000") if bad == "oversized" else bytes(8))
+    first, second = request(get(keys["token"])), request(query(), version=(2, 1))
+    with contextlib.closing(_tls(deployment[plane])) as sock:
+        sock.sendall(first + second + header)
+        messages, closed = _read_until_closed(sock)
+    assert closed
+    assert [len(response(m).batch_items) for m in messages[:2]] == [1, 1]
+    answered_get, answered_query = (response(m).batch_items[0] for m in messages[:2])
+    assert (answered_get.operation, answered_get.result_status) == (Operation.GET,
+                                                                    ResultStatus.SUCCESS)
+    assert (answered_query.operation, answered_query.result_status) == (Operation.QUERY,
+                                                                        ResultStatus.SUCCESS)
+    if bad == "oversized":
+        [refusal] = messages[2:]
+        [refused] = response(refusal).batch_items
+        assert refused.result_reason == ResultReason.INVALID_MESSAGE
+        assert refused.result_message.startswith("request too large")
+    else:
+        assert messages[2:] == []
+
+
+def _v11_message_extension_cases() -> dict[bool, bytes]:
+    """The requests of the KMIP 1.1 test cases 7.1 and 7.2 (a Create carrying an unknown
+    vendor's Message Extension), by their Criticality Indicator."""
+    from kcm.ttlv import decode
+    from tests.vectors import iter_v11_hex_messages
+
+    cases = {}
+    for _, wire in iter_v11_hex_messages():
+        if not wire.startswith(bytes.fromhex("42007801")) or b"\x42\x00\x51\x01" not in wire:
+            continue
+        [extension] = [child for child in decode(wire).value[1].value
+                       if child.tag == Tag.MESSAGE_EXTENSION]
+        [critical] = [child.value for child in extension.value
+                      if child.tag == Tag.CRITICALITY_INDICATOR]
+        cases[critical] = wire
+    assert set(cases) == {False, True}
+    return cases
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_the_kmip_1_1_message_extension_test_cases(deployment, plane: str) -> None:
+    """KMIP 1.1 test cases 7.1 and 7.2: an unrecognised Message Extension is ignored when it
+    is not critical, and fails its Create with Feature Not Supported when it is."""
+    cases = _v11_message_extension_cases()
+    with deployment[plane].client("app") as client:
+        [(status, reason, _)] = read_with_pykmip(client.send(cases[True]))
+        assert (status, reason) == (ResultStatus.OPERATION_FAILED,
+                                    ResultReason.FEATURE_NOT_SUPPORTED)
+        [(status, _, _)] = read_with_pykmip(client.send(cases[False]))
+        assert status == ResultStatus.SUCCESS

@@ -150,6 +150,16 @@ def test_no_more_than_max_in_flight_are_sent_the_rest_wait_in_order() -> None:
     assert [g.batch_items[0].result_message for g in got] == [str(n) for n in range(7)]
 
 
+def test_answers_before_an_unreadable_header_reach_their_callers_then_it_closes() -> None:
+    protocol, server = connected(max_in_flight=1)
+    got = results([protocol.send((1, 4), [get(u)]) for u in ("first", "second")])
+    (first,) = server.requests()
+    protocol.dataReceived(answer([echo_item(first.batch_items[0])]) + bytes(8))
+    assert got[0].batch_items[0].result_message == "first"
+    assert isinstance(got[1], Failure) and "not TTLV" in str(got[1].value)
+    assert server.transport.disconnected and server.requests() == []  # nothing more sent
+
+
 def test_a_request_past_its_deadline_fails_and_closes_the_connection() -> None:
     clock = task.Clock()
     protocol, server = connected(clock, timeout=5.0)

@@ -22,6 +22,7 @@ from kcm.gateway.local_batch import LocalRunner
 from kcm.kernel.plain_messages import NOT_PLAIN
 from kcm.kmip.attributes import Attribute, CryptographicParameters, Link, Name
 from kcm.kmip.enums import (
+    AsynchronousIndicator,
     BlockCipherMode,
     CryptographicAlgorithm,
     KeyFormatType,
@@ -29,14 +30,17 @@ from kcm.kmip.enums import (
     NameType,
     ObjectType,
     Operation,
+    ResultReason,
+    ResultStatus,
 )
+from kcm.kmip.messages import ProtocolVersion, RequestHeader, RequestMessage, encode_request
 from kcm.kmip.payloads import CreateRequest, DecryptRequest, EncryptRequest, GetRequest
 from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.l4.engine import L4Engine
 from kcm.l4.opened_keys import OpenedKeys
 from kcm.testing.requests import create_l4, create_managed, item, request, response
-from kcm.ttlv import Item, ItemType
+from kcm.ttlv import Item, ItemType, encode
 from tests.core_support import service_principal
 from tests.gateway_support import APP, CONNECTION, L3, L3_UID, FakeLink
 
@@ -302,6 +306,58 @@ def test_what_the_fast_path_cannot_be_sure_of_is_declined(planes: Planes) -> Non
     other_tenant = ConnectionInfo(2, service_principal("other"), "127.0.0.1:40001").principal
     wire = request(item(Operation.GET, GetRequest(unique_identifier=token)))
     assert planes.fast.answer(wire, other_tenant) is None
+
+
+def _with_header(version, batch_item, **fields) -> bytes:
+    """A request of ``batch_item`` whose header has ``fields`` in their places."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=1,
+                           **fields)
+    return encode(encode_request(RequestMessage(header, [batch_item])))
+
+
+def _critical(batch_item):
+    batch_item.message_extensions = [Item(Tag.MESSAGE_EXTENSION, ItemType.STRUCTURE, [
+        Item(Tag.VENDOR_IDENTIFICATION, ItemType.TEXT_STRING, "acme"),
+        Item(Tag.CRITICALITY_INDICATOR, ItemType.BOOLEAN, True),
+        Item(Tag.VENDOR_EXTENSION, ItemType.STRUCTURE, [])])]
+    return batch_item
+
+
+@pytest.mark.parametrize("version", sorted(FAST_VERSIONS))
+def test_what_the_general_path_refuses_in_the_header_or_item_is_declined(
+        planes: Planes, version) -> None:
+    """A critical Message Extension, an undefined Batch Error Continuation Option, an
+    Asynchronous Indicator of the wrong type or Mandatory: the fast path declines them all,
+    and the general path refuses them."""
+    token = planes.token
+    r = ResultReason
+    v2 = version >= (2, 0)
+    asynchronous = (AsynchronousIndicator.MANDATORY if v2 else True)
+    wrong_type = True if v2 else int(AsynchronousIndicator.OPTIONAL)
+    for make in (lambda: item(Operation.ENCRYPT, EncryptRequest(unique_identifier=token,
+                                                                data=b"r")),
+                 lambda: item(Operation.GET, GetRequest(unique_identifier=token)),
+                 create_l4):
+        cases = [
+            (request(_critical(make()), version=version),
+             r.UNKNOWN_MESSAGE_EXTENSION if v2 else r.FEATURE_NOT_SUPPORTED),
+            (_with_header(version, make(), batch_error_continuation_option=9),
+             r.INVALID_FIELD),
+            (_with_header(version, make(), asynchronous_indicator=wrong_type),
+             r.INVALID_FIELD),
+        ]
+        if v2:
+            cases.append((_with_header(version, make(), asynchronous_indicator=asynchronous),
+                          r.FEATURE_NOT_SUPPORTED))
+        else:  # a 1.x client able to take an asynchronous answer is answered synchronously
+            wire = _with_header(version, make(), asynchronous_indicator=asynchronous)
+            [answered] = response(planes.general_answer(wire)).batch_items
+            assert answered.result_status == ResultStatus.SUCCESS
+        for wire, reason in cases:
+            assert planes.fast.answer(wire, APP) is None
+            [refused] = response(planes.general_answer(wire)).batch_items
+            assert refused.result_status == ResultStatus.OPERATION_FAILED
+            assert refused.result_reason == reason
 
 
 def test_declining_keeps_no_traceback(planes: Planes) -> None:

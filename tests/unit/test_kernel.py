@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from kcm.kernel.batch import BatchStopped, run_batch
+from kcm.kernel.batch import CRITICAL_EXTENSION, BatchStopped, run_batch
 from kcm.kernel.responses import (
     encode_items,
     failure_response,
@@ -25,6 +25,7 @@ from kcm.kmip.enums import (
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem, decode_response
 from kcm.kmip.payloads import ActivateRequest, UniqueIdentifierResponse
+from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType, decode, encode
 from kcm.ttlv.peek import peek_response
 
@@ -237,6 +238,37 @@ def test_an_unmodelled_operation_is_not_supported_without_reaching_the_executor(
     run = run_batch([raw], executor(calls), version=(2, 1), continuation=STOP,
                     correlation_id="c")
     assert calls == [] and run.items[0].result_reason == R.OPERATION_NOT_SUPPORTED
+
+
+def extension(critical: bool) -> Item:
+    return Item(Tag.MESSAGE_EXTENSION, ItemType.STRUCTURE, [
+        Item(Tag.VENDOR_IDENTIFICATION, ItemType.TEXT_STRING, "acme"),
+        Item(Tag.CRITICALITY_INDICATOR, ItemType.BOOLEAN, critical),
+        Item(Tag.VENDOR_EXTENSION, ItemType.STRUCTURE, [])])
+
+
+@pytest.mark.parametrize(("version", "reason"), [
+    ((2, 1), R.UNKNOWN_MESSAGE_EXTENSION), ((2, 0), R.UNKNOWN_MESSAGE_EXTENSION),
+    ((1, 4), R.FEATURE_NOT_SUPPORTED), ((1, 0), R.FEATURE_NOT_SUPPORTED)])
+def test_a_critical_message_extension_fails_its_item_without_reaching_the_executor(
+        version, reason) -> None:
+    calls: list[str] = []
+    critical = activate("a")
+    critical.message_extensions = [extension(False), extension(True)]
+    ignored = activate("b")
+    ignored.message_extensions = [extension(False)]
+    run = run_batch([critical, ignored], executor(calls), version=version,
+                    continuation=CONTINUE, correlation_id="c")
+    assert calls == ["b"]  # a non-critical extension is ignored
+    first, second = run.items
+    assert first.result_status == ResultStatus.OPERATION_FAILED
+    assert first.result_reason == reason and first.result_message == CRITICAL_EXTENSION
+    assert second.result_status == ResultStatus.SUCCESS
+    assert CRITICAL_EXTENSION.isascii()
+    # Under Stop nothing after it runs.
+    run = run_batch([critical, ignored], executor(calls), version=version,
+                    continuation=STOP, correlation_id="c")
+    assert calls == ["b"] and len(run.items) == 1
 
 
 # Responses ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from kcm.kmip.attributes import (
     find_attribute,
 )
 from kcm.kmip.enums import (
+    AsynchronousIndicator,
     BatchErrorContinuationOption,
     BlockCipherMode,
     CryptographicAlgorithm,
@@ -250,6 +251,77 @@ def test_batch_option_defaults_per_version(version, ordered):
     header.batch_error_continuation_option = BatchErrorContinuationOption.CONTINUE
     assert header.effective_batch_order is (not ordered)
     assert header.effective_error_continuation == BatchErrorContinuationOption.CONTINUE
+
+
+def _query_request(version, *header_fields: Item) -> Item:
+    """A Query request whose header holds ``header_fields`` before its Batch Count."""
+    header = structure(Tag.REQUEST_HEADER, ProtocolVersion.of(version).to_item(),
+                       *header_fields, Item(Tag.BATCH_COUNT, ItemType.INTEGER, 1))
+    batch = structure(Tag.BATCH_ITEM, Item(Tag.OPERATION, ItemType.ENUMERATION, Operation.QUERY),
+                      structure(Tag.REQUEST_PAYLOAD))
+    return structure(Tag.REQUEST_MESSAGE, header, batch)
+
+
+def _continuation(value: int) -> Item:
+    return Item(Tag.BATCH_ERROR_CONTINUATION_OPTION, ItemType.ENUMERATION, value)
+
+
+def _asynchronous(item_type: ItemType, value: object) -> Item:
+    return Item(Tag.ASYNCHRONOUS_INDICATOR, item_type, value)
+
+
+@pytest.mark.parametrize(("version", "field", "reason", "words"), [
+    (V14, _continuation(9), ResultReason.INVALID_FIELD,
+     "Batch Error Continuation Option 9 is not defined"),
+    (V21, _continuation(0), ResultReason.INVALID_FIELD,
+     "Batch Error Continuation Option 0 is not defined"),
+    (V14, _asynchronous(ItemType.ENUMERATION, 1), ResultReason.INVALID_FIELD,
+     "Asynchronous Indicator must be Boolean in KMIP 1.4, not Enumeration"),
+    ((1, 0), _asynchronous(ItemType.ENUMERATION, 3), ResultReason.INVALID_FIELD,
+     "Asynchronous Indicator must be Boolean in KMIP 1.0, not Enumeration"),
+    (V21, _asynchronous(ItemType.BOOLEAN, False), ResultReason.INVALID_FIELD,
+     "Asynchronous Indicator must be Enumeration in KMIP 2.1, not Boolean"),
+    ((2, 0), _asynchronous(ItemType.ENUMERATION, 4), ResultReason.INVALID_FIELD,
+     "Asynchronous Indicator 4 is not defined"),
+    (V21, _asynchronous(ItemType.ENUMERATION, AsynchronousIndicator.MANDATORY),
+     ResultReason.FEATURE_NOT_SUPPORTED, "asynchronous processing is not supported"),
+    ((2, 0), _asynchronous(ItemType.ENUMERATION, AsynchronousIndicator.MANDATORY),
+     ResultReason.FEATURE_NOT_SUPPORTED, "Asynchronous Indicator Mandatory"),
+])
+def test_a_header_the_server_cannot_honour_is_refused(version, field, reason, words):
+    with pytest.raises(KmipError) as caught:
+        decode_request(_query_request(version, field))
+    assert caught.value.reason == reason
+    assert words in caught.value.message and caught.value.message.isascii()
+
+
+@pytest.mark.parametrize(("version", "field"), [
+    (V14, _continuation(BatchErrorContinuationOption.UNDO)),
+    (V21, _continuation(BatchErrorContinuationOption.CONTINUE)),
+    (V14, _asynchronous(ItemType.BOOLEAN, True)),  # the answer comes synchronously all the same
+    ((1, 0), _asynchronous(ItemType.BOOLEAN, False)),
+    (V21, _asynchronous(ItemType.ENUMERATION, AsynchronousIndicator.OPTIONAL)),
+    ((2, 0), _asynchronous(ItemType.ENUMERATION, AsynchronousIndicator.PROHIBITED)),
+])
+def test_a_header_the_server_can_honour_is_taken(version, field):
+    assert decode_request(_query_request(version, field)).header.version == version
+
+
+def test_a_critical_message_extension_is_found_a_non_critical_one_is_not():
+    def extension(critical: object, item_type: ItemType = ItemType.BOOLEAN) -> Item:
+        return structure(Tag.MESSAGE_EXTENSION,
+                         Item(Tag.VENDOR_IDENTIFICATION, ItemType.TEXT_STRING, "acme"),
+                         Item(Tag.CRITICALITY_INDICATOR, item_type, critical),
+                         structure(Tag.VENDOR_EXTENSION))
+    item = RequestBatchItem(operation=Operation.QUERY,
+                            request_payload=structure(Tag.REQUEST_PAYLOAD))
+    assert item.critical_extension is None
+    item.message_extensions = [extension(False)]
+    assert item.critical_extension is None
+    item.message_extensions = [extension(False), extension(True)]
+    assert item.critical_extension == extension(True)
+    message = _wire(_request(V21, item))  # as a server reads it
+    assert message.batch_items[0].critical_extension == extension(True)
 
 
 def test_unmodelled_operation_keeps_its_raw_payload():

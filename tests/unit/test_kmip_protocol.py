@@ -127,6 +127,59 @@ def test_unreadable_header_closes_the_connection() -> None:
     assert transport.value() == b"" and transport.disconnected
 
 
+#: A header declaring a message of 4 MiB (over the default maximum), and one that is no
+#: TTLV header at all.
+OVERSIZED_HEADER = bytes.fromhex("4200780100400000")
+UNREADABLE_HEADER = bytes(8)
+
+
+def test_requests_before_an_oversized_header_are_answered_then_it_is_refused() -> None:
+    protocol, transport, handler, _ = connect()
+    protocol.dataReceived(message(1) + message(2) + OVERSIZED_HEADER)
+    refusal = transport.value()[len(message(1) + message(2)):]
+    assert transport.value().startswith(message(1) + message(2))
+    assert refusal.startswith(f"FAIL {RESULT_REASON_INVALID_MESSAGE} request too large".encode())
+    assert [wire for wire, _ in handler.seen] == [message(1), message(2)]
+    assert transport.disconnecting and not transport.disconnected  # the answers are sent
+
+
+def test_requests_before_an_unreadable_header_are_answered_then_it_closes() -> None:
+    protocol, transport, handler, _ = connect()
+    protocol.dataReceived(message(1) + UNREADABLE_HEADER)
+    assert transport.value() == message(1)
+    assert transport.disconnecting and not transport.disconnected
+    protocol.dataReceived(message(2))  # nothing after the unreadable header is read
+    assert [wire for wire, _ in handler.seen] == [message(1)]
+
+
+def test_the_refusal_waits_for_answers_given_later() -> None:
+    for bad, last in ((OVERSIZED_HEADER, f"FAIL {RESULT_REASON_INVALID_MESSAGE}".encode()),
+                      (UNREADABLE_HEADER, b"")):
+        handler = EchoHandler()
+        handler.defer = True
+        protocol, transport, handler, clock = connect(handler)
+        protocol.dataReceived(message(1))
+        protocol.dataReceived(message(2) + bad)  # a read later, the first still unanswered
+        assert transport.value() == b"" and not transport.disconnecting
+        clock.advance(60)  # (the message timer does not run: no message is begun)
+        assert not transport.disconnecting
+        handler.deferreds[0].callback(b"A")
+        assert transport.value() == b"A" and not transport.disconnecting
+        handler.deferreds[1].callback(b"B")
+        assert transport.value().startswith(b"AB" + last) and transport.disconnecting
+        assert len(handler.seen) == 2
+
+
+def test_the_refusal_waits_for_unsent_answers_to_drain() -> None:
+    protocol, transport, handler, _ = connect()
+    protocol.pause("output")  # as the transport does when its buffer is over the limit
+    protocol.dataReceived(message(1) + OVERSIZED_HEADER)
+    assert transport.value() == b"" and not transport.disconnecting
+    protocol._output_drained()
+    assert transport.value().startswith(message(1) + b"FAIL")
+    assert transport.disconnecting
+
+
 def test_handler_bug_is_a_general_failure_and_the_connection_lives() -> None:
     handler = EchoHandler()
     handler.explode = True

@@ -61,6 +61,19 @@ def test_a_header_that_cannot_be_a_frames_is_fatal() -> None:
         LinkFramer(LIMIT).feed(bytes.fromhex("54B0010100000005"))
 
 
+def test_frames_before_a_header_that_cannot_be_a_frames_are_handed_out() -> None:
+    framer = LinkFramer(LIMIT)
+    assert framer.feed(PING[:3]) == []
+    assert framer.feed(PING[3:] + SMALL + bytes(8) + PING) == [PING, SMALL]
+    assert isinstance(framer.error, TtlvError) and framer.buffered == 0
+    with pytest.raises(TtlvError):  # where the next frame begins is unknown
+        framer.feed(PING)
+    framer = LinkFramer(LIMIT)
+    with pytest.raises(TtlvError):
+        framer.feed(bytes(8) + PING)
+    assert isinstance(framer.error, TtlvError)
+
+
 @given(st.lists(st.sampled_from([PING, SMALL, BIG, BIG_EVENT]), max_size=8),
        st.integers(1, 6000))
 def test_any_sequence_in_any_pieces_yields_each_frame_once_in_order(frames, piece) -> None:

@@ -77,6 +77,15 @@ def test_malformed_frame_goes_away() -> None:
     assert protocol.events == []
 
 
+def test_frames_before_an_unreadable_header_are_dispatched_then_it_goes_away() -> None:
+    protocol, transport, _ = connect()
+    protocol.dataReceived(encode_frame(EVENT) + bytes(8) + encode_frame(EVENT))
+    assert protocol.events == [EVENT]
+    [goaway] = sent(transport)
+    assert goaway.type is FrameType.GOAWAY and "unreadable frame" in goaway.error
+    assert transport.disconnecting
+
+
 def test_an_oversized_frame_is_skipped_unbuffered_and_here_ends_the_link() -> None:
     # This end fails no streams: an oversized frame of any type ends its link (ends that
     # answer streams fail just the stream: test_link_session).

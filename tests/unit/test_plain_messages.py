@@ -13,6 +13,8 @@ from kcm.core.request_handler import _encoded, _plain_request
 from kcm.kernel.plain_messages import (
     read_discover_versions,
     read_get_attributes,
+    read_request,
+    read_request_python,
     response_item,
 )
 from kcm.kernel.responses import encode_items
@@ -25,6 +27,7 @@ from kcm.kmip.attributes import (
     Name,
 )
 from kcm.kmip.enums import (
+    AsynchronousIndicator,
     BlockCipherMode,
     CryptographicAlgorithm,
     KeyFormatType,
@@ -37,7 +40,14 @@ from kcm.kmip.enums import (
     ResultStatus,
     State,
 )
-from kcm.kmip.messages import ResponseBatchItem, decode_request
+from kcm.kmip.messages import (
+    RequestBatchItem,
+    RequestHeader,
+    RequestMessage,
+    ResponseBatchItem,
+    decode_request,
+    encode_request,
+)
 from kcm.kmip.objects import KeyBlock, KeyValue, SymmetricKey
 from kcm.kmip.payloads import (
     CreateResponse,
@@ -112,6 +122,39 @@ def test_what_the_general_decoder_alone_reads_is_left_to_it() -> None:
         assert _plain_request(wire, LIMITS) is None
     many = request(*[encrypt] * 3)
     assert _plain_request(many, CoreLimits(max_batch_items=2)) is None
+
+
+def test_what_the_general_decoder_refuses_in_the_header_or_an_item_is_left_to_it() -> None:
+    """A critical Message Extension, an undefined Batch Error Continuation Option, an
+    Asynchronous Indicator of either type: never read here, whichever reader runs (the
+    compiled scan where it is built, and the Python one)."""
+    extension = Item(Tag.MESSAGE_EXTENSION, ItemType.STRUCTURE, [
+        Item(Tag.VENDOR_IDENTIFICATION, ItemType.TEXT_STRING, "acme"),
+        Item(Tag.CRITICALITY_INDICATOR, ItemType.BOOLEAN, True),
+        Item(Tag.VENDOR_EXTENSION, ItemType.STRUCTURE, [])])
+    readers = {Operation.ENCRYPT: (read_request, read_request_python),
+               Operation.DISCOVER_VERSIONS: (read_discover_versions,),
+               Operation.GET_ATTRIBUTES: (read_get_attributes,)}
+    plain = [item(Operation.ENCRYPT, EncryptRequest(unique_identifier="k", data=b"x")),
+             item(Operation.DISCOVER_VERSIONS, DiscoverVersionsRequest()),
+             item(Operation.GET_ATTRIBUTES, GetAttributesRequest(unique_identifier="k"))]
+    for version in ((1, 4), (2, 0), (2, 1)):
+        for one in plain:
+            wires = [request(RequestBatchItem(operation=one.operation,
+                                              request_payload=one.request_payload,
+                                              message_extensions=[extension]),
+                             version=version)]
+            for fields in ({"batch_error_continuation_option": 9},
+                           {"asynchronous_indicator": True},
+                           {"asynchronous_indicator": int(AsynchronousIndicator.MANDATORY)}):
+                header = RequestHeader(protocol_version=ProtocolVersion.of(version),
+                                       batch_count=1, **fields)
+                wires.append(encode(encode_request(RequestMessage(header, [one]))))
+            for reader in readers[one.operation]:
+                # Read plainly without them: the declines below are not vacuous.
+                assert _plain_request(request(one, version=version), LIMITS, reader)
+                for wire in wires:
+                    assert _plain_request(wire, LIMITS, reader) is None
 
 
 def _key(material: bytes) -> SymmetricKey:

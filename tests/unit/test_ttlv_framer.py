@@ -59,3 +59,31 @@ def test_clear_forgets_a_message_begun() -> None:
     assert framer.feed(one[:5]) == [] and framer.buffered == 5
     framer.clear()
     assert framer.buffered == 0 and framer.feed(one) == [one]
+
+
+def test_messages_before_an_unusable_header_are_handed_out_and_the_error_kept() -> None:
+    one, two = message(3), message(8)
+    for bad, kind in ((bytes(8), TtlvError),
+                      (bytes.fromhex("4200780100400000"), MessageTooLarge)):
+        framer = Framer(1024)
+        assert framer.feed(one[:5]) == []
+        # The rest of one, a whole two, and a header that cannot be read, in one read.
+        assert framer.feed(one[5:] + two + bad + one) == [one, two]
+        assert isinstance(framer.error, kind) and framer.buffered == 0
+        with pytest.raises(kind):  # the stream cannot be read past it
+            framer.feed(one)
+
+
+def test_an_unusable_header_with_nothing_before_it_is_raised_and_kept() -> None:
+    one = message(3)
+    framer = Framer(1024)
+    with pytest.raises(TtlvError):
+        framer.feed(bytes(8) + one)
+    assert isinstance(framer.error, TtlvError)
+    with pytest.raises(TtlvError):
+        framer.feed(one)
+    framer = Framer(16)
+    with pytest.raises(MessageTooLarge):
+        framer.feed(one)  # the one-read shortcut keeps it too
+    assert isinstance(framer.error, MessageTooLarge)
+    assert Framer(1024).error is None

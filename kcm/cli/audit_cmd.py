@@ -4,7 +4,8 @@
 check the audit log's keyed hash chain.
 
 Runs on the core's host: it needs the database and the L1 key file (the chain is MACed under
-a key derived from L1). Exit status 0 when every record is intact and every checkpoint given
+a key derived from L1). Every record is checked, those committed after the head marker was
+read included. Exit status 0 when every record is intact and every checkpoint given
 is in the chain; 1, naming the first bad record, when one was altered, removed or reordered,
 the tail was cut back, or a checkpoint is not in the chain (or is not genuine); 2 for bad
 input (no L1 key file, another database's L1, an unreadable checkpoint).
@@ -114,6 +115,9 @@ def _run_verify(args: argparse.Namespace) -> int:
         if result.unkeyed_records:
             notes.append(f"the first {result.unkeyed_records} written before the chain was "
                          "keyed, checked by digest only")
+        if result.past_head_records:
+            notes.append(f"{result.past_head_records} records past the head, verified "
+                         "(committed meanwhile)")
         if checkpoints:
             notes.append(f"{result.checkpoints_matched} checkpoints matched")
         print(f"audit log intact: {result.records_checked} records verified"

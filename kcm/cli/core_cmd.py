@@ -39,7 +39,10 @@ from typing import TYPE_CHECKING
 from kcm.cli import CommandError, add_command
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from kcm.core.config import CoreConfig
+    from kcm.core.keyring import Keyring
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -281,7 +284,10 @@ def _run_init(args: argparse.Namespace) -> int:
         if known is not None and known != check:
             raise CommandError(f"the {l1.description} is not the L1 key of this database")
         repository.set_meta(session, L1_CHECK_META, check)
-        return audit.key_chain(session, by="kcm core init")
+        try:
+            return audit.key_chain(session, by="kcm core init")
+        except audit.AuditChainError as e:
+            raise CommandError(str(e)) from None
 
     anchor = store.run_sync(record)
     print(f"{l1.description} ({'created' if created else 'existing'})")
@@ -309,11 +315,53 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
     return run_in_store(store, lambda session: fn(session, keyring))
 
 
-def _run_tenant_add(args: argparse.Namespace) -> int:
-    from kcm.core.hierarchy import provision_tenant
+#: The operations of the audit records of the keys these commands create.
+ADD_TENANT_OPERATION = "AddTenant"
+ADD_SERVICE_KEY_OPERATION = "AddServiceKey"
 
-    uid = _with_keyring(args, lambda s, k: provision_tenant(s, k, args.tenant,
-                                                            now=int(time.time())))
+
+def _add_tenant(session: Session, keyring: Keyring, tenant: str, *, now: int, by: str) -> str:
+    """``tenant``'s current L2, created (with the tenant) if it has none; a key created is
+    audited (:data:`ADD_TENANT_OPERATION`, principal ``by``) in the same transaction."""
+    from kcm.core.hierarchy import provision_tenant
+    from kcm.core.store import repository
+
+    existing = repository.find_l2(session, tenant, active_only=True)
+    if existing is not None:
+        return existing.uid
+    uid = provision_tenant(session, keyring, tenant, now=now)
+    _audit_created(session, by, ADD_TENANT_OPERATION, tenant, uid, {"level": "L2"})
+    return uid
+
+
+def _add_service_key(session: Session, keyring: Keyring, tenant: str, service: str, *,
+                     now: int, by: str) -> str:
+    """A new L3 version of ``tenant``/``service``, audited
+    (:data:`ADD_SERVICE_KEY_OPERATION`, principal ``by``) in the same transaction."""
+    from kcm.core.hierarchy import provision_service
+    from kcm.core.store import repository
+
+    uid = provision_service(session, keyring, tenant, service, now=now)
+    versions = repository.find_l3(session, tenant, service)
+    version = next((row.key_version for row in versions if row.uid == uid), None)
+    _audit_created(session, by, ADD_SERVICE_KEY_OPERATION, tenant, uid,
+                   {"level": "L3", "service": service, "version": version})
+    return uid
+
+
+def _audit_created(session: Session, by: str, operation: str, tenant: str, uid: str,
+                   detail: dict[str, str | int | None]) -> None:
+    from kcm.core.audit import AuditEvent, append_audit
+
+    append_audit(session, AuditEvent(
+        principal=by, operation=operation, result_status="SUCCESS",
+        correlation_id=f"cli-{int(time.time() * 1e6)}", source="cli", tenant=tenant,
+        object_ids=(uid,), detail=detail))
+
+
+def _run_tenant_add(args: argparse.Namespace) -> int:
+    uid = _with_keyring(args, lambda s, k: _add_tenant(s, k, args.tenant, now=int(time.time()),
+                                                       by="kcm core tenant add"))
     print(f"tenant {args.tenant}: tenant key {uid}")
     return 0
 
@@ -338,12 +386,11 @@ def _run_tenant_rotate(args: argparse.Namespace) -> int:
 
 
 def _run_service_add(args: argparse.Namespace) -> int:
-    from kcm.core.hierarchy import provision_service
     from kcm.kmip.errors import KmipError
 
     try:
-        uid = _with_keyring(args, lambda s, k: provision_service(
-            s, k, args.tenant, args.service, now=int(time.time())))
+        uid = _with_keyring(args, lambda s, k: _add_service_key(
+            s, k, args.tenant, args.service, now=int(time.time()), by="kcm core service add"))
     except KmipError as e:
         raise CommandError(e.message) from e
     print(f"tenant {args.tenant}, service {args.service}: service key {uid}")
@@ -354,15 +401,14 @@ def _run_service_rotate(args: argparse.Namespace) -> int:
     """Like ``service add``, but only for a service that exists: a typo makes no new service.
     Gateways learn of the new version (an ``l3.rotated`` event) and seal new L4s under it;
     L4s under the older versions keep working while those are active."""
-    from kcm.core.hierarchy import provision_service
     from kcm.core.store import repository
 
     def rotate(session, keyring) -> tuple[str, int]:
         if not repository.find_l3(session, args.tenant, args.service):
             raise CommandError(f"tenant {args.tenant} has no service {args.service} "
                                "(kcm core service add creates one)")
-        uid = provision_service(session, keyring, args.tenant, args.service,
-                                now=int(time.time()))
+        uid = _add_service_key(session, keyring, args.tenant, args.service,
+                               now=int(time.time()), by="kcm core service rotate")
         return uid, repository.find_l3(session, args.tenant, args.service)[0].key_version
 
     uid, version = _with_keyring(args, rotate)
@@ -371,16 +417,16 @@ def _run_service_rotate(args: argparse.Namespace) -> int:
 
 
 def _run_bootstrap(args: argparse.Namespace) -> int:
-    from kcm.core.hierarchy import provision_service, provision_tenant
     from kcm.core.store import repository
 
     def ensure(session, keyring) -> str:
         now = int(time.time())
-        provision_tenant(session, keyring, args.tenant, now=now)
+        _add_tenant(session, keyring, args.tenant, now=now, by="kcm core bootstrap")
         existing = repository.find_l3(session, args.tenant, args.service, active_only=True)
         if existing:
             return existing[0].uid
-        return provision_service(session, keyring, args.tenant, args.service, now=now)
+        return _add_service_key(session, keyring, args.tenant, args.service, now=now,
+                                by="kcm core bootstrap")
 
     uid = _with_keyring(args, ensure)
     print(f"tenant {args.tenant}, service {args.service}: service key {uid}")

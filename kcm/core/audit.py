@@ -33,9 +33,15 @@ are the head, MACed under a third label and written to the log, outside the data
 Records written before the chain was keyed (schema revision 0002) have no MAC: they are
 **unkeyed**, checked by digest only. They can only come first: a keyed record after them
 MACs their last digest, and anchors them. kcm-core (and ``kcm core init``) append such a
-record, :func:`key_chain`, when they find the newest record unkeyed; from then on
+record, :func:`key_chain`, once, and only to the chain migration 0002 found in a database it
+upgraded: its newest record is named by the ``meta`` row ``audit.unkeyed``
+(:data:`UNKEYED_META_KEY`, written by that migration, deleted by the anchoring) and by the
+head marker in its unkeyed form ``SEQ:DIGESTHEX``, as the code before 0002 wrote it. Any
+other chain whose newest record is unkeyed (a database created at 0002 or later, or one
+already anchored, its MACs stripped) is refused there (:class:`AuditChainError`), and
 :func:`verify_chain` refuses a chain whose newest record is unkeyed, or an unkeyed record
-after a keyed one, so stripping the MACs is no way around them.
+after a keyed one, so stripping the MACs is no way around them. (Whoever can write the
+database can also forge those two rows: checkpoints kept off the host still catch that.)
 
 Appends are serialized with every other writer (see
 :func:`kcm.core.store.repository.lock_writers`), so the chain cannot fork. Committed records are
@@ -60,7 +66,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, event, select
+from sqlalchemy import bindparam, delete, event, select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger, LogLevel
 
@@ -83,6 +89,9 @@ _CHECKPOINT_LABEL = b"kcm audit checkpoint\x00"
 
 #: The operation of the record :func:`key_chain` appends to anchor unkeyed records.
 KEY_CHAIN_OPERATION = "KeyAuditChain"
+#: The ``meta`` row naming (``SEQ:DIGESTHEX``) the newest record of an unkeyed chain that
+#: migration 0002 found, the only one :func:`key_chain` may anchor.
+UNKEYED_META_KEY = "audit.unkeyed"
 
 _PENDING_KEY = "kcm.audit.pending"
 #: The chain's newest (seq, digest) as this transaction last wrote it.
@@ -210,6 +219,9 @@ class VerifyResult:
     unkeyed_records: int = 0
     #: Checkpoints found in the chain.
     checkpoints_matched: int = 0
+    #: Of the records checked, those after the head marker read (committed by a writer
+    #: meanwhile), each verified as strictly as the others.
+    past_head_records: int = 0
 
 
 def _mac(audit_key: bytes, label: bytes, message: bytes) -> bytes:
@@ -472,21 +484,48 @@ def _chained(record: AuditEvent, tail: Any, key: bytes, clock: Callable[[], floa
 
 def key_chain(session: Session, *, by: str, clock: Callable[[], float] = time.time,
               audit_key: bytes | None = None) -> AuditRow | None:
-    """Anchor records written before the chain was keyed: if the newest record is unkeyed,
-    append a keyed one (operation :data:`KEY_CHAIN_OPERATION`, principal ``by``), whose MAC
-    covers every digest before it, and return it. An empty or keyed chain is left alone
-    (None). kcm-core calls it at start and ``kcm core init`` when it runs."""
+    """Anchor records written before the chain was keyed: if the newest record is unkeyed
+    and is the newest of the chain migration 0002 found (:func:`anchor_due`), append a keyed
+    one (operation :data:`KEY_CHAIN_OPERATION`, principal ``by``), whose MAC covers every
+    digest before it, and return it; this happens once. An empty or keyed chain is left
+    alone (None). Any other unkeyed newest record raises :class:`AuditChainError`: its MACs
+    were removed, and anchoring it would make the forgery verify. kcm-core calls it at start
+    and ``kcm core init`` when it runs."""
     key = _audit_key(session, audit_key)
     lock_writers(session)
     tail = session.execute(
-        select(AuditLog.seq, AuditLog.mac).order_by(AuditLog.seq.desc()).limit(1)
+        select(AuditLog.seq, AuditLog.digest, AuditLog.mac).order_by(AuditLog.seq.desc())
+        .limit(1)
     ).first()
-    if tail is None or tail[1] is not None:
+    if tail is None:
         return None
+    if tail[2] is not None:
+        # Keyed by a record appended some other way: the marker must not outlive it (a tail
+        # cut back to the unkeyed records would be anchored again).
+        _forget_unkeyed(session)
+        return None
+    if not anchor_due(session, tail[0], bytes(tail[1])):
+        raise AuditChainError(f"the newest audit record ({tail[0]}) has no MAC and is not due "
+                              "for anchoring (MACs removed?); run `kcm audit verify`")
+    _forget_unkeyed(session)
     return append_audit(session, AuditEvent(
         principal=by, operation=KEY_CHAIN_OPERATION, result_status="SUCCESS",
         correlation_id="", detail={"unkeyed_records": tail[0]},
     ), clock=clock, audit_key=key)
+
+
+def anchor_due(session: Session, seq: int, digest: bytes) -> bool:
+    """Whether record ``seq`` (chain digest ``digest``), unkeyed and the newest, ends the
+    chain that migration 0002 found in a database written before the chain was keyed, not
+    anchored yet: :data:`UNKEYED_META_KEY` and the head marker (in its unkeyed form) both
+    name it."""
+    position = _position(seq, digest).decode("ascii")
+    return (get_meta(session, UNKEYED_META_KEY) == position
+            and get_meta(session, HEAD_META_KEY) == position)
+
+
+def _forget_unkeyed(session: Session) -> None:
+    session.execute(delete(Meta).where(Meta.key == UNKEYED_META_KEY))
 
 
 def make_checkpoint(session: Session, *, audit_key: bytes | None = None) -> Checkpoint:
@@ -730,18 +769,21 @@ on_rollback(lambda session: _forget_tail(session, None))
 
 def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None = None,
                  checkpoints: Iterable[Checkpoint] = ()) -> VerifyResult:
-    """Walk the chain up to its recorded head and report the first record that breaks it.
+    """Walk the whole chain, through its recorded head and past it, and report the first
+    record that breaks it.
 
     With the audit key (default: the session's; :class:`AuditKeyMissing` without one),
     detects an edited record, its digests recomputed or not (digest or MAC mismatch), a
     removed or renumbered record (sequence gap, broken ``prev_digest`` link), reordered
     records (the sequence number is inside the digest), a truncated tail (fewer records than
-    the ``audit.head`` meta row names, or a different newest digest, or a head marker that
-    fails its MAC), and MACs stripped (an unkeyed record after a keyed one, or a chain whose
-    newest record is unkeyed: see :func:`key_chain`). Each of ``checkpoints`` must be
+    the ``audit.head`` meta row names, or a different digest at the head, or a head marker
+    that fails its MAC), and MACs stripped (an unkeyed record after a keyed one, or a chain
+    whose newest record is unkeyed: see :func:`key_chain`). Each of ``checkpoints`` must be
     genuine and name a record of the chain with its digest: a chain cut back, or rewritten
-    since, fails. Safe to run beside writers: the head is read first and records appended
-    after it are left for the next run.
+    since, fails. Safe to run beside writers: the head is read first, and records committed
+    after it (PostgreSQL reads each statement afresh) must be keyed, linked and MACed like
+    the rest; they are counted in ``past_head_records``. A record past the head that is not
+    (one added without the audit key) fails.
     """
     key = _audit_key(session, audit_key)
     write_head(session)
@@ -776,11 +818,10 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
 
     table = AuditLog.__table__
     stmt = select(table).order_by(table.c.seq).execution_options(yield_per=batch)
-    if head_seq is not None:
-        stmt = stmt.where(table.c.seq <= head_seq)
     expected_seq = 1
     prev_digest = GENESIS_DIGEST
-    checked = unkeyed = 0
+    at_head = GENESIS_DIGEST  # the digest of record head_seq, once walked
+    checked = unkeyed = past_head = 0
     for row in session.execute(stmt).mappings():
         seq = row["seq"]
         if seq != expected_seq:
@@ -794,8 +835,12 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
         computed = record_digest(prev_digest, **{name: row[name] for name in _DIGESTED_COLUMNS})
         if bytes(row["digest"]) != computed:
             return VerifyResult(False, checked, seq, "digest does not match the record's content")
+        beyond = head_seq is not None and seq > head_seq
         mac = row["mac"]
         if mac is None:
+            if beyond:
+                return VerifyResult(False, checked, seq,
+                                    "the record, past the head, has no MAC")
             if unkeyed < checked:
                 return VerifyResult(False, checked, seq,
                                     "the record has no MAC, but an earlier record has one")
@@ -809,11 +854,15 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
             return VerifyResult(False, checked, seq,
                                 "the record differs from a checkpoint of it: the chain was "
                                 "rewritten since the checkpoint")
+        if seq == head_seq:
+            at_head = computed
         prev_digest = computed
         expected_seq = seq + 1
         checked += 1
+        past_head += beyond
 
     last_seq = expected_seq - 1
+    to_head = checked - past_head
     if head_seq is None:
         if checked:
             return VerifyResult(False, checked, last_seq, "audit head marker is missing")
@@ -821,25 +870,56 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
         return VerifyResult(
             False, checked, last_seq + 1, f"records {last_seq + 1}..{head_seq} are missing"
         )
-    elif head_digest != prev_digest:
-        return VerifyResult(False, checked, last_seq, "newest record differs from the head marker")
-    if checked and unkeyed == checked:
+    elif head_digest != at_head:
+        return VerifyResult(False, checked, head_seq,
+                            f"record {head_seq} differs from the head marker")
+    if to_head and unkeyed == to_head:
+        if anchor_due(session, last_seq, prev_digest):
+            why = ("written before the chain was keyed, not anchored yet: start kcm-core or "
+                   "run `kcm core init`")
+        else:
+            why = "their MACs were removed"
         return VerifyResult(False, checked, 1,
-                            f"no record is keyed: records 1..{last_seq} have no MAC (written "
-                            "before the chain was keyed and never anchored: start kcm-core or "
-                            "run `kcm core init` once; or stripped of their MACs)")
-    if checked and (head_mac is None or not hmac.compare_digest(
-            head_mac, _mac(key, _HEAD_LABEL, _position(last_seq, prev_digest)))):
-        return VerifyResult(False, checked, last_seq,
+                            f"no record is keyed: records 1..{last_seq} have no MAC ({why})")
+    if head_seq is not None and not _genuine_head(key, head_seq, at_head, head_mac):
+        return VerifyResult(False, checked, head_seq,
                             "the head marker fails its MAC: it was rewritten without the audit "
                             "key (the tail cut back?)")
+    if past_head and not _head_reaches(session, key, last_seq, prev_digest):
+        # A writer commits its records and the head that names them together: once they
+        # are read, so is a head at or past them. A head that stays behind is an old one.
+        return VerifyResult(False, checked, last_seq - past_head + 1,
+                            f"records {last_seq - past_head + 1}..{last_seq} follow the head "
+                            "marker, which names an earlier record: the tail was cut back, or "
+                            "the head rolled back")
     if expected:
-        beyond = max(expected)
+        beyond_seq = max(expected)
         return VerifyResult(False, checked, last_seq + 1,
-                            f"a checkpoint names record {beyond}, but the chain ends at "
-                            f"{last_seq}: records {last_seq + 1}..{beyond} were deleted, or "
+                            f"a checkpoint names record {beyond_seq}, but the chain ends at "
+                            f"{last_seq}: records {last_seq + 1}..{beyond_seq} were deleted, or "
                             "the chain was rolled back")
-    return VerifyResult(True, checked, unkeyed_records=unkeyed, checkpoints_matched=matched)
+    return VerifyResult(True, checked, unkeyed_records=unkeyed, checkpoints_matched=matched,
+                        past_head_records=past_head)
+
+
+def _genuine_head(key: bytes, seq: int, digest: bytes, mac: bytes | None) -> bool:
+    """Whether ``mac`` is the head marker's MAC of record ``seq`` with digest ``digest``."""
+    return mac is not None and hmac.compare_digest(
+        mac, _mac(key, _HEAD_LABEL, _position(seq, digest)))
+
+
+def _head_reaches(session: Session, key: bytes, seq: int, digest: bytes) -> bool:
+    """Whether the head marker, read again now, is genuine and names record ``seq`` (with
+    ``digest``) or a later one."""
+    text = get_meta(session, HEAD_META_KEY)
+    if text is None:
+        return False
+    try:
+        head_seq, head_digest, head_mac = _parse_position(text, "the audit head marker")
+    except ValueError:
+        return False
+    return _genuine_head(key, head_seq, head_digest, head_mac) and (
+        head_seq > seq or (head_seq == seq and head_digest == digest))
 
 
 _DIGESTED_COLUMNS = (

@@ -84,7 +84,10 @@ class MasterKey(Service):
         self.keyring.load(l1)
         self.store.audit_key = self.keyring.audit_key
         log.info("L1: the {l1}", l1=l1.description)
-        anchor = self.store.run_sync(lambda s: audit.key_chain(s, by="kcm-core"))
+        try:
+            anchor = self.store.run_sync(lambda s: audit.key_chain(s, by="kcm-core"))
+        except audit.AuditChainError as e:
+            raise StartupError(str(e)) from None
         if anchor is not None:
             log.info("audit chain keyed: records 1..{unkeyed} were written before it was, "
                      "record {seq} anchors them", unkeyed=anchor.seq - 1, seq=anchor.seq)

@@ -172,13 +172,17 @@ def test_checkpoints_in_the_log_anchor_the_chain_outside_the_database(tmp_path: 
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
     core.audit_checkpoint_interval = 0.2
     core.write_config()
+    # The records of the keys `kcm core tenant/service add` created.
+    provisioned = json.loads(core.kcm("audit", "tail", "-n", "1").stdout)
+    assert provisioned["seq"] == 4
     core.start()
     try:
         wait_until(lambda: bool(_checkpoints(core)), "the checkpoint at start")
         first = _checkpoints(core)[0]
-        assert (first["level"], first["seq"], first["digest"]) == ("info", 0, "00" * 32)
+        assert (first["level"], first["seq"], first["digest"]) == (
+            "info", 4, provisioned["digest"])
         assert first["text"] == f"audit checkpoint {first['checkpoint']}"
-        assert first["checkpoint"] == f"0:{'00' * 32}:{first['mac']}"
+        assert first["checkpoint"] == f"4:{provisioned['digest']}:{first['mac']}"
 
         _create_get_destroy(core)
         # The database's newest record (audit lines reach the log a moment after the answer).

@@ -12,14 +12,17 @@ import pytest
 import pytest_twisted
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, func, inspect, select, text, update
+from sqlalchemy import delete, event, func, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from kcm.core.audit import (
     GENESIS_DIGEST,
+    UNKEYED_META_KEY,
+    AuditChainError,
     AuditEvent,
+    VerifyResult,
     append_audit,
     key_chain,
     record_digest,
@@ -162,12 +165,44 @@ def test_records_written_before_0002_stay_and_are_anchored(db_url: str) -> None:
         result = store.run_sync(verify_chain)
         assert (result.ok, result.first_bad_seq) == (False, 1)
         assert "no record is keyed" in result.reason
+        # Migration 0002 named the chain it found: the one that may be anchored, once.
+        assert store.run_sync(lambda s: repo.get_meta(s, UNKEYED_META_KEY)) == f"3:{prev.hex()}"
         anchor = store.run_sync(lambda s: key_chain(s, by="kcm core init"))
         assert anchor.seq == 4 and anchor.prev_digest == prev
+        assert store.run_sync(lambda s: repo.get_meta(s, UNKEYED_META_KEY)) is None
         result = store.run_sync(verify_chain)
         assert (result.ok, result.records_checked, result.unkeyed_records) == (True, 4, 3)
     finally:
         store.stopService()
+
+
+def test_a_database_created_keyed_is_never_anchored(store: Store) -> None:
+    """Created at 0002 or later: stripping every MAC, the head rewritten in its unkeyed form
+    (or deleted), gets no anchor on either backend; the start and `kcm core init` refuse."""
+    _append_five(store)
+    assert store.run_sync(lambda s: repo.get_meta(s, UNKEYED_META_KEY)) is None
+
+    def strip(session: Session) -> None:
+        prev = GENESIS_DIGEST
+        for row in session.scalars(select(AuditLog).order_by(AuditLog.seq)):
+            row.principal = "FORGED"
+            row.prev_digest = prev
+            row.digest = prev = record_digest(prev, **{name: getattr(row, name)
+                                                       for name in _DIGESTED})
+            row.mac = None
+        repo.set_meta(session, "audit.head", f"5:{prev.hex()}")
+
+    store.run_sync(strip)
+    with pytest.raises(AuditChainError, match="not due for anchoring"):
+        store.run_sync(lambda s: key_chain(s, by="kcm-core"))
+    result = store.run_sync(verify_chain)
+    assert (result.ok, result.reason) == (
+        False, "no record is keyed: records 1..5 have no MAC (their MACs were removed)")
+    assert store.run_sync(lambda s: s.scalar(select(func.max(AuditLog.seq)))) == 5
+
+
+_DIGESTED = ("seq", "at", "principal", "tenant", "gateway", "source", "operation",
+             "object_ids", "result_status", "result_reason", "correlation_id", "detail")
 
 
 def test_sqlite_connections_are_durable(tmp_path) -> None:
@@ -748,6 +783,38 @@ def test_audit_chain_detects_reordered_records(store: Store) -> None:
     store.run_sync(swap)
     result = store.run_sync(verify_chain)
     assert (result.ok, result.first_bad_seq) == (False, 2)
+
+
+def test_audit_records_committed_after_the_head_was_read_are_verified(
+        store: Store, db_url: str) -> None:
+    """A writer commits records between verify's read of the head and its walk of the
+    records: on PostgreSQL (each statement sees the latest commits) the walk meets them past
+    the head and verifies them; SQLite reads one snapshot and does not see them."""
+    _append_five(store)
+    writer = Store(db_url)
+    writer.audit_key = store.audit_key
+    engine = store.engine
+    walks = []
+
+    def commit_meanwhile(conn, cursor, statement: str, *args: object) -> None:
+        walk = ("FROM audit_log" in statement and "ORDER BY audit_log.seq" in statement
+                and "DESC" not in statement)
+        if walk and not walks:
+            walks.append(statement)
+            writer.run_sync(lambda s: [append_audit(s, _event(n)) for n in range(5, 8)])
+
+    event.listen(engine, "before_cursor_execute", commit_meanwhile)
+    try:
+        result = store.run_sync(verify_chain, write=False)
+    finally:
+        event.remove(engine, "before_cursor_execute", commit_meanwhile)
+        writer.stopService()
+    assert walks
+    if db_url.startswith("postgresql"):
+        assert result == VerifyResult(True, 8, past_head_records=3)
+    else:
+        assert result == VerifyResult(True, 5)
+    assert store.run_sync(verify_chain, write=False) == VerifyResult(True, 8)
 
 
 def test_audit_chain_detects_truncated_tail(store: Store) -> None:

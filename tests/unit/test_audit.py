@@ -17,6 +17,7 @@ from kcm.core.audit import (
     AUDIT_FORMAT,
     GENESIS_DIGEST,
     HEAD_META_KEY,
+    UNKEYED_META_KEY,
     AuditChainError,
     AuditEvent,
     AuditKeyMissing,
@@ -33,10 +34,10 @@ from kcm.core.audit import (
     verify_chain,
 )
 from kcm.core.keys import derive_audit_key
-from kcm.core.store.engine import Store
+from kcm.core.store.engine import Store, open_engine
 from kcm.core.store.migrate import upgrade
 from kcm.core.store.repository import get_meta, set_meta
-from kcm.core.store.schema import AuditLog
+from kcm.core.store.schema import AuditLog, Meta
 from kcm.logging import log_observer
 
 AUDIT_KEY = derive_audit_key(bytes(range(32)))
@@ -356,17 +357,99 @@ def test_a_tail_cut_back_to_an_earlier_record_fails_the_head_mac(store: Store) -
     assert "head marker fails its MAC" in result.reason
 
 
+# --- records past the head marker ------------------------------------------------------------
+
+
+def _insert_past_head(session, *, mac: bytes | None | str = "genuine") -> None:
+    """Append a record straight to the table, the head marker left as it was."""
+    last = session.scalars(select(AuditLog).order_by(AuditLog.seq.desc()).limit(1)).one()
+    fields = {"seq": last.seq + 1, "at": last.at + 1, "principal": "FORGED", "tenant": None,
+              "gateway": None, "source": "", "operation": "Destroy", "object_ids": "[]",
+              "result_status": "Success", "result_reason": None, "correlation_id": "x",
+              "detail": None}
+    digest = record_digest(last.digest, **fields)
+    if mac == "genuine":
+        mac = hmac.digest(AUDIT_KEY, b"kcm audit record\x00" + digest, hashlib.sha256)
+    session.add(AuditLog(**fields, prev_digest=last.digest, digest=digest, mac=mac))
+
+
+@pytest.mark.parametrize(("mac", "reason"), [
+    (b"\0" * 32, "MAC does not match"),
+    (None, "the record, past the head, has no MAC"),
+])
+def test_a_record_past_the_head_is_verified_too(store: Store, mac: bytes | None,
+                                               reason: str) -> None:
+    _append(store, 3)
+    store.run_sync(lambda s: _insert_past_head(s, mac=mac))
+    result = store.run_sync(verify_chain)
+    assert (result.ok, result.first_bad_seq, result.records_checked) == (False, 4, 3)
+    assert result.reason.startswith(reason)
+
+
+def test_genuine_records_past_a_head_that_stays_behind_fail(store: Store) -> None:
+    """Records past the head that verify, under a head that still names an earlier record
+    when read again: the tail was cut back to them under an older head (a writer commits a
+    head naming its records with them)."""
+    _append(store, 3)
+    store.run_sync(lambda s: _insert_past_head(s))
+    result = store.run_sync(verify_chain)
+    assert (result.ok, result.first_bad_seq, result.records_checked) == (False, 4, 4)
+    assert result.reason.startswith("records 4..4 follow the head marker")
+
+
+def test_a_head_naming_record_0_is_not_genuine(store: Store) -> None:
+    _append(store, 2)
+    store.run_sync(lambda s: set_meta(s, HEAD_META_KEY, f"0:{'00' * 32}:{'00' * 32}"))
+    result = store.run_sync(verify_chain)
+    assert (result.ok, result.first_bad_seq) == (False, 0)
+    assert "head marker fails its MAC" in result.reason
+
+
 # --- records written before the chain was keyed ---------------------------------------------
 
 
-def _unkeyed_chain(store: Store, count: int) -> None:
-    """The chain as kcm-core wrote it before it was keyed: no MACs, head SEQ:DIGEST."""
-    _append(store, count)
-    store.run_sync(lambda s: _rechain_the_old_way(s, strip_macs_from=1))
+def write_legacy_chain(url: str, count: int) -> bytes:
+    """A database of schema 0001 holding ``count`` records as kcm-core wrote them before the
+    chain was keyed (no MAC column, head ``SEQ:DIGEST``), then upgraded to the newest
+    schema, as an upgraded deployment's is; the newest record's digest."""
+    upgrade(url, "0001")
+    engine = open_engine(url)
+    prev = GENESIS_DIGEST
+    try:
+        with engine.begin() as connection:
+            for seq in range(1, count + 1):
+                values = {"seq": seq, "at": seq, "principal": "p", "tenant": "t1",
+                          "gateway": None, "source": "s", "operation": "Create",
+                          "object_ids": f'["u{seq}"]', "result_status": "Success",
+                          "result_reason": None, "correlation_id": f"c{seq}", "detail": None}
+                digest = record_digest(prev, **values)
+                connection.execute(AuditLog.__table__.insert().values(
+                    **values, prev_digest=prev, digest=digest))
+                prev = digest
+            if count:
+                connection.execute(Meta.__table__.insert().values(
+                    key=HEAD_META_KEY, value=f"{count}:{prev.hex()}"))
+    finally:
+        engine.dispose()
+    upgrade(url)
+    return prev
 
 
-def test_unkeyed_records_are_anchored_by_the_first_keyed_one(store: Store) -> None:
-    _unkeyed_chain(store, 3)
+@pytest.fixture
+def legacy_store(tmp_path) -> Iterator[Store]:
+    """A store upgraded from schema 0001 with three unkeyed records."""
+    url = f"sqlite:///{tmp_path / 'legacy.db'}"
+    write_legacy_chain(url, 3)
+    ksi = Store(url)
+    ksi.audit_key = AUDIT_KEY
+    yield ksi
+    ksi.stopService()
+
+
+def test_unkeyed_records_are_anchored_by_the_first_keyed_one(legacy_store: Store) -> None:
+    store = legacy_store
+    assert store.run_sync(lambda s: get_meta(s, UNKEYED_META_KEY)) == store.run_sync(
+        lambda s: get_meta(s, HEAD_META_KEY))  # what migration 0002 found
     result = store.run_sync(verify_chain)
     assert (result.ok, result.first_bad_seq) == (False, 1)
     assert "start kcm-core or run `kcm core init`" in result.reason
@@ -375,6 +458,7 @@ def test_unkeyed_records_are_anchored_by_the_first_keyed_one(store: Store) -> No
     assert (anchor.seq, anchor.operation, anchor.principal) == (4, "KeyAuditChain", "kcm-core")
     assert json.loads(anchor.detail) == {"unkeyed_records": 3}
     assert store.run_sync(lambda s: key_chain(s, by="kcm-core")) is None  # once only
+    assert store.run_sync(lambda s: get_meta(s, UNKEYED_META_KEY)) is None
     _append(store, 1)
     assert store.run_sync(verify_chain) == VerifyResult(True, 5, unkeyed_records=3)
 
@@ -387,6 +471,45 @@ def test_unkeyed_records_are_anchored_by_the_first_keyed_one(store: Store) -> No
     store.run_sync(rewrite)
     result = store.run_sync(verify_chain)
     assert (result.ok, result.first_bad_seq) == (False, 4)
+
+
+@pytest.mark.parametrize("head", ["deleted", "unkeyed form"])
+def test_a_chain_stripped_of_its_macs_is_never_anchored(store: Store, head: str) -> None:
+    """Someone with the database but not L1 rewrites a record, recomputes every digest,
+    strips every MAC and deletes the head (or writes it as the unkeyed chain did): the
+    chain was keyed from the start, so nothing anchors it and verify gives no advice that
+    would."""
+    _append(store, 4)
+
+    def forge(session) -> None:
+        session.get(AuditLog, 2).principal = "someone else"
+        _rechain_the_old_way(session, strip_macs_from=1)
+        if head == "deleted":
+            session.execute(delete(Meta).where(Meta.key == HEAD_META_KEY))
+
+    store.run_sync(forge)
+    with pytest.raises(AuditChainError, match=r"record \(4\) has no MAC and is not due for "
+                                              r"anchoring .*run `kcm audit verify`"):
+        store.run_sync(lambda s: key_chain(s, by="kcm-core"))
+    assert store.run_sync(lambda s: s.get(AuditLog, 5)) is None  # nothing appended
+    result = store.run_sync(verify_chain)
+    assert not result.ok
+    assert "kcm core init" not in result.reason and "kcm-core" not in result.reason
+    if head == "unkeyed form":
+        assert result.reason == "no record is keyed: records 1..4 have no MAC (their MACs " \
+                                "were removed)"
+
+
+def test_an_anchored_chain_stripped_again_is_not_anchored_again(legacy_store: Store) -> None:
+    """The anchoring happens once: stripping the anchor's MAC too (head back in its unkeyed
+    form) brings the chain back to no anchorable state."""
+    store = legacy_store
+    store.run_sync(lambda s: key_chain(s, by="kcm-core"))
+    _append(store, 1)
+    store.run_sync(lambda s: _rechain_the_old_way(s, strip_macs_from=1))
+    with pytest.raises(AuditChainError):
+        store.run_sync(lambda s: key_chain(s, by="kcm-core"))
+    assert "MACs were removed" in store.run_sync(verify_chain).reason
 
 
 def test_an_empty_or_keyed_chain_needs_no_anchor(store: Store) -> None:

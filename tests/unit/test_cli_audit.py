@@ -4,10 +4,11 @@ command line or read from a saved log, and what ``kcm core init`` does for an un
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select
 from twisted.logger import capturedLogs
 
 from kcm.cli import main
@@ -21,9 +22,10 @@ from kcm.core.audit import (
     record_digest,
 )
 from kcm.core.store.engine import Store
-from kcm.core.store.repository import get_meta, set_meta
-from kcm.core.store.schema import AuditLog
+from kcm.core.store.repository import find_l2, get_meta, set_meta
+from kcm.core.store.schema import AuditLog, Meta
 from kcm.logging import log_observer
+from tests.unit.test_audit import write_legacy_chain
 
 DIGESTED = ("seq", "at", "principal", "tenant", "gateway", "source", "operation",
             "object_ids", "result_status", "result_reason", "correlation_id", "detail")
@@ -166,16 +168,12 @@ def test_verify_needs_this_databases_l1(
 
 
 def test_core_init_anchors_records_written_before_the_chain_was_keyed(
-        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
-    deployment.append(2)
-
-    def unkey(session) -> None:
-        session.execute(update(AuditLog).values(mac=None))
-        set_meta(session, HEAD_META_KEY, get_meta(session, HEAD_META_KEY).rsplit(":", 1)[0])
-
-    deployment.run(unkey)
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deployment = Deployment(tmp_path)
+    write_legacy_chain(deployment.url, 2)  # a database kcm-core wrote before 0002
+    keys.create_l1_keyfile(deployment.l1_file)
     status, out = deployment.kcm(capsys, "audit", "verify")
-    assert status == 1 and "no record is keyed" in out
+    assert status == 1 and "no record is keyed" in out and "run `kcm core init`" in out
     status, out = deployment.kcm(capsys, "core", "init")
     assert status == 0
     assert "audit chain keyed: record 3 anchors the 2 records written before" in out
@@ -184,3 +182,65 @@ def test_core_init_anchors_records_written_before_the_chain_was_keyed(
            "keyed, checked by digest only\n")
     status, out = deployment.kcm(capsys, "core", "init")
     assert status == 0 and "audit chain keyed" not in out
+
+
+def test_core_init_refuses_a_chain_stripped_of_its_macs(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    """Records rewritten, digests recomputed, every MAC stripped and the head deleted by
+    someone without L1: `kcm core init` does not anchor (launder) them, and verify does not
+    advise it."""
+    deployment.append(3)
+
+    def forge(session) -> None:
+        session.get(AuditLog, 2).principal = "FORGED"
+        prev = bytes(32)
+        for row in session.scalars(select(AuditLog).order_by(AuditLog.seq)):
+            row.prev_digest = prev
+            row.digest = prev = record_digest(prev, **{n: getattr(row, n) for n in DIGESTED})
+            row.mac = None
+        session.execute(delete(Meta).where(Meta.key == HEAD_META_KEY))
+
+    deployment.run(forge)
+    status, out = deployment.kcm(capsys, "audit", "verify")
+    assert status == 1 and "kcm core init" not in out
+    assert deployment.kcm(capsys, "core", "init") == (
+        2, "kcm core init: error: the newest audit record (3) has no MAC and is not due for "
+           "anchoring (MACs removed?); run `kcm audit verify`\n")
+    status, out = deployment.kcm(capsys, "audit", "verify")
+    assert status == 1 and "BROKEN" in out
+    assert deployment.run(lambda s: s.scalar(select(func.count()).select_from(AuditLog))) == 3
+
+
+def test_commands_that_create_keys_audit_each_key(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    """tenant add, service add, service rotate and bootstrap: one record per key created,
+    naming it, in the transaction that creates it; nothing when nothing is created."""
+    def uid_of(out: str) -> str:
+        return out.split("key ")[-1].split()[0]
+
+    _, out = deployment.kcm(capsys, "core", "tenant", "add", "demo")
+    l2 = uid_of(out)
+    _, out = deployment.kcm(capsys, "core", "service", "add", "demo", "app")
+    l3_1 = uid_of(out)
+    _, out = deployment.kcm(capsys, "core", "service", "rotate", "demo", "app")
+    l3_2 = uid_of(out)
+    assert deployment.kcm(capsys, "core", "tenant", "add", "demo")[0] == 0  # exists: no key
+    assert deployment.kcm(capsys, "core", "bootstrap", "demo", "app")[0] == 0  # both exist
+    _, out = deployment.kcm(capsys, "core", "bootstrap", "other", "svc")
+    other_l3 = uid_of(out)
+    other_l2 = deployment.run(lambda s: find_l2(s, "other").uid)
+    rows = deployment.run(lambda s: s.scalars(select(AuditLog).order_by(AuditLog.seq)).all())
+    assert [(r.principal, r.operation, r.tenant, json.loads(r.object_ids)) for r in rows] == [
+        ("kcm core tenant add", "AddTenant", "demo", [l2]),
+        ("kcm core service add", "AddServiceKey", "demo", [l3_1]),
+        ("kcm core service rotate", "AddServiceKey", "demo", [l3_2]),
+        ("kcm core bootstrap", "AddTenant", "other", [other_l2]),
+        ("kcm core bootstrap", "AddServiceKey", "other", [other_l3]),
+    ]
+    assert [json.loads(r.detail) for r in rows] == [
+        {"level": "L2"}, {"level": "L3", "service": "app", "version": 1},
+        {"level": "L3", "service": "app", "version": 2}, {"level": "L2"},
+        {"level": "L3", "service": "svc", "version": 1}]
+    assert all(r.source == "cli" and r.result_status == "SUCCESS" for r in rows)
+    assert deployment.kcm(capsys, "audit", "verify") == (
+        0, "audit log intact: 5 records verified\n")

@@ -105,7 +105,7 @@ def test_audit_tail_and_export(deployment: Path, capsys, tmp_path: Path) -> None
                          str(deployment))
     assert [r["correlation_id"] for r in json_lines(out)] == ["c26", "c28"]
     records = json_lines(kcm(capsys, "audit", "tail", "-n", "100", "-c", str(deployment))[1])
-    assert len(records) == 30
+    assert len(records) == 5 + 30  # the fixture's keys (one record each), then the 30
     status, out, _ = kcm(capsys, "audit", "export", "--since", "1h", "-c", str(deployment))
     assert json_lines(out) == records
     status, out, _ = kcm(capsys, "audit", "export", "--until", "2000-01-01", "-c",
@@ -164,7 +164,7 @@ def test_backup_is_a_consistent_copy(deployment: Path, capsys, tmp_path: Path) -
     copy = tmp_path / "backup.db"
     status, out, err = kcm(capsys, "core", "backup", str(copy), "-c", str(deployment))
     assert (status, err) == (0, "")
-    assert out == (f"{copy}: a consistent copy of {deployment.parent / 'kcm.db'} (5 objects, 3 "
+    assert out == (f"{copy}: a consistent copy of {deployment.parent / 'kcm.db'} (5 objects, 8 "
                    "audit records); the L1 key is not in it: keep a copy of that apart\n")
     assert copy.stat().st_mode & 0o077 == 0
     with sqlite3.connect(copy) as connection:

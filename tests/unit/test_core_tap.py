@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from twisted.application.service import Application, IService
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver
@@ -21,10 +21,11 @@ from kcm.core.service import L1_CHECK_META, CoreService, MasterKey, StartupError
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
-from kcm.core.store.schema import AuditLog
+from kcm.core.store.schema import AuditLog, Meta
 from kcm.kmip_protocol import ConnectionLimits
 from kcm.link.frames import FRAME_OVERHEAD
 from kcm.tls_policy import TlsPolicy
+from tests.unit.test_audit import write_legacy_chain
 from tests.vectors import REPO_ROOT
 
 TREE = ["kcm-store", "kcm-l1", "kcm-audit-checkpoints", "kcm-policy", "kcm-kmip-listener",
@@ -254,31 +255,51 @@ def test_another_l1_key_stops_the_start(deployment) -> None:
 
 def test_the_master_key_keys_the_store_and_anchors_an_unkeyed_chain(deployment) -> None:
     database, l1_file = deployment
-    upgrade(database)
+    # Two records as kcm-core wrote them before the chain was keyed (schema 0001: no MAC,
+    # head SEQ:DIGEST), the database then upgraded.
+    unkeyed_digest = write_legacy_chain(database, 2)
     l1 = keys.load_l1(l1_file)
     store = Store(database)
     store.run_sync(lambda s: repository.set_meta(s, L1_CHECK_META, keys.key_check_value(l1)))
-    # Two records as kcm-core wrote them before the chain was keyed: no MAC, head SEQ:DIGEST.
-    store.run_sync(lambda s: [audit.append_audit(s, audit.AuditEvent("p", "Get", "S", "c"),
-                                                 audit_key=bytes(32)) for _ in range(2)])
-
-    def unkey(session) -> str:
-        session.execute(update(AuditLog).values(mac=None))
-        head = repository.get_meta(session, audit.HEAD_META_KEY).rsplit(":", 1)[0]
-        repository.set_meta(session, audit.HEAD_META_KEY, head)
-        return head
-
-    unkeyed_head = store.run_sync(unkey)
     keyring = Keyring()
     MasterKey(keyring, store, str(l1_file)).startService()
     assert store.audit_key == keyring.audit_key == keys.derive_audit_key(l1)
     result = store.run_sync(audit.verify_chain, write=False)
     assert (result.ok, result.records_checked, result.unkeyed_records) == (True, 3, 2)
     anchor = store.run_sync(lambda s: s.get(AuditLog, 3))
-    assert (anchor.operation, anchor.principal, anchor.prev_digest.hex()) == (
-        audit.KEY_CHAIN_OPERATION, "kcm-core", unkeyed_head.split(":")[1])
+    assert (anchor.operation, anchor.principal, anchor.prev_digest) == (
+        audit.KEY_CHAIN_OPERATION, "kcm-core", unkeyed_digest)
     MasterKey(Keyring(), store, str(l1_file)).startService()  # a keyed chain: nothing to do
     assert store.run_sync(audit.verify_chain, write=False).records_checked == 3
+    store.stopService()
+
+
+def test_the_master_key_refuses_a_chain_stripped_of_its_macs(deployment) -> None:
+    """A chain keyed from the start whose MACs were all removed (and its head deleted):
+    kcm-core does not start, rather than anchor the forgery."""
+    database, l1_file = deployment
+    upgrade(database)
+    l1 = keys.load_l1(l1_file)
+    store = Store(database)
+    store.run_sync(lambda s: repository.set_meta(s, L1_CHECK_META, keys.key_check_value(l1)))
+    store.run_sync(lambda s: [audit.append_audit(s, audit.AuditEvent("p", "Get", "S", "c"),
+                                                 audit_key=keys.derive_audit_key(l1))
+                              for _ in range(2)])
+
+    def strip(session) -> None:
+        session.execute(update(AuditLog).values(mac=None))
+        session.execute(delete(Meta).where(Meta.key == audit.HEAD_META_KEY))
+
+    store.run_sync(strip)
+    store.stopService()
+    core = start(database, l1_file)
+    with pytest.raises(StartupError, match=r"^the newest audit record \(2\) has no MAC and is "
+                                           r"not due for anchoring \(MACs removed\?\); run "
+                                           r"`kcm audit verify`$"):
+        core.startService()
+    assert not core.running
+    store = Store(database)
+    assert store.run_sync(lambda s: s.get(AuditLog, 3), write=False) is None
     store.stopService()
 
 

@@ -203,7 +203,11 @@ def existing_database(config: CoreConfig) -> str:
     try:
         url = make_url(config.database)
     except ArgumentError as e:
-        raise CommandError(f"database {config.database!r} is not a database URL") from e
+        # Not echoed: a malformed URL may still hold a password.
+        scheme = config.database.partition(":")[0][:40]
+        raise CommandError(f"the database setting ({scheme}:...) is not a database URL, "
+                           f"e.g. postgresql+psycopg://USER@HOST/DB or "
+                           f"sqlite:///var/kcm.db") from e
     if url.get_backend_name() == "sqlite":
         path = url.database or ""
         if not path or not os.path.isfile(path):

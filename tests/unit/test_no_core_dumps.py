@@ -23,3 +23,17 @@ def test_the_cli_never_prints_a_database_password() -> None:
                       "&sslmode=require&sslpassword=SEKRIT2")
     assert "SEKRIT" not in shown and "sslmode=require" in shown
     assert shown_url("sqlite:////var/lib/kcm/kcm.db") == "sqlite:////var/lib/kcm/kcm.db"
+
+
+def test_a_malformed_database_url_is_not_echoed() -> None:
+    import pytest
+
+    from kcm.cli import CommandError
+    from kcm.cli.core_cmd import existing_database
+    from kcm.core.config import CoreConfig
+
+    config = CoreConfig(database="postgresql+psycopg:/kcm:SEKRIT@db.example/kcm")
+    with pytest.raises(CommandError) as refused:
+        existing_database(config)
+    assert "SEKRIT" not in str(refused.value)
+    assert "postgresql+psycopg:..." in str(refused.value)

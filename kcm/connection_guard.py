@@ -20,9 +20,12 @@ and link listeners, kcm-gateway's KMIP listener); it wraps each listener's TLS l
   listener keeps Twisted's own buffer size: its protocol has its own bound on what a slow
   gateway may hold (``max_queued_events``).
 
-Refusals and expired handshakes are logged at most once per ``LOG_INTERVAL`` seconds per
-kind, with the number of connections since the previous line, so a flood does not flood
-the log.
+Refusals, expired handshakes and failed handshakes (a client certificate TLS did not verify:
+expired, of another CA, not for client use, none at all; or a client that did not take this
+server's certificate) are logged at most once per ``LOG_INTERVAL`` seconds per kind, with
+the number of connections since the previous line, the last one's address and, for a failed
+handshake, why (OpenSSL's verify reason, e.g. ``certificate has expired``, or its error), so
+a flood does not flood the log.
 """
 
 from __future__ import annotations
@@ -31,16 +34,28 @@ import resource
 from collections import Counter
 from typing import Any, Protocol
 
+from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 
-from kcm.eager_tls import EagerTLSFactory
+from kcm.eager_tls import EagerTLSFactory, EagerTLSProtocol
 from kcm.tcp_reads import read_into_shared_buffer
 
-__all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "GuardLimits"]
+__all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "GuardLimits",
+           "handshake_failure_reason"]
 
 log = Logger()
+
+try:  # pyOpenSSL's own binding: why OpenSSL did not verify the peer's certificate
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+
+    _VERIFY_RESULT = _lib.SSL_get_verify_result
+    _VERIFY_ERROR_STRING = _lib.X509_verify_cert_error_string
+except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
+    _VERIFY_RESULT = None
 
 #: Seconds between two log lines about refused or expired connections.
 LOG_INTERVAL = 10.0
@@ -141,13 +156,21 @@ class ConnectionGuard:
                    self.limits.handshake_timeout)
         protocol.abortConnection()
 
+    def handshake_failed(self, host: str, reason: str) -> None:
+        """A TLS handshake with ``host`` failed for ``reason`` (short ASCII); logged in
+        summary."""
+        self._note("handshake_failed", host, "{count} TLS handshake(s) failed in the last "
+                   "{interval}s; last from {host}: {reason}", 0, reason=reason)
+
     # Rate-limited log -------------------------------------------------------------------
-    def _note(self, kind: str, host: str, message: str, limit: float) -> None:
+    def _note(self, kind: str, host: str, message: str, limit: float,
+              reason: str = "") -> None:
         summary = self._summaries.get(kind)
         if summary is None:
             summary = self._summaries[kind] = _Summary(message, limit)
         summary.count += 1
         summary.host = host
+        summary.reason = reason
         now = self.clock.seconds()
         if summary.logged_at is None or now - summary.logged_at >= LOG_INTERVAL:
             summary.flush(now)
@@ -160,13 +183,14 @@ class ConnectionGuard:
 class _Summary:
     """One kind of refusal: how many since its last log line."""
 
-    __slots__ = ("count", "host", "limit", "logged_at", "message", "pending")
+    __slots__ = ("count", "host", "limit", "logged_at", "message", "pending", "reason")
 
     def __init__(self, message: str, limit: float) -> None:
         self.message = message
         self.limit = limit
         self.count = 0
         self.host = ""
+        self.reason = ""
         self.logged_at: float | None = None
         self.pending: IDelayedCall | None = None
 
@@ -176,7 +200,7 @@ class _Summary:
         self.pending = None
         if self.count:
             log.warn(self.message, count=self.count, limit=self.limit, host=self.host,
-                     interval=f"{LOG_INTERVAL:g}")
+                     reason=self.reason, interval=f"{LOG_INTERVAL:g}")
         self.count = 0
         self.logged_at = now
 
@@ -186,8 +210,59 @@ def _host(transport: Any) -> str:
     return str(getattr(peer, "host", peer))
 
 
+#: The most characters of a failed handshake's reason that are logged.
+_REASON_LENGTH = 120
+
+
+def handshake_failure_reason(connection: Any, failure: Failure) -> str:
+    """Why the TLS handshake of ``connection`` (a pyOpenSSL ``Connection``) failed with
+    ``failure`` (an ``SSL.Error``), in short ASCII: OpenSSL's verify reason when it did not
+    verify the peer's certificate (``certificate verify failed: certificate has expired``),
+    else OpenSSL's errors (``tlsv1 alert unknown ca``: the peer did not take ours)."""
+    verify_error = ""
+    ssl = getattr(connection, "_ssl", None)
+    if _VERIFY_RESULT is not None and ssl is not None:
+        code = _VERIFY_RESULT(ssl)
+        if code != 0:  # X509_V_OK
+            verify_error = _ffi.string(_VERIFY_ERROR_STRING(code)).decode("ascii", "replace")
+    errors = failure.value.args[0] if failure.value.args else None
+    if isinstance(errors, list) and errors:
+        # [(library, function, reason), ...]: the reasons say it.
+        said = "; ".join(str(error[-1]) for error in errors
+                         if isinstance(error, tuple) and error)
+    else:
+        said = str(failure.value)
+    said = said or type(failure.value).__name__
+    if verify_error:
+        said = (f"{said}: {verify_error}" if "verify failed" in said
+                else f"certificate verify failed: {verify_error}")
+    text = "".join(c if " " <= c <= "~" else "?" for c in said)
+    return text[:_REASON_LENGTH]
+
+
+class _GuardedTLSProtocol(EagerTLSProtocol):
+    """A guarded server-side TLS connection: one whose handshake fails is told to the
+    guard (:meth:`ConnectionGuard.handshake_failed`)."""
+
+    factory: _GuardedTLSFactory
+
+    def _tlsShutdownFinished(self, reason: Failure | None) -> None:
+        # Twisted ends the TLS connection here on an OpenSSL error, the Connection still
+        # at hand. Not this kind of failure: a handshake that completed, and a connection
+        # closed or reset before its handshake ended (SysCallError: a TCP health check, a
+        # client that gave up), which the handshake deadline and Twisted's log cover.
+        if (reason is not None and reason.check(SSL.Error)
+                and not reason.check(SSL.SysCallError)
+                and not getattr(self, "_handshakeDone", False)):
+            self.factory.guard.handshake_failed(
+                _host(self.transport), handshake_failure_reason(self._tlsConnection, reason))
+        super()._tlsShutdownFinished(reason)
+
+
 class _GuardedTLSFactory(EagerTLSFactory):
     """Server-side TLS whose connections the guard admits, counts and times."""
+
+    protocol = _GuardedTLSProtocol
 
     def __init__(self, guard: ConnectionGuard, options: Any, factory: Any,
                  bound_output: bool) -> None:

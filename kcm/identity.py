@@ -23,6 +23,13 @@ else is not a principal.
 
 KMIP clients whose certificates carry only a subject are named by the core's policy file; see
 :class:`SubjectMap`.
+
+A CA's certificate (BasicConstraints cA=TRUE, or a KeyUsage with keyCertSign) names nobody,
+whatever its names: an X509-SVID leaf has cA=false (SPIFFE X509-SVID §4.1).
+
+The core's own certificate is the one identity without a SPIFFE ID: it names its host (DNS or
+IP subject alternative names) only, so that no other identity, a gateway's above all (it names
+the same hosts, for its clients), passes for the core (:func:`core_certificate_refusal`).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ __all__ = [
     "Principal",
     "Role",
     "SubjectMap",
+    "core_certificate_refusal",
+    "is_ca_certificate",
     "parse_principal_path",
     "parse_spiffe_id",
     "principal_from_certificate",
@@ -255,23 +264,60 @@ class SubjectMap:
         )
 
 
+def is_ca_certificate(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` is a CA's: BasicConstraints cA=TRUE, or a KeyUsage with keyCertSign."""
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return True
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def core_certificate_refusal(cert: x509.Certificate) -> str | None:
+    """Why ``cert``, which a gateway's link peer presented, is not a core's (short ASCII), or
+    ``None`` if it may be one.
+
+    The chain and host name are TLS's to check; this refuses what TLS would let through: a
+    certificate carrying any URI subject alternative name (every identity but the core's
+    carries a SPIFFE ID, and a gateway's names the same hosts as the core's), and a CA's.
+    """
+    if is_ca_certificate(cert):
+        return "its certificate is a CA's"
+    uris = _uri_sans(cert)
+    if uris:
+        shown = uris[0].encode("ascii", "backslashreplace").decode("ascii")[:100]
+        return f"its certificate carries a URI SAN ({shown}); a core's carries none"
+    return None
+
+
 def principal_from_certificate(
     cert: x509.Certificate, *, trust_domain: str, subject_map: SubjectMap | None = None
 ) -> Principal | None:
     """The principal a verified peer certificate names, or ``None`` (refuse the connection).
 
-    The certificate must already have been verified by TLS: this only reads names. If it has
+    The certificate must already have been verified by TLS: this only reads names. A CA's
+    certificate (:func:`is_ca_certificate`) names nobody. If it has
     any ``spiffe:`` URI SAN, the decision rests on those alone: exactly one, valid in
     ``trust_domain``, or ``None`` (a certificate claiming a bad or second SPIFFE ID is never
     rescued by its subject). Other URI schemes are ignored. Without a SPIFFE ID, the subject is
     looked up in ``subject_map``.
     """
     validate_trust_domain(trust_domain)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
+    if is_ca_certificate(cert):
+        return None
+    uris = _uri_sans(cert)
     # The scheme is case-insensitive in RFC 3986, so SPIFFE-looking URIs in any case count as
     # claims here even though only the lowercase spelling can be valid.
     spiffe_uris = [u for u in uris if u[: len(_SCHEME)].lower() == _SCHEME]

@@ -307,6 +307,9 @@ def init_pki(
     """Create a development PKI in ``directory`` and return its paths.
 
     ``hosts`` (DNS names and IP addresses) go into the core's and the gateway's certificates.
+    The core's carries them only, no URI SAN: that is what tells it from the gateway's, which
+    names the same hosts (a gateway refuses a core whose certificate has a URI SAN:
+    :func:`kcm.identity.core_certificate_refusal`).
     The application certificate is ``spiffe://TD/tenant/TENANT/service/SERVICE``; the other
     identities are fixed: gateway ``gw1``, operator ``ops``, tenant admin ``alice`` of
     ``TENANT``, a second tenant's application ``spiffe://TD/tenant/other/service/app`` (or

@@ -15,7 +15,10 @@ One policy for every KCM listener and for the gateway's link to the core (ARCHIT
   (``VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT``); OpenSSL also checks that it is fit for TLS
   client use (an extendedKeyUsage without clientAuth is refused);
 * the client verifies the server's chain and its DNS or IP subject alternative name with
-  ``service_identity``, and presents its own certificate.
+  ``service_identity``, and presents its own certificate (the gateway's link also refuses a
+  peer whose certificate is not a core's: :mod:`kcm.gateway.link_client`);
+* a TLS private key file must not be readable by others (a start fails naming it), and one
+  its group may read is warned about, once (:func:`check_key_file_mode`).
 
 The server neither needs nor uses SNI: PyKMIP's client, for one, sends none.
 
@@ -48,6 +51,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,6 +98,7 @@ __all__ = [
     "TLS12_CIPHERS",
     "TLSClientEndpoint",
     "TLSListener",
+    "check_key_file_mode",
     "client_tls_options",
     "listener_tls_options",
     "load_certificates",
@@ -123,8 +128,29 @@ def load_certificates(path: str | Path) -> list[x509.Certificate]:
     return certs
 
 
+#: The key files whose group-readable mode was warned about (once per process each).
+_warned_key_files: set[str] = set()
+
+
+def check_key_file_mode(path: str | Path, mode: int) -> None:
+    """Refuse (ValueError) a TLS private key file ``path`` of ``mode`` that others may read;
+    warn, once per file, about one its group may read (the L1 key file is refused for either;
+    a TLS key may be shared with a group on purpose, e.g. ``ssl-cert``)."""
+    mode = stat.S_IMODE(mode)
+    if mode & stat.S_IROTH:
+        raise ValueError(f"TLS key file {os.fspath(path)} has mode {mode:04o}; it must not be "
+                         "readable by others (chmod 600)")
+    if mode & stat.S_IRGRP and os.fspath(path) not in _warned_key_files:
+        _warned_key_files.add(os.fspath(path))
+        log.warn("TLS key file {path} has mode {mode}: its group may read it (chmod 600 "
+                 "unless that is meant)", path=os.fspath(path), mode=f"{mode:04o}")
+
+
 def _load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    with open(path, "rb") as f:
+        check_key_file_mode(path, os.fstat(f.fileno()).st_mode)
+        pem = f.read()
+    key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ValueError(f"{path}: TLS keys must be ECDSA or RSA")
     return key

@@ -14,23 +14,29 @@ within one connection attempt, and resumes the event stream after the last event
 Which core a gateway tries first: with ``order = "spread"`` (the default) a random one, so
 that a fleet of gateways with the same list spreads over the cores; with ``"listed"`` the
 first listed (an operator who lists each zone's nearest core first).
+
+Why a gateway cannot link is logged as a warning naming the core and the error (connection
+refused, certificate verify failed, not a core's certificate, ...): the first failure at once,
+then at most one line every :data:`FAILURE_LOG_INTERVAL` seconds while the failures last (with
+their number), and one line when a link is made again (:meth:`CoreFailoverEndpoint.linked`).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kcm.tls import with_tcp_option
 
-__all__ = ["ORDERS", "CoreFailoverEndpoint", "with_connect_timeout"]
+__all__ = ["FAILURE_LOG_INTERVAL", "ORDERS", "CoreFailoverEndpoint", "with_connect_timeout"]
 
 log = Logger()
 
@@ -38,6 +44,8 @@ log = Logger()
 ORDERS = ("spread", "listed")
 #: Seconds a connection attempt to one core may take unless its endpoint string says.
 CONNECT_TIMEOUT = 3
+#: Seconds between two warnings while the gateway's attempts to link keep failing.
+FAILURE_LOG_INTERVAL = 30.0
 
 
 def with_connect_timeout(description: str, seconds: int = CONNECT_TIMEOUT) -> str:
@@ -49,11 +57,15 @@ def with_connect_timeout(description: str, seconds: int = CONNECT_TIMEOUT) -> st
 
 @implementer(IStreamClientEndpoint)
 class CoreFailoverEndpoint:
-    """Connects to one of ``endpoints`` (named ``names`` in the log), as the module says."""
+    """Connects to one of ``endpoints`` (named ``names`` in the log), as the module says.
+
+    ``clock`` times the failure warnings; one built without (kcm-gateway's tap) takes the
+    clock of the :class:`kcm.gateway.link_client.LinkClient` it is given to."""
 
     def __init__(self, endpoints: Sequence[Any], names: Sequence[str], *,
                  order: str = "spread",
-                 random_index: Callable[[int], int] = random.randrange) -> None:
+                 random_index: Callable[[int], int] = random.randrange,
+                 clock: IReactorTime | None = None) -> None:
         if not endpoints or len(endpoints) != len(names):
             raise ValueError("a gateway needs at least one core, each with a name")
         if order not in ORDERS:
@@ -62,6 +74,18 @@ class CoreFailoverEndpoint:
         self.names = list(names)
         #: The index of the core tried first next time (the one reached last).
         self.current = random_index(len(endpoints)) if order == "spread" else 0
+        self.clock = clock
+        #: Failed attempts since the last link, and when the first of them was.
+        self.failures = 0
+        self._failing_since = 0.0
+        #: When a failure was last logged (None: none of these failures yet).
+        self._logged_at: float | None = None
+
+    def __repr__(self) -> str:
+        # (ClientService logs "Scheduling retry N to connect <this> in S seconds.")
+        if len(self.names) == 1:
+            return f"core {self.names[0]}"
+        return f"cores {', '.join(self.names)} (next {self.current_name})"
 
     @property
     def current_name(self) -> str:
@@ -94,12 +118,13 @@ class CoreFailoverEndpoint:
             return protocol
 
         def failed(failure: Failure) -> Any:
-            if left <= 1 or failure.check(CancelledError):
+            if failure.check(CancelledError):
                 return failure
-            log.info("core {core} unreachable ({error}); trying {next}",
-                     core=self.names[index], error=failure.getErrorMessage(),
-                     next=self.names[(index + 1) % len(self.endpoints)])
-            return self._attempt(factory, (index + 1) % len(self.endpoints), left - 1)
+            following = (index + 1) % len(self.endpoints)
+            self._failed(index, failure.getErrorMessage(), following if left > 1 else None)
+            if left <= 1:
+                return failure
+            return self._attempt(factory, following, left - 1)
 
         return d.addCallbacks(reached, failed)
 
@@ -110,11 +135,42 @@ class CoreFailoverEndpoint:
         unreachable, and the next :meth:`connect` starts at the next core. True when that
         one should be tried at once: another core, still in the first round of the list
         (after it, and with one core, the link's back-off waits)."""
-        if len(self.endpoints) == 1:
-            return False
         failed = self.current
+        if len(self.endpoints) == 1:
+            self._failed(failed, reason, None)
+            return False
         self.current = (failed + 1) % len(self.endpoints)
-        log.info("core {core} did not complete the link ({error}); trying {next}",
-                 core=self.names[failed], error=reason, next=self.current_name)
+        self._failed(failed, reason, self.current)
         return in_a_row < len(self.endpoints)
 
+    def linked(self) -> None:
+        """A link to the current core is made (the core welcomed it): the failures before it
+        are over (one line says so, if any was logged)."""
+        if self._logged_at is not None:
+            log.info("linked to core {core} after {count} failed attempt(s) in {seconds:.0f}s",
+                     core=self.current_name, count=self.failures,
+                     seconds=self._now() - self._failing_since)
+        self.failures = 0
+        self._logged_at = None
+
+    def _now(self) -> float:
+        return self.clock.seconds() if self.clock is not None else time.monotonic()
+
+    def _failed(self, index: int, error: str, following: int | None) -> None:
+        """An attempt to link to core ``index`` failed with ``error``; the next attempt goes
+        to core ``following`` now (None: after the back-off). Logged as the module says."""
+        now = self._now()
+        self.failures += 1
+        if self.failures == 1:
+            self._failing_since = now
+        if self._logged_at is not None and now - self._logged_at < FAILURE_LOG_INTERVAL:
+            return
+        self._logged_at = now
+        then = "" if following is None else f"; trying {self.names[following]}"
+        if self.failures == 1:
+            log.warn("cannot link to core {core}: {error}{then}", core=self.names[index],
+                     error=error, then=then)
+        else:
+            log.warn("cannot link to core {core}: {error}{then} ({count} failed attempts in "
+                     "{seconds:.0f}s)", core=self.names[index], error=error, then=then,
+                     count=self.failures, seconds=now - self._failing_since)

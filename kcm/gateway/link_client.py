@@ -20,6 +20,10 @@ A link is made when the core's WELCOME comes, within ``welcome_timeout`` (2 s) o
 connection; one lost or given up before it (a core that refuses the link, or a hung one whose
 kernel completes the TCP connection but which never completes the TLS handshake) is a failed
 attempt of that core: the next goes to the next core (:mod:`kcm.gateway.core_endpoints`).
+So is a link to a peer whose certificate is not a core's, though TLS verified its chain and
+host name (:func:`kcm.identity.core_certificate_refusal`: any URI SAN, as a gateway's
+certificate carries, or a CA's): it is closed as soon as the handshake completes, before
+anything is sent on it, and never taken for the core's.
 
 Nothing waits long for a link that is not there: while it is down every call fails at once
 with :class:`LinkDown`, with two exceptions, both bounded (``first_link_wait`` and
@@ -54,6 +58,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHandshakeListener,
     IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
@@ -61,8 +66,10 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from kcm.identity import Principal
+from kcm.gateway.core_endpoints import CoreFailoverEndpoint
+from kcm.identity import Principal, core_certificate_refusal
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.l4.service_key import ServiceKey
@@ -83,7 +90,7 @@ from kcm.link.frames import (
 )
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
 from kcm.link.relay import caller_fields, read_response, request_frame
-from kcm.tls import client_tls_options, tls_client_endpoint
+from kcm.tls import client_tls_options, peer_certificate, tls_client_endpoint
 
 log = Logger()
 
@@ -92,6 +99,8 @@ EventCallback = Callable[[int, str, "str | None", Payload], None]
 _MAX_STREAM_ID = (1 << 31) - 1
 #: Callers' encoded fields kept at most (one per client connection; emptied when full).
 _MAX_CALLERS = 4096
+#: Refusals of peers that are not a core remembered as logged at most (emptied when full).
+_MAX_REFUSALS_LOGGED = 64
 
 
 class LinkError(Exception):
@@ -139,6 +148,7 @@ class _Stream:
         self.deadline = deadline
 
 
+@implementer(IHandshakeListener)
 class LinkClientProtocol(LinkProtocol):
     """One connection to the core; its streams die with it."""
 
@@ -178,6 +188,19 @@ class LinkClientProtocol(LinkProtocol):
         self.send(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
                         peer_name=self.client.gateway_name,
                         sequence=self.client.last_sequence))
+
+    def handshakeCompleted(self) -> None:
+        """TLS verified the peer's chain and host name: it must also be a core, not another
+        identity of the same PKI naming the same host (a gateway's certificate); if not, the
+        link is closed before anything goes on it, a failed attempt of this core."""
+        cert = peer_certificate(self.transport)
+        why = ("it presented no certificate" if cert is None
+               else core_certificate_refusal(cert))
+        if why is None:
+            return
+        self.refused = f"{self.peer} is not a core: {why}"
+        self.client._not_a_core(self.refused)
+        self.close(abort=True)
 
     def frame_WELCOME(self, frame: Frame) -> None:
         if self.welcomed:
@@ -441,6 +464,8 @@ class LinkClient(MultiService):
         self._producers: set[IPushProducer] = set()
         self._saturated = False
         self._refusals = 0  # connections in a row lost before WELCOME
+        #: The peers refused as not a core (and why) already logged since the last link.
+        self._refusals_logged: set[str] = set()
         #: A REQUEST's caller fields, encoded once per (caller, source): per connection.
         self._caller_fields: dict[tuple[Principal, str], bytes] = {}
         #: CANCEL frames sent since the service started (calls whose caller left).
@@ -458,6 +483,8 @@ class LinkClient(MultiService):
         # it moves the core endpoint on to the next core, and the retry delay adds these
         # refusals, so a core that keeps closing the link before WELCOME, or a single core
         # that hangs, is retried with backoff too.
+        if isinstance(endpoint, CoreFailoverEndpoint) and endpoint.clock is None:
+            endpoint.clock = clock  # (its failure warnings are timed by this clock)
         self._connector = ClientService(endpoint, factory, clock=clock,
                                         retryPolicy=self.retry_delay)
         self._connector.setServiceParent(self)
@@ -665,6 +692,10 @@ class LinkClient(MultiService):
                 log.failure("applying the core's policy failed")
         self._protocol = protocol
         self._refusals = 0
+        self._refusals_logged.clear()
+        linked = getattr(self._endpoint, "linked", None)
+        if linked is not None:  # (CoreFailoverEndpoint: its failures, if any, are over)
+            linked()
         self._hold_until = float("-inf")  # a link lost from now on fails calls at once
         self.links_made += 1
         waiters, self._waiters = self._waiters, []
@@ -701,6 +732,16 @@ class LinkClient(MultiService):
                                                     or reason.getErrorMessage())
         if streams:
             self._stream_done(streams)
+
+    def _not_a_core(self, refusal: str) -> None:
+        """A link was refused for ``refusal`` (its peer is not a core): a warning, once until
+        the next link (its retries are the core endpoint's to report, rate-limited)."""
+        if refusal in self._refusals_logged:
+            return
+        if len(self._refusals_logged) >= _MAX_REFUSALS_LOGGED:
+            self._refusals_logged.clear()
+        self._refusals_logged.add(refusal)
+        log.warn("refusing the link: {refusal}", refusal=refusal)
 
     def _attempt_failed(self, reason: str) -> bool:
         """A link lost before WELCOME is a failed attempt of its core: the core endpoint

@@ -22,9 +22,13 @@ class App(Protocol):
 
 
 @pytest.fixture(scope="module")
-def tls_options(tmp_path_factory: pytest.TempPathFactory):
-    pki = init_pki(tmp_path_factory.mktemp("pki"))
-    return server_tls_options(pki.core.cert, pki.core.key, pki.ca.cert)
+def pki_paths(tmp_path_factory: pytest.TempPathFactory):
+    return init_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_options(pki_paths):
+    return server_tls_options(pki_paths.core.cert, pki_paths.core.key, pki_paths.ca.cert)
 
 
 def guarded(tls_options, **limits):
@@ -150,3 +154,113 @@ def test_expired_handshakes_are_logged_in_summary(tls_options, warnings) -> None
     clock.advance(1)
     clock.advance(LOG_INTERVAL)
     assert [event["count"] for event in warnings] == [1, 49]
+
+
+# Failed handshakes (a client certificate TLS did not verify) ---------------------------------
+
+def _client_pair(directory, name: str, ca=None, **issue):
+    """A client certificate and key in ``directory``, issued by ``ca`` (else a CA of its
+    own: one the server does not trust)."""
+    import datetime as dt
+
+    from kcm.pki import CertKeyPaths, issue_certificate, new_ca, write_certificate
+
+    now = dt.datetime.now(dt.UTC)
+    ca = ca if ca is not None else new_ca("Another CA", now=now)
+    issued = issue_certificate(ca, name, now=now,
+                               uris=["spiffe://kcm.test/tenant/demo/service/app"], **issue)
+    paths = CertKeyPaths(directory / f"{name}.pem", directory / f"{name}.key")
+    write_certificate(paths, issued.cert, issued.key)
+    return paths
+
+
+def handshake(factory, client_options, host="10.0.2.1", port=42000):
+    """A TLS handshake between a client with ``client_options`` and a connection the guarded
+    ``factory`` accepted from ``host``, bytes carried by hand until neither side has more."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    server, server_transport = accept(factory, host=host, port=port)
+    client = TLSMemoryBIOFactory(client_options, True, Factory.forProtocol(Protocol)) \
+        .buildProtocol(None)
+    client_transport = StringTransport()
+    client.makeConnection(client_transport)
+    for _ in range(20):
+        to_server, to_client = client_transport.value(), server_transport.value()
+        client_transport.clear()
+        server_transport.clear()
+        if not to_server and not to_client:
+            break
+        if to_server:
+            server.dataReceived(to_server)
+        if to_client:
+            client.dataReceived(to_client)
+    return server
+
+
+def test_a_client_certificate_of_another_ca_is_logged_with_openssls_reason(
+        tls_options, pki_paths, tmp_path, warnings) -> None:
+    from kcm.tls import client_tls_options
+
+    _, factory, _ = guarded(tls_options)
+    stranger = _client_pair(tmp_path, "stranger")
+    handshake(factory, client_tls_options(stranger.cert, stranger.key, pki_paths.ca.cert,
+                                          "localhost"))
+    failed = [event for event in warnings if "handshake(s) failed" in event["log_format"]]
+    assert [(event["count"], event["host"]) for event in failed] == [(1, "10.0.2.1")]
+    assert failed[0]["reason"] == ("certificate verify failed: unable to get local issuer "
+                                   "certificate")
+
+
+def test_failed_handshakes_are_logged_in_summary_under_a_flood(
+        tls_options, pki_paths, tmp_path, warnings) -> None:
+    """One line at the first failure, one for the rest of its interval: never one each."""
+    import datetime as dt
+
+    from kcm.pki import load_ca
+    from kcm.tls import client_tls_options
+
+    _, factory, clock = guarded(tls_options)
+    ca = load_ca(pki_paths.ca)
+    now = dt.datetime.now(dt.UTC)
+    expired = _client_pair(tmp_path, "expired", ca, not_before=now - dt.timedelta(days=3),
+                           not_after=now - dt.timedelta(days=1))
+    options = client_tls_options(expired.cert, expired.key, pki_paths.ca.cert, "localhost")
+    for i in range(30):
+        handshake(factory, options, host=f"10.0.3.{i}")
+        clock.advance(0.01)
+    server_only = _client_pair(tmp_path, "server-only", ca, server=True, client=False)
+    handshake(factory, client_tls_options(server_only.cert, server_only.key,
+                                          pki_paths.ca.cert, "localhost"), host="10.0.4.1")
+    clock.advance(LOG_INTERVAL)
+    failed = [event for event in warnings if "handshake(s) failed" in event["log_format"]]
+    assert [event["count"] for event in failed] == [1, 30]
+    assert failed[0]["reason"] == "certificate verify failed: certificate has expired"
+    assert failed[1]["host"] == "10.0.4.1"  # the last one, with its reason
+    assert failed[1]["reason"].startswith("certificate verify failed: ")
+    assert "certificate purpose" in failed[1]["reason"]  # (OpenSSL 3: "unsuitable ...")
+
+
+def test_a_client_that_does_not_take_the_servers_certificate_is_logged(
+        tls_options, tmp_path, warnings) -> None:
+    from kcm.pki import init_pki as other_pki
+    from kcm.tls import client_tls_options
+
+    _, factory, _ = guarded(tls_options)
+    other = other_pki(tmp_path / "other")  # its CA did not issue the server's certificate
+    handshake(factory, client_tls_options(other.app.cert, other.app.key, other.ca.cert,
+                                          "localhost"))
+    failed = [event for event in warnings if "handshake(s) failed" in event["log_format"]]
+    assert len(failed) == 1 and "unknown ca" in failed[0]["reason"], failed
+
+
+def test_a_connection_closed_before_its_handshake_is_no_failed_handshake(
+        tls_options, warnings) -> None:
+    """A TCP health check (connect, close) or a client that gives up mid-handshake is not
+    a refused certificate: nothing is logged for it."""
+    _, factory, _ = guarded(tls_options)
+    protocol, _ = accept(factory)
+    protocol.connectionLost(None)
+    protocol, _ = accept(factory, port=40001)
+    protocol.dataReceived(b"\x16\x03\x01\x00\x05")  # the start of a ClientHello
+    protocol.connectionLost(None)
+    assert [event for event in warnings if "failed" in event["log_format"]] == []

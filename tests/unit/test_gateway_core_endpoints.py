@@ -6,6 +6,8 @@ import pytest
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 
 from kcm.gateway.config import ConfigError, load_config
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint, with_connect_timeout
@@ -121,3 +123,74 @@ def test_core_setting_takes_a_string_a_list_or_commas(tmp_path) -> None:
             load_config(None, {"core": bad})
     with pytest.raises(ConfigError, match="core_order"):
         load_config(None, {"core_order": "nearest"})
+
+
+# Why a gateway cannot link: logged, rate-limited ----------------------------------------------
+
+@pytest.fixture
+def logged():
+    seen: list[tuple[str, str]] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == "kcm.gateway.core_endpoints":
+            seen.append((event["log_level"].name, formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_a_single_core_that_cannot_be_reached_is_warned_about_rate_limited(logged) -> None:
+    """The defect: with one core a failure was logged nowhere but in Twisted's "Scheduling
+    retry ... <CoreFailoverEndpoint object at 0x...>"; now a warning with the core and the
+    error, the first at once, then at most one every FAILURE_LOG_INTERVAL, and one line when
+    the link is made again."""
+    clock = Clock()
+    core = FakeEndpoint(False)
+    endpoint = CoreFailoverEndpoint([core], ["tcp:core1:5697"], clock=clock)
+    for _ in range(100):  # a failed attempt every second (the link's back-off cap)
+        connect(endpoint)
+        clock.advance(1)
+    assert [level for level, _ in logged] == ["warn"] * 4  # at 0, 30, 60 and 90 s
+    assert logged[0][1] == ("cannot link to core tcp:core1:5697: Connection was refused by "
+                            "other side: down.")
+    assert logged[1][1].endswith("(31 failed attempts in 30s)")
+    # A core reached but not linked (TLS refused, no WELCOME) counts the same.
+    endpoint.attempt_failed("certificate verify failed")
+    clock.advance(30)
+    endpoint.attempt_failed("certificate verify failed")
+    assert logged[-1][1].startswith("cannot link to core tcp:core1:5697: certificate verify "
+                                    "failed (102 failed attempts in 130s)")
+    del logged[:]
+    endpoint.linked()
+    assert logged == [("info", "linked to core tcp:core1:5697 after 102 failed attempt(s) "
+                               "in 130s")]
+    # The next outage is warned about at once again.
+    connect(endpoint)
+    assert logged[-1] == ("warn", "cannot link to core tcp:core1:5697: Connection was refused "
+                                  "by other side: down.")
+
+
+def test_a_link_made_without_failures_logs_nothing(logged) -> None:
+    endpoint = CoreFailoverEndpoint(_endpoints(True), ["tcp:core1:5697"], clock=Clock())
+    connect(endpoint)
+    endpoint.linked()
+    assert logged == []
+
+
+def test_failing_over_names_the_core_the_error_and_the_next(logged) -> None:
+    clock = Clock()
+    endpoint = CoreFailoverEndpoint(_endpoints(False, True), ["tcp:a:1", "tcp:b:1"],
+                                    order="listed", clock=clock)
+    connect(endpoint)
+    assert logged[0] == ("warn", "cannot link to core tcp:a:1: Connection was refused by other "
+                                 "side: down.; trying tcp:b:1")
+
+
+def test_twisteds_retry_lines_name_the_cores() -> None:
+    """ClientService logs "Scheduling retry N to connect {endpoint} ...": the cores, not an
+    object's address."""
+    assert str(CoreFailoverEndpoint(_endpoints(True), ["tcp:core1:5697"])) == \
+        "core tcp:core1:5697"
+    two = CoreFailoverEndpoint(_endpoints(True, True), ["tcp:a:1", "tcp:b:1"], order="listed")
+    assert repr(two) == "cores tcp:a:1, tcp:b:1 (next tcp:a:1)"

@@ -7,12 +7,16 @@ or down (the connection is refused)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 
+import pytest
+from OpenSSL import crypto
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint
@@ -26,6 +30,9 @@ from kcm.link.frames import (
     decode_frame,
     encode_frame,
 )
+from kcm.pki import issue_certificate, new_ca
+
+NOW = dt.datetime.now(dt.UTC)
 
 
 class CoreTransport(StringTransport):
@@ -191,4 +198,134 @@ def test_an_unreachable_core_still_fails_over_within_the_same_attempt() -> None:
     client, endpoint = gateway(a, b)
     clock.advance(0.01)
     assert linked_to(client, b) and (len(a.attempts), len(b.attempts)) == (1, 1)
+    client.stopService()
+
+
+# A peer that is not a core (issue: a gateway's certificate accepted as the core's) ---------
+
+@pytest.fixture(scope="module")
+def certificates() -> dict[str, crypto.X509]:
+    """What the peers present: the core's certificate (host names only), a gateway's (the
+    same host names, serverAuth, and its SPIFFE ID) and a CA-flagged one, of one CA."""
+    ca = new_ca(now=NOW)
+    hosts = {"dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"]}
+    issued = {
+        "core": issue_certificate(ca, "kcm-core", server=True, client=False, now=NOW, **hosts),
+        "gateway": issue_certificate(ca, "gw2", uris=["spiffe://kcm.test/gateway/gw2"],
+                                     server=True, client=True, now=NOW, **hosts),
+    }
+    certificates = {name: crypto.X509.from_cryptography(i.cert) for name, i in issued.items()}
+    certificates["ca"] = crypto.X509.from_cryptography(ca.cert)
+    return certificates
+
+
+class TLSCoreTransport(CoreTransport):
+    """:class:`CoreTransport` as TLS would be: what the gateway writes before the handshake
+    completes is held (not seen by the peer), and the peer's certificate is at hand."""
+
+    def __init__(self, core: TLSFakeCore, protocol) -> None:
+        super().__init__(core, protocol)
+        self.handshaking = True
+        self.held: list[bytes] = []
+
+    def getPeerCertificate(self) -> crypto.X509:
+        return self.core.certificate
+
+    def write(self, data: bytes) -> None:
+        if self.handshaking:
+            self.held.append(data)
+        elif not self.lost:
+            super().write(data)
+
+    def handshake_done(self) -> None:
+        self.handshaking = False
+        self.protocol.handshakeCompleted()
+        held, self.held = self.held, []
+        for data in held:
+            self.write(data)
+
+
+class TLSFakeCore(FakeCore):
+    """A :class:`FakeCore` over TLS that presents ``certificate``; it counts the frames the
+    gateway sent it."""
+
+    def __init__(self, name: str, clock: Clock, certificate: crypto.X509,
+                 mode: str = "live") -> None:
+        super().__init__(name, clock, mode)
+        self.certificate = certificate
+        self.frames: list[Frame] = []
+
+    def connect(self, factory):
+        self.attempts.append(self.clock.seconds())
+        protocol = factory.buildProtocol(None)
+        transport = TLSCoreTransport(self, protocol)
+        self.links.append(transport)
+        protocol.makeConnection(transport)
+        transport.handshake_done()
+        return succeed(protocol)
+
+    def received(self, transport: CoreTransport, frame: Frame) -> None:
+        self.frames.append(frame)
+        super().received(transport, frame)
+
+
+@pytest.fixture
+def link_warnings():
+    seen: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_level") is LogLevel.warn and event.get("log_namespace", "") \
+                .startswith("kcm.gateway"):
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_a_peer_with_a_gateways_certificate_is_refused_and_the_next_core_taken(
+        certificates, link_warnings) -> None:
+    """The defect: the link checked only the chain and the host name, which a gateway's
+    certificate passes too (it names the same hosts). Its holder could pose as the core to
+    other gateways. It is refused once the handshake completes: nothing is sent to it, and
+    the next core is tried at once."""
+    clock = Clock()
+    impostor = TLSFakeCore("a", clock, certificates["gateway"])
+    core = TLSFakeCore("b", clock, certificates["core"])
+    client, endpoint = gateway(impostor, core)
+    run(clock, 0.5)
+    assert linked_to(client, core) and endpoint.current_name == "b"
+    assert impostor.frames == [] and impostor.links[0].lost  # not even its HELLO
+    assert len(impostor.attempts) == 1
+    refused = [line for line in link_warnings if "not a core" in line]
+    assert refused and all("spiffe://kcm.test/gateway/gw2" in line for line in refused)
+    assert "refusing the link: 192.168.1.1:54321 is not a core: its certificate carries " \
+           "a URI SAN (spiffe://kcm.test/gateway/gw2); a core's carries none" in refused[0]
+    client.stopService()
+
+
+def test_a_single_peer_that_is_not_a_core_is_never_linked_and_the_log_says_why(
+        certificates, link_warnings) -> None:
+    clock = Clock()
+    impostor = TLSFakeCore("tcp:127.0.0.1:5697", clock, certificates["ca"])
+    client, endpoint = gateway(impostor)
+    run(clock, 60)
+    assert not client.connected and client.links_made == 0 and impostor.frames == []
+    assert len(impostor.attempts) >= 20  # retried (with back-off) all along
+    # The refusal once, and the failed attempts at most once every FAILURE_LOG_INTERVAL.
+    assert sum("refusing the link" in line for line in link_warnings) == 1
+    failed = [line for line in link_warnings if line.startswith("cannot link")]
+    assert 2 <= len(failed) <= 3, link_warnings
+    assert failed[0].startswith("cannot link to core tcp:127.0.0.1:5697: 192.168.1.1:54321 "
+                                "is not a core: its certificate is a CA's")
+    client.stopService()
+
+
+def test_the_cores_own_certificate_is_taken(certificates, link_warnings) -> None:
+    clock = Clock()
+    core = TLSFakeCore("a", clock, certificates["core"])
+    client, _ = gateway(core)
+    run(clock, 0.5)
+    assert linked_to(client, core) and core.frames[0].type is FrameType.HELLO
+    assert link_warnings == []
     client.stopService()

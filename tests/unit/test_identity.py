@@ -6,16 +6,19 @@ import datetime as dt
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 
 from kcm.identity import (
     Principal,
     Role,
     SubjectMap,
+    core_certificate_refusal,
     parse_spiffe_id,
     principal_from_certificate,
     validate_trust_domain,
 )
-from kcm.pki import CertificateAuthority, issue_certificate, new_ca
+from kcm.pki import CertificateAuthority, generate_key, issue_certificate, new_ca
 
 TD = "kcm.test"
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -168,6 +171,62 @@ def test_bad_spiffe_id_is_not_rescued_by_subject(ca: CertificateAuthority) -> No
 
 def test_no_san_and_no_map(ca: CertificateAuthority) -> None:
     assert principal_from_certificate(_cert(ca), trust_domain=TD) is None
+
+
+def _leaf_with(ca: CertificateAuthority, *extensions: x509.ExtensionType, cn: str = "x",
+               uris: tuple[str, ...] = ("spiffe://kcm.test/tenant/demo/service/app",)
+               ) -> x509.Certificate:
+    """A certificate issued by ``ca`` with a SAN of ``uris`` and ``extensions`` (critical)."""
+    own = generate_key()
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+               .issuer_name(ca.cert.subject).public_key(own.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(NOW - dt.timedelta(minutes=5))
+               .not_valid_after(NOW + dt.timedelta(days=5)))
+    if uris:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(u) for u in uris]), critical=False)
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=True)
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+_KEY_CERT_SIGN = x509.KeyUsage(digital_signature=True, content_commitment=False,
+                               key_encipherment=False, data_encipherment=False,
+                               key_agreement=False, key_cert_sign=True, crl_sign=False,
+                               encipher_only=False, decipher_only=False)
+
+
+def test_a_ca_certificate_names_nobody(ca: CertificateAuthority) -> None:
+    """An X509-SVID leaf has cA=false: a CA's certificate (cA=TRUE, or keyCertSign) with a
+    valid SPIFFE ID, or a subject the map names, is no client identity."""
+    subjects = SubjectMap.from_mapping({"CN=db1": "tenant/acme/service/db"})
+    for extension in (x509.BasicConstraints(ca=True, path_length=None), _KEY_CERT_SIGN):
+        cert = _leaf_with(ca, extension)
+        assert principal_from_certificate(cert, trust_domain=TD) is None
+        cert = _leaf_with(ca, extension, cn="db1", uris=())
+        assert principal_from_certificate(cert, trust_domain=TD, subject_map=subjects) is None
+    assert principal_from_certificate(ca.cert, trust_domain=TD) is None
+    # The same certificate without them names its principal.
+    cert = _leaf_with(ca, x509.BasicConstraints(ca=False, path_length=None))
+    assert principal_from_certificate(cert, trust_domain=TD) is not None
+
+
+def test_only_a_certificate_without_uri_sans_or_ca_flag_may_be_the_cores(
+        ca: CertificateAuthority) -> None:
+    core = issue_certificate(ca, "kcm-core", dns_names=["localhost"],
+                             ip_addresses=["127.0.0.1"], server=True, client=False, now=NOW)
+    assert core_certificate_refusal(core.cert) is None
+    gateway = issue_certificate(ca, "gw1", uris=["spiffe://kcm.test/gateway/gw1"],
+                                dns_names=["localhost"], ip_addresses=["127.0.0.1"],
+                                server=True, client=True, now=NOW)
+    why = core_certificate_refusal(gateway.cert)
+    assert why is not None and "spiffe://kcm.test/gateway/gw1" in why
+    assert "URI SAN" in (core_certificate_refusal(_cert(ca, "https://example.com/x")) or "")
+    assert core_certificate_refusal(ca.cert) == "its certificate is a CA's"
+    ca_flagged = _leaf_with(ca, x509.BasicConstraints(ca=True, path_length=None), uris=())
+    assert core_certificate_refusal(ca_flagged) == "its certificate is a CA's"
 
 
 def test_spiffe_id_wins_over_subject(ca: CertificateAuthority) -> None:

@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from kcm.cli import main
-from kcm.identity import Role, principal_from_certificate
+from kcm.identity import Role, core_certificate_refusal, principal_from_certificate
 from kcm.pki import (
     CertKeyPaths,
     PkiPaths,
@@ -98,6 +98,14 @@ def test_gateway_is_server_and_client(pki: PkiPaths) -> None:
     PolicyBuilder().store(_store(pki)).build_server_verifier(x509.DNSName("localhost")).verify(
         cert, [])
     PolicyBuilder().store(_store(pki)).build_client_verifier().verify(cert, [])
+
+
+def test_only_the_cores_certificate_passes_for_a_cores(pki: PkiPaths) -> None:
+    """The gateway's certificate names the same hosts, with serverAuth: what tells the core's
+    from it, and from every other identity, is that it carries no URI SAN."""
+    assert core_certificate_refusal(_load(pki.core)) is None
+    for other in (pki.gateway, pki.operator, pki.admin, pki.app, pki.other_app, pki.ca):
+        assert core_certificate_refusal(_load(other)) is not None
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,14 @@ way for kcm-core and kcm-gateway. Pure but for reading the file it is given."""
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
+
+from twisted.python import usage
 
 from kcm.logging import check_log_format, parse_level
 from kcm.tls_policy import TlsPolicy
@@ -15,6 +18,23 @@ from kcm.tls_policy import TlsPolicy
 
 class ConfigError(ValueError):
     """The configuration is missing something or has a wrong value."""
+
+
+#: The tables a KCM configuration file may have: a file may hold more than one service's.
+SECTIONS = ("core", "gateway", "client")
+
+#: The smallest ``limits.max_message_size`` a configuration may set, in bytes. A Register
+#: or Get of one X.509 certificate is 1-2 KB, an RSA-4096 private key about 2.5 KB; below
+#: this, ordinary requests (or their answers) are refused.
+MIN_MESSAGE_SIZE = 4096
+
+#: Endpoint kinds a KCM listener takes (``listen``, ``link_listen``): Twisted's TCP and
+#: Unix-socket listeners, and the descriptors a gateway supervisor hands its workers.
+LISTENER_KINDS = ("tcp", "tcp6", "unix", "fd", "handoff")
+#: Endpoint kinds of the metrics listener (a gateway worker's is a Unix socket).
+METRICS_KINDS = ("tcp", "tcp6", "unix")
+#: Endpoint kinds a gateway connects to a core with (``core``).
+CLIENT_KINDS = ("tcp", "unix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +59,42 @@ class TlsFiles:
         return TlsPolicy(str(self.min_version), self.profile, self.ciphers)
 
 
+def tls_file_problem(tls: TlsFiles, section: str) -> str | None:
+    """What is wrong with the PEM files of ``tls``, naming the setting and the file (the
+    first problem found), or None if they load and the key is its certificate's. Called
+    after a TLS context could not be built, whose own error names no file."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    contents: dict[str, bytes] = {}
+    for name in ("cert", "key", "ca"):
+        path = getattr(tls, name)
+        try:
+            contents[name] = Path(path).read_bytes()
+        except OSError as e:
+            return f"{section}.tls.{name}: cannot read {path}: {e.strerror}"
+    certificates: dict[str, list[Any]] = {}
+    for name in ("cert", "ca"):
+        try:
+            certificates[name] = x509.load_pem_x509_certificates(contents[name])
+        except ValueError:
+            return f"{section}.tls.{name}: {getattr(tls, name)} holds no PEM certificate"
+    try:
+        key = serialization.load_pem_private_key(contents["key"], password=None)
+    except TypeError:
+        return (f"{section}.tls.key: {tls.key} is encrypted (KCM needs the key unencrypted, "
+                "mode 0600)")
+    except (ValueError, UnsupportedAlgorithm):
+        return f"{section}.tls.key: {tls.key} holds no PEM private key KCM can use"
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if (key.public_key().public_bytes(*spki)
+            != certificates["cert"][0].public_key().public_bytes(*spki)):
+        return (f"{section}.tls.key: {tls.key} is not the key of the certificate in "
+                f"{tls.cert}")
+    return None
+
+
 C = TypeVar("C")
 
 
@@ -57,6 +113,9 @@ def load_section(default: C, section: str, path: str | Path | None,
     the first wrong setting."""
     table = _read(path, section)
     values: dict[str, Any] = {}
+    for name in ("tls", "limits"):
+        if not isinstance(table.get(name, {}), dict):
+            raise ConfigError(f"{section}.{name} must be a table ([{section}.{name}])")
     for key, value in table.items():
         if key in top_level:
             values[key] = value
@@ -78,6 +137,12 @@ def load_section(default: C, section: str, path: str | Path | None,
             limits[key] = _limit_value(section, key, value, getattr(default.limits, key))
         else:
             raise ConfigError(f"unknown override {key}")
+    tls_names = {f.name for f in fields(TlsFiles)}
+    for key, value in tls.items():
+        if key not in tls_names:
+            raise ConfigError(f"unknown setting {section}.tls.{key}")
+        if key in ("cert", "key", "ca") and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{section}.tls.{key} must be the path of a PEM file")
     if coerce is not None:
         values = coerce(values)
     # A section's limits are ConnectionLimits or an extension of them (kcm-core's).
@@ -99,7 +164,81 @@ def load_section(default: C, section: str, path: str | Path | None,
         check_log_format(config.log_format)  # type: ignore[attr-defined]
     except ValueError as e:
         raise ConfigError(f"{section}: {e}") from None
+    if config.limits.max_message_size < MIN_MESSAGE_SIZE:  # type: ignore[attr-defined]
+        raise ConfigError(f"{section}.limits.max_message_size must be at least "
+                          f"{MIN_MESSAGE_SIZE} bytes")
+    if not isinstance(config.log_file, str):  # type: ignore[attr-defined]
+        raise ConfigError(f"{section}.log_file must be a file path, or - for standard output")
     return config
+
+
+def seconds(setting: str, value: Any, *, most: float | None = None) -> float:
+    """A duration setting in seconds, from TOML (a number) or the command line (a string):
+    finite and above 0 (NaN and infinity are refused), and at most ``most`` if given."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{setting} must be a positive number of seconds")
+    if not math.isfinite(value) or value <= 0 or (most is not None and value > most):
+        bound = f", at most {most:g}" if most is not None else ""
+        raise ConfigError(f"{setting} must be a positive number of seconds{bound}")
+    return float(value)
+
+
+def whole_number(setting: str, value: Any, *, least: int = 0,
+                 most: int | None = None) -> int:
+    """A whole-number setting, from TOML (an integer: 2.7 is refused, not truncated) or the
+    command line (its digits), from ``least`` to ``most``."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{setting} must be a whole number")
+    if value < least or (most is not None and value > most):
+        bound = f"from {least} to {most}" if most is not None else f"of at least {least}"
+        raise ConfigError(f"{setting} must be a whole number {bound}")
+    return value
+
+
+def check_endpoint(setting: str, value: Any, kinds: Collection[str], *,
+                   client: bool = False, empty: bool = False) -> str:
+    """``value`` if it is an endpoint string of one of ``kinds`` that Twisted parses
+    (a server endpoint, or with ``client`` a client one); ``empty``: "" is allowed too
+    (the listener is off). Parsing builds the endpoint object only: nothing listens."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{setting} must be an endpoint string such as tcp:5696, not "
+                          f"{type(value).__name__}")
+    if empty and value == "":
+        return value
+    kind, _, rest = value.partition(":")
+    kind = kind.strip().lower()
+    if kind in ("ssl", "tls", "txtls"):
+        raise ConfigError(f"{setting} {value!r}: give a plain endpoint (tcp:...); KCM adds "
+                          "the TLS itself")
+    if kind not in kinds:
+        raise ConfigError(f"{setting} {value!r}: the endpoint kind must be one of "
+                          f"{', '.join(kinds)}")
+    if kind in ("fd", "handoff"):
+        if not rest.strip().isdigit():
+            raise ConfigError(f"{setting} {value!r}: {kind}: takes a descriptor number")
+        return value
+    from twisted.internet.endpoints import clientFromString, serverFromString
+
+    try:
+        endpoint = (clientFromString if client else serverFromString)(_NO_REACTOR, value)
+    except (ValueError, TypeError, KeyError) as e:
+        why = "its port is not a number" if "invalid literal for int()" in str(e) else str(e)
+        raise ConfigError(f"{setting} {value!r} is not a valid endpoint: {why}") from None
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not (1 if client else 0) <= port <= 65535:
+        raise ConfigError(f"{setting} {value!r}: the port must be from 1 to 65535")
+    return value
+
+
+#: Stands for the reactor while an endpoint string is only parsed (no endpoint is used).
+_NO_REACTOR = object()
 
 
 def _limit_value(section: str, name: str, value: Any, default: Any) -> Any:
@@ -123,12 +262,49 @@ def limit_options(limits: Any) -> list[list[Any]]:
 
 
 def _read(path: str | Path | None, section: str) -> dict[str, Any]:
+    """The ``[section]`` table of the file at ``path``: a file given must have it (a file
+    without is not this service's configuration, and defaults are not what was meant), and
+    no table KCM does not know (a misspelt ``[cor]`` is not silently ignored)."""
     if path is None:
         return {}
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle).get(section, {})
+            document = tomllib.load(handle)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
+    unknown = sorted(key for key in document if key not in SECTIONS)
+    if unknown:
+        what = "table" if isinstance(document[unknown[0]], dict) else "setting"
+        raise ConfigError(f"{path}: unknown {what} {unknown[0]!r} (a KCM configuration has "
+                          f"[{'], ['.join(SECTIONS)}] tables)")
+    if section not in document:
+        raise ConfigError(f"{path} has no [{section}] table: it is not a kcm-{section} "
+                          "configuration")
+    table = document[section]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {section} must be a table ([{section}])")
+    return table
+
+
+class ServiceOptions(usage.Options):
+    """A service's twistd options: on a wrong option or setting, twistd prints the usage
+    and then the error; this makes the usage one line pointing to ``--help`` (which still
+    prints every option), so that the error is not lost after a hundred lines."""
+
+    #: The twistd subcommand, for the one-line usage.
+    command = ""
+    _refused = False
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._refused = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        if self._refused:
+            return f"See twistd {self.command} --help for the options."
+        return super().getUsage(width)

@@ -90,10 +90,15 @@ class ConnectionLimits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")
-        for name in ("idle_timeout", "message_timeout", "handshake_timeout", "write_timeout"):
+        # Written so that NaN (which passes a "<= 0" test) fails it, as infinity (a connection
+        # held forever) does; a wait longer than these bounds holds a connection slot that long.
+        for name, most in (("idle_timeout", 86400), ("message_timeout", 3600),
+                           ("handshake_timeout", 3600), ("write_timeout", 3600)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"limits.{name} must be a positive number of seconds")
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not 0 < value <= most):
+                raise ValueError(f"limits.{name} must be a positive number of seconds, at "
+                                 f"most {most}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@
 
 * **It starts whole or not at all.** Children start in the order they were added; if one
   fails, those already started are stopped again, in reverse order, a critical event names
-  the child and the error, and the error propagates (twistd then exits with status 1).
+  the child and the error in one line (the TLS file or policy file at fault when the error
+  itself does not; the traceback only at debug level), and the error propagates: twistd
+  then exits with status 1, printing no traceback for it (:func:`_quiet_start_failure`).
 * **Its memory stays its own.** It starts by forbidding core dumps and same-user ptrace
   (:mod:`kcm.no_core_dumps`): it holds keys.
 * **Its log is KCM's.** When twistd attaches it to the Application it builds, it registers
@@ -24,14 +26,15 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.components import Componentized
 
 from kcm import compiled, reactor_dispatch
+from kcm.config_file import TlsFiles, tls_file_problem
 from kcm.logging import log_observer
 from kcm.no_core_dumps import forbid_core_dumps
 
-__all__ = ["LOG_LINGER", "ProcessService", "open_log"]
+__all__ = ["LOG_LINGER", "ProcessService", "open_log", "start_failure_reason"]
 
 log = Logger()
 
@@ -79,8 +82,14 @@ class ProcessService(MultiService):
         # the moment they meet, and twistd has not started logging yet (app.AppLogger.start
         # runs after makeService and reads the component).
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            try:
+                stream = self._log_file or open_log(self.log_path)
+            except OSError as e:
+                # twistd has no log yet: one line on standard error, status 1.
+                raise SystemExit(f"{self.process_name} did not start: log_file: cannot open "
+                                 f"{self.log_path}: {e.strerror}") from None
             parent.setComponent(ILogObserver, log_observer(
-                self._log_file or open_log(self.log_path), log_format=self.log_format,
+                stream, log_format=self.log_format,
                 level=self.log_level, fields=self.log_fields, background=True,
                 linger=LOG_LINGER))
         super().setServiceParent(parent)
@@ -116,7 +125,10 @@ class ProcessService(MultiService):
             failed = child.name or type(child).__name__
             log.critical("{process} did not start: {service}: {error}",
                          process=self.process_name, service=failed,
-                         error=str(error) or type(error).__name__)
+                         error=start_failure_reason(self, failed, error))
+            log.failure("{process}: the failed start of {service}", level=LogLevel.debug,
+                        process=self.process_name, service=failed)
+            _quiet_start_failure(error)
             for done in reversed(started):
                 try:
                     done.stopService()
@@ -124,3 +136,58 @@ class ProcessService(MultiService):
                     log.failure("stopping {service} after the failed start", service=done.name)
             self.running = 0
             raise
+
+
+#: The services whose start builds a TLS context from the configured files.
+_TLS_READERS = frozenset({"kcm-kmip-listener", "kcm-link-listener", "kcm-gateway-identity",
+                          "kcm-tls-files", "kcm-link"})
+
+
+def start_failure_reason(process: Any, service: str, error: BaseException) -> str:
+    """The reason of a failed start, one line: ``error``'s message, or where it names no
+    file, the file of ``process``'s configuration (``process.config``) at fault."""
+    reason = " ".join((str(error) or type(error).__name__).split())
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        reason = f"{error.filename}: {error.strerror}"
+    config = getattr(process, "config", None)
+    if config is None:
+        return reason
+    if service in _TLS_READERS and isinstance(getattr(config, "tls", None), TlsFiles):
+        from twisted.internet.error import CannotListenError
+
+        if not isinstance(error, CannotListenError):
+            section = str(getattr(process, "process_name", "")).removeprefix("kcm-")
+            try:
+                problem = tls_file_problem(config.tls, section)
+            except Exception:  # the diagnosis must not hide the error it explains
+                problem = None
+            if problem is not None:
+                return problem
+    policy_file = getattr(config, "policy_file", None)
+    if service == "kcm-policy" and policy_file:
+        return (f"policy_file {reason}" if reason.startswith(f"{policy_file}:")
+                else f"policy_file {policy_file}: {reason}")
+    return reason
+
+
+#: The error whose start failure was logged already (a process fails to start once).
+_reported: list[BaseException] = []
+
+
+def _quiet_start_failure(error: BaseException) -> None:
+    """Make ``error``, when it reaches the top of the program uncaught (twistd re-raises a
+    failed start after removing its pid file and telling a daemon's parent), end the process
+    with status 1 and no traceback: its reason is in the log already, one critical line,
+    and the traceback at debug level. Any other uncaught error prints as before."""
+    _reported[:] = [error]
+    if getattr(sys.excepthook, "_kcm_quiet", False):
+        return
+    previous = sys.excepthook
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if any(value is reported for reported in _reported):
+            return
+        previous(kind, value, tb)
+
+    excepthook._kcm_quiet = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
+import json
 import os
 import signal
 import socket
@@ -192,6 +194,27 @@ def _tail(log: Path | None, lines: int = 20) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def start_failure(log: Path | None) -> str | None:
+    """Why a service in ``log`` did not start, one line: its critical "did not start" event
+    (the text of a JSON line), else twistd's refusal of its configuration (the line after
+    "See twistd ... --help"); None if the log has neither."""
+    if log is None or not log.exists():
+        return None
+    lines = log.read_text(errors="replace").splitlines()
+    for line in reversed(lines):
+        if " did not start: " not in line:
+            continue
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError, AttributeError):
+                return str(json.loads(line).get("text") or line)
+        _, bracket, text = line.partition("] ")  # after the text format's time [namespace]
+        return text if bracket and " did not start: " in text else line
+    for before, line in itertools.pairwise(lines):
+        if before.startswith("See twistd "):
+            return line
+    return None
+
+
 def _exit_reason(process: subprocess.Popen) -> str:
     code = process.returncode
     if code is not None and code < 0:
@@ -287,6 +310,9 @@ def _run(args: argparse.Namespace) -> int:
         others = [s.name for s in started if s is not dead]
         print(f"kcm dev run: {dead.name} exited ({_exit_reason(dead.process)})"
               + (f"; stopping {', '.join(others)}" if others else ""), file=sys.stderr)
+        reason = start_failure(dead.log)
+        if reason:
+            print(f"kcm dev run: {reason}", file=sys.stderr)
         tail = _tail(dead.log)
         if tail:
             print(f"--- the end of {dead.log}:\n{tail}", file=sys.stderr)

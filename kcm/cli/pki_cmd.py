@@ -8,11 +8,32 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 from pathlib import Path
 
 from kcm import pki
 from kcm.cli import CommandError, add_command
 from kcm.identity import validate_trust_domain
+
+#: The longest ``--days``: a hundred years (far beyond it, dates leave what X.509 encodes).
+MAX_DAYS = 36500
+
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` cannot go into a certificate's subject alternative names (it must be an
+    IP address or a DNS name: labels of letters, digits and inner hyphens), or None."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if (not host or len(host) > 253
+            or not all(_DNS_LABEL.fullmatch(label) for label in host.split("."))):
+        return f"--host {host!r} is neither a DNS name nor an IP address"
+    return None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,8 +65,12 @@ def _run_init(args: argparse.Namespace) -> int:
         validate_trust_domain(args.trust_domain)
     except ValueError as e:
         raise CommandError(str(e)) from e
-    if args.days <= 0:
-        raise CommandError("--days must be positive")
+    if not 1 <= args.days <= MAX_DAYS:
+        raise CommandError(f"--days must be from 1 to {MAX_DAYS}")
+    for host in args.hosts or ():
+        problem = host_problem(host)
+        if problem is not None:
+            raise CommandError(problem)
     try:
         paths = pki.init_pki(
             args.directory,

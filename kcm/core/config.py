@@ -3,16 +3,34 @@ reading the file it is given)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kcm.config_file import ConfigError, TlsFiles, load_section
+from kcm.config_file import (
+    LISTENER_KINDS,
+    METRICS_KINDS,
+    ConfigError,
+    TlsFiles,
+    check_endpoint,
+    load_section,
+    seconds,
+    whole_number,
+)
 from kcm.core.policy import AccessPolicy, ApplicationObjects
 from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL
+from kcm.identity import validate_trust_domain
 from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["CoreConfig", "CoreLimits", "TlsFiles", "load_config"]
+
+
+#: The longest ``limits.request_deadline``, seconds: a request running longer holds a
+#: database worker that long.
+MAX_REQUEST_DEADLINE = 3600
+#: The most ``database_threads``: each holds a database connection.
+MAX_DATABASE_THREADS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +69,10 @@ class CoreLimits(ConnectionLimits):
             raise ValueError("limits.min_rotate_interval must be a whole number of seconds "
                              "of at least 0")
         deadline = self.request_deadline
-        if isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0:
-            raise ValueError("limits.request_deadline must be a positive number of seconds")
+        if (isinstance(deadline, bool) or not isinstance(deadline, int | float)
+                or not math.isfinite(deadline) or not 0 < deadline <= MAX_REQUEST_DEADLINE):
+            raise ValueError("limits.request_deadline must be a positive number of seconds, "
+                             f"at most {MAX_REQUEST_DEADLINE}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +130,21 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     ``path`` (None: defaults only), then apply ``overrides`` (keys of CoreConfig, plus
     ``tls_cert``/``tls_key``/``tls_ca``; None values are ignored)."""
     config = load_section(CoreConfig(), "core", path, overrides, _TOP_LEVEL, coerce=_typed)
-    if not config.audit_checkpoint_interval > 0:
-        raise ConfigError("core.audit_checkpoint_interval must be a positive number of seconds")
-    if not config.state_sweep_interval > 0:
-        raise ConfigError("core.state_sweep_interval must be a positive number of seconds")
-    if not isinstance(config.metrics_listen, str):
-        raise ConfigError("core.metrics_listen must be an endpoint string (or empty)")
+    check_endpoint("core.listen", config.listen, LISTENER_KINDS)
+    check_endpoint("core.link_listen", config.link_listen, LISTENER_KINDS, empty=True)
+    check_endpoint("core.metrics_listen", config.metrics_listen, METRICS_KINDS, empty=True)
+    if not isinstance(config.trust_domain, str):
+        raise ConfigError("core.trust_domain must be a string (a SPIFFE trust domain)")
+    try:
+        validate_trust_domain(config.trust_domain)
+    except ValueError:
+        raise ConfigError(f"core.trust_domain {config.trust_domain!r} is not a SPIFFE trust "
+                          "domain (lower-case letters, digits, '.', '-', '_')") from None
+    _check_database(config.database)
+    for name in ("l1_key_file", "policy_file", "l1_pkcs11"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"core.{name} must be a non-empty string")
     allowed = [choice.value for choice in ApplicationObjects]
     if config.application_objects not in allowed:
         raise ConfigError(f"core.application_objects must be one of {', '.join(allowed)}, "
@@ -127,27 +156,33 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
     if "object_cache_size" in out:
-        size = out["object_cache_size"]
-        try:
-            size = int(size) if not isinstance(size, bool) else -1
-        except (TypeError, ValueError):
-            size = -1
-        if size < 0:
-            raise ConfigError("core.object_cache_size must be a whole number (0: no cache)")
-        out["object_cache_size"] = size
+        out["object_cache_size"] = whole_number("core.object_cache_size",
+                                                out["object_cache_size"])
     if "database_threads" in out:
-        threads = out["database_threads"]
-        try:
-            threads = int(threads) if not isinstance(threads, bool) else 0
-        except (TypeError, ValueError):
-            threads = 0
-        if threads < 1:
-            raise ConfigError("core.database_threads must be a whole number of at least 1")
-        out["database_threads"] = threads
+        out["database_threads"] = whole_number("core.database_threads",
+                                               out["database_threads"], least=1,
+                                               most=MAX_DATABASE_THREADS)
     for name in ("audit_checkpoint_interval", "state_sweep_interval"):
         if name in out:
-            try:
-                out[name] = float(out[name])
-            except (TypeError, ValueError):
-                raise ConfigError(f"core.{name} must be a number") from None
+            out[name] = seconds(f"core.{name}", out[name])
     return out
+
+
+def _check_database(database: Any) -> None:
+    """A SQLAlchemy URL whose port (if any) is a port number; the message does not repeat
+    the URL, which may hold a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not isinstance(database, str) or not database:
+        raise ConfigError("core.database must be a database URL (sqlite:///PATH or "
+                          "postgresql+psycopg://...)")
+    try:
+        url = make_url(database)
+    except ArgumentError:
+        raise ConfigError("core.database is not a database URL (sqlite:///PATH or "
+                          "postgresql+psycopg://...)") from None
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise ConfigError("core.database: the port of the URL is not a number") from None
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ConfigError("core.database: the port of the URL must be from 1 to 65535")

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
-from kcm.config_file import ConfigError, limit_options
+from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.core.audit_checkpoints import AuditCheckpoints
 from kcm.core.auto_rotation import rotate_due
@@ -45,8 +45,10 @@ from kcm.tls import (
 from kcm.tls_policy import TLS_POLICY_OPTIONS
 
 
-class Options(usage.Options):
+class Options(ServiceOptions):
     """Command line of ``twistd kcm-core``; every option overrides the config file."""
+
+    command = "kcm-core"
 
     optParameters = [
         ["config", "c", None, "Configuration file (TOML, a [core] table)."],

@@ -8,12 +8,26 @@ from pathlib import Path
 from typing import Any
 
 from kcm.busy_poll import MAX_WINDOW
-from kcm.config_file import ConfigError, TlsFiles, load_section
+from kcm.config_file import (
+    CLIENT_KINDS,
+    LISTENER_KINDS,
+    METRICS_KINDS,
+    ConfigError,
+    TlsFiles,
+    check_endpoint,
+    load_section,
+    seconds,
+    whole_number,
+)
 from kcm.gateway.core_endpoints import ORDERS
 from kcm.gateway.placement import PIN_MODES
+from kcm.identity import validate_trust_domain
 from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["ConfigError", "GatewayConfig", "TlsFiles", "load_config"]
+
+#: The most ``workers``: each is a whole gateway process with its own link to the core.
+MAX_WORKERS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,42 +127,48 @@ def load_config(path: str | Path | None,
     config = load_section(GatewayConfig(), "gateway", path, overrides, _TOP_LEVEL,
                           retired=_GONE, coerce=_typed)
     config.prewarm_services()
-    if config.l3_ttl <= 0 or config.max_stale < config.l3_ttl:
-        raise ConfigError("gateway: l3_ttl must be positive and max_stale at least l3_ttl")
+    check_endpoint("gateway.listen", config.listen, LISTENER_KINDS)
+    check_endpoint("gateway.metrics_listen", config.metrics_listen, METRICS_KINDS, empty=True)
+    for core in config.core:
+        check_endpoint("gateway.core", core, CLIENT_KINDS, client=True)
+    if not isinstance(config.trust_domain, str):
+        raise ConfigError("gateway.trust_domain must be a string (a SPIFFE trust domain)")
+    try:
+        validate_trust_domain(config.trust_domain)
+    except ValueError:
+        raise ConfigError(f"gateway.trust_domain {config.trust_domain!r} is not a SPIFFE "
+                          "trust domain (lower-case letters, digits, '.', '-', '_')") from None
+    if not isinstance(config.core_server_name, str) or not config.core_server_name.strip():
+        raise ConfigError("gateway.core_server_name must be the DNS name or IP address the "
+                          "core's certificate carries")
+    if config.max_stale < config.l3_ttl:
+        raise ConfigError("gateway: max_stale must be at least l3_ttl")
     if config.core_order not in ORDERS:
         raise ConfigError(f"gateway.core_order must be one of {', '.join(ORDERS)}")
     if config.max_tombstones < 1:
         raise ConfigError("gateway.max_tombstones must be at least 1")
     if config.dek_cache_size < 0:
         raise ConfigError("gateway.dek_cache_size must be 0 (none kept) or more")
-    if not config.dek_cache_ttl > 0:
-        raise ConfigError("gateway.dek_cache_ttl must be a positive number of seconds")
-    if not config.usage_report_interval > 0:
-        raise ConfigError("gateway.usage_report_interval must be a positive number of seconds")
     if config.max_in_flight < 1:
         raise ConfigError("gateway.max_in_flight must be at least 1")
-    if config.workers < 0:
-        raise ConfigError("gateway.workers must be 0 (one per CPU) or more")
+    if not 0 <= config.workers <= MAX_WORKERS:
+        raise ConfigError(f"gateway.workers must be 0 (one per CPU) to {MAX_WORKERS}")
     if not 0 <= config.busy_poll_us <= MAX_WINDOW * 1e6:
         raise ConfigError(f"gateway.busy_poll_us must be 0 (none) to {MAX_WINDOW * 1e6:.0f}")
     if config.pin_workers not in PIN_MODES:
         raise ConfigError(f"gateway.pin_workers must be one of {', '.join(PIN_MODES)}")
-    if not isinstance(config.metrics_listen, str):
-        raise ConfigError("gateway.metrics_listen must be an endpoint string (or empty)")
     return config
 
 
 def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
-    for key, kind in (("l3_ttl", float), ("max_stale", float), ("max_in_flight", int),
-                      ("max_tombstones", int), ("usage_report_interval", float),
-                      ("dek_cache_ttl", float)):
+    for key in ("l3_ttl", "max_stale", "usage_report_interval", "dek_cache_ttl"):
         if key in out:
-            try:
-                out[key] = kind(out[key])
-            except (TypeError, ValueError):
-                raise ConfigError(f"gateway.{key} must be a number") from None
+            out[key] = seconds(f"gateway.{key}", out[key])
+    for key in ("max_in_flight", "max_tombstones"):
+        if key in out:
+            out[key] = whole_number(f"gateway.{key}", out[key], least=1)
     if "core" in out:
         out["core"] = _core_list(out["core"])
     if "prewarm" in out:
@@ -161,7 +181,7 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
         out["prewarm"] = tuple(prewarm)
     for key in ("workers", "dek_cache_size", "busy_poll_us"):
         if key in out:
-            out[key] = _whole_number(key, out[key])
+            out[key] = whole_number(f"gateway.{key}", out[key])
     return out
 
 
@@ -177,12 +197,3 @@ def _core_list(value: Any) -> tuple[str, ...]:
     if len(set(value)) != len(value):
         raise ConfigError("gateway.core lists a core twice")
     return tuple(value)
-
-
-def _whole_number(key: str, value: Any) -> int:
-    """An integer setting, from TOML (an integer) or the command line (its digits)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ConfigError(f"gateway.{key} must be a whole number")

@@ -17,7 +17,7 @@ from twisted.application.internet import TimerService
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
-from kcm.config_file import ConfigError, limit_options
+from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.gateway.config import load_config
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint, with_connect_timeout
@@ -56,8 +56,10 @@ from kcm.tls import (
 from kcm.tls_policy import TLS_POLICY_OPTIONS
 
 
-class Options(usage.Options):
+class Options(ServiceOptions):
     """Command line of ``twistd kcm-gateway``; every option overrides the config file."""
+
+    command = "kcm-gateway"
 
     optParameters = [
         ["config", "c", None, "Configuration file (TOML, a [gateway] table)."],

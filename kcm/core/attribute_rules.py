@@ -4,6 +4,11 @@ One table, used by Create, Register, Re-key and the attribute operations. An
 attribute absent from the table is one the server does not manage specially: a
 client may set, modify and delete it, and it may have several values. Vendor
 attributes follow the "x-" rule (client attributes); "y-" ones are the server's.
+
+Before any rule, :func:`check_offered` refuses what is no attribute of the request's
+version (:func:`kcm.kmip.attributes.defined_in`) and an Application Specific Information
+the server would have to complete; every path that takes attributes from a client
+(Create, Create Key Pair, Register, Derive Key, Re-key, Add/Modify/Set Attribute) calls it.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from dataclasses import dataclass
 
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.kernel.lifecycle import wrong_state
-from kcm.kmip.attributes import VENDOR_TAG, Attribute
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, defined_in
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import tag_label
 from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
+from kcm.ttlv import ItemType
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,13 +195,45 @@ def check_hierarchy_date(tag: int, level: int | None, version: Version) -> None:
                                        "service key; set its Deactivation Date")
 
 
+def attribute_label(attribute: Attribute) -> str:
+    """How messages name ``attribute`` ("x-Foo" for a 1.x custom one)."""
+    if attribute.tag == VENDOR_TAG and attribute.vendor_identification:
+        return f"{attribute.vendor_identification}-{attribute.name}"
+    return attribute.name or tag_label(attribute.tag)
+
+
+def check_offered(attribute: Attribute, version: Version) -> None:
+    """Refuse, in a request of ``version``, what a client may not give as an attribute.
+
+    * Anything that is not an attribute of that version: a tag that is none (Batch Count,
+      Key Material), an attribute a later version added, a 1.x name without the "x-"/"y-"
+      prefix of a custom attribute. 2.x answers Invalid Attribute; 1.x, which has no such
+      reason, Invalid Field (KMIP 1.4 §11: a field the request may not hold).
+    * An Application Specific Information without Application Data: the server would have
+      to make the data for the namespace (KMIP 1.4 §3.36, 2.1 §4.4), and it supports no
+      namespace (Query lists none), so Application Namespace Not Supported.
+    """
+    label = attribute_label(attribute)
+    if not defined_in(attribute, version):
+        raise KmipError(ResultReason.INVALID_ATTRIBUTE,
+                        f"{label} is not an attribute of KMIP {version[0]}.{version[1]}",
+                        v1_reason=ResultReason.INVALID_FIELD)
+    value = attribute.value
+    if (attribute.tag == Tag.APPLICATION_SPECIFIC_INFORMATION and value is not None
+            and value.type is ItemType.STRUCTURE and value.find(Tag.APPLICATION_DATA) is None):
+        raise KmipError(ResultReason.APPLICATION_NAMESPACE_NOT_SUPPORTED,
+                        "Application Specific Information needs Application Data: the "
+                        "server supports no application namespace")
+
+
 def check_client_attributes(attributes: list[Attribute], version: Version) -> None:
-    """Refuse attributes a client may not supply when creating or registering an object,
-    and several values of a single-valued one."""
+    """Refuse attributes a client may not supply when creating or registering an object
+    (:func:`check_offered`, then the rules), and several values of a single-valued one."""
     seen: set[int] = set()
     for attribute in attributes:
+        check_offered(attribute, version)
         rule = rule_for(attribute)
-        label = attribute.name or tag_label(attribute.tag)
+        label = attribute_label(attribute)
         if not rule.on_create:
             raise read_only_error(version, label)
         if not rule.multi:

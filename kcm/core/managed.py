@@ -325,6 +325,7 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     interval = obj.value(Tag.ROTATE_INTERVAL)
     if interval != _rotate_interval(obj._stored):
         check_rotate_interval(ctx, interval)
+    _settle_history(obj)
     if changed:
         obj.set(Tag.LAST_CHANGE_DATE, ctx.now)
     stored_state = obj.row.state
@@ -342,6 +343,17 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     obj._stored = tuple(obj.attributes)
     if obj.level == LEVEL_SERVICE_KEY and columns["state"] != stored_state:
         events.l3_state(ctx, obj.tenant, obj.uid, obj.row.service, columns["state"])
+
+
+def _settle_history(obj: StoredObject) -> None:
+    """Always Sensitive and Never Extractable say what a key has always been (KMIP 1.4
+    §3.50, §3.52; 2.1 §4 "Always Sensitive", "Never Extractable"): once its Sensitive is
+    False or its Extractable True, by whatever change, they are False for good. Saving is
+    where every change passes, so this is the one place that keeps them."""
+    if obj.value(Tag.SENSITIVE) is False and obj.value(Tag.ALWAYS_SENSITIVE) is True:
+        obj.set(Tag.ALWAYS_SENSITIVE, False)
+    if obj.value(Tag.EXTRACTABLE) is True and obj.value(Tag.NEVER_EXTRACTABLE) is True:
+        obj.set(Tag.NEVER_EXTRACTABLE, False)
 
 
 def _update(ctx: OperationContext, obj: StoredObject, **changes: Any) -> None:

@@ -128,6 +128,49 @@ def _v1_name(tag: int, vendor: str | None, name: str | None, version: Version) -
     return spelled
 
 
+#: The attributes KMIP 2.0 added (2.0 §4: the Certificate Attributes, Key Format Type, NIST
+#: Key Type, Opaque Data Type, the protection attributes, Quantum Safe, Short Unique
+#: Identifier) and 2.1 added (2.1 §4: the rotation attributes). KMIP 2.x names no attribute
+#: by text, so its tag tables alone do not say which tags are attributes; 2.0 dropped
+#: Certificate Identifier/Subject/Issuer, Operation Policy Name and Custom Attribute, which
+#: its tables lack.
+_V2_ADDED_ATTRIBUTES: dict[Version, frozenset[int]] = {
+    (2, 0): frozenset({
+        *range(Tag.CERTIFICATE_SUBJECT_CN, Tag.CERTIFICATE_ISSUER_DN_QUALIFIER + 1),
+        Tag.KEY_FORMAT_TYPE, Tag.NIST_KEY_TYPE, Tag.OPAQUE_DATA_TYPE, Tag.PROTECTION_LEVEL,
+        Tag.PROTECTION_PERIOD, Tag.PROTECTION_STORAGE_MASKS, Tag.PROTECTION_STORAGE_MASK,
+        Tag.QUANTUM_SAFE, Tag.SHORT_UNIQUE_IDENTIFIER}),
+    (2, 1): frozenset({
+        Tag.ROTATE_INTERVAL, Tag.ROTATE_AUTOMATIC, Tag.ROTATE_OFFSET, Tag.ROTATE_DATE,
+        Tag.ROTATE_NAME, Tag.ROTATE_GENERATION, Tag.ROTATE_LATEST}),
+}
+
+
+@lru_cache(maxsize=16)
+def attribute_tags(version: Version) -> frozenset[int]:
+    """The tags of the attributes ``version`` defines: in 1.x those KMIP 1.x §3 lists up to
+    that version (``registry.definitions``), less Custom Attribute (custom attributes are
+    named "x-..." or "y-..."); in 2.x the 1.4 attributes and those 2.0 and 2.1 added that
+    the version's tables define."""
+    if version[0] < 2:
+        return registry.definitions(version).attributes - {Tag.CUSTOM_ATTRIBUTE}
+    added = [tags for minor, tags in _V2_ADDED_ATTRIBUTES.items() if minor <= version]
+    candidates = registry.definitions((1, 4)).attributes.union(*added)
+    return frozenset(tag for tag in candidates if registry.defines_tag(tag, version))
+
+
+def defined_in(attribute: Attribute, version: Version) -> bool:
+    """Whether ``attribute`` is one a request of ``version`` may carry: an attribute the
+    version defines (:func:`attribute_tags`) or a custom one: in 1.x named "x-..." or
+    "y-..." (1.4 §3.39), in 2.x a Vendor Attribute with its Vendor Identification and
+    Attribute Name (2.1 §4.57). An unknown 1.x name without such a prefix is not one."""
+    if attribute.tag == VENDOR_TAG:
+        if version[0] < 2:
+            return attribute.vendor_identification in _CUSTOM_VENDORS and bool(attribute.name)
+        return bool(attribute.vendor_identification) and bool(attribute.name)
+    return attribute.tag in attribute_tags(version)
+
+
 @lru_cache(maxsize=4096)
 def _known_v2(tag: int, version: Version) -> bool:
     return registry.tag_name(tag, version) is not None

@@ -678,6 +678,184 @@ def test_vendor_attributes_cross_versions(core) -> None:
     assert [a for a in get(core, uid, version=V14) if a.tag == VENDOR_TAG] == []
 
 
+# -- Always Sensitive and Never Extractable follow every change ------------------------------
+
+def _history(core: CoreHarness, uid: str, version=V21) -> dict[int, list[object]]:
+    found = get(core, uid, Tag.SENSITIVE, Tag.ALWAYS_SENSITIVE, Tag.EXTRACTABLE,
+                Tag.NEVER_EXTRACTABLE, version=version)
+    return {tag: values(found, tag) for tag in (Tag.ALWAYS_SENSITIVE, Tag.NEVER_EXTRACTABLE)}
+
+
+def _guarded_key(core: CoreHarness, version=V21) -> str:
+    uid = create_key(core, Attribute.of(Tag.SENSITIVE, True), Attribute.of(Tag.EXTRACTABLE, False),
+                     version=version)
+    assert _history(core, uid, version) == {Tag.ALWAYS_SENSITIVE: [True],
+                                            Tag.NEVER_EXTRACTABLE: [True]}
+    return uid
+
+
+def test_set_attribute_clears_always_sensitive_and_never_extractable_for_good(core) -> None:
+    uid = _guarded_key(core)
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.SENSITIVE, False)))
+    assert _history(core, uid) == {Tag.ALWAYS_SENSITIVE: [False], Tag.NEVER_EXTRACTABLE: [True]}
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True)))
+    assert _history(core, uid) == {Tag.ALWAYS_SENSITIVE: [False], Tag.NEVER_EXTRACTABLE: [False]}
+    # One way: going back does not rewrite the history.
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.SENSITIVE, True)))
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, False)))
+    assert _history(core, uid) == {Tag.ALWAYS_SENSITIVE: [False], Tag.NEVER_EXTRACTABLE: [False]}
+
+
+def test_modify_attribute_1x_clears_always_sensitive_and_never_extractable(core) -> None:
+    uid = _guarded_key(core, V14)
+    for tag, value in ((Tag.SENSITIVE, False), (Tag.EXTRACTABLE, True)):
+        ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+            unique_identifier=uid, attribute=Attribute.of(tag, value)), version=V14)
+    assert _history(core, uid, V14) == {Tag.ALWAYS_SENSITIVE: [False],
+                                        Tag.NEVER_EXTRACTABLE: [False]}
+
+
+def test_modify_and_adjust_2x_clear_always_sensitive_and_never_extractable(core) -> None:
+    uid = _guarded_key(core)
+    ok(core, Operation.ADJUST_ATTRIBUTE, adjust(uid, ref(Tag.SENSITIVE), AdjustmentType.NEGATE))
+    ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True)))
+    assert _history(core, uid) == {Tag.ALWAYS_SENSITIVE: [False], Tag.NEVER_EXTRACTABLE: [False]}
+
+
+# -- only the version's attributes ----------------------------------------------------------
+
+def _named(label: str, value: object, item_type: ItemType = ItemType.TEXT_STRING) -> Attribute:
+    """A 1.x Attribute by name alone: a name no registry entry knows travels as given."""
+    return Attribute(VENDOR_TAG, Item(VENDOR_TAG, item_type, value), name=label)
+
+
+#: (version, attribute, 1.x name or 2.x tag label): things that are no attribute of the
+#: request's version.
+NOT_ATTRIBUTES = [
+    pytest.param(V21, Attribute(Tag.BATCH_COUNT, Item(Tag.BATCH_COUNT, ItemType.INTEGER, 5)),
+                 id="2.1-batch-count"),
+    pytest.param(V21, Attribute(Tag.KEY_MATERIAL,
+                                Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, b"k" * 16)),
+                 id="2.1-key-material"),
+    pytest.param(V21, Attribute(Tag.OBJECT_GROUP_MEMBER, Item(
+        Tag.OBJECT_GROUP_MEMBER, ItemType.ENUMERATION, 1)), id="2.1-a-locate-field"),
+    pytest.param(V14, _named("Foo Bar", "v"), id="1.4-no-custom-prefix"),
+    pytest.param(V14, _named("Rotate Interval", 3600, ItemType.INTERVAL), id="1.4-a-2.1-one"),
+    pytest.param((1, 0), _named("Alternative Name", "v"), id="1.0-a-1.2-one"),
+    pytest.param((1, 3), text(Tag.DESCRIPTION, "d"), id="1.3-a-1.4-one"),
+]
+
+
+def _refused_as_no_attribute(item: ResponseBatchItem, version) -> None:
+    assert item.result_status == ResultStatus.OPERATION_FAILED
+    want = ResultReason.INVALID_ATTRIBUTE if version >= (2, 0) else ResultReason.INVALID_FIELD
+    assert item.result_reason == want, (item.result_reason, item.result_message)
+    assert "is not an attribute of KMIP" in item.result_message
+
+
+@pytest.mark.parametrize(("version", "attribute"), NOT_ATTRIBUTES)
+def test_add_attribute_refuses_what_is_no_attribute_of_the_version(core, version,
+                                                                   attribute) -> None:
+    uid = create_key(core, version=version)
+    before = get(core, uid, version=version)
+    (item,) = call(core, (Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=attribute)), version=version)
+    _refused_as_no_attribute(item, version)
+    assert get(core, uid, version=version) == before
+
+
+@pytest.mark.parametrize(("version", "attribute"), NOT_ATTRIBUTES)
+def test_create_refuses_what_is_no_attribute_of_the_version(core, version, attribute) -> None:
+    (item,) = call(core, (Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[
+            Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+            Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256), attribute])), version=version)
+    _refused_as_no_attribute(item, version)
+
+
+def test_set_modify_and_rekey_refuse_what_is_no_attribute_of_the_version(core) -> None:
+    batch = Attribute(Tag.BATCH_COUNT, Item(Tag.BATCH_COUNT, ItemType.INTEGER, 5))
+    uid = create_key(core)
+    for op, payload in (
+            (Operation.SET_ATTRIBUTE, SetAttributeRequest(unique_identifier=uid,
+                                                          attribute=batch)),
+            (Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(unique_identifier=uid,
+                                                                attribute=batch)),
+            (Operation.RE_KEY, ReKeyRequest(unique_identifier=uid, attributes=[batch]))):
+        (item,) = call(core, (op, payload))
+        _refused_as_no_attribute(item, V21)
+    uid = create_key(core, version=V14)
+    (item,) = call(core, (Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=_named("Foo Bar", "v"))), version=V14)
+    _refused_as_no_attribute(item, V14)
+
+
+def test_create_key_pair_refuses_what_is_no_attribute_of_the_version(core) -> None:
+    from kcm.kmip.payloads import CreateKeyPairRequest
+
+    rsa = [Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.RSA),
+           Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 2048)]
+    for version, stray in ((V21, Attribute(Tag.BATCH_COUNT,
+                                           Item(Tag.BATCH_COUNT, ItemType.INTEGER, 5))),
+                           (V14, _named("Foo Bar", "v"))):
+        for part in ("common_attributes", "private_key_attributes", "public_key_attributes"):
+            fields = {"common_attributes": list(rsa), part: [
+                *(rsa if part == "common_attributes" else []), stray]}
+            (item,) = call(core, (Operation.CREATE_KEY_PAIR, CreateKeyPairRequest(**fields)),
+                           version=version)
+            _refused_as_no_attribute(item, version)
+
+
+def test_custom_and_vendor_attributes_and_the_versions_own_are_still_taken(core) -> None:
+    uid = create_key(core, text(Tag.DESCRIPTION, "d"), version=V14)
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=_named("x-Owner", "team")), version=V14)
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=vendor("acme", "Tier", "gold")))
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.ROTATE_INTERVAL, 30 * 86_400)))
+    found = get(core, uid)
+    assert values(found, Tag.DESCRIPTION) == ["d"]
+    assert values(found, Tag.ROTATE_INTERVAL) == [30 * 86_400]
+    assert sorted((a.vendor_identification, a.name) for a in found if a.tag == VENDOR_TAG) == [
+        ("acme", "Tier"), ("x", "Owner")]
+
+
+# -- Application Specific Information -------------------------------------------------------
+
+def _application_info(*, data: str | None) -> Attribute:
+    children = [Item(Tag.APPLICATION_NAMESPACE, ItemType.TEXT_STRING, "ssl")]
+    if data is not None:
+        children.append(Item(Tag.APPLICATION_DATA, ItemType.TEXT_STRING, data))
+    return Attribute(Tag.APPLICATION_SPECIFIC_INFORMATION,
+                     Item(Tag.APPLICATION_SPECIFIC_INFORMATION, ItemType.STRUCTURE, children))
+
+
+@BOTH
+def test_application_specific_information_needs_application_data(core, version) -> None:
+    uid = create_key(core, version=version)
+    (item,) = call(core, (Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=_application_info(data=None))), version=version)
+    assert item.result_status == ResultStatus.OPERATION_FAILED
+    assert item.result_reason == ResultReason.APPLICATION_NAMESPACE_NOT_SUPPORTED
+    assert get(core, uid, Tag.APPLICATION_SPECIFIC_INFORMATION, version=version) == []
+    (item,) = call(core, (Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[
+            Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+            Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256), _application_info(data=None)])),
+        version=version)
+    assert item.result_reason == ResultReason.APPLICATION_NAMESPACE_NOT_SUPPORTED
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=_application_info(data="example.com")),
+       version=version)
+    assert len(get(core, uid, Tag.APPLICATION_SPECIFIC_INFORMATION, version=version)) == 1
+
+
 # -- the OASIS test cases -------------------------------------------------------------------
 
 VECTORS = Path("/work/shared/kmip-vectors")

@@ -423,6 +423,89 @@ def test_locate_filters(core: CoreHarness) -> None:
                   Attribute.of(Tag.INITIAL_DATE, now + 120)).unique_identifiers == []
 
 
+def _structure(tag: int, *fields: Item) -> Attribute:
+    """A structure-valued criterion with only ``fields`` (a partial Link, Name, ...)."""
+    return Attribute(tag, Item(tag, ItemType.STRUCTURE, list(fields)))
+
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_locate_matches_structures_field_by_field(core: CoreHarness, version) -> None:
+    """1.4 §4.9, 2.1 §6.1.27: a field the criterion leaves out matches anything."""
+    parent = register(core, version=version)
+    child = register(core, attributes=[name("child"), Attribute.of(Tag.LINK, Link(
+        link_type=LinkType.PARENT_LINK, linked_object_identifier=parent))], version=version)
+    register(core, attributes=[name("other")], version=version)
+    only_id = _structure(Tag.LINK, Item(Tag.LINKED_OBJECT_IDENTIFIER, ItemType.TEXT_STRING,
+                                        parent))
+    assert locate(core, only_id, version=version).unique_identifiers == [child]
+    only_type = _structure(Tag.LINK, Item(Tag.LINK_TYPE, ItemType.ENUMERATION,
+                                          int(LinkType.PARENT_LINK)))
+    assert locate(core, only_type, version=version).unique_identifiers == [child]
+    other_type = _structure(Tag.LINK, Item(Tag.LINK_TYPE, ItemType.ENUMERATION,
+                                           int(LinkType.CHILD_LINK)))
+    assert locate(core, other_type, version=version).unique_identifiers == []
+    # Fields in another order than the object's still match.
+    reordered = _structure(
+        Tag.LINK, Item(Tag.LINKED_OBJECT_IDENTIFIER, ItemType.TEXT_STRING, parent),
+        Item(Tag.LINK_TYPE, ItemType.ENUMERATION, int(LinkType.PARENT_LINK)))
+    assert locate(core, reordered, version=version).unique_identifiers == [child]
+    name_value = _structure(Tag.NAME, Item(Tag.NAME_VALUE, ItemType.TEXT_STRING, "child"))
+    assert locate(core, name_value, version=version).unique_identifiers == [child]
+    name_type = _structure(Tag.NAME, Item(Tag.NAME_TYPE, ItemType.ENUMERATION,
+                                          int(NameType.UNINTERPRETED_TEXT_STRING)))
+    assert len(locate(core, name_type, version=version).unique_identifiers) == 2
+    wrong_name_type = _structure(Tag.NAME, Item(Tag.NAME_VALUE, ItemType.TEXT_STRING, "child"),
+                                 Item(Tag.NAME_TYPE, ItemType.ENUMERATION, int(NameType.URI)))
+    assert locate(core, wrong_name_type, version=version).unique_identifiers == []
+
+
+USAGE_LIMITS_OBJECT = 0x2  # the Usage Limits Unit "Object"
+
+
+def _usage_limits(total: int, count: int | None = None) -> Attribute:
+    fields = [Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, total)]
+    if count is not None:
+        fields.append(Item(Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, count))
+    fields.append(Item(Tag.USAGE_LIMITS_UNIT, ItemType.ENUMERATION, USAGE_LIMITS_OBJECT))
+    return _structure(Tag.USAGE_LIMITS, *fields)
+
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_locate_usage_limits_match_at_least_the_limits_asked(core: CoreHarness,
+                                                            version) -> None:
+    """2.1 §6.1.27: Usage Limits Count and Total equal to or larger than those requested."""
+    hundred = register(core, attributes=[_usage_limits(100, 100)], version=version)
+    ten = register(core, attributes=[_usage_limits(10, 10)], version=version)
+    assert locate(core, _usage_limits(5, 5), version=version).unique_identifiers == [ten, hundred]
+    assert locate(core, _usage_limits(50), version=version).unique_identifiers == [hundred]
+    assert locate(core, _usage_limits(100, 100), version=version).unique_identifiers == [hundred]
+    assert locate(core, _usage_limits(101), version=version).unique_identifiers == []
+
+
+LARGEST_DATE = (1 << 63) - 1
+
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_locate_largest_date_stands_for_an_undefined_date(core: CoreHarness, version) -> None:
+    """2.1 §6.1.27: a date criterion of the largest Date-Time is a date not defined."""
+    now = int(time.time())
+    open_ended = register(core, version=version)
+    ending = register(core, attributes=[Attribute.of(Tag.DEACTIVATION_DATE, now + 3600)],
+                      version=version)
+    largest = Attribute.of(Tag.DEACTIVATION_DATE, LARGEST_DATE)
+    assert locate(core, largest, version=version).unique_identifiers == [open_ended]
+    # A range up to it takes in the objects without the date, and those within it.
+    after_now = locate(core, Attribute.of(Tag.DEACTIVATION_DATE, now), largest, version=version)
+    assert after_now.unique_identifiers == [ending, open_ended]
+    later = locate(core, Attribute.of(Tag.DEACTIVATION_DATE, now + 7200), largest,
+                   version=version)
+    assert later.unique_identifiers == [open_ended]
+    # An ordinary range still needs the date.
+    bounded = locate(core, Attribute.of(Tag.DEACTIVATION_DATE, now),
+                     Attribute.of(Tag.DEACTIVATION_DATE, now + 7200), version=version)
+    assert bounded.unique_identifiers == [ending]
+
+
 def test_locate_pages_and_counts(core: CoreHarness) -> None:
     uids = [register(core, attributes=[Attribute.of(Tag.OBJECT_GROUP, "page")]) for _ in range(5)]
     group = Attribute.of(Tag.OBJECT_GROUP, "page")

@@ -204,3 +204,56 @@ def test_checkpoints_in_the_log_anchor_the_chain_outside_the_database(tmp_path: 
     assert result.returncode == 1
     assert result.stdout.startswith(f"audit log BROKEN at record 1: a checkpoint names record "
                                     f"{newest}, but the chain ends at 0")
+
+
+def test_attribute_history_allow_list_and_partial_locate_through_the_process(
+        core_process: CoreProcess) -> None:
+    """Through a real kcm-core over TLS: Always Sensitive / Never Extractable follow a Set
+    Attribute, a tag that is no attribute of the version is refused and never stored, and
+    Locate matches a Link given by its Linked Object Identifier alone."""
+    from kcm.kmip.attributes import Attribute, AttributeReference, Link
+    from kcm.kmip.enums import LinkType, ObjectType, Operation, ResultReason
+    from kcm.kmip.payloads import (
+        AddAttributeRequest,
+        CreateRequest,
+        GetAttributesRequest,
+        LocateRequest,
+        SetAttributeRequest,
+    )
+    from kcm.kmip.tags import Tag
+    from kcm.testing.requests import aes256, item
+    from kcm.ttlv import Item, ItemType
+    from tests.e2e_support import send_v21, succeeded_v21
+
+    history = (Tag.ALWAYS_SENSITIVE, Tag.NEVER_EXTRACTABLE)
+    with core_process.client() as client:
+        (created,) = succeeded_v21(client, item(Operation.CREATE, CreateRequest(
+            object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256([
+                Attribute.of(Tag.SENSITIVE, True), Attribute.of(Tag.EXTRACTABLE, False)]))))
+        uid = created.unique_identifier
+        succeeded_v21(client, *[item(Operation.SET_ATTRIBUTE, SetAttributeRequest(
+            unique_identifier=uid, attribute=attribute)) for attribute in (
+                Attribute.of(Tag.SENSITIVE, False), Attribute.of(Tag.EXTRACTABLE, True))])
+        (read,) = succeeded_v21(client, item(Operation.GET_ATTRIBUTES, GetAttributesRequest(
+            unique_identifier=uid, attribute_references=[AttributeReference(t)
+                                                         for t in history])))
+        assert [(a.tag, a.typed) for a in read.attributes] == [
+            (Tag.ALWAYS_SENSITIVE, False), (Tag.NEVER_EXTRACTABLE, False)]
+
+        batch_count = Attribute(Tag.BATCH_COUNT, Item(Tag.BATCH_COUNT, ItemType.INTEGER, 5))
+        (refused,) = send_v21(client, item(Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+            unique_identifier=uid, attribute=batch_count)))
+        assert refused.result_reason == ResultReason.INVALID_ATTRIBUTE
+        (read,) = succeeded_v21(client, item(Operation.GET_ATTRIBUTES, GetAttributesRequest(
+            unique_identifier=uid, attribute_references=[AttributeReference(Tag.BATCH_COUNT)])))
+        assert not read.attributes
+
+        (linked,) = succeeded_v21(client, item(Operation.CREATE, CreateRequest(
+            object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256([Attribute.of(
+                Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
+                               linked_object_identifier=uid))]))))
+        only_id = Attribute(Tag.LINK, Item(Tag.LINK, ItemType.STRUCTURE, [
+            Item(Tag.LINKED_OBJECT_IDENTIFIER, ItemType.TEXT_STRING, uid)]))
+        (found,) = succeeded_v21(client, item(Operation.LOCATE,
+                                              LocateRequest(attributes=[only_id])))
+        assert found.unique_identifiers == [linked.unique_identifier]

@@ -27,6 +27,7 @@ from kcm.core.attribute_rules import (
     Rule,
     check_date_change,
     check_hierarchy_date,
+    check_offered,
     protected_error,
     rule_for,
 )
@@ -410,6 +411,9 @@ def _change(ctx: OperationContext, request: ModifyAttributeRequest | SetAttribut
 
 
 def _modifiable(attribute: Attribute, version: Version, label: str) -> Rule:
+    """The rule of an attribute a client gives a value (Add, Modify, Set), refused when it
+    is none the version offers (:func:`check_offered`) or a client may not change it."""
+    check_offered(attribute, version)
     rule = rule_for(attribute)
     if not rule.modify:
         if rule.on_create:

@@ -10,7 +10,7 @@ from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import DESTROYED, attribute_identity
 from kcm.core.store import repository
 from kcm.kernel import lifecycle
-from kcm.kmip.attributes import VENDOR_TAG, Attribute, Link, Name
+from kcm.kmip.attributes import VENDOR_TAG, Attribute
 from kcm.kmip.enums import (
     ObjectGroupMember,
     ResultReason,
@@ -25,10 +25,15 @@ from kcm.kmip.payloads import (
 )
 from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
-from kcm.ttlv import Item, ItemType, encode
+from kcm.ttlv import Item, ItemType
 
 #: The Object Type each managed-object structure stands for.
 
+
+#: The largest Date-Time (a signed 64-bit count of seconds, in every version). A Locate
+#: criterion of this value stands for a date the object does not have (2.1 §6.1.27): one
+#: value matches objects without the date, a range up to it objects without it too.
+UNDEFINED_DATE = (1 << 63) - 1
 
 _COLUMN_FILTERS = {
     Tag.OBJECT_TYPE: "object_type", Tag.CRYPTOGRAPHIC_ALGORITHM: "algorithm",
@@ -40,8 +45,11 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     """The caller's tenant's objects matching every attribute of the request, newest first.
 
     Attributes compare by equality, with the spec's exceptions (1.4 §4.9, 2.1 §6.1.27):
-    one value of a date attribute matches that date, two values an inclusive range; a
-    Cryptographic Usage Mask matches objects whose mask has every requested bit.
+    one value of a date attribute matches that date, two values an inclusive range, and
+    the largest Date-Time stands for a date the object does not have; a Cryptographic
+    Usage Mask matches objects whose mask has every requested bit; a structure matches
+    field by field, a field left out matching anything; Usage Limits match objects whose
+    Total and Count are at least those asked.
 
     At most ``ctx.max_locate_results`` identifiers are returned: Maximum Items is "the
     maximum number of object identifiers the server MAY return", so a smaller one is
@@ -172,11 +180,16 @@ class _Criteria:
             if column is not None and column not in filters:
                 filters[column] = attribute.value.value
             elif attribute.tag == Tag.NAME and "name" not in filters:
-                filters["name"] = attribute.typed.value
+                # A Name criterion may leave out the Name Value (a field is a wildcard).
+                name_value = attribute.value.find(Tag.NAME_VALUE)
+                if name_value is not None and name_value.type is ItemType.TEXT_STRING:
+                    filters["name"] = name_value.value
             elif attribute.tag == Tag.OBJECT_GROUP and "group" not in filters:
                 filters["group"] = attribute.value.value
+        # The store never matches an unset date: a range up to the largest Date-Time, which
+        # unset dates match too, is judged in :meth:`matches` alone.
         dates = {managed.DATE_COLUMNS[tag]: bounds for tag, bounds in self.dates.items()
-                 if tag in managed.DATE_COLUMNS}
+                 if tag in managed.DATE_COLUMNS and bounds[1] != UNDEFINED_DATE}
         if dates:
             filters["dates"] = dates
         return filters
@@ -185,7 +198,10 @@ class _Criteria:
         """Whether ``obj`` (in ``state`` now) meets every criterion."""
         for tag, (low, high) in self.dates.items():
             value = obj.value(tag)
-            if value is None or not low <= value <= high:
+            if value is None:
+                if high != UNDEFINED_DATE:
+                    return False
+            elif not low <= value <= high:
                 return False
         exact = not self.needs_attributes  # then the store has judged the columns
         have_by_identity: dict[tuple[int, str | None, str | None], list[Attribute]] | None = None
@@ -215,20 +231,28 @@ class _Criteria:
 def _same_value(wanted: Attribute, have: Attribute) -> bool:
     if have.value is None or wanted.value is None:
         return False
-    if wanted.tag == Tag.LINK:
-        # A Link structure compares by type and identifier, whatever the wire order.
-        want, got = wanted.typed, have.typed
-        return (isinstance(want, Link) and isinstance(got, Link)
-                and int(want.link_type) == int(got.link_type)
-                and want.linked_object_identifier == got.linked_object_identifier)
-    if wanted.tag == Tag.NAME:
-        want, got = wanted.typed, have.typed
-        return (isinstance(want, Name) and isinstance(got, Name) and want.value == got.value
-                and int(want.type) == int(got.type))
-    return encode(wanted.value) == encode(_retagged(have.value, wanted.value.tag))
+    return _value_matches(wanted.value, have.value)
 
 
-def _retagged(item: Item, tag: int) -> Item:
-    return item if item.tag == tag else Item(tag, item.type, item.value, item.width)
+def _value_matches(wanted: Item, have: Item) -> bool:
+    """Whether an object's value ``have`` meets the criterion ``wanted`` (1.4 §4.9,
+    2.1 §6.1.27). A structure matches field by field, in any order: each field given must
+    match one of the object's fields of that tag, and a field left out matches anything
+    (a Link with only a Linked Object Identifier matches whatever its Link Type). Usage
+    Limits Total and Count match when the object's are equal or larger. Other values
+    match when equal (Big Integer padding is the sender's choice, not part of it)."""
+    if wanted.type is ItemType.STRUCTURE:
+        if have.type is not ItemType.STRUCTURE:
+            return False
+        return all(any(_value_matches(field, got) for got in have if got.tag == field.tag)
+                   for field in wanted)
+    if wanted.type is not have.type or type(wanted.value) is not type(have.value):
+        return False
+    if wanted.tag in _AT_LEAST:
+        return have.value >= wanted.value  # type: ignore[operator]
+    return wanted.value == have.value
 
 
+#: KMIP 2.1 §6.1.27: "the Usage Limits Count and Usage Limits Total ... equal to or
+#: larger than" those of the request.
+_AT_LEAST = frozenset({Tag.USAGE_LIMITS_TOTAL, Tag.USAGE_LIMITS_COUNT})

@@ -147,7 +147,7 @@ class CoreFailoverEndpoint:
         """A link to the current core is made (the core welcomed it): the failures before it
         are over (one line says so, if any was logged)."""
         if self._logged_at is not None:
-            log.info("linked to core {core} after {count} failed attempt(s) in {seconds:.0f}s",
+            log.info("core {core} reached again after {count} failed attempt(s) in {seconds:.0f}s",
                      core=self.current_name, count=self.failures,
                      seconds=self._now() - self._failing_since)
         self.failures = 0

@@ -163,7 +163,7 @@ def test_a_single_core_that_cannot_be_reached_is_warned_about_rate_limited(logge
                                     "failed (102 failed attempts in 130s)")
     del logged[:]
     endpoint.linked()
-    assert logged == [("info", "linked to core tcp:core1:5697 after 102 failed attempt(s) "
+    assert logged == [("info", "core tcp:core1:5697 reached again after 102 failed attempt(s) "
                                "in 130s")]
     # The next outage is warned about at once again.
     connect(endpoint)

@@ -12,7 +12,9 @@ and the L4 engine (:mod:`kcm.l4.engine`), so both answer alike. What it promises
   with Unsupported Cryptographic Parameters (the kernel answers 1.x with Feature Not
   Supported).
 * The IV / Counter / Nonce is the client's; when the client sends none on Encrypt (or
-  Random IV is True) one is drawn from the injected random source and returned. Decrypt
+  Random IV is True) one is drawn from the injected random source and returned. A GCM IV
+  the server draws is never shorter than 96 bits (NIST SP 800-38D §8.2.2): an IV Length
+  under 96 without an IV of the client's is Unsupported Cryptographic Parameters. Decrypt
   without one, for a mode that needs one, is Invalid Message.
 * AEAD tags may be truncated to 4, 8 or 12..16 bytes (Tag Length, in bytes). A Decrypt's
   tag must be exactly the Tag Length in force (the request's, else the key's, else 16): a
@@ -65,6 +67,9 @@ _BLOCK_MODES = frozenset({BlockCipherMode.ECB, BlockCipherMode.CBC})
 #: AEAD tag lengths in bytes (NIST SP 800-38D §5.2.1.2 allows 4 and 8 for special uses).
 TAG_LENGTHS = frozenset({4, 8, 12, 13, 14, 15, 16})
 DEFAULT_TAG_LENGTH = 16
+#: The shortest GCM IV the server draws, in bytes (NIST SP 800-38D §8.2.2: a random IV
+#: of at least 96 bits).
+GCM_MIN_GENERATED_IV = 12
 
 
 # Parameters -------------------------------------------------------------------
@@ -170,7 +175,13 @@ def encrypt_iv(spec: CipherSpec, iv: bytes | None,
                         "Random IV is set: the server chooses the IV; send none")
     generated = None
     if iv is None and spec.needs_iv:
-        iv = generated = random_bytes(spec.default_iv_length())
+        length = spec.default_iv_length()
+        if length < GCM_MIN_GENERATED_IV and spec.mode == BlockCipherMode.GCM:
+            # A random GCM IV shorter than 96 bits repeats too soon (NIST SP 800-38D
+            # §8.2.2); a client that needs a shorter IV sends its own.
+            raise unsupported(f"IV Length {length * 8}: a generated GCM IV is at least "
+                              f"{GCM_MIN_GENERATED_IV * 8} bits")
+        iv = generated = random_bytes(length)
     iv = iv or b""
     check_iv(spec, iv)
     return iv, generated

@@ -19,7 +19,11 @@ is decided first, before anything about the key (:mod:`kcm.l4.authorize`):
   (2.x) / Permission Denied (1.x); an L4 whose L3 was destroyed is crypto-erased: Object
   Destroyed / Item Not Found;
 * cipher parameters: as kcm-core answers for managed keys (:mod:`kcm.crypto.symmetric`);
-  streaming (Init Indicator / Correlation Value) is not offered for L3s and L4s: Feature Not
+  with an L3, whose key also seals L4 tokens, AES-GCM only (16-byte tag, a 12-byte IV the
+  server draws on Encrypt) and associated data that cannot be a token's: Unsupported
+  Cryptographic Parameters for other parameters, Invalid Field for an IV on Encrypt, an IV
+  not of 12 bytes on Decrypt, or such associated data (docs/link-protocol.md §3); streaming
+  (Init Indicator / Correlation Value) is not offered for L3s and L4s: Feature Not
   Supported.
 
 Refusals carry KMIP 2.x reasons, a KeySource's included; the kernel answers a 1.x request
@@ -35,7 +39,7 @@ from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 
-from kcm.crypto.errors import cryptographic_failure
+from kcm.crypto.errors import cryptographic_failure, unsupported
 from kcm.crypto.key_wrap import WRAP_MODES, aes_wrap
 from kcm.crypto.symmetric import (
     AES_GCM_DEFAULT,
@@ -311,11 +315,18 @@ class L4Engine:
         Cryptographic Parameters say otherwise; a generated IV is returned."""
         uid = _identifier(request.unique_identifier)
         _no_stream(request)
-        key = self._key(principal, version, uid, protect=True)
+        with_l3 = not uid.startswith(L4_PREFIX)
+        if with_l3:
+            key = self._l3_key(principal, uid, protect=True)
+        else:
+            key = self._l4_key(principal, version, uid, protect=True)[0]
         data = _data(request.data)
-        spec = _spec(request.cryptographic_parameters)
-        iv, generated = encrypt_iv(spec, request.iv_counter_nonce, self._random_bytes)
+        requested = request.cryptographic_parameters
+        spec = _spec(requested)
         aad = request.authenticated_encryption_additional_data
+        if with_l3:
+            _check_l3_encrypt(spec, requested, request.iv_counter_nonce, aad)
+        iv, generated = encrypt_iv(spec, request.iv_counter_nonce, self._random_bytes)
         if spec is AES_GCM_DEFAULT and len(iv) == 12:
             # The hot path: one AEAD call, the tag split off the end.
             sealed = key.aesgcm().encrypt(iv, data, aad or None)
@@ -324,7 +335,7 @@ class L4Engine:
             with cryptographic_failure():
                 ciphertext, tag = encrypt_once(spec, key.key, iv, data, aad)
         ciphertext, tag = aead_tag.answer_data(version, ciphertext, tag)
-        if self._used is not None and uid.startswith(L3_PREFIX):
+        if with_l3 and self._used is not None:
             self._used(uid)
         return EncryptResponse(unique_identifier=uid, data=ciphertext,
                                iv_counter_nonce=generated, authenticated_encryption_tag=tag)
@@ -334,14 +345,20 @@ class L4Engine:
         """Decrypt ``Data`` with an L4 or an L3; Cryptographic Failure if it does not verify."""
         uid = _identifier(request.unique_identifier)
         _no_stream(request)
-        key = self._key(principal, version, uid, protect=False)
+        with_l3 = not uid.startswith(L4_PREFIX)
+        if with_l3:
+            key = self._l3_key(principal, uid, protect=False)
+        else:
+            key = self._l4_key(principal, version, uid, protect=False)[0]
         data = _data(request.data)
         spec = _spec(request.cryptographic_parameters)
         iv = decrypt_iv(spec, request.iv_counter_nonce)
+        aad = request.authenticated_encryption_additional_data
+        if with_l3:
+            _check_l3_decrypt(spec, iv, aad)
         tag = request.authenticated_encryption_tag
         if spec.aead:
             data, tag = aead_tag.request_data(version, data, tag, spec.tag_length)
-        aad = request.authenticated_encryption_additional_data
         if spec is AES_GCM_DEFAULT and len(iv) == 12 and tag is not None and len(tag) == 16:
             # The hot path, as encrypt's: one AEAD call (decrypt_once answers the same; the
             # library's refusals as cryptographic_failure() has them, without its context
@@ -380,18 +397,16 @@ class L4Engine:
         check_service_key_use(principal, l3.tenant, l3.service, uid=uid)
         return l3
 
-    def _key(self, principal: Principal, version: Version, uid: str, *,
-             protect: bool) -> OpenedKey:
-        if uid.startswith(L4_PREFIX):
-            return self._l4_key(principal, version, uid, protect=protect)[0]
-        if uid.startswith(L3_PREFIX):
-            l3 = self._service_key(principal, uid)
-            _check_state(l3, protect=protect,
-                         what="wrap a DEK" if protect else "unwrap a DEK")
-            return OpenedKey(l3.key)
-        raise KmipError(ResultReason.INVALID_FIELD,
-                        f"{identifier_label(uid)} is neither a service key (l3-) nor an L4 token "
-                        "(l4.)")
+    def _l3_key(self, principal: Principal, uid: str, *, protect: bool) -> OpenedKey:
+        """The key of L3 ``uid`` (a text that is no L4's) for a caller who may use it to
+        wrap (``protect``) or unwrap a DEK."""
+        if not uid.startswith(L3_PREFIX):
+            raise KmipError(ResultReason.INVALID_FIELD,
+                            f"{identifier_label(uid)} is neither a service key (l3-) nor an "
+                            "L4 token (l4.)")
+        l3 = self._service_key(principal, uid)
+        _check_state(l3, protect=protect, what="wrap a DEK" if protect else "unwrap a DEK")
+        return OpenedKey(l3.key)
 
     def _l4_key(self, principal: Principal, version: Version, uid: str, *,
                 protect: bool) -> tuple[OpenedKey, ServiceKey]:
@@ -481,6 +496,63 @@ def _spec(requested: CryptographicParameters | None) -> CipherSpec:
     if requested is None:
         return AES_GCM_DEFAULT
     return resolve_spec(_AES, None, requested)
+
+
+#: What a client's Encrypt or Decrypt with a service key runs (docs/link-protocol.md §3).
+_L3_CIPHER = ("a service key (l3-...) wraps DEKs with AES-GCM only: a 12-byte IV and a "
+              "16-byte tag")
+_GCM = int(BlockCipherMode.GCM)
+_L3_IV_LENGTH = 12
+_L3_TAG_LENGTH = 16
+
+
+def _check_l3_cipher(spec: CipherSpec) -> None:
+    """Refuse parameters other than AES-GCM, 16-byte tag, 96-bit IV with a service key.
+
+    An L3 also seals L4 tokens (AES-GCM, 12-byte random nonce, the token binding as
+    associated data): a client's Encrypt or Decrypt under it is held to that one cipher,
+    whose every output is bound to its IV and associated data, so none of it is a block,
+    keystream or short-tag oracle on the key (NIST SP 800-57 Pt 1 §5.2: one key, one
+    purpose). The request's Cryptographic Parameters were resolved first
+    (:func:`kcm.crypto.symmetric.resolve_spec`), so what no key runs is refused as for
+    any key."""
+    if spec is not AES_GCM_DEFAULT and (
+            spec.mode != _GCM or spec.tag_length != _L3_TAG_LENGTH
+            or spec.iv_length not in (None, _L3_IV_LENGTH)):
+        raise unsupported(_L3_CIPHER)
+
+
+def _check_l3_aad(aad: bytes | None) -> None:
+    if token.is_binding(aad):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "with a service key (l3-...), associated data may not begin with "
+                        "l4.1 (L4 tokens' own)")
+
+
+def _check_l3_encrypt(spec: CipherSpec, requested: CryptographicParameters | None,
+                      iv: bytes | None, aad: bytes | None) -> None:
+    """Refuse an Encrypt with a service key that is not AES-GCM with an IV the server
+    draws (12 bytes) and a 16-byte tag, or whose associated data could be a token's
+    (:func:`kcm.l4.token.is_binding`): a client never makes a token's ciphertext."""
+    _check_l3_cipher(spec)
+    if requested is not None and requested.random_iv is False:
+        raise unsupported("a service key (l3-...) encrypts only with an IV the server draws: "
+                          "Random IV False is refused")
+    if iv is not None:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "a service key (l3-...) takes no IV on Encrypt: the server draws it")
+    _check_l3_aad(aad)
+
+
+def _check_l3_decrypt(spec: CipherSpec, iv: bytes, aad: bytes | None) -> None:
+    """Refuse a Decrypt with a service key that is not AES-GCM with a 12-byte IV and a
+    16-byte tag, or whose associated data could be a token's: a client never opens a
+    token's ciphertext."""
+    _check_l3_cipher(spec)
+    if len(iv) != _L3_IV_LENGTH:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"the IV is {len(iv)} bytes; a service key (l3-...) takes 12")
+    _check_l3_aad(aad)
 
 
 def _wrap_mode(parameters: CryptographicParameters | None) -> int:

@@ -64,6 +64,16 @@ def associated_data(l3_uuid: bytes, tenant: str, service: str) -> bytes:
                      len(service_bytes).to_bytes(2, "big"), service_bytes))
 
 
+def is_binding(aad: bytes | None) -> bool:
+    """Whether ``aad`` could be a token's associated data (it begins with the token header).
+
+    A service key seals tokens and also wraps clients' DEKs (Encrypt/Decrypt with an L3):
+    the engine refuses a client's associated data for which this holds, so no client
+    operation under an L3 can ever make or open a token's ciphertext (one key, one
+    purpose: the two uses never share an associated data)."""
+    return aad is not None and aad.startswith(_HEADER)
+
+
 def _binding(l3: ServiceKey) -> tuple[bytes, bytes]:
     """(the L3 version's uuid bytes, the associated data binding its tokens to it)."""
     l3_uuid = l3_uuid_bytes(l3.uid)

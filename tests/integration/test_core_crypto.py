@@ -322,6 +322,19 @@ def test_iv_length_parameter_is_in_bits(core: CoreHarness) -> None:
     assert len(answer.iv_counter_nonce) == 16
 
 
+def test_a_generated_gcm_iv_is_never_under_96_bits(core: CoreHarness) -> None:
+    """NIST SP 800-38D §8.2.2: IV Length 64 would make the server draw 8-byte GCM IVs
+    for a managed key; refused. A client's own 8-byte IV is still its choice."""
+    uid = store_key(core, GCM_KEY)
+    for random_iv in (None, True):
+        failed(encrypt(core, uid, b"x", params(BlockCipherMode.GCM, random_iv=random_iv,
+                                                 iv_length=64)),
+               ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS)
+    answer = ok(encrypt(core, uid, b"x", params(BlockCipherMode.GCM, iv_length=64),
+                        iv_counter_nonce=bytes(8)))
+    assert answer.iv_counter_nonce is None
+
+
 # Streaming ------------------------------------------------------------------------------------
 def test_gcm_stream_matches_one_shot(core: CoreHarness) -> None:
     uid = store_key(core, GCM_KEY)

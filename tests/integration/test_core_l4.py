@@ -268,6 +268,70 @@ def test_wrap_and_unwrap_a_dek_with_the_l3(core: CoreHarness) -> None:
     assert plain.data == dek
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_l3_neither_opens_nor_mints_tokens(core: CoreHarness, version) -> None:
+    """The reviewer's attacks through kcm-core: a destroyed token's DEK recovered by a
+    Decrypt with its L3 (its nonce, binding and tag), a token minted by an Encrypt with the
+    binding, a raw-AES oracle (ECB, CBC, CTR), a client's IV, a short tag: all refused.
+    With an L3 a client wraps DEKs with AES-GCM alone (docs/link-protocol.md §3)."""
+    uid = create_l4(core, version=version)
+    dek = get_key(core, uid, version=version)
+    ok(one(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid), version=version))
+    missing = ResultReason.OBJECT_NOT_FOUND if version >= (2, 0) else ResultReason.ITEM_NOT_FOUND
+    failed(one(core, Operation.GET, GetRequest(unique_identifier=uid), version=version), missing)
+    sealed = token.parse(uid)
+    binding = token.associated_data(sealed.l3_uuid, "demo", "app")
+    gcm = CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM, tag_length=16)
+    unsupported = (ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS if version >= (2, 0)
+                   else ResultReason.FEATURE_NOT_SUPPORTED)
+    for parameters in (None, gcm):
+        failed(one(core, Operation.DECRYPT, DecryptRequest(
+            unique_identifier=sealed.l3_uid, data=sealed.ciphertext[:-16],
+            cryptographic_parameters=parameters, iv_counter_nonce=sealed.nonce,
+            authenticated_encryption_additional_data=binding,
+            authenticated_encryption_tag=sealed.ciphertext[-16:]), version=version),
+            ResultReason.INVALID_FIELD)
+        for iv in (None, bytes(12)):
+            failed(one(core, Operation.ENCRYPT, EncryptRequest(
+                unique_identifier=sealed.l3_uid, data=dek, cryptographic_parameters=parameters,
+                iv_counter_nonce=iv, authenticated_encryption_additional_data=binding),
+                version=version), ResultReason.INVALID_FIELD)
+    failed(one(core, Operation.ENCRYPT, EncryptRequest(
+        unique_identifier=sealed.l3_uid, data=dek, iv_counter_nonce=sealed.nonce),
+        version=version), ResultReason.INVALID_FIELD)
+    for mode in (BlockCipherMode.ECB, BlockCipherMode.CBC, BlockCipherMode.CTR):
+        message = failed(one(core, Operation.ENCRYPT, EncryptRequest(
+            unique_identifier=sealed.l3_uid, data=bytes(16),
+            cryptographic_parameters=CryptographicParameters(block_cipher_mode=mode)),
+            version=version), unsupported)
+        assert "AES-GCM only" in message
+    failed(one(core, Operation.ENCRYPT, EncryptRequest(
+        unique_identifier=sealed.l3_uid, data=dek,
+        cryptographic_parameters=CryptographicParameters(tag_length=4)), version=version),
+        unsupported)
+    # What the L3 is for still works: a DEK wrapped and unwrapped with AES-GCM.
+    wrapped = ok(encrypt(core, sealed.l3_uid, dek, version=version))
+    tag = wrapped.authenticated_encryption_tag
+    assert ok(decrypt(core, sealed.l3_uid, wrapped.data, wrapped.iv_counter_nonce, tag,
+                      version=version)).data == dek
+
+
+def test_a_generated_gcm_iv_is_never_under_96_bits(core: CoreHarness) -> None:
+    """IV Length 64 would make the server draw 8-byte GCM IVs, with an L4 as with any key;
+    a client's own 8-byte IV is still taken."""
+    uid = create_l4(core)
+    short = CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM, iv_length=64)
+    for random_iv in (None, True):
+        failed(one(core, Operation.ENCRYPT, EncryptRequest(
+            unique_identifier=uid, data=b"record", cryptographic_parameters=CryptographicParameters(
+                block_cipher_mode=BlockCipherMode.GCM, iv_length=64, random_iv=random_iv))),
+            ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS)
+    answer = ok(one(core, Operation.ENCRYPT, EncryptRequest(
+        unique_identifier=uid, data=b"record", cryptographic_parameters=short,
+        iv_counter_nonce=bytes(8))))
+    assert answer.iv_counter_nonce is None
+
+
 def test_create_then_encrypt_in_one_batch_uses_the_id_placeholder(core: CoreHarness) -> None:
     items = call(core, (Operation.CREATE, CreateRequest(
         object_type=ObjectType.SYMMETRIC_KEY, attributes=[vendor("kcm-level", "L4")])),

@@ -14,18 +14,20 @@ import pytest
 from kmip.core import enums
 from kmip.core import objects as core_objects
 from kmip.core.factories.attributes import AttributeFactory
+from kmip.pie.exceptions import KmipOperationFailure
 
 from kcm.conformance.client import KmipClientError
 from kcm.kernel.missing import object_not_found
-from kcm.kmip.attributes import Attribute
+from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
+    BlockCipherMode,
     CryptographicUsageMask,
     Operation,
     ResultReason,
     ResultStatus,
     RevocationReasonCode,
 )
-from kcm.kmip.payloads.crypto import DecryptRequest
+from kcm.kmip.payloads.crypto import DecryptRequest, EncryptRequest
 from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import IDENTITY_REFUSED
 from kcm.l4 import token as l4_token
@@ -107,9 +109,15 @@ def test_envelope_flow_with_pykmip_survives_a_gateway_restart(deployment) -> Non
                            iv_counter_nonce=iv) == b"a customer record"
         l3 = locate_l3(admin)  # a control operation, forwarded to the core
         assert l3.startswith("l3-")
-        wrapped, wrap_iv = app.encrypt(dek, uid=l3, cryptographic_parameters=CBC)
-        assert app.decrypt(wrapped, uid=l3, cryptographic_parameters=CBC,
-                           iv_counter_nonce=wrap_iv) == dek
+        # A DEK is wrapped with the L3 by AES-GCM alone (docs/link-protocol.md §3); in
+        # PyKMIP's KMIP 1.2 the tag travels at the end of Data.
+        wrapped, wrap_iv = app.encrypt(dek, uid=l3)
+        assert len(wrap_iv) == 12 and len(wrapped) == len(dek) + 16
+        assert app.decrypt(wrapped, uid=l3, iv_counter_nonce=wrap_iv) == dek
+        with pytest.raises(KmipOperationFailure) as refused:
+            app.encrypt(dek, uid=l3, cryptographic_parameters=CBC)
+        assert refused.value.reason == enums.ResultReason.FEATURE_NOT_SUPPORTED
+        assert "AES-GCM only" in refused.value.message
     finally:
         app.close()
         admin.close()
@@ -153,6 +161,61 @@ def test_a_revoked_and_destroyed_token_stays_refused_after_a_gateway_restart(
             assert [comparable_item(a) for a in answers] == \
                 [comparable_item(a) for a in send_v21(direct, *uses)]
             succeeded_v21(via_gateway, get(live.unique_identifier))
+
+
+def test_the_l3_neither_opens_nor_mints_tokens_at_a_gateway_or_the_core(deployment) -> None:
+    """The reviewer's attacks, each its own request through the real gateway (its fast
+    path declines, its general path answers) and straight to the core: a destroyed token's
+    DEK opened by a Decrypt with its L3 (the token's nonce, binding and tag), a token
+    minted by an Encrypt with the binding, ECB/CBC/CTR, a client's IV, a short tag; both
+    planes refuse alike. A DEK wrapped with AES-GCM still works at both."""
+    core, gateway = deployment
+    gcm = CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM, tag_length=16)
+    with gateway.client("app") as via_gateway, core.client("app") as direct:
+        [created] = succeeded_v21(via_gateway, create_l4())
+        uid = created.unique_identifier
+        [key] = succeeded_v21(via_gateway, get(uid))
+        dek = key.object.key_block.key_value.key_material
+        succeeded_v21(via_gateway, revoke(uid, RevocationReasonCode.CESSATION_OF_OPERATION),
+                      destroy(uid))
+        sealed = l4_token.parse(uid)
+        l3 = sealed.l3_uid
+        binding = l4_token.associated_data(sealed.l3_uuid, "demo", "app")
+        attacks = [
+            (item(Operation.DECRYPT, DecryptRequest(
+                unique_identifier=l3, data=sealed.ciphertext[:-16], cryptographic_parameters=gcm,
+                iv_counter_nonce=sealed.nonce, authenticated_encryption_additional_data=binding,
+                authenticated_encryption_tag=sealed.ciphertext[-16:])),
+             ResultReason.INVALID_FIELD),
+            (item(Operation.ENCRYPT, EncryptRequest(
+                unique_identifier=l3, data=dek, cryptographic_parameters=gcm,
+                iv_counter_nonce=bytes(12), authenticated_encryption_additional_data=binding)),
+             ResultReason.INVALID_FIELD),
+            (item(Operation.ENCRYPT, EncryptRequest(
+                unique_identifier=l3, data=dek, authenticated_encryption_additional_data=binding)),
+             ResultReason.INVALID_FIELD),
+            (item(Operation.ENCRYPT, EncryptRequest(
+                unique_identifier=l3, data=dek, iv_counter_nonce=sealed.nonce)),
+             ResultReason.INVALID_FIELD),
+            (item(Operation.ENCRYPT, EncryptRequest(
+                unique_identifier=l3, data=dek,
+                cryptographic_parameters=CryptographicParameters(tag_length=4))),
+             ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS),
+            *[(item(Operation.ENCRYPT, EncryptRequest(
+                unique_identifier=l3, data=bytes(16),
+                cryptographic_parameters=CryptographicParameters(block_cipher_mode=mode))),
+               ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS)
+              for mode in (BlockCipherMode.ECB, BlockCipherMode.CBC, BlockCipherMode.CTR)],
+        ]
+        for attack, reason in attacks:
+            answers = send_v21(via_gateway, attack)
+            assert refusals(answers) == [reason], [a.result_message for a in answers]
+            assert [comparable_item(a) for a in answers] == \
+                [comparable_item(a) for a in send_v21(direct, attack)]
+        for client in (via_gateway, direct):
+            [wrapped] = succeeded_v21(client, encrypt(l3, dek))
+            [unwrapped] = succeeded_v21(client, decrypt_sealed(l3, wrapped))
+            assert unwrapped.data == dek
 
 
 def comparable_item(answer) -> tuple:

@@ -30,6 +30,7 @@ from kcm.kmip.enums import (
     NameType,
     ObjectType,
     Operation,
+    PaddingMethod,
     ResultReason,
     ResultStatus,
 )
@@ -37,7 +38,9 @@ from kcm.kmip.messages import ProtocolVersion, RequestHeader, RequestMessage, en
 from kcm.kmip.payloads import CreateRequest, DecryptRequest, EncryptRequest, GetRequest
 from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
+from kcm.l4 import token as l4_token
 from kcm.l4.engine import L4Engine
+from kcm.l4.identifiers import l3_uuid_bytes
 from kcm.l4.opened_keys import OpenedKeys
 from kcm.testing.requests import create_l4, create_managed, item, request, response
 from kcm.ttlv import Item, ItemType, encode
@@ -78,16 +81,22 @@ class Planes:
                              max_message_size=1 << 20, max_batch_items=100)
         created = self.general_answer(request(create_l4()))
         self.token = response(created).batch_items[0].response_payload.unique_identifier
-        #: (Data, AAD) and what Encrypt made of them: IV, ciphertext, tag.
-        self.sealed = []
+        #: (Data, AAD) and what Encrypt made of them: IV, ciphertext, tag; with the L4,
+        #: and (``l3_sealed``) DEKs wrapped with the L3.
+        self.sealed = self._sealed(self.token)
+        self.l3_sealed = self._sealed(L3_UID)
+
+    def _sealed(self, uid: str) -> list[tuple[bytes | None, bytes, bytes, bytes]]:
+        sealed = []
         for data, aad in [(b"", None), (b"record", None), (b"x" * 70, b"context")]:
             answer = response(self.general_answer(request(item(
                 Operation.ENCRYPT, EncryptRequest(
-                    unique_identifier=self.token, data=data,
+                    unique_identifier=uid, data=data,
                     authenticated_encryption_additional_data=aad))))).batch_items[0]
             out = answer.response_payload
-            self.sealed.append((aad, out.iv_counter_nonce, out.data,
-                                out.authenticated_encryption_tag))
+            sealed.append((aad, out.iv_counter_nonce, out.data,
+                           out.authenticated_encryption_tag))
+        return sealed
 
     def general_answer(self, wire: bytes) -> bytes:
         answer = self.general.handle_request(wire, CONNECTION)
@@ -130,31 +139,50 @@ binary = st.binary(max_size=80)
 parameters = st.one_of(st.none(), st.builds(
     CryptographicParameters,
     block_cipher_mode=st.sampled_from([BlockCipherMode.GCM, BlockCipherMode.CBC,
-                                       BlockCipherMode.ECB]),
-    cryptographic_algorithm=st.sampled_from([None, CryptographicAlgorithm.AES])))
+                                       BlockCipherMode.ECB, BlockCipherMode.CTR, None]),
+    cryptographic_algorithm=st.sampled_from([None, CryptographicAlgorithm.AES]),
+    padding_method=st.sampled_from([None, None, PaddingMethod.NONE, PaddingMethod.PKCS5]),
+    tag_length=st.sampled_from([None, None, 16, 12, 8, 4]),
+    iv_length=st.sampled_from([None, None, 96, 64, 128]),
+    random_iv=st.sampled_from([None, None, True, False])))
+#: The associated data of every token under the L3 (docs/link-protocol.md §3).
+BINDING = l4_token.associated_data(l3_uuid_bytes(L3_UID), L3.tenant, L3.service)
+#: A client's associated data: none, its own, or a token's (refused with an L3).
+aads = st.one_of(st.none(), binary, st.just(BINDING),
+                 st.builds(lambda tail: b"l4.1" + tail, binary))
 
 
-def l4_items(token: str) -> st.SearchStrategy:
-    uid = identifiers(token)
+def l4_items(token_uid: str) -> st.SearchStrategy:
+    uid = identifiers(token_uid)
     batch_id = st.one_of(st.none(), st.binary(min_size=1, max_size=9))
     encrypt = st.builds(lambda u, p, d, iv, aad, b: item(Operation.ENCRYPT, EncryptRequest(
         unique_identifier=u, cryptographic_parameters=p, data=d, iv_counter_nonce=iv,
         authenticated_encryption_additional_data=aad), b),
         uid, parameters, st.one_of(st.none(), binary),
-        st.one_of(st.none(), st.none(), st.binary(min_size=12, max_size=16)),
-        st.one_of(st.none(), binary), batch_id)
+        st.one_of(st.none(), st.none(), st.binary(min_size=8, max_size=16)),
+        aads, batch_id)
     decrypt = st.builds(lambda u, p, d, iv, aad, tag, b: item(Operation.DECRYPT, DecryptRequest(
         unique_identifier=u, cryptographic_parameters=p, data=d, iv_counter_nonce=iv,
         authenticated_encryption_additional_data=aad, authenticated_encryption_tag=tag), b),
-        uid, parameters, binary, st.one_of(st.none(), st.binary(min_size=12, max_size=12)),
-        st.one_of(st.none(), binary), st.one_of(st.none(), st.binary(min_size=16,
-                                                                        max_size=16)),
+        uid, parameters, binary,
+        st.one_of(st.none(), st.binary(min_size=12, max_size=12),
+                  st.binary(min_size=8, max_size=16)),
+        aads, st.one_of(st.none(), st.binary(min_size=16, max_size=16),
+                        st.binary(min_size=4, max_size=16)),
         batch_id)
+    # The reviewer's attack: the token's own sealed DEK opened with its L3.
+    sealed = l4_token.parse(token_uid)
+    unseal = st.builds(lambda p, b: item(Operation.DECRYPT, DecryptRequest(
+        unique_identifier=L3_UID, cryptographic_parameters=p, data=sealed.ciphertext[:-16],
+        iv_counter_nonce=sealed.nonce, authenticated_encryption_additional_data=BINDING,
+        authenticated_encryption_tag=sealed.ciphertext[-16:]), b),
+        st.sampled_from([None, CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM,
+                                                       tag_length=16)]), batch_id)
     get = st.builds(lambda u, f, b: item(Operation.GET, GetRequest(
         unique_identifier=u, key_format_type=f), b),
         uid, st.sampled_from([None, KeyFormatType.RAW, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY,
                               KeyFormatType.PKCS_8]), batch_id)
-    return st.one_of(encrypt, decrypt, get)
+    return st.one_of(encrypt, decrypt, get, unseal)
 
 
 def _vendor(name: str, value: str) -> Attribute:
@@ -194,18 +222,24 @@ def create_items(plain: bool) -> st.SearchStrategy:
 
 
 def plain_items(planes: Planes) -> st.SearchStrategy:
-    """L4 items that succeed: the token, default or GCM parameters, a decrypt of what an
-    encrypt made."""
+    """L4 items that succeed: the token or the L3, default or GCM parameters, a decrypt of
+    what an encrypt made."""
     token = planes.token
     batch_id = st.one_of(st.none(), st.binary(min_size=1, max_size=9))
-    gcm = st.sampled_from([None, CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM)])
-    encrypt = st.builds(lambda d, aad, p, b: item(Operation.ENCRYPT, EncryptRequest(
-        unique_identifier=token, data=d, authenticated_encryption_additional_data=aad,
-        cryptographic_parameters=p), b), binary, st.one_of(st.none(), binary), gcm, batch_id)
-    decrypt = st.builds(lambda sealed, b: item(Operation.DECRYPT, DecryptRequest(
-        unique_identifier=token, data=sealed[2], iv_counter_nonce=sealed[1],
-        authenticated_encryption_additional_data=sealed[0],
-        authenticated_encryption_tag=sealed[3]), b), st.sampled_from(planes.sealed), batch_id)
+    gcm = st.sampled_from([None, CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM),
+                           CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM,
+                                                   tag_length=16, iv_length=96)])
+    key = st.sampled_from([token, token, L3_UID])
+    encrypt = st.builds(lambda u, d, aad, p, b: item(Operation.ENCRYPT, EncryptRequest(
+        unique_identifier=u, data=d, authenticated_encryption_additional_data=aad,
+        cryptographic_parameters=p), b), key, binary, st.one_of(st.none(), binary), gcm,
+        batch_id)
+    decrypt = st.builds(lambda u_sealed, b: item(Operation.DECRYPT, DecryptRequest(
+        unique_identifier=u_sealed[0], data=u_sealed[1][2], iv_counter_nonce=u_sealed[1][1],
+        authenticated_encryption_additional_data=u_sealed[1][0],
+        authenticated_encryption_tag=u_sealed[1][3]), b),
+        st.sampled_from([(token, sealed) for sealed in planes.sealed]
+                        + [(L3_UID, sealed) for sealed in planes.l3_sealed]), batch_id)
     get = st.builds(lambda f, b: item(Operation.GET, GetRequest(
         unique_identifier=token, key_format_type=f), b),
         st.sampled_from([None, KeyFormatType.RAW]), batch_id)
@@ -306,6 +340,85 @@ def test_what_the_fast_path_cannot_be_sure_of_is_declined(planes: Planes) -> Non
     other_tenant = ConnectionInfo(2, service_principal("other"), "127.0.0.1:40001").principal
     wire = request(item(Operation.GET, GetRequest(unique_identifier=token)))
     assert planes.fast.answer(wire, other_tenant) is None
+
+
+def _l3_attacks(planes: Planes) -> list[tuple[object, ResultReason]]:
+    """Encrypt/Decrypt items with the L3 that it refuses (docs/link-protocol.md §3), and
+    the 2.x reason of each: a token's DEK opened or a token minted through the L3, other
+    modes, a client's IV, short tags, short IVs."""
+    sealed = l4_token.parse(planes.token)
+    gcm = CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM, tag_length=16)
+    r = ResultReason
+
+    def encrypt(parameters=None, iv=None, aad=None, data=bytes(16)):
+        return item(Operation.ENCRYPT, EncryptRequest(
+            unique_identifier=L3_UID, data=data, cryptographic_parameters=parameters,
+            iv_counter_nonce=iv, authenticated_encryption_additional_data=aad))
+
+    def decrypt(parameters=None, iv=bytes(12), aad=None, data=bytes(16), tag=bytes(16)):
+        return item(Operation.DECRYPT, DecryptRequest(
+            unique_identifier=L3_UID, data=data, cryptographic_parameters=parameters,
+            iv_counter_nonce=iv, authenticated_encryption_additional_data=aad,
+            authenticated_encryption_tag=tag))
+
+    attacks = [
+        (decrypt(gcm, sealed.nonce, BINDING, sealed.ciphertext[:-16], sealed.ciphertext[-16:]),
+         r.INVALID_FIELD),
+        (decrypt(None, sealed.nonce, BINDING, sealed.ciphertext[:-16], sealed.ciphertext[-16:]),
+         r.INVALID_FIELD),
+        (encrypt(gcm, bytes(12), BINDING, bytes(32)), r.INVALID_FIELD),
+        (encrypt(None, None, BINDING, bytes(32)), r.INVALID_FIELD),
+        (encrypt(None, None, b"l4.1"), r.INVALID_FIELD),
+        (encrypt(gcm, sealed.nonce), r.INVALID_FIELD),
+        (encrypt(None, bytes(12)), r.INVALID_FIELD),
+        (encrypt(CryptographicParameters(random_iv=False)), r.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS),
+        (encrypt(CryptographicParameters(tag_length=4)), r.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS),
+        (encrypt(CryptographicParameters(iv_length=64)), r.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS),
+        (decrypt(CryptographicParameters(tag_length=8), tag=bytes(8)),
+         r.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS),
+        (decrypt(iv=bytes(8)), r.INVALID_FIELD),
+        (decrypt(tag=bytes(4)), r.CRYPTOGRAPHIC_FAILURE),
+    ]
+    for mode in (BlockCipherMode.ECB, BlockCipherMode.CBC, BlockCipherMode.CTR):
+        attacks.append((encrypt(CryptographicParameters(block_cipher_mode=mode)),
+                        r.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS))
+        attacks.append((decrypt(CryptographicParameters(block_cipher_mode=mode), bytes(16)),
+                        r.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS))
+    return attacks
+
+
+@pytest.mark.parametrize("version", sorted(FAST_VERSIONS))
+def test_what_an_l3_refuses_is_declined_here_and_refused_by_the_general_path(
+        planes: Planes, version) -> None:
+    """With a service key a client wraps DEKs with AES-GCM alone (a 12-byte IV the server
+    draws, a 16-byte tag, associated data no token's): the fast path declines every other
+    request, and the general path refuses it, as kcm-core does."""
+    for batch_item, reason in _l3_attacks(planes):
+        wire = request(batch_item, version=version)
+        assert planes.fast.answer(wire, APP) is None
+        [refused] = response(planes.general_answer(wire)).batch_items
+        assert refused.result_status == ResultStatus.OPERATION_FAILED, batch_item
+        if version < (2, 0) and reason == ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS:
+            reason = ResultReason.FEATURE_NOT_SUPPORTED
+        assert refused.result_reason == reason, refused.result_message
+
+
+@pytest.mark.parametrize("version", sorted(FAST_VERSIONS))
+def test_a_dek_wrapped_with_an_l3_takes_the_fast_path(planes: Planes, version) -> None:
+    gcm = CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM, tag_length=16)
+    for parameters in (None, gcm):
+        wire = request(item(Operation.ENCRYPT, EncryptRequest(
+            unique_identifier=L3_UID, data=b"k" * 32, cryptographic_parameters=parameters,
+            authenticated_encryption_additional_data=b"row 7")), version=version)
+        fast = planes.fast.answer(wire, APP)
+        assert fast is not None and fast == planes.general_answer(wire)
+        aad, iv, data, tag = planes.l3_sealed[2]
+        wire = request(item(Operation.DECRYPT, DecryptRequest(
+            unique_identifier=L3_UID, data=data, iv_counter_nonce=iv,
+            cryptographic_parameters=parameters, authenticated_encryption_additional_data=aad,
+            authenticated_encryption_tag=tag)), version=version)
+        fast = planes.fast.answer(wire, APP)
+        assert fast is not None and fast == planes.general_answer(wire)
 
 
 def _with_header(version, batch_item, **fields) -> bytes:

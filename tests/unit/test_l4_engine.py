@@ -422,3 +422,193 @@ def test_an_l3_from_before_l3_identifiers_cannot_seal(keys, engine) -> None:
     message = refused(ResultReason.FEATURE_NOT_SUPPORTED, create, engine, LEVEL,
                       vendor("kcm-service", "legacy"), principal=ADMIN)
     assert "re-key" in message
+
+
+# A service key wraps DEKs with AES-GCM only (docs/link-protocol.md §3) -------------------
+GCM = CryptographicParameters(block_cipher_mode=BlockCipherMode.GCM, tag_length=16)
+
+
+def _token_parts(uid: str) -> tuple[token.SealedToken, bytes]:
+    """A token's parts and its associated data (the binding to demo/app and its L3)."""
+    sealed = token.parse(uid)
+    return sealed, token.associated_data(sealed.l3_uuid, "demo", "app")
+
+
+@pytest.mark.parametrize("version", [V14, V21])
+@pytest.mark.parametrize("parameters", [None, GCM])
+def test_a_destroyed_token_s_dek_is_not_recovered_by_decrypt_with_its_l3(
+        keys, engine, version, parameters) -> None:
+    """The reviewer's attack: once tombstoned, a token names nothing; a Decrypt with its L3,
+    the token's nonce as IV, its binding as AAD and its tag, would still open its DEK."""
+    uid = create(engine, LEVEL)
+    keys.tombstones.add(token.token_id(uid))
+    refused(ResultReason.ITEM_NOT_FOUND if version == V14 else ResultReason.OBJECT_NOT_FOUND,
+            engine.get, APP, version, GetRequest(unique_identifier=uid))
+    sealed, binding = _token_parts(uid)
+    message = refused(ResultReason.INVALID_FIELD, engine.decrypt, APP, version, DecryptRequest(
+        unique_identifier=l3(1).uid, data=sealed.ciphertext[:-16],
+        cryptographic_parameters=parameters, iv_counter_nonce=sealed.nonce,
+        authenticated_encryption_additional_data=binding,
+        authenticated_encryption_tag=sealed.ciphertext[-16:]))
+    assert "l4.1" in message and message.isascii()
+    # A KMIP 1.2 client sends the tag at the end of Data: refused alike.
+    refused(ResultReason.INVALID_FIELD, engine.decrypt, APP, (1, 2), DecryptRequest(
+        unique_identifier=l3(1).uid, data=sealed.ciphertext, iv_counter_nonce=sealed.nonce,
+        authenticated_encryption_additional_data=binding))
+
+
+@pytest.mark.parametrize("iv", [None, bytes(12)])
+def test_no_token_is_minted_by_encrypt_with_its_l3(keys, engine, iv) -> None:
+    """The reviewer's attack: an Encrypt with the L3 and the token binding as AAD (and a
+    chosen IV) makes a token the core never issued, for a revoked DEK."""
+    uid = create(engine, LEVEL)
+    dek = token.open(uid, l3(1))
+    keys.tombstones.add(token.token_id(uid))
+    _, binding = _token_parts(uid)
+    refused(ResultReason.INVALID_FIELD, engine.encrypt, APP, V21, EncryptRequest(
+        unique_identifier=l3(1).uid, data=dek, cryptographic_parameters=GCM,
+        iv_counter_nonce=iv, authenticated_encryption_additional_data=binding))
+    # Any associated data that begins as a token's does is refused, not only a real one.
+    for aad in (b"l4.1", b"l4.1" + bytes(40)):
+        refused(ResultReason.INVALID_FIELD, engine.encrypt, APP, V21, EncryptRequest(
+            unique_identifier=l3(1).uid, data=dek, authenticated_encryption_additional_data=aad))
+
+
+@pytest.mark.parametrize("mode", [BlockCipherMode.ECB, BlockCipherMode.CBC,
+                                  BlockCipherMode.CTR])
+@pytest.mark.parametrize("version", [V14, V21])
+def test_no_other_mode_runs_with_an_l3(engine, mode, version) -> None:
+    """ECB of 0^128 under the L3 is the GHASH key of every token under it; CTR with a
+    token's nonce is its keystream; CBC is a block oracle: all refused (Unsupported
+    Cryptographic Parameters; Feature Not Supported in 1.x), for Encrypt and Decrypt."""
+    reason = (ResultReason.FEATURE_NOT_SUPPORTED if version == V14
+              else ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS)
+    uid = create(engine, LEVEL)
+    sealed, _ = _token_parts(uid)
+    for parameters in (CryptographicParameters(block_cipher_mode=mode),
+                       CryptographicParameters(block_cipher_mode=mode,
+                                               padding_method=PaddingMethod.PKCS5)):
+        for iv in (None, sealed.nonce + bytes(4)):
+            with pytest.raises(KmipError) as caught:
+                engine.encrypt(APP, version, EncryptRequest(
+                    unique_identifier=l3(1).uid, data=bytes(16), iv_counter_nonce=iv,
+                    cryptographic_parameters=parameters))
+            assert error_reason(version, caught.value) == reason
+        message = refused(reason, engine.decrypt, APP, version, DecryptRequest(
+            unique_identifier=l3(1).uid, data=bytes(16), iv_counter_nonce=bytes(16),
+            cryptographic_parameters=CryptographicParameters(block_cipher_mode=mode)))
+        assert "AES-GCM only" in message
+    refused(reason, engine.encrypt, APP, version, EncryptRequest(
+        unique_identifier=l3(1).uid, data=bytes(16),
+        cryptographic_parameters=CryptographicParameters(block_cipher_mode=mode)))
+
+
+def test_an_l3_encrypt_takes_no_client_iv(engine) -> None:
+    for parameters in (None, GCM, CryptographicParameters(random_iv=True)):
+        refused(ResultReason.INVALID_FIELD, engine.encrypt, APP, V21, EncryptRequest(
+            unique_identifier=l3(1).uid, data=b"dek", iv_counter_nonce=bytes(12),
+            cryptographic_parameters=parameters))
+    message = refused(ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS, engine.encrypt, APP,
+                      V21, EncryptRequest(unique_identifier=l3(1).uid, data=b"dek",
+                                          cryptographic_parameters=CryptographicParameters(
+                                              random_iv=False)))
+    assert "Random IV" in message
+
+
+@pytest.mark.parametrize("tag_length", [4, 8, 12, 15])
+def test_an_l3_takes_only_16_byte_tags(engine, tag_length) -> None:
+    short = CryptographicParameters(tag_length=tag_length)
+    refused(ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS, engine.encrypt, APP, V21,
+            EncryptRequest(unique_identifier=l3(1).uid, data=b"dek",
+                           cryptographic_parameters=short))
+    sealed = engine.encrypt(APP, V21, EncryptRequest(unique_identifier=l3(1).uid, data=b"dek"))
+    refused(ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS, engine.decrypt, APP, V21,
+            DecryptRequest(unique_identifier=l3(1).uid, data=sealed.data,
+                           iv_counter_nonce=sealed.iv_counter_nonce,
+                           cryptographic_parameters=short,
+                           authenticated_encryption_tag=sealed.authenticated_encryption_tag[
+                               :tag_length]))
+    # A prefix of the tag under the default Tag Length does not verify.
+    refused(ResultReason.CRYPTOGRAPHIC_FAILURE, engine.decrypt, APP, V21, DecryptRequest(
+        unique_identifier=l3(1).uid, data=sealed.data, iv_counter_nonce=sealed.iv_counter_nonce,
+        authenticated_encryption_tag=sealed.authenticated_encryption_tag[:tag_length]))
+
+
+def test_an_l3_takes_only_12_byte_ivs(engine) -> None:
+    for bits in (64, 128):
+        refused(ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS, engine.encrypt, APP, V21,
+                EncryptRequest(unique_identifier=l3(1).uid, data=b"dek",
+                               cryptographic_parameters=CryptographicParameters(
+                                   iv_length=bits)))
+    key = AESGCM(l3(1).key)
+    for size in (8, 16):
+        iv = bytes(size)
+        sealed = key.encrypt(iv, b"dek", None) if size == 12 else b"x" * 19
+        refused(ResultReason.INVALID_FIELD, engine.decrypt, APP, V21, DecryptRequest(
+            unique_identifier=l3(1).uid, data=sealed[:-16], iv_counter_nonce=iv,
+            authenticated_encryption_tag=sealed[-16:]))
+
+
+def test_what_an_l3_still_does(engine) -> None:
+    """Wrapping a DEK the documented ways: no parameters (AES-GCM), or AES-GCM spelled out
+    (Tag Length 16, IV Length 96, Random IV True), with any associated data of the
+    client's own; and Get of an L4 wrapped with the L3 (key wrap), unchanged."""
+    key = AESGCM(l3(1).key)
+    spelled = [None, GCM,
+               CryptographicParameters(cryptographic_algorithm=CryptographicAlgorithm.AES,
+                                       block_cipher_mode=BlockCipherMode.GCM,
+                                       padding_method=PaddingMethod.NONE, tag_length=16,
+                                       iv_length=96, random_iv=True)]
+    for parameters, aad, version in itertools.product(
+            spelled, [None, b"", b"row 7", b"l4", b"x-l4.1"], [V14, V21, (1, 2)]):
+        sealed = engine.encrypt(APP, version, EncryptRequest(
+            unique_identifier=l3(1).uid, data=b"k" * 32, cryptographic_parameters=parameters,
+            authenticated_encryption_additional_data=aad))
+        tag = sealed.authenticated_encryption_tag
+        data = sealed.data if tag is not None else sealed.data[:-16]
+        tag = tag if tag is not None else sealed.data[-16:]
+        assert len(sealed.iv_counter_nonce) == 12 and len(tag) == 16
+        assert key.decrypt(sealed.iv_counter_nonce, data + tag, aad or None) == b"k" * 32
+        assert engine.decrypt(APP, version, DecryptRequest(
+            unique_identifier=l3(1).uid, data=sealed.data, cryptographic_parameters=parameters,
+            iv_counter_nonce=sealed.iv_counter_nonce,
+            authenticated_encryption_additional_data=aad,
+            authenticated_encryption_tag=sealed.authenticated_encryption_tag)).data == b"k" * 32
+    uid = create(engine, LEVEL)
+    spec = KeyWrappingSpecification(
+        wrapping_method=WrappingMethod.ENCRYPT, encoding_option=EncodingOption.NO_ENCODING,
+        encryption_key_information=EncryptionKeyInformation(unique_identifier=l3(1).uid))
+    wrapped = engine.get(APP, V21, GetRequest(unique_identifier=uid,
+                                              key_wrapping_specification=spec))
+    assert keywrap.aes_key_unwrap(l3(1).key, wrapped.object.key_block.key_value) \
+        == token.open(uid, l3(1))
+
+
+def test_an_l4_keeps_every_mode_iv_and_aad(engine) -> None:
+    """Records under an L4's DEK are the client's own: client IVs, other modes, short
+    tags and any associated data, as before."""
+    uid = create(engine, LEVEL)
+    _, binding = _token_parts(uid)
+    for parameters, iv in ((CryptographicParameters(block_cipher_mode=BlockCipherMode.CBC,
+                                                    padding_method=PaddingMethod.PKCS5),
+                            bytes(16)),
+                           (CryptographicParameters(block_cipher_mode=BlockCipherMode.CTR),
+                            bytes(16)),
+                           (CryptographicParameters(tag_length=8), bytes(12))):
+        sealed = engine.encrypt(APP, V21, EncryptRequest(
+            unique_identifier=uid, data=b"record", iv_counter_nonce=iv,
+            cryptographic_parameters=parameters, authenticated_encryption_additional_data=binding))
+        assert engine.decrypt(APP, V21, DecryptRequest(
+            unique_identifier=uid, data=sealed.data, iv_counter_nonce=iv,
+            cryptographic_parameters=parameters, authenticated_encryption_additional_data=binding,
+            authenticated_encryption_tag=sealed.authenticated_encryption_tag)).data == b"record"
+
+
+def test_refused_l3_encrypts_are_not_counted(keys) -> None:
+    used: list[str] = []
+    engine = L4Engine(keys, counter_random(), used=used.append)
+    refused(ResultReason.INVALID_FIELD, engine.encrypt, APP, V21, EncryptRequest(
+        unique_identifier=l3(1).uid, data=b"dek", iv_counter_nonce=bytes(12)))
+    assert used == []
+    engine.encrypt(APP, V21, EncryptRequest(unique_identifier=l3(1).uid, data=b"dek"))
+    assert used == [l3(1).uid]

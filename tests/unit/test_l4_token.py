@@ -89,6 +89,20 @@ def test_seal_refuses_bad_inputs() -> None:
         token.seal(L3, DEK, b"nonce")
 
 
+@given(tenant=st.text(max_size=20), service=st.text(max_size=20),
+       l3_uuid=st.binary(min_size=16, max_size=16))
+def test_every_token_binding_is_recognised(tenant: str, service: str, l3_uuid: bytes) -> None:
+    """What the engine refuses as a client's associated data under an L3 covers every
+    token's associated data (docs/link-protocol.md §3)."""
+    assert token.is_binding(token.associated_data(l3_uuid, tenant, service))
+
+
+def test_other_associated_data_is_not_a_binding() -> None:
+    for aad in (None, b"", b"l4", b"l4.", b"L4.1", b"x-l4.1", b"l4.2" + bytes(16), b"row 7"):
+        assert not token.is_binding(aad)
+    assert token.is_binding(b"l4.1") and token.is_binding(b"l4.1anything")
+
+
 def test_identifiers() -> None:
     uid = new_l3_uid(lambda n: bytes(n))
     assert is_l3(uid) and not is_l4(uid) and l3_uuid_bytes(uid) == uuid.UUID(uid[3:]).bytes

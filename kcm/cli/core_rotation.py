@@ -26,7 +26,7 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
                         "(90s, 15m, 12h, 30d, 2w; 0: never by age)")
     parser.add_argument("--max-uses", help="rotate after this many encryptions "
                         "(L4s sealed, DEKs wrapped) under one version (0: no cap; at most "
-                        "2**62)")
+                        "2**32, the AES-GCM bound; 2**31 recommended)")
     parser.add_argument("--overlap", help="how long a replaced version stays Active before "
                         "it is Deactivated (decrypt-only); default 60s (durations: at most "
                         "100 years)")
@@ -47,13 +47,14 @@ def _scope(args: argparse.Namespace) -> tuple[str, str]:
 
 def _uses(text: str) -> int:
     """A ``--max-uses`` value: a whole number from 0 to :data:`MAX_USES`; ValueError else."""
-    from kcm.core.rotation_policy import MAX_USES
+    from kcm.core.rotation_policy import MAX_USES, MAX_USES_REASON
 
     digits = text.strip()
     if not digits.isdigit() or not digits.isascii():
         raise ValueError(f"--max-uses takes a whole number, not {text[:40]!r}")
+    # (the length first: int() of thousands of digits is slow, and refused anyway)
     if len(digits.lstrip("0")) > 19 or int(digits) > MAX_USES:
-        raise ValueError(f"--max-uses is at most {MAX_USES}")
+        raise ValueError(f"--max-uses is at most {MAX_USES} ({MAX_USES_REASON})")
     return int(digits)
 
 

@@ -5,7 +5,8 @@ A policy has three settings, each optional:
 * ``interval`` — seconds a version stays current; once the current version is that old, the
   state sweeper makes a new one (0: never by age);
 * ``max_uses`` — encryptions under one version (L4 seals and DEK wraps, as the gateways
-  and the core report them: :mod:`kcm.core.usage`) after which it is replaced (0: no cap);
+  and the core report them: :mod:`kcm.core.usage`) after which it is replaced (0: no cap;
+  at most :data:`MAX_USES`, the AES-GCM bound);
 * ``overlap`` — seconds the replaced version stays Active after its successor exists, then
   it is Deactivated (decrypt-only). Default :data:`DEFAULT_OVERLAP`;
 * ``managed_interval`` — not for service keys: the Rotate Interval (with Rotate Automatic)
@@ -37,7 +38,8 @@ from kcm.core.store.schema import RotationPolicy
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.tags import Tag
 
-__all__ = ["DEFAULT_OVERLAP", "MAX_DURATION", "MAX_USES", "EffectivePolicy", "PolicySettings",
+__all__ = ["DEFAULT_OVERLAP", "MAX_DURATION", "MAX_USES", "MAX_USES_REASON", "EffectivePolicy",
+           "PolicySettings",
            "clear_policy", "effective_policy", "format_duration", "managed_key_defaults",
            "parse_duration", "policies", "scope_name", "set_policy"]
 
@@ -48,8 +50,13 @@ DEFAULT_OVERLAP = 60
 #: The longest duration a policy takes (100 years, in seconds): added to a date it still
 #: makes a Date-Time, and as a Rotate Interval it fits the Interval type (32 bits).
 MAX_DURATION = 100 * 365 * 86400
-#: The largest usage cap a policy takes: use counts, summed, stay within 64 bits.
-MAX_USES = 2**62
+#: The largest usage cap a policy takes. A service key seals and wraps with AES-GCM under
+#: random 96-bit IVs, which NIST SP 800-38D §8.3 allows at most 2**32 times per key; a cap
+#: above that could not keep a version within the bound (2**31 leaves room for the usage
+#: the gateways have not reported yet: docs/operations.md, "Automatic rotation").
+MAX_USES = 2**32
+#: Why a larger cap is refused (the operator reads it).
+MAX_USES_REASON = "AES-GCM with random IVs allows at most 2**32 encryptions under one key"
 
 _FIELDS = ("interval", "max_uses", "overlap", "managed_interval", "tenant_key_interval")
 #: The largest value of each setting.
@@ -74,7 +81,8 @@ class PolicySettings:
                 raise ValueError(f"{name} must be a whole number of at least 0")
             if value is not None and value > _MAXIMA[name]:
                 raise ValueError(f"{name} must be at most {_MAXIMA[name]}"
-                                 + (" s (100 years)" if name != "max_uses" else ""))
+                                 + (" s (100 years)" if name != "max_uses"
+                                    else f" ({MAX_USES_REASON})"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,11 @@ So every stream is one chain of parts: one Init Indicator (which counts once aga
 key's Usage Limits), one IV, one message. Nothing can run a stream's Final twice, under the
 IV the server chose once, over two plaintexts.
 
+Signature streams cannot be sealed under their key's material: Signature Verify's key may be
+a Public Key, whose material anyone may hold. Sign and Signature Verify streams are sealed
+under :func:`tenant_secret`, derived from the tenant key (L2) that wraps the object, which
+only the server holds.
+
 A record is kept until its value expires (:data:`~kcm.crypto.sealed_state.STREAM_LIFETIME`
 after it was issued), then the state sweeper deletes it (:func:`purge_spent`), with a margin
 for cores whose clocks differ.
@@ -25,21 +30,46 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.orm import Session
 
+from kcm.core import managed
 from kcm.core.context import OperationContext
 from kcm.core.store import repository
+from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1
 from kcm.crypto.sealed_state import StreamPart, open_state, seal_state
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
-__all__ = ["PURGE_MARGIN", "open_once", "purge_spent", "seal_part"]
+__all__ = ["PURGE_MARGIN", "open_once", "purge_spent", "seal_part", "tenant_secret"]
 
 T = TypeVar("T")
 
 #: Seconds a spent part is kept after its value expired: another core's clock may be
 #: behind this one's by up to that much and still open the value.
 PURGE_MARGIN = 600
+
+
+#: HKDF label of :func:`tenant_secret`: the key it derives from an L2 serves nothing else.
+_TENANT_SECRET_LABEL = b"kcm stream state v1 "
+
+
+def tenant_secret(ctx: OperationContext, obj: managed.StoredObject) -> bytes:
+    """A secret to seal ``obj``'s streams under when its own material is not secret: derived
+    (HKDF-SHA-256, a label of its own, the tenant's name) from the tenant key (L2) that wraps
+    ``obj``. Only the server holds it, so a client that knows the object's material still
+    cannot forge a Correlation Value (the sealing adds the stream's purpose and the object's
+    identifier). An object moved to a newer L2 by a tenant key rotation
+    (:mod:`kcm.core.tenant_rotation`) has its open streams begun again."""
+    row = obj.row
+    l2 = (None if row.wrapped_by in (None, WRAPPED_BY_L1)
+          else repository.object_columns(ctx.session, row.tenant, row.wrapped_by))
+    if l2 is None or l2.level != LEVEL_TENANT_KEY:
+        raise KmipError(ResultReason.GENERAL_FAILURE, "the key wrapping this object is missing")
+    tenant_key = ctx.keyring.unwrap(ctx.session, l2)  # type: ignore[arg-type]
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=_TENANT_SECRET_LABEL + row.tenant.encode()).derive(tenant_key)
 
 
 def open_once(ctx: OperationContext, secret: bytes, purpose: bytes, uid: str, value: bytes,

@@ -1,8 +1,8 @@
 """Key derivation as KMIP's Derive Key defines it (KMIP 1.4 §4.6, 2.1 §6.1.11).
 Pure: key material in, derived bytes out; no stored objects, no I/O.
 
-Methods: PBKDF2 (a Salt and a positive Iteration Count), HASH (of the Derivation Data, or
-of the key when there is none), HMAC (the HMAC-based KDF of RFC 5869, as PyKMIP's reference
+Methods: PBKDF2 (a Salt and a positive Iteration Count), HASH (of the base key; Derivation
+Data is refused, see ``derive``), HMAC (the HMAC-based KDF of RFC 5869, as PyKMIP's reference
 server and its suite read it: the Salt, then the Derivation Data as info), ENCRYPT (AES,
 3DES or Blowfish in ECB, CBC or CTR, PKCS#5 padding on request) and NIST800-108-C (SP
 800-108 counter mode, HMAC, a 32-bit counter before the Derivation Data). The hash is the
@@ -62,8 +62,16 @@ def derive(method: int, parameters: DerivationParameters, key: bytes, data: byte
                 return PBKDF2HMAC(algorithm=hash_cls(), length=length, salt=salt,
                                   iterations=count).derive(key)
             if method == DerivationMethod.HASH:
+                # KMIP 1.4 §4.6 / 2.1 §6.1.11: HASH hashes "the derivation key or the
+                # derivation data". A hash of the Derivation Data alone would owe nothing
+                # to the secret base key (anyone holding the public data gets the key), so
+                # only the key is hashed and Derivation Data is refused, as PyKMIP's
+                # reference server does. No OASIS test case sends Derivation Data with HASH.
+                if data is not None:
+                    raise KmipError(ResultReason.INVALID_FIELD,
+                                    "HASH derivation takes no Derivation Data")
                 digest = hashes.Hash(hash_cls())
-                digest.update(data if data is not None else key)
+                digest.update(key)
                 derived = digest.finalize()
             elif method == DerivationMethod.HMAC:
                 # PyKMIP's reference server and its integration suite read "HMAC" as the

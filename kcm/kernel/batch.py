@@ -18,8 +18,14 @@ executor, and returns one Response Batch Item per item that ran:
   kernel does no I/O, logging included);
 * the Batch Error Continuation Option decides what follows a failure: Stop (the rest is not
   run), Continue (the rest runs), Undo (everything is rolled back through the savepoint hook
-  and the successful items are reported Operation Undone, keeping their payloads as the
-  BL-M-2-21 case shows);
+  and the successful items are reported Operation Undone). An undone item keeps its
+  payload only when all it holds is the Unique Identifier the request named (the BL-M-2-21
+  case answers its undone Activate and Check so); any other payload is dropped whole.
+  What an item computed must not outlive the rollback of what it counted: an undone
+  Encrypt's ciphertext would come with its spent stream part and its Usage Limits count
+  rolled back (a Correlation Value replayed under the same IV, a key used past its
+  limits), and an undone Create's identifier would name an object that does not exist
+  (or, at a gateway, be a usable L4 token);
 * one ID Placeholder lives for the batch; the executor resolves and sets it;
 * before each item the caller's ``should_stop`` hook may end the batch (a deadline passed,
   the client gone): it returns the reason, and that item and every later one fail with
@@ -47,9 +53,11 @@ from kcm.kernel import version_fit
 from kcm.kernel.responses import fail_item, fail_with, internal_error, operation_name
 from kcm.kmip.enums import BatchErrorContinuationOption, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
+from kcm.kmip.fields import Struct
 from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
+from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
-from kcm.ttlv import Item
+from kcm.ttlv import Item, ItemType
 
 __all__ = ["CRITICAL_EXTENSION", "NO_SAVEPOINTS", "BatchRun", "BatchStopped", "ItemExecutor",
            "Savepoint", "StopHook", "run_batch"]
@@ -179,9 +187,32 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
         answered.append(response)
     if errors and continuation == _UNDO:
         everything.rollback()
-        for response in answered:
+        # Each item that ran has its answer, in order: ``answered`` pairs with ``items``.
+        for item, response in zip(items, answered, strict=False):
             if response.result_status == ResultStatus.SUCCESS:
                 response.result_status = ResultStatus.OPERATION_UNDONE
+                response.response_payload = _undone_payload(item, response.response_payload,
+                                                            version)
     else:
         everything.commit()
     return BatchRun(answered, errors, stopped)
+
+
+def _undone_payload(item: RequestBatchItem, payload: Any, version: Version) -> Any:
+    """What an undone item answers as its payload: its own when all it says is the Unique
+    Identifier ``item`` named (nothing the client did not send), else none. KMIP requires a
+    payload "if not a failure" (1.4 §7.1, 2.1 §9) and BL-M-2-21 answers an undone Activate
+    and Check with their Unique Identifier; anything more was produced by work the rollback
+    took back. A payload is kept or dropped whole: a part of one (an Encrypt's without its
+    Data, a Get's without its object) would not decode as that operation's payload."""
+    asked = getattr(item.request_payload, "unique_identifier", None)
+    if type(asked) is not str:
+        return None
+    encoded = (payload.to_item(version, Tag.RESPONSE_PAYLOAD) if isinstance(payload, Struct)
+               else payload)
+    if not isinstance(encoded, Item) or encoded.type is not ItemType.STRUCTURE:
+        return None
+    children: list[Item] = encoded.value  # type: ignore[assignment]
+    only_asked = (len(children) == 1 and children[0].tag == Tag.UNIQUE_IDENTIFIER
+                  and children[0].value == asked)
+    return payload if only_asked else None

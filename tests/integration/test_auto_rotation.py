@@ -177,7 +177,9 @@ def test_bad_settings_are_refused() -> None:
 
 def test_durations_and_caps_have_a_maximum() -> None:
     """A policy's durations are at most 100 years (then added to a date they still make a
-    Date-Time) and its usage cap at most 2**62; more is refused with a short message."""
+    Date-Time) and its usage cap at most 2**32 (NIST SP 800-38D §8.3: AES-GCM with random
+    IVs, at most 2**32 encryptions per key); more is refused with a short message that says
+    why."""
     assert parse_duration("36500d") == MAX_DURATION == 100 * 365 * 86400
     for text in ("36501d", "3153600001", str(2**63 - 100), "9" * 5000):
         with pytest.raises(ValueError, match="^a duration is at most 100 years"):
@@ -186,9 +188,13 @@ def test_durations_and_caps_have_a_maximum() -> None:
         assert getattr(PolicySettings(**{name: MAX_DURATION}), name) == MAX_DURATION
         with pytest.raises(ValueError, match=f"^{name} must be at most 3153600000 s"):
             PolicySettings(**{name: MAX_DURATION + 1})
-    assert PolicySettings(max_uses=MAX_USES).max_uses == 2**62
-    with pytest.raises(ValueError, match="^max_uses must be at most 4611686018427387904$"):
-        PolicySettings(max_uses=10**20)
+    assert PolicySettings(max_uses=MAX_USES).max_uses == 2**32
+    for too_many in (2**32 + 1, 2**62, 10**20):
+        with pytest.raises(ValueError) as refused:
+            PolicySettings(max_uses=too_many)
+        assert str(refused.value) == (
+            "max_uses must be at most 4294967296 (AES-GCM with random IVs allows at most "
+            "2**32 encryptions under one key)")
 
 
 def test_an_overlap_stored_before_the_maximum_does_not_stop_rotation(
@@ -211,3 +217,23 @@ def test_an_overlap_stored_before_the_maximum_does_not_stop_rotation(
 
 def effective_policy_of(core: CoreHarness):
     return core.store.run_sync(lambda s: effective_policy(s, "demo", "app"))
+
+
+def test_a_usage_cap_stored_before_the_gcm_bound_is_read_as_the_bound(
+        core: CoreHarness) -> None:
+    """A cap above 2**32 stored before the bound was enforced (2**62 was the maximum) is read
+    as 2**32, so the version is still replaced within what AES-GCM allows; listing the
+    policies (the sweeper's read) does not fail on it either."""
+    from kcm.core.rotation_policy import policies
+    from kcm.core.store.schema import RotationPolicy
+
+    _policy(core, "demo", "", max_uses=1000)
+    core.store.run_sync(lambda s: setattr(s.get(RotationPolicy, ("demo", "")), "max_uses",
+                                          2**62))
+    assert effective_policy_of(core).max_uses == MAX_USES == 2**32
+    assert core.store.run_sync(policies)[("demo", "")].max_uses == 2**32
+    uid = _versions(core)[0][1]
+    core.store.run_sync(lambda s: add_uses(s, {uid: 2**32}, now=0))
+    [rotation] = [r for r in _rotate(core, 2_000_000_000) if r.tenant == "demo"
+                  and r.service == "app"]
+    assert (rotation.previous_uid, rotation.trigger) == (uid, "max_uses")

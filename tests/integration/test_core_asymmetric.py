@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -15,7 +16,10 @@ from kcm.core.operations.create import server_attributes
 from kcm.core.server_info import ServerInfo
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY
+from kcm.crypto import sealed_state
 from kcm.crypto.rsa_keys import rsa_key_block_in_format
+from kcm.crypto.sealed_state import StreamPart, seal_state
+from kcm.crypto.signatures import SignatureSpec, pack_stream
 from kcm.kmip.attributes import Attribute, CryptographicParameters, Link, Name
 from kcm.kmip.enums import (
     BlockCipherMode,
@@ -238,6 +242,62 @@ def test_digested_data_and_streaming(core: CoreHarness) -> None:
     assert forged.result_reason == ResultReason.INVALID_CORRELATION_VALUE
 
 
+def test_a_verify_stream_cannot_be_forged_from_the_public_key(core: CoreHarness) -> None:
+    """A Public Key's material is public: a Correlation Value sealed under it (any stream,
+    any part, an expiry ten years on) must not open. Verify streams are sealed under a
+    secret only the server holds, and they still run."""
+    private_uid, public_uid = create_pair(core, private_mask=SIGN | VERIFY)
+    (signed,) = ok(send(core, (Operation.SIGN, SignRequest(unique_identifier=private_uid,
+                                                           data=MESSAGE))))
+    block, _ = public_key(core, public_uid)
+    spec = SignatureSpec(int(PaddingMethod.PKCS1_V1_5), int(HashingAlgorithm.SHA_256), None,
+                         int(HashingAlgorithm.SHA_256))
+    forged = seal_state(block.key_value.key_material, b"kcm signature stream v1 ", public_uid,
+                        pack_stream(False, spec, MESSAGE[:10]), os.urandom,
+                        part=StreamPart(os.urandom(16), 12345,
+                                        int(time.time()) + 10 * 365 * 86400))
+    (answer,) = send(core, (Operation.SIGNATURE_VERIFY, SignatureVerifyRequest(
+        unique_identifier=public_uid, data=MESSAGE[10:], correlation_value=forged,
+        final_indicator=True, signature_data=signed.signature_data)))
+    assert answer.result_status == ResultStatus.OPERATION_FAILED
+    assert answer.result_reason == ResultReason.INVALID_CORRELATION_VALUE
+    assert answer.result_message == "the Correlation Value is not one of this key's streams"
+    for uid in (public_uid, private_uid):  # (a Private Key verifies too)
+        (first,) = ok(send(core, (Operation.SIGNATURE_VERIFY, SignatureVerifyRequest(
+            unique_identifier=uid, data=MESSAGE[:10], init_indicator=True))))
+        (last,) = ok(send(core, (Operation.SIGNATURE_VERIFY, SignatureVerifyRequest(
+            unique_identifier=uid, data=MESSAGE[10:], correlation_value=first.correlation_value,
+            final_indicator=True, signature_data=signed.signature_data))))
+        assert last.validity_indicator == ValidityIndicator.VALID
+    # A value of one key's stream does not open for the other key of the pair.
+    (first,) = ok(send(core, (Operation.SIGNATURE_VERIFY, SignatureVerifyRequest(
+        unique_identifier=private_uid, data=MESSAGE[:10], init_indicator=True))))
+    (moved,) = send(core, (Operation.SIGNATURE_VERIFY, SignatureVerifyRequest(
+        unique_identifier=public_uid, data=MESSAGE[10:], correlation_value=first.correlation_value,
+        final_indicator=True, signature_data=signed.signature_data)))
+    assert moved.result_reason == ResultReason.INVALID_CORRELATION_VALUE
+
+
+@pytest.mark.parametrize("operation", [Operation.SIGN, Operation.SIGNATURE_VERIFY])
+def test_a_signature_streams_final_part_is_held_to_the_stream_limit(
+        core: CoreHarness, monkeypatch: pytest.MonkeyPatch, operation: Operation) -> None:
+    """The whole data of a stream, its Final part's included, is at most MAX_STREAM_BYTES
+    (here made 64)."""
+    monkeypatch.setattr(sealed_state, "MAX_STREAM_BYTES", 64)
+    private_uid, public_uid = create_pair(core)
+    signing = operation == Operation.SIGN
+    make = SignRequest if signing else SignatureVerifyRequest
+    uid = private_uid if signing else public_uid
+    extra = {} if signing else {"signature_data": b"\x00" * 256}
+    (first,) = ok(send(core, (operation, make(unique_identifier=uid, data=b"a" * 60,
+                                              init_indicator=True))))
+    (last,) = send(core, (operation, make(
+        unique_identifier=uid, data=b"b" * 10, correlation_value=first.correlation_value,
+        final_indicator=True, **extra)))
+    assert last.result_reason == ResultReason.SERVER_LIMIT_EXCEEDED, last.result_message
+    assert last.result_message == "streams are limited to 64 bytes"
+
+
 @pytest.mark.parametrize(("version", "reason"), [
     ((2, 1), ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK),
     ((1, 4), ResultReason.PERMISSION_DENIED),
@@ -422,6 +482,23 @@ def test_derive_hash_oasis_derivekey_1(core: CoreHarness) -> None:
                            128, CryptographicAlgorithm.AES, version=(1, 4)))
     assert derived_value(core, payload.unique_identifier) == bytes.fromhex(
         "a8faed6abbf35c12a4b26e40f6feb19d")
+
+
+def test_derive_hash_refuses_derivation_data(core: CoreHarness) -> None:
+    """HASH with Derivation Data hashed the public data alone: every base key gave the same
+    derived key. It is refused, and nothing is derived."""
+    bases = [put(core, symmetric(CryptographicAlgorithm.AES, bytes([n]) * 32),
+                 ObjectType.SYMMETRIC_KEY, algorithm=CryptographicAlgorithm.AES, length=256)
+             for n in (1, 2)]
+    for base in bases:
+        ok(send(core, (Operation.ACTIVATE, ActivateRequest(unique_identifier=base))))
+        (item,) = derive(core, ObjectType.SYMMETRIC_KEY, [base], DerivationMethod.HASH,
+                         DerivationParameters(derivation_data=b"customer-42"), 256,
+                         CryptographicAlgorithm.AES)
+        assert item.result_reason == ResultReason.INVALID_FIELD, item.result_message
+        assert item.result_message == "HASH derivation takes no Derivation Data"
+        _, attributes = stored(core, base)
+        assert not [a for a in attributes if a.tag == Tag.LINK]
 
 
 def test_hierarchy_keys_cannot_be_derivation_bases(core: CoreHarness) -> None:

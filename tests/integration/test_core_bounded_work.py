@@ -23,7 +23,6 @@ from kcm.testing.requests import (
     CONTINUE,
     UNDO,
     create_managed,
-    get,
     item,
     locate,
     request,
@@ -132,15 +131,22 @@ def test_work_past_the_deadline_is_stopped_at_the_next_item(limited_core: CorePr
 
 
 def test_an_undo_batch_past_its_deadline_leaves_nothing(limited_core: CoreProcess) -> None:
+    """The undone Create's object is rolled back; its answer names none (an undone item
+    answers nothing it computed), and Locate finds no more objects than before."""
     with limited_core.client() as kmip:
+        def count() -> int:
+            [answer] = response(kmip.send(request(item(Operation.LOCATE, LocateRequest(
+                offset_items=0))))).batch_items
+            return answer.response_payload.located_items
+
+        before = count()
         answer = response(kmip.send(request(
             create_managed(), *[counting_locate()] * 63, continuation=UNDO)))
         created = answer.batch_items[0]
         assert created.result_status == ResultStatus.OPERATION_UNDONE
         assert answer.batch_items[-1].result_message == "request deadline of 0.5 s exceeded"
-        uid = created.response_payload.unique_identifier
-        [gone] = response(kmip.send(request(get(uid)))).batch_items
-    assert gone.result_reason == ResultReason.ITEM_NOT_FOUND
+        assert created.response_payload is None
+        assert count() == before
 
 
 def test_a_locate_returns_at_most_the_servers_cap(limited_core: CoreProcess) -> None:

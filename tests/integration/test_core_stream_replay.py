@@ -27,6 +27,7 @@ from kcm.kmip.enums import (
 from kcm.kmip.payloads import (
     CreateRequest,
     EncryptRequest,
+    GetRequest,
     MacVerifyRequest,
     SignatureVerifyRequest,
     SignRequest,
@@ -144,6 +145,61 @@ def test_one_value_twice_in_one_batch(core: CoreHarness) -> None:
                          continuation=BatchErrorContinuationOption.CONTINUE)
     ok(first)
     replayed(second)
+
+
+# Undo: what is rolled back is not answered --------------------------------------------------
+UNDO = BatchErrorContinuationOption.UNDO
+
+
+def _missing() -> tuple[Operation, object]:
+    return Operation.GET, GetRequest(unique_identifier="no-such-object")
+
+
+@pytest.mark.parametrize("version", [(2, 1), (1, 4)])
+def test_an_undone_final_answers_no_ciphertext(core: CoreHarness, version) -> None:
+    """The review's case: a stream's Final in a batch that fails under Undo. The rollback
+    gives the Correlation Value back (its spent part is undone), so the undone item must not
+    carry a ciphertext: the value's next use would encrypt a second plaintext under the IV
+    the server chose once. The undone answer carries no payload at all."""
+    uid = store_key(core, KEY, extra=[Attribute.of(Tag.CRYPTOGRAPHIC_PARAMETERS,
+                                                   GCM_RANDOM_IV)])
+    start = ok(encrypt(core, uid, b"", init_indicator=True, version=version))
+    final = EncryptRequest(unique_identifier=uid, data=b"A" * 32,
+                           correlation_value=start.correlation_value, final_indicator=True)
+    undone, missing = call(core, (Operation.ENCRYPT, final), _missing(), continuation=UNDO,
+                           version=version)
+    assert undone.result_status == ResultStatus.OPERATION_UNDONE
+    assert missing.result_status == ResultStatus.OPERATION_FAILED
+    assert undone.response_payload is None
+    assert spent_parts(core) == 0
+    # The value was never used: its one use now is the stream's one encryption.
+    end = ok(encrypt(core, uid, b"B" * 32, correlation_value=start.correlation_value,
+                     final_indicator=True, version=version))
+    assert start.data + end.data + end.authenticated_encryption_tag == AESGCM(KEY).encrypt(
+        start.iv_counter_nonce, b"B" * 32, None)
+
+
+def test_undo_batches_give_no_ciphertext_past_the_usage_limits(core: CoreHarness) -> None:
+    """A key limited to 16 bytes: Undo batches roll its count back, so they must not answer
+    what they encrypted (the review got five ciphertexts so); the one allowed use is left."""
+    uid = store_key(core, KEY, extra=[usage_limits(16, UsageLimitsUnit.BYTE)])
+    for _ in range(5):
+        undone, _missing_item = call(core, (Operation.ENCRYPT, EncryptRequest(
+            unique_identifier=uid, data=bytes(16), cryptographic_parameters=GCM_RANDOM_IV)),
+            _missing(), continuation=UNDO)
+        assert undone.result_status == ResultStatus.OPERATION_UNDONE
+        assert undone.response_payload is None
+    ok(encrypt(core, uid, bytes(16), GCM_RANDOM_IV))
+    failed(encrypt(core, uid, b"x", GCM_RANDOM_IV), ResultReason.PERMISSION_DENIED)
+
+
+def test_an_undone_create_names_no_object(core: CoreHarness) -> None:
+    """An undone Create's object was rolled back: its identifier is not answered."""
+    created, _missing_item = call(core, (Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256([]))), _missing(),
+        continuation=UNDO)
+    assert created.result_status == ResultStatus.OPERATION_UNDONE
+    assert created.response_payload is None
 
 
 # The other keyed streams ------------------------------------------------------------------

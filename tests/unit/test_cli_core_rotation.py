@@ -78,14 +78,17 @@ def test_tenant_rotate_then_show_counts_what_each_tenant_key_wraps(deployment: P
 
 def test_policy_durations_caps_and_managed_interval_are_bounded(deployment: Path,  # noqa: F811
                                                                  capsys) -> None:
-    """More than 100 years, a usage cap beyond 2**62 (or not a whole number), and a
+    """More than 100 years, a usage cap beyond 2**32 (or not a whole number), and a
     managed keys' Rotate Interval below the core's limits.min_rotate_interval are refused
     with one short line, and nothing is stored."""
     c = ("-c", str(deployment))
     for args, error in (
             (("--overlap", "9223372036854775700"), "a duration is at most 100 years"),
             (("--interval", "36501d"), "a duration is at most 100 years"),
-            (("--max-uses", "100000000000000000000"), "--max-uses is at most 2**62"),
+            (("--max-uses", "100000000000000000000"), "--max-uses is at most 2**32 "
+             "(AES-GCM with random IVs allows at most 2**32 encryptions under one key)"),
+            (("--max-uses", str(2**32 + 1)), "--max-uses is at most 2**32 (AES-GCM"),
+            (("--max-uses", str(2**62)), "--max-uses is at most 2**32 (AES-GCM"),
             (("--max-uses", "1e20"), "--max-uses takes a whole number, not '1e20'"),
             (("--managed-interval", "59m"),
              "--managed-interval must be at least the core's limits.min_rotate_interval "
@@ -93,10 +96,10 @@ def test_policy_durations_caps_and_managed_interval_are_bounded(deployment: Path
         status, out, err = kcm(capsys, "core", "policy", *args, *c)
         assert (status, out) == (2, ""), args
         assert err.startswith("kcm core policy: error: ") and error.replace(
-            "2**62", str(2**62)) in err and err.count("\n") == 1 and err.isascii(), err
+            "2**32 ", f"{2**32} ", 1) in err and err.count("\n") == 1 and err.isascii(), err
     status, out, _ = kcm(capsys, "core", "policy", "--overlap", "36500d", "--max-uses",
-                         str(2**62), "--managed-interval", "1h", "--json", *c)
+                         str(2**32), "--managed-interval", "1h", "--json", *c)
     assert status == 0
     assert json.loads(out)["set_here"] == {
-        "interval": None, "max_uses": 2**62, "overlap": 3153600000,
+        "interval": None, "max_uses": 2**32, "overlap": 3153600000,
         "managed_interval": 3600, "tenant_key_interval": None}

@@ -203,6 +203,18 @@ def test_undo_of_a_local_batch_marks_the_successes_undone(warm: Gateway) -> None
                                                               ResultStatus.OPERATION_FAILED]
 
 
+def test_an_undone_local_item_answers_no_key_token_or_ciphertext(warm: Gateway) -> None:
+    """The kernel's Undo at the gateway, as at the core: an undone item answers nothing it
+    computed. An undone Create's L4 token (a usable key), an undone Get's key and an undone
+    Encrypt's ciphertext are left out: their items carry no payload."""
+    token = ok(warm.send(request(create_l4()))).unique_identifier
+    message = warm.send(request(create_l4(), get(token), encrypt(token, b"a record"),
+                                get("l4.1.bogus"), continuation=UNDO))
+    assert [i.result_status for i in message.batch_items] == [
+        ResultStatus.OPERATION_UNDONE] * 3 + [ResultStatus.OPERATION_FAILED]
+    assert [i.response_payload for i in message.batch_items] == [None] * 4
+
+
 @pytest.mark.parametrize("continuation", [STOP, CONTINUE])
 def test_a_cold_batch_of_tokens_under_two_l3_versions_fetches_both_at_once(
         gateway: Gateway, link: FakeLink, continuation) -> None:

@@ -24,7 +24,12 @@ from kcm.kmip.enums import (
 )
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem, decode_response
-from kcm.kmip.payloads import ActivateRequest, UniqueIdentifierResponse
+from kcm.kmip.payloads import (
+    ActivateRequest,
+    EncryptRequest,
+    EncryptResponse,
+    UniqueIdentifierResponse,
+)
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType, decode, encode
 from kcm.ttlv.peek import peek_response
@@ -134,6 +139,66 @@ def test_undo_rolls_back_the_batch_and_reports_the_successes_undone() -> None:
     assert statuses(run) == [ResultStatus.OPERATION_UNDONE, ResultStatus.OPERATION_FAILED]
     assert run.items[0].response_payload is not None  # says what was undone (BL-M-2-21)
     assert savepoints.log[-1] == "rollback 0"
+
+
+def _encrypt(uid: str | None) -> RequestBatchItem:
+    return RequestBatchItem(operation=Operation.ENCRYPT, request_payload=EncryptRequest(
+        unique_identifier=uid, data=b"plaintext"))
+
+
+def _encrypting(item: RequestBatchItem, placeholder) -> EncryptResponse | UniqueIdentifierResponse:
+    """Encrypts answer a ciphertext, an IV and a Correlation Value; Activates as above."""
+    payload = item.request_payload
+    if item.operation == Operation.ACTIVATE:
+        return executor([])(item, placeholder)
+    return EncryptResponse(unique_identifier=placeholder.resolve(payload.unique_identifier),
+                           data=b"ciphertext", iv_counter_nonce=b"\x01" * 12,
+                           correlation_value=b"next part")
+
+
+@pytest.mark.parametrize("version", [(1, 4), (2, 1)])
+def test_an_undone_item_answers_nothing_it_computed(version) -> None:
+    """Undo rolls back what an item counted (a stream's spent part, Usage Limits): what it
+    computed must not be answered, or a replay gets a second ciphertext under one IV and a
+    key goes past its limits. A payload that is only the Unique Identifier the client sent
+    is kept, as BL-M-2-21's undone Activate and Check answer it; any other is dropped whole
+    (a part of an Encrypt's payload would not decode as one)."""
+    run = run_batch([_encrypt("k"), activate("a"), activate("bad")], _encrypting,
+                    version=version, continuation=UNDO, correlation_id="c1",
+                    savepoint=Savepoints())
+    assert statuses(run) == [ResultStatus.OPERATION_UNDONE, ResultStatus.OPERATION_UNDONE,
+                             ResultStatus.OPERATION_FAILED]
+    assert run.items[0].response_payload is None
+    assert run.items[1].response_payload == UniqueIdentifierResponse(unique_identifier="a")
+    wire = b"".join(encode_items(run.items, version))
+    assert b"ciphertext" not in wire and b"next part" not in wire
+
+
+def test_an_undone_item_answers_no_identifier_the_client_did_not_send() -> None:
+    """An Activate by the ID Placeholder, and a raw payload naming another object: their
+    identifiers were not the client's (an undone Create's would name nothing that exists;
+    a gateway's L4 token is a key), so no payload is answered at all."""
+    def raw_other(item: RequestBatchItem, placeholder) -> Item:
+        if item.request_payload.unique_identifier == "bad":
+            raise KmipError(R.OBJECT_NOT_FOUND, "no object 'bad'")
+        return Item(Tag.RESPONSE_PAYLOAD, ItemType.STRUCTURE, [
+            Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, "created")])
+
+    run = run_batch([activate("a"), activate(None), activate("bad")], executor([]),
+                    version=(2, 1), continuation=UNDO, correlation_id="c1")
+    assert [item.response_payload for item in run.items] == [
+        UniqueIdentifierResponse(unique_identifier="a"), None, None]
+    run = run_batch([activate("x"), activate("bad")], raw_other, version=(2, 1),
+                    continuation=UNDO, correlation_id="c1")
+    assert statuses(run)[0] == ResultStatus.OPERATION_UNDONE
+    assert run.items[0].response_payload is None
+
+
+def test_continue_keeps_the_payloads_of_what_succeeded() -> None:
+    run = run_batch([_encrypt("k"), activate("bad")], _encrypting, version=(2, 1),
+                    continuation=CONTINUE, correlation_id="c1")
+    assert run.items[0].result_status == ResultStatus.SUCCESS
+    assert run.items[0].response_payload.data == b"ciphertext"
 
 
 def test_a_bug_is_a_general_failure_naming_the_correlation_id_and_is_returned() -> None:

@@ -17,8 +17,11 @@ handlers load the keys, apply the policy and the key-use rule, and store what th
   Usage Mask) allows signing or verifying. A Sign counts against the key's Usage Limits
   (:mod:`kcm.core.usage_limits`); a Signature Verify does not. Streaming (Init Indicator,
   Correlation Value, Final Indicator) accumulates the data in a Correlation Value sealed
-  under a key derived from the key itself (:mod:`kcm.crypto.sealed_state`), each value
-  used once (:mod:`kcm.core.stream_parts`); a signing stream counts once, at its first part.
+  (:mod:`kcm.crypto.sealed_state`) under a server secret, not the key's material: a
+  verifying key is public (:func:`kcm.core.stream_parts.tenant_secret`); each value used
+  once (:mod:`kcm.core.stream_parts`), the data at most
+  :data:`~kcm.crypto.sealed_state.MAX_STREAM_BYTES`, the Final part's included; a signing
+  stream counts once, at its first part.
 """
 
 from __future__ import annotations
@@ -212,7 +215,7 @@ def _prepare(ctx: OperationContext, request: SignRequest | SignatureVerifyReques
         if key is None:
             raise unsupported("only RSA keys can verify signatures here")
     response = answer(unique_identifier=obj.uid)
-    step = _signature_input(ctx, obj, block, request, response, signing=signing)
+    step = _signature_input(ctx, obj, request, response, signing=signing)
     return response, None if step is None else (key, *step)
 
 
@@ -231,12 +234,12 @@ def _resolve(obj: managed.StoredObject,
                                         obj.value(Tag.CRYPTOGRAPHIC_PARAMETERS), requested)
 
 
-def _signature_input(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlock,
-                     request: Any, response: Any, *,
+def _signature_input(ctx: OperationContext, obj: managed.StoredObject, request: Any,
+                     response: Any, *,
                      signing: bool) -> tuple[SignatureSpec, bytes, str] | None:
     """What Sign / Signature Verify work on: (signature spec, data, its form). None when
     the request only continues a stream; ``response`` then carries the Correlation Value."""
-    stream = _stream_step(ctx, obj, block, request, signing=signing)
+    stream = _stream_step(ctx, obj, request, signing=signing)
     if stream is None:
         spec = _resolve(obj, request.cryptographic_parameters)
         data, form = signatures.signature_input(spec, request.data, request.digested_data)
@@ -247,7 +250,7 @@ def _signature_input(ctx: OperationContext, obj: managed.StoredObject, block: Ke
     return stream
 
 
-def _stream_step(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlock,
+def _stream_step(ctx: OperationContext, obj: managed.StoredObject,
                  request: SignRequest | SignatureVerifyRequest, *, signing: bool
                  ) -> None | bytes | tuple[SignatureSpec, bytes, str]:
     """None: not a stream. Bytes: the next Correlation Value (the stream continues).
@@ -256,7 +259,9 @@ def _stream_step(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlo
         return None
     if request.digested_data is not None:
         raise KmipError(ResultReason.INVALID_FIELD, "Digested Data cannot be streamed")
-    secret = _stream_secret(block)
+    # Not the key's own material: a Public Key's is public, and a Correlation Value sealed
+    # under it could be forged by anyone (any stream id, part and expiry).
+    secret = stream_parts.tenant_secret(ctx, obj)
     part = None
     if request.correlation_value is not None:
         part, (was_signing, spec, data) = stream_parts.open_once(
@@ -268,17 +273,11 @@ def _stream_step(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlo
     else:
         spec, data = _resolve(obj, request.cryptographic_parameters), b""
     data += request.data or b""
+    check_stream_size(len(data))
     if request.final_indicator:
         return spec, data, signatures.MESSAGE
-    check_stream_size(len(data))
     return stream_parts.seal_part(ctx, secret, _SIGNATURE_STREAM, obj.uid,
                                   signatures.pack_stream(signing, spec, data), part)
-
-
-def _stream_secret(block: KeyBlock) -> bytes:
-    # Bound to the key's own material: a stream cannot move to another key.
-    material = block.key_value.key_material  # type: ignore[union-attr]
-    return material if isinstance(material, bytes) else repr(material).encode()
 
 
 def _audit(ctx: OperationContext, spec: SignatureSpec, length: int) -> None:

@@ -163,7 +163,12 @@ class CoreFailoverEndpoint:
         self.failures += 1
         if self.failures == 1:
             self._failing_since = now
-        if self._logged_at is not None and now - self._logged_at < FAILURE_LOG_INTERVAL:
+        moving = following is not None and following != index
+        # A move to another core is always said (at most one line a core of the list a
+        # round, and the rounds back off); the failures of one core, at most one line every
+        # FAILURE_LOG_INTERVAL.
+        if (not moving and self._logged_at is not None
+                and now - self._logged_at < FAILURE_LOG_INTERVAL):
             return
         self._logged_at = now
         then = "" if following is None else f"; trying {self.names[following]}"

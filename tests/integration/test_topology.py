@@ -260,7 +260,7 @@ def test_a_hung_cores_gateway_fails_over_and_enforces_a_revocation_at_the_next(
         print(f"\nrevocation at core 2 enforced {enforced:.2f}s after core 1 hung")
         assert enforced < HUNG_FAILOVER_BOUND
         assert linked_to_ports(gateway)[-1] == second.link_port
-        assert "did not complete the link (its heartbeats stopped)" in gateway.log.read_text()
+        assert "its heartbeats stopped; trying" in gateway.log.read_text()
     finally:
         if stopped and first.process is not None:
             first.process.send_signal(signal.SIGCONT)

@@ -187,6 +187,21 @@ def test_failing_over_names_the_core_the_error_and_the_next(logged) -> None:
                                  "side: down.; trying tcp:b:1")
 
 
+def test_every_move_to_another_core_is_logged(logged) -> None:
+    """Failovers are never hidden by the rate limit of one core's failures."""
+    clock = Clock()
+    endpoint = CoreFailoverEndpoint(_endpoints(True, True), ["tcp:a:1", "tcp:b:1"],
+                                    order="listed", clock=clock)
+    connect(endpoint)
+    endpoint.attempt_failed("its heartbeats stopped")
+    clock.advance(1)
+    endpoint.attempt_failed("no WELCOME in 2 s")
+    assert [line for _, line in logged] == [
+        "cannot link to core tcp:a:1: its heartbeats stopped; trying tcp:b:1",
+        "cannot link to core tcp:b:1: no WELCOME in 2 s; trying tcp:a:1 (2 failed attempts "
+        "in 1s)"]
+
+
 def test_twisteds_retry_lines_name_the_cores() -> None:
     """ClientService logs "Scheduling retry N to connect {endpoint} ...": the cores, not an
     object's address."""

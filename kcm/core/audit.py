@@ -105,8 +105,8 @@ _RECORD_COLUMNS = ("seq", "at", "principal", "tenant", "gateway", "source", "ope
 _INSERT_RECORD = RawStatement(AuditLog.__table__.insert(), _RECORD_COLUMNS)
 _UPDATE_HEAD = RawStatement(Meta.__table__.update().where(
     Meta.__table__.c.key == HEAD_META_KEY).values(value=bindparam("value")), ["value"])
-_NEWEST = RawStatement(select(AuditLog.seq, AuditLog.digest).order_by(AuditLog.seq.desc())
-                       .limit(1))
+_NEWEST = RawStatement(select(AuditLog.seq, AuditLog.digest, AuditLog.mac)
+                       .order_by(AuditLog.seq.desc()).limit(1))
 _INSERT_HEAD = RawStatement(Meta.__table__.insert().values(key=HEAD_META_KEY), ["value"])
 
 #: Where committed audit records are emitted (a namespace of their own, so an observer can
@@ -381,7 +381,7 @@ def record_digest(
 
 def append_audit(
     session: Session, record: AuditEvent, *, clock: Callable[[], float] = time.time,
-    audit_key: bytes | None = None,
+    audit_key: bytes | None = None, _anchoring: bool = False,
 ) -> AuditRow:
     """Append ``record`` to the chain in the caller's transaction and return the stored row.
 
@@ -389,7 +389,10 @@ def append_audit(
     :class:`~kcm.core.store.engine.Store` with an ``audit_key`` provides). Raises TypeError if
     any field is not text (or ``detail`` holds bytes), and :class:`AuditKeyMissing` without
     a key, before touching the database. The record is logged (``kcm.audit``) only after the
-    transaction commits.
+    transaction commits. A chain whose newest record has no MAC is appended to by
+    :func:`key_chain` alone: anything else raises :class:`AuditChainError` (its MACs were
+    removed, or the chain an upgrade found is not anchored yet), so that no record of
+    anyone's anchors a forgery.
     """
     _check_record(record)
     key = _audit_key(session, audit_key)
@@ -398,6 +401,8 @@ def append_audit(
     tail = session.info.get(_TAIL_KEY)
     if tail is None:
         tail = _NEWEST.execute(session).fetchone()
+        if tail is not None and tail[2] is None and not _anchoring:
+            _refuse_unkeyed(tail, due=anchor_due(session, tail[0], bytes(tail[1])))
     values, row = _chained(record, tail, key, clock)
     # Straight to the driver, not the ORM's unit of work: this runs for every request.
     _INSERT_RECORD.send(session, values)
@@ -426,6 +431,8 @@ def append_records(transaction: LeanTransaction, records: Sequence[AuditEvent], 
     tail = info.get(_TAIL_KEY)
     if tail is None:
         tail = _NEWEST.run_on(connection).fetchone()
+        if tail is not None and tail[2] is None:
+            _refuse_unkeyed(tail, due=False)
     pending = info.get(_PENDING_KEY)
     if pending is None:
         pending = info[_PENDING_KEY] = []
@@ -505,13 +512,21 @@ def key_chain(session: Session, *, by: str, clock: Callable[[], float] = time.ti
         _forget_unkeyed(session)
         return None
     if not anchor_due(session, tail[0], bytes(tail[1])):
-        raise AuditChainError(f"the newest audit record ({tail[0]}) has no MAC and is not due "
-                              "for anchoring (MACs removed?); run `kcm audit verify`")
+        _refuse_unkeyed(tail, due=False)
     _forget_unkeyed(session)
     return append_audit(session, AuditEvent(
         principal=by, operation=KEY_CHAIN_OPERATION, result_status="SUCCESS",
         correlation_id="", detail={"unkeyed_records": tail[0]},
-    ), clock=clock, audit_key=key)
+    ), clock=clock, audit_key=key, _anchoring=True)
+
+
+def _refuse_unkeyed(tail: Any, *, due: bool) -> None:
+    """The newest record ``tail`` has no MAC: no record but :func:`key_chain`'s may follow."""
+    if due:
+        raise AuditChainError(f"the audit records up to {tail[0]} were written before the "
+                              "chain was keyed: start kcm-core or run `kcm core init` first")
+    raise AuditChainError(f"the newest audit record ({tail[0]}) has no MAC and is not due "
+                          "for anchoring (MACs removed?); run `kcm audit verify`")
 
 
 def anchor_due(session: Session, seq: int, digest: bytes) -> bool:

@@ -500,6 +500,48 @@ def test_a_chain_stripped_of_its_macs_is_never_anchored(store: Store, head: str)
                                 "were removed)"
 
 
+def test_no_appender_but_the_anchor_follows_a_record_without_a_mac(store: Store) -> None:
+    """A chain stripped of its MACs is not anchored by any record appended after it: a
+    request's, a lean group commit's, or an operator command's (``kcm core tenant add``),
+    so the forgery never verifies."""
+    from kcm.cli.core_cmd import ADD_TENANT_OPERATION, _audit_created
+    from kcm.core.audit import append_records
+
+    _append(store, 4)
+
+    def forge(session) -> None:
+        session.get(AuditLog, 2).principal = "someone else"
+        _rechain_the_old_way(session, strip_macs_from=1)
+
+    store.run_sync(forge)
+    appenders = [
+        lambda: store.run_sync(lambda s: _audit_created(
+            s, "kcm core tenant add", ADD_TENANT_OPERATION, "t9", "uid-l2", {"level": "L2"})),
+        lambda: store.run_sync(lambda s: append_audit(s, AuditEvent(
+            principal="op:test", operation="TEST", result_status="SUCCESS",
+            correlation_id="c"))),
+        lambda: store._write_lean_sync(lambda t: append_records(t, [AuditEvent(
+            principal="op:test", operation="TEST", result_status="SUCCESS",
+            correlation_id="c")])),
+    ]
+    for append in appenders:
+        with pytest.raises(AuditChainError, match=r"record \(4\) has no MAC"):
+            append()
+    assert store.run_sync(lambda s: s.get(AuditLog, 5)) is None
+    assert not store.run_sync(verify_chain).ok
+
+
+def test_a_chain_an_upgrade_found_is_anchored_before_anything_else(
+        legacy_store: Store) -> None:
+    with pytest.raises(AuditChainError, match="start kcm-core or run `kcm core init` first"):
+        legacy_store.run_sync(lambda s: append_audit(s, AuditEvent(
+            principal="op:test", operation="TEST", result_status="SUCCESS",
+            correlation_id="c")))
+    assert legacy_store.run_sync(lambda s: key_chain(s, by="kcm-core")) is not None
+    _append(legacy_store, 1)
+    assert legacy_store.run_sync(verify_chain).ok
+
+
 def test_an_anchored_chain_stripped_again_is_not_anchored_again(legacy_store: Store) -> None:
     """The anchoring happens once: stripping the anchor's MAC too (head back in its unkeyed
     form) brings the chain back to no anchorable state."""

@@ -37,6 +37,7 @@ from kcm.kernel.versions import is_supported
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import Operation
 from kcm.kmip.versions import Version
+from kcm.l4.engine import SETS_ID_PLACEHOLDER
 from kcm.l4.identifiers import is_l3, is_l4
 from kcm.l4.marking import MARKER_BYTES, create_attributes, is_l4_create
 from kcm.ttlv.peek import OPERATION_HEAD, PeekedBatchItem, PeekedRequest, peek_request
@@ -47,13 +48,12 @@ _CREATE = int(Operation.CREATE)
 _GET = int(Operation.GET)
 _CRYPTO = (int(Operation.ENCRYPT), int(Operation.DECRYPT))
 _USES_UID = (_GET, *_CRYPTO)
-#: The local operations that set the ID Placeholder (as kcm.core.l4_requests does).
-_SETS_PLACEHOLDER = frozenset((_CREATE, _GET))
 #: Operations whose request names no existing object: never the ID Placeholder.
 _TAKES_NO_IDENTIFIER = frozenset(int(op) for op in (
     Operation.CREATE, Operation.CREATE_KEY_PAIR, Operation.REGISTER, Operation.LOCATE,
     Operation.QUERY, Operation.DISCOVER_VERSIONS, Operation.RNG_RETRIEVE,
-    Operation.RNG_SEED, Operation.HASH))
+    Operation.RNG_SEED, Operation.HASH, Operation.POLL, Operation.INTEROP, Operation.PING,
+    Operation.LOG, Operation.LOGIN, Operation.LOGOUT))
 
 
 #: The Operation values, as :func:`~kcm.ttlv.peek.operation_values` finds them, of the items
@@ -127,7 +127,7 @@ def classify(wire: bytes) -> Classified:
         here = marked is not None or (operation != _CREATE
                                       and _uses_local_key(item, placeholder_is_local))
         if here:
-            if operation in _SETS_PLACEHOLDER:
+            if operation in SETS_ID_PLACEHOLDER:
                 placeholder_is_local = True
         else:
             if (any(local) and item.unique_identifier is None

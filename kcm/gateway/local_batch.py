@@ -35,7 +35,7 @@ from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
 from kcm.kmip.versions import Version
 from kcm.l4.authorize import ServiceKeyUseDenied
-from kcm.l4.engine import KeySource, L4Engine
+from kcm.l4.engine import SETS_ID_PLACEHOLDER, KeySource, L4Engine
 from kcm.l4.opened_keys import OpenedKeys
 
 __all__ = ["Engine", "LocalRun", "LocalRunner", "gateway_engines", "l4_engine"]
@@ -43,7 +43,6 @@ __all__ = ["Engine", "LocalRun", "LocalRunner", "gateway_engines", "l4_engine"]
 log = Logger()
 
 _CREATE = int(Operation.CREATE)
-_SETS_PLACEHOLDER = frozenset((_CREATE, int(Operation.GET)))
 
 
 class Engine(Protocol):
@@ -108,7 +107,7 @@ class LocalRunner:
                 if uid is not payload.unique_identifier:  # type: ignore[union-attr]
                     payload = dataclasses.replace(payload, unique_identifier=uid)
             answer = engine.execute(operation, principal, version, payload)
-            if operation in _SETS_PLACEHOLDER:
+            if operation in SETS_ID_PLACEHOLDER:
                 placeholder.set(answer.unique_identifier)
             return answer
 

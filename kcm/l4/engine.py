@@ -106,8 +106,8 @@ from kcm.l4.opened_keys import OpenedKey, OpenedKeys
 from kcm.l4.service_key import ServiceKey
 from kcm.ttlv import encode
 
-__all__ = ["KeySource", "L4Engine", "Tombstone", "create_attributes", "is_l4_create",
-           "l4_target"]
+__all__ = ["SETS_ID_PLACEHOLDER", "KeySource", "L4Engine", "Tombstone", "create_attributes",
+           "is_l4_create", "l4_target"]
 
 RandomBytes = Callable[[int], bytes]
 
@@ -436,6 +436,11 @@ class L4Engine:
             self._opened[uid] = dek
         return dek, l3
 
+
+#: The L4 operations whose answer sets the batch's ID Placeholder (KMIP 1.4 §4, 2.1 §6): a
+#: Create (its new token) and a Get (its token); an Encrypt or Decrypt sets none. The
+#: gateway's runs and classifier go by it; kcm.core.l4_requests sets it in the same cases.
+SETS_ID_PLACEHOLDER = frozenset((int(Operation.CREATE), int(Operation.GET)))
 
 #: The engine's method for each operation (one table for every engine: an engine is built
 #: per request).

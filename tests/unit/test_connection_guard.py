@@ -264,3 +264,20 @@ def test_a_connection_closed_before_its_handshake_is_no_failed_handshake(
     protocol.dataReceived(b"\x16\x03\x01\x00\x05")  # the start of a ClientHello
     protocol.connectionLost(None)
     assert [event for event in warnings if "failed" in event["log_format"]] == []
+
+
+def test_the_private_parts_the_handshake_log_reads_are_still_there() -> None:
+    """kcm.connection_guard reads Twisted's and pyOpenSSL's private parts to log failed
+    handshakes: an upgrade that renames one fails here, not silently in production."""
+    from OpenSSL import SSL
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    from kcm import connection_guard
+
+    assert callable(getattr(TLSMemoryBIOProtocol, "_tlsShutdownFinished", None))
+    assert connection_guard._VERIFY_RESULT is not None
+    context = SSL.Context(SSL.TLS_METHOD)
+    connection = SSL.Connection(context, None)
+    assert getattr(connection, "_ssl", None) is not None
+    protocol = TLSMemoryBIOProtocol(None, None)
+    assert hasattr(protocol, "_handshakeDone")

@@ -49,6 +49,23 @@ def request(*items: RequestBatchItem, version: tuple[int, int] = (1, 4),
     return encode(encode_request(RequestMessage(header, list(items))))
 
 
+def with_header(batch_item: RequestBatchItem, version: tuple[int, int], **fields: object
+                ) -> bytes:
+    """A request of ``batch_item`` whose Request Header has ``fields`` (RequestHeader's)."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=1,
+                           **fields)  # type: ignore[arg-type]
+    return encode(encode_request(RequestMessage(header, [batch_item])))
+
+
+def with_critical_extension(batch_item: RequestBatchItem) -> RequestBatchItem:
+    """``batch_item`` with a critical Message Extension of a vendor KCM does not know."""
+    batch_item.message_extensions = [Item(Tag.MESSAGE_EXTENSION, ItemType.STRUCTURE, [
+        Item(Tag.VENDOR_IDENTIFICATION, ItemType.TEXT_STRING, "acme"),
+        Item(Tag.CRITICALITY_INDICATOR, ItemType.BOOLEAN, True),
+        Item(Tag.VENDOR_EXTENSION, ItemType.STRUCTURE, [])])]
+    return batch_item
+
+
 #: A header field :func:`odd_request` leaves out.
 OMIT = object()
 

@@ -59,6 +59,8 @@ from kcm.testing.requests import (
     query,
     request,
     response,
+    with_critical_extension,
+    with_header,
 )
 from kcm.ttlv import Item, ItemType, encode
 
@@ -103,22 +105,6 @@ def _limited(wire_items, version: tuple[int, int], limit: int) -> bytes:
     header = RequestHeader(protocol_version=ProtocolVersion.of(version),
                            maximum_response_size=limit, batch_count=len(wire_items))
     return encode(encode_request(RequestMessage(header, list(wire_items))))
-
-
-def _with_header(batch_item, version: tuple[int, int], **fields) -> bytes:
-    """A request of ``batch_item`` whose header has ``fields`` in their places."""
-    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=1,
-                           **fields)
-    return encode(encode_request(RequestMessage(header, [batch_item])))
-
-
-def _critical(batch_item):
-    """``batch_item`` with a critical Message Extension of a vendor KCM does not know."""
-    batch_item.message_extensions = [Item(Tag.MESSAGE_EXTENSION, ItemType.STRUCTURE, [
-        Item(Tag.VENDOR_IDENTIFICATION, ItemType.TEXT_STRING, "acme"),
-        Item(Tag.CRITICALITY_INDICATOR, ItemType.BOOLEAN, True),
-        Item(Tag.VENDOR_EXTENSION, ItemType.STRUCTURE, [])])]
-    return batch_item
 
 
 def read_with_pykmip(wire: bytes) -> list[tuple[int, int, str]]:
@@ -178,17 +164,17 @@ REFUSALS: dict[str, Refusal] = {
     # reads only answers to operations it implements itself: Log, 2.1's Ping, Get Usage
     # Allocation it cannot decode.)
     # A critical Message Extension, on an L4 Get (the gateway's own) and on a Query.
-    "a critical Message Extension": ("app", lambda v, k: request(_critical(get(k["token"])),
-                                                                 version=v)),
-    "a critical Message Extension on a Query": ("app", lambda v, k: request(_critical(query()),
-                                                                            version=v)),
-    "an undefined Batch Error Continuation Option": ("app", lambda v, k: _with_header(
+    "a critical Message Extension": ("app", lambda v, k: request(
+        with_critical_extension(get(k["token"])), version=v)),
+    "a critical Message Extension on a Query": ("app", lambda v, k: request(
+        with_critical_extension(query()), version=v)),
+    "an undefined Batch Error Continuation Option": ("app", lambda v, k: with_header(
         get(k["token"]), v, batch_error_continuation_option=9)),
     # 1.x defines a Boolean, 2.x an Enumeration.
-    "an Asynchronous Indicator of the wrong type": ("app", lambda v, k: _with_header(
+    "an Asynchronous Indicator of the wrong type": ("app", lambda v, k: with_header(
         get(k["token"]), v, asynchronous_indicator=2 if v < (2, 0) else True)),
     # Mandatory: refused in 2.x; in 1.x an Enumeration is the wrong type.
-    "asynchronous processing required": ("app", lambda v, k: _with_header(
+    "asynchronous processing required": ("app", lambda v, k: with_header(
         get(k["token"]), v, asynchronous_indicator=1)),
     "an operation of a later version, or not offered": ("app", lambda v, k: request(
         encrypt(k["managed"]) if v < (1, 2)
@@ -297,12 +283,13 @@ def test_header_and_extension_refusals_alike_in_2_1_on_the_fast_path_s_operation
     token = keys["token"]
     builds = [lambda: get(token), lambda: encrypt(token), create_l4]
     expected = [
-        (lambda b: request(_critical(b()), version=v21), ResultReason.UNKNOWN_MESSAGE_EXTENSION),
-        (lambda b: _with_header(b(), v21, batch_error_continuation_option=9),
+        (lambda b: request(with_critical_extension(b()), version=v21),
+         ResultReason.UNKNOWN_MESSAGE_EXTENSION),
+        (lambda b: with_header(b(), v21, batch_error_continuation_option=9),
          ResultReason.INVALID_FIELD),
-        (lambda b: _with_header(b(), v21, asynchronous_indicator=True),
+        (lambda b: with_header(b(), v21, asynchronous_indicator=True),
          ResultReason.INVALID_FIELD),
-        (lambda b: _with_header(b(), v21, asynchronous_indicator=1),
+        (lambda b: with_header(b(), v21, asynchronous_indicator=1),
          ResultReason.FEATURE_NOT_SUPPORTED),
     ]
     for build in builds:
@@ -319,7 +306,7 @@ def test_header_and_extension_refusals_alike_in_2_1_on_the_fast_path_s_operation
     for indicator in (2, 3):
         for plane in PLANES:
             with deployment[plane].client("app") as client:
-                [(_, status, _, _)] = _answered(client.send(_with_header(
+                [(_, status, _, _)] = _answered(client.send(with_header(
                     get(token), v21, asynchronous_indicator=indicator)))
             assert status == ResultStatus.SUCCESS, (plane, indicator)
 

@@ -43,11 +43,11 @@ from kcm.core.store.schema import (
     AuditLog,
     Base,
     ManagedObject,
-    Meta,
     ObjectName,
     OutboxEvent,
     Tenant,
 )
+from tests.unit.test_audit import write_legacy_chain
 
 SYMMETRIC_KEY = 2
 SECRET_DATA = 7
@@ -135,22 +135,10 @@ def test_records_written_before_0002_stay_and_are_anchored(db_url: str) -> None:
     """A database of schema 0001 with an (unkeyed) audit chain, as kcm-core wrote it then:
     the upgrade adds the MAC column and keeps the records; the first keyed record anchors
     them."""
-    upgrade(db_url, "0001")
+    prev = write_legacy_chain(db_url, 3, upgraded=False)
     engine = open_engine(db_url)
-    prev = GENESIS_DIGEST
     try:
-        with engine.begin() as connection:
-            for seq in (1, 2, 3):
-                values = {"seq": seq, "at": seq, "principal": "p", "tenant": "t1",
-                          "gateway": None, "source": "s", "operation": "Create",
-                          "object_ids": f'["u{seq}"]', "result_status": "Success",
-                          "result_reason": None, "correlation_id": f"c{seq}", "detail": None}
-                digest = record_digest(prev, **values)
-                connection.execute(AuditLog.__table__.insert().values(
-                    **values, prev_digest=prev, digest=digest))
-                prev = digest
-            connection.execute(Meta.__table__.insert().values(key="audit.head",
-                                                              value=f"3:{prev.hex()}"))
+        with engine.connect() as connection:
             columns = {column["name"] for column in inspect(connection).get_columns("audit_log")}
             assert "mac" not in columns and "digest" in columns
     finally:

@@ -408,10 +408,11 @@ def test_a_head_naming_record_0_is_not_genuine(store: Store) -> None:
 # --- records written before the chain was keyed ---------------------------------------------
 
 
-def write_legacy_chain(url: str, count: int) -> bytes:
+def write_legacy_chain(url: str, count: int, *, upgraded: bool = True) -> bytes:
     """A database of schema 0001 holding ``count`` records as kcm-core wrote them before the
-    chain was keyed (no MAC column, head ``SEQ:DIGEST``), then upgraded to the newest
-    schema, as an upgraded deployment's is; the newest record's digest."""
+    chain was keyed (no MAC column, head ``SEQ:DIGEST``), then (unless not ``upgraded``)
+    upgraded to the newest schema, as an upgraded deployment's is; the newest record's
+    digest."""
     upgrade(url, "0001")
     engine = open_engine(url)
     prev = GENESIS_DIGEST
@@ -431,7 +432,8 @@ def write_legacy_chain(url: str, count: int) -> bytes:
                     key=HEAD_META_KEY, value=f"{count}:{prev.hex()}"))
     finally:
         engine.dispose()
-    upgrade(url)
+    if upgraded:
+        upgrade(url)
     return prev
 
 

@@ -34,7 +34,6 @@ from kcm.kmip.enums import (
     ResultReason,
     ResultStatus,
 )
-from kcm.kmip.messages import ProtocolVersion, RequestHeader, RequestMessage, encode_request
 from kcm.kmip.payloads import CreateRequest, DecryptRequest, EncryptRequest, GetRequest
 from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
@@ -42,8 +41,16 @@ from kcm.l4 import token as l4_token
 from kcm.l4.engine import L4Engine
 from kcm.l4.identifiers import l3_uuid_bytes
 from kcm.l4.opened_keys import OpenedKeys
-from kcm.testing.requests import create_l4, create_managed, item, request, response
-from kcm.ttlv import Item, ItemType, encode
+from kcm.testing.requests import (
+    create_l4,
+    create_managed,
+    item,
+    request,
+    response,
+    with_critical_extension,
+    with_header,
+)
+from kcm.ttlv import Item, ItemType
 from tests.core_support import service_principal
 from tests.gateway_support import APP, CONNECTION, L3, L3_UID, FakeLink
 
@@ -421,21 +428,6 @@ def test_a_dek_wrapped_with_an_l3_takes_the_fast_path(planes: Planes, version) -
         assert fast is not None and fast == planes.general_answer(wire)
 
 
-def _with_header(version, batch_item, **fields) -> bytes:
-    """A request of ``batch_item`` whose header has ``fields`` in their places."""
-    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=1,
-                           **fields)
-    return encode(encode_request(RequestMessage(header, [batch_item])))
-
-
-def _critical(batch_item):
-    batch_item.message_extensions = [Item(Tag.MESSAGE_EXTENSION, ItemType.STRUCTURE, [
-        Item(Tag.VENDOR_IDENTIFICATION, ItemType.TEXT_STRING, "acme"),
-        Item(Tag.CRITICALITY_INDICATOR, ItemType.BOOLEAN, True),
-        Item(Tag.VENDOR_EXTENSION, ItemType.STRUCTURE, [])])]
-    return batch_item
-
-
 @pytest.mark.parametrize("version", sorted(FAST_VERSIONS))
 def test_what_the_general_path_refuses_in_the_header_or_item_is_declined(
         planes: Planes, version) -> None:
@@ -452,18 +444,18 @@ def test_what_the_general_path_refuses_in_the_header_or_item_is_declined(
                  lambda: item(Operation.GET, GetRequest(unique_identifier=token)),
                  create_l4):
         cases = [
-            (request(_critical(make()), version=version),
+            (request(with_critical_extension(make()), version=version),
              r.UNKNOWN_MESSAGE_EXTENSION if v2 else r.FEATURE_NOT_SUPPORTED),
-            (_with_header(version, make(), batch_error_continuation_option=9),
+            (with_header(make(), version, batch_error_continuation_option=9),
              r.INVALID_FIELD),
-            (_with_header(version, make(), asynchronous_indicator=wrong_type),
+            (with_header(make(), version, asynchronous_indicator=wrong_type),
              r.INVALID_FIELD),
         ]
         if v2:
-            cases.append((_with_header(version, make(), asynchronous_indicator=asynchronous),
+            cases.append((with_header(make(), version, asynchronous_indicator=asynchronous),
                           r.FEATURE_NOT_SUPPORTED))
         else:  # a 1.x client able to take an asynchronous answer is answered synchronously
-            wire = _with_header(version, make(), asynchronous_indicator=asynchronous)
+            wire = with_header(make(), version, asynchronous_indicator=asynchronous)
             [answered] = response(planes.general_answer(wire)).batch_items
             assert answered.result_status == ResultStatus.SUCCESS
         for wire, reason in cases:

@@ -71,13 +71,22 @@ def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Deployment
     return deployed
 
 
-def _rewrite_record_2_the_old_way(session) -> None:
-    session.get(AuditLog, 2).result_status = "OPERATION_FAILED"
+def _rechain(session, *, strip_macs: bool = False) -> tuple[int, bytes]:
+    """Every record's digest computed again, as someone without L1 can (their MACs
+    removed if ``strip_macs``); the newest record's (seq, digest)."""
     prev = bytes(32)
     for row in session.scalars(select(AuditLog).order_by(AuditLog.seq)):
         row.prev_digest = prev
         row.digest = prev = record_digest(prev, **{n: getattr(row, n) for n in DIGESTED})
+        if strip_macs:
+            row.mac = None
         last = row.seq
+    return last, prev
+
+
+def _rewrite_record_2_the_old_way(session) -> None:
+    session.get(AuditLog, 2).result_status = "OPERATION_FAILED"
+    last, prev = _rechain(session)
     set_meta(session, HEAD_META_KEY, f"{last}:{prev.hex()}")
 
 
@@ -193,11 +202,7 @@ def test_core_init_refuses_a_chain_stripped_of_its_macs(
 
     def forge(session) -> None:
         session.get(AuditLog, 2).principal = "FORGED"
-        prev = bytes(32)
-        for row in session.scalars(select(AuditLog).order_by(AuditLog.seq)):
-            row.prev_digest = prev
-            row.digest = prev = record_digest(prev, **{n: getattr(row, n) for n in DIGESTED})
-            row.mac = None
+        _rechain(session, strip_macs=True)
         session.execute(delete(Meta).where(Meta.key == HEAD_META_KEY))
 
     deployment.run(forge)

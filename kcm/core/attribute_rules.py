@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.kernel.lifecycle import wrong_state
-from kcm.kmip.attributes import VENDOR_TAG, Attribute, defined_in
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, attribute_label, defined_in
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import tag_label
@@ -193,13 +193,6 @@ def check_hierarchy_date(tag: int, level: int | None, version: Version) -> None:
     if not level_takes(tag, level):
         raise protected_error(version, f"{tag_label(tag)} is not offered on a tenant or "
                                        "service key; set its Deactivation Date")
-
-
-def attribute_label(attribute: Attribute) -> str:
-    """How messages name ``attribute`` ("x-Foo" for a 1.x custom one)."""
-    if attribute.tag == VENDOR_TAG and attribute.vendor_identification:
-        return f"{attribute.vendor_identification}-{attribute.name}"
-    return attribute.name or tag_label(attribute.tag)
 
 
 def check_offered(attribute: Attribute, version: Version) -> None:

@@ -171,6 +171,13 @@ def defined_in(attribute: Attribute, version: Version) -> bool:
     return attribute.tag in attribute_tags(version)
 
 
+def attribute_label(attribute: Attribute) -> str:
+    """How messages name ``attribute`` ("x-Foo" for a 1.x custom one)."""
+    if attribute.tag == VENDOR_TAG and attribute.vendor_identification:
+        return f"{attribute.vendor_identification}-{attribute.name}"
+    return attribute.name or tag_label(attribute.tag)
+
+
 @lru_cache(maxsize=4096)
 def _known_v2(tag: int, version: Version) -> bool:
     return registry.tag_name(tag, version) is not None

@@ -54,7 +54,14 @@ from kcm.identity import Principal
 from kcm.kernel import aead_tag
 from kcm.kernel.lifecycle import wrong_state
 from kcm.kernel.missing import identifier_label, object_not_found, wrapping_key_not_found
-from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link
+from kcm.kmip.attributes import (
+    VENDOR_TAG,
+    Attribute,
+    CryptographicParameters,
+    Link,
+    attribute_label,
+    defined_in,
+)
 from kcm.kmip.enums import (
     BlockCipherMode,
     CryptographicAlgorithm,
@@ -69,7 +76,7 @@ from kcm.kmip.enums import (
     WrappingMethod,
 )
 from kcm.kmip.errors import KmipError
-from kcm.kmip.labels import enum_label, tag_label
+from kcm.kmip.labels import enum_label
 from kcm.kmip.objects import (
     EncryptionKeyInformation,
     KeyBlock,
@@ -197,7 +204,7 @@ class L4Engine:
         if request.template_names:
             raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
         attributes = request.attributes or []
-        length = _dek_length(attributes)
+        length = _dek_length(attributes, version)
         target = l4_target(principal, attributes)
         if isinstance(target, str):
             l3 = self._service_key(principal, target)
@@ -571,12 +578,18 @@ def _wrap_mode(parameters: CryptographicParameters | None) -> int:
     return int(mode)
 
 
-def _dek_length(attributes: list[Attribute]) -> int:
+def _dek_length(attributes: list[Attribute], version: Version) -> int:
     """The DEK length in bits the Create asks for (AES; 256 unless it says 128 or 192);
-    refuses the attributes an L4 cannot keep."""
+    refuses what is no attribute of the request's version, as a stored object's Create does
+    (2.x Invalid Attribute, 1.x Invalid Field), and the attributes an L4 cannot keep."""
     length = 256
     for attribute in attributes:
         tag = attribute.tag
+        if not defined_in(attribute, version):
+            raise KmipError(ResultReason.INVALID_ATTRIBUTE,
+                            f"{attribute_label(attribute)} is not an attribute of KMIP "
+                            f"{version[0]}.{version[1]}",
+                            v1_reason=ResultReason.INVALID_FIELD)
         value = attribute.value.value if attribute.value is not None else None
         if tag == Tag.CRYPTOGRAPHIC_ALGORITHM:
             if value != _AES:
@@ -601,7 +614,7 @@ def _dek_length(attributes: list[Attribute]) -> int:
         elif tag not in _IGNORED_CREATE_ATTRIBUTES:
             raise KmipError(ResultReason.INVALID_FIELD,
                             f"an L4 is not stored, so it cannot keep the attribute "
-                            f"{_attribute_label(attribute)}; L4s are not inventoried")
+                            f"{attribute_label(attribute)}; L4s are not inventoried")
     return length
 
 
@@ -621,8 +634,3 @@ def _vendor_text(attributes: list[Attribute], name: str) -> str | None:
             return value if isinstance(value, str) else None
     return None
 
-
-def _attribute_label(attribute: Attribute) -> str:
-    if attribute.tag == VENDOR_TAG:
-        return f"{attribute.vendor_identification or ''}-{attribute.name}"
-    return tag_label(attribute.tag)

@@ -778,6 +778,16 @@ def test_create_refuses_what_is_no_attribute_of_the_version(core, version, attri
     _refused_as_no_attribute(item, version)
 
 
+@pytest.mark.parametrize(("version", "attribute"), NOT_ATTRIBUTES)
+def test_l4_create_refuses_what_is_no_attribute_of_the_version(core, version,
+                                                               attribute) -> None:
+    """An L4's Create (kcm.l4.engine, the gateway's too) refuses as a stored key's does."""
+    level = vendor("x", "kcm-level", "L4")
+    (item,) = call(core, (Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[level, attribute])), version=version)
+    _refused_as_no_attribute(item, version)
+
+
 def test_set_modify_and_rekey_refuse_what_is_no_attribute_of_the_version(core) -> None:
     batch = Attribute(Tag.BATCH_COUNT, Item(Tag.BATCH_COUNT, ItemType.INTEGER, 5))
     uid = create_key(core)

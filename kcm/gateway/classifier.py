@@ -18,10 +18,13 @@ in a protocol version the gateway does not speak: version negotiation is the cor
 
 The ID Placeholder is one per request (KMIP 1.4 §4, 2.1 §6), and a mixed request's remote
 runs reach the core as separate sub-requests. So a request that would be mixed, and in
-which a remote item that may refer to the placeholder (one without a Unique Identifier,
-other than an operation that takes none) comes after a local item, goes whole to the core,
-which runs L4 items as the gateway does: the placeholder it means may have been set by
-the local item, or by a remote item of another run.
+which an item that may refer to the placeholder (one without a Unique Identifier, other
+than an operation that takes none) comes after an item of the other plane, goes whole to
+the core, which runs L4 items as the gateway does. A remote such item may mean a
+placeholder set by a local item, or by a remote item of another run; a local one, a
+placeholder set by a remote item before the local Create or Get, when that failed (a failed
+item sets none). A request whose local placeholder items follow only local items stays
+mixed: a Create of an L4 and an Encrypt without an identifier, then remote items.
 
 Most forwarded requests hold none of these four operations: :func:`may_run_here` says so
 from a scan of the bytes for Operation items, without the peek, and such a request is
@@ -119,20 +122,23 @@ def classify(wire: bytes) -> Classified:
     local: list[bool] = []
     attributes: list[list[Attribute] | None] = []
     placeholder_is_local = False
-    placeholder_across = False  # a remote item may mean a placeholder set before its run
+    # An item may mean a placeholder set on the other plane: by a local item before a
+    # remote run, or, for a local item, by a remote item when every local item that would
+    # have replaced it since failed (a failed item sets none, KMIP 1.4 §4, 2.1 §6).
+    placeholder_across = False
     version = request.version
     for item in request.items:
         operation = item.operation
         marked = _l4_create_attributes(item, version) if operation == _CREATE else None
         here = marked is not None or (operation != _CREATE
                                       and _uses_local_key(item, placeholder_is_local))
+        if (item.unique_identifier is None and operation not in _TAKES_NO_IDENTIFIER
+                and any(earlier != here for earlier in local)):
+            placeholder_across = True
         if here:
             if operation in SETS_ID_PLACEHOLDER:
                 placeholder_is_local = True
         else:
-            if (any(local) and item.unique_identifier is None
-                    and operation not in _TAKES_NO_IDENTIFIER):
-                placeholder_across = True
             # Any remote item may set the core's placeholder.
             placeholder_is_local = False
         local.append(here)

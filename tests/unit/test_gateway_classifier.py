@@ -71,9 +71,25 @@ def test_placeholder_after_a_local_create_is_local_after_a_remote_item_remote() 
     # request goes to the core, whose placeholder is the request's.
     assert classified.local == (False,) * 6
     assert classified.route is Route.ALL_REMOTE
-    classified = classify(request(create_managed(), get(None), encrypt(None),
-                                  create_l4(), get(None), encrypt(None)))
-    assert classified.local == (False, False, False, True, True, True)
+    classified = classify(request(create_l4(), get(None), encrypt(None),
+                                  create_managed(), locate()))
+    assert classified.local == (True, True, True, False, False)
+    assert classified.route is Route.MIXED
+
+
+@pytest.mark.parametrize("reader", [get(None), encrypt(None), decrypt(None, b"x")])
+@pytest.mark.parametrize("setter", [create_l4(), get(TOKEN)])
+def test_a_local_placeholder_item_after_a_remote_item_sends_the_request_whole(
+        setter, reader) -> None:
+    # A failed item sets no placeholder: should the local Create or Get fail, the reader
+    # means what the remote item set, at the core.
+    for remote in (create_managed(), activate("7"), locate()):
+        classified = classify(request(remote, setter, reader))
+        assert classified.local == (False, False, False)
+        assert classified.route is Route.ALL_REMOTE
+    # With a named identifier, nothing hangs on the local item's success.
+    classified = classify(request(create_managed(), setter, encrypt(TOKEN)))
+    assert classified.local == (False, True, True)
     assert classified.route is Route.MIXED
 
 

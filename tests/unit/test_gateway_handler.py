@@ -16,7 +16,17 @@ from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import AnswerTooLarge, RequestTooLarge, ServiceKeyRefused
 from kcm.gateway.local_batch import LocalRunner, l4_engine
 from kcm.kernel.missing import object_not_found
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus, State
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import (
+    CryptographicAlgorithm,
+    ObjectType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    State,
+)
+from kcm.kmip.messages import RequestBatchItem
+from kcm.kmip.payloads import CreateRequest
 from kcm.kmip.payloads.crypto import DecryptRequest
 from kcm.kmip.tags import Tag
 from kcm.kmip_protocol import ConnectionInfo
@@ -446,6 +456,31 @@ def test_a_placeholder_a_remote_item_may_mean_from_before_its_run_is_the_core_s(
     message = with_core.send(whole, sync=False)
     assert with_core.link.forwarded[-1][0] == whole
     assert comparable(message) == comparable(response(core.client(APP).send(whole)))
+
+
+def _refused_l4_create(batch_id: bytes) -> RequestBatchItem:
+    """An L4 Create the engine refuses (a Cryptographic Length no DEK has)."""
+    return item(Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=[
+        Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+        Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 100),
+        Attribute.vendor("x", "kcm-level", Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "L4"))
+    ]), batch_id)
+
+
+@pytest.mark.parametrize("version", [(1, 4), (2, 1)])
+@pytest.mark.parametrize("failing", ["create", "get"])
+def test_a_placeholder_a_failed_local_item_did_not_replace_is_the_core_s(
+        with_core: Gateway, core: CoreHarness, failing: str, version) -> None:
+    """A failed item sets no ID Placeholder: the Get without an identifier after a failed
+    L4 Create or Get means the managed key the core created before it, as at the core."""
+    local = _refused_l4_create(b"2") if failing == "create" else get("l4.1.AAAA", b"2")
+    wire = request(create_managed(b"1"), local, get(None, b"3"), version=version,
+                   continuation=CONTINUE)
+    message = with_core.send(wire, sync=False)
+    assert message.batch_items[1].result_status == ResultStatus.OPERATION_FAILED
+    assert ok(message, 2).unique_identifier == ok(message, 0).unique_identifier
+    assert [sub for sub, _, _ in with_core.link.forwarded] == [wire]
+    assert comparable(message) == comparable(response(core.client(APP).send(wire)))
 
 
 def test_a_local_encrypt_sets_no_placeholder(warm: Gateway) -> None:

@@ -174,25 +174,32 @@ def check_date_change(tag: int, state: State, current: int | None, now: int,
         raise wrong_state(f"{label} has passed and can no longer be changed")
 
 
-#: Dates a tenant or service key (L2, L3) does not take: the core's L4 engine and the
-#: gateways judge a hierarchy key by its state only, so they would never be enforced.
-_NOT_ON_HIERARCHY_KEYS = frozenset({Tag.PROCESS_START_DATE, Tag.PROTECT_STOP_DATE})
+#: Attributes a tenant or service key (L2, L3) does not take, and what to use instead: the
+#: core's L4 engine and the gateways judge a hierarchy key by its state only, and count its
+#: uses for rotation policies (docs/operations.md, "Automatic rotation"), so they would
+#: never be enforced.
+_NOT_ON_HIERARCHY_KEYS: dict[int, str] = {
+    Tag.PROCESS_START_DATE: "set its Deactivation Date",
+    Tag.PROTECT_STOP_DATE: "set its Deactivation Date",
+    Tag.USAGE_LIMITS: "cap its use with a rotation policy's max_uses",
+}
 
 
 def level_takes(tag: int, level: int | None) -> bool:
     """Whether an object at ``level`` (None: an ordinary object) may carry attribute ``tag``:
-    a tenant or service key takes no Process Start Date or Protect Stop Date."""
+    a tenant or service key takes no Process Start Date, Protect Stop Date or Usage Limits."""
     return tag not in _NOT_ON_HIERARCHY_KEYS or level not in (LEVEL_TENANT_KEY,
                                                               LEVEL_SERVICE_KEY)
 
 
 def check_hierarchy_date(tag: int, level: int | None, version: Version) -> None:
-    """Refuse a client's Process Start Date or Protect Stop Date on a tenant or service key
-    (:func:`level_takes`): 2.x Attribute Read Only, 1.x Permission Denied. Their
-    Deactivation Date is what ends their use."""
+    """Refuse a client's Process Start Date, Protect Stop Date or Usage Limits on a tenant
+    or service key (:func:`level_takes`): 2.x Attribute Read Only, 1.x Permission Denied.
+    The message names what ends or caps their use instead (their Deactivation Date, a
+    rotation policy)."""
     if not level_takes(tag, level):
         raise protected_error(version, f"{tag_label(tag)} is not offered on a tenant or "
-                                       "service key; set its Deactivation Date")
+                                       f"service key; {_NOT_ON_HIERARCHY_KEYS[tag]}")
 
 
 def check_offered(attribute: Attribute, version: Version) -> None:

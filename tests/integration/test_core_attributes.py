@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kcm.conformance.matcher import MatchState, UnboundPlaceholder, match_response, parse_case
+from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.store import repository
 from kcm.kmip import registry
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, AttributeReference, Name
@@ -652,6 +653,62 @@ def test_hierarchy_keys_take_no_protect_stop_or_process_start_date(core, version
         assert values(get(core, uid, tag), tag) == []
     ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(  # an ordinary key takes it
         unique_identifier=create_key(core), attribute=date), version=version)
+
+
+def _usage_limits(total: int) -> Attribute:
+    return Attribute(Tag.USAGE_LIMITS, Item(Tag.USAGE_LIMITS, ItemType.STRUCTURE, [
+        Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, total),
+        Item(Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, total),
+        Item(Tag.USAGE_LIMITS_UNIT, ItemType.ENUMERATION, 2)]))  # Object
+
+
+@BOTH
+def test_hierarchy_keys_take_no_usage_limits(core, version) -> None:
+    """Neither the gateways nor the core's L4 engine count uses of an L2 or L3 against
+    Usage Limits: a rotation policy's max_uses caps them."""
+    l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo")).uid
+    (l3,) = core.store.run_sync(lambda s: [r.uid for r in repository.find_l3(s, "demo", "app")])
+    limits = _usage_limits(1)
+    changes = [(Operation.ADD_ATTRIBUTE, AddAttributeRequest)]
+    if version == V21:
+        changes.append((Operation.SET_ATTRIBUTE, SetAttributeRequest))
+    expected = (ResultReason.ATTRIBUTE_READ_ONLY if version == V21
+                else ResultReason.PERMISSION_DENIED)
+    for uid in (l2, l3):
+        for operation, change in changes:
+            item = refused(core, operation, change(unique_identifier=uid, attribute=limits),
+                           version=version, principal=admin_principal())
+            assert item.result_reason == expected, item.result_message
+            assert item.result_message == ("Usage Limits is not offered on a tenant or "
+                                           "service key; cap its use with a rotation "
+                                           "policy's max_uses")
+        item = refused(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=uid,
+                                                            attributes=[limits]),
+                       version=version, principal=admin_principal())
+        assert item.result_reason == expected, item.result_message
+        assert values(get(core, uid, Tag.USAGE_LIMITS), Tag.USAGE_LIMITS) == []
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(  # an ordinary key takes it
+        unique_identifier=create_key(core), attribute=limits), version=version)
+
+
+def test_usage_limits_an_earlier_core_let_on_an_l3_are_not_changed_nor_passed_on(core) -> None:
+    def give_limits(session) -> str:
+        (row,) = repository.find_l3(session, "demo", "app")
+        attributes = [*decode_attributes(row.attributes), _usage_limits(5)]
+        repository.update_object(session, row, attributes=encode_attributes(attributes))
+        return row.uid
+
+    l3 = core.store.run_sync(give_limits)
+    admin = admin_principal()
+    item = refused(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=l3, attribute=_usage_limits(9)), principal=admin)
+    assert "not offered on a tenant or service key" in item.result_message
+    new_l3 = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=l3),
+                principal=admin).unique_identifier
+    assert values(get(core, new_l3, Tag.USAGE_LIMITS), Tag.USAGE_LIMITS) == []
+    ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(  # a client may remove them
+        unique_identifier=l3, attribute_reference=ref(Tag.USAGE_LIMITS)), principal=admin)
+    assert values(get(core, l3, Tag.USAGE_LIMITS), Tag.USAGE_LIMITS) == []
 
 
 def test_failed_change_leaves_nothing_behind_and_is_audited(core) -> None:

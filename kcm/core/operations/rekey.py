@@ -125,7 +125,7 @@ def _inherited_attributes(ctx: OperationContext, old: managed.StoredObject,
     before the server sets its own (identifier, dates, state, digest, ...)."""
     attributes = []
     for attribute in old.attributes:
-        if attribute.tag in _NOT_COPIED:
+        if attribute.tag in _NOT_COPIED or not level_takes(attribute.tag, old.level):
             continue
         if attribute.tag == Tag.USAGE_LIMITS and attribute.value is not None:
             attribute = Attribute(Tag.USAGE_LIMITS, _fresh_usage_limits(attribute.value))

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kcm.core.audit import AuditEvent, append_audit
-from kcm.core.context import Caller, OperationContext
+from kcm.core.context import Caller, OperationContext, RequestWork
 from kcm.core.keyring import Keyring
 from kcm.core.operations import HANDLERS, OperationHandler
 from kcm.core.server_info import ServerInfo
@@ -50,13 +50,14 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
     the kernel's savepoint hook (default: ``session.begin_nested``)."""
     version = request.header.version
     contexts: dict[int, OperationContext] = {}
+    work = RequestWork()
 
     def run_item(item: RequestBatchItem, placeholder: IdPlaceholder) -> Any:
         ctx = OperationContext(session=session, caller=caller, version=version, now=now,
                                keyring=keyring, server_info=server_info,
                                id_placeholder=placeholder, random_bytes=keyring.random_bytes,
                                max_locate_results=max_locate_results,
-                               should_stop=should_stop)
+                               should_stop=should_stop, work=work)
         contexts[id(item)] = ctx
         handler = handlers.get(int(item.operation))
         if handler is None:

@@ -3,20 +3,90 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from kcm.crypto.derivation import MAX_PBKDF2_ITERATIONS
 from kcm.identity import Principal
 from kcm.kernel.batch import BatchStopped
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder
 from kcm.kmip.versions import Version
 
 if TYPE_CHECKING:
     from kcm.core.keyring import Keyring
     from kcm.core.server_info import ServerInfo
+    from kcm.crypto.rsa_keys import RsaKeyPair
 
+
+class KeyPairs:
+    """The key pairs made for one request before its group commit, on its tenant's worker
+    (:meth:`kcm.core.request_handler.CoreRequestHandler._prepare`), by modulus length: the
+    writer thread that runs every tenant's writes only stores them. Each pair is handed
+    out once, to one batch item of that request, and the rest are dropped with it."""
+
+    __slots__ = ("_by_length", "failure", "stopped")
+
+    def __init__(self) -> None:
+        self._by_length: dict[int, list[RsaKeyPair]] = {}
+        #: Why the making stopped early (the request's deadline, its client gone), if it did.
+        self.stopped: str | None = None
+        #: What the making raised, if it did.
+        self.failure: Exception | None = None
+
+    def add(self, length: int, pair: RsaKeyPair) -> None:
+        self._by_length.setdefault(length, []).append(pair)
+
+    def take(self, length: int) -> RsaKeyPair:
+        """A pair of ``length`` bits, never handed out before. None made (the making
+        stopped or failed first): the item fails as the request would have at its next
+        batch-item boundary (:class:`~kcm.kernel.batch.BatchStopped`), or with what the
+        making raised; it is never made here, on the writer."""
+        pairs = self._by_length.get(length)
+        if pairs:
+            return pairs.pop()
+        if self.stopped is not None:
+            raise BatchStopped(self.stopped)
+        if self.failure is not None:
+            raise self.failure
+        raise RuntimeError(f"no {length}-bit key pair was made for this request")
+
+    def clear(self) -> None:
+        """Drop every pair not taken: none outlives its request."""
+        self._by_length.clear()
+
+
+class RequestWork:
+    """What the items of one request have spent of the work the server allows a request in
+    all (:func:`kcm.core.batch.execute` makes one per request): PBKDF2 iterations, at most
+    :data:`~kcm.crypto.derivation.MAX_PBKDF2_ITERATIONS` for all its Derive Keys together,
+    as for one. The writer thread runs every tenant's writes: a batch of derivations each
+    within the bound must not hold it for a batch's worth of them."""
+
+    __slots__ = ("pbkdf2_iterations",)
+
+    def __init__(self) -> None:
+        self.pbkdf2_iterations = 0
+
+    def charge_pbkdf2(self, iterations: int) -> None:
+        """Count ``iterations`` about to be computed; refuse (Server Limit Exceeded) if the
+        request's would then exceed the bound."""
+        total = self.pbkdf2_iterations + iterations
+        if total > MAX_PBKDF2_ITERATIONS:
+            raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
+                            f"the request's PBKDF2 derivations exceed the server's limit of "
+                            f"{MAX_PBKDF2_ITERATIONS} iterations in all")
+        self.pbkdf2_iterations = total
+
+
+#: The :class:`KeyPairs` of the request the writer thread is executing, set by
+#: :class:`kcm.core.request_handler.CoreRequestHandler` around it (None: made inline).
+prepared_key_pairs: ContextVar[KeyPairs | None] = ContextVar("prepared_key_pairs",
+                                                             default=None)
 
 
 @dataclass(slots=True)
@@ -52,6 +122,11 @@ class OperationContext:
     object_ids: list[str] = field(default_factory=list)
     #: Extra facts for the audit record (text and numbers only, never key material).
     audit_detail: dict[str, object] = field(default_factory=dict)
+    #: The key pairs made for the request before it reached the writer (None: none were;
+    #: :meth:`new_key_pair` makes them inline).
+    key_pairs: KeyPairs | None = field(default_factory=prepared_key_pairs.get)
+    #: What the request's items have spent of what a request may (shared by its items).
+    work: RequestWork = field(default_factory=RequestWork)
 
     @property
     def principal(self) -> Principal:
@@ -68,6 +143,14 @@ class OperationContext:
             reason = self.should_stop()
             if reason is not None:
                 raise BatchStopped(reason)
+
+    def new_key_pair(self, length: int, make: Callable[[int], RsaKeyPair]) -> RsaKeyPair:
+        """A fresh key pair of ``length`` bits: one made for this request before its group
+        commit (:attr:`key_pairs`; :meth:`KeyPairs.take`), or, for a request that had none
+        made (answered in process), ``make(length)``."""
+        if self.key_pairs is None:
+            return make(length)
+        return self.key_pairs.take(length)
 
     def touched(self, uid: str) -> None:
         """Record that this item acted on ``uid`` (audit)."""

@@ -32,6 +32,9 @@ from kcm.kmip.errors import KmipError
 CURRENT_L2_TTL = 5.0
 #: Objects whose unwrapped material the keyring keeps (the most recently used).
 UNWRAPPED_CACHE_SIZE = 1024
+#: Destroyed materials the keyring remembers, so as not to cache them again (see
+#: :meth:`Keyring.forget_material`).
+DESTROYED_REMEMBERED = 1024
 
 
 class Keyring:
@@ -63,6 +66,8 @@ class Keyring:
         # the stored ciphertext itself, an entry can never answer for other material: a
         # change of the row's material (or its removal) is a miss, whoever committed it.
         self._unwrapped: OrderedDict[tuple[str, str, bytes], bytes] = OrderedDict()
+        # Cache keys of materials destroyed here (the most recent): never cached again.
+        self._destroyed: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
         self._unwrapped_lock = threading.Lock()
 
     def load(self, l1: L1Key | bytes) -> None:
@@ -162,10 +167,30 @@ class Keyring:
                 return plaintext
         plaintext = self._unwrap(session, row)
         with self._unwrapped_lock:
-            self._unwrapped[cache_key] = plaintext
-            if len(self._unwrapped) > UNWRAPPED_CACHE_SIZE:
-                self._unwrapped.popitem(last=False)
+            if cache_key not in self._destroyed:
+                self._unwrapped[cache_key] = plaintext
+                if len(self._unwrapped) > UNWRAPPED_CACHE_SIZE:
+                    self._unwrapped.popitem(last=False)
         return plaintext
+
+    def forget_material(self, tenant: str, uid: str, material: bytes | None = None) -> None:
+        """Drop what this keyring keeps in the clear of object ``uid`` of ``tenant``.
+
+        ``material``: the object's stored (wrapped) material is being destroyed; it is not
+        cached again either, by a request that read the row before the destruction and
+        unwraps it after (remembered for the last :data:`DESTROYED_REMEMBERED` destroyed).
+        Dropped at once, as the store's object cache drops an entry whose row changes: an
+        entry is keyed by the stored material, so one dropped for a change that rolls back
+        only costs an unwrap. (Another core's keyring holds the material until its LRU
+        drops it: it never serves it again, the row no longer has it.)"""
+        with self._unwrapped_lock:
+            for cache_key in [k for k in self._unwrapped if k[0] == tenant and k[1] == uid]:
+                del self._unwrapped[cache_key]
+            if material is not None:
+                destroyed = self._destroyed
+                destroyed[(tenant, uid, bytes(material))] = None
+                while len(destroyed) > DESTROYED_REMEMBERED:
+                    destroyed.popitem(last=False)
 
     def _unwrap(self, session: Session, row: ManagedObject) -> bytes:
         assert row.material is not None

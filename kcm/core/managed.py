@@ -375,8 +375,12 @@ def decode_material(blob: bytes) -> Struct | Item:
 
 
 def destroy_material(ctx: OperationContext, obj: StoredObject) -> None:
-    """Forget the key material for good; the metadata stays (KMIP 1.4 §4.21)."""
+    """Forget the key material for good; the metadata stays (KMIP 1.4 §4.21). What the
+    keyring keeps in the clear of it goes too (:meth:`kcm.core.keyring.Keyring.forget_material`)."""
+    material = obj.row.material
     _update(ctx, obj, material=None, wrapped_by=None)
+    ctx.keyring.forget_material(obj.tenant, obj.uid,
+                                None if material is None else bytes(material))
 
 
 def encode_material(managed_object: Struct | Item) -> bytes:

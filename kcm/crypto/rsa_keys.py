@@ -9,6 +9,20 @@
 * :func:`load_private` / :func:`load_public` read a key block's material (DER or PEM, or
   the transparent numbers; missing CRT values are recomputed); material that cannot be
   read is Cryptographic Failure.
+* :func:`check_registered_key` is Register's check of an RSA key, made once: a modulus of
+  :data:`RSA_MIN_BITS` to :data:`RSA_MAX_BITS` bits (the sizes Create Key Pair makes), an
+  odd public exponent of at least 3, values that agree with each other, OpenSSL's full
+  validation of a private key (the primality of its factors), and a stated Cryptographic
+  Length equal to the modulus size.
+
+Reading a key costs what its numbers make it cost: OpenSSL's validation of a private key
+tests its factors for primality, a third of a second for 4096 bits and seconds beyond,
+with the GIL held. So material is read first without it, and what bounds the cost of using
+the key is checked in Python (a modulus of at most :data:`RSA_MAX_BITS` bits, factors whose
+product is the modulus, exponents below their moduli); material the server has not checked
+(``stored=False``: what Register is given, a wrapped key unwrapped) then gets all of
+Register's checks, and material it stores (``stored=True``: checked when registered, or
+made here) is used without OpenSSL's validation.
 """
 
 from __future__ import annotations
@@ -20,7 +34,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kcm.kmip.enums import KeyFormatType, ObjectType, ResultReason
+from kcm.kmip.enums import CryptographicAlgorithm, KeyFormatType, ObjectType, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
 from kcm.kmip.objects import KeyBlock, KeyValue
@@ -28,13 +42,18 @@ from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
 
 __all__ = [
-    "RSA_LENGTHS", "RsaKeyPair", "generate_key_pair", "load_private", "load_public",
-    "rsa_key_block_in_format",
+    "RSA_LENGTHS", "RSA_MAX_BITS", "RSA_MIN_BITS", "RsaKeyPair", "check_registered_key",
+    "generate_key_pair", "load_private", "load_public", "rsa_key_block_in_format",
 ]
 
 #: RSA modulus sizes in bits the server generates.
 RSA_LENGTHS = frozenset({1024, 2048, 3072, 4096})
+#: The smallest and the largest modulus of an RSA key registered (those Create Key Pair
+#: makes); no stored key larger than :data:`RSA_MAX_BITS` is used either.
+RSA_MIN_BITS = min(RSA_LENGTHS)
+RSA_MAX_BITS = max(RSA_LENGTHS)
 _PUBLIC_EXPONENT = 65537
+_RSA = CryptographicAlgorithm.RSA
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +70,56 @@ def generate_key_pair(length: int) -> RsaKeyPair:
     return RsaKeyPair(_private_pkcs1(private_key), _public_pkcs1(private_key.public_key()))
 
 
-def rsa_key_block_in_format(object_type: int, block: KeyBlock, wanted: int) -> KeyBlock:
+def check_registered_key(object_type: int, block: KeyBlock, *, algorithm: int | None,
+                         length: int | None) -> None:
+    """Register's check of a Public or Private Key (see the module's docstring), made once:
+    the server uses what passed without validating it again. An RSA key that fails is
+    refused: Invalid Field for a size, exponent or stated Cryptographic Length (``length``)
+    the server does not accept, Cryptographic Failure for material that is not a valid key.
+
+    Material the server cannot use is stored as sent, as Register always has: a wrapped
+    key block (checked if it is ever unwrapped to be converted), a format not read here
+    (Raw, PKCS#12, an EC or DSA key's), and what no parser here reads (an encrypted PKCS#8
+    key, bytes that are no key): every use of it fails as it would now, at no more cost.
+    """
+    if block.key_wrapping_data is not None or not isinstance(block.key_value, KeyValue):
+        return
+    private = object_type == ObjectType.PRIVATE_KEY
+    try:
+        read = _read(block, private=private)
+        if read is None:
+            return
+        if isinstance(read, dict):  # a transparent RSA key: built once its numbers pass
+            read = _checked(read, private=private, registering=True)
+    except _Unreadable:
+        return
+    if not isinstance(read, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        if algorithm == _RSA:
+            raise KmipError(ResultReason.INVALID_FIELD,
+                            "the key material is not an RSA key, as its Cryptographic "
+                            "Algorithm says")
+        return  # another algorithm's key, which the server does not use
+    if algorithm is not None and algorithm != _RSA:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"the key material is an RSA key, not "
+                        f"{enum_label(CryptographicAlgorithm, algorithm)}")
+    key = _checked(read, private=private, registering=True)
+    if isinstance(key, rsa.RSAPrivateKey):
+        _validated(key)
+    if length is not None and length != key.key_size:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"Cryptographic Length {length} does not match the {key.key_size}-bit "
+                        "RSA key")
+
+
+def rsa_key_block_in_format(object_type: int, block: KeyBlock, wanted: int, *,
+                            stored: bool = False) -> KeyBlock:
     """An RSA Public or Private Key's key block in Key Format Type ``wanted``.
 
     Public keys: PKCS#1, X.509 (SubjectPublicKeyInfo) and Transparent RSA Public Key;
     private keys: PKCS#1, PKCS#8 and Transparent RSA Private Key. Anything else, and
-    a wrapped key block, is Key Format Type Not Supported.
+    a wrapped key block, is Key Format Type Not Supported. ``stored``: as
+    :func:`load_private`.
     """
     if block.key_format_type == wanted:
         return block
@@ -64,7 +127,8 @@ def rsa_key_block_in_format(object_type: int, block: KeyBlock, wanted: int) -> K
         raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
                         "a wrapped key cannot be converted")
     private = object_type == ObjectType.PRIVATE_KEY
-    key = load_private(block) if private else load_public(block)
+    key = (load_private(block, stored=stored) if private
+           else load_public(block, stored=stored))
     if key is None:
         raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
                         f"cannot convert a {enum_label(KeyFormatType, block.key_format_type)} "
@@ -100,17 +164,22 @@ def rsa_key_block_in_format(object_type: int, block: KeyBlock, wanted: int) -> K
                    wire_order=None)
 
 
-def load_private(block: KeyBlock) -> rsa.RSAPrivateKey | None:
+def load_private(block: KeyBlock, *, stored: bool = False) -> rsa.RSAPrivateKey | None:
     """The RSA private key in an unwrapped key block; None when the block holds no RSA
-    private key in a format read here."""
-    key = _load(block, private=True)
-    return key if isinstance(key, rsa.RSAPrivateKey) else None
+    private key in a format read here. ``stored``: material the server stores, used
+    without OpenSSL's validation; else material it has not checked, which gets
+    Register's checks (the module's docstring)."""
+    key = _parse(block, private=True, registering=not stored)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return None
+    return key if stored else _validated(key)
 
 
-def load_public(block: KeyBlock) -> rsa.RSAPublicKey | None:
+def load_public(block: KeyBlock, *, stored: bool = False) -> rsa.RSAPublicKey | None:
     """The RSA public key in an unwrapped key block; None when the block holds no RSA
-    public key in a format read here."""
-    key = _load(block, private=False)
+    public key in a format read here. ``stored``: as :func:`load_private` (a public key
+    has no costly validation; only the checks differ)."""
+    key = _parse(block, private=False, registering=not stored)
     return key if isinstance(key, rsa.RSAPublicKey) else None
 
 
@@ -123,7 +192,19 @@ _READABLE = {
 }
 
 
-def _load(block: KeyBlock, *, private: bool) -> object:
+def _parse(block: KeyBlock, *, private: bool, registering: bool) -> object:
+    """The key in ``block`` (None when it is not in a format read here), an RSA key checked
+    as :func:`_checked` does."""
+    read = _read(block, private=private)
+    if read is None:
+        return None
+    return _checked(read, private=private, registering=registering)
+
+
+def _read(block: KeyBlock, *, private: bool) -> object:
+    """What ``block`` holds, read without OpenSSL's validation: a key (of any algorithm)
+    from DER or PEM, the numbers of a transparent RSA key (tag -> value), or None when the
+    block is not in a format read here. Unreadable material is Cryptographic Failure."""
     material = block.key_value.key_material  # type: ignore[union-attr]
     fmt = block.key_format_type
     encoded, transparent = _READABLE[private]
@@ -131,16 +212,82 @@ def _load(block: KeyBlock, *, private: bool) -> object:
         if isinstance(material, bytes) and fmt in encoded:
             return _load_der_or_pem(material, private=private)
         if isinstance(material, Item) and fmt == transparent:
-            numbers = _big_integers(material)
-            if private:
-                return _private_from_numbers(numbers)
-            return rsa.RSAPublicNumbers(numbers[Tag.PUBLIC_EXPONENT],
-                                        numbers[Tag.MODULUS]).public_key()
-    except (ValueError, TypeError, UnsupportedAlgorithm, KeyError):
-        kind = "private" if private else "public"
-        raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
-                        f"the {kind} key material cannot be read") from None
+            return _big_integers(material)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise _unreadable(private) from None
     return None
+
+
+def _checked(read: object, *, private: bool, registering: bool) -> object:
+    """The key :func:`_read` read; an RSA key checked for what bounds the cost of using it
+    (and, ``registering``, for Register's size and exponent: :func:`_check_public`), a
+    transparent one built from its numbers once they pass."""
+    if isinstance(read, dict):
+        try:
+            if private:
+                return _private_from_numbers(read, registering=registering)
+            n, e = read[Tag.MODULUS], read[Tag.PUBLIC_EXPONENT]
+            _check_public(n, e, registering=registering)
+            return rsa.RSAPublicNumbers(e, n).public_key()
+        except (ValueError, TypeError, UnsupportedAlgorithm, KeyError):
+            raise _unreadable(private) from None
+    if isinstance(read, rsa.RSAPrivateKey):
+        _check_private(read.private_numbers(), registering=registering)
+    elif isinstance(read, rsa.RSAPublicKey):
+        numbers = read.public_numbers()
+        _check_public(numbers.n, numbers.e, registering=registering)
+    return read
+
+
+class _Unreadable(KmipError):
+    """Key material no parser here reads (Cryptographic Failure)."""
+
+
+def _unreadable(private: bool) -> KmipError:
+    kind = "private" if private else "public"
+    return _Unreadable(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                       f"the {kind} key material cannot be read")
+
+
+def _check_public(n: int, e: int, *, registering: bool) -> None:
+    """A modulus of at most :data:`RSA_MAX_BITS` bits and an exponent below it (what a
+    public operation costs); ``registering``: also at least :data:`RSA_MIN_BITS` bits and
+    an odd exponent of at least 3 (Invalid Field; else Cryptographic Failure)."""
+    bits = n.bit_length()
+    refused = ResultReason.INVALID_FIELD if registering else ResultReason.CRYPTOGRAPHIC_FAILURE
+    if bits > RSA_MAX_BITS or (registering and bits < RSA_MIN_BITS):
+        raise KmipError(refused, f"RSA keys of {RSA_MIN_BITS} to {RSA_MAX_BITS} bits are "
+                                 f"used here, not {bits}")
+    if registering and (e < 3 or e % 2 == 0):
+        raise KmipError(refused, "the RSA public exponent must be odd and at least 3")
+    if not 1 < e < n:
+        raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                        "the RSA public exponent is not below the modulus")
+
+
+def _check_private(numbers: rsa.RSAPrivateNumbers, *, registering: bool) -> None:
+    """:func:`_check_public`, and private values that agree with the modulus: factors whose
+    product it is, exponents and coefficient below their moduli (Cryptographic Failure).
+    This bounds what OpenSSL's validation and every use of the key cost."""
+    public = numbers.public_numbers
+    n = public.n
+    _check_public(n, public.e, registering=registering)
+    p, q = numbers.p, numbers.q
+    if not (1 < p < n and 1 < q < n and p * q == n and 0 < numbers.d < n
+            and 0 < numbers.dmp1 < p and 0 < numbers.dmq1 < q and 0 < numbers.iqmp < p):
+        raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                        "the RSA private key's values do not agree with its modulus")
+
+
+def _validated(key: rsa.RSAPrivateKey) -> rsa.RSAPrivateKey:
+    """``key`` once OpenSSL has validated it (its factors prime, its values consistent):
+    Cryptographic Failure if it is not valid. Only for a key :func:`_check_private` passed,
+    which bounds the cost."""
+    try:
+        return key.private_numbers().private_key()
+    except ValueError:
+        raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                        "the RSA private key is not valid") from None
 
 
 def _private_pkcs1(key: rsa.RSAPrivateKey) -> bytes:
@@ -181,18 +328,29 @@ def _load_der_or_pem(material: bytes, *, private: bool) -> object:
     if private:
         loader = (serialization.load_pem_private_key if pem
                   else serialization.load_der_private_key)
-        return loader(material, password=None)
+        # Not validated here: :func:`_parse` bounds the cost first (see the module).
+        return loader(material, password=None, unsafe_skip_rsa_key_validation=True)
     return (serialization.load_pem_public_key if pem
             else serialization.load_der_public_key)(material)
 
 
-def _private_from_numbers(numbers: dict[int, int]) -> rsa.RSAPrivateKey:
+def _private_from_numbers(numbers: dict[int, int], *,
+                          registering: bool) -> rsa.RSAPrivateKey:
     n, e, d = numbers[Tag.MODULUS], numbers[Tag.PUBLIC_EXPONENT], numbers[Tag.PRIVATE_EXPONENT]
+    _check_public(n, e, registering=registering)  # before the factors are sought
+    if not 0 < d < n:
+        raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                        "the RSA private key's values do not agree with its modulus")
     p, q = numbers.get(Tag.P), numbers.get(Tag.Q)
     if p is None or q is None:
         p, q = rsa.rsa_recover_prime_factors(n, e, d)
-    return rsa.RSAPrivateNumbers(
+    elif not (1 < p < n and 1 < q < n and p * q == n):
+        raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                        "the RSA private key's values do not agree with its modulus")
+    private = rsa.RSAPrivateNumbers(
         p, q, d, numbers.get(Tag.PRIME_EXPONENT_P) or rsa.rsa_crt_dmp1(d, p),
         numbers.get(Tag.PRIME_EXPONENT_Q) or rsa.rsa_crt_dmq1(d, q),
         numbers.get(Tag.CRT_COEFFICIENT) or rsa.rsa_crt_iqmp(p, q),
-        rsa.RSAPublicNumbers(e, n)).private_key()
+        rsa.RSAPublicNumbers(e, n))
+    _check_private(private, registering=registering)
+    return private.private_key(unsafe_skip_rsa_key_validation=True)

@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from kcm.core import managed, policy
 from kcm.core.context import OperationContext
+from kcm.crypto.rsa_keys import load_private, load_public
 from kcm.kernel.key_use import KeyUse, check_key_use
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, Link
 from kcm.kmip.enums import (
@@ -126,3 +129,26 @@ def unwrapped_key_block(ctx: OperationContext, obj: managed.StoredObject) -> Key
                         "the key is stored wrapped; the server cannot use it",
                         v1_reason=ResultReason.CRYPTOGRAPHIC_FAILURE)
     return block
+
+
+def stored_rsa_private_key(ctx: OperationContext,
+                           obj: managed.StoredObject) -> rsa.RSAPrivateKey | None:
+    """The RSA private key a Private Key object holds (None: not an RSA key in a format
+    read here), read without OpenSSL's validation: its material was checked when it was
+    registered, or made here (:func:`kcm.crypto.rsa_keys.load_private` with ``stored``,
+    which still bounds what using the key costs). Read once per content of the object and
+    kept with its cache entry (:meth:`~kcm.core.managed.StoredObject.memo`)."""
+    return obj.memo("rsa private key",
+                    lambda: load_private(unwrapped_key_block(ctx, obj), stored=True))
+
+
+def stored_rsa_public_key(ctx: OperationContext,
+                          obj: managed.StoredObject) -> rsa.RSAPublicKey | None:
+    """The RSA public key of a Public Key object, or the public half of a Private Key
+    object's (None: not an RSA key in a format read here), as
+    :func:`stored_rsa_private_key` reads it."""
+    if obj.object_type == ObjectType.PRIVATE_KEY:
+        private = stored_rsa_private_key(ctx, obj)
+        return None if private is None else private.public_key()
+    return obj.memo("rsa public key",
+                    lambda: load_public(unwrapped_key_block(ctx, obj), stored=True))

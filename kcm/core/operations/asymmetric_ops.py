@@ -37,12 +37,13 @@ from kcm.core.operations._objects_common import (
     link_attribute,
     load_key_for,
     single_value,
-    unwrapped_key_block,
+    stored_rsa_private_key,
+    stored_rsa_public_key,
 )
 from kcm.core.operations.create import server_attributes
 from kcm.crypto import signatures
 from kcm.crypto.errors import unsupported
-from kcm.crypto.rsa_keys import RSA_LENGTHS, generate_key_pair, load_private, load_public
+from kcm.crypto.rsa_keys import RSA_LENGTHS, generate_key_pair
 from kcm.crypto.sealed_state import check_stream_size
 from kcm.crypto.signatures import SignatureSpec
 from kcm.kernel import key_use
@@ -91,10 +92,12 @@ def create_key_pair(ctx: OperationContext,
     public_client = key_pair_part(common, request.public_key_attributes or [])
     check_client_attributes(private_client, ctx.version)
     check_client_attributes(public_client, ctx.version)
-    algorithm, length = _key_pair_spec(private_client, public_client)
+    algorithm, length = key_pair_spec(private_client, public_client)
     for attributes in (private_client, public_client):
         check_quantum_safe(single_value(attributes, Tag.QUANTUM_SAFE), algorithm, length)
-    pair = generate_key_pair(length)
+    # Made before the group commit, off the shared writer thread, when the request came
+    # through kcm-core's handler (kcm.core.request_handler: _prepare).
+    pair = ctx.new_key_pair(length, generate_key_pair)
     private_uid = ctx.keyring.new_uid()
     public_uid = ctx.keyring.new_uid()
     # Like every generated key: a Digest of the stored PKCS#1 material and the Random
@@ -132,7 +135,10 @@ def key_pair_part(common: list[Attribute], own: list[Attribute]) -> list[Attribu
     return [a for a in common if a.tag not in overridden] + list(own)
 
 
-def _key_pair_spec(private: list[Attribute], public: list[Attribute]) -> tuple[int, int]:
+def key_pair_spec(private: list[Attribute], public: list[Attribute]) -> tuple[int, int]:
+    """The (algorithm, modulus length) of the pair a Create Key Pair with these private and
+    public attributes makes; refuses what it cannot make (kcm.core.request_handler makes
+    the pairs before the group commit with it, so both decide alike)."""
     specs = []
     for attributes in (private, public):
         algorithm = single_value(attributes, Tag.CRYPTOGRAPHIC_ALGORITHM)
@@ -200,18 +206,13 @@ def _prepare(ctx: OperationContext, request: SignRequest | SignatureVerifyReques
         # Signing applies protection (KMIP 1.4 §3.21); a stream counts at its first part.
         signed = len(request.data or b"") + len(request.digested_data or b"")
         usage_limits.consume_usage(ctx, obj, signed, first=request.correlation_value is None)
-    block = unwrapped_key_block(ctx, obj)
     key: rsa.RSAPrivateKey | rsa.RSAPublicKey | None
     if signing:
-        key = load_private(block)
+        key = stored_rsa_private_key(ctx, obj)
         if key is None:
             raise unsupported("only RSA private keys can sign here")
     else:
-        if obj.object_type == ObjectType.PRIVATE_KEY:
-            private = load_private(block)
-            key = None if private is None else private.public_key()
-        else:
-            key = load_public(block)
+        key = stored_rsa_public_key(ctx, obj)
         if key is None:
             raise unsupported("only RSA keys can verify signatures here")
     response = answer(unique_identifier=obj.uid)

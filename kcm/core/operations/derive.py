@@ -10,8 +10,11 @@ objects, applies the policy and the key-use rule, and stores what it makes:
   a Symmetric Key its Cryptographic Algorithm.
 * Base objects must be usable for derivation (:data:`kcm.kernel.key_use.DERIVE`: Pre-Active
   or Active, the Derive Key bit when a mask is set) and their material exportable: derived
-  material is a function of the base's, so what may not leave may not be derived, and never
-  from a tenant or service key.
+  material is a function of the base's, so what may not leave may not be derived: never
+  from a tenant or service key, nor from a Sensitive or non-Extractable object (refused
+  Sensitive, Not Extractable): the derived object, returned in the clear, would carry its
+  material out (ENCRYPT with a first base the caller knows returns a second base's bytes
+  encrypted under it).
 * The new object links to its bases (Derivation Base Object Link) and each base to it
   (Derived Key Link).
 """
@@ -77,7 +80,8 @@ def derive_key(ctx: OperationContext, request: DeriveKeyRequest) -> DeriveKeyRes
                      if base.object_type == ObjectType.SECRET_DATA), None)
     method = int(request.derivation_method)
     derived = derive(method, parameters, key_material, data, length_bits // 8,
-                     bases[0].value(Tag.CRYPTOGRAPHIC_ALGORITHM))
+                     bases[0].value(Tag.CRYPTOGRAPHIC_ALGORITHM),
+                     charge_pbkdf2=ctx.work.charge_pbkdf2)
     ctx.audit_detail["derivation_method"] = enum_label(DerivationMethod, method)
     uid = ctx.keyring.new_uid()
     if object_type == ObjectType.SYMMETRIC_KEY:
@@ -124,5 +128,11 @@ def _derivation_base(ctx: OperationContext, uid: str) -> managed.StoredObject:
     # Derived material is a function of the base's: what may not leave may not be derived.
     policy.check_material_export(ctx.principal, obj.level)
     policy.check_key_use(ctx.principal, obj.level, obj.row.service)
+    if obj.value(Tag.EXTRACTABLE) is False:
+        raise KmipError(ResultReason.NOT_EXTRACTABLE,
+                        f"the base object {identifier_label(uid)} is not extractable")
+    if obj.value(Tag.SENSITIVE) is True:
+        raise KmipError(ResultReason.SENSITIVE,
+                        f"the base object {identifier_label(uid)} is sensitive")
     require_usable(ctx, obj, key_use.DERIVE, named=True)
     return obj

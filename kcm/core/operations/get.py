@@ -1,17 +1,27 @@
 """Get (KMIP 1.4 §4.11, 2.1 §6.1.22): an object's material, converted or wrapped as asked.
 
 Wrapping counts against the wrapping key's Usage Limits (:mod:`kcm.core.usage_limits`);
-unwrapping a registered wrapped key does not."""
+unwrapping a registered wrapped key does not.
+
+The server unwraps a registered wrapped key (Key Wrap Type Not Wrapped, a conversion, a
+re-wrap) only with a key the caller could have read in the clear itself: never with a
+Sensitive or non-Extractable one, else a key Get returns only wrapped would come back in
+the clear by a Register of its wrapped copy. For the same reason a Sensitive key is not
+wrapped under itself. A service key (L3) wraps and unwraps in the states the L4 engine
+allows it (:attr:`kcm.l4.service_key.ServiceKey.usable_to_process`: never once
+Compromised)."""
 
 from __future__ import annotations
 
 from kcm.core import l4_requests, managed, policy, usage_limits
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import AES_KEY_BITS, DESTROYED, WRAP_MODES
+from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.crypto.key_wrap import aes_unwrap as _aes_unwrap
 from kcm.crypto.key_wrap import aes_wrap as _aes_wrap
 from kcm.crypto.rsa_keys import rsa_key_block_in_format
 from kcm.kernel import key_use
+from kcm.kernel.lifecycle import wrong_state
 from kcm.kernel.missing import identifier_label, wrapping_key_not_found
 from kcm.kmip import registry
 from kcm.kmip.attributes import Attribute, CryptographicParameters
@@ -44,6 +54,7 @@ from kcm.kmip.payloads import (
 )
 from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
+from kcm.l4.service_key import ServiceKey
 from kcm.ttlv import Item, ItemType, decode, encode
 
 
@@ -75,10 +86,12 @@ def get(ctx: OperationContext, request: GetRequest) -> GetResponse:
     wants_clear = (request.key_wrap_type == KeyWrapType.NOT_WRAPPED or spec is not None
                    or (request.key_format_type is not None and block is not None
                        and request.key_format_type != block.key_format_type))
+    stored = True  # the block is the object's stored material, checked when registered
     if block is not None and block.key_wrapping_data is not None and wants_clear:
         block = _unwrapped(ctx, block)
+        stored = False
     if request.key_format_type is not None:
-        block = _in_format(result, block, int(request.key_format_type))
+        block = _in_format(result, block, int(request.key_format_type), stored=stored)
     if spec is not None:
         if block is None:
             raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
@@ -124,11 +137,12 @@ _SECRET_DATA_FORMATS = (KeyFormatType.RAW, KeyFormatType.OPAQUE)
 
 
 def _in_format(managed_object: Struct | Item, block: KeyBlock | None,
-               wanted: int) -> KeyBlock | None:
+               wanted: int, *, stored: bool) -> KeyBlock | None:
     """The key block in Key Format Type ``wanted``: a Symmetric Key's bytes as Raw, Opaque
     or Transparent Symmetric Key, Secret Data's as Raw or Opaque, RSA keys in the formats
-    of :func:`kcm.crypto.rsa_keys.rsa_key_block_in_format`; every other format only to
-    itself."""
+    of :func:`kcm.crypto.rsa_keys.rsa_key_block_in_format` (``stored``: the object's stored
+    material, checked when it was registered; else unwrapped here, and checked now);
+    every other format only to itself."""
     if block is None:
         if (isinstance(managed_object, Item) and managed_object.tag == Tag.CERTIFICATE
                 and wanted == KeyFormatType.X_509):
@@ -144,7 +158,7 @@ def _in_format(managed_object: Struct | Item, block: KeyBlock | None,
             and block.key_wrapping_data is None):
         return rsa_key_block_in_format(
             ObjectType.PUBLIC_KEY if managed_object.tag == Tag.PUBLIC_KEY
-            else ObjectType.PRIVATE_KEY, block, wanted)
+            else ObjectType.PRIVATE_KEY, block, wanted, stored=stored)
     formats = (_SYMMETRIC_FORMATS if isinstance(managed_object, SymmetricKey)
                else _SECRET_DATA_FORMATS if isinstance(managed_object, SecretData) else ())
     convertible = (block.key_wrapping_data is None
@@ -202,6 +216,9 @@ def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
     # The wrapping key's state decides here; its dates are not judged, and its usage mask
     # only for wrapping, below, once it is known to be an AES key.
     key_use.check_key_use(use, key.state, now=ctx.now, key=uid)
+    if key.level == LEVEL_SERVICE_KEY and not _service_key_may(key, protect=protect):
+        raise wrong_state(f"the service key {uid!r} in state {key.state.name} cannot "
+                          f"{use.verb}")
     if (key.object_type != ObjectType.SYMMETRIC_KEY
             or key.value(Tag.CRYPTOGRAPHIC_ALGORITHM) != CryptographicAlgorithm.AES):
         raise KmipError(ResultReason.INVALID_FIELD,
@@ -217,6 +234,15 @@ def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
     return key, key_bytes
 
 
+def _service_key_may(key: managed.StoredObject, *, protect: bool) -> bool:
+    """The L4 engine's rule for an L3 in the state it is in now: protect (wrap) only when
+    Active, process (unwrap) also when Deactivated, never once Compromised: the core's
+    Get and every gateway answer alike (docs/link-protocol.md)."""
+    version = ServiceKey(uid=key.uid, tenant=key.tenant, service=key.row.service or "",
+                         version=0, state=int(key.state), key=b"")
+    return version.usable_to_protect if protect else version.usable_to_process
+
+
 def _wrapped(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlock,
              spec: KeyWrappingSpecification) -> KeyBlock:
     """``block`` with its Key Value wrapped as ``spec`` asks (1.4 §2.1.5-2.1.6)."""
@@ -229,6 +255,9 @@ def _wrapped(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlock,
         raise KmipError(ResultReason.MISSING_DATA,
                         "Key Wrapping Specification needs Encryption Key Information")
     wrapping_key, kek = _wrapping_key(ctx, info.unique_identifier, protect=True)
+    if wrapping_key.uid == obj.uid and obj.value(Tag.SENSITIVE) is True:
+        # Its only use would be a server-side unwrap: the key in the clear (see the module).
+        raise KmipError(ResultReason.SENSITIVE, "a Sensitive key is not wrapped under itself")
     mode = _wrapping_mode(info.cryptographic_parameters, wrapping_key)
     value = block.key_value
     if not isinstance(value, KeyValue):
@@ -284,6 +313,7 @@ def _unwrapped(ctx: OperationContext, block: KeyBlock) -> KeyBlock:
         raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
                         "MAC or signature wrapped keys are not supported")
     wrapping_key, kek = _wrapping_key(ctx, info.unique_identifier, protect=False)
+    _check_clear_unwrap(wrapping_key)
     mode = _wrapping_mode(info.cryptographic_parameters, wrapping_key)
     wrapped = block.key_value
     no_encoding = data.encoding_option == EncodingOption.NO_ENCODING
@@ -312,6 +342,20 @@ def _unwrapped(ctx: OperationContext, block: KeyBlock) -> KeyBlock:
                     key_compression_type=block.key_compression_type, key_value=value,
                     cryptographic_algorithm=block.cryptographic_algorithm,
                     cryptographic_length=block.cryptographic_length)
+
+
+def _check_clear_unwrap(wrapping_key: managed.StoredObject) -> None:
+    """Refuse to unwrap with a key the caller could not read in the clear (Sensitive, or
+    not Extractable): the server would hand out what the caller cannot unwrap itself."""
+    uid = wrapping_key.uid
+    if wrapping_key.value(Tag.EXTRACTABLE) is False:
+        raise KmipError(ResultReason.NOT_EXTRACTABLE,
+                        f"the unwrapping key {uid!r} is not extractable: the server does not "
+                        "unwrap with it")
+    if wrapping_key.value(Tag.SENSITIVE) is True:
+        raise KmipError(ResultReason.SENSITIVE,
+                        f"the unwrapping key {uid!r} is sensitive: the server does not "
+                        "unwrap with it")
 
 
 def _plain_material(value: KeyValue) -> bytes:

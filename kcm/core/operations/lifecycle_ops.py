@@ -55,6 +55,9 @@ def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierRes
         obj.set(Tag.COMPROMISE_DATE, ctx.now)
         occurred = request.compromise_occurrence_date
         obj.set(Tag.COMPROMISE_OCCURRENCE_DATE, occurred if occurred is not None else ctx.now)
+        # Not kept in the clear for its next use: a compromised key is seldom used again
+        # (an L3 never), and a destroyed one's material is gone.
+        ctx.keyring.forget_material(obj.tenant, obj.uid)
     elif before == State.ACTIVE:
         obj.set(Tag.DEACTIVATION_DATE, ctx.now)
     managed.save(ctx, obj)

@@ -12,6 +12,7 @@ from kcm.core.attribute_rules import check_client_attributes
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import OBJECT_TYPE_OF_TAG, single_value
 from kcm.core.operations.create import server_attributes
+from kcm.crypto.rsa_keys import check_registered_key
 from kcm.kernel.quantum_safe import check_quantum_safe
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
@@ -24,6 +25,7 @@ from kcm.kmip.errors import KmipError
 from kcm.kmip.fields import Struct
 from kcm.kmip.labels import enum_label, tag_label
 from kcm.kmip.objects import (
+    KeyBlock,
     SecretData,
     SymmetricKey,
 )
@@ -77,6 +79,8 @@ def register(ctx: OperationContext, request: RegisterRequest) -> RegisterRespons
     length = _agreed(client, derived, Tag.CRYPTOGRAPHIC_LENGTH)
     if object_type == ObjectType.SYMMETRIC_KEY:
         _check_symmetric_key(managed_object, algorithm, length)
+    elif object_type in (ObjectType.PRIVATE_KEY, ObjectType.PUBLIC_KEY):
+        _check_asymmetric_key(managed_object, object_type, algorithm, length)
     if algorithm is not None:
         check_quantum_safe(single_value(client, Tag.QUANTUM_SAFE), int(algorithm), length)
     uid = ctx.keyring.new_uid()
@@ -251,6 +255,23 @@ def _check_symmetric_key(key: Struct | Item, algorithm: int | None, length: int 
     if length is not None and length != bits:
         raise KmipError(ResultReason.INVALID_FIELD,
                         f"Cryptographic Length {length} does not match the {bits}-bit key")
+
+
+def _check_asymmetric_key(key: Struct | Item, object_type: int, algorithm: int | None,
+                          length: int | None) -> None:
+    """Check a Public or Private Key's material once, here
+    (:func:`kcm.crypto.rsa_keys.check_registered_key`): an RSA key of a size, exponent and
+    stated length the server accepts, and valid; every later use trusts what was stored."""
+    if not isinstance(key, Item):
+        return
+    block = key.find(Tag.KEY_BLOCK)
+    if block is None or block.type is not ItemType.STRUCTURE:
+        return
+    try:
+        decoded = KeyBlock.from_item(block)
+    except KmipError:
+        return  # stored as sent, as before: no operation can read it as a key either
+    check_registered_key(object_type, decoded, algorithm=algorithm, length=length)
 
 
 # KMIP 1.4 §4.4 Table 169 / 2.1 §6.1.41 "Re-key Attribute Requirements": not copied to

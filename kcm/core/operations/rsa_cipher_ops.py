@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from kcm.core import managed
 from kcm.core.context import OperationContext
-from kcm.core.operations._objects_common import unwrapped_key_block
+from kcm.core.operations._objects_common import stored_rsa_private_key, stored_rsa_public_key
 from kcm.crypto.errors import unsupported
 from kcm.crypto.rsa_cipher import RsaCipherSpec, resolve_rsa_cipher, rsa_decrypt, rsa_encrypt
-from kcm.crypto.rsa_keys import load_private, load_public
 from kcm.kmip.enums import HashingAlgorithm, PaddingMethod, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
@@ -28,7 +27,7 @@ def rsa_encrypt_request(ctx: OperationContext, obj: managed.StoredObject,
                         request: EncryptRequest, data: bytes) -> EncryptResponse:
     """Encrypt ``data`` to the Public Key ``obj`` (already judged usable)."""
     spec = _spec(obj, request)
-    key = load_public(unwrapped_key_block(ctx, obj))
+    key = stored_rsa_public_key(ctx, obj)
     if key is None:
         raise unsupported("only RSA public keys encrypt here")
     _audit(ctx, spec, len(data))
@@ -41,7 +40,7 @@ def rsa_decrypt_request(ctx: OperationContext, obj: managed.StoredObject,
     spec = _spec(obj, request)
     if request.authenticated_encryption_tag is not None:
         raise KmipError(ResultReason.INVALID_FIELD, "RSA decryption takes no tag")
-    key = load_private(unwrapped_key_block(ctx, obj))
+    key = stored_rsa_private_key(ctx, obj)
     if key is None:
         raise unsupported("only RSA private keys decrypt here")
     _audit(ctx, spec, len(data))

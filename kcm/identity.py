@@ -50,6 +50,7 @@ __all__ = [
     "SubjectMap",
     "core_certificate_refusal",
     "is_ca_certificate",
+    "is_valid_segment",
     "parse_principal_path",
     "parse_spiffe_id",
     "principal_from_certificate",
@@ -142,7 +143,7 @@ def parse_principal_path(
     principal as where it came from (one of them is required).
     """
     segments = path.split("/")
-    if not all(_valid_segment(s) for s in segments):
+    if not all(is_valid_segment(s) for s in segments):
         return None
     match segments:
         case ["tenant", tenant, "service", service]:
@@ -171,7 +172,9 @@ def parse_spiffe_id(uri: str, *, trust_domain: str) -> Principal | None:
     return parse_principal_path(path, trust_domain=trust_domain, uri=uri)
 
 
-def _valid_segment(segment: str) -> bool:
+def is_valid_segment(segment: str) -> bool:
+    """Whether ``segment`` may be one segment of a principal's path (a tenant, service or
+    other name): non-empty, made of ``[A-Za-z0-9._-]``, and neither ``.`` nor ``..``."""
     return bool(_SEGMENT.fullmatch(segment)) and segment not in (".", "..")
 
 

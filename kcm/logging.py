@@ -12,6 +12,14 @@ level, written to a file as
   fixed keys come first and win over a field of the same name.
 * ``text``: Twisted's classic readable lines, ``TIME [NAMESPACE#LEVEL] TEXT``.
 
+Fields may carry what a client sent, and the messages we write are short ASCII: so in JSON
+(which escapes everything but printable ASCII) a text field, and the ``text``, longer than
+:data:`FIELD_LIMIT` (:data:`TEXT_LIMIT`) characters is cut there and says how long it was;
+in text lines, each text field is cut the same way, and every character of the line but
+printable ASCII is escaped (``\\x1b``, ``\\n``, ``\\u00e9``): what a field holds can neither
+start a line of its own nor reach a terminal's escape sequences; only a traceback follows
+the line, on lines that start with a tab (:func:`event_as_text`).
+
 A process may add fixed ``fields`` to every line (a kcm-gateway worker adds its ``worker``
 index and ``pid``, so that the lines of several workers in one log stay apart): in JSON they
 are added to the event's own fields (and win over one of the same name); in text they join
@@ -41,6 +49,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -56,19 +65,25 @@ from twisted.logger import (
     LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
+    eventAsText,
     formatEvent,
-    formatEventAsClassicLogText,
 )
 from zope.interface import implementer
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "BackgroundLineWriter", "check_log_format",
-           "event_as_json", "format_text", "log_observer", "parse_level"]
+__all__ = ["FIELD_LIMIT", "LOG_FORMATS", "LOG_LEVELS", "TEXT_LIMIT", "BackgroundLineWriter",
+           "check_log_format", "event_as_json", "event_as_text", "format_text", "log_observer",
+           "parse_level", "printable"]
 
 #: The values of the ``log_format`` setting.
 LOG_FORMATS = ("json", "text")
 
 #: The values of the ``log_level`` setting (``warning`` is taken for ``warn``).
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+
+#: The characters of a text field a line carries; the rest is cut (see the module docstring).
+FIELD_LIMIT = 1024
+#: The characters of the ``text`` of a JSON line.
+TEXT_LIMIT = 2048
 
 # Keys the legacy twisted.python.log bridge adds beside the log_* ones; they repeat what
 # time, level and text already say.
@@ -97,15 +112,17 @@ def event_as_json(event: LogEvent, fields: Mapping[str, Any] | None = None) -> s
     """One event as one line of JSON (no newline inside, one at the end), with ``fields``
     added; see the module docstring for its keys."""
     legacy = "isError" in event and "message" in event
+    text = format_text(event)
     record: dict[str, Any] = {
         "time": _utc_time(event.get("log_time")),
         "level": getattr(event.get("log_level"), "name", None),
         "namespace": event.get("log_namespace"),
-        "text": format_text(event),
+        "text": text if len(text) <= TEXT_LIMIT else _cut(text, TEXT_LIMIT),
     }
     skip = _SKIPPED_LEGACY if legacy else _FIXED_KEYS
-    record.update({key: value for key, value in event.items()
-                   if key not in skip and key[:4] != "log_"})
+    record.update({key: value if type(value) is not str or len(value) <= FIELD_LIMIT
+                   else _cut(value, FIELD_LIMIT)
+                   for key, value in event.items() if key not in skip and key[:4] != "log_"})
     for key, value in (fields or {}).items():
         if key not in ("time", "level", "namespace", "text"):
             record[key] = value
@@ -122,6 +139,57 @@ _SKIPPED_LEGACY = _FIXED_KEYS | _LEGACY_KEYS
 #: ``json.dumps(record, default=repr, skipkeys=True)``, its encoder made once (``dumps``
 #: with options builds one per call).
 _ENCODE = json.JSONEncoder(default=repr, skipkeys=True).encode
+
+
+def _cut(text: str, limit: int) -> str:
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def printable(text: str, limit: int = FIELD_LIMIT) -> str:
+    """``text`` as a log line may carry it: printable ASCII, anything else escaped as Python
+    writes it in a string (``\\x1b``, ``\\n``, ``\\u00e9``), cut after ``limit``
+    characters (saying how long it was)."""
+    shown = text if text.isascii() and text.isprintable() else (
+        text[:limit].encode("unicode_escape").decode("ascii"))
+    if len(text) <= limit and len(shown) <= limit:
+        return shown
+    return f"{shown[:limit]}... ({len(text)} characters)"
+
+
+#: What a text line may hold as it is: printable ASCII.
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def event_as_text(event: LogEvent) -> str | None:
+    """One event as Twisted's classic text line (``TIME [NAMESPACE#LEVEL] TEXT``, as
+    :func:`twisted.logger.formatEventAsClassicLogText` writes it), with every text field
+    :func:`printable` and anything else in the line but printable ASCII escaped too (an
+    object's text, a newline included): one line. Only a failure's traceback follows it, on
+    lines of its own that start with a tab (escaped the same way)."""
+    unprintable = {key: printable(value) for key, value in event.items()
+                   if type(value) is str and key[:4] != "log_" and not (
+                       len(value) <= FIELD_LIMIT and value.isascii() and value.isprintable())}
+    shown = {**event, **unprintable} if unprintable else event
+    text = eventAsText(shown, includeTraceback=False)
+    failure = event.get("log_failure")
+    if not text:
+        if failure is None:
+            return None
+        text = eventAsText({**shown, "log_format": "(no message)"}, includeTraceback=False)
+    if _UNPRINTABLE.search(text):
+        text = _UNPRINTABLE.sub(_escaped_char, text)
+    if failure is not None:
+        try:
+            traceback = failure.getTraceback()
+        except Exception:  # as Twisted's own text does
+            traceback = "(UNABLE TO OBTAIN TRACEBACK FROM EVENT)"
+        text += "".join(f"\n\t{_UNPRINTABLE.sub(_escaped_char, line)}"
+                        for line in traceback.splitlines())
+    return text + "\n"
+
+
+def _escaped_char(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def format_text(event: LogEvent) -> str:
@@ -359,8 +427,7 @@ def log_observer(out: IO[str], *, log_format: str = "json", level: str = "info",
     with ``background``, on a writer thread of its own (:class:`BackgroundLineWriter`,
     which waits up to ``linger`` seconds to write queued lines together).
     ValueError for an unknown format or level."""
-    render = event_as_json if check_log_format(log_format) == "json" \
-        else formatEventAsClassicLogText
+    render = event_as_json if check_log_format(log_format) == "json" else event_as_text
     if fields:
         render = _with_fields(render, dict(fields), json_lines=log_format == "json")
     writer = BackgroundLineWriter(out, render, linger=linger) if background \

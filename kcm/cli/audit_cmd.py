@@ -19,8 +19,10 @@ log format). Both may be repeated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import os
 import re
 import sys
 import time
@@ -59,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="from TIME on (ISO 8601 such as 2026-12-03T14:00:00Z or "
                              "2026-12-03, POSIX seconds, or a duration ago: 90s, 15m, 2h, 7d)")
     export.add_argument("--until", metavar="TIME", help="before TIME (same forms)")
-    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    export.add_argument("-o", "--output", metavar="FILE",
+                        help="write to FILE, which must not exist (default: stdout)")
     _filters(export)
     export.set_defaults(run=_run_export, prog="kcm audit export")
 
@@ -260,10 +263,21 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.output is None:
         export(sys.stdout)
         return 0
+    # Never over another file (as `kcm core backup`): an earlier export, or anything else.
     try:
-        with open(args.output, "w", encoding="utf-8") as out:
-            count = export(out)
+        out = open(args.output, "x", encoding="utf-8")  # noqa: SIM115 - closed below
+    except FileExistsError as e:
+        raise CommandError(f"{args.output} exists; give a new file name") from e
     except OSError as e:
         raise CommandError(f"cannot write {args.output}: {e.strerror}") from e
+    try:
+        with out:
+            count = export(out)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(args.output)  # a part of the export is no export
+        if isinstance(e, OSError):
+            raise CommandError(f"cannot write {args.output}: {e.strerror}") from e
+        raise
     print(f"{count} audit records written to {args.output}", file=sys.stderr)
     return 0

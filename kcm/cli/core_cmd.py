@@ -26,7 +26,10 @@
 
 These run on the core's host, with direct access to its database and L1 key file. None
 but ``init`` creates a database: a missing one is an error that names where it was looked
-for (a relative path in the configuration is taken from the working directory).
+for (a relative path in the configuration is taken from the working directory). Those that
+use L1 refuse a key whose check value is not the database's, as kcm-core does when it
+starts. A tenant or service name must be one a certificate's SPIFFE ID can carry
+(:func:`kcm.identity.is_valid_segment`).
 """
 
 from __future__ import annotations
@@ -267,7 +270,7 @@ def _run_init(args: argparse.Namespace) -> int:
     from kcm.core.service import L1_CHECK_META
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
-    from kcm.core.store.migrate import current_revision, upgrade
+    from kcm.core.store.migrate import SchemaTooNew, current_revision, upgrade
 
     config = core_config(args)
     for directory in _data_directories(config):
@@ -277,7 +280,10 @@ def _run_init(args: argparse.Namespace) -> int:
     except L1Error as e:
         raise CommandError(str(e)) from e
     before = current_revision(config.database)
-    upgrade(config.database)
+    try:
+        upgrade(config.database)
+    except SchemaTooNew as e:
+        raise CommandError(str(e)) from e
     after = current_revision(config.database)
     store = Store(config.database)
     store.audit_key = l1.audit_key()
@@ -305,6 +311,10 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _with_keyring(args: argparse.Namespace, fn) -> str:
+    """``fn(session, keyring)`` in one write transaction, with the L1 key of ``-c/--config``,
+    once the database's L1 check value says it is this database's L1 (as kcm-core checks it
+    when it starts): another key would wrap keys no one can unwrap and MAC audit records
+    ``kcm audit verify`` then reports broken."""
     from kcm.core.keyring import Keyring
     from kcm.core.l1 import L1Error, open_l1
     from kcm.core.store.engine import Store
@@ -312,11 +322,33 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
     config = core_config(args)
     store = Store(existing_database(config))
     try:
-        keyring = Keyring(open_l1(config.l1_key_file, config.l1_pkcs11)[0])
+        l1 = open_l1(config.l1_key_file, config.l1_pkcs11)[0]
     except (OSError, L1Error) as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
+    keyring = Keyring(l1)
     store.audit_key = keyring.audit_key
-    return run_in_store(store, lambda session: fn(session, keyring))
+    # Imported before the transaction, not in it: kcm.core.service takes a while to import,
+    # and a running kcm-core's writers would wait for it (SQLite's lock is held).
+    import kcm.core.service  # noqa: F401
+
+    def checked(session):
+        require_l1_of_database(session, l1)
+        return fn(session, keyring)
+
+    return run_in_store(store, checked)
+
+
+def require_l1_of_database(session: Session, l1) -> None:
+    """CommandError unless the database holds a check value (``kcm core init`` records it)
+    and it is ``l1``'s."""
+    from kcm.core.service import L1_CHECK_META
+    from kcm.core.store import repository
+
+    known = repository.get_meta(session, L1_CHECK_META)
+    if known is None:
+        raise CommandError("the database was not initialised: run `kcm core init` first")
+    if known != l1.check_value():
+        raise CommandError(f"the {l1.description} is not the L1 key of this database")
 
 
 #: The operations of the audit records of the keys these commands create.
@@ -363,7 +395,21 @@ def _audit_created(session: Session, by: str, operation: str, tenant: str, uid: 
         object_ids=(uid,), detail=detail))
 
 
+def _usable_names(**names: str) -> None:
+    """CommandError unless each of ``names`` (kind: name) can be a segment of a principal's
+    SPIFFE ID (:func:`kcm.identity.is_valid_segment`): a tenant or service no certificate can
+    name could never be used."""
+    from kcm.identity import is_valid_segment
+
+    for kind, name in names.items():
+        if not is_valid_segment(name):
+            shown = ascii(name[:64]) + ("..." if len(name) > 64 else "")
+            raise CommandError(f"{kind} name {shown} is not one a certificate can carry: use "
+                               "letters, digits, '.', '-' and '_' (not '.' or '..')")
+
+
 def _run_tenant_add(args: argparse.Namespace) -> int:
+    _usable_names(tenant=args.tenant)
     uid = _with_keyring(args, lambda s, k: _add_tenant(s, k, args.tenant, now=int(time.time()),
                                                        by="kcm core tenant add"))
     print(f"tenant {args.tenant}: tenant key {uid}")
@@ -392,6 +438,7 @@ def _run_tenant_rotate(args: argparse.Namespace) -> int:
 def _run_service_add(args: argparse.Namespace) -> int:
     from kcm.kmip.errors import KmipError
 
+    _usable_names(tenant=args.tenant, service=args.service)
     try:
         uid = _with_keyring(args, lambda s, k: _add_service_key(
             s, k, args.tenant, args.service, now=int(time.time()), by="kcm core service add"))
@@ -422,6 +469,8 @@ def _run_service_rotate(args: argparse.Namespace) -> int:
 
 def _run_bootstrap(args: argparse.Namespace) -> int:
     from kcm.core.store import repository
+
+    _usable_names(tenant=args.tenant, service=args.service)
 
     def ensure(session, keyring) -> str:
         now = int(time.time())

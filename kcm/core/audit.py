@@ -392,7 +392,8 @@ def append_audit(
     transaction commits. A chain whose newest record has no MAC is appended to by
     :func:`key_chain` alone: anything else raises :class:`AuditChainError` (its MACs were
     removed, or the chain an upgrade found is not anchored yet), so that no record of
-    anyone's anchors a forgery.
+    anyone's anchors a forgery. So does a newest record whose MAC fails under the key (a key
+    not of this database's L1: records under it would never verify).
     """
     _check_record(record)
     key = _audit_key(session, audit_key)
@@ -403,6 +404,7 @@ def append_audit(
         tail = _NEWEST.execute(session).fetchone()
         if tail is not None and tail[2] is None and not _anchoring:
             _refuse_unkeyed(tail, due=anchor_due(session, tail[0], bytes(tail[1])))
+        _refuse_foreign_tail(tail, key)
     values, row = _chained(record, tail, key, clock)
     # Straight to the driver, not the ORM's unit of work: this runs for every request.
     _INSERT_RECORD.send(session, values)
@@ -433,6 +435,7 @@ def append_records(transaction: LeanTransaction, records: Sequence[AuditEvent], 
         tail = _NEWEST.run_on(connection).fetchone()
         if tail is not None and tail[2] is None:
             _refuse_unkeyed(tail, due=False)
+        _refuse_foreign_tail(tail, key)
     pending = info.get(_PENDING_KEY)
     if pending is None:
         pending = info[_PENDING_KEY] = []
@@ -527,6 +530,19 @@ def _refuse_unkeyed(tail: Any, *, due: bool) -> None:
                               "chain was keyed: start kcm-core or run `kcm core init` first")
     raise AuditChainError(f"the newest audit record ({tail[0]}) has no MAC and is not due "
                           "for anchoring (MACs removed?); run `kcm audit verify`")
+
+
+def _refuse_foreign_tail(tail: Any, key: bytes) -> None:
+    """The newest record ``tail`` ((seq, digest, mac)) is keyed, but not under ``key``: the
+    key is not derived from this database's L1 (or the record was altered). Records MACed
+    under it would never verify, so none is appended. Checked once per transaction, when
+    the tail is read."""
+    if tail is None or tail[2] is None:
+        return
+    if not hmac.compare_digest(bytes(tail[2]), record_mac(key, bytes(tail[1]))):
+        raise AuditChainError(f"the newest audit record ({tail[0]}) fails its MAC under this "
+                              "audit key: the L1 key is not this database's, or the record "
+                              "was altered; run `kcm audit verify`")
 
 
 def anchor_due(session: Session, seq: int, digest: bytes) -> bool:

@@ -5,7 +5,11 @@ passed, KMIP 1.4 §3.22). For ordinary objects it is applied when they are next 
 for tenant and service keys that is not enough, because gateways learn of an L3's state
 only from events: without a sweep, an L3 whose Deactivation Date passed would keep
 protecting new data at the gateways until someone touched it at the core. The sweep
-saves such keys (``managed.save`` emits ``l3.state`` in the same transaction).
+saves such keys (``managed.save`` emits ``l3.state`` in the same transaction), and audits
+each move in that transaction: a record :data:`AUDIT_OPERATION` by :data:`SWEEPER`, its
+``detail`` the states ``from`` and ``to`` (as the Re-key or Activate that a person would have
+run is audited). A sweep moves at most :data:`SWEEP_BATCH` keys; when it moved that many,
+the next sweep runs at once.
 
 With several cores on one PostgreSQL database the sweep runs on one of them at a time: the
 one holding the sweeper's lease (:class:`kcm.core.leader_lease.AdvisoryLease`); the others
@@ -28,6 +32,7 @@ from twisted.logger import Logger
 
 from kcm.core import managed, sweep_steps
 from kcm.core.attribute_blob import decode_attributes
+from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.leader_lease import SWEEPER_LEASE_KEY, AdvisoryLease
 from kcm.core.store.engine import Store
 from kcm.core.store.schema import (
@@ -39,12 +44,22 @@ from kcm.core.store.schema import (
 )
 from kcm.core.store.unavailable import log_failure
 from kcm.kernel import lifecycle
+from kcm.kernel.correlation import new_correlation_id
+from kcm.kmip.enums import State
 from kcm.kmip.tags import Tag
 
 log = Logger()
 
 #: Seconds between sweeps: how late, at most, a passed date reaches the gateways.
 DEFAULT_INTERVAL = 5.0
+#: The most keys one sweep (one transaction) moves; the rest, in the sweeps that follow it
+#: at once.
+SWEEP_BATCH = 256
+#: The operation of the audit record of a key moved by its dates.
+AUDIT_OPERATION = "DateStateChange"
+#: The principal date-driven state changes are audited as.
+SWEEPER = "kcm-core/state-sweeper"
+_LEVELS = {LEVEL_TENANT_KEY: "L2", LEVEL_SERVICE_KEY: "L3"}
 
 
 @dataclass(slots=True)
@@ -55,24 +70,35 @@ class _SweepContext:
     now: int
 
 
-def sweep_due_states(session: Session, now: int) -> list[str]:
-    """Move every tenant or service key whose Activation or Deactivation Date has passed
-    to the state it is in at ``now``; return their identifiers."""
+def sweep_due_states(session: Session, now: int, *, limit: int = SWEEP_BATCH) -> list[str]:
+    """Move the tenant or service keys whose Activation or Deactivation Date has passed (at
+    most ``limit`` of them) to the state each is in at ``now``, each move audited; return
+    their identifiers."""
     due = session.scalars(select(ManagedObject).where(
         ManagedObject.level.in_((LEVEL_TENANT_KEY, LEVEL_SERVICE_KEY)),
         ManagedObject.state.in_((STATE_PRE_ACTIVE, STATE_ACTIVE)),
         or_(and_(ManagedObject.state == STATE_PRE_ACTIVE,
                  ManagedObject.activation_date <= now),
             ManagedObject.deactivation_date <= now),
-    )).all()
+    ).order_by(ManagedObject.uid).limit(limit)).all()
     moved = []
     for row in due:
         obj = managed.StoredObject(row, decode_attributes(row.attributes))
-        state = lifecycle.state_at(obj.state, lifecycle.LifecycleDates(
+        before = obj.state
+        state = lifecycle.state_at(before, lifecycle.LifecycleDates(
             obj.value(Tag.ACTIVATION_DATE), obj.value(Tag.DEACTIVATION_DATE)), now)
-        if state != obj.state:
+        if state != before:
             obj.set(Tag.STATE, int(state))
             managed.save(_SweepContext(session, now), obj, changed=False)  # type: ignore[arg-type]
+            detail: dict[str, object] = {"from": State(before).name, "to": State(state).name,
+                                         "level": _LEVELS[row.level]}
+            if row.service is not None:
+                detail["service"] = row.service
+            append_audit(session, AuditEvent(
+                principal=SWEEPER, operation=AUDIT_OPERATION, result_status="SUCCESS",
+                correlation_id=new_correlation_id(), source="state-sweeper",
+                tenant=row.tenant, object_ids=(obj.uid,), detail=detail),  # type: ignore[arg-type]
+                clock=lambda: now)
             moved.append(obj.uid)
     return moved
 
@@ -84,8 +110,10 @@ class StateSweeper(Service):
 
     def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL,
                  steps: Sequence[sweep_steps.SweepStep] = (), *,
-                 lease: AdvisoryLease | None = None) -> None:
+                 lease: AdvisoryLease | None = None, batch: int = SWEEP_BATCH) -> None:
         self._store = store
+        #: The most keys one sweep moves by their dates (:func:`sweep_due_states`).
+        self._batch = batch
         self._clock = clock
         self._interval = interval
         self._loop: LoopingCall | None = None
@@ -126,15 +154,15 @@ class StateSweeper(Service):
         if not held:
             return []
         now = int(self._clock.seconds())
-        at, steps = self._clock.seconds(), self._steps
+        at, steps, batch = self._clock.seconds(), self._steps, self._batch
         d = self._store.run(lambda session: (sweep_steps.run_steps(session, steps, at),
-                                             sweep_due_states(session, now)))
+                                             sweep_due_states(session, now, limit=batch)))
         return d.addCallback(self._stepped)
 
     def _stepped(self, outcome: tuple[list[object], list[str]]) -> list[str]:
         done, moved = outcome
         sweep_steps.report(done)
-        if sweep_steps.wants_more(done):
+        if sweep_steps.wants_more(done) or len(moved) >= self._batch:
             self.sweep_soon()
         return moved
 

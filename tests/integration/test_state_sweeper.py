@@ -108,3 +108,76 @@ def test_a_step_with_more_to_do_brings_the_next_sweep_at_once(core: CoreHarness)
         clock.advance(0)
     assert len(runs) == 3  # then at once while a batch leaves more, then at the next tick
     sweeper.stopService()
+
+
+def _schedule_every_l3(core: CoreHarness, when: int) -> list[str]:
+    def schedule(session) -> list[str]:
+        rows = session.scalars(select(ManagedObject).where(
+            ManagedObject.level == LEVEL_SERVICE_KEY).order_by(ManagedObject.uid)).all()
+        for row in rows:
+            attributes = [a for a in decode_attributes(row.attributes)
+                          if a.tag != Tag.DEACTIVATION_DATE]
+            attributes.append(Attribute.of(Tag.DEACTIVATION_DATE, when))
+            repository.update_object(session, row, attributes=encode_attributes(attributes),
+                                     deactivation_date=when)
+        return [row.uid for row in rows]
+
+    return core.store.run_sync(schedule)
+
+
+def test_each_date_driven_move_is_audited_in_bounded_sweeps(core: CoreHarness) -> None:
+    import json
+
+    from kcm.core.audit import verify_chain
+    from kcm.core.state_sweeper import AUDIT_OPERATION, SWEEPER
+    from kcm.core.store.schema import AuditLog
+
+    uids = _schedule_every_l3(core, when=2_000_000_000)
+    assert len(uids) == 3
+    before = core.store.run_sync(lambda s: s.scalar(
+        select(AuditLog.seq).order_by(AuditLog.seq.desc()).limit(1))) or 0
+    sweep = lambda s: sweep_due_states(s, 2_000_000_000, limit=2)  # noqa: E731
+    assert core.store.run_sync(sweep) == uids[:2]
+    assert core.store.run_sync(sweep) == uids[2:]
+    assert core.store.run_sync(sweep) == []
+    records = core.store.run_sync(lambda s: s.scalars(
+        select(AuditLog).where(AuditLog.seq > before).order_by(AuditLog.seq)).all())
+    assert [(r.operation, r.principal, r.source, json.loads(r.object_ids)) for r in records] \
+        == [(AUDIT_OPERATION, SWEEPER, "state-sweeper", [uid]) for uid in uids]
+    assert all(r.at == 2_000_000_000 * 1_000_000 for r in records)
+    keys = core.store.run_sync(lambda s: {uid: (row.tenant, row.service) for uid in uids
+                                          for row in [s.get(ManagedObject, uid)]})
+    assert [(r.tenant, json.loads(r.detail)) for r in records] == [
+        (keys[uid][0], {"from": "ACTIVE", "to": "DEACTIVATED", "level": "L3",
+                        "service": keys[uid][1]}) for uid in uids]
+    assert core.store.run_sync(verify_chain).ok
+
+
+def test_a_full_batch_of_moves_brings_the_next_sweep_at_once(core: CoreHarness) -> None:
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from kcm.core.state_sweeper import StateSweeper
+
+    _schedule_every_l3(core, when=5)
+    moved: list[list[str]] = []
+
+    class SyncStore:
+        engine = core.store.engine  # SQLite: the sweeper's lease is always held
+
+        def defer(self, fn, *args):
+            return succeed(fn(*args))
+
+        def run(self, fn):
+            result = core.store.run_sync(fn)
+            moved.append(result[1])
+            return succeed(result)
+
+    clock = Clock()
+    clock.advance(10)
+    sweeper = StateSweeper(SyncStore(), clock, interval=60, batch=1)
+    sweeper.startService()
+    for _ in range(5):
+        clock.advance(0)
+    assert [len(uids) for uids in moved] == [1, 1, 1, 0]
+    sweeper.stopService()

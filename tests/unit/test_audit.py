@@ -533,6 +533,28 @@ def test_no_appender_but_the_anchor_follows_a_record_without_a_mac(store: Store)
     assert not store.run_sync(verify_chain).ok
 
 
+def test_no_record_is_appended_under_another_databases_audit_key(store: Store) -> None:
+    """Whoever holds another L1 (a wrong key file given to a command) cannot extend the
+    chain: its records would never verify. The newest record's MAC is checked when a
+    transaction first reads it, by a session's appends and a lean group commit's."""
+    from kcm.core.audit import append_records
+
+    _append(store, 2)
+    store.audit_key = derive_audit_key(bytes(32))
+    appenders = [
+        lambda: store.run_sync(lambda s: append_audit(s, _event())),
+        lambda: store._write_lean_sync(lambda t: append_records(t, [_event()])),
+    ]
+    for append in appenders:
+        with pytest.raises(AuditChainError, match=r"newest audit record \(2\) fails its MAC "
+                                                  "under this audit key"):
+            append()
+    store.audit_key = AUDIT_KEY
+    assert store.run_sync(lambda s: s.get(AuditLog, 3)) is None
+    _append(store, 1)
+    assert store.run_sync(verify_chain) == VerifyResult(True, 3)
+
+
 def test_a_chain_an_upgrade_found_is_anchored_before_anything_else(
         legacy_store: Store) -> None:
     with pytest.raises(AuditChainError, match="start kcm-core or run `kcm core init` first"):

@@ -117,6 +117,35 @@ def test_audit_tail_and_export(deployment: Path, capsys, tmp_path: Path) -> None
     assert err == f"{len(records)} audit records written to {target}\n"
 
 
+def test_audit_export_writes_over_no_file(deployment: Path, capsys, tmp_path: Path) -> None:
+    """As ``kcm core backup``: an existing file (an earlier export, or anything) is kept,
+    and so is whatever a symbolic link names."""
+    target = tmp_path / "audit.jsonl"
+    target.write_text("an earlier export\n")
+    assert kcm(capsys, "audit", "export", "-o", str(target), "-c", str(deployment)) == (
+        2, "", f"kcm audit export: error: {target} exists; give a new file name\n")
+    assert target.read_text() == "an earlier export\n"
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(tmp_path / "elsewhere.jsonl")
+    assert kcm(capsys, "audit", "export", "-o", str(link), "-c", str(deployment))[0] == 2
+    assert not (tmp_path / "elsewhere.jsonl").exists()
+
+
+def test_a_failed_audit_export_leaves_no_file(deployment: Path, capsys, tmp_path: Path,
+                                              monkeypatch) -> None:
+    from kcm.cli import audit_cmd
+
+    def broken(out, page) -> None:
+        out.write("half a record")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(audit_cmd, "_write", broken)
+    target = tmp_path / "audit.jsonl"
+    assert kcm(capsys, "audit", "export", "-o", str(target), "-c", str(deployment)) == (
+        2, "", f"kcm audit export: error: cannot write {target}: No space left on device\n")
+    assert not target.exists()
+
+
 def test_times() -> None:
     assert parse_time("2026-12-03T14:00:00Z", "--since") == 1796306400.0
     assert parse_time("2026-12-03", "--since") == 1796256000.0

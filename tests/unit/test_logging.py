@@ -393,3 +393,67 @@ def test_text_is_twisteds_text_of_the_event(log_format: str, fields: dict) -> No
     any format and fields, missing ones and odd formats included."""
     event = {**fields, "log_format": log_format, "log_level": LogLevel.info}
     assert format_text(event) == formatEvent(event)
+
+
+_HOSTILE = "billing\n2026-01-01T00:00:00+0000 [kcm.audit#info] FORGED \x1b[2J\u00e9\r\t"
+
+
+def test_a_text_line_escapes_what_is_not_printable_ascii_and_stays_one_line() -> None:
+    stream = io.StringIO()
+    logger(log_observer(stream, log_format="text"), "kcm.gateway").warn(
+        "denied {service} ({count})", service=_HOSTILE, count=3)
+    text = stream.getvalue()
+    assert text.count("\n") == 1 and text.isascii() and "\x1b" not in text
+    assert text.endswith("] denied billing\\n2026-01-01T00:00:00+0000 [kcm.audit#info] "
+                         "FORGED \\x1b[2J\\xe9\\r\\t (3)\n")
+
+
+def test_a_text_line_escapes_what_an_object_writes_and_only_a_traceback_follows_it() -> None:
+    stream = io.StringIO()
+
+    class Hostile:
+        def __str__(self) -> str:
+            return _HOSTILE
+
+    try:
+        raise ValueError("bad \x1b[31m\u00e9")
+    except ValueError:
+        logger(log_observer(stream, log_format="text")).failure("failed: {what}",
+                                                                 what=Hostile())
+    text = stream.getvalue()
+    first, *rest = text.splitlines()
+    assert first.endswith("] failed: billing\\n2026-01-01T00:00:00+0000 [kcm.audit#info] "
+                          "FORGED \\x1b[2J\\xe9\\r\\t")
+    assert text.isascii() and "\x1b" not in text and "\r" not in text
+    assert rest and all(line.startswith("\t") for line in rest)
+    assert rest[-1] == "\tbuiltins.ValueError: bad \\x1b[31m\\xe9"
+
+
+def test_a_text_line_of_a_failure_without_a_message() -> None:
+    from twisted.python.failure import Failure
+
+    stream = io.StringIO()
+    observer = log_observer(stream, log_format="text")
+    observer({"log_failure": Failure(ValueError("x")), "log_level": LogLevel.error,
+              "log_namespace": "n", "log_time": NOW})
+    first, *rest = stream.getvalue().splitlines()
+    assert first.endswith("[n#error] (no message)") and rest[-1].endswith("ValueError: x")
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_each_text_field_of_a_line_is_cut_short(log_format: str) -> None:
+    from kcm.logging import FIELD_LIMIT, TEXT_LIMIT
+
+    stream = io.StringIO()
+    logger(log_observer(stream, log_format=log_format)).warn(
+        "denied {service} {other}", service="b" * 200_000, other="\x00" * 5000, count=7)
+    line = stream.getvalue()
+    assert "b" * FIELD_LIMIT + "... (200000 characters)" in line
+    assert "... (5000 characters)" in line
+    if log_format == "json":
+        [record] = lines(stream)
+        assert record["count"] == 7 and len(record["text"]) < TEXT_LIMIT + 30
+        assert len(record["service"]) < FIELD_LIMIT + 30
+        assert len(record["other"]) < FIELD_LIMIT + 30
+    else:
+        assert len(line) < 3 * FIELD_LIMIT and line.count("\n") == 1

@@ -13,6 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicError
 from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import make_url
 
@@ -32,6 +33,17 @@ def alembic_config(connection: Connection | None = None) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     config.attributes["connection"] = connection
     return config
+
+
+class SchemaTooNew(RuntimeError):
+    """The database's schema revision is not one this release's scripts know: a newer
+    release wrote it (this one cannot read it, nor downgrade it)."""
+
+    def __init__(self, revision: str, head: str) -> None:
+        super().__init__(f"the database's schema revision {revision} is newer than this "
+                         f"kcm's ({head}): run the kcm release that wrote it, or a later one")
+        self.revision = revision
+        self.head = head
 
 
 def head_revision() -> str:
@@ -54,9 +66,25 @@ def upgrade(url: str, revision: str = "head") -> None:
         with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            _refuse_unknown_revision(connection)
             command.upgrade(alembic_config(connection), revision)
     finally:
         engine.dispose()
+
+
+def _refuse_unknown_revision(connection: Connection) -> None:
+    """:class:`SchemaTooNew` if the database on ``connection`` is at a revision the packaged
+    scripts do not define (Alembic would only say it "can't locate" it)."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is None:
+        return
+    scripts = ScriptDirectory.from_config(alembic_config())
+    try:
+        known = scripts.get_revision(current) is not None
+    except AlembicError:
+        known = False
+    if not known:
+        raise SchemaTooNew(current, head_revision())
 
 
 def create_private_sqlite_file(url: str) -> None:

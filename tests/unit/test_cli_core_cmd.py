@@ -1,0 +1,143 @@
+"""``kcm core`` commands that write with L1 refuse another database's L1 key, names no
+certificate can carry, and a database whose schema is newer than this release's."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, func, select, text
+
+from kcm.cli import main
+from kcm.core.service import L1_CHECK_META
+from kcm.core.store.engine import Store
+from kcm.core.store.migrate import head_revision
+from kcm.core.store.schema import AuditLog, Meta, Tenant
+
+
+def write_config(root: Path, name: str, l1_key: Path) -> Path:
+    config = root / name
+    config.write_text(f'[core]\ndatabase = "sqlite:///{root / "kcm.db"}"\n'
+                      f'l1_key_file = "{l1_key}"\n')
+    return config
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, capsys) -> Path:
+    """An initialised deployment with tenant demo and its service app."""
+    root = tmp_path / "core"
+    root.mkdir(mode=0o700)
+    config = write_config(root, "core.toml", root / "l1.key")
+    for argv in (["core", "init"], ["core", "bootstrap", "demo", "app"]):
+        assert main([*argv, "-c", str(config)]) == 0
+    capsys.readouterr()
+    return config
+
+
+def kcm(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def in_database(config: Path, fn):
+    store = Store(f"sqlite:///{config.parent / 'kcm.db'}")
+    try:
+        return store.run_sync(fn)
+    finally:
+        store.stopService()
+
+
+def audit_records(config: Path) -> int:
+    return in_database(config, lambda s: s.scalar(select(func.count()).select_from(AuditLog)))
+
+
+@pytest.mark.parametrize("argv", [
+    ["core", "tenant", "add", "acme"],
+    ["core", "tenant", "rotate", "demo"],
+    ["core", "tenant", "remove", "demo", "--yes"],
+    ["core", "tenant", "policy", "demo", "--interval", "90d"],
+    ["core", "service", "add", "demo", "web"],
+    ["core", "service", "rotate", "demo", "app"],
+    ["core", "service", "policy", "demo", "app", "--max-uses", "1000"],
+    ["core", "policy", "--interval", "90d"],
+    ["core", "bootstrap", "acme", "web"],
+])
+def test_another_l1_key_is_refused_before_anything_is_written(deployment: Path, capsys,
+                                                              argv: list[str]) -> None:
+    other_key = deployment.parent / "other-l1.key"
+    fd = os.open(other_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, base64.b64encode(os.urandom(32)) + b"\n")
+    os.close(fd)
+    wrong = write_config(deployment.parent, "wrong.toml", other_key)
+    records = audit_records(deployment)
+    status, out, err = kcm(capsys, *argv, "-c", str(wrong))
+    assert (status, out) == (2, "")
+    assert err.endswith("is not the L1 key of this database\n") and err.count("\n") == 1
+    assert str(other_key) in err
+    assert audit_records(deployment) == records
+    assert kcm(capsys, "audit", "verify", "-c", str(deployment))[0] == 0
+    assert in_database(deployment, lambda s: s.scalars(select(Tenant.name)).all()) == ["demo"]
+
+
+def test_a_database_without_a_check_value_is_not_written_with_l1(deployment: Path,
+                                                                   capsys) -> None:
+    in_database(deployment, lambda s: s.execute(delete(Meta).where(Meta.key == L1_CHECK_META)))
+    assert kcm(capsys, "core", "tenant", "add", "acme", "-c", str(deployment)) == (
+        2, "", "kcm core tenant add: error: the database was not initialised: run "
+               "`kcm core init` first\n")
+
+
+@pytest.mark.parametrize(("argv", "shown"), [
+    (["core", "tenant", "add", "Bad Name"], "tenant name 'Bad Name'"),
+    (["core", "tenant", "add", "a/b"], "tenant name 'a/b'"),
+    (["core", "tenant", "add", ".."], "tenant name '..'"),
+    (["core", "tenant", "add", "."], "tenant name '.'"),
+    (["core", "tenant", "add", ""], "tenant name ''"),
+    (["core", "tenant", "add", "x\x1b[31m\nforged"], "tenant name 'x\\x1b[31m\\nforged'"),
+    (["core", "tenant", "add", "caf\u00e9"], "tenant name 'caf\\xe9'"),
+    (["core", "service", "add", "demo", "a b"], "service name 'a b'"),
+    (["core", "service", "add", "bad/tenant", "app"], "tenant name 'bad/tenant'"),
+    (["core", "bootstrap", "demo", "app/../x"], "service name 'app/../x'"),
+    (["core", "bootstrap", "x y" * 10_000, "app"], "tenant name '" + "x y" * 21 + "x'..."),
+])
+def test_names_no_certificate_can_carry_are_refused(deployment: Path, capsys, argv,
+                                                    shown: str) -> None:
+    records = audit_records(deployment)
+    status, out, err = kcm(capsys, *argv, "-c", str(deployment))
+    assert (status, out) == (2, "")
+    assert shown in err and err.count("\n") == 1 and err.isascii() and "\x1b" not in err
+    assert len(err) < 250
+    assert "is not one a certificate can carry" in err
+    assert audit_records(deployment) == records
+
+
+def test_names_a_certificate_can_carry_are_taken(deployment: Path, capsys) -> None:
+    status, out, _ = kcm(capsys, "core", "bootstrap", "Acme-2.eu_west", "web.v2", "-c",
+                         str(deployment))
+    assert status == 0 and out.startswith("tenant Acme-2.eu_west, service web.v2: ")
+
+
+def test_init_says_a_newer_schema_is_newer(deployment: Path, capsys) -> None:
+    in_database(deployment, lambda s: s.execute(
+        text("UPDATE alembic_version SET version_num = '9999'")))
+    assert kcm(capsys, "core", "init", "-c", str(deployment)) == (
+        2, "", f"kcm core init: error: the database's schema revision 9999 is newer than this "
+               f"kcm's ({head_revision()}): run the kcm release that wrote it, or a later one\n")
+
+
+def test_kcm_core_says_a_newer_schema_is_newer(deployment: Path) -> None:
+    """kcm-core's store upgrades the schema when it starts: its one-line start failure."""
+    from kcm.core.store.migrate import SchemaTooNew
+    from kcm.process import start_failure_reason
+
+    in_database(deployment, lambda s: s.execute(
+        text("UPDATE alembic_version SET version_num = '9999'")))
+    store = Store(f"sqlite:///{deployment.parent / 'kcm.db'}", migrate=True)
+    with pytest.raises(SchemaTooNew) as refused:
+        store.startService()
+    assert start_failure_reason(object(), "kcm-store", refused.value) == (
+        f"the database's schema revision 9999 is newer than this kcm's ({head_revision()}): "
+        "run the kcm release that wrote it, or a later one")

@@ -1,15 +1,20 @@
 """What a KCM process does with a connection before it knows who is on the other end.
 
-One :class:`ConnectionGuard` per process is shared by all its listeners (kcm-core's KMIP
-and link listeners, kcm-gateway's KMIP listener); it wraps each listener's TLS layer
+One :class:`ConnectionGuard` per process guards its KMIP listener (kcm-gateway's, kcm-core's);
+kcm-core's gateway-link listener has a guard of its own, reserved from it
+(:meth:`ConnectionGuard.reserve`), so that KMIP clients (one tenant's idle connections, or
+unauthenticated clients reopening theirs) can never take the slots the gateways link on, nor
+gateways a KMIP client's. A guard wraps its listeners' TLS layer
 (:class:`kcm.tls.TLSListener`) and promises:
 
-* **caps**: at most ``max_connections`` connections at once over all the listeners, and
-  at most ``max_connections_per_address`` from one client IP address. A connection over
+* **caps**: at most ``max_connections`` connections at once on its listeners (a reserved
+  guard: its own cap, kcm-core's ``max_link_connections``), and at most
+  ``max_connections_per_address`` from one client IP address on them. A connection over
   either cap is closed as soon as it is accepted, before any TLS work (its socket is closed
-  by the listening port, so it costs one ``accept``); keep ``max_connections`` below
-  ``ulimit -n`` minus the descriptors the process needs for itself (about 100: database,
-  log, listening sockets, the reactor's own), so that the process never runs out of them;
+  by the listening port, so it costs one ``accept``); keep ``max_connections`` and the
+  reserved caps together below ``ulimit -n`` minus the descriptors the process needs for
+  itself (about 100: database, log, listening sockets, the reactor's own), so that the
+  process never runs out of them;
 * **a handshake deadline**: a connection whose application protocol has not been told who
   the peer is (``identified``) within ``handshake_timeout`` of its acceptance is aborted,
   so a client that opens TCP and never finishes TLS holds a descriptor for that long only;
@@ -74,17 +79,41 @@ class GuardLimits(Protocol):
 
 
 class ConnectionGuard:
-    """Caps, handshake deadline and send-buffer size for every connection of a process."""
+    """Caps, handshake deadline and send-buffer size for the connections of a process's
+    listeners (those of a reserved guard apart)."""
 
-    def __init__(self, limits: GuardLimits, clock: IReactorTime) -> None:
+    def __init__(self, limits: GuardLimits, clock: IReactorTime, *,
+                 max_connections: int | None = None,
+                 setting: str = "max_connections") -> None:
         self.limits = limits
         self.clock = clock
+        #: The connections this guard's listeners may hold at once, and its setting's name.
+        self.max_connections = limits.max_connections if max_connections is None \
+            else max_connections
+        self.setting = setting
+        #: Connections open now on this guard's listeners, and with its reserved guards'.
+        self.held = 0
         self.connections = 0
+        #: Guards reserved from this one (:meth:`reserve`), whose caps are their own.
+        self.reserved: list[ConnectionGuard] = []
+        self._reserved_from: ConnectionGuard | None = None
         self.by_address: Counter[str] = Counter()
         #: Each open connection's client address and handshake deadline.
         self._open: dict[TLSMemoryBIOProtocol, tuple[str, IDelayedCall]] = {}
         self._summaries: dict[str, _Summary] = {}
         self._descriptors_checked = False
+
+    def reserve(self, setting: str, max_connections: int) -> ConnectionGuard:
+        """A guard for other listeners (kcm-core's gateway link), with ``max_connections``
+        of their own (named ``setting`` in the log): neither guard's connections count
+        against the other's caps, the per-address cap included. Its connections count in
+        :attr:`connections`, and its cap in :meth:`check_descriptors`."""
+        guard = ConnectionGuard(self.limits, self.clock, max_connections=max_connections,
+                                setting=setting)
+        guard._descriptors_checked = True  # (this guard checks for both)
+        guard._reserved_from = self
+        self.reserved.append(guard)
+        return guard
 
     def tls_factory(self, options: Any, factory: Any, *,
                     bound_output: bool = True) -> TLSMemoryBIOFactory:
@@ -93,26 +122,29 @@ class ConnectionGuard:
         return _GuardedTLSFactory(self, options, factory, bound_output)
 
     def check_descriptors(self) -> None:
-        """Warn (once) when ``max_connections`` does not leave ``DESCRIPTORS_KEPT`` of the
-        process's open-file limit free: the caps would not keep it from running out."""
+        """Warn (once) when ``max_connections`` (with the reserved guards' caps) does not
+        leave ``DESCRIPTORS_KEPT`` of the process's open-file limit free: the caps would not
+        keep it from running out."""
         if self._descriptors_checked:
             return
         self._descriptors_checked = True
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and (
-                self.limits.max_connections > soft - DESCRIPTORS_KEPT):
-            log.warn("limits.max_connections ({limit}) leaves fewer than {kept} of the "
-                     "{soft} file descriptors this process may open (ulimit -n): lower it "
-                     "or raise the limit", limit=self.limits.max_connections,
-                     kept=DESCRIPTORS_KEPT, soft=soft)
+        caps = [(self.setting, self.max_connections)] + [
+            (guard.setting, guard.max_connections) for guard in self.reserved]
+        total = sum(cap for _, cap in caps)
+        if soft != resource.RLIM_INFINITY and total > soft - DESCRIPTORS_KEPT:
+            log.warn("{settings} ({limit}) leaves fewer than {kept} of the {soft} file "
+                     "descriptors this process may open (ulimit -n): lower it or raise the "
+                     "limit", settings=" + ".join(f"limits.{name}" for name, _ in caps),
+                     limit=total, kept=DESCRIPTORS_KEPT, soft=soft)
 
     # Admission --------------------------------------------------------------------------
     def admit(self, host: str) -> bool:
         """Whether a new connection from ``host`` may be accepted now (logged if not)."""
-        if self.connections >= self.limits.max_connections:
-            self._note("max_connections", host, "refused {count} connection(s) over "
-                       "limits.max_connections ({limit}) in the last {interval}s; last from "
-                       "{host}", self.limits.max_connections)
+        if self.held >= self.max_connections:
+            self._note(self.setting, host, "refused {count} connection(s) over "
+                       f"limits.{self.setting} ({{limit}}) in the last {{interval}}s; last "
+                       "from {host}", self.max_connections)
             return False
         if self.by_address[host] >= self.limits.max_connections_per_address:
             self._note("max_connections_per_address", host, "refused {count} connection(s) "
@@ -126,7 +158,7 @@ class ConnectionGuard:
             return
         transport = protocol.transport
         host = _host(transport)
-        self.connections += 1
+        self._count(1)
         self.by_address[host] += 1
         if bound_output and hasattr(transport, "bufferSize"):
             # bufferSize is also Twisted's read size: reads keep theirs (kcm.tcp_reads).
@@ -140,12 +172,18 @@ class ConnectionGuard:
         if opened is None:
             return
         host, deadline = opened
-        self.connections -= 1
+        self._count(-1)
         self.by_address[host] -= 1
         if self.by_address[host] <= 0:
             del self.by_address[host]
         if deadline.active():
             deadline.cancel()
+
+    def _count(self, change: int) -> None:
+        self.held += change
+        self.connections += change
+        if self._reserved_from is not None:
+            self._reserved_from.connections += change
 
     def _handshake_expired(self, protocol: TLSMemoryBIOProtocol, host: str) -> None:
         if getattr(protocol.wrappedProtocol, "identified", False):

@@ -56,11 +56,17 @@ class CoreLimits(ConnectionLimits):
     #: makes a new object; 0 accepts any. A scope's ``managed_interval`` below it is raised
     #: to it.
     min_rotate_interval: int = DEFAULT_MIN_ROTATE_INTERVAL
+    #: Connections the gateway-link listener holds at once, its own cap beside
+    #: ``max_connections`` (which counts the KMIP listener's): KMIP clients can never take a
+    #: gateway's slot, nor gateways a client's. One link per gateway worker (two for a few
+    #: seconds while one reconnects); the process holds up to both caps added.
+    max_link_connections: int = 64
 
     def __post_init__(self) -> None:
         # Named, not super(): a slots dataclass is a new class, which super() cannot find.
         ConnectionLimits.__post_init__(self)
-        for name in ("max_locate_results", "max_workers_per_tenant", "max_group_commit"):
+        for name in ("max_locate_results", "max_workers_per_tenant", "max_group_commit",
+                     "max_link_connections"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")

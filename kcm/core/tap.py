@@ -131,8 +131,11 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, policy.subject_map),
         reactor)
-    # One guard for both listeners: the caps count the process's connections.
+    # The KMIP listener's guard, and the link listener's reserved from it: caps of their
+    # own (no KMIP client can take a gateway's slot), descriptors checked for both.
     guard = ConnectionGuard(config.limits, reactor)
+    link_guard = (guard.reserve("max_link_connections", config.limits.max_link_connections)
+                  if config.link_listen else None)
 
     store.setServiceParent(core)
     MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11).setServiceParent(core)
@@ -171,7 +174,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         fanout.setServiceParent(core)
         OutboxListener(store, fanout.wake, reactor).setServiceParent(core)
         TLSListener(reactor, config.link_listen, link_tls_options, link_factory,
-                    name="kcm-link-listener", guard=guard,
+                    name="kcm-link-listener", guard=link_guard,
                     bound_output=False).setServiceParent(core)
     else:
         fanout = link_factory = None

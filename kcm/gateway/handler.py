@@ -23,8 +23,11 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
   Maximum Response Size when smaller): successful items answer Response Too Large, as at
   the core. A forwarded answer comes back as the core bounded it, or, when it does not fit
   the link, as Response Too Large items (the core may have carried them out). A mixed
-  request's sub-requests go without the Maximum Response Size, which bounds the merged
-  answer once, as the core bounds its whole answer.
+  request's answer is bounded once, as the core bounds its whole answer, and never held
+  beyond that bound meanwhile: each remote run goes with what the merged answer has left as
+  its Maximum Response Size; once the core withholds a run's successes for it, every
+  success of the request answers Response Too Large, as at the core (which still runs each
+  item: so does the gateway).
 * The gateway and the core answer the same request the same way. A request whose routing
   facts cannot be read is forwarded whole, so the core says what is wrong with it; a local
   or mixed request is decoded whole first, with the core's decoder, and one the core would
@@ -79,13 +82,14 @@ from kcm.gateway.link_client import (
 from kcm.gateway.local_batch import LocalRun, LocalRunner
 from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.subrequest import sub_request
-from kcm.identity import Principal
+from kcm.identity import Principal, is_valid_segment
 from kcm.kernel.batch_limit import over_batch_limit
 from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.item_limit import item_limit, over_item_limit
 from kcm.kernel.responses import (
     CLIENT_GONE,
     encode_items,
+    fail_item,
     failed_item,
     failure_response,
     internal_error,
@@ -458,6 +462,12 @@ class GatewayRequestHandler:
         answered: list[bytes] = []
         core_correlation: list[str] = []
         failed = False
+        # What the merged answer may hold (the limit response_wire applies), what its items
+        # hold so far, and those the core withheld (answered Response Too Large) because
+        # the budget it was given ran out: the whole answer is then over the limit.
+        limit = _answer_limit(header.maximum_response_size, self._max_message_size)
+        held = 0
+        withheld: set[int] = set()
         indexed = enumerate(zip(request.items, classified.local, strict=True))
         for local, run in groupby(indexed, key=lambda pair: pair[1][1]):
             if failed and stop:
@@ -468,14 +478,24 @@ class GatewayRequestHandler:
                     [message.batch_items[i] for i in indexes], header, principal,
                     correlation_id, fetched)
             else:
-                run_items, run_failed = await self._mixed_remote(
+                # What the answer has left: the core answers the run within it (its
+                # header is as long as the merged answer's), so no more than that is
+                # ever held here. Once it withheld successes, the answer is over: the
+                # next runs are given no room, and the core still runs every item, as it
+                # would the whole request, answering each success Response Too Large.
+                run_items, run_failed, run_withheld = await self._mixed_remote(
                     wire, header_item, list(items), connection, stop, version,
-                    core_correlation)
+                    core_correlation, 1 if withheld else max(limit - held, 1))
+                withheld.update(len(answered) + i for i in run_withheld)
             answered.extend(run_items)
+            held += sum(map(len, run_items))
             failed = failed or run_failed
         # One remote run: its correlation value names the request in the core's audit log.
         if len(core_correlation) == 1:
             correlation_id = core_correlation[0]
+        if withheld:
+            answered = _over_limit(answered, withheld, version, _too_large_message(
+                limit, header.maximum_response_size))
         return self._answer(version, answered, header.maximum_response_size, correlation_id)
 
     async def _mixed_local(self, items: list[RequestBatchItem], header: RequestHeader,
@@ -492,15 +512,20 @@ class GatewayRequestHandler:
 
     async def _mixed_remote(self, wire: bytes, header_item: Item,
                             peeked: list[PeekedBatchItem], connection: ConnectionInfo,
-                            stop: bool, version: Version,
-                            core_correlation: list[str]) -> tuple[list[bytes], bool]:
+                            stop: bool, version: Version, core_correlation: list[str],
+                            maximum_response_size: int,
+                            ) -> tuple[list[bytes], bool, list[int]]:
+        """A remote run's answer from the core within ``maximum_response_size``: its items,
+        whether one failed, and which the core withheld for that size (successes it
+        answered Response Too Large: they count as successes for Stop)."""
         try:
-            answer = await self._forward(sub_request(wire, header_item, peeked), connection)
+            answer = await self._forward(
+                sub_request(wire, header_item, peeked, maximum_response_size), connection)
         except CancelledError:
             raise  # the client left: nothing more of its request runs
         except Exception:
             return encode_items(_unreachable_items(peeked, Failure(), stop, version),
-                                version), True
+                                version), True, []
         try:
             relayed = peek_response(answer)
         except TtlvError:
@@ -509,11 +534,17 @@ class GatewayRequestHandler:
             return encode_items([failed_item(first.operation, first.unique_batch_item_id,
                                              version, ResultReason.GENERAL_FAILURE,
                                              "the core's answer could not be read")],
-                                version), True
+                                version), True, []
         if relayed.server_correlation_value is not None:
             core_correlation.append(relayed.server_correlation_value)
         items = [answer[item.start:item.end] for item in relayed.items]
-        return items, any(item.result_status == _FAILED for item in relayed.items)
+        failed = [index for index, item in enumerate(relayed.items)
+                  if item.result_status == _FAILED]
+        # Only failed items are read (few and small): Response Too Large is the core's
+        # answer to a success that did not fit, and no other failure's.
+        withheld = [index for index in failed
+                    if _reason_of(items[index], version) == ResultReason.RESPONSE_TOO_LARGE]
+        return items, len(failed) > len(withheld), withheld
 
     def _decoded(self, wire: bytes) -> RequestMessage | bytes:
         """The request, decoded as the core decodes it, or the answer refusing it (the
@@ -562,6 +593,48 @@ class _Routed:
         self.relayed = False
 
 
+def _answer_limit(maximum_response_size: int | None, max_message_size: int) -> int:
+    """The most an answer may hold: the client's Maximum Response Size when smaller than the
+    server's maximum message size (as :func:`kcm.kernel.responses.response_wire` has it)."""
+    if maximum_response_size is None:
+        return max_message_size
+    return min(maximum_response_size, max_message_size)
+
+
+def _too_large_message(limit: int, maximum_response_size: int | None) -> str:
+    """What :func:`kcm.kernel.responses.response_wire` says of a success it withholds for
+    ``limit``, in the same words (a unit test holds them equal)."""
+    if limit == maximum_response_size:
+        return f"the response exceeds the Maximum Response Size of {limit} bytes"
+    return f"the response exceeds the server's maximum message size of {limit} bytes"
+
+
+def _reason_of(raw: bytes, version: Version) -> int | None:
+    """The Result Reason of the encoded response batch item ``raw`` (None: it has none,
+    or it cannot be read)."""
+    try:
+        reason = ResponseBatchItem.from_item(decode_item(raw)[0], version).result_reason
+    except (TtlvError, KmipError):
+        return None
+    return None if reason is None else int(reason)
+
+
+def _over_limit(items: list[bytes], withheld: set[int], version: Version,
+                message: str) -> list[bytes]:
+    """A mixed answer some of whose remote successes the core withheld: over the limit, as
+    the core's own answer to the whole request would have been, so every success answers
+    Response Too Large with ``message`` (the words of the merged answer's limit), and so do
+    the withheld ones (the core named the size it was given); failures stay as they are."""
+    shrunk = []
+    for index, raw in enumerate(items):
+        item = ResponseBatchItem.from_item(decode_item(raw)[0], version)
+        if index in withheld or item.result_status == ResultStatus.SUCCESS:
+            fail_item(item, version, ResultReason.RESPONSE_TOO_LARGE, message)
+            raw = encode_items([item], version)[0]
+        shrunk.append(raw)
+    return shrunk
+
+
 def _fetched(needs: set[Need], errors: dict[Need, KmipError]) -> dict[Need, KmipError | None]:
     """What a request fetched: every need in ``needs``, with why its fetch failed (None:
     it succeeded)."""
@@ -602,6 +675,10 @@ def _log_denied_use(item: RequestBatchItem, principal: Principal, error: KmipErr
     kek = getattr(info, "unique_identifier", None)
     if isinstance(kek, str) and kek.startswith(L3_PREFIX):  # anything else may be a token
         wrapping_key = kek
+    # All four are the client's text (a token is parsed, not yet opened).
+    token_id, l3_uid, service, wrapping_key = (
+        _logged_name(token_id), _logged_name(l3_uid), _logged_name(service),
+        _logged_name(wrapping_key))
     named = ", ".join(f"{label} {value}" for label, value in (
         ("L4", token_id), ("L3", l3_uid), ("service", service), ("wrapping key", wrapping_key))
         if value is not None) or "no key"
@@ -611,6 +688,25 @@ def _log_denied_use(item: RequestBatchItem, principal: Principal, error: KmipErr
              operation=operation_name(item.operation), principal=principal.id, named=named,
              l3_uid=l3_uid, token_id=token_id, service=service, wrapping_key=wrapping_key,
              reason=reason, answered=error.message)
+
+
+#: The most characters of a name a client sent that a log line carries.
+_LOGGED_NAME_LENGTH = 64
+
+
+def _logged_name(name: str | None) -> str | None:
+    """``name``, sent by a client (a service, a key's identifier), as a log line may carry it:
+    as sent when it is short and each of its ``/``-separated parts could be a segment of a
+    principal's path (:func:`kcm.identity.is_valid_segment`); else its escaped ``repr``,
+    cut short (at most about 64 characters), and its length."""
+    if name is None:
+        return None
+    if len(name) <= _LOGGED_NAME_LENGTH and all(map(is_valid_segment, name.split("/"))):
+        return name
+    shown = ascii(name[:_LOGGED_NAME_LENGTH])
+    if len(shown) > _LOGGED_NAME_LENGTH - 16:
+        shown = shown[:_LOGGED_NAME_LENGTH - 16] + "..."
+    return f"{shown} ({len(name)} chars)"
 
 
 def _continuation_of(wire: bytes, request: PeekedRequest) -> int:

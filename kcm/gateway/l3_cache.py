@@ -6,7 +6,8 @@ What it promises:
   (tenant, service); reads never touch the network: a read of something not held is a
   *miss*, which the request handler fetches (the one synchronous call to the core a hot-path
   request may make) before running the request again. Why a fetch failed belongs to the
-  request that asked (:meth:`L3Cache.ensure` answers it), never to the cache.
+  request that asked (:meth:`L3Cache.ensure` answers it), never to the cache, save the
+  core's "no such L3", which is the same for every caller and remembered briefly (below).
 * An L3 is fresh for ``ttl`` seconds after the core last confirmed it. A stale one keeps
   serving and is refreshed in the background while the core is reachable.
 * With the core unreachable an L3 serves up to ``max_stale`` seconds after its last
@@ -44,17 +45,37 @@ keeps them: :mod:`kcm.l4.opened_keys`) are forgotten with what could change thei
 L3 version's state change, its destruction or drop, or its tombstones given up forget its
 DEKs, a tombstone forgets its token's, a resync forgets them all.
 
+Fetches are bounded per tenant, so that one tenant's misses cannot crowd out another's
+requests (docs/operations.md, "Limits and hostile clients"):
+
+* one fetch of a need runs at a time on behalf of one caller: a request that needs what is
+  being fetched for that caller already (or waits to be) awaits that fetch;
+* at most ``max_fetches_per_tenant`` fetches of one tenant's callers (requests and
+  background refreshes alike) are in flight at once; the others wait their turn in that
+  tenant's queue, in order, and are answered as they would have been (a queue, not a
+  refusal: a tenant with many keys and a cold cache is served, only later). A tenant's
+  queue is bounded by its requests, which its connections bound (one request at a time
+  each, ``max_batch_items`` items);
+* the core's "no such L3" for a uid (Object Not Found, about no one's key) is remembered
+  per (caller's tenant, uid) for ``not_found_ttl`` seconds, at most ``max_not_found`` of
+  them (least recently used out first): asked again meanwhile, the same answer is given
+  without asking the core. An ``l3.rotated`` or ``l3.state`` event naming the uid, and a
+  version of it fetched, forget it at once, so a new L3 is usable as soon as its event
+  comes; a "not found" whose fetch was sent before an ``l3.rotated`` event came is not
+  remembered (the L3 may have been made meanwhile).
+
 Time comes from the injected ``clock``; the core is reached only through the injected
 ``fetch``. Nothing here blocks, writes to disk or logs on the read path.
 """
 
 from __future__ import annotations
 
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -89,6 +110,13 @@ _DESTROYED_STATES = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
 
 #: What one request fetched: each need, and why its fetch failed (None: it succeeded).
 FetchErrors = Mapping["Need", "KmipError | None"]
+
+#: Fetches of one tenant's callers in flight at once (the rest wait their turn).
+MAX_FETCHES_PER_TENANT = 8
+#: Seconds the core's "no such L3" for a uid is remembered per tenant.
+NOT_FOUND_TTL = 5.0
+#: (tenant, uid) pairs whose "not found" is remembered at most.
+MAX_NOT_FOUND = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +154,97 @@ class _ServiceState:
     refreshing: bool = False
 
 
+class _Fetch:
+    """One need fetched on behalf of one caller, and every request awaiting it (each with
+    where to say why it failed)."""
+
+    __slots__ = ("caller", "need", "tenant", "waiters", "rotations")
+
+    def __init__(self, caller: Principal, need: Need, tenant: str) -> None:
+        self.caller = caller
+        self.need = need
+        self.tenant = tenant
+        self.waiters: list[tuple[Deferred[None], dict[Need, KmipError] | None]] = []
+        #: :attr:`L3Cache._rotations` when it was sent.
+        self.rotations = 0
+
+
+class _NotFound:
+    """The uids the core lately said it has no L3 for, per caller's tenant: each for ``ttl``
+    seconds, at most ``size`` (least recently used out first)."""
+
+    def __init__(self, clock: Callable[[], float], ttl: float, size: int) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._size = size
+        self._answers: OrderedDict[tuple[str, str], tuple[float, KmipError]] = OrderedDict()
+        self._tenants_of: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, tenant: str, uid: str) -> KmipError | None:
+        """The core's answer for ``uid`` to ``tenant``, if still remembered."""
+        if not self._answers:
+            return None
+        key = (tenant, uid)
+        found = self._answers.get(key)
+        if found is None:
+            return None
+        if found[0] <= self._clock():
+            self._remove(key)
+            return None
+        self._answers.move_to_end(key)
+        return found[1]
+
+    def add(self, tenant: str, uid: str, error: KmipError) -> None:
+        key = (tenant, uid)
+        self._answers[key] = (self._clock() + self._ttl, error)
+        self._answers.move_to_end(key)
+        self._tenants_of.setdefault(uid, set()).add(tenant)
+        while len(self._answers) > self._size:
+            self._remove(next(iter(self._answers)))
+
+    def forget(self, uid: str) -> None:
+        """Forget ``uid`` for every tenant (it exists now, or may)."""
+        for tenant in self._tenants_of.pop(uid, ()):
+            del self._answers[(tenant, uid)]
+
+    def clear(self) -> None:
+        self._answers.clear()
+        self._tenants_of.clear()
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        del self._answers[key]
+        tenants = self._tenants_of.get(key[1])
+        if tenants is not None:
+            tenants.discard(key[0])
+            if not tenants:
+                del self._tenants_of[key[1]]
+
+
 class L3Cache:
     """Service keys by uid, the current one per (tenant, service), and L4 tombstones."""
 
     def __init__(self, fetch: Fetch, *, connected: Callable[[], bool],
                  clock: Callable[[], float], ttl: float = 300.0,
                  max_stale: float = 3600.0, max_tombstones: int = 1_000_000,
-                 opened_keys: OpenedKeys | None = None) -> None:
+                 opened_keys: OpenedKeys | None = None,
+                 max_fetches_per_tenant: int = MAX_FETCHES_PER_TENANT,
+                 not_found_ttl: float = NOT_FOUND_TTL,
+                 max_not_found: int = MAX_NOT_FOUND) -> None:
         self._fetch = fetch
+        #: Fetches of one tenant's callers in flight at once (module docstring).
+        self.max_fetches_per_tenant = max_fetches_per_tenant
+        #: Each fetch running or waiting, by (caller, need): a second request awaits it.
+        self._fetches: dict[tuple[Principal, Need], _Fetch] = {}
+        #: Fetches in flight, and those waiting their turn, by tenant.
+        self._running: Counter[str] = Counter()
+        self._waiting: dict[str, deque[_Fetch]] = {}
+        #: The core's recent "no such L3", by (caller's tenant, uid).
+        self._not_found = _NotFound(clock, not_found_ttl, max_not_found)
+        #: ``l3.rotated`` events applied (a "not found" sent before one is not remembered).
+        self._rotations = 0
         #: The DEKs opened under the L3s held here, forgotten with them (module docstring).
         self.opened_keys = opened_keys
         self._connected = connected
@@ -268,6 +379,34 @@ class L3Cache:
 
     def _fetch_need(self, need: Need, caller: Principal,
                     errors: dict[Need, KmipError] | None = None) -> Deferred[None]:
+        """Fetch ``need`` for ``caller`` (module docstring: merged with the same fetch
+        running or waiting, in its tenant's turn, or answered from a recent "not found");
+        fires when it has, with why it failed in ``errors``."""
+        tenant = _tenant_of(caller)
+        if need.uid is not None:
+            not_found = self._not_found.get(tenant, need.uid)
+            if not_found is not None:
+                if errors is not None:
+                    errors[need] = not_found
+                return succeed(None)
+        key = (caller, need)
+        fetch = self._fetches.get(key)
+        done: Deferred[None] = Deferred()
+        if fetch is not None:
+            fetch.waiters.append((done, errors))
+            return done
+        fetch = self._fetches[key] = _Fetch(caller, need, tenant)
+        fetch.waiters.append((done, errors))
+        if self._running[tenant] < self.max_fetches_per_tenant:
+            self._start(fetch)
+        else:
+            self._waiting.setdefault(tenant, deque()).append(fetch)
+        return done
+
+    def _start(self, fetch: _Fetch) -> None:
+        caller, need = fetch.caller, fetch.need
+        self._running[fetch.tenant] += 1
+        fetch.rotations = self._rotations
         try:
             d = self._fetch(caller, need.tenant, need.service, need.uid)
         except Exception:  # a fetch that fails synchronously is still just a failed fetch
@@ -275,15 +414,41 @@ class L3Cache:
             d.errback(Failure())
 
         def fetched(keys: list[ServiceKey]) -> None:
-            self.store(keys, caller, current_of=None if need.uid else
-                       (need.tenant, need.service))
+            try:
+                self.store(keys, caller, current_of=None if need.uid else
+                           (need.tenant, need.service))
+            except Exception:
+                self._finished(fetch, _as_kmip_error(Failure(), need))
+                return
+            self._finished(fetch, None)
 
         def failed(failure: Failure) -> None:
             error = _as_kmip_error(failure, need)
-            if errors is not None:
-                errors[need] = error
+            if (need.uid is not None and fetch.rotations == self._rotations
+                    and _no_such_l3(error)):
+                self._not_found.add(fetch.tenant, need.uid, error)
+            self._finished(fetch, error)
 
-        return d.addCallbacks(fetched, failed)
+        d.addCallbacks(fetched, failed)
+
+    def _finished(self, fetch: _Fetch, error: KmipError | None) -> None:
+        """``fetch`` answered (``error``: why it failed): its tenant's next fetch starts,
+        then every request awaiting it goes on."""
+        tenant = fetch.tenant
+        del self._fetches[(fetch.caller, fetch.need)]
+        self._running[tenant] -= 1
+        if self._running[tenant] <= 0:
+            del self._running[tenant]
+        waiting = self._waiting.get(tenant)
+        if waiting:
+            following = waiting.popleft()
+            if not waiting:
+                del self._waiting[tenant]
+            self._start(following)
+        for done, errors in fetch.waiters:
+            if error is not None and errors is not None:
+                errors[fetch.need] = error
+            done.callback(None)
 
     def prewarm(self, tenant: str, service: str,
                 caller: Principal) -> Deferred[KmipError | None]:
@@ -307,6 +472,8 @@ class L3Cache:
                 self._drop(key)
                 continue
             self._dropped.pop(key.uid, None)
+            if len(self._not_found):
+                self._not_found.forget(key.uid)
             held = self._keys.get(key.uid)
             if held is not None and held.key != key:
                 self._forget_opened(key.uid)
@@ -360,8 +527,13 @@ class L3Cache:
         except ValueError:
             known = None  # a kind this gateway does not know (a newer core): skipped
         if known is EventKind.L3_ROTATED:
+            # A new version: a "not found" for its uid is forgotten, and one on its way
+            # now is not remembered (it may have been read before the version was made).
+            self._rotations += 1
+            self._not_found.forget(str(payload.get("unique_identifier", "")))
             self._rotated(tenant or "", str(payload.get("service", "")))
         elif known is EventKind.L3_STATE:
+            self._not_found.forget(str(payload.get("unique_identifier", "")))
             self._state_changed(str(payload.get("unique_identifier", "")), tenant or "",
                                 str(payload.get("service", "")), int(payload.get("state", 0)))
         elif known is EventKind.L4_TOMBSTONE:
@@ -483,6 +655,7 @@ class L3Cache:
         self._keys.clear()
         self._services.clear()
         self._dropped.clear()
+        self._not_found.clear()
         if self.opened_keys is not None:
             self.opened_keys.clear()
 
@@ -504,6 +677,16 @@ class L3Cache:
             return None
         newest = max(held.confirmed_at for held in self._keys.values())
         return newest + self.max_stale - now
+
+    @property
+    def fetches_waiting(self) -> int:
+        """Fetches waiting for their tenant's turn."""
+        return sum(len(waiting) for waiting in self._waiting.values())
+
+    @property
+    def fetches_running(self) -> int:
+        """Fetches sent to the core and not yet answered."""
+        return sum(self._running.values())
 
     def holds(self, uid: str) -> bool:
         """Whether version ``uid`` is held."""
@@ -579,6 +762,19 @@ def _refusal(error: KmipError, principal: Principal) -> KmipError:
         return ServiceKeyUseDenied(error.reason, error.message, why=why, tenant=tenant,
                                    service=service)
     return error
+
+
+def _tenant_of(caller: Principal) -> str:
+    """Whose turn a fetch for ``caller`` takes: its tenant (a principal of no tenant, such as
+    an operator, is one of its own)."""
+    return caller.tenant if caller.tenant is not None else caller.spiffe_id
+
+
+def _no_such_l3(error: KmipError) -> bool:
+    """Whether ``error`` is the core's "no L3 has this uid": Object Not Found, not about who
+    asks (a refusal of who asks names the key's owner), so the same for every caller."""
+    return (isinstance(error, ServiceKeyRefused) and error.owner is None
+            and error.reason == ResultReason.OBJECT_NOT_FOUND)
 
 
 def _as_kmip_error(failure: Failure, need: Need) -> KmipError:

@@ -33,10 +33,14 @@ A draining link takes no new call; its calls in flight are answered on it, and i
 once they all are, which makes the link reconnect at once (to the next core, when the
 draining one no longer takes links).
 
-In-flight streams are bounded: at ``max_in_flight`` the registered producers (the gateway's
-client connections) are paused until half have been answered, and beyond twice that a call
-fails with :class:`LinkBusy` (as does one beyond twice that waiting for a link). A stream
-unanswered for ``request_timeout`` seconds fails with :class:`LinkTimeout`.
+In-flight streams are bounded: at ``max_in_flight`` forwarded requests the registered
+producers (the gateway's client connections) are paused until half have been answered, and
+beyond twice that a call fails with :class:`LinkBusy` (as does one beyond twice that waiting
+for a link). Service key fetches are bounded apart, by ``max_fetches`` (by default
+``max_in_flight``): beyond it a fetch fails with :class:`LinkBusy`, and they never pause a
+client connection (the L3 cache bounds each tenant's fetches, so one tenant's misses cannot
+stop every other tenant's connections from being read). A stream unanswered for
+``request_timeout`` seconds fails with :class:`LinkTimeout`.
 
 Frames are bounded by ``max_frame_size`` (:func:`kcm.link.frames.frame_size_limit` of the
 gateway's maximum message size), and a frame too large fails its one stream, never the
@@ -253,10 +257,10 @@ class LinkClientProtocol(LinkProtocol):
         if self.draining and not self.streams and not self.closing:
             self.go_away("drained: every stream is answered")
 
-    def _stream_closed(self) -> None:
-        """A stream was answered, failed or given up: counted, and a draining link whose
+    def _stream_closed(self, stream: _Stream) -> None:
+        """``stream`` was answered, failed or given up: counted, and a draining link whose
         last stream it was is closed."""
-        self.client._stream_done()
+        self.client._stream_done(fetch=stream.answer_type is FrameType.SERVICE_KEYS)
         if self.draining and not self.streams:
             self._close_if_drained()
 
@@ -303,7 +307,7 @@ class LinkClientProtocol(LinkProtocol):
         stream = self.streams.pop(frame.stream_id, None)
         if stream is None:  # timed out already: skipped like any late answer
             return
-        self._stream_closed()
+        self._stream_closed(stream)
         log.warn("the core answered stream {stream} with a {kind} frame of {size} bytes; "
                  "frames of at most {limit} are taken (limits.max_message_size)",
                  stream=frame.stream_id, kind=frame.frame_type.name, size=frame.size,
@@ -316,7 +320,8 @@ class LinkClientProtocol(LinkProtocol):
         stream = self.streams.pop(stream_id, None)
         if stream is None:  # timed out already: the late answer has nobody to go to
             return None
-        self.client._stream_done()  # (what _stream_closed does, inline: every answer)
+        # (what _stream_closed does, inline: every answer)
+        self.client._stream_done(fetch=stream.answer_type is FrameType.SERVICE_KEYS)
         if self.draining and not self.streams:
             self._close_if_drained()
         if stream.answer_type is not frame_type:
@@ -360,7 +365,7 @@ class LinkClientProtocol(LinkProtocol):
         if stream is None or stream.deferred is not d:
             return
         del self.streams[stream_id]
-        self._stream_closed()
+        self._stream_closed(stream)
         if self.core_version >= CANCEL_VERSION:
             self.send(Frame(FrameType.CANCEL, stream_id=stream_id))
             self.client.cancels_sent += 1
@@ -378,14 +383,16 @@ class LinkClientProtocol(LinkProtocol):
         expired = [sid for sid, stream in self.streams.items() if stream.deadline <= now]
         for stream_id in expired:
             stream = self.streams.pop(stream_id)
-            self._stream_closed()
+            self._stream_closed(stream)
             stream.deferred.errback(LinkTimeout(
                 f"the core did not answer within {self.client.request_timeout:g}s"))
 
     def link_lost(self, reason: Failure) -> None:
         self._cancel_welcome_deadline()
         streams, self.streams = self.streams, {}
-        self.client._lost(self, reason, len(streams))
+        fetches = sum(stream.answer_type is FrameType.SERVICE_KEYS
+                      for stream in streams.values())
+        self.client._lost(self, reason, len(streams) - fetches, fetches)
         for stream in streams.values():
             stream.deferred.errback(LinkDown("the link to the core was lost before the answer"))
 
@@ -416,7 +423,8 @@ class LinkClient(MultiService):
                  name: str = "kcm-gateway", on_event: EventCallback | None = None,
                  on_resync: Callable[[], None] | None = None,
                  on_policy: Callable[[str], None] | None = None, last_sequence: int = -1,
-                 max_in_flight: int = 1024, request_timeout: float = 30.0,
+                 max_in_flight: int = 1024, max_fetches: int | None = None,
+                 request_timeout: float = 30.0,
                  heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                  max_retry_delay: float = 1.0,
@@ -455,12 +463,15 @@ class LinkClient(MultiService):
         #: The last event applied; sent in HELLO so the core resumes right after it.
         self.last_sequence = last_sequence
         self.max_in_flight = max_in_flight
+        #: Service key fetches in flight at most (they pause no client: see above).
+        self.max_fetches = max_in_flight if max_fetches is None else max_fetches
         self.request_timeout = request_timeout
         self.heartbeat_interval = heartbeat_interval
         self.max_frame_size = max_frame_size
         self._protocol: LinkClientProtocol | None = None
         self._waiters: list[Deferred[None]] = []
-        self._in_flight = 0
+        self._in_flight = 0  # forwarded requests
+        self._fetches = 0  # service key fetches
         self._producers: set[IPushProducer] = set()
         self._saturated = False
         self._refusals = 0  # connections in a row lost before WELCOME
@@ -536,8 +547,13 @@ class LinkClient(MultiService):
 
     @property
     def in_flight(self) -> int:
-        """Calls sent and not yet answered."""
-        return self._in_flight
+        """Calls sent and not yet answered (forwarded requests and service key fetches)."""
+        return self._in_flight + self._fetches
+
+    @property
+    def fetches_in_flight(self) -> int:
+        """Service key fetches sent and not yet answered."""
+        return self._fetches
 
     def when_connected(self) -> Deferred[None]:
         """Fires when a link is up (at once if it is now); for start-up and tests."""
@@ -550,8 +566,8 @@ class LinkClient(MultiService):
     # Backpressure ---------------------------------------------------------------------------
     def add_producer(self, producer: IPushProducer) -> None:
         """Pause ``producer`` (a client connection: its reading) while the link is saturated,
-        from ``max_in_flight`` calls in flight until half have been answered; at once if it
-        is saturated now."""
+        from ``max_in_flight`` forwarded requests in flight until half have been answered;
+        at once if it is saturated now."""
         self._producers.add(producer)
         if self._saturated:
             producer.pauseProducing()
@@ -567,7 +583,10 @@ class LinkClient(MultiService):
             for producer in list(self._producers):
                 producer.pauseProducing()
 
-    def _stream_done(self, count: int = 1) -> None:
+    def _stream_done(self, count: int = 1, *, fetch: bool = False) -> None:
+        if fetch:  # (fetches pause nobody)
+            self._fetches -= count
+            return
         self._in_flight -= count
         if self._saturated and self._in_flight <= self.max_in_flight // 2:
             self._saturated = False
@@ -595,10 +614,11 @@ class LinkClient(MultiService):
         ignored by the core and may be empty), as ``caller`` may use them. Fails with
         :class:`ServiceKeyRefused` (a KmipError with the core's KMIP 2.x reason) or a
         :class:`LinkError`."""
-        return self._call(Frame(
+        return self._send(LinkClientProtocol.call, Frame(
             FrameType.FETCH_SERVICE_KEY, caller_identity=caller.spiffe_id,
             caller_subject=caller.subject if caller.uri is None else None,
-            tenant=tenant, service=service, unique_identifier=uid), FrameType.SERVICE_KEYS)
+            tenant=tenant, service=service, unique_identifier=uid), FrameType.SERVICE_KEYS,
+            fetch=True)
 
     def report_usage(self, counts: Mapping[str, int]) -> bool:
         """Send ``counts`` (L3 uid -> encryptions since the last report) to the core in
@@ -612,12 +632,10 @@ class LinkClient(MultiService):
             protocol.send(Frame(FrameType.USAGE_REPORT, usage=chunk))
         return True
 
-    def _call(self, frame: Frame, answer_type: FrameType) -> Deferred:
-        return self._send(LinkClientProtocol.call, frame, answer_type)
-
-    def _send(self, send: Callable[..., Deferred], *args: Any) -> Deferred:
-        """``send(protocol, *args)`` on the link (a call opening a stream), or the failure
-        that refuses it: no link, too many calls in flight, a frame too large.
+    def _send(self, send: Callable[..., Deferred], *args: Any, fetch: bool = False) -> Deferred:
+        """``send(protocol, *args)`` on the link (a call opening a stream; ``fetch``: a
+        service key fetch), or the failure that refuses it: no link, too many calls in
+        flight, a frame too large.
 
         A call made with no link waits for the next one, until it is up or the hold ends,
         in two cases: within ``first_link_wait`` seconds of the start, before the first
@@ -631,17 +649,18 @@ class LinkClient(MultiService):
             if left > 0:
                 if len(self._held) >= 2 * self.max_in_flight:  # bounded as calls in flight
                     return fail(LinkBusy(f"{len(self._held)} calls wait for a link"))
-                return self._after_link(left, send, *args)
-        return self._send_now(send, *args)
+                return self._after_link(left, send, *args, fetch=fetch)
+        return self._send_now(send, *args, fetch=fetch)
 
-    def _after_link(self, left: float, send: Callable[..., Deferred], *args: Any) -> Deferred:
+    def _after_link(self, left: float, send: Callable[..., Deferred], *args: Any,
+                    fetch: bool = False) -> Deferred:
         """``_send_now(send, *args)`` once a link is up, or LinkDown after ``left`` seconds
         (or when the service stops); cancelling it gives up the wait."""
         result: Deferred = Deferred()
 
         def linked(_: object) -> None:
             if not result.called:
-                self._send_now(send, *args).chainDeferred(result)
+                self._send_now(send, *args, fetch=fetch).chainDeferred(result)
 
         def too_late() -> None:
             if not result.called:
@@ -659,17 +678,24 @@ class LinkClient(MultiService):
         self.when_connected().addCallback(linked)
         return result
 
-    def _send_now(self, send: Callable[..., Deferred], *args: Any) -> Deferred:
+    def _send_now(self, send: Callable[..., Deferred], *args: Any,
+                  fetch: bool = False) -> Deferred:
         protocol = self._protocol
         if protocol is None or protocol.closing:
             return fail(LinkDown("no link to the core"))
-        if self._in_flight >= 2 * self.max_in_flight:
+        if fetch:
+            if self._fetches >= self.max_fetches:
+                return fail(LinkBusy(f"{self._fetches} service key fetches in flight to "
+                                     "the core"))
+            self._fetches += 1
+        elif self._in_flight >= 2 * self.max_in_flight:
             return fail(LinkBusy(f"{self._in_flight} calls in flight to the core"))
-        self._stream_started()
+        else:
+            self._stream_started()
         try:
             return send(protocol, *args)
         except FrameTooLarge as e:
-            self._stream_done()
+            self._stream_done(fetch=fetch)
             return fail(RequestTooLarge(f"the request does not fit in a link frame: {e}"))
 
     # From the protocol ----------------------------------------------------------------------
@@ -716,7 +742,8 @@ class LinkClient(MultiService):
                  peer=protocol.peer, reason=reason or "DRAIN", streams=len(protocol.streams),
                  wait=self.drain_wait)
 
-    def _lost(self, protocol: LinkClientProtocol, reason: Failure, streams: int) -> None:
+    def _lost(self, protocol: LinkClientProtocol, reason: Failure, streams: int,
+              fetches: int = 0) -> None:
         if self._protocol is protocol:
             self._protocol = None
             log.warn("link to the core lost: {reason}", reason=reason.getErrorMessage())
@@ -732,6 +759,8 @@ class LinkClient(MultiService):
                                                     or reason.getErrorMessage())
         if streams:
             self._stream_done(streams)
+        if fetches:
+            self._stream_done(fetches, fetch=True)
 
     def _not_a_core(self, refusal: str) -> None:
         """A link was refused for ``refusal`` (its peer is not a core): a warning, once until

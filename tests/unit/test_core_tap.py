@@ -303,19 +303,28 @@ def test_the_master_key_refuses_a_chain_stripped_of_its_macs(deployment) -> None
     store.stopService()
 
 
-def test_both_listeners_share_one_connection_guard_from_core_limits(tmp_path: Path) -> None:
+def test_the_link_listener_has_a_connection_cap_of_its_own_from_core_limits(
+        tmp_path: Path) -> None:
+    """KMIP clients can never take the slots the gateways link on (review 4, defect 2):
+    the link listener's guard is reserved from the KMIP listener's, with its own cap."""
     path = tmp_path / "core.toml"
     path.write_text("[core.limits]\nhandshake_timeout = 2.5\nmax_connections = 300\n"
                     "max_connections_per_address = 7\nmax_unsent_output = 65536\n"
-                    "write_timeout = 5.0\n")
+                    "write_timeout = 5.0\nmax_link_connections = 12\n")
     core = tap.makeService(parse("-c", str(path)), reactor=Clock())
     kmip, link = core.getServiceNamed("kcm-kmip-listener"), core.getServiceNamed(
         "kcm-link-listener")
-    assert kmip.guard is not None and kmip.guard is link.guard  # one count per process
+    assert kmip.guard is not None and link.guard is not None
+    assert link.guard is not kmip.guard and kmip.guard.reserved == [link.guard]
+    assert (kmip.guard.max_connections, link.guard.max_connections) == (300, 12)
+    assert link.guard.setting == "max_link_connections"
     assert kmip.bound_output and not link.bound_output
     limits = kmip.guard.limits
     assert (limits.handshake_timeout, limits.max_connections, limits.max_connections_per_address,
             limits.max_unsent_output, limits.write_timeout) == (2.5, 300, 7, 65536, 5.0)
+    assert tap.makeService(parse(), reactor=Clock()).getServiceNamed(
+        "kcm-link-listener").guard.max_connections == 64
+    assert parse("--max-link-connections", "8")["core_config"].limits.max_link_connections == 8
 
 
 @pytest.mark.parametrize(("setting", "error"), [
@@ -324,6 +333,7 @@ def test_both_listeners_share_one_connection_guard_from_core_limits(tmp_path: Pa
     ("max_connections_per_address = 1.5", "core.limits.max_connections_per_address must be"),
     ("max_unsent_output = -1", "core.limits.max_unsent_output must be a whole number"),
     ("write_timeout = \"never\"", "core.limits.write_timeout must be a positive number"),
+    ("max_link_connections = 0", "core.limits.max_link_connections must be a whole number"),
 ])
 def test_wrong_connection_limits_are_usage_errors(tmp_path: Path, setting: str,
                                                   error: str) -> None:

@@ -508,10 +508,11 @@ def test_a_mixed_request_s_maximum_response_size_bounds_the_whole_answer_once(
     message = response(_answered(with_core, wire))
     assert [i.result_reason for i in message.batch_items] == [
         ResultReason.RESPONSE_TOO_LARGE] * 2
-    # The sub-request carries no Maximum Response Size: the merged answer is bounded once.
+    # The sub-request carries what the merged answer has left of the client's size (all of
+    # it: it runs first); the core's part fitted, so the merged answer is bounded once.
     sub = with_core.link.forwarded[-1][0]
-    assert Tag.MAXIMUM_RESPONSE_SIZE.to_bytes(3, "big") not in sub
-    assert Tag.MAXIMUM_RESPONSE_SIZE.to_bytes(3, "big") in wire
+    assert (Tag.MAXIMUM_RESPONSE_SIZE.to_bytes(3, "big") + b"\x02\x00\x00\x00\x04"
+            + (core_part + 8).to_bytes(4, "big")) in sub
 
 
 def test_mixed_batch_splices_the_core_s_items_byte_for_byte(with_core: Gateway) -> None:

@@ -1,0 +1,262 @@
+"""Service key fetches are bounded per tenant (review 4, defect 1): identical fetches in
+flight are one, a tenant has at most ``max_fetches_per_tenant`` in flight (the rest wait
+their turn), the core's "no such L3" is remembered briefly per (tenant, uid) and forgotten
+by the event that makes the L3, and fetches on the link never pause the client connections
+(another tenant's included): they are bounded apart. A Clock, fakes and StringTransports."""
+
+from __future__ import annotations
+
+import uuid
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from kcm.gateway.l3_cache import L3Cache, Need
+from kcm.gateway.link_client import LinkBusy, LinkClient, LinkClientProtocol, ServiceKeyRefused
+from kcm.kernel.missing import object_not_found
+from kcm.kmip.enums import ResultReason, State
+from kcm.kmip_protocol import (
+    PAUSED_BY_UPSTREAM,
+    ConnectionInfo,
+    ConnectionLimits,
+    KmipServerFactory,
+)
+from kcm.l4.service_key import ServiceKey
+from kcm.link.frames import LINK_VERSION, Frame, FrameType, encode_frame
+from tests.core_support import service_principal
+from tests.gateway_support import locate, request
+
+APP = service_principal()
+BILLING = service_principal("demo", "billing")
+OTHER = service_principal("other", "app")
+NEW = ServiceKey("l3-00000000-0000-4000-8000-0000000000aa", "demo", "app", 2, State.ACTIVE,
+                 b"n" * 32)
+
+
+class HeldFetches:
+    """A core that answers fetches when told: ``calls`` in the order they were made."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, str | None, Deferred]] = []
+        self.keys: dict[str, ServiceKey] = {}
+
+    def __call__(self, caller, tenant, service, uid=None) -> Deferred:
+        d: Deferred = Deferred()
+        self.calls.append((caller, uid, d))
+        return d
+
+    def answer(self, index: int = 0, caller=None) -> None:
+        """Answer call ``index`` (of those not answered yet, of ``caller`` if given) as the
+        core would."""
+        pending = [call for call in self.calls
+                   if not call[2].called and (caller is None or call[0] == caller)]
+        _, uid, d = pending[index]
+        if uid in self.keys:
+            d.callback([self.keys[uid]])
+        else:
+            missing = object_not_found(uid)
+            d.errback(ServiceKeyRefused(missing.reason, missing.message))
+
+    def waiting(self, caller=None) -> int:
+        return sum(1 for who, _, d in self.calls
+                   if not d.called and (caller is None or who == caller))
+
+
+def uid() -> str:
+    return f"l3-{uuid.uuid4()}"
+
+
+def cache_of(core: HeldFetches, clock: Clock, **kwargs) -> L3Cache:
+    return L3Cache(core, connected=lambda: True, clock=clock.seconds, **kwargs)
+
+
+def errors_of(d: Deferred) -> dict:
+    got: list[dict] = []
+    d.addCallback(got.append)
+    assert got, "not answered yet"
+    return got[0]
+
+
+def test_identical_fetches_in_flight_are_one() -> None:
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock)
+    core.keys[NEW.uid] = NEW
+    first = cache.ensure([Need(uid=NEW.uid)], APP)
+    second = cache.ensure([Need(uid=NEW.uid)], APP)
+    assert len(core.calls) == 1
+    other = cache.ensure([Need(uid=NEW.uid)], BILLING)  # who asks decides what is answered
+    assert len(core.calls) == 2
+    core.answer()
+    assert errors_of(first) == errors_of(second) == {}
+    assert cache.holds(NEW.uid) and not other.called
+
+
+def test_a_tenant_has_a_bounded_number_of_fetches_in_flight_and_others_are_not_held() -> None:
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock, max_fetches_per_tenant=3)
+    flood = [cache.ensure([Need(uid=uid()) for _ in range(5)], APP) for _ in range(4)]
+    assert core.waiting(APP) == 3 and cache.fetches_waiting == 17
+    # Another tenant's fetch is sent at once, whatever demo has waiting.
+    cache.ensure([Need(uid=NEW.uid)], OTHER)
+    assert core.waiting(OTHER) == 1
+    # Demo's next waiting fetch goes out as one of its own is answered, in order.
+    core.answer(0, APP)
+    assert core.waiting(APP) == 3 and cache.fetches_waiting == 16
+    while core.waiting(APP):
+        core.answer(0, APP)
+    assert cache.fetches_waiting == 0 and cache.fetches_running == 1  # OTHER's
+    for d in flood:  # every request is answered as it would have been, only later
+        errors = errors_of(d)
+        assert len(errors) == 5
+        assert {e.reason for e in errors.values()} == {ResultReason.OBJECT_NOT_FOUND}
+
+
+def test_the_cores_not_found_is_remembered_briefly_per_tenant() -> None:
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock, not_found_ttl=5.0)
+    bogus = uid()
+    first = cache.ensure([Need(uid=bogus)], APP)
+    core.answer()
+    refusal = errors_of(first)[Need(uid=bogus)]
+    assert refusal.reason == ResultReason.OBJECT_NOT_FOUND
+    # Asked again by the same tenant (any of its callers): the same answer, no fetch.
+    for who in (APP, BILLING):
+        assert errors_of(cache.ensure([Need(uid=bogus)], who)) == {Need(uid=bogus): refusal}
+    assert len(core.calls) == 1
+    cache.ensure([Need(uid=bogus)], OTHER)  # another tenant asks the core itself
+    assert len(core.calls) == 2
+    core.answer()
+    clock.advance(5.0)  # then it is asked again
+    cache.ensure([Need(uid=bogus)], APP)
+    assert len(core.calls) == 3
+
+
+def test_a_refusal_of_who_asks_or_a_link_failure_is_not_remembered() -> None:
+    clock = Clock()
+    denied = object_not_found(NEW.uid)
+    answers = iter([ServiceKeyRefused(denied.reason, denied.message, owner=("demo", "app")),
+                    ServiceKeyRefused(ResultReason.GENERAL_FAILURE, "busy")])
+    calls: list[str] = []
+
+    def core(caller, tenant, service, uid=None) -> Deferred:
+        calls.append(uid)
+        d: Deferred = Deferred()
+        d.errback(next(answers, object_not_found(uid)))
+        return d
+
+    cache = L3Cache(core, connected=lambda: True, clock=clock.seconds)
+    for _ in range(3):
+        cache.ensure([Need(uid=NEW.uid)], OTHER)
+    assert len(calls) == 3
+
+
+def test_a_new_l3_is_usable_as_soon_as_its_event_comes() -> None:
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock)
+    cache.ensure([Need(uid=NEW.uid)], APP)
+    core.answer()  # not found (yet)
+    core.keys[NEW.uid] = NEW  # made at the core: its event comes
+    cache.apply_event(1, "l3.rotated", "demo", {"unique_identifier": NEW.uid,
+                                                "service": "app", "key_version": 2})
+    done = cache.ensure([Need(uid=NEW.uid)], APP)
+    core.answer()
+    assert errors_of(done) == {} and cache.holds(NEW.uid)
+
+
+def test_a_not_found_sent_before_an_l3_was_made_is_not_remembered() -> None:
+    """The fetch read the store before the L3 was made; its event came before the answer."""
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock)
+    cache.ensure([Need(uid=NEW.uid)], APP)
+    cache.apply_event(1, "l3.rotated", "demo", {"unique_identifier": NEW.uid,
+                                                "service": "app", "key_version": 2})
+    core.answer()  # not found, as read before
+    core.keys[NEW.uid] = NEW
+    done = cache.ensure([Need(uid=NEW.uid)], APP)
+    core.answer()
+    assert errors_of(done) == {} and cache.holds(NEW.uid)
+
+
+def test_the_remembered_not_founds_are_bounded_least_recently_used_first() -> None:
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock, max_not_found=2)
+    a, b, c = uid(), uid(), uid()
+    for bogus in (a, b):
+        cache.ensure([Need(uid=bogus)], APP)
+        core.answer()
+    cache.ensure([Need(uid=a)], APP)  # used: b is the least recent
+    cache.ensure([Need(uid=c)], APP)
+    core.answer()
+    asked = len(core.calls)
+    cache.ensure([Need(uid=a)], APP)
+    assert len(core.calls) == asked
+    cache.ensure([Need(uid=b)], APP)
+    assert len(core.calls) == asked + 1
+    core.answer()
+    cache.resync()  # forgets them all
+    cache.ensure([Need(uid=a)], APP)
+    assert len(core.calls) == asked + 2
+
+
+# The link ------------------------------------------------------------------------------------
+
+class ForwardingHandler:
+    def __init__(self, link: LinkClient) -> None:
+        self.link = link
+
+    def handle_request(self, wire: bytes, connection: ConnectionInfo) -> Deferred[bytes]:
+        return self.link.forward(wire, connection.principal, connection.peer)
+
+    def failure_response(self, reason: int, message: str) -> bytes:
+        return b"FAIL"
+
+
+def linked(**kwargs) -> tuple[LinkClient, LinkClientProtocol]:
+    clock = Clock()
+    link = LinkClient(None, clock=clock, **kwargs)  # type: ignore[arg-type]
+    core_end = LinkClientProtocol(link)
+    core_end.makeConnection(StringTransport())
+    core_end.dataReceived(encode_frame(Frame(
+        FrameType.WELCOME, link_version=LINK_VERSION, peer_name="core", sequence=0,
+        heartbeat_interval=1)))
+    assert link.connected
+    return link, core_end
+
+
+def test_fetches_pause_no_client_connection_and_are_bounded_apart() -> None:
+    link, core_end = linked(max_in_flight=4, max_fetches=6)
+    factory = KmipServerFactory(ForwardingHandler(link), ConnectionLimits(),
+                                lambda transport: OTHER, Clock(), upstream=link)
+    other = factory.buildProtocol(None)
+    transport = StringTransport()
+    other.makeConnection(transport)
+    other.handshakeCompleted()
+    fetches = [link.fetch_service_keys(APP, "", "", uid()) for _ in range(6)]
+    assert link.in_flight == 6 and link.fetches_in_flight == 6
+    assert PAUSED_BY_UPSTREAM not in other.paused_by
+    assert transport.producerState == "producing"
+    refused = link.fetch_service_keys(APP, "", "", uid())
+    assert isinstance(refused.result.value, LinkBusy)
+    refused.addErrback(lambda _: None)
+    # Another tenant's forwarded request still goes out, and is answered.
+    other.dataReceived(request(locate()))
+    assert link.in_flight == 7 and link.fetches_in_flight == 6
+    forwarded = max(core_end.streams)
+    core_end.dataReceived(encode_frame(Frame(FrameType.RESPONSE, stream_id=forwarded,
+                                             message=b"answer")))
+    assert transport.value() == b"answer"
+    # Answered, timed out or lost, each fetch is counted as a fetch.
+    first = min(core_end.streams)
+    core_end.dataReceived(encode_frame(Frame(FrameType.SERVICE_KEYS, stream_id=first,
+                                             service_keys=[])))
+    assert link.fetches_in_flight == 5 and fetches[0].result == []
+    fetches[1].addErrback(lambda _: None)
+    fetches[1].cancel()
+    assert link.fetches_in_flight == 4
+    for d in fetches[2:]:
+        d.addErrback(lambda _: None)
+    core_end.connectionLost(Failure(ConnectionDone()))
+    assert link.in_flight == link.fetches_in_flight == 0

@@ -68,10 +68,11 @@ class ConnectionLimits:
     max_pending: int = 32  # requests read but not yet answered, before reading pauses
     #: Seconds from the TCP connection to a finished TLS handshake that names a principal.
     handshake_timeout: float = 10.0
-    #: Connections a process holds at once, over all its listeners (KMIP and link); keep it
+    #: Connections a process holds at once on its KMIP listener (kcm-core's gateway-link
+    #: listener has a cap of its own, ``max_link_connections``); keep the caps together
     #: below ``ulimit -n`` minus about 100 descriptors the process needs for itself.
     max_connections: int = 900
-    #: Connections from one client IP address at once, over all the process's listeners.
+    #: Connections from one client IP address at once, on each listener.
     max_connections_per_address: int = 100
     #: Bytes of answers written but not yet sent to a client (the transport's buffer) above
     #: which that connection's further requests wait (and are not read).

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import resource
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from OpenSSL import SSL
@@ -48,8 +50,8 @@ from twisted.python.failure import Failure
 from kcm.eager_tls import EagerTLSFactory, EagerTLSProtocol
 from kcm.tcp_reads import read_into_shared_buffer
 
-__all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "GuardLimits",
-           "handshake_failure_reason"]
+__all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "DescriptorBudget",
+           "GuardLimits", "descriptor_budget", "handshake_failure_reason"]
 
 log = Logger()
 
@@ -67,6 +69,33 @@ LOG_INTERVAL = 10.0
 #: File descriptors a process needs besides its connections (database, logs, listening
 #: sockets, the reactor's own): ``max_connections`` should leave at least these free.
 DESCRIPTORS_KEPT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorBudget:
+    """Connection caps against the process's open-file limit (``ulimit -n``)."""
+
+    #: The caps' settings, as the log names them (``limits.max_connections + ...``).
+    settings: str
+    #: The caps added up.
+    total: int
+    #: The soft open-file limit; None: unlimited.
+    soft: int | None
+
+    @property
+    def short(self) -> bool:
+        """Whether the caps leave fewer than :data:`DESCRIPTORS_KEPT` descriptors free."""
+        return self.soft is not None and self.total > self.soft - DESCRIPTORS_KEPT
+
+
+def descriptor_budget(caps: Sequence[tuple[str, int]]) -> DescriptorBudget:
+    """The budget of a process whose listeners hold at most ``caps`` connections (each a
+    setting under ``limits`` and its value), against this process's open-file limit: the
+    one rule of :meth:`ConnectionGuard.check_descriptors` and of ``kcm config check``."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return DescriptorBudget(" + ".join(f"limits.{name}" for name, _ in caps),
+                            sum(cap for _, cap in caps),
+                            None if soft == resource.RLIM_INFINITY else soft)
 
 
 class GuardLimits(Protocol):
@@ -128,15 +157,13 @@ class ConnectionGuard:
         if self._descriptors_checked:
             return
         self._descriptors_checked = True
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        caps = [(self.setting, self.max_connections)] + [
-            (guard.setting, guard.max_connections) for guard in self.reserved]
-        total = sum(cap for _, cap in caps)
-        if soft != resource.RLIM_INFINITY and total > soft - DESCRIPTORS_KEPT:
+        budget = descriptor_budget([(self.setting, self.max_connections)] + [
+            (guard.setting, guard.max_connections) for guard in self.reserved])
+        if budget.short:
             log.warn("{settings} ({limit}) leaves fewer than {kept} of the {soft} file "
                      "descriptors this process may open (ulimit -n): lower it or raise the "
-                     "limit", settings=" + ".join(f"limits.{name}" for name, _ in caps),
-                     limit=total, kept=DESCRIPTORS_KEPT, soft=soft)
+                     "limit", settings=budget.settings, limit=budget.total,
+                     kept=DESCRIPTORS_KEPT, soft=budget.soft)
 
     # Admission --------------------------------------------------------------------------
     def admit(self, host: str) -> bool:

@@ -54,7 +54,7 @@ import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -96,10 +96,12 @@ from kcm.tls_policy import DEFAULT_TLS12_CIPHERS, TlsPolicy
 __all__ = [
     "LISTEN_BACKLOG",
     "TLS12_CIPHERS",
+    "KeyFileModeProblem",
     "TLSClientEndpoint",
     "TLSListener",
     "check_key_file_mode",
     "client_tls_options",
+    "key_file_mode_problem",
     "listener_tls_options",
     "load_certificates",
     "min_tls_version",
@@ -132,18 +134,42 @@ def load_certificates(path: str | Path) -> list[x509.Certificate]:
 _warned_key_files: set[str] = set()
 
 
-def check_key_file_mode(path: str | Path, mode: int) -> None:
-    """Refuse (ValueError) a TLS private key file ``path`` of ``mode`` that others may read;
-    warn, once per file, about one its group may read (the L1 key file is refused for either;
-    a TLS key may be shared with a group on purpose, e.g. ``ssl-cert``)."""
+class KeyFileModeProblem(NamedTuple):
+    """What a TLS private key file's mode says is wrong: ``refused`` (the file is not
+    loaded) or only warned about; ``message`` says which, in one line."""
+
+    refused: bool
+    message: str
+
+
+def key_file_mode_problem(path: str | Path, mode: int) -> KeyFileModeProblem | None:
+    """The problem of a TLS private key file ``path`` of ``mode``: refused when others may
+    read it; warned about when its group may (the L1 key file is refused for either; a TLS
+    key may be shared with a group on purpose, e.g. ``ssl-cert``); None when neither may.
+    The one rule of :func:`check_key_file_mode` and of ``kcm config check``."""
     mode = stat.S_IMODE(mode)
     if mode & stat.S_IROTH:
-        raise ValueError(f"TLS key file {os.fspath(path)} has mode {mode:04o}; it must not be "
-                         "readable by others (chmod 600)")
-    if mode & stat.S_IRGRP and os.fspath(path) not in _warned_key_files:
+        return KeyFileModeProblem(True, f"TLS key file {os.fspath(path)} has mode {mode:04o}; "
+                                  "it must not be readable by others (chmod 600)")
+    if mode & stat.S_IRGRP:
+        return KeyFileModeProblem(False, f"TLS key file {os.fspath(path)} has mode "
+                                  f"{mode:04o}: its group may read it (chmod 600 unless that "
+                                  "is meant)")
+    return None
+
+
+def check_key_file_mode(path: str | Path, mode: int) -> None:
+    """Refuse (ValueError) a TLS private key file ``path`` of ``mode`` that others may read;
+    warn, once per file, about one its group may read (:func:`key_file_mode_problem`)."""
+    problem = key_file_mode_problem(path, mode)
+    if problem is None:
+        return
+    if problem.refused:
+        raise ValueError(problem.message)
+    if os.fspath(path) not in _warned_key_files:
         _warned_key_files.add(os.fspath(path))
-        log.warn("TLS key file {path} has mode {mode}: its group may read it (chmod 600 "
-                 "unless that is meant)", path=os.fspath(path), mode=f"{mode:04o}")
+        log.warn("{problem}", problem=problem.message, path=os.fspath(path),
+                 mode=f"{stat.S_IMODE(mode):04o}")
 
 
 def _load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "kcm.cli.ttlv_cmd", "kcm.cli.pki_cmd", "kcm.cli.conformance_cmd", "kcm.cli.core_cmd",
     "kcm.cli.audit_cmd", "kcm.cli.key_cmd", "kcm.cli.envelope_cmd", "kcm.cli.dev_cmd",
+    "kcm.cli.config_cmd",
 )
 
 #: The exit status for bad input (the same as argparse's for bad usage).

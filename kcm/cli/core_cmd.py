@@ -267,7 +267,7 @@ def shown_url(url: str) -> str:
 def _run_init(args: argparse.Namespace) -> int:
     from kcm.core import audit
     from kcm.core.l1 import L1Error, open_l1
-    from kcm.core.service import L1_CHECK_META
+    from kcm.core.service import L1_CHECK_META, l1_refusal
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
     from kcm.core.store.migrate import SchemaTooNew, current_revision, upgrade
@@ -291,8 +291,9 @@ def _run_init(args: argparse.Namespace) -> int:
 
     def record(session) -> audit.AuditRow | None:
         known = repository.get_meta(session, L1_CHECK_META)
-        if known is not None and known != check:
-            raise CommandError(f"the {l1.description} is not the L1 key of this database")
+        refusal = None if known is None else l1_refusal(known, l1)
+        if refusal is not None:
+            raise CommandError(refusal)
         repository.set_meta(session, L1_CHECK_META, check)
         try:
             return audit.key_chain(session, by="kcm core init")
@@ -341,14 +342,12 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
 def require_l1_of_database(session: Session, l1) -> None:
     """CommandError unless the database holds a check value (``kcm core init`` records it)
     and it is ``l1``'s."""
-    from kcm.core.service import L1_CHECK_META
+    from kcm.core.service import L1_CHECK_META, l1_refusal
     from kcm.core.store import repository
 
-    known = repository.get_meta(session, L1_CHECK_META)
-    if known is None:
-        raise CommandError("the database was not initialised: run `kcm core init` first")
-    if known != l1.check_value():
-        raise CommandError(f"the {l1.description} is not the L1 key of this database")
+    refusal = l1_refusal(repository.get_meta(session, L1_CHECK_META), l1)
+    if refusal is not None:
+        raise CommandError(refusal)
 
 
 #: The operations of the audit records of the keys these commands create.

@@ -33,7 +33,7 @@ from kcm.core import audit, events
 from kcm.core.config import CoreConfig
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
-from kcm.core.l1 import open_l1
+from kcm.core.l1 import L1Key, open_l1
 from kcm.core.link_server import LinkServerFactory
 from kcm.core.metrics import CoreMetrics
 from kcm.core.request_handler import CoreRequestHandler
@@ -44,7 +44,8 @@ from kcm.identity import SubjectMap
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.process import ProcessService
 
-__all__ = ["L1_CHECK_META", "CoreService", "MasterKey", "PolicyFile", "StartupError"]
+__all__ = ["L1_CHECK_META", "CoreService", "MasterKey", "PolicyFile", "StartupError",
+           "l1_refusal"]
 
 log = Logger()
 
@@ -53,6 +54,17 @@ L1_CHECK_META = "l1.kcv"
 
 class StartupError(RuntimeError):
     """kcm-core cannot start with this configuration and data."""
+
+
+def l1_refusal(expected: str | None, l1: L1Key) -> str | None:
+    """Why ``l1`` is not the L1 of a database whose recorded check value is ``expected``
+    (None: ``kcm core init`` recorded none), or None if it is: the one rule kcm-core's start,
+    the operator commands that use L1 and ``kcm config check`` apply."""
+    if expected is None:
+        return "the database was not initialised: run `kcm core init` first"
+    if expected != l1.check_value():
+        return f"the {l1.description} is not the L1 key of this database"
+    return None
 
 
 class MasterKey(Service):
@@ -77,10 +89,9 @@ class MasterKey(Service):
         # Before the reactor runs, so blocking here holds nothing up.
         expected = self.store.run_sync(lambda s: repository.get_meta(s, L1_CHECK_META),
                                        write=False)
-        if expected is None:
-            raise StartupError("the database was not initialised: run `kcm core init` first")
-        if expected != l1.check_value():
-            raise StartupError(f"the {l1.description} is not the L1 key of this database")
+        refusal = l1_refusal(expected, l1)
+        if refusal is not None:
+            raise StartupError(refusal)
         self.keyring.load(l1)
         self.store.audit_key = self.keyring.audit_key
         log.info("L1: the {l1}", l1=l1.description)

@@ -55,7 +55,7 @@ class GatewayIdentity(Service):
         self.endpoint = endpoint
 
     def startService(self) -> None:
-        self.link.gateway_name = _gateway_name(self.cert_path, self.trust_domain)
+        self.link.gateway_name = gateway_name_of(self.cert_path, self.trust_domain)
         self.endpoint.load()
         super().startService()
 
@@ -151,7 +151,7 @@ class GatewayService(ProcessService):
                       service=service, reason=error.message)
 
 
-def _gateway_name(cert_path: str, trust_domain: str) -> str:
+def gateway_name_of(cert_path: str, trust_domain: str) -> str:
     """The name the gateway gives itself on the link: its certificate's gateway name."""
     principal = principal_from_certificate(load_certificates(cert_path)[0],
                                            trust_domain=trust_domain)

@@ -76,15 +76,19 @@ def _refuse_unknown_revision(connection: Connection) -> None:
     """:class:`SchemaTooNew` if the database on ``connection`` is at a revision the packaged
     scripts do not define (Alembic would only say it "can't locate" it)."""
     current = MigrationContext.configure(connection).get_current_revision()
-    if current is None:
-        return
+    if current is not None and not is_known_revision(current):
+        raise SchemaTooNew(current, head_revision())
+
+
+def is_known_revision(revision: str) -> bool:
+    """Whether the packaged scripts define ``revision``: a database at a revision they do
+    not is newer than this release (:class:`SchemaTooNew`); one at a known revision other
+    than :func:`head_revision` is behind, and :func:`upgrade` brings it up."""
     scripts = ScriptDirectory.from_config(alembic_config())
     try:
-        known = scripts.get_revision(current) is not None
+        return scripts.get_revision(revision) is not None
     except AlembicError:
-        known = False
-    if not known:
-        raise SchemaTooNew(current, head_revision())
+        return False
 
 
 def create_private_sqlite_file(url: str) -> None:

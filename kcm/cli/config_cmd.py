@@ -1,0 +1,458 @@
+"""``kcm config``: check a kcm-core or kcm-gateway configuration before it is used.
+
+* ``kcm config check -c FILE [--open-token]``: a preflight to run before starting or
+  upgrading the service whose table the file has (``[core]``: kcm-core, ``[gateway]``:
+  kcm-gateway; a file with both is checked for both). It finds what would stop the start, or
+  what this release refuses, without starting anything and without writing anything: the
+  configuration loads and validates; the TLS files load and the key is the certificate's;
+  the key file's mode; the certificate's dates, its chain to the configured CA, its
+  extended key usages, and that it is the identity the other end of the link requires (a
+  core's: no URI SAN, not a CA; a gateway's: its SPIFFE ID); the policy and log files; for
+  kcm-core, the L1 key (a token only with ``--open-token``, read-only), the database (it
+  exists, is reachable, its schema revision against this release's) and the L1 check value
+  the database recorded; for kcm-gateway, the cores, workers and pinning; and the
+  connection caps against the open-file limit (``ulimit -n``) of this shell.
+
+It prints one line per check, ``ok: ...``, ``warning: ...`` or ``error: ...``, never a
+secret (the database URL is shown without its password, no PIN, no key), and exits 0 when
+no line is an error, 1 otherwise (2 for bad usage). Each check calls the code the service
+runs at start, so the two cannot disagree; run it as the service's user, from its working
+directory (relative paths in the configuration are taken from there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import stat
+import tomllib
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kcm.cli import CommandError, add_command
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from kcm.config_file import TlsFiles
+    from kcm.core.config import CoreConfig
+    from kcm.core.l1 import L1Key
+    from kcm.gateway.config import GatewayConfig
+
+__all__ = ["EXPIRY_WARNING_DAYS", "Finding", "check_config", "register"]
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+
+#: A certificate that expires within this many days is warned about.
+EXPIRY_WARNING_DAYS = 30
+
+#: The services a configuration file's tables name, in the order they are checked.
+_SERVICES = ("core", "gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """The outcome of one check: ``level`` (ok, warning, error) and what was found."""
+
+    level: str
+    text: str
+
+    @property
+    def line(self) -> str:
+        """The finding as its printed line: one line of printable ASCII."""
+        text = " ".join(self.text.split())
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+        return f"{self.level}: " + "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``config`` and its actions to the ``kcm`` parser."""
+    actions = add_command(subparsers, "config",
+                          "check a kcm-core or kcm-gateway configuration", __doc__)
+    check = actions.add_parser(
+        "check", help="find what would stop the service's start, writing nothing")
+    check.add_argument("-c", "--config", required=True, metavar="FILE",
+                       help="the configuration file (its [core] or [gateway] table)")
+    check.add_argument("--open-token", action="store_true",
+                       help="with l1_pkcs11: open the token read-only, as kcm-core does, "
+                            "and check its L1 against the database (without: not opened)")
+    check.set_defaults(run=_run_check, prog="kcm config check")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    status = 0
+    for finding in check_config(args.config, open_token=args.open_token):
+        print(finding.line, flush=True)
+        if finding.level == ERROR:
+            status = 1
+    return status
+
+
+def check_config(path: str, *, open_token: bool = False,
+                 now: dt.datetime | None = None) -> Iterator[Finding]:
+    """The findings of every check of the configuration file ``path``, as they are made
+    (see the module's docstring); ``now`` (UTC) dates the certificates."""
+    now = now if now is not None else dt.datetime.now(dt.UTC)
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as e:
+        yield Finding(ERROR, f"cannot read {path}: {e.strerror}")
+        return
+    except tomllib.TOMLDecodeError as e:
+        yield Finding(ERROR, f"{path}: {e}")
+        return
+    services = [name for name in _SERVICES if name in document]
+    if not services:
+        yield Finding(ERROR, f"{path} has no [core] or [gateway] table: it is not a kcm-core "
+                             "or kcm-gateway configuration")
+        return
+    for service in services:
+        if service == "core":
+            yield from _core(path, now, open_token)
+        else:
+            yield from _gateway(path, now)
+
+
+# kcm-core -------------------------------------------------------------------------------
+def _core(path: str, now: dt.datetime, open_token: bool) -> Iterator[Finding]:
+    from kcm.config_file import ConfigError
+    from kcm.core.config import load_config
+    from kcm.identity import core_certificate_refusal
+
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        yield Finding(ERROR, str(e))
+        return
+    yield Finding(OK, f"{path}: [core] loads and validates (kcm-core)")
+
+    def identity(cert: x509.Certificate) -> Finding:
+        refusal = core_certificate_refusal(cert)
+        if refusal is not None:
+            return Finding(ERROR, f"core.tls.cert: gateways refuse it as a core's: {refusal}")
+        return Finding(OK, "core.tls.cert: a core's certificate (no URI SAN, not a CA), as "
+                           "gateways require")
+
+    yield from _tls(config.tls, "core", now, identity, client_use=False)
+    if config.policy_file:
+        yield _policy_file(config.policy_file)
+    yield from _log_file("core", config.log_file)
+    l1 = yield from _l1(config, open_token)
+    try:
+        yield from _database(config, l1)
+    finally:
+        close = getattr(l1, "close", None)  # a token's session
+        if close is not None:
+            close()
+    caps = [("max_connections", config.limits.max_connections)]
+    if config.link_listen:  # (the link listener's guard is reserved from the KMIP one's)
+        caps.append(("max_link_connections", config.limits.max_link_connections))
+    yield _descriptors("core", caps)
+
+
+def _l1(config: CoreConfig, open_token: bool) -> Generator[Finding, None, L1Key | None]:
+    """Open L1 as kcm-core does when it starts (:class:`kcm.core.service.MasterKey`); a
+    token only with ``open_token``. Returns the key, or None."""
+    from kcm.core.l1 import L1Error, open_l1
+
+    if config.l1_pkcs11 and not open_token:
+        from kcm.core.l1_pkcs11 import Pkcs11Uri
+
+        try:
+            where = Pkcs11Uri.parse(config.l1_pkcs11)
+        except L1Error as e:
+            yield Finding(ERROR, f"core.l1_pkcs11: {e}")
+            return None
+        yield Finding(OK, f"core.l1_pkcs11: names key {where.object!r} in PKCS#11 token "
+                          f"{where.token!r}; the token was not opened, nor L1 checked against "
+                          "the database (--open-token does, read-only)")
+        return None
+    setting = "l1_pkcs11" if config.l1_pkcs11 else "l1_key_file"
+    try:
+        l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
+    except (OSError, L1Error) as e:
+        yield Finding(ERROR, f"core.{setting}: {e}")
+        return None
+    if config.l1_pkcs11:
+        yield Finding(OK, f"core.l1_pkcs11: the {l1.description} opens (read-only)")
+    else:
+        mode = stat.S_IMODE(os.stat(config.l1_key_file).st_mode)
+        yield Finding(OK, f"core.l1_key_file: the {l1.description} loads (mode {mode:04o})")
+    return l1
+
+
+def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
+    """The database exists (never created), is reachable, its schema is this release's or
+    one ``kcm core init`` upgrades, and it recorded ``l1``'s check value."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kcm.cli.core_cmd import existing_database, run_in_store, shown_url
+    from kcm.core.service import L1_CHECK_META, l1_refusal
+    from kcm.core.store import repository
+    from kcm.core.store.engine import Store
+    from kcm.core.store.migrate import (
+        SchemaTooNew,
+        current_revision,
+        head_revision,
+        is_known_revision,
+    )
+
+    try:
+        url = existing_database(config)
+    except CommandError as e:
+        yield Finding(ERROR, f"core.database: {e}")
+        return
+    shown = shown_url(url)
+    try:
+        current = current_revision(url)
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e)
+        yield Finding(ERROR, f"core.database: {shown} cannot be reached or read: {reason}")
+        return
+    yield Finding(OK, f"core.database: {shown} is reachable")
+    head = head_revision()
+    if current is None:
+        yield Finding(ERROR, f"core.database: {shown} has no kcm-core schema (kcm core init "
+                             "creates it)")
+        return
+    if current == head:
+        yield Finding(OK, f"core.database: schema at {head}, this kcm's")
+    elif is_known_revision(current):
+        yield Finding(WARNING, f"core.database: schema behind: kcm core init will upgrade "
+                               f"it from {current} to {head} (kcm-core does at start)")
+    else:
+        yield Finding(ERROR, f"core.database: {SchemaTooNew(current, head)}")
+        return
+    if l1 is None:
+        return
+    store = Store(url, threads=1)
+    try:
+        known = run_in_store(store, lambda s: repository.get_meta(s, L1_CHECK_META),
+                             write=False)
+    except CommandError as e:
+        yield Finding(ERROR, f"core.database: {e}")
+        return
+    finally:
+        store.stopService()
+    refusal = l1_refusal(known, l1)
+    setting = "l1_pkcs11" if config.l1_pkcs11 else "l1_key_file"
+    if refusal is not None:
+        yield Finding(ERROR, f"core.{setting}: {refusal}")
+    else:
+        yield Finding(OK, f"core.{setting}: its check value is the database's")
+
+
+# kcm-gateway ----------------------------------------------------------------------------
+def _gateway(path: str, now: dt.datetime) -> Iterator[Finding]:
+    from kcm.gateway.config import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        yield Finding(ERROR, str(e))
+        return
+    yield Finding(OK, f"{path}: [gateway] loads and validates (kcm-gateway)")
+    yield Finding(OK, f"gateway.core: {', '.join(config.core)} (core_order "
+                      f"{config.core_order}; each core's certificate must name "
+                      f"{config.core_server_name})")
+    workers = yield from _workers(config)
+
+    def identity(cert: x509.Certificate) -> Finding:
+        # What the gateway's start requires (kcm.gateway.service.GatewayIdentity), and the
+        # core's link listener too: a certificate naming a GATEWAY of the trust domain.
+        from kcm.gateway.service import gateway_name_of
+
+        try:
+            name = gateway_name_of(config.tls.cert, config.trust_domain)
+        except ValueError as e:
+            return Finding(ERROR, f"gateway.tls.cert: {e}: the gateway does not start, and "
+                                  "the core refuses a link from any other")
+        return Finding(OK, f"gateway.tls.cert: names gateway {name} "
+                           f"(spiffe://{config.trust_domain}/gateway/{name}), as the core's "
+                           "link requires")
+
+    yield from _tls(config.tls, "gateway", now, identity, client_use=True)
+    yield from _log_file("gateway", config.log_file)
+    yield _descriptors("gateway", [("max_connections", config.limits.max_connections)],
+                       per_worker=workers > 1)
+
+
+def _workers(config: GatewayConfig) -> Generator[Finding, None, int]:
+    """How many gateway processes the configuration runs, and how they are placed."""
+    from kcm.gateway.placement import usable_cpus, worker_cpus
+    from kcm.gateway.supervisor import worker_count
+
+    workers = worker_count(config.workers)
+    if workers == 1:
+        yield Finding(OK, "gateway.workers: one process")
+        return workers
+    pinned = worker_cpus(workers, config.pin_workers, usable_cpus())
+    placed = (f"each pinned to a CPU of {len(set(pinned.values()))}" if pinned
+              else "not pinned")
+    yield Finding(OK, f"gateway.workers: {workers} worker processes under a supervisor, "
+                      f"{placed} (pin_workers {config.pin_workers})")
+    return workers
+
+
+# Both -----------------------------------------------------------------------------------
+def _tls(tls: TlsFiles, section: str, now: dt.datetime,
+         identity: Callable[[x509.Certificate], Finding], *,
+         client_use: bool) -> Iterator[Finding]:
+    """The TLS files load as the service's listener loads them at start, the key file's
+    mode, the certificate's dates, chain, usages and identity (``identity(cert)``)."""
+    from kcm.config_file import tls_file_problem
+    from kcm.tls import key_file_mode_problem, listener_tls_options, load_certificates
+
+    refused = False
+    try:
+        mode = os.stat(tls.key).st_mode
+    except OSError:
+        mode = None  # the load below says why
+    if mode is not None:
+        problem = key_file_mode_problem(tls.key, mode)
+        if problem is None:
+            yield Finding(OK, f"{section}.tls.key: mode {stat.S_IMODE(mode):04o}")
+        else:
+            refused = problem.refused
+            yield Finding(ERROR if refused else WARNING, f"{section}.tls.key: {problem.message}")
+    if refused:  # the load would only repeat it: check the files without it
+        failure = tls_file_problem(tls, section)
+    else:
+        try:
+            listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy)
+            failure = None
+        except Exception as e:  # the start's own diagnosis (kcm.process) names the file
+            failure = tls_file_problem(tls, section) or f"{section}.tls: {e}"
+    if failure is not None:
+        yield Finding(ERROR, failure)
+        return
+    yield Finding(OK, f"{section}.tls: {tls.cert}, {tls.key} and {tls.ca} load; the key is "
+                      "the certificate's")
+    chain = load_certificates(tls.cert)
+    yield _dates(chain[0], section, now)
+    yield _chain(chain, load_certificates(tls.ca), section, tls.ca, now)
+    yield _usages(chain[0], section, client_use)
+    yield identity(chain[0])
+
+
+def _dates(cert: x509.Certificate, section: str, now: dt.datetime) -> Finding:
+    before, after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now < before:
+        return Finding(ERROR, f"{section}.tls.cert: not valid before {_day(before)}")
+    if now >= after:
+        return Finding(ERROR, f"{section}.tls.cert: expired {_day(after)}")
+    days = (after - now).days
+    if after - now < dt.timedelta(days=EXPIRY_WARNING_DAYS):
+        return Finding(WARNING, f"{section}.tls.cert: expires {_day(after)}, in {days} days: "
+                                "renew it (docs/operations.md, \"Certificates\")")
+    return Finding(OK, f"{section}.tls.cert: valid until {_day(after)} ({days} days)")
+
+
+def _day(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _chain(chain: Sequence[x509.Certificate], authorities: Sequence[x509.Certificate],
+           section: str, ca_path: str, now: dt.datetime) -> Finding:
+    """Whether OpenSSL (what every peer's TLS runs) verifies ``chain`` up to a CA of
+    ``authorities``: a warning if not (peers may trust another bundle). Without its time
+    checks when the certificate is out of its dates, which are reported apart."""
+    from OpenSSL import crypto
+
+    store = crypto.X509Store()
+    for authority in authorities:
+        store.add_cert(crypto.X509.from_cryptography(authority))
+    if not chain[0].not_valid_before_utc <= now < chain[0].not_valid_after_utc:
+        store.set_flags(_NO_CHECK_TIME)
+    else:
+        store.set_time(now)
+    context = crypto.X509StoreContext(
+        store, crypto.X509.from_cryptography(chain[0]),
+        [crypto.X509.from_cryptography(cert) for cert in chain[1:]])
+    try:
+        context.verify_certificate()
+    except crypto.X509StoreContextError as e:
+        return Finding(WARNING, f"{section}.tls.cert: not verified against {section}.tls.ca "
+                                f"{ca_path}: {e}")
+    return Finding(OK, f"{section}.tls.cert: chains to {section}.tls.ca {ca_path}")
+
+
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME, which pyOpenSSL's X509StoreFlags does not name.
+_NO_CHECK_TIME = 0x200000
+
+
+def _usages(cert: x509.Certificate, section: str, client_use: bool) -> Finding:
+    """The extended key usages peers' TLS checks: serverAuth for both services' listeners
+    (and a gateway's check of its core), clientAuth for a gateway's link (the core's TLS
+    refuses a client certificate not for client use)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    needed = [("serverAuth", ExtendedKeyUsageOID.SERVER_AUTH)]
+    if client_use:
+        needed.append(("clientAuth", ExtendedKeyUsageOID.CLIENT_AUTH))
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None  # any use
+    names = " and ".join(name for name, _ in needed)
+    if usages is not None and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+        missing = [name for name, oid in needed if oid not in usages]
+        if missing:
+            return Finding(ERROR, f"{section}.tls.cert: its extendedKeyUsage lacks "
+                                  f"{' and '.join(missing)}: peers' TLS refuses it")
+    return Finding(OK, f"{section}.tls.cert: fit for {names}")
+
+
+def _policy_file(path: str) -> Finding:
+    """The policy file loads as kcm-core's start loads it (:class:`kcm.core.service.
+    PolicyFile`)."""
+    from kcm.identity import SubjectMap
+
+    try:
+        subjects = SubjectMap.from_toml(path)
+    except OSError as e:
+        return Finding(ERROR, f"core.policy_file: cannot read {path}: {e.strerror}")
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        return Finding(ERROR, f"core.policy_file {path}: {e}")
+    return Finding(OK, f"core.policy_file: {path} loads ({len(subjects)} subject mappings)")
+
+
+def _log_file(section: str, path: str) -> Iterator[Finding]:
+    """A log file can be appended to, or created (nothing is opened: the service opens it
+    for appending when it starts, :func:`kcm.process.open_log`)."""
+    if path in ("", "-"):
+        return
+    if os.path.lexists(path):
+        if os.path.isfile(path) and os.access(path, os.W_OK):
+            yield Finding(OK, f"{section}.log_file: {path} can be appended to")
+        else:
+            yield Finding(ERROR, f"{section}.log_file: {path} cannot be appended to")
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+        yield Finding(OK, f"{section}.log_file: {path} will be created (0600)")
+    else:
+        yield Finding(ERROR, f"{section}.log_file: {path} cannot be created: {directory} is "
+                             "not a directory this user may write")
+
+
+def _descriptors(section: str, caps: list[tuple[str, int]], *,
+                 per_worker: bool = False) -> Finding:
+    """The connection caps against this shell's open-file limit, by the rule the service's
+    connection guard warns by (:func:`kcm.connection_guard.descriptor_budget`)."""
+    from kcm.connection_guard import DESCRIPTORS_KEPT, descriptor_budget
+
+    budget = descriptor_budget(caps)
+    each = " in each worker" if per_worker else ""
+    needs = (f"{section}: {budget.settings} ({budget.total}) + {DESCRIPTORS_KEPT} "
+             f"descriptors{each}")
+    if budget.soft is None:
+        return Finding(OK, f"{needs}: no open-file limit (ulimit -n) in this shell")
+    if budget.short:
+        return Finding(WARNING, f"{needs} exceed ulimit -n {budget.soft} of this shell: lower "
+                                "the caps or raise the limit (systemd: LimitNOFILE)")
+    return Finding(OK, f"{needs} fit ulimit -n {budget.soft} of this shell")

@@ -144,12 +144,21 @@ def run_tenant_show(args: argparse.Namespace) -> int:
 def run_tenant_remove(args: argparse.Namespace) -> int:
     """Remove a tenant whose own objects are all destroyed: its key hierarchy (L2, every L3),
     its destroyed objects and its L4 tombstones go, every gateway is told its service keys
-    are destroyed (so each drops them, and every L4 under them stops working), and an audit
-    record says who did it."""
+    are destroyed (so each drops them, and every L4 under them stops working), then that
+    the tenant is gone (``tenant.removed``: each forgets what it kept of it, and answers
+    its L4 tokens as the core does, Object Not Found), and an audit record says who did it.
+
+    Every running core forgets the tenant too: its fan-out reads ``tenant.removed``, and
+    its next write transaction sees the count of removals changed
+    (:func:`kcm.core.store.repository.count_tenant_removal`), so none commits anything on
+    the word of the removed tenant's service keys or under its tenant key. The transaction
+    holds the writers' lock from its start (a write transaction of the store), so no core
+    adds an object to the tenant between the check below and the deletes."""
     from sqlalchemy import delete, select
 
     from kcm.core import events
     from kcm.core.audit import AuditEvent, append_audit
+    from kcm.core.store import repository
     from kcm.core.store.schema import (
         LEVEL_SERVICE_KEY,
         L3Usage,
@@ -181,6 +190,8 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
             if row.level == LEVEL_SERVICE_KEY:
                 events.l3_state(session, args.tenant, row.uid, row.service or "",
                                 State.DESTROYED)
+        events.tenant_removed(session, args.tenant)
+        repository.count_tenant_removal(session)
         uids = [row.uid for row in rows]
         session.execute(delete(L4Tombstone).where(L4Tombstone.tenant == args.tenant))
         session.execute(delete(ObjectName).where(ObjectName.uid.in_(uids)))

@@ -1,13 +1,14 @@
 """Tail the outbox and fan new events out to every connected gateway link, in order.
 
 The outbox is the guarantee (ARCHITECTURE §4, §9): :class:`EventFanout` reads it off the
-reactor (a read-only transaction) when woken (:meth:`EventFanout.wake`: on PostgreSQL, the
-NOTIFY every commit that adds events sends, whichever core made it, see
-:mod:`kcm.core.outbox_listener`; on SQLite, each commit of this process that adds events,
-the store's ``on_outbox_written``) and every ``poll_interval`` in any case, encodes each new
-event's EVENT frame once and hands it to every live subscriber. A link that has just connected first
-catches up through :meth:`EventFanout.replay`, then goes live; see
-:class:`kcm.core.link_server.LinkServerProtocol`.
+reactor (a read-only transaction on the store's reader thread, apart from its workers, so
+that no queue of requests there delays an event: :meth:`Store.read_plain`) when woken
+(:meth:`EventFanout.wake`: on PostgreSQL, the NOTIFY every commit that adds events sends,
+whichever core made it, see :mod:`kcm.core.outbox_listener`; on SQLite, each commit of this
+process that adds events, the store's ``on_outbox_written``) and every ``poll_interval`` in
+any case, encodes each new event's EVENT frame once and hands it to every live subscriber. A
+link that has just connected first catches up through :meth:`EventFanout.replay`, then goes
+live; see :class:`kcm.core.link_server.LinkServerProtocol`.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ DESTROYED_REMEMBERED = 1024
 
 class Keyring:
     """Holds L1; unwraps and caches L2s by uid (they never change once created; a destroyed
-    one is dropped: :meth:`forget_tenant_key`).
+    one is dropped: :meth:`forget_tenant_key`, and a removed tenant's:
+    :meth:`forget_tenant`).
 
     Made without ``l1``, it is assembled before L1 is opened, and :meth:`load` gives it L1
     when the service that opens it starts; until then nothing can be wrapped or unwrapped.
@@ -60,8 +61,13 @@ class Keyring:
         self._clock = clock
         self._current_l2_ttl = current_l2_ttl
         self._l2_by_uid: dict[str, bytes] = {}
+        # tenant -> the uids of its L2s in _l2_by_uid (to forget a removed tenant's).
+        self._l2_uids_of: dict[str, set[str]] = {}
         # tenant -> (uid of its current L2, when looked up): saves a query per new object.
         self._current_l2: dict[str, tuple[str, float]] = {}
+        # The store's count of tenant removals _current_l2 was looked up under (None: not
+        # compared yet): see _current_tenant_key.
+        self._removals: int | None = None
         # (tenant, uid, wrapped material) -> plaintext, least recently used first. Keyed by
         # the stored ciphertext itself, an entry can never answer for other material: a
         # change of the row's material (or its removal) is a miss, whoever committed it.
@@ -123,7 +129,20 @@ class Keyring:
     def _current_tenant_key(self, session: Session, tenant: str) -> tuple[str, bytes]:
         """The tenant's current L2 (uid, key), looked up at most every ``current_l2_ttl``
         seconds: another core may rotate it, and objects wrapped meanwhile under the
-        previous version stay readable, since every blob names the L2 that wrapped it."""
+        previous version stay readable, since every blob names the L2 that wrapped it.
+
+        Removal is another matter: an L2 deleted with its tenant (``kcm core tenant
+        remove``, perhaps run by another process) must never wrap anything committed. So
+        a write transaction first compares the store's count of tenant removals (read
+        once per transaction under the writers' lock, with the number a Create reads
+        anyway: :func:`kcm.core.store.repository.tenant_removals`) with the count the
+        cache was filled under; a change forgets every tenant's current L2 and L2 key."""
+        removals = repository.tenant_removals(session)
+        if removals != self._removals and removals is not None:
+            self._current_l2.clear()
+            self._l2_by_uid.clear()
+            self._l2_uids_of.clear()
+            self._removals = removals
         cached = self._current_l2.get(tenant)
         now = self._clock()
         if cached is not None and now - cached[1] < self._current_l2_ttl:
@@ -145,12 +164,24 @@ class Keyring:
         """The tenant's current L2 changed here (a re-key): look it up again next time."""
         self._current_l2.pop(tenant, None)
 
+    def forget_tenant(self, tenant: str) -> None:
+        """``tenant`` was removed (its ``tenant.removed`` event): drop its L2 keys, current
+        L2 and unwrapped materials. (A write transaction would not use them anyway: see
+        :meth:`_current_tenant_key`; this frees them at once.)"""
+        self._current_l2.pop(tenant, None)
+        for uid in self._l2_uids_of.pop(tenant, ()):
+            self._l2_by_uid.pop(uid, None)
+        with self._unwrapped_lock:
+            for cache_key in [k for k in self._unwrapped if k[0] == tenant]:
+                del self._unwrapped[cache_key]
+
     def forget_tenant_key(self, tenant: str, uid: str) -> None:
         """L2 ``uid`` of ``tenant`` was destroyed here: drop its key, and stop taking it for
         the tenant's current one. (Another core drops it when it next reads the row:
         :meth:`_l2_key`; it never wraps under it again once a Destroy is allowed, see
         :func:`kcm.core.tenant_rotation.check_destroy`.)"""
         self._l2_by_uid.pop(uid, None)
+        self._l2_uids_of.get(tenant, set()).discard(uid)
         cached = self._current_l2.get(tenant)
         if cached is not None and cached[0] == uid:
             self._current_l2.pop(tenant, None)
@@ -214,6 +245,7 @@ class Keyring:
         if key is None:
             key = self._master().unwrap(l2.material, aad=keys.object_aad(l2.tenant, l2.uid))
             self._l2_by_uid[l2.uid] = key
+            self._l2_uids_of.setdefault(l2.tenant, set()).add(l2.uid)
         return key
 
     def wrap_tenant_key(self, tenant: str, uid: str, key: bytes) -> bytes:

@@ -12,7 +12,11 @@ closed right after the handshake. On a link:
   a direct client's does when it disconnects, and is not answered; every request in flight
   on a link that closes stops the same way;
 * FETCH_SERVICE_KEY → :func:`kcm.core.service_keys.fetch_service_keys`, answered with
-  SERVICE_KEYS;
+  SERVICE_KEYS; at most ``max_fetches_per_tenant`` fetches for one tenant's callers run at
+  once (on every link together), the others wait their turn in order, at most
+  ``max_waiting_fetches`` of them per link; one more is refused at once (General Failure,
+  the core busy), so that one tenant's misses, however many, hold at most that many of the
+  store's workers;
 * USAGE_REPORT (link version 3) → the factory's ``on_usage`` (kcm-core: its
   :class:`kcm.core.usage_intake.UsageIntake`); not answered;
 * VERSION (link version 4) → the gateway's own link version, which says whether it takes
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -110,6 +114,78 @@ class LinkSettings:
     #: Frames sent and accepted: frame_size_limit(limits.max_message_size) (kcm.core.tap).
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_queued_events: int = 10_000  # events waiting on a full transport before the drop
+    #: FETCH_SERVICE_KEYs of one tenant's callers running at once, on all links together
+    #: (each is a write transaction on one of the store's workers).
+    max_fetches_per_tenant: int = 2
+    #: FETCH_SERVICE_KEYs of one link waiting their turn; beyond, refused at once (a
+    #: gateway sends at most its own bound, by default 1,024, and is never refused).
+    max_waiting_fetches: int = 1024
+
+
+#: What a FETCH_SERVICE_KEY beyond ``max_waiting_fetches`` is answered (General Failure).
+FETCHES_BUSY = "the core is busy: too many service key fetches wait on this link; try again"
+
+
+class FetchTurns:
+    """The service key fetches of a core's links: at most ``per_tenant`` of one tenant's
+    callers run at once; the others wait in that tenant's queue, first come first served.
+    A fetch of a link that has closed meanwhile is not run."""
+
+    def __init__(self, per_tenant: int) -> None:
+        self.per_tenant = per_tenant
+        self._running: dict[str, int] = {}
+        self._waiting: dict[str, deque[tuple[LinkServerProtocol, Callable[[], Deferred]]]] = {}
+        self._starting: set[str] = set()
+
+    def running(self, tenant: str) -> int:
+        return self._running.get(tenant, 0)
+
+    def run(self, tenant: str, link: LinkServerProtocol,
+            start: Callable[[], Deferred]) -> None:
+        """``start()`` now, or in ``tenant``'s turn (``link.fetches_waiting`` counts it
+        meanwhile); ``start`` returns a Deferred that fires when the fetch is over."""
+        self._waiting.setdefault(tenant, deque()).append((link, start))
+        link.fetches_waiting += 1
+        self._next(tenant)
+
+    def forget(self, link: LinkServerProtocol) -> None:
+        """Drop the waiting fetches of ``link`` (it closed)."""
+        for tenant, queue in list(self._waiting.items()):
+            kept = deque(entry for entry in queue if entry[0] is not link)
+            if kept:
+                self._waiting[tenant] = kept
+            else:
+                del self._waiting[tenant]
+        link.fetches_waiting = 0
+
+    def _next(self, tenant: str) -> None:
+        if tenant in self._starting:  # a fetch over at once, inside start(): the loop goes on
+            return
+        self._starting.add(tenant)
+        try:
+            while self._running.get(tenant, 0) < self.per_tenant:
+                queue = self._waiting.get(tenant)
+                if not queue:
+                    return
+                link, start = queue.popleft()
+                if not queue:
+                    del self._waiting[tenant]
+                link.fetches_waiting -= 1
+                if link.closing:
+                    continue
+                self._running[tenant] = self._running.get(tenant, 0) + 1
+                maybeDeferred(start).addBoth(self._over, tenant)
+        finally:
+            self._starting.discard(tenant)
+
+    def _over(self, result: object, tenant: str) -> object:
+        left = self._running[tenant] - 1
+        if left:
+            self._running[tenant] = left
+        else:
+            del self._running[tenant]
+        self._next(tenant)
+        return result
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -145,6 +221,9 @@ class LinkServerProtocol(LinkProtocol):
         self._version_seen = False
         #: Whether this link was sent DRAIN (the gateway closes it once answered).
         self.drain_sent = False
+        #: FETCH_SERVICE_KEYs of this link waiting their turn (:class:`FetchTurns`).
+        self.fetches_waiting = 0
+        self._fetches_refused = 0
 
     @property
     def requests_in_flight(self) -> int:
@@ -179,6 +258,7 @@ class LinkServerProtocol(LinkProtocol):
         self._queued.clear()
         self._held.clear()
         self._stop_holding()
+        self.factory.fetches.forget(self)
         # Nobody is left to read the answers of the requests in flight.
         requests, self._requests = self._requests, {}
         for watch in requests.values():
@@ -514,12 +594,34 @@ class LinkServerProtocol(LinkProtocol):
                 ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
             return
         caller = Caller(principal, self.peer, gateway=self.gateway)
-        d = self.factory.fetch_keys(caller, frame.tenant, frame.service, frame.unique_identifier,
-                                    int(self.clock.seconds()))
+        fetches = self.factory.fetches
+        tenant = principal.tenant if principal.tenant is not None else principal.id
+        if (self.fetches_waiting >= self.factory.settings.max_waiting_fetches
+                and fetches.running(tenant) >= fetches.per_tenant):
+            self._fetch_refused_busy(stream_id)
+            return
+        fetches.run(tenant, self, lambda: self._fetch(stream_id, caller, frame.tenant,
+                                                       frame.service, frame.unique_identifier))
+
+    def _fetch(self, stream_id: int, caller: Caller, tenant: str, service: str,
+               uid: str | None) -> Deferred:
+        """Run one FETCH_SERVICE_KEY (its turn came) and answer it; fires once answered."""
+        d = self.factory.fetch_keys(caller, tenant, service, uid, int(self.clock.seconds()))
         if self.gateway_version < TOMBSTONES_VERSION:  # (it named its version before this)
             d.addCallback(without_tombstones)
-        d.addCallbacks(lambda answer: self._keys_answered(stream_id, answer),
-                       lambda failure: self._keys_failed(stream_id, failure))
+        # (The answer is sent in the same reactor call the store hands it over in:
+        # Store.run_answer's ordering against the events holds up to the transport.)
+        return d.addCallbacks(lambda answer: self._keys_answered(stream_id, answer),
+                              lambda failure: self._keys_failed(stream_id, failure))
+
+    def _fetch_refused_busy(self, stream_id: int) -> None:
+        self._fetches_refused += 1
+        if self._fetches_refused == 1 or self._fetches_refused % 1000 == 0:
+            log.warn("gateway {gateway}: {count} service key fetches refused: more than {limit} "
+                     "waited on its link", gateway=self.gateway.id,
+                     count=self._fetches_refused,
+                     limit=self.factory.settings.max_waiting_fetches)
+        self._keys_refused(stream_id, KmipError(ResultReason.GENERAL_FAILURE, FETCHES_BUSY))
 
     def _keys_answered(self, stream_id: int, answer: list[ServiceKey] | KmipError) -> None:
         if isinstance(answer, KmipError):
@@ -623,6 +725,8 @@ class LinkServerFactory(Factory):
         self.on_usage: Callable[[dict[str, int]], None] | None = None
         #: Set by :meth:`drain`: no new link is welcomed.
         self.draining = False
+        #: The links' service key fetches, in turns by tenant.
+        self.fetches = FetchTurns(self.settings.max_fetches_per_tenant)
         self.set_subject_map(subject_map)
 
     def set_subject_map(self, subject_map: SubjectMap | None) -> None:
@@ -660,8 +764,12 @@ class LinkServerFactory(Factory):
 
     def fetch_keys(self, caller: Caller, tenant: str, service: str, uid: str | None,
                    now: int) -> Deferred[list[ServiceKey] | KmipError]:
-        """FETCH_SERVICE_KEY's answer, computed in a store transaction off the reactor."""
-        return self.store.run(lambda session: fetch_service_keys(
+        """FETCH_SERVICE_KEY's answer, computed in a store transaction off the reactor.
+
+        Handed over before any event committed after it is read
+        (:meth:`kcm.core.store.engine.Store.run_answer`): a gateway never gets a key's
+        revocation, then the key as it was before."""
+        return self.store.run_answer(lambda session: fetch_service_keys(
             session, self.keyring, caller, tenant, service, uid, now=now))
 
     def asserted_principal(self, identity: str | None, subject: str | None) -> Principal | None:

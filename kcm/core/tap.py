@@ -17,6 +17,7 @@ from kcm.core.audit_checkpoints import AuditCheckpoints
 from kcm.core.auto_rotation import rotate_due
 from kcm.core.config import CoreLimits, load_config
 from kcm.core.event_fanout import STALE_AFTER, EventFanout
+from kcm.core.events import TenantRemovals
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory, LinkSettings
 from kcm.core.managed_rotation import rotate_managed_due
@@ -166,6 +167,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                 max_frame_size=frame_size_limit(config.limits.max_message_size)))
         policy.on_change.append(link_factory.set_subject_map)
         fanout.on_stale.append(link_factory.events_stale)
+        # Whoever removed a tenant (kcm core tenant remove), this core forgets it.
+        fanout.subscribe(TenantRemovals([store.known.forget_tenant, keyring.forget_tenant]))
         link_factory.on_usage = UsageIntake(store, reactor,
                                             on_cap_reached=sweeper.sweep_soon).add
         core.fanout, core.link_factory = fanout, link_factory

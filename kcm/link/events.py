@@ -24,3 +24,6 @@ class EventKind(StrEnum):
     L4_TOMBSTONE = "l4.tombstone"
     #: The core's policy (subject map) changed; the payload carries the new document.
     POLICY = "policy"
+    #: A tenant was removed with its whole key hierarchy (``kcm core tenant remove``), after
+    #: the ``l3.state`` (Destroyed) of each of its L3s: what is kept of the tenant goes.
+    TENANT_REMOVED = "tenant.removed"

@@ -180,6 +180,16 @@ def test_make_service_assembles_the_tree_and_reads_nothing(tmp_path: Path,
     assert list(tmp_path.iterdir()) == []  # no database, no directory
 
 
+def test_the_fan_out_has_the_core_forget_each_removed_tenant(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    from kcm.core.events import TenantRemovals
+
+    monkeypatch.chdir(tmp_path)
+    core = tap.makeService(parse("--policy-file", "absent.toml"), reactor=Clock())
+    [watch] = [s for s in core.fanout._subscribers if isinstance(s, TenantRemovals)]
+    assert watch._forget == [core.store.known.forget_tenant, core.keyring.forget_tenant]
+
+
 def test_on_postgresql_the_fan_out_is_watched_for_staleness(tmp_path: Path,
                                                           monkeypatch) -> None:
     from kcm.core.event_fanout import STALE_AFTER

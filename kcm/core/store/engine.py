@@ -7,7 +7,16 @@ interleave, the audit chain never forks and outbox sequence numbers follow commi
   is taken up front, waiting up to the busy timeout); reads use a deferred ``BEGIN`` with
   ``PRAGMA query_only`` on, and in WAL mode never wait for the writer.
 - PostgreSQL: every write transaction first takes one transaction-scoped advisory lock
-  (:func:`kcm.core.store.repository.lock_writers`); reads run ``READ ONLY``.
+  (:func:`kcm.core.store.repository.lock_writers`), waiting for it a bounded time; reads run
+  ``READ ONLY``.
+
+On PostgreSQL a process that stops talking to the database inside a transaction (frozen: a
+SIGSTOP, a stuck VM; or cut off) must not keep that lock, and with it every core's writes:
+a :class:`Store`'s sessions have ``idle_in_transaction_session_timeout`` set
+(:data:`IDLE_IN_TRANSACTION_S`), so the server ends such a session and frees its locks, and
+every connection has TCP keepalives and a TCP user timeout on both ends
+(:data:`TCP_SETTINGS`), so a vanished host's sessions end too, and a core whose server
+vanished fails instead of waiting on a dead socket.
 
 Commits are durable: SQLite runs in WAL mode with ``synchronous=FULL``; PostgreSQL keeps its
 own ``fsync``/``synchronous_commit`` settings.
@@ -27,6 +36,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
@@ -66,6 +76,28 @@ KEPT_CONNECTION_CHECK_S = 1.0
 #: PostgreSQL connections are exchanged for fresh ones at this age (seconds).
 POSTGRESQL_RECYCLE_S = 1800
 
+#: Seconds a :class:`Store`'s PostgreSQL session may sit idle inside a transaction (the
+#: server's ``idle_in_transaction_session_timeout``) before the server ends it, freeing its
+#: locks: the writers' lock of a core frozen or cut off mid-transaction is free again this
+#: long after its last statement, and the writers that waited for it (at most
+#: :data:`kcm.core.store.repository.WRITERS_LOCK_WAIT_S`, below the default
+#: ``limits.request_deadline`` of 10 s) go on. Idleness, not duration: KCM's long
+#: transactions (a big Locate, an audit verify, a sweep) keep talking to the server, and
+#: the longest silence inside a legitimate transaction is one request's computation
+#: (one PBKDF2 derivation, up to about 0.7 s). A value the operator set for the role, the
+#: database or the connection (``ALTER ROLE kcm SET ...``, or ``options=-c ...`` in the URL) is
+#: kept; 0 there turns it off. Schema migrations run without it.
+IDLE_IN_TRANSACTION_S = 5
+#: TCP settings of every PostgreSQL connection, the client's (libpq parameters, unless the
+#: URL names them) and the server's (its settings of the same meaning, unless the operator
+#: set them for the role, database or connection): a host that vanished (powered off,
+#: partitioned) is found dead after about 11 s of silence, or 15 s of data unacknowledged,
+#: instead of the system's two hours. The server then ends its sessions (a sweeper's lease
+#: held by a vanished core is freed); the client fails its statement (the core's writer
+#: reconnects).
+TCP_SETTINGS = {"keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                "tcp_user_timeout_ms": 15_000}
+
 #: Where a session of a :class:`Store` finds the store's audit key (``Session.info``).
 AUDIT_KEY_INFO = "kcm.audit.key"
 #: Where a session of a :class:`Store` finds what to call with the number of audit
@@ -73,13 +105,16 @@ AUDIT_KEY_INFO = "kcm.audit.key"
 AUDIT_WRITTEN_INFO = "kcm.audit.written"
 
 
-def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engine:
+def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
+                idle_in_transaction: float | None = None) -> Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``).
 
     Opens no connection. SQLite connections get WAL, ``synchronous=FULL``, foreign keys and a
     busy timeout, and their transactions are begun by us (see the module docstring); a
     PostgreSQL engine gets a checked, recycled connection pool of ``pool_size`` +
-    ``max_overflow`` connections. A plain ``postgresql://`` URL is taken to mean psycopg v3.
+    ``max_overflow`` connections, each with :data:`TCP_SETTINGS` and, given
+    ``idle_in_transaction`` (seconds), that ``idle_in_transaction_session_timeout`` (see
+    :data:`IDLE_IN_TRANSACTION_S`). A plain ``postgresql://`` URL is taken to mean psycopg v3.
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -101,16 +136,67 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engin
             parsed = parsed.set(drivername="postgresql+psycopg")
         # Statements whose outcome nobody reads are sent without waiting, so that a
         # request costs one round trip, not one per statement (raw_statements).
-        return pipelined(_plain_savepoints(create_engine(
+        engine = pipelined(_plain_savepoints(create_engine(
             parsed,
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_pre_ping=True,
             pool_recycle=POSTGRESQL_RECYCLE_S,
             pool_timeout=30,
-            connect_args={"connect_timeout": 10, "application_name": "kcm-core"},
+            connect_args=_postgresql_connect_args(parsed.query),
         )))
+        event.listen(engine, "connect", _postgresql_session_settings(idle_in_transaction))
+        return engine
     raise ValueError(f"unsupported database backend {backend!r} (use sqlite or postgresql)")
+
+
+def _postgresql_connect_args(query: Any) -> dict[str, Any]:
+    """libpq parameters of a KCM connection; those the URL names are the URL's."""
+    tcp = TCP_SETTINGS
+    defaults: dict[str, Any] = {
+        "connect_timeout": 10, "application_name": "kcm-core", "keepalives": 1,
+        "keepalives_idle": tcp["keepalives_idle"],
+        "keepalives_interval": tcp["keepalives_interval"],
+        "keepalives_count": tcp["keepalives_count"],
+        "tcp_user_timeout": tcp["tcp_user_timeout_ms"],
+    }
+    return {name: value for name, value in defaults.items() if name not in query}
+
+
+#: Where a PostgreSQL setting KCM leaves alone comes from: the operator set it for KCM's
+#: role, its database or its connections (``pg_settings.source``).
+_OPERATORS_SOURCES = ("database", "user", "database user", "client", "session")
+
+
+def _postgresql_session_settings(idle_in_transaction: float | None
+                                 ) -> Callable[[Any, Any], None]:
+    """The engine's ``connect`` hook: the server's side of a new connection's settings (one
+    round trip per connection, not per transaction), each unless the operator set it for
+    KCM (:data:`_OPERATORS_SOURCES`)."""
+    tcp = TCP_SETTINGS
+    wanted = [("tcp_keepalives_idle", str(tcp["keepalives_idle"])),
+              ("tcp_keepalives_interval", str(tcp["keepalives_interval"])),
+              ("tcp_keepalives_count", str(tcp["keepalives_count"])),
+              ("tcp_user_timeout", str(tcp["tcp_user_timeout_ms"]))]
+    if idle_in_transaction is not None:
+        wanted.append(("idle_in_transaction_session_timeout",
+                       str(int(idle_in_transaction * 1000))))
+    values = ", ".join(f"('{name}', '{value}')" for name, value in wanted)
+    operators = ", ".join(f"'{source}'" for source in _OPERATORS_SOURCES)
+    statement = (f"SELECT set_config(s.name, w.value, false) FROM (VALUES {values}) "
+                 f"AS w(name, value) JOIN pg_settings s ON s.name = w.name "
+                 f"WHERE s.source NOT IN ({operators})")
+
+    def settle(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.rollback()  # (nothing open: no round trip) autocommit needs none
+        dbapi_connection.autocommit = True  # a session setting must outlive the statement
+        try:
+            dbapi_connection.execute(statement)
+        finally:
+            dbapi_connection.autocommit = autocommit
+
+    return settle
 
 
 def _plain_savepoints(engine: Engine) -> Engine:
@@ -178,6 +264,43 @@ def _answers_ping(engine: Engine, connection: Connection) -> bool:
 #: A DB-API connection's ``info``: the ``query_only`` it was last set to.
 _QUERY_ONLY = "kcm.sqlite.query_only"
 
+#: Seconds a read waits at most for answers being handed to the reactor
+#: (:meth:`Store.run_answer`): they are queued within microseconds of their commit, so
+#: only a thread starved for that long makes one wait, and a read is never held longer.
+HANDOVER_WAIT_S = 1.0
+
+
+class _Handovers:
+    """Answers committing and not yet handed to the reactor (:meth:`Store.run_answer`)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._open: set[int] = set()
+        self._next = 0
+
+    def committing(self) -> int:
+        with self._changed:
+            self._next += 1
+            self._open.add(self._next)
+            return self._next
+
+    def handed_over(self, ticket: int) -> None:
+        with self._changed:
+            self._open.discard(ticket)
+            self._changed.notify_all()
+
+    def wait(self) -> None:
+        """Until every answer committing now has been handed over (not those after)."""
+        with self._changed:
+            if not self._open:
+                return
+            waiting = set(self._open)
+            if not self._changed.wait_for(lambda: not waiting & self._open,
+                                          HANDOVER_WAIT_S):
+                log.warn("a read of the outbox waited {seconds:g} s for {count} service key "
+                         "answers to be handed over; going on", seconds=HANDOVER_WAIT_S,
+                         count=len(waiting & self._open))
+
 
 class Store(Service):
     """The KSI as a Twisted service: runs each unit of work in one transaction on a worker thread.
@@ -198,6 +321,7 @@ class Store(Service):
         pool_size: int | None = None,
         migrate: bool = False,
         object_cache_size: int = 10_000,
+        idle_in_transaction: float | None = IDLE_IN_TRANSACTION_S,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -205,6 +329,9 @@ class Store(Service):
             reactor = default_reactor
         self.url = url
         self.migrate = migrate
+        #: Seconds a session of this store may sit idle in a transaction (PostgreSQL; None:
+        #: the server's setting): see :data:`IDLE_IN_TRANSACTION_S`.
+        self.idle_in_transaction = idle_in_transaction
         self._reactor = reactor
         self._threads = threads
         self._pool_size = pool_size if pool_size is not None else threads + 1
@@ -214,6 +341,11 @@ class Store(Service):
         #: The one thread of :meth:`write` (group commits), apart from the workers so that
         #: long reads holding every worker never delay a commit.
         self._writer: WriterThread | None = None
+        #: The one thread of :meth:`read_plain` (the event fan-out's reads of the outbox),
+        #: apart from the workers so that no queue of requests there delays an event.
+        self._reader: WriterThread | None = None
+        #: Answers of :meth:`run_answer` committed and not yet handed to the reactor.
+        self._handovers = _Handovers()
         #: The connection the writer thread keeps between its transactions, and when
         #: (``time.monotonic()``) it was opened and last used.
         self._writer_connection: Connection | None = None
@@ -252,7 +384,8 @@ class Store(Service):
 
     def _engine_or_open(self) -> Engine:
         if self._engine is None:
-            engine = open_engine(self.url, pool_size=self._pool_size, max_overflow=2)
+            engine = open_engine(self.url, pool_size=self._pool_size, max_overflow=2,
+                                 idle_in_transaction=self.idle_in_transaction)
             self._sessions = {
                 write: sessionmaker(
                     bind=engine.execution_options(**{WRITE_OPTION: write}),
@@ -276,6 +409,8 @@ class Store(Service):
         self._threadpool.start()
         self._writer = WriterThread(self._reactor, name=f"{self.name}-writer")
         self._writer.start()
+        self._reader = WriterThread(self._reactor, name=f"{self.name}-reader")
+        self._reader.start()
         super().startService()
 
     def stopService(self) -> None:
@@ -285,6 +420,9 @@ class Store(Service):
         not started yet is dropped with the pool.
         """
         super().stopService()
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
         if self._writer is not None:
             self._writer.stop()
             self._writer = None
@@ -311,25 +449,74 @@ class Store(Service):
 
     def read_plain(self, fn: Callable[[Connection], T]) -> Deferred[T]:
         """:meth:`run` with ``write=False`` for a read that needs no ORM session:
-        ``fn(connection)`` on a worker thread, on a SQLAlchemy Connection in one read-only
-        transaction (for :class:`kcm.core.store.raw_statements.RawStatement`). A session's
-        setting up and closing cost a short read most of its CPU: the event fan-out's poll
-        of the outbox took 254 µs in a session and 35 µs this way, in process, and
-        holding the interpreter lock that long five times a second delayed requests."""
-        if self._threadpool is None:
+        ``fn(connection)`` on a SQLAlchemy Connection in one read-only transaction (for
+        :class:`kcm.core.store.raw_statements.RawStatement`), on the store's one reader
+        thread, not a worker: the event fan-out reads the outbox this way, and a queue of
+        requests on the workers (a storm of service key fetches) must not delay an event.
+        A session's setting up and closing cost a short read most of its CPU: the event
+        fan-out's poll of the outbox took 254 µs in a session and 35 µs this way, in
+        process, and holding the interpreter lock that long five times a second delayed
+        requests. Its outcome reaches the reactor after the answer of every
+        :meth:`run_answer` that committed before the read (see there)."""
+        if self._reader is None:
             return fail(RuntimeError(
                 "Store.read_plain() before startService() or after stopService()"))
-        return deferToThreadPool(self._reactor, self._threadpool, self.read_plain_sync, fn)
+        return self._reader.submit(self.read_plain_sync, fn)
 
     def read_plain_sync(self, fn: Callable[[Connection], T]) -> T:
-        """:meth:`read_plain` in the calling thread (never the reactor's)."""
+        """:meth:`read_plain` in the calling thread (never the reactor's); returns once
+        the answers of the :meth:`run_answer` calls that had begun to commit when ``fn``
+        returned have been handed to the reactor."""
         with self._engine_lock:
             engine = self._engine_or_open()
         with (engine.connect().execution_options(**{WRITE_OPTION: False}) as connection,
               connection.begin()):
             if engine.dialect.name == "postgresql":  # (SQLite: query_only, on begin)
                 execute_plain(connection, "SET TRANSACTION READ ONLY")
-            return fn(connection)
+            result = fn(connection)
+        self._handovers.wait()
+        return result
+
+    def run_answer(self, fn: Callable[[Session], T]) -> Deferred[T]:
+        """:meth:`run` (a write transaction on a worker thread) whose outcome is handed to
+        the reactor before the rows of any :meth:`read_plain` that could see a transaction
+        committed after it: a gateway's service key fetch (:mod:`kcm.core.link_server`),
+        whose answer must not be overtaken by the event of a change committed after it
+        (a revocation): the gateway would apply the event, then cache the key as the
+        fetch found it.
+
+        Why it holds: the fetch is marked as committing at the end of ``fn``, before its
+        commit, and unmarked only once its outcome is queued on the reactor
+        (``callFromThread``, first in first out). A change committed after it waited for
+        its commit (the writers' lock; SQLite's write lock), so a read that sees the change
+        returned its rows after the mark was made; :meth:`read_plain_sync` then waits until
+        every mark made by then is gone before its own outcome is queued."""
+        if self._threadpool is None:
+            return fail(RuntimeError(
+                "Store.run_answer() before startService() or after stopService()"))
+        done: Deferred[T] = Deferred()
+        self._threadpool.callInThread(self._run_answer_sync, fn, done)
+        return done
+
+    def _run_answer_sync(self, fn: Callable[[Session], T], done: Deferred[T]) -> None:
+        handovers, ticket = self._handovers, None
+
+        def committing(session: Session) -> T:
+            nonlocal ticket
+            result = fn(session)
+            ticket = handovers.committing()
+            return result
+
+        try:
+            try:
+                result = self.run_sync(committing)
+            except BaseException:
+                self._reactor.callFromThread(done.errback, Failure())
+            else:
+                self._reactor.callFromThread(done.callback, result)
+        finally:
+            if ticket is not None:
+                handovers.handed_over(ticket)
 
     def write(self, fn: Callable[[Session], T]) -> Deferred[T]:
         """:meth:`run` with ``write=True`` on the store's one writer thread (not a worker):

@@ -7,6 +7,8 @@ Shared by :mod:`kcm.core.store.engine` (which gives every session its store's
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy.orm import Session
 
 #: Whether a session's transaction may write (``Session.info``; set by the store).
@@ -18,14 +20,48 @@ LEARNT_INFO = "kcm.store.learnt"
 
 
 class KnownFacts:
-    """What a store's committed data is known to hold that never stops holding, so that
-    the hot path need not ask the database again: the (tenant, service) pairs that are
-    provisioned (a service key is never deleted). A fact seen in a write transaction counts
-    only once that transaction has committed (:func:`learn`). Thread-safe (set operations
-    under the GIL)."""
+    """What a store's committed data is known to hold, so that the hot path need not ask
+    the database again: the (tenant, service) pairs that are provisioned. A service key is
+    deleted only with its whole tenant (``kcm core tenant remove``, perhaps run by another
+    process), so the facts hold until a tenant is removed: each write transaction that
+    trusts one first compares the store's count of tenant removals with :attr:`removals`
+    (:func:`kcm.core.store.repository.service_exists`), and the removal's ``tenant.removed``
+    event, where this process reads the outbox, forgets the tenant at once
+    (:meth:`forget_tenant`). A fact seen in a write transaction counts only once that
+    transaction has committed (:func:`learn`). Thread-safe."""
 
     def __init__(self) -> None:
         self.services: set[tuple[str, str]] = set()
+        #: The count of tenant removals these facts are known to hold under (None: not
+        #: compared yet).
+        self.removals: int | None = None
+        #: Bumped by every forgetting: a read that began before one learns nothing from it.
+        self.epoch = 0
+        self._lock = threading.Lock()
+
+    def forget_tenant(self, tenant: str) -> None:
+        """``tenant`` was removed: nothing learnt of it holds any more."""
+        with self._lock:
+            self.epoch += 1
+            self.services = {fact for fact in self.services if fact[0] != tenant}
+
+    def hold_under(self, removals: int) -> None:
+        """The store has counted ``removals`` tenant removals (read in a write transaction,
+        under the writers' lock): if that is not the count the facts hold under, a tenant
+        they name may be gone, so every fact is forgotten."""
+        if removals == self.removals:
+            return
+        with self._lock:
+            self.epoch += 1
+            self.services = set()
+            self.removals = removals
+
+    def add(self, service: tuple[str, str], epoch: int) -> None:
+        """``service`` is provisioned, as a read that began at ``epoch`` saw: known from now
+        on, unless a forgetting came since (it may have been about that very tenant)."""
+        with self._lock:
+            if epoch == self.epoch:
+                self.services.add(service)
 
 
 def known_facts(session: Session) -> KnownFacts | None:
@@ -33,13 +69,14 @@ def known_facts(session: Session) -> KnownFacts | None:
     return session.info.get(KNOWN_FACTS_INFO)
 
 
-def learn(session: Session, service: tuple[str, str]) -> None:
-    """``service`` is provisioned, as ``session`` has just read: known from now on if what
-    it read is committed (a read-only transaction), else once this transaction commits."""
+def learn(session: Session, service: tuple[str, str], epoch: int) -> None:
+    """``service`` is provisioned, as ``session`` has just read (its read began at the
+    facts' ``epoch``): known from now on if what it read is committed (a read-only
+    transaction), else once this transaction commits."""
     facts = known_facts(session)
     if facts is None:
         return
     if session.info.get(WRITE_INFO, True):
         session.info.setdefault(LEARNT_INFO, set()).add(service)
     else:
-        facts.services.add(service)
+        facts.add(service, epoch)

@@ -30,12 +30,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.util import identity_key
+from twisted.logger import Logger
 
-from kcm.core.store.known import known_facts, learn
+from kcm.core.store.known import WRITE_INFO, known_facts, learn
 from kcm.core.store.object_cache import OBJECT_CACHE_INFO
 from kcm.core.store.raw_statements import RawStatement, connection_of, execute_plain
 from kcm.core.store.savepoints import on_rollback
@@ -54,6 +56,8 @@ from kcm.core.store.schema import (
     Tenant,
 )
 from kcm.link.events import EventKind
+
+_log = Logger()
 
 # Arbitrary constant: the key of the PostgreSQL advisory lock that serializes writers.
 WRITER_LOCK_KEY = 0x4B434D0001
@@ -85,13 +89,126 @@ def lock_writers(session: Session) -> None:
 
 def lock_writers_on(connection: Any) -> None:
     """:func:`lock_writers` for a write transaction open on ``connection`` (a SQLAlchemy
-    Connection) with no session around it; call it once, first."""
-    if connection.dialect.name == "postgresql":
-        execute_plain(connection, _LOCK_WRITERS)
+    Connection) with no session around it; call it once, first.
+
+    PostgreSQL: the lock is waited for at most :data:`WRITERS_LOCK_WAIT_S`; then the
+    database error "lock timeout" is raised (an ``OperationalError``: a group commit's
+    requests are answered General Failure, the key store unavailable). While it waits, a
+    holder that has sent nothing for ``idle_in_transaction_session_timeout`` is ended
+    (:func:`_end_silent_holder`). A free lock costs one statement, as it always did."""
+    if connection.dialect.name != "postgresql":
+        return
+    if not execute_plain(connection, _TRY_LOCK_WRITERS).fetchone()[0]:
+        _wait_for_writers(connection)
 
 
 #: The statement that takes the writers' lock (PostgreSQL).
 _LOCK_WRITERS = f"SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"
+#: The same, if it is free now (a try never overtakes a writer already waiting).
+_TRY_LOCK_WRITERS = f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK_KEY})"
+
+#: Seconds a write transaction waits at most for the writers' lock (PostgreSQL): below the
+#: default ``limits.request_deadline`` (10 s), so that the requests of a group commit that
+#: cannot have it are answered (General Failure, "the key store is unavailable; try
+#: again") before their deadline instead of hanging; above the
+#: ``idle_in_transaction_session_timeout`` KCM sets (5 s,
+#: :data:`kcm.core.store.engine.IDLE_IN_TRANSACTION_S`) plus one look, so that a holder
+#: frozen mid-transaction is ended while the first writer behind it still waits.
+WRITERS_LOCK_WAIT_S = 8.0
+#: Seconds between a waiting writer's looks for a holder gone silent.
+WRITERS_LOCK_LOOK_S = 1.0
+#: The savepoint a waiting writer's tries roll back to (a lock timeout spoils a transaction).
+_WAITING = "kcm_writers_wait"
+#: PostgreSQL's SQLSTATE for a lock not granted within ``lock_timeout``.
+_LOCK_NOT_AVAILABLE = "55P03"
+
+# The writers' lock as pg_locks shows it (a bigint key: its halves, objsubid 1), held by a
+# session of this database that is not the asking one.
+_HOLDER = (
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    f"AND l.classid = {WRITER_LOCK_KEY >> 32} AND l.objid = {WRITER_LOCK_KEY & 0xFFFFFFFF} "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND a.pid <> pg_backend_pid()")
+_HOLDER_FIELDS = ("a.pid, coalesce(a.application_name, ''), "
+                  "coalesce(host(a.client_addr), 'local'), a.state, "
+                  "extract(epoch FROM clock_timestamp() - a.state_change)")
+#: Ends the holder if it waits for its client (the server waits to read from it, or to
+#: write to it) and has for longer than this session's idle_in_transaction_session_timeout
+#: (0: never). The server ends a session idle in a transaction by itself; this one also
+#: covers a client stopped between statements it sent without waiting for them (psycopg's
+#: pipeline: the server counts that session active, not idle), and a holder of an older
+#: KCM or another program without the setting.
+_END_SILENT_HOLDER = (
+    f"SELECT {_HOLDER_FIELDS}, pg_terminate_backend(a.pid) {_HOLDER} "
+    "AND a.state <> 'idle' AND a.wait_event_type = 'Client' "
+    "AND pg_has_role(a.usesysid, 'MEMBER') "
+    "AND current_setting('idle_in_transaction_session_timeout') <> '0' "
+    "AND a.state_change < clock_timestamp() "
+    "- current_setting('idle_in_transaction_session_timeout')::interval")
+_DESCRIBE_HOLDER = f"SELECT {_HOLDER_FIELDS} {_HOLDER}"
+
+
+def _wait_for_writers(connection: Any) -> None:
+    """Take the writers' lock, which another session holds now (see :func:`lock_writers_on`):
+    in tries of :data:`WRITERS_LOCK_LOOK_S` each (``lock_timeout``, for this statement only),
+    looking after each for a holder gone silent."""
+    started = time.monotonic()
+    execute_plain(connection, f"SAVEPOINT {_WAITING}", wait=False)
+    while True:
+        left = WRITERS_LOCK_WAIT_S - (time.monotonic() - started)
+        look_ms = max(1, round(min(WRITERS_LOCK_LOOK_S, left) * 1000))
+        execute_plain(connection, f"SET LOCAL lock_timeout = {look_ms}", wait=False)
+        try:
+            execute_plain(connection, _LOCK_WRITERS)
+        except DBAPIError as e:
+            if getattr(e.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            execute_plain(connection, f"ROLLBACK TO SAVEPOINT {_WAITING}")
+            if time.monotonic() - started >= WRITERS_LOCK_WAIT_S:
+                _log.warn("gave up waiting for the writers' lock after {seconds:g} s: held by "
+                          "{holder}", seconds=WRITERS_LOCK_WAIT_S,
+                          holder=_holder_described(connection))
+                raise
+            _end_silent_holder(connection)
+            continue
+        # Held, now by the transaction (a savepoint released passes its locks up).
+        execute_plain(connection, f"RELEASE SAVEPOINT {_WAITING}", wait=False)
+        execute_plain(connection, "SET LOCAL lock_timeout TO DEFAULT", wait=False)
+        return
+
+
+def _end_silent_holder(connection: Any) -> None:
+    """End the session holding the writers' lock if it has gone silent (:data:`
+    _END_SILENT_HOLDER`); never fails (the transaction is left as it was)."""
+    try:
+        ended = execute_plain(connection, _END_SILENT_HOLDER).fetchall()
+    except DBAPIError as e:
+        execute_plain(connection, f"ROLLBACK TO SAVEPOINT {_WAITING}")
+        _log.warn("cannot end the silent holder of the writers' lock: {error}",
+                  error=str(e.orig or e).strip().splitlines()[0])
+        return
+    for pid, application, address, state, silent, _ in ended:
+        _log.warn("ended the database session {pid} ({application} at {address}, {state}) "
+                  "that held the writers' lock and had sent nothing for {seconds:.1f} s: a "
+                  "process frozen or cut off inside a write transaction", pid=pid,
+                  application=application or "?", address=address, state=state,
+                  seconds=float(silent))
+
+
+def _holder_described(connection: Any) -> str:
+    """Who holds the writers' lock, for a log line."""
+    try:
+        rows = execute_plain(connection, _DESCRIBE_HOLDER).fetchall()
+    except DBAPIError:
+        execute_plain(connection, f"ROLLBACK TO SAVEPOINT {_WAITING}")
+        return "a session that cannot be named"
+    if not rows:
+        return "no session any more"
+    pid, application, address, state, since = rows[0]
+    return (f"session {pid} ({application or '?'} at {address}, {state} for "
+            f"{float(since):.1f} s)")
+
 
 #: ``Session.info``: the writers' lock is held by this session's transaction.
 _WRITERS_LOCKED = "kcm.store.writers_locked"
@@ -216,7 +333,9 @@ def insert_object(
     # savepoint rolled back forgets the number, since the rows it counted may be gone.
     next_seq = info.get(_NEXT_CREATED_SEQ)
     if next_seq is None:
-        next_seq = (_MAX_CREATED_SEQ.execute(session).fetchone()[0] or 0) + 1
+        next_seq = _read_write_head(session)[0]
+    if level is None and service is not None:
+        _check_trusted_service(session, tenant, service)
     info[_NEXT_CREATED_SEQ] = next_seq + 1
     values: dict[str, Any] = {
         "uid": uid, "created_seq": next_seq, "tenant": tenant, "object_type": object_type,
@@ -239,7 +358,92 @@ def insert_object(
 
 #: ``Session.info``: the ``created_seq`` the next object inserted in this transaction gets.
 _NEXT_CREATED_SEQ = "kcm.store.next_created_seq"
-_MAX_CREATED_SEQ = RawStatement(select(func.max(ManagedObject.created_seq)))
+
+#: ``meta``: how many tenants ``kcm core tenant remove`` has removed (absent: none).
+TENANT_REMOVALS_META_KEY = "tenants.removed"
+#: :func:`transaction_memo` keys: the count of removals this transaction read; whether it
+#: found it changed (its store's KnownFacts were forgotten then); the services
+#: :func:`service_exists` took for provisioned from the KnownFacts before that read.
+_TENANT_REMOVALS_MEMO = "kcm.store.tenant_removals"
+_FACTS_FORGOTTEN_MEMO = "kcm.store.facts_forgotten"
+_TRUSTED_SERVICES_MEMO = "kcm.store.trusted_services"
+#: What a write transaction reads once, in one statement: the newest ``created_seq`` (the
+#: next insert numbers from it) and the count of tenant removals. Folded together, the
+#: count costs a Create nothing: the number was read once per transaction before it.
+_WRITE_HEAD = RawStatement(select(
+    select(func.max(ManagedObject.created_seq)).scalar_subquery(),
+    select(Meta.value).where(Meta.key == TENANT_REMOVALS_META_KEY).scalar_subquery()))
+
+
+def _read_write_head(session: Session) -> tuple[int, int]:
+    """(the ``created_seq`` of the next object, the count of tenant removals), read now,
+    in a write transaction holding the writers' lock; both kept for the transaction. The
+    store's KnownFacts are checked against the count (:meth:`KnownFacts.hold_under`)."""
+    newest, removals = _WRITE_HEAD.execute(session).fetchone()
+    head = ((newest or 0) + 1, int(removals or 0))
+    info = session.info
+    info.setdefault(_NEXT_CREATED_SEQ, head[0])
+    memo = info.setdefault(_TRANSACTION_MEMO, {})
+    memo[_TENANT_REMOVALS_MEMO] = head[1]
+    facts = known_facts(session)
+    if facts is not None and facts.removals != head[1]:
+        facts.hold_under(head[1])
+        memo[_FACTS_FORGOTTEN_MEMO] = True
+    return head
+
+
+def tenant_removals(session: Session) -> int | None:
+    """How many tenants were ever removed (:func:`count_tenant_removal`), read once per
+    write transaction, under the writers' lock: no removal commits before this transaction
+    ends, so what it remembers of a tenant from before a change of this count may name a
+    tenant that is gone, and nothing else can. None in a read-only transaction (it commits
+    nothing, and does not read it).
+
+    In the transaction of a Create it is read with the number the object needs anyway
+    (:data:`_WRITE_HEAD`): one statement, as before."""
+    if not session.info.get(WRITE_INFO, True):
+        return None
+    memo = session.info.get(_TRANSACTION_MEMO)
+    if memo is not None:
+        removals = memo.get(_TENANT_REMOVALS_MEMO)
+        if removals is not None:
+            return removals
+    lock_writers(session)
+    return _read_write_head(session)[1]
+
+
+def count_tenant_removal(session: Session) -> None:
+    """A tenant is removed in this (write) transaction: count it, so that every core's
+    next write transaction forgets what it remembers of tenants (:func:`tenant_removals`)."""
+    lock_writers(session)
+    set_meta(session, TENANT_REMOVALS_META_KEY,
+             str(int(get_meta(session, TENANT_REMOVALS_META_KEY) or 0) + 1))
+    forget_memo(session, _TENANT_REMOVALS_MEMO)
+
+
+def _check_trusted_service(session: Session, tenant: str, service: str) -> None:
+    """Before an object of ``tenant``/``service`` is inserted: if this transaction took the
+    service for provisioned on the word of KnownFacts it then found stale (a tenant was
+    removed since they were last checked), ask the database; Permission Denied, as
+    :func:`kcm.core.policy.check_provisioned` answers, if the service is gone. The common
+    case (nothing was removed) reads nothing."""
+    memo = session.info.get(_TRANSACTION_MEMO)
+    if not memo or not memo.get(_FACTS_FORGOTTEN_MEMO):
+        return
+    trusted = memo.get(_TRUSTED_SERVICES_MEMO)
+    if not trusted or (tenant, service) not in trusted:
+        return
+    if connection_of(session).execute(_SERVICE_EXISTS, {
+            "tenant": tenant, "service": service}).first() is not None:
+        trusted.discard((tenant, service))
+        return
+    from kcm.kmip.enums import ResultReason
+    from kcm.kmip.errors import KmipError
+
+    raise KmipError(ResultReason.PERMISSION_DENIED,
+                    f"service {tenant}/{service} is not provisioned (it has no service key)")
+
+
 _OBJECT_COLUMNS = [column.key for column in ManagedObject.__table__.columns]
 #: A managed object's columns as read, by name; immutable (a row to change is attached).
 ObjectColumns = namedtuple("ObjectColumns", _OBJECT_COLUMNS)  # type: ignore[misc]
@@ -609,15 +813,27 @@ def find_l3(
 def service_exists(session: Session, tenant: str, service: str) -> bool:
     """Whether ``tenant`` provisioned ``service``: it has an L3 version, in any state.
 
-    A service once provisioned stays so (service keys are never deleted): the store
-    remembers it (:class:`kcm.core.store.engine.KnownFacts`) and asks only about others."""
+    A service once provisioned stays so until its whole tenant is removed: the store
+    remembers it (:class:`kcm.core.store.known.KnownFacts`) and asks only about others.
+    In a write transaction, a service taken for provisioned on the facts' word before the
+    transaction read the count of tenant removals is noted; should that count turn out
+    changed (the facts are forgotten then), an object of that service is not inserted
+    unless the database still has the service (:func:`insert_object`). Reads of a removed
+    service's objects find none either way; so nothing is committed on the word of a
+    forgotten service, at no cost while no tenant is removed."""
     facts = known_facts(session)
     if facts is not None and (tenant, service) in facts.services:
+        info = session.info
+        if info.get(WRITE_INFO, True):
+            memo = info.setdefault(_TRANSACTION_MEMO, {})
+            if _TENANT_REMOVALS_MEMO not in memo:  # else checked against it already
+                memo.setdefault(_TRUSTED_SERVICES_MEMO, set()).add((tenant, service))
         return True
+    epoch = facts.epoch if facts is not None else 0  # before the read: see KnownFacts.add
     found = connection_of(session).execute(_SERVICE_EXISTS, {
         "tenant": tenant, "service": service}).first() is not None
     if found:
-        learn(session, (tenant, service))
+        learn(session, (tenant, service), epoch)
     return found
 
 

@@ -1,5 +1,6 @@
 """The store's one writer thread: the calls handed to it run there in order, one at a time,
-and each one's outcome fires a Deferred on the reactor thread.
+and each one's outcome fires a Deferred on the reactor thread. (The store's one reader
+thread, for the event fan-out's reads of the outbox, is another of these.)
 
 It does what a one-thread ``twisted.python.threadpool.ThreadPool`` with
 ``deferToThreadPool`` does for :meth:`kcm.core.store.engine.Store.write`, and no more: a

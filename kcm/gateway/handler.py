@@ -71,7 +71,7 @@ from twisted.python.failure import Failure
 from kcm.gateway.classifier import Classified, Route, classify, may_run_here
 from kcm.gateway.fast_path import FastPath
 from kcm.gateway.l3_cache import FetchErrors, L3Cache, Need
-from kcm.gateway.l3_needs import l3_needs
+from kcm.gateway.l3_needs import l3_needs, wrapping_needs
 from kcm.gateway.link_client import (
     AnswerTooLarge,
     LinkBusy,
@@ -95,6 +95,7 @@ from kcm.kernel.responses import (
     internal_error,
     operation_name,
     response_wire,
+    too_large_message,
 )
 from kcm.kernel.versions import answer_version, version_of
 from kcm.kmip.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
@@ -123,9 +124,11 @@ _CONTINUE = BatchErrorContinuationOption.CONTINUE
 _UNDO = BatchErrorContinuationOption.UNDO
 _FAILED = int(ResultStatus.OPERATION_FAILED)
 
-#: How often a local run may find a key it lacks that the peek did not show (a wrapping
-#: L3), fetch it and run again, before its misses are final.
-_MAX_FETCH_ROUNDS = 2
+#: How many keys one item names at most (its own L3 and a wrapping L3). Every L3 a local
+#: run's items name is fetched before its second run; should a run still miss one not
+#: fetched yet, it fetches it and runs again (each round fetches something new), up to
+#: this many rounds per item, after which its misses are final.
+_KEYS_PER_ITEM = 2
 
 
 class Link(Protocol):
@@ -362,8 +365,8 @@ class GatewayRequestHandler:
         principal = connection.principal
         correlation_id = new_correlation_id()
         run = self._run_local(message.batch_items, header, principal, correlation_id,
-                              lambda: self._lacking(classified, range(len(classified.local)),
-                                                    principal),
+                              lambda: self._lacking(classified, message.batch_items,
+                                                    range(len(classified.local)), principal),
                               to_core=lambda: self._names_overflowed(classified, connection))
         if isinstance(run, LocalRun):
             return self._local_answer(header, principal, run, correlation_id)
@@ -389,12 +392,14 @@ class GatewayRequestHandler:
                          connection.principal)
         return self._cache.names_overflowed(needs)
 
-    def _lacking(self, classified: Classified, indexes: Sequence[int] | range,
-                 principal: Principal) -> set[Need]:
-        """The L3s the local items at ``indexes`` need and the cache does not hold."""
+    def _lacking(self, classified: Classified, decoded: Sequence[RequestBatchItem],
+                 indexes: Sequence[int] | range, principal: Principal) -> set[Need]:
+        """The L3s the local items at ``indexes`` (``decoded``: the request's items, decoded)
+        need, wrapping keys included, and the cache does not hold."""
         items = classified.request.items
         attributes = classified.create_attributes
         needs = l3_needs(((items[i], attributes[i]) for i in indexes), principal)
+        needs |= wrapping_needs(decoded[i] for i in indexes)
         return {need for need in needs if self._cache.lacks(need, principal)}
 
     def _run_local(self, items: list[RequestBatchItem], header: RequestHeader,
@@ -403,16 +408,17 @@ class GatewayRequestHandler:
                    rounds: int = 0, to_core: Callable[[], bool] | None = None,
                    ) -> LocalRun | Deferred[LocalRun | None]:
         """Run ``items`` with the keys the cache holds: the answer when nothing was missing
-        (the hot path: nothing else is done). On the first miss, every L3 the peek names
-        that the cache lacks (``peek_needs``) is fetched with the missed ones, and the items
-        (never changed by a run) run once more; only a key the peek cannot show (a wrapping
-        L3) can cost another round. ``fetched``: what this request fetched already, and why
+        (the hot path: nothing else is done). On the first miss, every L3 the items name
+        that the cache lacks (``peek_needs``, wrapping keys included) is fetched with the
+        missed ones, and the items (never changed by a run) run once more; a key missed that
+        was not foreseen costs another round, up to ``_KEYS_PER_ITEM`` rounds an item, after
+        which misses are final. ``fetched``: what this request fetched already, and why
         each failed fetch failed. ``to_core``: asked after each fetch, whether the request
         is now the core's (an L3 it uses has tombstones this gateway does not hold): the
         answer is then None, and nothing more runs here."""
         fetched = fetched or {}
         keys = self._cache.key_source(principal, fetched=fetched,
-                                      final=rounds >= _MAX_FETCH_ROUNDS)
+                                      final=rounds >= _KEYS_PER_ITEM * len(items))
         run = self._runner.run(items, principal=principal, version=header.version, keys=keys,
                                continuation=header.effective_error_continuation,
                                correlation_id=correlation_id)
@@ -455,7 +461,7 @@ class GatewayRequestHandler:
         stop = continuation != _CONTINUE
         principal = connection.principal
         local_indexes = [i for i, local in enumerate(classified.local) if local]
-        needs = self._lacking(classified, local_indexes, principal)
+        needs = self._lacking(classified, message.batch_items, local_indexes, principal)
         fetched = _fetched(needs, await self._cache.ensure(needs, principal)) if needs else {}
         if needs and self._names_overflowed(classified, connection):
             return await self._forward_after_all(wire, connection, routed)
@@ -494,7 +500,7 @@ class GatewayRequestHandler:
         if len(core_correlation) == 1:
             correlation_id = core_correlation[0]
         if withheld:
-            answered = _over_limit(answered, withheld, version, _too_large_message(
+            answered = _over_limit(answered, withheld, version, too_large_message(
                 limit, header.maximum_response_size))
         return self._answer(version, answered, header.maximum_response_size, correlation_id)
 
@@ -599,14 +605,6 @@ def _answer_limit(maximum_response_size: int | None, max_message_size: int) -> i
     if maximum_response_size is None:
         return max_message_size
     return min(maximum_response_size, max_message_size)
-
-
-def _too_large_message(limit: int, maximum_response_size: int | None) -> str:
-    """What :func:`kcm.kernel.responses.response_wire` says of a success it withholds for
-    ``limit``, in the same words (a unit test holds them equal)."""
-    if limit == maximum_response_size:
-        return f"the response exceeds the Maximum Response Size of {limit} bytes"
-    return f"the response exceeds the server's maximum message size of {limit} bytes"
 
 
 def _reason_of(raw: bytes, version: Version) -> int | None:

@@ -19,10 +19,13 @@ What it promises:
   same answer as an unknown one. A refusal of who asks from the core names the key's
   tenant and service; it becomes a :class:`ServiceKeyUseDenied`, which the handler logs.
 * Events from the core apply at once: ``l3.rotated`` fetches the new current version,
-  ``l3.state`` updates a version (Deactivated: it only decrypts from then on) or drops it
+  ``l3.state`` updates a version (Deactivated: it only decrypts from then on; Active: the
+  service's current version is fetched again, as on ``l3.rotated``) or drops it
   (Compromised, Destroyed: its material is forgotten, and the version is kept as a marker
   of its tenant, service and state, which the L4 engine answers by exactly as the core's
-  engine does), ``l4.tombstone`` refuses the token,
+  engine does; at most ``max_dropped`` markers, least recently used out first),
+  ``l4.tombstone`` refuses the token, ``tenant.removed`` forgets all of the tenant's
+  (markers too: its tokens are then answered as the core answers them, Object Not Found),
   ``policy`` is only logged here (the gateway service applies the policy it carries to new
   client connections: :class:`kcm.gateway.service.GatewayService`). Each applied event is
   logged with its sequence number (an operator sees what a gateway caught up on after a reconnect).
@@ -117,6 +120,10 @@ MAX_FETCHES_PER_TENANT = 8
 NOT_FOUND_TTL = 5.0
 #: (tenant, uid) pairs whose "not found" is remembered at most.
 MAX_NOT_FOUND = 10_000
+#: Markers of dropped (Compromised, Destroyed) versions kept at most, least recently used
+#: out first: a version whose marker went is fetched again when next named, and the core
+#: answers it (its row says the same).
+MAX_DROPPED = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +230,29 @@ class _NotFound:
                 del self._tenants_of[key[1]]
 
 
+class _DroppedMarkers(OrderedDict[str, ServiceKey]):
+    """The markers of dropped versions by uid, at most ``size``: a marker read (``get``)
+    or dropped again is the most recently used; beyond ``size`` the least recently used
+    goes."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get(self, uid: str, default: ServiceKey | None = None) -> ServiceKey | None:
+        marker = super().get(uid)
+        if marker is None:
+            return default
+        self.move_to_end(uid)
+        return marker
+
+    def put(self, marker: ServiceKey) -> None:
+        self[marker.uid] = marker
+        self.move_to_end(marker.uid)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
 class L3Cache:
     """Service keys by uid, the current one per (tenant, service), and L4 tombstones."""
 
@@ -232,7 +262,8 @@ class L3Cache:
                  opened_keys: OpenedKeys | None = None,
                  max_fetches_per_tenant: int = MAX_FETCHES_PER_TENANT,
                  not_found_ttl: float = NOT_FOUND_TTL,
-                 max_not_found: int = MAX_NOT_FOUND) -> None:
+                 max_not_found: int = MAX_NOT_FOUND,
+                 max_dropped: int = MAX_DROPPED) -> None:
         self._fetch = fetch
         #: Fetches of one tenant's callers in flight at once (module docstring).
         self.max_fetches_per_tenant = max_fetches_per_tenant
@@ -253,8 +284,9 @@ class L3Cache:
         self.max_stale = max_stale
         self._keys: dict[str, _Held] = {}
         self._services: dict[tuple[str, str], _ServiceState] = {}
-        #: Dropped versions: their tenant, service and state, without material.
-        self._dropped: dict[str, ServiceKey] = {}
+        #: Dropped versions: their tenant, service and state, without material (at most
+        #: ``max_dropped``, least recently used out first; a removed tenant's forgotten).
+        self._dropped = _DroppedMarkers(max_dropped)
         #: Revoked or destroyed L4 tokens (TokenIds), each with its L3, and by L3.
         self._tombstones: dict[str, str] = {}
         self._tombstones_of: dict[str, set[str]] = {}
@@ -542,6 +574,8 @@ class L3Cache:
         elif known is EventKind.POLICY:
             log.info("policy changed at the core (event {seq}); it applies to new connections",
                      seq=sequence)
+        elif known is EventKind.TENANT_REMOVED:
+            self._tenant_removed(tenant or "")
         else:
             log.warn("ignoring unknown event kind {kind!r} (event {seq})", kind=kind,
                      seq=sequence)
@@ -630,6 +664,8 @@ class L3Cache:
             version = held.key.version if held is not None else 0
             self._drop(ServiceKey(uid, tenant, service, version, new_state, b""))
             return
+        if new_state == State.ACTIVE:
+            self._activated(uid, tenant, service)
         held = self._keys.get(uid)
         if held is None:
             return
@@ -639,15 +675,43 @@ class L3Cache:
                 if state.current_uid == uid:
                     state.current_uid = None  # decrypt-only now: the next Create fetches
 
+    def _activated(self, uid: str, tenant: str, service: str) -> None:
+        """Version ``uid`` of ``tenant``/``service`` became Active (a successor re-keyed
+        with an Offset, activated before its date): the core may seal under it now, so the
+        service's current version is fetched again, as for a rotation, unless it is that
+        version already (held here or not: the event names tenant and service)."""
+        state = self._services.get((tenant, service))
+        if state is not None and state.current_uid != uid:
+            self._rotated(tenant, service)
+
     def _drop(self, key: ServiceKey) -> None:
         """Forget ``key``'s material; keep who owns it and its state, for the answers."""
         uid = key.uid
         self._keys.pop(uid, None)
         self._forget_opened(uid)
-        self._dropped[uid] = replace(key, key=b"")
+        self._dropped.put(replace(key, key=b""))
         for service_state in self._services.values():
             if service_state.current_uid == uid:
                 service_state.current_uid = None
+
+    def _tenant_removed(self, tenant: str) -> None:
+        """``tenant`` was removed with its key hierarchy (``tenant.removed``, after the
+        ``l3.state`` Destroyed of each of its L3s): forget everything of it, markers of
+        dropped versions included, so that its L4 tokens are answered as the core answers
+        them now that its rows are gone (a fetch: Object Not Found), not Object Destroyed
+        from a marker. A tenant added again under the name has new L3s (new uids)."""
+        if not tenant:
+            return
+        uids = [uid for uid, marker in self._dropped.items() if marker.tenant == tenant]
+        uids += [uid for uid, held in self._keys.items() if held.key.tenant == tenant]
+        for uid in uids:
+            self._dropped.pop(uid, None)
+            self._keys.pop(uid, None)
+            self._forget_tombstones(uid)
+            self.overflowed.discard(uid)
+            self._forget_opened(uid)
+        for service in [service for service in self._services if service[0] == tenant]:
+            del self._services[service]
 
     def resync(self) -> None:
         """Forget every held key (the core's event log went back in time, so events may have

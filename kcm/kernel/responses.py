@@ -117,10 +117,7 @@ def response_wire(version: Version, now: int, correlation_id: str | None,
         limit = min(maximum_response_size, server_limit)
     if limit is None or len(wire) <= limit:
         return wire
-    if limit == maximum_response_size:
-        message = f"the response exceeds the Maximum Response Size of {limit} bytes"
-    else:
-        message = f"the response exceeds the server's maximum message size of {limit} bytes"
+    message = too_large_message(limit, maximum_response_size)
     shrunk = []
     for raw in items:
         item = ResponseBatchItem.from_item(decode_item(raw)[0], version)
@@ -135,6 +132,15 @@ def response_wire(version: Version, now: int, correlation_id: str | None,
                                 f"server's maximum message size of {server_limit} bytes",
                                 now, correlation_id)
     return wire
+
+
+def too_large_message(limit: int, maximum_response_size: int | None) -> str:
+    """The Result Message of a success withheld because the answer passed ``limit``: the
+    client's Maximum Response Size when that is the limit, else the server's maximum
+    message size (the gateway's mixed answers say it alike)."""
+    if limit == maximum_response_size:
+        return f"the response exceeds the Maximum Response Size of {limit} bytes"
+    return f"the response exceeds the server's maximum message size of {limit} bytes"
 
 
 def failure_response(version: Version, reason: int, message: str, now: int,

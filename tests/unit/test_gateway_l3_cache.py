@@ -430,3 +430,37 @@ def test_a_refresh_forgets_deks_only_when_the_version_changed(opened, link, cloc
     link.keys[V2.uid] = [ServiceKey(V2.uid, "demo", "app", 2, State.COMPROMISED, V2.key)]
     cache.ensure([Need(uid=V2.uid)], APP)  # fetched in a drop state: dropped, and its DEKs
     assert len(opened_keys) == 0
+
+
+def test_a_removed_tenant_is_forgotten_markers_and_all(cache, link) -> None:
+    """``tenant.removed`` (after the ``l3.state`` Destroyed of each of its L3s): the markers
+    go, so a token under them is answered as the core answers it now that the rows are
+    gone (a fetch: Object Not Found), not Object Destroyed from a marker; other tenants'
+    markers stay."""
+    warm(cache)
+    other = ServiceKey("l3-00000000-0000-4000-8000-0000000000ff", "other", "app", 1,
+                       State.DESTROYED, b"")
+    cache.store([other], STRANGER)
+    cache.apply_event(1, "l3.state", "demo", {"unique_identifier": V1.uid, "service": "app",
+                                              "state": State.DESTROYED})
+    assert cache.known(V1.uid) is not None
+    cache.apply_event(2, "tenant.removed", "demo", {})
+    assert cache.known(V1.uid) is None and cache.known(other.uid) == other
+    del link.keys[V1.uid]  # the core has no row of it any more
+    link.fetches.clear()
+    with pytest.raises(ServiceKeyMissing):
+        cache.key_source(APP).service_key(V1.uid)
+    with pytest.raises(ServiceKeyMissing):  # the service is forgotten too: fetched anew
+        cache.key_source(APP).current_service_key("demo", "app")
+    assert cache.last_event_sequence == 2
+
+
+def test_dropped_markers_are_bounded_least_recently_used_out_first(link, clock) -> None:
+    cache = L3Cache(link.fetch_service_keys, connected=lambda: True, clock=clock.seconds,
+                    max_dropped=2)
+    marker = [ServiceKey(f"l3-00000000-0000-4000-8000-00000000010{n}", "demo", "app", n,
+                         State.DESTROYED, b"") for n in range(3)]
+    cache.store(marker[:2], APP)
+    assert cache.key_source(APP).service_key(marker[0].uid) == marker[0]  # used: kept
+    cache.store(marker[2:], APP)
+    assert [cache.known(m.uid) for m in marker] == [marker[0], None, marker[2]]

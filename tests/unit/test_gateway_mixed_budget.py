@@ -13,8 +13,7 @@ from dataclasses import replace
 import pytest
 
 from kcm.gateway.classifier import classify
-from kcm.gateway.handler import _too_large_message
-from kcm.kernel.responses import encode_items, response_wire
+from kcm.kernel.responses import encode_items, response_wire, too_large_message
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicUsageMask,
@@ -173,4 +172,4 @@ def test_the_words_of_a_withheld_success_are_the_kernels(server, asked) -> None:
     [shrunk] = response(wire).batch_items
     assert shrunk.result_reason == ResultReason.RESPONSE_TOO_LARGE
     limit = server if asked is None else min(server, asked)
-    assert shrunk.result_message == _too_large_message(limit, asked)
+    assert shrunk.result_message == too_large_message(limit, asked)

@@ -168,7 +168,13 @@ class EventFanout(Service):
             return
         self.head = events[-1][0]
         for subscriber in list(self._subscribers):
-            subscriber.deliver(events)
+            try:
+                subscriber.deliver(events)
+            except Exception:
+                # One subscriber's failure must not keep the events from the others (a
+                # gateway's link skipping them would break the gapless stream).
+                log.failure("an event subscriber failed on events up to {seq}",
+                            seq=self.head)
 
     def replay(self, after: int) -> Deferred[list[EncodedEvent]]:
         """Up to ``batch_size`` committed events after sequence ``after``, read off the

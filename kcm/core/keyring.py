@@ -169,7 +169,9 @@ class Keyring:
         L2 and unwrapped materials. (A write transaction would not use them anyway: see
         :meth:`_current_tenant_key`; this frees them at once.)"""
         self._current_l2.pop(tenant, None)
-        for uid in self._l2_uids_of.pop(tenant, ()):
+        # (a copy first: a worker may add to the set while this runs on the reactor;
+        # list() of a set is one step other threads cannot interleave)
+        for uid in list(self._l2_uids_of.pop(tenant, ())):
             self._l2_by_uid.pop(uid, None)
         with self._unwrapped_lock:
             for cache_key in [k for k in self._unwrapped if k[0] == tenant]:

@@ -61,7 +61,7 @@ from kcm.core.group_commit import GroupCommitter
 from kcm.core.keyring import Keyring
 from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY, STORELESS
-from kcm.core.operations.asymmetric_ops import key_pair_part, key_pair_spec
+from kcm.core.operations.asymmetric_ops import checked_key_pair_request
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
@@ -761,15 +761,10 @@ def _key_pair_lengths(request: RequestMessage) -> list[int] | None:
         if lengths is None:
             lengths = []
         payload = item.request_payload
-        if (not isinstance(payload, CreateKeyPairRequest) or item.critical_extension
-                or payload.common_template_names or payload.private_key_template_names
-                or payload.public_key_template_names):
+        if not isinstance(payload, CreateKeyPairRequest) or item.critical_extension:
             continue
-        common = list(payload.common_attributes or [])
         try:
-            _, length = key_pair_spec(
-                key_pair_part(common, payload.private_key_attributes or []),
-                key_pair_part(common, payload.public_key_attributes or []))
+            *_, length = checked_key_pair_request(payload, request.header.version)
         except Exception:
             continue  # the operation refuses it before making a pair
         lengths.append(length)

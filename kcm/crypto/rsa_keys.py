@@ -342,7 +342,13 @@ def _private_from_numbers(numbers: dict[int, int], *,
         raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
                         "the RSA private key's values do not agree with its modulus")
     p, q = numbers.get(Tag.P), numbers.get(Tag.Q)
-    if p is None or q is None:
+    if (p is None or q is None) and registering:
+        # Finding the factors from the exponents costs a modular exponentiation per try and
+        # as many tries as the key's maker likes (primes of the form r * 2**2000 + 1 make
+        # each try thousands of them): minutes of the writer thread for one Register.
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "a Transparent RSA Private Key must carry its primes P and Q")
+    if p is None or q is None:  # (stored before Register required them)
         p, q = rsa.rsa_recover_prime_factors(n, e, d)
     elif not (1 < p < n and 1 < q < n and p * q == n):
         raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,

@@ -272,6 +272,8 @@ class L3Cache:
         #: Fetches in flight, and those waiting their turn, by tenant.
         self._running: Counter[str] = Counter()
         self._waiting: dict[str, deque[_Fetch]] = {}
+        #: Tenants whose waiting fetches are being started (:meth:`_start_waiting`).
+        self._starting: set[str] = set()
         #: The core's recent "no such L3", by (caller's tenant, uid).
         self._not_found = _NotFound(clock, not_found_ttl, max_not_found)
         #: ``l3.rotated`` events applied (a "not found" sent before one is not remembered).
@@ -471,16 +473,33 @@ class L3Cache:
         self._running[tenant] -= 1
         if self._running[tenant] <= 0:
             del self._running[tenant]
-        waiting = self._waiting.get(tenant)
-        if waiting:
-            following = waiting.popleft()
-            if not waiting:
-                del self._waiting[tenant]
-            self._start(following)
-        for done, errors in fetch.waiters:
-            if error is not None and errors is not None:
-                errors[fetch.need] = error
-            done.callback(None)
+        try:
+            for done, errors in fetch.waiters:
+                if error is not None and errors is not None:
+                    errors[fetch.need] = error
+                done.callback(None)
+        finally:
+            self._start_waiting(tenant)
+
+    def _start_waiting(self, tenant: str) -> None:
+        """Start ``tenant``'s waiting fetches while it has turns free. A fetch that fails
+        at once (no link, a busy link) finishes inside its start, which would start the
+        next from there: one loop, not one level of recursion per waiting fetch, however
+        many wait."""
+        if tenant in self._starting:
+            return  # (the loop below, further up the stack, goes on)
+        self._starting.add(tenant)
+        try:
+            while self._running[tenant] < self.max_fetches_per_tenant:
+                waiting = self._waiting.get(tenant)
+                if not waiting:
+                    break
+                following = waiting.popleft()
+                if not waiting:
+                    del self._waiting[tenant]
+                self._start(following)
+        finally:
+            self._starting.discard(tenant)
 
     def prewarm(self, tenant: str, service: str,
                 caller: Principal) -> Deferred[KmipError | None]:

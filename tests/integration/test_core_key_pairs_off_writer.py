@@ -30,6 +30,7 @@ from kcm.kmip.objects import KeyBlock
 from kcm.kmip.payloads import CreateKeyPairRequest
 from kcm.kmip.tags import Tag
 from kcm.testing.requests import create_managed, get, item, request, response
+from kcm.ttlv import Item, ItemType
 from tests.core_support import CoreHarness, service_principal
 
 V = (2, 1)
@@ -153,11 +154,18 @@ async def test_only_items_the_operation_accepts_get_a_pair_made(
 
     monkeypatch.setattr(request_handler, "generate_key_pair", counted, raising=False)
     monkeypatch.setattr(asymmetric_ops, "generate_key_pair", counted)
+    # Refused before a pair is made, as the operation refuses them (the diff review: each
+    # would have cost a pair): an attribute the version does not define, Quantum Safe.
+    no_attribute = pair_item(2048)
+    no_attribute.request_payload.common_attributes.append(
+        Attribute(Tag.BATCH_COUNT, Item(Tag.BATCH_COUNT, ItemType.INTEGER, 5)))
+    quantum_safe = pair_item(2048)
+    quantum_safe.request_payload.common_attributes.append(Attribute.of(Tag.QUANTUM_SAFE, True, ItemType.BOOLEAN))
     wire = request(pair_item(1024), pair_item(1000), pair_item(2048, CryptographicAlgorithm.AES),
-                   pair_item(2048), version=V,
+                   no_attribute, quantum_safe, pair_item(2048), version=V,
                    continuation=BatchErrorContinuationOption.CONTINUE)
     answer = response(await core.handler.handle_as(wire, core.caller()))
     assert [i.result_status for i in answer.batch_items] == [
         ResultStatus.SUCCESS, ResultStatus.OPERATION_FAILED, ResultStatus.OPERATION_FAILED,
-        ResultStatus.SUCCESS]
+        ResultStatus.OPERATION_FAILED, ResultStatus.OPERATION_FAILED, ResultStatus.SUCCESS]
     assert lengths == [1024, 2048]

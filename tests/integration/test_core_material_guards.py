@@ -223,6 +223,28 @@ def test_register_refuses_a_weak_rsa_key_and_a_length_that_lies(core: CoreHarnes
     assert _register_key(core, _pkcs1(rsa_2048)).result_reason is None
 
 
+def test_register_takes_a_transparent_rsa_private_key_only_with_its_primes(
+        core: CoreHarness, rsa_2048) -> None:
+    """Without P and Q the server would seek the factors from the exponents, as many tries
+    as the key's maker likes, each a modular exponentiation (primes r * 2**2000 + 1 make
+    a try thousands): minutes of the writer thread for one Register."""
+    numbers = rsa_2048.private_numbers()
+    public = numbers.public_numbers
+
+    def transparent(*primes: Item) -> Item:
+        return Item(Tag.KEY_MATERIAL, ItemType.STRUCTURE, [
+            Item(Tag.MODULUS, ItemType.BIG_INTEGER, public.n),
+            Item(Tag.PRIVATE_EXPONENT, ItemType.BIG_INTEGER, numbers.d),
+            Item(Tag.PUBLIC_EXPONENT, ItemType.BIG_INTEGER, public.e), *primes])
+
+    fmt = _F.TRANSPARENT_RSA_PRIVATE_KEY
+    message = _refused(_register_key(core, transparent(), fmt=fmt), ResultReason.INVALID_FIELD)
+    assert message == "a Transparent RSA Private Key must carry its primes P and Q"
+    with_primes = transparent(Item(Tag.P, ItemType.BIG_INTEGER, numbers.p),
+                              Item(Tag.Q, ItemType.BIG_INTEGER, numbers.q))
+    assert _register_key(core, with_primes, fmt=fmt).result_reason is None
+
+
 def test_register_refuses_an_rsa_key_openssl_finds_invalid(core: CoreHarness) -> None:
     _refused(_register_key(core, _junk_rsa(2048)), ResultReason.CRYPTOGRAPHIC_FAILURE)
 

@@ -114,6 +114,36 @@ def test_a_tenant_has_a_bounded_number_of_fetches_in_flight_and_others_are_not_h
         assert {e.reason for e in errors.values()} == {ResultReason.OBJECT_NOT_FOUND}
 
 
+def test_a_lost_link_fails_every_waiting_fetch_without_recursion_or_leaks() -> None:
+    """The link lost with 8 of a tenant's fetches in flight and thousands waiting: each
+    waiting fetch then fails at once as it starts (no link). Every request is answered, no
+    fetch is left running or merged into (before: one level of recursion per waiting fetch,
+    a RecursionError, requests never answered and the tenant's turns leaked)."""
+    core, clock = HeldFetches(), Clock()
+    link_down = False
+
+    def fetch(caller, tenant, service, uid=None) -> Deferred:
+        if link_down:
+            d: Deferred = Deferred()
+            d.errback(ConnectionDone("no link"))
+            return d
+        return core(caller, tenant, service, uid)
+
+    cache = L3Cache(fetch, connected=lambda: not link_down, clock=clock.seconds)
+    flood = [cache.ensure([Need(uid=uid())], APP) for _ in range(3000)]
+    assert core.waiting(APP) == cache.max_fetches_per_tenant
+    link_down = True
+    for _, _, d in list(core.calls):
+        d.errback(ConnectionDone("link lost"))
+    assert all(d.called for d in flood)
+    assert cache.fetches_running == 0 and cache.fetches_waiting == 0
+    link_down = False
+    core.keys[NEW.uid] = NEW
+    again = cache.ensure([Need(uid=NEW.uid)], APP)  # the tenant's turns are all free
+    core.answer(0, APP)
+    assert errors_of(again) == {} and cache.holds(NEW.uid)
+
+
 def test_the_cores_not_found_is_remembered_briefly_per_tenant() -> None:
     core, clock = HeldFetches(), Clock()
     cache = cache_of(core, clock, not_found_ttl=5.0)

@@ -84,17 +84,8 @@ _Response = TypeVar("_Response", SignResponse, SignatureVerifyResponse)
 # Create Key Pair ------------------------------------------------------------------
 def create_key_pair(ctx: OperationContext,
                     request: CreateKeyPairRequest) -> CreateKeyPairResponse:
-    if (request.common_template_names or request.private_key_template_names
-            or request.public_key_template_names):
-        raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
-    common = list(request.common_attributes or [])
-    private_client = key_pair_part(common, request.private_key_attributes or [])
-    public_client = key_pair_part(common, request.public_key_attributes or [])
-    check_client_attributes(private_client, ctx.version)
-    check_client_attributes(public_client, ctx.version)
-    algorithm, length = key_pair_spec(private_client, public_client)
-    for attributes in (private_client, public_client):
-        check_quantum_safe(single_value(attributes, Tag.QUANTUM_SAFE), algorithm, length)
+    private_client, public_client, algorithm, length = checked_key_pair_request(
+        request, ctx.version)
     # Made before the group commit, off the shared writer thread, when the request came
     # through kcm-core's handler (kcm.core.request_handler: _prepare).
     pair = ctx.new_key_pair(length, generate_key_pair)
@@ -126,6 +117,27 @@ def create_key_pair(ctx: OperationContext,
     ctx.id_placeholder.set(private_uid)
     return CreateKeyPairResponse(private_key_unique_identifier=private_uid,
                                  public_key_unique_identifier=public_uid)
+
+
+def checked_key_pair_request(request: CreateKeyPairRequest, version: Version
+                             ) -> tuple[list[Attribute], list[Attribute], int, int]:
+    """The private and public keys' client attributes, the algorithm and the modulus length
+    of the pair ``request`` asks for, once everything refused before a pair is made has
+    been (templates, attributes, the algorithm and length, Quantum Safe). The one place
+    that decides it: kcm.core.request_handler makes the pairs before the group commit only
+    for the items this accepts."""
+    if (request.common_template_names or request.private_key_template_names
+            or request.public_key_template_names):
+        raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
+    common = list(request.common_attributes or [])
+    private_client = key_pair_part(common, request.private_key_attributes or [])
+    public_client = key_pair_part(common, request.public_key_attributes or [])
+    check_client_attributes(private_client, version)
+    check_client_attributes(public_client, version)
+    algorithm, length = key_pair_spec(private_client, public_client)
+    for attributes in (private_client, public_client):
+        check_quantum_safe(single_value(attributes, Tag.QUANTUM_SAFE), algorithm, length)
+    return private_client, public_client, algorithm, length
 
 
 def key_pair_part(common: list[Attribute], own: list[Attribute]) -> list[Attribute]:

@@ -694,7 +694,7 @@ class Store(Service):
                 drain_pending(session)
             learnt = info.pop(LEARNT_INFO, None)
             if learnt:
-                self.known.services.update(learnt)
+                self.known.add_all(learnt)
             written = info.pop(OUTBOX_WRITTEN_INFO, 0)
             if written:
                 with self._outbox_committed_lock:  # commits of two threads may finish

@@ -8,6 +8,7 @@ Shared by :mod:`kcm.core.store.engine` (which gives every session its store's
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from sqlalchemy.orm import Session
 
@@ -59,9 +60,17 @@ class KnownFacts:
     def add(self, service: tuple[str, str], epoch: int) -> None:
         """``service`` is provisioned, as a read that began at ``epoch`` saw: known from now
         on, unless a forgetting came since (it may have been about that very tenant)."""
+        self.add_all([(service, epoch)])
+
+    def add_all(self, learnt: Iterable[tuple[tuple[str, str], int]]) -> None:
+        """:meth:`add` of each (service, epoch) a committed write transaction learnt: every
+        change of :attr:`services` is made under the lock, so :meth:`forget_tenant`'s pass
+        over it never meets a set changing size, and nothing learnt before a forgetting
+        comes back after it."""
         with self._lock:
-            if epoch == self.epoch:
-                self.services.add(service)
+            for service, epoch in learnt:
+                if epoch == self.epoch:
+                    self.services.add(service)
 
 
 def known_facts(session: Session) -> KnownFacts | None:
@@ -77,6 +86,6 @@ def learn(session: Session, service: tuple[str, str], epoch: int) -> None:
     if facts is None:
         return
     if session.info.get(WRITE_INFO, True):
-        session.info.setdefault(LEARNT_INFO, set()).add(service)
+        session.info.setdefault(LEARNT_INFO, set()).add((service, epoch))
     else:
         facts.add(service, epoch)

@@ -585,11 +585,6 @@ def _dek_length(attributes: list[Attribute], version: Version) -> int:
     length = 256
     for attribute in attributes:
         tag = attribute.tag
-        if not defined_in(attribute, version):
-            raise KmipError(ResultReason.INVALID_ATTRIBUTE,
-                            f"{attribute_label(attribute)} is not an attribute of KMIP "
-                            f"{version[0]}.{version[1]}",
-                            v1_reason=ResultReason.INVALID_FIELD)
         value = attribute.value.value if attribute.value is not None else None
         if tag == Tag.CRYPTOGRAPHIC_ALGORITHM:
             if value != _AES:
@@ -611,6 +606,12 @@ def _dek_length(attributes: list[Attribute], version: Version) -> int:
         elif tag == VENDOR_TAG and attribute.vendor_identification == VENDOR \
                 and attribute.name in (LEVEL_NAME, SERVICE_NAME):
             continue
+        elif not defined_in(attribute, version):
+            # (the attributes above are every version's: only the rest need asking)
+            raise KmipError(ResultReason.INVALID_ATTRIBUTE,
+                            f"{attribute_label(attribute)} is not an attribute of KMIP "
+                            f"{version[0]}.{version[1]}",
+                            v1_reason=ResultReason.INVALID_FIELD)
         elif tag not in _IGNORED_CREATE_ATTRIBUTES:
             raise KmipError(ResultReason.INVALID_FIELD,
                             f"an L4 is not stored, so it cannot keep the attribute "

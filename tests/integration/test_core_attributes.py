@@ -845,6 +845,17 @@ def test_l4_create_refuses_what_is_no_attribute_of_the_version(core, version,
     _refused_as_no_attribute(item, version)
 
 
+def test_l4_create_ignores_operation_policy_name_where_the_version_has_it(core) -> None:
+    """Operation Policy Name, a 1.x attribute, is implied by an L4's key: ignored, not
+    refused as one an L4 cannot keep (2.x has no such attribute: NOT_ATTRIBUTES above)."""
+    level = vendor("x", "kcm-level", "L4")
+    policy = Attribute(Tag.OPERATION_POLICY_NAME,
+                       Item(Tag.OPERATION_POLICY_NAME, ItemType.TEXT_STRING, "default"))
+    (item,) = call(core, (Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[level, policy])), version=V14)
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+
+
 def test_set_modify_and_rekey_refuse_what_is_no_attribute_of_the_version(core) -> None:
     batch = Attribute(Tag.BATCH_COUNT, Item(Tag.BATCH_COUNT, ItemType.INTEGER, 5))
     uid = create_key(core)

@@ -160,7 +160,8 @@ async def test_only_items_the_operation_accepts_get_a_pair_made(
     no_attribute.request_payload.common_attributes.append(
         Attribute(Tag.BATCH_COUNT, Item(Tag.BATCH_COUNT, ItemType.INTEGER, 5)))
     quantum_safe = pair_item(2048)
-    quantum_safe.request_payload.common_attributes.append(Attribute.of(Tag.QUANTUM_SAFE, True, ItemType.BOOLEAN))
+    quantum_safe.request_payload.common_attributes.append(
+        Attribute.of(Tag.QUANTUM_SAFE, True, ItemType.BOOLEAN))
     wire = request(pair_item(1024), pair_item(1000), pair_item(2048, CryptographicAlgorithm.AES),
                    no_attribute, quantum_safe, pair_item(2048), version=V,
                    continuation=BatchErrorContinuationOption.CONTINUE)

@@ -628,29 +628,39 @@ def test_service_keys_are_readable_but_changed_by_admins_only(core) -> None:
     assert values(get(core, l3, Tag.COMMENT), Tag.COMMENT) == ["rotated monthly"]
 
 
-@BOTH
-@pytest.mark.parametrize("tag", [Tag.PROTECT_STOP_DATE, Tag.PROCESS_START_DATE])
-def test_hierarchy_keys_take_no_protect_stop_or_process_start_date(core, version, tag) -> None:
-    """Neither the gateways nor the core's L4 engine would enforce them on an L2 or L3."""
+def _refused_on_hierarchy_keys(core, version, attribute: Attribute) -> list[str]:
+    """Add (and 2.x Set) ``attribute`` to the tenant and service keys of demo, and Re-key
+    each with it: every one refused as read only (1.x Permission Denied), nothing stored.
+    The refusals' messages."""
     l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo")).uid
     (l3,) = core.store.run_sync(lambda s: [r.uid for r in repository.find_l3(s, "demo", "app")])
-    date = Attribute.of(tag, int(time.time()) + 3600, ItemType.DATE_TIME)
     changes = [(Operation.ADD_ATTRIBUTE, AddAttributeRequest)]  # (none to Modify)
     if version == V21:
         changes.append((Operation.SET_ATTRIBUTE, SetAttributeRequest))
     expected = (ResultReason.ATTRIBUTE_READ_ONLY if version == V21
                 else ResultReason.PERMISSION_DENIED)
+    messages = []
     for uid in (l2, l3):
         for operation, change in changes:
-            item = refused(core, operation, change(unique_identifier=uid, attribute=date),
+            item = refused(core, operation, change(unique_identifier=uid, attribute=attribute),
                            version=version, principal=admin_principal())
             assert item.result_reason == expected, item.result_message
-            assert "not offered on a tenant or service key" in item.result_message
+            messages.append(item.result_message)
         item = refused(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=uid,
-                                                            attributes=[date]),
+                                                            attributes=[attribute]),
                        version=version, principal=admin_principal())
         assert item.result_reason == expected, item.result_message
-        assert values(get(core, uid, tag), tag) == []
+        assert values(get(core, uid, attribute.tag), attribute.tag) == []
+    return messages
+
+
+@BOTH
+@pytest.mark.parametrize("tag", [Tag.PROTECT_STOP_DATE, Tag.PROCESS_START_DATE])
+def test_hierarchy_keys_take_no_protect_stop_or_process_start_date(core, version, tag) -> None:
+    """Neither the gateways nor the core's L4 engine would enforce them on an L2 or L3."""
+    date = Attribute.of(tag, int(time.time()) + 3600, ItemType.DATE_TIME)
+    for message in _refused_on_hierarchy_keys(core, version, date):
+        assert "not offered on a tenant or service key" in message
     ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(  # an ordinary key takes it
         unique_identifier=create_key(core), attribute=date), version=version)
 
@@ -666,27 +676,10 @@ def _usage_limits(total: int) -> Attribute:
 def test_hierarchy_keys_take_no_usage_limits(core, version) -> None:
     """Neither the gateways nor the core's L4 engine count uses of an L2 or L3 against
     Usage Limits: a rotation policy's max_uses caps them."""
-    l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo")).uid
-    (l3,) = core.store.run_sync(lambda s: [r.uid for r in repository.find_l3(s, "demo", "app")])
     limits = _usage_limits(1)
-    changes = [(Operation.ADD_ATTRIBUTE, AddAttributeRequest)]
-    if version == V21:
-        changes.append((Operation.SET_ATTRIBUTE, SetAttributeRequest))
-    expected = (ResultReason.ATTRIBUTE_READ_ONLY if version == V21
-                else ResultReason.PERMISSION_DENIED)
-    for uid in (l2, l3):
-        for operation, change in changes:
-            item = refused(core, operation, change(unique_identifier=uid, attribute=limits),
-                           version=version, principal=admin_principal())
-            assert item.result_reason == expected, item.result_message
-            assert item.result_message == ("Usage Limits is not offered on a tenant or "
-                                           "service key; cap its use with a rotation "
-                                           "policy's max_uses")
-        item = refused(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=uid,
-                                                            attributes=[limits]),
-                       version=version, principal=admin_principal())
-        assert item.result_reason == expected, item.result_message
-        assert values(get(core, uid, Tag.USAGE_LIMITS), Tag.USAGE_LIMITS) == []
+    for message in _refused_on_hierarchy_keys(core, version, limits):
+        assert message == ("Usage Limits is not offered on a tenant or service key; cap its "
+                           "use with a rotation policy's max_uses")
     ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(  # an ordinary key takes it
         unique_identifier=create_key(core), attribute=limits), version=version)
 

@@ -564,10 +564,18 @@ class CoreRequestHandler:
                 # leaves nothing if it fails, needs no savepoint (none was ever sent).
                 _append_all(session, events)
                 return self._response(request, now, correlation_id, items)
-            except Exception:
-                log.failure("request failed [correlation id {cid}]", cid=correlation_id)
+            except Exception as e:
+                # The store gone from under the request (a PostgreSQL session ended, a
+                # locked or full SQLite file) is the operator's to fix: one line, and the
+                # client told so; anything else is a bug, logged with its traceback.
+                unavailable = store_unavailable(e)
+                if unavailable is None:
+                    log.failure("request failed [correlation id {cid}]", cid=correlation_id)
+                else:
+                    log.error("request failed [correlation id {cid}]: the key store is "
+                              "unavailable ({why})", cid=correlation_id, why=unavailable)
                 answer = self._failed_answer(caller, request.header.version, correlation_id,
-                                          now, request)
+                                          now, request, unavailable=unavailable is not None)
         with savepoint(session):
             _append_all(session, answer.events)
         return answer.wire

@@ -126,6 +126,7 @@ def classify(wire: bytes) -> Classified:
     # remote run, or, for a local item, by a remote item when every local item that would
     # have replaced it since failed (a failed item sets none, KMIP 1.4 §4, 2.1 §6).
     placeholder_across = False
+    seen = {True: False, False: False}  # whether a local (True) / remote item came before
     version = request.version
     for item in request.items:
         operation = item.operation
@@ -133,8 +134,9 @@ def classify(wire: bytes) -> Classified:
         here = marked is not None or (operation != _CREATE
                                       and _uses_local_key(item, placeholder_is_local))
         if (item.unique_identifier is None and operation not in _TAKES_NO_IDENTIFIER
-                and any(earlier != here for earlier in local)):
+                and seen[not here]):
             placeholder_across = True
+        seen[here] = True
         if here:
             if operation in SETS_ID_PLACEHOLDER:
                 placeholder_is_local = True

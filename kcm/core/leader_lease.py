@@ -9,6 +9,12 @@ vanishes, when TCP keepalive gives up on it). Work done under the lease must sti
 to repeat: for a moment after a network partition two cores may both believe they hold it
 (the old holder learns it lost the lease at its next :meth:`hold`).
 
+A holder that stops without dying (a process stopped, a VM paused) keeps its session: the
+kernel answers TCP keepalives for it. So the holder proves it is alive at every
+:meth:`hold` (one statement on the lease's connection), and a core asking for a lease
+whose holder's session has sent nothing for ``silence_s`` ends that session
+(``pg_terminate_backend``) and takes the lease at its next ask.
+
 On SQLite there is one core per database file, which always holds the lease.
 
 Blocking: call :meth:`hold` and :meth:`release` on a worker thread, one at a time.
@@ -34,10 +40,14 @@ SWEEPER_LEASE_KEY = 0x4B434D0003
 class AdvisoryLease:
     """The lease named ``key`` on ``store``'s database, for the work called ``what``."""
 
-    def __init__(self, store: Store, key: int, what: str) -> None:
+    def __init__(self, store: Store, key: int, what: str,
+                 silence_s: float | None = None) -> None:
         self._store = store
         self.key = key
         self.what = what
+        #: Seconds of silence after which the holder's session is ended by a core asking
+        #: for the lease (None: never); well above the holder's interval between asks.
+        self.silence_s = silence_s
         self._connection: Any = None
 
     @property
@@ -72,6 +82,8 @@ class AdvisoryLease:
                      error=_first_line(e))
             return False
         if not taken:
+            if self.silence_s is not None:
+                self._end_silent_holder(connection)
             connection.close()
             return False
         self._connection = connection
@@ -84,10 +96,42 @@ class AdvisoryLease:
             self._close()
             log.info("released the {what} lease", what=self.what)
 
+    def _end_silent_holder(self, connection: Any) -> None:
+        """End the session holding the lease if it has sent nothing for :attr:`silence_s`:
+        its core is stopped (the next ask takes the lease). Never fails."""
+        try:
+            ended = connection.execute(
+                _END_SILENT_HOLDER, (self.key >> 32, self.key & 0xFFFFFFFF,
+                                     f"{self.silence_s} seconds")).fetchall()
+        except Exception as e:
+            log.warn("cannot end the silent holder of the {what} lease ({error})",
+                     what=self.what, error=_first_line(e))
+            return
+        for pid, application, address, silent, _ in ended:
+            log.warn("ended the database session {pid} ({application} at {address}) that "
+                     "held the {what} lease and had sent nothing for {seconds:.1f} s: a core "
+                     "stopped or cut off", pid=pid, application=application or "?",
+                     address=address, what=self.what, seconds=float(silent))
+
     def _close(self) -> None:
         connection, self._connection = self._connection, None
         with contextlib.suppress(Exception):  # already broken: the lock went with it
             connection.close()
+
+
+#: Ends the sessions of this database holding the advisory lock (a bigint key: its halves,
+#: objsubid 1) that are idle, waiting for their client, and have been for longer than the
+#: interval given; only sessions of roles the asking one is a member of.
+_END_SILENT_HOLDER = (
+    "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local'), "
+    "extract(epoch FROM clock_timestamp() - a.state_change), pg_terminate_backend(a.pid) "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.classid = %s AND l.objid = %s "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND a.pid <> pg_backend_pid() AND a.state = 'idle' AND a.wait_event_type = 'Client' "
+    "AND pg_has_role(a.usesysid, 'MEMBER') "
+    "AND a.state_change < clock_timestamp() - %s::interval")
 
 
 def _first_line(error: Exception) -> str:

@@ -13,7 +13,9 @@ the next sweep runs at once.
 
 With several cores on one PostgreSQL database the sweep runs on one of them at a time: the
 one holding the sweeper's lease (:class:`kcm.core.leader_lease.AdvisoryLease`); the others
-ask for it at every interval and take over within one interval of the holder's death. The
+ask for it at every interval and take over within one interval of the holder's death, or
+once a holder stopped without dying has been silent for :data:`LEASE_SILENCE_INTERVALS`
+intervals (at least :data:`LEASE_SILENCE_MIN_S`). The
 sweep is safe to repeat (it moves only keys whose dates say so), so the short overlap a
 network partition may cause does no harm.
 """
@@ -52,6 +54,11 @@ log = Logger()
 
 #: Seconds between sweeps: how late, at most, a passed date reaches the gateways.
 DEFAULT_INTERVAL = 5.0
+#: A core holding the sweeper's lease that has not asked for it again in this many
+#: intervals (and at least :data:`LEASE_SILENCE_MIN_S`) is taken to be stopped: another
+#: core ends its lease's session and sweeps in its place.
+LEASE_SILENCE_INTERVALS = 6
+LEASE_SILENCE_MIN_S = 30.0
 #: The most keys one sweep (one transaction) moves; the rest, in the sweeps that follow it
 #: at once.
 SWEEP_BATCH = 256
@@ -121,8 +128,9 @@ class StateSweeper(Service):
         self._steps = tuple(steps)
         self._soon: IDelayedCall | None = None
         #: Held by the one core that sweeps (always held on SQLite).
-        self.lease = lease if lease is not None else AdvisoryLease(store, SWEEPER_LEASE_KEY,
-                                                                   "state sweeper")
+        self.lease = lease if lease is not None else AdvisoryLease(
+            store, SWEEPER_LEASE_KEY, "state sweeper",
+            silence_s=max(LEASE_SILENCE_INTERVALS * interval, LEASE_SILENCE_MIN_S))
 
     def startService(self) -> None:
         super().startService()

@@ -64,6 +64,34 @@ def test_one_core_holds_the_lease_and_the_next_takes_over(pg_database: str) -> N
         second.engine.dispose()
 
 
+def test_a_holder_silent_too_long_loses_the_lease_to_the_next_core(pg_database: str) -> None:
+    """A holder stopped without dying (SIGSTOP, a paused VM) keeps its session; a core that
+    asks ends it once it has been silent for ``silence_s``, not while it keeps asking."""
+    first, second = _store(pg_database), _store(pg_database)
+    a = AdvisoryLease(first, 0x4B434D00FE, "test", silence_s=0.5)
+    b = AdvisoryLease(second, 0x4B434D00FE, "test", silence_s=0.5)
+    patient = AdvisoryLease(second, 0x4B434D00FE, "test")  # ends nobody
+    try:
+        assert a.hold()
+        for _ in range(10):  # a holder that keeps asking is never ended
+            time.sleep(0.1)
+            assert a.hold() and not b.hold()
+        time.sleep(0.7)  # silent now: a patient core waits on ...
+        assert not patient.hold() and a.hold()
+        time.sleep(0.7)  # ... and one with a silence bound ends it and takes over
+        assert not b.hold()
+        deadline = time.monotonic() + 5
+        while not b.hold():
+            assert time.monotonic() < deadline, "the silent holder kept the lease"
+            time.sleep(0.05)
+        assert not a.hold() and not a.held  # thawed, it learns it lost the lease
+    finally:
+        for lease in (a, b, patient):
+            lease.release()
+        first.engine.dispose()
+        second.engine.dispose()
+
+
 class ThreadReactor:
     """Just enough of a reactor for the listener: calls from its thread, run here."""
 

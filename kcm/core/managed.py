@@ -17,7 +17,12 @@ from kcm.core import events, policy
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.context import OperationContext
 from kcm.core.store import repository
-from kcm.core.store.object_cache import OBJECT_CACHE_INFO, CachedObject, ObjectCache
+from kcm.core.store.object_cache import (
+    OBJECT_CACHE_INFO,
+    CachedObject,
+    ObjectCache,
+    written_in,
+)
 from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.core.store.schema import ManagedObject as Row
 from kcm.kernel import lifecycle
@@ -239,10 +244,15 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredOb
     """``tenant``'s object ``uid`` as this transaction sees it, or None. Its decoded
     attributes come from the store's object cache when the row has not changed since
     (:mod:`kcm.core.store.object_cache`), so that a known object costs a two-number read."""
-    cache: ObjectCache | None = session.info.get(OBJECT_CACHE_INFO)
+    info = session.info
+    cache: ObjectCache | None = info.get(OBJECT_CACHE_INFO)
     if cache is None or repository.in_session(session, uid):
         row = repository.get_object(session, tenant, uid, for_update=for_update)
         return None if row is None else StoredObject(row, decode_attributes(row.attributes))
+    if written_in(info, tenant, uid):  # not cached: its stamp names uncommitted content
+        columns = repository.object_columns(session, tenant, uid, for_update=for_update)
+        return None if columns is None else StoredObject(
+            columns, None, None, tuple(decode_attributes(columns.attributes)))
     cached = None
     if cache.holds(tenant, uid):  # else its stamp would be read for nothing
         stamp = repository.object_stamp(session, tenant, uid, for_update=for_update)

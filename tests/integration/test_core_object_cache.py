@@ -19,11 +19,22 @@ from kcm.core.operations._objects_common import clear_key_bytes
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
-from kcm.kmip.attributes import Attribute
-from kcm.kmip.enums import BlockCipherMode, Operation, ResultReason, State, UsageLimitsUnit
+from kcm.kmip.attributes import Attribute, Name
+from kcm.kmip.enums import (
+    BatchErrorContinuationOption,
+    BlockCipherMode,
+    NameType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    RevocationReasonCode,
+    State,
+    UsageLimitsUnit,
+)
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder
-from kcm.kmip.payloads import ActivateRequest, DestroyRequest, GetRequest
+from kcm.kmip.payloads import ActivateRequest, DestroyRequest, EncryptRequest, GetRequest
+from kcm.kmip.payloads.attribute_ops import AddAttributeRequest
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
 from tests.core_support import CoreHarness, service_principal
@@ -31,6 +42,7 @@ from tests.integration.test_core_crypto import (
     ECB_CIPHER,
     NIST_KEY,
     NIST_PLAIN,
+    call,
     decrypt,
     encrypt,
     failed,
@@ -141,6 +153,41 @@ def test_a_change_rolled_back_leaves_the_object_as_stored(core: CoreHarness) -> 
     failed(encrypt(core, uid, NIST_PLAIN, ECB), ResultReason.WRONG_KEY_LIFECYCLE_STATE)
     ok(one(core, Operation.ACTIVATE, ActivateRequest(unique_identifier=uid)))
     assert ok(encrypt(core, uid, NIST_PLAIN, ECB)).data == ECB_CIPHER
+
+
+def _undone_batch(core: CoreHarness, uid: str, *changes: tuple[Operation, object]) -> None:
+    """``changes`` to ``uid``, then an Encrypt with it (which loads it as changed), then an
+    item that fails: with Undo, everything is rolled back."""
+    items = call(core, *changes,
+                 (Operation.ENCRYPT, EncryptRequest(unique_identifier=uid,
+                                                    cryptographic_parameters=ECB,
+                                                    data=NIST_PLAIN)),
+                 (Operation.GET, GetRequest(unique_identifier="no-such-object")),
+                 continuation=BatchErrorContinuationOption.UNDO)
+    assert [i.result_status for i in items[:-1]] == [ResultStatus.OPERATION_UNDONE] * (
+        len(changes) + 1)
+
+
+def test_an_undone_change_is_not_taken_for_another_cores_revocation(
+        core: CoreHarness, second_core: CoreHarness) -> None:
+    """The undone Activate's revision is the one another core's Revoke then commits: the
+    entry the undone batch would have left must not match it."""
+    uid = store_key(core, NIST_KEY, state=State.PRE_ACTIVE)
+    _undone_batch(core, uid, (Operation.ACTIVATE, ActivateRequest(unique_identifier=uid)))
+    revoke(second_core, uid, RevocationReasonCode.KEY_COMPROMISE)
+    failed(encrypt(core, uid, NIST_PLAIN, ECB), ResultReason.WRONG_KEY_LIFECYCLE_STATE)
+
+
+def test_an_undone_change_is_not_taken_for_another_cores_destroy(
+        core: CoreHarness, second_core: CoreHarness) -> None:
+    uid = store_key(core, NIST_KEY, state=State.PRE_ACTIVE)
+    name = Attribute.of(Tag.NAME, Name(value="n1", type=NameType.UNINTERPRETED_TEXT_STRING))
+    _undone_batch(core, uid, (Operation.ACTIVATE, ActivateRequest(unique_identifier=uid)),
+                  (Operation.ADD_ATTRIBUTE, AddAttributeRequest(unique_identifier=uid,
+                                                                attribute=name)))
+    ok(one(second_core, Operation.DESTROY, DestroyRequest(unique_identifier=uid)))
+    failed(one(core, Operation.GET, GetRequest(unique_identifier=uid)),
+           ResultReason.OBJECT_DESTROYED)
 
 
 def test_what_one_request_changes_in_memory_is_not_shared(core: CoreHarness) -> None:

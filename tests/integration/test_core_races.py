@@ -20,16 +20,27 @@ from pathlib import Path
 
 import sqlalchemy
 
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode, State
+from kcm.kmip.attributes import Attribute, Name
+from kcm.kmip.enums import (
+    NameType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+    RevocationReasonCode,
+    State,
+)
+from kcm.kmip.payloads.attribute_ops import AddAttributeRequest
 from kcm.kmip.payloads.lifecycle import (
     ActivateRequest,
     DestroyRequest,
     RevocationReason,
     RevokeRequest,
 )
+from kcm.kmip.tags import Tag
 from kcm.link.frames import decode_payload
 from kcm.testing.postgres import fresh_database
 from kcm.testing.processes import deploy
+from kcm.testing.requests import UNDO, activate, encrypt, get
 from tests.gateway_support import create_managed, item, request, response
 
 V21 = (2, 1)
@@ -158,3 +169,38 @@ def test_concurrent_lifecycle_changes_at_three_cores_stay_on_the_state_machine(
             replayed[fields["unique_identifier"]] = State(fields["state"])
     assert replayed == {uid: model[uid] for uid in service_keys}
     assert cores[2].kcm("audit", "verify").returncode == 0
+
+
+def test_a_batch_undone_at_one_core_does_not_hide_another_cores_destroy(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Core 1 loads a key it has just changed, then the batch is undone; core 2 destroys
+    the key, which gives the row the revision the undone change had. Core 1 must see the
+    Destroy, not serve the key as its undone batch saw it (its object cache keeps only
+    committed content)."""
+    url = fresh_database(postgres_url, f"kcm_races_{next(_databases)}")
+    one = deploy(tmp_path / "core1", url)
+    two = one.replica(tmp_path / "core2")
+    one.start()
+    two.start()
+    try:
+        with one.client("app") as c1, two.client("app") as c2:
+            [made] = response(c1.send(request(create_managed(), version=V21))).batch_items
+            uid = made.response_payload.unique_identifier
+            name = Attribute.of(Tag.NAME, Name(value="n1",
+                                               type=NameType.UNINTERPRETED_TEXT_STRING))
+            undone = response(c1.send(request(
+                activate(uid),
+                item(Operation.ADD_ATTRIBUTE, AddAttributeRequest(unique_identifier=uid,
+                                                                  attribute=name)),
+                encrypt(uid, b"record"), get("no-such-object"),
+                version=V21, continuation=UNDO))).batch_items
+            assert [b.result_status for b in undone[:3]] == [ResultStatus.OPERATION_UNDONE] * 3
+            [destroyed] = response(c2.send(request(
+                item(Operation.DESTROY, DestroyRequest(unique_identifier=uid)),
+                version=V21))).batch_items
+            assert destroyed.result_status == ResultStatus.SUCCESS, destroyed.result_message
+            [got] = response(c1.send(request(get(uid), version=V21))).batch_items
+            assert got.result_reason == ResultReason.OBJECT_DESTROYED, got.result_status
+    finally:
+        one.stop()
+        two.stop()

@@ -10,7 +10,10 @@ one content of one row, and an entry whose stamp is the row's current one (read 
 caller's own transaction, :func:`kcm.core.store.repository.object_stamp`) holds what
 the database holds. Nothing is served on trust: a change made by this core, by another
 core on the same database, or by a transaction that later rolled back, only makes an
-entry stale, and a stale entry is replaced on its next use.
+entry stale, and a stale entry is replaced on its next use. For that, an entry must name
+committed content only: a row a transaction changed or inserted is never cached by that
+transaction (:func:`written_in`), since its new stamp names content that a rollback
+undoes, and which another core's committed change could later carry too.
 
 What an entry holds besides the row's columns is the caller's (:mod:`kcm.core.managed`
 keeps the decoded attributes and, once used, the clear key bytes). Entries are bounded
@@ -31,6 +34,29 @@ from typing import Any
 OBJECT_CACHE_INFO = "kcm.store.objects"
 
 Stamp = tuple[int, int]  # (revision, created_seq)
+
+#: Where a write transaction's session notes the (tenant, uid) of the rows it changed or
+#: inserted (:func:`note_written`).
+WRITTEN_INFO = "kcm.store.objects.written"
+
+
+def note_written(info: dict[str, Any], tenant: str, uid: str) -> None:
+    """Note in a session's ``info`` that its transaction changes (tenant, uid)'s row, and
+    drop the row's cache entry: stale from now on, and not cached again by this
+    transaction (its stamps name content not yet committed)."""
+    written = info.get(WRITTEN_INFO)
+    if written is None:
+        written = info[WRITTEN_INFO] = set()
+    written.add((tenant, uid))
+    cache = info.get(OBJECT_CACHE_INFO)
+    if cache is not None:
+        cache.forget(tenant, uid)
+
+
+def written_in(info: dict[str, Any], tenant: str, uid: str) -> bool:
+    """Whether the session of ``info`` changed or inserted (tenant, uid)'s row."""
+    written = info.get(WRITTEN_INFO)
+    return written is not None and (tenant, uid) in written
 
 
 class CachedObject:

@@ -38,7 +38,7 @@ from sqlalchemy.orm.util import identity_key
 from twisted.logger import Logger
 
 from kcm.core.store.known import WRITE_INFO, known_facts, learn
-from kcm.core.store.object_cache import OBJECT_CACHE_INFO
+from kcm.core.store.object_cache import note_written
 from kcm.core.store.raw_statements import RawStatement, connection_of, execute_plain
 from kcm.core.store.savepoints import on_rollback
 from kcm.core.store.schema import (
@@ -347,6 +347,7 @@ def insert_object(
         **dict.fromkeys(DATE_COLUMNS), **dates,
     }
     _INSERT_OBJECT.send(session, values)
+    note_written(info, tenant, uid)  # (a rollback may free its uid and created_seq)
     _insert_locate_copies(connection, uid, tenant, names, groups)
     if not attach:
         return None
@@ -534,9 +535,7 @@ def update_object(session: Session, obj: ManagedObject, **changes: object) -> Ma
     (which serialized writers and ``for_update`` reads make impossible in practice).
     """
     _check_changes(changes)
-    cache = session.info.get(OBJECT_CACHE_INFO)
-    if cache is not None:
-        cache.forget(obj.tenant, obj.uid)  # stale from now on; its key may be going
+    note_written(session.info, obj.tenant, obj.uid)  # stale now; its key may be going
     for column, value in changes.items():
         setattr(obj, column, value)
     # Bump the revision even when only ``changes`` equal the current values.
@@ -562,9 +561,7 @@ def update_columns(session: Session, row: ObjectColumns | ManagedObject,
     attached = isinstance(row, ManagedObject)
     if attached and inspect(row).modified:
         return update_object(session, row, **changes)
-    cache = session.info.get(OBJECT_CACHE_INFO)
-    if cache is not None:
-        cache.forget(row.tenant, row.uid)  # stale from now on; its key may be going
+    note_written(session.info, row.tenant, row.uid)  # stale now; its key may be going
     columns = tuple(sorted(changes))
     statement = _UPDATES.get(columns)
     if statement is None:

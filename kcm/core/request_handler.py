@@ -36,7 +36,7 @@ half a second), which the group commit then only stores.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -83,15 +83,19 @@ from kcm.kernel.plain_messages import (
 from kcm.kernel.responses import (
     CLIENT_GONE,
     encode_items,
+    fail_item,
     failed_item,
     failure_response,
     internal_error,
     operation_name,
     response_wire,
+    too_large_message,
+    withheld,
 )
 from kcm.kernel.versions import answer_version, is_supported, version_of
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
+from kcm.kmip.labels import enum_label
 from kcm.kmip.messages import (
     ProtocolVersion,
     RequestBatchItem,
@@ -136,6 +140,11 @@ class RequestWatch:
         if self._clock() >= self._deadline:
             return f"request deadline of {self._limit:g} s exceeded"
         return None
+
+
+class _Withheld(Exception):
+    """Raised in a request's savepoint to roll its work back: its answer passes the limits
+    and its successes are withheld (:meth:`CoreRequestHandler._withholds`)."""
 
 
 class _Refused(Exception):
@@ -543,27 +552,39 @@ class CoreRequestHandler:
         else:
             try:
                 events: list[AuditEvent] = []
-                with RequestSavepoint(session) as request_savepoint:
-                    # A lone item shares the request's savepoint (one, not two). The key
-                    # pairs reach the items' contexts (OperationContext.key_pairs).
-                    token = None if key_pairs is None else prepared_key_pairs.set(key_pairs)
-                    try:
-                        items = self._execute(
-                            session, request, caller, now, correlation_id, should_stop,
-                            events.append, savepoint=request_savepoint.item_savepoint
-                            if len(request.batch_items) == 1 else None)
-                    finally:
-                        if token is not None:
-                            prepared_key_pairs.reset(token)
-                        if key_pairs is not None:
-                            key_pairs.clear()
-                    if request_savepoint.wrote or len(events) != 1:
+                version = request.header.version
+                try:
+                    with RequestSavepoint(session) as request_savepoint:
+                        # A lone item shares the request's savepoint (one, not two). The
+                        # key pairs reach the items' contexts (OperationContext.key_pairs).
+                        token = None if key_pairs is None else prepared_key_pairs.set(
+                            key_pairs)
+                        try:
+                            items = self._execute(
+                                session, request, caller, now, correlation_id, should_stop,
+                                events.append, savepoint=request_savepoint.item_savepoint
+                                if len(request.batch_items) == 1 else None)
+                        finally:
+                            if token is not None:
+                                prepared_key_pairs.reset(token)
+                            if key_pairs is not None:
+                                key_pairs.clear()
+                        encoded = _encoded(items, version)
+                        if self._withholds(request, now, correlation_id, items, encoded):
+                            raise _Withheld  # (the request's work rolls back)
+                        if request_savepoint.wrote or len(events) != 1:
+                            _append_all(session, events)
+                            events = []
+                except _Withheld:
+                    items, events = self._withheld_items(request, items, events)
+                    encoded = _encoded(items, version)
+                    with savepoint(session):
                         _append_all(session, events)
-                        events = []
+                    events = []
                 # A request that wrote nothing has one record to write: one INSERT, which
                 # leaves nothing if it fails, needs no savepoint (none was ever sent).
                 _append_all(session, events)
-                return self._response(request, now, correlation_id, items)
+                return self._response(request, now, correlation_id, items, encoded)
             except Exception as e:
                 # The store gone from under the request (a PostgreSQL session ended, a
                 # locked or full SQLite file) is the operator's to fix: one line, and the
@@ -600,14 +621,51 @@ class CoreRequestHandler:
         return _general_failure(*args, **kwargs)
 
     def _response(self, request: RequestMessage, now: int, correlation_id: str,
-                  items: list[ResponseBatchItem]) -> bytes:
+                  items: list[ResponseBatchItem], encoded: list[bytes] | None = None
+                  ) -> bytes:
+        """The answer of ``items`` (``encoded``: as :func:`_encoded` wrote them)."""
         self._metrics.answered(items)
         # Never larger than the maximum message size, for a direct client as for a
         # gateway: the link carries answers up to that size and no larger.
         version = request.header.version
-        return response_wire(version, now, correlation_id, _encoded(items, version),
+        return response_wire(version, now, correlation_id,
+                             _encoded(items, version) if encoded is None else encoded,
                              request.header.maximum_response_size,
                              server_limit=self._limits.max_message_size)
+
+    def _withholds(self, request: RequestMessage, now: int, correlation_id: str,
+                   items: list[ResponseBatchItem], encoded: list[bytes]) -> bool:
+        """Whether the answer of ``items`` passes the limits (the client's Maximum Response
+        Size, the server's maximum message size) with successes in it, which it would
+        withhold (:func:`kcm.kernel.responses.withheld`)."""
+        return any(item.result_status == ResultStatus.SUCCESS for item in items) and withheld(
+            request.header.version, now, correlation_id, encoded,
+            request.header.maximum_response_size, server_limit=self._limits.max_message_size)
+
+    def _withheld_items(self, request: RequestMessage, items: list[ResponseBatchItem],
+                        events: list[AuditEvent]
+                        ) -> tuple[list[ResponseBatchItem], list[AuditEvent]]:
+        """``items`` and their audit ``events`` once their request was rolled back because
+        its answer was too large: every success answers Response Too Large (as
+        :func:`kcm.kernel.responses.response_wire` would write it), and is audited so."""
+        limit = self._limits.max_message_size
+        asked = request.header.maximum_response_size
+        if asked is not None and (limit is None or asked < limit):
+            limit = asked
+        message = too_large_message(limit, asked)
+        version = request.header.version
+        too_large = enum_label(ResultReason, ResultReason.RESPONSE_TOO_LARGE)
+        failed_name = ResultStatus.OPERATION_FAILED.name
+        paired = len(events) == len(items)
+        events = list(events)
+        for index, item in enumerate(items):
+            if item.result_status != ResultStatus.SUCCESS:
+                continue
+            fail_item(item, version, ResultReason.RESPONSE_TOO_LARGE, message)
+            if paired:
+                events[index] = replace(events[index], result_status=failed_name,
+                                        result_reason=too_large, detail=None)
+        return items, events
 
     def _decode(self, wire: bytes, *, read: PlainReader | None = None) -> RequestMessage:
         """The request, or :class:`_Refused`. Its header is judged before any batch item is

@@ -38,7 +38,7 @@ from kcm.core import managed
 from kcm.core.context import OperationContext
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1
-from kcm.crypto.sealed_state import StreamPart, open_state, seal_state
+from kcm.crypto.sealed_state import CLOCK_MARGIN, StreamPart, open_state, seal_state
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
@@ -48,7 +48,7 @@ T = TypeVar("T")
 
 #: Seconds a spent part is kept after its value expired: another core's clock may be
 #: behind this one's by up to that much and still open the value.
-PURGE_MARGIN = 600
+PURGE_MARGIN = CLOCK_MARGIN
 
 
 #: HKDF label of :func:`tenant_secret`: the key it derives from an L2 serves nothing else.

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
-__all__ = ["MAX_STREAM_BYTES", "STREAM_LIFETIME", "StreamPart", "check_stream_size",
-           "open_state", "seal_state"]
+__all__ = ["MAX_CIPHER_STREAM_BYTES", "MAX_STREAM_BYTES", "STREAM_LIFETIME", "StreamPart",
+           "check_stream_size", "open_state", "seal_state"]
 
 T = TypeVar("T")
 
@@ -43,17 +43,29 @@ _PART = struct.Struct(">16sQQ")  # stream id, part, expires (epoch seconds)
 #: between two parts.
 STREAM_LIFETIME = 3600
 
+#: Seconds by which the clocks of two cores may differ: a value issued by one opens at
+#: another whose clock is that much behind (and is recorded that much longer once spent).
+CLOCK_MARGIN = 600
+#: A part number at or past this is no core's (the next would not fit a signed 64 bits).
+_MAX_PART = (1 << 63) - 1
+
 #: How much data a stream may accumulate in its Correlation Value: it carries the whole
 #: input so far, so it (and each answer) stays small.
 MAX_STREAM_BYTES = 1 << 20
+#: The same for an Encrypt or Decrypt stream, whose every answer but the last carries the
+#: input so far (in its Correlation Value) and the output so far released: under half the
+#: default maximum message size (1 MiB), so that such an answer always fits in it.
+MAX_CIPHER_STREAM_BYTES = 448 << 10
 
 
-def check_stream_size(length: int) -> None:
+def check_stream_size(length: int, limit: int | None = None) -> None:
     """Refuse (Server Limit Exceeded) a stream that has accumulated ``length`` bytes,
-    more than :data:`MAX_STREAM_BYTES`."""
-    if length > MAX_STREAM_BYTES:
+    more than ``limit`` (None: :data:`MAX_STREAM_BYTES`)."""
+    if limit is None:
+        limit = MAX_STREAM_BYTES
+    if length > limit:
         raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
-                        f"streams are limited to {MAX_STREAM_BYTES} bytes")
+                        f"streams are limited to {limit} bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +114,11 @@ def open_state(secret: bytes, purpose: bytes, uid: str, value: bytes,
     if now >= part.expires:
         raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
                         "the Correlation Value has expired")
+    # No core issues these (a client that holds the key's material can seal anything): a
+    # part past what the store's BIGINT holds, or an expiry that would never be purged.
+    if part.part >= _MAX_PART or part.expires > now + STREAM_LIFETIME + CLOCK_MARGIN:
+        raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
+                        "the Correlation Value is not one of this key's streams")
     return part, state
 
 

@@ -134,6 +134,20 @@ def response_wire(version: Version, now: int, correlation_id: str | None,
     return wire
 
 
+def withheld(version: Version, now: int, correlation_id: str | None, items: Sequence[bytes],
+             maximum_response_size: int | None = None, *,
+             server_limit: int | None = None) -> bool:
+    """Whether :func:`response_wire` would withhold the successes among ``items`` (the
+    answer passes the smaller limit): a server that did their work should undo it, so that
+    nothing the client never saw (a Correlation Value spent, a usage counted, an object
+    made) stands."""
+    limits = [limit for limit in (maximum_response_size, server_limit) if limit is not None]
+    if not limits:
+        return False
+    size = 8 + len(header_bytes(version, now, correlation_id, len(items))) + sum(map(len, items))
+    return size > min(limits)
+
+
 def too_large_message(limit: int, maximum_response_size: int | None) -> str:
     """The Result Message of a success withheld because the answer passed ``limit``: the
     client's Maximum Response Size when that is the limit, else the server's maximum

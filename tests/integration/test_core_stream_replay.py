@@ -6,17 +6,21 @@ against a real `twistd kcm-core` on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import func, select
 
-from kcm.core.store.schema import SpentStreamPart
+from kcm.core.operations.mac_ops import _MAC_STREAM, _STREAM_HEAD
+from kcm.core.store.schema import AuditLog, ManagedObject, SpentStreamPart
+from kcm.crypto.sealed_state import MAX_CIPHER_STREAM_BYTES, StreamPart, seal_state
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
     BatchErrorContinuationOption,
     BlockCipherMode,
+    CryptographicAlgorithm,
     ObjectType,
     Operation,
     ResultReason,
@@ -24,10 +28,19 @@ from kcm.kmip.enums import (
     UsageLimitsUnit,
     ValidityIndicator,
 )
+from kcm.kmip.messages import (
+    ProtocolVersion,
+    RequestBatchItem,
+    RequestHeader,
+    RequestMessage,
+    decode_response,
+    encode_request,
+)
 from kcm.kmip.payloads import (
     CreateRequest,
     EncryptRequest,
     GetRequest,
+    MacRequest,
     MacVerifyRequest,
     SignatureVerifyRequest,
     SignRequest,
@@ -35,10 +48,11 @@ from kcm.kmip.payloads import (
 from kcm.kmip.tags import Tag
 from kcm.testing.processes import CoreProcess
 from kcm.testing.requests import aes256, item, request, response
-from kcm.ttlv import Item, ItemType
+from kcm.ttlv import Item, ItemType, decode, encode
 from tests.core_support import CoreHarness
 from tests.integration.test_core_asymmetric import create_pair
 from tests.integration.test_core_crypto import call, decrypt, encrypt, failed, ok, params, store_key
+from tests.integration.test_core_mac_hash_rng import KEY as HMAC_KEY
 from tests.integration.test_core_mac_hash_rng import hmac_key, mac
 
 KEY = bytes(range(32))
@@ -251,6 +265,84 @@ def test_signature_streams_are_used_once(core: CoreHarness) -> None:
     assert ok(call(core, (Operation.SIGNATURE_VERIFY, verify))[0]).validity_indicator \
         == ValidityIndicator.VALID
     replayed(call(core, (Operation.SIGNATURE_VERIFY, verify))[0])
+
+
+# Answers too large, forged parts ------------------------------------------------------------
+def _limited(core: CoreHarness, payload: object, maximum_response_size: int | None,
+             operation: Operation = Operation.ENCRYPT):
+    """One item whose request asks for at most ``maximum_response_size`` in answer."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of((2, 1)), batch_count=1,
+                           maximum_response_size=maximum_response_size)
+    wire = encode(encode_request(RequestMessage(header, [
+        RequestBatchItem(operation=operation, request_payload=payload)])))
+    assert len(wire) <= 1 << 20
+    return decode_response(decode(core.client().send(wire))).batch_items[0]
+
+
+def test_a_withheld_answer_spends_no_value_and_counts_no_use(core: CoreHarness) -> None:
+    """An answer over the client's Maximum Response Size is withheld, and the request's work
+    undone with it: its Correlation Value stays unused, its use uncounted."""
+    uid = store_key(core, KEY, extra=[usage_limits(2)])
+    start = ok(encrypt(core, uid, b"a" * 64, GCM_RANDOM_IV, init_indicator=True))
+    part = EncryptRequest(unique_identifier=uid, data=b"b" * 64,
+                          correlation_value=start.correlation_value)
+    failed(_limited(core, part, 100), ResultReason.RESPONSE_TOO_LARGE)
+    assert spent_parts(core) == 0
+    ok(_limited(core, part, None))  # the same value, once, now that the answer fits
+    one_shot = EncryptRequest(unique_identifier=uid, data=b"c" * 64,
+                              cryptographic_parameters=GCM_RANDOM_IV)
+    failed(_limited(core, one_shot, 100), ResultReason.RESPONSE_TOO_LARGE)
+    ok(_limited(core, one_shot, None))  # the second of two uses: the withheld one took none
+    failed(_limited(core, one_shot, None), ResultReason.PERMISSION_DENIED)
+
+
+def test_a_withheld_create_makes_no_object(core: CoreHarness) -> None:
+    def objects() -> int:
+        return core.store.run_sync(lambda s: s.scalar(
+            select(func.count()).select_from(ManagedObject)))
+
+    before = objects()
+    create = CreateRequest(object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256())
+    failed(_limited(core, create, 64, Operation.CREATE), ResultReason.RESPONSE_TOO_LARGE)
+    assert objects() == before
+    operation, reason = core.store.run_sync(lambda s: s.execute(
+        select(AuditLog.operation, AuditLog.result_reason)
+        .order_by(AuditLog.seq.desc()).limit(1)).one())
+    assert (operation, reason) == ("CREATE", "RESPONSE_TOO_LARGE")
+
+
+def test_an_encrypt_stream_is_refused_before_its_answers_outgrow_a_message(
+        core: CoreHarness) -> None:
+    """Each answer of an Encrypt stream carries the input so far and the output: the stream
+    is bounded so that every answer fits the maximum message size (1 MiB)."""
+    uid = store_key(core, KEY)
+    chunk = 64 << 10
+    answer = ok(encrypt(core, uid, b"a" * (chunk - 16), GCM_RANDOM_IV, init_indicator=True))
+    value, total = answer.correlation_value, chunk - 16  # (room for the Final's 16 bytes)
+    while total + chunk <= MAX_CIPHER_STREAM_BYTES:
+        value = ok(encrypt(core, uid, b"b" * chunk, correlation_value=value)).correlation_value
+        total += chunk
+    failed(encrypt(core, uid, b"c" * chunk, correlation_value=value),
+           ResultReason.SERVER_LIMIT_EXCEEDED)
+    ok(encrypt(core, uid, b"d" * 16, correlation_value=value, final_indicator=True))
+
+
+@pytest.mark.parametrize("part, expires", [((1 << 64) - 1, None), ((1 << 63) - 1, None),
+                                           (1, (1 << 64) - 1), (1, (1 << 63) - 1),
+                                           (1, int(time.time()) + 30 * 24 * 3600)])
+def test_a_forged_part_is_an_invalid_correlation_value(core: CoreHarness, part: int,
+                                                       expires: int | None) -> None:
+    """A client that holds a key's material can seal any part: one no core issues (a part
+    number past 64 signed bits, an expiry past a value's lifetime) is refused as such."""
+    uid = hmac_key(core)
+    state = _STREAM_HEAD.pack(True, CryptographicAlgorithm.HMAC_SHA256) + b"x"
+    forged = seal_state(HMAC_KEY, _MAC_STREAM, uid, state, os.urandom,
+                        part=StreamPart(os.urandom(16), part, expires or int(time.time()) + 60))
+    failed(call(core, (Operation.MAC, MacRequest(unique_identifier=uid, data=b"y",
+                                                 correlation_value=forged,
+                                                 final_indicator=True)))[0],
+           ResultReason.INVALID_CORRELATION_VALUE)
+    assert spent_parts(core) == 0
 
 
 # A real kcm-core -----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from kcm.core.operations import rsa_cipher_ops
 from kcm.core.operations._objects_common import clear_key_bytes, require_usable
 from kcm.crypto import symmetric
 from kcm.crypto.errors import cryptographic_failure
-from kcm.crypto.sealed_state import StreamPart, check_stream_size
+from kcm.crypto.sealed_state import MAX_CIPHER_STREAM_BYTES, StreamPart, check_stream_size
 from kcm.crypto.symmetric import CipherSpec, decrypt_once, encrypt_once, partial
 from kcm.kernel import aead_tag, key_use
 from kcm.kmip.attributes import CryptographicParameters
@@ -247,7 +247,7 @@ def _stream_state(ctx: OperationContext, obj: managed.StoredObject, key: bytes,
             raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
                             "the Correlation Value belongs to a stream of the other operation")
         state.data += data
-        check_stream_size(len(state.data))
+        check_stream_size(len(state.data), MAX_CIPHER_STREAM_BYTES)
     else:
         spec = resolve_spec(obj, request.cryptographic_parameters)
         if isinstance(response, EncryptResponse):
@@ -269,7 +269,7 @@ def _stream_part(ctx: OperationContext, request: EncryptRequest | DecryptRequest
     streaming = bool(request.init_indicator) or request.correlation_value is not None
     if not streaming or request.final_indicator:
         return False
-    check_stream_size(len(state.data))
+    check_stream_size(len(state.data), MAX_CIPHER_STREAM_BYTES)
     output = partial(state.spec, key, state.iv, state.data, encrypt=state.encrypt,
                      aad=state.aad)
     response.data = output[state.released:]

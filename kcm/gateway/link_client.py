@@ -10,7 +10,10 @@
   core whose WELCOME names link version 2 or later);
 * :meth:`LinkClient.fetch_service_keys` — a service's L3 versions, on behalf of a caller;
 * ``on_event(seq, kind, tenant, payload)`` — the core's event stream, applied in sequence
-  order, resumed after :attr:`LinkClient.last_sequence` on every reconnect;
+  order, resumed after :attr:`LinkClient.last_sequence` on every reconnect: from the event
+  before it, so that the last event applied is sent again and compared with what was
+  applied; one that differs means the database was restored (its events after the backup
+  are new ones under reused numbers), and the gateway resynchronises (``on_resync``);
 * ``on_policy(document)`` — the core's policy document, from every WELCOME and every
   ``policy`` event (before ``on_event`` sees that event);
 * :meth:`LinkClient.report_usage` — how many encryptions were made under each L3 version
@@ -52,6 +55,7 @@ from the core too large to take is skipped unread and fails its call with
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 from collections.abc import Callable, Mapping
 from itertools import islice
@@ -191,7 +195,7 @@ class LinkClientProtocol(LinkProtocol):
                                                       self._no_welcome)
         self.send(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
                         peer_name=self.client.gateway_name,
-                        sequence=self.client.last_sequence))
+                        sequence=self.client._resume_after()))
 
     def handshakeCompleted(self) -> None:
         """TLS verified the peer's chain and host name: it must also be a core, not another
@@ -460,8 +464,13 @@ class LinkClient(MultiService):
         #: Called with the core's policy document (kcm.identity.SubjectMap.document) from
         #: each WELCOME that carries one and each ``policy`` event.
         self.on_policy = on_policy
-        #: The last event applied; sent in HELLO so the core resumes right after it.
+        #: The last event applied; the core resumes right after it (see
+        #: :meth:`_resume_after`).
         self.last_sequence = last_sequence
+        #: What the last event applied said (:func:`_event_digest`; None: none applied on
+        #: a link yet), and whether the next link is to send it again to be compared.
+        self._last_digest: bytes | None = None
+        self._checking = False
         self.max_in_flight = max_in_flight
         #: Service key fetches in flight at most (they pause no client: see above).
         self.max_fetches = max_in_flight if max_fetches is None else max_fetches
@@ -707,8 +716,7 @@ class LinkClient(MultiService):
             log.warn("the core's event log ends at {head}, before our {ours}: resynchronising",
                      head=head, ours=self.last_sequence)
             self.last_sequence = head
-            if self.on_resync is not None:
-                self.on_resync()
+            self._restored()
         log.info("linked to core {core} at {peer}; events after {seq}", core=frame.peer_name,
                  peer=protocol.peer, seq=self.last_sequence)
         if frame.policy is not None and self.on_policy is not None:
@@ -781,10 +789,34 @@ class LinkClient(MultiService):
             return False
         return bool(attempt_failed(reason, self._refusals))
 
+    def _resume_after(self) -> int:
+        """The EventSequence of a HELLO: the one before the last event applied, when that
+        event's digest is known (so that the core sends it again, to be compared), else
+        the last applied (−1: none, start from the head)."""
+        self._checking = self._last_digest is not None and self.last_sequence > 0
+        return self.last_sequence - 1 if self._checking else self.last_sequence
+
+    def _restored(self) -> None:
+        """The core's database is not the one whose events were applied (restored from a
+        backup): what was learnt from them is dropped."""
+        self._checking = False
+        self._last_digest = None
+        if self.on_resync is not None:
+            self.on_resync()
+
     def _event(self, protocol: LinkClientProtocol, frame: Frame) -> None:
         seq = frame.sequence
-        if seq <= self.last_sequence:
+        if self._checking and seq == self.last_sequence:
+            self._checking = False
+            if _event_digest(frame) == self._last_digest:
+                return  # the one applied: the database is the one we followed
+            log.warn("the core's event {seq} is not the one applied: its database was "
+                     "restored; resynchronising", seq=seq)
+            self._restored()
+            self.last_sequence = seq - 1  # this and the rest are new
+        elif seq <= self.last_sequence:
             return  # already applied (a replay overlapping the live stream)
+        self._checking = False
         if seq != self.last_sequence + 1:
             # Never apply out of order: reconnect and resume after the last one applied.
             protocol.go_away(f"event gap: expected {self.last_sequence + 1}, got {seq}")
@@ -799,3 +831,12 @@ class LinkClient(MultiService):
         except Exception:
             log.failure("applying event {seq} ({kind}) failed", seq=seq, kind=frame.kind)
         self.last_sequence = seq
+        self._last_digest = _event_digest(frame)
+
+
+def _event_digest(frame: Frame) -> bytes:
+    """What an EVENT said (its sequence, kind, tenant and payload), as a digest: the same
+    event sent again digests the same; another under its number (a restored database's)
+    does not."""
+    said = (frame.sequence, frame.kind, frame.tenant, sorted((frame.payload or {}).items()))
+    return hashlib.sha256(repr(said).encode()).digest()

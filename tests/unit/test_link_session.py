@@ -476,6 +476,50 @@ def test_a_gateway_ahead_of_the_database_resynchronises(world: World) -> None:
     assert resyncs == [True] and world.client.last_sequence == 2
 
 
+def test_a_relinked_gateway_gets_its_last_event_again_and_applies_it_once(
+        world: World) -> None:
+    world.connect()
+    world.fanout.commit(3)
+    world.fanout.poll()
+    world.flush()
+    world.drop()
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    assert world.client._resume_after() == 2  # HELLO asks for the last applied (3) again
+    world.connect()
+    world.fanout.commit()
+    world.fanout.poll()
+    world.flush()
+    assert [e[0] for e in world.events] == [1, 2, 3, 4]  # 3 compared, not applied again
+    assert resyncs == [] and world.client.last_sequence == 4
+
+
+def test_a_database_restored_past_the_gateways_position_is_noticed(world: World) -> None:
+    """The database was restored from a backup taken at event 2, and events were committed
+    since, up to 5: the gateway's 3 is another event under the same number, so it drops
+    what it cached and applies 3, 4 and 5 afresh."""
+    world.connect()
+    world.fanout.commit(3)
+    world.fanout.poll()
+    world.flush()
+    world.drop()
+    del world.fanout.records[2:]
+    world.fanout.committed_seq = 2
+    for seq in (3, 4, 5):
+        world.fanout.records.append(OutboxRecord(seq, 0, "demo", "l3.state", encode_payload(
+            {"unique_identifier": f"l3-{seq}", "state": 4})))
+    world.fanout.committed_seq = 5
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    world.connect()
+    world.flush()
+    assert resyncs == [True]
+    assert [(e[0], e[1]) for e in world.events] == [
+        (1, "l3.rotated"), (2, "l3.rotated"), (3, "l3.rotated"),
+        (3, "l3.state"), (4, "l3.state"), (5, "l3.state")]
+    assert world.client.last_sequence == 5
+
+
 def test_an_event_gap_makes_the_gateway_reconnect_instead_of_applying(world: World) -> None:
     gateway_end = world.connect()
     gateway_end.dataReceived(encode_frame(Frame(FrameType.EVENT, sequence=5, kind="policy",

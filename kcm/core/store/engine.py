@@ -24,6 +24,8 @@ own ``fsync``/``synchronous_commit`` settings.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +33,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
@@ -128,7 +131,11 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
             pool_size=pool_size,
             max_overflow=max_overflow,
         )
-        event.listen(engine, "connect", _sqlite_on_connect)
+        path = parsed.database
+        event.listen(engine, "connect", lambda dbapi_connection, record: _sqlite_on_connect(
+            dbapi_connection, record, path))
+        event.listen(engine, "checkout", lambda _dbapi, record, _proxy: _sqlite_on_checkout(
+            record, path))
         event.listen(engine, "begin", _sqlite_on_begin)
         return defers_savepoints(_plain_savepoints(engine))
     if backend == "postgresql":
@@ -226,7 +233,11 @@ def _plain_savepoints(engine: Engine) -> Engine:
     return engine
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_connection: Any, record: Any, path: str) -> None:
+    # The file this connection opened: a connection goes on using its file after the file
+    # was removed or replaced (a restore under a running core, a cleanup job), and whatever
+    # it committed then is lost at the next start (see _sqlite_on_checkout).
+    record.info[_SQLITE_FILE] = sqlite_file_identity(path)
     # Hand transaction control to us: pysqlite's implicit BEGIN is always DEFERRED, and a
     # deferred writer that meets another writer fails at once instead of waiting.
     dbapi_connection.isolation_level = None
@@ -238,6 +249,33 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     finally:
         cursor.close()
+
+
+def sqlite_file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the SQLite database file at ``path`` now (None: there is none)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _sqlite_on_checkout(record: Any, path: str) -> None:
+    """A pooled connection whose file is no longer the one at ``path`` is not lent: the
+    pool discards it and opens another (on the file there now)."""
+    if record.info.get(_SQLITE_FILE) != sqlite_file_identity(path):
+        raise DisconnectionError("the SQLite database file was removed or replaced")
+
+
+def file_replaced_error() -> OperationalError:
+    """The error a write on a connection whose SQLite file was removed or replaced fails
+    with: the key store is unavailable (:mod:`kcm.core.store.unavailable`)."""
+    return OperationalError(None, None, sqlite3.OperationalError(
+        "the database file was removed or replaced under the running core"))
+
+
+#: A SQLite connection record's ``info``: (device, inode) of the file it opened.
+_SQLITE_FILE = "kcm.sqlite.file"
 
 
 def _sqlite_on_begin(connection: Any) -> None:
@@ -602,6 +640,11 @@ class Store(Service):
             engine = self._engine_or_open()
         if engine.dialect.name == "sqlite":
             with self._sqlite_writer:
+                kept = self._writer_connection
+                if kept is not None and kept.connection.info.get(
+                        _SQLITE_FILE) != sqlite_file_identity(engine.url.database):
+                    self._give_back_writer_connection()  # (the pool discards it)
+                    raise file_replaced_error()
                 return self._in_kept_connection(engine, run, check=False)
         return self._in_kept_connection(engine, run, check=True)
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cryptography.hazmat.primitives import hashes
 from sqlalchemy.orm import Session
 
-from kcm.crypto.derivation import MAX_PBKDF2_ITERATIONS
+from kcm.crypto.derivation import MAX_PBKDF2_ITERATIONS, pbkdf2
 from kcm.identity import Principal
 from kcm.kernel.batch import BatchStopped
 from kcm.kmip.enums import ResultReason
@@ -23,16 +25,55 @@ if TYPE_CHECKING:
     from kcm.crypto.rsa_keys import RsaKeyPair
 
 
-class KeyPairs:
-    """The key pairs made for one request before its group commit, on its tenant's worker
-    (:meth:`kcm.core.request_handler.CoreRequestHandler._prepare`), by modulus length: the
-    writer thread that runs every tenant's writes only stores them. Each pair is handed
-    out once, to one batch item of that request, and the rest are dropped with it."""
+class Pbkdf2Results:
+    """PBKDF2 derivations computed for one request before its group commit, on its tenant's
+    worker, by everything they were computed from: the writer takes a result made from the
+    same inputs (the base key's material as it reads it) instead of computing it, and
+    computes any other itself. Dropped with the request."""
 
-    __slots__ = ("_by_length", "failure", "stopped")
+    __slots__ = ("_results",)
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[str, int, bytes, int, bytes], bytes] = {}
+
+    def compute(self, algorithm: hashes.HashAlgorithm, length: int, salt: bytes, count: int,
+                key: bytes) -> bytes:
+        """:func:`~kcm.crypto.derivation.pbkdf2`, kept (the worker's)."""
+        derived = pbkdf2(algorithm, length, salt, count, key)
+        self._results[_pbkdf2_inputs(algorithm, length, salt, count, key)] = derived
+        return derived
+
+    def take(self, algorithm: hashes.HashAlgorithm, length: int, salt: bytes, count: int,
+             key: bytes) -> bytes:
+        """The result kept for these inputs, once; else computed here (the writer's)."""
+        derived = self._results.pop(_pbkdf2_inputs(algorithm, length, salt, count, key), None)
+        return pbkdf2(algorithm, length, salt, count, key) if derived is None else derived
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def clear(self) -> None:
+        self._results.clear()
+
+
+def _pbkdf2_inputs(algorithm: hashes.HashAlgorithm, length: int, salt: bytes, count: int,
+                   key: bytes) -> tuple[str, int, bytes, int, bytes]:
+    return algorithm.name, length, salt, count, hashlib.sha256(key).digest()
+
+
+class KeyPairs:
+    """What was made for one request before its group commit, on its tenant's worker
+    (:meth:`kcm.core.request_handler.CoreRequestHandler._prepare`): key pairs, by modulus
+    length, and PBKDF2 derivations (:attr:`pbkdf2`): the writer thread that runs every
+    tenant's writes only stores them. Each pair is handed out once, to one batch item of
+    that request, and the rest are dropped with it."""
+
+    __slots__ = ("_by_length", "failure", "pbkdf2", "stopped")
 
     def __init__(self) -> None:
         self._by_length: dict[int, list[RsaKeyPair]] = {}
+        #: The request's PBKDF2 derivations computed beforehand.
+        self.pbkdf2 = Pbkdf2Results()
         #: Why the making stopped early (the request's deadline, its client gone), if it did.
         self.stopped: str | None = None
         #: What the making raised, if it did.
@@ -56,8 +97,9 @@ class KeyPairs:
         raise RuntimeError(f"no {length}-bit key pair was made for this request")
 
     def clear(self) -> None:
-        """Drop every pair not taken: none outlives its request."""
+        """Drop every pair not taken, and the derivations: none outlives its request."""
         self._by_length.clear()
+        self.pbkdf2.clear()
 
 
 class RequestWork:

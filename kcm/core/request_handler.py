@@ -35,6 +35,7 @@ half a second), which the group commit then only stores.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -55,13 +56,20 @@ from kcm.core.audit import (
 )
 from kcm.core.batch import audit_event, execute
 from kcm.core.config import CoreLimits
-from kcm.core.context import Caller, KeyPairs, prepared_key_pairs
+from kcm.core.context import (
+    Caller,
+    KeyPairs,
+    OperationContext,
+    RequestWork,
+    prepared_key_pairs,
+)
 from kcm.core.fair_scheduler import FairScheduler
 from kcm.core.group_commit import GroupCommitter
 from kcm.core.keyring import Keyring
 from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.operations.asymmetric_ops import checked_key_pair_request
+from kcm.core.operations.derive import prepare_pbkdf2
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
@@ -93,10 +101,11 @@ from kcm.kernel.responses import (
     withheld,
 )
 from kcm.kernel.versions import answer_version, is_supported, version_of
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kmip.enums import DerivationMethod, Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
 from kcm.kmip.messages import (
+    IdPlaceholder,
     ProtocolVersion,
     RequestBatchItem,
     RequestHeader,
@@ -107,7 +116,7 @@ from kcm.kmip.messages import (
     decode_request_items,
     too_many_batch_items,
 )
-from kcm.kmip.payloads import CreateKeyPairRequest
+from kcm.kmip.payloads import CreateKeyPairRequest, DeriveKeyRequest
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.ttlv import TtlvError, decode
@@ -259,12 +268,14 @@ class CoreRequestHandler:
             answering = self._scheduler.submit(
                 key, self._read, wire, caller, now, should_stop).addCallback(
                 self._audit_then_answer, key, wire, caller, now, should_stop)
-        elif len(wire) > PREDECODE_BYTES or (not over and _CREATE_KEY_PAIR in found):
-            # Decoded, and its key pairs made, on the tenant's worker first, its group
-            # commit given the result: on the writer, a long request of small items, or a
-            # batch of RSA-4096 pairs, would delay every tenant's writes.
+        elif len(wire) > PREDECODE_BYTES or (not over and (
+                _CREATE_KEY_PAIR in found or _DERIVE_KEY in found)):
+            # Decoded, and its key pairs made and PBKDF2 computed, on the tenant's worker
+            # first, its group commit given the result: on the writer, a long request of
+            # small items, a batch of RSA-4096 pairs or of slow derivations, would delay
+            # every tenant's writes.
             answering = self._scheduler.submit(
-                key, self._prepare, wire, should_stop).addCallback(
+                key, self._prepare, wire, should_stop, caller, now).addCallback(
                 self._write_prepared, key, wire, caller, now, should_stop)
         elif over:
             answering = self._write(key, wire, caller, now, should_stop)
@@ -491,19 +502,32 @@ class CoreRequestHandler:
         except Exception as e:
             return e
 
-    def _prepare(self, wire: bytes, should_stop: Callable[[], str | None]
+    def _prepare(self, wire: bytes, should_stop: Callable[[], str | None],
+                 caller: Caller | None = None, now: int = 0
                  ) -> tuple[RequestMessage | Exception, KeyPairs | None]:
         """A store worker (the tenant's turn): ``wire`` decoded (:meth:`_predecode`) and,
         when it has Create Key Pair items, a key pair made for each that the operation
         would make one for (:func:`_key_pair_lengths`), ``should_stop`` asked before each
-        (RSA key generation releases the GIL: it runs beside the writer, not in its turn).
-        The group commit stores them (:meth:`KeyPairs.take`) and makes none itself."""
+        (RSA key generation releases the GIL: it runs beside the writer, not in its turn);
+        when it has Derive Key items by PBKDF2, those derivations computed (as ``caller``
+        at ``now``: :meth:`_prepare_pbkdf2`). The group commit stores the pairs
+        (:meth:`KeyPairs.take`) and takes the derivations made from what it reads itself,
+        and makes none of them itself."""
         decoded = self._predecode(wire)
-        lengths = None if isinstance(decoded, Exception) else _key_pair_lengths(decoded)
-        if lengths is None:
+        if isinstance(decoded, Exception):
+            return decoded, None
+        lengths = _key_pair_lengths(decoded)
+        derivations = [item.request_payload for item in decoded.batch_items
+                       if int(item.operation) == Operation.DERIVE_KEY
+                       and isinstance(item.request_payload, DeriveKeyRequest)
+                       and item.request_payload.derivation_method == DerivationMethod.PBKDF2
+                       and not item.critical_extension]
+        if lengths is None and not derivations:
             return decoded, None
         key_pairs = KeyPairs()
-        for length in lengths:
+        if derivations and caller is not None:
+            self._prepare_pbkdf2(decoded, derivations, caller, now, key_pairs, should_stop)
+        for length in lengths or ():
             key_pairs.stopped = should_stop()
             if key_pairs.stopped is not None:
                 break
@@ -513,6 +537,38 @@ class CoreRequestHandler:
                 key_pairs.failure = e  # (the item that lacks its pair fails with it)
                 break
         return decoded, key_pairs
+
+    def _prepare_pbkdf2(self, request: RequestMessage, derivations: list[DeriveKeyRequest],
+                        caller: Caller, now: int, key_pairs: KeyPairs,
+                        should_stop: Callable[[], str | None]) -> None:
+        """The PBKDF2 derivations of ``derivations`` (the request's Derive Key items),
+        computed in one read-only transaction with every check the operation makes, and
+        kept in ``key_pairs`` (:func:`kcm.core.operations.derive.prepare_pbkdf2`); within
+        the request's bound on PBKDF2 work, as the writer counts it. One that cannot be
+        (refused, its base named by an ID Placeholder, the store failing) is left for the
+        writer, which refuses it or computes it."""
+        if should_stop() is not None:
+            return
+
+        def compute(session: Session) -> None:
+            work = RequestWork()
+            for payload in derivations:
+                if should_stop() is not None:
+                    return
+                ctx = OperationContext(
+                    session=session, caller=caller, version=request.header.version,
+                    now=now, keyring=self._keyring, server_info=self._server_info,
+                    id_placeholder=IdPlaceholder(), random_bytes=os.urandom, work=work)
+                try:
+                    prepare_pbkdf2(ctx, payload, key_pairs.pbkdf2)
+                except Exception:
+                    continue  # (the writer refuses it, with the reason)
+
+        try:
+            self._store.run_sync(compute, write=False)
+        except Exception:
+            log.failure("PBKDF2 derivations could not be computed before the group commit; "
+                        "the writer computes them")
 
     def _write_prepared(self, prepared: tuple[RequestMessage | Exception, KeyPairs | None],
                         key: tuple[str, str], wire: bytes, caller: Caller, now: int,
@@ -813,6 +869,7 @@ def _dropping(result: object, key_pairs: KeyPairs) -> object:
 
 
 _CREATE_KEY_PAIR = int(Operation.CREATE_KEY_PAIR).to_bytes(4, "big")
+_DERIVE_KEY = int(Operation.DERIVE_KEY).to_bytes(4, "big")
 
 
 def _key_pair_lengths(request: RequestMessage) -> list[int] | None:

@@ -55,13 +55,28 @@ MAX_DERIVED_BYTES = 512
 MAX_PBKDF2_ITERATIONS = 1_000_000
 
 
+#: Computes PBKDF2: (the HMAC's hash, length, salt, iteration count, password) → the key.
+Pbkdf2 = Callable[[hashes.HashAlgorithm, int, bytes, int, bytes], bytes]
+
+
+def pbkdf2(algorithm: hashes.HashAlgorithm, length: int, salt: bytes, count: int,
+           key: bytes) -> bytes:
+    """PBKDF2-HMAC (RFC 8018) of ``key``: what :func:`derive` computes unless given another
+    way to."""
+    return PBKDF2HMAC(algorithm=algorithm, length=length, salt=salt,
+                      iterations=count).derive(key)
+
+
 def derive(method: int, parameters: DerivationParameters, key: bytes, data: bytes | None,
            length: int, key_algorithm: int | None, *,
-           charge_pbkdf2: Callable[[int], None] | None = None) -> bytes:
+           charge_pbkdf2: Callable[[int], None] | None = None,
+           compute_pbkdf2: Pbkdf2 = pbkdf2) -> bytes:
     """``length`` bytes derived from ``key`` (whose Cryptographic Algorithm is
     ``key_algorithm``) and ``data`` (the Derivation Data) by ``method``. ``charge_pbkdf2``
     is told the PBKDF2 iterations a derivation will compute, before it does, and may refuse
-    them (raise): what a request's derivations may compute in all is the caller's bound."""
+    them (raise): what a request's derivations may compute in all is the caller's bound.
+    ``compute_pbkdf2`` computes a PBKDF2 derivation (the caller's may have computed it
+    already, elsewhere)."""
     if length > MAX_DERIVED_BYTES:
         raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
                         f"Derive Key makes keys of at most {MAX_DERIVED_BYTES * 8} bits")
@@ -85,8 +100,7 @@ def derive(method: int, parameters: DerivationParameters, key: bytes, data: byte
                 work = _pbkdf2_work(count, length, algorithm.digest_size)
                 if charge_pbkdf2 is not None:
                     charge_pbkdf2(work)
-                return PBKDF2HMAC(algorithm=algorithm, length=length, salt=salt,
-                                  iterations=count).derive(key)
+                return compute_pbkdf2(algorithm, length, salt, count, key)
             if method == DerivationMethod.HASH:
                 # KMIP 1.4 §4.6 / 2.1 §6.1.11: HASH hashes "the derivation key or the
                 # derivation data". A hash of the Derivation Data alone would owe nothing

@@ -3,10 +3,18 @@ an object beyond every message limit, nor run PBKDF2 for minutes on the writer t
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import func, select
+import hashlib
+import threading
 
+import pytest
+import pytest_twisted
+from sqlalchemy import func, select
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from kcm.core import context
 from kcm.core.store.schema import ManagedObject
+from kcm.crypto import derivation
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -19,8 +27,8 @@ from kcm.kmip.enums import (
 )
 from kcm.kmip.payloads import CreateRequest, DerivationParameters, DeriveKeyRequest
 from kcm.kmip.tags import Tag
-from kcm.testing.requests import CONTINUE, item, request, response
-from tests.core_support import CoreHarness
+from kcm.testing.requests import CONTINUE, create_managed, get, item, request, response
+from tests.core_support import CoreHarness, service_principal
 
 V = (2, 1)
 
@@ -84,3 +92,52 @@ def test_a_request_s_derivations_share_the_pbkdf2_bound(core: CoreHarness) -> No
         ResultStatus.OPERATION_FAILED, ResultReason.SERVER_LIMIT_EXCEEDED,
         "the request's PBKDF2 derivations exceed the server's limit of 1000000 iterations "
         "in all")
+
+
+@pytest_twisted.ensureDeferred
+async def test_pbkdf2_is_computed_off_the_writer_which_serves_another_tenant_meanwhile(
+        core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PBKDF2 derivation is computed on the requesting tenant's worker before its group
+    commit (held here until another tenant's Create has been answered, or 5 s), once; the
+    writer stores what it made, from the base key it reads itself."""
+    client = core.client()
+    created = derivation_base(client)
+    [base] = response(client.send(request(get(created), version=V))).batch_items
+    base_key = base.response_payload.object.key_block.key_value.key_material
+    release = threading.Event()
+    started: Deferred[None] = Deferred()
+    computed_on: list[str] = []
+
+    def held(algorithm, length, salt, count, key):
+        computed_on.append(threading.current_thread().name)
+        reactor.callFromThread(lambda: None if started.called else started.callback(None))
+        release.wait(5)
+        return derivation.pbkdf2(algorithm, length, salt, count, key)
+
+    monkeypatch.setattr(context, "pbkdf2", held)
+    heavy = core.handler.handle_as(request(item(Operation.DERIVE_KEY, DeriveKeyRequest(
+        object_type=ObjectType.SECRET_DATA, unique_identifiers=[created],
+        derivation_method=DerivationMethod.PBKDF2,
+        derivation_parameters=DerivationParameters(salt=b"salt", iteration_count=1000),
+        attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256)])), version=V), core.caller())
+    never = reactor.callLater(5, lambda: None if started.called else started.callback(None))
+    await started
+    if never.active():
+        never.cancel()
+    safety = reactor.callLater(5, release.set)
+    other = response(await core.handler.handle_as(
+        request(create_managed(), version=V), core.caller(service_principal("other"))))
+    answered_while_held = not release.is_set()
+    release.set()
+    if safety.active():
+        safety.cancel()
+    [derived] = response(await heavy).batch_items
+    assert other.batch_items[0].result_status == ResultStatus.SUCCESS
+    assert answered_while_held, "another tenant's Create waited for demo's PBKDF2"
+    assert len(computed_on) == 1
+    assert computed_on[0] not in (f"{core.store.name}-writer", threading.main_thread().name)
+    assert derived.result_status == ResultStatus.SUCCESS, derived.result_message
+    [got] = response(client.send(request(
+        get(derived.response_payload.unique_identifier), version=V))).batch_items
+    material = got.response_payload.object.key_block.key_value.key_material
+    assert material == hashlib.pbkdf2_hmac("sha256", base_key, b"salt", 1000, 32)

@@ -22,7 +22,7 @@ objects, applies the policy and the key-use rule, and stores what it makes:
 from __future__ import annotations
 
 from kcm.core import managed, policy
-from kcm.core.context import OperationContext
+from kcm.core.context import OperationContext, Pbkdf2Results
 from kcm.core.operations._objects_common import (
     clear_key_bytes,
     link_attribute,
@@ -30,9 +30,10 @@ from kcm.core.operations._objects_common import (
     single_value,
 )
 from kcm.core.operations.create import client_attributes, server_attributes
-from kcm.crypto.derivation import derive
+from kcm.crypto.derivation import Pbkdf2, derive, pbkdf2
 from kcm.kernel import key_use
 from kcm.kernel.missing import identifier_label
+from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     DerivationMethod,
     KeyFormatType,
@@ -52,6 +53,51 @@ _DERIVABLE = (ObjectType.SYMMETRIC_KEY, ObjectType.SECRET_DATA)
 
 
 def derive_key(ctx: OperationContext, request: DeriveKeyRequest) -> DeriveKeyResponse:
+    prepared = ctx.key_pairs
+    object_type, attributes, length_bits, algorithm, bases, derived = _derivation(
+        ctx, request, pbkdf2 if prepared is None else prepared.pbkdf2.take)
+    uid = ctx.keyring.new_uid()
+    if object_type == ObjectType.SYMMETRIC_KEY:
+        new_object: Struct = SymmetricKey(key_block=KeyBlock(
+            key_format_type=KeyFormatType.RAW, key_value=KeyValue(key_material=derived),
+            cryptographic_algorithm=int(algorithm),  # type: ignore[arg-type]
+            cryptographic_length=length_bits))
+        stored = server_attributes(ctx, uid, object_type, attributes,
+                                   algorithm=algorithm, length=length_bits)
+    else:
+        new_object = SecretData(secret_data_type=SecretDataType.SEED, key_block=KeyBlock(
+            key_format_type=KeyFormatType.OPAQUE, key_value=KeyValue(key_material=derived)))
+        # Secret Data has no algorithm or length of its own (PyKMIP drops them too).
+        stored = server_attributes(ctx, uid, object_type, attributes, algorithm=None,
+                                   length=None)
+    stored += [link_attribute(LinkType.DERIVATION_BASE_OBJECT_LINK, base.uid)
+               for base in bases]
+    managed.insert(ctx, uid=uid, object_type=object_type, attributes=stored,
+                   managed_object=new_object)
+    for base in bases:
+        base.attributes.append(link_attribute(LinkType.DERIVED_KEY_LINK, uid))
+        managed.save(ctx, base)
+    ctx.id_placeholder.set(uid)
+    return DeriveKeyResponse(unique_identifier=uid)
+
+
+def prepare_pbkdf2(ctx: OperationContext, request: DeriveKeyRequest,
+                   results: Pbkdf2Results) -> None:
+    """For a tenant's worker, before the request's group commit (``ctx`` in a read-only
+    transaction): the PBKDF2 derivation ``request`` asks for, computed with every check
+    the operation makes and kept in ``results``; the writer's :func:`derive_key` takes it
+    when it reads the same base material, and computes nothing. Raises what the operation
+    would refuse; stores nothing."""
+    if request.derivation_method == DerivationMethod.PBKDF2:
+        _derivation(ctx, request, results.compute)
+
+
+def _derivation(ctx: OperationContext, request: DeriveKeyRequest, compute_pbkdf2: Pbkdf2
+                ) -> tuple[int, list[Attribute], int, int | None, list[managed.StoredObject],
+                           bytes]:
+    """What ``request`` derives, from what, and as what: (object type, client attributes,
+    length in bits, algorithm, base objects, the derived bytes), its PBKDF2 computed by
+    ``compute_pbkdf2``."""
     object_type = int(request.object_type)
     if object_type not in _DERIVABLE:
         raise KmipError(ResultReason.INVALID_FIELD,
@@ -81,31 +127,9 @@ def derive_key(ctx: OperationContext, request: DeriveKeyRequest) -> DeriveKeyRes
     method = int(request.derivation_method)
     derived = derive(method, parameters, key_material, data, length_bits // 8,
                      bases[0].value(Tag.CRYPTOGRAPHIC_ALGORITHM),
-                     charge_pbkdf2=ctx.work.charge_pbkdf2)
+                     charge_pbkdf2=ctx.work.charge_pbkdf2, compute_pbkdf2=compute_pbkdf2)
     ctx.audit_detail["derivation_method"] = enum_label(DerivationMethod, method)
-    uid = ctx.keyring.new_uid()
-    if object_type == ObjectType.SYMMETRIC_KEY:
-        new_object: Struct = SymmetricKey(key_block=KeyBlock(
-            key_format_type=KeyFormatType.RAW, key_value=KeyValue(key_material=derived),
-            cryptographic_algorithm=int(algorithm),  # type: ignore[arg-type]
-            cryptographic_length=length_bits))
-        stored = server_attributes(ctx, uid, object_type, attributes,
-                                   algorithm=algorithm, length=length_bits)
-    else:
-        new_object = SecretData(secret_data_type=SecretDataType.SEED, key_block=KeyBlock(
-            key_format_type=KeyFormatType.OPAQUE, key_value=KeyValue(key_material=derived)))
-        # Secret Data has no algorithm or length of its own (PyKMIP drops them too).
-        stored = server_attributes(ctx, uid, object_type, attributes, algorithm=None,
-                                   length=None)
-    stored += [link_attribute(LinkType.DERIVATION_BASE_OBJECT_LINK, base.uid)
-               for base in bases]
-    managed.insert(ctx, uid=uid, object_type=object_type, attributes=stored,
-                   managed_object=new_object)
-    for base in bases:
-        base.attributes.append(link_attribute(LinkType.DERIVED_KEY_LINK, uid))
-        managed.save(ctx, base)
-    ctx.id_placeholder.set(uid)
-    return DeriveKeyResponse(unique_identifier=uid)
+    return object_type, attributes, length_bits, algorithm, bases, derived
 
 
 def _no_repeated_base(uids: list[str]) -> None:

@@ -22,8 +22,10 @@ from twisted.python.failure import Failure
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.context import Caller, OperationContext, RequestWork
 from kcm.core.keyring import Keyring
+from kcm.core.keys import L1Error
 from kcm.core.operations import HANDLERS, OperationHandler
 from kcm.core.server_info import ServerInfo
+from kcm.core.store.unavailable import store_unavailable, store_unavailable_message
 from kcm.kernel.batch import BatchStopped, Savepoint, run_batch
 from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import ResultReason, ResultStatus
@@ -63,7 +65,16 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
         if handler is None:
             raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
                             f"operation {operation_name(item.operation)} is not supported")
-        return handler(ctx, item.request_payload)
+        try:
+            return handler(ctx, item.request_payload)
+        except L1Error as e:
+            # L1 that cannot be used now (its token's session lost and not opened again) is
+            # the operator's to fix: answered like a store outage, in one log line.
+            log.error("operation {operation} failed [correlation id {cid}]: the key store "
+                      "is unavailable ({why})", operation=operation_name(item.operation),
+                      cid=correlation_id, why=store_unavailable(e))
+            raise KmipError(ResultReason.GENERAL_FAILURE,
+                            store_unavailable_message(correlation_id)) from e
 
     run = run_batch(request.batch_items, run_item, version=version,
                     continuation=request.header.effective_error_continuation,

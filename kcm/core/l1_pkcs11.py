@@ -20,29 +20,66 @@ Path attributes: ``token`` (the token label) and ``object`` (the key's label) ar
 ``type=secret-key`` is allowed. Query attributes: ``module-path`` (required), and the user
 PIN as ``pin-source`` (a ``file:`` URI or a path; the file's first line) or ``pin-value``.
 Values are percent-decoded. Anything else is refused rather than ignored.
+
+A lost session (the HSM restarted or reset, a network HSM's connection dropped, the module
+finalized under us: CKR_SESSION_HANDLE_INVALID, CKR_DEVICE_ERROR, CKR_USER_NOT_LOGGED_IN...)
+is not a failed authentication: the operation opens a new session, logs in, finds the key
+again and is tried once more; if the token still cannot be used it raises
+:class:`TokenUnavailable`, which a request answers like a store outage. A wrong tag or
+wrong data stays :class:`kcm.core.keys.UnwrapError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
+from twisted.logger import Logger
 
 from kcm.core import keys
 
-__all__ = ["Pkcs11L1", "Pkcs11Uri", "open_token_key"]
+__all__ = ["Pkcs11L1", "Pkcs11Uri", "TokenUnavailable", "open_token_key"]
+
+log = Logger()
+_T = TypeVar("_T")
 
 #: The message whose AES-CMAC (truncated) is the check value.
 CHECK_VALUE_LABEL = b"kcm key check value v1"
 _PATH_ATTRIBUTES = {"token", "object", "type"}
 _QUERY_ATTRIBUTES = {"module-path", "pin-source", "pin-value"}
+#: What a token answers when the session, the login or the token itself is gone (an HSM
+#: restarted or reset, a network HSM's connection dropped, a token removed), as opposed to
+#: a refusal of the data or the key: a new session is worth one more try.
+_SESSION_LOST = (p11.SessionHandleInvalid, p11.SessionClosed, p11.DeviceRemoved,
+                 p11.DeviceError, p11.DeviceMemory, p11.TokenNotPresent,
+                 p11.TokenNotRecognised, p11.SlotIDInvalid, p11.UserNotLoggedIn,
+                 p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
+
+
+class TokenUnavailable(keys.L1Error):
+    """The token cannot be used now: its session was lost and a new one could not be opened,
+    or fails the same way. The operator's to fix, like a store outage (the request is
+    answered so, :mod:`kcm.core.store.unavailable`); never a sign of tampering."""
+
+
+def _session_lost(error: p11.PKCS11Error) -> bool:
+    return isinstance(error, _SESSION_LOST) or _not_initialized(error)
+
+
+def _not_initialized(error: p11.PKCS11Error) -> bool:
+    # CKR_CRYPTOKI_NOT_INITIALIZED (the module finalized under us) has no class of its own
+    # in python-pkcs11: a plain PKCS11Error that says so.
+    return type(error) is p11.PKCS11Error and "not initialized" in str(error)
 
 
 @dataclass(frozen=True)
@@ -118,18 +155,59 @@ class Pkcs11L1:
 
     PKCS#11 allows one operation at a time per session, and the keyring is used from the
     database threads: every token call holds a lock (they are rare, L2s are cached).
+    ``reopen`` opens a new logged-in session and finds the key in it, for when this one is
+    lost (None: a lost session makes L1 unavailable at once).
     """
 
-    def __init__(self, session: pkcs11.Session, key: pkcs11.SecretKey, description: str
+    def __init__(self, session: pkcs11.Session, key: pkcs11.SecretKey, description: str,
+                 reopen: Callable[[], tuple[pkcs11.Session, pkcs11.SecretKey]] | None = None
                  ) -> None:
         self._session = session
         self._key = key
         self._lock = threading.Lock()
+        self._reopen = reopen
         self.description = description
 
-    def _cmac(self, message: bytes) -> bytes:
+    def _in_token(self, what: str, operation: Callable[[pkcs11.SecretKey], _T]) -> _T:
+        """``operation`` on the key, holding the lock. If the session is lost
+        (:func:`_session_lost`), a new one is opened (logged in, the key found again) and
+        ``operation`` tried once more; :class:`TokenUnavailable` if that cannot be done or
+        fails the same way. Any other PKCS11Error is the caller's to name."""
         with self._lock:
-            return bytes(self._key.sign(message, mechanism=Mechanism.AES_CMAC))
+            try:
+                return operation(self._key)
+            except p11.PKCS11Error as e:
+                if not _session_lost(e):
+                    raise
+                lost = e
+            if self._reopen is None:
+                raise TokenUnavailable(f"{self.description} is unavailable ({_name(lost)} "
+                                       f"while {what})") from lost
+            try:
+                # The old session is left as it is: gone with the token's state, and its
+                # handle may already be another session's.
+                self._session, self._key = self._reopen()
+            except (keys.L1Error, p11.PKCS11Error) as e:
+                raise TokenUnavailable(
+                    f"{self.description} is unavailable ({_name(lost)} while {what}; a new "
+                    f"session: {_name(e)})") from e
+            log.warn("{l1}: the token session was lost ({why} while {what}); a new one is "
+                     "logged in", l1=self.description, why=_name(lost), what=what)
+            try:
+                return operation(self._key)
+            except p11.PKCS11Error as e:
+                if not _session_lost(e):
+                    raise
+                raise TokenUnavailable(f"{self.description} is unavailable ({_name(e)} while "
+                                       f"{what}, in a new session too)") from e
+
+    def _cmac(self, message: bytes) -> bytes:
+        try:
+            return self._in_token("computing AES-CMAC", lambda key: bytes(
+                key.sign(message, mechanism=Mechanism.AES_CMAC)))
+        except p11.PKCS11Error as e:
+            raise keys.L1Error(f"{self.description} failed to compute AES-CMAC: "
+                               f"{_name(e)}") from e
 
     def check_value(self) -> str:
         return self._cmac(CHECK_VALUE_LABEL)[:8].hex()
@@ -149,12 +227,13 @@ class Pkcs11L1:
         header = bytes([keys.WRAP_VERSION])
         params = GCMParams(nonce, header + aad, keys.TAG_BYTES * 8)
         try:
-            with self._lock:
-                sealed = self._key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
-                                           mechanism_param=params)
+            # (A retry in a new session seals the same plaintext under the same nonce and
+            # AAD: the same blob, nothing more revealed.)
+            sealed = self._in_token("wrapping", lambda key: bytes(key.encrypt(
+                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params)))
         except p11.PKCS11Error as e:
             raise keys.L1Error(f"{self.description} failed to wrap: {_name(e)}") from e
-        return header + nonce + bytes(sealed)
+        return header + nonce + sealed
 
     def unwrap(self, blob: bytes, *, aad: bytes) -> bytes:
         if len(blob) < 1 + keys.NONCE_BYTES + keys.TAG_BYTES:
@@ -164,12 +243,12 @@ class Pkcs11L1:
         nonce = blob[1:1 + keys.NONCE_BYTES]
         params = GCMParams(nonce, blob[:1] + aad, keys.TAG_BYTES * 8)
         try:
-            with self._lock:
-                return bytes(self._key.decrypt(blob[1 + keys.NONCE_BYTES:],
-                                               mechanism=Mechanism.AES_GCM,
-                                               mechanism_param=params))
+            return self._in_token("unwrapping", lambda key: bytes(key.decrypt(
+                blob[1 + keys.NONCE_BYTES:], mechanism=Mechanism.AES_GCM,
+                mechanism_param=params)))
         except p11.PKCS11Error as e:
-            # Tokens report a wrong tag variously (SoftHSM2: CKR_GENERAL_ERROR).
+            # Tokens report a wrong tag variously (SoftHSM2: CKR_GENERAL_ERROR); a lost
+            # session is not one of them (TokenUnavailable, raised by _in_token).
             raise keys.UnwrapError(
                 f"wrapped blob failed authentication in the token ({_name(e)}: wrong key or "
                 "object, or tampered with)") from e
@@ -181,6 +260,8 @@ class Pkcs11L1:
 
 
 def _name(error: Exception) -> str:
+    if isinstance(error, p11.PKCS11Error) and _not_initialized(error):
+        return "CryptokiNotInitialized"
     return str(error) or type(error).__name__
 
 
@@ -189,13 +270,26 @@ def open_token_key(uri: str, *, create: bool = False) -> tuple[Pkcs11L1, bool]:
     token key is generated first if the token has none with that label. Raises
     :class:`kcm.core.keys.L1Error` saying what is wrong."""
     where = Pkcs11Uri.parse(uri)
+    session, key, created = _open(where, create)
+
+    def reopen() -> tuple[pkcs11.Session, pkcs11.SecretKey]:
+        session, key, _ = _open(where, False)
+        return session, key
+
+    return (Pkcs11L1(session, key, f"L1 key {where.object!r} in PKCS#11 token {where.token!r}",
+                     reopen), created)
+
+
+def _open(where: Pkcs11Uri, create: bool) -> tuple[pkcs11.Session, pkcs11.SecretKey, bool]:
+    """A logged-in session of the token ``where`` names, the key in it, and whether it was
+    created; :class:`kcm.core.keys.L1Error` saying what is wrong."""
     token_name = f"PKCS#11 token {where.token!r}"
     try:
         lib = pkcs11.lib(where.module_path)
     except p11.PKCS11Error as e:
         raise keys.L1Error(f"cannot load the PKCS#11 module {where.module_path}: {e}") from e
     try:
-        token = lib.get_token(token_label=where.token)
+        token = _get_token(lib, where.token)
     except p11.NoSuchToken as e:
         raise keys.L1Error(f"no {token_name} (module {where.module_path})") from e
     except p11.MultipleTokensReturned as e:
@@ -220,7 +314,21 @@ def open_token_key(uri: str, *, create: bool = False) -> tuple[Pkcs11L1, bool]:
     except BaseException:
         session.close()
         raise
-    return Pkcs11L1(session, key, f"L1 key {where.object!r} in {token_name}"), created
+    return session, key, created
+
+
+def _get_token(lib: pkcs11.lib, label: str) -> pkcs11.Token:
+    """The token labelled ``label``; a module finalized under us (its own restart, a
+    C_Finalize elsewhere in the process) is initialized again first."""
+    try:
+        return lib.get_token(token_label=label)
+    except p11.PKCS11Error as e:
+        if not _not_initialized(e):
+            raise
+    with contextlib.suppress(p11.PKCS11Error):  # CKR_CRYPTOKI_NOT_INITIALIZED, as expected
+        lib.finalize()  # (python-pkcs11 believes it initialized: it must be told)
+    lib.initialize()
+    return lib.get_token(token_label=label)
 
 
 def _find_or_create(session: pkcs11.Session, where: Pkcs11Uri, token_name: str,

@@ -32,6 +32,7 @@ from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.auto_rotation import AUDIT_OPERATION, ROTATOR
 from kcm.core.context import Caller, OperationContext
 from kcm.core.keyring import Keyring
+from kcm.core.keys import L1Error
 from kcm.core.operations.rekey import re_key
 from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL, ServerInfo
 from kcm.core.store.schema import STATE_ACTIVE, STATE_PRE_ACTIVE, ManagedObject
@@ -87,8 +88,8 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
         try:
             with session.begin_nested():
                 done.append(_rotate(ctx, row.uid))
-        except DBAPIError:
-            raise  # the database's trouble, not this key's: the whole step is retried
+        except (DBAPIError, L1Error):
+            raise  # the database's or L1's trouble, not this key's: the step is retried
         except Exception as e:
             # Never again by itself until a client changes it: the error is in the log and
             # the audit record, and the key no longer looks due. Any error, not only a KMIP

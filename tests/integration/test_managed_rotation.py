@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from sqlalchemy import select
 
 from kcm.core.managed_rotation import rotate_managed_due
@@ -167,6 +168,26 @@ def test_a_key_that_cannot_be_rotated_does_not_stop_the_others(
     assert second.uid == fine and second.replacement and second.error is None
     assert row(core, broken).rotate_due is None
     assert sweep(core, int(time.time()) + 60) == []
+
+
+def test_a_key_not_rotated_for_want_of_l1_stays_due(core: CoreHarness, monkeypatch) -> None:
+    """L1 that cannot be used now (its token's session lost) is not the key's fault: the
+    sweep's step fails, to be retried, and the key is still due."""
+    from kcm.core import managed_rotation
+    from kcm.core.keys import L1Error
+
+    uid = register(core, attributes=[PAST, *automatic(3600)])
+
+    def re_key(ctx, request):
+        raise L1Error("L1 key 'kcm-l1' in PKCS#11 token 'kcm' is unavailable")
+
+    monkeypatch.setattr(managed_rotation, "re_key", re_key)
+    with pytest.raises(L1Error):
+        sweep(core, int(time.time()))
+    assert row(core, uid).rotate_due is not None
+    monkeypatch.undo()
+    [done] = sweep(core, int(time.time()))
+    assert done.uid == uid and done.replacement and done.error is None
 
 
 def _core_with_minimum(core: CoreHarness, minimum: int) -> CoreHarness:

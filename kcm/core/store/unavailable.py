@@ -1,6 +1,8 @@
 """Whether an error of the store means the store is unavailable (locked by another process,
 out of space, unreachable), as opposed to a bug: the first is the operator's to fix, and a
-client is told so in a short message, the second is logged with its traceback."""
+client is told so in a short message, the second is logged with its traceback. L1 that
+cannot be used (its PKCS#11 token's session lost and not opened again:
+:class:`kcm.core.l1_pkcs11.TokenUnavailable`) counts as the store's unavailability too."""
 
 from __future__ import annotations
 
@@ -8,13 +10,21 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kcm.core.keys import L1Error
+
 #: What the causes' messages are cut to in a log line.
 _MAX_WHY = 120
+#: An unusable L1's reason names the token and what failed: it is cut longer.
+_MAX_L1_WHY = 240
 
 
 def store_unavailable(error: BaseException) -> str | None:
     """A short ASCII reason when ``error`` says the database could not be used (a SQLite
-    file locked or full, a PostgreSQL server gone); None for any other error."""
+    file locked or full, a PostgreSQL server gone) or L1 could not (an
+    :class:`~kcm.core.keys.L1Error` at run time); None for any other error."""
+    if isinstance(error, L1Error):
+        why = str(error).encode("ascii", "replace").decode("ascii")[:_MAX_L1_WHY]
+        return why or type(error).__name__
     if not isinstance(error, (OperationalError, InterfaceError)) and not (
             isinstance(error, DBAPIError) and error.connection_invalidated):
         return None

@@ -8,7 +8,9 @@
   the key file's mode; the certificate's dates, its chain to the configured CA, its
   extended key usages, and that it is the identity the other end of the link requires (a
   core's: no URI SAN, not a CA; a gateway's: its SPIFFE ID); the policy and log files; for
-  kcm-core, the L1 key (a token only with ``--open-token``, read-only), the database (it
+  kcm-core, the data directories (of the L1 key file and of a SQLite database: not open to
+  other users, as ``kcm core init`` requires), the L1 key (a token only with
+  ``--open-token``, read-only), the database (it
   exists, is reachable, its schema revision against this release's) and the L1 check value
   the database recorded; for kcm-gateway, the cores, workers and pinning; and the
   connection caps against the open-file limit (``ulimit -n``) of this shell.
@@ -140,6 +142,7 @@ def _core(path: str, now: dt.datetime, open_token: bool) -> Iterator[Finding]:
     if config.policy_file:
         yield _policy_file(config.policy_file)
     yield from _log_file("core", config.log_file)
+    yield from _data_directories(config)
     l1 = yield from _l1(config, open_token)
     try:
         yield from _database(config, l1)
@@ -151,6 +154,32 @@ def _core(path: str, now: dt.datetime, open_token: bool) -> Iterator[Finding]:
     if config.link_listen:  # (the link listener's guard is reserved from the KMIP one's)
         caps.append(("max_link_connections", config.limits.max_link_connections))
     yield _descriptors("core", caps)
+
+
+def _data_directories(config: CoreConfig) -> Iterator[Finding]:
+    """The directories of the L1 key file and of a SQLite database are private, as
+    ``kcm core init`` requires (its own check, on each that exists: one missing it creates,
+    0700, and this creates nothing)."""
+    from kcm.cli.core_cmd import _data_directories, _private_directory
+
+    for directory in dict.fromkeys(_data_directories(config)):
+        if not os.path.lexists(directory):
+            yield Finding(OK, f"core: data directory {directory} does not exist (kcm core "
+                              "init creates it, mode 0700)")
+            continue
+        if not os.path.isdir(directory):
+            yield Finding(ERROR, f"core: data directory {directory} is not a directory")
+            continue
+        try:
+            _private_directory(directory)  # (exists: it only checks)
+        except CommandError as e:
+            yield Finding(ERROR, f"core: {e} (kcm core init refuses it)")
+        except OSError as e:
+            yield Finding(ERROR, f"core: data directory {directory}: {e.strerror}")
+        else:
+            mode = stat.S_IMODE(os.stat(directory).st_mode)
+            yield Finding(OK, f"core: data directory {directory} is not open to other users "
+                              f"(mode {mode:04o})")
 
 
 def _l1(config: CoreConfig, open_token: bool) -> Generator[Finding, None, L1Key | None]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from kcm.cli import CommandError
 from kcm.cli.core_cmd import _with_keyring, open_store, run_in_store
+from kcm.core.store.schema import STATE_DESTROYED, STATE_DESTROYED_COMPROMISED
 
 
 def iso(seconds: float | None) -> str | None:
@@ -47,8 +50,10 @@ def _tenants(session) -> list[dict[str, Any]]:
     services = dict(session.execute(
         select(ManagedObject.tenant, func.count(func.distinct(ManagedObject.service)))
         .where(ManagedObject.level == LEVEL_SERVICE_KEY).group_by(ManagedObject.tenant)).all())
+    unfinished = _unfinished_removals(session)
     return [{"tenant": tenant.name, "created": iso(tenant.created_at),
-             "services": services.get(tenant.name, 0), "objects": objects.get(tenant.name, 0)}
+             "services": services.get(tenant.name, 0), "objects": objects.get(tenant.name, 0),
+             "removal_unfinished": tenant.name in unfinished}
             for tenant in session.scalars(select(Tenant).order_by(Tenant.name))]
 
 
@@ -56,7 +61,9 @@ def run_tenant_list(args: argparse.Namespace) -> int:
     records = run_in_store(open_store(args), _tenants, write=False)
     _print_lines(args, records, lambda r: (
         f"{r['tenant']}  created {r['created']}  services {r['services']}  "
-        f"objects {r['objects']}"))
+        f"objects {r['objects']}" + (
+            f"  removal unfinished (kcm core tenant remove {r['tenant']} --yes finishes it)"
+            if r["removal_unfinished"] else "")))
     return 0
 
 
@@ -122,7 +129,8 @@ def run_tenant_show(args: argparse.Namespace) -> int:
                                  "wraps": wraps.get(key.uid, 0)} for key in tenant_keys],
                 "service_keys": _service_keys(session, args.tenant),
                 "objects": dict(sorted(states.items())),
-                "l4_tombstones": tombstones}
+                "l4_tombstones": tombstones,
+                "removal_unfinished": bool(_unfinished_removals(session, args.tenant))}
 
     shown = run_in_store(open_store(args), read, write=False)
     if args.json:
@@ -138,7 +146,105 @@ def run_tenant_show(args: argparse.Namespace) -> int:
     objects = ", ".join(f"{count} {state}" for state, count in shown["objects"].items())
     print(f"  objects: {objects or 'none'}")
     print(f"  revoked or destroyed L4 tokens: {shown['l4_tombstones']}")
+    if shown["removal_unfinished"]:
+        print(f"  removal unfinished: kcm core tenant remove {shown['tenant']} --yes "
+              "finishes it")
     return 0
+
+
+#: Rows ``kcm core tenant remove`` deletes per transaction once the tenant is removed: up
+#: to this many of its L4 tombstones, then (none left) up to this many of its destroyed
+#: objects with their names and groups. Each transaction holds the writers' lock that
+#: long, never for the whole tenant.
+REMOVAL_BATCH = 1000
+#: Seconds between two of those transactions on SQLite: longer than the longest sleep of
+#: SQLite's busy handler (100 ms), so that a writer waiting for the lock (a running core's)
+#: finds it free between two batches. PostgreSQL queues a waiting writer on the writers'
+#: lock, and a batch never overtakes it (:func:`kcm.core.store.repository.lock_writers_on`).
+SQLITE_BATCH_PAUSE_S = 0.11
+#: ``meta``: a tenant whose removal committed while some of its destroyed objects or L4
+#: tombstones were left to delete (JSON: ``bound``, the newest ``created_seq`` then, which
+#: no row it may delete exceeds; ``at``; ``objects``, its keys and objects then).
+REMOVING_META_PREFIX = "tenant.removing:"
+
+_DESTROYED_STATES = (STATE_DESTROYED, STATE_DESTROYED_COMPROMISED)
+
+
+@dataclass(frozen=True, slots=True)
+class _Removal:
+    objects: int  # the tenant's keys and objects when it was removed
+    bound: int  # the newest created_seq then (see REMOVING_META_PREFIX)
+    finished: bool  # nothing left to delete
+    resumed: bool  # an interrupted removal, which this run finishes
+
+
+def _unfinished_removals(session, tenant: str | None = None) -> dict[str, dict[str, int]]:
+    """The markers of removals not finished (:data:`REMOVING_META_PREFIX`), by tenant."""
+    from sqlalchemy import select
+
+    from kcm.core.store.schema import Meta
+
+    query = select(Meta.key, Meta.value)
+    query = (query.where(Meta.key.startswith(REMOVING_META_PREFIX)) if tenant is None
+             else query.where(Meta.key == REMOVING_META_PREFIX + tenant))
+    return {key[len(REMOVING_META_PREFIX):]: json.loads(value)
+            for key, value in session.execute(query).all()}
+
+
+def _left_by_removal(table, tenant: str, bound: int):
+    """What the removal of ``tenant`` (up to ``bound``) left to delete, of ``table`` (the
+    ``managed_objects`` table or an alias): the ordinary objects numbered up to ``bound``,
+    all destroyed when the removal committed (its first transaction checked them, and made
+    its service keys such ones), whatever was done to one since; never a row of the tenant
+    added again since (numbered after ``bound``)."""
+    from sqlalchemy import and_
+
+    return and_(table.c.tenant == tenant, table.c.level.is_(None),
+                table.c.created_seq <= bound)
+
+
+def remove_some(session, tenant: str, bound: int, limit: int = REMOVAL_BATCH
+                ) -> tuple[int, int, bool]:
+    """One batch of the removal of ``tenant`` (up to ``bound``): up to ``limit`` of its L4
+    tombstones, or, once none are left, up to ``limit`` of its destroyed objects (their
+    names and groups go with them: ``ON DELETE CASCADE``); when that was the last, its
+    ``tenants`` row (unless it was added again) and the marker of the removal. Statements
+    with subqueries, a few parameters each, whatever the tenant's size. Returns (tombstones
+    deleted, objects deleted, finished)."""
+    from sqlalchemy import delete, exists, select
+
+    from kcm.core.store.schema import L4Tombstone, ManagedObject, Meta, Tenant
+
+    objects, tombstones = ManagedObject.__table__, L4Tombstone.__table__
+    batch_of_tombstones = tombstones.alias("batch")
+    removed_key = objects.alias("removed_key")
+    gone = session.execute(delete(tombstones).where(tombstones.c.token_id.in_(
+        select(batch_of_tombstones.c.token_id).where(
+            batch_of_tombstones.c.tenant == tenant,
+            exists().where(removed_key.c.uid == batch_of_tombstones.c.l3_uid,
+                           _left_by_removal(removed_key, tenant, bound)))
+        .limit(limit)))).rowcount or 0
+    if gone >= limit:
+        return gone, 0, False
+    batch = objects.alias("batch")
+    deleted = session.execute(delete(objects).where(objects.c.uid.in_(
+        select(batch.c.uid).where(_left_by_removal(batch, tenant, bound)).limit(limit)))
+    ).rowcount or 0
+    if deleted >= limit:
+        return gone, deleted, False
+    session.execute(delete(Tenant.__table__).where(
+        Tenant.__table__.c.name == tenant,
+        ~exists().where(objects.c.tenant == tenant),
+        ~exists().where(tombstones.c.tenant == tenant)))
+    session.execute(delete(Meta.__table__).where(
+        Meta.__table__.c.key == REMOVING_META_PREFIX + tenant))
+    return gone, deleted, True
+
+
+def _between_batches(seconds: float) -> None:
+    """The pause between two batches of a removal (tests watch the database here)."""
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def run_tenant_remove(args: argparse.Namespace) -> int:
@@ -151,62 +257,155 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
     Every running core forgets the tenant too: its fan-out reads ``tenant.removed``, and
     its next write transaction sees the count of removals changed
     (:func:`kcm.core.store.repository.count_tenant_removal`), so none commits anything on
-    the word of the removed tenant's service keys or under its tenant key. The transaction
-    holds the writers' lock from its start (a write transaction of the store), so no core
-    adds an object to the tenant between the check below and the deletes."""
-    from sqlalchemy import delete, select
+    the word of the removed tenant's service keys or under its tenant key.
+
+    The removal takes effect in one short write transaction, which holds the writers' lock
+    from its start, so no core adds an object to the tenant between the checks and the
+    changes: the events, the count, the audit record (the keys by identifier, the objects
+    by number); the tenant keys deleted; the service keys made ordinary destroyed objects
+    without material (no service, no L3 any more: no lookup of the core finds one; deleted
+    with the other destroyed objects, after the L4 tombstones that name them); the rotation
+    policies. Whatever is left of a large tenant is deleted then in batches
+    (:func:`remove_some`), a transaction each; a marker in ``meta`` says a removal is not
+    finished, and running the command again finishes it."""
+    # Imported before the transaction, not in it (as _with_keyring does): a running
+    # kcm-core's writers would wait for the imports (SQLite's lock is held).
+    import kcm.core.audit
+    import kcm.core.events
+    import kcm.core.store.repository
+    import kcm.kmip.enums  # noqa: F401
+
+    removal = _with_keyring(args, lambda session, keyring: _begin_removal(session, args))
+    tenant = args.tenant
+    if removal.finished:
+        print(f"tenant {tenant} removed with its {removal.objects} keys and objects")
+        return 0
+    if removal.resumed:
+        print(f"tenant {tenant}: finishing its interrupted removal", flush=True)
+    else:
+        print(f"tenant {tenant} removed (its keys deleted, gateways told); deleting its "
+              f"destroyed objects and L4 tombstones, {REMOVAL_BATCH} a transaction",
+              flush=True)
+    tombstones, objects = _delete_in_batches(args, tenant, removal.bound)
+    if removal.resumed:
+        print(f"tenant {tenant} removed: its interrupted removal finished ({objects} "
+              f"destroyed objects and {tombstones} L4 tombstones deleted now)")
+    else:
+        print(f"tenant {tenant} removed with its {removal.objects} keys and objects")
+    return 0
+
+
+def _begin_removal(session, args: argparse.Namespace) -> _Removal:
+    """The first transaction of ``kcm core tenant remove`` (see :func:`run_tenant_remove`),
+    with the first batch; or, for a removal interrupted before, nothing but the checks."""
+    from sqlalchemy import case, delete, exists, func, select, update
 
     from kcm.core import events
     from kcm.core.audit import AuditEvent, append_audit
     from kcm.core.store import repository
     from kcm.core.store.schema import (
         LEVEL_SERVICE_KEY,
+        LEVEL_TENANT_KEY,
         L3Usage,
-        L4Tombstone,
         ManagedObject,
         ObjectGroup,
         ObjectName,
         RotationPolicy,
-        Tenant,
     )
     from kcm.kmip.enums import State
 
-    destroyed = (State.DESTROYED, State.DESTROYED_COMPROMISED)
-
-    def remove(session, keyring) -> dict[str, int]:
-        _require_tenant(session, args.tenant)
-        rows = session.scalars(select(ManagedObject)
-                               .where(ManagedObject.tenant == args.tenant)).all()
-        live = [row for row in rows if row.level is None and row.state not in destroyed]
-        if live:
-            raise CommandError(
-                f"tenant {args.tenant} still holds {len(live)} objects that are not destroyed "
-                f"(e.g. {live[0].uid}); destroy them first")
+    tenant = args.tenant
+    objects = ManagedObject.__table__
+    _require_tenant(session, tenant)
+    unfinished = _unfinished_removals(session, tenant).get(tenant)
+    keys = session.execute(
+        select(objects.c.uid, objects.c.level, objects.c.service)
+        .where(objects.c.tenant == tenant, objects.c.level.is_not(None))
+        .order_by(objects.c.created_seq)).all()
+    if unfinished is not None and not keys and not session.scalar(select(exists().where(
+            objects.c.tenant == tenant, objects.c.created_seq > unfinished["bound"]))):
         if not args.yes:
             raise CommandError(
-                f"removing tenant {args.tenant} destroys its {len(rows)} keys and objects "
-                "(every L4 of its services stops working); run again with --yes")
-        for row in rows:
-            if row.level == LEVEL_SERVICE_KEY:
-                events.l3_state(session, args.tenant, row.uid, row.service or "",
-                                State.DESTROYED)
-        events.tenant_removed(session, args.tenant)
-        repository.count_tenant_removal(session)
-        uids = [row.uid for row in rows]
-        session.execute(delete(L4Tombstone).where(L4Tombstone.tenant == args.tenant))
-        session.execute(delete(ObjectName).where(ObjectName.uid.in_(uids)))
-        session.execute(delete(ObjectGroup).where(ObjectGroup.uid.in_(uids)))
-        session.execute(delete(L3Usage).where(L3Usage.uid.in_(uids)))
-        session.execute(delete(RotationPolicy).where(RotationPolicy.tenant == args.tenant))
-        session.execute(delete(ManagedObject).where(ManagedObject.tenant == args.tenant))
-        session.execute(delete(Tenant).where(Tenant.name == args.tenant))
-        append_audit(session, AuditEvent(
-            principal="kcm core tenant remove", operation="RemoveTenant",
-            result_status="SUCCESS", correlation_id=f"cli-{int(time.time() * 1e6)}",
-            source="cli", tenant=args.tenant, object_ids=tuple(uids),
-            detail={"objects": len(uids)}))
-        return {"objects": len(uids)}
+                f"the removal of tenant {tenant} (begun {iso(unfinished['at'])}) did not "
+                "finish deleting its destroyed objects; run again with --yes to finish it")
+        return _Removal(unfinished["objects"], unfinished["bound"], False, True)
+    live = (objects.c.tenant == tenant, objects.c.level.is_(None),
+            objects.c.state.not_in(_DESTROYED_STATES))
+    alive = session.scalar(select(func.count()).select_from(objects).where(*live))
+    if alive:
+        example = session.scalar(select(objects.c.uid).where(*live).limit(1))
+        raise CommandError(
+            f"tenant {tenant} still holds {alive} objects that are not destroyed "
+            f"(e.g. {example}); destroy them first")
+    total = session.scalar(select(func.count()).select_from(objects)
+                           .where(objects.c.tenant == tenant))
+    if not args.yes:
+        raise CommandError(
+            f"removing tenant {tenant} destroys its {total} keys and objects "
+            "(every L4 of its services stops working); run again with --yes")
+    for uid, level, service in keys:
+        if level == LEVEL_SERVICE_KEY:
+            events.l3_state(session, tenant, uid, service or "", State.DESTROYED)
+    events.tenant_removed(session, tenant)
+    repository.count_tenant_removal(session)
+    bound = session.scalar(select(func.max(objects.c.created_seq))) or 0
+    now = int(time.time())
+    key_uids = select(objects.c.uid).where(objects.c.tenant == tenant,
+                                           objects.c.level.is_not(None))
+    service_keys = (objects.c.tenant == tenant, objects.c.level == LEVEL_SERVICE_KEY)
+    session.execute(delete(L3Usage.__table__).where(
+        L3Usage.__table__.c.uid.in_(select(objects.c.uid).where(*service_keys))))
+    session.execute(delete(ObjectName.__table__).where(
+        ObjectName.__table__.c.uid.in_(key_uids)))
+    session.execute(delete(ObjectGroup.__table__).where(
+        ObjectGroup.__table__.c.uid.in_(key_uids)))
+    session.execute(delete(objects).where(objects.c.tenant == tenant,
+                                          objects.c.level == LEVEL_TENANT_KEY))
+    # No L3 any more (every lookup of one asks for the level); its L4 tombstones still
+    # name it, so it goes with the destroyed objects, after them. Its revision goes up, so
+    # no core's object cache takes its cached copy for current.
+    session.execute(update(objects).where(*service_keys).values(
+        level=None, service=None, key_version=None, material=None,
+        state=case((objects.c.state.in_(_DESTROYED_STATES), objects.c.state),
+                   else_=int(State.DESTROYED)),
+        destroy_date=func.coalesce(objects.c.destroy_date, now),
+        revision=objects.c.revision + 1))
+    session.execute(delete(RotationPolicy.__table__).where(
+        RotationPolicy.__table__.c.tenant == tenant))
+    append_audit(session, AuditEvent(
+        principal="kcm core tenant remove", operation="RemoveTenant",
+        result_status="SUCCESS", correlation_id=f"cli-{int(time.time() * 1e6)}",
+        source="cli", tenant=tenant, object_ids=tuple(uid for uid, _, _ in keys),
+        detail={"objects": total}))
+    finished = remove_some(session, tenant, bound)[2]
+    if not finished:
+        repository.set_meta(session, REMOVING_META_PREFIX + tenant,
+                            json.dumps({"bound": bound, "at": now, "objects": total}))
+    return _Removal(total, bound, finished, False)
 
-    removed = _with_keyring(args, remove)
-    print(f"tenant {args.tenant} removed with its {removed['objects']} keys and objects")
-    return 0
+
+def _delete_in_batches(args: argparse.Namespace, tenant: str, bound: int) -> tuple[int, int]:
+    """What the removal of ``tenant`` left, deleted in batches (:func:`remove_some`), each
+    in a write transaction of its own; (tombstones, objects) deleted."""
+    from sqlalchemy.engine import make_url
+
+    store = open_store(args)
+    pause = SQLITE_BATCH_PAUSE_S if make_url(store.url).get_backend_name() == "sqlite" else 0.0
+    left = (f"tenant {tenant} is removed, but some of its destroyed objects or L4 tombstones "
+            f"are left: run `kcm core tenant remove {tenant} --yes` again to delete them")
+    tombstones = objects = 0
+    try:
+        while True:
+            _between_batches(pause)  # (the first transaction's too)
+            gone, deleted, finished = run_in_store(
+                store, lambda session: remove_some(session, tenant, bound))
+            tombstones, objects = tombstones + gone, objects + deleted
+            if finished:
+                return tombstones, objects
+    except CommandError as e:
+        raise CommandError(f"{e}; {left}") from e
+    except KeyboardInterrupt:
+        print(f"kcm core tenant remove: {left}", file=sys.stderr)
+        raise
+    finally:
+        store.stopService()

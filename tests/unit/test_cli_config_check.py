@@ -142,6 +142,24 @@ def test_an_l1_key_file_others_may_read_is_found(core: Path, capsys) -> None:
     found(lines, "error", "core.l1_key_file:", "has mode 0644")
 
 
+def test_a_data_directory_others_may_enter_is_found_as_core_init_refuses_it(
+        core: Path, capsys) -> None:
+    """What releases before the 0700 rule made (a 0755 var/): an error, with kcm core
+    init's own words, not an ok followed by init's refusal."""
+    directory = core.parent  # the L1 key file's and the database's: one line
+    found(check(capsys, core)[1], "ok", f"core: data directory {directory} is not open to "
+                                        "other users (mode 0700)")
+    os.chmod(directory, 0o755)
+    status, lines = check(capsys, core)
+    assert status == 1
+    refusal = (f"the data directory {directory} is accessible by other users (mode 0755); "
+               f"make it private first: chmod 700 {directory}")
+    assert found(lines, "error", "data directory") == (
+        f"error: core: {refusal} (kcm core init refuses it)")
+    assert main(["core", "init", "-c", str(core)]) == 2
+    assert capsys.readouterr().err == f"kcm core init: error: {refusal}\n"
+
+
 @pytest.mark.parametrize(("mode", "level", "status"), [
     (0o644, "error", 1), (0o640, "warning", 0)])
 def test_a_tls_key_file_others_or_its_group_may_read_is_found(

@@ -606,7 +606,8 @@ class LinkServerProtocol(LinkProtocol):
     def _fetch(self, stream_id: int, caller: Caller, tenant: str, service: str,
                uid: str | None) -> Deferred:
         """Run one FETCH_SERVICE_KEY (its turn came) and answer it; fires once answered."""
-        d = self.factory.fetch_keys(caller, tenant, service, uid, int(self.clock.seconds()))
+        d = self.factory.fetch_keys(caller, tenant, service, uid,
+                                    int(self.factory.wall_clock()))
         if self.gateway_version < TOMBSTONES_VERSION:  # (it named its version before this)
             d.addCallback(without_tombstones)
         # (The answer is sent in the same reactor call the store hands it over in:
@@ -706,7 +707,11 @@ class LinkServerFactory(Factory):
     def __init__(self, *, handler: CoreRequestHandler, store: Store, keyring: Keyring,
                  fanout: EventFanout, resolve_peer: Callable[[Any], Principal | None],
                  trust_domain: str, subject_map: SubjectMap | None, clock: IReactorTime,
-                 settings: LinkSettings | None = None, server_name: str = "kcm-core") -> None:
+                 settings: LinkSettings | None = None, server_name: str = "kcm-core",
+                 wall_clock: Callable[[], float] | None = None) -> None:
+        """``clock``: the reactor the links' heartbeats, held answers and drains are timed
+        on; ``wall_clock``: the time of a service key fetch (a date; ``clock.seconds`` when
+        not given)."""
         self.handler = handler
         self.store = store
         self.keyring = keyring
@@ -714,6 +719,7 @@ class LinkServerFactory(Factory):
         self.resolve_peer = resolve_peer
         self.trust_domain = trust_domain
         self.clock = clock
+        self.wall_clock = wall_clock if wall_clock is not None else clock.seconds
         self.settings = settings or LinkSettings()
         self.server_name = server_name
         self._principals: dict[tuple[str, str | None], Principal | None] = {}

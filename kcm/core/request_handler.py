@@ -126,9 +126,9 @@ log = Logger()
 
 
 class RequestWatch:
-    """Whether one request must stop: past its deadline (``limit`` seconds of ``clock``
-    from when the watch was made, the request's arrival), or its client gone (:attr:`lost`,
-    set on the reactor thread when the connection closes).
+    """Whether one request must stop: past its deadline (``limit`` seconds of ``clock``, a
+    monotonic one, from when the watch was made, the request's arrival), or its client
+    gone (:attr:`lost`, set on the reactor thread when the connection closes).
 
     :meth:`stop_reason` is the kernel's ``should_stop`` hook; it runs on a store thread, and
     reads only a flag and the clock.
@@ -176,17 +176,22 @@ class CoreRequestHandler:
     """
 
     def __init__(self, store: Store, keyring: Keyring, *, clock: Callable[[], float],
+                 timer: Callable[[], float] | None = None,
                  server_info: ServerInfo | None = None,
                  limits: CoreLimits | None = None, workers: int = 4,
                  committer: GroupCommitter | None = None,
                  metrics: CoreMetrics | None = None,
                  group_start: Callable[[Callable[[], None]], object] | None = None) -> None:
-        """``group_start``: when its group commits start (:class:`GroupCommitter`'s
-        ``start``; kcm-core's is the end of the reactor's turn)."""
+        """``clock``: the wall clock, whose time is a request's (its dates, its answer's
+        time stamp); ``timer``: the monotonic clock its deadline runs on (kcm-core's
+        reactor; ``clock`` when not given). ``group_start``: when its group commits start
+        (:class:`GroupCommitter`'s ``start``; kcm-core's is the end of the reactor's
+        turn)."""
         self._store = store
         self._metrics = metrics or CoreMetrics()
         self._keyring = keyring
         self._clock = clock
+        self._timer = timer if timer is not None else clock
         self._server_info = server_info or ServerInfo()
         self._limits = limits or CoreLimits()
         #: The most TTLV items of one request (:mod:`kcm.kernel.item_limit`).
@@ -246,7 +251,7 @@ class CoreRequestHandler:
         watch.lost = True
 
     def _watch(self) -> RequestWatch:
-        return RequestWatch(self._clock, self._limits.request_deadline)
+        return RequestWatch(self._timer, self._limits.request_deadline)
 
     def _answer(self, wire: bytes, caller: Caller, watch: RequestWatch) -> Deferred[bytes]:
         metrics = self._metrics

@@ -22,7 +22,7 @@ network partition may cause does no harm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
@@ -111,17 +111,21 @@ def sweep_due_states(session: Session, now: int, *, limit: int = SWEEP_BATCH) ->
 
 
 class StateSweeper(Service):
-    """Runs :func:`sweep_due_states` every ``interval`` seconds, off the reactor."""
+    """Runs :func:`sweep_due_states` every ``interval`` seconds of ``clock`` (the reactor),
+    off the reactor; each sweep's time, which dates are judged by, is ``wall_clock``'s
+    (``clock.seconds`` when not given)."""
 
     name = "kcm-state-sweeper"
 
     def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL,
                  steps: Sequence[sweep_steps.SweepStep] = (), *,
-                 lease: AdvisoryLease | None = None, batch: int = SWEEP_BATCH) -> None:
+                 lease: AdvisoryLease | None = None, batch: int = SWEEP_BATCH,
+                 wall_clock: Callable[[], float] | None = None) -> None:
         self._store = store
         #: The most keys one sweep moves by their dates (:func:`sweep_due_states`).
         self._batch = batch
         self._clock = clock
+        self._wall_clock = wall_clock if wall_clock is not None else clock.seconds
         self._interval = interval
         self._loop: LoopingCall | None = None
         #: Run first in each sweep's transaction (kcm.core.sweep_steps: rotation).
@@ -161,8 +165,8 @@ class StateSweeper(Service):
     def _sweep_if_held(self, held: bool):
         if not held:
             return []
-        now = int(self._clock.seconds())
-        at, steps, batch = self._clock.seconds(), self._steps, self._batch
+        at, steps, batch = self._wall_clock(), self._steps, self._batch
+        now = int(at)
         d = self._store.run(lambda session: (sweep_steps.run_steps(session, steps, at),
                                              sweep_due_states(session, now, limit=batch)))
         return d.addCallback(self._stepped)

@@ -4,6 +4,7 @@ they start; see :mod:`kcm.core.service`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
+from kcm import monotonic_reactor
 from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.core.audit_checkpoints import AuditCheckpoints
@@ -104,7 +106,10 @@ def _sweep_step(fn: Callable[..., Sequence[object]], **bound: Any) -> SweepStep:
 
 
 def makeService(options: Options, reactor: Any = default_reactor) -> CoreService:
-    """The kcm-core service tree, assembled from parsed options; nothing is read yet."""
+    """The kcm-core service tree, assembled from parsed options; nothing is read yet.
+    The reactor's time is made monotonic (:mod:`kcm.monotonic_reactor`): durations are
+    measured on it, dates read from the wall clock (``time.time``)."""
+    monotonic_reactor.install(reactor)
     config = options["core_config"]
     trust_domain = config.trust_domain
     store = Store(config.database, reactor=reactor, threads=config.database_threads,
@@ -112,7 +117,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     metrics = CoreMetrics(process=True)
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     keyring = Keyring()
-    handler = CoreRequestHandler(store, keyring, clock=reactor.seconds,
+    handler = CoreRequestHandler(store, keyring, clock=time.time, timer=reactor.seconds,
                                  server_info=ServerInfo(
                                      access=config.access,
                                      min_rotate_interval=config.limits.min_rotate_interval),
@@ -145,7 +150,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     policy.setServiceParent(core)
     TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
-    sweeper = StateSweeper(store, reactor, interval=config.state_sweep_interval, steps=[
+    sweeper = StateSweeper(store, reactor, wall_clock=time.time,
+                           interval=config.state_sweep_interval, steps=[
         _sweep_step(rotate_due, keyring=keyring),
         _sweep_step(rotate_managed_due, keyring=keyring, trust_domain=trust_domain,
                     min_rotate_interval=config.limits.min_rotate_interval),
@@ -162,14 +168,14 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         link_factory = LinkServerFactory(
             handler=handler, store=store, keyring=keyring, fanout=fanout,
             resolve_peer=lambda transport: peer_principal(transport, trust_domain),
-            trust_domain=trust_domain, subject_map=None, clock=reactor,
+            trust_domain=trust_domain, subject_map=None, clock=reactor, wall_clock=time.time,
             settings=LinkSettings(
                 max_frame_size=frame_size_limit(config.limits.max_message_size)))
         policy.on_change.append(link_factory.set_subject_map)
         fanout.on_stale.append(link_factory.events_stale)
         # Whoever removed a tenant (kcm core tenant remove), this core forgets it.
         fanout.subscribe(TenantRemovals([store.known.forget_tenant, keyring.forget_tenant]))
-        link_factory.on_usage = UsageIntake(store, reactor,
+        link_factory.on_usage = UsageIntake(store, reactor, wall_clock=time.time,
                                             on_cap_reached=sweeper.sweep_soon).add
         core.fanout, core.link_factory = fanout, link_factory
         if not _notifies(config.database):  # there the commit's NOTIFY wakes it already

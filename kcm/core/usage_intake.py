@@ -30,9 +30,12 @@ class UsageIntake:
     """Adds up reported counts and writes them, batched."""
 
     def __init__(self, store: Store, clock: Any, *, on_cap_reached: Callable[[], None],
-                 delay: float = 0.05) -> None:
+                 delay: float = 0.05, wall_clock: Callable[[], float] | None = None) -> None:
+        """``clock``: the reactor its writes wait on; ``wall_clock``: the time the counts
+        are recorded at (a date; ``clock.seconds`` when not given)."""
         self._store = store
         self._clock = clock
+        self._wall_clock = wall_clock if wall_clock is not None else clock.seconds
         self._on_cap_reached = on_cap_reached
         self.delay = delay
         self._pending: dict[str, int] = {}
@@ -54,7 +57,7 @@ class UsageIntake:
         self._scheduled = None
         counts, self._pending = self._pending, {}
         self._writing = True
-        now = int(self._clock.seconds())
+        now = int(self._wall_clock())
 
         def work(session: Session) -> bool:
             add_uses(session, counts, now=now)

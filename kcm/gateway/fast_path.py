@@ -78,6 +78,7 @@ class FastPath:
                  clock: Callable[[], float], new_correlation_id: Callable[[], str],
                  max_message_size: int, max_batch_items: int,
                  served: Mapping[int, Tally] | None = None) -> None:
+        """``clock``: the wall clock, read for the answers' time stamps (a date)."""
         self._max_batch_items = max_batch_items
         #: Per operation, the counter of its items answered here (kcm.gateway.metrics).
         self._served = served

@@ -146,6 +146,7 @@ class GatewayRequestHandler:
                  fast_path: FastPath | None = None,
                  metrics: GatewayMetrics | None = None,
                  later: Callable[[Callable[[], object]], None] | None = None) -> None:
+        """``clock``: the wall clock, read for the answers' time stamps (a date)."""
         self._runner = runner
         self._metrics = metrics = metrics or GatewayMetrics()
         self._timer = metrics.timer

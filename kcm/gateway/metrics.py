@@ -89,7 +89,7 @@ class GatewayMetrics:
         self._items: dict[tuple[int | None, int | None, str], Tally] = {}
         self._link: LinkClient | None = None
         self._cache: L3Cache | None = None
-        self._clock: Callable[[], float] = time.time
+        self._clock: Callable[[], float] = time.monotonic  # (the L3 cache's, by watch)
 
     # The general path ---------------------------------------------------------------------
     def answered(self, answer: bytes, local: Sequence[bool] | bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from functools import partial
 from typing import Any
 
@@ -17,6 +18,7 @@ from twisted.application.internet import TimerService
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
+from kcm import monotonic_reactor
 from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.gateway.config import load_config
@@ -156,7 +158,10 @@ def makeService(options: Options,
                 reactor: Any = default_reactor) -> GatewayService | GatewaySupervisor:
     """The kcm-gateway service tree, assembled from parsed options; nothing is read yet.
     One gateway (``workers = 1``, or a supervisor's worker), else a supervisor of
-    ``workers`` gateway processes."""
+    ``workers`` gateway processes. Either way the reactor's time is made monotonic
+    (:mod:`kcm.monotonic_reactor`): durations are measured on it, dates (an answer's time
+    stamp) read from the wall clock (``time.time``)."""
+    monotonic_reactor.install(reactor)
     config = options["gateway_config"]
     worker = options["worker"]
     if worker is None:
@@ -189,13 +194,13 @@ def makeService(options: Options,
     runner = LocalRunner(new_correlation_id=new_correlation_id, engine_factory=engines)
     metrics = GatewayMetrics(process=True)
     fast_path = FastPath(cache=cache, engine_factory=engines,
-                         clock=reactor.seconds,
+                         clock=time.time,
                          new_correlation_id=new_correlation_id,
                          max_message_size=config.limits.max_message_size,
                          max_batch_items=config.limits.max_batch_items,
                          served=metrics.fast_served)
     handler = GatewayRequestHandler(runner=runner, cache=cache, link=link,
-                                    clock=reactor.seconds,
+                                    clock=time.time,
                                     max_message_size=config.limits.max_message_size,
                                     max_batch_items=config.limits.max_batch_items,
                                     fast_path=fast_path, metrics=metrics,
@@ -242,7 +247,9 @@ def makeService(options: Options,
 
 def make_supervisor(options: Options, workers: int,
                     reactor: Any = default_reactor) -> GatewaySupervisor:
-    """A supervisor of ``workers`` gateway processes sharing the configured listener."""
+    """A supervisor of ``workers`` gateway processes sharing the configured listener (its
+    restarts and stops timed on the reactor, made monotonic by :func:`makeService`)."""
+    monotonic_reactor.install(reactor)
     config = options["gateway_config"]
     tls = config.tls
     pinned = worker_cpus(workers, config.pin_workers, usable_cpus())

@@ -20,6 +20,7 @@ from kcm.config_file import (
 )
 from kcm.core.policy import AccessPolicy, ApplicationObjects
 from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL
+from kcm.core.store.object_cache import DEFAULT_MAX_BYTES
 from kcm.identity import validate_trust_domain
 from kcm.kmip_protocol import ConnectionLimits
 
@@ -118,6 +119,11 @@ class CoreConfig:
     state_sweep_interval: float = 5.0
     #: Managed objects kept decoded in memory (kcm.core.store.object_cache); 0: none.
     object_cache_size: int = 10_000
+    #: The memory they may take in all, as reckoned (kcm.core.store.object_cache.weight).
+    object_cache_bytes: int = DEFAULT_MAX_BYTES
+    #: Seconds an event is kept in the outbox for gateways that relink (7 days); older ones
+    #: are deleted by the state sweeper (kcm.core.outbox_retention).
+    outbox_retention: float = 7 * 24 * 3600.0
 
     @property
     def access(self) -> AccessPolicy:
@@ -128,7 +134,8 @@ class CoreConfig:
 _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "l1_pkcs11",
               "policy_file", "database_threads", "log_level", "log_format", "log_file",
               "audit_checkpoint_interval", "application_objects", "metrics_listen",
-              "state_sweep_interval", "object_cache_size"}
+              "state_sweep_interval", "object_cache_size", "object_cache_bytes",
+              "outbox_retention"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:
@@ -164,11 +171,14 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
     if "object_cache_size" in out:
         out["object_cache_size"] = whole_number("core.object_cache_size",
                                                 out["object_cache_size"])
+    if "object_cache_bytes" in out:
+        out["object_cache_bytes"] = whole_number("core.object_cache_bytes",
+                                                 out["object_cache_bytes"], least=1 << 20)
     if "database_threads" in out:
         out["database_threads"] = whole_number("core.database_threads",
                                                out["database_threads"], least=1,
                                                most=MAX_DATABASE_THREADS)
-    for name in ("audit_checkpoint_interval", "state_sweep_interval"):
+    for name in ("audit_checkpoint_interval", "state_sweep_interval", "outbox_retention"):
         if name in out:
             out[name] = seconds(f"core.{name}", out[name])
     return out

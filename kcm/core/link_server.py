@@ -5,7 +5,8 @@ Only a peer whose verified certificate names a GATEWAY principal is served; anyo
 closed right after the handshake. On a link:
 
 * HELLO → WELCOME (carrying the core's policy document), then the outbox events after the
-  gateway's sequence, then new ones live;
+  gateway's sequence (from the oldest kept, when those were deleted: ``outbox_retention``,
+  logged; the gateway resynchronises), then new ones live;
 * REQUEST → :meth:`CoreRequestHandler.handle_as` as the asserted caller, the gateway named in
   the audit record, answered with RESPONSE;
 * CANCEL (link version 2) → that stream's request stops at its next batch-item boundary, as
@@ -203,6 +204,9 @@ class LinkServerProtocol(LinkProtocol):
         self._hello = False
         self._peer_name: str | None = None
         self._replaying = False
+        #: The event a resuming gateway asked to resume after, until its first replay is
+        #: read (which says whether the events after it are still kept: outbox_retention).
+        self._resumed_after: int | None = None
         self._paused = False
         self._queued: deque[bytes] = deque()
         #: The forwarded requests being answered, by stream (a CANCEL stops one).
@@ -304,6 +308,7 @@ class LinkServerProtocol(LinkProtocol):
         # A gateway ahead of the outbox (a restored database) starts over from the head; it
         # learns so from WELCOME's sequence being below its own.
         self.sent_seq = head if asked < 0 or asked > head else asked
+        self._resumed_after = asked if 0 <= asked <= head else None
         log.info("gateway {gateway} linked from {peer} ({name}), events after {seq}",
                  gateway=self.gateway.id, peer=self.peer, name=self._peer_name,
                  seq=self.sent_seq)
@@ -344,6 +349,13 @@ class LinkServerProtocol(LinkProtocol):
         self._replaying = False
         if self.closing:
             return
+        if self._resumed_after is not None:
+            if events and events[0][0] > self._resumed_after + 1:
+                log.info("gateway {gateway} resumes after event {asked}, but the outbox keeps "
+                         "events from {oldest} only (outbox_retention): it resynchronises",
+                         gateway=self.gateway.id, asked=self._resumed_after,
+                         oldest=events[0][0])
+            self._resumed_after = None
         self._write_events(events)
         fanout = self.factory.fanout
         # Go live only once nothing the fan-out has published is missing here; the check and

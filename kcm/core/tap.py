@@ -25,6 +25,7 @@ from kcm.core.link_server import LinkServerFactory, LinkSettings
 from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.metrics import CoreMetrics, DatabaseReadiness
 from kcm.core.outbox_listener import OutboxListener
+from kcm.core.outbox_retention import prune_outbox
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
@@ -78,6 +79,9 @@ class Options(ServiceOptions):
          "Seconds between audit checkpoints in the log (default 300)."],
         ["state-sweep-interval", None, None,
          "Seconds between state sweeps: passed dates, automatic rotation (default 5)."],
+        ["outbox-retention", None, None,
+         "Seconds an event is kept in the outbox for relinking gateways (default 604800: "
+         "7 days)."],
         ["application-objects", None, None,
          "Which objects of its tenant an application may use: own-service or tenant."],
         ["database-threads", None, None, "Worker threads for database transactions."],
@@ -113,7 +117,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     config = options["core_config"]
     trust_domain = config.trust_domain
     store = Store(config.database, reactor=reactor, threads=config.database_threads,
-                  migrate=True, object_cache_size=config.object_cache_size)
+                  migrate=True, object_cache_size=config.object_cache_size,
+                  object_cache_bytes=config.object_cache_bytes)
     metrics = CoreMetrics(process=True)
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     keyring = Keyring()
@@ -157,7 +162,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                     min_rotate_interval=config.limits.min_rotate_interval),
         _sweep_step(rotate_tenant_keys_due, keyring=keyring),
         _sweep_step(rewrap_step, keyring=keyring),
-        _sweep_step(purge_spent)])
+        _sweep_step(purge_spent),
+        _sweep_step(prune_outbox, retention=config.outbox_retention)])
     if config.link_listen:
         # Woken on PostgreSQL by every core's commits that add events (OutboxListener), on
         # SQLite by this process's (the store's on_outbox_written); the poll finds the

@@ -13,7 +13,9 @@
   order, resumed after :attr:`LinkClient.last_sequence` on every reconnect: from the event
   before it, so that the last event applied is sent again and compared with what was
   applied; one that differs means the database was restored (its events after the backup
-  are new ones under reused numbers), and the gateway resynchronises (``on_resync``);
+  are new ones under reused numbers), and the gateway resynchronises (``on_resync``), as it
+  does when a resumed link's first event is beyond the one expected (the core deleted the
+  events between: its ``outbox_retention``); a gap later in a link's stream ends the link;
 * ``on_policy(document)`` — the core's policy document, from every WELCOME and every
   ``policy`` event (before ``on_event`` sees that event);
 * :meth:`LinkClient.report_usage` — how many encryptions were made under each L3 version
@@ -471,6 +473,8 @@ class LinkClient(MultiService):
         #: a link yet), and whether the next link is to send it again to be compared.
         self._last_digest: bytes | None = None
         self._checking = False
+        #: The link whose first event is still to come, when it resumed (see :meth:`_event`).
+        self._first_event_of: LinkClientProtocol | None = None
         self.max_in_flight = max_in_flight
         #: Service key fetches in flight at most (they pause no client: see above).
         self.max_fetches = max_in_flight if max_fetches is None else max_fetches
@@ -710,9 +714,16 @@ class LinkClient(MultiService):
     # From the protocol ----------------------------------------------------------------------
     def _welcomed(self, protocol: LinkClientProtocol, frame: Frame) -> None:
         head = frame.sequence if frame.sequence is not None else 0
+        # A link that resumes may find the events it asks for deleted (outbox_retention):
+        # its first event tells (_event). One that starts from the head has none missing.
+        self._first_event_of = protocol if self.last_sequence >= 0 else None
         if self.last_sequence < 0:
             self.last_sequence = head
-        elif head < self.last_sequence:
+        elif head < self.last_sequence and not (
+                self._checking and head == self.last_sequence - 1):
+            # (A core whose fan-out has not read our last event yet, which another core of
+            # the database committed, names the one before it: it sends ours when it reads
+            # it, and it is compared then.)
             log.warn("the core's event log ends at {head}, before our {ours}: resynchronising",
                      head=head, ours=self.last_sequence)
             self.last_sequence = head
@@ -806,6 +817,19 @@ class LinkClient(MultiService):
 
     def _event(self, protocol: LinkClientProtocol, frame: Frame) -> None:
         seq = frame.sequence
+        if self._first_event_of is protocol:
+            # The first event of a resumed link: the core sends from the oldest it keeps,
+            # so one beyond the event expected (the one to compare, else the next) means
+            # the events between were deleted (the core's outbox_retention), not a broken
+            # stream: what they said may be missing here, so resynchronise, and go on.
+            self._first_event_of = None
+            expected = self.last_sequence if self._checking else self.last_sequence + 1
+            if seq > expected:
+                log.warn("events {first} to {last} are no longer in the core's outbox "
+                         "(outbox_retention): resynchronising, from event {seq}",
+                         first=expected, last=seq - 1, seq=seq)
+                self._restored()
+                self.last_sequence = seq - 1  # this and the rest are new
         if self._checking and seq == self.last_sequence:
             self._checking = False
             if _event_digest(frame) == self._last_digest:

@@ -5,8 +5,10 @@ cores."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +21,13 @@ from kcm.core.operations._objects_common import clear_key_bytes
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
+from kcm.core.store.object_cache import ObjectCache
 from kcm.kmip.attributes import Attribute, Name
 from kcm.kmip.enums import (
     BatchErrorContinuationOption,
     BlockCipherMode,
     NameType,
+    ObjectType,
     Operation,
     ResultReason,
     ResultStatus,
@@ -33,9 +37,16 @@ from kcm.kmip.enums import (
 )
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder
-from kcm.kmip.payloads import ActivateRequest, DestroyRequest, EncryptRequest, GetRequest
+from kcm.kmip.payloads import (
+    ActivateRequest,
+    CreateRequest,
+    DestroyRequest,
+    EncryptRequest,
+    GetRequest,
+)
 from kcm.kmip.payloads.attribute_ops import AddAttributeRequest
 from kcm.kmip.tags import Tag
+from kcm.testing.requests import aes256, get_attributes, item, request, response
 from kcm.ttlv import Item, ItemType
 from tests.core_support import CoreHarness, service_principal
 from tests.integration.test_core_crypto import (
@@ -289,3 +300,38 @@ def _stamp(core: CoreHarness, uid: str) -> tuple[int, int]:
                                 write=False)
     assert stamp is not None
     return stamp
+
+
+def test_the_cache_keeps_no_more_memory_than_its_bound(core: CoreHarness) -> None:
+    """Objects of 300 attributes each (a Create of 17 KB) take some 120 KB each once
+    decoded (a thousand, 400 KB): the cache keeps as many as its byte bound allows, and
+    what it holds really takes no more than that bound."""
+    bound = 12 << 20  # about 75 of them; none over 192 KiB
+    core.store.objects = ObjectCache(10_000, max_bytes=bound)
+    client = core.client()
+    extra = [Attribute.vendor("x", f"a{i}", Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING,
+                                                 "v")) for i in range(300)]
+    wire = request(item(Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256(extra))), version=(2, 1))
+    uids = [ok(response(client.send(wire)).batch_items[0]).unique_identifier
+            for _ in range(100)]
+    core.store.objects.clear()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for uid in uids:
+            ok(response(client.send(request(get_attributes(uid), version=(2, 1))))
+               .batch_items[0])
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    cached = core.store.objects
+    assert 0 < len(cached) < len(uids) and cached.bytes <= bound
+    assert held <= bound, f"{held / 1e6:.1f} MB held for a bound of {bound / 1e6:.1f} MB"
+    small = ObjectCache(10_000, max_bytes=8 << 20)  # none over 128 KiB
+    small.put("demo", uids[0], (1, 1), core.store.objects._entries[
+        next(iter(core.store.objects._entries))].columns)
+    assert len(small) == 0 and small.bytes == 0

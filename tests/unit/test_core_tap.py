@@ -376,3 +376,18 @@ def test_every_limit_and_database_threads_have_a_command_line_override(tmp_path:
                         (["--idle-timeout", "-1"], "idle_timeout")):
         with pytest.raises(usage.UsageError, match=error):
             parse(*argv)
+
+
+def test_object_cache_bytes(tmp_path: Path) -> None:
+    assert CoreConfig().object_cache_bytes == 128 << 20
+    config_file = tmp_path / "core.toml"
+    config_file.write_text("[core]\nobject_cache_bytes = 16777216\n")
+    options = parse("-c", str(config_file))
+    assert options["core_config"].object_cache_bytes == 16 << 20
+    store = tap.makeService(options, reactor=Clock()).getServiceNamed("kcm-store")
+    assert store.objects.max_bytes == 16 << 20 and store.objects.max_entry_bytes == 256 << 10
+    for wrong in ("-1", "1000", "many"):
+        config_file.write_text(f"[core]\nobject_cache_bytes = {wrong!r}\n".replace("'", '"')
+                               if wrong == "many" else f"[core]\nobject_cache_bytes = {wrong}\n")
+        with pytest.raises((usage.UsageError, ValueError), match="object_cache_bytes"):
+            parse("-c", str(config_file))

@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.test import iosim
 
 from kcm.core.context import Caller
@@ -527,6 +528,90 @@ def test_an_event_gap_makes_the_gateway_reconnect_instead_of_applying(world: Wor
     assert world.events == [] and gateway_end.closing
 
 
+def _prune(fanout: MemoryFanout, through: int) -> None:
+    """The core deleted its events up to ``through`` (outbox_retention; never the newest)."""
+    fanout.records = [r for r in fanout.records if r.seq > through]
+
+
+def _commit_after_pruning(fanout: MemoryFanout) -> None:
+    """One more event, numbered after the newest (commit() counts the records, which
+    pruning made fewer)."""
+    seq = fanout.committed_seq = fanout.records[-1].seq + 1
+    fanout.records.append(OutboxRecord(seq, 0, "demo", "l3.rotated", encode_payload(
+        {"unique_identifier": f"l3-{seq}", "service": "app", "key_version": seq})))
+
+
+@pytest.mark.parametrize(("applied", "away", "pruned_through", "first"), [
+    (3, 5, 6, 7),  # the gateway applied 1-3 and resumes from 2 (comparing 3): 3-6 are gone
+    (3, 2, 3, 4),  # only the event to compare (3) is gone: the database cannot be checked
+    (0, 5, 5, 6),  # linked at 2 with no event applied, resumes after 2: 3-5 are gone
+])
+def test_a_gateway_relinking_after_its_events_were_pruned_resynchronises_and_goes_on(
+        world: World, applied: int, away: int, pruned_through: int, first: int) -> None:
+    """The core deleted the events older than its outbox_retention while the gateway was
+    away: the resumed link's first event is beyond the one expected. The gateway drops
+    what it cached, logs one line, applies that event and the rest, and stays linked (it
+    used to take it for a gap and reconnect, to get the same answer, for ever)."""
+    if applied:
+        world.connect()
+        world.fanout.commit(applied)
+        world.fanout.poll()
+    else:
+        world.fanout.commit(2)
+        world.fanout.poll()
+        world.connect()
+    world.flush()
+    world.drop()
+    start = len(world.fanout.records)
+    world.fanout.commit(away)
+    world.fanout.poll()
+    _prune(world.fanout, pruned_through)
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    with capturedLogs() as logged:
+        world.connect()
+        world.flush()
+    assert resyncs == [True]
+    assert [e[0] for e in world.events] == [
+        *range(1, applied + 1), *range(first, start + away + 1)]
+    assert world.client.connected and world.client.last_sequence == start + away
+    assert world.server.live and not world.server.closing
+    lines = [formatEvent(e) for e in logged if e.get("log_level") == LogLevel.warn]
+    assert lines == [f"events 3 to {first - 1} are "  # (3: the one compared, or the next)
+                     "no longer in the core's outbox (outbox_retention): resynchronising, "
+                     f"from event {first}"]
+    asked = start - 1 if applied else start
+    assert [formatEvent(e) for e in logged if "outbox_retention): it resynchronises"
+            in formatEvent(e)] == [
+        f"gateway {GATEWAY.id} resumes after event {asked}, but the outbox keeps events "
+        f"from {first} only (outbox_retention): it resynchronises"]
+    _commit_after_pruning(world.fanout)
+    world.fanout.poll()
+    world.flush()
+    assert world.events[-1][0] == start + away + 1 and resyncs == [True]
+    assert world.client.connected
+
+
+def test_a_gap_later_in_a_resumed_links_stream_still_ends_the_link(world: World) -> None:
+    """Only a resumed link's first event may be beyond the expected one (pruned events);
+    a gap after it is a broken stream: never applied, the link is given up (GOAWAY)."""
+    world.connect()
+    world.fanout.commit(2)
+    world.fanout.poll()
+    world.flush()
+    world.drop()
+    world.fanout.commit(1)
+    world.fanout.poll()
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    gateway_end = world.connect()  # 2 compared, 3 applied
+    assert [e[0] for e in world.events] == [1, 2, 3] and world.client.connected
+    gateway_end.dataReceived(encode_frame(Frame(FrameType.EVENT, sequence=6, kind="policy",
+                                                payload={})))
+    assert gateway_end.closing and resyncs == []
+    assert [e[0] for e in world.events] == [1, 2, 3] and world.client.last_sequence == 3
+
+
 def test_a_slow_gateway_is_dropped_without_holding_up_the_stream(world: World) -> None:
     world.connect()
     world.server.pauseProducing()  # its transport is full
@@ -864,3 +949,29 @@ def test_a_policy_too_large_for_the_link_is_left_out_and_the_link_stays_up() -> 
         1, "policy", {})
     assert [e[0] for e in world.events] == [1, 2]  # gapless
     assert documents == [] and world.client.connected
+
+
+def test_a_relink_to_a_core_whose_fan_out_has_not_read_our_last_event_is_no_resync() -> None:
+    """Failover to another core of the database whose fan-out has read events up to 3, the
+    gateway's last applied being 4 (committed by the first core a moment ago): the core's
+    head is the event before ours, which is what we asked for to compare; ours comes when
+    its fan-out reads it, is compared, and is not applied twice."""
+    first = World()
+    first.connect()
+    first.fanout.commit(4)
+    first.fanout.poll()
+    first.flush()
+    first.drop()
+    other = World()
+    other.fanout.records = first.fanout.records[:3]
+    other.fanout.poll()
+    other.fanout.records = first.fanout.records  # the database holds 4 already
+    other.fanout.committed_seq = 4
+    resyncs: list[bool] = []
+    first.client.on_resync = lambda: resyncs.append(True)
+    other.client, other.events = first.client, first.events
+    other.connect()
+    other.fanout.poll()
+    other.flush()
+    assert resyncs == [] and [e[0] for e in first.events] == [1, 2, 3, 4]
+    assert first.client.last_sequence == 4

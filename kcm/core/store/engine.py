@@ -44,7 +44,7 @@ from twisted.python.threadpool import ThreadPool
 
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
 from kcm.core.store.lean import LeanTransaction
-from kcm.core.store.object_cache import OBJECT_CACHE_INFO, ObjectCache
+from kcm.core.store.object_cache import DEFAULT_MAX_BYTES, OBJECT_CACHE_INFO, ObjectCache
 from kcm.core.store.raw_statements import (
     TRANSACTION_CONNECTION,
     defers_savepoints,
@@ -359,6 +359,7 @@ class Store(Service):
         pool_size: int | None = None,
         migrate: bool = False,
         object_cache_size: int = 10_000,
+        object_cache_bytes: int = DEFAULT_MAX_BYTES,
         idle_in_transaction: float | None = IDLE_IN_TRANSACTION_S,
     ) -> None:
         if reactor is None:
@@ -394,8 +395,9 @@ class Store(Service):
         #: Facts of the committed data the hot path reads from memory (tenants' services).
         self.known = KnownFacts()
         #: Objects as last read, so that an operation on a known one reads two numbers
-        #: (kcm.core.store.object_cache); sized by ``object_cache_size`` (0: none).
-        self.objects = ObjectCache(object_cache_size)
+        #: (kcm.core.store.object_cache); sized by ``object_cache_size`` (0: none) and
+        #: ``object_cache_bytes``.
+        self.objects = ObjectCache(object_cache_size, max_bytes=object_cache_bytes)
         #: The key that MACs this database's audit chain (:mod:`kcm.core.audit`), derived
         #: from its L1; every session gets it in ``info[AUDIT_KEY_INFO]``. None until the
         #: holder of L1 sets it: until then audit records cannot be written or verified.

@@ -996,6 +996,46 @@ def _outbox_records(cursor: Any) -> list[OutboxRecord]:
             for seq, at, tenant, kind, payload in cursor.fetchall()]
 
 
+#: The oldest outbox events :func:`prune_outbox` reads first; each further page is twice
+#: the one before (what is due is mostly a few events, sometimes a whole backlog).
+_PRUNE_FIRST_PAGE = 64
+
+
+def prune_outbox(session: Session, written_before: int, limit: int) -> tuple[int, int]:
+    """Delete the oldest outbox events written before ``written_before`` (epoch
+    microseconds, the ``at`` column), at most ``limit`` of them, in sequence order up to the
+    first one that is not that old; never the newest event, whose number the next one
+    follows (:func:`append_outbox`: the newest plus one), so no number is used twice.
+    Returns how many were deleted and the sequence number of the last of them (0: none).
+
+    Every statement goes by the primary key (``seq``; ``at`` has no index): the oldest rows
+    are read in its order, in pages (64 rows, then twice as many each time) until one is
+    not old enough or ``limit`` are read, and deleted as one range of it."""
+    head = outbox_head(session)
+    through, after, page, left = 0, None, _PRUNE_FIRST_PAGE, limit
+    while left > 0:
+        take = min(page, left)
+        oldest = select(OutboxEvent.seq, OutboxEvent.at).where(OutboxEvent.seq < head)
+        if after is not None:
+            oldest = oldest.where(OutboxEvent.seq > after)
+        rows = session.execute(oldest.order_by(OutboxEvent.seq).limit(take)).all()
+        young = False
+        for seq, at in rows:
+            if at >= written_before:
+                young = True
+                break
+            through = seq
+        if young or len(rows) < take:
+            break
+        after, left, page = rows[-1][0], left - take, page * 2
+    if not through:
+        return 0, 0
+    # (the events this transaction added, in its identity map, are newer: nothing to sync)
+    result = session.execute(delete(OutboxEvent).where(OutboxEvent.seq <= through),
+                             execution_options={"synchronize_session": False})
+    return int(result.rowcount or 0), through  # type: ignore[attr-defined]
+
+
 def ping(session: Session) -> None:
     """A trivial query: proves the database answers (health checks)."""
     session.execute(text("SELECT 1"))

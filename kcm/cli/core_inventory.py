@@ -298,7 +298,7 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
 def _begin_removal(session, args: argparse.Namespace) -> _Removal:
     """The first transaction of ``kcm core tenant remove`` (see :func:`run_tenant_remove`),
     with the first batch; or, for a removal interrupted before, nothing but the checks."""
-    from sqlalchemy import case, delete, exists, func, select, update
+    from sqlalchemy import case, delete, func, select, update
 
     from kcm.core import events
     from kcm.core.audit import AuditEvent, append_audit
@@ -322,8 +322,9 @@ def _begin_removal(session, args: argparse.Namespace) -> _Removal:
         select(objects.c.uid, objects.c.level, objects.c.service)
         .where(objects.c.tenant == tenant, objects.c.level.is_not(None))
         .order_by(objects.c.created_seq)).all()
-    if unfinished is not None and not keys and not session.scalar(select(exists().where(
-            objects.c.tenant == tenant, objects.c.created_seq > unfinished["bound"]))):
+    if unfinished is not None:
+        # Finished, and nothing more: whatever the tenant holds now (added again since,
+        # its new keys and objects, numbered past the bound) is not this removal's.
         if not args.yes:
             raise CommandError(
                 f"the removal of tenant {tenant} (begun {iso(unfinished['at'])}) did not "

@@ -350,11 +350,13 @@ class CoreRequestHandler:
         items = [ResponseBatchItem(operation=Operation.GET_ATTRIBUTES,
                                    unique_batch_item_id=item.unique_batch_item_id,
                                    result_status=ResultStatus.SUCCESS) for item in asked]
+        encoded = [answer_item(_GET_ATTRIBUTES, item.unique_batch_item_id, payload)
+                   for item, payload in zip(asked, payloads, strict=True)]
+        if self._withholds(request, now, correlation_id, items, encoded):
+            self._withheld_items(request, items, [])  # (audited as answered, below)
         self._metrics.answered(items)
         answer = response_wire(
-            version, now, correlation_id,
-            [answer_item(_GET_ATTRIBUTES, item.unique_batch_item_id, payload)
-             for item, payload in zip(asked, payloads, strict=True)],
+            version, now, correlation_id, encoded,
             request.header.maximum_response_size, server_limit=self._limits.max_message_size)
         return _Answer(answer, [
             audit_event(caller, answered, correlation_id, [item.request_payload.unique_identifier])
@@ -493,7 +495,11 @@ class CoreRequestHandler:
                     lambda session: self._execute(session, request, caller, now,
                                                   correlation_id, should_stop,
                                                   events.append), write=False)
-            return _Answer(self._response(request, now, correlation_id, items), events,
+            encoded = _encoded(items, version)
+            if self._withholds(request, now, correlation_id, items, encoded):
+                items, events = self._withheld_items(request, items, events)
+                encoded = _encoded(items, version)
+            return _Answer(self._response(request, now, correlation_id, items, encoded), events,
                            version, correlation_id)
         except Exception:
             log.failure("request failed [correlation id {cid}]", cid=correlation_id)
@@ -566,7 +572,7 @@ class CoreRequestHandler:
                     id_placeholder=IdPlaceholder(), random_bytes=os.urandom, work=work)
                 try:
                     prepare_pbkdf2(ctx, payload, key_pairs.pbkdf2)
-                except Exception:
+                except KmipError:
                     continue  # (the writer refuses it, with the reason)
 
         try:

@@ -4,7 +4,11 @@ an object beyond every message limit, nor run PBKDF2 for minutes on the writer t
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
@@ -13,6 +17,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from kcm.core import context
+from kcm.core.hierarchy import provision_service, provision_tenant
+from kcm.core.keyring import Keyring
+from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.store.engine import Store
+from kcm.core.store.migrate import upgrade
 from kcm.core.store.schema import ManagedObject
 from kcm.crypto import derivation
 from kcm.kmip.attributes import Attribute
@@ -27,10 +36,13 @@ from kcm.kmip.enums import (
 )
 from kcm.kmip.payloads import CreateRequest, DerivationParameters, DeriveKeyRequest
 from kcm.kmip.tags import Tag
+from kcm.testing.postgres import fresh_database
 from kcm.testing.requests import CONTINUE, create_managed, get, item, request, response
 from tests.core_support import CoreHarness, service_principal
+from tests.pg import postgres_url  # noqa: F401  (fixture)
 
 V = (2, 1)
+_databases = itertools.count()
 
 
 def objects(core: CoreHarness) -> int:
@@ -141,3 +153,40 @@ async def test_pbkdf2_is_computed_off_the_writer_which_serves_another_tenant_mea
         get(derived.response_payload.unique_identifier), version=V))).batch_items
     material = got.response_payload.object.key_block.key_value.key_material
     assert material == hashlib.pbkdf2_hmac("sha256", base_key, b"salt", 1000, 32)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_harness(request: pytest.FixtureRequest, tmp_path) -> Iterator[CoreHarness]:
+    """A core's request handler over a fresh SQLite file or PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'kcm.db'}"
+    else:
+        url = fresh_database(request.getfixturevalue("postgres_url"),
+                             f"kcm_pbkdf2_{os.getpid()}_{next(_databases)}")
+    upgrade(url)
+    store = Store(url)
+    store.startService()
+    keyring = Keyring(os.urandom(32))
+    store.audit_key = keyring.audit_key
+    now = int(time.time())
+    store.run_sync(lambda s: (provision_tenant(s, keyring, "demo", now=now),
+                              provision_service(s, keyring, "demo", "app", now=now)))
+    try:
+        yield CoreHarness(store, keyring, CoreRequestHandler(store, keyring, clock=time.time))
+    finally:
+        store.stopService()
+
+
+def test_the_worker_prepares_the_derivation_on_either_database(
+        any_harness: CoreHarness) -> None:
+    """The worker reads the base in a read-only transaction, without locking it
+    (PostgreSQL refuses SELECT ... FOR UPDATE there)."""
+    base = derivation_base(any_harness.client())
+    wire = request(item(Operation.DERIVE_KEY, DeriveKeyRequest(
+        object_type=ObjectType.SECRET_DATA, unique_identifiers=[base],
+        derivation_method=DerivationMethod.PBKDF2,
+        derivation_parameters=DerivationParameters(salt=b"salt", iteration_count=1000),
+        attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256)])), version=V)
+    _, prepared = any_harness.handler._prepare(wire, lambda: None, any_harness.caller(),
+                                               int(time.time()))
+    assert prepared is not None and len(prepared.pbkdf2) == 1

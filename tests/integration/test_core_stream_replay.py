@@ -45,6 +45,7 @@ from kcm.kmip.payloads import (
     SignatureVerifyRequest,
     SignRequest,
 )
+from kcm.kmip.payloads.attribute_ops import GetAttributesRequest
 from kcm.kmip.tags import Tag
 from kcm.testing.processes import CoreProcess
 from kcm.testing.requests import aes256, item, request, response
@@ -378,3 +379,28 @@ def test_a_real_core_refuses_a_replayed_final(any_core_process: CoreProcess) -> 
             replayed(answer)
         assert send(EncryptRequest(unique_identifier=uid, data=b"plain")).result_reason \
             == ResultReason.PERMISSION_DENIED
+
+
+def test_a_withheld_read_is_audited_as_withheld(core: CoreHarness) -> None:
+    """A read-only request (Get Attributes: executed, then answered from the answers kept
+    with its object) whose answer passes the Maximum Response Size is audited Response Too
+    Large, as a write is."""
+    def last_audit() -> tuple[str, str, str | None]:
+        return tuple(core.store.run_sync(lambda s: s.execute(
+            select(AuditLog.operation, AuditLog.result_status, AuditLog.result_reason)
+            .order_by(AuditLog.seq.desc()).limit(1)).one()))
+
+    uid = ok(_limited(core, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                          attributes=aes256()), None,
+                      Operation.CREATE)).unique_identifier
+    withheld = ("GET_ATTRIBUTES", "OPERATION_FAILED", "RESPONSE_TOO_LARGE")
+    asked = GetAttributesRequest(unique_identifier=uid)
+    failed(_limited(core, asked, 64, Operation.GET_ATTRIBUTES),
+           ResultReason.RESPONSE_TOO_LARGE)
+    assert last_audit() == withheld
+    for _ in range(2):  # executed, then recalled
+        ok(_limited(core, asked, None, Operation.GET_ATTRIBUTES))
+        assert last_audit() == ("GET_ATTRIBUTES", "SUCCESS", None)
+    failed(_limited(core, asked, 64, Operation.GET_ATTRIBUTES),
+           ResultReason.RESPONSE_TOO_LARGE)
+    assert last_audit() == withheld

@@ -231,3 +231,37 @@ def test_a_tenant_added_again_meanwhile_keeps_what_it_got_since(
     assert (len(shown["tenant_keys"]), [k["version"] for k in shown["service_keys"]],
             shown["objects"], shown["removal_unfinished"]) == (1, [1], {}, False)
     assert rows_of(deployment, "other")["managed_objects"] == 2
+
+
+def test_finishing_an_interrupted_removal_keeps_the_tenant_added_again_since(
+        deployment: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tenant list` says `kcm core tenant remove other --yes` finishes an interrupted
+    removal; run after the tenant was added again, it only finishes it: the new tenant and
+    service keys stay, and no second removal is announced."""
+    config = ("-c", str(deployment))
+
+    def interrupt(n: int) -> None:
+        if n == 1:
+            raise KeyboardInterrupt
+
+    watch_batches(monkeypatch, interrupt)
+    assert kcm(capsys, "core", "tenant", "remove", "other", "--yes", *config)[0] == 130
+    assert main(["core", "bootstrap", "other", "billing", *config]) == 0
+    capsys.readouterr()
+    assert "removal unfinished (kcm core tenant remove other --yes finishes it)" in kcm(
+        capsys, "core", "tenant", "list", *config)[1]
+
+    def keys_and_removals() -> tuple[list[tuple[str]], int]:
+        with closing(database(deployment)) as db:
+            return (db.execute("SELECT uid FROM managed_objects WHERE tenant = 'other' "
+                               "AND level IS NOT NULL ORDER BY level").fetchall(),
+                    db.execute("SELECT count(*) FROM outbox WHERE kind = 'tenant.removed'"
+                               ).fetchone()[0])
+
+    before = keys_and_removals()
+    assert len(before[0]) == 2
+    watch_batches(monkeypatch, lambda n: None)
+    assert kcm(capsys, "core", "tenant", "remove", "other", "--yes", *config)[0] == 0
+    assert keys_and_removals() == before
+    assert "removal unfinished" not in kcm(capsys, "core", "tenant", "list", *config)[1]

@@ -89,15 +89,17 @@ def prepare_pbkdf2(ctx: OperationContext, request: DeriveKeyRequest,
     when it reads the same base material, and computes nothing. Raises what the operation
     would refuse; stores nothing."""
     if request.derivation_method == DerivationMethod.PBKDF2:
-        _derivation(ctx, request, results.compute)
+        _derivation(ctx, request, results.compute, for_update=False)
 
 
-def _derivation(ctx: OperationContext, request: DeriveKeyRequest, compute_pbkdf2: Pbkdf2
+def _derivation(ctx: OperationContext, request: DeriveKeyRequest, compute_pbkdf2: Pbkdf2,
+                *, for_update: bool = True
                 ) -> tuple[int, list[Attribute], int, int | None, list[managed.StoredObject],
                            bytes]:
     """What ``request`` derives, from what, and as what: (object type, client attributes,
     length in bits, algorithm, base objects, the derived bytes), its PBKDF2 computed by
-    ``compute_pbkdf2``."""
+    ``compute_pbkdf2``. ``for_update`` False: the bases are read, not locked (a read-only
+    transaction's, which PostgreSQL refuses a lock in)."""
     object_type = int(request.object_type)
     if object_type not in _DERIVABLE:
         raise KmipError(ResultReason.INVALID_FIELD,
@@ -117,7 +119,7 @@ def _derivation(ctx: OperationContext, request: DeriveKeyRequest, compute_pbkdf2
     references = request.unique_identifiers or [None]
     uids = [ctx.id_placeholder.resolve(reference) for reference in references]
     _no_repeated_base(uids)
-    bases = [_derivation_base(ctx, uid) for uid in uids]
+    bases = [_derivation_base(ctx, uid, for_update) for uid in uids]
     key_material = clear_key_bytes(ctx, bases[0])
     parameters = request.derivation_parameters
     data = parameters.derivation_data
@@ -143,8 +145,9 @@ def _no_repeated_base(uids: list[str]) -> None:
         seen.add(uid)
 
 
-def _derivation_base(ctx: OperationContext, uid: str) -> managed.StoredObject:
-    obj = managed.load(ctx, uid)
+def _derivation_base(ctx: OperationContext, uid: str,
+                     for_update: bool = True) -> managed.StoredObject:
+    obj = managed.load(ctx, uid, for_update=for_update)
     if obj.object_type not in _DERIVABLE:
         raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
                         f"a {enum_label(ObjectType, obj.object_type)} cannot be a derivation "

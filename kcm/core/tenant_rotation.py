@@ -157,9 +157,12 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         ManagedObject.state.in_((STATE_DEACTIVATED, STATE_COMPROMISED)),
         ManagedObject.material.is_not(None)).order_by(ManagedObject.created_seq)).all()
     for old in retired:
+        # In the order of the index on (wrapped_by, tenant, uid) (migration 0005): a batch
+        # reads its own objects, neither all the L2 still wraps (to sort them) nor, as a walk
+        # in created_seq order would (PostgreSQL chose one), those earlier batches moved.
         rows = session.scalars(select(ManagedObject).where(
             ManagedObject.wrapped_by == old.uid, ManagedObject.tenant == old.tenant,
-            ManagedObject.material.is_not(None)).order_by(ManagedObject.created_seq)
+            ManagedObject.material.is_not(None)).order_by(ManagedObject.uid)
             .limit(batch + 1)).all()
         if not rows:
             continue

@@ -30,6 +30,7 @@ from sqlalchemy import (
     MetaData,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -46,6 +47,10 @@ LEVEL_TENANT_KEY = 2
 LEVEL_SERVICE_KEY = 3
 
 WRAPPED_BY_L1 = "L1"
+
+#: The predicate of the partial indexes of tenant and service keys (migration 0005): a
+#: query uses them when its conditions imply it (``level = ...``, ``level IN (...)``).
+HIERARCHY_KEYS = "level IS NOT NULL"
 
 # Named constraints make future migrations (and SQLite batch mode) deterministic.
 NAMING_CONVENTION = {
@@ -90,6 +95,21 @@ class ManagedObject(Base):
         # At most one row per (tenant, service, version); NULLs (ordinary objects) never clash.
         UniqueConstraint("tenant", "service", "key_version"),
         Index(None, "tenant", "level", "service"),
+        # The state sweeper's look-ups (migration 0005), each a range of what is due rather
+        # than a pass over every object. Partial, of the hierarchy keys alone (a few among
+        # the objects): by level and state (the current and retired tenant and service keys;
+        # with tenant and service, so that a request's look-up of its tenant's or service's
+        # keys is exact here too: SQLite, without statistics, prefers a partial index that
+        # matches as many columns), and by state and Activation or Deactivation Date (the
+        # keys whose dates passed). And what a tenant key wraps, in the order the re-wrap
+        # moves it (kcm.core.tenant_rotation).
+        Index(None, "level", "state", "tenant", "service", "key_version",
+              sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
+        Index(None, "state", "activation_date",
+              sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
+        Index(None, "state", "deactivation_date",
+              sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
+        Index(None, "wrapped_by", "tenant", "uid"),
     )
 
     uid: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -113,9 +133,10 @@ class ManagedObject(Base):
     protect_stop_date: Mapped[int | None] = mapped_column(BigInteger)
     material: Mapped[bytes | None] = mapped_column(LargeBinary)
     material_format: Mapped[int | None] = mapped_column(Integer)
-    #: The L2 (uid) or ``L1`` that wraps ``material``; indexed (migration 0003) for the
-    #: re-wrap after a tenant key rotation (:mod:`kcm.core.tenant_rotation`).
-    wrapped_by: Mapped[str | None] = mapped_column(Text, index=True)
+    #: The L2 (uid) or ``L1`` that wraps ``material``; indexed with ``tenant`` and ``uid``
+    #: (migration 0005; alone in 0003) for the re-wrap after a tenant key rotation
+    #: (:mod:`kcm.core.tenant_rotation`).
+    wrapped_by: Mapped[str | None] = mapped_column(Text)
     attributes: Mapped[bytes] = mapped_column(LargeBinary)
     revision: Mapped[int] = mapped_column(Integer)
     #: When a managed key rotates by itself (KMIP 2.1 Rotate Automatic and Rotate Interval,

@@ -1,0 +1,165 @@
+"""Migration 0005 (the state sweeper's indexes) on a database of 0004 with keys and objects
+in it, SQLite and PostgreSQL: the upgrade keeps every row and adds the indexes (the partial
+ones with their predicate), the sweep then works, and the downgrade gives 0004's indexes back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect, select, text
+
+from kcm.core.attribute_blob import decode_attributes, encode_attributes
+from kcm.core.hierarchy import provision_service, provision_tenant
+from kcm.core.keyring import Keyring
+from kcm.core.state_sweeper import sweep_due_states
+from kcm.core.store import repository
+from kcm.core.store.engine import Store, open_engine
+from kcm.core.store.migrate import alembic_config, current_revision, head_revision, upgrade
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, STATE_ACTIVE, ManagedObject
+from kcm.core.tenant_rotation import rotate_tenant_key
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import State
+from kcm.kmip.tags import Tag
+
+NEW = {"ix_managed_objects_level_state_tenant_service_key_version": [
+           "level", "state", "tenant", "service", "key_version"],
+       "ix_managed_objects_state_activation_date": ["state", "activation_date"],
+       "ix_managed_objects_state_deactivation_date": ["state", "deactivation_date"],
+       "ix_managed_objects_wrapped_by_tenant_uid": ["wrapped_by", "tenant", "uid"]}
+PARTIAL = ("ix_managed_objects_level_state_tenant_service_key_version",
+           "ix_managed_objects_state_activation_date",
+           "ix_managed_objects_state_deactivation_date")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """An empty database: a fresh SQLite file, or the PostgreSQL cluster with a wiped schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'kcm.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    engine = open_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    yield url
+
+
+def _indexes(url: str) -> dict[str, list[str]]:
+    engine = open_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {ix["name"]: ix["column_names"]
+                    for ix in inspect(connection).get_indexes("managed_objects")}
+    finally:
+        engine.dispose()
+
+
+def _definition(url: str, name: str) -> str:
+    engine = open_engine(url)
+    try:
+        with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                return connection.scalar(text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = :name"), {"name": name})
+            return connection.scalar(text(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"),
+                {"name": name})
+    finally:
+        engine.dispose()
+
+
+def _downgrade(url: str, revision: str) -> None:
+    engine = open_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+def _deactivate_an_l3(session, when: int) -> str:
+    row = session.scalars(select(ManagedObject).where(
+        ManagedObject.level == LEVEL_SERVICE_KEY).order_by(ManagedObject.uid)).first()
+    attributes = [a for a in decode_attributes(row.attributes) if a.tag != Tag.DEACTIVATION_DATE]
+    attributes.append(Attribute.of(Tag.DEACTIVATION_DATE, when))
+    repository.update_object(session, row, attributes=encode_attributes(attributes),
+                             deactivation_date=when)
+    return row.uid
+
+
+def _rows(store: Store) -> list[tuple]:
+    return store.run_sync(lambda s: [tuple(row) for row in s.execute(select(
+        ManagedObject.uid, ManagedObject.tenant, ManagedObject.level, ManagedObject.state,
+        ManagedObject.wrapped_by, ManagedObject.created_seq, ManagedObject.material,
+        ManagedObject.attributes, ManagedObject.revision).order_by(ManagedObject.uid))])
+
+
+def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepers_indexes(db_url: str) -> None:
+    upgrade(db_url, "0004")
+    assert "ix_managed_objects_wrapped_by" in _indexes(db_url)
+    store = Store(db_url)
+    keyring = Keyring(os.urandom(32))
+    store.audit_key = keyring.audit_key
+    now = int(time.time())
+    try:
+        def fill(session) -> None:
+            for tenant in ("demo", "other"):
+                provision_tenant(session, keyring, tenant, now=now - 100)
+                for service in ("app", "billing"):
+                    provision_service(session, keyring, tenant, service, now=now - 100)
+            for n in range(5):
+                repository.insert_object(
+                    session, uid=f"object-{n}", tenant="demo", object_type=2,
+                    state=STATE_ACTIVE, attributes=b"\x42", material=b"wrapped",
+                    material_format=1, wrapped_by="L1", initial_date=now - 100)
+            # A retired tenant key (its service keys still under it) and a service key due
+            # to be deactivated: what the sweeper's indexes serve.
+            rotate_tenant_key(session, keyring, "other", now=now - 50, by="test",
+                              reason="the test")
+
+        store.run_sync(fill)
+        due = store.run_sync(lambda s: _deactivate_an_l3(s, now - 1))
+        before = _rows(store)
+        assert len(before) == 2 + 4 + 5 + 1
+        store.stopService()
+
+        upgrade(db_url)
+        assert current_revision(db_url) == head_revision() == "0005"
+        indexes = _indexes(db_url)
+        assert "ix_managed_objects_wrapped_by" not in indexes
+        assert {name: indexes.get(name) for name in NEW} == NEW
+        for name in PARTIAL:
+            assert "WHERE" in _definition(db_url, name)
+            assert "level IS NOT NULL" in _definition(db_url, name)
+        assert "WHERE" not in _definition(db_url, "ix_managed_objects_wrapped_by_tenant_uid")
+
+        store = Store(db_url)
+        store.audit_key = keyring.audit_key
+        assert _rows(store) == before
+        assert store.run_sync(lambda s: sweep_due_states(s, now)) == [due]
+        moved = [row for row in _rows(store) if row[0] == due]
+        assert moved[0][3] == State.DEACTIVATED
+        after = _rows(store)
+        store.stopService()
+
+        _downgrade(db_url, "0004")
+        assert current_revision(db_url) == "0004"
+        indexes = _indexes(db_url)
+        assert indexes["ix_managed_objects_wrapped_by"] == ["wrapped_by"]
+        assert not set(NEW) & set(indexes)
+        store = Store(db_url)
+        assert _rows(store) == after
+        store.stopService()
+
+        upgrade(db_url)
+        assert current_revision(db_url) == "0005"
+        assert {name: _indexes(db_url).get(name) for name in NEW} == NEW
+    finally:
+        store.stopService()

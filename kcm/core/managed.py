@@ -414,9 +414,13 @@ def _columns(obj: StoredObject) -> dict[str, Any]:
 def rotate_due(obj: StoredObject) -> int | None:
     """When a managed key rotates by itself (KMIP 2.1 §4: Rotate Automatic true, a Rotate
     Interval, and it is still the latest of its line): its last rotation (Rotate Date; else
-    when it became active, or was made) plus the interval; None otherwise. Tenant and
-    service keys rotate by rotation policies instead (kcm.core.auto_rotation)."""
+    when it became active, or was made) plus the interval; None otherwise, and once it is
+    neither Pre-Active nor Active (revoked or destroyed: never rotated, so not kept due for
+    the sweeper to read again). Tenant and service keys rotate by rotation policies instead
+    (kcm.core.auto_rotation)."""
     if obj.row.level is not None or obj.value(Tag.ROTATE_AUTOMATIC) is not True:
+        return None
+    if obj.state not in (State.PRE_ACTIVE, State.ACTIVE):
         return None
     interval = obj.value(Tag.ROTATE_INTERVAL)
     if not interval or obj.value(Tag.ROTATE_LATEST) is False:

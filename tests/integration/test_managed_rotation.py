@@ -297,3 +297,15 @@ def test_a_sweep_shares_its_limit_among_the_tenants_with_keys_due(core: CoreHarn
     assert split(rotated(4)) == (2, 2)  # two each, in turn
     assert split(rotated(4)) == (3, 1)  # the other tenant's last; the rest to demo
     assert split(rotated(100)) == (7, 0)
+
+
+def test_a_revoked_key_is_no_longer_due(core: CoreHarness) -> None:
+    """A key revoked (or destroyed) is never rotated: it does not stay due, for every sweep
+    to read it again."""
+    from tests.integration.test_core_crypto import revoke
+
+    uid = register(core, attributes=[PAST, *automatic(3600)])
+    assert row(core, uid).rotate_due is not None
+    revoke(core, uid)
+    assert row(core, uid).rotate_due is None
+    assert sweep(core, int(time.time())) == []

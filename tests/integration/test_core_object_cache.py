@@ -303,18 +303,18 @@ def _stamp(core: CoreHarness, uid: str) -> tuple[int, int]:
 
 
 def test_the_cache_keeps_no_more_memory_than_its_bound(core: CoreHarness) -> None:
-    """Objects of 300 attributes each (a Create of 17 KB) take some 120 KB each once
+    """Objects of 200 attributes each (a Create of 13 KB) take some 80 KB each once
     decoded (a thousand, 400 KB): the cache keeps as many as its byte bound allows, and
     what it holds really takes no more than that bound."""
-    bound = 12 << 20  # about 75 of them; none over 192 KiB
+    bound = 8 << 20  # about 70 of them; none over 128 KiB
     core.store.objects = ObjectCache(10_000, max_bytes=bound)
     client = core.client()
     extra = [Attribute.vendor("x", f"a{i}", Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING,
-                                                 "v")) for i in range(300)]
+                                                 "v")) for i in range(200)]
     wire = request(item(Operation.CREATE, CreateRequest(
         object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256(extra))), version=(2, 1))
     uids = [ok(response(client.send(wire)).batch_items[0]).unique_identifier
-            for _ in range(100)]
+            for _ in range(80)]
     core.store.objects.clear()
     gc.collect()
     tracemalloc.start()
@@ -331,7 +331,7 @@ def test_the_cache_keeps_no_more_memory_than_its_bound(core: CoreHarness) -> Non
     cached = core.store.objects
     assert 0 < len(cached) < len(uids) and cached.bytes <= bound
     assert held <= bound, f"{held / 1e6:.1f} MB held for a bound of {bound / 1e6:.1f} MB"
-    small = ObjectCache(10_000, max_bytes=8 << 20)  # none over 128 KiB
+    small = ObjectCache(10_000, max_bytes=2 << 20)  # none over 32 KiB
     small.put("demo", uids[0], (1, 1), core.store.objects._entries[
         next(iter(core.store.objects._entries))].columns)
     assert len(small) == 0 and small.bytes == 0

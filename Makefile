@@ -24,7 +24,7 @@ $(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml kcm/kernel/_plain_scan
 ## Two pytest workers run everything but the tests that assert latencies or timings
 ## (marked serial), which then run alone on a quiet machine.
 test: $(STAMP)
-	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -n 2 -m "not serial"
+	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -n 2 --dist worksteal -m "not serial"
 	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -m serial
 	$(BIN)/ruff check .
 

@@ -157,13 +157,13 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         ManagedObject.state.in_((STATE_DEACTIVATED, STATE_COMPROMISED)),
         ManagedObject.material.is_not(None)).order_by(ManagedObject.created_seq)).all()
     for old in retired:
-        # In the order of the index on (wrapped_by, tenant, uid) (migration 0005): a batch
-        # reads its own objects, neither all the L2 still wraps (to sort them) nor, as a walk
-        # in created_seq order would (PostgreSQL chose one), those earlier batches moved.
+        # In no order but the index's on wrapped_by: a batch reads its own objects, neither
+        # all the L2 still wraps (to sort them) nor, as a walk in created_seq order would
+        # (PostgreSQL chose one), those earlier batches moved; each batch moves its objects
+        # out of the range, so the next reads the rest.
         rows = session.scalars(select(ManagedObject).where(
             ManagedObject.wrapped_by == old.uid, ManagedObject.tenant == old.tenant,
-            ManagedObject.material.is_not(None)).order_by(ManagedObject.uid)
-            .limit(batch + 1)).all()
+            ManagedObject.material.is_not(None)).limit(batch + 1)).all()
         if not rows:
             continue
         current = repository.find_l2(session, old.tenant, active_only=True)

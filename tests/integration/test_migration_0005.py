@@ -29,8 +29,7 @@ from kcm.kmip.tags import Tag
 NEW = {"ix_managed_objects_level_state_tenant_service_key_version": [
            "level", "state", "tenant", "service", "key_version"],
        "ix_managed_objects_state_activation_date": ["state", "activation_date"],
-       "ix_managed_objects_state_deactivation_date": ["state", "deactivation_date"],
-       "ix_managed_objects_wrapped_by_tenant_uid": ["wrapped_by", "tenant", "uid"]}
+       "ix_managed_objects_state_deactivation_date": ["state", "deactivation_date"]}
 PARTIAL = ("ix_managed_objects_level_state_tenant_service_key_version",
            "ix_managed_objects_state_activation_date",
            "ix_managed_objects_state_deactivation_date")
@@ -133,12 +132,11 @@ def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepers_indexes(db_url: str) 
         upgrade(db_url)
         assert current_revision(db_url) == head_revision() == "0005"
         indexes = _indexes(db_url)
-        assert "ix_managed_objects_wrapped_by" not in indexes
+        assert indexes["ix_managed_objects_wrapped_by"] == ["wrapped_by"]
         assert {name: indexes.get(name) for name in NEW} == NEW
         for name in PARTIAL:
             assert "WHERE" in _definition(db_url, name)
             assert "level IS NOT NULL" in _definition(db_url, name)
-        assert "WHERE" not in _definition(db_url, "ix_managed_objects_wrapped_by_tenant_uid")
 
         store = Store(db_url)
         store.audit_key = keyring.audit_key

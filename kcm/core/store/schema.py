@@ -109,7 +109,6 @@ class ManagedObject(Base):
               sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
         Index(None, "state", "deactivation_date",
               sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
-        Index(None, "wrapped_by", "tenant", "uid"),
     )
 
     uid: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -136,7 +135,7 @@ class ManagedObject(Base):
     #: The L2 (uid) or ``L1`` that wraps ``material``; indexed with ``tenant`` and ``uid``
     #: (migration 0005; alone in 0003) for the re-wrap after a tenant key rotation
     #: (:mod:`kcm.core.tenant_rotation`).
-    wrapped_by: Mapped[str | None] = mapped_column(Text)
+    wrapped_by: Mapped[str | None] = mapped_column(Text, index=True)
     attributes: Mapped[bytes] = mapped_column(LargeBinary)
     revision: Mapped[int] = mapped_column(Integer)
     #: When a managed key rotates by itself (KMIP 2.1 Rotate Automatic and Rotate Interval,

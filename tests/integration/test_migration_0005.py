@@ -5,6 +5,7 @@ ones with their predicate), the sweep then works, and the downgrade gives 0004's
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -25,11 +26,13 @@ from kcm.core.tenant_rotation import rotate_tenant_key
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import State
 from kcm.kmip.tags import Tag
+from kcm.testing.postgres import fresh_database
 
 NEW = {"ix_managed_objects_level_state_tenant_service_key_version": [
            "level", "state", "tenant", "service", "key_version"],
        "ix_managed_objects_state_activation_date": ["state", "activation_date"],
        "ix_managed_objects_state_deactivation_date": ["state", "deactivation_date"]}
+_databases = itertools.count()
 PARTIAL = ("ix_managed_objects_level_state_tenant_service_key_version",
            "ix_managed_objects_state_activation_date",
            "ix_managed_objects_state_deactivation_date")
@@ -37,17 +40,13 @@ PARTIAL = ("ix_managed_objects_level_state_tenant_service_key_version",
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """An empty database: a fresh SQLite file, or the PostgreSQL cluster with a wiped schema."""
+    """An empty database: a fresh SQLite file, or a fresh database of the suite's cluster
+    (not the cluster's own, which tests/integration/test_store.py wipes meanwhile)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'kcm.db'}"
         return
-    url = request.getfixturevalue("postgres_url")
-    engine = open_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    yield url
+    yield fresh_database(request.getfixturevalue("postgres_url"),
+                         f"kcm_migration_0005_{os.getpid()}_{next(_databases)}")
 
 
 def _indexes(url: str) -> dict[str, list[str]]:

@@ -4,17 +4,20 @@ most a batch a sweep, never the newest, and no sequence number is used twice aft
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
 
 from kcm.core.keys import derive_audit_key
 from kcm.core.outbox_retention import OutboxPruned, prune_outbox
 from kcm.core.store import repository as repo
-from kcm.core.store.engine import Store, open_engine
+from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
+from kcm.testing.postgres import fresh_database
 
+_databases = itertools.count()
 T0 = 1_800_000_000.0
 DAY = 86_400.0
 
@@ -25,12 +28,10 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ksi.db'}"
     else:
-        url = request.getfixturevalue("postgres_url")
-        engine = open_engine(url)
-        with engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
+        # A database of its own (the cluster's own is wiped by tests/integration/test_store.py
+        # whenever it runs, perhaps meanwhile in another worker).
+        url = fresh_database(request.getfixturevalue("postgres_url"),
+                             f"kcm_outbox_{os.getpid()}_{next(_databases)}")
     upgrade(url)
     ksi = Store(url, threads=2)
     ksi.audit_key = derive_audit_key(bytes(32))

@@ -19,24 +19,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import event, select
+from sqlalchemy import event
 
 from kcm.core import tap
-from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.auto_rotation import rotate_due
 from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.outbox_retention import prune_outbox
 from kcm.core.rotation_policy import PolicySettings, set_policy
 from kcm.core.state_sweeper import sweep_due_states
 from kcm.core.store import repository
-from kcm.core.store.schema import LEVEL_SERVICE_KEY, ManagedObject
 from kcm.core.stream_parts import purge_spent
 from kcm.core.sweep_steps import run_steps
 from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_key, rotate_tenant_keys_due
-from kcm.kmip.attributes import Attribute
-from kcm.kmip.tags import Tag
 from tests.core_support import CoreHarness
 from tests.integration.test_core_objects import register
+from tests.integration.test_state_sweeper import _schedule_deactivation
 
 #: Tables that grow with use, not with the number of tenants and services.
 GROWING = ("managed_objects", "object_names", "object_groups", "l4_tombstones", "audit_log",
@@ -96,20 +93,6 @@ def _scans(plan: list[str]) -> list[str]:
             if (match := re.match(r"SCAN (\w+)", line.strip())) and match.group(1) in GROWING]
 
 
-def _deactivate_an_l3(core: CoreHarness, when: int) -> str:
-    def schedule(session) -> str:
-        row = session.scalars(select(ManagedObject).where(
-            ManagedObject.level == LEVEL_SERVICE_KEY).order_by(ManagedObject.uid)).first()
-        attributes = [a for a in decode_attributes(row.attributes)
-                      if a.tag != Tag.DEACTIVATION_DATE]
-        attributes.append(Attribute.of(Tag.DEACTIVATION_DATE, when))
-        repository.update_object(session, row, attributes=encode_attributes(attributes),
-                                 deactivation_date=when)
-        return row.uid
-
-    return core.store.run_sync(schedule)
-
-
 def test_no_statement_of_a_sweep_reads_a_growing_table_whole(core: CoreHarness) -> None:
     now = int(time.time())
     for _ in range(3):
@@ -122,7 +105,7 @@ def test_no_statement_of_a_sweep_reads_a_growing_table_whole(core: CoreHarness) 
     # service keys still under it) and a service key whose Deactivation Date passed.
     core.store.run_sync(lambda s: rotate_tenant_key(s, core.keyring, "demo", now=now - 60,
                                                     by="test", reason="the test"))
-    moved_by_date = _deactivate_an_l3(core, now - 1)
+    moved_by_date = _schedule_deactivation(core, now - 1)
     steps = _steps(core)
 
     def sweep(session):

@@ -33,6 +33,13 @@ shutdown, producers, the factory's bookkeeping) and changes two things:
   repeat the call and answer it exactly as before: the direct calls only take the path
   where nothing goes wrong.
 
+:class:`EagerTLSClientEndpoint` may also wait for the handshake (``handshake_timeout``): its
+connection is then made only once the TLS handshake has completed, and fails when the
+handshake fails, the peer closes first, or the time is up (a server that accepts TCP but
+does not answer, stopped or overloaded, or a port that is not TLS). A client choosing among
+several servers needs that to move on; by default it fires at TCP connect, as
+``wrapClientTLS`` does.
+
 The eager send needs a TCP transport of Twisted's (``twisted.internet.tcp.Connection``:
 ``writeSomeData`` and its write buffer); over anything else (``StringTransport``, ``iosim``)
 the records are simply written to the transport.
@@ -45,11 +52,13 @@ import socket
 from typing import Any
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IProtocol,
     IProtocolFactory,
+    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.protocols.policies import ProtocolWrapper
@@ -155,6 +164,8 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
     _ssl: Any = None
     #: ``_ssl`` and the two BIOs as :mod:`kcm._tls_calls` takes them (0: the cffi calls).
     _c_ssl = _c_into = _c_out = 0
+    #: Who waits for the handshake (:meth:`when_handshake_done`); None: nobody.
+    _handshake_waiters: list[Deferred[None]] | None = None
 
     def makeConnection(self, transport: Any) -> None:
         self._eager = _can_send_eagerly(transport)
@@ -171,9 +182,42 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
                     self._c_ssl, self._c_into, self._c_out = (
                         _address(self._ssl), _address(self._into_bio), _address(self._out_bio))
 
+    def when_handshake_done(self) -> Deferred[None]:
+        """A Deferred that fires once the TLS handshake has completed, and fails with
+        :class:`HandshakeFailed` if the connection ends before; cancelling it aborts the
+        connection."""
+        if self._handshakeDone:
+            return succeed(None)
+        if self._lostTLSConnection or not self.connected:
+            return fail(HandshakeFailed("TLS handshake failed: the connection closed"))
+        waiter: Deferred[None] = Deferred(lambda _: self.abortConnection())
+        if self._handshake_waiters is None:
+            self._handshake_waiters = []
+        self._handshake_waiters.append(waiter)
+        return waiter
+
+    def _checkHandshakeStatus(self) -> None:
+        super()._checkHandshakeStatus()
+        if self._handshakeDone and self._handshake_waiters:
+            waiters, self._handshake_waiters = self._handshake_waiters, None
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.callback(None)
+
+    def _handshake_failed(self, reason: Any) -> None:
+        waiters, self._handshake_waiters = self._handshake_waiters, None
+        why = "the connection closed"
+        if isinstance(reason, Failure) and not reason.check(ConnectionClosed):
+            why = reason.getErrorMessage()  # (the TLS alert or the verification error)
+        for waiter in waiters or ():
+            if not waiter.called:
+                waiter.errback(HandshakeFailed(f"TLS handshake failed: {why}"))
+
     def connectionLost(self, reason: Any) -> None:
         self._into_bio = self._out_bio = self._ssl = None  # the Connection goes: the stock loops
         self._c_ssl = self._c_into = self._c_out = 0
+        if self._handshake_waiters:
+            self._handshake_failed(self._reason or reason)
         super().connectionLost(reason)
         transport = self.transport
         if self._eager and not transport.connected:
@@ -422,6 +466,10 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         transport.write(records)
 
 
+class HandshakeFailed(ConnectionError):
+    """The TLS handshake did not complete: the connection failed or closed first."""
+
+
 class EagerTLSFactory(TLSMemoryBIOFactory):
     """``TLSMemoryBIOFactory`` whose connections are :class:`EagerTLSProtocol`."""
 
@@ -431,13 +479,46 @@ class EagerTLSFactory(TLSMemoryBIOFactory):
 @implementer(IStreamClientEndpoint)
 class EagerTLSClientEndpoint:
     """TLS (:class:`EagerTLSProtocol`) over the connections of another client endpoint; like
-    ``twisted.internet.endpoints.wrapClientTLS``."""
+    ``twisted.internet.endpoints.wrapClientTLS``.
+
+    With ``handshake_timeout`` (seconds on ``clock``), :meth:`connect` fires only once the
+    handshake has completed, and fails with :class:`HandshakeFailed` when it fails or does
+    not complete in time (the connection is aborted then)."""
 
     def __init__(self, options: IOpenSSLClientConnectionCreator,
-                 inner: IStreamClientEndpoint) -> None:
+                 inner: IStreamClientEndpoint, *, handshake_timeout: float | None = None,
+                 clock: IReactorTime | None = None) -> None:
+        if handshake_timeout is not None and clock is None:
+            raise ValueError("a handshake timeout needs a clock")
         self._options = options
         self._inner = inner
+        self._handshake_timeout = handshake_timeout
+        self._clock = clock
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         connecting = self._inner.connect(EagerTLSFactory(self._options, True, protocolFactory))
+        if self._handshake_timeout is not None:
+            connecting.addCallback(self._handshake_in_time)
         return connecting.addCallback(lambda tls: tls.wrappedProtocol)
+
+    def _handshake_in_time(self, tls: EagerTLSProtocol) -> Deferred[EagerTLSProtocol]:
+        """``tls`` once its handshake is done; aborted when that takes too long."""
+        timeout = self._handshake_timeout
+        assert self._clock is not None and timeout is not None
+        done = tls.when_handshake_done()
+        timed_out: list[bool] = []
+
+        def give_up() -> None:
+            timed_out.append(True)
+            done.cancel()
+
+        timer = self._clock.callLater(timeout, give_up)
+
+        def settled(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if timed_out and isinstance(result, Failure) and result.check(CancelledError):
+                return Failure(HandshakeFailed(f"no TLS handshake within {timeout:g} s"))
+            return result
+
+        return done.addBoth(settled).addCallback(lambda _: tls)

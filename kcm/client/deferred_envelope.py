@@ -23,8 +23,14 @@ from twisted.python.failure import Failure
 
 from kcm.client.data_key_cache import DEFAULT_LIMITS, CacheLimits, DataKey, DataKeyCache
 from kcm.client.envelope import ALGORITHM_AES_256_GCM, NONCE_SIZE, header_prefix
-from kcm.client.errors import DataKeyRefused, KmipOperationFailed
-from kcm.client.sealer import material_of, open_record, record_header, seal_record
+from kcm.client.errors import DataKeyRefused, EnvelopeError, KmipOperationFailed
+from kcm.client.sealer import (
+    data_key_token,
+    material_of,
+    open_record,
+    record_header,
+    seal_record,
+)
 
 __all__ = ["DeferredEnvelope"]
 
@@ -78,6 +84,10 @@ class DeferredEnvelope:
         return succeed(key) if key is not None else self._fetch(token)
 
     def _fetch(self, token: str) -> Deferred[DataKey]:
+        try:
+            data_key_token(token)  # before any Get: only an L4 proves who sealed
+        except EnvelopeError:
+            return _failed(Failure())
         waiter: Deferred[DataKey] = Deferred()
         waiting = self._fetching.get(token)
         if waiting is not None:

@@ -31,8 +31,9 @@ class KmipOperationFailed(Exception):
 
 
 class EnvelopeError(Exception):
-    """An envelope blob cannot be opened: malformed, of an unknown version or algorithm, or
-    not authentic (tampered header, body, token or associated data, or the wrong key)."""
+    """An envelope blob cannot be opened: malformed, of an unknown version or algorithm,
+    naming a key that is not an L4 data key, or not authentic (tampered header, body, token
+    or associated data, or the wrong key)."""
 
 
 class DataKeyRefused(EnvelopeError):

@@ -2,16 +2,22 @@
 mutual-TLS connections over a list of endpoints with failover.
 
 Every method of :class:`~kcm.client.operations.Operations` returns a Deferred. A request goes
-to the open connection with the fewest outstanding requests; a new connection is opened
-(up to ``size``) only when every open one has work outstanding, so a quiet client holds one
-connection and a busy one spreads over ``size``. Connections are opened to the preferred
-endpoint (the first of the list, or the last that worked); when it refuses, the next one in
-order is tried, wrapping around once, and the one that accepts becomes the preferred one.
+to the open connection to the preferred endpoint with the fewest outstanding requests; a new
+connection is opened (up to ``size``) only when every such one has work outstanding, so a
+quiet client holds one connection and a busy one spreads over ``size``. Connections are
+opened to the preferred endpoint (the first of the list, or the last that worked); when it
+refuses, the next one in order is tried, wrapping around once, and the one that accepts
+becomes the preferred one. Over TLS (:meth:`KmipClient.tls`) an endpoint has accepted only
+once the TLS handshake has completed, within ``connect_timeout``: a server that takes TCP
+connections but does not answer (stopped, hung) or fails the handshake is a refusal.
 
-A request that fails because its connection broke (:class:`KmipClientError`) is sent once
-more, on a fresh connection, when its operation is idempotent (reads, Encrypt, Decrypt,
-Query…; :data:`IDEMPOTENT`); others fail to the caller, who knows whether to retry. The
-reactor is passed in; nothing happens at construction.
+A connection that fails a request without answering it (it broke, or the answer did not come
+within ``timeout``) gives up its endpoint: the next one in the list becomes the preferred
+one, and the connections still open to the old one take no new requests and are closed once
+idle. The request is then sent once more, on a connection to the new preferred endpoint,
+when its operation is idempotent (reads, Encrypt, Decrypt, Query…; :data:`IDEMPOTENT`);
+others fail to the caller, who knows whether to retry. The reactor is passed in; nothing
+happens at construction.
 """
 
 from __future__ import annotations
@@ -34,13 +40,22 @@ from kcm.kmip.messages import RequestBatchItem, ResponseMessage
 
 __all__ = ["IDEMPOTENT", "KmipClient", "tls_endpoint_factory"]
 
+#: Seconds a connection (TCP, then the TLS handshake) may take, unless ``timeout`` is less.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
 def tls_endpoint_factory(reactor: Any, tls: TlsFiles, endpoints: Sequence[Endpoint], *,
-                         connect_timeout: float = 10.0
+                         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
                          ) -> Callable[[Endpoint], IStreamClientEndpoint]:
     """Mutual-TLS client endpoints (TLS 1.2+, the server's certificate verified against
-    ``tls.ca`` and its name against the endpoint's host) for ``endpoints``. Reads the files
-    now: a wrong file fails here (:class:`KmipClientError`), not at the first request."""
-    from kcm.tls import client_tls_options, tls_client_endpoint
+    ``tls.ca`` and its name against the endpoint's host) for ``endpoints``, each connected
+    once its TLS handshake is done, the TCP connection and the handshake each within
+    ``connect_timeout``. Reads the files now: a wrong file fails here
+    (:class:`KmipClientError`), not at the first request."""
+    from twisted.internet.endpoints import clientFromString
+
+    from kcm.eager_tls import EagerTLSClientEndpoint
+    from kcm.tls import client_tls_options
 
     try:
         options = {e.host: client_tls_options(tls.cert, tls.key, tls.ca, e.host)
@@ -50,9 +65,9 @@ def tls_endpoint_factory(reactor: Any, tls: TlsFiles, endpoints: Sequence[Endpoi
 
     def endpoint_for(endpoint: Endpoint) -> IStreamClientEndpoint:
         host = endpoint.host.replace(":", "\\:")
-        return tls_client_endpoint(
-            reactor, f"tcp:{host}:{endpoint.port}:timeout={connect_timeout:g}",
-            options[endpoint.host])
+        tcp = clientFromString(reactor, f"tcp:{host}:{endpoint.port}:timeout={connect_timeout:g}")
+        return EagerTLSClientEndpoint(options[endpoint.host], tcp,
+                                      handshake_timeout=connect_timeout, clock=reactor)
 
     return endpoint_for
 
@@ -84,17 +99,25 @@ class KmipClient(Operations):
         self._connect_to = connect_to
         self._preferred = 0
         self._connections: list[KmipClientProtocol] = []
+        #: The index in ``endpoints`` of each connection's endpoint.
+        self._endpoint_of: dict[KmipClientProtocol, int] = {}
         self._opening = False
         self._waiters: list[Deferred[KmipClientProtocol]] = []
         self._closed = False
 
     @classmethod
     def tls(cls, reactor: Any, endpoints: Sequence[Endpoint | str], *, cert: str, key: str,
-            ca: str, **options: Any) -> KmipClient:
-        """A client over mutual TLS with the client's ``cert`` and ``key`` and the ``ca``."""
+            ca: str, connect_timeout: float | None = None, **options: Any) -> KmipClient:
+        """A client over mutual TLS with the client's ``cert`` and ``key`` and the ``ca``;
+        each connection (TCP, then the TLS handshake) within ``connect_timeout`` (default:
+        10 s, or ``timeout`` if less)."""
         parsed = [parse_endpoint(e) for e in endpoints]
-        return cls(reactor, parsed, tls_endpoint_factory(reactor, TlsFiles(cert, key, ca),
-                                                         parsed), **options)
+        if connect_timeout is None:
+            timeout = options.get("timeout", DEFAULT_TIMEOUT)
+            connect_timeout = min(DEFAULT_CONNECT_TIMEOUT, timeout or DEFAULT_CONNECT_TIMEOUT)
+        return cls(reactor, parsed, tls_endpoint_factory(reactor, TlsFiles(cert, key, ca), parsed,
+                                                         connect_timeout=connect_timeout),
+                   **options)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -111,10 +134,25 @@ class KmipClient(Operations):
     def send(self, items: Sequence[RequestBatchItem]) -> Deferred[ResponseMessage]:
         """Send one request message of ``items`` (a batch); its whole response."""
         if self._closed:
-            return _fail(KmipClientError("the client is closed"))
+            return _fail(KmipClientError(_CLOSED))
         d = self._connection()
-        d.addCallback(lambda connection: connection.send(self.version, items))
+        d.addCallback(self._send_on, items)
         return d
+
+    def _send_on(self, connection: KmipClientProtocol, items: Sequence[RequestBatchItem]
+                 ) -> Deferred[ResponseMessage]:
+        d = connection.send(self.version, items)
+        d.addErrback(self._unanswered, connection)
+        return d
+
+    def _unanswered(self, failure: Failure, connection: KmipClientProtocol) -> Failure:
+        """A request its connection failed without an answer (it broke or timed out): that
+        connection's endpoint gives way to the next (once, however many requests it
+        fails), before the caller's retry asks for a connection."""
+        index = self._endpoint_of.get(connection)
+        if (failure.check(KmipClientError) and not self._closed and index == self._preferred):
+            self._preferred = (index + 1) % len(self.endpoints)
+        return failure
 
     def call(self, operation: Operation, payload: Any) -> Deferred[Any]:
         """Send ``operation`` with ``payload``; a Deferred firing with the response payload of
@@ -142,10 +180,11 @@ class KmipClient(Operations):
     # Connections ------------------------------------------------------------------------
 
     def _connection(self) -> Deferred[KmipClientProtocol]:
-        self._connections = [c for c in self._connections if c.usable]
-        if self._connections:
-            best = min(self._connections, key=lambda c: c.outstanding)
-            if best.outstanding == 0 or len(self._connections) >= self.size or self._opening:
+        self._forget_unusable()
+        here = [c for c in self._connections if self._endpoint_of[c] == self._preferred]
+        if here:
+            best = min(here, key=lambda c: c.outstanding)
+            if best.outstanding == 0 or len(here) >= self.size or self._opening:
                 return succeed(best)
         waiter: Deferred[KmipClientProtocol] = Deferred()
         self._waiters.append(waiter)
@@ -153,6 +192,21 @@ class KmipClient(Operations):
             self._opening = True
             self._open(0, []).addBoth(self._opened)
         return waiter
+
+    def _forget_unusable(self) -> None:
+        """Drop the connections that closed, and close those to an endpoint given up once
+        they are idle (their outstanding requests still get answers): at once, since that
+        endpoint may no longer answer a TLS close."""
+        kept = []
+        for connection in self._connections:
+            if connection.usable and self._endpoint_of[connection] != self._preferred \
+                    and connection.outstanding == 0:
+                connection.abort()
+            if connection.usable:
+                kept.append(connection)
+            else:
+                del self._endpoint_of[connection]
+        self._connections = kept
 
     def _opened(self, result: Any) -> None:
         self._opening = False
@@ -170,12 +224,17 @@ class KmipClient(Operations):
             self.reactor, max_in_flight=self.max_in_flight, timeout=self.timeout))
         d = self._connect_to(endpoint).connect(factory)
 
-        def connected(connection: KmipClientProtocol) -> KmipClientProtocol:
+        def connected(connection: KmipClientProtocol) -> Any:
+            if self._closed:  # close() came while this connection was being made
+                return _closed_once_lost(connection)
             self._preferred = index
             self._connections.append(connection)
+            self._endpoint_of[connection] = index
             return connection
 
         def refused(failure: Failure) -> Any:
+            if self._closed:
+                raise KmipClientError(_CLOSED)
             errors.append(f"{endpoint}: {failure.getErrorMessage()}")
             if step + 1 < len(self.endpoints):
                 return self._open(step + 1, errors)
@@ -190,7 +249,24 @@ class KmipClient(Operations):
         for connection in self._connections:
             connection.close()
         self._connections = []
+        self._endpoint_of.clear()
+        if self._opening:  # the connection being made is closed when it is made
+            settled: Deferred[KmipClientProtocol] = Deferred()
+            self._waiters.append(settled)
+            closing.append(settled)
         return DeferredList(closing, consumeErrors=True)
+
+
+_CLOSED = "the client is closed"
+
+
+def _closed_once_lost(connection: KmipClientProtocol) -> Deferred[Any]:
+    """Close ``connection``, made after the client was closed; fails with
+    :class:`KmipClientError` once it is gone."""
+    gone: Deferred[Any] = Deferred()
+    connection.lost.addBoth(lambda _: gone.errback(KmipClientError(_CLOSED)))
+    connection.close()
+    return gone
 
 
 def _one_result(response: ResponseMessage, operation: Operation) -> Any:

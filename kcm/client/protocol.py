@@ -177,6 +177,11 @@ class KmipClientProtocol(Protocol):
         """Close the connection; unanswered requests fail."""
         self._close("the client closed the connection")
 
+    def abort(self) -> None:
+        """Close the connection at once, without waiting for the server's TLS close (one
+        that no longer answers would keep the socket open); unanswered requests fail."""
+        self._close("the client closed the connection", abort=True)
+
     def _close(self, why: str, *, abort: bool = False) -> None:
         """Fail what is unanswered and close; ``abort``: at once, without waiting for the
         server's TLS close (a server that does not answer would keep the socket open)."""

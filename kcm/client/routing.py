@@ -2,11 +2,14 @@
 endpoint the configuration names, so an application keeps working on L4 keys while the core
 is away.
 
-:func:`is_l4_request` is the client's one decision, the same one kcm-gateway's classifier
-makes (docs/architecture.md, "Classifier"): the Create of an L4 (the ``x-kcm-level`` = L4
-attribute, :func:`~kcm.client.operations.l4_marker`), and Get, Encrypt or Decrypt of an
-``l4.`` token. Revoke and Destroy of an L4 are control operations: they go to the control
-endpoint (the gateway would forward them to the core anyway).
+:func:`is_l4_request` is the client's one decision, the rule kcm-gateway's classifier
+applies to a request of one item (docs/architecture.md, "Classifier"; both ask
+:mod:`kcm.l4`): a Create that :func:`kcm.l4.marking.is_l4_create` marks as an L4 (the
+``x-kcm-level`` = L4 attribute, :func:`~kcm.client.operations.l4_marker`, or a Parent Link
+to an ``l3-`` service key), a Get, Encrypt or Decrypt of an ``l4.`` token, and an Encrypt or
+Decrypt with an ``l3-`` service key (a DEK wrapped at the gateway). Revoke and Destroy of an
+L4 are control operations: they go to the control endpoint (the gateway would forward them
+to the core anyway).
 
 :class:`SplitHorizon` wraps two clients of the same kind — two blocking
 :class:`~kcm.client.session.Session` objects, or two Twisted
@@ -22,28 +25,26 @@ from collections.abc import Callable
 from typing import Any
 
 from kcm.client.operations import Operations
-from kcm.kmip.attributes import VENDOR_TAG
 from kcm.kmip.enums import Operation
-from kcm.l4.identifiers import is_l4
+from kcm.l4.identifiers import is_l3, is_l4
+from kcm.l4.marking import is_l4_create
 
-__all__ = ["L4_OPERATIONS", "SplitHorizon", "is_l4_request"]
+__all__ = ["L3_OPERATIONS", "L4_OPERATIONS", "SplitHorizon", "is_l4_request"]
 
 #: Operations the gateway answers itself for an ``l4.`` token.
 L4_OPERATIONS = frozenset({Operation.GET, Operation.ENCRYPT, Operation.DECRYPT})
-
-
-def _is_l4_marker(attribute: Any) -> bool:
-    if attribute.tag != VENDOR_TAG or attribute.value is None:
-        return False
-    name = (attribute.name or "").lower()
-    return name in ("x-kcm-level", "kcm-level") and str(attribute.value.value).upper() == "L4"
+#: Operations the gateway answers itself for an ``l3-`` service key (from its L3 cache).
+L3_OPERATIONS = frozenset({Operation.ENCRYPT, Operation.DECRYPT})
 
 
 def is_l4_request(operation: Operation | int, payload: Any) -> bool:
-    """Whether the gateway answers ``operation`` with ``payload`` itself (an L4 operation)."""
+    """Whether the gateway answers ``operation`` with ``payload`` itself: an L4 Create, or
+    a use of an L4 token or of a service key the gateway holds."""
     if operation == Operation.CREATE:
-        return any(_is_l4_marker(a) for a in getattr(payload, "attributes", None) or ())
-    return operation in L4_OPERATIONS and is_l4(getattr(payload, "unique_identifier", None))
+        return is_l4_create(getattr(payload, "attributes", None))
+    uid = getattr(payload, "unique_identifier", None)
+    return ((operation in L4_OPERATIONS and is_l4(uid))
+            or (operation in L3_OPERATIONS and is_l3(uid)))
 
 
 class SplitHorizon(Operations):

@@ -40,8 +40,23 @@ from kcm.client.envelope import (
     parse_header,
 )
 from kcm.client.errors import DataKeyRefused, EnvelopeError, KmipOperationFailed
+from kcm.l4.identifiers import is_l4
 
-__all__ = ["Envelope", "material_of", "open_record", "record_header", "seal_record"]
+__all__ = ["Envelope", "data_key_token", "material_of", "open_record", "record_header",
+           "seal_record"]
+
+
+def data_key_token(token: str) -> str:
+    """``token`` if it names an L4 data key (``l4.``); :class:`EnvelopeError` otherwise.
+
+    Only an L4 proves who sealed a record: the gateway gives an L4's key to its own
+    service alone. Any other object the caller may Get (a tenant-wide managed key, say) may
+    be readable by other services too, and a record under it could be forged by them; so a
+    blob naming one is refused before anything is asked of the server."""
+    if not is_l4(token):
+        short = token if len(token) <= 40 else token[:37] + "..."
+        raise EnvelopeError(f"the envelope names {ascii(short)}, which is not an L4 data key")
+    return token
 
 
 def seal_record(key: DataKey, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
@@ -127,7 +142,8 @@ class Envelope:
         return self._fetch(self.client.create_l4(), algorithm)
 
     def _fetch(self, token: str, algorithm: int) -> DataKey:
-        """Get ``token``'s material at the gateway and cache it."""
+        """Get ``token``'s material at the gateway and cache it (an L4's only)."""
+        data_key_token(token)
         self.stats["get"] += 1
         try:
             answer = self.client.get(token)

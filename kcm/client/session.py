@@ -7,13 +7,19 @@ raises: :class:`KmipOperationFailed` for a failed batch item (Result Reason and 
 :class:`KmipClientError` for the connection.
 
 Why a socket and not the Twisted client in a thread: a blocking caller waits for each answer
-anyway, so pipelining buys it nothing, and a plain socket needs no reactor thread, works
-after ``fork`` and in any program, including one that runs its own reactor elsewhere. A
-script that wants many requests in flight uses the Twisted client (:mod:`kcm.client.pool`).
+anyway, so pipelining buys it nothing, and a plain socket needs no reactor thread and works
+in any program, including one that runs its own reactor elsewhere. A script that wants many
+requests in flight uses the Twisted client (:mod:`kcm.client.pool`).
+
+A session may be used on both sides of ``os.fork``: the connection is the process's that
+opened it, and a child that uses the session opens one of its own
+(:class:`kcm.conformance.client.KmipClient`); the child's lock is its own too, in case a
+thread of the parent held the parent's at the fork.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -49,6 +55,7 @@ class Session(Operations):
         self.transport = transport
         self.version = version
         self._lock = threading.Lock()  # one request at a time on the connection
+        self._lock_pid = os.getpid()
 
     @classmethod
     def connect(cls, host: str | Sequence[Endpoint | str], port: int | None = None, *,
@@ -74,12 +81,20 @@ class Session(Operations):
         """Send ``operation`` with ``payload``; the response payload of a successful answer."""
         wire = encode_items(self.version, [RequestBatchItem(operation=operation,
                                                             request_payload=payload)])
-        with self._lock:
+        with self._lock_of_this_process():
             response = parse_response(self._send(wire, operation))
         if len(response.batch_items) != 1:
             raise KmipClientError(f"the server answered {len(response.batch_items)} batch items "
                                   "to a request of one")
         return result_of(operation, response.batch_items[0])
+
+    def _lock_of_this_process(self) -> threading.Lock:
+        """The lock, a new one in a child process (the parent's may have been held by a
+        thread the fork did not copy)."""
+        if self._lock_pid != os.getpid():
+            self._lock = threading.Lock()
+            self._lock_pid = os.getpid()
+        return self._lock
 
     def _send(self, wire: bytes, operation: Operation) -> bytes:
         if isinstance(self.transport, FailoverConnection):

@@ -4,27 +4,40 @@ benchmarks. It sends whole TTLV messages and reads back exactly one response eac
 The transport is KMIP's (KMIP 2.1 §13, KMIP 1.4 §10): TLS 1.2 or later, the client presents a
 certificate, the server's certificate is verified against ``ca``. A response is framed by its
 own 8-byte TTLV header (tag, type, length), so exactly ``8 + length`` bytes are read.
+
+``timeout`` bounds each connection attempt (TCP and the TLS handshake) and each request as
+a whole: sending it and reading all of its answer, however slowly the server sends it.
+
+A connection belongs to the process that opened it. After ``os.fork`` the child finds the
+inherited one on its next use, closes its copy of the socket without writing a byte on it
+(no TLS close: the parent's connection goes on untouched) and connects anew; parent and
+child never share a TLS stream, so neither can read an answer meant for the other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import ssl
 import struct
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 __all__ = ["DEFAULT_MAX_RESPONSE", "DEFAULT_TIMEOUT", "KmipClient", "KmipClientError"]
 
-#: Seconds to wait for a connection and for each response.
+#: Seconds to wait for a connection, and for each request to be sent and answered.
 DEFAULT_TIMEOUT = 30.0
 #: The largest response accepted, in bytes.
 DEFAULT_MAX_RESPONSE = 16 * 1024 * 1024
 
 _HEADER = struct.Struct(">II")
 _STRUCTURE = 0x01
+#: Request bytes handed to the socket at once (the deadline is checked between them).
+_SEND_CHUNK = 1 << 16
 
 
 class KmipClientError(ConnectionError):
@@ -38,12 +51,14 @@ class KmipClient:
     must have issued the server's certificate. ``check_hostname`` also checks ``host`` (or
     ``server_hostname``) against the server certificate's names. Connects lazily on the first
     :meth:`send` (or :meth:`connect`); usable as a context manager. Not thread-safe.
+    ``clock`` (seconds, monotonic) is what the request deadline is measured on.
     """
 
     def __init__(self, host: str, port: int, *, cert: str | Path, key: str | Path,
                  ca: str | Path, check_hostname: bool = False,
                  server_hostname: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 max_response: int = DEFAULT_MAX_RESPONSE) -> None:
+                 max_response: int = DEFAULT_MAX_RESPONSE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -56,10 +71,14 @@ class KmipClient:
         context.load_verify_locations(cafile=str(ca))
         context.load_cert_chain(certfile=str(cert), keyfile=str(key))
         self._context = context
+        self._clock = clock
         self._socket: ssl.SSLSocket | None = None
+        #: The process that opened ``_socket`` (after a fork, the parent).
+        self._pid = 0
 
     def connect(self) -> None:
         """Open the TLS connection (done by :meth:`send` when needed)."""
+        self._forget_if_inherited()
         if self._socket is not None:
             return
         try:
@@ -72,11 +91,23 @@ class KmipClient:
             raw.close()
             raise KmipClientError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
         self._socket.settimeout(self.timeout)
+        self._pid = os.getpid()
+
+    def _forget_if_inherited(self) -> None:
+        """Drop a connection this process inherited through ``fork``: its file descriptor
+        is closed here without a TLS close_notify (which would end the parent's session)."""
+        sock = self._socket
+        if sock is None or self._pid == os.getpid():
+            return
+        self._socket = None
+        with contextlib.suppress(OSError):
+            os.close(sock.detach())
 
     def closed_by_peer(self) -> bool:
         """Whether an open connection has been closed (or broken) by the server while idle,
         found without blocking and without sending anything (so a request is never sent on
         a connection the server had already given up). Closes it if so."""
+        self._forget_if_inherited()
         sock = self._socket
         if sock is None:
             return False
@@ -100,20 +131,24 @@ class KmipClient:
     def send(self, request: bytes) -> bytes:
         """Send one encoded request message; return the one response message, whole.
 
-        Raises :class:`KmipClientError` on any failure; the connection is closed then, and a
-        later call reconnects.
+        Raises :class:`KmipClientError` on any failure, including an answer not whole within
+        ``timeout`` of the call; the connection is closed then, and a later call reconnects.
         """
         self.connect()
         assert self._socket is not None
+        deadline = self._clock() + self.timeout
         try:
-            self._socket.sendall(request)
-            header = self._read(8)
+            self._send_all(request, deadline)
+            header = self._read(8, deadline)
             tag_type, length = _HEADER.unpack(header)
             if tag_type & 0xFF != _STRUCTURE or length % 8:
                 raise KmipClientError(f"response header {header.hex()} is not a TTLV message")
             if 8 + length > self.max_response:
                 raise KmipClientError(f"response of {8 + length} bytes is too large")
-            return header + self._read(length)
+            return header + self._read(length, deadline)
+        except TimeoutError:
+            self.close()
+            raise KmipClientError(self._no_answer()) from None
         except (OSError, ssl.SSLError) as e:
             self.close()
             raise KmipClientError(f"connection to {self.host}:{self.port} failed: {e}") from e
@@ -121,10 +156,31 @@ class KmipClient:
             self.close()
             raise
 
-    def _read(self, count: int) -> bytes:
+    def _limit_to(self, deadline: float) -> None:
+        """Set the seconds until ``deadline`` as the socket's timeout for its next call
+        (each call is bounded, a request of many calls too); :class:`KmipClientError` once
+        it has passed."""
+        left = deadline - self._clock()
+        if left <= 0:
+            raise KmipClientError(self._no_answer())
+        assert self._socket is not None
+        self._socket.settimeout(left)
+
+    def _no_answer(self) -> str:
+        return f"no answer from {self.host}:{self.port} within {self.timeout:g} s"
+
+    def _send_all(self, request: bytes, deadline: float) -> None:
+        assert self._socket is not None
+        view = memoryview(request)
+        for start in range(0, len(view), _SEND_CHUNK):
+            self._limit_to(deadline)
+            self._socket.sendall(view[start:start + _SEND_CHUNK])
+
+    def _read(self, count: int, deadline: float) -> bytes:
         assert self._socket is not None
         chunks = bytearray()
         while len(chunks) < count:
+            self._limit_to(deadline)
             chunk = self._socket.recv(count - len(chunks))
             if not chunk:
                 raise KmipClientError(
@@ -135,6 +191,7 @@ class KmipClient:
 
     def close(self) -> None:
         """Close the connection, if open."""
+        self._forget_if_inherited()
         sock, self._socket = self._socket, None
         if sock is not None:
             with contextlib.suppress(OSError):

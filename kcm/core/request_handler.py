@@ -54,7 +54,12 @@ from kcm.core.audit import (
     append_records,
     savepoint,
 )
-from kcm.core.batch import audit_event, execute
+from kcm.core.batch import (
+    audit_event,
+    client_correlation,
+    execute,
+    with_client_correlation,
+)
 from kcm.core.config import CoreLimits
 from kcm.core.context import (
     Caller,
@@ -157,13 +162,17 @@ class _Withheld(Exception):
 
 
 class _Refused(Exception):
-    """A request answered with one failed item, without running any of its batch."""
+    """A request answered with one failed item, without running any of its batch;
+    ``client``: its Client Correlation Value (:func:`client_correlation`), if its header
+    was read."""
 
-    def __init__(self, version: Version, reason: int, message: str) -> None:
+    def __init__(self, version: Version, reason: int, message: str,
+                 client: str | None = None) -> None:
         super().__init__(message)
         self.version = version
         self.reason = reason
         self.message = message
+        self.client = client
 
 
 class CoreRequestHandler:
@@ -472,7 +481,8 @@ class CoreRequestHandler:
         except Exception:
             log.failure("request failed [correlation id {cid}]", cid=correlation_id)
             return self._failed_answer(caller, _answer_version(wire), correlation_id, now)
-        if not all(int(item.operation) in (STORELESS if storeless else READ_ONLY)
+        # (An item that could not be read may have no Operation: the general way then.)
+        if not all(item.operation in (STORELESS if storeless else READ_ONLY)
                    for item in request.batch_items):
             return None
         version = request.header.version
@@ -529,7 +539,7 @@ class CoreRequestHandler:
             return decoded, None
         lengths = _key_pair_lengths(decoded)
         derivations = [item.request_payload for item in decoded.batch_items
-                       if int(item.operation) == Operation.DERIVE_KEY
+                       if item.operation == Operation.DERIVE_KEY
                        and isinstance(item.request_payload, DeriveKeyRequest)
                        and item.request_payload.derivation_method == DerivationMethod.PBKDF2
                        and not item.critical_extension]
@@ -730,8 +740,10 @@ class CoreRequestHandler:
                 continue
             fail_item(item, version, ResultReason.RESPONSE_TOO_LARGE, message)
             if paired:
-                events[index] = replace(events[index], result_status=failed_name,
-                                        result_reason=too_large, detail=None)
+                client = (events[index].detail or {}).get("client_correlation")
+                events[index] = replace(
+                    events[index], result_status=failed_name, result_reason=too_large,
+                    detail=None if client is None else {"client_correlation": client})
         return items, events
 
     def _decode(self, wire: bytes, *, read: PlainReader | None = None) -> RequestMessage:
@@ -758,20 +770,23 @@ class CoreRequestHandler:
                            f"malformed TTLV: {e}") from None
         version = header.version
         answer_in = answer_version(version)
+        client = client_correlation(header)
         if not is_supported(version):
             raise _Refused(answer_in, ResultReason.UNSUPPORTED_PROTOCOL_VERSION,
-                           f"protocol version {version[0]}.{version[1]} is not supported")
+                           f"protocol version {version[0]}.{version[1]} is not supported",
+                           client)
         maximum = self._limits.max_batch_items
         if len(batch) > maximum:
             raise _Refused(answer_in, ResultReason.INVALID_MESSAGE,
-                           too_many_batch_items(len(batch), maximum))
+                           too_many_batch_items(len(batch), maximum), client)
         if header.batch_count != len(batch):
             raise _Refused(answer_in, ResultReason.INVALID_MESSAGE,
-                           batch_count_mismatch(header, batch))
+                           batch_count_mismatch(header, batch), client)
         try:
-            return decode_request_items(header, batch)
+            # An item that cannot be read fails alone, when the batch runs (KMIP 1.4 §11.1).
+            return decode_request_items(header, batch, per_item=True)
         except KmipError as e:
-            raise _Refused(answer_in, e.reason, e.message) from None
+            raise _Refused(answer_in, e.reason, e.message, client) from None
 
 
 #: A reader of plain requests (:mod:`kcm.kernel.plain_messages`), given the most batch
@@ -848,9 +863,10 @@ class _Answer:
 
 def _refusal(caller: Caller, refused: _Refused, correlation_id: str, now: int) -> _Answer:
     item = failed_item(None, None, refused.version, refused.reason, refused.message)
+    detail = None if refused.client is None else with_client_correlation(None, refused.client)
     return _Answer(response_wire(refused.version, now, correlation_id,
                                  encode_items([item], refused.version)),
-                   [audit_event(caller, item, correlation_id, [])], refused.version,
+                   [audit_event(caller, item, correlation_id, [], detail)], refused.version,
                    correlation_id)
 
 
@@ -862,8 +878,12 @@ def _general_failure(caller: Caller, version: Version, correlation_id: str, now:
     item = failed_item(None, None, version, ResultReason.GENERAL_FAILURE,
                        store_unavailable_message(correlation_id) if unavailable
                        else internal_error(correlation_id))
-    detail = None if request is None else {
-        "operations": [operation_name(i.operation) for i in request.batch_items]}
+    detail: dict[str, object] | None = None
+    if request is not None:
+        detail = {"operations": [operation_name(i.operation) for i in request.batch_items]}
+        client = client_correlation(request.header)
+        if client is not None:
+            detail = with_client_correlation(detail, client)
     return _Answer(response_wire(version, now, correlation_id, encode_items([item], version)),
                    [audit_event(caller, item, correlation_id, [], detail)], version,
                    correlation_id)
@@ -890,7 +910,7 @@ def _key_pair_lengths(request: RequestMessage) -> list[int] | None:
     Create Key Pair item."""
     lengths: list[int] | None = None
     for item in request.batch_items:
-        if int(item.operation) != Operation.CREATE_KEY_PAIR:
+        if item.operation != Operation.CREATE_KEY_PAIR:
             continue
         if lengths is None:
             lengths = []

@@ -14,8 +14,10 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
 * MIXED: split into runs of consecutive local or remote items, run in order; each remote run
   is forwarded as one sub-request under the client's header; the answers are merged into one
   response in the client's order, with its Unique Batch Item IDs. Stop and Continue are
-  honoured across the runs; Undo cannot be (the core cannot roll back what the gateway
-  answered, nor the other way round), so a mixed Undo batch is refused. The ID Placeholder
+  honoured across the runs. Undo could not be (the core cannot roll back what the gateway
+  answered, nor the other way round), so a mixed request whose Batch Error Continuation
+  Option is Undo is forwarded whole, as ALL_REMOTE: the core runs its L4 items as the
+  gateway does, and rolls the whole batch back when one item fails. The ID Placeholder
   is the core's: a request in which a remote item may refer to a placeholder set before
   its run is forwarded whole (:mod:`kcm.gateway.classifier`); a local item refers only to a
   placeholder set by a local item.
@@ -31,15 +33,16 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
 * The gateway and the core answer the same request the same way. A request whose routing
   facts cannot be read is forwarded whole, so the core says what is wrong with it; a local
   or mixed request is decoded whole first, with the core's decoder, and one the core would
-  refuse (a Batch Count that is not the number of items, a stray field, ...) is refused in
-  the core's words before anything runs. A request of more than ``max_batch_items`` items
+  refuse (a Batch Count that is not the number of items, a stray field in its header, ...)
+  is refused in the core's words before anything runs; a batch item that cannot be read (a
+  field of the wrong type, unknown or missing, in it or its payload) fails alone, under the
+  batch's continuation option, as at the core. A request of more than ``max_batch_items`` items
   (``[gateway.limits]``) is not run here, whatever its items: known from its header and
   ``max_batch_items + 1`` item heads (:func:`kcm.kernel.batch_limit.over_batch_limit`),
   before any item is read, it is forwarded whole, and the core judges it by its own limit
   (the same 64 by default: refused, in the same words, and audited) and answers any L4
   item in it as the gateway would. If the link cannot carry such a request, it is
-  answered General Failure whole, not item by item.
-  (The one deliberate difference: a mixed Undo batch, below.) An unexpected exception is
+  answered General Failure whole, not item by item. An unexpected exception is
   answered General Failure with a correlation id, which is logged; the connection keeps
   serving.
 * A client that disconnects while its request awaits the core has that call cancelled
@@ -238,6 +241,9 @@ class GatewayRequestHandler:
             routed.local = False
             return self._forward_unread(wire, connection)
         if classified.route is Route.ALL_REMOTE or (
+                # Undo across the two planes is the core's alone to honour.
+                classified.route is Route.MIXED
+                and _continuation_of(wire, classified.request) == _UNDO) or (
                 self._cache.overflowed and self._names_overflowed(classified, connection)):
             routed.local = False
             routed.relayed = True
@@ -453,13 +459,9 @@ class GatewayRequestHandler:
         header = message.header
         header_item = decode_item(wire, request.header_start)[0]
         version = header.version
-        continuation = header.effective_error_continuation
         correlation_id = new_correlation_id()
-        if continuation == _UNDO:
-            return self._answer(version, encode_items(_refused_undo(request.items, version),
-                                                      version),
-                                header.maximum_response_size, correlation_id)
-        stop = continuation != _CONTINUE
+        # (Never Undo: such a request is relayed whole, :meth:`_route`.)
+        stop = header.effective_error_continuation != _CONTINUE
         principal = connection.principal
         local_indexes = [i for i, local in enumerate(classified.local) if local]
         needs = self._lacking(classified, message.batch_items, local_indexes, principal)
@@ -555,10 +557,12 @@ class GatewayRequestHandler:
 
     def _decoded(self, wire: bytes) -> RequestMessage | bytes:
         """The request, decoded as the core decodes it, or the answer refusing it (the
-        core's words: :meth:`kcm.core.request_handler.CoreRequestHandler.respond`)."""
+        core's words: :meth:`kcm.core.request_handler.CoreRequestHandler.respond`). A batch
+        item that cannot be read is no refusal: it fails alone when its run runs, as at
+        the core."""
         try:
             return decode_request(decode(wire, max_size=self._max_message_size),
-                                  max_batch_items=self._max_batch_items)
+                                  max_batch_items=self._max_batch_items, per_item=True)
         except KmipError as e:
             return self._refuse(version_of(wire), e.reason, e.message)
         except TtlvError as e:
@@ -731,16 +735,6 @@ def _unreachable_items(peeked: list[PeekedBatchItem], failure: Failure, stop: bo
     return [failed_item(p.operation, p.unique_batch_item_id, version,
                         ResultReason.GENERAL_FAILURE, message)
             for p in (peeked[:1] if stop else peeked)]
-
-
-def _refused_undo(peeked: list[PeekedBatchItem], version: Version) -> list[ResponseBatchItem]:
-    message = ("Batch Error Continuation Option Undo cannot be honoured for a batch that "
-               "mixes L4 operations (answered by the gateway) with control operations "
-               "(answered by the core); send them as separate requests, or use Stop or "
-               "Continue")
-    return [failed_item(p.operation, p.unique_batch_item_id, version,
-                        ResultReason.OPERATION_NOT_SUPPORTED, message)
-            for p in peeked]
 
 
 def _unreachable_message(failure: Failure) -> str:

@@ -3,6 +3,10 @@
 :func:`run_batch` runs a request's batch items in order, each through the caller's
 executor, and returns one Response Batch Item per item that ran:
 
+* an item that could not be decoded (its payload an
+  :class:`~kcm.kmip.messages.UnreadablePayload`) fails with the decoder's error without
+  reaching the executor (KMIP 1.4 §11.1: "Error parsing batch item or payload within batch
+  item", the batch item fails, and the rest follows the continuation option);
 * an item carrying a critical Message Extension
   (:attr:`~kcm.kmip.messages.RequestBatchItem.critical_extension`) answers Unknown Message
   Extension (Feature Not Supported in 1.x) without reaching the executor: KCM supports no
@@ -54,7 +58,12 @@ from kcm.kernel.responses import fail_item, fail_with, internal_error, operation
 from kcm.kmip.enums import BatchErrorContinuationOption, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.fields import Struct
-from kcm.kmip.messages import IdPlaceholder, RequestBatchItem, ResponseBatchItem
+from kcm.kmip.messages import (
+    IdPlaceholder,
+    RequestBatchItem,
+    ResponseBatchItem,
+    UnreadablePayload,
+)
 from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
@@ -165,9 +174,15 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             continue
         step = savepoint()
         try:
+            payload = item.request_payload
+            if isinstance(payload, UnreadablePayload):
+                # A new error each run: the decoded item may run again (a gateway's run after
+                # its fetches), and must not carry this run's traceback.
+                error = payload.error
+                raise KmipError(error.reason, error.message, v1_reason=error.v1_reason)
             if item.message_extensions and item.critical_extension is not None:
                 raise KmipError(ResultReason.UNKNOWN_MESSAGE_EXTENSION, CRITICAL_EXTENSION)
-            if isinstance(item.request_payload, Item):
+            if isinstance(payload, Item):
                 raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
                                 f"operation {operation_name(item.operation)} is not supported")
             version_fit.check_operation(version, item.operation)

@@ -40,7 +40,8 @@ from kcm.ttlv.types import Item, ItemType
 
 __all__ = [
     "IdPlaceholder", "ProtocolVersion", "RequestBatchItem", "RequestHeader", "RequestMessage",
-    "ResponseBatchItem", "ResponseHeader", "ResponseMessage", "decode_request",
+    "ResponseBatchItem", "ResponseHeader", "ResponseMessage", "UnreadablePayload",
+    "decode_request",
     "check_request_header", "decode_request_header", "decode_request_items",
     "decode_response", "encode_request", "encode_response",
 ]
@@ -114,7 +115,10 @@ class RequestHeader(Struct):
 
 @kmip_struct(Tag.BATCH_ITEM)
 class RequestBatchItem(Struct):
-    """One operation of a request; ``request_payload`` is a model or the raw Item."""
+    """One operation of a request; ``request_payload`` is a model or the raw Item, or,
+    for an item a server could not read (:func:`decode_request` with ``per_item``), an
+    :class:`UnreadablePayload`; its ``operation`` is then None when that was unreadable
+    too."""
 
     operation: Operation | int = fld(Tag.OPERATION, Operation, required=True)
     ephemeral: bool | None = fld(Tag.EPHEMERAL, _BOOL)
@@ -135,6 +139,26 @@ class RequestBatchItem(Struct):
                         and child.value is True):
                     return extension
         return None
+
+
+class UnreadablePayload:
+    """The payload of a batch item that could not be decoded (the item's own fields, or
+    its payload): ``error`` says why. Such an item fails alone, under the batch's
+    continuation option (KMIP 1.4 §11.1, "Error parsing batch item or payload within batch
+    item": the batch item fails), when the kernel's batch runs it
+    (:func:`kcm.kernel.batch.run_batch`)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: KmipError) -> None:
+        self.error = error
+
+    def __eq__(self, other: object) -> bool:
+        return (type(other) is UnreadablePayload and other.error.reason == self.error.reason
+                and other.error.message == self.error.message)
+
+    def __repr__(self) -> str:
+        return f"UnreadablePayload({self.error!r})"
 
 
 @kmip_struct(Tag.RESPONSE_HEADER)
@@ -206,7 +230,8 @@ def _split(item: Item, message_tag: int, header_tag: int) -> tuple[Item, list[It
     return children[0], batch  # type: ignore[index]
 
 
-def decode_request(item: Item, *, max_batch_items: int | None = None) -> RequestMessage:
+def decode_request(item: Item, *, max_batch_items: int | None = None,
+                   per_item: bool = False) -> RequestMessage:
     """Decode a Request Message tree; raise KmipError for a structurally wrong one,
     including one whose items cannot be read in its protocol version (Unsupported Protocol
     Version), one of more than ``max_batch_items`` Batch Items (Invalid Message,
@@ -214,7 +239,8 @@ def decode_request(item: Item, *, max_batch_items: int | None = None) -> Request
     Count is not the number of its Batch Items (Invalid Message: the message contradicts
     itself, and the gateway and the core must not guess differently which to believe). A
     server that judges the header first (kcm-core) uses the two halves below and says the
-    same, in the same order."""
+    same, in the same order. ``per_item``: a batch item that cannot be decoded does not
+    fail the whole message (see :func:`decode_request_items`)."""
     header, batch = decode_request_header(item)
     major, minor = header.version
     if not registry.has_tables((major, minor)):
@@ -227,7 +253,7 @@ def decode_request(item: Item, *, max_batch_items: int | None = None) -> Request
                         too_many_batch_items(len(batch), max_batch_items))
     if header.batch_count != len(batch):
         raise KmipError(ResultReason.INVALID_MESSAGE, batch_count_mismatch(header, batch))
-    return decode_request_items(header, batch)
+    return decode_request_items(header, batch, per_item=per_item)
 
 
 def too_many_batch_items(count: int | None, maximum: int) -> str:
@@ -253,13 +279,57 @@ def decode_request_header(item: Item) -> tuple[RequestHeader, list[Item]]:
     return RequestHeader.from_item(header_item), batch
 
 
-def decode_request_items(header: RequestHeader, batch: list[Item]) -> RequestMessage:
+def decode_request_items(header: RequestHeader, batch: list[Item], *,
+                         per_item: bool = False) -> RequestMessage:
     """The second half of :func:`decode_request`: the header's fields that only its
     version can judge (:func:`check_request_header`), then the batch items, in the header's
-    version. Both servers call it once the version is known to be one they speak."""
+    version. Both servers call it once the version is known to be one they speak, with
+    ``per_item``: a batch item that cannot be decoded (a field of the wrong type, one
+    unknown or missing, in it or in its payload) is kept as an item whose payload is an
+    :class:`UnreadablePayload`, with its Operation and Unique Batch Item ID when those
+    could be read, and fails alone when the batch runs (KMIP 1.4 §11.1); without it, the
+    whole message fails (a codec's strict reading). The header's errors fail the whole
+    message either way."""
     check_request_header(header)
     version = header.version
-    return RequestMessage(header, [RequestBatchItem.from_item(b, version) for b in batch])
+    try:
+        return RequestMessage(header, [RequestBatchItem.from_item(b, version) for b in batch])
+    except KmipError:
+        if not per_item:
+            raise
+    # Read again item by item only when one failed: a well-formed request pays nothing.
+    return RequestMessage(header, [_batch_item_or_unreadable(b, version) for b in batch])
+
+
+def _batch_item_or_unreadable(item: Item, version: Version) -> RequestBatchItem:
+    try:
+        return RequestBatchItem.from_item(item, version)
+    except KmipError as e:
+        operation, batch_id = _item_head(item)
+        return RequestBatchItem(operation=operation,  # type: ignore[arg-type]
+                                unique_batch_item_id=batch_id,
+                                # (its traceback, a cycle through this frame, dropped)
+                                request_payload=UnreadablePayload(e.with_traceback(None)))
+
+
+_OPERATIONS = Operation._value2member_map_
+
+
+def _item_head(item: Item) -> tuple[Operation | int | None, bytes | None]:
+    """The Operation and Unique Batch Item ID of a Batch Item that could not be decoded, as
+    far as they can be read (the first of each, of its type; None otherwise): the answer to
+    the item carries them (KMIP 1.4 §7.2, 2.1 §9)."""
+    operation = batch_id = None
+    if item.type is not _S:
+        return None, None
+    for child in item.value:  # type: ignore[union-attr]
+        if (operation is None and child.tag == Tag.OPERATION
+                and child.type is ItemType.ENUMERATION):
+            operation = _OPERATIONS.get(child.value, child.value)  # type: ignore[arg-type]
+        elif (batch_id is None and child.tag == Tag.UNIQUE_BATCH_ITEM_ID
+                and child.type is _BYTES):
+            batch_id = child.value
+    return operation, batch_id  # type: ignore[return-value]
 
 
 _CONTINUATION_OPTIONS = frozenset(BatchErrorContinuationOption)

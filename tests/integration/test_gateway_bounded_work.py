@@ -230,7 +230,8 @@ def test_an_attribute_value_of_the_wrong_type_is_invalid_field_and_stores_nothin
                     ResultStatus.OPERATION_FAILED, ResultReason.INVALID_FIELD, message)
             succeeded(kmip, request(locate(), version=version))
     records = [(r["operation"], r["result_reason"]) for r in audit_rows(core, before)]
-    assert records == ([("?", "INVALID_FIELD")] * len(cases) + [("LOCATE", None)]) * 2
+    # The item fails alone, and its record names its operation (KMIP 1.4 §11.1).
+    assert records == ([("CREATE", "INVALID_FIELD")] * len(cases) + [("LOCATE", None)]) * 2
 
 
 # Network fuzzing --------------------------------------------------------------------------------

@@ -549,14 +549,18 @@ def test_mixed_continue_runs_every_item(with_core: Gateway) -> None:
         ResultStatus.OPERATION_FAILED, ResultStatus.OPERATION_FAILED, ResultStatus.SUCCESS]
 
 
-def test_mixed_undo_is_refused_with_a_reason(with_core: Gateway) -> None:
-    message = with_core.send(request(create_l4(b"1"), locate(b"2"), continuation=UNDO),
-                             sync=False)
-    assert [i.unique_batch_item_id for i in message.batch_items] == [b"1", b"2"]
-    for answered in message.batch_items:
-        assert answered.result_reason == ResultReason.OPERATION_NOT_SUPPORTED
-        assert "Undo" in answered.result_message
-    assert with_core.link.forwarded == []
+def test_mixed_undo_is_relayed_whole_and_undone_by_the_core(with_core: Gateway,
+                                                             core: CoreHarness) -> None:
+    """Undo across the two planes is the core's to honour: the request goes to it
+    unchanged, and every earlier success is undone, the L4 Create's as the managed one's."""
+    wire = request(create_l4(b"1"), create_managed(b"2"), get("l4.1.bogus", b"3"),
+                   continuation=UNDO)
+    message = with_core.send(wire, sync=False)
+    assert [forwarded for forwarded, _, _ in with_core.link.forwarded] == [wire]
+    assert [(i.unique_batch_item_id, i.result_status) for i in message.batch_items] == [
+        (b"1", ResultStatus.OPERATION_UNDONE), (b"2", ResultStatus.OPERATION_UNDONE),
+        (b"3", ResultStatus.OPERATION_FAILED)]
+    assert comparable(message) == comparable(response(core.client(APP).send(wire)))
 
 
 def comparable(message) -> list[tuple]:

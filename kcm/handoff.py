@@ -6,19 +6,25 @@ side of it.
 * :func:`channel_pair` makes the channel: a ``SOCK_SEQPACKET`` socket pair, so that every
   message arrives whole. The supervisor sends each connection as one message of one byte
   carrying the descriptor (``SCM_RIGHTS``); the worker sends :data:`REPORT`: how many
-  connections it holds open and how many it has received in all.
+  connections it holds open (with :data:`NOT_READY` set while it cannot serve) and how
+  many it has received in all (:func:`pack_report`, :func:`read_open`).
 * ``handoff:N`` (:func:`parse_handoff`) is a listener description: the channel inherited
   as descriptor N. :class:`HandoffServerEndpoint` listens on it: each descriptor received
   is adopted by the reactor as a connection of the factory given to ``listen``
-  (``adoptStreamConnection``), and every :data:`REPORT_INTERVAL` seconds, when they
-  changed, the counts are reported. The open connections are the factory's
-  ``protocols`` (a Twisted ``WrappingFactory``'s, such as the TLS factory of
+  (``adoptStreamConnection``), and every :data:`REPORT_INTERVAL` seconds the worker
+  reports, whether or not its counts changed: the report is also its heartbeat, and a
+  supervisor that hears nothing from a worker for long takes it as hung
+  (:mod:`kcm.gateway.supervisor`). The open connections are the factory's ``protocols``
+  (a Twisted ``WrappingFactory``'s, such as the TLS factory of
   :class:`kcm.tls.TLSListener`); a factory without them reports none open.
-* The worker also sends :data:`READY`, once, as soon as it listens and its ``ready()``
-  says it can serve (checked every :data:`REPORT_INTERVAL`; without one, at once): the
-  supervisor prefers workers that sent it (:mod:`kcm.gateway.balance`), and a rolling
-  restart waits for it. A supervisor of an older release ignores the message (it is not
-  the size of a report).
+* The worker sends :data:`READY` as soon as it listens and its ``ready()`` says it can
+  serve (checked every :data:`REPORT_INTERVAL`; without one, at once), and again each
+  time it can serve after a time it could not (its link down past ``max_stale``), which
+  its reports say meanwhile (:data:`NOT_READY`): the supervisor hands new connections to
+  the ready workers (:mod:`kcm.gateway.balance`), and a rolling restart waits for READY.
+  A supervisor of an older release ignores READY after the first (it is not the size of
+  a report) and reads a report with :data:`NOT_READY` as a worker holding 2**31
+  connections more: it ranks that worker last.
 """
 
 from __future__ import annotations
@@ -42,18 +48,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["HANDOFF_BYTE", "HANDOFF_PREFIX", "READY", "REPORT", "REPORT_INTERVAL",
-           "HandoffServerEndpoint", "channel_pair", "handoff_description", "parse_handoff"]
+__all__ = ["HANDOFF_BYTE", "HANDOFF_PREFIX", "NOT_READY", "READY", "REPORT", "REPORT_INTERVAL",
+           "HandoffServerEndpoint", "channel_pair", "handoff_description", "pack_report",
+           "parse_handoff", "read_open"]
 
 log = Logger()
 
 #: The kind of listener description a worker is given.
 HANDOFF_PREFIX = "handoff"
-#: A worker's report: open connections, connections received in all (big-endian).
+#: A worker's report: open connections (and :data:`NOT_READY`), connections received in all
+#: (big-endian).
 REPORT = struct.Struct("!II")
-#: A worker's message, sent once: it listens and can serve.
+#: The bit of a report's first field set while the worker cannot serve.
+NOT_READY = 1 << 31
+#: A worker's message: it listens and can serve (sent again after a time it could not).
 READY = b"ready"
-#: Seconds between a worker's looks at its counts (it reports only a change).
+#: Seconds between a worker's reports (sent whether or not its counts changed).
 REPORT_INTERVAL = 0.2
 #: What a handed connection's message carries besides its descriptor.
 HANDOFF_BYTE = b"\0"
@@ -68,6 +78,17 @@ def channel_pair() -> tuple[socket.socket, socket.socket]:
     supervisor_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     supervisor_end.setblocking(False)
     return supervisor_end, worker_end
+
+
+def pack_report(open_connections: int, received: int, ready: bool) -> bytes:
+    """A worker's :data:`REPORT` (the counts wrap rather than overflow the fields)."""
+    first = open_connections % NOT_READY | (0 if ready else NOT_READY)
+    return REPORT.pack(first, received % (1 << 32))
+
+
+def read_open(first: int) -> tuple[int, bool]:
+    """(open connections, ready) from a report's first field."""
+    return first & ~NOT_READY, not first & NOT_READY
 
 
 def handoff_description(fileno: int) -> str:
@@ -113,13 +134,12 @@ class HandoffPort:
         self.reactor = reactor
         self.channel = channel
         self.factory = factory
-        #: Whether the worker can serve (None: as soon as it listens); READY not yet sent
-        #: while it is still here.
+        #: Whether the worker can serve (None: as soon as it listens).
         self._ready: Callable[[], bool] | None = ready
+        #: Whether the supervisor was last told READY (and not NOT_READY since).
         self._told_ready = False
         #: Connections received in all.
         self.received = 0
-        self._reported = (0, 0)
         self._reporter = LoopingCall(self.report)
         self._reporter.clock = reactor
         self._listening = False
@@ -189,20 +209,20 @@ class HandoffPort:
 
     # Reports ----------------------------------------------------------------------------
     def report(self) -> None:
-        """Send :data:`READY` once the worker can serve, and the counts to the supervisor
-        if they changed since the last report."""
-        if not self._told_ready and (self._ready is None or self._ready()):
-            try:
-                self.channel.send(READY, socket.MSG_NOSIGNAL)
-            except OSError:  # full (next time) or closed (the reader hears of it)
-                pass
-            else:
-                self._told_ready = True
-        counts = (len(getattr(self.factory, "protocols", ())), self.received)
-        if counts == self._reported:
-            return
+        """Send :data:`READY` when the worker can serve and had not said so since it could
+        not, then the report: the counts and whether it can serve (sent every time, as a
+        heartbeat)."""
+        ready = self._ready is None or self._ready()
+        if not ready:
+            self._told_ready = False
+        elif not self._told_ready and self._send(READY):
+            self._told_ready = True
+        counts = len(getattr(self.factory, "protocols", ())), self.received
+        self._send(pack_report(*counts, ready))
+
+    def _send(self, message: bytes) -> bool:
         try:
-            self.channel.send(REPORT.pack(*counts), socket.MSG_NOSIGNAL)
+            self.channel.send(message, socket.MSG_NOSIGNAL)
         except OSError:  # full (next time) or closed (the reader hears of it)
-            return
-        self._reported = counts
+            return False
+        return True

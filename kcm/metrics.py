@@ -23,6 +23,14 @@ What it promises:
 * :func:`metrics_listener` is the plain HTTP listener (a Twisted endpoint string, such as
   ``tcp:9696:interface=127.0.0.1``) as a child service; like the KMIP listener it fails
   the process's start when it cannot listen.
+* The listener is bounded, since its process also serves KMIP with the same descriptors
+  and memory: at most :data:`MAX_CONNECTIONS` connections at once (one more is closed as
+  it comes); a connection that has not sent a whole request within
+  :data:`REQUEST_TIMEOUT` seconds (of its start, or of its last answer) is closed; a
+  request's line and headers take at most :data:`MAX_HEAD` bytes; and a method other than
+  GET and HEAD, or a request with a body (``Content-Length`` above 0, or
+  ``Transfer-Encoding``), is answered 405 or 413 and the connection closed before any of
+  the body is read.
 """
 
 from __future__ import annotations
@@ -44,8 +52,10 @@ from prometheus_client.core import (
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -53,8 +63,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import Operation
 
-__all__ = ["LATENCY_BUCKETS", "CallbackGauge", "Readiness", "ReactorCounter",
-           "operation_label",
+__all__ = ["LATENCY_BUCKETS", "MAX_CONNECTIONS", "MAX_HEAD", "REQUEST_TIMEOUT", "CallbackGauge",
+           "Readiness", "ReactorCounter", "operation_label",
            "ReactorHistogram", "metrics_listener", "metrics_site"]
 
 
@@ -284,11 +294,149 @@ class _Ready(Resource):
         request.write(readiness.body())
 
 
+#: Connections the metrics listener holds at once; one more is closed as it comes.
+MAX_CONNECTIONS = 64
+#: Seconds a connection has to send a whole request, from its start or its last answer.
+REQUEST_TIMEOUT = 10.0
+#: Bytes of a request's line and headers at most (and of any one line).
+MAX_HEAD = 8192
+#: The methods answered; any other is refused before the request is read further.
+_METHODS = (b"GET", b"HEAD")
+
+
+class _BoundedChannel(HTTPChannel):
+    """One connection to the metrics listener: requests without a body, GET or HEAD,
+    each whole within :data:`REQUEST_TIMEOUT` (see the module docstring)."""
+
+    MAX_LENGTH = MAX_HEAD
+    totalHeadersSize = MAX_HEAD
+    maxHeaders = 64
+    #: Set once the request was refused: nothing more is read.
+    _refused = False
+    _deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self.factory.opened()
+        super().connectionMade()
+        self._await_request()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._no_deadline()
+        self.factory.closed()
+        super().connectionLost(reason)
+
+    # Reading: nothing once refused ------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._refused:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._refused_method():
+            return False
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding" or (name == b"content-length"
+                                            and value.strip().strip(b"0") != b""):
+            self._refuse(b"413 Content Too Large")
+            return False
+        return bool(super().headerReceived(line))
+
+    def allHeadersReceived(self) -> None:
+        if not self._refused_method():
+            super().allHeadersReceived()
+
+    def _refused_method(self) -> bool:
+        """Refuse the request (405) if its method is not GET or HEAD; whether it was."""
+        if self._command in _METHODS:
+            return False
+        self._refuse(b"405 Method Not Allowed", b"Allow: GET, HEAD\r\n")
+        return True
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return
+        self._no_deadline()  # the request is whole: answering it has no deadline here
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        self._await_request()  # the next one, on a persistent connection
+        super().requestDone(request)
+
+    def _refuse(self, status: bytes, headers: bytes = b"") -> None:
+        """Answer ``status`` and close, reading nothing more (a body is never read)."""
+        self._refused = True
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\n" + headers
+                             + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        self.loseConnection()
+
+    # The request's deadline -------------------------------------------------------------
+    def _await_request(self) -> None:
+        self._no_deadline()
+        self._deadline = self.callLater(REQUEST_TIMEOUT, self._too_slow)
+
+    def _no_deadline(self) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.timeoutConnection()
+
+    def timeoutConnection(self) -> None:
+        # Twisted's, without its log line: idle keep-alive connections of a scraper end
+        # so every scrape interval, and requests to this listener are not logged.
+        if self.transport.disconnecting:
+            return
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        self._abortingCall = None
+        self.transport.abortConnection()
+
+
 class _QuietSite(Site):
     """A Site that keeps no access log (scrapes and probes every few seconds would fill
-    the service's log) and logs no factory start and stop."""
+    the service's log) and logs no factory start and stop, on bounded connections
+    (:class:`_BoundedChannel`), :data:`MAX_CONNECTIONS` at most at once."""
 
     noisy = False
+    protocol = _BoundedChannel
+
+    def __init__(self, resource: Resource, *, reactor: Any = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        # No idle timeout of Twisted's (reset by each byte): the channel's deadline.
+        super().__init__(resource, timeout=None, reactor=reactor)
+        self.max_connections = max_connections
+        #: Connections open now.
+        self.open_connections = 0
+        self._full_logged = False
+
+    def buildProtocol(self, addr: IAddress) -> Any:
+        if self.open_connections >= self.max_connections:
+            if not self._full_logged:
+                self._full_logged = True
+                log.warn("metrics listener: {count} connections open, the most it holds; "
+                         "closing new ones until one closes", count=self.open_connections)
+            return None  # the connection is closed at once
+        return super().buildProtocol(addr)
+
+    def opened(self) -> None:
+        self.open_connections += 1
+
+    def closed(self) -> None:
+        self.open_connections -= 1
+        self._full_logged = False
 
     def log(self, request: Request) -> None:
         pass
@@ -301,10 +449,12 @@ class _Root(Resource):
 
 def metrics_site(registry: CollectorRegistry | None, ready: ReadinessCheck, *,
                  exposition: Exposition | None = None,
-                 stopping: Callable[[], bool] | None = None) -> Site:
+                 stopping: Callable[[], bool] | None = None,
+                 reactor: Any = None, max_connections: int = MAX_CONNECTIONS) -> Site:
     """``/metrics``, ``/healthz`` and ``/readyz`` over ``registry`` (or what ``exposition``
     answers) and ``ready``; ``/readyz`` is 503 without asking ``ready`` once ``stopping()``
-    (a load balancer sends no more while the process drains)."""
+    (a load balancer sends no more while the process drains). Its connections are bounded
+    (see the module docstring), timed on ``reactor`` (Twisted's by default)."""
     if exposition is None:
         if registry is None:
             raise ValueError("metrics_site needs a registry or an exposition")
@@ -313,7 +463,7 @@ def metrics_site(registry: CollectorRegistry | None, ready: ReadinessCheck, *,
     root.putChild(b"metrics", _Metrics(exposition))
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(ready, stopping or (lambda: False)))
-    return _QuietSite(root)
+    return _QuietSite(root, reactor=reactor, max_connections=max_connections)
 
 
 def metrics_listener(reactor: Any, description: str,

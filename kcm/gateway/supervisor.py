@@ -8,7 +8,8 @@ supervisor and the gateways are its worker processes.
   the worker with the fewest open connections (:mod:`kcm.gateway.acceptor`), over a
   Unix socket pair of that worker's (a new one each time it is started) that the worker
   inherits as descriptor :data:`WORKER_LISTEN_FD` and listens on as ``handoff:3``
-  (:mod:`kcm.handoff`); the worker reports its open connections back over it. Any other
+  (:mod:`kcm.handoff`); the worker reports its open connections and whether it can serve
+  back over it, every 0.2 s (:data:`kcm.handoff.REPORT_INTERVAL`). Any other
   listener (``unix:``) is listened on once and never accepted on in the supervisor; each
   worker inherits that socket as descriptor :data:`WORKER_LISTEN_FD` and adopts it
   (``fd:3``, see :func:`kcm.tls.plain_server_endpoint`), and each new connection goes to
@@ -22,6 +23,12 @@ supervisor and the gateways are its worker processes.
   (:meth:`WorkerPool.reload`: the others serve meanwhile, and a new worker that cannot
   start stops the restart), and stops them (SIGTERM, then SIGKILL after a grace period)
   when it stops. twistd turns SIGTERM and SIGINT to the supervisor into that stop.
+* A hung worker (stopped, deadlocked, in a busy loop) stops reporting on its channel: after
+  :data:`kcm.gateway.balance.SILENT_AFTER` seconds it gets no new connections, and after
+  ``hung_after`` (:data:`HUNG_AFTER`) seconds the pool kills it (SIGKILL) and restarts it
+  as any worker that died. Workers on a shared socket say nothing: no such watch.
+* A worker ignores SIGHUP (:class:`SighupIgnored`): ``systemctl kill -s HUP`` signals
+  every process of the unit, and a reload is the supervisor's alone.
 * A worker's standard input is a pipe from the supervisor that nobody writes to;
   :class:`SupervisorLifeline` stops the worker when it reads end-of-file there, so a
   supervisor that dies without stopping its workers (SIGKILL) does not leave them serving.
@@ -46,19 +53,22 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kcm.gateway.acceptor import Acceptor
+from kcm.gateway.balance import LeastConnections
 from kcm.gateway.config import GatewayConfig
 from kcm.gateway.placement import usable_cpus
 from kcm.handoff import handoff_description
 from kcm.process import ProcessService
 from kcm.tls import plain_server_endpoint
 
-__all__ = ["RESTART_BACKOFF", "STABLE_AFTER", "WORKER_LISTEN_FD", "GatewaySupervisor",
-           "SharedListener", "StartCheck", "SupervisorLifeline", "WorkerPool", "worker_count"]
+__all__ = ["HUNG_AFTER", "RESTART_BACKOFF", "STABLE_AFTER", "WORKER_LISTEN_FD",
+           "GatewaySupervisor", "SharedListener", "SighupIgnored", "StartCheck",
+           "SupervisorLifeline", "WorkerPool", "worker_count"]
 
 log = Logger()
 
@@ -81,6 +91,11 @@ UP_TIMEOUT = 30.0
 #: In a rolling restart of workers on a shared socket (which say nothing): seconds after a
 #: worker is started again before the next is restarted.
 SETTLE = 2.0
+#: Seconds a worker may go without reporting on its channel before it is killed as hung
+#: (before its first report: :data:`UP_TIMEOUT`, the start's allowance, if longer).
+HUNG_AFTER = 10.0
+#: Seconds between the pool's looks at its workers' reports.
+WATCH_INTERVAL = 0.5
 
 #: ``reactor.spawnProcess``'s signature: (protocol, executable, args, env=, path=, childFDs=).
 Spawn = Callable[..., Any]
@@ -97,8 +112,9 @@ def worker_count(workers: int, cpus: Callable[[], int] | None = None) -> int:
 
 class StartCheck(Service):
     """Runs ``check`` when it starts; its error fails the start. The supervisor checks what
-    its workers will read (the TLS files) so that a configuration no worker could start with
-    stops it at once, as it would stop one gateway process, instead of a restart loop."""
+    its workers will read (the TLS files, the gateway name the certificate must carry) so
+    that a configuration no worker could start with stops it at once, as it would stop one
+    gateway process, instead of a restart loop."""
 
     def __init__(self, check: Callable[[], object], *, name: str) -> None:
         self.check = check
@@ -176,6 +192,17 @@ class SharedListener(Service):
         if self.on_worker_up is not None:
             self.on_worker_up(index)
 
+    def last_heard(self, index: int) -> float | None:
+        """When worker ``index`` last reported on its channel (reactor time); None if it
+        has not since the channel was opened, has no channel, or says nothing (a shared
+        socket)."""
+        return None if self.acceptor is None else self.acceptor.balance.last_heard(index)
+
+    def silent(self, index: int) -> bool:
+        """Whether worker ``index`` gets no new connections for its silence
+        (:meth:`kcm.gateway.balance.LeastConnections.silent`)."""
+        return self.acceptor is not None and self.acceptor.balance.silent(index)
+
     def startService(self) -> None:
         outcome: list[Any] = []
         never_used = Factory.forProtocol(Protocol)
@@ -195,6 +222,9 @@ class SharedListener(Service):
         if isinstance(address, (IPv4Address, IPv6Address)):
             self.acceptor = Acceptor(self.reactor, port.socket,  # type: ignore[attr-defined]
                                      worker_up=self._worker_up, near=self.near)
+            # Timed on the reactor, so that silent (hung) workers are ranked out; no
+            # channel is open yet.
+            self.acceptor.balance = LeastConnections(clock=self.reactor.seconds)
             self.acceptor.start(hold=START_HOLD)
             how = ("handing each connection to the worker on the CPU it arrives on, or the "
                    "one with the fewest" if self.near else
@@ -227,6 +257,10 @@ class _Worker:
     started: float
     #: Until when an exit is one we asked for (a forwarded signal), not a failure.
     expected_until: float = -1.0
+    #: Whether its silence on the channel was logged (it gets no new connections).
+    silence_logged: bool = False
+    #: Whether it was killed as hung.
+    killed: bool = False
 
 
 @dataclass
@@ -267,6 +301,13 @@ class WorkerPool(Service):
     Stopping sends SIGTERM to every worker and SIGKILL to those still running after
     ``stop_timeout`` seconds; the Deferred it returns fires once all have exited.
 
+    With ``hung_after`` (and a listener that tells when workers are up: channels), a
+    worker that has not reported on its channel for ``hung_after`` seconds (before its
+    first report: ``max(hung_after, up_timeout)`` from its start) is killed (SIGKILL) and
+    restarted as a worker that failed; one silent for
+    :data:`~kcm.gateway.balance.SILENT_AFTER` seconds is logged (it gets no new
+    connections meanwhile), and again when it reports again.
+
     Time and process creation come from ``reactor`` (``callLater``, ``seconds``,
     ``callFromThread``) and ``spawn`` (``reactor.spawnProcess`` by default)."""
 
@@ -277,6 +318,7 @@ class WorkerPool(Service):
                  backoff: Callable[[int], float] = RESTART_BACKOFF,
                  stable_after: float = STABLE_AFTER, stop_timeout: float = STOP_TIMEOUT,
                  up_timeout: float = UP_TIMEOUT, settle: float = SETTLE,
+                 hung_after: float | None = None,
                  reload_signals: Collection[int] = (signal.SIGHUP,),
                  forwarded_signals: Collection[int] = (),
                  env: Callable[[], Mapping[str, str]] = lambda: dict(os.environ)) -> None:
@@ -292,6 +334,13 @@ class WorkerPool(Service):
         self.stop_timeout = stop_timeout
         self.up_timeout = up_timeout
         self.settle = settle
+        self.hung_after = hung_after
+        self._watch = LoopingCall(self.watch)
+        self._watch.clock = reactor
+        #: When the watch last looked, and when it found the supervisor had not run for
+        #: long (stopped itself, a paused VM): silence before then is not the workers'.
+        self._watched_at: float | None = None
+        self._resumed_at = -math.inf
         self.reload_signals = tuple(reload_signals)
         self.forwarded_signals = tuple(forwarded_signals)
         self._env = env
@@ -327,6 +376,49 @@ class WorkerPool(Service):
         for index in range(1, self.count + 1):
             self.failures[index] = 0
             self._start(index)
+        if self.hung_after is not None:
+            self._watch.start(WATCH_INTERVAL, now=False)
+
+    def watch(self) -> None:
+        """Log workers that fell silent on their channel (or reported again), and kill
+        those silent past ``hung_after`` (see the class docstring)."""
+        if self.hung_after is None or not getattr(self.listener, "tells_when_up", False):
+            return
+        now = self.reactor.seconds()
+        if self._watched_at is not None and now - self._watched_at > self.hung_after / 2:
+            # The supervisor itself did not run meanwhile: the reports wait unread.
+            self._resumed_at = now
+        self._watched_at = now
+        for worker in list(self.workers.values()):
+            if worker.killed or now <= worker.expected_until:  # asked to stop: its exit
+                continue
+            heard = self.listener.last_heard(worker.index)
+            if heard is None:
+                since, limit = worker.started, max(self.hung_after, self.up_timeout)
+            else:
+                since, limit = heard, self.hung_after
+                self._log_silence(worker, now - heard)
+            since = max(since, self._resumed_at)
+            if now - since > limit:
+                self._kill_hung(worker, now - since)
+
+    def _log_silence(self, worker: _Worker, silent_for: float) -> None:
+        silent = self.listener.silent(worker.index)
+        if silent and not worker.silence_logged:
+            log.warn("kcm-gateway worker {index} (pid {pid}) has not reported for {t:.1f} s; "
+                     "no new connections go to it", index=worker.index, pid=worker.pid,
+                     t=silent_for)
+        elif worker.silence_logged and not silent:
+            log.info("kcm-gateway worker {index} (pid {pid}) reports again", index=worker.index,
+                     pid=worker.pid)
+        worker.silence_logged = silent
+
+    def _kill_hung(self, worker: _Worker, silent_for: float) -> None:
+        worker.killed = True
+        log.error("kcm-gateway worker {index} (pid {pid}) has not reported for {t:.1f} s: "
+                  "hung; killing it", index=worker.index, pid=worker.pid, t=silent_for)
+        self.listener.worker_gone(worker.index)
+        self._signal(worker, signal.SIGKILL)
 
     def forward(self, signum: int) -> None:
         """Send ``signum`` to every running worker (what a forwarded signal does)."""
@@ -503,6 +595,8 @@ class WorkerPool(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._watch.running:
+            self._watch.stop()
         self._reload_timer(None)
         self._reload = None
         for call in self._restarts.values():
@@ -609,6 +703,32 @@ class SupervisorLifeline(Service):
         log.warn("the kcm-gateway supervisor is gone (its pipe closed); stopping this worker")
         with suppress(error.ReactorNotRunning):
             self.reactor.stop()
+
+
+class SighupIgnored(Service):
+    """SIGHUP does not end this process: in a worker (``note`` None) it is ignored, since
+    ``systemctl kill -s HUP`` and a terminal's hang-up reach every process of the unit or
+    group, and a reload is the supervisor's alone; in one gateway process (workers = 1),
+    which has nothing to reload, ``note`` is logged as a warning instead. Stopping leaves
+    it so: a SIGHUP while the process drains must not end it either (the process exits
+    soon after)."""
+
+    name = "kcm-sighup"
+
+    def __init__(self, reactor: Any, note: str | None = None) -> None:
+        self.reactor = reactor
+        self.note = note
+
+    def startService(self) -> None:
+        handler: Any = signal.SIG_IGN
+        if self.note is not None:
+            def handler(number: int, frame: Any) -> None:
+                self.reactor.callFromThread(self._noted)
+        signal.signal(signal.SIGHUP, handler)
+        super().startService()
+
+    def _noted(self) -> None:
+        log.warn("{note}", note=self.note)
 
 
 class GatewaySupervisor(ProcessService):

@@ -21,7 +21,7 @@ from twisted.python import usage
 from kcm import monotonic_reactor
 from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
-from kcm.gateway.config import load_config
+from kcm.gateway.config import GatewayConfig, load_config
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint, with_connect_timeout
 from kcm.gateway.fast_path import FastPath
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
@@ -30,11 +30,13 @@ from kcm.gateway.link_client import LinkClient
 from kcm.gateway.local_batch import LocalRunner, gateway_engines
 from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.placement import usable_cpus, worker_cpus, workers_by_cpu
-from kcm.gateway.service import GatewayIdentity, GatewayService
+from kcm.gateway.service import GatewayIdentity, GatewayService, gateway_name_of
 from kcm.gateway.supervisor import (
+    HUNG_AFTER,
     WORKER_LISTEN_FD,
     GatewaySupervisor,
     SharedListener,
+    SighupIgnored,
     StartCheck,
     SupervisorLifeline,
     WorkerPool,
@@ -172,11 +174,7 @@ def makeService(options: Options,
     trust_domain = config.trust_domain
     gateway = GatewayService(config, reactor=reactor, log_fields=None if worker is None else
                              {"worker": worker, "pid": os.getpid()}, cpu=options["cpu"])
-    core_tls = partial(client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name,
-                       min_version=min_tls_version(tls.policy))
-    link_endpoint = CoreFailoverEndpoint(
-        [TLSClientEndpoint(reactor, with_connect_timeout(core), core_tls)
-         for core in config.core], config.core, order=config.core_order)
+    link_endpoint = core_link_endpoint(reactor, config)
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
     opened_keys = (OpenedKeys(clock=reactor.seconds, max_entries=config.dek_cache_size,
@@ -219,6 +217,10 @@ def makeService(options: Options,
     gateway.kmip_factory = kmip_factory
     gateway.metrics = metrics
 
+    # First, so that a SIGHUP does not end the process as the rest starts.
+    SighupIgnored(reactor, None if worker is not None else
+                  "kcm-gateway: SIGHUP ignored: one gateway process (workers = 1) reloads "
+                  "nothing; restart it to apply changes").setServiceParent(gateway)
     GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
     link.setServiceParent(gateway)
     TLSListener(reactor, config.listen,
@@ -245,6 +247,24 @@ def makeService(options: Options,
     return gateway
 
 
+def core_link_endpoint(reactor: Any, config: GatewayConfig) -> CoreFailoverEndpoint:
+    """The endpoint of the gateway's link to its cores (its TLS files read by ``load``)."""
+    tls = config.tls
+    core_tls = partial(client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name,
+                       min_version=min_tls_version(tls.policy))
+    return CoreFailoverEndpoint(
+        [TLSClientEndpoint(reactor, with_connect_timeout(core), core_tls)
+         for core in config.core], config.core, order=config.core_order)
+
+
+def check_worker_identity(reactor: Any, config: GatewayConfig) -> None:
+    """What a worker's :class:`GatewayIdentity` checks as it starts, checked in the
+    supervisor: the certificate names a gateway, and the link's TLS files load. A
+    configuration that fails it would only make every worker exit, again and again."""
+    gateway_name_of(config.tls.cert, config.trust_domain)
+    core_link_endpoint(reactor, config).load()
+
+
 def make_supervisor(options: Options, workers: int,
                     reactor: Any = default_reactor) -> GatewaySupervisor:
     """A supervisor of ``workers`` gateway processes sharing the configured listener (its
@@ -254,6 +274,9 @@ def make_supervisor(options: Options, workers: int,
     tls = config.tls
     pinned = worker_cpus(workers, config.pin_workers, usable_cpus())
     supervisor = GatewaySupervisor(config, workers=workers, pinned=pinned)
+    # What would stop each worker's start stops the supervisor's, with the same line.
+    StartCheck(partial(check_worker_identity, reactor, config),
+               name="kcm-gateway-identity").setServiceParent(supervisor)
     StartCheck(partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy),
                name="kcm-tls-files").setServiceParent(supervisor)
     listener = SharedListener(reactor, config.listen, near=workers_by_cpu(pinned))
@@ -263,7 +286,7 @@ def make_supervisor(options: Options, workers: int,
         options, index, listener.worker_listen,
         worker_metrics.listen_for(index) if worker_metrics is not None else None,
         pinned.get(index)),
-        listener, reactor=reactor)
+        listener, reactor=reactor, hung_after=HUNG_AFTER)
     listener.on_worker_up = pool.worker_up  # a rolling restart waits for each to be up
     if config.metrics_listen:
         # Before the pool: its directory is there when the first worker starts.

@@ -13,8 +13,8 @@ What it promises:
   answered, 0 for one that did not: its samples are missing from that scrape),
   ``kcm_gateway_workers`` (running), ``kcm_gateway_worker_restarts_total`` (per worker),
   ``kcm_gateway_handoffs_total`` (connections handed to each worker, ``by="cpu"`` when it
-  is pinned to the CPU they arrived on, else ``by="count"``) and the supervisor's own
-  process metrics (``worker="supervisor"``).
+  is pinned to the CPU they arrived on, else ``by="count"``). The supervisor's own process
+  metrics (``worker="supervisor"``) are samples of the workers' same families.
 * ``/readyz`` at the supervisor is 200 while at least one worker answers ready, else 503;
   its body has each worker's answer (:func:`merged_readiness`). The supervisor hands new
   connections to the ready workers (:mod:`kcm.gateway.balance`), so one that is not ready
@@ -69,9 +69,11 @@ def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] =
                       ) -> bytes:
     """One Prometheus text exposition from the workers' (``answers``: worker label -> its
     exposition, or None when it did not answer; one that cannot be parsed counts as not
-    answering), each sample labelled with its worker, and ``own`` families after. A family
-    whose type differs from the first worker's that had it is left out for that worker
-    (never mixed)."""
+    answering), each sample labelled with its worker, and ``own`` families: merged into
+    the workers' family of the same name and type (the process metrics), else after them,
+    so that each family has one HELP and one TYPE. A family whose type differs from the
+    first worker's that had it is left out for that worker (never mixed), as is an ``own``
+    family whose type differs from the workers'."""
     parsed: dict[str, list[Metric] | None] = {}
     for worker, text in answers.items():
         try:
@@ -82,15 +84,11 @@ def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] =
     families: dict[str, Metric] = {}
     for worker, worker_families in parsed.items():
         for family in worker_families or ():
-            merged = families.get(family.name)
-            if merged is None:
-                merged = families[family.name] = Metric(family.name, family.documentation,
-                                                        family.type)
-            elif merged.type != family.type:
-                continue
-            merged.samples.extend(
-                Sample(sample.name, {**sample.labels, WORKER_LABEL: worker}, sample.value,
-                       sample.timestamp, sample.exemplar) for sample in family.samples)
+            merged = _family_for(families, family)
+            if merged is not None:
+                merged.samples.extend(
+                    Sample(sample.name, {**sample.labels, WORKER_LABEL: worker}, sample.value,
+                           sample.timestamp, sample.exemplar) for sample in family.samples)
     up = GaugeMetricFamily("kcm_gateway_worker_up",
                            "1 if the worker answered this scrape, else 0 (its samples are "
                            "missing)", labels=[WORKER_LABEL])
@@ -98,13 +96,31 @@ def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] =
         up.add_metric([worker], 0.0 if worker_families is None else 1.0)
     running = GaugeMetricFamily("kcm_gateway_workers", "worker processes running")
     running.add_metric([], float(len(answers)))
-    collected = [*families.values(), up, running, *own]
+    apart: list[Metric] = []
+    for family in own:
+        if family.name not in families:
+            apart.append(family)
+            continue
+        merged = _family_for(families, family)
+        if merged is not None:
+            merged.samples.extend(family.samples)
+    collected = [*families.values(), up, running, *apart]
 
     class _Once:
         def collect(self) -> Iterator[Metric]:
             return iter(collected)
 
     return generate_latest(_Once())  # type: ignore[arg-type]
+
+
+def _family_for(families: dict[str, Metric], family: Metric) -> Metric | None:
+    """The merged family ``family``'s samples go to (made on first use), or None when the
+    one of its name has another type."""
+    merged = families.get(family.name)
+    if merged is None:
+        merged = families[family.name] = Metric(family.name, family.documentation,
+                                                family.type)
+    return merged if merged.type == family.type else None
 
 
 def merged_readiness(answers: Mapping[str, Readiness | None]) -> Readiness:

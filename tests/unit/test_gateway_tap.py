@@ -76,7 +76,7 @@ def test_make_service_only_assembles(tmp_path: Path, monkeypatch) -> None:
     assert isinstance(service, GatewayService)
     assert service.config.listen == "tcp:0"
     assert [child.name for child in service] == [
-        "kcm-gateway-identity", "kcm-link", "kcm-kmip-listener", None,  # None: the refresher
+        "kcm-sighup", "kcm-gateway-identity", "kcm-link", "kcm-kmip-listener", None,  # None: the refresher
         "kcm-dek-cache-expiry", "kcm-usage-report"]
     assert service.link is not None and service.cache is not None
     assert service.handler is not None
@@ -197,8 +197,8 @@ def test_more_workers_make_a_supervisor_that_only_assembles(tmp_path: Path) -> N
     clock = Clock()
     service = tap.makeService(parse("--workers", "3", "--listen", "tcp:0"), reactor=clock)
     assert isinstance(service, GatewaySupervisor)
-    assert [child.name for child in service] == ["kcm-tls-files", "kcm-kmip-socket",
-                                                 "kcm-gateway-workers"]
+    assert [child.name for child in service] == ["kcm-gateway-identity", "kcm-tls-files",
+                                                 "kcm-kmip-socket", "kcm-gateway-workers"]
     listener = service.getServiceNamed("kcm-kmip-socket")
     pool = service.getServiceNamed("kcm-gateway-workers")
     assert listener.description == "tcp:0" and listener.port is None

@@ -25,6 +25,7 @@ from kcm.handoff import (
     HandoffServerEndpoint,
     channel_pair,
     parse_handoff,
+    read_open,
 )
 from kcm.tls import plain_server_endpoint
 
@@ -85,6 +86,7 @@ def test_descriptors_received_are_adopted_with_their_family_and_counted(server) 
     assert reactor.readers == [port]
     # Without a readiness check it is ready as soon as it listens, and says so.
     assert supervisor_end.recv(64) == READY
+    assert REPORT.unpack(supervisor_end.recv(64)) == (0, 0)
     clients = [hand_over(server, supervisor_end) for _ in range(3)]
     assert port.doRead() is None  # all three, then nothing more to read
     assert [(family, f) for _, family, f in reactor.adopted] == [
@@ -93,13 +95,15 @@ def test_descriptors_received_are_adopted_with_their_family_and_counted(server) 
         c.getsockname() for c in clients)
     assert not any(os.get_blocking(s.fileno()) for s, _, _ in reactor.adopted)
     assert port.received == 3
-    # The worker reports when its counts change, at most every REPORT_INTERVAL seconds.
+    # The worker reports every REPORT_INTERVAL seconds, its counts changed or not (a
+    # report is its heartbeat too).
     factory.protocols = {object(): 1, object(): 1}  # (what two open connections look like)
     supervisor_end.setblocking(False)
     reactor.advance(REPORT_INTERVAL)
     assert REPORT.unpack(supervisor_end.recv(64)) == (2, 3)
     reactor.advance(REPORT_INTERVAL)
-    with pytest.raises(BlockingIOError):  # nothing changed: nothing sent
+    assert REPORT.unpack(supervisor_end.recv(64)) == (2, 3)
+    with pytest.raises(BlockingIOError):  # one per interval
         supervisor_end.recv(64)
     # The supervisor closes its end: no more connections here.
     supervisor_end.close()
@@ -122,6 +126,7 @@ def test_stopping_closes_the_channel_and_the_reports() -> None:
     port.stopListening()
     assert reactor.readers == [] and reactor.getDelayedCalls() == []
     assert supervisor_end.recv(64) == READY
+    assert REPORT.unpack(supervisor_end.recv(64)) == (0, 0)
     assert supervisor_end.recv(1) == b""  # the worker's end is closed
     supervisor_end.close()
 
@@ -153,7 +158,7 @@ async def test_an_adopted_connection_is_served_on_the_real_reactor(server) -> No
         supervisor_end.close()
 
 
-def test_ready_is_said_once_when_the_worker_can_serve() -> None:
+def test_ready_is_said_when_the_worker_can_serve_and_again_after_it_could_not() -> None:
     reactor = FakeReactor()
     supervisor_end, worker_end = channel_pair()
     supervisor_end.setblocking(False)
@@ -162,14 +167,31 @@ def test_ready_is_said_once_when_the_worker_can_serve() -> None:
     HandoffServerEndpoint(reactor, worker_end.detach(), ready=lambda: linked[0]).listen(
         Factory.forProtocol(Protocol)).addCallback(listening.append)
     [port] = listening
+
+    def said() -> list[Any]:
+        """What the worker sent since: READY, or each report as (open, ready)."""
+        messages: list[Any] = []
+        while True:
+            try:
+                message = supervisor_end.recv(64)
+            except BlockingIOError:
+                return messages
+            messages.append(message if message == READY else read_open(
+                REPORT.unpack(message)[0]))
+
     reactor.advance(REPORT_INTERVAL)
-    with pytest.raises(BlockingIOError):  # not linked yet: nothing said
-        supervisor_end.recv(64)
+    assert said() == [(0, False)] * 2  # not linked yet: not ready, in each report
     linked[0] = True
     reactor.advance(REPORT_INTERVAL)
-    assert supervisor_end.recv(64) == READY
-    reactor.advance(REPORT_INTERVAL * 3)
-    with pytest.raises(BlockingIOError):  # once
-        supervisor_end.recv(64)
+    assert said() == [READY, (0, True)]
+    for _ in range(3):
+        reactor.advance(REPORT_INTERVAL)
+    assert said() == [(0, True)] * 3  # READY once while it stays ready
+    linked[0] = False  # its link down past max_stale
+    reactor.advance(REPORT_INTERVAL)
+    assert said() == [(0, False)]
+    linked[0] = True
+    reactor.advance(REPORT_INTERVAL)
+    assert said() == [READY, (0, True)]  # ready again: said again
     port.stopListening()
     supervisor_end.close()

@@ -2,7 +2,8 @@
 
 KCM code logs through :class:`twisted.logger.Logger` only. :func:`log_observer` builds the
 observer a process installs (see :mod:`kcm.process`): every event at or above the configured
-level, written to a file as
+level (and the audit records and checkpoints, ``kcm.audit``, at info whatever the level:
+:func:`level_filter`), written to a file as
 
 * ``json`` (the default): one JSON object per line, with ``time`` (ISO 8601, UTC),
   ``level`` (Twisted's level name: debug, info, warn, error, critical), ``namespace`` (the
@@ -14,7 +15,8 @@ level, written to a file as
 
 Fields may carry what a client sent, and the messages we write are short ASCII: so in JSON
 (which escapes everything but printable ASCII) a text field, and the ``text``, longer than
-:data:`FIELD_LIMIT` (:data:`TEXT_LIMIT`) characters is cut there and says how long it was;
+:data:`FIELD_LIMIT` (:data:`TEXT_LIMIT`) characters is cut there and says how long it was,
+and so is every string inside a field's dicts and lists (an audit record's ``detail``);
 in text lines, each text field is cut the same way, and every character of the line but
 printable ASCII is escaped (``\\x1b``, ``\\n``, ``\\u00e9``): what a field holds can neither
 start a line of its own nor reach a terminal's escape sequences; only a traceback follows
@@ -70,9 +72,9 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-__all__ = ["FIELD_LIMIT", "LOG_FORMATS", "LOG_LEVELS", "TEXT_LIMIT", "BackgroundLineWriter",
-           "check_log_format", "event_as_json", "event_as_text", "format_text", "log_observer",
-           "parse_level", "printable"]
+__all__ = ["AUDIT_NAMESPACES", "FIELD_LIMIT", "LOG_FORMATS", "LOG_LEVELS", "TEXT_LIMIT",
+           "BackgroundLineWriter", "check_log_format", "event_as_json", "event_as_text",
+           "format_text", "level_filter", "log_observer", "parse_level", "printable"]
 
 #: The values of the ``log_format`` setting.
 LOG_FORMATS = ("json", "text")
@@ -120,8 +122,8 @@ def event_as_json(event: LogEvent, fields: Mapping[str, Any] | None = None) -> s
         "text": text if len(text) <= TEXT_LIMIT else _cut(text, TEXT_LIMIT),
     }
     skip = _SKIPPED_LEGACY if legacy else _FIXED_KEYS
-    record.update({key: value if type(value) is not str or len(value) <= FIELD_LIMIT
-                   else _cut(value, FIELD_LIMIT)
+    record.update({key: value if ((kind := type(value)) is str and len(value) <= FIELD_LIMIT)
+                   or kind in _SCALARS else _bounded(value)
                    for key, value in event.items() if key not in skip and key[:4] != "log_"})
     for key, value in (fields or {}).items():
         if key not in ("time", "level", "namespace", "text"):
@@ -143,6 +145,46 @@ _ENCODE = json.JSONEncoder(default=repr, skipkeys=True).encode
 
 def _cut(text: str, limit: int) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
+
+
+#: Field types that never need cutting.
+_SCALARS = frozenset({int, float, bool, type(None)})
+#: Field types whose strings :func:`_bounded` cuts.
+_CONTAINERS = frozenset({dict, list, tuple})
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` with every string in it (the values of dicts, lists and tuples too, at any
+    depth) cut at :data:`FIELD_LIMIT` characters; ``value`` itself when none is longer."""
+    kind = type(value)
+    if kind in _CONTAINERS:
+        return value if _fits(value) else _cut_within(value)
+    if isinstance(value, str) and len(value) > FIELD_LIMIT:
+        return _cut(value, FIELD_LIMIT)
+    return value
+
+
+def _fits(container: Any) -> bool:
+    """Whether no string in ``container`` (a dict's values, or a list's or tuple's items,
+    at any depth) is longer than :data:`FIELD_LIMIT`: the usual case, checked without
+    copying anything."""
+    for item in container.values() if type(container) is dict else container:
+        kind = type(item)
+        if kind is str:
+            if len(item) > FIELD_LIMIT:
+                return False
+        elif kind in _CONTAINERS:
+            if not _fits(item):
+                return False
+        elif kind not in _SCALARS and isinstance(item, str):
+            return False  # (a subclass of str: cut it, and be done)
+    return True
+
+
+def _cut_within(container: Any) -> Any:
+    if type(container) is dict:
+        return {key: _bounded(item) for key, item in container.items()}
+    return [_bounded(item) for item in container]
 
 
 def printable(text: str, limit: int = FIELD_LIMIT) -> str:
@@ -169,6 +211,9 @@ def event_as_text(event: LogEvent) -> str | None:
     unprintable = {key: printable(value) for key, value in event.items()
                    if type(value) is str and key[:4] != "log_" and not (
                        len(value) <= FIELD_LIMIT and value.isascii() and value.isprintable())}
+    unprintable.update({key: _cut_within(value) for key, value in event.items()
+                        if type(value) in _CONTAINERS and key[:4] != "log_"
+                        and not _fits(value)})
     shown = {**event, **unprintable} if unprintable else event
     text = eventAsText(shown, includeTraceback=False)
     failure = event.get("log_failure")
@@ -422,7 +467,8 @@ class BackgroundLineWriter:
 def log_observer(out: IO[str], *, log_format: str = "json", level: str = "info",
                  fields: Mapping[str, Any] | None = None,
                  background: bool = False, linger: float = 0.0) -> ILogObserver:
-    """An observer writing every event at ``level`` or above to ``out`` in ``log_format``
+    """An observer writing every event at ``level`` or above (audit events from info up
+    whatever ``level``: :func:`level_filter`) to ``out`` in ``log_format``
     (``json`` or ``text``), each line with ``fields`` added (see the module docstring);
     with ``background``, on a writer thread of its own (:class:`BackgroundLineWriter`,
     which waits up to ``linger`` seconds to write queued lines together).
@@ -432,5 +478,21 @@ def log_observer(out: IO[str], *, log_format: str = "json", level: str = "info",
         render = _with_fields(render, dict(fields), json_lines=log_format == "json")
     writer = BackgroundLineWriter(out, render, linger=linger) if background \
         else _LineWriter(out, render)
-    return FilteringLogObserver(writer,
-                                [LogLevelFilterPredicate(defaultLogLevel=parse_level(level))])
+    return FilteringLogObserver(writer, [level_filter(parse_level(level))])
+
+
+#: The namespaces (with those below them) whose info events are written whatever the
+#: ``log_level``: the audit records' copy in the log and the audit checkpoints, which
+#: ``kcm audit verify --checkpoint-log`` holds the chain to. A quieter log must not drop
+#: them unsaid.
+AUDIT_NAMESPACES = ("kcm.audit",)
+
+
+def level_filter(level: LogLevel) -> LogLevelFilterPredicate:
+    """The filter of a ``log_level``: events below ``level`` are dropped, except those of
+    :data:`AUDIT_NAMESPACES`, kept from info up."""
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    if level > LogLevel.info:
+        for namespace in AUDIT_NAMESPACES:
+            predicate.setLogLevelForNamespace(namespace, LogLevel.info)
+    return predicate

@@ -116,15 +116,21 @@ def _change(session, args: argparse.Namespace, tenant: str, service: str, settin
     if _any_setting(settings):
         rotation_policy.set_policy(session, tenant, service, settings, now=now)
     stored = rotation_policy.policies(session).get((tenant, service))
+    detail: dict[str, Any] = {
+        "scope": rotation_policy.scope_name(tenant, service),
+        "interval": stored.interval if stored else None,
+        "max_uses": stored.max_uses if stored else None,
+        "overlap": stored.overlap if stored else None,
+        "managed_interval": stored.managed_interval if stored else None,
+        "tenant_key_interval": stored.tenant_key_interval if stored else None}
+    if args.clear:
+        # The values above are what the scope holds after it: all null for --clear alone.
+        detail["cleared"] = True
+    # The principal is the command, as for the other operator commands' records.
     append_audit(session, AuditEvent(
-        principal="kcm core policy", operation=AUDIT_OPERATION, result_status="SUCCESS",
-        correlation_id=f"cli-{int(time.time() * 1e6)}", source="cli", tenant=tenant or None,
-        detail={"scope": rotation_policy.scope_name(tenant, service),
-                "interval": stored.interval if stored else None,
-                "max_uses": stored.max_uses if stored else None,
-                "overlap": stored.overlap if stored else None,
-                "managed_interval": stored.managed_interval if stored else None,
-                "tenant_key_interval": stored.tenant_key_interval if stored else None}))
+        principal=getattr(args, "prog", "kcm core policy"), operation=AUDIT_OPERATION,
+        result_status="SUCCESS", correlation_id=f"cli-{int(time.time() * 1e6)}",
+        source="cli", tenant=tenant or None, detail=detail))
 
 
 def _any_setting(settings) -> bool:

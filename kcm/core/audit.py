@@ -26,21 +26,28 @@ Since ``digest(n)`` commits to every record up to ``n``, ``mac(n)`` authenticate
 a record edited without the key (its digests recomputed or not) fails its own MAC. The head
 marker names the newest record (written once per transaction, just before it commits:
 :func:`write_head`), so a truncated tail is detected too; its MAC (distinct from
-the record's) means a tail can only be cut back to a head someone saw before. Checkpoints
+the record's) means a tail can only be cut back to a head someone saw before. Every
+transaction that appends checks the head first, under the writers' lock and in the same
+snapshot as the newest record (:func:`_refuse_cut_tail`): records deleted with the head
+kept, or the head gone, stop the append (:class:`AuditChainError`) instead of being covered
+by the genuine head its commit would write. Checkpoints
 are the head, MACed under a third label and written to the log, outside the database, by
 :class:`kcm.core.audit_checkpoints.AuditCheckpoints`.
 
 Records written before the chain was keyed (schema revision 0002) have no MAC: they are
-**unkeyed**, checked by digest only. They can only come first: a keyed record after them
-MACs their last digest, and anchors them. kcm-core (and ``kcm core init``) append such a
+**unkeyed**, checked by digest only. They can only come first, and the first keyed record
+after them can only be the one :func:`key_chain` appends (operation
+:data:`KEY_CHAIN_OPERATION`, ``detail`` naming how many they are): it MACs their last digest,
+and anchors them. kcm-core (and ``kcm core init``) append such a
 record, :func:`key_chain`, once, and only to the chain migration 0002 found in a database it
 upgraded: its newest record is named by the ``meta`` row ``audit.unkeyed``
 (:data:`UNKEYED_META_KEY`, written by that migration, deleted by the anchoring) and by the
 head marker in its unkeyed form ``SEQ:DIGESTHEX``, as the code before 0002 wrote it. Any
 other chain whose newest record is unkeyed (a database created at 0002 or later, or one
 already anchored, its MACs stripped) is refused there (:class:`AuditChainError`), and
-:func:`verify_chain` refuses a chain whose newest record is unkeyed, or an unkeyed record
-after a keyed one, so stripping the MACs is no way around them. (Whoever can write the
+:func:`verify_chain` refuses a chain whose newest record is unkeyed, an unkeyed record
+after a keyed one, or unkeyed records followed by any keyed record but that anchor, so
+stripping the MACs is no way around them. (Whoever can write the
 database can also forge those two rows: checkpoints kept off the host still catch that.)
 
 Appends are serialized with every other writer (see
@@ -63,7 +70,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import bindparam, delete, event, select
@@ -108,6 +115,17 @@ _UPDATE_HEAD = RawStatement(Meta.__table__.update().where(
 _NEWEST = RawStatement(select(AuditLog.seq, AuditLog.digest, AuditLog.mac)
                        .order_by(AuditLog.seq.desc()).limit(1))
 _INSERT_HEAD = RawStatement(Meta.__table__.insert().values(key=HEAD_META_KEY), ["value"])
+#: The head marker as stored.
+_HEAD = RawStatement(select(Meta.value).where(Meta.key == HEAD_META_KEY))
+#: The newest record and the head marker, read together: one statement, one snapshot.
+_NEWEST_AND_HEAD = RawStatement(
+    select(AuditLog.seq, AuditLog.digest, AuditLog.mac,
+           select(Meta.value).where(Meta.key == HEAD_META_KEY).scalar_subquery())
+    .order_by(AuditLog.seq.desc()).limit(1))
+#: This transaction held the head marker to the newest record, under the writers' lock:
+#: from then on it is the chain's only writer, and its own head lags its records until it
+#: commits, so the tail it reads again (after a savepoint rolled back) is not held to it.
+_HEAD_CHECKED = "kcm.audit.head_checked"
 
 #: Where committed audit records are emitted (a namespace of their own, so an observer can
 #: pick them out).
@@ -141,7 +159,8 @@ class AuditEvent:
     """What happened, as the operation handler describes it. Text only: never key material.
 
     ``detail`` is a JSON-able mapping of extra facts (str/int/float/bool/None, lists, dicts);
-    bytes anywhere are refused, so raw material cannot slip into the log.
+    bytes anywhere are refused, so raw material cannot slip into the log. A string in it
+    longer than :data:`DETAIL_TEXT_LIMIT` characters is stored (and logged) cut there.
     """
 
     principal: str
@@ -313,21 +332,47 @@ def _check_text(name: str, value: object, *, optional: bool = False) -> None:
         raise TypeError(f"audit field {name} must be str, not {type(value).__name__}")
 
 
-def _check_json(path: str, value: object) -> None:
+#: The characters a string in an audit record's ``detail`` keeps: many of them are what a
+#: client sent (an identifier, a name, a message), and the audit log is never pruned. A
+#: longer one is cut there and says how long it was (:func:`_bounded`).
+DETAIL_TEXT_LIMIT = 1024
+
+
+def _check_json(path: str, value: object) -> bool:
+    """TypeError unless ``value`` is what a ``detail`` may hold; whether a string in it is
+    longer than :data:`DETAIL_TEXT_LIMIT`."""
+    if isinstance(value, str):
+        return len(value) > DETAIL_TEXT_LIMIT
     if isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f"audit detail {path} is bytes: key material must never be logged")
-    if value is None or isinstance(value, str | int | float | bool):
-        return
+    if value is None or isinstance(value, int | float | bool):
+        return False
+    long_text = False
     if isinstance(value, Mapping):
         for key, item in value.items():
             _check_text(f"{path} key", key)
-            _check_json(f"{path}.{key}", item)
-        return
+            long_text |= len(key) > DETAIL_TEXT_LIMIT
+            long_text |= _check_json(f"{path}.{key}", item)
+        return long_text
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_json(f"{path}[{index}]", item)
-        return
+            long_text |= _check_json(f"{path}[{index}]", item)
+        return long_text
     raise TypeError(f"audit detail {path} has unsupported type {type(value).__name__}")
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` (checked by :func:`_check_json`) with every string in it, keys too, cut at
+    :data:`DETAIL_TEXT_LIMIT` characters, saying how long it was."""
+    if isinstance(value, str):
+        if len(value) <= DETAIL_TEXT_LIMIT:
+            return value
+        return f"{value[:DETAIL_TEXT_LIMIT]}... ({len(value)} characters)"
+    if isinstance(value, Mapping):
+        return {_bounded(key): _bounded(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_bounded(item) for item in value]
+    return value
 
 
 def _audit_key(session: Session, audit_key: bytes | None) -> bytes:
@@ -388,23 +433,32 @@ def append_audit(
     The record is MACed under ``audit_key`` (default: the session's, which a
     :class:`~kcm.core.store.engine.Store` with an ``audit_key`` provides). Raises TypeError if
     any field is not text (or ``detail`` holds bytes), and :class:`AuditKeyMissing` without
-    a key, before touching the database. The record is logged (``kcm.audit``) only after the
-    transaction commits. A chain whose newest record has no MAC is appended to by
-    :func:`key_chain` alone: anything else raises :class:`AuditChainError` (its MACs were
-    removed, or the chain an upgrade found is not anchored yet), so that no record of
-    anyone's anchors a forgery. So does a newest record whose MAC fails under the key (a key
-    not of this database's L1: records under it would never verify).
+    a key, before touching the database; a string of ``detail`` longer than
+    :data:`DETAIL_TEXT_LIMIT` is cut there (the row returned says so). The record is logged
+    (``kcm.audit``) only after the transaction commits. A chain whose newest record has no
+    MAC is appended to by :func:`key_chain` alone: anything else raises
+    :class:`AuditChainError` (its MACs were removed, or the chain an upgrade found is not
+    anchored yet), so that no record of anyone's anchors a forgery. So does a newest record
+    whose MAC fails under the key (a key not of this database's L1: records under it would
+    never verify), and a head marker that is not genuine or does not name the newest record
+    (:func:`_refuse_cut_tail`: records deleted, which the head written with this one would
+    cover up). Both are read once per transaction, under the writers' lock.
     """
-    _check_record(record)
+    record = _check_record(record)
     key = _audit_key(session, audit_key)
 
     lock_writers(session)
-    tail = session.info.get(_TAIL_KEY)
+    info = session.info
+    tail = info.get(_TAIL_KEY)
     if tail is None:
-        tail = _NEWEST.execute(session).fetchone()
+        checked = info.get(_HEAD_CHECKED, False)
+        tail, head = _newest_and_head(connection_of(session), with_head=not checked)
         if tail is not None and tail[2] is None and not _anchoring:
             _refuse_unkeyed(tail, due=anchor_due(session, tail[0], bytes(tail[1])))
         _refuse_foreign_tail(tail, key)
+        if not (checked or _anchoring):  # key_chain held the unkeyed head to the tail
+            _refuse_cut_tail(tail, head, key)
+        info[_HEAD_CHECKED] = True
     values, row = _chained(record, tail, key, clock)
     # Straight to the driver, not the ORM's unit of work: this runs for every request.
     _INSERT_RECORD.send(session, values)
@@ -425,17 +479,20 @@ def append_records(transaction: LeanTransaction, records: Sequence[AuditEvent], 
     some of the records written, so the transaction must not commit (a group commit fails
     whole on it). The head marker is written once before the commit, the records logged
     after it, as for a session."""
-    for record in records:
-        _check_record(record)
+    records = [_check_record(record) for record in records]
     info = transaction.info
     key = _audit_key_of(info.get(AUDIT_KEY_INFO))
     connection = transaction.connection
     tail = info.get(_TAIL_KEY)
     if tail is None:
-        tail = _NEWEST.run_on(connection).fetchone()
+        checked = info.get(_HEAD_CHECKED, False)
+        tail, head = _newest_and_head(connection, with_head=not checked)
         if tail is not None and tail[2] is None:
             _refuse_unkeyed(tail, due=False)
         _refuse_foreign_tail(tail, key)
+        if not checked:
+            _refuse_cut_tail(tail, head, key)
+        info[_HEAD_CHECKED] = True
     pending = info.get(_PENDING_KEY)
     if pending is None:
         pending = info[_PENDING_KEY] = []
@@ -452,8 +509,9 @@ def append_records(transaction: LeanTransaction, records: Sequence[AuditEvent], 
     return rows
 
 
-def _check_record(record: AuditEvent) -> None:
-    """TypeError unless every field of ``record`` is what the chain stores."""
+def _check_record(record: AuditEvent) -> AuditEvent:
+    """``record`` as the chain stores it: TypeError unless every field is what the chain
+    stores; a copy whose ``detail`` is :func:`_bounded` if a string in it is too long."""
     for name in ("principal", "operation", "result_status", "correlation_id", "source"):
         _check_text(name, getattr(record, name))
     for name in ("tenant", "gateway", "result_reason"):
@@ -462,8 +520,9 @@ def _check_record(record: AuditEvent) -> None:
         raise TypeError("audit object_ids must be a sequence of str, not one str")
     for uid in record.object_ids:
         _check_text("object_ids item", uid)
-    if record.detail is not None:
-        _check_json("detail", record.detail)
+    if record.detail is not None and _check_json("detail", record.detail):
+        return replace(record, detail=_bounded(record.detail))
+    return record
 
 
 def _chained(record: AuditEvent, tail: Any, key: bytes, clock: Callable[[], float]
@@ -498,7 +557,9 @@ def key_chain(session: Session, *, by: str, clock: Callable[[], float] = time.ti
     and is the newest of the chain migration 0002 found (:func:`anchor_due`), append a keyed
     one (operation :data:`KEY_CHAIN_OPERATION`, principal ``by``), whose MAC covers every
     digest before it, and return it; this happens once. An empty or keyed chain is left
-    alone (None). Any other unkeyed newest record raises :class:`AuditChainError`: its MACs
+    alone (None), if its head marker is genuine and names its newest record (none: no
+    marker); otherwise :class:`AuditChainError`, as :func:`append_audit` would raise at the
+    first request. Any other unkeyed newest record raises :class:`AuditChainError`: its MACs
     were removed, and anchoring it would make the forgery verify. kcm-core calls it at start
     and ``kcm core init`` when it runs."""
     key = _audit_key(session, audit_key)
@@ -507,12 +568,12 @@ def key_chain(session: Session, *, by: str, clock: Callable[[], float] = time.ti
         select(AuditLog.seq, AuditLog.digest, AuditLog.mac).order_by(AuditLog.seq.desc())
         .limit(1)
     ).first()
-    if tail is None:
-        return None
-    if tail[2] is not None:
-        # Keyed by a record appended some other way: the marker must not outlive it (a tail
-        # cut back to the unkeyed records would be anchored again).
-        _forget_unkeyed(session)
+    if tail is None or tail[2] is not None:
+        _refuse_cut_tail(tail, get_meta(session, HEAD_META_KEY), key)
+        if tail is not None:
+            # Keyed by a record appended some other way: the marker must not outlive it (a
+            # tail cut back to the unkeyed records would be anchored again).
+            _forget_unkeyed(session)
         return None
     if not anchor_due(session, tail[0], bytes(tail[1])):
         _refuse_unkeyed(tail, due=False)
@@ -543,6 +604,49 @@ def _refuse_foreign_tail(tail: Any, key: bytes) -> None:
         raise AuditChainError(f"the newest audit record ({tail[0]}) fails its MAC under this "
                               "audit key: the L1 key is not this database's, or the record "
                               "was altered; run `kcm audit verify`")
+
+
+def _newest_and_head(connection: Any, *, with_head: bool) -> tuple[Any, str | None]:
+    """The newest record ((seq, digest, mac), None for an empty chain) and, if
+    ``with_head``, the head marker (None if there is none), read in one snapshot."""
+    if not with_head:
+        return _NEWEST.run_on(connection).fetchone(), None
+    row = _NEWEST_AND_HEAD.run_on(connection).fetchone()
+    if row is not None:
+        return tuple(row[:3]), row[3]
+    head = _HEAD.run_on(connection).fetchone()
+    return None, None if head is None else head[0]
+
+
+def _refuse_cut_tail(tail: Any, head: str | None, key: bytes) -> None:
+    """The head marker must be genuine and name the newest record ``tail`` ((seq, digest,
+    mac) or None): records and head are committed together, under the writers' lock, so a
+    head that names another record, or is missing beside records, means records were
+    deleted (or added) without the audit key. A record appended now would hide that: the
+    head written with it would be genuine again. Checked once per transaction."""
+    if tail is None:
+        if head is not None:
+            raise AuditChainError("the audit head marker names a record, but there is none: "
+                                  "the records were deleted; run `kcm audit verify`")
+        return
+    if head is None:
+        raise AuditChainError(f"the audit head marker is missing, but there are records (up "
+                              f"to {tail[0]}); run `kcm audit verify`")
+    try:
+        seq, digest, mac = _parse_position(head, "the audit head marker")
+    except ValueError as e:
+        raise AuditChainError(f"{e}; run `kcm audit verify`") from None
+    if seq != tail[0]:
+        raise AuditChainError(f"the audit head marker names record {seq}, but the newest "
+                              f"record is {tail[0]}: the tail was cut back, or records "
+                              "were added without the audit key; run `kcm audit verify`")
+    if not hmac.compare_digest(digest, bytes(tail[1])):
+        raise AuditChainError(f"the audit head marker names record {seq} with another digest "
+                              "than it has: the chain was rewritten; run `kcm audit verify`")
+    if not _genuine_head(key, seq, digest, mac):
+        raise AuditChainError(f"the audit head marker (record {seq}) fails its MAC under "
+                              "this audit key: it was written without the key; run `kcm audit "
+                              "verify`")
 
 
 def anchor_due(session: Session, seq: int, digest: bytes) -> bool:
@@ -761,6 +865,7 @@ def _emit_pending(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint released ("after_commit" fires for those too): not durable yet
     session.info.pop(_TAIL_KEY, None)
+    session.info.pop(_HEAD_CHECKED, None)
     _log_committed(session.info.pop(_PENDING_KEY, []), session.info.get(AUDIT_WRITTEN_INFO))
 
 
@@ -783,6 +888,7 @@ def _drop_pending(session: Session) -> None:
         return  # a savepoint rolled back: :func:`savepoint` drops its own records
     session.info.pop(_PENDING_KEY, None)
     session.info.pop(_HEAD_DUE, None)
+    session.info.pop(_HEAD_CHECKED, None)
 
 
 def _forget_tail(session: Session, _transaction: Any) -> None:
@@ -808,13 +914,15 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
     removed or renumbered record (sequence gap, broken ``prev_digest`` link), reordered
     records (the sequence number is inside the digest), a truncated tail (fewer records than
     the ``audit.head`` meta row names, or a different digest at the head, or a head marker
-    that fails its MAC), and MACs stripped (an unkeyed record after a keyed one, or a chain
-    whose newest record is unkeyed: see :func:`key_chain`). Each of ``checkpoints`` must be
-    genuine and name a record of the chain with its digest: a chain cut back, or rewritten
-    since, fails. Safe to run beside writers: the head is read first, and records committed
-    after it (PostgreSQL reads each statement afresh) must be keyed, linked and MACed like
-    the rest; they are counted in ``past_head_records``. A record past the head that is not
-    (one added without the audit key) fails.
+    that fails its MAC), and MACs stripped (an unkeyed record after a keyed one, a chain
+    whose newest record is unkeyed, or unkeyed records whose first keyed successor is not the
+    :func:`key_chain` record anchoring that many: a database keyed from its first record).
+    Each of ``checkpoints`` must be genuine and name a record of the chain with its digest:
+    a chain cut back, or rewritten since, fails. Safe to run beside writers: the head is
+    read first, and records committed after it (PostgreSQL reads each statement afresh)
+    must be keyed, linked and MACed like the rest; they are counted in
+    ``past_head_records``. A record past the head that is not (one added without the audit
+    key) fails.
     """
     key = _audit_key(session, audit_key)
     write_head(session)
@@ -881,6 +989,11 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
                                 "MAC does not match: the record, or one before it, was "
                                 "rewritten without the audit key (or this is not the "
                                 "database's L1 key)")
+        elif unkeyed == checked and unkeyed and not _anchors(row, unkeyed):
+            return VerifyResult(False, checked, 1,
+                                f"records 1..{unkeyed} have no MAC, and record {seq}, the "
+                                f"first with one, is not the {KEY_CHAIN_OPERATION} record "
+                                "that anchors them: their MACs were removed")
         if not checkpoints_hold(seq, computed):
             return VerifyResult(False, checked, seq,
                                 "the record differs from a checkpoint of it: the chain was "
@@ -931,6 +1044,20 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
                             "the chain was rolled back")
     return VerifyResult(True, checked, unkeyed_records=unkeyed, checkpoints_matched=matched,
                         past_head_records=past_head)
+
+
+def _anchors(row: Mapping[str, Any], unkeyed: int) -> bool:
+    """Whether ``row``, the first keyed record (its MAC verified), is the one
+    :func:`key_chain` appends after the ``unkeyed`` records written before the chain was
+    keyed: no other keyed record ever follows an unkeyed one (:func:`append_audit`), so
+    unkeyed records before any other are records whose MACs were removed."""
+    if row["operation"] != KEY_CHAIN_OPERATION or row["detail"] is None:
+        return False
+    try:
+        detail = json.loads(row["detail"])
+    except ValueError:
+        return False
+    return detail == {"unkeyed_records": unkeyed}
 
 
 def _genuine_head(key: bytes, seq: int, digest: bytes, mac: bytes | None) -> bool:

@@ -91,11 +91,12 @@ class _Context:
 
 
 def rotate_tenant_key(session: Session, keyring: Keyring, tenant: str, *, now: int,
-                      by: str, reason: str,
-                      detail: dict[str, object] | None = None) -> tuple[str, list[str]]:
+                      by: str, reason: str, detail: dict[str, object] | None = None,
+                      source: str = "cli") -> tuple[str, list[str]]:
     """A new current L2 for ``tenant``, every other Active one Deactivated now; (the new
     L2's uid, the old ones' uids). Audited as ``RotateTenantKey`` by ``by``, for
-    ``reason`` (the command, or the policy that caused it)."""
+    ``reason`` (the command, or the policy that caused it), with ``source`` the record's
+    (``cli`` for the command, as its other records have; the sweeper gives its own)."""
     old_rows = session.scalars(select(ManagedObject).where(
         ManagedObject.tenant == tenant, ManagedObject.level == LEVEL_TENANT_KEY,
         ManagedObject.state == STATE_ACTIVE)).all()
@@ -112,7 +113,7 @@ def rotate_tenant_key(session: Session, keyring: Keyring, tenant: str, *, now: i
     old = [row.uid for row in old_rows]
     append_audit(session, AuditEvent(
         principal=by, operation=ROTATE_OPERATION, result_status="SUCCESS",
-        correlation_id=new_correlation_id(), source="kcm-core", tenant=tenant,
+        correlation_id=new_correlation_id(), source=source, tenant=tenant,
         object_ids=(new_uid, *old), detail={"reason": reason, **(detail or {})}),  # type: ignore[arg-type]
         clock=lambda: now)
     return new_uid, old
@@ -139,6 +140,7 @@ def rotate_tenant_keys_due(session: Session, keyring: Keyring, now: float) -> li
         scope = policy.tenant_key_interval_from or "default"
         new, old = rotate_tenant_key(
             session, keyring, row.tenant, now=seconds, by="kcm-core/rotation",
+            source="state-sweeper",
             reason=f"the tenant_key_interval ({policy.tenant_key_interval} s) of the "
                    f"{scope} policy", detail={"policy": scope, "trigger": "tenant_key_interval",
                                               "interval": policy.tenant_key_interval,

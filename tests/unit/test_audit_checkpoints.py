@@ -16,7 +16,7 @@ from kcm.core.audit_checkpoints import DEFAULT_INTERVAL, AuditCheckpoints
 from kcm.core.keyring import Keyring
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
-from kcm.core.store.repository import set_meta
+from kcm.core.store.repository import get_meta, set_meta
 
 L1 = bytes(range(32))
 
@@ -93,6 +93,7 @@ def test_a_head_that_is_not_genuine_is_an_error_not_a_checkpoint(store: Store) -
     clock = Clock()
     service = AuditCheckpoints(InlineStore(store), Keyring(L1), clock,  # type: ignore[arg-type]
                                interval=10)
+    genuine = store.run_sync(lambda s: get_meta(s, HEAD_META_KEY))
     store.run_sync(lambda s: set_meta(s, HEAD_META_KEY, "1:" + "00" * 32 + ":" + "00" * 32))
     with capturedLogs() as events:
         service.startService()
@@ -100,7 +101,9 @@ def test_a_head_that_is_not_genuine_is_an_error_not_a_checkpoint(store: Store) -
         [error] = _errors(events)
         assert formatEvent(error).startswith(
             "no audit checkpoint: the audit head (record 1) fails its MAC")
-        # The loop goes on: with the head put right, the next tick checkpoints it.
+        # The loop goes on: with the head put right, the next tick checkpoints it. (No
+        # record is appended over a head that is not genuine: append_audit refuses.)
+        store.run_sync(lambda s: set_meta(s, HEAD_META_KEY, genuine))
         _append(store, 1)
         clock.advance(10)
         assert [c.seq for c in _checkpoints(events)] == [2]

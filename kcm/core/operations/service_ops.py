@@ -128,19 +128,29 @@ def interop(ctx: OperationContext, request: InteropRequest) -> InteropResponse:
     KMIP 2.1 §6.1.25 makes the server side of it optional; the OASIS 2.x profile test
     cases open and close with it."""
     function = enum_label(InteropFunction, request.interop_function)
-    ctx.audit_detail["interop"] = f"{function} {request.interop_identifier}"
+    identifier = _kept(request.interop_identifier, INTEROP_IDENTIFIER_LIMIT)
+    ctx.audit_detail["interop"] = f"{function} {identifier}"
     return InteropResponse()
 
 
 #: How much of a client's Log message the audit record keeps.
 LOG_MESSAGE_LIMIT = 1024
+#: How much of a client's Interop Identifier the audit record keeps (the OASIS test
+#: cases' are a few dozen characters).
+INTEROP_IDENTIFIER_LIMIT = 256
 
 
 def log_message(ctx: OperationContext, request: LogRequest) -> LogResponse:
     """Log (KMIP 2.1 §6.1.29): the client's message goes into this request's audit record
     (and so into the structured log), truncated to :data:`LOG_MESSAGE_LIMIT` characters."""
-    ctx.audit_detail["log_message"] = request.log_message[:LOG_MESSAGE_LIMIT]
+    ctx.audit_detail["log_message"] = _kept(request.log_message, LOG_MESSAGE_LIMIT)
     return LogResponse()
+
+
+def _kept(text: str, limit: int) -> str:
+    """What the audit record keeps of a client's ``text``: its first ``limit`` characters
+    (the audit log is never pruned, and each request may send a megabyte)."""
+    return text[:limit]
 
 
 def _server_information(info: ServerInfo, version: Version) -> Item:

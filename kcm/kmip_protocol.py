@@ -20,6 +20,12 @@ is aborted, which frees what it held.
 
 What happens before a connection has a principal (the handshake deadline, the caps on
 connections) is :mod:`kcm.connection_guard`'s, around the TLS layer.
+
+A request the protocol refuses whole itself (a message larger than ``max_message_size``, the
+first request of a client whose certificate names nobody this server serves) is answered by
+the handler's ``refuse`` when it has one (:func:`refusal_answer`), so that a server that
+audits every request records these too; a refused certificate is logged with its subject,
+SANs and serial number either way.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
+from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -43,6 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.tls import peer_certificate
 from kcm.ttlv.errors import MessageTooLarge, TtlvError
 from kcm.ttlv.framer import Framer
 
@@ -111,6 +119,24 @@ class ConnectionInfo:
     peer: str
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request refused whole before any handler saw it, as a record of it would say."""
+
+    #: The Result Reason and Result Message the client is answered (short ASCII).
+    reason: int
+    message: str
+    #: Where the request came from (``host:port``; at the core's link, the caller's source).
+    peer: str
+    #: Who sent it; None when who it claimed to be is not accepted (see ``claimed``).
+    principal: Principal | None
+    #: What the client claimed to be, when ``principal`` is None (short ASCII): its
+    #: certificate described (:func:`describe_certificate`), or the caller a gateway asserted.
+    claimed: str | None = None
+    #: The gateway that relayed it (at the core's link), else None.
+    gateway: Principal | None = None
+
+
 class RequestHandler(TypingProtocol):
     """What a server plugs into the protocol.
 
@@ -118,6 +144,11 @@ class RequestHandler(TypingProtocol):
     then told when a connection closes while one of its requests is still being answered,
     so it can stop work nobody will read (kcm-core stops that request at its next batch-item
     boundary). A handler without it is not told.
+
+    It may also have ``refuse(refusal: Refusal) -> bytes | Deferred[bytes]``: the answer to
+    a request the protocol refuses whole (:class:`Refusal`), which it may record first (a
+    server that audits every request). Without it (kcm-gateway, which keeps no audit log),
+    the answer is :meth:`failure_response`'s.
     """
 
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
@@ -160,6 +191,69 @@ IDENTITY_REFUSED = ("the client certificate names no identity this server accept
                     "ID of its trust domain, or a subject its policy maps)")
 
 
+def refusal_answer(handler: RequestHandler, refusal: Refusal) -> bytes | Deferred[bytes]:
+    """The answer to ``refusal``: the handler's ``refuse`` (see :class:`RequestHandler`),
+    else its :meth:`~RequestHandler.failure_response`. Never fails: a ``refuse`` that does is
+    logged, and the refusal answered without it."""
+    refuse = getattr(handler, "refuse", None)
+    if refuse is None:
+        return handler.failure_response(refusal.reason, refusal.message)
+
+    def unrecorded(failure: Failure) -> bytes:
+        log.failure("recording the refusal of a request from {peer} failed", failure,
+                    peer=refusal.peer)
+        return handler.failure_response(refusal.reason, refusal.message)
+
+    try:
+        answer = refuse(refusal)
+    except Exception:
+        return unrecorded(Failure())
+    if isinstance(answer, Deferred):
+        return answer.addErrback(unrecorded)
+    return answer  # type: ignore[no-any-return]
+
+
+#: The most subject alternative names, and characters of each name, a certificate's
+#: description repeats.
+_DESCRIBED_NAMES = 4
+_DESCRIBED_LENGTH = 100
+
+
+def describe_certificate(cert: x509.Certificate | None) -> str:
+    """``cert`` in one short ASCII line for a log or an audit record: its subject, its
+    subject alternative names (the first few) and its serial number. What a certificate
+    holds is the client's choice: every part is bounded, and anything but printable ASCII
+    written ``?``."""
+    if cert is None:
+        return "no certificate"
+    try:
+        subject = cert.subject.rfc4514_string()
+    except ValueError:
+        subject = "?"
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = [_general_name(name) for name in names]
+    except (x509.ExtensionNotFound, ValueError):
+        sans = []
+    shown = [_ascii(san) for san in sans[:_DESCRIBED_NAMES]]
+    if len(sans) > _DESCRIBED_NAMES:
+        shown.append(f"{len(sans) - _DESCRIBED_NAMES} more")
+    return (f"subject {_ascii(subject) or '(empty)'}, SAN {', '.join(shown) or '(none)'}, "
+            f"serial {cert.serial_number:x}")
+
+
+def _general_name(name: object) -> str:
+    value = getattr(name, "value", name)
+    if hasattr(value, "rfc4514_string"):  # a DirectoryName
+        value = value.rfc4514_string()
+    return f"{type(name).__name__}:{value}" if isinstance(value, bytes) else str(value)
+
+
+def _ascii(text: str) -> str:
+    head = "".join(c if " " <= c <= "~" else "?" for c in text[:_DESCRIBED_LENGTH])
+    return head + ("..." if len(text) > _DESCRIBED_LENGTH else "")
+
+
 @implementer(IHandshakeListener)
 class KmipServerProtocol(Protocol):
     """One client connection."""
@@ -183,6 +277,11 @@ class KmipServerProtocol(Protocol):
         self._write_timer = None
         self._output_producer: _OutputFull | None = None
         self._refused_identity = False
+        #: Who the client claimed to be, when its certificate named nobody served here.
+        self._claimed: str | None = None
+        #: Whether a refusal is being answered (nothing more is read or handed over).
+        self._refusing = False
+        self._peer = "?"
         #: The unusable header that ended the stream (:attr:`Framer.error`): the requests
         #: read before it are answered, then the connection is refused or closed
         #: (:meth:`_end_of_stream`); nothing after it is read.
@@ -218,13 +317,16 @@ class KmipServerProtocol(Protocol):
     def handshakeCompleted(self) -> None:
         principal = self._resolve_principal(self.transport)
         peer = self.transport.getPeer()
-        address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        address = self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         if principal is None:
             # The client's first request is answered Permission Denied, then the connection
             # closes: the client learns why, not only that it was cut off. Nothing is handed
-            # to the handler; the connection guard's handshake deadline (the connection is
-            # never "identified") bounds how long a silent one is kept.
-            log.warn("refused connection from {peer}: no acceptable identity", peer=address)
+            # to handle_request (the handler may record the refusal: refusal_answer); the
+            # connection guard's handshake deadline (the connection is never "identified")
+            # bounds how long a silent one is kept.
+            self._claimed = describe_certificate(peer_certificate(self.transport))
+            log.warn("refused connection from {peer}: no acceptable identity ({certificate})",
+                     peer=address, certificate=self._claimed)
             self._refused_identity = True
             return
         self.connection = ConnectionInfo(next(_connection_ids), principal, address)
@@ -286,7 +388,7 @@ class KmipServerProtocol(Protocol):
 
     # Input ----------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
-        if self._closing or self._unreadable is not None:
+        if self._closing or self._unreadable is not None or self._refusing:
             return
         if self.connection is None:  # data can only follow a verified handshake
             if self._refused_identity:
@@ -373,6 +475,8 @@ class KmipServerProtocol(Protocol):
         client and the connection is aborted; otherwise it closes once the answers
         written are sent."""
         if isinstance(error, MessageTooLarge):
+            log.info("refusing a request from {peer}: too large ({reason})",
+                     peer=self.connection.peer, reason=error.reason)
             self._refuse(RESULT_REASON_INVALID_MESSAGE, f"request too large: {error.reason}")
             return
         log.info("closing {peer}: unreadable message header ({reason})",
@@ -427,8 +531,27 @@ class KmipServerProtocol(Protocol):
 
     # Closing --------------------------------------------------------------
     def _refuse(self, reason: int, message: str) -> None:
-        self.transport.write(self._handler.failure_response(reason, message))
-        self._close(abort=False)
+        """Answer a request refused whole (:func:`refusal_answer`), then close; nothing
+        more is read meanwhile (an answer recorded first comes later)."""
+        if self._refusing:
+            return
+        self._refusing = True
+        connection = self.connection
+        answer = refusal_answer(self._handler, Refusal(
+            reason, message, connection.peer if connection is not None else self._peer,
+            connection.principal if connection is not None else None,
+            self._claimed if connection is None else None))
+        if isinstance(answer, Deferred):
+            self._busy = True  # (the client awaits an answer: it is not idle)
+            answer.addCallback(self._refused)
+        else:
+            self._refused(answer)
+
+    def _refused(self, answer: bytes) -> None:
+        self._busy = False
+        if not self._closing:
+            self.transport.write(answer)
+            self._close(abort=False)
 
     def _idle(self) -> None:
         if self._busy or PAUSED_BY_OUTPUT in self._paused_by:

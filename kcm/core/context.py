@@ -14,10 +14,12 @@ from sqlalchemy.orm import Session
 from kcm.crypto.derivation import MAX_PBKDF2_ITERATIONS, pbkdf2
 from kcm.identity import Principal
 from kcm.kernel.batch import BatchStopped
+from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder
 from kcm.kmip.versions import Version
+from kcm.l4.identifiers import is_l4
 
 if TYPE_CHECKING:
     from kcm.core.keyring import Keyring
@@ -125,6 +127,22 @@ class RequestWork:
         self.pbkdf2_iterations = total
 
 
+#: The most characters of a client's identifier an audit record repeats (a UUID, with a
+#: prefix such as ``l3-``, fits).
+REQUESTED_LENGTH = 64
+
+
+def requested_label(uid: str) -> str:
+    """``uid``, which a refused item asked for, as its audit record names it: the first
+    :data:`REQUESTED_LENGTH` characters (anything but printable ASCII as ``?``), and ``...``
+    when it is longer. An L4 token is named by the short label its answer gives (the token
+    carries its sealed key, which the audit log never holds)."""
+    if is_l4(uid):
+        return identifier_label(uid)
+    head = "".join(c if " " <= c <= "~" else "?" for c in uid[:REQUESTED_LENGTH])
+    return head + ("..." if len(uid) > REQUESTED_LENGTH else "")
+
+
 #: The :class:`KeyPairs` of the request the writer thread is executing, set by
 #: :class:`kcm.core.request_handler.CoreRequestHandler` around it (None: made inline).
 prepared_key_pairs: ContextVar[KeyPairs | None] = ContextVar("prepared_key_pairs",
@@ -198,3 +216,12 @@ class OperationContext:
         """Record that this item acted on ``uid`` (audit)."""
         if uid not in self.object_ids:
             self.object_ids.append(uid)
+
+    def refused(self, uid: str, why: str | None = None) -> None:
+        """Record, for the item's audit record only, that it was refused the object ``uid``
+        it asked for (``requested``: an operator reads which object a refused attempt
+        targeted) and, for a refusal because of who asks, why (``denied``). The client's
+        answer does not change: another tenant's object still answers as a missing one."""
+        self.audit_detail["requested"] = requested_label(uid)
+        if why is not None:
+            self.audit_detail["denied"] = why

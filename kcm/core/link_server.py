@@ -65,6 +65,7 @@ from kcm.drain import until
 from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
+from kcm.kmip_protocol import Refusal, refusal_answer
 from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.service_key import ServiceKey
 from kcm.link.framer import OversizedFrame
@@ -102,9 +103,25 @@ STALE_EVENTS = "this core cannot read its event log: link to another"
 @dataclass(frozen=True, slots=True)
 class _Refused:
     """A caller identity a gateway asserted that the core does not accept (kept like the
-    accepted ones)."""
+    accepted ones): what it asserted, in short ASCII, and the caller's source."""
 
-    identity: str
+    claimed: str
+    source: str
+
+
+#: The most characters of a refused caller's asserted identity, subject or source repeated.
+_SHOWN_LENGTH = 100
+
+
+def _short(text: str) -> str:
+    """``text`` a gateway sent, for a log or an audit record: short ASCII."""
+    head = "".join(c if " " <= c <= "~" else "?" for c in text[:_SHOWN_LENGTH])
+    return head + ("..." if len(text) > _SHOWN_LENGTH else "")
+
+
+def _asserted(identity: str, subject: str | None) -> str:
+    """The caller a gateway asserted (its SPIFFE ID, and the subject it relayed)."""
+    return _short(identity) + ("" if subject is None else f", subject {_short(subject)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,22 +477,33 @@ class LinkServerProtocol(LinkProtocol):
         """The Caller a gateway asserts, or why the core does not accept it."""
         principal = self.factory.asserted_principal(identity, subject)
         if principal is None:
-            return _Refused(identity)
+            return _Refused(_asserted(identity, subject), _short(source))
         return Caller(principal, source, gateway=self.gateway)
 
     def _serve(self, stream_id: int, caller: Caller | _Refused, message: bytes) -> None:
         handler = self.factory.handler
         if isinstance(caller, _Refused):
-            log.warn("gateway {gateway} asserted an unacceptable caller {caller!r}",
-                     gateway=self.gateway.id, caller=caller.identity)
-            self._respond(stream_id, handler.failure_response(
-                ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
+            self._refuse_caller(stream_id, caller)
             return
         watch = handler.new_watch()
         self._requests[stream_id] = watch
         d = handler.handle_as(message, caller, watch)
         d.addErrback(self._request_failed, handler)
         d.addCallback(self._answered, stream_id, watch)
+
+    def _refuse_caller(self, stream_id: int, caller: _Refused) -> None:
+        """Refuse a request whose asserted caller the core does not accept, as the KMIP
+        listener refuses a certificate that names nobody (:func:`refusal_answer`: the
+        handler may record it first)."""
+        log.warn("gateway {gateway} asserted an unacceptable caller ({caller})",
+                 gateway=self.gateway.id, caller=caller.claimed)
+        answer = refusal_answer(self.factory.handler, Refusal(
+            ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted",
+            caller.source, None, caller.claimed, gateway=self.gateway))
+        if isinstance(answer, Deferred):  # (dropped if the link closes meanwhile)
+            answer.addCallback(lambda wire: self._respond(stream_id, wire))
+        else:
+            self._respond(stream_id, answer)
 
     def _answered(self, wire: bytes, stream_id: int, watch: RequestWatch) -> None:
         if self._requests.get(stream_id) is not watch:

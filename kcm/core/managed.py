@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kcm.core import events, policy
@@ -200,16 +201,16 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
     (and for any, to an application whose service is not provisioned); Permission Denied
     for another service's object that the policy does not let an application use.
 
-    Time-driven state changes (an Activation or Deactivation Date that has passed) are
-    applied here, so every operation sees the state the object is in now.
+    A refusal names ``uid`` in the item's audit record, with why for a refusal because of
+    who asks (:meth:`~kcm.core.context.OperationContext.refused`). Time-driven state changes
+    (an Activation or Deactivation Date that has passed) are applied here, so every
+    operation sees the state the object is in now.
     """
-    tenant = policy.tenant_of(ctx.principal)
-    if not policy.is_provisioned(ctx.session, ctx.principal):
-        raise object_not_found(uid)
-    obj = _read(ctx.session, tenant, uid, for_update)
-    if obj is None:
-        raise object_not_found(uid)
-    policy.check_object_use(ctx.principal, ctx.server_info.access, obj.row.service)
+    try:
+        obj = _usable(ctx, uid, for_update)
+    except KmipError as e:
+        ctx.refused(uid, e.why if isinstance(e, policy.AccessDenied) else None)
+        raise
     current = obj.state
     moved = state_now(obj, ctx.now)
     if moved != current:
@@ -218,6 +219,29 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
             save(ctx, obj, changed=False)
     ctx.touched(uid)
     return obj
+
+
+def _usable(ctx: OperationContext, uid: str, for_update: bool) -> StoredObject:
+    """The caller's object ``uid`` if the policy lets the caller use it; refused otherwise
+    (:func:`load` says how). Whether another tenant holds ``uid`` is asked only once the
+    caller's holds none, and for every such ``uid``, missing or not: the answer is the same
+    either way, only the audit record tells them apart."""
+    principal = ctx.principal
+    tenant = policy.tenant_of(principal)
+    if not policy.is_provisioned(ctx.session, principal):
+        raise policy.hidden_object(uid, policy.not_provisioned(principal))
+    obj = _read(ctx.session, tenant, uid, for_update)
+    if obj is None:
+        if _held_elsewhere(ctx.session, uid):
+            raise policy.hidden_object(uid, policy.ANOTHER_TENANTS_OBJECT)
+        raise object_not_found(uid)
+    policy.check_object_use(principal, ctx.server_info.access, obj.row.service)
+    return obj
+
+
+def _held_elsewhere(session: Session, uid: str) -> bool:
+    """Whether some tenant holds an object ``uid`` (read, never locked)."""
+    return session.scalar(select(Row.uid).where(Row.uid == uid)) is not None
 
 
 def state_now(obj: StoredObject, now: int) -> State:
@@ -296,8 +320,12 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
     provisioned); with ``tenant``, ``service`` is recorded as given. ``returning=False``
     returns None, which saves making the object for a caller that does not need it."""
     if tenant is None:
-        tenant = policy.tenant_of(ctx.principal)
-        policy.check_provisioned(ctx.session, ctx.principal)
+        try:
+            tenant = policy.tenant_of(ctx.principal)
+            policy.check_provisioned(ctx.session, ctx.principal)
+        except policy.AccessDenied as e:
+            ctx.audit_detail["denied"] = e.why
+            raise
         service = policy.service_of(ctx.principal)
     check_rotate_interval(ctx, _rotate_interval(attributes))
     material = wrapped_by = None

@@ -19,6 +19,10 @@
   leaves through KMIP Get: L2 never, L3 only over the gateway link.
 * GATEWAY principals act only through the link, on behalf of the caller they assert.
   OPERATORs administer tenants with the `kcm` CLI and hold no tenant of their own.
+
+A refusal because of who asks is an :class:`AccessDenied`: the client is answered its reason
+and message (for what it may not know of, exactly a missing object's), and its ``why`` goes
+to the item's audit record only (``detail.denied``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from kcm.core.store import repository
 from kcm.core.store.known import KnownFacts
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.identity import Principal, Role
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.l4.authorize import check_service_key_use
@@ -57,12 +62,36 @@ class AccessPolicy:
     application_objects: ApplicationObjects = ApplicationObjects.OWN_SERVICE
 
 
+class AccessDenied(KmipError):
+    """A refusal because of who asks. Its reason and message are what the client is
+    answered; ``why`` (short ASCII) is for the audit record only, never for the client."""
+
+    def __init__(self, reason: ResultReason, message: str, *, why: str) -> None:
+        super().__init__(reason, message)
+        self.why = why
+
+
+#: Why another tenant's object is refused (the client is answered as for a missing one).
+ANOTHER_TENANTS_OBJECT = "another tenant's object"
+#: Why another service's object of the caller's tenant is refused.
+ANOTHER_SERVICES_OBJECT = "another service's object"
+
+
+def hidden_object(uid: str, why: str) -> AccessDenied:
+    """The refusal of an object the caller may not know of (another tenant's, or any to an
+    application whose service is not provisioned): exactly what a missing ``uid`` answers
+    (:func:`kcm.kernel.missing.object_not_found`), with ``why`` for the audit."""
+    missing = object_not_found(uid)
+    return AccessDenied(missing.reason, missing.message, why=why)
+
+
 def tenant_of(principal: Principal) -> str:
     """The tenant whose objects ``principal`` acts on; refused for tenant-less roles."""
     if principal.role not in _TENANT_ROLES or principal.tenant is None:
-        raise KmipError(ResultReason.PERMISSION_DENIED,
-                        f"{principal.role.value} principals hold no objects; "
-                        "connect with a tenant identity")
+        raise AccessDenied(ResultReason.PERMISSION_DENIED,
+                           f"{principal.role.value} principals hold no objects; "
+                           "connect with a tenant identity",
+                           why=f"{principal.role.value} principals hold no objects")
     return principal.tenant
 
 
@@ -82,13 +111,19 @@ def known_provisioned(known: KnownFacts, principal: Principal) -> bool:
     return (principal.tenant or "", principal.service or "") in known.services
 
 
+def not_provisioned(principal: Principal) -> str:
+    """Why an application whose service is not provisioned is refused (for the audit: the
+    words :func:`kcm.l4.authorize.denial_reason` uses)."""
+    return f"service {principal.tenant}/{principal.service} is not provisioned"
+
+
 def check_provisioned(session: Session, principal: Principal) -> None:
     """Permission Denied for an application whose service is not provisioned (it may create
     nothing, as a principal of an unprovisioned tenant may not)."""
     if not is_provisioned(session, principal):
-        raise KmipError(ResultReason.PERMISSION_DENIED,
-                        f"service {principal.tenant}/{principal.service} is not provisioned "
-                        "(it has no service key)")
+        why = not_provisioned(principal)
+        raise AccessDenied(ResultReason.PERMISSION_DENIED, f"{why} (it has no service key)",
+                           why=why)
 
 
 def service_of(principal: Principal) -> str | None:
@@ -109,9 +144,10 @@ def check_object_use(principal: Principal, access: AccessPolicy, service: str | 
     allowed = object_services(principal, access)
     if allowed is None or service in allowed:
         return
-    raise KmipError(ResultReason.PERMISSION_DENIED,
-                    f"the object belongs to service {service!r}: an application uses only "
-                    "its own service's objects and those of no service")
+    raise AccessDenied(ResultReason.PERMISSION_DENIED,
+                       f"the object belongs to service {service!r}: an application uses only "
+                       "its own service's objects and those of no service",
+                       why=ANOTHER_SERVICES_OBJECT)
 
 
 def check_lifecycle_change(principal: Principal, level: int | None) -> None:

@@ -19,6 +19,7 @@ none):
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -41,11 +42,12 @@ from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.drain import DRAIN_GRACE, drain
 from kcm.identity import SubjectMap
+from kcm.kernel.correlation import new_correlation_id
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.process import ProcessService
 
-__all__ = ["L1_CHECK_META", "CoreService", "MasterKey", "PolicyFile", "StartupError",
-           "l1_refusal"]
+__all__ = ["L1_CHECK_META", "SET_ACCESS_POLICY_OPERATION", "CoreService", "MasterKey",
+           "PolicyFile", "StartupError", "access_policy_records", "l1_refusal"]
 
 log = Logger()
 
@@ -112,7 +114,9 @@ class PolicyFile(Service):
     :attr:`subject_map` is the map in force (None without a policy file), replaced whole on a
     reload; each function in :attr:`on_change` is called with it at start and on every
     change. A reload that changed the map writes a ``policy`` event through ``store`` so
-    every gateway applies it in order.
+    every gateway applies it in order, and, in the same transaction, audit records of what
+    changed (:func:`access_policy_records`): a mapping gives a certificate subject a
+    tenant's identity, which each tenant's audit records must show.
     """
 
     name = "kcm-policy"
@@ -125,11 +129,13 @@ class PolicyFile(Service):
         self.on_change: list[Callable[[SubjectMap | None], None]] = []
         self._writes = DeferredLock()  # policy events commit in reload order
         self._pushed: str | None = None  # the document gateways were last sent
+        #: The document the audit log last describes (the change to the next is audited).
+        self._audited = SubjectMap({}).document()
         self._previous_sighup: Any = None
 
     def startService(self) -> None:
         self._use(SubjectMap.from_toml(self.path) if self.path else None)
-        self._pushed = (self.subject_map or SubjectMap({})).document()
+        self._pushed = self._audited = (self.subject_map or SubjectMap({})).document()
         self._install_sighup()
         super().startService()
 
@@ -175,17 +181,88 @@ class PolicyFile(Service):
         self._pushed = document
         log.info("policy reloaded from {path}: {count} subject mappings", path=path,
                  count=len(subject_map))
-        d = self._writes.run(self.store.run, lambda session: events.policy(session, document))
+        d = self._writes.run(self._write_change, document)
         d.addCallback(lambda seq: log.info("policy event {seq} written for the gateways",
                                            seq=seq))
         d.addErrback(self._event_failed, document)
         return d
 
+    def _write_change(self, document: str) -> Deferred[int]:
+        """In one transaction, the audit records of the change from the map the audit log
+        last describes to ``document``, and the ``policy`` event; run under the writes' lock,
+        so that the next change is audited from this one once it has committed."""
+        before = self._audited
+        records = access_policy_records(before, document, correlation_id=new_correlation_id())
+
+        def write(session: Any) -> int:
+            for record in records:
+                audit.append_audit(session, record)
+            return events.policy(session, document)
+
+        def written(seq: int) -> int:
+            self._audited = document
+            return seq
+
+        return self.store.run(write).addCallback(written)
+
     def _event_failed(self, failure: Any, document: str) -> None:
-        log.failure("writing the policy event failed; gateways learn the policy when they "
-                    "next link, or from the next reload", failure)
+        log.failure("writing the policy event and its audit records failed; gateways learn "
+                    "the policy when they next link, or from the next reload", failure)
         if self._pushed == document:
             self._pushed = None  # the next SIGHUP writes the event again
+
+
+#: The operation of the audit records of a change of the access policy (the subject map).
+SET_ACCESS_POLICY_OPERATION = "SetAccessPolicy"
+#: The most mappings one such record names, of those added and of those removed.
+MAX_AUDITED_MAPPINGS = 50
+#: The most characters of one mapping (``SUBJECT -> PATH``) a record repeats.
+MAX_AUDITED_MAPPING = 300
+
+
+def access_policy_records(before: str, after: str, *, correlation_id: str
+                          ) -> list[audit.AuditEvent]:
+    """The audit records of the access policy changing from document ``before`` to
+    ``after`` (:meth:`kcm.identity.SubjectMap.document`): one per tenant whose identities a
+    mapping added or removed gives or took (so that the tenant's own records show it), and
+    one with no tenant for operator identities. Each names its mappings ``SUBJECT -> PATH``
+    (``added``, ``removed``; a changed path is both), at most :data:`MAX_AUDITED_MAPPINGS`
+    of each, with the counts when there are more."""
+    old, new = json.loads(before), json.loads(after)
+    changes: dict[str | None, tuple[list[str], list[str]]] = {}
+    for subject, path in sorted(new.items()):
+        if old.get(subject) != path:
+            changes.setdefault(_path_tenant(path), ([], []))[0].append(
+                _mapping(subject, path))
+    for subject, path in sorted(old.items()):
+        if new.get(subject) != path:
+            changes.setdefault(_path_tenant(path), ([], []))[1].append(
+                _mapping(subject, path))
+    records = []
+    for tenant in sorted(changes, key=lambda t: (t is not None, t or "")):
+        added, removed = changes[tenant]
+        detail: dict[str, object] = {"added": added[:MAX_AUDITED_MAPPINGS],
+                                     "removed": removed[:MAX_AUDITED_MAPPINGS],
+                                     "mappings": len(new)}
+        for name, mappings in (("added", added), ("removed", removed)):
+            if len(mappings) > MAX_AUDITED_MAPPINGS:
+                detail[f"{name}_count"] = len(mappings)
+        records.append(audit.AuditEvent(
+            principal="kcm-core", operation=SET_ACCESS_POLICY_OPERATION,
+            result_status="SUCCESS", correlation_id=correlation_id, source="sighup",
+            tenant=tenant, detail=detail))  # type: ignore[arg-type]
+    return records
+
+
+def _path_tenant(path: str) -> str | None:
+    """The tenant a role path (``tenant/T/...``) names; None for an operator's."""
+    parts = path.split("/")
+    return parts[1] if len(parts) > 1 and parts[0] == "tenant" else None
+
+
+def _mapping(subject: str, path: str) -> str:
+    text = f"{subject} -> {path}"
+    return text if len(text) <= MAX_AUDITED_MAPPING else text[:MAX_AUDITED_MAPPING] + "..."
 
 
 #: Seconds a thread runs before it must let a thread that waits for the GIL have it.

@@ -348,24 +348,38 @@ def deploy(root: Path, database: str, *, max_message_size: int | None = None,
     ``max_message_size`` (if given) is the core's ``limits.max_message_size``, and
     ``l1_pkcs11`` (if given) puts L1 in that PKCS#11 token key instead of a key file.
 
-    A SQLite deployment with a key-file L1 is a copy of one made by the same commands once
-    per process (:func:`_template`): the PKI, the L1 key and the database file are the same
-    bytes ``kcm core init`` and ``kcm core tenant/service add`` would write, without five
-    `kcm` processes per test."""
+    A deployment with a key-file L1 is a copy of one made by the same commands once per
+    process, without five `kcm` processes per test: on SQLite (:func:`_template`) the PKI,
+    the L1 key and the database file are the same bytes ``kcm core init`` and ``kcm core
+    tenant/service add`` would write; on PostgreSQL (:func:`_pg_template`) the empty
+    database ``database`` names is made again from a template database those commands
+    filled, in the same cluster."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)  # kcm core init wants it private
     core = CoreProcess(root, database, max_message_size=max_message_size, l1_pkcs11=l1_pkcs11)
     core.limits.update(limits)
+    template = None if l1_pkcs11 is not None else _copied_database(database)
+    if template is None:
+        _initialise(core)
+        return core
+    shutil.copytree(template / "pki", root / "pki", copy_function=shutil.copy2)
+    shutil.copy2(template / "l1.key", root / "l1.key")
+    core.write_config()
+    return core
+
+
+def _copied_database(database: str) -> Path | None:
+    """Make ``database`` a copy of the template deployment's database; the template's
+    directory (its PKI and L1 key), or None where no template serves (``database`` is
+    neither a SQLite file nor an empty PostgreSQL database)."""
     target = _sqlite_file(database)
-    if target is not None and l1_pkcs11 is None:
+    if target is not None:
         template = _template()
-        shutil.copytree(template / "pki", root / "pki", copy_function=shutil.copy2)
-        shutil.copy2(template / "l1.key", root / "l1.key")
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         shutil.copy2(template / "kcm.db", target)
-        core.write_config()
-        return core
-    _initialise(core)
-    return core
+        return template
+    if database.startswith(("postgresql://", "postgresql+psycopg://")):
+        return _pg_template(database)
+    return None
 
 
 def _initialise(core: CoreProcess) -> None:
@@ -405,6 +419,57 @@ def _template() -> Path:
             (root / leftover).unlink(missing_ok=True)
         _TEMPLATE = root
     return _TEMPLATE
+
+
+#: Per PostgreSQL cluster (its URL without the database): the template deployment's
+#: directory and the name of its database.
+_PG_TEMPLATES: dict[str, tuple[Path, str]] = {}
+
+
+def _pg_template(database: str) -> Path | None:
+    """Make the empty PostgreSQL database ``database`` again from a template database filled
+    once per process and cluster by the real commands (``CREATE DATABASE ... TEMPLATE``);
+    the template's directory, or None when ``database`` holds tables already."""
+    cluster, name = database.rsplit("/", 1)
+    if _has_tables(database):
+        return None
+    if cluster not in _PG_TEMPLATES:
+        template_name = f"kcm_deploy_template_{os.getpid()}"
+        _pg_admin(cluster, f"CREATE DATABASE {template_name}")
+        work = Path(tempfile.mkdtemp(prefix="kcm-deploy-pg-template-"))
+        atexit.register(shutil.rmtree, work, True)
+        root = work / "core"
+        root.mkdir(mode=0o700)
+        _initialise(CoreProcess(root, f"{cluster}/{template_name}"))
+        _PG_TEMPLATES[cluster] = (root, template_name)
+    root, template_name = _PG_TEMPLATES[cluster]
+    _pg_admin(cluster, f'DROP DATABASE "{name}"',
+              f'CREATE DATABASE "{name}" TEMPLATE {template_name}')
+    return root
+
+
+def _has_tables(database: str) -> bool:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database)
+    try:
+        return bool(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _pg_admin(cluster: str, *statements: str) -> None:
+    """Run ``statements`` in the cluster's maintenance database ``postgres``, outside any
+    transaction (CREATE and DROP DATABASE refuse one)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"{cluster}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            for statement in statements:
+                connection.execute(sqlalchemy.text(statement))
+    finally:
+        engine.dispose()
 
 
 _WORKER_STARTED = re.compile(r"kcm-gateway worker (\d+) started: pid (\d+)")

@@ -6,8 +6,9 @@ caller's identity is asserted by a gateway.
 
 Every request leaves audit records, whatever happens to it: one per answered batch item
 when it runs, one for a request refused whole (unreadable, an unsupported protocol version,
-too many batch items), and one for a request that failed with an unexpected error (General
-Failure, logged with its traceback and correlation id).
+too many batch items; also those the protocol refuses before this handler reads them:
+:meth:`CoreRequestHandler.refuse`), and one for a request that failed with an unexpected
+error (General Failure, logged with its traceback and correlation id).
 
 The work of one request is bounded (``[core.limits]``, :class:`kcm.core.config.CoreLimits`):
 its header is judged before any batch item is decoded (protocol version, number of items),
@@ -49,6 +50,7 @@ from twisted.python.failure import Failure
 from kcm.core.attribute_answers import recall, remember
 from kcm.core.audit import (
     AuditEvent,
+    JsonValue,
     RequestSavepoint,
     append_audit,
     append_records,
@@ -123,7 +125,8 @@ from kcm.kmip.messages import (
 )
 from kcm.kmip.payloads import CreateKeyPairRequest, DeriveKeyRequest
 from kcm.kmip.versions import Version
-from kcm.kmip_protocol import ConnectionInfo
+from kcm.kmip_protocol import ConnectionInfo, Refusal
+from kcm.logging import printable
 from kcm.ttlv import TtlvError, decode
 from kcm.ttlv.peek import operation_values, peek_request
 
@@ -241,6 +244,26 @@ class CoreRequestHandler:
 
     def failure_response(self, reason: int, message: str) -> bytes:
         return failure_response((1, 0), reason, message, int(self._clock()))
+
+    def refuse(self, refusal: Refusal) -> Deferred[bytes]:
+        """The answer to a request refused whole before it reached :meth:`handle_request`
+        or :meth:`handle_as` (:class:`~kcm.kmip_protocol.Refusal`: a client certificate
+        naming no accepted identity, a request over ``max_message_size``, a caller a gateway
+        asserted that the core does not accept): :meth:`failure_response`'s, sent once the
+        request's audit record (operation ``?``) has committed, so that these requests
+        leave one too. It rides a group commit like any other record; the refusals of
+        senders the core accepts no identity of share one fair share there
+        (:data:`UNIDENTIFIED_SHARE`), so a flood of them delays another tenant's request by
+        one record per group at most. A record that cannot be written is logged, and the
+        client answered all the same."""
+        wire = self.failure_response(refusal.reason, refusal.message)
+        event = refusal_event(refusal, new_correlation_id())
+        self._metrics.item(None)
+        key = UNIDENTIFIED_SHARE if refusal.principal is None else share_of(
+            Caller(refusal.principal, refusal.peer))
+        return self._committer.submit(key, _append_all, [event], lean=append_records
+                                      ).addCallbacks(lambda _: wire, _unaudited_refusal,
+                                                     errbackArgs=(event, wire))
 
     # ------------------------------------------------------------------------
     def handle_as(self, wire: bytes, caller: Caller,
@@ -868,6 +891,53 @@ def _refusal(caller: Caller, refused: _Refused, correlation_id: str, now: int) -
                                  encode_items([item], refused.version)),
                    [audit_event(caller, item, correlation_id, [], detail)], refused.version,
                    correlation_id)
+
+
+#: Who the audit record of a refusal names when the core accepts no identity of its sender
+#: (who it claimed to be is in the record's ``detail``).
+UNIDENTIFIED = "unidentified"
+
+#: The group commit's share key of those records: one for them all, whoever sent them.
+UNIDENTIFIED_SHARE = ("unidentified", "")
+
+#: The most characters of a refusal's message, and of who its sender claimed to be, that
+#: its audit record keeps (printable ASCII; a certificate's description is shorter).
+_REFUSED_LENGTH = 200
+_CLAIMED_LENGTH = 800
+
+
+def refusal_event(refusal: Refusal, correlation_id: str) -> AuditEvent:
+    """The audit record of ``refusal`` (operation ``?``): its principal (or
+    :data:`UNIDENTIFIED`) and tenant, the gateway that relayed it, its source, its Result
+    Reason; ``detail.refused`` the message the client is answered, and who the sender
+    claimed to be: ``detail.certificate`` (a direct client's certificate described) or
+    ``detail.claimed`` (the caller a gateway asserted)."""
+    principal = refusal.principal
+    detail: dict[str, JsonValue] = {"refused": printable(refusal.message, _REFUSED_LENGTH)}
+    if refusal.claimed is not None:
+        detail["certificate" if refusal.gateway is None else "claimed"] = printable(
+            refusal.claimed, _CLAIMED_LENGTH)
+    return AuditEvent(
+        principal=UNIDENTIFIED if principal is None else principal.id,
+        tenant=None if principal is None else principal.tenant,
+        gateway=None if refusal.gateway is None else refusal.gateway.id,
+        source=refusal.peer, operation="?", result_status=ResultStatus.OPERATION_FAILED.name,
+        result_reason=enum_label(ResultReason, refusal.reason),
+        correlation_id=correlation_id, detail=detail)
+
+
+def _unaudited_refusal(failure: Failure, event: AuditEvent, wire: bytes) -> bytes:
+    """``wire``, the refusal's answer, after its audit record ``event`` failed to commit:
+    one line for a store that is unavailable, the traceback for anything else."""
+    unavailable = store_unavailable(failure.value)
+    if unavailable is not None:
+        log.error("refusal of a request from {peer} [correlation id {cid}] not audited: the "
+                  "key store is unavailable ({why})", peer=event.source,
+                  cid=event.correlation_id, why=unavailable)
+    else:
+        log.failure("the audit record of refused request {cid} could not be written",
+                    failure, cid=event.correlation_id)
+    return wire
 
 
 def _general_failure(caller: Caller, version: Version, correlation_id: str, now: int,

@@ -1,0 +1,120 @@
+"""A real kcm-core: a request the KMIP protocol refuses whole before the core reads it (a
+client certificate of the CA that names no accepted identity, a request declared larger
+than ``max_message_size``) leaves one audit record, operation ``?``, committed before the
+client's answer, which is the one it always was; the chain still verifies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import struct
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy
+
+from kcm.conformance.client import KmipClient
+from kcm.kernel.responses import failure_response
+from kcm.kmip_protocol import (
+    IDENTITY_REFUSED,
+    RESULT_REASON_INVALID_MESSAGE,
+    RESULT_REASON_PERMISSION_DENIED,
+)
+from kcm.pki import CertKeyPaths, issue_certificate, load_ca, write_certificate
+from kcm.testing.processes import CoreProcess, deploy
+from kcm.testing.requests import get, request, response
+
+MAX_MESSAGE_SIZE = 8192
+
+
+@pytest.fixture(scope="module")
+def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProcess]:
+    root = tmp_path_factory.mktemp("hr-refusals")
+    core = deploy(root / "core", f"sqlite:///{root / 'core' / 'kcm.db'}",
+                  max_message_size=MAX_MESSAGE_SIZE)
+    core.start()
+    try:
+        yield core
+    finally:
+        core.stop()
+
+
+def records(core: CoreProcess, after: int = 0) -> list[dict]:
+    engine = sqlalchemy.create_engine(core.database)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sqlalchemy.text(
+                "SELECT seq, principal, tenant, gateway, source, operation, result_status, "
+                "result_reason, detail FROM audit_log WHERE seq > :after ORDER BY seq"),
+                {"after": after}).mappings().all()
+    finally:
+        engine.dispose()
+    return [dict(row, detail=json.loads(row["detail"]) if row["detail"] else None)
+            for row in rows]
+
+
+def newest(core: CoreProcess) -> int:
+    rows = records(core)
+    return rows[-1]["seq"] if rows else 0
+
+
+def intruder(core: CoreProcess) -> KmipClient:
+    """A client whose certificate, of the deployment's CA, names another trust domain."""
+    issued = issue_certificate(load_ca(core.pki.ca), "intruder", now=dt.datetime.now(dt.UTC),
+                               uris=["spiffe://elsewhere.test/tenant/demo/service/app"])
+    paths = CertKeyPaths(core.root / "intruder.pem", core.root / "intruder.key")
+    write_certificate(paths, issued.cert, issued.key)
+    return KmipClient("127.0.0.1", core.port, cert=paths.cert, key=paths.key,
+                      ca=core.pki.ca.cert)
+
+
+def local_port(client: KmipClient) -> int:
+    assert client._socket is not None
+    return client._socket.getsockname()[1]
+
+
+def as_always(wire: bytes, reason: int, message: str) -> None:
+    """``wire`` is the answer the protocol wrote before the core recorded refusals: a KMIP
+    1.0 message of one failed item, no Server Correlation Value (its time stamp aside)."""
+    stamp = response(wire).header.time_stamp
+    assert wire == failure_response((1, 0), reason, message, stamp)
+
+
+def test_a_certificate_naming_nobody_leaves_one_record_before_its_answer(
+        core: CoreProcess) -> None:
+    mark = newest(core)
+    with intruder(core) as client:
+        client.connect()
+        port = local_port(client)
+        answer = client.send(request(get("x")))
+        [row] = records(core, mark)  # already committed: the answer waited for it
+    as_always(answer, RESULT_REASON_PERMISSION_DENIED, IDENTITY_REFUSED)
+    assert (row["principal"], row["tenant"], row["gateway"], row["source"], row["operation"],
+            row["result_status"], row["result_reason"]) == (
+        "unidentified", None, None, f"127.0.0.1:{port}", "?", "OPERATION_FAILED",
+        "PERMISSION_DENIED")
+    assert row["detail"]["refused"] == IDENTITY_REFUSED
+    certificate = row["detail"]["certificate"]
+    assert certificate.startswith("subject CN=intruder,O=KCM Dev, ")
+    assert "SAN spiffe://elsewhere.test/tenant/demo/service/app" in certificate
+    assert "serial " in certificate and certificate.isascii()
+    assert core.kcm("audit", "verify").returncode == 0
+
+
+def test_an_oversized_request_leaves_one_record_of_its_principal(core: CoreProcess) -> None:
+    mark = newest(core)
+    declared = MAX_MESSAGE_SIZE * 4
+    with core.client("app") as client:
+        client.connect()
+        port = local_port(client)
+        answer = client.send(struct.pack(">II", 0x42007801, declared))
+        [row] = records(core, mark)
+    [item] = response(answer).batch_items
+    as_always(answer, RESULT_REASON_INVALID_MESSAGE, item.result_message)
+    assert item.result_message.startswith("request too large: ")
+    assert (row["principal"], row["tenant"], row["gateway"], row["source"], row["operation"],
+            row["result_status"], row["result_reason"]) == (
+        "spiffe://kcm.test/tenant/demo/service/app", "demo", None, f"127.0.0.1:{port}", "?",
+        "OPERATION_FAILED", "INVALID_MESSAGE")
+    assert row["detail"] == {"refused": item.result_message}
+    assert core.kcm("audit", "verify").returncode == 0

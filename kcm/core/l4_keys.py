@@ -40,7 +40,12 @@ class StoreKeySource:
         self._ctx = ctx
 
     def current_service_key(self, tenant: str, service: str) -> ServiceKey:
-        return self._loaded(current_l3(self._ctx.session, tenant, service, self._ctx.now))
+        ctx = self._ctx
+        # An application whose service is not provisioned has no key to find: refused with
+        # the very answer a missing one gets, and why for the audit record.
+        check_service_key_use(ctx.principal, tenant, service,
+                              known=policy.is_provisioned(ctx.session, ctx.principal))
+        return self._loaded(current_l3(ctx.session, tenant, service, ctx.now))
 
     def service_key(self, uid: str) -> ServiceKey:
         ctx = self._ctx

@@ -10,10 +10,15 @@ request is an L4 one and None when it is not (the handler then goes on as before
 * Revoke/Destroy of an ``l4.`` identifier: a tombstone and an ``l4.tombstone`` event, in the
   request's transaction, so the audit record, the tombstone and the event commit together.
 
+Only an L4 Create sets the ID Placeholder (its new token), as at a gateway
+(:data:`kcm.l4.engine.SETS_ID_PLACEHOLDER`); the others leave it as it was (KMIP 1.4 §4,
+2.1 §6).
+
 Audit records name the L3 involved and the token's TokenId, never the token itself (it
 carries the sealed DEK). A refusal because of who asks (another tenant's token or L3,
-answered exactly as a missing one; another service's) is recorded in the item's audit
-detail as ``denied``.
+answered exactly as a missing one; another service's; any, to an application whose service
+is not provisioned) is recorded in the item's audit detail as ``denied``, with the
+identifier asked for as ``requested`` (a Create names a service, not a key: none).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse | No
     """Create of an L4 (docs/link-protocol.md §3 markers), else None."""
     if not is_l4_create(request.attributes):
         return None
-    response = _audited(ctx, _engine(ctx).create, request)
+    response = _audited(ctx, _engine(ctx).create, request, requested=None)
     _note_token(ctx, response.unique_identifier)
     ctx.id_placeholder.set(response.unique_identifier)
     return response
@@ -64,9 +69,7 @@ def get(ctx: OperationContext, request: GetRequest) -> GetResponse | None:
     if not is_l4(uid):
         return None
     _note_token(ctx, uid)
-    response = _audited(ctx, _engine(ctx).get, _with_uid(request, uid))
-    ctx.id_placeholder.set(uid)
-    return response
+    return _audited(ctx, _engine(ctx).get, _with_uid(request, uid), requested=uid)
 
 
 def encrypt(ctx: OperationContext, request: EncryptRequest) -> EncryptResponse | None:
@@ -87,7 +90,7 @@ def _with_service_key(ctx: OperationContext, request: Any, operation: Callable[.
         return None
     _note_token(ctx, uid)
     return _audited(ctx, lambda principal, version, payload: operation(
-        _engine(ctx), principal, version, payload), _with_uid(request, uid))
+        _engine(ctx), principal, version, payload), _with_uid(request, uid), requested=uid)
 
 
 def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierResponse | None:
@@ -113,24 +116,28 @@ def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierR
 
 def _tombstone(ctx: OperationContext, uid: str, reason: str) -> UniqueIdentifierResponse:
     _note_token(ctx, uid)
-    target = _audited(ctx, _engine(ctx).tombstone, uid)
+    target = _audited(ctx, _engine(ctx).tombstone, uid, requested=uid)
     added = repository.add_tombstone(ctx.session, token_id=target.token_id,
                                      tenant=target.tenant, l3_uid=target.l3_uid, reason=reason,
                                      clock=lambda: ctx.now)
     if added:
         events.l4_tombstone(ctx, target.tenant, target.token_id, target.l3_uid)
     ctx.audit_detail["l4_tombstone"] = "recorded" if added else "already recorded"
-    ctx.id_placeholder.set(uid)
     return UniqueIdentifierResponse(unique_identifier=uid)
 
 
-def _audited(ctx: OperationContext, call: Callable[..., Any], argument: Any) -> Any:
+def _audited(ctx: OperationContext, call: Callable[..., Any], argument: Any, *,
+             requested: str | None) -> Any:
     """``call(principal, version, argument)``; a refusal of who asks is noted for the audit
-    record (the client is answered as if the key were missing, the record says why)."""
+    record: why, and the identifier the item asked for (``requested``; None for a Create,
+    which names a service, not a key). The client is answered as if the key were missing."""
     try:
         return call(ctx.principal, ctx.version, argument)
     except ServiceKeyUseDenied as e:
-        ctx.audit_detail["denied"] = e.why
+        if requested is None:
+            ctx.audit_detail["denied"] = e.why
+        else:
+            ctx.refused(requested, e.why)
         raise
 
 

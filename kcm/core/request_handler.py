@@ -589,7 +589,7 @@ class CoreRequestHandler:
         computed in one read-only transaction with every check the operation makes, and
         kept in ``key_pairs`` (:func:`kcm.core.operations.derive.prepare_pbkdf2`); within
         the request's bound on PBKDF2 work, as the writer counts it. One that cannot be
-        (refused, its base named by an ID Placeholder, the store failing) is left for the
+        (refused, the store failing) is left for the
         writer, which refuses it or computes it."""
         if should_stop() is not None:
             return

@@ -9,9 +9,9 @@ marker (:data:`kcm.l4.marking.MARKER_BYTES`). A batch item runs LOCAL when it is
 * a Get whose Unique Identifier is an L4 token (``l4.``),
 * an Encrypt or Decrypt whose Unique Identifier is an L4 token or an L3 (``l3-``),
 * a Get, Encrypt or Decrypt without a Unique Identifier (it means the ID Placeholder) when
-  the placeholder was last set at the gateway: by a local Create or Get (which set it, as
-  the core's L4 Create and Get do; an Encrypt or Decrypt sets none, at the gateway as at
-  the core), with no remote item since;
+  the placeholder was last set at the gateway: by a local Create (which sets it, as the
+  core's L4 Create does; a Get, Encrypt or Decrypt sets none, at the gateway as at the
+  core: KMIP 1.4 §4, 2.1 §6), with no remote item since;
 
 everything else is REMOTE and goes to the core as it came. So does every item of a request
 in a protocol version the gateway does not speak: version negotiation is the core's answer.
@@ -22,9 +22,9 @@ which an item that may refer to the placeholder (one without a Unique Identifier
 than an operation that takes none) comes after an item of the other plane, goes whole to
 the core, which runs L4 items as the gateway does. A remote such item may mean a
 placeholder set by a local item, or by a remote item of another run; a local one, a
-placeholder set by a remote item before the local Create or Get, when that failed (a failed
-item sets none). A request whose local placeholder items follow only local items stays
-mixed: a Create of an L4 and an Encrypt without an identifier, then remote items.
+placeholder set by a remote item before the local Create, when that failed (a failed item
+sets none). A request whose local placeholder items follow only local items stays mixed: a
+Create of an L4 and an Encrypt without an identifier, then remote items.
 
 Most forwarded requests hold none of these four operations: :func:`may_run_here` says so
 from a scan of the bytes for Operation items, without the peek, and such a request is

@@ -7,8 +7,8 @@ or an L4. Nothing runs that could need undoing, so a run has no savepoints, and 
 same decoded items again is safe: payloads are never changed in place.
 
 The ID Placeholder (KMIP 1.4 §4, 2.1 §6) works within a run: an item without a Unique
-Identifier uses the identifier the last Create (its new token) or Get (its token) of the
-run set. An Encrypt or Decrypt sets none, as at the core (:mod:`kcm.core.l4_requests`).
+Identifier uses the identifier the last Create (its new token) of the run set. A Get,
+Encrypt or Decrypt sets none, as at the core (:mod:`kcm.core.l4_requests`).
 
 An item refused because its caller may not use the service key it reached for (another
 tenant's token or L3, another service's; refused here or by the core on a fetch) is listed

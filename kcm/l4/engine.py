@@ -444,10 +444,11 @@ class L4Engine:
         return dek, l3
 
 
-#: The L4 operations whose answer sets the batch's ID Placeholder (KMIP 1.4 §4, 2.1 §6): a
-#: Create (its new token) and a Get (its token); an Encrypt or Decrypt sets none. The
-#: gateway's runs and classifier go by it; kcm.core.l4_requests sets it in the same cases.
-SETS_ID_PLACEHOLDER = frozenset((int(Operation.CREATE), int(Operation.GET)))
+#: The L4 operations whose answer sets the batch's ID Placeholder (KMIP 1.4 §4, 2.1 §6: an
+#: operation that makes or finds an object): a Create (its new token). A Get, Encrypt or
+#: Decrypt uses it and leaves it unchanged. The gateway's runs and classifier go by it;
+#: kcm.core.l4_requests sets it in the same cases.
+SETS_ID_PLACEHOLDER = frozenset((int(Operation.CREATE),))
 
 #: The engine's method for each operation (one table for every engine: an engine is built
 #: per request).

@@ -98,8 +98,10 @@ async def test_create_activate_revoke_destroy_with_id_placeholder(core: CoreHarn
 
     revoke = RevokeRequest(unique_identifier=uid, revocation_reason=RevocationReason(
         code=RevocationReasonCode.CESSATION_OF_OPERATION))
+    # A Revoke leaves the (here empty) ID Placeholder as it was (KMIP 1.4 §4, 2.1 §6): the
+    # Destroy names the key.
     response = await send(core, wire((Operation.REVOKE, revoke),
-                                     (Operation.DESTROY, DestroyRequest())))
+                                     (Operation.DESTROY, DestroyRequest(unique_identifier=uid))))
     assert [b.result_status for b in response.batch_items] == [ResultStatus.SUCCESS] * 2
     assert state_of(core, uid) == State.DESTROYED
 

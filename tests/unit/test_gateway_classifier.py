@@ -81,8 +81,8 @@ def test_placeholder_after_a_local_create_is_local_after_a_remote_item_remote() 
 @pytest.mark.parametrize("setter", [create_l4(), get(TOKEN)])
 def test_a_local_placeholder_item_after_a_remote_item_sends_the_request_whole(
         setter, reader) -> None:
-    # A failed item sets no placeholder: should the local Create or Get fail, the reader
-    # means what the remote item set, at the core.
+    # A failed item sets no placeholder, and a Get sets none: after a local Get, or a local
+    # Create that fails, the reader means what the remote item set, at the core.
     for remote in (create_managed(), activate("7"), locate()):
         classified = classify(request(remote, setter, reader))
         assert classified.local == (False, False, False)

@@ -483,12 +483,13 @@ def test_a_placeholder_a_failed_local_item_did_not_replace_is_the_core_s(
     assert comparable(message) == comparable(response(core.client(APP).send(wire)))
 
 
-def test_a_local_encrypt_sets_no_placeholder(warm: Gateway) -> None:
-    first = ok(warm.send(request(create_l4()))).unique_identifier
-    second = ok(warm.send(request(create_l4()))).unique_identifier
-    message = warm.send(request(get(first, b"1"), encrypt(second, b"x", b"2"),
-                                get(None, b"3")))
-    assert ok(message, 2).unique_identifier == first
+def test_a_local_get_or_encrypt_sets_no_placeholder(warm: Gateway) -> None:
+    """KMIP 1.4 §4, 2.1 §6: the Create sets the ID Placeholder; a Get or an Encrypt naming
+    another token leaves it, at the gateway as at the core."""
+    other = ok(warm.send(request(create_l4()))).unique_identifier
+    message = warm.send(request(create_l4(b"1"), get(other, b"2"), encrypt(other, b"x", b"3"),
+                                get(None, b"4")))
+    assert ok(message, 3).unique_identifier == ok(message, 0).unique_identifier
 
 
 def _answered(gateway: Gateway, wire: bytes) -> bytes:

@@ -16,6 +16,9 @@ client needs it to address the instance: in Get Attributes, for the multi-valued
 attributes a client may change (Name, Link, x-…), and in a Modify or Delete answer
 whose request named the index itself. KMIP 2.x has no index: an instance is named by
 its value (Current Attribute).
+
+None of them sets the ID Placeholder (KMIP 1.4 §4, 2.1 §6: it is the operand's identifier
+before, unchanged after): an item naming another object leaves it to the later items.
 """
 
 from __future__ import annotations
@@ -100,7 +103,6 @@ def get_attributes(ctx: OperationContext, request: GetAttributesRequest) -> GetA
             chosen += _instances(obj, key)
     else:
         chosen = list(obj.attributes)
-    ctx.id_placeholder.set(obj.uid)
     return GetAttributesResponse(unique_identifier=obj.uid, attributes=[
         _on_wire(a, keep_zero=_client_managed_instances(a)) for a in chosen])
 
@@ -117,7 +119,6 @@ def get_attribute_list(ctx: OperationContext,
             seen.add(key)
             references.append(AttributeReference(attribute.tag, attribute.vendor_identification,
                                                  attribute.name))
-    ctx.id_placeholder.set(obj.uid)
     return GetAttributeListResponse(unique_identifier=obj.uid, attribute_references=references)
 
 
@@ -282,7 +283,6 @@ def _save(ctx: OperationContext, obj: managed.StoredObject, label: str) -> None:
             attribute.index = None
     managed.save(ctx, obj)
     ctx.audit_detail["attribute"] = label
-    ctx.id_placeholder.set(obj.uid)
 
 
 def _key(item: Attribute | AttributeReference) -> Key:

@@ -186,8 +186,10 @@ def _run(ctx: OperationContext, obj: managed.StoredObject,
 def check(ctx: OperationContext, request: CheckRequest) -> CheckResponse:
     """Could the caller use the object as described? The object's state is not judged
     (the OASIS BL-M-2 case checks a Pre-Active key); its policy, usage mask, remaining
-    usage and lease are. On failure the ID Placeholder is emptied (KMIP 1.4 §4.10)."""
+    usage and lease are. On failure the ID Placeholder is emptied (KMIP 1.4 §4.10); a Check
+    that passes leaves it as it was (§4: the operand before, unchanged after)."""
     uid = ctx.id_placeholder.resolve(request.unique_identifier)
+    before = ctx.id_placeholder.value
     ctx.id_placeholder.value = None
     obj = managed.load(ctx, uid, for_update=False)
     policy.check_key_use(ctx.principal, obj.level, obj.row.service)
@@ -206,7 +208,7 @@ def check(ctx: OperationContext, request: CheckRequest) -> CheckResponse:
     if request.lease_time is not None and lease is not None and request.lease_time > lease:
         raise KmipError(ResultReason.PERMISSION_DENIED,
                         f"Check failed: the lease is at most {lease} seconds")
-    ctx.id_placeholder.set(obj.uid)
+    ctx.id_placeholder.value = before
     return CheckResponse(unique_identifier=obj.uid)
 
 

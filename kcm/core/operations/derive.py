@@ -5,7 +5,9 @@ The derivation methods are :mod:`kcm.crypto.derivation`'s; this handler loads th
 objects, applies the policy and the key-use rule, and stores what it makes:
 
 * The first base object's key material is derived from; without Derivation Data a second
-  base Secret Data supplies it. An object named twice is refused (Invalid Field).
+  base Secret Data supplies it. An object named twice is refused (Invalid Field). Every base
+  is named by its Unique Identifier: the ID Placeholder SHALL NOT stand for one here (the
+  new object's identifier does go into it, as a Create's does).
 * The template's Cryptographic Length (bits, a whole number of bytes) is required, and for
   a Symmetric Key its Cryptographic Algorithm.
 * Base objects must be usable for derivation (:data:`kcm.kernel.key_use.DERIVE`: Pre-Active
@@ -48,6 +50,7 @@ from kcm.kmip.labels import enum_label
 from kcm.kmip.objects import KeyBlock, KeyValue, SecretData, SymmetricKey
 from kcm.kmip.payloads import DeriveKeyRequest, DeriveKeyResponse
 from kcm.kmip.tags import Tag
+from kcm.ttlv import Item
 
 _DERIVABLE = (ObjectType.SYMMETRIC_KEY, ObjectType.SECRET_DATA)
 
@@ -116,8 +119,7 @@ def _derivation(ctx: OperationContext, request: DeriveKeyRequest, compute_pbkdf2
     if object_type == ObjectType.SYMMETRIC_KEY and algorithm is None:
         raise KmipError(ResultReason.INVALID_FIELD,
                         "deriving a Symmetric Key needs a Cryptographic Algorithm attribute")
-    references = request.unique_identifiers or [None]
-    uids = [ctx.id_placeholder.resolve(reference) for reference in references]
+    uids = _named_bases(request.unique_identifiers)
     _no_repeated_base(uids)
     bases = [_derivation_base(ctx, uid, for_update) for uid in uids]
     key_material = clear_key_bytes(ctx, bases[0])
@@ -132,6 +134,22 @@ def _derivation(ctx: OperationContext, request: DeriveKeyRequest, compute_pbkdf2
                      charge_pbkdf2=ctx.work.charge_pbkdf2, compute_pbkdf2=compute_pbkdf2)
     ctx.audit_detail["derivation_method"] = enum_label(DerivationMethod, method)
     return object_type, attributes, length_bits, algorithm, bases, derived
+
+
+def _named_bases(references: list[str | Item]) -> list[str]:
+    """The base objects' identifiers, as the request names them: the ID Placeholder SHALL
+    NOT be used in place of a Unique Identifier in Derive Key (KMIP 1.4 §4.6, 2.1 alike),
+    so none omitted (Missing Data, as for an item with nothing to stand for its identifier)
+    and none the 2.x ID Placeholder reference (Invalid Field)."""
+    if not references:
+        raise KmipError(ResultReason.MISSING_DATA,
+                        "Derive Key needs its base object's Unique Identifier "
+                        "(not the ID Placeholder)")
+    uids = [reference for reference in references if isinstance(reference, str)]
+    if len(uids) != len(references):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "Derive Key takes no ID Placeholder for a base object")
+    return uids
 
 
 def _no_repeated_base(uids: list[str]) -> None:

@@ -28,8 +28,10 @@ def _load(ctx: OperationContext, unique_identifier) -> managed.StoredObject:
     return obj
 
 
-def _answer(ctx: OperationContext, obj: managed.StoredObject) -> UniqueIdentifierResponse:
-    ctx.id_placeholder.set(obj.uid)
+def _answer(obj: managed.StoredObject) -> UniqueIdentifierResponse:
+    """The object's identifier. The ID Placeholder is left as it was (KMIP 1.4 §4, 2.1 §6:
+    only an operation that makes or finds an object sets it), so an item naming another
+    object does not redirect the later items that mean the placeholder."""
     return UniqueIdentifierResponse(unique_identifier=obj.uid)
 
 
@@ -38,7 +40,7 @@ def activate(ctx: OperationContext, request: ActivateRequest) -> UniqueIdentifie
     obj.set(Tag.STATE, int(lifecycle.activate(obj.state)))
     obj.set(Tag.ACTIVATION_DATE, ctx.now)
     managed.save(ctx, obj)
-    return _answer(ctx, obj)
+    return _answer(obj)
 
 
 def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierResponse:
@@ -62,7 +64,7 @@ def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierRes
         obj.set(Tag.DEACTIVATION_DATE, ctx.now)
     managed.save(ctx, obj)
     ctx.audit_detail["revocation_reason"] = enum_label(RevocationReasonCode, reason.code)
-    return _answer(ctx, obj)
+    return _answer(obj)
 
 
 def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierResponse:
@@ -85,7 +87,7 @@ def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierR
     managed.destroy_material(ctx, obj)
     if obj.level == LEVEL_TENANT_KEY:
         ctx.keyring.forget_tenant_key(obj.tenant, obj.uid)
-    return _answer(ctx, obj)
+    return _answer(obj)
 
 
 def _retired_at(obj: managed.StoredObject) -> int | None:

@@ -25,6 +25,7 @@ import select
 import signal
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -33,7 +34,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kcm.metrics import MAX_CONNECTIONS
+from kcm.metrics import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from kcm.testing.processes import free_port, running, scrape
 from tests.e2e_support import (
     CoreProcess,
@@ -316,9 +317,15 @@ def test_a_request_body_is_refused_before_it_is_read(core_with_metrics) -> None:
 
 
 def test_the_listener_holds_at_most_its_cap_of_connections(core_with_metrics) -> None:
+    """Connections past the cap are closed as they arrive; those within it are held until
+    their request deadline (REQUEST_TIMEOUT after they connected)."""
     port = core_with_metrics.metrics_port
     assert port is not None
+    # Served once first: by then the listener has seen the end of every connection made
+    # before (the start-up probe's, closed by the client, is counted until it has).
+    assert scrape(port, "/healthz") == (200, b'{"alive": true}')
     with ExitStack() as stack:
+        started = time.monotonic()
         held: list[socket.socket] = []
         for _ in range(MAX_CONNECTIONS + 16):
             sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
@@ -326,19 +333,25 @@ def test_the_listener_holds_at_most_its_cap_of_connections(core_with_metrics) ->
                 sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # never finished
             held.append(sock)
 
-        def closed_by_the_server() -> int:
-            count = 0
-            for sock in held:
-                sock.setblocking(False)
-                try:
-                    count += sock.recv(1) == b""
-                except BlockingIOError:
-                    pass
-                except OSError:  # reset
-                    count += 1
-            return count
+        def closed_by_the_server(sock: socket.socket) -> bool:
+            sock.setblocking(False)
+            try:
+                return sock.recv(1) == b""
+            except BlockingIOError:
+                return False
+            except OSError:  # reset
+                return True
 
-        wait_until(lambda: closed_by_the_server() >= 16, "the connections past the cap closed",
-                   timeout=10.0)
-        assert closed_by_the_server() == 16
+        def closed() -> int:
+            return sum(map(closed_by_the_server, held))
+
+        # Which 16 are closed is the order the server accepted them in, not always the
+        # order they connected in (a full accept queue drops handshakes, retried later).
+        wait_until(lambda: closed() >= 16, "the connections past the cap closed",
+                   timeout=REQUEST_TIMEOUT - 2)
+        # Before the first connection reaches its deadline, only those 16 are closed. (A
+        # machine slow enough to take that long proves nothing here.)
+        count = closed()
+        if time.monotonic() - started < REQUEST_TIMEOUT - 0.5:
+            assert count == 16
     assert scrape(port, "/healthz") == (200, b'{"alive": true}')  # room again

@@ -75,8 +75,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from kcm.core.audit import Checkpoint, checkpoints_in_log, verify_chain
-    from kcm.core.l1 import L1Error, open_l1
-    from kcm.core.service import L1_CHECK_META
+    from kcm.core.l1 import L1_CHECK_META, L1Error, open_l1
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
 

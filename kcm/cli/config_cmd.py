@@ -219,7 +219,7 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from kcm.cli.core_cmd import existing_database, run_in_store, shown_url
-    from kcm.core.service import L1_CHECK_META, l1_refusal
+    from kcm.core.l1 import L1_CHECK_META, l1_refusal
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
     from kcm.core.store.migrate import (

@@ -266,8 +266,7 @@ def shown_url(url: str) -> str:
 
 def _run_init(args: argparse.Namespace) -> int:
     from kcm.core import audit
-    from kcm.core.l1 import L1Error, open_l1
-    from kcm.core.service import L1_CHECK_META, l1_refusal
+    from kcm.core.l1 import L1_CHECK_META, L1Error, l1_refusal, open_l1
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
     from kcm.core.store.migrate import SchemaTooNew, current_revision, upgrade
@@ -328,10 +327,6 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
         raise CommandError(f"cannot load the L1 key: {e}") from e
     keyring = Keyring(l1)
     store.audit_key = keyring.audit_key
-    # Imported before the transaction, not in it: kcm.core.service takes a while to import,
-    # and a running kcm-core's writers would wait for it (SQLite's lock is held).
-    import kcm.core.service  # noqa: F401
-
     def checked(session):
         require_l1_of_database(session, l1)
         return fn(session, keyring)
@@ -342,7 +337,7 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
 def require_l1_of_database(session: Session, l1) -> None:
     """CommandError unless the database holds a check value (``kcm core init`` records it)
     and it is ``l1``'s."""
-    from kcm.core.service import L1_CHECK_META, l1_refusal
+    from kcm.core.l1 import L1_CHECK_META, l1_refusal
     from kcm.core.store import repository
 
     refusal = l1_refusal(repository.get_meta(session, L1_CHECK_META), l1)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from kcm.core.keys import L1Error, RandomBytes
 
-__all__ = ["L1Error", "L1Key", "open_l1"]
+__all__ = ["L1_CHECK_META", "L1Error", "L1Key", "l1_refusal", "open_l1"]
 
 
 class L1Key(Protocol):
@@ -57,3 +57,18 @@ def open_l1(l1_key_file: str, l1_pkcs11: str | None, *, create: bool = False
     from kcm.core import l1_file
 
     return l1_file.open_key_file(l1_key_file, create=create)
+
+
+#: The meta row where ``kcm core init`` records the L1 key's check value.
+L1_CHECK_META = "l1.kcv"
+
+
+def l1_refusal(expected: str | None, l1: L1Key) -> str | None:
+    """Why ``l1`` is not the L1 of a database whose recorded check value is ``expected``
+    (None: ``kcm core init`` recorded none), or None if it is: the one rule kcm-core's start,
+    the operator commands that use L1 and ``kcm config check`` apply."""
+    if expected is None:
+        return "the database was not initialised: run `kcm core init` first"
+    if expected != l1.check_value():
+        return f"the {l1.description} is not the L1 key of this database"
+    return None

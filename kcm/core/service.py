@@ -34,7 +34,7 @@ from kcm.core import audit, events
 from kcm.core.config import CoreConfig
 from kcm.core.event_fanout import EventFanout
 from kcm.core.keyring import Keyring
-from kcm.core.l1 import L1Key, open_l1
+from kcm.core.l1 import L1_CHECK_META, l1_refusal, open_l1
 from kcm.core.link_server import LinkServerFactory
 from kcm.core.metrics import CoreMetrics
 from kcm.core.request_handler import CoreRequestHandler
@@ -51,22 +51,8 @@ __all__ = ["L1_CHECK_META", "SET_ACCESS_POLICY_OPERATION", "CoreService", "Maste
 
 log = Logger()
 
-L1_CHECK_META = "l1.kcv"
-
-
 class StartupError(RuntimeError):
     """kcm-core cannot start with this configuration and data."""
-
-
-def l1_refusal(expected: str | None, l1: L1Key) -> str | None:
-    """Why ``l1`` is not the L1 of a database whose recorded check value is ``expected``
-    (None: ``kcm core init`` recorded none), or None if it is: the one rule kcm-core's start,
-    the operator commands that use L1 and ``kcm config check`` apply."""
-    if expected is None:
-        return "the database was not initialised: run `kcm core init` first"
-    if expected != l1.check_value():
-        return f"the {l1.description} is not the L1 key of this database"
-    return None
 
 
 class MasterKey(Service):

@@ -35,6 +35,7 @@ starts. A tenant or service name must be one a certificate's SPIFFE ID can carry
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import time
 from typing import TYPE_CHECKING
@@ -310,6 +311,20 @@ def _run_init(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What the commands' write transactions import (lazily, as every command does): imported
+#: before the transaction, not in it, since on SQLite a running kcm-core's writers wait for
+#: the lock the transaction holds from its first statement.
+_WRITE_MODULES = ("kcm.core.audit", "kcm.core.events", "kcm.core.hierarchy",
+                  "kcm.core.rotation_policy", "kcm.core.store.repository",
+                  "kcm.core.store.schema", "kcm.core.tenant_rotation", "kcm.core.usage",
+                  "kcm.kmip.enums", "kcm.kmip.errors")
+
+
+def _import_write_modules() -> None:
+    for name in _WRITE_MODULES:
+        importlib.import_module(name)
+
+
 def _with_keyring(args: argparse.Namespace, fn) -> str:
     """``fn(session, keyring)`` in one write transaction, with the L1 key of ``-c/--config``,
     once the database's L1 check value says it is this database's L1 (as kcm-core checks it
@@ -327,6 +342,8 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
         raise CommandError(f"cannot load the L1 key: {e}") from e
     keyring = Keyring(l1)
     store.audit_key = keyring.audit_key
+    _import_write_modules()
+
     def checked(session):
         require_l1_of_database(session, l1)
         return fn(session, keyring)

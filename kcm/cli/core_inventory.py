@@ -268,13 +268,6 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
     policies. Whatever is left of a large tenant is deleted then in batches
     (:func:`remove_some`), a transaction each; a marker in ``meta`` says a removal is not
     finished, and running the command again finishes it."""
-    # Imported before the transaction, not in it (as _with_keyring does): a running
-    # kcm-core's writers would wait for the imports (SQLite's lock is held).
-    import kcm.core.audit
-    import kcm.core.events
-    import kcm.core.store.repository
-    import kcm.kmip.enums  # noqa: F401
-
     removal = _with_keyring(args, lambda session, keyring: _begin_removal(session, args))
     tenant = args.tenant
     if removal.finished:

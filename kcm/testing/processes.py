@@ -421,7 +421,7 @@ def _template() -> Path:
     return _TEMPLATE
 
 
-#: Per PostgreSQL cluster (its URL without the database): the template deployment's
+#: Per PostgreSQL cluster (the URL of its maintenance database): the template deployment's
 #: directory and the name of its database.
 _PG_TEMPLATES: dict[str, tuple[Path, str]] = {}
 
@@ -430,7 +430,11 @@ def _pg_template(database: str) -> Path | None:
     """Make the empty PostgreSQL database ``database`` again from a template database filled
     once per process and cluster by the real commands (``CREATE DATABASE ... TEMPLATE``);
     the template's directory, or None when ``database`` holds tables already."""
-    cluster, name = database.rsplit("/", 1)
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database)
+    name = url.database
+    cluster = url.set(database="postgres").render_as_string(hide_password=False)
     if _has_tables(database):
         return None
     if cluster not in _PG_TEMPLATES:
@@ -440,7 +444,8 @@ def _pg_template(database: str) -> Path | None:
         atexit.register(shutil.rmtree, work, True)
         root = work / "core"
         root.mkdir(mode=0o700)
-        _initialise(CoreProcess(root, f"{cluster}/{template_name}"))
+        template_url = url.set(database=template_name).render_as_string(hide_password=False)
+        _initialise(CoreProcess(root, template_url))
         _PG_TEMPLATES[cluster] = (root, template_name)
     root, template_name = _PG_TEMPLATES[cluster]
     _pg_admin(cluster, f'DROP DATABASE "{name}"',
@@ -458,12 +463,12 @@ def _has_tables(database: str) -> bool:
         engine.dispose()
 
 
-def _pg_admin(cluster: str, *statements: str) -> None:
-    """Run ``statements`` in the cluster's maintenance database ``postgres``, outside any
-    transaction (CREATE and DROP DATABASE refuse one)."""
+def _pg_admin(maintenance: str, *statements: str) -> None:
+    """Run ``statements`` in the cluster's maintenance database (``maintenance``, its URL),
+    outside any transaction (CREATE and DROP DATABASE refuse one)."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(f"{cluster}/postgres", isolation_level="AUTOCOMMIT")
+    engine = sqlalchemy.create_engine(maintenance, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
             for statement in statements:

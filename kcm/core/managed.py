@@ -301,13 +301,65 @@ _ATTRIBUTES = "attributes"
 MAX_STORED_ATTRIBUTES = MAX_ATTRIBUTES + 64
 
 
-def _encoded_attributes(attributes: list[Attribute]) -> bytes:
+#: The most bytes one attribute (its encoded value, vendor and name) may take. Far above
+#: any the specification defines or the server derives (a certificate's Subject or
+#: Issuer is its DER name); an application's own data belongs in a Secret Data object.
+MAX_ATTRIBUTE_BYTES = 64 * 1024
+#: The most bytes of encoded attributes one object keeps. Every change of the object
+#: rewrites them all in the store's one writer, shared by every tenant, and Get
+#: Attributes answers them all in one message of at most 1 MiB.
+MAX_OBJECT_ATTRIBUTE_BYTES = 1024 * 1024
+#: What a change may still add to an object over :data:`MAX_OBJECT_ATTRIBUTE_BYTES`: the
+#: server's own small values (State, dates, Revocation Reason), so that a full object,
+#: or one stored over the bound by an earlier release, can still be revoked, destroyed
+#: and trimmed. New values then are small, and their count is bounded: so is the object.
+SMALL_CHANGE_BYTES = 1024
+
+
+def _encoded_attributes(attributes: list[Attribute], stored: Iterable[Attribute] = (),
+                        stored_bytes: int = 0) -> bytes:
     """The stored form of an object's ``attributes``, refused (Server Limit Exceeded)
-    when there are more than :data:`MAX_STORED_ATTRIBUTES`."""
+    when there are more than :data:`MAX_STORED_ATTRIBUTES`, when one not in ``stored``
+    (the object's attributes as stored, ``stored_bytes`` long) is over
+    :data:`MAX_ATTRIBUTE_BYTES`, or when they grow over :data:`MAX_OBJECT_ATTRIBUTE_BYTES`
+    by more than a small change."""
     if len(attributes) > MAX_STORED_ATTRIBUTES:
         raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
                         f"an object keeps at most {MAX_STORED_ATTRIBUTES} attributes")
-    return encode_attributes(attributes)
+    blob = encode_attributes(attributes)
+    if len(blob) > MAX_ATTRIBUTE_BYTES:  # else no attribute can be over either bound
+        _check_bytes(attributes, stored, len(blob), stored_bytes)
+    return blob
+
+
+def _check_bytes(attributes: list[Attribute], stored: Iterable[Attribute], size: int,
+                 stored_bytes: int) -> None:
+    """Refuse the attributes new in this change (not in ``stored``, by value identity:
+    an operation keeps the stored value of an attribute it does not change) when one is
+    over :data:`MAX_ATTRIBUTE_BYTES`, or when the object's ``size`` is over
+    :data:`MAX_OBJECT_ATTRIBUTE_BYTES`, larger than stored and not a small change."""
+    kept = {(id(a.value), a.vendor_identification, a.name) for a in stored}
+    added = 0
+    for attribute in attributes:
+        if (id(attribute.value), attribute.vendor_identification, attribute.name) in kept:
+            continue
+        attribute_bytes = _attribute_bytes(attribute)
+        if attribute_bytes > MAX_ATTRIBUTE_BYTES:
+            raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
+                            f"an attribute takes at most {MAX_ATTRIBUTE_BYTES} bytes")
+        added += attribute_bytes
+    if size > MAX_OBJECT_ATTRIBUTE_BYTES and size > stored_bytes and added > SMALL_CHANGE_BYTES:
+        raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
+                        f"an object keeps at most {MAX_OBJECT_ATTRIBUTE_BYTES} bytes of "
+                        "attributes")
+
+
+def _attribute_bytes(attribute: Attribute) -> int:
+    """What ``attribute`` takes in the stored form, near enough: its encoded value and
+    the UTF-8 of its vendor and name."""
+    assert attribute.value is not None  # (encode_attributes refused it)
+    return (len(encode(attribute.value)) + len((attribute.vendor_identification or "").encode())
+            + len((attribute.name or "").encode()))
 
 
 def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: list[Attribute],
@@ -368,7 +420,8 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
         obj.set(Tag.LAST_CHANGE_DATE, ctx.now)
     stored_state = obj.row.state
     columns = _columns(obj)
-    _update(ctx, obj, attributes=_encoded_attributes(obj.attributes), **columns)
+    encoded = _encoded_attributes(obj.attributes, obj._stored, len(obj.row.attributes or b""))
+    _update(ctx, obj, attributes=encoded, **columns)
     # The Locate copies of Names and Object Groups are rewritten only when they changed
     # (a state change leaves them alone): one UPDATE in all for most saves.
     names, groups = _names(obj), _groups(obj)

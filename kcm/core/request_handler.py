@@ -7,7 +7,9 @@ caller's identity is asserted by a gateway.
 Every request leaves audit records, whatever happens to it: one per answered batch item
 when it runs, one for a request refused whole (unreadable, an unsupported protocol version,
 too many batch items; also those the protocol refuses before this handler reads them:
-:meth:`CoreRequestHandler.refuse`), and one for a request that failed with an unexpected
+:meth:`CoreRequestHandler.refuse`, where those of a sender the core accepts no identity of
+are coalesced, one record per sender per interval with their count:
+:mod:`kcm.core.refusal_records`), and one for a request that failed with an unexpected
 error (General Failure, logged with its traceback and correlation id).
 
 The work of one request is bounded (``[core.limits]``, :class:`kcm.core.config.CoreLimits`):
@@ -37,13 +39,14 @@ half a second), which the group commit then only stores.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -77,6 +80,7 @@ from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.operations.asymmetric_ops import checked_key_pair_request
 from kcm.core.operations.derive import prepare_pbkdf2
+from kcm.core.refusal_records import RefusalRecords, ThrottledLine
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
@@ -193,12 +197,14 @@ class CoreRequestHandler:
                  limits: CoreLimits | None = None, workers: int = 4,
                  committer: GroupCommitter | None = None,
                  metrics: CoreMetrics | None = None,
-                 group_start: Callable[[Callable[[], None]], object] | None = None) -> None:
+                 group_start: Callable[[Callable[[], None]], object] | None = None,
+                 reactor: IReactorTime | None = None) -> None:
         """``clock``: the wall clock, whose time is a request's (its dates, its answer's
         time stamp); ``timer``: the monotonic clock its deadline runs on (kcm-core's
         reactor; ``clock`` when not given). ``group_start``: when its group commits start
         (:class:`GroupCommitter`'s ``start``; kcm-core's is the end of the reactor's
-        turn)."""
+        turn). ``reactor``: the intervals and timers of the refusals it coalesces
+        (:class:`RefusalRecords`; Twisted's reactor when not given)."""
         self._store = store
         self._metrics = metrics or CoreMetrics()
         self._keyring = keyring
@@ -216,6 +222,12 @@ class CoreRequestHandler:
             write_lean=store.write_lean)
         #: The watches of the requests in flight, by connection id (reactor thread only).
         self._in_flight: dict[int, set[RequestWatch]] = {}
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor  # type: ignore[assignment]
+        assert reactor is not None
+        self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)
+        self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED)
 
     @property
     def limits(self) -> CoreLimits:
@@ -254,16 +266,28 @@ class CoreRequestHandler:
         leave one too. It rides a group commit like any other record; the refusals of
         senders the core accepts no identity of share one fair share there
         (:data:`UNIDENTIFIED_SHARE`), so a flood of them delays another tenant's request by
-        one record per group at most. A record that cannot be written is logged, and the
-        client answered all the same."""
+        one record per group at most, and are coalesced (:class:`RefusalRecords`): a
+        sender's first is recorded before its answer, those that follow within the
+        interval are answered at once and counted in one record at its end. A record that
+        cannot be written is logged (at most once per interval), and the client answered
+        all the same."""
         wire = self.failure_response(refusal.reason, refusal.message)
-        event = refusal_event(refusal, new_correlation_id())
         self._metrics.item(None)
+        if refusal.principal is None and not self._refusal_records.record_now(refusal):
+            return succeed(wire)
+        return self._record_refusals(refusal).addCallback(lambda _: wire)
+
+    def _record_refusals(self, refusal: Refusal,
+                         coalesced: Mapping[str, JsonValue] | None = None) -> Deferred[None]:
+        """The audit record of ``refusal`` (and of the refusals ``coalesced`` counts)
+        committed; a failure to commit it logged (and swallowed)."""
+        event = refusal_event(refusal, new_correlation_id(), coalesced)
         key = UNIDENTIFIED_SHARE if refusal.principal is None else share_of(
             Caller(refusal.principal, refusal.peer))
         return self._committer.submit(key, _append_all, [event], lean=append_records
-                                      ).addCallbacks(lambda _: wire, _unaudited_refusal,
-                                                     errbackArgs=(event, wire))
+                                      ).addCallbacks(lambda _: None, _unaudited_refusal,
+                                                     errbackArgs=(event,
+                                                                  self._unaudited_line))
 
     # ------------------------------------------------------------------------
     def handle_as(self, wire: bytes, caller: Caller,
@@ -906,17 +930,21 @@ _REFUSED_LENGTH = 200
 _CLAIMED_LENGTH = 800
 
 
-def refusal_event(refusal: Refusal, correlation_id: str) -> AuditEvent:
+def refusal_event(refusal: Refusal, correlation_id: str,
+                  coalesced: Mapping[str, JsonValue] | None = None) -> AuditEvent:
     """The audit record of ``refusal`` (operation ``?``): its principal (or
     :data:`UNIDENTIFIED`) and tenant, the gateway that relayed it, its source, its Result
     Reason; ``detail.refused`` the message the client is answered, and who the sender
     claimed to be: ``detail.certificate`` (a direct client's certificate described) or
-    ``detail.claimed`` (the caller a gateway asserted)."""
+    ``detail.claimed`` (the caller a gateway asserted). ``coalesced``: when the record
+    stands for several refusals of one sender, ``refusal`` the last
+    (:class:`~kcm.core.refusal_records.RefusalRecords`: ``count``, ``first``, ``last``)."""
     principal = refusal.principal
     detail: dict[str, JsonValue] = {"refused": printable(refusal.message, _REFUSED_LENGTH)}
     if refusal.claimed is not None:
         detail["certificate" if refusal.gateway is None else "claimed"] = printable(
             refusal.claimed, _CLAIMED_LENGTH)
+    detail.update(coalesced or {})
     return AuditEvent(
         principal=UNIDENTIFIED if principal is None else principal.id,
         tenant=None if principal is None else principal.tenant,
@@ -926,18 +954,23 @@ def refusal_event(refusal: Refusal, correlation_id: str) -> AuditEvent:
         correlation_id=correlation_id, detail=detail)
 
 
-def _unaudited_refusal(failure: Failure, event: AuditEvent, wire: bytes) -> bytes:
-    """``wire``, the refusal's answer, after its audit record ``event`` failed to commit:
-    one line for a store that is unavailable, the traceback for anything else."""
+#: The line of refusals not audited because the key store is unavailable (a
+#: :class:`ThrottledLine`: at most one per interval, however many refusals).
+_NOT_AUDITED = ("refusal of a request from {peer} [correlation id {cid}] not audited: the "
+                "key store is unavailable ({why}); {count} refusal record(s) not written "
+                "in the last {interval} s")
+
+
+def _unaudited_refusal(failure: Failure, event: AuditEvent, line: ThrottledLine) -> None:
+    """After the audit record ``event`` of a refusal failed to commit: a store that is
+    unavailable noted on ``line`` (logged at most once per interval: an outage during a
+    flood is one line, not one per refusal), the traceback of anything else."""
     unavailable = store_unavailable(failure.value)
     if unavailable is not None:
-        log.error("refusal of a request from {peer} [correlation id {cid}] not audited: the "
-                  "key store is unavailable ({why})", peer=event.source,
-                  cid=event.correlation_id, why=unavailable)
+        line.note(peer=event.source, cid=event.correlation_id, why=unavailable)
     else:
         log.failure("the audit record of refused request {cid} could not be written",
                     failure, cid=event.correlation_id)
-    return wire
 
 
 def _general_failure(caller: Caller, version: Version, correlation_id: str, now: int,

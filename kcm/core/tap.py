@@ -128,7 +128,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                                      min_rotate_interval=config.limits.min_rotate_interval),
                                  limits=config.limits, workers=config.database_threads,
                                  metrics=metrics,
-                                 group_start=partial(call_before_poll, reactor))
+                                 group_start=partial(call_before_poll, reactor),
+                                 reactor=reactor)
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
                        policy=policy)

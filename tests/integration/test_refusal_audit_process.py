@@ -1,13 +1,16 @@
 """A real kcm-core: a request the KMIP protocol refuses whole before the core reads it (a
 client certificate of the CA that names no accepted identity, a request declared larger
 than ``max_message_size``) leaves one audit record, operation ``?``, committed before the
-client's answer, which is the one it always was; the chain still verifies."""
+client's answer, which is the one it always was; the chain still verifies. A certificate
+refused again and again within the interval (a client reconnecting in a loop) leaves one
+record more at its end, with their count, not one per refusal."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -58,11 +61,11 @@ def newest(core: CoreProcess) -> int:
     return rows[-1]["seq"] if rows else 0
 
 
-def intruder(core: CoreProcess) -> KmipClient:
+def intruder(core: CoreProcess, name: str = "intruder") -> KmipClient:
     """A client whose certificate, of the deployment's CA, names another trust domain."""
-    issued = issue_certificate(load_ca(core.pki.ca), "intruder", now=dt.datetime.now(dt.UTC),
+    issued = issue_certificate(load_ca(core.pki.ca), name, now=dt.datetime.now(dt.UTC),
                                uris=["spiffe://elsewhere.test/tenant/demo/service/app"])
-    paths = CertKeyPaths(core.root / "intruder.pem", core.root / "intruder.key")
+    paths = CertKeyPaths(core.root / f"{name}.pem", core.root / f"{name}.key")
     write_certificate(paths, issued.cert, issued.key)
     return KmipClient("127.0.0.1", core.port, cert=paths.cert, key=paths.key,
                       ca=core.pki.ca.cert)
@@ -117,4 +120,36 @@ def test_an_oversized_request_leaves_one_record_of_its_principal(core: CoreProce
         "spiffe://kcm.test/tenant/demo/service/app", "demo", None, f"127.0.0.1:{port}", "?",
         "OPERATION_FAILED", "INVALID_MESSAGE")
     assert row["detail"] == {"refused": item.result_message}
+    assert core.kcm("audit", "verify").returncode == 0
+
+
+def test_a_certificate_refused_in_a_loop_leaves_one_record_per_interval(
+        core: CoreProcess) -> None:
+    mark = newest(core)
+    wire = request(get("x"))
+    with intruder(core, "flooder") as client:
+        first = client.send(wire)
+        [row] = records(core, mark)  # the first: committed before its answer
+    as_always(first, RESULT_REASON_PERMISSION_DENIED, IDENTITY_REFUSED)
+    assert "count" not in row["detail"]
+    for _ in range(20):  # reconnecting with the same certificate, from new ports
+        with KmipClient("127.0.0.1", core.port, cert=core.root / "flooder.pem",
+                        key=core.root / "flooder.key", ca=core.pki.ca.cert) as client:
+            as_always(client.send(wire), RESULT_REASON_PERMISSION_DENIED, IDENTITY_REFUSED)
+
+    def counted() -> list[dict]:
+        return [r for r in records(core, mark) if "count" in r["detail"]]
+
+    deadline = time.monotonic() + 60  # the interval (10 s) ends on the core's timer
+    while sum(r["detail"]["count"] for r in counted()) < 20 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    summaries = counted()
+    assert 1 <= len(summaries) <= 2  # one per interval (two if the loop spanned two)
+    assert len(records(core, mark)) == 1 + len(summaries)  # not one per refusal
+    assert sum(r["detail"]["count"] for r in summaries) == 20
+    for summary in summaries:
+        assert (summary["principal"], summary["operation"], summary["result_reason"]) == (
+            "unidentified", "?", "PERMISSION_DENIED")
+        assert summary["detail"]["certificate"] == row["detail"]["certificate"]
+        assert summary["detail"]["first"] <= summary["detail"]["last"]
     assert core.kcm("audit", "verify").returncode == 0

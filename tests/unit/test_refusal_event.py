@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from kcm.core.request_handler import (
@@ -59,9 +60,10 @@ class FailingCommitter:
         return fail(self.error)
 
 
-def handler_with(committer: Any) -> CoreRequestHandler:
+def handler_with(committer: Any, reactor: Clock | None = None) -> CoreRequestHandler:
     return CoreRequestHandler(committer, keyring=None,  # type: ignore[arg-type]
-                              clock=lambda: NOW, committer=committer)
+                              clock=lambda: NOW, committer=committer,
+                              reactor=reactor or Clock())
 
 
 def intruder() -> Refusal:
@@ -143,9 +145,10 @@ def test_what_a_record_repeats_of_a_refusal_is_short_printable_ascii() -> None:
 def test_refusals_of_unidentified_senders_share_one_turn_whoever_sent_them() -> None:
     committer = HeldCommitter()
     handler = handler_with(committer)
-    for port in range(20):
+    for port in range(20):  # (twenty senders: each has its first refusal recorded)
         handler.refuse(Refusal(RESULT_REASON_PERMISSION_DENIED, IDENTITY_REFUSED,
-                               f"10.0.{port}.1:{port}", None, "no certificate"))
+                               f"10.0.{port}.1:{port}", None, f"subject CN=bot{port}"))
+    assert len(committer.jobs) == 20
     assert {key for key, *_ in committer.jobs} == {UNIDENTIFIED_SHARE}
 
 

@@ -263,7 +263,7 @@ def create_item() -> tuple[Operation, object]:
 async def test_a_long_request_is_decoded_on_a_store_worker_not_on_the_writer(
         core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer thread runs every tenant's group commits: a request of a thousand small
-    attributes (or one long one, as here) is decoded before, in its tenant's turn on a
+    attributes (or a few long ones, as here) is decoded before, in its tenant's turn on a
     store worker, and the writer only runs it. A short one is decoded on the writer."""
     import threading
 
@@ -277,9 +277,11 @@ async def test_a_long_request_is_decoded_on_a_store_worker_not_on_the_writer(
         return real(wire, **kwargs)
 
     monkeypatch.setattr(core.handler, "_decode", recording)
-    comment = Attribute.of(Tag.COMMENT, "c" * PREDECODE_BYTES)
+    # Two long attributes (one attribute takes at most 64 KiB: kcm.core.managed).
+    texts = [Attribute.of(tag, "c" * (PREDECODE_BYTES // 2 + 64))
+             for tag in (Tag.COMMENT, Tag.DESCRIPTION)]
     long = wire((Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
-                                                 attributes=[*AES256, comment])))
+                                                 attributes=[*AES256, *texts])))
     assert len(long) > PREDECODE_BYTES
     for request in (long, wire(create_item())):
         answer = decode_response(decode(await core.handler.handle_as(request, core.caller())))

@@ -7,7 +7,7 @@ from typing import Any
 from kcm.core import managed, policy
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.context import OperationContext
-from kcm.core.operations._objects_common import DESTROYED, attribute_identity
+from kcm.core.operations._objects_common import attribute_identity
 from kcm.core.store import repository
 from kcm.kernel import lifecycle
 from kcm.kmip.attributes import VENDOR_TAG, Attribute
@@ -54,9 +54,10 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     At most ``ctx.max_locate_results`` identifiers are returned: Maximum Items is "the
     maximum number of object identifiers the server MAY return", so a smaller one is
     honoured and an absent or larger one is the server's cap. The search ends as soon as
-    the page is full, unless the client pages with Offset Items: then it goes on to count
-    every match for Located Items (a client with more objects than the cap pages that
-    way). A long search stops when the request must (``ctx.check_stop``).
+    the page is full. A client that pages with Offset Items is also told how many matched
+    (Located Items; a client with more objects than the cap pages that way): the store
+    counts them when it judges every criterion itself, else the search goes on to count
+    every match. A long search stops when the request must (``ctx.check_stop``).
     """
     tenant = policy.tenant_of(ctx.principal)
     services = policy.object_services(ctx.principal, ctx.server_info.access)
@@ -70,11 +71,15 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     start = offset or 0
     # Located Items (with Offset Items, since KMIP 1.3) needs every match counted.
     counting = offset is not None and ctx.version >= (1, 3)
-    # Else the search ends with the page; one match more tells whether the cap cut it.
-    enough = None if counting or limit is None else start + limit + (1 if capped else 0)
     criteria = _Criteria(list(request.attributes or []), ctx.version)
     storage = request.storage_status_mask or StorageStatusMask.ON_LINE_STORAGE
     fresh_only = request.object_group_member == ObjectGroupMember.GROUP_MEMBER_FRESH
+    # The store counts the matches when it judges every criterion; else the search does.
+    count_in_store = counting and criteria.judged_by_store and not fresh_only
+    # Else the search ends with the page; one match more tells whether the cap cut it.
+    enough = (None if counting and not count_in_store or limit is None
+              else start + limit + (1 if capped else 0))
+    located: int | None = None
     if not storage & (StorageStatusMask.ON_LINE_STORAGE | StorageStatusMask.DESTROYED_STORAGE):
         found: list[str] = []  # only archived objects were asked for; nothing is archived
     elif not policy.is_provisioned(ctx.session, ctx.principal):
@@ -82,25 +87,24 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     else:
         found = []
         with_attributes = fresh_only or criteria.needs_attributes
-        rows = repository.locate_rows(
-            ctx.session, tenant, levels=policy.locate_levels(ctx.principal),
-            with_attributes=with_attributes, **criteria.store_filters())
+        # The store keeps to the objects the policy lets the caller see (its levels and
+        # services) and to the storage asked for: an application's few objects are not
+        # sought among another service's.
+        filters = dict(criteria.store_filters(), levels=policy.locate_levels(ctx.principal),
+                       services=services, destroyed=_destroyed_wanted(storage))
+        if count_in_store:
+            located = repository.count_located(ctx.session, tenant, **filters)
+        rows = repository.locate_rows(ctx.session, tenant, with_attributes=with_attributes,
+                                      **filters)
         # Newest first, as the OASIS test cases (TC-OFFSET-*) page through the results.
         for row in rows:
             if enough is not None and len(found) >= enough:
                 break
             ctx.check_stop()
-            if services is not None and row.service not in services:
-                continue
             obj = managed.StoredObject(row, decode_attributes(row.attributes)
                                        if with_attributes else [])
             state = lifecycle.state_at(obj.state, lifecycle.LifecycleDates(
                 row.activation_date, row.deactivation_date), ctx.now)
-            destroyed = state in DESTROYED
-            wanted = (StorageStatusMask.DESTROYED_STORAGE if destroyed
-                      else StorageStatusMask.ON_LINE_STORAGE)
-            if not storage & wanted:
-                continue
             if fresh_only and obj.value(Tag.FRESH) is not True:
                 continue
             if criteria.matches(obj, state):
@@ -116,8 +120,12 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     # above one (an Offset Items page of one, say): then, as with several returned, it is
     # emptied, so a following item without an identifier fails rather than guesses.
     # ``found`` holds every match whenever that matters: it stops early only at Offset
-    # Items + Maximum Items (+1), which one returned identifier never reaches.
-    several_matched = len(found) > 1 and (maximum is None or maximum > 1)
+    # Items + Maximum Items (+1), which one returned identifier never reaches (or the
+    # store counted them).
+    if counting and located is None:
+        located = len(found)
+    matched = len(found) if located is None else located
+    several_matched = matched > 1 and (maximum is None or maximum > 1)
     if len(page) == 1 and not several_matched:
         ctx.id_placeholder.set(page[0])
     else:
@@ -125,10 +133,18 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
     # Located Items is optional ("a server MAY elect to omit this value ... if it is unable
     # or unwilling to determine the total count"); it says how many matched when the
     # client pages with Offset Items.
-    located = len(found) if counting else None
     if cut:
         ctx.audit_detail["capped_at"] = cap
     return LocateResponse(located_items=located, unique_identifiers=page)
+
+
+def _destroyed_wanted(storage: int) -> bool | None:
+    """The store's ``destroyed`` filter for a Storage Status Mask: destroyed objects only,
+    the others only, or both (None). No date moves an object into or out of Destroyed
+    (:func:`kcm.kernel.lifecycle.state_at`), so the stored state decides."""
+    online = bool(storage & StorageStatusMask.ON_LINE_STORAGE)
+    destroyed = bool(storage & StorageStatusMask.DESTROYED_STORAGE)
+    return None if online and destroyed else destroyed
 
 
 class _Criteria:
@@ -156,6 +172,10 @@ class _Criteria:
                 self.others += group
 
         self.needs_attributes = self._needs_attributes()
+        #: Whether the store's filters alone decide a match: then it may count them. A
+        #: State is judged from the columns but at the request's time, not by the store.
+        self.judged_by_store = not self.needs_attributes and all(
+            attribute.tag != Tag.STATE for attribute in self.others)
 
     def _needs_attributes(self) -> bool:
         """Whether judging an object takes its attributes: not when every criterion is a

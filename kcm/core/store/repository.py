@@ -46,6 +46,8 @@ from kcm.core.store.schema import (
     LEVEL_SERVICE_KEY,
     LEVEL_TENANT_KEY,
     STATE_ACTIVE,
+    STATE_DESTROYED,
+    STATE_DESTROYED_COMPROMISED,
     L4Tombstone,
     ManagedObject,
     Meta,
@@ -700,7 +702,11 @@ def locate_rows(
     newest first, as rows of the columns Locate judges by (uid, tenant, object_type, level,
     service, state, activation_date, deactivation_date, and ``attributes`` when
     ``with_attributes``), read ``chunk`` rows at a time: a query per chunk, not one per
-    object, and a caller that stops early reads no further."""
+    object, and a caller that stops early reads no further.
+
+    Each chunk is a range of the index on ``(tenant, created_seq)`` (migration 0006), read
+    from where the previous one ended: reading every chunk costs one pass over the tenant's
+    objects, not a sort of all those left per chunk."""
     columns = (*_LOCATE_COLUMNS, ManagedObject.attributes) if with_attributes else _LOCATE_COLUMNS
     condition = _locate_conditions(tenant, **filters)
     before: int | None = None
@@ -718,6 +724,14 @@ def locate_rows(
         before = rows[-1].created_seq
 
 
+def count_located(session: Session, tenant: str, **filters: Any) -> int:
+    """How many of ``tenant``'s objects match every given filter (see
+    :func:`_locate_conditions`): counted by the database, no row read out."""
+    return session.scalar(
+        select(func.count()).select_from(ManagedObject)
+        .where(_locate_conditions(tenant, **filters))) or 0
+
+
 def _locate_conditions(
     tenant: str,
     *,
@@ -730,13 +744,17 @@ def _locate_conditions(
     uid: str | None = None,
     dates: Mapping[str, tuple[int | None, int | None]] | None = None,
     levels: Collection[int | None] | None = None,
+    services: Collection[str | None] | None = None,
+    destroyed: bool | None = None,
 ) -> ColumnElement[bool]:
     """The condition that ``tenant``'s objects match every given filter.
 
     ``dates`` maps a date column to an inclusive (low, high) range, either bound None for
     open; an object whose date is unset never matches a range on it. ``levels`` restricts
     the hierarchy level: ``{None}`` only ordinary objects, ``{2, 3}`` only L2/L3 keys; None
-    means any.
+    means any. ``services`` restricts the service likewise (``{None, "app"}``: those of no
+    service and app's). ``destroyed`` keeps only the destroyed objects (True) or only the
+    others (False); None means both.
     """
     conditions: list[ColumnElement[bool]] = [ManagedObject.tenant == tenant]
     if object_type is not None:
@@ -775,14 +793,24 @@ def _locate_conditions(
         if high is not None:
             conditions.append(column <= high)
     if levels is not None:
-        numbered = [level for level in levels if level is not None]
-        alternatives: list[ColumnElement[bool]] = []
-        if numbered:
-            alternatives.append(ManagedObject.level.in_(numbered))
-        if None in levels:
-            alternatives.append(ManagedObject.level.is_(None))
-        conditions.append(or_(*alternatives) if alternatives else false())
+        conditions.append(_one_of(ManagedObject.level, levels))
+    if services is not None:
+        conditions.append(_one_of(ManagedObject.service, services))
+    if destroyed is not None:
+        gone = ManagedObject.state.in_((STATE_DESTROYED, STATE_DESTROYED_COMPROMISED))
+        conditions.append(gone if destroyed else ~gone)
     return and_(*conditions)
+
+
+def _one_of(column: Any, values: Collection[Any]) -> ColumnElement[bool]:
+    """``column`` is one of ``values``, None among them standing for NULL."""
+    given = [value for value in values if value is not None]
+    alternatives: list[ColumnElement[bool]] = []
+    if given:
+        alternatives.append(column.in_(given))
+    if None in values:
+        alternatives.append(column.is_(None))
+    return or_(*alternatives) if alternatives else false()
 
 
 def find_l3(

@@ -1,0 +1,137 @@
+"""Locate in a large tenant: each page of its search is a range of an index read in order,
+never a sort of the tenant's objects, so the search costs one pass however it is paged.
+
+Before migration 0006 every page of 256 objects re-sorted all those left in the tenant
+(``USE TEMP B-TREE FOR ORDER BY`` on SQLite): a Locate that counts its matches (Offset
+Items), or an application whose few objects sit among another service's, took time
+quadratic in the tenant's size, past the request deadline at 50,000 objects. Here every
+statement a set of Locates issues is planned (SQLite, ``EXPLAIN QUERY PLAN`` with its
+parameters: the plan does not depend on how many rows there are, so a few suffice), and a
+real kcm-core answers such Locates in a tenant of 30,000 objects within a deadline the
+quadratic search could not meet.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import (
+    ObjectType,
+    Operation,
+    ResultStatus,
+    StorageStatusMask,
+)
+from kcm.kmip.payloads import LocateRequest
+from kcm.kmip.tags import Tag
+from kcm.testing.processes import CoreProcess, deploy
+from kcm.testing.requests import create_managed, item, request, response
+from tests.core_support import CoreHarness, admin_principal, service_principal
+from tests.integration.test_core_objects import V14, locate, name, register
+from tests.integration.test_sweep_plans import _plan, _scans, _statements
+
+#: Objects in the large tenant: the first of no service, the rest of service billing.
+NO_SERVICE, BILLING = 6_000, 24_000
+
+
+def test_no_statement_of_a_locate_sorts_or_scans_the_tenant(core: CoreHarness) -> None:
+    app, billing = service_principal("demo", "app"), service_principal("demo", "billing")
+    admin = admin_principal()
+    for principal in (app, billing, app):
+        register(core, attributes=[name("k"), Attribute.of(Tag.OBJECT_GROUP, "g")],
+                 principal=principal)
+    searches = [
+        (app, {}), (app, {"maximum_items": 1}), (admin, {}), (billing, {}),
+        (app, {"offset_items": 0, "maximum_items": 1}),  # counted by the store
+        (app, {"offset_items": 1, "maximum_items": 1, "attributes": [
+            Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, 1)]}),  # counted by the search
+        (app, {"attributes": [Attribute.of(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY)]}),
+        (app, {"attributes": [name("k")]}),
+        (app, {"attributes": [Attribute.of(Tag.OBJECT_GROUP, "g")]}),
+        (admin, {"storage_status_mask": StorageStatusMask.DESTROYED_STORAGE}),
+    ]
+    with _statements(core) as seen:
+        for principal, fields in searches:
+            fields = dict(fields)
+            attributes = fields.pop("attributes", [])
+            locate(core, *attributes, principal=principal, version=V14, **fields)
+    planned = [(statement, parameters) for statement, parameters in seen
+               if "FROM managed_objects" in statement]
+    assert len(planned) >= len(searches)
+    faults = {}
+    for statement, parameters in planned:
+        plan = _plan(core, statement, parameters)
+        if _scans(plan) or any("TEMP B-TREE" in line for line in plan):
+            faults[statement] = plan
+    assert faults == {}
+
+
+def _copy_objects(database: Path, template_uid: str) -> None:
+    """NO_SERVICE + BILLING copies of the object ``template_uid`` in its tenant (SQL copies:
+    thousands a second), the oldest of no service, the newest of service billing."""
+    connection = sqlite3.connect(database)
+    try:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(managed_objects)")]
+        base = connection.execute("SELECT max(created_seq) FROM managed_objects").fetchone()[0]
+        made = {"uid": "'copy-' || n", "created_seq": f"{base} + n",
+                "service": f"CASE WHEN n <= {NO_SERVICE} THEN NULL ELSE 'billing' END"}
+        selected = ", ".join(made.get(column, column) for column in columns)
+        connection.execute(
+            f"INSERT INTO managed_objects ({', '.join(columns)}) "
+            "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq "
+            f"WHERE n < {NO_SERVICE + BILLING}) "
+            f"SELECT {selected} FROM seq, (SELECT * FROM managed_objects WHERE uid = ?)",
+            (template_uid,))
+        connection.commit()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def large_tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProcess]:
+    """A core whose tenant demo holds app's one object, NO_SERVICE objects of no service
+    and, newest, BILLING of service billing; a request deadline of 3 s."""
+    root = tmp_path_factory.mktemp("large-tenant")
+    core = deploy(root, f"sqlite:///{root / 'kcm.db'}", request_deadline=3)
+    core.start()
+    try:
+        with core.client("app") as kmip:
+            [created] = response(kmip.send(request(create_managed()))).batch_items
+            assert created.result_status == ResultStatus.SUCCESS
+    finally:
+        core.stop()
+    _copy_objects(root / "kcm.db", created.response_payload.unique_identifier)
+    core.start()
+    try:
+        yield core
+    finally:
+        core.stop()
+
+
+def _located(core: CoreProcess, payload: LocateRequest) -> tuple[list[str], int | None]:
+    with core.client("app") as kmip:
+        [answer] = response(kmip.send(request(item(Operation.LOCATE, payload)))).batch_items
+    assert answer.result_status == ResultStatus.SUCCESS, answer.result_message
+    return answer.response_payload.unique_identifiers, answer.response_payload.located_items
+
+
+def test_a_counted_page_of_a_large_tenant(large_tenant: CoreProcess) -> None:
+    """Offset Items 0, Maximum Items 100: the page and how many of the tenant's objects the
+    application may see (those of no service and its own, not billing's)."""
+    page, located = _located(large_tenant, LocateRequest(maximum_items=100, offset_items=0))
+    assert page == [f"copy-{n}" for n in range(NO_SERVICE, NO_SERVICE - 100, -1)]
+    assert located == NO_SERVICE + 1
+
+
+def test_an_applications_objects_among_another_services(large_tenant: CoreProcess) -> None:
+    """The newest BILLING objects are billing's: app's newest are found past them."""
+    page, located = _located(large_tenant, LocateRequest(maximum_items=10))
+    assert page == [f"copy-{n}" for n in range(NO_SERVICE, NO_SERVICE - 10, -1)]
+    assert located is None
+    last, _ = _located(large_tenant, LocateRequest(
+        maximum_items=10, offset_items=NO_SERVICE - 5))
+    assert len(last) == 6 and last[:5] == ["copy-5", "copy-4", "copy-3", "copy-2", "copy-1"]

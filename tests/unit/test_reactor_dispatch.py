@@ -202,7 +202,9 @@ def test_with_a_busy_poll_window_the_poll_after_events_spins_then_sleeps(reactor
     started = time.monotonic()
     reactor.doIteration(0.05)  # nothing comes: asked without sleeping, then slept
     assert time.monotonic() - started >= 0.045
-    assert len(recording.timeouts) > 2 and recording.timeouts[0] == 0
+    # Polled without sleeping (as often as 2 ms allow: once, on a machine busy enough to
+    # take the CPU away that long), then slept the rest.
+    assert len(recording.timeouts) >= 2 and set(recording.timeouts[:-1]) == {0}
     assert 0 < recording.timeouts[-1] < 0.05
     recording.timeouts.clear()
     reactor.doIteration(0.01)  # the last poll found nothing: it sleeps at once

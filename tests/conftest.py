@@ -20,6 +20,7 @@ from tests.core_support import core  # noqa: F401, E402  (an in-process kcm-core
 from tests.e2e_support import (  # noqa: F401, E402  (real twistd processes)
     core_process,
     core_process_pg,
+    core_process_with_metrics,
     gateway_process,
 )
 from tests.pg import postgres_url  # noqa: F401, E402  (a real PostgreSQL cluster, per session)

@@ -20,11 +20,12 @@ from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem
 from kcm.kmip.payloads import LocateRequest
 from kcm.kmip.payloads.crypto import DecryptRequest, EncryptResponse
 from kcm.kmip.tags import Tag
-from kcm.testing.processes import PYKMIP_SERVER, CoreProcess, GatewayProcess, deploy
+from kcm.testing.processes import PYKMIP_SERVER, CoreProcess, GatewayProcess, deploy, free_port
 from kcm.testing.requests import CONTINUE, create_managed, item, request, response
 
 __all__ = ["PYKMIP_SERVER", "V21", "ClientLoad", "CoreProcess", "GatewayProcess", "applied_events",
-           "audit_rows", "core_process", "core_process_pg", "counting_locate", "dead_links",
+           "audit_rows", "core_process", "core_process_pg", "core_process_with_metrics",
+           "counting_locate", "dead_links",
            "decrypt_sealed", "deploy", "gateway_process", "last_seq", "populated", "refusals",
            "resumed_after", "send_v21", "succeeded_v21", "wait_until"]
 
@@ -64,6 +65,19 @@ def decrypt_sealed(uid: str, sealed: EncryptResponse) -> RequestBatchItem:
 def core_process(tmp_path: Path) -> Iterator[CoreProcess]:
     """A running kcm-core on a real SQLite file."""
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.start()
+    try:
+        yield core
+    finally:
+        core.stop()
+
+
+@pytest.fixture
+def core_process_with_metrics(tmp_path: Path) -> Iterator[CoreProcess]:
+    """A running kcm-core on a real SQLite file, with its metrics and health listener."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.metrics_port = free_port()
+    core.write_config()
     core.start()
     try:
         yield core

@@ -291,15 +291,8 @@ def test_a_certificate_that_names_no_gateway_stops_the_supervisor_at_its_start(
 
 # The metrics listener -------------------------------------------------------------------
 @pytest.fixture
-def core_with_metrics(tmp_path: Path) -> Iterator[CoreProcess]:
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    core.metrics_port = free_port()
-    core.write_config()
-    core.start()
-    try:
-        yield core
-    finally:
-        core.stop()
+def core_with_metrics(core_process_with_metrics: CoreProcess) -> CoreProcess:
+    return core_process_with_metrics
 
 
 def test_a_request_body_is_refused_before_it_is_read(core_with_metrics) -> None:

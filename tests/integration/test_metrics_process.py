@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kcm.kmip.enums import ResultStatus
 from kcm.testing.processes import free_port, scrape
-from tests.e2e_support import CoreProcess, GatewayProcess, deploy, wait_until
+from tests.e2e_support import CoreProcess, GatewayProcess, wait_until
 from tests.gateway_support import (
     create_l4,
     create_managed,
@@ -58,16 +57,9 @@ def moved(before: dict, after: dict, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def core(tmp_path: Path) -> Iterator[CoreProcess]:
+def core(core_process_with_metrics: CoreProcess) -> CoreProcess:
     """A kcm-core with its metrics listener."""
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    core.metrics_port = free_port()
-    core.write_config()
-    core.start()
-    try:
-        yield core
-    finally:
-        core.stop()
+    return core_process_with_metrics
 
 
 def gateway_of(core: CoreProcess, root: Path, **settings: float) -> GatewayProcess:

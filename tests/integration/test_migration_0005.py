@@ -5,14 +5,13 @@ ones with their predicate), the sweep then works, and the downgrade gives 0004's
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from alembic import command
-from sqlalchemy import inspect, select, text
+from sqlalchemy import select, text
 
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.hierarchy import provision_service, provision_tenant
@@ -20,43 +19,26 @@ from kcm.core.keyring import Keyring
 from kcm.core.state_sweeper import sweep_due_states
 from kcm.core.store import repository
 from kcm.core.store.engine import Store, open_engine
-from kcm.core.store.migrate import alembic_config, current_revision, upgrade
+from kcm.core.store.migrate import current_revision, upgrade
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, STATE_ACTIVE, ManagedObject
 from kcm.core.tenant_rotation import rotate_tenant_key
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import State
 from kcm.kmip.tags import Tag
-from kcm.testing.postgres import fresh_database
+from tests.migration_support import DATABASES, downgrade, empty_database, managed_indexes
 
 NEW = {"ix_managed_objects_level_state_tenant_service_key_version": [
            "level", "state", "tenant", "service", "key_version"],
        "ix_managed_objects_state_activation_date": ["state", "activation_date"],
        "ix_managed_objects_state_deactivation_date": ["state", "deactivation_date"]}
-_databases = itertools.count()
 PARTIAL = ("ix_managed_objects_level_state_tenant_service_key_version",
            "ix_managed_objects_state_activation_date",
            "ix_managed_objects_state_deactivation_date")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """An empty database: a fresh SQLite file, or a fresh database of the suite's cluster
-    (not the cluster's own, which tests/integration/test_store.py wipes meanwhile)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'kcm.db'}"
-        return
-    yield fresh_database(request.getfixturevalue("postgres_url"),
-                         f"kcm_migration_0005_{os.getpid()}_{next(_databases)}")
-
-
-def _indexes(url: str) -> dict[str, list[str]]:
-    engine = open_engine(url)
-    try:
-        with engine.connect() as connection:
-            return {ix["name"]: ix["column_names"]
-                    for ix in inspect(connection).get_indexes("managed_objects")}
-    finally:
-        engine.dispose()
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from empty_database(request, tmp_path)
 
 
 def _definition(url: str, name: str) -> str:
@@ -69,15 +51,6 @@ def _definition(url: str, name: str) -> str:
             return connection.scalar(text(
                 "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"),
                 {"name": name})
-    finally:
-        engine.dispose()
-
-
-def _downgrade(url: str, revision: str) -> None:
-    engine = open_engine(url)
-    try:
-        with engine.begin() as connection:
-            command.downgrade(alembic_config(connection), revision)
     finally:
         engine.dispose()
 
@@ -99,9 +72,9 @@ def _rows(store: Store) -> list[tuple]:
         ManagedObject.attributes, ManagedObject.revision).order_by(ManagedObject.uid))])
 
 
-def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepers_indexes(db_url: str) -> None:
+def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepersindexes(db_url: str) -> None:
     upgrade(db_url, "0004")
-    assert "ix_managed_objects_wrapped_by" in _indexes(db_url)
+    assert "ix_managed_objects_wrapped_by" in managed_indexes(db_url)
     store = Store(db_url)
     keyring = Keyring(os.urandom(32))
     store.audit_key = keyring.audit_key
@@ -130,7 +103,7 @@ def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepers_indexes(db_url: str) 
 
         upgrade(db_url, "0005")
         assert current_revision(db_url) == "0005"
-        indexes = _indexes(db_url)
+        indexes = managed_indexes(db_url)
         assert indexes["ix_managed_objects_wrapped_by"] == ["wrapped_by"]
         assert {name: indexes.get(name) for name in NEW} == NEW
         for name in PARTIAL:
@@ -146,9 +119,9 @@ def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepers_indexes(db_url: str) 
         after = _rows(store)
         store.stopService()
 
-        _downgrade(db_url, "0004")
+        downgrade(db_url, "0004")
         assert current_revision(db_url) == "0004"
-        indexes = _indexes(db_url)
+        indexes = managed_indexes(db_url)
         assert indexes["ix_managed_objects_wrapped_by"] == ["wrapped_by"]
         assert not set(NEW) & set(indexes)
         store = Store(db_url)
@@ -157,6 +130,6 @@ def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepers_indexes(db_url: str) 
 
         upgrade(db_url, "0005")
         assert current_revision(db_url) == "0005"
-        assert {name: _indexes(db_url).get(name) for name in NEW} == NEW
+        assert {name: managed_indexes(db_url).get(name) for name in NEW} == NEW
     finally:
         store.stopService()

@@ -6,55 +6,29 @@ downgrade gives 0005's index back.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from alembic import command
-from sqlalchemy import inspect, select, text
+from sqlalchemy import select, text
 
 from kcm.core.hierarchy import provision_service, provision_tenant
 from kcm.core.keyring import Keyring
 from kcm.core.store import repository
 from kcm.core.store.engine import Store, open_engine
-from kcm.core.store.migrate import alembic_config, current_revision, head_revision, upgrade
+from kcm.core.store.migrate import current_revision, head_revision, upgrade
 from kcm.core.store.schema import STATE_ACTIVE, ManagedObject
-from kcm.testing.postgres import fresh_database
+from tests.migration_support import DATABASES, downgrade, empty_database, managed_indexes
 
 OLD = {"ix_managed_objects_tenant": ["tenant"]}
 NEW = {"ix_managed_objects_tenant_created_seq": ["tenant", "created_seq"]}
-_databases = itertools.count()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """An empty database: a fresh SQLite file, or a fresh database of the suite's cluster."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'kcm.db'}"
-        return
-    yield fresh_database(request.getfixturevalue("postgres_url"),
-                         f"kcm_migration_0006_{os.getpid()}_{next(_databases)}")
-
-
-def _indexes(url: str) -> dict[str, list[str]]:
-    engine = open_engine(url)
-    try:
-        with engine.connect() as connection:
-            return {ix["name"]: ix["column_names"]
-                    for ix in inspect(connection).get_indexes("managed_objects")}
-    finally:
-        engine.dispose()
-
-
-def _downgrade(url: str, revision: str) -> None:
-    engine = open_engine(url)
-    try:
-        with engine.begin() as connection:
-            command.downgrade(alembic_config(connection), revision)
-    finally:
-        engine.dispose()
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from empty_database(request, tmp_path)
 
 
 def _rows(store: Store) -> list[tuple]:
@@ -92,7 +66,7 @@ def _page_plan(url: str) -> str:
 
 def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -> None:
     upgrade(db_url, "0005")
-    assert OLD.items() <= _indexes(db_url).items()
+    assert OLD.items() <= managed_indexes(db_url).items()
     store = Store(db_url)
     keyring = Keyring(os.urandom(32))
     store.audit_key = keyring.audit_key
@@ -117,7 +91,7 @@ def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -
 
         upgrade(db_url)
         assert current_revision(db_url) == head_revision() == "0006"
-        indexes = _indexes(db_url)
+        indexes = managed_indexes(db_url)
         assert not set(OLD) & set(indexes)
         assert {name: indexes.get(name) for name in NEW} == NEW
         plan = _page_plan(db_url)
@@ -132,9 +106,9 @@ def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -
         assert located == ["object-4", "object-0"]  # newest first; billing's object-2 not
         store.stopService()
 
-        _downgrade(db_url, "0005")
+        downgrade(db_url, "0005")
         assert current_revision(db_url) == "0005"
-        indexes = _indexes(db_url)
+        indexes = managed_indexes(db_url)
         assert OLD.items() <= indexes.items()
         assert not set(NEW) & set(indexes)
         store = Store(db_url)

@@ -1,6 +1,6 @@
 """What the tests of one Alembic migration share (test support): an empty database on
 SQLite or in the suite's PostgreSQL cluster, the indexes of ``managed_objects``, and a
-downgrade to a revision."""
+downgrade to a revision, the keys the tests fill a database with and its rows to compare."""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
-from kcm.core.store.engine import open_engine
+from kcm.core.hierarchy import provision_service, provision_tenant
+from kcm.core.keyring import Keyring
+from kcm.core.store.engine import Store, open_engine
 from kcm.core.store.migrate import alembic_config
+from kcm.core.store.schema import ManagedObject
 from kcm.testing.postgres import fresh_database
 
-__all__ = ["DATABASES", "downgrade", "empty_database", "managed_indexes"]
+__all__ = ["DATABASES", "downgrade", "empty_database", "managed_indexes", "managed_rows",
+           "provision_both_tenants"]
 
 _databases = itertools.count()
 
@@ -56,3 +60,20 @@ def downgrade(url: str, revision: str) -> None:
             command.downgrade(alembic_config(connection), revision)
     finally:
         engine.dispose()
+
+
+def provision_both_tenants(session, keyring: Keyring, now: int) -> None:
+    """Tenants demo and other, each with services app and billing, made at ``now``."""
+    for tenant in ("demo", "other"):
+        provision_tenant(session, keyring, tenant, now=now)
+        for service in ("app", "billing"):
+            provision_service(session, keyring, tenant, service, now=now)
+
+
+def managed_rows(store: Store) -> list[tuple]:
+    """Every row of ``managed_objects`` (what a migration must keep), by identifier."""
+    return store.run_sync(lambda s: [tuple(row) for row in s.execute(select(
+        ManagedObject.uid, ManagedObject.tenant, ManagedObject.level, ManagedObject.service,
+        ManagedObject.state, ManagedObject.wrapped_by, ManagedObject.created_seq,
+        ManagedObject.material, ManagedObject.attributes, ManagedObject.revision
+    ).order_by(ManagedObject.uid))])

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import select, text
 
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
-from kcm.core.hierarchy import provision_service, provision_tenant
 from kcm.core.keyring import Keyring
 from kcm.core.state_sweeper import sweep_due_states
 from kcm.core.store import repository
@@ -25,7 +24,14 @@ from kcm.core.tenant_rotation import rotate_tenant_key
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import State
 from kcm.kmip.tags import Tag
-from tests.migration_support import DATABASES, downgrade, empty_database, managed_indexes
+from tests.migration_support import (
+    DATABASES,
+    downgrade,
+    empty_database,
+    managed_indexes,
+    managed_rows,
+    provision_both_tenants,
+)
 
 NEW = {"ix_managed_objects_level_state_tenant_service_key_version": [
            "level", "state", "tenant", "service", "key_version"],
@@ -65,13 +71,6 @@ def _deactivate_an_l3(session, when: int) -> str:
     return row.uid
 
 
-def _rows(store: Store) -> list[tuple]:
-    return store.run_sync(lambda s: [tuple(row) for row in s.execute(select(
-        ManagedObject.uid, ManagedObject.tenant, ManagedObject.level, ManagedObject.state,
-        ManagedObject.wrapped_by, ManagedObject.created_seq, ManagedObject.material,
-        ManagedObject.attributes, ManagedObject.revision).order_by(ManagedObject.uid))])
-
-
 def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepersindexes(db_url: str) -> None:
     upgrade(db_url, "0004")
     assert "ix_managed_objects_wrapped_by" in managed_indexes(db_url)
@@ -81,10 +80,7 @@ def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepersindexes(db_url: str) -
     now = int(time.time())
     try:
         def fill(session) -> None:
-            for tenant in ("demo", "other"):
-                provision_tenant(session, keyring, tenant, now=now - 100)
-                for service in ("app", "billing"):
-                    provision_service(session, keyring, tenant, service, now=now - 100)
+            provision_both_tenants(session, keyring, now - 100)
             for n in range(5):
                 repository.insert_object(
                     session, uid=f"object-{n}", tenant="demo", object_type=2,
@@ -97,7 +93,7 @@ def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepersindexes(db_url: str) -
 
         store.run_sync(fill)
         due = store.run_sync(lambda s: _deactivate_an_l3(s, now - 1))
-        before = _rows(store)
+        before = managed_rows(store)
         assert len(before) == 2 + 4 + 5 + 1
         store.stopService()
 
@@ -112,11 +108,11 @@ def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepersindexes(db_url: str) -
 
         store = Store(db_url)
         store.audit_key = keyring.audit_key
-        assert _rows(store) == before
+        assert managed_rows(store) == before
         assert store.run_sync(lambda s: sweep_due_states(s, now)) == [due]
-        moved = [row for row in _rows(store) if row[0] == due]
-        assert moved[0][3] == State.DEACTIVATED
-        after = _rows(store)
+        moved = [row for row in managed_rows(store) if row[0] == due]
+        assert moved[0][4] == State.DEACTIVATED  # its state
+        after = managed_rows(store)
         store.stopService()
 
         downgrade(db_url, "0004")
@@ -125,7 +121,7 @@ def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepersindexes(db_url: str) -
         assert indexes["ix_managed_objects_wrapped_by"] == ["wrapped_by"]
         assert not set(NEW) & set(indexes)
         store = Store(db_url)
-        assert _rows(store) == after
+        assert managed_rows(store) == after
         store.stopService()
 
         upgrade(db_url, "0005")

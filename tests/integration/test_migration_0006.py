@@ -14,13 +14,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from kcm.core.hierarchy import provision_service, provision_tenant
 from kcm.core.keyring import Keyring
 from kcm.core.store import repository
 from kcm.core.store.engine import Store, open_engine
 from kcm.core.store.migrate import current_revision, head_revision, upgrade
 from kcm.core.store.schema import STATE_ACTIVE, ManagedObject
-from tests.migration_support import DATABASES, downgrade, empty_database, managed_indexes
+from tests.migration_support import (
+    DATABASES,
+    downgrade,
+    empty_database,
+    managed_indexes,
+    managed_rows,
+    provision_both_tenants,
+)
 
 OLD = {"ix_managed_objects_tenant": ["tenant"]}
 NEW = {"ix_managed_objects_tenant_created_seq": ["tenant", "created_seq"]}
@@ -29,13 +35,6 @@ NEW = {"ix_managed_objects_tenant_created_seq": ["tenant", "created_seq"]}
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from empty_database(request, tmp_path)
-
-
-def _rows(store: Store) -> list[tuple]:
-    return store.run_sync(lambda s: [tuple(row) for row in s.execute(select(
-        ManagedObject.uid, ManagedObject.tenant, ManagedObject.level, ManagedObject.service,
-        ManagedObject.state, ManagedObject.created_seq, ManagedObject.material,
-        ManagedObject.attributes, ManagedObject.revision).order_by(ManagedObject.uid))])
 
 
 def _page_plan(url: str) -> str:
@@ -73,10 +72,7 @@ def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -
     now = int(time.time())
     try:
         def fill(session) -> None:
-            for tenant in ("demo", "other"):
-                provision_tenant(session, keyring, tenant, now=now - 100)
-                for service in ("app", "billing"):
-                    provision_service(session, keyring, tenant, service, now=now - 100)
+            provision_both_tenants(session, keyring, now - 100)
             for n in range(6):
                 repository.insert_object(
                     session, uid=f"object-{n}", tenant=("demo", "other")[n % 2],
@@ -85,7 +81,7 @@ def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -
                     initial_date=now - 100, service=(None, "app", "billing")[n % 3])
 
         store.run_sync(fill)
-        before = _rows(store)
+        before = managed_rows(store)
         assert len(before) == 2 + 4 + 6
         store.stopService()
 
@@ -100,7 +96,7 @@ def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -
 
         store = Store(db_url)
         store.audit_key = keyring.audit_key
-        assert _rows(store) == before
+        assert managed_rows(store) == before
         located = store.run_sync(lambda s: [row.uid for row in repository.locate_rows(
             s, "demo", with_attributes=False, levels={None}, services={None, "app"})])
         assert located == ["object-4", "object-0"]  # newest first; billing's object-2 not
@@ -112,7 +108,7 @@ def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -
         assert OLD.items() <= indexes.items()
         assert not set(NEW) & set(indexes)
         store = Store(db_url)
-        assert _rows(store) == before
+        assert managed_rows(store) == before
         store.stopService()
     finally:
         store.stopService()

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from twisted.internet.task import Clock
 
 from kcm.gateway.acceptor import Acceptor
@@ -26,15 +24,6 @@ class FakeReactor(Clock):
 
     def removeReader(self, reader: Any) -> None:
         self.readers.discard(reader)
-
-
-@pytest.fixture
-def listening() -> Iterator[socket.socket]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        sock.setblocking(False)
-        yield sock
 
 
 def received(worker_end: socket.socket) -> list[socket.socket]:

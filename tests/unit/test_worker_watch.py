@@ -34,6 +34,7 @@ from kcm.gateway.supervisor import (
     WorkerPool,
 )
 from kcm.handoff import NOT_READY, REPORT_INTERVAL, HandoffServerEndpoint, pack_report
+from tests.unit.test_gateway_acceptor import FakeReactor
 from tests.unit.test_gateway_supervisor import FakeSpawner
 
 HUNG = 10.0
@@ -95,27 +96,6 @@ def test_a_worker_that_reports_it_cannot_serve_takes_no_new_connections() -> Non
 
 
 # Worker and supervisor over a real channel ---------------------------------------------------
-class FakeReactor(Clock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.readers: set[Any] = set()
-
-    def addReader(self, reader: Any) -> None:
-        self.readers.add(reader)
-
-    def removeReader(self, reader: Any) -> None:
-        self.readers.discard(reader)
-
-
-@pytest.fixture
-def listening() -> Iterator[socket.socket]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        sock.setblocking(False)
-        yield sock
-
-
 def handed(worker_end: socket.socket) -> int:
     """How many connections wait on a worker's end of its channel (taken off it)."""
     count = 0

@@ -19,7 +19,6 @@ What it promises:
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 import time
@@ -172,12 +171,11 @@ def database_state(url: str, timeout: float = 2.0) -> dict[str, Any]:
     return {"database": "ok", "revision": revision}
 
 
-@functools.cache
 def _head_revision() -> str:
-    """The newest packaged migration (read from the scripts once per process)."""
-    from kcm.core.store.migrate import head_revision
+    """The newest packaged migration."""
+    from kcm.core.store.migrate import HEAD_REVISION
 
-    return head_revision()
+    return HEAD_REVISION
 
 
 def _revision(url: str, timeout: float) -> str | None:

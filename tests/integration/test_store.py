@@ -5,6 +5,8 @@ Needs the ``postgres_url`` fixture of ``tests/pg.py`` registered in ``tests/conf
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -32,7 +34,7 @@ from kcm.core.keys import derive_audit_key, key_check_value, object_aad, unwrap,
 from kcm.core.store import engine as engine_module
 from kcm.core.store import repository as repo
 from kcm.core.store.engine import Store, open_engine
-from kcm.core.store.migrate import current_revision, head_revision, upgrade
+from kcm.core.store.migrate import HEAD_REVISION, current_revision, head_revision, upgrade
 from kcm.core.store.schema import (
     LEVEL_SERVICE_KEY,
     LEVEL_TENANT_KEY,
@@ -47,6 +49,7 @@ from kcm.core.store.schema import (
     OutboxEvent,
     Tenant,
 )
+from kcm.testing.processes import process_env
 from tests.unit.test_audit import write_legacy_chain
 
 SYMMETRIC_KEY = 2
@@ -121,7 +124,7 @@ def test_migrations_match_metadata(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
     upgrade(db_url)  # idempotent at every start
-    assert current_revision(db_url) == head_revision() == "0006"
+    assert current_revision(db_url) == head_revision() == HEAD_REVISION == "0006"
     engine = open_engine(db_url)
     try:
         with engine.connect() as connection:
@@ -129,6 +132,18 @@ def test_migrations_match_metadata(db_url: str) -> None:
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_a_database_at_the_head_is_upgraded_without_alembic(db_url: str) -> None:
+    """kcm-core's start finds a database already at the newest revision with one query: the
+    upgrade imports no Alembic (a fresh process, so nothing imported it before)."""
+    upgrade(db_url)
+    script = ("import sys; from kcm.core.store.migrate import upgrade; "
+              f"upgrade({db_url!r}); "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))")
+    run = subprocess.run([sys.executable, "-c", script], env=process_env(),
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert run.stdout.strip() == "[]"
 
 
 def test_records_written_before_0002_stay_and_are_anchored(db_url: str) -> None:

@@ -10,6 +10,7 @@ command foresaw: one line too (its type and message), exit status 2, never a tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -68,8 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Whatever a command creates (the L1 key file, the database and its WAL, key files of a
     # development PKI) is the owner's alone unless it sets a mode itself.
     umask = os.umask(0o077)
+    # What a command opens for its run (its database connections) is closed when it ends,
+    # so that main() leaves nothing open in a program it runs inside of (a test, say).
+    args.closing = contextlib.ExitStack()
     try:
-        return args.run(args)
+        with args.closing:
+            return args.run(args)
     except CommandError as e:
         print(f"{_prog(args)}: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT

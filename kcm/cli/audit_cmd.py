@@ -29,7 +29,13 @@ import time
 from typing import Any
 
 from kcm.cli import CommandError, add_command
-from kcm.cli.core_cmd import config_option, core_config, existing_database, run_in_store
+from kcm.cli.core_cmd import (
+    closed_at_end,
+    config_option,
+    core_config,
+    existing_database,
+    run_in_store,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,7 +104,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         checkpoints.extend(found)
 
     config = core_config(args)
-    store = Store(existing_database(config))
+    store = closed_at_end(args, Store(existing_database(config)))
     try:
         l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
     except L1Error as e:

@@ -229,7 +229,15 @@ def open_store(args: argparse.Namespace, config: CoreConfig | None = None):
     from kcm.core.store.engine import Store
 
     config = config or core_config(args)
-    return Store(existing_database(config))
+    return closed_at_end(args, Store(existing_database(config)))
+
+
+def closed_at_end(args: argparse.Namespace, store):
+    """``store``, its connections closed when the command ends (:func:`kcm.cli.main`)."""
+    closing = getattr(args, "closing", None)
+    if closing is not None:
+        closing.callback(store.stopService)
+    return store
 
 
 def run_in_store(store, fn, *, write: bool = True):
@@ -285,7 +293,7 @@ def _run_init(args: argparse.Namespace) -> int:
     except SchemaTooNew as e:
         raise CommandError(str(e)) from e
     after = current_revision(config.database)
-    store = Store(config.database)
+    store = closed_at_end(args, Store(config.database))
     store.audit_key = l1.audit_key()
     check = l1.check_value()
 
@@ -335,7 +343,7 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
     from kcm.core.store.engine import Store
 
     config = core_config(args)
-    store = Store(existing_database(config))
+    store = closed_at_end(args, Store(existing_database(config)))
     try:
         l1 = open_l1(config.l1_key_file, config.l1_pkcs11)[0]
     except (OSError, L1Error) as e:

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test lint bench bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
+.PHONY: test bytecode lint bench bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,19 @@ $(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml kcm/kernel/_plain_scan
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
+## Byte-compiled modules of the checkout, written whatever PYTHONDONTWRITEBYTECODE says: the
+## tests start a few hundred kcm processes, and each would otherwise compile every module it
+## imports again (about 0.2 s a start). Python checks each file's source before using it.
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q -j 0 kcm twisted tests benchmarks
+
 ## The whole suite: unit, conformance (OASIS vectors) and integration tests, then ruff.
-## Two pytest workers run everything but the tests that assert latencies or timings
-## (marked serial), which then run alone on a quiet machine.
-test: $(STAMP)
-	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -n 2 --dist worksteal -m "not serial"
+## Three pytest workers run everything but the tests that assert latencies or timings
+## (marked serial), which then run alone on a quiet machine. Three on a 2-core machine:
+## many end-to-end tests spend seconds waiting (for a timeout, a restart, PyKMIP's own
+## sleeps), which a third worker fills; a fourth gains nothing more.
+test: $(STAMP) bytecode
+	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -n 3 --dist worksteal -m "not serial"
 	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -m serial
 	$(BIN)/ruff check .
 
@@ -78,9 +86,10 @@ bench-sdk: $(STAMP)
 ## to this terminal (text; RUN_ARGS=--log-format=json for JSON lines). Ctrl-C, or SIGTERM to
 ## make or to the launcher, stops both; so does either service exiting.
 ## Other ports: make run RUN_ARGS="--kmip-port 15696 --link-port 15697 --gateway-port 15698"
-run: $(STAMP)
+run: $(STAMP) bytecode
 	@exec $(BIN)/kcm dev run $(RUN_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info var .cache
 	find kcm -name "*.so" -delete
+	find kcm twisted tests benchmarks -name __pycache__ -prune -exec rm -rf {} +

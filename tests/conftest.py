@@ -28,6 +28,22 @@ from tests.softhsm import softhsm  # noqa: F401, E402  (a fresh SoftHSM2 token, 
 from tests.vectors import vectors_dir  # noqa: E402
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run long tests first: modules with a test marked ``long``, then the other
+    integration modules (real processes), then the unit and conformance modules. Under
+    pytest-xdist's worksteal, a worker that runs out takes tests from the end of another's
+    queue: ending on short tests keeps both workers busy to the end, where a long test
+    scheduled last would keep one waiting for the other. A module's tests stay together
+    (its fixtures are made once) and in their order."""
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        first = 0 if item.get_closest_marker("long") else (
+            1 if module.startswith("tests/integration/") else 2)
+        rank[module] = min(rank.get(module, first), first)
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+
+
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     """The read-only OASIS KMIP vectors directory (fails loudly when missing)."""

@@ -214,6 +214,7 @@ async def test_a_thousand_requests_in_flight_on_one_connection(planes) -> None:
 
 # Failover and split horizon --------------------------------------------------------------------
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_failover_between_two_gateways_and_l4_work_with_the_core_away(tmp_path: Path) -> None:
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
     gateway_b = GatewayProcess(tmp_path / "gateway-b", core)

@@ -302,6 +302,7 @@ def _stamp(core: CoreHarness, uid: str) -> tuple[int, int]:
     return stamp
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_the_cache_keeps_no_more_memory_than_its_bound(core: CoreHarness) -> None:
     """Objects of 200 attributes each (a Create of 13 KB) take some 80 KB each once
     decoded (a thousand, 400 KB): the cache keeps as many as its byte bound allows, and

@@ -18,6 +18,7 @@ import random
 import threading
 from pathlib import Path
 
+import pytest
 import sqlalchemy
 
 from kcm.kmip.attributes import Attribute, Name
@@ -79,6 +80,7 @@ def lifecycle_request(uid: str, compromise: bool, rng: random.Random):
     return item(Operation.DESTROY, DestroyRequest(unique_identifier=uid))
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_concurrent_lifecycle_changes_at_three_cores_stay_on_the_state_machine(
         tmp_path: Path, postgres_url: str) -> None:
     url = fresh_database(postgres_url, f"kcm_races_{next(_databases)}")

@@ -15,6 +15,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from kcm.kmip.enums import Operation, RevocationReasonCode
 from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
 from kcm.l4 import token as l4_token
@@ -41,6 +43,7 @@ def _outbox_head(db: Path) -> int:
         return connection.execute("SELECT max(seq) FROM outbox").fetchone()[0]
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_a_gateway_relinked_after_a_restore_follows_the_restored_database(
         tmp_path: Path) -> None:
     db = tmp_path / "core" / "kcm.db"

@@ -23,6 +23,7 @@ from kcm.testing.processes import process_env
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 @pytest.mark.parametrize("busy_poll", [[], ["--busy-poll-us", "700"]],
                          ids=["sleeping", "polling"])
 def test_the_forwarded_scenarios_and_their_floor_run(busy_poll: list[str]) -> None:
@@ -65,6 +66,7 @@ def test_the_forward_floor_bench_runs_its_five_paths_polling_before_sleeping() -
     assert "# busy_poll_us = 700: the gateway and the Python relays poll" in run.stdout
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_the_workers_bench_runs_pinned_and_unpinned_workers() -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "workers_bench.py"), "--quick",

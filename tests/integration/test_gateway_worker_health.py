@@ -87,6 +87,7 @@ def served_by(gateway: GatewayProcess, count: int, timeout: float = 5.0) -> Coun
 
 
 # A hung worker --------------------------------------------------------------------------------
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_a_stopped_worker_gets_no_new_connections_and_is_killed_and_restarted(counted) -> None:
     _, gateway = counted
     wait_until(lambda: both_ready(gateway), "both workers ready", timeout=20.0)

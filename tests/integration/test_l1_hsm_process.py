@@ -32,6 +32,7 @@ def _get(core: CoreProcess, uid: str) -> bytes:
         client.close()
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_a_key_survives_a_restart_with_l1_in_the_token(
         tmp_path: Path, softhsm: SoftHsm) -> None:
     root = tmp_path / "core"
@@ -57,6 +58,7 @@ def test_a_key_survives_a_restart_with_l1_in_the_token(
     assert "audit log intact" in core.kcm("audit", "verify").stdout
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_a_wrong_pin_or_a_missing_token_stops_the_core_with_a_clear_error(
         tmp_path: Path, softhsm: SoftHsm) -> None:
     root = tmp_path / "core"

@@ -12,6 +12,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from kcm.kmip.enums import Operation
 from kcm.kmip.payloads.lifecycle import DestroyRequest
 from tests.e2e_support import (
@@ -38,6 +40,7 @@ def _destroy(uid: str) -> object:
     return item(Operation.DESTROY, DestroyRequest(unique_identifier=uid))
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_a_pruned_outbox_keeps_linked_gateways_working_and_relinking_ones_resync(
         tmp_path: Path) -> None:
     db = tmp_path / "core" / "kcm.db"

@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import kmip
+import pytest
 
 from kcm.pki import PkiPaths
 from tests.e2e_support import CoreProcess, GatewayProcess
@@ -69,10 +70,12 @@ def run_suite(port: int, pki: PkiPaths, home: Path) -> str:
     return summary
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_pykmip_integration_suite_passes(core_process: CoreProcess, tmp_path: Path) -> None:
     run_suite(core_process.port, core_process.pki, tmp_path / "home")
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_pykmip_integration_suite_passes_through_kcm_gateway(
         gateway_process: GatewayProcess, tmp_path: Path) -> None:
     """The same suite against a kcm-gateway in front of the core: it creates, registers and

@@ -123,6 +123,7 @@ def test_an_oversized_request_leaves_one_record_of_its_principal(core: CoreProce
     assert core.kcm("audit", "verify").returncode == 0
 
 
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_a_certificate_refused_in_a_loop_leaves_one_record_per_interval(
         core: CoreProcess) -> None:
     mark = newest(core)

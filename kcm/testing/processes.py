@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import json
 import os
 import random
@@ -48,6 +49,7 @@ __all__ = [
     "process_env",
     "start_pykmip",
     "start_python_server",
+    "start_together",
     "stop_process",
     "wait_listening",
 ]
@@ -257,7 +259,16 @@ class CoreProcess:
 
     def start(self) -> None:
         """Start `twistd -n kcm-core` and wait until it accepts connections (KMIP and link)."""
+        self.spawn()
+        self.wait_started()
+
+    def spawn(self) -> None:
+        """Start `twistd -n kcm-core`, without waiting (:meth:`wait_started` waits)."""
         self.process = _twistd("kcm-core", self.config, self.root, self.log, self.nofile)
+
+    def wait_started(self) -> None:
+        """Wait until the process :meth:`spawn` started accepts connections (KMIP and link)."""
+        assert self.process is not None, "spawn() first"
         wait_listening(self.process, [self.port, self.link_port, *_ports(self.metrics_port)],
                        "kcm-core", self.log)
 
@@ -382,14 +393,33 @@ def _copied_database(database: str) -> Path | None:
     return None
 
 
-def _initialise(core: CoreProcess) -> None:
+def _initialise(core: CoreProcess, in_process: bool = False) -> None:
+    """A PKI, the configuration, ``kcm core init`` and the tenants and services of
+    :func:`deploy`; with ``in_process``, the `kcm` commands run in this process
+    (:func:`kcm.cli.main`, the executable's code, without an interpreter's second of
+    imports each)."""
     init_pki(core.root / "pki")
     core.write_config()
-    core.kcm("core", "init")
-    for tenant in ("demo", "other"):
-        core.kcm("core", "tenant", "add", tenant)
-    for tenant in ("demo", "other"):
-        core.kcm("core", "service", "add", tenant, "app")
+    commands = [("core", "init")]
+    commands += [("core", "tenant", "add", tenant) for tenant in ("demo", "other")]
+    commands += [("core", "service", "add", tenant, "app") for tenant in ("demo", "other")]
+    for command in commands:
+        if in_process:
+            _kcm_here(core, *command)
+        else:
+            core.kcm(*command)
+
+
+def _kcm_here(core: CoreProcess, *args: str) -> None:
+    """Run ``kcm args`` with ``core``'s configuration in this process; RuntimeError with
+    what it printed if it fails."""
+    from kcm.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        status = main([*args, "-c", str(core.config)])
+    if status != 0:
+        raise RuntimeError(f"kcm {' '.join(args)} failed ({status}): {out.getvalue()}")
 
 
 def _sqlite_file(database: str) -> Path | None:
@@ -411,7 +441,7 @@ def _template() -> Path:
         root = work / "core"
         root.mkdir(mode=0o700)
         template = CoreProcess(root, f"sqlite:///{root / 'kcm.db'}")
-        _initialise(template)
+        _initialise(template, in_process=True)
         with sqlite3.connect(root / "kcm.db") as connection:
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         connection.close()
@@ -445,7 +475,7 @@ def _pg_template(database: str) -> Path | None:
         root = work / "core"
         root.mkdir(mode=0o700)
         template_url = url.set(database=template_name).render_as_string(hide_password=False)
-        _initialise(CoreProcess(root, template_url))
+        _initialise(CoreProcess(root, template_url), in_process=True)
         _PG_TEMPLATES[cluster] = (root, template_name)
     root, template_name = _PG_TEMPLATES[cluster]
     _pg_admin(cluster, f'DROP DATABASE "{name}"',
@@ -551,9 +581,18 @@ class GatewayProcess:
 
     def start(self) -> None:
         """Start `twistd -n kcm-gateway` and wait until it accepts connections."""
+        self.spawn()
+        self.wait_started()
+
+    def spawn(self) -> None:
+        """Start `twistd -n kcm-gateway`, without waiting (:meth:`wait_started` waits)."""
         if not self.config.exists():
             self.write_config()
         self.process = _twistd("kcm-gateway", self.config, self.root, self.log, self.nofile)
+
+    def wait_started(self) -> None:
+        """Wait until the process :meth:`spawn` started accepts connections."""
+        assert self.process is not None, "spawn() first"
         wait_listening(self.process, [self.port, *_ports(self.metrics_port)], "kcm-gateway",
                        self.log)
 
@@ -610,6 +649,21 @@ def start_pykmip(pki: PkiPaths, work: Path) -> tuple[subprocess.Popen, int]:
     process = start_python_server(PYKMIP_SERVER, [str(pki.directory), str(port), str(work)],
                                   port, "PyKMIP server", work / "pykmip.stderr")
     return process, port
+
+
+def start_together(processes: Sequence[CoreProcess | GatewayProcess]) -> None:
+    """Start every one of ``processes`` at once and wait until each accepts connections (on
+    a machine of several CPUs, their imports overlap); if one fails to start, the others
+    are stopped and its RuntimeError raised."""
+    for process in processes:
+        process.spawn()
+    try:
+        for process in processes:
+            process.wait_started()
+    except RuntimeError:
+        for process in processes:
+            process.stop()
+        raise
 
 
 @contextmanager

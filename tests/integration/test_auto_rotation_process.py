@@ -24,7 +24,7 @@ from kcm.kmip.enums import ObjectType, Operation, ResultReason
 from kcm.kmip.payloads.lifecycle import DestroyRequest
 from kcm.kmip.tags import Tag
 from kcm.l4 import token as l4_token
-from kcm.testing.processes import deploy
+from kcm.testing.processes import deploy, start_together
 from tests.e2e_support import (
     CoreProcess,
     GatewayProcess,
@@ -35,9 +35,6 @@ from tests.e2e_support import (
     wait_until,
 )
 from tests.gateway_support import create_l4, encrypt, item
-
-#: Asserts timings: run alone, after the parallel part of `make test`.
-pytestmark = pytest.mark.serial
 
 #: New L4s are sealed under a new version at every gateway within this of the rotation.
 PROPAGATION_BOUND = 1.0
@@ -54,8 +51,7 @@ def deployment(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess, Ga
     b = GatewayProcess(tmp_path / "gateway-b", core)
     core.start()
     try:
-        a.start()
-        b.start()
+        start_together([a, b])
         a.wait_linked()
         b.wait_linked()
         yield core, a, b
@@ -75,6 +71,7 @@ def service_show(core: CoreProcess) -> dict:
     return json.loads(core.kcm("core", "service", "show", "demo", "app", "--json").stdout)
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_an_l3_with_a_2s_interval_rotates_and_gateways_follow_within_1s(deployment) -> None:
     core, a, b = deployment
     with a.client("app") as app_a, b.client("app") as app_b, a.client("admin") as admin:
@@ -155,6 +152,7 @@ REPORT_INTERVAL = 0.25
 REACTION_BOUND = 1.0
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_a_usage_cap_of_1000_rotates_after_about_1000_creates_over_two_gateways(
         deployment) -> None:
     core, a, b = deployment

@@ -56,9 +56,6 @@ from tests.gateway_support import (
 )
 from tests.integration.test_gateway_sync import destroy, revoke
 
-#: Asserts timings: run alone, after the parallel part of `make test`.
-pytestmark = pytest.mark.serial
-
 CBC = {"cryptographic_algorithm": enums.CryptographicAlgorithm.AES,
        "block_cipher_mode": enums.BlockCipherMode.CBC,
        "padding_method": enums.PaddingMethod.PKCS5}
@@ -324,6 +321,7 @@ def test_mixed_batches_keep_the_core_s_placeholder_and_maximum_response_size(
             == [ResultReason.RESPONSE_TOO_LARGE] * 2
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_core_killed_under_l4_load_then_back_without_a_gateway_restart(deployment) -> None:
     core, gateway = deployment
     errors: list[str] = []
@@ -429,6 +427,7 @@ def test_cold_gateway_serves_a_tenant_admin_and_hides_it_from_another_tenant_as_
 
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_subject_only_clients_follow_the_cores_policy_after_a_sighup(deployment) -> None:
     """The gateway resolves a subject-only certificate with the subject map the core pushed;
     after the core's policy file is edited and kcm-core gets SIGHUP, new connections follow

@@ -29,7 +29,7 @@ from kcm.kmip.messages import RequestBatchItem
 from kcm.kmip.payloads.crypto import EncryptResponse
 from kcm.kmip.payloads.lifecycle import DestroyRequest, RevocationReason, RevokeRequest
 from kcm.l4 import token as l4_token
-from kcm.testing.processes import free_port, scrape
+from kcm.testing.processes import free_port, scrape, start_together
 from tests.e2e_support import (
     CoreProcess,
     GatewayProcess,
@@ -44,9 +44,6 @@ from tests.e2e_support import (
 )
 from tests.gateway_support import create_l4, encrypt, get, item
 
-#: Asserts timings: run alone, after the parallel part of `make test`.
-pytestmark = pytest.mark.serial
-
 #: The target of ARCHITECTURE §4: a revocation is enforced everywhere within 1 s of the commit.
 PROPAGATION_BOUND = 1.0
 POLL_INTERVAL = 0.02
@@ -59,8 +56,7 @@ def gateways(core_process: CoreProcess, tmp_path: Path
     a = GatewayProcess(tmp_path / "gateway-a", core_process)
     b = GatewayProcess(tmp_path / "gateway-b", core_process)
     try:
-        a.start()
-        b.start()
+        start_together([a, b])
         a.wait_linked()
         b.wait_linked()
         yield core_process, a, b
@@ -132,6 +128,7 @@ def report(what: str, delays: dict[str, float], sent: float, answered: float) ->
 
 
 # Revocation reaches every gateway ---------------------------------------------------------
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_a_deactivating_revoke_through_one_gateway_is_enforced_by_both_within_1s(
         gateways) -> None:
     _, a, b = gateways
@@ -163,6 +160,7 @@ def test_a_deactivating_revoke_through_one_gateway_is_enforced_by_both_within_1s
             assert key.object.key_block.key_value.key_material == kept.dek
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_a_key_compromise_revoke_drops_the_l3_at_both_gateways_within_1s(gateways) -> None:
     _, a, b = gateways
     with a.client("admin") as admin, a.client("app") as app_a, b.client("app") as app_b:
@@ -186,6 +184,7 @@ def test_a_key_compromise_revoke_drops_the_l3_at_both_gateways_within_1s(gateway
         assert "compromised" in answer.result_message.lower()
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_a_destroyed_l4_token_is_refused_by_both_gateways_within_1s_and_by_the_core(
         gateways) -> None:
     core, a, b = gateways

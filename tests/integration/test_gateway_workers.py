@@ -62,10 +62,10 @@ from tests.integration.test_gateway_sync import (
     revoke,
 )
 
-#: Asserts timings (run alone, after the parallel part of `make test`); reads /proc.
-pytestmark = [pytest.mark.serial,
-              pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
-                                 reason="reads which process serves a connection from /proc")]
+#: Reads /proc. Most tests here assert timings (marked serial: run alone, after the parallel
+#: part of `make test`).
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
+                                reason="reads which process serves a connection from /proc")
 
 
 def two_workers(tmp_path: Path, **options: Any) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
@@ -183,6 +183,7 @@ def alive(pid: int) -> bool:
 
 
 # (a) ---------------------------------------------------------------------------------------------
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_connections_are_spread_over_both_workers_and_each_answers_l4_and_forwarded_requests(
         deployment) -> None:
     _, gateway = deployment
@@ -214,6 +215,7 @@ def test_connections_are_spread_over_both_workers_and_each_answers_l4_and_forwar
         assert opened.data == b"crosses workers"
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_eight_connections_fall_four_to_each_worker_and_new_ones_go_to_the_emptier(
         counted_deployment) -> None:
     """A database's or a storage array's few long-lived connections: the supervisor hands
@@ -239,6 +241,7 @@ def test_eight_connections_fall_four_to_each_worker_and_new_ones_go_to_the_empti
         assert [established(gateway.port, pid) for pid in pids] == [4, 4]
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_a_burst_of_connects_is_spread_evenly_over_the_workers(counted_deployment) -> None:
     """Sixteen clients connecting at the same instant (as a pool starting up does): the
     supervisor accepts them all and hands them out by count, however the workers are
@@ -262,6 +265,7 @@ def test_a_burst_of_connects_is_spread_evenly_over_the_workers(counted_deploymen
 
 
 # (b) ---------------------------------------------------------------------------------------------
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_a_revocation_reaches_every_worker_within_1s(deployment) -> None:
     core, gateway = deployment
     with ExitStack() as stack:
@@ -304,6 +308,7 @@ def test_a_revocation_reaches_every_worker_within_1s(deployment) -> None:
 
 
 # (c) ---------------------------------------------------------------------------------------------
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_a_killed_worker_is_restarted_and_serves_while_the_other_kept_serving(
         deployment) -> None:
     _, gateway = deployment
@@ -413,6 +418,7 @@ def test_a_killed_supervisor_takes_its_workers_with_it(deployment) -> None:
 
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_sighup_restarts_the_workers_one_at_a_time_and_new_connections_are_served_throughout(
         deployment) -> None:
     """SIGHUP: worker 1 is stopped (SIGTERM) and started again, and only once the new one
@@ -501,6 +507,7 @@ def _log_lines(gateway: GatewayProcess) -> list[dict]:
             if line.startswith("{")]
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_with_busy_poll_each_worker_polls_serves_as_usual_and_rests_when_idle(
         polling_deployment) -> None:
     """``busy_poll_us``: each worker (not the supervisor) says it polls before it sleeps,
@@ -588,6 +595,7 @@ def _handoffs(gateway: GatewayProcess) -> dict[tuple[str, str], float]:
             for sample in family.samples if sample.name == "kcm_gateway_handoffs_total"}
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_pinned_workers_each_run_on_a_cpu_and_get_the_connections_arriving_there(
         pinned_deployment) -> None:
     """``pin_workers``: worker 1 runs on the first usable CPU only and worker 2 on the

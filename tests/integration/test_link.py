@@ -32,9 +32,6 @@ from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, decode, encode
 from tests.e2e_support import CoreProcess
 
-#: Asserts timings: run alone, after the parallel part of `make test`.
-pytestmark = pytest.mark.serial
-
 TD = "kcm.test"
 APP = Principal(Role.SERVICE, TD, tenant="demo", service="app",
                 uri=f"spiffe://{TD}/tenant/demo/service/app")
@@ -184,6 +181,7 @@ async def test_events_follow_the_core_and_resume_after_a_restart_without_gaps(
     assert [e[3]["key_version"] for e in events] == [2, 3, 4]
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 @pytest_twisted.ensureDeferred
 async def test_heartbeats_notice_a_core_that_stopped_answering(
         core_process: CoreProcess, link: LinkClient) -> None:

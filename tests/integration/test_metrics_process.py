@@ -33,8 +33,6 @@ from tests.gateway_support import (
     response,
 )
 
-pytestmark = pytest.mark.serial
-
 
 def metrics(port: int) -> dict[tuple[str, tuple], float]:
     """Every sample the listener on ``port`` exposes, as Prometheus' parser reads it."""
@@ -158,6 +156,7 @@ def test_the_gateway_counts_local_and_forwarded_items(core: CoreProcess,
         gateway.stop()
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_gateway_readiness_through_a_core_outage(core: CoreProcess, tmp_path: Path) -> None:
     gateway = gateway_of(core, tmp_path / "gateway", l3_ttl=1.0, max_stale=10.0)
     try:
@@ -214,6 +213,7 @@ def test_core_readiness_follows_its_database(core: CoreProcess) -> None:
     assert status == 200 and body["database"] == "ok"
 
 
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_a_gateway_with_workers_answers_for_all_of_them(core: CoreProcess,
                                                        tmp_path: Path) -> None:
     """``metrics_listen`` with ``workers = 2``: the supervisor's listener has every worker's

@@ -22,9 +22,6 @@ from kcm.testing.processes import deploy, running
 from tests.e2e_support import CoreProcess, GatewayProcess, audit_rows, populated, wait_until
 from tests.gateway_support import create_l4, create_managed, encrypt, get, request, response
 
-#: Asserts that a rotation under load loses nothing, with timings: run alone.
-pytestmark = pytest.mark.serial
-
 V21 = (2, 1)
 
 

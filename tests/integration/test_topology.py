@@ -33,7 +33,7 @@ from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
 from kcm.l4 import token as l4_token
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS
 from kcm.testing.postgres import fresh_database
-from kcm.testing.processes import CoreProcess, GatewayProcess, deploy
+from kcm.testing.processes import CoreProcess, GatewayProcess, deploy, start_together
 from tests.e2e_support import (
     ClientLoad,
     applied_events,
@@ -72,10 +72,9 @@ def topology(tmp_path: Path, postgres_url: str
     gateways = [GatewayProcess(tmp_path / f"gateway{i + 1}", cores[i],
                                cores=cores[i:] + cores[:i]) for i in range(3)]
     try:
-        for core in cores:  # core 1 first: it takes the sweeper's lease
-            core.start()
-        for gateway in gateways:
-            gateway.start()
+        cores[0].start()  # core 1 first: it takes the sweeper's lease
+        start_together(cores[1:])
+        start_together(gateways)
         for gateway in gateways:
             gateway.wait_linked()
         yield cores, gateways

@@ -59,16 +59,20 @@ def test_a_gateway_refuses_a_peer_with_a_gateway_certificate_as_its_core(
         FAKE_CORE, [str(pki.gateway.cert), str(pki.gateway.key), str(pki.ca.cert),
                     str(core.link_port)], core.link_port, "fake core", impostor_log)
     gateway = GatewayProcess(tmp_path / "gateway", core)
+    address = f"127.0.0.1:{core.link_port}"
     try:
         gateway.start()
-        wait_until(lambda: "refusing the link" in gateway.log.read_text()
+        # Every line asserted below: the refusal, the failed link and Twisted's retry are
+        # logged one after another, not at once (a loaded machine showed the gap).
+        wait_until(lambda: all(line in gateway.log.read_text() for line in (
+                       "refusing the link", f"cannot link to core tcp:{address}",
+                       f"to connect core tcp:{address} in"))
                    and impostor_log.read_text().count("received") >= 2,
                    "the gateway to refuse the fake core twice", timeout=20)
         log = gateway.log.read_text()
     finally:
         gateway.stop()
         stop_process(impostor)
-    address = f"127.0.0.1:{core.link_port}"
     assert (f"refusing the link: {address} is not a core: its certificate carries a URI SAN "
             "(spiffe://kcm.test/gateway/gw1); a core's carries none") in log
     assert f"cannot link to core tcp:{address}: {address} is not a core" in log

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test bytecode lint bench bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
+.PHONY: test bytecode lint bench bench-locate bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ lint: $(STAMP)
 ## Codec micro-benchmarks; figures go to docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/codec_bench.py
+
+## Locate in a tenant of 50,000 objects against a real kcm-core (about a minute);
+## docs/benchmarks.md.
+bench-locate: $(STAMP)
+	$(BIN)/python benchmarks/locate_bench.py
 
 ## kcm-core's durable Create/Revoke against PyKMIP's server (a few minutes); docs/benchmarks.md.
 bench-core: $(STAMP)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from kcm.core.hierarchy import provision_service, provision_tenant
 from kcm.core.keyring import Keyring
@@ -20,8 +21,8 @@ from kcm.core.store.migrate import alembic_config
 from kcm.core.store.schema import ManagedObject
 from kcm.testing.postgres import fresh_database
 
-__all__ = ["DATABASES", "downgrade", "empty_database", "managed_indexes", "managed_rows",
-           "provision_both_tenants"]
+__all__ = ["DATABASES", "downgrade", "empty_database", "later_columns", "managed_indexes",
+           "managed_rows", "provision_both_tenants"]
 
 _databases = itertools.count()
 
@@ -58,6 +59,37 @@ def downgrade(url: str, revision: str) -> None:
     try:
         with engine.begin() as connection:
             command.downgrade(alembic_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+#: The columns of ``managed_objects`` that revisions after 0006 add (and their SQL types):
+#: this release's code writes and reads them, so a database it fills at an older revision
+#: must have them while it does (:func:`later_columns`).
+LATER_COLUMNS = {"cryptographic_usage_mask": "BIGINT"}
+
+
+@contextmanager
+def later_columns(url: str) -> Iterator[None]:
+    """:data:`LATER_COLUMNS` added to ``managed_objects`` of the database at ``url`` (at an
+    older revision) for the while, so that this release's code may fill or read it as the
+    release of that revision would; dropped afterwards, before a migration under test runs
+    (they are NULL meanwhile: nothing of them remains)."""
+    _alter(url, [f"ALTER TABLE managed_objects ADD COLUMN {name} {kind}"
+                 for name, kind in LATER_COLUMNS.items()])
+    try:
+        yield
+    finally:
+        _alter(url, [f"ALTER TABLE managed_objects DROP COLUMN {name}"
+                     for name in LATER_COLUMNS])
+
+
+def _alter(url: str, statements: list[str]) -> None:
+    engine = open_engine(url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
     finally:
         engine.dispose()
 

@@ -60,7 +60,7 @@ def provision_tenant(session: Session, keyring: Keyring, tenant: str, *, now: in
         state=State.ACTIVE, attributes=encode_attributes(attributes),
         material=keyring.wrap_tenant_key(tenant, uid, key), wrapped_by=WRAPPED_BY_L1,
         level=LEVEL_TENANT_KEY, cryptographic_algorithm=CryptographicAlgorithm.AES,
-        cryptographic_length=256,
+        cryptographic_length=256, cryptographic_usage_mask=_KEY_USAGE,
         names=[(tenant_key_name(tenant), NameType.UNINTERPRETED_TEXT_STRING)],
         initial_date=now, activation_date=now, last_change_date=now)
     return uid
@@ -81,19 +81,23 @@ def provision_service(session: Session, keyring: Keyring, tenant: str, service: 
         state=State.ACTIVE, attributes=encode_attributes(attributes), material=blob,
         wrapped_by=wrapped_by, level=LEVEL_SERVICE_KEY, service=service, key_version=version,
         cryptographic_algorithm=CryptographicAlgorithm.AES, cryptographic_length=256,
+        cryptographic_usage_mask=_KEY_USAGE,
         names=[(name, NameType.UNINTERPRETED_TEXT_STRING)], initial_date=now,
         activation_date=now, last_change_date=now)
     events.l3_rotated(session, tenant, uid, service, version)
     return uid
 
 
+#: The Cryptographic Usage Mask of tenant and service keys (L2, L3).
+_KEY_USAGE = (CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT
+              | CryptographicUsageMask.WRAP_KEY | CryptographicUsageMask.UNWRAP_KEY)
+
+
 def _key_attributes(uid: str, name: str, now: int) -> list[Attribute]:
     attributes = server_attributes(
         _Stamp(now), uid, ObjectType.SYMMETRIC_KEY,
         [Attribute.of(Tag.NAME, Name(value=name, type=NameType.UNINTERPRETED_TEXT_STRING)),
-         Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK,
-                      CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT
-                      | CryptographicUsageMask.WRAP_KEY | CryptographicUsageMask.UNWRAP_KEY)],
+         Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, _KEY_USAGE)],
         algorithm=CryptographicAlgorithm.AES, length=256, state=State.ACTIVE)
     attributes.append(Attribute.of(Tag.ACTIVATION_DATE, now))
     return attributes

@@ -1,7 +1,7 @@
 """Managed objects as the operations see them: attributes, state, wrapped material.
 
 The attribute list is the record of truth; the store's columns (state, algorithm,
-length, dates, names, groups) are copies for Locate, refreshed in :func:`save`. The
+length, usage mask, dates, names, groups) are copies for Locate, refreshed in :func:`save`. The
 material is the object's KMIP structure (Symmetric Key, Secret Data, ...) encoded as
 TTLV together with the protocol version it was encoded for, wrapped by the keyring.
 """
@@ -485,6 +485,7 @@ def _columns(obj: StoredObject) -> dict[str, Any]:
         "state": int(obj.state),
         "cryptographic_algorithm": _int_or_none(obj.value(Tag.CRYPTOGRAPHIC_ALGORITHM)),
         "cryptographic_length": _int_or_none(obj.value(Tag.CRYPTOGRAPHIC_LENGTH)),
+        "cryptographic_usage_mask": _int_or_none(obj.value(Tag.CRYPTOGRAPHIC_USAGE_MASK)),
     }
     for tag, column in DATE_COLUMNS.items():
         columns[column] = obj.value(tag)

@@ -423,6 +423,37 @@ def test_locate_filters(core: CoreHarness) -> None:
                   Attribute.of(Tag.INITIAL_DATE, now + 120)).unique_identifiers == []
 
 
+def test_locate_by_usage_mask_is_judged_and_counted_by_the_store(core: CoreHarness) -> None:
+    """The store keeps a copy of each object's Cryptographic Usage Mask (migration 0007)
+    and judges a Locate by it (every requested bit set), counting the matches too. A mask
+    that is not an Integer is Invalid Field."""
+    enc, dec = CryptographicUsageMask.ENCRYPT, CryptographicUsageMask.DECRYPT
+    both = register(core, attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, enc | dec)])
+    only_enc = register(core, attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, enc)])
+    assert (row(core, both).cryptographic_usage_mask,
+            row(core, only_enc).cryptographic_usage_mask) == (enc | dec, enc)
+
+    def mask(bits: int) -> Attribute:
+        return Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, bits)
+
+    assert locate(core, mask(enc)).unique_identifiers == [only_enc, both]
+    assert locate(core, mask(enc | dec)).unique_identifiers == [both]
+    counted = locate(core, mask(enc), offset_items=0, maximum_items=1, version=V14)
+    assert (counted.unique_identifiers, counted.located_items) == ([only_enc], 2)
+
+    assert locate(core, mask(dec)).unique_identifiers == [both]
+    # The mask is set at creation only (attribute_rules): a change is refused, the copy kept.
+    failed(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=only_enc, attribute=mask(dec)), ResultReason.PERMISSION_DENIED,
+        version=V14)
+    assert row(core, only_enc).cryptographic_usage_mask == enc
+
+    text_mask = Attribute(Tag.CRYPTOGRAPHIC_USAGE_MASK,
+                          Item(Tag.CRYPTOGRAPHIC_USAGE_MASK, ItemType.TEXT_STRING, "Encrypt"))
+    failed(core, Operation.LOCATE, LocateRequest(attributes=[text_mask]),
+           ResultReason.INVALID_FIELD)
+
+
 def _structure(tag: int, *fields: Item) -> Attribute:
     """A structure-valued criterion with only ``fields`` (a partial Link, Name, ...)."""
     return Attribute(tag, Item(tag, ItemType.STRUCTURE, list(fields)))

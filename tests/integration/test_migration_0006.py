@@ -17,12 +17,13 @@ from sqlalchemy import select, text
 from kcm.core.keyring import Keyring
 from kcm.core.store import repository
 from kcm.core.store.engine import Store, open_engine
-from kcm.core.store.migrate import current_revision, head_revision, upgrade
+from kcm.core.store.migrate import current_revision, upgrade
 from kcm.core.store.schema import STATE_ACTIVE, ManagedObject
 from tests.migration_support import (
     DATABASES,
     downgrade,
     empty_database,
+    later_columns,
     managed_indexes,
     managed_rows,
     provision_both_tenants,
@@ -80,13 +81,15 @@ def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -
                     material=b"wrapped", material_format=1, wrapped_by="L1",
                     initial_date=now - 100, service=(None, "app", "billing")[n % 3])
 
-        store.run_sync(fill)
+        with later_columns(db_url):
+            store.run_sync(fill)
+            store.stopService()
         before = managed_rows(store)
         assert len(before) == 2 + 4 + 6
         store.stopService()
 
-        upgrade(db_url)
-        assert current_revision(db_url) == head_revision() == "0006"
+        upgrade(db_url, "0006")
+        assert current_revision(db_url) == "0006"
         indexes = managed_indexes(db_url)
         assert not set(OLD) & set(indexes)
         assert {name: indexes.get(name) for name in NEW} == NEW

@@ -39,6 +39,9 @@ _COLUMN_FILTERS = {
     Tag.OBJECT_TYPE: "object_type", Tag.CRYPTOGRAPHIC_ALGORITHM: "algorithm",
     Tag.CRYPTOGRAPHIC_LENGTH: "length", Tag.UNIQUE_IDENTIFIER: "uid",
 }
+#: The criteria the store judges whole from its columns (one of each): those of
+#: :data:`_COLUMN_FILTERS` and the Cryptographic Usage Mask (every requested bit set).
+_STORE_JUDGED = frozenset({*_COLUMN_FILTERS, Tag.CRYPTOGRAPHIC_USAGE_MASK})
 
 
 def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
@@ -159,6 +162,10 @@ class _Criteria:
             if attribute.value is None:
                 raise KmipError(ResultReason.INVALID_FIELD,
                                 f"{tag_label(attribute.tag)} has no value to match")
+            if (attribute.tag == Tag.CRYPTOGRAPHIC_USAGE_MASK
+                    and attribute.value.type is not ItemType.INTEGER):
+                raise KmipError(ResultReason.INVALID_FIELD,
+                                "Cryptographic Usage Mask must be an Integer")
             by_tag.setdefault(attribute.tag, []).append(attribute)
         for tag, group in by_tag.items():
             if group[0].value.type is ItemType.DATE_TIME and tag != VENDOR_TAG:
@@ -187,7 +194,7 @@ class _Criteria:
         for attribute in self.others:
             if attribute.tag == Tag.STATE:
                 continue
-            if attribute.tag not in _COLUMN_FILTERS or attribute.tag in seen:
+            if attribute.tag not in _STORE_JUDGED or attribute.tag in seen:
                 return True
             seen.add(attribute.tag)
         return False
@@ -206,6 +213,8 @@ class _Criteria:
                     filters["name"] = name_value.value
             elif attribute.tag == Tag.OBJECT_GROUP and "group" not in filters:
                 filters["group"] = attribute.value.value
+            elif attribute.tag == Tag.CRYPTOGRAPHIC_USAGE_MASK and "usage_mask" not in filters:
+                filters["usage_mask"] = attribute.value.value
         # The store never matches an unset date: a range up to the largest Date-Time, which
         # unset dates match too, is judged in :meth:`matches` alone.
         dates = {managed.DATE_COLUMNS[tag]: bounds for tag, bounds in self.dates.items()

@@ -308,6 +308,7 @@ def insert_object(
     key_version: int | None = None,
     cryptographic_algorithm: int | None = None,
     cryptographic_length: int | None = None,
+    cryptographic_usage_mask: int | None = None,
     names: Iterable[tuple[str, int]] = (),
     groups: Iterable[str] = (),
     attach: bool = True,
@@ -343,7 +344,8 @@ def insert_object(
         "uid": uid, "created_seq": next_seq, "tenant": tenant, "object_type": object_type,
         "level": level, "service": service, "key_version": key_version, "state": state,
         "cryptographic_algorithm": cryptographic_algorithm,
-        "cryptographic_length": cryptographic_length, "material": material,
+        "cryptographic_length": cryptographic_length,
+        "cryptographic_usage_mask": cryptographic_usage_mask, "material": material,
         "material_format": material_format, "wrapped_by": wrapped_by,
         "attributes": attributes, "revision": 1, "rotate_due": None,
         **dict.fromkeys(DATE_COLUMNS), **dates,
@@ -739,6 +741,7 @@ def _locate_conditions(
     state: int | None = None,
     algorithm: int | None = None,
     length: int | None = None,
+    usage_mask: int | None = None,
     name: str | None = None,
     group: str | None = None,
     uid: str | None = None,
@@ -754,7 +757,8 @@ def _locate_conditions(
     the hierarchy level: ``{None}`` only ordinary objects, ``{2, 3}`` only L2/L3 keys; None
     means any. ``services`` restricts the service likewise (``{None, "app"}``: those of no
     service and app's). ``destroyed`` keeps only the destroyed objects (True) or only the
-    others (False); None means both.
+    others (False); None means both. ``usage_mask`` keeps the objects whose Cryptographic
+    Usage Mask has every one of its bits set.
     """
     conditions: list[ColumnElement[bool]] = [ManagedObject.tenant == tenant]
     if object_type is not None:
@@ -765,6 +769,10 @@ def _locate_conditions(
         conditions.append(ManagedObject.cryptographic_algorithm == algorithm)
     if length is not None:
         conditions.append(ManagedObject.cryptographic_length == length)
+    if usage_mask is not None:
+        # Every requested bit set (KMIP 1.4 §4.9, 2.1 §6.1.27).
+        conditions.append(ManagedObject.cryptographic_usage_mask.op("&")(usage_mask)
+                          == usage_mask)
     if uid is not None:
         conditions.append(ManagedObject.uid == uid)
     if name is not None:

@@ -124,6 +124,8 @@ class ManagedObject(Base):
     state: Mapped[int] = mapped_column(Integer)
     cryptographic_algorithm: Mapped[int | None] = mapped_column(Integer)
     cryptographic_length: Mapped[int | None] = mapped_column(Integer)
+    #: A copy of the Cryptographic Usage Mask attribute, for Locate (migration 0007).
+    cryptographic_usage_mask: Mapped[int | None] = mapped_column(BigInteger)
     initial_date: Mapped[int | None] = mapped_column(BigInteger)
     activation_date: Mapped[int | None] = mapped_column(BigInteger)
     deactivation_date: Mapped[int | None] = mapped_column(BigInteger)

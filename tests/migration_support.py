@@ -21,8 +21,8 @@ from kcm.core.store.migrate import alembic_config
 from kcm.core.store.schema import ManagedObject
 from kcm.testing.postgres import fresh_database
 
-__all__ = ["DATABASES", "downgrade", "empty_database", "later_columns", "managed_indexes",
-           "managed_rows", "provision_both_tenants"]
+__all__ = ["DATABASES", "downgrade", "empty_database", "keyed_store", "later_columns",
+           "managed_indexes", "managed_rows", "provision_both_tenants"]
 
 _databases = itertools.count()
 
@@ -92,6 +92,15 @@ def _alter(url: str, statements: list[str]) -> None:
                 connection.execute(text(statement))
     finally:
         engine.dispose()
+
+
+def keyed_store(url: str) -> tuple[Store, Keyring]:
+    """A :class:`Store` on ``url`` with the audit key of a new random L1, and that L1's
+    keyring (to fill the database with)."""
+    store = Store(url)
+    keyring = Keyring(os.urandom(32))
+    store.audit_key = keyring.audit_key
+    return store, keyring
 
 
 def provision_both_tenants(session, keyring: Keyring, now: int) -> None:

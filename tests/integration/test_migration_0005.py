@@ -5,7 +5,6 @@ ones with their predicate), the sweep then works, and the downgrade gives 0004's
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from sqlalchemy import select, text
 
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
-from kcm.core.keyring import Keyring
 from kcm.core.state_sweeper import sweep_due_states
 from kcm.core.store import repository
 from kcm.core.store.engine import Store, open_engine
@@ -28,6 +26,7 @@ from tests.migration_support import (
     DATABASES,
     downgrade,
     empty_database,
+    keyed_store,
     later_columns,
     managed_indexes,
     managed_rows,
@@ -75,9 +74,7 @@ def _deactivate_an_l3(session, when: int) -> str:
 def test_0004_to_0005_keeps_the_rows_and_adds_the_sweepersindexes(db_url: str) -> None:
     upgrade(db_url, "0004")
     assert "ix_managed_objects_wrapped_by" in managed_indexes(db_url)
-    store = Store(db_url)
-    keyring = Keyring(os.urandom(32))
-    store.audit_key = keyring.audit_key
+    store, keyring = keyed_store(db_url)
     now = int(time.time())
     try:
         def fill(session) -> None:

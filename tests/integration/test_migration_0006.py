@@ -6,7 +6,6 @@ downgrade gives 0005's index back.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from kcm.core.keyring import Keyring
 from kcm.core.store import repository
 from kcm.core.store.engine import Store, open_engine
 from kcm.core.store.migrate import current_revision, upgrade
@@ -23,6 +21,7 @@ from tests.migration_support import (
     DATABASES,
     downgrade,
     empty_database,
+    keyed_store,
     later_columns,
     managed_indexes,
     managed_rows,
@@ -67,9 +66,7 @@ def _page_plan(url: str) -> str:
 def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -> None:
     upgrade(db_url, "0005")
     assert OLD.items() <= managed_indexes(db_url).items()
-    store = Store(db_url)
-    keyring = Keyring(os.urandom(32))
-    store.audit_key = keyring.audit_key
+    store, keyring = keyed_store(db_url)
     now = int(time.time())
     try:
         def fill(session) -> None:

@@ -6,7 +6,6 @@ before it by their mask; the downgrade drops the column and keeps the rows.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ import pytest
 from sqlalchemy import inspect, select
 
 from kcm.core.attribute_blob import encode_attributes
-from kcm.core.keyring import Keyring
 from kcm.core.store import repository
 from kcm.core.store.engine import Store, open_engine
 from kcm.core.store.migrate import HEAD_REVISION, current_revision, upgrade
@@ -27,6 +25,7 @@ from tests.migration_support import (
     DATABASES,
     downgrade,
     empty_database,
+    keyed_store,
     later_columns,
     managed_rows,
     provision_both_tenants,
@@ -62,9 +61,7 @@ def _columns(url: str) -> set[str]:
 def test_0006_to_0007_fills_the_usage_mask_from_each_objects_attributes(db_url: str) -> None:
     upgrade(db_url, "0006")
     assert "cryptographic_usage_mask" not in _columns(db_url)
-    store = Store(db_url)
-    keyring = Keyring(os.urandom(32))
-    store.audit_key = keyring.audit_key
+    store, keyring = keyed_store(db_url)
     now = int(time.time())
     try:
         def fill(session) -> None:

@@ -10,7 +10,9 @@ the next ``interval`` seconds are answered at once and only counted, and at the 
 interval one record stands for them all (``detail.count``, ``detail.first`` and
 ``detail.last``: the wall-clock seconds of the first and the last it counts). While the
 sender keeps being refused that goes on, one record per interval; an interval without any
-ends its turn, and its next refusal is recorded at once again. At most
+ends its turn, and its next refusal is recorded at once again. When kcm-core stops,
+:meth:`RefusalRecords.flush` writes the records of the intervals not yet ended, so that no
+counted refusal goes unrecorded. At most
 :data:`MAX_SENDERS` senders are followed at once; the refusals of any other share one
 (:data:`OTHER_SENDERS`), whose records say so (``detail.other_senders``).
 
@@ -114,14 +116,36 @@ class RefusalRecords:
         if not following.count or following.refusal is None:
             del self._senders[sender]
             return
+        refusal, facts = self._counted(sender, following)
+        following.timer = self._reactor.callLater(self._interval, self._interval_ended,
+                                                  sender)
+        self._record_many(refusal, facts)
+
+    def flush(self) -> list[object]:
+        """End every interval now (kcm-core stops): one record for each sender's refusals
+        counted and not yet recorded; no timer is left. What each record's writing returned
+        (:data:`RecordMany`), in turn."""
+        written = []
+        senders, self._senders = self._senders, {}
+        for sender, following in senders.items():
+            if following.timer.active():
+                following.timer.cancel()
+            if following.count and following.refusal is not None:
+                written.append(self._record_many(*self._counted(sender, following)))
+        return written
+
+    @staticmethod
+    def _counted(sender: tuple[str, str], following: _Sender
+                 ) -> tuple[Refusal, dict[str, JsonValue]]:
+        """The last refusal ``following`` counted and the facts of its record (the count
+        starts again)."""
+        assert following.refusal is not None
         facts: dict[str, JsonValue] = {"count": following.count, "first": following.first,
                                        "last": following.last}
         if sender == OTHER_SENDERS:
             facts["other_senders"] = True
         refusal, following.refusal, following.count = following.refusal, None, 0
-        following.timer = self._reactor.callLater(self._interval, self._interval_ended,
-                                                  sender)
-        self._record_many(refusal, facts)
+        return refusal, facts
 
 
 class ThrottledLine:

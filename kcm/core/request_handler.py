@@ -45,7 +45,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -276,6 +276,12 @@ class CoreRequestHandler:
         if refusal.principal is None and not self._refusal_records.record_now(refusal):
             return succeed(wire)
         return self._record_refusals(refusal).addCallback(lambda _: wire)
+
+    def flush_refusals(self) -> Deferred[None]:
+        """The records of the refusals counted and not yet recorded (kcm-core stops:
+        :meth:`RefusalRecords.flush`) committed; never fails (a failure is logged)."""
+        written = self._refusal_records.flush()
+        return DeferredList(written, consumeErrors=True).addCallback(lambda _: None)
 
     def _record_refusals(self, refusal: Refusal,
                          coalesced: Mapping[str, JsonValue] | None = None) -> Deferred[None]:

@@ -40,7 +40,7 @@ from kcm.core.metrics import CoreMetrics
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
-from kcm.drain import DRAIN_GRACE, drain
+from kcm.drain import DRAIN_GRACE, DRAIN_TIMEOUT, drain
 from kcm.identity import SubjectMap
 from kcm.kernel.correlation import new_correlation_id
 from kcm.kmip_protocol import KmipServerFactory
@@ -308,7 +308,17 @@ class CoreService(ProcessService):
         draining = drain(self.reactor, "kcm-core",
                          [self.namedServices.get("kcm-kmip-listener"),
                           self.namedServices.get("kcm-link-listener")], waits)
+        draining.addCallback(lambda _: self._flush_refusals())
         return draining.addCallback(lambda _: super(CoreService, self).stopService())
+
+    def _flush_refusals(self) -> Deferred[None]:
+        """Once nothing more can be refused (the listeners stopped, the connections
+        drained), the coalesced refusals' last records, before the store stops; at most
+        :data:`~kcm.drain.DRAIN_TIMEOUT` seconds, never failing."""
+        flushing = self.handler.flush_refusals()
+        flushing.addTimeout(DRAIN_TIMEOUT, self.reactor)
+        return flushing.addErrback(lambda failure: log.failure(
+            "kcm-core stopping: the last refusal records were not written", failure))
 
     def startService(self) -> None:
         # Requests run on worker threads under one GIL. A thread that waits for it (every

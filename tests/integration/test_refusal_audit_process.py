@@ -154,3 +154,26 @@ def test_a_certificate_refused_in_a_loop_leaves_one_record_per_interval(
         assert summary["detail"]["certificate"] == row["detail"]["certificate"]
         assert summary["detail"]["first"] <= summary["detail"]["last"]
     assert core.kcm("audit", "verify").returncode == 0
+
+
+def test_refusals_counted_when_the_core_stops_are_recorded(tmp_path) -> None:
+    """A SIGTERM within a sender's interval: its refusals counted so far get their record
+    before the store closes (they were lost), and the chain still verifies."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.start()
+    try:
+        wire = request(get("x"))
+        with intruder(core, "quitter") as client:
+            as_always(client.send(wire), RESULT_REASON_PERMISSION_DENIED, IDENTITY_REFUSED)
+        for _ in range(5):  # within the first's interval (10 s): counted, not yet recorded
+            with KmipClient("127.0.0.1", core.port, cert=core.root / "quitter.pem",
+                            key=core.root / "quitter.key", ca=core.pki.ca.cert) as client:
+                as_always(client.send(wire), RESULT_REASON_PERMISSION_DENIED,
+                          IDENTITY_REFUSED)
+        assert [r for r in records(core) if "count" in (r["detail"] or {})] == []
+    finally:
+        core.stop()
+    refused = [r for r in records(core) if r["operation"] == "?"]
+    assert [r["detail"].get("count") for r in refused] == [None, 5]
+    assert refused[1]["detail"]["certificate"] == refused[0]["detail"]["certificate"]
+    assert core.kcm("audit", "verify").returncode == 0

@@ -131,3 +131,28 @@ def test_a_store_outage_is_one_not_audited_line_per_interval() -> None:
     assert len(lines) == 2
     text = formatEvent(lines[1])
     assert "database is locked" in text and "399 refusal record(s) not written" in text
+
+
+def test_refusals_counted_when_the_core_stops_are_recorded_then() -> None:
+    """kcm-core stopping (:meth:`CoreRequestHandler.flush_refusals`) writes each sender's
+    record of the refusals counted so far, and leaves no timer; a sender with nothing
+    counted has no record more."""
+    committer, clock = HeldCommitter(), Clock()
+    handler = handler_with(committer, clock)
+    answered(handler.refuse(bot(1, 4000)))
+    committer.jobs[0][-1].callback(None)
+    for n in range(1, 6):
+        clock.advance(0.1)
+        answered(handler.refuse(bot(1, 4000 + n)))
+    answered(handler.refuse(bot(2, 5000)))  # its first: recorded at once, nothing counted
+    committer.jobs[1][-1].callback(None)
+    flushed = handler.flush_refusals()
+    [_, _, (key, _, ([summary],), _, _)] = committer.jobs
+    assert key == UNIDENTIFIED_SHARE
+    assert summary.detail["count"] == 5 and summary.detail["certificate"] == bot(1).claimed
+    assert clock.getDelayedCalls() == []
+    assert not flushed.called  # until the record has committed
+    committer.jobs[2][-1].callback(None)
+    assert flushed.called
+    clock.advance(LOG_INTERVAL * 3)
+    assert len(committer.jobs) == 3

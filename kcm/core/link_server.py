@@ -51,13 +51,14 @@ from cryptography import x509
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kcm.core.context import Caller
 from kcm.core.event_fanout import EncodedEvent, EventFanout
 from kcm.core.keyring import Keyring
+from kcm.core.refusal_records import ThrottledLine
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch
 from kcm.core.service_keys import fetch_service_keys, without_tombstones
 from kcm.core.store.engine import Store
@@ -495,8 +496,7 @@ class LinkServerProtocol(LinkProtocol):
         """Refuse a request whose asserted caller the core does not accept, as the KMIP
         listener refuses a certificate that names nobody (:func:`refusal_answer`: the
         handler may record it first)."""
-        log.warn("gateway {gateway} asserted an unacceptable caller ({caller})",
-                 gateway=self.gateway.id, caller=caller.claimed)
+        self.factory.unacceptable_callers.note(gateway=self.gateway.id, caller=caller.claimed)
         answer = refusal_answer(self.factory.handler, Refusal(
             ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted",
             caller.source, None, caller.claimed, gateway=self.gateway))
@@ -739,6 +739,10 @@ class LinkServerProtocol(LinkProtocol):
             self.transport.abortConnection()
 
 
+_UNACCEPTABLE_CALLER = ("gateway {gateway} asserted an unacceptable caller ({caller}); "
+                        "{count} such request(s) refused in the last {interval} s")
+
+
 class LinkServerFactory(Factory):
     """The core's link listener: shares the handler, store, keyring and event fan-out."""
 
@@ -773,6 +777,11 @@ class LinkServerFactory(Factory):
         self.draining = False
         #: The links' service key fetches, in turns by tenant.
         self.fetches = FetchTurns(self.settings.max_fetches_per_tenant)
+        #: The warning of a caller a gateway asserted that the core does not accept: one
+        #: line per interval at most (a gateway may relay such requests in a loop; their
+        #: audit records are coalesced too, :class:`~kcm.core.refusal_records.RefusalRecords`).
+        self.unacceptable_callers = ThrottledLine(clock, _UNACCEPTABLE_CALLER,
+                                                  level=LogLevel.warn)
         self.set_subject_map(subject_map)
 
     def set_subject_map(self, subject_map: SubjectMap | None) -> None:

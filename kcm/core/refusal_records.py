@@ -19,8 +19,9 @@ counted refusal goes unrecorded. At most
 Refusals of accepted principals (a request over ``max_message_size``) are not coalesced:
 their own tenant's queue bounds them.
 
-:class:`ThrottledLine` is the same rule for a log line (a store outage's ``not audited``):
-the first at once, then at most one line per interval, with how many it stands for.
+:class:`ThrottledLine` is the same rule for a log line (a store outage's ``not audited``, a
+gateway's unacceptable callers): the first at once, then at most one line per interval, with
+how many it stands for.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from kcm.connection_guard import LOG_INTERVAL
 from kcm.core.audit import JsonValue
@@ -154,9 +155,10 @@ class ThrottledLine:
     ``{interval}``), written when the interval ends."""
 
     def __init__(self, reactor: IReactorTime, message: str, *,
-                 interval: float = LOG_INTERVAL) -> None:
+                 interval: float = LOG_INTERVAL, level: LogLevel = LogLevel.error) -> None:
         self._reactor = reactor
         self._message = message
+        self._level = level
         self._interval = interval
         self._count = 0
         self._fields: dict[str, Any] = {}
@@ -179,7 +181,7 @@ class ThrottledLine:
             self._pending.cancel()
         self._pending = None
         if self._count:
-            log.error(self._message, count=self._count, interval=f"{self._interval:g}",
-                      **self._fields)
+            log.emit(self._level, self._message, count=self._count,
+                     interval=f"{self._interval:g}", **self._fields)
         self._count = 0
         self._logged_at = self._reactor.seconds()

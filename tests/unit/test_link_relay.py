@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
+from kcm.connection_guard import LOG_INTERVAL
 from kcm.core.link_server import LinkServerFactory
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
@@ -45,7 +47,9 @@ from tests.unit.test_link_cancel import (
     TD,
     RecordingHandler,
     core_end,
+    core_factory,
     frames_in,
+    hello,
 )
 
 _STREAMS = st.integers(1, 2**31 - 1)
@@ -323,6 +327,24 @@ def test_an_unacceptable_caller_is_refused_on_its_stream() -> None:
     [answer] = frames_in(transport)
     assert (answer.type, answer.stream_id) == (FrameType.RESPONSE, 5)
     assert answer.message.startswith(b"FAIL") and handler.calls == []
+
+
+def test_unacceptable_callers_are_warned_of_once_per_interval() -> None:
+    """A gateway relaying requests of an unacceptable caller in a loop: the first warning at
+    once, then one line per interval saying how many it stands for (it was one a refusal)."""
+    factory, _, clock = core_factory()
+    core, transport = hello(factory)
+    frames_in(transport)
+    caller = caller_fields("spiffe://kcm.test/gateway/other", None, "h:1")
+    with capturedLogs() as events:
+        for stream in range(5, 25):
+            core.dataReceived(request_frame(stream, caller, b"req"))
+        clock.advance(LOG_INTERVAL)
+    lines = [formatEvent(e) for e in events if "unacceptable caller" in formatEvent(e)]
+    assert len(lines) == 2 and all(e["log_level"] is LogLevel.warn for e in events
+                                   if "unacceptable caller" in formatEvent(e))
+    assert "1 such request(s) refused" in lines[0] and "19 such request(s)" in lines[1]
+    assert len(frames_in(transport)) == 20  # each refused on its stream all the same
 
 
 def test_a_relayed_request_before_hello_ends_the_link() -> None:

@@ -28,6 +28,10 @@ __all__ = ["ConfigError", "GatewayConfig", "TlsFiles", "load_config"]
 
 #: The most ``workers``: each is a whole gateway process with its own link to the core.
 MAX_WORKERS = 1024
+#: The default of ``hung_worker_timeout``, and its least value (seconds): a worker silent
+#: 2 s already gets no new connections (kcm.gateway.balance.SILENT_AFTER).
+HUNG_WORKER_TIMEOUT = 10.0
+MIN_HUNG_WORKER_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,10 @@ class GatewayConfig:
     #: CPUs; ``never`` leaves them to the kernel. Pinned workers are handed the connections
     #: whose packets arrive on their CPU (kcm.gateway.placement).
     pin_workers: str = "auto"
+    #: With workers (on a TCP listener): seconds a worker may go without reporting to the
+    #: supervisor before it is killed as hung and restarted (it gets no new connections
+    #: after 2 s already: kcm.gateway.balance.SILENT_AFTER). At least 3.
+    hung_worker_timeout: float = HUNG_WORKER_TIMEOUT
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -106,7 +114,7 @@ class GatewayConfig:
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_order", "core_server_name", "l3_ttl",
               "max_stale", "max_tombstones", "dek_cache_size", "dek_cache_ttl", "prewarm",
               "max_in_flight", "log_level", "log_format", "log_file", "workers", "metrics_listen",
-              "usage_report_interval", "busy_poll_us", "pin_workers"}
+              "usage_report_interval", "busy_poll_us", "pin_workers", "hung_worker_timeout"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -157,13 +165,17 @@ def load_config(path: str | Path | None,
         raise ConfigError(f"gateway.busy_poll_us must be 0 (none) to {MAX_WINDOW * 1e6:.0f}")
     if config.pin_workers not in PIN_MODES:
         raise ConfigError(f"gateway.pin_workers must be one of {', '.join(PIN_MODES)}")
+    if config.hung_worker_timeout < MIN_HUNG_WORKER_TIMEOUT:
+        raise ConfigError("gateway.hung_worker_timeout must be at least "
+                          f"{MIN_HUNG_WORKER_TIMEOUT:g} (seconds)")
     return config
 
 
 def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
-    for key in ("l3_ttl", "max_stale", "usage_report_interval", "dek_cache_ttl"):
+    for key in ("l3_ttl", "max_stale", "usage_report_interval", "dek_cache_ttl",
+                "hung_worker_timeout"):
         if key in out:
             out[key] = seconds(f"gateway.{key}", out[key])
     for key in ("max_in_flight", "max_tombstones"):

@@ -25,7 +25,9 @@ supervisor and the gateways are its worker processes.
   when it stops. twistd turns SIGTERM and SIGINT to the supervisor into that stop.
 * A hung worker (stopped, deadlocked, in a busy loop) stops reporting on its channel: after
   :data:`kcm.gateway.balance.SILENT_AFTER` seconds it gets no new connections, and after
-  ``hung_after`` (:data:`HUNG_AFTER`) seconds the pool kills it (SIGKILL) and restarts it
+  ``hung_after`` seconds (the ``hung_worker_timeout`` setting, 10 by default; before its
+  first report: :data:`UP_TIMEOUT`, the start's allowance, if longer) the pool kills it
+  (SIGKILL) and restarts it
   as any worker that died. Workers on a shared socket say nothing: no such watch.
 * A worker ignores SIGHUP (:class:`SighupIgnored`): ``systemctl kill -s HUP`` signals
   every process of the unit, and a reload is the supervisor's alone.
@@ -66,7 +68,7 @@ from kcm.handoff import handoff_description
 from kcm.process import ProcessService
 from kcm.tls import plain_server_endpoint
 
-__all__ = ["HUNG_AFTER", "RESTART_BACKOFF", "STABLE_AFTER", "WORKER_LISTEN_FD",
+__all__ = ["RESTART_BACKOFF", "STABLE_AFTER", "WORKER_LISTEN_FD",
            "GatewaySupervisor", "SharedListener", "SighupIgnored", "StartCheck",
            "SupervisorLifeline", "WorkerPool", "worker_count"]
 
@@ -91,9 +93,6 @@ UP_TIMEOUT = 30.0
 #: In a rolling restart of workers on a shared socket (which say nothing): seconds after a
 #: worker is started again before the next is restarted.
 SETTLE = 2.0
-#: Seconds a worker may go without reporting on its channel before it is killed as hung
-#: (before its first report: :data:`UP_TIMEOUT`, the start's allowance, if longer).
-HUNG_AFTER = 10.0
 #: Seconds between the pool's looks at its workers' reports.
 WATCH_INTERVAL = 0.5
 

@@ -32,7 +32,6 @@ from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.placement import usable_cpus, worker_cpus, workers_by_cpu
 from kcm.gateway.service import GatewayIdentity, GatewayService, gateway_name_of
 from kcm.gateway.supervisor import (
-    HUNG_AFTER,
     WORKER_LISTEN_FD,
     GatewaySupervisor,
     SharedListener,
@@ -286,7 +285,7 @@ def make_supervisor(options: Options, workers: int,
         options, index, listener.worker_listen,
         worker_metrics.listen_for(index) if worker_metrics is not None else None,
         pinned.get(index)),
-        listener, reactor=reactor, hung_after=HUNG_AFTER)
+        listener, reactor=reactor, hung_after=config.hung_worker_timeout)
     listener.on_worker_up = pool.worker_up  # a rolling restart waits for each to be up
     if config.metrics_listen:
         # Before the pool: its directory is there when the first worker starts.

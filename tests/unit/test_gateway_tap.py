@@ -362,6 +362,28 @@ def test_bad_busy_poll_settings_are_usage_errors(tmp_path: Path, text: str) -> N
         parse("-c", str(path))
 
 
+# hung workers ------------------------------------------------------------------------------------
+def test_the_hung_worker_timeout_reaches_the_pool(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    assert parse()["gateway_config"].hung_worker_timeout == 10.0
+    pool = tap.makeService(parse("--workers", "2"), reactor=Clock()).getServiceNamed(
+        "kcm-gateway-workers")
+    assert pool.hung_after == 10.0
+    path.write_text("[gateway]\nhung_worker_timeout = 4.5\n")
+    pool = tap.makeService(parse("-c", str(path), "--workers", "2"),
+                           reactor=Clock()).getServiceNamed("kcm-gateway-workers")
+    assert pool.hung_after == 4.5
+
+
+@pytest.mark.parametrize("text", ["hung_worker_timeout = 2.9", "hung_worker_timeout = -1",
+                                  'hung_worker_timeout = "soon"'])
+def test_bad_hung_worker_timeouts_are_usage_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(f"[gateway]\n{text}\n")
+    with pytest.raises(usage.UsageError, match="gateway.hung_worker_timeout"):
+        parse("-c", str(path))
+
+
 # pinned workers ----------------------------------------------------------------------------------
 def test_one_worker_per_cpu_is_pinned_by_default_and_hands_connections_by_cpu(
         monkeypatch) -> None:

@@ -20,12 +20,9 @@ from pathlib import Path
 import pytest
 
 from kcm.conformance.client import KmipClient
-from kcm.kmip.attributes import Attribute
-from kcm.kmip.enums import Operation, ResultStatus
-from kcm.kmip.payloads import LocateRequest
-from kcm.kmip.tags import Tag
-from kcm.testing.requests import create_managed, get, item, query, request, response
-from tests.e2e_support import CoreProcess, deploy
+from kcm.kmip.enums import ResultStatus
+from kcm.testing.requests import create_managed, get, query, request, response
+from tests.e2e_support import CoreProcess, counting_locate, deploy
 
 #: Asserts timings: run alone, after the parallel part of `make test`.
 pytestmark = pytest.mark.serial
@@ -34,13 +31,6 @@ pytestmark = pytest.mark.serial
 OBJECTS = 500
 #: Heavy clients, each with one batch at a time.
 HEAVY = 2
-
-
-def heavy_locate() -> object:
-    """A Locate that judges the attributes of every object of the tenant (a usage mask
-    the store cannot filter on) and counts every match."""
-    return item(Operation.LOCATE, LocateRequest(maximum_items=1, offset_items=0, attributes=[
-        Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, 0x7FFFFFFF)]))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +52,7 @@ def heavy_batch(core: CoreProcess) -> float:
     """One 64-Locate batch of tenant demo on its own connection; its seconds."""
     with core.client() as client:
         began = time.monotonic()
-        answer = response(client.send(request(*[heavy_locate()] * 64)))
+        answer = response(client.send(request(*[counting_locate()] * 64)))
         took = time.monotonic() - began
     assert {b.result_status for b in answer.batch_items} == {ResultStatus.SUCCESS}
     return took

@@ -365,12 +365,16 @@ def _attribute_bytes(attribute: Attribute) -> int:
 def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: list[Attribute],
            managed_object: Struct | Item | None, tenant: str | None = None,
            level: int | None = None, service: str | None = None,
-           key_version: int | None = None, returning: bool = True) -> StoredObject | None:
+           key_version: int | None = None, returning: bool = True,
+           inherits: StoredObject | None = None) -> StoredObject | None:
     """Store a new object: attributes as given (the caller set the server-side ones),
     material wrapped under the tenant's key. Without ``tenant`` it is the caller's: in the
     caller's tenant, and an application's belongs to its service (which must be
     provisioned); with ``tenant``, ``service`` is recorded as given. ``returning=False``
-    returns None, which saves making the object for a caller that does not need it."""
+    returns None, which saves making the object for a caller that does not need it.
+    ``inherits``: the object whose attributes the new one copies (Re-key's replacement):
+    its attributes count against the byte bounds as stored, not as new, so a key at the
+    bound can be replaced (what the new one adds is judged as a change would be)."""
     if tenant is None:
         try:
             tenant = policy.tenant_of(ctx.principal)
@@ -388,12 +392,20 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
     columns = _columns(obj)
     row = repository.insert_object(
         ctx.session, uid=uid, tenant=tenant, object_type=object_type,
-        attributes=_encoded_attributes(attributes), material=material,
+        attributes=_encoded_attributes(*_bounded_by(attributes, inherits)), material=material,
         material_format=None, wrapped_by=wrapped_by, level=level, service=service,
         key_version=key_version, names=_names(obj), groups=_groups(obj), attach=returning,
         **columns)
     ctx.touched(uid)
     return None if row is None else StoredObject(row, attributes)
+
+
+def _bounded_by(attributes: list[Attribute], inherits: StoredObject | None
+                ) -> tuple[list[Attribute], Iterable[Attribute], int]:
+    """:func:`_encoded_attributes`' arguments for a new object copying ``inherits``."""
+    if inherits is None:
+        return attributes, [], 0
+    return attributes, inherits._stored, len(inherits.row.attributes or b"")
 
 
 class _NewRow:

@@ -29,6 +29,7 @@ from kcm.kmip.payloads import (
     GetAttributesRequest,
     ModifyAttributeRequest,
     RegisterRequest,
+    ReKeyRequest,
     RevocationReason,
     RevokeRequest,
     SetAttributeRequest,
@@ -196,3 +197,33 @@ def test_an_object_stored_over_the_bound_can_still_be_destroyed(core: CoreHarnes
         principal=admin_principal())
     ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid))
     assert row(core, uid).state == State.DESTROYED
+
+
+@BOTH
+def test_a_key_at_its_byte_bound_can_be_re_keyed(core: CoreHarness, version) -> None:
+    """Re-key's replacement copies the key's attributes: those count as the key stored
+    them, so a key grown past the bound (by the small changes a full object still takes)
+    is replaced (it was refused: every copied attribute counted as new), and the
+    replacement keeps them; a large attribute the Re-key adds is judged as a change would
+    be."""
+    uid = register(core)
+    ok(core, Operation.ACTIVATE, ActivateRequest(unique_identifier=uid))
+    n = 0
+    while send(core, (Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+            unique_identifier=uid, attribute=blob(f"b{n}", LARGE)))).batch_items[
+            0].result_status == ResultStatus.SUCCESS:
+        n += 1
+    small = 0  # then past the bound by the small changes every object may still take
+    while len(row(core, uid).attributes) <= MAX_OBJECT_ATTRIBUTE_BYTES:
+        ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+            unique_identifier=uid, attribute=blob(f"s{small}", 960)))
+        small += 1
+    refused = failed(core, Operation.RE_KEY, ReKeyRequest(
+        unique_identifier=uid, attributes=[blob("more", LARGE)]), REASON[version],
+        version=version)
+    assert refused == OBJECT_FULL
+    new = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=uid),
+             version=version).unique_identifier
+    kept = ok(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(unique_identifier=new))
+    assert sum(1 for a in kept.attributes if a.value is not None
+               and a.value.value == b"\xa5" * LARGE) == n

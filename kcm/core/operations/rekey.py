@@ -180,7 +180,7 @@ def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: s
         # An L2 is wrapped by L1 and holds the bare key (see kcm.core.hierarchy).
         new = managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY,
                              attributes=attributes, managed_object=None, tenant=tenant,
-                             level=LEVEL_TENANT_KEY)
+                             level=LEVEL_TENANT_KEY, inherits=old)
         assert new is not None
         repository.update_object(ctx.session, new.stored_row(ctx.session),
                                  wrapped_by=WRAPPED_BY_L1,
@@ -194,14 +194,14 @@ def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: s
         managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY,
                        attributes=attributes, managed_object=SymmetricKey(key_block=block),
                        tenant=tenant, level=LEVEL_SERVICE_KEY, service=service,
-                       key_version=version)
+                       key_version=version, inherits=old)
         ctx.audit_detail["service_key_version"] = version
         events.l3_rotated(ctx, tenant, uid, service, version)
         return
     # The replacement belongs to the service its predecessor belongs to (or to none).
     managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY, attributes=attributes,
                    managed_object=SymmetricKey(key_block=block), tenant=tenant,
-                   service=old.row.service)
+                   service=old.row.service, inherits=old)
 
 
 def _retire_at(ctx: OperationContext, old: managed.StoredObject, when: int | None) -> None:

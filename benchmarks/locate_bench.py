@@ -8,7 +8,11 @@ the core refused is printed with its Result Reason):
 
 * a page of 100 (Maximum Items), and the same counted (Offset Items 0: Located Items);
 * by Cryptographic Usage Mask Encrypt, counted; by Usage Mask Sign, which no object has;
-* by an ``x-`` attribute no object has (judged object by object: the store keeps no copy).
+* by an ``x-`` attribute no object has, and one that one object has (added to the oldest
+  copy through kcm-core before the timing), and by a Link to an object none links to: the
+  store keeps their keys (migration 0008);
+* by a Contact Information no object has: judged object by object (the store keeps no
+  copy of it), the cost every such criterion has.
 
     .venv/bin/python benchmarks/locate_bench.py [--objects N] [--rounds R]
 """
@@ -34,7 +38,11 @@ from kcm.kmip.enums import (  # noqa: E402
     ResultReason,
     ResultStatus,
 )
-from kcm.kmip.payloads import CreateRequest, LocateRequest  # noqa: E402
+from kcm.kmip.payloads import (  # noqa: E402
+    AddAttributeRequest,
+    CreateRequest,
+    LocateRequest,
+)
 from kcm.kmip.tags import Tag  # noqa: E402
 from kcm.testing.processes import CoreProcess, deploy  # noqa: E402
 from kcm.testing.requests import aes256, item, request, response  # noqa: E402
@@ -47,6 +55,10 @@ def _mask(bits: int) -> Attribute:
     return Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, bits)
 
 
+def _custom(name: str) -> Attribute:
+    return Attribute.vendor("x", name, Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "found"))
+
+
 #: The Locates timed: (label, request).
 LOCATES = [
     ("Maximum Items 100", LocateRequest(maximum_items=100)),
@@ -56,8 +68,13 @@ LOCATES = [
         maximum_items=100, offset_items=0, attributes=[_mask(CryptographicUsageMask.ENCRYPT)])),
     ("Usage Mask Sign, which no object has",
      LocateRequest(attributes=[_mask(CryptographicUsageMask.SIGN)])),
-    ("an x- attribute no object has", LocateRequest(attributes=[Attribute.vendor(
-        "x", "bench-absent", Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "none"))])),
+    ("an x- attribute no object has", LocateRequest(attributes=[_custom("bench-absent")])),
+    ("an x- attribute one object has", LocateRequest(attributes=[_custom("bench-marker")])),
+    ("a Link to an object none links to", LocateRequest(attributes=[Attribute(
+        Tag.LINK, Item(Tag.LINK, ItemType.STRUCTURE, [
+            Item(Tag.LINKED_OBJECT_IDENTIFIER, ItemType.TEXT_STRING, "nobody")]))])),
+    ("Contact Information no object has", LocateRequest(attributes=[
+        Attribute.of(Tag.CONTACT_INFORMATION, "nobody")])),
 ]
 
 
@@ -121,6 +138,12 @@ def main() -> int:
               f"{time.perf_counter() - started:.1f} s; median of {args.rounds} Locates of app")
         core.start()
         try:
+            with core.client("app") as kmip:
+                [marked] = response(kmip.send(request(item(
+                    Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+                        unique_identifier="copy-1", attribute=_custom("bench-marker")))))
+                ).batch_items
+            assert marked.result_status == ResultStatus.SUCCESS, marked.result_message
             for label, payload in LOCATES:
                 print(f"{label:<45} {timed(core, payload, args.rounds)}")
         finally:

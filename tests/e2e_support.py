@@ -22,7 +22,6 @@ from kcm.kmip.payloads.crypto import DecryptRequest, EncryptResponse
 from kcm.kmip.tags import Tag
 from kcm.testing.processes import PYKMIP_SERVER, CoreProcess, GatewayProcess, deploy, free_port
 from kcm.testing.requests import CONTINUE, create_managed, item, request, response
-from kcm.ttlv import Item, ItemType
 
 __all__ = ["PYKMIP_SERVER", "V21", "ClientLoad", "CoreProcess", "GatewayProcess", "applied_events",
            "audit_rows", "core_process", "core_process_pg", "core_process_with_metrics",
@@ -166,13 +165,13 @@ def populated(core: CoreProcess, objects: int) -> CoreProcess:
 
 
 def counting_locate() -> RequestBatchItem:
-    """A Locate that must judge the attributes of every object of the tenant: it asks for an
-    ``x-`` attribute (which the store keeps no copy of, and no object has), and counts every
-    match (Offset Items asks for Located Items). A batch of them is slow on purpose. (A
-    Cryptographic Usage Mask was such a criterion until migration 0007.)"""
+    """A Locate that must judge the attributes of every object of the tenant: it asks for a
+    Contact Information (which the store keeps no copy of, and no object has), and counts
+    every match (Offset Items asks for Located Items). A batch of them is slow on purpose. (A
+    Cryptographic Usage Mask was such a criterion until migration 0007, an ``x-`` attribute
+    until 0008.)"""
     return item(Operation.LOCATE, LocateRequest(maximum_items=1, offset_items=0, attributes=[
-        Attribute.vendor("x", "nobody-has-it", Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING,
-                                                    "none"))]))
+        Attribute.of(Tag.CONTACT_INFORMATION, "nobody-has-it")]))
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0,

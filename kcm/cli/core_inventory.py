@@ -301,6 +301,7 @@ def _begin_removal(session, args: argparse.Namespace) -> _Removal:
         LEVEL_TENANT_KEY,
         L3Usage,
         ManagedObject,
+        ObjectAttributeKey,
         ObjectGroup,
         ObjectName,
         RotationPolicy,
@@ -353,6 +354,8 @@ def _begin_removal(session, args: argparse.Namespace) -> _Removal:
         ObjectName.__table__.c.uid.in_(key_uids)))
     session.execute(delete(ObjectGroup.__table__).where(
         ObjectGroup.__table__.c.uid.in_(key_uids)))
+    session.execute(delete(ObjectAttributeKey.__table__).where(
+        ObjectAttributeKey.__table__.c.uid.in_(key_uids)))
     session.execute(delete(objects).where(objects.c.tenant == tenant,
                                           objects.c.level == LEVEL_TENANT_KEY))
     # No L3 any more (every lookup of one asks for the level); its L4 tombstones still

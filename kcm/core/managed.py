@@ -1,7 +1,8 @@
 """Managed objects as the operations see them: attributes, state, wrapped material.
 
 The attribute list is the record of truth; the store's columns (state, algorithm,
-length, usage mask, dates, names, groups) are copies for Locate, refreshed in :func:`save`. The
+length, usage mask, dates, names, groups, the keys of Links and vendor attributes) are
+copies for Locate, refreshed in :func:`save`. The
 material is the object's KMIP structure (Symmetric Key, Secret Data, ...) encoded as
 TTLV together with the protocol version it was encoded for, wrapped by the keyring.
 """
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kcm.core import events, policy
+from kcm.core import attribute_keys, events, policy
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.context import OperationContext
 from kcm.core.store import repository
@@ -394,8 +395,8 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
         ctx.session, uid=uid, tenant=tenant, object_type=object_type,
         attributes=_encoded_attributes(*_bounded_by(attributes, inherits)), material=material,
         material_format=None, wrapped_by=wrapped_by, level=level, service=service,
-        key_version=key_version, names=_names(obj), groups=_groups(obj), attach=returning,
-        **columns)
+        key_version=key_version, names=_names(obj), groups=_groups(obj),
+        keys=attribute_keys.keys_of(attributes), attach=returning, **columns)
     ctx.touched(uid)
     return None if row is None else StoredObject(row, attributes)
 
@@ -434,15 +435,19 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     columns = _columns(obj)
     encoded = _encoded_attributes(obj.attributes, obj._stored, len(obj.row.attributes or b""))
     _update(ctx, obj, attributes=encoded, **columns)
-    # The Locate copies of Names and Object Groups are rewritten only when they changed
-    # (a state change leaves them alone): one UPDATE in all for most saves.
+    # The Locate copies of Names, Object Groups, Links and vendor attributes are rewritten
+    # only when they changed (a state change leaves them alone): one UPDATE in all for most
+    # saves.
     names, groups = _names(obj), _groups(obj)
     stored_names = _names(obj._stored)
     stored_groups = _groups(obj._stored)
-    if names != stored_names or groups != stored_groups:
+    keys = attribute_keys.keys_of(obj.attributes)
+    stored_keys = attribute_keys.keys_of(obj._stored)
+    if names != stored_names or groups != stored_groups or keys != stored_keys:
         repository.replace_locate_copies(
             ctx.session, obj.uid, obj.tenant, names=None if names == stored_names else names,
-            groups=None if groups == stored_groups else groups)
+            groups=None if groups == stored_groups else groups,
+            keys=None if keys == stored_keys else keys)
     obj._stored = tuple(obj.attributes)
     if obj.level == LEVEL_SERVICE_KEY and columns["state"] != stored_state:
         events.l3_state(ctx, obj.tenant, obj.uid, obj.row.service, columns["state"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import keywrap
+from sqlalchemy import select
 
 from kcm.conformance.runner import run_case
 from kcm.core.hierarchy import service_key_name
@@ -19,7 +20,7 @@ from kcm.core.policy import AccessPolicy, ApplicationObjects
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.store import repository
-from kcm.core.store.schema import LEVEL_SERVICE_KEY
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, ObjectAttributeKey
 from kcm.kernel.missing import object_not_found
 from kcm.kmip.attributes import Attribute, AttributeReference, Link, Name
 from kcm.kmip.enums import (
@@ -59,6 +60,7 @@ from kcm.kmip.objects import (
 )
 from kcm.kmip.payloads import (
     ActivateRequest,
+    AddAttributeRequest,
     DeleteAttributeRequest,
     DestroyRequest,
     GetAttributesRequest,
@@ -490,6 +492,84 @@ def test_locate_matches_structures_field_by_field(core: CoreHarness, version) ->
     assert locate(core, wrong_name_type, version=version).unique_identifiers == []
 
 
+def _vendor(name: str, item_type: ItemType, value: object) -> Attribute:
+    return Attribute.vendor("x", name, Item(Tag.ATTRIBUTE_VALUE, item_type, value))
+
+
+def test_locate_by_link_or_vendor_attribute_reads_only_the_objects_that_have_it(
+        core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store keys each object's Links and scalar vendor attributes (migration 0008):
+    a Locate naming one decodes only the objects that have that key, not every object of
+    the tenant, and still judges those in full. The keys follow every save."""
+    from kcm.core.operations import locate as locate_module
+
+    decoded: list[int] = []
+    real_decode = locate_module.decode_attributes
+
+    def counting(blob):
+        decoded.append(1)
+        return real_decode(blob)
+
+    monkeypatch.setattr(locate_module, "decode_attributes", counting)
+
+    def found(*criteria: Attribute, version=V21) -> tuple[list[str], int]:
+        decoded.clear()
+        return locate(core, *criteria, version=version).unique_identifiers, len(decoded)
+
+    parent = register(core)
+    long_text = "v" * 5000  # keyed by its digest
+    child = register(core, attributes=[
+        Attribute.of(Tag.LINK, Link(link_type=LinkType.PARENT_LINK,
+                                    linked_object_identifier=parent)),
+        _vendor("colour", ItemType.TEXT_STRING, "blue"),
+        _vendor("size", ItemType.INTEGER, 5),
+        _vendor("blob", ItemType.BYTE_STRING, b"\x00\x01"),
+        _vendor("long", ItemType.TEXT_STRING, long_text)])
+    for _ in range(20):
+        register(core, attributes=[_vendor("colour", ItemType.TEXT_STRING, "red")])
+    only_id = _structure(Tag.LINK, Item(Tag.LINKED_OBJECT_IDENTIFIER, ItemType.TEXT_STRING,
+                                        parent))
+    assert found(only_id) == ([child], 1)
+    for version in (V14, V21):
+        assert found(_vendor("colour", ItemType.TEXT_STRING, "blue"), version=version) == (
+            [child], 1)
+    assert found(_vendor("size", ItemType.INTEGER, 5)) == ([child], 1)
+    assert found(_vendor("blob", ItemType.BYTE_STRING, b"\x00\x01")) == ([child], 1)
+    assert found(_vendor("long", ItemType.TEXT_STRING, long_text)) == ([child], 1)
+    # Equal only in the same type: the Text String "5" is not the Integer 5.
+    assert found(_vendor("size", ItemType.TEXT_STRING, "5")) == ([], 0)
+    assert found(_vendor("colour", ItemType.TEXT_STRING, "green")) == ([], 0)
+    # Both criteria must match: the store keeps the objects with both keys.
+    assert found(only_id, _vendor("colour", ItemType.TEXT_STRING, "red")) == ([], 0)
+    reds, read = found(_vendor("colour", ItemType.TEXT_STRING, "red"))
+    assert (len(reds), read) == (20, 20)
+    # A criterion with no key (a Link Type alone) is judged on every object, as before.
+    only_type = _structure(Tag.LINK, Item(Tag.LINK_TYPE, ItemType.ENUMERATION,
+                                          int(LinkType.PARENT_LINK)))
+    assert found(only_type)[0] == [child]
+
+    # The keys follow every change of the attributes.
+    ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=child, attribute=_vendor("colour", ItemType.TEXT_STRING, "green")),
+       version=V14)
+    assert found(_vendor("colour", ItemType.TEXT_STRING, "blue")) == ([], 0)
+    assert found(_vendor("colour", ItemType.TEXT_STRING, "green")) == ([child], 1)
+    ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=child, attribute_reference=AttributeReference(Tag.LINK)))
+    assert found(only_id) == ([], 0)
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=parent, attribute=Attribute.of(Tag.LINK, Link(
+            link_type=LinkType.CHILD_LINK, linked_object_identifier=child))), version=V14)
+    to_child = _structure(Tag.LINK, Item(Tag.LINKED_OBJECT_IDENTIFIER, ItemType.TEXT_STRING,
+                                         child))
+    assert found(to_child) == ([parent], 1)
+    keys = core.store.run_sync(lambda s: sorted(s.execute(select(
+        ObjectAttributeKey.uid, ObjectAttributeKey.kind)).all()))
+    assert sorted(kind for uid, kind in keys if uid == child) == [
+        "v:x:blob", "v:x:colour", "v:x:long", "v:x:size"]
+    assert [kind for uid, kind in keys if uid == parent] == ["Link"]
+
+
 USAGE_LIMITS_OBJECT = 0x2  # the Usage Limits Unit "Object"
 
 
@@ -863,7 +943,6 @@ def test_an_object_keeps_a_bounded_number_of_attributes(core: CoreHarness) -> No
     (every later load, Locate and Get Attributes reads them all)."""
     from kcm.core.managed import MAX_STORED_ATTRIBUTES
     from kcm.kmip.attributes import MAX_ATTRIBUTES
-    from kcm.kmip.payloads import AddAttributeRequest
 
     def custom(name: str) -> Attribute:
         return Attribute.vendor("x", name, Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "v"))

@@ -33,6 +33,7 @@ from kcm.kmip.payloads import CreateRequest, LocateRequest
 from kcm.kmip.tags import Tag
 from kcm.testing.processes import CoreProcess, deploy, process_env
 from kcm.testing.requests import aes256, item, request, response
+from kcm.ttlv import Item, ItemType
 from tests.core_support import CoreHarness, admin_principal, service_principal
 from tests.integration.test_core_objects import V14, locate, name, register
 from tests.integration.test_sweep_plans import _plan, _scans, _statements
@@ -60,6 +61,8 @@ def test_no_statement_of_a_locate_sorts_or_scans_the_tenant(core: CoreHarness) -
         (app, {"attributes": [Attribute.of(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY)]}),
         (app, {"attributes": [name("k")]}),
         (app, {"attributes": [Attribute.of(Tag.OBJECT_GROUP, "g")]}),
+        (app, {"attributes": [Attribute.vendor("x", "colour", Item(
+            Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "blue"))]}),  # a key (0008)
         (admin, {"storage_status_mask": StorageStatusMask.DESTROYED_STORAGE}),
     ]
     with _statements(core) as seen:
@@ -166,6 +169,7 @@ def test_the_locate_bench_runs() -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert lines[0].startswith("tenant demo: 500 objects")
-    assert len(lines) == 6 and all(" s  (" in line for line in lines[1:]), run.stdout
+    assert len(lines) == 9 and all(" s  (" in line for line in lines[1:]), run.stdout
     assert "Located Items 500)" in lines[2] and "Located Items 500)" in lines[3], run.stdout
-    assert "(0 identifiers)" in lines[4] and "(0 identifiers)" in lines[5], run.stdout
+    assert all("(0 identifiers)" in lines[n] for n in (4, 5, 7, 8)), run.stdout
+    assert "(1 identifiers)" in lines[6], run.stdout

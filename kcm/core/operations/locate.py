@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kcm.core import managed, policy
+from kcm.core import attribute_keys, managed, policy
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import attribute_identity
@@ -42,6 +42,10 @@ _COLUMN_FILTERS = {
 #: The criteria the store judges whole from its columns (one of each): those of
 #: :data:`_COLUMN_FILTERS` and the Cryptographic Usage Mask (every requested bit set).
 _STORE_JUDGED = frozenset({*_COLUMN_FILTERS, Tag.CRYPTOGRAPHIC_USAGE_MASK})
+#: How many Link or vendor attribute criteria the store narrows the search by (one
+#: subquery each, :mod:`kcm.core.attribute_keys`); the others are judged on the objects
+#: those leave (a request may carry a thousand criteria).
+MAX_KEY_FILTERS = 4
 
 
 def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
@@ -202,6 +206,7 @@ class _Criteria:
     def store_filters(self) -> dict[str, Any]:
         """The keyword filters of :func:`repository.locate` these criteria imply."""
         filters: dict[str, Any] = {}
+        keys: list[tuple[str, str]] = []
         for attribute in self.others:
             column = _COLUMN_FILTERS.get(attribute.tag)
             if column is not None and column not in filters:
@@ -215,6 +220,14 @@ class _Criteria:
                 filters["group"] = attribute.value.value
             elif attribute.tag == Tag.CRYPTOGRAPHIC_USAGE_MASK and "usage_mask" not in filters:
                 filters["usage_mask"] = attribute.value.value
+            elif len(keys) < MAX_KEY_FILTERS:
+                # A Link or vendor attribute: the store keeps the objects that have its key,
+                # :meth:`matches` judges them in full.
+                key = attribute_keys.criterion_key(attribute)
+                if key is not None and key not in keys:
+                    keys.append(key)
+        if keys:
+            filters["keys"] = keys
         # The store never matches an unset date: a range up to the largest Date-Time, which
         # unset dates match too, is judged in :meth:`matches` alone.
         dates = {managed.DATE_COLUMNS[tag]: bounds for tag, bounds in self.dates.items()

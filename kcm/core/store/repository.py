@@ -51,6 +51,7 @@ from kcm.core.store.schema import (
     L4Tombstone,
     ManagedObject,
     Meta,
+    ObjectAttributeKey,
     ObjectGroup,
     ObjectName,
     OutboxEvent,
@@ -311,6 +312,7 @@ def insert_object(
     cryptographic_usage_mask: int | None = None,
     names: Iterable[tuple[str, int]] = (),
     groups: Iterable[str] = (),
+    keys: Iterable[tuple[str, str]] = (),
     attach: bool = True,
     **dates: int | None,
 ) -> ManagedObject | None:
@@ -321,7 +323,8 @@ def insert_object(
     ``material`` must already be wrapped (:func:`kcm.core.keys.wrap`). ``dates`` are the
     KMIP date columns in epoch seconds (``initial_date=...``, ``activation_date=...``; see
     :data:`~kcm.core.store.schema.DATE_COLUMNS`), and ``rotate_due``. ``names`` are (value,
-    Name Type) pairs.
+    Name Type) pairs; ``keys`` the (kind, key) pairs of its Links and vendor attributes
+    (:func:`kcm.core.attribute_keys.keys_of`).
     A duplicate ``uid`` or L3 (tenant, service, version) raises ``IntegrityError``.
     """
     unknown = set(dates) - DATE_COLUMNS - {"rotate_due"}
@@ -352,7 +355,7 @@ def insert_object(
     }
     _INSERT_OBJECT.send(session, values)
     note_written(info, tenant, uid)  # (a rollback may free its uid and created_seq)
-    _insert_locate_copies(connection, uid, tenant, names, groups)
+    _insert_locate_copies(connection, uid, tenant, names, groups, keys)
     if not attach:
         return None
     obj = ManagedObject(**values)
@@ -455,6 +458,7 @@ ObjectColumns = namedtuple("ObjectColumns", _OBJECT_COLUMNS)  # type: ignore[mis
 _INSERT_OBJECT = RawStatement(ManagedObject.__table__.insert(), _OBJECT_COLUMNS)
 _INSERT_NAME = ObjectName.__table__.insert()
 _INSERT_GROUP = ObjectGroup.__table__.insert()
+_INSERT_KEY = ObjectAttributeKey.__table__.insert()
 
 
 def get_object(
@@ -607,10 +611,12 @@ _OBJECT_COLUMN_SET = frozenset(_OBJECT_COLUMNS)
 
 def replace_locate_copies(session: Session, uid: str, tenant: str, *,
                           names: Iterable[tuple[str, int]] | None = None,
-                          groups: Iterable[str] | None = None) -> None:
+                          groups: Iterable[str] | None = None,
+                          keys: Iterable[tuple[str, str]] | None = None) -> None:
     """Replace the Locate copies of an object's Name (``names``: (value, Name Type)
-    pairs) or Object Group attributes, those given, with Core statements. The caller bumps
-    the object's revision (:func:`update_columns`)."""
+    pairs), Object Group attributes or Link and vendor attribute keys (``keys``: (kind,
+    key) pairs), those given, with Core statements. The caller bumps the object's
+    revision (:func:`update_columns`)."""
     connection = connection_of(session)
     if names is not None:
         connection.execute(ObjectName.__table__.delete().where(
@@ -618,13 +624,17 @@ def replace_locate_copies(session: Session, uid: str, tenant: str, *,
     if groups is not None:
         connection.execute(ObjectGroup.__table__.delete().where(
             ObjectGroup.__table__.c.uid == uid))
-    _insert_locate_copies(connection, uid, tenant, names or (), groups or ())
+    if keys is not None:
+        connection.execute(ObjectAttributeKey.__table__.delete().where(
+            ObjectAttributeKey.__table__.c.uid == uid))
+    _insert_locate_copies(connection, uid, tenant, names or (), groups or (), keys or ())
 
 
 def _insert_locate_copies(connection: Any, uid: str, tenant: str,
-                          names: Iterable[tuple[str, int]], groups: Iterable[str]) -> None:
-    """Core inserts of an object's Name and Object Group copies (none when there are none;
-    a repeated value once)."""
+                          names: Iterable[tuple[str, int]], groups: Iterable[str],
+                          keys: Iterable[tuple[str, str]] = ()) -> None:
+    """Core inserts of an object's Name, Object Group and attribute key copies (none when
+    there are none; a repeated value once)."""
     unique_names = dict(names)
     if unique_names:
         connection.execute(_INSERT_NAME, [
@@ -634,6 +644,11 @@ def _insert_locate_copies(connection: Any, uid: str, tenant: str,
     if unique_groups:
         connection.execute(_INSERT_GROUP, [
             {"uid": uid, "tenant": tenant, "group_name": group} for group in unique_groups])
+    unique_keys = dict.fromkeys(keys)
+    if unique_keys:
+        connection.execute(_INSERT_KEY, [
+            {"uid": uid, "tenant": tenant, "kind": kind, "key": key}
+            for kind, key in unique_keys])
 
 
 def names_of(session: Session, uid: str) -> list[tuple[str, int]]:
@@ -744,6 +759,7 @@ def _locate_conditions(
     usage_mask: int | None = None,
     name: str | None = None,
     group: str | None = None,
+    keys: Collection[tuple[str, str]] = (),
     uid: str | None = None,
     dates: Mapping[str, tuple[int | None, int | None]] | None = None,
     levels: Collection[int | None] | None = None,
@@ -758,7 +774,8 @@ def _locate_conditions(
     means any. ``services`` restricts the service likewise (``{None, "app"}``: those of no
     service and app's). ``destroyed`` keeps only the destroyed objects (True) or only the
     others (False); None means both. ``usage_mask`` keeps the objects whose Cryptographic
-    Usage Mask has every one of its bits set.
+    Usage Mask has every one of its bits set; ``keys`` those that have each of these
+    (kind, key) pairs (:mod:`kcm.core.attribute_keys`).
     """
     conditions: list[ColumnElement[bool]] = [ManagedObject.tenant == tenant]
     if object_type is not None:
@@ -791,6 +808,16 @@ def _locate_conditions(
                 ObjectGroup.uid == ManagedObject.uid,
             )
         )
+    for kind, key in keys:
+        # The objects with the key, read once from its index; each of the tenant's rows
+        # is then tested against that list (no attribute list is read).
+        conditions.append(ManagedObject.uid.in_(
+            select(ObjectAttributeKey.uid).where(
+                ObjectAttributeKey.tenant == tenant,
+                ObjectAttributeKey.kind == kind,
+                ObjectAttributeKey.key == key,
+            )
+        ))
     for column_name, (low, high) in (dates or {}).items():
         if column_name not in DATE_COLUMNS:
             raise ValueError(f"not a date column: {column_name!r}")

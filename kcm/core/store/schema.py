@@ -194,6 +194,22 @@ class ObjectGroup(Base):
     tenant: Mapped[str] = mapped_column(Text)
 
 
+class ObjectAttributeKey(Base):
+    """A Locate key of one of a managed object's Links or vendor attributes
+    (:mod:`kcm.core.attribute_keys`; migration 0008): ``kind`` says which attribute,
+    ``key`` the value an equal criterion has."""
+
+    __tablename__ = "object_attribute_keys"
+    __table_args__ = (Index(None, "tenant", "kind", "key"),)
+
+    uid: Mapped[str] = mapped_column(
+        Text, ForeignKey("managed_objects.uid", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+
+
 class L4Tombstone(Base):
     """A revoked or destroyed L4 token: gateways refuse it from then on."""
 

@@ -1,0 +1,97 @@
+"""The Locate keys of an object's Links and vendor attributes (table ``object_attribute_keys``,
+migration 0008).
+
+Names, Object Groups and a handful of columns let the store find what a Locate asks for
+without reading the objects. A Link or a vendor (custom, ``x-``) attribute had no such
+copy: a Locate naming one decoded the attribute list of every object of the tenant the
+caller may see (4.6 s at 50,000 objects). Each object now keeps one key per value the store
+can compare by equality:
+
+* a Link: ``("Link", its Linked Object Identifier)`` (a Text String);
+* a vendor attribute with a scalar value: ``("v:VENDOR:NAME", "TYPE:VALUE")``, the TTLV
+  type byte and the value as text (bytes in hex; Big Integers as the number they are,
+  whatever their padding). A structure value has no key.
+
+A key or kind longer than :data:`LONGEST` is replaced by a digest of it, so every row fits
+a B-tree index entry whatever the attribute's size (64 KiB at most).
+
+A key is a necessary condition only: a Locate keeps the objects that have its criteria's
+keys (:func:`criterion_key`) and still judges each of them in full. So a Link criterion
+that gives only the Link Type, or a vendor criterion whose value is a structure, has no
+key and is judged on every object, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from kcm.kmip.attributes import VENDOR_TAG, Attribute
+from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType
+
+__all__ = ["LINK_KIND", "LONGEST", "criterion_key", "keys_of"]
+
+#: The kind of a Link's key.
+LINK_KIND = "Link"
+#: The longest kind or key kept as it is (characters); a longer one becomes
+#: ``#`` + its SHA-256 in hex.
+LONGEST = 200
+
+
+def keys_of(attributes: Iterable[Attribute]) -> list[tuple[str, str]]:
+    """The (kind, key) pairs of these attributes, each once, in their order."""
+    keys: dict[tuple[str, str], None] = {}
+    for attribute in attributes:
+        tag = attribute.tag
+        if tag == Tag.LINK:
+            value = attribute.value
+            if value is not None and value.type is ItemType.STRUCTURE:
+                for field in value:
+                    if (field.tag == Tag.LINKED_OBJECT_IDENTIFIER
+                            and field.type is ItemType.TEXT_STRING):
+                        keys[(LINK_KIND, _bounded(field.value))] = None
+        elif tag == VENDOR_TAG:
+            key = _vendor_key(attribute)
+            if key is not None:
+                keys[key] = None
+    return list(keys)
+
+
+def criterion_key(attribute: Attribute) -> tuple[str, str] | None:
+    """The key an object must have to match this Locate criterion, or None when the
+    criterion has none (it is judged on every object)."""
+    if attribute.tag == Tag.LINK:
+        value = attribute.value
+        if value is None or value.type is not ItemType.STRUCTURE:
+            return None
+        linked = value.find(Tag.LINKED_OBJECT_IDENTIFIER)
+        if linked is None or linked.type is not ItemType.TEXT_STRING:
+            return None
+        return LINK_KIND, _bounded(linked.value)
+    if attribute.tag == VENDOR_TAG:
+        return _vendor_key(attribute)
+    return None
+
+
+def _vendor_key(attribute: Attribute) -> tuple[str, str] | None:
+    value = attribute.value
+    if value is None or value.type is ItemType.STRUCTURE:
+        return None
+    kind = _bounded(f"v:{attribute.vendor_identification or ''}:{attribute.name or ''}")
+    return kind, _bounded(f"{int(value.type)}:{_text(value)}")
+
+
+def _text(value: Item) -> str:
+    raw = value.value
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw).hex()
+    if isinstance(raw, bool):
+        return "1" if raw else "0"
+    return str(raw)
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= LONGEST:
+        return text
+    return "#" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

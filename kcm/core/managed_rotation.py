@@ -43,7 +43,6 @@ from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import IdPlaceholder
 from kcm.kmip.payloads import ReKeyRequest
 from kcm.kmip.tags import Tag
-from kcm.ttlv import ItemType
 
 __all__ = ["ManagedRotation", "rotate_managed_due"]
 
@@ -130,16 +129,9 @@ def _rotate(ctx: OperationContext, uid: str) -> ManagedRotation:
     generation = int(old.value(Tag.ROTATE_GENERATION) or 0)
     interval = old.value(Tag.ROTATE_INTERVAL)
     offset = old.value(Tag.ROTATE_OFFSET)
+    # Re-key hands the line on: the replacement is the latest, of the next generation.
     answer = re_key(ctx, ReKeyRequest(unique_identifier=uid, offset=int(offset or 0)))
     new_uid = str(answer.unique_identifier)
-    new = managed.load(ctx, new_uid)
-    new.set(Tag.ROTATE_DATE, ctx.now, ItemType.DATE_TIME)
-    new.set(Tag.ROTATE_GENERATION, generation + 1, ItemType.INTEGER)
-    new.set(Tag.ROTATE_LATEST, True, ItemType.BOOLEAN)
-    managed.save(ctx, new)
-    old = managed.load(ctx, uid)
-    old.set(Tag.ROTATE_LATEST, False, ItemType.BOOLEAN)
-    managed.save(ctx, old)
     _audit(ctx, uid, new_uid, {
         "policy": f"Rotate Interval of {uid}", "trigger": "rotate_interval",
         "rotate_interval": int(interval or 0), "rotate_offset": int(offset or 0),

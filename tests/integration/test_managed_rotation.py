@@ -309,3 +309,34 @@ def test_a_revoked_key_is_no_longer_due(core: CoreHarness) -> None:
     revoke(core, uid)
     assert row(core, uid).rotate_due is None
     assert sweep(core, int(time.time())) == []
+
+
+def test_a_clients_re_key_hands_the_rotation_line_on(core: CoreHarness) -> None:
+    """A client's Re-key of a key that rotates by itself makes the replacement the latest of
+    the line (Rotate Latest, the next Rotate Generation, Rotate Date now) and the existing
+    key no longer due: the next sweep rotates the replacement alone. (Before, both stayed
+    due and the sweep re-keyed both, forking the line and overwriting the old key's
+    Replacement Object Link.) A key of no line gets none of these attributes."""
+    from kcm.kmip.enums import Operation
+    from kcm.kmip.payloads import ReKeyRequest
+    from tests.integration.test_core_objects import ok
+
+    old = register(core, attributes=[name("rotating"), PAST, *automatic(3600)])
+    first = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old)).unique_identifier
+    now = int(time.time())
+    assert row(core, old).rotate_due is None
+    got = attributes_of(core, first, Tag.ROTATE_LATEST, Tag.ROTATE_GENERATION, Tag.ROTATE_DATE)
+    assert (got[Tag.ROTATE_LATEST], got[Tag.ROTATE_GENERATION]) == ([True], [1])
+    assert now - 5 <= got[Tag.ROTATE_DATE][0] <= now
+    assert attributes_of(core, old, Tag.ROTATE_LATEST)[Tag.ROTATE_LATEST] == [False]
+    [rotation] = sweep(core, now + 3600)
+    assert rotation.uid == first
+    assert attributes_of(core, rotation.replacement, Tag.ROTATE_GENERATION)[
+        Tag.ROTATE_GENERATION] == [2]
+    assert attributes_of(core, old, Tag.LINK)[Tag.LINK] == [Link(
+        link_type=LinkType.REPLACEMENT_OBJECT_LINK, linked_object_identifier=first)]
+
+    plain = register(core, attributes=[name("plain"), PAST])
+    replaced = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=plain)
+                  ).unique_identifier
+    assert attributes_of(core, replaced, *ROTATION_TAGS) == {}

@@ -49,8 +49,13 @@ _NOT_COPIED = frozenset({
     Tag.LAST_CHANGE_DATE, Tag.RANDOM_NUMBER_GENERATOR, Tag.ORIGINAL_CREATION_DATE,
     Tag.ARCHIVE_DATE, Tag.SHORT_UNIQUE_IDENTIFIER, Tag.KEY_VALUE_PRESENT,
     Tag.ACTIVATION_DATE, Tag.PROCESS_START_DATE, Tag.PROTECT_STOP_DATE,
-    Tag.DEACTIVATION_DATE,
+    Tag.DEACTIVATION_DATE, Tag.ROTATE_DATE, Tag.ROTATE_GENERATION, Tag.ROTATE_LATEST,
 })
+#: The attributes that make a key part of a rotation line (KMIP 2.1 §4): its Re-key, by a
+#: client or by the sweeper, continues the line (:func:`_continue_rotation_line`).
+_ROTATION_LINE = (Tag.ROTATE_AUTOMATIC, Tag.ROTATE_INTERVAL, Tag.ROTATE_GENERATION,
+                  Tag.ROTATE_LATEST)
+_SET_BY_ROTATION = frozenset({Tag.ROTATE_DATE, Tag.ROTATE_GENERATION, Tag.ROTATE_LATEST})
 _SHIFTED_DATES = (Tag.PROCESS_START_DATE, Tag.PROTECT_STOP_DATE, Tag.DEACTIVATION_DATE)
 
 
@@ -92,6 +97,7 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
     attributes = server_attributes(
         ctx, new_uid, ObjectType.SYMMETRIC_KEY, inherited, algorithm=algorithm, length=length,
         state=state, key_bytes=key if old.level is None else None, generated=True)
+    _continue_rotation_line(ctx, old, attributes)
     _insert_replacement(ctx, old, new_uid, attributes, key, algorithm, length)
 
     _link_to_replacement(old, new_uid)
@@ -102,6 +108,23 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
     ctx.touched(new_uid)
     ctx.id_placeholder.set(new_uid)
     return ReKeyResponse(unique_identifier=new_uid)
+
+
+def _continue_rotation_line(ctx: OperationContext, old: managed.StoredObject,
+                            attributes: list[Attribute]) -> None:
+    """A managed key of a rotation line (Rotate Automatic, a Rotate Interval, or a place in
+    a line) hands it on: the replacement is the latest (Rotate Latest true, Rotate
+    Generation one more, Rotate Date now) and the existing key no longer is, so the sweeper
+    rotates the replacement alone (a client's Re-key of a key due otherwise left both due,
+    and the line forked at the next sweep). Other keys get none of these attributes."""
+    if old.level is not None or all(old.value(tag) is None for tag in _ROTATION_LINE):
+        return
+    attributes[:] = [a for a in attributes if a.tag not in _SET_BY_ROTATION] + [
+        Attribute.of(Tag.ROTATE_DATE, ctx.now, ItemType.DATE_TIME),
+        Attribute.of(Tag.ROTATE_GENERATION, int(old.value(Tag.ROTATE_GENERATION) or 0) + 1,
+                     ItemType.INTEGER),
+        Attribute.of(Tag.ROTATE_LATEST, True, ItemType.BOOLEAN)]
+    old.set(Tag.ROTATE_LATEST, False, ItemType.BOOLEAN)
 
 
 def _link_to_replacement(old: managed.StoredObject, new_uid: str) -> None:

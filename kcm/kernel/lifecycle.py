@@ -74,11 +74,15 @@ def activate(state: State) -> State:
 def revoke(state: State, reason: int) -> State:
     """Revoke with a Revocation Reason Code.
 
-    Compromise moves any state but Destroyed Compromised to (Destroyed) Compromised;
-    another reason deactivates an Active object and is refused elsewhere.
+    Compromise moves Pre-Active, Active and Deactivated to Compromised and Destroyed to
+    Destroyed Compromised; an object compromised already is refused (no transition leaves
+    it there, and its Compromise Date records the first report); another reason deactivates
+    an Active object and is refused elsewhere.
     """
     if reason in _COMPROMISE_REASONS:
-        if state in (State.DESTROYED, State.DESTROYED_COMPROMISED):
+        if state in (State.COMPROMISED, State.DESTROYED_COMPROMISED):
+            raise wrong_state("the object is already compromised")
+        if state == State.DESTROYED:
             return State.DESTROYED_COMPROMISED
         return State.COMPROMISED
     if state == State.ACTIVE:

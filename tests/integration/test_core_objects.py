@@ -800,6 +800,46 @@ def test_revoked_and_compromised_keys_can_be_re_keyed(core: CoreHarness) -> None
     ok(core, Operation.ACTIVATE, ActivateRequest(unique_identifier=register(core)))
 
 
+@pytest.mark.parametrize("version", [V14, V21])
+def test_a_compromise_is_recorded_once(core: CoreHarness, version) -> None:
+    """A Revoke for compromise sets the Compromise Date and, when the request gives none,
+    the Compromise Occurrence Date to the object's Initial Date (2.1 §6.1.46: "SHOULD be
+    set to the Initial Date"). A second one is refused Wrong Key Lifecycle State, whether
+    the object is Compromised or Destroyed Compromised (no transition leaves it there), and
+    the first report's dates stay. (1.x says Permission Denied, as for every wrong state.)"""
+    wrong_state = (ResultReason.WRONG_KEY_LIFECYCLE_STATE if version == V21
+                   else ResultReason.PERMISSION_DENIED)
+    uid = register(core, attributes=[PAST], version=version)
+    initial = attributes_of(core, uid, Tag.INITIAL_DATE)[Tag.INITIAL_DATE][0]
+
+    def compromise(occurred: int | None = None) -> RevokeRequest:
+        return RevokeRequest(unique_identifier=uid, compromise_occurrence_date=occurred,
+                             revocation_reason=RevocationReason(
+                                 code=RevocationReasonCode.KEY_COMPROMISE))
+
+    ok(core, Operation.REVOKE, compromise(), version=version)
+    first = attributes_of(core, uid, Tag.STATE, Tag.COMPROMISE_DATE,
+                          Tag.COMPROMISE_OCCURRENCE_DATE)
+    assert first[Tag.STATE] == [State.COMPROMISED]
+    assert first[Tag.COMPROMISE_OCCURRENCE_DATE] == [initial]
+    failed(core, Operation.REVOKE, compromise(5000), wrong_state, version=version)
+    ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid), version=version)
+    failed(core, Operation.REVOKE, compromise(5000), wrong_state, version=version)
+    last = attributes_of(core, uid, Tag.STATE, Tag.COMPROMISE_DATE,
+                         Tag.COMPROMISE_OCCURRENCE_DATE)
+    assert last == {**first, Tag.STATE: [State.DESTROYED_COMPROMISED]}
+    # A destroyed object reported compromised moves to Destroyed Compromised, with the
+    # date the request gives.
+    gone = register(core, version=version)
+    ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=gone), version=version)
+    ok(core, Operation.REVOKE, RevokeRequest(
+        unique_identifier=gone, compromise_occurrence_date=1000,
+        revocation_reason=RevocationReason(code=RevocationReasonCode.KEY_COMPROMISE)),
+       version=version)
+    assert attributes_of(core, gone, Tag.STATE, Tag.COMPROMISE_OCCURRENCE_DATE) == {
+        Tag.STATE: [State.DESTROYED_COMPROMISED], Tag.COMPROMISE_OCCURRENCE_DATE: [1000]}
+
+
 def test_revoke_refuses_an_undefined_reason_code_and_takes_an_extension(
         core: CoreHarness) -> None:
     uid = register(core, attributes=[PAST])

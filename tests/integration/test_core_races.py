@@ -60,8 +60,8 @@ def transition(state: State, operation: str, compromise: bool) -> State | None:
     if operation == "ACTIVATE":
         return A if state == PA else None
     if operation == "REVOKE":
-        if compromise:
-            return DC if state in (DS, DC) else C
+        if compromise:  # no transition leaves a compromised object where it is
+            return {PA: C, A: C, D: C, DS: DC}.get(state)
         return D if state == A else None
     if operation == "DESTROY":
         return {PA: DS, D: DS, C: DC}.get(state)

@@ -56,7 +56,11 @@ def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierRes
     if after in (State.COMPROMISED, State.DESTROYED_COMPROMISED):
         obj.set(Tag.COMPROMISE_DATE, ctx.now)
         occurred = request.compromise_occurrence_date
-        obj.set(Tag.COMPROMISE_OCCURRENCE_DATE, occurred if occurred is not None else ctx.now)
+        if occurred is None:
+            # "if a value is not provided ... SHOULD be set to the Initial Date for the
+            # object" (KMIP 2.1 §6.1.46): the earliest it may have been compromised.
+            occurred = obj.value(Tag.INITIAL_DATE) or ctx.now
+        obj.set(Tag.COMPROMISE_OCCURRENCE_DATE, occurred)
         # Not kept in the clear for its next use: a compromised key is seldom used again
         # (an L3 never), and a destroyed one's material is gone.
         ctx.keyring.forget_material(obj.tenant, obj.uid)

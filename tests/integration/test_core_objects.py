@@ -157,6 +157,26 @@ WRAP_MASK = Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, CryptographicUsageMask.WR
 # -- Register ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", [V14, V21])
+def test_register_keeps_the_random_number_generator_the_client_names(
+        core: CoreHarness, version) -> None:
+    """An object registered was made elsewhere: its Random Number Generator is the
+    client's to give (1.4 §3.44, TC-RNG-ATTR-1-14), once, with its RNG Algorithm."""
+    drbg = Attribute(Tag.RANDOM_NUMBER_GENERATOR, Item(
+        Tag.RANDOM_NUMBER_GENERATOR, ItemType.STRUCTURE,
+        [Item(Tag.RNG_ALGORITHM, ItemType.ENUMERATION, 3)]))  # DRBG
+    uid = register(core, attributes=[drbg], version=version)
+    [fields] = attributes_of(core, uid, Tag.RANDOM_NUMBER_GENERATOR)[
+        Tag.RANDOM_NUMBER_GENERATOR]
+    assert [(f.tag, f.value) for f in fields] == [(Tag.RNG_ALGORITHM, 3)]
+    empty = Attribute(Tag.RANDOM_NUMBER_GENERATOR, Item(
+        Tag.RANDOM_NUMBER_GENERATOR, ItemType.STRUCTURE, []))
+    for refused in ([drbg, drbg], [empty]):
+        failed(core, Operation.REGISTER, RegisterRequest(
+            object_type=ObjectType.SYMMETRIC_KEY, attributes=refused, object=aes_key()),
+            ResultReason.INVALID_FIELD, version=version)
+
+
+@pytest.mark.parametrize("version", [V14, V21])
 def test_register_symmetric_key_then_get(core: CoreHarness, version) -> None:
     uid = register(core, aes_key(), [name("reg")], version=version)
     assert row(core, uid).state == State.PRE_ACTIVE
@@ -867,7 +887,8 @@ CASES = [
       for n in (4, 5, 6)),
     *(_TESTCASES.format(name) for name in (
         "TC-WRAP-1-14", "TC-WRAP-2-14", "TC-WRAP-3-14", "TC-REKEY-1-14", "TC-OFFSET-1-14",
-        "TC-OFFSET-2-14", "TC-MDO-1-14", "TC-MDO-2-14", "TC-EXTRACTABLE-1-14")),
+        "TC-OFFSET-2-14", "TC-MDO-1-14", "TC-MDO-2-14", "TC-EXTRACTABLE-1-14",
+        "TC-RNG-ATTR-1-14")),
     "oasis-kmip-testcases-v2.0-cnd02/TC-WRAP-3-20.xml",
 ]
 

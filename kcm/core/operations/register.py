@@ -8,7 +8,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from kcm.core import managed
-from kcm.core.attribute_rules import check_client_attributes
+from kcm.core.attribute_rules import check_client_attributes, check_offered
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import OBJECT_TYPE_OF_TAG, single_value
 from kcm.core.operations.create import server_attributes
@@ -34,6 +34,7 @@ from kcm.kmip.payloads import (
     RegisterResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
 
 # Certificate name fields as KMIP 2.x attributes (2.1 §4.9 "Certificate Attributes").
@@ -74,6 +75,11 @@ def register(ctx: OperationContext, request: RegisterRequest) -> RegisterRespons
     client = [a for a in client if a.tag != Tag.ORIGINAL_CREATION_DATE]
     if len(original) > 1:
         raise KmipError(ResultReason.INVALID_FIELD, "Original Creation Date given twice")
+    # Likewise the Random Number Generator that made it (1.4 §3.44; TC-RNG-ATTR-1-14): the
+    # server sets it only for what it generates.
+    generator = [a for a in client if a.tag == Tag.RANDOM_NUMBER_GENERATOR]
+    client = [a for a in client if a.tag != Tag.RANDOM_NUMBER_GENERATOR]
+    _check_generator(generator, ctx.version)
     check_client_attributes(client, ctx.version)
     algorithm = _agreed(client, derived, Tag.CRYPTOGRAPHIC_ALGORITHM)
     length = _agreed(client, derived, Tag.CRYPTOGRAPHIC_LENGTH)
@@ -92,10 +98,24 @@ def register(ctx: OperationContext, request: RegisterRequest) -> RegisterRespons
                if a.tag not in (Tag.CRYPTOGRAPHIC_ALGORITHM, Tag.CRYPTOGRAPHIC_LENGTH)]
     if original:
         stored = [original[0] if a.tag == Tag.ORIGINAL_CREATION_DATE else a for a in stored]
+    stored += generator
     managed.insert(ctx, uid=uid, object_type=object_type, attributes=stored,
                    managed_object=managed_object)
     ctx.id_placeholder.set(uid)
     return RegisterResponse(unique_identifier=uid)
+
+
+def _check_generator(given: list[Attribute], version: Version) -> None:
+    """A Register's Random Number Generator: an attribute of the request's version (1.3
+    and later), once, a structure with its RNG Algorithm."""
+    for attribute in given:
+        check_offered(attribute, version)
+    if len(given) > 1:
+        raise KmipError(ResultReason.INVALID_FIELD, "Random Number Generator given twice")
+    if given and (given[0].value is None or given[0].value.type is not ItemType.STRUCTURE
+                  or given[0].value.find(Tag.RNG_ALGORITHM) is None):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "Random Number Generator must be a structure with an RNG Algorithm")
 
 
 def _plain_key(managed_object: Struct | Item) -> tuple[bytes | None, int]:

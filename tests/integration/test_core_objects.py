@@ -970,6 +970,63 @@ def test_a_service_that_is_not_provisioned_holds_nothing(core: CoreHarness,
     ok(core, Operation.GET, GetRequest(unique_identifier=mine))  # untouched
 
 
+def _vector_value(vectors: Path, case: str, element: str, attribute: str | None = None
+                  ) -> bytes:
+    """The first ``element``'s value (hex) in an OASIS case, as bytes; with ``attribute``,
+    the one within the first Attribute of that Attribute Name."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(vectors / case).getroot()
+    if attribute is not None:
+        root = next(a for a in root.iter("Attribute")
+                    if a.find("AttributeName").get("value") == attribute)
+    found = root.find(f".//{element}")
+    assert found is not None, element
+    return bytes.fromhex(found.get("value"))
+
+
+@pytest.mark.parametrize("version", [V14, V21])
+def test_register_describes_an_x509_certificate_as_kmip_says(
+        core: CoreHarness, vectors: Path, version) -> None:
+    """X.509 Certificate Identifier, Subject and Issuer are structures of DER names (and
+    the serial number as a DER INTEGER), Digital Signature Algorithm and the public key's
+    algorithm and length are set (1.4 §3.4, §3.5, §3.10-§3.16): what TC-CERTATTR-1-14
+    expects of its certificate, read from that case. A Locate by the Subject's structure
+    finds it."""
+    case = "oasis-kmip-testcases-v1.4-cnprd01/TC-CERTATTR-1-14.xml"
+    der = _vector_value(vectors, case, "CertificateValue")
+    uid = register(core, Item(Tag.CERTIFICATE, ItemType.STRUCTURE, [
+        Item(Tag.CERTIFICATE_TYPE, ItemType.ENUMERATION, 1),  # X.509
+        Item(Tag.CERTIFICATE_VALUE, ItemType.BYTE_STRING, der)]),
+        object_type=ObjectType.CERTIFICATE, version=version)
+    wanted = (Tag.X_509_CERTIFICATE_IDENTIFIER, Tag.X_509_CERTIFICATE_SUBJECT,
+              Tag.X_509_CERTIFICATE_ISSUER, Tag.DIGITAL_SIGNATURE_ALGORITHM,
+              Tag.CRYPTOGRAPHIC_ALGORITHM, Tag.CRYPTOGRAPHIC_LENGTH)
+    payload = ok(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(
+        unique_identifier=uid, attribute_references=[AttributeReference(t) for t in wanted]),
+        version=version)
+    got = {a.tag: a.value for a in payload.attributes}
+
+    def fields(tag: int) -> list[tuple[int, bytes]]:
+        assert got[tag].type is ItemType.STRUCTURE
+        return [(f.tag, f.value) for f in got[tag]]
+
+    issuer = _vector_value(vectors, case, "IssuerDistinguishedName", "X.509 Certificate Issuer")
+    subject = _vector_value(vectors, case, "SubjectDistinguishedName",
+                            "X.509 Certificate Subject")
+    serial = _vector_value(vectors, case, "CertificateSerialNumber")
+    assert fields(Tag.X_509_CERTIFICATE_IDENTIFIER) == [
+        (Tag.ISSUER_DISTINGUISHED_NAME, issuer), (Tag.CERTIFICATE_SERIAL_NUMBER, serial)]
+    assert fields(Tag.X_509_CERTIFICATE_SUBJECT) == [(Tag.SUBJECT_DISTINGUISHED_NAME, subject)]
+    assert fields(Tag.X_509_CERTIFICATE_ISSUER) == [(Tag.ISSUER_DISTINGUISHED_NAME, issuer)]
+    assert got[Tag.DIGITAL_SIGNATURE_ALGORITHM].value == 5  # SHA-256 with RSA Encryption
+    assert (got[Tag.CRYPTOGRAPHIC_ALGORITHM].value, got[Tag.CRYPTOGRAPHIC_LENGTH].value) == (
+        CryptographicAlgorithm.RSA, 1024)
+    by_subject = _structure(Tag.X_509_CERTIFICATE_SUBJECT, Item(
+        Tag.SUBJECT_DISTINGUISHED_NAME, ItemType.BYTE_STRING, subject))
+    assert locate(core, by_subject, version=version).unique_identifiers == [uid]
+
+
 def test_a_key_block_or_certificate_field_of_the_wrong_type_is_invalid_field(
         core: CoreHarness) -> None:
     """What Register reads from an object it keeps as sent (a private key, a certificate)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from kcm.core import managed
 from kcm.core.attribute_rules import check_client_attributes, check_offered
+from kcm.core.certificate_attributes import x509_attributes
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import OBJECT_TYPE_OF_TAG, single_value
 from kcm.core.operations.create import server_attributes
@@ -37,23 +37,6 @@ from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
 
-# Certificate name fields as KMIP 2.x attributes (2.1 §4.9 "Certificate Attributes").
-_SUBJECT_FIELDS: tuple[tuple[Any, int, int], ...] = (
-    (NameOID.COMMON_NAME, Tag.CERTIFICATE_SUBJECT_CN, Tag.CERTIFICATE_ISSUER_CN),
-    (NameOID.ORGANIZATION_NAME, Tag.CERTIFICATE_SUBJECT_O, Tag.CERTIFICATE_ISSUER_O),
-    (NameOID.ORGANIZATIONAL_UNIT_NAME, Tag.CERTIFICATE_SUBJECT_OU, Tag.CERTIFICATE_ISSUER_OU),
-    (NameOID.EMAIL_ADDRESS, Tag.CERTIFICATE_SUBJECT_EMAIL, Tag.CERTIFICATE_ISSUER_EMAIL),
-    (NameOID.COUNTRY_NAME, Tag.CERTIFICATE_SUBJECT_C, Tag.CERTIFICATE_ISSUER_C),
-    (NameOID.STATE_OR_PROVINCE_NAME, Tag.CERTIFICATE_SUBJECT_ST, Tag.CERTIFICATE_ISSUER_ST),
-    (NameOID.LOCALITY_NAME, Tag.CERTIFICATE_SUBJECT_L, Tag.CERTIFICATE_ISSUER_L),
-    (NameOID.USER_ID, Tag.CERTIFICATE_SUBJECT_UID, Tag.CERTIFICATE_ISSUER_UID),
-    (NameOID.SERIAL_NUMBER, Tag.CERTIFICATE_SUBJECT_SERIAL_NUMBER,
-     Tag.CERTIFICATE_ISSUER_SERIAL_NUMBER),
-    (NameOID.TITLE, Tag.CERTIFICATE_SUBJECT_TITLE, Tag.CERTIFICATE_ISSUER_TITLE),
-    (NameOID.DOMAIN_COMPONENT, Tag.CERTIFICATE_SUBJECT_DC, Tag.CERTIFICATE_ISSUER_DC),
-    (NameOID.DN_QUALIFIER, Tag.CERTIFICATE_SUBJECT_DN_QUALIFIER,
-     Tag.CERTIFICATE_ISSUER_DN_QUALIFIER),
-)
 
 def register(ctx: OperationContext, request: RegisterRequest) -> RegisterResponse:
     """Store the client's object under a new identifier (Pre-Active, or Active when its
@@ -198,7 +181,8 @@ def _field(structure: Item, tag: int, item_type: ItemType) -> Any:
 
 
 def _certificate_attributes(certificate: Item) -> list[Attribute]:
-    """Certificate Type and Length, and for X.509 the subject and issuer name fields."""
+    """Certificate Type and Length, and for X.509 what the certificate says of itself
+    (:mod:`kcm.core.certificate_attributes`)."""
     certificate_type = _field(certificate, Tag.CERTIFICATE_TYPE, ItemType.ENUMERATION)
     value = certificate.find(Tag.CERTIFICATE_VALUE)
     attributes = []
@@ -210,20 +194,9 @@ def _certificate_attributes(certificate: Item) -> list[Attribute]:
     der = value.value
     attributes.append(Attribute.of(Tag.CERTIFICATE_LENGTH, len(der), ItemType.INTEGER))
     try:
-        parsed = x509.load_der_x509_certificate(der)
-        subject, issuer = parsed.subject, parsed.issuer
+        return attributes + x509_attributes(x509.load_der_x509_certificate(der))
     except ValueError:
         return attributes  # not X.509 DER we can read: stored, but not described
-    attributes.append(Attribute.of(Tag.X_509_CERTIFICATE_SUBJECT, subject.public_bytes(),
-                                   ItemType.BYTE_STRING))
-    attributes.append(Attribute.of(Tag.X_509_CERTIFICATE_ISSUER, issuer.public_bytes(),
-                                   ItemType.BYTE_STRING))
-    for oid, subject_tag, issuer_tag in _SUBJECT_FIELDS:
-        for name, tag in ((subject, subject_tag), (issuer, issuer_tag)):
-            for entry in name.get_attributes_for_oid(oid):
-                if isinstance(entry.value, str):
-                    attributes.append(Attribute.of(tag, entry.value, ItemType.TEXT_STRING))
-    return attributes
 
 
 def _without_derived(client: list[Attribute], derived: list[Attribute]) -> list[Attribute]:

@@ -54,6 +54,7 @@ from kcm.identity import Principal
 from kcm.kernel import aead_tag
 from kcm.kernel.lifecycle import wrong_state
 from kcm.kernel.missing import identifier_label, object_not_found, wrapping_key_not_found
+from kcm.kernel.templates import refuse_template_names
 from kcm.kmip.attributes import (
     VENDOR_TAG,
     Attribute,
@@ -201,8 +202,7 @@ class L4Engine:
         version, or the linked one, which must be Active)."""
         if request.object_type != ObjectType.SYMMETRIC_KEY:
             raise KmipError(ResultReason.INVALID_FIELD, "an L4 is a Symmetric Key")
-        if request.template_names:
-            raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
+        refuse_template_names(request.template_names)
         attributes = request.attributes or []
         length = _dek_length(attributes, version)
         target = l4_target(principal, attributes)

@@ -156,6 +156,33 @@ WRAP_MASK = Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, CryptographicUsageMask.WR
 
 # -- Register ---------------------------------------------------------------------------
 
+def test_a_request_naming_a_template_is_feature_not_supported(core: CoreHarness) -> None:
+    """A Template registered is kept and found (1.x), but no request applies one: Create,
+    Register and Re-key naming it are Feature Not Supported, not Item Not Found (the
+    template exists)."""
+    from kcm.kmip.payloads import CreateRequest
+
+    template = Item(Tag.TEMPLATE, ItemType.STRUCTURE, [Item(Tag.ATTRIBUTE, ItemType.STRUCTURE, [
+        Item(Tag.ATTRIBUTE_NAME, ItemType.TEXT_STRING, "Cryptographic Length"),
+        Item(Tag.ATTRIBUTE_VALUE, ItemType.INTEGER, 128)])])
+    uid = register(core, template, [name("tmpl1")], object_type=ObjectType.TEMPLATE,
+                   version=V14)
+    assert locate(core, name("tmpl1"), version=V14).unique_identifiers == [uid]
+    named = [Name(value="tmpl1", type=NameType.UNINTERPRETED_TEXT_STRING)]
+    key = register(core, version=V14)
+    for operation, payload in (
+            (Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                             attributes=[], template_names=named)),
+            (Operation.REGISTER, RegisterRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                                 attributes=[], object=aes_key(),
+                                                 template_names=named)),
+            (Operation.RE_KEY, ReKeyRequest(unique_identifier=key, attributes=[],
+                                            template_names=named))):
+        message = failed(core, operation, payload, ResultReason.FEATURE_NOT_SUPPORTED,
+                         version=V14)
+        assert message == "templates are kept but not applied: send the attributes instead"
+
+
 @pytest.mark.parametrize("version", [V14, V21])
 def test_register_keeps_the_random_number_generator_the_client_names(
         core: CoreHarness, version) -> None:

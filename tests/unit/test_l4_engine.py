@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kcm.identity import Principal, Role
 from kcm.kernel.missing import object_not_found, wrapping_key_not_found
 from kcm.kernel.result_reasons import error_reason
-from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, CryptographicParameters, Link, Name
 from kcm.kmip.enums import (
     BlockCipherMode,
     CryptographicAlgorithm,
@@ -21,6 +21,7 @@ from kcm.kmip.enums import (
     EncodingOption,
     KeyFormatType,
     LinkType,
+    NameType,
     ObjectType,
     Operation,
     PaddingMethod,
@@ -176,6 +177,14 @@ def test_create_lengths_and_refusals(keys, engine) -> None:
     keys.keys[l3(1).uid] = l3(1, State.DEACTIVATED)
     refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, create, engine, link)
     refused(ResultReason.PERMISSION_DENIED, create, engine, link, version=V14)
+
+
+def test_create_naming_a_template_is_feature_not_supported(engine) -> None:
+    """Templates are kept, never applied: a request naming one is Feature Not Supported
+    at the gateway as at the core (kcm.kernel.templates)."""
+    refused(ResultReason.FEATURE_NOT_SUPPORTED, engine.create, APP, V14, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[LEVEL],
+        template_names=[Name(value="tmpl1", type=NameType.UNINTERPRETED_TEXT_STRING)]))
 
 
 @pytest.mark.parametrize("mask", [0, CryptographicUsageMask.ENCRYPT,

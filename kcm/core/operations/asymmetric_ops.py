@@ -48,6 +48,7 @@ from kcm.crypto.sealed_state import check_stream_size
 from kcm.crypto.signatures import SignatureSpec
 from kcm.kernel import key_use
 from kcm.kernel.quantum_safe import check_quantum_safe
+from kcm.kernel.templates import refuse_template_names
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -126,9 +127,9 @@ def checked_key_pair_request(request: CreateKeyPairRequest, version: Version
     been (templates, attributes, the algorithm and length, Quantum Safe). The one place
     that decides it: kcm.core.request_handler makes the pairs before the group commit only
     for the items this accepts."""
-    if (request.common_template_names or request.private_key_template_names
-            or request.public_key_template_names):
-        raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
+    refuse_template_names([*(request.common_template_names or ()),
+                           *(request.private_key_template_names or ()),
+                           *(request.public_key_template_names or ())])
     common = list(request.common_attributes or [])
     private_client = key_pair_part(common, request.private_key_attributes or [])
     public_client = key_pair_part(common, request.public_key_attributes or [])

@@ -11,6 +11,7 @@ from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import single_value
 from kcm.core.rotation_policy import managed_key_defaults
 from kcm.kernel.quantum_safe import check_quantum_safe
+from kcm.kernel.templates import refuse_template_names
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -83,10 +84,9 @@ def create(ctx: OperationContext, request: CreateRequest) -> CreateResponse:
 def client_attributes(ctx: OperationContext, template_names: list[str] | None,
                       attributes: list[Attribute] | None) -> list[Attribute]:
     """The attributes a client sent for a new object, checked
-    (:func:`kcm.core.attribute_rules.check_client_attributes`). Templates are refused:
-    the server keeps none, so a named one is not found."""
-    if template_names:
-        raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
+    (:func:`kcm.core.attribute_rules.check_client_attributes`). Named templates are
+    refused (:mod:`kcm.kernel.templates`)."""
+    refuse_template_names(template_names)
     checked = list(attributes or [])
     check_client_attributes(checked, ctx.version)
     return checked

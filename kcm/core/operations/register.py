@@ -14,6 +14,7 @@ from kcm.core.operations._objects_common import OBJECT_TYPE_OF_TAG, single_value
 from kcm.core.operations.create import server_attributes
 from kcm.crypto.rsa_keys import check_registered_key
 from kcm.kernel.quantum_safe import check_quantum_safe
+from kcm.kernel.templates import refuse_template_names
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -41,8 +42,7 @@ from kcm.ttlv import Item, ItemType
 def register(ctx: OperationContext, request: RegisterRequest) -> RegisterResponse:
     """Store the client's object under a new identifier (Pre-Active, or Active when its
     Activation Date has passed) and set the ID Placeholder to it."""
-    if request.template_names:
-        raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
+    refuse_template_names(request.template_names)
     managed_object = request.object
     object_tag = managed_object.tag if isinstance(managed_object, Item) else managed_object.TAG
     object_type = OBJECT_TYPE_OF_TAG.get(object_tag)

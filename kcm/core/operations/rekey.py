@@ -20,6 +20,7 @@ from kcm.core.operations.create import generate_key, key_spec, server_attributes
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_BY_L1
 from kcm.kernel import lifecycle
+from kcm.kernel.templates import refuse_template_names
 from kcm.kmip.attributes import Attribute, Link
 from kcm.kmip.enums import (
     KeyFormatType,
@@ -68,8 +69,7 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
         raise KmipError(ResultReason.INVALID_OBJECT_TYPE, "Re-key replaces symmetric keys only")
     if old.state in DESTROYED:
         raise lifecycle.wrong_state("cannot re-key a destroyed key")
-    if request.template_names:
-        raise KmipError(ResultReason.ITEM_NOT_FOUND, "templates are not supported")
+    refuse_template_names(request.template_names)
     if request.offset is not None and request.offset < 0:
         raise KmipError(ResultReason.INVALID_FIELD, "Offset must not be negative")
     client = list(request.attributes or [])

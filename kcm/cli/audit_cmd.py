@@ -145,6 +145,18 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+#: The latest time a --since or --until may name (POSIX seconds): the year 9999, as far as
+#: an ISO 8601 date goes.
+LATEST_TIME = 253402300799.0
+
+
+def _bounded(seconds: float, what: str, text: str) -> float:
+    """``seconds`` if it is a time the log can hold (finite, 0 to :data:`LATEST_TIME`)."""
+    if not 0 <= seconds <= LATEST_TIME:  # (NaN fails both comparisons)
+        raise CommandError(f"{what} {text!r} is not a time between 1970 and 9999")
+    return seconds
+
+
 def parse_time(text: str, what: str, now: float | None = None) -> float:
     """POSIX seconds of ``text``: ISO 8601 (UTC unless it says otherwise; a date alone is its
     midnight), POSIX seconds, or a duration before ``now`` ("15m", "2h", "7d")."""
@@ -152,9 +164,9 @@ def parse_time(text: str, what: str, now: float | None = None) -> float:
     value = text.strip()
     found = _DURATION.match(value)
     if found:
-        return now - float(found.group(1)) * _UNITS[found.group(2)]
+        return _bounded(now - float(found.group(1)) * _UNITS[found.group(2)], what, text)
     try:
-        return float(value)
+        return _bounded(float(value), what, text)
     except ValueError:
         pass
     try:
@@ -164,7 +176,7 @@ def parse_time(text: str, what: str, now: float | None = None) -> float:
                            "duration ago such as 15m)") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.timestamp()
+    return _bounded(parsed.timestamp(), what, text)
 
 
 def record_json(row: Any) -> dict[str, Any]:

@@ -264,6 +264,8 @@ def _print_json(value: Any) -> None:
 
 #: The settings of a client configuration file's ``[client]`` table.
 CLIENT_SETTINGS = ("server", "cert", "key", "ca", "timeout")
+#: The longest ``--timeout`` (seconds): a day; more is a mistake, not a wait.
+MAX_TIMEOUT = 86400.0
 #: Settings of the same table that only the SDK reads (kcm.client.config); ignored here.
 SDK_SETTINGS = ("gateway", "core", "version", "pool_size")
 
@@ -302,6 +304,9 @@ def _settings(args: argparse.Namespace) -> None:
         args.timeout = 30.0 if args.timeout is None else float(args.timeout)
     except (TypeError, ValueError):
         raise CommandError(f"timeout {args.timeout!r} is not a number of seconds") from None
+    if not 0 < args.timeout <= MAX_TIMEOUT:
+        raise CommandError(f"timeout {args.timeout!r} must be more than 0 and at most "
+                           f"{MAX_TIMEOUT:g} seconds")
     if isinstance(args.server, int | float):
         args.server = str(args.server)
     elif isinstance(args.server, list):  # a list of servers in the client file: failover

@@ -91,3 +91,42 @@ def test_init_says_what_it_did_to_the_schema(tmp_path: Path) -> None:
     core.write_config()
     assert f"(schema upgraded from 0001 to {head})" in core.kcm("core", "init").stdout
 
+
+
+def test_init_never_makes_an_l1_for_a_database_that_has_one(tmp_path: Path) -> None:
+    """`kcm core init` on a host of an existing deployment whose L1 key file was not
+    copied yet: refused at once, naming what to do, with no key file made (one made would
+    only be refused, and left behind); with another deployment's key, refused before any
+    migration."""
+    from kcm.core.store.migrate import current_revision
+    from tests.migration_support import downgrade
+
+    root = tmp_path / "core"
+    root.mkdir(mode=0o700)
+    database = f"sqlite:///{root / 'kcm-core.db'}"
+    core = CoreProcess(root, database)
+    core.write_config()
+    assert core.kcm("core", "init").returncode == 0
+    key = root / "l1.key"
+    kept = key.read_bytes()
+    key.unlink()
+    refused = core.kcm("core", "init", check=False)
+    assert refused.returncode == 2
+    assert "the database already has an L1 key: copy the deployment's L1 here" in (
+        refused.stderr)
+    assert not key.exists()
+
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    stranger = CoreProcess(other, f"sqlite:///{other / 'kcm-core.db'}")
+    stranger.write_config()
+    assert stranger.kcm("core", "init").returncode == 0
+    key.write_bytes((other / "l1.key").read_bytes())
+    key.chmod(0o600)
+    downgrade(database, "0008")  # behind: a refused init migrates nothing
+    refused = core.kcm("core", "init", check=False)
+    assert refused.returncode == 2 and "is not the L1 key of this database" in refused.stderr
+    assert current_revision(database) == "0008"
+    key.write_bytes(kept)
+    assert core.kcm("core", "init").returncode == 0
+    assert current_revision(database) != "0008"

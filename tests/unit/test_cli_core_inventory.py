@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kcm.cli import main
+from kcm.cli import CommandError, main
 from kcm.cli.audit_cmd import parse_time
 
 
@@ -151,6 +151,11 @@ def test_times() -> None:
     assert parse_time("2026-12-03", "--since") == 1796256000.0
     assert parse_time("15m", "--since", now=1000.0) == 100.0
     assert parse_time("1796306400", "--since") == 1796306400.0
+    # What is no time the log can hold is refused in words, not a Python exception.
+    for text in ("99999999999999999999", "nan", "inf", "1e400", "-5", "0001-01-01T00:00:00-12:00",
+                 "99999999d"):
+        with pytest.raises(CommandError, match="is not a time between 1970 and 9999"):
+            parse_time(text, "--since", now=1000.0)
 
 
 @pytest.mark.parametrize("argv", [

@@ -79,6 +79,9 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: lis
       "--ca", "c"], "kcm key get: error: --cert /nonexistent: no such file\n"),
     (["key", "encrypt", "u", "--data-hex", "zz", "--server", "h:1"],
      None),
+    *((["key", "query", "--server", "h:1", "--timeout", timeout],
+       f"kcm key query: error: timeout {float(timeout)!r} must be more than 0 and at most "
+       "86400 seconds\n") for timeout in ("-1", "0", "nan", "inf", "1e9")),
 ])
 def test_usage_errors_are_one_line_exit_2(monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str],

@@ -47,6 +47,7 @@ _STAND_INS: dict[int, tuple[Version, ResultReason]] = {
     _R.MULTI_VALUED_ATTRIBUTE: ((2, 0), _R.INVALID_FIELD),
     _R.INVALID_DATA_TYPE: ((2, 0), _R.INVALID_FIELD),
     _R.NUMERIC_RANGE: ((2, 0), _R.INVALID_FIELD),
+    _R.UNKNOWN_ENUMERATION: ((2, 0), _R.INVALID_FIELD),
     # Reasons later 1.x versions added (their history is kcm.kmip.registry's): what the
     # versions before them answer.
     _R.SENSITIVE: ((1, 4), _R.PERMISSION_DENIED),

@@ -76,19 +76,35 @@ class Raw(Codec):
     __slots__ = ()
 
 
+#: Enumeration values KMIP leaves to extensions (8XXXXXXX), which a server may take.
+EXTENSION_VALUES = range(0x80000000, 0x90000000)
+
+
 class Primitive(Codec):
     """A primitive item; its Python value, or an IntEnum member when ``enum`` knows it."""
 
-    __slots__ = ("item_type", "members", "types")
+    __slots__ = ("item_type", "members", "strict", "types")
 
-    def __init__(self, item_type: ItemType, enum: type[IntEnum] | None = None) -> None:
+    def __init__(self, item_type: ItemType, enum: type[IntEnum] | None = None, *,
+                 strict: bool = True) -> None:
         self.item_type = item_type
         self.types = frozenset((item_type,))
         self.members = enum._value2member_map_ if enum is not None else None
+        #: Whether a value ``enum`` does not define is refused (Unknown Enumeration); not
+        #: for a field whose unknown values have an answer of their own (the Operation:
+        #: Operation Not Supported).
+        self.strict = strict
 
     def decode(self, item: Item, version: Version) -> Any:
         if self.members is not None:
-            return self.members.get(item.value, item.value)
+            member = self.members.get(item.value)
+            if member is not None:
+                return member
+            if self.strict and item.value not in EXTENSION_VALUES:
+                # Neither a value any version defines nor an extension's (8XXXXXXX): a
+                # request must not be answered as if it had said something it did not.
+                raise KmipError(ResultReason.UNKNOWN_ENUMERATION,
+                                f"{tag_label(item.tag)} {item.value:#010x} is not defined")
         return item.value
 
     def encode(self, value: Any, tag: int, version: Version) -> Item:

@@ -26,6 +26,7 @@ from kcm.kmip.fields import (
     BoolOrEnum,
     Codec,
     Field,
+    Primitive,
     Raw,
     Struct,
     Version,
@@ -37,6 +38,10 @@ from kcm.kmip.payloads import PAYLOADS
 from kcm.kmip.protocol_version import ProtocolVersion
 from kcm.kmip.tags import Tag
 from kcm.ttlv.types import Item, ItemType
+
+#: The Operation of a batch item: a value no version defines is still read, and answered
+#: Operation Not Supported (KMIP 1.4 §11, 2.1 §11), not refused as an unknown enumeration.
+OPERATION_CODEC = Primitive(ItemType.ENUMERATION, Operation, strict=False)
 
 __all__ = [
     "IdPlaceholder", "ProtocolVersion", "RequestBatchItem", "RequestHeader", "RequestMessage",
@@ -120,7 +125,7 @@ class RequestBatchItem(Struct):
     :class:`UnreadablePayload`; its ``operation`` is then None when that was unreadable
     too."""
 
-    operation: Operation | int = fld(Tag.OPERATION, Operation, required=True)
+    operation: Operation | int = fld(Tag.OPERATION, OPERATION_CODEC, required=True)
     ephemeral: bool | None = fld(Tag.EPHEMERAL, _BOOL)
     unique_batch_item_id: bytes | None = fld(Tag.UNIQUE_BATCH_ITEM_ID, _BYTES)
     request_payload: Struct | Item = fld(Tag.REQUEST_PAYLOAD, _Payload(True), required=True)
@@ -185,7 +190,7 @@ class ResponseHeader(Struct):
 class ResponseBatchItem(Struct):
     """The result of one operation; ``response_payload`` is a model, a raw Item or None."""
 
-    operation: Operation | int | None = fld(Tag.OPERATION, Operation)
+    operation: Operation | int | None = fld(Tag.OPERATION, OPERATION_CODEC)
     unique_batch_item_id: bytes | None = fld(Tag.UNIQUE_BATCH_ITEM_ID, _BYTES)
     result_status: ResultStatus | int = fld(Tag.RESULT_STATUS, ResultStatus, required=True)
     result_reason: ResultReason | int | None = fld(Tag.RESULT_REASON, ResultReason)

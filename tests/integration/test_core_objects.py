@@ -887,6 +887,35 @@ def test_a_compromise_is_recorded_once(core: CoreHarness, version) -> None:
         Tag.STATE: [State.DESTROYED_COMPROMISED], Tag.COMPROMISE_OCCURRENCE_DATE: [1000]}
 
 
+@pytest.mark.parametrize("version", [V14, V21])
+def test_an_enumeration_no_version_defines_is_refused(core: CoreHarness, version) -> None:
+    """A request field whose enumeration value no KMIP version defines, and which is no
+    extension value (8XXXXXXX), is refused (2.x Unknown Enumeration, 1.x Invalid Field)
+    rather than read as if it had said something else: an Object Group Member, a Key Wrap
+    Type, a Query Function (KMIP 2.1 §11). An extension value is taken."""
+    from kcm.kmip.payloads import QueryRequest
+
+    reason = (ResultReason.UNKNOWN_ENUMERATION if version == V21
+              else ResultReason.INVALID_FIELD)
+    uid = register(core, version=version)
+
+    def enumeration(payload: Item, tag: int, value: int) -> Item:
+        return Item(payload.tag, ItemType.STRUCTURE, [
+            *payload, Item(tag, ItemType.ENUMERATION, value)])
+
+    empty = Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [])
+    named = Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [
+        Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, uid)])
+    for operation, payload, tag in (
+            (Operation.LOCATE, empty, Tag.OBJECT_GROUP_MEMBER),
+            (Operation.GET, named, Tag.KEY_WRAP_TYPE),
+            (Operation.QUERY, empty, Tag.QUERY_FUNCTION)):
+        message = failed(core, operation, enumeration(payload, tag, 99), reason,
+                         version=version)
+        assert message.endswith(" 0x00000063 is not defined"), message
+    ok(core, Operation.QUERY, QueryRequest(query_functions=[0x80000001]), version=version)
+
+
 def test_revoke_refuses_an_undefined_reason_code_and_takes_an_extension(
         core: CoreHarness) -> None:
     uid = register(core, attributes=[PAST])

@@ -447,7 +447,7 @@ def test_what_the_general_path_refuses_in_the_header_or_item_is_declined(
             (request(with_critical_extension(make()), version=version),
              r.UNKNOWN_MESSAGE_EXTENSION if v2 else r.FEATURE_NOT_SUPPORTED),
             (with_header(make(), version, batch_error_continuation_option=9),
-             r.INVALID_FIELD),
+             r.UNKNOWN_ENUMERATION if v2 else r.INVALID_FIELD),
             (with_header(make(), version, asynchronous_indicator=wrong_type),
              r.INVALID_FIELD),
         ]

@@ -44,7 +44,7 @@ def test_pykmip_lifecycle_on_postgresql(core_process_pg: CoreProcess) -> None:
     assert core_process_pg.kcm("audit", "verify").returncode == 0
 
 
-@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
+@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
 def test_a_database_another_process_keeps_locked_fails_requests_in_seconds(
         core_process: CoreProcess) -> None:
     """Another process holding the SQLite file's write lock (a stuck maintenance script)

@@ -80,10 +80,16 @@ def test_a_wrong_pin_or_a_missing_token_stops_the_core_with_a_clear_error(
         core.start()
     assert "kcm-core did not start: kcm-l1: no PKCS#11 token 'gone'" in core.log.read_text()
 
-    # A token key that is not this database's L1 (another label): refused too.
+    # A token key that is not this database's L1 (another label): refused too. `kcm core
+    # init` does not make it for this database (it has an L1): another deployment's does.
     core.l1_pkcs11 = softhsm.uri(object="another")
     core.write_config()
-    core.kcm("core", "init", check=False)  # creates 'another', then refuses the database
+    refused = core.kcm("core", "init", check=False)
+    assert refused.returncode == 2
+    assert "the database already has an L1 key" in refused.stderr
+    other = deploy(tmp_path / "other", f"sqlite:///{tmp_path / 'other' / 'kcm.db'}",
+                   l1_pkcs11=softhsm.uri(object="another"))
+    assert other.kcm("core", "init").returncode == 0
     with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
         core.start()
     assert ("kcm-l1: the L1 key 'another' in PKCS#11 token 'kcm-test' is not the L1 key of "

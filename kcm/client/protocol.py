@@ -42,6 +42,9 @@ DEFAULT_MAX_IN_FLIGHT = 1024
 DEFAULT_TIMEOUT = 30.0
 #: The largest answer accepted, in bytes.
 DEFAULT_MAX_RESPONSE = 16 * 1024 * 1024
+#: How long a closing connection waits for the server's TLS close (seconds) before it is
+#: aborted.
+CLOSE_GRACE = 2.0
 
 _ID = struct.Struct(">Q")
 
@@ -77,6 +80,8 @@ class KmipClientProtocol(Protocol):
         #: The most requests this connection has had sent and unanswered at once.
         self.most_in_flight = 0
         self.lost: Deferred[None] = Deferred()
+        #: Aborts a closing connection the server has not closed within CLOSE_GRACE.
+        self._grace: IDelayedCall | None = None
 
     # What the pool looks at ------------------------------------------------------------------
 
@@ -170,11 +175,17 @@ class KmipClientProtocol(Protocol):
             why = f"the connection closed: {reason.value}"
         self._fail_all(self._closed_because or why)
         self.transport = None
+        if self._grace is not None:
+            if self._grace.active():
+                self._grace.cancel()
+            self._grace = None
         if not self.lost.called:
             self.lost.callback(None)
 
     def close(self) -> None:
-        """Close the connection; unanswered requests fail."""
+        """Close the connection; unanswered requests fail. The server's TLS close is waited
+        for :data:`CLOSE_GRACE` seconds at most: a server that no longer answers (a hung
+        gateway) would otherwise keep the socket, and whoever waits for :attr:`lost`."""
         self._close("the client closed the connection")
 
     def abort(self) -> None:
@@ -193,6 +204,13 @@ class KmipClientProtocol(Protocol):
                 self.transport.abortConnection()
             else:
                 self.transport.loseConnection()
+                if self._grace is None:
+                    self._grace = self._clock.callLater(CLOSE_GRACE, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        self._grace = None
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _fail_all(self, why: str) -> None:
         if self._closed_because is None:

@@ -178,6 +178,35 @@ def test_a_lost_connection_fails_what_is_outstanding_and_what_follows() -> None:
     assert all(g.check(KmipClientError) for g in got + later)
 
 
+def test_a_close_the_server_never_completes_is_aborted_after_the_grace() -> None:
+    """close() sends the TLS close and waits for the server's; a server that no longer
+    answers (a hung gateway) does not keep the connection, nor whoever waits for it to be
+    lost: it is aborted after CLOSE_GRACE seconds. One that closes in time is not."""
+    from kcm.client.protocol import CLOSE_GRACE
+
+    class Transport(StringTransport):
+        aborted = 0
+
+        def abortConnection(self) -> None:
+            self.aborted += 1
+            self.protocol.connectionLost(Failure(ConnectionError("aborted")))
+
+    for server_closes in (False, True):
+        clock = task.Clock()
+        protocol = KmipClientProtocol(clock)
+        transport = Transport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.close()
+        assert transport.disconnecting and not protocol.lost.called
+        if server_closes:
+            protocol.connectionLost(Failure(ConnectionError("closed")))
+        clock.advance(CLOSE_GRACE)
+        assert protocol.lost.called
+        assert transport.aborted == (0 if server_closes else 1)
+        assert clock.getDelayedCalls() == []
+
+
 def test_an_answer_nobody_asked_for_closes_the_connection() -> None:
     protocol, server = connected()
     protocol.dataReceived(answer([ResponseBatchItem(result_status=ResultStatus.SUCCESS)]))

@@ -455,6 +455,26 @@ def test_a_compromised_service_key_unwraps_nothing(core: CoreHarness) -> None:
     _refused(_get_clear(core, copy), ResultReason.WRONG_KEY_LIFECYCLE_STATE)
 
 
+def test_a_service_key_wraps_no_managed_object(core: CoreHarness) -> None:
+    """One key, one purpose (docs/link-protocol.md): a service key (L3) seals L4 tokens and
+    wraps the data keys under them; a Get of a managed object wrapped under it (material
+    the client chose: an AES block oracle under the L3) is Permission Denied. An L4's Get
+    wrapped under it is unchanged."""
+    from tests.integration.test_core_l4 import create_l4, current_l3
+
+    l3 = current_l3(core)
+    spec = KeyWrappingSpecification(
+        wrapping_method=WrappingMethod.ENCRYPT,
+        encryption_key_information=EncryptionKeyInformation(unique_identifier=l3.uid))
+    managed_key = register(core)
+    message = _refused(one(core, Operation.GET, GetRequest(
+        unique_identifier=managed_key, key_wrapping_specification=spec)),
+        ResultReason.PERMISSION_DENIED)
+    assert message.endswith("wraps only the L4 data keys under it")
+    assert ok(core, Operation.GET, GetRequest(unique_identifier=create_l4(core),
+                                              key_wrapping_specification=spec)).object
+
+
 # -- The keyring's clear material ------------------------------------------------------
 
 def _held(core: CoreHarness, secret: bytes) -> bool:

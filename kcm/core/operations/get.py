@@ -216,9 +216,17 @@ def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
     # The wrapping key's state decides here; its dates are not judged, and its usage mask
     # only for wrapping, below, once it is known to be an AES key.
     key_use.check_key_use(use, key.state, now=ctx.now, key=uid)
-    if key.level == LEVEL_SERVICE_KEY and not _service_key_may(key, protect=protect):
-        raise wrong_state(f"the service key {uid!r} in state {key.state.name} cannot "
-                          f"{use.verb}")
+    if key.level == LEVEL_SERVICE_KEY:
+        if protect:
+            # One key, one purpose (docs/link-protocol.md, "With an L3, AES-GCM only"): a
+            # service key seals L4 tokens and wraps the data keys under it, which the L4
+            # engine does; it wraps no managed object, whose material the client chose.
+            # (Unwrapping a registered copy of an L4's wrapped key stays possible.)
+            raise KmipError(ResultReason.PERMISSION_DENIED,
+                            f"the service key {uid!r} wraps only the L4 data keys under it")
+        if not _service_key_unwraps(key):
+            raise wrong_state(f"the service key {uid!r} in state {key.state.name} cannot "
+                              f"{use.verb}")
     if (key.object_type != ObjectType.SYMMETRIC_KEY
             or key.value(Tag.CRYPTOGRAPHIC_ALGORITHM) != CryptographicAlgorithm.AES):
         raise KmipError(ResultReason.INVALID_FIELD,
@@ -234,13 +242,12 @@ def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
     return key, key_bytes
 
 
-def _service_key_may(key: managed.StoredObject, *, protect: bool) -> bool:
-    """The L4 engine's rule for an L3 in the state it is in now: protect (wrap) only when
-    Active, process (unwrap) also when Deactivated, never once Compromised: the core's
-    Get and every gateway answer alike (docs/link-protocol.md)."""
-    version = ServiceKey(uid=key.uid, tenant=key.tenant, service=key.row.service or "",
-                         version=0, state=int(key.state), key=b"")
-    return version.usable_to_protect if protect else version.usable_to_process
+def _service_key_unwraps(key: managed.StoredObject) -> bool:
+    """The L4 engine's rule for an L3 in the state it is in now: it unwraps (processes)
+    while Active or Deactivated, never once Compromised: the core's Get and every gateway
+    answer alike (docs/link-protocol.md)."""
+    return ServiceKey(uid=key.uid, tenant=key.tenant, service=key.row.service or "",
+                      version=0, state=int(key.state), key=b"").usable_to_process
 
 
 def _wrapped(ctx: OperationContext, obj: managed.StoredObject, block: KeyBlock,

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import groupby
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
@@ -162,8 +162,9 @@ class GatewayRequestHandler:
         self._max_batch_items = max_batch_items
         #: The most TTLV items of a request run here (:mod:`kcm.kernel.item_limit`).
         self._max_items = item_limit(max_batch_items)
-        #: The forwarded calls awaiting the core, by client connection (reactor thread).
-        self._forwarding: dict[int, set[Deferred[bytes]]] = {}
+        #: The forwarded calls and the service-key fetches awaiting the core, by client
+        #: connection (reactor thread): cancelled if the client leaves first.
+        self._forwarding: dict[int, set[Deferred[Any]]] = {}
         #: Runs a call once the answers at hand are written (None: at once).
         self._later = later
         #: Relayed answers and their durations, counted by the next :meth:`_count_relayed`.
@@ -216,7 +217,9 @@ class GatewayRequestHandler:
     def connection_lost(self, connection: ConnectionInfo) -> None:
         """``connection`` closed while a request of it was being answered: its calls to the
         core are cancelled (the core stops them at their next batch-item boundary and
-        audits the items left as cancelled); what is left of the request is not run."""
+        audits the items left as cancelled), and so are the service-key fetches it awaits
+        (those no other request awaits leave their tenant's queue: kcm.gateway.l3_cache);
+        what is left of the request is not run."""
         calls = self._forwarding.pop(connection.connection_id, None)
         for call in list(calls or ()):
             call.cancel()
@@ -326,8 +329,26 @@ class GatewayRequestHandler:
         metrics.answered(answer, False)
         return answer
 
-    def _answered_call(self, connection_id: int, calls: set[Deferred[bytes]],
-                       call: Deferred[bytes]) -> None:
+    def _fetched_for(self, connection_id: int, needs: set[Need], principal: Principal
+                     ) -> Deferred[dict[Need, KmipError]]:
+        """The cache's fetch of ``needs`` for a request of connection ``connection_id``,
+        cancelled if the client leaves first (its fetches then count as failed)."""
+        fetching = self._cache.ensure(needs, principal)
+        if fetching.called:
+            return fetching
+        calls = self._forwarding.get(connection_id)
+        if calls is None:
+            calls = self._forwarding[connection_id] = set()
+        calls.add(fetching)
+
+        def settled(result: Any) -> Any:
+            self._answered_call(connection_id, calls, fetching)
+            return result
+
+        return fetching.addBoth(settled)
+
+    def _answered_call(self, connection_id: int, calls: set[Deferred[Any]],
+                       call: Deferred[Any]) -> None:
         """``call`` (of connection ``connection_id``) is no longer awaited."""
         calls.discard(call)
         if not calls and self._forwarding.get(connection_id) is calls:
@@ -374,7 +395,8 @@ class GatewayRequestHandler:
         run = self._run_local(message.batch_items, header, principal, correlation_id,
                               lambda: self._lacking(classified, message.batch_items,
                                                     range(len(classified.local)), principal),
-                              to_core=lambda: self._names_overflowed(classified, connection))
+                              to_core=lambda: self._names_overflowed(classified, connection),
+                              connection_id=connection.connection_id)
         if isinstance(run, LocalRun):
             return self._local_answer(header, principal, run, correlation_id)
         return run.addCallback(
@@ -413,7 +435,7 @@ class GatewayRequestHandler:
                    principal: Principal, correlation_id: str,
                    peek_needs: Callable[[], set[Need]], fetched: FetchErrors | None = None,
                    rounds: int = 0, to_core: Callable[[], bool] | None = None,
-                   ) -> LocalRun | Deferred[LocalRun | None]:
+                   connection_id: int = -1) -> LocalRun | Deferred[LocalRun | None]:
         """Run ``items`` with the keys the cache holds: the answer when nothing was missing
         (the hot path: nothing else is done). On the first miss, every L3 the items name
         that the cache lacks (``peek_needs``, wrapping keys included) is fetched with the
@@ -422,7 +444,8 @@ class GatewayRequestHandler:
         which misses are final. ``fetched``: what this request fetched already, and why
         each failed fetch failed. ``to_core``: asked after each fetch, whether the request
         is now the core's (an L3 it uses has tombstones this gateway does not hold): the
-        answer is then None, and nothing more runs here."""
+        answer is then None, and nothing more runs here. ``connection_id``: the client's
+        connection, whose leaving cancels the fetches."""
         fetched = fetched or {}
         keys = self._cache.key_source(principal, fetched=fetched,
                                       final=rounds >= _KEYS_PER_ITEM * len(items))
@@ -434,10 +457,10 @@ class GatewayRequestHandler:
             return run
         if not fetched:
             unseen |= peek_needs()
-        return self._cache.ensure(unseen, principal).addCallback(
+        return self._fetched_for(connection_id, unseen, principal).addCallback(
             lambda errors: None if to_core is not None and to_core() else self._run_local(
                 items, header, principal, correlation_id, peek_needs,
-                {**fetched, **_fetched(unseen, errors)}, rounds + 1, to_core))
+                {**fetched, **_fetched(unseen, errors)}, rounds + 1, to_core, connection_id))
 
     def _local_answer(self, header: RequestHeader, principal: Principal, run: LocalRun,
                       correlation_id: str) -> bytes:
@@ -465,7 +488,8 @@ class GatewayRequestHandler:
         principal = connection.principal
         local_indexes = [i for i, local in enumerate(classified.local) if local]
         needs = self._lacking(classified, message.batch_items, local_indexes, principal)
-        fetched = _fetched(needs, await self._cache.ensure(needs, principal)) if needs else {}
+        fetched = (_fetched(needs, await self._fetched_for(connection.connection_id, needs,
+                                                           principal)) if needs else {})
         if needs and self._names_overflowed(classified, connection):
             return await self._forward_after_all(wire, connection, routed)
         answered: list[bytes] = []
@@ -485,7 +509,7 @@ class GatewayRequestHandler:
             if local:
                 run_items, run_failed = await self._mixed_local(
                     [message.batch_items[i] for i in indexes], header, principal,
-                    correlation_id, fetched)
+                    correlation_id, fetched, connection.connection_id)
             else:
                 # What the answer has left: the core answers the run within it (its
                 # header is as long as the merged answer's), so no more than that is
@@ -509,10 +533,12 @@ class GatewayRequestHandler:
 
     async def _mixed_local(self, items: list[RequestBatchItem], header: RequestHeader,
                            principal: Principal, correlation_id: str,
-                           fetched: FetchErrors) -> tuple[list[bytes], bool]:
+                           fetched: FetchErrors, connection_id: int
+                           ) -> tuple[list[bytes], bool]:
         version = header.version
         # The needs of every local item were fetched before the first run: nothing to add.
-        run = self._run_local(items, header, principal, correlation_id, set, fetched)
+        run = self._run_local(items, header, principal, correlation_id, set, fetched,
+                              connection_id=connection_id)
         if isinstance(run, Deferred):
             run = await run
         if run.denied:

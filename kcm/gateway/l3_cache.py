@@ -56,9 +56,11 @@ requests (docs/operations.md, "Limits and hostile clients"):
 * at most ``max_fetches_per_tenant`` fetches of one tenant's callers (requests and
   background refreshes alike) are in flight at once; the others wait their turn in that
   tenant's queue, in order, and are answered as they would have been (a queue, not a
-  refusal: a tenant with many keys and a cold cache is served, only later). A tenant's
-  queue is bounded by its requests, which its connections bound (one request at a time
-  each, ``max_batch_items`` items);
+  refusal: a tenant with many keys and a cold cache is served, only later). A request
+  whose client left is cancelled (:meth:`L3Cache.ensure`'s Deferred): its waiting fetches
+  that no other request awaits leave the queue. At most ``max_waiting_per_tenant`` wait
+  per tenant; a fetch beyond that fails at once (General Failure, try again), so clients
+  that send and leave faster than the core answers cannot grow the queue;
 * the core's "no such L3" for a uid (Object Not Found, about no one's key) is remembered
   per (caller's tenant, uid) for ``not_found_ttl`` seconds, at most ``max_not_found`` of
   them (least recently used out first): asked again meanwhile, the same answer is given
@@ -116,6 +118,10 @@ FetchErrors = Mapping["Need", "KmipError | None"]
 
 #: Fetches of one tenant's callers in flight at once (the rest wait their turn).
 MAX_FETCHES_PER_TENANT = 8
+#: Fetches of one tenant's callers that may wait their turn (module docstring).
+MAX_WAITING_PER_TENANT = 1024
+#: What a fetch beyond them fails with (General Failure).
+FETCHES_BUSY = "too many service key fetches wait for this tenant; try again"
 #: Seconds the core's "no such L3" for a uid is remembered per tenant.
 NOT_FOUND_TTL = 5.0
 #: (tenant, uid) pairs whose "not found" is remembered at most.
@@ -261,12 +267,15 @@ class L3Cache:
                  max_stale: float = 3600.0, max_tombstones: int = 1_000_000,
                  opened_keys: OpenedKeys | None = None,
                  max_fetches_per_tenant: int = MAX_FETCHES_PER_TENANT,
+                 max_waiting_per_tenant: int = MAX_WAITING_PER_TENANT,
                  not_found_ttl: float = NOT_FOUND_TTL,
                  max_not_found: int = MAX_NOT_FOUND,
                  max_dropped: int = MAX_DROPPED) -> None:
         self._fetch = fetch
         #: Fetches of one tenant's callers in flight at once (module docstring).
         self.max_fetches_per_tenant = max_fetches_per_tenant
+        #: Fetches of one tenant's callers that may wait their turn (module docstring).
+        self.max_waiting_per_tenant = max_waiting_per_tenant
         #: Each fetch running or waiting, by (caller, need): a second request awaits it.
         self._fetches: dict[tuple[Principal, Need], _Fetch] = {}
         #: Fetches in flight, and those waiting their turn, by tenant.
@@ -404,7 +413,8 @@ class L3Cache:
     def ensure(self, needs: Iterable[Need],
                caller: Principal) -> Deferred[dict[Need, KmipError]]:
         """Fetch every need on behalf of ``caller``; fires when all have answered, with why
-        each failed fetch failed (never fails itself)."""
+        each failed fetch failed (never fails itself, unless cancelled: the request's
+        client left, and its fetches no other request awaits are not made)."""
         errors: dict[Need, KmipError] = {}
         fetches = [self._fetch_need(need, caller, errors) for need in set(needs)]
         done: Deferred[dict[Need, KmipError]] = DeferredList(
@@ -425,16 +435,43 @@ class L3Cache:
                 return succeed(None)
         key = (caller, need)
         fetch = self._fetches.get(key)
-        done: Deferred[None] = Deferred()
-        if fetch is not None:
-            fetch.waiters.append((done, errors))
-            return done
-        fetch = self._fetches[key] = _Fetch(caller, need, tenant)
+        if fetch is None:
+            if self._running[tenant] < self.max_fetches_per_tenant:
+                fetch = self._fetches[key] = _Fetch(caller, need, tenant)
+                done = self._awaiting(fetch, errors)
+                self._start(fetch)
+                return done
+            waiting = self._waiting.setdefault(tenant, deque())
+            if len(waiting) >= self.max_waiting_per_tenant:
+                if errors is not None:
+                    errors[need] = KmipError(ResultReason.GENERAL_FAILURE, FETCHES_BUSY)
+                return succeed(None)
+            fetch = self._fetches[key] = _Fetch(caller, need, tenant)
+            waiting.append(fetch)
+        return self._awaiting(fetch, errors)
+
+    def _awaiting(self, fetch: _Fetch, errors: dict[Need, KmipError] | None
+                  ) -> Deferred[None]:
+        """A Deferred firing when ``fetch`` has answered; cancelled, it stops awaiting, and
+        a fetch still waiting its turn that no one awaits any more leaves the queue."""
+
+        def abandoned(done: Deferred[None]) -> None:
+            if errors is not None:  # the request goes on as if the fetch had failed
+                errors.setdefault(fetch.need, KmipError(ResultReason.GENERAL_FAILURE,
+                                                        "the request was cancelled"))
+            fetch.waiters = [waiter for waiter in fetch.waiters if waiter[0] is not done]
+            if fetch.waiters or self._fetches.get((fetch.caller, fetch.need)) is not fetch:
+                return
+            waiting = self._waiting.get(fetch.tenant)
+            if waiting is None or fetch not in waiting:
+                return  # running: it finishes, and its keys are kept, as any fetch's
+            waiting.remove(fetch)
+            if not waiting:
+                del self._waiting[fetch.tenant]
+            del self._fetches[(fetch.caller, fetch.need)]
+
+        done: Deferred[None] = Deferred(abandoned)
         fetch.waiters.append((done, errors))
-        if self._running[tenant] < self.max_fetches_per_tenant:
-            self._start(fetch)
-        else:
-            self._waiting.setdefault(tenant, deque()).append(fetch)
         return done
 
     def _start(self, fetch: _Fetch) -> None:

@@ -114,6 +114,48 @@ def test_a_tenant_has_a_bounded_number_of_fetches_in_flight_and_others_are_not_h
         assert {e.reason for e in errors.values()} == {ResultReason.OBJECT_NOT_FOUND}
 
 
+def test_a_tenants_waiting_fetches_are_bounded() -> None:
+    """Beyond ``max_waiting_per_tenant`` waiting, a fetch fails at once (General Failure,
+    try again): clients that send and leave faster than the core answers cannot grow the
+    queue (review 6: 56,000 waiting fetches and 130 MB from one client). Another tenant's
+    fetches are not refused for it."""
+    from kcm.gateway.l3_cache import FETCHES_BUSY
+
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock, max_fetches_per_tenant=2, max_waiting_per_tenant=3)
+    held = [cache.ensure([Need(uid=uid())], APP) for _ in range(5)]
+    assert core.waiting(APP) == 2 and cache.fetches_waiting == 3
+    refused = cache.ensure([Need(uid=uid()), Need(uid=uid())], APP)
+    assert {(e.reason, e.message) for e in errors_of(refused).values()} == {
+        (ResultReason.GENERAL_FAILURE, FETCHES_BUSY)}
+    assert cache.fetches_waiting == 3 and not any(d.called for d in held)
+    cache.ensure([Need(uid=NEW.uid)], OTHER)
+    assert core.waiting(OTHER) == 1
+
+
+def test_a_request_whose_client_left_takes_its_waiting_fetches_out_of_the_queue() -> None:
+    """Cancelling :meth:`L3Cache.ensure`'s Deferred (the client left: the handler does it)
+    takes the fetches no other request awaits out of the tenant's queue; one another
+    request awaits stays; one already sent finishes and is kept. The cancelled request
+    goes on as if its fetches had failed."""
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock, max_fetches_per_tenant=1)
+    core.keys[NEW.uid] = NEW
+    running = cache.ensure([Need(uid=NEW.uid)], APP)
+    shared, alone = Need(uid=uid()), Need(uid=uid())
+    leaving = cache.ensure([shared, alone, Need(uid=NEW.uid)], APP)
+    staying = cache.ensure([shared], APP)
+    assert cache.fetches_waiting == 2
+    leaving.cancel()
+    assert cache.fetches_waiting == 1  # `alone` left the queue, `shared` stays
+    assert set(errors_of(leaving)) == {shared, alone, Need(uid=NEW.uid)}
+    core.answer(0, APP)  # NEW, sent before: answered and kept
+    assert errors_of(running) == {} and cache.holds(NEW.uid)
+    core.answer(0, APP)  # then `shared`, which `staying` awaits
+    assert set(errors_of(staying)) == {shared} and core.waiting() == 0
+    assert cache.fetches_waiting == 0 and cache.fetches_running == 0
+
+
 def test_a_lost_link_fails_every_waiting_fetch_without_recursion_or_leaks() -> None:
     """The link lost with 8 of a tenant's fetches in flight and thousands waiting: each
     waiting fetch then fails at once as it starts (no link). Every request is answered, no
@@ -129,7 +171,8 @@ def test_a_lost_link_fails_every_waiting_fetch_without_recursion_or_leaks() -> N
             return d
         return core(caller, tenant, service, uid)
 
-    cache = L3Cache(fetch, connected=lambda: not link_down, clock=clock.seconds)
+    cache = L3Cache(fetch, connected=lambda: not link_down, clock=clock.seconds,
+                    max_waiting_per_tenant=5000)
     flood = [cache.ensure([Need(uid=uid())], APP) for _ in range(3000)]
     assert core.waiting(APP) == cache.max_fetches_per_tenant
     link_down = True

@@ -31,7 +31,17 @@ from kcm.link.frames import (
     decode_frame,
     encode_frame,
 )
-from tests.gateway_support import FakeLink, create_l4, create_managed, locate, request, response
+from tests.gateway_support import (
+    L3,
+    L3_UID,
+    FakeLink,
+    create_l4,
+    create_managed,
+    encrypt,
+    locate,
+    request,
+    response,
+)
 
 TD = "kcm.test"
 GATEWAY = Principal(Role.GATEWAY, TD, name="gw1", uri=f"spiffe://{TD}/gateway/gw1")
@@ -301,6 +311,32 @@ def test_a_mixed_request_whose_client_left_runs_nothing_more() -> None:
     [item] = response(answer.result).batch_items
     assert (item.result_status, item.result_message) == (ResultStatus.OPERATION_FAILED,
                                                          CLIENT_GONE)
+
+
+def test_a_client_that_leaves_takes_its_waiting_key_fetches_out_of_the_queue() -> None:
+    """A request waiting for service keys whose client left: its fetches that no other
+    request awaits leave the tenant's queue, and nothing more of it runs (review 6: a
+    client sending one request and leaving, again and again, queued 56,000 fetches)."""
+    link = FakeLink()
+    link.hold_fetches = True
+    clock = Clock()
+    cache = L3Cache(link.fetch_service_keys, connected=lambda: True, clock=clock.seconds,
+                    max_fetches_per_tenant=1)
+    handler = GatewayRequestHandler(runner=LocalRunner(new_correlation_id=new_correlation_id),
+                                    cache=cache, link=link, clock=clock.seconds)
+    first, leaving = ConnectionInfo(1, APP, "h:1"), ConnectionInfo(2, APP, "h:2")
+    running = handler.handle_request(request(encrypt(L3_UID)), first)
+    held = handler.handle_request(request(encrypt("l3-00000000-0000-4000-8000-00000000000f")),
+                                  leaving)
+    assert len(link.fetches) == 1 and cache.fetches_waiting == 1
+    handler.connection_lost(leaving)
+    assert cache.fetches_waiting == 0
+    assert held.called  # answered (to no one), not left waiting
+    link.pending[0].callback([L3])
+    assert len(link.fetches) == 1  # the departed request's fetch was never sent
+    [item] = response(running.result).batch_items
+    assert item.result_status == ResultStatus.SUCCESS
+    assert handler._forwarding == {}
 
 
 # The first link ---------------------------------------------------------------------------------

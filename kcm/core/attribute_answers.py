@@ -24,7 +24,10 @@ executed as always, which keeps its answer for the next time. Nothing is served 
 a change of the object, by this core or another, changes the stamp.
 
 Bounded: at most :data:`ANSWERS_KEPT` answers per object, each of at most
-:data:`ANSWER_MAX_BYTES`; they go with the entry (the cache's size and age bounds).
+:data:`ANSWER_MAX_BYTES`, kept only for a request naming at most :data:`REFERENCES_KEPT`
+attributes (the references are part of the key: a request of thousands, answered small
+because the object has few of them, would otherwise hold megabytes the cache does not
+count); they go with the entry (the cache's size and age bounds).
 """
 
 from __future__ import annotations
@@ -43,12 +46,15 @@ from kcm.kmip.enums import Operation, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import RequestMessage, ResponseBatchItem
 
-__all__ = ["ANSWERS_KEPT", "ANSWER_MAX_BYTES", "recall", "remember"]
+__all__ = ["ANSWERS_KEPT", "ANSWER_MAX_BYTES", "REFERENCES_KEPT", "recall", "remember"]
 
 #: The most answers kept per object (the newest replace them all once there are more).
 ANSWERS_KEPT = 4
 #: The longest answer payload kept.
 ANSWER_MAX_BYTES = 2048
+#: The most attribute references a request whose answer is kept may name (a poll names a
+#: few; every attribute of KMIP 2.1 is under 100).
+REFERENCES_KEPT = 32
 
 _GET_ATTRIBUTES = Operation.GET_ATTRIBUTES
 _ANSWERS = "get attributes answers"
@@ -109,9 +115,9 @@ def remember(connection: Any, objects: ObjectCache, principal: Principal,
         except Exception:
             NOT_PLAIN.__traceback__ = None  # (see kcm.kernel.plain_messages)
             continue
-        if len(payload) <= ANSWER_MAX_BYTES:
-            _keep(obj.cached, _key(version, asked.request_payload.attribute_references, obj,
-                                   now), payload)
+        references = asked.request_payload.attribute_references
+        if len(payload) <= ANSWER_MAX_BYTES and len(references or ()) <= REFERENCES_KEPT:
+            _keep(obj.cached, _key(version, references, obj, now), payload)
 
 
 def _current(connection: Any, objects: ObjectCache, tenant: str, uid: str

@@ -482,7 +482,7 @@ class LinkClient(MultiService):
         self.heartbeat_interval = heartbeat_interval
         self.max_frame_size = max_frame_size
         self._protocol: LinkClientProtocol | None = None
-        self._waiters: list[Deferred[None]] = []
+        self._waiters: dict[Deferred[None], None] = {}  # (in order)
         self._in_flight = 0  # forwarded requests
         self._fetches = 0  # service key fetches
         self._producers: set[IPushProducer] = set()
@@ -573,7 +573,7 @@ class LinkClient(MultiService):
         if self._protocol is not None:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        self._waiters.append(d)
+        self._waiters[d] = None
         return d
 
     # Backpressure ---------------------------------------------------------------------------
@@ -681,14 +681,16 @@ class LinkClient(MultiService):
 
         def done(outcome: object) -> object:
             self._held.discard(too_late)
+            self._waiters.pop(waiter, None)  # (a call given up no longer waits for a link)
             if timer.active():
                 timer.cancel()
             return outcome
 
         timer = self.clock.callLater(left, too_late)
         self._held.add(too_late)
+        waiter = self.when_connected()
         result.addBoth(done)
-        self.when_connected().addCallback(linked)
+        waiter.addCallback(linked)
         return result
 
     def _send_now(self, send: Callable[..., Deferred], *args: Any,
@@ -743,7 +745,7 @@ class LinkClient(MultiService):
             linked()
         self._hold_until = float("-inf")  # a link lost from now on fails calls at once
         self.links_made += 1
-        waiters, self._waiters = self._waiters, []
+        waiters, self._waiters = self._waiters, {}
         for d in waiters:
             d.callback(None)
 

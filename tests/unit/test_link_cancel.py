@@ -396,9 +396,13 @@ def test_past_the_first_seconds_or_after_a_first_link_no_link_fails_at_once() ->
     late = client.forward(b"late", APP, "h:1")
     late.addErrback(failures.append)
     assert len(failures) == 2  # at once
-    cancelled = started_link(Clock(), first_link_wait=5.0).forward(b"x", APP, "h:1")
-    cancelled.addErrback(lambda failure: failure.trap(CancelledError))
-    cancelled.cancel()  # a client that leaves while its call waits: nothing is left behind
+    waiting_link = started_link(Clock(), first_link_wait=5.0)
+    for _ in range(50):  # clients that leave while their calls wait: nothing left behind
+        cancelled = waiting_link.forward(b"x" * 1000, APP, "h:1")
+        cancelled.addErrback(lambda failure: failure.trap(CancelledError))
+        cancelled.cancel()
+    assert waiting_link._waiters == {} and waiting_link._held == set()
+    assert client._waiters == {}  # the call that gave up at the end of the wait, too
     client.stopService()
     # Once a link was up, a lost one fails calls at once, even within the first seconds.
     clock = Clock()

@@ -49,9 +49,19 @@ class TlsFiles:
     min_version: str = "1.2"
     profile: str = "default"
     ciphers: str | None = None
+    #: A file of CRLs client certificates are checked against (:mod:`kcm.tls_crl`); None:
+    #: no revocation check.
+    crl: str | None = None
+    #: Seconds between two looks at ``crl`` for changes (more than 0, at most an hour).
+    crl_refresh: float = 30.0
 
     def __post_init__(self) -> None:
         self.policy  # noqa: B018 - refuses a wrong setting now
+        refresh = self.crl_refresh
+        if (isinstance(refresh, bool) or not isinstance(refresh, int | float)
+                or not 0 < refresh <= 3600):
+            raise ValueError("tls.crl_refresh must be a number of seconds, more than 0 and "
+                             "at most 3600")
 
     @property
     def policy(self) -> TlsPolicy:
@@ -143,6 +153,8 @@ def load_section(default: C, section: str, path: str | Path | None,
             raise ConfigError(f"unknown setting {section}.tls.{key}")
         if key in ("cert", "key", "ca") and (not isinstance(value, str) or not value):
             raise ConfigError(f"{section}.tls.{key} must be the path of a PEM file")
+        if key == "crl" and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{section}.tls.crl must be the path of a file of CRLs")
     if coerce is not None:
         values = coerce(values)
     # A section's limits are ConnectionLimits or an extension of them (kcm-core's).

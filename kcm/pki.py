@@ -250,6 +250,23 @@ def issue_certificate(
     return IssuedCertificate(builder.sign(ca.key, hashes.SHA256()), key)
 
 
+def issue_crl(ca: CertificateAuthority, revoked: Sequence[x509.Certificate], *,
+              now: dt.datetime | None = None,
+              days: int = 7) -> x509.CertificateRevocationList:
+    """A CRL of ``ca`` listing ``revoked`` (its certificates), valid ``days`` days from
+    ``now`` (for ``tls.crl``: :mod:`kcm.tls_crl`)."""
+    now = now if now is not None else dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca.cert.subject)
+               .last_update(now - _BACKDATE)
+               .next_update(now + dt.timedelta(days=days)))
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+            .revocation_date(now - _BACKDATE).build())
+    return builder.sign(ca.key, hashes.SHA256())
+
+
 def certificate_pem(cert: x509.Certificate) -> bytes:
     """``cert`` in PEM."""
     return cert.public_bytes(serialization.Encoding.PEM)

@@ -91,6 +91,7 @@ from kcm.connection_guard import ConnectionGuard
 from kcm.eager_tls import EagerTLSClientEndpoint, EagerTLSFactory
 from kcm.handoff import HandoffServerEndpoint, parse_handoff
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
+from kcm.tls_crl import RevocationLists
 from kcm.tls_policy import DEFAULT_TLS12_CIPHERS, TlsPolicy
 
 __all__ = [
@@ -229,6 +230,7 @@ def server_tls_options(
     min_version: Any = TLSVersion.TLSv1_2,
     max_version: Any = TLSVersion.TLSv1_3,
     ciphers: str = TLS12_CIPHERS,
+    crls: RevocationLists | None = None,
 ) -> IOpenSSLServerConnectionCreator:
     """Server-side TLS that requires a client certificate issued by a CA in ``ca_path``.
 
@@ -238,7 +240,8 @@ def server_tls_options(
     a missing file or a key that does not match its certificate fails here, not on the first
     connection. ``min_version``/``max_version`` narrow the range within TLS 1.2..1.3;
     ``ciphers`` is the OpenSSL cipher string for TLS 1.2 (one that names no suite is a
-    ValueError).
+    ValueError). ``crls``: client certificates are checked against them
+    (:mod:`kcm.tls_crl`), now and as they are read again.
     """
     _check_versions(min_version, max_version)
     options = CertificateOptions(
@@ -248,7 +251,10 @@ def server_tls_options(
     )
     # CertificateOptions builds one context and reuses it for every connection, so an option
     # set on it now applies to all of them. Twisted exposes no switch for renegotiation.
-    options.getContext().set_options(SSL.OP_NO_RENEGOTIATION)
+    context = options.getContext()
+    context.set_options(SSL.OP_NO_RENEGOTIATION)
+    if crls is not None:
+        crls.attach(context.get_cert_store())
     return options
 
 
@@ -258,11 +264,13 @@ def min_tls_version(policy: TlsPolicy) -> Any:
 
 
 def listener_tls_options(cert_path: str | Path, key_path: str | Path, ca_path: str | Path,
-                         policy: TlsPolicy) -> IOpenSSLServerConnectionCreator:
-    """:func:`server_tls_options` with the versions and TLS 1.2 suites of ``policy``."""
+                         policy: TlsPolicy, crls: RevocationLists | None = None
+                         ) -> IOpenSSLServerConnectionCreator:
+    """:func:`server_tls_options` with the versions and TLS 1.2 suites of ``policy``, and
+    ``crls``."""
     return server_tls_options(cert_path, key_path, ca_path,
                               min_version=min_tls_version(policy),
-                              ciphers=policy.tls12_ciphers)
+                              ciphers=policy.tls12_ciphers, crls=crls)
 
 
 def client_tls_options(

@@ -52,6 +52,8 @@ TLS_POLICY_OPTIONS = [
                                 "AEAD) or kmip-compat (adds the KMIP profiles' CBC suites)."],
     ["tls-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 that replaces the "
                                 "profile's list."],
+    ["tls-crl", None, None, "File of CRLs (PEM or DER) client certificates are checked "
+                            "against; read again when it changes."],
 ]
 
 

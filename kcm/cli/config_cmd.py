@@ -365,6 +365,27 @@ def _tls(tls: TlsFiles, section: str, now: dt.datetime,
     yield _chain(chain, load_certificates(tls.ca), section, tls.ca, now)
     yield _usages(chain[0], section, client_use)
     yield identity(chain[0])
+    if tls.crl:
+        yield _crl(tls, section, now)
+
+
+def _crl(tls: TlsFiles, section: str, now: dt.datetime) -> Finding:
+    """The CRL file loads and each CRL is a CA's of the bundle, and none has expired."""
+    from kcm.tls_crl import load_crls
+
+    try:
+        crls = load_crls(tls.crl or "", tls.ca)
+    except ValueError as e:
+        return Finding(ERROR, f"{section}.tls.crl: {e}")
+    expired = [crl for crl in crls
+               if crl.next_update_utc is not None and crl.next_update_utc <= now]
+    if expired:
+        return Finding(ERROR, f"{section}.tls.crl: the CRL of "
+                              f"{expired[0].issuer.rfc4514_string()} expired "
+                              f"{_day(expired[0].next_update_utc)}: every certificate of "
+                              "that CA is refused until a newer one is in the file")
+    return Finding(OK, f"{section}.tls.crl: {len(crls)} CRL(s) of the CAs of {tls.ca}, "
+                       f"{sum(len(list(crl)) for crl in crls)} certificate(s) revoked")
 
 
 def _dates(cert: x509.Certificate, section: str, now: dt.datetime) -> Finding:

@@ -46,6 +46,7 @@ from kcm.tls import (
     peer_principal,
     server_tls_options,
 )
+from kcm.tls_crl import CrlRefresher
 from kcm.tls_policy import TLS_POLICY_OPTIONS
 
 
@@ -136,9 +137,19 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     tls = config.tls
     # KMIP clients get the configured versions and suites; the gateways' link keeps the
     # default suites (both ends are KCM) with the configured minimum version.
-    kmip_tls_options = partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy)
-    link_tls_options = partial(server_tls_options, tls.cert, tls.key, tls.ca,
-                               min_version=min_tls_version(tls.policy))
+    # Client certificates checked against tls.crl, read as the listeners start and again
+    # as the file changes (the refresher starts before them).
+    crls = CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh) if tls.crl else None
+
+    def kmip_tls_options() -> Any:
+        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy,
+                                    crls.lists if crls else None)
+
+    def link_tls_options() -> Any:
+        return server_tls_options(tls.cert, tls.key, tls.ca,
+                                  min_version=min_tls_version(tls.policy),
+                                  crls=crls.lists if crls else None)
+
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, policy.subject_map),
@@ -154,6 +165,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     AuditCheckpoints(store, keyring, reactor,
                      interval=config.audit_checkpoint_interval).setServiceParent(core)
     policy.setServiceParent(core)
+    if crls is not None:
+        crls.setServiceParent(core)
     TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
     sweeper = StateSweeper(store, reactor, wall_clock=time.time,

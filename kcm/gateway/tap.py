@@ -56,6 +56,7 @@ from kcm.tls import (
     min_tls_version,
     peer_principal,
 )
+from kcm.tls_crl import CrlRefresher, RevocationLists
 from kcm.tls_policy import TLS_POLICY_OPTIONS
 
 
@@ -222,8 +223,14 @@ def makeService(options: Options,
                   "nothing; restart it to apply changes").setServiceParent(gateway)
     GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
     link.setServiceParent(gateway)
+    # Client certificates checked against tls.crl, read as the listener starts and again
+    # as the file changes (the refresher starts before it).
+    crls = CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh) if tls.crl else None
+    if crls is not None:
+        crls.setServiceParent(gateway)
     TLSListener(reactor, config.listen,
-                partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy),
+                lambda: listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy,
+                                             crls.lists if crls else None),
                 kmip_factory, name="kcm-kmip-listener", guard=guard,
                 # A worker tells its supervisor once it can serve: linked, or holding keys.
                 ready=lambda: metrics.readiness().ready).setServiceParent(gateway)
@@ -276,8 +283,10 @@ def make_supervisor(options: Options, workers: int,
     # What would stop each worker's start stops the supervisor's, with the same line.
     StartCheck(partial(check_worker_identity, reactor, config),
                name="kcm-gateway-identity").setServiceParent(supervisor)
-    StartCheck(partial(listener_tls_options, tls.cert, tls.key, tls.ca, tls.policy),
-               name="kcm-tls-files").setServiceParent(supervisor)
+    StartCheck(lambda: listener_tls_options(
+        tls.cert, tls.key, tls.ca, tls.policy,
+        RevocationLists(tls.crl, tls.ca) if tls.crl else None),
+        name="kcm-tls-files").setServiceParent(supervisor)
     listener = SharedListener(reactor, config.listen, near=workers_by_cpu(pinned))
     listener.setServiceParent(supervisor)
     worker_metrics: WorkerMetrics | None = None

@@ -213,6 +213,8 @@ class CoreProcess:
     metrics_port: int | None = None
     #: Seconds between state sweeps (None: kcm-core's default).
     state_sweep_interval: float | None = None
+    #: More ``[core.tls]`` settings, written as TOML values (e.g. ``{"crl": "..."}``).
+    tls_settings: dict[str, int | float | str] = field(default_factory=dict)
 
     @property
     def pki(self) -> PkiPaths:
@@ -244,7 +246,9 @@ class CoreProcess:
             + "[core.tls]\n"
             f'cert = "{self.pki.core.cert}"\nkey = "{self.pki.core.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
-            "[core.limits]\n"
+            + "".join(f"{name} = {json.dumps(value)}\n"
+                      for name, value in self.tls_settings.items())
+            + "[core.limits]\n"
             + "".join(f"{name} = {value!r}\n" for name, value in self.limits.items())
             + _max_message_size(self.max_message_size)
         )
@@ -538,6 +542,8 @@ class GatewayProcess:
     cores: Sequence[CoreProcess] | None = None
     #: More ``[gateway]`` settings, written as TOML values (e.g. ``{"max_tombstones": 10}``).
     settings: dict[str, int | float | str] = field(default_factory=dict)
+    #: More ``[gateway.tls]`` settings, written as TOML values (e.g. ``{"crl": "..."}``).
+    tls_settings: dict[str, int | float | str] = field(default_factory=dict)
 
     @property
     def pki(self) -> PkiPaths:
@@ -574,7 +580,9 @@ class GatewayProcess:
             + "[gateway.tls]\n"
             f'cert = "{self.pki.gateway.cert}"\nkey = "{self.pki.gateway.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
-            "[gateway.limits]\n"
+            + "".join(f"{name} = {json.dumps(value)}\n"
+                      for name, value in self.tls_settings.items())
+            + "[gateway.limits]\n"
             + "".join(f"{name} = {value!r}\n" for name, value in self.limits.items())
             + _max_message_size(self.max_message_size)
         )

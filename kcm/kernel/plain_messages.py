@@ -34,6 +34,7 @@ from kcm.kmip.attributes import (
     reference_from_name,
 )
 from kcm.kmip.enums import KeyFormatType, ObjectType, Operation
+from kcm.kmip.fields import EXTENSION_VALUES
 from kcm.kmip.objects import KeyValue, SymmetricKey
 from kcm.kmip.payloads import (
     CreateResponse,
@@ -136,6 +137,8 @@ _REQUESTS: dict[int, Callable[..., Any]] = {
 #: How the scan returns each field's value (kcm/kernel/_plain_scan.c): 0 bytes, 1 text,
 #: 2 an integer, 3 a Structure's (start, end) for the model to decode.
 _KINDS = {_UNIQUE_IDENTIFIER: 1, _KEY_FORMAT_TYPE: 2, _CRYPTOGRAPHIC_PARAMETERS: 3}
+#: The Key Format Types some version defines.
+_KEY_FORMATS = frozenset(KeyFormatType._value2member_map_)
 #: :data:`_FIELDS` as the scan takes it: (wire header, name, kind).
 _SCAN_FIELDS = {operation: tuple((head, name, _KINDS.get(head, 0)) for head, name in fields)
                 for operation, fields in _FIELDS.items()}
@@ -199,11 +202,21 @@ def read_request(wire: bytes, create: CreateReader | None = None,
             continue
         if "unique_identifier" not in values:
             raise NOT_PLAIN
+        _check_key_format(values)
         parameters = values.get("cryptographic_parameters")
         if parameters is not None:
             values["cryptographic_parameters"] = _parameters(wire, *parameters)
         items.append((operation, batch_id, _REQUESTS[operation](**values)))
     return version, maximum_response_size, items
+
+
+def _check_key_format(values: dict[str, Any]) -> None:
+    """A Key Format Type no version defines (and no extension value) is not plain: the
+    general decoder refuses it (Unknown Enumeration), as every enumeration (before, this
+    reader took it as a number, and the core answered what a gateway did not)."""
+    kind = values.get("key_format_type")
+    if kind is not None and kind not in _KEY_FORMATS and kind not in EXTENSION_VALUES:
+        raise NOT_PLAIN
 
 
 def read_request_python(wire: bytes, create: CreateReader | None = None,
@@ -231,6 +244,7 @@ def read_request_python(wire: bytes, create: CreateReader | None = None,
             values = _payload(wire, pos, payload_end, fields)
             if "unique_identifier" not in values:
                 raise NOT_PLAIN
+            _check_key_format(values)
             items.append((operation, batch_id, _REQUESTS[operation](**values)))
         pos = payload_end
     if not items or batch_count != len(items):

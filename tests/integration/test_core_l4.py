@@ -466,6 +466,26 @@ def test_destroyed_l3_crypto_erases_its_l4s(core: CoreHarness) -> None:
                version=(1, 4)), ResultReason.ITEM_NOT_FOUND)
 
 
+@pytest.mark.parametrize("version", [(1, 4), (2, 1)])
+def test_a_key_format_type_no_version_defines_is_refused_as_at_the_gateway(
+        core: CoreHarness, version) -> None:
+    """The core's plain reader took a Get's Key Format Type as a number, so an undefined
+    one was Key Format Type Not Supported here and Unknown Enumeration at a gateway (review
+    6): it now leaves such a request to the general decoder, which refuses it as every
+    undefined enumeration. An extension value is still the engine's to refuse."""
+    uid = create_l4(core)
+    reason = (ResultReason.UNKNOWN_ENUMERATION if version >= (2, 0)
+              else ResultReason.INVALID_FIELD)
+    refused = one(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                                  key_format_type=0x99), version=version)
+    assert (refused.result_reason, refused.result_message) == (
+        reason, "Key Format Type 0x00000099 is not defined")
+    extension = one(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                                    key_format_type=0x80000001),
+                    version=version)
+    assert extension.result_reason == ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED
+
+
 def test_rekeyed_l3_gets_an_l3_uid_and_new_l4s_use_it(core: CoreHarness) -> None:
     old = current_l3(core)
     old_l4 = create_l4(core)

@@ -256,10 +256,15 @@ def issue_crl(ca: CertificateAuthority, revoked: Sequence[x509.Certificate], *,
     """A CRL of ``ca`` listing ``revoked`` (its certificates), valid ``days`` days from
     ``now`` (for ``tls.crl``: :mod:`kcm.tls_crl`)."""
     now = now if now is not None else dt.datetime.now(dt.UTC)
+    # The Authority Key Identifier names the CA's key: two CAs of one name (a CA renewed
+    # with a new key, both in tls.ca for a while) each get their own CRL, not the newest.
     builder = (x509.CertificateRevocationListBuilder()
                .issuer_name(ca.cert.subject)
                .last_update(now - _BACKDATE)
-               .next_update(now + dt.timedelta(days=days)))
+               .next_update(now + dt.timedelta(days=days))
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   ca.key.public_key()), critical=False)
+               .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False))
     for cert in revoked:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(cert.serial_number)

@@ -258,6 +258,27 @@ def server_tls_options(
     return options
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class RenewableServerTLS:
+    """Server TLS options that can be built again while a listener runs (:meth:`renew`):
+    each new connection takes the newest, connections open keep theirs. ``build`` makes
+    them (e.g. :func:`listener_tls_options` with the CRLs now in force: kcm.tls_crl)."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._options = build()
+
+    def renew(self) -> None:
+        """Build the options again; what ``build`` raises leaves those in force."""
+        self._options = self._build()
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802 - Twisted's
+        return self._options.serverConnectionForTLS(tlsProtocol)
+
+    def getContext(self) -> Any:  # noqa: N802 - CertificateOptions'
+        return self._options.getContext()
+
+
 def min_tls_version(policy: TlsPolicy) -> Any:
     """The Twisted ``TLSVersion`` of a policy's ``min_version``."""
     return TLSVersion.TLSv1_3 if policy.min_version == "1.3" else TLSVersion.TLSv1_2

@@ -14,12 +14,18 @@ the handshake (``certificate revoked``), as an expired one does.
 * A CRL past its Next Update refuses every certificate of its issuer (OpenSSL's ``CRL has
   expired``): publish new CRLs before then. A CRL that expires within a day is warned about
   when it is read.
+* Every certificate of the client's chain but the trust anchor is checked, each against its
+  issuer's CRL (OpenSSL's ``CRL_CHECK_ALL``): a revoked intermediate CA refuses what it
+  issued. So every CA of the chain needs a CRL (a root's lists the intermediates it
+  revoked), and an intermediate CA whose CRL is given must be in ``tls.ca`` (its CRL is
+  checked against it).
 * :meth:`RevocationLists.refresh` re-reads the file when it changed (its size, modification
-  time or inode), every :data:`REFRESH_INTERVAL` seconds while the service runs: the new
-  CRLs apply to the next handshakes, no restart. A file that cannot be read or holds a CRL
-  that fails the checks above is logged and the CRLs held before stay in force. OpenSSL
-  keeps every CRL it was given and uses the newest of each issuer (by This Update); at most
-  :data:`MAX_CRLS` are taken over the life of a process (a restart drops the old ones).
+  time or inode), every :data:`REFRESH_INTERVAL` seconds while the service runs, and the
+  listeners' TLS contexts are built again with the new CRLs alone (:class:`CrlRefresher`,
+  :class:`kcm.tls.RenewableServerTLS`): they apply to the next handshakes, no restart, and
+  no CRL read before is kept. A file that cannot be read or holds a CRL that fails the
+  checks above is logged once and the CRLs held before stay in force; it is read again at
+  every refresh until it can be taken.
 
 Pure apart from the file it reads and the stores it is given; time comes from ``now``.
 """
@@ -33,25 +39,21 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-__all__ = ["MAX_CRLS", "REFRESH_INTERVAL", "CrlRefresher", "RevocationLists", "load_crls"]
+__all__ = ["REFRESH_INTERVAL", "CrlRefresher", "RevocationLists", "load_crls"]
 
 log = Logger()
 
 #: Seconds between two looks at the CRL file while a service runs.
 REFRESH_INTERVAL = 30.0
-#: The most CRLs handed to OpenSSL over a process's life (each refresh adds the new ones).
-MAX_CRLS = 1024
 #: A CRL whose Next Update is nearer than this is warned about when it is read.
 EXPIRY_WARNING = dt.timedelta(days=1)
 
-_DER = Encoding.DER
 _PEM_BEGIN = b"-----BEGIN X509 CRL-----"
 _PEM_END = b"-----END X509 CRL-----"
 
@@ -100,69 +102,58 @@ def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> boo
 
 
 class RevocationLists:
-    """The CRLs of the file at ``path`` (checked against the CAs at ``ca_path``), handed to
-    every TLS store :meth:`attach` was given, and again as the file changes
-    (:meth:`refresh`). Reading the file at construction raises ValueError when it is
-    wrong, so a service configured with a bad file does not start."""
+    """The CRLs of the file at ``path`` (checked against the CAs at ``ca_path``), for each
+    TLS context built from now on (:meth:`attach`), as the file is when last read well
+    (:meth:`refresh`). Reading the file at construction raises ValueError when it is wrong,
+    so a service configured with a bad file does not start."""
 
     def __init__(self, path: str | Path, ca_path: str | Path, *,
                  now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.path = str(path)
         self.ca_path = str(ca_path)
         self._now = now
-        self._stores: list[Any] = []
-        #: The CRLs given to the stores, by their DER bytes (each once).
-        self._given: dict[bytes, x509.CertificateRevocationList] = {}
         self._stamp = self._file_stamp()
-        self._take(load_crls(self.path, self.ca_path))
-
-    @property
-    def crls(self) -> list[x509.CertificateRevocationList]:
-        """Every CRL in force (those read so far)."""
-        return list(self._given.values())
+        #: Why the file as it is now could not be taken (logged once), or None.
+        self._refused: tuple[tuple[int, int, int] | None, str] | None = None
+        self.crls: list[x509.CertificateRevocationList] = load_crls(self.path, self.ca_path)
+        for crl in self.crls:
+            self._warn_if_expiring(crl)
 
     def attach(self, store: Any) -> None:
         """Check client certificates against these CRLs in ``store`` (an
-        ``OpenSSL.crypto.X509Store``, a TLS context's) from now on."""
-        for crl in self._given.values():
+        ``OpenSSL.crypto.X509Store``, a new TLS context's): every certificate of the
+        chain but the trust anchor, each against its issuer's CRL (OpenSSL's
+        ``CRL_CHECK_ALL``: a revoked intermediate CA refuses what it issued)."""
+        for crl in self.crls:
             store.add_crl(crl)
-        store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
-        self._stores.append(store)
+        store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
 
     def refresh(self) -> bool:
-        """Read the file again if it changed, and hand its new CRLs to the stores; whether
-        it did. A file that cannot be read or checked is logged, the CRLs held kept."""
+        """Read the file again if it changed since it was last read well; whether the CRLs
+        changed (the contexts are then to be built again: :class:`CrlRefresher`). A file
+        that cannot be read or checked is logged once, the CRLs read before kept, and tried
+        again at the next refresh (a mode fixed with chmod changes no stamp)."""
         stamp = self._file_stamp()
         if stamp == self._stamp:
             return False
-        self._stamp = stamp
         try:
             crls = load_crls(self.path, self.ca_path)
-        except ValueError as e:
-            log.error("tls.crl: {error}; the CRLs read before stay in force", error=str(e))
+        except Exception as e:  # noqa: BLE001 - whatever it is, the CRLs in force stay
+            why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            if self._refused != (stamp, why):
+                self._refused = (stamp, why)
+                log.error("tls.crl: {error}; the CRLs read before stay in force, and the "
+                          "file is read again every refresh until it can be taken",
+                          error=why)
             return False
-        added = self._take(crls)
-        log.info("tls.crl: {path} read again: {new} new CRL(s), {revoked} revoked "
-                 "certificate(s) listed", path=self.path, new=added,
+        self._stamp, self._refused = stamp, None
+        self.crls = crls
+        for crl in crls:
+            self._warn_if_expiring(crl)
+        log.info("tls.crl: {path} read again: {count} CRL(s), {revoked} revoked "
+                 "certificate(s) listed", path=self.path, count=len(crls),
                  revoked=sum(len(list(crl)) for crl in crls))
         return True
-
-    def _take(self, crls: list[x509.CertificateRevocationList]) -> int:
-        added = 0
-        for crl in crls:
-            der = crl.public_bytes(_DER)
-            if der in self._given:
-                continue
-            if len(self._given) >= MAX_CRLS:
-                log.error("tls.crl: {count} CRLs taken since start, the most a process "
-                          "takes; restart it to take new ones", count=len(self._given))
-                break
-            self._given[der] = crl
-            for store in self._stores:
-                store.add_crl(crl)
-            added += 1
-            self._warn_if_expiring(crl)
-        return added
 
     def _warn_if_expiring(self, crl: x509.CertificateRevocationList) -> None:
         next_update = crl.next_update_utc
@@ -182,8 +173,9 @@ class RevocationLists:
 
 class CrlRefresher(Service):
     """Reads ``tls.crl`` when it starts (:attr:`lists`; a wrong file stops the start) and
-    again every ``interval`` seconds while it runs (:meth:`RevocationLists.refresh`). Start
-    it before the listeners that use :attr:`lists`."""
+    again every ``interval`` seconds while it runs (:meth:`RevocationLists.refresh`); when
+    the CRLs changed, every listener's TLS options made by :meth:`options` are built again
+    with them. Start it before those listeners."""
 
     def __init__(self, path: str, ca_path: str, clock: IReactorTime, *,
                  interval: float = REFRESH_INTERVAL) -> None:
@@ -192,14 +184,44 @@ class CrlRefresher(Service):
         self.clock = clock
         self.interval = interval
         self.lists: RevocationLists | None = None
+        self._renewed: list[Any] = []  # kcm.tls.RenewableServerTLS
         self._loop: LoopingCall | None = None
+
+    def options(self, build: Callable[[RevocationLists], Any]) -> Callable[[], Any]:
+        """For a listener (:class:`kcm.tls.TLSListener`'s ``tls_options``): its TLS options
+        ``build(lists)`` makes, built again whenever the CRLs change."""
+        from kcm.tls import RenewableServerTLS
+
+        def made() -> Any:
+            assert self.lists is not None, "the CRL refresher starts first"
+            lists = self.lists
+            renewable = RenewableServerTLS(lambda: build(lists if self.lists is None
+                                                         else self.lists))
+            self._renewed.append(renewable)
+            return renewable
+
+        return made
 
     def startService(self) -> None:
         self.lists = RevocationLists(self.path, self.ca_path)
-        self._loop = LoopingCall(self.lists.refresh)
+        self._loop = LoopingCall(self.refresh)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
         super().startService()
+
+    def refresh(self) -> None:
+        """One look at the file; never raises (the loop goes on whatever happens)."""
+        try:
+            if self.lists is None or not self.lists.refresh():
+                return
+            for renewable in self._renewed:
+                try:
+                    renewable.renew()
+                except Exception:  # noqa: BLE001 - the options in force stay
+                    log.failure("tls.crl: a listener's TLS options could not be built "
+                                "again; those in force stay")
+        except Exception:  # noqa: BLE001
+            log.failure("tls.crl: the refresh failed; it is tried again")
 
     def stopService(self) -> Any:
         if self._loop is not None and self._loop.running:

@@ -377,7 +377,12 @@ def _crl(tls: TlsFiles, section: str, now: dt.datetime) -> Finding:
         crls = load_crls(tls.crl or "", tls.ca)
     except ValueError as e:
         return Finding(ERROR, f"{section}.tls.crl: {e}")
-    expired = [crl for crl in crls
+    newest: dict[object, x509.CertificateRevocationList] = {}  # each CA's newest is used
+    for crl in crls:
+        key = (crl.issuer, _authority_key(crl))
+        if key not in newest or crl.last_update_utc > newest[key].last_update_utc:
+            newest[key] = crl
+    expired = [crl for crl in newest.values()
                if crl.next_update_utc is not None and crl.next_update_utc <= now]
     if expired:
         return Finding(ERROR, f"{section}.tls.crl: the CRL of "
@@ -386,6 +391,16 @@ def _crl(tls: TlsFiles, section: str, now: dt.datetime) -> Finding:
                               "that CA is refused until a newer one is in the file")
     return Finding(OK, f"{section}.tls.crl: {len(crls)} CRL(s) of the CAs of {tls.ca}, "
                        f"{sum(len(list(crl)) for crl in crls)} certificate(s) revoked")
+
+
+def _authority_key(crl: x509.CertificateRevocationList) -> bytes | None:
+    from cryptography import x509
+
+    try:
+        return crl.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _dates(cert: x509.Certificate, section: str, now: dt.datetime) -> Finding:

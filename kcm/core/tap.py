@@ -46,7 +46,7 @@ from kcm.tls import (
     peer_principal,
     server_tls_options,
 )
-from kcm.tls_crl import CrlRefresher
+from kcm.tls_crl import CrlRefresher, RevocationLists
 from kcm.tls_policy import TLS_POLICY_OPTIONS
 
 
@@ -141,14 +141,15 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     # as the file changes (the refresher starts before them).
     crls = CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh) if tls.crl else None
 
-    def kmip_tls_options() -> Any:
-        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy,
-                                    crls.lists if crls else None)
+    def kmip_options(lists: RevocationLists | None = None) -> Any:
+        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy, lists)
 
-    def link_tls_options() -> Any:
+    def link_options(lists: RevocationLists | None = None) -> Any:
         return server_tls_options(tls.cert, tls.key, tls.ca,
-                                  min_version=min_tls_version(tls.policy),
-                                  crls=crls.lists if crls else None)
+                                  min_version=min_tls_version(tls.policy), crls=lists)
+
+    kmip_tls_options = crls.options(kmip_options) if crls else kmip_options
+    link_tls_options = crls.options(link_options) if crls else link_options
 
     kmip_factory = KmipServerFactory(
         handler, config.limits,

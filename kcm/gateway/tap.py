@@ -228,9 +228,10 @@ def makeService(options: Options,
     crls = CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh) if tls.crl else None
     if crls is not None:
         crls.setServiceParent(gateway)
-    TLSListener(reactor, config.listen,
-                lambda: listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy,
-                                             crls.lists if crls else None),
+    def kmip_options(lists: RevocationLists | None = None) -> Any:
+        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy, lists)
+
+    TLSListener(reactor, config.listen, crls.options(kmip_options) if crls else kmip_options,
                 kmip_factory, name="kcm-kmip-listener", guard=guard,
                 # A worker tells its supervisor once it can serve: linked, or holding keys.
                 ready=lambda: metrics.readiness().ready).setServiceParent(gateway)

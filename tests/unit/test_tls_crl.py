@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
+import ssl
+import threading
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import crypto
+from OpenSSL import SSL
+from twisted.internet.task import Clock
 
 from kcm.config_file import TlsFiles
 from kcm.pki import PkiPaths, init_pki, issue_crl, load_ca, new_ca
-from kcm.tls_crl import RevocationLists, load_crls
+from kcm.tls import server_tls_options
+from kcm.tls_crl import CrlRefresher, load_crls
 
 
 @pytest.fixture(scope="module")
@@ -49,26 +55,109 @@ def test_a_crl_file_is_read_in_pem_or_der_and_checked_against_the_cas(pki, tmp_p
         load_crls(tmp_path / "missing.pem", pki.ca.cert)
 
 
-def test_the_crls_go_to_every_store_and_again_when_the_file_changes(pki, tmp_path) -> None:
+def _handshake(options, pair, ca: Path) -> bool:
+    """Whether a client of ``pair`` (TLS 1.2, so a refusal shows in the handshake) completes
+    a handshake with a server of ``options``' context, over a socket pair."""
+    a, b = socket.socketpair()
+    server = SSL.Connection(options.getContext(), a)
+    server.set_accept_state()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(str(ca))
+    context.load_cert_chain(str(pair.cert), str(pair.key))
+
+    def client() -> None:
+        try:
+            with context.wrap_socket(b) as tls:
+                tls.sendall(b"ping")
+                tls.recv(4)
+        except (OSError, ssl.SSLError):
+            pass
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        server.do_handshake()
+        server.recv(4)
+        server.sendall(b"pong")
+        done = True
+    except SSL.Error:
+        done = False
+    finally:
+        a.close()
+        thread.join(5)
+        b.close()
+    return done
+
+
+def _write(path: Path, crl) -> None:
+    path.write_bytes(crl.public_bytes(Encoding.PEM))
+    stamp = path.stat()
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000))  # (seen changed)
+
+
+def test_a_refresh_builds_the_listeners_options_again_with_the_new_crls_alone(
+        pki, tmp_path) -> None:
+    """A revoked certificate fails the handshake; after a refresh the options are built
+    again with the file's CRLs alone: a newer CRL revokes, one without the entry
+    un-revokes, one of the same This Update replaces the one before (no CRL read before is
+    kept); a file that cannot be taken keeps the CRLs in force and is read again at every
+    refresh until it can be (a mode fixed changes no stamp)."""
     ca = load_ca(pki.ca)
     path = tmp_path / "crl.pem"
-    now = dt.datetime.now(dt.UTC)
-    path.write_bytes(issue_crl(ca, [], now=now - dt.timedelta(hours=1))
-                     .public_bytes(Encoding.PEM))
-    lists = RevocationLists(path, pki.ca.cert)
-    first, second = crypto.X509Store(), crypto.X509Store()
-    lists.attach(first)
-    lists.attach(second)
-    assert lists.refresh() is False  # unchanged
-    newer = issue_crl(ca, [_certificate(pki.app)], now=now)
-    path.write_bytes(newer.public_bytes(Encoding.PEM))
-    os.utime(path, ns=(1, 2))  # (a change the stamp sees, whatever the clock's resolution)
-    assert lists.refresh() is True
-    assert [len(list(c)) for c in lists.crls] == [0, 1]
-    # A wrong file is logged and keeps what is in force.
-    path.write_bytes(b"oops")
-    os.utime(path, ns=(3, 4))
-    assert lists.refresh() is False and len(lists.crls) == 2
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    _write(path, issue_crl(ca, [_certificate(pki.app)], now=now))
+    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1)
+    refresher.startService()
+    try:
+        options = refresher.options(lambda lists: server_tls_options(
+            pki.core.cert, pki.core.key, pki.ca.cert, crls=lists))()
+        assert not _handshake(options, pki.app, pki.ca.cert)
+        assert _handshake(options, pki.other_app, pki.ca.cert)
+        _write(path, issue_crl(ca, [_certificate(pki.other_app)], now=now))  # same time
+        refresher.refresh()
+        assert _handshake(options, pki.app, pki.ca.cert)  # no longer listed
+        assert not _handshake(options, pki.other_app, pki.ca.cert)
+        path.write_bytes(b"oops")
+        refresher.refresh()  # logged; the CRLs in force stay
+        assert not _handshake(options, pki.other_app, pki.ca.cert)
+        _write(path, issue_crl(ca, [], now=now + dt.timedelta(seconds=1)))
+        path.chmod(0o000)
+        if os.geteuid() != 0:  # (root reads it anyway)
+            refresher.refresh()
+            assert not _handshake(options, pki.other_app, pki.ca.cert)
+        path.chmod(0o644)
+        refresher.refresh()  # read again though only its mode changed
+        assert _handshake(options, pki.other_app, pki.ca.cert)
+    finally:
+        refresher.stopService()
+
+
+def test_a_refresh_that_fails_in_any_way_keeps_the_loop_going(pki, tmp_path) -> None:
+    """Whatever a refresh meets (the CA bundle gone for a moment: an OSError, not a
+    ValueError), it is logged and the next one runs: the loop never stops."""
+    ca = load_ca(pki.ca)
+    path = tmp_path / "crl.pem"
+    _write(path, issue_crl(ca, []))
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(pki.ca.cert.read_bytes())
+    clock = Clock()
+    refresher = CrlRefresher(str(path), str(bundle), clock, interval=1)
+    refresher.startService()
+    try:
+        options = refresher.options(lambda lists: server_tls_options(
+            pki.core.cert, pki.core.key, pki.ca.cert, crls=lists))()
+        aside = tmp_path / "aside.pem"
+        bundle.rename(aside)
+        _write(path, issue_crl(ca, [_certificate(pki.app)]))
+        clock.advance(1)
+        assert refresher._loop is not None and refresher._loop.running
+        aside.rename(bundle)
+        clock.advance(1)
+        assert not _handshake(options, pki.app, pki.ca.cert)
+    finally:
+        refresher.stopService()
 
 
 def test_a_crl_setting_is_a_path_and_its_refresh_a_bounded_number() -> None:

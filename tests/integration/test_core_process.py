@@ -44,7 +44,7 @@ def test_pykmip_lifecycle_on_postgresql(core_process_pg: CoreProcess) -> None:
     assert core_process_pg.kcm("audit", "verify").returncode == 0
 
 
-@pytest.mark.serial  # asserts timings: run alone, after the parallel part of `make test`
+@pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_a_database_another_process_keeps_locked_fails_requests_in_seconds(
         core_process: CoreProcess) -> None:
     """Another process holding the SQLite file's write lock (a stuck maintenance script)
@@ -69,8 +69,11 @@ def test_a_database_another_process_keeps_locked_fails_requests_in_seconds(
                 assert refused.value.reason == enums.ResultReason.GENERAL_FAILURE
                 assert "the key store is unavailable" in str(refused.value)
                 # The store's lock wait is 5 s: a request waits for its own group's, and
-                # at most one other's (a state sweep's) before it.
-                assert took < 11.5, took
+                # for those queued before it on the writer (a state sweep's, which may be
+                # two: its lease, then its steps); under the parallel part's load one
+                # took 15.05 s. The blocker holds the lock for the whole loop: a request
+                # that waited for it would not end before the ROLLBACK below.
+                assert took < 17.5, took
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()

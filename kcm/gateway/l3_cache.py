@@ -413,8 +413,9 @@ class L3Cache:
     def ensure(self, needs: Iterable[Need],
                caller: Principal) -> Deferred[dict[Need, KmipError]]:
         """Fetch every need on behalf of ``caller``; fires when all have answered, with why
-        each failed fetch failed (never fails itself, unless cancelled: the request's
-        client left, and its fetches no other request awaits are not made)."""
+        each failed fetch failed (never fails itself). Cancelled (the request's client
+        left), it fires at once, its fetches counted as failed; those no other request
+        awaits and not sent yet are not made."""
         errors: dict[Need, KmipError] = {}
         fetches = [self._fetch_need(need, caller, errors) for need in set(needs)]
         done: Deferred[dict[Need, KmipError]] = DeferredList(

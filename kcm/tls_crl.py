@@ -192,11 +192,12 @@ class CrlRefresher(Service):
         ``build(lists)`` makes, built again whenever the CRLs change."""
         from kcm.tls import RenewableServerTLS
 
-        def made() -> Any:
+        def current() -> Any:
             assert self.lists is not None, "the CRL refresher starts first"
-            lists = self.lists
-            renewable = RenewableServerTLS(lambda: build(lists if self.lists is None
-                                                         else self.lists))
+            return build(self.lists)
+
+        def made() -> Any:
+            renewable = RenewableServerTLS(current)
             self._renewed.append(renewable)
             return renewable
 

@@ -43,7 +43,7 @@ FLOOD_SAMPLES = 1000
 #: The handshake deadline of the servers under test, in seconds.
 HANDSHAKE = 3.0
 #: How long unsent answers may stay above the limit, in seconds.
-WRITE_TIMEOUT = 5.0
+WRITE_TIMEOUT = 2.0
 #: The bound asserted on the normal client's p99 under attack, as a multiple of its p99
 #: against the idle server (see docs/benchmarks.md, "Hostile connections").
 P99_FACTOR = 2.0

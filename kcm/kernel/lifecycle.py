@@ -10,20 +10,19 @@ from dataclasses import dataclass
 
 from kcm.kmip.enums import ResultReason, RevocationReasonCode, State
 from kcm.kmip.errors import KmipError
+from kcm.kmip.fields import EXTENSION_VALUES
 
 _COMPROMISE_REASONS = frozenset(
     {RevocationReasonCode.KEY_COMPROMISE, RevocationReasonCode.CA_COMPROMISE}
 )
 
 
-#: Enumeration values KMIP leaves to extensions (8XXXXXXX), which a server may take.
-_EXTENSION_VALUES = range(0x80000000, 0x90000000)
 
 
 def check_revocation_reason(code: int) -> None:
     """Refuse a Revocation Reason Code that is neither defined nor an extension value
     (Invalid Field): what a revocation says of itself must mean something."""
-    if code in RevocationReasonCode._value2member_map_ or code in _EXTENSION_VALUES:
+    if code in RevocationReasonCode._value2member_map_ or code in EXTENSION_VALUES:
         return
     raise KmipError(ResultReason.INVALID_FIELD,
                     f"Revocation Reason Code {int(code):#010x} is not defined")

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
@@ -52,7 +52,7 @@ def tls_endpoint_factory(reactor: Any, tls: TlsFiles, endpoints: Sequence[Endpoi
     once its TLS handshake is done, the TCP connection and the handshake each within
     ``connect_timeout``. Reads the files now: a wrong file fails here
     (:class:`KmipClientError`), not at the first request."""
-    from twisted.internet.endpoints import clientFromString
+    from twisted.internet.endpoints import TCP4ClientEndpoint
 
     from kcm.eager_tls import EagerTLSClientEndpoint
     from kcm.tls import client_tls_options
@@ -64,8 +64,9 @@ def tls_endpoint_factory(reactor: Any, tls: TlsFiles, endpoints: Sequence[Endpoi
         raise KmipClientError(f"cannot load the client's certificate, key or CA: {e}") from e
 
     def endpoint_for(endpoint: Endpoint) -> IStreamClientEndpoint:
-        host = endpoint.host.replace(":", "\\:")
-        tcp = clientFromString(reactor, f"tcp:{host}:{endpoint.port}:timeout={connect_timeout:g}")
+        # (What the endpoint string "tcp:HOST:PORT" makes, with a timeout that may be a
+        # fraction of a second: the string's parser takes whole seconds only.)
+        tcp = TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=connect_timeout)
         return EagerTLSClientEndpoint(options[endpoint.host], tcp,
                                       handshake_timeout=connect_timeout, clock=reactor)
 
@@ -190,7 +191,9 @@ class KmipClient(Operations):
         self._waiters.append(waiter)
         if not self._opening:
             self._opening = True
-            self._open(0, []).addBoth(self._opened)
+            # (maybeDeferred: an exception raised before the first connect must reach the
+            # waiters too, and end this opening, or every later request would wait for it.)
+            maybeDeferred(self._open, 0, []).addBoth(self._opened)
         return waiter
 
     def _forget_unusable(self) -> None:

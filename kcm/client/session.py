@@ -41,6 +41,19 @@ from kcm.kmip.messages import RequestBatchItem
 
 __all__ = ["Session"]
 
+#: Held while a child process makes its session's lock anew (so two threads of the child
+#: cannot each make one); itself made anew in every child, in case a thread of the parent
+#: held it at the fork.
+_CHILD_LOCK_GUARD = threading.Lock()
+
+
+def _new_guard_in_child() -> None:
+    global _CHILD_LOCK_GUARD
+    _CHILD_LOCK_GUARD = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_guard_in_child)
+
 
 class Session(Operations):
     """Requests to a KMIP server over one connection (opened on the first request).
@@ -79,21 +92,33 @@ class Session(Operations):
 
     def call(self, operation: Operation, payload: Any) -> Any:
         """Send ``operation`` with ``payload``; the response payload of a successful answer."""
-        wire = encode_items(self.version, [RequestBatchItem(operation=operation,
-                                                            request_payload=payload)])
+        batch_item_id = os.urandom(8)
+        wire = encode_items(self.version, [RequestBatchItem(
+            operation=operation, unique_batch_item_id=batch_item_id, request_payload=payload)])
         with self._lock_of_this_process():
             response = parse_response(self._send(wire, operation))
-        if len(response.batch_items) != 1:
-            raise KmipClientError(f"the server answered {len(response.batch_items)} batch items "
-                                  "to a request of one")
-        return result_of(operation, response.batch_items[0])
+            if len(response.batch_items) != 1:
+                self.transport.close()
+                raise KmipClientError(f"the server answered {len(response.batch_items)} batch "
+                                      "items to a request of one")
+            [item] = response.batch_items
+            echoed = item.unique_batch_item_id
+            if echoed is not None and echoed != batch_item_id:
+                # Another request's answer: this connection is out of step with its
+                # requests, and no later answer on it can be trusted either.
+                self.transport.close()
+                raise KmipClientError("the server answered another request (its Unique Batch "
+                                      "Item ID is not this request's)")
+        return result_of(operation, item)
 
     def _lock_of_this_process(self) -> threading.Lock:
         """The lock, a new one in a child process (the parent's may have been held by a
         thread the fork did not copy)."""
         if self._lock_pid != os.getpid():
-            self._lock = threading.Lock()
-            self._lock_pid = os.getpid()
+            with _CHILD_LOCK_GUARD:
+                if self._lock_pid != os.getpid():
+                    self._lock = threading.Lock()
+                    self._lock_pid = os.getpid()
         return self._lock
 
     def _send(self, wire: bytes, operation: Operation) -> bytes:

@@ -9,7 +9,8 @@ A stream is an envelope of algorithm 2 (docs/sdk.md, "Streams")::
     7+T      4     chunk size C: plaintext bytes per chunk, big-endian (1..2^24)
     11+T     7     nonce prefix P (random)
     18+T     ...   chunks: AES-256-GCM of C plaintext bytes + 16-byte tag each; the last
-                   chunk holds 0..C bytes (empty when the plaintext is a multiple of C)
+                   chunk holds 1..C bytes, 0 only when the plaintext is empty (an
+                   opener also takes an empty last chunk after full ones)
 
 Chunk i (from 0) is sealed with nonce P || i (4 bytes, big-endian) || f, where f is 0x01 for
 the last chunk and 0x00 otherwise, and additional data header || aad. Reordering, dropping

@@ -26,6 +26,7 @@ from kcm.kmip.messages import (
     decode_response,
     encode_request,
 )
+from kcm.kmip.payloads import PAYLOADS
 from kcm.ttlv import TtlvError, decode, encode
 
 __all__ = ["DEFAULT_VERSION", "IDEMPOTENT", "SUPPORTED_VERSIONS", "encode_items", "parse_response",
@@ -60,10 +61,20 @@ def result_of(operation: Operation | int, item: ResponseBatchItem) -> Any:
     if item.result_status != ResultStatus.SUCCESS:
         raise KmipOperationFailed(item.operation if item.operation is not None else operation,
                                   item.result_status, item.result_reason, item.result_message)
-    if item.operation is not None and int(item.operation) != int(operation):
+    if item.operation is None:
+        # (Required in an answer to a request that named it, KMIP 1.4 §7.2 and 2.1 §9.2.)
+        raise KmipClientError(f"the server's answer to {operation_name(int(operation))} "
+                              "does not say which operation it answers")
+    if int(item.operation) != int(operation):
         raise KmipClientError(f"the server answered {operation_name(int(item.operation))} "
                               f"to a request of {operation_name(int(operation))}")
-    return item.response_payload
+    payload = item.response_payload
+    model = PAYLOADS.get((int(operation), False))
+    if model is not None and not isinstance(payload, model):
+        raise KmipClientError(f"the server's answer to {operation_name(int(operation))} has "
+                              + ("no response payload" if payload is None
+                                 else "a response payload that is not one"))
+    return payload
 
 
 #: Operations that may run twice harmlessly: a client sends one again, once, when its

@@ -152,7 +152,10 @@ class KmipClient:
         except (OSError, ssl.SSLError) as e:
             self.close()
             raise KmipClientError(f"connection to {self.host}:{self.port} failed: {e}") from e
-        except KmipClientError:
+        except BaseException:
+            # Anything else (KmipClientError, or an exception a signal handler, a timer or
+            # Ctrl-C raised in the middle): the request may have gone out and its answer
+            # not been read, so this connection's next answer may be this one's.
             self.close()
             raise
 

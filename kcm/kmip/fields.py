@@ -204,15 +204,18 @@ def as_codec(kind: Any) -> Codec:
 
 
 def fld(tags: int | tuple[int, ...], kind: Any, *, required: bool = False,
-        repeated: bool = False) -> Any:
-    """Declare a model field. Required fields have no default; repeated ones default to []."""
+        repeated: bool = False, secret: bool = False) -> Any:
+    """Declare a model field. Required fields have no default; repeated ones default to [].
+    A ``secret`` field (key material, a plaintext) is left out of the model's ``repr``, so
+    a log line or an error report that shows a payload does not show it."""
     spec = {"tags": tags if isinstance(tags, tuple) else (tags,), "codec": as_codec(kind),
             "required": required, "repeated": repeated}
+    shown = not secret
     if repeated:
-        return dataclasses.field(default_factory=list, metadata={"kmip": spec})
+        return dataclasses.field(default_factory=list, metadata={"kmip": spec}, repr=shown)
     if required:
-        return dataclasses.field(metadata={"kmip": spec})
-    return dataclasses.field(default=None, metadata={"kmip": spec})
+        return dataclasses.field(metadata={"kmip": spec}, repr=shown)
+    return dataclasses.field(default=None, metadata={"kmip": spec}, repr=shown)
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

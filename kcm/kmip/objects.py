@@ -39,7 +39,7 @@ _BYTES = ItemType.BYTE_STRING
 class TransparentSymmetricKey(Struct):
     """Key Material of a Transparent Symmetric Key: just the key bytes."""
 
-    key: bytes = fld(Tag.KEY, _BYTES, required=True)
+    key: bytes = fld(Tag.KEY, _BYTES, required=True, secret=True)
 
 
 class KeyMaterial(Codec):
@@ -70,7 +70,7 @@ class KeyValue(Struct):
     """Key Value: the key material and, optionally, attributes bound to it."""
 
     key_material: bytes | TransparentSymmetricKey | Item = fld(
-        Tag.KEY_MATERIAL, KeyMaterial(), required=True)
+        Tag.KEY_MATERIAL, KeyMaterial(), required=True, secret=True)
     attributes: list[Attribute] | None = fld((Tag.ATTRIBUTE, Tag.ATTRIBUTES), AttributeList())
 
 

@@ -124,7 +124,7 @@ class DerivationParameters(Struct):
     cryptographic_parameters: CryptographicParameters | None = fld(
         Tag.CRYPTOGRAPHIC_PARAMETERS, CryptographicParameters)
     initialization_vector: bytes | None = fld(Tag.INITIALIZATION_VECTOR, _BYTES)
-    derivation_data: bytes | None = fld(Tag.DERIVATION_DATA, _BYTES)
+    derivation_data: bytes | None = fld(Tag.DERIVATION_DATA, _BYTES, secret=True)
     salt: bytes | None = fld(Tag.SALT, _BYTES)
     iteration_count: int | None = fld(Tag.ITERATION_COUNT, ItemType.INTEGER)
 

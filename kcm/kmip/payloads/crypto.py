@@ -19,7 +19,7 @@ class EncryptRequest(Struct):
     unique_identifier: str | Item | None = fld(Tag.UNIQUE_IDENTIFIER, UID)
     cryptographic_parameters: CryptographicParameters | None = fld(
         Tag.CRYPTOGRAPHIC_PARAMETERS, CryptographicParameters)
-    data: bytes | None = fld(Tag.DATA, _BYTES)
+    data: bytes | None = fld(Tag.DATA, _BYTES, secret=True)
     iv_counter_nonce: bytes | None = fld(Tag.IV_COUNTER_NONCE, _BYTES)
     correlation_value: bytes | None = fld(Tag.CORRELATION_VALUE, _BYTES)
     init_indicator: bool | None = fld(Tag.INIT_INDICATOR, _BOOL)
@@ -61,5 +61,5 @@ class DecryptResponse(Struct):
     """Decrypt response: the plaintext."""
 
     unique_identifier: str = fld(Tag.UNIQUE_IDENTIFIER, UID, required=True)
-    data: bytes | None = fld(Tag.DATA, _BYTES)
+    data: bytes | None = fld(Tag.DATA, _BYTES, secret=True)
     correlation_value: bytes | None = fld(Tag.CORRELATION_VALUE, _BYTES)

@@ -94,7 +94,7 @@ class RngRetrieveRequest(Struct):
 class RngRetrieveResponse(Struct):
     """RNG Retrieve response: the random bytes."""
 
-    data: bytes = fld(Tag.DATA, _BYTES, required=True)
+    data: bytes = fld(Tag.DATA, _BYTES, required=True, secret=True)
 
 
 @kmip_struct(_REQ)

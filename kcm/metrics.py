@@ -25,9 +25,11 @@ What it promises:
   the process's start when it cannot listen.
 * The listener is bounded, since its process also serves KMIP with the same descriptors
   and memory: at most :data:`MAX_CONNECTIONS` connections at once (one more is closed as
-  it comes); a connection that has not sent a whole request within
-  :data:`REQUEST_TIMEOUT` seconds (of its start, or of its last answer) is closed; a
-  request's line and headers take at most :data:`MAX_HEAD` bytes; and a method other than
+  it comes); one request a connection (answered ``Connection: close``; anything sent
+  after it is not read); a connection that has not sent a whole request within
+  :data:`REQUEST_TIMEOUT` seconds of its start is closed, and one that has not read its
+  answer within as long after it is aborted; a request's line and headers take at most
+  :data:`MAX_HEAD` bytes; and a method other than
   GET and HEAD, or a request with a body (``Content-Length`` above 0, or
   ``Transfer-Encoding``), is answered 405 or 413 and the connection closed before any of
   the body is read.
@@ -311,7 +313,7 @@ class _BoundedChannel(HTTPChannel):
     MAX_LENGTH = MAX_HEAD
     totalHeadersSize = MAX_HEAD
     maxHeaders = 64
-    #: Set once the request was refused: nothing more is read.
+    #: Set once the request was refused or answered: nothing more is read.
     _refused = False
     _deadline: IDelayedCall | None = None
 
@@ -366,9 +368,26 @@ class _BoundedChannel(HTTPChannel):
         self._no_deadline()  # the request is whole: answering it has no deadline here
         super().allContentReceived()
 
+    def checkPersistence(self, request: Request, version: bytes) -> bool:
+        # One request a connection, answered "Connection: close". Requests pipelined
+        # behind it are never read: a client that sent thousands in one write, and read
+        # none of the answers, had them all answered back to back in one reactor turn (each
+        # a /metrics of 10-20 KB), stalling the process's KMIP service for seconds and
+        # holding the answers in memory.
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
+
     def requestDone(self, request: Request) -> None:
-        self._await_request()  # the next one, on a persistent connection
-        super().requestDone(request)
+        self._refused = True  # nothing more is read
+        super().requestDone(request)  # (not persistent: closes once the answer is sent)
+        # A client that does not read its answer is aborted after the deadline, so its
+        # connection does not hold one of the listener's places for good.
+        self._no_deadline()
+        self._deadline = self.callLater(REQUEST_TIMEOUT, self._unread)
+
+    def _unread(self) -> None:
+        self._deadline = None
+        self.transport.abortConnection()
 
     def _refuse(self, status: bytes, headers: bytes = b"") -> None:
         """Answer ``status`` and close, reading nothing more (a body is never read)."""

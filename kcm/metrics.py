@@ -52,6 +52,7 @@ from prometheus_client.core import (
     Metric,
 )
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IDelayedCall
@@ -489,7 +490,21 @@ def metrics_listener(reactor: Any, description: str,
                      site: Site) -> StreamServerEndpointService:
     """The metrics listener on endpoint ``description`` (parsed now; it listens when
     started, and a port it cannot take stops the process's start)."""
-    service = StreamServerEndpointService(serverFromString(reactor, description), site)
+    service = _ListenAtStart(serverFromString(reactor, description), site)
     service._raiseSynchronously = True  # a port in use fails startService, as TLSListener's
     service.setName("kcm-metrics-listener")
     return service
+
+
+class _ListenAtStart(StreamServerEndpointService):
+    """Listens in ``startService``, as the KMIP listener does, not in
+    ``privilegedStartService``: the process's start reports a failure there in one line
+    (``kcm-core did not start: kcm-metrics-listener: ...``), where one raised before it
+    ended twistd with a traceback."""
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        StreamServerEndpointService.privilegedStartService(self)  # listens; raises now
+        Service.startService(self)

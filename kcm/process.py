@@ -148,7 +148,9 @@ def start_failure_reason(process: Any, service: str, error: BaseException) -> st
     file, the file of ``process``'s configuration (``process.config``) at fault."""
     reason = " ".join((str(error) or type(error).__name__).split())
     if isinstance(error, OSError) and error.filename and error.strerror:
-        reason = f"{error.filename}: {error.strerror}"
+        # (Of two files, the second: a link or a move failed where it was to go, e.g. a
+        # unix: listener's lock file, linked to the process id.)
+        reason = f"{os.fsdecode(error.filename2 or error.filename)}: {error.strerror}"
     config = getattr(process, "config", None)
     if config is None:
         return reason

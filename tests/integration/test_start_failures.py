@@ -4,10 +4,11 @@ one line saying what, which setting or file, and why; no Python traceback on the
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
-from kcm.testing.processes import BIN, process_env
+from kcm.testing.processes import BIN, GatewayProcess, process_env
 from tests.e2e_support import deploy
 
 
@@ -58,3 +59,31 @@ def test_a_failed_start_is_one_line_naming_the_file(tmp_path: Path) -> None:
     run = _twistd("kcm-core", core.config, core.root)
     _assert_one_line_refusal(run, f"kcm-core did not start: log_file: cannot open "
                                   f"{tmp_path}/no/core.log: No such file or directory")
+
+
+def test_a_listener_that_cannot_listen_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A metrics port in use, at kcm-core and at kcm-gateway (it was a forty-line traceback:
+    that listener bound before the start's report), and a unix: KMIP listener in a missing
+    directory (it named the process id, the target of its lock file's link)."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        core.metrics_port = taken
+        core.write_config()
+        _assert_one_line_refusal(_twistd("kcm-core", core.config, core.root),
+                                 "kcm-core did not start: kcm-metrics-listener: ")
+        core.metrics_port = None
+        core.write_config()
+        gateway = GatewayProcess(tmp_path / "gateway", core, metrics_port=taken)
+        gateway.write_config()
+        _assert_one_line_refusal(_twistd("kcm-gateway", gateway.config, gateway.root),
+                                 "kcm-gateway did not start: kcm-metrics-listener: ")
+    text = core.config.read_text()
+    missing = tmp_path / "missing" / "kcm.sock"
+    core.config.write_text(text.replace(f'listen = "tcp:{core.port}:interface=127.0.0.1"',
+                                        f'listen = "unix:{missing}"'))
+    _assert_one_line_refusal(_twistd("kcm-core", core.config, core.root),
+                             f"kcm-core did not start: kcm-kmip-listener: {missing}.lock: "
+                             "No such file or directory")

@@ -149,6 +149,7 @@ def load_config(path: str | Path | None,
     if not isinstance(config.core_server_name, str) or not config.core_server_name.strip():
         raise ConfigError("gateway.core_server_name must be the DNS name or IP address the "
                           "core's certificate carries")
+    _check_server_name(config.core_server_name)
     if config.max_stale < config.l3_ttl:
         raise ConfigError("gateway: max_stale must be at least l3_ttl")
     if config.core_order not in ORDERS:
@@ -209,3 +210,18 @@ def _core_list(value: Any) -> tuple[str, ...]:
     if len(set(value)) != len(value):
         raise ConfigError("gateway.core lists a core twice")
     return tuple(value)
+
+
+def _check_server_name(name: str) -> None:
+    """ConfigError unless the link's TLS client takes ``name``: Twisted's
+    ``optionsForClientTLS``, which the link's options are made with
+    (:func:`kcm.tls.client_tls_options`), run here (an IP address, or a name IDNA encodes;
+    not ``kcm_core`` or ``a..b``)."""
+    from twisted.internet.ssl import optionsForClientTLS
+
+    try:
+        optionsForClientTLS(name)
+    except ValueError as e:  # (idna's errors are UnicodeErrors, so ValueErrors)
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        raise ConfigError(f"gateway.core_server_name {name[:100]!r} is not a DNS name or IP "
+                          f"address a TLS client can check: {reason}") from None

@@ -192,6 +192,11 @@ def test_core_values_checked_at_load(tmp_path: Path, setting: str, error: str) -
     ("core = \"ssl:127.0.0.1:5697\"", "gateway.core 'ssl:127.0.0.1:5697': give a plain"),
     ("core = [\"tcp:127.0.0.1:5697\", \"tcp:localhost\"]", "gateway.core 'tcp:localhost'"),
     ("core_server_name = 5", "gateway.core_server_name must be"),
+    # (kcm config check passed these, and kcm-gateway refused them at start)
+    ("core_server_name = \"kcm_core.internal\"", "gateway.core_server_name 'kcm_core.internal' "
+     "is not a DNS name or IP address a TLS client can check: .*U\\+005F"),
+    ("core_server_name = \"core..example\"", "gateway.core_server_name 'core..example' is not"),
+    (f"core_server_name = \"{'a' * 64}.example\"", "gateway.core_server_name 'a+.example' is not"),
     ("metrics_listen = \"http://x\"", "gateway.metrics_listen"),
 ])
 def test_gateway_values_checked_at_load(tmp_path: Path, setting: str, error: str) -> None:
@@ -207,6 +212,9 @@ def test_endpoint_kinds_the_product_uses_still_load(tmp_path: Path) -> None:
     gateway = _gateway(tmp_path, "[gateway]\nlisten = \"fd:3\"\n"
                        "core = [\"tcp:10.0.0.1:5697\", \"tcp:10.0.0.2:5697\"]\n")
     assert gateway.core == ("tcp:10.0.0.1:5697", "tcp:10.0.0.2:5697")
+    for name in ("localhost", "kcm-core.example", "10.0.0.1", "fd00::1", "bücher.example"):
+        assert _gateway(tmp_path, f"[gateway]\ncore_server_name = \"{name}\"\n"
+                        ).core_server_name == name
     assert load_gateway(None, {"listen": "handoff:3"}).listen == "handoff:3"
 
 

@@ -301,7 +301,8 @@ def make_supervisor(options: Options, workers: int,
         # Before the pool: its directory is there when the first worker starts.
         worker_metrics = WorkerMetrics(
             reactor, lambda: pool.workers, pool.restarts,
-            lambda: listener.acceptor.handoffs if listener.acceptor is not None else {})
+            lambda: listener.acceptor.handoffs if listener.acceptor is not None else {},
+            configured=lambda: range(1, pool.count + 1))
         worker_metrics.setServiceParent(supervisor)
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(None, worker_metrics.readiness,

@@ -65,11 +65,12 @@ _LONGEST_DIRECTORY = 80
 WORKER_LABEL = "worker"
 
 
-def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] = ()
-                      ) -> bytes:
+def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] = (),
+                      stopped: Iterable[str] = ()) -> bytes:
     """One Prometheus text exposition from the workers' (``answers``: worker label -> its
     exposition, or None when it did not answer; one that cannot be parsed counts as not
-    answering), each sample labelled with its worker, and ``own`` families: merged into
+    answering; ``stopped``: the workers not running now, which were not asked, up 0),
+    each sample labelled with its worker, and ``own`` families: merged into
     the workers' family of the same name and type (the process metrics), else after them,
     so that each family has one HELP and one TYPE. A family whose type differs from the
     first worker's that had it is left out for that worker (never mixed), as is an ``own``
@@ -92,8 +93,9 @@ def merged_exposition(answers: Mapping[str, str | None], own: Iterable[Metric] =
     up = GaugeMetricFamily("kcm_gateway_worker_up",
                            "1 if the worker answered this scrape, else 0 (its samples are "
                            "missing)", labels=[WORKER_LABEL])
-    for worker, worker_families in parsed.items():
-        up.add_metric([worker], 0.0 if worker_families is None else 1.0)
+    down = set(stopped) - set(parsed)
+    for worker in sorted({*parsed, *down}, key=_by_index):
+        up.add_metric([worker], 0.0 if parsed.get(worker) is None else 1.0)
     running = GaugeMetricFamily("kcm_gateway_workers", "worker processes running")
     running.add_metric([], float(len(answers)))
     apart: list[Metric] = []
@@ -123,12 +125,20 @@ def _family_for(families: dict[str, Metric], family: Metric) -> Metric | None:
     return merged if merged.type == family.type else None
 
 
-def merged_readiness(answers: Mapping[str, Readiness | None]) -> Readiness:
+def _by_index(worker: str) -> tuple[int, str]:
+    return (int(worker), "") if worker.isdigit() else (1 << 30, worker)
+
+
+def merged_readiness(answers: Mapping[str, Readiness | None],
+                     stopped: Iterable[str] = ()) -> Readiness:
     """Ready while at least one worker is (``answers``: worker label -> its readiness, or
-    None when it did not answer)."""
+    None when it did not answer; ``stopped``: the workers not running now)."""
     workers = {worker: ({"ready": False, "reason": "did not answer"} if answer is None
                         else {"ready": answer.ready, **answer.details})
-               for worker, answer in sorted(answers.items())}
+               for worker, answer in answers.items()}
+    for worker in set(stopped) - set(answers):
+        workers[worker] = {"ready": False, "reason": "not running (being restarted)"}
+    workers = dict(sorted(workers.items(), key=lambda item: _by_index(item[0])))
     ready = any(answer is not None and answer.ready for answer in answers.values())
     details: dict[str, Any] = {"workers": workers}
     if not answers:
@@ -179,17 +189,20 @@ class _WorkerSockets:
 
 class WorkerMetrics(Service):
     """The supervisor's side (see the module docstring). ``running()`` names the workers
-    running now (their indices); time comes from ``reactor``."""
+    running now (their indices), ``configured()`` every worker there should be (default:
+    those running); time comes from ``reactor``."""
 
     name = "kcm-worker-metrics"
 
     def __init__(self, reactor: Any, running: Callable[[], Iterable[int]],
                  restarts: Callable[[], Mapping[int, int]] = dict,
-                 handoffs: Callable[[], Mapping[tuple[int, str], int]] = dict) -> None:
+                 handoffs: Callable[[], Mapping[tuple[int, str], int]] = dict,
+                 configured: Callable[[], Iterable[int]] | None = None) -> None:
         """``restarts()``: each worker's restarts; ``handoffs()``: connections handed, by
         (worker, how: ``cpu`` or ``count``)."""
         self.reactor = reactor
         self.running_workers = running
+        self.configured_workers = configured or running
         self.restarts = restarts
         self.handoffs = handoffs
         self.directory: str | None = None
@@ -234,12 +247,19 @@ class WorkerMetrics(Service):
         """``/metrics``: every running worker's, merged, and the supervisor's own."""
         return self._once("/metrics", lambda: self._ask_all("/metrics", lambda status, body: (
             body.decode() if status == 200 else None)).addCallback(
-            lambda answers: merged_exposition(answers, self._own())))
+            lambda answers: merged_exposition(answers, self._own(), self._stopped())))
 
     def readiness(self) -> Deferred[Readiness]:
-        """``/readyz``: every running worker's, merged."""
+        """``/readyz``: every running worker's, merged, and those not running."""
         return self._once("/readyz", lambda: self._ask_all("/readyz", _readiness_of)
-                          .addCallback(merged_readiness))
+                          .addCallback(lambda answers: merged_readiness(
+                              answers, self._stopped())))
+
+    def _stopped(self) -> list[str]:
+        """The workers there should be that are not running now (a crashed one waiting to
+        be started again, its back-off up to 30 s)."""
+        running = set(self.running_workers())
+        return [str(index) for index in self.configured_workers() if index not in running]
 
     def _once(self, path: str, ask: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         """What ``ask()`` answers; requests for ``path`` that come while it is being asked

@@ -96,11 +96,13 @@ class Supervisor:
     the test lists, and the worker listeners the test opens (:meth:`serve`): all closed
     at the end of an ``async with``."""
 
-    def __init__(self, running: list[int]) -> None:
+    def __init__(self, running: list[int], configured: list[int] | None = None) -> None:
         from twisted.internet import reactor
 
         self.reactor = reactor
-        self.metrics = WorkerMetrics(reactor, lambda: running)
+        self.metrics = WorkerMetrics(
+            reactor, lambda: running,
+            configured=None if configured is None else (lambda: configured))
         self.ports: list[Any] = []
 
     async def __aenter__(self) -> Supervisor:
@@ -178,6 +180,26 @@ async def test_scrapes_meanwhile_share_one_asking_of_the_workers() -> None:
         assert asked == ["connection"]
         await supervisor.metrics.exposition()  # a later one asks again
         assert asked == ["connection"] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_not_running_is_down_and_not_ready_not_missing() -> None:
+    """Worker 2 crashed and waits for its restart (a back-off of up to 30 s): it was left
+    out of kcm_gateway_worker_up and of /readyz, so an alert on worker_up == 0 missed it."""
+    async with Supervisor([1, 3], configured=[1, 2, 3]) as supervisor:
+        for index in (1, 3):
+            await supervisor.serve(index, metrics_site(
+                worker_registry(index), lambda: Readiness(True, {"linked": True})))
+        values = samples(await supervisor.metrics.exposition())
+        assert {key[1]: value for key, value in values.items()
+                if key[0] == "kcm_gateway_worker_up"} == {
+            (("worker", "1"),): 1, (("worker", "2"),): 0, (("worker", "3"),): 1}
+        assert values["kcm_gateway_workers", ()] == 2  # running
+        readiness = await supervisor.metrics.readiness()
+        assert readiness.ready
+        assert list(readiness.details["workers"]) == ["1", "2", "3"]
+        assert readiness.details["workers"]["2"] == {
+            "ready": False, "reason": "not running (being restarted)"}
 
 
 @pytest_twisted.ensureDeferred

@@ -486,11 +486,15 @@ def metrics_site(registry: CollectorRegistry | None, ready: ReadinessCheck, *,
     return _QuietSite(root, reactor=reactor, max_connections=max_connections)
 
 
-def metrics_listener(reactor: Any, description: str,
-                     site: Site) -> StreamServerEndpointService:
+def metrics_listener(reactor: Any, description: str, site: Site, *,
+                     stop_after: Callable[[], Deferred[Any]] | None = None
+                     ) -> StreamServerEndpointService:
     """The metrics listener on endpoint ``description`` (parsed now; it listens when
-    started, and a port it cannot take stops the process's start)."""
+    started, and a port it cannot take stops the process's start). ``stop_after``: what
+    it waits for once stopped before it stops listening (so its /readyz says 503 until
+    then)."""
     service = _ListenAtStart(serverFromString(reactor, description), site)
+    service.stop_after = stop_after
     service._raiseSynchronously = True  # a port in use fails startService, as TLSListener's
     service.setName("kcm-metrics-listener")
     return service
@@ -502,9 +506,18 @@ class _ListenAtStart(StreamServerEndpointService):
     (``kcm-core did not start: kcm-metrics-listener: ...``), where one raised before it
     ended twistd with a traceback."""
 
+    stop_after: Callable[[], Deferred[Any]] | None = None
+
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
         StreamServerEndpointService.privilegedStartService(self)  # listens; raises now
         Service.startService(self)
+
+    def stopService(self) -> Deferred[None]:
+        if self.stop_after is None:
+            return super().stopService()
+        waited = self.stop_after()
+        waited.addErrback(lambda failure: None)
+        return waited.addCallback(lambda _: super(_ListenAtStart, self).stopService())

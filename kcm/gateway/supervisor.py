@@ -613,6 +613,15 @@ class WorkerPool(Service):
         self._kill = self.reactor.callLater(self.stop_timeout, self._kill_remaining)
         return self._stopped
 
+    def when_stopped(self) -> Deferred[None]:
+        """Fires once the workers a stop signalled have all exited (at once if none is
+        left to wait for)."""
+        if self._stopped is None:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._stopped.addBoth(lambda result: (done.callback(None), result)[1])
+        return done
+
     def _kill_remaining(self) -> None:
         self._kill = None
         for worker in list(self.workers.values()):
@@ -752,3 +761,7 @@ class GatewaySupervisor(ProcessService):
                      f"worker {index} on CPU {cpu}" for index, cpu in sorted(self.pinned.items()))
                  if self.pinned else "workers placed by the kernel")
         super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        self.stopping = True  # its /readyz answers 503 while the workers stop
+        return super().stopService()

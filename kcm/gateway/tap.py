@@ -304,9 +304,11 @@ def make_supervisor(options: Options, workers: int,
             lambda: listener.acceptor.handoffs if listener.acceptor is not None else {},
             configured=lambda: range(1, pool.count + 1))
         worker_metrics.setServiceParent(supervisor)
+        # It answers (/readyz 503, "stopping") until the workers have stopped.
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(None, worker_metrics.readiness,
-                                      exposition=worker_metrics.exposition)
-                         ).setServiceParent(supervisor)
+                                      exposition=worker_metrics.exposition,
+                                      stopping=lambda: supervisor.stopping),
+                         stop_after=pool.when_stopped).setServiceParent(supervisor)
     pool.setServiceParent(supervisor)
     return supervisor

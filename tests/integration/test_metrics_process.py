@@ -339,3 +339,33 @@ def test_pipelined_requests_to_the_listeners_get_one_answer_and_hold_up_no_kmip(
             assert scrape(port, "/healthz") == (200, b'{"alive": true}')
     finally:
         gateway.stop()
+
+
+def test_a_stopping_supervisor_answers_503_until_its_workers_have_stopped(
+        core: CoreProcess, tmp_path: Path) -> None:
+    """Its listener closed at once on SIGTERM, while the workers still drained: a load
+    balancer's probe was refused rather than told "stopping"."""
+    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2, metrics_port=free_port())
+    gateway.start()
+    port = gateway.metrics_port
+    try:
+        wait_until(lambda: ready(port)[0] == 200, "the gateway to be ready", timeout=15.0)
+        # A connection held open by a client keeps each worker draining (DRAIN_GRACE after
+        # its last request at least), so the stop takes a while.
+        with gateway.client() as client:
+            ok(client.send(request(create_l4())))
+            gateway.process.send_signal(signal.SIGTERM)
+            answers = []
+            while gateway.process.poll() is None and len(answers) < 200:
+                try:
+                    answers.append(ready(port))
+                except OSError:  # (refused: the listener has closed)
+                    break
+                time.sleep(0.02)
+        assert answers and answers[0][0] == 503, answers[:3]
+        assert {status for status, _ in answers} == {503}
+        assert answers[0][1] == {"ready": False, "reason": "stopping"}
+        print(f"\n{len(answers)} answers of 503 while the workers stopped")
+        assert gateway.process.wait(30) == -signal.SIGTERM  # (twistd ends by its signal)
+    finally:
+        gateway.stop()

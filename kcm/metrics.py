@@ -425,6 +425,15 @@ class _BoundedChannel(HTTPChannel):
         self.transport.abortConnection()
 
 
+class _UnnamedRequest(Request):
+    """A request answered without a ``Server`` header (Twisted's names its version, on a
+    listener anyone who reaches it may ask)."""
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if (name.encode() if isinstance(name, str) else name).lower() != b"server":
+            super().setHeader(name, value)
+
+
 class _QuietSite(Site):
     """A Site that keeps no access log (scrapes and probes every few seconds would fill
     the service's log) and logs no factory start and stop, on bounded connections
@@ -432,6 +441,7 @@ class _QuietSite(Site):
 
     noisy = False
     protocol = _BoundedChannel
+    requestFactory = _UnnamedRequest
 
     def __init__(self, resource: Resource, *, reactor: Any = None,
                  max_connections: int = MAX_CONNECTIONS) -> None:

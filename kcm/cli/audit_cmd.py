@@ -37,6 +37,9 @@ from kcm.cli.core_cmd import (
     run_in_store,
 )
 
+#: The most records ``kcm audit tail`` prints at once (``kcm audit export`` takes more).
+MAX_TAIL_LINES = 1_000_000
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``audit`` to the ``kcm`` parser."""
@@ -227,8 +230,8 @@ def _write(out, records: list[dict[str, Any]]) -> None:
 
 
 def _run_tail(args: argparse.Namespace) -> int:
-    if args.lines < 0:
-        raise CommandError("--lines must be 0 or more")
+    if not 0 <= args.lines <= MAX_TAIL_LINES:
+        raise CommandError(f"--lines must be 0 to {MAX_TAIL_LINES}")
     query, table = _query(args)
 
     def newest(session) -> tuple[list[dict[str, Any]], int]:

@@ -328,3 +328,14 @@ def test_verify_says_how_many_records_the_anchor_covers(tmp_path: Path, capsys) 
     assert capsys.readouterr().out == (
         "audit log intact: 3 records verified; the first 2 written before the chain was "
         "keyed, checked by digest only\n")
+
+
+def test_tail_lines_out_of_range_are_one_line_of_bad_input(
+        deployment: Path, capsys) -> None:  # noqa: F811
+    """-n of 20 digits was `error: OverflowError: Python int too large to convert to
+    SQLite INTEGER`."""
+    for lines in ("-1", "99999999999999999999", "1000001"):
+        status, out, err = kcm(capsys, "audit", "tail", "-n", lines, "-c", str(deployment))
+        assert status == 2 and "--lines must be 0 to 1000000" in out + err
+        assert "Overflow" not in out + err
+    assert kcm(capsys, "audit", "tail", "-n", "1000000", "-c", str(deployment))[0] == 0

@@ -52,6 +52,7 @@ def test_get_and_head_are_answered_as_before() -> None:
     channel.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200 OK")
     assert b"kcm_test_total 1.0" in transport.value()
+    assert b"twisted" not in transport.value().lower()  # no Server header naming a version
     close(channel, transport)
     channel, transport = connect(made)
     channel.dataReceived(b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -33,7 +33,7 @@ from kcm.kmip.attributes import (
     attributes_to_container,
     reference_from_name,
 )
-from kcm.kmip.enums import KeyFormatType, ObjectType, Operation
+from kcm.kmip.enums import CryptographicAlgorithm, KeyFormatType, ObjectType, Operation
 from kcm.kmip.fields import EXTENSION_VALUES
 from kcm.kmip.objects import KeyValue, SymmetricKey
 from kcm.kmip.payloads import (
@@ -114,6 +114,9 @@ _GET_ATTRIBUTES = int(Operation.GET_ATTRIBUTES)
 PLAIN_OPERATIONS = (_CREATE, _ENCRYPT, _DECRYPT, _GET)
 _SYMMETRIC_KEY_TYPE = int(ObjectType.SYMMETRIC_KEY)
 _RAW = int(KeyFormatType.RAW)
+#: The one algorithm the writer answers a Get of (every version defines it; another, such
+#: as KMIP 1.4's ChaCha20, takes the general encoder, whose version filter judges it).
+_AES = int(CryptographicAlgorithm.AES)
 
 #: Per operation, the payload fields read, in the specification's order: wire header ->
 #: the request model's field name.
@@ -557,7 +560,7 @@ def _symmetric_key(obj: object) -> bytes:
     if (block.key_format_type != _RAW or block.key_wrapping_data is not None
             or block.key_compression_type is not None or not isinstance(value, KeyValue)
             or not isinstance(value.key_material, bytes) or value.attributes
-            or block.cryptographic_algorithm is None or block.cryptographic_length is None):
+            or block.cryptographic_algorithm != _AES or block.cryptographic_length is None):
         raise NOT_PLAIN
     material = value.key_material
     key_block = (_enumeration(_KEY_FORMAT_TYPE, _RAW)

@@ -13,6 +13,8 @@ Compromised)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from kcm.core import l4_requests, managed, policy, usage_limits
 from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import AES_KEY_BITS, DESTROYED, WRAP_MODES
@@ -97,6 +99,12 @@ def get(ctx: OperationContext, request: GetRequest) -> GetResponse:
             raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
                             "only objects with a key block can be wrapped")
         block = _wrapped(ctx, obj, block, spec)
+    _check_object_type_in(ctx.version, obj.object_type)
+    if block is not None and not registry.defines_value(Tag.KEY_FORMAT_TYPE,
+                                                        int(block.key_format_type), ctx.version):
+        block = _in_format_of(ctx.version, block)
+    if block is not None and block.cryptographic_algorithm is not None:
+        _check_algorithm_in(ctx.version, int(block.cryptographic_algorithm))
     if block is not None:
         result = _with_key_block(result, block, ctx.version)
     if obj.value(Tag.FRESH) is True:
@@ -104,6 +112,53 @@ def get(ctx: OperationContext, request: GetRequest) -> GetResponse:
         obj.set(Tag.FRESH, False, ItemType.BOOLEAN)
         managed.save(ctx, obj, changed=False)
     return GetResponse(object_type=obj.object_type, unique_identifier=uid, object=result)
+
+
+def _check_object_type_in(version: Version, object_type: int) -> None:
+    """Refuse to answer an object its Object Type the request's version does not define
+    (a PGP Key to a KMIP 1.0 client, a Template to a 2.x one): its answer would lose the
+    object (and its Object Type) to the version's filter, a Success carrying nothing."""
+    if not registry.defines_value(Tag.OBJECT_TYPE, object_type, version):
+        raise KmipError(ResultReason.INVALID_OBJECT_TYPE,
+                        f"a {enum_label(ObjectType, object_type)} is not an object of KMIP "
+                        f"{version[0]}.{version[1]}", v1_reason=ResultReason.ILLEGAL_OPERATION)
+
+
+def _check_algorithm_in(version: Version, algorithm: int) -> None:
+    """Refuse a key whose Cryptographic Algorithm the version does not define (a KMIP 1.4
+    ChaCha20 key to a 1.2 client): the filter would drop it, and the key's bytes would go
+    out without what they are a key of."""
+    if not registry.defines_value(Tag.CRYPTOGRAPHIC_ALGORITHM, algorithm, version):
+        raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
+                        f"a {enum_label(CryptographicAlgorithm, algorithm)} key cannot be said "
+                        f"in KMIP {version[0]}.{version[1]}: ask in a later version")
+
+
+#: KMIP 1.x's elliptic-curve key formats that 2.0 dropped, and the 2.x formats of the same
+#: fields (Recommended Curve and D, or Recommended Curve and Q String: KMIP 1.4 §2.1.7.11
+#: to 2.1.7.16 and 2.1.7.17, 2.1.7.18; 2.1 §2.1.7.9, 2.1.7.10).
+_EC_FORMATS_OF_2 = {
+    KeyFormatType.TRANSPARENT_ECDSA_PRIVATE_KEY: KeyFormatType.TRANSPARENT_EC_PRIVATE_KEY,
+    KeyFormatType.TRANSPARENT_ECDH_PRIVATE_KEY: KeyFormatType.TRANSPARENT_EC_PRIVATE_KEY,
+    KeyFormatType.TRANSPARENT_ECMQV_PRIVATE_KEY: KeyFormatType.TRANSPARENT_EC_PRIVATE_KEY,
+    KeyFormatType.TRANSPARENT_ECDSA_PUBLIC_KEY: KeyFormatType.TRANSPARENT_EC_PUBLIC_KEY,
+    KeyFormatType.TRANSPARENT_ECDH_PUBLIC_KEY: KeyFormatType.TRANSPARENT_EC_PUBLIC_KEY,
+    KeyFormatType.TRANSPARENT_ECMQV_PUBLIC_KEY: KeyFormatType.TRANSPARENT_EC_PUBLIC_KEY,
+}
+
+
+def _in_format_of(version: Version, block: KeyBlock) -> KeyBlock:
+    """``block``, whose Key Format Type ``version`` does not define, in one it does: a 1.x
+    elliptic-curve format as 2.x's Transparent EC (the same fields); else Key Format Type
+    Not Supported (the answer would carry a Key Block without its required Key Format
+    Type)."""
+    fmt = int(block.key_format_type)
+    same = _EC_FORMATS_OF_2.get(fmt)  # type: ignore[call-overload]
+    if same is not None and registry.defines_value(Tag.KEY_FORMAT_TYPE, same, version):
+        return dataclasses.replace(block, key_format_type=same)
+    raise KmipError(ResultReason.KEY_FORMAT_TYPE_NOT_SUPPORTED,
+                    f"the key is stored as {enum_label(KeyFormatType, fmt)}, which KMIP "
+                    f"{version[0]}.{version[1]} does not define")
 
 
 def _key_block(managed_object: Struct | Item) -> KeyBlock | None:

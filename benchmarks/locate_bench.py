@@ -9,8 +9,9 @@ the core refused is printed with its Result Reason):
 * a page of 100 (Maximum Items), and the same counted (Offset Items 0: Located Items);
 * by Cryptographic Usage Mask Encrypt, counted; by Usage Mask Sign, which no object has;
 * by an ``x-`` attribute no object has, and one that one object has (added to the oldest
-  copy through kcm-core before the timing), and by a Link to an object none links to: the
-  store keeps their keys (migration 0008);
+  copy through kcm-core before the timing), by a Name one object has (added likewise) and
+  one no object has, and by a Link to an object none links to: the store keeps their keys
+  (migration 0008) or names, and reads the few objects they name by identifier;
 * by a Contact Information no object has: judged object by object (the store keeps no
   copy of it), the cost every such criterion has.
 
@@ -30,9 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kcm.kmip.attributes import Attribute  # noqa: E402
+from kcm.kmip.attributes import Attribute, Name  # noqa: E402
 from kcm.kmip.enums import (  # noqa: E402
     CryptographicUsageMask,
+    NameType,
     ObjectType,
     Operation,
     ResultReason,
@@ -55,6 +57,10 @@ def _mask(bits: int) -> Attribute:
     return Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, bits)
 
 
+def _name(text: str) -> Attribute:
+    return Attribute.of(Tag.NAME, Name(value=text, type=NameType.UNINTERPRETED_TEXT_STRING))
+
+
 def _custom(name: str) -> Attribute:
     return Attribute.vendor("x", name, Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING, "found"))
 
@@ -70,6 +76,8 @@ LOCATES = [
      LocateRequest(attributes=[_mask(CryptographicUsageMask.SIGN)])),
     ("an x- attribute no object has", LocateRequest(attributes=[_custom("bench-absent")])),
     ("an x- attribute one object has", LocateRequest(attributes=[_custom("bench-marker")])),
+    ("a Name one object has", LocateRequest(attributes=[_name("bench-name")])),
+    ("a Name no object has", LocateRequest(attributes=[_name("bench-absent")])),
     ("a Link to an object none links to", LocateRequest(attributes=[Attribute(
         Tag.LINK, Item(Tag.LINK, ItemType.STRUCTURE, [
             Item(Tag.LINKED_OBJECT_IDENTIFIER, ItemType.TEXT_STRING, "nobody")]))])),
@@ -143,7 +151,12 @@ def main() -> int:
                     Operation.ADD_ATTRIBUTE, AddAttributeRequest(
                         unique_identifier="copy-1", attribute=_custom("bench-marker")))))
                 ).batch_items
+                [named] = response(kmip.send(request(item(
+                    Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+                        unique_identifier="copy-2", attribute=_name("bench-name")))))
+                ).batch_items
             assert marked.result_status == ResultStatus.SUCCESS, marked.result_message
+            assert named.result_status == ResultStatus.SUCCESS, named.result_message
             for label, payload in LOCATES:
                 print(f"{label:<45} {timed(core, payload, args.rounds)}")
         finally:

@@ -77,8 +77,10 @@ from kcm.gateway.l3_cache import FetchErrors, L3Cache, Need
 from kcm.gateway.l3_needs import l3_needs, wrapping_needs
 from kcm.gateway.link_client import (
     AnswerTooLarge,
+    GatewayStopping,
     LinkBusy,
     LinkDown,
+    LinkLost,
     LinkTimeout,
     RequestTooLarge,
 )
@@ -770,7 +772,12 @@ def _unreachable_message(failure: Failure) -> str:
         return CLIENT_GONE
     if isinstance(error, RequestTooLarge):
         return "the request is too large to forward to the core"
-    if isinstance(error, LinkDown):
+    if isinstance(error, LinkLost):  # (sent: it may have run, as at a timeout)
+        return ("the link to the core was lost before its answer; the operation may or may "
+                "not have happened")
+    if isinstance(error, GatewayStopping):  # (never sent)
+        return "the gateway is stopping; send the request again"
+    if isinstance(error, LinkDown):  # (never sent)
         return "the core is unreachable; only L4 operations are served until it is back"
     if isinstance(error, LinkBusy):
         return "the gateway has too many requests in flight to the core; retry"

@@ -121,6 +121,15 @@ class LinkDown(LinkError):
     """There is no link to the core now (or it was lost before the answer came)."""
 
 
+class LinkLost(LinkDown):
+    """The link was lost after the call was sent, before its answer: the core may have run
+    it (a request never sent is :class:`LinkDown`)."""
+
+
+class GatewayStopping(LinkDown):
+    """The gateway is stopping: its link takes no new call (the core may well be up)."""
+
+
 class LinkBusy(LinkError):
     """Too many calls are in flight on the link."""
 
@@ -333,7 +342,7 @@ class LinkClientProtocol(LinkProtocol):
         if stream.answer_type is not frame_type:
             self.go_away(f"{frame_type.name} answers stream {stream_id}, "
                          f"which awaits {stream.answer_type.name}")
-            stream.deferred.errback(LinkDown("the core answered out of protocol"))
+            stream.deferred.errback(LinkLost("the core answered out of protocol"))
             return None
         return stream
 
@@ -400,7 +409,7 @@ class LinkClientProtocol(LinkProtocol):
                       for stream in streams.values())
         self.client._lost(self, reason, len(streams) - fetches, fetches)
         for stream in streams.values():
-            stream.deferred.errback(LinkDown("the link to the core was lost before the answer"))
+            stream.deferred.errback(LinkLost("the link to the core was lost before the answer"))
 
 
 #: Seconds after a gateway starts during which calls wait for its first link to the core.
@@ -540,12 +549,16 @@ class LinkClient(MultiService):
         super().startService()
 
     def stopService(self) -> Deferred[None] | None:
+        self._stopped = True
         self._hold_until = float("-inf")
         for give_up in list(self._held):
             give_up()
         return super().stopService()
 
     # State ----------------------------------------------------------------------------------
+    #: Set once the service stops: calls are refused as the gateway's, not the core's.
+    _stopped = False
+
     @property
     def connected(self) -> bool:
         """Whether a link is up and welcomed now."""
@@ -696,6 +709,8 @@ class LinkClient(MultiService):
     def _send_now(self, send: Callable[..., Deferred], *args: Any,
                   fetch: bool = False) -> Deferred:
         protocol = self._protocol
+        if self._stopped:
+            return fail(GatewayStopping("the gateway is stopping"))
         if protocol is None or protocol.closing:
             return fail(LinkDown("no link to the core"))
         if fetch:

@@ -262,3 +262,33 @@ def test_a_link_lost_after_living_a_while_is_made_again_at_once_a_young_one_back
     young.connectionLost(Failure(ConnectionDone()))
     assert client.retry_delay(1) >= 0.2
     client.stopService()
+
+
+def test_a_call_lost_with_its_link_after_it_was_sent_may_have_run() -> None:
+    """A forwarded request sent on a link that is then lost: the core may have run it.
+    It was answered "the core is unreachable", as one never sent is, so a client retried
+    a Create that had been committed (a review: 12 of 48 such Creates were there after
+    the core's restart)."""
+    from kcm.gateway.handler import _unreachable_message
+    from kcm.gateway.link_client import LinkLost
+
+    clock = Clock()
+    client = gateway_link(clock)
+    link, _ = welcomed(client)
+    sent: list = []
+    client.forward(b"sent", APP, "h:1").addErrback(sent.append)
+    link.connectionLost(Failure(ConnectionDone()))
+    [lost] = sent
+    assert lost.check(LinkLost)
+    assert _unreachable_message(lost) == ("the link to the core was lost before its answer; "
+                                          "the operation may or may not have happened")
+    never: list = []
+    client.forward(b"not sent", APP, "h:1").addErrback(never.append)
+    [down] = never
+    assert down.check(LinkDown) and not down.check(LinkLost)
+    assert _unreachable_message(down).startswith("the core is unreachable")
+    client.stopService()
+    stopping: list = []  # and a gateway that stops does not blame the core
+    client.forward(b"late", APP, "h:1").addErrback(stopping.append)
+    assert _unreachable_message(stopping[0]) == ("the gateway is stopping; send the request "
+                                                 "again")

@@ -19,10 +19,8 @@ log format). Both may be repeated.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
-import os
 import re
 import sys
 import time
@@ -36,6 +34,7 @@ from kcm.cli.core_cmd import (
     existing_database,
     run_in_store,
 )
+from kcm.cli.output_file import writing
 
 #: The most records ``kcm audit tail`` prints at once (``kcm audit export`` takes more).
 MAX_TAIL_LINES = 1_000_000
@@ -283,21 +282,9 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.output is None:
         export(sys.stdout)
         return 0
-    # Never over another file (as `kcm core backup`): an earlier export, or anything else.
-    try:
-        out = open(args.output, "x", encoding="utf-8")  # noqa: SIM115 - closed below
-    except FileExistsError as e:
-        raise CommandError(f"{args.output} exists; give a new file name") from e
-    except OSError as e:
-        raise CommandError(f"cannot write {args.output}: {e.strerror}") from e
-    try:
-        with out:
-            count = export(out)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(args.output)  # a part of the export is no export
-        if isinstance(e, OSError):
-            raise CommandError(f"cannot write {args.output}: {e.strerror}") from e
-        raise
+    # Never over another file (as `kcm core backup`), and whole or not at all: written to
+    # FILE.partial, synced, then linked to FILE (kcm.cli.output_file).
+    with writing(args.output) as out:
+        count = export(out)
     print(f"{count} audit records written to {args.output}", file=sys.stderr)
     return 0

@@ -41,6 +41,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kcm.cli import CommandError, add_command
+from kcm.cli.output_file import partial_name, publish, refuse_existing
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -545,9 +546,8 @@ def _run_backup(args: argparse.Namespace) -> int:
     if url.get_backend_name() != "sqlite":
         raise CommandError("the database is PostgreSQL: back it up with pg_dump "
                            "(docs/operations.md, \"Backup and restore\")")
-    if os.path.lexists(args.file):
-        raise CommandError(f"{args.file} exists; give a new file name")
-    partial = f"{args.file}.partial"
+    refuse_existing(args.file)
+    partial = partial_name(args.file)
     try:
         source = sqlite3.connect(f"file:{url.database}?mode=ro", uri=True)
         try:
@@ -564,7 +564,7 @@ def _run_backup(args: argparse.Namespace) -> int:
                 target.close()
         finally:
             source.close()
-        os.replace(partial, args.file)
+        publish(partial, args.file)  # synced, and never over a FILE made meanwhile
     except sqlite3.Error as e:
         raise CommandError(f"backup of {url.database} failed: {e}") from e
     except OSError as e:

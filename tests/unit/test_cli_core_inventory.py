@@ -249,3 +249,41 @@ def test_audit_tail_follows_until_interrupted(deployment: Path) -> None:
         follower.send_signal(signal.SIGINT)
         out, err = follower.communicate(timeout=30)
     assert (follower.returncode, out, err) == (0, "", "")
+
+
+def test_an_export_is_written_aside_and_named_only_once_whole(deployment: Path, capsys,
+                                                               tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """A killed export (SIGKILL, out of memory) left a part of it under the name asked for,
+    looking complete, and the next export refused that name. While it is written only
+    FILE.partial exists; FILE appears whole, synced, and never over one made meanwhile."""
+    from kcm.cli import audit_cmd
+
+    target = tmp_path / "audit.jsonl"
+    seen: list[tuple[bool, bool]] = []
+    write = audit_cmd._write
+
+    def watching(out, page) -> None:
+        write(out, page)
+        seen.append((target.exists(), (tmp_path / "audit.jsonl.partial").exists()))
+
+    monkeypatch.setattr(audit_cmd, "_write", watching)
+    assert kcm(capsys, "audit", "export", "-o", str(target), "-c", str(deployment))[0] == 0
+    assert seen and set(seen) == {(False, True)}
+    assert target.exists() and not (tmp_path / "audit.jsonl.partial").exists()
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    raced = tmp_path / "raced.jsonl"
+
+    def racing(out, page) -> None:
+        write(out, page)
+        raced.write_text("made meanwhile\n")
+
+    monkeypatch.setattr(audit_cmd, "_write", racing)
+    assert kcm(capsys, "audit", "export", "-o", str(raced), "-c", str(deployment))[0] == 2
+    assert raced.read_text() == "made meanwhile\n"
+    assert not (tmp_path / "raced.jsonl.partial").exists()
+    monkeypatch.setattr(audit_cmd, "_write", write)
+    assert kcm(capsys, "audit", "export", "-o", str(tmp_path / "b.jsonl"), "-c",
+               str(deployment))[0] == 0
+    assert len(synced) >= 2  # the file and its directory

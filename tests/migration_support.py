@@ -17,7 +17,7 @@ from sqlalchemy import inspect, select, text
 from kcm.core.hierarchy import provision_service, provision_tenant
 from kcm.core.keyring import Keyring
 from kcm.core.store.engine import Store, open_engine
-from kcm.core.store.migrate import alembic_config
+from kcm.core.store.migrate import alembic_config, check_foreign_keys, migrating
 from kcm.core.store.schema import ManagedObject
 from kcm.testing.postgres import fresh_database
 
@@ -57,8 +57,9 @@ def downgrade(url: str, revision: str) -> None:
     """Alembic's downgrade of the database at ``url`` to ``revision``."""
     engine = open_engine(url)
     try:
-        with engine.begin() as connection:
+        with migrating(engine) as connection:  # (as kcm core init upgrades: see its docs)
             command.downgrade(alembic_config(connection), revision)
+            check_foreign_keys(connection)
     finally:
         engine.dispose()
 

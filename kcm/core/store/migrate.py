@@ -11,10 +11,12 @@ every start); Alembic is imported only when there is something to do or to refus
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, func, inspect, select, text
+from sqlalchemy import Connection, Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from kcm.core.store.engine import WRITE_OPTION, open_engine
@@ -74,7 +76,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     create_private_sqlite_file(url)
     engine = open_engine(url, pool_size=1, max_overflow=0)
     try:
-        with engine.begin() as connection:
+        with migrating(engine) as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
             if revision == "head" and _stored_revisions(connection) == [HEAD_REVISION]:
@@ -83,8 +85,47 @@ def upgrade(url: str, revision: str = "head") -> None:
 
             _refuse_unknown_revision(connection)
             command.upgrade(alembic_config(connection), revision)
+            check_foreign_keys(connection)
     finally:
         engine.dispose()
+
+
+@contextmanager
+def migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection of ``engine`` in a transaction to migrate in (committed when the block
+    ends without an error), with SQLite's foreign key enforcement off meanwhile (see
+    :func:`_sqlite_foreign_keys`; call :func:`check_foreign_keys` before the end)."""
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            _sqlite_foreign_keys(connection, on=False)
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(connection, on=True)
+
+
+def _sqlite_foreign_keys(connection: Connection, *, on: bool) -> None:
+    """SQLite's foreign key enforcement on ``connection``, switched outside a transaction
+    (within one the PRAGMA does nothing). Migrations run with it off, as Alembic's batch
+    mode requires: a table it rebuilds (copied, dropped, the copy renamed) would otherwise
+    take every row that refers to it with it, through ON DELETE CASCADE (0007's downgrade
+    emptied object_names and object_groups that way)."""
+    connection.connection.driver_connection.execute(
+        f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def check_foreign_keys(connection: Connection) -> None:
+    """Refuse to commit a migration that left a row referring to nothing (SQLite, checked
+    once at the end since enforcement was off; PostgreSQL enforces them as it goes)."""
+    if connection.dialect.name != "sqlite":
+        return
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise RuntimeError(f"the migration left {len(broken)} rows referring to no row, "
+                           f"first in table {broken[0][0]}")
 
 
 def _stored_revisions(connection: Connection) -> list[str]:

@@ -27,6 +27,7 @@ from kcm.kmip.enums import (
     CryptographicAlgorithm,
     CryptographicUsageMask,
     KeyFormatType,
+    KeyWrapType,
     LinkType,
     NameType,
     ObjectType,
@@ -374,6 +375,32 @@ def test_get_wrapping_key_must_be_fit(core: CoreHarness) -> None:
     failed(core, Operation.GET, GetRequest(unique_identifier=uid,
                                            key_wrapping_specification=_wrap_spec(other_kek)),
            ResultReason.WRAPPING_OBJECT_NOT_FOUND)
+
+
+def test_a_wrapping_key_is_judged_by_its_dates(core: CoreHarness) -> None:
+    """Wrapping is applying protection: not with a key past its Protect Stop Date;
+    unwrapping is processing: not with one before its Process Start Date (KMIP 2.1 §4.44,
+    4.45). Encrypt and Decrypt were refused so, but a Get wrapped under such a key was not."""
+    now = int(time.time())
+    both = Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK,
+                        CryptographicUsageMask.WRAP_KEY | CryptographicUsageMask.UNWRAP_KEY)
+    uid = register(core)
+    stopped = register(core, aes_key(KEK), [both, PAST,
+                                           Attribute.of(Tag.PROTECT_STOP_DATE, now - 3600)])
+    for version, reason in ((V21, ResultReason.WRONG_KEY_LIFECYCLE_STATE),
+                            (V14, ResultReason.PERMISSION_DENIED)):
+        failed(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                               key_wrapping_specification=_wrap_spec(stopped)),
+               reason, version=version)
+    # A KEK whose Process Start Date is ahead wraps (protects), but does not unwrap.
+    kek = register(core, aes_key(KEK), [both, PAST,
+                                       Attribute.of(Tag.PROCESS_START_DATE, now + 3600)])
+    wrapped = ok(core, Operation.GET, GetRequest(
+        unique_identifier=uid, key_wrapping_specification=_wrap_spec(kek))).object
+    copy = register(core, wrapped)
+    failed(core, Operation.GET, GetRequest(unique_identifier=copy,
+                                           key_wrap_type=KeyWrapType.NOT_WRAPPED),
+           ResultReason.WRONG_KEY_LIFECYCLE_STATE)
 
 
 def test_get_sensitive_and_not_extractable(core: CoreHarness) -> None:

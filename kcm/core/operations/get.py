@@ -268,9 +268,13 @@ def _wrapping_key(ctx: OperationContext, reference: str | Item, *,
         reason = ResultReason.WRAPPING_OBJECT_DESTROYED
         raise KmipError(reason, f"the wrapping key {uid!r} was destroyed")
     use = key_use.WRAP if protect else key_use.UNWRAP
-    # The wrapping key's state decides here; its dates are not judged, and its usage mask
-    # only for wrapping, below, once it is known to be an AES key.
-    key_use.check_key_use(use, key.state, now=ctx.now, key=uid)
+    # The wrapping key's state and dates decide here (wrapping is applying protection: not
+    # past its Protect Stop Date; unwrapping is processing: not before its Process Start
+    # Date, KMIP 1.4 §3.25-3.26, 2.1 §4.44-4.45); its usage mask only for wrapping, below,
+    # once it is known to be an AES key.
+    key_use.check_key_use(use, key.state, now=ctx.now, key=uid,
+                          protect_stop_date=key.value(Tag.PROTECT_STOP_DATE),
+                          process_start_date=key.value(Tag.PROCESS_START_DATE))
     if key.level == LEVEL_SERVICE_KEY:
         if protect:
             # One key, one purpose (docs/link-protocol.md, "With an L3, AES-GCM only"): a

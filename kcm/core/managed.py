@@ -51,6 +51,17 @@ DATE_COLUMNS: dict[int, str] = {
 }
 
 T = TypeVar("T")
+#: The earliest and the latest a Date-Time holds (a signed 64-bit count of seconds); the
+#: latest is what clients give for "never" (and Locate for "no date").
+EARLIEST_DATE, LATEST_DATE = -(1 << 63), (1 << 63) - 1
+
+
+def bounded_date(when: int) -> int:
+    """``when``, a date computed from others (a date plus an interval, a shift), kept within
+    what a Date-Time holds: past the latest it is the latest ("never")."""
+    return max(EARLIEST_DATE, min(when, LATEST_DATE))
+
+
 _OBJECT_CODEC = ManagedObjectCodec()
 _MATERIAL_VERSION = (2, 1)
 
@@ -385,6 +396,7 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
             raise
         service = policy.service_of(ctx.principal)
     check_rotate_interval(ctx, _rotate_interval(attributes))
+    attributes = _usage_limits_as_stored(attributes)
     material = wrapped_by = None
     if managed_object is not None:
         material, wrapped_by = ctx.keyring.wrap_for_tenant(
@@ -526,7 +538,20 @@ def rotate_due(obj: StoredObject) -> int | None:
         return None
     since = (obj.value(Tag.ROTATE_DATE) or obj.value(Tag.ACTIVATION_DATE)
              or obj.value(Tag.INITIAL_DATE))
-    return None if since is None else int(since) + int(interval)
+    # (A date near the largest a Date-Time holds, which clients use for "never": due never,
+    # not past what the column holds.)
+    return None if since is None else bounded_date(int(since) + int(interval))
+
+
+def _usage_limits_as_stored(attributes: list[Attribute]) -> list[Attribute]:
+    """A new object's attributes with its Usage Limits Count its Total, whatever the
+    client said (:func:`kcm.core.usage_limits.as_stored`)."""
+    if not any(attribute.tag == Tag.USAGE_LIMITS for attribute in attributes):
+        return attributes
+    from kcm.core.usage_limits import as_stored  # (it counts uses of what this stores)
+
+    return [Attribute(a.tag, as_stored(a.value), a.index, a.vendor_identification, a.name)
+            if a.tag == Tag.USAGE_LIMITS else a for a in attributes]
 
 
 def check_rotate_interval(ctx: OperationContext, interval: Any) -> None:

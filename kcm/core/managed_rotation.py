@@ -86,7 +86,9 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
         ctx = _context(session, keyring, row.tenant, seconds, trust_domain, server_info)
         try:
             with session.begin_nested():
-                done.append(_rotate(ctx, row.uid))
+                rotated = _rotate(ctx, row.uid)
+                if rotated is not None:
+                    done.append(rotated)
         except (DBAPIError, L1Error):
             raise  # the database's or L1's trouble, not this key's: the step is retried
         except Exception as e:
@@ -124,8 +126,14 @@ def _due_in_turn(session: Session, now: int, limit: int) -> list[ManagedObject]:
     return [rows[uid] for uid in picked if uid in rows]
 
 
-def _rotate(ctx: OperationContext, uid: str) -> ManagedRotation:
+def _rotate(ctx: OperationContext, uid: str) -> ManagedRotation | None:
+    """Rotate ``uid``, due by its stored row; None when, loaded, it no longer rotates: its
+    Deactivation Date passed since it was last written (the row's state is as it was then),
+    so it is Deactivated now and never rotated (its state and its rotation, none, stored)."""
     old = managed.load(ctx, uid)
+    if managed.rotate_due(old) is None:
+        managed.save(ctx, old, changed=False)
+        return None
     generation = int(old.value(Tag.ROTATE_GENERATION) or 0)
     interval = old.value(Tag.ROTATE_INTERVAL)
     offset = old.value(Tag.ROTATE_OFFSET)

@@ -27,7 +27,42 @@ from kcm.kmip.errors import KmipError
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
 
-__all__ = ["consume_usage", "remaining_usage"]
+__all__ = ["as_stored", "consume_usage", "remaining_usage"]
+
+
+def as_stored(value: Item | None, old: Item | None = None) -> Item:
+    """The Usage Limits a client gives (``value``), as the key keeps them: its Total and
+    Unit, and the Count the server keeps. KMIP 1.4 §3.21, 2.1 §4.63: a client sets the Total
+    and Unit; the Count is the server's (a client's was taken as it was, so one who may
+    change a key's attributes could give it 1,000 uses of a Total of 2). A new value
+    (``old`` None: a new key, or an Add) starts with its Total left; a changed one keeps
+    what was used of the old (``old``), so the Total may not go below that, and the Unit
+    may not change (what was counted would mean something else)."""
+    if value is None or value.type is not ItemType.STRUCTURE:
+        raise KmipError(ResultReason.INVALID_FIELD, "Usage Limits must be a structure")
+    fields = {child.tag: child.value for child in value.value}  # type: ignore[union-attr]
+    total, unit = fields.get(Tag.USAGE_LIMITS_TOTAL), fields.get(Tag.USAGE_LIMITS_UNIT)
+    if not isinstance(total, int) or total < 0:
+        raise KmipError(ResultReason.INVALID_FIELD, "Usage Limits needs a Usage Limits Total "
+                        "of 0 or more")
+    count = total
+    if old is not None and old.type is ItemType.STRUCTURE:
+        before = {child.tag: child.value for child in old.value}  # type: ignore[union-attr]
+        old_total = before.get(Tag.USAGE_LIMITS_TOTAL)
+        if isinstance(old_total, int):
+            if before.get(Tag.USAGE_LIMITS_UNIT) != unit:
+                raise KmipError(ResultReason.INVALID_FIELD,
+                                "the Usage Limits Unit of a key cannot change")
+            used = old_total - int(before.get(Tag.USAGE_LIMITS_COUNT, old_total))
+            if total < used:
+                raise KmipError(ResultReason.INVALID_FIELD,
+                                f"the Usage Limits Total cannot go below what was used ({used})")
+            count = total - used
+    children = [Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, total),
+                Item(Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, count)]
+    if unit is not None:
+        children.append(Item(Tag.USAGE_LIMITS_UNIT, ItemType.ENUMERATION, int(unit)))
+    return Item(Tag.USAGE_LIMITS, ItemType.STRUCTURE, children)
 
 
 def remaining_usage(obj: managed.StoredObject) -> tuple[int, int | None] | None:

@@ -2082,6 +2082,7 @@ ENUMERATIONS: dict[str, tuple[tuple[int, str, str, str], ...]] = {
     ),
     'Usage Limits Unit': (
         (0x00000001, 'Byte', 'Byte', '1.4 2.0 2.1'),
+        (0x00000002, 'Object', 'Object', '1.4 2.0 2.1'),
     ),
     'Validation Authority Type': (
         (0x00000001, 'Unspecified', 'Unspecified', '1.4 2.0 2.1'),

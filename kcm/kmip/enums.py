@@ -1255,6 +1255,7 @@ class UsageLimitsUnit(IntEnum):
     """The Usage Limits Unit enumeration."""
 
     BYTE = 0x00000001
+    OBJECT = 0x00000002
 
 
 class ValidationAuthorityType(IntEnum):

@@ -262,8 +262,11 @@ CORRECTIONS: dict[str, object] = {
     },
 }
 
-# Scraped placeholder rows that are not names.
-_NOT_A_NAME = {"(Reserved)", "Reserved", "Extensions", "Object", "(Unused)"}
+# Scraped placeholder rows that are not names; in the tags table its header row too
+# ("Object": "Tag Value"). "Object" is a real value elsewhere: Usage Limits Unit Object (2),
+# which the enumerations kept out while they shared the tags' set.
+_NOT_A_NAME = {"(Reserved)", "Reserved", "Extensions", "(Unused)"}
+_NOT_A_TAG_NAME = _NOT_A_NAME | {"Object"}
 
 
 # --------------------------------------------------------------------------------------
@@ -329,7 +332,7 @@ def _load_oasis(vectors: Path, version: str) -> tuple[dict, dict, dict]:
     tags: dict[int, str] = {}
     for name, text in data["tags"].items():
         match = re.fullmatch(r"(?:0x)?(42[0-9A-Fa-f]{4})(\s*\(deprecated.*\))?", text.strip())
-        if match and name not in _NOT_A_NAME:
+        if match and name not in _NOT_A_TAG_NAME:
             tags[int(match.group(1), 16)] = name
     enums: dict[str, dict[int, str]] = {}
     masks: dict[str, dict[int, str]] = {}

@@ -817,6 +817,35 @@ def test_re_key_offset_and_placeholder(core: CoreHarness) -> None:
     assert got[Tag.STATE] == [State.PRE_ACTIVE]
 
 
+def test_re_key_offset_of_a_key_never_activated_keeps_its_dates_apart(
+        core: CoreHarness) -> None:
+    """No Activation Date to measure from: the other dates keep their distance to the old
+    key's Initial Date. They were copied unshifted, so a replacement activated an Offset
+    ahead was deactivated before it was activated, and never usable."""
+    now = int(time.time())
+    old = register(core, attributes=[Attribute.of(Tag.DEACTIVATION_DATE, now + 600)])
+    old_initial = attributes_of(core, old, Tag.INITIAL_DATE)[Tag.INITIAL_DATE][0]
+    new = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old, offset=3600)
+             ).unique_identifier
+    got = attributes_of(core, new, Tag.ACTIVATION_DATE, Tag.DEACTIVATION_DATE)
+    activation = got[Tag.ACTIVATION_DATE][0]
+    assert got[Tag.DEACTIVATION_DATE] == [activation + (now + 600 - old_initial)]
+    assert got[Tag.DEACTIVATION_DATE][0] > activation
+
+
+def test_re_key_shifts_no_date_past_the_end_of_time(core: CoreHarness) -> None:
+    """A Deactivation Date of "never" (the latest Date-Time) shifted by the Offset
+    overflowed it: General Failure, "internal error"."""
+    never = (1 << 63) - 1
+    for deactivation in (never, never - 5):
+        old = register(core, attributes=[PAST, Attribute.of(Tag.DEACTIVATION_DATE, deactivation)])
+        for offset in (None, 0, 1000):
+            new = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old, offset=offset)
+                     ).unique_identifier
+            assert attributes_of(core, new, Tag.DEACTIVATION_DATE)[Tag.DEACTIVATION_DATE][0] \
+                in (deactivation, never)
+
+
 def test_re_key_refusals(core: CoreHarness) -> None:
     secret = register(core, SecretData(secret_data_type=SecretDataType.SEED, key_block=KeyBlock(
         key_format_type=KeyFormatType.OPAQUE, key_value=KeyValue(key_material=b"12345678"))),

@@ -21,20 +21,23 @@ from kcm.kmip.enums import (
 )
 from kcm.kmip.objects import EncryptionKeyInformation, KeyWrappingSpecification
 from kcm.kmip.payloads import (
+    AddAttributeRequest,
     CreateKeyPairRequest,
     DecryptRequest,
     EncryptRequest,
     GetRequest,
+    ModifyAttributeRequest,
     RegisterRequest,
     SignatureVerifyRequest,
     SignRequest,
 )
 from kcm.kmip.tags import Tag
-from kcm.ttlv import ItemType
+from kcm.ttlv import Item, ItemType
 from tests.core_support import CoreHarness
 from tests.integration.test_core_asymmetric import key_pair_request, stored
 from tests.integration.test_core_crypto import failed, ok, one, store_key
 from tests.integration.test_core_mac_hash_rng import hmac_key, mac, mac_verify
+from tests.integration.test_core_objects import aes_key
 from tests.integration.test_core_stream_replay import usage_limits
 
 USED_UP = "the key's usage limit is used up"
@@ -220,3 +223,52 @@ def test_a_failed_use_gives_its_count_back(core: CoreHarness) -> None:
     assert count_left(core, uid) == 1
     ok(mac(core, uid))
     assert count_left(core, uid) == 0
+
+
+# The Count is the server's --------------------------------------------------------------
+def _limits(total: int, count: int | None = None,
+            unit: UsageLimitsUnit | None = None) -> Attribute:
+    fields = [Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, total)]
+    if count is not None:
+        fields.append(Item(Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, count))
+    if unit is not None:
+        fields.append(Item(Tag.USAGE_LIMITS_UNIT, ItemType.ENUMERATION, int(unit)))
+    return Attribute.of(Tag.USAGE_LIMITS, fields, ItemType.STRUCTURE)
+
+
+def _encrypt(core: CoreHarness, uid: str):
+    return one(core, Operation.ENCRYPT, EncryptRequest(unique_identifier=uid, data=MESSAGE))
+
+
+def test_a_client_count_is_not_taken_the_count_is_the_servers(core: CoreHarness) -> None:
+    """KMIP 2.1 §4.63: a client sets the Total and Unit; the Count is the server's. A
+    Register with a Total of 2 and a Count of 1,000 allowed 1,000 uses; a Modify could
+    reset the count of a limit an administrator set."""
+    registered = ok(one(core, Operation.REGISTER, RegisterRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, object=aes_key(),
+        attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, int(_M.ENCRYPT)),
+                    Attribute.of(Tag.ACTIVATION_DATE, 946_684_800),
+                    _limits(2, count=1000, unit=UsageLimitsUnit.OBJECT)])))
+    uid = registered.unique_identifier
+    assert count_left(core, uid) == 2
+    ok(_encrypt(core, uid))
+    # Raised to 5 with a Count of 1,000 given again: 1 was used, so 4 are left.
+    ok(one(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid,
+        attribute=_limits(5, count=1000, unit=UsageLimitsUnit.OBJECT))))
+    assert count_left(core, uid) == 4
+    for _ in range(4):
+        ok(_encrypt(core, uid))
+    used_up(_encrypt(core, uid))
+    for limits, says in ((_limits(4, unit=UsageLimitsUnit.OBJECT), "below what was used (5)"),
+                         (_limits(50, unit=UsageLimitsUnit.BYTE), "Unit of a key cannot"),
+                         (_limits(-1), "Total of 0 or more")):
+        refused = one(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+            unique_identifier=uid, attribute=limits))
+        failed(refused, ResultReason.INVALID_FIELD)
+        assert says in refused.result_message, refused.result_message
+    # Added to a key without limits: as many left as the Total says.
+    other = store_key(core, KEY, mask=_M.ENCRYPT)
+    ok(one(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=other, attribute=_limits(3, count=0))))
+    assert count_left(core, other) == 3

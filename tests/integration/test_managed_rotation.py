@@ -340,3 +340,39 @@ def test_a_clients_re_key_hands_the_rotation_line_on(core: CoreHarness) -> None:
     replaced = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=plain)
                   ).unique_identifier
     assert attributes_of(core, replaced, *ROTATION_TAGS) == {}
+
+
+def test_a_key_deactivated_by_its_date_since_its_last_write_is_not_rotated(
+        core: CoreHarness) -> None:
+    """Its row still said Active (a state moved by a date is written at the object's next
+    write): the sweeper re-keyed it, continuing the line of a Deactivated key, where a key
+    written after its date (the row saying Deactivated) was not."""
+    now = int(time.time())
+    uid = register(core, attributes=[name("retiring"), PAST, *automatic(3600),
+                                     Attribute.of(Tag.ROTATE_DATE, now),
+                                     Attribute.of(Tag.DEACTIVATION_DATE, now + 1)])
+    assert row(core, uid).state == State.ACTIVE
+    assert sweep(core, now + 4000) == []
+    stored = row(core, uid)
+    assert stored.state == State.DEACTIVATED and stored.rotate_due is None
+    assert sweep(core, now + 8000) == []
+
+
+NEVER = (1 << 63) - 1
+
+
+def test_dates_at_the_end_of_time_rotate_never_and_do_not_stop_a_line(
+        core: CoreHarness) -> None:
+    """The latest Date-Time (what clients give for "never") made the due date overflow
+    the column (General Failure at Register), and a Re-key shifting a Deactivation Date of
+    "never" overflow the Date-Time (the sweeper then ended the line for good)."""
+    far = register(core, attributes=[name("far"), Attribute.of(Tag.ACTIVATION_DATE, NEVER - 10),
+                                     *automatic(3600)])
+    assert row(core, far).rotate_due == NEVER
+    forever = register(core, attributes=[name("forever"), PAST, *automatic(3600),
+                                         Attribute.of(Tag.DEACTIVATION_DATE, NEVER)])
+    [rotation] = sweep(core, time.time())
+    assert rotation.uid == forever and rotation.error is None
+    assert attributes_of(core, rotation.replacement, Tag.DEACTIVATION_DATE) == {
+        Tag.DEACTIVATION_DATE: [NEVER]}
+    assert row(core, rotation.replacement).rotate_due is not None  # the line goes on

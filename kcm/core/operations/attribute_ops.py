@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kcm.core import managed, policy
+from kcm.core import managed, policy, usage_limits
 from kcm.core.attribute_rules import (
     Rule,
     check_date_change,
@@ -142,8 +142,8 @@ def add_attribute(ctx: OperationContext, request: AddAttributeRequest) -> AddAtt
     _check_value(new, ctx.version, label)
     _check_unique_name(existing, new, ctx.version)
     _check_date(ctx, obj, new.tag)
-    added = Attribute(new.tag, new.value, _free_index(existing), new.vendor_identification,
-                      new.name)
+    added = Attribute(new.tag, _as_stored(new, None), _free_index(existing),
+                      new.vendor_identification, new.name)
     obj.attributes.append(added)
     answer = _on_wire(added)
     _save(ctx, obj, label)
@@ -162,8 +162,8 @@ def modify_attribute(ctx: OperationContext,
     _check_value(new, ctx.version, label)
     _check_unique_name([a for a in existing if a is not target], new, ctx.version)
     _check_date(ctx, obj, new.tag)
-    modified = Attribute(target.tag, new.value, target.index, target.vendor_identification,
-                         target.name)
+    modified = Attribute(target.tag, _as_stored(new, target.value), target.index,
+                         target.vendor_identification, target.name)
     _replace(obj, target, modified)
     answer = _on_wire(modified, keep_zero=new.index is not None)
     _save(ctx, obj, label)
@@ -220,7 +220,8 @@ def set_attribute(ctx: OperationContext, request: SetAttributeRequest) -> Unique
                         "Modify Attribute")
     _check_value(new, ctx.version, label)
     _check_date(ctx, obj, new.tag)
-    value = Attribute(new.tag, new.value, None, new.vendor_identification, new.name)
+    value = Attribute(new.tag, _as_stored(new, existing[0].value if existing else None), None,
+                      new.vendor_identification, new.name)
     if existing:
         value.index = existing[0].index
         _replace(obj, existing[0], value)
@@ -256,6 +257,14 @@ def adjust_attribute(ctx: OperationContext,
 
 
 # Helpers ---------------------------------------------------------------------------------
+
+def _as_stored(new: Attribute, old: Item | None) -> Item | None:
+    """The value ``new`` is stored with: as given, but for Usage Limits, whose Count is the
+    server's (:func:`kcm.core.usage_limits.as_stored`; ``old``: the value it replaces)."""
+    if new.tag == Tag.USAGE_LIMITS:
+        return usage_limits.as_stored(new.value, old)
+    return new.value
+
 
 def _load(ctx: OperationContext, unique_identifier: str | Item | None, *,
           for_update: bool = True) -> managed.StoredObject:

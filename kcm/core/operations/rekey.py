@@ -162,12 +162,18 @@ def _inherited_attributes(ctx: OperationContext, old: managed.StoredObject,
                 dates[tag] = old.value(tag)
     else:
         # 1.4 §4.4 Table 168: AT2 = IT2 + Offset; the other dates keep their distance
-        # to the activation date.
-        dates[Tag.ACTIVATION_DATE] = ctx.now + offset
+        # to the activation date (DT2 = DT1 + (AT2 - AT1)). A key never given an
+        # activation date measures from its Initial Date instead: else a replacement
+        # activated an Offset ahead kept the old Deactivation Date, before its activation.
+        dates[Tag.ACTIVATION_DATE] = managed.bounded_date(ctx.now + offset)
+        since = activation if activation is not None else old.value(Tag.INITIAL_DATE)
+        shift = 0 if since is None else dates[Tag.ACTIVATION_DATE] - int(since)
         for tag in _SHIFTED_DATES:
-            if old.value(tag) is not None:
-                shift = 0 if activation is None else dates[Tag.ACTIVATION_DATE] - activation
-                dates[tag] = old.value(tag) + shift
+            when = old.value(tag)
+            if when is not None:
+                # ("never", the latest date, stays never; near it, the latest)
+                dates[tag] = (when if when == managed.LATEST_DATE
+                              else managed.bounded_date(when + shift))
     # (a tenant or service key set before these dates were refused does not pass them on)
     attributes += [managed.date_attribute(tag, when) for tag, when in dates.items()
                    if level_takes(tag, old.level)]

@@ -101,7 +101,7 @@ def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]
         policy = _effective(stored, tenant, service)
         if not policy.rotates:
             continue
-        age = now - (row.activation_date or row.initial_date or now)
+        age = now - _made_or_activated(row, now)
         count = uses.get(row.uid, 0)
         trigger = due_trigger(policy, age, count)
         if trigger is not None:
@@ -110,6 +110,15 @@ def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]
             rotations.append(_rotate(session, keyring, previous, policy, trigger, age, count,
                                      now))
     return rotations
+
+
+def _made_or_activated(row: ManagedObject, now: float) -> float:
+    """When a version's age starts: its activation, or its making if that came later. A
+    tenant administrator's Re-key without Offset copies the old version's Activation Date
+    (KMIP 1.4 §4.4), and a version made 2 minutes ago was taken for as old as the one it
+    replaced: rotated again at the next sweep, and retired after the overlap."""
+    dates = [d for d in (row.activation_date, row.initial_date) if d is not None]
+    return max(dates) if dates else now
 
 
 def cap_reached(session: Session, uids: Iterable[str]) -> bool:

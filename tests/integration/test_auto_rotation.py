@@ -237,3 +237,30 @@ def test_a_usage_cap_stored_before_the_gcm_bound_is_read_as_the_bound(
     [rotation] = [r for r in _rotate(core, 2_000_000_000) if r.tenant == "demo"
                   and r.service == "app"]
     assert (rotation.previous_uid, rotation.trigger) == (uid, "max_uses")
+
+
+def test_a_version_an_administrator_re_keyed_is_as_old_as_it_is(core: CoreHarness) -> None:
+    """A Re-key without Offset copies the old version's Activation Date (KMIP 1.4 §4.4);
+    the policy took the new version's age from it, so a version made two minutes before
+    the sweep was rotated again at once, and retired after the overlap."""
+    from kcm.kmip.enums import Operation, ResultStatus
+    from kcm.kmip.payloads import ReKeyRequest
+    from kcm.testing.requests import item, request, response
+    from tests.core_support import admin_principal
+
+    [(_, v1, _, _)] = _versions(core)
+    activated = core.store.run_sync(lambda s: repository.get_l3(s, v1).activation_date)
+    _policy(core, "", "", interval=3600, overlap=60)
+    re_keyed_at = activated + 3480  # the administrator re-keys 58 minutes in
+    [answer] = response(core.handler.respond(
+        request(item(Operation.RE_KEY, ReKeyRequest(unique_identifier=v1)), version=(2, 1)),
+        core.caller(admin_principal()), re_keyed_at)).batch_items
+    assert answer.result_status == ResultStatus.SUCCESS, answer.result_message
+    v2 = answer.response_payload.unique_identifier
+
+    def of_app(rotations):  # (the other services' keys rotate by the same policy)
+        return [r for r in rotations if (r.tenant, r.service) == ("demo", "app")]
+
+    assert of_app(_rotate(core, activated + 3600)) == []  # two minutes old: not due
+    [rotation] = of_app(_rotate(core, re_keyed_at + 3600))  # an interval after it was made
+    assert rotation.previous_uid == v2

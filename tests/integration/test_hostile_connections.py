@@ -56,6 +56,14 @@ def p99(latencies: list[float]) -> float:
     return statistics.quantiles(latencies, n=100)[98]
 
 
+def p95(latencies: list[float]) -> float:
+    return statistics.quantiles(latencies, n=100)[94]
+
+
+#: One stall of a core's own (an fsync of its database), in seconds.
+STALL = 0.015
+
+
 def measure(make_client: Callable[[], KmipClient], wire: bytes,
             samples: int = SAMPLES) -> list[float]:
     """``samples`` requests of the normal client (a new connection every 50), each answered
@@ -411,7 +419,12 @@ def test_clients_that_never_read_are_closed_and_their_answers_freed_at_the_core(
     per_connection = (CORE_PENDING + 2) * len(hostile_wire) + (256 << 10)
     assert peak - before <= CORE_NEVER_READING * per_connection + (32 << 20)
     # Clients the core no longer reads from cost the others nothing; while they send, the
-    # normal one gets its share (the bound of the gateway's test).
-    assert p99(held) <= P99_FACTOR * p99(idle) + P99_SLACK
+    # normal one gets its share (the bound of the gateway's test). The held window is as
+    # long as the write timeout, so it takes 150 requests: their p99 is the second slowest,
+    # which one stall of the core's own (a WAL checkpoint's fsync, 10-15 ms) decides, held
+    # connections or not. So the bound is on the p95 (the 8th slowest), and the p99 may
+    # take one such stall more.
+    assert p95(held) <= P99_FACTOR * p95(idle) + P99_SLACK
+    assert p99(held) <= P99_FACTOR * p99(idle) + P99_SLACK + STALL
     assert p99(filling) <= FILLING_P99
     assert "were not read within" in core.log.read_text()

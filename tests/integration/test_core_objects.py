@@ -1197,3 +1197,59 @@ def test_an_object_keeps_a_bounded_number_of_attributes(core: CoreHarness) -> No
 def row_attributes(core: CoreHarness, uid: str) -> list[Attribute]:
     from kcm.core.managed import decode_attributes
     return decode_attributes(row(core, uid).attributes)
+
+
+# -- Locate by what the version does not define -----------------------------------------
+
+def _raw_v1_locate(core, version, attribute_name: str, value: Item):
+    """A 1.x Locate whose one criterion is Attribute {Attribute Name, Attribute Value}, as a
+    client writes it (the test encoder drops attributes the version does not define)."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=1)
+    message = encode_request(RequestMessage(header, [RequestBatchItem(
+        operation=Operation.LOCATE, request_payload=LocateRequest())]))
+
+    def payload_of(item):
+        if item.tag == Tag.REQUEST_PAYLOAD:
+            return item
+        if item.type is ItemType.STRUCTURE:
+            for child in item.value:
+                found = payload_of(child)
+                if found is not None:
+                    return found
+        return None
+
+    payload_of(message).value.append(Item(Tag.ATTRIBUTE, ItemType.STRUCTURE, [
+        Item(Tag.ATTRIBUTE_NAME, ItemType.TEXT_STRING, attribute_name),
+        Item(Tag.ATTRIBUTE_VALUE, value.type, value.value)]))
+    answer = core.handler.respond(encode(message), core.caller(None), int(time.time()))
+    return decode_response(decode(answer)).batch_items[0]
+
+
+def test_a_1_3_locate_by_description_is_refused_like_every_other_1_3_use_of_it(
+        core: CoreHarness) -> None:
+    """It was answered: a 1.3 client found objects by an attribute it can neither set
+    nor see."""
+    uid = register(core, attributes=[name("a"), Attribute.of(Tag.DESCRIPTION, "payroll")])
+    # Add Attribute at 1.3 refuses Description, and Get Attributes at 1.3 does not show it:
+    item = one(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.DESCRIPTION, "x")), version=(1, 3))
+    assert (item.result_status, item.result_reason) == (ResultStatus.OPERATION_FAILED,
+                                                        ResultReason.INVALID_FIELD)
+    shown = ok(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(unique_identifier=uid),
+               version=(1, 3))
+    assert Tag.DESCRIPTION not in {a.tag for a in shown.attributes}
+    # ... but a 1.3 Locate by it succeeds and finds the object by it.
+    item = _raw_v1_locate(core, (1, 3), "Description", Item(0, ItemType.TEXT_STRING, "payroll"))
+    assert (item.result_status, item.result_reason) == (ResultStatus.OPERATION_FAILED,
+                                                        ResultReason.INVALID_FIELD)
+    assert item.result_message == "Description is not an attribute of KMIP 1.3"
+
+
+def test_a_1_4_locate_by_an_unknown_attribute_name_is_invalid_field(core: CoreHarness) -> None:
+    """It was a Success finding nothing (the name read as a vendor attribute of no
+    vendor)."""
+    register(core, attributes=[name("a")])
+    item = _raw_v1_locate(core, (1, 4), "Foo Bar", Item(0, ItemType.TEXT_STRING, "x"))
+    assert (item.result_status, item.result_reason) == (ResultStatus.OPERATION_FAILED,
+                                                        ResultReason.INVALID_FIELD), (
+        item.result_status, item.response_payload)

@@ -10,7 +10,7 @@ from kcm.core.context import OperationContext
 from kcm.core.operations._objects_common import attribute_identity
 from kcm.core.store import repository
 from kcm.kernel import lifecycle
-from kcm.kmip.attributes import VENDOR_TAG, Attribute
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, attribute_label, defined_in
 from kcm.kmip.enums import (
     ObjectGroupMember,
     ResultReason,
@@ -163,6 +163,14 @@ class _Criteria:
         self.others: list[Attribute] = []
         by_tag: dict[int, list[Attribute]] = {}
         for attribute in attributes:
+            if not defined_in(attribute, version):
+                # As every operation that takes attributes (attribute_rules.check_offered;
+                # the server's read-only y- attributes are searchable): a 1.3 client found
+                # objects by a Description it can neither set nor see, and an unknown
+                # name ("Foo Bar") was a Success finding nothing.
+                raise KmipError(ResultReason.INVALID_ATTRIBUTE,
+                                f"{attribute_label(attribute)} is not an attribute of KMIP "
+                                f"{version[0]}.{version[1]}", v1_reason=ResultReason.INVALID_FIELD)
             if attribute.value is None:
                 raise KmipError(ResultReason.INVALID_FIELD,
                                 f"{tag_label(attribute.tag)} has no value to match")

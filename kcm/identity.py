@@ -190,8 +190,11 @@ class SubjectMap:
         "CN=ops,O=Example Corp" = "operator/ops"
 
     RFC 4514 writes the most specific attribute first (``CN=...,O=...``), exactly as
-    ``cryptography``'s ``Name.rfc4514_string()`` and ``openssl x509 -nameopt RFC2253`` print
-    it: upper-case attribute names, no spaces after commas. Subjects match attribute by
+    ``cryptography``'s ``Name.rfc4514_string()`` prints it: upper-case attribute names, no
+    spaces after commas. ``openssl x509 -noout -subject -nameopt RFC2253`` prints the same
+    for CN, O, OU, C, L, ST, STREET, DC and UID; an attribute RFC 4514 has no name for
+    (OpenSSL's emailAddress, serialNumber, title, GN, SN) is written by its dotted OID, as
+    ``cryptography`` does: ``1.2.840.113549.1.9.1=ops@example.com``. Subjects match attribute by
     attribute, values case-sensitively. Gateway paths are refused: the right to assert other
     callers' identities is bound to a gateway SPIFFE ID, never to a subject. A malformed
     subject, path, or two spellings of the same subject raise ``ValueError`` at load time.
@@ -267,6 +270,12 @@ class SubjectMap:
         )
 
 
+#: What reading a verified certificate's extensions may raise: an encoding OpenSSL takes
+#: and cryptography refuses (BasicConstraints cA=FALSE written out, a URI SAN that is not
+#: UTF-8), or a general name type it does not know.
+UNREADABLE = (ValueError, x509.UnsupportedGeneralNameType)
+
+
 def is_ca_certificate(cert: x509.Certificate) -> bool:
     """Whether ``cert`` is a CA's: BasicConstraints cA=TRUE, or a KeyUsage with keyCertSign."""
     try:
@@ -296,9 +305,12 @@ def core_certificate_refusal(cert: x509.Certificate) -> str | None:
     certificate carrying any URI subject alternative name (every identity but the core's
     carries a SPIFFE ID, and a gateway's names the same hosts as the core's), and a CA's.
     """
-    if is_ca_certificate(cert):
-        return "its certificate is a CA's"
-    uris = _uri_sans(cert)
+    try:
+        if is_ca_certificate(cert):
+            return "its certificate is a CA's"
+        uris = _uri_sans(cert)
+    except UNREADABLE:
+        return "its certificate's extensions cannot be read"
     if uris:
         shown = uris[0].encode("ascii", "backslashreplace").decode("ascii")[:100]
         return f"its certificate carries a URI SAN ({shown}); a core's carries none"
@@ -318,9 +330,14 @@ def principal_from_certificate(
     looked up in ``subject_map``.
     """
     validate_trust_domain(trust_domain)
-    if is_ca_certificate(cert):
+    try:
+        if is_ca_certificate(cert):
+            return None
+        uris = _uri_sans(cert)
+    except UNREADABLE:
+        # An encoding OpenSSL verifies and cryptography will not read (a DER-invalid
+        # explicit default, a URI SAN that is not UTF-8): names nobody, refused as such.
         return None
-    uris = _uri_sans(cert)
     # The scheme is case-insensitive in RFC 3986, so SPIFFE-looking URIs in any case count as
     # claims here even though only the lowercase spelling can be valid.
     spiffe_uris = [u for u in uris if u[: len(_SCHEME)].lower() == _SCHEME]

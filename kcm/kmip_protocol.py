@@ -34,7 +34,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from cryptography import x509
@@ -219,6 +219,19 @@ _DESCRIBED_NAMES = 4
 _DESCRIBED_LENGTH = 100
 
 
+def describe_peer_certificate(transport: Any) -> str:
+    """The certificate of the peer on ``transport`` as :func:`describe_certificate` says it;
+    one ``cryptography`` cannot load by its subject and serial as OpenSSL reads them."""
+    try:
+        return describe_certificate(peer_certificate(transport))
+    except ValueError:
+        x509_cert = transport.getPeerCertificate()
+        subject = "".join(f"/{name.decode(errors='replace')}={value.decode(errors='replace')}"
+                          for name, value in x509_cert.get_subject().get_components())
+        return (f"unreadable certificate, subject {_ascii(subject) or '(empty)'}, serial "
+                f"{x509_cert.get_serial_number():x}")
+
+
 def describe_certificate(cert: x509.Certificate | None) -> str:
     """``cert`` in one short ASCII line for a log or an audit record: its subject, its
     subject alternative names (the first few) and its serial number. What a certificate
@@ -233,7 +246,7 @@ def describe_certificate(cert: x509.Certificate | None) -> str:
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         sans = [_general_name(name) for name in names]
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, ValueError, x509.UnsupportedGeneralNameType):
         sans = []
     shown = [_ascii(san) for san in sans[:_DESCRIBED_NAMES]]
     if len(sans) > _DESCRIBED_NAMES:
@@ -324,7 +337,7 @@ class KmipServerProtocol(Protocol):
             # to handle_request (the handler may record the refusal: refusal_answer); the
             # connection guard's handshake deadline (the connection is never "identified")
             # bounds how long a silent one is kept.
-            self._claimed = describe_certificate(peer_certificate(self.transport))
+            self._claimed = describe_peer_certificate(self.transport)
             log.warn("refused connection from {peer}: no acceptable identity ({certificate})",
                      peer=address, certificate=self._claimed)
             self._refused_identity = True

@@ -321,7 +321,8 @@ def client_tls_options(
 
 
 def peer_certificate(transport: Any) -> x509.Certificate | None:
-    """The peer's verified certificate on a TLS ``transport``, or ``None`` if there is none.
+    """The peer's verified certificate on a TLS ``transport``, or ``None`` if there is none;
+    ValueError when OpenSSL verified one that ``cryptography`` cannot load.
 
     Call it once the handshake has completed (``IHandshakeListener.handshakeCompleted``);
     before that there is no verified certificate to read.
@@ -343,7 +344,10 @@ def peer_principal(
     ``None`` means refuse: no certificate, or one that names no principal (see
     :func:`kcm.identity.principal_from_certificate`).
     """
-    cert = peer_certificate(transport)
+    try:
+        cert = peer_certificate(transport)
+    except ValueError:  # one cryptography cannot load at all (an explicit critical=FALSE)
+        return None
     if cert is None:
         return None
     return principal_from_certificate(cert, trust_domain=trust_domain, subject_map=subject_map)

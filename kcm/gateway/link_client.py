@@ -212,9 +212,13 @@ class LinkClientProtocol(LinkProtocol):
         """TLS verified the peer's chain and host name: it must also be a core, not another
         identity of the same PKI naming the same host (a gateway's certificate); if not, the
         link is closed before anything goes on it, a failed attempt of this core."""
-        cert = peer_certificate(self.transport)
-        why = ("it presented no certificate" if cert is None
-               else core_certificate_refusal(cert))
+        try:
+            cert = peer_certificate(self.transport)
+        except ValueError:
+            why: str | None = "its certificate cannot be read"
+        else:
+            why = ("it presented no certificate" if cert is None
+                   else core_certificate_refusal(cert))
         if why is None:
             return
         self.refused = f"{self.peer} is not a core: {why}"

@@ -50,7 +50,9 @@ def as_stored(value: Item | None, old: Item | None = None) -> Item:
         before = {child.tag: child.value for child in old.value}  # type: ignore[union-attr]
         old_total = before.get(Tag.USAGE_LIMITS_TOTAL)
         if isinstance(old_total, int):
-            if before.get(Tag.USAGE_LIMITS_UNIT) != unit:
+            # (Object, or none: each use counts one; Byte: the bytes protected)
+            if ((before.get(Tag.USAGE_LIMITS_UNIT) == UsageLimitsUnit.BYTE)
+                    != (unit == UsageLimitsUnit.BYTE)):
                 raise KmipError(ResultReason.INVALID_FIELD,
                                 "the Usage Limits Unit of a key cannot change")
             used = old_total - int(before.get(Tag.USAGE_LIMITS_COUNT, old_total))

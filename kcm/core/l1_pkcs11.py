@@ -271,13 +271,42 @@ def open_token_key(uri: str, *, create: bool = False) -> tuple[Pkcs11L1, bool]:
     :class:`kcm.core.keys.L1Error` saying what is wrong."""
     where = Pkcs11Uri.parse(uri)
     session, key, created = _open(where, create)
+    token_name = f"PKCS#11 token {where.token!r}"
+    opened = _check_value_of(key)
+    refused_pin: list[str] = []
 
     def reopen() -> tuple[pkcs11.Session, pkcs11.SecretKey]:
-        session, key, _ = _open(where, False)
+        # The PIN as its source says now (an operator who changed it updates the file,
+        # docs/operations.md): a PIN the token refused is not tried again until it changes,
+        # so requests do not spend the token's login tries one each.
+        current = Pkcs11Uri.parse(uri)
+        if refused_pin and current.pin == refused_pin[0]:
+            raise keys.L1Error(f"{token_name} refused this PIN before; waiting for a new one "
+                               "in the PIN source")
+        try:
+            session, key, _ = _open(current, False)
+        except keys.L1Error as e:
+            if isinstance(e.__cause__, p11.PinIncorrect | p11.PinLocked):
+                refused_pin[:] = [current.pin]
+            raise
+        refused_pin.clear()
+        # The key found by its label must be the one this process opened: another token
+        # with the same labels (a fail-over to the wrong one, a re-initialized token) would
+        # have new tenant keys wrapped under a key that is not the database's.
+        found = _check_value_of(key)
+        if found != opened:
+            session.close()
+            raise keys.L1Error(f"the key {where.object!r} in {token_name} is not the one this "
+                               f"process opened (check value {found}, not {opened})")
         return session, key
 
-    return (Pkcs11L1(session, key, f"L1 key {where.object!r} in PKCS#11 token {where.token!r}",
-                     reopen), created)
+    return (Pkcs11L1(session, key, f"L1 key {where.object!r} in {token_name}", reopen),
+            created)
+
+
+def _check_value_of(key: pkcs11.SecretKey) -> str:
+    """The check value of a token key (as :meth:`Pkcs11L1.check_value` says it)."""
+    return bytes(key.sign(CHECK_VALUE_LABEL, mechanism=Mechanism.AES_CMAC))[:8].hex()
 
 
 def _open(where: Pkcs11Uri, create: bool) -> tuple[pkcs11.Session, pkcs11.SecretKey, bool]:
@@ -361,6 +390,9 @@ def _find_or_create(session: pkcs11.Session, where: Pkcs11Uri, token_name: str,
         problems.append("is not an AES-256 key")
     if not key[Attribute.SENSITIVE] or key[Attribute.EXTRACTABLE]:
         problems.append("must be sensitive and not extractable")
+    if not key[Attribute.PRIVATE] or not key[Attribute.TOKEN]:
+        # (CKA_PRIVATE false: usable in a session that never logged in, without the PIN)
+        problems.append("must be a private token object")
     if not (key[Attribute.ENCRYPT] and key[Attribute.DECRYPT] and key[Attribute.SIGN]):
         problems.append("must allow encrypt, decrypt and sign")
     if problems:

@@ -256,3 +256,82 @@ def test_cmac_errors_are_l1_errors() -> None:
     l1, reopens = _l1(_Key(p11.SessionHandleInvalid()), _Key(b"a" * 16, b"b" * 16))
     assert l1.audit_key() == b"a" * 16 + b"b" * 16
     assert len(reopens) == 1
+
+
+# Found again, it must be the same key; a refused PIN is not tried again -----------------
+def test_a_session_reopened_on_another_key_of_the_same_labels_is_refused(
+        token_core: TokenCore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fail-over to a token of the same labels and another key (a standby never cloned):
+    the reopened session took it for L1, and the sweeper wrapped new tenant keys under it,
+    lost once the real token was back. Now that L1 is unavailable until it is back."""
+    import shutil
+    import subprocess
+
+    from tests.softhsm import SO_PIN
+
+    l1, softhsm = token_core.l1, token_core.softhsm
+    check, blob = l1.check_value(), l1.wrap(b"k" * 32, aad=AAD)
+    standby = tmp_path / "standby"
+    (standby / "tokens").mkdir(parents=True)
+    (standby / "softhsm2.conf").write_text(f"directories.tokendir = {standby / 'tokens'}\n"
+                                           "objectstore.backend = file\nlog.level = ERROR\n")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(standby / "softhsm2.conf"))
+    subprocess.run([shutil.which("softhsm2-util"), "--init-token", "--free", "--label",
+                    softhsm.token, "--pin", softhsm.pin, "--so-pin", SO_PIN], check=True,
+                   capture_output=True, timeout=60)
+    assert ctypes.CDLL(MODULE).C_Finalize(None) == 0
+    other, created = open_token_key(softhsm.uri(), create=True)
+    assert created and other.check_value() != check
+    other.close()
+    assert ctypes.CDLL(MODULE).C_Finalize(None) == 0  # the core's session is gone
+    with pytest.raises(TokenUnavailable, match="is not the one this process opened"):
+        l1.wrap(b"new tenant key", aad=AAD)
+    # The real token back: the same L1 again.
+    monkeypatch.setenv("SOFTHSM2_CONF", str(softhsm.directory / "softhsm2.conf"))
+    assert ctypes.CDLL(MODULE).C_Finalize(None) == 0
+    assert l1.unwrap(blob, aad=AAD) == b"k" * 32 and l1.check_value() == check
+
+
+def test_a_changed_pin_is_read_again_and_a_refused_one_is_not_tried_again(
+        softhsm: SoftHsm, tmp_path: Path) -> None:
+    """The operator changes the user PIN with the token's tools, then the pin-source file
+    (docs/operations.md). A lost session was logged in again with the PIN read at start:
+    refused at every request, each spending one of the token's login tries."""
+    pin_file = tmp_path / "l1.pin"
+    pin_file.write_text(softhsm.pin + "\n")
+    pin_file.chmod(0o600)
+    l1, _ = open_token_key(softhsm.uri(pin_file=pin_file), create=True)
+    blob = l1.wrap(b"x" * 32, aad=AAD)
+    token = pkcs11.lib(MODULE).get_token(token_label=softhsm.token)
+    with token.open(rw=True) as session:  # (the process is logged in: it shares the login)
+        session.set_pin(softhsm.pin, "new-pin-9876")
+    pin_file.write_text("new-pin-9876\n")
+    TokenCore(None, l1, softhsm).drop_sessions()  # type: ignore[arg-type]
+    assert l1.unwrap(blob, aad=AAD) == b"x" * 32  # logged in with the PIN the file has now
+    # A PIN the token refuses is tried once, then not again until the file changes.
+    pin_file.write_text("wrong-pin\n")
+    TokenCore(None, l1, softhsm).drop_sessions()  # type: ignore[arg-type]
+    messages = []
+    for _ in range(3):
+        with pytest.raises(TokenUnavailable) as unavailable:
+            l1.unwrap(blob, aad=AAD)
+        messages.append(str(unavailable.value))
+    assert "refused the PIN" in messages[0]
+    assert all("refused this PIN before" in message for message in messages[1:])
+    flags = pkcs11.lib(MODULE).get_token(token_label=softhsm.token).flags
+    assert not flags & 0x20000  # CKF_USER_PIN_FINAL_TRY: one refusal, not three
+    pin_file.write_text("new-pin-9876\n")
+    assert l1.unwrap(blob, aad=AAD) == b"x" * 32
+
+
+def test_an_existing_key_that_is_not_private_is_not_taken_for_l1(softhsm: SoftHsm) -> None:
+    """CKA_PRIVATE false: usable in a session that never logged in, without the PIN."""
+    from pkcs11 import Attribute, KeyType
+
+    token = pkcs11.lib(MODULE).get_token(token_label=softhsm.token)
+    with token.open(rw=True, user_pin=softhsm.pin) as session:
+        session.generate_key(KeyType.AES, 256, label="kcm-l1", store=True, template={
+            Attribute.PRIVATE: False, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+            Attribute.ENCRYPT: True, Attribute.DECRYPT: True, Attribute.SIGN: True})
+    with pytest.raises(keys.L1Error, match="must be a private token object"):
+        open_token_key(softhsm.uri(), create=True)

@@ -272,7 +272,12 @@ def open_token_key(uri: str, *, create: bool = False) -> tuple[Pkcs11L1, bool]:
     where = Pkcs11Uri.parse(uri)
     session, key, created = _open(where, create)
     token_name = f"PKCS#11 token {where.token!r}"
-    opened = _check_value_of(key)
+    try:
+        opened = _check_value_of(key)
+    except p11.PKCS11Error as e:
+        session.close()
+        raise keys.L1Error(f"the key {where.object!r} in {token_name} cannot compute "
+                           f"AES-CMAC: {_name(e)}") from e
     refused_pin: list[str] = []
 
     def reopen() -> tuple[pkcs11.Session, pkcs11.SecretKey]:

@@ -136,9 +136,9 @@ def _ask(port: int, ca: Path, cert: Path, key: Path) -> str:
     context.load_cert_chain(str(cert), str(key))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as tls:
-        tls.sendall(request(item(Operation.RNG_RETRIEVE, RngRetrieveRequest(data_length=8))))
         answer = b""
-        try:
+        try:  # (the link closes the connection at once: the send may meet its end too)
+            tls.sendall(request(item(Operation.RNG_RETRIEVE, RngRetrieveRequest(data_length=8))))
             while len(answer) < 8 or len(answer) < 8 + int.from_bytes(answer[4:8], "big"):
                 chunk = tls.recv(65536)
                 if not chunk:

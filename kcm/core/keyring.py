@@ -17,6 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from kcm.core import keys
@@ -24,6 +25,7 @@ from kcm.core.l1 import L1Key
 from kcm.core.l1_file import FileL1
 from kcm.core.os_random import mix_into_os_pool
 from kcm.core.store import repository
+from kcm.core.store.savepoints import on_rollback
 from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1, ManagedObject
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
@@ -35,6 +37,9 @@ UNWRAPPED_CACHE_SIZE = 1024
 #: Destroyed materials the keyring remembers, so as not to cache them again (see
 #: :meth:`Keyring.forget_material`).
 DESTROYED_REMEMBERED = 1024
+#: ``Session.info``: the (keyring, tenant) pairs whose current L2 the transaction looked up,
+#: forgotten again if any of its work rolls back (see :meth:`Keyring._current_tenant_key`).
+CURRENT_L2_READ_INFO = "kcm.keyring.current_l2_read"
 
 
 class Keyring:
@@ -158,6 +163,10 @@ class Keyring:
             )
         key = self._l2_key(l2)
         self._current_l2[tenant] = (l2.uid, now)
+        # The row read may be this very transaction's (a Re-key of the L2 earlier in it):
+        # if any of the transaction's work rolls back, the lookup is forgotten, so that no
+        # later request wraps under an L2 that was never committed.
+        session.info.setdefault(CURRENT_L2_READ_INFO, []).append((self, tenant))
         return l2.uid, key
 
     def forget_current(self, tenant: str) -> None:
@@ -254,3 +263,20 @@ class Keyring:
         """Wrap a new L2 under L1."""
         return self._master().wrap(key, aad=keys.object_aad(tenant, uid),
                                    random_bytes=self._random_bytes)
+
+
+def _forget_current_read(session: Session, *_: object) -> None:
+    """Some of ``session``'s work rolled back (a savepoint, or the whole transaction):
+    every current L2 it looked up is looked up again next time."""
+    for keyring, tenant in session.info.pop(CURRENT_L2_READ_INFO, ()):
+        keyring.forget_current(tenant)
+
+
+def _committed(session: Session, *_: object) -> None:
+    if not session.in_nested_transaction():  # (a savepoint released is not yet committed)
+        session.info.pop(CURRENT_L2_READ_INFO, None)
+
+
+event.listen(Session, "after_soft_rollback", _forget_current_read)
+event.listen(Session, "after_commit", _committed)
+on_rollback(_forget_current_read)

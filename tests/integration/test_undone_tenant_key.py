@@ -1,0 +1,62 @@
+"""A tenant key (L2) made by work that rolls back never wraps anything: not the objects of
+the same batch (rolled back with it), nor those of any request after it. The keyring's
+"current L2" looked up inside the transaction is forgotten when the work rolls back."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from kcm.core.store.schema import LEVEL_TENANT_KEY, ManagedObject
+from kcm.kmip.enums import Operation, ResultStatus
+from kcm.kmip.payloads import ReKeyRequest
+from kcm.testing.requests import STOP, UNDO, create_managed, get, item, request, response
+from tests.core_support import CoreHarness, admin_principal, core  # noqa: F401  (fixture)
+
+
+def _l2s(harness: CoreHarness) -> list[str]:
+    return harness.store.run_sync(lambda s: list(s.scalars(select(ManagedObject.uid).where(
+        ManagedObject.tenant == "demo", ManagedObject.level == LEVEL_TENANT_KEY))))
+
+
+def _wrapped_by(harness: CoreHarness, uid: str) -> str | None:
+    return harness.store.run_sync(lambda s: s.scalar(select(ManagedObject.wrapped_by).where(
+        ManagedObject.uid == uid)))
+
+
+@pytest.mark.parametrize("how", ["undo", "response_too_large"])
+def test_a_rolled_back_l2_rekey_wraps_no_later_object(core: CoreHarness,  # noqa: F811
+                                                      how: str) -> None:
+    [l2] = _l2s(core)
+    rekey = item(Operation.RE_KEY, ReKeyRequest(unique_identifier=l2), b"R")
+    if how == "undo":
+        wire = request(rekey, create_managed(b"C"), get("no-such-object", b"X"),
+                       continuation=UNDO)
+    else:  # every success withheld (Response Too Large): the core undoes the request
+        wire = request(rekey, create_managed(b"C"), continuation=STOP,
+                       maximum_response_size=200)
+    answers = response(core.client(admin_principal()).send(wire)).batch_items
+    assert ResultStatus.SUCCESS not in [a.result_status for a in answers]
+    assert _l2s(core) == [l2]  # the Re-key was rolled back
+
+    made = response(core.client().send(request(create_managed(b"N")))).batch_items[0]
+    assert made.result_status == ResultStatus.SUCCESS, made.result_message
+    uid = made.response_payload.unique_identifier
+    assert _wrapped_by(core, uid) == l2
+    # and it reads back with nothing cached: as another core, or this one restarted, would
+    core.keyring.forget_tenant("demo")
+    got = response(core.client().send(request(get(uid)))).batch_items[0]
+    assert got.result_status == ResultStatus.SUCCESS, got.result_message
+
+
+def test_a_committed_l2_rekey_is_used_at_once(core: CoreHarness) -> None:  # noqa: F811
+    [l2] = _l2s(core)
+    wire = request(item(Operation.RE_KEY, ReKeyRequest(unique_identifier=l2), b"R"),
+                   create_managed(b"C"))
+    answers = response(core.client(admin_principal()).send(wire)).batch_items
+    assert [a.result_status for a in answers] == [ResultStatus.SUCCESS] * 2
+    new = answers[0].response_payload.unique_identifier
+    assert sorted(_l2s(core)) == sorted([l2, new])
+    assert _wrapped_by(core, answers[1].response_payload.unique_identifier) == new
+    made = response(core.client().send(request(create_managed(b"N")))).batch_items[0]
+    assert _wrapped_by(core, made.response_payload.unique_identifier) == new

@@ -575,6 +575,11 @@ class GatewayRequestHandler:
         if relayed.server_correlation_value is not None:
             core_correlation.append(relayed.server_correlation_value)
         items = [answer[item.start:item.end] for item in relayed.items]
+        if not _item_by_item(relayed.items, len(peeked), stop):
+            # The core refused the run whole (its store unavailable, a limit of its own):
+            # each item is answered, with the core's reason, as when the link fails.
+            return encode_items(_refused_items(peeked, items, relayed.items, stop, version),
+                                version), True, []
         failed = [index for index, item in enumerate(relayed.items)
                   if item.result_status == _FAILED]
         # Only failed items are read (few and small): Response Too Large is the core's
@@ -762,6 +767,34 @@ def _unreachable_items(peeked: list[PeekedBatchItem], failure: Failure, stop: bo
     message = _unreachable_message(failure)
     return [failed_item(p.operation, p.unique_batch_item_id, version,
                         ResultReason.GENERAL_FAILURE, message)
+            for p in (peeked[:1] if stop else peeked)]
+
+
+def _item_by_item(answered: list, sent: int, stop: bool) -> bool:
+    """Whether the core answered a run of ``sent`` items item by item: each answer names
+    its operation, and there is one for every item (fewer only under Stop, which ends at
+    the first failure)."""
+    if not answered or len(answered) > sent or (len(answered) < sent and not stop):
+        return False
+    return all(item.operation is not None for item in answered)
+
+
+def _refused_items(peeked: list[PeekedBatchItem], raw: list[bytes], answered: list,
+                   stop: bool, version: Version) -> list[ResponseBatchItem]:
+    """Failed items for a run the core refused whole: the first (``stop``) or every item,
+    with the reason and message of the core's refusal (General Failure if it gave none)."""
+    reason, message = ResultReason.GENERAL_FAILURE, "the core's answer did not match the request"
+    for item, wire in zip(answered, raw, strict=True):
+        if item.operation is None:
+            try:
+                refusal = ResponseBatchItem.from_item(decode_item(wire)[0], version)
+            except (TtlvError, KmipError):
+                break
+            if refusal.result_reason is not None:
+                reason = int(refusal.result_reason)
+                message = refusal.result_message or message
+            break
+    return [failed_item(p.operation, p.unique_batch_item_id, version, reason, message)
             for p in (peeked[:1] if stop else peeked)]
 
 

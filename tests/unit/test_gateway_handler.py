@@ -16,6 +16,7 @@ from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import AnswerTooLarge, RequestTooLarge, ServiceKeyRefused
 from kcm.gateway.local_batch import LocalRunner, l4_engine
 from kcm.kernel.missing import object_not_found
+from kcm.kernel.responses import failure_response
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
@@ -697,3 +698,29 @@ def test_answered_and_other_refusals_log_nothing(warm: Gateway) -> None:
         refused = warm.send(request(encrypt(token), version=(1, 4))).batch_items[0]
         assert refused.result_reason == ResultReason.PERMISSION_DENIED
     assert warnings(events) == []
+
+
+@pytest.mark.parametrize("continuation", [CONTINUE, STOP])
+def test_a_run_the_core_refuses_whole_answers_each_of_its_items(warm: Gateway,
+                                                                continuation: int) -> None:
+    """The core may refuse a forwarded run as a whole (its store unavailable): one item
+    with no Operation. Each item of the run is answered in its place, with its own
+    Unique Batch Item ID and the core's reason (the first only under Stop)."""
+    warm.link.answer = lambda wire: failure_response(
+        (1, 4), ResultReason.GENERAL_FAILURE, "the key store is unavailable", 1_700_000_000)
+    message = warm.send(request(create_l4(b"A"), create_managed(b"B"), create_managed(b"C"),
+                                create_l4(b"D"), continuation=continuation), sync=False)
+    items = message.batch_items
+    if continuation == CONTINUE:
+        assert [i.unique_batch_item_id for i in items] == [b"A", b"B", b"C", b"D"]
+        assert [i.result_status for i in items] == [
+            ResultStatus.SUCCESS, ResultStatus.OPERATION_FAILED,
+            ResultStatus.OPERATION_FAILED, ResultStatus.SUCCESS]
+        refused = items[1:3]
+    else:
+        assert [i.unique_batch_item_id for i in items] == [b"A", b"B"]
+        refused = items[1:]
+    for failed in refused:
+        assert failed.operation == Operation.CREATE
+        assert (failed.result_reason, failed.result_message) == (
+            ResultReason.GENERAL_FAILURE, "the key store is unavailable")

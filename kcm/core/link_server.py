@@ -29,7 +29,12 @@ answered; a HELLO then is answered GOAWAY, so the gateway links to another core.
 
 A gateway that reads slowly never holds up the others: each link registers as the producer of
 its transport, queues events while its transport is full and is dropped (it resumes by
-sequence when it reconnects) when more than ``max_queued_events`` wait.
+sequence when it reconnects) when more than ``max_queued_events`` wait. Answers queue too,
+behind the events: an event waits for at most what the transport already holds, never for
+the answers that became ready after it. What one link can make the core hold is bounded:
+the core reads no more of a link while ``max_requests_in_flight`` of its requests are being
+answered or wait to be written, and closes a link whose transport has taken nothing for
+``write_timeout`` seconds (a gateway that does not read).
 
 No frame too large for the link ends it. The handler's answers are never longer than the
 core's maximum message size, so a RESPONSE always fits the core's frames (derived from the
@@ -139,6 +144,12 @@ class LinkSettings:
     #: FETCH_SERVICE_KEYs of one link waiting their turn; beyond, refused at once (a
     #: gateway sends at most its own bound, by default 1,024, and is never refused).
     max_waiting_fetches: int = 1024
+    #: Requests of one link being answered, held or waiting to be written; at this many the
+    #: core reads no more of the link until one has gone (a gateway sends at most its own
+    #: ``max_in_flight``, by default 1,024, and is never held back by this).
+    max_requests_in_flight: int = 1024
+    #: Seconds a link's transport may stay full, taking nothing, before the link is closed.
+    write_timeout: float = 30.0
 
 
 #: What a FETCH_SERVICE_KEY beyond ``max_waiting_fetches`` is answered (General Failure).
@@ -227,6 +238,13 @@ class LinkServerProtocol(LinkProtocol):
         self._resumed_after: int | None = None
         self._paused = False
         self._queued: deque[bytes] = deque()
+        #: RESPONSE and SERVICE_KEYS frames waiting for the transport, written after the
+        #: queued events.
+        self._answers: deque[bytes] = deque()
+        #: The write timeout's call while the transport is full (None: it is not).
+        self._stall_timer: Any = None
+        #: Whether the core stopped reading the link (too many requests in flight).
+        self.reading_paused = False
         #: The forwarded requests being answered, by stream (a CANCEL stops one).
         self._requests: dict[int, RequestWatch] = {}
         #: Answers waiting for the events committed before them, oldest first:
@@ -251,6 +269,19 @@ class LinkServerProtocol(LinkProtocol):
     def requests_in_flight(self) -> int:
         """Forwarded requests of this link being answered now."""
         return len(self._requests) + len(self._held)
+
+    def _in_flight_changed(self) -> None:
+        """Read the link, or stop reading it, by what it has in flight: its requests being
+        answered or held, and its answers waiting for the transport."""
+        busy = (len(self._requests) + len(self._held) + len(self._answers)
+                >= self.factory.settings.max_requests_in_flight)
+        if busy == self.reading_paused or self.closing or self.transport is None:
+            return
+        self.reading_paused = busy
+        if busy:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
 
     # Identity -------------------------------------------------------------------------------
     @property
@@ -278,7 +309,9 @@ class LinkServerProtocol(LinkProtocol):
         self.factory.fanout.unsubscribe(self)
         self.factory.links.discard(self)
         self._queued.clear()
+        self._answers.clear()
         self._held.clear()
+        self._stop_stall_timer()
         self._stop_holding()
         self.factory.fetches.forget(self)
         # Nobody is left to read the answers of the requests in flight.
@@ -424,18 +457,56 @@ class LinkServerProtocol(LinkProtocol):
     # IPushProducer: the transport tells us when its buffer is full -------------------------
     def pauseProducing(self) -> None:
         self._paused = True
+        if self._stall_timer is None and not self.closing:
+            self._stall_timer = self.clock.callLater(self.factory.settings.write_timeout,
+                                                     self._stalled)
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._stop_stall_timer()
+        # Events first: they overtake the answers not yet written (docs/link-protocol.md §3).
         while self._queued and not self._paused and not self.closing:
             self.send_wire(self._queued.popleft())
+        answers = self._answers
+        while answers and not self._paused and not self.closing:
+            self.send_wire(answers.popleft())
         if self._held and not self._paused:
             self._release_held()
         if not self._paused and self._hello and not self.live:
             self._catch_up()
+        self._in_flight_changed()
 
     def stopProducing(self) -> None:
         self._queued.clear()
+        self._answers.clear()
+
+    def _stalled(self) -> None:
+        """The transport has taken nothing for ``write_timeout``: the gateway does not
+        read; whatever waits for it is dropped with the link."""
+        self._stall_timer = None
+        if self.closing:
+            return
+        log.warn("gateway {gateway} read nothing of its link for {timeout} s: closing it",
+                 gateway=self.gateway.id if self.gateway else "?",
+                 timeout=self.factory.settings.write_timeout)
+        self.close(abort=True)
+
+    def _stop_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            if self._stall_timer.active():
+                self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _send_answer(self, wire: bytes) -> None:
+        """Write a RESPONSE or SERVICE_KEYS frame, or queue it behind the events while the
+        transport is full."""
+        if self.closing:
+            return
+        if self._paused or self._answers:
+            self._answers.append(wire)
+            self._in_flight_changed()
+        else:
+            self.send_wire(wire)
 
     # REQUEST --------------------------------------------------------------------------------
     def frame_received(self, wire: bytes) -> None:
@@ -488,6 +559,7 @@ class LinkServerProtocol(LinkProtocol):
             return
         watch = handler.new_watch()
         self._requests[stream_id] = watch
+        self._in_flight_changed()
         d = handler.handle_as(message, caller, watch)
         d.addErrback(self._request_failed, handler)
         d.addCallback(self._answered, stream_id, watch)
@@ -517,6 +589,7 @@ class LinkServerProtocol(LinkProtocol):
             self._respond(stream_id, wire)
         else:
             self._hold(committed, stream_id, wire)
+        self._in_flight_changed()
 
     def _has_events_through(self, committed: int) -> bool:
         """Whether every event this process committed up to ``committed`` has been handed
@@ -546,6 +619,7 @@ class LinkServerProtocol(LinkProtocol):
         self._held = waiting
         if not waiting:
             self._stop_holding()
+        self._in_flight_changed()
 
     def _held_too_long(self) -> None:
         """Answers held ANSWER_HOLD_LIMIT (the fan-out has not read the outbox meanwhile)
@@ -589,6 +663,7 @@ class LinkServerProtocol(LinkProtocol):
         watch = self._requests.pop(frame.stream_id, None)
         if watch is not None:
             self.factory.handler.cancel(watch)
+            self._in_flight_changed()
 
     def frame_oversized(self, frame: OversizedFrame) -> None:
         """A REQUEST too large for the core's frames is that request's Invalid Message, as
@@ -605,18 +680,19 @@ class LinkServerProtocol(LinkProtocol):
             f"maximum of {self.max_frame_size}"))
 
     def _respond(self, stream_id: int, wire: bytes) -> None:
-        try:
-            self.send_wire(response_frame(stream_id, wire))  # the answer spliced in as it is
-        except FrameTooLarge as e:
+        frame = response_frame(stream_id, wire)  # the answer spliced in as it is
+        if len(frame) > self.max_frame_size:
             # The handler never answers beyond the maximum message size, which the frame
             # size allows for; an answer that got here anyway fails its stream, not the link.
-            log.error("an answer to gateway {gateway} does not fit in a link frame: {error}",
-                      gateway=self.gateway.id, error=str(e))
-            self.send(Frame(FrameType.RESPONSE, stream_id=stream_id,
-                            message=self.factory.handler.failure_response(
-                                ResultReason.RESPONSE_TOO_LARGE,
-                                f"the response of {len(wire)} bytes does not fit in a link "
-                                f"frame")))
+            log.error("an answer to gateway {gateway} does not fit in a link frame: "
+                      "{size} bytes, at most {limit}", gateway=self.gateway.id,
+                      size=len(frame), limit=self.max_frame_size)
+            frame = encode_frame(Frame(FrameType.RESPONSE, stream_id=stream_id,
+                                       message=self.factory.handler.failure_response(
+                                           ResultReason.RESPONSE_TOO_LARGE,
+                                           f"the response of {len(wire)} bytes does not fit "
+                                           f"in a link frame")))
+        self._send_answer(frame)
 
     def _request_failed(self, failure: Failure, handler: CoreRequestHandler) -> bytes:
         log.failure("forwarded request from {peer} failed", failure, peer=self.peer)
@@ -668,22 +744,26 @@ class LinkServerProtocol(LinkProtocol):
         if isinstance(answer, KmipError):
             self._keys_refused(stream_id, answer)
             return
-        try:
-            self.send(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id, service_keys=answer))
-        except FrameTooLarge as e:
-            log.error("service keys for gateway {gateway} do not fit in a link frame: {error}",
-                      gateway=self.gateway.id, error=str(e))
+        wire = encode_frame(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id,
+                                  service_keys=answer))
+        if len(wire) > self.max_frame_size:
+            log.error("service keys for gateway {gateway} do not fit in a link frame: "
+                      "{size} bytes, at most {limit}", gateway=self.gateway.id,
+                      size=len(wire), limit=self.max_frame_size)
             self._keys_refused(stream_id, KmipError(
                 ResultReason.GENERAL_FAILURE, "too many key versions to send over the link"))
+            return
+        self._send_answer(wire)
 
     def _keys_refused(self, stream_id: int, error: KmipError) -> None:
         # A refusal of who asks names the key's tenant and service, for the gateway's log
         # (docs/link-protocol.md §2); the client is answered with the reason and message.
         denied = error if isinstance(error, ServiceKeyUseDenied) else None
-        self.send(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id, error=error.message,
-                        result_reason=int(error.reason),
-                        tenant=denied.tenant if denied is not None else None,
-                        service=denied.service if denied is not None else None))
+        self._send_answer(encode_frame(Frame(
+            FrameType.SERVICE_KEYS, stream_id=stream_id, error=error.message,
+            result_reason=int(error.reason),
+            tenant=denied.tenant if denied is not None else None,
+            service=denied.service if denied is not None else None)))
 
     def _keys_failed(self, stream_id: int, failure: Failure) -> None:
         log.failure("service key fetch from {peer} failed", failure, peer=self.peer)

@@ -191,7 +191,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
             resolve_peer=lambda transport: peer_principal(transport, trust_domain),
             trust_domain=trust_domain, subject_map=None, clock=reactor, wall_clock=time.time,
             settings=LinkSettings(
-                max_frame_size=frame_size_limit(config.limits.max_message_size)))
+                max_frame_size=frame_size_limit(config.limits.max_message_size),
+                write_timeout=config.limits.write_timeout))
         policy.on_change.append(link_factory.set_subject_map)
         fanout.on_stale.append(link_factory.events_stale)
         # Whoever removed a tenant (kcm core tenant remove), this core forgets it.

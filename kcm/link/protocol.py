@@ -58,6 +58,8 @@ class LinkProtocol(Protocol):
         #: Whether the link was closed because the peer went silent (missed heartbeats).
         self.went_silent = False
         self.max_frame_size = max_frame_size
+        #: Whether this end stopped reading the connection (silence then proves nothing).
+        self.reading_paused = False
         self._framer = LinkFramer(max_frame_size)
         self._heartbeat: LoopingCall | None = None
         self._ping_ids = itertools.count(1)
@@ -190,7 +192,10 @@ class LinkProtocol(Protocol):
 
     # Heartbeats -----------------------------------------------------------------------------
     def _beat(self) -> None:
-        silent = self.clock.seconds() - self._last_received
+        now = self.clock.seconds()
+        if self.reading_paused:  # nothing is read: silence says nothing of the peer
+            self._last_received = now
+        silent = now - self._last_received
         if silent >= MISSED_HEARTBEATS * self.heartbeat_interval:
             log.warn("link {peer} is dead: nothing received for {silent:.1f}s",
                      peer=self.peer, silent=silent)

@@ -4,7 +4,7 @@ with a Clock, a fake request handler and an in-memory outbox."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from cryptography import x509
@@ -975,3 +975,63 @@ def test_a_relink_to_a_core_whose_fan_out_has_not_read_our_last_event_is_no_resy
     other.flush()
     assert resyncs == [] and [e[0] for e in first.events] == [1, 2, 3, 4]
     assert first.client.last_sequence == 4
+
+
+def test_events_overtake_the_answers_waiting_for_a_full_transport(world: World) -> None:
+    """A revocation committed while answers wait for the gateway to read reaches it before
+    them: an event waits for what the transport already holds, not for later answers."""
+    world.connect()
+    seen_at_answer: list[int] = []
+    pending = [world.client.forward(b"r", APP, "h:1") for _ in range(2)]
+    for d in pending:
+        d.addCallback(lambda _: seen_at_answer.append(len(world.events)))
+    world.flush()
+    world.server.pauseProducing()  # the transport is full: the gateway reads slowly
+    for _, _, d in world.handler.calls:
+        d.callback(b"ok")
+    world.fanout.commit(1)
+    world.fanout.poll()
+    world.server.resumeProducing()
+    world.flush()
+    assert [e[0] for e in world.events] == [1]
+    assert seen_at_answer == [1, 1]
+
+
+def test_a_gateway_that_reads_nothing_is_closed_after_the_write_timeout(world: World) -> None:
+    world.connect()
+
+    def wait(seconds: int) -> None:  # (the gateway's heartbeats keep coming)
+        for _ in range(seconds):
+            world.clock.advance(1)
+            world.flush()
+
+    timeout = int(world.factory.settings.write_timeout)
+    world.server.pauseProducing()
+    wait(timeout - 1)
+    world.server.resumeProducing()  # it read something: the timeout starts again
+    world.server.pauseProducing()
+    wait(timeout - 1)
+    assert not world.server.closing
+    wait(1)
+    assert world.server.closing
+
+
+def test_a_link_with_too_many_requests_in_flight_is_not_read_until_one_goes(
+        world: World) -> None:
+    world.factory.settings = replace(world.factory.settings, max_requests_in_flight=3)
+    world.client.max_in_flight = 10
+    world.connect()
+    reading: list[bool] = []
+    world.server.transport.pauseProducing = lambda: reading.append(False)
+    world.server.transport.resumeProducing = lambda: reading.append(True)
+    for _ in range(3):
+        world.client.forward(b"r", APP, "h:1")
+    world.flush()
+    assert reading == [False] and world.server.reading_paused
+    world.clock.advance(10 * world.factory.settings.heartbeat_interval)
+    assert not world.server.closing  # unread, its silence proves nothing
+    world.server.pauseProducing()  # its transport full too: the answer waits, in flight
+    world.handler.calls[0][2].callback(b"ok")
+    assert reading == [False]
+    world.server.resumeProducing()  # written: one fewer in flight
+    assert reading == [False, True] and not world.server.reading_paused

@@ -176,11 +176,14 @@ def encrypt_iv(spec: CipherSpec, iv: bytes | None,
     generated = None
     if iv is None and spec.needs_iv:
         length = spec.default_iv_length()
-        if length < GCM_MIN_GENERATED_IV and spec.mode == BlockCipherMode.GCM:
-            # A random GCM IV shorter than 96 bits repeats too soon (NIST SP 800-38D
-            # §8.2.2); a client that needs a shorter IV sends its own.
-            raise unsupported(f"IV Length {length * 8}: a generated GCM IV is at least "
+        if length < GCM_MIN_GENERATED_IV and (spec.mode == BlockCipherMode.GCM
+                                              or spec.algorithm == _CHACHA20):
+            # A random GCM IV or ChaCha20 nonce shorter than 96 bits repeats too soon (NIST
+            # SP 800-38D §8.2.2); a client that needs a shorter one sends its own.
+            kind = "GCM IV" if spec.mode == BlockCipherMode.GCM else "ChaCha20 nonce"
+            raise unsupported(f"IV Length {length * 8}: a generated {kind} is at least "
                               f"{GCM_MIN_GENERATED_IV * 8} bits")
+        check_iv_length(spec, length)  # (before anything is drawn: IV Length is the client's)
         iv = generated = random_bytes(length)
     iv = iv or b""
     check_iv(spec, iv)
@@ -200,21 +203,27 @@ def decrypt_iv(spec: CipherSpec, iv: bytes | None) -> bytes:
 
 def check_iv(spec: CipherSpec, iv: bytes) -> None:
     """Refuse (Invalid Field) an IV/Counter/Nonce of the wrong size for the mode."""
+    check_iv_length(spec, len(iv))
+
+
+def check_iv_length(spec: CipherSpec, length: int) -> None:
+    """Refuse (Invalid Field) an IV/Counter/Nonce of ``length`` bytes, if the mode takes
+    no IV of that size."""
     mode = spec.mode
     if mode in (BlockCipherMode.CBC, BlockCipherMode.CTR):
         size = 8 if spec.algorithm == _DES3 else 16
-        ok, expected = len(iv) == size, f"{size} bytes"
+        ok, expected = length == size, f"{size} bytes"
     elif mode == BlockCipherMode.GCM:
-        ok, expected = 8 <= len(iv) <= 128, "8 to 128 bytes"
+        ok, expected = 8 <= length <= 128, "8 to 128 bytes"
     elif spec.algorithm == _CHACHA20:
-        ok, expected = len(iv) in (8, 12, 16), "8, 12 or 16 bytes"
+        ok, expected = length in (8, 12, 16), "8, 12 or 16 bytes"
     elif spec.algorithm == _CHACHA20POLY1305:
-        ok, expected = len(iv) == 12, "12 bytes"
+        ok, expected = length == 12, "12 bytes"
     else:
         return
     if not ok:
         raise KmipError(ResultReason.INVALID_FIELD,
-                        f"the IV/Counter/Nonce is {len(iv)} bytes; this mode takes {expected}")
+                        f"the IV/Counter/Nonce is {length} bytes; this mode takes {expected}")
 
 
 # The ciphers --------------------------------------------------------------------

@@ -191,6 +191,9 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
         except KmipError as e:
             step.rollback()
             fail_with(response, version, e)
+            # A refusal is a protocol value: its traceback (the frames of the refused work,
+            # and whatever they held, in reference cycles) is not kept with it.
+            e.__traceback__ = None
             errors.append((item, e))
             if isinstance(e, BatchStopped):
                 stopped = e.message

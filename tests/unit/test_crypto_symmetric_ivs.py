@@ -44,9 +44,33 @@ def test_a_client_s_own_short_gcm_iv_is_still_taken() -> None:
     assert encrypt_iv(spec, bytes(8), _drawn) == (bytes(8), None)
 
 
-def test_other_modes_keep_their_iv_lengths() -> None:
+def test_a_generated_chacha20_nonce_under_96_bits_is_refused_a_client_s_taken() -> None:
     chacha = resolve_spec(CryptographicAlgorithm.CHACHA20, None,
                           CryptographicParameters(iv_length=64))
-    assert len(encrypt_iv(chacha, None, _drawn)[0]) == 8
+    with pytest.raises(KmipError) as refused:
+        encrypt_iv(chacha, None, _drawn)
+    assert refused.value.reason == ResultReason.UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS
+    assert "96 bits" in refused.value.message
+    assert encrypt_iv(chacha, bytes(8), _drawn) == (bytes(8), None)
+    chacha = resolve_spec(CryptographicAlgorithm.CHACHA20, None,
+                          CryptographicParameters(iv_length=96))
+    assert len(encrypt_iv(chacha, None, _drawn)[0]) == 12
+
+
+@pytest.mark.parametrize(("mode", "bits"), [(BlockCipherMode.CBC, (1 << 31) - 8),
+                                            (_GCM, (1 << 31) - 8), (_GCM, 129 * 8),
+                                            (BlockCipherMode.CTR, 64)])
+def test_an_iv_length_the_mode_never_takes_is_refused_before_anything_is_drawn(
+        mode: int, bits: int) -> None:
+    drawn: list[int] = []
+    spec = resolve_spec(_AES, None, CryptographicParameters(block_cipher_mode=mode,
+                                                            iv_length=bits))
+    with pytest.raises(KmipError) as refused:
+        encrypt_iv(spec, None, lambda n: drawn.append(n) or bytes(n))
+    assert refused.value.reason == ResultReason.INVALID_FIELD
+    assert drawn == []
+
+
+def test_other_modes_keep_their_iv_lengths() -> None:
     cbc = resolve_spec(_AES, None, CryptographicParameters(block_cipher_mode=BlockCipherMode.CBC))
     assert len(encrypt_iv(cbc, None, _drawn)[0]) == 16

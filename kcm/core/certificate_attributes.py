@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
@@ -91,14 +92,17 @@ def x509_attributes(certificate: x509.Certificate) -> list[Attribute]:
     if algorithm is not None:
         attributes.append(Attribute.of(Tag.DIGITAL_SIGNATURE_ALGORITHM, algorithm,
                                        ItemType.ENUMERATION))
-    key = certificate.public_key()
+    try:
+        key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        key = None  # a key type not read here (ML-DSA, GOST, SM2...): not described
     kind = (CryptographicAlgorithm.RSA if isinstance(key, rsa.RSAPublicKey)
             else CryptographicAlgorithm.DSA if isinstance(key, dsa.DSAPublicKey)
             else CryptographicAlgorithm.EC if isinstance(key, ec.EllipticCurvePublicKey)
             else None)
     if kind is not None:
         attributes += [Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, int(kind)),
-                       Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, key.key_size)]
+                       Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, key.key_size)]  # type: ignore[union-attr]
     for oid, subject_tag, issuer_tag in _NAME_FIELDS:
         for name, tag in ((subject, subject_tag), (issuer, issuer_tag)):
             for entry in name.get_attributes_for_oid(oid):
@@ -116,8 +120,9 @@ def _alternative_name(certificate: x509.Certificate, kind: type[x509.ExtensionTy
                       tag: int) -> list[tuple[int, bytes]]:
     try:
         extension = certificate.extensions.get_extension_for_class(kind)
-    except (x509.ExtensionNotFound, ValueError):
-        return []
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
+            ValueError):
+        return []  # none, or not one read here: not described
     return [(tag, extension.value.public_bytes())]
 
 

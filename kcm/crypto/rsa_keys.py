@@ -80,7 +80,9 @@ def check_registered_key(object_type: int, block: KeyBlock, *, algorithm: int | 
     Material the server cannot use is stored as sent, as Register always has: a wrapped
     key block (checked if it is ever unwrapped to be converted), a format not read here
     (Raw, PKCS#12, an EC or DSA key's), and what no parser here reads (an encrypted PKCS#8
-    key, bytes that are no key): every use of it fails as it would now, at no more cost.
+    key, bytes that are no key) unless its Cryptographic Algorithm says RSA: every use of
+    it fails as it would now, at no more cost. Material said to be RSA, in a format read
+    here, that cannot be read is refused (Cryptographic Failure).
     """
     if block.key_wrapping_data is not None or not isinstance(block.key_value, KeyValue):
         return
@@ -92,6 +94,10 @@ def check_registered_key(object_type: int, block: KeyBlock, *, algorithm: int | 
         if isinstance(read, dict):  # a transparent RSA key: built once its numbers pass
             read = _checked(read, private=private, registering=True)
     except _Unreadable:
+        if algorithm == _RSA:
+            # Said to be RSA, in a format read here, and not readable (cut short, trailing
+            # bytes, a component missing): stored, it would be described as what it is not.
+            raise
         return
     if not isinstance(read, rsa.RSAPrivateKey | rsa.RSAPublicKey):
         if algorithm == _RSA:

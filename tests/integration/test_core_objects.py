@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import keywrap
+from cryptography.hazmat.primitives import keywrap, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
 from kcm.conformance.runner import run_case
@@ -222,6 +223,11 @@ def test_register_with_past_activation_date_is_active(core: CoreHarness) -> None
     assert row(core, uid).state == State.ACTIVE
 
 
+#: A 2048-bit RSA public key in PKCS#1 DER (material said to be RSA must be one).
+_PUBLIC_PKCS1 = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key(
+).public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+
+
 def test_register_secret_data_opaque_and_raw_objects(core: CoreHarness) -> None:
     secret = SecretData(secret_data_type=SecretDataType.PASSWORD, key_block=KeyBlock(
         key_format_type=KeyFormatType.OPAQUE, key_value=KeyValue(key_material=b"password")))
@@ -229,7 +235,7 @@ def test_register_secret_data_opaque_and_raw_objects(core: CoreHarness) -> None:
     public = Item(Tag.PUBLIC_KEY, ItemType.STRUCTURE, [Item(Tag.KEY_BLOCK, ItemType.STRUCTURE, [
         Item(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION, int(KeyFormatType.PKCS_1)),
         Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [
-            Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, b"\x30\x03\x02\x01\x01")]),
+            Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, _PUBLIC_PKCS1)]),
         Item(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION,
                  int(CryptographicAlgorithm.RSA)),
         Item(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER, 2048)])])

@@ -1,0 +1,106 @@
+"""Register of material made to slip past its checks: key material said to be RSA that
+cannot be read is refused (not stored under the length the client states), and a
+certificate whose extensions or key the reader refuses is stored undescribed, never a
+General Failure."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from kcm.kmip.enums import (
+    CertificateType,
+    CryptographicAlgorithm,
+    KeyFormatType,
+    ObjectType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+)
+from kcm.kmip.payloads import RegisterRequest
+from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType
+from tests.core_support import CoreHarness, core  # noqa: F401  (fixture)
+from tests.integration.test_core_material_guards import WEAK_512_E3
+from tests.integration.test_core_objects import V21, attributes_of, one
+
+
+def _register(harness: CoreHarness, obj: Item, object_type: int):
+    return one(harness, Operation.REGISTER, RegisterRequest(
+        object_type=object_type, attributes=[], object=obj), version=V21)
+
+
+def _key_block(tag: int, fmt: int, material: bytes, algorithm: int | None,
+               length: int | None) -> Item:
+    fields = [Item(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION, int(fmt)),
+              Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [
+                  Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, material)])]
+    if algorithm is not None:
+        fields.append(Item(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION, int(algorithm)))
+    if length is not None:
+        fields.append(Item(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER, length))
+    return Item(tag, ItemType.STRUCTURE, [Item(Tag.KEY_BLOCK, ItemType.STRUCTURE, fields)])
+
+
+@pytest.mark.parametrize("tamper", [lambda der: der + b"\x00", lambda der: der[:-1]],
+                         ids=["trailing-byte", "cut-short"])
+def test_rsa_material_that_cannot_be_read_is_refused(core: CoreHarness,  # noqa: F811
+                                                     tamper) -> None:
+    # As sent, the 512-bit e=3 key said to be 4,096 bits is refused for its size; one
+    # byte more or less made it unreadable, and it was stored as RSA-4096.
+    item = _register(core, _key_block(Tag.PRIVATE_KEY, KeyFormatType.PKCS_1,
+                                      tamper(WEAK_512_E3), CryptographicAlgorithm.RSA, 4096),
+                     ObjectType.PRIVATE_KEY)
+    assert item.result_status == ResultStatus.OPERATION_FAILED
+    assert item.result_reason == ResultReason.CRYPTOGRAPHIC_FAILURE
+    assert item.result_message == "the private key material cannot be read"
+
+
+def test_unreadable_material_of_no_stated_algorithm_is_still_stored_as_sent(
+        core: CoreHarness) -> None:  # noqa: F811
+    item = _register(core, _key_block(Tag.PRIVATE_KEY, KeyFormatType.PKCS_8, b"\x30\x03abc",
+                                      None, None), ObjectType.PRIVATE_KEY)
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+
+
+def _certificate(extensions=()) -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(1)
+               .not_valid_before(datetime.datetime(2020, 1, 1))
+               .not_valid_after(datetime.datetime(2030, 1, 1)))
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def _duplicate_extension() -> bytes:
+    """A SAN and an IAN whose OID is made the SAN's: two SAN extensions."""
+    return _certificate([x509.SubjectAlternativeName([x509.DNSName("a.example")]),
+                         x509.IssuerAlternativeName([x509.DNSName("a.example")])]).replace(
+        bytes.fromhex("0603551d12"), bytes.fromhex("0603551d11"))
+
+
+def _unknown_key_algorithm() -> bytes:
+    """The key's algorithm OID changed to one no reader here knows (as ML-DSA's is)."""
+    return _certificate().replace(bytes.fromhex("2a864886f70d0101010500"),
+                                  bytes.fromhex("2a864886f70d0101630500"), 1)
+
+
+@pytest.mark.parametrize("der", [_duplicate_extension, _unknown_key_algorithm],
+                         ids=["duplicate-extension", "unknown-key-algorithm"])
+def test_a_certificate_the_reader_refuses_in_part_is_stored_undescribed(
+        core: CoreHarness, der) -> None:  # noqa: F811
+    item = _register(core, Item(Tag.CERTIFICATE, ItemType.STRUCTURE, [
+        Item(Tag.CERTIFICATE_TYPE, ItemType.ENUMERATION, int(CertificateType.X_509)),
+        Item(Tag.CERTIFICATE_VALUE, ItemType.BYTE_STRING, der())]), ObjectType.CERTIFICATE)
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+    uid = item.response_payload.unique_identifier
+    described = attributes_of(core, uid, Tag.CERTIFICATE_LENGTH, Tag.CRYPTOGRAPHIC_ALGORITHM)
+    assert Tag.CERTIFICATE_LENGTH in described

@@ -122,13 +122,27 @@ class Pkcs11Uri:
                f"module_path={self.module_path!r})"
 
 
+#: The attribute names of RFC 7512 PKCS#11 URIs (path and query): the only text of a
+#: refused URI an error message repeats.
+_KNOWN_ATTRIBUTES = frozenset({
+    "token", "manufacturer", "serial", "model", "library-manufacturer",
+    "library-description", "library-version", "slot-description", "slot-manufacturer",
+    "slot-id", "object", "type", "id", "pin-source", "pin-value", "module-name",
+    "module-path"})
+
+
 def _attributes(text: str, separator: str, allowed: set[str]) -> dict[str, str]:
     found: dict[str, str] = {}
-    for part in filter(None, text.split(separator)):
+    for number, part in enumerate(filter(None, text.split(separator)), 1):
         name, sep, value = part.partition("=")
         if not sep or name not in allowed:
-            raise keys.L1Error(f"the L1 PKCS#11 URI has an unsupported attribute {name!r} "
-                               f"(supported: {', '.join(sorted(allowed))})")
+            # Named only when it is a known attribute's name: anything else may be a
+            # piece of the PIN (a pin-value with an unencoded "&"), never echoed.
+            what = (f"attribute {name!r}" if sep and name in _KNOWN_ATTRIBUTES
+                    else f"item {number}, not a supported name=value,")
+            raise keys.L1Error(f"the L1 PKCS#11 URI has an unsupported {what} "
+                               f"(supported: {', '.join(sorted(allowed))}; percent-encode "
+                               f"&, ; and % in a value)")
         if name in found:
             raise keys.L1Error(f"the L1 PKCS#11 URI gives {name} twice")
         found[name] = unquote(value)

@@ -58,3 +58,16 @@ def test_a_pin_file_others_may_read_is_refused(tmp_path: Path) -> None:
 def test_incomplete_or_unknown_uris_are_refused(uri: str, message: str) -> None:
     with pytest.raises(L1Error, match=message):
         Pkcs11Uri.parse(uri)
+
+
+@pytest.mark.parametrize("uri", [
+    f"pkcs11:token=t;object=o?{MODULE}&pin-value=Zq7&Secret-PIN-4711",  # an unencoded "&"
+    f"pkcs11:token=t;object=o?{MODULE}&pin-value:Zq7&Secret",  # a typo
+    f"pkcs11:token=t;object=o?{MODULE}&Zq7Secret=1&pin-value=1",
+])
+def test_a_refused_uri_never_repeats_what_may_be_the_pin(uri: str) -> None:
+    with pytest.raises(L1Error) as refused:
+        Pkcs11Uri.parse(uri)
+    message = str(refused.value)
+    assert "Zq7" not in message and "Secret" not in message
+    assert "not a supported name=value" in message and "percent-encode" in message

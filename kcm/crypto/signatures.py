@@ -202,12 +202,28 @@ def _hash_for(spec: SignatureSpec, form: str) -> hashes.HashAlgorithm | utils.Pr
     return utils.Prehashed(spec.hash()) if form == DIGEST else spec.hash()
 
 
+#: The DER DigestInfo prefixes of RFC 8017 §9.2, note 1: T is one of these and a digest.
+_DIGEST_INFO_PREFIXES: dict[bytes, hashes.HashAlgorithm] = {
+    bytes.fromhex("3021300906052b0e03021a05000414"): hashes.SHA1(),
+    bytes.fromhex("302d300d06096086480165030402040500041c"): hashes.SHA224(),
+    bytes.fromhex("3031300d060960864801650304020105000420"): hashes.SHA256(),
+    bytes.fromhex("3041300d060960864801650304020205000430"): hashes.SHA384(),
+    bytes.fromhex("3051300d060960864801650304020305000440"): hashes.SHA512(),
+}
+
+
 def _sign_encoded(key: rsa.RSAPrivateKey, encoded: bytes,
                   random_bytes: Callable[[int], bytes]) -> bytes:
     """RSASSA-PKCS1-v1_5 over an already encoded digest T (RFC 8017 §8.2.1, §9.2 from
-    step 3). The library has no such primitive; the exponentiation is blinded."""
+    step 3). A T that is a DigestInfo of a known hash is signed by OpenSSL (the same
+    signature: the scheme is deterministic); any other T by the exponentiation here, in
+    the Chinese remainder form and blinded (the library has no such primitive)."""
+    for prefix, algorithm in _DIGEST_INFO_PREFIXES.items():
+        if encoded.startswith(prefix) and len(encoded) == len(prefix) + algorithm.digest_size:
+            return key.sign(encoded[len(prefix):], asym_padding.PKCS1v15(),
+                            utils.Prehashed(algorithm))
     numbers = key.private_numbers()
-    n, e, d = numbers.public_numbers.n, numbers.public_numbers.e, numbers.d
+    n, e = numbers.public_numbers.n, numbers.public_numbers.e
     size = (n.bit_length() + 7) // 8
     if len(encoded) > size - 11:
         raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
@@ -218,7 +234,10 @@ def _sign_encoded(key: rsa.RSAPrivateKey, encoded: bytes,
         blind = int.from_bytes(random_bytes(size), "big") % n
         if blind > 1 and math.gcd(blind, n) == 1:
             break
-    signature = pow(message * pow(blind, e, n) % n, d, n) * pow(blind, -1, n) % n
+    blinded = message * pow(blind, e, n) % n
+    p, q = numbers.p, numbers.q
+    s_p, s_q = pow(blinded % p, numbers.dmp1, p), pow(blinded % q, numbers.dmq1, q)
+    signature = (s_q + q * ((s_p - s_q) * numbers.iqmp % p)) * pow(blind, -1, n) % n
     if pow(signature, e, n) != message:
         raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE, "the signature did not verify")
     return signature.to_bytes(size, "big")

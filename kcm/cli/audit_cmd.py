@@ -187,10 +187,38 @@ def record_json(row: Any) -> dict[str, Any]:
     from kcm.core.audit import AuditRow
 
     fields = {name: getattr(row, name) for name in AuditRow.__slots__ if hasattr(row, name)}
-    record = AuditRow(**fields).log_fields()
-    record["at"] = dt.datetime.fromtimestamp(row.at / 1e6, dt.UTC).isoformat(
-        timespec="microseconds").replace("+00:00", "Z")
+    try:
+        for name, value in fields.items():
+            if not isinstance(value, _STORED_TYPES.get(name, object)):
+                raise TypeError(name)
+        record = AuditRow(**fields).log_fields()
+        record["at"] = dt.datetime.fromtimestamp(row.at / 1e6, dt.UTC).isoformat(
+            timespec="microseconds").replace("+00:00", "Z")
+    except (TypeError, ValueError, OverflowError, OSError):
+        # Altered (a column's type changed, JSON that is not): shown as stored, and said
+        # to be, so that one record stops neither an export nor a tail.
+        return {"malformed": True,
+                **{name: _as_stored(value) for name, value in fields.items()}}
     return record
+
+
+#: What each column of an audit record holds (any other value was put there by hand).
+_STORED_TYPES: dict[str, type | tuple[type, ...]] = {
+    "seq": int, "at": int, "object_ids": str, "detail": (str, type(None)),
+    **{name: (str, type(None)) for name in (
+        "principal", "tenant", "gateway", "source", "operation", "result_status",
+        "result_reason", "correlation_id")},
+    **{name: (bytes, memoryview) for name in ("digest", "prev_digest")},
+}
+
+
+def _as_stored(value: Any) -> Any:
+    """A column's value as JSON can show it: bytes in hex, anything odd as its repr."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return repr(value)
 
 
 def _query(args: argparse.Namespace):

@@ -967,15 +967,23 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
             return VerifyResult(
                 False, checked, expected_seq, f"record {expected_seq} is missing (next is {seq})"
             )
-        if bytes(row["prev_digest"]) != prev_digest:
+        try:
+            linked = bytes(row["prev_digest"]) == prev_digest
+            computed = record_digest(prev_digest,
+                                     **{name: row[name] for name in _DIGESTED_COLUMNS})
+            stored_digest = bytes(row["digest"])
+            mac = None if row["mac"] is None else bytes(row["mac"])
+        except (TypeError, ValueError):  # (a column's type changed: SQLite keeps any)
+            return VerifyResult(False, checked, seq,
+                                "a stored value of the record is not of its column's type: "
+                                "the record was altered")
+        if not linked:
             return VerifyResult(
                 False, checked, seq, "prev_digest does not match the previous record's digest"
             )
-        computed = record_digest(prev_digest, **{name: row[name] for name in _DIGESTED_COLUMNS})
-        if bytes(row["digest"]) != computed:
+        if stored_digest != computed:
             return VerifyResult(False, checked, seq, "digest does not match the record's content")
         beyond = head_seq is not None and seq > head_seq
-        mac = row["mac"]
         if mac is None:
             if beyond:
                 return VerifyResult(False, checked, seq,
@@ -984,7 +992,7 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
                 return VerifyResult(False, checked, seq,
                                     "the record has no MAC, but an earlier record has one")
             unkeyed += 1
-        elif not hmac.compare_digest(bytes(mac), record_mac(key, computed)):
+        elif not hmac.compare_digest(mac, record_mac(key, computed)):
             return VerifyResult(False, checked, seq,
                                 "MAC does not match: the record, or one before it, was "
                                 "rewritten without the audit key (or this is not the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,41 @@ def test_commands_that_create_keys_audit_each_key(
     assert all(r.source == "cli" and r.result_status == "SUCCESS" for r in rows)
     assert deployment.kcm(capsys, "audit", "verify") == (
         0, "audit log intact: 5 records verified\n")
+
+
+@pytest.mark.parametrize(("column", "expression"), [
+    ("principal", "CAST(principal AS BLOB)"),
+    ("prev_digest", "hex(prev_digest)"),
+    ("mac", "hex(mac)"),
+    ("digest", "hex(digest)"),
+    ("detail", "'{not json'"),
+    ("object_ids", "'[not json'"),
+])
+def test_a_value_stored_in_another_type_is_named_as_an_altered_record(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str], column: str,
+        expression: str) -> None:
+    """SQLite keeps whatever type a writer stores: a record with the same bytes in another
+    type fails where it is, and verify goes on to name it (it stopped with a TypeError)."""
+    deployment.append(5)
+    with sqlite3.connect(deployment.root / "kcm.db") as db:
+        db.execute(f"UPDATE audit_log SET {column} = {expression} WHERE seq = 3")
+    status, out = deployment.kcm(capsys, "audit", "verify")
+    assert status == 1 and "BROKEN at record 3" in out, out
+
+
+@pytest.mark.parametrize(("column", "expression"), [
+    ("detail", "'{not json'"), ("object_ids", "'[not json'"),
+    ("principal", "CAST(principal AS BLOB)"), ("at", "'soon'")])
+@pytest.mark.parametrize("command", [("audit", "export"), ("audit", "tail", "-n", "100")])
+def test_export_and_tail_show_an_altered_record_as_stored_and_go_on(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str], column: str,
+        expression: str, command: tuple[str, ...]) -> None:
+    deployment.append(5)
+    with sqlite3.connect(deployment.root / "kcm.db") as db:
+        db.execute(f"UPDATE audit_log SET {column} = {expression} WHERE seq = 3")
+    status, out = deployment.kcm(capsys, *command)
+    assert status == 0, out
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    altered = [r for r in records if r.get("malformed")]
+    assert [r["seq"] for r in altered] == [3]
+    assert max(r["seq"] for r in records) > 3  # the records after it were shown too

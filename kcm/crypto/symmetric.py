@@ -230,6 +230,9 @@ def check_iv_length(spec: CipherSpec, length: int) -> None:
 def _block_cipher(spec: CipherSpec, key: bytes, iv: bytes) -> Cipher:
     algorithm: CipherAlgorithm
     if spec.algorithm == _DES3:
+        if len(key) not in (16, 24):  # (8 bytes would be single DES)
+            raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
+                            f"a DES3 key is 16 or 24 bytes, not {len(key)}")
         algorithm = TripleDES(key)
     elif spec.algorithm == _CHACHA20:
         # cryptography takes a 16-byte block: a little-endian counter, then the nonce. An

@@ -104,3 +104,104 @@ def test_a_certificate_the_reader_refuses_in_part_is_stored_undescribed(
     uid = item.response_payload.unique_identifier
     described = attributes_of(core, uid, Tag.CERTIFICATE_LENGTH, Tag.CRYPTOGRAPHIC_ALGORITHM)
     assert Tag.CERTIFICATE_LENGTH in described
+
+
+# Key blocks that no Get could read back, and symmetric keys that are not what they say ----
+
+_NO_FORMAT = [Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [
+    Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, b"abc")])]
+_NO_MATERIAL = [Item(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION, int(KeyFormatType.PKCS_8)),
+                Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [])]
+
+
+@pytest.mark.parametrize("fields", [_NO_FORMAT, _NO_MATERIAL], ids=["no-format", "no-material"])
+@pytest.mark.parametrize(("tag", "object_type"), [
+    (Tag.PRIVATE_KEY, ObjectType.PRIVATE_KEY), (Tag.PUBLIC_KEY, ObjectType.PUBLIC_KEY),
+    (Tag.PGP_KEY, ObjectType.PGP_KEY)])
+def test_a_key_block_no_get_could_read_is_refused(core: CoreHarness, fields,  # noqa: F811
+                                                  tag: int, object_type: int) -> None:
+    extra = ([Item(Tag.PGP_KEY_VERSION, ItemType.INTEGER, 4)]
+             if object_type == ObjectType.PGP_KEY else [])
+    item = _register(core, Item(tag, ItemType.STRUCTURE, [
+        *extra, Item(Tag.KEY_BLOCK, ItemType.STRUCTURE, fields)]), object_type)
+    assert item.result_status == ResultStatus.OPERATION_FAILED, "stored, and unreadable"
+    assert item.result_reason in (ResultReason.INVALID_MESSAGE, ResultReason.INVALID_FIELD)
+
+
+def _symmetric(fmt: int, value: Item, algorithm: int, length: int | None,
+               wrapped: bool = False) -> Item:
+    fields = [Item(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION, int(fmt)), value,
+              Item(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION, int(algorithm))]
+    if length is not None:
+        fields.append(Item(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER, length))
+    return Item(Tag.SYMMETRIC_KEY, ItemType.STRUCTURE, [
+        Item(Tag.KEY_BLOCK, ItemType.STRUCTURE, fields)])
+
+
+def _raw_value(key: bytes) -> Item:
+    return Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [
+        Item(Tag.KEY_MATERIAL, ItemType.BYTE_STRING, key)])
+
+
+_A = CryptographicAlgorithm
+
+
+@pytest.mark.parametrize(("obj", "why"), [
+    (_symmetric(KeyFormatType.RAW, Item(Tag.KEY_VALUE, ItemType.BYTE_STRING, bytes(16)),
+                _A.AES, 128), "Byte String only when the key is wrapped"),
+    (_symmetric(KeyFormatType.RAW, Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [
+        Item(Tag.KEY_MATERIAL, ItemType.STRUCTURE, [
+            Item(Tag.KEY, ItemType.BYTE_STRING, bytes(16))])]), _A.AES, 128),
+     "does not match the Key Material's form"),
+    (_symmetric(KeyFormatType.TRANSPARENT_SYMMETRIC_KEY, _raw_value(bytes(16)), _A.AES, 128),
+     "does not match the Key Material's form"),
+    (_symmetric(KeyFormatType.RAW, _raw_value(bytes(32)), _A.HMAC_SHA256, 8),
+     "Cryptographic Length 8 does not match the 256-bit key"),
+    (_symmetric(KeyFormatType.RAW, _raw_value(bytes(16)), _A.CHACHA20, 256),
+     "Cryptographic Length 256 does not match the 128-bit key"),
+    (_symmetric(KeyFormatType.RAW, _raw_value(bytes(8)), _A.DES3, 64),
+     "a DES3 key is 16 or 24 bytes, not 8"),
+    (_symmetric(KeyFormatType.RAW, _raw_value(b""), _A.AES, None), "the key material is empty"),
+], ids=["unwrapped-byte-string", "raw-holding-transparent", "transparent-holding-bytes",
+        "hmac-length", "chacha-length", "single-des", "empty"])
+def test_a_symmetric_key_that_is_not_what_it_says_is_refused(core: CoreHarness,  # noqa: F811
+                                                            obj: Item, why: str) -> None:
+    item = _register(core, obj, ObjectType.SYMMETRIC_KEY)
+    assert (item.result_reason, item.result_message) == (ResultReason.INVALID_FIELD, why) or (
+        item.result_reason == ResultReason.INVALID_FIELD and why in item.result_message)
+
+
+@pytest.mark.parametrize("length", [168, 192, None])
+def test_a_three_key_des3_key_may_say_168_or_192_bits(core: CoreHarness,  # noqa: F811
+                                                      length: int | None) -> None:
+    item = _register(core, _symmetric(KeyFormatType.RAW, _raw_value(bytes(range(24))),
+                                      _A.DES3, length), ObjectType.SYMMETRIC_KEY)
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+
+
+def test_a_des3_key_of_8_bytes_already_stored_encrypts_nothing() -> None:
+    from kcm.crypto.symmetric import encrypt_once, resolve_spec
+    from kcm.kmip.errors import KmipError
+    spec = resolve_spec(_A.DES3, None, None)
+    with pytest.raises(KmipError) as refused:
+        encrypt_once(spec, bytes(8), bytes(8), b"data", None)
+    assert refused.value.reason == ResultReason.CRYPTOGRAPHIC_FAILURE
+
+
+@pytest.mark.parametrize(("length", "refused"), [(64, True), (128, False), (192, False)])
+def test_a_derived_des3_key_is_two_or_three_des_keys(core: CoreHarness,  # noqa: F811
+                                                     length: int, refused: bool) -> None:
+    from kcm.kmip.attributes import CryptographicParameters
+    from kcm.kmip.enums import DerivationMethod, HashingAlgorithm
+    from kcm.kmip.payloads import DerivationParameters
+    from tests.integration.test_core_asymmetric import derive, put, secret
+    password = put(core, secret(b"password"), ObjectType.SECRET_DATA)
+    [item] = derive(core, ObjectType.SYMMETRIC_KEY, [password], DerivationMethod.PBKDF2,
+                    DerivationParameters(cryptographic_parameters=CryptographicParameters(
+                        hashing_algorithm=HashingAlgorithm.SHA_256), salt=b"salt",
+                        iteration_count=1000), length, _A.DES3)
+    if refused:
+        assert item.result_reason == ResultReason.INVALID_FIELD
+        assert item.result_message == "a derived DES3 key cannot be 64 bits"
+    else:
+        assert item.result_status == ResultStatus.SUCCESS, item.result_message

@@ -37,6 +37,7 @@ from kcm.kernel import key_use
 from kcm.kernel.missing import identifier_label
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import (
+    CryptographicAlgorithm,
     DerivationMethod,
     KeyFormatType,
     LinkType,
@@ -119,6 +120,8 @@ def _derivation(ctx: OperationContext, request: DeriveKeyRequest, compute_pbkdf2
     if object_type == ObjectType.SYMMETRIC_KEY and algorithm is None:
         raise KmipError(ResultReason.INVALID_FIELD,
                         "deriving a Symmetric Key needs a Cryptographic Algorithm attribute")
+    if object_type == ObjectType.SYMMETRIC_KEY:
+        _check_derived_length(int(algorithm), length_bits)
     uids = _named_bases(request.unique_identifiers)
     _no_repeated_base(uids)
     bases = [_derivation_base(ctx, uid, for_update) for uid in uids]
@@ -134,6 +137,22 @@ def _derivation(ctx: OperationContext, request: DeriveKeyRequest, compute_pbkdf2
                      charge_pbkdf2=ctx.work.charge_pbkdf2, compute_pbkdf2=compute_pbkdf2)
     ctx.audit_detail["derivation_method"] = enum_label(DerivationMethod, method)
     return object_type, attributes, length_bits, algorithm, bases, derived
+
+
+#: The lengths in bits a derived DES3 key may have: two or three DES keys (8 bytes would
+#: be single DES under the name of DES3).
+_DERIVED_DES3_LENGTHS = frozenset({128, 192})
+
+
+def _check_derived_length(algorithm: int, length_bits: int) -> None:
+    """Refuse a derived DES3 key that is not two or three DES keys. Other lengths are the
+    client's: PyKMIP's suite derives a 160-bit "AES" key (RFC 6070's PBKDF2 vector), which
+    no Encrypt then takes."""
+    lengths = _DERIVED_DES3_LENGTHS if algorithm == CryptographicAlgorithm.DES3 else None
+    if lengths is not None and length_bits not in lengths:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"a derived {enum_label(CryptographicAlgorithm, algorithm)} key cannot "
+                        f"be {length_bits} bits")
 
 
 def _named_bases(references: list[str | Item]) -> list[str]:

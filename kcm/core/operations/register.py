@@ -70,6 +70,8 @@ def register(ctx: OperationContext, request: RegisterRequest) -> RegisterRespons
         _check_symmetric_key(managed_object, algorithm, length)
     elif object_type in (ObjectType.PRIVATE_KEY, ObjectType.PUBLIC_KEY):
         _check_asymmetric_key(managed_object, object_type, algorithm, length)
+    else:
+        _check_key_block(managed_object)
     if algorithm is not None:
         check_quantum_safe(single_value(client, Tag.QUANTUM_SAFE), int(algorithm), length)
     uid = ctx.keyring.new_uid()
@@ -233,19 +235,37 @@ def _agreed(client: list[Attribute], derived: list[Attribute], tag: int) -> int 
 
 
 def _check_symmetric_key(key: Struct | Item, algorithm: int | None, length: int | None) -> None:
-    """Refuse an AES key whose bytes do not have the stated length.
+    """Refuse a symmetric key whose Key Value is not in the form its block says, whose
+    bytes do not have the stated length, that is empty, or a DES3 key that is not two
+    or three DES keys (16 or 24 bytes: 8 are single DES).
 
-    Other sizes than AES's own are accepted: clients register longer "AES" keys as
-    key-derivation bases (PyKMIP's NIST 800-108 tests use 512 bits); using such a key
+    Other sizes than an algorithm's own are accepted: clients register longer "AES" keys
+    as key-derivation bases (PyKMIP's NIST 800-108 tests use 512 bits); using such a key
     for AES itself fails where it is used.
     """
-    if not isinstance(key, SymmetricKey) or algorithm != CryptographicAlgorithm.AES:
+    if not isinstance(key, SymmetricKey):
         return
-    material = key.key_block.key_bytes
+    block = key.key_block
+    if block.key_wrapping_data is None and isinstance(block.key_value, bytes):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "a Key Value is a Byte String only when the key is wrapped (with Key "
+                        "Wrapping Data)")
+    material = block.key_bytes
     if material is None:
-        return  # wrapped: stored as is
+        return  # wrapped, or elsewhere: stored as is
+    transparent = not isinstance(getattr(block.key_value, "key_material", None), bytes)
+    if transparent != (block.key_format_type == KeyFormatType.TRANSPARENT_SYMMETRIC_KEY):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"Key Format Type {enum_label(KeyFormatType, block.key_format_type)} "
+                        f"does not match the Key Material's form")
     bits = len(material) * 8
-    if length is not None and length != bits:
+    if not material:
+        raise KmipError(ResultReason.INVALID_FIELD, "the key material is empty")
+    if algorithm == CryptographicAlgorithm.DES3 and len(material) not in (16, 24):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"a DES3 key is 16 or 24 bytes, not {len(material)}")
+    stated = {bits, 168} if algorithm == CryptographicAlgorithm.DES3 and bits == 192 else {bits}
+    if length is not None and length not in stated:
         raise KmipError(ResultReason.INVALID_FIELD,
                         f"Cryptographic Length {length} does not match the {bits}-bit key")
 
@@ -260,11 +280,18 @@ def _check_asymmetric_key(key: Struct | Item, object_type: int, algorithm: int |
     block = key.find(Tag.KEY_BLOCK)
     if block is None or block.type is not ItemType.STRUCTURE:
         return
-    try:
-        decoded = KeyBlock.from_item(block)
-    except KmipError:
-        return  # stored as sent, as before: no operation can read it as a key either
+    decoded = KeyBlock.from_item(block)  # (a block no Get could read back is refused)
     check_registered_key(object_type, decoded, algorithm=algorithm, length=length)
+
+
+def _check_key_block(key: Struct | Item) -> None:
+    """Refuse an object of a type not modelled here (a PGP Key, a Split Key) whose Key
+    Block is not one: it is stored as sent, and every Get reads its block."""
+    if not isinstance(key, Item):
+        return
+    block = key.find(Tag.KEY_BLOCK)
+    if block is not None and block.type is ItemType.STRUCTURE:
+        KeyBlock.from_item(block)
 
 
 # KMIP 1.4 §4.4 Table 169 / 2.1 §6.1.41 "Re-key Attribute Requirements": not copied to

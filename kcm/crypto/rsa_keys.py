@@ -27,6 +27,7 @@ made here) is used without OpenSSL's validation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
@@ -255,6 +256,11 @@ def _unreadable(private: bool) -> KmipError:
                        f"the {kind} key material cannot be read")
 
 
+#: The product of the primes below 1,000 (2 among them).
+_SMALL_PRIMES_PRODUCT = math.prod(
+    p for p in range(2, 1000) if all(p % d for d in range(2, math.isqrt(p) + 1)))
+
+
 def _check_public(n: int, e: int, *, registering: bool) -> None:
     """A modulus of at most :data:`RSA_MAX_BITS` bits and an exponent below it (what a
     public operation costs); ``registering``: also at least :data:`RSA_MIN_BITS` bits and
@@ -266,6 +272,10 @@ def _check_public(n: int, e: int, *, registering: bool) -> None:
                                  f"used here, not {bits}")
     if registering and (e < 3 or e % 2 == 0):
         raise KmipError(refused, "the RSA public exponent must be odd and at least 3")
+    if registering and math.gcd(n, _SMALL_PRIMES_PRODUCT) != 1:
+        # NIST SP 800-89 §5.3.3's partial public-key validation: an RSA modulus is odd and
+        # has no prime factor below 1,000.
+        raise KmipError(refused, "the RSA modulus has a small factor: it is no RSA modulus")
     if not 1 < e < n:
         raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE,
                         "the RSA public exponent is not below the modulus")

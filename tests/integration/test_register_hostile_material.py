@@ -205,3 +205,51 @@ def test_a_derived_des3_key_is_two_or_three_des_keys(core: CoreHarness,  # noqa:
         assert item.result_message == "a derived DES3 key cannot be 64 bits"
     else:
         assert item.result_status == ResultStatus.SUCCESS, item.result_message
+
+
+@pytest.mark.parametrize("modulus", [(1 << 2047) | (1 << 100) | 2,  # even
+                                     997 * ((1 << 2040) + 1)])  # odd, a multiple of 997
+def test_an_rsa_modulus_with_a_small_factor_is_refused(core: CoreHarness,  # noqa: F811
+                                                       modulus: int) -> None:
+    material = Item(Tag.KEY_MATERIAL, ItemType.STRUCTURE, [
+        Item(Tag.MODULUS, ItemType.BIG_INTEGER, modulus),
+        Item(Tag.PUBLIC_EXPONENT, ItemType.BIG_INTEGER, 65537)])
+    item = _register(core, Item(Tag.PUBLIC_KEY, ItemType.STRUCTURE, [
+        Item(Tag.KEY_BLOCK, ItemType.STRUCTURE, [
+            Item(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION,
+                 int(KeyFormatType.TRANSPARENT_RSA_PUBLIC_KEY)),
+            Item(Tag.KEY_VALUE, ItemType.STRUCTURE, [material]),
+            Item(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION, int(_A.RSA)),
+            Item(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER, modulus.bit_length())])]),
+        ObjectType.PUBLIC_KEY)
+    assert item.result_reason == ResultReason.INVALID_FIELD
+    assert "small factor" in item.result_message
+
+
+def test_a_wrapped_key_whose_mac_cannot_be_checked_is_not_unwrapped(
+        core: CoreHarness) -> None:  # noqa: F811
+    from cryptography.hazmat.primitives import keywrap
+
+    from kcm.kmip.enums import EncodingOption, KeyWrapType, WrappingMethod
+    from kcm.kmip.objects import (
+        EncryptionKeyInformation,
+        KeyBlock,
+        KeyValue,
+        KeyWrappingData,
+        SymmetricKey,
+    )
+    from kcm.kmip.payloads import GetRequest
+    from tests.integration.test_core_objects import KEK, PAST, WRAP_MASK, aes_key, register
+    kek = register(core, aes_key(KEK), [WRAP_MASK, PAST])
+    wrapped = SymmetricKey(key_block=KeyBlock(
+        key_format_type=KeyFormatType.RAW,
+        key_value=KeyValue(key_material=keywrap.aes_key_wrap(KEK, b"A" * 16)),
+        cryptographic_algorithm=_A.AES, cryptographic_length=128,
+        key_wrapping_data=KeyWrappingData(
+            wrapping_method=WrappingMethod.ENCRYPT,
+            encryption_key_information=EncryptionKeyInformation(unique_identifier=kek),
+            mac_signature=bytes(32), encoding_option=EncodingOption.NO_ENCODING)))
+    uid = register(core, wrapped)
+    got = one(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                              key_wrap_type=KeyWrapType.NOT_WRAPPED))
+    assert got.result_reason == ResultReason.FEATURE_NOT_SUPPORTED

@@ -375,7 +375,8 @@ def _unwrapped(ctx: OperationContext, block: KeyBlock) -> KeyBlock:
         raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
                         "only keys wrapped with Encrypt by a key of this server can be "
                         "unwrapped")
-    if data.mac_signature_key_information is not None:
+    if data.mac_signature_key_information is not None or data.mac_signature is not None:
+        # (a MAC or signature is never ignored: one this server cannot check is refused)
         raise KmipError(ResultReason.FEATURE_NOT_SUPPORTED,
                         "MAC or signature wrapped keys are not supported")
     wrapping_key, kek = _wrapping_key(ctx, info.unique_identifier, protect=False)

@@ -111,9 +111,16 @@ def _junk_rsa(bits: int) -> bytes:
     it; only a primality test tells."""
     half = bits // 2
     top = (1 << (half - 1)) | (1 << (half - 2)) | 1
-    p, q = secrets.randbits(half) | top, secrets.randbits(half) | top
+
+    def odd() -> int:  # with no small factor, which Register refuses before OpenSSL looks
+        while True:
+            value = secrets.randbits(half) | top
+            if math.gcd(value, rsa_keys._SMALL_PRIMES_PRODUCT) == 1:
+                return value
+
+    p, q = odd(), odd()
     while math.gcd(p, q) != 1:  # (for the CRT coefficient)
-        q = secrets.randbits(half) | top
+        q = odd()
     n = p * q
     d = (secrets.randbelow(n - 3) + 2) | 1
     numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),

@@ -357,8 +357,10 @@ class LinkServerProtocol(LinkProtocol):
             return
         head = self.factory.fanout.head
         # A gateway ahead of the outbox (a restored database) starts over from the head; it
-        # learns so from WELCOME's sequence being below its own.
-        self.sent_seq = head if asked < 0 or asked > head else asked
+        # learns so from WELCOME's sequence being below its own. One that starts from the
+        # head is sent the head event too: not applied, its digest is what the gateway
+        # compares when it resumes, so a restore is noticed before it applies any event.
+        self.sent_seq = max(head - 1, 0) if asked < 0 or asked > head else asked
         self._resumed_after = asked if 0 <= asked <= head else None
         log.info("gateway {gateway} linked from {peer} ({name}), events after {seq}",
                  gateway=self.gateway.id, peer=self.peer, name=self._peer_name,

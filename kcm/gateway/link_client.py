@@ -860,6 +860,11 @@ class LinkClient(MultiService):
             self._restored()
             self.last_sequence = seq - 1  # this and the rest are new
         elif seq <= self.last_sequence:
+            if seq == self.last_sequence and self._last_digest is None:
+                # The head event a core sends a gateway that starts from it: its state is
+                # the head's already, so it is not applied; what it said is kept, so that
+                # the next resume is checked against the core's history.
+                self._last_digest = _event_digest(frame)
             return  # already applied (a replay overlapping the live stream)
         self._checking = False
         if seq != self.last_sequence + 1:

@@ -544,7 +544,7 @@ def _commit_after_pruning(fanout: MemoryFanout) -> None:
 @pytest.mark.parametrize(("applied", "away", "pruned_through", "first"), [
     (3, 5, 6, 7),  # the gateway applied 1-3 and resumes from 2 (comparing 3): 3-6 are gone
     (3, 2, 3, 4),  # only the event to compare (3) is gone: the database cannot be checked
-    (0, 5, 5, 6),  # linked at 2 with no event applied, resumes after 2: 3-5 are gone
+    (0, 5, 5, 6),  # linked at 2 (sent 2, not applied), resumes comparing 2: 3-5 are gone
 ])
 def test_a_gateway_relinking_after_its_events_were_pruned_resynchronises_and_goes_on(
         world: World, applied: int, away: int, pruned_through: int, first: int) -> None:
@@ -577,10 +577,11 @@ def test_a_gateway_relinking_after_its_events_were_pruned_resynchronises_and_goe
     assert world.client.connected and world.client.last_sequence == start + away
     assert world.server.live and not world.server.closing
     lines = [formatEvent(e) for e in logged if e.get("log_level") == LogLevel.warn]
-    assert lines == [f"events 3 to {first - 1} are "  # (3: the one compared, or the next)
+    compared = applied or 2
+    assert lines == [f"events {compared} to {first - 1} are "  # (the one compared)
                      "no longer in the core's outbox (outbox_retention): resynchronising, "
                      f"from event {first}"]
-    asked = start - 1 if applied else start
+    asked = start - 1
     assert [formatEvent(e) for e in logged if "outbox_retention): it resynchronises"
             in formatEvent(e)] == [
         f"gateway {GATEWAY.id} resumes after event {asked}, but the outbox keeps events "
@@ -1035,3 +1036,28 @@ def test_a_link_with_too_many_requests_in_flight_is_not_read_until_one_goes(
     assert reading == [False]
     world.server.resumeProducing()  # written: one fewer in flight
     assert reading == [False, True] and not world.server.reading_paused
+
+
+def test_a_gateway_that_applied_no_event_still_notices_a_restore(world: World) -> None:
+    """A gateway starts from the head (event 3) and applies nothing; the database is then
+    restored from a backup at event 2 and events 3 to 5 are committed anew. Sent the head
+    event when it linked, the gateway compares its 3 with the core's and resynchronises."""
+    world.fanout.commit(3)
+    world.fanout.poll()
+    world.connect()
+    world.flush()
+    assert world.events == [] and world.client.last_sequence == 3  # 3 sent, not applied
+    world.drop()
+    del world.fanout.records[2:]
+    for seq in (3, 4, 5):
+        world.fanout.records.append(OutboxRecord(seq, 0, "demo", "l3.state", encode_payload(
+            {"unique_identifier": f"l3-{seq}", "state": 4})))
+    world.fanout.committed_seq = 5
+    world.fanout.poll()
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    world.connect()
+    world.flush()
+    assert resyncs == [True]
+    assert [(e[0], e[1]) for e in world.events] == [(3, "l3.state"), (4, "l3.state"),
+                                                    (5, "l3.state")]

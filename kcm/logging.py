@@ -307,14 +307,27 @@ class _LineWriter:
         self._out = out
         self._render = render
         self._lock = threading.Lock()
+        #: The thread writing now (None: none), and the lines a signal handler logged on
+        #: that thread meanwhile: written after its line (see BackgroundLineWriter).
+        self._writer: int | None = None
+        self._deferred: list[str] = []
 
     def __call__(self, event: LogEvent) -> None:
         line = self._render(event)
         if not line:
             return
+        if self._writer == threading.get_ident():
+            self._deferred.append(line)  # a signal handler, inside this thread's write
+            return
         with self._lock:
-            self._out.write(line)
-            self._out.flush()
+            self._writer = threading.get_ident()
+            try:
+                self._out.write(line)
+                while self._deferred:
+                    self._out.write(self._deferred.pop(0))
+                self._out.flush()
+            finally:
+                self._writer = None
 
 
 @implementer(ILogObserver)
@@ -364,12 +377,29 @@ class BackgroundLineWriter:
         self._changed = threading.Condition()
         #: Held while taking queued events and writing them: so lines keep their order.
         self._writing = threading.Lock()
+        #: The thread that holds ``_writing`` to write an event it logged (None: none).
+        self._writer: int | None = None
         self._thread: threading.Thread | None = None
 
     def __call__(self, event: LogEvent) -> None:
+        me = threading.get_ident()
+        if self._writer == me or self._changed._is_owned():  # type: ignore[attr-defined]
+            # A signal handler (twistd's SIGTERM one logs) interrupted this thread while it
+            # wrote or queued: the locks are this thread's, so the event waits for the
+            # writer thread, whatever the queue holds (waiting for room, or for the lock,
+            # would wait for this very thread).
+            with self._changed:
+                self._ensure_thread()
+                self._pending.append(event)
+                self._changed.notify_all()
+            return
         if event.get("log_namespace") not in self._queued:
             with self._writing:
-                self._write([*self._take(), event])
+                self._writer = me
+                try:
+                    self._write([*self._take(), event])
+                finally:
+                    self._writer = None
             return
         with self._changed:
             self._ensure_thread()
@@ -422,9 +452,11 @@ class BackgroundLineWriter:
             with self._writing:
                 with self._changed:
                     self._busy = True
+                self._writer = threading.get_ident()
                 try:
                     self._write(self._take(), paced=True)
                 finally:
+                    self._writer = None
                     with self._changed:
                         self._busy = False
                         self._changed.notify_all()

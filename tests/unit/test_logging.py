@@ -457,3 +457,44 @@ def test_each_text_field_of_a_line_is_cut_short(log_format: str) -> None:
         assert len(record["other"]) < FIELD_LIMIT + 30
     else:
         assert len(line) < 3 * FIELD_LIMIT and line.count("\n") == 1
+
+
+class _InterruptedStream(io.StringIO):
+    """A stream whose first write is interrupted by a "signal handler" that logs through
+    ``observer`` on the same thread (as twistd's SIGTERM handler does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observer = None
+        self.interrupted = False
+
+    def write(self, text: str) -> int:
+        if not self.interrupted and self.observer is not None:
+            self.interrupted = True
+            self.observer({"n": "signal", "log_namespace": "twisted"})
+        return super().write(text)
+
+
+@pytest.mark.parametrize("background", [False, True])
+@pytest.mark.parametrize("namespace", ["twisted", "kcm.audit"])
+def test_a_signal_handler_that_logs_inside_a_write_neither_deadlocks_nor_loses_lines(
+        background: bool, namespace: str) -> None:
+    from kcm.logging import BackgroundLineWriter, _LineWriter
+
+    stream = _InterruptedStream()
+    render = (lambda event: f"{event['n']}\n")  # noqa: E731
+    writer = BackgroundLineWriter(stream, render) if background else _LineWriter(stream, render)
+    stream.observer = writer
+    done = threading.Event()
+
+    def log() -> None:
+        writer({"n": "first", "log_namespace": namespace})
+        if background:
+            writer.flush()
+        done.set()
+
+    threading.Thread(target=log, daemon=True).start()
+    assert done.wait(5), "the logging thread deadlocked on its own lock"
+    if background:
+        assert writer.flush()
+    assert sorted(stream.getvalue().splitlines()) == ["first", "signal"]

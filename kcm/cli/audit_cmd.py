@@ -33,6 +33,7 @@ from kcm.cli.core_cmd import (
     core_config,
     existing_database,
     run_in_store,
+    schema_checked,
 )
 from kcm.cli.output_file import writing
 
@@ -106,7 +107,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         checkpoints.extend(found)
 
     config = core_config(args)
-    store = closed_at_end(args, Store(existing_database(config)))
+    store = closed_at_end(args, Store(schema_checked(existing_database(config))))
     try:
         l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
     except L1Error as e:

@@ -230,7 +230,19 @@ def open_store(args: argparse.Namespace, config: CoreConfig | None = None):
     from kcm.core.store.engine import Store
 
     config = config or core_config(args)
-    return closed_at_end(args, Store(existing_database(config)))
+    return closed_at_end(args, Store(schema_checked(existing_database(config))))
+
+
+def schema_checked(url: str) -> str:
+    """``url``, once its schema is this release's: a command of an older release never
+    writes into (nor reads) a schema a newer one made, nor one not yet upgraded
+    (:func:`kcm.core.store.migrate.schema_refusal`); a CommandError otherwise."""
+    from kcm.core.store.migrate import schema_refusal
+
+    refusal = schema_refusal(url)
+    if refusal is not None:
+        raise CommandError(refusal)
+    return url
 
 
 def closed_at_end(args: argparse.Namespace, store):
@@ -372,7 +384,7 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
     from kcm.core.store.engine import Store
 
     config = core_config(args)
-    store = closed_at_end(args, Store(existing_database(config)))
+    store = closed_at_end(args, Store(schema_checked(existing_database(config))))
     try:
         l1 = open_l1(config.l1_key_file, config.l1_pkcs11)[0]
     except (OSError, L1Error) as e:

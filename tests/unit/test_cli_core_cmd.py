@@ -128,6 +128,25 @@ def test_init_says_a_newer_schema_is_newer(deployment: Path, capsys) -> None:
                f"kcm's ({head_revision()}): run the kcm release that wrote it, or a later one\n")
 
 
+@pytest.mark.parametrize("command", [
+    ("core", "tenant", "add", "acme"), ("core", "service", "add", "demo", "web"),
+    ("core", "bootstrap", "acme", "web"), ("core", "tenant", "list"),
+    ("audit", "verify"), ("audit", "tail")])
+@pytest.mark.parametrize(("revision", "says"), [
+    ("9999", "is newer than this kcm's"), ("0001", "is older than this kcm's")])
+def test_commands_use_a_database_of_this_release_s_schema_only(
+        deployment: Path, capsys, command: tuple[str, ...], revision: str, says: str) -> None:
+    """An older kcm never writes into a schema a newer one made (nor reads it), nor into one
+    `kcm core init` has not upgraded yet: one line, exit 2, nothing written."""
+    in_database(deployment, lambda s: s.execute(
+        text(f"UPDATE alembic_version SET version_num = '{revision}'")))
+    before = in_database(deployment, lambda s: s.scalar(text("SELECT count(*) FROM audit_log")))
+    status, out, err = kcm(capsys, *command, "-c", str(deployment))
+    assert status == 2 and out == "" and says in err and err.count("\n") == 1, err
+    assert in_database(deployment, lambda s: s.scalar(
+        text("SELECT count(*) FROM audit_log"))) == before
+
+
 def test_kcm_core_says_a_newer_schema_is_newer(deployment: Path) -> None:
     """kcm-core's store upgrades the schema when it starts: its one-line start failure."""
     from kcm.core.store.migrate import SchemaTooNew

@@ -178,6 +178,20 @@ def create_private_sqlite_file(url: str) -> None:
     os.close(fd)
 
 
+def schema_refusal(url: str) -> str | None:
+    """Why a command of this release may not use the database at ``url`` (None: it may):
+    a schema revision newer than this release's (:class:`SchemaTooNew`), or an older one
+    ``kcm core init`` has not upgraded yet. A database never migrated is left to the
+    command (it has no tables to read)."""
+    current = current_revision(url)
+    if current is None or current == HEAD_REVISION:
+        return None
+    if not is_known_revision(current):
+        return str(SchemaTooNew(current, head_revision()))
+    return (f"the database's schema revision {current} is older than this kcm's "
+            f"({head_revision()}): run kcm core init to upgrade it")
+
+
 def current_revision(url: str) -> str | None:
     """The revision the database at ``url`` is at, or None if it was never migrated."""
     engine = open_engine(url, pool_size=1, max_overflow=0)

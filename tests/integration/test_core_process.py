@@ -4,10 +4,13 @@ PyKMIP and our own client over mutual TLS."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import sqlite3
 import ssl
 import struct
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -261,3 +264,38 @@ def test_attribute_history_allow_list_and_partial_locate_through_the_process(
         (found,) = succeeded_v21(client, item(Operation.LOCATE,
                                               LocateRequest(attributes=[only_id])))
         assert found.unique_identifiers == [linked.unique_identifier]
+
+
+def _ignores_sighup(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+def test_a_sighup_while_the_core_starts_neither_kills_it_nor_is_lost(tmp_path: Path) -> None:
+    """``systemctl reload`` right after ``start``: SIGHUP's default action ended kcm-core
+    until its policy service installed its handler (after the schema upgrade and L1). Once
+    the plugin's module is being imported (SIGHUP ignored from then on, as /proc says),
+    reloads sent throughout the start leave a core that serves and reloads."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.spawn()
+    try:
+        wait_until(lambda: _ignores_sighup(core.process.pid), "SIGHUP ignored at the import",
+                   timeout=30)
+        started = threading.Thread(target=core.wait_started)
+        started.start()
+        while started.is_alive():
+            core.process.send_signal(signal.SIGHUP)
+            time.sleep(0.02)
+        started.join()
+        assert core.process.poll() is None
+        from kcm.testing.requests import query, request, response
+        with core.client() as client:
+            [answer] = response(client.send(request(query()))).batch_items
+        assert answer.result_status == 0
+        core.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "policy reload" in core.log.read_text(), "a reload after the start")
+        assert core.process.poll() is None
+    finally:
+        core.stop()

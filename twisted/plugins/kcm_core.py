@@ -1,3 +1,4 @@
-from twisted.application.service import ServiceMaker
+from kcm.service_maker import PlaneServiceMaker
 
-kcm_core = ServiceMaker("kcm-core", "kcm.core.tap", "KCM control plane: a KMIP server", "kcm-core")
+kcm_core = PlaneServiceMaker("kcm-core", "kcm.core.tap", "KCM control plane: a KMIP server",
+                             "kcm-core")

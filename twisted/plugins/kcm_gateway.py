@@ -1,5 +1,5 @@
-from twisted.application.service import ServiceMaker
+from kcm.service_maker import PlaneServiceMaker
 
-kcm_gateway = ServiceMaker("kcm-gateway", "kcm.gateway.tap",
-                           "KCM data plane: serves L4 keys locally, forwards the rest to the core",
-                           "kcm-gateway")
+kcm_gateway = PlaneServiceMaker("kcm-gateway", "kcm.gateway.tap",
+                                "KCM data plane: serves L4 keys locally, forwards the rest to "
+                                "the core", "kcm-gateway")

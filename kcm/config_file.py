@@ -167,8 +167,8 @@ def load_section(default: C, section: str, path: str | Path | None,
             config = replace(config, tls=replace(config.tls, **tls))
         if limits:
             config = replace(config, limits=replace(config.limits, **limits))
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
+    except TypeError as e:  # (its message may name no setting: the section is said)
+        raise ConfigError(f"[{section}]: {e}") from None
     except ValueError as e:  # a value its dataclass refuses
         raise ConfigError(f"{section}.{e}") from None
     try:
@@ -251,6 +251,36 @@ def check_endpoint(setting: str, value: Any, kinds: Collection[str], *,
 
 #: Stands for the reactor while an endpoint string is only parsed (no endpoint is used).
 _NO_REACTOR = object()
+
+def _overlap(one: str, other: str) -> bool:
+    """Whether listening on the same port of interfaces ``one`` and ``other`` collides: the
+    same address, an IPv4 "any" ("" or 0.0.0.0) and any IPv4 address, or "::" (which
+    Linux binds for IPv4 too) and any address."""
+    if one == other or "::" in (one, other):
+        return True
+    ipv4_any = ("", "0.0.0.0")
+    return (one in ipv4_any and ":" not in other) or (other in ipv4_any and ":" not in one)
+
+
+def check_distinct_ports(settings: Collection[tuple[str, str]]) -> None:
+    """Refuse two of ``settings`` (setting, endpoint string; already checked by
+    :func:`check_endpoint`) that listen on the same TCP port of one interface: the second
+    listener could not start."""
+    from twisted.internet.endpoints import serverFromString
+
+    taken: list[tuple[str, int, str]] = []
+    for setting, value in settings:
+        if not value or value.partition(":")[0].strip().lower() not in ("tcp", "tcp6"):
+            continue
+        endpoint = serverFromString(_NO_REACTOR, value)
+        port, interface = getattr(endpoint, "_port", 0), getattr(endpoint, "_interface", "")
+        if not port:
+            continue
+        for other, other_port, other_interface in taken:
+            if port == other_port and _overlap(interface, other_interface):
+                raise ConfigError(f"{setting} listens on port {port} of an interface "
+                                  f"{other} listens on")
+        taken.append((setting, port, interface))
 
 
 def _limit_value(section: str, name: str, value: Any, default: Any) -> Any:

@@ -94,6 +94,8 @@ _LEGACY_KEYS = frozenset({"message", "isError", "time", "system", "format", "why
 
 def parse_level(name: str) -> LogLevel:
     """The :class:`LogLevel` a ``log_level`` setting names; ValueError for anything else."""
+    if not isinstance(name, str):
+        raise ValueError("log_level must be a string: debug, info, warn, error or critical")
     key = name.strip().lower()
     if key == "warning":
         key = "warn"
@@ -105,7 +107,7 @@ def parse_level(name: str) -> LogLevel:
 
 def check_log_format(name: str) -> str:
     """``name`` if it is a ``log_format`` value; ValueError otherwise."""
-    if name not in LOG_FORMATS:
+    if not isinstance(name, str) or name not in LOG_FORMATS:
         raise ValueError(f"unknown log format {name!r} (use json or text)")
     return name
 

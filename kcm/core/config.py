@@ -13,6 +13,7 @@ from kcm.config_file import (
     METRICS_KINDS,
     ConfigError,
     TlsFiles,
+    check_distinct_ports,
     check_endpoint,
     load_section,
     seconds,
@@ -146,6 +147,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     check_endpoint("core.listen", config.listen, LISTENER_KINDS)
     check_endpoint("core.link_listen", config.link_listen, LISTENER_KINDS, empty=True)
     check_endpoint("core.metrics_listen", config.metrics_listen, METRICS_KINDS, empty=True)
+    check_distinct_ports([("core.listen", config.listen),
+                          ("core.link_listen", config.link_listen),
+                          ("core.metrics_listen", config.metrics_listen)])
     if not isinstance(config.trust_domain, str):
         raise ConfigError("core.trust_domain must be a string (a SPIFFE trust domain)")
     try:
@@ -202,3 +206,6 @@ def _check_database(database: Any) -> None:
         raise ConfigError("core.database: the port of the URL is not a number") from None
     if url.port is not None and not 1 <= url.port <= 65535:
         raise ConfigError("core.database: the port of the URL must be from 1 to 65535")
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(f"core.database: unsupported database {url.get_backend_name()[:20]!r} "
+                          f"(use sqlite:///PATH or postgresql+psycopg://...)")

@@ -14,6 +14,7 @@ from kcm.config_file import (
     METRICS_KINDS,
     ConfigError,
     TlsFiles,
+    check_distinct_ports,
     check_endpoint,
     load_section,
     seconds,
@@ -137,6 +138,8 @@ def load_config(path: str | Path | None,
     config.prewarm_services()
     check_endpoint("gateway.listen", config.listen, LISTENER_KINDS)
     check_endpoint("gateway.metrics_listen", config.metrics_listen, METRICS_KINDS, empty=True)
+    check_distinct_ports([("gateway.listen", config.listen),
+                          ("gateway.metrics_listen", config.metrics_listen)])
     for core in config.core:
         check_endpoint("gateway.core", core, CLIENT_KINDS, client=True)
     if not isinstance(config.trust_domain, str):

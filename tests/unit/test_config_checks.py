@@ -180,6 +180,17 @@ def test_an_unknown_tls_setting_is_named(tmp_path: Path) -> None:
      "core.database: the port of the URL is not a number"),
     ("database = \"not a url\"", "core.database is not a database URL"),
     ("database = 5", "core.database must be a database URL"),
+    # (kcm config check stopped with a ValueError, kcm-core refused it at start)
+    ("database = \"mysql://kcm:pw@db.example/kcm\"", "core.database: unsupported database "
+     "'mysql'"),
+    # (a traceback at start, and kcm config check stopped with an AttributeError)
+    ("log_level = 5", "core: log_level must be a string"),
+    ("log_format = 5", "core: unknown log format 5"),
+    # (kcm config check passed it, and the second listener could not start)
+    ("listen = \"tcp:25696:interface=127.0.0.1\"\nlink_listen = \"tcp:25696\"",
+     "core.link_listen listens on port 25696 of an interface core.listen listens on"),
+    ("listen = \"tcp:25696\"\nmetrics_listen = \"tcp:25696:interface=10.0.0.1\"",
+     "core.metrics_listen listens on port 25696"),
 ])
 def test_core_values_checked_at_load(tmp_path: Path, setting: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error) as refused:
@@ -198,6 +209,9 @@ def test_core_values_checked_at_load(tmp_path: Path, setting: str, error: str) -
     ("core_server_name = \"core..example\"", "gateway.core_server_name 'core..example' is not"),
     (f"core_server_name = \"{'a' * 64}.example\"", "gateway.core_server_name 'a+.example' is not"),
     ("metrics_listen = \"http://x\"", "gateway.metrics_listen"),
+    ("log_level = 5", "gateway: log_level must be a string"),
+    ("listen = \"tcp:25698\"\nmetrics_listen = \"tcp:25698:interface=127.0.0.1\"",
+     "gateway.metrics_listen listens on port 25698"),
 ])
 def test_gateway_values_checked_at_load(tmp_path: Path, setting: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):

@@ -90,6 +90,11 @@ def tls_file_problem(tls: TlsFiles, section: str) -> str | None:
             certificates[name] = x509.load_pem_x509_certificates(contents[name])
         except ValueError:
             return f"{section}.tls.{name}: {getattr(tls, name)} holds no PEM certificate"
+    from kcm.tls import is_ca_certificate
+
+    if not any(is_ca_certificate(c) for c in certificates["ca"]):
+        return (f"{section}.tls.ca: {tls.ca} holds no CA certificate (Basic Constraints cA "
+                f"TRUE): no peer's certificate could chain to it")
     try:
         key = serialization.load_pem_private_key(contents["key"], password=None)
     except TypeError:

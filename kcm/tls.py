@@ -183,10 +183,23 @@ def _load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey | rsa.RSAP
     return key
 
 
+def is_ca_certificate(certificate: x509.Certificate) -> bool:
+    """Whether ``certificate`` says it is a CA's (Basic Constraints cA TRUE)."""
+    try:
+        return bool(certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+                    .value.ca)
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        return False
+
+
 def _trust_root(ca_path: str | Path) -> Any:
+    certificates = load_certificates(ca_path)
+    if not any(is_ca_certificate(c) for c in certificates):
+        # (a leaf given for the CA: every peer would be refused at its handshake)
+        raise ValueError(f"{ca_path} holds no CA certificate (Basic Constraints cA TRUE)")
     # Twisted's trust roots still hold pyOpenSSL certificates (X509Store takes nothing else).
     return trustRootFromCertificates(
-        [Certificate(crypto.X509.from_cryptography(c)) for c in load_certificates(ca_path)]
+        [Certificate(crypto.X509.from_cryptography(c)) for c in certificates]
     )
 
 

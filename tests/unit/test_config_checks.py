@@ -265,6 +265,14 @@ def test_tls_file_problems_name_the_setting_and_file(pki: Any, tmp_path: Path) -
     junk.write_text("not a key\n")
     assert tls_file_problem(TlsFiles(str(pki.core.cert), str(junk), str(pki.ca.cert)),
                             "core") == f"core.tls.key: {junk} holds no PEM private key KCM can use"
+    # A leaf given for the CA: the process started, and refused every peer at its handshake.
+    leaf_as_ca = TlsFiles(str(pki.core.cert), str(pki.core.key), str(pki.app.cert))
+    assert tls_file_problem(leaf_as_ca, "core") == (
+        f"core.tls.ca: {pki.app.cert} holds no CA certificate (Basic Constraints cA TRUE): "
+        "no peer's certificate could chain to it")
+    from kcm.tls import server_tls_options
+    with pytest.raises(ValueError, match="holds no CA certificate"):
+        server_tls_options(pki.core.cert, pki.core.key, pki.app.cert)
 
 
 class _Config:

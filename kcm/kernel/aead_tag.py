@@ -30,8 +30,11 @@ def answer_data(version: Version, ciphertext: bytes, tag: bytes | None
 def request_data(version: Version, data: bytes, tag: bytes | None, tag_length: int
                  ) -> tuple[bytes, bytes | None]:
     """(ciphertext, tag) of an AEAD Decrypt request in ``version``: before 1.4 the tag is
-    the last ``tag_length`` bytes of Data (too short a Data leaves no tag: the decryption
-    then fails as any unverifiable one does)."""
-    if tag is not None or version >= TAG_FIELD_VERSION or len(data) < tag_length:
+    the last ``tag_length`` bytes of Data (too short a Data holds no whole tag: what it
+    holds is taken for one, and the decryption fails as any unverifiable one does,
+    Cryptographic Failure)."""
+    if tag is not None or version >= TAG_FIELD_VERSION:
         return data, tag
+    if len(data) < tag_length:
+        return b"", data
     return data[:len(data) - tag_length], data[len(data) - tag_length:]

@@ -177,6 +177,17 @@ def test_the_aead_tag_ends_data_before_1_4() -> None:
     assert aead_tag.request_data(V14, b"cipher", b"T" * 16, 16) == (b"cipher", b"T" * 16)
 
 
+def test_a_data_shorter_than_the_tag_before_1_4_fails_as_an_unverifiable_one() -> None:
+    """(It was Invalid Message, the tag missing, where a wrong tag is Cryptographic Failure.)"""
+    from kcm.crypto.symmetric import AES_GCM_DEFAULT, decrypt_once
+
+    ciphertext, tag = aead_tag.request_data(V12, b"short", None, 16)
+    assert (ciphertext, tag) == (b"", b"short")
+    with pytest.raises(KmipError) as refused:
+        decrypt_once(AES_GCM_DEFAULT, bytes(32), bytes(12), ciphertext, None, tag)
+    assert refused.value.reason == ResultReason.CRYPTOGRAPHIC_FAILURE
+
+
 def test_an_operation_its_version_does_not_define_is_not_supported_saying_since_when() -> None:
     with pytest.raises(KmipError) as refused:
         version_fit.check_operation(V11, Operation.ENCRYPT)

@@ -72,7 +72,7 @@ def generate_key_pair(length: int) -> RsaKeyPair:
 
 
 def check_registered_key(object_type: int, block: KeyBlock, *, algorithm: int | None,
-                         length: int | None) -> None:
+                         length: int | None) -> int | None:
     """Register's check of a Public or Private Key (see the module's docstring), made once:
     the server uses what passed without validating it again. An RSA key that fails is
     refused: Invalid Field for a size, exponent or stated Cryptographic Length (``length``)
@@ -84,14 +84,18 @@ def check_registered_key(object_type: int, block: KeyBlock, *, algorithm: int | 
     key, bytes that are no key) unless its Cryptographic Algorithm says RSA: every use of
     it fails as it would now, at no more cost. Material said to be RSA, in a format read
     here, that cannot be read is refused (Cryptographic Failure).
+
+    Returns the modulus size in bits of an RSA key read (None for anything else): a key
+    registered without a Cryptographic Algorithm is an RSA key of that length all the same
+    (KMIP 1.4 §2.1.3: the algorithm "if available from the Key Value").
     """
     if block.key_wrapping_data is not None or not isinstance(block.key_value, KeyValue):
-        return
+        return None
     private = object_type == ObjectType.PRIVATE_KEY
     try:
         read = _read(block, private=private)
         if read is None:
-            return
+            return None
         if isinstance(read, dict):  # a transparent RSA key: built once its numbers pass
             read = _checked(read, private=private, registering=True)
     except _Unreadable:
@@ -99,13 +103,13 @@ def check_registered_key(object_type: int, block: KeyBlock, *, algorithm: int | 
             # Said to be RSA, in a format read here, and not readable (cut short, trailing
             # bytes, a component missing): stored, it would be described as what it is not.
             raise
-        return
+        return None
     if not isinstance(read, rsa.RSAPrivateKey | rsa.RSAPublicKey):
         if algorithm == _RSA:
             raise KmipError(ResultReason.INVALID_FIELD,
                             "the key material is not an RSA key, as its Cryptographic "
                             "Algorithm says")
-        return  # another algorithm's key, which the server does not use
+        return None  # another algorithm's key, which the server does not use
     if algorithm is not None and algorithm != _RSA:
         raise KmipError(ResultReason.INVALID_FIELD,
                         f"the key material is an RSA key, not "
@@ -117,6 +121,7 @@ def check_registered_key(object_type: int, block: KeyBlock, *, algorithm: int | 
         raise KmipError(ResultReason.INVALID_FIELD,
                         f"Cryptographic Length {length} does not match the {key.key_size}-bit "
                         "RSA key")
+    return key.key_size
 
 
 def rsa_key_block_in_format(object_type: int, block: KeyBlock, wanted: int, *,
@@ -168,6 +173,7 @@ def rsa_key_block_in_format(object_type: int, block: KeyBlock, wanted: int, *,
     return replace(block, key_format_type=wanted,
                    key_value=KeyValue(key_material=material,
                                       attributes=block.key_value.attributes),
+                   cryptographic_algorithm=_RSA, cryptographic_length=key.key_size,
                    wire_order=None)
 
 

@@ -253,3 +253,34 @@ def test_a_wrapped_key_whose_mac_cannot_be_checked_is_not_unwrapped(
     got = one(core, Operation.GET, GetRequest(unique_identifier=uid,
                                               key_wrap_type=KeyWrapType.NOT_WRAPPED))
     assert got.result_reason == ResultReason.FEATURE_NOT_SUPPORTED
+
+
+def test_an_rsa_key_registered_without_its_algorithm_is_described_and_usable(
+        core: CoreHarness) -> None:  # noqa: F811
+    """KMIP 1.4 §2.1.3: the Cryptographic Algorithm may be left out when the Key Value
+    says it. Register read the key as RSA-2048 and stored no algorithm: no Sign, no
+    conversion, no Locate by algorithm could use it."""
+    from kcm.kmip.attributes import Attribute
+    from kcm.kmip.enums import CryptographicUsageMask
+    from kcm.kmip.payloads import GetRequest, SignRequest
+    from tests.integration.test_core_objects import PAST
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = key.private_bytes(serialization.Encoding.DER,
+                            serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    item = one(core, Operation.REGISTER, RegisterRequest(
+        object_type=ObjectType.PRIVATE_KEY,
+        attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK,
+                                 int(CryptographicUsageMask.SIGN)), PAST],
+        object=_key_block(Tag.PRIVATE_KEY, KeyFormatType.PKCS_1, der, None, None)),
+        version=V21)
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+    uid = item.response_payload.unique_identifier
+    assert attributes_of(core, uid, Tag.CRYPTOGRAPHIC_ALGORITHM, Tag.CRYPTOGRAPHIC_LENGTH) == {
+        Tag.CRYPTOGRAPHIC_ALGORITHM: [_A.RSA], Tag.CRYPTOGRAPHIC_LENGTH: [2048]}
+    signed = one(core, Operation.SIGN, SignRequest(unique_identifier=uid, data=b"x"))
+    assert signed.result_status == ResultStatus.SUCCESS, signed.result_message
+    converted = one(core, Operation.GET, GetRequest(unique_identifier=uid,
+                                                    key_format_type=KeyFormatType.PKCS_8))
+    assert converted.result_status == ResultStatus.SUCCESS, converted.result_message

@@ -209,8 +209,10 @@ def _in_format(managed_object: Struct | Item, block: KeyBlock | None,
         return block
     if (isinstance(managed_object, Item) and managed_object.tag in (Tag.PUBLIC_KEY,
                                                                     Tag.PRIVATE_KEY)
-            and block.cryptographic_algorithm == CryptographicAlgorithm.RSA
+            and block.cryptographic_algorithm in (CryptographicAlgorithm.RSA, None)
             and block.key_wrapping_data is None):
+        # (a block without an algorithm is converted if it holds an RSA key: Register took
+        # the algorithm from the Key Value, KMIP 1.4 §2.1.3)
         return rsa_key_block_in_format(
             ObjectType.PUBLIC_KEY if managed_object.tag == Tag.PUBLIC_KEY
             else ObjectType.PRIVATE_KEY, block, wanted, stored=stored)

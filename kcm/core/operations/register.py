@@ -69,7 +69,10 @@ def register(ctx: OperationContext, request: RegisterRequest) -> RegisterRespons
     if object_type == ObjectType.SYMMETRIC_KEY:
         _check_symmetric_key(managed_object, algorithm, length)
     elif object_type in (ObjectType.PRIVATE_KEY, ObjectType.PUBLIC_KEY):
-        _check_asymmetric_key(managed_object, object_type, algorithm, length)
+        rsa_bits = _check_asymmetric_key(managed_object, object_type, algorithm, length)
+        if rsa_bits is not None and algorithm is None:
+            # Said by the Key Value (KMIP 1.4 §2.1.3): an RSA key of that many bits.
+            algorithm, length = int(CryptographicAlgorithm.RSA), rsa_bits
     else:
         _check_key_block(managed_object)
     if algorithm is not None:
@@ -271,17 +274,18 @@ def _check_symmetric_key(key: Struct | Item, algorithm: int | None, length: int 
 
 
 def _check_asymmetric_key(key: Struct | Item, object_type: int, algorithm: int | None,
-                          length: int | None) -> None:
+                          length: int | None) -> int | None:
     """Check a Public or Private Key's material once, here
     (:func:`kcm.crypto.rsa_keys.check_registered_key`): an RSA key of a size, exponent and
-    stated length the server accepts, and valid; every later use trusts what was stored."""
+    stated length the server accepts, and valid; every later use trusts what was stored.
+    The modulus size of an RSA key read (None: not one)."""
     if not isinstance(key, Item):
-        return
+        return None
     block = key.find(Tag.KEY_BLOCK)
     if block is None or block.type is not ItemType.STRUCTURE:
-        return
+        return None
     decoded = KeyBlock.from_item(block)  # (a block no Get could read back is refused)
-    check_registered_key(object_type, decoded, algorithm=algorithm, length=length)
+    return check_registered_key(object_type, decoded, algorithm=algorithm, length=length)
 
 
 def _check_key_block(key: Struct | Item) -> None:

@@ -237,12 +237,18 @@ class LinkServerProtocol(LinkProtocol):
         #: read (which says whether the events after it are still kept: outbox_retention).
         self._resumed_after: int | None = None
         self._paused = False
-        self._queued: deque[bytes] = deque()
-        #: RESPONSE and SERVICE_KEYS frames waiting for the transport, written after the
-        #: queued events.
+        #: Frames waiting for the transport in their order: events, and the SERVICE_KEYS
+        #: answers handed over between them (an event never overtakes a key answer: a
+        #: fetch answered before a revocation must not be applied after it). (wire, event?)
+        self._queued: deque[tuple[bytes, bool]] = deque()
+        self._queued_events = 0
+        #: RESPONSE frames waiting for the transport, written after the queued events (a
+        #: RESPONSE is held until the events committed before it have gone anyway).
         self._answers: deque[bytes] = deque()
-        #: The write timeout's call while the transport is full (None: it is not).
+        #: The write timeout's call while the transport is full (None: it is not), and what
+        #: the transport held unsent when it was set.
         self._stall_timer: Any = None
+        self._stall_mark: int | None = None
         #: Whether the core stopped reading the link (too many requests in flight).
         self.reading_paused = False
         #: The forwarded requests being answered, by stream (a CANCEL stops one).
@@ -309,6 +315,7 @@ class LinkServerProtocol(LinkProtocol):
         self.factory.fanout.unsubscribe(self)
         self.factory.links.discard(self)
         self._queued.clear()
+        self._queued_events = 0
         self._answers.clear()
         self._held.clear()
         self._stop_stall_timer()
@@ -382,7 +389,7 @@ class LinkServerProtocol(LinkProtocol):
     @property
     def delivered_seq(self) -> int:
         """The newest event handed to the transport for this gateway (queued ones are not)."""
-        return self.sent_seq - len(self._queued)
+        return self.sent_seq - self._queued_events
 
     def _require_hello(self, frame: Frame) -> bool:
         if not self._hello:
@@ -437,14 +444,15 @@ class LinkServerProtocol(LinkProtocol):
             if len(wire) > self.max_frame_size:
                 wire = self._without_payload(seq, wire)
             if self._paused:
-                self._queued.append(wire)
+                self._queued.append((wire, True))
+                self._queued_events += 1
             else:
                 self.send_wire(wire)
         if self._held:
             self._release_held()
-        if len(self._queued) > self.factory.settings.max_queued_events:
+        if self._queued_events > self.factory.settings.max_queued_events:
             self.go_away(f"too far behind the event stream; reconnect and resume after "
-                         f"sequence {self.sent_seq - len(self._queued)}", abort=True)
+                         f"sequence {self.delivered_seq}", abort=True)
 
     def _without_payload(self, seq: int, wire: bytes) -> bytes:
         """An event too large for the link (a huge policy), sent without its payload: the
@@ -460,15 +468,30 @@ class LinkServerProtocol(LinkProtocol):
     def pauseProducing(self) -> None:
         self._paused = True
         if self._stall_timer is None and not self.closing:
-            self._stall_timer = self.clock.callLater(self.factory.settings.write_timeout,
-                                                     self._stalled)
+            self._arm_stall_timer()
+
+    def _arm_stall_timer(self) -> None:
+        self._stall_mark = self._unsent_bytes()
+        self._stall_timer = self.clock.callLater(self.factory.settings.write_timeout,
+                                                 self._stalled)
+
+    def _unsent_bytes(self) -> int | None:
+        """What the TCP transport under the link's TLS holds unsent (None: not known)."""
+        lower = getattr(self.transport, "transport", None)
+        try:
+            return (len(lower.dataBuffer) - lower.offset  # type: ignore[union-attr]
+                    + lower._tempDataLen)  # type: ignore[union-attr]
+        except (AttributeError, TypeError):
+            return None
 
     def resumeProducing(self) -> None:
         self._paused = False
         self._stop_stall_timer()
         # Events first: they overtake the answers not yet written (docs/link-protocol.md §3).
         while self._queued and not self._paused and not self.closing:
-            self.send_wire(self._queued.popleft())
+            wire, event = self._queued.popleft()
+            self._queued_events -= event
+            self.send_wire(wire)
         answers = self._answers
         while answers and not self._paused and not self.closing:
             self.send_wire(answers.popleft())
@@ -480,13 +503,20 @@ class LinkServerProtocol(LinkProtocol):
 
     def stopProducing(self) -> None:
         self._queued.clear()
+        self._queued_events = 0
         self._answers.clear()
 
     def _stalled(self) -> None:
-        """The transport has taken nothing for ``write_timeout``: the gateway does not
-        read; whatever waits for it is dropped with the link."""
+        """The transport has stayed full for ``write_timeout``: if it took nothing
+        meanwhile, the gateway does not read, and whatever waits for it is dropped with the
+        link; if it took some (a gateway reading slowly, a large answer on a slow link), the
+        wait starts again."""
         self._stall_timer = None
         if self.closing:
+            return
+        unsent, mark = self._unsent_bytes(), self._stall_mark
+        if unsent is not None and mark is not None and unsent < mark:
+            self._arm_stall_timer()
             return
         log.warn("gateway {gateway} read nothing of its link for {timeout} s: closing it",
                  gateway=self.gateway.id if self.gateway else "?",
@@ -500,13 +530,24 @@ class LinkServerProtocol(LinkProtocol):
             self._stall_timer = None
 
     def _send_answer(self, wire: bytes) -> None:
-        """Write a RESPONSE or SERVICE_KEYS frame, or queue it behind the events while the
-        transport is full."""
+        """Write a RESPONSE frame, or queue it behind the events while the transport is
+        full."""
         if self.closing:
             return
         if self._paused or self._answers:
             self._answers.append(wire)
             self._in_flight_changed()
+        else:
+            self.send_wire(wire)
+
+    def _send_keys(self, wire: bytes) -> None:
+        """Write a SERVICE_KEYS frame, or queue it among the events while the transport is
+        full, in the order it was handed over: the events committed after the fetch's read
+        follow it (``Store.run_answer``)."""
+        if self.closing:
+            return
+        if self._paused or self._queued:
+            self._queued.append((wire, False))
         else:
             self.send_wire(wire)
 
@@ -755,13 +796,13 @@ class LinkServerProtocol(LinkProtocol):
             self._keys_refused(stream_id, KmipError(
                 ResultReason.GENERAL_FAILURE, "too many key versions to send over the link"))
             return
-        self._send_answer(wire)
+        self._send_keys(wire)
 
     def _keys_refused(self, stream_id: int, error: KmipError) -> None:
         # A refusal of who asks names the key's tenant and service, for the gateway's log
         # (docs/link-protocol.md §2); the client is answered with the reason and message.
         denied = error if isinstance(error, ServiceKeyUseDenied) else None
-        self._send_answer(encode_frame(Frame(
+        self._send_keys(encode_frame(Frame(
             FrameType.SERVICE_KEYS, stream_id=stream_id, error=error.message,
             result_reason=int(error.reason),
             tenant=denied.tenant if denied is not None else None,

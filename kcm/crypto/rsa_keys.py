@@ -99,9 +99,11 @@ def check_registered_key(object_type: int, block: KeyBlock, *, algorithm: int | 
         if isinstance(read, dict):  # a transparent RSA key: built once its numbers pass
             read = _checked(read, private=private, registering=True)
     except _Unreadable:
-        if algorithm == _RSA:
-            # Said to be RSA, in a format read here, and not readable (cut short, trailing
-            # bytes, a component missing): stored, it would be described as what it is not.
+        if algorithm == _RSA and _malformed(block.key_value.key_material):
+            # Said to be RSA, in a format read here, and not even well-formed (cut short,
+            # trailing bytes, a component missing): stored, it would be described as what
+            # it is not. Well-formed DER no parser here reads (an encrypted PKCS#8 key, a
+            # multi-prime RSA key) is stored as sent.
             raise
         return None
     if not isinstance(read, rsa.RSAPrivateKey | rsa.RSAPublicKey):
@@ -250,6 +252,27 @@ def _checked(read: object, *, private: bool, registering: bool) -> object:
         numbers = read.public_numbers()
         _check_public(numbers.n, numbers.e, registering=registering)
     return read
+
+
+def _malformed(material: object) -> bool:
+    """Whether key material is not even well-formed: DER whose outer element does not
+    span the bytes exactly (cut short, trailing bytes), or a transparent structure a
+    component of which is missing or of the wrong type. PEM is left to its parser."""
+    if not isinstance(material, bytes):
+        return True  # (a transparent key's numbers: read here, so not well-formed)
+    if material.lstrip().startswith(b"-----"):
+        return False
+    if len(material) < 2 or material[0] != 0x30:
+        return True
+    first = material[1]
+    if first < 0x80:
+        start, length = 2, first
+    else:
+        size = first & 0x7F
+        if not 0 < size <= 4 or len(material) < 2 + size:
+            return True
+        start, length = 2 + size, int.from_bytes(material[2:2 + size], "big")
+    return start + length != len(material)
 
 
 class _Unreadable(KmipError):

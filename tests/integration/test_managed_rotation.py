@@ -376,3 +376,21 @@ def test_dates_at_the_end_of_time_rotate_never_and_do_not_stop_a_line(
     assert attributes_of(core, rotation.replacement, Tag.DEACTIVATION_DATE) == {
         Tag.DEACTIVATION_DATE: [NEVER]}
     assert row(core, rotation.replacement).rotate_due is not None  # the line goes on
+
+
+def test_a_key_of_a_rotation_line_is_re_keyed_once(core: CoreHarness) -> None:
+    """Two Re-keys of one key of a line (two clients or cores at once, or a client's
+    Re-key of a key the sweeper rotated) both answered Success and forked the line: two
+    keys Rotate Latest, both rotated at every interval. The second is refused, naming
+    the replacement to re-key."""
+    from kcm.kmip.payloads import ReKeyRequest
+
+    old = register(core, attributes=[name("line"), PAST, *automatic(3600)])
+    first = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old)).unique_identifier
+    message = failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old),
+                     ResultReason.WRONG_KEY_LIFECYCLE_STATE)
+    assert first in message
+    [rotation] = sweep(core, int(time.time()) + 7200)  # only the line's latest is due
+    assert rotation.uid == first
+    failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=first),
+           ResultReason.WRONG_KEY_LIFECYCLE_STATE)  # the sweeper re-keyed it meanwhile

@@ -284,3 +284,25 @@ def test_an_rsa_key_registered_without_its_algorithm_is_described_and_usable(
     converted = one(core, Operation.GET, GetRequest(unique_identifier=uid,
                                                     key_format_type=KeyFormatType.PKCS_8))
     assert converted.result_status == ResultStatus.SUCCESS, converted.result_message
+
+
+@pytest.mark.parametrize(("algorithm", "size", "length"), [
+    (_A.DES3, 16, 112), (_A.DES3, 16, 128), (_A.DES3, 24, 168), (_A.DES, 8, 56),
+    (_A.DES, 8, 64)])
+def test_des_keys_may_state_their_length_without_parity_bits(
+        core: CoreHarness, algorithm: int, size: int, length: int) -> None:  # noqa: F811
+    item = _register(core, _symmetric(KeyFormatType.RAW, _raw_value(bytes(range(size))),
+                                      algorithm, length), ObjectType.SYMMETRIC_KEY)
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message
+
+
+def test_well_formed_rsa_material_no_parser_here_reads_is_still_stored(
+        core: CoreHarness) -> None:  # noqa: F811
+    """An encrypted PKCS#8 RSA key (what `openssl pkcs8 -topk8 -v2 aes-256-cbc` makes) is
+    well-formed DER: stored as sent, as before; only malformed material is refused."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    sealed = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                               serialization.BestAvailableEncryption(b"pass phrase"))
+    item = _register(core, _key_block(Tag.PRIVATE_KEY, KeyFormatType.PKCS_8, sealed, _A.RSA,
+                                      2048), ObjectType.PRIVATE_KEY)
+    assert item.result_status == ResultStatus.SUCCESS, item.result_message

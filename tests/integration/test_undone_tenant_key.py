@@ -60,3 +60,18 @@ def test_a_committed_l2_rekey_is_used_at_once(core: CoreHarness) -> None:  # noq
     assert _wrapped_by(core, answers[1].response_payload.unique_identifier) == new
     made = response(core.client().send(request(create_managed(b"N")))).batch_items[0]
     assert _wrapped_by(core, made.response_payload.unique_identifier) == new
+
+
+def test_a_replaced_service_key_version_is_not_re_keyed_again(core: CoreHarness) -> None:  # noqa: F811
+    """Two administrators' Re-keys of one service key version both answered Success: the
+    second made a version deactivated from its birth (it copied the Deactivation Date the
+    first had just set), announced as the service's newest."""
+    from kcm.core.store.repository import find_l3
+
+    [v1] = core.store.run_sync(lambda s: [row.uid for row in find_l3(s, "demo", "app")])
+    wire = request(item(Operation.RE_KEY, ReKeyRequest(unique_identifier=v1), b"1"))
+    [first] = response(core.client(admin_principal()).send(wire)).batch_items
+    assert first.result_status == ResultStatus.SUCCESS, first.result_message
+    [second] = response(core.client(admin_principal()).send(wire)).batch_items
+    assert second.result_status == ResultStatus.OPERATION_FAILED
+    assert first.response_payload.unique_identifier in second.result_message

@@ -1061,3 +1061,64 @@ def test_a_gateway_that_applied_no_event_still_notices_a_restore(world: World) -
     assert resyncs == [True]
     assert [(e[0], e[1]) for e in world.events] == [(3, "l3.state"), (4, "l3.state"),
                                                     (5, "l3.state")]
+
+
+def test_a_key_answer_waiting_for_the_transport_is_not_overtaken_by_a_later_event(
+        world: World) -> None:
+    """A fetch's answer handed over before the event of a change committed after its read
+    (the key compromised) reaches the gateway first, even when both wait for a full
+    transport: else the gateway applied the compromise, then cached the key as Active."""
+    from twisted.internet.defer import Deferred
+
+    from kcm.gateway.l3_cache import L3Cache, Need, ServiceKeyMissing
+    from kcm.kmip.enums import State
+
+    cache = L3Cache(lambda caller, tenant, service, uid:
+                    world.client.fetch_service_keys(caller, tenant, service, uid),
+                    connected=lambda: True, clock=world.clock.seconds)
+    order: list[str] = []
+
+    def on_event(seq, kind, tenant, payload):
+        order.append(f"event {seq}")
+        cache.apply_event(seq, kind, tenant, payload)
+
+    world.client.on_event = on_event
+    world.connect()
+    answer: Deferred = Deferred()
+    world.factory.fetch_keys = lambda *args: answer
+    cache.ensure([Need("demo", "app")], APP).addCallback(lambda _: order.append("keys"))
+    world.flush()
+    world.server.pauseProducing()
+    answer.callback([KEY])
+    world.fanout.records.append(OutboxRecord(1, 0, "demo", "l3.state", encode_payload(
+        {"unique_identifier": KEY.uid, "service": "app", "state": int(State.COMPROMISED)})))
+    world.fanout.committed_seq = 1
+    world.fanout.poll()
+    world.server.resumeProducing()
+    world.flush()
+    assert order == ["keys", "event 1"]
+    with pytest.raises(ServiceKeyMissing):  # (its only key is compromised)
+        cache.current("demo", "app")
+
+
+def test_a_gateway_that_reads_slowly_is_not_taken_for_one_that_reads_nothing(
+        world: World) -> None:
+    """Twisted resumes a producer only once the buffer is empty: a gateway draining a large
+    answer over a slow link stays "paused" longer than the write timeout. What its transport
+    holds unsent going down keeps the link; nothing taken for a whole timeout closes it."""
+    from types import SimpleNamespace
+
+    world.connect()
+    lower = SimpleNamespace(dataBuffer=b"x" * 1_000_000, offset=0, _tempDataLen=0)
+    world.server.transport.transport = lower
+    timeout = int(world.factory.settings.write_timeout)
+    world.server.pauseProducing()
+    for _ in range(3 * timeout):  # it reads 10 kB a second: 3 timeouts and more
+        lower.offset += 10_000
+        world.clock.advance(1)
+        world.flush()
+    assert not world.server.closing
+    for _ in range(timeout):  # then it reads nothing
+        world.clock.advance(1)
+        world.flush()
+    assert world.server.closing

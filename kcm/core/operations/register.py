@@ -267,7 +267,10 @@ def _check_symmetric_key(key: Struct | Item, algorithm: int | None, length: int 
     if algorithm == CryptographicAlgorithm.DES3 and len(material) not in (16, 24):
         raise KmipError(ResultReason.INVALID_FIELD,
                         f"a DES3 key is 16 or 24 bytes, not {len(material)}")
-    stated = {bits, 168} if algorithm == CryptographicAlgorithm.DES3 and bits == 192 else {bits}
+    # DES and DES3 keys may state their length without the parity bits (a byte's eighth):
+    # 56, 112 and 168 for 8, 16 and 24 bytes, as payment HSMs export them.
+    des = algorithm in (CryptographicAlgorithm.DES, CryptographicAlgorithm.DES3)
+    stated = {bits, bits * 7 // 8} if des else {bits}
     if length is not None and length not in stated:
         raise KmipError(ResultReason.INVALID_FIELD,
                         f"Cryptographic Length {length} does not match the {bits}-bit key")

@@ -69,6 +69,15 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
         raise KmipError(ResultReason.INVALID_OBJECT_TYPE, "Re-key replaces symmetric keys only")
     if old.state in DESTROYED:
         raise lifecycle.wrong_state("cannot re-key a destroyed key")
+    replacement = _replacement_of(old)
+    if replacement is not None and (old.level is not None or _on_rotation_line(old)):
+        # A tenant or service key, or a managed key of a rotation line, hands its line on
+        # once: a second replacement (two clients or cores at once, or a client's Re-key of
+        # a key the sweeper rotated) forked a rotation line for good, and made a service
+        # key version deactivated from its birth. (Another key may be re-keyed again: its
+        # Replacement Object Link then names the newest replacement.)
+        raise lifecycle.wrong_state(f"the key was re-keyed already, replaced by "
+                                    f"{replacement}: re-key that one")
     refuse_template_names(request.template_names)
     if request.offset is not None and request.offset < 0:
         raise KmipError(ResultReason.INVALID_FIELD, "Offset must not be negative")
@@ -117,7 +126,7 @@ def _continue_rotation_line(ctx: OperationContext, old: managed.StoredObject,
     Generation one more, Rotate Date now) and the existing key no longer is, so the sweeper
     rotates the replacement alone (a client's Re-key of a key due otherwise left both due,
     and the line forked at the next sweep). Other keys get none of these attributes."""
-    if old.level is not None or all(old.value(tag) is None for tag in _ROTATION_LINE):
+    if old.level is not None or not _on_rotation_line(old):
         return
     attributes[:] = [a for a in attributes if a.tag not in _SET_BY_ROTATION] + [
         Attribute.of(Tag.ROTATE_DATE, ctx.now, ItemType.DATE_TIME),
@@ -133,6 +142,19 @@ def _link_to_replacement(old: managed.StoredObject, new_uid: str) -> None:
     old.attributes = [a for a in old.attributes
                       if not _is_link(a, LinkType.REPLACEMENT_OBJECT_LINK)]
     old.attributes.append(link_attribute(LinkType.REPLACEMENT_OBJECT_LINK, new_uid))
+
+
+def _on_rotation_line(old: managed.StoredObject) -> bool:
+    """Whether ``old`` is a managed key of a rotation line (:func:`_continue_rotation_line`)."""
+    return any(old.value(tag) is not None for tag in _ROTATION_LINE)
+
+
+def _replacement_of(old: managed.StoredObject) -> str | None:
+    """The identifier ``old``'s Replacement Object Link names (None: it has none)."""
+    for attribute in old.attributes:
+        if _is_link(attribute, LinkType.REPLACEMENT_OBJECT_LINK):
+            return str(attribute.typed.linked_object_identifier)
+    return None
 
 
 def _is_link(attribute: Attribute, link_type: LinkType) -> bool:

@@ -94,7 +94,7 @@ def tls_file_problem(tls: TlsFiles, section: str) -> str | None:
 
     if not any(is_ca_certificate(c) for c in certificates["ca"]):
         return (f"{section}.tls.ca: {tls.ca} holds no CA certificate (Basic Constraints cA "
-                f"TRUE): no peer's certificate could chain to it")
+                f"TRUE, or keyCertSign): no peer's certificate could chain to it")
     try:
         key = serialization.load_pem_private_key(contents["key"], password=None)
     except TypeError:

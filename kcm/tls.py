@@ -184,11 +184,22 @@ def _load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey | rsa.RSAP
 
 
 def is_ca_certificate(certificate: x509.Certificate) -> bool:
-    """Whether ``certificate`` says it is a CA's (Basic Constraints cA TRUE)."""
+    """Whether ``certificate`` may be a CA's, as OpenSSL judges a trust anchor
+    (``X509_check_ca``): Basic Constraints cA TRUE; or, without Basic Constraints, a
+    version 1 certificate, or a Key Usage with keyCertSign."""
     try:
-        return bool(certificate.extensions.get_extension_for_class(x509.BasicConstraints)
-                    .value.ca)
-    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        extensions = certificate.extensions
+    except (x509.DuplicateExtension, x509.UnsupportedGeneralNameType, ValueError):
+        return False
+    try:
+        return bool(extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        pass
+    if certificate.version == x509.Version.v1:
+        return True
+    try:
+        return bool(extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign)
+    except x509.ExtensionNotFound:
         return False
 
 
@@ -196,7 +207,8 @@ def _trust_root(ca_path: str | Path) -> Any:
     certificates = load_certificates(ca_path)
     if not any(is_ca_certificate(c) for c in certificates):
         # (a leaf given for the CA: every peer would be refused at its handshake)
-        raise ValueError(f"{ca_path} holds no CA certificate (Basic Constraints cA TRUE)")
+        raise ValueError(f"{ca_path} holds no CA certificate (Basic Constraints cA TRUE, "
+                         f"or keyCertSign)")
     # Twisted's trust roots still hold pyOpenSSL certificates (X509Store takes nothing else).
     return trustRootFromCertificates(
         [Certificate(crypto.X509.from_cryptography(c)) for c in certificates]

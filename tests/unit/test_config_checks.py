@@ -268,8 +268,8 @@ def test_tls_file_problems_name_the_setting_and_file(pki: Any, tmp_path: Path) -
     # A leaf given for the CA: the process started, and refused every peer at its handshake.
     leaf_as_ca = TlsFiles(str(pki.core.cert), str(pki.core.key), str(pki.app.cert))
     assert tls_file_problem(leaf_as_ca, "core") == (
-        f"core.tls.ca: {pki.app.cert} holds no CA certificate (Basic Constraints cA TRUE): "
-        "no peer's certificate could chain to it")
+        f"core.tls.ca: {pki.app.cert} holds no CA certificate (Basic Constraints cA TRUE, "
+        "or keyCertSign): no peer's certificate could chain to it")
     from kcm.tls import server_tls_options
     with pytest.raises(ValueError, match="holds no CA certificate"):
         server_tls_options(pki.core.cert, pki.core.key, pki.app.cert)
@@ -376,3 +376,37 @@ def test_dev_run_finds_the_reason_in_the_log(tmp_path: Path) -> None:
                                   "tcp:5696")
     log.write_text("nothing\n")
     assert start_failure(log) is None
+
+
+def test_a_root_openssl_takes_as_a_ca_is_taken() -> None:
+    """OpenSSL takes a root without Basic Constraints whose Key Usage has keyCertSign (and a
+    version 1 root); so does the CA check (it refused them at first, and the server with)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from kcm.tls import is_ca_certificate
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root")])
+
+    def made(*extensions: x509.ExtensionType) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(1)
+                   .not_valid_before(datetime.datetime(2020, 1, 1))
+                   .not_valid_after(datetime.datetime(2040, 1, 1)))
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=True)
+        return builder.sign(key, hashes.SHA256())
+
+    usage = dict.fromkeys(("digital_signature", "content_commitment", "key_encipherment",
+                           "data_encipherment", "key_agreement", "crl_sign",
+                           "encipher_only", "decipher_only"), False)
+    assert is_ca_certificate(made(x509.KeyUsage(key_cert_sign=True, **usage)))
+    assert is_ca_certificate(made(x509.BasicConstraints(ca=True, path_length=None)))
+    assert not is_ca_certificate(made(x509.BasicConstraints(ca=False, path_length=None)))
+    assert not is_ca_certificate(made(x509.KeyUsage(key_cert_sign=False, **usage)))
+    assert not is_ca_certificate(made())

@@ -1030,3 +1030,22 @@ def test_oasis_attribute_steps(core, case) -> None:
     assert not findings, "\n".join(findings)
     if stopped is not None and judged == 0:
         pytest.skip(f"blocked before any attribute step by another operation ({stopped})")
+
+
+def test_get_attributes_costs_the_keys_asked_plus_the_object_s_not_their_product(
+        core, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object of 500 attributes asked for 2,000 names: each name's instances are found
+    in an index made once (the scan per name held the writer thread for seconds with
+    1,000 attributes and 15,000 names)."""
+    from kcm.core.operations import attribute_ops
+
+    uid = create_key(core, *[vendor("x", f"n{i}", "v") for i in range(500)], version=V14)
+    counted = []
+    key = attribute_ops._key
+    monkeypatch.setattr(attribute_ops, "_key", lambda a: counted.append(1) or key(a))
+    wanted = [AttributeReference(VENDOR_TAG, "x", f"n{i}") for i in range(0, 4000, 2)]
+    payload = ok(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(
+        unique_identifier=uid, attribute_references=wanted), version=V14)
+    assert len(payload.attributes) == 250  # n0, n2, ... n498
+    # (a few passes over the object's attributes, each name once: not 2,000 x 500)
+    assert len(counted) < 10 * (500 + 2000)

@@ -348,7 +348,7 @@ class LinkServerProtocol(LinkProtocol):
         self.factory.links.add(self)
         asked = frame.sequence if frame.sequence is not None else -1
         fanout = self.factory.fanout
-        if asked > fanout.head:
+        if asked >= fanout.head:
             # A gateway that was linked to another core on the same database may have
             # applied events this core's fan-out has not read yet: read the outbox before
             # taking it for a gateway ahead of the database.

@@ -502,6 +502,12 @@ class L3Cache:
             if (need.uid is not None and fetch.rotations == self._rotations
                     and (_no_such_l3(error) or _another_tenants(error, fetch.tenant))):
                 self._not_found.add(fetch.tenant, need.uid, error)
+                if _no_such_l3(error) and need.uid in self._keys:
+                    # The core has no L3 of this uid (a database restored from before it):
+                    # what is held of it goes now, not at max_stale, and so do the DEKs it
+                    # opened; it is answered as the missing key it is. (A refusal of who
+                    # asks names the key's owner: that says nothing of the key.)
+                    self._forget_version(need.uid)
             self._finished(fetch, error)
 
         d.addCallbacks(fetched, failed)
@@ -743,6 +749,14 @@ class L3Cache:
         state = self._services.get((tenant, service))
         if state is not None and state.current_uid != uid:
             self._rotated(tenant, service)
+
+    def _forget_version(self, uid: str) -> None:
+        """Forget version ``uid`` altogether (no marker: the core has no such key)."""
+        self._keys.pop(uid, None)
+        self._forget_opened(uid)
+        for service_state in self._services.values():
+            if service_state.current_uid == uid:
+                service_state.current_uid = None
 
     def _drop(self, key: ServiceKey) -> None:
         """Forget ``key``'s material; keep who owns it and its state, for the answers."""

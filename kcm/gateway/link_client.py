@@ -740,11 +740,11 @@ class LinkClient(MultiService):
         self._first_event_of = protocol if self.last_sequence >= 0 else None
         if self.last_sequence < 0:
             self.last_sequence = head
-        elif head < self.last_sequence and not (
-                self._checking and head == self.last_sequence - 1):
-            # (A core whose fan-out has not read our last event yet, which another core of
-            # the database committed, names the one before it: it sends ours when it reads
-            # it, and it is compared then.)
+        elif head < self.last_sequence:
+            # (A core reads its outbox before it names a head at or below what the gateway
+            # asks after, so a head below our last is the database's, not a fan-out that
+            # has not read our last event yet; a core of an earlier release might name one
+            # such: resynchronising then costs the caches, nothing more.)
             log.warn("the core's event log ends at {head}, before our {ours}: resynchronising",
                      head=head, ours=self.last_sequence)
             self.last_sequence = head

@@ -464,3 +464,36 @@ def test_dropped_markers_are_bounded_least_recently_used_out_first(link, clock) 
     assert cache.key_source(APP).service_key(marker[0].uid) == marker[0]  # used: kept
     cache.store(marker[2:], APP)
     assert [cache.known(m.uid) for m in marker] == [marker[0], None, marker[2]]
+
+
+def test_a_held_version_the_core_no_longer_has_for_its_caller_is_dropped_at_its_refresh(
+        clock, link) -> None:
+    """A database restored from before a service key version: the background refresh, on
+    behalf of the caller it was fetched for, is answered "no such key", and the version
+    goes at once (it was served, and sealed new L4 tokens, until max_stale, 60 min)."""
+    restored = []
+
+    def fetch(caller, tenant, service, uid=None):
+        if restored and uid == V2.uid:  # the core answers as for a key it never had
+            missing = object_not_found(uid)
+            return fail(ServiceKeyRefused(missing.reason, missing.message))
+        return link.fetch_service_keys(caller, tenant, service, uid)
+
+    cache = L3Cache(fetch, connected=lambda: True, clock=clock.seconds, ttl=300,
+                    max_stale=3600)
+    cache.ensure([Need(uid=V2.uid)], APP)
+    assert cache.holds(V2.uid)
+    restored.append(True)  # the database is restored from before V2
+    clock.advance(301)
+    cache.refresh_due()
+    assert not cache.holds(V2.uid)
+    with pytest.raises(ServiceKeyMissing):
+        cache.key_source(APP).service_key(V2.uid)
+
+
+def test_another_callers_no_such_key_does_not_drop_a_held_version(clock, link) -> None:
+    cache = L3Cache(link.fetch_service_keys, connected=lambda: True, clock=clock.seconds)
+    cache.ensure([Need(uid=V1.uid)], APP)
+    fetched(cache, [Need(uid=V1.uid)], STRANGER)  # answered as not found for it
+    assert cache.holds(V1.uid)
+    assert cache.key_source(APP).service_key(V1.uid) == V1

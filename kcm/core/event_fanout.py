@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -74,6 +74,12 @@ class EventFanout(Service):
         self.stale_after = stale_after
         #: Called once each time the fan-out becomes stale.
         self.on_stale: list[Callable[[], None]] = []
+        #: Called when the outbox is found to end before :attr:`head` (the database was
+        #: restored under this process): gateways must link again, and compare.
+        self.on_went_back: list[Callable[[], None]] = []
+        #: Seconds between two checks that the outbox still reaches :attr:`head`.
+        self.head_check_interval = 1.0
+        self._head_check: LoopingCall | None = None
         self._last_read = clock.seconds()
         self._watch: LoopingCall | None = None
         self._loop: LoopingCall | None = None
@@ -94,10 +100,13 @@ class EventFanout(Service):
             self._watch = LoopingCall(self.check_fresh)
             self._watch.clock = self._clock
             self._watch.start(min(1.0, self.stale_after / 2), now=False)
+        self._head_check = LoopingCall(self.check_head)
+        self._head_check.clock = self._clock
+        self._head_check.start(self.head_check_interval, now=False)
 
     def stopService(self) -> None:
         super().stopService()
-        for loop in (self._loop, self._watch):
+        for loop in (self._loop, self._watch, self._head_check):
             if loop is not None and loop.running:
                 loop.stop()
 
@@ -111,6 +120,30 @@ class EventFanout(Service):
                   "gateways' links so they link to another core", seconds=self.stale_after)
         for stale in list(self.on_stale):
             stale()
+
+    def check_head(self) -> Deferred[None]:
+        """Whether the outbox still reaches :attr:`head`: a database restored under this
+        process (``pg_restore --clean`` while it runs, a SQLite file replaced) ends before
+        it, and the events it then commits, under numbers already published, would never
+        be sent. The head goes back to the outbox's, this process's count of what it
+        committed too, and :attr:`on_went_back` tells the links; never fails."""
+        head = self.head
+
+        def compare(found: int) -> None:
+            if head is None or found >= head or self.head != head:
+                return
+            log.error("the event log ends at {found}, before the {head} already sent: the "
+                      "database was restored under this process; its gateways link again "
+                      "and resynchronise", found=found, head=head)
+            self.head = found
+            self.committed_went_back(found)
+            for went_back in list(self.on_went_back):
+                went_back()
+
+        d = maybeDeferred(self.read_head)
+        d.addCallback(compare)
+        d.addErrback(lambda failure: log_failure(log, failure, "reading the outbox's head"))
+        return d
 
     def subscribe(self, subscriber: EventSubscriber) -> None:
         """Push every event published from now on to ``subscriber``."""
@@ -137,6 +170,10 @@ class EventFanout(Service):
     def committed(self) -> int:
         """The latest event this process has committed (the store's count)."""
         return self._store.outbox_committed
+
+    def committed_went_back(self, head: int) -> None:
+        """The outbox ends at ``head``: so does what this process counts as committed."""
+        self._store.outbox_went_back(head)
 
     def poll(self) -> Deferred[None]:
         """Read the events after :attr:`head` and publish them (all of them, batch after
@@ -180,6 +217,11 @@ class EventFanout(Service):
         """Up to ``batch_size`` committed events after sequence ``after``, read off the
         reactor (a link catching up)."""
         return self.read(after).addCallback(lambda records: [encode_event(r) for r in records])
+
+    def read_head(self) -> Deferred[int]:
+        """The sequence number of the outbox's latest event (0: none), read as :meth:`read`
+        reads."""
+        return self._store.read_plain(repository.outbox_head_plain)
 
     def read(self, after: int) -> Deferred[list[repository.OutboxRecord]]:
         """Up to ``batch_size`` outbox rows after ``after``, from a read-only transaction

@@ -152,6 +152,10 @@ class LinkSettings:
     write_timeout: float = 30.0
 
 
+#: Why a core whose event log went back (its database restored under it) closes a link.
+EVENTS_WENT_BACK = ("this core's event log went back (its database was restored): link "
+                    "again")
+
 #: What a FETCH_SERVICE_KEY beyond ``max_waiting_fetches`` is answered (General Failure).
 FETCHES_BUSY = "the core is busy: too many service key fetches wait on this link; try again"
 
@@ -939,6 +943,13 @@ class LinkServerFactory(Factory):
         (HELLO is refused while it lasts)."""
         for link in list(self.links):
             link.go_away(STALE_EVENTS)
+
+    def events_went_back(self) -> None:
+        """The outbox ends before events already sent (:attr:`EventFanout.on_went_back`):
+        every link is closed, so that its gateway links again and finds WELCOME's head
+        below its own (a restore), and resynchronises."""
+        for link in list(self.links):
+            link.go_away(EVENTS_WENT_BACK)
 
     def fetch_keys(self, caller: Caller, tenant: str, service: str, uid: str | None,
                    now: int) -> Deferred[list[ServiceKey] | KmipError]:

@@ -195,6 +195,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                 write_timeout=config.limits.write_timeout))
         policy.on_change.append(link_factory.set_subject_map)
         fanout.on_stale.append(link_factory.events_stale)
+        fanout.on_went_back.append(link_factory.events_went_back)
         # Whoever removed a tenant (kcm core tenant remove), this core forgets it.
         fanout.subscribe(TenantRemovals([store.known.forget_tenant, keyring.forget_tenant]))
         link_factory.on_usage = UsageIntake(store, reactor, wall_clock=time.time,

@@ -86,6 +86,12 @@ class MemoryFanout(EventFanout):
     def read(self, after: int):
         return succeed([r for r in self.records if r.seq > after][: self.batch_size])
 
+    def read_head(self):
+        return succeed(max((r.seq for r in self.records), default=0))
+
+    def committed_went_back(self, head: int) -> None:
+        self.committed_seq = min(self.committed_seq, head)
+
     def commit(self, n: int = 1) -> None:
         for _ in range(n):
             seq = self.committed_seq = len(self.records) + 1
@@ -1145,6 +1151,34 @@ def test_a_database_restored_one_event_back_is_noticed(world: World) -> None:
     world.flush()
     assert resyncs == [True] and world.client.last_sequence == 2
     world.fanout.commit()
+    world.fanout.poll()
+    world.flush()
+    assert world.events[-1][0] == 3 and world.client.last_sequence == 3
+
+
+def test_a_database_restored_under_a_running_core_sends_its_gateways_to_link_again(
+        world: World) -> None:
+    """``pg_restore --clean`` while the core runs: the outbox ends before the head the
+    fan-out has sent, and the events the core then commits, under numbers already sent,
+    were never published. The core notices, goes back to the outbox's head, and closes
+    its links: its gateways link again, find WELCOME's head below their own, and
+    resynchronise, then follow the restored database's events."""
+    world.fanout.on_went_back.append(world.factory.events_went_back)  # (as kcm.core.tap)
+    world.connect()
+    world.fanout.commit(3)
+    world.fanout.poll()
+    world.flush()
+    del world.fanout.records[2:]  # restored from a backup at event 2
+    world.fanout.committed_seq = 2
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    world.fanout.check_head()
+    world.flush()
+    assert world.fanout.head == 2 and not world.client.connected
+    world.connect()
+    world.flush()
+    assert resyncs == [True] and world.client.last_sequence == 2
+    world.fanout.commit()  # event 3 of the restored database
     world.fanout.poll()
     world.flush()
     assert world.events[-1][0] == 3 and world.client.last_sequence == 3

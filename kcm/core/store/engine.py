@@ -487,6 +487,12 @@ class Store(Service):
             return fail(RuntimeError("Store.run() before startService() or after stopService()"))
         return deferToThreadPool(self._reactor, self._threadpool, self.run_sync, fn, write=write)
 
+    def outbox_went_back(self, head: int) -> None:
+        """The outbox was found to end at ``head``, before events this process committed
+        (its database restored under it): its count of them starts again from there."""
+        with self._outbox_committed_lock:
+            self.outbox_committed = min(self.outbox_committed, head)
+
     def read_plain(self, fn: Callable[[Connection], T]) -> Deferred[T]:
         """:meth:`run` with ``write=False`` for a read that needs no ORM session:
         ``fn(connection)`` on a SQLAlchemy Connection in one read-only transaction (for

@@ -1088,6 +1088,11 @@ def outbox_head(session: Session) -> int:
     return session.scalar(select(func.max(OutboxEvent.seq))) or 0
 
 
+def outbox_head_plain(connection: Any) -> int:
+    """:func:`outbox_head` on ``connection`` (as :func:`outbox_since_plain`)."""
+    return connection.scalar(select(func.max(OutboxEvent.seq))) or 0
+
+
 _OUTBOX_SINCE = RawStatement(
     select(OutboxEvent.seq, OutboxEvent.at, OutboxEvent.tenant, OutboxEvent.kind,
            OutboxEvent.payload)

@@ -246,6 +246,9 @@ def expected_type(tag: int, version: Version) -> ItemType | None:
         return None
     if tag in TYPED_ATTRIBUTES:
         return _S
+    specified = SPECIFIED_TYPES.get(tag)
+    if specified is not None:
+        return specified if registry.is_attribute(tag, version) else None
     known = ATTRIBUTE_TYPES.get(tag)
     if known is None and registry.enumeration_of(tag, version) is not None:
         return ItemType.ENUMERATION
@@ -583,6 +586,23 @@ ATTRIBUTE_TYPES: dict[int, ItemType] = {
     Tag.ROTATE_OFFSET: ItemType.INTERVAL, Tag.ROTATE_DATE: ItemType.DATE_TIME,
     Tag.ROTATE_GENERATION: ItemType.INTEGER, Tag.ROTATE_LATEST: ItemType.BOOLEAN,
     **{tag: ItemType.DATE_TIME for tag in _DATES},
+}
+
+#: The other attributes of the specifications (1.4 §3, 2.1 §4) and their types, judged in
+#: the versions that define them (in another, the attribute is refused as none of its):
+#: a value of another type was stored, and clients (PyKMIP) then could not read the
+#: object's attributes.
+SPECIFIED_TYPES: dict[int, ItemType] = {
+    Tag.OPERATION_POLICY_NAME: _TEXT, Tag.PKCS_12_FRIENDLY_NAME: _TEXT,
+    Tag.QUANTUM_SAFE: ItemType.BOOLEAN, Tag.PROTECTION_PERIOD: ItemType.INTERVAL,
+    Tag.CERTIFICATE_LENGTH: ItemType.INTEGER, Tag.KEY_VALUE_PRESENT: ItemType.BOOLEAN,
+    Tag.PROTECTION_STORAGE_MASK: ItemType.INTEGER,
+    **dict.fromkeys((
+        Tag.APPLICATION_SPECIFIC_INFORMATION, Tag.ALTERNATIVE_NAME, Tag.KEY_VALUE_LOCATION,
+        Tag.ROTATE_NAME, Tag.DIGEST, Tag.USAGE_LIMITS, Tag.CERTIFICATE_IDENTIFIER,
+        Tag.CERTIFICATE_SUBJECT, Tag.CERTIFICATE_ISSUER, Tag.X_509_CERTIFICATE_IDENTIFIER,
+        Tag.X_509_CERTIFICATE_SUBJECT, Tag.X_509_CERTIFICATE_ISSUER,
+        Tag.CRYPTOGRAPHIC_DOMAIN_PARAMETERS, Tag.RANDOM_NUMBER_GENERATOR), _S),
 }
 
 

@@ -1049,3 +1049,28 @@ def test_get_attributes_costs_the_keys_asked_plus_the_object_s_not_their_product
     assert len(payload.attributes) == 250  # n0, n2, ... n498
     # (a few passes over the object's attributes, each name once: not 2,000 x 500)
     assert len(counted) < 10 * (500 + 2000)
+
+
+@pytest.mark.parametrize(("version", "tag", "value"), [
+    (V14, Tag.APPLICATION_SPECIFIC_INFORMATION, Item(0, ItemType.TEXT_STRING, "ssl")),
+    (V21, Tag.APPLICATION_SPECIFIC_INFORMATION, Item(0, ItemType.TEXT_STRING, "ssl")),
+    (V14, Tag.ALTERNATIVE_NAME, Item(0, ItemType.INTEGER, 7)),
+    (V21, Tag.KEY_VALUE_LOCATION, Item(0, ItemType.INTEGER, 7)),
+    (V14, Tag.PKCS_12_FRIENDLY_NAME, Item(0, ItemType.INTEGER, 7)),
+    (V21, Tag.QUANTUM_SAFE, Item(0, ItemType.INTEGER, 1)),
+    (V21, Tag.PROTECTION_PERIOD, Item(0, ItemType.TEXT_STRING, "a year")),
+    (V21, Tag.ROTATE_NAME, Item(0, ItemType.INTEGER, 7)),
+], ids=["asi-1.4", "asi-2.1", "alternative-name", "key-value-location", "pkcs12-name",
+        "quantum-safe", "protection-period", "rotate-name"])
+def test_a_value_of_another_type_than_the_attribute_s_is_refused(
+        core, version, tag: int, value: Item) -> None:
+    """They were stored as sent, and PyKMIP then could not read the object's attributes
+    (ReadValueError): any application could make a shared key's unreadable."""
+    uid = create_key(core, version=version)
+    before = get(core, uid, version=version)
+    attribute = Attribute(tag, Item(tag, value.type, value.value))
+    (item,) = call(core, (Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+        unique_identifier=uid, attribute=attribute)), version=version)
+    assert item.result_reason == ResultReason.INVALID_FIELD, item.result_message
+    assert "must be of type" in item.result_message
+    assert get(core, uid, version=version) == before

@@ -202,6 +202,26 @@ def check_hierarchy_date(tag: int, level: int | None, version: Version) -> None:
                                        f"service key; {_NOT_ON_HIERARCHY_KEYS[tag]}")
 
 
+#: The longest Name or Object Group, in UTF-8 bytes: the store indexes their text (for
+#: Locate), and PostgreSQL's indexes take rows of at most 2,704 bytes (a longer one was a
+#: General Failure there, and stored on SQLite).
+MAX_INDEXED_TEXT = 1024
+
+
+def _check_indexed_length(attribute: Attribute) -> None:
+    """Refuse (Invalid Field) a Name or Object Group longer than :data:`MAX_INDEXED_TEXT`."""
+    if attribute.tag == Tag.NAME:
+        value = attribute.value.find(Tag.NAME_VALUE) if attribute.value is not None else None
+    elif attribute.tag == Tag.OBJECT_GROUP:
+        value = attribute.value
+    else:
+        return
+    text = value.value if value is not None else None
+    if isinstance(text, str) and len(text.encode("utf-8", "surrogatepass")) > MAX_INDEXED_TEXT:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"{tag_label(attribute.tag)} is at most {MAX_INDEXED_TEXT} bytes")
+
+
 def check_offered(attribute: Attribute, version: Version) -> None:
     """Refuse, in a request of ``version``, what a client may not give as an attribute.
 
@@ -219,6 +239,7 @@ def check_offered(attribute: Attribute, version: Version) -> None:
                         f"{label} is not an attribute of KMIP {version[0]}.{version[1]}",
                         v1_reason=ResultReason.INVALID_FIELD)
     value = attribute.value
+    _check_indexed_length(attribute)
     if (attribute.tag == Tag.APPLICATION_SPECIFIC_INFORMATION and value is not None
             and value.type is ItemType.STRUCTURE and value.find(Tag.APPLICATION_DATA) is None):
         raise KmipError(ResultReason.APPLICATION_NAMESPACE_NOT_SUPPORTED,

@@ -24,6 +24,7 @@ from kcm.kmip.enums import (
     ResultStatus,
     State,
 )
+from kcm.kmip.labels import tag_label
 from kcm.kmip.messages import (
     ProtocolVersion,
     RequestBatchItem,
@@ -1074,3 +1075,22 @@ def test_a_value_of_another_type_than_the_attribute_s_is_refused(
     assert item.result_reason == ResultReason.INVALID_FIELD, item.result_message
     assert "must be of type" in item.result_message
     assert get(core, uid, version=version) == before
+
+
+@BOTH
+def test_a_name_or_object_group_longer_than_the_index_takes_is_refused(core, version) -> None:
+    """PostgreSQL indexes rows of at most 2,704 bytes: an 8,000-character Name was a
+    General Failure there (and stored on SQLite). At most 1,024 bytes, on both."""
+    longest = "n" * 1024
+    uid = create_key(core, name(longest), version=version)
+    assert [n for n, _ in names(get(core, uid, Tag.NAME, version=version))] == [longest]
+    for attribute in (name("é" * 513), text(Tag.OBJECT_GROUP, "g" * 1025)):
+        (item,) = call(core, (Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+            unique_identifier=uid, attribute=attribute)), version=version)
+        assert (item.result_reason, item.result_message) == (
+            ResultReason.INVALID_FIELD, f"{tag_label(attribute.tag)} is at most 1024 bytes")
+    (item,) = call(core, (Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[
+            Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+            Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256), name("x" * 8000)])), version=version)
+    assert item.result_reason == ResultReason.INVALID_FIELD

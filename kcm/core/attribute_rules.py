@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.kernel.lifecycle import wrong_state
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, attribute_label, defined_in
-from kcm.kmip.enums import ResultReason, State
+from kcm.kmip.enums import CryptographicUsageMask, ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import tag_label
 from kcm.kmip.tags import Tag
@@ -200,6 +200,25 @@ def check_hierarchy_date(tag: int, level: int | None, version: Version) -> None:
     if not level_takes(tag, level):
         raise protected_error(version, f"{tag_label(tag)} is not offered on a tenant or "
                                        f"service key; {_NOT_ON_HIERARCHY_KEYS[tag]}")
+
+
+#: The Cryptographic Usage Mask of every tenant and service key (L2, L3).
+HIERARCHY_USAGE_MASK = int(CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT
+                           | CryptographicUsageMask.WRAP_KEY
+                           | CryptographicUsageMask.UNWRAP_KEY)
+
+
+def check_hierarchy_mask(attribute: Attribute, level: int | None, version: Version) -> None:
+    """Refuse a client's Cryptographic Usage Mask on a tenant or service key other than
+    :data:`HIERARCHY_USAGE_MASK`: the L4 engine and the gateways judge a hierarchy key by
+    its state only, so another mask would be stored and never enforced (2.x Attribute Read
+    Only, 1.x Permission Denied)."""
+    if (attribute.tag == Tag.CRYPTOGRAPHIC_USAGE_MASK
+            and level in (LEVEL_TENANT_KEY, LEVEL_SERVICE_KEY)
+            and attribute.typed != HIERARCHY_USAGE_MASK):
+        raise protected_error(version, "a tenant or service key's Cryptographic Usage Mask "
+                                       "is Encrypt, Decrypt, Wrap Key and Unwrap Key; to "
+                                       "stop its use, revoke or deactivate it")
 
 
 #: The longest Name or Object Group, in UTF-8 bytes: the store indexes their text (for

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from kcm.core import events
 from kcm.core.attribute_blob import encode_attributes
+from kcm.core.attribute_rules import HIERARCHY_USAGE_MASK
 from kcm.core.keyring import Keyring
 from kcm.core.managed import encode_material
 from kcm.core.operations.create import server_attributes
@@ -20,7 +21,6 @@ from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_B
 from kcm.kmip.attributes import Attribute, Name
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
-    CryptographicUsageMask,
     KeyFormatType,
     NameType,
     ObjectType,
@@ -89,8 +89,7 @@ def provision_service(session: Session, keyring: Keyring, tenant: str, service: 
 
 
 #: The Cryptographic Usage Mask of tenant and service keys (L2, L3).
-_KEY_USAGE = (CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT
-              | CryptographicUsageMask.WRAP_KEY | CryptographicUsageMask.UNWRAP_KEY)
+_KEY_USAGE = HIERARCHY_USAGE_MASK
 
 
 def _key_attributes(uid: str, name: str, now: int) -> list[Attribute]:

@@ -75,3 +75,28 @@ def test_a_replaced_service_key_version_is_not_re_keyed_again(core: CoreHarness)
     [second] = response(core.client(admin_principal()).send(wire)).batch_items
     assert second.result_status == ResultStatus.OPERATION_FAILED
     assert first.response_payload.unique_identifier in second.result_message
+
+
+def test_a_service_key_takes_no_other_usage_mask(core: CoreHarness) -> None:  # noqa: F811
+    """A Decrypt-only mask was stored on a service key by Re-key (or Modify) and never
+    enforced: the new version still sealed L4 tokens and encrypted."""
+    from kcm.core.store.repository import find_l3
+    from kcm.kmip.attributes import Attribute
+    from kcm.kmip.enums import CryptographicUsageMask, ResultReason
+    from kcm.kmip.payloads import ModifyAttributeRequest
+    from kcm.kmip.tags import Tag
+
+    [v1] = core.store.run_sync(lambda s: [row.uid for row in find_l3(s, "demo", "app")])
+    decrypt_only = Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK,
+                                int(CryptographicUsageMask.DECRYPT))
+    admin = core.client(admin_principal())
+    [rekeyed] = response(admin.send(request(item(Operation.RE_KEY, ReKeyRequest(
+        unique_identifier=v1, attributes=[decrypt_only]), b"1")))).batch_items
+    [modified] = response(admin.send(request(item(
+        Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(unique_identifier=v1,
+                                                           attribute=decrypt_only),
+        b"2")))).batch_items
+    for refused in (rekeyed, modified):
+        assert refused.result_reason in (ResultReason.ATTRIBUTE_READ_ONLY,  # (1.x: Permission Denied)
+                                         ResultReason.PERMISSION_DENIED), refused.result_message
+        assert "Cryptographic Usage Mask" in refused.result_message

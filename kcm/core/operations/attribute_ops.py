@@ -30,6 +30,7 @@ from kcm.core.attribute_rules import (
     Rule,
     check_date_change,
     check_hierarchy_date,
+    check_hierarchy_mask,
     check_offered,
     protected_error,
     rule_for,
@@ -422,6 +423,7 @@ def _change(ctx: OperationContext, request: ModifyAttributeRequest | SetAttribut
     label = _label(new)
     _require_value(new, label)
     _modifiable(new, ctx.version, label)
+    check_hierarchy_mask(new, obj.level, ctx.version)
     return obj, new, label, _instances(obj, _key(new))
 
 

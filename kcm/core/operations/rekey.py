@@ -6,6 +6,7 @@ from kcm.core import events, managed, policy
 from kcm.core.attribute_rules import (
     check_client_attributes,
     check_hierarchy_date,
+    check_hierarchy_mask,
     level_takes,
     rule_for,
 )
@@ -85,6 +86,7 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
     check_client_attributes(client, ctx.version)
     for attribute in client:
         check_hierarchy_date(attribute.tag, old.level, ctx.version)
+        check_hierarchy_mask(attribute, old.level, ctx.version)
     if any(_is_link(a, LinkType.REPLACED_OBJECT_LINK) for a in client):
         raise KmipError(ResultReason.INVALID_FIELD,
                         "Re-key links the new key to the existing one itself: send no "

@@ -36,6 +36,7 @@ from kcm.core.attribute_rules import (
     rule_for,
 )
 from kcm.core.context import OperationContext
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.kernel import lifecycle
 from kcm.kmip import registry
 from kcm.kmip.attributes import (
@@ -43,9 +44,10 @@ from kcm.kmip.attributes import (
     VENDOR_TAG,
     Attribute,
     AttributeReference,
+    Link,
     check_value_type,
 )
-from kcm.kmip.enums import AdjustmentType, ResultReason
+from kcm.kmip.enums import AdjustmentType, LinkType, ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.kmip.payloads import (
     AddAttributeRequest,
@@ -288,8 +290,35 @@ def _load(ctx: OperationContext, unique_identifier: str | Item | None, *,
     return obj
 
 
+def _check_succession(ctx: OperationContext, obj: managed.StoredObject) -> None:
+    """Refuse an Activation Date of a tenant or service key version that Re-key made (not
+    yet active) after the Deactivation Date of the version it replaces: the tenant or
+    service would have no active key between the two (every Create, every L4 seal
+    refused), the Re-key having set the old version's end at the new one's start once."""
+    if obj.level not in (LEVEL_TENANT_KEY, LEVEL_SERVICE_KEY) or obj.state != State.PRE_ACTIVE:
+        return
+    activation = obj.value(Tag.ACTIVATION_DATE)
+    replaced = next((a.typed.linked_object_identifier for a in obj.attributes
+                     if a.tag == Tag.LINK and isinstance(a.typed, Link)
+                     and a.typed.link_type == LinkType.REPLACED_OBJECT_LINK), None)
+    if activation is None or replaced is None:
+        return
+    try:
+        predecessor = managed.load(ctx, str(replaced), for_update=False)
+    except KmipError:
+        return  # (gone: nothing is left to hand over from)
+    ends = predecessor.value(Tag.DEACTIVATION_DATE)
+    if ends is not None and activation > ends and predecessor.state in (
+            State.ACTIVE, State.PRE_ACTIVE):
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"the version this key replaces deactivates at {ends}: an Activation "
+                        f"Date after it leaves no active key between the two; move that "
+                        f"Deactivation Date first")
+
+
 def _save(ctx: OperationContext, obj: managed.StoredObject, label: str) -> None:
     """Settle the state the (possibly new) dates imply, then save."""
+    _check_succession(ctx, obj)
     moved = lifecycle.state_at(obj.state, lifecycle.LifecycleDates(
         obj.value(Tag.ACTIVATION_DATE), obj.value(Tag.DEACTIVATION_DATE)), ctx.now)
     if moved != obj.state:

@@ -1,6 +1,8 @@
-"""A tenant key (L2) made by work that rolls back never wraps anything: not the objects of
-the same batch (rolled back with it), nor those of any request after it. The keyring's
-"current L2" looked up inside the transaction is forgotten when the work rolls back."""
+"""Changes to tenant and service keys (L2, L3) that must leave the hierarchy whole: a
+tenant key made by work that rolls back never wraps anything (the keyring's "current L2"
+looked up inside the transaction is forgotten when the work rolls back); a replaced version
+is not re-keyed again; a hierarchy key takes no other usage mask; a new version's
+activation is not moved past its predecessor's end."""
 
 from __future__ import annotations
 
@@ -97,6 +99,41 @@ def test_a_service_key_takes_no_other_usage_mask(core: CoreHarness) -> None:  # 
                                                            attribute=decrypt_only),
         b"2")))).batch_items
     for refused in (rekeyed, modified):
-        assert refused.result_reason in (ResultReason.ATTRIBUTE_READ_ONLY,  # (1.x: Permission Denied)
+        assert refused.result_reason in (ResultReason.ATTRIBUTE_READ_ONLY,  # (1.x: the other)
                                          ResultReason.PERMISSION_DENIED), refused.result_message
         assert "Cryptographic Usage Mask" in refused.result_message
+
+
+def test_a_new_version_s_activation_is_not_moved_past_its_predecessor_s_end(
+        core: CoreHarness) -> None:  # noqa: F811
+    """Re-key with an Offset: the old version deactivates when the new one activates, set
+    once. Moving the new one's Activation Date later left the service with no active key
+    in between (every L4 Create refused: "no Active service key")."""
+    import time
+
+    from kcm.core.store.repository import find_l3
+    from kcm.kmip.attributes import Attribute
+    from kcm.kmip.enums import ResultReason
+    from kcm.kmip.payloads import ModifyAttributeRequest
+    from kcm.kmip.tags import Tag
+    from kcm.ttlv import ItemType
+
+    [v1] = core.store.run_sync(lambda s: [row.uid for row in find_l3(s, "demo", "app")])
+    admin = core.client(admin_principal())
+    [rekeyed] = response(admin.send(request(item(Operation.RE_KEY, ReKeyRequest(
+        unique_identifier=v1, offset=3600), b"1")))).batch_items
+    assert rekeyed.result_status == ResultStatus.SUCCESS, rekeyed.result_message
+    v2 = rekeyed.response_payload.unique_identifier
+
+    def activate_v2_at(when: int):
+        [answer] = response(admin.send(request(item(
+            Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+                unique_identifier=v2, attribute=Attribute.of(
+                    Tag.ACTIVATION_DATE, when, ItemType.DATE_TIME)), b"2")))).batch_items
+        return answer
+
+    later = activate_v2_at(int(time.time()) + 86_400)
+    assert later.result_reason == ResultReason.INVALID_FIELD, later.result_message
+    assert "leaves no active key" in later.result_message
+    earlier = activate_v2_at(int(time.time()) + 1800)  # an overlap is no gap
+    assert earlier.result_status == ResultStatus.SUCCESS, earlier.result_message

@@ -324,6 +324,23 @@ def _run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
+def _application_of(certificate: Path) -> str | None:
+    """The path of the SPIFFE ID in ``certificate`` (``/tenant/T/service/S``), or None."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+        uris = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.UniformResourceIdentifier)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    for uri in uris:
+        if uri.startswith("spiffe://"):
+            return "/" + uri.removeprefix("spiffe://").partition("/")[2]
+    return None
+
+
 def _private(var: Path) -> None:
     var.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -332,9 +349,17 @@ def _prepare(args: argparse.Namespace, var: Path, core_config: str) -> None:
     """A development PKI if there is none; the database and L1; the tenant and service."""
     from kcm.cli import main
 
-    made = (var / "pki" / "ca.pem").exists() or main(["pki", "init", str(var / "pki")]) == 0
+    made = (var / "pki" / "ca.pem").exists() or main(
+        ["pki", "init", str(var / "pki"), "--tenant", args.tenant,
+         "--service", args.service]) == 0
     if not made:
         raise CommandError("could not make the development PKI")
+    named = _application_of(var / "pki" / "app.pem")
+    if named is not None and named != f"/tenant/{args.tenant}/service/{args.service}":
+        # (the banner's commands use app.pem: they would act as another application)
+        raise CommandError(f"{var / 'pki'} was made for the application {named}; give its "
+                           f"--tenant and --service, or remove {var} for a new development "
+                           f"deployment")
     for argv in (["core", "init"], ["core", "bootstrap", args.tenant, args.service]):
         if main([*argv, "-c", core_config]) != 0:
             raise CommandError(f"kcm {' '.join(argv)} failed (see above)")

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kcm.metrics import MAX_CONNECTIONS, REQUEST_TIMEOUT
+from kcm.metrics_http import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from kcm.testing.processes import free_port, running, scrape
 from tests.e2e_support import (
     CoreProcess,

@@ -13,14 +13,8 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from kcm.metrics import (
-    CallbackGauge,
-    ReactorCounter,
-    ReactorHistogram,
-    Readiness,
-    metrics_listener,
-    metrics_site,
-)
+from kcm.metrics import CallbackGauge, ReactorCounter, ReactorHistogram, Readiness
+from kcm.metrics_http import metrics_listener, metrics_site
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:

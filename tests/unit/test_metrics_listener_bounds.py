@@ -17,7 +17,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from kcm.gateway.worker_metrics import WorkerMetrics, merged_exposition
-from kcm.metrics import MAX_CONNECTIONS, MAX_HEAD, REQUEST_TIMEOUT, Readiness, metrics_site
+from kcm.metrics import Readiness
+from kcm.metrics_http import MAX_CONNECTIONS, MAX_HEAD, REQUEST_TIMEOUT, metrics_site
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 

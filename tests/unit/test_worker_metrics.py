@@ -1,6 +1,6 @@
 """The supervisor's metrics and health for its workers (kcm.gateway.worker_metrics): the
 merge of their expositions and readiness, and the asking, over real Unix sockets on the
-real reactor, of workers served by :func:`kcm.metrics.metrics_site` (as a worker does)."""
+real reactor, of workers served by :func:`kcm.metrics_http.metrics_site` (as a worker does)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
 from kcm.gateway.worker_metrics import WorkerMetrics, merged_exposition, merged_readiness
-from kcm.metrics import ReactorCounter, ReactorHistogram, Readiness, metrics_site
+from kcm.metrics import ReactorCounter, ReactorHistogram, Readiness
+from kcm.metrics_http import metrics_site
 
 
 def samples(exposition: bytes) -> dict[tuple[str, tuple], float]:

@@ -144,7 +144,9 @@ def load_section(default: C, section: str, path: str | Path | None,
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key.startswith("tls_"):
+        if key == "tls_crl_refresh":  # (a string on the command line)
+            tls["crl_refresh"] = seconds(f"{section}.tls.crl_refresh", value, most=3600)
+        elif key.startswith("tls_"):
             tls[key[4:]] = value
         elif key in top_level:
             values[key] = value

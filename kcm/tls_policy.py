@@ -54,6 +54,8 @@ TLS_POLICY_OPTIONS = [
                                 "profile's list."],
     ["tls-crl", None, None, "File of CRLs (PEM or DER) client certificates are checked "
                             "against; read again when it changes."],
+    ["tls-crl-refresh", None, None, "Seconds between two looks at the CRL file for changes "
+                                    "(default 30)."],
 ]
 
 

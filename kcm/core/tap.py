@@ -87,6 +87,8 @@ class Options(ServiceOptions):
         ["database-threads", None, None, "Worker threads for database transactions."],
         ["object-cache-size", None, None,
          "Managed objects kept decoded in memory (default 10000; 0: none)."],
+        ["object-cache-bytes", None, None,
+         "Bytes those objects may take in memory at most (default 128 MiB)."],
         *limit_options(CoreLimits()),
     ]
 

@@ -100,6 +100,8 @@ class Options(ServiceOptions):
                                      "after a turn that had some (0: none)."],
         ["pin-workers", None, None, "Pin each worker to a CPU: auto (when there is one per "
                                     "CPU), always, or never."],
+        ["hung-worker-timeout", None, None, "Seconds a silent worker is given before it is "
+                                            "restarted (default 10, at least 3)."],
         ["worker", None, None, "Set by the supervisor: run as its worker INDEX (on the "
                                "connections or the listening socket it hands over)."],
         ["cpu", None, None, "Set by the supervisor: run this worker on CPU N only."],

@@ -391,3 +391,29 @@ def test_object_cache_bytes(tmp_path: Path) -> None:
                                if wrong == "many" else f"[core]\nobject_cache_bytes = {wrong}\n")
         with pytest.raises((usage.UsageError, ValueError), match="object_cache_bytes"):
             parse("-c", str(config_file))
+
+
+def test_every_setting_of_either_plane_has_a_command_line_override() -> None:
+    """README.rst and etc/*.toml say every setting has one: `--object-cache-bytes`,
+    `--hung-worker-timeout` and `--tls-crl-refresh` were missing."""
+    from dataclasses import fields
+
+    from kcm.config_file import TlsFiles
+    from kcm.core.config import _TOP_LEVEL as CORE_SETTINGS
+    from kcm.gateway import tap as gateway_tap
+    from kcm.gateway.config import _TOP_LEVEL as GATEWAY_SETTINGS
+
+    for options, settings in ((tap.Options, CORE_SETTINGS),
+                              (gateway_tap.Options, GATEWAY_SETTINGS)):
+        names = {key for key, *_ in options.optParameters}
+        assert {s.replace("_", "-") for s in settings} <= names
+        assert {"tls-" + f.name.replace("_", "-") for f in fields(TlsFiles)} <= names
+
+
+def test_the_crl_refresh_from_the_command_line_is_a_number_of_seconds(tmp_path: Path) -> None:
+    config_file = tmp_path / "core.toml"
+    config_file.write_text("[core]\n")
+    assert parse("-c", str(config_file), "--tls-crl-refresh", "2.5")[
+        "core_config"].tls.crl_refresh == 2.5
+    with pytest.raises(usage.UsageError, match="tls.crl_refresh"):
+        parse("-c", str(config_file), "--tls-crl-refresh", "soon")

@@ -30,7 +30,7 @@ from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.state_sweeper import StateSweeper
-from kcm.core.store.engine import Store
+from kcm.core.store.engine import SILENCE_GRACE_S, Store
 from kcm.core.stream_parts import purge_spent
 from kcm.core.sweep_steps import SweepStep
 from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_keys_due
@@ -120,7 +120,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     trust_domain = config.trust_domain
     store = Store(config.database, reactor=reactor, threads=config.database_threads,
                   migrate=True, object_cache_size=config.object_cache_size,
-                  object_cache_bytes=config.object_cache_bytes)
+                  object_cache_bytes=config.object_cache_bytes,
+                  silence_limit=config.limits.request_deadline + SILENCE_GRACE_S)
     metrics = CoreMetrics(process=True)
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     keyring = Keyring()

@@ -91,6 +91,10 @@ POSTGRESQL_RECYCLE_S = 1800
 #: database or the connection (``ALTER ROLE kcm SET ...``, or ``options=-c ...`` in the URL) is
 #: kept; 0 there turns it off. Schema migrations run without it.
 IDLE_IN_TRANSACTION_S = 5
+#: Seconds past ``limits.request_deadline`` one wait of kcm-core for its PostgreSQL server
+#: may last before the connection is shut down (:mod:`kcm.core.store.server_silence`): a
+#: request's answer is due by its deadline; this leaves its own check room to answer first.
+SILENCE_GRACE_S = 2.0
 #: TCP settings of every PostgreSQL connection, the client's (libpq parameters, unless the
 #: URL names them) and the server's (its settings of the same meaning, unless the operator
 #: set them for the role, database or connection): a host that vanished (powered off,
@@ -361,6 +365,7 @@ class Store(Service):
         object_cache_size: int = 10_000,
         object_cache_bytes: int = DEFAULT_MAX_BYTES,
         idle_in_transaction: float | None = IDLE_IN_TRANSACTION_S,
+        silence_limit: float | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -371,6 +376,10 @@ class Store(Service):
         #: Seconds a session of this store may sit idle in a transaction (PostgreSQL; None:
         #: the server's setting): see :data:`IDLE_IN_TRANSACTION_S`.
         self.idle_in_transaction = idle_in_transaction
+        #: Seconds a PostgreSQL connection may wait for its server before it is shut down
+        #: (:mod:`kcm.core.store.server_silence`; None: not watched).
+        self.silence_limit = silence_limit
+        self._silence_watch: Any = None
         self._reactor = reactor
         self._threads = threads
         self._pool_size = pool_size if pool_size is not None else threads + 1
@@ -426,6 +435,17 @@ class Store(Service):
         if self._engine is None:
             engine = open_engine(self.url, pool_size=self._pool_size, max_overflow=2,
                                  idle_in_transaction=self.idle_in_transaction)
+            if self.silence_limit is not None and engine.dialect.name == "postgresql":
+                from kcm.core.store.server_silence import (  # psycopg: PostgreSQL only
+                    SilenceWatch,
+                    SilenceWatchThread,
+                    watch_connections,
+                )
+
+                watch = SilenceWatch(self.silence_limit)
+                watch_connections(engine, watch)
+                self._silence_watch = SilenceWatchThread(watch, f"{self.name}-silence")
+                self._silence_watch.start()
             self._sessions = {
                 write: sessionmaker(
                     bind=engine.execution_options(**{WRITE_OPTION: write}),
@@ -474,6 +494,9 @@ class Store(Service):
             self._engine.dispose()
             self._engine = None
             self._sessions = {}
+        if self._silence_watch is not None:
+            self._silence_watch.stop()
+            self._silence_watch = None
 
     def run(self, fn: Callable[[Session], T], *, write: bool = True) -> Deferred[T]:
         """Call ``fn(session)`` on a worker thread inside exactly one transaction.

@@ -1,0 +1,129 @@
+"""A PostgreSQL server that stops answering (every one of its processes stopped: a paused
+VM, storage hung under it; its kernel still acknowledges TCP, so no keepalive fires) holds
+a kcm-core request no longer than ``limits.request_deadline`` plus a grace: the connection
+waiting on it is shut down (kcm.core.store.server_silence), the request is answered
+General Failure "the key store is unavailable", and once the server answers again, so does
+the core. A core stopped while its server is silent stops too. A real cluster of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kcm.core.store.engine import SILENCE_GRACE_S
+from kcm.kmip.enums import ResultReason, ResultStatus
+from kcm.testing.postgres import Cluster, find_pg_bin
+from kcm.testing.processes import CoreProcess, deploy
+from tests.gateway_support import create_managed, request, response
+from tests.pg import unavailable
+
+#: Stops a PostgreSQL server and measures seconds: run alone.
+pytestmark = pytest.mark.serial
+
+#: The deployment's request deadline, seconds (short, to keep the test short).
+DEADLINE = 2.0
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        unavailable("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
+    cluster = Cluster(bin_dir)
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.create_database()
+        yield cluster
+    finally:
+        _signal_server(cluster, signal.SIGCONT)
+        cluster.stop()
+        cluster.remove()
+
+
+def _server_pids(cluster: Cluster) -> list[int]:
+    """The postmaster and every process it started."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                pids.append(int(entry))
+    return pids
+
+
+def _signal_server(cluster: Cluster, sig: int) -> None:
+    try:
+        pids = _server_pids(cluster)
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _create(core: CoreProcess) -> tuple[float, int, int | None, str]:
+    """Seconds one Create took at ``core``, and its status, reason and message."""
+    started = time.monotonic()
+    with core.client("app") as app:
+        [answer] = response(app.send(request(create_managed()))).batch_items
+    return (time.monotonic() - started, answer.result_status, answer.result_reason,
+            answer.result_message or "")
+
+
+def _create_or_nothing(core: CoreProcess) -> None:
+    with contextlib.suppress(Exception):  # the core went away: what the test makes it do
+        _create(core)
+
+
+def test_a_silent_postgresql_server_holds_a_request_no_longer_than_its_deadline(
+        cluster: Cluster, tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", cluster.url, request_deadline=DEADLINE)
+    core.start()
+    try:
+        assert _create(core)[1] == ResultStatus.SUCCESS
+        _signal_server(cluster, signal.SIGSTOP)
+        try:
+            took, status, reason, message = _create(core)
+        finally:
+            _signal_server(cluster, signal.SIGCONT)
+        assert (status, reason) == (ResultStatus.OPERATION_FAILED,
+                                    ResultReason.GENERAL_FAILURE), message
+        assert "the key store is unavailable" in message
+        # The wait was cut at the deadline plus the grace (looked at twice a second).
+        assert DEADLINE + SILENCE_GRACE_S - 0.5 < took < DEADLINE + SILENCE_GRACE_S + 3, took
+        assert "left a statement unanswered for" in core.log.read_text()
+        # The server answers again: so does the core, on a new connection.
+        took, status, _, message = _create(core)
+        assert status == ResultStatus.SUCCESS, message
+        assert took < 2, took
+
+        # A core stopped while its server is silent and a request waits on it stops by
+        # itself (not killed), once that wait is cut.
+        _signal_server(cluster, signal.SIGSTOP)
+        try:
+            waiting = threading.Thread(target=_create_or_nothing, args=(core,), daemon=True)
+            waiting.start()
+            time.sleep(0.5)
+            process, started = core.process, time.monotonic()
+            core.stop()
+            stopped = time.monotonic() - started
+        finally:
+            _signal_server(cluster, signal.SIGCONT)
+        # twistd ends with the signal that stopped it; SIGKILL would have come at 20 s. The
+        # wait is cut, then a new connection may wait its connect_timeout (10 s).
+        assert process.returncode == -signal.SIGTERM, process.returncode
+        assert stopped < DEADLINE + SILENCE_GRACE_S + 10 + 2, stopped
+    finally:
+        core.stop()

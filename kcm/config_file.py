@@ -4,6 +4,7 @@ way for kcm-core and kcm-gateway. Pure but for reading the file it is given."""
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields, replace
@@ -145,11 +146,14 @@ def load_section(default: C, section: str, path: str | Path | None,
         if value is None:
             continue
         if key == "tls_crl_refresh":  # (a string on the command line)
-            tls["crl_refresh"] = seconds(f"{section}.tls.crl_refresh", value, most=3600)
+            tls["crl_refresh"] = seconds(f"{section}.tls.crl_refresh", _number(value),
+                                         most=3600)
         elif key.startswith("tls_"):
             tls[key[4:]] = value
         elif key in top_level:
-            values[key] = value
+            current = getattr(default, key, None)
+            numeric = type(current) in (int, float)  # (not a bool)
+            values[key] = _number(value) if numeric else value
         elif key in limit_names:
             limits[key] = _limit_value(section, key, value, getattr(default.limits, key))
         else:
@@ -191,14 +195,23 @@ def load_section(default: C, section: str, path: str | Path | None,
     return config
 
 
-def seconds(setting: str, value: Any, *, most: float | None = None) -> float:
-    """A duration setting in seconds, from TOML (a number) or the command line (a string):
-    finite and above 0 (NaN and infinity are refused), and at most ``most`` if given."""
-    if isinstance(value, str):
+def _number(value: Any) -> Any:
+    """A command-line value (a string) as the number it spells (an int, else a float);
+    anything else as it is, for its setting's check to refuse."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
         try:
-            value = float(value)
+            return kind(value)
         except ValueError:
-            value = None
+            continue
+    return value
+
+
+def seconds(setting: str, value: Any, *, most: float | None = None) -> float:
+    """A duration setting in seconds (a number: a TOML string is refused, as a command-line
+    value that spells no number): finite and above 0 (NaN and infinity are refused), and at
+    most ``most`` if given."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{setting} must be a positive number of seconds")
     if not math.isfinite(value) or value <= 0 or (most is not None and value > most):
@@ -209,10 +222,8 @@ def seconds(setting: str, value: Any, *, most: float | None = None) -> float:
 
 def whole_number(setting: str, value: Any, *, least: int = 0,
                  most: int | None = None) -> int:
-    """A whole-number setting, from TOML (an integer: 2.7 is refused, not truncated) or the
-    command line (its digits), from ``least`` to ``most``."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
+    """A whole-number setting (a TOML integer, or the command line's digits: 2.7 and "4"
+    in TOML are refused, not converted), from ``least`` to ``most``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{setting} must be a whole number")
     if value < least or (most is not None and value > most):
@@ -352,6 +363,20 @@ class ServiceOptions(usage.Options):
         except usage.UsageError:
             self._refused = True
             raise
+
+    def with_daemon_log(self, config: C) -> C:
+        """``config``, whose ``log_file`` of ``-`` (standard output) becomes twistd's
+        ``--logfile`` (``twistd.log`` by default, as an absolute path) when twistd
+        daemonizes: a daemon's standard output is ``/dev/null``. The ``log-file`` option
+        is set to it as well, for the processes this one starts (a gateway's workers)."""
+        parent = getattr(self, "parent", None)
+        if (config.log_file not in ("", "-")  # type: ignore[attr-defined]
+                or parent is None or parent.get("nodaemon", True)):
+            return config
+        chosen = parent.get("logfile")
+        path = os.path.abspath(chosen if chosen not in (None, "", "-") else "twistd.log")
+        self["log-file"] = path
+        return replace(config, log_file=path)  # type: ignore[type-var]
 
     def getUsage(self, width: int | None = None) -> str:
         if self._refused:

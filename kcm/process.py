@@ -14,8 +14,9 @@
   ``log_level``, its audit lines written together every :data:`LOG_LINGER` seconds at
   most) as the Application's ``ILogObserver`` component, which is where twistd looks
   for an application's log observer before it starts logging; ``log_file`` names a file
-  instead of standard output (what a daemonized twistd needs). twistd's ``--logger`` still
-  takes precedence; its ``--logfile`` and ``--syslog`` do not apply.
+  instead of standard output (a daemonized twistd's ``-`` is its ``--logfile``:
+  :meth:`kcm.config_file.ServiceOptions.with_daemon_log`). twistd's ``--logger`` still
+  takes precedence; its ``--syslog`` does not apply.
 """
 
 from __future__ import annotations

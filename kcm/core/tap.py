@@ -96,7 +96,7 @@ class Options(ServiceOptions):
         overrides = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters
                      if key != "config"}
         try:
-            self["core_config"] = load_config(self["config"], overrides)
+            self["core_config"] = self.with_daemon_log(load_config(self["config"], overrides))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

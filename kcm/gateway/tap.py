@@ -112,7 +112,7 @@ class Options(ServiceOptions):
         overrides = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters
                      if key not in _NOT_SETTINGS}
         try:
-            self["gateway_config"] = load_config(self["config"], overrides)
+            self["gateway_config"] = self.with_daemon_log(load_config(self["config"], overrides))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         if self["worker"] is not None:

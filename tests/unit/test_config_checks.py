@@ -102,6 +102,43 @@ def test_command_line_durations_and_counts(option: str, value: str) -> None:
         load_core(None, {option: value})
 
 
+@pytest.mark.parametrize(("setting", "error"), [
+    ("[core]\ndatabase_threads = \"4\"", "core.database_threads must be a whole number"),
+    ("[core]\nobject_cache_size = \"100\"", "core.object_cache_size must be a whole number"),
+    ("[core]\nstate_sweep_interval = \"60\"", "core.state_sweep_interval"),
+    ("[core.limits]\nrequest_deadline = \"5\"", "core.limits.request_deadline"),
+    ("[core.limits]\nmax_batch_items = \"5\"", "core.limits.max_batch_items"),
+])
+def test_a_number_written_as_a_toml_string_is_refused(tmp_path: Path, setting: str,
+                                                       error: str) -> None:
+    """TOML has numbers: a quoted one is a mistake the file's reader should hear of (the
+    command line's strings are the only ones read as numbers)."""
+    with pytest.raises(ConfigError, match=error):
+        _core(tmp_path, setting + "\n")
+
+
+@pytest.mark.parametrize(("setting", "error"), [
+    ("[gateway]\nworkers = \"2\"", "gateway.workers must be a whole number"),
+    ("[gateway]\nmax_in_flight = \"8\"", "gateway.max_in_flight must be a whole number"),
+    ("[gateway]\nl3_ttl = \"30\"", "gateway.l3_ttl"),
+    ("[gateway.tls]\ncrl_refresh = \"30\"", "tls.crl_refresh"),
+])
+def test_a_gateway_number_written_as_a_toml_string_is_refused(tmp_path: Path, setting: str,
+                                                               error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        _gateway(tmp_path, setting + "\n")
+
+
+def test_command_line_numbers_are_read_from_their_strings() -> None:
+    config = load_core(None, {"database_threads": "3", "state_sweep_interval": "2.5",
+                              "object_cache_size": "0", "request_deadline": "4",
+                              "tls_crl_refresh": "5"})
+    assert (config.database_threads, config.state_sweep_interval, config.object_cache_size,
+            config.limits.request_deadline, config.tls.crl_refresh) == (3, 2.5, 0, 4, 5.0)
+    with pytest.raises(ConfigError, match="core.database_threads must be a whole number"):
+        load_core(None, {"database_threads": "three"})
+
+
 def test_the_limits_themselves_refuse_nan_and_infinity() -> None:
     for name in ("idle_timeout", "message_timeout", "handshake_timeout", "write_timeout"):
         for value in (float("nan"), float("inf")):

@@ -268,9 +268,13 @@ def check_offered(attribute: Attribute, version: Version) -> None:
 
 def check_client_attributes(attributes: list[Attribute], version: Version) -> None:
     """Refuse attributes a client may not supply when creating or registering an object
-    (:func:`check_offered`, then the rules), and several values of a single-valued one."""
+    (:func:`check_offered`, then the rules), several values of a single-valued one, and
+    an attribute without its Attribute Value (a required field: Invalid Message)."""
     seen: set[int] = set()
     for attribute in attributes:
+        if attribute.value is None:
+            raise KmipError(ResultReason.INVALID_MESSAGE,
+                            f"{attribute_label(attribute)} has no Attribute Value")
         check_offered(attribute, version)
         rule = rule_for(attribute)
         label = attribute_label(attribute)

@@ -128,15 +128,21 @@ def _create_request(wire: bytes, payload_at: int, pos: int, end: int,
     container_end = structure_at(wire, pos, end, _CREATE_CONTAINERS[version])[1]
     if container_end != end:
         raise NOT_PLAIN
-    return _decoded_create(bytes(wire[payload_at:end]), version)
+    payload = bytes(wire[payload_at:end])
+    if len(payload) > CREATE_KEPT_BYTES:
+        return _decode_create(payload, version)
+    return _decoded_create(payload, version)
 
 
-@lru_cache(maxsize=256)
-def _decoded_create(payload_bytes: bytes, version: tuple[int, int]) -> CreateRequest:
+#: The longest Create payload (bytes) :func:`_decoded_create` keeps: an L4 Create's is a
+#: few hundred at most; a longer one (an attribute of a megabyte, which the engine then
+#: refuses) is decoded each time, so that 256 of them cannot hold 256 MiB of a worker.
+CREATE_KEPT_BYTES = 1024
+
+
+def _decode_create(payload_bytes: bytes, version: tuple[int, int]) -> CreateRequest:
     """The Create payload ``payload_bytes`` decoded, if it is an L4 Create the fast path
-    answers. An application sends the same Create again and again (nothing in it names the
-    new key), so the last 256 distinct payloads decoded are kept: the engine only reads a
-    request, never changes it. A payload that declines is not kept."""
+    answers (else NOT_PLAIN or a KmipError: declined)."""
     payload, after = decode_item(payload_bytes, 0, max_depth=8)
     if after != len(payload_bytes):
         raise NOT_PLAIN
@@ -147,3 +153,10 @@ def _decoded_create(payload_bytes: bytes, version: tuple[int, int]) -> CreateReq
             or any(attribute.tag not in _CREATE_ATTRIBUTE_TAGS for attribute in attributes)):
         raise NOT_PLAIN
     return request
+
+
+#: :func:`_decode_create` of the last 256 distinct payloads of at most
+#: :data:`CREATE_KEPT_BYTES`: an application sends the same Create again and again
+#: (nothing in it names the new key), and the engine only reads a request, never changes
+#: it. A payload that declines is not kept.
+_decoded_create = lru_cache(maxsize=256)(_decode_create)

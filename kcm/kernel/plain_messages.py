@@ -417,7 +417,8 @@ def _parameters(wire: bytes, start: int, end: int) -> CryptographicParameters:
 
     A client sends the same few over and over: the model of each is made once and shared
     by the requests that carry those bytes (nothing changes a request's model once it is
-    read), up to :data:`_PARAMETERS_KEPT` of them."""
+    read), up to :data:`_PARAMETERS_KEPT` of them, each of at most
+    :data:`_PARAMETERS_KEPT_BYTES`."""
     encoded = wire[start:end]
     known = _PARAMETERS.get(encoded)
     if known is not None:
@@ -426,6 +427,8 @@ def _parameters(wire: bytes, start: int, end: int) -> CryptographicParameters:
     if after != end:
         raise NOT_PLAIN
     parameters = CryptographicParameters.from_item(item)
+    if len(encoded) > _PARAMETERS_KEPT_BYTES:
+        return parameters  # (a megabyte of P Source is not kept 64 times)
     if len(_PARAMETERS) >= _PARAMETERS_KEPT:
         _PARAMETERS.clear()  # (a client that varies them pays the decoding, not memory)
     _PARAMETERS[encoded] = parameters
@@ -436,6 +439,8 @@ def _parameters(wire: bytes, start: int, end: int) -> CryptographicParameters:
 #: :data:`_PARAMETERS_KEPT` entries.
 _PARAMETERS: dict[bytes, CryptographicParameters] = {}
 _PARAMETERS_KEPT = 64
+#: The longest encoding (bytes) :func:`_parameters` keeps; real ones are under 100.
+_PARAMETERS_KEPT_BYTES = 512
 
 
 def structure_at(wire: bytes, pos: int, end: int, expected: int) -> tuple[int, int]:

@@ -104,9 +104,28 @@ def _retag(item: Item, tag: int) -> Item:
     return item if item.tag == tag else Item(tag, item.type, item.value, item.width)
 
 
-@lru_cache(maxsize=4096)
+#: The longest attribute name (characters) :func:`_from_v1_name` and :func:`_v1_name` keep
+#: their answer for: the specification's longest is 40; a client's name of a megabyte
+#: (refused or not) is worked out each time, never held by the cache of 4,096.
+_NAME_KEPT = 128
+
+
 def _from_v1_name(name: str, version: Version) -> tuple[int, str | None, str | None]:
     """(tag, vendor, name to keep) for a 1.x Attribute Name."""
+    if len(name) > _NAME_KEPT:
+        return _from_v1_name_now(name, version)
+    return _from_v1_name_kept(name, version)
+
+
+def _v1_name(tag: int, vendor: str | None, name: str | None, version: Version) -> str | None:
+    """The 1.x Attribute Name, or None when 1.x cannot name this attribute."""
+    if (name is not None and len(name) > _NAME_KEPT) or (vendor is not None
+                                                         and len(vendor) > _NAME_KEPT):
+        return _v1_name_now(tag, vendor, name, version)
+    return _v1_name_kept(tag, vendor, name, version)
+
+
+def _from_v1_name_now(name: str, version: Version) -> tuple[int, str | None, str | None]:
     tag = registry.attribute_tag(name, version)
     if tag is not None:
         return tag, None, (None if registry.tag_name(tag, version) == name else name)
@@ -115,9 +134,8 @@ def _from_v1_name(name: str, version: Version) -> tuple[int, str | None, str | N
     return VENDOR_TAG, None, name
 
 
-@lru_cache(maxsize=4096)
-def _v1_name(tag: int, vendor: str | None, name: str | None, version: Version) -> str | None:
-    """The 1.x Attribute Name, or None when 1.x cannot name this attribute."""
+def _v1_name_now(tag: int, vendor: str | None, name: str | None,
+                 version: Version) -> str | None:
     if tag == VENDOR_TAG:
         if vendor is None:
             return name
@@ -126,6 +144,10 @@ def _v1_name(tag: int, vendor: str | None, name: str | None, version: Version) -
     if spelled is None or registry.attribute_tag(spelled, version) != tag:
         return None
     return spelled
+
+
+_from_v1_name_kept = lru_cache(maxsize=4096)(_from_v1_name_now)
+_v1_name_kept = lru_cache(maxsize=4096)(_v1_name_now)
 
 
 #: The attributes KMIP 2.0 added (2.0 §4: the Certificate Attributes, Key Format Type, NIST

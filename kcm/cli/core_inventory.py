@@ -358,6 +358,7 @@ def _begin_removal(session, args: argparse.Namespace) -> _Removal:
         ObjectAttributeKey.__table__.c.uid.in_(key_uids)))
     session.execute(delete(objects).where(objects.c.tenant == tenant,
                                           objects.c.level == LEVEL_TENANT_KEY))
+    session.info[repository.MATERIAL_ERASED_INFO] = True  # its L2s' and L3s' material
     # No L3 any more (every lookup of one asks for the level); its L4 tombstones still
     # name it, so it goes with the destroyed objects, after them. Its revision goes up, so
     # no core's object cache takes its cached copy for current.

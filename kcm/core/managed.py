@@ -499,6 +499,7 @@ def destroy_material(ctx: OperationContext, obj: StoredObject) -> None:
     keyring keeps in the clear of it goes too (:meth:`kcm.core.keyring.Keyring.forget_material`)."""
     material = obj.row.material
     _update(ctx, obj, material=None, wrapped_by=None)
+    ctx.session.info[repository.MATERIAL_ERASED_INFO] = True  # (the store: what WAL holds)
     ctx.keyring.forget_material(obj.tenant, obj.uid,
                                 None if material is None else bytes(material))
 

@@ -55,7 +55,12 @@ from kcm.core.store.raw_statements import (
     forget_deferred,
     pipelined,
 )
-from kcm.core.store.repository import OUTBOX_WRITTEN_INFO, lock_writers, lock_writers_on
+from kcm.core.store.repository import (
+    MATERIAL_ERASED_INFO,
+    OUTBOX_WRITTEN_INFO,
+    lock_writers,
+    lock_writers_on,
+)
 from kcm.core.store.savepoints import StoreSession
 from kcm.core.store.writer_thread import WriterThread
 
@@ -91,6 +96,10 @@ POSTGRESQL_RECYCLE_S = 1800
 #: database or the connection (``ALTER ROLE kcm SET ...``, or ``options=-c ...`` in the URL) is
 #: kept; 0 there turns it off. Schema migrations run without it.
 IDLE_IN_TRANSACTION_S = 5
+#: Seconds between two tries of a truncating WAL checkpoint that readers kept from
+#: completing (:meth:`Store._erase_wal`).
+WAL_ERASE_RETRY_S = 1.0
+
 #: Seconds past ``limits.request_deadline`` one wait of kcm-core for its PostgreSQL server
 #: may last before the connection is shut down (:mod:`kcm.core.store.server_silence`): a
 #: request's answer is due by its deadline; this leaves its own check room to answer first.
@@ -250,6 +259,10 @@ def _sqlite_on_connect(dbapi_connection: Any, record: Any, path: str) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # What is deleted or overwritten (a destroyed key's wrapped material) is zeroed in
+        # the file, not left in free space (Debian's build does so by default; upstream's
+        # does not).
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     finally:
         cursor.close()
@@ -424,6 +437,11 @@ class Store(Service):
         #: after a commit can wait for its events to reach the gateways (kcm.core.link_server).
         self.outbox_committed = 0
         self._outbox_committed_lock = threading.Lock()
+        #: A truncating WAL checkpoint is owed since a Destroy (SQLite), and when one
+        #: was last tried (``time.monotonic()``).
+        self._wal_erase_owed = False
+        self._wal_erase_tried = -WAL_ERASE_RETRY_S
+        self._wal_erase_again = False
 
     @property
     def engine(self) -> Engine:
@@ -665,6 +683,67 @@ class Store(Service):
             info[TRANSACTION_CONNECTION] = transaction.connection
             return fn(session)
 
+    def _erase_wal_soon(self, session: Session) -> None:
+        """After a commit that destroyed key material: on SQLite, :meth:`_erase_wal` once
+        this transaction's answer is handed over (the writer's) or now (another thread's)."""
+        if session.get_bind().dialect.name != "sqlite":
+            return  # (PostgreSQL keeps old row versions and WAL: see docs/operations.md)
+        self._wal_erase_owed = True
+        writer = self._writer
+        if writer is not None and writer.is_current():
+            writer.after_answer(self._erase_wal)
+        else:
+            self._erase_wal()
+
+    def _erase_wal(self) -> None:
+        """Checkpoint the SQLite WAL into the database and truncate it to nothing, so that
+        the page images of destroyed key material written before its Destroy are gone from
+        the files (``secure_delete`` zeroes them in the database file itself). It waits for
+        no reader and runs at most every :data:`WAL_ERASE_RETRY_S` seconds: on the writer
+        thread, what a reader kept from completing, or what came sooner, is done again
+        that much later (another thread's, a ``kcm`` command's, is not)."""
+        if not self._wal_erase_owed:
+            return
+        now = time.monotonic()
+        busy = True
+        if now - self._wal_erase_tried >= WAL_ERASE_RETRY_S:
+            self._wal_erase_tried = now
+            try:
+                busy = self._checkpoint_truncate()
+            except Exception as e:  # noqa: BLE001 - tried again
+                log.warn("truncating the SQLite WAL after a Destroy failed: {error}",
+                         error=str(e))
+        if not busy:
+            self._wal_erase_owed = False
+            return
+        writer = self._writer
+        if writer is not None and writer.is_current() and not self._wal_erase_again:
+            self._wal_erase_again = True
+            self._reactor.callFromThread(self._reactor.callLater, WAL_ERASE_RETRY_S,
+                                         self._erase_wal_later)
+
+    def _erase_wal_later(self) -> None:
+        """(reactor) :meth:`_erase_wal` again, on the writer thread."""
+        self._wal_erase_again = False
+        writer = self._writer
+        if writer is not None and self._wal_erase_owed:
+            writer.submit(self._erase_wal)
+
+    def _checkpoint_truncate(self) -> bool:
+        """``PRAGMA wal_checkpoint(TRUNCATE)`` waiting for nobody; whether a reader or
+        writer kept it from completing."""
+        raw = self.engine.raw_connection()
+        try:
+            dbapi = raw.driver_connection
+            dbapi.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, _, _ = dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                dbapi.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        finally:
+            raw.close()
+        return bool(busy)
+
     def _on_writer_connection(self, run: Callable[[Connection], T]) -> T:
         """``run(kept)``: the writer thread's transaction on the connection it keeps."""
         with self._engine_lock:
@@ -769,6 +848,8 @@ class Store(Service):
             learnt = info.pop(LEARNT_INFO, None)
             if learnt:
                 self.known.add_all(learnt)
+            if info.pop(MATERIAL_ERASED_INFO, False):
+                self._erase_wal_soon(session)
             written = info.pop(OUTBOX_WRITTEN_INFO, 0)
             if written:
                 with self._outbox_committed_lock:  # commits of two threads may finish

@@ -62,6 +62,10 @@ from kcm.link.events import EventKind
 
 _log = Logger()
 
+#: A session's ``info``: its transaction made key material unreadable (a Destroy); the
+#: store then erases what its SQLite WAL still holds of it (``Store._erase_wal``).
+MATERIAL_ERASED_INFO = "kcm.material.erased"
+
 # Arbitrary constant: the key of the PostgreSQL advisory lock that serializes writers.
 WRITER_LOCK_KEY = 0x4B434D0001
 #: The PostgreSQL channel a commit that adds outbox events notifies.

@@ -59,6 +59,10 @@ class WriterThread:
         call only."""
         self._afterwards.append(hook)
 
+    def is_current(self) -> bool:
+        """Whether the calling thread is this one."""
+        return threading.current_thread() is self._thread
+
     def stop(self) -> None:
         """Let the running call finish, drop the queued ones, and end the thread (blocks
         until it has ended)."""

@@ -52,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--checkpoint-log", action="append", default=[], metavar="FILE",
                         help="a saved kcm-core log: the chain must hold every checkpoint in it "
                              "(repeatable)")
+    verify.add_argument("--export", metavar="FILE",
+                        help="verify a file of kcm audit export instead of the database: each "
+                             "record's digest and MAC, and the links between consecutive "
+                             "records")
     verify.set_defaults(run=_run_verify, prog="kcm audit verify")
 
     tail = actions.add_parser("tail", help="the newest audit records, as JSON lines")
@@ -107,6 +111,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         checkpoints.extend(found)
 
     config = core_config(args)
+    if args.export is not None:
+        return _verify_export(args.export, _audit_key_of(config), checkpoints)
     store = closed_at_end(args, Store(schema_checked(existing_database(config))))
     try:
         l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
@@ -140,6 +146,39 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"audit log BROKEN at record {result.first_bad_seq}: {result.reason} "
               f"({result.records_checked} records checked)")
     return 1
+
+
+def _audit_key_of(config: Any) -> bytes:
+    from kcm.core.l1 import L1Error, open_l1
+
+    try:
+        l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
+    except L1Error as e:
+        raise CommandError(f"cannot load the L1 key: {e}") from e
+    return l1.audit_key()
+
+
+def _verify_export(path: str, audit_key: bytes, checkpoints: list) -> int:
+    from kcm.core.audit_export import verify_export
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as export:
+            result = verify_export(export, audit_key, checkpoints)
+    except OSError as e:
+        raise CommandError(f"cannot read {path}: {e.strerror}") from e
+    if not result.ok:
+        where = f"line {result.line}: " if result.line is not None else ""
+        print(f"audit export NOT verified: {where}{result.reason}")
+        return 1
+    notes = [f"{result.runs} run{'s' if result.runs != 1 else ''} of consecutive records"]
+    if result.between:
+        notes.append(f"{result.between} records of the chain between them not in the export")
+    if result.unkeyed:
+        notes.append(f"the first {result.unkeyed} unkeyed, checked by digest only")
+    if checkpoints:
+        notes.append(f"{result.checkpoints_matched} checkpoints matched")
+    print(f"audit export intact: {result.records} records verified; " + "; ".join(notes))
+    return 0
 
 
 # Reading the log ------------------------------------------------------------------------------
@@ -186,13 +225,16 @@ def record_json(row: Any) -> dict[str, Any]:
     """An audit record as one JSON line shows it: ``at`` in ISO 8601 UTC (microseconds) and
     ``at_us``, the JSON columns decoded, the chain digest in hex."""
     from kcm.core.audit import AuditRow
+    from kcm.core.audit_export import export_fields
 
     fields = {name: getattr(row, name) for name in AuditRow.__slots__ if hasattr(row, name)}
     try:
         for name, value in fields.items():
             if not isinstance(value, _STORED_TYPES.get(name, object)):
                 raise TypeError(name)
-        record = AuditRow(**fields).log_fields()
+        row_read = AuditRow(**fields)
+        record = row_read.log_fields()
+        record.update(export_fields(row_read))
         record["at"] = dt.datetime.fromtimestamp(row.at / 1e6, dt.UTC).isoformat(
             timespec="microseconds").replace("+00:00", "Z")
     except (TypeError, ValueError, OverflowError, OSError):

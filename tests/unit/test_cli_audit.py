@@ -288,3 +288,94 @@ def test_export_and_tail_show_an_altered_record_as_stored_and_go_on(
     altered = [r for r in records if r.get("malformed")]
     assert [r["seq"] for r in altered] == [3]
     assert max(r["seq"] for r in records) > 3  # the records after it were shown too
+
+
+# kcm audit verify --export: an export checked on its own, away from the database.
+
+def _export(deployment: Deployment, capsys: pytest.CaptureFixture[str], *argv: str
+            ) -> list[str]:
+    path = deployment.root / f"export-{len(list(deployment.root.glob('export-*')))}.jsonl"
+    assert deployment.kcm(capsys, "audit", "export", "-o", str(path), *argv)[0] == 0
+    return path.read_text().splitlines()
+
+
+def _verify_export(deployment: Deployment, capsys: pytest.CaptureFixture[str],
+                   lines: list[str], *argv: str) -> tuple[int, str]:
+    path = deployment.root / "checked.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return deployment.kcm(capsys, "audit", "verify", "--export", str(path), *argv)
+
+
+def test_an_export_verifies_on_its_own(deployment: Deployment,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    deployment.append(4)
+    lines = _export(deployment, capsys)
+    assert len(lines) == 4 and {"prev_digest", "mac", "digest"} <= json.loads(lines[0]).keys()
+    assert _verify_export(deployment, capsys, lines) == (
+        0, "audit export intact: 4 records verified; 1 run of consecutive records\n")
+    checkpoint = deployment.run(make_checkpoint)  # names record 4
+    assert _verify_export(deployment, capsys, lines, "--checkpoint", str(checkpoint)) == (
+        0, "audit export intact: 4 records verified; 1 run of consecutive records; "
+           "1 checkpoints matched\n")
+    # A filtered export: each record verified, the runs counted.
+    deployment.run(lambda s: append_audit(s, AuditEvent("other", "Destroy", "SUCCESS", "d1")))
+    deployment.append(1)
+    status, out = _verify_export(deployment, capsys,
+                                 _export(deployment, capsys, "--operation", "Get"))
+    assert (status, out) == (0, "audit export intact: 5 records verified; 2 runs of "
+                                "consecutive records; 1 records of the chain between them "
+                                "not in the export\n")
+
+
+def _edited(line: str, **changes: object) -> str:
+    record = json.loads(line)
+    record.update(changes)
+    return json.dumps(record, sort_keys=True)
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    (lambda ls: [ls[0], _edited(ls[1], principal="someone else"), ls[2]],
+     "line 2: record 2: its digest does not match its content"),
+    (lambda ls: [ls[0], _edited(ls[1], result_status="OPERATION_FAILED", digest=record_digest(
+        bytes.fromhex(json.loads(ls[1])["prev_digest"]),
+        **{**_stored(json.loads(ls[1])), "result_status": "OPERATION_FAILED"}).hex()), ls[2]],
+     "line 2: record 2: its MAC does not verify under this L1 key"),
+    (lambda ls: [ls[0], ls[2], ls[1]], "line 3: record 2 comes after record 3"),
+    (lambda ls: [ls[0], _edited(ls[1], mac=None), ls[2]],
+     "line 2: record 2 has no MAC, after records that have one"),
+    (lambda ls: [ls[0], _edited(ls[1], prev_digest="00" * 32), ls[2]],
+     "line 2: record 2: its digest does not match its content"),
+    (lambda ls: [*ls, "not json"], "line 4: not a readable audit record"),
+    (lambda ls: [], "the export holds no audit record"),
+])
+def test_an_altered_export_fails(deployment: Deployment, capsys: pytest.CaptureFixture[str],
+                                 tamper, reason: str) -> None:
+    deployment.append(3)
+    status, out = _verify_export(deployment, capsys, tamper(_export(deployment, capsys)))
+    assert status == 1
+    assert out.startswith(f"audit export NOT verified: {reason}"), out
+
+
+def _stored(record: dict) -> dict:
+    """An export line's record as its columns hold it (what its digest is made of)."""
+    return {"seq": record["seq"], "at": record["at_us"], "principal": record["principal"],
+            "tenant": record["tenant"], "gateway": record["gateway"],
+            "source": record["source"], "operation": record["operation"],
+            "object_ids": json.dumps(record["object_ids"], separators=(",", ":")),
+            "result_status": record["result_status"],
+            "result_reason": record["result_reason"],
+            "correlation_id": record["correlation_id"],
+            "detail": None if record["detail"] is None else json.dumps(
+                record["detail"], sort_keys=True, separators=(",", ":"))}
+
+
+def test_an_export_under_another_l1_fails(deployment: Deployment,
+                                          capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    deployment.append(2)
+    lines = _export(deployment, capsys)
+    (tmp_path / "other").mkdir(mode=0o700)
+    other = Deployment(tmp_path / "other")
+    assert other.kcm(capsys, "core", "init")[0] == 0
+    status, out = _verify_export(other, capsys, lines)
+    assert status == 1 and "its MAC does not verify under this L1 key" in out

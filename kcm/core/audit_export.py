@@ -1,0 +1,170 @@
+"""An audit export checked on its own (``kcm audit verify --export FILE``), away from the
+database: each JSON line of ``kcm audit export`` carries the record's ``prev_digest`` and
+``mac`` beside its ``digest`` (:func:`export_fields`), so that
+
+* each record's digest is recomputed from its fields and its ``prev_digest``
+  (:func:`kcm.core.audit.record_digest`: ``object_ids`` and ``detail`` are stored as
+  canonical JSON, which their decoded values encode back to exactly), and its MAC checked
+  under the audit key (only a holder of L1 has it): a record edited, or made up, fails;
+* records that follow each other in the chain (sequence numbers ``n`` and ``n + 1``) are
+  linked (``prev_digest`` of one is the ``digest`` of the other): none was removed,
+  reordered or replaced between them. An export filtered by tenant or operation skips
+  records: its runs are counted (and the records between them), each record still
+  verified on its own;
+* the checkpoints given (from kcm-core's log) that name a record of the export match it.
+
+What it cannot say: that no record was left out before the first, after the last, or (in a
+filtered export) between runs; `kcm audit verify` on the database says that.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kcm.core.audit import (
+    AuditRow,
+    Checkpoint,
+    _canonical_json,
+    record_digest,
+    record_mac,
+)
+
+__all__ = ["ExportResult", "export_fields", "verify_export"]
+
+#: The longest line read (bytes): a record's detail keeps strings of at most 1,024
+#: characters, so a genuine line is a few KiB.
+MAX_LINE = 1 << 20
+
+
+def export_fields(row: AuditRow) -> dict[str, Any]:
+    """What an export line adds to a record's log fields: its chain fields, in hex."""
+    return {"prev_digest": row.prev_digest.hex(),
+            "mac": None if row.mac is None else row.mac.hex()}
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """The outcome of :func:`verify_export`; ``line`` is the first bad line's number."""
+
+    ok: bool
+    records: int = 0
+    runs: int = 0
+    #: Records of the chain between the runs (not in the export: a filtered one).
+    between: int = 0
+    unkeyed: int = 0
+    checkpoints_matched: int = 0
+    line: int | None = None
+    reason: str | None = None
+
+
+def _lines(source: Iterable[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(source, 1):
+        if line.strip():
+            yield number, line
+
+
+def _hex(record: dict[str, Any], name: str, *, optional: bool = False) -> bytes | None:
+    value = record.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is missing")
+    return bytes.fromhex(value)
+
+
+def _digest_of(record: dict[str, Any], prev_digest: bytes) -> bytes:
+    """The chain digest of an export line's record, from its fields."""
+    def text(name: str, optional: bool = False) -> str | None:
+        value = record.get(name)
+        if (value is None and optional) or isinstance(value, str):
+            return value
+        raise ValueError(f"{name} is not text")
+
+    seq, at = record.get("seq"), record.get("at_us")
+    if type(seq) is not int or type(at) is not int:
+        raise ValueError("seq and at_us must be whole numbers")
+    detail = record.get("detail")
+    return record_digest(
+        prev_digest, seq=seq, at=at, principal=text("principal"),  # type: ignore[arg-type]
+        tenant=text("tenant", True), gateway=text("gateway", True),
+        source=text("source"), operation=text("operation"),  # type: ignore[arg-type]
+        object_ids=_canonical_json(record.get("object_ids")),
+        result_status=text("result_status"),  # type: ignore[arg-type]
+        result_reason=text("result_reason", True),
+        correlation_id=text("correlation_id"),  # type: ignore[arg-type]
+        detail=None if detail is None else _canonical_json(detail))
+
+
+class _Bad(Exception):
+    """A line that fails: its reason."""
+
+
+def verify_export(source: Iterable[str], audit_key: bytes,
+                  checkpoints: Iterable[Checkpoint] = ()) -> ExportResult:
+    """Check the JSON lines of an export (``source``) under ``audit_key``; see the module."""
+    expected: dict[int, list[Checkpoint]] = {}
+    for checkpoint in checkpoints:
+        if not checkpoint.genuine(audit_key):
+            return ExportResult(False, reason=f"checkpoint {checkpoint} does not verify under "
+                                "this L1 key: it was altered, or comes from another deployment")
+        expected.setdefault(checkpoint.seq, []).append(checkpoint)
+    count = {"records": 0, "runs": 0, "between": 0, "unkeyed": 0, "matched": 0}
+    last: tuple[int, bytes] | None = None
+    for number, line in _lines(source):
+        try:
+            last = _check(line, last, audit_key, expected, count)
+        except _Bad as e:
+            return ExportResult(False, count["records"], count["runs"], count["between"],
+                                count["unkeyed"], count["matched"], number, str(e))
+    if not count["records"]:
+        return ExportResult(False, reason="the export holds no audit record")
+    return ExportResult(True, count["records"], count["runs"], count["between"],
+                        count["unkeyed"], count["matched"])
+
+
+def _check(line: str, last: tuple[int, bytes] | None, audit_key: bytes,
+           expected: dict[int, list[Checkpoint]], count: dict[str, int]) -> tuple[int, bytes]:
+    """Check one line's record after ``last`` ((seq, digest) of the line before); its own
+    (seq, digest). ``count`` is added to; :class:`_Bad` says why the line fails."""
+    if len(line) > MAX_LINE:
+        raise _Bad("the line is too long for an audit record")
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or record.get("malformed"):
+            raise _Bad("not an audit record as kcm audit export writes one (a record the "
+                       "database holds altered is exported as malformed)")
+        prev_digest = _hex(record, "prev_digest")
+        digest = _hex(record, "digest")
+        mac = _hex(record, "mac", optional=True)
+        computed = _digest_of(record, prev_digest)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as e:
+        raise _Bad(f"not a readable audit record: {str(e)[:80]}") from None
+    seq: int = record["seq"]
+    if last is not None and seq <= last[0]:
+        raise _Bad(f"record {seq} comes after record {last[0]}: out of order or twice")
+    if computed != digest:
+        raise _Bad(f"record {seq}: its digest does not match its content")
+    if mac is None:
+        if count["records"] > count["unkeyed"]:  # (only a chain's oldest are unkeyed)
+            raise _Bad(f"record {seq} has no MAC, after records that have one")
+        count["unkeyed"] += 1
+    elif not hmac.compare_digest(mac, record_mac(audit_key, digest)):  # type: ignore[arg-type]
+        raise _Bad(f"record {seq}: its MAC does not verify under this L1 key (altered, or "
+                   "from another deployment)")
+    if last is not None and seq == last[0] + 1:
+        if prev_digest != last[1]:
+            raise _Bad(f"record {seq} does not follow record {last[0]} in the chain")
+    else:
+        count["runs"] += 1
+        if last is not None:
+            count["between"] += seq - last[0] - 1
+    for checkpoint in expected.pop(seq, ()):
+        if checkpoint.digest != digest:
+            raise _Bad(f"record {seq} is not the one checkpoint {checkpoint} names")
+        count["matched"] += 1
+    count["records"] += 1
+    return seq, digest  # type: ignore[return-value]

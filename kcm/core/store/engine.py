@@ -58,6 +58,7 @@ from kcm.core.store.raw_statements import (
 from kcm.core.store.repository import (
     MATERIAL_ERASED_INFO,
     OUTBOX_WRITTEN_INFO,
+    SCHEMA_REVISION_INFO,
     lock_writers,
     lock_writers_on,
 )
@@ -392,6 +393,9 @@ class Store(Service):
         #: Seconds a PostgreSQL connection may wait for its server before it is shut down
         #: (:mod:`kcm.core.store.server_silence`; None: not watched).
         self.silence_limit = silence_limit
+        #: The schema revision this store's writes need (set by a migrating start: a
+        #: database upgraded under it then fails them; None: not checked).
+        self.schema_revision: str | None = None
         self._silence_watch: Any = None
         self._reactor = reactor
         self._threads = threads
@@ -479,9 +483,13 @@ class Store(Service):
     def startService(self) -> None:
         """Upgrade the schema (with ``migrate``), open the engine, start the worker threads."""
         if self.migrate:
-            from kcm.core.store.migrate import upgrade  # migrate.py builds on this module
+            from kcm.core.store.migrate import (  # migrate.py builds on this module
+                HEAD_REVISION,
+                upgrade,
+            )
 
             upgrade(self.url)
+            self.schema_revision = HEAD_REVISION
         _ = self.engine
         self._threadpool = ThreadPool(minthreads=1, maxthreads=self._threads, name=self.name)
         self._threadpool.start()
@@ -654,7 +662,7 @@ class Store(Service):
                 info[AUDIT_WRITTEN_INFO] = self.on_audit_written
             transaction = LeanTransaction(kept, info)
             with kept.begin():
-                lock_writers_on(kept)
+                lock_writers_on(kept, self.schema_revision)
                 result = fn(transaction)
                 transaction.run_before_commit()
                 drain_connection(kept)
@@ -838,6 +846,7 @@ class Store(Service):
                 if self.objects.size:
                     info[OBJECT_CACHE_INFO] = self.objects
                 info[WRITE_INFO] = write
+                info[SCHEMA_REVISION_INFO] = self.schema_revision
                 info[TRANSACTION_CONNECTION] = session.connection()
                 if write:
                     lock_writers(session)

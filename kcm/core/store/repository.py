@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
@@ -87,14 +87,31 @@ def lock_writers(session: Session) -> None:
     """
     if session.info.get(_WRITERS_LOCKED):
         return
-    if session.get_bind().dialect.name == "postgresql":
+    revision = session.info.get(SCHEMA_REVISION_INFO)
+    if revision is not None or session.get_bind().dialect.name == "postgresql":
         # Straight to the driver: once per write transaction (every group commit), where
         # the ORM's execute cost more than the lock.
-        lock_writers_on(connection_of(session))
+        lock_writers_on(connection_of(session), revision)
     session.info[_WRITERS_LOCKED] = True
 
 
-def lock_writers_on(connection: Any) -> None:
+#: A session's ``info``: the schema revision its writes need (kcm-core's: the one its code
+#: was written for; :func:`lock_writers_on`). None or absent: not checked.
+SCHEMA_REVISION_INFO = "kcm.schema.revision"
+
+
+class SchemaMoved(Exception):
+    """The database's schema is not the one this process writes (upgraded under it)."""
+
+
+def _check_revision(stored: object, revision: str) -> None:
+    if stored != revision:
+        raise OperationalError("(schema revision check)", None, SchemaMoved(
+            f"the database's schema is at revision {stored}, this kcm-core writes {revision}: "
+            "restart it on the release that upgraded the database"))
+
+
+def lock_writers_on(connection: Any, revision: str | None = None) -> None:
     """:func:`lock_writers` for a write transaction open on ``connection`` (a SQLAlchemy
     Connection) with no session around it; call it once, first.
 
@@ -102,17 +119,39 @@ def lock_writers_on(connection: Any) -> None:
     database error "lock timeout" is raised (an ``OperationalError``: a group commit's
     requests are answered General Failure, the key store unavailable). While it waits, a
     holder that has sent nothing for ``idle_in_transaction_session_timeout`` is ended
-    (:func:`_end_silent_holder`). A free lock costs one statement, as it always did."""
+    (:func:`_end_silent_holder`). A free lock costs one statement, as it always did.
+
+    With ``revision``, the schema revision the database must be at (in the same statement
+    on PostgreSQL, read again after a wait): a database upgraded under a running kcm-core
+    (``kcm core init``, or another core of a newer release) fails its writes with an
+    ``OperationalError`` (the key store unavailable, :class:`SchemaMoved`) instead of
+    taking rows the new release's migrations did not fill (a Usage Mask column, Locate's
+    attribute keys)."""
     if connection.dialect.name != "postgresql":
+        if revision is not None:
+            _check_revision(execute_plain(connection, _REVISION).fetchone()[0], revision)
         return
-    if not execute_plain(connection, _TRY_LOCK_WRITERS).fetchone()[0]:
+    if revision is None:
+        if not execute_plain(connection, _TRY_LOCK_WRITERS).fetchone()[0]:
+            _wait_for_writers(connection)
+        return
+    locked, stored = execute_plain(connection, _TRY_LOCK_WRITERS_AND_REVISION).fetchone()
+    if not locked:
         _wait_for_writers(connection)
+        stored = execute_plain(connection, _REVISION).fetchone()[0]
+    _check_revision(stored, revision)
 
 
 #: The statement that takes the writers' lock (PostgreSQL).
 _LOCK_WRITERS = f"SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"
 #: The same, if it is free now (a try never overtakes a writer already waiting).
 _TRY_LOCK_WRITERS = f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK_KEY})"
+
+#: The schema revision the database is at.
+_REVISION = "SELECT max(version_num) FROM alembic_version"
+#: :data:`_TRY_LOCK_WRITERS` and :data:`_REVISION` in one round trip.
+_TRY_LOCK_WRITERS_AND_REVISION = (f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK_KEY}), "
+                                  f"({_REVISION})")
 
 #: Seconds a write transaction waits at most for the writers' lock (PostgreSQL): below the
 #: default ``limits.request_deadline`` (10 s), so that the requests of a group commit that

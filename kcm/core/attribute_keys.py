@@ -34,8 +34,8 @@ __all__ = ["LINK_KIND", "LONGEST", "criterion_key", "keys_of"]
 
 #: The kind of a Link's key.
 LINK_KIND = "Link"
-#: The longest kind or key kept as it is (characters); a longer one becomes
-#: ``#`` + its SHA-256 in hex.
+#: The longest kind or key kept as it is (characters); a longer one, or one with a NUL
+#: character, becomes ``#`` + its SHA-256 in hex.
 LONGEST = 200
 
 
@@ -92,6 +92,6 @@ def _text(value: Item) -> str:
 
 
 def _bounded(text: str) -> str:
-    if len(text) <= LONGEST:
+    if len(text) <= LONGEST and "\x00" not in text:  # (PostgreSQL's text holds no NUL)
         return text
     return "#" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -228,7 +228,9 @@ MAX_INDEXED_TEXT = 1024
 
 
 def _check_indexed_length(attribute: Attribute) -> None:
-    """Refuse (Invalid Field) a Name or Object Group longer than :data:`MAX_INDEXED_TEXT`."""
+    """Refuse (Invalid Field) a Name or Object Group longer than :data:`MAX_INDEXED_TEXT`,
+    or with a NUL character (PostgreSQL's text holds none: a General Failure there, while
+    SQLite stored it)."""
     if attribute.tag == Tag.NAME:
         value = attribute.value.find(Tag.NAME_VALUE) if attribute.value is not None else None
     elif attribute.tag == Tag.OBJECT_GROUP:
@@ -239,6 +241,9 @@ def _check_indexed_length(attribute: Attribute) -> None:
     if isinstance(text, str) and len(text.encode("utf-8", "surrogatepass")) > MAX_INDEXED_TEXT:
         raise KmipError(ResultReason.INVALID_FIELD,
                         f"{tag_label(attribute.tag)} is at most {MAX_INDEXED_TEXT} bytes")
+    if isinstance(text, str) and "\x00" in text:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"{tag_label(attribute.tag)} may not contain a NUL character")
 
 
 def check_offered(attribute: Attribute, version: Version) -> None:

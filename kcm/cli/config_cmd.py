@@ -224,9 +224,11 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
     from kcm.core.store.engine import Store
     from kcm.core.store.migrate import (
         SchemaTooNew,
+        SchemaUnknown,
         current_revision,
         head_revision,
         is_known_revision,
+        tables_without_revision,
     )
 
     try:
@@ -244,8 +246,11 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
     yield Finding(OK, f"core.database: {shown} is reachable")
     head = head_revision()
     if current is None:
-        yield Finding(ERROR, f"core.database: {shown} has no kcm-core schema (kcm core init "
-                             "creates it)")
+        if tables_without_revision(url):
+            yield Finding(ERROR, f"core.database: {SchemaUnknown()}")
+        else:
+            yield Finding(ERROR, f"core.database: {shown} has no kcm-core schema (kcm core "
+                                 "init creates it)")
         return
     if current == head:
         yield Finding(OK, f"core.database: schema at {head}, this kcm's")

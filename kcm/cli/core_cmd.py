@@ -309,12 +309,20 @@ def _run_init(args: argparse.Namespace) -> int:
     from kcm.core.l1 import L1_CHECK_META, L1Error, l1_refusal, open_l1
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
-    from kcm.core.store.migrate import SchemaTooNew, current_revision, upgrade
+    from kcm.core.store.migrate import (
+        SchemaTooNew,
+        SchemaUnknown,
+        current_revision,
+        tables_without_revision,
+        upgrade,
+    )
 
     config = core_config(args)
     for directory in _data_directories(config):
         _private_directory(directory)
     before = current_revision(config.database)
+    if before is None and tables_without_revision(config.database):
+        raise CommandError(str(SchemaUnknown()))  # (before an L1 is looked for, or made)
     # A database that records an L1 has one already: a key missing here is copied from
     # the deployment, never made anew (a new key would only be refused below, left behind
     # as a file or a token object); a wrong one is refused before anything is migrated.
@@ -331,7 +339,7 @@ def _run_init(args: argparse.Namespace) -> int:
         raise CommandError(refusal)
     try:
         upgrade(config.database)
-    except SchemaTooNew as e:
+    except (SchemaTooNew, SchemaUnknown) as e:
         raise CommandError(str(e)) from e
     after = current_revision(config.database)
     store = closed_at_end(args, Store(config.database))

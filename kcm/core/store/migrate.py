@@ -57,6 +57,20 @@ class SchemaTooNew(RuntimeError):
         self.head = head
 
 
+class SchemaUnknown(RuntimeError):
+    """The database holds KCM's tables but no schema revision (its ``alembic_version`` row
+    or table is gone): no release can tell what to upgrade, or whether it may write."""
+
+    def __init__(self) -> None:
+        super().__init__("the database holds KCM's tables but no schema revision (its "
+                         "alembic_version row is gone): restore it from a backup, or put "
+                         "the revision it was at back into alembic_version")
+
+
+def _has_kcm_tables(connection: Connection) -> bool:
+    return inspect(connection).has_table("tenants")
+
+
 def head_revision() -> str:
     """The newest revision the packaged scripts define."""
     from alembic.script import ScriptDirectory
@@ -79,8 +93,11 @@ def upgrade(url: str, revision: str = "head") -> None:
         with migrating(engine) as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
-            if revision == "head" and _stored_revisions(connection) == [HEAD_REVISION]:
+            stored = _stored_revisions(connection)
+            if revision == "head" and stored == [HEAD_REVISION]:
                 return
+            if not stored and _has_kcm_tables(connection):
+                raise SchemaUnknown()
             from alembic import command
 
             _refuse_unknown_revision(connection)
@@ -180,16 +197,29 @@ def create_private_sqlite_file(url: str) -> None:
 
 def schema_refusal(url: str) -> str | None:
     """Why a command of this release may not use the database at ``url`` (None: it may):
-    a schema revision newer than this release's (:class:`SchemaTooNew`), or an older one
-    ``kcm core init`` has not upgraded yet. A database never migrated is left to the
-    command (it has no tables to read)."""
+    a schema revision newer than this release's (:class:`SchemaTooNew`), an older one
+    ``kcm core init`` has not upgraded yet, or none with KCM's tables there
+    (:class:`SchemaUnknown`). A database never migrated is left to the command (it has no
+    tables to read)."""
     current = current_revision(url)
-    if current is None or current == HEAD_REVISION:
+    if current is None:
+        return str(SchemaUnknown()) if tables_without_revision(url) else None
+    if current == HEAD_REVISION:
         return None
     if not is_known_revision(current):
         return str(SchemaTooNew(current, head_revision()))
     return (f"the database's schema revision {current} is older than this kcm's "
             f"({head_revision()}): run kcm core init to upgrade it")
+
+
+def tables_without_revision(url: str) -> bool:
+    """Whether the database at ``url`` holds KCM's tables but no schema revision."""
+    engine = open_engine(url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect().execution_options(**{WRITE_OPTION: False}) as connection:
+            return _has_kcm_tables(connection) and not _stored_revisions(connection)
+    finally:
+        engine.dispose()
 
 
 def current_revision(url: str) -> str | None:

@@ -115,6 +115,10 @@ class Options(ServiceOptions):
             self["gateway_config"] = self.with_daemon_log(load_config(self["config"], overrides))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["config"] is not None:
+            # As twistd was started: a daemon's --rundir changes directory before the
+            # workers are started with this path.
+            self["config"] = os.path.abspath(self["config"])
         if self["worker"] is not None:
             if not str(self["worker"]).isdigit() or int(self["worker"]) < 1:
                 raise usage.UsageError("--worker takes a worker index (1, 2, ...)")
@@ -135,7 +139,7 @@ def worker_command(options: Options, index: int,
                    listen: str = f"fd:{WORKER_LISTEN_FD}",
                    metrics_listen: str | None = None, cpu: int | None = None) -> list[str]:
     """The command line of worker ``index``: ``twistd -n kcm-gateway`` with this process's
-    configuration file (as an absolute path: a daemonized supervisor changes directory) and
+    configuration file (an absolute path: a daemonized supervisor changes directory) and
     command-line settings, as worker ``index`` listening on ``listen`` (the supervisor's
     :attr:`SharedListener.worker_listen`: the inherited listening socket by default), its
     metrics on ``metrics_listen`` (:meth:`WorkerMetrics.listen_for`) when the supervisor
@@ -143,11 +147,16 @@ def worker_command(options: Options, index: int,
     ``cpu`` when given (:mod:`kcm.gateway.placement`)."""
     # -P: the working directory is not put on sys.path (python -c would), so a module there
     # cannot stand in for one of ours.
-    command = [sys.executable, "-P", "-c", "from twisted.scripts.twistd import run; run()",
+    # SIGHUP ignored from the interpreter's first statement (spawnProcess gives the child
+    # the default action back; the plugin's import ignores it again only some 0.2 s later):
+    # one sent to the whole unit is the supervisor's alone, even to a worker starting.
+    command = [sys.executable, "-P", "-c", "import signal; "
+               "signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+               "from twisted.scripts.twistd import run; run()",
                "--nodaemon", "--pidfile=", "kcm-gateway", "--worker", str(index),
                "--listen", listen]
     if options["config"] is not None:
-        command += ["--config", os.path.abspath(options["config"])]
+        command += ["--config", options["config"]]  # (absolute: Options.postOptions)
     for key, *_ in Options.optParameters:
         if key not in _SUPERVISOR_ONLY and options[key] is not None:
             command += [f"--{key}", str(options[key])]

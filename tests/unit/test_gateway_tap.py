@@ -239,8 +239,12 @@ def test_a_worker_runs_the_same_configuration_on_the_inherited_socket(tmp_path: 
     (tmp_path / "gw.toml").write_text("[gateway]\nworkers = 2\n")
     options = parse("-c", "gw.toml", "--workers", "2", "--listen", "tcp:7000",
                     "--l3-ttl", "5", "--log-level", "debug")
+    monkeypatch.chdir("/")  # a daemon's --rundir: the path stays the one given at start
     command = tap.worker_command(options, 2)
+    # SIGHUP is ignored from the worker's first statement (a unit's SIGHUP is the
+    # supervisor's, even while a worker starts).
     assert command[:4] == [sys.executable, "-P", "-c",
+                           "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
                            "from twisted.scripts.twistd import run; run()"]
     assert command[4:] == [
         "--nodaemon", "--pidfile=", "kcm-gateway", "--worker", "2", "--listen", "fd:3",

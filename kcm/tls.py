@@ -61,7 +61,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL, crypto
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.internet import tcp, unix
+from twisted.internet.defer import CancelledError, Deferred, execute, fail, maybeDeferred
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
     clientFromString,
@@ -447,7 +448,52 @@ def plain_server_endpoint(reactor: Any, description: str, *,
     # socket(fileno=) reads the family from the descriptor; a copy, so closing it keeps N.
     with socket.socket(fileno=os.dup(fileno)) as inherited:
         family = inherited.family
+    if family == socket.AF_UNIX:
+        return _OneAcceptPerTurn(_InheritedUnixEndpoint(reactor, fileno))
     return _OneAcceptPerTurn(AdoptedStreamServerEndpoint(reactor, fileno, family))
+
+
+class _InheritedUnixPort(unix.Port):
+    """A listening Unix socket inherited from the process that bound it (kcm-gateway's
+    supervisor, systemd): its path and the mode given to it stay that process's. Twisted's
+    port, adopting one, made the path the world's (0666, whatever ``mode=`` said), and when
+    it stopped listening shut the socket down (for every process holding it) and removed
+    its path: one worker stopping in a rolling restart left nothing to connect to, and no
+    worker could start again."""
+
+    def startListening(self) -> None:
+        tcp._reservedFD.reserve()
+        self.factory.doStart()
+        skt, self._preexistingSocket = self._preexistingSocket, None
+        self._shouldShutdown = False  # (a shutdown ends the socket for every holder)
+        self.connected = True
+        self.socket = skt
+        self.fileno = skt.fileno
+        self.numberAccepts = 100
+        self.startReading()
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)  # (unix.Port's would remove the path)
+
+
+@implementer(IStreamServerEndpoint)
+class _InheritedUnixEndpoint:
+    """``fd:N`` of a listening Unix socket: :class:`_InheritedUnixPort` on a copy of N,
+    then N closed (as Twisted's ``AdoptedStreamServerEndpoint`` does)."""
+
+    def __init__(self, reactor: Any, fileno: int) -> None:
+        self._reactor = reactor
+        self._fileno = fileno
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        def adopt() -> IListeningPort:
+            port = _InheritedUnixPort._fromListeningDescriptor(
+                self._reactor, self._fileno, protocolFactory)
+            port.startListening()
+            os.close(self._fileno)
+            return port
+
+        return execute(adopt)
 
 
 class _OneAcceptPerTurn:

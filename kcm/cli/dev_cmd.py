@@ -269,7 +269,7 @@ def _run(args: argparse.Namespace) -> int:
         [_bin("twistd"), "-n", "--pidfile=", "kcm-gateway", "-c", gateway_config,
          "--listen", listen.format(args.gateway_port),
          "--core", f"tcp:127.0.0.1:{args.link_port}", "--log-format", args.log_format,
-         "--log-file", "-"],
+         "--log-file", "-", "--prewarm", f"{args.tenant}/{args.service}"],
         [(args.gateway_port, "kcm-gateway KMIP")], var / "kcm-gateway.pid", None)
     services = [core, gateway]
     problems = refusals(services)

@@ -120,6 +120,11 @@ def test_it_serves_and_a_second_instance_is_refused_without_harm(
     before = {name: (var / name).read_bytes()
               for name in ("kcm-core.log", "kcm-core.pid", "kcm-gateway.pid")}
     pids = launcher.pid("kcm-core"), launcher.pid("kcm-gateway")
+    # The gateway pre-warms the service provisioned (--tenant/--service), not the one the
+    # example configuration names.
+    argv = Path(f"/proc/{pids[1]}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--prewarm") + 1] == b"demo/app"
+    assert "pre-warming" not in launcher.text()
     for ports in (launcher.ports, [free_port(), free_port(), free_port()]):
         second = subprocess.run(launcher.command(ports), cwd=launcher.root, env=process_env(),
                                 capture_output=True, text=True, timeout=60, check=False)

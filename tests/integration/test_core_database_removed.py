@@ -1,7 +1,8 @@
 """The SQLite database file removed under a running kcm-core (an operator's `rm`, a restore
 done without stopping the core, a cleanup job). Connections keep the removed file open, and
 what they committed there would be lost at the next start: the core acknowledges no write
-once its file is gone, and says it is not ready."""
+once its file is gone, says it is not ready, and does not make an empty one in its
+place."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ def test_no_write_is_acknowledged_once_the_database_file_is_removed(tmp_path: Pa
         assert all(a.result_message.startswith("the key store is unavailable")
                    for a in answers)
         assert scrape(core.metrics_port, "/readyz")[0] == 503
-        assert "the database file was removed or replaced" in core.log.read_text()
+        log = core.log.read_text()
+        assert "the database file was removed or replaced" in log
+        # ... and no empty database is made in its place (SQLite would create one, with
+        # the umask's mode, on the pool's next connection).
+        assert not db.exists()
+        assert "the SQLite database file is missing" in log
     finally:
         core.stop()
+    assert not db.exists()

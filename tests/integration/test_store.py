@@ -15,7 +15,7 @@ import pytest_twisted
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import delete, event, func, inspect, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -34,7 +34,13 @@ from kcm.core.keys import derive_audit_key, key_check_value, object_aad, unwrap,
 from kcm.core.store import engine as engine_module
 from kcm.core.store import repository as repo
 from kcm.core.store.engine import Store, open_engine
-from kcm.core.store.migrate import HEAD_REVISION, current_revision, head_revision, upgrade
+from kcm.core.store.migrate import (
+    HEAD_REVISION,
+    create_private_sqlite_file,
+    current_revision,
+    head_revision,
+    upgrade,
+)
 from kcm.core.store.schema import (
     LEVEL_SERVICE_KEY,
     LEVEL_TENANT_KEY,
@@ -212,7 +218,11 @@ def test_sqlite_connections_are_durable(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'ksi.db'}"
     engine = open_engine(url)
     try:
+        with pytest.raises(OperationalError, match="the SQLite database file is missing"):
+            engine.connect()  # (never made by a connection: by kcm core init, 0600)
+        create_private_sqlite_file(url)
         with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

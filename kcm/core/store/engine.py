@@ -146,6 +146,8 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
             max_overflow=max_overflow,
         )
         path = parsed.database
+        event.listen(engine, "do_connect", lambda _dialect, _record, _cargs, _cparams:
+                     _sqlite_file_must_exist(path))
         event.listen(engine, "connect", lambda dbapi_connection, record: _sqlite_on_connect(
             dbapi_connection, record, path))
         event.listen(engine, "checkout", lambda _dbapi, record, _proxy: _sqlite_on_checkout(
@@ -245,6 +247,18 @@ def _plain_savepoints(engine: Engine) -> Engine:
     dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
     dialect.do_release_savepoint = do_release_savepoint  # type: ignore[method-assign]
     return engine
+
+
+def _sqlite_file_must_exist(path: str) -> None:
+    """Before each new SQLite connection: the database file must be there. SQLite would
+    create a missing one, empty and with the umask's mode: a file removed under a running
+    core came back so, and a restart migrated it into a deployment without tenants. The
+    file is made only on purpose, owner-only, before any connection
+    (:func:`kcm.core.store.migrate.create_private_sqlite_file`)."""
+    if not os.path.exists(path):
+        raise sqlite3.OperationalError(
+            "the SQLite database file is missing (it is not created again: restore it, or "
+            "run kcm core init for a new deployment)")
 
 
 def _sqlite_on_connect(dbapi_connection: Any, record: Any, path: str) -> None:

@@ -212,8 +212,18 @@ def schema_refusal(url: str) -> str | None:
             f"({head_revision()}): run kcm core init to upgrade it")
 
 
+def _missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite database file that does not exist (opening one would
+    fail: :func:`kcm.core.store.engine._sqlite_file_must_exist`)."""
+    parsed = make_url(url)
+    return (parsed.get_backend_name() == "sqlite" and bool(parsed.database)
+            and not os.path.exists(parsed.database))
+
+
 def tables_without_revision(url: str) -> bool:
     """Whether the database at ``url`` holds KCM's tables but no schema revision."""
+    if _missing_sqlite_file(url):
+        return False
     engine = open_engine(url, pool_size=1, max_overflow=0)
     try:
         with engine.connect().execution_options(**{WRITE_OPTION: False}) as connection:
@@ -223,7 +233,10 @@ def tables_without_revision(url: str) -> bool:
 
 
 def current_revision(url: str) -> str | None:
-    """The revision the database at ``url`` is at, or None if it was never migrated."""
+    """The revision the database at ``url`` is at, or None if it was never migrated (or,
+    SQLite, its file does not exist yet)."""
+    if _missing_sqlite_file(url):
+        return None
     engine = open_engine(url, pool_size=1, max_overflow=0)
     try:
         # A read: on SQLite, don't take the write lock (see engine.py).

@@ -304,6 +304,8 @@ class KmipServerProtocol(Protocol):
         #: Seconds of silence before the connection is closed: ``idle_timeout``, or the
         #: drain's grace once the server is stopping (:meth:`drain`).
         self._idle_after = limits.idle_timeout
+        #: Whether the server is stopping (:meth:`drain`).
+        self._draining = False
         self.connection: ConnectionInfo | None = None
 
     @property
@@ -318,6 +320,7 @@ class KmipServerProtocol(Protocol):
             grace = factory.connection_made(self)
             if grace is not None:  # made while the server drains
                 self._idle_after = min(self._idle_after, grace)
+                self._draining = True
         self._idle_timer = self._clock.callLater(self._idle_after, self._idle)
         # The transport tells this producer when its buffer of unsent bytes goes above its
         # bufferSize (kcm.connection_guard sets it to max_unsent_output) and when it drains.
@@ -347,8 +350,11 @@ class KmipServerProtocol(Protocol):
     def drain(self, grace: float) -> None:
         """The server is stopping: close this connection once it has been idle for
         ``grace`` seconds (no request in progress, no answer unsent; the request being
-        answered, and those already received, are answered first). A connection still
-        in its handshake, or just made, gets its first request served."""
+        answered, and those already received, are answered first), or, for one that keeps
+        sending, as soon as an answer leaves nothing read unanswered (a request it sends
+        meanwhile is not read, so not run: the client sends it again elsewhere). A
+        connection still in its handshake, or just made, gets its first request served."""
+        self._draining = True
         self._idle_after = min(self._idle_after, grace)
         if not self._closing:
             self._restart_idle_timer()
@@ -480,6 +486,10 @@ class KmipServerProtocol(Protocol):
         # Also while an answer is awaited: what counts is how many requests wait behind it.
         if len(self._pending) < self._limits.max_pending // 2:
             self.resume(PAUSED_BY_PENDING)
+        if (self._draining and self._read_any and not self._pending and not self._busy
+                and not self._framer.buffered and not self._closing
+                and self._unreadable is None and not self._refusing):
+            self._close(abort=False)  # (its answers are sent first)
 
     def _end_of_stream(self, error: TtlvError) -> None:
         """Every request read before the unusable header ``error`` is answered: refuse a

@@ -68,9 +68,10 @@ class GatewayService(ProcessService):
     policy the core pushed and pre-warms the configured services once the link is up.
 
     Stopping (SIGTERM) drains first (:func:`kcm.drain.drain`): the KMIP listener stops,
-    each connection is closed once it has been idle 0.5 s (what it sent is answered first,
-    over the link that is still up), and the rest stops when none is left, or after 5 s
-    (what is still open then is cut).
+    each connection is closed once it has been idle 0.5 s or once an answer leaves
+    nothing it sent unanswered (what it sent is answered first, over the link that is still
+    up), and the rest stops when none is left, or after 5 s (what is still open then is
+    cut).
     """
 
     def __init__(self, config: GatewayConfig, *, reactor: Any,

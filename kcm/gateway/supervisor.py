@@ -260,6 +260,11 @@ class _Worker:
     silence_logged: bool = False
     #: Whether it was killed as hung.
     killed: bool = False
+    #: When it last reported on its channel (None: never yet).
+    heard: float | None = None
+    #: When its channel was found closed after it had reported: it is stopping (a SIGTERM
+    #: of its own, its drain under way).
+    closed_at: float | None = None
 
 
 @dataclass
@@ -392,11 +397,18 @@ class WorkerPool(Service):
             if worker.killed or now <= worker.expected_until:  # asked to stop: its exit
                 continue
             heard = self.listener.last_heard(worker.index)
-            if heard is None:
-                since, limit = worker.started, max(self.hung_after, self.up_timeout)
-            else:
+            if heard is not None:
+                worker.heard, worker.closed_at = heard, None
                 since, limit = heard, self.hung_after
                 self._log_silence(worker, now - heard)
+            elif worker.heard is not None:
+                # It reported, then closed its channel: it is stopping (and draining), not
+                # hung; it has ``stop_timeout`` to exit, as when we stop it.
+                if worker.closed_at is None:
+                    worker.closed_at = now
+                since, limit = worker.closed_at, self.stop_timeout
+            else:
+                since, limit = worker.started, max(self.hung_after, self.up_timeout)
             since = max(since, self._resumed_at)
             if now - since > limit:
                 self._kill_hung(worker, now - since)

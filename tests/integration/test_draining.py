@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from kcm.conformance.client import KmipClient
+from kcm.drain import DRAIN_TIMEOUT
 from kcm.kmip.enums import ResultStatus, State
 from kcm.kmip.tags import Tag
 from kcm.testing.postgres import fresh_database
 from kcm.testing.processes import running
-from kcm.testing.requests import create_managed, get_attributes, request, response
+from kcm.testing.requests import create_managed, get_attributes, locate, request, response
 from tests.e2e_support import ClientLoad, CoreProcess, GatewayProcess, deploy, wait_until
 
 BATCH = 64
@@ -138,3 +139,49 @@ def restarted_under_load(stopped: CoreProcess, other: CoreProcess, gateway: Gate
     assert log.rsplit("linked to core", 1)[1].split(";")[0].endswith(f":{other.link_port}")
     assert "cutting what is left" not in stopped.log.read_text()
     stopped.start()  # back, and ready for the next core's restart
+
+
+def test_a_connection_sending_back_to_back_is_closed_between_two_requests(
+        tmp_path: Path) -> None:
+    """A client that keeps one connection busy (a database's) through a gateway's stop: it
+    never idles for the grace, and was cut at the drain's timeout, a forwarded Create in
+    flight answered "may or may not have happened" (one made, its answer lost). Now the
+    connection closes between two requests: every answer is a success, the next request
+    finds the connection closed, and the core holds exactly the keys acknowledged."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    gateway = GatewayProcess(tmp_path / "gateway", core)
+    with running(core, gateway):
+        made: list[str] = []
+        ended: list[BaseException] = []
+        answers: list[ResultStatus] = []
+        stop = threading.Event()
+
+        def send() -> None:
+            with gateway.client() as client:
+                while not stop.is_set():
+                    try:
+                        [item] = response(client.send(request(create_managed()))).batch_items
+                    except Exception as error:  # noqa: BLE001 - what the stop does
+                        ended.append(error)
+                        return
+                    answers.append(item.result_status)
+                    if item.result_status == ResultStatus.SUCCESS:
+                        made.append(item.response_payload.unique_identifier)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        wait_until(lambda: len(made) >= 20, "the client to be served")
+        assert gateway.process is not None
+        started = time.monotonic()
+        gateway.process.send_signal(signal.SIGTERM)
+        sender.join(timeout=15)
+        stop.set()
+        assert ended, "the connection was not closed"
+        # between two requests, not cut at the drain's timeout (5 s)
+        assert time.monotonic() - started < DRAIN_TIMEOUT - 1
+        assert set(answers) == {ResultStatus.SUCCESS}, answers
+        wait_until(lambda: gateway.process.poll() is not None, "the gateway to exit", 15.0)
+        gateway.process = None
+        with core.client() as client:
+            [located] = response(client.send(request(locate()))).batch_items
+        assert sorted(located.response_payload.unique_identifiers or []) == sorted(made)

@@ -427,9 +427,9 @@ def test_part_of_a_message_is_acknowledged_at_once_a_whole_one_is_not() -> None:
 
 def test_draining_closes_each_connection_once_idle_for_the_grace_answering_first() -> None:
     """A stopping gateway (kcm.gateway.service): the idle connection closes after the grace;
-    the one whose request is being answered gets its answer, then closes after the grace;
-    one made while draining gets its first request served; the drain fires once none is
-    left."""
+    the one whose request is being answered gets its answer, then closes at once (a client
+    that keeps sending never idles); one made while draining gets its first request served;
+    the drain fires once none is left."""
     handler = EchoHandler()
     handler.defer = True
     clock = Clock()
@@ -456,14 +456,38 @@ def test_draining_closes_each_connection_once_idle_for_the_grace_answering_first
     handler.deferreds[0].callback(b"A")
     handler.deferreds[1].callback(b"B")
     assert busy_transport.value() == b"A" and late_transport.value() == b"B"
-    clock.advance(0.4)
-    assert not busy_transport.disconnecting  # idle only since its answer
-    clock.advance(0.1)
     assert busy_transport.disconnecting and late_transport.disconnecting
     assert not drained.called
     busy.connectionLost(Failure(ConnectionDone()))
     late.connectionLost(Failure(ConnectionDone()))
     assert drained.called and factory.connections == set()
+
+
+def test_a_draining_connection_that_keeps_sending_closes_between_two_requests() -> None:
+    """Every request read is answered, a message begun is read to its end and answered,
+    and the connection closes once nothing read is left unanswered: a client sending back
+    to back (a database's connection) would never be idle for the grace, and was cut at
+    the drain's timeout, its request in flight."""
+    handler = EchoHandler()
+    handler.defer = True
+    clock = Clock()
+    factory = KmipServerFactory(handler, ConnectionLimits(idle_timeout=300),
+                                lambda t: PRINCIPAL, clock)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.handshakeCompleted()
+    protocol.dataReceived(message(1) + message(2))  # one answered now, one waiting
+    factory.drain(0.5)
+    third = message(3)
+    protocol.dataReceived(third[:10])  # a third begun
+    handler.deferreds[0].callback(b"A")
+    handler.deferreds[1].callback(b"B")
+    assert transport.value() == b"AB" and not transport.disconnecting
+    protocol.dataReceived(third[10:])
+    assert not transport.disconnecting  # the third is being answered
+    handler.deferreds[2].callback(b"C")
+    assert transport.value() == b"ABC" and transport.disconnecting
 
 
 def test_draining_with_no_connection_is_done_at_once() -> None:

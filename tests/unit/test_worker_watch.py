@@ -289,6 +289,24 @@ def test_a_worker_asked_to_stop_is_not_taken_for_hung() -> None:
     workers.stopService()
 
 
+def test_a_worker_that_closes_its_channel_itself_has_the_stop_timeout_to_exit() -> None:
+    """A worker sent SIGTERM by someone else (systemctl kill, an operator) closes its
+    channel as it begins draining: it was killed as hung at once (its silence counted from
+    its start, 30 s before), its busy connections cut. It has stop_timeout to exit."""
+    workers, clock, spawner, listener = watched_pool(hung_after=HUNG, stop_timeout=STOP)
+    workers.startService()
+    run_for(clock, 30.0, listener, 1, 2)
+    listener.balance.remove(1)  # its channel closed: the acceptor's close_channel
+    run_for(clock, STOP - 2 * WATCH_INTERVAL, listener, 2)
+    assert spawner.latest(1).signals == []
+    run_for(clock, 3 * WATCH_INTERVAL, listener, 2)  # it did not exit: stuck stopping
+    assert spawner.latest(1).signals == [signal.SIGKILL]
+    workers.stopService()
+
+
+STOP = 10.0
+
+
 def test_a_supervisor_that_did_not_run_itself_does_not_take_its_workers_for_hung() -> None:
     """A supervisor stopped (or its VM paused) for longer than hung_after finds every
     report unread when it runs again: that silence is its own, not the workers'."""

@@ -65,6 +65,7 @@ from kcm.gateway.balance import LeastConnections
 from kcm.gateway.config import GatewayConfig
 from kcm.gateway.placement import usable_cpus
 from kcm.handoff import handoff_description
+from kcm.logging import printable
 from kcm.process import ProcessService
 from kcm.tls import plain_server_endpoint
 
@@ -280,15 +281,39 @@ class _Reload:
     timer: IDelayedCall | None = None
 
 
+#: The longest line of a worker's standard error logged (characters; cut beyond), and
+#: the most bytes of an unfinished one kept.
+STDERR_LINE = 240
+STDERR_KEPT = 4096
+
+
 class _WorkerProtocol(ProcessProtocol):
-    """Tells the pool when its worker exits; the worker's output goes straight to the
-    supervisor's standard output and error (inherited), not through here."""
+    """Tells the pool when its worker exits, and logs what the worker writes on its standard
+    error (a usage error before its log starts, an interpreter's fatal error), one event a
+    line: a daemonized supervisor's standard error, which the workers' was, is /dev/null.
+    The worker's log goes straight to the supervisor's standard output, inherited."""
 
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
         self.index = index
+        self._partial = b""
+
+    def errReceived(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        self._partial = self._partial[-STDERR_KEPT:]
+        for line in lines:
+            self._log(line)
+
+    def _log(self, line: bytes) -> None:
+        text = printable(line.decode("utf-8", "replace").rstrip(), STDERR_LINE)
+        if text:
+            log.warn("kcm-gateway worker {index} (standard error): {line}",
+                     index=self.index, line=text)
 
     def processEnded(self, reason: Failure) -> None:
+        if self._partial:
+            self._log(self._partial)
+            self._partial = b""
         self.pool.worker_ended(self.index, reason)
 
 
@@ -296,7 +321,8 @@ class WorkerPool(Service):
     """Runs ``count`` workers, each the process ``command(index)`` (an argv list, the
     executable first) with the descriptor the ``listener`` gives it as
     :data:`WORKER_LISTEN_FD` (:meth:`SharedListener.worker_starting`), a pipe from the
-    supervisor as standard input, and the supervisor's standard output and error. A worker
+    supervisor as standard input, the supervisor's standard output, and a pipe to the
+    supervisor as standard error (logged by the supervisor, a line an event). A worker
     that exits while the pool runs is started again after ``backoff(failures in a row)``
     seconds (the count restarts once a worker has run
     ``stable_after`` seconds; an exit after a forwarded signal is no failure and restarts at
@@ -531,7 +557,7 @@ class WorkerPool(Service):
         argv = list(self.command(index))
         spawn = self._spawn or self.reactor.spawnProcess
         try:
-            child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2,
+            child_fds: dict[int, Any] = {0: "w", 1: 1, 2: "r",
                                          WORKER_LISTEN_FD: self.listener.worker_starting(index)}
             process = spawn(_WorkerProtocol(self, index), argv[0], argv, env=dict(self._env()),
                             path=None, childFDs=child_fds)

@@ -107,8 +107,9 @@ def test_it_starts_each_worker_on_the_shared_socket_and_a_pipe() -> None:
         ["python", "worker", "1"], ["python", "worker", "2"], ["python", "worker", "3"]]
     assert spawner.calls[0]["executable"] == "python"
     assert spawner.calls[0]["env"] == {"PATH": "/bin"}
-    # stdin: a pipe from the supervisor; stdout/stderr: the supervisor's; the socket as fd 3.
-    assert spawner.calls[0]["childFDs"] == {0: "w", 1: 1, 2: 2, WORKER_LISTEN_FD: 7}
+    # stdin: a pipe from the supervisor; stdout: the supervisor's; stderr: a pipe to it
+    # (logged); the socket as fd 3.
+    assert spawner.calls[0]["childFDs"] == {0: "w", 1: 1, 2: "r", WORKER_LISTEN_FD: 7}
     assert workers.pids() == {1: 100, 2: 101, 3: 102}
     assert workers.listener.calls == [(call, index) for index in (1, 2, 3)
                                       for call in ("starting", "spawned")]
@@ -446,3 +447,33 @@ def test_a_worker_stops_when_its_supervisors_pipe_closes() -> None:
     finally:
         lifeline.stopService()
         os.close(read_end)
+
+
+def test_what_a_worker_writes_on_standard_error_is_logged_a_line_an_event() -> None:
+    """A daemonized supervisor's standard error, which its workers' was, is /dev/null: a
+    worker's usage error before its log starts was lost (it only "exited: exit status 1")."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observer(event: dict) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        workers, _, spawner = pool(1)
+        workers.startService()
+        worker = spawner.latest(1)
+        worker.protocol.errReceived(b"Usage: twistd [options]\nerror: cannot read /etc/kcm/g")
+        worker.protocol.errReceived(b"w.toml\n" + b"\x1b[31m" + b"x" * 500 + b"\ntail")
+        worker.end(code=1)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    said = [line for line in lines if "(standard error)" in line]
+    assert said[:2] == ["kcm-gateway worker 1 (standard error): Usage: twistd [options]",
+                        "kcm-gateway worker 1 (standard error): error: cannot read "
+                        "/etc/kcm/gw.toml"]
+    assert said[2].startswith("kcm-gateway worker 1 (standard error): \\x1b[31mxxx")
+    assert said[2].endswith("... (505 characters)")
+    assert said[3] == "kcm-gateway worker 1 (standard error): tail"  # the end, at its exit
+    workers.stopService()

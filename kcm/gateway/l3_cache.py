@@ -187,7 +187,10 @@ class _Fetch:
 
 class _NotFound:
     """The uids the core lately said it has no L3 for, per caller's tenant: each for ``ttl``
-    seconds, at most ``size`` (least recently used out first)."""
+    seconds (those past it go as the next is added), at most ``size`` (the oldest out
+    first). What it keeps is the answer's words, not the error raised: an exception that
+    has been raised holds the frames it went through, and with them the request (its
+    plaintext), so each use gets an error of its own (:func:`_detached`)."""
 
     def __init__(self, clock: Callable[[], float], ttl: float, size: int) -> None:
         self._clock = clock
@@ -210,16 +213,18 @@ class _NotFound:
         if found[0] <= self._clock():
             self._remove(key)
             return None
-        self._answers.move_to_end(key)
-        return found[1]
+        return _detached(found[1])
 
     def add(self, tenant: str, uid: str, error: KmipError) -> None:
         key = (tenant, uid)
-        self._answers[key] = (self._clock() + self._ttl, error)
-        self._answers.move_to_end(key)
+        now = self._clock()
+        self._answers[key] = (now + self._ttl, _detached(error))
+        self._answers.move_to_end(key)  # (in the order they expire: one ttl for all)
         self._tenants_of.setdefault(uid, set()).add(tenant)
-        while len(self._answers) > self._size:
-            self._remove(next(iter(self._answers)))
+        answers = self._answers
+        while answers and (len(answers) > self._size
+                           or next(iter(answers.values()))[0] <= now):
+            self._remove(next(iter(answers)))
 
     def forget(self, uid: str) -> None:
         """Forget ``uid`` for every tenant (it exists now, or may)."""
@@ -237,6 +242,15 @@ class _NotFound:
             tenants.discard(key[0])
             if not tenants:
                 del self._tenants_of[key[1]]
+
+
+def _detached(error: KmipError) -> KmipError:
+    """A new error of ``error``'s class saying what it says, with no traceback, cause or
+    context (those hold the frames it was raised through)."""
+    copy = type(error).__new__(type(error))
+    copy.__dict__.update(error.__dict__)
+    copy.args = error.args
+    return copy
 
 
 class _DroppedMarkers(OrderedDict[str, ServiceKey]):

@@ -195,9 +195,15 @@ def test_the_cores_not_found_is_remembered_briefly_per_tenant() -> None:
     core.answer()
     refusal = errors_of(first)[Need(uid=bogus)]
     assert refusal.reason == ResultReason.OBJECT_NOT_FOUND
-    # Asked again by the same tenant (any of its callers): the same answer, no fetch.
+    # Asked again by the same tenant (any of its callers): the same answer, no fetch; an
+    # error of its own each time, never one raised before (which holds the frames, and
+    # the request, it was raised through).
     for who in (APP, BILLING):
-        assert errors_of(cache.ensure([Need(uid=bogus)], who)) == {Need(uid=bogus): refusal}
+        [again] = errors_of(cache.ensure([Need(uid=bogus)], who)).values()
+        assert (type(again), again.reason, again.message, again.args) == (
+            type(refusal), refusal.reason, refusal.message, refusal.args)
+        assert again is not refusal and again.__traceback__ is None
+        assert again.__context__ is None and again.__cause__ is None
     assert len(core.calls) == 1
     cache.ensure([Need(uid=bogus)], OTHER)  # another tenant asks the core itself
     assert len(core.calls) == 2
@@ -281,25 +287,34 @@ def test_a_not_found_sent_before_an_l3_was_made_is_not_remembered() -> None:
     assert errors_of(done) == {} and cache.holds(NEW.uid)
 
 
-def test_the_remembered_not_founds_are_bounded_least_recently_used_first() -> None:
+def test_the_remembered_not_founds_are_bounded_oldest_first_and_expire() -> None:
+    """At most max_not_found, the oldest out first (all expire alike); those past their
+    5 s go as the next is remembered, not only when asked again (each kept some 20 KB of
+    a request for as long as nobody asked)."""
     core, clock = HeldFetches(), Clock()
-    cache = cache_of(core, clock, max_not_found=2)
+    cache = cache_of(core, clock, max_not_found=2, not_found_ttl=5.0)
     a, b, c = uid(), uid(), uid()
     for bogus in (a, b):
         cache.ensure([Need(uid=bogus)], APP)
         core.answer()
-    cache.ensure([Need(uid=a)], APP)  # used: b is the least recent
+    cache.ensure([Need(uid=a)], APP)  # (asked again: still the oldest)
     cache.ensure([Need(uid=c)], APP)
     core.answer()
     asked = len(core.calls)
-    cache.ensure([Need(uid=a)], APP)
-    assert len(core.calls) == asked
     cache.ensure([Need(uid=b)], APP)
+    assert len(core.calls) == asked
+    cache.ensure([Need(uid=a)], APP)
     assert len(core.calls) == asked + 1
     core.answer()
+    assert len(cache._not_found) == 2
+    clock.advance(5.0)
+    d = uid()
+    cache.ensure([Need(uid=d)], APP)
+    core.answer()
+    assert len(cache._not_found) == 1  # c and a expired: they went as d came
     cache.resync()  # forgets them all
-    cache.ensure([Need(uid=a)], APP)
-    assert len(core.calls) == asked + 2
+    cache.ensure([Need(uid=d)], APP)
+    assert len(core.calls) == asked + 3
 
 
 # The link ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
@@ -164,6 +165,12 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                   if config.link_listen else None)
 
     store.setServiceParent(core)
+    if store.objects.size:
+        # Keys in the clear leave the object cache at its ttl, asked for again or not.
+        expiry = TimerService(store.objects.ttl / 10, store.objects.expire)
+        expiry.clock = reactor
+        expiry.setName("kcm-object-cache-expiry")
+        expiry.setServiceParent(core)
     MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11).setServiceParent(core)
     AuditCheckpoints(store, keyring, reactor,
                      interval=config.audit_checkpoint_interval).setServiceParent(core)

@@ -54,6 +54,26 @@ def test_expired_entries_nobody_asks_for_go_when_others_come() -> None:
     assert len(cache) == 1
 
 
+def test_expire_drops_every_entry_past_its_ttl_wherever_it_stands() -> None:
+    """Nothing came to push them out (an idle core kept a key in the clear an hour), or a
+    hot entry filled long ago stood before them (a cold key lived twice the ttl)."""
+    clock = Clock()
+    cache = ObjectCache(10, ttl=300.0, clock=clock)
+    cache.put("t", "hot", (1, 1), ())
+    clock.now += 100.0
+    cache.put("t", "cold", (1, 2), ())
+    cache.get("t", "hot", (1, 1))  # used: the most recent, filled first
+    clock.now += 150.0
+    cache.put("t", "young", (1, 3), ())
+    clock.now += 60.0  # hot 310 s old, cold 210 s, young 60 s
+    assert cache.expire() == 1 and not cache.holds("t", "hot")
+    clock.now += 90.0  # cold 300 s
+    assert cache.expire() == 1 and not cache.holds("t", "cold")
+    assert cache.holds("t", "young") and cache.bytes > 0
+    clock.now += 3600.0
+    assert cache.expire() == 1 and len(cache) == 0 and cache.bytes == 0
+
+
 def test_the_least_recently_used_go_first() -> None:
     cache = ObjectCache(2, clock=Clock())
     cache.put("t", "a", (1, 1), ())

@@ -170,6 +170,20 @@ class ObjectCache:
             self._entries.clear()
             self.bytes = 0
 
+    def expire(self) -> int:
+        """Drop every entry filled ``ttl`` seconds ago or more, wherever it stands (those
+        read again are at the recent end, filled long ago all the same); how many. Run
+        every ``ttl / 10`` seconds (kcm-core's ``kcm-object-cache-expiry``): :meth:`put`
+        and :meth:`get` drop only what they meet, so a cache no request fills kept its
+        keys in the clear for as long as nobody asked."""
+        now = self._clock()
+        with self._lock:
+            expired = [key for key, entry in self._entries.items()
+                       if now - entry.filled >= self.ttl]
+            for key in expired:
+                self.bytes -= self._entries.pop(key).weight
+        return len(expired)
+
     def _expire(self, now: float) -> None:
         """Drop expired entries from the least recently used end (those in use are
         dropped by :meth:`get`)."""

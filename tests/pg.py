@@ -19,9 +19,9 @@ from typing import NoReturn
 
 import pytest
 
-from kcm.testing.postgres import find_pg_bin, running_cluster
+from kcm.testing.postgres import Cluster, find_pg_bin, running_cluster
 
-__all__ = ["postgres_url", "unavailable"]
+__all__ = ["own_cluster", "postgres_url", "unavailable"]
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -46,3 +46,14 @@ def postgres_url() -> Iterator[str]:
         unavailable("psycopg is not installed (pip install 'psycopg[binary]')")
     with running_cluster(bin_dir) as cluster:
         yield cluster.url
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster of the test's own (to restart, stop or freeze), database ``kcm``
+    created (``own_cluster.url``); stopped and removed afterwards."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        unavailable("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
+    with running_cluster(bin_dir) as cluster:
+        yield cluster

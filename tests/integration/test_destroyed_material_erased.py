@@ -22,28 +22,37 @@ def _files_hold(db: Path, blob: bytes) -> list[str]:
             if path.exists() and blob in path.read_bytes()]
 
 
+def _registered(app, reader: sqlite3.Connection, key: bytes) -> tuple[str, bytes]:
+    """A key registered by ``app``: its uid, and its wrapped material as stored."""
+    [registered] = response(app.send(request(item(Operation.REGISTER, RegisterRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[], object=aes_key(key)))))
+                            ).batch_items
+    assert registered.result_status == ResultStatus.SUCCESS
+    uid = registered.response_payload.unique_identifier
+    [(blob,)] = reader.execute(
+        "SELECT material FROM managed_objects WHERE uid = ?", (uid,)).fetchall()
+    return uid, bytes(blob)
+
+
+def _destroy(app, uid: str) -> None:
+    [destroyed] = response(app.send(request(item(
+        Operation.DESTROY, DestroyRequest(unique_identifier=uid))))).batch_items
+    assert destroyed.result_status == ResultStatus.SUCCESS, destroyed.result_message
+
+
 def test_a_destroyed_keys_material_leaves_the_sqlite_files(tmp_path: Path) -> None:
     db = tmp_path / "core" / "kcm.db"
     core = deploy(tmp_path / "core", f"sqlite:///{db}")
     core.start()
     try:
         with core.client("app") as app:
-            [registered] = response(app.send(request(item(Operation.REGISTER, RegisterRequest(
-                object_type=ObjectType.SYMMETRIC_KEY, attributes=[],
-                object=aes_key(bytes(range(32)))))))).batch_items
-            assert registered.result_status == ResultStatus.SUCCESS
-            uid = registered.response_payload.unique_identifier
             reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
             try:
-                [(blob,)] = reader.execute(
-                    "SELECT material FROM managed_objects WHERE uid = ?", (uid,)).fetchall()
+                uid, blob = _registered(app, reader, bytes(range(32)))
             finally:
                 reader.close()
-            blob = bytes(blob)
             assert len(blob) >= 32 and _files_hold(db, blob)  # (what the test looks for)
-            [destroyed] = response(app.send(request(item(
-                Operation.DESTROY, DestroyRequest(unique_identifier=uid))))).batch_items
-            assert destroyed.result_status == ResultStatus.SUCCESS, destroyed.result_message
+            _destroy(app, uid)
         wait_until(lambda: not _files_hold(db, blob),
                    "the destroyed material to leave kcm.db and its WAL", timeout=10)
         assert core.process.poll() is None
@@ -58,20 +67,12 @@ def test_a_reader_in_the_way_delays_the_erasure_only_until_it_ends(tmp_path: Pat
     core.start()
     try:
         with core.client("app") as app:
-            [registered] = response(app.send(request(item(Operation.REGISTER, RegisterRequest(
-                object_type=ObjectType.SYMMETRIC_KEY, attributes=[],
-                object=aes_key(bytes(range(32, 64)))))))).batch_items
-            uid = registered.response_payload.unique_identifier
             reader = sqlite3.connect(str(db), isolation_level=None)
             try:
-                [(blob,)] = reader.execute(
-                    "SELECT material FROM managed_objects WHERE uid = ?", (uid,)).fetchall()
-                blob = bytes(blob)
+                uid, blob = _registered(app, reader, bytes(range(32, 64)))
                 reader.execute("BEGIN")  # a snapshot from before the Destroy, held
                 reader.execute("SELECT count(*) FROM managed_objects").fetchall()
-                [destroyed] = response(app.send(request(item(
-                    Operation.DESTROY, DestroyRequest(unique_identifier=uid))))).batch_items
-                assert destroyed.result_status == ResultStatus.SUCCESS
+                _destroy(app, uid)
                 wait_until(lambda: "kcm.db" not in _files_hold(db, blob),
                            "secure_delete to zero the database file's copy", timeout=10)
                 assert _files_hold(db, blob) == ["kcm.db-wal"]  # the reader needs it still

@@ -6,37 +6,20 @@ committed after the restart reaches the gateway."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus
 from kcm.kmip.payloads.lifecycle import DestroyRequest
-from kcm.testing.postgres import Cluster, find_pg_bin
+from kcm.testing.postgres import Cluster
 from kcm.testing.processes import CoreProcess, GatewayProcess, deploy
 from tests.e2e_support import wait_until
 from tests.gateway_support import create_l4, create_managed, get, item, request, response
-from tests.pg import unavailable
+from tests.pg import own_cluster  # noqa: F401  (fixture)
 
 #: Waits for things that happen within seconds: run alone.
 pytestmark = pytest.mark.serial
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        unavailable("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
-    cluster = Cluster(bin_dir)
-    try:
-        cluster.init()
-        cluster.start()
-        cluster.create_database()
-        yield cluster
-    finally:
-        cluster.stop()
-        cluster.remove()
 
 
 def status(client, wire: bytes) -> tuple[int, int | None]:
@@ -44,8 +27,9 @@ def status(client, wire: bytes) -> tuple[int, int | None]:
     return answer.result_status, answer.result_reason
 
 
-def test_the_core_and_its_gateway_outlive_a_postgresql_restart(cluster: Cluster,
+def test_the_core_and_its_gateway_outlive_a_postgresql_restart(own_cluster: Cluster,  # noqa: F811
                                                                tmp_path: Path) -> None:
+    cluster = own_cluster
     core: CoreProcess = deploy(tmp_path / "core", cluster.url)
     gateway = GatewayProcess(tmp_path / "gateway", core)
     core.start()

@@ -19,10 +19,10 @@ import pytest
 
 from kcm.core.store.engine import SILENCE_GRACE_S
 from kcm.kmip.enums import ResultReason, ResultStatus
-from kcm.testing.postgres import Cluster, find_pg_bin
+from kcm.testing.postgres import Cluster
 from kcm.testing.processes import CoreProcess, deploy
 from tests.gateway_support import create_managed, request, response
-from tests.pg import unavailable
+from tests.pg import own_cluster  # noqa: F401  (fixture)
 
 #: Stops a PostgreSQL server and measures seconds: run alone.
 pytestmark = pytest.mark.serial
@@ -32,20 +32,11 @@ DEADLINE = 2.0
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        unavailable("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
-    cluster = Cluster(bin_dir)
+def cluster(own_cluster: Cluster) -> Iterator[Cluster]:  # noqa: F811
     try:
-        cluster.init()
-        cluster.start()
-        cluster.create_database()
-        yield cluster
+        yield own_cluster
     finally:
-        _signal_server(cluster, signal.SIGCONT)
-        cluster.stop()
-        cluster.remove()
+        _signal_server(own_cluster, signal.SIGCONT)  # (stopped as it was left, else)
 
 
 def _server_pids(cluster: Cluster) -> list[int]:

@@ -188,6 +188,7 @@ def _policy_text(record: dict[str, Any]) -> str:
 def run_service_show(args: argparse.Namespace) -> int:
     """A service's key versions (state, age, usage count) and its rotation policy."""
     from kcm.cli.core_inventory import _state, iso
+    from kcm.core.rotation_policy import made_or_activated
     from kcm.core.store import repository
     from kcm.core.usage import uses_of
 
@@ -203,7 +204,7 @@ def run_service_show(args: argparse.Namespace) -> int:
             "version": row.key_version, "unique_identifier": row.uid,
             "state": _state(row.state), "current": row.uid == current,
             "created": iso(row.initial_date),
-            "age": now - (row.activation_date or row.initial_date or now),
+            "age": now - made_or_activated(row, now),
             "deactivation_date": iso(row.deactivation_date), "uses": uses.get(row.uid, 0),
         } for row in rows]
         return {"tenant": args.tenant, "service": args.service, "versions": versions,

@@ -33,7 +33,13 @@ from kcm.core.attribute_blob import decode_attributes
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.hierarchy import provision_service
 from kcm.core.keyring import Keyring
-from kcm.core.rotation_policy import EffectivePolicy, PolicySettings, policies, resolve
+from kcm.core.rotation_policy import (
+    EffectivePolicy,
+    PolicySettings,
+    made_or_activated,
+    policies,
+    resolve,
+)
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, STATE_ACTIVE, ManagedObject
 from kcm.core.usage import uses_of
@@ -101,7 +107,7 @@ def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]
         policy = _effective(stored, tenant, service)
         if not policy.rotates:
             continue
-        age = now - _made_or_activated(row, now)
+        age = now - made_or_activated(row, now)
         count = uses.get(row.uid, 0)
         trigger = due_trigger(policy, age, count)
         if trigger is not None:
@@ -110,15 +116,6 @@ def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]
             rotations.append(_rotate(session, keyring, previous, policy, trigger, age, count,
                                      now))
     return rotations
-
-
-def _made_or_activated(row: ManagedObject, now: float) -> float:
-    """When a version's age starts: its activation, or its making if that came later. A
-    tenant administrator's Re-key without Offset copies the old version's Activation Date
-    (KMIP 1.4 §4.4), and a version made 2 minutes ago was taken for as old as the one it
-    replaced: rotated again at the next sweep, and retired after the overlap."""
-    dates = [d for d in (row.activation_date, row.initial_date) if d is not None]
-    return max(dates) if dates else now
 
 
 def cap_reached(session: Session, uids: Iterable[str]) -> bool:

@@ -537,8 +537,9 @@ def rotate_due(obj: StoredObject) -> int | None:
     interval = obj.value(Tag.ROTATE_INTERVAL)
     if not interval or obj.value(Tag.ROTATE_LATEST) is False:
         return None
-    since = (obj.value(Tag.ROTATE_DATE) or obj.value(Tag.ACTIVATION_DATE)
-             or obj.value(Tag.INITIAL_DATE))
+    since = next((date for date in (obj.value(Tag.ROTATE_DATE),
+                                     obj.value(Tag.ACTIVATION_DATE),
+                                     obj.value(Tag.INITIAL_DATE)) if date is not None), None)
     # (A date near the largest a Date-Time holds, which clients use for "never": due never,
     # not past what the column holds.)
     return None if since is None else bounded_date(int(since) + int(interval))

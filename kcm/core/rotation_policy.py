@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -229,3 +230,14 @@ def format_duration(seconds: int | float | None, *, never: str = "never") -> str
             return f"{seconds // _UNITS[unit]}{unit}"
     return f"{seconds}s"
 
+
+
+def made_or_activated(row: Any, now: float) -> float:
+    """When a tenant or service key version's age starts (what a rotation policy's
+    interval is measured from): its activation, or its making if that came later. A tenant
+    administrator's Re-key without Offset copies the old version's Activation Date (KMIP
+    1.4 §4.4), and a version made 2 minutes ago was taken for as old as the one it
+    replaced: rotated again at the next sweep, and retired after the overlap. A date of 0
+    (1970) is a date, not "none"."""
+    dates = [d for d in (row.activation_date, row.initial_date) if d is not None]
+    return max(dates) if dates else now

@@ -175,10 +175,8 @@ class StateSweeper(Service):
         if not held:
             return []
         at, steps, batch = self._wall_clock(), self._steps, self._batch
-        now = int(at)
-        d = self._store.run(lambda session: (sweep_steps.run_steps(session, steps, at),
-                                             sweep_due_states(session, now, limit=batch)))
-        return d.addCallback(self._stepped)
+        return self._store.run(lambda session: sweep_once(session, steps, at, batch=batch)
+                               ).addCallback(self._stepped)
 
     def _stepped(self, outcome: tuple[list[object], list[str]]) -> list[str]:
         done, moved = outcome
@@ -196,6 +194,17 @@ class StateSweeper(Service):
     def _sweep_now(self) -> None:
         self._soon = None
         self.sweep()
+
+
+def sweep_once(session: Session, steps: Sequence[sweep_steps.SweepStep], at: float, *,
+               batch: int = SWEEP_BATCH) -> tuple[list[object], list[str]]:
+    """One sweep at ``at``: the hierarchy keys' dates (:func:`sweep_due_states`), then the
+    ``steps``; (what the steps did, the keys moved). The dates first: a key whose
+    Deactivation Date has come is retired before a rotation step judges it, so that one
+    sweep after a pause (downtime, a clock step) does not rotate a retired service back
+    to life."""
+    moved = sweep_due_states(session, int(at), limit=batch)
+    return sweep_steps.run_steps(session, steps, at), moved
 
 
 def _report(moved: list[str]) -> None:

@@ -36,7 +36,7 @@ from kcm.core.attribute_blob import decode_attributes
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.hierarchy import provision_tenant
 from kcm.core.keyring import Keyring
-from kcm.core.rotation_policy import policies, resolve
+from kcm.core.rotation_policy import made_or_activated, policies, resolve
 from kcm.core.store import repository
 from kcm.core.store.schema import (
     LEVEL_TENANT_KEY,
@@ -132,7 +132,7 @@ def rotate_tenant_keys_due(session: Session, keyring: Keyring, now: float) -> li
             .order_by(ManagedObject.tenant, ManagedObject.created_seq.desc())).all():
         policy = resolve([(scope, stored[scope]) for scope in ((row.tenant, ""), ("", ""))
                           if scope in stored])
-        since = row.activation_date or row.initial_date or seconds
+        since = made_or_activated(row, seconds)
         if not policy.tenant_key_interval or seconds - since < policy.tenant_key_interval:
             continue
         if row.state != STATE_ACTIVE:

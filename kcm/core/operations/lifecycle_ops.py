@@ -59,7 +59,8 @@ def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierRes
         if occurred is None:
             # "if a value is not provided ... SHOULD be set to the Initial Date for the
             # object" (KMIP 2.1 §6.1.46): the earliest it may have been compromised.
-            occurred = obj.value(Tag.INITIAL_DATE) or ctx.now
+            initial = obj.value(Tag.INITIAL_DATE)
+            occurred = ctx.now if initial is None else initial
         obj.set(Tag.COMPROMISE_OCCURRENCE_DATE, occurred)
         # Not kept in the clear for its next use: a compromised key is seldom used again
         # (an L3 never), and a destroyed one's material is gone.

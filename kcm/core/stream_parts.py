@@ -42,7 +42,8 @@ from kcm.crypto.sealed_state import CLOCK_MARGIN, StreamPart, open_state, seal_s
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
-__all__ = ["PURGE_MARGIN", "open_once", "purge_spent", "seal_part", "tenant_secret"]
+__all__ = ["PURGED_META_KEY", "PURGE_MARGIN", "open_once", "purge_spent", "seal_part",
+           "tenant_secret"]
 
 T = TypeVar("T")
 
@@ -78,8 +79,11 @@ def open_once(ctx: OperationContext, secret: bytes, purpose: bytes, uid: str, va
     transaction; Invalid Correlation Value when the value does not open (forged, another
     key's or kind's, expired) or was used already."""
     part, state = open_state(secret, purpose, uid, value, unpack, now=ctx.now)
-    if not repository.spend_stream_part(ctx.session, part.stream_id, part.part,
-                                        part.expires):
+    purged = repository.get_meta(ctx.session, PURGED_META_KEY)
+    if (purged is not None and part.expires < int(purged)) or not \
+            repository.spend_stream_part(ctx.session, part.stream_id, part.part, part.expires):
+        # (a value whose record may have been purged is refused as used: the wall clock
+        # went back since, and its record was all that made it one use)
         raise KmipError(ResultReason.INVALID_CORRELATION_VALUE,
                         "the Correlation Value was used already; each is used once")
     ctx.audit_detail["stream"] = f"{part.stream_id[:8].hex()}/{part.part}"
@@ -98,7 +102,21 @@ def seal_part(ctx: OperationContext, secret: bytes, purpose: bytes, uid: str, st
 
 def purge_spent(session: Session, now: float) -> list[object]:
     """A step of the state sweeper (:mod:`kcm.core.sweep_steps`): forget the spent parts
-    whose values expired more than :data:`PURGE_MARGIN` ago (they open nowhere any more).
-    Reports nothing: the deletions are routine."""
-    repository.purge_stream_parts(session, int(now) - PURGE_MARGIN)
+    whose values expired more than :data:`PURGE_MARGIN` ago (they open nowhere any more),
+    and record how far that went (:data:`PURGED_META_KEY`, which never goes back): a value
+    that expired before it is refused as used whatever the wall clock says afterwards (a
+    clock stepped back over 10 minutes opened a value whose record was gone, and ran its
+    Final again under the IV the server chose once). Reports nothing: routine."""
+    before = int(now) - PURGE_MARGIN
+    purged = repository.get_meta(session, PURGED_META_KEY)
+    if purged is not None and int(purged) >= before:
+        before = int(purged)  # (the clock went back: nothing more expired)
+    else:
+        repository.set_meta(session, PURGED_META_KEY, str(before))
+    repository.purge_stream_parts(session, before)
     return []
+
+
+#: The ``meta`` row of how far spent parts were purged: values that expired before it are
+#: refused (:func:`open_once`).
+PURGED_META_KEY = "stream_parts.purged_before"

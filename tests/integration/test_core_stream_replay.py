@@ -404,3 +404,40 @@ def test_a_withheld_read_is_audited_as_withheld(core: CoreHarness) -> None:
     failed(_limited(core, asked, 64, Operation.GET_ATTRIBUTES),
            ResultReason.RESPONSE_TOO_LARGE)
     assert last_audit() == withheld
+
+
+def _encrypt_at(core: CoreHarness, now: int, payload: EncryptRequest):
+    wire = request(item(Operation.ENCRYPT, payload), version=(2, 1))
+    return response(core.handler.respond(wire, core.caller(), now)).batch_items[0]
+
+
+def test_a_spent_value_is_refused_after_the_wall_clock_went_back(core: CoreHarness) -> None:
+    """The sweeper purged a spent part (its value expired at the clock of then), then the
+    wall clock stepped back over 10 minutes (NTP after running fast, a resumed VM): the
+    value opened again, its record gone, and the Final ran a second time under the IV the
+    server chose once (two plaintexts under one GCM nonce). How far the purge went is
+    recorded, and a value that expired before it is refused whatever the clock says."""
+    from kcm.core.stream_parts import purge_spent
+
+    uid = store_key(core, KEY, extra=[Attribute.of(Tag.CRYPTOGRAPHIC_PARAMETERS,
+                                                   GCM_RANDOM_IV)])
+    t = int(time.time())
+    start = _encrypt_at(core, t, EncryptRequest(unique_identifier=uid, data=b"A" * 16,
+                                                init_indicator=True)).response_payload
+    final = _encrypt_at(core, t + 5, EncryptRequest(
+        unique_identifier=uid, data=b"B" * 16, correlation_value=start.correlation_value,
+        final_indicator=True))
+    assert final.result_status == ResultStatus.SUCCESS
+    core.store.run_sync(lambda s: purge_spent(s, t + 4201))  # the clock ran fast
+    core.store.run_sync(lambda s: purge_spent(s, t + 1801))  # (stepped back: no further)
+    replayed(_encrypt_at(core, t + 1801, EncryptRequest(
+        unique_identifier=uid, data=b"C" * 16, correlation_value=start.correlation_value,
+        final_indicator=True)))
+    # A stream begun after the step is served as ever.
+    fresh = _encrypt_at(core, t + 1802, EncryptRequest(unique_identifier=uid, data=b"A" * 16,
+                                                       init_indicator=True))
+    assert fresh.result_status == ResultStatus.SUCCESS
+    assert _encrypt_at(core, t + 1803, EncryptRequest(
+        unique_identifier=uid, data=b"B" * 16,
+        correlation_value=fresh.response_payload.correlation_value,
+        final_indicator=True)).result_status == ResultStatus.SUCCESS

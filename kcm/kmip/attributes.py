@@ -236,6 +236,11 @@ def attribute_from_item(item: Item, version: Version) -> Attribute:
     if name is None:
         raise KmipError(ResultReason.INVALID_MESSAGE,
                         "Attribute is missing the required field Attribute Name")
+    if value is not None and value.type is ItemType.DATE_TIME_EXTENDED and version[0] < 2:
+        # (KMIP 1.x has the item types 0x01-0x0A only, 1.4 §9.1.1.2: a 1.x client cannot
+        # read one back)
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "Date-Time Extended is not an item type of KMIP 1.x")
     if vendor is not None:
         return Attribute(VENDOR_TAG, value, index, vendor, name)
     tag, vendor, kept = _from_v1_name(name, version)
@@ -298,8 +303,12 @@ def attribute_to_v1(attribute: Attribute, version: Version) -> Item | None:
     children = [Item(Tag.ATTRIBUTE_NAME, _TEXT, name)]
     if attribute.index is not None:
         children.append(Item(Tag.ATTRIBUTE_INDEX, ItemType.INTEGER, attribute.index))
-    if attribute.value is not None:
-        children.append(_retag(attribute.value, Tag.ATTRIBUTE_VALUE))
+    value = attribute.value
+    if value is not None:
+        if value.type is ItemType.DATE_TIME_EXTENDED:
+            # A 2.x client's value, in 1.x words (which have no such type): its second.
+            value = Item(value.tag, ItemType.DATE_TIME, value.value // 1_000_000)
+        children.append(_retag(value, Tag.ATTRIBUTE_VALUE))
     return Item(Tag.ATTRIBUTE, _S, children)
 
 

@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL, crypto
 from twisted.application.service import Service
-from twisted.internet import tcp, unix
+from twisted.internet import fdesc, tcp, unix
 from twisted.internet.defer import CancelledError, Deferred, execute, fail, maybeDeferred
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
@@ -487,6 +487,10 @@ class _InheritedUnixEndpoint:
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         def adopt() -> IListeningPort:
+            # Non-blocking, as Twisted's own adoption makes it (systemd hands over blocking
+            # sockets): the workers share it, and the one that loses a connection to
+            # another would wait in accept() with its reactor.
+            fdesc.setNonBlocking(self._fileno)
             port = _InheritedUnixPort._fromListeningDescriptor(
                 self._reactor, self._fileno, protocolFactory)
             port.startListening()

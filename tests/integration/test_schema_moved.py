@@ -63,3 +63,30 @@ def test_postgresql(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
     _check(deploy(tmp_path / "core", url))
 
 
+
+
+def test_a_migration_holds_the_writers_lock_on_postgresql(
+        postgres_url: str, monkeypatch) -> None:  # noqa: F811
+    """A running core's write made while an upgrade's transaction is under way waits for
+    it (the writers' lock), then reads the new revision and is refused: without the lock
+    it read the old one and committed, and the migration's fills never saw its rows."""
+    from alembic import command
+
+    from kcm.core.store import migrate
+    from kcm.core.store.repository import WRITER_LOCK_KEY
+
+    url = fresh_database(postgres_url, f"kcm_schema_lock_{os.getpid()}")
+    seen: list[bool] = []
+
+    def migration(config, revision) -> None:  # (what alembic's upgrade would run)
+        other = sqlalchemy.create_engine(url)
+        try:
+            with other.connect() as connection:
+                seen.append(connection.execute(sqlalchemy.text(
+                    f"SELECT pg_try_advisory_xact_lock({WRITER_LOCK_KEY})")).scalar())
+        finally:
+            other.dispose()
+
+    monkeypatch.setattr(command, "upgrade", migration)
+    migrate.upgrade(url)
+    assert seen == [False]  # a writer could not have it meanwhile

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from kcm.core.store.engine import WRITE_OPTION, open_engine
+from kcm.core.store.repository import WRITER_LOCK_KEY
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -98,6 +99,12 @@ def upgrade(url: str, revision: str = "head") -> None:
                 return
             if not stored and _has_kcm_tables(connection):
                 raise SchemaUnknown()
+            if connection.dialect.name == "postgresql":
+                # The writers' lock too, for the migration's whole transaction: a running
+                # core's write waits for it (at most WRITERS_LOCK_WAIT_S), then reads the
+                # new revision and is refused; without it, a row a core wrote meanwhile
+                # (READ COMMITTED) was never seen by the migration's fills.
+                connection.execute(select(func.pg_advisory_xact_lock(WRITER_LOCK_KEY)))
             from alembic import command
 
             _refuse_unknown_revision(connection)

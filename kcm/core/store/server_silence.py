@@ -17,7 +17,10 @@ unexpectedly", its transaction fails as any lost connection does (its requests a
 answered General Failure "the key store is unavailable; try again"), and the pool
 replaces the connection: a new one waits at most ``connect_timeout`` (10 s) for the
 server. Nothing is lost: the server, thawed, finds the connection gone and rolls its
-transaction back.
+transaction back. A COMMIT's wait is never cut (:meth:`WatchedConnection.commit`): once
+sent, the server may complete it whatever the client does, and a cut one would tell its
+requests "try again" for work that was done; a server that stops answering during a
+COMMIT holds that group commit until it answers.
 
 A connection taken out of the pool for a session of its own (a LISTEN, the sweeper's lease:
 :mod:`kcm.core.store.pg_session`) waits as long as it likes; its waits are not watched.
@@ -103,10 +106,22 @@ class WatchedConnection(psycopg.Connection):  # type: ignore[type-arg]
 
     kcm_watch: SilenceWatch | None = None
     kcm_fd: int = -1
+    #: Whether a COMMIT is under way: its waits are not watched.
+    kcm_committing = False
+
+    def commit(self) -> None:
+        # A COMMIT sent is the server's to complete, whatever the watch would say: cut, it
+        # may commit all the same (a frozen server resuming, a wait for a synchronous
+        # standby), and its requests would be told "try again" for work that was done.
+        self.kcm_committing = True
+        try:
+            super().commit()
+        finally:
+            self.kcm_committing = False
 
     def wait(self, *args: Any, **kwargs: Any) -> Any:
         watch = self.kcm_watch
-        if watch is None:
+        if watch is None or self.kcm_committing:
             return super().wait(*args, **kwargs)
         watch.begin(self, self.kcm_fd)
         try:

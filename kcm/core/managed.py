@@ -242,6 +242,10 @@ def _usable(ctx: OperationContext, uid: str, for_update: bool) -> StoredObject:
     tenant = policy.tenant_of(principal)
     if not policy.is_provisioned(ctx.session, principal):
         raise policy.hidden_object(uid, policy.not_provisioned(principal))
+    if "\x00" in uid:
+        # No object has one (identifiers are the server's); PostgreSQL's text could not
+        # even be asked for it.
+        raise object_not_found(uid)
     obj = _read(ctx.session, tenant, uid, for_update)
     if obj is None:
         if _held_elsewhere(ctx.session, uid):

@@ -23,6 +23,8 @@ from kcm.core.store.engine import Store
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, Name
 from kcm.kmip.enums import NameType, ObjectType, Operation, ResultReason, ResultStatus
 from kcm.kmip.payloads import CreateRequest, LocateRequest
+from kcm.kmip.payloads.attribute_ops import GetAttributesRequest
+from kcm.kmip.payloads.lifecycle import ActivateRequest, DestroyRequest, GetRequest
 from kcm.kmip.tags import Tag
 from kcm.testing.postgres import fresh_database
 from kcm.testing.requests import aes256
@@ -86,3 +88,28 @@ def test_text_with_nul_is_stored_and_found(harness: CoreHarness) -> None:
                     version=V21)
         assert found.result_status == ResultStatus.SUCCESS, found.result_message
         assert found.response_payload.unique_identifiers == [uid], criterion
+
+
+@pytest.mark.parametrize("case", ["locate-uid", "locate-name", "locate-group"])
+def test_locate_by_a_text_with_nul_finds_nothing(harness: CoreHarness, case: str) -> None:
+    """(On PostgreSQL it was General Failure, an internal error logged.)"""
+    criterion = {
+        "locate-uid": Attribute.of(Tag.UNIQUE_IDENTIFIER, TEXT),
+        "locate-name": Attribute.of(Tag.NAME, Name(
+            value=TEXT, type=NameType.UNINTERPRETED_TEXT_STRING)),
+        "locate-group": Attribute.of(Tag.OBJECT_GROUP, TEXT)}[case]
+    found = one(harness, Operation.LOCATE, LocateRequest(attributes=[criterion]), version=V21)
+    assert found.result_status == ResultStatus.SUCCESS, found.result_message
+    assert not found.response_payload.unique_identifiers
+
+
+@pytest.mark.parametrize("operation", [Operation.GET, Operation.GET_ATTRIBUTES,
+                                       Operation.ACTIVATE, Operation.DESTROY])
+def test_a_unique_identifier_with_nul_is_object_not_found(harness: CoreHarness,
+                                                        operation: Operation) -> None:
+    payload = {Operation.GET: GetRequest, Operation.GET_ATTRIBUTES: GetAttributesRequest,
+               Operation.ACTIVATE: ActivateRequest,
+               Operation.DESTROY: DestroyRequest}[operation](unique_identifier=TEXT)
+    refused = one(harness, operation, payload, version=V21)
+    assert (refused.result_status, refused.result_reason) == (
+        ResultStatus.OPERATION_FAILED, ResultReason.OBJECT_NOT_FOUND), refused.result_message

@@ -91,6 +91,11 @@ def locate(ctx: OperationContext, request: LocateRequest) -> LocateResponse:
         found: list[str] = []  # only archived objects were asked for; nothing is archived
     elif not policy.is_provisioned(ctx.session, ctx.principal):
         found = []  # an application whose service does not exist holds nothing
+    elif criteria.names_a_nul():
+        # No object has a Unique Identifier, Name or Object Group with a NUL character
+        # (refused as they are made); PostgreSQL's text could not even be asked for one.
+        found = []
+        located = 0 if count_in_store else None
     else:
         found = []
         with_attributes = fresh_only or criteria.needs_attributes
@@ -210,6 +215,13 @@ class _Criteria:
                 return True
             seen.add(attribute.tag)
         return False
+
+    def names_a_nul(self) -> bool:
+        """Whether a text the store would be asked to match exactly (a Unique Identifier,
+        a Name Value, an Object Group) holds a NUL character."""
+        filters = self.store_filters()
+        return any(isinstance(filters.get(name), str) and "\x00" in filters[name]
+                   for name in ("uid", "name", "group"))
 
     def store_filters(self) -> dict[str, Any]:
         """The keyword filters of :func:`repository.locate` these criteria imply."""

@@ -19,29 +19,21 @@ from kcm.core.store.schema import ManagedObject
 from kcm.core.tenant_rotation import rotate_tenant_keys_due
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import Operation, ResultStatus, State
-from kcm.kmip.messages import (
-    ProtocolVersion,
-    RequestBatchItem,
-    RequestHeader,
-    RequestMessage,
-    decode_response,
-    encode_request,
-)
 from kcm.kmip.payloads import ReKeyRequest, SetAttributeRequest
 from kcm.kmip.tags import Tag
-from kcm.ttlv import ItemType, decode, encode
+from kcm.testing.requests import item, request, response
+from kcm.ttlv import ItemType
 from tests.core_support import CoreHarness, admin_principal, core  # noqa: F401  (fixture)
 from tests.integration.test_core_objects import V21, ok, register, row
 
 
 def _rekey_at(core: CoreHarness, now: int, uid: str) -> str:  # noqa: F811
-    header = RequestHeader(protocol_version=ProtocolVersion.of((2, 1)), batch_count=1)
-    wire = encode(encode_request(RequestMessage(header, [RequestBatchItem(
-        operation=Operation.RE_KEY, request_payload=ReKeyRequest(unique_identifier=uid))])))
-    [item] = decode_response(decode(core.handler.respond(
-        wire, core.caller(admin_principal()), now))).batch_items
-    assert item.result_status == ResultStatus.SUCCESS, item.result_message
-    return item.response_payload.unique_identifier
+    wire = request(item(Operation.RE_KEY, ReKeyRequest(unique_identifier=uid)),
+                   version=V21)
+    [answer] = response(core.handler.respond(wire, core.caller(admin_principal()), now)
+                        ).batch_items
+    assert answer.result_status == ResultStatus.SUCCESS, answer.result_message
+    return answer.response_payload.unique_identifier
 
 
 def test_a_re_keyed_tenant_key_is_not_rotated_again_at_once(core: CoreHarness) -> None:  # noqa: F811

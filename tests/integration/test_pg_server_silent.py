@@ -28,7 +28,7 @@ from tests.pg import own_cluster  # noqa: F401  (fixture)
 pytestmark = pytest.mark.serial
 
 #: The deployment's request deadline, seconds (short, to keep the test short).
-DEADLINE = 2.0
+DEADLINE = 1.0
 #: Seconds a new connection waits for the server (libpq's connect_timeout, in the URL).
 CONNECT_TIMEOUT = 2
 

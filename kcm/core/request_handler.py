@@ -804,13 +804,16 @@ class CoreRequestHandler:
         decoded: an unsupported version or too many items costs no more than the header.
         A plain request (:mod:`kcm.kernel.plain_messages`: ``read``, the reader of the
         kind of request expected, by default that of Encrypt, Decrypt, Get and Create) is
-        read without the message tree, into the same model."""
-        plain = _plain_request(wire, self._limits, read or _read_plain)
-        if plain is not None:
-            return plain
-        refusal = over_batch_limit(wire, self._limits.max_batch_items)
-        if refusal is None and len(wire) > 8 * self._max_items:
-            refusal = over_item_limit(wire, self._max_items)
+        read without the message tree, into the same model. A request long enough to hold
+        more fields than a request may is counted first, plain or not: the plain reader
+        decodes a Cryptographic Parameters structure whole, however many fields it holds."""
+        refusal = over_item_limit(wire, self._max_items) \
+            if len(wire) > 8 * self._max_items else None
+        if refusal is None:
+            plain = _plain_request(wire, self._limits, read or _read_plain)
+            if plain is not None:
+                return plain
+            refusal = over_batch_limit(wire, self._limits.max_batch_items)
         if refusal is not None:  # at the cost of the headers: no item is decoded
             raise _Refused(*refusal)
         try:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from kcm.crypto.derivation import MAX_PBKDF2_ITERATIONS, pbkdf2
 from kcm.identity import Principal
-from kcm.kernel.batch import BatchStopped
+from kcm.kernel.batch import BatchStopped, RunElsewhere
 from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
@@ -63,6 +63,71 @@ def _pbkdf2_inputs(algorithm: hashes.HashAlgorithm, length: int, salt: bytes, co
     return algorithm.name, length, salt, count, hashlib.sha256(key).digest()
 
 
+#: The most RSA private-key operations (Sign, Decrypt) the writer computes itself for one
+#: request: those its tenant's worker could not compute beforehand (their key made by an
+#: earlier item of the same batch, named by the ID Placeholder). Each costs the writer,
+#: which runs every tenant's writes, up to tens of milliseconds (an RSA-4096 signature of
+#: Digested Data named by no hash, 56 ms); more are refused (Server Limit Exceeded).
+MAX_WRITER_PRIVATE_KEY_OPERATIONS = 4
+
+
+class PrivateKeyResults:
+    """The RSA private-key operations of one request (signatures, decryptions), computed
+    before its group commit on its tenant's worker, by everything they were computed from
+    (:func:`private_key_inputs`): the writer, after every check the operation makes, takes
+    the result made from the same inputs instead of computing it. Dropped with the request.
+
+    ``first_pass``: the request reached the writer without having been prepared; the first
+    such operation it meets makes it run again after preparation
+    (:class:`~kcm.kernel.batch.RunElsewhere`), with nothing of it kept."""
+
+    __slots__ = ("_results", "computed_here", "first_pass")
+
+    def __init__(self, *, first_pass: bool = False) -> None:
+        self._results: dict[tuple[object, ...], bytes] = {}
+        self.first_pass = first_pass
+        #: How many the writer computed itself (at most
+        #: :data:`MAX_WRITER_PRIVATE_KEY_OPERATIONS`).
+        self.computed_here = 0
+
+    def compute(self, inputs: tuple[object, ...], operation: Callable[[], bytes]) -> None:
+        """``operation()``, kept by its ``inputs`` (the worker's): once for items that ask
+        the same (a signature, a decryption of the same input is as good twice)."""
+        if inputs not in self._results:
+            self._results[inputs] = operation()
+
+    def take(self, inputs: tuple[object, ...], operation: Callable[[], bytes]) -> bytes:
+        """The result kept for ``inputs``; else (the writer's) :class:`RunElsewhere` on a
+        first pass, or ``operation()`` computed here within the request's bound."""
+        result = self._results.get(inputs)
+        if result is not None:
+            return result
+        if self.first_pass:
+            raise RunElsewhere("an RSA private-key operation is computed beforehand")
+        if self.computed_here >= MAX_WRITER_PRIVATE_KEY_OPERATIONS:
+            raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
+                            f"at most {MAX_WRITER_PRIVATE_KEY_OPERATIONS} signatures or RSA "
+                            "decryptions in one request with a key it makes itself; send "
+                            "the rest in a request of their own")
+        self.computed_here += 1
+        return operation()
+
+    def clear(self) -> None:
+        self._results.clear()
+
+
+def private_key_inputs(kind: str, uid: str, spec: object, *parts: bytes | str) -> tuple:
+    """What identifies one private-key operation's result: its kind, the key (an object's
+    material never changes under its identifier), its scheme (a frozen dataclass) and its
+    input (as a digest: the result is kept, the data need not be)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return kind, uid, spec, digest.digest()
+
+
 class KeyPairs:
     """What was made for one request before its group commit, on its tenant's worker
     (:meth:`kcm.core.request_handler.CoreRequestHandler._prepare`): key pairs, by modulus
@@ -70,12 +135,15 @@ class KeyPairs:
     tenant's writes only stores them. Each pair is handed out once, to one batch item of
     that request, and the rest are dropped with it."""
 
-    __slots__ = ("_by_length", "failure", "pbkdf2", "stopped")
+    __slots__ = ("_by_length", "failure", "pbkdf2", "private", "stopped")
 
-    def __init__(self) -> None:
+    def __init__(self, *, first_pass: bool = False) -> None:
         self._by_length: dict[int, list[RsaKeyPair]] = {}
         #: The request's PBKDF2 derivations computed beforehand.
         self.pbkdf2 = Pbkdf2Results()
+        #: Its RSA private-key operations computed beforehand (``first_pass``: none were:
+        #: :class:`PrivateKeyResults`).
+        self.private = PrivateKeyResults(first_pass=first_pass)
         #: Why the making stopped early (the request's deadline, its client gone), if it did.
         self.stopped: str | None = None
         #: What the making raised, if it did.
@@ -92,6 +160,8 @@ class KeyPairs:
         pairs = self._by_length.get(length)
         if pairs:
             return pairs.pop()
+        if self.private.first_pass:
+            raise RunElsewhere("a key pair is made beforehand")
         if self.stopped is not None:
             raise BatchStopped(self.stopped)
         if self.failure is not None:
@@ -102,6 +172,7 @@ class KeyPairs:
         """Drop every pair not taken, and the derivations: none outlives its request."""
         self._by_length.clear()
         self.pbkdf2.clear()
+        self.private.clear()
 
 
 class RequestWork:
@@ -211,6 +282,16 @@ class OperationContext:
         if self.key_pairs is None:
             return make(length)
         return self.key_pairs.take(length)
+
+    def private_key_operation(self, inputs: tuple[object, ...],
+                              operation: Callable[[], bytes]) -> bytes:
+        """The result of the RSA private-key operation ``operation`` identified by
+        ``inputs`` (:func:`private_key_inputs`): the one computed for this request before
+        its group commit (:class:`PrivateKeyResults`), or, for a request answered in
+        process, ``operation()``."""
+        if self.key_pairs is None:
+            return operation()
+        return self.key_pairs.private.take(inputs, operation)
 
     def touched(self, uid: str) -> None:
         """Record that this item acted on ``uid`` (audit)."""

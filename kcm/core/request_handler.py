@@ -78,7 +78,8 @@ from kcm.core.group_commit import GroupCommitter
 from kcm.core.keyring import Keyring
 from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY, STORELESS
-from kcm.core.operations.asymmetric_ops import checked_key_pair_request
+from kcm.core.operations.asymmetric_ops import checked_key_pair_request, prepare_sign
+from kcm.core.operations.crypto_ops import prepare_decrypt
 from kcm.core.operations.derive import prepare_pbkdf2
 from kcm.core.refusal_records import RefusalRecords, ThrottledLine
 from kcm.core.server_info import ServerInfo
@@ -86,7 +87,7 @@ from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
 from kcm.core.store.unavailable import store_unavailable, store_unavailable_message
 from kcm.crypto.rsa_keys import generate_key_pair
-from kcm.kernel.batch import Savepoint
+from kcm.kernel.batch import RunElsewhere, Savepoint
 from kcm.kernel.batch_limit import over_batch_limit
 from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.item_limit import item_limit, over_item_limit
@@ -127,7 +128,7 @@ from kcm.kmip.messages import (
     decode_request_items,
     too_many_batch_items,
 )
-from kcm.kmip.payloads import CreateKeyPairRequest, DeriveKeyRequest
+from kcm.kmip.payloads import CreateKeyPairRequest, DecryptRequest, DeriveKeyRequest, SignRequest
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo, Refusal
 from kcm.logging import printable
@@ -361,13 +362,33 @@ class CoreRequestHandler:
                key_pairs: KeyPairs | None = None) -> Deferred[bytes]:
         """The request run in a group commit, answered once that has committed. ``lean``:
         it may run in a lean group (:meth:`_read_lean`). ``decoded``, ``key_pairs``: what
-        :meth:`_prepare` made for ``wire`` already."""
+        :meth:`_prepare` made for ``wire`` already; without them, the request's first pass
+        may find that it needs preparing (:meth:`_unless_it_needs_preparing`)."""
+        first_pass = decoded is None and key_pairs is None
+        if first_pass:
+            key_pairs = _FIRST_PASS
         running = self._committer.submit(key, self._respond_in, wire, caller, now,
                                          should_stop, decoded, key_pairs, own_savepoint=True,
                                          lean=self._read_lean if lean else None)
         if lean:
             running.addCallback(self._unless_it_writes, key, wire, caller, now, should_stop)
+        if first_pass:
+            running.addCallback(self._unless_it_needs_preparing, key, wire, caller, now,
+                                should_stop)
         return running.addErrback(self._write_not_durable, key, caller, wire, now)
+
+    def _unless_it_needs_preparing(self, answer: bytes | object, key: tuple[str, str],
+                                   wire: bytes, caller: Caller, now: int,
+                                   should_stop: Callable[[], str | None]
+                                   ) -> bytes | Deferred[bytes]:
+        """``answer``; or, when the writer met work that the tenant's worker computes
+        beforehand (:data:`_PREPARE`: an RSA private-key operation), the request prepared
+        (:meth:`_prepare`) and written again, with nothing of the first pass kept."""
+        if answer is not _PREPARE:
+            return answer  # type: ignore[return-value]
+        return self._scheduler.submit(key, self._prepare, wire, should_stop, caller,
+                                      now).addCallback(self._write_prepared, key, wire,
+                                                       caller, now, should_stop)
 
     def _read_lean(self, transaction: LeanTransaction, wire: bytes, caller: Caller, now: int,
                    should_stop: Callable[[], str | None],
@@ -596,11 +617,17 @@ class CoreRequestHandler:
                        and isinstance(item.request_payload, DeriveKeyRequest)
                        and item.request_payload.derivation_method == DerivationMethod.PBKDF2
                        and not item.critical_extension]
-        if lengths is None and not derivations:
+        private = [item for item in decoded.batch_items
+                   if item.operation in _PRIVATE_KEY_OPERATIONS
+                   and isinstance(item.request_payload, _PRIVATE_KEY_OPERATIONS[
+                       item.operation][0]) and not item.critical_extension]
+        if lengths is None and not derivations and not private:
             return decoded, None
         key_pairs = KeyPairs()
         if derivations and caller is not None:
             self._prepare_pbkdf2(decoded, derivations, caller, now, key_pairs, should_stop)
+        if private and caller is not None:
+            self._prepare_private(decoded, private, caller, now, key_pairs, should_stop)
         for length in lengths or ():
             key_pairs.stopped = should_stop()
             if key_pairs.stopped is not None:
@@ -643,6 +670,40 @@ class CoreRequestHandler:
         except Exception:
             log.failure("PBKDF2 derivations could not be computed before the group commit; "
                         "the writer computes them")
+
+    def _prepare_private(self, request: RequestMessage, items: list[RequestBatchItem],
+                         caller: Caller, now: int, key_pairs: KeyPairs,
+                         should_stop: Callable[[], str | None]) -> None:
+        """The RSA private-key operations of ``items`` (the request's Sign and Decrypt
+        items), computed in one read-only transaction after the checks each operation
+        makes, and kept in ``key_pairs`` (:class:`~kcm.core.context.PrivateKeyResults`):
+        on the writer, which runs every tenant's writes, a batch of RSA-4096 signatures
+        held every tenant for seconds. One that cannot be (refused, named by the ID
+        Placeholder, the store failing) is left to the writer, which refuses it or
+        computes it (a few at most: :data:`MAX_WRITER_PRIVATE_KEY_OPERATIONS`)."""
+        if should_stop() is not None:
+            return
+
+        def compute(session: Session) -> None:
+            for item in items:
+                if should_stop() is not None:
+                    return
+                ctx = OperationContext(
+                    session=session, caller=caller, version=request.header.version,
+                    now=now, keyring=self._keyring, server_info=self._server_info,
+                    id_placeholder=IdPlaceholder(), random_bytes=self._keyring.random_bytes,
+                    key_pairs=None)
+                prepare = _PRIVATE_KEY_OPERATIONS[item.operation][1]
+                try:
+                    prepare(ctx, item.request_payload, key_pairs.private)
+                except KmipError:
+                    continue  # (the writer refuses it, with the reason)
+
+        try:
+            self._store.run_sync(compute, write=False)
+        except Exception:
+            log.failure("RSA private-key operations could not be computed before the group "
+                        "commit; the writer computes them")
 
     def _write_prepared(self, prepared: tuple[RequestMessage | Exception, KeyPairs | None],
                         key: tuple[str, str], wire: bytes, caller: Caller, now: int,
@@ -715,6 +776,8 @@ class CoreRequestHandler:
                 # leaves nothing if it fails, needs no savepoint (none was ever sent).
                 _append_all(session, events)
                 return self._response(request, now, correlation_id, items, encoded)
+            except RunElsewhere:
+                return _PREPARE  # (rolled back whole: it runs again once prepared)
             except Exception as e:
                 # The store gone from under the request (a PostgreSQL session ended, a
                 # locked or full SQLite file) is the operator's to fix: one line, and the
@@ -1011,6 +1074,17 @@ def _dropping(result: object, key_pairs: KeyPairs) -> object:
     return result
 
 
+#: The operations whose RSA private-key work a tenant's worker computes before the group
+#: commit: their request payload's type, and how (``prepare(ctx, payload, results)``).
+_PRIVATE_KEY_OPERATIONS: dict[int, tuple[type, Callable[..., None]]] = {
+    Operation.SIGN: (SignRequest, prepare_sign),
+    Operation.DECRYPT: (DecryptRequest, prepare_decrypt),
+}
+#: What the writer's first pass of a request answers when it met such work unprepared.
+_PREPARE = object()
+#: The key pairs of a request's first pass: none, and no private-key operation computed
+#: (shared: it is only ever asked, on the writer thread, and keeps nothing).
+_FIRST_PASS = KeyPairs(first_pass=True)
 _CREATE_KEY_PAIR = int(Operation.CREATE_KEY_PAIR).to_bytes(4, "big")
 _DERIVE_KEY = int(Operation.DERIVE_KEY).to_bytes(4, "big")
 

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa, utils
 
+from kcm.crypto import raw_rsa
 from kcm.crypto.errors import cryptographic_failure, unsupported
 from kcm.crypto.hashing import HASHES
 from kcm.crypto.parameters import merge_parameters
@@ -216,8 +217,10 @@ def _sign_encoded(key: rsa.RSAPrivateKey, encoded: bytes,
                   random_bytes: Callable[[int], bytes]) -> bytes:
     """RSASSA-PKCS1-v1_5 over an already encoded digest T (RFC 8017 §8.2.1, §9.2 from
     step 3). A T that is a DigestInfo of a known hash is signed by OpenSSL (the same
-    signature: the scheme is deterministic); any other T by the exponentiation here, in
-    the Chinese remainder form and blinded (the library has no such primitive)."""
+    signature: the scheme is deterministic); any other T by the system's OpenSSL
+    (:mod:`kcm.crypto.raw_rsa`: pyca/cryptography has no such primitive), or where that
+    cannot be loaded by the exponentiation here, in the Chinese remainder form and
+    blinded."""
     for prefix, algorithm in _DIGEST_INFO_PREFIXES.items():
         if encoded.startswith(prefix) and len(encoded) == len(prefix) + algorithm.digest_size:
             return key.sign(encoded[len(prefix):], asym_padding.PKCS1v15(),
@@ -230,6 +233,11 @@ def _sign_encoded(key: rsa.RSAPrivateKey, encoded: bytes,
                         f"Digested Data of {len(encoded)} bytes is too long for the key")
     message = int.from_bytes(b"\x00\x01" + b"\xff" * (size - 3 - len(encoded)) + b"\x00"
                              + encoded, "big")
+    signed = None if raw_rsa.sign_encoded is None else raw_rsa.sign_encoded(key, encoded)
+    if signed is not None:  # (OpenSSL's, the interpreter's lock released: kcm.crypto.raw_rsa)
+        if len(signed) != size or pow(int.from_bytes(signed, "big"), e, n) != message:
+            raise KmipError(ResultReason.CRYPTOGRAPHIC_FAILURE, "the signature did not verify")
+        return signed
     while True:
         blind = int.from_bytes(random_bytes(size), "big") % n
         if blind > 1 and math.gcd(blind, n) == 1:

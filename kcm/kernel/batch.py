@@ -39,6 +39,11 @@ executor, and returns one Response Batch Item per item that ran:
   The kernel never interrupts an item; an executor whose item may search for long can ask
   the same hook itself and raise :class:`BatchStopped` (kcm-core's Locate does), which
   stops the batch the same way from that item on.
+* an executor may find that an item's work must not run where the batch runs (kcm-core's
+  shared writer thread meeting an RSA private-key operation, which its tenant's worker
+  computes beforehand): it raises :class:`RunElsewhere`, and :func:`run_batch` rolls back
+  that item and everything the batch did, answers nothing, and lets it propagate: the
+  caller runs the whole request again once it has done what the exception asks.
 
 The savepoint hook is how a transactional executor makes an item atomic: ``savepoint()`` is
 called once around the batch (unless it has one item: that item's savepoint is then all Undo
@@ -121,6 +126,11 @@ class BatchStopped(KmipError):
         super().__init__(ResultReason.GENERAL_FAILURE, message)
 
 
+class RunElsewhere(Exception):  # noqa: N818 - a request for the caller, not a failure
+    """Raised by an executor: this request must not run here as it is; nothing it did is
+    kept, and no answer is made (see the module docstring). Never an answer's reason."""
+
+
 class ItemExecutor(Protocol):
     """Runs one batch item: returns the response payload (a model, a raw Item or None)
     or raises."""
@@ -188,6 +198,10 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             version_fit.check_operation(version, item.operation)
             response.response_payload = execute(item, placeholder)
             step.commit()
+        except RunElsewhere:
+            step.rollback()
+            everything.rollback()
+            raise
         except KmipError as e:
             step.rollback()
             fail_with(response, version, e)

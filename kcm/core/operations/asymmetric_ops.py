@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kcm.core import managed, stream_parts, usage_limits
 from kcm.core.attribute_rules import check_client_attributes, rule_for
-from kcm.core.context import OperationContext
+from kcm.core.context import OperationContext, PrivateKeyResults, private_key_inputs
 from kcm.core.operations._objects_common import (
     link_attribute,
     load_key_for,
@@ -44,7 +44,7 @@ from kcm.core.operations.create import server_attributes
 from kcm.crypto import signatures
 from kcm.crypto.errors import unsupported
 from kcm.crypto.rsa_keys import RSA_LENGTHS, generate_key_pair
-from kcm.crypto.sealed_state import check_stream_size
+from kcm.crypto.sealed_state import check_stream_size, open_state
 from kcm.crypto.signatures import SignatureSpec
 from kcm.kernel import key_use
 from kcm.kernel.quantum_safe import check_quantum_safe
@@ -189,8 +189,42 @@ def sign(ctx: OperationContext, request: SignRequest) -> SignResponse:
     if step is not None:
         key, spec, data, form = step
         _audit(ctx, spec, len(data))
-        response.signature_data = signatures.sign(key, spec, data, form, ctx.random_bytes)
+        # Computed on the tenant's worker before the group commit (prepare_sign), when the
+        # request came through kcm-core's handler: not on the writer every tenant shares.
+        response.signature_data = ctx.private_key_operation(
+            private_key_inputs("sign", response.unique_identifier, spec, form, data),
+            lambda: signatures.sign(key, spec, data, form, ctx.random_bytes))
     return response
+
+
+def prepare_sign(ctx: OperationContext, request: SignRequest,
+                 results: PrivateKeyResults) -> None:
+    """For a tenant's worker, before the request's group commit (``ctx`` in a read-only
+    transaction): the signature ``request`` asks for, computed after the checks that
+    decide whether the operation signs (the key, its use, its policy) and kept in
+    ``results`` for :func:`sign` on the writer, which makes every check again and computes
+    nothing. A stream's Final part is signed from its Correlation Value, which is not used
+    up here. Raises what the operation would refuse; stores nothing."""
+    obj = _signature_key(ctx, request.unique_identifier, signing=True)
+    key = stored_rsa_private_key(ctx, obj)
+    if key is None:
+        return
+    if not request.init_indicator and request.correlation_value is None:
+        spec = _resolve(obj, request.cryptographic_parameters)
+        data, form = signatures.signature_input(spec, request.data, request.digested_data)
+    elif request.final_indicator and request.correlation_value is not None \
+            and request.digested_data is None:
+        _, (was_signing, spec, data) = open_state(
+            stream_parts.tenant_secret(ctx, obj), _SIGNATURE_STREAM, obj.uid,
+            request.correlation_value, signatures.unpack_stream, now=ctx.now)
+        if not was_signing:
+            return
+        data, form = data + (request.data or b""), signatures.MESSAGE
+        check_stream_size(len(data))
+    else:
+        return  # (a stream's first or middle part signs nothing)
+    results.compute(private_key_inputs("sign", obj.uid, spec, form, data),
+                    lambda: signatures.sign(key, spec, data, form, ctx.random_bytes))
 
 
 def signature_verify(ctx: OperationContext,

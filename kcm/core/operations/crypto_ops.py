@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kcm.core import l4_requests, managed, policy, stream_parts, usage_limits
-from kcm.core.context import OperationContext
+from kcm.core.context import OperationContext, PrivateKeyResults
 from kcm.core.operations import rsa_cipher_ops
 from kcm.core.operations._objects_common import clear_key_bytes, require_usable
 from kcm.crypto import symmetric
@@ -57,6 +57,7 @@ from kcm.kmip.payloads import (
     EncryptResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.l4.identifiers import is_l3, is_l4
 from kcm.ttlv import Item
 
 #: The purpose an Encrypt or Decrypt stream's Correlation Value is sealed for.
@@ -158,6 +159,21 @@ def decrypt(ctx: OperationContext, request: DecryptRequest) -> DecryptResponse:
     if obj.object_type == ObjectType.PRIVATE_KEY:
         return rsa_cipher_ops.rsa_decrypt_request(ctx, obj, request, data)
     return _run(ctx, obj, request, DecryptResponse(unique_identifier=obj.uid), data)
+
+
+def prepare_decrypt(ctx: OperationContext, request: DecryptRequest,
+                    results: PrivateKeyResults) -> None:
+    """For a tenant's worker, before the request's group commit (``ctx`` in a read-only
+    transaction): an RSA decryption ``request`` asks for, computed after the checks
+    :func:`decrypt` makes and kept in ``results`` (:func:`rsa_cipher_ops.prepare_rsa_decrypt`).
+    A symmetric key's decryption is left to the writer (it is cheap). Raises what the
+    operation would refuse; stores nothing."""
+    uid = request.unique_identifier
+    if not isinstance(uid, str) or is_l4(uid) or is_l3(uid):
+        return  # (an ID Placeholder's key is made in the batch; L4 and L3 are AES)
+    obj = _usable_key(ctx, request.unique_identifier, protect=False)
+    if obj.object_type == ObjectType.PRIVATE_KEY:
+        rsa_cipher_ops.prepare_rsa_decrypt(ctx, obj, request, _data(request.data), results)
 
 
 def _run(ctx: OperationContext, obj: managed.StoredObject,

@@ -10,7 +10,7 @@ RSA encrypts one message at a time: no IV, no streaming, no authenticated data.
 from __future__ import annotations
 
 from kcm.core import managed
-from kcm.core.context import OperationContext
+from kcm.core.context import OperationContext, PrivateKeyResults, private_key_inputs
 from kcm.core.operations._objects_common import stored_rsa_private_key, stored_rsa_public_key
 from kcm.crypto.errors import unsupported
 from kcm.crypto.rsa_cipher import RsaCipherSpec, resolve_rsa_cipher, rsa_decrypt, rsa_encrypt
@@ -20,7 +20,7 @@ from kcm.kmip.labels import enum_label
 from kcm.kmip.payloads import DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse
 from kcm.kmip.tags import Tag
 
-__all__ = ["rsa_decrypt_request", "rsa_encrypt_request"]
+__all__ = ["prepare_rsa_decrypt", "rsa_decrypt_request", "rsa_encrypt_request"]
 
 
 def rsa_encrypt_request(ctx: OperationContext, obj: managed.StoredObject,
@@ -44,7 +44,24 @@ def rsa_decrypt_request(ctx: OperationContext, obj: managed.StoredObject,
     if key is None:
         raise unsupported("only RSA private keys decrypt here")
     _audit(ctx, spec, len(data))
-    return DecryptResponse(unique_identifier=obj.uid, data=rsa_decrypt(key, spec, data))
+    # Computed on the tenant's worker before the group commit (prepare_rsa_decrypt), when
+    # the request came through kcm-core's handler.
+    return DecryptResponse(unique_identifier=obj.uid, data=ctx.private_key_operation(
+        private_key_inputs("decrypt", obj.uid, spec, data),
+        lambda: rsa_decrypt(key, spec, data)))
+
+
+def prepare_rsa_decrypt(ctx: OperationContext, obj: managed.StoredObject,
+                        request: DecryptRequest, data: bytes,
+                        results: PrivateKeyResults) -> None:
+    """:func:`rsa_decrypt_request`'s decryption, computed and kept in ``results`` (for a
+    tenant's worker, before the group commit: ``obj`` already judged usable)."""
+    spec = _spec(obj, request)
+    key = stored_rsa_private_key(ctx, obj)
+    if key is None or request.authenticated_encryption_tag is not None:
+        return
+    results.compute(private_key_inputs("decrypt", obj.uid, spec, data),
+                    lambda: rsa_decrypt(key, spec, data))
 
 
 def _spec(obj: managed.StoredObject, request: EncryptRequest | DecryptRequest

@@ -200,10 +200,11 @@ class SubjectMap:
     subject, path, or two spellings of the same subject raise ``ValueError`` at load time.
     """
 
-    __slots__ = ("_paths",)
+    __slots__ = ("_document", "_paths")
 
     def __init__(self, paths: Mapping[x509.Name, str]) -> None:
         self._paths = dict(paths)
+        self._document: str | None = None
 
     @classmethod
     def from_mapping(cls, subjects: Mapping[str, str]) -> SubjectMap:
@@ -253,9 +254,13 @@ class SubjectMap:
     def document(self) -> str:
         """The canonical policy document the core pushes to gateways (docs/link-protocol.md):
         a JSON object of RFC 4514 subject -> role path, keys sorted, no spaces. Equal maps
-        give equal documents."""
-        subjects = {name.rfc4514_string(): path for name, path in self._paths.items()}
-        return json.dumps(subjects, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        give equal documents. Made once, the map being fixed: thousands of subjects take
+        tens of ms, so a map parsed in a thread is best given its document there too."""
+        if self._document is None:
+            subjects = {name.rfc4514_string(): path for name, path in self._paths.items()}
+            self._document = json.dumps(subjects, sort_keys=True, separators=(",", ":"),
+                                        ensure_ascii=False)
+        return self._document
 
     def __len__(self) -> int:
         return len(self._paths)

@@ -286,17 +286,16 @@ def server_tls_options(
 
 @implementer(IOpenSSLServerConnectionCreator)
 class RenewableServerTLS:
-    """Server TLS options that can be built again while a listener runs (:meth:`renew`):
-    each new connection takes the newest, connections open keep theirs. ``build`` makes
-    them (e.g. :func:`listener_tls_options` with the CRLs now in force: kcm.tls_crl)."""
+    """Server TLS options that can be replaced while a listener runs (:meth:`use`): each
+    new connection takes the newest, connections open keep theirs (e.g. options of
+    :func:`listener_tls_options` built again with new CRLs: kcm.tls_crl)."""
 
-    def __init__(self, build: Callable[[], Any]) -> None:
-        self._build = build
-        self._options = build()
+    def __init__(self, options: Any) -> None:
+        self._options = options
 
-    def renew(self) -> None:
-        """Build the options again; what ``build`` raises leaves those in force."""
-        self._options = self._build()
+    def use(self, options: Any) -> None:
+        """Give new connections ``options`` from now on."""
+        self._options = options
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802 - Twisted's
         return self._options.serverConnectionForTLS(tlsProtocol)

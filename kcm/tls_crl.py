@@ -19,33 +19,39 @@ the handshake (``certificate revoked``), as an expired one does.
   issued. So every CA of the chain needs a CRL (a root's lists the intermediates it
   revoked), and an intermediate CA whose CRL is given must be in ``tls.ca`` (its CRL is
   checked against it).
-* :meth:`RevocationLists.refresh` re-reads the file when it changed (its size, modification
-  time or inode), every :data:`REFRESH_INTERVAL` seconds while the service runs, and the
-  listeners' TLS contexts are built again with the new CRLs alone (:class:`CrlRefresher`,
-  :class:`kcm.tls.RenewableServerTLS`): they apply to the next handshakes, no restart, and
-  no CRL read before is kept. A file that cannot be read or holds a CRL that fails the
-  checks above is logged once and the CRLs held before stay in force; it is read again at
-  every refresh until it can be taken.
+* :class:`CrlRefresher` re-reads the file when it changed (its size, modification time or
+  inode), every :data:`REFRESH_INTERVAL` seconds while the service runs, and the
+  listeners' TLS contexts are built again with the new CRLs alone
+  (:class:`kcm.tls.RenewableServerTLS`), both in a thread: the reactor only swaps them in.
+  They apply to the next handshakes, no restart, and no CRL read before is kept. A file
+  that cannot be read or holds a CRL that fails the checks above is logged once and the
+  CRLs held before stay in force; it is read again at every refresh until it can be taken.
 
 Pure apart from the file it reads and the stores it is given; time comes from ``now``.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from OpenSSL import crypto
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-__all__ = ["REFRESH_INTERVAL", "CrlRefresher", "RevocationLists", "load_crls"]
+from kcm.reactor_threads import RunInThread, in_reactor_threads
+
+__all__ = ["REFRESH_INTERVAL", "CrlReading", "CrlRefresher", "RevocationLists", "load_crls"]
 
 log = Logger()
 
@@ -101,6 +107,16 @@ def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> boo
         return False
 
 
+@dataclass(frozen=True)
+class CrlReading:
+    """What one look at a changed CRL file found (:meth:`RevocationLists.read_changed`):
+    its ``stamp`` and its checked ``crls``, or None and the ``refusal`` (why not)."""
+
+    stamp: tuple[int, int, int] | None
+    crls: list[x509.CertificateRevocationList] | None
+    refusal: str | None = None
+
+
 class RevocationLists:
     """The CRLs of the file at ``path`` (checked against the CAs at ``ca_path``), for each
     TLS context built from now on (:meth:`attach`), as the file is when last read well
@@ -114,7 +130,7 @@ class RevocationLists:
         self._now = now
         self._stamp = self._file_stamp()
         #: Why the file as it is now could not be taken (logged once), or None.
-        self._refused: tuple[tuple[int, int, int] | None, str] | None = None
+        self._refused: tuple[tuple[int, int, int] | None, str | None] | None = None
         self.crls: list[x509.CertificateRevocationList] = load_crls(self.path, self.ca_path)
         for crl in self.crls:
             self._warn_if_expiring(crl)
@@ -128,31 +144,46 @@ class RevocationLists:
             store.add_crl(crl)
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
 
-    def refresh(self) -> bool:
-        """Read the file again if it changed since it was last read well; whether the CRLs
-        changed (the contexts are then to be built again: :class:`CrlRefresher`). A file
-        that cannot be read or checked is logged once, the CRLs read before kept, and tried
-        again at the next refresh (a mode fixed with chmod changes no stamp)."""
+    def read_changed(self) -> CrlReading | None:
+        """The file read again if it changed since it was last taken (:meth:`take`), or
+        None. Safe in a thread while the reactor uses these CRLs: it changes nothing; a
+        file that cannot be read or checked is a reading with the reason, not an error."""
         stamp = self._file_stamp()
         if stamp == self._stamp:
-            return False
+            return None
         try:
-            crls = load_crls(self.path, self.ca_path)
+            return CrlReading(stamp, load_crls(self.path, self.ca_path))
         except Exception as e:  # noqa: BLE001 - whatever it is, the CRLs in force stay
-            why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-            if self._refused != (stamp, why):
-                self._refused = (stamp, why)
+            return CrlReading(stamp, None,
+                              str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
+
+    def with_crls(self, crls: list[x509.CertificateRevocationList]) -> RevocationLists:
+        """These lists holding ``crls`` instead, for contexts built before :meth:`take`
+        (this object is left as it is)."""
+        candidate = copy.copy(self)
+        candidate.crls = crls
+        return candidate
+
+    def take(self, reading: CrlReading) -> bool:
+        """Use what :meth:`read_changed` read from now on; whether the CRLs changed (the
+        contexts are then to be built again: :class:`CrlRefresher`). A file that could not
+        be taken is logged once, the CRLs read before kept, and read again at the next
+        refresh (a mode fixed with chmod changes no stamp)."""
+        if reading.crls is None:
+            if self._refused != (reading.stamp, reading.refusal):
+                self._refused = (reading.stamp, reading.refusal)
                 log.error("tls.crl: {error}; the CRLs read before stay in force, and the "
                           "file is read again every refresh until it can be taken",
-                          error=why)
+                          error=reading.refusal)
             return False
-        self._stamp, self._refused = stamp, None
-        self.crls = crls
-        for crl in crls:
+        self._stamp, self._refused = reading.stamp, None
+        self.crls = reading.crls
+        for crl in self.crls:
             self._warn_if_expiring(crl)
+        # len() counts the entries without making an object of each (a CRL of 100,000).
         log.info("tls.crl: {path} read again: {count} CRL(s), {revoked} revoked "
-                 "certificate(s) listed", path=self.path, count=len(crls),
-                 revoked=sum(len(list(crl)) for crl in crls))
+                 "certificate(s) listed", path=self.path, count=len(self.crls),
+                 revoked=sum(len(crl) for crl in self.crls))
         return True
 
     def _warn_if_expiring(self, crl: x509.CertificateRevocationList) -> None:
@@ -173,32 +204,39 @@ class RevocationLists:
 
 class CrlRefresher(Service):
     """Reads ``tls.crl`` when it starts (:attr:`lists`; a wrong file stops the start) and
-    again every ``interval`` seconds while it runs (:meth:`RevocationLists.refresh`); when
-    the CRLs changed, every listener's TLS options made by :meth:`options` are built again
-    with them. Start it before those listeners."""
+    again every ``interval`` seconds while it runs; when the CRLs changed, every listener's
+    TLS options made by :meth:`options` are built again with them.
+
+    A refresh reads and checks the file and builds the new options by ``run_in_thread``
+    (default: the reactor's thread pool), since a CRL of 100,000 entries takes the better
+    part of a second; only taking the CRLs and swapping the options in is done on the
+    reactor, all at once. A refresh still running at the next tick makes that tick skip.
+    Start it before those listeners."""
 
     def __init__(self, path: str, ca_path: str, clock: IReactorTime, *,
-                 interval: float = REFRESH_INTERVAL) -> None:
+                 interval: float = REFRESH_INTERVAL,
+                 run_in_thread: RunInThread | None = None) -> None:
         self.path = path
         self.ca_path = ca_path
         self.clock = clock
         self.interval = interval
         self.lists: RevocationLists | None = None
-        self._renewed: list[Any] = []  # kcm.tls.RenewableServerTLS
+        self._run = run_in_thread or in_reactor_threads(clock)
+        #: Each listener's options, and how they are built from lists.
+        self._renewed: list[tuple[Any, Callable[[RevocationLists], Any]]] = []
         self._loop: LoopingCall | None = None
+        self._refreshing: Deferred[None] | None = None
 
     def options(self, build: Callable[[RevocationLists], Any]) -> Callable[[], Any]:
         """For a listener (:class:`kcm.tls.TLSListener`'s ``tls_options``): its TLS options
-        ``build(lists)`` makes, built again whenever the CRLs change."""
+        ``build(lists)`` makes, built again whenever the CRLs change (in a thread: ``build``
+        must only read files and the lists it is given)."""
         from kcm.tls import RenewableServerTLS
 
-        def current() -> Any:
-            assert self.lists is not None, "the CRL refresher starts first"
-            return build(self.lists)
-
         def made() -> Any:
-            renewable = RenewableServerTLS(current)
-            self._renewed.append(renewable)
+            assert self.lists is not None, "the CRL refresher starts first"
+            renewable = RenewableServerTLS(build(self.lists))
+            self._renewed.append((renewable, build))
             return renewable
 
         return made
@@ -210,22 +248,62 @@ class CrlRefresher(Service):
         self._loop.start(self.interval, now=False)
         super().startService()
 
-    def refresh(self) -> None:
-        """One look at the file; never raises (the loop goes on whatever happens)."""
+    def refresh(self) -> Deferred[None] | None:
+        """One look at the file, unless the last one is still running (None then); never
+        fails (the loop goes on whatever happens)."""
+        lists = self.lists
+        if lists is None or self._refreshing is not None:
+            return None
+        renewed = list(self._renewed)
         try:
-            if self.lists is None or not self.lists.refresh():
-                return
-            for renewable in self._renewed:
-                try:
-                    renewable.renew()
-                except Exception:  # noqa: BLE001 - the options in force stay
-                    log.failure("tls.crl: a listener's TLS options could not be built "
-                                "again; those in force stay")
-        except Exception:  # noqa: BLE001
+            running = self._run(_read_and_build, lists, renewed)
+        except Exception:  # noqa: BLE001 - no thread to run it in: tried again next tick
             log.failure("tls.crl: the refresh failed; it is tried again")
+            return None
+        self._refreshing = running.addCallback(self._swap, lists)
+        self._refreshing.addErrback(
+            lambda failure: log.failure("tls.crl: the refresh failed; it is tried again",
+                                        failure))
+
+        def done(_: object) -> None:
+            self._refreshing = None
+
+        return self._refreshing.addBoth(done)
+
+    def _swap(self, read: tuple[CrlReading | None, list[tuple[Any, Any]]],
+              lists: RevocationLists) -> None:
+        """On the reactor: take the CRLs read, and put each listener's new options in (one
+        that could not be built is logged and keeps those in force)."""
+        reading, built = read
+        if reading is None or not lists.take(reading):
+            return
+        for renewable, options in built:
+            if isinstance(options, Failure):
+                log.failure("tls.crl: a listener's TLS options could not be built again; "
+                            "those in force stay", options)
+            else:
+                renewable.use(options)
 
     def stopService(self) -> Any:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
         return super().stopService()
+
+
+def _read_and_build(lists: RevocationLists,
+                    renewed: list[tuple[Any, Callable[[RevocationLists], Any]]]
+                    ) -> tuple[CrlReading | None, list[tuple[Any, Any]]]:
+    """In a thread: the file read again if it changed and, when it could be taken, each
+    listener's options built with its CRLs (or the Failure of the build)."""
+    reading = lists.read_changed()
+    if reading is None or reading.crls is None:
+        return reading, []
+    candidate = lists.with_crls(reading.crls)
+    built: list[tuple[Any, Any]] = []
+    for renewable, build in renewed:
+        try:
+            built.append((renewable, build(candidate)))
+        except Exception:  # noqa: BLE001 - logged on the reactor; the options in force stay
+            built.append((renewable, Failure()))
+    return reading, built

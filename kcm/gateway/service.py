@@ -33,6 +33,7 @@ from kcm.identity import Principal, Role, SubjectMap, principal_from_certificate
 from kcm.kmip.errors import KmipError
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.process import ProcessService
+from kcm.reactor_threads import RunInThread, in_reactor_threads
 from kcm.tls import TLSClientEndpoint, load_certificates
 
 __all__ = ["GatewayIdentity", "GatewayService"]
@@ -75,9 +76,11 @@ class GatewayService(ProcessService):
     """
 
     def __init__(self, config: GatewayConfig, *, reactor: Any,
-                 log_fields: Mapping[str, Any] | None = None, cpu: int | None = None) -> None:
+                 log_fields: Mapping[str, Any] | None = None, cpu: int | None = None,
+                 run_in_thread: RunInThread | None = None) -> None:
         """``cpu``: the CPU a supervisor's worker runs on only (pinned as it starts,
-        :mod:`kcm.gateway.placement`); None: wherever the kernel places it."""
+        :mod:`kcm.gateway.placement`); None: wherever the kernel places it.
+        ``run_in_thread`` (default: the reactor's thread pool) parses a new policy."""
         super().__init__("kcm-gateway", log_format=config.log_format,
                          log_level=config.log_level, log_path=config.log_file,
                          log_fields=log_fields, reactor=reactor,
@@ -93,6 +96,10 @@ class GatewayService(ProcessService):
         #: The core's subject map, as the core last pushed it (WELCOME, ``policy`` events);
         #: empty until the first WELCOME, so subject-only clients are refused until then.
         self.subject_map = SubjectMap({})
+        self._run = run_in_thread or in_reactor_threads(reactor)
+        #: The newest policy document the core sent, and whether one is being parsed.
+        self._policy_newest = self.subject_map.document()
+        self._policy_parsing = False
 
     def startService(self) -> None:
         if self.cpu is not None:
@@ -122,17 +129,46 @@ class GatewayService(ProcessService):
 
     def apply_policy(self, document: str) -> None:
         """Resolve client principals with the core's policy ``document`` from now on: each
-        new client connection is resolved with the map in force at its handshake."""
-        try:
-            subject_map = SubjectMap.from_document(document)
-        except ValueError as e:
-            log.error("the core sent a malformed policy; keeping the current one: {error}",
-                      error=str(e))
+        new client connection is resolved with the map in force at its handshake.
+
+        The same document as the one in force (each relink's WELCOME) is not parsed again;
+        another is parsed in a thread (thousands of subjects take a third of a second) and
+        put in force on the reactor once parsed, unless a newer one came meanwhile: only the
+        newest is put in force, never one sent before it."""
+        self._policy_newest = document
+        if not self._policy_parsing:
+            self._parse_newest_policy()
+
+    def _parse_newest_policy(self) -> None:
+        document = self._policy_newest
+        if document == self.subject_map.document():
             return
-        if subject_map.document() != self.subject_map.document():
-            log.info("policy from the core: {count} subject mappings, for new connections",
-                     count=len(subject_map))
+        self._policy_parsing = True
+        parsing = self._run(_parse_policy, document)
+        parsing.addCallbacks(self._policy_parsed, self._policy_refused,
+                             callbackArgs=(document,), errbackArgs=(document,))
+
+        def done(_: object) -> None:
+            self._policy_parsing = False
+            if self._policy_newest != document:
+                self._parse_newest_policy()
+
+        parsing.addBoth(done)
+
+    def _policy_parsed(self, subject_map: SubjectMap, document: str) -> None:
+        if document != self._policy_newest:
+            return  # a newer one came while this was parsed: it is parsed next
+        log.info("policy from the core: {count} subject mappings, for new connections",
+                 count=len(subject_map))
         self.subject_map = subject_map
+
+    def _policy_refused(self, failure: Any, document: str) -> None:
+        if failure.check(ValueError):
+            log.error("the core sent a malformed policy; keeping the current one: {error}",
+                      error=str(failure.value))
+        else:
+            log.failure("applying the core's policy failed; keeping the current one",
+                        failure)
 
     def _prewarm(self) -> None:
         """Fetch the current L3 of every configured service, asking as that service (the
@@ -150,6 +186,13 @@ class GatewayService(ProcessService):
         if error is not None:
             log.error("pre-warming {tenant}/{service} failed: {reason}", tenant=tenant,
                       service=service, reason=error.message)
+
+
+def _parse_policy(document: str) -> SubjectMap:
+    """The map of a policy document, its own document made too (in a thread)."""
+    subject_map = SubjectMap.from_document(document)
+    subject_map.document()
+    return subject_map
 
 
 def gateway_name_of(cert_path: str, trust_domain: str) -> str:

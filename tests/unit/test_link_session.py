@@ -39,6 +39,7 @@ from kcm.link.frames import (
     encode_frame,
     encode_payload,
 )
+from tests.thread_fakes import run_inline
 
 TD = "kcm.test"
 GATEWAY = Principal(Role.GATEWAY, TD, name="gw1", uri=f"spiffe://{TD}/gateway/gw1")
@@ -778,7 +779,7 @@ def test_a_policy_event_updates_the_gateways_map_and_the_core_checks_the_new_one
     from kcm.gateway.config import GatewayConfig
     from kcm.gateway.service import GatewayService
 
-    gateway = GatewayService(GatewayConfig(), reactor=world.clock)
+    gateway = GatewayService(GatewayConfig(), reactor=world.clock, run_in_thread=run_inline)
     world.client.on_policy = gateway.apply_policy
     world.connect()
     legacy = x509.Name.from_rfc4514_string("CN=legacy-client,O=KCM Dev")
@@ -844,7 +845,7 @@ def test_the_gateway_keeps_its_map_when_the_core_sends_a_malformed_policy() -> N
     from kcm.gateway.config import GatewayConfig
     from kcm.gateway.service import GatewayService
 
-    gateway = GatewayService(GatewayConfig(), reactor=Clock())
+    gateway = GatewayService(GatewayConfig(), reactor=Clock(), run_in_thread=run_inline)
     assert len(gateway.subject_map) == 0  # before the first WELCOME: subjects name nobody
     gateway.apply_policy(SubjectMap.from_mapping(LEGACY_MAP).document())
     for bad in ("not json", "[]", '{"CN=x": "gateway/gw1"}'):

@@ -22,6 +22,7 @@ from kcm.config_file import TlsFiles
 from kcm.pki import PkiPaths, init_pki, issue_crl, load_ca, new_ca
 from kcm.tls import server_tls_options
 from kcm.tls_crl import CrlRefresher, load_crls
+from tests.thread_fakes import HeldThreads, run_inline
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,8 @@ def test_a_refresh_builds_the_listeners_options_again_with_the_new_crls_alone(
     path = tmp_path / "crl.pem"
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     _write(path, issue_crl(ca, [_certificate(pki.app)], now=now))
-    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1)
+    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1,
+                             run_in_thread=run_inline)
     refresher.startService()
     try:
         options = refresher.options(lambda lists: server_tls_options(
@@ -143,7 +145,8 @@ def test_a_refresh_that_fails_in_any_way_keeps_the_loop_going(pki, tmp_path) -> 
     bundle = tmp_path / "ca.pem"
     bundle.write_bytes(pki.ca.cert.read_bytes())
     clock = Clock()
-    refresher = CrlRefresher(str(path), str(bundle), clock, interval=1)
+    refresher = CrlRefresher(str(path), str(bundle), clock, interval=1,
+                             run_in_thread=run_inline)
     refresher.startService()
     try:
         options = refresher.options(lambda lists: server_tls_options(
@@ -156,6 +159,58 @@ def test_a_refresh_that_fails_in_any_way_keeps_the_loop_going(pki, tmp_path) -> 
         aside.rename(bundle)
         clock.advance(1)
         assert not _handshake(options, pki.app, pki.ca.cert)
+    finally:
+        refresher.stopService()
+
+
+def test_a_refresh_reads_and_builds_in_a_thread_and_swaps_on_the_reactor(
+        pki, tmp_path) -> None:
+    """The file is read and checked, and each listener's options built, by the thread
+    runner; the new options are put in only when it returns (on the reactor), all at
+    once; a tick that comes while a refresh runs is skipped; a build that fails keeps
+    that listener's options, and the other listener takes its new ones."""
+    ca = load_ca(pki.ca)
+    path = tmp_path / "crl.pem"
+    _write(path, issue_crl(ca, [_certificate(pki.app)]))
+    clock, threads = Clock(), HeldThreads()
+    refresher = CrlRefresher(str(path), str(pki.ca.cert), clock, interval=1,
+                             run_in_thread=threads)
+    refresher.startService()
+    builds: list[str] = []
+    broken = False
+
+    def build(name: str):
+        def options(lists):
+            builds.append(name)
+            if broken and name == "link":
+                raise OSError("the key file is gone")
+            return server_tls_options(pki.core.cert, pki.core.key, pki.ca.cert, crls=lists)
+        return options
+
+    try:
+        kmip = refresher.options(build("kmip"))()
+        link = refresher.options(build("link"))()
+        started = (kmip._options, link._options)
+        builds.clear()
+        clock.advance(1)  # unchanged: the look itself is in the thread
+        assert len(threads.calls) == 1
+        threads.finish()
+        assert builds == [] and (kmip._options, link._options) == started
+        _write(path, issue_crl(ca, [_certificate(pki.other_app)]))
+        clock.advance(1)
+        clock.advance(1)  # still running: skipped
+        assert len(threads.calls) == 1 and builds == []
+        assert refresher.lists is not None and len(refresher.lists.crls[0]) == 1
+        held = refresher.lists.crls
+        broken = True
+        threads.finish()  # reads, checks and builds: only now
+        assert builds == ["kmip", "link"]
+        assert refresher.lists.crls is not held
+        assert kmip._options is not started[0] and link._options is started[1]
+        assert _handshake(kmip, pki.app, pki.ca.cert)
+        assert not _handshake(kmip, pki.other_app, pki.ca.cert)
+        clock.advance(1)
+        assert len(threads.calls) == 1  # the next tick runs again
     finally:
         refresher.stopService()
 

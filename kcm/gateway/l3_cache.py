@@ -9,7 +9,12 @@ What it promises:
   request that asked (:meth:`L3Cache.ensure` answers it), never to the cache, save the
   core's "no such L3", which is the same for every caller and remembered briefly (below).
 * An L3 is fresh for ``ttl`` seconds after the core last confirmed it. A stale one keeps
-  serving and is refreshed in the background while the core is reachable.
+  serving and is refreshed in the background while the core is reachable, as is every one
+  held, used or not, as it comes due (:meth:`L3Cache.refresh_due`): at ``ttl``, up to
+  :data:`REFRESH_JITTER` of it early, drawn at each confirmation so that
+  keys fetched together (a prewarm, a relink) do not stay in step, in the order they come
+  due, at most ``refresh_batch`` in one reactor turn (the rest in the next), so that no
+  turn's work grows with the number held.
 * With the core unreachable an L3 serves up to ``max_stale`` seconds after its last
   successful refresh; after that every use fails closed with a KmipError saying why.
 * Who asks is decided before anything about a version is looked at: a version held here
@@ -29,6 +34,8 @@ What it promises:
   ``policy`` is only logged here (the gateway service applies the policy it carries to new
   client connections: :class:`kcm.gateway.service.GatewayService`). Each applied event is
   logged with its sequence number (an operator sees what a gateway caught up on after a reconnect).
+  An event about one version finds the services it is current for by its uid, without
+  looking at the others held.
 
 Tombstones come with each version fetched (those made before this process followed the
 core's events: :meth:`L3Cache.store` takes them before the version is used) and then from
@@ -72,12 +79,14 @@ requests (docs/operations.md, "Limits and hostile clients"):
   so that asking again costs what asking for a missing one does; a refusal of another
   service of the caller's own tenant is not (another of its callers may be allowed).
 
-Time comes from the injected ``clock``; the core is reached only through the injected
+Time comes from the injected ``clock``, later reactor turns from ``call_later``, the
+refresh jitter from ``random``; the core is reached only through the injected
 ``fetch``. Nothing here blocks, writes to disk or logs on the read path.
 """
 
 from __future__ import annotations
 
+import random as random_module
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -88,6 +97,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kcm.gateway.link_client import LinkError, ServiceKeyRefused
+from kcm.gateway.refresh_schedule import RefreshSchedule
 from kcm.identity import Principal
 from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason, State
@@ -133,6 +143,17 @@ MAX_NOT_FOUND = 10_000
 #: out first: a version whose marker went is fetched again when next named, and the core
 #: answers it (its row says the same).
 MAX_DROPPED = 100_000
+#: Background refreshes started in one reactor turn at most; the rest follow in later turns,
+#: so that requests are answered between them (10,000 in one turn stalled the gateway's
+#: L4 answers for up to 355 ms).
+REFRESH_BATCH = 256
+#: Up to this fraction of ``ttl`` early a held version or service is refreshed in the
+#: background, drawn anew at each confirmation: keys fetched together (a prewarm, a relink)
+#: are refreshed spread over this window, not all in one turn every ``ttl``.
+REFRESH_JITTER = 0.125
+
+#: ``call_later(delay, f)``: run ``f`` in a later reactor turn (``reactor.callLater``).
+CallLater = Callable[[float, Callable[[], None]], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +308,10 @@ class L3Cache:
                  max_waiting_per_tenant: int = MAX_WAITING_PER_TENANT,
                  not_found_ttl: float = NOT_FOUND_TTL,
                  max_not_found: int = MAX_NOT_FOUND,
-                 max_dropped: int = MAX_DROPPED) -> None:
+                 max_dropped: int = MAX_DROPPED,
+                 call_later: CallLater | None = None,
+                 random: Callable[[], float] = random_module.random,
+                 refresh_batch: int = REFRESH_BATCH) -> None:
         self._fetch = fetch
         #: Fetches of one tenant's callers in flight at once (module docstring).
         self.max_fetches_per_tenant = max_fetches_per_tenant
@@ -312,6 +336,19 @@ class L3Cache:
         self.max_stale = max_stale
         self._keys: dict[str, _Held] = {}
         self._services: dict[tuple[str, str], _ServiceState] = {}
+        #: The services whose current version each uid is (so that an event about a
+        #: version finds them without looking at every service held).
+        self._current_of: dict[str, set[tuple[str, str]]] = {}
+        #: When each held service and version is next refreshed in the background
+        #: (:meth:`refresh_due`): services first, as a service's answer confirms its
+        #: versions too.
+        self._services_due: RefreshSchedule[tuple[str, str]] = RefreshSchedule()
+        self._versions_due: RefreshSchedule[str] = RefreshSchedule()
+        #: Where the rest of a refresh goes on in a later turn (None: in the same call).
+        self._call_later = call_later
+        self._random = random
+        self.refresh_batch = refresh_batch
+        self._refresh_continues = False
         #: Dropped versions: their tenant, service and state, without material (at most
         #: ``max_dropped``, least recently used out first; a removed tenant's forgotten).
         self._dropped = _DroppedMarkers(max_dropped)
@@ -574,6 +611,9 @@ class L3Cache:
         """Hold ``keys`` as confirmed now; with ``current_of``, the first Active one is that
         service's current version (the core sends the current version first)."""
         now = self._clock()
+        # One time for all: a service's answer confirms its versions, and a refresh of
+        # the service (which comes first) confirms them again, not one fetch each.
+        refresh_at = self._next_refresh(now)
         current: str | None = None
         for key in keys:
             if key.state not in _DESTROYED_STATES:
@@ -590,14 +630,46 @@ class L3Cache:
             if held is not None and held.key != key:
                 self._forget_opened(key.uid)
             self._keys[key.uid] = _Held(key, now, caller)
+            self._versions_due.schedule(key.uid, refresh_at)
             if current is None and key.state == State.ACTIVE:
                 current = key.uid
         if current_of is not None:
             state = self._services.get(current_of)
             if state is None:
-                self._services[current_of] = _ServiceState(current, now, caller)
+                state = self._services[current_of] = _ServiceState(None, now, caller)
             else:
-                state.current_uid, state.confirmed_at, state.caller = current, now, caller
+                state.confirmed_at, state.caller = now, caller
+            self._set_current(current_of, state, current)
+            self._services_due.schedule(current_of, refresh_at)
+
+    def _next_refresh(self, confirmed_at: float) -> float:
+        """When something the core confirmed at ``confirmed_at`` is refreshed in the
+        background: at ``ttl``, less up to :data:`REFRESH_JITTER` of it drawn at random, so
+        that keys confirmed together do not stay in step."""
+        return confirmed_at + self.ttl * (1.0 - REFRESH_JITTER * self._random())
+
+    def _set_current(self, service: tuple[str, str], state: _ServiceState,
+                     uid: str | None) -> None:
+        """Make ``uid`` the current version of ``service`` (whose state is ``state``),
+        keeping the index of services by current version."""
+        old = state.current_uid
+        if old == uid:
+            return
+        if old is not None:
+            services = self._current_of.get(old)
+            if services is not None:
+                services.discard(service)
+                if not services:
+                    del self._current_of[old]
+        state.current_uid = uid
+        if uid is not None:
+            self._current_of.setdefault(uid, set()).add(service)
+
+    def _no_longer_current(self, uid: str) -> None:
+        """Version ``uid`` is no service's current one any more (decrypt-only, dropped or
+        forgotten): the next Create fetches the service's current version."""
+        for service in self._current_of.pop(uid, ()):
+            self._services[service].current_uid = None
 
     def _refresh_service(self, tenant: str, service: str) -> None:
         state = self._services[(tenant, service)]
@@ -618,17 +690,58 @@ class L3Cache:
         self._fetch_need(Need(uid=uid), held.caller).addBoth(
             lambda _: self._refreshing_uids.discard(uid))
 
+    @property
+    def refresh_period(self) -> float:
+        """Seconds between calls of :meth:`refresh_due` (the gateway's timer): half the
+        jitter window (:data:`REFRESH_JITTER`), so that keys due at different times in it
+        are refreshed in different calls; at least 0.5 s."""
+        return max(self.ttl * REFRESH_JITTER / 2, 0.5)
+
     def refresh_due(self) -> None:
-        """Refresh, in the background, everything held past its TTL (called periodically,
-        so that keys not used for a while are still fresh when the core goes away)."""
+        """Refresh, in the background, everything held that is due (past its TTL, or up to
+        :data:`REFRESH_JITTER` of it before), services first (a service's answer confirms
+        its versions too). Called every :attr:`refresh_period`, so that keys not used for
+        a while are still fresh when the core goes away.
+
+        Only what is due is looked at (:class:`RefreshSchedule`), and at most
+        ``refresh_batch`` of it in one call: the rest goes on in the next reactor turn
+        (``call_later``; without one, in this call), until nothing is due. A refresh that
+        does not confirm its key (the core failed it, its tenant's fetches were busy) is
+        tried again a :attr:`refresh_period` later."""
         if not self._connected():
             return
-        for (tenant, service), state in list(self._services.items()):
-            if self._is_stale(state.confirmed_at):
-                self._refresh_service(tenant, service)
-        for held in list(self._keys.values()):
-            if self._is_stale(held.confirmed_at):
+        while self._refresh_some():
+            if self._call_later is not None:
+                if not self._refresh_continues:
+                    self._refresh_continues = True
+                    self._call_later(0, self._continue_refresh)
+                return
+
+    def _continue_refresh(self) -> None:
+        self._refresh_continues = False
+        self.refresh_due()
+
+    def _refresh_some(self) -> bool:
+        """Start the refresh of up to ``refresh_batch`` due services and versions; whether
+        more are due."""
+        now = self._clock()
+        retry = now + self.refresh_period  # (its confirmation schedules it anew)
+        services_due, versions_due = self._services_due, self._versions_due
+        for _ in range(self.refresh_batch):
+            service = services_due.pop_due(now)
+            if service is not None:
+                if service in self._services:
+                    services_due.schedule(service, retry)
+                    self._refresh_service(*service)
+                continue
+            uid = versions_due.pop_due(now)
+            if uid is None:
+                return False
+            held = self._keys.get(uid)
+            if held is not None:
+                versions_due.schedule(uid, retry)
                 self._refresh_uid(held)
+        return services_due.any_due(now) or versions_due.any_due(now)
 
     # Events -----------------------------------------------------------------------------
     def apply_event(self, sequence: int, kind: str, tenant: str | None,
@@ -751,9 +864,7 @@ class L3Cache:
             return
         held.key = replace(held.key, state=new_state)
         if new_state != State.ACTIVE:
-            for state in self._services.values():
-                if state.current_uid == uid:
-                    state.current_uid = None  # decrypt-only now: the next Create fetches
+            self._no_longer_current(uid)  # decrypt-only now: the next Create fetches
 
     def _activated(self, uid: str, tenant: str, service: str) -> None:
         """Version ``uid`` of ``tenant``/``service`` became Active (a successor re-keyed
@@ -767,20 +878,18 @@ class L3Cache:
     def _forget_version(self, uid: str) -> None:
         """Forget version ``uid`` altogether (no marker: the core has no such key)."""
         self._keys.pop(uid, None)
+        self._versions_due.forget(uid)
         self._forget_opened(uid)
-        for service_state in self._services.values():
-            if service_state.current_uid == uid:
-                service_state.current_uid = None
+        self._no_longer_current(uid)
 
     def _drop(self, key: ServiceKey) -> None:
         """Forget ``key``'s material; keep who owns it and its state, for the answers."""
         uid = key.uid
         self._keys.pop(uid, None)
+        self._versions_due.forget(uid)
         self._forget_opened(uid)
         self._dropped.put(replace(key, key=b""))
-        for service_state in self._services.values():
-            if service_state.current_uid == uid:
-                service_state.current_uid = None
+        self._no_longer_current(uid)
 
     def _tenant_removed(self, tenant: str) -> None:
         """``tenant`` was removed with its key hierarchy (``tenant.removed``, after the
@@ -795,17 +904,22 @@ class L3Cache:
         for uid in uids:
             self._dropped.pop(uid, None)
             self._keys.pop(uid, None)
+            self._versions_due.forget(uid)
             self._forget_tombstones(uid)
             self.overflowed.discard(uid)
             self._forget_opened(uid)
         for service in [service for service in self._services if service[0] == tenant]:
-            del self._services[service]
+            self._set_current(service, self._services.pop(service), None)
+            self._services_due.forget(service)
 
     def resync(self) -> None:
         """Forget every held key (the core's event log went back in time, so events may have
         been missed); tombstones stay, a revoked token never comes back."""
         self._keys.clear()
         self._services.clear()
+        self._current_of.clear()
+        self._services_due.clear()
+        self._versions_due.clear()
         self._dropped.clear()
         self._not_found.clear()
         if self.opened_keys is not None:

@@ -9,6 +9,7 @@ or the listening socket it shares with them (:func:`worker_command`)."""
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 from functools import partial
@@ -193,7 +194,8 @@ def makeService(options: Options,
     cache = L3Cache(link.fetch_service_keys,
                     connected=lambda: link.connected or link.relinking,
                     clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale,
-                    max_tombstones=config.max_tombstones, opened_keys=opened_keys)
+                    max_tombstones=config.max_tombstones, opened_keys=opened_keys,
+                    call_later=reactor.callLater, random=random.random)
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy
@@ -217,7 +219,7 @@ def makeService(options: Options,
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, gateway.subject_map),
         reactor, upstream=link)
-    refresher = TimerService(max(config.l3_ttl / 4, 0.5), cache.refresh_due)
+    refresher = TimerService(cache.refresh_period, cache.refresh_due)
     refresher.clock = reactor
     guard = ConnectionGuard(config.limits, reactor)
     metrics.watch(link=link, cache=cache, guard=guard, clock=reactor.seconds)

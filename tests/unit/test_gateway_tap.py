@@ -85,6 +85,17 @@ def test_make_service_only_assembles(tmp_path: Path, monkeypatch) -> None:
     assert service.link.gateway_name == "kcm-gateway"  # the certificate is not read yet
 
 
+def test_held_keys_are_refreshed_in_later_turns_every_refresh_period(
+        tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    reactor = Clock()
+    service = tap.makeService(parse("--listen", "tcp:0"), reactor=reactor)
+    [refresher] = [child for child in service if child.name is None]
+    assert refresher.step == service.cache.refresh_period == 300 / 16
+    assert refresher.call[0] == service.cache.refresh_due
+    assert service.cache._call_later == reactor.callLater  # (the rest of a refresh: later)
+
+
 def test_opened_deks_are_kept_as_configured(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     service = tap.makeService(parse("--listen", "tcp:0", "--dek-cache-size", "50",

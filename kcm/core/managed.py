@@ -223,6 +223,7 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
     except KmipError as e:
         ctx.refused(uid, e.why if isinstance(e, policy.AccessDenied) else None)
         raise
+    _charge(ctx, len(obj._stored), len(obj.row.attributes or b""))
     current = obj.state
     moved = state_now(obj, ctx.now)
     if moved != current:
@@ -231,6 +232,16 @@ def load(ctx: OperationContext, uid: str, *, for_update: bool = True) -> StoredO
             save(ctx, obj, changed=False)
     ctx.touched(uid)
     return obj
+
+
+def _charge(ctx: OperationContext, count: int, size: int) -> None:
+    """Count a read or write of ``count`` attributes (``size`` bytes) against the request's
+    bound (:meth:`~kcm.core.context.RequestWork.charge_attributes`). The server's own
+    steps (a tenant key's rotation, the sweeper's) pass contexts of their own, without
+    one: their batches are bounded where they are made."""
+    work = getattr(ctx, "work", None)
+    if work is not None:
+        work.charge_attributes(count, size)
 
 
 def _usable(ctx: OperationContext, uid: str, for_update: bool) -> StoredObject:
@@ -450,6 +461,7 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     stored_state = obj.row.state
     columns = _columns(obj)
     encoded = _encoded_attributes(obj.attributes, obj._stored, len(obj.row.attributes or b""))
+    _charge(ctx, len(obj.attributes), len(encoded))
     _update(ctx, obj, attributes=encoded, **columns)
     # The Locate copies of Names, Object Groups, Links and vendor attributes are rewritten
     # only when they changed (a state change leaves them alone): one UPDATE in all for most

@@ -1189,15 +1189,52 @@ def test_an_object_keeps_a_bounded_number_of_attributes(core: CoreHarness) -> No
     adds = [(Operation.ADD_ATTRIBUTE, AddAttributeRequest(
         unique_identifier=uid, attribute=custom(f"more{n}")))
         for n in range(MAX_STORED_ATTRIBUTES - stored + 1)]
-    answer = send(core, *adds[:64])
-    while len(answer.batch_items) == 64 and adds[64:]:  # (batches of at most 64 items)
-        adds = adds[64:]
-        answer = send(core, *adds[:64])
+    # (Two items a request: a request may read and write an object of a thousand
+    # attributes only a few times: MAX_REQUEST_ATTRIBUTE_UNITS.)
+    answer = send(core, *adds[:2])
+    while len(answer.batch_items) == 2 and adds[2:]:
+        adds = adds[2:]
+        answer = send(core, *adds[:2])
     last = answer.batch_items[-1]
     assert (last.result_status, last.result_reason, last.result_message) == (
         ResultStatus.OPERATION_FAILED, ResultReason.SERVER_LIMIT_EXCEEDED,
         f"an object keeps at most {MAX_STORED_ATTRIBUTES} attributes")
     assert len(row_attributes(core, uid)) == MAX_STORED_ATTRIBUTES
+
+
+def test_a_request_reads_and_writes_a_bounded_amount_of_large_objects_attributes(
+        core: CoreHarness) -> None:
+    """Every change of an object reads and rewrites all its attributes on the writer that
+    every tenant shares: 64 changes of an object of a thousand attributes in one request
+    held it 3.5 s. A request may read and write a few such objects' attributes; objects of
+    at most FREE_ATTRIBUTE_UNITS (attributes plus KiB) are never counted."""
+    from kcm.core.context import FREE_ATTRIBUTE_UNITS, MAX_REQUEST_ATTRIBUTE_UNITS
+
+    def custom(name: str, value: str = "v") -> Attribute:
+        return Attribute.vendor("x", name, Item(Tag.ATTRIBUTE_VALUE, ItemType.TEXT_STRING,
+                                                value))
+
+    def modify(uid: str, n: int) -> tuple[Operation, object]:
+        return Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+            unique_identifier=uid, attribute=custom("c0", str(n)))
+
+    small = register(core, attributes=[custom(f"c{n}") for n in range(20)])
+    answer = send(core, *[modify(small, n) for n in range(64)])
+    assert {i.result_status for i in answer.batch_items} == {ResultStatus.SUCCESS}
+
+    large = register(core, attributes=[custom(f"c{n}") for n in range(1000)])
+    answer = send(core, *[modify(large, n) for n in range(64)])
+    statuses = [(i.result_status, i.result_reason) for i in answer.batch_items]
+    # Each change reads and writes about 1,000 units beyond the free ones.
+    allowed = MAX_REQUEST_ATTRIBUTE_UNITS // (2 * (1000 - FREE_ATTRIBUTE_UNITS))
+    assert statuses == [(ResultStatus.SUCCESS, None)] * allowed + [
+        (ResultStatus.OPERATION_FAILED, ResultReason.SERVER_LIMIT_EXCEEDED)]
+    assert answer.batch_items[-1].result_message == (
+        "the request reads and writes more attributes of large objects than one request "
+        "may; send its items in several requests")
+    # The next request starts afresh.
+    answer = send(core, modify(large, 100))
+    assert answer.batch_items[0].result_status == ResultStatus.SUCCESS
 
 
 def row_attributes(core: CoreHarness, uid: str) -> list[Attribute]:

@@ -51,7 +51,9 @@ batch item (:mod:`kcm.gateway.classifier`); this module promises:
 * A local item refused because its caller may not use the service key it names (another
   tenant's token or L3, another service's) is logged as a warning: the caller, the
   operation, the L3 and the token's TokenId — never the token, which carries the sealed DEK
-  (docs/link-protocol.md §3 "Who may").
+  (docs/link-protocol.md §3 "Who may"); coalesced per tenant and reason, the first of an
+  interval at once and the rest counted (:mod:`kcm.gateway.denied_uses`), so that a refused
+  item costs what a missing key's does.
 
 Every answer is timed and its items counted (:mod:`kcm.gateway.metrics`; on the fast path
 with children bound in advance). A request relayed whole is timed when its answer comes
@@ -72,6 +74,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kcm.gateway.classifier import Classified, Route, classify, may_run_here
+from kcm.gateway.denied_uses import DeniedUses
 from kcm.gateway.fast_path import FastPath
 from kcm.gateway.l3_cache import FetchErrors, L3Cache, Need
 from kcm.gateway.l3_needs import l3_needs, wrapping_needs
@@ -87,7 +90,7 @@ from kcm.gateway.link_client import (
 from kcm.gateway.local_batch import LocalRun, LocalRunner
 from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.subrequest import sub_request
-from kcm.identity import Principal, is_valid_segment
+from kcm.identity import Principal
 from kcm.kernel.batch_limit import over_batch_limit
 from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.item_limit import item_limit, over_item_limit
@@ -98,12 +101,11 @@ from kcm.kernel.responses import (
     failed_item,
     failure_response,
     internal_error,
-    operation_name,
     response_wire,
     too_large_message,
 )
 from kcm.kernel.versions import answer_version, version_of
-from kcm.kmip.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
+from kcm.kmip.enums import BatchErrorContinuationOption, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.messages import (
     RequestBatchItem,
@@ -114,10 +116,6 @@ from kcm.kmip.messages import (
 )
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import DEFAULT_MAX_BATCH_ITEMS, ConnectionInfo
-from kcm.l4 import token
-from kcm.l4.authorize import ServiceKeyUseDenied
-from kcm.l4.identifiers import L3_PREFIX, L4_PREFIX
-from kcm.l4.marking import l4_target
 from kcm.ttlv import Item, TtlvError, decode, decode_item
 from kcm.ttlv.peek import PeekedBatchItem, PeekedRequest, peek_request, peek_response
 
@@ -150,8 +148,11 @@ class GatewayRequestHandler:
                  max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
                  fast_path: FastPath | None = None,
                  metrics: GatewayMetrics | None = None,
-                 later: Callable[[Callable[[], object]], None] | None = None) -> None:
-        """``clock``: the wall clock, read for the answers' time stamps (a date)."""
+                 later: Callable[[Callable[[], object]], None] | None = None,
+                 denied_uses: DeniedUses | None = None) -> None:
+        """``clock``: the wall clock, read for the answers' time stamps (a date).
+        ``denied_uses``: logs refused uses of service keys, coalesced (by default on
+        ``clock``, with no timer)."""
         self._runner = runner
         self._metrics = metrics = metrics or GatewayMetrics()
         self._timer = metrics.timer
@@ -171,6 +172,9 @@ class GatewayRequestHandler:
         self._later = later
         #: Relayed answers and their durations, counted by the next :meth:`_count_relayed`.
         self._uncounted: list[tuple[bytes, float]] = []
+        #: Refused uses of service keys: one line at once per tenant and reason, the rest
+        #: counted (a refused item must cost what a missing key's does).
+        self._denied_uses = denied_uses or DeniedUses(clock)
 
     # RequestHandler ---------------------------------------------------------------------
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
@@ -414,14 +418,14 @@ class GatewayRequestHandler:
         return self._forward_unread(wire, connection)
 
     def _names_overflowed(self, classified: Classified, connection: ConnectionInfo) -> bool:
-        """Whether a local item uses an L3 whose tombstones the cache gave up: then the core,
-        which holds them all, answers the whole request."""
+        """Whether a local item uses an L3 whose tombstones the cache gave up, and which the
+        caller may use: then the core, which holds them all, answers the whole request."""
         items = classified.request.items
         attributes = classified.create_attributes
         needs = l3_needs(((items[i], attributes[i])
                           for i, local in enumerate(classified.local) if local),
                          connection.principal)
-        return self._cache.names_overflowed(needs)
+        return self._cache.names_overflowed(needs, connection.principal)
 
     def _lacking(self, classified: Classified, decoded: Sequence[RequestBatchItem],
                  indexes: Sequence[int] | range, principal: Principal) -> set[Need]:
@@ -467,7 +471,7 @@ class GatewayRequestHandler:
     def _local_answer(self, header: RequestHeader, principal: Principal, run: LocalRun,
                       correlation_id: str) -> bytes:
         if run.denied:
-            _log_denials(run, principal)
+            self._denied_uses.note(run.denied, principal)
         version = header.version
         return self._answer(version, encode_items(run.items, version),
                             header.maximum_response_size, correlation_id)
@@ -544,7 +548,7 @@ class GatewayRequestHandler:
         if isinstance(run, Deferred):
             run = await run
         if run.denied:
-            _log_denials(run, principal)
+            self._denied_uses.note(run.denied, principal)
         return encode_items(run.items, version), run.failed
 
     async def _mixed_remote(self, wire: bytes, header_item: Item,
@@ -675,74 +679,6 @@ def _fetched(needs: set[Need], errors: dict[Need, KmipError]) -> dict[Need, Kmip
     """What a request fetched: every need in ``needs``, with why its fetch failed (None:
     it succeeded)."""
     return {need: errors.get(need) for need in needs}
-
-
-def _log_denials(run: LocalRun, principal: Principal) -> None:
-    for item, error in run.denied:
-        _log_denied_use(item, principal, error)
-
-
-def _log_denied_use(item: RequestBatchItem, principal: Principal, error: KmipError) -> None:
-    """Log the refused attempt of ``principal`` to use a service key with ``item``: who, which
-    operation, and what it named (the L3 uid, the token's TokenId and L3, the service)."""
-    payload = item.request_payload
-    l3_uid = token_id = service = wrapping_key = None
-    uid = getattr(payload, "unique_identifier", None)
-    if isinstance(uid, str) and uid.startswith(L4_PREFIX):
-        try:
-            sealed = token.parse(uid)
-        except token.TokenError:
-            pass  # refused before the token was read; it is not named
-        else:
-            token_id, l3_uid = sealed.token_id, sealed.l3_uid
-    elif isinstance(uid, str) and uid.startswith(L3_PREFIX):
-        l3_uid = uid
-    elif int(item.operation) == Operation.CREATE:
-        try:
-            target = l4_target(principal, getattr(payload, "attributes", None) or [])
-        except KmipError:
-            target = None
-        if isinstance(target, str):
-            l3_uid = target
-        elif target is not None:
-            service = "/".join(target)
-    spec = getattr(payload, "key_wrapping_specification", None)
-    info = getattr(spec, "encryption_key_information", None)
-    kek = getattr(info, "unique_identifier", None)
-    if isinstance(kek, str) and kek.startswith(L3_PREFIX):  # anything else may be a token
-        wrapping_key = kek
-    # All four are the client's text (a token is parsed, not yet opened).
-    token_id, l3_uid, service, wrapping_key = (
-        _logged_name(token_id), _logged_name(l3_uid), _logged_name(service),
-        _logged_name(wrapping_key))
-    named = ", ".join(f"{label} {value}" for label, value in (
-        ("L4", token_id), ("L3", l3_uid), ("service", service), ("wrapping key", wrapping_key))
-        if value is not None) or "no key"
-    # Another tenant's key is answered as a missing one: the log says what really happened.
-    reason = error.why if isinstance(error, ServiceKeyUseDenied) else error.message
-    log.warn("denied {operation} by {principal} ({named}): {reason}",
-             operation=operation_name(item.operation), principal=principal.id, named=named,
-             l3_uid=l3_uid, token_id=token_id, service=service, wrapping_key=wrapping_key,
-             reason=reason, answered=error.message)
-
-
-#: The most characters of a name a client sent that a log line carries.
-_LOGGED_NAME_LENGTH = 64
-
-
-def _logged_name(name: str | None) -> str | None:
-    """``name``, sent by a client (a service, a key's identifier), as a log line may carry it:
-    as sent when it is short and each of its ``/``-separated parts could be a segment of a
-    principal's path (:func:`kcm.identity.is_valid_segment`); else its escaped ``repr``,
-    cut short (at most about 64 characters), and its length."""
-    if name is None:
-        return None
-    if len(name) <= _LOGGED_NAME_LENGTH and all(map(is_valid_segment, name.split("/"))):
-        return name
-    shown = ascii(name[:_LOGGED_NAME_LENGTH])
-    if len(shown) > _LOGGED_NAME_LENGTH - 16:
-        shown = shown[:_LOGGED_NAME_LENGTH - 16] + "..."
-    return f"{shown} ({len(name)} chars)"
 
 
 def _continuation_of(wire: bytes, request: PeekedRequest) -> int:

@@ -77,7 +77,12 @@ requests (docs/operations.md, "Limits and hostile clients"):
   remembered (the L3 may have been made meanwhile). So is the core's refusal of another
   tenant's L3 (the same answer, which no caller of the asking tenant can ever change),
   so that asking again costs what asking for a missing one does; a refusal of another
-  service of the caller's own tenant is not (another of its callers may be allowed).
+  service of the caller's own tenant is not (another of its callers may be allowed). Such a
+  refusal is not forgotten with the uid's "not found" (the owner fetching, using or
+  rotating it): it stays its ``not_found_ttl``, as a missing uid's answer does, or
+  another tenant's next request would go to the core whenever the owner used its key.
+* An overflowed L3 sends a request to the core only when its caller may use it
+  (:meth:`L3Cache.names_overflowed`); another tenant's is answered as a missing one.
 
 Time comes from the injected ``clock``, later reactor turns from ``call_later``, the
 refresh jitter from ``random``; the core is reached only through the injected
@@ -247,10 +252,20 @@ class _NotFound:
                            or next(iter(answers.values()))[0] <= now):
             self._remove(next(iter(answers)))
 
-    def forget(self, uid: str) -> None:
-        """Forget ``uid`` for every tenant (it exists now, or may)."""
-        for tenant in self._tenants_of.pop(uid, ()):
-            del self._answers[(tenant, uid)]
+    def forget(self, uid: str, owner: str | None = None) -> None:
+        """Forget the answers for ``uid`` that may be untrue now (it exists now, or may, as
+        a key of tenant ``owner`` when known): each "no such L3", and every answer to
+        ``owner``'s callers. Another tenant's refusal of it stays until it expires: nothing
+        the owner does changes it, and dropping it whenever the owner fetches, uses or
+        rotates the key would send that tenant's next request to the core, which a
+        missing uid's is not (a timing by which it could tell the two apart)."""
+        tenants = self._tenants_of.get(uid)
+        if tenants is None:
+            return
+        answers = self._answers
+        for tenant in list(tenants):
+            if tenant == owner or _owner_of(answers[(tenant, uid)][1]) is None:
+                self._remove((tenant, uid))
 
     def clear(self) -> None:
         self._answers.clear()
@@ -263,6 +278,12 @@ class _NotFound:
             tenants.discard(key[0])
             if not tenants:
                 del self._tenants_of[key[1]]
+
+
+def _owner_of(error: KmipError) -> tuple[str, str] | None:
+    """The tenant and service of the L3 the core refused in ``error`` (None: the core said
+    no L3 has the uid)."""
+    return error.owner if isinstance(error, ServiceKeyRefused) else None
 
 
 def _detached(error: KmipError) -> KmipError:
@@ -625,7 +646,7 @@ class L3Cache:
                 continue
             self._dropped.pop(key.uid, None)
             if len(self._not_found):
-                self._not_found.forget(key.uid)
+                self._not_found.forget(key.uid, key.tenant)
             held = self._keys.get(key.uid)
             if held is not None and held.key != key:
                 self._forget_opened(key.uid)
@@ -755,10 +776,10 @@ class L3Cache:
             # A new version: a "not found" for its uid is forgotten, and one on its way
             # now is not remembered (it may have been read before the version was made).
             self._rotations += 1
-            self._not_found.forget(str(payload.get("unique_identifier", "")))
+            self._not_found.forget(str(payload.get("unique_identifier", "")), tenant)
             self._rotated(tenant or "", str(payload.get("service", "")))
         elif known is EventKind.L3_STATE:
-            self._not_found.forget(str(payload.get("unique_identifier", "")))
+            self._not_found.forget(str(payload.get("unique_identifier", "")), tenant)
             self._state_changed(str(payload.get("unique_identifier", "")), tenant or "",
                                 str(payload.get("service", "")), int(payload.get("state", 0)))
         elif known is EventKind.L4_TOMBSTONE:
@@ -795,11 +816,23 @@ class L3Cache:
         """How many tombstones are held."""
         return len(self._tombstones)
 
-    def names_overflowed(self, needs: Iterable[Need]) -> bool:
-        """Whether any of ``needs`` is an L3 whose tombstones this gateway gave up (so the
-        request must be answered by the core)."""
+    def names_overflowed(self, needs: Iterable[Need], principal: Principal) -> bool:
+        """Whether any of ``needs`` is an L3 whose tombstones this gateway gave up and that
+        ``principal`` may use (so the request must be answered by the core). Who asks comes
+        first, as for a read (:meth:`by_uid`): another tenant's overflowed L3, or one whose
+        owner is not known here yet, takes the local path as a missing one does (a miss,
+        fetched on ``principal``'s behalf and asked again after the fetch), so that it
+        costs what a missing uid costs, not a round trip to the core."""
         overflowed = self.overflowed
-        return bool(overflowed) and any(need.uid in overflowed for need in needs)
+        if not overflowed:
+            return False
+        for need in needs:
+            if need.uid in overflowed:
+                known = self.known(need.uid)
+                if known is not None and may_use_service_key(principal, known.tenant,
+                                                             known.service):
+                    return True
+        return False
 
     def _learn_tombstones(self, key: ServiceKey) -> None:
         """Take the tombstones ``key`` came with from the core, before it is used: those made

@@ -24,6 +24,7 @@ from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.gateway.config import GatewayConfig, load_config
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint, with_connect_timeout
+from kcm.gateway.denied_uses import DeniedUses
 from kcm.gateway.fast_path import FastPath
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
@@ -214,7 +215,8 @@ def makeService(options: Options,
                                     max_message_size=config.limits.max_message_size,
                                     max_batch_items=config.limits.max_batch_items,
                                     fast_path=fast_path, metrics=metrics,
-                                    later=partial(call_before_poll, reactor))
+                                    later=partial(call_before_poll, reactor),
+                                    denied_uses=DeniedUses(reactor.seconds, reactor.callLater))
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, gateway.subject_map),

@@ -10,7 +10,7 @@ import json
 import pytest
 from twisted.logger import capturedLogs
 
-from kcm.gateway.handler import _logged_name
+from kcm.gateway.denied_uses import logged_name
 from kcm.logging import event_as_json, log_observer
 from tests.core_support import service_principal
 from tests.unit.test_gateway_core_session import create_l4, linked  # noqa: F401 (fixture)
@@ -27,7 +27,7 @@ def denials(linked, item) -> list[dict]:  # noqa: F811
 
 def test_a_hostile_service_name_reaches_no_log_line_raw(linked) -> None:  # noqa: F811
     [denied] = denials(linked, create_l4(HOSTILE))
-    assert denied["service"] == _logged_name(f"demo/{HOSTILE}")
+    assert denied["service"] == logged_name(f"demo/{HOSTILE}")
     assert denied["service"].startswith("'demo/billing\\n2026-01-01T00:00:00+0000 [kcm")
     for log_format in ("text", "json"):
         stream = io.StringIO()
@@ -54,5 +54,5 @@ def test_a_long_service_name_makes_a_short_line(linked) -> None:  # noqa: F811
     ("\U0001f600" * 100, "'" + "\\U0001f600" * 4 + "\\U0001f... (100 chars)"),
 ])
 def test_logged_names(sent: str | None, logged: str | None) -> None:
-    assert _logged_name(sent) == logged
+    assert logged_name(sent) == logged
     assert logged is None or len(logged) <= 70

@@ -260,6 +260,49 @@ def test_another_tenants_l3_is_remembered_as_a_missing_one_is() -> None:
     assert all(e.owner == ("demo", "app") for e in refusals[::2])
 
 
+def test_the_owner_using_its_l3_forgets_no_other_tenants_refusal_of_it() -> None:
+    """The owner fetching, refreshing or rotating its L3 forgot every tenant's remembered
+    answer for its uid: another tenant's next ask then went to the core, which a missing
+    uid's does not (one fetch each ``not_found_ttl``). Now only "no such L3" answers and
+    the owner's own tenant's go; the refusal stays until it expires."""
+    clock = Clock()
+    calls: list[tuple[object, str | None]] = []
+    denied = object_not_found(NEW.uid)
+
+    def core(caller, tenant, service, uid=None) -> Deferred:
+        calls.append((caller, uid))
+        d: Deferred = Deferred()
+        if caller == OTHER:
+            d.errback(ServiceKeyRefused(denied.reason, denied.message, owner=("demo", "app")))
+        else:
+            d.callback([NEW])
+        return d
+
+    cache = L3Cache(core, connected=lambda: True, clock=clock.seconds)
+    cache.ensure([Need(uid=NEW.uid)], OTHER)
+    cache.ensure([Need(uid=NEW.uid)], APP)  # the owner fetches it: stored
+    for kind, payload in (("l3.rotated", {"service": "app", "key_version": 2}),
+                          ("l3.state", {"service": "app", "state": int(State.ACTIVE)})):
+        cache.apply_event(1, kind, "demo", {"unique_identifier": NEW.uid, **payload})
+    cache.store([NEW], APP)  # a refresh
+    assert errors_of(cache.ensure([Need(uid=NEW.uid)], OTHER))[Need(uid=NEW.uid)].owner == (
+        "demo", "app")
+    assert [call for call in calls if call[0] == OTHER] == [(OTHER, NEW.uid)]  # once
+    clock.advance(5)  # expired: asked again, as a missing uid is
+    cache.ensure([Need(uid=NEW.uid)], OTHER)
+    assert [call for call in calls if call[0] == OTHER] == [(OTHER, NEW.uid)] * 2
+
+
+def test_a_no_such_l3_is_forgotten_when_the_l3_is_made_whoever_asked() -> None:
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock)
+    cache.ensure([Need(uid=NEW.uid)], OTHER)
+    core.answer()  # no such L3 (to tenant other)
+    cache.store([NEW], APP)  # made since, as demo's: other's "not found" is untrue now
+    cache.ensure([Need(uid=NEW.uid)], OTHER)
+    assert core.waiting(OTHER) == 1
+
+
 def test_a_new_l3_is_usable_as_soon_as_its_event_comes() -> None:
     core, clock = HeldFetches(), Clock()
     cache = cache_of(core, clock)

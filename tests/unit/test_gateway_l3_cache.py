@@ -290,13 +290,14 @@ def test_tombstones_go_with_their_l3_when_it_is_destroyed(cache) -> None:
 
 def test_past_the_bound_the_l3_with_most_tombstones_is_left_to_the_core(cache) -> None:
     cache.max_tombstones = 3
+    warm(cache)  # V1 held: its owner is known
     for seq, token in enumerate(("a1", "a2", "a3"), start=1):
         _tombstone(cache, seq, token * 16, V1.uid)
-    assert not cache.overflowed and not cache.names_overflowed([Need(uid=V1.uid)])
+    assert not cache.overflowed and not cache.names_overflowed([Need(uid=V1.uid)], APP)
     _tombstone(cache, 4, "b1" * 16, V2.uid)  # the fourth: V1's three are given up
     assert cache.overflowed == {V1.uid} and cache.tombstone_count == 1
-    assert cache.names_overflowed([Need(uid=V2.uid), Need(uid=V1.uid)])
-    assert not cache.names_overflowed([Need(uid=V2.uid), Need("demo", "app")])
+    assert cache.names_overflowed([Need(uid=V2.uid), Need(uid=V1.uid)], APP)
+    assert not cache.names_overflowed([Need(uid=V2.uid), Need("demo", "app")], APP)
     _tombstone(cache, 5, "a4" * 16, V1.uid)  # the core holds V1's from now on
     assert cache.tombstone_count == 1
     # Destroying V1 ends it: its tokens answer Object Destroyed wherever they go.
@@ -332,7 +333,11 @@ def test_a_version_fetched_without_its_tombstones_is_left_to_the_core(cache, lin
     link.keys[("demo", "app")] = [replace(V1, tombstones=None)]
     warm(cache)
     assert cache.overflowed == {V1.uid}
-    assert cache.names_overflowed([Need(uid=V1.uid)])
+    assert cache.names_overflowed([Need(uid=V1.uid)], APP)
+    # Only for who may use it: another tenant's (or service's) takes the local path, a
+    # miss fetched as a missing uid is (and remembered as one), not a trip to the core.
+    assert not cache.names_overflowed([Need(uid=V1.uid)], STRANGER)
+    assert not cache.names_overflowed([Need(uid=V1.uid)], BILLING)
     _tombstone(cache, 1, "a1" * 16, V1.uid)  # the core holds them
     assert cache.tombstone_count == 0
     # Complete ones later do not bring it back: an event given up meanwhile would be lost.

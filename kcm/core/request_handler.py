@@ -870,13 +870,18 @@ class CoreRequestHandler:
         read without the message tree, into the same model. A request long enough to hold
         more fields than a request may is counted first, plain or not: the plain reader
         decodes a Cryptographic Parameters structure whole, however many fields it holds."""
-        refusal = over_item_limit(wire, self._max_items) \
-            if len(wire) > 8 * self._max_items else None
+        long = len(wire) > 8 * self._max_items
+        if long:
+            refusal = over_batch_limit(wire, self._limits.max_batch_items) or \
+                over_item_limit(wire, self._max_items)
+        else:
+            refusal = None
         if refusal is None:
             plain = _plain_request(wire, self._limits, read or _read_plain)
             if plain is not None:
                 return plain
-            refusal = over_batch_limit(wire, self._limits.max_batch_items)
+            if not long:
+                refusal = over_batch_limit(wire, self._limits.max_batch_items)
         if refusal is not None:  # at the cost of the headers: no item is decoded
             raise _Refused(*refusal)
         try:

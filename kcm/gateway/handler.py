@@ -177,6 +177,11 @@ class GatewayRequestHandler:
         self._denied_uses = denied_uses or DeniedUses(clock)
 
     # RequestHandler ---------------------------------------------------------------------
+
+    def flush_denied(self) -> None:
+        """Log the counts of refused uses of service keys not logged yet (the gateway
+        stops)."""
+        self._denied_uses.flush()
     def handle_request(self, wire: bytes, connection: ConnectionInfo) -> bytes | Deferred[bytes]:
         """Answer ``wire``; never raises, and a returned Deferred never fails."""
         started = self._timer()

@@ -125,7 +125,12 @@ class GatewayService(ProcessService):
         draining = drain(self.reactor, "kcm-gateway",
                          [self.namedServices.get("kcm-kmip-listener")],
                          [lambda: factory.drain(DRAIN_GRACE)])
-        return draining.addCallback(lambda _: super(GatewayService, self).stopService())
+        return draining.addCallback(self._stopped_serving)
+
+    def _stopped_serving(self, _: object) -> Deferred[None]:
+        if self.handler is not None:
+            self.handler.flush_denied()  # (the counts of refused uses not logged yet)
+        return maybeDeferred(super().stopService)
 
     def apply_policy(self, document: str) -> None:
         """Resolve client principals with the core's policy ``document`` from now on: each

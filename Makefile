@@ -31,9 +31,12 @@ bytecode: $(STAMP)
 ## (marked serial), which then run alone on a quiet machine. Three on a 2-core machine:
 ## many end-to-end tests spend seconds waiting (for a timeout, a restart, PyKMIP's own
 ## sleeps), which a third worker fills; a fourth gains nothing more.
+## pytest runs with PYTHONDONTWRITEBYTECODE unset: it keeps each test module as it rewrote
+## its asserts only where it may write bytecode, and rewriting all of them took every pytest
+## process (each worker, and the serial part) about 10 s of CPU at each collection.
 test: $(STAMP) bytecode
-	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -n 3 --dist worksteal -m "not serial"
-	$(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -m serial
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -n 3 --dist worksteal -m "not serial"
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -m serial
 	$(BIN)/ruff check .
 
 lint: $(STAMP)

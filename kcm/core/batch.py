@@ -70,6 +70,7 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
                                max_locate_results=max_locate_results,
                                should_stop=should_stop, work=work)
         contexts[id(item)] = ctx
+        work.next_item()
         handler = handlers.get(int(item.operation))
         if handler is None:
             raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,

@@ -84,7 +84,8 @@ class PrivateKeyResults:
     __slots__ = ("_results", "computed_here", "first_pass")
 
     def __init__(self, *, first_pass: bool = False) -> None:
-        self._results: dict[tuple[object, ...], bytes] = {}
+        #: Results, or refusals (Result Reason, Result Message, 1.x Result Reason).
+        self._results: dict[tuple[object, ...], bytes | tuple[int, str, int | None]] = {}
         self.first_pass = first_pass
         #: How many the writer computed itself (at most
         #: :data:`MAX_WRITER_PRIVATE_KEY_OPERATIONS`).
@@ -92,14 +93,22 @@ class PrivateKeyResults:
 
     def compute(self, inputs: tuple[object, ...], operation: Callable[[], bytes]) -> None:
         """``operation()``, kept by its ``inputs`` (the worker's): once for items that ask
-        the same (a signature, a decryption of the same input is as good twice)."""
+        the same (a signature, a decryption of the same input is as good twice). What it
+        refuses (a ciphertext that does not decrypt) is kept too, to be refused alike."""
         if inputs not in self._results:
-            self._results[inputs] = operation()
+            try:
+                self._results[inputs] = operation()
+            except KmipError as e:
+                self._results[inputs] = (e.reason, e.message, e.v1_reason)
 
     def take(self, inputs: tuple[object, ...], operation: Callable[[], bytes]) -> bytes:
-        """The result kept for ``inputs``; else (the writer's) :class:`RunElsewhere` on a
-        first pass, or ``operation()`` computed here within the request's bound."""
+        """The result kept for ``inputs`` (or its refusal, raised anew); else (the
+        writer's) :class:`RunElsewhere` on a first pass, or ``operation()`` computed here
+        within the request's bound."""
         result = self._results.get(inputs)
+        if isinstance(result, tuple):
+            reason, message, v1_reason = result
+            raise KmipError(reason, message, v1_reason=v1_reason)
         if result is not None:
             return result
         if self.first_pass:
@@ -192,11 +201,16 @@ class RequestWork:
     as for one. The writer thread runs every tenant's writes: a batch of derivations each
     within the bound must not hold it for a batch's worth of them."""
 
-    __slots__ = ("attribute_units", "pbkdf2_iterations")
+    __slots__ = ("_units_before_item", "attribute_units", "pbkdf2_iterations")
 
     def __init__(self) -> None:
         self.pbkdf2_iterations = 0
         self.attribute_units = 0
+        self._units_before_item = 0
+
+    def next_item(self) -> None:
+        """A batch item begins (:func:`kcm.core.batch.execute`)."""
+        self._units_before_item = self.attribute_units
 
     def charge_attributes(self, count: int, size: int) -> None:
         """Count one read or write of an object's ``count`` attributes (``size`` bytes
@@ -209,7 +223,10 @@ class RequestWork:
         if units <= 0:
             return
         total = self.attribute_units + units
-        if total > MAX_REQUEST_ATTRIBUTE_UNITS:
+        # The first item that counts any always runs whole, however large its object: a
+        # request of one Revoke, Destroy or Delete Attribute of any object passes (one
+        # stored over the bounds by an earlier release included).
+        if total > MAX_REQUEST_ATTRIBUTE_UNITS and self._units_before_item:
             raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
                             "the request reads and writes more attributes of large objects "
                             "than one request may; send its items in several requests")

@@ -23,7 +23,7 @@ from kcm.core.server_info import ServerInfo
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, ObjectAttributeKey
 from kcm.kernel.missing import object_not_found
-from kcm.kmip.attributes import Attribute, AttributeReference, Link, Name
+from kcm.kmip.attributes import VENDOR_TAG, Attribute, AttributeReference, Link, Name
 from kcm.kmip.enums import (
     CryptographicAlgorithm,
     CryptographicUsageMask,
@@ -1235,6 +1235,34 @@ def test_a_request_reads_and_writes_a_bounded_amount_of_large_objects_attributes
     # The next request starts afresh.
     answer = send(core, modify(large, 100))
     assert answer.batch_items[0].result_status == ResultStatus.SUCCESS
+
+
+def test_the_first_item_of_a_request_runs_whatever_its_objects_size(core: CoreHarness) -> None:
+    """An object stored over the bounds (by an earlier release; here written behind the
+    server's back) costs more than a request's bound in one read and write: a request of
+    one Revoke, Destroy or Delete Attribute of it still runs."""
+    from kcm.core.attribute_blob import decode_attributes, encode_attributes
+    from kcm.core.context import MAX_REQUEST_ATTRIBUTE_UNITS
+
+    def custom(name: str) -> Attribute:
+        return Attribute.vendor("x", name, Item(Tag.ATTRIBUTE_VALUE, ItemType.BYTE_STRING,
+                                                b"x" * 120_000))
+
+    uid = register(core)
+    ok(core, Operation.ACTIVATE, ActivateRequest(unique_identifier=uid))
+
+    def grow(session) -> None:
+        found = repository.get_object(session, "demo", uid)
+        repository.update_columns(session, found, attributes=encode_attributes(
+            decode_attributes(found.attributes) + [custom(f"old{n}") for n in range(40)]))
+
+    core.store.run_sync(grow)
+    assert len(row(core, uid).attributes) // 1024 > MAX_REQUEST_ATTRIBUTE_UNITS
+    ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=AttributeReference(VENDOR_TAG, "x", "old0")))
+    ok(core, Operation.REVOKE, RevokeRequest(unique_identifier=uid, revocation_reason=(
+        RevocationReason(code=RevocationReasonCode.KEY_COMPROMISE))))
+    ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid))
 
 
 def row_attributes(core: CoreHarness, uid: str) -> list[Attribute]:

@@ -229,3 +229,26 @@ def test_the_operations_kept_are_the_ones_asked() -> None:
     first = context.PrivateKeyResults(first_pass=True)
     with pytest.raises(RunElsewhere):
         first.take(inputs, lambda: b"never")
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_part_streams_and_refused_decryptions_are_prepared_too(
+        core: CoreHarness, threads: list[tuple[str, str]]) -> None:
+    """A signing stream of one part (Init and Final Indicator) is prepared like a plain
+    Sign; a ciphertext that does not decrypt is refused on the worker, and the writer
+    refuses it alike without computing it: neither counts against the writer's few."""
+    private_uid, _ = create_pair(
+        core, private_mask=CryptographicUsageMask.SIGN | CryptographicUsageMask.DECRYPT)
+    threads.clear()
+    streams = request(*[sign_item(private_uid, bytes([n]) * 8, init_indicator=True,
+                                  final_indicator=True) for n in range(6)],
+                      version=V, continuation=CONTINUE)
+    answer = response(await core.handler.handle_as(streams, core.caller()))
+    assert [i.result_status for i in answer.batch_items] == [ResultStatus.SUCCESS] * 6
+    garbage = request(*[item(Operation.DECRYPT, DecryptRequest(
+        unique_identifier=private_uid, cryptographic_parameters=OAEP,
+        data=bytes([n + 1]) * 256)) for n in range(6)], version=V, continuation=CONTINUE)
+    answer = response(await core.handler.handle_as(garbage, core.caller()))
+    assert [i.result_reason for i in answer.batch_items] == \
+        [ResultReason.CRYPTOGRAPHIC_FAILURE] * 6
+    assert len(threads) == 12 and writer(core) not in {name for _, name in threads}

@@ -212,6 +212,11 @@ def prepare_sign(ctx: OperationContext, request: SignRequest,
     if not request.init_indicator and request.correlation_value is None:
         spec = _resolve(obj, request.cryptographic_parameters)
         data, form = signatures.signature_input(spec, request.data, request.digested_data)
+    elif request.final_indicator and request.correlation_value is None \
+            and request.digested_data is None:  # (a stream of one part: its first and last)
+        spec, data, form = _resolve(obj, request.cryptographic_parameters), \
+            request.data or b"", signatures.MESSAGE
+        check_stream_size(len(data))
     elif request.final_indicator and request.correlation_value is not None \
             and request.digested_data is None:
         _, (was_signing, spec, data) = open_state(

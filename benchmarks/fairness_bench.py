@@ -10,7 +10,9 @@ measured first against the idle core (the baseline, same run), then under the lo
 target is the other tenant's p99 at most 50 ms under load, and no error. A second load
 follows: requests of the maximum size made of small things (some 21,800 Get items; a Create
 of some 130,000 empty attributes), which the core refuses by its limits, and must refuse without
-the decoding work that would stall the writer every tenant shares.
+the decoding work that would stall the writer every tenant shares. Then batches of 64 RSA-4096
+signatures (computed on the tenant's worker, not the writer), and batches of 64 changes of an
+object with 1 MiB of attributes (bounded per request).
 
     .venv/bin/python benchmarks/fairness_bench.py [--quick]
 """
@@ -78,6 +80,91 @@ def many_items_loop(port: int, pki_dir: str, stop_at: float, counts) -> None:
     send_until(port, pki_dir, stop_at, [many_gets, many_attributes], counts)
 
 
+def signing_loop(port: int, pki_dir: str, stop_at: float, private_uid: str,
+                 counts) -> None:
+    """Batches of 64 RSA-4096 signatures, each of other data, until ``stop_at``: of Digested
+    Data that names no hash (the bare PKCS#1 v1.5 encoding), then of plain Data, in turn."""
+    from kcm.kmip.attributes import CryptographicParameters
+    from kcm.kmip.enums import CryptographicAlgorithm, HashingAlgorithm, Operation, PaddingMethod
+    from kcm.kmip.payloads import SignRequest
+    from kcm.testing.requests import item
+
+    def batch(n: int, encoded: bool) -> bytes:
+        parameters = CryptographicParameters(
+            padding_method=PaddingMethod.PKCS1_V1_5,
+            cryptographic_algorithm=CryptographicAlgorithm.RSA,
+            hashing_algorithm=None if encoded else HashingAlgorithm.SHA_256)
+        return request(*[item(Operation.SIGN, SignRequest(
+            unique_identifier=private_uid, cryptographic_parameters=parameters,
+            digested_data=bytes([n, i]) * 16 if encoded else None,
+            data=None if encoded else bytes([n, i]) * 8)) for i in range(64)], version=(2, 1))
+
+    send_until(port, pki_dir, stop_at, [batch(n, n % 2 == 0) for n in range(32)], counts)
+
+
+def large_object_loop(port: int, pki_dir: str, stop_at: float, uid: str, counts) -> None:
+    """Batches of 64 changes of one of tenant demo's objects at the bound on its attributes'
+    bytes (16 of 64 KiB), until ``stop_at`` (each past the request's bound refused)."""
+    from kcm.kmip.enums import Operation
+    from kcm.kmip.payloads import ModifyAttributeRequest
+    from kcm.testing.requests import item
+
+    def batch(n: int) -> bytes:
+        return request(*[item(Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+            unique_identifier=uid, attribute=_vendor("counter", bytes([n, i]))))
+            for i in range(64)], version=(2, 1))
+
+    send_until(port, pki_dir, stop_at, [batch(n) for n in range(16)], counts)
+
+
+def _vendor(name: str, value: bytes):
+    from kcm.kmip.attributes import Attribute
+    from kcm.ttlv import Item, ItemType
+    return Attribute.vendor("x", name, Item(0, ItemType.BYTE_STRING, value))
+
+
+def key_pair(core: CoreProcess) -> str:
+    """An active RSA-4096 key pair of tenant demo's application: its Private Key's uid."""
+    from kcm.kmip.attributes import Attribute
+    from kcm.kmip.enums import CryptographicAlgorithm, CryptographicUsageMask, Operation
+    from kcm.kmip.payloads import CreateKeyPairRequest
+    from kcm.kmip.tags import Tag
+    from kcm.testing.requests import item
+
+    common = [Attribute.of(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.RSA),
+              Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 4096),
+              Attribute.of(Tag.ACTIVATION_DATE, int(time.time()) - 10)]
+    with core.client() as client:
+        [made] = response(client.send(request(item(Operation.CREATE_KEY_PAIR, CreateKeyPairRequest(
+            common_attributes=common,
+            private_key_attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK,
+                                                 int(CryptographicUsageMask.SIGN))],
+            public_key_attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK,
+                                                int(CryptographicUsageMask.VERIFY))])),
+            version=(2, 1)))).batch_items
+    assert made.result_status == ResultStatus.SUCCESS, made.result_message
+    return made.response_payload.private_key_unique_identifier
+
+
+def large_object(core: CoreProcess) -> str:
+    """One of tenant demo's keys with 16 attributes of 64 KiB (at the 1 MiB bound)."""
+    from kcm.core.managed import MAX_ATTRIBUTE_BYTES
+    from kcm.kmip.enums import Operation
+    from kcm.kmip.payloads import AddAttributeRequest
+    from kcm.testing.requests import item
+
+    with core.client() as client:
+        [made] = response(client.send(request(create_managed()))).batch_items
+        uid = made.response_payload.unique_identifier
+        for n in range(16):
+            client.send(request(item(Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+                unique_identifier=uid, attribute=_vendor(
+                    f"large{n}", b"\x5a" * (MAX_ATTRIBUTE_BYTES - 200)))), version=(2, 1)))
+        client.send(request(item(Operation.ADD_ATTRIBUTE, AddAttributeRequest(
+            unique_identifier=uid, attribute=_vendor("counter", b"0"))), version=(2, 1)))
+    return uid
+
+
 def send_until(port: int, pki_dir: str, stop_at: float, wires: list[bytes], counts) -> None:
     """``wires`` in turn, on one connection of tenant demo's application, until ``stop_at``
     (time.time()); counts the answers all of whose items succeeded, and the others."""
@@ -137,11 +224,16 @@ def main() -> None:
             with core.client("other_app") as client:
                 [created] = response(client.send(request(create_managed()))).batch_items
             uid = created.response_payload.unique_identifier
+            private_uid, large_uid = key_pair(core), large_object(core)
             idle = measure(core, uid, args.seconds)
             loads = {}
             for name, target, extra in (("64-Locate batches", heavy_loop, (64,)),
                                         ("1 MiB requests of small items", many_items_loop,
-                                         ())):
+                                         ()),
+                                        ("64 RSA-4096 signatures", signing_loop,
+                                         (private_uid,)),
+                                        ("64 changes of a 1 MiB object", large_object_loop,
+                                         (large_uid,))):
                 counts = multiprocessing.Array("l", 2)
                 stop_at = time.time() + args.seconds + 3
                 heavy = [multiprocessing.get_context("fork").Process(
@@ -157,7 +249,9 @@ def main() -> None:
             core.stop()
     print(f"kcm-core, tenant demo with {args.objects} keys; {args.heavy} heavy clients sending, "
           "in turn: 64-Locate batches (1 in 10: a 1,000-Locate batch), then 1 MiB requests of "
-          "small items (21,800 Gets; a Create of 130,000 empty attributes), both refused")
+          "small items (21,800 Gets; a Create of 130,000 empty attributes), both refused; "
+          "then batches of 64 RSA-4096 signatures (Digested Data naming no hash and plain "
+          "Data in turn); then batches of 64 changes of an object with 1 MiB of attributes")
     print(line("other tenant, idle core", *idle))
     for name, (loaded, (answered, refused)) in loads.items():
         print(line(f"under {name}"[:28], *loaded))

@@ -48,7 +48,7 @@ core checks asserted subjects against anyway.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +60,12 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.core.answer_turns import AnswerTurns
 from kcm.core.context import Caller
 from kcm.core.event_fanout import EncodedEvent, EventFanout
 from kcm.core.keyring import Keyring
 from kcm.core.refusal_records import ThrottledLine
-from kcm.core.request_handler import CoreRequestHandler, RequestWatch
+from kcm.core.request_handler import CoreRequestHandler, RequestWatch, share_of
 from kcm.core.service_keys import fetch_service_keys, without_tombstones
 from kcm.core.store.engine import Store
 from kcm.drain import until
@@ -91,6 +92,9 @@ from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
 from kcm.link.relay import read_caller, response_frame, split_request
 
 log = Logger()
+#: The turn of the answers to refused requests (a caller not accepted, a frame too large):
+#: one of their own, beside the tenants'.
+_REFUSED = ("refused", "")
 
 #: The callers a link keeps at most (one per gateway client connection; emptied when full).
 _MAX_CALLERS = 4096
@@ -247,8 +251,9 @@ class LinkServerProtocol(LinkProtocol):
         self._queued: deque[tuple[bytes, bool]] = deque()
         self._queued_events = 0
         #: RESPONSE frames waiting for the transport, written after the queued events (a
-        #: RESPONSE is held until the events committed before it have gone anyway).
-        self._answers: deque[bytes] = deque()
+        #: RESPONSE is held until the events committed before it have gone anyway), in
+        #: turns by the callers' tenants.
+        self._answers = AnswerTurns()
         #: The write timeout's call while the transport is full (None: it is not), and what
         #: the transport held unsent when it was set.
         self._stall_timer: Any = None
@@ -259,7 +264,7 @@ class LinkServerProtocol(LinkProtocol):
         self._requests: dict[int, RequestWatch] = {}
         #: Answers waiting for the events committed before them, oldest first:
         #: (sequence, stream, wire, when held).
-        self._held: list[tuple[int, int, bytes, float]] = []
+        self._held: list[tuple[int, int, bytes, float, Hashable]] = []
         self._hold_timer: Any = None
         #: What the caller fields of a REQUEST name (a Caller, or _Refused), by their
         #: bytes: a gateway sends the same with every request of a connection. Made under
@@ -533,13 +538,13 @@ class LinkServerProtocol(LinkProtocol):
                 self._stall_timer.cancel()
             self._stall_timer = None
 
-    def _send_answer(self, wire: bytes) -> None:
+    def _send_answer(self, wire: bytes, share: Hashable) -> None:
         """Write a RESPONSE frame, or queue it behind the events while the transport is
-        full."""
+        full, in the turn of ``share`` (the caller's tenant: :class:`AnswerTurns`)."""
         if self.closing:
             return
         if self._paused or self._answers:
-            self._answers.append(wire)
+            self._answers.append(share, wire)
             self._in_flight_changed()
         else:
             self.send_wire(wire)
@@ -609,7 +614,7 @@ class LinkServerProtocol(LinkProtocol):
         self._in_flight_changed()
         d = handler.handle_as(message, caller, watch)
         d.addErrback(self._request_failed, handler)
-        d.addCallback(self._answered, stream_id, watch)
+        d.addCallback(self._answered, stream_id, watch, share_of(caller))
 
     def _refuse_caller(self, stream_id: int, caller: _Refused) -> None:
         """Refuse a request whose asserted caller the core does not accept, as the KMIP
@@ -620,11 +625,12 @@ class LinkServerProtocol(LinkProtocol):
             ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted",
             caller.source, None, caller.claimed, gateway=self.gateway))
         if isinstance(answer, Deferred):  # (dropped if the link closes meanwhile)
-            answer.addCallback(lambda wire: self._respond(stream_id, wire))
+            answer.addCallback(lambda wire: self._respond(stream_id, wire, _REFUSED))
         else:
-            self._respond(stream_id, answer)
+            self._respond(stream_id, answer, _REFUSED)
 
-    def _answered(self, wire: bytes, stream_id: int, watch: RequestWatch) -> None:
+    def _answered(self, wire: bytes, stream_id: int, watch: RequestWatch,
+                  share: Hashable) -> None:
         if self._requests.get(stream_id) is not watch:
             return  # cancelled: the gateway no longer awaits this stream
         del self._requests[stream_id]
@@ -633,9 +639,9 @@ class LinkServerProtocol(LinkProtocol):
         # §3). The events committed so far are awaited, this request's among them.
         committed = self.factory.fanout.committed()
         if self._has_events_through(committed):
-            self._respond(stream_id, wire)
+            self._respond(stream_id, wire, share)
         else:
-            self._hold(committed, stream_id, wire)
+            self._hold(committed, stream_id, wire, share)
         self._in_flight_changed()
 
     def _has_events_through(self, committed: int) -> bool:
@@ -647,8 +653,8 @@ class LinkServerProtocol(LinkProtocol):
         fanout = self.factory.fanout
         return fanout.settled >= committed and delivered >= fanout.head
 
-    def _hold(self, committed: int, stream_id: int, wire: bytes) -> None:
-        self._held.append((committed, stream_id, wire, self.clock.seconds()))
+    def _hold(self, committed: int, stream_id: int, wire: bytes, share: Hashable) -> None:
+        self._held.append((committed, stream_id, wire, self.clock.seconds(), share))
         self.factory.fanout.on_settled.add(self._release_held)
         if self._hold_timer is None:
             self._hold_timer = self.clock.callLater(ANSWER_HOLD_LIMIT, self._held_too_long)
@@ -660,7 +666,7 @@ class LinkServerProtocol(LinkProtocol):
         waiting = []
         for held in self._held:
             if self._has_events_through(held[0]):
-                self._respond(held[1], held[2])
+                self._respond(held[1], held[2], held[4])
             else:
                 waiting.append(held)
         self._held = waiting
@@ -685,7 +691,7 @@ class LinkServerProtocol(LinkProtocol):
                          gateway=self.gateway.id if self.gateway else "?")
                 self._held = [held for held in self._held if now - held[3] < ANSWER_HOLD_LIMIT]
                 for held in overdue:
-                    self._respond(held[1], held[2])
+                    self._respond(held[1], held[2], held[4])
         if not self._held:
             self.factory.fanout.on_settled.discard(self._release_held)
             return
@@ -724,9 +730,9 @@ class LinkServerProtocol(LinkProtocol):
         self._respond(frame.stream_id, self.factory.handler.failure_response(
             ResultReason.INVALID_MESSAGE,
             f"request too large: its link frame of {frame.size} bytes exceeds the core's "
-            f"maximum of {self.max_frame_size}"))
+            f"maximum of {self.max_frame_size}"), _REFUSED)
 
-    def _respond(self, stream_id: int, wire: bytes) -> None:
+    def _respond(self, stream_id: int, wire: bytes, share: Hashable) -> None:
         frame = response_frame(stream_id, wire)  # the answer spliced in as it is
         if len(frame) > self.max_frame_size:
             # The handler never answers beyond the maximum message size, which the frame
@@ -739,7 +745,7 @@ class LinkServerProtocol(LinkProtocol):
                                            ResultReason.RESPONSE_TOO_LARGE,
                                            f"the response of {len(wire)} bytes does not fit "
                                            f"in a link frame")))
-        self._send_answer(frame)
+        self._send_answer(frame, share)
 
     def _request_failed(self, failure: Failure, handler: CoreRequestHandler) -> bytes:
         log.failure("forwarded request from {peer} failed", failure, peer=self.peer)

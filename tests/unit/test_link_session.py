@@ -1183,3 +1183,23 @@ def test_a_database_restored_under_a_running_core_sends_its_gateways_to_link_aga
     world.fanout.poll()
     world.flush()
     assert world.events[-1][0] == 3 and world.client.last_sequence == 3
+
+
+def test_answers_waiting_for_a_full_transport_go_in_turns_by_tenant(world: World) -> None:
+    """Tenant demo's many answers waiting for a gateway that reads slowly do not hold back
+    tenant other's: the transport takes one of each busy tenant's in turn (a Get Attributes
+    waited 2 s behind another tenant's 1 MB answers), each tenant's in its order."""
+    other = Principal(Role.SERVICE, TD, tenant="other", service="app",
+                      uri=f"spiffe://{TD}/tenant/other/service/app")
+    world.connect()
+    order: list[bytes] = []
+    for n in range(3):
+        world.client.forward(f"demo{n}".encode(), APP, "h:1").addCallback(order.append)
+    world.client.forward(b"other0", other, "h:2").addCallback(order.append)
+    world.flush()
+    world.server.pauseProducing()  # the transport is full: the gateway reads slowly
+    for wire, _, answer in world.handler.calls:
+        answer.callback(wire)
+    world.server.resumeProducing()
+    world.flush()
+    assert order == [b"demo0", b"other0", b"demo1", b"demo2"]

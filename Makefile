@@ -71,7 +71,8 @@ bench-workers: $(STAMP)
 	$(BIN)/python benchmarks/workers_bench.py
 
 ## Another tenant's latency at kcm-core while one tenant runs heavy Locate batches, then
-## 1 MiB requests of small items, against the idle core (about 3 minutes); docs/benchmarks.md.
+## 1 MiB requests of small items, batches of RSA-4096 signatures and batches of changes of an
+## object with 1 MiB of attributes, against the idle core (about 3 minutes); docs/benchmarks.md.
 bench-fairness: $(STAMP)
 	$(BIN)/python benchmarks/fairness_bench.py
 

@@ -262,6 +262,11 @@ class LinkServerProtocol(LinkProtocol):
         self.reading_paused = False
         #: The forwarded requests being answered, by stream (a CANCEL stops one).
         self._requests: dict[int, RequestWatch] = {}
+        #: The requests the gateway cancelled that have not ended yet (queued for their
+        #: tenant's turn, or stopping at their next item), by their watch's identity: they
+        #: still count in flight, so that a gateway whose clients send requests and leave
+        #: cannot make the core hold more than its bound of them.
+        self._cancelled: dict[int, RequestWatch] = {}
         #: Answers waiting for the events committed before them, oldest first:
         #: (sequence, stream, wire, when held).
         self._held: list[tuple[int, int, bytes, float, Hashable]] = []
@@ -289,6 +294,7 @@ class LinkServerProtocol(LinkProtocol):
         """Read the link, or stop reading it, by what it has in flight: its requests being
         answered or held, and its answers waiting for the transport."""
         busy = (len(self._requests) + len(self._held) + len(self._answers)
+                + len(self._cancelled)
                 >= self.factory.settings.max_requests_in_flight)
         if busy == self.reading_paused or self.closing or self.transport is None:
             return
@@ -332,6 +338,7 @@ class LinkServerProtocol(LinkProtocol):
         self.factory.fetches.forget(self)
         # Nobody is left to read the answers of the requests in flight.
         requests, self._requests = self._requests, {}
+        self._cancelled.clear()
         for watch in requests.values():
             self.factory.handler.cancel(watch)
 
@@ -631,8 +638,11 @@ class LinkServerProtocol(LinkProtocol):
 
     def _answered(self, wire: bytes, stream_id: int, watch: RequestWatch,
                   share: Hashable) -> None:
-        if self._requests.get(stream_id) is not watch:
+        if self._cancelled.pop(id(watch), None) is not None:
+            self._in_flight_changed()
             return  # cancelled: the gateway no longer awaits this stream
+        if self._requests.get(stream_id) is not watch:
+            return  # (the link was lost meanwhile)
         del self._requests[stream_id]
         # What this request changed reaches the gateway before its answer does: a gateway
         # that relays a Revoke's Success has applied the revocation (docs/link-protocol.md
@@ -715,6 +725,7 @@ class LinkServerProtocol(LinkProtocol):
             return
         watch = self._requests.pop(frame.stream_id, None)
         if watch is not None:
+            self._cancelled[id(watch)] = watch
             self.factory.handler.cancel(watch)
             self._in_flight_changed()
 

@@ -1203,3 +1203,26 @@ def test_answers_waiting_for_a_full_transport_go_in_turns_by_tenant(world: World
     world.server.resumeProducing()
     world.flush()
     assert order == [b"demo0", b"other0", b"demo1", b"demo2"]
+
+
+def test_a_cancelled_request_counts_in_flight_until_it_has_ended(world: World) -> None:
+    """A request the gateway cancelled may still wait for its tenant's turn, holding its
+    bytes: it counts against the link's bound until it ends, so that clients that send and
+    leave cannot make the core hold more than the bound of them."""
+    world.factory.settings = replace(world.factory.settings, max_requests_in_flight=2)
+    world.client.max_in_flight = 10
+    world.connect()
+    reading: list[bool] = []
+    world.server.transport.pauseProducing = lambda: reading.append(False)
+    world.server.transport.resumeProducing = lambda: reading.append(True)
+    calls = [world.client.forward(f"req{i}".encode(), APP, "h:1") for i in range(2)]
+    world.flush()
+    assert reading == [False]
+    for call in calls:
+        call.addErrback(lambda failure: None)
+        call.cancel()
+    world.flush()
+    assert reading == [False] and world.server.reading_paused  # both still queued
+    world.handler.calls[0][2].callback(b"late")  # the first ends (answered, dropped)
+    world.flush()
+    assert reading == [False, True] and not world.server.reading_paused

@@ -38,7 +38,6 @@ half a second), which the group commit then only stores.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -604,10 +603,10 @@ class CoreRequestHandler:
         when it has Create Key Pair items, a key pair made for each that the operation
         would make one for (:func:`_key_pair_lengths`), ``should_stop`` asked before each
         (RSA key generation releases the GIL: it runs beside the writer, not in its turn);
-        when it has Derive Key items by PBKDF2, those derivations computed (as ``caller``
-        at ``now``: :meth:`_prepare_pbkdf2`). The group commit stores the pairs
-        (:meth:`KeyPairs.take`) and takes the derivations made from what it reads itself,
-        and makes none of them itself."""
+        when it has Derive Key items by PBKDF2, those derivations computed, and when it has
+        Sign or Decrypt items, their RSA private-key operations (as ``caller`` at ``now``:
+        :meth:`_prepare_in_one_read`). The group commit stores the pairs
+        (:meth:`KeyPairs.take`) and takes what was computed from what it reads itself."""
         decoded = self._predecode(wire)
         if isinstance(decoded, Exception):
             return decoded, None
@@ -624,10 +623,11 @@ class CoreRequestHandler:
         if lengths is None and not derivations and not private:
             return decoded, None
         key_pairs = KeyPairs()
-        if derivations and caller is not None:
-            self._prepare_pbkdf2(decoded, derivations, caller, now, key_pairs, should_stop)
-        if private and caller is not None:
-            self._prepare_private(decoded, private, caller, now, key_pairs, should_stop)
+        if (derivations or private) and caller is not None:
+            self._prepare_in_one_read(decoded, [
+                *[(prepare_pbkdf2, payload, key_pairs.pbkdf2) for payload in derivations],
+                *[(_PRIVATE_KEY_OPERATIONS[item.operation][1], item.request_payload,
+                   key_pairs.private) for item in private]], caller, now, should_stop)
         for length in lengths or ():
             key_pairs.stopped = should_stop()
             if key_pairs.stopped is not None:
@@ -639,71 +639,42 @@ class CoreRequestHandler:
                 break
         return decoded, key_pairs
 
-    def _prepare_pbkdf2(self, request: RequestMessage, derivations: list[DeriveKeyRequest],
-                        caller: Caller, now: int, key_pairs: KeyPairs,
-                        should_stop: Callable[[], str | None]) -> None:
-        """The PBKDF2 derivations of ``derivations`` (the request's Derive Key items),
-        computed in one read-only transaction with every check the operation makes, and
-        kept in ``key_pairs`` (:func:`kcm.core.operations.derive.prepare_pbkdf2`); within
-        the request's bound on PBKDF2 work, as the writer counts it. One that cannot be
-        (refused, the store failing) is left for the
-        writer, which refuses it or computes it."""
+    def _prepare_in_one_read(self, request: RequestMessage,
+                             steps: list[tuple[Callable[..., None], object, object]],
+                             caller: Caller, now: int,
+                             should_stop: Callable[[], str | None]) -> None:
+        """Each ``prepare(ctx, payload, results)`` of ``steps`` (the request's PBKDF2
+        derivations, its RSA private-key operations), in one read-only transaction, with
+        every check the operation makes: what each computes is kept in ``results``
+        (:class:`~kcm.core.context.Pbkdf2Results`, :class:`~kcm.core.context.
+        PrivateKeyResults`) for the writer, which runs every tenant's writes (a batch of
+        RSA-4096 signatures or of slow derivations held every tenant for seconds there).
+        PBKDF2 is bounded per request as the writer counts it. One that cannot be (refused,
+        named by the ID Placeholder, the store failing) is left to the writer, which
+        refuses it or computes it (a few private-key operations at most:
+        :data:`~kcm.core.context.MAX_WRITER_PRIVATE_KEY_OPERATIONS`)."""
         if should_stop() is not None:
             return
 
         def compute(session: Session) -> None:
             work = RequestWork()
-            for payload in derivations:
-                if should_stop() is not None:
-                    return
-                ctx = OperationContext(
-                    session=session, caller=caller, version=request.header.version,
-                    now=now, keyring=self._keyring, server_info=self._server_info,
-                    id_placeholder=IdPlaceholder(), random_bytes=os.urandom, work=work)
-                try:
-                    prepare_pbkdf2(ctx, payload, key_pairs.pbkdf2)
-                except KmipError:
-                    continue  # (the writer refuses it, with the reason)
-
-        try:
-            self._store.run_sync(compute, write=False)
-        except Exception:
-            log.failure("PBKDF2 derivations could not be computed before the group commit; "
-                        "the writer computes them")
-
-    def _prepare_private(self, request: RequestMessage, items: list[RequestBatchItem],
-                         caller: Caller, now: int, key_pairs: KeyPairs,
-                         should_stop: Callable[[], str | None]) -> None:
-        """The RSA private-key operations of ``items`` (the request's Sign and Decrypt
-        items), computed in one read-only transaction after the checks each operation
-        makes, and kept in ``key_pairs`` (:class:`~kcm.core.context.PrivateKeyResults`):
-        on the writer, which runs every tenant's writes, a batch of RSA-4096 signatures
-        held every tenant for seconds. One that cannot be (refused, named by the ID
-        Placeholder, the store failing) is left to the writer, which refuses it or
-        computes it (a few at most: :data:`MAX_WRITER_PRIVATE_KEY_OPERATIONS`)."""
-        if should_stop() is not None:
-            return
-
-        def compute(session: Session) -> None:
-            for item in items:
+            for prepare, payload, results in steps:
                 if should_stop() is not None:
                     return
                 ctx = OperationContext(
                     session=session, caller=caller, version=request.header.version,
                     now=now, keyring=self._keyring, server_info=self._server_info,
                     id_placeholder=IdPlaceholder(), random_bytes=self._keyring.random_bytes,
-                    key_pairs=None)
-                prepare = _PRIVATE_KEY_OPERATIONS[item.operation][1]
+                    key_pairs=None, work=work)
                 try:
-                    prepare(ctx, item.request_payload, key_pairs.private)
+                    prepare(ctx, payload, results)
                 except KmipError:
                     continue  # (the writer refuses it, with the reason)
 
         try:
             self._store.run_sync(compute, write=False)
         except Exception:
-            log.failure("RSA private-key operations could not be computed before the group "
-                        "commit; the writer computes them")
+            log.failure("work could not be done before the group commit; the writer does it")
 
     def _write_prepared(self, prepared: tuple[RequestMessage | Exception, KeyPairs | None],
                         key: tuple[str, str], wire: bytes, caller: Caller, now: int,

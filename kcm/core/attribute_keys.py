@@ -39,8 +39,14 @@ LINK_KIND = "Link"
 LONGEST = 200
 
 
-def keys_of(attributes: Iterable[Attribute]) -> list[tuple[str, str]]:
-    """The (kind, key) pairs of these attributes, each once, in their order."""
+def keys_of(attributes: Iterable[Attribute],
+            known: dict[tuple[int, str | None, str | None], tuple[object, object]] | None = None
+            ) -> list[tuple[str, str]]:
+    """The (kind, key) pairs of these attributes, each once, in their order. ``known``
+    keeps each vendor attribute's key by its value's identity, vendor and name (with the
+    value, so that no other can take its identity) for another call over mostly the same
+    values: a change of an object computes the keys of its attributes before and after it,
+    and a key of a large value hashes its text (64 KiB: 0.4 ms)."""
     keys: dict[tuple[str, str], None] = {}
     for attribute in attributes:
         tag = attribute.tag
@@ -52,7 +58,17 @@ def keys_of(attributes: Iterable[Attribute]) -> list[tuple[str, str]]:
                             and field.type is ItemType.TEXT_STRING):
                         keys[(LINK_KIND, _bounded(field.value))] = None
         elif tag == VENDOR_TAG:
-            key = _vendor_key(attribute)
+            if known is None:
+                key = _vendor_key(attribute)
+            else:
+                kept = known.get((id(attribute.value), attribute.vendor_identification,
+                                  attribute.name))
+                if kept is not None and kept[0] is attribute.value:
+                    key = kept[1]  # type: ignore[assignment]
+                else:
+                    key = _vendor_key(attribute)
+                    known[(id(attribute.value), attribute.vendor_identification,
+                           attribute.name)] = (attribute.value, key)
             if key is not None:
                 keys[key] = None
     return list(keys)

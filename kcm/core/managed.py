@@ -469,8 +469,9 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     names, groups = _names(obj), _groups(obj)
     stored_names = _names(obj._stored)
     stored_groups = _groups(obj._stored)
-    keys = attribute_keys.keys_of(obj.attributes)
-    stored_keys = attribute_keys.keys_of(obj._stored)
+    known: dict = {}  # (the values the change kept: their keys computed once)
+    keys = attribute_keys.keys_of(obj.attributes, known)
+    stored_keys = attribute_keys.keys_of(obj._stored, known)
     if names != stored_names or groups != stored_groups or keys != stored_keys:
         repository.replace_locate_copies(
             ctx.session, obj.uid, obj.tenant, names=None if names == stored_names else names,

@@ -59,6 +59,7 @@ def _count_while(sign) -> float:
     return counted[0] / took
 
 
+@pytest.mark.serial  # asserts how fast another thread runs: alone, after the parallel part
 def test_the_lock_is_released_while_openssl_signs(key: rsa.RSAPrivateKey,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Another thread counts about 5x as fast while OpenSSL signs as while Python's

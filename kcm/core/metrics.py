@@ -34,12 +34,12 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from kcm.kmip.enums import ResultStatus
 from kcm.kmip.messages import ResponseBatchItem
 from kcm.metrics import LATENCY_BUCKETS, CallbackGauge, Readiness, operation_label
+from kcm.reactor_threads import RunInThread, in_reactor_threads
 
 if TYPE_CHECKING:
     from kcm.connection_guard import ConnectionGuard
@@ -209,13 +209,12 @@ class DatabaseReadiness:
     :func:`database_state` run by ``run_in_thread`` (default: the reactor's thread pool)."""
 
     def __init__(self, url: str, reactor: Any, *, timeout: float = 2.0,
-                 run_in_thread: Callable[..., Deferred[Any]] | None = None,
+                 run_in_thread: RunInThread | None = None,
                  check: Callable[[str, float], dict[str, Any]] = database_state) -> None:
         self.url = url
         self.timeout = timeout
         self._reactor = reactor
-        self._run = run_in_thread or (lambda fn, *args: deferToThreadPool(
-            reactor, reactor.getThreadPool(), fn, *args))
+        self._run = run_in_thread or in_reactor_threads(reactor)
         self._check = check
         self._waiters: list[Deferred[Readiness]] = []
         self._thread_busy = False

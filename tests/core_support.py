@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,3 +98,22 @@ def core(tmp_path: Path) -> Iterator[CoreHarness]:
         yield CoreHarness(store, keyring, CoreRequestHandler(store, keyring, clock=time.time))
     finally:
         store.stopService()
+
+
+async def served_while_held(core: CoreHarness, release: threading.Event) -> tuple[bool, bytes]:
+    """With one of tenant demo's requests held on its worker (until ``release`` is set),
+    tenant other's Create, sent through the handler's group commit: whether it was answered
+    before ``release`` was set (it is set at the latest 5 s on), and its answer. ``release``
+    is set on return."""
+    from twisted.internet import reactor
+
+    from kcm.testing.requests import create_managed, request
+
+    safety = reactor.callLater(5, release.set)
+    answer = await core.handler.handle_as(request(create_managed(), version=(2, 1)),
+                                          core.caller(service_principal("other")))
+    answered_while_held = not release.is_set()
+    release.set()
+    if safety.active():
+        safety.cancel()
+    return answered_while_held, answer

@@ -37,8 +37,8 @@ from kcm.kmip.enums import (
 from kcm.kmip.payloads import CreateRequest, DerivationParameters, DeriveKeyRequest
 from kcm.kmip.tags import Tag
 from kcm.testing.postgres import fresh_database
-from kcm.testing.requests import CONTINUE, create_managed, get, item, request, response
-from tests.core_support import CoreHarness, service_principal
+from kcm.testing.requests import CONTINUE, get, item, request, response
+from tests.core_support import CoreHarness, served_while_held
 from tests.pg import postgres_url  # noqa: F401  (fixture)
 
 V = (2, 1)
@@ -136,13 +136,8 @@ async def test_pbkdf2_is_computed_off_the_writer_which_serves_another_tenant_mea
     await started
     if never.active():
         never.cancel()
-    safety = reactor.callLater(5, release.set)
-    other = response(await core.handler.handle_as(
-        request(create_managed(), version=V), core.caller(service_principal("other"))))
-    answered_while_held = not release.is_set()
-    release.set()
-    if safety.active():
-        safety.cancel()
+    answered_while_held, other_wire = await served_while_held(core, release)
+    other = response(other_wire)
     [derived] = response(await heavy).batch_items
     assert other.batch_items[0].result_status == ResultStatus.SUCCESS
     assert answered_while_held, "another tenant's Create waited for demo's PBKDF2"

@@ -29,9 +29,9 @@ from kcm.kmip.enums import (
 from kcm.kmip.objects import KeyBlock
 from kcm.kmip.payloads import CreateKeyPairRequest
 from kcm.kmip.tags import Tag
-from kcm.testing.requests import create_managed, get, item, request, response
+from kcm.testing.requests import get, item, request, response
 from kcm.ttlv import Item, ItemType
-from tests.core_support import CoreHarness, service_principal
+from tests.core_support import CoreHarness, served_while_held
 
 V = (2, 1)
 
@@ -84,13 +84,8 @@ async def test_key_pairs_are_made_off_the_writer_which_serves_another_tenant_mea
     heavy = core.handler.handle_as(request(pair_item(), pair_item(), version=V),
                                    core.caller())
     await started
-    safety = reactor.callLater(5, release.set)
-    other = response(await core.handler.handle_as(
-        request(create_managed(), version=V), core.caller(service_principal("other"))))
-    answered_while_held = not release.is_set()
-    release.set()
-    if safety.active():
-        safety.cancel()
+    answered_while_held, other_wire = await served_while_held(core, release)
+    other = response(other_wire)
     answer = response(await heavy)
 
     assert other.batch_items[0].result_status == ResultStatus.SUCCESS

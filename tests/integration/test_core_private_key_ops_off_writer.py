@@ -31,7 +31,7 @@ from kcm.kmip.enums import (
 )
 from kcm.kmip.payloads import DecryptRequest, EncryptRequest, SignRequest
 from kcm.testing.requests import activate, create_managed, item, request, response
-from tests.core_support import CoreHarness, service_principal
+from tests.core_support import CoreHarness, served_while_held
 from tests.integration.test_core_asymmetric import create_pair, key_pair_request, public_key
 
 V = (2, 1)
@@ -114,13 +114,8 @@ async def test_the_writer_serves_another_tenant_while_signatures_are_computed(
     monkeypatch.setattr(signatures, "sign", held)
     heavy = core.handler.handle_as(request(sign_item(private_uid), version=V), core.caller())
     await started
-    safety = reactor.callLater(5, release.set)
-    other = response(await core.handler.handle_as(
-        request(create_managed(), version=V), core.caller(service_principal("other"))))
-    answered_while_held = not release.is_set()
-    release.set()
-    if safety.active():
-        safety.cancel()
+    answered_while_held, other_wire = await served_while_held(core, release)
+    other = response(other_wire)
     answer = response(await heavy)
     assert other.batch_items[0].result_status == ResultStatus.SUCCESS
     assert answered_while_held, "another tenant's Create waited for demo's signature"

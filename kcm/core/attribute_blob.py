@@ -12,6 +12,7 @@ import struct
 
 from kcm.kmip.attributes import Attribute
 from kcm.ttlv import Item, ItemType, decode, encode
+from kcm.ttlv.codec import encode_into
 
 BLOB = 0x54A001
 ENTRY = 0x54A002
@@ -38,28 +39,47 @@ def kept_encoding(item: Item) -> Item:
 
 def encode_attributes(attributes: list[Attribute]) -> bytes:
     """Encode ``attributes`` losslessly for storage: exactly ``encode`` of the structure
-    :func:`reference_structure` builds, written without building it (every Create and
-    every change of an object encodes its whole list)."""
-    entries = []
+    :func:`reference_structure` builds, written without building it, and copied once (every
+    Create and every change of an object encodes its whole list: up to 1 MiB)."""
+    parts: list[bytes] = [b""]  # the blob's header, once its length is known
+    total = 0
     kept_encodings = _KEPT
     for attribute in attributes:
         value = attribute.value
         if value is None:
             raise ValueError("a stored attribute must have a value")
+        at = len(parts)
+        parts += (b"", b"")  # the entry's header and its value's
         kept = kept_encodings.get(id(value))
-        encoded = kept[1] if kept is not None and kept[0] is value else encode(value)
-        parts = [_HEADER(_VALUE_HEAD, len(encoded)), encoded]
-        if attribute.index is not None:
-            parts.append(encode(Item(INDEX, ItemType.INTEGER, attribute.index)))
-        if attribute.vendor_identification is not None:
-            parts.append(encode(Item(VENDOR, _TEXT, attribute.vendor_identification)))
-        if attribute.name is not None:
-            parts.append(encode(Item(NAME, _TEXT, attribute.name)))
-        body = b"".join(parts)
-        entries.append(_HEADER(_ENTRY_HEAD, len(body)))
-        entries.append(body)
-    blob = b"".join(entries)
-    return _HEADER(_BLOB_HEAD, len(blob)) + blob
+        if kept is not None and kept[0] is value:
+            parts.append(kept[1])
+            length = len(kept[1])
+        else:
+            length = encode_into(value, parts)
+        parts[at + 1] = _HEADER(_VALUE_HEAD, length)
+        body = 8 + length
+        for extra in _extras(attribute):
+            parts.append(extra)
+            body += len(extra)
+        parts[at] = _HEADER(_ENTRY_HEAD, body)
+        total += 8 + body
+    parts[0] = _HEADER(_BLOB_HEAD, total)
+    return b"".join(parts)
+
+
+def _extras(attribute: Attribute) -> list[bytes]:
+    """The encoded index, vendor and name an entry keeps beside its value."""
+    if attribute.index is None and attribute.vendor_identification is None \
+            and attribute.name is None:
+        return []
+    extras = []
+    if attribute.index is not None:
+        extras.append(encode(Item(INDEX, ItemType.INTEGER, attribute.index)))
+    if attribute.vendor_identification is not None:
+        extras.append(encode(Item(VENDOR, _TEXT, attribute.vendor_identification)))
+    if attribute.name is not None:
+        extras.append(encode(Item(NAME, _TEXT, attribute.name)))
+    return extras
 
 
 def reference_structure(attributes: list[Attribute]) -> Item:

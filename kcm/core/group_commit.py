@@ -30,10 +30,14 @@ raises SQLAlchemy's ``DBAPIError``, which fails the whole group.
 
 Fairness and bounds: the waiting jobs are kept in one FIFO per *share key* (the caller's
 tenant, as for :class:`kcm.core.fair_scheduler.FairScheduler`), and a group takes them one
-key at a time in turn, so a tenant's long queue delays another tenant's request by at most
-one job per busy tenant, not by its length. A group ends when no job is waiting, after
-``max_jobs`` jobs, or once its jobs have run ``max_seconds`` (measured on the writer
-thread), whichever comes first: so does the time any answer waits for its commit.
+key at a time, the key that has used the least of the writer's time first
+(:mod:`kcm.core.writer_shares`): a tenant's long queue, or its long jobs, delay another
+tenant's request by about one job of each busy tenant, not by their number or length. A
+job of a key whose last job ran long (``alone_seconds``) begins a group, and is never added
+to one: the short jobs before it commit without waiting for it. A group ends when no job
+is waiting, after ``max_jobs`` jobs, or once its jobs have run ``max_seconds`` (measured on
+the writer thread), whichever comes first: so does the time any answer waits for its
+commit.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from kcm.core.audit import savepoint
+from kcm.core.writer_shares import WriterShares
 
 __all__ = ["GroupCommitter"]
 
@@ -76,6 +81,7 @@ class GroupCommitter:
 
     def __init__(self, write: Callable[[Callable[[Session], Any]], Deferred[Any]], *,
                  max_jobs: int = 64, max_seconds: float = 0.025,
+                 alone_seconds: float = 0.005,
                  clock: Callable[[], float] = time.perf_counter,
                  start: Callable[[Callable[[], None]], object] | None = None,
                  write_lean: Callable[[Callable[[Any], Any]], Deferred[Any]] | None = None,
@@ -83,7 +89,8 @@ class GroupCommitter:
         """``start(run)`` calls ``run`` (which starts a group) once the reactor's current
         turn is over; None starts each group at once. ``write_lean`` is ``write`` for
         work that needs no session (:meth:`kcm.core.store.engine.Store.write_lean`);
-        None runs every group through ``write``."""
+        None runs every group through ``write``. ``alone_seconds``: a key whose last job ran
+        that long has its next job begin a group (:mod:`kcm.core.writer_shares`)."""
         if max_jobs < 1 or max_seconds <= 0:
             raise ValueError("need max_jobs >= 1 and max_seconds > 0")
         self._write = write
@@ -97,7 +104,10 @@ class GroupCommitter:
         #: Jobs waiting, per key; a key is present only while it has some.
         self._waiting: dict[Hashable, deque[_Job]] = {}
         #: Keys with jobs waiting, in the order they will be served.
-        self._turns: deque[Hashable] = deque()
+        self._shares = WriterShares(alone_seconds=alone_seconds)
+        #: The key whose job the writer thread runs (taken, its time not yet charged).
+        self._running_key: Hashable | None = None
+        self._running = False
         self._group_running = False
         #: Of the groups committed, how many and how many jobs in all (for benchmarks).
         self.groups = 0
@@ -127,7 +137,8 @@ class GroupCommitter:
             jobs = self._waiting.get(key)
             if jobs is None:
                 jobs = self._waiting[key] = deque()
-                self._turns.append(key)
+                if not (self._running and key == self._running_key):
+                    self._shares.arrive(key)  # (a running key waits again when charged)
             jobs.append(job)
         if not self._group_running:
             self._schedule_group()
@@ -154,35 +165,46 @@ class GroupCommitter:
     def _lean_next(self) -> bool:
         """Whether the job next in turn can run in a lean group."""
         with self._lock:
-            return bool(self._turns) and \
-                self._waiting[self._turns[0]][0].lean is not None
+            key = self._shares.next_key()
+            return key is not None and self._waiting[key][0].lean is not None
 
-    def _take(self, lean: bool = False) -> _Job | None:
-        """The job next in turn; None when none waits, or (``lean``) when that job cannot
-        run in a lean group (it waits for the next group)."""
+    def _take(self, lean: bool = False, first: bool = True) -> _Job | None:
+        """The job next in turn, its key running; None when none waits, or when that job
+        is to wait for the next group: it cannot run in a lean group (``lean``), or it is
+        expected to be long and the group has jobs already (not ``first``)."""
         with self._lock:
-            if not self._turns:
+            shares = self._shares
+            key = shares.next_key()
+            if key is None:
                 return None
-            key = self._turns[0]
             jobs = self._waiting[key]
-            if lean and jobs[0].lean is None:
+            if (lean and jobs[0].lean is None) or (not first and shares.expected(key)):
                 return None
-            self._turns.rotate(-1)
+            shares.take()
             job = jobs.popleft()
             if not jobs:
                 del self._waiting[key]
-                self._turns.remove(key)
+            self._running_key, self._running = key, True
             return job
+
+    def _ran(self, seconds: float) -> None:
+        """The writer thread: the job taken last ran ``seconds``; its key is charged."""
+        with self._lock:
+            key = self._running_key
+            self._running_key, self._running = None, False
+            self._shares.charge(key, seconds, waits_again=key in self._waiting)
 
     def _run_group(self, session: Any, taken: list[_Job], lean: bool = False) -> None:
         """The writer thread: take jobs in turn and run each in a savepoint (``lean``:
         each job's lean work in ``session``, a lean transaction)."""
-        started = self._clock()
-        while len(taken) < self._max_jobs and self._clock() - started < self._max_seconds:
-            job = self._take(lean)
+        clock = self._clock
+        started = ran_to = clock()
+        while len(taken) < self._max_jobs and ran_to - started < self._max_seconds:
+            job = self._take(lean, first=not taken)
             if job is None:
                 return
             taken.append(job)
+            job_started = ran_to
             try:
                 if lean:
                     job.outcome = job.lean(session, *job.args)  # type: ignore[misc]
@@ -197,6 +219,9 @@ class GroupCommitter:
                 job.outcome, job.failed = Failure(), True
             except Exception:
                 job.outcome, job.failed = Failure(), True
+            finally:
+                ran_to = clock()
+                self._ran(ran_to - job_started)
 
     def _committed(self, _: None, taken: list[_Job]) -> None:
         self._next_group()
@@ -215,7 +240,7 @@ class GroupCommitter:
             with self._lock:
                 taken = [job for jobs in self._waiting.values() for job in jobs]
                 self._waiting.clear()
-                self._turns.clear()
+                self._shares.clear()
         self._next_group()
         for job in taken:
             job.done.errback(failure)
@@ -223,6 +248,6 @@ class GroupCommitter:
     def _next_group(self) -> None:
         self._group_running = False
         with self._lock:
-            more = bool(self._turns)
+            more = len(self._shares) > 0
         if more:
             self._schedule_group()

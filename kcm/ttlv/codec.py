@@ -151,6 +151,12 @@ def encode(item: Item) -> bytes:
     return b"".join(parts)
 
 
+def encode_into(item: Item, parts: list[bytes]) -> int:
+    """Append the encoding of ``item`` to ``parts``, for a caller that joins them with
+    others in one copy; return its encoded length."""
+    return _encode(item, parts)
+
+
 def _encode(item: Item, parts: list[bytes]) -> int:
     """Append the encoding of ``item`` to ``parts``; return its encoded length."""
     out = parts.append
@@ -193,5 +199,15 @@ def _encode(item: Item, parts: list[bytes]) -> int:
         raise TtlvError(0, f"cannot encode tag 0x{item.tag:06X} as {item_type!r}: {e}") from None
     length = len(raw)
     pad = -length & 7
-    out(_PACK_HEADER(head, length) + raw + _ZERO_PAD[:pad])
+    if length <= _JOINED_BYTES:
+        out(_PACK_HEADER(head, length) + raw + _ZERO_PAD[:pad])
+    else:  # copied once, when the parts are joined
+        out(_PACK_HEADER(head, length))
+        out(raw)
+        if pad:
+            out(_ZERO_PAD[:pad])
     return 8 + length + pad
+
+
+#: Values longer than this are appended as they are, not joined to their header first.
+_JOINED_BYTES = 1024

@@ -66,3 +66,21 @@ def test_the_server_set_attributes_of_a_create_are_stored_as_they_encode() -> No
     assert decoded == fixed
     assert (decoded[0].typed, decoded[2].typed) == (create.LEASE_TIME, "default")
     assert {(a.tag, a.typed) for a in decoded[3:]} == set(create._FLAGS)
+
+
+@given(st.lists(st.tuples(st.sampled_from([1023, 1024, 1025, 1031, 1032, 70_001]),
+                          st.booleans()), min_size=1, max_size=4),
+       st.lists(attributes, max_size=3))
+def test_long_values_appended_whole_are_written_alike(
+        lengths: list[tuple[int, bool]], listed: list[Attribute]) -> None:
+    """Values over the codec's joining threshold (1 KiB) are appended to the parts as they
+    are (one copy in all): byte for byte what the tree encodes, padding included."""
+    from kcm.ttlv import ItemType
+
+    long = [Attribute.vendor("x", f"v{n}", Item(0, ItemType.TEXT_STRING, "\u00e9" * (size // 2))
+                             if text else Item(0, ItemType.BYTE_STRING, b"\x01" * size))
+            for n, (size, text) in enumerate(lengths)]
+    mixed = [*listed, *long]
+    blob = encode_attributes(mixed)
+    assert blob == encode(reference_structure(mixed))
+    assert decode_attributes(blob) == mixed

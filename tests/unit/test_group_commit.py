@@ -69,6 +69,11 @@ class Writer:
         return session
 
 
+#: A clock that does not move: every job takes no time, so keys are served in the order in
+#: which they began to wait (the writer's time shares are tested with one that moves).
+STILL = {"clock": lambda: 0.0}
+
+
 def results(*ds: Deferred[Any]) -> list[Any]:
     out: list[Any] = []
     for d in ds:
@@ -99,7 +104,7 @@ def test_a_group_starts_once_the_reactor_turn_is_over() -> None:
     end runs) share a group, the first included; so do those that arrived while a group
     ran, with the ones of the turn in which it committed."""
     writer, turn_end, ran = Writer(), [], []
-    committer = GroupCommitter(writer.write, start=turn_end.append)
+    committer = GroupCommitter(writer.write, start=turn_end.append, **STILL)
     first = [committer.submit("a", lambda _session, n: ran.append(n) or n, n) for n in (1, 2)]
     first.append(committer.submit("b", lambda _session: ran.append(3) or 3))
     assert writer.groups == [] and len(turn_end) == 1  # not started mid-turn
@@ -121,7 +126,7 @@ def test_a_group_starts_once_the_reactor_turn_is_over() -> None:
 
 def test_a_failing_job_rolls_back_alone() -> None:
     writer = Writer()
-    committer = GroupCommitter(writer.write)
+    committer = GroupCommitter(writer.write, **STILL)
     blocker = committer.submit("a", lambda _session: "first")
     writer.work()
     jobs = [committer.submit("a", lambda _session: "ok"),
@@ -150,7 +155,7 @@ def test_a_failed_commit_fails_every_job_of_its_group_and_the_next_runs() -> Non
 
 def test_groups_take_tenants_in_turn_and_are_bounded() -> None:
     writer, order = Writer(), []
-    committer = GroupCommitter(writer.write, max_jobs=4)
+    committer = GroupCommitter(writer.write, max_jobs=4, **STILL)
     committer.submit("busy", lambda _s: order.append("first"))
     writer.work()
     for n in range(6):
@@ -168,7 +173,8 @@ def test_groups_take_tenants_in_turn_and_are_bounded() -> None:
 
 def test_a_group_ends_after_its_time_budget() -> None:
     writer, now = Writer(), [0.0]
-    committer = GroupCommitter(writer.write, max_seconds=0.01, clock=lambda: now[0])
+    committer = GroupCommitter(writer.write, max_seconds=0.01, alone_seconds=0.02,
+                               clock=lambda: now[0])
 
     def slow(_session: Any) -> None:
         now[0] += 0.006
@@ -228,7 +234,7 @@ class Writers:
 
 def test_a_group_that_begins_with_a_lean_job_is_lean_and_takes_only_lean_jobs() -> None:
     writers, ran = Writers(), []
-    committer = GroupCommitter(writers.write, write_lean=writers.write_lean)
+    committer = GroupCommitter(writers.write, write_lean=writers.write_lean, **STILL)
     jobs = [committer.submit("a", lambda _s: ran.append("a session"),
                              lean=lambda _t: ran.append("a lean")),
             committer.submit("b", lambda _s: ran.append("b session"),
@@ -288,3 +294,91 @@ def test_a_database_error_in_a_lean_group_fails_the_whole_group() -> None:
     answered = results(committer.submit("a", lambda _s: None, lean=lambda _t: "kept"))
     assert writers.run() == "lean"
     assert answered == ["kept"]
+
+
+def test_a_short_job_goes_before_a_long_tenants_next_and_commits_without_it() -> None:
+    """A tenant whose jobs hold the writer 15 ms, four clients of it sending: another
+    tenant's job of 0.1 ms, submitted while one of them runs, is in the very next group,
+    first and alone: it waits for the job running when it came, not for a long one after."""
+    writer, now, ran = Writer(), [0.0], []
+    committer = GroupCommitter(writer.write, clock=lambda: now[0])
+
+    def job(name: str, seconds: float) -> Callable[[Any], None]:
+        def run(_session: Any) -> None:
+            now[0] += seconds
+            ran.append(name)
+        return run
+
+    committer.submit("heavy", job("heavy0", 0.015))
+    writer.work()  # the first alone; three more of the heavy tenant come while it runs
+    for n in range(1, 4):
+        committer.submit("heavy", job(f"heavy{n}", 0.015))
+    light = results(committer.submit("light", job("light", 0.0001)))
+    writer.commit()
+    writer.work()
+    assert ran == ["heavy0", "light"]  # served first (it used least), the long job not added
+    writer.commit()
+    assert light == [None]
+    # each long job then begins a group of its own, however short the ones before it
+    while writer.groups:
+        writer.run()
+    assert ran[2:] == ["heavy1", "heavy2", "heavy3"] and committer.groups == 5
+
+
+def test_a_job_expected_long_waits_for_a_group_of_its_own() -> None:
+    writer, now, ran = Writer(), [0.0], []
+    committer = GroupCommitter(writer.write, clock=lambda: now[0])
+
+    def job(name: str, seconds: float) -> Callable[[Any], None]:
+        def run(_session: Any) -> None:
+            now[0] += seconds
+            ran.append(name)
+        return run
+
+    committer.submit("a", job("a0", 0.006))
+    writer.run()  # a's last job ran longer than alone_seconds (5 ms)
+    committer.submit("b", job("b0", 0.001))
+    writer.work()
+    # b's job began to wait after a's was charged, at the floor: it goes first, then the
+    # group, having jobs, does not take a's expected long one
+    committer.submit("a", job("a1", 0.001))
+    committer.submit("c", job("c0", 0.001))
+    writer.commit()
+    writer.work()
+    assert ran == ["a0", "b0", "c0"]  # c (at the floor) before a (6 ms ahead); a waits
+    writer.commit()
+    writer.run()
+    assert ran[3:] == ["a1"]
+    # a's last job was short: it joins a group again (after b, which is at the floor)
+    for key in ("a", "b"):
+        committer.submit(key, job(f"{key}2", 0.001))
+    writer.run()
+    assert ran[4:] == ["b2", "a2"] and committer.groups == 5
+
+
+def test_an_idle_tenant_banks_no_time_and_a_busy_one_sheds_none_by_pausing() -> None:
+    """Virtual time: a tenant that was idle while another used the writer starts level
+    with it, not far behind (it would otherwise take the writer for as long); one that
+    pauses between its requests keeps what it used."""
+    writer, now, ran = Writer(), [0.0], []
+    committer = GroupCommitter(writer.write, alone_seconds=1.0, clock=lambda: now[0])
+
+    def job(name: str, seconds: float) -> Callable[[Any], None]:
+        def run(_session: Any) -> None:
+            now[0] += seconds
+            ran.append(name)
+        return run
+
+    committer.submit("idle", job("idle0", 0.001))
+    writer.run()
+    for n in range(50):  # the busy tenant alone for 100 ms, one request at a time
+        committer.submit("busy", job(f"busy{n}", 0.002))
+        writer.run()
+    ran.clear()
+    # both send three at once: they alternate, the idle one no more than one ahead
+    for n in range(3):
+        committer.submit("busy", job(f"b{n}", 0.002))
+        committer.submit("idle", job(f"i{n}", 0.002))
+    writer.run()
+    assert ran == ["b0", "i0", "b1", "i1", "b2", "i2"] or \
+        ran == ["i0", "b0", "i1", "b1", "i2", "b2"]

@@ -107,3 +107,24 @@ def test_decode_item_reports_where_it_stopped() -> None:
 def test_unencodable_values_raise_the_codec_error(item: Item) -> None:
     with pytest.raises(TtlvError):
         encode(item)
+
+
+@pytest.mark.parametrize("length", [1023, 1024, 1025, 1029, 1032, 65_535])
+def test_long_strings_encode_and_decode_around_the_joining_threshold(length: int) -> None:
+    """Values over 1 KiB are appended apart from their header (copied once by the join):
+    the bytes are the same as for shorter ones, padding included."""
+    import struct
+
+    from kcm.ttlv.codec import encode_into
+
+    raw = bytes(range(256)) * (length // 256) + b"\x07" * (length % 256)
+    for item_type, value, data in ((ItemType.BYTE_STRING, raw, raw),
+                                   (ItemType.TEXT_STRING, "k" * length, b"k" * length)):
+        item = Item(0x420001, item_type, value)
+        expected = struct.pack(">IBI", 0x420001, item_type, length)[1:] + data + \
+            b"\0" * (-length & 7)
+        assert encode(item) == expected
+        parts: list[bytes] = [b"before"]
+        assert encode_into(item, parts) == len(expected)
+        assert b"".join(parts[1:]) == expected
+        assert decode(expected) == item

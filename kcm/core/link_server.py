@@ -149,9 +149,12 @@ class LinkSettings:
     #: gateway sends at most its own bound, by default 1,024, and is never refused).
     max_waiting_fetches: int = 1024
     #: Requests of one link being answered, held or waiting to be written; at this many the
-    #: core reads no more of the link until one has gone (a gateway sends at most its own
-    #: ``max_in_flight``, by default 1,024, and is never held back by this).
-    max_requests_in_flight: int = 1024
+    #: core reads no more of the link until one has gone. Twice a gateway's default
+    #: ``max_in_flight`` (1,024): a gateway stops reading its clients there, and sends at most
+    #: twice it (the requests it had read already), so none is held back by this. At 1,024 a
+    #: core stopped reading a gateway's link that had more: another tenant's request, behind
+    #: the rest in the connection, then waited for as many of them to be answered.
+    max_requests_in_flight: int = 2048
     #: Seconds a link's transport may stay full, taking nothing, before the link is closed.
     write_timeout: float = 30.0
 

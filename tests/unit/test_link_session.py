@@ -1046,6 +1046,31 @@ def test_a_link_with_too_many_requests_in_flight_is_not_read_until_one_goes(
     assert reading == [False, True] and not world.server.reading_paused
 
 
+def test_a_gateway_at_its_own_bound_is_read_whole_by_the_core_defaults(world: World) -> None:
+    """A gateway with the default max_in_flight sends at most twice it (its clients are
+    paused at it; the requests already read go on). The core reads all of them, so a
+    request of another tenant behind them is read at once, not after as many answers."""
+    from dataclasses import fields
+
+    from kcm.gateway.config import GatewayConfig
+
+    assert world.factory.settings.max_requests_in_flight == 2048
+    world.client.max_in_flight = next(f.default for f in fields(GatewayConfig)
+                                      if f.name == "max_in_flight")
+    world.connect()
+    reading: list[bool] = []
+    world.server.transport.pauseProducing = lambda: reading.append(False)
+    world.server.transport.resumeProducing = lambda: reading.append(True)
+    for _ in range(2 * world.client.max_in_flight - 1):
+        world.client.forward(b"heavy", APP, "h:1")
+    world.flush()
+    assert reading == [] and not world.server.reading_paused
+    world.client.forward(b"other tenant", APP, "h:2")  # the last the gateway may send
+    world.flush()
+    assert len(world.handler.calls) == 2 * world.client.max_in_flight
+    assert world.handler.calls[-1][0] == b"other tenant"
+
+
 def test_a_gateway_that_applied_no_event_still_notices_a_restore(world: World) -> None:
     """A gateway starts from the head (event 3) and applies nothing; the database is then
     restored from a backup at event 2 and events 3 to 5 are committed anew. Sent the head

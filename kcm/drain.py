@@ -20,15 +20,22 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-__all__ = ["DRAIN_GRACE", "DRAIN_TIMEOUT", "drain", "until"]
+__all__ = ["DRAIN_GRACE", "DRAIN_TIMEOUT", "MAX_DRAIN_TIMEOUT", "STOP_MARGIN", "drain", "until"]
 
 log = Logger()
 
 #: Seconds a connection may be idle before a stopping server closes it.
 DRAIN_GRACE = 0.5
-#: Seconds a stopping server waits for its connections and requests (a kcm-gateway
-#: supervisor kills a worker 10 s after its SIGTERM; systemd's TimeoutStopSec is 20 s).
+#: Seconds a stopping server waits for its connections and requests by default (the
+#: ``drain_timeout`` setting of kcm-core and kcm-gateway; a kcm-gateway supervisor kills a
+#: worker :data:`STOP_MARGIN` seconds after that past its SIGTERM; systemd's TimeoutStopSec
+#: is 20 s in docs/deploy.md).
 DRAIN_TIMEOUT = 5.0
+#: The longest ``drain_timeout``, seconds.
+MAX_DRAIN_TIMEOUT = 3600.0
+#: Seconds a stopping process is given beyond its drain to stop the rest (its link, its
+#: store) before a supervisor kills it.
+STOP_MARGIN = 5.0
 #: Seconds between two looks of :func:`until`.
 POLL_INTERVAL = 0.05
 

@@ -22,6 +22,7 @@ from kcm.config_file import (
 from kcm.core.policy import AccessPolicy, ApplicationObjects
 from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL
 from kcm.core.store.object_cache import DEFAULT_MAX_BYTES
+from kcm.drain import DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT
 from kcm.identity import validate_trust_domain
 from kcm.kmip_protocol import ConnectionLimits
 
@@ -125,6 +126,10 @@ class CoreConfig:
     #: Seconds an event is kept in the outbox for gateways that relink (7 days); older ones
     #: are deleted by the state sweeper (kcm.core.outbox_retention).
     outbox_retention: float = 7 * 24 * 3600.0
+    #: Seconds a stopping core (SIGTERM) waits for its clients' and gateways' requests
+    #: before it cuts what is left (kcm.drain): at least ``limits.request_deadline`` for no
+    #: stop to cut a request that runs to its deadline.
+    drain_timeout: float = DRAIN_TIMEOUT
 
     @property
     def access(self) -> AccessPolicy:
@@ -136,7 +141,7 @@ _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file"
               "policy_file", "database_threads", "log_level", "log_format", "log_file",
               "audit_checkpoint_interval", "application_objects", "metrics_listen",
               "state_sweep_interval", "object_cache_size", "object_cache_bytes",
-              "outbox_retention"}
+              "outbox_retention", "drain_timeout"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:
@@ -166,6 +171,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if config.application_objects not in allowed:
         raise ConfigError(f"core.application_objects must be one of {', '.join(allowed)}, "
                           f"not {config.application_objects!r}")
+    if not 0 < config.drain_timeout <= MAX_DRAIN_TIMEOUT:
+        raise ConfigError("core.drain_timeout must be more than 0 and at most "
+                          f"{MAX_DRAIN_TIMEOUT:g} (seconds)")
     return config
 
 
@@ -182,7 +190,8 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
         out["database_threads"] = whole_number("core.database_threads",
                                                out["database_threads"], least=1,
                                                most=MAX_DATABASE_THREADS)
-    for name in ("audit_checkpoint_interval", "state_sweep_interval", "outbox_retention"):
+    for name in ("audit_checkpoint_interval", "state_sweep_interval", "outbox_retention",
+                 "drain_timeout"):
         if name in out:
             out[name] = seconds(f"core.{name}", out[name])
     return out

@@ -327,7 +327,7 @@ class CoreService(ProcessService):
         sent DRAIN (:meth:`LinkServerFactory.drain`): it sends its new requests to its next
         link and closes this one once its requests are answered (a gateway that does not
         take DRAIN is waited for until none of its requests is in flight); then the rest
-        stops (the store last), 5 s later at most."""
+        stops (the store last), ``drain_timeout`` seconds later at most (5 by default)."""
         if not self.running:
             return maybeDeferred(super().stopService)
         self.stopping = True
@@ -339,7 +339,8 @@ class CoreService(ProcessService):
             waits.append(links.drain)
         draining = drain(self.reactor, "kcm-core",
                          [self.namedServices.get("kcm-kmip-listener"),
-                          self.namedServices.get("kcm-link-listener")], waits)
+                          self.namedServices.get("kcm-link-listener")], waits,
+                         timeout=self.config.drain_timeout)
         draining.addCallback(lambda _: self._flush_refusals())
         return draining.addCallback(lambda _: super(CoreService, self).stopService())
 

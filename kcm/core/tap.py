@@ -83,6 +83,8 @@ class Options(ServiceOptions):
         ["outbox-retention", None, None,
          "Seconds an event is kept in the outbox for relinking gateways (default 604800: "
          "7 days)."],
+        ["drain-timeout", None, None,
+         "Seconds a stopping core waits for the requests in flight (default 5)."],
         ["application-objects", None, None,
          "Which objects of its tenant an application may use: own-service or tenant."],
         ["database-threads", None, None, "Worker threads for database transactions."],

@@ -20,6 +20,7 @@ from kcm.config_file import (
     seconds,
     whole_number,
 )
+from kcm.drain import DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT
 from kcm.gateway.core_endpoints import ORDERS
 from kcm.gateway.placement import PIN_MODES
 from kcm.identity import validate_trust_domain
@@ -106,6 +107,11 @@ class GatewayConfig:
     #: supervisor before it is killed as hung and restarted (it gets no new connections
     #: after 2 s already: kcm.gateway.balance.SILENT_AFTER). At least 3.
     hung_worker_timeout: float = HUNG_WORKER_TIMEOUT
+    #: Seconds a stopping gateway (SIGTERM, a worker of a rolling restart) waits for its
+    #: clients' requests, forwarded ones included, before it cuts what is left: at least as
+    #: long as the longest request the core answers (its ``limits.request_deadline``) for no
+    #: stop to cut one. A supervisor kills a worker 5 s after that past its SIGTERM.
+    drain_timeout: float = DRAIN_TIMEOUT
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -115,7 +121,8 @@ class GatewayConfig:
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_order", "core_server_name", "l3_ttl",
               "max_stale", "max_tombstones", "dek_cache_size", "dek_cache_ttl", "prewarm",
               "max_in_flight", "log_level", "log_format", "log_file", "workers", "metrics_listen",
-              "usage_report_interval", "busy_poll_us", "pin_workers", "hung_worker_timeout"}
+              "usage_report_interval", "busy_poll_us", "pin_workers", "hung_worker_timeout",
+              "drain_timeout"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -172,6 +179,9 @@ def load_config(path: str | Path | None,
     if config.hung_worker_timeout < MIN_HUNG_WORKER_TIMEOUT:
         raise ConfigError("gateway.hung_worker_timeout must be at least "
                           f"{MIN_HUNG_WORKER_TIMEOUT:g} (seconds)")
+    if not 0 < config.drain_timeout <= MAX_DRAIN_TIMEOUT:
+        raise ConfigError("gateway.drain_timeout must be more than 0 and at most "
+                          f"{MAX_DRAIN_TIMEOUT:g} (seconds)")
     return config
 
 
@@ -179,7 +189,7 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
     for key in ("l3_ttl", "max_stale", "usage_report_interval", "dek_cache_ttl",
-                "hung_worker_timeout"):
+                "hung_worker_timeout", "drain_timeout"):
         if key in out:
             out[key] = seconds(f"gateway.{key}", out[key])
     for key in ("max_in_flight", "max_tombstones"):

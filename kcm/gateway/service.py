@@ -71,8 +71,8 @@ class GatewayService(ProcessService):
     Stopping (SIGTERM) drains first (:func:`kcm.drain.drain`): the KMIP listener stops,
     each connection is closed once it has been idle 0.5 s or once an answer leaves
     nothing it sent unanswered (what it sent is answered first, over the link that is still
-    up), and the rest stops when none is left, or after 5 s (what is still open then is
-    cut).
+    up), and the rest stops when none is left, or after ``drain_timeout`` seconds (5 by
+    default; what is still open then is cut).
     """
 
     def __init__(self, config: GatewayConfig, *, reactor: Any,
@@ -124,7 +124,8 @@ class GatewayService(ProcessService):
         self.stopping = True
         draining = drain(self.reactor, "kcm-gateway",
                          [self.namedServices.get("kcm-kmip-listener")],
-                         [lambda: factory.drain(DRAIN_GRACE)])
+                         [lambda: factory.drain(DRAIN_GRACE)],
+                         timeout=self.config.drain_timeout)
         return draining.addCallback(self._stopped_serving)
 
     def _stopped_serving(self, _: object) -> Deferred[None]:

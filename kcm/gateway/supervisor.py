@@ -83,7 +83,8 @@ RESTART_BACKOFF: Callable[[int], float] = backoffPolicy(initialDelay=0.2, maxDel
                                                          factor=2.0, jitter=lambda: 0.0)
 #: A worker that ran this many seconds before exiting starts the back-off afresh.
 STABLE_AFTER = 30.0
-#: Seconds stopping workers have to exit after SIGTERM before they are killed.
+#: Seconds stopping workers have to exit after SIGTERM before they are killed, by default
+#: (kcm-gateway gives its pool the ``drain_timeout`` setting plus :data:`kcm.drain.STOP_MARGIN`).
 STOP_TIMEOUT = 10.0
 #: At the supervisor's start: seconds new connections wait (in the backlog) for every worker
 #: to be ready, so that they spread over all of them (kcm.gateway.acceptor).

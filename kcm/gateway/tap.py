@@ -22,6 +22,7 @@ from twisted.python import usage
 from kcm import monotonic_reactor
 from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
+from kcm.drain import STOP_MARGIN
 from kcm.gateway.config import GatewayConfig, load_config
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint, with_connect_timeout
 from kcm.gateway.denied_uses import DeniedUses
@@ -104,6 +105,8 @@ class Options(ServiceOptions):
                                     "CPU), always, or never."],
         ["hung-worker-timeout", None, None, "Seconds a silent worker is given before it is "
                                             "restarted (default 10, at least 3)."],
+        ["drain-timeout", None, None, "Seconds a stopping gateway (or worker) waits for the "
+                                      "requests in flight (default 5)."],
         ["worker", None, None, "Set by the supervisor: run as its worker INDEX (on the "
                                "connections or the listening socket it hands over)."],
         ["cpu", None, None, "Set by the supervisor: run this worker on CPU N only."],
@@ -312,7 +315,8 @@ def make_supervisor(options: Options, workers: int,
         options, index, listener.worker_listen,
         worker_metrics.listen_for(index) if worker_metrics is not None else None,
         pinned.get(index)),
-        listener, reactor=reactor, hung_after=config.hung_worker_timeout)
+        listener, reactor=reactor, hung_after=config.hung_worker_timeout,
+        stop_timeout=config.drain_timeout + STOP_MARGIN)
     listener.on_worker_up = pool.worker_up  # a rolling restart waits for each to be up
     if config.metrics_listen:
         from kcm.metrics_http import metrics_listener, metrics_site

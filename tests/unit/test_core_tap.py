@@ -417,3 +417,24 @@ def test_the_crl_refresh_from_the_command_line_is_a_number_of_seconds(tmp_path: 
         "core_config"].tls.crl_refresh == 2.5
     with pytest.raises(usage.UsageError, match="tls.crl_refresh"):
         parse("-c", str(config_file), "--tls-crl-refresh", "soon")
+
+
+def test_the_drain_timeout_reaches_the_drain(tmp_path: Path) -> None:
+    """A stopping core waits ``drain_timeout`` (5 s by default) for its requests."""
+    from unittest import mock
+
+    from twisted.internet.defer import Deferred
+
+    from kcm.drain import DRAIN_TIMEOUT
+
+    assert parse()["core_config"].drain_timeout == DRAIN_TIMEOUT
+    config = parse("--drain-timeout", "11")["core_config"]
+    core = CoreService(config, reactor=Clock(), store=mock.Mock(), keyring=mock.Mock(),
+                       handler=mock.Mock(), policy=mock.Mock())
+    core.running = True  # (as if started)
+    with mock.patch("kcm.core.service.drain", return_value=Deferred()) as drained:
+        core.stopService()
+    assert drained.call_args.kwargs["timeout"] == 11.0
+    for wrong in ("0", "-1", "3601", "soon"):
+        with pytest.raises(usage.UsageError, match="core.drain_timeout"):
+            parse("--drain-timeout", wrong)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python import usage
 
@@ -396,6 +397,41 @@ def test_bad_hung_worker_timeouts_are_usage_errors(tmp_path: Path, text: str) ->
     path = tmp_path / "gw.toml"
     path.write_text(f"[gateway]\n{text}\n")
     with pytest.raises(usage.UsageError, match="gateway.hung_worker_timeout"):
+        parse("-c", str(path))
+
+
+# drain_timeout ----------------------------------------------------------------------------------
+def test_the_drain_timeout_reaches_the_drain_and_the_pools_kill(tmp_path: Path) -> None:
+    """A stopping gateway waits ``drain_timeout`` for its requests (a forwarded one that
+    runs to the core's request deadline included, if set so); its supervisor kills a
+    worker 5 s after that."""
+    from unittest import mock
+
+    from kcm.drain import DRAIN_TIMEOUT, STOP_MARGIN
+
+    assert parse()["gateway_config"].drain_timeout == DRAIN_TIMEOUT
+    pool = tap.makeService(parse("--workers", "2"), reactor=Clock()).getServiceNamed(
+        "kcm-gateway-workers")
+    assert pool.stop_timeout == DRAIN_TIMEOUT + STOP_MARGIN == 10.0
+    path = tmp_path / "gw.toml"
+    path.write_text("[gateway]\ndrain_timeout = 12.5\n")
+    pool = tap.makeService(parse("-c", str(path), "--workers", "2"),
+                           reactor=Clock()).getServiceNamed("kcm-gateway-workers")
+    assert pool.stop_timeout == 17.5
+    gateway = GatewayService(parse("--drain-timeout", "12.5")["gateway_config"],
+                             reactor=Clock())
+    gateway.kmip_factory, gateway.running = mock.Mock(), True  # (as if started)
+    with mock.patch("kcm.gateway.service.drain", return_value=Deferred()) as drained:
+        gateway.stopService()
+    assert drained.call_args.kwargs["timeout"] == 12.5
+
+
+@pytest.mark.parametrize("text", ["drain_timeout = 0", "drain_timeout = -1",
+                                  "drain_timeout = 3601", 'drain_timeout = "soon"'])
+def test_bad_drain_timeouts_are_usage_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(f"[gateway]\n{text}\n")
+    with pytest.raises(usage.UsageError, match="gateway.drain_timeout"):
         parse("-c", str(path))
 
 

@@ -34,7 +34,9 @@ key at a time, the key that has used the least of the writer's time first
 (:mod:`kcm.core.writer_shares`): a tenant's long queue, or its long jobs, delay another
 tenant's request by about one job of each busy tenant, not by their number or length. A
 job of a key whose last job ran long (``alone_seconds``) begins a group, and is never added
-to one: the short jobs before it commit without waiting for it. A group ends when no job
+to one: the short jobs before it commit without waiting for it; nor is a job of a key whose
+jobs in the group ran that long together (jobs just short of it would otherwise fill the
+group, and every answer in it would wait for them). A group ends when no job
 is waiting, after ``max_jobs`` jobs, or once its jobs have run ``max_seconds`` (measured on
 the writer thread), whichever comes first: so does the time any answer waits for its
 commit.
@@ -168,17 +170,22 @@ class GroupCommitter:
             key = self._shares.next_key()
             return key is not None and self._waiting[key][0].lean is not None
 
-    def _take(self, lean: bool = False, first: bool = True) -> _Job | None:
+    def _take(self, lean: bool = False, first: bool = True,
+              used: dict[Hashable, float] | None = None) -> _Job | None:
         """The job next in turn, its key running; None when none waits, or when that job
-        is to wait for the next group: it cannot run in a lean group (``lean``), or it is
-        expected to be long and the group has jobs already (not ``first``)."""
+        is to wait for the next group: it cannot run in a lean group (``lean``), or the
+        group has jobs already (not ``first``) and the job is expected to be long, or its
+        key's jobs in this group ran ``alone_seconds`` already (``used``: each key's
+        seconds in the group)."""
         with self._lock:
             shares = self._shares
             key = shares.next_key()
             if key is None:
                 return None
             jobs = self._waiting[key]
-            if (lean and jobs[0].lean is None) or (not first and shares.expected(key)):
+            if (lean and jobs[0].lean is None) or not first and (
+                    shares.expected(key)
+                    or (used or {}).get(key, 0.0) >= shares.alone_seconds):
                 return None
             shares.take()
             job = jobs.popleft()
@@ -187,20 +194,23 @@ class GroupCommitter:
             self._running_key, self._running = key, True
             return job
 
-    def _ran(self, seconds: float) -> None:
-        """The writer thread: the job taken last ran ``seconds``; its key is charged."""
+    def _ran(self, seconds: float, used: dict[Hashable, float]) -> None:
+        """The writer thread: the job taken last ran ``seconds``; its key is charged, here
+        and in ``used`` (its group's)."""
         with self._lock:
             key = self._running_key
             self._running_key, self._running = None, False
             self._shares.charge(key, seconds, waits_again=key in self._waiting)
+        used[key] = used.get(key, 0.0) + seconds
 
     def _run_group(self, session: Any, taken: list[_Job], lean: bool = False) -> None:
         """The writer thread: take jobs in turn and run each in a savepoint (``lean``:
         each job's lean work in ``session``, a lean transaction)."""
         clock = self._clock
         started = ran_to = clock()
+        used: dict[Hashable, float] = {}  # each key's seconds in this group
         while len(taken) < self._max_jobs and ran_to - started < self._max_seconds:
-            job = self._take(lean, first=not taken)
+            job = self._take(lean, first=not taken, used=used)
             if job is None:
                 return
             taken.append(job)
@@ -221,7 +231,7 @@ class GroupCommitter:
                 job.outcome, job.failed = Failure(), True
             finally:
                 ran_to = clock()
-                self._ran(ran_to - job_started)
+                self._ran(ran_to - job_started, used)
 
     def _committed(self, _: None, taken: list[_Job]) -> None:
         self._next_group()

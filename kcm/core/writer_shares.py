@@ -18,10 +18,11 @@ fair CPU scheduler shares a processor:
 - A key whose last job ran :attr:`WriterShares.alone_seconds` or longer is **expected to be
   long** (:meth:`WriterShares.expected`): the group commit starts a group with such a job
   rather than adding it to one, so that the short jobs taken before it are committed, and
-  answered, without waiting for it.
+  answered, without waiting for it. (It also adds no job of a key whose jobs in the group
+  ran that long together.)
 
 Memory is bounded: at most :data:`REMEMBERED` keys are remembered when not waiting
-(forgetting one loses at most its lead of one job).
+(forgetting one loses at most its lead of one job), besides the keys waiting.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class WriterShares:
         self._used[key] = [virtual, seconds]
         if waits_again:
             self._wait(key, virtual)
-        elif len(self._used) > REMEMBERED:
+        elif len(self._used) - len(self._waiting) > REMEMBERED:
             self._forget()
 
     def expected(self, key: Hashable) -> bool:
@@ -108,7 +109,9 @@ class WriterShares:
 
     def _forget(self) -> None:
         """Forget the keys least recently charged that are not waiting, down to half the
-        bound (a key at or below the floor loses nothing: it would start there)."""
-        excess = len(self._used) - REMEMBERED // 2
+        bound (a key at or below the floor loses nothing: it would start there). Keys
+        waiting are never forgotten, nor counted: with more of them than the bound, a
+        charge would otherwise look through them all to free nothing."""
+        excess = len(self._used) - len(self._waiting) - REMEMBERED // 2
         for key in [k for k in self._used if k not in self._waiting][:excess]:
             del self._used[key]

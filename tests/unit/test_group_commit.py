@@ -382,3 +382,29 @@ def test_an_idle_tenant_banks_no_time_and_a_busy_one_sheds_none_by_pausing() -> 
     writer.run()
     assert ran == ["b0", "i0", "b1", "i1", "b2", "i2"] or \
         ran == ["i0", "b0", "i1", "b1", "i2", "b2"]
+
+
+def test_jobs_just_short_of_long_join_a_group_only_up_to_alone_seconds_together() -> None:
+    """A tenant whose jobs each run 4.9 ms is never expected long; its jobs still join a
+    group only until they have run ``alone_seconds`` (5 ms) together there, so another
+    tenant's short job, first in the group, waits for two of them, not for 25 ms of them."""
+    writer, now, ran = Writer(), [0.0], []
+    committer = GroupCommitter(writer.write, clock=lambda: now[0])
+
+    def job(name: str, seconds: float) -> Callable[[Any], None]:
+        def run(_session: Any) -> None:
+            now[0] += seconds
+            ran.append(name)
+        return run
+
+    committer.submit("heavy", job("heavy0", 0.0049))
+    writer.work()
+    for n in range(1, 9):
+        committer.submit("heavy", job(f"heavy{n}", 0.0049))
+    committer.submit("light", job("light", 0.0001))
+    writer.commit()
+    ran.clear()
+    writer.run()
+    assert ran == ["light", "heavy1", "heavy2"]  # 9.8 ms of heavy in all, not 24.5
+    writer.run()
+    assert ran[3:] == ["heavy3", "heavy4"]

@@ -67,3 +67,19 @@ def test_keys_not_waiting_are_forgotten_past_the_bound_and_waiting_ones_never() 
     assert "waits" in shares._used and shares.take() == "waits"
     shares.clear()
     assert len(shares) == 0 and shares.next_key() is None
+
+
+def test_keys_waiting_beyond_the_bound_are_not_looked_through_at_each_charge() -> None:
+    shares = WriterShares()
+    looked: list[int] = []
+    forget = shares._forget
+    shares._forget = lambda: (looked.append(1), forget())  # type: ignore[method-assign]
+    for n in range(writer_shares.REMEMBERED + 1000):  # each ran one job and waits again
+        shares.arrive(n)
+        assert shares.take() == n
+        shares.charge(n, 0.001, waits_again=True)
+    for n in range(100):  # keys that come and go meanwhile
+        shares.arrive(("once", n))
+        shares.take()
+        shares.charge(("once", n), 0.0, waits_again=False)
+    assert looked == [] and len(shares) == writer_shares.REMEMBERED + 1000

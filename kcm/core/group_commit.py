@@ -175,17 +175,20 @@ class GroupCommitter:
         """The job next in turn, its key running; None when none waits, or when that job
         is to wait for the next group: it cannot run in a lean group (``lean``), or the
         group has jobs already (not ``first``) and the job is expected to be long, or its
-        key's jobs in this group ran ``alone_seconds`` already (``used``: each key's
-        seconds in the group)."""
+        key's jobs in this group ran ``alone_seconds`` already while another key has jobs
+        in the group or waiting (``used``: each key's seconds in the group; a tenant alone
+        fills groups as before)."""
         with self._lock:
             shares = self._shares
             key = shares.next_key()
             if key is None:
                 return None
             jobs = self._waiting[key]
-            if (lean and jobs[0].lean is None) or not first and (
-                    shares.expected(key)
-                    or (used or {}).get(key, 0.0) >= shares.alone_seconds):
+            if lean and jobs[0].lean is None:
+                return None
+            if not first and (shares.expected(key) or (
+                    (used or {}).get(key, 0.0) >= shares.alone_seconds
+                    and (len(shares) > 1 or any(k != key for k in used or ())))):
                 return None
             shares.take()
             job = jobs.popleft()

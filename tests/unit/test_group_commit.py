@@ -406,5 +406,23 @@ def test_jobs_just_short_of_long_join_a_group_only_up_to_alone_seconds_together(
     ran.clear()
     writer.run()
     assert ran == ["light", "heavy1", "heavy2"]  # 9.8 ms of heavy in all, not 24.5
+    writer.run()  # alone now: its jobs fill the group up to its 25 ms
+    assert ran[3:] == [f"heavy{n}" for n in range(3, 9)]
+
+
+def test_a_tenant_alone_fills_its_groups_with_short_jobs_as_before() -> None:
+    """The 5 ms a tenant's jobs may take in a group together hold only with company: alone,
+    its short jobs share a commit up to the group's bounds (25 ms, 64 jobs)."""
+    writer, now = Writer(), [0.0]
+    committer = GroupCommitter(writer.write, clock=lambda: now[0])
+
+    def short(_session: Any) -> None:
+        now[0] += 0.001
+
+    committer.submit("alone", short)
+    writer.work()
+    for _ in range(30):
+        committer.submit("alone", short)
+    writer.commit()
     writer.run()
-    assert ran[3:] == ["heavy3", "heavy4"]
+    assert committer.jobs == 1 + 25  # then 25 ms of work ended the group

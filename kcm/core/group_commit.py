@@ -34,9 +34,10 @@ key at a time, the key that has used the least of the writer's time first
 (:mod:`kcm.core.writer_shares`): a tenant's long queue, or its long jobs, delay another
 tenant's request by about one job of each busy tenant, not by their number or length. A
 job of a key whose last job ran long (``alone_seconds``) begins a group, and is never added
-to one: the short jobs before it commit without waiting for it; nor is a job of a key whose
-jobs in the group ran that long together (jobs just short of it would otherwise fill the
-group, and every answer in it would wait for them). A group ends when no job
+to one: the short jobs before it commit without waiting for it; nor, while another key has
+jobs in the group or waiting, is a job of a key whose jobs in the group ran that long
+together (jobs just short of it would otherwise fill the group, and every answer in it
+would wait for them; a key alone fills groups with its short jobs as before). A group ends when no job
 is waiting, after ``max_jobs`` jobs, or once its jobs have run ``max_seconds`` (measured on
 the writer thread), whichever comes first: so does the time any answer waits for its
 commit.

@@ -88,7 +88,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from kcm.core.audit import Checkpoint, checkpoints_in_log, verify_chain
-    from kcm.core.l1 import L1_CHECK_META, L1Error, open_l1
+    from kcm.core.l1 import L1_CHECK_META, L1Error, open_configured_l1
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
 
@@ -115,7 +115,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         return _verify_export(args.export, _audit_key_of(config), checkpoints)
     store = closed_at_end(args, Store(schema_checked(existing_database(config))))
     try:
-        l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
+        l1, _ = open_configured_l1(config)
     except L1Error as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
     store.audit_key = l1.audit_key()
@@ -149,10 +149,10 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _audit_key_of(config: Any) -> bytes:
-    from kcm.core.l1 import L1Error, open_l1
+    from kcm.core.l1 import L1Error, open_configured_l1
 
     try:
-        l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
+        l1, _ = open_configured_l1(config)
     except L1Error as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
     return l1.audit_key()

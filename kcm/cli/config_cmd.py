@@ -185,7 +185,7 @@ def _data_directories(config: CoreConfig) -> Iterator[Finding]:
 def _l1(config: CoreConfig, open_token: bool) -> Generator[Finding, None, L1Key | None]:
     """Open L1 as kcm-core does when it starts (:class:`kcm.core.service.MasterKey`); a
     token only with ``open_token``. Returns the key, or None."""
-    from kcm.core.l1 import L1Error, open_l1
+    from kcm.core.l1 import L1Error, l1_setting, open_configured_l1
 
     if config.l1_pkcs11 and not open_token:
         from kcm.core.l1_pkcs11 import Pkcs11Uri
@@ -199,14 +199,16 @@ def _l1(config: CoreConfig, open_token: bool) -> Generator[Finding, None, L1Key 
                           f"{where.token!r}; the token was not opened, nor L1 checked against "
                           "the database (--open-token does, read-only)")
         return None
-    setting = "l1_pkcs11" if config.l1_pkcs11 else "l1_key_file"
+    setting = l1_setting(config)
     try:
-        l1, _ = open_l1(config.l1_key_file, config.l1_pkcs11)
+        l1, _ = open_configured_l1(config)
     except (OSError, L1Error) as e:
         yield Finding(ERROR, f"core.{setting}: {e}")
         return None
     if config.l1_pkcs11:
         yield Finding(OK, f"core.l1_pkcs11: the {l1.description} opens (read-only)")
+    elif config.l1_key_env:
+        yield Finding(OK, f"core.l1_key_env: the {l1.description} loads")
     else:
         mode = stat.S_IMODE(os.stat(config.l1_key_file).st_mode)
         yield Finding(OK, f"core.l1_key_file: the {l1.description} loads (mode {mode:04o})")
@@ -219,7 +221,7 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from kcm.cli.core_cmd import existing_database, run_in_store, shown_url
-    from kcm.core.l1 import L1_CHECK_META, l1_refusal
+    from kcm.core.l1 import L1_CHECK_META, l1_refusal, l1_setting
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
     from kcm.core.store.migrate import (
@@ -272,7 +274,7 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
     finally:
         store.stopService()
     refusal = l1_refusal(known, l1)
-    setting = "l1_pkcs11" if config.l1_pkcs11 else "l1_key_file"
+    setting = l1_setting(config)
     if refusal is not None:
         yield Finding(ERROR, f"core.{setting}: {refusal}")
     else:

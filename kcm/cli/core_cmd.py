@@ -1,6 +1,7 @@
 """``kcm core``: set up and administer a kcm-core deployment (operator commands).
 
-* ``kcm core init [-c CONFIG]``: create the L1 key file (mode 0600) if missing, create or
+* ``kcm core init [-c CONFIG]``: create the L1 key file (mode 0600) if missing (or the
+  token key with ``l1_pkcs11``; never the key in the environment with ``l1_key_env``), create or
   upgrade the database schema (Alembic), record the L1 check value, and anchor audit records
   written before the audit chain was keyed.
 * ``kcm core tenant add TENANT [-c CONFIG]``: create a tenant and its tenant key (L2).
@@ -23,8 +24,11 @@
   (SQLite's backup API, while kcm-core runs); PostgreSQL: ``pg_dump``.
 * ``kcm core bootstrap TENANT SERVICE [-c CONFIG]``: make sure the tenant and a service key
   exist (idempotent; what ``make run`` uses).
+* ``kcm core new-l1-key``: print a new random L1 key (base64), for a secret store that gives
+  it to kcm-core and these commands in the environment variable ``l1_key_env`` names.
 
-These run on the core's host, with direct access to its database and L1 key file. None
+These run on the core's host, with direct access to its database and L1 key (file, token or
+environment). None
 but ``init`` creates a database: a missing one is an error that names where it was looked
 for (a relative path in the configuration is taken from the working directory). Those that
 use L1 refuse a key whose check value is not the database's, as kcm-core does when it
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -149,6 +154,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bootstrap.add_argument("service")
     config_option(bootstrap)
     bootstrap.set_defaults(run=_run_bootstrap, prog="kcm core bootstrap")
+
+    new_l1 = actions.add_parser(
+        "new-l1-key", help="print a new random L1 key (base64) for a secret store that gives "
+                           "it to kcm-core in an environment variable (core.l1_key_env)")
+    new_l1.set_defaults(run=_run_new_l1_key, prog="kcm core new-l1-key")
 
 
 def _read_options(parser: argparse.ArgumentParser) -> None:
@@ -306,7 +316,7 @@ def _recorded_l1_check(url: str) -> str | None:
 
 def _run_init(args: argparse.Namespace) -> int:
     from kcm.core import audit
-    from kcm.core.l1 import L1_CHECK_META, L1Error, l1_refusal, open_l1
+    from kcm.core.l1 import L1_CHECK_META, L1Error, l1_refusal, open_configured_l1
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
     from kcm.core.store.migrate import (
@@ -328,7 +338,7 @@ def _run_init(args: argparse.Namespace) -> int:
     # as a file or a token object); a wrong one is refused before anything is migrated.
     recorded = None if before is None else _recorded_l1_check(config.database)
     try:
-        l1, created = open_l1(config.l1_key_file, config.l1_pkcs11, create=recorded is None)
+        l1, created = open_configured_l1(config, create=recorded is None)
     except L1Error as e:
         if recorded is not None:
             raise CommandError(
@@ -388,13 +398,13 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
     when it starts): another key would wrap keys no one can unwrap and MAC audit records
     ``kcm audit verify`` then reports broken."""
     from kcm.core.keyring import Keyring
-    from kcm.core.l1 import L1Error, open_l1
+    from kcm.core.l1 import L1Error, open_configured_l1
     from kcm.core.store.engine import Store
 
     config = core_config(args)
     store = closed_at_end(args, Store(schema_checked(existing_database(config))))
     try:
-        l1 = open_l1(config.l1_key_file, config.l1_pkcs11)[0]
+        l1 = open_configured_l1(config)[0]
     except (OSError, L1Error) as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
     keyring = Keyring(l1)
@@ -554,6 +564,19 @@ def _run_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_new_l1_key(args: argparse.Namespace) -> int:
+    """A new L1 key on standard output, in the form a key file holds; nothing is written
+    anywhere else (the secret store keeps it: losing it loses every key it wraps)."""
+    import base64
+
+    from kcm.core.keys import KEY_BYTES
+
+    key = os.urandom(KEY_BYTES)
+    sys.stdout.write(base64.b64encode(key).decode("ascii") + "\n")
+    sys.stdout.flush()
+    return 0
+
+
 def _run_backup(args: argparse.Namespace) -> int:
     """Copy the SQLite database with SQLite's online backup API: one read transaction, so the
     copy is the database as of one moment, while kcm-core keeps serving."""
@@ -608,7 +631,7 @@ def _where(database: str) -> str:
 def _data_directories(config: CoreConfig) -> list[str]:
     """The directories that hold the L1 key file (unless L1 is in a token) and an SQLite
     database (and its WAL/SHM)."""
-    directories = ([] if config.l1_pkcs11
+    directories = ([] if config.l1_pkcs11 or config.l1_key_env
                    else [os.path.dirname(os.path.abspath(config.l1_key_file))])
     prefix = "sqlite:///"
     if config.database.startswith(prefix) and config.database[len(prefix):]:

@@ -4,6 +4,7 @@ reading the file it is given)."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,9 @@ class CoreConfig:
     l1_key_file: str = "var/l1.key"
     #: L1 in a PKCS#11 token instead of the key file: an RFC 7512 URI (kcm.core.l1_pkcs11).
     l1_pkcs11: str | None = None
+    #: L1 given in this environment variable instead of the key file (its base64 text, as
+    #: in a key file; kcm.core.l1_file.open_key_env): for a secret store that sets it.
+    l1_key_env: str | None = None
     policy_file: str | None = None
     tls: TlsFiles = field(default_factory=lambda: TlsFiles("var/pki/core.pem",
                                                            "var/pki/core.key",
@@ -138,10 +142,15 @@ class CoreConfig:
 
 
 _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file", "l1_pkcs11",
+              "l1_key_env",
               "policy_file", "database_threads", "log_level", "log_format", "log_file",
               "audit_checkpoint_interval", "application_objects", "metrics_listen",
               "state_sweep_interval", "object_cache_size", "object_cache_bytes",
               "outbox_retention", "drain_timeout"}
+
+
+#: An environment variable's name, as POSIX shells take them.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CoreConfig:
@@ -163,10 +172,16 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         raise ConfigError(f"core.trust_domain {config.trust_domain!r} is not a SPIFFE trust "
                           "domain (lower-case letters, digits, '.', '-', '_')") from None
     _check_database(config.database)
-    for name in ("l1_key_file", "policy_file", "l1_pkcs11"):
+    for name in ("l1_key_file", "policy_file", "l1_pkcs11", "l1_key_env"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"core.{name} must be a non-empty string")
+    if config.l1_key_env is not None:
+        if not _ENV_NAME.fullmatch(config.l1_key_env):
+            raise ConfigError("core.l1_key_env must name an environment variable (letters, "
+                              "digits and '_', not first a digit)")
+        if config.l1_pkcs11:
+            raise ConfigError("core.l1_key_env and core.l1_pkcs11 name two L1 keys: set one")
     allowed = [choice.value for choice in ApplicationObjects]
     if config.application_objects not in allowed:
         raise ConfigError(f"core.application_objects must be one of {', '.join(allowed)}, "

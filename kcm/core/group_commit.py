@@ -37,10 +37,10 @@ job of a key whose last job ran long (``alone_seconds``) begins a group, and is 
 to one: the short jobs before it commit without waiting for it; nor, while another key has
 jobs in the group or waiting, is a job of a key whose jobs in the group ran that long
 together (jobs just short of it would otherwise fill the group, and every answer in it
-would wait for them; a key alone fills groups with its short jobs as before). A group ends when no job
-is waiting, after ``max_jobs`` jobs, or once its jobs have run ``max_seconds`` (measured on
-the writer thread), whichever comes first: so does the time any answer waits for its
-commit.
+would wait for them; a key alone fills groups with its short jobs as before). A group
+ends when no job is waiting, after ``max_jobs`` jobs, or once its jobs have run
+``max_seconds`` (measured on the writer thread), whichever comes first: so does the time any
+answer waits for its commit.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ of where from the configuration.
 
 Two implementations, each in its own module:
 
-* :mod:`kcm.core.l1_file`: the key in a 0600 file, held in process memory (the default);
+* :mod:`kcm.core.l1_file`: the key in a 0600 file (the default) or in an environment
+  variable, held in process memory;
 * :mod:`kcm.core.l1_pkcs11`: a non-extractable AES-256 key in a PKCS#11 token (an HSM;
   SoftHSM2 in the tests), used through the token for every operation.
 
@@ -13,11 +14,12 @@ keyring neither knows nor cares which one it holds.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from kcm.core.keys import L1Error, RandomBytes
 
-__all__ = ["L1_CHECK_META", "L1Error", "L1Key", "l1_refusal", "open_l1"]
+__all__ = ["L1_CHECK_META", "L1Error", "L1Key", "l1_refusal", "l1_setting", "open_configured_l1",
+           "open_l1"]
 
 
 class L1Key(Protocol):
@@ -42,13 +44,14 @@ class L1Key(Protocol):
         with exactly ``aad``."""
 
 
-def open_l1(l1_key_file: str, l1_pkcs11: str | None, *, create: bool = False
-            ) -> tuple[L1Key, bool]:
-    """The configured L1: the PKCS#11 key ``l1_pkcs11`` names if set, else the key file.
+def open_l1(l1_key_file: str, l1_pkcs11: str | None, *, create: bool = False,
+            l1_key_env: str | None = None) -> tuple[L1Key, bool]:
+    """The configured L1: the PKCS#11 key ``l1_pkcs11`` names if set, else the key in the
+    environment variable ``l1_key_env`` if set, else the key file.
 
     With ``create`` (``kcm core init``), a missing key is created first (a new key file, or a
-    new token key); returns the key and whether it was created. Raises :class:`L1Error` with
-    a message fit for an operator.
+    new token key; never an environment variable); returns the key and whether it was
+    created. Raises :class:`L1Error` with a message fit for an operator.
     """
     if l1_pkcs11:
         from kcm.core import l1_pkcs11 as pkcs11_l1
@@ -56,7 +59,23 @@ def open_l1(l1_key_file: str, l1_pkcs11: str | None, *, create: bool = False
         return pkcs11_l1.open_token_key(l1_pkcs11, create=create)
     from kcm.core import l1_file
 
+    if l1_key_env:
+        return l1_file.open_key_env(l1_key_env, create=create)
     return l1_file.open_key_file(l1_key_file, create=create)
+
+
+def l1_setting(config: Any) -> str:
+    """The setting that says where the configured L1 is (for messages): ``l1_pkcs11``,
+    ``l1_key_env`` or ``l1_key_file``."""
+    if config.l1_pkcs11:
+        return "l1_pkcs11"
+    return "l1_key_env" if config.l1_key_env else "l1_key_file"
+
+
+def open_configured_l1(config: Any, *, create: bool = False) -> tuple[L1Key, bool]:
+    """:func:`open_l1` of a :class:`kcm.core.config.CoreConfig`."""
+    return open_l1(config.l1_key_file, config.l1_pkcs11, create=create,
+                   l1_key_env=config.l1_key_env)
 
 
 #: The meta row where ``kcm core init`` records the L1 key's check value.

@@ -1,13 +1,15 @@
-"""L1 kept in a key file (:func:`kcm.core.keys.load_l1`): the key is in process memory, and
-wrapping, the check value and the audit key are computed here (:mod:`kcm.core.keys`)."""
+"""L1 kept in a key file (:func:`kcm.core.keys.load_l1`) or given in an environment variable
+(the design's "env secret"): the key is in process memory, and wrapping, the check value and
+the audit key are computed here (:mod:`kcm.core.keys`)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from kcm.core import keys
 
-__all__ = ["FileL1", "open_key_file"]
+__all__ = ["FileL1", "open_key_env", "open_key_file"]
 
 
 class FileL1:
@@ -41,3 +43,21 @@ def open_key_file(path: str, *, create: bool = False) -> tuple[FileL1, bool]:
         keys.create_l1_keyfile(path)
         created = True
     return FileL1(keys.load_l1(path), f"L1 key file {path}"), created
+
+
+def open_key_env(name: str, *, create: bool = False,
+                 environ: Mapping[str, str] | None = None) -> tuple[FileL1, bool]:
+    """The L1 in the environment variable ``name`` (its base64 text, as in a key file).
+    Never created here, ``create`` or not: a key kept in the environment comes from the
+    secret store that sets it (``kcm core new-l1-key`` prints a new one)."""
+    text = (os.environ if environ is None else environ).get(name)
+    if text is None or not text.strip():
+        verb = ("set it to a new key (`kcm core new-l1-key` prints one) and run `kcm core "
+                "init` again" if create else "set it to the deployment's L1 key")
+        raise keys.L1Error(f"the environment variable {name} (core.l1_key_env) is not set: "
+                           f"{verb}")
+    try:
+        key = keys.parse_l1(text)
+    except keys.KeyFileError as e:
+        raise keys.L1Error(f"the environment variable {name} (core.l1_key_env): {e}") from None
+    return FileL1(key, f"L1 key in the environment variable {name}"), False

@@ -58,7 +58,8 @@ class StartupError(RuntimeError):
 
 
 class MasterKey(Service):
-    """Opens L1 when it starts (the key file, or the token key ``l1_pkcs11`` names), checks
+    """Opens L1 when it starts (the key file, the token key ``l1_pkcs11`` names, or the key
+    in the environment variable ``l1_key_env``), checks
     it against the check value ``kcm core init`` stored in the database, and gives it to the
     keyring; gives the audit
     key derived from it to the store, and anchors audit records written before the chain was
@@ -68,14 +69,15 @@ class MasterKey(Service):
     name = "kcm-l1"
 
     def __init__(self, keyring: Keyring, store: Store, l1_key_file: str,
-                 l1_pkcs11: str | None = None) -> None:
+                 l1_pkcs11: str | None = None, l1_key_env: str | None = None) -> None:
         self.keyring = keyring
         self.store = store
         self.l1_key_file = l1_key_file
         self.l1_pkcs11 = l1_pkcs11
+        self.l1_key_env = l1_key_env
 
     def startService(self) -> None:
-        l1, _ = open_l1(self.l1_key_file, self.l1_pkcs11)
+        l1, _ = open_l1(self.l1_key_file, self.l1_pkcs11, l1_key_env=self.l1_key_env)
         # Before the reactor runs, so blocking here holds nothing up.
         expected = self.store.run_sync(lambda s: repository.get_meta(s, L1_CHECK_META),
                                        write=False)

@@ -63,6 +63,8 @@ class Options(ServiceOptions):
         ["l1-key-file", None, None, "The L1 master key file."],
         ["l1-pkcs11", None, None, "The L1 key in a PKCS#11 token (an RFC 7512 pkcs11: URI); "
                                   "replaces the key file."],
+        ["l1-key-env", None, None, "The environment variable that holds the L1 key (base64); "
+                                   "replaces the key file."],
         ["trust-domain", None, None, "SPIFFE trust domain of client identities."],
         ["policy-file", None, None, "Policy file mapping certificate subjects to principals."],
         ["tls-cert", None, None, "Server certificate (PEM)."],
@@ -173,7 +175,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         expiry.clock = reactor
         expiry.setName("kcm-object-cache-expiry")
         expiry.setServiceParent(core)
-    MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11).setServiceParent(core)
+    MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11,
+              config.l1_key_env).setServiceParent(core)
     AuditCheckpoints(store, keyring, reactor,
                      interval=config.audit_checkpoint_interval).setServiceParent(core)
     policy.setServiceParent(core)

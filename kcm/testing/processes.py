@@ -207,6 +207,9 @@ class CoreProcess:
         "idle_timeout": 60.0, "message_timeout": 5.0})
     #: L1 in a PKCS#11 token (the ``l1_pkcs11`` URI) instead of the key file.
     l1_pkcs11: str | None = None
+    #: L1 in this environment variable (``l1_key_env``; the test sets it) instead of the key
+    #: file.
+    l1_key_env: str | None = None
     #: The process's soft limit on open files (``ulimit -n``; None: inherited).
     nofile: int | None = None
     #: The ``metrics_listen`` port on 127.0.0.1 (None: no metrics listener).
@@ -237,6 +240,7 @@ class CoreProcess:
             f'database = "{self.database}"\n'
             f'l1_key_file = "{self.root / "l1.key"}"\n'
             + (f"l1_pkcs11 = {json.dumps(self.l1_pkcs11)}\n" if self.l1_pkcs11 else "")
+            + (f"l1_key_env = {json.dumps(self.l1_key_env)}\n" if self.l1_key_env else "")
             + f'policy_file = "{self.root / "policy.toml"}"\n'
             + (f"audit_checkpoint_interval = {self.audit_checkpoint_interval}\n"
                if self.audit_checkpoint_interval is not None else "")

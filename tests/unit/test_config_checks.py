@@ -228,6 +228,11 @@ def test_an_unknown_tls_setting_is_named(tmp_path: Path) -> None:
      "core.link_listen listens on port 25696 of an interface core.listen listens on"),
     ("listen = \"tcp:25696\"\nmetrics_listen = \"tcp:25696:interface=10.0.0.1\"",
      "core.metrics_listen listens on port 25696"),
+    ("l1_key_env = \"KCM L1\"", "core.l1_key_env must name an environment variable"),
+    ("l1_key_env = \"1KEY\"", "core.l1_key_env must name an environment variable"),
+    ("l1_key_env = \"\"", "core.l1_key_env must be a non-empty string"),
+    ("l1_key_env = \"KCM_L1\"\nl1_pkcs11 = \"pkcs11:token=t;object=o\"",
+     "core.l1_key_env and core.l1_pkcs11 name two L1 keys: set one"),
 ])
 def test_core_values_checked_at_load(tmp_path: Path, setting: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error) as refused:

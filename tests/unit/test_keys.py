@@ -178,3 +178,24 @@ def test_kek_must_be_aes_256() -> None:
         wrap(bytes(16), b"x", aad=b"")
     with pytest.raises(ValueError):
         unwrap(bytes(16), bytes(40), aad=b"")
+
+
+def test_an_l1_in_the_environment_is_read_as_a_key_file_is_and_never_made() -> None:
+    import base64
+
+    import pytest as _pytest
+
+    from kcm.core import keys as _keys
+    from kcm.core.l1_file import FileL1, open_key_env
+
+    key = bytes(range(32))
+    l1, created = open_key_env("L1", environ={"L1": base64.b64encode(key).decode() + "\n"})
+    assert not created and l1.check_value() == FileL1(key).check_value()
+    assert l1.description == "L1 key in the environment variable L1"
+    for environ, create, reason in (({}, True, "set it to a new key"),
+                                    ({"L1": "  "}, False, "set it to the deployment's L1 key"),
+                                    ({"L1": "not base64!"}, False, "not valid base64"),
+                                    ({"L1": "AAAA"}, False, "must be 32 bytes, not 3")):
+        with _pytest.raises(_keys.L1Error, match=reason) as refused:
+            open_key_env("L1", create=create, environ=environ)
+        assert "L1 (core.l1_key_env)" in str(refused.value)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from kcm.core import managed
@@ -162,10 +162,9 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         # In no order but the index's on wrapped_by: a batch reads its own objects, neither
         # all the L2 still wraps (to sort them) nor, as a walk in created_seq order would
         # (PostgreSQL chose one), those earlier batches moved; each batch moves its objects
-        # out of the range, so the next reads the rest.
-        rows = session.scalars(select(ManagedObject).where(
-            ManagedObject.wrapped_by == old.uid, ManagedObject.tenant == old.tenant,
-            ManagedObject.material.is_not(None)).limit(batch + 1)).all()
+        # out of the range, so the next reads the rest (:func:`wrapped_by`).
+        rows = [row for row in session.scalars(wrapped_by(old.uid).limit(batch + 1)).all()
+                if row.tenant == old.tenant]  # (all are: an L2's uid is the tenant's)
         if not rows:
             continue
         current = repository.find_l2(session, old.tenant, active_only=True)
@@ -189,6 +188,16 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
     return []
 
 
+def wrapped_by(uid: str) -> Select[tuple[ManagedObject]]:
+    """The objects with material that the key ``uid`` wraps, found by the index on
+    ``wrapped_by`` alone. A uid is unique across tenants, so the tenant is no criterion
+    here: with it SQLite (which keeps no statistics) walked the tenant's index instead, and
+    each batch of a re-wrap stepped past every object the batches before it had moved (a
+    batch held the writer 136 ms at 256,000 objects moved, against 5 ms)."""
+    return select(ManagedObject).where(ManagedObject.wrapped_by == uid,
+                                       ManagedObject.material.is_not(None))
+
+
 def wrapped_counts(session: Session, tenant: str) -> dict[str, int]:
     """How many objects (with material) each wrapping key of ``tenant`` wraps, by its uid
     (``L1`` for the tenant keys themselves)."""
@@ -204,8 +213,10 @@ def check_destroy(session: Session, tenant: str, uid: str, retired_at: int | Non
     L2 ``uid`` while any key or object with material is still wrapped under it, or within
     :data:`DESTROY_GRACE` seconds of ``retired_at``, when it stopped being Active (None:
     it never was)."""
+    # By the index on wrapped_by, as :func:`wrapped_by`; the tenant as an expression no
+    # index serves (``tenant || ''``), so that SQLite does not walk the tenant's index.
     wrapped = session.scalar(select(func.count()).select_from(ManagedObject).where(
-        ManagedObject.wrapped_by == uid, ManagedObject.tenant == tenant,
+        ManagedObject.wrapped_by == uid, ManagedObject.tenant.concat("") == tenant,
         ManagedObject.material.is_not(None)))
     if wrapped:
         raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,

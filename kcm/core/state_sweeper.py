@@ -24,10 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, union
 from sqlalchemy.orm import Session
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -129,8 +131,15 @@ class StateSweeper(Service):
     def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL,
                  steps: Sequence[sweep_steps.SweepStep] = (), *,
                  lease: AdvisoryLease | None = None, batch: int = SWEEP_BATCH,
-                 wall_clock: Callable[[], float] | None = None) -> None:
+                 wall_clock: Callable[[], float] | None = None,
+                 write: Callable[[Callable[[Session], Any]], Deferred[Any]] | None = None,
+                 ) -> None:
+        """``write(fn)`` runs a sweep's ``fn(session)`` in a write transaction and fires
+        after its commit: kcm-core's is a group commit in the sweeper's own share of the
+        writer's time (:meth:`kcm.core.request_handler.CoreRequestHandler.write_in_turn`);
+        by default, the store's ``run``."""
         self._store = store
+        self._write = write if write is not None else store.run
         #: The most keys one sweep moves by their dates (:func:`sweep_due_states`).
         self._batch = batch
         self._clock = clock
@@ -175,8 +184,8 @@ class StateSweeper(Service):
         if not held:
             return []
         at, steps, batch = self._wall_clock(), self._steps, self._batch
-        return self._store.run(lambda session: sweep_once(session, steps, at, batch=batch)
-                               ).addCallback(self._stepped)
+        return self._write(lambda session: sweep_once(session, steps, at, batch=batch)
+                           ).addCallback(self._stepped)
 
     def _stepped(self, outcome: tuple[list[object], list[str]]) -> list[str]:
         done, moved = outcome

@@ -27,7 +27,7 @@ from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.metrics import CoreMetrics, DatabaseReadiness
 from kcm.core.outbox_listener import OutboxListener
 from kcm.core.outbox_retention import prune_outbox
-from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.request_handler import SWEEPER_SHARE, CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.state_sweeper import StateSweeper
@@ -185,7 +185,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
     sweeper = StateSweeper(store, reactor, wall_clock=time.time,
-                           interval=config.state_sweep_interval, steps=[
+                           interval=config.state_sweep_interval,
+                           write=partial(handler.write_in_turn, SWEEPER_SHARE), steps=[
         _sweep_step(rotate_due, keyring=keyring),
         _sweep_step(rotate_managed_due, keyring=keyring, trust_domain=trust_domain,
                     min_rotate_interval=config.limits.min_rotate_interval),

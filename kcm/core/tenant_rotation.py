@@ -175,7 +175,9 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         for row in rows[:batch]:
             plaintext = keyring.unwrap(session, row)
             blob, l2 = keyring.wrap_for_tenant(session, row.tenant, row.uid, plaintext)
-            repository.update_object(session, row, material=blob, wrapped_by=l2)
+            # (one UPDATE straight to the driver: the ORM's flush of each row took most of
+            # a batch's 35 ms on the writer)
+            repository.update_columns(session, row, material=blob, wrapped_by=l2)
             moved.append(row.uid)
         done = Rewrapped(old.tenant, old.uid, current.uid, len(moved), len(rows) > batch)
         append_audit(session, AuditEvent(

@@ -438,3 +438,19 @@ def test_the_drain_timeout_reaches_the_drain(tmp_path: Path) -> None:
     for wrong in ("0", "-1", "3601", "soon"):
         with pytest.raises(usage.UsageError, match="core.drain_timeout"):
             parse("--drain-timeout", wrong)
+
+
+def test_the_state_sweeper_writes_in_its_own_share_of_the_writer() -> None:
+    """A sweep's transaction is a group commit under its own share key, so the writer's
+    time is shared between it and the tenants (a re-wrap on a worker of its own held every
+    tenant's request for whole batches)."""
+    from functools import partial
+
+    from kcm.core.request_handler import SWEEPER_SHARE
+
+    core = tap.makeService(parse(), reactor=Clock())
+    sweeper = core.getServiceNamed("kcm-state-sweeper")
+    assert isinstance(sweeper._write, partial)
+    assert sweeper._write.func == core.handler.write_in_turn
+    assert sweeper._write.args == (SWEEPER_SHARE,)
+    assert SWEEPER_SHARE[0] not in {"tenant", "principal"}  # never a caller's (share_of)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -104,21 +104,34 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
     return done
 
 
+#: How many of the keys due longest one sweep reads at most, in limits (:func:`_due_in_turn`).
+WINDOW_LIMITS = 16
+
+
 def _due_in_turn(session: Session, now: int, limit: int) -> list[ManagedObject]:
     """At most ``limit`` keys due at ``now``, the tenants taking turns: every tenant's
     oldest due key first (oldest first), then every tenant's second, and so on. A tenant
     with many keys due thus takes no more than another with as many, and only what the
-    others leave of the limit."""
-    rank = func.row_number().over(partition_by=ManagedObject.tenant,
-                                  order_by=(ManagedObject.rotate_due, ManagedObject.uid))
-    ranked = select(ManagedObject.uid, ManagedObject.rotate_due, rank.label("turn")).where(
-        ManagedObject.rotate_due <= now, ManagedObject.level.is_(None),
-        ManagedObject.object_type == int(ObjectType.SYMMETRIC_KEY),
-        ManagedObject.state.in_((STATE_ACTIVE, STATE_PRE_ACTIVE)),
-    ).subquery()
-    picked = list(session.scalars(select(ranked.c.uid).where(ranked.c.turn <= limit)
-                                  .order_by(ranked.c.turn, ranked.c.rotate_due, ranked.c.uid)
-                                  .limit(limit)))
+    others leave of the limit.
+
+    Only the :data:`WINDOW_LIMITS` x ``limit`` keys due longest are read, in the order of
+    the index on ``rotate_due``, and the turns are taken among them: reading and sorting
+    every key due (a window function over them all) held the writer 0.45 s every sweep
+    with 256,000 keys due. While more are due than that, a tenant whose keys all came
+    due later than those waits for them to be rotated (100 a sweep by default)."""
+    window = list(session.execute(
+        select(ManagedObject.uid, ManagedObject.tenant, ManagedObject.rotate_due).where(
+            ManagedObject.rotate_due <= now, ManagedObject.level.is_(None),
+            ManagedObject.object_type == int(ObjectType.SYMMETRIC_KEY),
+            ManagedObject.state.in_((STATE_ACTIVE, STATE_PRE_ACTIVE)),
+        ).order_by(ManagedObject.rotate_due).limit(WINDOW_LIMITS * limit)))
+    by_tenant: dict[str, list[tuple[int, str]]] = {}
+    for uid, tenant, rotate_due in window:
+        by_tenant.setdefault(tenant, []).append((rotate_due, uid))
+    turns = sorted((turn, rotate_due, uid)
+                   for due in by_tenant.values()
+                   for turn, (rotate_due, uid) in enumerate(sorted(due)[:limit]))
+    picked = [uid for _, _, uid in turns[:limit]]
     if not picked:
         return []
     rows = {row.uid: row for row in session.scalars(

@@ -101,7 +101,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kcm.gateway.link_client import LinkError, ServiceKeyRefused
+from kcm.gateway.link_client import LinkBusy, LinkError, ServiceKeyRefused
 from kcm.gateway.refresh_schedule import RefreshSchedule
 from kcm.identity import Principal
 from kcm.kernel.missing import identifier_label
@@ -136,6 +136,12 @@ FetchErrors = Mapping["Need", "KmipError | None"]
 
 #: Fetches of one tenant's callers in flight at once (the rest wait their turn).
 MAX_FETCHES_PER_TENANT = 8
+#: Fetches in flight at once in all, every tenant's together: half the link's own bound on
+#: fetches (its ``max_in_flight``, 1,024 by default), which fails a fetch beyond it at once.
+#: Beyond this one a fetch waits in its tenant's queue, and the tenants with fetches waiting
+#: take the free turns in turn: 300 tenants fetching at once (a gateway prewarming 3,000
+#: services) failed other tenants' requests "core unreachable" at the link's bound.
+MAX_FETCHES = 512
 #: Fetches of one tenant's callers that may wait their turn (module docstring).
 MAX_WAITING_PER_TENANT = 1024
 #: What a fetch beyond them fails with (General Failure).
@@ -327,6 +333,7 @@ class L3Cache:
                  opened_keys: OpenedKeys | None = None,
                  max_fetches_per_tenant: int = MAX_FETCHES_PER_TENANT,
                  max_waiting_per_tenant: int = MAX_WAITING_PER_TENANT,
+                 max_fetches: int = MAX_FETCHES,
                  not_found_ttl: float = NOT_FOUND_TTL,
                  max_not_found: int = MAX_NOT_FOUND,
                  max_dropped: int = MAX_DROPPED,
@@ -338,13 +345,19 @@ class L3Cache:
         self.max_fetches_per_tenant = max_fetches_per_tenant
         #: Fetches of one tenant's callers that may wait their turn (module docstring).
         self.max_waiting_per_tenant = max_waiting_per_tenant
+        #: Fetches in flight at once in all (:data:`MAX_FETCHES`).
+        self.max_fetches = max_fetches
+        #: Fetches in flight in all, and the tenants with fetches waiting, in turn.
+        self._running_total = 0
+        self._turns: deque[str] = deque()
+        self._in_turns: set[str] = set()
         #: Each fetch running or waiting, by (caller, need): a second request awaits it.
         self._fetches: dict[tuple[Principal, Need], _Fetch] = {}
         #: Fetches in flight, and those waiting their turn, by tenant.
         self._running: Counter[str] = Counter()
         self._waiting: dict[str, deque[_Fetch]] = {}
-        #: Tenants whose waiting fetches are being started (:meth:`_start_waiting`).
-        self._starting: set[str] = set()
+        #: Whether waiting fetches are being started (:meth:`_start_waiting`).
+        self._starting = False
         #: The core's recent "no such L3", by (caller's tenant, uid).
         self._not_found = _NotFound(clock, not_found_ttl, max_not_found)
         #: ``l3.rotated`` events applied (a "not found" sent before one is not remembered).
@@ -512,12 +525,18 @@ class L3Cache:
         key = (caller, need)
         fetch = self._fetches.get(key)
         if fetch is None:
-            if self._running[tenant] < self.max_fetches_per_tenant:
+            if (self._running[tenant] < self.max_fetches_per_tenant
+                    and self._running_total < self.max_fetches and tenant not in self._waiting):
                 fetch = self._fetches[key] = _Fetch(caller, need, tenant)
                 done = self._awaiting(fetch, errors)
                 self._start(fetch)
                 return done
-            waiting = self._waiting.setdefault(tenant, deque())
+            waiting = self._waiting.get(tenant)
+            if waiting is None:
+                waiting = self._waiting[tenant] = deque()
+                if tenant not in self._in_turns:
+                    self._turns.append(tenant)
+                    self._in_turns.add(tenant)
             if len(waiting) >= self.max_waiting_per_tenant:
                 if errors is not None:
                     errors[need] = KmipError(ResultReason.GENERAL_FAILURE, FETCHES_BUSY)
@@ -542,7 +561,7 @@ class L3Cache:
             if waiting is None or fetch not in waiting:
                 return  # running: it finishes, and its keys are kept, as any fetch's
             waiting.remove(fetch)
-            if not waiting:
+            if not waiting:  # (its turn goes when next looked at: _start_waiting)
                 del self._waiting[fetch.tenant]
             del self._fetches[(fetch.caller, fetch.need)]
 
@@ -553,6 +572,7 @@ class L3Cache:
     def _start(self, fetch: _Fetch) -> None:
         caller, need = fetch.caller, fetch.need
         self._running[fetch.tenant] += 1
+        self._running_total += 1
         fetch.rotations = self._rotations
         try:
             d = self._fetch(caller, need.tenant, need.service, need.uid)
@@ -590,6 +610,7 @@ class L3Cache:
         tenant = fetch.tenant
         del self._fetches[(fetch.caller, fetch.need)]
         self._running[tenant] -= 1
+        self._running_total -= 1
         if self._running[tenant] <= 0:
             del self._running[tenant]
         try:
@@ -598,27 +619,42 @@ class L3Cache:
                     errors[fetch.need] = error
                 done.callback(None)
         finally:
-            self._start_waiting(tenant)
+            self._start_waiting()
 
-    def _start_waiting(self, tenant: str) -> None:
-        """Start ``tenant``'s waiting fetches while it has turns free. A fetch that fails
-        at once (no link, a busy link) finishes inside its start, which would start the
-        next from there: one loop, not one level of recursion per waiting fetch, however
-        many wait."""
-        if tenant in self._starting:
+    def _start_waiting(self) -> None:
+        """Start waiting fetches while there are turns free: the tenants with fetches
+        waiting in turn, one fetch each time round, each within its own bound, all within
+        :attr:`max_fetches`. A fetch that fails at once (no link, a busy link) finishes
+        inside its start, which would start the next from there: one loop, not one level of
+        recursion per waiting fetch, however many wait."""
+        if self._starting:
             return  # (the loop below, further up the stack, goes on)
-        self._starting.add(tenant)
+        self._starting = True
         try:
-            while self._running[tenant] < self.max_fetches_per_tenant:
+            turns = self._turns
+            passed = 0  # tenants passed over since a fetch last started (all at their bound)
+            while turns and passed < len(turns) and self._running_total < self.max_fetches:
+                tenant = turns[0]
                 waiting = self._waiting.get(tenant)
                 if not waiting:
-                    break
+                    turns.popleft()  # (its last waiting fetch was given up)
+                    self._in_turns.discard(tenant)
+                    continue
+                if self._running[tenant] >= self.max_fetches_per_tenant:
+                    turns.rotate(-1)
+                    passed += 1
+                    continue
                 following = waiting.popleft()
-                if not waiting:
+                if waiting:
+                    turns.rotate(-1)
+                else:
                     del self._waiting[tenant]
+                    turns.popleft()
+                    self._in_turns.discard(tenant)
+                passed = 0
                 self._start(following)
         finally:
-            self._starting.discard(tenant)
+            self._starting = False
 
     def prewarm(self, tenant: str, service: str,
                 caller: Principal) -> Deferred[KmipError | None]:
@@ -1090,6 +1126,10 @@ def _as_kmip_error(failure: Failure, need: Need) -> KmipError:
     if isinstance(failure.value, KmipError):
         return failure.value  # the core's refusal, with its reason
     what = _named(need)
+    if isinstance(failure.value, LinkBusy):  # the core is there: this gateway is busy
+        return KmipError(ResultReason.GENERAL_FAILURE,
+                         f"{what} is not cached at the gateway, which is busy "
+                         f"({failure.getErrorMessage()}); try again")
     if isinstance(failure.value, LinkError):
         return KmipError(ResultReason.GENERAL_FAILURE,
                          f"{what} is not cached at the gateway and the core is unreachable "

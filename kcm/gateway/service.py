@@ -14,6 +14,7 @@ background. Once the link is up the configured services are pre-warmed.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +60,11 @@ class GatewayIdentity(Service):
         self.link.gateway_name = gateway_name_of(self.cert_path, self.trust_domain)
         self.endpoint.load()
         super().startService()
+
+
+#: Services pre-warmed at once (:meth:`GatewayService._prewarm`): a few of any tenant's
+#: :data:`~kcm.gateway.l3_cache.MAX_FETCHES_PER_TENANT` (8), the rest left to requests.
+PREWARM_AT_ONCE = 4
 
 
 class GatewayService(ProcessService):
@@ -179,14 +185,24 @@ class GatewayService(ProcessService):
     def _prewarm(self) -> None:
         """Fetch the current L3 of every configured service, asking as that service (the
         identity the core checks a fetch against; the gateway asserts it for its
-        applications anyway)."""
+        applications anyway): :data:`PREWARM_AT_ONCE` at a time, the next as one is done,
+        so that a long list neither fills its tenants' fetch queues nor the link (3,000
+        services sent at once failed most of them, and the requests of the tenants
+        concerned, "too many service key fetches wait")."""
         assert self.cache is not None
+        listed = deque(self.config.prewarm_services())
+        for _ in range(PREWARM_AT_ONCE):
+            self._prewarm_next(listed)
+
+    def _prewarm_next(self, listed: deque[tuple[str, str]]) -> None:
+        if not listed or not self.running or self.cache is None:
+            return
+        tenant, service = listed.popleft()
         trust_domain = self.config.trust_domain
-        for tenant, service in self.config.prewarm_services():
-            caller = Principal(Role.SERVICE, trust_domain, tenant=tenant, service=service,
-                               uri=f"spiffe://{trust_domain}/tenant/{tenant}/service/{service}")
-            self.cache.prewarm(tenant, service, caller).addCallback(
-                self._prewarmed, tenant, service)
+        caller = Principal(Role.SERVICE, trust_domain, tenant=tenant, service=service,
+                           uri=f"spiffe://{trust_domain}/tenant/{tenant}/service/{service}")
+        self.cache.prewarm(tenant, service, caller).addCallback(
+            self._prewarmed, tenant, service).addBoth(lambda _: self._prewarm_next(listed))
 
     def _prewarmed(self, error: KmipError | None, tenant: str, service: str) -> None:
         if error is not None:

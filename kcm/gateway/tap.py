@@ -199,7 +199,8 @@ def makeService(options: Options,
                     connected=lambda: link.connected or link.relinking,
                     clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale,
                     max_tombstones=config.max_tombstones, opened_keys=opened_keys,
-                    call_later=reactor.callLater, random=random.random)
+                    call_later=reactor.callLater, random=random.random,
+                    max_fetches=max(1, link.max_fetches // 2))
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy

@@ -114,6 +114,33 @@ def test_a_tenant_has_a_bounded_number_of_fetches_in_flight_and_others_are_not_h
         assert {e.reason for e in errors.values()} == {ResultReason.OBJECT_NOT_FOUND}
 
 
+def test_fetches_in_all_are_bounded_below_the_links_and_waiting_tenants_take_turns() -> None:
+    """Every tenant's fetches together stay within ``max_fetches`` (half the link's own
+    bound, which fails a fetch at once): 300 tenants of a prewarm made other tenants'
+    requests fail "core unreachable" there. Beyond it a fetch waits, and the tenants with
+    fetches waiting take the free turns in turn: a tenant that comes later is not behind
+    everything the others queued."""
+    core, clock = HeldFetches(), Clock()
+    cache = cache_of(core, clock, max_fetches_per_tenant=2, max_fetches=3)
+    tenants = [service_principal(f"t{n}", "app") for n in range(3)]
+    for who in tenants:
+        for _ in range(4):
+            cache.ensure([Need(uid=uid())], who)
+    assert core.waiting() == 3 and cache.fetches_running == 3  # t0 two, t1 one
+    assert [core.waiting(who) for who in tenants] == [2, 1, 0]
+    late = cache.ensure([Need(uid=NEW.uid)], OTHER)
+    assert core.waiting(OTHER) == 0  # waits: every turn in all is taken
+    core.keys[NEW.uid] = NEW
+    for _ in range(4):  # four turns free, one at a time: the tenants waiting take them in turn
+        core.answer(0)
+        assert cache.fetches_running == 3
+    assert [call[0].tenant for call in core.calls[3:]] == ["t0", "t1", "t2", "other"]
+    while core.waiting():
+        core.answer()
+        assert cache.fetches_running <= 3
+    assert errors_of(late) == {} and cache.fetches_waiting == 0
+
+
 def test_a_tenants_waiting_fetches_are_bounded() -> None:
     """Beyond ``max_waiting_per_tenant`` waiting, a fetch fails at once (General Failure,
     try again): clients that send and leave faster than the core answers cannot grow the

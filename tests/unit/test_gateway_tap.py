@@ -487,3 +487,34 @@ def test_one_gateway_process_is_never_pinned(monkeypatch) -> None:
 def test_bad_pinning_settings_are_usage_errors(argv: tuple[str, ...]) -> None:
     with pytest.raises(usage.UsageError, match="pin_workers|--cpu"):
         parse(*argv)
+
+
+def test_a_long_prewarm_list_is_fetched_a_few_at_a_time_and_whole() -> None:
+    """3,000 services sent at once filled their tenants' fetch queues and the link: most
+    failed, and so did those tenants' requests. A few are fetched at a time, the next as
+    one is done, whatever the one before answered."""
+    from dataclasses import replace as changed
+
+    from kcm.gateway.service import PREWARM_AT_ONCE
+    from kcm.kmip.enums import ResultReason
+    from kcm.kmip.errors import KmipError
+
+    services = tuple(f"t{n % 7}/s{n}" for n in range(30))
+    gateway = GatewayService(changed(GatewayConfig(), prewarm=services), reactor=Clock())
+    calls: list[tuple[str, str, Deferred]] = []
+
+    class Cache:
+        def prewarm(self, tenant: str, service: str, caller: object) -> Deferred:
+            calls.append((tenant, service, d := Deferred()))
+            return d
+
+    gateway.cache, gateway.running = Cache(), True  # type: ignore[assignment]
+    gateway._prewarm()
+    assert len(calls) == PREWARM_AT_ONCE == 4
+    done = 0
+    while done < len(calls):
+        outcome = None if done % 3 else KmipError(ResultReason.GENERAL_FAILURE, "refused")
+        calls[done][2].callback(outcome)
+        done += 1
+        assert len(calls) - done <= PREWARM_AT_ONCE
+    assert [f"{t}/{s}" for t, s, _ in calls] == list(services)

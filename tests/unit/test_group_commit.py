@@ -296,6 +296,17 @@ def test_a_database_error_in_a_lean_group_fails_the_whole_group() -> None:
     assert answered == ["kept"]
 
 
+def timed(now: list[float], ran: list[str]) -> Callable[[str, float], Callable[[Any], None]]:
+    """``job(name, seconds)``: a job that takes ``seconds`` on the clock ``now`` reads and
+    appends ``name`` to ``ran``."""
+    def job(name: str, seconds: float) -> Callable[[Any], None]:
+        def run(_session: Any) -> None:
+            now[0] += seconds
+            ran.append(name)
+        return run
+    return job
+
+
 def test_a_short_job_goes_before_a_long_tenants_next_and_commits_without_it() -> None:
     """A tenant whose jobs hold the writer 15 ms, four clients of it sending: another
     tenant's job of 0.1 ms, submitted while one of them runs, is in the very next group,
@@ -303,11 +314,7 @@ def test_a_short_job_goes_before_a_long_tenants_next_and_commits_without_it() ->
     writer, now, ran = Writer(), [0.0], []
     committer = GroupCommitter(writer.write, clock=lambda: now[0])
 
-    def job(name: str, seconds: float) -> Callable[[Any], None]:
-        def run(_session: Any) -> None:
-            now[0] += seconds
-            ran.append(name)
-        return run
+    job = timed(now, ran)
 
     committer.submit("heavy", job("heavy0", 0.015))
     writer.work()  # the first alone; three more of the heavy tenant come while it runs
@@ -329,11 +336,7 @@ def test_a_job_expected_long_waits_for_a_group_of_its_own() -> None:
     writer, now, ran = Writer(), [0.0], []
     committer = GroupCommitter(writer.write, clock=lambda: now[0])
 
-    def job(name: str, seconds: float) -> Callable[[Any], None]:
-        def run(_session: Any) -> None:
-            now[0] += seconds
-            ran.append(name)
-        return run
+    job = timed(now, ran)
 
     committer.submit("a", job("a0", 0.006))
     writer.run()  # a's last job ran longer than alone_seconds (5 ms)
@@ -363,11 +366,7 @@ def test_an_idle_tenant_banks_no_time_and_a_busy_one_sheds_none_by_pausing() -> 
     writer, now, ran = Writer(), [0.0], []
     committer = GroupCommitter(writer.write, alone_seconds=1.0, clock=lambda: now[0])
 
-    def job(name: str, seconds: float) -> Callable[[Any], None]:
-        def run(_session: Any) -> None:
-            now[0] += seconds
-            ran.append(name)
-        return run
+    job = timed(now, ran)
 
     committer.submit("idle", job("idle0", 0.001))
     writer.run()
@@ -391,11 +390,7 @@ def test_jobs_just_short_of_long_join_a_group_only_up_to_alone_seconds_together(
     writer, now, ran = Writer(), [0.0], []
     committer = GroupCommitter(writer.write, clock=lambda: now[0])
 
-    def job(name: str, seconds: float) -> Callable[[Any], None]:
-        def run(_session: Any) -> None:
-            now[0] += seconds
-            ran.append(name)
-        return run
+    job = timed(now, ran)
 
     committer.submit("heavy", job("heavy0", 0.0049))
     writer.work()
@@ -413,16 +408,13 @@ def test_jobs_just_short_of_long_join_a_group_only_up_to_alone_seconds_together(
 def test_a_tenant_alone_fills_its_groups_with_short_jobs_as_before() -> None:
     """The 5 ms a tenant's jobs may take in a group together hold only with company: alone,
     its short jobs share a commit up to the group's bounds (25 ms, 64 jobs)."""
-    writer, now = Writer(), [0.0]
+    writer, now, ran = Writer(), [0.0], []
     committer = GroupCommitter(writer.write, clock=lambda: now[0])
-
-    def short(_session: Any) -> None:
-        now[0] += 0.001
-
-    committer.submit("alone", short)
+    job = timed(now, ran)
+    committer.submit("alone", job("first", 0.001))
     writer.work()
-    for _ in range(30):
-        committer.submit("alone", short)
+    for n in range(30):
+        committer.submit("alone", job(f"short{n}", 0.001))
     writer.commit()
     writer.run()
-    assert committer.jobs == 1 + 25  # then 25 ms of work ended the group
+    assert committer.jobs == 1 + 25 == len(ran)  # then 25 ms of work ended the group

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from kcm.core import managed
-from kcm.core.audit import AuditEvent, append_audit
+from kcm.core.audit import AuditEvent, append_audit, savepoint
 from kcm.core.auto_rotation import AUDIT_OPERATION, ROTATOR
 from kcm.core.context import Caller, OperationContext
 from kcm.core.keyring import Keyring
@@ -85,7 +85,7 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
     for row in due:
         ctx = _context(session, keyring, row.tenant, seconds, trust_domain, server_info)
         try:
-            with session.begin_nested():
+            with savepoint(session):  # (a key that fails takes its audit records along)
                 rotated = _rotate(ctx, row.uid)
                 if rotated is not None:
                     done.append(rotated)

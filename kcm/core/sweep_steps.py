@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
+from kcm.core.audit import savepoint
+
 __all__ = ["StepFailed", "SweepStep", "report", "run_steps", "wants_more"]
 
 log = Logger()
@@ -37,11 +39,14 @@ class StepFailed:
 
 
 def run_steps(session: Session, steps: Sequence[SweepStep], now: float) -> list[object]:
-    """Run ``steps`` in order, each in a savepoint; what they did (and how any failed)."""
+    """Run ``steps`` in order, each in a savepoint; what they did (and how any failed).
+    The savepoints are the requests' (:func:`kcm.core.audit.savepoint`): one rolled back
+    takes its audit records with it (the ORM's kept them, and they were logged with the
+    commit though never written)."""
     done: list[object] = []
     for step in steps:
         try:
-            with session.begin_nested():
+            with savepoint(session):
                 done += step(session, now)
         except Exception as e:  # noqa: BLE001 - reported on the reactor (report)
             done.append(StepFailed(getattr(step, "__name__", repr(step)), e))

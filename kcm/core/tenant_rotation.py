@@ -27,6 +27,7 @@ still take it for its tenant's current one: :data:`kcm.core.keyring.CURRENT_L2_T
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
@@ -162,9 +163,15 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         # In no order but the index's on wrapped_by: a batch reads its own objects, neither
         # all the L2 still wraps (to sort them) nor, as a walk in created_seq order would
         # (PostgreSQL chose one), those earlier batches moved; each batch moves its objects
-        # out of the range, so the next reads the rest (:func:`wrapped_by`).
-        rows = [row for row in session.scalars(wrapped_by(old.uid).limit(batch + 1)).all()
-                if row.tenant == old.tenant]  # (all are: an L2's uid is the tenant's)
+        # out of the range, so the next reads the rest (:func:`wrapped_by`). As columns,
+        # not ORM objects: updated straight to the driver,
+        # nothing of them stays in the session, which a sweep shares with the requests of
+        # its group commit (a step rolled back midway left rows there with what it undid).
+        # A row a request of the group holds is left to the next batch.
+        rows = [repository.ObjectColumns(*row) for row in session.execute(
+            wrapped_by(old.uid).limit(batch + 1))]
+        rows = [row for row in rows if row.tenant == old.tenant  # (all are: the L2's tenant)
+                and not repository.in_session(session, row.uid)]
         if not rows:
             continue
         current = repository.find_l2(session, old.tenant, active_only=True)
@@ -190,14 +197,14 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
     return []
 
 
-def wrapped_by(uid: str) -> Select[tuple[ManagedObject]]:
-    """The objects with material that the key ``uid`` wraps, found by the index on
-    ``wrapped_by`` alone. A uid is unique across tenants, so the tenant is no criterion
+def wrapped_by(uid: str) -> Select[Any]:
+    """The columns of the objects with material that the key ``uid`` wraps, found by the
+    index on ``wrapped_by`` alone. A uid is unique across tenants, so the tenant is no criterion
     here: with it SQLite (which keeps no statistics) walked the tenant's index instead, and
     each batch of a re-wrap stepped past every object the batches before it had moved (a
     batch held the writer 136 ms at 256,000 objects moved, against 5 ms)."""
-    return select(ManagedObject).where(ManagedObject.wrapped_by == uid,
-                                       ManagedObject.material.is_not(None))
+    return select(*ManagedObject.__table__.columns).where(
+        ManagedObject.wrapped_by == uid, ManagedObject.material.is_not(None))
 
 
 def wrapped_counts(session: Session, tenant: str) -> dict[str, int]:

@@ -174,3 +174,85 @@ def test_a_core_drops_a_tenant_key_another_core_destroyed(core: CoreHarness) -> 
     with pytest.raises(KmipError, match="the tenant key was destroyed"):
         core.store.run_sync(lambda s: other._l2_key(repository.get_object(s, "demo", old)))
     assert old not in other._l2_by_uid
+
+
+def test_a_rewrap_batch_that_fails_midway_leaves_nothing_stale_in_its_groups_session(
+        core: CoreHarness) -> None:
+    """A sweep is a job of a group commit, sharing the group's session with requests. A
+    re-wrap batch that fails after moving some objects rolls them back, and the session
+    keeps nothing of them: a later job of the group reads and changes them as stored (the
+    rows were kept there, as written, with the revision the rollback undid)."""
+    from kcm.core import sweep_steps
+    from kcm.core.audit import savepoint
+
+    objects = [register(core) for _ in range(3)]
+    retired = core.store.run_sync(lambda s: repository.find_l2(s, "demo").uid)
+    core.store.run_sync(lambda s: rotate_tenant_key(s, core.keyring, "demo", now=int(time.time()),
+                                                    by="test", reason="the test"))
+    real, calls = core.keyring.wrap_for_tenant, []
+
+    def failing_third(session, tenant, uid, plaintext):
+        calls.append(uid)
+        if len(calls) == 3:
+            raise RuntimeError("the third fails")
+        return real(session, tenant, uid, plaintext)
+
+    def group(session):
+        core.keyring.wrap_for_tenant = failing_third
+        try:
+            with savepoint(session):  # the sweep's job, as the group commit runs it
+                done = sweep_steps.run_steps(session, [
+                    lambda s, now: rewrap_step(s, core.keyring, now, batch=10)], time.time())
+        finally:
+            core.keyring.wrap_for_tenant = real
+        assert [type(outcome).__name__ for outcome in done] == ["StepFailed"]
+        with savepoint(session):  # a later job of the group changes what was moved
+            for uid in calls[:2]:
+                row = repository.get_object(session, "demo", uid)
+                repository.update_columns(session, row, state=row.state)
+        return calls[:2]
+
+    moved = core.store.run_sync(group)
+    assert len(moved) == 2
+    # the batch rolled back: what it had moved is under the retired key still, and moves
+    # with the next batch
+    wrapping = core.store.run_sync(lambda s: dict(s.execute(select(
+        ManagedObject.uid, ManagedObject.wrapped_by).where(ManagedObject.uid.in_(moved))).all()))
+    assert set(wrapping.values()) == {retired}
+    done = core.store.run_sync(lambda s: rewrap_step(s, core.keyring, time.time(), batch=10))
+    assert done and done[0].count >= len(objects)
+
+
+def test_a_sweep_step_rolled_back_takes_its_audit_records_along(core: CoreHarness) -> None:
+    """A step that fails after appending audit records rolls back alone, and its records
+    are neither written nor logged (they were logged with the commit, never written)."""
+    from kcm.core import audit as audit_module
+    from kcm.core import sweep_steps
+    from kcm.core.audit import AuditEvent, append_audit, savepoint
+    from kcm.kernel.correlation import new_correlation_id
+
+    def event(operation: str) -> AuditEvent:
+        return AuditEvent(principal="test", operation=operation, result_status="SUCCESS",
+                          correlation_id=new_correlation_id(), source="test", tenant="demo",
+                          object_ids=(), detail={})
+
+    def failing(session, now):
+        append_audit(session, event("FailedStepRecord"))
+        raise RuntimeError("the step fails")
+
+    def group(session):
+        with savepoint(session):
+            append_audit(session, event("SweepRecord"))
+            sweep_steps.run_steps(session, [failing], time.time())
+
+    logged: list[str] = []
+    kept = audit_module._log_record
+    audit_module._log_record = lambda fields: logged.append(fields.get("operation"))
+    try:
+        core.store.run_sync(group)
+    finally:
+        audit_module._log_record = kept
+    assert "SweepRecord" in logged and "FailedStepRecord" not in logged
+    stored = core.store.run_sync(lambda s: list(s.scalars(select(AuditLog.operation).where(
+        AuditLog.operation.in_(("SweepRecord", "FailedStepRecord"))))))
+    assert stored == ["SweepRecord"]

@@ -400,19 +400,6 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
                 sent += written
         return data[sent:] if sent else data
 
-    def _shutdownTLS(self) -> None:
-        """Send close_notify, then close the connection once what was written has gone,
-        without waiting for the peer's close_notify (RFC 8446 §6.1 does not require it).
-        Twisted's waits for it: a client that holds its connection without reading (a
-        pooled connection at rest, the usual case) kept every connection a server closed,
-        as idle or on its stop, open and counted until it read, and every stop with one
-        connected waited out its whole drain_timeout."""
-        super()._shutdownTLS()
-        transport = self.transport
-        if not getattr(self, "_aborted", False) and transport is not None \
-                and not getattr(transport, "disconnecting", False):
-            transport.loseConnection()
-
     def loseConnection(self) -> None:
         gathered, self._gathered = self._gathered, None
         if gathered:

@@ -288,6 +288,7 @@ class KmipServerProtocol(Protocol):
         self._idle_timer = None
         self._message_timer = None
         self._write_timer = None
+        self._linger_timer = None
         self._output_producer: _OutputFull | None = None
         self._refused_identity = False
         #: Who the client claimed to be, when its certificate named nobody served here.
@@ -364,7 +365,8 @@ class KmipServerProtocol(Protocol):
         if isinstance(factory, KmipServerFactory):
             factory.connection_gone(self)
         self._closing = True
-        for timer in (self._idle_timer, self._message_timer, self._write_timer):
+        for timer in (self._idle_timer, self._message_timer, self._write_timer,
+                      self._linger_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._pending.clear()  # never handed over: nothing to stop
@@ -611,7 +613,40 @@ class KmipServerProtocol(Protocol):
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
+            self._linger_timer = self._clock.callLater(CLOSE_LINGER, self._lingered, 0.0)
 
+    def _lingered(self, waited: float) -> None:
+        """A polite close (its answers sent, then TLS's close_notify) waits for the
+        client's close_notify, reading and dropping what the client still sends (closing
+        on unread bytes would send a reset that loses the answer). A client that holds
+        its connection without reading never sends one: kept open, the connection stayed
+        counted against ``max_connections``, and every stop with one connected waited out
+        its whole ``drain_timeout``. So once the answers have gone, the client has
+        :data:`CLOSE_LINGER` seconds more; then the connection is cut."""
+        waited += CLOSE_LINGER
+        if _still_sending(self.transport) and waited < self._limits.write_timeout:
+            self._linger_timer = self._clock.callLater(CLOSE_LINGER, self._lingered, waited)
+            return
+        self._linger_timer = None
+        self.transport.abortConnection()
+
+
+
+#: Seconds a politely closed connection waits for the client's close_notify once its
+#: answers have gone (:meth:`KmipServerProtocol._lingered`), then is cut.
+CLOSE_LINGER = 2.0
+
+
+def _still_sending(transport: Any) -> bool:
+    """Whether ``transport`` (a TLS connection, or a plain one) still holds bytes written
+    and not yet handed to the kernel: its answers are still going out."""
+    if getattr(transport, "_appSendBuffer", None):
+        return True
+    for layer in (transport, getattr(transport, "transport", None)):
+        if layer is not None and (getattr(layer, "dataBuffer", b"")
+                                  or getattr(layer, "_tempDataBuffer", None)):
+            return True
+    return False
 
 @implementer(IPushProducer)
 class _UpstreamPause:

@@ -195,14 +195,25 @@ class GatewayService(ProcessService):
             self._prewarm_next(listed)
 
     def _prewarm_next(self, listed: deque[tuple[str, str]]) -> None:
+        """The next listed service, in a later reactor turn than the one before it ended
+        (a fetch failed at once, the link lost, would otherwise start the next inside its
+        callbacks: one level of recursion per service). Once the link is down the rest
+        is left to the requests that need them."""
         if not listed or not self.running or self.cache is None:
+            return
+        link = self.link
+        if link is not None and not link.connected:
+            log.warn("pre-warming stopped with {count} services left: no link to the core "
+                     "(their keys are fetched when first used)", count=len(listed))
+            listed.clear()
             return
         tenant, service = listed.popleft()
         trust_domain = self.config.trust_domain
         caller = Principal(Role.SERVICE, trust_domain, tenant=tenant, service=service,
                            uri=f"spiffe://{trust_domain}/tenant/{tenant}/service/{service}")
         self.cache.prewarm(tenant, service, caller).addCallback(
-            self._prewarmed, tenant, service).addBoth(lambda _: self._prewarm_next(listed))
+            self._prewarmed, tenant, service).addBoth(
+            lambda _: self.reactor.callLater(0, self._prewarm_next, listed))
 
     def _prewarmed(self, error: KmipError | None, tenant: str, service: str) -> None:
         if error is not None:

@@ -119,20 +119,3 @@ def test_what_is_written_arrives_whole_however_records_are_cut(
             assert receiver._lostTLSConnection is close
             assert receiving_transport.disconnecting is close
 
-
-@pytest.mark.parametrize("compiled", [True, False])
-def test_a_close_does_not_wait_for_the_peers_close_notify(pki: PkiPaths,
-                                                          compiled: bool) -> None:
-    """A server that closes a connection (idle, or stopping) sends close_notify after the
-    answers written, then closes TCP at once: a client that holds the connection without
-    reading never sends its own close_notify, and the connection stayed open, counted and
-    waited for by every stop, until it did."""
-    with calls(compiled):
-        client, server, to_server, to_client = connected(pki)
-        server.write(b"the last answer")
-        server.loseConnection()
-        assert to_client.disconnecting  # TCP closed after what was written, not waiting
-        # the client, reading later, gets the answer and then the close
-        client.dataReceived(to_client.value())
-        assert bytes(client.wrappedProtocol.data) == b"the last answer"
-        assert to_server.disconnecting  # (it answered the close_notify, then closed too)

@@ -485,23 +485,32 @@ def test_bad_pinning_settings_are_usage_errors(argv: tuple[str, ...]) -> None:
 def test_a_long_prewarm_list_is_fetched_a_few_at_a_time_and_whole() -> None:
     """3,000 services sent at once filled their tenants' fetch queues and the link: most
     failed, and so did those tenants' requests. A few are fetched at a time, the next as
-    one is done, whatever the one before answered."""
+    one is done (in a later reactor turn), whatever the one before answered; fetches that
+    fail at once (the link lost) recurse no deeper for it, and once the link is down the
+    rest is left to the requests that need them."""
     from dataclasses import replace as changed
 
+    from twisted.internet.defer import fail
+
+    from kcm.gateway.link_client import LinkDown
     from kcm.gateway.service import PREWARM_AT_ONCE
     from kcm.kmip.enums import ResultReason
     from kcm.kmip.errors import KmipError
 
     services = tuple(f"t{n % 7}/s{n}" for n in range(30))
-    gateway = GatewayService(changed(GatewayConfig(), prewarm=services), reactor=Clock())
+    clock = Clock()
+    gateway = GatewayService(changed(GatewayConfig(), prewarm=services), reactor=clock)
     calls: list[tuple[str, str, Deferred]] = []
+
+    class Link:
+        connected = True
 
     class Cache:
         def prewarm(self, tenant: str, service: str, caller: object) -> Deferred:
             calls.append((tenant, service, d := Deferred()))
             return d
 
-    gateway.cache, gateway.running = Cache(), True  # type: ignore[assignment]
+    gateway.cache, gateway.link, gateway.running = Cache(), Link(), True  # type: ignore[assignment]
     gateway._prewarm()
     assert len(calls) == PREWARM_AT_ONCE == 4
     done = 0
@@ -509,5 +518,32 @@ def test_a_long_prewarm_list_is_fetched_a_few_at_a_time_and_whole() -> None:
         outcome = None if done % 3 else KmipError(ResultReason.GENERAL_FAILURE, "refused")
         calls[done][2].callback(outcome)
         done += 1
+        clock.advance(0)
         assert len(calls) - done <= PREWARM_AT_ONCE
     assert [f"{t}/{s}" for t, s, _ in calls] == list(services)
+
+    # 3,000 fetches failing at once: one level of the stack each turn, not one a service
+    many = tuple(f"t{n % 300}/s{n}" for n in range(3000))
+    gateway = GatewayService(changed(GatewayConfig(), prewarm=many), reactor=clock)
+    tried: list[str] = []
+
+    class Failing:
+        def prewarm(self, tenant: str, service: str, caller: object) -> Deferred:
+            tried.append(service)
+            return fail(LinkDown("no link to the core")).addErrback(
+                lambda f: KmipError(ResultReason.GENERAL_FAILURE, f.getErrorMessage()))
+
+    gateway.cache, gateway.link, gateway.running = Failing(), Link(), True  # type: ignore[assignment]
+    gateway._prewarm()
+    assert len(tried) == PREWARM_AT_ONCE  # each next one in a later turn
+    clock.advance(0)
+    assert len(tried) == 3000  # every one tried, and no RecursionError on the way
+
+    link = Link()
+    gateway = GatewayService(changed(GatewayConfig(), prewarm=many), reactor=clock)
+    gateway.cache, gateway.link, gateway.running = Failing(), link, True  # type: ignore[assignment]
+    tried.clear()
+    gateway._prewarm()
+    link.connected = False  # the link lost: the rest is left to the requests
+    clock.advance(0)
+    assert len(tried) == PREWARM_AT_ONCE and clock.getDelayedCalls() == []

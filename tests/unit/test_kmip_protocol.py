@@ -493,3 +493,47 @@ def test_a_draining_connection_that_keeps_sending_closes_between_two_requests() 
 def test_draining_with_no_connection_is_done_at_once() -> None:
     factory = KmipServerFactory(EchoHandler(), ConnectionLimits(), lambda t: PRINCIPAL, Clock())
     assert factory.drain(0.5).called
+
+
+def test_a_polite_close_waits_for_the_clients_close_notify_a_bounded_time() -> None:
+    """Closed politely (idle here), a connection sends its answers and close_notify and
+    waits for the client's, reading what it still sends: cutting it at once would send a
+    reset that loses the answer a client sending a large request reads after it. A client
+    that holds the connection without reading never answers: the connection is cut
+    CLOSE_LINGER seconds after its answers have gone (it stayed open and counted, and
+    every stop with one waited its whole drain_timeout)."""
+    from kcm.kmip_protocol import CLOSE_LINGER
+
+    protocol, transport, _, clock = connect(
+        limits=ConnectionLimits(idle_timeout=10, write_timeout=30))
+    protocol.dataReceived(message(1))
+    clock.advance(10.1)
+    assert transport.disconnecting and not transport.disconnected  # polite, waiting
+    clock.advance(CLOSE_LINGER - 0.2)
+    assert not transport.disconnected
+    clock.advance(0.2)
+    assert transport.disconnected  # cut
+
+    # answers still going out (a slow reader): waited for, within the write timeout
+    protocol, transport, _, clock = connect(
+        limits=ConnectionLimits(idle_timeout=10, write_timeout=30))
+    protocol.dataReceived(message(1))
+    transport._appSendBuffer = [b"an answer not yet sent"]  # (the TLS layer's)
+    clock.pump([0.1] * int((10.1 + 5 * CLOSE_LINGER) * 10))
+    assert not transport.disconnected
+    transport._appSendBuffer = []
+    clock.pump([0.1] * int(CLOSE_LINGER * 10 + 1))
+    assert transport.disconnected
+    protocol, transport, _, clock = connect(
+        limits=ConnectionLimits(idle_timeout=10, write_timeout=30))
+    protocol.dataReceived(message(1))
+    transport._appSendBuffer = [b"never taken"]
+    clock.pump([0.1] * int((10.1 + 30) * 10 + 5))
+    assert transport.disconnected  # no longer than the write timeout
+
+    # the client answers (or goes): nothing is cut, no timer is left
+    protocol, transport, _, clock = connect(limits=ConnectionLimits(idle_timeout=10))
+    protocol.dataReceived(message(1))
+    clock.advance(10.1)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []

@@ -1025,14 +1025,21 @@ def test_a_gateway_that_reads_nothing_is_closed_after_the_write_timeout(world: W
     assert world.server.closing
 
 
-def test_a_link_with_too_many_requests_in_flight_is_not_read_until_one_goes(
-        world: World) -> None:
-    world.factory.settings = replace(world.factory.settings, max_requests_in_flight=3)
-    world.client.max_in_flight = 10
+def connected_watching_reads(world: World) -> list[bool]:
+    """Connect ``world``; the core's link then records in the list it returns each time it
+    stops reading its transport (False) and starts again (True)."""
     world.connect()
     reading: list[bool] = []
     world.server.transport.pauseProducing = lambda: reading.append(False)
     world.server.transport.resumeProducing = lambda: reading.append(True)
+    return reading
+
+
+def test_a_link_with_too_many_requests_in_flight_is_not_read_until_one_goes(
+        world: World) -> None:
+    world.factory.settings = replace(world.factory.settings, max_requests_in_flight=3)
+    world.client.max_in_flight = 10
+    reading = connected_watching_reads(world)
     for _ in range(3):
         world.client.forward(b"r", APP, "h:1")
     world.flush()
@@ -1057,10 +1064,7 @@ def test_a_gateway_at_its_own_bound_is_read_whole_by_the_core_defaults(world: Wo
     assert world.factory.settings.max_requests_in_flight == 2048
     world.client.max_in_flight = next(f.default for f in fields(GatewayConfig)
                                       if f.name == "max_in_flight")
-    world.connect()
-    reading: list[bool] = []
-    world.server.transport.pauseProducing = lambda: reading.append(False)
-    world.server.transport.resumeProducing = lambda: reading.append(True)
+    reading = connected_watching_reads(world)
     for _ in range(2 * world.client.max_in_flight - 1):
         world.client.forward(b"heavy", APP, "h:1")
     world.flush()
@@ -1236,10 +1240,7 @@ def test_a_cancelled_request_counts_in_flight_until_it_has_ended(world: World) -
     leave cannot make the core hold more than the bound of them."""
     world.factory.settings = replace(world.factory.settings, max_requests_in_flight=2)
     world.client.max_in_flight = 10
-    world.connect()
-    reading: list[bool] = []
-    world.server.transport.pauseProducing = lambda: reading.append(False)
-    world.server.transport.resumeProducing = lambda: reading.append(True)
+    reading = connected_watching_reads(world)
     calls = [world.client.forward(f"req{i}".encode(), APP, "h:1") for i in range(2)]
     world.flush()
     assert reading == [False]

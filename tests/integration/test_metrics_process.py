@@ -235,7 +235,7 @@ def test_a_gateway_with_workers_answers_for_all_of_them(core: CoreProcess,
         # both workers were ready and handed then.
         wait_until(lambda: sum(value for (name, _), value in metrics(port).items()
                                if name == "kcm_gateway_handoffs_total") == 1,
-                   "the start's probe connection to be handed", timeout=5.0)
+                   "the start's probe connection to be handed", timeout=15.0)
         before = metrics(port)
         assert before[("kcm_gateway_workers", ())] == 2
         assert before[("kcm_gateway_worker_restarts_total", (("worker", "1"),))] == 0

@@ -631,7 +631,6 @@ class KmipServerProtocol(Protocol):
         self.transport.abortConnection()
 
 
-
 #: Seconds a politely closed connection waits for the client's close_notify once its
 #: answers have gone (:meth:`KmipServerProtocol._lingered`), then is cut.
 CLOSE_LINGER = 2.0
@@ -647,6 +646,7 @@ def _still_sending(transport: Any) -> bool:
                                   or getattr(layer, "_tempDataBuffer", None)):
             return True
     return False
+
 
 @implementer(IPushProducer)
 class _UpstreamPause:

@@ -163,11 +163,11 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         # In no order but the index's on wrapped_by: a batch reads its own objects, neither
         # all the L2 still wraps (to sort them) nor, as a walk in created_seq order would
         # (PostgreSQL chose one), those earlier batches moved; each batch moves its objects
-        # out of the range, so the next reads the rest (:func:`wrapped_by`). As columns,
-        # not ORM objects: updated straight to the driver,
-        # nothing of them stays in the session, which a sweep shares with the requests of
-        # its group commit (a step rolled back midway left rows there with what it undid).
-        # A row a request of the group holds is left to the next batch.
+        # out of the range, so the next reads the rest (:func:`wrapped_by`). As columns, not
+        # ORM objects, updated straight to the driver: nothing of them stays in the session,
+        # which a sweep shares with the requests of its group commit (a step rolled back
+        # midway left rows there with what it undid). A row a request of the group holds is
+        # left to the next batch.
         rows = [repository.ObjectColumns(*row) for row in session.execute(
             wrapped_by(old.uid).limit(batch + 1))]
         rows = [row for row in rows if row.tenant == old.tenant  # (all are: the L2's tenant)

@@ -184,6 +184,9 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             continue
         step = savepoint()
         try:
+            # The operation first: one the version does not define is Operation Not
+            # Supported, not a complaint about a payload or an extension it never reads.
+            version_fit.check_operation(version, item.operation)
             payload = item.request_payload
             if isinstance(payload, UnreadablePayload):
                 # A new error each run: the decoded item may run again (a gateway's run after
@@ -195,7 +198,6 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             if isinstance(payload, Item):
                 raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
                                 f"operation {operation_name(item.operation)} is not supported")
-            version_fit.check_operation(version, item.operation)
             response.response_payload = execute(item, placeholder)
             step.commit()
         except RunElsewhere:

@@ -449,6 +449,63 @@ def test_delete_attribute_2x_by_value_and_by_reference(core) -> None:
         "a", "c"]
 
 
+def in_version(payload: object, version) -> Item:
+    """``payload`` encoded in ``version``'s words, to be sent in a message of another."""
+    return payload.to_item(version)
+
+
+def test_another_versions_selector_names_the_instance_it_names(core) -> None:
+    """A request may use another version's fields (docs/conformance.md): a 2.x Modify or
+    Delete Attribute naming the instance by a 1.x Attribute Index, and a 1.x one naming it
+    by a 2.x Current Attribute, change that instance. Before, the selector the declared
+    version does not have was ignored: a 2.x Modify by index 5 rewrote the only Name, a
+    2.x Delete by Name and index 7 deleted every Name, a 1.x Modify by Current Attribute
+    changed index 0."""
+    uid = create_key(core, name("N0"), name("N1"), name("N2"), version=V14)
+
+    second = name("X1")
+    second.index = 1
+    ok(core, Operation.MODIFY_ATTRIBUTE, in_version(
+        ModifyAttributeRequest(unique_identifier=uid, attribute=second), V14))
+    beyond = name("X5")
+    beyond.index = 5
+    assert refused(core, Operation.MODIFY_ATTRIBUTE, in_version(
+        ModifyAttributeRequest(unique_identifier=uid, attribute=beyond), V14)
+    ).result_reason == ResultReason.ITEM_NOT_FOUND
+    assert names(get(core, uid, Tag.NAME, version=V14)) == [("N0", 0), ("X1", 1), ("N2", 2)]
+
+    assert refused(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=ref(Tag.NAME), attribute_index=7)
+    ).result_reason == ResultReason.ITEM_NOT_FOUND
+    ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, attribute_reference=ref(Tag.NAME), attribute_index=2))
+    assert names(get(core, uid, Tag.NAME, version=V14)) == [("N0", 0), ("X1", 1)]
+
+    ok(core, Operation.MODIFY_ATTRIBUTE, in_version(ModifyAttributeRequest(
+        unique_identifier=uid, current_attribute=name("X1"), attribute=name("Y1")), V21),
+        version=V14)
+    assert names(get(core, uid, Tag.NAME, version=V14)) == [("N0", 0), ("Y1", 1)]
+    ok(core, Operation.DELETE_ATTRIBUTE, in_version(DeleteAttributeRequest(
+        unique_identifier=uid, current_attribute=name("Y1")), V21), version=V14)
+    assert names(get(core, uid, Tag.NAME, version=V14)) == [("N0", 0)]
+
+    both = name("Z")
+    both.index = 0
+    by_index = in_version(ModifyAttributeRequest(unique_identifier=uid, attribute=both), V14)
+    [current] = [field for field in in_version(ModifyAttributeRequest(
+        unique_identifier=uid, current_attribute=name("N0"), attribute=name("Z")), V21).value
+        if field.tag == Tag.CURRENT_ATTRIBUTE]
+    first, *rest = by_index.value
+    by_both = Item(by_index.tag, by_index.type, [first, current, *rest])
+    for version in (V14, V21):
+        assert refused(core, Operation.MODIFY_ATTRIBUTE, by_both, version=version
+                       ).result_reason == ResultReason.INVALID_FIELD
+        assert refused(core, Operation.DELETE_ATTRIBUTE, in_version(DeleteAttributeRequest(
+            unique_identifier=uid, current_attribute=name("N0"), attribute_index=0), V21),
+            version=version).result_reason == ResultReason.INVALID_FIELD
+    assert names(get(core, uid, Tag.NAME, version=V14)) == [("N0", 0)]
+
+
 # -- Set and Adjust Attribute (2.x) -----------------------------------------------------------
 
 def test_set_attribute(core) -> None:

@@ -180,6 +180,13 @@ REFUSALS: dict[str, Refusal] = {
         encrypt(k["managed"]) if v < (1, 2)
         else item(Operation.RE_KEY_KEY_PAIR, Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [])),
         version=v)),
+    # The same with a payload it cannot read and a critical Message Extension: the
+    # operation is judged first (it was Invalid Field: a payload the version never reads).
+    "an operation of a later version, unreadable, with a critical extension": (
+        "app", lambda v, k: request(with_critical_extension(item(
+            Operation.ENCRYPT if v < (1, 2) else Operation.RE_KEY_KEY_PAIR,
+            Item(Tag.REQUEST_PAYLOAD, ItemType.STRUCTURE, [
+                Item(Tag.UNIQUE_IDENTIFIER, ItemType.INTEGER, 5)]))), version=v)),
 }
 
 
@@ -225,6 +232,8 @@ def test_every_refusal_reads_with_pykmip_in_short_ascii(deployment, keys, plane:
     assert refused[0] == ResultReason.OPERATION_NOT_SUPPORTED
     if version < (1, 2):
         assert refused[1] == "Encrypt is an operation of KMIP 1.2 and later, not of KMIP 1.0"
+        assert answers["an operation of a later version, unreadable, with a critical "
+                       "extension"] == refused
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"{v[0]}.{v[1]}")

@@ -162,12 +162,21 @@ def add_attribute(ctx: OperationContext, request: AddAttributeRequest) -> AddAtt
 def modify_attribute(ctx: OperationContext,
                      request: ModifyAttributeRequest) -> ModifyAttributeResponse:
     """Give an existing instance a new value: 1.x names it by Attribute Index (0 when
-    omitted), 2.x by its Current Attribute value (optional when there is one instance)."""
+    omitted), 2.x by its Current Attribute value (optional when there is one instance).
+
+    Whichever of the two a request gives is honoured whatever version it declares (a
+    request may use another version's fields, docs/conformance.md): a 2.x request's
+    Attribute Index, or a 1.x request's Current Attribute, names the instance it names,
+    never the first or only one; both at once is refused."""
     obj, new, label, existing = _change(ctx, request)
-    if ctx.version < _V2:
+    current = request.current_attribute
+    if current is not None and new.index is not None:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "name the instance by Current Attribute or by Attribute Index, not both")
+    if current is None and (ctx.version < _V2 or new.index is not None):
         target = _by_index(existing, new.index, label, missing=ResultReason.INVALID_FIELD)
     else:
-        target = _by_value(existing, request.current_attribute, new, label)
+        target = _by_value(existing, current, new, label)
     _check_value(new, ctx.version, label)
     _check_unique_name([a for a in existing if a is not target], new, ctx.version)
     _check_date(ctx, obj, new.tag)
@@ -182,11 +191,17 @@ def modify_attribute(ctx: OperationContext,
 def delete_attribute(ctx: OperationContext,
                      request: DeleteAttributeRequest) -> DeleteAttributeResponse:
     """Delete one instance (1.x: by name and index; 2.x: by Current Attribute value), or
-    every instance (2.x: by Attribute Reference). 1.x answers with the deleted attribute."""
+    every instance (2.x: by Attribute Reference). 1.x answers with the deleted attribute.
+
+    As for Modify Attribute, a Current Attribute or an Attribute Index names the instance
+    it names whatever version the request declares; both at once is refused."""
     obj = _load(ctx, request.unique_identifier)
     current = request.current_attribute
     reference = request.attribute_reference
-    if ctx.version >= _V2 and current is not None:
+    if current is not None and request.attribute_index is not None:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        "name the instance by Current Attribute or by Attribute Index, not both")
+    if current is not None:
         if reference is not None and _key(reference) != _key(current):
             raise KmipError(ResultReason.INVALID_FIELD,
                             "Current Attribute and Attribute Reference name different attributes")
@@ -203,11 +218,11 @@ def delete_attribute(ctx: OperationContext,
     if not rule.delete:
         raise protected_error(ctx.version, f"{label} may not be deleted by a client")
     existing = _instances(obj, key)
-    if ctx.version < _V2:
+    if current is not None:
+        doomed = [_by_value(existing, current, current, label)]
+    elif ctx.version < _V2 or request.attribute_index is not None:
         doomed = [_by_index(existing, request.attribute_index, label,
                             missing=ResultReason.ITEM_NOT_FOUND)]
-    elif current is not None:
-        doomed = [_by_value(existing, current, current, label)]
     else:
         if not existing:
             raise KmipError(ResultReason.ATTRIBUTE_NOT_FOUND, f"the object has no {label}")

@@ -7,6 +7,12 @@ transaction at a time), so many gateways reporting often cost the store little. 
 write finds the current version of a service at its policy's cap
 (:func:`kcm.core.auto_rotation.cap_reached`), ``on_cap_reached`` is called: kcm-core asks
 its state sweeper to sweep now rather than at its next tick.
+
+A write that fails loses its counts (counts fall short, never double). While the store
+is unavailable every write fails, one each ``delay``: the first failure is logged (one
+line, as every component logs the store's unavailability; a traceback for any other
+error), the others are only counted, and the first write that succeeds again logs how
+many writes and counts were lost meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from twisted.logger import Logger
 
 from kcm.core.auto_rotation import cap_reached
 from kcm.core.store.engine import Store
+from kcm.core.store.unavailable import log_failure
 from kcm.core.usage import add_uses
 
 __all__ = ["UsageIntake"]
@@ -41,6 +48,9 @@ class UsageIntake:
         self._pending: dict[str, int] = {}
         self._scheduled: Any = None
         self._writing = False
+        #: Writes failed, and the counts they lost, since the last that succeeded.
+        self._failed_writes = 0
+        self._lost_counts = 0
 
     def add(self, counts: Mapping[str, int]) -> None:
         """Counts one gateway reported (L3 uid -> encryptions since its last report)."""
@@ -64,12 +74,19 @@ class UsageIntake:
             return cap_reached(session, counts)
 
         def done(reached: bool) -> None:
+            if self._failed_writes:
+                log.warn("usage counts are recorded again; {writes} writes failed before, "
+                         "losing {lost} counts", writes=self._failed_writes,
+                         lost=self._lost_counts)
+                self._failed_writes = self._lost_counts = 0
             if reached:
                 self._on_cap_reached()
 
         def failed(failure: Any) -> None:
-            log.failure("recording {count} usage counts failed; they are lost", failure,
-                        count=len(counts))
+            if not self._failed_writes:
+                log_failure(log, failure, f"recording {len(counts)} usage counts (lost)")
+            self._failed_writes += 1
+            self._lost_counts += len(counts)
 
         def next_batch(_: object) -> None:
             self._writing = False

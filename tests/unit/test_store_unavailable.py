@@ -49,3 +49,61 @@ def test_a_failure_is_one_line_when_the_store_is_unavailable_else_a_traceback() 
         ("{what} failed: the key store is unavailable ({why})", False),
         ("{what} failed", True)]
     assert events[0]["why"] == "database is locked"
+
+
+def test_a_connection_invalidated_mid_transaction_rolls_back_with_the_error_that_ended_it(
+        ) -> None:
+    """The pipelined engine's rollback hook asked an invalidated connection (its server gone
+    mid-transaction) for its DBAPI connection: PendingRollbackError replaced the error that
+    invalidated it, and a state sweep or a usage write logged a bug's traceback instead of
+    one line about the store."""
+    from sqlalchemy import create_engine, text
+
+    from kcm.core.store.raw_statements import pipelined
+
+    engine = pipelined(create_engine("sqlite://"))
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        connection.execute(text("SELECT 1"))
+        connection.invalidate()
+        transaction.rollback()  # raised PendingRollbackError
+    with engine.connect() as connection:  # and the pool serves again
+        assert connection.execute(text("SELECT 2")).scalar() == 2
+
+
+def test_usage_writes_failing_while_the_store_is_away_log_once_then_what_was_lost() -> None:
+    from twisted.internet.defer import fail, succeed
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from kcm.core import usage_intake
+
+    class Store:
+        up = False
+
+        def run(self, _work):
+            return succeed(False) if self.up else fail(OperationalError(
+                "INSERT", {}, Exception("connection refused")))
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock, store = Clock(), Store()
+        intake = usage_intake.UsageIntake(store, clock, on_cap_reached=lambda: None)
+        for uses in range(1, 6):
+            intake.add({f"l3-{n}": 1 for n in range(uses)})
+            clock.advance(intake.delay)
+        store.up = True
+        intake.add({"l3-a": 1})
+        clock.advance(intake.delay)
+        intake.add({"l3-a": 1})
+        clock.advance(intake.delay)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    mine = [e for e in events if e.get("log_namespace") == usage_intake.__name__]
+    assert [(e["log_format"], "log_failure" in e) for e in mine] == [
+        ("{what} failed: the key store is unavailable ({why})", False),
+        ("usage counts are recorded again; {writes} writes failed before, losing {lost} "
+         "counts", False)]
+    assert mine[0]["what"] == "recording 1 usage counts (lost)"
+    assert (mine[1]["writes"], mine[1]["lost"]) == (5, 1 + 2 + 3 + 4 + 5)

@@ -275,7 +275,12 @@ def pipelined(engine: Engine) -> Engine:
         _drain(connection)
 
     def discard_before(connection: Any, *_: Any) -> None:
-        _discard(connection.connection.info)
+        # An invalidated connection (its server gone mid-transaction) has no DBAPI
+        # connection to ask for: asking raised PendingRollbackError in place of the error
+        # that invalidated it, which was then logged as a bug, not as the store's
+        # unavailability. Its pool record is reset, and so discarded, as it is returned.
+        if not connection.invalidated:
+            _discard(connection.connection.info)
 
     def discard_on_reset(_dbapi_connection: Any, record: Any, _state: Any) -> None:
         _discard(record.info)

@@ -1,7 +1,5 @@
 """``python -m kcm``: the ``kcm`` command line."""
 
-import sys
+from kcm.cli import run
 
-from kcm.cli import main
-
-sys.exit(main())
+run()

@@ -59,6 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run() -> None:
+    """The ``kcm`` program (its console script, ``python -m kcm``): :func:`main` in a
+    process kept out of core dumps and away from other processes of its user
+    (:mod:`kcm.no_core_dumps`), as kcm-core's and kcm-gateway's are. Its commands hold
+    what a dump would give away: L1 (``core init``, ``tenant``/``service add|rotate``,
+    ``audit verify``, ``config check``), unwrapped tenant and service keys, a new L1 key
+    (``core new-l1-key``), a development CA's private key (``pki init``). :func:`main`
+    itself changes nothing of the kind: it also runs inside other programs (tests)."""
+    from kcm.no_core_dumps import forbid_core_dumps
+
+    try:
+        forbid_core_dumps()
+    except OSError as e:
+        print(f"kcm: error: cannot keep this process out of core dumps: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(main())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kcm`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()

@@ -46,7 +46,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kcm.cli import CommandError, add_command
-from kcm.cli.output_file import partial_name, publish, refuse_existing
+from kcm.cli.output_file import partial_file, publish, refuse_existing
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -590,31 +590,29 @@ def _run_backup(args: argparse.Namespace) -> int:
         raise CommandError("the database is PostgreSQL: back it up with pg_dump "
                            "(docs/operations.md, \"Backup and restore\")")
     refuse_existing(args.file)
-    partial = partial_name(args.file)
     try:
-        source = sqlite3.connect(f"file:{url.database}?mode=ro", uri=True)
-        try:
-            target = sqlite3.connect(partial)
+        with partial_file(args.file) as partial:  # in a directory of the command's own
+            source = sqlite3.connect(f"file:{url.database}?mode=ro", uri=True)
             try:
-                source.backup(target)
-                (check,) = target.execute("PRAGMA integrity_check").fetchone()
-                if check != "ok":
-                    raise CommandError(f"the copy fails SQLite's integrity check: {check}")
-                target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-                (objects,) = target.execute("SELECT count(*) FROM managed_objects").fetchone()
-                (records,) = target.execute("SELECT count(*) FROM audit_log").fetchone()
+                target = sqlite3.connect(partial)
+                try:
+                    source.backup(target)
+                    (check,) = target.execute("PRAGMA integrity_check").fetchone()
+                    if check != "ok":
+                        raise CommandError(f"the copy fails SQLite's integrity check: {check}")
+                    target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                    (objects,) = target.execute(
+                        "SELECT count(*) FROM managed_objects").fetchone()
+                    (records,) = target.execute("SELECT count(*) FROM audit_log").fetchone()
+                finally:
+                    target.close()
             finally:
-                target.close()
-        finally:
-            source.close()
-        publish(partial, args.file)  # synced, and never over a FILE made meanwhile
+                source.close()
+            publish(partial, args.file)  # synced, and never over a FILE made meanwhile
     except sqlite3.Error as e:
         raise CommandError(f"backup of {url.database} failed: {e}") from e
     except OSError as e:
         raise CommandError(f"cannot write {args.file}: {e.strerror}") from e
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
     print(f"{args.file}: a consistent copy of {url.database} ({objects} objects, {records} "
           "audit records); the L1 key is not in it: keep a copy of that apart")
     return 0

@@ -138,6 +138,16 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _without_l1(env: dict[str, str], core_config: str) -> dict[str, str]:
+    """``env`` without the variable that holds kcm-core's L1 (its ``l1_key_env``): the
+    gateway needs no L1, and was given it (its workers too) with the rest of the
+    environment."""
+    from kcm.core.config import load_config
+
+    name = load_config(core_config).l1_key_env
+    return {key: value for key, value in env.items() if key != name}
+
+
 def _start(service: Service, env: dict[str, str]) -> None:
     output = open(service.log, "ab") if service.log else None  # noqa: SIM115 - the child's
     try:
@@ -292,7 +302,7 @@ def _run(args: argparse.Namespace) -> int:
         for service in services:
             if stop_signal:
                 break
-            _start(service, env)
+            _start(service, env if service is core else _without_l1(env, core_config))
             started.append(service)
             _wait_listening(service, stop_signal)
         if not stop_signal:

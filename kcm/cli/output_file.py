@@ -1,26 +1,34 @@
-"""Files the ``kcm`` commands write (an audit export, a backup): whole or not at all.
+"""Files the ``kcm`` commands write (an audit export, a backup): whole or not at all, and
+no one else's.
 
-A command writes ``FILE.partial``, syncs it to disk, then links it to ``FILE`` (which
-fails if ``FILE`` has come to exist meanwhile: nothing is ever written over) and syncs the
-directory. A command killed halfway (SIGKILL, out of memory, a power cut) leaves at most a
-``.partial`` file, never a ``FILE`` that looks complete and is not; one that fails
-otherwise removes its ``.partial``.
+A command writes into a directory of its own, ``FILE.partial`` (mode 0700, made by the
+command: it refuses to go on if anything already has that name), a new file (0600), syncs
+it to disk, then links it to ``FILE`` (which fails if ``FILE`` has come to exist
+meanwhile: nothing is ever written over) and syncs the directory. A command killed halfway
+(SIGKILL, out of memory, a power cut) leaves at most a ``.partial`` directory, never a
+``FILE`` that looks complete and is not; one that fails otherwise removes it.
+
+The directory is the command's so that nothing of what it writes can be another user's:
+a ``FILE.partial`` file made beforehand in a shared directory (or a symbolic link) was
+written into and then published as ``FILE``, readable and changeable by whoever made it;
+SQLite's journal of a backup is written beside its database, in that directory too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from typing import IO
 
 from kcm.cli import CommandError
 
-__all__ = ["partial_name", "publish", "refuse_existing", "writing"]
+__all__ = ["partial_file", "partial_name", "publish", "refuse_existing", "writing"]
 
 
 def partial_name(path: str) -> str:
-    """Where the file that becomes ``path`` is written first."""
+    """The directory of its own in which the file that becomes ``path`` is written first."""
     return f"{path}.partial"
 
 
@@ -48,23 +56,41 @@ def publish(partial: str, path: str) -> None:
 
 
 @contextlib.contextmanager
+def partial_file(path: str) -> Iterator[str]:
+    """The name of a new empty file (0600) in a new directory ``FILE.partial`` (0700), to
+    write what becomes ``path`` into and :func:`publish`; the directory and whatever is
+    left in it are removed when the block ends. CommandError if ``path`` exists, or if
+    anything is named ``FILE.partial`` (left by a command stopped halfway, or not ours)."""
+    refuse_existing(path)
+    directory = partial_name(path)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError as e:
+        raise CommandError(f"{directory} exists (left by a command stopped halfway?); "
+                           "remove it or give a new file name") from e
+    except OSError as e:
+        raise CommandError(f"cannot write {path}: {e.strerror}") from e
+    try:
+        partial = os.path.join(directory, os.path.basename(path))
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o600))
+        except OSError as e:
+            raise CommandError(f"cannot write {path}: {e.strerror}") from e
+        yield partial
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # a part of the file is no file
+
+
+@contextlib.contextmanager
 def writing(path: str) -> Iterator[IO[str]]:
     """A text file to write what becomes ``path`` into, published when the block ends
     without an error; removed if it raises (the error goes on, an OSError as a
     CommandError naming ``path``)."""
-    refuse_existing(path)
-    partial = partial_name(path)
-    try:
-        out = open(partial, "w", encoding="utf-8")  # noqa: SIM115 - closed below
-    except OSError as e:
-        raise CommandError(f"cannot write {path}: {e.strerror}") from e
-    try:
-        with out:
-            yield out
-        publish(partial, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)  # a part of the file is no file
-        if isinstance(e, OSError):
+    with partial_file(path) as partial:
+        try:
+            with open(partial, "w", encoding="utf-8") as out:
+                yield out
+            publish(partial, path)
+        except OSError as e:
             raise CommandError(f"cannot write {path}: {e.strerror}") from e
-        raise

@@ -27,6 +27,8 @@ class Launcher:
     root: Path
     ports: list[int]
     process: subprocess.Popen | None = None
+    core_config: Path = REPO_ROOT / "etc" / "kcm-core.toml"
+    env: dict[str, str] | None = None
 
     @property
     def output(self) -> Path:
@@ -35,14 +37,15 @@ class Launcher:
     def command(self, ports: list[int] | None = None) -> list[str]:
         kmip, link, gateway = ports or self.ports
         return [sys.executable, "-m", "kcm", "dev", "run",
-                "--core-config", str(REPO_ROOT / "etc" / "kcm-core.toml"),
+                "--core-config", str(self.core_config),
                 "--gateway-config", str(REPO_ROOT / "etc" / "kcm-gateway.toml"),
                 "--kmip-port", str(kmip), "--link-port", str(link),
                 "--gateway-port", str(gateway)]
 
     def start(self) -> None:
         with open(self.output, "ab") as out:
-            self.process = subprocess.Popen(self.command(), cwd=self.root, env=process_env(),
+            self.process = subprocess.Popen(self.command(), cwd=self.root,
+                                            env={**process_env(), **(self.env or {})},
                                             stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         deadline = time.monotonic() + 90
@@ -172,3 +175,29 @@ def test_when_the_core_dies_the_gateway_is_stopped_and_the_reason_said(
     assert "kcm dev run: kcm-core exited (killed by SIGKILL); stopping kcm-gateway" in (
         launcher.text())
     assert not alive(gateway)
+
+
+def test_the_gateway_is_not_given_the_cores_l1_from_the_environment(tmp_path: Path) -> None:
+    """With the core's L1 in an environment variable (``l1_key_env``), the launcher gave the
+    gateway (and so its workers) that variable with the rest of its environment: the data
+    plane, which needs no L1, held the master key."""
+    import base64
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    config = root / "kcm-core.toml"
+    config.write_text((REPO_ROOT / "etc" / "kcm-core.toml").read_text().replace(
+        'l1_key_file = "var/l1.key"', 'l1_key_env = "KCM_TEST_L1"'))
+    secret = base64.b64encode(os.urandom(32)).decode()
+    running = Launcher(root, [free_port(), free_port(), free_port()], core_config=config,
+                       env={"KCM_TEST_L1": secret})
+    try:
+        running.start()
+        environ = {
+            name: Path(f"/proc/{running.pid(name)}/environ").read_bytes().split(b"\0")
+            for name in ("kcm-core", "kcm-gateway")}
+    finally:
+        stop_process(running.process, signal.SIGINT)
+    assert f"KCM_TEST_L1={secret}".encode() in environ["kcm-core"]
+    assert not [v for v in environ["kcm-gateway"] if v.startswith(b"KCM_TEST_L1=")]
+    assert not (root / "var" / "l1.key").exists()

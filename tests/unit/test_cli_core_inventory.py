@@ -287,3 +287,67 @@ def test_an_export_is_written_aside_and_named_only_once_whole(deployment: Path, 
     assert kcm(capsys, "audit", "export", "-o", str(tmp_path / "b.jsonl"), "-c",
                str(deployment))[0] == 0
     assert len(synced) >= 2  # the file and its directory
+
+
+def test_an_export_or_backup_never_writes_into_a_partial_it_did_not_make(
+        deployment: Path, capsys, tmp_path: Path) -> None:
+    """Another user able to write the directory made FILE.partial beforehand (0666, or a
+    symbolic link): the command wrote the export or the backup into it and published it as
+    FILE, readable and changeable by that user. It is refused now, and left as it was; the
+    command's own partial is a directory only it can enter."""
+    for command in (["audit", "export", "-o"], ["core", "backup"]):
+        target = tmp_path / f"{command[0]}.out"
+        planted = tmp_path / f"{command[0]}.out.partial"
+        planted.write_text("")
+        planted.chmod(0o666)
+        status, _, err = kcm(capsys, *command, str(target), "-c", str(deployment))
+        assert status == 2 and err.endswith(
+            f"{planted} exists (left by a command stopped halfway?); remove it or give a new "
+            "file name\n"), err
+        assert not target.exists() and planted.read_text() == ""
+        planted.unlink()
+        planted.symlink_to(tmp_path / "elsewhere")
+        assert kcm(capsys, *command, str(target), "-c", str(deployment))[0] == 2
+        assert not (tmp_path / "elsewhere").exists() and not target.exists()
+        planted.unlink()
+        assert kcm(capsys, *command, str(target), "-c", str(deployment))[0] == 0
+        assert target.stat().st_mode & 0o077 == 0 and target.stat().st_nlink == 1
+        assert not planted.exists()
+
+
+def test_the_kcm_program_runs_out_of_core_dumps(deployment: Path, monkeypatch) -> None:
+    """`kcm` commands hold L1 (a tenant or service added or rotated, an audit verified),
+    unwrapped keys, a new L1 key or a CA's private key: a crash with `ulimit -c` set wrote
+    them into a core file (a reviewer found L1 in one). The program (its console script
+    and `python -m kcm`) now keeps itself out of core dumps as the services do; `main`,
+    run inside other programs, does not."""
+    import signal
+    import subprocess
+    import sys
+
+    import kcm.cli
+    from kcm.testing.processes import BIN, process_env
+
+    calls: list[str] = []
+    monkeypatch.setattr("kcm.no_core_dumps.forbid_core_dumps", lambda: calls.append("forbid"))
+    monkeypatch.setattr(kcm.cli, "main", lambda: calls.append("main") or 0)
+    with pytest.raises(SystemExit) as exit_:
+        kcm.cli.run()
+    assert (exit_.value.code, calls) == (0, ["forbid", "main"])
+    monkeypatch.undo()
+
+    for program in ([str(BIN / "kcm")], [sys.executable, "-m", "kcm"]):
+        follower = subprocess.Popen(
+            [*program, "audit", "tail", "-f", "--interval", "0.05", "-c", str(deployment)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(),
+            preexec_fn=lambda: __import__("resource").setrlimit(
+                __import__("resource").RLIMIT_CORE, (-1, -1)))
+        try:
+            follower.stdout.readline()  # it runs
+            limits = Path(f"/proc/{follower.pid}/limits").read_text()
+        finally:
+            follower.send_signal(signal.SIGINT)
+            follower.communicate(timeout=30)
+        [core_line] = [line for line in limits.splitlines()
+                       if line.startswith("Max core file size")]
+        assert core_line.split()[4:6] == ["0", "0"], (program, core_line)

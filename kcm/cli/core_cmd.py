@@ -640,7 +640,14 @@ def _data_directories(config: CoreConfig) -> list[str]:
 def _private_directory(directory: str) -> None:
     """Create ``directory`` owner-only (0700), or refuse one that others may read or enter:
     the L1 key file and the database must not sit where other users can reach them."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as e:
+        # Under systemd, /var/lib/kcm exists only once the unit has started
+        # (StateDirectory=): the operator makes it first (docs/operations.md).
+        raise CommandError(f"cannot make the data directory {directory}: {e.strerror}; make "
+                           f"it first, owned by this user, mode 0700 (install -d -o USER "
+                           f"-m 0700 {directory})") from e
     mode = os.stat(directory).st_mode & 0o777
     if mode & 0o007:
         raise CommandError(f"the data directory {directory} is accessible by other users "

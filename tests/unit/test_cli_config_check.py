@@ -160,6 +160,23 @@ def test_a_data_directory_others_may_enter_is_found_as_core_init_refuses_it(
     assert capsys.readouterr().err == f"kcm core init: error: {refusal}\n"
 
 
+def test_a_data_directory_core_init_cannot_make_is_named_with_what_to_do(
+        tmp_path: Path, capsys) -> None:
+    """Under systemd /var/lib/kcm exists only once the unit has started, and the kcm user
+    cannot make it: init said `PermissionError: [Errno 13] ...`, naming nothing to do."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    directory = blocked / "kcm"
+    config = tmp_path / "core.toml"
+    config.write_text(f'[core]\ndatabase = "sqlite:///{directory / "kcm.db"}"\n'
+                      f'l1_key_file = "{directory / "l1.key"}"\n')
+    assert main(["core", "init", "-c", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        f"kcm core init: error: cannot make the data directory {directory}: Not a directory; "
+        f"make it first, owned by this user, mode 0700 (install -d -o USER -m 0700 "
+        f"{directory})\n")
+
+
 @pytest.mark.parametrize(("mode", "level", "status"), [
     (0o644, "error", 1), (0o640, "warning", 0)])
 def test_a_tls_key_file_others_or_its_group_may_read_is_found(

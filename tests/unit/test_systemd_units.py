@@ -93,3 +93,18 @@ def test_gateway_reload_signals_the_main_process_only() -> None:
     service = read_unit(UNITS["kcm-gateway"])["Service"]
     assert "-HUP" in service["ExecReload"] and "$MAINPID" in service["ExecReload"]
     assert service["KillMode"] == "mixed"  # the supervisor stops its workers itself
+
+
+@pytest.mark.parametrize("name", sorted(UNITS))
+def test_a_directive_left_commented_out_is_one_once_uncommented(name: str) -> None:
+    """The docs say to uncomment ``After=postgresql.service``: the line read ``# With
+    PostgreSQL on this host: After=postgresql.service``, which uncommented is a key systemd
+    ignores with a warning. A commented-out directive is ``#Key=value`` alone, its words on
+    the lines above."""
+    import re
+
+    lines = UNITS[name].read_text().splitlines()
+    for line in lines:
+        assert not re.match(r"#.*[a-z]: [A-Z][A-Za-z]+=", line), line
+    assert ("#After=postgresql.service" if name == "kcm-core"
+            else "#After=kcm-core.service") in lines

@@ -352,4 +352,11 @@ def principal_from_certificate(
         return parse_spiffe_id(spiffe_uris[0], trust_domain=trust_domain)
     if subject_map is None:
         return None
-    return subject_map.lookup(cert.subject, trust_domain=trust_domain)
+    try:
+        subject = cert.subject
+    except UNREADABLE:
+        # A subject OpenSSL verifies and cryptography will not read (a TeletexString of
+        # Latin-1, as old appliances write): names nobody. It escaped, a traceback for
+        # every connection, and the client got no answer.
+        return None
+    return subject_map.lookup(subject, trust_domain=trust_domain)

@@ -46,10 +46,11 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.throttled_line import ThrottledLine
 from kcm.tls import peer_certificate
 from kcm.ttlv.errors import MessageTooLarge, TtlvError
 from kcm.ttlv.framer import Framer
@@ -342,8 +343,14 @@ class KmipServerProtocol(Protocol):
             # connection guard's handshake deadline (the connection is never "identified")
             # bounds how long a silent one is kept.
             self._claimed = describe_peer_certificate(self.transport)
-            log.warn("refused connection from {peer}: no acceptable identity ({certificate})",
-                     peer=address, certificate=self._claimed)
+            # At most one line per interval: a client with such a certificate may reconnect
+            # in a loop (its audit records are coalesced too).
+            factory = getattr(self, "factory", None)
+            if isinstance(factory, KmipServerFactory):
+                factory.refused_identities.note(peer=address, certificate=self._claimed)
+            else:
+                log.warn(_REFUSED_IDENTITY, peer=address, certificate=self._claimed, count=1,
+                         interval="0")
             self._refused_identity = True
             return
         self.connection = ConnectionInfo(next(_connection_ids), principal, address)
@@ -688,6 +695,10 @@ class _OutputFull:
         """The transport is going away; connectionLost follows."""
 
 
+_REFUSED_IDENTITY = ("refused connection from {peer}: no acceptable identity ({certificate}); "
+                     "{count} such connection(s) in the last {interval} s")
+
+
 class KmipServerFactory(Factory):
     """Builds a :class:`KmipServerProtocol` per connection, sharing handler and limits (and,
     at the gateway, the ``upstream`` that may pause reading from every connection)."""
@@ -700,6 +711,9 @@ class KmipServerFactory(Factory):
         self.resolve_principal = resolve_principal
         self.clock = clock
         self.upstream = upstream
+        #: The warning of a connection whose certificate names no acceptable identity.
+        self.refused_identities = ThrottledLine(clock, _REFUSED_IDENTITY, logger=log,
+                                                level=LogLevel.warn)
         #: The connections open now (made and not yet lost: bounded by the listener's
         #: connection caps).
         self.connections: set[KmipServerProtocol] = set()

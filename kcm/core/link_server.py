@@ -64,7 +64,6 @@ from kcm.core.answer_turns import AnswerTurns
 from kcm.core.context import Caller
 from kcm.core.event_fanout import EncodedEvent, EventFanout
 from kcm.core.keyring import Keyring
-from kcm.core.refusal_records import ThrottledLine
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch, share_of
 from kcm.core.service_keys import fetch_service_keys, without_tombstones
 from kcm.core.store.engine import Store
@@ -90,6 +89,7 @@ from kcm.link.frames import (
 )
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
 from kcm.link.relay import read_caller, response_frame, split_request
+from kcm.throttled_line import ThrottledLine
 
 log = Logger()
 #: The turn of the answers to refused requests (a caller not accepted, a frame too large):
@@ -316,8 +316,11 @@ class LinkServerProtocol(LinkProtocol):
     def handshakeCompleted(self) -> None:
         principal = self.factory.resolve_peer(self.transport)
         if principal is None or principal.role is not Role.GATEWAY:
-            log.warn("refused link from {peer}: {who} is not a gateway", peer=self.peer,
-                     who=principal.id if principal is not None else "no acceptable identity")
+            # At most one line per interval (a refused peer may reconnect in a loop), its
+            # identity cut as at the KMIP port.
+            who = ("no acceptable identity" if principal is None else principal.id.encode(
+                "ascii", "backslashreplace").decode("ascii")[:_SHOWN_ID])
+            self.factory.refused_links.note(peer=self.peer, who=who)
             self.close(abort=True)
             return
         self.gateway = principal
@@ -886,6 +889,10 @@ class LinkServerProtocol(LinkProtocol):
             self.transport.abortConnection()
 
 
+_REFUSED_LINK = ("refused link from {peer}: {who} is not a gateway; {count} such link(s) "
+                 "refused in the last {interval} s")
+#: How much of a refused peer's identity a log line shows.
+_SHOWN_ID = 100
 _UNACCEPTABLE_CALLER = ("gateway {gateway} asserted an unacceptable caller ({caller}); "
                         "{count} such request(s) refused in the last {interval} s")
 
@@ -927,8 +934,11 @@ class LinkServerFactory(Factory):
         #: The warning of a caller a gateway asserted that the core does not accept: one
         #: line per interval at most (a gateway may relay such requests in a loop; their
         #: audit records are coalesced too, :class:`~kcm.core.refusal_records.RefusalRecords`).
-        self.unacceptable_callers = ThrottledLine(clock, _UNACCEPTABLE_CALLER,
+        self.unacceptable_callers = ThrottledLine(clock, _UNACCEPTABLE_CALLER, logger=log,
                                                   level=LogLevel.warn)
+        #: The warning of a link refused after its handshake (no gateway's certificate).
+        self.refused_links = ThrottledLine(clock, _REFUSED_LINK, logger=log,
+                                           level=LogLevel.warn)
         self.set_subject_map(subject_map)
 
     def set_subject_map(self, subject_map: SubjectMap | None) -> None:

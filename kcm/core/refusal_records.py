@@ -27,16 +27,15 @@ how many it stands for.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
 from kcm.connection_guard import LOG_INTERVAL
 from kcm.core.audit import JsonValue
 from kcm.kmip_protocol import Refusal
 
-__all__ = ["MAX_SENDERS", "OTHER_SENDERS", "RefusalRecords", "ThrottledLine", "sender_of"]
+__all__ = ["MAX_SENDERS", "OTHER_SENDERS", "RefusalRecords", "sender_of"]
 
 log = Logger()
 
@@ -149,39 +148,3 @@ class RefusalRecords:
         return refusal, facts
 
 
-class ThrottledLine:
-    """A log line written at most once per ``interval`` seconds: the first at once, the
-    others counted into the next (``{count}``: how many it stands for, itself included;
-    ``{interval}``), written when the interval ends."""
-
-    def __init__(self, reactor: IReactorTime, message: str, *,
-                 interval: float = LOG_INTERVAL, level: LogLevel = LogLevel.error) -> None:
-        self._reactor = reactor
-        self._message = message
-        self._level = level
-        self._interval = interval
-        self._count = 0
-        self._fields: dict[str, Any] = {}
-        self._logged_at: float | None = None
-        self._pending: IDelayedCall | None = None
-
-    def note(self, **fields: Any) -> None:
-        """One more occurrence; ``fields`` (the last's) fill the message."""
-        self._count += 1
-        self._fields = fields
-        now = self._reactor.seconds()
-        if self._logged_at is None or now - self._logged_at >= self._interval:
-            self._write()
-        elif self._pending is None:
-            self._pending = self._reactor.callLater(
-                self._logged_at + self._interval - now, self._write)
-
-    def _write(self) -> None:
-        if self._pending is not None and self._pending.active():
-            self._pending.cancel()
-        self._pending = None
-        if self._count:
-            log.emit(self._level, self._message, count=self._count,
-                     interval=f"{self._interval:g}", **self._fields)
-        self._count = 0
-        self._logged_at = self._reactor.seconds()

@@ -80,7 +80,7 @@ from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.operations.asymmetric_ops import checked_key_pair_request, prepare_sign
 from kcm.core.operations.crypto_ops import prepare_decrypt
 from kcm.core.operations.derive import prepare_pbkdf2
-from kcm.core.refusal_records import RefusalRecords, ThrottledLine
+from kcm.core.refusal_records import RefusalRecords
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
@@ -131,6 +131,7 @@ from kcm.kmip.payloads import CreateKeyPairRequest, DecryptRequest, DeriveKeyReq
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo, Refusal
 from kcm.logging import printable
+from kcm.throttled_line import ThrottledLine
 from kcm.ttlv import TtlvError, decode
 from kcm.ttlv.peek import operation_values, peek_request
 
@@ -227,7 +228,7 @@ class CoreRequestHandler:
             reactor = default_reactor  # type: ignore[assignment]
         assert reactor is not None
         self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)
-        self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED)
+        self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED, logger=log)
 
     @property
     def limits(self) -> CoreLimits:

@@ -330,3 +330,20 @@ def test_subject_map_document_is_canonical_and_round_trips() -> None:
     for bad in ("nope", "[]", '{"CN=x": "gateway/g"}', '{"CN=x": 1}'):
         with pytest.raises(ValueError):
             SubjectMap.from_document(bad)
+
+
+def test_a_subject_cryptography_cannot_read_names_nobody(ca: CertificateAuthority) -> None:
+    """A subject OpenSSL verifies and cryptography will not read (here a TeletexString whose
+    bytes are not what cryptography decodes, as old appliances write Latin-1): the lookup
+    raised ValueError out of the handshake, a traceback for every connection and no answer
+    for the client. It names nobody, as an unreadable SAN does."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = _cert(ca, cn="QQQQ").public_bytes(Encoding.DER)
+    assert der.count(b"\x0c\x04QQQQ") == 1
+    unreadable = x509.load_der_x509_certificate(
+        der.replace(b"\x0c\x04QQQQ", b"\x14\x04\xff\xfe\xff\xfe"))
+    with pytest.raises(ValueError):
+        unreadable.subject  # noqa: B018 - what the lookup reads
+    subjects = SubjectMap.from_mapping({"CN=QQQQ,O=KCM Dev": "tenant/acme/service/db"})
+    assert principal_from_certificate(unreadable, trust_domain=TD, subject_map=subjects) is None

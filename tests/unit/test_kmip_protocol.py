@@ -537,3 +537,29 @@ def test_a_polite_close_waits_for_the_clients_close_notify_a_bounded_time() -> N
     clock.advance(10.1)
     protocol.connectionLost(Failure(ConnectionDone()))
     assert clock.getDelayedCalls() == []
+
+
+def test_refused_identities_are_logged_at_most_once_an_interval() -> None:
+    """A client whose certificate names no acceptable identity may reconnect in a loop: the
+    warning was one line a connection (200 connections, 112 KB of log in 0.8 s). Now the
+    first at once, then one line an interval with how many it stands for."""
+    from twisted.logger import globalLogPublisher
+
+    import kcm.kmip_protocol
+    from kcm.connection_guard import LOG_INTERVAL
+
+    clock = Clock()
+    factory = KmipServerFactory(EchoHandler(), ConnectionLimits(), lambda t: None, clock)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for _ in range(5):
+            protocol = factory.buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            protocol.handshakeCompleted()
+        clock.advance(LOG_INTERVAL)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e for e in events if e.get("log_namespace") == kcm.kmip_protocol.__name__
+             and "no acceptable identity" in e.get("log_format", "")]
+    assert [e["count"] for e in lines] == [1, 4]

@@ -265,6 +265,23 @@ def test_only_gateways_are_served(world: World) -> None:
     assert world.server.closing
 
 
+def test_refused_links_are_logged_at_most_once_an_interval_their_identity_cut(
+        world: World) -> None:
+    """A peer refused at the link port may reconnect in a loop: one line a link (and the
+    whole of a 60,000-character SPIFFE ID in it) filled the log. Now the first at once,
+    then one line an interval with the count, the identity cut to 100 characters."""
+    from kcm.connection_guard import LOG_INTERVAL
+
+    world.peer = replace(APP, uri=f"spiffe://{TD}/tenant/demo/service/" + "a" * 60_000)
+    with capturedLogs() as events:
+        for _ in range(5):
+            world.connect()
+        world.clock.advance(LOG_INTERVAL)
+    lines = [e for e in events if "is not a gateway" in e.get("log_format", "")]
+    assert [e["count"] for e in lines] == [1, 4]
+    assert all(len(formatEvent(e)) < 300 for e in lines), formatEvent(lines[0])
+
+
 def test_calls_fail_fast_while_the_link_is_down(world: World) -> None:
     [failure] = results([world.client.forward(b"r", APP, "h:1")])
     failure.trap(LinkDown)

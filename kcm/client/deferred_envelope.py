@@ -25,6 +25,7 @@ from kcm.client.data_key_cache import DEFAULT_LIMITS, CacheLimits, DataKey, Data
 from kcm.client.envelope import ALGORITHM_AES_256_GCM, NONCE_SIZE, header_prefix
 from kcm.client.errors import DataKeyRefused, EnvelopeError, KmipOperationFailed
 from kcm.client.sealer import (
+    check_record,
     data_key_token,
     material_of,
     open_record,
@@ -50,9 +51,14 @@ class DeferredEnvelope:
         self._fetching: dict[str, list[Deferred[DataKey]]] = {}
 
     def seal(self, plaintext: bytes, aad: bytes = b"") -> Deferred[bytes]:
-        key = self.cache.sealing
-        if self.cache.usable_for_sealing(key, len(plaintext)):
-            return succeed(seal_record(key, self.random(NONCE_SIZE), plaintext, aad))
+        # Every error a failed Deferred, on the cached path too (it raised there).
+        try:
+            check_record(plaintext, aad)
+            key = self.cache.sealing
+            if self.cache.usable_for_sealing(key, len(plaintext)):
+                return succeed(seal_record(key, self.random(NONCE_SIZE), plaintext, aad))
+        except Exception:
+            return _failed(Failure())
         if len(plaintext) > self.cache.limits.max_bytes:
             return _failed(Failure(ValueError(
                 f"{len(plaintext)} bytes exceed what one key may seal "

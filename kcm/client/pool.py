@@ -105,6 +105,8 @@ class KmipClient(Operations):
         self._opening = False
         self._waiters: list[Deferred[KmipClientProtocol]] = []
         self._closed = False
+        #: Until when no further connection is tried while one is open (one just failed).
+        self._more_after = float("-inf")
 
     @classmethod
     def tls(cls, reactor: Any, endpoints: Sequence[Endpoint | str], *, cert: str, key: str,
@@ -185,7 +187,8 @@ class KmipClient(Operations):
         here = [c for c in self._connections if self._endpoint_of[c] == self._preferred]
         if here:
             best = min(here, key=lambda c: c.outstanding)
-            if best.outstanding == 0 or len(here) >= self.size or self._opening:
+            if (best.outstanding == 0 or len(here) >= self.size or self._opening
+                    or self.reactor.seconds() < self._more_after):
                 return succeed(best)
         waiter: Deferred[KmipClientProtocol] = Deferred()
         self._waiters.append(waiter)
@@ -214,6 +217,15 @@ class KmipClient(Operations):
     def _opened(self, result: Any) -> None:
         self._opening = False
         waiters, self._waiters = self._waiters, []
+        if isinstance(result, Failure) and not self._closed:
+            # A further connection failed (the server's cap on connections from one
+            # address, a slow handshake) while one is open: its waiters go on that one
+            # rather than fail requests never sent, and no other is tried for a while.
+            open_ = [c for c in self._connections if c.usable]
+            if open_:
+                self._more_after = self.reactor.seconds() + MORE_CONNECTIONS_BACKOFF
+                result = min(open_, key=lambda c: (
+                    self._endpoint_of[c] != self._preferred, c.outstanding))
         for waiter in waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)
@@ -261,6 +273,8 @@ class KmipClient(Operations):
 
 
 _CLOSED = "the client is closed"
+#: Seconds without trying a further connection after one failed while another was open.
+MORE_CONNECTIONS_BACKOFF = 5.0
 
 
 def _closed_once_lost(connection: KmipClientProtocol) -> Deferred[Any]:

@@ -42,8 +42,8 @@ from kcm.client.envelope import (
 from kcm.client.errors import DataKeyRefused, EnvelopeError, KmipOperationFailed
 from kcm.l4.identifiers import is_l4
 
-__all__ = ["Envelope", "data_key_token", "material_of", "open_record", "record_header",
-           "seal_record"]
+__all__ = ["MAX_RECORD", "Envelope", "check_record", "data_key_token", "material_of",
+           "open_record", "record_header", "seal_record"]
 
 
 def data_key_token(token: str) -> str:
@@ -59,13 +59,30 @@ def data_key_token(token: str) -> str:
     return token
 
 
+#: The most bytes one record may hold, and its associated data with the header: what
+#: AES-GCM takes at once (cryptography refuses 2**31 and more); larger data is a stream.
+MAX_RECORD = 2 ** 31 - 1 - 4096
+
+
+def check_record(plaintext: object, aad: object) -> None:
+    """TypeError or ValueError, before anything is counted or asked of the server, when
+    ``plaintext`` and ``aad`` cannot make one record."""
+    for name, value in (("plaintext", plaintext), ("aad", aad)):
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+        if len(value) > MAX_RECORD:
+            raise ValueError(f"{name} of {len(value)} bytes exceeds what one record may hold "
+                             f"({MAX_RECORD}); use kcm.client.stream")
+
+
 def seal_record(key: DataKey, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """``plaintext`` sealed under ``key`` with ``nonce`` (the format of
-    :mod:`kcm.client.envelope`), counted against the key's bounds."""
+    :mod:`kcm.client.envelope`), counted against the key's bounds once sealed."""
+    header = key.prefix + nonce
+    sealed = header + key.aead.encrypt(nonce, plaintext, header + aad if aad else header)
     key.messages += 1
     key.bytes += len(plaintext)
-    header = key.prefix + nonce
-    return header + key.aead.encrypt(nonce, plaintext, header + aad if aad else header)
+    return sealed
 
 
 def record_header(blob: bytes) -> Header:
@@ -75,6 +92,8 @@ def record_header(blob: bytes) -> Header:
         raise EnvelopeError("this envelope is a stream: open it with kcm.client.stream")
     if len(blob) < header.body + TAG_SIZE:
         raise EnvelopeError("the envelope is truncated: no room for the tag")
+    if len(blob) - header.body > MAX_RECORD + TAG_SIZE:
+        raise EnvelopeError("the envelope is longer than any record: a stream, or not ours")
     return header
 
 
@@ -121,6 +140,7 @@ class Envelope:
     def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
         """``plaintext`` sealed under the current data key (a new one when the current one
         reached a bound), bound to ``aad``."""
+        check_record(plaintext, aad)
         key = self.cache.sealing
         size = len(plaintext)
         if not self.cache.usable_for_sealing(key, size):

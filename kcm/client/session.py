@@ -81,7 +81,11 @@ class Session(Operations):
                    version)
 
     def close(self) -> None:
-        self.transport.close()
+        """Close the connection once the request another thread has in progress is answered
+        (it closed under that request: the thread got AssertionError, AttributeError or
+        EBADF). A request made afterwards connects again, as the first one did."""
+        with self._lock_of_this_process():
+            self.transport.close()
 
     def __enter__(self) -> Session:
         return self

@@ -111,7 +111,11 @@ class KmipClient:
         sock = self._socket
         if sock is None:
             return False
-        if not select.select([sock], [], [], 0)[0] and not sock.pending():
+        # poll, not select: select cannot take a descriptor of 1024 or more, which a
+        # process with many files or connections open gives its sockets.
+        readable = select.poll()
+        readable.register(sock, select.POLLIN)
+        if not readable.poll(0) and not sock.pending():
             return False  # nothing arrived: open as far as can be known
         sock.setblocking(False)
         try:

@@ -186,7 +186,9 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
         try:
             # The operation first: one the version does not define is Operation Not
             # Supported, not a complaint about a payload or an extension it never reads.
-            version_fit.check_operation(version, item.operation)
+            # (An item whose Operation could not be read has an unreadable payload: below.)
+            if item.operation is not None:
+                version_fit.check_operation(version, item.operation)
             payload = item.request_payload
             if isinstance(payload, UnreadablePayload):
                 # A new error each run: the decoded item may run again (a gateway's run after

@@ -297,3 +297,28 @@ def test_a_non_idempotent_request_is_not(operation) -> None:
                    else client.create()])
     endpoints["a:1"].protocols[0].connectionLost(Failure(ConnectionError("reset")))
     assert got[0].check(KmipClientError) and len(endpoints["a:1"].protocols) == 1
+
+
+def test_a_further_connection_refused_sends_on_the_open_one_and_backs_off() -> None:
+    """The pool opens a second connection when its one is busy; when that one was refused
+    (a gateway's cap on connections from one address), the requests waiting for it failed
+    `no endpoint answered`, never sent, while the open connection could carry them."""
+    from kcm.client.pool import MORE_CONNECTIONS_BACKOFF
+
+    endpoint = FakeEndpoint()
+    clock = task.Clock()
+    client = KmipClient(clock, ["a:1"], lambda e: endpoint, size=2)
+    first = results([client.rng_retrieve(4)])
+    (only,) = endpoint.protocols
+    endpoint.refuse = True
+    more = results([client.rng_retrieve(4), client.rng_retrieve(4)])  # one open, busy
+    assert not [r for r in more if isinstance(r, Failure)]
+    assert only.outstanding == 3 and len(endpoint.protocols) == 1
+    endpoint.refuse = False
+    results([client.rng_retrieve(4)])  # within the backoff: no new attempt
+    assert len(endpoint.protocols) == 1
+    respond(only, RngRetrieveResponse(data=b"abcd"))
+    assert first == [b"abcd"] and more == [b"abcd", b"abcd"]
+    clock.advance(MORE_CONNECTIONS_BACKOFF)
+    results([client.rng_retrieve(4), client.rng_retrieve(4)])
+    assert len(endpoint.protocols) == 2

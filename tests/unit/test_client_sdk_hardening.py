@@ -89,6 +89,40 @@ def test_the_deferred_envelope_refuses_it_too_without_a_get() -> None:
     assert failure.check(EnvelopeError) and not failure.check(DataKeyRefused)
 
 
+def test_what_cannot_be_one_record_is_refused_before_anything_is_counted_or_asked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record of 2 GiB or more failed in cryptography with OverflowError after the key's
+    counters had counted it; a str failed the same way; the Deferred envelope raised such
+    errors at once on its cached path instead of failing its Deferred."""
+    from kcm.client import sealer
+
+    gateway = FakeGateway()
+    envelope = Envelope(gateway)
+    envelope.seal(b"warm")
+    key = envelope.cache.sealing
+    counted = (key.messages, key.bytes, dict(envelope.stats))
+    monkeypatch.setattr(sealer, "MAX_RECORD", 16)
+    with pytest.raises(ValueError, match="exceeds what one record may hold .16.; use "
+                                         "kcm.client.stream"):
+        envelope.seal(b"x" * 17)
+    with pytest.raises(TypeError, match="plaintext must be bytes, not str"):
+        envelope.seal("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="aad must be bytes, not str"):
+        envelope.seal(b"x", "row")  # type: ignore[arg-type]
+    assert (key.messages, key.bytes, envelope.stats) == counted
+    assert envelope.open(envelope.seal(b"x" * 16)) == b"x" * 16
+    with pytest.raises(EnvelopeError, match="longer than any record"):
+        envelope.open(envelope.seal(b"x" * 16)[:-16] + b"y" * 20)
+
+    remote = DeferredGateway(gateway)
+    deferred = DeferredEnvelope(remote)
+    sealing = deferred.seal(b"warm")
+    remote.answer_all()
+    assert not isinstance(fired(sealing), Failure)
+    for plaintext in (b"x" * 17, "text"):
+        assert fired(deferred.seal(plaintext)).check(ValueError, TypeError)  # not raised
+
+
 def test_a_data_key_created_under_another_name_does_not_seal() -> None:
     gateway = FakeGateway()
     gateway.create_l4 = lambda: MANAGED  # a Create answered by something else than an L4

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kcm.client.endpoints import Endpoint, parse_endpoint
-from kcm.client.wire import DEFAULT_VERSION, SUPPORTED_VERSIONS
+from kcm.client.wire import DEFAULT_VERSION, SUPPORTED_VERSIONS, positive_timeout
 
 __all__ = ["SETTINGS", "ClientConfig", "load_client_config"]
 
@@ -92,7 +92,8 @@ class ClientConfig:
             raise ValueError("no client.server (nor client.gateway or client.core)")
         files = {n: os.path.join(str(base), os.path.expanduser(str(table[n])))
                  for n in ("cert", "key", "ca")}
-        return cls(gateway=gateway or core, core=core, timeout=float(table.get("timeout", 30)),
+        return cls(gateway=gateway or core, core=core, timeout=positive_timeout(
+                       table.get("timeout", 30.0), "client.timeout"),
                    version=_version(table.get("version", "1.4")),
                    pool_size=int(table.get("pool_size", 2)), **files)
 

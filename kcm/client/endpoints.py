@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kcm.client.errors import KmipClientError
+from kcm.client.wire import positive_timeout
 from kcm.conformance.client import DEFAULT_TIMEOUT, KmipClient
 
 __all__ = ["Endpoint", "FailoverConnection", "TlsFiles", "parse_endpoint"]
@@ -81,6 +82,7 @@ class FailoverConnection:
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         if not endpoints:
             raise ValueError("no endpoint to connect to")
+        timeout = positive_timeout(timeout)
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         try:
             self._clients = [KmipClient(e.host, e.port, cert=tls.cert, key=tls.key, ca=tls.ca,

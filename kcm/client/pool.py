@@ -34,7 +34,7 @@ from kcm.client.endpoints import Endpoint, TlsFiles, parse_endpoint
 from kcm.client.errors import KmipClientError
 from kcm.client.operations import Operations
 from kcm.client.protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, KmipClientProtocol
-from kcm.client.wire import DEFAULT_VERSION, IDEMPOTENT, result_of
+from kcm.client.wire import DEFAULT_VERSION, IDEMPOTENT, positive_timeout, result_of
 from kcm.kmip.enums import Operation
 from kcm.kmip.messages import RequestBatchItem, ResponseMessage
 
@@ -91,6 +91,7 @@ class KmipClient(Operations):
             raise ValueError("no endpoint to connect to")
         if size < 1:
             raise ValueError("the pool's size must be at least 1")
+        timeout = positive_timeout(timeout)
         self.reactor = reactor
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         self.size = size

@@ -38,13 +38,26 @@ DEFAULT_VERSION = (1, 4)
 SUPPORTED_VERSIONS = ((1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1))
 
 
+def positive_timeout(timeout: float, name: str = "timeout") -> float:
+    """``timeout`` if it is a positive number of seconds, else ValueError: the blocking
+    client failed its first request with a misleading error on 0, while the Twisted one
+    took 0 for no deadline at all."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not timeout > 0 or timeout == float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
+
+
 def encode_items(version: tuple[int, int], items: Sequence[RequestBatchItem]) -> bytes:
     """One request message of ``items`` in protocol ``version``, as TTLV bytes."""
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"KMIP {version[0]}.{version[1]} is not one of the client's versions")
     header = RequestHeader(protocol_version=ProtocolVersion.of(version),
                            batch_count=len(items))
-    return encode(encode_request(RequestMessage(header, list(items))))
+    try:
+        return encode(encode_request(RequestMessage(header, list(items))))
+    except TtlvError as e:  # a field of the wrong type (bytes for a str), or too long
+        raise ValueError(f"the request cannot be encoded: {e}") from e
 
 
 def parse_response(wire: bytes) -> ResponseMessage:

@@ -55,6 +55,10 @@ def test_one_server_serves_both(tmp_path: Path) -> None:
     ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "port": 1}, "unknown setting"),
     ({"cert": "c", "key": "k", "ca": "a"}, "no client.server"),
     ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "version": "3.0"}, "KMIP 3.0"),
+    ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "timeout": 0},
+     "client.timeout must be a positive number of seconds, not 0"),
+    ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "timeout": "30"},
+     "client.timeout must be a positive number of seconds, not '30'"),
 ])
 def test_bad_tables_say_what_is_wrong(table, error) -> None:
     with pytest.raises(ValueError, match=error):
@@ -92,3 +96,32 @@ def test_kcm_key_connects_to_several_servers_in_order(tmp_path: Path) -> None:
                                       "--ca", str(pki.ca.cert)])
     session = _session(args)
     assert [e.port for e in session.transport.endpoints] == [1, 2]
+
+
+def test_both_clients_refuse_a_timeout_that_is_no_deadline(tmp_path: Path) -> None:
+    """The blocking client failed its first request on timeout=0 with `cannot connect ...
+    Operation now in progress`; the Twisted one took 0 for no deadline at all. Both refuse
+    it where they are made."""
+    from twisted.internet.task import Clock
+
+    from kcm.client.pool import KmipClient
+
+    pki = init_pki(tmp_path / "pki")
+    files = {"cert": str(pki.app.cert), "key": str(pki.app.key), "ca": str(pki.ca.cert)}
+    for timeout in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            Session.connect("127.0.0.1", 1, timeout=timeout, **files)
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            KmipClient(Clock(), ["127.0.0.1:1"], lambda e: None, timeout=timeout)
+
+
+def test_a_request_that_cannot_be_encoded_says_so() -> None:
+    """An identifier given as bytes raised a bare TtlvError from deep in the encoder."""
+    from kcm.client.wire import encode_items
+    from kcm.kmip.enums import Operation
+    from kcm.kmip.messages import RequestBatchItem
+    from kcm.kmip.payloads import GetRequest
+
+    with pytest.raises(ValueError, match="the request cannot be encoded: "):
+        encode_items((1, 4), [RequestBatchItem(operation=Operation.GET, request_payload=
+                                               GetRequest(unique_identifier=b"l4.x"))])

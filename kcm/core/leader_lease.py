@@ -68,7 +68,9 @@ class AdvisoryLease:
                          what=self.what, error=_first_line(e))
                 self._close()
         try:
-            connection = own_connection(self._store.engine)
+            # Watched: a silent server cuts the lease's statements as a request's (it held
+            # a stopping core's thread pool, and so its stop, for as long as it was silent).
+            connection = own_connection(self._store.engine, watched=True)
         except Exception as e:
             log.warn("cannot ask for the {what} lease ({error})", what=self.what,
                      error=_first_line(e))

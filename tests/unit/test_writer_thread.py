@@ -112,3 +112,23 @@ def test_work_left_for_after_the_answer_runs_once_the_outcome_is_handed_over() -
                       "handed over"]
     assert any(event.get("log_failure") is not None
                and event["log_failure"].check(ZeroDivisionError) for event in logged)
+
+
+def test_a_stop_with_a_timeout_leaves_a_call_that_does_not_end_behind() -> None:
+    """The store's reader thread, stopping, waited for a read blocked on a PostgreSQL
+    server that did not answer (a new connection's connect_timeout): the whole core's stop
+    waited with it. With a timeout, the call is left to the daemon thread."""
+    import time
+
+    blocked, release = threading.Event(), threading.Event()
+    thread = WriterThread(Reactor(), "test-reader")  # type: ignore[arg-type]
+    thread.start()
+    thread.submit(lambda: (blocked.set(), release.wait(30)))
+    assert blocked.wait(5)
+    started = time.monotonic()
+    thread.stop(timeout=0.2)
+    assert time.monotonic() - started < 2
+    assert thread._thread.daemon and thread._thread.is_alive()  # noqa: SLF001
+    release.set()
+    thread._thread.join(5)  # noqa: SLF001
+    assert not thread._thread.is_alive()  # noqa: SLF001

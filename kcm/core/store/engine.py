@@ -105,6 +105,8 @@ WAL_ERASE_RETRY_S = 1.0
 #: may last before the connection is shut down (:mod:`kcm.core.store.server_silence`): a
 #: request's answer is due by its deadline; this leaves its own check room to answer first.
 SILENCE_GRACE_S = 2.0
+#: Seconds a stopping store waits for its reader thread's read in progress.
+READER_STOP_S = 1.0
 #: TCP settings of every PostgreSQL connection, the client's (libpq parameters, unless the
 #: URL names them) and the server's (its settings of the same meaning, unless the operator
 #: set them for the role, database or connection): a host that vanished (powered off,
@@ -521,7 +523,10 @@ class Store(Service):
         """
         super().stopService()
         if self._reader is not None:
-            self._reader.stop()
+            # Reads only (the event fan-out's): one still waiting for a server that does
+            # not answer (a new connection's connect_timeout, 10 s by default) is left
+            # behind rather than hold the stop.
+            self._reader.stop(timeout=READER_STOP_S)
             self._reader = None
         if self._writer is not None:
             self._writer.stop()

@@ -17,12 +17,17 @@ def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def own_connection(engine: Engine) -> Any:
+def own_connection(engine: Engine, *, watched: bool = False) -> Any:
     """A new psycopg connection to ``engine``'s database, in autocommit mode, that the
-    engine's pool neither counts nor recycles (the caller closes it)."""
+    engine's pool neither counts nor recycles (the caller closes it). ``watched``: its
+    waits stay under the engine's silence watch (:mod:`kcm.core.store.server_silence`),
+    for short statements; a LISTEN, which waits as long as it likes, is not."""
     pooled = engine.raw_connection()
     connection = pooled.driver_connection  # (None once detached)
+    watch = getattr(connection, "kcm_watch", None)
     pooled.detach()
+    if watched and watch is not None:
+        connection.kcm_watch = watch
     try:
         connection.rollback()  # the pool may have begun one; autocommit needs none open
         connection.autocommit = True

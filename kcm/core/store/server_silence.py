@@ -22,8 +22,9 @@ sent, the server may complete it whatever the client does, and a cut one would t
 requests "try again" for work that was done; a server that stops answering during a
 COMMIT holds that group commit until it answers.
 
-A connection taken out of the pool for a session of its own (a LISTEN, the sweeper's lease:
-:mod:`kcm.core.store.pg_session`) waits as long as it likes; its waits are not watched.
+A connection taken out of the pool for a session of its own (:mod:`kcm.core.store.pg_session`)
+is watched if it asks (the sweeper's lease: short statements); a LISTEN waits as long as it
+likes, on a daemon thread no stop waits for.
 KCM's statements are short by design (sweeps and pruning work in batches), so the limit
 is reached only by a server that has stopped answering.
 """

@@ -63,13 +63,14 @@ class WriterThread:
         """Whether the calling thread is this one."""
         return threading.current_thread() is self._thread
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Let the running call finish, drop the queued ones, and end the thread (blocks
-        until it has ended)."""
+        until it has ended, or ``timeout`` seconds: a call still running then is left to
+        the daemon thread, and its Deferred never fires)."""
         self._stopping = True
         self._calls.put(_STOP)
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         calls, reactor = self._calls, self._reactor

@@ -225,7 +225,7 @@ def record_json(row: Any) -> dict[str, Any]:
     """An audit record as one JSON line shows it: ``at`` in ISO 8601 UTC (microseconds) and
     ``at_us``, the JSON columns decoded, the chain digest in hex."""
     from kcm.core.audit import AuditRow
-    from kcm.core.audit_export import export_fields
+    from kcm.core.audit_export import export_fields, readable_time
 
     fields = {name: getattr(row, name) for name in AuditRow.__slots__ if hasattr(row, name)}
     try:
@@ -235,8 +235,7 @@ def record_json(row: Any) -> dict[str, Any]:
         row_read = AuditRow(**fields)
         record = row_read.log_fields()
         record.update(export_fields(row_read))
-        record["at"] = dt.datetime.fromtimestamp(row.at / 1e6, dt.UTC).isoformat(
-            timespec="microseconds").replace("+00:00", "Z")
+        record["at"] = readable_time(row.at)
     except (TypeError, ValueError, OverflowError, OSError):
         # Altered (a column's type changed, JSON that is not): shown as stored, and said
         # to be, so that one record stops neither an export nor a tail.
@@ -265,16 +264,21 @@ def _as_stored(value: Any) -> Any:
 
 
 def _query(args: argparse.Namespace):
-    from sqlalchemy import func, select
+    from sqlalchemy import func, or_, select
 
+    from kcm.core.audit import KEY_CHAIN_OPERATION
     from kcm.core.store.schema import AuditLog
 
     query = select(AuditLog)
+    # A filtered selection keeps the record that keyed the chain (KeyAuditChain, after the
+    # records of a release before MACs): an export's records without a MAC verify only
+    # beside it (kcm.core.audit_export).
+    anchor = AuditLog.operation == KEY_CHAIN_OPERATION
     if args.tenant is not None:
-        query = query.where(AuditLog.tenant == args.tenant)
+        query = query.where(or_(AuditLog.tenant == args.tenant, anchor))
     if args.operation is not None:
         operation = args.operation.strip().upper().replace("-", "_").replace(" ", "_")
-        query = query.where(func.upper(AuditLog.operation) == operation)
+        query = query.where(or_(func.upper(AuditLog.operation) == operation, anchor))
     return query, AuditLog
 
 

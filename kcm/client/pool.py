@@ -222,11 +222,13 @@ class KmipClient(Operations):
             # A further connection failed (the server's cap on connections from one
             # address, a slow handshake) while one is open: its waiters go on that one
             # rather than fail requests never sent, and no other is tried for a while.
-            open_ = [c for c in self._connections if c.usable]
+            # (Only to the preferred endpoint: those to an endpoint given up take no new
+            # requests, docs/sdk.md.)
+            open_ = [c for c in self._connections
+                     if c.usable and self._endpoint_of[c] == self._preferred]
             if open_:
                 self._more_after = self.reactor.seconds() + MORE_CONNECTIONS_BACKOFF
-                result = min(open_, key=lambda c: (
-                    self._endpoint_of[c] != self._preferred, c.outstanding))
+                result = min(open_, key=lambda c: c.outstanding)
         for waiter in waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)

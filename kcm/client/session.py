@@ -68,6 +68,8 @@ class Session(Operations):
         self.transport = transport
         self.version = version
         self._lock = threading.Lock()  # one request at a time on the connection
+        #: The process and thread whose request is on the connection now (None: none).
+        self._holder: tuple[int, int] | None = None
         self._lock_pid = os.getpid()
 
     @classmethod
@@ -83,7 +85,13 @@ class Session(Operations):
     def close(self) -> None:
         """Close the connection once the request another thread has in progress is answered
         (it closed under that request: the thread got AssertionError, AttributeError or
-        EBADF). A request made afterwards connects again, as the first one did."""
+        EBADF); from within this thread's own request (a signal handler), at once, that
+        request failing. A request made afterwards connects again, as the first one did."""
+        if self._holder == (os.getpid(), threading.get_ident()):
+            # Called from inside this thread's own request (a signal handler): waiting
+            # for the lock would wait for ever; the request fails as the connection closes.
+            self.transport.close()
+            return
         with self._lock_of_this_process():
             self.transport.close()
 
@@ -100,7 +108,12 @@ class Session(Operations):
         wire = encode_items(self.version, [RequestBatchItem(
             operation=operation, unique_batch_item_id=batch_item_id, request_payload=payload)])
         with self._lock_of_this_process():
-            response = parse_response(self._send(wire, operation))
+            self._holder = (os.getpid(), threading.get_ident())
+            try:
+                answer = self._send(wire, operation)
+            finally:
+                self._holder = None
+            response = parse_response(answer)
             if len(response.batch_items) != 1:
                 self.transport.close()
                 raise KmipClientError(f"the server answered {len(response.batch_items)} batch "

@@ -11,7 +11,12 @@ database: each JSON line of ``kcm audit export`` carries the record's ``prev_dig
   reordered or replaced between them. An export filtered by tenant or operation skips
   records: its runs are counted (and the records between them), each record still
   verified on its own;
-* the checkpoints given (from kcm-core's log) that name a record of the export match it.
+* the checkpoints given (from kcm-core's log) that name a record of the export match it;
+* records without a MAC (those a release before MACs wrote, at the chain's start) verify
+  only followed by the record that keyed the chain (``KeyAuditChain``, MACed, naming how
+  many came before it): lines whose MACs were removed, or made up without one, fail;
+* a line holds the fields an export writes and no other, its readable ``at`` the time of
+  its ``at_us`` (which the digest covers).
 
 What it cannot say: that no record was left out before the first, after the last, or (in a
 filtered export) between runs; `kcm audit verify` on the database says that.
@@ -19,6 +24,7 @@ filtered export) between runs; `kcm audit verify` on the database says that.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 from collections.abc import Iterable, Iterator
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kcm.core.audit import (
+    KEY_CHAIN_OPERATION,
     AuditRow,
     Checkpoint,
     _canonical_json,
@@ -33,11 +40,24 @@ from kcm.core.audit import (
     record_mac,
 )
 
-__all__ = ["ExportResult", "export_fields", "verify_export"]
+__all__ = ["LINE_FIELDS", "ExportResult", "export_fields", "readable_time", "verify_export"]
 
 #: The longest line read (bytes): a record's detail keeps strings of at most 1,024
 #: characters, so a genuine line is a few KiB.
 MAX_LINE = 1 << 20
+
+
+#: The fields of an export line: the record's log fields, its chain fields, ``at``.
+LINE_FIELDS = frozenset({
+    "seq", "at_us", "at", "principal", "tenant", "gateway", "source", "operation",
+    "object_ids", "result_status", "result_reason", "correlation_id", "detail", "digest",
+    "prev_digest", "mac"})
+
+
+def readable_time(at_us: int) -> str:
+    """``at`` of an export line: ``at_us`` in ISO 8601 UTC, microseconds."""
+    return dt.datetime.fromtimestamp(at_us / 1e6, dt.UTC).isoformat(
+        timespec="microseconds").replace("+00:00", "Z")
 
 
 def export_fields(row: AuditRow) -> dict[str, Any]:
@@ -112,8 +132,10 @@ def verify_export(source: Iterable[str], audit_key: bytes,
             return ExportResult(False, reason=f"checkpoint {checkpoint} does not verify under "
                                 "this L1 key: it was altered, or comes from another deployment")
         expected.setdefault(checkpoint.seq, []).append(checkpoint)
-    count = {"records": 0, "runs": 0, "between": 0, "unkeyed": 0, "matched": 0}
+    count = {"records": 0, "runs": 0, "between": 0, "unkeyed": 0, "matched": 0,
+             "keyed": 0, "last_unkeyed": 0}
     last: tuple[int, bytes] | None = None
+    number = 0
     for number, line in _lines(source):
         try:
             last = _check(line, last, audit_key, expected, count)
@@ -122,6 +144,9 @@ def verify_export(source: Iterable[str], audit_key: bytes,
                                 count["unkeyed"], count["matched"], number, str(e))
     if not count["records"]:
         return ExportResult(False, reason="the export holds no audit record")
+    if count["unkeyed"] and not count["keyed"]:
+        return ExportResult(False, count["records"], count["runs"], count["between"],
+                            count["unkeyed"], count["matched"], number, _UNANCHORED)
     return ExportResult(True, count["records"], count["runs"], count["between"],
                         count["unkeyed"], count["matched"])
 
@@ -137,6 +162,10 @@ def _check(line: str, last: tuple[int, bytes] | None, audit_key: bytes,
         if not isinstance(record, dict) or record.get("malformed"):
             raise _Bad("not an audit record as kcm audit export writes one (a record the "
                        "database holds altered is exported as malformed)")
+        if set(record) != LINE_FIELDS:
+            odd = sorted(set(record) ^ LINE_FIELDS)[:3]
+            raise _Bad(f"not an audit record as kcm audit export writes one (fields "
+                       f"{', '.join(map(repr, odd))} added or missing)")
         prev_digest = _hex(record, "prev_digest")
         digest = _hex(record, "digest")
         mac = _hex(record, "mac", optional=True)
@@ -144,6 +173,12 @@ def _check(line: str, last: tuple[int, bytes] | None, audit_key: bytes,
     except (ValueError, TypeError) as e:
         raise _Bad(f"not a readable audit record: {str(e)[:80]}") from None
     seq: int = record["seq"]
+    try:
+        readable = readable_time(record["at_us"])
+    except (ValueError, OverflowError, OSError):
+        raise _Bad(f"record {seq}: its at_us is no time") from None
+    if record["at"] != readable:
+        raise _Bad(f"record {seq}: its at is not the time of its at_us ({readable})")
     if last is not None and seq <= last[0]:
         raise _Bad(f"record {seq} comes after record {last[0]}: out of order or twice")
     if computed != digest:
@@ -152,9 +187,14 @@ def _check(line: str, last: tuple[int, bytes] | None, audit_key: bytes,
         if count["records"] > count["unkeyed"]:  # (only a chain's oldest are unkeyed)
             raise _Bad(f"record {seq} has no MAC, after records that have one")
         count["unkeyed"] += 1
+        count["last_unkeyed"] = seq
     elif not hmac.compare_digest(mac, record_mac(audit_key, digest)):  # type: ignore[arg-type]
         raise _Bad(f"record {seq}: its MAC does not verify under this L1 key (altered, or "
                    "from another deployment)")
+    else:
+        if count["unkeyed"] and not count["keyed"] and not _anchors(record, seq, count):
+            raise _Bad(_UNANCHORED)
+        count["keyed"] += 1
     if last is not None and seq == last[0] + 1:
         if prev_digest != last[1]:
             raise _Bad(f"record {seq} does not follow record {last[0]} in the chain")
@@ -168,3 +208,17 @@ def _check(line: str, last: tuple[int, bytes] | None, audit_key: bytes,
         count["matched"] += 1
     count["records"] += 1
     return seq, digest  # type: ignore[return-value]
+
+
+_UNANCHORED = ("records without a MAC are not followed by the record that keyed the chain "
+               "(KeyAuditChain) naming them: their MACs were removed, or they were made up")
+
+
+def _anchors(record: dict[str, Any], seq: int, count: dict[str, int]) -> bool:
+    """Whether ``record`` (number ``seq``, its MAC verified), the first with a MAC after
+    the export's records without one, is the KeyAuditChain record that names the records
+    before it unkeyed (as the database's check asks: :func:`kcm.core.audit._anchors`)."""
+    detail = record.get("detail")
+    return (record.get("operation") == KEY_CHAIN_OPERATION and isinstance(detail, dict)
+            and detail == {"unkeyed_records": seq - 1}
+            and count["last_unkeyed"] <= seq - 1)

@@ -194,6 +194,22 @@ def test_core_init_anchors_records_written_before_the_chain_was_keyed(
     assert status == 0 and "audit chain keyed" not in out
 
 
+def test_an_export_of_a_chain_keyed_after_its_first_records_verifies_filtered_too(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Records a release before MACs wrote verify in an export beside the record that keyed
+    the chain, which a filtered export keeps for that."""
+    deployment = Deployment(tmp_path)
+    write_legacy_chain(deployment.url, 2)  # tenant t1's
+    keys.create_l1_keyfile(deployment.l1_file)
+    assert deployment.kcm(capsys, "core", "init")[0] == 0  # record 3 keys the chain
+    deployment.append(2)
+    for argv in ((), ("--tenant", "t1")):
+        lines = _export(deployment, capsys, *argv)
+        assert [json.loads(line)["operation"] for line in lines][2] == "KeyAuditChain"
+        status, out = _verify_export(deployment, capsys, lines)
+        assert status == 0 and "the first 2 unkeyed, checked by digest only" in out, out
+
+
 def test_core_init_refuses_a_chain_stripped_of_its_macs(
         deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
     """Records rewritten, digests recomputed, every MAC stripped and the head deleted by
@@ -347,6 +363,17 @@ def _edited(line: str, **changes: object) -> str:
      "line 2: record 2: its digest does not match its content"),
     (lambda ls: [*ls, "not json"], "line 4: not a readable audit record"),
     (lambda ls: [], "the export holds no audit record"),
+    # Lines made up (or their MACs removed) without the KeyAuditChain record: they passed,
+    # "checked by digest only".
+    (lambda ls: [_edited(line, mac=None) for line in ls],
+     "line 3: records without a MAC are not followed by the record that keyed the chain"),
+    (lambda ls: [_edited(ls[0], mac=None), ls[1], ls[2]],
+     "line 2: records without a MAC are not followed by the record that keyed the chain"),
+    # The readable time and the line's fields: an `at` changed freely passed.
+    (lambda ls: [ls[0], _edited(ls[1], at="2020-01-01T00:00:00.000000Z"), ls[2]],
+     "line 2: record 2: its at is not the time of its at_us"),
+    (lambda ls: [ls[0], _edited(ls[1], note="added"), ls[2]],
+     "line 2: not an audit record as kcm audit export writes one (fields 'note' added"),
 ])
 def test_an_altered_export_fails(deployment: Deployment, capsys: pytest.CaptureFixture[str],
                                  tamper, reason: str) -> None:

@@ -331,3 +331,31 @@ def test_key_material_and_plaintexts_are_not_in_a_payloads_repr() -> None:
     assert repr(secret)[2:-1] not in shown and secret.hex() not in shown
     assert "medical" not in shown
     assert "l4.1.x" in shown and "RAW" in shown  # the rest is shown as before
+
+
+def test_close_from_a_signal_handler_inside_the_request_closes_at_once() -> None:
+    """close() takes the session's turn, so as not to close under another thread's request;
+    called by a signal handler inside this thread's own request it waited for ever on the
+    lock its own thread held. It closes at once there, and the request fails."""
+    closed = threading.Event()
+
+    class Transport:
+        def send(self, wire: bytes) -> bytes:
+            if closed.wait(3):
+                raise KmipClientError("the connection was closed")
+            raise AssertionError("the request was not interrupted")
+
+        def close(self) -> None:
+            closed.set()
+
+    session = Session(Transport())
+    before = signal.signal(signal.SIGALRM, lambda *_: session.close())
+    started = time.monotonic()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KmipClientError, match="closed"):
+            session.rng_retrieve(4)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    assert time.monotonic() - started < 2

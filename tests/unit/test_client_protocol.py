@@ -322,3 +322,21 @@ def test_a_further_connection_refused_sends_on_the_open_one_and_backs_off() -> N
     clock.advance(MORE_CONNECTIONS_BACKOFF)
     results([client.rng_retrieve(4), client.rng_retrieve(4)])
     assert len(endpoint.protocols) == 2
+
+
+def test_a_further_connection_refused_never_sends_to_an_endpoint_given_up() -> None:
+    """The fallback to an open connection took one to an endpoint already given up (which
+    takes no new requests): a retry went back to the endpoint that had just failed."""
+    from twisted.internet.error import ConnectionLost
+
+    endpoints = {"a:1": FakeEndpoint(), "b:2": FakeEndpoint()}
+    client = pool(endpoints, size=2)
+    got = results([client.rng_retrieve(4), client.rng_retrieve(4)])
+    a1, a2 = endpoints["a:1"].protocols
+    assert a1.outstanding == a2.outstanding == 1
+    endpoints["a:1"].refuse = endpoints["b:2"].refuse = True
+    a1.connectionLost(Failure(ConnectionLost()))  # a is given up; the retry finds no endpoint
+    assert str(client.endpoint) == "b:2"
+    [failed] = got
+    assert isinstance(failed, Failure) and "no endpoint answered" in str(failed.value)
+    assert a2.outstanding == 1  # its own request only: the retry was not sent to a

@@ -721,6 +721,10 @@ class KmipServerFactory(Factory):
         self._drain_grace: float | None = None
         self._drained: list[Deferred[None]] = []
 
+    def stopFactory(self) -> None:
+        # The listener stops: no more refusals; the last counted ones are written.
+        self.refused_identities.flush()
+
     def buildProtocol(self, addr: object) -> KmipServerProtocol:
         protocol = KmipServerProtocol(self.handler, self.limits, self.resolve_principal,
                                       self.clock, self.upstream)

@@ -47,6 +47,11 @@ class ThrottledLine:
             self._pending = self._reactor.callLater(
                 self._logged_at + self._interval - now, self._write)
 
+    def flush(self) -> None:
+        """Write what is counted and not yet written (the process stops: the timer that
+        would have written it never fires)."""
+        self._write()
+
     def _write(self) -> None:
         if self._pending is not None and self._pending.active():
             self._pending.cancel()

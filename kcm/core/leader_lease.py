@@ -49,6 +49,8 @@ class AdvisoryLease:
         #: for the lease (None: never); well above the holder's interval between asks.
         self.silence_s = silence_s
         self._connection: Any = None
+        #: Given up for good (the core stops): never asked for again.
+        self._closed = False
 
     @property
     def held(self) -> bool:
@@ -58,7 +60,9 @@ class AdvisoryLease:
     def hold(self) -> bool:
         """Whether this process holds the lease now (taking it if it is free)."""
         if not is_postgresql(self._store.engine):
-            return True
+            return not self._closed
+        if self._closed:
+            return False
         if self._connection is not None:
             try:
                 self._connection.execute("SELECT 1")
@@ -89,8 +93,17 @@ class AdvisoryLease:
             connection.close()
             return False
         self._connection = connection
+        if self._closed:  # closed while this ask ran (on another thread): not kept
+            self._close()
+            return False
         log.info("this core now holds the {what} lease", what=self.what)
         return True
+
+    def close(self) -> None:
+        """Give the lease up for good (the core stops): released if held, and never asked
+        for again, by an ask running now either (it held the lease past the stop)."""
+        self._closed = True
+        self.release()
 
     def release(self) -> None:
         """Give the lease up (if held), so that another core takes it at once."""

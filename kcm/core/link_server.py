@@ -950,6 +950,11 @@ class LinkServerFactory(Factory):
         self._principals.clear()
         self.policy_generation += 1
 
+    def stopFactory(self) -> None:
+        # The listener stops: the last counted refusals are written.
+        self.refused_links.flush()
+        self.unacceptable_callers.flush()
+
     def buildProtocol(self, addr: object) -> LinkServerProtocol:
         return LinkServerProtocol(self)
 

@@ -293,6 +293,7 @@ class CoreRequestHandler:
         """The records of the refusals counted and not yet recorded (kcm-core stops:
         :meth:`RefusalRecords.flush`) committed; never fails (a failure is logged)."""
         written = self._refusal_records.flush()
+        self._unaudited_line.flush()
         return DeferredList(written, consumeErrors=True).addCallback(lambda _: None)
 
     def _record_refusals(self, refusal: Refusal,

@@ -167,10 +167,10 @@ class StateSweeper(Service):
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
         super().stopService()
-        if self.lease.held:
-            return self._store.defer(self.lease.release).addErrback(
-                lambda failure: log.failure("releasing the sweeper lease failed", failure))
-        return None
+        # Given up for good, held or not: a sweep asking for it on a thread now must not
+        # take it after the stop (it kept it until the process ended).
+        return self._store.defer(self.lease.close).addErrback(
+            lambda failure: log.failure("releasing the sweeper lease failed", failure))
 
     def sweep(self):
         """One sweep in one write transaction, if this core holds the lease; errors are

@@ -64,6 +64,47 @@ def test_one_core_holds_the_lease_and_the_next_takes_over(pg_database: str) -> N
         second.engine.dispose()
 
 
+def test_a_lease_closed_at_a_stop_is_never_taken_again(pg_database: str) -> None:
+    """A stopping core released its lease while a sweep's ask ran on another thread; that
+    ask then took the lease again and kept it until the process ended. Closed, a lease is
+    released and never asked for again, by an ask already running either."""
+    import threading
+
+    first, second = _store(pg_database), _store(pg_database)
+    a, b = (AdvisoryLease(s, 0x4B434D00FD, "test") for s in (first, second))
+    try:
+        assert a.hold()
+        a.close()
+        assert not a.held and b.hold() and not a.hold()
+        b.close()
+        # An ask under way when the lease is closed: it does not keep what it takes.
+        c = AdvisoryLease(first, 0x4B434D00FD, "test")
+        asked = threading.Event()
+        original = c._store.engine.raw_connection
+
+        def slow_connection():
+            asked.set()
+            time.sleep(0.3)  # close() comes meanwhile
+            return original()
+
+        c._store.engine.raw_connection = slow_connection  # type: ignore[method-assign]
+        outcome: list[bool] = []
+        ask = threading.Thread(target=lambda: outcome.append(c.hold()))
+        ask.start()
+        assert asked.wait(5)
+        c.close()
+        ask.join(5)
+        assert outcome == [False] and not c.held
+        d = AdvisoryLease(second, 0x4B434D00FD, "test")
+        assert d.hold()  # free
+        d.release()
+    finally:
+        for lease in (a, b):
+            lease.release()
+        first.engine.dispose()
+        second.engine.dispose()
+
+
 def test_a_holder_silent_too_long_loses_the_lease_to_the_next_core(pg_database: str) -> None:
     """A holder stopped without dying (SIGSTOP, a paused VM) keeps its session; a core that
     asks ends it once it has been silent for ``silence_s``, not while it keeps asking."""

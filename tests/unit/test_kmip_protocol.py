@@ -563,3 +563,17 @@ def test_refused_identities_are_logged_at_most_once_an_interval() -> None:
     lines = [e for e in events if e.get("log_namespace") == kcm.kmip_protocol.__name__
              and "no acceptable identity" in e.get("log_format", "")]
     assert [e["count"] for e in lines] == [1, 4]
+    # The listener stopping writes what is counted within the interval (its timer would
+    # not fire any more).
+    events.clear()
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for _ in range(3):
+            protocol = factory.buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            protocol.handshakeCompleted()
+        factory.stopFactory()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["count"] for e in events if "no acceptable identity" in e.get("log_format", "")
+            and e.get("log_namespace") == kcm.kmip_protocol.__name__] == [3]

@@ -66,7 +66,7 @@ class WriterThread:
     def stop(self, timeout: float | None = None) -> None:
         """Let the running call finish, drop the queued ones, and end the thread (blocks
         until it has ended, or ``timeout`` seconds: a call still running then is left to
-        the daemon thread, and its Deferred never fires)."""
+        the daemon thread, its Deferred firing when it ends if the reactor still runs)."""
         self._stopping = True
         self._calls.put(_STOP)
         if self._thread.is_alive():

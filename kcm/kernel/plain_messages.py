@@ -192,6 +192,8 @@ def read_request(wire: bytes, create: CreateReader | None = None,
     The bytes are walked by the compiled :mod:`kcm.kernel._plain_scan` where it is built
     (``pip install`` builds it), by :func:`read_request_python` otherwise; the two read
     alike (tests/unit/test_plain_scan.py)."""
+    if max_items is not None and max_items < 0:  # (the scan takes -1 for "no bound")
+        raise ValueError("max_items must not be negative")
     if _scan is None or type(wire) is not bytes:
         return read_request_python(wire, create, versions, max_items=max_items)
     version, maximum_response_size, scanned = _scan(

@@ -14,6 +14,9 @@
 #include <Python.h>
 #include <stdint.h>
 
+/* The deepest max_depth taken (kcm.ttlv.item_count.MAX_DEPTH_LIMIT). */
+#define MAX_DEPTH_LIMIT 256
+
 static inline uint32_t u32_at(const unsigned char *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
@@ -60,6 +63,11 @@ static PyObject *count(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ss
     long depth = PyLong_AsLong(args[2]);
     if (depth == -1 && PyErr_Occurred())
         return NULL;
+    /* The walk recurses once a level: bounded here (and as the Python walk bounds it). */
+    if (depth < 0 || depth > MAX_DEPTH_LIMIT) {
+        PyErr_SetString(PyExc_ValueError, "max_depth must be from 0 to 256");
+        return NULL;
+    }
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     int64_t size = PyBytes_GET_SIZE(args[0]);
     long long found = 0;

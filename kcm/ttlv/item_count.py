@@ -19,7 +19,10 @@ try:
 except ImportError:  # a source tree run without being installed
     _count = None
 
-__all__ = ["count_items", "compiled"]
+__all__ = ["MAX_DEPTH_LIMIT", "count_items", "compiled"]
+
+#: The deepest ``max_depth`` taken (the C walk recurses once a level).
+MAX_DEPTH_LIMIT = 256
 
 _HEADER = struct.Struct(">II")
 _STRUCTURE = 0x01
@@ -42,6 +45,8 @@ def count_items(data: bytes, most: int, *, max_depth: int = DEFAULT_MAX_DEPTH) -
 
 def count_items_python(data: bytes, most: int, *, max_depth: int = DEFAULT_MAX_DEPTH) -> int:
     """:func:`count_items` in Python alone."""
+    if not 0 <= max_depth <= MAX_DEPTH_LIMIT:
+        raise ValueError("max_depth must be from 0 to 256")
     size = len(data)
     if size < 8:
         return -1

@@ -4,6 +4,7 @@ and neither counts past the bound."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,3 +78,20 @@ def test_the_walk_stops_one_past_its_bound_however_many_items_follow() -> None:
         assert walk(cut, 100) == 101
         assert walk(many, 10**6) == 50_001
         assert walk(cut, 10**6) == -1
+
+
+def test_a_max_depth_out_of_range_is_refused_alike() -> None:
+    """The C walk cut max_depth to an int and recursed once a level: 2**31 - 1 overflowed
+    (it answered -1 where the Python walk counted), and a large one with deep bytes
+    overflowed the C stack. Both walks take 0 to MAX_DEPTH_LIMIT."""
+    import struct
+
+    from kcm.ttlv.item_count import MAX_DEPTH_LIMIT, count_items, count_items_python
+
+    wire = struct.pack(">II", 0x42000501, 16) + struct.pack(">II", 0x42000602, 4) + bytes(8)
+    for depth in (-1, MAX_DEPTH_LIMIT + 1, 2**31 - 1, 2**32 + 1):
+        for walk in (count_items, count_items_python):
+            with pytest.raises(ValueError, match="max_depth must be from 0 to 256"):
+                walk(wire, 10, max_depth=depth)
+    assert count_items(wire, 10, max_depth=MAX_DEPTH_LIMIT) == count_items_python(
+        wire, 10, max_depth=MAX_DEPTH_LIMIT) == 2

@@ -140,6 +140,14 @@ def test_a_batch_count_over_max_items_or_items_past_the_count_are_refused_alike(
     assert outcome(read_request) == outcome(read_request_python)
 
 
+def test_a_negative_max_items_is_refused() -> None:
+    """The scan takes -1 for "no bound": a negative max_items read any batch where the
+    Python reader refused every one."""
+    wire = request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier="k", data=b"x")))
+    with pytest.raises(ValueError, match="max_items must not be negative"):
+        read_request(wire, max_items=-3)
+
+
 def test_only_bytes_are_scanned() -> None:
     wire = request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier="k", data=b"x")))
     assert read_request(bytearray(wire)) == read_request(wire)  # (the Python reader's)

@@ -86,6 +86,9 @@ def test_the_state_sweeper_ticks_on_the_reactor_and_judges_dates_by_the_wall_clo
         def hold(self) -> bool:
             return True
 
+        def close(self) -> None:
+            self.held = False
+
     def step(session: Any, now: float) -> list[object]:
         judged.append(("step", now))
         return []

@@ -543,6 +543,8 @@ def test_refused_identities_are_logged_at_most_once_an_interval() -> None:
     """A client whose certificate names no acceptable identity may reconnect in a loop: the
     warning was one line a connection (200 connections, 112 KB of log in 0.8 s). Now the
     first at once, then one line an interval with how many it stands for."""
+    from collections.abc import Callable
+
     from twisted.logger import globalLogPublisher
 
     import kcm.kmip_protocol
@@ -550,30 +552,24 @@ def test_refused_identities_are_logged_at_most_once_an_interval() -> None:
 
     clock = Clock()
     factory = KmipServerFactory(EchoHandler(), ConnectionLimits(), lambda t: None, clock)
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        for _ in range(5):
-            protocol = factory.buildProtocol(None)
-            protocol.makeConnection(StringTransport())
-            protocol.handshakeCompleted()
-        clock.advance(LOG_INTERVAL)
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    lines = [e for e in events if e.get("log_namespace") == kcm.kmip_protocol.__name__
-             and "no acceptable identity" in e.get("log_format", "")]
-    assert [e["count"] for e in lines] == [1, 4]
+
+    def counts(connections: int, then: Callable[[], object]) -> list[int]:
+        """The counts of the lines written while ``connections`` are refused, then."""
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            for _ in range(connections):
+                protocol = factory.buildProtocol(None)
+                protocol.makeConnection(StringTransport())
+                protocol.handshakeCompleted()
+            then()
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        return [e["count"] for e in events
+                if e.get("log_namespace") == kcm.kmip_protocol.__name__
+                and "no acceptable identity" in e.get("log_format", "")]
+
+    assert counts(5, lambda: clock.advance(LOG_INTERVAL)) == [1, 4]
     # The listener stopping writes what is counted within the interval (its timer would
     # not fire any more).
-    events.clear()
-    globalLogPublisher.addObserver(events.append)
-    try:
-        for _ in range(3):
-            protocol = factory.buildProtocol(None)
-            protocol.makeConnection(StringTransport())
-            protocol.handshakeCompleted()
-        factory.stopFactory()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    assert [e["count"] for e in events if "no acceptable identity" in e.get("log_format", "")
-            and e.get("log_namespace") == kcm.kmip_protocol.__name__] == [3]
+    assert counts(3, factory.stopFactory) == [3]

@@ -41,6 +41,13 @@ would wait for them; a key alone fills groups with its short jobs as before). A 
 ends when no job is waiting, after ``max_jobs`` jobs, or once its jobs have run
 ``max_seconds`` (measured on the writer thread), whichever comes first: so does the time any
 answer waits for its commit.
+
+Deadlines: a job submitted with ``expires`` (its request's deadline, on the reactor's
+clock) that is still waiting then is taken out and failed with
+:class:`~kcm.core.queue_expiry.RequestExpired` (:mod:`kcm.core.queue_expiry`), never run:
+a group held by a silent database no longer holds the requests queued behind it past
+their deadlines. A job taken into a group is answered with its group, whatever the time:
+once in the transaction, only the commit says what happened to it.
 """
 
 from __future__ import annotations
@@ -55,9 +62,11 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from kcm.core.audit import savepoint
+from kcm.core.queue_expiry import QueueExpiry, RequestExpired
 from kcm.core.writer_shares import WriterShares
 
 __all__ = ["GroupCommitter"]
@@ -69,6 +78,7 @@ class _Job:
     args: tuple[Any, ...]
     savepoint: bool
     lean: Callable[..., Any] | None
+    expires: float | None = None
     done: Deferred[Any] = field(default_factory=Deferred)
     outcome: Any = None
     failed: bool = False
@@ -88,12 +98,16 @@ class GroupCommitter:
                  clock: Callable[[], float] = time.perf_counter,
                  start: Callable[[Callable[[], None]], object] | None = None,
                  write_lean: Callable[[Callable[[Any], Any]], Deferred[Any]] | None = None,
-                 ) -> None:
+                 reactor: IReactorTime | None = None,
+                 timer: Callable[[], float] | None = None) -> None:
         """``start(run)`` calls ``run`` (which starts a group) once the reactor's current
         turn is over; None starts each group at once. ``write_lean`` is ``write`` for
         work that needs no session (:meth:`kcm.core.store.engine.Store.write_lean`);
         None runs every group through ``write``. ``alone_seconds``: a key whose last job ran
-        that long has its next job begin a group (:mod:`kcm.core.writer_shares`)."""
+        that long has its next job begin a group (:mod:`kcm.core.writer_shares`).
+        ``reactor``: the timer that fails the jobs still waiting at their ``expires``
+        (:meth:`submit`, on ``timer``, ``reactor.seconds`` when not given); None: they wait
+        however long."""
         if max_jobs < 1 or max_seconds <= 0:
             raise ValueError("need max_jobs >= 1 and max_seconds > 0")
         self._write = write
@@ -115,6 +129,7 @@ class GroupCommitter:
         #: Of the groups committed, how many and how many jobs in all (for benchmarks).
         self.groups = 0
         self.jobs = 0
+        self._expiry = None if reactor is None else QueueExpiry(reactor, self._expire, timer)
 
     @property
     def waiting(self) -> int:
@@ -124,7 +139,8 @@ class GroupCommitter:
 
     def submit(self, key: Hashable, work: Callable[..., Any], *args: Any,
                own_savepoint: bool = False,
-               lean: Callable[..., Any] | None = None) -> Deferred[Any]:
+               lean: Callable[..., Any] | None = None,
+               expires: float | None = None) -> Deferred[Any]:
         """Run ``work(session, *args)`` in a group; fires with its result once the group has
         committed, or fails with its exception (its savepoint rolled back) or the commit's.
         With ``own_savepoint``, ``work`` promises to leave nothing behind when it raises
@@ -134,8 +150,12 @@ class GroupCommitter:
         session, through ``write_lean``), which a group is when the job it begins with has
         one: it then takes only jobs that have one. ``lean`` raises either before writing
         anything (the job fails alone) or SQLAlchemy's ``DBAPIError``, which fails the
-        whole group: a lean group has no savepoints."""
-        job = _Job(work, args, not own_savepoint, lean)
+        whole group: a lean group has no savepoints.
+
+        ``expires``: when the job, if it is still waiting then, is failed with
+        :class:`~kcm.core.queue_expiry.RequestExpired` instead of run (on the ``timer``;
+        only with a ``reactor``)."""
+        job = _Job(work, args, not own_savepoint, lean, expires)
         with self._lock:
             jobs = self._waiting.get(key)
             if jobs is None:
@@ -143,9 +163,36 @@ class GroupCommitter:
                 if not (self._running and key == self._running_key):
                     self._shares.arrive(key)  # (a running key waits again when charged)
             jobs.append(job)
+        if expires is not None and self._expiry is not None:
+            self._expiry.waits(expires)
         if not self._group_running:
             self._schedule_group()
         return job.done
+
+    def _expire(self, now: float) -> float | None:
+        """The reactor (:class:`~kcm.core.queue_expiry.QueueExpiry`): the jobs waiting
+        whose ``expires`` is ``now`` or earlier taken out and failed; the earliest
+        ``expires`` of those still waiting."""
+        expired: list[_Job] = []
+        earliest: float | None = None
+        with self._lock:
+            for key, jobs in list(self._waiting.items()):
+                kept: deque[_Job] = deque()
+                for job in jobs:
+                    (kept if job.expires is None or job.expires > now else expired).append(job)
+                if len(kept) < len(jobs):
+                    if kept:
+                        self._waiting[key] = kept
+                    else:
+                        del self._waiting[key]
+                        if not (self._running and key == self._running_key):
+                            self._shares.leave(key)
+                for job in kept:
+                    if job.expires is not None and (earliest is None or job.expires < earliest):
+                        earliest = job.expires
+        for job in expired:
+            job.done.errback(Failure(RequestExpired("writer")))
+        return earliest
 
     def _schedule_group(self) -> None:
         # From now on a job submitted joins the group about to start.

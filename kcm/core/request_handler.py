@@ -80,11 +80,12 @@ from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.operations.asymmetric_ops import checked_key_pair_request, prepare_sign
 from kcm.core.operations.crypto_ops import prepare_decrypt
 from kcm.core.operations.derive import prepare_pbkdf2
+from kcm.core.queue_expiry import LATE_GRACE_S, RequestExpired
 from kcm.core.refusal_records import RefusalRecords
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
-from kcm.core.store.unavailable import store_unavailable, store_unavailable_message
+from kcm.core.store.unavailable import log_failure, store_unavailable, store_unavailable_message
 from kcm.crypto.rsa_keys import generate_key_pair
 from kcm.kernel.batch import RunElsewhere, Savepoint
 from kcm.kernel.batch_limit import over_batch_limit
@@ -143,23 +144,29 @@ class RequestWatch:
     monotonic one, from when the watch was made, the request's arrival), or its client
     gone (:attr:`lost`, set on the reactor thread when the connection closes).
 
-    :meth:`stop_reason` is the kernel's ``should_stop`` hook; it runs on a store thread, and
-    reads only a flag and the clock.
+    :meth:`stop_reason` (also the watch called) is the kernel's ``should_stop`` hook; it
+    runs on a store thread, and reads only a flag and the clock. :attr:`deadline` is when
+    the request, still waiting in a queue then, is answered without running
+    (:mod:`kcm.core.queue_expiry`).
     """
 
-    __slots__ = ("_clock", "_deadline", "_limit", "lost")
+    __slots__ = ("_clock", "_limit", "deadline", "lost")
 
     def __init__(self, clock: Callable[[], float], limit: float) -> None:
         self._clock = clock
         self._limit = limit
-        self._deadline = clock() + limit
+        #: When the request must stop, on ``clock``.
+        self.deadline = clock() + limit
         self.lost = False
+
+    def __call__(self) -> str | None:
+        return self.stop_reason()
 
     def stop_reason(self) -> str | None:
         """None while the request may go on; else why it must stop (short ASCII)."""
         if self.lost:
             return CLIENT_GONE
-        if self._clock() >= self._deadline:
+        if self._clock() >= self.deadline:
             return f"request deadline of {self._limit:g} s exceeded"
         return None
 
@@ -205,7 +212,8 @@ class CoreRequestHandler:
         reactor; ``clock`` when not given). ``group_start``: when its group commits start
         (:class:`GroupCommitter`'s ``start``; kcm-core's is the end of the reactor's
         turn). ``reactor``: the intervals and timers of the refusals it coalesces
-        (:class:`RefusalRecords`; Twisted's reactor when not given)."""
+        (:class:`RefusalRecords`) and of the requests' deadlines in its queues (Twisted's
+        reactor when not given)."""
         self._store = store
         self._metrics = metrics or CoreMetrics()
         self._keyring = keyring
@@ -215,18 +223,21 @@ class CoreRequestHandler:
         self._limits = limits or CoreLimits()
         #: The most TTLV items of one request (:mod:`kcm.kernel.item_limit`).
         self._max_items = item_limit(self._limits.max_batch_items)
-        self._scheduler = FairScheduler(
-            store.defer, workers=workers,
-            per_key=min(workers, self._limits.max_workers_per_tenant))
-        self._committer = committer or GroupCommitter(
-            store.write, max_jobs=self._limits.max_group_commit, start=group_start,
-            write_lean=store.write_lean)
-        #: The watches of the requests in flight, by connection id (reactor thread only).
-        self._in_flight: dict[int, set[RequestWatch]] = {}
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor  # type: ignore[assignment]
         assert reactor is not None
+        # A request still waiting for a worker or a group commit at its deadline is
+        # answered then, unrun (kcm.core.queue_expiry).
+        self._scheduler = FairScheduler(
+            store.defer, workers=workers,
+            per_key=min(workers, self._limits.max_workers_per_tenant), reactor=reactor,
+            timer=self._timer)
+        self._committer = committer or GroupCommitter(
+            store.write, max_jobs=self._limits.max_group_commit, start=group_start,
+            write_lean=store.write_lean, reactor=reactor, timer=self._timer)
+        #: The watches of the requests in flight, by connection id (reactor thread only).
+        self._in_flight: dict[int, set[RequestWatch]] = {}
         self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)
         self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED, logger=log)
 
@@ -338,7 +349,7 @@ class CoreRequestHandler:
             duration.observe(metrics.timer() - started)
             return result
 
-        now, key, should_stop = int(self._clock()), share_of(caller), watch.stop_reason
+        now, key, should_stop = int(self._clock()), share_of(caller), watch
         most = self._limits.max_batch_items
         # Read once for every choice below, and no further than one over the limit: a
         # request of more items is refused in a group commit at the cost of its header.
@@ -346,8 +357,11 @@ class CoreRequestHandler:
         over = len(found) > most
         if not over and _beside_writer(wire, found):
             answering = self._scheduler.submit(
-                key, self._read, wire, caller, now, should_stop).addCallback(
-                self._audit_then_answer, key, wire, caller, now, should_stop)
+                key, self._read, wire, caller, now, should_stop,
+                expires=self._expires(watch)).addCallbacks(
+                self._audit_then_answer, self._write_not_durable,
+                callbackArgs=(key, wire, caller, now, should_stop),
+                errbackArgs=(key, caller, wire, now))
         elif len(wire) > PREDECODE_BYTES or (not over and (
                 _CREATE_KEY_PAIR in found or _DERIVE_KEY in found)):
             # Decoded, and its key pairs made and PBKDF2 computed, on the tenant's worker
@@ -355,8 +369,11 @@ class CoreRequestHandler:
             # small items, a batch of RSA-4096 pairs or of slow derivations, would delay
             # every tenant's writes.
             answering = self._scheduler.submit(
-                key, self._prepare, wire, should_stop, caller, now).addCallback(
-                self._write_prepared, key, wire, caller, now, should_stop)
+                key, self._prepare, wire, should_stop, caller, now,
+                expires=self._expires(watch)).addCallbacks(
+                self._write_prepared, self._write_not_durable,
+                callbackArgs=(key, wire, caller, now, should_stop),
+                errbackArgs=(key, caller, wire, now))
         elif over:
             answering = self._write(key, wire, caller, now, should_stop)
         elif _storeless(wire, found):
@@ -381,7 +398,8 @@ class CoreRequestHandler:
             key_pairs = _FIRST_PASS
         running = self._committer.submit(key, self._respond_in, wire, caller, now,
                                          should_stop, decoded, key_pairs, own_savepoint=True,
-                                         lean=self._read_lean if lean else None)
+                                         lean=self._read_lean if lean else None,
+                                         expires=self._expires(should_stop))
         if lean:
             running.addCallback(self._unless_it_writes, key, wire, caller, now, should_stop)
         if first_pass:
@@ -398,9 +416,12 @@ class CoreRequestHandler:
         (:meth:`_prepare`) and written again, with nothing of the first pass kept."""
         if answer is not _PREPARE:
             return answer  # type: ignore[return-value]
-        return self._scheduler.submit(key, self._prepare, wire, should_stop, caller,
-                                      now).addCallback(self._write_prepared, key, wire,
-                                                       caller, now, should_stop)
+        return self._scheduler.submit(
+            key, self._prepare, wire, should_stop, caller, now,
+            expires=self._expires(should_stop)).addCallbacks(
+            self._write_prepared, self._write_not_durable,
+            callbackArgs=(key, wire, caller, now, should_stop),
+            errbackArgs=(key, caller, wire, now))
 
     def _read_lean(self, transaction: LeanTransaction, wire: bytes, caller: Caller, now: int,
                    should_stop: Callable[[], str | None],
@@ -490,13 +511,15 @@ class CoreRequestHandler:
         if answer is None:
             return self._write(key, wire, caller, now, should_stop)
         return self._committer.submit(
-            key, _append_all, answer.events, lean=append_records).addCallbacks(
+            key, _append_all, answer.events, lean=append_records,
+            expires=self._expires(should_stop)).addCallbacks(
             lambda _: answer.wire, self._not_durable,
-            errbackArgs=(key, caller, answer.version, now))
+            errbackArgs=(key, caller, answer.version, now, True))
 
     def _not_durable(self, failure: Failure, key: tuple[str, str], caller: Caller,
-                     version: Version, now: int) -> Deferred[bytes]:
+                     version: Version, now: int, ran: bool = False) -> Deferred[bytes]:
         """General Failure for a request whose group did not commit, answered at once.
+        ``ran``: the request was executed (read-only), its audit records did not commit.
 
         A store that is unavailable (locked by another process, full, unreachable) is named
         in the answer, and the failure is recorded by one log line, with the caller, not in
@@ -505,6 +528,9 @@ class CoreRequestHandler:
         other failure is logged with its traceback and its audit record attempted in a
         later group, which the answer does not wait for."""
         correlation_id = new_correlation_id()
+        if isinstance(failure.value, RequestExpired):
+            return succeed(self._expired_answer(key, caller, version, correlation_id, now,
+                                                ran))
         unavailable = store_unavailable(failure.value)
         answer = self._failed_answer(caller, version, correlation_id, now,
                                      unavailable=unavailable is not None)
@@ -522,6 +548,32 @@ class CoreRequestHandler:
         self._committer.submit(key, _append_all, answer.events,
                                lean=append_records).addErrback(unaudited)
         return succeed(answer.wire)
+
+    def _expires(self, should_stop: Callable[[], str | None] | None) -> float | None:
+        """When a request whose ``should_stop`` hook this is, about to wait in a queue,
+        is answered unrun if it still waits: its deadline, or, handed over at or after it
+        (it ran up to its deadline, and its answer waits for its commit),
+        :data:`~kcm.core.queue_expiry.LATE_GRACE_S` from now. None: it has no watch."""
+        if not isinstance(should_stop, RequestWatch):
+            return None
+        return max(should_stop.deadline, self._timer() + LATE_GRACE_S)
+
+    def _expired_answer(self, key: tuple[str, str], caller: Caller, version: Version,
+                        correlation_id: str, now: int, ran: bool = False) -> bytes:
+        """General Failure for a request still waiting in a queue at its deadline (it did
+        not run; ``ran``: it ran, read-only, and its audit records waited to be written,
+        which they now never are); its audit record is written in a later group, which the
+        answer does not wait for (a failure to write it is logged)."""
+        answer = self._failed_answer(caller, version, correlation_id, now,
+                                     expired=(self._limits.request_deadline, ran))
+
+        def unaudited(failure: Failure) -> None:
+            log_failure(log, failure, f"the audit record of request {correlation_id}, "
+                        "answered unrun at its deadline,")
+
+        self._committer.submit(key, _append_all, answer.events,
+                               lean=append_records).addErrback(unaudited)
+        return answer.wire
 
     def respond(self, wire: bytes, caller: Caller, now: int,
                 should_stop: Callable[[], str | None] | None = None) -> bytes:
@@ -1036,11 +1088,15 @@ def _unaudited_refusal(failure: Failure, event: AuditEvent, line: ThrottledLine)
 
 def _general_failure(caller: Caller, version: Version, correlation_id: str, now: int,
                      request: RequestMessage | None = None, *,
-                     unavailable: bool = False) -> _Answer:
+                     unavailable: bool = False,
+                     expired: tuple[float, bool] | None = None) -> _Answer:
     """A General Failure answer for a request that failed unexpectedly (the caller logs
-    why), and its audit record; ``unavailable``: because the key store was."""
+    why), and its audit record; ``unavailable``: because the key store was; ``expired``:
+    because it still waited in a queue at its deadline (its seconds, and whether it had
+    run: :func:`expired_message`)."""
     item = failed_item(None, None, version, ResultReason.GENERAL_FAILURE,
                        store_unavailable_message(correlation_id) if unavailable
+                       else expired_message(*expired, correlation_id) if expired is not None
                        else internal_error(correlation_id))
     detail: dict[str, object] | None = None
     if request is not None:
@@ -1051,6 +1107,15 @@ def _general_failure(caller: Caller, version: Version, correlation_id: str, now:
     return _Answer(response_wire(version, now, correlation_id, encode_items([item], version)),
                    [audit_event(caller, item, correlation_id, [], detail)], version,
                    correlation_id)
+
+
+def expired_message(deadline: float, ran: bool, correlation_id: str) -> str:
+    """The Result Message of a request still waiting in a queue at its deadline of
+    ``deadline`` seconds: to run, or (``ran``, read-only) for its audit records to be
+    written, without which its answer is not sent."""
+    waited = "its audit records were written" if ran else "it ran"
+    return (f"request deadline of {deadline:g} s exceeded before {waited}; try again "
+            f"(correlation id {correlation_id})")
 
 
 def _append_all(session: Session, events: list[AuditEvent]) -> None:

@@ -98,6 +98,13 @@ class WriterShares:
         used = self._used.get(key)
         return used is not None and used[1] >= self.alone_seconds
 
+    def leave(self, key: Hashable) -> None:
+        """``key``, waiting, waits no more (its jobs were failed); its use is kept."""
+        if key in self._waiting:
+            self._waiting.discard(key)
+            self._order = [entry for entry in self._order if entry[2] != key]
+            heapq.heapify(self._order)
+
     def clear(self) -> None:
         """No key waits any more (their jobs were failed)."""
         self._order.clear()

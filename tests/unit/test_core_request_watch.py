@@ -46,7 +46,7 @@ class HeldStore:
         return d
 
     def submit(self, _key: Any, fn: Any, *args: Any, own_savepoint: bool = False,
-               lean: Any = None) -> Deferred[bytes]:
+               lean: Any = None, expires: float | None = None) -> Deferred[bytes]:
         return self.defer(fn, *args)
 
 
@@ -140,3 +140,91 @@ def test_a_request_that_met_an_unavailable_store_is_told_so_and_not_audited() ->
     assert item.result_reason == ResultReason.GENERAL_FAILURE
     assert item.result_message.startswith("the key store is unavailable; try again")
     assert len(store.calls) == 1
+
+
+class StuckStore:
+    """A store whose writer and workers took their first work and never come back (a
+    silent database): a group takes its jobs (they run, here against no session, and
+    fail) and never commits; a worker's call never returns."""
+
+    def __init__(self) -> None:
+        self.written: list[Any] = []
+        self.deferred: list[Any] = []
+
+    def write(self, fn: Any) -> Deferred[Any]:
+        self.written.append(fn)
+        fn(None)
+        return Deferred()
+
+    write_lean = write
+
+    def defer(self, fn: Any, *args: Any) -> Deferred[Any]:
+        """The worker's call, held: the test may fire what it returned."""
+        self.deferred.append(Deferred())
+        return self.deferred[-1]
+
+
+def test_requests_still_queued_at_their_deadline_are_answered_then_unrun() -> None:
+    """Behind a group commit (or workers) held by a silent database, a request waiting in
+    the queue is answered General Failure at its deadline, not when the database is cut:
+    it never ran, and says so. One taken into the held group is not answered early: only
+    its commit says what became of it."""
+    from kcm.kmip.enums import ResultReason, ResultStatus
+    from kcm.testing.requests import create_managed, locate, request, response
+
+    store, clock = StuckStore(), Clock()
+    handler = CoreRequestHandler(store, keyring=None, clock=lambda: 1_800_000_000,  # type: ignore[arg-type]
+                                 timer=clock.seconds, reactor=clock, workers=1,
+                                 limits=CoreLimits(request_deadline=3.0,
+                                                   max_workers_per_tenant=1))
+    answers: dict[str, list[bytes]] = {}
+    for name in ("held", "queued"):  # the first's group holds the writer
+        answers[name] = []
+        handler.handle_request(request(create_managed()), ConnectionInfo(
+            1, PRINCIPAL, "a:1")).addCallback(answers[name].append)
+    for name in ("searching", "waiting"):  # the first's Locate holds the one worker
+        answers[name] = []
+        handler.handle_request(request(locate()), ConnectionInfo(
+            2, PRINCIPAL, "b:2")).addCallback(answers[name].append)
+    assert (len(store.written), len(store.deferred)) == (1, 1)
+    clock.advance(2.9)
+    assert all(got == [] for got in answers.values())
+    clock.advance(0.2)
+    for name in ("queued", "waiting"):
+        [item] = response(answers[name][0]).batch_items
+        assert (item.result_status, item.result_reason) == (
+            ResultStatus.OPERATION_FAILED, ResultReason.GENERAL_FAILURE)
+        assert item.result_message.startswith(
+            "request deadline of 3 s exceeded before it ran; try again (correlation id ")
+    assert answers["held"] == answers["searching"] == []
+    # Neither ran; each leaves an audit record, queued for the writer's next group.
+    assert (len(store.written), len(store.deferred)) == (1, 1)
+    assert handler._committer.waiting == 2
+
+
+def test_a_request_that_ran_to_its_deadline_waits_a_grace_for_its_records() -> None:
+    """A read-only request whose worker returned at (or after) its deadline still has its
+    answer sent once its audit records commit, unless the writer keeps them waiting
+    LATE_GRACE_S more: then it is answered General Failure, saying what it waited for."""
+    from kcm.core.queue_expiry import LATE_GRACE_S
+    from kcm.core.request_handler import _Answer
+    from kcm.kmip.enums import ResultReason
+    from kcm.testing.requests import create_managed, locate, request, response
+
+    store, clock = StuckStore(), Clock()
+    handler = CoreRequestHandler(store, keyring=None, clock=lambda: 1_800_000_000,  # type: ignore[arg-type]
+                                 timer=clock.seconds, reactor=clock,
+                                 limits=CoreLimits(request_deadline=3.0))
+    handler.handle_request(request(create_managed()), ConnectionInfo(1, PRINCIPAL, "a:1"))
+    answers: list[bytes] = []
+    handler.handle_request(request(locate()), ConnectionInfo(2, PRINCIPAL, "b:2")
+                           ).addCallback(answers.append)
+    clock.advance(3.5)  # the Locate ran past its deadline (stopped at an item boundary)
+    store.deferred[0].callback(_Answer(b"the answer", [], (1, 4), "0" * 16))
+    clock.advance(min(0.5, LATE_GRACE_S / 2))
+    assert answers == []  # its records may still commit, and its answer go out
+    clock.advance(LATE_GRACE_S)
+    [item] = response(answers[0]).batch_items
+    assert item.result_reason == ResultReason.GENERAL_FAILURE
+    assert item.result_message.startswith("request deadline of 3 s exceeded before its audit "
+                                          "records were written; try again (correlation id ")

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
 from kcm.core.fair_scheduler import FairScheduler
+from kcm.core.queue_expiry import RequestExpired
 
 
 class Workers:
@@ -91,3 +93,28 @@ def test_a_lone_tenant_keeps_its_share_busy_and_the_rest_follows() -> None:
 def test_impossible_shares_are_refused(workers: int, per_key: int) -> None:
     with pytest.raises(ValueError):
         FairScheduler(Workers().start, workers=workers, per_key=per_key)
+
+
+def test_a_call_still_waiting_for_a_worker_at_its_deadline_fails_unstarted() -> None:
+    """Workers held (a silent database) no longer hold the calls waiting for them past
+    their deadlines: each fails then with RequestExpired and is never started; a running
+    call is not touched, nor a call without a deadline."""
+    clock, workers = Clock(), Workers()
+    scheduler = FairScheduler(workers.start, workers=1, per_key=1, reactor=clock)
+    scheduler.submit("a", *job("running"), expires=1.0)
+    outcomes: dict[str, list[Any]] = {}
+    for name, key, expires in (("b1", "b", 2.0), ("a1", "a", 3.0), ("c1", "c", None)):
+        outcomes[name] = []
+        scheduler.submit(key, *job(name), expires=expires).addBoth(outcomes[name].append)
+    clock.advance(2.0)
+    assert [type(o).__name__ for o in outcomes["b1"]] == ["Failure"]
+    assert isinstance(outcomes["b1"][0].value, RequestExpired)
+    assert outcomes["a1"] == [] and scheduler.waiting == 2
+    clock.advance(1.0)
+    assert isinstance(outcomes["a1"][0].value, RequestExpired)
+    assert workers.names() == ["running"] and scheduler.waiting == 1
+    workers.finish("running")
+    assert workers.names() == ["running", "c1"]  # the turn of "b" and "a" is gone
+    workers.finish("c1")
+    assert outcomes["c1"] == ["c1"] and scheduler.waiting == 0
+    assert clock.getDelayedCalls() == []

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
 
 from kcm.core.group_commit import GroupCommitter
+from kcm.core.queue_expiry import RequestExpired
 
 
 class FakeSession:
@@ -418,3 +420,77 @@ def test_a_tenant_alone_fills_its_groups_with_short_jobs_as_before() -> None:
     writer.commit()
     writer.run()
     assert committer.jobs == 1 + 25 == len(ran)  # then 25 ms of work ended the group
+
+
+def test_a_job_still_waiting_at_its_deadline_fails_unrun_and_leaves_its_turn() -> None:
+    """A group held (a silent database) no longer holds the jobs queued behind it past
+    their deadlines: each is failed then with RequestExpired, never run; the job in the
+    held group is answered with its group; a job without a deadline waits as before."""
+    clock, writer, ran = Clock(), Writer(), []
+    committer = GroupCommitter(writer.write, reactor=clock, **STILL)
+    held = committer.submit("a", lambda _s: ran.append("held") or "held", expires=1.0)
+    writer.work()  # the group runs, and hangs in its commit
+    late = committer.submit("b", lambda _s: ran.append("b") or "b", expires=2.0)
+    later = committer.submit("a", lambda _s: ran.append("a2") or "a2", expires=3.0)
+    patient = committer.submit("c", lambda _s: ran.append("c") or "c")
+    answered = results(held, late, later, patient)
+    clock.advance(1.5)
+    assert answered == []  # the held job is in the transaction: only its commit answers it
+    clock.advance(0.5)
+    assert len(answered) == 1 and isinstance(answered[0], RequestExpired)
+    assert str(answered[0]) == "still waiting for the writer at the request deadline"
+    clock.advance(1.0)
+    assert len(answered) == 2 and isinstance(answered[1], RequestExpired)
+    assert committer.waiting == 1
+    writer.commit()  # the held group ends at last; the next takes what still waits
+    writer.run()
+    assert ran == ["held", "c"] and answered[2:] == ["held", "c"]
+    assert committer.waiting == 0 and clock.getDelayedCalls() == []
+
+
+def test_expiry_takes_only_the_jobs_due_and_keeps_the_order_of_the_rest() -> None:
+    clock, writer, ran = Clock(), Writer(), []
+    committer = GroupCommitter(writer.write, reactor=clock, **STILL)
+    committer.submit("a", lambda _s: ran.append(0))
+    writer.work()
+    ds = {n: committer.submit("a", lambda _s, n=n: ran.append(n) or n, expires=e)
+          for n, e in ((1, 5.0), (2, 1.0), (3, 6.0), (4, 1.0))}
+    answered = {n: results(d) for n, d in ds.items()}
+    clock.advance(1.0)
+    assert [n for n, got in answered.items() if got] == [2, 4]
+    # Armed again at the earliest deadline left (5 s), not at each one.
+    assert [round(c.getTime(), 3) for c in clock.getDelayedCalls()] == [5.0]
+    writer.commit()
+    writer.run()
+    assert ran == [0, 1, 3]
+
+
+def test_a_running_keys_jobs_expiring_leave_it_not_waiting_again() -> None:
+    """The key whose job the writer runs, its later jobs all expired, is not served again
+    for nothing (its charge finds none waiting)."""
+    clock, writer, ran = Clock(), Writer(), []
+    committer = GroupCommitter(writer.write, reactor=clock, **STILL)
+    gate: list[Callable[[], None]] = []
+
+    def first(_session: Any) -> str:
+        for step in gate:
+            step()
+        return "first"
+
+    committer.submit("a", first)
+    # While "a"'s job runs (on the writer thread), its next job arrives and expires.
+    gate.append(lambda: committer.submit("a", lambda _s: ran.append("a2"), expires=1.0))
+    gate.append(lambda: clock.advance(1.0))
+    writer.run()
+    assert committer.waiting == 0 and ran == [] and writer.groups == []
+
+
+def test_without_a_reactor_no_job_expires() -> None:
+    writer = Writer()
+    committer = GroupCommitter(writer.write, **STILL)
+    committer.submit("a", lambda _s: None)
+    writer.work()
+    late = results(committer.submit("a", lambda _s: "late", expires=-1.0))
+    writer.commit()
+    writer.run()
+    assert late == ["late"]

@@ -44,7 +44,7 @@ class HeldCommitter:
         self.jobs: list[tuple[Any, Any, tuple[Any, ...], Any, Deferred[Any]]] = []
 
     def submit(self, key: Any, work: Any, *args: Any, own_savepoint: bool = False,
-               lean: Any = None) -> Deferred[Any]:
+               lean: Any = None, expires: float | None = None) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.jobs.append((key, work, args, lean, d))
         return d

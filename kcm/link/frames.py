@@ -63,7 +63,7 @@ _MAX_STREAM_ID = (1 << 31) - 1
 
 
 class Tag(enum.IntEnum):
-    """The link's TTLV tags (extension range 0x54B0xx, plus three of KMIP's own)."""
+    """The link's TTLV tags (extension range 0x54B0xx, plus four of KMIP's own)."""
 
     LINK_FRAME = 0x54B001
     FRAME_TYPE = 0x54B002

@@ -24,7 +24,8 @@ import json
 import re
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from kcm.cli import CommandError, add_command
 from kcm.cli.core_cmd import (
@@ -36,6 +37,16 @@ from kcm.cli.core_cmd import (
     schema_checked,
 )
 from kcm.cli.output_file import writing
+
+if TYPE_CHECKING:
+    from sqlalchemy import Select
+    from sqlalchemy.orm import Session
+
+    from kcm.core.audit import VerifyResult
+    from kcm.core.store.engine import Store
+    from kcm.core.store.schema import AuditLog
+
+T = TypeVar("T")
 
 #: The most records ``kcm audit tail`` prints at once (``kcm audit export`` takes more).
 MAX_TAIL_LINES = 1_000_000
@@ -120,7 +131,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot load the L1 key: {e}") from e
     store.audit_key = l1.audit_key()
 
-    def verify(session):
+    def verify(session: Session) -> VerifyResult:
         known = repository.get_meta(session, L1_CHECK_META)
         if known is not None and known != l1.check_value():
             raise CommandError(f"the {l1.description} is not the L1 key of this database")
@@ -263,7 +274,7 @@ def _as_stored(value: Any) -> Any:
     return repr(value)
 
 
-def _query(args: argparse.Namespace):
+def _query(args: argparse.Namespace) -> tuple[Select[Any], type[AuditLog]]:
     from sqlalchemy import func, or_, select
 
     from kcm.core.audit import KEY_CHAIN_OPERATION
@@ -282,22 +293,23 @@ def _query(args: argparse.Namespace):
     return query, AuditLog
 
 
-def _read(args: argparse.Namespace, fn):
+def _read(args: argparse.Namespace, fn: Callable[[Session], T]) -> tuple[Store, T]:
     from kcm.cli.core_cmd import open_store
 
     store = open_store(args)
     return store, run_in_store(store, fn, write=False)
 
 
-def _page(query, table, after: int):
+def _page(query: Select[Any], table: type[AuditLog], after: int
+          ) -> Callable[[Session], list[dict[str, Any]]]:
     """A read of the next (up to) 1000 records after sequence number ``after``."""
-    def read(session) -> list[dict[str, Any]]:
+    def read(session: Session) -> list[dict[str, Any]]:
         return [record_json(row) for row in session.scalars(
             query.where(table.seq > after).order_by(table.seq).limit(1000))]
     return read
 
 
-def _write(out, records: list[dict[str, Any]]) -> None:
+def _write(out: IO[str], records: list[dict[str, Any]]) -> None:
     for record in records:
         out.write(json.dumps(record, sort_keys=True) + "\n")
     out.flush()
@@ -308,7 +320,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         raise CommandError(f"--lines must be 0 to {MAX_TAIL_LINES}")
     query, table = _query(args)
 
-    def newest(session) -> tuple[list[dict[str, Any]], int]:
+    def newest(session: Session) -> tuple[list[dict[str, Any]], int]:
         """The last ``--lines`` records, and the newest sequence number, read together:
         a record committed after this read is the first that following prints."""
         from sqlalchemy import func, select
@@ -340,7 +352,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.until is not None:
         query = query.where(table.at < int(parse_time(args.until, "--until") * 1e6))
 
-    def export(out) -> int:
+    def export(out: IO[str]) -> int:
         after = 0
         count = 0
         while True:  # in pages, so that a long log is never all in memory

@@ -43,7 +43,8 @@ import importlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from kcm.cli import CommandError, add_command
 from kcm.cli.output_file import partial_file, publish, refuse_existing
@@ -53,6 +54,10 @@ if TYPE_CHECKING:
 
     from kcm.core.config import CoreConfig
     from kcm.core.keyring import Keyring
+    from kcm.core.l1 import L1Key
+    from kcm.core.store.engine import Store
+
+T = TypeVar("T")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -173,7 +178,7 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
     config_option(parser)
 
 
-def _rotation(name: str):
+def _rotation(name: str) -> Callable[[argparse.Namespace], int]:
     """The function ``name`` of :mod:`kcm.cli.core_rotation`, imported when it runs."""
     def run(args: argparse.Namespace) -> int:
         from kcm.cli import core_rotation
@@ -182,7 +187,7 @@ def _rotation(name: str):
     return run
 
 
-def _inventory(name: str):
+def _inventory(name: str) -> Callable[[argparse.Namespace], int]:
     """The function ``name`` of :mod:`kcm.cli.core_inventory`, imported when it runs."""
     def run(args: argparse.Namespace) -> int:
         from kcm.cli import core_inventory
@@ -234,7 +239,7 @@ def existing_database(config: CoreConfig) -> str:
     return config.database
 
 
-def open_store(args: argparse.Namespace, config: CoreConfig | None = None):
+def open_store(args: argparse.Namespace, config: CoreConfig | None = None) -> Store:
     """A :class:`~kcm.core.store.engine.Store` on the existing database of ``-c/--config``
     (never creating one); CommandError when there is none."""
     from kcm.core.store.engine import Store
@@ -255,7 +260,7 @@ def schema_checked(url: str) -> str:
     return url
 
 
-def closed_at_end(args: argparse.Namespace, store):
+def closed_at_end(args: argparse.Namespace, store: Store) -> Store:
     """``store``, its connections closed when the command ends (:func:`kcm.cli.main`)."""
     closing = getattr(args, "closing", None)
     if closing is not None:
@@ -263,7 +268,7 @@ def closed_at_end(args: argparse.Namespace, store):
     return store
 
 
-def run_in_store(store, fn, *, write: bool = True):
+def run_in_store(store: Store, fn: Callable[[Session], T], *, write: bool = True) -> T:
     """``store.run_sync(fn)``, with database failures (unreachable, not initialised) as
     one-line CommandErrors."""
     from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
@@ -356,7 +361,7 @@ def _run_init(args: argparse.Namespace) -> int:
     store.audit_key = l1.audit_key()
     check = l1.check_value()
 
-    def record(session) -> audit.AuditRow | None:
+    def record(session: Session) -> audit.AuditRow | None:
         known = repository.get_meta(session, L1_CHECK_META)
         refusal = None if known is None else l1_refusal(known, l1)
         if refusal is not None:
@@ -392,7 +397,7 @@ def _import_write_modules() -> None:
         importlib.import_module(name)
 
 
-def _with_keyring(args: argparse.Namespace, fn) -> str:
+def _with_keyring(args: argparse.Namespace, fn: Callable[[Session, Keyring], T]) -> T:
     """``fn(session, keyring)`` in one write transaction, with the L1 key of ``-c/--config``,
     once the database's L1 check value says it is this database's L1 (as kcm-core checks it
     when it starts): another key would wrap keys no one can unwrap and MAC audit records
@@ -411,14 +416,14 @@ def _with_keyring(args: argparse.Namespace, fn) -> str:
     store.audit_key = keyring.audit_key
     _import_write_modules()
 
-    def checked(session):
+    def checked(session: Session) -> T:
         require_l1_of_database(session, l1)
         return fn(session, keyring)
 
     return run_in_store(store, checked)
 
 
-def require_l1_of_database(session: Session, l1) -> None:
+def require_l1_of_database(session: Session, l1: L1Key) -> None:
     """CommandError unless the database holds a check value (``kcm core init`` records it)
     and it is ``l1``'s."""
     from kcm.core.l1 import L1_CHECK_META, l1_refusal
@@ -501,7 +506,7 @@ def _run_tenant_rotate(args: argparse.Namespace) -> int:
     from kcm.core.store.schema import Tenant
     from kcm.core.tenant_rotation import rotate_tenant_key
 
-    def rotate(session, keyring) -> tuple[str, list[str]]:
+    def rotate(session: Session, keyring: Keyring) -> tuple[str, list[str]]:
         if session.get(Tenant, args.tenant) is None:
             raise CommandError(f"no tenant {args.tenant!r}")
         return rotate_tenant_key(session, keyring, args.tenant, now=int(time.time()),
@@ -532,7 +537,7 @@ def _run_service_rotate(args: argparse.Namespace) -> int:
     L4s under the older versions keep working while those are active."""
     from kcm.core.store import repository
 
-    def rotate(session, keyring) -> tuple[str, int]:
+    def rotate(session: Session, keyring: Keyring) -> tuple[str, int]:
         if not repository.find_l3(session, args.tenant, args.service):
             raise CommandError(f"tenant {args.tenant} has no service {args.service} "
                                "(kcm core service add creates one)")
@@ -550,7 +555,7 @@ def _run_bootstrap(args: argparse.Namespace) -> int:
 
     _usable_names(tenant=args.tenant, service=args.service)
 
-    def ensure(session, keyring) -> str:
+    def ensure(session: Session, keyring: Keyring) -> str:
         now = int(time.time())
         _add_tenant(session, keyring, args.tenant, now=now, by="kcm core bootstrap")
         existing = repository.find_l3(session, args.tenant, args.service, active_only=True)

@@ -13,12 +13,17 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcm.cli import CommandError
 from kcm.cli.core_cmd import _with_keyring, open_store, run_in_store
 from kcm.core.store.schema import STATE_DESTROYED, STATE_DESTROYED_COMPROMISED
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement, FromClause
+    from sqlalchemy.orm import Session
 
 
 def iso(seconds: float | None) -> str | None:
@@ -35,12 +40,13 @@ def _state(value: int | None) -> str:
     return enum_label(State, value)
 
 
-def _print_lines(args: argparse.Namespace, records: list[dict[str, Any]], text) -> None:
+def _print_lines(args: argparse.Namespace, records: list[dict[str, Any]],
+                 text: Callable[[dict[str, Any]], str]) -> None:
     for record in records:
         print(json.dumps(record, sort_keys=True) if args.json else text(record))
 
 
-def _tenants(session) -> list[dict[str, Any]]:
+def _tenants(session: Session) -> list[dict[str, Any]]:
     from sqlalchemy import func, select
 
     from kcm.core.store.schema import LEVEL_SERVICE_KEY, ManagedObject, Tenant
@@ -67,7 +73,7 @@ def run_tenant_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _service_keys(session, tenant: str | None) -> list[dict[str, Any]]:
+def _service_keys(session: Session, tenant: str | None) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
     from kcm.core.store.schema import LEVEL_SERVICE_KEY, ManagedObject
@@ -82,7 +88,7 @@ def _service_keys(session, tenant: str | None) -> list[dict[str, Any]]:
              "created": iso(row.initial_date)} for row in rows]
 
 
-def _require_tenant(session, tenant: str) -> Any:
+def _require_tenant(session: Session, tenant: str) -> Any:
     from kcm.core.store.schema import Tenant
 
     found = session.get(Tenant, tenant)
@@ -92,7 +98,7 @@ def _require_tenant(session, tenant: str) -> Any:
 
 
 def run_service_list(args: argparse.Namespace) -> int:
-    def read(session):
+    def read(session: Session) -> list[dict[str, Any]]:
         if args.tenant is not None:
             _require_tenant(session, args.tenant)
         return _service_keys(session, args.tenant)
@@ -110,7 +116,7 @@ def run_tenant_show(args: argparse.Namespace) -> int:
     from kcm.core.store.schema import LEVEL_TENANT_KEY, L4Tombstone, ManagedObject
     from kcm.core.tenant_rotation import wrapped_counts
 
-    def read(session) -> dict[str, Any]:
+    def read(session: Session) -> dict[str, Any]:
         tenant = _require_tenant(session, args.tenant)
         wraps = wrapped_counts(session, args.tenant)
         tenant_keys = session.scalars(
@@ -178,7 +184,7 @@ class _Removal:
     resumed: bool  # an interrupted removal, which this run finishes
 
 
-def _unfinished_removals(session, tenant: str | None = None) -> dict[str, dict[str, int]]:
+def _unfinished_removals(session: Session, tenant: str | None = None) -> dict[str, dict[str, int]]:
     """The markers of removals not finished (:data:`REMOVING_META_PREFIX`), by tenant."""
     from sqlalchemy import select
 
@@ -191,7 +197,7 @@ def _unfinished_removals(session, tenant: str | None = None) -> dict[str, dict[s
             for key, value in session.execute(query).all()}
 
 
-def _left_by_removal(table, tenant: str, bound: int):
+def _left_by_removal(table: FromClause, tenant: str, bound: int) -> ColumnElement[bool]:
     """What the removal of ``tenant`` (up to ``bound``) left to delete, of ``table`` (the
     ``managed_objects`` table or an alias): the ordinary objects numbered up to ``bound``,
     all destroyed when the removal committed (its first transaction checked them, and made
@@ -203,7 +209,7 @@ def _left_by_removal(table, tenant: str, bound: int):
                 table.c.created_seq <= bound)
 
 
-def remove_some(session, tenant: str, bound: int, limit: int = REMOVAL_BATCH
+def remove_some(session: Session, tenant: str, bound: int, limit: int = REMOVAL_BATCH
                 ) -> tuple[int, int, bool]:
     """One batch of the removal of ``tenant`` (up to ``bound``): up to ``limit`` of its L4
     tombstones, or, once none are left, up to ``limit`` of its destroyed objects (their
@@ -288,7 +294,7 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _begin_removal(session, args: argparse.Namespace) -> _Removal:
+def _begin_removal(session: Session, args: argparse.Namespace) -> _Removal:
     """The first transaction of ``kcm core tenant remove`` (see :func:`run_tenant_remove`),
     with the first batch; or, for a removal interrupted before, nothing but the checks."""
     from sqlalchemy import case, delete, func, select, update

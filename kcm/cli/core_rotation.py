@@ -12,10 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcm.cli import CommandError
 from kcm.cli.core_cmd import _with_keyring, core_config, open_store, run_in_store
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from kcm.core.rotation_policy import PolicySettings
 
 AUDIT_OPERATION = "SetRotationPolicy"
 
@@ -58,7 +63,7 @@ def _uses(text: str) -> int:
     return int(digits)
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace) -> PolicySettings:
     from kcm.core.rotation_policy import PolicySettings, parse_duration
 
     try:
@@ -99,7 +104,8 @@ def run_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _change(session, args: argparse.Namespace, tenant: str, service: str, settings) -> None:
+def _change(session: Session, args: argparse.Namespace, tenant: str, service: str,
+            settings: PolicySettings) -> None:
     from kcm.core import rotation_policy
     from kcm.core.audit import AuditEvent, append_audit
     from kcm.core.store import repository
@@ -133,13 +139,13 @@ def _change(session, args: argparse.Namespace, tenant: str, service: str, settin
         source="cli", tenant=tenant or None, detail=detail))
 
 
-def _any_setting(settings) -> bool:
+def _any_setting(settings: PolicySettings) -> bool:
     return any(value is not None for value in (
         settings.interval, settings.max_uses, settings.overlap, settings.managed_interval,
         settings.tenant_key_interval))
 
 
-def _policy_record(session, tenant: str, service: str) -> dict[str, Any]:
+def _policy_record(session: Session, tenant: str, service: str) -> dict[str, Any]:
     from kcm.core import rotation_policy
 
     stored = rotation_policy.policies(session).get((tenant, service))
@@ -194,7 +200,7 @@ def run_service_show(args: argparse.Namespace) -> int:
 
     now = int(time.time())
 
-    def read(session) -> dict[str, Any]:
+    def read(session: Session) -> dict[str, Any]:
         rows = repository.find_l3(session, args.tenant, args.service)
         if not rows:
             raise CommandError(f"tenant {args.tenant} has no service {args.service}")

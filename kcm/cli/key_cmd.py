@@ -25,9 +25,14 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcm.cli import CommandError, add_command
+
+if TYPE_CHECKING:
+    from kcm.client import Session
+    from kcm.kmip.attributes import CryptographicParameters
+    from kcm.kmip.enums import CryptographicAlgorithm
 
 #: The exit status of a KMIP failure answer.
 EXIT_KMIP_FAILURE = 1
@@ -313,7 +318,7 @@ def _settings(args: argparse.Namespace) -> None:
         args.server = ",".join(str(s) for s in args.server)
 
 
-def _session(args: argparse.Namespace):
+def _session(args: argparse.Namespace) -> Session:
     from kcm.client import KmipClientError, Session
 
     _settings(args)
@@ -336,7 +341,7 @@ def _session(args: argparse.Namespace):
         raise CommandError(str(e)) from e
 
 
-def _kmip(args: argparse.Namespace, operation: Callable[[Any], int]) -> int:
+def _kmip(args: argparse.Namespace, operation: Callable[[Session], int]) -> int:
     """Run ``operation(session)``: a failure answer is exit status 1 with its reason and
     message on one stderr line; a connection error is a CommandError (exit status 2)."""
     from kcm.client import KmipClientError, KmipOperationFailed
@@ -378,7 +383,7 @@ def _print_uid(args: argparse.Namespace, uid: str) -> int:
     return 0
 
 
-def _algorithm(text: str):
+def _algorithm(text: str) -> CryptographicAlgorithm:
     from kcm.kmip.enums import CryptographicAlgorithm
 
     return parse_enum(CryptographicAlgorithm, text, "--algorithm")
@@ -415,7 +420,7 @@ def _run_get(args: argparse.Namespace) -> int:
     from kcm.kmip.enums import CryptographicAlgorithm, KeyFormatType, ObjectType
     from kcm.kmip.labels import enum_label
 
-    def get(session) -> int:
+    def get(session: Session) -> int:
         answer = session.get(args.uid)
         block = getattr(answer.object, "key_block", None)
         material = block.key_bytes if block is not None else None
@@ -450,7 +455,7 @@ def _run_locate(args: argparse.Namespace) -> int:
     if args.state:
         attributes.append(Attribute.of(Tag.STATE, parse_enum(State, args.state, "--state")))
 
-    def locate(session) -> int:
+    def locate(session: Session) -> int:
         uids = session.locate(attributes, args.maximum_items)
         if args.json:
             _print_json({"unique_identifiers": uids})
@@ -465,7 +470,7 @@ def _run_locate(args: argparse.Namespace) -> int:
 def _run_get_attributes(args: argparse.Namespace) -> int:
     tags = [attribute_tag(name) for name in args.attributes]
 
-    def get_attributes(session) -> int:
+    def get_attributes(session: Session) -> int:
         found = attributes_json(session.get_attributes(args.uid, tags))
         if args.json:
             _print_json({"unique_identifier": args.uid, "attributes": found})
@@ -478,7 +483,7 @@ def _run_get_attributes(args: argparse.Namespace) -> int:
 
 
 def _run_simple(args: argparse.Namespace) -> int:
-    def run(session) -> int:
+    def run(session: Session) -> int:
         getattr(session, args.key_action)(args.uid)
         return _print_uid(args, args.uid) if args.json else 0
 
@@ -490,14 +495,14 @@ def _run_revoke(args: argparse.Namespace) -> int:
 
     code = parse_enum(RevocationReasonCode, args.reason, "--reason")
 
-    def revoke(session) -> int:
+    def revoke(session: Session) -> int:
         session.revoke(args.uid, code, args.message)
         return _print_uid(args, args.uid) if args.json else 0
 
     return _kmip(args, revoke)
 
 
-def _parameters(args: argparse.Namespace):
+def _parameters(args: argparse.Namespace) -> CryptographicParameters | None:
     if args.mode is None and args.padding is None:
         return None
     from kcm.kmip.attributes import CryptographicParameters
@@ -541,7 +546,7 @@ def _run_encrypt(args: argparse.Namespace) -> int:
     aad = parse_hex(args.aad_hex, "--aad-hex")
     data = _input(args)
 
-    def encrypt(session) -> int:
+    def encrypt(session: Session) -> int:
         answer = session.encrypt(args.uid, data, parameters, iv, aad)
         sealed = answer.data or b""
         iv_out = answer.iv_counter_nonce or iv
@@ -568,7 +573,7 @@ def _run_decrypt(args: argparse.Namespace) -> int:
     aad = parse_hex(args.aad_hex, "--aad-hex")
     data = _input(args)
 
-    def decrypt(session) -> int:
+    def decrypt(session: Session) -> int:
         plain = session.decrypt(args.uid, data, parameters, iv, tag, aad)
         if args.json:
             _print_json({"unique_identifier": args.uid, "data": plain.hex()})
@@ -583,7 +588,7 @@ def _run_query(args: argparse.Namespace) -> int:
     from kcm.kmip.enums import ObjectType, Operation
     from kcm.kmip.labels import enum_label
 
-    def query(session) -> int:
+    def query(session: Session) -> int:
         answer = session.query()
         found = {"operations": [enum_label(Operation, op) for op in answer.operations],
                  "object_types": [enum_label(ObjectType, t) for t in answer.object_types],

@@ -30,7 +30,7 @@ from sqlalchemy import select, union
 from sqlalchemy.orm import Session
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -128,7 +128,7 @@ class StateSweeper(Service):
 
     name = "kcm-state-sweeper"
 
-    def __init__(self, store: Store, clock, interval: float = DEFAULT_INTERVAL,
+    def __init__(self, store: Store, clock: IReactorTime, interval: float = DEFAULT_INTERVAL,
                  steps: Sequence[sweep_steps.SweepStep] = (), *,
                  lease: AdvisoryLease | None = None, batch: int = SWEEP_BATCH,
                  wall_clock: Callable[[], float] | None = None,
@@ -161,7 +161,7 @@ class StateSweeper(Service):
         self._loop.start(self._interval, now=True).addErrback(
             lambda failure: log.failure("state sweeper stopped", failure))
 
-    def stopService(self):
+    def stopService(self) -> Deferred[None]:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._soon is not None and self._soon.active():
@@ -172,7 +172,7 @@ class StateSweeper(Service):
         return self._store.defer(self.lease.close).addErrback(
             lambda failure: log.failure("releasing the sweeper lease failed", failure))
 
-    def sweep(self):
+    def sweep(self) -> Deferred[None]:
         """One sweep in one write transaction, if this core holds the lease; errors are
         logged and the loop goes on."""
         d = self._store.defer(self.lease.hold)
@@ -180,7 +180,7 @@ class StateSweeper(Service):
         d.addCallbacks(_report, lambda failure: log_failure(log, failure, "state sweep"))
         return d
 
-    def _sweep_if_held(self, held: bool):
+    def _sweep_if_held(self, held: bool) -> list[str] | Deferred[list[str]]:
         if not held:
             return []
         at, steps, batch = self._wall_clock(), self._steps, self._batch

@@ -11,6 +11,7 @@ re-encoded the same way, so decode→encode is byte-exact for every message.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
 
@@ -294,7 +295,7 @@ def _reorder(items: list[Item], order: tuple[int, ...]) -> list[Item]:
     return result
 
 
-def kmip_struct(tag: int):
+def kmip_struct(tag: int) -> Callable[[type[T]], type[T]]:
     """Class decorator: make a keyword-only slotted dataclass with the generic codec."""
 
     def wrap(cls: type[T]) -> type[T]:

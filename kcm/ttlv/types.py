@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import IntEnum
 from typing import Union
 
@@ -79,7 +80,7 @@ class Item:
         """Every child with ``tag``, in order."""
         return [c for c in self.value if c.tag == tag]  # type: ignore[union-attr]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Item]:
         return iter(self.value)  # type: ignore[arg-type]
 
     def __len__(self) -> int:

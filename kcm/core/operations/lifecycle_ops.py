@@ -19,9 +19,10 @@ from kcm.kmip.payloads import (
     UniqueIdentifierResponse,
 )
 from kcm.kmip.tags import Tag
+from kcm.ttlv.types import Item
 
 
-def _load(ctx: OperationContext, unique_identifier) -> managed.StoredObject:
+def _load(ctx: OperationContext, unique_identifier: str | Item | None) -> managed.StoredObject:
     uid = ctx.id_placeholder.resolve(unique_identifier)
     obj = managed.load(ctx, uid)
     policy.check_lifecycle_change(ctx.principal, obj.level)

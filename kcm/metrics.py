@@ -34,10 +34,10 @@ from prometheus_client.core import (
 from twisted.internet.defer import Deferred
 
 from kcm.kernel.responses import operation_name
-from kcm.kmip.enums import Operation
+from kcm.kmip.enums import Operation, ResultStatus
 
 __all__ = ["LATENCY_BUCKETS", "CallbackGauge", "Readiness", "ReactorCounter", "ReactorHistogram",
-           "operation_label"]
+           "operation_label", "result_label"]
 
 
 
@@ -50,6 +50,17 @@ def operation_label(operation: int | None) -> str:
     if operation is None or operation not in Operation._value2member_map_:
         return "unknown"
     return operation_name(operation)
+
+
+def result_label(status: int | None) -> str:
+    """The ``result`` label of a request's item, on both planes: the Result Status's name in
+    lower case (``success``, ``operation_failed``, ...), or ``unknown`` for none or a value
+    KMIP does not define, so that the label's values stay the few the spec has."""
+    try:
+        return ResultStatus(status).name.lower()
+    except ValueError:
+        return "unknown"
+
 
 #: Latency buckets (seconds): from the gateway's sub-millisecond L4 answers to the core's
 #: slowest durable work.

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 
 from kcm.kmip.enums import ResultStatus
 from kcm.kmip.messages import ResponseBatchItem
-from kcm.metrics import LATENCY_BUCKETS, CallbackGauge, Readiness, operation_label
+from kcm.metrics import LATENCY_BUCKETS, CallbackGauge, Readiness, operation_label, result_label
 from kcm.reactor_threads import RunInThread, in_reactor_threads
 
 if TYPE_CHECKING:
@@ -54,13 +54,6 @@ _FAILED = int(ResultStatus.OPERATION_FAILED)
 # series, which the scrape does not need and kcm-gateway's metrics do not have. The switch
 # is the library's, process wide (only kcm-core's metrics use those classes).
 disable_created_metrics()
-
-
-def _result_label(status: int | None) -> str:
-    try:
-        return ResultStatus(status).name.lower()
-    except ValueError:
-        return "unknown"
 
 
 class CoreMetrics:
@@ -103,7 +96,7 @@ class CoreMetrics:
         key = (name, status)  # (bounded: the client picks the operation's value)
         child = self._items.get(key)
         if child is None:  # two threads may both bind it: labels() gives both the same child
-            child = self._items[key] = self.requests.labels(name, _result_label(status))
+            child = self._items[key] = self.requests.labels(name, result_label(status))
         child.inc()
 
     def transaction(self, write: bool, seconds: float) -> None:

@@ -37,6 +37,7 @@ from kcm.metrics import (
     Readiness,
     Tally,
     operation_label,
+    result_label,
 )
 from kcm.ttlv import TtlvError
 from kcm.ttlv.peek import peek_response
@@ -49,15 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["GatewayMetrics"]
 
 _SUCCESS = int(ResultStatus.SUCCESS)
-
-
-def _result_label(status: int | None) -> str:
-    if status is None:
-        return "unknown"
-    try:
-        return ResultStatus(status).name.lower()
-    except ValueError:
-        return f"{status:#x}"
 
 
 class GatewayMetrics:
@@ -112,7 +104,7 @@ class GatewayMetrics:
         key = (name, status, path)  # (bounded: the client picks the operation's value)
         child = self._items.get(key)
         if child is None:
-            child = self._items[key] = self.requests.labels(name, _result_label(status), path)
+            child = self._items[key] = self.requests.labels(name, result_label(status), path)
         return child
 
     # Read when scraped ----------------------------------------------------------------------

@@ -207,3 +207,29 @@ def test_readyz_is_503_once_the_process_stops_without_asking_the_check() -> None
     request = get(site, b"/readyz")
     assert request.finished and request.responseCode == 503 and asked == [True]
     assert json.loads(body(request)) == {"ready": False, "reason": "stopping"}
+
+
+def test_both_planes_label_a_result_status_kmip_does_not_define_alike() -> None:
+    """The ``result`` label is one rule (:func:`kcm.metrics.result_label`): a Result Status
+    KMIP does not define is ``unknown`` on kcm-core and on kcm-gateway alike."""
+    from kcm.core.metrics import CoreMetrics
+    from kcm.gateway.metrics import GatewayMetrics
+    from kcm.kernel.responses import failure_response
+    from kcm.kmip.enums import ResultReason
+
+    undefined = 5  # ResultStatus ends at 3 (Operation Undone)
+    core = CoreMetrics()
+    core.item(None, undefined)
+    failed = failure_response((1, 4), int(ResultReason.GENERAL_FAILURE), "no", 0)
+    status_failed = b"\x42\x00\x7f\x05\x00\x00\x00\x04\x00\x00\x00\x01"
+    assert failed.count(status_failed) == 1
+    gateway = GatewayMetrics()
+    gateway.answered(failed.replace(status_failed, status_failed[:-1] + bytes([undefined])),
+                     True)
+    core_results = {dict(labels)["result"] for (name, labels), value
+                    in samples(core.registry).items()
+                    if name == "kcm_core_requests_total" and value}
+    gateway_results = {dict(labels)["result"] for (name, labels), value
+                       in samples(gateway.registry).items()  # (the fast path's, bound at 0)
+                       if name == "kcm_gateway_requests_total" and value}
+    assert core_results == gateway_results == {"unknown"}

@@ -30,16 +30,10 @@ from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
 from kcm.l4.authorize import ServiceKeyUseDenied, check_service_key_use, no_service_key
-from kcm.l4.service_key import ServiceKey
+from kcm.l4.service_key import DESTROYED_STATES, WITHOUT_MATERIAL_STATES, ServiceKey
 from kcm.link.frames import MAX_SENT_TOMBSTONES
 
 AUDIT_OPERATION = "FetchServiceKey"
-
-#: States in which a fetched version comes without its material: it may not be used at all.
-_WITHOUT_MATERIAL = frozenset((State.COMPROMISED, State.DESTROYED,
-                               State.DESTROYED_COMPROMISED))
-#: States in which a version's tombstones say nothing (its L4s are all Object Destroyed).
-_DESTROYED = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
 
 
 def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenant: str,
@@ -96,7 +90,7 @@ def _with_tombstones(session: Session, keys: list[ServiceKey]) -> list[ServiceKe
     room = MAX_SENT_TOMBSTONES
     answered = []
     for key in keys:
-        if key.state in _DESTROYED:
+        if key.state in DESTROYED_STATES:
             answered.append(replace(key, tombstones=None))
             continue
         # No ORDER BY: any room + 1 of them tell whether they all fit, and an ordering
@@ -133,7 +127,7 @@ def _one(session: Session, keyring: Keyring, caller: Caller, uid: str,
          now: int) -> ServiceKey:
     row = l3_for(session, caller.principal, uid)
     bare = service_key_of(session, keyring, row, now, with_material=False)
-    if bare.state in _WITHOUT_MATERIAL:
+    if bare.state in WITHOUT_MATERIAL_STATES:
         return bare  # the gateway drops it; its state is all it needs to answer
     return service_key_of(session, keyring, row, now)
 

@@ -114,7 +114,7 @@ from kcm.l4.authorize import (
     may_use_service_key,
 )
 from kcm.l4.opened_keys import OpenedKeys
-from kcm.l4.service_key import ServiceKey
+from kcm.l4.service_key import DESTROYED_STATES, WITHOUT_MATERIAL_STATES, ServiceKey
 from kcm.link.events import EventKind
 from kcm.metrics import Tally
 
@@ -125,11 +125,6 @@ log = Logger()
 #: ``fetch(caller, tenant, service, uid)``: the core's SERVICE_KEYS answer (current first).
 #: With a uid, tenant and service are empty: the core finds the version by uid alone.
 Fetch = Callable[[Principal, str, str, "str | None"], Deferred]
-
-#: States after which an L3 must not be used at all, not even to decrypt (ARCHITECTURE §4).
-_DROP_STATES = frozenset((State.COMPROMISED, State.DESTROYED, State.DESTROYED_COMPROMISED))
-#: States in which an L3's tombstones say nothing: every L4 under it is Object Destroyed.
-_DESTROYED_STATES = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
 
 #: What one request fetched: each need, and why its fetch failed (None: it succeeded).
 FetchErrors = Mapping["Need", "KmipError | None"]
@@ -673,11 +668,11 @@ class L3Cache:
         refresh_at = self._next_refresh(now)
         current: str | None = None
         for key in keys:
-            if key.state not in _DESTROYED_STATES:
+            if key.state not in DESTROYED_STATES:
                 self._learn_tombstones(key)
                 if key.tombstones:
                     key = replace(key, tombstones=frozenset())  # held once: by L3 below
-            if State(key.state) in _DROP_STATES:
+            if State(key.state) in WITHOUT_MATERIAL_STATES:
                 self._drop(key)
                 continue
             self._dropped.pop(key.uid, None)
@@ -917,11 +912,11 @@ class L3Cache:
 
     def _state_changed(self, uid: str, tenant: str, service: str, new_state: int) -> None:
         self._forget_opened(uid)
-        if new_state in (State.DESTROYED, State.DESTROYED_COMPROMISED):
+        if new_state in DESTROYED_STATES:
             # Every token under it now answers Object Destroyed: its tombstones say nothing.
             self._forget_tombstones(uid)
             self.overflowed.discard(uid)
-        if new_state in _DROP_STATES:
+        if new_state in WITHOUT_MATERIAL_STATES:
             held = self._keys.get(uid)
             version = held.key.version if held is not None else 0
             self._drop(ServiceKey(uid, tenant, service, version, new_state, b""))

@@ -111,7 +111,7 @@ from kcm.l4.marking import (
     l4_target,
 )
 from kcm.l4.opened_keys import OpenedKey, OpenedKeys
-from kcm.l4.service_key import ServiceKey
+from kcm.l4.service_key import DESTROYED_STATES, ServiceKey
 from kcm.ttlv import encode
 
 __all__ = ["SETS_ID_PLACEHOLDER", "KeySource", "L4Engine", "Tombstone", "create_attributes",
@@ -121,7 +121,6 @@ RandomBytes = Callable[[int], bytes]
 
 _AES = int(CryptographicAlgorithm.AES)
 _DEK_BITS = frozenset({128, 192, 256})
-_DESTROYED = frozenset({State.DESTROYED, State.DESTROYED_COMPROMISED})
 
 #: Create attributes an L4 accepts besides its markers and the ones checked in
 #: :func:`_dek_length`: implied by the key. Anything else would have to be stored, and L4s
@@ -392,7 +391,7 @@ class L4Engine:
         """
         sealed = _parse(uid)
         l3 = self._service_key(principal, sealed.l3_uid)
-        if l3.state not in _DESTROYED:
+        if l3.state not in DESTROYED_STATES:
             _open(uid, sealed, l3)
         return Tombstone(sealed.token_id, l3.tenant, l3.uid)
 
@@ -422,7 +421,7 @@ class L4Engine:
         l3 = self._service_key(principal, sealed.l3_uid)
         # A destroyed L3 first: every token under it is gone alike, revoked or not, so that
         # a gateway may forget the tombstones of a destroyed L3 (kcm.gateway.l3_cache).
-        if l3.state in _DESTROYED:
+        if l3.state in DESTROYED_STATES:
             raise KmipError(ResultReason.OBJECT_DESTROYED,
                             f"the service key {l3.uid} was destroyed: the L4s sealed under "
                             "it are crypto-erased")

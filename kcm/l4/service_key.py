@@ -10,6 +10,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kcm.kernel.lifecycle import usable_for
 from kcm.kmip.enums import State
 
+__all__ = ["DESTROYED_STATES", "WITHOUT_MATERIAL_STATES", "ServiceKey"]
+
+#: States in which a service key version has no usable material: it may not be used at all,
+#: not even to decrypt (a compromised one is dropped at once everywhere, ARCHITECTURE §4).
+#: The core sends such a version without its material; a gateway drops it.
+WITHOUT_MATERIAL_STATES = frozenset((State.COMPROMISED, State.DESTROYED,
+                                     State.DESTROYED_COMPROMISED))
+#: Destroyed states: every L4 under such a version is Object Destroyed, so its tombstones
+#: say nothing.
+DESTROYED_STATES = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceKey:
@@ -53,7 +64,7 @@ class ServiceKey:
         if usable is None:
             state = State(self.state)
             usable = self._derived["process"] = (
-                state != State.COMPROMISED and usable_for(state, protect=False))
+                state not in WITHOUT_MATERIAL_STATES and usable_for(state, protect=False))
         return usable
 
     def aesgcm(self) -> AESGCM:

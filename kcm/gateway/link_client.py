@@ -91,6 +91,7 @@ from kcm.link.frames import (
     DRAIN_VERSION,
     HELLO_VERSION,
     LINK_VERSION,
+    MAX_STREAM_ID,
     MAX_USAGE_ENTRIES,
     USAGE_VERSION,
     Frame,
@@ -106,7 +107,6 @@ log = Logger()
 
 EventCallback = Callable[[int, str, "str | None", Payload], None]
 
-_MAX_STREAM_ID = (1 << 31) - 1
 #: Callers' encoded fields kept at most (one per client connection; emptied when full).
 _MAX_CALLERS = 4096
 #: Refusals of peers that are not a core remembered as logged at most (emptied when full).
@@ -392,7 +392,7 @@ class LinkClientProtocol(LinkProtocol):
     def _new_stream_id(self) -> int:
         stream_id = self._next_stream
         while True:
-            stream_id = stream_id + 1 if stream_id < _MAX_STREAM_ID else 1
+            stream_id = stream_id + 1 if stream_id < MAX_STREAM_ID else 1
             if stream_id not in self.streams:
                 self._next_stream = stream_id
                 return stream_id

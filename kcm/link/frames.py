@@ -59,7 +59,8 @@ DEFAULT_MAX_FRAME_SIZE = frame_size_limit(1 << 20)
 #: header, then FrameType and StreamId (16 bytes each), the order :func:`encode_frame` writes.
 FRAME_HEAD_SIZE = 40
 _MAX_DEPTH = 4  # LinkFrame > ServiceKey / EventPayload / Usage > field
-_MAX_STREAM_ID = (1 << 31) - 1
+#: The largest StreamId (docs/link-protocol.md: unsigned 31-bit; 0 = none).
+MAX_STREAM_ID = (1 << 31) - 1
 
 
 class Tag(enum.IntEnum):
@@ -365,7 +366,7 @@ def peek_frame_head(head: bytes) -> tuple[FrameType | None, int]:
     except TtlvError:
         return frame_type, 0
     if stream_item.tag != Tag.STREAM_ID or stream_item.type is not ItemType.INTEGER \
-            or not 0 < stream_item.value <= _MAX_STREAM_ID:
+            or not 0 < stream_item.value <= MAX_STREAM_ID:
         return frame_type, 0
     return frame_type, stream_item.value
 
@@ -413,7 +414,7 @@ def _decode_scalar_frame(data: bytes) -> Frame | None:
     pos = 24
     if pos + 16 <= size and _HEAD.unpack_from(data, pos) == (_STREAM_HEAD, 4):
         stream_id, padding = _I32_PAD.unpack_from(data, pos + 8)
-        if padding or not 0 <= stream_id <= _MAX_STREAM_ID:
+        if padding or not 0 <= stream_id <= MAX_STREAM_ID:
             return None
         frame.stream_id = stream_id
         pos += 16
@@ -488,7 +489,7 @@ def _frame_from(item: Item) -> Frame:
         seen.add(tag)
         if tag == Tag.STREAM_ID:
             frame.stream_id = _checked(child, ItemType.INTEGER)
-            if not 0 <= frame.stream_id <= _MAX_STREAM_ID:
+            if not 0 <= frame.stream_id <= MAX_STREAM_ID:
                 raise FrameError(f"StreamId {frame.stream_id} out of range")
         elif tag == Tag.EVENT_PAYLOAD:
             frame.payload = decode_payload_item(child)

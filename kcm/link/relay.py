@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 
-from kcm.link.frames import FrameType, Tag
+from kcm.link.frames import MAX_STREAM_ID, FrameType, Tag
 from kcm.ttlv import ItemType
 
 __all__ = ["CallerFields", "ForwardedRequest", "caller_fields", "read_caller", "read_request",
@@ -38,7 +38,6 @@ ForwardedRequest = tuple[int, str, "str | None", str, bytes]
 CallerFields = tuple[str, "str | None", str]
 
 _HEAD = struct.Struct(">II")
-_MAX_STREAM_ID = (1 << 31) - 1
 _PAD = bytes(8)
 _FRAME_HEAD = Tag.LINK_FRAME << 8 | ItemType.STRUCTURE
 _MESSAGE_HEAD = Tag.KMIP_MESSAGE << 8 | ItemType.BYTE_STRING
@@ -76,7 +75,7 @@ def caller_fields(identity: str, subject: str | None, source: str) -> bytes:
 
 
 def _stream_bytes(stream_id: int) -> bytes:
-    if not 0 < stream_id <= _MAX_STREAM_ID:
+    if not 0 < stream_id <= MAX_STREAM_ID:
         raise ValueError(f"StreamId {stream_id} out of range")
     return _STREAM.pack(stream_id, 0)
 

@@ -119,17 +119,20 @@ def _sweep_step(fn: Callable[..., Sequence[object]], **bound: Any) -> SweepStep:
 def makeService(options: Options, reactor: Any = default_reactor) -> CoreService:
     """The kcm-core service tree, assembled from parsed options; nothing is read yet.
     The reactor's time is made monotonic (:mod:`kcm.monotonic_reactor`): durations are
-    measured on it, dates read from the wall clock (``time.time``)."""
+    measured on it, dates read from the wall clock (``time.time``). The object cache and
+    the keyring take ``reactor.seconds`` as it is then (``time.monotonic`` plus a constant),
+    which their callers on the store's threads may read too."""
     monotonic_reactor.install(reactor)
     config = options["core_config"]
     trust_domain = config.trust_domain
     store = Store(config.database, reactor=reactor, threads=config.database_threads,
                   migrate=True, object_cache_size=config.object_cache_size,
                   object_cache_bytes=config.object_cache_bytes,
-                  silence_limit=config.limits.request_deadline + SILENCE_GRACE_S)
+                  silence_limit=config.limits.request_deadline + SILENCE_GRACE_S,
+                  clock=reactor.seconds)
     metrics = CoreMetrics(process=True)
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
-    keyring = Keyring()
+    keyring = Keyring(clock=reactor.seconds)
     handler = CoreRequestHandler(store, keyring, clock=time.time, timer=reactor.seconds,
                                  server_info=ServerInfo(
                                      access=config.access,

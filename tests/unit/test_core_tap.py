@@ -76,6 +76,26 @@ def test_object_cache_size(tmp_path: Path) -> None:
             parse("--object-cache-size", wrong)
 
 
+def test_the_object_cache_ages_on_the_reactor_time_its_expiry_timer_runs_on() -> None:
+    """The cache's ttl and the timer that expires it run on one clock (the reactor's), as
+    the keyring's current-L2 ttl does: advancing the reactor past the ttl evicts an entry
+    no request reads again."""
+    reactor = Clock()
+    core = tap.makeService(parse(), reactor=reactor)
+    cache = core.getServiceNamed("kcm-store").objects
+    expiry = core.getServiceNamed("kcm-object-cache-expiry")
+    cache.put("t", "u", (1, 1), ())
+    expiry.startService()
+    try:
+        reactor.advance(cache.ttl - 1)
+        assert cache.holds("t", "u")
+        reactor.advance(cache.ttl / 10 + 1)
+        assert not cache.holds("t", "u")
+    finally:
+        expiry.stopService()
+    assert core.getServiceNamed("kcm-l1").keyring._clock == reactor.seconds
+
+
 def test_tls_policy_from_the_file_and_the_command_line(tmp_path: Path) -> None:
     assert CoreConfig().tls.policy == TlsPolicy()  # ECDHE + AEAD, TLS 1.2 and 1.3
     config_file = tmp_path / "core.toml"

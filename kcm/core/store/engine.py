@@ -380,6 +380,9 @@ class Store(Service):
     Construction does no I/O; :meth:`startService` brings the schema up to date (when made
     with ``migrate=True``, as kcm-core's is), opens the engine and starts the thread pool;
     :meth:`stopService` waits for running work to finish, then closes both.
+
+    ``clock`` measures the object cache's ttl (kcm-core: the reactor's monotonic time, on
+    which its expiry timer runs too); it is read on the worker threads.
     """
 
     name = "kcm-store"
@@ -396,6 +399,7 @@ class Store(Service):
         object_cache_bytes: int = DEFAULT_MAX_BYTES,
         idle_in_transaction: float | None = IDLE_IN_TRANSACTION_S,
         silence_limit: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -439,7 +443,7 @@ class Store(Service):
         #: Objects as last read, so that an operation on a known one reads two numbers
         #: (kcm.core.store.object_cache); sized by ``object_cache_size`` (0: none) and
         #: ``object_cache_bytes``.
-        self.objects = ObjectCache(object_cache_size, max_bytes=object_cache_bytes)
+        self.objects = ObjectCache(object_cache_size, clock=clock, max_bytes=object_cache_bytes)
         #: The key that MACs this database's audit chain (:mod:`kcm.core.audit`), derived
         #: from its L1; every session gets it in ``info[AUDIT_KEY_INFO]``. None until the
         #: holder of L1 sets it: until then audit records cannot be written or verified.

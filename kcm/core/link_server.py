@@ -87,7 +87,7 @@ from kcm.link.frames import (
     decode_frame,
     encode_frame,
 )
-from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
+from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, MAX_LINK_FETCHES, LinkProtocol
 from kcm.link.relay import read_caller, response_frame, split_request
 from kcm.throttled_line import ThrottledLine
 
@@ -146,8 +146,9 @@ class LinkSettings:
     #: (each is a write transaction on one of the store's workers).
     max_fetches_per_tenant: int = 2
     #: FETCH_SERVICE_KEYs of one link waiting their turn; beyond, refused at once (a
-    #: gateway sends at most its own bound, by default 1,024, and is never refused).
-    max_waiting_fetches: int = 1024
+    #: gateway has at most as many in flight on a link, whatever its ``max_in_flight``,
+    #: and is never refused).
+    max_waiting_fetches: int = MAX_LINK_FETCHES
     #: Requests of one link being answered, held or waiting to be written; at this many the
     #: core reads no more of the link until one has gone. Twice a gateway's default
     #: ``max_in_flight`` (1,024): a gateway stops reading its clients there, and sends at most

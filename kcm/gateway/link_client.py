@@ -42,9 +42,11 @@ In-flight streams are bounded: at ``max_in_flight`` forwarded requests the regis
 producers (the gateway's client connections) are paused until half have been answered, and
 beyond twice that a call fails with :class:`LinkBusy` (as does one beyond twice that waiting
 for a link). Service key fetches are bounded apart, by ``max_fetches`` (by default
-``max_in_flight``): beyond it a fetch fails with :class:`LinkBusy`, and they never pause a
-client connection (the L3 cache bounds each tenant's fetches, so one tenant's misses cannot
-stop every other tenant's connections from being read). A stream unanswered for
+``max_in_flight``, and never more than the core keeps waiting for one link,
+:data:`~kcm.link.protocol.MAX_LINK_FETCHES`): beyond it a fetch fails with
+:class:`LinkBusy`, and they never pause a client connection (the L3 cache bounds each
+tenant's fetches, so one tenant's misses cannot stop every other tenant's connections from
+being read). A stream unanswered for
 ``request_timeout`` seconds fails with :class:`LinkTimeout`.
 
 Frames are bounded by ``max_frame_size`` (:func:`kcm.link.frames.frame_size_limit` of the
@@ -99,7 +101,7 @@ from kcm.link.frames import (
     FrameType,
     Payload,
 )
-from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, LinkProtocol
+from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, MAX_LINK_FETCHES, LinkProtocol
 from kcm.link.relay import caller_fields, read_response, request_frame
 from kcm.tls import client_tls_options, peer_certificate, tls_client_endpoint
 
@@ -489,8 +491,11 @@ class LinkClient(MultiService):
         #: The link whose first event is still to come, when it resumed (see :meth:`_event`).
         self._first_event_of: LinkClientProtocol | None = None
         self.max_in_flight = max_in_flight
-        #: Service key fetches in flight at most (they pause no client: see above).
-        self.max_fetches = max_in_flight if max_fetches is None else max_fetches
+        #: Service key fetches in flight at most (they pause no client: see above); never
+        #: more than the core keeps waiting for a link (MAX_LINK_FETCHES), which refuses
+        #: the next at once.
+        self.max_fetches = min(max_in_flight if max_fetches is None else max_fetches,
+                               MAX_LINK_FETCHES)
         self.request_timeout = request_timeout
         self.heartbeat_interval = heartbeat_interval
         self.max_frame_size = max_frame_size

@@ -45,6 +45,9 @@ log = Logger()
 
 #: A link with nothing received for this many heartbeat intervals is dead.
 MISSED_HEARTBEATS = 3
+#: FETCH_SERVICE_KEYs one link may have waiting at the core (kcm-core refuses one more at
+#: once); a gateway never has more in flight on a link, whatever its ``max_in_flight``.
+MAX_LINK_FETCHES = 1024
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
 
 

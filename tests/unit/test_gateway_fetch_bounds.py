@@ -446,3 +446,18 @@ def test_fetches_pause_no_client_connection_and_are_bounded_apart() -> None:
         d.addErrback(lambda _: None)
     core_end.connectionLost(Failure(ConnectionDone()))
     assert link.in_flight == link.fetches_in_flight == 0
+
+
+def test_a_link_never_has_more_fetches_in_flight_than_the_core_keeps_waiting() -> None:
+    """kcm-core keeps at most MAX_LINK_FETCHES of one link's fetches waiting and refuses
+    the next at once: a gateway whose max_in_flight is larger (4,096) still sends no more,
+    so that a burst of misses across many tenants is never refused by the core."""
+    from kcm.core.link_server import LinkSettings
+    from kcm.link.protocol import MAX_LINK_FETCHES
+
+    assert LinkSettings().max_waiting_fetches == MAX_LINK_FETCHES
+    for max_in_flight, fetches in ((4096, MAX_LINK_FETCHES), (100, 100)):
+        link = LinkClient(None, clock=Clock(), max_in_flight=max_in_flight)  # type: ignore[arg-type]
+        assert link.max_fetches == fetches
+    assert LinkClient(None, clock=Clock(), max_in_flight=4096,  # type: ignore[arg-type]
+                      max_fetches=5000).max_fetches == MAX_LINK_FETCHES

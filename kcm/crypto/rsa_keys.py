@@ -11,9 +11,9 @@
   read is Cryptographic Failure.
 * :func:`check_registered_key` is Register's check of an RSA key, made once: a modulus of
   :data:`RSA_MIN_BITS` to :data:`RSA_MAX_BITS` bits (the sizes Create Key Pair makes), an
-  odd public exponent of at least 3, values that agree with each other, OpenSSL's full
-  validation of a private key (the primality of its factors), and a stated Cryptographic
-  Length equal to the modulus size.
+  odd public exponent of at least 3 and below 2^256, values that agree with each other,
+  OpenSSL's full validation of a private key (the primality of its factors), and a stated
+  Cryptographic Length equal to the modulus size.
 
 Reading a key costs what its numbers make it cost: OpenSSL's validation of a private key
 tests its factors for primality, a third of a second for 4096 bits and seconds beyond,
@@ -43,8 +43,9 @@ from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
 
 __all__ = [
-    "RSA_LENGTHS", "RSA_MAX_BITS", "RSA_MIN_BITS", "RsaKeyPair", "check_registered_key",
-    "generate_key_pair", "load_private", "load_public", "rsa_key_block_in_format",
+    "RSA_LENGTHS", "RSA_MAX_BITS", "RSA_MAX_EXPONENT_BITS", "RSA_MIN_BITS", "RsaKeyPair",
+    "check_registered_key", "generate_key_pair", "load_private", "load_public",
+    "rsa_key_block_in_format",
 ]
 
 #: RSA modulus sizes in bits the server generates.
@@ -53,6 +54,9 @@ RSA_LENGTHS = frozenset({1024, 2048, 3072, 4096})
 #: makes); no stored key larger than :data:`RSA_MAX_BITS` is used either.
 RSA_MIN_BITS = min(RSA_LENGTHS)
 RSA_MAX_BITS = max(RSA_LENGTHS)
+#: The longest public exponent of an RSA key registered or used, in bits (FIPS 186-5: e <
+#: 2^256; Create Key Pair makes 65537).
+RSA_MAX_EXPONENT_BITS = 256
 _PUBLIC_EXPONENT = 65537
 _RSA = CryptographicAlgorithm.RSA
 
@@ -291,9 +295,10 @@ _SMALL_PRIMES_PRODUCT = math.prod(
 
 
 def _check_public(n: int, e: int, *, registering: bool) -> None:
-    """A modulus of at most :data:`RSA_MAX_BITS` bits and an exponent below it (what a
-    public operation costs); ``registering``: also at least :data:`RSA_MIN_BITS` bits and
-    an odd exponent of at least 3 (Invalid Field; else Cryptographic Failure)."""
+    """A modulus of at most :data:`RSA_MAX_BITS` bits and an exponent of at most
+    :data:`RSA_MAX_EXPONENT_BITS` bits, below the modulus (what a public operation costs);
+    ``registering``: also at least :data:`RSA_MIN_BITS` bits and an odd exponent of at
+    least 3 (Invalid Field; else Cryptographic Failure)."""
     bits = n.bit_length()
     refused = ResultReason.INVALID_FIELD if registering else ResultReason.CRYPTOGRAPHIC_FAILURE
     if bits > RSA_MAX_BITS or (registering and bits < RSA_MIN_BITS):
@@ -301,6 +306,10 @@ def _check_public(n: int, e: int, *, registering: bool) -> None:
                                  f"used here, not {bits}")
     if registering and (e < 3 or e % 2 == 0):
         raise KmipError(refused, "the RSA public exponent must be odd and at least 3")
+    if e.bit_length() > RSA_MAX_EXPONENT_BITS:
+        # FIPS 186-5 §5.1 and SP 800-56B: e < 2^256. A larger one makes every public
+        # operation cost like a private one (a 3,071-bit e, 5 ms an Encrypt on the writer).
+        raise KmipError(refused, "the RSA public exponent must be below 2^256")
     if registering and math.gcd(n, _SMALL_PRIMES_PRODUCT) != 1:
         # NIST SP 800-89 §5.3.3's partial public-key validation: an RSA modulus is odd and
         # has no prime factor below 1,000.

@@ -222,6 +222,19 @@ def test_register_refuses_a_weak_rsa_key_and_a_length_that_lies(core: CoreHarnes
         Item(Tag.PUBLIC_EXPONENT, ItemType.BIG_INTEGER, 65536)])
     _refused(_register_key(core, even, public=True, fmt=_F.TRANSPARENT_RSA_PUBLIC_KEY,
                            mask=_M.VERIFY), ResultReason.INVALID_FIELD)
+    # A public exponent of 2^256 or more (every public operation would cost like a private
+    # one); just below is taken.
+    for e, refused in ((2**256 + 1, True), (2**256 - 1, False)):
+        big = Item(Tag.KEY_MATERIAL, ItemType.STRUCTURE, [
+            Item(Tag.MODULUS, ItemType.BIG_INTEGER, n),
+            Item(Tag.PUBLIC_EXPONENT, ItemType.BIG_INTEGER, e)])
+        answer = _register_key(core, big, public=True, fmt=_F.TRANSPARENT_RSA_PUBLIC_KEY,
+                               mask=_M.VERIFY)
+        if refused:
+            assert _refused(answer, ResultReason.INVALID_FIELD) == (
+                "the RSA public exponent must be below 2^256")
+        else:
+            assert answer.result_reason is None
     # RSA material said to be another algorithm's.
     _refused(_register_key(core, _pkcs1(rsa_2048), algorithm=CryptographicAlgorithm.EC),
              ResultReason.INVALID_FIELD)
@@ -325,7 +338,17 @@ def test_rsa_keys_stored_before_the_checks(core: CoreHarness, rsa_2048, monkeypa
     kept = _register_key(core, _pkcs1(rsa_2048)).response_payload.unique_identifier
     big = _register_key(core, _junk_rsa(16384), length=16384) \
         .response_payload.unique_identifier
+    n = rsa_2048.public_key().public_numbers().n
+    huge_e = _register_key(core, Item(Tag.KEY_MATERIAL, ItemType.STRUCTURE, [
+        Item(Tag.MODULUS, ItemType.BIG_INTEGER, n),
+        Item(Tag.PUBLIC_EXPONENT, ItemType.BIG_INTEGER, 2**1000 + 1)]), public=True,
+        fmt=_F.TRANSPARENT_RSA_PUBLIC_KEY, mask=_M.ENCRYPT).response_payload.unique_identifier
     monkeypatch.undo()
+    # A public exponent of 2^256 or more is refused at use (it made an Encrypt cost like a
+    # private-key operation, on the writer).
+    assert _refused(one(core, Operation.ENCRYPT, EncryptRequest(
+        unique_identifier=huge_e, data=b"m")), ResultReason.CRYPTOGRAPHIC_FAILURE) == (
+        "the RSA public exponent must be below 2^256")
     ok(core, Operation.SIGN, SignRequest(unique_identifier=kept, data=b"x"))
     began = time.monotonic()
     message = _refused(_sign(core, big), ResultReason.CRYPTOGRAPHIC_FAILURE)

@@ -47,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.harness import (  # noqa: E402
+    CPU_SOURCE,
     Check,
     Outcome,
     Server,
@@ -265,6 +266,7 @@ def measure(args: argparse.Namespace, work: Path, database: str) -> int:
         store = ("PostgreSQL 15 on this machine (fsync, synchronous_commit on)"
                  if args.postgresql else "SQLite (WAL, synchronous=FULL)")
         print(f"# kcm-core's store: {store}; PyKMIP's: SQLite")
+        print(f"# {CPU_SOURCE}")
         print(f"# fsync of 4 KiB on this file system: p50 {fsync_ms(work):.2f} ms appended, "
               f"{fsync_ms(work, rewrite=True):.2f} ms rewritten in place (what a commit pays "
               "once SQLite reuses its write-ahead log)")

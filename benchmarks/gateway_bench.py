@@ -60,6 +60,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.harness import (  # noqa: E402
+    CPU_SOURCE,
     WARMUP,
     Check,
     Outcome,
@@ -400,6 +401,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
               f"{args.requests} requests per sequential scenario in {args.rounds} rounds; "
               f"gateway workers = {args.workers}"
               + (" (--quick: figures mean little)" if args.quick else ""), flush=True)
+        print(f"# {CPU_SOURCE}")
 
         if args.scenarios == "forward":
             return forwarded(args, run, gateway, direct, relay, gateway_process)

@@ -40,7 +40,15 @@ START_TIMEOUT = 30.0
 WARMUP = 200
 #: Objects read back after a scenario to check what the server stored.
 VERIFY_SAMPLE = 50
-
+#: "other load" (:attr:`Outcome.foreign_cores`: cores busy with anything but the watched
+#: servers and the clients) above which a row was disturbed: a target judged from it is
+#: printed UNDECIDED (:func:`verdict`) rather than met or not met.
+OTHER_LOAD_LIMIT = 0.1
+#: What the latencies are, for the benchmarks' printed headers.
+LATENCY_METHOD = ("latencies are closed-loop service times: each connection has one request "
+                  "in flight and sends the next when the answer is in, and coordinated "
+                  "omission is not corrected (a stall delays the requests behind it rather "
+                  "than showing in their latencies)")
 
 
 def parse_args(parser: argparse.ArgumentParser, **defaults: tuple[Any, Any]
@@ -203,6 +211,16 @@ def payload_of(operation: Operation, wire_response: bytes) -> Any:
     if item.operation != operation:
         raise ValueError(f"answer for {item.operation!r}, not {operation!r}")
     return item.response_payload
+
+
+def verdict(met: bool, *rows: Outcome) -> str:
+    """"met" or "NOT met" for a target judged from ``rows``; "UNDECIDED" instead when the
+    other load of any of them was above :data:`OTHER_LOAD_LIMIT` (the machine was busy with
+    other work, so the figure says little either way)."""
+    busy = max((row.foreign_cores for row in rows), default=0.0)
+    if busy > OTHER_LOAD_LIMIT:
+        return f"UNDECIDED (machine busy: other load {busy:.2f})"
+    return "met" if met else "NOT met"
 
 
 def kmip_check(operation: Operation, expect: Callable[[bytes, Any], str | None]) -> Check:

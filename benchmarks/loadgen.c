@@ -4,9 +4,20 @@
  * Each of CONNECTIONS mutual-TLS connections (TLS 1.2 or later, the server's certificate
  * verified against CA) sends WARMUP copies of the request untimed, waits for the others,
  * then sends REQUESTS copies back to back, one at a time, reading each whole answer (framed
- * by its 8-byte TTLV header) and timing it. An answer is good when it is a TTLV structure
- * and (unless the request is echoed: --echo) carries Result Status Success, or (--echo) is
- * the request byte for byte.
+ * by its 8-byte TTLV header) and timing it. With --echo an answer is good when it is the
+ * request byte for byte. Otherwise the main thread first sends the request once on a
+ * connection of its own and checks that answer in full: a well-formed TTLV Response Message
+ * with as many Batch Items as the request, each with the request's Operation and Result
+ * Status Success (else it exits with status 2 before any load). That answer is the
+ * reference: every later answer must be the same TTLV tree, item by item (tags, types,
+ * lengths, and the values of every item but those that vary from answer to answer: Byte
+ * Strings and Date-Times (IV, ciphertext, tag, time stamps) and the header's Client and
+ * Server Correlation Values). So each answer's Operation and Result
+ * Status are checked at their places, its identifiers and counts too, for one compare of a
+ * few hundred bytes. (A request whose answers differ in a Text String or an Integer, a
+ * Create's new identifier, would fail: this is for repeated requests on one object.)
+ * Bad answers are counted, the first one's offset of difference told on standard error, and
+ * the exit status is then 3.
  *
  * By default each connection has a thread of its own, blocked in its reads. With
  * --event-threads T, T threads share the connections and wait for answers with epoll, as
@@ -23,7 +34,10 @@
  *
  * OUT_FILE receives, little-endian: u64 timed wall nanoseconds (first start to last end),
  * u64 CPU nanoseconds of this process during the timed part, u64 failures, u64 count, then
- * count u64 latencies in nanoseconds. The exit status is 0 when every connection worked.
+ * count u64 latencies in nanoseconds (failures: bad answers and requests a broken
+ * connection did not answer). The exit status is 0 when every connection worked and every
+ * answer was good, 1 when a connection broke, 3 when an answer was bad, 2 on a usage error
+ * or a bad reference answer.
  * Built and run by benchmarks/native_client.py.
  */
 #define _GNU_SOURCE
@@ -56,13 +70,29 @@ static SSL_CTX *ctx;
 static pthread_barrier_t barrier;
 static uint64_t started_ns, finished_ns, cpu_before_ns, cpu_after_ns;
 
-/* Result Status (0x42007F), Enumeration, length 4, value Success (0). */
-static const unsigned char success[] = {0x42, 0x00, 0x7F, 0x05, 0, 0, 0, 4, 0, 0, 0, 0};
+/* The first answer, checked in full (check_reference); every later one is compared to it. */
+static unsigned char *reference;
+static size_t reference_len;
+
+#define TTLV_STRUCTURE 0x01
+#define TTLV_ENUMERATION 0x05
+#define TTLV_BYTES 0x08
+#define TTLV_DATETIME 0x09
+#define TAG_BATCH_ITEM 0x42000F
+#define TAG_CLIENT_CORRELATION_VALUE 0x420105
+#define TAG_SERVER_CORRELATION_VALUE 0x420106
+#define TAG_OPERATION 0x42005C
+#define TAG_REQUEST_MESSAGE 0x420078
+#define TAG_RESPONSE_MESSAGE 0x42007B
+#define TAG_RESULT_STATUS 0x42007F
+#define MAX_ITEMS 4096
 
 struct worker {
     pthread_t thread;
     uint64_t *latencies;
     uint64_t failures;
+    uint64_t bad;      /* answers that were not good (within failures) */
+    long first_bad;    /* where the first bad one differed from the reference (-1: none) */
     int ok;
     /* --event-threads: the connection's state between wake-ups. */
     SSL *ssl;
@@ -85,6 +115,127 @@ static uint64_t now_ns(clockid_t clock) {
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+static uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static uint32_t tag_at(const unsigned char *m, size_t at) {
+    return ((uint32_t)m[at] << 16) | ((uint32_t)m[at + 1] << 8) | m[at + 2];
+}
+
+/* The bytes an item's value takes: a structure's length (its items are whole), any other
+ * value's padded to 8. */
+static size_t value_size(const unsigned char *m, size_t at) {
+    uint32_t length = be32(m + at + 4);
+    return m[at + 3] == TTLV_STRUCTURE ? length : ((size_t)length + 7) / 8 * 8;
+}
+
+/* Whether [start, end) of m is a sequence of whole TTLV items, structures recursively. */
+static int well_formed(const unsigned char *m, size_t start, size_t end, int depth) {
+    if (depth > 64)
+        return 0;
+    for (size_t at = start; at < end;) {
+        if (end - at < 8)
+            return 0;
+        size_t size = value_size(m, at);
+        if (size > end - at - 8 || (m[at + 3] == TTLV_STRUCTURE && size % 8) ||
+            (m[at + 3] == TTLV_STRUCTURE && !well_formed(m, at + 8, at + 8 + size, depth + 1)))
+            return 0;
+        at += 8 + size;
+    }
+    return 1;
+}
+
+/* The offsets of the items tagged tag directly inside the structure at `at` of a
+ * well-formed m: up to max of them into found; how many there are. */
+static int children(const unsigned char *m, size_t at, uint32_t tag, size_t *found, int max) {
+    int count = 0;
+    for (size_t child = at + 8, end = at + 8 + value_size(m, at); child < end;
+         child += 8 + value_size(m, child))
+        if (tag_at(m, child) == tag) {
+            if (count < max)
+                found[count] = child;
+            count++;
+        }
+    return count;
+}
+
+/* The value of the one enumeration tagged tag directly inside the structure at `at`, or -1. */
+static long enumeration(const unsigned char *m, size_t at, uint32_t tag) {
+    size_t found;
+    if (children(m, at, tag, &found, 1) != 1 || m[found + 3] != TTLV_ENUMERATION ||
+        be32(m + found + 4) != 4)
+        return -1;
+    return (long)be32(m + found + 8);
+}
+
+/* Why the answer m (len bytes) to the request is not a good reference answer; NULL if it is. */
+static const char *check_reference(const unsigned char *m, size_t len) {
+    static size_t asked[MAX_ITEMS], answered[MAX_ITEMS];
+    if (len < 8 || tag_at(m, 0) != TAG_RESPONSE_MESSAGE || m[3] != TTLV_STRUCTURE ||
+        (size_t)be32(m + 4) + 8 != len || !well_formed(m, 0, len, 0))
+        return "not a well-formed TTLV Response Message";
+    if (request_len < 8 || tag_at(request, 0) != TAG_REQUEST_MESSAGE ||
+        !well_formed(request, 0, request_len, 0))
+        return "the request is not a well-formed TTLV Request Message";
+    int items = children(request, 0, TAG_BATCH_ITEM, asked, MAX_ITEMS);
+    if (items < 1 || items > MAX_ITEMS)
+        return "the request has no Batch Item (or too many)";
+    if (children(m, 0, TAG_BATCH_ITEM, answered, MAX_ITEMS) != items)
+        return "not as many Batch Items as the request";
+    for (int i = 0; i < items; i++) {
+        long operation = enumeration(request, asked[i], TAG_OPERATION);
+        if (operation < 0 || enumeration(m, answered[i], TAG_OPERATION) != operation)
+            return "a Batch Item's Operation is not the request's";
+        if (enumeration(m, answered[i], TAG_RESULT_STATUS) != 0)
+            return "a Batch Item's Result Status is not Success";
+    }
+    return NULL;
+}
+
+/* Whether an item's value may differ from answer to answer (the tag and type at m + at). */
+static int varies(const unsigned char *m, size_t at) {
+    uint32_t tag = tag_at(m, at);
+    return m[at + 3] == TTLV_BYTES || m[at + 3] == TTLV_DATETIME ||
+           tag == TAG_CLIENT_CORRELATION_VALUE || tag == TAG_SERVER_CORRELATION_VALUE;
+}
+
+/* Where, in [start, end), the answer a differs from the reference r: the offset of the first
+ * item whose tag, type or length differ, or (unless it varies) whose value does; -1 when none
+ * does. r is well-formed, so its lengths bound the walk. */
+static long differs(const unsigned char *a, const unsigned char *r, size_t start, size_t end) {
+    for (size_t at = start; at < end;) {
+        if (memcmp(a + at, r + at, 8) != 0)
+            return (long)at;
+        size_t size = value_size(r, at);
+        unsigned type = r[at + 3];
+        if (type == TTLV_STRUCTURE) {
+            long d = differs(a, r, at + 8, at + 8 + size);
+            if (d >= 0)
+                return d;
+        } else if (!varies(r, at) && memcmp(a + at + 8, r + at + 8, size) != 0) {
+            return (long)at;
+        }
+        at += 8 + size;
+    }
+    return -1;
+}
+
+/* 0 when the whole answer (total bytes) is good, else 1 and *where the offset it differs at. */
+static int judge_answer(const unsigned char *answer, size_t total, long *where) {
+    if (echo) {
+        *where = 0;
+        return total == request_len && memcmp(answer, request, total) == 0 ? 0 : 1;
+    }
+    *where = total == reference_len ? differs(answer, reference, 0, total) : 0;
+    return *where < 0 ? 0 : 1;
+}
+
+static void count_bad(struct worker *w, long where) {
+    if (w->bad++ == 0)
+        w->first_bad = where;
+}
+
 static int read_exactly(SSL *ssl, unsigned char *into, size_t count) {
     size_t got = 0;
     while (got < count) {
@@ -96,7 +247,7 @@ static int read_exactly(SSL *ssl, unsigned char *into, size_t count) {
     return 0;
 }
 
-/* One round trip; 0: a good answer, 1: a bad one, -1: the connection failed. */
+/* One round trip: the answer's size, or -1 when the connection failed. */
 static int exchange(SSL *ssl, unsigned char *answer) {
     if (SSL_write(ssl, request, (int)request_len) != (int)request_len)
         return -1;
@@ -108,10 +259,19 @@ static int exchange(SSL *ssl, unsigned char *answer) {
         return -1;
     if (read_exactly(ssl, answer + 8, length) < 0)
         return -1;
-    size_t total = length + 8;
-    if (echo)
-        return total == request_len && memcmp(answer, request, total) == 0 ? 0 : 1;
-    return memmem(answer, total, success, sizeof success) ? 0 : 1;
+    return (int)(length + 8);
+}
+
+/* One round trip; 0: a good answer, 1: a bad one (counted in w), -1: the connection failed. */
+static int exchange_checked(struct worker *w, SSL *ssl, unsigned char *answer) {
+    int total = exchange(ssl, answer);
+    if (total < 0)
+        return -1;
+    long where;
+    if (judge_answer(answer, (size_t)total, &where) == 0)
+        return 0;
+    count_bad(w, where);
+    return 1;
 }
 
 static SSL *connect_tls(void) {
@@ -141,13 +301,13 @@ static void *run(void *arg) {
     SSL *ssl = connect_tls();
     int broken = ssl == NULL || answer == NULL;
     for (int i = 0; i < warmup && !broken; i++)
-        broken = exchange(ssl, answer) < 0;
+        broken = exchange_checked(w, ssl, answer) < 0;
     pthread_barrier_wait(&barrier); /* all warmed up */
     pthread_barrier_wait(&barrier); /* go */
     if (!broken) {
         for (int i = 0; i < requests; i++) {
             uint64_t sent = now_ns(CLOCK_MONOTONIC);
-            int outcome = exchange(ssl, answer);
+            int outcome = exchange_checked(w, ssl, answer);
             w->latencies[i] = now_ns(CLOCK_MONOTONIC) - sent;
             if (outcome < 0) {
                 w->failures += (uint64_t)(requests - i);
@@ -190,11 +350,13 @@ static int send_nonblocking(struct worker *w) {
     }
 }
 
-/* The answer in w->answer is whole: 0 good, 1 bad. */
+/* The answer in w->answer is whole: 0 good, 1 bad (counted). */
 static int judge(struct worker *w) {
-    if (echo)
-        return w->need == request_len && memcmp(w->answer, request, w->need) == 0 ? 0 : 1;
-    return memmem(w->answer, w->need, success, sizeof success) ? 0 : 1;
+    long where;
+    if (judge_answer(w->answer, w->need, &where) == 0)
+        return 0;
+    count_bad(w, where);
+    return 1;
 }
 
 static void give_up(struct worker *w, int count, int record) {
@@ -369,6 +531,22 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    if (!echo) { /* the reference answer, untimed, on a connection of its own */
+        reference = malloc(MAX_ANSWER);
+        SSL *ssl = connect_tls();
+        int total = ssl != NULL && reference != NULL ? exchange(ssl, reference) : -1;
+        const char *why = total < 0 ? "no answer" : check_reference(reference, (size_t)total);
+        if (why != NULL) {
+            fprintf(stderr, "loadgen: the first answer is not good: %s\n", why);
+            return 2;
+        }
+        reference_len = (size_t)total;
+        int fd = SSL_get_fd(ssl);
+        SSL_shutdown(ssl);
+        SSL_free(ssl);
+        close(fd);
+    }
+
     struct worker *workers = calloc((size_t)connections, sizeof *workers);
     for (int c = 0; c < connections; c++)
         workers[c].latencies = calloc((size_t)requests, sizeof(uint64_t));
@@ -405,7 +583,8 @@ int main(int argc, char **argv) {
         return 2;
     pthread_barrier_wait(&barrier); /* close */
     int all_ok = 1;
-    uint64_t failures = 0;
+    uint64_t failures = 0, bad = 0;
+    long first_bad = -1;
     for (int t = 0; t < event_threads; t++)
         pthread_join(threads[t].thread, NULL);
     for (int c = 0; c < connections; c++) {
@@ -413,18 +592,25 @@ int main(int argc, char **argv) {
             pthread_join(workers[c].thread, NULL);
         all_ok &= workers[c].ok;
         failures += workers[c].failures;
+        if (workers[c].bad && bad == 0)
+            first_bad = workers[c].first_bad;
+        bad += workers[c].bad;
     }
+    if (bad)
+        fprintf(stderr, "loadgen: FAILED: %llu bad answers (warm-up included); the first differs "
+                        "from the %s at byte %ld\n", (unsigned long long)bad,
+                echo ? "request" : "reference answer", first_bad);
 
     FILE *out = fopen(argv[10], "wb");
     if (out == NULL)
         return 2;
     uint64_t count = (uint64_t)connections * (uint64_t)requests;
-    int bad = write_u64(out, finished_ns - started_ns) |
+    int write_failed = write_u64(out, finished_ns - started_ns) |
               write_u64(out, cpu_after_ns - cpu_before_ns) | write_u64(out, failures) |
               write_u64(out, count);
     for (int c = 0; c < connections; c++)
-        bad |= fwrite(workers[c].latencies, sizeof(uint64_t), (size_t)requests, out) !=
+        write_failed |= fwrite(workers[c].latencies, sizeof(uint64_t), (size_t)requests, out) !=
                (size_t)requests;
-    bad |= fclose(out);
-    return bad ? 2 : all_ok ? 0 : 1;
+    write_failed |= fclose(out);
+    return write_failed ? 2 : !all_ok ? 1 : bad ? 3 : 0;
 }

@@ -5,9 +5,14 @@ module, the socket calls, the interpreter), so when 8 of them share two cores wi
 under test they take a large part of the machine and cap what a server with more processes
 can show. :func:`native_load` drives the same mutual-TLS round trips from threads of one C
 process (OpenSSL; a blocked thread per connection, or with ``event_threads`` a few
-threads sharing the connections through epoll), checks every answer (TTLV framing and Result Status
-Success, or for an echo the request byte for byte) and returns the same
-:class:`benchmarks.harness.Outcome` as :func:`benchmarks.harness.load`.
+threads sharing the connections through epoll), checks every answer and returns the same
+:class:`benchmarks.harness.Outcome` as :func:`benchmarks.harness.load`. An echo's answer must
+be the request byte for byte; any other is compared with a reference answer the program
+checked in full first (a Response Message with the request's Operation and Result Status
+Success in each Batch Item): the same TTLV tree, tags, types and lengths, every value the
+same but those that vary from answer to answer: Byte Strings and Date-Times (IV, ciphertext,
+tag, time stamps), and the correlation values (``loadgen.c``). A
+bad answer is a failure of the outcome, and the program says how many on standard error.
 
 The program is built on first use with the machine's C compiler into ``.bench-build/`` at
 the repository root (it needs OpenSSL's headers: Debian's ``libssl-dev``), and rebuilt when
@@ -99,7 +104,13 @@ def native_load(name: str, server: Server, wire: bytes, *, connections: int,
         if latency:
             histogram.record_value(max(1_000, latency))
     problems = ["a bad answer or a broken connection"] * failures
-    if status not in (0, 1):
+    if status == 3:  # bad answers: the program's FAILED line on standard error says more
+        bad = "bad answers (see loadgen's FAILED line on standard error)"
+        if problems:
+            problems[0] = bad
+        else:  # in the warm-up only
+            problems.append(bad)
+    elif status not in (0, 1):
         problems.append(f"the load generator exited with status {status}")
     seconds = wall_ns / 1e9
     server_cpu = {s.name: after[1][s.name] - before[1][s.name] for s in watched}

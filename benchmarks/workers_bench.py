@@ -151,6 +151,8 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         print("# gateway CPU over the whole run, workers = 2 by process: " + ", ".join(
             f"worker {index} {Server('', 0, core.pki, pid).cpu_seconds():.1f} s"
             for index, pid in sorted(gateways[2].worker_pids().items())))
+        print(f"{failed} failed requests" + (" — FAILED: bad answers or broken connections, "
+                                               "the figures above do not count" if failed else ""))
         return 1 if failed else 0
     finally:
         stop_process(echo_process, timeout=10)

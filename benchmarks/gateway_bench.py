@@ -25,7 +25,10 @@ Measured, client side, over persistent mutual-TLS connections (KMIP 1.4 requests
    p99 rests on 40 requests).
 
 Every answer is decoded and checked (Result Status Success, the operation, the identifier; the
-echo must return the request byte for byte; Decrypt must return the record). Latencies go to
+echo must return the request byte for byte; Decrypt must return the record). Across answers,
+untimed afterwards: the IVs of a sample of the timed Encrypts' answers (100 per client and
+round, and every item of 5 batches) must all differ, and 50 of them (and one item of each
+batch) must decrypt back to their record with a Decrypt through the gateway. Latencies go to
 HDR histograms (ns, 3 significant digits); the load, the checks and the histograms are
 ``benchmarks/harness.py``'s.
 
@@ -81,6 +84,7 @@ from benchmarks.harness import (  # noqa: E402
     verify_states,
     work_directory,
 )
+from kcm.conformance.client import KmipClientError  # noqa: E402
 from kcm.kmip.enums import ObjectType, Operation, ResultStatus, State  # noqa: E402
 from kcm.kmip.payloads.crypto import DecryptRequest  # noqa: E402
 from kcm.kmip.tags import Tag  # noqa: E402
@@ -118,6 +122,10 @@ BATCH_TARGET = 30_000
 FORWARD_OVERHEAD_TARGET_MS = 0.2
 #: Issue 9: what forwarding may add at p99 over the core directly.
 FORWARD_P99_TARGET_MS = 0.5
+#: Good answers each client keeps from each timed Encrypt run, for the checks across
+#: answers (distinct IVs), made afterwards; and how many of them are decrypted back.
+SAMPLED_ANSWERS = 100
+DECRYPT_SAMPLE = 50
 #: Blocks each forwarded path is measured in (alternating; see forwarded_scenarios).
 FORWARD_ROUNDS = 4
 DURABLE_P99_TARGET_MS = 20.0
@@ -351,9 +359,10 @@ def measure(args: argparse.Namespace, work: Path) -> int:
 
         def run(name: str, servers: list[Server], plans: list[list[tuple[int, bytes]]],
                 check: list[Check], warmup: list[bytes | None],
-                keep_identifiers: bool = False) -> Outcome:
+                keep_identifiers: bool = False, keep_answers: int = 0) -> Outcome:
             return load(name, servers, plans, check, watched, warmup,
-                        warmup_requests=warmup_requests, keep_identifiers=keep_identifiers)
+                        warmup_requests=warmup_requests, keep_identifiers=keep_identifiers,
+                        keep_answers=keep_answers)
 
         # What kcm-core burns while nobody asks it anything (its background timers), so the
         # L4 rows can show that the core does no work for them.
@@ -428,6 +437,10 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         if args.scenarios == "forward":
             return forwarded(args, run, gateway, direct, relay, gateway_process)
         per_round = max(1, args.requests // args.rounds)
+
+        def kept(name: str) -> int:
+            return SAMPLED_ANSWERS if name == "L4 Encrypt" else 0
+
         rounds: dict[str, list[Outcome]] = {name: [] for name in sequential}
         concurrent: dict[str, list[Outcome]] = {"echo": [], "echo, eager TLS": [],
                                                 "L4 Encrypt": []}
@@ -435,12 +448,12 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         for round_number in range(args.rounds):
             for name, (server, wire, check) in sequential.items():
                 rounds[name].append(run(name, [server], [[(0, wire)] * per_round], [check],
-                                        [wire]))
+                                        [wire], keep_answers=kept(name)))
             for name in concurrent:
                 server, wire, check = sequential[name]
                 concurrent[name].append(run(name, [server],
                                             [[(0, wire)] * share] * args.concurrent_clients,
-                                            [check], [wire]))
+                                            [check], [wire], keep_answers=kept(name)))
             print(f"  round {round_number + 1}/{args.rounds}: " + ", ".join(
                 f"{name} p50 {rounds[name][-1].ms(50):.3f} ms" for name in sequential), flush=True)
         for name in sequential:
@@ -448,11 +461,20 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         batches = max(10, per_round // 10)
         outcomes["L4 Encrypt batch"] = run(
             "L4 Encrypt batch", [gateway], [[(0, batch_wire)] * batches], [batch_encrypted],
-            [batch_wire])
+            [batch_wire], keep_answers=5)
         for name in concurrent:
             outcomes[f"{name} x{args.concurrent_clients}"] = merge(concurrent[name])
 
+        # Across answers, untimed: the IVs of a sample of the timed Encrypts' answers (every
+        # client, every round, and the batches' items) are all distinct, and a sample of them
+        # decrypts back to the record through the gateway.
+        sealed_sample = [answer for name in ("L4 Encrypt", f"L4 Encrypt x{args.concurrent_clients}")
+                         for answer in outcomes[name].answers]
+        crypto_problems = check_encryptions(gateway, token, record, sealed_sample,
+                                            outcomes["L4 Encrypt batch"].answers, batch_record)
+
         forward_outcomes, problems = forwarded_scenarios(args, run, gateway, direct, relay)
+        problems = crypto_problems + problems
         outcomes.update(forward_outcomes)
         report(outcomes, args, problems, gateway_process, core_idle)
         if args.workers != 1:  # how evenly the workers shared the work
@@ -470,6 +492,43 @@ def measure(args: argparse.Namespace, work: Path) -> int:
             gateway_process.stop()
         if core is not None:
             core.stop()
+
+
+def check_encryptions(gateway: Server, token: str, record: bytes, answers: list[bytes],
+                      batch_answers: list[bytes], batch_record: bytes) -> list[str]:
+    """Checks across Encrypt answers kept from the timed runs, made untimed: every IV is
+    distinct (single answers and every item of the batches together), and a sample of the
+    single answers (and one item of each batch) decrypts back to its record with a Decrypt
+    through the gateway. What is wrong; it prints what it checked."""
+    sealed = [(payload_of(Operation.ENCRYPT, answer), record) for answer in answers]
+    for answer in batch_answers:
+        sealed.extend((item.response_payload, batch_record)
+                      for item in response(answer).batch_items)
+    ivs = [payload.iv_counter_nonce for payload, _ in sealed]
+    problems = []
+    if len(set(ivs)) != len(ivs):
+        problems.append(f"Encrypt: {len(ivs) - len(set(ivs))} repeated IVs among {len(ivs)} "
+                        f"answers of the timed runs")
+    sample = sealed[::max(1, len(answers) // DECRYPT_SAMPLE)][:DECRYPT_SAMPLE]
+    sample += sealed[len(answers)::BATCH_ITEMS]  # one item of each batch
+    with gateway.client() as client:
+        for payload, plain in sample:
+            wire = request(item(Operation.DECRYPT, DecryptRequest(
+                unique_identifier=token, data=payload.data,
+                iv_counter_nonce=payload.iv_counter_nonce,
+                authenticated_encryption_tag=payload.authenticated_encryption_tag)))
+            try:
+                opened = payload_of(Operation.DECRYPT, client.send(wire)).data
+            except (ValueError, KmipClientError) as e:
+                problems.append(f"Encrypt: a sealed record does not decrypt: {e}")
+                continue
+            if opened != plain:
+                problems.append("Encrypt: a sealed record decrypts to something else")
+    print(f"  Encrypt answers of the timed runs (untimed check): {len(ivs)} IVs, "
+          f"{len(set(ivs))} distinct; {len(sample)} decrypted back through the gateway, "
+          f"{len(sample) - sum(p.startswith('Encrypt: a sealed') for p in problems)} "
+          f"to their record", flush=True)
+    return problems
 
 
 def forwarded_scenarios(args: argparse.Namespace, run: Callable[..., Outcome], gateway: Server,

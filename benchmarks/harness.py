@@ -278,6 +278,8 @@ class ClientRun:
     failures: list[str] = field(default_factory=list)
     cpu_seconds: float = 0.0
     identifiers: list[str] = field(default_factory=list)
+    #: With ``keep_answers``: that many answers that passed their check, spread over the run.
+    answers: list[bytes] = field(default_factory=list)
     #: Machine-wide busy CPU and each watched server's CPU, read when the timed part began
     #: and when it ended (all clients together: see :func:`drive`).
     before: tuple[float, dict[str, float]] | None = None
@@ -291,7 +293,7 @@ def cpu_snapshot(watched: Sequence[Server]) -> tuple[float, dict[str, float]]:
 def drive(servers: Sequence[Server], plan: list[tuple[int, bytes]], check: Sequence[Check],
           start: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue,
           warmup: Sequence[bytes | None], warmup_requests: int, watched: Sequence[Server],
-          keep_identifiers: bool) -> None:
+          keep_identifiers: bool, keep_answers: int = 0) -> None:
     """One client process: one persistent connection per server; untimed warm-up; then
     ``plan`` (server index, request) back to back, timing each; then, untimed, every answer
     checked with ``check[server index]``. All clients start the timed part together and wait
@@ -333,6 +335,11 @@ def drive(servers: Sequence[Server], plan: list[tuple[int, bytes]], check: Seque
             identifier = getattr(response(wire_response).batch_items[0].response_payload,
                                  "unique_identifier", None)
             run.identifiers.append(identifier or "")
+    if keep_answers and answers:
+        step = max(1, len(answers) // keep_answers)
+        run.answers = [answer for (index, wire), answer
+                       in list(zip(plan, answers, strict=False))[::step][:keep_answers]
+                       if not check[index](wire, answer)]
     results.put(run)
 
 
@@ -357,6 +364,8 @@ class Outcome:
     foreign_cores: float
     #: With ``keep_identifiers``: the Unique Identifier of every answer that passed its check.
     identifiers: list[str]
+    #: With ``keep_answers``: a sample of the answers that passed their check (untimed).
+    answers: list[bytes] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -374,16 +383,19 @@ class Outcome:
 def load(name: str, servers: Sequence[Server], plans: list[list[tuple[int, bytes]]],
          check: Sequence[Check], watched: Sequence[Server],
          warmup: Sequence[bytes | None] | None = None, *, warmup_requests: int = WARMUP,
-         keep_identifiers: bool = False) -> Outcome:
+         keep_identifiers: bool = False, keep_answers: int = 0) -> Outcome:
     """Run one client process per plan, all together; gather the figures. ``warmup`` is a
     repeatable request per server (or None) each client sends ``warmup_requests`` times,
-    untimed, first; ``keep_identifiers`` keeps the Unique Identifier of every good answer."""
+    untimed, first; ``keep_identifiers`` keeps the Unique Identifier of every good answer,
+    ``keep_answers`` up to that many good answers per client, spread over its plan, for
+    checks across answers made afterwards (both untimed)."""
     warmup = list(warmup) if warmup is not None else [None] * len(servers)
     context = multiprocessing.get_context("fork")
     start = context.Barrier(len(plans), timeout=START_TIMEOUT)
     results = context.Queue()
     workers = [context.Process(target=drive, args=(servers, plan, check, start, results, warmup,
-                                                   warmup_requests, watched, keep_identifiers))
+                                                   warmup_requests, watched, keep_identifiers,
+                                                   keep_answers))
                for plan in plans]
     for worker in workers:
         worker.start()
@@ -417,7 +429,8 @@ def load(name: str, servers: Sequence[Server], plans: list[list[tuple[int, bytes
                    [failure for run in runs for failure in run.failures],
                    seconds, histograms, client_cpu, server_cpu,
                    max(0.0, foreign) / seconds if seconds else 0.0,
-                   [uid for run in runs for uid in run.identifiers])
+                   [uid for run in runs for uid in run.identifiers],
+                   [answer for run in runs for answer in run.answers])
 
 
 def split(server_index: int, requests: list[bytes], clients: int) -> list[list[tuple[int, bytes]]]:
@@ -441,4 +454,5 @@ def merge(outcomes: list[Outcome]) -> Outcome:
                    [f for o in outcomes for f in o.failures], seconds, histograms,
                    sum(o.client_cpu_seconds for o in outcomes), server_cpu,
                    sum(o.foreign_cores * o.seconds for o in outcomes) / seconds if seconds
-                   else 0.0, [uid for o in outcomes for uid in o.identifiers])
+                   else 0.0, [uid for o in outcomes for uid in o.identifiers],
+                   [answer for o in outcomes for answer in o.answers])

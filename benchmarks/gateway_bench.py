@@ -38,7 +38,9 @@ HDR histograms (ns, 3 significant digits); the load, the checks and the histogra
 
 ``--workers N`` runs the gateway with ``workers = N`` (a supervisor and N worker processes
 sharing its port; 0: one per CPU); its CPU figures are then the sum over the supervisor and
-its workers.
+its workers, and the batch scenario has one client connection per worker (their real count),
+its records/s divided by that count judged against the per-worker target, with each
+worker's share of the CPU printed beside it.
 
 ``--busy-poll-us N`` sets the gateway's ``busy_poll_us`` (``kcm.busy_poll``: it polls that long
 for events after each turn that had some before it sleeps); the echo servers and the relay
@@ -459,9 +461,16 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         for name in sequential:
             outcomes[name] = merge(rounds[name])
         batches = max(10, per_round // 10)
+        # The batch target is per worker: one client connection per worker process (the
+        # real count: workers = 0 is one per CPU), dealt to the workers by the supervisor;
+        # what each worker's CPU did meanwhile shows how evenly.
+        workers = sorted(gateway_process.worker_pids().items()) if args.workers != 1 else []
+        worker_cpu = [Server("", 0, core.pki, pid).cpu_seconds() for _, pid in workers]
         outcomes["L4 Encrypt batch"] = run(
-            "L4 Encrypt batch", [gateway], [[(0, batch_wire)] * batches], [batch_encrypted],
-            [batch_wire], keep_answers=5)
+            "L4 Encrypt batch", [gateway], [[(0, batch_wire)] * batches] * max(1, len(workers)),
+            [batch_encrypted], [batch_wire], keep_answers=5)
+        batch_spread = [(index, Server("", 0, core.pki, pid).cpu_seconds() - before)
+                        for (index, pid), before in zip(workers, worker_cpu, strict=True)]
         for name in concurrent:
             outcomes[f"{name} x{args.concurrent_clients}"] = merge(concurrent[name])
 
@@ -476,7 +485,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         forward_outcomes, problems = forwarded_scenarios(args, run, gateway, direct, relay)
         problems = crypto_problems + problems
         outcomes.update(forward_outcomes)
-        report(outcomes, args, problems, gateway_process, core_idle)
+        report(outcomes, args, problems, gateway_process, core_idle, batch_spread)
         if args.workers != 1:  # how evenly the workers shared the work
             print("# gateway CPU over the whole run, by process: " + ", ".join(
                 f"worker {index} {Server('', 0, core.pki, pid).cpu_seconds():.1f} s"
@@ -603,7 +612,8 @@ def forwarded(args: argparse.Namespace, run: Callable[..., Outcome], gateway: Se
 
 
 def report(outcomes: dict[str, Outcome], args: argparse.Namespace, problems: list[str],
-           gateway_process: GatewayProcess, core_idle: float) -> None:
+           gateway_process: GatewayProcess, core_idle: float,
+           batch_spread: list[tuple[int, float]]) -> None:
     """The tables: L4 against the echo; concurrent throughput; forwarded vs direct."""
     print()
     print(f"{'scenario':<20}{'ok/sent':>13}{'ops/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
@@ -654,9 +664,21 @@ def report(outcomes: dict[str, Outcome], args: argparse.Namespace, problems: lis
     floor_targets(outcomes, args, "echo, eager TLS", "echo-eager", indent="    ")
     batch = outcomes["L4 Encrypt batch"]
     records = batch.throughput * BATCH_ITEMS
+    workers = max(1, len(batch_spread))  # the real number of workers, each with a client
+    if batch_spread:
+        total = sum(cpu for _, cpu in batch_spread) or 1.0
+        spread = (f"{batch.clients} client connections, one per worker, dealt by the "
+                  f"supervisor; the workers' CPU meanwhile (warm-up included): " + ", ".join(
+                      f"worker {index} {100 * cpu / total:.0f}%" for index, cpu in batch_spread))
+        if max(cpu for _, cpu in batch_spread) / total > 1.5 / workers:
+            spread += (" (uneven: the figure per worker is the total over all the workers, "
+                       "so it understates what the busiest one did alone)")
+    else:
+        spread = "one client connection to the one gateway process"
     print(f"  a batch of {BATCH_ITEMS} L4 Encrypts of 64-byte records per request: "
-          f"{records:,.0f} records/s (≥ {BATCH_TARGET:,} per worker: "
-          f"{verdict(records >= BATCH_TARGET * max(1, args.workers), batch)}); p50 "
+          f"{records:,.0f} records/s, {records / workers:,.0f} per worker over {workers} "
+          f"worker(s) (≥ {BATCH_TARGET:,} per worker: "
+          f"{verdict(records / workers >= BATCH_TARGET, batch)}); {spread}; p50 "
           f"{batch.ms(50):.3f} ms per request, gateway CPU "
           f"{1e6 * batch.server_cpu_seconds['gateway'] / max(1, batch.ok * BATCH_ITEMS):.1f} "
           f"µs per record")
@@ -682,9 +704,11 @@ def floor_targets(outcomes: dict[str, Outcome], args: argparse.Namespace, floor:
     clients = args.concurrent_clients
     gateway, floor_n = outcomes[f"L4 Encrypt x{clients}"], outcomes[f"{floor} x{clients}"]
     ratio = gateway.throughput / floor_n.throughput
-    target = THROUGHPUT_TARGET[min(clients, 4)]
-    print(f"{indent}throughput, Encrypt / {label}, {clients} clients: {ratio:.2f} "
-          f"(≥ {target:.2f}: {verdict(ratio >= target, gateway, floor_n)})")
+    target = THROUGHPUT_TARGET.get(clients)
+    judged = (f"≥ {target:.2f}: {verdict(ratio >= target, gateway, floor_n)}" if target else
+              f"not judged: issue 9 sets targets for {' and '.join(map(str, THROUGHPUT_TARGET))}"
+              f" clients only")
+    print(f"{indent}throughput, Encrypt / {label}, {clients} clients: {ratio:.2f} ({judged})")
     for name in ["L4 Encrypt", "L4 Decrypt", "L4 Get", "L4 Create"]:
         o = outcomes[name]
         ratio = o.server_cpu_seconds["gateway"] / max(1, o.ok) / echo_cpu

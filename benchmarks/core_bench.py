@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.harness import (  # noqa: E402
     CPU_SOURCE,
+    LATENCY_METHOD,
     OTHER_LOAD_LIMIT,
     Check,
     Outcome,
@@ -293,6 +294,7 @@ def measure(args: argparse.Namespace, work: Path, database: str,
         store = ("PostgreSQL 15 on this machine (fsync, synchronous_commit on)"
                  if args.postgresql else "SQLite (WAL, synchronous=FULL)")
         print(f"# kcm-core's store: {store}; PyKMIP's: SQLite")
+        print(f"# {LATENCY_METHOD}")
         print(f"# {CPU_SOURCE}"
               + ("; PostgreSQL's (its server and backends) is counted apart, not as other load"
                  if postmaster else ""))

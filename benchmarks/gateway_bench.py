@@ -70,6 +70,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.harness import (  # noqa: E402
     CPU_SOURCE,
+    LATENCY_METHOD,
     OTHER_LOAD_LIMIT,
     WARMUP,
     Check,
@@ -434,6 +435,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
               f"{args.requests} requests per sequential scenario in {args.rounds} rounds; "
               f"gateway workers = {args.workers}"
               + (" (--quick: figures mean little)" if args.quick else ""), flush=True)
+        print(f"# {LATENCY_METHOD}")
         print(f"# {CPU_SOURCE}")
 
         if args.scenarios == "forward":

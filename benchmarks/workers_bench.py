@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.gateway_bench import CREATE_L4, echo_check, start_echo  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     CPU_SOURCE,
+    LATENCY_METHOD,
     OTHER_LOAD_LIMIT,
     Outcome,
     Server,
@@ -119,6 +120,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         print(f"# L4 Encrypt of a 256-byte record ({len(wire)} bytes), {args.requests} "
               f"requests per client per round, {args.rounds} rounds"
               + (" (--quick: figures mean little)" if args.quick else ""), flush=True)
+        print(f"# {LATENCY_METHOD}")
         print(f"# {CPU_SOURCE}")
 
         targets = [*servers.values(), echo]

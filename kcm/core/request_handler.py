@@ -80,6 +80,7 @@ from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.operations.asymmetric_ops import checked_key_pair_request, prepare_sign
 from kcm.core.operations.crypto_ops import prepare_decrypt
 from kcm.core.operations.derive import prepare_pbkdf2
+from kcm.core.operations.register import prepare_register
 from kcm.core.queue_expiry import LATE_GRACE_S, RequestExpired
 from kcm.core.refusal_records import RefusalRecords
 from kcm.core.server_info import ServerInfo
@@ -113,7 +114,7 @@ from kcm.kernel.responses import (
     withheld,
 )
 from kcm.kernel.versions import answer_version, is_supported, version_of
-from kcm.kmip.enums import DerivationMethod, Operation, ResultReason, ResultStatus
+from kcm.kmip.enums import DerivationMethod, ObjectType, Operation, ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
 from kcm.kmip.messages import (
@@ -128,7 +129,13 @@ from kcm.kmip.messages import (
     decode_request_items,
     too_many_batch_items,
 )
-from kcm.kmip.payloads import CreateKeyPairRequest, DecryptRequest, DeriveKeyRequest, SignRequest
+from kcm.kmip.payloads import (
+    CreateKeyPairRequest,
+    DecryptRequest,
+    DeriveKeyRequest,
+    RegisterRequest,
+    SignRequest,
+)
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo, Refusal
 from kcm.logging import printable
@@ -684,7 +691,9 @@ class CoreRequestHandler:
         private = [item for item in decoded.batch_items
                    if item.operation in _PRIVATE_KEY_OPERATIONS
                    and isinstance(item.request_payload, _PRIVATE_KEY_OPERATIONS[
-                       item.operation][0]) and not item.critical_extension]
+                       item.operation][0]) and not item.critical_extension
+                   and (item.operation != Operation.REGISTER
+                        or item.request_payload.object_type == ObjectType.PRIVATE_KEY)]
         if lengths is None and not derivations and not private:
             return decoded, None
         key_pairs = KeyPairs()
@@ -1133,6 +1142,7 @@ def _dropping(result: object, key_pairs: KeyPairs) -> object:
 _PRIVATE_KEY_OPERATIONS: dict[int, tuple[type, Callable[..., None]]] = {
     Operation.SIGN: (SignRequest, prepare_sign),
     Operation.DECRYPT: (DecryptRequest, prepare_decrypt),
+    Operation.REGISTER: (RegisterRequest, prepare_register),  # (an RSA private key's check)
 }
 #: What the writer's first pass of a request answers when it met such work unprepared.
 _PREPARE = object()

@@ -165,3 +165,69 @@ async def test_only_items_the_operation_accepts_get_a_pair_made(
         ResultStatus.SUCCESS, ResultStatus.OPERATION_FAILED, ResultStatus.OPERATION_FAILED,
         ResultStatus.OPERATION_FAILED, ResultStatus.OPERATION_FAILED, ResultStatus.SUCCESS]
     assert lengths == [1024, 2048]
+
+
+@pytest_twisted.ensureDeferred
+async def test_registered_private_keys_are_validated_off_the_writer(
+        core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSL's validation of an RSA private key given to Register (a fifth of a second
+    for RSA-4096; a batch of them held every tenant's writes for the request's deadline)
+    runs on the tenant's worker before the group commit, once per key in a request, while
+    the writer serves another tenant; the writer validates nothing, and an invalid key is
+    still refused (Cryptographic Failure), alone."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from kcm.crypto import rsa_keys
+    from kcm.kmip.enums import KeyFormatType, ObjectType
+    from kcm.kmip.objects import KeyValue
+    from kcm.kmip.payloads import RegisterRequest
+
+    release = threading.Event()
+    started: Deferred[None] = Deferred()
+    validated: list[str] = []
+    real = rsa_keys._validated
+
+    def held(key):
+        if not validated:
+            reactor.callFromThread(started.callback, None)
+            release.wait(5)
+        validated.append(threading.current_thread().name)
+        return real(key)
+
+    monkeypatch.setattr(rsa_keys, "_validated", held)
+
+    def registered(key: rsa.RSAPrivateKey):
+        der = key.private_bytes(serialization.Encoding.DER,
+                                serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+        block = KeyBlock(key_format_type=KeyFormatType.PKCS_1,
+                         key_value=KeyValue(key_material=der),
+                         cryptographic_algorithm=CryptographicAlgorithm.RSA,
+                         cryptographic_length=1024)
+        return item(Operation.REGISTER, RegisterRequest(
+            object_type=ObjectType.PRIVATE_KEY,
+            object=Item(Tag.PRIVATE_KEY, ItemType.STRUCTURE, [block.to_item(V)]),
+            attributes=[Attribute.of(Tag.CRYPTOGRAPHIC_USAGE_MASK, 1)]))
+
+    one = rsa.generate_private_key(65537, 1024)
+    numbers = rsa.generate_private_key(65537, 1024).private_numbers()
+    invalid = rsa.RSAPrivateNumbers(  # (a d that does not invert e: no valid key)
+        numbers.p, numbers.q, numbers.d ^ 2, numbers.dmp1, numbers.dmq1, numbers.iqmp,
+        numbers.public_numbers).private_key(unsafe_skip_rsa_key_validation=True)
+    heavy = core.handler.handle_as(request(
+        registered(one), registered(invalid), registered(one), version=V,
+        continuation=BatchErrorContinuationOption.CONTINUE), core.caller())
+    await started
+    answered_while_held, other_wire = await served_while_held(core, release)
+    answer = response(await heavy)
+
+    assert answered_while_held, "another tenant's Create waited for demo's key validation"
+    assert response(other_wire).batch_items[0].result_status == ResultStatus.SUCCESS
+    writer = f"{core.store.name}-writer"
+    assert len(validated) == 2 and writer not in validated, validated  # once per key
+    assert [(i.result_status, i.result_reason) for i in answer.batch_items] == [
+        (ResultStatus.SUCCESS, None),
+        (ResultStatus.OPERATION_FAILED, ResultReason.CRYPTOGRAPHIC_FAILURE),
+        (ResultStatus.SUCCESS, None)]
+    assert answer.batch_items[1].result_message == "the RSA private key is not valid"

@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from kcm.conformance.matcher import MatchState, UnboundPlaceholder, match_response, parse_case
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.store import repository
+from kcm.core.store.schema import AuditLog
 from kcm.kmip import registry
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, AttributeReference, Name
 from kcm.kmip.enums import (
@@ -772,6 +774,12 @@ def test_failed_change_leaves_nothing_behind_and_is_audited(core) -> None:
     assert [i.result_status for i in items] == [ResultStatus.SUCCESS,
                                                 ResultStatus.OPERATION_FAILED]
     assert names(get(core, uid, Tag.NAME)) == [("keep", None), ("extra", None)]
+    audited = core.store.run_sync(lambda s: [tuple(r) for r in s.execute(select(
+        AuditLog.operation, AuditLog.result_status, AuditLog.object_ids).where(
+            AuditLog.operation == "ADD_ATTRIBUTE").order_by(AuditLog.seq))], write=False)
+    assert [(operation, status) for operation, status, _ in audited] == [
+        ("ADD_ATTRIBUTE", "SUCCESS"), ("ADD_ATTRIBUTE", "OPERATION_FAILED")]
+    assert all(uid in object_ids for _, _, object_ids in audited), audited
 
 
 def test_vendor_attributes_cross_versions(core) -> None:

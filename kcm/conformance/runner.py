@@ -3,7 +3,8 @@
 A case file alternates request and response messages (KMIP Profiles 2.1 §5.4.1). Each step
 sends one request, with the placeholders earlier responses bound substituted (see
 :meth:`kcm.conformance.matcher.MatchState.substitute`), and matches the server's response
-with :func:`kcm.conformance.matcher.match_response`. A case stops at its first failing step.
+with :func:`kcm.conformance.matcher.match_response`. A case stops at its first failing step,
+unless asked to play every step (``keep_going``: to see every difference, not only the first).
 
 The 2.x cases open and close with an Interop request (Begin / End). Interop exists for test
 harnesses and its use is optional, so a step whose request is Interop and whose response
@@ -86,8 +87,9 @@ class CaseResult:
     """The verdict on one case file.
 
     ``steps`` is the number of request/response pairs the file holds, ``run`` how many were
-    played, ``skipped`` the numbers of the Interop steps the server did not support, and
-    ``failure`` the first failing step (None when the case passed).
+    played, ``skipped`` the numbers of the Interop steps the server did not support,
+    ``failure`` the first failing step (None when the case passed) and ``failures`` every
+    failing step played (only the first, unless the case was run with ``keep_going``).
     """
 
     name: str
@@ -96,6 +98,7 @@ class CaseResult:
     run: int = 0
     skipped: list[int] = field(default_factory=list)
     failure: StepFailure | None = None
+    failures: list[StepFailure] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -141,22 +144,26 @@ def _natural_key(path: Path) -> list[tuple[int, str]]:
 
 
 def run_case(path: Path, client: Transport, *, now: int | None = None,
-             tolerance: int = DEFAULT_TOLERANCE) -> CaseResult:
+             tolerance: int = DEFAULT_TOLERANCE, keep_going: bool = False) -> CaseResult:
     """Play every request of the case file at ``path`` through ``client``, in order.
 
     ``now`` (POSIX seconds, default the current time) is what ``$NOW`` means; ``tolerance``
-    how far server times may stray from it. Stops at the first failing step. Connection
-    errors, undecodable responses and unbound placeholders fail the step; they are not raised.
+    how far server times may stray from it. Stops at the first failing step, or with
+    ``keep_going`` plays every step (matching binds the placeholders of a failing step too).
+    Connection errors, undecodable responses and unbound placeholders fail the step; they are
+    not raised.
     """
     name = case_name(path)
     try:
         messages = parse_case(path.read_text(encoding="utf-8"))
     except (OSError, XmlEncodingError) as e:
-        return CaseResult(name, path, 0, failure=StepFailure(0, (f"cannot read case: {e}",)))
+        unreadable = StepFailure(0, (f"cannot read case: {e}",))
+        return CaseResult(name, path, 0, failure=unreadable, failures=[unreadable])
     result = CaseResult(name, path, (len(messages) + 1) // 2)
     pairing = _pairing_error(messages)
     if pairing:
         result.failure = StepFailure(0, (pairing,))
+        result.failures.append(result.failure)
         return result
     state = MatchState(now=int(time.time()) if now is None else now, tolerance=tolerance)
     for index in range(result.steps):
@@ -164,8 +171,11 @@ def run_case(path: Path, client: Transport, *, now: int | None = None,
         request, expected = messages[2 * index], messages[2 * index + 1]
         findings = _play(step, request, expected, client, state, result)
         if findings:
-            result.failure = StepFailure(step, tuple(findings))
-            return result
+            result.failures.append(StepFailure(step, tuple(findings)))
+            if result.failure is None:
+                result.failure = result.failures[0]
+            if not keep_going:
+                return result
         result.run = step
     return result
 

@@ -282,21 +282,33 @@ def test_a_request_placeholder_nobody_bound_is_an_error() -> None:
         MatchState(now=NOW).substitute(request)
 
 
+class WrongOnStepTwo(VaryingServer):
+    def send(self, request: bytes) -> bytes:
+        if self.step == 1:
+            self.messages[3].find(Tag.BATCH_ITEM).find(  # type: ignore[union-attr]
+                Tag.RESULT_STATUS).value = ResultStatus.OPERATION_FAILED
+        return super().send(request)
+
+
 def test_the_runner_reports_the_first_failing_step() -> None:
     path = _case("SKLC-M-1-14")
-
-    class WrongOnStepTwo(VaryingServer):
-        def send(self, request: bytes) -> bytes:
-            if self.step == 1:
-                self.messages[3].find(Tag.BATCH_ITEM).find(  # type: ignore[union-attr]
-                    Tag.RESULT_STATUS).value = ResultStatus.OPERATION_FAILED
-            return super().send(request)
-
     result: CaseResult = run_case(path, WrongOnStepTwo(path), now=NOW)
     assert not result.passed
     assert result.run == 1
     assert result.line().startswith("FAIL SKLC-M-1-14 step 2: ResponseMessage/BatchItem[0]/"
                                     "ResultStatus: expected 'Success', got 'OperationFailed'")
+    assert result.failures == [result.failure]
+
+
+def test_keep_going_plays_every_step_and_reports_each_failing_one() -> None:
+    path = _case("SKLC-M-1-14")
+    result: CaseResult = run_case(path, WrongOnStepTwo(path), now=NOW, keep_going=True)
+    assert not result.passed
+    assert result.run == result.steps > 2
+    assert [f.step for f in result.failures] == [2]
+    assert result.failure == result.failures[0]
+    assert result.failure.findings == ("ResponseMessage/BatchItem[0]/ResultStatus: "
+                                       "expected 'Success', got 'OperationFailed'",)
 
 
 def test_interop_not_supported_is_skipped() -> None:

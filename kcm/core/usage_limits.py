@@ -11,9 +11,17 @@ The handlers of those operations call :func:`consume_usage`; this module decides
   Values are used once each, :mod:`kcm.core.stream_parts`, so no stream runs twice).
 * A use beyond what is left is refused Permission Denied, which the OASIS CS-BC-M-7 cases
   expect, and takes nothing.
-* The new Usage Limits Count is written to the key in the request's transaction, from the
-  key's row read locked: two requests, on one core or several, cannot both spend the last
-  use, and a batch item that fails gives its count back with its savepoint.
+* The new Usage Limits Count is written to the key in the request's transaction, and a
+  batch item that fails gives its count back with its savepoint. Two requests, on one core
+  or several, cannot both spend the last use because every write transaction takes the
+  writers' lock before it reads anything (PostgreSQL's advisory lock, SQLite's
+  ``BEGIN IMMEDIATE``: :func:`kcm.core.store.repository.lock_writers`), so the key it reads,
+  cached or not, is the last committed one and no other writer changes it before this one
+  commits; and the count is written by an UPDATE conditional on the row's revision
+  (:func:`kcm.core.store.repository.update_columns`), which would refuse a stale copy
+  rather than lose a use. The locked read again of a key read unlocked
+  (:func:`consume_usage`) adds nothing to that; it is kept as a second guard, and no test
+  depends on it.
 
 Keys a gateway uses (L3, L4) are counted by usage reports and rotation policies instead.
 """
@@ -86,8 +94,10 @@ def consume_usage(ctx: OperationContext, obj: managed.StoredObject, amount_bytes
     """Count one protecting use of ``obj`` over ``amount_bytes`` bytes against its Usage
     Limits, if it has any; Permission Denied when not enough is left. ``first``: a whole
     message or a stream's first part (False for the stream's later parts). ``locked``:
-    ``obj`` was read for update in this transaction and is current; otherwise a limited
-    key is read again, locked, and the count written to that copy."""
+    ``obj`` was read for update in this transaction; otherwise a limited key is read again,
+    locked, and the count written to that copy (a second guard only: the writers' lock and
+    the revision-conditional UPDATE already keep the count exact, see the module's
+    docstring)."""
     if remaining_usage(obj) is None:
         return  # the common case costs nothing more
     if not locked:

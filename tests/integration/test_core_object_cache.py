@@ -134,8 +134,10 @@ def test_usage_limits_count_across_cores(core: CoreHarness, second_core: CoreHar
 
 def test_mac_usage_limits_count_across_cores(core: CoreHarness,
                                              second_core: CoreHarness) -> None:
-    """A MAC reads its key unlocked (from the cache) and counts on the row read again
-    locked (kcm.core.usage_limits)."""
+    """A MAC reads its key unlocked (from the cache) in its write transaction, which holds
+    the writers' lock, so the copy it counts on is the last committed one: a use counted on
+    the second core is seen by the first (kcm.core.usage_limits; its locked read again is a
+    second guard this test does not depend on)."""
     uid = hmac_key(core, extra=[usage_limits(2)])
     ok(mac(core, uid))
     mac_data = ok(mac(second_core, uid)).mac_data

@@ -28,7 +28,6 @@ from kmip.core.factories import attributes as attribute_factories
 from kmip.pie import exceptions, objects
 from kmip.pie.client import ProxyKmipClient
 
-from kcm.core.operations import HANDLERS
 from kcm.kmip.enums import ObjectType, Operation
 from kcm.testing.processes import CoreProcess, GatewayProcess, deploy, running
 from tests.pykmip_bugs import KnownPyKmipBug, known_pykmip_bug
@@ -43,13 +42,6 @@ _ORDER = {v: i for i, v in enumerate(VERSIONS)}
 
 def at_least(version: KMIPVersion, first: KMIPVersion) -> bool:
     return _ORDER[version] >= _ORDER[first]
-
-
-def missing_operation(operation: Operation, method: str):
-    """xfail (strict) while kcm-core has no handler for ``operation``."""
-    name = operation.name.replace("_", " ").title()
-    return pytest.mark.xfail(operation not in HANDLERS, strict=True,
-                             reason=f"{method} needs the {name} operation, not in KCM yet")
 
 
 # Deployment and clients ----------------------------------------------------------------------
@@ -453,9 +445,7 @@ def test_sign_and_signature_verify(client: ProxyKmipClient) -> None:
         == enums.ValidityIndicator.VALID
 
 
-def test_mac(client: ProxyKmipClient, request: pytest.FixtureRequest) -> None:
-    if at_least(version_of(client), V12):
-        request.applymarker(missing_operation(Operation.MAC, "mac"))
+def test_mac(client: ProxyKmipClient) -> None:
     uid = client.create(enums.CryptographicAlgorithm.HMAC_SHA256, 256,
                         cryptographic_usage_mask=[enums.CryptographicUsageMask.MAC_GENERATE])
     client.activate(uid)

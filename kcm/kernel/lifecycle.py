@@ -90,11 +90,15 @@ def revoke(state: State, reason: int) -> State:
         f"cannot revoke an object in state {state.name} for a reason other than compromise")
 
 
+#: The states of a destroyed object (its material gone), whatever it was.
+DESTROYED_STATES = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
+
+
 def destroy(state: State) -> State:
     """Destroy: allowed unless the object is Active (it must be revoked first)."""
     if state == State.ACTIVE:
         raise wrong_state("cannot destroy an Active object; revoke it first")
-    if state in (State.DESTROYED, State.DESTROYED_COMPROMISED):
+    if state in DESTROYED_STATES:
         raise wrong_state("the object is already destroyed")
     if state == State.COMPROMISED:
         return State.DESTROYED_COMPROMISED

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kcm.kernel.lifecycle import usable_for
+from kcm.kernel.lifecycle import DESTROYED_STATES, usable_for
 from kcm.kmip.enums import State
 
 __all__ = ["DESTROYED_STATES", "WITHOUT_MATERIAL_STATES", "ServiceKey"]
@@ -15,11 +15,9 @@ __all__ = ["DESTROYED_STATES", "WITHOUT_MATERIAL_STATES", "ServiceKey"]
 #: States in which a service key version has no usable material: it may not be used at all,
 #: not even to decrypt (a compromised one is dropped at once everywhere, ARCHITECTURE §4).
 #: The core sends such a version without its material; a gateway drops it.
-WITHOUT_MATERIAL_STATES = frozenset((State.COMPROMISED, State.DESTROYED,
-                                     State.DESTROYED_COMPROMISED))
-#: Destroyed states: every L4 under such a version is Object Destroyed, so its tombstones
-#: say nothing.
-DESTROYED_STATES = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
+WITHOUT_MATERIAL_STATES = frozenset((State.COMPROMISED, *DESTROYED_STATES))
+# DESTROYED_STATES (kcm.kernel.lifecycle): every L4 under such a version is Object
+# Destroyed, so its tombstones say nothing.
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,13 @@ from kcm.core import managed, policy
 from kcm.core.context import OperationContext
 from kcm.crypto.rsa_keys import load_private, load_public
 from kcm.kernel.key_use import KeyUse, check_key_use
+from kcm.kernel.lifecycle import DESTROYED_STATES
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, Link
 from kcm.kmip.enums import (
     BlockCipherMode,
     LinkType,
     ObjectType,
     ResultReason,
-    State,
 )
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
@@ -41,7 +41,7 @@ OBJECT_TYPE_OF_TAG: dict[int, ObjectType] = {
 }
 
 AES_KEY_BITS = frozenset({128, 192, 256})
-DESTROYED = (State.DESTROYED, State.DESTROYED_COMPROMISED)
+DESTROYED = DESTROYED_STATES  # (kcm.kernel.lifecycle)
 WRAP_MODES = (BlockCipherMode.NISTKEYWRAP, BlockCipherMode.AESKEYWRAPPADDING)
 
 

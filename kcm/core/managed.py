@@ -20,6 +20,7 @@ from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.context import OperationContext
 from kcm.core.store import repository
 from kcm.core.store.object_cache import (
+    CACHE_EPOCH_INFO,
     OBJECT_CACHE_INFO,
     CachedObject,
     ObjectCache,
@@ -314,7 +315,8 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredOb
         columns = repository.object_columns(session, tenant, uid, for_update=for_update)
         if columns is None:
             return None
-        cached = cache.put(tenant, uid, (columns.revision, columns.created_seq), columns)
+        cached = cache.put(tenant, uid, (columns.revision, columns.created_seq), columns,
+                           info.get(CACHE_EPOCH_INFO))
         cached.views[_ATTRIBUTES] = tuple(decode_attributes(columns.attributes))
     # (copied when an operation asks for them: it may renumber them in place)
     return from_cache(cached)

@@ -340,3 +340,53 @@ def test_the_cache_keeps_no_more_memory_than_its_bound(core: CoreHarness) -> Non
     small.put("demo", uids[0], (1, 1), core.store.objects._entries[
         next(iter(core.store.objects._entries))].columns)
     assert len(small) == 0 and small.bytes == 0
+
+
+def test_a_read_during_a_destroys_commit_leaves_no_clear_key_behind(core: CoreHarness
+                                                                       ) -> None:
+    """A Destroy forgets its object's cache entry before its commit; a read on a store
+    worker in that window (a Decrypt prepared off the writer) read the content before the
+    Destroy and put it back, with its RSA private key in the clear, where it stayed for
+    the cache's ttl (nobody asks for a destroyed key again). Now nothing read before the
+    commit is kept: a transaction begun before a forget puts nothing back, and the
+    Destroy forgets its object again once committed."""
+    import threading
+
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from kcm.kmip.enums import CryptographicUsageMask as Mask
+    from kcm.kmip.payloads import DecryptRequest, DestroyRequest
+    from kcm.testing.requests import item, request, response
+    from tests.integration.test_core_asymmetric import create_pair
+    from tests.integration.test_core_crypto import revoke
+
+    private, _ = create_pair(core, private_mask=Mask.SIGN | Mask.DECRYPT,
+                             public_mask=Mask.VERIFY | Mask.ENCRYPT)
+    revoke(core, private)  # (Deactivated: it may be destroyed)
+    objects = core.store.objects
+    forgotten, read = threading.Event(), threading.Event()
+
+    def held_before_commit(session: Session) -> None:  # the rest of a group, its fsync
+        if threading.current_thread().name == "destroyer":
+            forgotten.set()
+            read.wait(10)
+
+    event.listen(Session, "before_commit", held_before_commit)
+    try:
+        answers: list[bytes] = []
+        destroyer = threading.Thread(name="destroyer", target=lambda: answers.append(
+            core.handler.respond(request(item(Operation.DESTROY, DestroyRequest(
+                unique_identifier=private)), version=(2, 1)), core.caller(), int(time.time()))))
+        destroyer.start()
+        assert forgotten.wait(10)
+        assert not objects.holds("demo", private)
+        core.handler._prepare(request(item(Operation.DECRYPT, DecryptRequest(
+            unique_identifier=private, data=b"\0" * 256)), version=(2, 1)),
+            lambda: None, core.caller(), int(time.time()))
+        read.set()
+        destroyer.join(10)
+    finally:
+        event.remove(Session, "before_commit", held_before_commit)
+    assert response(answers[0]).batch_items[0].result_status == ResultStatus.SUCCESS
+    assert not objects.holds("demo", private)

@@ -108,3 +108,28 @@ def test_size_zero_keeps_nothing() -> None:
 def test_nonsense_bounds_are_refused(size: int, ttl: float) -> None:
     with pytest.raises(ValueError, match="object cache"):
         ObjectCache(size, ttl)
+
+
+def test_a_read_begun_before_its_keys_forget_is_not_kept(monkeypatch) -> None:
+    """put(..., since): what a transaction that began before the key was forgotten read
+    may be the content the forget dropped (a Destroy's key): not kept. Other keys' fills
+    are kept; and once the forgets remembered by key overflow, a fill older than the
+    oldest remembered is refused whatever its key."""
+    from kcm.core.store import object_cache
+
+    cache = ObjectCache(size=100)
+    began = cache.epoch
+    cache.forget("t", "destroyed")
+    cache.put("t", "destroyed", (1, 1), None, began)
+    cache.put("t", "other", (1, 1), None, began)
+    assert not cache.holds("t", "destroyed") and cache.holds("t", "other")
+    cache.put("t", "destroyed", (2, 1), None, cache.epoch)  # begun after: kept
+    assert cache.holds("t", "destroyed")
+    monkeypatch.setattr(object_cache, "FORGOTTEN_KEPT", 2)
+    old = cache.epoch
+    for uid in ("a", "b", "c"):
+        cache.forget("t", uid)
+    cache.put("t", "unrelated", (1, 1), None, old)  # older than what is remembered
+    assert not cache.holds("t", "unrelated")
+    cache.put("t", "unrelated", (1, 1), None, cache.epoch)
+    assert cache.holds("t", "unrelated")

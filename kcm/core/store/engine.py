@@ -44,7 +44,13 @@ from twisted.python.threadpool import ThreadPool
 
 from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
 from kcm.core.store.lean import LeanTransaction
-from kcm.core.store.object_cache import DEFAULT_MAX_BYTES, OBJECT_CACHE_INFO, ObjectCache
+from kcm.core.store.object_cache import (
+    CACHE_EPOCH_INFO,
+    DEFAULT_MAX_BYTES,
+    OBJECT_CACHE_INFO,
+    WRITTEN_INFO,
+    ObjectCache,
+)
 from kcm.core.store.raw_statements import (
     TRANSACTION_CONNECTION,
     defers_savepoints,
@@ -712,6 +718,7 @@ class Store(Service):
                 info[OBJECT_CACHE_INFO] = self.objects
             info[WRITE_INFO] = False
             info[TRANSACTION_CONNECTION] = transaction.connection
+            info[CACHE_EPOCH_INFO] = self.objects.epoch
             return fn(session)
 
     def _erase_wal_soon(self, session: Session) -> None:
@@ -868,6 +875,7 @@ class Store(Service):
                 info[KNOWN_FACTS_INFO] = self.known
                 if self.objects.size:
                     info[OBJECT_CACHE_INFO] = self.objects
+                    info[CACHE_EPOCH_INFO] = self.objects.epoch  # (before the first read)
                 info[WRITE_INFO] = write
                 info[SCHEMA_REVISION_INFO] = self.schema_revision
                 info[TRANSACTION_CONNECTION] = session.connection()
@@ -877,6 +885,10 @@ class Store(Service):
                     session.execute(text("SET TRANSACTION READ ONLY"))
                 result = fn(session)
                 drain_pending(session)
+            # Committed: what a reader put back since this transaction forgot its objects
+            # was read before the commit (a Destroy's key in the clear, say).
+            for tenant, uid in info.get(WRITTEN_INFO) or ():
+                self.objects.forget(tenant, uid)
             learnt = info.pop(LEARNT_INFO, None)
             if learnt:
                 self.known.add_all(learnt)

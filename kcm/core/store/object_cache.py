@@ -41,6 +41,12 @@ Stamp = tuple[int, int]  # (revision, created_seq)
 #: Where a write transaction's session notes the (tenant, uid) of the rows it changed or
 #: inserted (:func:`note_written`).
 WRITTEN_INFO = "kcm.store.objects.written"
+#: Session info: the cache's :attr:`ObjectCache.epoch` when the transaction began (what
+#: its reads may put in the cache: nothing forgotten since).
+CACHE_EPOCH_INFO = "kcm.store.objects.epoch"
+#: Forgotten keys remembered with their epoch, the most recent; a fill older than the
+#: oldest of them is refused whatever its key (:meth:`ObjectCache.put`).
+FORGOTTEN_KEPT = 4096
 
 
 def note_written(info: dict[str, Any], tenant: str, uid: str) -> None:
@@ -115,6 +121,12 @@ class ObjectCache:
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], CachedObject] = OrderedDict()
         self._lock = threading.Lock()
+        #: Counts the forgets: a transaction notes it when it begins (:data:`CACHE_EPOCH_INFO`).
+        self.epoch = 0
+        #: The keys forgotten lately, with the epoch of their last forget (at most
+        #: :data:`FORGOTTEN_KEPT`), and the latest epoch no longer remembered by key.
+        self._forgotten: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._forgotten_floor = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -138,15 +150,24 @@ class ObjectCache:
             self._entries.move_to_end(key)
             return entry
 
-    def put(self, tenant: str, uid: str, stamp: Stamp, columns: Any) -> CachedObject:
+    def put(self, tenant: str, uid: str, stamp: Stamp, columns: Any,
+            since: int | None = None) -> CachedObject:
         """A new entry for (tenant, uid) at ``stamp`` (kept unless the cache has no room
-        at all); the least recently used and the expired go to make room."""
+        at all); the least recently used and the expired go to make room.
+
+        ``since``: the :attr:`epoch` when the reading transaction began. An entry whose key
+        was forgotten since is not kept (nor one read before the oldest forget remembered):
+        a change committing meanwhile forgot it, and the read may be of the content before
+        (a Destroy's key, put back in the clear after the Destroy dropped it)."""
         now = self._clock()
         entry = CachedObject(stamp, columns, now, weight(columns))
         if not self.size or entry.weight > self.max_entry_bytes:
             return entry  # (used by this request, kept by none)
         key = (tenant, uid)
         with self._lock:
+            if since is not None and (since < self._forgotten_floor
+                                      or self._forgotten.get(key, -1) > since):
+                return entry
             entries = self._entries
             replaced = entries.pop(key, None)
             if replaced is not None:
@@ -159,9 +180,19 @@ class ObjectCache:
         return entry
 
     def forget(self, tenant: str, uid: str) -> None:
-        """Drop (tenant, uid)'s entry: its row is changing (its key may be destroyed)."""
+        """Drop (tenant, uid)'s entry: its row is changing (its key may be destroyed), or
+        has changed (a transaction that changed it forgets it again once committed: what a
+        reader put back meanwhile was read before). No transaction that began before this
+        puts it back (:meth:`put`)."""
+        key = (tenant, uid)
         with self._lock:
-            entry = self._entries.pop((tenant, uid), None)
+            self.epoch += 1
+            forgotten = self._forgotten
+            forgotten[key] = self.epoch
+            forgotten.move_to_end(key)
+            if len(forgotten) > FORGOTTEN_KEPT:
+                self._forgotten_floor = forgotten.popitem(last=False)[1]
+            entry = self._entries.pop(key, None)
             if entry is not None:
                 self.bytes -= entry.weight
 

@@ -63,11 +63,12 @@ def _pbkdf2_inputs(algorithm: hashes.HashAlgorithm, length: int, salt: bytes, co
     return algorithm.name, length, salt, count, hashlib.sha256(key).digest()
 
 
-#: The most RSA private-key operations (Sign, Decrypt) the writer computes itself for one
-#: request: those its tenant's worker could not compute beforehand (their key made by an
-#: earlier item of the same batch, named by the ID Placeholder). Each costs the writer,
-#: which runs every tenant's writes, up to tens of milliseconds (an RSA-4096 signature of
-#: Digested Data named by no hash, 56 ms); more are refused (Server Limit Exceeded).
+#: The most RSA private-key operations (Sign, Decrypt, Register's key check) the writer
+#: computes itself for one request: those its tenant's worker could not compute beforehand
+#: (their key made by an earlier item of the same batch, named by the ID Placeholder). Each
+#: costs the writer, which runs every tenant's writes, up to tens of milliseconds (an
+#: RSA-4096 signature of Digested Data named by no hash, 56 ms); more are refused (Server
+#: Limit Exceeded).
 MAX_WRITER_PRIVATE_KEY_OPERATIONS = 4
 
 
@@ -115,9 +116,10 @@ class PrivateKeyResults:
             raise RunElsewhere("an RSA private-key operation is computed beforehand")
         if self.computed_here >= MAX_WRITER_PRIVATE_KEY_OPERATIONS:
             raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
-                            f"at most {MAX_WRITER_PRIVATE_KEY_OPERATIONS} signatures or RSA "
-                            "decryptions in one request with a key it makes itself; send "
-                            "the rest in a request of their own")
+                            f"at most {MAX_WRITER_PRIVATE_KEY_OPERATIONS} RSA private-key "
+                            "operations in one request that cannot be computed beforehand "
+                            "(with a key it makes itself); send the rest in a request of "
+                            "their own")
         self.computed_here += 1
         return operation()
 

@@ -51,6 +51,10 @@ WRAPPED_BY_L1 = "L1"
 #: The predicate of the partial indexes of tenant and service keys (migration 0005): a
 #: query uses them when its conditions imply it (``level = ...``, ``level IN (...)``).
 HIERARCHY_KEYS = "level IS NOT NULL"
+#: The predicate of Locate's partial index of the objects not destroyed (migration 0011).
+#: A query uses it when it says the same, in these words and with these constants (bound
+#: parameters hide them from both planners): :func:`kcm.core.store.repository.locate`.
+LIVE_OBJECTS = "state NOT IN (5, 6)"
 
 # Named constraints make future migrations (and SQLite batch mode) deterministic.
 NAMING_CONVENTION = {
@@ -98,6 +102,10 @@ class ManagedObject(Base):
         # A tenant's objects in the order Locate pages through them, newest first
         # (migration 0006, in place of an index on the tenant alone, which it serves).
         Index(None, "tenant", "created_seq"),
+        # The same, of the objects not destroyed (migration 0011): a Locate with the
+        # default Storage Status Mask read every destroyed object of its tenant.
+        Index("ix_managed_objects_live_tenant_created_seq", "tenant", "created_seq",
+              sqlite_where=text(LIVE_OBJECTS), postgresql_where=text(LIVE_OBJECTS)),
         # The state sweeper's look-ups (migration 0005), each a range of what is due rather
         # than a pass over every object. Partial, of the hierarchy keys alone (a few among
         # the objects): by level and state (the current and retired tenant and service keys;

@@ -34,6 +34,10 @@ from kcm.kmip.errors import KmipError
 CURRENT_L2_TTL = 5.0
 #: Objects whose unwrapped material the keyring keeps (the most recently used).
 UNWRAPPED_CACHE_SIZE = 1024
+#: Seconds an unwrapped material, or an L2 key, is kept after it was unwrapped, used or not
+#: (the object cache's ttl): a Destroy committed by another core, which this keyring never
+#: hears of, leaves its key in the clear here no longer than that (:meth:`Keyring.expire`).
+KEPT_CLEAR_TTL = 300.0
 #: Destroyed materials the keyring remembers, so as not to cache them again (see
 #: :meth:`Keyring.forget_material`).
 DESTROYED_REMEMBERED = 1024
@@ -56,7 +60,8 @@ class Keyring:
                  random_bytes: keys.RandomBytes = os.urandom,
                  seed_random: Callable[[bytes], int] = mix_into_os_pool,
                  clock: Callable[[], float] = time.monotonic,
-                 current_l2_ttl: float = CURRENT_L2_TTL) -> None:
+                 current_l2_ttl: float = CURRENT_L2_TTL,
+                 kept_ttl: float = KEPT_CLEAR_TTL) -> None:
         self._l1: L1Key | None = None
         self._audit_key: bytes | None = None
         if l1 is not None:
@@ -65,7 +70,10 @@ class Keyring:
         self._seed_random = seed_random
         self._clock = clock
         self._current_l2_ttl = current_l2_ttl
+        self._kept_ttl = kept_ttl
         self._l2_by_uid: dict[str, bytes] = {}
+        # L2 uid -> when it was unwrapped (its row, and so its material, read then).
+        self._l2_read_at: dict[str, float] = {}
         # tenant -> the uids of its L2s in _l2_by_uid (to forget a removed tenant's).
         self._l2_uids_of: dict[str, set[str]] = {}
         # tenant -> (uid of its current L2, when looked up): saves a query per new object.
@@ -73,10 +81,12 @@ class Keyring:
         # The store's count of tenant removals _current_l2 was looked up under (None: not
         # compared yet): see _current_tenant_key.
         self._removals: int | None = None
-        # (tenant, uid, wrapped material) -> plaintext, least recently used first. Keyed by
-        # the stored ciphertext itself, an entry can never answer for other material: a
-        # change of the row's material (or its removal) is a miss, whoever committed it.
-        self._unwrapped: OrderedDict[tuple[str, str, bytes], bytes] = OrderedDict()
+        # (tenant, uid, wrapped material) -> (plaintext, when unwrapped), least recently
+        # used first. Keyed by the stored ciphertext itself, an entry can never answer for
+        # other material: a change of the row's material (or its removal) is a miss,
+        # whoever committed it.
+        self._unwrapped: OrderedDict[tuple[str, str, bytes], tuple[bytes, float]] = \
+            OrderedDict()
         # Cache keys of materials destroyed here (the most recent): never cached again.
         self._destroyed: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
         self._unwrapped_lock = threading.Lock()
@@ -146,13 +156,14 @@ class Keyring:
         if removals != self._removals and removals is not None:
             self._current_l2.clear()
             self._l2_by_uid.clear()
+            self._l2_read_at.clear()
             self._l2_uids_of.clear()
             self._removals = removals
         cached = self._current_l2.get(tenant)
         now = self._clock()
         if cached is not None and now - cached[1] < self._current_l2_ttl:
             key = self._l2_by_uid.get(cached[0])
-            if key is not None:
+            if key is not None and now - self._l2_read_at.get(cached[0], 0.0) < self._kept_ttl:
                 return cached[0], key
         l2 = repository.find_l2(session, tenant, active_only=True)
         if l2 is None:
@@ -182,6 +193,7 @@ class Keyring:
         # list() of a set is one step other threads cannot interleave)
         for uid in list(self._l2_uids_of.pop(tenant, ())):
             self._l2_by_uid.pop(uid, None)
+            self._l2_read_at.pop(uid, None)
         with self._unwrapped_lock:
             for cache_key in [k for k in self._unwrapped if k[0] == tenant]:
                 del self._unwrapped[cache_key]
@@ -192,6 +204,7 @@ class Keyring:
         :meth:`_l2_key`; it never wraps under it again once a Destroy is allowed, see
         :func:`kcm.core.tenant_rotation.check_destroy`.)"""
         self._l2_by_uid.pop(uid, None)
+        self._l2_read_at.pop(uid, None)
         self._l2_uids_of.get(tenant, set()).discard(uid)
         cached = self._current_l2.get(tenant)
         if cached is not None and cached[0] == uid:
@@ -200,20 +213,46 @@ class Keyring:
     def unwrap(self, session: Session, row: ManagedObject) -> bytes:
         """The plaintext material of a stored object (which must still have material)."""
         if row.material is None:
+            # (destroyed, perhaps by another core: what this keyring kept of it goes now)
+            self.forget_material(row.tenant, row.uid)
             raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the object has no key value")
         cache_key = (row.tenant, row.uid, bytes(row.material))
+        now = self._clock()
         with self._unwrapped_lock:
-            plaintext = self._unwrapped.get(cache_key)
-            if plaintext is not None:
-                self._unwrapped.move_to_end(cache_key)
-                return plaintext
+            kept = self._unwrapped.get(cache_key)
+            if kept is not None:
+                if now - kept[1] < self._kept_ttl:
+                    self._unwrapped.move_to_end(cache_key)
+                    return kept[0]
+                del self._unwrapped[cache_key]
         plaintext = self._unwrap(session, row)
         with self._unwrapped_lock:
             if cache_key not in self._destroyed:
-                self._unwrapped[cache_key] = plaintext
+                self._unwrapped[cache_key] = (plaintext, now)
                 if len(self._unwrapped) > UNWRAPPED_CACHE_SIZE:
                     self._unwrapped.popitem(last=False)
         return plaintext
+
+    def expire(self) -> int:
+        """Drop every material and L2 key unwrapped ``kept_ttl`` seconds ago or more, used
+        or not; how many. Run with the object cache's expiry (kcm-core's
+        ``kcm-object-cache-expiry``): a key another core destroyed is never read here
+        again, and was kept in the clear as long as the process ran. An L2 dropped is read
+        again (its row: destroyed, it is refused) when next needed."""
+        now = self._clock()
+        with self._unwrapped_lock:
+            old = [k for k, (_, at) in self._unwrapped.items() if now - at >= self._kept_ttl]
+            for cache_key in old:
+                del self._unwrapped[cache_key]
+        # (copies first: store threads may add meanwhile; dict and set steps are atomic)
+        stale = [uid for uid, at in list(self._l2_read_at.items())
+                 if now - at >= self._kept_ttl]
+        for uid in stale:
+            self._l2_by_uid.pop(uid, None)
+            self._l2_read_at.pop(uid, None)
+            for uids in list(self._l2_uids_of.values()):
+                uids.discard(uid)
+        return len(old) + len(stale)
 
     def forget_material(self, tenant: str, uid: str, material: bytes | None = None) -> None:
         """Drop what this keyring keeps in the clear of object ``uid`` of ``tenant``.
@@ -223,8 +262,9 @@ class Keyring:
         unwraps it after (remembered for the last :data:`DESTROYED_REMEMBERED` destroyed).
         Dropped at once, as the store's object cache drops an entry whose row changes: an
         entry is keyed by the stored material, so one dropped for a change that rolls back
-        only costs an unwrap. (Another core's keyring holds the material until its LRU
-        drops it: it never serves it again, the row no longer has it.)"""
+        only costs an unwrap. (Another core's keyring never serves it again, the row no
+        longer has it, and drops it at the latest ``kept_ttl`` after it unwrapped it:
+        :meth:`expire`.)"""
         with self._unwrapped_lock:
             for cache_key in [k for k in self._unwrapped if k[0] == tenant and k[1] == uid]:
                 del self._unwrapped[cache_key]
@@ -240,7 +280,8 @@ class Keyring:
         if row.wrapped_by == WRAPPED_BY_L1:
             return self._master().unwrap(row.material, aad=aad)
         known = self._l2_by_uid.get(row.wrapped_by)
-        if known is not None:
+        if known is not None and self._clock() - self._l2_read_at.get(
+                row.wrapped_by, 0.0) < self._kept_ttl:
             return keys.unwrap(known, row.material, aad=aad)
         l2 = repository.get_object(session, row.tenant, row.wrapped_by)
         if l2 is None or l2.level != LEVEL_TENANT_KEY:
@@ -253,9 +294,11 @@ class Keyring:
             self.forget_tenant_key(l2.tenant, l2.uid)
             raise KmipError(ResultReason.GENERAL_FAILURE, "the tenant key was destroyed")
         key = self._l2_by_uid.get(l2.uid)
-        if key is None:
+        now = self._clock()
+        if key is None or now - self._l2_read_at.get(l2.uid, 0.0) >= self._kept_ttl:
             key = self._master().unwrap(l2.material, aad=keys.object_aad(l2.tenant, l2.uid))
             self._l2_by_uid[l2.uid] = key
+            self._l2_read_at[l2.uid] = now
             self._l2_uids_of.setdefault(l2.tenant, set()).add(l2.uid)
         return key
 

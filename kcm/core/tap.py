@@ -132,7 +132,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                   clock=reactor.seconds)
     metrics = CoreMetrics(process=True)
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
-    keyring = Keyring(clock=reactor.seconds)
+    keyring = Keyring(clock=reactor.seconds, kept_ttl=store.objects.ttl)
     handler = CoreRequestHandler(store, keyring, clock=time.time, timer=reactor.seconds,
                                  server_info=ServerInfo(
                                      access=config.access,
@@ -172,12 +172,12 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                   if config.link_listen else None)
 
     store.setServiceParent(core)
-    if store.objects.size:
-        # Keys in the clear leave the object cache at its ttl, asked for again or not.
-        expiry = TimerService(store.objects.ttl / 10, store.objects.expire)
-        expiry.clock = reactor
-        expiry.setName("kcm-object-cache-expiry")
-        expiry.setServiceParent(core)
+    # Keys in the clear leave the object cache and the keyring at their ttl, asked for
+    # again or not (a key another core destroyed is never asked for here again).
+    expiry = TimerService(store.objects.ttl / 10, partial(_expire_clear_keys, store, keyring))
+    expiry.clock = reactor
+    expiry.setName("kcm-object-cache-expiry")
+    expiry.setServiceParent(core)
     MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11,
               config.l1_key_env).setServiceParent(core)
     AuditCheckpoints(store, keyring, reactor,
@@ -260,3 +260,9 @@ def fanout_poll_interval(database: str) -> float:
     the way other processes' events are found (so 0.2: an idle core reads five times a
     second, not twenty)."""
     return 0.5 if _notifies(database) else 0.2
+
+
+def _expire_clear_keys(store: Store, keyring: Keyring) -> None:
+    """What the object cache and the keyring keep in the clear, dropped once ``ttl`` old."""
+    store.objects.expire()
+    keyring.expire()

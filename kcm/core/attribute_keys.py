@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 from collections.abc import Iterable
 
 from kcm.kmip.attributes import VENDOR_TAG, Attribute
@@ -116,6 +117,9 @@ def _vendor_key(attribute: Attribute) -> tuple[str, str] | None:
 #: cache holds most of the values anyway.
 _LONG_KEYS: dict[tuple[str | None, str | None, int, bytes | str], tuple[str, str]] = {}
 _long_keys_bytes = [0]
+#: Taken by the store's threads to count and clear together (a clear on one thread, then
+#: its count reset after others had counted their entries, held twice the bound).
+_long_keys_lock = threading.Lock()
 LONG_KEYS_BYTES = 8 << 20
 #: What an entry takes besides its strings: the two tuples and the dictionary's slot.
 _ENTRY_OVERHEAD = 256
@@ -125,11 +129,13 @@ def _remember_long(memo: tuple[str | None, str | None, int, bytes | str],
                    key: tuple[str, str]) -> None:
     size = (sys.getsizeof(memo[3]) + sys.getsizeof(memo[0]) + sys.getsizeof(memo[1])
             + sys.getsizeof(key[0]) + sys.getsizeof(key[1]) + _ENTRY_OVERHEAD)
-    if _long_keys_bytes[0] + size > LONG_KEYS_BYTES:
-        _LONG_KEYS.clear()
-        _long_keys_bytes[0] = 0
-    _LONG_KEYS[memo] = key
-    _long_keys_bytes[0] += size
+    with _long_keys_lock:
+        if _long_keys_bytes[0] + size > LONG_KEYS_BYTES:
+            _LONG_KEYS.clear()
+            _long_keys_bytes[0] = 0
+        if memo not in _LONG_KEYS:  # (another thread may have kept it meanwhile)
+            _LONG_KEYS[memo] = key
+            _long_keys_bytes[0] += size
 
 
 def _text(value: Item) -> str:

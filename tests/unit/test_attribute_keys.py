@@ -56,3 +56,52 @@ def test_the_memo_takes_about_its_bound_in_memory_whatever_the_values() -> None:
     assert attribute_keys._long_keys_bytes[0] <= attribute_keys.LONG_KEYS_BYTES
     assert peak <= attribute_keys.LONG_KEYS_BYTES
     assert len(attribute_keys._LONG_KEYS) < 30_000
+
+
+def test_the_long_keys_memo_holds_no_more_than_its_bound_across_threads(monkeypatch) -> None:
+    """The store's threads remember long values' keys together: one thread's clear, with
+    its count reset after others had counted what they added, held twice the bound and
+    more. Hammered from four threads with switches forced often, what the memo holds never
+    passes the bound."""
+    import os
+    import sys
+    import threading
+    import time
+
+    from kcm.core import attribute_keys as ak
+
+    monkeypatch.setattr(ak, "LONG_KEYS_BYTES", 64 << 10)
+    monkeypatch.setattr(ak, "_LONG_KEYS", {})
+    monkeypatch.setattr(ak, "_long_keys_bytes", [0])
+
+    def size(memo: tuple, key: tuple) -> int:
+        return (sys.getsizeof(memo[3]) + sys.getsizeof(memo[0]) + sys.getsizeof(memo[1])
+                + sys.getsizeof(key[0]) + sys.getsizeof(key[1]) + ak._ENTRY_OVERHEAD)
+
+    values = [os.urandom(300) for _ in range(2000)]
+    key = ("v:x:y", "#" + "0" * 64)
+    stop = time.monotonic() + 1.5
+
+    def work(offset: int) -> None:
+        n = offset
+        while time.monotonic() < stop:
+            memo = ("x", "y", 8, values[n % len(values)])
+            if ak._LONG_KEYS.get(memo) is None:
+                ak._remember_long(memo, key)
+            n += 4
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    worst = 0
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            held = sum(size(m, k) for m, k in ak._LONG_KEYS.copy().items())
+            worst = max(worst, held)
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert 0 < worst <= ak.LONG_KEYS_BYTES

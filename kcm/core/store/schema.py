@@ -55,6 +55,9 @@ HIERARCHY_KEYS = "level IS NOT NULL"
 #: A query uses it when it says the same, in these words and with these constants (bound
 #: parameters hide them from both planners): :func:`kcm.core.store.repository.locate`.
 LIVE_OBJECTS = "state NOT IN (5, 6)"
+#: The predicate of the partial index of destroyed objects by Destroy Date (migration 0012,
+#: for the purge after ``destroyed_retention``, kcm.core.destroyed_retention).
+DESTROYED_OBJECTS = "destroy_date IS NOT NULL"
 
 # Named constraints make future migrations (and SQLite batch mode) deterministic.
 NAMING_CONVENTION = {
@@ -120,6 +123,10 @@ class ManagedObject(Base):
               sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
         Index(None, "state", "deactivation_date",
               sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
+        # The destroyed objects by Destroy Date (migration 0012): those destroyed longer
+        # ago than ``destroyed_retention``, which the state sweeper deletes.
+        Index(None, "destroy_date",
+              sqlite_where=text(DESTROYED_OBJECTS), postgresql_where=text(DESTROYED_OBJECTS)),
     )
 
     uid: Mapped[str] = mapped_column(Text, primary_key=True)

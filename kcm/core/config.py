@@ -130,6 +130,11 @@ class CoreConfig:
     #: Seconds an event is kept in the outbox for gateways that relink (7 days); older ones
     #: are deleted by the state sweeper (kcm.core.outbox_retention).
     outbox_retention: float = 7 * 24 * 3600.0
+    #: Seconds a destroyed object is kept after its Destroy, then deleted with its names,
+    #: groups and Locate keys by the state sweeper (kcm.core.destroyed_retention); None (the
+    #: default): kept for ever, as KMIP lets a client Locate a destroyed object and get its
+    #: attributes.
+    destroyed_retention: float | None = None
     #: Seconds a stopping core (SIGTERM) waits for its clients' and gateways' requests
     #: before it cuts what is left (kcm.drain): at least ``limits.request_deadline`` for no
     #: stop to cut a request that runs to its deadline.
@@ -146,7 +151,7 @@ _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file"
               "policy_file", "database_threads", "log_level", "log_format", "log_file",
               "audit_checkpoint_interval", "application_objects", "metrics_listen",
               "state_sweep_interval", "object_cache_size", "object_cache_bytes",
-              "outbox_retention", "drain_timeout"}
+              "outbox_retention", "destroyed_retention", "drain_timeout"}
 
 
 #: An environment variable's name, as POSIX shells take them.
@@ -157,7 +162,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     """Read ``[core]`` (with ``[core.tls]`` and ``[core.limits]``) from the TOML file at
     ``path`` (None: defaults only), then apply ``overrides`` (keys of CoreConfig, plus
     ``tls_cert``/``tls_key``/``tls_ca``; None values are ignored)."""
-    config = load_section(CoreConfig(), "core", path, overrides, _TOP_LEVEL, coerce=_typed)
+    config = load_section(CoreConfig(), "core", path, _command_line_numbers(overrides),
+                          _TOP_LEVEL, coerce=_typed)
     check_endpoint("core.listen", config.listen, LISTENER_KINDS)
     check_endpoint("core.link_listen", config.link_listen, LISTENER_KINDS, empty=True)
     check_endpoint("core.metrics_listen", config.metrics_listen, METRICS_KINDS, empty=True)
@@ -209,7 +215,24 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
                  "drain_timeout"):
         if name in out:
             out[name] = seconds(f"core.{name}", out[name])
+    if out.get("destroyed_retention") is not None:
+        out["destroyed_retention"] = seconds("core.destroyed_retention",
+                                             out["destroyed_retention"])
     return out
+
+
+def _command_line_numbers(overrides: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``overrides`` with a ``destroyed_retention`` string (the command line's) as the
+    number it spells: its default (None) gives no type to take it as, as the others' do
+    (:func:`kcm.config_file.load_section`). One that spells none stays, to be refused."""
+    value = (overrides or {}).get("destroyed_retention")
+    if not isinstance(value, str):
+        return overrides
+    try:
+        number = float(value)
+    except ValueError:
+        return overrides
+    return {**(overrides or {}), "destroyed_retention": number}
 
 
 def _check_database(database: Any) -> None:

@@ -85,6 +85,9 @@ class Options(ServiceOptions):
         ["outbox-retention", None, None,
          "Seconds an event is kept in the outbox for relinking gateways (default 604800: "
          "7 days)."],
+        ["destroyed-retention", None, None,
+         "Seconds a destroyed object is kept, then deleted by the state sweeper (default: "
+         "kept for ever)."],
         ["drain-timeout", None, None,
          "Seconds a stopping core waits for the requests in flight (default 5)."],
         ["application-objects", None, None,

@@ -19,6 +19,7 @@ from kcm.connection_guard import ConnectionGuard
 from kcm.core.audit_checkpoints import AuditCheckpoints
 from kcm.core.auto_rotation import rotate_due
 from kcm.core.config import CoreLimits, load_config
+from kcm.core.destroyed_retention import drop_tombstones, purge_destroyed
 from kcm.core.event_fanout import STALE_AFTER, EventFanout
 from kcm.core.events import TenantRemovals
 from kcm.core.keyring import Keyring
@@ -199,7 +200,11 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         _sweep_step(rotate_tenant_keys_due, keyring=keyring),
         _sweep_step(rewrap_step, keyring=keyring),
         _sweep_step(purge_spent),
-        _sweep_step(prune_outbox, retention=config.outbox_retention)])
+        _sweep_step(prune_outbox, retention=config.outbox_retention),
+        # The tombstones of a destroyed L3 before the L3 itself (which they name).
+        _sweep_step(drop_tombstones),
+        *([_sweep_step(purge_destroyed, retention=config.destroyed_retention)]
+          if config.destroyed_retention is not None else [])])
     if config.link_listen:
         # Woken on PostgreSQL by every core's commits that add events (OutboxListener), on
         # SQLite by this process's (the store's on_outbox_written); the poll finds the

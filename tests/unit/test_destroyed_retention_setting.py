@@ -1,17 +1,21 @@
 """``[core] destroyed_retention``: how long a destroyed object is kept before the state
 sweeper deletes it (kcm.core.destroyed_retention); unset by default (kept for ever), else
-checked like the other durations."""
+checked like the other durations; the sweeper's steps that apply it, and that drop the L4
+tombstones of destroyed service keys."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.python import usage
 
 from kcm.config_file import ConfigError
-from kcm.core import tap
+from kcm.core import destroyed_retention, tap
+from kcm.core.audit import AuditEvent
 from kcm.core.config import CoreConfig, load_config
+from kcm.core.store import repository
 from tests.vectors import REPO_ROOT
 
 
@@ -51,3 +55,45 @@ def test_a_wrong_retention_is_refused(tmp_path: Path, value: str) -> None:
 def test_a_wrong_retention_on_the_command_line_is_refused(value: str) -> None:
     with pytest.raises(usage.UsageError, match=r"core\.destroyed_retention"):
         tap.Options().parseOptions(["--destroyed-retention", value])
+
+
+def _steps(arguments: list[str]) -> dict[str, object]:
+    options = tap.Options()
+    options.parseOptions(arguments)
+    sweeper = tap.makeService(options, reactor=Clock()).getServiceNamed("kcm-state-sweeper")
+    return {step.__name__: step for step in sweeper._steps}
+
+
+def test_the_state_sweeper_purges_only_when_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = _steps([])
+    assert "purge_destroyed" not in steps
+    names = list(_steps(["--destroyed-retention", "60"]))
+    # The tombstones of a destroyed L3 (whatever the setting) before the L3 itself.
+    assert names[-2:] == ["drop_tombstones", "purge_destroyed"]
+    asked: list[tuple[object, int, int]] = []
+    monkeypatch.setattr(repository, "purge_destroyed", lambda session, before, limit: (
+        asked.append((session, before, limit)), [])[1])
+    assert list(_steps(["--destroyed-retention", "60"])["purge_destroyed"](
+        "session", 1000.5)) == []
+    assert asked == [("session", 1000 - 60, 1000)]
+    assert "drop_tombstones" in steps
+
+
+def test_the_step_audits_each_tenant_once_a_batch_and_reports_counts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    purged = [repository.PurgedObject("t1", "a", None, 1), repository.PurgedObject("t2", "b", 3, 2),
+              repository.PurgedObject("t1", "c", None, 3)]
+    monkeypatch.setattr(repository, "purge_destroyed", lambda session, before, limit: purged)
+    audited: list[AuditEvent] = []
+    monkeypatch.setattr(destroyed_retention, "append_audit",
+                        lambda session, record, clock: audited.append(record))
+    [done] = destroyed_retention.purge_destroyed("session", 86_400.0 + 100, retention=86_400,
+                                                 limit=3)
+    assert done == destroyed_retention.DestroyedPurged(3, 2, 100, more=True)
+    assert str(done) == ("destroyed objects: 3 destroyed before 1970-01-01T00:01:40+00:00 "
+                         "(destroyed_retention) deleted, of 2 tenants; sweeping again for more")
+    assert [(r.tenant, r.object_ids, r.operation, r.principal) for r in audited] == [
+        ("t1", ("a", "c"), "PurgeDestroyed", "kcm-core/state-sweeper"),
+        ("t2", ("b",), "PurgeDestroyed", "kcm-core/state-sweeper")]
+    assert audited[1].detail == {"objects": 1, "destroyed_before": 100, "retention": 86_400,
+                                 "service_keys": 1}

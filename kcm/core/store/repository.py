@@ -43,12 +43,14 @@ from kcm.core.store.raw_statements import RawStatement, connection_of, execute_p
 from kcm.core.store.savepoints import on_rollback
 from kcm.core.store.schema import (
     DATE_COLUMNS,
+    DESTROYED_OBJECTS,
     LEVEL_SERVICE_KEY,
     LEVEL_TENANT_KEY,
     LIVE_OBJECTS,
     STATE_ACTIVE,
     STATE_DESTROYED,
     STATE_DESTROYED_COMPROMISED,
+    L3Usage,
     L4Tombstone,
     ManagedObject,
     Meta,
@@ -1058,6 +1060,89 @@ def tombstones_for(session: Session, tenant: str, l3_uid: str | None = None) -> 
     if l3_uid is not None:
         stmt = stmt.where(L4Tombstone.l3_uid == l3_uid)
     return list(session.scalars(stmt.order_by(L4Tombstone.at, L4Tombstone.token_id)))
+
+
+def drop_tombstones_of_destroyed(session: Session, limit: int) -> int:
+    """Delete up to ``limit`` L4 tombstones of destroyed service keys; how many. Every token
+    under a destroyed L3 is refused as crypto-erased whether it was revoked or not (the L4
+    engine looks at the L3's state first), so its tombstones say nothing any more.
+
+    The destroyed L3s are read from the partial index of the hierarchy keys (by level and
+    state: a few rows), the tombstones by their index on ``l3_uid``."""
+    destroyed = select(ManagedObject.uid).where(
+        ManagedObject.level == LEVEL_SERVICE_KEY,
+        ManagedObject.state.in_((STATE_DESTROYED, STATE_DESTROYED_COMPROMISED)))
+    batch = select(L4Tombstone.token_id).where(L4Tombstone.l3_uid.in_(destroyed)).limit(limit)
+    result = session.execute(delete(L4Tombstone).where(L4Tombstone.token_id.in_(batch)),
+                             execution_options={"synchronize_session": False})
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- destroyed objects (kcm.core.destroyed_retention) ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PurgedObject:
+    """A destroyed object :func:`purge_destroyed` deleted."""
+
+    tenant: str
+    uid: str
+    level: int | None
+    destroy_date: int
+
+
+def destroyed_due(session: Session, destroyed_before: int, limit: int) -> list[PurgedObject]:
+    """Up to ``limit`` destroyed objects whose Destroy Date is before ``destroyed_before``
+    (epoch seconds) that may be deleted, those destroyed first first (then by uid).
+
+    Not every destroyed object may be: the newest object (by ``created_seq``) stays, since
+    the next one is numbered after it (:func:`insert_object`) and a number is never used
+    twice; a tenant key (L2) stays (a handful a tenant; ``kcm core tenant remove`` deletes
+    them); a service key (L3) stays while it is the newest version of its service (the
+    next version is numbered after it) or L4 tombstones still name it
+    (:func:`drop_tombstones_of_destroyed` deletes those first). Read from the partial index
+    of the destroyed objects by Destroy Date (migration 0011)."""
+    objects = ManagedObject.__table__
+    newer = objects.alias("newer")
+    newest_seq = select(func.max(objects.c.created_seq)).scalar_subquery()
+    may_go = or_(
+        objects.c.level.is_(None),
+        and_(objects.c.level == LEVEL_SERVICE_KEY,
+             exists().where(newer.c.level == LEVEL_SERVICE_KEY,
+                            newer.c.tenant == objects.c.tenant,
+                            newer.c.service == objects.c.service,
+                            newer.c.key_version > objects.c.key_version),
+             ~exists().where(L4Tombstone.l3_uid == objects.c.uid)))
+    rows = session.execute(
+        select(objects.c.tenant, objects.c.uid, objects.c.level, objects.c.destroy_date)
+        .where(text(DESTROYED_OBJECTS), objects.c.destroy_date < destroyed_before,
+               objects.c.state.in_((STATE_DESTROYED, STATE_DESTROYED_COMPROMISED)),
+               objects.c.created_seq < newest_seq, may_go)
+        .order_by(objects.c.destroy_date, objects.c.uid).limit(limit)).all()
+    return [PurgedObject(tenant, uid, level, destroy_date)
+            for tenant, uid, level, destroy_date in rows]
+
+
+def purge_destroyed(session: Session, destroyed_before: int, limit: int) -> list[PurgedObject]:
+    """Delete the objects :func:`destroyed_due` names (at most ``limit``) with everything
+    that hangs on them: their names, groups and Locate keys (also ``ON DELETE CASCADE``,
+    deleted here by uid all the same), an L3's usage count; return them. Each is noted
+    written (:func:`kcm.core.store.object_cache.note_written`): this core's object cache
+    drops it now and again at the commit; another core's finds its stamp gone on its next
+    read (a missing row) and drops it then."""
+    lock_writers(session)
+    due = destroyed_due(session, destroyed_before, limit)
+    if not due:
+        return []
+    uids = [obj.uid for obj in due]
+    quiet = {"synchronize_session": False}
+    for table, column in ((ObjectName, ObjectName.uid), (ObjectGroup, ObjectGroup.uid),
+                          (ObjectAttributeKey, ObjectAttributeKey.uid), (L3Usage, L3Usage.uid),
+                          (ManagedObject, ManagedObject.uid)):
+        session.execute(delete(table).where(column.in_(uids)), execution_options=quiet)
+    for obj in due:
+        note_written(session.info, obj.tenant, obj.uid)
+    return due
 
 
 # --- spent stream parts (kcm.core.stream_parts) --------------------------------------------

@@ -8,7 +8,8 @@ request is an L4 one and None when it is not (the handler then goes on as before
   ``l3-`` identifier: the L4 engine, over the store (:mod:`kcm.core.l4_keys`), so the core
   answers exactly as a gateway would.
 * Revoke/Destroy of an ``l4.`` identifier: a tombstone and an ``l4.tombstone`` event, in the
-  request's transaction, so the audit record, the tombstone and the event commit together.
+  request's transaction, so the audit record, the tombstone and the event commit together;
+  neither under a destroyed L3 (its tokens are all refused as crypto-erased).
 
 Only an L4 Create sets the ID Placeholder (its new token), as at a gateway
 (:data:`kcm.l4.engine.SETS_ID_PLACEHOLDER`); the others leave it as it was (KMIP 1.4 §4,
@@ -117,6 +118,11 @@ def destroy(ctx: OperationContext, request: DestroyRequest) -> UniqueIdentifierR
 def _tombstone(ctx: OperationContext, uid: str, reason: str) -> UniqueIdentifierResponse:
     _note_token(ctx, uid)
     target = _audited(ctx, _engine(ctx).tombstone, uid, requested=uid)
+    if target.l3_destroyed:
+        # Refused as crypto-erased already, revoked or not: a tombstone would say nothing
+        # (those made before the Destroy are deleted: kcm.core.destroyed_retention).
+        ctx.audit_detail["l4_tombstone"] = "not needed: its service key is destroyed"
+        return UniqueIdentifierResponse(unique_identifier=uid)
     added = repository.add_tombstone(ctx.session, token_id=target.token_id,
                                      tenant=target.tenant, l3_uid=target.l3_uid, reason=reason,
                                      clock=lambda: ctx.now)

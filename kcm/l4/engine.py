@@ -154,11 +154,13 @@ class KeySource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:
-    """What Revoke or Destroy of an L4 records: its TokenId, tenant and L3."""
+    """What Revoke or Destroy of an L4 records: its TokenId, tenant and L3; nothing when
+    ``l3_destroyed`` (every token under it is refused as crypto-erased, revoked or not)."""
 
     token_id: str
     tenant: str
     l3_uid: str
+    l3_destroyed: bool = False
 
 
 class L4Engine:
@@ -391,9 +393,10 @@ class L4Engine:
         """
         sealed = _parse(uid)
         l3 = self._service_key(principal, sealed.l3_uid)
-        if l3.state not in DESTROYED_STATES:
+        destroyed = l3.state in DESTROYED_STATES
+        if not destroyed:
             _open(uid, sealed, l3)
-        return Tombstone(sealed.token_id, l3.tenant, l3.uid)
+        return Tombstone(sealed.token_id, l3.tenant, l3.uid, destroyed)
 
     # Keys ---------------------------------------------------------------------------
     def _service_key(self, principal: Principal, uid: str) -> ServiceKey:

@@ -466,6 +466,33 @@ def test_destroyed_l3_crypto_erases_its_l4s(core: CoreHarness) -> None:
                version=(1, 4)), ResultReason.ITEM_NOT_FOUND)
 
 
+def test_a_token_under_a_destroyed_l3_is_revoked_without_a_tombstone(
+        core: CoreHarness) -> None:
+    """Every token under a destroyed L3 is refused as crypto-erased, revoked or not: its
+    Revoke and Destroy still succeed, and record nothing (no tombstone, no event) that the
+    gateways would keep and the state sweeper delete again (kcm.core.destroyed_retention)."""
+    now = int(time.time())
+    core.store.run_sync(lambda s: provision_service(s, core.keyring, "demo", "vault", now=now))
+    admin = admin_principal()
+    uid = create_l4(core, vendor("kcm-level", "L4"), vendor("kcm-service", "vault"),
+                    principal=admin)
+    l3_uid = token.parse(uid).l3_uid
+    ok(one(core, Operation.REVOKE, revoke_request(l3_uid, RevocationReasonCode.UNSPECIFIED),
+           principal=admin))
+    ok(one(core, Operation.DESTROY, DestroyRequest(unique_identifier=l3_uid), principal=admin))
+    events = len(outbox(core, "l4.tombstone"))
+    ok(one(core, Operation.REVOKE, revoke_request(uid), principal=admin))
+    ok(one(core, Operation.DESTROY, DestroyRequest(unique_identifier=uid), principal=admin))
+    assert core.store.run_sync(lambda s: repository.tombstones_for(s, "demo", l3_uid)) == []
+    assert len(outbox(core, "l4.tombstone")) == events
+    failed(encrypt(core, uid, b"new", principal=admin), ResultReason.OBJECT_DESTROYED)
+    details = core.store.run_sync(lambda s: s.scalars(
+        select(AuditLog.detail).where(AuditLog.operation.in_(("REVOKE", "DESTROY")))
+        .order_by(AuditLog.seq.desc()).limit(2)).all())
+    assert len(details) == 2
+    assert all("not needed: its service key is destroyed" in d for d in details)
+
+
 @pytest.mark.parametrize("version", [(1, 4), (2, 1)])
 def test_a_key_format_type_no_version_defines_is_refused_as_at_the_gateway(
         core: CoreHarness, version) -> None:

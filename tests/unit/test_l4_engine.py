@@ -401,8 +401,9 @@ def test_l3_states(engine, keys) -> None:
     refused(ResultReason.WRONG_KEY_LIFECYCLE_STATE, engine.decrypt, APP, V21, DecryptRequest(
         unique_identifier=l3(1).uid, data=b"r", iv_counter_nonce=bytes(12),
         authenticated_encryption_tag=bytes(16)))
-    # A destroyed L3 still lets its L4s be tombstoned.
-    assert engine.tombstone(APP, V21, uid).l3_uid == l3(1).uid
+    # A destroyed L3 still lets its L4s be revoked (it says so: nothing to record).
+    target = engine.tombstone(APP, V21, uid)
+    assert (target.l3_uid, target.l3_destroyed) == (l3(1).uid, True)
 
 
 def test_execute_dispatches_the_four_operations(engine) -> None:

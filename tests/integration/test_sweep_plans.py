@@ -23,6 +23,7 @@ from sqlalchemy import event
 
 from kcm.core import tap
 from kcm.core.auto_rotation import rotate_due
+from kcm.core.destroyed_retention import drop_tombstones, purge_destroyed
 from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.outbox_retention import prune_outbox
 from kcm.core.rotation_policy import PolicySettings, set_policy
@@ -53,14 +54,16 @@ def _steps(core: CoreHarness) -> list:
             bound(rotate_tenant_keys_due, keyring=core.keyring),
             bound(rewrap_step, keyring=core.keyring),
             bound(purge_spent),
-            bound(prune_outbox, retention=3600)]
+            bound(prune_outbox, retention=3600),
+            bound(drop_tombstones),
+            bound(purge_destroyed, retention=3600)]
 
 
 def test_the_steps_here_are_those_kcm_core_sweeps_with() -> None:
     listed = re.findall(r"_sweep_step\((\w+)", inspect.getsource(tap.makeService))
     assert listed == [fn.__name__ for fn in (rotate_due, rotate_managed_due,
                                              rotate_tenant_keys_due, rewrap_step, purge_spent,
-                                             prune_outbox)]
+                                             prune_outbox, drop_tombstones, purge_destroyed)]
 
 
 @contextmanager

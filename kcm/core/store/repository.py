@@ -1101,7 +1101,7 @@ def destroyed_due(session: Session, destroyed_before: int, limit: int) -> list[P
     them); a service key (L3) stays while it is the newest version of its service (the
     next version is numbered after it) or L4 tombstones still name it
     (:func:`drop_tombstones_of_destroyed` deletes those first). Read from the partial index
-    of the destroyed objects by Destroy Date (migration 0011)."""
+    of the destroyed objects by Destroy Date (migration 0012)."""
     objects = ManagedObject.__table__
     newer = objects.alias("newer")
     newest_seq = select(func.max(objects.c.created_seq)).scalar_subquery()

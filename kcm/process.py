@@ -34,6 +34,7 @@ from kcm import compiled, reactor_dispatch
 from kcm.config_file import TlsFiles, tls_file_problem
 from kcm.logging import log_observer
 from kcm.no_core_dumps import forbid_core_dumps
+from kcm.stop_signals import guard_stop_signals
 
 __all__ = ["LOG_LINGER", "ProcessService", "open_log", "start_failure_reason"]
 
@@ -102,6 +103,10 @@ class ProcessService(MultiService):
             from twisted.internet import reactor
         # Before any child opens a key: no core dump, no same-user ptrace.
         forbid_core_dumps()
+        # A second SIGTERM while this one drains is not another stop (kcm.stop_signals;
+        # a test's task.Clock has no signals to guard).
+        if hasattr(reactor, "callWhenRunning"):
+            reactor.callWhenRunning(guard_stop_signals, reactor)
         installed = reactor_dispatch.install(reactor, busy_poll=self.busy_poll)
         if self.busy_poll:
             if installed:

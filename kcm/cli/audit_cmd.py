@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Select
     from sqlalchemy.orm import Session
 
-    from kcm.core.audit import VerifyResult
     from kcm.core.store.engine import Store
     from kcm.core.store.schema import AuditLog
 
@@ -98,7 +97,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from kcm.core.audit import Checkpoint, checkpoints_in_log, verify_chain
+    from kcm.core.audit import Checkpoint, checkpoints_in_log, verify_chain_paged
     from kcm.core.l1 import L1_CHECK_META, L1Error, open_configured_l1
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
@@ -131,15 +130,23 @@ def _run_verify(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot load the L1 key: {e}") from e
     store.audit_key = l1.audit_key()
 
-    def verify(session: Session) -> VerifyResult:
-        known = repository.get_meta(session, L1_CHECK_META)
-        if known is not None and known != l1.check_value():
-            raise CommandError(f"the {l1.description} is not the L1 key of this database")
-        return verify_chain(session, checkpoints=checkpoints)
-
-    result = run_in_store(store, verify, write=False)
+    known = run_in_store(store, lambda session: repository.get_meta(session, L1_CHECK_META),
+                         write=False)
+    if known is not None and known != l1.check_value():
+        raise CommandError(f"the {l1.description} is not the L1 key of this database")
+    # Page by page, each a short read transaction: a snapshot held for the whole walk
+    # (hours, for a year's chain) would keep SQLite's WAL from being checkpointed and
+    # PostgreSQL's vacuum from removing dead rows.
+    result = verify_chain_paged(lambda read: run_in_store(store, read, write=False),
+                                checkpoints=checkpoints)
     if result.ok:
         notes = []
+        if result.base_seq:
+            notes.append(f"from record {result.base_seq + 1}: records up to "
+                         f"{result.base_seq} archived (the base marker verified)")
+        if result.below_base_records:
+            notes.append(f"{result.below_base_records} archived records still to delete "
+                         "(an archive interrupted: run it again)")
         if result.unkeyed_records:
             notes.append(f"the first {result.unkeyed_records} written before the chain was "
                          "keyed, checked by digest only")
@@ -148,6 +155,9 @@ def _run_verify(args: argparse.Namespace) -> int:
                          "(committed meanwhile)")
         if checkpoints:
             notes.append(f"{result.checkpoints_matched} checkpoints matched")
+        if result.checkpoints_archived:
+            notes.append(f"{result.checkpoints_archived} checkpoints name archived records "
+                         "(verify them against the archive: --export FILE)")
         print(f"audit log intact: {result.records_checked} records verified"
               + "".join(f"; {note}" for note in notes))
         return 0

@@ -21,6 +21,8 @@ So every record also carries a MAC under the **audit key** (HKDF of L1,
         MAC       = HMAC-SHA-256(audit key, "kcm audit head" || 0x00 || "SEQ:DIGESTHEX")
     checkpoint    = "SEQ:DIGESTHEX:MACHEX"      (a ``kcm.audit.checkpoint`` log event)
         MAC       = HMAC-SHA-256(audit key, "kcm audit checkpoint" || 0x00 || "SEQ:DIGESTHEX")
+    base          = "SEQ:DIGESTHEX:MACHEX"      (the ``meta`` row ``audit.base``, if archived)
+        MAC       = HMAC-SHA-256(audit key, "kcm audit base" || 0x00 || "SEQ:DIGESTHEX")
 
 Since ``digest(n)`` commits to every record up to ``n``, ``mac(n)`` authenticates them all;
 a record edited without the key (its digests recomputed or not) fails its own MAC. The head
@@ -33,6 +35,11 @@ kept, or the head gone, stop the append (:class:`AuditChainError`) instead of be
 by the genuine head its commit would write. Checkpoints
 are the head, MACed under a third label and written to the log, outside the database, by
 :class:`kcm.core.audit_checkpoints.AuditCheckpoints`.
+
+The oldest records may be archived (:mod:`kcm.core.audit_archive`): exported to a file,
+then the base marker written, naming the last of them and its digest (MACed under a fourth
+label), then the records deleted. The chain in the database then starts after the base:
+record ``base + 1`` links to the digest the marker names, as it linked to the deleted record.
 
 Records written before the chain was keyed (schema revision 0002) have no MAC: they are
 **unkeyed**, checked by digest only. They can only come first, and the first keyed record
@@ -73,7 +80,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import bindparam, delete, event, select
+from sqlalchemy import bindparam, delete, event, func, select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger, LogLevel
 
@@ -93,12 +100,16 @@ HEAD_META_KEY = "audit.head"
 _RECORD_LABEL = b"kcm audit record\x00"
 _HEAD_LABEL = b"kcm audit head\x00"
 _CHECKPOINT_LABEL = b"kcm audit checkpoint\x00"
+_BASE_LABEL = b"kcm audit base\x00"
 
 #: The operation of the record :func:`key_chain` appends to anchor unkeyed records.
 KEY_CHAIN_OPERATION = "KeyAuditChain"
 #: The ``meta`` row naming (``SEQ:DIGESTHEX``) the newest record of an unkeyed chain that
 #: migration 0002 found, the only one :func:`key_chain` may anchor.
 UNKEYED_META_KEY = "audit.unkeyed"
+#: The ``meta`` row naming (``SEQ:DIGESTHEX:MACHEX``, :func:`base_marker`) the last record
+#: archived (:mod:`kcm.core.audit_archive`): the chain in the database starts after it.
+BASE_META_KEY = "audit.base"
 
 _PENDING_KEY = "kcm.audit.pending"
 #: The chain's newest (seq, digest) as this transaction last wrote it.
@@ -241,6 +252,14 @@ class VerifyResult:
     #: Of the records checked, those after the head marker read (committed by a writer
     #: meanwhile), each verified as strictly as the others.
     past_head_records: int = 0
+    #: The record the base marker names (records up to it archived; 0: none).
+    base_seq: int = 0
+    #: Records at or below the base still in the database (an archive interrupted before
+    #: its deletes ended), not walked.
+    below_base_records: int = 0
+    #: Checkpoints naming archived records (before the base): checked against the archive
+    #: file, not here.
+    checkpoints_archived: int = 0
 
 
 def _mac(audit_key: bytes, label: bytes, message: bytes) -> bytes:
@@ -259,6 +278,34 @@ def record_mac(audit_key: bytes, digest: bytes) -> bytes:
 def head_marker(audit_key: bytes, seq: int, digest: bytes) -> str:
     """The ``audit.head`` value naming record ``seq`` (digest ``digest``) as the newest."""
     return f"{seq}:{digest.hex()}:{_mac(audit_key, _HEAD_LABEL, _position(seq, digest)).hex()}"
+
+
+def base_marker(audit_key: bytes, seq: int, digest: bytes) -> str:
+    """The ``audit.base`` value naming record ``seq`` (digest ``digest``) as the last one
+    archived."""
+    return f"{seq}:{digest.hex()}:{_mac(audit_key, _BASE_LABEL, _position(seq, digest)).hex()}"
+
+
+def _genuine_base(key: bytes, seq: int, digest: bytes, mac: bytes | None) -> bool:
+    """Whether ``mac`` is the base marker's MAC of record ``seq`` with digest ``digest``."""
+    return mac is not None and hmac.compare_digest(
+        mac, _mac(key, _BASE_LABEL, _position(seq, digest)))
+
+
+def read_base(session: Session, audit_key: bytes) -> tuple[int, bytes] | None:
+    """The genuine base marker's (seq, digest), None if there is none;
+    :class:`AuditChainError` if it is malformed or fails its MAC."""
+    text = get_meta(session, BASE_META_KEY)
+    if text is None:
+        return None
+    try:
+        seq, digest, mac = _parse_position(text, "the audit base marker")
+    except ValueError as e:
+        raise AuditChainError(str(e)) from None
+    if not _genuine_base(audit_key, seq, digest, mac):
+        raise AuditChainError(f"the audit base marker (record {seq}) fails its MAC under this "
+                              "audit key; run `kcm audit verify`")
+    return seq, digest
 
 
 def _parse_position(text: str, what: str) -> tuple[int, bytes, bytes | None]:
@@ -904,10 +951,19 @@ event.listen(Session, "after_soft_rollback", _forget_tail)
 on_rollback(lambda session: _forget_tail(session, None))
 
 
+#: Records :func:`verify_chain_paged` reads in each of its read transactions.
+VERIFY_PAGE = 2000
+
+#: ``read(fn)``: ``fn(session)`` in a read transaction of its own (``Store.run_sync(fn,
+#: write=False)``), its result returned.
+ReadTransaction = Callable[[Callable[[Session], "VerifyResult | None"]], "VerifyResult | None"]
+
+
 def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None = None,
                  checkpoints: Iterable[Checkpoint] = ()) -> VerifyResult:
     """Walk the whole chain, through its recorded head and past it, and report the first
-    record that breaks it.
+    record that breaks it; in the caller's transaction, ``batch`` records a statement
+    (:func:`verify_chain_paged` checks the same in short transactions).
 
     With the audit key (default: the session's; :class:`AuditKeyMissing` without one),
     detects an edited record, its digests recomputed or not (digest or MAC mismatch), a
@@ -923,50 +979,151 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
     must be keyed, linked and MACed like the rest; they are counted in
     ``past_head_records``. A record past the head that is not (one added without the audit
     key) fails.
-    """
-    key = _audit_key(session, audit_key)
-    write_head(session)
-    expected: dict[int, list[Checkpoint]] = {}
-    for checkpoint in checkpoints:
-        if not checkpoint.genuine(key):
-            return VerifyResult(False, 0, None,
-                                f"checkpoint {checkpoint} does not verify under this L1 key: "
-                                "it was altered, or comes from another deployment")
-        expected.setdefault(checkpoint.seq, []).append(checkpoint)
-    matched = 0
 
-    def checkpoints_hold(seq: int, digest: bytes) -> bool:
-        nonlocal matched
-        for checkpoint in expected.pop(seq, ()):
+    A chain archived up to a record (:data:`BASE_META_KEY`, :mod:`kcm.core.audit_archive`)
+    is walked from the record after it, linked to the digest the base marker names; the
+    marker must be genuine (its MAC), every record after it keyed. Records at or below it
+    still there (an archive interrupted before its deletes ended) are counted, not walked;
+    checkpoints naming them are counted as archived (they are checked against the archive
+    file: ``kcm audit verify --export``).
+    """
+    walk = _ChainWalk(audit_key, checkpoints)
+    result = walk.start(session)
+    while result is None:
+        result = walk.page(session, batch)
+    return result
+
+
+def verify_chain_paged(read: ReadTransaction, *, page: int = VERIFY_PAGE,
+                       audit_key: bytes | None = None,
+                       checkpoints: Iterable[Checkpoint] = ()) -> VerifyResult:
+    """:func:`verify_chain`, each page of ``page`` records in a read transaction of its own
+    (``read(fn)``: ``fn(session)`` in a new read transaction), the running digest, MAC and
+    head state carried from one to the next: no snapshot is held longer than a page (a
+    long-lived one keeps SQLite's WAL from being checkpointed and PostgreSQL's vacuum from
+    removing dead rows). Pages follow each other by sequence number (``seq > last ORDER BY
+    seq LIMIT page``). The chain only grows at its end (and is archived only from its
+    start, behind a base marker written first), so the pages check exactly what one pass
+    did: every record up to the head read in the first transaction, and those committed
+    after it, as the records past the head (the head read again with the last page must
+    reach them)."""
+    if page < 1:
+        raise ValueError("a page holds at least one record")
+    walk = _ChainWalk(audit_key, checkpoints)
+    result = read(walk.start)
+    while result is None:
+        result = read(lambda session: walk.page(session, page))
+    return result
+
+
+class _ChainWalk:
+    """One walk of the chain, from its start (record 1, or the base marker's) to its newest
+    record, fed one page at a time, in one transaction or in many: :meth:`start`, then
+    :meth:`page` until it returns the result (None: more to read)."""
+
+    def __init__(self, audit_key: bytes | None, checkpoints: Iterable[Checkpoint]) -> None:
+        self._given_key = audit_key
+        self.key = b""
+        self.checkpoints = list(checkpoints)
+        self.expected: dict[int, list[Checkpoint]] = {}
+        self.matched = self.archived = 0
+        self.head_seq: int | None = None
+        self.head_digest = b""
+        self.head_mac: bytes | None = None
+        self.base_seq = self.below_base = 0
+        self.after: int | None = None  # the last sequence number read (None: none yet)
+        self.expected_seq = 1
+        self.prev_digest = GENESIS_DIGEST
+        self.at_head = GENESIS_DIGEST  # the digest of record head_seq, once walked
+        self.checked = self.unkeyed = self.past_head = 0
+
+    def _fail(self, seq: int | None, reason: str) -> VerifyResult:
+        return VerifyResult(False, self.checked, seq, reason, base_seq=self.base_seq)
+
+    def _checkpoints_hold(self, seq: int, digest: bytes) -> bool:
+        for checkpoint in self.expected.pop(seq, ()):
             if checkpoint.digest != digest:
                 return False
-            matched += 1
+            self.matched += 1
         return True
 
-    head = get_meta(session, HEAD_META_KEY)
-    head_seq: int | None = None
-    head_digest = b""
-    head_mac: bytes | None = None
-    if head is not None:
+    def start(self, session: Session) -> VerifyResult | None:
+        """Read the head and base markers; a result if the walk already failed."""
+        self.key = key = _audit_key(session, self._given_key)
+        write_head(session)
+        for checkpoint in self.checkpoints:
+            if not checkpoint.genuine(key):
+                return VerifyResult(False, 0, None,
+                                    f"checkpoint {checkpoint} does not verify under this L1 "
+                                    "key: it was altered, or comes from another deployment")
+            self.expected.setdefault(checkpoint.seq, []).append(checkpoint)
+        head = get_meta(session, HEAD_META_KEY)
+        if head is not None:
+            try:
+                self.head_seq, self.head_digest, self.head_mac = _parse_position(
+                    head, "the audit head marker")
+            except ValueError:
+                return VerifyResult(False, 0, 1, f"audit head marker is malformed: {head!r}")
+        base = get_meta(session, BASE_META_KEY)
+        if base is None:
+            if not self._checkpoints_hold(0, GENESIS_DIGEST):
+                return VerifyResult(False, 0, None,
+                                    "a checkpoint of the empty chain is malformed")
+            return None
         try:
-            head_seq, head_digest, head_mac = _parse_position(head, "the audit head marker")
+            base_seq, base_digest, base_mac = _parse_position(base, "the audit base marker")
         except ValueError:
-            return VerifyResult(False, 0, 1, f"audit head marker is malformed: {head!r}")
-    if not checkpoints_hold(0, GENESIS_DIGEST):
-        return VerifyResult(False, 0, None, "a checkpoint of the empty chain is malformed")
+            return VerifyResult(False, 0, None, f"audit base marker is malformed: {base!r}")
+        if not _genuine_base(key, base_seq, base_digest, base_mac):
+            return VerifyResult(False, 0, base_seq + 1,
+                                f"the audit base marker (record {base_seq}) fails its MAC: it "
+                                "was written without the audit key, to hide deleted records")
+        self.base_seq = self.after = base_seq
+        self.expected_seq = base_seq + 1
+        self.prev_digest = base_digest
+        if self.head_seq == base_seq:
+            self.at_head = base_digest
+        elif self.head_seq is not None and self.head_seq < base_seq:
+            return self._fail(self.head_seq,
+                              f"the head marker names record {self.head_seq}, before the "
+                              f"base marker's record {base_seq}: the chain was rolled back")
+        for seq in [seq for seq in self.expected if seq < base_seq]:
+            self.archived += len(self.expected.pop(seq))
+        if not self._checkpoints_hold(base_seq, base_digest):
+            return self._fail(base_seq, f"the base marker's record {base_seq} differs from a "
+                                        "checkpoint of it: the chain was rewritten since")
+        self.below_base = session.scalar(
+            select(func.count()).select_from(AuditLog).where(AuditLog.seq <= base_seq)) or 0
+        return None
 
-    table = AuditLog.__table__
-    stmt = select(table).order_by(table.c.seq).execution_options(yield_per=batch)
-    expected_seq = 1
-    prev_digest = GENESIS_DIGEST
-    at_head = GENESIS_DIGEST  # the digest of record head_seq, once walked
-    checked = unkeyed = past_head = 0
-    for row in session.execute(stmt).mappings():
+    def page(self, session: Session, limit: int) -> VerifyResult | None:
+        """Walk the next ``limit`` records; the result once the walk ends, else None."""
+        table = AuditLog.__table__
+        stmt = select(table).order_by(table.c.seq).limit(limit)
+        if self.after is not None:
+            stmt = stmt.where(table.c.seq > self.after)
+        rows = session.execute(stmt).mappings().all()
+        for row in rows:
+            failed = self._record(row)
+            if failed is not None:
+                return failed
+        if len(rows) == limit:
+            self.after = rows[-1]["seq"]
+            return None
+        return self._finish(session)
+
+    def _record(self, row: Mapping[str, Any]) -> VerifyResult | None:
+        key, checked, unkeyed = self.key, self.checked, self.unkeyed
         seq = row["seq"]
-        if seq != expected_seq:
-            return VerifyResult(
-                False, checked, expected_seq, f"record {expected_seq} is missing (next is {seq})"
-            )
+        if seq != self.expected_seq:
+            why = f"record {self.expected_seq} is missing (next is {seq})"
+            if self.base_seq and self.expected_seq == self.base_seq + 1:
+                why += (f": the audit base marker says records up to {self.base_seq} were "
+                        "archived, and every record after it must be here")
+            elif self.expected_seq == 1:
+                why += ": no audit base marker says records before it were archived"
+            return self._fail(self.expected_seq, why)
+        prev_digest = self.prev_digest
         try:
             linked = bytes(row["prev_digest"]) == prev_digest
             computed = record_digest(prev_digest,
@@ -974,84 +1131,83 @@ def verify_chain(session: Session, *, batch: int = 1000, audit_key: bytes | None
             stored_digest = bytes(row["digest"])
             mac = None if row["mac"] is None else bytes(row["mac"])
         except (TypeError, ValueError):  # (a column's type changed: SQLite keeps any)
-            return VerifyResult(False, checked, seq,
-                                "a stored value of the record is not of its column's type: "
-                                "the record was altered")
+            return self._fail(seq, "a stored value of the record is not of its column's "
+                                   "type: the record was altered")
         if not linked:
-            return VerifyResult(
-                False, checked, seq, "prev_digest does not match the previous record's digest"
-            )
+            if seq == self.base_seq + 1 and self.base_seq:
+                return self._fail(seq, "prev_digest does not match the digest the audit base "
+                                       f"marker names for record {self.base_seq}")
+            return self._fail(seq, "prev_digest does not match the previous record's digest")
         if stored_digest != computed:
-            return VerifyResult(False, checked, seq, "digest does not match the record's content")
-        beyond = head_seq is not None and seq > head_seq
+            return self._fail(seq, "digest does not match the record's content")
+        beyond = self.head_seq is not None and seq > self.head_seq
         if mac is None:
             if beyond:
-                return VerifyResult(False, checked, seq,
-                                    "the record, past the head, has no MAC")
-            if unkeyed < checked:
-                return VerifyResult(False, checked, seq,
-                                    "the record has no MAC, but an earlier record has one")
-            unkeyed += 1
+                return self._fail(seq, "the record, past the head, has no MAC")
+            if unkeyed < checked or self.base_seq:
+                return self._fail(seq, "the record has no MAC, but an earlier record has one")
+            self.unkeyed += 1
         elif not hmac.compare_digest(mac, record_mac(key, computed)):
-            return VerifyResult(False, checked, seq,
-                                "MAC does not match: the record, or one before it, was "
-                                "rewritten without the audit key (or this is not the "
-                                "database's L1 key)")
+            return self._fail(seq, "MAC does not match: the record, or one before it, was "
+                                   "rewritten without the audit key (or this is not the "
+                                   "database's L1 key)")
         elif unkeyed == checked and unkeyed and not _anchors(row, unkeyed):
-            return VerifyResult(False, checked, 1,
-                                f"records 1..{unkeyed} have no MAC, and record {seq}, the "
-                                f"first with one, is not the {KEY_CHAIN_OPERATION} record "
-                                "that anchors them: their MACs were removed")
-        if not checkpoints_hold(seq, computed):
-            return VerifyResult(False, checked, seq,
-                                "the record differs from a checkpoint of it: the chain was "
-                                "rewritten since the checkpoint")
-        if seq == head_seq:
-            at_head = computed
-        prev_digest = computed
-        expected_seq = seq + 1
-        checked += 1
-        past_head += beyond
+            return self._fail(1, f"records 1..{unkeyed} have no MAC, and record {seq}, the "
+                                 f"first with one, is not the {KEY_CHAIN_OPERATION} record "
+                                 "that anchors them: their MACs were removed")
+        if not self._checkpoints_hold(seq, computed):
+            return self._fail(seq, "the record differs from a checkpoint of it: the chain "
+                                   "was rewritten since the checkpoint")
+        if seq == self.head_seq:
+            self.at_head = computed
+        self.prev_digest = computed
+        self.expected_seq = seq + 1
+        self.checked += 1
+        self.past_head += beyond
+        return None
 
-    last_seq = expected_seq - 1
-    to_head = checked - past_head
-    if head_seq is None:
-        if checked:
-            return VerifyResult(False, checked, last_seq, "audit head marker is missing")
-    elif last_seq < head_seq:
-        return VerifyResult(
-            False, checked, last_seq + 1, f"records {last_seq + 1}..{head_seq} are missing"
-        )
-    elif head_digest != at_head:
-        return VerifyResult(False, checked, head_seq,
-                            f"record {head_seq} differs from the head marker")
-    if to_head and unkeyed == to_head:
-        if anchor_due(session, last_seq, prev_digest):
-            why = ("written before the chain was keyed, not anchored yet: start kcm-core or "
-                   "run `kcm core init`")
-        else:
-            why = "their MACs were removed"
-        return VerifyResult(False, checked, 1,
-                            f"no record is keyed: records 1..{last_seq} have no MAC ({why})")
-    if head_seq is not None and not _genuine_head(key, head_seq, at_head, head_mac):
-        return VerifyResult(False, checked, head_seq,
-                            "the head marker fails its MAC: it was rewritten without the audit "
-                            "key (the tail cut back?)")
-    if past_head and not _head_reaches(session, key, last_seq, prev_digest):
-        # A writer commits its records and the head that names them together: once they
-        # are read, so is a head at or past them. A head that stays behind is an old one.
-        return VerifyResult(False, checked, last_seq - past_head + 1,
-                            f"records {last_seq - past_head + 1}..{last_seq} follow the head "
-                            "marker, which names an earlier record: the tail was cut back, or "
-                            "the head rolled back")
-    if expected:
-        beyond_seq = max(expected)
-        return VerifyResult(False, checked, last_seq + 1,
-                            f"a checkpoint names record {beyond_seq}, but the chain ends at "
-                            f"{last_seq}: records {last_seq + 1}..{beyond_seq} were deleted, or "
-                            "the chain was rolled back")
-    return VerifyResult(True, checked, unkeyed_records=unkeyed, checkpoints_matched=matched,
-                        past_head_records=past_head)
+    def _finish(self, session: Session) -> VerifyResult:
+        """The checks of the walk's end, in the transaction of its last page."""
+        key, checked, unkeyed, past_head = self.key, self.checked, self.unkeyed, self.past_head
+        head_seq, prev_digest = self.head_seq, self.prev_digest
+        last_seq = self.expected_seq - 1
+        to_head = checked - past_head
+        if head_seq is None:
+            if checked or self.base_seq:
+                return self._fail(last_seq, "audit head marker is missing")
+        elif last_seq < head_seq:
+            return self._fail(last_seq + 1, f"records {last_seq + 1}..{head_seq} are missing")
+        elif self.head_digest != self.at_head:
+            return self._fail(head_seq, f"record {head_seq} differs from the head marker")
+        if to_head and unkeyed == to_head:
+            if anchor_due(session, last_seq, prev_digest):
+                why = ("written before the chain was keyed, not anchored yet: start kcm-core "
+                       "or run `kcm core init`")
+            else:
+                why = "their MACs were removed"
+            return self._fail(1, f"no record is keyed: records 1..{last_seq} have no MAC "
+                                 f"({why})")
+        if head_seq is not None and not _genuine_head(key, head_seq, self.at_head,
+                                                      self.head_mac):
+            return self._fail(head_seq, "the head marker fails its MAC: it was rewritten "
+                                        "without the audit key (the tail cut back?)")
+        if past_head and not _head_reaches(session, key, last_seq, prev_digest):
+            # A writer commits its records and the head that names them together: once they
+            # are read, so is a head at or past them. A head that stays behind is an old one.
+            return self._fail(last_seq - past_head + 1,
+                              f"records {last_seq - past_head + 1}..{last_seq} follow the "
+                              "head marker, which names an earlier record: the tail was cut "
+                              "back, or the head rolled back")
+        if self.expected:
+            beyond_seq = max(self.expected)
+            return self._fail(last_seq + 1,
+                              f"a checkpoint names record {beyond_seq}, but the chain ends at "
+                              f"{last_seq}: records {last_seq + 1}..{beyond_seq} were deleted, "
+                              "or the chain was rolled back")
+        return VerifyResult(True, checked, unkeyed_records=unkeyed,
+                            checkpoints_matched=self.matched, past_head_records=past_head,
+                            base_seq=self.base_seq, below_base_records=self.below_base,
+                            checkpoints_archived=self.archived)
 
 
 def _anchors(row: Mapping[str, Any], unkeyed: int) -> bool:

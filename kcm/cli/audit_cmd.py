@@ -1,4 +1,4 @@
-"""``kcm audit verify|tail|export``: check and read the audit log.
+"""``kcm audit verify|tail|export|archive``: check, read and archive the audit log.
 
 ``kcm audit verify [-c CONFIG] [--checkpoint SEQ:DIGEST:MAC] [--checkpoint-log FILE]``:
 check the audit log's keyed hash chain.
@@ -14,6 +14,13 @@ Checkpoints are the ``kcm.audit.checkpoint`` events kcm-core writes to its log a
 every ``audit_checkpoint_interval`` seconds; ``--checkpoint`` takes one as written (its
 ``checkpoint`` field), ``--checkpoint-log`` reads every one from a saved kcm-core log (either
 log format). Both may be repeated.
+
+``kcm audit archive (--until TIME | --until-seq N) -o FILE [-c CONFIG]``: move the oldest
+records out of the database. The chain is verified first; records up to N (or those
+written before TIME, up to the first that is not) are exported to FILE as ``kcm audit
+export`` writes them and the file checked, a MACed base marker naming the last of them is
+written, then they are deleted in short transactions (:mod:`kcm.core.audit_archive`).
+Interrupted, it can be run again: it finishes the deletes.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Select
     from sqlalchemy.orm import Session
 
+    from kcm.core.audit import VerifyResult
     from kcm.core.store.engine import Store
     from kcm.core.store.schema import AuditLog
 
@@ -89,6 +97,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _filters(export)
     export.set_defaults(run=_run_export, prog="kcm audit export")
 
+    archive = actions.add_parser(
+        "archive", help="export the oldest audit records to a file, then delete them")
+    config_option(archive)
+    until = archive.add_mutually_exclusive_group(required=True)
+    until.add_argument("--until", metavar="TIME",
+                       help="the records written before TIME (same forms as export's), up "
+                            "to the first that is not")
+    until.add_argument("--until-seq", type=int, metavar="N",
+                       help="the records up to and including record N")
+    archive.add_argument("-o", "--output", metavar="FILE",
+                         help="write them to FILE, which must not exist (needed unless they "
+                              "are archived already)")
+    archive.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
+    archive.set_defaults(run=_run_archive, prog="kcm audit archive")
+
 
 def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", help="only this tenant's records")
@@ -98,9 +121,6 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from kcm.core.audit import Checkpoint, checkpoints_in_log, verify_chain_paged
-    from kcm.core.l1 import L1_CHECK_META, L1Error, open_configured_l1
-    from kcm.core.store import repository
-    from kcm.core.store.engine import Store
 
     checkpoints = []
     for text in args.checkpoint:
@@ -123,17 +143,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     config = core_config(args)
     if args.export is not None:
         return _verify_export(args.export, _audit_key_of(config), checkpoints)
-    store = closed_at_end(args, Store(schema_checked(existing_database(config))))
-    try:
-        l1, _ = open_configured_l1(config)
-    except L1Error as e:
-        raise CommandError(f"cannot load the L1 key: {e}") from e
-    store.audit_key = l1.audit_key()
-
-    known = run_in_store(store, lambda session: repository.get_meta(session, L1_CHECK_META),
-                         write=False)
-    if known is not None and known != l1.check_value():
-        raise CommandError(f"the {l1.description} is not the L1 key of this database")
+    store = _keyed_store(args, config)
     # Page by page, each a short read transaction: a snapshot held for the whole walk
     # (hours, for a year's chain) would keep SQLite's WAL from being checkpointed and
     # PostgreSQL's vacuum from removing dead rows.
@@ -161,12 +171,36 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"audit log intact: {result.records_checked} records verified"
               + "".join(f"; {note}" for note in notes))
         return 0
+    _print_broken(result)
+    return 1
+
+
+def _print_broken(result: VerifyResult) -> None:
     if result.first_bad_seq is None:
         print(f"audit log NOT verified: {result.reason}")
     else:
         print(f"audit log BROKEN at record {result.first_bad_seq}: {result.reason} "
               f"({result.records_checked} records checked)")
-    return 1
+
+
+def _keyed_store(args: argparse.Namespace, config: Any) -> Store:
+    """A store on the existing database of ``config`` with its audit key, once the L1 key
+    is known to be the database's."""
+    from kcm.core.l1 import L1_CHECK_META, L1Error, open_configured_l1
+    from kcm.core.store import repository
+    from kcm.core.store.engine import Store
+
+    store = closed_at_end(args, Store(schema_checked(existing_database(config))))
+    try:
+        l1, _ = open_configured_l1(config)
+    except L1Error as e:
+        raise CommandError(f"cannot load the L1 key: {e}") from e
+    store.audit_key = l1.audit_key()
+    known = run_in_store(store, lambda session: repository.get_meta(session, L1_CHECK_META),
+                         write=False)
+    if known is not None and known != l1.check_value():
+        raise CommandError(f"the {l1.description} is not the L1 key of this database")
+    return store
 
 
 def _audit_key_of(config: Any) -> bytes:
@@ -385,3 +419,112 @@ def _run_export(args: argparse.Namespace) -> int:
         count = export(out)
     print(f"{count} audit records written to {args.output}", file=sys.stderr)
     return 0
+
+
+# Archiving -------------------------------------------------------------------------------------
+
+
+def _run_archive(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from kcm.core.audit import verify_chain_paged
+    from kcm.core.audit_archive import (
+        DELETE_BATCH,
+        archive_end,
+        archive_end_refusal,
+        delete_below_base,
+        first_at_or_after,
+        mark_base,
+    )
+    from kcm.core.store.schema import AuditLog
+
+    batch = args.batch or DELETE_BATCH
+    if args.until_seq is None:
+        at_us = int(parse_time(args.until, "--until") * 1e6)
+    store = _keyed_store(args, core_config(args))
+    key = store.audit_key
+    assert key is not None
+    # Nothing is archived from a chain that does not verify: the base marker would vouch
+    # for what it holds.
+    verified = verify_chain_paged(lambda read: run_in_store(store, read, write=False))
+    if not verified.ok:
+        print("audit log NOT archived: the chain does not verify")
+        _print_broken(verified)
+        return 1
+    until = args.until_seq
+    if until is None:  # the first record written at or after TIME ends the archive
+        after = verified.base_seq
+        while True:
+            first, last = run_in_store(
+                store, lambda s, after=after: first_at_or_after(s, after, at_us, 5000),
+                write=False)
+            if first is not None or last == after:
+                break
+            after = last
+        until = (first if first is not None else last + 1) - 1
+    end = run_in_store(store, lambda s: archive_end(s, until), write=False)
+    refusal = archive_end_refusal(end, key)
+    if refusal is not None:
+        raise CommandError(f"cannot archive the audit log up to record {until}: {refusal}")
+
+    if end.seq > end.base_seq:
+        if args.output is None:
+            raise CommandError("-o FILE is needed: records "
+                               f"{end.base_seq + 1}..{end.seq} are to be archived there")
+        query = select(AuditLog).where(AuditLog.seq <= end.seq)
+        with writing(args.output) as out:
+            after, count = end.base_seq, 0
+            while True:  # in pages, each a short read transaction, as an export
+                page = run_in_store(store, _page(query, AuditLog, after), write=False)
+                if not page:
+                    break
+                _write(out, page)
+                count += len(page)
+                after = page[-1]["seq"]
+        _check_archive_file(args.output, key, end)
+        run_in_store(store, lambda s: mark_base(s, end))
+        print(f"audit records {end.base_seq + 1}..{end.seq} ({count}) written to "
+              f"{args.output} and verified; the database's chain now starts after record "
+              f"{end.seq} (base marker written)", file=sys.stderr)
+    else:
+        print(f"audit records up to {end.base_seq} are archived already (base marker): "
+              "nothing exported; deleting those still in the database", file=sys.stderr)
+    deleted = transactions = 0
+    while True:  # short transactions, as the outbox is pruned: writers wait one at most
+        done = run_in_store(store, lambda s: delete_below_base(s, limit=batch))
+        if not done:
+            break
+        deleted += done
+        transactions += 1
+    print(f"{deleted} archived audit records deleted from the database in {transactions} "
+          f"transactions; keep the archive files: they alone prove the chain up to record "
+          f"{max(end.seq, end.base_seq)}", file=sys.stderr)
+    return 0
+
+
+def _check_archive_file(path: str, audit_key: bytes, end: Any) -> None:
+    """The archive at ``path`` must verify as an export, hold records ``end.base_seq + 1
+    .. end.seq`` and no other, and link to the base and to record ``end.seq``: else no base
+    is written, and nothing deleted."""
+    from kcm.core.audit_export import verify_export
+
+    ends: list[str] = []
+
+    def lines(archive: IO[str]) -> Any:
+        for line in archive:  # (streamed: an archive may be larger than memory)
+            if not ends:
+                ends.append(line)
+            yield line
+        ends.append(line if ends else "")
+
+    with open(path, encoding="utf-8") as archive:
+        result = verify_export(lines(archive), audit_key)
+    first = json.loads(ends[0]) if result.ok else {}
+    last = json.loads(ends[-1]) if result.ok else {}
+    if not (result.ok and result.runs == 1 and result.records == end.seq - end.base_seq
+            and first.get("prev_digest") == end.base_digest.hex()
+            and last.get("seq") == end.seq and last.get("digest") == end.digest.hex()):
+        why = result.reason or "another range"
+        raise CommandError(f"the archive {path} does not hold records {end.base_seq + 1}.."
+                           f"{end.seq} of the chain as verified ({why}): nothing deleted, "
+                           "no base marker written; remove it and run `kcm audit verify`")

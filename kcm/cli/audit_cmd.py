@@ -5,10 +5,11 @@ check the audit log's keyed hash chain.
 
 Runs on the core's host: it needs the database and the L1 key file (the chain is MACed under
 a key derived from L1). Every record is checked, those committed after the head marker was
-read included. Exit status 0 when every record is intact and every checkpoint given
-is in the chain; 1, naming the first bad record, when one was altered, removed or reordered,
-the tail was cut back, or a checkpoint is not in the chain (or is not genuine); 2 for bad
-input (no L1 key file, another database's L1, an unreadable checkpoint).
+read included; it reads them in pages, each a short read transaction of its own, so that
+no snapshot is held for the whole walk. Exit status 0 when every record is intact and every
+checkpoint given is in the chain; 1, naming the first bad record, when one was altered,
+removed or reordered, the tail was cut back, or a checkpoint is not in the chain (or is not
+genuine); 2 for bad input (no L1 key file, another database's L1, an unreadable checkpoint).
 
 Checkpoints are the ``kcm.audit.checkpoint`` events kcm-core writes to its log at start and
 every ``audit_checkpoint_interval`` seconds; ``--checkpoint`` takes one as written (its

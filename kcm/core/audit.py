@@ -380,7 +380,8 @@ def _check_text(name: str, value: object, *, optional: bool = False) -> None:
 
 
 #: The characters a string in an audit record's ``detail`` keeps: many of them are what a
-#: client sent (an identifier, a name, a message), and the audit log is never pruned. A
+#: client sent (an identifier, a name, a message), and the audit log keeps them until an
+#: operator archives them (:mod:`kcm.core.audit_archive`). A
 #: longer one is cut there and says how long it was (:func:`_bounded`).
 DETAIL_TEXT_LIMIT = 1024
 

@@ -121,7 +121,7 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
 
 #: The most characters of a Client Correlation Value an audit record keeps (more, or any
 #: but printable ASCII, is escaped and cut: :func:`kcm.logging.printable`). It is the
-#: client's text, in a log that is never pruned.
+#: client's text, in a log kept until an operator archives it.
 CLIENT_CORRELATION_LIMIT = 64
 
 

@@ -149,7 +149,8 @@ def log_message(ctx: OperationContext, request: LogRequest) -> LogResponse:
 
 def _kept(text: str, limit: int) -> str:
     """What the audit record keeps of a client's ``text``: its first ``limit`` characters
-    (the audit log is never pruned, and each request may send a megabyte)."""
+    (the audit log is kept until an operator archives it, and each request may send a
+    megabyte)."""
     return text[:limit]
 
 

@@ -107,3 +107,14 @@ def test_usage_writes_failing_while_the_store_is_away_log_once_then_what_was_los
          "counts", False)]
     assert mine[0]["what"] == "recording 1 usage counts (lost)"
     assert (mine[1]["writes"], mine[1]["lost"]) == (5, 1 + 2 + 3 + 4 + 5)
+
+
+def test_work_asked_of_a_stopped_store_is_its_unavailability() -> None:
+    """What was queued behind a store that stopped (a state sweep, the audit record of a
+    request answered at its deadline) fails with StoreStopped: logged in one line, not a
+    critical traceback."""
+    from kcm.core.store.unavailable import StoreStopped
+
+    assert store_unavailable(StoreStopped("Store.write() after stopService()")) == (
+        "the store is not running")
+    assert store_unavailable(RuntimeError("Store.write() after stopService()")) is None

@@ -69,6 +69,7 @@ from kcm.core.store.repository import (
     lock_writers_on,
 )
 from kcm.core.store.savepoints import StoreSession
+from kcm.core.store.unavailable import StoreStopped
 from kcm.core.store.writer_thread import WriterThread
 
 T = TypeVar("T")
@@ -562,7 +563,7 @@ class Store(Service):
         Fails with RuntimeError when the service is not running.
         """
         if self._threadpool is None:
-            return fail(RuntimeError("Store.run() before startService() or after stopService()"))
+            return fail(StoreStopped("Store.run() before startService() or after stopService()"))
         return deferToThreadPool(self._reactor, self._threadpool, self.run_sync, fn, write=write)
 
     def outbox_went_back(self, head: int) -> None:
@@ -583,7 +584,7 @@ class Store(Service):
         requests. Its outcome reaches the reactor after the answer of every
         :meth:`run_answer` that committed before the read (see there)."""
         if self._reader is None:
-            return fail(RuntimeError(
+            return fail(StoreStopped(
                 "Store.read_plain() before startService() or after stopService()"))
         return self._reader.submit(self.read_plain_sync, fn)
 
@@ -616,7 +617,7 @@ class Store(Service):
         returned its rows after the mark was made; :meth:`read_plain_sync` then waits until
         every mark made by then is gone before its own outcome is queued."""
         if self._threadpool is None:
-            return fail(RuntimeError(
+            return fail(StoreStopped(
                 "Store.run_answer() before startService() or after stopService()"))
         done: Deferred[T] = Deferred()
         self._threadpool.callInThread(self._run_answer_sync, fn, done)
@@ -646,7 +647,7 @@ class Store(Service):
         """:meth:`run` with ``write=True`` on the store's one writer thread (not a worker):
         kcm-core's group commits (:mod:`kcm.core.group_commit`) run there, one at a time."""
         if self._writer is None:
-            return fail(RuntimeError("Store.write() before startService() or after stopService()"))
+            return fail(StoreStopped("Store.write() before startService() or after stopService()"))
         return self._writer.submit(self._write_sync, fn)
 
     def _write_sync(self, fn: Callable[[Session], T]) -> T:
@@ -667,7 +668,7 @@ class Store(Service):
         ``fn(transaction)`` in one write transaction on the writer's kept connection,
         the writers' lock held; fires after the commit."""
         if self._writer is None:
-            return fail(RuntimeError(
+            return fail(StoreStopped(
                 "Store.write_lean() before startService() or after stopService()"))
         return self._writer.submit(self._write_lean_sync, fn, True)
 
@@ -833,7 +834,7 @@ class Store(Service):
         """Call ``fn(*args)`` on a worker thread, outside any transaction; ``fn`` opens its
         own with :meth:`run_sync`. Lets a caller do its CPU work off the reactor too."""
         if self._threadpool is None:
-            return fail(RuntimeError("Store.defer() before startService() or after stopService()"))
+            return fail(StoreStopped("Store.defer() before startService() or after stopService()"))
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
 
     def run_sync(self, fn: Callable[[Session], T], *, write: bool = True) -> T:

@@ -18,10 +18,19 @@ _MAX_WHY = 120
 _MAX_L1_WHY = 240
 
 
+class StoreStopped(RuntimeError):
+    """The store was asked for work before it started or after it stopped (at a stop, what
+    was queued behind a store that did not answer: a state sweep, a request's audit
+    record)."""
+
+
 def store_unavailable(error: BaseException) -> str | None:
     """A short ASCII reason when ``error`` says the database could not be used (a SQLite
-    file locked or full, a PostgreSQL server gone) or L1 could not (an
-    :class:`~kcm.core.keys.L1Error` at run time); None for any other error."""
+    file locked or full, a PostgreSQL server gone, the store stopped: :class:`StoreStopped`)
+    or L1 could not (an :class:`~kcm.core.keys.L1Error` at run time); None for any other
+    error."""
+    if isinstance(error, StoreStopped):
+        return "the store is not running"
     if isinstance(error, L1Error):
         why = str(error).encode("ascii", "replace").decode("ascii")[:_MAX_L1_WHY]
         return why or type(error).__name__

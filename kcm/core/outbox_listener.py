@@ -59,6 +59,12 @@ class OutboxListener(Service):
     def stopService(self) -> None:
         super().stopService()
         self._stopping.set()  # the thread notices within stop_check seconds
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            # Ended before the store stops (kcm-core stops this first): a thread left
+            # running could ask the stopped store for its engine, and open it again. A
+            # connection attempt to a server that does not answer is not waited for.
+            thread.join(self._stop_check + 0.5)
 
     # On the listening thread ---------------------------------------------------------------
     def _listen_forever(self) -> None:
@@ -74,6 +80,8 @@ class OutboxListener(Service):
             self._stopping.wait(self.retry_delay)
 
     def _listen_once(self) -> None:
+        if self._stopping.is_set():
+            return
         connection = own_connection(self._store.engine)
         try:
             connection.execute(f"LISTEN {OUTBOX_CHANNEL}")

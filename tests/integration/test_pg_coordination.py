@@ -187,6 +187,11 @@ def test_a_commit_that_adds_events_wakes_the_fanout_and_a_rollback_does_not(
         assert reactor.run_until(lambda: wakes, timeout=5)
         assert wakes[0] - committed < 1.0
         assert listener.heard == 1
+        # Stopped, its thread has ended (before the store stops: it would ask the stopped
+        # store for its engine, and open it again).
+        thread = listener._thread
+        listener.stopService()
+        assert thread is not None and not thread.is_alive()
     finally:
         listener.stopService()
         listening.engine.dispose()

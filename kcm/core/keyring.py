@@ -74,6 +74,9 @@ class Keyring:
         self._l2_by_uid: dict[str, bytes] = {}
         # L2 uid -> when it was unwrapped (its row, and so its material, read then).
         self._l2_read_at: dict[str, float] = {}
+        # Taken to change _l2_by_uid, _l2_read_at and _l2_uids_of together (a store thread
+        # unwrapping an L2 again while the reactor expires it left a key no expiry saw).
+        self._l2_lock = threading.Lock()
         # tenant -> the uids of its L2s in _l2_by_uid (to forget a removed tenant's).
         self._l2_uids_of: dict[str, set[str]] = {}
         # tenant -> (uid of its current L2, when looked up): saves a query per new object.
@@ -155,9 +158,10 @@ class Keyring:
         removals = repository.tenant_removals(session)
         if removals != self._removals and removals is not None:
             self._current_l2.clear()
-            self._l2_by_uid.clear()
-            self._l2_read_at.clear()
-            self._l2_uids_of.clear()
+            with self._l2_lock:
+                self._l2_by_uid.clear()
+                self._l2_read_at.clear()
+                self._l2_uids_of.clear()
             self._removals = removals
         cached = self._current_l2.get(tenant)
         now = self._clock()
@@ -189,11 +193,10 @@ class Keyring:
         L2 and unwrapped materials. (A write transaction would not use them anyway: see
         :meth:`_current_tenant_key`; this frees them at once.)"""
         self._current_l2.pop(tenant, None)
-        # (a copy first: a worker may add to the set while this runs on the reactor;
-        # list() of a set is one step other threads cannot interleave)
-        for uid in list(self._l2_uids_of.pop(tenant, ())):
-            self._l2_by_uid.pop(uid, None)
-            self._l2_read_at.pop(uid, None)
+        with self._l2_lock:
+            for uid in self._l2_uids_of.pop(tenant, ()):
+                self._l2_by_uid.pop(uid, None)
+                self._l2_read_at.pop(uid, None)
         with self._unwrapped_lock:
             for cache_key in [k for k in self._unwrapped if k[0] == tenant]:
                 del self._unwrapped[cache_key]
@@ -203,9 +206,10 @@ class Keyring:
         the tenant's current one. (Another core drops it when it next reads the row:
         :meth:`_l2_key`; it never wraps under it again once a Destroy is allowed, see
         :func:`kcm.core.tenant_rotation.check_destroy`.)"""
-        self._l2_by_uid.pop(uid, None)
-        self._l2_read_at.pop(uid, None)
-        self._l2_uids_of.get(tenant, set()).discard(uid)
+        with self._l2_lock:
+            self._l2_by_uid.pop(uid, None)
+            self._l2_read_at.pop(uid, None)
+            self._l2_uids_of.get(tenant, set()).discard(uid)
         cached = self._current_l2.get(tenant)
         if cached is not None and cached[0] == uid:
             self._current_l2.pop(tenant, None)
@@ -244,14 +248,13 @@ class Keyring:
             old = [k for k, (_, at) in self._unwrapped.items() if now - at >= self._kept_ttl]
             for cache_key in old:
                 del self._unwrapped[cache_key]
-        # (copies first: store threads may add meanwhile; dict and set steps are atomic)
-        stale = [uid for uid, at in list(self._l2_read_at.items())
-                 if now - at >= self._kept_ttl]
-        for uid in stale:
-            self._l2_by_uid.pop(uid, None)
-            self._l2_read_at.pop(uid, None)
-            for uids in list(self._l2_uids_of.values()):
-                uids.discard(uid)
+        with self._l2_lock:
+            stale = [uid for uid, at in self._l2_read_at.items()
+                     if now - at >= self._kept_ttl]
+            for uid in stale:
+                del self._l2_by_uid[uid], self._l2_read_at[uid]
+                for uids in self._l2_uids_of.values():
+                    uids.discard(uid)
         return len(old) + len(stale)
 
     def forget_material(self, tenant: str, uid: str, material: bytes | None = None) -> None:
@@ -297,9 +300,10 @@ class Keyring:
         now = self._clock()
         if key is None or now - self._l2_read_at.get(l2.uid, 0.0) >= self._kept_ttl:
             key = self._master().unwrap(l2.material, aad=keys.object_aad(l2.tenant, l2.uid))
-            self._l2_by_uid[l2.uid] = key
-            self._l2_read_at[l2.uid] = now
-            self._l2_uids_of.setdefault(l2.tenant, set()).add(l2.uid)
+            with self._l2_lock:
+                self._l2_by_uid[l2.uid] = key
+                self._l2_read_at[l2.uid] = now
+                self._l2_uids_of.setdefault(l2.tenant, set()).add(l2.uid)
         return key
 
     def wrap_tenant_key(self, tenant: str, uid: str, key: bytes) -> bytes:

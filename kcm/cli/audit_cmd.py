@@ -483,10 +483,12 @@ def _run_archive(args: argparse.Namespace) -> int:
                 count += len(page)
                 after = page[-1]["seq"]
         _check_archive_file(args.output, key, end)
-        run_in_store(store, lambda s: mark_base(s, end))
+        marked = run_in_store(store, lambda s: mark_base(s, end))
         print(f"audit records {end.base_seq + 1}..{end.seq} ({count}) written to "
               f"{args.output} and verified; the database's chain now starts after record "
-              f"{end.seq} (base marker written)", file=sys.stderr)
+              f"{end.seq} " + ("(base marker written)" if marked else
+                               "(the base marker was there or beyond already: another "
+                               "archive ran meanwhile)"), file=sys.stderr)
     else:
         print(f"audit records up to {end.base_seq} are archived already (base marker): "
               "nothing exported; deleting those still in the database", file=sys.stderr)

@@ -78,6 +78,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, delete, event, func, select
@@ -1010,11 +1011,26 @@ def verify_chain_paged(read: ReadTransaction, *, page: int = VERIFY_PAGE,
     reach them)."""
     if page < 1:
         raise ValueError("a page holds at least one record")
-    walk = _ChainWalk(audit_key, checkpoints)
-    result = read(walk.start)
-    while result is None:
-        result = read(lambda session: walk.page(session, page))
+    for _ in range(ARCHIVED_WHILE_VERIFYING):
+        walk = _ChainWalk(audit_key, checkpoints)
+        result = read(walk.start)
+        while result is None:
+            result = read(partial(_next_page, walk, page))
+        if result.ok or read(lambda session: get_meta(  # type: ignore[arg-type,return-value]
+                session, BASE_META_KEY)) == walk.base_text:
+            return result
+        # An archive moved the base while the walk ran: the records it deleted behind it
+        # are gone for that reason, not tampered with. Walked again from the new base.
     return result
+
+
+def _next_page(walk: _ChainWalk, page: int, session: Session) -> VerifyResult | None:
+    return walk.page(session, page)
+
+
+#: How many walks :func:`verify_chain_paged` makes while archives keep moving the base
+#: under it (each walk's failure checked against a base moved meanwhile).
+ARCHIVED_WHILE_VERIFYING = 3
 
 
 class _ChainWalk:
@@ -1032,6 +1048,8 @@ class _ChainWalk:
         self.head_digest = b""
         self.head_mac: bytes | None = None
         self.base_seq = self.below_base = 0
+        #: The base marker as :meth:`start` read it (None: none).
+        self.base_text: str | None = None
         self.after: int | None = None  # the last sequence number read (None: none yet)
         self.expected_seq = 1
         self.prev_digest = GENESIS_DIGEST
@@ -1058,6 +1076,10 @@ class _ChainWalk:
                                     f"checkpoint {checkpoint} does not verify under this L1 "
                                     "key: it was altered, or comes from another deployment")
             self.expected.setdefault(checkpoint.seq, []).append(checkpoint)
+        # The base before the head: on PostgreSQL each statement sees what has committed
+        # when it runs, and a base read after the head could name a record archived since,
+        # past it (the head only moves on, so one read first is never past the head).
+        self.base_text = base = get_meta(session, BASE_META_KEY)
         head = get_meta(session, HEAD_META_KEY)
         if head is not None:
             try:
@@ -1065,7 +1087,6 @@ class _ChainWalk:
                     head, "the audit head marker")
             except ValueError:
                 return VerifyResult(False, 0, 1, f"audit head marker is malformed: {head!r}")
-        base = get_meta(session, BASE_META_KEY)
         if base is None:
             if not self._checkpoints_hold(0, GENESIS_DIGEST):
                 return VerifyResult(False, 0, None,

@@ -508,7 +508,7 @@ def test_a_service_key_wraps_no_managed_object(core: CoreHarness) -> None:
 # -- The keyring's clear material ------------------------------------------------------
 
 def _held(core: CoreHarness, secret: bytes) -> bool:
-    return any(secret in plaintext for plaintext in core.keyring._unwrapped.values())
+    return any(secret in plaintext for plaintext, _ in core.keyring._unwrapped.values())
 
 
 def test_destroy_drops_the_clear_material(core: CoreHarness) -> None:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -119,3 +120,33 @@ def managed_rows(store: Store) -> list[tuple]:
         ManagedObject.state, ManagedObject.wrapped_by, ManagedObject.created_seq,
         ManagedObject.material, ManagedObject.attributes, ManagedObject.revision
     ).order_by(ManagedObject.uid))])
+
+
+def locate_page_plan(url: str, **conditions: Any) -> str:
+    """The plan of a Locate page (the second: after a keyset bound) of demo's objects that
+    :func:`repository._locate_conditions` picks with ``conditions``, as text. PostgreSQL is
+    told to avoid a sequential scan, which it rightly prefers for a few rows: the question
+    is which index serves the page, in its order."""
+    from sqlalchemy import select, text
+
+    from kcm.core.store import repository
+    from kcm.core.store.schema import ManagedObject
+
+    engine = open_engine(url)
+    try:
+        with engine.connect() as connection:
+            statement = select(ManagedObject.uid, ManagedObject.created_seq).where(
+                repository._locate_conditions("demo", **conditions),
+                ManagedObject.created_seq < 10**12,
+            ).order_by(ManagedObject.created_seq.desc()).limit(256)
+            compiled = statement.compile(dialect=connection.dialect,
+                                         compile_kwargs={"literal_binds": True})
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SET enable_seqscan = off"))
+                lines = connection.execute(text(f"EXPLAIN {compiled}")).scalars()
+            else:
+                lines = (row[-1] for row in connection.execute(
+                    text(f"EXPLAIN QUERY PLAN {compiled}")))
+            return "\n".join(lines)
+    finally:
+        engine.dispose()

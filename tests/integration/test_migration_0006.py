@@ -11,18 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
 
 from kcm.core.store import repository
-from kcm.core.store.engine import Store, open_engine
+from kcm.core.store.engine import Store
 from kcm.core.store.migrate import current_revision, upgrade
-from kcm.core.store.schema import STATE_ACTIVE, ManagedObject
+from kcm.core.store.schema import STATE_ACTIVE
 from tests.migration_support import (
     DATABASES,
     downgrade,
     empty_database,
     keyed_store,
     later_columns,
+    locate_page_plan,
     managed_indexes,
     managed_rows,
     provision_both_tenants,
@@ -35,32 +35,6 @@ NEW = {"ix_managed_objects_tenant_created_seq": ["tenant", "created_seq"]}
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from empty_database(request, tmp_path)
-
-
-def _page_plan(url: str) -> str:
-    """The plan of a Locate page (the second: after a keyset bound) of demo's ordinary
-    objects of no service or app's, as text. PostgreSQL is told to avoid a sequential
-    scan, which it rightly prefers for a few rows: the question is whether an index gives
-    the order."""
-    engine = open_engine(url)
-    try:
-        with engine.connect() as connection:
-            statement = select(ManagedObject.uid, ManagedObject.created_seq).where(
-                repository._locate_conditions("demo", levels={None}, services={None, "app"},
-                                              destroyed=False),
-                ManagedObject.created_seq < 10**12,
-            ).order_by(ManagedObject.created_seq.desc()).limit(256)
-            compiled = statement.compile(dialect=connection.dialect,
-                                         compile_kwargs={"literal_binds": True})
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SET enable_seqscan = off"))
-                lines = connection.execute(text(f"EXPLAIN {compiled}")).scalars()
-            else:
-                lines = (row[-1] for row in connection.execute(
-                    text(f"EXPLAIN QUERY PLAN {compiled}")))
-            return "\n".join(lines)
-    finally:
-        engine.dispose()
 
 
 def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -> None:
@@ -90,7 +64,8 @@ def test_0005_to_0006_keeps_the_rows_and_orders_a_tenants_objects(db_url: str) -
         indexes = managed_indexes(db_url)
         assert not set(OLD) & set(indexes)
         assert {name: indexes.get(name) for name in NEW} == NEW
-        plan = _page_plan(db_url)
+        plan = locate_page_plan(db_url, levels={None}, services={None, "app"},
+                                destroyed=False)
         assert "ix_managed_objects_tenant_created_seq" in plan, plan
         assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from kcm.core.store import repository
 from kcm.core.store.engine import Store, open_engine
@@ -22,6 +22,7 @@ from tests.migration_support import (
     downgrade,
     empty_database,
     keyed_store,
+    locate_page_plan,
     managed_indexes,
     managed_rows,
     provision_both_tenants,
@@ -33,30 +34,6 @@ LIVE = "ix_managed_objects_live_tenant_created_seq"
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from empty_database(request, tmp_path)
-
-
-def _page_plan(url: str, destroyed: bool | None) -> str:
-    """The plan of a Locate page of demo's objects (``destroyed``: as the Storage Status
-    Mask asks), as text; PostgreSQL is told to avoid a sequential scan, which it rightly
-    prefers for a few rows: the question is which index serves the page."""
-    engine = open_engine(url)
-    try:
-        with engine.connect() as connection:
-            statement = select(ManagedObject.uid, ManagedObject.created_seq).where(
-                repository._locate_conditions("demo", destroyed=destroyed),
-                ManagedObject.created_seq < 10**12,
-            ).order_by(ManagedObject.created_seq.desc()).limit(256)
-            compiled = statement.compile(dialect=connection.dialect,
-                                         compile_kwargs={"literal_binds": True})
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SET enable_seqscan = off"))
-                lines = connection.execute(text(f"EXPLAIN {compiled}")).scalars()
-            else:
-                lines = (row[-1] for row in connection.execute(
-                    text(f"EXPLAIN QUERY PLAN {compiled}")))
-            return "\n".join(lines)
-    finally:
-        engine.dispose()
 
 
 def test_0010_to_0011_indexes_the_objects_not_destroyed(db_url: str) -> None:
@@ -88,9 +65,9 @@ def test_0010_to_0011_indexes_the_objects_not_destroyed(db_url: str) -> None:
         upgrade(db_url, "0011")
         assert current_revision(db_url) == "0011"
         assert managed_indexes(db_url)[LIVE] == ["tenant", "created_seq"]
-        assert LIVE in _page_plan(db_url, destroyed=False)
-        assert LIVE not in _page_plan(db_url, destroyed=True)
-        assert LIVE not in _page_plan(db_url, destroyed=None)
+        assert LIVE in locate_page_plan(db_url, destroyed=False)
+        assert LIVE not in locate_page_plan(db_url, destroyed=True)
+        assert LIVE not in locate_page_plan(db_url, destroyed=None)
         # The statement as run (bound parameters, which would hide the constants from
         # both planners) says the index's predicate in its words.
         engine = open_engine(db_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
 from kcm.identity import Principal, Role
+from kcm.testing.processes import CoreProcess, deploy
 
 TRUST_DOMAIN = "kcm.test"
 
@@ -117,3 +119,37 @@ async def served_while_held(core: CoreHarness, release: threading.Event) -> tupl
     if safety.active():
         safety.cancel()
     return answered_while_held, answer
+
+
+_own_databases = itertools.count()
+
+
+def own_store(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> Store:
+    """A migrated, empty store (run_sync), its audit key set, on SQLite or, when
+    ``request.param`` says ``postgresql``, in a PostgreSQL database of its own named after
+    ``name`` (the cluster's own is wiped by tests/integration/test_store.py whenever it
+    runs, perhaps meanwhile in another worker)."""
+    from kcm.core.keys import derive_audit_key
+    from kcm.testing.postgres import fresh_database
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ksi.db'}"
+    else:
+        url = fresh_database(request.getfixturevalue("postgres_url"),
+                             f"kcm_{name}_{os.getpid()}_{next(_own_databases)}")
+    upgrade(url)
+    store = Store(url, threads=2)
+    store.audit_key = derive_audit_key(bytes(32))
+    return store
+
+
+def swept_core(root: Path, setting: str) -> CoreProcess:
+    """A kcm-core deployed in ``root`` (SQLite), its state swept every 0.2 s, with the
+    ``[core]`` line ``setting`` (``outbox_retention = 1``, say); not started."""
+
+    core = deploy(root, f"sqlite:///{root / 'kcm.db'}")
+    core.state_sweep_interval = 0.2
+    core.write_config()
+    core.config.write_text(core.config.read_text().replace(
+        "[core]\n", f"[core]\n{setting}\n", 1))
+    return core

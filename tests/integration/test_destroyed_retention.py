@@ -6,9 +6,7 @@ tombstones of a destroyed service key go first, whatever the retention."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -21,10 +19,8 @@ from kcm.core.destroyed_retention import (
     drop_tombstones,
     purge_destroyed,
 )
-from kcm.core.keys import derive_audit_key
 from kcm.core.store import repository as repo
 from kcm.core.store.engine import Store
-from kcm.core.store.migrate import upgrade
 from kcm.core.store.schema import (
     LEVEL_SERVICE_KEY,
     LEVEL_TENANT_KEY,
@@ -39,9 +35,8 @@ from kcm.core.store.schema import (
     ObjectGroup,
     ObjectName,
 )
-from kcm.testing.postgres import fresh_database
+from tests.core_support import own_store
 
-_databases = itertools.count()
 T0 = 1_800_000_000
 DAY = 86_400
 
@@ -49,14 +44,7 @@ DAY = 86_400
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
     """A migrated store with tenants t1 and t2."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ksi.db'}"
-    else:
-        url = fresh_database(request.getfixturevalue("postgres_url"),
-                             f"kcm_destroyed_{os.getpid()}_{next(_databases)}")
-    upgrade(url)
-    ksi = Store(url, threads=2)
-    ksi.audit_key = derive_audit_key(bytes(32))
+    ksi = own_store(request, tmp_path, "destroyed")
     ksi.run_sync(lambda s: (repo.ensure_tenant(s, "t1"), repo.ensure_tenant(s, "t2")))
     yield ksi
     ksi.stopService()

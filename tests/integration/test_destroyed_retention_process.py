@@ -15,10 +15,10 @@ from kcm.kmip.enums import Operation, ResultReason, RevocationReasonCode
 from kcm.kmip.payloads import DestroyRequest, LocateRequest, RevocationReason, RevokeRequest
 from kcm.kmip.tags import Tag
 from kcm.testing.requests import create_managed, get, get_attributes
+from tests.core_support import swept_core
 from tests.e2e_support import (
     GatewayProcess,
     audit_rows,
-    deploy,
     refusals,
     send_v21,
     succeeded_v21,
@@ -47,12 +47,8 @@ def _rows(db: Path, sql: str, *args: object) -> list[tuple]:
 @pytest.mark.long  # ten seconds or more
 def test_old_destroyed_objects_are_purged_and_tokens_under_a_destroyed_l3_stay_refused(
         tmp_path: Path) -> None:
+    core = swept_core(tmp_path / "core", f"destroyed_retention = {RETENTION}")
     db = tmp_path / "core" / "kcm.db"
-    core = deploy(tmp_path / "core", f"sqlite:///{db}")
-    core.state_sweep_interval = 0.2
-    core.write_config()
-    core.config.write_text(core.config.read_text().replace(
-        "[core]\n", f"[core]\ndestroyed_retention = {RETENTION}\n", 1))
     core.start()
     gateway = GatewayProcess(tmp_path / "gateway", core)
     try:

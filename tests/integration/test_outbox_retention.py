@@ -4,20 +4,15 @@ most a batch a sweep, never the newest, and no sequence number is used twice aft
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from kcm.core.keys import derive_audit_key
 from kcm.core.outbox_retention import OutboxPruned, prune_outbox
 from kcm.core.store import repository as repo
 from kcm.core.store.engine import Store
-from kcm.core.store.migrate import upgrade
-from kcm.testing.postgres import fresh_database
+from tests.core_support import own_store
 
-_databases = itertools.count()
 T0 = 1_800_000_000.0
 DAY = 86_400.0
 
@@ -25,16 +20,7 @@ DAY = 86_400.0
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
     """A migrated, empty store, usable with run_sync."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ksi.db'}"
-    else:
-        # A database of its own (the cluster's own is wiped by tests/integration/test_store.py
-        # whenever it runs, perhaps meanwhile in another worker).
-        url = fresh_database(request.getfixturevalue("postgres_url"),
-                             f"kcm_outbox_{os.getpid()}_{next(_databases)}")
-    upgrade(url)
-    ksi = Store(url, threads=2)
-    ksi.audit_key = derive_audit_key(bytes(32))
+    ksi = own_store(request, tmp_path, "outbox")
     yield ksi
     ksi.stopService()
 

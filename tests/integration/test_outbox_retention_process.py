@@ -16,11 +16,11 @@ import pytest
 
 from kcm.kmip.enums import Operation
 from kcm.kmip.payloads.lifecycle import DestroyRequest
+from tests.core_support import swept_core
 from tests.e2e_support import (
     GatewayProcess,
     applied_events,
     dead_links,
-    deploy,
     refusals,
     send_v21,
     succeeded_v21,
@@ -43,12 +43,8 @@ def _destroy(uid: str) -> object:
 @pytest.mark.long  # ten seconds or more: the parallel part of `make test` starts it first
 def test_a_pruned_outbox_keeps_linked_gateways_working_and_relinking_ones_resync(
         tmp_path: Path) -> None:
+    core = swept_core(tmp_path / "core", "outbox_retention = 1")
     db = tmp_path / "core" / "kcm.db"
-    core = deploy(tmp_path / "core", f"sqlite:///{db}")
-    core.state_sweep_interval = 0.2
-    core.write_config()
-    core.config.write_text(core.config.read_text().replace(
-        "[core]\n", "[core]\noutbox_retention = 1\n", 1))
     core.start()
     linked = GatewayProcess(tmp_path / "gw-linked", core)
     away = GatewayProcess(tmp_path / "gw-away", core)

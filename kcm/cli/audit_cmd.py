@@ -118,6 +118,8 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", help="only this tenant's records")
     parser.add_argument("--operation", help="only this operation's records (e.g. CREATE, "
                                             "get-attributes; any case)")
+    parser.add_argument("--gateway", help="only the records of requests this gateway "
+                                          "forwarded or made (its SPIFFE ID)")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -335,6 +337,8 @@ def _query(args: argparse.Namespace) -> tuple[Select[Any], type[AuditLog]]:
     if args.operation is not None:
         operation = args.operation.strip().upper().replace("-", "_").replace(" ", "_")
         query = query.where(or_(func.upper(AuditLog.operation) == operation, anchor))
+    if args.gateway is not None:
+        query = query.where(or_(AuditLog.gateway == args.gateway, anchor))
     return query, AuditLog
 
 

@@ -406,3 +406,18 @@ def test_an_export_under_another_l1_fails(deployment: Deployment,
     assert other.kcm(capsys, "core", "init")[0] == 0
     status, out = _verify_export(other, capsys, lines)
     assert status == 1 and "its MAC does not verify under this L1 key" in out
+
+
+def test_an_export_by_gateway_keeps_that_gateways_records_and_verifies(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    """A gateway's credential lost: its records alone (``--gateway``), for the incident."""
+    rogue = "spiffe://kcm.test/gateway/gw1"
+    deployment.append(2)
+    deployment.run(lambda s: append_audit(s, AuditEvent(
+        "spiffe://kcm.test/tenant/demo/admin/mallory", "Destroy", "SUCCESS", "d1",
+        tenant="demo", gateway=rogue)))
+    deployment.append(1)
+    lines = _export(deployment, capsys, "--gateway", rogue)
+    assert [json.loads(line)["gateway"] for line in lines] == [rogue]
+    status, _ = _verify_export(deployment, capsys, lines)
+    assert status == 0

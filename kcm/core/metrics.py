@@ -76,6 +76,15 @@ class CoreMetrics:
             buckets=LATENCY_BUCKETS, registry=registry)
         self.audit_records = Counter(
             "kcm_core_audit_records", "Audit records committed.", registry=registry)
+        self.store_unavailable = Counter(
+            "kcm_core_store_unavailable",
+            "Requests answered 'the key store is unavailable', by what was: the database, "
+            "L1 (a PKCS#11 token), or the store stopped.", ("kind",), registry=registry)
+        self.expired = Counter(
+            "kcm_core_requests_expired",
+            "Requests answered at their deadline while still queued: unrun (ran=false), or "
+            "run, read-only, with their audit records not yet written (ran=true).",
+            ("ran",), registry=registry)
         if process:
             ProcessCollector(registry=registry)
         self._items: dict[tuple[int | None, int], Any] = {}
@@ -98,6 +107,23 @@ class CoreMetrics:
         if child is None:  # two threads may both bind it: labels() gives both the same child
             child = self._items[key] = self.requests.labels(name, result_label(status))
         child.inc()
+
+    def unavailable(self, kind: str) -> None:
+        """A request answered that the key store is unavailable (``kind``: ``database``,
+        ``l1`` or ``stopped``)."""
+        self.store_unavailable.labels(kind).inc()
+
+    def expired_in_queue(self, ran: bool) -> None:
+        """A request answered at its deadline while still queued."""
+        self.expired.labels("true" if ran else "false").inc()
+
+    def queues(self, waiting: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        """Report the requests waiting in each queue (``waiting()``: (queue, count) pairs)
+        when scraped."""
+        self.registry.register(CallbackGauge(
+            "kcm_core_queued_requests", "Requests (and audit records) waiting for a store "
+            "worker (workers) or for the writer's next group commit (writer).", ("queue",),
+            lambda: [((queue,), count) for queue, count in waiting()]))
 
     def transaction(self, write: bool, seconds: float) -> None:
         """The store's ``on_transaction`` (a worker thread)."""

@@ -75,6 +75,7 @@ from kcm.core.context import (
 from kcm.core.fair_scheduler import FairScheduler
 from kcm.core.group_commit import GroupCommitter
 from kcm.core.keyring import Keyring
+from kcm.core.keys import L1Error
 from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.operations.asymmetric_ops import checked_key_pair_request, prepare_sign
@@ -86,7 +87,12 @@ from kcm.core.refusal_records import RefusalRecords
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
-from kcm.core.store.unavailable import log_failure, store_unavailable, store_unavailable_message
+from kcm.core.store.unavailable import (
+    StoreStopped,
+    log_failure,
+    store_unavailable,
+    store_unavailable_message,
+)
 from kcm.crypto.rsa_keys import generate_key_pair
 from kcm.kernel.batch import RunElsewhere, Savepoint
 from kcm.kernel.batch_limit import over_batch_limit
@@ -251,6 +257,11 @@ class CoreRequestHandler:
     @property
     def limits(self) -> CoreLimits:
         return self._limits
+
+    def queue_waiting(self) -> list[tuple[str, int]]:
+        """The requests (and audit records) waiting for a store worker and for the writer
+        (the metrics' ``kcm_core_queued_requests``)."""
+        return [("workers", self._scheduler.waiting), ("writer", self._committer.waiting)]
 
     def write_in_turn(self, key: tuple[str, str], fn: Callable[[Session], Any]
                       ) -> Deferred[Any]:
@@ -542,6 +553,9 @@ class CoreRequestHandler:
         answer = self._failed_answer(caller, version, correlation_id, now,
                                      unavailable=unavailable is not None)
         if unavailable is not None:
+            self._metrics.unavailable(
+                "stopped" if isinstance(failure.value, StoreStopped)
+                else "l1" if isinstance(failure.value, L1Error) else "database")
             log.error("request of {caller} failed [correlation id {cid}]: the key store is "
                       "unavailable ({why}); not audited", caller=caller.principal.id,
                       cid=correlation_id, why=unavailable)
@@ -573,6 +587,7 @@ class CoreRequestHandler:
         answer does not wait for (a failure to write it is logged)."""
         answer = self._failed_answer(caller, version, correlation_id, now,
                                      expired=(self._limits.request_deadline, ran))
+        self._metrics.expired_in_queue(ran)
 
         def unaudited(failure: Failure) -> None:
             log_failure(log, failure, f"the audit record of request {correlation_id}, "

@@ -238,6 +238,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         fanout = link_factory = None
     sweeper.setServiceParent(core)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
+    metrics.queues(handler.queue_waiting)
     core.metrics = metrics
     core.kmip_factory = kmip_factory
     if config.metrics_listen:

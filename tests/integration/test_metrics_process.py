@@ -100,6 +100,11 @@ def test_the_core_counts_what_it_answered(core: CoreProcess) -> None:
     assert moved(before, after, "kcm_core_db_transaction_duration_seconds_count",
                  kind="write") >= 4
     assert during[("kcm_core_open_connections", ())] >= 1
+    # The queues are reported (idle here), and nothing was unavailable or expired.
+    assert after[("kcm_core_queued_requests", (("queue", "workers"),))] == 0
+    assert ("kcm_core_queued_requests", (("queue", "writer"),)) in after
+    assert not [key for key in after if key[0] in ("kcm_core_store_unavailable_total",
+                                                   "kcm_core_requests_expired_total")]
 
 
 def test_the_gateway_counts_local_and_forwarded_items(core: CoreProcess,

@@ -140,6 +140,8 @@ def test_a_request_that_met_an_unavailable_store_is_told_so_and_not_audited() ->
     assert item.result_reason == ResultReason.GENERAL_FAILURE
     assert item.result_message.startswith("the key store is unavailable; try again")
     assert len(store.calls) == 1
+    assert handler._metrics.registry.get_sample_value(
+        "kcm_core_store_unavailable_total", {"kind": "database"}) == 1
 
 
 class StuckStore:
@@ -199,7 +201,9 @@ def test_requests_still_queued_at_their_deadline_are_answered_then_unrun() -> No
     assert answers["held"] == answers["searching"] == []
     # Neither ran; each leaves an audit record, queued for the writer's next group.
     assert (len(store.written), len(store.deferred)) == (1, 1)
-    assert handler._committer.waiting == 2
+    assert handler.queue_waiting() == [("workers", 0), ("writer", 2)]
+    registry = handler._metrics.registry
+    assert registry.get_sample_value("kcm_core_requests_expired_total", {"ran": "false"}) == 2
 
 
 def test_a_request_that_ran_to_its_deadline_waits_a_grace_for_its_records() -> None:
@@ -228,3 +232,5 @@ def test_a_request_that_ran_to_its_deadline_waits_a_grace_for_its_records() -> N
     assert item.result_reason == ResultReason.GENERAL_FAILURE
     assert item.result_message.startswith("request deadline of 3 s exceeded before its audit "
                                           "records were written; try again (correlation id ")
+    assert handler._metrics.registry.get_sample_value(
+        "kcm_core_requests_expired_total", {"ran": "true"}) == 1

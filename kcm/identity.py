@@ -41,6 +41,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -234,7 +235,11 @@ class SubjectMap:
     def from_toml(cls, path: str | Path) -> SubjectMap:
         """Read the ``[subjects]`` table of the TOML policy file at ``path`` (empty if absent)."""
         with open(path, "rb") as f:
-            document = tomllib.load(f)
+            return cls.from_policy(tomllib.load(f), path)
+
+    @classmethod
+    def from_policy(cls, document: Mapping[str, Any], path: str | Path) -> SubjectMap:
+        """The ``[subjects]`` table of a parsed policy file (empty if absent)."""
         subjects = document.get("subjects", {})
         if not isinstance(subjects, dict):
             raise ValueError(f"{path}: [subjects] must be a table")

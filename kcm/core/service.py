@@ -23,6 +23,7 @@ import json
 import signal
 import sys
 import threading
+import tomllib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -34,6 +35,7 @@ from twisted.logger import Logger
 from kcm.core import audit, events
 from kcm.core.config import CoreConfig
 from kcm.core.event_fanout import EventFanout
+from kcm.core.gateway_scopes import GatewayScopes
 from kcm.core.keyring import Keyring
 from kcm.core.l1 import L1_CHECK_META, l1_refusal, open_l1
 from kcm.core.link_server import LinkServerFactory
@@ -103,7 +105,10 @@ class PolicyFile(Service):
 
     :attr:`subject_map` is the map in force (None without a policy file), replaced whole on a
     reload; each function in :attr:`on_change` is called with it at start and on every
-    change. A reload that changed the map writes a ``policy`` event through ``store`` so
+    change; :attr:`gateway_scopes` the gateways' scopes (the file's ``[gateways]``,
+    :mod:`kcm.core.gateway_scopes`), each function in :attr:`on_scopes` called with them at
+    start and whenever they change (they stay in the core: gateways are not sent them).
+    A reload that changed the map writes a ``policy`` event through ``store`` so
     every gateway applies it in order, and, in the same transaction, audit records of what
     changed (:func:`access_policy_records`): a mapping gives a certificate subject a
     tenant's identity, which each tenant's audit records must show.
@@ -121,6 +126,8 @@ class PolicyFile(Service):
         self.reactor = reactor
         self.subject_map: SubjectMap | None = None
         self.on_change: list[Callable[[SubjectMap | None], None]] = []
+        self.gateway_scopes = GatewayScopes({})
+        self.on_scopes: list[Callable[[GatewayScopes], None]] = []
         self._run = run_in_thread or in_reactor_threads(reactor)
         self._reads = DeferredLock()  # reloads read the file one after another
         self._writes = DeferredLock()  # policy events commit in reload order
@@ -130,7 +137,16 @@ class PolicyFile(Service):
         self._previous_sighup: Any = None
 
     def startService(self) -> None:
-        self._use(SubjectMap.from_toml(self.path) if self.path else None)
+        if self.path:
+            subject_map, _, scopes = _read_policy(self.path)
+            self._use(subject_map)
+            self._use_scopes(scopes)
+        else:
+            self._use(None)
+        if not len(self.gateway_scopes):
+            log.warn("no gateway is scoped: every gateway may assert any tenant's callers; "
+                     "scope each in the policy file's [gateways] (docs/operations.md, "
+                     '"Identities and certificates")')
         self._pushed = self._audited = (self.subject_map or SubjectMap({})).document()
         self._install_sighup()
         super().startService()
@@ -145,6 +161,11 @@ class PolicyFile(Service):
         self.subject_map = subject_map
         for change in self.on_change:
             change(subject_map)
+
+    def _use_scopes(self, scopes: GatewayScopes) -> None:
+        self.gateway_scopes = scopes
+        for change in self.on_scopes:
+            change(scopes)
 
     def _install_sighup(self) -> None:
         """SIGHUP reloads the policy file. The handler only schedules :meth:`reload` on the
@@ -184,10 +205,17 @@ class PolicyFile(Service):
         log.error("policy reload from {path} failed, the policy is unchanged: {error}",
                   path=path, error=str(failure.value))
 
-    def _loaded(self, loaded: tuple[SubjectMap, str], path: str) -> Deferred[None] | None:
-        subject_map, document = loaded
+    def _loaded(self, loaded: tuple[SubjectMap, str, GatewayScopes],
+                path: str) -> Deferred[None] | None:
+        subject_map, document, scopes = loaded
+        scoped = scopes != self.gateway_scopes
+        if scoped:
+            self._use_scopes(scopes)
+            log.info("policy reloaded from {path}: {count} gateway scopes", path=path,
+                     count=len(scopes))
         if document == self._pushed:
-            log.info("policy reload: {path} is unchanged", path=path)
+            if not scoped:
+                log.info("policy reload: {path} is unchanged", path=path)
             return None
         self._use(subject_map)
         self._pushed = document
@@ -226,10 +254,14 @@ class PolicyFile(Service):
             self._pushed = None  # the next SIGHUP writes the event again
 
 
-def _read_policy(path: str) -> tuple[SubjectMap, str]:
-    """The subject map of the policy file at ``path`` and its document (in a thread)."""
-    subject_map = SubjectMap.from_toml(path)
-    return subject_map, subject_map.document()
+def _read_policy(path: str) -> tuple[SubjectMap, str, GatewayScopes]:
+    """The subject map of the policy file at ``path``, its document, and the gateways'
+    scopes (in a thread; the file read once, both checked before either is used)."""
+    with open(path, "rb") as f:
+        document = tomllib.load(f)
+    subject_map = SubjectMap.from_policy(document, path)
+    scopes = GatewayScopes.from_document(document, path)
+    return subject_map, subject_map.document(), scopes
 
 
 #: The operation of the audit records of a change of the access policy (the subject map).

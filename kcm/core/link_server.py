@@ -8,18 +8,21 @@ closed right after the handshake. On a link:
   gateway's sequence (from the oldest kept, when those were deleted: ``outbox_retention``,
   logged; the gateway resynchronises), then new ones live;
 * REQUEST → :meth:`CoreRequestHandler.handle_as` as the asserted caller, the gateway named in
-  the audit record, answered with RESPONSE;
+  the audit record, answered with RESPONSE; a caller the core does not accept (not of its
+  trust domain, a gateway, a subject its own map does not name so, or outside the gateway's
+  scope, :mod:`kcm.core.gateway_scopes`) is refused, Permission Denied;
 * CANCEL (link version 2) → that stream's request stops at its next batch-item boundary, as
   a direct client's does when it disconnects, and is not answered; every request in flight
   on a link that closes stops the same way;
 * FETCH_SERVICE_KEY → :func:`kcm.core.service_keys.fetch_service_keys`, answered with
-  SERVICE_KEYS; at most ``max_fetches_per_tenant`` fetches for one tenant's callers run at
-  once (on every link together), the others wait their turn in order, at most
-  ``max_waiting_fetches`` of them per link; one more is refused at once (General Failure,
-  the core busy), so that one tenant's misses, however many, hold at most that many of the
-  store's workers;
+  SERVICE_KEYS (its asserted caller, and the tenant it names, checked as a REQUEST's); at
+  most ``max_fetches_per_tenant`` fetches for one tenant's callers run at once (on every
+  link together), the others wait their turn in order, at most ``max_waiting_fetches`` of
+  them per link; one more is refused at once (General Failure, the core busy), so that one
+  tenant's misses, however many, hold at most that many of the store's workers;
 * USAGE_REPORT (link version 3) → the factory's ``on_usage`` (kcm-core: its
-  :class:`kcm.core.usage_intake.UsageIntake`); not answered;
+  :class:`kcm.core.usage_intake.UsageIntake`, which drops a scoped gateway's counts of
+  another tenant's L3s); not answered;
 * VERSION (link version 4) → the gateway's own link version, which says whether it takes
   DRAIN.
 
@@ -63,10 +66,12 @@ from zope.interface import implementer
 from kcm.core.answer_turns import AnswerTurns
 from kcm.core.context import Caller
 from kcm.core.event_fanout import EncodedEvent, EventFanout
+from kcm.core.gateway_scopes import GatewayScope, GatewayScopes
 from kcm.core.keyring import Keyring
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch, share_of
 from kcm.core.service_keys import fetch_service_keys, without_tombstones
 from kcm.core.store.engine import Store
+from kcm.core.usage_intake import UsageScope
 from kcm.drain import until
 from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
 from kcm.kmip.enums import ResultReason
@@ -119,6 +124,8 @@ class _Refused:
     source: str
 
 
+#: What a caller the core does not accept from a gateway is answered (Permission Denied).
+_NOT_ACCEPTED = "the asserted caller identity is not accepted"
 #: The most characters of a refused caller's asserted identity, subject or source repeated.
 _SHOWN_LENGTH = 100
 
@@ -395,6 +402,12 @@ class LinkServerProtocol(LinkProtocol):
         log.info("gateway {gateway} linked from {peer} ({name}), events after {seq}",
                  gateway=self.gateway.id, peer=self.peer, name=self._peer_name,
                  seq=self.sent_seq)
+        # (With no scopes at all, the core warned once as it started: every gateway is.)
+        scopes = self.factory.gateway_scopes
+        if len(scopes) and scopes.scope_of(self.gateway) is None:
+            log.warn("gateway {gateway} is unscoped: it may assert any tenant's callers; give "
+                     'it a [gateways."{path}"] entry in the policy file',
+                     gateway=self.gateway.id, path=self.gateway.path)
         welcome = Frame(FrameType.WELCOME, link_version=LINK_VERSION,
                         peer_name=self.factory.server_name, sequence=head,
                         heartbeat_interval=self.factory.settings.heartbeat_interval,
@@ -613,7 +626,7 @@ class LinkServerProtocol(LinkProtocol):
 
     def _caller(self, identity: str, subject: str | None, source: str) -> Caller | _Refused:
         """The Caller a gateway asserts, or why the core does not accept it."""
-        principal = self.factory.asserted_principal(identity, subject)
+        principal = self.factory.asserted_principal(identity, subject, self.gateway)
         if principal is None:
             return _Refused(_asserted(identity, subject), _short(source))
         return Caller(principal, source, gateway=self.gateway)
@@ -636,7 +649,7 @@ class LinkServerProtocol(LinkProtocol):
         handler may record it first)."""
         self.factory.unacceptable_callers.note(gateway=self.gateway.id, caller=caller.claimed)
         answer = refusal_answer(self.factory.handler, Refusal(
-            ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted",
+            ResultReason.PERMISSION_DENIED, _NOT_ACCEPTED,
             caller.source, None, caller.claimed, gateway=self.gateway))
         if isinstance(answer, Deferred):  # (dropped if the link closes meanwhile)
             answer.addCallback(lambda wire: self._respond(stream_id, wire, _REFUSED))
@@ -775,10 +788,14 @@ class LinkServerProtocol(LinkProtocol):
         if not self._require_hello(frame):
             return
         stream_id = frame.stream_id
-        principal = self.factory.asserted_principal(frame.caller_identity, frame.caller_subject)
-        if principal is None:
-            self._keys_refused(stream_id, KmipError(
-                ResultReason.PERMISSION_DENIED, "the asserted caller identity is not accepted"))
+        factory = self.factory
+        principal = factory.asserted_principal(frame.caller_identity, frame.caller_subject,
+                                               self.gateway)
+        if principal is None or (frame.unique_identifier is None
+                                 and not factory.may_act_for(self.gateway, frame.tenant)):
+            claimed = _asserted(frame.caller_identity or "", frame.caller_subject) + (
+                "" if principal is None else f", for tenant {_short(frame.tenant or '')}")
+            self._refuse_fetch(stream_id, claimed)
             return
         caller = Caller(principal, self.peer, gateway=self.gateway)
         fetches = self.factory.fetches
@@ -789,6 +806,16 @@ class LinkServerProtocol(LinkProtocol):
             return
         fetches.run(tenant, self, lambda: self._fetch(stream_id, caller, frame.tenant,
                                                        frame.service, frame.unique_identifier))
+
+    def _refuse_fetch(self, stream_id: int, claimed: str) -> None:
+        """Refuse a fetch whose asserted caller (or tenant) the core does not accept from
+        this gateway, as a REQUEST's (:meth:`_refuse_caller`): logged, and audited with the
+        gateway named; the refusal's KMIP answer is not sent (SERVICE_KEYS says it)."""
+        self.factory.unacceptable_callers.note(gateway=self.gateway.id, caller=claimed)
+        refusal_answer(self.factory.handler, Refusal(
+            ResultReason.PERMISSION_DENIED, _NOT_ACCEPTED, self.peer, None, claimed,
+            gateway=self.gateway))
+        self._keys_refused(stream_id, KmipError(ResultReason.PERMISSION_DENIED, _NOT_ACCEPTED))
 
     def _fetch(self, stream_id: int, caller: Caller, tenant: str, service: str,
                uid: str | None) -> Deferred:
@@ -852,7 +879,7 @@ class LinkServerProtocol(LinkProtocol):
             counts: dict[str, int] = {}
             for uid, count in frame.usage:
                 counts[uid] = counts.get(uid, 0) + count
-            on_usage(counts)
+            on_usage(counts, self.factory.usage_scope(self.gateway))
 
     # VERSION and DRAIN ----------------------------------------------------------------------
     def frame_VERSION(self, frame: Frame) -> None:
@@ -921,13 +948,19 @@ class LinkServerFactory(Factory):
         self.wall_clock = wall_clock if wall_clock is not None else clock.seconds
         self.settings = settings or LinkSettings()
         self.server_name = server_name
-        self._principals: dict[tuple[str, str | None], Principal | None] = {}
+        #: Asserted callers resolved, by (gateway's role path, identity, subject).
+        self._principals: dict[tuple[str, str, str | None], Principal | None] = {}
+        #: Whom each gateway may assert (the policy file's [gateways]; empty: every gateway
+        #: is unscoped), and the scopes looked up, by gateway role path.
+        self.gateway_scopes = GatewayScopes({})
+        self._scopes: dict[str, GatewayScope | None] = {}
         #: Raised by every new policy: what a link read under an older one is read anew.
         self.policy_generation = 0
         #: The links that said HELLO and are still up (for the metrics).
         self.links: set[LinkServerProtocol] = set()
-        #: Called with each USAGE_REPORT's counts (L3 uid -> encryptions); None: ignored.
-        self.on_usage: Callable[[dict[str, int]], None] | None = None
+        #: Called with each USAGE_REPORT's counts (L3 uid -> encryptions) and the scope they
+        #: are recorded under (:meth:`usage_scope`); None: ignored.
+        self.on_usage: Callable[[dict[str, int], UsageScope | None], None] | None = None
         #: Set by :meth:`drain`: no new link is welcomed.
         self.draining = False
         #: The links' service key fetches, in turns by tenant.
@@ -950,6 +983,35 @@ class LinkServerFactory(Factory):
         self.policy_document = (subject_map or SubjectMap({})).document()
         self._principals.clear()
         self.policy_generation += 1
+
+    def set_gateway_scopes(self, scopes: GatewayScopes) -> None:
+        """Use ``scopes`` from now on: the next frame of every link is checked against
+        them (what a link resolved under the old ones is resolved anew)."""
+        self.gateway_scopes = scopes
+        self._scopes.clear()
+        self._principals.clear()
+        self.policy_generation += 1
+
+    def scope_of(self, gateway: Principal) -> GatewayScope | None:
+        """``gateway``'s scope (None: unscoped); one dict lookup once looked up."""
+        path = gateway.path
+        try:
+            return self._scopes[path]
+        except KeyError:
+            scope = self._scopes[path] = self.gateway_scopes.scope_of(gateway)
+            return scope
+
+    def may_act_for(self, gateway: Principal, tenant: str | None) -> bool:
+        """Whether ``gateway`` may act for ``tenant`` (a FETCH_SERVICE_KEY's)."""
+        scope = self.scope_of(gateway)
+        return scope is None or scope.allows_tenant(tenant)
+
+    def usage_scope(self, gateway: Principal) -> UsageScope | None:
+        """The scope ``gateway``'s usage reports are recorded under (None: any tenant's)."""
+        scope = self.scope_of(gateway)
+        if scope is None or scope.tenants is None:
+            return None
+        return gateway.id, scope.tenants
 
     def stopFactory(self) -> None:
         # The listener stops: the last counted refusals are written.
@@ -997,17 +1059,24 @@ class LinkServerFactory(Factory):
         return self.store.run_answer(lambda session: fetch_service_keys(
             session, self.keyring, caller, tenant, service, uid, now=now))
 
-    def asserted_principal(self, identity: str | None, subject: str | None) -> Principal | None:
-        """The caller a gateway asserts, or None when the core would not accept it directly.
+    def asserted_principal(self, identity: str | None, subject: str | None,
+                           gateway: Principal) -> Principal | None:
+        """The caller ``gateway`` asserts, or None when the core would not accept it directly,
+        or not from that gateway.
 
         A SPIFFE ID of this trust domain (never a gateway's); with a subject, the core's own
-        subject map must name the same principal for that subject.
+        subject map must name the same principal for that subject; and one the gateway's
+        scope allows (:meth:`GatewayScope.allows`), if it has one.
         """
-        key = (identity or "", subject)
+        key = (gateway.path, identity or "", subject)
         if key in self._principals:
             return self._principals[key]
         principal = self._resolve_asserted(identity or "", subject)
-        if len(key[0]) + len(subject or "") <= _MAX_KEPT_FIELDS:  # bounded in size
+        if principal is not None:
+            scope = self.scope_of(gateway)
+            if scope is not None and not scope.allows(principal):
+                principal = None
+        if len(key[1]) + len(subject or "") <= _MAX_KEPT_FIELDS:  # bounded in size
             if len(self._principals) >= 4096:  # and number: identities are few, but asserted
                 self._principals.clear()
             self._principals[key] = principal

@@ -220,6 +220,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                 max_frame_size=frame_size_limit(config.limits.max_message_size),
                 write_timeout=config.limits.write_timeout))
         policy.on_change.append(link_factory.set_subject_map)
+        policy.on_scopes.append(link_factory.set_gateway_scopes)
         fanout.on_stale.append(link_factory.events_stale)
         fanout.on_went_back.append(link_factory.events_went_back)
         # Whoever removed a tenant (kcm core tenant remove), this core forgets it.

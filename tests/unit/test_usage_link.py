@@ -35,7 +35,7 @@ def test_the_core_hands_reports_to_its_intake_and_answers_nothing() -> None:
     core, transport, _ = core_end()
     frames_in(transport)
     reported: list[dict[str, int]] = []
-    core.factory.on_usage = reported.append
+    core.factory.on_usage = lambda counts, scope: reported.append(counts)
     core.dataReceived(encode_frame(Frame(FrameType.USAGE_REPORT,
                                          usage=[("l3-a", 3), ("l3-b", 1), ("l3-a", 2)])))
     assert reported == [{"l3-a": 5, "l3-b": 1}]
@@ -83,3 +83,25 @@ def test_the_intake_adds_reports_up_in_one_write_and_wakes_the_sweeper_at_a_cap(
     intake.stop()
     clock.advance(1)
     assert store.transactions == 3
+
+
+def test_the_intake_counts_a_scoped_gateways_uses_of_its_tenants_keys_only(
+        core: CoreHarness) -> None:
+    """A gateway scoped to tenant demo reports uses of demo's and other's L3s: only demo's
+    are counted (other's dropped and logged); an unscoped report counts for any tenant."""
+    from kcm.core.store import repository
+
+    def l3(tenant: str) -> str:
+        return core.store.run_sync(
+            lambda s: [r.uid for r in repository.find_l3(s, tenant, "app")])[0]
+
+    demo, other = l3("demo"), l3("other")
+    clock, store = Clock(), _SyncStore(core)
+    intake = UsageIntake(store, clock, on_cap_reached=lambda: None)
+    scope = ("spiffe://kcm.test/gateway/gw1", frozenset({"demo"}))
+    intake.add({demo: 3, other: 5, "not-an-l3": 1}, scope)
+    intake.add({demo: 1}, scope)
+    intake.add({other: 2})  # an unscoped gateway's
+    clock.advance(intake.delay)
+    assert store.transactions == 1
+    assert core.store.run_sync(lambda s: uses_of(s, [demo, other])) == {demo: 4, other: 2}

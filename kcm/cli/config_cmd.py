@@ -482,15 +482,18 @@ def _usages(cert: x509.Certificate, section: str, client_use: bool) -> Finding:
 def _policy_file(path: str) -> Finding:
     """The policy file loads as kcm-core's start loads it (:class:`kcm.core.service.
     PolicyFile`)."""
+    from kcm.core.gateway_scopes import GatewayScopes
     from kcm.identity import SubjectMap
 
     try:
         subjects = SubjectMap.from_toml(path)
+        scopes = GatewayScopes.from_toml(path)
     except OSError as e:
         return Finding(ERROR, f"core.policy_file: cannot read {path}: {e.strerror}")
     except (ValueError, tomllib.TOMLDecodeError) as e:
         return Finding(ERROR, f"core.policy_file {path}: {e}")
-    return Finding(OK, f"core.policy_file: {path} loads ({len(subjects)} subject mappings)")
+    return Finding(OK, f"core.policy_file: {path} loads ({len(subjects)} subject mappings, "
+                       f"{len(scopes)} gateway scopes)")
 
 
 def _log_file(section: str, path: str) -> Iterator[Finding]:

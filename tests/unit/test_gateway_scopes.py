@@ -144,3 +144,15 @@ def test_a_core_whose_policy_scopes_no_gateway_warns_as_it_starts(
         globalLogPublisher.removeObserver(observer)
         policy.stopService()
     assert any("no gateway is scoped" in line for line in lines)
+
+
+def test_kcm_config_check_checks_the_gateway_scopes_too(tmp_path: Path) -> None:
+    from kcm.cli.config_cmd import ERROR, OK, _policy_file
+
+    path = tmp_path / "policy.toml"
+    path.write_text('[gateways."gateway/gw1"]\ntenants = ["demo"]\n')
+    found = _policy_file(str(path))
+    assert found.level == OK and "1 gateway scopes" in found.text
+    path.write_text('[gateways."gateway/gw1"]\ntenants = ["demo/x"]\n')
+    found = _policy_file(str(path))
+    assert found.level == ERROR and "'demo/x' is not a tenant name" in found.text

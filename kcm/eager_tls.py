@@ -166,6 +166,10 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
     _c_ssl = _c_into = _c_out = 0
     #: Who waits for the handshake (:meth:`when_handshake_done`); None: nobody.
     _handshake_waiters: list[Deferred[None]] | None = None
+    #: Told of the handshake's end and of the connection's (``handshake_done(protocol)``,
+    #: ``lost(protocol)``: a :class:`kcm.tls_crl.RevocationWatch`, which checks the peer's
+    #: certificates against each new CRL); None: nobody.
+    peer_watch: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         self._eager = _can_send_eagerly(transport)
@@ -197,7 +201,10 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         return waiter
 
     def _checkHandshakeStatus(self) -> None:
+        done = self._handshakeDone
         super()._checkHandshakeStatus()
+        if self._handshakeDone and not done and self.peer_watch is not None:
+            self.peer_watch.handshake_done(self)
         if self._handshakeDone and self._handshake_waiters:
             waiters, self._handshake_waiters = self._handshake_waiters, None
             for waiter in waiters:
@@ -218,6 +225,8 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         self._c_ssl = self._c_into = self._c_out = 0
         if self._handshake_waiters:
             self._handshake_failed(self._reason or reason)
+        if self.peer_watch is not None:
+            self.peer_watch.lost(self)
         super().connectionLost(reason)
         transport = self.transport
         if self._eager and not transport.connected:

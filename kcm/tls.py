@@ -92,7 +92,7 @@ from kcm.connection_guard import ConnectionGuard
 from kcm.eager_tls import EagerTLSClientEndpoint, EagerTLSFactory
 from kcm.handoff import HandoffServerEndpoint, parse_handoff
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
-from kcm.tls_crl import RevocationLists
+from kcm.tls_crl import RevocationLists, RevocationWatch
 from kcm.tls_policy import DEFAULT_TLS12_CIPHERS, TlsPolicy
 
 __all__ = [
@@ -288,17 +288,23 @@ def server_tls_options(
 class RenewableServerTLS:
     """Server TLS options that can be replaced while a listener runs (:meth:`use`): each
     new connection takes the newest, connections open keep theirs (e.g. options of
-    :func:`listener_tls_options` built again with new CRLs: kcm.tls_crl)."""
+    :func:`listener_tls_options` built again with new CRLs: kcm.tls_crl). ``watch`` (a
+    :class:`kcm.tls_crl.RevocationWatch`), if given, is each connection's ``peer_watch``
+    (:class:`kcm.eager_tls.EagerTLSProtocol`): the open ones are checked against new CRLs."""
 
-    def __init__(self, options: Any) -> None:
+    def __init__(self, options: Any, watch: RevocationWatch | None = None) -> None:
         self._options = options
+        self.watch = watch
 
     def use(self, options: Any) -> None:
         """Give new connections ``options`` from now on."""
         self._options = options
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802 - Twisted's
-        return self._options.serverConnectionForTLS(tlsProtocol)
+        connection = self._options.serverConnectionForTLS(tlsProtocol)
+        if self.watch is not None:
+            tlsProtocol.peer_watch = self.watch
+        return connection
 
     def getContext(self) -> Any:  # noqa: N802 - CertificateOptions'
         return self._options.getContext()

@@ -113,6 +113,8 @@ ANSWER_HOLD_LIMIT = 1.0
 #: Why a core whose fan-out is stale (it cannot read its outbox) closes its links and
 #: refuses new ones: a gateway linked here would miss what other cores change.
 STALE_EVENTS = "this core cannot read its event log: link to another"
+#: Why a core closes the link of a gateway whose certificate a new CRL lists (tls.crl).
+CERTIFICATE_REVOKED = "this gateway's certificate is revoked (tls.crl)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -907,6 +909,16 @@ class LinkServerProtocol(LinkProtocol):
         gateway closed it; another once no request of it is in flight."""
         return self.closing or (not self.drain_sent and not self._requests
                                 and not self._held)
+
+    def certificate_revoked(self) -> None:
+        """The gateway's certificate (or a CA's of its chain) is revoked (tls.crl, read
+        again: :class:`kcm.tls_crl.RevocationWatch`): GOAWAY, then the connection aborted at
+        once; nothing more is read or answered (a request already being carried out may
+        still end in the store; its answer is not sent)."""
+        if self.closing:
+            self.transport.abortConnection()
+            return
+        self.go_away(CERTIFICATE_REVOKED, abort=True)
 
     def go_away(self, reason: str, *, abort: bool = False) -> None:
         """Send GOAWAY, then close (``abort``: without waiting for the peer to read)."""

@@ -162,8 +162,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         return server_tls_options(tls.cert, tls.key, tls.ca,
                                   min_version=min_tls_version(tls.policy), crls=lists)
 
-    kmip_tls_options = crls.options(kmip_options) if crls else kmip_options
-    link_tls_options = crls.options(link_options) if crls else link_options
+    kmip_tls_options = crls.options(kmip_options, name="KMIP") if crls else kmip_options
+    link_tls_options = crls.options(link_options, name="gateway link") if crls else link_options
 
     kmip_factory = KmipServerFactory(
         handler, config.limits,

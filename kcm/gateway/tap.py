@@ -249,8 +249,9 @@ def makeService(options: Options,
     def kmip_options(lists: RevocationLists | None = None) -> Any:
         return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy, lists)
 
-    TLSListener(reactor, config.listen, crls.options(kmip_options) if crls else kmip_options,
-                kmip_factory, name="kcm-kmip-listener", guard=guard,
+    kmip_tls_options = crls.options(kmip_options, name="KMIP") if crls else kmip_options
+    TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
+                name="kcm-kmip-listener", guard=guard,
                 # A worker tells its supervisor once it can serve: linked, or holding keys.
                 ready=lambda: metrics.readiness().ready).setServiceParent(gateway)
     refresher.setServiceParent(gateway)

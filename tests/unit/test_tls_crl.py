@@ -16,12 +16,17 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from kcm.config_file import TlsFiles
+from kcm.eager_tls import EagerTLSFactory
 from kcm.pki import PkiPaths, init_pki, issue_crl, load_ca, new_ca
 from kcm.tls import server_tls_options
-from kcm.tls_crl import CrlRefresher, load_crls
+from kcm.tls_crl import CrlRefresher, RevocationWatch, chain_keys, load_crls, revoked_keys
 from tests.thread_fakes import HeldThreads, run_inline
 
 
@@ -221,3 +226,204 @@ def test_a_crl_setting_is_a_path_and_its_refresh_a_bounded_number() -> None:
     for wrong in (0, -1, 3601, True, "5"):
         with pytest.raises(ValueError, match="tls.crl_refresh"):
             TlsFiles(**files, crl_refresh=wrong)
+
+
+# Open connections of a certificate a new CRL lists ------------------------------------------
+
+def _handshaken(options, pair, ca: Path) -> tuple[SSL.Connection, socket.socket, object]:
+    """The server side of a completed TLS handshake with a client of ``pair`` (its socket
+    and the client's thread, to close and join)."""
+    a, b = socket.socketpair()
+    server = SSL.Connection(options.getContext(), a)
+    server.set_accept_state()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(str(ca))
+    context.load_cert_chain(str(pair.cert), str(pair.key))
+
+    def client() -> None:
+        try:
+            with context.wrap_socket(b) as tls:
+                tls.recv(1)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            b.close()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    server.do_handshake()
+    return server, a, thread
+
+
+class _Link:
+    """An application protocol that closes itself when its certificate is revoked."""
+
+    def __init__(self) -> None:
+        self.revoked = 0
+
+    def certificate_revoked(self) -> None:
+        self.revoked += 1
+
+
+class _Connection:
+    """What a :class:`RevocationWatch` uses of a server-side TLS protocol."""
+
+    def __init__(self, pki: PkiPaths, who: str, chain: list, wrapped: object = None) -> None:
+        from OpenSSL import crypto
+
+        pair = getattr(pki, who)
+        self.connected = True
+        self._aborted = False
+        self.wrappedProtocol = wrapped if wrapped is not None else object()
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4433))
+        self._peer = crypto.load_certificate(crypto.FILETYPE_PEM, pair.cert.read_bytes())
+        self._tlsConnection = self
+        self._chain = chain
+
+    def get_verified_chain(self, *, as_cryptography: bool = False) -> list:
+        assert as_cryptography
+        return self._chain
+
+    def getPeerCertificate(self) -> object:  # noqa: N802 - Twisted's
+        return self._peer
+
+    def abortConnection(self) -> None:  # noqa: N802 - Twisted's
+        self._aborted = True
+
+
+def _chain(pki: PkiPaths, who: str) -> list:
+    from cryptography import x509
+
+    return [x509.load_pem_x509_certificate(path.read_bytes())
+            for path in (getattr(pki, who).cert, pki.ca.cert)]
+
+
+@pytest.fixture
+def warnings() -> list[str]:
+    seen: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_level") in (LogLevel.warn, LogLevel.error):
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_a_peer_chain_is_read_at_the_handshake_without_its_trust_anchor(pki) -> None:
+    """chain_keys: the issuer (DER) and serial number of each certificate of the verified
+    chain but the CA it ends at, which no CRL covers."""
+    options = server_tls_options(pki.core.cert, pki.core.key, pki.ca.cert)
+    server, sock, thread = _handshaken(options, pki.app, pki.ca.cert)
+    try:
+        app = _certificate(pki.app)
+        assert chain_keys(server) == ((app.issuer.public_bytes(), app.serial_number),)
+    finally:
+        sock.close()
+        thread.join(5)
+
+
+def test_revoked_certificates_are_matched_by_issuer_and_serial(pki) -> None:
+    """revoked_keys: what a CRL lists, by its issuer and serial number: the same serial of
+    another CA is not a match."""
+    app, other = _certificate(pki.app), _certificate(pki.other_app)
+    revoked = revoked_keys([issue_crl(load_ca(pki.ca), [app])])
+    assert (app.issuer.public_bytes(), app.serial_number) in revoked
+    assert (other.issuer.public_bytes(), other.serial_number) not in revoked
+    stranger = new_ca("Another CA", now=dt.datetime.now(dt.UTC))
+    assert (app.issuer.public_bytes(), app.serial_number) not in revoked_keys([
+        issue_crl(stranger, [app])])  # (its issuer is the stranger's name)
+    assert revoked_keys([]) == frozenset()
+
+
+def test_open_connections_of_a_revoked_certificate_are_cut_one_line_each(
+        pki, warnings) -> None:
+    """RevocationWatch: each connection's chain is kept from its handshake; the CRLs taken
+    cut those they list (a link by its own certificate_revoked, a KMIP connection
+    aborted), with one warning naming the identity and the serial in hex; the others, and
+    connections already ended, are untouched; a handshake that ends after the swap with
+    the CRLs of before is cut as it ends."""
+    watch = RevocationWatch("KMIP")
+    app = _Connection(pki, "app", _chain(pki, "app"))
+    other = _Connection(pki, "other_app", _chain(pki, "other_app"))
+    link = _Connection(pki, "gateway", _chain(pki, "gateway"), wrapped=_Link())
+    gone = _Connection(pki, "admin", _chain(pki, "admin"))
+    for connection in (app, other, link, gone):
+        watch.handshake_done(connection)
+    watch.lost(gone)
+    assert len(watch) == 3
+    revoked = revoked_keys([issue_crl(load_ca(pki.ca), [
+        _certificate(pki.app), _certificate(pki.gateway), _certificate(pki.admin)])])
+    assert watch.cut_revoked(revoked) == 2
+    assert app._aborted and not other._aborted and not gone._aborted
+    assert link.wrappedProtocol.revoked == 1 and not link._aborted
+    assert len(watch) == 1
+    serial = f"{_certificate(pki.app).serial_number:x}"
+    lines = [line for line in warnings if "tls.crl: closed" in line]
+    assert len(lines) == 2
+    assert lines[0] == ("tls.crl: closed the KMIP connection of spiffe://kcm.test/tenant/"
+                        f"demo/service/app from 192.0.2.7: its certificate (serial {serial}) "
+                        "is revoked"), lines
+    assert "spiffe://kcm.test/gateway/gw1" in lines[1]
+    assert watch.cut_revoked(revoked) == 0  # (cut once)
+    late = _Connection(pki, "app", _chain(pki, "app"))
+    watch.handshake_done(late)  # a context built with the CRLs of before
+    assert late._aborted and len(watch) == 1
+    watch.cut_revoked(frozenset())  # a CRL listing nobody: nothing cut, nothing kept
+    again = _Connection(pki, "app", _chain(pki, "app"))
+    watch.handshake_done(again)
+    assert not again._aborted and len(watch) == 2
+
+
+def test_a_revoked_intermediate_ca_cuts_what_it_issued(pki, warnings) -> None:
+    """A connection whose chain holds a listed CA certificate (not its trust anchor) is
+    cut, and its line says a CA certificate of its chain is revoked."""
+    intermediate = _certificate(pki.core)  # (any certificate the CA issued will do)
+    chain = [_chain(pki, "app")[0], intermediate, _chain(pki, "app")[1]]
+    connection = _Connection(pki, "app", chain)
+    watch = RevocationWatch("gateway link")
+    watch.handshake_done(connection)
+    watch.cut_revoked(revoked_keys([issue_crl(load_ca(pki.ca), [intermediate])]))
+    assert connection._aborted
+    assert any("a CA certificate of its chain" in line for line in warnings), warnings
+
+
+def test_a_refresh_cuts_the_open_connections_its_crls_list(pki, tmp_path) -> None:
+    """CrlRefresher: the listeners' options carry a watch (each connection's peer_watch);
+    a refresh that takes new CRLs cuts what they list, even for a listener whose options
+    could not be built again (the CRLs are in force); an unchanged file cuts nothing."""
+    ca = load_ca(pki.ca)
+    path = tmp_path / "crl.pem"
+    _write(path, issue_crl(ca, []))
+    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1,
+                             run_in_thread=run_inline)
+    refresher.startService()
+    broken = False
+
+    def build(lists):
+        if broken:
+            raise OSError("the key file is gone")
+        return server_tls_options(pki.core.cert, pki.core.key, pki.ca.cert, crls=lists)
+
+    try:
+        options = refresher.options(build, name="KMIP")()
+        assert options.watch is not None and options.watch.name == "KMIP"
+
+        protocol = EagerTLSFactory(options, False, Factory.forProtocol(Protocol)
+                                   ).buildProtocol(IPv4Address("TCP", "192.0.2.7", 4433))
+        protocol.makeConnection(StringTransport())
+        assert protocol.peer_watch is options.watch  # (told of its handshake and end)
+        app = _Connection(pki, "app", _chain(pki, "app"))
+        other = _Connection(pki, "other_app", _chain(pki, "other_app"))
+        options.watch.handshake_done(app)
+        options.watch.handshake_done(other)
+        refresher.refresh()
+        assert not app._aborted
+        broken = True
+        _write(path, issue_crl(ca, [_certificate(pki.app)]))
+        refresher.refresh()
+        assert app._aborted and not other._aborted
+    finally:
+        refresher.stopService()

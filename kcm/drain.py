@@ -48,13 +48,17 @@ def drain(reactor: Any, process: str, listeners: Iterable[IService | None],
     stopping = [maybeDeferred(listener.stopService) for listener in listeners
                 if listener is not None and listener.running]
 
+    def cut(result: object, _timeout: float) -> None:
+        # (a DeferredList cancelled fires with its members' cancellations, not an error:
+        # the timeout is seen here, where addTimeout says it cancelled the wait)
+        log.warn("{process} stopping: still busy after {t:g} s; cutting what is left",
+                 process=process, t=timeout)
+
     def wait(_: object) -> Deferred[Any]:
         waiting = DeferredList([maybeDeferred(start) for start in waits],
                                consumeErrors=True)
-        waiting.addTimeout(timeout, reactor)
-        return waiting.addErrback(lambda _: log.warn(
-            "{process} stopping: still busy after {t:g} s; cutting what is left",
-            process=process, t=timeout))
+        waiting.addTimeout(timeout, reactor, onTimeoutCancel=cut)
+        return waiting
 
     done = DeferredList(stopping, consumeErrors=True).addCallback(wait)
     done.addErrback(lambda failure: log.failure("draining failed", failure))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from kcm.drain import drain, until
 
@@ -64,3 +65,19 @@ def test_until_looks_again_until_it_is_true() -> None:
     clock.advance(0.05)
     assert fired == [None]
     assert until(clock, lambda: True).called
+
+
+def test_a_wait_cut_at_its_timeout_says_so_and_one_that_ends_does_not() -> None:
+    """The warning that a stop cuts what is left: a DeferredList cancelled fires with its
+    members' cancellations, not an error, and the warning never came."""
+    clock = Clock()
+    with capturedLogs() as events:
+        drain(clock, "test", [], [lambda: Deferred()], timeout=5.0)
+        clock.advance(5.0)
+        done: Deferred[None] = Deferred()
+        drain(clock, "other", [], [lambda: done], timeout=5.0)
+        done.callback(None)
+        clock.advance(10.0)
+    assert [formatEvent(event) for event in events
+            if "still busy" in (event.get("log_format") or "")] == [
+        "test stopping: still busy after 5 s; cutting what is left"]

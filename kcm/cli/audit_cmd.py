@@ -235,7 +235,10 @@ def _verify_export(path: str, audit_key: bytes, checkpoints: list) -> int:
         notes.append(f"the first {result.unkeyed} unkeyed, checked by digest only")
     if checkpoints:
         notes.append(f"{result.checkpoints_matched} checkpoints matched")
-    print(f"audit export intact: {result.records} records verified; " + "; ".join(notes))
+    start = ("from the chain's first" if result.first_seq == 1 else
+             f"records before {result.first_seq} not in it")
+    print(f"audit export intact: {result.records} records verified ({result.first_seq} to "
+          f"{result.last_seq}, {start}); " + "; ".join(notes))
     return 0
 
 

@@ -79,6 +79,9 @@ class ExportResult:
     checkpoints_matched: int = 0
     line: int | None = None
     reason: str | None = None
+    #: The first and the last record's sequence numbers (0: none read).
+    first_seq: int = 0
+    last_seq: int = 0
 
 
 def _lines(source: Iterable[str]) -> Iterator[tuple[int, str]]:
@@ -133,7 +136,7 @@ def verify_export(source: Iterable[str], audit_key: bytes,
                                 "this L1 key: it was altered, or comes from another deployment")
         expected.setdefault(checkpoint.seq, []).append(checkpoint)
     count = {"records": 0, "runs": 0, "between": 0, "unkeyed": 0, "matched": 0,
-             "keyed": 0, "last_unkeyed": 0}
+             "keyed": 0, "last_unkeyed": 0, "first": 0}
     last: tuple[int, bytes] | None = None
     number = 0
     for number, line in _lines(source):
@@ -148,7 +151,8 @@ def verify_export(source: Iterable[str], audit_key: bytes,
         return ExportResult(False, count["records"], count["runs"], count["between"],
                             count["unkeyed"], count["matched"], number, _UNANCHORED)
     return ExportResult(True, count["records"], count["runs"], count["between"],
-                        count["unkeyed"], count["matched"])
+                        count["unkeyed"], count["matched"], first_seq=count["first"],
+                        last_seq=last[0] if last is not None else 0)
 
 
 def _check(line: str, last: tuple[int, bytes] | None, audit_key: bytes,
@@ -206,6 +210,8 @@ def _check(line: str, last: tuple[int, bytes] | None, audit_key: bytes,
         if checkpoint.digest != digest:
             raise _Bad(f"record {seq} is not the one checkpoint {checkpoint} names")
         count["matched"] += 1
+    if not count["records"]:
+        count["first"] = seq
     count["records"] += 1
     return seq, digest  # type: ignore[return-value]
 

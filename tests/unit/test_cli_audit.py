@@ -328,17 +328,20 @@ def test_an_export_verifies_on_its_own(deployment: Deployment,
     lines = _export(deployment, capsys)
     assert len(lines) == 4 and {"prev_digest", "mac", "digest"} <= json.loads(lines[0]).keys()
     assert _verify_export(deployment, capsys, lines) == (
-        0, "audit export intact: 4 records verified; 1 run of consecutive records\n")
+        0, "audit export intact: 4 records verified (1 to 4, from the chain's first); 1 run "
+           "of consecutive records\n")
     checkpoint = deployment.run(make_checkpoint)  # names record 4
     assert _verify_export(deployment, capsys, lines, "--checkpoint", str(checkpoint)) == (
-        0, "audit export intact: 4 records verified; 1 run of consecutive records; "
+        0, "audit export intact: 4 records verified (1 to 4, from the chain's first); 1 run "
+           "of consecutive records; "
            "1 checkpoints matched\n")
     # A filtered export: each record verified, the runs counted.
     deployment.run(lambda s: append_audit(s, AuditEvent("other", "Destroy", "SUCCESS", "d1")))
     deployment.append(1)
     status, out = _verify_export(deployment, capsys,
                                  _export(deployment, capsys, "--operation", "Get"))
-    assert (status, out) == (0, "audit export intact: 5 records verified; 2 runs of "
+    assert (status, out) == (0, "audit export intact: 5 records verified (1 to 6, from the "
+                                "chain's first); 2 runs of "
                                 "consecutive records; 1 records of the chain between them "
                                 "not in the export\n")
 

@@ -55,7 +55,8 @@ def test_archive_then_verify_from_the_base(deployment: Deployment, capsys: Capsy
         0, "audit log intact: 8 records verified; from record 13: records up to 12 archived "
            "(the base marker verified)\n")
     assert deployment.kcm(capsys, "audit", "verify", "--export", str(archive)) == (
-        0, "audit export intact: 12 records verified; 1 run of consecutive records\n")
+        0, "audit export intact: 12 records verified (1 to 12, from the chain's first); "
+           "1 run of consecutive records\n")
 
     # A second archive continues the first: its file starts where the first ended, and the
     # two and an export of the rest, put together, verify as one run.
@@ -66,7 +67,15 @@ def test_archive_then_verify_from_the_base(deployment: Deployment, capsys: Capsy
     whole = deployment.root / "whole.jsonl"
     whole.write_text(archive.read_text() + second.read_text() + rest.read_text())
     assert deployment.kcm(capsys, "audit", "verify", "--export", str(whole)) == (
-        0, "audit export intact: 20 records verified; 1 run of consecutive records\n")
+        0, "audit export intact: 20 records verified (1 to 20, from the chain's first); "
+           "1 run of consecutive records\n")
+    # Without the oldest archive, the history does not start at the chain's first record,
+    # and the answer says so.
+    later = deployment.root / "later.jsonl"
+    later.write_text(second.read_text() + rest.read_text())
+    assert deployment.kcm(capsys, "audit", "verify", "--export", str(later)) == (
+        0, "audit export intact: 8 records verified (13 to 20, records before 13 not in it); "
+           "1 run of consecutive records\n")
     # New records chain on as before.
     deployment.append(2)
     assert deployment.kcm(capsys, "audit", "verify")[1].startswith(

@@ -790,6 +790,24 @@ def test_re_key_replaces_and_links(core: CoreHarness, version) -> None:
     assert locate(core, name("rotating")).unique_identifiers == [new]
 
 
+@pytest.mark.parametrize("version", [V14, V21])
+def test_re_key_gives_the_replacement_one_of_each_single_valued_attribute(
+        core: CoreHarness, version) -> None:
+    """The replacement inherited the existing key's Lease Time, Key Format Type and
+    Protection Storage Mask, and the server set its own as well: two of each (three after a
+    Re-key of the replacement), though each is single-valued (KMIP 1.4 §3, 2.1 §4)."""
+    old = register(core, version=version)
+    new = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=old),
+             version=version).unique_identifier
+    newer = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=new),
+               version=version).unique_identifier
+    for uid in (new, newer):
+        got = attributes_of(core, uid)
+        assert {Tag.LEASE_TIME, Tag.KEY_FORMAT_TYPE, Tag.PROTECTION_STORAGE_MASK} <= set(got)
+        assert {Tag(tag).name: len(values) for tag, values in got.items()
+                if len(values) > 1 and tag != Tag.LINK} == {}
+
+
 def test_re_key_keeps_the_other_links_and_replaces_only_its_own(core: CoreHarness) -> None:
     parent, certificate = register(core), register(core)
     kept = [Link(link_type=LinkType.PARENT_LINK, linked_object_identifier=parent),

@@ -108,6 +108,7 @@ def re_key(ctx: OperationContext, request: ReKeyRequest) -> ReKeyResponse:
     attributes = server_attributes(
         ctx, new_uid, ObjectType.SYMMETRIC_KEY, inherited, algorithm=algorithm, length=length,
         state=state, key_bytes=key if old.level is None else None, generated=True)
+    attributes = _one_of_each(attributes)
     _continue_rotation_line(ctx, old, attributes)
     _insert_replacement(ctx, old, new_uid, attributes, key, algorithm, length)
 
@@ -221,6 +222,15 @@ def _override(attributes: list[Attribute], client: list[Attribute]) -> list[Attr
     Group, ...) join the inherited values."""
     replaced = {attribute_identity(a) for a in client if not rule_for(a).multi}
     return [a for a in attributes if attribute_identity(a) not in replaced] + client
+
+
+def _one_of_each(attributes: list[Attribute]) -> list[Attribute]:
+    """One instance of each single-valued attribute, the last: the server appends what it
+    sets on every new key (Lease Time, Key Format Type, Protection Storage Mask) after the
+    inherited attributes, which carried the existing key's own; the replacement had both."""
+    last = {attribute_identity(a): i for i, a in enumerate(attributes) if not rule_for(a).multi}
+    return [a for i, a in enumerate(attributes)
+            if rule_for(a).multi or last[attribute_identity(a)] == i]
 
 
 def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: str,

@@ -75,14 +75,20 @@ DEFAULT_MIN_ROTATE_INTERVAL = 3600
 #: The profiles KCM claims, by the names each version gives them (KMIP 1.3 introduced Query
 #: Profiles; 2.x names carry no version). Only profiles whose OASIS cases all pass: the
 #: Baseline server (2.x; KMIP 1.x ties its baseline to TLS suites KCM does not offer by
-#: default), Symmetric Key Lifecycle and Basic Cryptographic servers (docs/conformance.md).
+#: default), the Symmetric Key Lifecycle, Basic, Advanced and RNG Cryptographic servers
+#: (docs/conformance.md).
 _PROFILES: dict[Version, tuple[ProfileName, ...]] = {
     (1, 3): (ProfileName.SYMMETRIC_KEY_LIFECYCLE_SERVER_KMIP_V1_3,
-             ProfileName.BASIC_CRYPTOGRAPHIC_SERVER_KMIP_V1_3),
+             ProfileName.BASIC_CRYPTOGRAPHIC_SERVER_KMIP_V1_3,
+             ProfileName.ADVANCED_CRYPTOGRAPHIC_SERVER_KMIP_V1_3,
+             ProfileName.RNG_CRYPTOGRAPHIC_SERVER_KMIP_V1_3),
     (1, 4): (ProfileName.SYMMETRIC_KEY_LIFECYCLE_SERVER_KMIP_V1_4,
-             ProfileName.BASIC_CRYPTOGRAPHIC_SERVER_KMIP_V1_4),
+             ProfileName.BASIC_CRYPTOGRAPHIC_SERVER_KMIP_V1_4,
+             ProfileName.ADVANCED_CRYPTOGRAPHIC_SERVER_KMIP_V1_4,
+             ProfileName.RNG_CRYPTOGRAPHIC_SERVER_KMIP_V1_4),
     (2, 0): (ProfileName.BASELINE_SERVER, ProfileName.SYMMETRIC_KEY_LIFECYCLE_SERVER,
-             ProfileName.BASIC_CRYPTOGRAPHIC_SERVER),
+             ProfileName.BASIC_CRYPTOGRAPHIC_SERVER, ProfileName.ADVANCED_CRYPTOGRAPHIC_SERVER,
+             ProfileName.RNG_CRYPTOGRAPHIC_SERVER),
 }
 
 

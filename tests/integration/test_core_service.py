@@ -121,11 +121,16 @@ def test_query_answers_every_function_of_its_version(core: CoreHarness, version)
 
 @pytest.mark.parametrize(("version", "profiles"), [
     ((1, 3), {ProfileName.SYMMETRIC_KEY_LIFECYCLE_SERVER_KMIP_V1_3,
-              ProfileName.BASIC_CRYPTOGRAPHIC_SERVER_KMIP_V1_3}),
+              ProfileName.BASIC_CRYPTOGRAPHIC_SERVER_KMIP_V1_3,
+              ProfileName.ADVANCED_CRYPTOGRAPHIC_SERVER_KMIP_V1_3,
+              ProfileName.RNG_CRYPTOGRAPHIC_SERVER_KMIP_V1_3}),
     ((1, 4), {ProfileName.SYMMETRIC_KEY_LIFECYCLE_SERVER_KMIP_V1_4,
-              ProfileName.BASIC_CRYPTOGRAPHIC_SERVER_KMIP_V1_4}),
+              ProfileName.BASIC_CRYPTOGRAPHIC_SERVER_KMIP_V1_4,
+              ProfileName.ADVANCED_CRYPTOGRAPHIC_SERVER_KMIP_V1_4,
+              ProfileName.RNG_CRYPTOGRAPHIC_SERVER_KMIP_V1_4}),
     ((2, 1), {ProfileName.BASELINE_SERVER, ProfileName.SYMMETRIC_KEY_LIFECYCLE_SERVER,
-              ProfileName.BASIC_CRYPTOGRAPHIC_SERVER}),
+              ProfileName.BASIC_CRYPTOGRAPHIC_SERVER, ProfileName.ADVANCED_CRYPTOGRAPHIC_SERVER,
+              ProfileName.RNG_CRYPTOGRAPHIC_SERVER}),
 ])
 def test_query_profiles_names_the_claimed_profiles_in_the_versions_words(
         core: CoreHarness, version, profiles) -> None:

@@ -135,11 +135,14 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
                 idle_in_transaction: float | None = None) -> Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``).
 
-    Opens no connection. SQLite connections get WAL, ``synchronous=FULL``, foreign keys and a
-    busy timeout, and their transactions are begun by us (see the module docstring); a
-    PostgreSQL engine gets a checked, recycled connection pool of ``pool_size`` +
-    ``max_overflow`` connections, each with :data:`TCP_SETTINGS` and, given
-    ``idle_in_transaction`` (seconds), that ``idle_in_transaction_session_timeout`` (see
+    Opens no connection. A statement's error never shows its parameters
+    (``hide_parameters``): they are wrapped key material and attributes, and the error's
+    text goes to the log with its traceback. SQLite connections get WAL,
+    ``synchronous=FULL``, foreign keys and a busy timeout, and their transactions are begun
+    by us (see the module docstring); a PostgreSQL engine gets a checked, recycled
+    connection pool of ``pool_size`` + ``max_overflow`` connections, each with
+    :data:`TCP_SETTINGS` and, given ``idle_in_transaction`` (seconds), that
+    ``idle_in_transaction_session_timeout`` (see
     :data:`IDLE_IN_TRANSACTION_S`). A plain ``postgresql://`` URL is taken to mean psycopg v3.
     """
     parsed = make_url(url)
@@ -150,6 +153,7 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
             raise ValueError("the store needs a SQLite database file, not :memory:")
         engine = create_engine(
             parsed,
+            hide_parameters=True,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
             pool_size=pool_size,
             max_overflow=max_overflow,
@@ -170,6 +174,7 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
         # request costs one round trip, not one per statement (raw_statements).
         engine = pipelined(_plain_savepoints(create_engine(
             parsed,
+            hide_parameters=True,
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_pre_ping=True,

@@ -8,8 +8,9 @@ A :class:`RawStatement` is a Core statement compiled once per dialect by SQLAlch
 SQL, same quoting) and executed on the DB-API connection under the session's transaction.
 
 Driver errors are raised as SQLAlchemy's exceptions (``IntegrityError`` and so on), as the
-rest of the store expects, and parameters get the type's conversion for the driver where
-SQLAlchemy would apply one (binary columns).
+rest of the store expects, without the statement's parameters in their text (wrapped key
+material: the engine's ``hide_parameters``), and parameters get the type's conversion for
+the driver where SQLAlchemy would apply one (binary columns).
 
 **Sent, not waited for (PostgreSQL).** Each statement on PostgreSQL is a round trip, and a
 group commit's writer waits for every one. A statement whose outcome nobody reads (a
@@ -191,7 +192,7 @@ def _run(connection: Any, sql: str, values: Any, wait: bool = True,
     except connection.dialect.loaded_dbapi.Error as e:
         _discard(info)
         raise exc.DBAPIError.instance(sql, values, e, connection.dialect.loaded_dbapi.Error,
-                                      dialect=connection.dialect) from e
+                                      hide_parameters=True, dialect=connection.dialect) from e
     except BaseException:
         _discard(info)
         raise

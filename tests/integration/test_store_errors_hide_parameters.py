@@ -1,0 +1,97 @@
+"""A statement the database refuses with an error that is not "unavailable" (a constraint,
+a read-only database: InternalError, a bug) is logged by kcm-core with its traceback, and a
+``kcm`` command prints its first line: the error's text must not carry the statement's
+parameters. They are key material wrapped under L2 (or L1) and attributes, which
+PostgreSQL's driver showed as bytes (``Binary(b'...')``): a copy that outlived the key's
+Destroy in every log written. Real SQLite and PostgreSQL databases, the fault made by a
+trigger."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from kcm.core.keys import derive_audit_key
+from kcm.core.store import repository as repo
+from kcm.core.store.engine import Store
+from kcm.core.store.migrate import upgrade
+from kcm.testing.postgres import fresh_database
+from tests.pg import postgres_url  # noqa: F401  (fixture)
+
+#: Stands for wrapped key material: what must not reach an error's text.
+MATERIAL = bytes.fromhex("5eC7e75eC7e75eC7e75eC7e75eC7e7")
+_NUMBERS = itertools.count()
+
+_REFUSING = {
+    "sqlite": ("CREATE TRIGGER refuse BEFORE {event} ON managed_objects "
+               "BEGIN SELECT RAISE(ABORT, 'injected fault'); END",),
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+        "CREATE TRIGGER refuse BEFORE {event} ON managed_objects FOR EACH ROW "
+        "EXECUTE FUNCTION refuse()"),
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ksi.db'}"
+    else:
+        url = fresh_database(request.getfixturevalue("postgres_url"),
+                             f"kcm_hidden_{os.getpid()}_{next(_NUMBERS)}")
+    upgrade(url)
+    ksi = Store(url, threads=2)
+    ksi.audit_key = derive_audit_key(bytes(32))
+    yield ksi
+    ksi.stopService()
+
+
+def _refuse(store: Store, event: str) -> None:
+    def install(session) -> None:
+        for statement in _REFUSING[store.engine.dialect.name]:
+            session.execute(text(statement.format(event=event)))
+    store.run_sync(install)
+
+
+def _insert(session, uid: str, material: bytes) -> repo.ObjectColumns:
+    repo.ensure_tenant(session, "t1", clock=lambda: 1.0)
+    repo.insert_object(session, uid=uid, tenant="t1", object_type=2, state=1,
+                       attributes=b"\x42attrs", material=material, material_format=1,
+                       wrapped_by="l2-t1", cryptographic_algorithm=3,
+                       cryptographic_length=256, initial_date=1000)
+    return repo.object_columns(session, "t1", uid, for_update=True)
+
+
+def _assert_hidden(error: DBAPIError) -> None:
+    said = str(error)
+    assert "injected fault" in said
+    assert "[parameters:" not in said
+    for shown in (repr(MATERIAL), MATERIAL.hex(), "Binary(", "<memory at"):
+        assert shown.lower() not in said.lower(), said
+
+
+def test_a_refused_update_does_not_show_the_material(store: Store) -> None:
+    store.run_sync(lambda s: _insert(s, "k1", b"old"))
+    _refuse(store, "UPDATE")
+
+    def rewrap(session) -> None:
+        row = repo.object_columns(session, "t1", "k1", for_update=True)
+        repo.update_columns(session, row, material=MATERIAL, wrapped_by="l2-t1-new")
+
+    with pytest.raises(DBAPIError) as refused:
+        store.run_sync(rewrap)
+    _assert_hidden(refused.value)
+
+
+def test_a_refused_insert_does_not_show_the_material(store: Store) -> None:
+    _refuse(store, "INSERT")
+    with pytest.raises(DBAPIError) as refused:
+        store.run_sync(lambda s: _insert(s, "k2", MATERIAL))
+    _assert_hidden(refused.value)

@@ -530,11 +530,9 @@ def _input(args: argparse.Namespace) -> bytes:
 def _output(args: argparse.Namespace, data: bytes) -> None:
     payload = (data.hex() + "\n").encode() if args.hex else data
     if args.out is not None:
-        try:
-            with open(args.out, "wb") as f:
-                f.write(payload)
-        except OSError as e:
-            raise CommandError(f"cannot write {args.out}: {e.strerror}") from e
+        from kcm.cli.output_file import write_private
+
+        write_private(args.out, payload)  # a plaintext: into no one else's file
     else:
         sys.stdout.buffer.write(payload)
         sys.stdout.buffer.flush()

@@ -12,19 +12,28 @@ The directory is the command's so that nothing of what it writes can be another 
 a ``FILE.partial`` file made beforehand in a shared directory (or a symbolic link) was
 written into and then published as ``FILE``, readable and changeable by whoever made it;
 SQLite's journal of a backup is written beside its database, in that directory too.
+
+A command's small output (``kcm key decrypt --out FILE``: a plaintext) is written by
+:func:`write_private` instead, over an existing ``FILE`` only if it is the user's alone:
+never through a symbolic link, into another user's file (made beforehand in a shared
+directory, for the plaintext to land where its maker reads it), a file others may read, or
+a second name of another file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from typing import IO
 
 from kcm.cli import CommandError
 
-__all__ = ["partial_file", "partial_name", "publish", "refuse_existing", "writing"]
+__all__ = ["partial_file", "partial_name", "publish", "refuse_existing", "write_private",
+           "writing"]
 
 
 def partial_name(path: str) -> str:
@@ -92,5 +101,33 @@ def writing(path: str) -> Iterator[IO[str]]:
             with open(partial, "w", encoding="utf-8") as out:
                 yield out
             publish(partial, path)
+        except OSError as e:
+            raise CommandError(f"cannot write {path}: {e.strerror}") from e
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path``: a new file (0600), or an existing one that is this user's
+    alone (a regular file of one name, owned by this user, nothing for group or others),
+    emptied first. CommandError, with nothing written, for a symbolic link or any other
+    file."""
+    try:
+        # O_NONBLOCK: a FIFO without a reader is refused, not waited on.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CommandError(f"{path} is a symbolic link; give a file name") from e
+        raise CommandError(f"cannot write {path}: {e.strerror}") from e
+    with os.fdopen(fd, "wb") as out:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1:
+            raise CommandError(f"{path} is not a file of one name; give a new file name")
+        if found.st_uid != os.geteuid() or found.st_mode & 0o077:
+            raise CommandError(f"{path} exists and is not this user's alone (owner "
+                               f"{found.st_uid}, mode {stat.S_IMODE(found.st_mode):04o}); "
+                               "give a new file name")
+        try:
+            out.truncate(0)
+            out.write(data)
         except OSError as e:
             raise CommandError(f"cannot write {path}: {e.strerror}") from e

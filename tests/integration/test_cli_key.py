@@ -6,6 +6,7 @@ what encrypt writes, decrypt reads back."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -127,6 +128,50 @@ def test_encrypt_then_decrypt_aes_gcm(at_core, tmp_path: Path) -> None:
     status, out, err = at_core("key", "decrypt", uid, "--data-hex", answer["data"],
                                "--iv-hex", answer["iv"], "--tag-hex", "00" * 16)
     assert (status, out) == (1, b"") and err.startswith("kcm key decrypt: ")
+
+
+def test_decrypt_out_writes_only_a_file_of_this_users_alone(at_core, tmp_path: Path
+                                                           ) -> None:
+    """``--out`` with a plaintext: a new file is 0600, a file already this user's alone is
+    written over; a symbolic link, another user's file (made beforehand in a shared
+    directory), one others may read, or a second name of another file is refused, nothing
+    written (the plaintext went through a link, or into a file its maker could read)."""
+    uid = created(at_core)
+    assert at_core("key", "activate", uid)[0] == 0
+    status, out, _ = at_core("key", "encrypt", uid, "--data-hex", b"a secret".hex(), "--json")
+    answer = json.loads(out)
+    decrypt = ("key", "decrypt", uid, "--data-hex", answer["data"], "--iv-hex", answer["iv"],
+               "--tag-hex", answer["tag"], "--out")
+    plain = tmp_path / "plain"
+    assert at_core(*decrypt, str(plain)) == (0, b"", "")
+    assert (plain.read_bytes(), plain.stat().st_mode & 0o777) == (b"a secret", 0o600)
+    plain.write_bytes(b"an older, longer plaintext")
+    assert at_core(*decrypt, str(plain)) == (0, b"", "")
+    assert plain.read_bytes() == b"a secret"
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"unchanged")
+    victim.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(victim)
+    loose = tmp_path / "loose"
+    loose.write_bytes(b"unchanged")
+    loose.chmod(0o666)
+    second_name = tmp_path / "second-name"
+    os.link(victim, second_name)
+    refused = {link: "is a symbolic link", loose: "is not this user's alone",
+               second_name: "is not a file of one name"}
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.write_bytes(b"unchanged")
+        theirs.chmod(0o600)
+        os.chown(theirs, 65534, 65534)
+        refused[theirs] = "is not this user's alone"
+    for path, why in refused.items():
+        status, out, err = at_core(*decrypt, str(path))
+        assert (status, out) == (2, b"") and why in err, (path, err)
+        assert path.read_bytes() == b"unchanged"
+    assert victim.read_bytes() == b"unchanged"
 
 
 def test_encrypt_cbc_reads_stdin_in_a_real_process(planes, at_core) -> None:

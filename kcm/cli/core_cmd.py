@@ -285,17 +285,15 @@ def run_in_store(store: Store, fn: Callable[[Session], T], *, write: bool = True
         raise CommandError(f"database {shown_url(store.url)}: {e}") from e
 
 
-#: Query parameters of a database URL that hold a secret (libpq takes a password there).
-_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile"})
-
-
 def shown_url(url: str) -> str:
     """A database URL as it may be printed: without its password, in the URL's user part
     or in its query."""
     from sqlalchemy.engine import make_url
 
+    from kcm.core.config import SECRET_QUERY_KEYS
+
     parsed = make_url(url)
-    hidden = {key: "hidden" for key in parsed.query if key.lower() in _SECRET_QUERY_KEYS}
+    hidden = {key: "hidden" for key in parsed.query if key.lower() in SECRET_QUERY_KEYS}
     if hidden:
         parsed = parsed.update_query_dict(hidden)
     return parsed.render_as_string(hide_password=True)

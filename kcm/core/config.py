@@ -27,7 +27,11 @@ from kcm.drain import DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT
 from kcm.identity import validate_trust_domain
 from kcm.kmip_protocol import ConnectionLimits
 
-__all__ = ["CoreConfig", "CoreLimits", "TlsFiles", "load_config"]
+__all__ = ["SECRET_QUERY_KEYS", "CoreConfig", "CoreLimits", "TlsFiles", "command_line_secret",
+           "load_config"]
+
+#: The libpq parameters of a database URL's query that are secrets (or name where one is).
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile"})
 
 
 #: The longest ``limits.request_deadline``, seconds: a request running longer holds a
@@ -256,3 +260,31 @@ def _check_database(database: Any) -> None:
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"core.database: unsupported database {url.get_backend_name()[:20]!r} "
                           f"(use sqlite:///PATH or postgresql+psycopg://...)")
+
+
+def command_line_secret(database: str | None, l1_pkcs11: str | None) -> str | None:
+    """Why the command line's ``--database`` or ``--l1-pkcs11`` may not be taken: a database
+    URL with a password, a PKCS#11 URI with the PIN (``pin-value``). A process's command
+    line is every local user's to read (``ps``, ``/proc/PID/cmdline``). None when neither
+    holds a secret."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if database:
+        try:
+            url = make_url(database)
+        except (ArgumentError, ValueError):
+            url = None  # (refused by the configuration's own check, without repeating it)
+        if url is not None and (url.password is not None or any(
+                key.lower() in SECRET_QUERY_KEYS for key in url.query)):
+            return ("--database: the URL holds a password, and a command line shows in ps "
+                    "to every local user: give it in the configuration file (core.database, "
+                    "the file readable by kcm alone) or in libpq's ~/.pgpass")
+    if l1_pkcs11:
+        query = l1_pkcs11.partition("?")[2]
+        if any(part.partition("=")[0].strip().lower() == "pin-value"
+               for part in query.split("&")):
+            return ("--l1-pkcs11: the URI holds the PIN (pin-value), and a command line shows "
+                    "in ps to every local user: use pin-source=file:PATH, or give the URI in "
+                    "the configuration file (core.l1_pkcs11, the file readable by kcm alone)")
+    return None

@@ -18,7 +18,7 @@ from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
 from kcm.core.audit_checkpoints import AuditCheckpoints
 from kcm.core.auto_rotation import rotate_due
-from kcm.core.config import CoreLimits, load_config
+from kcm.core.config import CoreLimits, command_line_secret, load_config
 from kcm.core.destroyed_retention import drop_tombstones, purge_destroyed
 from kcm.core.event_fanout import STALE_AFTER, EventFanout
 from kcm.core.events import TenantRemovals
@@ -102,6 +102,9 @@ class Options(ServiceOptions):
     ]
 
     def postOptions(self) -> None:
+        secret = command_line_secret(self["database"], self["l1-pkcs11"])
+        if secret is not None:
+            raise usage.UsageError(secret)
         overrides = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters
                      if key != "config"}
         try:

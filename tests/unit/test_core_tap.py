@@ -169,6 +169,34 @@ def test_l1_in_a_token_comes_from_l1_pkcs11_in_the_file_or_on_the_command_line(
     assert core.getServiceNamed("kcm-l1").l1_pkcs11 == uri
 
 
+@pytest.mark.parametrize(("option", "value", "secret", "why"), [
+    ("--database", "postgresql+psycopg://kcm:S3cret@db:5432/kcm", "S3cret", "password"),
+    ("--database", "postgresql+psycopg://kcm@db/kcm?sslpassword=S3cret", "S3cret",
+     "password"),
+    ("--l1-pkcs11", "pkcs11:token=kcm;object=kcm-l1?module-path=/m.so&pin-value=S3cret",
+     "S3cret", "PIN"),
+])
+def test_a_secret_on_the_command_line_is_refused_in_the_file_taken(
+        tmp_path: Path, option: str, value: str, secret: str, why: str) -> None:
+    """A command line is every local user's to read (ps): a password or a PIN there is
+    refused, without repeating it; the same value in the configuration file is taken."""
+    with pytest.raises(usage.UsageError) as refused:
+        parse(option, value)
+    assert why in str(refused.value) and secret not in str(refused.value)
+    path = tmp_path / "core.toml"
+    setting = option[2:].replace("-", "_")
+    path.write_text(f'[core]\n{setting} = "{value}"\n')
+    assert getattr(parse("-c", str(path))["core_config"], setting) == value
+
+
+def test_the_command_line_takes_a_database_url_and_a_pkcs11_uri_without_secrets() -> None:
+    config = parse("--database", "postgresql+psycopg://kcm@db/kcm?sslmode=verify-full",
+                   "--l1-pkcs11",
+                   "pkcs11:token=kcm;object=kcm-l1?module-path=/m.so&pin-source=file:/p",
+                   )["core_config"]
+    assert config.database == "postgresql+psycopg://kcm@db/kcm?sslmode=verify-full"
+
+
 @pytest.mark.parametrize(("setting", "error"), [
     ("max_batch_items = 0", "core.limits.max_batch_items must be a whole number of at least 1"),
     ("max_locate_results = 2.5", "core.limits.max_locate_results must be a whole number"),

@@ -26,6 +26,7 @@ every start).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -329,6 +330,19 @@ def metrics_site(registry: CollectorRegistry | None, ready: ReadinessCheck, *,
     return _QuietSite(root, reactor=reactor, max_connections=max_connections)
 
 
+def private_unix(description: str) -> str:
+    """``description`` with ``mode=600`` added when it is a Unix socket's that names no mode:
+    the listener answers without authentication, and Twisted's default mode (0666) let every
+    local user read the metrics and probe readiness."""
+    stripped = description.strip()
+    if not stripped.startswith("unix:"):
+        return description
+    arguments = re.split(r"(?<!\\):", stripped)[1:]
+    if any(argument.startswith("mode=") for argument in arguments):
+        return description
+    return stripped + ":mode=600"
+
+
 def metrics_listener(reactor: Any, description: str, site: Site, *,
                      stop_after: Callable[[], Deferred[Any]] | None = None
                      ) -> StreamServerEndpointService:
@@ -336,7 +350,7 @@ def metrics_listener(reactor: Any, description: str, site: Site, *,
     started, and a port it cannot take stops the process's start). ``stop_after``: what
     it waits for once stopped before it stops listening (so its /readyz says 503 until
     then)."""
-    service = _ListenAtStart(serverFromString(reactor, description), site)
+    service = _ListenAtStart(serverFromString(reactor, private_unix(description)), site)
     service.stop_after = stop_after
     service._raiseSynchronously = True  # a port in use fails startService, as TLSListener's
     service.setName("kcm-metrics-listener")

@@ -21,7 +21,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from typing import IO, Any
@@ -48,11 +50,32 @@ LOG_LINGER = 0.05
 
 def open_log(path: str) -> IO[str]:
     """The log's stream: standard output for ``-``, else ``path`` appended to, line-buffered,
-    created owner-only (0600: the log carries the audit records)."""
+    created owner-only (0600: the log carries the audit records); an existing file must pass
+    :func:`log_file_refusal` (``OSError`` naming why not), and is never a symbolic link."""
     if path in ("", "-"):
         return sys.stdout
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK,
+                 0o600)
+    refusal = log_file_refusal(os.fstat(fd))
+    if refusal is not None:
+        os.close(fd)
+        raise OSError(errno.EPERM, refusal)
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+
+
+def log_file_refusal(status: os.stat_result) -> str | None:
+    """Why a log file (already there) must not be written, or None. The log carries the
+    audit records: a file another user owns, or one others may read, would hand them over
+    (one made beforehand in a shared directory, say). The group may read it (logrotate's
+    ``create 0640 kcm adm``)."""
+    if not stat.S_ISREG(status.st_mode):
+        return "not a regular file"
+    if status.st_uid != os.geteuid():
+        return "it belongs to another user"
+    if status.st_mode & 0o007:
+        return "others may read or write it (chmod o-rwx)"
+    return None
 
 
 class ProcessService(MultiService):

@@ -502,7 +502,14 @@ def _log_file(section: str, path: str) -> Iterator[Finding]:
     if path in ("", "-"):
         return
     if os.path.lexists(path):
-        if os.path.isfile(path) and os.access(path, os.W_OK):
+        from kcm.process import log_file_refusal
+
+        status = os.lstat(path)
+        refusal = ("a symbolic link" if os.path.islink(path)
+                   else log_file_refusal(status))
+        if refusal is not None:
+            yield Finding(ERROR, f"{section}.log_file: {path} will not be written: {refusal}")
+        elif os.access(path, os.W_OK):
             yield Finding(OK, f"{section}.log_file: {path} can be appended to")
         else:
             yield Finding(ERROR, f"{section}.log_file: {path} cannot be appended to")

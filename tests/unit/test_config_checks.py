@@ -4,6 +4,7 @@ fails anyway is reported: one line naming the setting or file, no traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,43 @@ def test_a_log_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     service = process.ProcessService("kcm-core", log_path=str(tmp_path / "no" / "x.log"))
     with pytest.raises(SystemExit, match=r"^kcm-core did not start: log_file: cannot open "):
         service.setServiceParent(Application("kcm-core"))
+
+
+
+@pytest.mark.parametrize(("mode", "owner", "why"), [
+    (0o666, None, "others may read or write it"),
+    (0o604, None, "others may read or write it"),
+    (0o600, 65534, "it belongs to another user"),
+])
+def test_a_log_file_others_may_read_is_refused_and_left_unwritten(
+        tmp_path: Path, mode: int, owner: int | None, why: str) -> None:
+    """The log carries the audit records: a file made beforehand by another user, or one
+    every user may read, is not appended to (the secrets review)."""
+    from twisted.application.service import Application
+
+    if owner is not None and os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root (CI runs as root)")
+    log = tmp_path / "kcm-core.log"
+    log.write_bytes(b"")
+    log.chmod(mode)
+    if owner is not None:
+        os.chown(log, owner, -1)
+    service = process.ProcessService("kcm-core", log_path=str(log))
+    with pytest.raises(SystemExit, match=rf"^kcm-core did not start: log_file: cannot open "
+                                         rf"{log}: {why}"):
+        service.setServiceParent(Application("kcm-core"))
+    assert log.read_bytes() == b""
+
+
+def test_a_log_file_the_group_may_read_is_taken(tmp_path: Path) -> None:
+    """logrotate's ``create 0640 kcm adm`` makes such a file."""
+    log = tmp_path / "kcm-core.log"
+    log.write_bytes(b"")
+    log.chmod(0o640)
+    stream = process.open_log(str(log))
+    stream.write("a line\n")
+    stream.close()
+    assert log.read_text() == "a line\n"
 
 
 # 6. kcm pki init checks its arguments before it writes anything.

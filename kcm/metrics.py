@@ -13,7 +13,8 @@ What it promises:
   scrape never sees half an update. Values changed on other threads (the core's store
   threads) use ``prometheus_client``'s own thread-safe metrics.
 * :class:`CallbackGauge` reads a value when scraped (link state, open connections, outbox
-  lag): nothing is kept up to date between scrapes.
+  lag): nothing is kept up to date between scrapes; :class:`CallbackCounter` reads a
+  counter its part keeps itself (the L3 cache's hits, connections refused).
 * :class:`Readiness` is what a readiness check says (``/readyz``).
 """
 
@@ -36,8 +37,8 @@ from twisted.internet.defer import Deferred
 from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import Operation, ResultStatus
 
-__all__ = ["LATENCY_BUCKETS", "CallbackGauge", "Readiness", "ReactorCounter", "ReactorHistogram",
-           "operation_label", "result_label"]
+__all__ = ["LATENCY_BUCKETS", "CallbackCounter", "CallbackGauge", "Readiness", "ReactorCounter",
+           "ReactorHistogram", "operation_label", "result_label"]
 
 
 
@@ -171,6 +172,16 @@ class CallbackGauge:
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, value in self._read():
+            family.add_metric(list(values), float(value))
+        yield family
+
+
+class CallbackCounter(CallbackGauge):
+    """A counter family read when scraped: ``read()`` yields (label values, count) pairs."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, value in self._read():
             family.add_metric(list(values), float(value))
         yield family

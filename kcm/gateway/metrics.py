@@ -21,16 +21,16 @@ What it promises:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily
 
 from kcm.busy_poll import SPIN_ENDS, SpinningWait
 from kcm.gateway.fast_path import FAST_OPERATIONS
 from kcm.kmip.enums import ResultStatus
 from kcm.metrics import (
+    CallbackCounter,
     CallbackGauge,
     ReactorCounter,
     ReactorHistogram,
@@ -120,17 +120,17 @@ class GatewayMetrics:
         register(CallbackGauge("kcm_gateway_link_in_flight",
                                "Calls sent to the core on the link and not yet answered.", (),
                                lambda: [((), link.in_flight)]))
-        register(_CallbackCounter("kcm_gateway_link_reconnects",
+        register(CallbackCounter("kcm_gateway_link_reconnects",
                                   "Links to the core made after the first one.", (),
                                   lambda: [((), max(link.links_made - 1, 0))]))
-        register(_CallbackCounter("kcm_gateway_link_drains",
+        register(CallbackCounter("kcm_gateway_link_drains",
                                   "Links the core drained because it was stopping (DRAIN): "
                                   "their calls answered, new ones sent on the next link.", (),
                                   lambda: [((), link.links_drained)]))
         register(CallbackGauge("kcm_gateway_open_connections",
                                "Client connections open on the KMIP listener.", (),
                                lambda: [((), guard.connections)]))
-        register(_CallbackCounter(
+        register(CallbackCounter(
             "kcm_gateway_l3_cache_lookups",
             "Reads of service keys (L3) by requests: hit (fresh), stale (past l3_ttl, served "
             "and refreshed in the background), miss (fetched from the core), expired (past "
@@ -163,13 +163,13 @@ class GatewayMetrics:
             spinning = wait()
             return [((), spinning.spun if spinning is not None else 0.0)]
 
-        self.registry.register(_CallbackCounter(
+        self.registry.register(CallbackCounter(
             "kcm_gateway_busy_poll_spins",
             "Times the reactor polled for events without sleeping after a turn that had some "
             "(busy_poll_us), by how the spin ended: event (events came), window (the window "
             "passed; it then slept), ceded (other threads wanted the CPU; it then slept).",
             ("ended",), spins))
-        self.registry.register(_CallbackCounter(
+        self.registry.register(CallbackCounter(
             "kcm_gateway_busy_poll_seconds",
             "Seconds the reactor spent polling without sleeping (busy_poll_us), the threads "
             "it gave the CPU to meanwhile included.", (), spun))
@@ -194,12 +194,3 @@ class GatewayMetrics:
                                                "held is past max_stale"})
         return Readiness(True, {"linked": False, "max_stale_left": round(left, 3)})
 
-
-class _CallbackCounter(CallbackGauge):
-    """A counter family read when scraped."""
-
-    def collect(self) -> Iterable[Any]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, value in self._read():
-            family.add_metric(list(values), float(value))
-        yield family

@@ -30,7 +30,9 @@ expired, of another CA, not for client use, none at all; or a client that did no
 server's certificate) are logged at most once per ``LOG_INTERVAL`` seconds per kind, with
 the number of connections since the previous line, the last one's address and, for a failed
 handshake, why (OpenSSL's verify reason, e.g. ``certificate has expired``, or its error), so
-a flood does not flood the log.
+a flood does not flood the log. Each is also counted, by reason (``limit``, ``timeout``,
+``handshake``, ``revoked``: :mod:`kcm.connection_refusals`), in the guard's
+:attr:`ConnectionGuard.refusals`, which its reserved guards share.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from kcm.connection_refusals import ConnectionRefusals
 from kcm.eager_tls import EagerTLSFactory, EagerTLSProtocol
 from kcm.tcp_reads import read_into_shared_buffer
 
 __all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "DescriptorBudget",
-           "GuardLimits", "descriptor_budget", "handshake_failure_reason"]
+           "GuardLimits", "descriptor_budget", "handshake_failure_kind",
+           "handshake_failure_reason"]
 
 log = Logger()
 
@@ -63,6 +67,9 @@ try:  # pyOpenSSL's own binding: why OpenSSL did not verify the peer's certifica
     _VERIFY_ERROR_STRING = _lib.X509_verify_cert_error_string
 except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
     _VERIFY_RESULT = None
+
+#: OpenSSL's X509_V_ERR_CERT_REVOKED: a certificate of the peer's chain is on a CRL.
+_CERT_REVOKED = 23
 
 #: Seconds between two log lines about refused or expired connections.
 LOG_INTERVAL = 10.0
@@ -113,9 +120,13 @@ class ConnectionGuard:
 
     def __init__(self, limits: GuardLimits, clock: IReactorTime, *,
                  max_connections: int | None = None,
-                 setting: str = "max_connections") -> None:
+                 setting: str = "max_connections",
+                 refusals: ConnectionRefusals | None = None) -> None:
+        """``refusals``: where refused connections are counted (the process's; None: a
+        count of this guard's own)."""
         self.limits = limits
         self.clock = clock
+        self.refusals = refusals if refusals is not None else ConnectionRefusals()
         #: The connections this guard's listeners may hold at once, and its setting's name.
         self.max_connections = limits.max_connections if max_connections is None \
             else max_connections
@@ -138,7 +149,7 @@ class ConnectionGuard:
         against the other's caps, the per-address cap included. Its connections count in
         :attr:`connections`, and its cap in :meth:`check_descriptors`."""
         guard = ConnectionGuard(self.limits, self.clock, max_connections=max_connections,
-                                setting=setting)
+                                setting=setting, refusals=self.refusals)
         guard._descriptors_checked = True  # (this guard checks for both)
         guard._reserved_from = self
         self.reserved.append(guard)
@@ -167,13 +178,16 @@ class ConnectionGuard:
 
     # Admission --------------------------------------------------------------------------
     def admit(self, host: str) -> bool:
-        """Whether a new connection from ``host`` may be accepted now (logged if not)."""
+        """Whether a new connection from ``host`` may be accepted now (logged and counted
+        if not)."""
         if self.held >= self.max_connections:
+            self.refusals.refused("limit")
             self._note(self.setting, host, "refused {count} connection(s) over "
                        f"limits.{self.setting} ({{limit}}) in the last {{interval}}s; last "
                        "from {host}", self.max_connections)
             return False
         if self.by_address[host] >= self.limits.max_connections_per_address:
+            self.refusals.refused("limit")
             self._note("max_connections_per_address", host, "refused {count} connection(s) "
                        "over limits.max_connections_per_address ({limit}) in the last "
                        "{interval}s; last from {host}", self.limits.max_connections_per_address)
@@ -215,15 +229,19 @@ class ConnectionGuard:
     def _handshake_expired(self, protocol: TLSMemoryBIOProtocol, host: str) -> None:
         if getattr(protocol.wrappedProtocol, "identified", False):
             return
+        if not getattr(protocol, "_handshakeDone", False):
+            # (a handshake done without an identity was counted as refused for it)
+            self.refusals.refused("timeout")
         self._note("handshake_timeout", host, "closed {count} "
                    "connection(s) without a TLS handshake within limits.handshake_timeout "
                    "({limit}s) in the last {interval}s; last from {host}",
                    self.limits.handshake_timeout)
         protocol.abortConnection()
 
-    def handshake_failed(self, host: str, reason: str) -> None:
+    def handshake_failed(self, host: str, reason: str, kind: str = "handshake") -> None:
         """A TLS handshake with ``host`` failed for ``reason`` (short ASCII); logged in
-        summary."""
+        summary, counted as ``kind`` (:func:`handshake_failure_kind`)."""
+        self.refusals.refused(kind)
         self._note("handshake_failed", host, "{count} TLS handshake(s) failed in the last "
                    "{interval}s; last from {host}: {reason}", 0, reason=reason)
 
@@ -279,6 +297,16 @@ def _host(transport: Any) -> str:
 _REASON_LENGTH = 120
 
 
+def handshake_failure_kind(connection: Any) -> str:
+    """How a failed TLS handshake of ``connection`` (a pyOpenSSL ``Connection``) is counted:
+    ``revoked`` when OpenSSL did not verify the peer's chain because a CRL lists one of its
+    certificates, else ``handshake``."""
+    ssl = getattr(connection, "_ssl", None)
+    if _VERIFY_RESULT is not None and ssl is not None and _VERIFY_RESULT(ssl) == _CERT_REVOKED:
+        return "revoked"
+    return "handshake"
+
+
 def handshake_failure_reason(connection: Any, failure: Failure) -> str:
     """Why the TLS handshake of ``connection`` (a pyOpenSSL ``Connection``) failed with
     ``failure`` (an ``SSL.Error``), in short ASCII: OpenSSL's verify reason when it did not
@@ -320,7 +348,8 @@ class _GuardedTLSProtocol(EagerTLSProtocol):
                 and not reason.check(SSL.SysCallError)
                 and not getattr(self, "_handshakeDone", False)):
             self.factory.guard.handshake_failed(
-                _host(self.transport), handshake_failure_reason(self._tlsConnection, reason))
+                _host(self.transport), handshake_failure_reason(self._tlsConnection, reason),
+                handshake_failure_kind(self._tlsConnection))
         super()._tlsShutdownFinished(reason)
 
 

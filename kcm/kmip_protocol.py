@@ -25,7 +25,9 @@ A request the protocol refuses whole itself (a message larger than ``max_message
 first request of a client whose certificate names nobody this server serves) is answered by
 the handler's ``refuse`` when it has one (:func:`refusal_answer`), so that a server that
 audits every request records these too; a refused certificate is logged with its subject,
-SANs and serial number either way.
+SANs and serial number either way. Connections refused so are counted by reason in the
+factory's ``refusals`` (:mod:`kcm.connection_refusals`): ``identity``, ``too_large``, and
+``unreadable`` (a header that cannot be read).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.connection_refusals import ConnectionRefusals
 from kcm.throttled_line import ThrottledLine
 from kcm.tls import peer_certificate
 from kcm.ttlv.errors import MessageTooLarge, TtlvError
@@ -348,6 +351,7 @@ class KmipServerProtocol(Protocol):
             factory = getattr(self, "factory", None)
             if isinstance(factory, KmipServerFactory):
                 factory.refused_identities.note(peer=address, certificate=self._claimed)
+                factory.refusals.refused("identity")
             else:
                 log.warn(_REFUSED_IDENTITY, peer=address, certificate=self._claimed, count=1,
                          interval="0")
@@ -506,11 +510,17 @@ class KmipServerProtocol(Protocol):
         close on any other. With no request read before it, the sender was never a KMIP
         client and the connection is aborted; otherwise it closes once the answers
         written are sent."""
+        factory = getattr(self, "factory", None)
+        refusals = factory.refusals if isinstance(factory, KmipServerFactory) else None
         if isinstance(error, MessageTooLarge):
             log.info("refusing a request from {peer}: too large ({reason})",
                      peer=self.connection.peer, reason=error.reason)
+            if refusals is not None:
+                refusals.refused("too_large")
             self._refuse(RESULT_REASON_INVALID_MESSAGE, f"request too large: {error.reason}")
             return
+        if refusals is not None:
+            refusals.refused("unreadable")
         log.info("closing {peer}: unreadable message header ({reason})",
                  peer=self.connection.peer, reason=error.reason)
         self._close(abort=not self._read_any)
@@ -705,12 +715,16 @@ class KmipServerFactory(Factory):
 
     def __init__(self, handler: RequestHandler, limits: ConnectionLimits,
                  resolve_principal: PrincipalResolver, clock: IReactorTime,
-                 upstream: Upstream | None = None) -> None:
+                 upstream: Upstream | None = None,
+                 refusals: ConnectionRefusals | None = None) -> None:
+        """``refusals``: where refused connections are counted (the process's, shared with
+        its connection guard; None: a count of this factory's own)."""
         self.handler = handler
         self.limits = limits
         self.resolve_principal = resolve_principal
         self.clock = clock
         self.upstream = upstream
+        self.refusals = refusals if refusals is not None else ConnectionRefusals()
         #: The warning of a connection whose certificate names no acceptable identity.
         self.refused_identities = ThrottledLine(clock, _REFUSED_IDENTITY, logger=log,
                                                 level=LogLevel.warn)

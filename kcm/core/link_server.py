@@ -2,7 +2,8 @@
 core does with each frame.
 
 Only a peer whose verified certificate names a GATEWAY principal is served; anyone else is
-closed right after the handshake. On a link:
+closed right after the handshake (counted as refused for its ``identity``:
+:mod:`kcm.connection_refusals`). On a link:
 
 * HELLO → WELCOME (carrying the core's policy document), then the outbox events after the
   gateway's sequence (from the oldest kept, when those were deleted: ``outbox_retention``,
@@ -63,6 +64,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.connection_refusals import ConnectionRefusals
 from kcm.core.answer_turns import AnswerTurns
 from kcm.core.context import Caller
 from kcm.core.event_fanout import EncodedEvent, EventFanout
@@ -331,6 +333,7 @@ class LinkServerProtocol(LinkProtocol):
             who = ("no acceptable identity" if principal is None else principal.id.encode(
                 "ascii", "backslashreplace").decode("ascii")[:_SHOWN_ID])
             self.factory.refused_links.note(peer=self.peer, who=who)
+            self.factory.refusals.refused("identity")
             self.close(abort=True)
             return
         self.gateway = principal
@@ -946,10 +949,13 @@ class LinkServerFactory(Factory):
                  fanout: EventFanout, resolve_peer: Callable[[Any], Principal | None],
                  trust_domain: str, subject_map: SubjectMap | None, clock: IReactorTime,
                  settings: LinkSettings | None = None, server_name: str = "kcm-core",
-                 wall_clock: Callable[[], float] | None = None) -> None:
+                 wall_clock: Callable[[], float] | None = None,
+                 refusals: ConnectionRefusals | None = None) -> None:
         """``clock``: the reactor the links' heartbeats, held answers and drains are timed
         on; ``wall_clock``: the time of a service key fetch (a date; ``clock.seconds`` when
-        not given)."""
+        not given); ``refusals``: where links refused for their peer's identity are counted
+        (the process's, :mod:`kcm.connection_refusals`; None: a count of its own)."""
+        self.refusals = refusals if refusals is not None else ConnectionRefusals()
         self.handler = handler
         self.store = store
         self.keyring = keyring

@@ -281,3 +281,64 @@ def test_the_private_parts_the_handshake_log_reads_are_still_there() -> None:
     assert getattr(connection, "_ssl", None) is not None
     protocol = TLSMemoryBIOProtocol(None, None)
     assert hasattr(protocol, "_handshakeDone")
+
+
+# Refusals counted by reason (the metrics' connections_refused_total) ---------------------------
+
+def test_refusals_are_counted_by_reason_reserved_guards_included(tls_options) -> None:
+    guard, factory, clock = guarded(tls_options, max_connections=2,
+                                    max_connections_per_address=1, handshake_timeout=10)
+    accept(factory, host="10.0.5.1")
+    assert accept(factory, host="10.0.5.1", port=40001)[0] is None  # per address
+    accept(factory, host="10.0.5.2")
+    assert accept(factory, host="10.0.5.3")[0] is None  # in total
+    link_guard = guard.reserve("max_link_connections", 0)
+    link_factory = link_guard.tls_factory(tls_options, Factory.forProtocol(App))
+    assert accept(link_factory, host="10.0.5.4")[0] is None
+    assert link_guard.refusals is guard.refusals
+    clock.advance(10.1)  # neither handshake began: both aborted
+    assert dict(guard.refusals) == {"limit": 3, "timeout": 2, "handshake": 0, "revoked": 0,
+                                    "identity": 0, "unreadable": 0, "too_large": 0}
+
+
+def test_a_handshake_done_without_an_identity_is_no_timeout(tls_options, pki_paths) -> None:
+    """Its protocol counted it (identity) when it refused the certificate."""
+    from kcm.tls import client_tls_options
+
+    guard, factory, clock = guarded(tls_options, handshake_timeout=10)
+    server = handshake(factory, client_tls_options(pki_paths.app.cert, pki_paths.app.key,
+                                                   pki_paths.ca.cert, "localhost"))
+    assert server._handshakeDone and not server.wrappedProtocol.identified
+    clock.advance(10.1)
+    assert server.transport.disconnected  # aborted all the same
+    assert dict(guard.refusals)["timeout"] == 0
+
+
+def test_failed_handshakes_are_counted_revoked_apart(pki_paths, tmp_path) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from kcm.pki import issue_crl, load_ca
+    from kcm.tls import client_tls_options
+    from kcm.tls_crl import RevocationLists
+
+    crl = tmp_path / "crl.pem"
+    app = x509.load_pem_x509_certificate(pki_paths.app.cert.read_bytes())
+    crl.write_bytes(issue_crl(load_ca(pki_paths.ca), [app],
+                              now=dt.datetime.now(dt.UTC)).public_bytes(Encoding.PEM))
+    options = server_tls_options(pki_paths.core.cert, pki_paths.core.key, pki_paths.ca.cert,
+                                 crls=RevocationLists(crl, pki_paths.ca.cert))
+    guard, factory, _ = guarded(options)
+    handshake(factory, client_tls_options(pki_paths.app.cert, pki_paths.app.key,
+                                          pki_paths.ca.cert, "localhost"))
+    stranger = _client_pair(tmp_path, "stranger")
+    handshake(factory, client_tls_options(stranger.cert, stranger.key, pki_paths.ca.cert,
+                                          "localhost"), host="10.0.2.2")
+    served = handshake(factory, client_tls_options(
+        pki_paths.other_app.cert, pki_paths.other_app.key, pki_paths.ca.cert, "localhost"),
+        host="10.0.2.3")
+    assert served._handshakeDone
+    counts = dict(guard.refusals)
+    assert (counts["revoked"], counts["handshake"]) == (1, 1)

@@ -573,3 +573,34 @@ def test_refused_identities_are_logged_at_most_once_an_interval() -> None:
     # The listener stopping writes what is counted within the interval (its timer would
     # not fire any more).
     assert counts(3, factory.stopFactory) == [3]
+
+
+def test_refused_connections_are_counted_by_reason() -> None:
+    """identity (a certificate that names nobody), too_large and unreadable (headers), each
+    once per connection, in the factory's refusals (the process's, for the metrics)."""
+    from kcm.connection_refusals import ConnectionRefusals
+
+    refusals = ConnectionRefusals()
+
+    def opened(principal: object = PRINCIPAL) -> tuple:
+        factory = KmipServerFactory(EchoHandler(), ConnectionLimits(), lambda t: principal,
+                                    Clock(), refusals=refusals)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.handshakeCompleted()
+        return protocol, transport
+
+    refused, _ = opened(principal=None)
+    refused.dataReceived(message(1))  # answered Permission Denied: not counted again
+    protocol, transport = opened()
+    protocol.dataReceived(message(1) + OVERSIZED_HEADER)
+    assert transport.disconnecting
+    protocol, transport = opened()
+    protocol.dataReceived(UNREADABLE_HEADER)
+    assert transport.disconnected
+    opened()[0].dataReceived(message(2))  # served: not counted
+    counts = dict(refusals)
+    assert {reason: counts[reason] for reason in ("identity", "too_large", "unreadable")} == {
+        "identity": 1, "too_large": 1, "unreadable": 1}
+    assert sum(counts.values()) == 3

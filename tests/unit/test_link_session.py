@@ -263,6 +263,10 @@ def test_only_gateways_are_served(world: World) -> None:
     world.connect()
     assert not world.client.connected
     assert world.server.closing
+    assert dict(world.factory.refusals)["identity"] == 1  # (the metrics' refused links)
+    world.peer = GATEWAY
+    world.connect()
+    assert world.client.connected and dict(world.factory.refusals)["identity"] == 1
 
 
 def test_refused_links_are_logged_at_most_once_an_interval_their_identity_cut(

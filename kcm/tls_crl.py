@@ -32,7 +32,12 @@ the handshake (``certificate revoked``), as an expired one does.
   the connections that one of them lists are cut at once (a gateway's link after a GOAWAY,
   a KMIP connection aborted: nothing more is answered on it), one warning each naming the
   peer's identity and the revoked certificate's serial number. A connection whose
-  handshake ends after the swap with the CRLs of before is checked as it ends.
+  handshake ends after the swap with the CRLs of before is checked as it ends. Each cut
+  is counted as a connection refused, ``revoked`` (:mod:`kcm.connection_refusals`).
+* For the metrics: the CRLs in force say when the first of them expires
+  (:attr:`RevocationLists.next_update`) and when they were read
+  (:attr:`RevocationLists.loaded_at`); :attr:`CrlRefresher.load_failures` counts the
+  looks at the file that found one it could not take (every refresh while it stays so).
 
 Pure apart from the file it reads and the stores it is given; time comes from ``now``.
 """
@@ -56,6 +61,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kcm.connection_refusals import ConnectionRefusals
 from kcm.reactor_threads import RunInThread, in_reactor_threads
 
 __all__ = ["REFRESH_INTERVAL", "CertificateKey", "CrlReading", "CrlRefresher",
@@ -170,8 +176,18 @@ class RevocationLists:
         #: Why the file as it is now could not be taken (logged once), or None.
         self._refused: tuple[tuple[int, int, int] | None, str | None] | None = None
         self.crls: list[x509.CertificateRevocationList] = load_crls(self.path, self.ca_path)
+        #: When the CRLs in force were read (unix seconds, from ``now``).
+        self.loaded_at = self._now().timestamp()
         for crl in self.crls:
             self._warn_if_expiring(crl)
+
+    @property
+    def next_update(self) -> float | None:
+        """The earliest Next Update of the CRLs in force (unix seconds): from then on the
+        certificates of that CRL's CA are refused until a newer one is read; None when
+        none says."""
+        dates = [crl.next_update_utc for crl in self.crls if crl.next_update_utc is not None]
+        return min(dates).timestamp() if dates else None
 
     def attach(self, store: Any) -> None:
         """Check client certificates against these CRLs in ``store`` (an
@@ -217,6 +233,7 @@ class RevocationLists:
             return False
         self._stamp, self._refused = reading.stamp, None
         self.crls = reading.crls
+        self.loaded_at = self._now().timestamp()
         for crl in self.crls:
             self._warn_if_expiring(crl)
         # len() counts the entries without making an object of each (a CRL of 100,000).
@@ -254,12 +271,18 @@ class CrlRefresher(Service):
 
     def __init__(self, path: str, ca_path: str, clock: IReactorTime, *,
                  interval: float = REFRESH_INTERVAL,
-                 run_in_thread: RunInThread | None = None) -> None:
+                 run_in_thread: RunInThread | None = None,
+                 refusals: ConnectionRefusals | None = None) -> None:
+        """``refusals``: where open connections cut for a new CRL are counted (the
+        process's; None: a count of its own)."""
         self.path = path
         self.ca_path = ca_path
         self.clock = clock
         self.interval = interval
         self.lists: RevocationLists | None = None
+        self.refusals = refusals if refusals is not None else ConnectionRefusals()
+        #: Looks at the file that found one that could not be taken, or failed.
+        self.load_failures = 0
         self._run = run_in_thread or in_reactor_threads(clock)
         #: Each listener's options, and how they are built from lists.
         self._renewed: list[tuple[Any, Callable[[RevocationLists], Any]]] = []
@@ -277,7 +300,8 @@ class CrlRefresher(Service):
 
         def made() -> Any:
             assert self.lists is not None, "the CRL refresher starts first"
-            renewable = RenewableServerTLS(build(self.lists), watch=RevocationWatch(name))
+            renewable = RenewableServerTLS(build(self.lists),
+                                           watch=RevocationWatch(name, self.refusals))
             self._renewed.append((renewable, build))
             return renewable
 
@@ -300,12 +324,16 @@ class CrlRefresher(Service):
         try:
             running = self._run(_read_and_build, lists, renewed)
         except Exception:  # noqa: BLE001 - no thread to run it in: tried again next tick
+            self.load_failures += 1
             log.failure("tls.crl: the refresh failed; it is tried again")
             return None
         self._refreshing = running.addCallback(self._swap, lists)
-        self._refreshing.addErrback(
-            lambda failure: log.failure("tls.crl: the refresh failed; it is tried again",
-                                        failure))
+
+        def failed(failure: Failure) -> None:
+            self.load_failures += 1
+            log.failure("tls.crl: the refresh failed; it is tried again", failure)
+
+        self._refreshing.addErrback(failed)
 
         def done(_: object) -> None:
             self._refreshing = None
@@ -319,6 +347,8 @@ class CrlRefresher(Service):
         connection whose peer's chain the CRLs list (:meth:`RevocationWatch.cut_revoked`:
         the CRLs are in force whichever options were built)."""
         reading, built = read
+        if reading is not None and reading.crls is None:
+            self.load_failures += 1
         if reading is None or not lists.take(reading):
             return
         for renewable, options in built:
@@ -350,8 +380,9 @@ class RevocationWatch:
     list, on the reactor: a set lookup per certificate of each connection (a thousand
     connections: about a millisecond)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, refusals: ConnectionRefusals | None = None) -> None:
         self.name = name
+        self.refusals = refusals if refusals is not None else ConnectionRefusals()
         self._peers: dict[Any, tuple[CertificateKey, ...]] = {}
         #: What the CRLs last taken list (empty until a refresh: the TLS contexts built at
         #: start check the CRLs read then).
@@ -400,6 +431,7 @@ class RevocationWatch:
         ``certificate_revoked`` if it has one (a gateway's link: GOAWAY, then aborted),
         else aborted (a KMIP connection: nothing more is read or answered)."""
         self._peers.pop(protocol, None)
+        self.refusals.refused("revoked")
         index = next(i for i, key in enumerate(keys) if key in self._revoked)
         log.warn("tls.crl: closed the {listener} connection of {identity} from {host}: "
                  "{whose} (serial {serial}) is revoked", listener=self.name,

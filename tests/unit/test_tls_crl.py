@@ -427,3 +427,61 @@ def test_a_refresh_cuts_the_open_connections_its_crls_list(pki, tmp_path) -> Non
         assert app._aborted and not other._aborted
     finally:
         refresher.stopService()
+
+
+def test_connections_cut_are_counted_as_refused_revoked(pki, tmp_path) -> None:
+    """The watches a refresher gives its listeners count what they cut in its refusals
+    (the process's, for the metrics)."""
+    from kcm.connection_refusals import ConnectionRefusals
+
+    watch = RevocationWatch("KMIP", refusals := ConnectionRefusals())
+    for who in ("app", "other_app", "admin"):
+        watch.handshake_done(_Connection(pki, who, _chain(pki, who)))
+    watch.cut_revoked(revoked_keys([issue_crl(load_ca(pki.ca), [
+        _certificate(pki.app), _certificate(pki.admin)])]))
+    assert dict(refusals)["revoked"] == 2
+    path = tmp_path / "crl.pem"
+    _write(path, issue_crl(load_ca(pki.ca), []))
+    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), refusals=refusals)
+    refresher.startService()
+    try:
+        options = refresher.options(lambda lists: server_tls_options(
+            pki.core.cert, pki.core.key, pki.ca.cert, crls=lists))()
+        assert options.watch.refusals is refusals
+    finally:
+        refresher.stopService()
+
+
+def test_the_crls_freshness_and_failed_loads_are_kept_for_the_metrics(pki, tmp_path) -> None:
+    """When the first CRL in force expires and when it was read; the looks that found a
+    file that could not be taken, each (read again every refresh until it can be)."""
+    ca = load_ca(pki.ca)
+    stranger = new_ca("Another CA", now=dt.datetime.now(dt.UTC))
+    path = tmp_path / "crl.pem"
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    soon, later = issue_crl(ca, [], now=now, days=2), issue_crl(ca, [], now=now, days=9)
+    path.write_bytes(later.public_bytes(Encoding.PEM) + soon.public_bytes(Encoding.PEM))
+    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1,
+                             run_in_thread=run_inline)
+    refresher.startService()
+    try:
+        lists = refresher.lists
+        assert lists is not None
+        assert lists.next_update == (now + dt.timedelta(days=2)).timestamp()
+        read_at = lists.loaded_at
+        assert abs(read_at - dt.datetime.now(dt.UTC).timestamp()) < 60
+        assert refresher.load_failures == 0
+        _write(path, issue_crl(stranger, []))  # no CA of the bundle signed it
+        refresher.refresh()
+        refresher.refresh()  # read again, refused again
+        assert refresher.load_failures == 2
+        assert lists.next_update == (now + dt.timedelta(days=2)).timestamp()  # in force
+        assert lists.loaded_at == read_at
+        lists._now = lambda: dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        _write(path, issue_crl(ca, [], now=now, days=30))
+        refresher.refresh()
+        assert refresher.load_failures == 2
+        assert lists.next_update == (now + dt.timedelta(days=30)).timestamp()
+        assert lists.loaded_at > read_at + 3000
+    finally:
+        refresher.stopService()

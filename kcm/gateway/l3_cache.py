@@ -84,6 +84,11 @@ requests (docs/operations.md, "Limits and hostile clients"):
 * An overflowed L3 sends a request to the core only when its caller may use it
   (:meth:`L3Cache.names_overflowed`); another tenant's is answered as a missing one.
 
+Fetches sent that failed are counted by why (:attr:`L3Cache.fetch_failures`, by
+:data:`FETCH_FAILURES`: ``refused`` the core's answer, ``link_down``, ``timeout``, ``busy``
+the link's bound or the tenant's queue full, ``error`` anything else); a "not found"
+answered from memory, and a fetch whose requests all left, are not.
+
 Time comes from the injected ``clock``, later reactor turns from ``call_later``, the
 refresh jitter from ``random``; the core is reached only through the injected
 ``fetch``. Nothing here blocks, writes to disk or logs on the read path.
@@ -101,7 +106,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kcm.gateway.link_client import LinkBusy, LinkError, ServiceKeyRefused
+from kcm.gateway.link_client import LinkBusy, LinkDown, LinkError, LinkTimeout, ServiceKeyRefused
 from kcm.gateway.refresh_schedule import RefreshSchedule
 from kcm.identity import Principal
 from kcm.kernel.missing import identifier_label
@@ -118,7 +123,7 @@ from kcm.l4.service_key import DESTROYED_STATES, WITHOUT_MATERIAL_STATES, Servic
 from kcm.link.events import EventKind
 from kcm.metrics import Tally
 
-__all__ = ["CachedKeySource", "L3Cache", "Need", "ServiceKeyMissing"]
+__all__ = ["FETCH_FAILURES", "CachedKeySource", "L3Cache", "Need", "ServiceKeyMissing"]
 
 log = Logger()
 
@@ -157,6 +162,9 @@ REFRESH_BATCH = 256
 #: background, drawn anew at each confirmation: keys fetched together (a prewarm, a relink)
 #: are refreshed spread over this window, not all in one turn every ``ttl``.
 REFRESH_JITTER = 0.125
+
+#: Why a fetch failed, as the metrics count it (module docstring).
+FETCH_FAILURES = ("refused", "link_down", "timeout", "busy", "error")
 
 #: ``call_later(delay, f)``: run ``f`` in a later reactor turn (``reactor.callLater``).
 CallLater = Callable[[float, Callable[[], None]], object]
@@ -392,6 +400,8 @@ class L3Cache:
         #: Reads by requests (:meth:`current`, :meth:`by_uid`), for the metrics: fresh,
         #: stale (past ``ttl``, served), missed (to fetch), expired (refused past max-stale).
         self.hits, self.stale_hits, self.misses, self.expired = Tally(), Tally(), Tally(), Tally()
+        #: Fetches that failed, by why (:data:`FETCH_FAILURES`), for the metrics.
+        self.fetch_failures: dict[str, Tally] = {why: Tally() for why in FETCH_FAILURES}
 
     # Reads (the engine's KeySource goes through these) ---------------------------------
     def key_source(self, principal: Principal, *, final: bool = False,
@@ -533,6 +543,7 @@ class L3Cache:
                     self._turns.append(tenant)
                     self._in_turns.add(tenant)
             if len(waiting) >= self.max_waiting_per_tenant:
+                self.fetch_failures["busy"].value += 1
                 if errors is not None:
                     errors[need] = KmipError(ResultReason.GENERAL_FAILURE, FETCHES_BUSY)
                 return succeed(None)
@@ -580,11 +591,13 @@ class L3Cache:
                 self.store(keys, caller, current_of=None if need.uid else
                            (need.tenant, need.service))
             except Exception:
+                self.fetch_failures["error"].value += 1
                 self._finished(fetch, _as_kmip_error(Failure(), need))
                 return
             self._finished(fetch, None)
 
         def failed(failure: Failure) -> None:
+            self.fetch_failures[_failure_kind(failure)].value += 1
             error = _as_kmip_error(failure, need)
             if (need.uid is not None and fetch.rotations == self._rotations
                     and (_no_such_l3(error) or _another_tenants(error, fetch.tenant))):
@@ -1115,6 +1128,20 @@ def _another_tenants(error: KmipError, tenant: str) -> bool:
     two apart). Kept with its owner: each use is still logged as the denial it is."""
     return (isinstance(error, ServiceKeyRefused) and error.owner is not None
             and error.owner[0] != tenant and error.reason == ResultReason.OBJECT_NOT_FOUND)
+
+
+def _failure_kind(failure: Failure) -> str:
+    """Why a fetch failed, as :data:`FETCH_FAILURES` names it."""
+    value = failure.value
+    if isinstance(value, KmipError):
+        return "refused"
+    if isinstance(value, LinkDown):
+        return "link_down"
+    if isinstance(value, LinkTimeout):
+        return "timeout"
+    if isinstance(value, LinkBusy):
+        return "busy"
+    return "error"
 
 
 def _as_kmip_error(failure: Failure, need: Need) -> KmipError:

@@ -10,9 +10,10 @@ What it promises:
   per item and one histogram child update per request, all bound in advance
   (:mod:`kcm.metrics`); the general path reads each item's Operation and Result Status
   from its answer with the peek (never a full decode).
-* Everything else (the L3 cache's hits, misses, stale and expired reads, the link's
-  state, in-flight calls and reconnects, open connections) is read when scraped from
-  counters the parts keep themselves.
+* Everything else (the L3 cache's hits, misses, stale and expired reads and failed
+  fetches, the opened DEK cache's hits and misses, the link's state, in-flight calls and
+  reconnects, open connections) is read when scraped from counters the parts keep
+  themselves.
 * :meth:`GatewayMetrics.readiness`: ready while the gateway can serve L4 operations, that
   is while it is linked to the core, or, unlinked, while a service key it holds is still
   within ``max_stale`` of its last confirmation; the body says whether it is linked.
@@ -150,6 +151,21 @@ class GatewayMetrics:
         register(CallbackGauge("kcm_gateway_opened_deks",
                                "Opened L4 DEKs held in memory (at most dek_cache_size).", (),
                                lambda: [((), len(cache.opened_keys or ()))]))
+        register(CallbackCounter(
+            "kcm_gateway_l3_fetch_failures",
+            "Service key (L3) fetches from the core that failed, by reason: refused (the "
+            "core's answer), link_down, timeout, busy, error.", ("reason",),
+            lambda: [((why,), tally.value) for why, tally in cache.fetch_failures.items()]))
+
+        def dek_lookups() -> list[tuple[tuple[str], float]]:
+            opened = cache.opened_keys
+            return [(("hit",), opened.hits.value if opened is not None else 0),
+                    (("miss",), opened.misses.value if opened is not None else 0)]
+
+        register(CallbackCounter(
+            "kcm_gateway_dek_cache_lookups",
+            "Lookups of opened L4 DEKs (dek_cache_size) by result: hit (served from "
+            "memory), miss (the token opened).", ("result",), dek_lookups))
 
     def watch_busy_poll(self, wait: Callable[[], SpinningWait | None]) -> None:
         """Report the spins of the poll's :class:`SpinningWait` (``wait()``; None: none

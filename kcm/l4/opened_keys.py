@@ -19,6 +19,8 @@ built on it, and looks here before opening a token again. What it promises:
   tombstones overflowed), one token (:meth:`OpenedKeys.forget_token`: a tombstone), or
   everything (:meth:`OpenedKeys.clear`). The gateway's L3 cache does
   (:mod:`kcm.gateway.l3_cache`).
+* Each lookup is counted, :attr:`OpenedKeys.hits` or :attr:`OpenedKeys.misses` (an
+  attribute update each; the gateway's metrics read them when scraped).
 
 The trade-off: plaintext DEKs stay in this process's memory up to ``ttl`` seconds after a
 request used them, where without the cache they live for one request
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kcm.l4.service_key import ServiceKey
+from kcm.metrics import Tally
 
 __all__ = ["OpenedKey", "OpenedKeys"]
 
@@ -80,6 +83,8 @@ class OpenedKeys:
         #: Tokens by L3 uid and by TokenId, to forget them by either.
         self._tokens_of: dict[str, set[str]] = {}
         self._token_of_id: dict[str, str] = {}
+        #: Lookups (:meth:`get`) that found a DEK to serve, and those that did not.
+        self.hits, self.misses = Tally(), Tally()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -89,15 +94,19 @@ class OpenedKeys:
         that same L3 version; else None."""
         entry = self._entries.get(token)
         if entry is None:
+            self.misses.value += 1
             return None
         held = entry.l3
         if entry.expires <= self._clock():
             self._remove(token)
+            self.misses.value += 1
             return None
         if held is not l3 and (held.uid != l3.uid or held.tenant != l3.tenant
                                or held.service != l3.service or held.key != l3.key):
+            self.misses.value += 1
             return None
         self._entries.move_to_end(token)
+        self.hits.value += 1
         return entry.opened
 
     def put(self, token: str, token_id: str, l3: ServiceKey, dek: bytes) -> OpenedKey:

@@ -211,6 +211,63 @@ def test_opened_deks_held_are_read_when_scraped(gateway: Gateway) -> None:
     assert gateway.scraped()[("kcm_gateway_opened_deks", ())] == 2
 
 
+def test_failed_service_key_fetches_are_counted_by_reason(gateway: Gateway) -> None:
+    """Each fetch sent that failed, by why: the core refused it, no link, no answer in
+    time, the link or the tenant's queue full, anything else; a fetch that succeeded, and
+    a "not found" answered from memory, are not counted."""
+    from twisted.internet.defer import fail
+
+    from kcm.gateway.link_client import LinkBusy, LinkDown, LinkTimeout, ServiceKeyRefused
+    from kcm.kmip.enums import ResultReason
+
+    failures: dict[str, Exception] = {
+        "l3-gone": ServiceKeyRefused(ResultReason.OBJECT_NOT_FOUND, "no such L3"),
+        "l3-down": LinkDown("no link to the core"),
+        "l3-late": LinkTimeout("the core did not answer within 30s"),
+        "l3-busy": LinkBusy("1024 calls in flight to the core"),
+        "l3-bug": RuntimeError("unexpected"),
+    }
+    held: list[Deferred] = []
+
+    def fetch(caller, tenant, service, uid=None) -> Deferred:
+        if uid in failures:
+            return fail(failures[uid])
+        held.append(Deferred())
+        return held[-1]
+
+    cache = L3Cache(fetch, connected=lambda: True, clock=gateway.clock.seconds,
+                    max_fetches_per_tenant=1, max_waiting_per_tenant=1)
+    metrics = GatewayMetrics()
+    metrics.watch(link=gateway.link, cache=cache, guard=gateway.guard,
+                  clock=gateway.clock.seconds)
+    for uid in failures:
+        cache.ensure([Need(uid=uid)], APP)
+    cache.ensure([Need(uid="l3-gone")], APP)  # remembered "not found": no fetch
+    cache.ensure([Need("demo", "a")], APP)  # in flight (held)
+    cache.ensure([Need("demo", "b")], APP)  # waits its turn
+    cache.ensure([Need("demo", "c")], APP)  # beyond max_waiting_per_tenant: busy
+    held[0].callback([L3])
+    got = samples(metrics.registry)
+    assert {reason: got[("kcm_gateway_l3_fetch_failures_total", (("reason", reason),))]
+            for reason in ("refused", "link_down", "timeout", "busy", "error")} == {
+        "refused": 1, "link_down": 1, "timeout": 1, "busy": 2, "error": 1}
+
+
+def test_opened_dek_lookups_are_read_when_scraped(gateway: Gateway) -> None:
+    def lookups() -> list[float]:
+        got = gateway.scraped()
+        return [got[("kcm_gateway_dek_cache_lookups_total", (("result", result),))]
+                for result in ("hit", "miss")]
+
+    assert lookups() == [0, 0]  # this gateway keeps none
+    gateway.cache.opened_keys = opened_keys = OpenedKeys(clock=gateway.clock.seconds)
+    opened_keys.get("l4.1.A", L3)
+    opened_keys.put("l4.1.A", "a1" * 16, L3, b"a" * 32)
+    opened_keys.get("l4.1.A", L3)
+    opened_keys.get("l4.1.A", L3)
+    assert lookups() == [2, 1]
+
+
 def test_link_state_in_flight_reconnects_and_connections_are_read_when_scraped(
         gateway: Gateway) -> None:
     link = gateway.link

@@ -54,6 +54,21 @@ def test_a_dek_is_served_for_its_token_under_its_own_l3_version(clock) -> None:
     assert cache.get("l4.1.B", key) is None
 
 
+def test_lookups_are_counted_hit_or_miss(clock) -> None:
+    """What the gateway's kcm_gateway_dek_cache_lookups_total reads: a DEK served is a hit;
+    none held, another version's, or one past its TTL a miss."""
+    cache = OpenedKeys(clock=clock.seconds, ttl=10)
+    key = l3(1)
+    assert cache.get("l4.1.A", key) is None
+    cache.put("l4.1.A", "id-a", key, b"k" * 32)
+    assert cache.get("l4.1.A", key) is not None
+    assert cache.get("l4.1.A", key) is not None
+    assert cache.get("l4.1.A", l3(2)) is None
+    clock.advance(10)
+    assert cache.get("l4.1.A", key) is None
+    assert (cache.hits.value, cache.misses.value) == (2, 3)
+
+
 def test_a_dek_is_kept_for_the_ttl_after_it_was_opened_used_or_not(clock) -> None:
     cache = OpenedKeys(clock=clock.seconds, ttl=10)
     key = l3(1)
@@ -168,6 +183,8 @@ def test_a_token_is_opened_once_for_many_requests(clock, monkeypatch) -> None:
     L4Engine(keys, fixed_random, opened_keys=cache).get(APP, V21,
                                                        GetRequest(unique_identifier=uid))
     assert opens.count == 2  # past the TTL: opened again
+    # Each engine looks once (a request's own opened DEKs are its own): a miss, then hits.
+    assert (cache.hits.value, cache.misses.value) == (2, 2)
 
 
 def requests_for(uid: str) -> list:

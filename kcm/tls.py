@@ -37,6 +37,12 @@ instead of bound; or ``handoff:N``, the connections another process accepted and
 the Unix socket pair inherited as descriptor N (kcm-gateway's workers: :mod:`kcm.handoff`)
 (:func:`plain_server_endpoint`).
 
+Whoever builds TLS options may ask when the certificates they were built with expire
+(``dates``: :class:`CertificateDates`, given the very certificates read), each time they
+are built: at a listener's start and whenever a CRL refresh builds them again
+(:mod:`kcm.tls_crl`), at the link's start (the metrics' certificate expiry gauges:
+:mod:`kcm.tls_metrics`).
+
 Services are assembled before anything is read (STYLE.md): :class:`TLSListener` is the one way
 a KCM process listens — an endpoint string, a function that builds the TLS options, and a
 protocol factory; it reads the certificate files and binds the port when it starts, and a
@@ -97,10 +103,13 @@ from kcm.tls_policy import DEFAULT_TLS12_CIPHERS, TlsPolicy
 
 __all__ = [
     "LISTEN_BACKLOG",
+    "CertificateDates",
+    "DatesSeen",
     "TLS12_CIPHERS",
     "KeyFileModeProblem",
     "TLSClientEndpoint",
     "TLSListener",
+    "certificate_dates",
     "check_key_file_mode",
     "client_tls_options",
     "key_file_mode_problem",
@@ -204,8 +213,32 @@ def is_ca_certificate(certificate: x509.Certificate) -> bool:
         return False
 
 
-def _trust_root(ca_path: str | Path) -> Any:
-    certificates = load_certificates(ca_path)
+class CertificateDates(NamedTuple):
+    """When the certificates TLS options were built with expire, in unix seconds: the
+    earliest notAfter of the process's own certificate file (``certificate``: its
+    certificate and the intermediates sent with it) and of the CA bundle (``ca``)."""
+
+    certificate: float
+    ca: float
+
+
+def certificate_dates(own: list[x509.Certificate],
+                      authorities: list[x509.Certificate]) -> CertificateDates:
+    """The :class:`CertificateDates` of a certificate file's ``own`` certificates and a CA
+    bundle's ``authorities`` (neither empty)."""
+    return CertificateDates(min(c.not_valid_after_utc for c in own).timestamp(),
+                            min(c.not_valid_after_utc for c in authorities).timestamp())
+
+
+#: Told the dates of the certificates TLS options were just built with.
+DatesSeen = Callable[[CertificateDates], object]
+
+
+def _trust_root(ca_path: str | Path,
+                certificates: list[x509.Certificate] | None = None) -> Any:
+    """The trust root of the CA bundle at ``ca_path`` (``certificates``: as already read)."""
+    if certificates is None:
+        certificates = load_certificates(ca_path)
     if not any(is_ca_certificate(c) for c in certificates):
         # (a leaf given for the CA: every peer would be refused at its handshake)
         raise ValueError(f"{ca_path} holds no CA certificate (Basic Constraints cA TRUE, "
@@ -257,6 +290,7 @@ def server_tls_options(
     max_version: Any = TLSVersion.TLSv1_3,
     ciphers: str = TLS12_CIPHERS,
     crls: RevocationLists | None = None,
+    dates: DatesSeen | None = None,
 ) -> IOpenSSLServerConnectionCreator:
     """Server-side TLS that requires a client certificate issued by a CA in ``ca_path``.
 
@@ -267,12 +301,15 @@ def server_tls_options(
     connection. ``min_version``/``max_version`` narrow the range within TLS 1.2..1.3;
     ``ciphers`` is the OpenSSL cipher string for TLS 1.2 (one that names no suite is a
     ValueError). ``crls``: client certificates are checked against them
-    (:mod:`kcm.tls_crl`), now and as they are read again.
+    (:mod:`kcm.tls_crl`), now and as they are read again. ``dates``, if given, is told
+    when the certificates read expire, once the options are built.
     """
     _check_versions(min_version, max_version)
+    authorities = load_certificates(ca_path)
+    identity = _identity_options(cert_path, key_path)
     options = CertificateOptions(
-        trustRoot=_trust_root(ca_path),
-        **_identity_options(cert_path, key_path),
+        trustRoot=_trust_root(ca_path, authorities),
+        **identity,
         **_common_options(min_version, max_version, ciphers),
     )
     # CertificateOptions builds one context and reuses it for every connection, so an option
@@ -281,6 +318,9 @@ def server_tls_options(
     context.set_options(SSL.OP_NO_RENEGOTIATION)
     if crls is not None:
         crls.attach(context.get_cert_store())
+    if dates is not None:
+        dates(certificate_dates([identity["certificate"], *identity["extraCertChain"]],
+                                authorities))
     return options
 
 
@@ -316,13 +356,13 @@ def min_tls_version(policy: TlsPolicy) -> Any:
 
 
 def listener_tls_options(cert_path: str | Path, key_path: str | Path, ca_path: str | Path,
-                         policy: TlsPolicy, crls: RevocationLists | None = None
-                         ) -> IOpenSSLServerConnectionCreator:
-    """:func:`server_tls_options` with the versions and TLS 1.2 suites of ``policy``, and
-    ``crls``."""
+                         policy: TlsPolicy, crls: RevocationLists | None = None, *,
+                         dates: DatesSeen | None = None) -> IOpenSSLServerConnectionCreator:
+    """:func:`server_tls_options` with the versions and TLS 1.2 suites of ``policy``,
+    ``crls`` and ``dates``."""
     return server_tls_options(cert_path, key_path, ca_path,
                               min_version=min_tls_version(policy),
-                              ciphers=policy.tls12_ciphers, crls=crls)
+                              ciphers=policy.tls12_ciphers, crls=crls, dates=dates)
 
 
 def client_tls_options(
@@ -333,22 +373,30 @@ def client_tls_options(
     *,
     min_version: Any = TLSVersion.TLSv1_2,
     max_version: Any = TLSVersion.TLSv1_3,
+    dates: DatesSeen | None = None,
 ) -> IOpenSSLClientConnectionCreator:
     """Client-side TLS for the gateway→core link.
 
     Verifies that the server's chain leads to a CA in ``ca_path`` and that its certificate
     names ``hostname`` (a DNS name, or an IP address matched against IP SANs), and presents
     the certificate in ``cert_path`` (optionally followed by intermediates) with its key.
+    ``dates``, if given, is told when the certificates read expire, once built.
     """
     _check_versions(min_version, max_version)
-    return optionsForClientTLS(
+    authorities = load_certificates(ca_path)
+    identity = _identity_options(cert_path, key_path)
+    options = optionsForClientTLS(
         hostname,
-        trustRoot=_trust_root(ca_path),
+        trustRoot=_trust_root(ca_path, authorities),
         extraCertificateOptions={
-            **_identity_options(cert_path, key_path),
+            **identity,
             **_common_options(min_version, max_version),
         },
     )
+    if dates is not None:
+        dates(certificate_dates([identity["certificate"], *identity["extraCertChain"]],
+                                authorities))
+    return options
 
 
 def peer_certificate(transport: Any) -> x509.Certificate | None:

@@ -10,7 +10,8 @@ What it promises:
 * Database transactions are timed by kind (``write``, ``read``), and committed audit
   records counted, by the store (:attr:`kcm.core.store.engine.Store.on_transaction`).
 * Open connections, the outbox head and each gateway's lag behind it are read when
-  scraped.
+  scraped, as are the TLS families (:mod:`kcm.tls_metrics`: certificate expiry,
+  connections refused by reason, CRL freshness).
 * No ``_created`` series: the metrics documented are all there is.
 * :class:`DatabaseReadiness`: ready when the database answers and is at the newest
   migration; the check runs on a thread of its own (never on the reactor), one at a time,
@@ -40,11 +41,14 @@ from kcm.kmip.enums import ResultStatus
 from kcm.kmip.messages import ResponseBatchItem
 from kcm.metrics import LATENCY_BUCKETS, CallbackGauge, Readiness, operation_label, result_label
 from kcm.reactor_threads import RunInThread, in_reactor_threads
+from kcm.tls_metrics import CertificateExpiry, tls_collectors
 
 if TYPE_CHECKING:
     from kcm.connection_guard import ConnectionGuard
+    from kcm.connection_refusals import ConnectionRefusals
     from kcm.core.event_fanout import EventFanout
     from kcm.core.link_server import LinkServerFactory
+    from kcm.tls_crl import CrlRefresher
 
 __all__ = ["CoreMetrics", "DatabaseReadiness", "database_state"]
 
@@ -170,6 +174,14 @@ class CoreMetrics:
         register(CallbackGauge(
             "kcm_core_gateway_links", "Links up, by gateway (one per gateway worker).",
             ("gateway",), counts))
+
+    def watch_tls(self, *, expiry: CertificateExpiry, refusals: ConnectionRefusals,
+                  crls: CrlRefresher | None) -> None:
+        """Report the listeners' certificate expiry, the connections refused and, with
+        ``tls.crl``, the CRLs' freshness when scraped (:mod:`kcm.tls_metrics`)."""
+        for collector in tls_collectors("kcm_core", expiry=expiry, refusals=refusals,
+                                        crls=crls):
+            self.registry.register(collector)
 
 
 def database_state(url: str, timeout: float = 2.0) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from twisted.python import usage
 from kcm import monotonic_reactor
 from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
+from kcm.connection_refusals import ConnectionRefusals
 from kcm.core.audit_checkpoints import AuditCheckpoints
 from kcm.core.auto_rotation import rotate_due
 from kcm.core.config import CoreLimits, command_line_secret, load_config
@@ -48,6 +49,7 @@ from kcm.tls import (
     server_tls_options,
 )
 from kcm.tls_crl import CrlRefresher, RevocationLists
+from kcm.tls_metrics import CertificateExpiry
 from kcm.tls_policy import TLS_POLICY_OPTIONS
 
 
@@ -156,14 +158,21 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     # default suites (both ends are KCM) with the configured minimum version.
     # Client certificates checked against tls.crl, read as the listeners start and again
     # as the file changes (the refresher starts before them).
-    crls = CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh) if tls.crl else None
+    # Connections refused, by reason, wherever they are (guard, protocols, CRL watches);
+    # the certificates' dates as each listener's options are built (kcm.tls_metrics).
+    refusals = ConnectionRefusals()
+    certificate_expiry = CertificateExpiry()
+    crls = (CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh,
+                         refusals=refusals) if tls.crl else None)
 
     def kmip_options(lists: RevocationLists | None = None) -> Any:
-        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy, lists)
+        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy, lists,
+                                    dates=certificate_expiry.seen("kmip"))
 
     def link_options(lists: RevocationLists | None = None) -> Any:
         return server_tls_options(tls.cert, tls.key, tls.ca,
-                                  min_version=min_tls_version(tls.policy), crls=lists)
+                                  min_version=min_tls_version(tls.policy), crls=lists,
+                                  dates=certificate_expiry.seen("link"))
 
     kmip_tls_options = crls.options(kmip_options, name="KMIP") if crls else kmip_options
     link_tls_options = crls.options(link_options, name="gateway link") if crls else link_options
@@ -171,10 +180,10 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, policy.subject_map),
-        reactor)
+        reactor, refusals=refusals)
     # The KMIP listener's guard, and the link listener's reserved from it: caps of their
     # own (no KMIP client can take a gateway's slot), descriptors checked for both.
-    guard = ConnectionGuard(config.limits, reactor)
+    guard = ConnectionGuard(config.limits, reactor, refusals=refusals)
     link_guard = (guard.reserve("max_link_connections", config.limits.max_link_connections)
                   if config.link_listen else None)
 
@@ -221,7 +230,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
             trust_domain=trust_domain, subject_map=None, clock=reactor, wall_clock=time.time,
             settings=LinkSettings(
                 max_frame_size=frame_size_limit(config.limits.max_message_size),
-                write_timeout=config.limits.write_timeout))
+                write_timeout=config.limits.write_timeout), refusals=refusals)
         policy.on_change.append(link_factory.set_subject_map)
         policy.on_scopes.append(link_factory.set_gateway_scopes)
         fanout.on_stale.append(link_factory.events_stale)
@@ -243,6 +252,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     sweeper.setServiceParent(core)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     metrics.queues(handler.queue_waiting)
+    metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, crls=crls)
     core.metrics = metrics
     core.kmip_factory = kmip_factory
     if config.metrics_listen:

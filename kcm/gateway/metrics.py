@@ -12,8 +12,8 @@ What it promises:
   from its answer with the peek (never a full decode).
 * Everything else (the L3 cache's hits, misses, stale and expired reads and failed
   fetches, the opened DEK cache's hits and misses, the link's state, in-flight calls and
-  reconnects, open connections) is read when scraped from counters the parts keep
-  themselves.
+  reconnects, open connections, and the TLS families of :mod:`kcm.tls_metrics`) is read
+  when scraped from counters the parts keep themselves.
 * :meth:`GatewayMetrics.readiness`: ready while the gateway can serve L4 operations, that
   is while it is linked to the core, or, unlinked, while a service key it holds is still
   within ``max_stale`` of its last confirmation; the body says whether it is linked.
@@ -40,13 +40,16 @@ from kcm.metrics import (
     operation_label,
     result_label,
 )
+from kcm.tls_metrics import CertificateExpiry, tls_collectors
 from kcm.ttlv import TtlvError
 from kcm.ttlv.peek import peek_response
 
 if TYPE_CHECKING:
     from kcm.connection_guard import ConnectionGuard
+    from kcm.connection_refusals import ConnectionRefusals
     from kcm.gateway.l3_cache import L3Cache
     from kcm.gateway.link_client import LinkClient
+    from kcm.tls_crl import CrlRefresher
 
 __all__ = ["GatewayMetrics"]
 
@@ -166,6 +169,15 @@ class GatewayMetrics:
             "kcm_gateway_dek_cache_lookups",
             "Lookups of opened L4 DEKs (dek_cache_size) by result: hit (served from "
             "memory), miss (the token opened).", ("result",), dek_lookups))
+
+    def watch_tls(self, *, expiry: CertificateExpiry, refusals: ConnectionRefusals,
+                  crls: CrlRefresher | None) -> None:
+        """Report the listener's and the link's certificate expiry, the connections
+        refused and, with ``tls.crl``, the CRLs' freshness when scraped
+        (:mod:`kcm.tls_metrics`)."""
+        for collector in tls_collectors("kcm_gateway", expiry=expiry, refusals=refusals,
+                                        crls=crls):
+            self.registry.register(collector)
 
     def watch_busy_poll(self, wait: Callable[[], SpinningWait | None]) -> None:
         """Report the spins of the poll's :class:`SpinningWait` (``wait()``; None: none

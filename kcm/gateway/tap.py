@@ -22,6 +22,7 @@ from twisted.python import usage
 from kcm import monotonic_reactor
 from kcm.config_file import ConfigError, ServiceOptions, limit_options
 from kcm.connection_guard import ConnectionGuard
+from kcm.connection_refusals import ConnectionRefusals
 from kcm.drain import STOP_MARGIN
 from kcm.gateway.config import GatewayConfig, load_config
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint, with_connect_timeout
@@ -51,6 +52,7 @@ from kcm.l4.opened_keys import OpenedKeys
 from kcm.link.frames import frame_size_limit
 from kcm.reactor_dispatch import call_before_poll, spinning_wait
 from kcm.tls import (
+    DatesSeen,
     TLSClientEndpoint,
     TLSListener,
     client_tls_options,
@@ -59,6 +61,7 @@ from kcm.tls import (
     peer_principal,
 )
 from kcm.tls_crl import CrlRefresher, RevocationLists
+from kcm.tls_metrics import CertificateExpiry
 from kcm.tls_policy import TLS_POLICY_OPTIONS
 
 
@@ -189,7 +192,11 @@ def makeService(options: Options,
     trust_domain = config.trust_domain
     gateway = GatewayService(config, reactor=reactor, log_fields=None if worker is None else
                              {"worker": worker, "pid": os.getpid()}, cpu=options["cpu"])
-    link_endpoint = core_link_endpoint(reactor, config)
+    # Connections refused, by reason, wherever they are (guard, protocol, CRL watch); the
+    # certificates' dates as the listener's and the link's options are built.
+    refusals = ConnectionRefusals()
+    certificate_expiry = CertificateExpiry()
+    link_endpoint = core_link_endpoint(reactor, config, dates=certificate_expiry.seen("link"))
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
     opened_keys = (OpenedKeys(clock=reactor.seconds, max_entries=config.dek_cache_size,
@@ -224,10 +231,10 @@ def makeService(options: Options,
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, gateway.subject_map),
-        reactor, upstream=link)
+        reactor, upstream=link, refusals=refusals)
     refresher = TimerService(cache.refresh_period, cache.refresh_due)
     refresher.clock = reactor
-    guard = ConnectionGuard(config.limits, reactor)
+    guard = ConnectionGuard(config.limits, reactor, refusals=refusals)
     metrics.watch(link=link, cache=cache, guard=guard, clock=reactor.seconds)
     if config.busy_poll_us:
         metrics.watch_busy_poll(partial(spinning_wait, reactor))
@@ -243,11 +250,15 @@ def makeService(options: Options,
     link.setServiceParent(gateway)
     # Client certificates checked against tls.crl, read as the listener starts and again
     # as the file changes (the refresher starts before it).
-    crls = CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh) if tls.crl else None
+    crls = (CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh,
+                         refusals=refusals) if tls.crl else None)
     if crls is not None:
         crls.setServiceParent(gateway)
+    metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, crls=crls)
+
     def kmip_options(lists: RevocationLists | None = None) -> Any:
-        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy, lists)
+        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy, lists,
+                                    dates=certificate_expiry.seen("kmip"))
 
     kmip_tls_options = crls.options(kmip_options, name="KMIP") if crls else kmip_options
     TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
@@ -276,11 +287,13 @@ def makeService(options: Options,
     return gateway
 
 
-def core_link_endpoint(reactor: Any, config: GatewayConfig) -> CoreFailoverEndpoint:
-    """The endpoint of the gateway's link to its cores (its TLS files read by ``load``)."""
+def core_link_endpoint(reactor: Any, config: GatewayConfig, *,
+                       dates: DatesSeen | None = None) -> CoreFailoverEndpoint:
+    """The endpoint of the gateway's link to its cores (its TLS files read by ``load``,
+    ``dates`` told when the certificates read expire)."""
     tls = config.tls
     core_tls = partial(client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name,
-                       min_version=min_tls_version(tls.policy))
+                       min_version=min_tls_version(tls.policy), dates=dates)
     return CoreFailoverEndpoint(
         [TLSClientEndpoint(reactor, with_connect_timeout(core), core_tls)
          for core in config.core], config.core, order=config.core_order)

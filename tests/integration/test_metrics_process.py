@@ -8,7 +8,9 @@ over HTTP from their ``metrics_listen`` listeners and read with prometheus_clien
 * the core's ``/readyz`` is 503 while its database file is gone, 200 when it is back;
 * with ``workers = 2`` the supervisor's listener answers for both workers;
 * a connection pipelining thousands of requests to either listener gets one answer, and
-  the process's KMIP service is not held up meanwhile.
+  the process's KMIP service is not held up meanwhile;
+* each process reports when its certificates (its own, per listener and link, and the
+  CA's) and its CRLs expire, and counts the connections it refused by reason.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kcm.conformance.client import KmipClient, KmipClientError
 from kcm.kmip.enums import ResultStatus
 from kcm.testing.processes import free_port, scrape
 from tests.e2e_support import CoreProcess, GatewayProcess, wait_until
@@ -374,3 +377,81 @@ def test_a_stopping_supervisor_answers_503_until_its_workers_have_stopped(
         assert gateway.process.wait(30) == -signal.SIGTERM  # (twistd ends by its signal)
     finally:
         gateway.stop()
+
+
+def _not_after(path: Path) -> float:
+    from cryptography import x509
+
+    return min(c.not_valid_after_utc for c in x509.load_pem_x509_certificates(
+        path.read_bytes())).timestamp()
+
+
+def _not_tls(port: int) -> None:
+    """A client that speaks no TLS: the server's handshake fails, and it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        with suppress(OSError):
+            while sock.recv(4096):
+                pass
+
+
+def test_certificate_expiry_crl_freshness_and_refused_connections(tmp_path: Path) -> None:
+    """What an SRE alerts on: a certificate or CRL about to expire, and connections
+    refused (a client that speaks no TLS, one whose certificate a CRL lists), at the core
+    and at a gateway, scraped from the real processes."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from kcm.pki import issue_crl, load_ca
+    from kcm.testing.processes import GatewayProcess, deploy
+
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.metrics_port = free_port()
+    pki = core.pki
+    crl = tmp_path / "core" / "crl.pem"
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    revoked = x509.load_pem_x509_certificate(pki.other_app.cert.read_bytes())
+    crl.write_bytes(issue_crl(load_ca(pki.ca), [revoked], now=now, days=5).public_bytes(
+        Encoding.PEM))
+    core.tls_settings = {"crl": str(crl)}
+    core.write_config()
+    core.start()
+    gateway = GatewayProcess(tmp_path / "gateway", core, metrics_port=free_port(),
+                             prewarm=(), tls_settings={"crl": str(crl)})
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        servers = {"kcm_core": (core.port, core.metrics_port, pki.core.cert),
+                   "kcm_gateway": (gateway.port, gateway.metrics_port, pki.gateway.cert)}
+        before = {plane: metrics(port) for plane, (_, port, _) in servers.items()}
+        for plane, (port, _, cert) in servers.items():
+            got = before[plane]
+            for listener in ("kmip", "link"):
+                labels = (("listener", listener),)
+                assert got[(f"{plane}_tls_certificate_expiry_timestamp_seconds", labels)] \
+                    == _not_after(cert), plane
+                assert got[(f"{plane}_tls_ca_expiry_timestamp_seconds", labels)] == \
+                    _not_after(pki.ca.cert), plane
+            assert got[(f"{plane}_crl_next_update_timestamp_seconds", ())] == (
+                now + dt.timedelta(days=5)).timestamp()
+            assert now.timestamp() - 60 < got[(f"{plane}_crl_last_load_timestamp_seconds",
+                                                ())] < time.time() + 1
+            assert got[(f"{plane}_crl_load_failures_total", ())] == 0
+            _not_tls(port)
+            with pytest.raises((OSError, KmipClientError)), KmipClient(
+                    "127.0.0.1", port, cert=pki.other_app.cert, key=pki.other_app.key,
+                    ca=pki.ca.cert, timeout=5) as client:
+                client.send(request(locate()))
+        for plane, (_, metrics_port, _) in servers.items():
+            refused = f"{plane}_connections_refused_total"
+            wait_until(lambda plane=plane, port=metrics_port, refused=refused: moved(
+                before[plane], metrics(port), refused, reason="revoked") == 1,
+                f"{plane}: the revoked client counted")
+            after = metrics(metrics_port)
+            assert moved(before[plane], after, refused, reason="handshake") == 1, plane
+            assert moved(before[plane], after, refused, reason="identity") == 0, plane
+    finally:
+        gateway.stop()
+        core.stop()

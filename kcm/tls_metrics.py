@@ -1,0 +1,102 @@
+"""The TLS side of a KCM process's metrics, the same on both planes (docs/operations.md,
+"Metrics and health"): when its certificates expire, how fresh its CRLs are, and the
+connections it refused.
+
+What it promises:
+
+* :class:`CertificateExpiry` holds, per listener or link (``kmip``, ``link``), the dates of
+  the certificates its TLS options were last built with (:class:`kcm.tls.CertificateDates`,
+  given by the code that read them: :mod:`kcm.tls`): at start, and whenever they are built
+  again (a CRL refresh builds a listener's again, reading the files as they are then). A
+  start whose files do not load records nothing; a rebuild that fails keeps the dates of
+  the options still in force.
+* :func:`tls_collectors` are the families, named with the plane's prefix (``kcm_core``,
+  ``kcm_gateway``), read when scraped: the expiry gauges, the refused connections by
+  reason (every reason, from 0), and with a CRL configured its earliest Next Update, when
+  it was last read and the looks at it that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kcm.metrics import CallbackCounter, CallbackGauge
+
+if TYPE_CHECKING:
+    from kcm.connection_refusals import ConnectionRefusals
+    from kcm.tls import CertificateDates
+    from kcm.tls_crl import CrlRefresher
+
+__all__ = ["CertificateExpiry", "tls_collectors"]
+
+
+class CertificateExpiry:
+    """The certificate dates of each listener or link, as last built (module docstring)."""
+
+    def __init__(self) -> None:
+        self.dates: dict[str, CertificateDates] = {}
+
+    def seen(self, listener: str) -> Callable[[CertificateDates], None]:
+        """What ``listener``'s TLS options are built with as their ``dates``. It may be
+        called on a thread (a CRL refresh builds there): one dict item set, which a scrape
+        on the reactor reads whole or not at all."""
+        def record(dates: CertificateDates) -> None:
+            self.dates[listener] = dates
+
+        return record
+
+    def certificates(self) -> list[tuple[tuple[str], float]]:
+        return [((listener,), dates.certificate)
+                for listener, dates in sorted(self.dates.items())]
+
+    def authorities(self) -> list[tuple[tuple[str], float]]:
+        return [((listener,), dates.ca) for listener, dates in sorted(self.dates.items())]
+
+
+def tls_collectors(prefix: str, *, expiry: CertificateExpiry, refusals: ConnectionRefusals,
+                   crls: CrlRefresher | None) -> list[Any]:
+    """The TLS families of a plane named ``prefix`` (module docstring); CRL ones only with
+    ``crls``."""
+    collectors: list[Any] = [
+        CallbackGauge(
+            f"{prefix}_tls_certificate_expiry_timestamp_seconds",
+            "When this process's TLS certificate expires (unix seconds; the earliest "
+            "notAfter of its certificate file), by listener or link.", ("listener",),
+            expiry.certificates),
+        CallbackGauge(
+            f"{prefix}_tls_ca_expiry_timestamp_seconds",
+            "When the first CA certificate of tls.ca expires (unix seconds), by listener "
+            "or link.", ("listener",), expiry.authorities),
+        CallbackCounter(
+            f"{prefix}_connections_refused",
+            "Connections refused or cut before being served, by reason: limit, timeout, "
+            "handshake, revoked, identity, unreadable, too_large.", ("reason",),
+            lambda: [((reason,), count) for reason, count in refusals]),
+    ]
+    if crls is None:
+        return collectors
+
+    def next_update() -> list[tuple[tuple[()], float]]:
+        lists = crls.lists
+        when = None if lists is None else lists.next_update
+        return [] if when is None else [((), when)]
+
+    def loaded() -> list[tuple[tuple[()], float]]:
+        lists = crls.lists
+        return [] if lists is None else [((), lists.loaded_at)]
+
+    collectors += [
+        CallbackGauge(
+            f"{prefix}_crl_next_update_timestamp_seconds",
+            "The earliest Next Update of the CRLs in force (unix seconds): past it, that "
+            "CA's certificates are refused.", (), next_update),
+        CallbackGauge(
+            f"{prefix}_crl_last_load_timestamp_seconds",
+            "When the CRLs in force were read (unix seconds).", (), loaded),
+        CallbackCounter(
+            f"{prefix}_crl_load_failures",
+            "Looks at tls.crl that found a file that could not be taken (the CRLs read "
+            "before stay in force), or failed.", (), lambda: [((), crls.load_failures)]),
+    ]
+    return collectors

@@ -18,7 +18,8 @@ workers then serve little more than one. Handed out by count they fall 4/4.
   worker is not more than :data:`~kcm.gateway.balance.NEAR_SLACK` connections above the
   least loaded; if sending fails there (the worker is gone, its channel is full) the next
   is tried, and if none takes it, it is closed. :attr:`Acceptor.handoffs` counts what was
-  handed to each worker, and whether by CPU or by count.
+  handed to each worker, and whether by CPU or by count; :attr:`Acceptor.unplaced` the
+  connections closed so.
 * Each channel is read for the worker's reports (open connections, connections received)
   and closes when the worker exits: from then on the worker is not chosen.
 """
@@ -76,6 +77,8 @@ class Acceptor:
         #: Connections handed, by (worker, ``"cpu"`` when it went to a worker on the CPU
         #: its packets arrive on, else ``"count"``).
         self.handoffs: Counter[tuple[int, str]] = Counter()
+        #: Connections closed because no worker could take them.
+        self.unplaced = 0
         #: Called with a worker's index when it says it is ready on its channel
         #: (:data:`~kcm.handoff.READY`).
         self.worker_up = worker_up
@@ -216,6 +219,7 @@ class Acceptor:
                 self.handoffs[worker, "cpu" if worker in near else "count"] += 1
                 self._logged_unplaced = False
                 return
+            self.unplaced += 1
             if not self._logged_unplaced:
                 self._logged_unplaced = True
                 log.warn("kcm-gateway supervisor: no worker could take a connection; "

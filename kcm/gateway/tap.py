@@ -340,7 +340,8 @@ def make_supervisor(options: Options, workers: int,
         worker_metrics = WorkerMetrics(
             reactor, lambda: pool.workers, pool.restarts,
             lambda: listener.acceptor.handoffs if listener.acceptor is not None else {},
-            configured=lambda: range(1, pool.count + 1))
+            configured=lambda: range(1, pool.count + 1),
+            unplaced=lambda: listener.acceptor.unplaced if listener.acceptor is not None else 0)
         worker_metrics.setServiceParent(supervisor)
         # It answers (/readyz 503, "stopping") until the workers have stopped.
         metrics_listener(reactor, config.metrics_listen,

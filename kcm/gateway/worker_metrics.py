@@ -14,7 +14,9 @@ What it promises:
   ``kcm_gateway_workers`` (running), ``kcm_gateway_worker_restarts_total`` (per worker),
   ``kcm_gateway_handoffs_total`` (connections handed to each worker, ``by="cpu"`` when it
   is pinned to the CPU they arrived on, else ``by="count"``). The supervisor's own process
-  metrics (``worker="supervisor"``) are samples of the workers' same families.
+  metrics (``worker="supervisor"``) are samples of the workers' same families, as are the
+  connections it closed because no worker could take them
+  (``kcm_gateway_connections_refused_total{reason="no_worker", worker="supervisor"}``).
 * ``/readyz`` at the supervisor is 200 while at least one worker answers ready, else 503;
   its body has each worker's answer (:func:`merged_readiness`). The supervisor hands new
   connections to the ready workers (:mod:`kcm.gateway.balance`), so one that is not ready
@@ -197,14 +199,17 @@ class WorkerMetrics(Service):
     def __init__(self, reactor: Any, running: Callable[[], Iterable[int]],
                  restarts: Callable[[], Mapping[int, int]] = dict,
                  handoffs: Callable[[], Mapping[tuple[int, str], int]] = dict,
-                 configured: Callable[[], Iterable[int]] | None = None) -> None:
+                 configured: Callable[[], Iterable[int]] | None = None,
+                 unplaced: Callable[[], int] = lambda: 0) -> None:
         """``restarts()``: each worker's restarts; ``handoffs()``: connections handed, by
-        (worker, how: ``cpu`` or ``count``)."""
+        (worker, how: ``cpu`` or ``count``); ``unplaced()``: connections closed because no
+        worker could take them."""
         self.reactor = reactor
         self.running_workers = running
         self.configured_workers = configured or running
         self.restarts = restarts
         self.handoffs = handoffs
+        self.unplaced = unplaced
         self.directory: str | None = None
         #: Per path being asked: who waits for its answer.
         self._waiting: dict[str, list[Deferred[Any]]] = {}
@@ -291,7 +296,12 @@ class WorkerMetrics(Service):
             "count", labels=[WORKER_LABEL, "by"])
         for (index, by), count in sorted(self.handoffs().items()):
             handoffs.add_metric([str(index), by], float(count))
-        own: list[Metric] = [restarts, handoffs]
+        refused = CounterMetricFamily(
+            "kcm_gateway_connections_refused", "Connections refused or cut before being "
+            "served, by reason (the supervisor: no_worker, none could take it)",
+            labels=["reason", WORKER_LABEL])
+        refused.add_metric(["no_worker", "supervisor"], float(self.unplaced()))
+        own: list[Metric] = [restarts, handoffs, refused]
         for family in self.registry.collect():
             family.samples = [Sample(s.name, {**s.labels, WORKER_LABEL: "supervisor"},
                                      s.value, s.timestamp, s.exemplar)

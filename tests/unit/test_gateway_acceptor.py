@@ -96,6 +96,7 @@ def test_a_connection_no_worker_takes_is_closed(listening) -> None:
     acceptor.doRead()
     assert client.recv(1) == b""  # closed by the supervisor
     client.close()
+    assert acceptor.unplaced == 1  # (the metrics' refused connections, no_worker)
     acceptor.close_channel(1)
     assert acceptor not in reactor.readers  # no worker: not reading
     acceptor.stop()

@@ -229,3 +229,27 @@ async def test_the_supervisor_counts_its_handoffs_by_worker_and_by_how() -> None
     assert values["kcm_gateway_handoffs_total", (("by", "cpu"), ("worker", "1"))] == 3
     assert values["kcm_gateway_handoffs_total", (("by", "count"), ("worker", "2"))] == 1
     assert values["kcm_gateway_worker_restarts_total", (("worker", "2"),)] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_no_worker_took_join_the_workers_refusals() -> None:
+    """The supervisor's own count (no_worker) is a sample of the workers' family, one HELP
+    and TYPE for all."""
+    from kcm.connection_refusals import ConnectionRefusals
+    from kcm.tls_metrics import CertificateExpiry, tls_collectors
+
+    refusals = ConnectionRefusals()
+    refusals.refused("handshake")
+    registry = CollectorRegistry()
+    for collector in tls_collectors("kcm_gateway", expiry=CertificateExpiry(),
+                                    refusals=refusals, crls=None):
+        registry.register(collector)
+    async with Supervisor([1]) as supervisor:
+        await supervisor.serve(1, metrics_site(registry, lambda: Readiness(True, {})))
+        supervisor.metrics.unplaced = lambda: 2
+        exposition = await supervisor.metrics.exposition()
+    values = samples(exposition)
+    refused = "kcm_gateway_connections_refused_total"
+    assert values[refused, (("reason", "handshake"), ("worker", "1"))] == 1
+    assert values[refused, (("reason", "no_worker"), ("worker", "supervisor"))] == 2
+    assert exposition.count(b"# TYPE kcm_gateway_connections_refused_total counter") == 1

@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred
 
 from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import Operation, ResultStatus
+from kcm.tally import Tally
 
 __all__ = ["LATENCY_BUCKETS", "CallbackCounter", "CallbackGauge", "Readiness", "ReactorCounter",
            "ReactorHistogram", "operation_label", "result_label"]
@@ -67,18 +68,6 @@ def result_label(status: int | None) -> str:
 #: slowest durable work.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class Tally:
-    """One labelled child of a :class:`ReactorCounter`."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def inc(self, amount: float = 1.0) -> None:
-        self.value += amount
 
 
 class ReactorCounter:

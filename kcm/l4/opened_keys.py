@@ -35,7 +35,7 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kcm.l4.service_key import ServiceKey
-from kcm.metrics import Tally
+from kcm.tally import Tally
 
 __all__ = ["OpenedKey", "OpenedKeys"]
 

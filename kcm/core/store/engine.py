@@ -513,14 +513,22 @@ class Store(Service):
         return self._engine
 
     def startService(self) -> None:
-        """Upgrade the schema (with ``migrate``), open the engine, start the worker threads."""
+        """Upgrade the schema (with ``migrate``; a line logged when it moved), open the
+        engine, start the worker threads."""
         if self.migrate:
             from kcm.core.store.migrate import (  # migrate.py builds on this module
                 HEAD_REVISION,
                 upgrade,
             )
 
-            upgrade(self.url)
+            moved = upgrade(self.url)
+            if moved is not None:
+                before, after = moved
+                if before is None:
+                    log.info("schema created at {after}", after=after)
+                else:
+                    log.info("schema upgraded from {before} to {after}", before=before,
+                             after=after)
             self.schema_revision = HEAD_REVISION
         _ = self.engine
         self._threadpool = ThreadPool(minthreads=1, maxthreads=self._threads, name=self.name)

@@ -3,9 +3,11 @@
 The Alembic scripts ship inside the package (``kcm/core/store/migrations``). A database is
 always upgraded in place, never recreated.
 
-kcm-core runs :func:`upgrade` at every start. A database already at :data:`HEAD_REVISION`
-(the usual case) is recognised with one query, without importing Alembic (about 0.15 s of
-every start); Alembic is imported only when there is something to do or to refuse.
+kcm-core runs :func:`upgrade` at every start, and logs ``schema upgraded from OLD to NEW``
+(``schema created at NEW`` for a new database) when it did something. A database already
+at :data:`HEAD_REVISION` (the usual case) is recognised with one query, without importing
+Alembic (about 0.15 s of every start); Alembic is imported only when there is something
+to do or to refuse.
 """
 
 from __future__ import annotations
@@ -82,11 +84,13 @@ def head_revision() -> str:
     return head
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` up to ``revision`` in one transaction.
+def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None] | None:
+    """Bring the database at ``url`` up to ``revision`` in one transaction; the revisions
+    it was at before (None: never migrated) and is at now, or None when it was already at
+    ``head`` and left untouched.
 
-    Safe to call at every start: an up-to-date database is left untouched. A new SQLite
-    database is created owner-only (:func:`create_private_sqlite_file`).
+    Safe to call at every start. A new SQLite database is created owner-only
+    (:func:`create_private_sqlite_file`).
     """
     create_private_sqlite_file(url)
     engine = open_engine(url, pool_size=1, max_overflow=0)
@@ -96,7 +100,7 @@ def upgrade(url: str, revision: str = "head") -> None:
                 connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
             stored = _stored_revisions(connection)
             if revision == "head" and stored == [HEAD_REVISION]:
-                return
+                return None
             if not stored and _has_kcm_tables(connection):
                 raise SchemaUnknown()
             if connection.dialect.name == "postgresql":
@@ -110,6 +114,7 @@ def upgrade(url: str, revision: str = "head") -> None:
             _refuse_unknown_revision(connection)
             command.upgrade(alembic_config(connection), revision)
             check_foreign_keys(connection)
+            return _one(stored), _one(_stored_revisions(connection))
     finally:
         engine.dispose()
 
@@ -150,6 +155,11 @@ def check_foreign_keys(connection: Connection) -> None:
     if broken:
         raise RuntimeError(f"the migration left {len(broken)} rows referring to no row, "
                            f"first in table {broken[0][0]}")
+
+
+def _one(revisions: list[str]) -> str | None:
+    """Revisions as one name (None: none; several heads, joined with ``+``)."""
+    return "+".join(revisions) or None
 
 
 def _stored_revisions(connection: Connection) -> list[str]:

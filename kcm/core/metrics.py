@@ -13,9 +13,11 @@ What it promises:
   scraped, as are the TLS families (:mod:`kcm.tls_metrics`: certificate expiry,
   connections refused by reason, CRL freshness).
 * No ``_created`` series: the metrics documented are all there is.
-* :class:`DatabaseReadiness`: ready when the database answers and is at the newest
-  migration; the check runs on a thread of its own (never on the reactor), one at a time,
-  and a check that takes longer than ``timeout`` answers not ready.
+* :class:`DatabaseReadiness`: ready when the database answers, is at the newest
+  migration and (SQLite) would let a write take its write lock now (a ``BEGIN IMMEDIATE``
+  rolled back at once, waiting at most half of ``timeout``); the check runs on a thread of
+  its own (never on the reactor), one at a time, and a check that takes longer than
+  ``timeout`` answers not ready.
 """
 
 from __future__ import annotations
@@ -185,21 +187,34 @@ class CoreMetrics:
 
 
 def database_state(url: str, timeout: float = 2.0) -> dict[str, Any]:
-    """Whether the database at ``url`` answers now, on a fresh connection, and is at the
-    newest migration: ``{"database": "ok", "revision": R}``, else ``{"database": why}``.
-    Blocking: run it on a thread. A SQLite file is opened read-only (a missing file is not
-    created)."""
+    """Whether the database at ``url`` answers now, on a fresh connection, is at the
+    newest migration and (SQLite) would let a write take its write lock:
+    ``{"database": "ok", "revision": R}``, else ``{"database": why}``. Blocking: run it on
+    a thread. A missing SQLite file is not created.
+
+    SQLite: a file another process keeps locked (a ``sqlite3`` shell in ``BEGIN
+    EXCLUSIVE``, a stuck backup) still answers reads in WAL mode, while every write waits
+    for it and fails; so the check begins a write transaction (``BEGIN IMMEDIATE``,
+    waiting at most half of ``timeout`` for the lock) and rolls it back at once, writing
+    nothing. PostgreSQL is not asked: its writers' lock is held by another core's commit
+    in the ordinary course, and a write waits for it (a core whose writes fail is not
+    ready by its database's answer)."""
     head = _head_revision()
     try:
-        revision = _revision(url, timeout)
+        revision, not_writable = _revision(url, timeout)
     except Exception as e:  # noqa: BLE001 - any failure to read is "not reachable"
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return {"database": f"unreachable: {why}"}
+        return {"database": f"unreachable: {_first_line(e)}"}
     if revision != head:
         return {"database": f"not migrated: at {revision or 'no revision'}, the code needs "
                             f"{head} (run kcm core init or restart kcm-core)",
                 "revision": revision}
+    if not_writable is not None:
+        return {"database": f"not writable: {not_writable}", "revision": revision}
     return {"database": "ok", "revision": revision}
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _head_revision() -> str:
@@ -209,20 +224,25 @@ def _head_revision() -> str:
     return HEAD_REVISION
 
 
-def _revision(url: str, timeout: float) -> str | None:
+def _revision(url: str, timeout: float) -> tuple[str | None, str | None]:
+    """The revision the database is at, and why a write could not take the write lock now
+    (SQLite; None: it could, or PostgreSQL)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        uri = f"file:{quote(os.path.abspath(str(parsed.database or '')))}?mode=ro"
-        connection = sqlite3.connect(uri, uri=True, timeout=timeout)
+        # Read-write, for the write lock (a read-only connection's BEGIN IMMEDIATE takes
+        # none); ``mode=rw`` creates no missing file either.
+        uri = f"file:{quote(os.path.abspath(str(parsed.database or '')))}?mode=rw"
+        connection = sqlite3.connect(uri, uri=True, timeout=timeout / 2,
+                                     isolation_level=None)
         try:
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            return None if row is None else str(row[0]), _write_lock_refused(connection)
         finally:
             connection.close()
-        return None if row is None else str(row[0])
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     engine = create_engine(parsed, poolclass=NullPool,
@@ -230,9 +250,20 @@ def _revision(url: str, timeout: float) -> str | None:
     try:
         with engine.connect() as connection:
             return connection.execute(text("SELECT version_num FROM alembic_version")
-                                      ).scalar()
+                                      ).scalar(), None
     finally:
         engine.dispose()
+
+
+def _write_lock_refused(connection: sqlite3.Connection) -> str | None:
+    """Why a write transaction could not begin on ``connection`` (SQLite, autocommit),
+    waiting its busy timeout for the write lock; None: it began, and was rolled back."""
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        return _first_line(e)
+    connection.execute("ROLLBACK")
+    return None
 
 
 class DatabaseReadiness:

@@ -1,5 +1,6 @@
 """kcm-core's metrics: requests, transactions and audit records counted; outbox lag and
-connections read when scraped; the database readiness check; the metrics_listen setting."""
+connections read when scraped; the database readiness check (a SQLite file locked by
+another process is not ready); the metrics_listen setting."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from kcm.core import tap
 from kcm.core.config import load_config
 from kcm.core.metrics import CoreMetrics, DatabaseReadiness, database_state
 from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.store.migrate import upgrade
 from kcm.metrics import Readiness
 from tests.core_support import CoreHarness
 from tests.gateway_support import create_managed, get, locate, request, response
@@ -204,3 +206,26 @@ def test_make_service_adds_the_listener_last_only_when_asked() -> None:
 
     assert "kcm-metrics-listener" not in names()
     assert names("--metrics-listen", "tcp:0:interface=127.0.0.1")[-1] == "kcm-metrics-listener"
+
+
+def test_database_state_of_a_sqlite_file_another_process_locks_is_not_writable(
+        tmp_path: Path) -> None:
+    """Reads go on in WAL mode while a ``sqlite3`` shell holds ``BEGIN EXCLUSIVE``, and every
+    write fails: the check's write probe says so, within its timeout, and writes nothing."""
+    path = tmp_path / "kcm.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    head = database_state(url)["revision"]
+    shell = sqlite3.connect(path, isolation_level=None)
+    shell.execute("BEGIN EXCLUSIVE")
+    try:
+        contents = path.read_bytes()
+        started = time.monotonic()
+        state = database_state(url, timeout=0.4)
+        assert time.monotonic() - started < 0.4
+        assert state == {"database": "not writable: database is locked", "revision": head}
+        assert path.read_bytes() == contents
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+    assert database_state(url, timeout=0.4) == {"database": "ok", "revision": head}

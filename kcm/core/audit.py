@@ -85,7 +85,7 @@ from sqlalchemy import bindparam, delete, event, func, select
 from sqlalchemy.orm import Session
 from twisted.logger import Logger, LogLevel
 
-from kcm.core.store.engine import AUDIT_KEY_INFO, AUDIT_WRITTEN_INFO
+from kcm.core.store.engine import AUDIT_HEAD_INFO, AUDIT_KEY_INFO, AUDIT_WRITTEN_INFO
 from kcm.core.store.lean import LeanTransaction
 from kcm.core.store.raw_statements import RawStatement, connection_of
 from kcm.core.store.repository import get_meta, lock_writers
@@ -810,8 +810,9 @@ def _write_lean_head(transaction: LeanTransaction) -> None:
 
 
 def _emit_lean(transaction: LeanTransaction) -> None:
-    _log_committed(transaction.info.pop(_PENDING_KEY, []),
-                   transaction.info.get(AUDIT_WRITTEN_INFO))
+    info = transaction.info
+    _log_committed(info.pop(_PENDING_KEY, []), info.get(AUDIT_WRITTEN_INFO),
+                   info.get(AUDIT_HEAD_INFO))
 
 
 def _before_commit(session: Session) -> None:
@@ -915,12 +916,16 @@ def _emit_pending(session: Session) -> None:
         return  # a savepoint released ("after_commit" fires for those too): not durable yet
     session.info.pop(_TAIL_KEY, None)
     session.info.pop(_HEAD_CHECKED, None)
-    _log_committed(session.info.pop(_PENDING_KEY, []), session.info.get(AUDIT_WRITTEN_INFO))
+    info = session.info
+    _log_committed(info.pop(_PENDING_KEY, []), info.get(AUDIT_WRITTEN_INFO),
+                   info.get(AUDIT_HEAD_INFO))
 
 
 def _log_committed(pending: list[tuple[AuditRow, AuditEvent]],
-                   written: Callable[[int], None] | None) -> None:
-    """Log the records just committed, and tell ``written`` how many there were."""
+                   written: Callable[[int], None] | None,
+                   head: Callable[[int], None] | None = None) -> None:
+    """Log the records just committed, tell ``written`` how many there were and ``head``
+    the newest one's sequence number."""
     if not pending:
         return
     # The committed row is the record of truth; a broken log observer cannot turn it into a
@@ -929,6 +934,8 @@ def _log_committed(pending: list[tuple[AuditRow, AuditEvent]],
         _log_record(row.log_fields(record))
     if written is not None:
         written(len(pending))
+    if head is not None:
+        head(pending[-1][0].seq)
 
 
 def _drop_pending(session: Session) -> None:

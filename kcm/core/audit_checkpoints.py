@@ -5,10 +5,16 @@ chain back to a head they saw before, or roll the whole database back to a backu
 checkpoint, the head's sequence number and digest MACed under the audit key
 (:class:`kcm.core.audit.Checkpoint`), leaves the database in the log (``kcm.audit.checkpoint``
 events); kept elsewhere, it is what ``kcm audit verify --checkpoint`` holds the chain to.
+
+The newest checkpoint made, and when (``wall_clock`` seconds), stay in memory
+(:attr:`AuditCheckpoints.newest`, :attr:`AuditCheckpoints.newest_at`): kcm.core.metrics
+reports them, and the head the checkpoint read, when scraped.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -38,13 +44,18 @@ class AuditCheckpoints(TimerService):
     name = "kcm-audit-checkpoints"
 
     def __init__(self, store: Store, keyring: Keyring, clock: Any,
-                 interval: float = DEFAULT_INTERVAL) -> None:
+                 interval: float = DEFAULT_INTERVAL, *,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         if interval <= 0:
             raise ValueError("the audit checkpoint interval must be positive")
         super().__init__(interval, self.checkpoint)
         self.clock = clock
         self._store = store
         self._keyring = keyring
+        self._wall_clock = wall_clock
+        #: The newest checkpoint made (None: none yet), and when (``wall_clock``).
+        self.newest: Checkpoint | None = None
+        self.newest_at = 0.0
 
     def checkpoint(self) -> Deferred[Checkpoint | None]:
         """Read the head, MAC it, log it; fires with the checkpoint (None if there was
@@ -52,8 +63,12 @@ class AuditCheckpoints(TimerService):
         audit_key = self._keyring.audit_key
         d = self._store.run(lambda session: make_checkpoint(session, audit_key=audit_key),
                             write=False)
-        d.addCallbacks(log_checkpoint, _not_made)
+        d.addCallbacks(self._made, _not_made)
         return d
+
+    def _made(self, checkpoint: Checkpoint) -> Checkpoint:
+        self.newest, self.newest_at = checkpoint, self._wall_clock()
+        return log_checkpoint(checkpoint)
 
 
 def _not_made(failure: Failure) -> None:

@@ -84,6 +84,15 @@ class _Job:
     failed: bool = False
 
 
+@dataclass(slots=True)
+class _Group:
+    """One group commit: the jobs it took, and when it began to take them (the writer
+    thread, on the committer's ``clock``; None: it took none)."""
+
+    jobs: list[_Job] = field(default_factory=list)
+    started: float | None = None
+
+
 class GroupCommitter:
     """Runs submitted ``work(session, *args)`` calls in group commits through ``write``
     (``write(fn)`` calls ``fn(session)`` in one write transaction on one thread, and fires
@@ -99,7 +108,8 @@ class GroupCommitter:
                  start: Callable[[Callable[[], None]], object] | None = None,
                  write_lean: Callable[[Callable[[Any], Any]], Deferred[Any]] | None = None,
                  reactor: IReactorTime | None = None,
-                 timer: Callable[[], float] | None = None) -> None:
+                 timer: Callable[[], float] | None = None,
+                 on_group: Callable[[int, float, bool], None] | None = None) -> None:
         """``start(run)`` calls ``run`` (which starts a group) once the reactor's current
         turn is over; None starts each group at once. ``write_lean`` is ``write`` for
         work that needs no session (:meth:`kcm.core.store.engine.Store.write_lean`);
@@ -107,7 +117,9 @@ class GroupCommitter:
         that long has its next job begin a group (:mod:`kcm.core.writer_shares`).
         ``reactor``: the timer that fails the jobs still waiting at their ``expires``
         (:meth:`submit`, on ``timer``, ``reactor.seconds`` when not given); None: they wait
-        however long."""
+        however long. ``on_group(jobs, seconds, committed)`` is told of each group that took
+        jobs once it is answered (the reactor thread): how many, the seconds from its first
+        taking a job to its commit's answer (on ``clock``), and whether it committed."""
         if max_jobs < 1 or max_seconds <= 0:
             raise ValueError("need max_jobs >= 1 and max_seconds > 0")
         self._write = write
@@ -130,6 +142,7 @@ class GroupCommitter:
         self.groups = 0
         self.jobs = 0
         self._expiry = None if reactor is None else QueueExpiry(reactor, self._expire, timer)
+        self._on_group = on_group
 
     @property
     def waiting(self) -> int:
@@ -203,14 +216,14 @@ class GroupCommitter:
             self._start(self._start_group)
 
     def _start_group(self) -> None:
-        taken: list[_Job] = []
+        group = _Group()
         if self._write_lean is not None and self._lean_next():
             running = self._write_lean(lambda transaction: self._run_group(
-                transaction, taken, lean=True))
+                transaction, group, lean=True))
         else:
-            running = self._write(lambda session: self._run_group(session, taken))
-        running.addCallbacks(self._committed, self._not_committed, callbackArgs=(taken,),
-                             errbackArgs=(taken,))
+            running = self._write(lambda session: self._run_group(session, group))
+        running.addCallbacks(self._committed, self._not_committed, callbackArgs=(group,),
+                             errbackArgs=(group,))
 
     def _lean_next(self) -> bool:
         """Whether the job next in turn can run in a lean group."""
@@ -254,11 +267,11 @@ class GroupCommitter:
             self._shares.charge(key, seconds, waits_again=key in self._waiting)
         used[key] = used.get(key, 0.0) + seconds
 
-    def _run_group(self, session: Any, taken: list[_Job], lean: bool = False) -> None:
+    def _run_group(self, session: Any, group: _Group, lean: bool = False) -> None:
         """The writer thread: take jobs in turn and run each in a savepoint (``lean``:
         each job's lean work in ``session``, a lean transaction)."""
-        clock = self._clock
-        started = ran_to = clock()
+        clock, taken = self._clock, group.jobs
+        group.started = started = ran_to = clock()
         used: dict[Hashable, float] = {}  # each key's seconds in this group
         while len(taken) < self._max_jobs and ran_to - started < self._max_seconds:
             job = self._take(lean, first=not taken, used=used)
@@ -284,7 +297,13 @@ class GroupCommitter:
                 ran_to = clock()
                 self._ran(ran_to - job_started, used)
 
-    def _committed(self, _: None, taken: list[_Job]) -> None:
+    def _answered(self, group: _Group, committed: bool) -> None:
+        if self._on_group is not None and group.jobs and group.started is not None:
+            self._on_group(len(group.jobs), self._clock() - group.started, committed)
+
+    def _committed(self, _: None, group: _Group) -> None:
+        taken = group.jobs
+        self._answered(group, True)
         self._next_group()
         self.groups += 1
         self.jobs += len(taken)
@@ -294,7 +313,9 @@ class GroupCommitter:
             else:
                 job.done.callback(job.outcome)
 
-    def _not_committed(self, failure: Failure, taken: list[_Job]) -> None:
+    def _not_committed(self, failure: Failure, group: _Group) -> None:
+        self._answered(group, False)
+        taken = group.jobs
         if not taken:
             # The transaction failed before taking a job (no writer, no database): the
             # waiting jobs would meet the same, so they fail now rather than loop.

@@ -9,6 +9,16 @@ What it promises:
   (``direct``: a KMIP client; ``gateway``: forwarded on a link).
 * Database transactions are timed by kind (``write``, ``read``), and committed audit
   records counted, by the store (:attr:`kcm.core.store.engine.Store.on_transaction`).
+* Group commits are timed from their first job taken to their commit's answer, by result
+  (``committed``, ``failed``), and their sizes (jobs) counted in buckets of their own
+  (:data:`GROUP_SIZE_BUCKETS`), on the reactor thread (where they are answered); the wait
+  of each write transaction for the writers' lock is timed by lock (``process``: this
+  process's SQLite write lock; ``database``: SQLite's file lock or PostgreSQL's writers'
+  lock), on its own thread, failed waits included.
+* The audit chain's head (the newest record this process committed, or the head its
+  newest checkpoint read, whichever is later), the newest checkpoint, and the state
+  sweeper's lease, last sweep and failures are kept in memory by their owners and read
+  when scraped: a scrape never reads the database.
 * Open connections, the outbox head and each gateway's lag behind it are read when
   scraped, as are the TLS families (:mod:`kcm.tls_metrics`: certificate expiry,
   connections refused by reason, CRL freshness).
@@ -24,8 +34,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -36,23 +47,37 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from kcm.kmip.enums import ResultStatus
 from kcm.kmip.messages import ResponseBatchItem
-from kcm.metrics import LATENCY_BUCKETS, CallbackGauge, Readiness, operation_label, result_label
+from kcm.metrics import (
+    LATENCY_BUCKETS,
+    CallbackGauge,
+    ReactorHistogram,
+    Readiness,
+    operation_label,
+    result_label,
+)
 from kcm.reactor_threads import RunInThread, in_reactor_threads
 from kcm.tls_metrics import CertificateExpiry, tls_collectors
 
 if TYPE_CHECKING:
     from kcm.connection_guard import ConnectionGuard
     from kcm.connection_refusals import ConnectionRefusals
+    from kcm.core.audit_checkpoints import AuditCheckpoints
     from kcm.core.event_fanout import EventFanout
     from kcm.core.link_server import LinkServerFactory
+    from kcm.core.state_sweeper import StateSweeper
     from kcm.tls_crl import CrlRefresher
 
-__all__ = ["CoreMetrics", "DatabaseReadiness", "database_state"]
+__all__ = ["GROUP_SIZE_BUCKETS", "CoreMetrics", "DatabaseReadiness", "database_state"]
+
+#: Buckets of a group commit's size (jobs): one job (a lone request) up to the largest
+#: ``limits.max_group_commit`` is likely to be (64 by default).
+GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 _FAILED = int(ResultStatus.OPERATION_FAILED)
 
@@ -91,6 +116,29 @@ class CoreMetrics:
             "Requests answered at their deadline while still queued: unrun (ran=false), or "
             "run, read-only, with their audit records not yet written (ran=true).",
             ("ran",), registry=registry)
+        self.lock_wait = Histogram(
+            "kcm_core_writer_lock_wait_seconds",
+            "Wait of a write transaction for the writers' lock, by lock: process (this "
+            "process's SQLite write lock), database (SQLite's file lock, PostgreSQL's "
+            "writers' lock); failed waits included.", ("lock",),
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.group_duration = ReactorHistogram(
+            "kcm_core_group_commit_duration_seconds",
+            "Time from a group commit's first job taken to its commit's answer, by result "
+            "(committed, failed).", ("result",))
+        self.group_jobs = ReactorHistogram(
+            "kcm_core_group_commit_jobs", "Jobs (requests, audit records, sweeps) in one "
+            "group commit.", (), buckets=GROUP_SIZE_BUCKETS)
+        registry.register(self.group_duration)
+        registry.register(self.group_jobs)
+        #: The newest audit record this process committed (None: none yet).
+        self._audit_head: int | None = None
+        self._audit_head_lock = threading.Lock()
+        self._checkpoints: AuditCheckpoints | None = None
+        registry.register(CallbackGauge(
+            "kcm_core_audit_head", "Sequence number of the audit chain's newest record, as "
+            "this core last saw it (its own commits, its checkpoints' reads).", (),
+            self._audit_head_now))
         if process:
             ProcessCollector(registry=registry)
         self._items: dict[tuple[int | None, int], Any] = {}
@@ -98,6 +146,11 @@ class CoreMetrics:
         self.gateway_duration = self.duration.labels("gateway")
         self._write_time = self.transactions.labels("write")
         self._read_time = self.transactions.labels("read")
+        self._lock_waits = {lock: self.lock_wait.labels(lock) for lock in ("process",
+                                                                           "database")}
+        self._group_committed = self.group_duration.labels("committed")
+        self._group_failed = self.group_duration.labels("failed")
+        self._group_size = self.group_jobs.labels()
 
     def answered(self, items: Iterable[ResponseBatchItem]) -> None:
         """Count a request's answered items (any thread)."""
@@ -138,6 +191,61 @@ class CoreMetrics:
     def audit_written(self, count: int) -> None:
         """The store's ``on_audit_written`` (a worker thread)."""
         self.audit_records.inc(count)
+
+    def lock_waited(self, lock: str, seconds: float) -> None:
+        """The store's ``on_lock_wait`` (the write transaction's thread)."""
+        self._lock_waits[lock].observe(seconds)
+
+    def group_answered(self, jobs: int, seconds: float, committed: bool) -> None:
+        """The group committer's ``on_group`` (the reactor thread)."""
+        (self._group_committed if committed else self._group_failed).observe(seconds)
+        self._group_size.observe(jobs)
+
+    def audit_head_moved(self, seq: int) -> None:
+        """The store's ``on_audit_head`` (the committing thread)."""
+        with self._audit_head_lock:  # (two threads' commits may end crossed)
+            if self._audit_head is None or seq > self._audit_head:
+                self._audit_head = seq
+
+    def _audit_head_now(self) -> list[tuple[tuple[()], float]]:
+        heads = [self._audit_head]
+        if self._checkpoints is not None and self._checkpoints.newest is not None:
+            heads.append(self._checkpoints.newest.seq)
+        known = [head for head in heads if head is not None]
+        return [((), max(known))] if known else []
+
+    def audit_checkpoints(self, checkpoints: AuditCheckpoints) -> None:
+        """Report the newest audit checkpoint ``checkpoints`` made (its head, and when) when
+        scraped; its head counts toward ``kcm_core_audit_head`` too."""
+        self._checkpoints = checkpoints
+
+        def newest(value: Callable[[AuditCheckpoints], float]
+                   ) -> Callable[[], list[tuple[tuple[()], float]]]:
+            return lambda: ([] if checkpoints.newest is None
+                            else [((), value(checkpoints))])
+
+        self.registry.register(CallbackGauge(
+            "kcm_core_audit_checkpoint_head", "Sequence number of the audit record the "
+            "newest checkpoint names (none: no checkpoint yet).", (),
+            newest(lambda c: c.newest.seq)))  # type: ignore[union-attr]
+        self.registry.register(CallbackGauge(
+            "kcm_core_audit_checkpoint_timestamp_seconds", "When the newest audit "
+            "checkpoint was logged (unix seconds).", (), newest(lambda c: c.newest_at)))
+
+    def sweeper(self, sweeper: StateSweeper) -> None:
+        """Report the state sweeper's lease, last sweep and failed sweeps when scraped."""
+        register = self.registry.register
+        register(CallbackGauge(
+            "kcm_core_sweeper_lease_held", "1 if this core held the state sweeper's lease "
+            "at its last ask (it sweeps), else 0.", (),
+            lambda: [((), 1.0 if sweeper.lease_held else 0.0)]))
+        register(CallbackGauge(
+            "kcm_core_sweeper_last_sweep_timestamp_seconds", "When this core's last state "
+            "sweep committed (unix seconds; 0: none since the start).", (),
+            lambda: [((), sweeper.last_sweep)]))
+        register(_CallbackCounter(
+            "kcm_core_sweeps_failed", "State sweeps that failed (the lease's ask or the "
+            "sweep's transaction).", lambda: sweeper.failed))
 
     def watch(self, *, guard: ConnectionGuard, fanout: EventFanout | None,
               links: LinkServerFactory | None) -> None:
@@ -184,6 +292,18 @@ class CoreMetrics:
         for collector in tls_collectors("kcm_core", expiry=expiry, refusals=refusals,
                                         crls=crls):
             self.registry.register(collector)
+
+
+class _CallbackCounter:
+    """A counter without labels read when scraped (``read()``: its value)."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=float(self._read()))
 
 
 def database_state(url: str, timeout: float = 2.0) -> dict[str, Any]:

@@ -248,7 +248,8 @@ class CoreRequestHandler:
             timer=self._timer)
         self._committer = committer or GroupCommitter(
             store.write, max_jobs=self._limits.max_group_commit, start=group_start,
-            write_lean=store.write_lean, reactor=reactor, timer=self._timer)
+            write_lean=store.write_lean, reactor=reactor, timer=self._timer,
+            on_group=self._metrics.group_answered)
         #: The watches of the requests in flight, by connection id (reactor thread only).
         self._in_flight: dict[int, set[RequestWatch]] = {}
         self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)

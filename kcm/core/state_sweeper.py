@@ -18,6 +18,12 @@ once a holder stopped without dying has been silent for :data:`LEASE_SILENCE_INT
 intervals (at least :data:`LEASE_SILENCE_MIN_S`). The
 sweep is safe to repeat (it moves only keys whose dates say so), so the short overlap a
 network partition may cause does no harm.
+
+What an operator alerts on (kcm.core.metrics reads it when scraped): whether this core
+held the lease at its last ask (:attr:`StateSweeper.lease_held`), when its last sweep
+committed (:attr:`StateSweeper.last_sweep`, ``wall_clock`` seconds) and how many sweeps
+failed (:attr:`StateSweeper.failed`: the ask or the sweep's transaction raised; a step
+that failed alone does not fail its sweep).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kcm.core import managed, sweep_steps
 from kcm.core.attribute_blob import decode_attributes
@@ -149,6 +156,12 @@ class StateSweeper(Service):
         #: Run first in each sweep's transaction (kcm.core.sweep_steps: rotation).
         self._steps = tuple(steps)
         self._soon: IDelayedCall | None = None
+        #: Whether this core held the lease at its last ask (reactor thread).
+        self.lease_held = False
+        #: When the last sweep committed (``wall_clock``; 0.0: none yet).
+        self.last_sweep = 0.0
+        #: Sweeps that failed since the start.
+        self.failed = 0
         #: Held by the one core that sweeps (always held on SQLite).
         self.lease = lease if lease is not None else AdvisoryLease(
             store, SWEEPER_LEASE_KEY, "state sweeper",
@@ -167,6 +180,7 @@ class StateSweeper(Service):
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
         super().stopService()
+        self.lease_held = False
         # Given up for good, held or not: a sweep asking for it on a thread now must not
         # take it after the stop (it kept it until the process ended).
         return self._store.defer(self.lease.close).addErrback(
@@ -177,10 +191,15 @@ class StateSweeper(Service):
         logged and the loop goes on."""
         d = self._store.defer(self.lease.hold)
         d.addCallback(self._sweep_if_held)
-        d.addCallbacks(_report, lambda failure: log_failure(log, failure, "state sweep"))
+        d.addCallbacks(_report, self._failed)
         return d
 
+    def _failed(self, failure: Failure) -> None:
+        self.failed += 1
+        log_failure(log, failure, "state sweep")
+
     def _sweep_if_held(self, held: bool) -> list[str] | Deferred[list[str]]:
+        self.lease_held = held and self.running
         if not held:
             return []
         at, steps, batch = self._wall_clock(), self._steps, self._batch
@@ -188,6 +207,7 @@ class StateSweeper(Service):
                            ).addCallback(self._stepped)
 
     def _stepped(self, outcome: tuple[list[object], list[str]]) -> list[str]:
+        self.last_sweep = self._wall_clock()
         done, moved = outcome
         sweep_steps.report(done)
         if sweep_steps.wants_more(done) or len(moved) >= self._batch:

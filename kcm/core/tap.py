@@ -141,6 +141,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                   clock=reactor.seconds)
     metrics = CoreMetrics(process=True)
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
+    store.on_audit_head, store.on_lock_wait = metrics.audit_head_moved, metrics.lock_waited
     keyring = Keyring(clock=reactor.seconds, kept_ttl=store.objects.ttl)
     handler = CoreRequestHandler(store, keyring, clock=time.time, timer=reactor.seconds,
                                  server_info=ServerInfo(
@@ -196,8 +197,10 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     expiry.setServiceParent(core)
     MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11,
               config.l1_key_env).setServiceParent(core)
-    AuditCheckpoints(store, keyring, reactor,
-                     interval=config.audit_checkpoint_interval).setServiceParent(core)
+    checkpoints = AuditCheckpoints(store, keyring, reactor,
+                                   interval=config.audit_checkpoint_interval)
+    checkpoints.setServiceParent(core)
+    metrics.audit_checkpoints(checkpoints)
     policy.setServiceParent(core)
     if crls is not None:
         crls.setServiceParent(core)
@@ -250,6 +253,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     else:
         fanout = link_factory = None
     sweeper.setServiceParent(core)
+    metrics.sweeper(sweeper)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     metrics.queues(handler.queue_waiting)
     metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, crls=crls)

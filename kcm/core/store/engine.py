@@ -129,6 +129,9 @@ AUDIT_KEY_INFO = "kcm.audit.key"
 #: Where a session of a :class:`Store` finds what to call with the number of audit
 #: records its transaction committed (``Session.info``; :attr:`Store.on_audit_written`).
 AUDIT_WRITTEN_INFO = "kcm.audit.written"
+#: Where a session of a :class:`Store` finds what to call with the sequence number of the
+#: newest audit record its transaction committed (``Session.info``; :attr:`Store.on_audit_head`).
+AUDIT_HEAD_INFO = "kcm.audit.head_committed"
 
 
 def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
@@ -465,6 +468,15 @@ class Store(Service):
         #: not measured.
         self.on_transaction: Callable[[bool, float], None] | None = None
         self.on_audit_written: Callable[[int], None] | None = None
+        #: Called on the worker thread with the sequence number of the newest audit record
+        #: each commit wrote (kcm.core.metrics); None: not told.
+        self.on_audit_head: Callable[[int], None] | None = None
+        #: Called on the thread of a write transaction with (lock, seconds) once it holds
+        #: the writers' lock, or failed to: ``process`` for this process's SQLite write
+        #: lock (its writer thread and its workers' writes queue there), ``database`` for
+        #: the database's (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's writers' lock); None:
+        #: not measured.
+        self.on_lock_wait: Callable[[str, float], None] | None = None
         #: Called on the worker thread after each commit that added outbox events (the
         #: fan-out reads them at once, not at its next poll); None: nobody is told.
         self.on_outbox_written: Callable[[], None] | None = None
@@ -695,17 +707,23 @@ class Store(Service):
 
     def _lean_transaction(self, kept: Connection, fn: Callable[[LeanTransaction], T],
                           later: Callable[[Callable[[], object]], None] | None = None) -> T:
-        measured = self.on_transaction
-        started = time.perf_counter()
+        measured, waited = self.on_transaction, self.on_lock_wait
+        started = asked = time.perf_counter()
         try:
             info: dict[str, Any] = {}
             if self.audit_key is not None:
                 info[AUDIT_KEY_INFO] = self.audit_key
             if self.on_audit_written is not None:
                 info[AUDIT_WRITTEN_INFO] = self.on_audit_written
+            if self.on_audit_head is not None:
+                info[AUDIT_HEAD_INFO] = self.on_audit_head
             transaction = LeanTransaction(kept, info)
-            with kept.begin():
+            asked = time.perf_counter()
+            with kept.begin():  # (SQLite: BEGIN IMMEDIATE, the file's write lock)
                 lock_writers_on(kept, self.schema_revision)
+                if waited is not None:
+                    waited, held = None, waited
+                    held("database", time.perf_counter() - asked)
                 result = fn(transaction)
                 transaction.run_before_commit()
                 drain_connection(kept)
@@ -715,6 +733,8 @@ class Store(Service):
                 later(transaction.run_after_commit)
             return result
         finally:
+            if waited is not None:  # the lock was never held: its wait failed
+                waited("database", time.perf_counter() - asked)
             if measured is not None:
                 measured(True, time.perf_counter() - started)
 
@@ -801,13 +821,16 @@ class Store(Service):
         with self._engine_lock:
             engine = self._engine_or_open()
         if engine.dialect.name == "sqlite":
-            with self._sqlite_writer:
+            self._lock_process_writers()
+            try:
                 kept = self._writer_connection
                 if kept is not None and kept.connection.info.get(
                         _SQLITE_FILE) != sqlite_file_identity(engine.url.database):
                     self._give_back_writer_connection()  # (the pool discards it)
                     raise file_replaced_error()
                 return self._in_kept_connection(engine, run, check=False)
+            finally:
+                self._sqlite_writer.release()
         return self._in_kept_connection(engine, run, check=True)
 
     def _in_kept_connection(self, engine: Engine, run: Callable[[Connection], T], *,
@@ -862,8 +885,11 @@ class Store(Service):
             # SQLite admits one writer; a thread that finds the write lock taken sleeps on
             # SQLite's own back-off schedule (up to 100 ms a try), which made the tail
             # latency under concurrent writes. Writers of this process queue here instead.
-            with self._sqlite_writer:
+            self._lock_process_writers()
+            try:
                 return self._transaction(make_session, fn, write)
+            finally:
+                self._sqlite_writer.release()
         return self._transaction(make_session, fn, write)
 
     def _transaction(self, make_session: Callable[[], Session], fn: Callable[[Session], T],
@@ -877,6 +903,30 @@ class Store(Service):
         finally:
             measured(write, time.perf_counter() - started)
 
+    def _lock_database_writers(self, session: Session) -> None:
+        """Begin ``session``'s write transaction holding the database's writers' lock (SQLite:
+        ``BEGIN IMMEDIATE`` as the connection begins; PostgreSQL: the advisory lock), the
+        wait told to :attr:`on_lock_wait`, held or failed."""
+        waited = self.on_lock_wait
+        asked = time.perf_counter() if waited is not None else 0.0
+        try:
+            session.info[TRANSACTION_CONNECTION] = session.connection()
+            lock_writers(session)
+        finally:
+            if waited is not None:
+                waited("database", time.perf_counter() - asked)
+
+    def _lock_process_writers(self) -> None:
+        """Take this process's SQLite write lock (release it after), the wait told to
+        :attr:`on_lock_wait`."""
+        waited = self.on_lock_wait
+        if waited is None:
+            self._sqlite_writer.acquire()
+            return
+        asked = time.perf_counter()
+        self._sqlite_writer.acquire()
+        waited("process", time.perf_counter() - asked)
+
     def _transaction_of(self, make_session: Callable[[], Session],
                         fn: Callable[[Session], T], write: bool) -> T:
         with make_session() as session:
@@ -886,17 +936,20 @@ class Store(Service):
                     info[AUDIT_KEY_INFO] = self.audit_key
                 if self.on_audit_written is not None:
                     info[AUDIT_WRITTEN_INFO] = self.on_audit_written
+                if self.on_audit_head is not None:
+                    info[AUDIT_HEAD_INFO] = self.on_audit_head
                 info[KNOWN_FACTS_INFO] = self.known
                 if self.objects.size:
                     info[OBJECT_CACHE_INFO] = self.objects
                     info[CACHE_EPOCH_INFO] = self.objects.epoch  # (before the first read)
                 info[WRITE_INFO] = write
                 info[SCHEMA_REVISION_INFO] = self.schema_revision
-                info[TRANSACTION_CONNECTION] = session.connection()
                 if write:
-                    lock_writers(session)
-                elif session.get_bind().dialect.name == "postgresql":
-                    session.execute(text("SET TRANSACTION READ ONLY"))
+                    self._lock_database_writers(session)
+                else:
+                    info[TRANSACTION_CONNECTION] = session.connection()
+                    if session.get_bind().dialect.name == "postgresql":
+                        session.execute(text("SET TRANSACTION READ ONLY"))
                 result = fn(session)
                 drain_pending(session)
             # Committed: what a reader put back since this transaction forgot its objects

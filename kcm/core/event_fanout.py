@@ -14,7 +14,7 @@ live; see :class:`kcm.core.link_server.LinkServerProtocol`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.unavailable import log_failure
+from kcm.link.events import EventKind
 from kcm.link.frames import Frame, FrameError, FrameType, decode_payload, encode_frame
 
 log = Logger()
@@ -32,8 +33,17 @@ log = Logger()
 #: Seconds without a successful read of the outbox after which the fan-out is stale.
 STALE_AFTER = 5.0
 
-#: An event ready to send: its sequence number and its encoded EVENT frame.
-EncodedEvent = tuple[int, bytes]
+class EncodedEvent(NamedTuple):
+    """An event ready to send: its sequence number and its encoded EVENT frame, with what a
+    scoped gateway's link needs to know of it without decoding the frame
+    (:mod:`kcm.core.gateway_views`)."""
+
+    seq: int
+    wire: bytes
+    #: The tenant the event names (None: none, a ``policy`` event).
+    tenant: str | None = None
+    #: A ``policy`` event's document (None: another kind).
+    policy: str | None = None
 
 
 class EventSubscriber(Protocol):
@@ -243,4 +253,6 @@ def encode_event(record: repository.OutboxRecord) -> EncodedEvent:
         payload = {}
     frame = Frame(FrameType.EVENT, sequence=record.seq, kind=record.kind, tenant=record.tenant,
                   payload=payload)
-    return record.seq, encode_frame(frame)
+    policy = payload.get("policy") if record.kind == EventKind.POLICY else None
+    return EncodedEvent(record.seq, encode_frame(frame), record.tenant,
+                        policy if isinstance(policy, str) else None)

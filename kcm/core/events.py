@@ -8,7 +8,7 @@ carries, so the core's link listener forwards it without knowing its fields.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 from twisted.logger import Logger
@@ -16,6 +16,9 @@ from twisted.logger import Logger
 from kcm.core.store import repository
 from kcm.link.events import EventKind
 from kcm.link.frames import FrameError, Payload, decode_frame, encode_payload
+
+if TYPE_CHECKING:
+    from kcm.core.event_fanout import EncodedEvent
 
 log = Logger()
 
@@ -76,8 +79,9 @@ class TenantRemovals:
     def __init__(self, forget: Iterable[Callable[[str], None]]) -> None:
         self._forget = list(forget)
 
-    def deliver(self, events: list[tuple[int, bytes]]) -> None:
-        for sequence, frame_bytes in events:
+    def deliver(self, events: list[EncodedEvent]) -> None:
+        for event in events:
+            sequence, frame_bytes = event[0], event[1]
             if _TENANT_REMOVED_TEXT not in frame_bytes:
                 continue  # the common case: another kind, not decoded again
             try:

@@ -7,7 +7,10 @@ closed right after the handshake (counted as refused for its ``identity``:
 
 * HELLO → WELCOME (carrying the core's policy document), then the outbox events after the
   gateway's sequence (from the oldest kept, when those were deleted: ``outbox_retention``,
-  logged; the gateway resynchronises), then new ones live;
+  logged; the gateway resynchronises), then new ones live; a scoped gateway is sent its
+  view of both (:mod:`kcm.core.gateway_views`: another tenant's events redacted, only the
+  subjects it may assert), and a link whose scope a reload changes is closed (GOAWAY), so
+  that its gateway links again under the new one;
 * REQUEST → :meth:`CoreRequestHandler.handle_as` as the asserted caller, the gateway named in
   the audit record, answered with RESPONSE; a caller the core does not accept (not of its
   trust domain, a gateway, a subject its own map does not name so, or outside the gateway's
@@ -25,7 +28,7 @@ closed right after the handshake (counted as refused for its ``identity``:
   :class:`kcm.core.usage_intake.UsageIntake`, which drops a scoped gateway's counts of
   another tenant's L3s); not answered;
 * VERSION (link version 4) → the gateway's own link version, which says whether it takes
-  DRAIN.
+  DRAIN; a gateway of link version 6 is answered VIEW, the digest of its scope.
 
 A stopping core (:meth:`LinkServerFactory.drain`) sends DRAIN to every gateway that takes
 it: the gateway sends no new request on that link and closes it once its requests are
@@ -69,6 +72,7 @@ from kcm.core.answer_turns import AnswerTurns
 from kcm.core.context import Caller
 from kcm.core.event_fanout import EncodedEvent, EventFanout
 from kcm.core.gateway_scopes import GatewayScope, GatewayScopes
+from kcm.core.gateway_views import GatewayViews, view_digest
 from kcm.core.keyring import Keyring
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch, share_of
 from kcm.core.service_keys import fetch_service_keys, without_tombstones
@@ -88,6 +92,7 @@ from kcm.link.frames import (
     HELLO_VERSION,
     LINK_VERSION,
     TOMBSTONES_VERSION,
+    VIEW_VERSION,
     Frame,
     FrameTooLarge,
     FrameType,
@@ -117,6 +122,9 @@ ANSWER_HOLD_LIMIT = 1.0
 STALE_EVENTS = "this core cannot read its event log: link to another"
 #: Why a core closes the link of a gateway whose certificate a new CRL lists (tls.crl).
 CERTIFICATE_REVOKED = "this gateway's certificate is revoked (tls.crl)"
+#: Why a core closes the link of a gateway whose scope a reload of the policy changed: what
+#: it was sent (events, policy) was its view under the old scope.
+SCOPE_CHANGED = "this gateway's scope changed: link again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +259,9 @@ class LinkServerProtocol(LinkProtocol):
                          max_frame_size=settings.max_frame_size)
         self.factory = factory
         self.gateway: Principal | None = None
+        #: The gateway's scope, as of its HELLO (None: unscoped): what it is sent is its view
+        #: (:mod:`kcm.core.gateway_views`); a reload that changes it closes the link.
+        self.scope: GatewayScope | None = None
         self.sent_seq = -1  # the newest event written or queued for this gateway
         self.live = False
         self._hello = False
@@ -380,6 +391,7 @@ class LinkServerProtocol(LinkProtocol):
             return
         self._hello = True
         self._peer_name = frame.peer_name
+        self.scope = self.factory.scope_of(self.gateway)
         self.factory.links.add(self)
         asked = frame.sequence if frame.sequence is not None else -1
         fanout = self.factory.fanout
@@ -416,7 +428,8 @@ class LinkServerProtocol(LinkProtocol):
         welcome = Frame(FrameType.WELCOME, link_version=LINK_VERSION,
                         peer_name=self.factory.server_name, sequence=head,
                         heartbeat_interval=self.factory.settings.heartbeat_interval,
-                        policy=self.factory.policy_document)
+                        policy=self.factory.views.document(self.factory.policy_document,
+                                                           self.scope))
         try:
             self.send(welcome)
         except FrameTooLarge as e:
@@ -478,10 +491,15 @@ class LinkServerProtocol(LinkProtocol):
             self._write_events(events)
 
     def _write_events(self, events: list[EncodedEvent]) -> None:
-        for seq, wire in events:
+        scope, views = self.scope, self.factory.views
+        for event in events:
+            seq = event[0]
             if seq <= self.sent_seq:
                 continue
             self.sent_seq = seq
+            # An unscoped gateway is sent the frame encoded once for all; a scoped one its
+            # view of it (the same frame, a redacted one, or its policy document).
+            wire = event[1] if scope is None else views.event(event, scope)
             if len(wire) > self.max_frame_size:
                 wire = self._without_payload(seq, wire)
             if self._paused:
@@ -897,6 +915,8 @@ class LinkServerProtocol(LinkProtocol):
             return
         self._version_seen = True
         self.gateway_version = max(HELLO_VERSION, frame.link_version or HELLO_VERSION)
+        if self.gateway_version >= VIEW_VERSION:
+            self.send(Frame(FrameType.VIEW, view=view_digest(self.scope)))
         if self.factory.draining:  # it crossed the DRAIN this link was not sent yet
             self.drain()
 
@@ -930,6 +950,10 @@ class LinkServerProtocol(LinkProtocol):
         super().go_away(reason)
         if abort:
             self.transport.abortConnection()
+
+
+def _describe(scope: GatewayScope | None) -> str:
+    return "unscoped" if scope is None else scope.describe()
 
 
 _REFUSED_LINK = ("refused link from {peer}: {who} is not a gateway; {count} such link(s) "
@@ -972,6 +996,8 @@ class LinkServerFactory(Factory):
         #: is unscoped), and the scopes looked up, by gateway role path.
         self.gateway_scopes = GatewayScopes({})
         self._scopes: dict[str, GatewayScope | None] = {}
+        #: What scoped gateways are sent, made once per scope.
+        self.views = GatewayViews()
         #: Raised by every new policy: what a link read under an older one is read anew.
         self.policy_generation = 0
         #: The links that said HELLO and are still up (for the metrics).
@@ -1004,11 +1030,20 @@ class LinkServerFactory(Factory):
 
     def set_gateway_scopes(self, scopes: GatewayScopes) -> None:
         """Use ``scopes`` from now on: the next frame of every link is checked against
-        them (what a link resolved under the old ones is resolved anew)."""
+        them (what a link resolved under the old ones is resolved anew), and a link whose
+        gateway's scope changed is closed (GOAWAY): its gateway links again, and is sent its
+        view under the new scope from its WELCOME on (a gateway of link version 6 also
+        drops the keys it holds: VIEW)."""
         self.gateway_scopes = scopes
         self._scopes.clear()
         self._principals.clear()
         self.policy_generation += 1
+        for link in list(self.links):
+            if link.gateway is not None and self.scope_of(link.gateway) != link.scope:
+                log.info("gateway {gateway}: its scope changed ({scope}): closing its link",
+                         gateway=link.gateway.id,
+                         scope=_describe(self.scope_of(link.gateway)))
+                link.go_away(SCOPE_CHANGED)
 
     def scope_of(self, gateway: Principal) -> GatewayScope | None:
         """``gateway``'s scope (None: unscoped); one dict lookup once looked up."""

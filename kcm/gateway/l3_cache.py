@@ -834,6 +834,11 @@ class L3Cache:
                      seq=sequence)
         elif known is EventKind.TENANT_REMOVED:
             self._tenant_removed(tenant or "")
+        elif known is EventKind.REDACTED:
+            # Another tenant's event, of which a scoped gateway is sent the number alone:
+            # nothing to apply, nothing to log (link version 6).
+            self.last_event_sequence = max(self.last_event_sequence, sequence)
+            return
         else:
             log.warn("ignoring unknown event kind {kind!r} (event {seq})", kind=kind,
                      seq=sequence)

@@ -18,6 +18,11 @@
   events between: its ``outbox_retention``); a gap later in a link's stream ends the link;
 * ``on_policy(document)`` — the core's policy document, from every WELCOME and every
   ``policy`` event (before ``on_event`` sees that event);
+* a scoped gateway's view (link version 6): the core sends it another tenant's events as
+  ``redacted`` ones (the number alone, handed to ``on_event`` like any, which skips them),
+  and VIEW, the digest of its scope, on every link: one that differs from the last link's
+  (the scope changed) calls ``on_resync``, since the keys held were fetched, and kept
+  current by events, under the other scope;
 * :meth:`LinkClient.report_usage` — how many encryptions were made under each L3 version
   (USAGE_REPORT, to a core whose WELCOME names link version 3 or later; no answer).
 
@@ -319,6 +324,13 @@ class LinkClientProtocol(LinkProtocol):
     def frame_EVENT(self, frame: Frame) -> None:
         self.client._event(self, frame)
 
+    def frame_VIEW(self, frame: Frame) -> None:
+        """The digest of what the core sends this gateway (its scope; link version 6)."""
+        if not self.welcomed:
+            self.go_away("VIEW before WELCOME")
+            return
+        self.client._viewed(frame.view or b"")
+
     def frame_oversized(self, frame: OversizedFrame) -> None:
         """An answer too large to take fails its call; the link goes on."""
         if frame.frame_type not in (FrameType.RESPONSE, FrameType.SERVICE_KEYS) \
@@ -488,6 +500,11 @@ class LinkClient(MultiService):
         #: a link yet), and whether the next link is to send it again to be compared.
         self._last_digest: bytes | None = None
         self._checking = False
+        #: Whether the last event applied was ``redacted`` (what its digest was made of).
+        self._last_redacted = False
+        #: The digest of this gateway's view at the core, from the last VIEW (None: no
+        #: core of link version 6 has sent one yet).
+        self.view: bytes | None = None
         #: The link whose first event is still to come, when it resumed (see :meth:`_event`).
         self._first_event_of: LinkClientProtocol | None = None
         self.max_in_flight = max_in_flight
@@ -833,6 +850,18 @@ class LinkClient(MultiService):
         self._checking = self._last_digest is not None and self.last_sequence > 0
         return self.last_sequence - 1 if self._checking else self.last_sequence
 
+    def _viewed(self, view: bytes) -> None:
+        """The core's VIEW: the digest of this gateway's scope. One that differs from the
+        last link's drops the keys held (``on_resync``): they were fetched, and events
+        about them applied or redacted, under the other scope. The event stream goes on
+        as it is (its numbers are the same under any scope)."""
+        if self.view is not None and view != self.view:
+            log.warn("the core serves this gateway under another scope than on its last "
+                     "link: dropping the keys held")
+            if self.on_resync is not None:
+                self.on_resync()
+        self.view = view
+
     def _restored(self) -> None:
         """The core's database is not the one whose events were applied (restored from a
         backup): what was learnt from them is dropped."""
@@ -860,8 +889,13 @@ class LinkClient(MultiService):
             self._checking = False
             if _event_digest(frame) == self._last_digest:
                 return  # the one applied: the database is the one we followed
-            log.warn("the core's event {seq} is not the one applied: its database was "
-                     "restored; resynchronising", seq=seq)
+            if (frame.kind == EventKind.REDACTED) != self._last_redacted:
+                log.warn("the core's event {seq} is not the one applied (redacted on one "
+                         "link only): this gateway's scope changed, or the core's database "
+                         "was restored; resynchronising", seq=seq)
+            else:
+                log.warn("the core's event {seq} is not the one applied: its database was "
+                         "restored; resynchronising", seq=seq)
             self._restored()
             self.last_sequence = seq - 1  # this and the rest are new
         elif seq <= self.last_sequence:
@@ -870,6 +904,7 @@ class LinkClient(MultiService):
                 # the head's already, so it is not applied; what it said is kept, so that
                 # the next resume is checked against the core's history.
                 self._last_digest = _event_digest(frame)
+                self._last_redacted = frame.kind == EventKind.REDACTED
             return  # already applied (a replay overlapping the live stream)
         self._checking = False
         if seq != self.last_sequence + 1:
@@ -887,6 +922,7 @@ class LinkClient(MultiService):
             log.failure("applying event {seq} ({kind}) failed", seq=seq, kind=frame.kind)
         self.last_sequence = seq
         self._last_digest = _event_digest(frame)
+        self._last_redacted = frame.kind == EventKind.REDACTED
 
 
 def _event_digest(frame: Frame) -> bytes:

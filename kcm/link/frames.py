@@ -16,11 +16,12 @@ from kcm.l4.service_key import ServiceKey
 from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 
 #: The link version this end speaks: 2 is version 1 with CANCEL, 3 adds USAGE_REPORT, 4 adds
-#: VERSION and DRAIN, 5 the tombstones of a ServiceKey. A core names its version in WELCOME,
-#: and a gateway sends a frame only to a core whose version has it; a gateway names its own in
-#: VERSION (to a core of version 4 or later), and a core sends DRAIN only to a gateway that
-#: named 4 or later, and a ServiceKey's tombstones only to one that named 5 or later.
-LINK_VERSION = 5
+#: VERSION and DRAIN, 5 the tombstones of a ServiceKey, 6 the ``redacted`` event kind and the
+#: VIEW frame. A core names its version in WELCOME, and a gateway sends a frame only to a core
+#: whose version has it; a gateway names its own in VERSION (to a core of version 4 or later),
+#: and a core sends DRAIN only to a gateway that named 4 or later, a ServiceKey's tombstones
+#: only to one that named 5 or later, and VIEW only to one that named 6 or later.
+LINK_VERSION = 6
 #: The version a gateway's HELLO names: the first, which every core takes (a version-1 core
 #: refuses any other with GOAWAY), so a gateway links to a core of any release and learns
 #: the core's own version from WELCOME.
@@ -33,6 +34,8 @@ USAGE_VERSION = 3
 DRAIN_VERSION = 4
 #: The first link version whose ServiceKey carries its tombstones (TombstoneCount, TokenId*).
 TOMBSTONES_VERSION = 5
+#: The first link version with the ``redacted`` event kind and the VIEW frame.
+VIEW_VERSION = 6
 #: Usage entries one USAGE_REPORT carries at most (a longer report is sent as several).
 MAX_USAGE_ENTRIES = 1000
 #: TokenIds one SERVICE_KEYS carries at most, over all its ServiceKeys (40 bytes each: well
@@ -89,6 +92,7 @@ class Tag(enum.IntEnum):
     USAGE = 0x54B015
     USAGE_COUNT = 0x54B016
     TOMBSTONE_COUNT = 0x54B017
+    VIEW_DIGEST = 0x54B018
     KEY_MATERIAL = 0x420043
     RESULT_REASON = 0x42007E
     STATE = 0x42008D
@@ -112,6 +116,7 @@ class FrameType(enum.IntEnum):
     USAGE_REPORT = 12  # link version 3
     VERSION = 13  # link version 4
     DRAIN = 14  # link version 4
+    VIEW = 15  # link version 6
 
 
 class FrameError(ValueError):
@@ -161,6 +166,8 @@ class Frame:
     policy: str | None = None
     #: A USAGE_REPORT's (L3 uid, encryptions since the last report) entries.
     usage: list[tuple[str, int]] = field(default_factory=list)
+    #: A VIEW's digest of what the core sends this gateway (its scope).
+    view: bytes | None = None
 
 
 # (attribute, tag, type) of every scalar field of a LinkFrame, in wire order.
@@ -180,6 +187,7 @@ _FIELDS: tuple[tuple[str, int, ItemType], ...] = (
     ("error", Tag.ERROR_MESSAGE, ItemType.TEXT_STRING),
     ("result_reason", Tag.RESULT_REASON, ItemType.ENUMERATION),
     ("message", Tag.KMIP_MESSAGE, ItemType.BYTE_STRING),
+    ("view", Tag.VIEW_DIGEST, ItemType.BYTE_STRING),
 )
 _FIELD_BY_TAG = {tag: (name, item_type) for name, tag, item_type in _FIELDS}
 
@@ -199,6 +207,7 @@ REQUIRED: dict[FrameType, tuple[str, ...]] = {
     FrameType.USAGE_REPORT: ("usage",),
     FrameType.VERSION: ("link_version",),
     FrameType.DRAIN: (),
+    FrameType.VIEW: ("view",),
 }
 
 #: EventPayload fields: name -> (tag, type).

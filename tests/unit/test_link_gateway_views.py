@@ -1,0 +1,259 @@
+"""What a scoped gateway is sent on its link (kcm.core.gateway_views, link version 6): another
+tenant's events as ``redacted`` ones (their number alone), a policy document of the subjects
+it may assert only, and VIEW, the digest of its scope; a reload that changes its scope closes
+its link. The core's end over StringTransport, then both ends in memory (iosim)."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.logger import capturedLogs, formatEvent
+
+from kcm.core.event_fanout import EncodedEvent, encode_event
+from kcm.core.gateway_scopes import GatewayScope, GatewayScopes
+from kcm.core.gateway_views import redacted_event, scoped_document, view_digest
+from kcm.core.link_server import SCOPE_CHANGED, LinkServerFactory
+from kcm.core.store.repository import OutboxRecord
+from kcm.gateway.l3_cache import L3Cache
+from kcm.identity import SubjectMap
+from kcm.link.events import EventKind
+from kcm.link.frames import (
+    TOMBSTONES_VERSION,
+    VIEW_VERSION,
+    Frame,
+    FrameType,
+    decode_frame,
+    encode_frame,
+    encode_payload,
+)
+from tests.unit.test_link_cancel import core_factory, frames_in, hello
+from tests.unit.test_link_session import World
+
+DEMO_ONLY = GatewayScope(frozenset({"demo"}))
+DEMO_WITH_ADMINS = GatewayScope(frozenset({"demo"}), admins=True)
+EVERY_TENANT = GatewayScope(None)
+POLICY = {
+    "CN=db,O=Demo": "tenant/demo/service/db",
+    "CN=alice,O=Demo": "tenant/demo/admin/alice",
+    "CN=db,O=Other": "tenant/other/service/db",
+    "CN=bob,O=Other": "tenant/other/admin/bob",
+    "CN=ops,O=Example": "operator/ops",
+}
+DOCUMENT = SubjectMap.from_mapping(POLICY).document()
+
+
+def scoped(factory: LinkServerFactory, scope: GatewayScope | None) -> None:
+    factory.set_gateway_scopes(GatewayScopes({} if scope is None else {"gateway/gw1": scope}))
+
+
+def records() -> list[OutboxRecord]:
+    """One event of each kind: demo's, other's, and the policy (every tenant's subjects)."""
+    def record(seq: int, tenant: str | None, kind: EventKind, payload: dict) -> OutboxRecord:
+        return OutboxRecord(seq, 0, tenant, kind.value, encode_payload(payload))
+
+    return [
+        record(1, "demo", EventKind.L3_ROTATED,
+               {"unique_identifier": "l3-demo", "service": "db", "key_version": 2}),
+        record(2, "other", EventKind.L3_ROTATED,
+               {"unique_identifier": "l3-other", "service": "secret-svc", "key_version": 2}),
+        record(3, "other", EventKind.L3_STATE,
+               {"unique_identifier": "l3-other", "service": "secret-svc", "state": 3}),
+        record(4, "other", EventKind.L4_TOMBSTONE,
+               {"token_id": "tok-other", "unique_identifier": "l3-other"}),
+        record(5, None, EventKind.POLICY, {"policy": DOCUMENT}),
+        record(6, "other", EventKind.TENANT_REMOVED, {}),
+        record(7, "demo", EventKind.L4_TOMBSTONE,
+               {"token_id": "tok-demo", "unique_identifier": "l3-demo"}),
+    ]
+
+
+def delivered(scope: GatewayScope | None) -> tuple[Frame, list[Frame], bytes]:
+    """The WELCOME and the events a gateway of ``scope`` is sent, and the bytes of both."""
+    factory, _, _ = core_factory()
+    factory.set_subject_map(SubjectMap.from_mapping(POLICY))
+    scoped(factory, scope)
+    protocol, transport = hello(factory)
+    protocol.deliver([encode_event(r) for r in records()])
+    wire = transport.value()
+    [welcome, *events] = frames_in(transport)
+    return welcome, events, wire
+
+
+# The policy document --------------------------------------------------------------------------
+
+def test_a_scoped_gateways_document_maps_only_whom_it_may_assert() -> None:
+    assert json.loads(scoped_document(DOCUMENT, DEMO_ONLY)) == {
+        "CN=db,O=Demo": "tenant/demo/service/db"}
+    assert json.loads(scoped_document(DOCUMENT, DEMO_WITH_ADMINS)) == {
+        "CN=db,O=Demo": "tenant/demo/service/db", "CN=alice,O=Demo": "tenant/demo/admin/alice"}
+    # Every tenant: every application, never an operator; administrators with admins only.
+    assert json.loads(scoped_document(DOCUMENT, EVERY_TENANT)) == {
+        "CN=db,O=Demo": "tenant/demo/service/db", "CN=db,O=Other": "tenant/other/service/db"}
+    assert json.loads(scoped_document(DOCUMENT, GatewayScope(frozenset()))) == {}
+    # The canonical form a gateway compares documents in (SubjectMap.document).
+    kept = {k: v for k, v in POLICY.items() if v.startswith("tenant/demo/")}
+    assert scoped_document(DOCUMENT, DEMO_WITH_ADMINS) == SubjectMap.from_mapping(
+        kept).document()
+
+
+def test_the_view_digest_tells_scopes_apart() -> None:
+    digests = {view_digest(scope) for scope in (
+        None, DEMO_ONLY, DEMO_WITH_ADMINS, EVERY_TENANT, GatewayScope(frozenset()),
+        GatewayScope(frozenset({"demo", "other"})))}
+    assert len(digests) == 6
+    assert view_digest(GatewayScope(frozenset({"demo"}))) == view_digest(DEMO_ONLY)
+    assert b"demo" not in view_digest(DEMO_ONLY)
+
+
+# The core's end -------------------------------------------------------------------------------
+
+def test_a_scoped_gateway_is_sent_another_tenants_events_redacted() -> None:
+    welcome, events, wire = delivered(DEMO_ONLY)
+    assert json.loads(welcome.policy) == {"CN=db,O=Demo": "tenant/demo/service/db"}
+    assert [e.sequence for e in events] == [1, 2, 3, 4, 5, 6, 7]  # gapless
+    assert [(e.kind, e.tenant) for e in events] == [
+        ("l3.rotated", "demo"), ("redacted", None), ("redacted", None), ("redacted", None),
+        ("policy", None), ("redacted", None), ("l4.tombstone", "demo")]
+    assert events[0].payload["unique_identifier"] == "l3-demo"
+    assert all(e.payload == {} for e in events if e.kind == "redacted")
+    assert json.loads(events[4].payload["policy"]) == {"CN=db,O=Demo": "tenant/demo/service/db"}
+    # Nothing of the other tenant, its clients or the operator is on the wire.
+    for secret in (b"other", b"Other", b"secret-svc", b"tok-other", b"bob", b"ops"):
+        assert secret not in wire
+    # The redacted form is the number's alone: the same on every link and every resume.
+    assert encode_frame(events[1]) == redacted_event(2)
+
+
+def test_unscoped_gateways_get_every_frame_as_encoded_and_every_tenant_none_redacted() -> None:
+    welcome, events, _ = delivered(None)
+    assert welcome.policy == DOCUMENT
+    assert [encode_frame(e) for e in events] == [encode_event(r).wire for r in records()]
+    welcome, events, _ = delivered(EVERY_TENANT)
+    assert "redacted" not in [e.kind for e in events]
+    assert [e.tenant for e in events] == ["demo", "other", "other", "other", None, "other",
+                                          "demo"]
+    # Its policy: applications only (admins = false), never the operator.
+    for document in (welcome.policy, events[4].payload["policy"]):
+        assert set(json.loads(document).values()) == {"tenant/demo/service/db",
+                                                      "tenant/other/service/db"}
+
+
+def test_the_fan_out_carries_each_events_tenant_and_policy_beside_its_frame() -> None:
+    encoded = [encode_event(r) for r in records()]
+    assert [(e.seq, e.tenant) for e in encoded] == [(r.seq, r.tenant) for r in records()]
+    assert [e.policy for e in encoded] == [None] * 4 + [DOCUMENT, None, None]
+    assert all(isinstance(e, EncodedEvent) and e[0] == e.seq for e in encoded)
+
+
+def test_a_reload_that_changes_a_gateways_scope_closes_its_link_only() -> None:
+    factory, _, _ = core_factory()
+    scoped(factory, DEMO_ONLY)
+    protocol, transport = hello(factory)
+    frames_in(transport)
+    scoped(factory, DEMO_ONLY)  # the same scope (another reload): the link stays
+    assert frames_in(transport) == [] and not protocol.closing
+    scoped(factory, DEMO_WITH_ADMINS)
+    [goaway] = frames_in(transport)
+    assert (goaway.type, goaway.error) == (FrameType.GOAWAY, SCOPE_CHANGED)
+    assert transport.disconnecting
+    # Linked again, it is sent its view under the new scope.
+    protocol, transport = hello(factory)
+    assert protocol.scope == DEMO_WITH_ADMINS
+    # Unscoped to scoped closes too.
+    scoped(factory, None)
+    protocol, transport = hello(factory)
+    frames_in(transport)
+    scoped(factory, DEMO_ONLY)
+    assert [f.error for f in frames_in(transport)] == [SCOPE_CHANGED]
+
+
+def test_a_gateway_of_link_version_6_is_sent_its_view_digest() -> None:
+    factory, _, _ = core_factory()
+    scoped(factory, DEMO_ONLY)
+
+    def version(named: int) -> list[Frame]:
+        protocol, transport = hello(factory)
+        frames_in(transport)
+        protocol.dataReceived(encode_frame(Frame(FrameType.VERSION, link_version=named)))
+        return frames_in(transport)
+
+    [view] = version(VIEW_VERSION)
+    assert (view.type, view.view) == (FrameType.VIEW, view_digest(DEMO_ONLY))
+    assert version(TOMBSTONES_VERSION) == []  # a gateway of version 5 would end the link
+
+
+# Both ends --------------------------------------------------------------------------------
+
+def _other_tenants_events(world: World, *seqs: int) -> None:
+    for seq in seqs:
+        world.fanout.records.append(OutboxRecord(seq, 0, "other", "l4.tombstone", encode_payload(
+            {"token_id": f"tok-{seq}", "unique_identifier": "l3-other"})))
+    world.fanout.committed_seq = seqs[-1]
+    world.fanout.poll()
+
+
+def test_a_gateway_skips_redacted_events_silently_and_resumes_across_them() -> None:
+    world = World()
+    scoped(world.factory, DEMO_ONLY)
+    cache = L3Cache(world.client.fetch_service_keys, connected=lambda: True,
+                    clock=world.clock.seconds)
+    world.client.on_event = cache.apply_event
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    world.connect()
+    with capturedLogs() as logs:
+        world.fanout.commit(1)  # demo's, 1
+        _other_tenants_events(world, 2, 3)
+        world.flush()
+    assert world.client.last_sequence == 3 and cache.last_event_sequence == 3
+    text = "\n".join(formatEvent(e) for e in logs)
+    assert "applied event 1" in text and "redacted" not in text and "other" not in text
+    assert cache.tombstone_count == 0  # other's tombstones: never learnt
+    # The last event applied is a redacted one: the next link sends it again, the same.
+    world.drop()
+    assert world.client._resume_after() == 2
+    world.connect()
+    _other_tenants_events(world, 4)
+    world.fanout.commit(1)  # demo's, 5
+    world.fanout.poll()
+    world.flush()
+    assert resyncs == [] and world.client.last_sequence == 5
+    assert cache.last_event_sequence == 5
+
+
+def test_a_gateway_whose_view_changed_drops_what_it_holds() -> None:
+    world = World()
+    scoped(world.factory, GatewayScope(frozenset({"demo", "other"})))
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    world.connect()
+    world.flush()
+    assert world.client.view == view_digest(GatewayScope(frozenset({"demo", "other"})))
+    world.fanout.commit(1)
+    _other_tenants_events(world, 2)
+    world.flush()
+    assert [e[1] for e in world.events] == ["l3.rotated", "l4.tombstone"]
+    with capturedLogs() as logs:
+        scoped(world.factory, DEMO_ONLY)  # narrowed: the core closes the link
+        world.flush()
+        assert not world.client.connected
+        world.connect()
+        world.flush()
+    # It held keys of a tenant it is no longer sent events of: they go.
+    assert resyncs and world.client.view == view_digest(DEMO_ONLY)
+    text = "\n".join(formatEvent(e) for e in logs)
+    assert "under another scope" in text
+    # (Its last event, other's 2, now comes redacted: told apart from a restore in the log.)
+    assert "redacted on one link only" in text
+    # The same view on the next link: nothing dropped.
+    count = len(resyncs)
+    world.drop()
+    world.connect()
+    world.flush()
+    assert len(resyncs) == count and world.client.connected
+
+
+def test_the_redacted_frame_decodes_as_an_event_of_no_tenant() -> None:
+    frame = decode_frame(redacted_event(42))
+    assert (frame.type, frame.sequence, frame.kind, frame.tenant, frame.payload) == (
+        FrameType.EVENT, 42, "redacted", None, {})

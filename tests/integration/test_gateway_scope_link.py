@@ -3,10 +3,11 @@ kcm-core` on a raw link with the development PKI's gateway certificate (gw1), as
 credential would use it:
 
 * unscoped (no entry: the default), the gateway acts for any tenant, as before scopes;
-* a SIGHUP that scopes it to tenant demo without admins narrows the running core's next
-  frames on the same link: demo's fetches and forwarded requests are served; another
-  tenant's fetch, request and usage counts, and a demo administrator, are refused (as an
-  unaccepted caller, audited with the gateway) or dropped (logged).
+* a SIGHUP that scopes it to tenant demo without admins closes its link (GOAWAY: what it
+  was sent was its view under the old scope), and on its next link to the running core
+  demo's fetches and forwarded requests are served; another tenant's fetch, request and
+  usage counts, and a demo administrator, are refused (as an unaccepted caller, audited
+  with the gateway) or dropped (logged).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy
 
 from kcm.core.store.schema import AuditLog, L3Usage
@@ -106,6 +108,13 @@ def _reload(core: CoreProcess, policy: str, count: int) -> None:
     assert f"{count} gateway scopes" in core.log.read_text()
 
 
+def relinked(core: CoreProcess, link: RawLink) -> RawLink:
+    """The next link, once the core has closed ``link`` for its scope's change."""
+    with pytest.raises(ConnectionError, match="scope changed"):
+        link.until(FrameType.SERVICE_KEYS)
+    return RawLink(core)
+
+
 def test_a_scoped_gateway_acts_only_for_its_tenants_and_sighup_narrows_a_running_core(
         tmp_path: Path) -> None:
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
@@ -122,7 +131,8 @@ def test_a_scoped_gateway_acts_only_for_its_tenants_and_sighup_narrows_a_running
             is ResultStatus.SUCCESS
 
         _reload(core, '[gateways."gateway/gw1"]\ntenants = ["demo"]\nadmins = false\n', 1)
-        # Its tenant: served, on the same link.
+        link = relinked(core, link)
+        # Its tenant: served.
         demo_keys = link.fetch("tenant/demo/service/app", "demo")
         assert demo_keys.error is None and demo_keys.service_keys
         demo_l3 = demo_keys.service_keys[0].uid
@@ -163,8 +173,9 @@ def test_a_scoped_gateway_acts_only_for_its_tenants_and_sighup_narrows_a_running
         assert all(row.principal == "unidentified" and row.result_status == "OPERATION_FAILED"
                    for row in refusals())
 
-        # Admins allowed again by the next reload: the next frame is served.
+        # Admins allowed again by the next reload: served on the next link.
         _reload(core, '[gateways."gateway/gw1"]\ntenants = ["demo"]\nadmins = true\n', 1)
+        link = relinked(core, link)
         assert link.kmip("tenant/demo/admin/mallory", request(query())).result_status \
             is ResultStatus.SUCCESS
         assert _refused(link.kmip("tenant/other/admin/mallory", request(query())))

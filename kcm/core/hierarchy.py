@@ -69,8 +69,7 @@ def provision_tenant(session: Session, keyring: Keyring, tenant: str, *, now: in
 def provision_service(session: Session, keyring: Keyring, tenant: str, service: str, *,
                       now: int) -> str:
     """Create the next L3 version of ``tenant``/``service`` (the tenant must exist)."""
-    versions = repository.find_l3(session, tenant, service)
-    version = (versions[0].key_version or 0) + 1 if versions else 1
+    version = repository.newest_l3_version(session, tenant, service) + 1
     uid = new_l3_uid(keyring.random_bytes)
     name = service_key_name(tenant, service)
     attributes = _key_attributes(uid, name, now)

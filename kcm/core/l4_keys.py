@@ -76,12 +76,11 @@ def l3_for(session: Session, principal: Principal, uid: str) -> ManagedObject:
 
 def current_l3(session: Session, tenant: str, service: str, now: int) -> ManagedObject:
     """The newest Active version of ``tenant``/``service``'s L3 (the caller was checked)."""
-    rows = repository.find_l3(session, tenant, service)
-    if not rows:
-        raise no_service_key(tenant, service)
-    for row in rows:
+    for row in repository.find_l3_activatable(session, tenant, service):
         if row.material is not None and _state_now(row, now) == State.ACTIVE:
             return row
+    if not repository.newest_l3_version(session, tenant, service):
+        raise no_service_key(tenant, service)
     raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
                     f"service {tenant}/{identifier_label(service)} has no Active service key")
 

@@ -22,7 +22,7 @@ from kcm.core import policy
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
-from kcm.core.l4_keys import l3_for, service_key_of
+from kcm.core.l4_keys import l3_for, material_of, service_key_of
 from kcm.core.store import repository
 from kcm.core.store.schema import L4Tombstone
 from kcm.kernel.correlation import new_correlation_id
@@ -110,17 +110,20 @@ def _current(session: Session, keyring: Keyring, caller: Caller, tenant: str, se
              now: int) -> list[ServiceKey]:
     check_service_key_use(caller.principal, tenant, service,
                           known=policy.is_provisioned(session, caller.principal))
-    rows = repository.find_l3(session, tenant, service)
-    if not rows:
-        raise no_service_key(tenant, service)
-    keys = [service_key_of(session, keyring, row, now) for row in rows
-            if row.material is not None]
-    active = [key for key in keys if key.state == State.ACTIVE]
+    # Only the versions that may be Active are read, and only the Active ones unwrapped:
+    # the older versions a service keeps (deactivated, decrypt-only) cost nothing here.
+    active = [(bare, row) for row in repository.find_l3_activatable(session, tenant, service)
+              if row.material is not None
+              and (bare := service_key_of(session, keyring, row, now,
+                                          with_material=False)).state == State.ACTIVE]
     if not active:
+        if not repository.newest_l3_version(session, tenant, service):
+            raise no_service_key(tenant, service)
         raise KmipError(ResultReason.WRONG_KEY_LIFECYCLE_STATE,
                         f"service {tenant}/{identifier_label(service)} has no Active "
                         "service key")
-    return active
+    return [replace(bare, key=material_of(session, keyring, row).key_block.key_bytes or b"")
+            for bare, row in active]
 
 
 def _one(session: Session, keyring: Keyring, caller: Caller, uid: str,

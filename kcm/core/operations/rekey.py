@@ -252,8 +252,7 @@ def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: s
         return
     if old.level == LEVEL_SERVICE_KEY:
         service = old.row.service
-        versions = repository.find_l3(ctx.session, tenant, service)
-        version = max((v.key_version or 0) for v in versions) + 1
+        version = repository.newest_l3_version(ctx.session, tenant, service) + 1
         managed.insert(ctx, uid=uid, object_type=ObjectType.SYMMETRIC_KEY,
                        attributes=attributes, managed_object=SymmetricKey(key_block=block),
                        tenant=tenant, level=LEVEL_SERVICE_KEY, service=service,

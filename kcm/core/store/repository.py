@@ -50,6 +50,7 @@ from kcm.core.store.schema import (
     STATE_ACTIVE,
     STATE_DESTROYED,
     STATE_DESTROYED_COMPROMISED,
+    STATE_PRE_ACTIVE,
     L3Usage,
     L4Tombstone,
     ManagedObject,
@@ -968,6 +969,30 @@ def find_l3(
     if active_only:
         stmt = stmt.where(ManagedObject.state == STATE_ACTIVE)
     return list(session.scalars(stmt))
+
+
+def find_l3_activatable(session: Session, tenant: str, service: str) -> list[ManagedObject]:
+    """The L3 versions of ``tenant``/``service`` that may be Active now, newest first: those
+    stored Pre-Active or Active (a state never goes back, so no other version can be).
+    What a service's current versions are chosen from: a service rotated every day for a
+    year keeps 365 versions, and reading (and unwrapping) each of them for every fetch held
+    the writer about 30 us a version."""
+    return list(session.scalars(
+        select(ManagedObject)
+        .where(ManagedObject.level == LEVEL_SERVICE_KEY,
+               ManagedObject.state.in_((STATE_PRE_ACTIVE, STATE_ACTIVE)),
+               ManagedObject.tenant == tenant, ManagedObject.service == service)
+        .order_by(ManagedObject.key_version.desc())))
+
+
+def newest_l3_version(session: Session, tenant: str, service: str) -> int:
+    """The highest key version of ``tenant``/``service``'s L3 (0: none), read without
+    loading the versions."""
+    found = session.scalar(
+        select(func.max(ManagedObject.key_version))
+        .where(ManagedObject.tenant == tenant, ManagedObject.level == LEVEL_SERVICE_KEY,
+               ManagedObject.service == service))
+    return int(found or 0)
 
 
 def service_exists(session: Session, tenant: str, service: str) -> bool:

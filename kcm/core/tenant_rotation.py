@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from kcm.core import managed
 from kcm.core.attribute_blob import decode_attributes
@@ -154,11 +154,20 @@ def rotate_tenant_keys_due(session: Session, keyring: Keyring, now: float) -> li
 def rewrap_step(session: Session, keyring: Keyring, now: float, *,
                 batch: int = REWRAP_BATCH) -> list[Rewrapped]:
     """Move one batch of objects from a retired L2 to its tenant's current one (the first
-    retired L2 that still wraps something and whose tenant has a current L2)."""
-    retired = session.scalars(select(ManagedObject).where(
+    retired L2 that still wraps something and whose tenant has a current L2).
+
+    Only the retired L2s that still wrap something are read, found by the database (one
+    probe of the index on ``wrapped_by`` each): a retired L2 keeps its material until it
+    is destroyed, and reading every one and asking about each in turn held the writer
+    200 ms at every sweep with 1,000 tenants rotated once, and made rotating them all
+    quadratic (1,000 steps of 144 ms)."""
+    wrapped = aliased(ManagedObject)
+    retired = session.execute(select(ManagedObject.uid, ManagedObject.tenant).where(
         ManagedObject.level == LEVEL_TENANT_KEY,
         ManagedObject.state.in_((STATE_DEACTIVATED, STATE_COMPROMISED)),
-        ManagedObject.material.is_not(None)).order_by(ManagedObject.created_seq)).all()
+        ManagedObject.material.is_not(None),
+        exists().where(wrapped.wrapped_by == ManagedObject.uid))
+        .order_by(ManagedObject.created_seq)).all()
     for old in retired:
         # In no order but the index's on wrapped_by: a batch reads its own objects, neither
         # all the L2 still wraps (to sort them) nor, as a walk in created_seq order would

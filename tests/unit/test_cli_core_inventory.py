@@ -321,12 +321,18 @@ def test_the_kcm_program_runs_out_of_core_dumps(deployment: Path, monkeypatch) -
     them into a core file (a reviewer found L1 in one). The program (its console script
     and `python -m kcm`) now keeps itself out of core dumps as the services do; `main`,
     run inside other programs, does not."""
+    import resource
     import signal
     import subprocess
     import sys
 
     import kcm.cli
     from kcm.testing.processes import BIN, process_env
+
+    def allow_core_dumps() -> None:
+        # In the forked child: nothing imported here (another thread of pytest's may hold
+        # the import lock at the fork, and the import then fails the child's start).
+        resource.setrlimit(resource.RLIMIT_CORE, (-1, -1))
 
     calls: list[str] = []
     monkeypatch.setattr("kcm.no_core_dumps.forbid_core_dumps", lambda: calls.append("forbid"))
@@ -340,8 +346,7 @@ def test_the_kcm_program_runs_out_of_core_dumps(deployment: Path, monkeypatch) -
         follower = subprocess.Popen(
             [*program, "audit", "tail", "-f", "--interval", "0.05", "-c", str(deployment)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(),
-            preexec_fn=lambda: __import__("resource").setrlimit(
-                __import__("resource").RLIMIT_CORE, (-1, -1)))
+            preexec_fn=allow_core_dumps)
         try:
             follower.stdout.readline()  # it runs
             limits = Path(f"/proc/{follower.pid}/limits").read_text()

@@ -879,7 +879,12 @@ class LinkServerProtocol(LinkProtocol):
     def _keys_refused(self, stream_id: int, error: KmipError) -> None:
         # A refusal of who asks names the key's tenant and service, for the gateway's log
         # (docs/link-protocol.md §2); the client is answered with the reason and message.
+        # Not to a gateway scoped away from that tenant: a key of another tenant is refused
+        # as a missing one, and its names are no more sent than its events are.
         denied = error if isinstance(error, ServiceKeyUseDenied) else None
+        if denied is not None and self.scope is not None \
+                and not self.scope.allows_tenant(denied.tenant):
+            denied = None
         self._send_keys(encode_frame(Frame(
             FrameType.SERVICE_KEYS, stream_id=stream_id, error=error.message,
             result_reason=int(error.reason),

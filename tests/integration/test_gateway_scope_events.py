@@ -24,7 +24,8 @@ from pathlib import Path
 import sqlalchemy
 
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, ManagedObject, OutboxEvent
-from kcm.kmip.enums import Operation
+from kcm.kernel.missing import identifier_label
+from kcm.kmip.enums import Operation, ResultReason
 from kcm.kmip.payloads.lifecycle import DestroyRequest
 from kcm.l4 import token as l4_token
 from kcm.link.frames import Frame, FrameType, decode_frame, encode_frame
@@ -224,3 +225,46 @@ def test_a_scoped_gateway_never_hears_of_another_tenant_and_keeps_serving_its_ow
         engine.dispose()
         for process in (a, b, core):
             process.stop()
+
+
+def test_a_scoped_gateway_fetching_another_tenants_key_by_id_learns_nothing_of_it(
+        tmp_path: Path) -> None:
+    """gw1 (scoped to demo) asserts demo's application and fetches other's L3 by its
+    identifier (which any of other's L4 tokens carries in the clear): refused as a missing
+    identifier is, the refusal naming neither other nor its service (no existence oracle)."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    (core.root / "policy.toml").write_text(SUBJECTS + scopes())
+    core.start()
+    engine = sqlalchemy.create_engine(core.database)
+    tap: LinkTap | None = None
+    try:
+        with engine.connect() as c:
+            other_l3 = c.execute(sqlalchemy.select(ManagedObject.uid).where(
+                ManagedObject.tenant == "other",
+                ManagedObject.level == LEVEL_SERVICE_KEY)).scalars().first()
+        missing_l3 = "l3-00000000-0000-4000-8000-000000000000"
+        tap = LinkTap(core)
+        tap.start()
+        wait_until(lambda: any(f.type is FrameType.WELCOME for f in tap.frames), "WELCOME")
+        for stream, uid in ((1, other_l3), (3, missing_l3)):
+            tap.tls.sendall(encode_frame(Frame(
+                FrameType.FETCH_SERVICE_KEY, stream_id=stream,
+                caller_identity=f"{TD}/tenant/demo/service/app",
+                caller_source="127.0.0.1:1", tenant="", service="", unique_identifier=uid)))
+
+        def answers() -> dict[int, Frame]:
+            return {f.stream_id: f for f in list(tap.frames)
+                    if f.type is FrameType.SERVICE_KEYS}
+
+        wait_until(lambda: len(answers()) == 2, "both fetches to be answered")
+        other, missing = answers()[1], answers()[3]
+        said = [(f.result_reason, f.tenant, f.service, f.service_keys) for f in (other, missing)]
+        assert said[0] == said[1] == (int(ResultReason.OBJECT_NOT_FOUND), None, None, [])
+        assert other.error == f"no object {identifier_label(other_l3)}"
+        assert missing.error == f"no object {identifier_label(missing_l3)}"
+        assert b"other" not in tap.wire
+    finally:
+        if tap is not None:
+            tap.tls.close()
+        engine.dispose()
+        core.stop()

@@ -4,9 +4,12 @@ may not act for.
 
 * **Events.** A gateway scoped to a list of tenants is sent the events of its tenants as they
   are, and every other event that names a tenant as a ``redacted`` event: its sequence
-  number alone (no tenant, an empty payload), so that the stream stays gapless and the
-  gateway's checks by sequence and digest hold. The form depends on the number only, so a
-  gateway that resumes under the same scope compares the same bytes.
+  number and a digest of the event (no tenant; its UniqueIdentifier a keyed digest of the
+  event's frame), so that the stream stays gapless and the gateway's checks by sequence and
+  digest hold: a gateway that resumes under the same scope compares the same bytes (at any
+  core: the key is derived from L1, which they share), and another event under the same
+  number (a restored database's) differs. The digest's key is never sent, so it tells
+  nothing of the event but whether it is the one sent before.
 * **Policy.** Every scoped gateway (``tenants = "*"`` too) is sent a policy document of the
   subjects it may assert (:meth:`GatewayScope.allows`): its tenants' applications, and their
   administrators with ``admins = true``; never an operator, never another tenant's.
@@ -23,27 +26,43 @@ computed once per scope and change, never per event and link: the filtered docum
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from functools import lru_cache
+from collections.abc import Callable
 
 from kcm.core.event_fanout import EncodedEvent
 from kcm.core.gateway_scopes import GatewayScope
 from kcm.identity import parse_principal_path
+from kcm.kmip.errors import KmipError
 from kcm.link.events import EventKind
 from kcm.link.frames import Frame, FrameType, encode_frame
 
-__all__ = ["GatewayViews", "redacted_event", "scoped_document", "view_digest"]
+__all__ = ["GatewayViews", "event_digest", "redacted_event", "scoped_document",
+           "view_digest"]
 
 #: Entries each cache keeps at most (scopes are few; emptied when full).
 _MAX_CACHED = 256
+#: Redacted frames kept, by the event's frame (a batch of the fan-out is sent to every
+#: scoped link in turn; emptied when full).
+_MAX_REDACTED = 4096
+#: What the key of the redacted events' digests is derived from the cores' audit key with.
+_REDACTION_LABEL = b"kcm link: redacted event digest"
+#: Bytes of a redacted event's digest (sent as 32 hex digits).
+_DIGEST_SIZE = 16
 
 
-@lru_cache(maxsize=4096)
-def redacted_event(sequence: int) -> bytes:
+def redacted_event(sequence: int, digest: bytes | None = None) -> bytes:
     """The EVENT frame a gateway is sent for event ``sequence`` of a tenant outside its
-    scope: the number and the ``redacted`` kind, nothing else."""
+    scope: the number, the ``redacted`` kind and ``digest`` (:func:`event_digest`; None:
+    none, a core without L1), nothing else."""
+    payload = {} if digest is None else {"unique_identifier": digest.hex()}
     return encode_frame(Frame(FrameType.EVENT, sequence=sequence, kind=EventKind.REDACTED,
-                              payload={}))
+                              payload=payload))
+
+
+def event_digest(key: bytes, wire: bytes) -> bytes:
+    """The digest under ``key`` of an event's frame ``wire`` (its number among the rest)."""
+    return hmac.new(key, wire, hashlib.sha256).digest()[:_DIGEST_SIZE]
 
 
 def scoped_document(document: str, scope: GatewayScope) -> str:
@@ -80,9 +99,15 @@ class GatewayViews:
     """The frames and documents of each scope, made once and kept (a link's factory holds
     one for all its links)."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: Callable[[], bytes] | None = None) -> None:
+        """``secret``: the key the redacted events' digest key is derived from (kcm-core:
+        its keyring's audit key, from L1, the same at every core; None, or not loaded yet:
+        redacted events carry no digest)."""
+        self._secret = secret
+        self._redaction_key: bytes | None = None
         self._documents: dict[tuple[GatewayScope, str], str] = {}
         self._policy_events: dict[tuple[GatewayScope, int], bytes] = {}
+        self._redacted: dict[bytes, bytes] = {}
 
     def document(self, document: str, scope: GatewayScope | None) -> str:
         """The policy document a gateway of ``scope`` is sent (None: unscoped, the whole)."""
@@ -104,7 +129,24 @@ class GatewayViews:
         tenant, tenants = event.tenant, scope.tenants
         if tenant is None or tenants is None or tenant in tenants:
             return event.wire
-        return redacted_event(event.seq)
+        wire = self._redacted.get(event.wire)
+        if wire is None:
+            if len(self._redacted) >= _MAX_REDACTED:
+                self._redacted.clear()
+            key = self._key()
+            wire = self._redacted[event.wire] = redacted_event(
+                event.seq, None if key is None else event_digest(key, event.wire))
+        return wire
+
+    def _key(self) -> bytes | None:
+        """The key of the redacted events' digests (None: no secret yet)."""
+        if self._redaction_key is None and self._secret is not None:
+            try:
+                secret = self._secret()
+            except KmipError:  # L1 not loaded (a core starting): no digest yet
+                return None
+            self._redaction_key = hmac.new(secret, _REDACTION_LABEL, hashlib.sha256).digest()
+        return self._redaction_key
 
     def _policy_event(self, event: EncodedEvent, scope: GatewayScope) -> bytes:
         key = (scope, event.seq)

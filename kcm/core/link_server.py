@@ -1002,7 +1002,8 @@ class LinkServerFactory(Factory):
         self.gateway_scopes = GatewayScopes({})
         self._scopes: dict[str, GatewayScope | None] = {}
         #: What scoped gateways are sent, made once per scope.
-        self.views = GatewayViews()
+        self.views = GatewayViews(
+            (lambda: keyring.audit_key) if keyring is not None else None)
         #: Raised by every new policy: what a link read under an older one is read anew.
         self.policy_generation = 0
         #: The links that said HELLO and are still up (for the metrics).

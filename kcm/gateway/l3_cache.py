@@ -835,8 +835,8 @@ class L3Cache:
         elif known is EventKind.TENANT_REMOVED:
             self._tenant_removed(tenant or "")
         elif known is EventKind.REDACTED:
-            # Another tenant's event, of which a scoped gateway is sent the number alone:
-            # nothing to apply, nothing to log (link version 6).
+            # Another tenant's event, of which a scoped gateway is sent the number and a
+            # digest: nothing to apply, nothing to log (link version 6).
             self.last_event_sequence = max(self.last_event_sequence, sequence)
             return
         else:

@@ -19,7 +19,8 @@
 * ``on_policy(document)`` — the core's policy document, from every WELCOME and every
   ``policy`` event (before ``on_event`` sees that event);
 * a scoped gateway's view (link version 6): the core sends it another tenant's events as
-  ``redacted`` ones (the number alone, handed to ``on_event`` like any, which skips them),
+  ``redacted`` ones (the number and a keyed digest, handed to ``on_event`` like any,
+  which skips them),
   and VIEW, the digest of its scope, on every link: one that differs from the last link's
   (the scope changed) calls ``on_resync``, since the keys held were fetched, and kept
   current by events, under the other scope;

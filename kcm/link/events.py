@@ -28,6 +28,7 @@ class EventKind(StrEnum):
     #: the ``l3.state`` (Destroyed) of each of its L3s: what is kept of the tenant goes.
     TENANT_REMOVED = "tenant.removed"
     #: An event of a tenant outside the gateway's scope (link version 6): only its number
-    #: is sent, no tenant and an empty payload, so that the stream stays gapless; the
-    #: gateway applies nothing for it (docs/link-protocol.md, "Scoped gateways").
+    #: and a keyed digest of it are sent (no tenant), so that the stream stays gapless and
+    #: a restore is noticed across it; the gateway applies nothing for it
+    #: (docs/link-protocol.md, "Scoped gateways").
     REDACTED = "redacted"

@@ -11,7 +11,14 @@ from twisted.logger import capturedLogs, formatEvent
 
 from kcm.core.event_fanout import EncodedEvent, encode_event
 from kcm.core.gateway_scopes import GatewayScope, GatewayScopes
-from kcm.core.gateway_views import redacted_event, scoped_document, view_digest
+from kcm.core.gateway_views import (
+    GatewayViews,
+    event_digest,
+    redacted_event,
+    scoped_document,
+    view_digest,
+)
+from kcm.core.keyring import Keyring
 from kcm.core.link_server import SCOPE_CHANGED, LinkServerFactory
 from kcm.core.store.repository import OutboxRecord
 from kcm.gateway.l3_cache import L3Cache
@@ -120,8 +127,43 @@ def test_a_scoped_gateway_is_sent_another_tenants_events_redacted() -> None:
     # Nothing of the other tenant, its clients or the operator is on the wire.
     for secret in (b"other", b"Other", b"secret-svc", b"tok-other", b"bob", b"ops"):
         assert secret not in wire
-    # The redacted form is the number's alone: the same on every link and every resume.
+    # (A core without L1, as here, sends the number alone.)
     assert encode_frame(events[1]) == redacted_event(2)
+
+
+def test_a_redacted_event_carries_a_digest_of_the_event_keyed_by_the_cores_l1() -> None:
+    """The same event is redacted the same at every core of the database (they share L1),
+    another under the same number (a restored database's) otherwise; the digest tells
+    nothing of the event to whoever lacks the key."""
+    def redacted(views: GatewayViews, record: OutboxRecord) -> Frame:
+        return decode_frame(views.event(encode_event(record), DEMO_ONLY))
+
+    def views(l1: bytes) -> GatewayViews:
+        keyring = Keyring(l1)
+        return GatewayViews(lambda: keyring.audit_key)
+
+    event = records()[3]  # other's tombstone
+    restored = OutboxRecord(event.seq, 0, "other", EventKind.L4_TOMBSTONE.value,
+                            encode_payload({"token_id": "tok-restored",
+                                            "unique_identifier": "l3-other"}))
+    core_1, core_2, elsewhere = views(b"1" * 32), views(b"1" * 32), views(b"2" * 32)
+    frame = redacted(core_1, event)
+    assert (frame.kind, frame.tenant, list(frame.payload)) == (
+        "redacted", None, ["unique_identifier"])
+    assert redacted(core_2, event) == frame  # another core, the same event
+    assert redacted(core_1, restored) != frame  # another event under its number
+    assert redacted(elsewhere, event) != frame
+    keyring = Keyring(b"1" * 32)
+    key = GatewayViews(lambda: keyring.audit_key)._key()
+    assert key is not None and key != keyring.audit_key
+    assert frame.payload["unique_identifier"] == event_digest(
+        key, encode_event(event).wire).hex()
+    # No L1 yet (a core starting): the number alone, and the digest once L1 is loaded.
+    late = Keyring()
+    starting = GatewayViews(lambda: late.audit_key)
+    assert redacted(starting, event).payload == {}
+    late.load(b"1" * 32)
+    assert redacted(starting, records()[1]).payload["unique_identifier"]
 
 
 def test_unscoped_gateways_get_every_frame_as_encoded_and_every_tenant_none_redacted() -> None:
@@ -219,6 +261,37 @@ def test_a_gateway_skips_redacted_events_silently_and_resumes_across_them() -> N
     world.flush()
     assert resyncs == [] and world.client.last_sequence == 5
     assert cache.last_event_sequence == 5
+
+
+def test_a_restore_is_noticed_when_the_event_compared_is_redacted_on_both_links() -> None:
+    """The gateway's last event applied is another tenant's (redacted); the database is
+    restored from a backup taken before it, and another event of another tenant takes its
+    number: the redacted forms differ (their digests), so the gateway resynchronises."""
+    world = World()
+    keyring = Keyring(b"1" * 32)
+    world.factory.views = GatewayViews(lambda: keyring.audit_key)
+    scoped(world.factory, DEMO_ONLY)
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    world.connect()
+    world.fanout.commit(1)  # demo's, 1
+    _other_tenants_events(world, 2, 3)
+    world.flush()
+    world.drop()
+    world.connect()  # the same database: event 3 compares the same
+    world.flush()
+    assert resyncs == [] and world.client.last_sequence == 3
+    world.drop()
+    del world.fanout.records[2:]  # restored from a backup taken at event 2...
+    for seq in (3, 4):  # ... and other's events committed since
+        world.fanout.records.append(OutboxRecord(seq, 0, "other", "l4.tombstone", encode_payload(
+            {"token_id": f"tok-restored-{seq}", "unique_identifier": "l3-other"})))
+    world.fanout.committed_seq = 4
+    with capturedLogs() as logs:
+        world.connect()
+        world.flush()
+    assert resyncs == [True] and world.client.last_sequence == 4
+    assert "is not the one applied" in "\n".join(formatEvent(e) for e in logs)
 
 
 def test_a_gateway_whose_view_changed_drops_what_it_holds() -> None:

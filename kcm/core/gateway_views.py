@@ -29,10 +29,11 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
+from functools import lru_cache
 
 from kcm.core.event_fanout import EncodedEvent
 from kcm.core.gateway_scopes import GatewayScope
-from kcm.identity import parse_principal_path
+from kcm.identity import Principal, parse_principal_path
 from kcm.kmip.errors import KmipError
 from kcm.link.events import EventKind
 from kcm.link.frames import Frame, FrameType, encode_frame
@@ -67,21 +68,40 @@ def event_digest(key: bytes, wire: bytes) -> bytes:
 
 def scoped_document(document: str, scope: GatewayScope) -> str:
     """The policy document ``document`` (:meth:`kcm.identity.SubjectMap.document`) with only
-    the subjects mapped to a principal ``scope`` allows, in the same canonical form."""
+    the subjects mapped to a principal ``scope`` allows, in the same canonical form.
+
+    The document is read once (:func:`_subjects_by_tenant`, kept for the last few): each
+    scope then looks at its own tenants' subjects only, so that a policy of thousands of
+    subjects costs each of many scopes little, on the reactor."""
+    by_tenant = _subjects_by_tenant(document)
+    tenants = by_tenant if scope.tenants is None else scope.tenants
+    kept = {subject: path for tenant in tenants
+            for subject, path, principal in by_tenant.get(tenant, ())
+            if scope.allows(principal)}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+#: (subject, principal path, principal) of each subject mapped to a tenant's principal.
+_Subjects = tuple[tuple[str, str, Principal], ...]
+
+
+@lru_cache(maxsize=4)
+def _subjects_by_tenant(document: str) -> dict[str, _Subjects]:
+    """The subjects of ``document`` mapped to a tenant's principal, by tenant (those of no
+    tenant, an operator's or a gateway's, no scope allows)."""
     try:
         subjects = json.loads(document)
     except ValueError:
         subjects = None
     if not isinstance(subjects, dict):
-        return "{}"  # (never: the core writes the documents it sends)
-    kept = {subject: path for subject, path in subjects.items()
-            if isinstance(path, str) and _allowed(path, scope)}
-    return json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _allowed(path: str, scope: GatewayScope) -> bool:
-    principal = parse_principal_path(path, trust_domain="check", subject="-")
-    return principal is not None and scope.allows(principal)
+        return {}  # (never: the core writes the documents it sends)
+    by_tenant: dict[str, list[tuple[str, str, Principal]]] = {}
+    for subject, path in subjects.items():
+        principal = parse_principal_path(path, trust_domain="check", subject="-") \
+            if isinstance(path, str) else None
+        if principal is not None and principal.tenant is not None:
+            by_tenant.setdefault(principal.tenant, []).append((subject, path, principal))
+    return {tenant: tuple(kept) for tenant, kept in by_tenant.items()}
 
 
 def view_digest(scope: GatewayScope | None) -> bytes:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from twisted.logger import capturedLogs, formatEvent
 
+from kcm.core import gateway_views
 from kcm.core.event_fanout import EncodedEvent, encode_event
 from kcm.core.gateway_scopes import GatewayScope, GatewayScopes
 from kcm.core.gateway_views import (
@@ -101,6 +103,36 @@ def test_a_scoped_gateways_document_maps_only_whom_it_may_assert() -> None:
     kept = {k: v for k, v in POLICY.items() if v.startswith("tenant/demo/")}
     assert scoped_document(DOCUMENT, DEMO_WITH_ADMINS) == SubjectMap.from_mapping(
         kept).document()
+
+
+def test_a_policy_of_many_subjects_is_read_once_for_every_scope(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy event reaches the links of many scopes at once, on the reactor: the document
+    is read once, each scope looks at its own tenants' subjects (it was read again for each
+    scope: 44 ms a scope at 10,000 subjects, 4.4 s for 100 scopes)."""
+    mapping = {f"CN=app{i},O=T{i % 50}": f"tenant/t{i % 50}/service/s{i}" for i in range(2000)}
+    mapping.update({f"CN=admin{i},O=T{i}": f"tenant/t{i}/admin/a{i}" for i in range(50)})
+    mapping["CN=ops,O=Example"] = "operator/ops"
+    document = SubjectMap.from_mapping(mapping).document()
+    parsed: list[str] = []
+    parse = gateway_views.parse_principal_path
+
+    def counted(path: str, **kwargs: object) -> object:
+        parsed.append(path)
+        return parse(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gateway_views, "parse_principal_path", counted)
+    views = GatewayViews()
+    for j in range(50):
+        for scope in (GatewayScope(frozenset({f"t{j}"})),
+                      GatewayScope(frozenset({f"t{j}"}), admins=True)):
+            kept = json.loads(views.document(document, scope))
+            assert set(kept.values()) == {path for path in mapping.values()
+                                          if path.startswith(f"tenant/t{j}/") and (
+                                              scope.admins or "/admin/" not in path)}
+    assert json.loads(views.document(document, EVERY_TENANT)) == {
+        subject: path for subject, path in mapping.items() if "/service/" in path}
+    assert len(parsed) == len(mapping)
 
 
 def test_the_view_digest_tells_scopes_apart() -> None:

@@ -126,7 +126,9 @@ class GatewayViews:
         self._secret = secret
         self._redaction_key: bytes | None = None
         self._documents: dict[tuple[GatewayScope, str], str] = {}
-        self._policy_events: dict[tuple[GatewayScope, int], bytes] = {}
+        #: By (scope, event's frame): the frame, not its number alone, since a database
+        #: restored under the core puts another event under a number already sent.
+        self._policy_events: dict[tuple[GatewayScope, bytes], bytes] = {}
         self._redacted: dict[bytes, bytes] = {}
 
     def document(self, document: str, scope: GatewayScope | None) -> str:
@@ -169,7 +171,7 @@ class GatewayViews:
         return self._redaction_key
 
     def _policy_event(self, event: EncodedEvent, scope: GatewayScope) -> bytes:
-        key = (scope, event.seq)
+        key = (scope, event.wire)
         wire = self._policy_events.get(key)
         if wire is None:
             if len(self._policy_events) >= _MAX_CACHED:

@@ -219,6 +219,21 @@ def test_the_fan_out_carries_each_events_tenant_and_policy_beside_its_frame() ->
     assert all(isinstance(e, EncodedEvent) and e[0] == e.seq for e in encoded)
 
 
+def test_a_policy_event_under_a_number_already_sent_is_sent_its_own_document() -> None:
+    """A database restored under the core puts another policy event under a number it has
+    sent a scoped gateway already: that gateway is sent the new event's document."""
+    views = GatewayViews()
+
+    def sent(mapping: dict[str, str]) -> str:
+        record = OutboxRecord(9, 0, None, EventKind.POLICY.value, encode_payload(
+            {"policy": SubjectMap.from_mapping(mapping).document()}))
+        return decode_frame(views.event(encode_event(record), DEMO_ONLY)).payload["policy"]
+
+    assert json.loads(sent(POLICY)) == {"CN=db,O=Demo": "tenant/demo/service/db"}
+    assert json.loads(sent({"CN=db2,O=Demo": "tenant/demo/service/db2"})) == {
+        "CN=db2,O=Demo": "tenant/demo/service/db2"}
+
+
 def test_a_reload_that_changes_a_gateways_scope_closes_its_link_only() -> None:
     factory, _, _ = core_factory()
     scoped(factory, DEMO_ONLY)

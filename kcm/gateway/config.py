@@ -61,6 +61,11 @@ class GatewayConfig:
     #: Seconds after the last successful refresh an L3 may still serve while the core is
     #: unreachable; beyond that the gateway fails closed.
     max_stale: float = 3600.0
+    #: Seconds a cached service (or L3 version) may go unused by requests before it is no
+    #: longer refreshed in the background; it is forgotten once also past max_stale, and
+    #: fetched again if used later. 0: never idle (every L3 held is refreshed for as long as
+    #: the gateway runs). At least l3_ttl otherwise.
+    l3_idle: float = 86400.0
     #: L4 tombstones (revoked or destroyed tokens) held; beyond it the service key with the
     #: most has its L4 requests answered by the core instead (kcm.gateway.l3_cache).
     max_tombstones: int = 1_000_000
@@ -119,10 +124,10 @@ class GatewayConfig:
 
 
 _TOP_LEVEL = {"listen", "trust_domain", "core", "core_order", "core_server_name", "l3_ttl",
-              "max_stale", "max_tombstones", "dek_cache_size", "dek_cache_ttl", "prewarm",
-              "max_in_flight", "log_level", "log_format", "log_file", "workers", "metrics_listen",
-              "usage_report_interval", "busy_poll_us", "pin_workers", "hung_worker_timeout",
-              "drain_timeout"}
+              "max_stale", "l3_idle", "max_tombstones", "dek_cache_size", "dek_cache_ttl",
+              "prewarm", "max_in_flight", "log_level", "log_format", "log_file", "workers",
+              "metrics_listen", "usage_report_interval", "busy_poll_us", "pin_workers",
+              "hung_worker_timeout", "drain_timeout"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -162,6 +167,8 @@ def load_config(path: str | Path | None,
     _check_server_name(config.core_server_name)
     if config.max_stale < config.l3_ttl:
         raise ConfigError("gateway: max_stale must be at least l3_ttl")
+    if config.l3_idle and config.l3_idle < config.l3_ttl:
+        raise ConfigError("gateway.l3_idle must be 0 (never idle) or at least l3_ttl")
     if config.core_order not in ORDERS:
         raise ConfigError(f"gateway.core_order must be one of {', '.join(ORDERS)}")
     if config.max_tombstones < 1:
@@ -192,6 +199,8 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
                 "hung_worker_timeout", "drain_timeout"):
         if key in out:
             out[key] = seconds(f"gateway.{key}", out[key])
+    if "l3_idle" in out:
+        out["l3_idle"] = _idle_seconds(out["l3_idle"])
     for key in ("max_in_flight", "max_tombstones"):
         if key in out:
             out[key] = whole_number(f"gateway.{key}", out[key], least=1)
@@ -209,6 +218,17 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
         if key in out:
             out[key] = whole_number(f"gateway.{key}", out[key])
     return out
+
+
+def _idle_seconds(value: Any) -> float:
+    """``l3_idle``: 0 (never idle) or a positive number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    try:
+        return seconds("gateway.l3_idle", value)
+    except ConfigError:
+        raise ConfigError("gateway.l3_idle must be 0 (never idle) or a positive number of "
+                          "seconds") from None
 
 
 def _core_list(value: Any) -> tuple[str, ...]:

@@ -10,11 +10,18 @@ What it promises:
   core's "no such L3", which is the same for every caller and remembered briefly (below).
 * An L3 is fresh for ``ttl`` seconds after the core last confirmed it. A stale one keeps
   serving and is refreshed in the background while the core is reachable, as is every one
-  held, used or not, as it comes due (:meth:`L3Cache.refresh_due`): at ``ttl``, up to
-  :data:`REFRESH_JITTER` of it early, drawn at each confirmation so that
-  keys fetched together (a prewarm, a relink) do not stay in step, in the order they come
-  due, at most ``refresh_batch`` in one reactor turn (the rest in the next), so that no
-  turn's work grows with the number held.
+  held that a request used in the last ``idle`` seconds, as it comes due
+  (:meth:`L3Cache.refresh_due`): at ``ttl``, up to :data:`REFRESH_JITTER` of it early,
+  drawn at each confirmation so that keys fetched together (a prewarm, a relink) do not
+  stay in step, in the order they come due, at most ``refresh_batch`` in one reactor turn
+  (the rest in the next), so that no turn's work grows with the number held.
+* What no request used for ``idle`` seconds (a service read by its current version, a
+  version read by uid) is not refreshed any more, and once also past ``max_stale`` (when it
+  could not serve anyway) it is forgotten: the service's state, the version's material,
+  their refresh schedules and the version's opened DEKs, so that memory and the core's
+  refresh load follow the working set. Its tombstones stay. A later request fetches it
+  again, as a miss. A read marks it used by storing the clock value the read takes anyway;
+  ``idle`` 0 never forgets (each is refreshed for as long as it is held).
 * With the core unreachable an L3 serves up to ``max_stale`` seconds after its last
   successful refresh; after that every use fails closed with a KmipError saying why.
 * Who asks is decided before anything about a version is looked at: a version held here
@@ -158,6 +165,9 @@ MAX_DROPPED = 100_000
 #: so that requests are answered between them (10,000 in one turn stalled the gateway's
 #: L4 answers for up to 355 ms).
 REFRESH_BATCH = 256
+#: Seconds a held service or version may go unused by requests before it is no longer
+#: refreshed in the background (and is forgotten once past ``max_stale``): a day.
+L3_IDLE = 86400.0
 #: Up to this fraction of ``ttl`` early a held version or service is refreshed in the
 #: background, drawn anew at each confirmation: keys fetched together (a prewarm, a relink)
 #: are refreshed spread over this window, not all in one turn every ``ttl``.
@@ -195,6 +205,7 @@ class _Held:
     key: ServiceKey
     confirmed_at: float  # when the core last answered for this version
     caller: Principal  # on whose behalf background refreshes ask the core
+    used_at: float  # when a request last read it by uid (or it was fetched)
 
 
 @dataclass(slots=True)
@@ -202,6 +213,7 @@ class _ServiceState:
     current_uid: str | None
     confirmed_at: float
     caller: Principal  # on whose behalf background refreshes ask the core
+    used_at: float  # when a request last read its current version (or it was fetched)
     refreshing: bool = False
 
 
@@ -332,7 +344,8 @@ class L3Cache:
 
     def __init__(self, fetch: Fetch, *, connected: Callable[[], bool],
                  clock: Callable[[], float], ttl: float = 300.0,
-                 max_stale: float = 3600.0, max_tombstones: int = 1_000_000,
+                 max_stale: float = 3600.0, idle: float = L3_IDLE,
+                 max_tombstones: int = 1_000_000,
                  opened_keys: OpenedKeys | None = None,
                  max_fetches_per_tenant: int = MAX_FETCHES_PER_TENANT,
                  max_waiting_per_tenant: int = MAX_WAITING_PER_TENANT,
@@ -371,6 +384,11 @@ class L3Cache:
         self._clock = clock
         self.ttl = ttl
         self.max_stale = max_stale
+        #: Seconds unused after which a service or version is not refreshed any more (0:
+        #: never idle); forgotten once also past ``max_stale`` (module docstring).
+        self.idle = idle
+        #: Services forgotten that way, for the metrics.
+        self.idle_forgotten = Tally()
         self._keys: dict[str, _Held] = {}
         self._services: dict[tuple[str, str], _ServiceState] = {}
         #: The services whose current version each uid is (so that an event about a
@@ -432,17 +450,20 @@ class L3Cache:
 
     def current(self, tenant: str, service: str, *, counted: bool = True) -> ServiceKey:
         """The current version of ``tenant``/``service``; ServiceKeyMissing or KmipError.
-        ``counted``: a request's read, counted in :attr:`hits` and the others."""
+        ``counted``: a request's read, counted in :attr:`hits` and the others. A read
+        marks the service used (the clock value it reads anyway)."""
         state = self._services.get((tenant, service))
         held = None
-        if (state is not None and state.current_uid is not None
-                and self._usable(state.confirmed_at, (tenant, service), counted)):
-            held = self._keys.get(state.current_uid)
+        if state is not None and state.current_uid is not None:
+            now = self._clock()
+            if self._usable(now - state.confirmed_at, (tenant, service), counted):
+                held = self._keys.get(state.current_uid)
         if held is None:
             if counted:
                 self.misses.value += 1
             raise ServiceKeyMissing(Need(tenant, service))
-        if self._is_stale(state.confirmed_at):
+        state.used_at = now
+        if now - state.confirmed_at > self.ttl:
             if counted:
                 self.stale_hits.value += 1
             self._refresh_service(tenant, service)
@@ -456,7 +477,7 @@ class L3Cache:
         Who asks comes first: a version ``principal`` may not use is a miss, whether held,
         dropped or unknown here (the core answers it, the same way for each). A dropped
         version is its marker, without material: the engine answers by its state.
-        ``counted``: as for :meth:`current`."""
+        ``counted``: as for :meth:`current`. A read of a held version marks it used."""
         held = self._keys.get(uid)
         known = held.key if held is not None else self._dropped.get(uid)
         if known is None or not may_use_service_key(principal, known.tenant, known.service):
@@ -467,11 +488,13 @@ class L3Cache:
             if counted:
                 self.hits.value += 1
             return known
-        if not self._usable(held.confirmed_at, uid, counted):
+        now = self._clock()
+        if not self._usable(now - held.confirmed_at, uid, counted):
             if counted:
                 self.misses.value += 1
             raise ServiceKeyMissing(Need(uid=uid))
-        if self._is_stale(held.confirmed_at):
+        held.used_at = now
+        if now - held.confirmed_at > self.ttl:
             if counted:
                 self.stale_hits.value += 1
             self._refresh_uid(held)
@@ -479,16 +502,12 @@ class L3Cache:
             self.hits.value += 1
         return held.key
 
-    def _is_stale(self, confirmed_at: float) -> bool:
-        return self._clock() - confirmed_at > self.ttl
-
-    def _usable(self, confirmed_at: float, key: str | tuple[str, str],
+    def _usable(self, age: float, key: str | tuple[str, str],
                 counted: bool = False) -> bool:
-        """False: past max-stale but the core is reachable, so fetch again. Raises: past
-        max-stale and the core is unreachable (fail closed; ``counted``: in
-        :attr:`expired`). ``key``: the version's uid, or (tenant, service) for a current
-        version."""
-        age = self._clock() - confirmed_at
+        """Whether what was confirmed ``age`` seconds ago serves. False: past max-stale but
+        the core is reachable, so fetch again. Raises: past max-stale and the core is
+        unreachable (fail closed; ``counted``: in :attr:`expired`). ``key``: the version's
+        uid, or (tenant, service) for a current version."""
         if age <= self.max_stale:
             return True
         if self._connected():
@@ -674,7 +693,9 @@ class L3Cache:
     def store(self, keys: list[ServiceKey], caller: Principal, *,
               current_of: tuple[str, str] | None = None) -> None:
         """Hold ``keys`` as confirmed now; with ``current_of``, the first Active one is that
-        service's current version (the core sends the current version first)."""
+        service's current version (the core sends the current version first). What was
+        held keeps when it was last used (a refresh is no use); what was not is used now
+        (a request, a prewarm or an event fetched it)."""
         now = self._clock()
         # One time for all: a service's answer confirms its versions, and a refresh of
         # the service (which comes first) confirms them again, not one fetch each.
@@ -694,14 +715,15 @@ class L3Cache:
             held = self._keys.get(key.uid)
             if held is not None and held.key != key:
                 self._forget_opened(key.uid)
-            self._keys[key.uid] = _Held(key, now, caller)
+            self._keys[key.uid] = _Held(key, now, caller,
+                                        held.used_at if held is not None else now)
             self._versions_due.schedule(key.uid, refresh_at)
             if current is None and key.state == State.ACTIVE:
                 current = key.uid
         if current_of is not None:
             state = self._services.get(current_of)
             if state is None:
-                state = self._services[current_of] = _ServiceState(None, now, caller)
+                state = self._services[current_of] = _ServiceState(None, now, caller, now)
             else:
                 state.confirmed_at, state.caller = now, caller
             self._set_current(current_of, state, current)
@@ -772,7 +794,13 @@ class L3Cache:
         ``refresh_batch`` of it in one call: the rest goes on in the next reactor turn
         (``call_later``; without one, in this call), until nothing is due. A refresh that
         does not confirm its key (the core failed it, its tenant's fetches were busy) is
-        tried again a :attr:`refresh_period` later."""
+        tried again a :attr:`refresh_period` later.
+
+        What no request used for ``idle`` seconds (:meth:`current` for a service,
+        :meth:`by_uid` for a version) is not refreshed when it comes due, but looked at
+        again once past ``max_stale`` and then forgotten (:meth:`_forget_idle_service`,
+        :meth:`_forget_idle_version`), unless used or confirmed meanwhile. A request for
+        it afterwards is a miss, fetched as one never seen."""
         if not self._connected():
             return
         while self._refresh_some():
@@ -791,22 +819,53 @@ class L3Cache:
         more are due."""
         now = self._clock()
         retry = now + self.refresh_period  # (its confirmation schedules it anew)
+        # Last used before this: idle (0: never; an infinite past).
+        unused_since = now - self.idle if self.idle > 0 else float("-inf")
         services_due, versions_due = self._services_due, self._versions_due
         for _ in range(self.refresh_batch):
             service = services_due.pop_due(now)
             if service is not None:
-                if service in self._services:
+                state = self._services.get(service)
+                if state is None:
+                    continue
+                if state.used_at >= unused_since or state.refreshing:
                     services_due.schedule(service, retry)
                     self._refresh_service(*service)
+                elif now - state.confirmed_at >= self.max_stale:
+                    self._forget_idle_service(service, state)
+                else:
+                    services_due.schedule(service, state.confirmed_at + self.max_stale)
                 continue
             uid = versions_due.pop_due(now)
             if uid is None:
                 return False
             held = self._keys.get(uid)
-            if held is not None:
+            if held is None:
+                continue
+            if held.used_at >= unused_since or uid in self._refreshing_uids:
                 versions_due.schedule(uid, retry)
                 self._refresh_uid(held)
+            elif now - held.confirmed_at >= self.max_stale:
+                self._forget_idle_version(uid)
+            else:  # (a service's answer may confirm it meanwhile: it is then kept)
+                versions_due.schedule(uid, held.confirmed_at + self.max_stale)
         return services_due.any_due(now) or versions_due.any_due(now)
+
+    def _forget_idle_service(self, service: tuple[str, str], state: _ServiceState) -> None:
+        """Forget ``service``, unused for ``idle`` and past ``max_stale`` (it would be
+        fetched again if used now): its state and schedule. Its versions go by their own
+        use; tombstones stay."""
+        del self._services[service]
+        self._set_current(service, state, None)
+        self._services_due.forget(service)
+        self.idle_forgotten.value += 1
+
+    def _forget_idle_version(self, uid: str) -> None:
+        """Forget version ``uid``, unused for ``idle`` and past ``max_stale``: its material,
+        schedule and opened DEKs, and that it is a service's current one (the next Create
+        fetches the service). Its tombstones and overflow stay: a revoked token never comes
+        back, and a version fetched again finds them."""
+        self._forget_version(uid)
 
     # Events -----------------------------------------------------------------------------
     def apply_event(self, sequence: int, kind: str, tenant: str | None,

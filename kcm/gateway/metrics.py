@@ -10,10 +10,10 @@ What it promises:
   per item and one histogram child update per request, all bound in advance
   (:mod:`kcm.metrics`); the general path reads each item's Operation and Result Status
   from its answer with the peek (never a full decode).
-* Everything else (the L3 cache's hits, misses, stale and expired reads and failed
-  fetches, the opened DEK cache's hits and misses, the link's state, in-flight calls and
-  reconnects, open connections, and the TLS families of :mod:`kcm.tls_metrics`) is read
-  when scraped from counters the parts keep themselves.
+* Everything else (the L3 cache's hits, misses, stale and expired reads, failed fetches,
+  keys held and services forgotten as idle, the opened DEK cache's hits and misses, the
+  link's state, in-flight calls and reconnects, open connections, and the TLS families of
+  :mod:`kcm.tls_metrics`) is read when scraped from counters the parts keep themselves.
 * :meth:`GatewayMetrics.readiness`: ready while the gateway can serve L4 operations, that
   is while it is linked to the core, or, unlinked, while a service key it holds is still
   within ``max_stale`` of its last confirmation; the body says whether it is linked.
@@ -149,8 +149,13 @@ class GatewayMetrics:
                                "tombstones passed max_tombstones.", (),
                                lambda: [((), len(cache.overflowed))]))
         register(CallbackGauge("kcm_gateway_l3_cache_keys",
-                               "Service key versions held in memory.", (),
+                               "Service key versions held in memory (one no request used for "
+                               "l3_idle is forgotten once past max_stale).", (),
                                lambda: [((), cache.size)]))
+        register(CallbackCounter("kcm_gateway_l3_idle_forgotten",
+                                  "Services (their current service key) forgotten because no "
+                                  "request used them for l3_idle: no longer refreshed.", (),
+                                  lambda: [((), cache.idle_forgotten.value)]))
         register(CallbackGauge("kcm_gateway_opened_deks",
                                "Opened L4 DEKs held in memory (at most dek_cache_size).", (),
                                lambda: [((), len(cache.opened_keys or ()))]))

@@ -85,6 +85,8 @@ class Options(ServiceOptions):
         *TLS_POLICY_OPTIONS,
         ["l3-ttl", None, None, "Seconds a cached service key (L3) is fresh."],
         ["max-stale", None, None, "Seconds a cached L3 may serve while the core is down."],
+        ["l3-idle", None, None, "Seconds unused before a cached L3 is no longer refreshed "
+                                "(forgotten past max-stale; 0: never)."],
         ["max-tombstones", None, None, "L4 tombstones held before the core answers for the "
          "service key with the most."],
         ["dek-cache-size", None, None, "Opened L4 DEKs kept between requests (0: none)."],
@@ -205,6 +207,7 @@ def makeService(options: Options,
     cache = L3Cache(link.fetch_service_keys,
                     connected=lambda: link.connected or link.relinking,
                     clock=reactor.seconds, ttl=config.l3_ttl, max_stale=config.max_stale,
+                    idle=config.l3_idle,
                     max_tombstones=config.max_tombstones, opened_keys=opened_keys,
                     call_later=reactor.callLater, random=random.random,
                     max_fetches=max(1, link.max_fetches // 2))

@@ -204,6 +204,21 @@ def test_cache_reads_are_counted_hit_stale_miss_expired(gateway: Gateway) -> Non
     assert got[("kcm_gateway_opened_deks", ())] == 0  # this gateway keeps none
 
 
+def test_services_forgotten_as_idle_are_counted_and_leave_the_keys_held(
+        gateway: Gateway) -> None:
+    cache = gateway.cache
+    cache.idle = 600.0
+    cache.store([L3], APP, current_of=("demo", "app"))
+    got = gateway.scraped()
+    assert got[("kcm_gateway_l3_idle_forgotten_total", ())] == 0
+    assert got[("kcm_gateway_l3_cache_keys", ())] == 1
+    gateway.clock.advance(3600)  # unused for l3_idle, and past max_stale: forgotten
+    cache.refresh_due()
+    got = gateway.scraped()
+    assert got[("kcm_gateway_l3_idle_forgotten_total", ())] == 1
+    assert got[("kcm_gateway_l3_cache_keys", ())] == 0
+
+
 def test_opened_deks_held_are_read_when_scraped(gateway: Gateway) -> None:
     gateway.cache.opened_keys = opened_keys = OpenedKeys(clock=gateway.clock.seconds)
     opened_keys.put("l4.1.A", "a1" * 16, L3, b"a" * 32)

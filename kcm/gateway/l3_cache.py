@@ -842,7 +842,12 @@ class L3Cache:
             held = self._keys.get(uid)
             if held is None:
                 continue
-            if held.used_at >= unused_since or uid in self._refreshing_uids:
+            if self._confirmed_by_a_service(uid, unused_since):
+                # The current version of a service refreshed in the background: that
+                # refresh confirms it (and schedules it anew); a fetch by uid as well
+                # asked the core twice a ttl for one key.
+                versions_due.schedule(uid, retry)
+            elif held.used_at >= unused_since or uid in self._refreshing_uids:
                 versions_due.schedule(uid, retry)
                 self._refresh_uid(held)
             elif now - held.confirmed_at >= self.max_stale:
@@ -850,6 +855,15 @@ class L3Cache:
             else:  # (a service's answer may confirm it meanwhile: it is then kept)
                 versions_due.schedule(uid, held.confirmed_at + self.max_stale)
         return services_due.any_due(now) or versions_due.any_due(now)
+
+    def _confirmed_by_a_service(self, uid: str, unused_since: float) -> bool:
+        """Whether ``uid`` is the current version of a held service that is refreshed in
+        the background (used since ``unused_since``)."""
+        for service in self._current_of.get(uid, ()):
+            state = self._services.get(service)
+            if state is not None and (state.used_at >= unused_since or state.refreshing):
+                return True
+        return False
 
     def _forget_idle_service(self, service: tuple[str, str], state: _ServiceState) -> None:
         """Forget ``service``, unused for ``idle`` and past ``max_stale`` (it would be

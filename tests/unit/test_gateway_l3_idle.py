@@ -235,3 +235,26 @@ def test_the_option_is_refused_as_the_setting_is() -> None:
     options = tap.Options()
     with pytest.raises(usage.UsageError, match="gateway.l3_idle"):
         options.parseOptions(["--l3-ttl", "60", "--l3-idle", "30"])
+
+
+def test_a_services_current_version_is_confirmed_by_the_services_refresh_alone(
+        clock, core) -> None:
+    """Each ttl the core is asked once for a used service, not also for its current
+    version by uid (answers that take a while showed both fetched every ttl)."""
+    key = version("t0", "s0")
+    cache = cache_of(core, clock)
+    core.add(key)
+    cache.prewarm("t0", "s0", APP)
+    core.hold = True  # the answers are in flight when the next keys come due
+    run(cache, clock, TTL * 1.5, each=lambda: cache.current("t0", "s0"))
+    assert core.fetches == [("t0", "s0", None), ("t0", "s0", None)]
+
+
+def test_a_version_used_by_uid_of_an_idle_service_is_refreshed_by_uid(clock, core) -> None:
+    key = version("t0", "s0")
+    cache = cache_of(core, clock)
+    core.add(key)
+    cache.prewarm("t0", "s0", APP)
+    run(cache, clock, IDLE + 3 * TTL, each=lambda: cache.by_uid(key.uid, APP))
+    # The service, unused, is no longer refreshed; its version, decrypted with, is.
+    assert core.fetches[-3:] == [("", "", key.uid)] * 3

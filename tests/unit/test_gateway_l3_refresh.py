@@ -152,7 +152,8 @@ def test_a_refresh_that_fails_is_tried_again_a_period_later(clock, core) -> None
     clock.advance(TTL)
     core.down = True
     cache.refresh_due()
-    assert core.fetches == [("t0", "s0", None), ("", "", "l3-t0-s0-1")]
+    # The service only: its refresh confirms its current version too.
+    assert core.fetches == [("t0", "s0", None)]
     core.down = False
     core.fetches.clear()
     cache.refresh_due()  # tried again only a period later

@@ -25,7 +25,8 @@ What it promises:
 * No ``_created`` series: the metrics documented are all there is.
 * :class:`DatabaseReadiness`: ready when the database answers, is at the newest
   migration and (SQLite) would let a write take its write lock now (a ``BEGIN IMMEDIATE``
-  rolled back at once, waiting at most half of ``timeout``); the check runs on a thread of
+  rolled back at once, waiting at most half of ``timeout``, its turn taken behind the
+  core's own writes); the check runs on a thread of
   its own (never on the reactor), one at a time, and a check that takes longer than
   ``timeout`` answers not ready.
 """
@@ -80,6 +81,9 @@ __all__ = ["GROUP_SIZE_BUCKETS", "CoreMetrics", "DatabaseReadiness", "database_s
 GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 _FAILED = int(ResultStatus.OPERATION_FAILED)
+
+#: What SQLite says of a write lock it could not take in time.
+_LOCKED = "database is locked"
 
 # prometheus_client's counters and histograms also export a ``<name>_created`` gauge per
 # series, which the scrape does not need and kcm-gateway's metrics do not have. The switch
@@ -306,7 +310,8 @@ class _CallbackCounter:
         yield CounterMetricFamily(self.name, self.documentation, value=float(self._read()))
 
 
-def database_state(url: str, timeout: float = 2.0) -> dict[str, Any]:
+def database_state(url: str, timeout: float = 2.0, *,
+                   write_lock: threading.Lock | None = None) -> dict[str, Any]:
     """Whether the database at ``url`` answers now, on a fresh connection, is at the
     newest migration and (SQLite) would let a write take its write lock:
     ``{"database": "ok", "revision": R}``, else ``{"database": why}``. Blocking: run it on
@@ -316,12 +321,17 @@ def database_state(url: str, timeout: float = 2.0) -> dict[str, Any]:
     EXCLUSIVE``, a stuck backup) still answers reads in WAL mode, while every write waits
     for it and fails; so the check begins a write transaction (``BEGIN IMMEDIATE``,
     waiting at most half of ``timeout`` for the lock) and rolls it back at once, writing
-    nothing. PostgreSQL is not asked: its writers' lock is held by another core's commit
-    in the ordinary course, and a write waits for it (a core whose writes fail is not
-    ready by its database's answer)."""
+    nothing. ``write_lock`` is the core's own writers' lock
+    (:attr:`kcm.core.store.engine.Store.writers_lock`): the check takes it first, within
+    that same half, so that it waits its turn behind the core's own writes (woken as one
+    ends) rather than poll the file's lock on SQLite's back-off (1, 2, 5 ... 100 ms apart),
+    which missed the moments between a busy core's group commits. PostgreSQL is not
+    asked: its writers' lock is held by another core's commit in the ordinary course, and
+    a write waits for it (a core whose writes fail is not ready by its database's
+    answer)."""
     head = _head_revision()
     try:
-        revision, not_writable = _revision(url, timeout)
+        revision, not_writable = _revision(url, timeout, write_lock)
     except Exception as e:  # noqa: BLE001 - any failure to read is "not reachable"
         return {"database": f"unreachable: {_first_line(e)}"}
     if revision != head:
@@ -344,7 +354,8 @@ def _head_revision() -> str:
     return HEAD_REVISION
 
 
-def _revision(url: str, timeout: float) -> tuple[str | None, str | None]:
+def _revision(url: str, timeout: float,
+              write_lock: threading.Lock | None = None) -> tuple[str | None, str | None]:
     """The revision the database is at, and why a write could not take the write lock now
     (SQLite; None: it could, or PostgreSQL)."""
     from sqlalchemy import create_engine, text
@@ -360,7 +371,8 @@ def _revision(url: str, timeout: float) -> tuple[str | None, str | None]:
                                      isolation_level=None)
         try:
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-            return None if row is None else str(row[0]), _write_lock_refused(connection)
+            return None if row is None else str(row[0]), _write_lock_refused(
+                connection, write_lock, timeout / 2)
         finally:
             connection.close()
     if parsed.drivername == "postgresql":
@@ -375,9 +387,25 @@ def _revision(url: str, timeout: float) -> tuple[str | None, str | None]:
         engine.dispose()
 
 
-def _write_lock_refused(connection: sqlite3.Connection) -> str | None:
-    """Why a write transaction could not begin on ``connection`` (SQLite, autocommit),
-    waiting its busy timeout for the write lock; None: it began, and was rolled back."""
+def _write_lock_refused(connection: sqlite3.Connection, write_lock: threading.Lock | None,
+                        wait: float) -> str | None:
+    """Why a write transaction could not begin on ``connection`` (SQLite, autocommit)
+    within ``wait`` seconds, ``write_lock`` (the core's writers') held first; None: it
+    began, and was rolled back."""
+    if write_lock is None:
+        return _begin_refused(connection)
+    deadline = time.monotonic() + wait
+    if not write_lock.acquire(timeout=wait):
+        return _LOCKED  # (the core's own write waits for the file that long, or holds it)
+    try:
+        left = max(deadline - time.monotonic(), 0.0)
+        connection.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
+        return _begin_refused(connection)
+    finally:
+        write_lock.release()
+
+
+def _begin_refused(connection: sqlite3.Connection) -> str | None:
     try:
         connection.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as e:

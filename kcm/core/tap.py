@@ -26,7 +26,7 @@ from kcm.core.events import TenantRemovals
 from kcm.core.keyring import Keyring
 from kcm.core.link_server import LinkServerFactory, LinkSettings
 from kcm.core.managed_rotation import rotate_managed_due
-from kcm.core.metrics import CoreMetrics, DatabaseReadiness
+from kcm.core.metrics import CoreMetrics, DatabaseReadiness, database_state
 from kcm.core.outbox_listener import OutboxListener
 from kcm.core.outbox_retention import prune_outbox
 from kcm.core.request_handler import SWEEPER_SHARE, CoreRequestHandler
@@ -263,7 +263,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         # (Twisted's web imported only for a metrics listener: 35 ms of every start)
         from kcm.metrics_http import metrics_listener, metrics_site
 
-        readiness = DatabaseReadiness(config.database, reactor)
+        # (the check's write probe waits its turn behind this core's own writes)
+        readiness = DatabaseReadiness(config.database, reactor, check=partial(
+            database_state, write_lock=store.writers_lock))
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(metrics.registry, readiness,
                                       stopping=lambda: core.stopping)).setServiceParent(core)

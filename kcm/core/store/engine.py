@@ -492,6 +492,14 @@ class Store(Service):
         self._wal_erase_again = False
 
     @property
+    def writers_lock(self) -> threading.Lock:
+        """This process's SQLite writers' lock: its writer thread and its workers' writes
+        each hold it for their whole write transaction (file lock included). Whoever else
+        takes the file's write lock in this process (the readiness check) holds it first,
+        so as to wait its turn behind those writes."""
+        return self._sqlite_writer
+
+    @property
     def engine(self) -> Engine:
         """The engine, created on first use."""
         with self._engine_lock:

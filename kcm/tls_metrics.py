@@ -66,7 +66,7 @@ def tls_collectors(prefix: str, *, expiry: CertificateExpiry, refusals: Connecti
             expiry.certificates),
         CallbackGauge(
             f"{prefix}_tls_ca_expiry_timestamp_seconds",
-            "When the first CA certificate of tls.ca expires (unix seconds), by listener "
+            "The earliest notAfter of the CA certificates in tls.ca (unix seconds), by listener "
             "or link.", ("listener",), expiry.authorities),
         CallbackCounter(
             f"{prefix}_connections_refused",

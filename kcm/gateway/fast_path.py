@@ -96,7 +96,7 @@ class FastPath:
             # Over the limit is not plain (read no further): the general path refuses it.
             version, maximum_response_size, items = read_request(
                 wire, _create_request, max_items=self._max_batch_items)
-            keys = self._cache.key_source(principal, fetched={}, final=False)
+            keys = self._cache.key_source(principal, fetched={}, final=False, fast=True)
             engine = self._engine_factory(keys)
             answered = []
             for operation, batch_id, payload in items:

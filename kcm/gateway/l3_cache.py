@@ -423,12 +423,17 @@ class L3Cache:
 
     # Reads (the engine's KeySource goes through these) ---------------------------------
     def key_source(self, principal: Principal, *, final: bool = False,
-                   fetched: FetchErrors | None = None) -> CachedKeySource:
+                   fetched: FetchErrors | None = None,
+                   fast: bool = False) -> CachedKeySource:
         """A synchronous KeySource for one request of ``principal``. A miss of something in
         ``fetched`` (fetched for this request already: a need, and why its fetch failed if
         it did), or with ``final`` of anything, raises why the fetch failed (the request is
-        not run again for it)."""
-        return CachedKeySource(self, principal, final, fetched or {})
+        not run again for it). Its reads are counted (:attr:`hits` and the others) once a
+        request: in its first run on the general path, and, ``fast``, on the fast path
+        unless they miss (the general path then reads them again); a run again after a fetch
+        reads the same keys, uncounted."""
+        return CachedKeySource(self, principal, final, fetched or {}, counted=not fetched,
+                               misses=not fast)
 
     def lacks(self, need: Need, principal: Principal) -> bool:
         """Whether a read of ``need`` by ``principal`` would miss (so it must be fetched
@@ -448,18 +453,20 @@ class L3Cache:
         """Whether the core revoked or destroyed the L4 token ``token_id``."""
         return token_id in self._tombstones
 
-    def current(self, tenant: str, service: str, *, counted: bool = True) -> ServiceKey:
+    def current(self, tenant: str, service: str, *, counted: bool = True,
+                misses: bool = True) -> ServiceKey:
         """The current version of ``tenant``/``service``; ServiceKeyMissing or KmipError.
-        ``counted``: a request's read, counted in :attr:`hits` and the others. A read
-        marks the service used (the clock value it reads anyway)."""
+        ``counted``: a request's read, counted in :attr:`hits` and the others (with
+        ``misses`` false, not if it misses: the fast path's, whose miss the general path
+        reads again). A read marks the service used (the clock value it reads anyway)."""
         state = self._services.get((tenant, service))
         held = None
         if state is not None and state.current_uid is not None:
             now = self._clock()
-            if self._usable(now - state.confirmed_at, (tenant, service), counted):
+            if self._usable(now - state.confirmed_at, (tenant, service), counted and misses):
                 held = self._keys.get(state.current_uid)
         if held is None:
-            if counted:
+            if counted and misses:
                 self.misses.value += 1
             raise ServiceKeyMissing(Need(tenant, service))
         state.used_at = now
@@ -471,7 +478,8 @@ class L3Cache:
             self.hits.value += 1
         return held.key
 
-    def by_uid(self, uid: str, principal: Principal, *, counted: bool = True) -> ServiceKey:
+    def by_uid(self, uid: str, principal: Principal, *, counted: bool = True,
+               misses: bool = True) -> ServiceKey:
         """Version ``uid`` for ``principal``; ServiceKeyMissing or KmipError.
 
         Who asks comes first: a version ``principal`` may not use is a miss, whether held,
@@ -481,7 +489,7 @@ class L3Cache:
         held = self._keys.get(uid)
         known = held.key if held is not None else self._dropped.get(uid)
         if known is None or not may_use_service_key(principal, known.tenant, known.service):
-            if counted:
+            if counted and misses:
                 self.misses.value += 1
             raise ServiceKeyMissing(Need(uid=uid))
         if held is None:
@@ -489,8 +497,8 @@ class L3Cache:
                 self.hits.value += 1
             return known
         now = self._clock()
-        if not self._usable(now - held.confirmed_at, uid, counted):
-            if counted:
+        if not self._usable(now - held.confirmed_at, uid, counted and misses):
+            if counted and misses:
                 self.misses.value += 1
             raise ServiceKeyMissing(Need(uid=uid))
         held.used_at = now
@@ -1126,17 +1134,19 @@ class CachedKeySource:
     engine turns the raised error into a failed batch item."""
 
     def __init__(self, cache: L3Cache, principal: Principal, final: bool,
-                 fetched: FetchErrors) -> None:
+                 fetched: FetchErrors, *, counted: bool = True, misses: bool = True) -> None:
         self._cache = cache
         self._principal = principal
         self._final = final
         self._fetched = fetched
+        self._counted, self._count_misses = counted, misses
         self.misses: list[Need] = []
 
     def current_service_key(self, tenant: str, service: str) -> ServiceKey:
         """The current L3 of ``tenant``/``service``."""
         try:
-            return self._cache.current(tenant, service)
+            return self._cache.current(tenant, service, counted=self._counted,
+                                       misses=self._count_misses)
         except ServiceKeyMissing as e:
             raise self._missed(e) from None
 
@@ -1146,7 +1156,8 @@ class CachedKeySource:
             # Asked for by uid alone: a version the principal may not use is fetched on its
             # behalf, so that the core's refusal (another tenant's: as a missing one) is the
             # answer, exactly as at the core.
-            return self._cache.by_uid(uid, self._principal)
+            return self._cache.by_uid(uid, self._principal, counted=self._counted,
+                                      misses=self._count_misses)
         except ServiceKeyMissing as e:
             raise self._missed(e) from None
 

@@ -204,6 +204,25 @@ def test_cache_reads_are_counted_hit_stale_miss_expired(gateway: Gateway) -> Non
     assert got[("kcm_gateway_opened_deks", ())] == 0  # this gateway keeps none
 
 
+def test_a_request_counts_each_key_it_reads_once_however_many_times_it_is_read(
+        gateway: Gateway) -> None:
+    """A request whose key is not held reads it on the fast path, on the general path's
+    first run (a miss: fetched), and again after the fetch: counted once, a miss (it
+    counted two misses and a hit). The next request's read is one hit."""
+    gateway.link.keys[("demo", "app")] = [L3]
+    gateway.link.keys[L3_UID] = [L3]
+
+    def lookups() -> list[float]:
+        got = gateway.scraped()
+        return [got[("kcm_gateway_l3_cache_lookups_total", (("result", r),))]
+                for r in ("hit", "stale", "miss", "expired")]
+
+    assert gateway.send(request(create_l4())).batch_items[0].result_status == 0
+    assert lookups() == [0, 0, 1, 0]
+    assert gateway.send(request(create_l4())).batch_items[0].result_status == 0
+    assert lookups() == [1, 0, 1, 0]
+
+
 def test_services_forgotten_as_idle_are_counted_and_leave_the_keys_held(
         gateway: Gateway) -> None:
     cache = gateway.cache

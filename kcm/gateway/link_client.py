@@ -891,9 +891,13 @@ class LinkClient(MultiService):
             if _event_digest(frame) == self._last_digest:
                 return  # the one applied: the database is the one we followed
             if (frame.kind == EventKind.REDACTED) != self._last_redacted:
+                # (A core of a release before link version 6 redacts nothing: a scoped
+                # gateway moving between such a core and a later one, in a rolling upgrade,
+                # sees the same event both ways. Not a restore.)
                 log.warn("the core's event {seq} is not the one applied (redacted on one "
-                         "link only): this gateway's scope changed, or the core's database "
-                         "was restored; resynchronising", seq=seq)
+                         "link only): this gateway's scope changed, one of the cores is of "
+                         "a release before link version 6, or the core's database was "
+                         "restored; resynchronising", seq=seq)
             else:
                 log.warn("the core's event {seq} is not the one applied: its database was "
                          "restored; resynchronising", seq=seq)

@@ -365,6 +365,9 @@ def test_a_gateway_whose_view_changed_drops_what_it_holds() -> None:
     assert "under another scope" in text
     # (Its last event, other's 2, now comes redacted: told apart from a restore in the log.)
     assert "redacted on one link only" in text
+    # (Also what a gateway moving from a core of an earlier release, which redacts nothing,
+    # to one of this release sees in a rolling upgrade: the warning names that too.)
+    assert "a release before link version 6" in text
     # The same view on the next link: nothing dropped.
     count = len(resyncs)
     world.drop()

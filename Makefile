@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: test bytecode lint bench bench-locate bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
+.PHONY: install test bytecode lint bench bench-locate bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ $(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml kcm/kernel/_plain_scan
 ## imports again (about 0.2 s a start). Python checks each file's source before using it.
 bytecode: $(STAMP)
 	$(BIN)/python -m compileall -q -j 0 kcm twisted tests benchmarks
+
+## `make` alone: the editable install (made again when setup.* or a C module changed, as
+## after a pull that brings a new release), then the byte-compiled modules. (The default
+## goal was the first rule's, the virtualenv alone: on a checkout that had one, `make` did
+## nothing, and an upgraded checkout kept the C modules of the release before.)
+install: $(STAMP) bytecode
+.DEFAULT_GOAL := install
 
 ## The whole suite: unit, conformance (OASIS vectors) and integration tests, then ruff.
 ## Three pytest workers run everything but the tests that assert latencies or timings

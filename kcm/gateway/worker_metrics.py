@@ -44,13 +44,14 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint, quoteStringArgument
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from kcm.metrics import Readiness
+from kcm.throttled_line import ThrottledLine
 
 __all__ = ["ANSWER_TIMEOUT", "MAX_ANSWER", "WorkerMetrics", "merged_exposition",
            "merged_readiness"]
@@ -213,6 +214,9 @@ class WorkerMetrics(Service):
         self.directory: str | None = None
         #: Per path being asked: who waits for its answer.
         self._waiting: dict[str, list[Deferred[Any]]] = {}
+        #: Per worker: its "did not answer" line, at most one each 10 s (probes every
+        #: 0.1 s while a worker starts wrote one each).
+        self._unanswered: dict[int, ThrottledLine] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self._agent = Agent.usingEndpointFactory(
@@ -232,6 +236,8 @@ class WorkerMetrics(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        for line in self._unanswered.values():
+            line.flush()
         directory, self.directory = self.directory, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
@@ -326,13 +332,21 @@ class WorkerMetrics(Service):
             return done.addCallback(lambda data: read(response.code, data))
 
         def failed(failure: Failure) -> None:
-            log.info("kcm-gateway worker {index} did not answer {path}: {why}", index=index,
-                     path=path, why=failure.getErrorMessage() or type(failure.value).__name__)
+            line = self._unanswered.get(index)
+            if line is None:
+                line = self._unanswered[index] = ThrottledLine(
+                    self.reactor, _UNANSWERED, level=LogLevel.info, logger=log)
+            line.note(index=index, path=path,
+                      why=failure.getErrorMessage() or type(failure.value).__name__)
             return None
 
         asked.addCallback(body)
         asked.addTimeout(ANSWER_TIMEOUT, self.reactor)
         return asked.addErrback(failed)
+
+
+_UNANSWERED = ("kcm-gateway worker {index} did not answer {path}: {why} ({count} time(s) in "
+               "the last {interval} s)")
 
 
 def _readiness_of(status: int, body: bytes) -> Readiness | None:

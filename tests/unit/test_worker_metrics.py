@@ -153,6 +153,28 @@ async def test_the_supervisor_asks_each_running_worker_on_its_socket() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_worker_that_does_not_answer_is_logged_once_an_interval() -> None:
+    """Probes every 0.1 s while a worker started wrote a line each."""
+    from twisted.logger import globalLogPublisher
+
+    lines: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if "did not answer" in event.get("log_format", ""):
+            lines.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        async with Supervisor([1]) as supervisor:  # worker 1 never listens
+            for _ in range(5):
+                assert not (await supervisor.metrics.readiness()).ready
+            assert len(lines) == 1
+        assert len(lines) == 2 and lines[1]["count"] == 4  # the rest, written at the stop
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_worker_that_never_answers_is_given_up_on(monkeypatch) -> None:
     from kcm.gateway import worker_metrics as module
 

@@ -538,7 +538,10 @@ def _columns(obj: StoredObject) -> dict[str, Any]:
     }
     for tag, column in DATE_COLUMNS.items():
         columns[column] = obj.value(tag)
-    columns["rotate_due"] = rotate_due(obj)
+    if obj.row.level is None:
+        # (a tenant or service key's is the sweeper's schedule: kcm.core.rotation_schedule;
+        # the store marks it when the key is made or judged otherwise)
+        columns["rotate_due"] = rotate_due(obj)
     return columns
 
 
@@ -548,7 +551,7 @@ def rotate_due(obj: StoredObject) -> int | None:
     when it became active, or was made) plus the interval; None otherwise, and once it is
     neither Pre-Active nor Active (revoked or destroyed: never rotated, so not kept due for
     the sweeper to read again). Tenant and service keys rotate by rotation policies instead
-    (kcm.core.auto_rotation)."""
+    (kcm.core.auto_rotation; their ``rotate_due`` is :mod:`kcm.core.rotation_schedule`'s)."""
     if obj.row.level is not None or obj.value(Tag.ROTATE_AUTOMATIC) is not True:
         return None
     if obj.state not in (State.PRE_ACTIVE, State.ACTIVE):

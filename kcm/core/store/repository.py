@@ -47,6 +47,7 @@ from kcm.core.store.schema import (
     LEVEL_SERVICE_KEY,
     LEVEL_TENANT_KEY,
     LIVE_OBJECTS,
+    LOOK_AGAIN,
     STATE_ACTIVE,
     STATE_DESTROYED,
     STATE_DESTROYED_COMPROMISED,
@@ -400,6 +401,8 @@ def insert_object(
         "attributes": attributes, "revision": 1, "rotate_due": None,
         **dict.fromkeys(DATE_COLUMNS), **dates,
     }
+    if level is not None:
+        values["rotate_due"] = LOOK_AGAIN  # (its policy judged at the next sweep)
     _INSERT_OBJECT.send(session, values)
     note_written(info, tenant, uid)  # (a rollback may free its uid and created_seq)
     _insert_locate_copies(connection, uid, tenant, names, groups, keys)
@@ -590,6 +593,7 @@ def update_object(session: Session, obj: ManagedObject, **changes: object) -> Ma
     (which serialized writers and ``for_update`` reads make impossible in practice).
     """
     _check_changes(changes)
+    changes = _looked_at_again(obj.level, changes)
     note_written(session.info, obj.tenant, obj.uid)  # stale now; its key may be going
     for column, value in changes.items():
         setattr(obj, column, value)
@@ -616,6 +620,7 @@ def update_columns(session: Session, row: ObjectColumns | ManagedObject,
     attached = isinstance(row, ManagedObject)
     if attached and inspect(row).modified:
         return update_object(session, row, **changes)
+    changes = _looked_at_again(row.level, changes)
     note_written(session.info, row.tenant, row.uid)  # stale now; its key may be going
     columns = tuple(sorted(changes))
     statement = _UPDATES.get(columns)
@@ -641,6 +646,21 @@ def _check_changes(changes: Mapping[str, object]) -> None:
             raise TypeError(f"{column} cannot be changed")
         if column not in _OBJECT_COLUMN_SET:
             raise TypeError(f"unknown column {column!r}")
+
+
+#: The columns a rotation policy judges a tenant or service key by: which is current (its
+#: state) and how old it is (its dates; :func:`kcm.core.rotation_policy.made_or_activated`).
+_JUDGED_BY_POLICY = frozenset({"state", "activation_date", "initial_date"})
+
+
+def _looked_at_again(level: int | None, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` of a tenant or service key that change what its rotation policy judges,
+    with ``rotate_due`` :data:`LOOK_AGAIN`: the state sweeper judges its tenant's or
+    service's keys at its next sweep (:mod:`kcm.core.rotation_schedule`). Here, where every
+    change of a stored object passes, so no writer can forget it."""
+    if level is None or _JUDGED_BY_POLICY.isdisjoint(changes):
+        return changes
+    return {**changes, "rotate_due": LOOK_AGAIN}
 
 
 def _update_statement(columns: tuple[str, ...]) -> RawStatement:

@@ -58,6 +58,10 @@ LIVE_OBJECTS = "state NOT IN (5, 6)"
 #: The predicate of the partial index of destroyed objects by Destroy Date (migration 0012,
 #: for the purge after ``destroyed_retention``, kcm.core.destroyed_retention).
 DESTROYED_OBJECTS = "destroy_date IS NOT NULL"
+#: A tenant or service key's ``rotate_due`` when the state sweeper is to judge its rotation
+#: policy at its next sweep (kcm.core.rotation_schedule): it was made, its state or dates
+#: changed, a policy of its scope changed, or its usage reached a cap.
+LOOK_AGAIN = 0
 
 # Named constraints make future migrations (and SQLite batch mode) deterministic.
 NAMING_CONVENTION = {
@@ -123,6 +127,10 @@ class ManagedObject(Base):
               sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
         Index(None, "state", "deactivation_date",
               sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
+        # The tenant and service keys whose rotation policy the sweeper judges next, by
+        # when (migration 0013): those due, not every current key (kcm.core.rotation_schedule).
+        Index(None, "level", "rotate_due",
+              sqlite_where=text(HIERARCHY_KEYS), postgresql_where=text(HIERARCHY_KEYS)),
         # The destroyed objects by Destroy Date (migration 0012): those destroyed longer
         # ago than ``destroyed_retention``, which the state sweeper deletes.
         Index(None, "destroy_date",
@@ -160,7 +168,9 @@ class ManagedObject(Base):
     revision: Mapped[int] = mapped_column(Integer)
     #: When a managed key rotates by itself (KMIP 2.1 Rotate Automatic and Rotate Interval,
     #: :mod:`kcm.core.managed_rotation`): computed from its attributes on every save; NULL
-    #: when it does not (migration 0003).
+    #: when it does not (migration 0003). Of a tenant or service key: when the state sweeper
+    #: next judges its rotation policy (:mod:`kcm.core.rotation_schedule`, migration 0013):
+    #: :data:`LOOK_AGAIN` once it is written; NULL: not until it is written again.
     rotate_due: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
     __mapper_args__ = {"version_id_col": revision}

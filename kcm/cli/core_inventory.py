@@ -369,7 +369,7 @@ def _begin_removal(session: Session, args: argparse.Namespace) -> _Removal:
     # name it, so it goes with the destroyed objects, after them. Its revision goes up, so
     # no core's object cache takes its cached copy for current.
     session.execute(update(objects).where(*service_keys).values(
-        level=None, service=None, key_version=None, material=None,
+        level=None, service=None, key_version=None, material=None, rotate_due=None,
         state=case((objects.c.state.in_(_DESTROYED_STATES), objects.c.state),
                    else_=int(State.DESTROYED)),
         destroy_date=func.coalesce(objects.c.destroy_date, now),

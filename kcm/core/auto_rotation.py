@@ -25,20 +25,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session, aliased
 
-from kcm.core import managed
+from kcm.core import managed, rotation_schedule
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.hierarchy import provision_service
 from kcm.core.keyring import Keyring
 from kcm.core.rotation_policy import (
     EffectivePolicy,
-    PolicySettings,
+    effective,
     made_or_activated,
     policies,
-    resolve,
 )
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, STATE_ACTIVE, ManagedObject
@@ -95,26 +94,50 @@ def due_trigger(policy: EffectivePolicy, age: float, uses: int) -> str | None:
 
 def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]:
     """Rotate every service key whose policy says it is due at ``now``; return what was
-    done. One query for the policies: nothing more when there are none."""
+    done. One query for the policies: nothing more when there are none (but one statement
+    to set aside the keys marked meanwhile).
+
+    Only the services one of whose keys has its ``rotate_due`` come are judged
+    (:mod:`kcm.core.rotation_schedule`): a sweep reads what is due, not the current key of
+    every service (106 ms of the writer every 5 s with 10,000 services, nothing due). Those
+    not due get their next ``rotate_due``, on their current version."""
     stored = policies(session)
     if not stored:
+        rotation_schedule.not_due(session, LEVEL_SERVICE_KEY, now)
         return []
-    current = _current_versions(session)
+    marked = session.execute(select(
+        ManagedObject.uid, ManagedObject.tenant, ManagedObject.service,
+    ).where(rotation_schedule.keys_due(LEVEL_SERVICE_KEY, now))).all()
+    if not marked:
+        return []
+    current = _current_versions(session, now)
     uses = uses_of(session, [row.uid for row in current])
     rotations = []
+    rotated: set[tuple[str, str]] = set()
+    when: dict[str, int | None] = {}
     for row in current:
         tenant, service = row.tenant, row.service or ""
-        policy = _effective(stored, tenant, service)
+        policy = effective(stored, tenant, service)
+        since = made_or_activated(row, now)
         if not policy.rotates:
+            when[row.uid] = None
             continue
-        age = now - made_or_activated(row, now)
+        age = now - since
         count = uses.get(row.uid, 0)
         trigger = due_trigger(policy, age, count)
-        if trigger is not None:
-            previous = session.scalar(select(ManagedObject).where(ManagedObject.uid == row.uid))
-            assert previous is not None  # read in this transaction, writers serialized
-            rotations.append(_rotate(session, keyring, previous, policy, trigger, age, count,
-                                     now))
+        if trigger is None:
+            when[row.uid] = rotation_schedule.due_at(since, policy.interval)
+            continue
+        previous = session.scalar(select(ManagedObject).where(ManagedObject.uid == row.uid))
+        assert previous is not None  # read in this transaction, writers serialized
+        rotations.append(_rotate(session, keyring, previous, policy, trigger, age, count,
+                                 now))
+        rotated.add((tenant, service))
+    # The other keys marked are not their service's current one (or it has none): the
+    # current one carries the service's. A service rotated now was marked again by it.
+    rotation_schedule.schedule(session, {
+        **{row.uid: None for row in marked if (row.tenant, row.service or "") not in rotated},
+        **when})
     return rotations
 
 
@@ -129,7 +152,7 @@ def cap_reached(session: Session, uids: Iterable[str]) -> bool:
         row = repository.get_l3(session, uid)
         if row is None or row.state != STATE_ACTIVE:
             continue
-        policy = _effective(stored, row.tenant, row.service or "")
+        policy = effective(stored, row.tenant, row.service or "")
         if not policy.max_uses or count < policy.max_uses:
             continue
         current = repository.find_l3(session, row.tenant, row.service or "", active_only=True)
@@ -138,13 +161,19 @@ def cap_reached(session: Session, uids: Iterable[str]) -> bool:
     return False
 
 
-def _current_versions(session: Session) -> list[Any]:
-    """The newest Active L3 version of every service: the columns the sweep judges by (uid,
-    tenant, service, key_version, activation_date, initial_date), not whole rows."""
+def _current_versions(session: Session, now: float) -> list[Any]:
+    """The newest Active L3 version of every service one of whose keys is due to be judged
+    at ``now``: the columns the sweep judges by (uid, tenant, service, key_version,
+    activation_date, initial_date), not whole rows; by tenant and service. Each service's
+    Active versions are read by the index on (level, state, tenant, service)."""
+    marked = aliased(ManagedObject)
     rows = session.execute(select(
         ManagedObject.uid, ManagedObject.tenant, ManagedObject.service,
         ManagedObject.key_version, ManagedObject.activation_date, ManagedObject.initial_date,
-    ).where(
+    ).distinct().join(marked, and_(
+        marked.tenant == ManagedObject.tenant, marked.service == ManagedObject.service,
+    )).where(
+        rotation_schedule.keys_due(LEVEL_SERVICE_KEY, now, marked),
         ManagedObject.level == LEVEL_SERVICE_KEY, ManagedObject.state == STATE_ACTIVE,
     ).order_by(ManagedObject.tenant, ManagedObject.service,
                ManagedObject.key_version.desc())).all()
@@ -155,12 +184,6 @@ def _current_versions(session: Session) -> list[Any]:
             seen.add((row.tenant, row.service))
             current.append(row)
     return current
-
-
-def _effective(stored: dict[tuple[str, str], PolicySettings], tenant: str,
-               service: str) -> EffectivePolicy:
-    return resolve([(scope, stored[scope]) for scope in ((tenant, service), (tenant, ""),
-                                                         ("", "")) if scope in stored])
 
 
 def _rotate(session: Session, keyring: Keyring, previous: ManagedObject,

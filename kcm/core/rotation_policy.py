@@ -26,13 +26,14 @@ triggered a rotation, for its audit record.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from kcm.core.rotation_schedule import policy_changed
 from kcm.core.store.raw_statements import RawStatement
 from kcm.core.store.repository import forget_memo, transaction_memo
 from kcm.core.store.schema import RotationPolicy
@@ -41,8 +42,9 @@ from kcm.kmip.tags import Tag
 
 __all__ = ["DEFAULT_OVERLAP", "MAX_DURATION", "MAX_USES", "MAX_USES_REASON", "EffectivePolicy",
            "PolicySettings",
-           "clear_policy", "effective_policy", "format_duration", "managed_key_defaults",
-           "parse_duration", "policies", "scope_name", "set_policy"]
+           "clear_policy", "effective", "effective_policy", "format_duration",
+           "managed_key_defaults", "parse_duration", "policies", "policies_once", "scope_name",
+           "set_policy"]
 
 #: Seconds a replaced version stays Active when no policy says: long enough for every
 #: gateway to have learned of its successor (they do within a second when linked).
@@ -171,6 +173,24 @@ def policies(session: Session) -> dict[tuple[str, str], PolicySettings]:
             for row in session.scalars(select(RotationPolicy))}
 
 
+#: Every stored policy, read once per transaction (:func:`policies_once`).
+_POLICIES = "kcm.rotation.policies"
+
+
+def policies_once(session: Session) -> dict[tuple[str, str], PolicySettings]:
+    """:func:`policies`, read once per transaction (a usage count written by every L4 seal
+    of a group commit is judged against them: :func:`kcm.core.usage.add_uses`)."""
+    return transaction_memo(session, _POLICIES, lambda: policies(session))  # type: ignore[no-any-return]
+
+
+def effective(stored: Mapping[tuple[str, str], PolicySettings], tenant: str,
+              service: str) -> EffectivePolicy:
+    """The effective policy of ``tenant``/``service`` (``""``: a tenant key's) among the
+    ``stored`` ones (:func:`policies`)."""
+    return resolve([(scope, stored[scope]) for scope in dict.fromkeys(
+        ((tenant, service), (tenant, ""), ("", ""))) if scope in stored])
+
+
 def _settings(row: RotationPolicy) -> PolicySettings:
     # A value stored before the maxima were enforced is read as the maximum.
     return PolicySettings(*(None if value is None else min(value, _MAXIMA[name])
@@ -183,6 +203,8 @@ def set_policy(session: Session, tenant: str, service: str, settings: PolicySett
     """Change the given settings of a scope (those None in ``settings`` are kept); return
     the scope's settings now."""
     forget_memo(session, _ANY_MANAGED_INTERVAL)
+    forget_memo(session, _POLICIES)
+    policy_changed(session, tenant, service)
     row = session.get(RotationPolicy, (tenant, service))
     if row is None:
         row = RotationPolicy(tenant=tenant, service=service, updated_at=now)
@@ -199,6 +221,8 @@ def set_policy(session: Session, tenant: str, service: str, settings: PolicySett
 def clear_policy(session: Session, tenant: str, service: str) -> bool:
     """Remove a scope's policy (it inherits everything again); whether there was one."""
     forget_memo(session, _ANY_MANAGED_INTERVAL)
+    forget_memo(session, _POLICIES)
+    policy_changed(session, tenant, service)
     return session.execute(delete(RotationPolicy).where(
         RotationPolicy.tenant == tenant, RotationPolicy.service == service)).rowcount > 0
 

@@ -32,12 +32,12 @@ from typing import Any
 from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
-from kcm.core import managed
+from kcm.core import managed, rotation_schedule
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.hierarchy import provision_tenant
 from kcm.core.keyring import Keyring
-from kcm.core.rotation_policy import made_or_activated, policies, resolve
+from kcm.core.rotation_policy import effective, made_or_activated, policies
 from kcm.core.store import repository
 from kcm.core.store.schema import (
     LEVEL_TENANT_KEY,
@@ -122,19 +122,36 @@ def rotate_tenant_key(session: Session, keyring: Keyring, tenant: str, *, now: i
 
 def rotate_tenant_keys_due(session: Session, keyring: Keyring, now: float) -> list[str]:
     """Rotate every tenant key older than its tenant's ``tenant_key_interval`` (a rotation
-    policy at the tenant or default scope); describe each rotation."""
+    policy at the tenant or default scope); describe each rotation.
+
+    Only the tenants one of whose keys has its ``rotate_due`` come are judged (their
+    Active tenant keys; :mod:`kcm.core.rotation_schedule`): a sweep read every tenant's
+    (184 ms of the writer every 5 s with 10,000 tenants, nothing due). Each Active tenant
+    key not due gets the time its age reaches the interval."""
     stored = policies(session)
     if not any(settings.tenant_key_interval for settings in stored.values()):
+        rotation_schedule.not_due(session, LEVEL_TENANT_KEY, now)
+        return []
+    marked = session.execute(select(ManagedObject.uid, ManagedObject.tenant).where(
+        rotation_schedule.keys_due(LEVEL_TENANT_KEY, now))).all()
+    if not marked:
         return []
     seconds = int(now)
     done = []
+    rotated: set[str] = set()
+    when: dict[str, int | None] = {row.uid: None for row in marked}
+    tenant_of = {row.uid: row.tenant for row in marked}
+    of_marked = aliased(ManagedObject)
     for row in session.scalars(select(ManagedObject).where(
-            ManagedObject.level == LEVEL_TENANT_KEY, ManagedObject.state == STATE_ACTIVE)
+            ManagedObject.level == LEVEL_TENANT_KEY, ManagedObject.state == STATE_ACTIVE,
+            ManagedObject.tenant.in_(select(of_marked.tenant).where(
+                rotation_schedule.keys_due(LEVEL_TENANT_KEY, now, of_marked))))
             .order_by(ManagedObject.tenant, ManagedObject.created_seq.desc())).all():
-        policy = resolve([(scope, stored[scope]) for scope in ((row.tenant, ""), ("", ""))
-                          if scope in stored])
+        policy = effective(stored, row.tenant, "")
         since = made_or_activated(row, seconds)
+        tenant_of[row.uid] = row.tenant
         if not policy.tenant_key_interval or seconds - since < policy.tenant_key_interval:
+            when[row.uid] = rotation_schedule.due_at(since, policy.tenant_key_interval)
             continue
         if row.state != STATE_ACTIVE:
             continue  # retired just now, with a newer one of its tenant
@@ -146,8 +163,12 @@ def rotate_tenant_keys_due(session: Session, keyring: Keyring, now: float) -> li
                    f"{scope} policy", detail={"policy": scope, "trigger": "tenant_key_interval",
                                               "interval": policy.tenant_key_interval,
                                               "age": seconds - since})
+        rotated.add(row.tenant)
         done.append(f"tenant {row.tenant}: tenant key {new} replaced {', '.join(old)} by the "
                     f"tenant_key_interval of the {scope} policy")
+    # (A tenant rotated now: its keys were marked again by it.)
+    rotation_schedule.schedule(session, {uid: due for uid, due in when.items()
+                                         if tenant_of[uid] not in rotated})
     return done
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from kcm.core.rotation_policy import effective, policies_once
+from kcm.core.rotation_schedule import look_again
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, L3Usage, ManagedObject
 
 __all__ = ["add_uses", "uses_of"]
@@ -23,21 +25,34 @@ __all__ = ["add_uses", "uses_of"]
 
 def add_uses(session: Session, counts: Mapping[str, int], *, now: int) -> None:
     """Add ``counts`` (L3 uid -> encryptions since the last report) to the stored counts;
-    those of uids that name no service key are dropped."""
+    those of uids that name no service key are dropped. A version whose count reaches the
+    usage cap of its policy is judged at the next sweep (:mod:`kcm.core.rotation_schedule`:
+    the sweep reads no count but those)."""
     wanted = [uid for uid, count in counts.items() if count > 0]
     if not wanted:
         return
-    known = set(session.scalars(select(ManagedObject.uid).where(
-        ManagedObject.uid.in_(wanted), ManagedObject.level == LEVEL_SERVICE_KEY)))
+    known = {row.uid: row for row in session.execute(select(
+        ManagedObject.uid, ManagedObject.tenant, ManagedObject.service).where(
+        ManagedObject.uid.in_(wanted), ManagedObject.level == LEVEL_SERVICE_KEY))}
+    stored = policies_once(session)
+    capped = any(settings.max_uses for settings in stored.values())
+    reached = []
     for uid in wanted:
-        if uid not in known:
+        row = known.get(uid)
+        if row is None:
             continue
         count = counts[uid]
-        updated = session.execute(update(L3Usage).where(L3Usage.uid == uid).values(
-            uses=L3Usage.uses + count, reported_at=now))
-        if updated.rowcount == 0:
+        total = session.execute(update(L3Usage).where(L3Usage.uid == uid).values(
+            uses=L3Usage.uses + count, reported_at=now).returning(L3Usage.uses)).scalar()
+        if total is None:
             session.add(L3Usage(uid=uid, uses=count, reported_at=now))
             session.flush()
+            total = count
+        if capped:
+            cap = effective(stored, row.tenant, row.service or "").max_uses
+            if cap and total >= cap:
+                reached.append(uid)
+    look_again(session, reached)
 
 
 def uses_of(session: Session, uids: Iterable[str]) -> dict[str, int]:

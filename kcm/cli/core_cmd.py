@@ -28,7 +28,8 @@
   it to kcm-core and these commands in the environment variable ``l1_key_env`` names.
 
 These run on the core's host, with direct access to its database and L1 key (file, token or
-environment). None
+environment), named by the configuration file of ``-c`` or ``$KCM_CORE_CONFIG``: without
+either, a command refuses to run (it never falls back on the built-in defaults). None
 but ``init`` creates a database: a missing one is an error that names where it was looked
 for (a relative path in the configuration is taken from the working directory). Those that
 use L1 refuse a key whose check value is not the database's, as kcm-core does when it
@@ -199,14 +200,22 @@ def _inventory(name: str) -> Callable[[argparse.Namespace], int]:
 def config_option(parser: argparse.ArgumentParser) -> None:
     """Add ``-c/--config``, kcm-core's configuration file (default: $KCM_CORE_CONFIG)."""
     parser.add_argument("-c", "--config", default=os.environ.get("KCM_CORE_CONFIG"),
-                        help="kcm-core configuration file (default: $KCM_CORE_CONFIG)")
+                        metavar="FILE",
+                        help="kcm-core configuration file (default: $KCM_CORE_CONFIG; one "
+                             "of the two is needed)")
 
 
 def core_config(args: argparse.Namespace) -> CoreConfig:
-    """The kcm-core configuration ``-c/--config`` names; CommandError when it is wrong."""
+    """The kcm-core configuration ``-c/--config`` names; CommandError when it is wrong, or
+    when neither ``-c`` nor ``$KCM_CORE_CONFIG`` names one: the built-in defaults would
+    make a command act on ``var/kcm-core.db`` and ``var/l1.key`` of whatever directory it
+    runs in (``kcm core init``: a new L1 key and database there), not the deployment's."""
     from kcm.config_file import ConfigError
     from kcm.core.config import load_config
 
+    if not args.config:
+        raise CommandError("no configuration: give -c FILE (the kcm-core configuration) or "
+                           "set KCM_CORE_CONFIG")
     try:
         return load_config(args.config)
     except ConfigError as e:

@@ -160,3 +160,35 @@ def test_kcm_core_says_a_newer_schema_is_newer(deployment: Path) -> None:
     assert start_failure_reason(object(), "kcm-store", refused.value) == (
         f"the database's schema revision 9999 is newer than this kcm's ({head_revision()}): "
         "run the kcm release that wrote it, or a later one")
+
+
+@pytest.mark.parametrize("argv", [
+    ["core", "init"],
+    ["core", "tenant", "list"],
+    ["core", "bootstrap", "demo", "app"],
+    ["core", "policy"],
+    ["audit", "verify"],
+    ["audit", "export"],
+])
+def test_a_command_without_a_configuration_refuses_to_run(tmp_path: Path, monkeypatch,
+                                                          capsys, argv) -> None:
+    """Without -c or KCM_CORE_CONFIG a command never acts on the built-in defaults
+    (var/kcm-core.db and var/l1.key of the working directory): kcm core init would make a
+    new L1 key and database there."""
+    monkeypatch.delenv("KCM_CORE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    status, out, err = kcm(capsys, *argv)
+    assert status == 2
+    assert err.startswith(f"kcm {argv[0]} ")
+    assert err.endswith(": error: no configuration: give -c FILE (the kcm-core "
+                        "configuration) or set KCM_CORE_CONFIG\n")
+    assert out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kcm_core_config_names_the_configuration(deployment: Path, monkeypatch,
+                                                  capsys) -> None:
+    monkeypatch.setenv("KCM_CORE_CONFIG", str(deployment))
+    status, out, _ = kcm(capsys, "core", "tenant", "list")
+    assert status == 0
+    assert out.startswith("demo  created ")

@@ -1,7 +1,8 @@
 """``kcm audit verify|tail|export|archive``: check, read and archive the audit log.
 
-``kcm audit verify [-c CONFIG] [--checkpoint SEQ:DIGEST:MAC] [--checkpoint-log FILE]``:
-check the audit log's keyed hash chain.
+``kcm audit verify [-c CONFIG] [--checkpoint SEQ:DIGEST:MAC] [--checkpoint-log FILE]
+[--export FILE] [--json]``: check the audit log's keyed hash chain (``--json``: the outcome
+as one JSON object, for scripts).
 
 Runs on the core's host: it needs the database and the L1 key file (the chain is MACed under
 a key derived from L1). Every record is checked, those committed after the head marker was
@@ -75,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="verify a file of kcm audit export instead of the database: each "
                              "record's digest and MAC, and the links between consecutive "
                              "records")
+    verify.add_argument("--json", action="store_true",
+                        help="print the outcome as one JSON object (ok, records_checked, "
+                             "first_bad_seq, reason, ...); the same exit status")
     verify.set_defaults(run=_run_verify, prog="kcm audit verify")
 
     tail = actions.add_parser("tail", help="the newest audit records, as JSON lines")
@@ -145,13 +149,17 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     config = core_config(args)
     if args.export is not None:
-        return _verify_export(args.export, _audit_key_of(config), checkpoints)
+        return _verify_export(args.export, _audit_key_of(config), checkpoints,
+                              as_json=args.json)
     store = _keyed_store(args, config)
     # Page by page, each a short read transaction: a snapshot held for the whole walk
     # (hours, for a year's chain) would keep SQLite's WAL from being checkpointed and
     # PostgreSQL's vacuum from removing dead rows.
     result = verify_chain_paged(lambda read: run_in_store(store, read, write=False),
                                 checkpoints=checkpoints)
+    if args.json:
+        _print_outcome("database", result)
+        return 0 if result.ok else 1
     if result.ok:
         notes = []
         if result.base_seq:
@@ -176,6 +184,14 @@ def _run_verify(args: argparse.Namespace) -> int:
         return 0
     _print_broken(result)
     return 1
+
+
+def _print_outcome(verified: str, result: Any) -> None:
+    """``result`` (a VerifyResult or an ExportResult) as one JSON object on stdout, with
+    ``verified``: what was (``database`` or ``export``)."""
+    import dataclasses
+
+    print(json.dumps({"verified": verified, **dataclasses.asdict(result)}, sort_keys=True))
 
 
 def _print_broken(result: VerifyResult) -> None:
@@ -216,7 +232,8 @@ def _audit_key_of(config: Any) -> bytes:
     return l1.audit_key()
 
 
-def _verify_export(path: str, audit_key: bytes, checkpoints: list) -> int:
+def _verify_export(path: str, audit_key: bytes, checkpoints: list, *,
+                   as_json: bool = False) -> int:
     from kcm.core.audit_export import verify_export
 
     try:
@@ -224,6 +241,9 @@ def _verify_export(path: str, audit_key: bytes, checkpoints: list) -> int:
             result = verify_export(export, audit_key, checkpoints)
     except OSError as e:
         raise CommandError(f"cannot read {path}: {e.strerror}") from e
+    if as_json:
+        _print_outcome("export", result)
+        return 0 if result.ok else 1
     if not result.ok:
         where = f"line {result.line}: " if result.line is not None else ""
         print(f"audit export NOT verified: {where}{result.reason}")

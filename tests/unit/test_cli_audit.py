@@ -424,3 +424,30 @@ def test_an_export_by_gateway_keeps_that_gateways_records_and_verifies(
     assert [json.loads(line)["gateway"] for line in lines] == [rogue]
     status, _ = _verify_export(deployment, capsys, lines)
     assert status == 0
+
+
+def test_verify_json_is_one_object_a_script_reads(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    deployment.append(3)
+    status, out = deployment.kcm(capsys, "audit", "verify", "--json")
+    assert status == 0
+    assert out.count("\n") == 1
+    intact = json.loads(out)
+    assert intact["verified"] == "database"
+    assert (intact["ok"], intact["records_checked"], intact["first_bad_seq"],
+            intact["reason"]) == (True, 3, None, None)
+
+    export = tmp_path / "export.jsonl"
+    assert deployment.kcm(capsys, "audit", "export", "-o", str(export))[0] == 0
+    status, out = deployment.kcm(capsys, "audit", "verify", "--export", str(export), "--json")
+    assert status == 0
+    exported = json.loads(out)
+    assert (exported["verified"], exported["ok"], exported["records"],
+            exported["first_seq"], exported["last_seq"]) == ("export", True, 3, 1, 3)
+
+    deployment.run(_rewrite_record_2_the_old_way)
+    status, out = deployment.kcm(capsys, "audit", "verify", "--json")
+    assert status == 1
+    broken = json.loads(out)
+    assert (broken["ok"], broken["first_bad_seq"]) == (False, 2)
+    assert broken["reason"].startswith("MAC does not match")

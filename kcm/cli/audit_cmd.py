@@ -121,7 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", help="only this tenant's records")
     parser.add_argument("--operation", help="only this operation's records (e.g. CREATE, "
-                                            "get-attributes; any case)")
+                                            "get-attributes, remove-tenant; any case, '_' "
+                                            "or '-' between words or not)")
     parser.add_argument("--gateway", help="only the records of requests this gateway "
                                           "forwarded or made (its SPIFFE ID)")
 
@@ -358,8 +359,12 @@ def _query(args: argparse.Namespace) -> tuple[Select[Any], type[AuditLog]]:
     if args.tenant is not None:
         query = query.where(or_(AuditLog.tenant == args.tenant, anchor))
     if args.operation is not None:
-        operation = args.operation.strip().upper().replace("-", "_").replace(" ", "_")
-        query = query.where(or_(func.upper(AuditLog.operation) == operation, anchor))
+        # Compared without case, '_', '-' or spaces: KMIP operations are stored as
+        # GET_ATTRIBUTES, the operator commands' as RemoveTenant, and either may be asked
+        # for as get-attributes or remove-tenant (otherwise: nothing found, and status 0).
+        operation = "".join(ch for ch in args.operation.upper() if ch not in "_- ")
+        query = query.where(or_(
+            func.replace(func.upper(AuditLog.operation), "_", "") == operation, anchor))
     if args.gateway is not None:
         query = query.where(or_(AuditLog.gateway == args.gateway, anchor))
     return query, AuditLog

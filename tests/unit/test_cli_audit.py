@@ -451,3 +451,20 @@ def test_verify_json_is_one_object_a_script_reads(
     broken = json.loads(out)
     assert (broken["ok"], broken["first_bad_seq"]) == (False, 2)
     assert broken["reason"].startswith("MAC does not match")
+
+
+@pytest.mark.parametrize("asked", ["RemoveTenant", "remove-tenant", "REMOVE_TENANT",
+                                   "remove tenant"])
+def test_operation_filter_finds_an_operator_command_s_records(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str], asked: str) -> None:
+    """The operator commands' records (RemoveTenant, AddTenant, ...) are found however the
+    operation is spelt, as the KMIP ones (GET_ATTRIBUTES as get-attributes) are."""
+    deployment.run(lambda s: [
+        append_audit(s, AuditEvent("kcm core tenant remove", "RemoveTenant", "SUCCESS", "r1")),
+        append_audit(s, AuditEvent("p", "GET_ATTRIBUTES", "SUCCESS", "g1"))])
+    for command in ("export", "tail"):
+        status, out = deployment.kcm(capsys, "audit", command, "--operation", asked)
+        assert status == 0
+        assert [json.loads(line)["operation"] for line in out.splitlines()] == ["RemoveTenant"]
+    status, out = deployment.kcm(capsys, "audit", "export", "--operation", "get-attributes")
+    assert [json.loads(line)["operation"] for line in out.splitlines()] == ["GET_ATTRIBUTES"]

@@ -32,6 +32,7 @@ from kcm.core.outbox_retention import prune_outbox
 from kcm.core.request_handler import SWEEPER_SHARE, CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
+from kcm.core.session_pinning import SessionPinning
 from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import SILENCE_GRACE_S, Store
 from kcm.core.stream_parts import purge_spent
@@ -189,6 +190,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                   if config.link_listen else None)
 
     store.setServiceParent(core)
+    # Before anything holds a lease or LISTENs: refused through a transaction pooler.
+    SessionPinning(store).setServiceParent(core)
     # Keys in the clear leave the object cache and the keyring at their ttl, asked for
     # again or not (a key another core destroyed is never asked for here again).
     expiry = TimerService(store.objects.ttl / 10, partial(_expire_clear_keys, store, keyring))

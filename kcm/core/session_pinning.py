@@ -1,0 +1,100 @@
+"""kcm-core refuses to start when its PostgreSQL connections are not sessions of their own.
+
+The sweeper's lease is a session-level advisory lock (:mod:`kcm.core.leader_lease`) and the
+outbox listener a LISTEN (:mod:`kcm.core.outbox_listener`): both live as long as one server
+session and belong to it alone. A pooler between kcm-core and PostgreSQL in transaction
+(or statement) mode, PgBouncer's ``pool_mode = transaction`` say, lends a client a server
+session for one transaction at a time: the lock stays with a server session that the
+pooler then lends to other clients, another core's ask for the lease lands on it and is
+granted too (two cores sweep), and notifications go nowhere. Nothing fails: the exclusion
+is silently gone. A pooler in session mode keeps one server session per client and is
+fine.
+
+:func:`unpinned` finds it out with two connections of its own (no pooler answers SQL
+about its mode): ``A`` reads its server session's pid; ``B`` opens a transaction (which
+pins ``B`` to a server session until it ends) and reads its pid; ``A`` reads its pid again.
+Connected straight or through a session pooler, ``A`` keeps its session and ``B`` has
+another. Through a transaction pooler, ``B`` is lent ``A``'s idle session (PgBouncer lends
+the session freed last) or ``A`` is lent another one: either pid tells. :class:`SessionPinning`
+runs it as kcm-core starts (PostgreSQL only) and stops the start with the reason.
+
+Blocking: call before the reactor runs, or on a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from kcm.core.service import StartupError
+from kcm.core.store.engine import Store
+from kcm.core.store.pg_session import is_postgresql, own_connection
+
+log = Logger()
+
+#: Rounds of the check: a pooler that lent ``A`` its own session again by chance, and gave
+#: ``B`` another, is caught in a later round.
+ROUNDS = 3
+
+_PID = "SELECT pg_backend_pid()"
+
+#: Why kcm-core does not start on sessions that are not its own.
+REFUSAL = ("the database connections are not sessions of their own (a pooler in transaction "
+           "or statement mode, such as PgBouncer's pool_mode = transaction?): the sweeper's "
+           "lease and the outbox LISTEN need one server session per connection; connect "
+           "kcm-core to PostgreSQL directly or through a pooler in session mode "
+           "(docs/deploy.md)")
+
+
+def unpinned(connect: Callable[[], Any], rounds: int = ROUNDS) -> str | None:
+    """Why connections that ``connect()`` opens (psycopg ones, in autocommit) are not pinned
+    to one server session each; None if they are."""
+    for _ in range(rounds):
+        first = connect()
+        try:
+            second = connect()
+            try:
+                mine = _pid(first)
+                second.autocommit = False
+                try:
+                    other = _pid(second)  # (its transaction holds its session)
+                    again = _pid(first)
+                finally:
+                    second.rollback()
+            finally:
+                with contextlib.suppress(Exception):
+                    second.close()
+        finally:
+            with contextlib.suppress(Exception):
+                first.close()
+        if other == mine or again != mine:
+            return (f"{REFUSAL}; server session {mine} served two connections"
+                    if other == mine else
+                    f"{REFUSAL}; one connection moved from server session {mine} to {again}")
+    return None
+
+
+def _pid(connection: Any) -> int:
+    return int(connection.execute(_PID).fetchone()[0])
+
+
+class SessionPinning(Service):
+    """Refuses kcm-core's start (:class:`StartupError`) when ``store``'s PostgreSQL
+    connections are not sessions of their own (:func:`unpinned`). Starts after the store."""
+
+    name = "kcm-database-sessions"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        engine = self.store.engine
+        if is_postgresql(engine):
+            reason = unpinned(lambda: own_connection(engine))
+            if reason is not None:
+                raise StartupError(reason)
+        super().startService()

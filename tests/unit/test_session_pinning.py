@@ -1,0 +1,65 @@
+"""The check that a core's PostgreSQL connections are sessions of their own
+(:mod:`kcm.core.session_pinning`), on connections whose server session pid is scripted: a
+pooler in transaction mode lends one server session to two connections, or moves one
+connection between server sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from kcm.core.session_pinning import REFUSAL, unpinned
+
+
+class ScriptedConnection:
+    """A psycopg connection whose ``SELECT pg_backend_pid()`` answers the pids given."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pids = iter(pids)
+        self.autocommit = True
+        self.rolled_back = self.closed = False
+
+    def execute(self, statement: str) -> ScriptedConnection:
+        assert statement == "SELECT pg_backend_pid()"
+        self._answer = next(self._pids)
+        return self
+
+    def fetchone(self) -> tuple[int]:
+        return (self._answer,)
+
+    def rollback(self) -> None:
+        self.rolled_back = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def connections(*pids: list[int]) -> tuple[Callable[[], ScriptedConnection],
+                                             list[ScriptedConnection]]:
+    opened: list[ScriptedConnection] = []
+    scripted: Iterator[list[int]] = iter(pids)
+
+    def connect() -> ScriptedConnection:
+        opened.append(ScriptedConnection(next(scripted)))
+        return opened[-1]
+
+    return connect, opened
+
+
+def test_sessions_of_their_own_pass_every_round() -> None:
+    connect, opened = connections([10, 10], [20], [11, 11], [21], [12, 12], [22])
+    assert unpinned(connect) is None
+    assert len(opened) == 6 and all(c.closed for c in opened)
+    assert all(c.rolled_back and not c.autocommit for c in opened[1::2])
+
+
+def test_one_server_session_lent_to_two_connections_is_refused() -> None:
+    connect, opened = connections([10, 10], [10])
+    reason = unpinned(connect)
+    assert reason == f"{REFUSAL}; server session 10 served two connections"
+    assert all(c.closed for c in opened)
+
+
+def test_a_connection_moved_to_another_server_session_is_refused() -> None:
+    # Pinned by chance twice, then the pooler lends the first connection another session.
+    connect, _ = connections([10, 10], [20], [11, 11], [21], [12, 30], [22])
+    assert unpinned(connect) == f"{REFUSAL}; one connection moved from server session 12 to 30"

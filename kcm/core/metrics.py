@@ -328,7 +328,8 @@ def database_state(url: str, timeout: float = 2.0, *,
     which missed the moments between a busy core's group commits. PostgreSQL is not
     asked: its writers' lock is held by another core's commit in the ordinary course, and
     a write waits for it (a core whose writes fail is not ready by its database's
-    answer)."""
+    answer); but a PostgreSQL session that is read-only (a standby, or
+    ``default_transaction_read_only`` set for the database or role) is not writable."""
     head = _head_revision()
     try:
         revision, not_writable = _revision(url, timeout, write_lock)
@@ -356,11 +357,13 @@ def _head_revision() -> str:
 
 def _revision(url: str, timeout: float,
               write_lock: threading.Lock | None = None) -> tuple[str | None, str | None]:
-    """The revision the database is at, and why a write could not take the write lock now
-    (SQLite; None: it could, or PostgreSQL)."""
+    """The revision the database is at, and why a write could not begin now (SQLite: its
+    write lock not had; PostgreSQL: a new session is read-only; None: it could)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
+
+    from kcm.core.store.unavailable import READ_ONLY
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -381,8 +384,12 @@ def _revision(url: str, timeout: float,
                            connect_args={"connect_timeout": max(int(timeout), 1)})
     try:
         with engine.connect() as connection:
-            return connection.execute(text("SELECT version_num FROM alembic_version")
-                                      ).scalar(), None
+            # A new session's default: read-only on a standby, or where a DBA set
+            # default_transaction_read_only (every write of the core fails there).
+            revision, read_only = connection.execute(text(
+                "SELECT version_num, current_setting('transaction_read_only') "
+                "FROM alembic_version")).one()
+            return revision, READ_ONLY if read_only == "on" else None
     finally:
         engine.dispose()
 

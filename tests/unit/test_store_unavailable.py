@@ -118,3 +118,17 @@ def test_work_asked_of_a_stopped_store_is_its_unavailability() -> None:
     assert store_unavailable(StoreStopped("Store.write() after stopService()")) == (
         "the store is not running")
     assert store_unavailable(RuntimeError("Store.write() after stopService()")) is None
+
+
+def test_a_write_refused_by_a_read_only_session_is_unavailable() -> None:
+    from sqlalchemy.exc import InternalError
+
+    from kcm.core.store.unavailable import READ_ONLY, read_only
+
+    class ReadOnlySqlTransaction(Exception):
+        sqlstate = "25006"
+
+    refused = InternalError("UPDATE", {}, ReadOnlySqlTransaction(
+        "cannot execute UPDATE in a read-only transaction"))
+    assert read_only(refused) and store_unavailable(refused) == READ_ONLY
+    assert not read_only(InternalError("UPDATE", {}, Exception("other")))

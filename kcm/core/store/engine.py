@@ -69,7 +69,7 @@ from kcm.core.store.repository import (
     lock_writers_on,
 )
 from kcm.core.store.savepoints import StoreSession
-from kcm.core.store.unavailable import StoreStopped
+from kcm.core.store.unavailable import StoreStopped, read_only
 from kcm.core.store.writer_thread import WriterThread
 
 T = TypeVar("T")
@@ -337,6 +337,12 @@ def _sqlite_on_begin(connection: Any) -> None:
         execute_plain(connection, "PRAGMA query_only=0" if write else "PRAGMA query_only=1")
         info[_QUERY_ONLY] = not write
     execute_plain(connection, "BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _read_only_session(connection: Connection) -> bool:
+    """Whether ``connection``'s PostgreSQL session refuses writes (it connected to a
+    standby, or while ``default_transaction_read_only`` was set; one round trip)."""
+    return execute_plain(connection, "SHOW transaction_read_only").fetchone()[0] == "on"
 
 
 def _answers_ping(engine: Engine, connection: Connection) -> bool:
@@ -852,16 +858,34 @@ class Store(Service):
                 self._give_back_writer_connection()
                 kept = None
         if kept is None:
-            kept = self._writer_connection = engine.execution_options(
-                **{WRITE_OPTION: True}).connect()
+            kept = engine.execution_options(**{WRITE_OPTION: True}).connect()
+            if check and _read_only_session(kept):
+                # Opened while the database took no writes (reads go on meanwhile): a
+                # session opened now takes them if the database does again.
+                self._drop_read_only_sessions(engine, kept)
+                kept.close()
+                kept = engine.execution_options(**{WRITE_OPTION: True}).connect()
+            self._writer_connection = kept
             self._writer_connection_opened = now
         try:
             return run(kept)
-        except BaseException:
+        except BaseException as e:
+            if read_only(e):
+                self._drop_read_only_sessions(engine, kept)
             self._give_back_writer_connection()
             raise
         finally:
             self._writer_connection_used = time.monotonic()
+
+    @staticmethod
+    def _drop_read_only_sessions(engine: Engine, kept: Connection) -> None:
+        """A write refused by a read-only session (a standby, or
+        ``default_transaction_read_only``, which a session takes when it connects), or such
+        a session about to be kept by the writer: this connection is discarded and the
+        pool's idle ones closed, so that once the database takes writes again the next
+        write does, on a session opened then."""
+        kept.invalidate()
+        engine.dispose()  # (connections lent now are left to their holders)
 
     def _give_back_writer_connection(self) -> None:
         """Return the writer's kept connection to the pool (which discards it if it was

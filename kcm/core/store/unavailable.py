@@ -16,6 +16,11 @@ from kcm.core.keys import L1Error
 _MAX_WHY = 120
 #: An unusable L1's reason names the token and what failed: it is cut longer.
 _MAX_L1_WHY = 240
+#: PostgreSQL's SQLSTATE for a write in a read-only transaction: the session takes no
+#: writes (a standby; ``default_transaction_read_only`` set for the database or role).
+_READ_ONLY_SQLSTATE = "25006"
+#: The reason given for it.
+READ_ONLY = "the database is read-only (a standby, or default_transaction_read_only)"
 
 
 class StoreStopped(RuntimeError):
@@ -26,7 +31,8 @@ class StoreStopped(RuntimeError):
 
 def store_unavailable(error: BaseException) -> str | None:
     """A short ASCII reason when ``error`` says the database could not be used (a SQLite
-    file locked or full, a PostgreSQL server gone, the store stopped: :class:`StoreStopped`)
+    file locked or full, a PostgreSQL server gone or read-only, the store stopped:
+    :class:`StoreStopped`)
     or L1 could not (an :class:`~kcm.core.keys.L1Error` at run time); None for any other
     error."""
     if isinstance(error, StoreStopped):
@@ -34,12 +40,20 @@ def store_unavailable(error: BaseException) -> str | None:
     if isinstance(error, L1Error):
         why = str(error).encode("ascii", "replace").decode("ascii")[:_MAX_L1_WHY]
         return why or type(error).__name__
+    if read_only(error):
+        return READ_ONLY
     if not isinstance(error, (OperationalError, InterfaceError)) and not (
             isinstance(error, DBAPIError) and error.connection_invalidated):
         return None
     why = str(getattr(error, "orig", None) or error).splitlines()[0] if str(error) else ""
     why = why.encode("ascii", "replace").decode("ascii")[:_MAX_WHY]
     return why or type(error).__name__
+
+
+def read_only(error: BaseException) -> bool:
+    """Whether ``error`` is PostgreSQL's refusal of a write in a read-only session."""
+    return isinstance(error, DBAPIError) and getattr(
+        error.orig, "sqlstate", None) == _READ_ONLY_SQLSTATE
 
 
 def store_unavailable_message(correlation_id: str) -> str:

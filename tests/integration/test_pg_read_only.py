@@ -1,0 +1,75 @@
+"""A PostgreSQL database that turns read-only under a running core (a standby after a
+failover, ``default_transaction_read_only`` set by a DBA): writes were answered "internal
+error" with a traceback each, readiness said ok, and the pooled sessions, read-only since
+they connected, kept failing writes after the database took them again. Now a refused
+write is the key store's unavailability, readiness says the database is not writable, and
+the first write after the database is writable again succeeds."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy
+
+from kcm.core.keys import derive_audit_key
+from kcm.core.metrics import database_state
+from kcm.core.store import repository
+from kcm.core.store.engine import Store
+from kcm.core.store.migrate import upgrade
+from kcm.core.store.unavailable import READ_ONLY, store_unavailable
+from kcm.link.events import EventKind
+from kcm.testing.postgres import fresh_database
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def pg_database(postgres_url: str) -> Iterator[tuple[str, str]]:
+    """A fresh, migrated database, and the URL of its cluster's maintenance database."""
+    name = f"kcm_read_only_{next(_databases)}"
+    url = fresh_database(postgres_url, name)
+    upgrade(url)
+    yield url, postgres_url.rsplit("/", 1)[0] + "/postgres"
+
+
+def _admin(maintenance: str, database: str, *statements: str) -> None:
+    engine = sqlalchemy.create_engine(maintenance, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            for statement in statements:
+                connection.execute(sqlalchemy.text(statement.format(db=database)))
+    finally:
+        engine.dispose()
+
+
+def _add_event(session) -> None:
+    repository.append_outbox(session, EventKind.POLICY, None, b"")
+
+
+def test_a_read_only_database_is_unavailable_and_writes_resume_when_it_is_not(
+        pg_database: tuple[str, str]) -> None:
+    url, maintenance = pg_database
+    database = sqlalchemy.engine.make_url(url).database
+    store = Store(url, threads=2)
+    store.audit_key = derive_audit_key(bytes(32))
+    try:
+        store._write_sync(_add_event)
+        _admin(maintenance, database,
+               "ALTER DATABASE {db} SET default_transaction_read_only = on",
+               "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+        for _ in range(3):  # (the first may meet the session ended under it)
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as refused:
+                store._write_sync(_add_event)
+        assert store_unavailable(refused.value) == READ_ONLY
+        assert database_state(url)["database"] == f"not writable: {READ_ONLY}"
+        with store.engine.connect() as reader:  # the pool's sessions are read-only ones
+            reader.execute(sqlalchemy.text("SELECT 1"))
+
+        _admin(maintenance, database, "ALTER DATABASE {db} RESET default_transaction_read_only")
+        store._write_sync(_add_event)
+        assert database_state(url)["database"] == "ok"
+    finally:
+        store._give_back_writer_connection()
+        store.engine.dispose()

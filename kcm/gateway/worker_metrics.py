@@ -43,6 +43,7 @@ from prometheus_client.samples import Sample
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint, quoteStringArgument
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -185,9 +186,23 @@ class _WorkerSockets:
         self.reactor = reactor
         self.path_for = path_for
 
-    def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
-        return UNIXClientEndpoint(self.reactor, self.path_for(uri.host.decode()),
-                                  timeout=ANSWER_TIMEOUT)
+    def endpointForURI(self, uri: Any) -> _Quiet:
+        return _Quiet(UNIXClientEndpoint(self.reactor, self.path_for(uri.host.decode()),
+                                         timeout=ANSWER_TIMEOUT))
+
+
+@implementer(IStreamClientEndpoint)
+class _Quiet:
+    """``endpoint``, whose connections' factories do not log their start and stop: the
+    HTTP client makes one a connection, and each scrape or probe would log two lines a
+    worker."""
+
+    def __init__(self, endpoint: UNIXClientEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        factory.noisy = False
+        return self.endpoint.connect(factory)
 
 
 class WorkerMetrics(Service):

@@ -287,6 +287,8 @@ def test_a_gateway_with_workers_answers_for_all_of_them(core: CoreProcess,
         # Worker 1 is a new process: its counters started again.
         assert moved(before, again, "kcm_gateway_requests_total", operation="ENCRYPT",
                      result="success", path="local", worker="1") == 0
+        # Asking the workers, at each scrape and probe above, logged nothing.
+        assert "HTTP11ClientFactory" not in gateway.log.read_text()
     finally:
         gateway.stop()
 

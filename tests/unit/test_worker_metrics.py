@@ -275,3 +275,24 @@ async def test_connections_no_worker_took_join_the_workers_refusals() -> None:
     assert values[refused, (("reason", "handshake"), ("worker", "1"))] == 1
     assert values[refused, (("reason", "no_worker"), ("worker", "supervisor"))] == 2
     assert exposition.count(b"# TYPE kcm_gateway_connections_refused_total counter") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_asking_the_workers_logs_nothing_when_they_answer() -> None:
+    """Each scrape or probe connects to every worker: Twisted's HTTP client factory of each
+    connection logged its start and stop (two info lines a worker, every scrape and probe)."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        async with Supervisor([1, 2]) as supervisor:
+            for index in (1, 2):
+                await supervisor.serve(index, metrics_site(
+                    worker_registry(index), lambda: Readiness(True, {"linked": True})))
+            await supervisor.metrics.exposition()
+            assert (await supervisor.metrics.readiness()).ready
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e.get("log_format") for e in events
+            if e.get("log_namespace", "").startswith("twisted.web.client")] == []

@@ -9,7 +9,6 @@ trigger."""
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +16,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from kcm.core.keys import derive_audit_key
 from kcm.core.store import repository as repo
 from kcm.core.store.engine import Store
-from kcm.core.store.migrate import upgrade
-from kcm.testing.postgres import fresh_database
+from tests.core_support import own_store
 from tests.pg import postgres_url  # noqa: F401  (fixture)
 
 #: Stands for wrapped key material: what must not reach an error's text.
@@ -41,14 +38,7 @@ _REFUSING = {
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ksi.db'}"
-    else:
-        url = fresh_database(request.getfixturevalue("postgres_url"),
-                             f"kcm_hidden_{os.getpid()}_{next(_NUMBERS)}")
-    upgrade(url)
-    ksi = Store(url, threads=2)
-    ksi.audit_key = derive_audit_key(bytes(32))
+    ksi = own_store(request, tmp_path, "hidden")
     yield ksi
     ksi.stopService()
 

@@ -380,3 +380,43 @@ def test_the_redacted_frame_decodes_as_an_event_of_no_tenant() -> None:
     frame = decode_frame(redacted_event(42))
     assert (frame.type, frame.sequence, frame.kind, frame.tenant, frame.payload) == (
         FrameType.EVENT, 42, "redacted", None, {})
+
+
+def test_a_reload_that_unscopes_a_gateway_closes_its_link_and_it_is_sent_every_event() -> None:
+    """Widened to unscoped, a link kept open would go on redacting the tenants it may now
+    act for: the keys it then fetches would never hear of their rotations."""
+    factory, _, _ = core_factory()
+    scoped(factory, DEMO_ONLY)
+    protocol, transport = hello(factory)
+    frames_in(transport)
+    scoped(factory, None)
+    assert [f.error for f in frames_in(transport)] == [SCOPE_CHANGED]
+    assert transport.disconnecting
+    protocol, transport = hello(factory)
+    assert protocol.scope is None
+    protocol.deliver([encode_event(r) for r in records()])
+    assert "redacted" not in [f.kind for f in frames_in(transport)]
+
+
+def test_a_view_that_changed_drops_the_keys_held_even_when_the_last_event_compares_the_same(
+        ) -> None:
+    """The view alone tells the change: the last event applied is one the gateway is sent
+    the same under both scopes, so the resumed stream's check finds nothing amiss."""
+    world = World()
+    scoped(world.factory, DEMO_ONLY)
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    world.connect()
+    world.fanout.commit(1)  # demo's, sent as it is under both scopes
+    world.flush()
+    assert world.client.view == view_digest(DEMO_ONLY)
+    with capturedLogs() as logs:
+        scoped(world.factory, DEMO_WITH_ADMINS)  # the core closes the link
+        world.flush()
+        assert not world.client.connected
+        world.connect()
+        world.flush()
+    text = "\n".join(formatEvent(e) for e in logs)
+    assert "is not the one applied" not in text  # not the restore path's resync
+    assert "under another scope" in text
+    assert resyncs == [True] and world.client.view == view_digest(DEMO_WITH_ADMINS)

@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import fail
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -483,5 +484,32 @@ def test_the_crls_freshness_and_failed_loads_are_kept_for_the_metrics(pki, tmp_p
         assert refresher.load_failures == 2
         assert lists.next_update == (now + dt.timedelta(days=30)).timestamp()
         assert lists.loaded_at > read_at + 3000
+    finally:
+        refresher.stopService()
+
+
+def test_a_refresh_that_fails_outright_is_counted_as_a_failed_load(pki, tmp_path) -> None:
+    """A look that did not end, its thread's work failed or no thread to run it in, counts in
+    load_failures as a file refused does (kcm_*_crl_load_failures_total)."""
+    path = tmp_path / "crl.pem"
+    _write(path, issue_crl(load_ca(pki.ca), []))
+    outcomes: list[str] = []
+
+    def run(fn, *args, **kwargs):
+        outcome = outcomes.pop(0)
+        if outcome == "raise":
+            raise RuntimeError("no thread to run it in")
+        if outcome == "fail":
+            return fail(RuntimeError("the thread's work failed"))
+        return run_inline(fn, *args, **kwargs)
+
+    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1,
+                             run_in_thread=run)
+    refresher.startService()
+    try:
+        outcomes[:] = ["fail", "raise", "fail", "ok"]
+        for _ in range(4):
+            refresher.refresh()
+        assert outcomes == [] and refresher.load_failures == 3
     finally:
         refresher.stopService()

@@ -22,6 +22,7 @@ from kcm.pki import (
     issue_certificate,
     issue_crl,
     load_ca,
+    new_ca,
     write_certificate,
 )
 from kcm.tls import CertificateDates, client_tls_options, server_tls_options
@@ -65,6 +66,22 @@ def test_built_options_tell_when_their_certificates_expire(pki, tmp_path) -> Non
         server_tls_options(pki.core.cert, pki.app.key, pki.ca.cert, dates=seen.append)
     assert len(seen) == 1  # options not built: nothing told
 
+
+
+def test_the_ca_date_is_the_earliest_notafter_of_the_bundle_not_its_first(pki, tmp_path) -> None:
+    """A bundle in a CA rotation holds the CA in use and one that expires sooner: the
+    gauge is the sooner, wherever it is in the file."""
+    now = dt.datetime.now(dt.UTC)
+    ending = new_ca("Ending CA", now=now, days=20)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(pki.ca.cert.read_bytes() + ending.cert.public_bytes(Encoding.PEM))
+    seen: list[CertificateDates] = []
+    server_tls_options(pki.core.cert, pki.core.key, bundle, dates=seen.append)
+    client_tls_options(pki.gateway.cert, pki.gateway.key, bundle, "localhost",
+                       dates=seen.append)
+    ending_at = ending.cert.not_valid_after_utc.timestamp()
+    assert ending_at < _not_after(pki.ca.cert)
+    assert [d.ca for d in seen] == [ending_at, ending_at]
 
 def test_the_families_are_read_when_scraped(pki, tmp_path) -> None:
     expiry, refusals = CertificateExpiry(), ConnectionRefusals()

@@ -223,6 +223,30 @@ def test_a_request_counts_each_key_it_reads_once_however_many_times_it_is_read(
     assert lookups() == [1, 0, 1, 0]
 
 
+
+def test_a_request_refused_a_key_past_max_stale_counts_one_expired_read(
+        gateway: Gateway) -> None:
+    """The fast path's read of a key it may not use (past max-stale, unlinked) is left to
+    the general path, which reads it again and refuses: counted once, expired (by service
+    for a Create, by uid for an Encrypt)."""
+    created = gateway.send(request(create_l4())).batch_items[0]  # fetched: a miss
+    token = created.response_payload.unique_identifier
+
+    def lookups() -> list[float]:
+        got = gateway.scraped()
+        return [got[("kcm_gateway_l3_cache_lookups_total", (("result", r),))]
+                for r in ("hit", "stale", "miss", "expired")]
+
+    assert lookups() == [0, 0, 1, 0]
+    gateway.link.down = True
+    gateway.clock.advance(3601)
+    answer = gateway.send(request(create_l4())).batch_items[0]
+    assert "refusing to use it" in answer.result_message
+    assert lookups() == [0, 0, 1, 1]
+    answer = gateway.send(request(encrypt(token))).batch_items[0]
+    assert "refusing to use it" in answer.result_message
+    assert lookups() == [0, 0, 1, 2]
+
 def test_services_forgotten_as_idle_are_counted_and_leave_the_keys_held(
         gateway: Gateway) -> None:
     cache = gateway.cache

@@ -85,3 +85,21 @@ def test_a_refused_insert_does_not_show_the_material(store: Store) -> None:
     with pytest.raises(DBAPIError) as refused:
         store.run_sync(lambda s: _insert(s, "k2", MATERIAL))
     _assert_hidden(refused.value)
+
+
+def test_a_refused_flush_of_an_attached_row_does_not_show_the_material(store: Store) -> None:
+    """An operation changes an object's row through the ORM (ManagedKey.stored_row:
+    attach_object, its columns set, flushed as an UPDATE by the engine, not a raw
+    statement): the engine's own errors hide their parameters too."""
+    store.run_sync(lambda s: _insert(s, "k3", b"old"))
+    _refuse(store, "UPDATE")
+
+    def change(session) -> None:
+        row = repo.attach_object(session, repo.object_columns(session, "t1", "k3",
+                                                              for_update=True))
+        row.material, row.attributes = MATERIAL, MATERIAL
+        session.flush()
+
+    with pytest.raises(DBAPIError) as refused:
+        store.run_sync(change)
+    _assert_hidden(refused.value)

@@ -142,6 +142,38 @@ def test_an_l1_key_file_others_may_read_is_found(core: Path, capsys) -> None:
     found(lines, "error", "core.l1_key_file:", "has mode 0644")
 
 
+
+def test_a_log_file_kcm_core_would_refuse_is_found(core: Path, pki: PkiPaths, capsys) -> None:
+    """What kcm-core refuses to append to at start (kcm.process.open_log: a symbolic link,
+    another user's file, one others may read) the check names first; a file the group may
+    read (logrotate's create 0640) passes."""
+    root = core.parent
+    own = root / "own.log"
+    own.write_bytes(b"")
+    own.chmod(0o600)
+    grouped = root / "grouped.log"
+    grouped.write_bytes(b"")
+    grouped.chmod(0o640)
+    loose = root / "loose.log"
+    loose.write_bytes(b"")
+    loose.chmod(0o644)
+    link = root / "link.log"
+    link.symlink_to(own)
+    cases = {grouped: ("ok", "can be appended to"),
+             loose: ("error", "will not be written: others may read or write it"),
+             link: ("error", "will not be written: a symbolic link")}
+    if os.geteuid() == 0:
+        theirs = root / "theirs.log"
+        theirs.write_bytes(b"")
+        theirs.chmod(0o600)
+        os.chown(theirs, 65534, -1)
+        cases[theirs] = ("error", "will not be written: it belongs to another user")
+    for path, (level, part) in cases.items():
+        config = core_config(root, pki, extra=f'log_file = "{path}"\n')
+        status, lines = check(capsys, config)
+        assert status == (0 if level == "ok" else 1), lines
+        found(lines, level, f"core.log_file: {path}", part)
+
 def test_a_data_directory_others_may_enter_is_found_as_core_init_refuses_it(
         core: Path, capsys) -> None:
     """What releases before the 0700 rule made (a 0755 var/): an error, with kcm core

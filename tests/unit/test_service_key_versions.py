@@ -17,12 +17,13 @@ from kcm.core.store import repository
 from kcm.core.store.schema import (
     LEVEL_SERVICE_KEY,
     STATE_DEACTIVATED,
+    STATE_PRE_ACTIVE,
     ManagedObject,
 )
 from kcm.identity import Principal, Role
 from kcm.kmip.enums import ResultReason, State
 from kcm.kmip.errors import KmipError
-from tests.core_support import TRUST_DOMAIN, CoreHarness, service_principal
+from tests.core_support import TRUST_DOMAIN, CoreHarness, admin_principal, service_principal
 
 #: Versions made beyond the first: all but the newest are then deactivated.
 ROTATIONS = 40
@@ -125,3 +126,57 @@ def test_a_service_without_an_active_version_is_refused_as_before(core: CoreHarn
         assert e.reason == ResultReason.WRONG_KEY_LIFECYCLE_STATE
     else:
         raise AssertionError("current_l3 found an Active version")
+
+
+def test_several_active_versions_are_all_fetched_the_newest_first(core: CoreHarness) -> None:
+    """A rotation that leaves the version before Active (provision_service deactivates
+    nothing): every Active version is sent, the current one (the newest) first, which is
+    the one a gateway takes as the service's current version; current_l3 finds it too."""
+    newest = _rotated(core)
+    now = int(time.time())
+    core.store.run_sync(lambda session: [provision_service(
+        session, core.keyring, "demo", "app", now=now) for _ in range(2)])
+    keys = core.store.run_sync(lambda session: fetch_service_keys(
+        session, core.keyring, _caller(), "demo", "app", None, now=now))
+    assert [(key.version, key.state) for key in keys] == [
+        (newest + 2, State.ACTIVE), (newest + 1, State.ACTIVE), (newest, State.ACTIVE)]
+    assert all(key.key for key in keys)
+    row = core.store.run_sync(lambda session: current_l3(session, "demo", "app", now))
+    assert row.key_version == newest + 2
+
+
+def test_a_version_stored_pre_active_whose_activation_date_passed_is_current(
+        core: CoreHarness) -> None:
+    """A version is stored Pre-Active until the sweeper moves it: one whose Activation Date
+    has passed is Active now, and is the service's current version (and is read: the
+    versions that may be Active include the Pre-Active ones)."""
+    newest = _rotated(core)
+    now = int(time.time())
+
+    def scheduled(session) -> None:
+        provision_service(session, core.keyring, "demo", "app", now=now)
+        session.execute(update(ManagedObject).where(
+            ManagedObject.tenant == "demo", ManagedObject.service == "app",
+            ManagedObject.level == LEVEL_SERVICE_KEY, ManagedObject.key_version == newest + 1)
+            .values(state=STATE_PRE_ACTIVE, activation_date=now - 60))
+
+    core.store.run_sync(scheduled)
+    keys = core.store.run_sync(lambda session: fetch_service_keys(
+        session, core.keyring, _caller(), "demo", "app", None, now=now))
+    assert [(key.version, key.state) for key in keys] == [
+        (newest + 1, State.ACTIVE), (newest, State.ACTIVE)]
+    row = core.store.run_sync(lambda session: current_l3(session, "demo", "app", now))
+    assert row.key_version == newest + 1
+
+
+def test_a_service_never_provisioned_is_refused_as_missing(core: CoreHarness) -> None:
+    """No version at all is "no such service key" (Object Not Found), not "no Active
+    service key": asked by the tenant's administrator, whom no earlier check refuses."""
+    _rotated(core)
+    gateway = _caller().gateway
+    admin = Caller(admin_principal(), "127.0.0.1:1", gateway)
+    answer = core.store.run_sync(lambda session: fetch_service_keys(
+        session, core.keyring, admin, "demo", "never-made", None, now=int(time.time())))
+    assert isinstance(answer, KmipError)
+    assert answer.reason == ResultReason.OBJECT_NOT_FOUND, answer
+    assert "has no service key" in answer.message

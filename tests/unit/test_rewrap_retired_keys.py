@@ -10,9 +10,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from kcm.core.store import repository
+from kcm.core.store.schema import LEVEL_TENANT_KEY, STATE_COMPROMISED, ManagedObject
 from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_key
 from tests.core_support import CoreHarness
 
@@ -76,6 +77,26 @@ def test_every_object_ends_under_the_current_key(core: CoreHarness) -> None:
     _rotated(core)
     while _step(core):
         pass
+    current = core.store.run_sync(lambda session: repository.find_l2(session, "demo").uid)
+    wrapped = core.store.run_sync(lambda session: [
+        row.wrapped_by for row in repository.find_l3(session, "demo", "app")])
+    assert wrapped and set(wrapped) == {current}
+
+
+def test_what_a_compromised_tenant_key_wraps_is_moved_too(core: CoreHarness) -> None:
+    """A retired L2 revoked as compromised (state Compromised, material kept until it is
+    destroyed) is the one whose objects most need moving: the step finds it as it finds a
+    deactivated one."""
+    old = core.store.run_sync(lambda session: repository.find_l2(session, "demo").uid)
+    core.store.run_sync(lambda session: rotate_tenant_key(
+        session, core.keyring, "demo", now=int(time.time()), by="test", reason="test"))
+    core.store.run_sync(lambda session: session.execute(update(ManagedObject).where(
+        ManagedObject.uid == old, ManagedObject.level == LEVEL_TENANT_KEY)
+        .values(state=STATE_COMPROMISED)))
+    done = []
+    while step := _step(core):
+        done += step
+    assert [d.old for d in done] == [old]
     current = core.store.run_sync(lambda session: repository.find_l2(session, "demo").uid)
     wrapped = core.store.run_sync(lambda session: [
         row.wrapped_by for row in repository.find_l3(session, "demo", "app")])

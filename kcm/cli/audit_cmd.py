@@ -28,12 +28,15 @@ Interrupted, it can be run again: it finishes the deletes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from kcm.cli import CommandError, add_command
@@ -411,15 +414,32 @@ def _run_tail(args: argparse.Namespace) -> int:
     _write(sys.stdout, records)
     if not args.follow:
         return 0
+    with _interrupted() as stop:
+        try:
+            while not stop.wait(args.interval):
+                found = run_in_store(store, _page(query, table, after), write=False)
+                if found:
+                    _write(sys.stdout, found)
+                    after = found[-1]["seq"]
+        except KeyboardInterrupt:  # (not the main thread: Ctrl-C raises where it lands)
+            pass
+    return 0
+
+
+@contextlib.contextmanager
+def _interrupted() -> Iterator[threading.Event]:
+    """An Event Ctrl-C (SIGINT) sets while in the block, in place of KeyboardInterrupt, so
+    that following stops between reads: raised in the middle of one, it landed in the
+    database driver's cleanup, which printed a traceback."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        while True:
-            time.sleep(args.interval)
-            found = run_in_store(store, _page(query, table, after), write=False)
-            if found:
-                _write(sys.stdout, found)
-                after = found[-1]["seq"]
-    except KeyboardInterrupt:
-        return 0
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_export(args: argparse.Namespace) -> int:

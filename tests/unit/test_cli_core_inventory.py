@@ -251,6 +251,37 @@ def test_audit_tail_follows_until_interrupted(deployment: Path) -> None:
     assert (follower.returncode, out, err) == (0, "", "")
 
 
+def test_ctrl_c_during_a_read_of_audit_tail_lets_the_read_finish(
+        deployment: Path, capsys, monkeypatch) -> None:
+    """Ctrl-C that came in the middle of a read raised KeyboardInterrupt inside the database
+    driver's cleanup, which printed a traceback: it now stops following after the read."""
+    import signal
+    import time
+
+    from kcm.cli import audit_cmd
+
+    append_records(deployment, 1)
+    reads: list[str] = []
+    run_in_store = audit_cmd.run_in_store
+
+    def interrupted_read(*args, **kwargs):
+        if not reads:  # the first read, before following
+            reads.append("first")
+            return run_in_store(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as a following read runs
+        time.sleep(0.05)  # (where KeyboardInterrupt was raised)
+        found = run_in_store(*args, **kwargs)
+        reads.append("finished")
+        return found
+
+    monkeypatch.setattr(audit_cmd, "run_in_store", interrupted_read)
+    handler = signal.getsignal(signal.SIGINT)
+    assert main(["audit", "tail", "-n", "0", "-f", "--interval", "0.01",
+                 "-c", str(deployment)]) == 0
+    assert reads == ["first", "finished"]
+    assert signal.getsignal(signal.SIGINT) is handler  # given back
+
+
 def test_an_export_is_written_aside_and_named_only_once_whole(deployment: Path, capsys,
                                                                tmp_path: Path,
                                                                monkeypatch) -> None:

@@ -30,6 +30,7 @@ from kcm.client.sealer import (
     material_of,
     open_record,
     record_header,
+    refuses_key,
     seal_record,
 )
 
@@ -112,7 +113,7 @@ class DeferredEnvelope:
                                   header_prefix(token, ALGORITHM_AES_256_GCM))
 
     def _refused(self, failure: Failure, token: str) -> Failure:
-        if failure.check(KmipOperationFailed):
+        if failure.check(KmipOperationFailed) and refuses_key(failure.value):
             self.cache.drop(token)
             return Failure(DataKeyRefused(token, failure.value))
         return failure

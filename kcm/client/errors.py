@@ -38,7 +38,9 @@ class EnvelopeError(Exception):
 
 class DataKeyRefused(EnvelopeError):
     """The gateway refused the data key (L4) a blob names: it was revoked or destroyed, is
-    not the caller's, or the token is not one. ``cause`` is the server's answer."""
+    not the caller's, or the token is not one. ``cause`` is the server's answer. A General
+    Failure is no refusal of the key (the gateway cannot serve now): it is raised as the
+    :class:`KmipOperationFailed` it is."""
 
     def __init__(self, token: str, cause: KmipOperationFailed) -> None:
         self.token = token

@@ -7,8 +7,9 @@ record names its token in the header (:mod:`kcm.client.envelope`), so any holder
 format and of a Get right on the token can open it. Opening a record of a token not cached,
 or cached longer than ``max_age``, asks the gateway (Get); a key the gateway refuses is
 dropped from the cache and :class:`DataKeyRefused` raised — a revoked or destroyed L4 stops
-opening within ``max_age``. An unreachable gateway is :class:`KmipClientError`, never a
-stale key past its bound.
+opening within ``max_age``. An unreachable gateway is :class:`KmipClientError`, and one that
+cannot serve now (General Failure: the core away and the service key not cached) the
+:class:`KmipOperationFailed` it answered, never a stale key past its bound.
 
 Nonces are 12 bytes from ``os.urandom`` (the ``random`` argument), never a counter: a counter
 kept in the process would repeat after a ``fork`` or in two processes that were handed the
@@ -40,10 +41,11 @@ from kcm.client.envelope import (
     parse_header,
 )
 from kcm.client.errors import DataKeyRefused, EnvelopeError, KmipOperationFailed
+from kcm.kmip.enums import ResultReason
 from kcm.l4.identifiers import is_l4
 
 __all__ = ["MAX_RECORD", "Envelope", "check_record", "data_key_token", "material_of",
-           "open_record", "record_header", "seal_record"]
+           "open_record", "record_header", "refuses_key", "seal_record"]
 
 
 def data_key_token(token: str) -> str:
@@ -57,6 +59,15 @@ def data_key_token(token: str) -> str:
         short = token if len(token) <= 40 else token[:37] + "..."
         raise EnvelopeError(f"the envelope names {ascii(short)}, which is not an L4 data key")
     return token
+
+
+def refuses_key(error: KmipOperationFailed) -> bool:
+    """Whether a failed Get of a data key refuses the key (revoked, destroyed, not the
+    caller's, not a token: :class:`DataKeyRefused`), rather than says the gateway cannot
+    answer now: General Failure (the core unreachable and the service key not cached or
+    past max_stale, the gateway busy, a deadline passed), raised as it is, since the record
+    may well be good once the gateway can serve again."""
+    return error.reason != ResultReason.GENERAL_FAILURE
 
 
 #: The most bytes one record may hold, and its associated data with the header: what
@@ -168,6 +179,8 @@ class Envelope:
         try:
             answer = self.client.get(token)
         except KmipOperationFailed as e:
+            if not refuses_key(e):
+                raise
             self.cache.drop(token)
             raise DataKeyRefused(token, e) from e
         return self.cache.new_key(token, material_of(answer, token),
@@ -182,7 +195,9 @@ class Envelope:
 
     def open(self, blob: bytes, aad: bytes = b"") -> bytes:
         """The plaintext of ``blob``; :class:`EnvelopeError` when it is malformed or not
-        authentic, :class:`DataKeyRefused` when the gateway refuses its data key."""
+        authentic, :class:`DataKeyRefused` when the gateway refuses its data key,
+        :class:`KmipOperationFailed` (General Failure) or :class:`KmipClientError` when the
+        gateway cannot serve it now."""
         header = record_header(blob)
         return open_record(self.key_for(header.token), header, blob, aad)
 

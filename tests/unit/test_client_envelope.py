@@ -34,6 +34,8 @@ class FakeGateway:
     def __init__(self) -> None:
         self.keys: dict[str, bytes] = {}
         self.refused: set[str] = set()
+        #: Set: every Get fails with General Failure (the gateway cannot serve now).
+        self.unavailable = False
         self.calls: list[str] = []
         self._serial = itertools.count(1)
 
@@ -45,6 +47,11 @@ class FakeGateway:
 
     def get(self, token: str):
         self.calls.append("get")
+        if self.unavailable:
+            raise KmipOperationFailed(Operation.GET, ResultStatus.OPERATION_FAILED,
+                                      ResultReason.GENERAL_FAILURE,
+                                      "the service key is not cached at the gateway and the "
+                                      "core is unreachable")
         if token in self.refused or token not in self.keys:
             raise KmipOperationFailed(Operation.GET, ResultStatus.OPERATION_FAILED,
                                       ResultReason.ITEM_NOT_FOUND, "no such object")
@@ -116,6 +123,18 @@ def test_a_token_the_gateway_refuses_is_a_clear_error(gateway) -> None:
     with pytest.raises(DataKeyRefused, match="refused data key") as refused:
         other.open(bytes(blob))
     assert refused.value.cause.reason == ResultReason.ITEM_NOT_FOUND
+
+
+def test_a_gateway_that_cannot_serve_now_is_no_refusal_of_the_key(gateway) -> None:
+    blob = Envelope(gateway).seal(b"a good record")
+    gateway.unavailable = True  # the core away, the gateway's service key not cached
+    opener = Envelope(gateway)
+    with pytest.raises(KmipOperationFailed) as failed:
+        opener.open(blob)
+    assert not isinstance(failed.value, EnvelopeError)
+    assert failed.value.reason == ResultReason.GENERAL_FAILURE
+    gateway.unavailable = False
+    assert opener.open(blob) == b"a good record"
 
 
 def test_sealing_moves_to_a_new_key_at_each_bound(gateway) -> None:
@@ -316,6 +335,21 @@ def test_the_deferred_envelope_refuses_what_the_gateway_refuses(gateway) -> None
     failure = fired(refused)
     assert failure.check(DataKeyRefused) and len(envelope.cache) == 0
     assert fired(envelope.open(b"KCM\x09rest of it")).check(EnvelopeError)
+
+
+def test_the_deferred_envelope_passes_on_a_general_failure(gateway) -> None:
+    blob = Envelope(gateway).seal(b"x")
+    remote = DeferredGateway(gateway)
+    envelope = DeferredEnvelope(remote)
+    gateway.unavailable = True
+    failing = envelope.open(blob)
+    remote.answer_all()
+    failure = fired(failing)
+    assert failure.check(KmipOperationFailed) and not failure.check(EnvelopeError)
+    gateway.unavailable = False
+    again = envelope.open(blob)
+    remote.answer_all()
+    assert fired(again) == b"x"
 
 
 def test_a_stream_survives_its_key_being_evicted_from_the_cache(gateway) -> None:

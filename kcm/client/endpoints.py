@@ -10,10 +10,12 @@ connection cannot be made it tries the next endpoint, in order, wrapping around 
 connection that was kept open has been closed by the server meanwhile (an idle timeout, a
 restarted server, a gateway that went away), that is found before the request is sent, and
 the request goes on a fresh connection, to the next endpoint if need be. A connection that
-breaks after the request was sent may have been read, and the request run: it is sent again
-once, on a fresh connection, only when the caller says it is repeatable (reads, Encrypt,
-Decrypt, ...: :data:`kcm.client.pool.IDEMPOTENT`); otherwise the error goes to the caller,
-who knows whether a second Create is wanted.
+breaks after the request was sent (or whose answer does not come within ``timeout``) may
+have been read, and the request run: its endpoint gives way to the next in the list, which
+is tried first from then on, and the request is sent again once, on a fresh connection, only
+when the caller says it is repeatable (reads, Encrypt, Decrypt, ...:
+:data:`kcm.client.pool.IDEMPOTENT`); otherwise the error goes to the caller, who knows
+whether a second Create is wanted.
 """
 
 from __future__ import annotations
@@ -125,15 +127,23 @@ class FailoverConnection:
         try:
             return client.send(request)
         except KmipClientError:
-            self._open = False
+            self._give_up()
             if not repeatable:
                 raise
         client = self._connect()
         try:
             return client.send(request)
         except KmipClientError:
-            self._open = False
+            self._give_up()
             raise
+
+    def _give_up(self) -> None:
+        """The connection failed a request without answering it (it broke, or ``timeout``
+        passed): its endpoint gives way to the next, which the resend and later requests
+        try first (as the Twisted client does). A hung server still takes TCP connections:
+        trying it first again would cost each of them a handshake's ``timeout``."""
+        self._open = False
+        self._current = (self._current + 1) % len(self._clients)
 
     def close(self) -> None:
         for client in self._clients:

@@ -1,6 +1,6 @@
 """The blocking client's failover connection: a connection the server closed while idle is
 found before anything is sent on it; a request whose connection breaks after it was sent is
-sent again only when it may run twice."""
+sent again only when it may run twice, and its server gives way to the next."""
 
 from __future__ import annotations
 
@@ -74,3 +74,21 @@ def test_a_repeatable_request_is_sent_again_once_at_the_next_server(connection) 
     a.down = True  # it died with the request
     assert failover.send(b"get", repeatable=True) == b"answer from b"
     assert b.sent == [b"get"] and failover.endpoint.host == "b"
+
+
+def test_a_server_that_failed_a_request_gives_way_to_the_next(connection) -> None:
+    failover, (a, b) = connection
+    failover.send(b"query")
+    a.break_next = True  # no answer (a hung server: it still takes connections)
+    assert failover.send(b"get", repeatable=True) == b"answer from b"
+    assert a.sent == [b"query", b"get"] and b.sent == [b"get"]
+    assert failover.send(b"create") == b"answer from b"
+
+
+def test_after_a_failed_create_the_next_request_goes_to_the_next_server(connection) -> None:
+    failover, (a, b) = connection
+    failover.send(b"query")
+    a.break_next = True
+    with pytest.raises(KmipClientError):
+        failover.send(b"create")
+    assert failover.send(b"query") == b"answer from b" and a.sent == [b"query", b"create"]

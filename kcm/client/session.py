@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from kcm.client.endpoints import Endpoint, FailoverConnection, TlsFiles
+from kcm.client.endpoints import Endpoint, FailoverConnection, TlsFiles, parse_endpoint
 from kcm.client.errors import KmipClientError
 from kcm.client.operations import Operations
 from kcm.client.wire import (
@@ -76,9 +76,13 @@ class Session(Operations):
     def connect(cls, host: str | Sequence[Endpoint | str], port: int | None = None, *,
                 cert: str, key: str, ca: str, timeout: float = DEFAULT_TIMEOUT,
                 version: tuple[int, int] = DEFAULT_VERSION) -> Session:
-        """A session over mutual TLS to ``host:port``, or to the first of a list of
-        endpoints that answers (connected on the first request)."""
-        endpoints = [Endpoint(host, port or 5696)] if isinstance(host, str) else list(host)
+        """A session over mutual TLS to ``host:port`` (``host`` alone may say
+        ``HOST:PORT``, as the configuration and ``--server`` do), or to the first of a list
+        of endpoints that answers (connected on the first request)."""
+        if isinstance(host, str):
+            endpoints = [parse_endpoint(host) if port is None else Endpoint(host, port)]
+        else:
+            endpoints = list(host)
         return cls(FailoverConnection(endpoints, TlsFiles(cert, key, ca), timeout=timeout),
                    version)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from kcm.client.endpoints import FailoverConnection, TlsFiles
+from kcm.client import Session
+from kcm.client.endpoints import Endpoint, FailoverConnection, TlsFiles
 from kcm.client.errors import KmipClientError
 
 
@@ -92,3 +93,17 @@ def test_after_a_failed_create_the_next_request_goes_to_the_next_server(connecti
     with pytest.raises(KmipClientError):
         failover.send(b"create")
     assert failover.send(b"query") == b"answer from b" and a.sent == [b"query", b"create"]
+
+
+@pytest.mark.parametrize(("host", "port", "endpoint"), [
+    ("127.0.0.1:5698", None, Endpoint("127.0.0.1", 5698)),
+    ("127.0.0.1", 5698, Endpoint("127.0.0.1", 5698)),
+    ("gateway", None, Endpoint("gateway", 5696)),
+    ("[::1]:5698", None, Endpoint("::1", 5698)),
+    ("::1", 5698, Endpoint("::1", 5698)),
+])
+def test_connect_takes_host_and_port_in_one_string_too(monkeypatch, host, port, endpoint
+                                                       ) -> None:
+    monkeypatch.setattr("kcm.client.endpoints.KmipClient", lambda *a, **k: None)
+    session = Session.connect(host, port, cert="c", key="k", ca="ca")
+    assert session.transport.endpoints == [endpoint]

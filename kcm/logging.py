@@ -72,7 +72,8 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-__all__ = ["AUDIT_NAMESPACES", "FIELD_LIMIT", "LOG_FORMATS", "LOG_LEVELS", "TEXT_LIMIT",
+__all__ = ["AUDIT_NAMESPACES", "FIELD_LIMIT", "LOG_FORMATS", "LOG_LEVELS", "QUIET_NAMESPACES",
+           "TEXT_LIMIT",
            "BackgroundLineWriter", "check_log_format", "event_as_json", "event_as_text",
            "format_text", "level_filter", "log_observer", "parse_level", "printable"]
 
@@ -522,11 +523,22 @@ def log_observer(out: IO[str], *, log_format: str = "json", level: str = "info",
 AUDIT_NAMESPACES = ("kcm.audit",)
 
 
+#: Twisted's namespaces whose info events say nothing KCM does not say better, and say it
+#: once an attempt: ClientService's "Scheduling retry N to connect ..." (a gateway's link to
+#: an unreachable core tries again every second or so; the gateway writes its own line at
+#: most every 30 s). Their warnings and errors are kept.
+QUIET_NAMESPACES = ("twisted.application._client_service",)
+
+
 def level_filter(level: LogLevel) -> LogLevelFilterPredicate:
     """The filter of a ``log_level``: events below ``level`` are dropped, except those of
-    :data:`AUDIT_NAMESPACES`, kept from info up."""
+    :data:`AUDIT_NAMESPACES`, kept from info up; and, above debug, those of
+    :data:`QUIET_NAMESPACES` below warn."""
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     if level > LogLevel.info:
         for namespace in AUDIT_NAMESPACES:
             predicate.setLogLevelForNamespace(namespace, LogLevel.info)
+    if level > LogLevel.debug:  # (at debug everything is written)
+        for namespace in QUIET_NAMESPACES:
+            predicate.setLogLevelForNamespace(namespace, max(level, LogLevel.warn))
     return predicate

@@ -537,6 +537,7 @@ class LinkClient(MultiService):
         self._backoff = backoffPolicy(initialDelay=0.1, maxDelay=max_retry_delay, factor=2.0,
                                       jitter=lambda: 0.1 * random_fraction())
         factory = Factory.forProtocol(lambda: LinkClientProtocol(self))
+        factory.noisy = False  # no "Starting/Stopping factory" lines at every attempt
         # ClientService's prepareConnection cannot be used to wait for WELCOME: a connection
         # lost while it waits trips its state machine (NoTransition). So it counts a TCP/TLS
         # connection as success; a link lost before WELCOME is counted here instead (_lost):

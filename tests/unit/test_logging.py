@@ -96,6 +96,20 @@ def test_the_level_filter_drops_events_below_it(log_format: str) -> None:
     assert text.count("kept") == 2 and len(text.splitlines()) == 2
 
 
+def test_client_service_retry_lines_are_dropped_but_its_warnings_kept() -> None:
+    """A gateway whose core is unreachable tries again every second or so, and Twisted's
+    ClientService wrote a line at each try; the gateway writes its own, throttled."""
+    from twisted.application.internet import ClientService
+
+    for level, kept in (("info", ["warned"]), ("debug", ["retrying", "warned"])):
+        stream = io.StringIO()
+        observer = log_observer(stream, level=level)
+        log = logger(observer, namespace=ClientService._log.namespace)
+        log.info("retrying")
+        log.warn("warned")
+        assert [line["text"] for line in lines(stream)] == kept, level
+
+
 def test_debug_level_keeps_debug() -> None:
     stream = io.StringIO()
     logger(log_observer(stream, level="debug")).debug("kept")

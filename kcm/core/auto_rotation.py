@@ -1,7 +1,8 @@
 """Service keys (L3) that rotate by themselves: one step of the state sweeper.
 
-For each service whose effective rotation policy (:mod:`kcm.core.rotation_policy`) has an
-interval or a usage cap, the sweeper looks at the current version (the newest Active one):
+For each service, the sweeper looks at the current version (the newest Active one) under
+its effective rotation policy (:mod:`kcm.core.rotation_policy`; every service has one, with
+at least the built-in usage cap, whether or not a policy is stored):
 
 * older than ``interval`` seconds (from its Activation Date), or
 * ``max_uses`` or more encryptions counted under it (:mod:`kcm.core.usage`),
@@ -34,10 +35,12 @@ from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.hierarchy import provision_service
 from kcm.core.keyring import Keyring
 from kcm.core.rotation_policy import (
+    BUILTIN,
     EffectivePolicy,
     effective,
     made_or_activated,
     policies,
+    policies_once,
 )
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, STATE_ACTIVE, ManagedObject
@@ -70,8 +73,10 @@ class Rotation:
     policy: str
 
     def __str__(self) -> str:
+        cause = ("the built-in max_uses" if self.policy == BUILTIN
+                 else f"the {self.trigger} of the {self.policy} policy")
         return (f"{self.tenant}/{self.service} rotated to version {self.version} ({self.uid}) "
-                f"by the {self.trigger} of the {self.policy} policy")
+                f"by {cause}")
 
 
 @dataclass(slots=True)
@@ -94,17 +99,14 @@ def due_trigger(policy: EffectivePolicy, age: float, uses: int) -> str | None:
 
 def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]:
     """Rotate every service key whose policy says it is due at ``now``; return what was
-    done. One query for the policies: nothing more when there are none (but one statement
-    to set aside the keys marked meanwhile).
+    done. One query for the policies, one for the keys due: nothing more when none is
+    (with no policy stored too: a version that reached the built-in cap is due).
 
     Only the services one of whose keys has its ``rotate_due`` come are judged
     (:mod:`kcm.core.rotation_schedule`): a sweep reads what is due, not the current key of
     every service (106 ms of the writer every 5 s with 10,000 services, nothing due). Those
     not due get their next ``rotate_due``, on their current version."""
     stored = policies(session)
-    if not stored:
-        rotation_schedule.not_due(session, LEVEL_SERVICE_KEY, now)
-        return []
     marked = session.execute(select(
         ManagedObject.uid, ManagedObject.tenant, ManagedObject.service,
     ).where(rotation_schedule.keys_due(LEVEL_SERVICE_KEY, now))).all()
@@ -119,9 +121,6 @@ def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]
         tenant, service = row.tenant, row.service or ""
         policy = effective(stored, tenant, service)
         since = made_or_activated(row, now)
-        if not policy.rotates:
-            when[row.uid] = None
-            continue
         age = now - since
         count = uses.get(row.uid, 0)
         trigger = due_trigger(policy, age, count)
@@ -143,17 +142,18 @@ def rotate_due(session: Session, keyring: Keyring, now: float) -> list[Rotation]
 
 def cap_reached(session: Session, uids: Iterable[str]) -> bool:
     """Whether one of ``uids`` is the current version of its service and has reached the
-    usage cap of its policy (so a sweep now would rotate it)."""
-    stored = policies(session)
-    if not any(settings.max_uses for settings in stored.values()):
-        return False
+    usage cap of its policy (so a sweep now would rotate it). Nothing is read for no
+    ``uids`` (those :func:`kcm.core.usage.add_uses` found at their cap are enough); the
+    policies once per transaction."""
     uses = uses_of(session, uids)
+    if not uses:
+        return False
+    stored = policies_once(session)
     for uid, count in uses.items():
         row = repository.get_l3(session, uid)
         if row is None or row.state != STATE_ACTIVE:
             continue
-        policy = effective(stored, row.tenant, row.service or "")
-        if not policy.max_uses or count < policy.max_uses:
+        if count < effective(stored, row.tenant, row.service or "").max_uses:
             continue
         current = repository.find_l3(session, row.tenant, row.service or "", active_only=True)
         if current and current[0].uid == uid:

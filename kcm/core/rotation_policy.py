@@ -5,8 +5,9 @@ A policy has three settings, each optional:
 * ``interval`` — seconds a version stays current; once the current version is that old, the
   state sweeper makes a new one (0: never by age);
 * ``max_uses`` — encryptions under one version (L4 seals and DEK wraps, as the gateways
-  and the core report them: :mod:`kcm.core.usage`) after which it is replaced (0: no cap;
-  at most :data:`MAX_USES`, the AES-GCM bound);
+  and the core report them: :mod:`kcm.core.usage`) after which it is replaced (from 1 to
+  :data:`MAX_USES`, the AES-GCM bound; 0, or set at no scope: :data:`BUILTIN_MAX_USES`,
+  so every service key is replaced within the bound, whether or not a policy exists);
 * ``overlap`` — seconds the replaced version stays Active after its successor exists, then
   it is Deactivated (decrypt-only). Default :data:`DEFAULT_OVERLAP`;
 * ``managed_interval`` — not for service keys: the Rotate Interval (with Rotate Automatic)
@@ -20,7 +21,7 @@ Policies live at three scopes (table ``rotation_policies``): the deployment's de
 (``kcm core policy``), a tenant's (``kcm core tenant policy``), a service's (``kcm core
 service policy``). Each setting is taken from the narrowest scope that sets it
 (:func:`effective_policy`), and the effective policy says which scope gave the setting that
-triggered a rotation, for its audit record.
+triggered a rotation, for its audit record (:data:`BUILTIN` for the built-in cap).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from kcm.core.store.schema import RotationPolicy
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.tags import Tag
 
-__all__ = ["DEFAULT_OVERLAP", "MAX_DURATION", "MAX_USES", "MAX_USES_REASON", "EffectivePolicy",
-           "PolicySettings",
+__all__ = ["BUILTIN", "BUILTIN_MAX_USES", "DEFAULT_OVERLAP", "MAX_DURATION", "MAX_USES",
+           "MAX_USES_REASON", "EffectivePolicy", "PolicySettings",
            "clear_policy", "effective", "effective_policy", "format_duration",
            "managed_key_defaults", "parse_duration", "policies", "policies_once", "scope_name",
            "set_policy"]
@@ -60,6 +61,14 @@ MAX_DURATION = 100 * 365 * 86400
 MAX_USES = 2**32
 #: Why a larger cap is refused (the operator reads it).
 MAX_USES_REASON = "AES-GCM with random IVs allows at most 2**32 encryptions under one key"
+#: The usage cap of a service key whose effective policy sets none (``max_uses`` set at no
+#: scope, or 0 at the narrowest that sets it): half the AES-GCM bound, the other half left
+#: for the usage the gateways have not reported yet. A policy may set any cap from 1 to
+#: :data:`MAX_USES`; none goes above the bound.
+BUILTIN_MAX_USES = 2**31
+#: Where the effective policy says the built-in cap came from (``max_uses_from``; the
+#: ``policy`` of an ``AutoRotate`` audit record it caused).
+BUILTIN = "built-in"
 
 _FIELDS = ("interval", "max_uses", "overlap", "managed_interval", "tenant_key_interval")
 #: The largest value of each setting.
@@ -91,23 +100,20 @@ class PolicySettings:
 @dataclass(frozen=True, slots=True)
 class EffectivePolicy:
     """The settings that apply to one service, and the scope each came from
-    (:func:`scope_name`; None: not set anywhere)."""
+    (:func:`scope_name`; None: not set anywhere). ``max_uses`` is never 0: a service key
+    always has a cap, :data:`BUILTIN_MAX_USES` (from :data:`BUILTIN`) if no scope sets
+    one."""
 
     interval: int = 0
-    max_uses: int = 0
+    max_uses: int = BUILTIN_MAX_USES
     overlap: int = DEFAULT_OVERLAP
     managed_interval: int = 0
     tenant_key_interval: int = 0
     interval_from: str | None = None
-    max_uses_from: str | None = None
+    max_uses_from: str | None = BUILTIN
     overlap_from: str | None = None
     managed_interval_from: str | None = None
     tenant_key_interval_from: str | None = None
-
-    @property
-    def rotates(self) -> bool:
-        """Whether anything makes this service rotate by itself."""
-        return self.interval > 0 or self.max_uses > 0
 
 
 def scope_name(tenant: str, service: str) -> str:
@@ -130,7 +136,8 @@ def effective_policy(session: Session, tenant: str, service: str) -> EffectivePo
 
 def resolve(scopes: Iterable[tuple[tuple[str, str], RotationPolicy | PolicySettings]]
             ) -> EffectivePolicy:
-    """The effective policy of ``scopes``, narrowest first."""
+    """The effective policy of ``scopes``, narrowest first. A ``max_uses`` of 0 at the
+    narrowest scope that sets it, or set at none, is the built-in cap."""
     values: dict[str, object] = {}
     for (tenant, service), settings in scopes:
         for name in _FIELDS:
@@ -139,6 +146,8 @@ def resolve(scopes: Iterable[tuple[tuple[str, str], RotationPolicy | PolicySetti
                 # (a value stored before the maxima were enforced is taken as the maximum)
                 values[name] = min(value, _MAXIMA[name])
                 values[f"{name}_from"] = scope_name(tenant, service)
+    if not values.get("max_uses"):
+        values.update(max_uses=BUILTIN_MAX_USES, max_uses_from=BUILTIN)
     return EffectivePolicy(**values)  # type: ignore[arg-type]
 
 

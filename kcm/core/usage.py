@@ -1,7 +1,8 @@
 """How many encryptions were made under each service key (L3) version: L4s sealed and DEKs
 wrapped, reported in batches by the gateways (USAGE_REPORT frames, docs/link-protocol.md)
-and counted by the core for its own L4 work. A usage cap in a rotation policy
-(:mod:`kcm.core.rotation_policy`) is judged against these counts.
+and counted by the core for its own L4 work. The usage cap of a version's effective
+rotation policy (:mod:`kcm.core.rotation_policy`; the built-in cap if no policy sets one)
+is judged against these counts.
 
 Counts only grow, and a report adds to them: two gateways reporting the same version add
 up. Counts for a uid that names no service key (a gateway's mistake, or a key removed with
@@ -23,19 +24,20 @@ from kcm.core.store.schema import LEVEL_SERVICE_KEY, L3Usage, ManagedObject
 __all__ = ["add_uses", "uses_of"]
 
 
-def add_uses(session: Session, counts: Mapping[str, int], *, now: int) -> None:
+def add_uses(session: Session, counts: Mapping[str, int], *, now: int) -> list[str]:
     """Add ``counts`` (L3 uid -> encryptions since the last report) to the stored counts;
     those of uids that name no service key are dropped. A version whose count reaches the
-    usage cap of its policy is judged at the next sweep (:mod:`kcm.core.rotation_schedule`:
-    the sweep reads no count but those)."""
+    usage cap of its policy (every service key has one: the built-in cap if no policy sets
+    one) is judged at the next sweep (:mod:`kcm.core.rotation_schedule`: the sweep reads no
+    count but those); return those versions. The policies are read once per
+    transaction."""
     wanted = [uid for uid, count in counts.items() if count > 0]
     if not wanted:
-        return
+        return []
     known = {row.uid: row for row in session.execute(select(
         ManagedObject.uid, ManagedObject.tenant, ManagedObject.service).where(
         ManagedObject.uid.in_(wanted), ManagedObject.level == LEVEL_SERVICE_KEY))}
     stored = policies_once(session)
-    capped = any(settings.max_uses for settings in stored.values())
     reached = []
     for uid in wanted:
         row = known.get(uid)
@@ -48,11 +50,10 @@ def add_uses(session: Session, counts: Mapping[str, int], *, now: int) -> None:
             session.add(L3Usage(uid=uid, uses=count, reported_at=now))
             session.flush()
             total = count
-        if capped:
-            cap = effective(stored, row.tenant, row.service or "").max_uses
-            if cap and total >= cap:
-                reached.append(uid)
+        if total >= effective(stored, row.tenant, row.service or "").max_uses:
+            reached.append(uid)
     look_again(session, reached)
+    return reached
 
 
 def uses_of(session: Session, uids: Iterable[str]) -> dict[str, int]:

@@ -4,8 +4,8 @@ sweeper woken when one of them brings a service key to its usage cap.
 Reports arrive on the reactor from every link (USAGE_REPORT, docs/link-protocol.md); they are
 added up in memory and written in one transaction at most every ``delay`` seconds (one
 transaction at a time), so many gateways reporting often cost the store little. When a
-write finds the current version of a service at its policy's cap
-(:func:`kcm.core.auto_rotation.cap_reached`), ``on_cap_reached`` is called: kcm-core asks
+write finds the current version of a service at its cap (its policy's, or the built-in
+one: :func:`kcm.core.auto_rotation.cap_reached`), ``on_cap_reached`` is called: kcm-core asks
 its state sweeper to sweep now rather than at its next tick.
 
 A write that fails loses its counts (counts fall short, never double). While the store
@@ -88,8 +88,7 @@ class UsageIntake:
             if scoped:  # (a transaction tried again starts over from the same counts)
                 refused.clear()
                 merged = _with_scoped(session, counts, scoped, refused)
-            add_uses(session, merged, now=now)
-            return cap_reached(session, merged)
+            return cap_reached(session, add_uses(session, merged, now=now))
 
         def done(reached: bool) -> None:
             for gateway, uid, tenant in refused:

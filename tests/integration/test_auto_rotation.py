@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from kcm.core.auto_rotation import due_trigger, rotate_due
 from kcm.core.rotation_policy import (
+    BUILTIN_MAX_USES,
     DEFAULT_OVERLAP,
     MAX_DURATION,
     MAX_USES,
@@ -60,12 +61,13 @@ def test_each_setting_comes_from_the_narrowest_scope_that_sets_it(core: CoreHarn
     assert (effective.max_uses, effective.max_uses_from) == (1000, "tenant demo")
     assert (effective.overlap, effective.overlap_from) == (10, "default")
     other = core.store.run_sync(lambda s: effective_policy(s, "other", "app"))
-    assert (other.interval, other.max_uses, other.interval_from) == (3600, 0, "default")
+    assert (other.interval, other.interval_from) == (3600, "default")
+    assert (other.max_uses, other.max_uses_from) == (BUILTIN_MAX_USES, "built-in")
     core.store.run_sync(lambda s: clear_policy(s, "demo", "app"))
     assert core.store.run_sync(lambda s: effective_policy(s, "demo", "app")).interval == 3600
     nothing = core.store.run_sync(lambda s: effective_policy(s, "other", "none"))
-    assert nothing.overlap == 10 and not core.store.run_sync(
-        lambda s: effective_policy(s, "x", "y")).max_uses
+    assert nothing.overlap == 10 and (nothing.max_uses, nothing.max_uses_from) == (
+        2**31, "built-in")
 
 
 def test_without_a_policy_nothing_rotates(core: CoreHarness) -> None:
@@ -128,6 +130,91 @@ def test_a_usage_cap_reached_rotates(core: CoreHarness) -> None:
     assert _rotate(core, 3) == []
 
 
+def test_without_any_policy_a_version_is_replaced_at_the_built_in_cap(
+        core: CoreHarness, monkeypatch) -> None:
+    """No policy row at all: a version is replaced once its count reaches the built-in cap
+    (made 5 here; 2**31), not before, as at a policy's cap: a new version, the old one
+    retired after the default overlap, an AutoRotate record naming "built-in"."""
+    from kcm.core import rotation_policy
+
+    monkeypatch.setattr(rotation_policy, "BUILTIN_MAX_USES", 5)
+    assert core.store.run_sync(rotation_policy.policies) == {}
+    [(_, uid, _, _)] = _versions(core)
+    t0 = core.store.run_sync(lambda s: repository.get_l3(s, uid).activation_date)
+    assert _rotate(core, t0 + 1) == []  # (the keys marked when made, judged once)
+    core.store.run_sync(lambda s: add_uses(s, {uid: 4}, now=t0))
+    assert _rotate(core, t0 + 2) == []
+    core.store.run_sync(lambda s: add_uses(s, {uid: 1}, now=t0))
+    [rotation] = _rotate(core, t0 + 3)
+    assert (rotation.previous_uid, rotation.trigger, rotation.policy) == (
+        uid, "max_uses", "built-in")
+    assert str(rotation).endswith("by the built-in max_uses")
+    new, old = _versions(core)
+    assert new[:3] == (2, rotation.uid, State.ACTIVE)
+    assert old == (1, uid, State.ACTIVE, t0 + 3 + DEFAULT_OVERLAP)
+    [record] = _audit(core, "AutoRotate")
+    assert json.loads(record["objects"]) == [rotation.uid, uid]
+    assert {k: record["detail"][k] for k in ("policy", "trigger", "max_uses", "uses",
+                                              "overlap")} == {
+        "policy": "built-in", "trigger": "max_uses", "max_uses": 5, "uses": 5,
+        "overlap": DEFAULT_OVERLAP}
+    # The other services are untouched; the new version starts from nothing.
+    assert len(_versions(core, "demo", "billing")) == 1
+    core.store.run_sync(lambda s: add_uses(s, {uid: 10}, now=t0))
+    assert _rotate(core, t0 + 4) == []
+
+
+def test_a_cap_of_0_is_the_built_in_cap_beside_other_policies(
+        core: CoreHarness, monkeypatch) -> None:
+    """Policies exist (an interval for everyone, a tenant's cap of 1000) and a service
+    sets max_uses 0: its versions are replaced at the built-in cap (made 5 here), as ones
+    at a policy's cap, while the tenant's other service keeps the tenant's cap."""
+    from kcm.core import rotation_policy
+
+    monkeypatch.setattr(rotation_policy, "BUILTIN_MAX_USES", 5)
+    _policy(core, "", "", interval=90 * 86400)
+    _policy(core, "demo", "", max_uses=1000)
+    _policy(core, "demo", "app", max_uses=0)
+    [(_, app, _, _)] = _versions(core)
+    [(_, billing, _, _)] = _versions(core, "demo", "billing")
+    t0 = core.store.run_sync(lambda s: repository.get_l3(s, app).activation_date)
+    assert _rotate(core, t0 + 1) == []
+    core.store.run_sync(lambda s: add_uses(s, {app: 5, billing: 5}, now=t0))
+    [rotation] = _rotate(core, t0 + 2)
+    assert (rotation.service, rotation.trigger, rotation.policy) == (
+        "app", "max_uses", "built-in")
+    [record] = _audit(core, "AutoRotate")
+    assert (record["detail"]["policy"], record["detail"]["max_uses"]) == ("built-in", 5)
+
+
+def test_the_intake_wakes_the_sweeper_at_the_built_in_cap_without_a_policy(
+        core: CoreHarness, monkeypatch) -> None:
+    """A usage write that brings a current version to the built-in cap (made 1000 here)
+    asks for a sweep at once, as at a policy's cap: with no policy stored."""
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from kcm.core import rotation_policy
+    from kcm.core.usage_intake import UsageIntake
+
+    monkeypatch.setattr(rotation_policy, "BUILTIN_MAX_USES", 1000)
+
+    class Store:
+        def run(self, fn):
+            return succeed(core.store.run_sync(fn))
+
+    [(_, uid, _, _)] = _versions(core)
+    clock, woken = Clock(), []
+    intake = UsageIntake(Store(), clock, on_cap_reached=lambda: woken.append(1))
+    intake.add({uid: 999})
+    clock.advance(intake.delay)
+    assert woken == []
+    intake.add({uid: 1})
+    clock.advance(intake.delay)
+    assert woken == [1]
+    intake.stop()
+
+
 def test_rotation_keeps_the_kmip_2_1_rotation_attributes(core: CoreHarness) -> None:
     from kcm.core.attribute_blob import decode_attributes
     from kcm.kmip.tags import Tag
@@ -157,6 +244,7 @@ def test_due_trigger() -> None:
     assert due_trigger(policy, 10, 0) == "interval"
     assert due_trigger(policy, 0, 5) == "max_uses"
     assert due_trigger(EffectivePolicy(), 10**9, 10**9) is None
+    assert due_trigger(EffectivePolicy(), 0, 2**31) == "max_uses"  # (the built-in cap)
     assert EffectivePolicy().overlap == DEFAULT_OVERLAP
 
 

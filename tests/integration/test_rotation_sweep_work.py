@@ -120,14 +120,18 @@ def test_a_sweep_with_nothing_due_reads_no_key_whatever_the_tenants(core: CoreHa
 
 
 def test_without_policies_a_sweep_reads_no_key(core: CoreHarness) -> None:
+    """No policy: every service key still has the built-in usage cap, so the keys marked
+    when they were made are judged once, and each is then left until its count reaches the
+    cap (no interval: no time); the sweeps after read no key."""
     now = int(time.time())
     _provision(core, 50, now)
-    with _statements(core) as seen:
-        assert _sweep(core, now + 5) == ([], [])
-    assert _rows_read(core, seen) == 0
+    assert _sweep(core, now + 5) == ([], [])
     # The keys marked when they were made are set aside, not kept due for every sweep.
     assert core.store.run_sync(lambda s: s.scalar(select(ManagedObject.uid).where(
         ManagedObject.level.is_not(None), ManagedObject.rotate_due.is_not(None)))) is None
+    with _statements(core) as seen:
+        assert _sweep(core, now + 10) == ([], [])
+    assert len(seen) <= 4 and _rows_read(core, seen) == 0
     # ... and a policy set later judges them all at the next sweep.
     core.store.run_sync(lambda s: set_policy(s, "", "", PolicySettings(interval=60),
                                              now=now))
@@ -202,15 +206,18 @@ def _judged_tenants_due(session, now: float) -> set[str]:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_the_keys_rotated_at_each_sweep_are_those_a_judgement_of_every_key_finds_due(
-        core: CoreHarness, seed: int) -> None:
-    """Random policies set and cleared, usage reported, versions made, revoked and retired
-    by their dates, tenant keys rotated by hand, between sweeps at random times: at every
-    sweep the services rotated are exactly those a judgement of every key finds due."""
-    from kcm.core import managed
+        core: CoreHarness, seed: int, monkeypatch) -> None:
+    """Random policies set and cleared (all of them at times: no policy row at all), usage
+    reported, versions made, revoked and retired by their dates, tenant keys rotated by
+    hand, between sweeps at random times: at every sweep the services rotated are exactly
+    those a judgement of every key finds due. The built-in usage cap (made 40 here) is
+    part of the judgement: caps of 20 and 500, 0, or none set."""
+    from kcm.core import managed, rotation_policy
     from kcm.core.attribute_blob import decode_attributes
     from kcm.kmip.tags import Tag
     from kcm.ttlv import ItemType
 
+    monkeypatch.setattr(rotation_policy, "BUILTIN_MAX_USES", 40)
     pick = random.Random(seed)
     now = int(time.time())
     _provision(core, 6, now)
@@ -232,12 +239,16 @@ def test_the_keys_rotated_at_each_sweep_are_those_a_judgement_of_every_key_finds
         kind = pick.randrange(5)
         if kind == 0:
             scope = pick.choice(scopes)
+            if pick.random() < 0.2:
+                for each in scopes:
+                    clear_policy(session, *each)
+                return
             if pick.random() < 0.25:
                 clear_policy(session, *scope)
                 return
             set_policy(session, *scope, PolicySettings(
                 interval=pick.choice([None, 0, 20, 45, 300]),
-                max_uses=pick.choice([None, 0, 50, 500]),
+                max_uses=pick.choice([None, 0, 20, 500]),
                 overlap=pick.choice([None, 0, 10]),
                 tenant_key_interval=None if scope[1] else pick.choice([None, 0, 30, 90])),
                 now=at)
@@ -254,6 +265,7 @@ def test_the_keys_rotated_at_each_sweep_are_those_a_judgement_of_every_key_finds
                               reason="the test")
 
     counted = [0, 0]
+    built_in = {"with policies": 0, "without": 0}
     for sweep in range(100):
         for _ in range(pick.randrange(3)):
             core.store.run_sync(partial(happen, at=int(now)))
@@ -262,7 +274,11 @@ def test_the_keys_rotated_at_each_sweep_are_those_a_judgement_of_every_key_finds
         def one_sweep(session, at=now):
             sweep_due_states(session, int(at))  # (as a sweep: the dates first)
             expected = _judged_due(session, at)
-            done = {(r.tenant, r.service) for r in rotate_due(session, core.keyring, at)}
+            stored = rotation_policy.policies(session)
+            rotations = rotate_due(session, core.keyring, at)
+            built_in["with policies" if stored else "without"] += sum(
+                r.policy == "built-in" for r in rotations)
+            done = {(r.tenant, r.service) for r in rotations}
             expected_tenants = _judged_tenants_due(session, at)
             tenants = {line.split(":")[0].removeprefix("tenant ")
                        for line in rotate_tenant_keys_due(session, core.keyring, at)}
@@ -273,6 +289,8 @@ def test_the_keys_rotated_at_each_sweep_are_those_a_judgement_of_every_key_finds
         counted[0] += len(rotated[0])
         counted[1] += len(rotated[1])
     assert counted[0] >= 5 and counted[1] >= 3, counted  # (the sweeps had work to do)
+    # (... and the built-in cap rotated some, with policies stored and without any)
+    assert min(built_in.values()) >= 1, built_in
 
 
 class _Context:

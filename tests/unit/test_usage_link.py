@@ -69,7 +69,7 @@ def test_the_intake_adds_reports_up_in_one_write_and_wakes_the_sweeper_at_a_cap(
     intake.add({l3: 500, "l3-other": 0})
     assert store.transactions == 0
     clock.advance(intake.delay)
-    assert store.transactions == 1 and woken == []  # no policy, no cap
+    assert store.transactions == 1 and woken == []  # no policy: far below the built-in cap
     assert core.store.run_sync(lambda s: uses_of(s, [l3])) == {l3: 900}
     core.store.run_sync(lambda s: set_policy(s, "demo", "app", PolicySettings(max_uses=1000),
                                              now=0))

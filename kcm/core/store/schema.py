@@ -303,7 +303,8 @@ class RotationPolicy(Base):
     service: Mapped[str] = mapped_column(Text, primary_key=True)
     #: Seconds a version is current before the next one replaces it (0: never by age).
     interval: Mapped[int | None] = mapped_column(BigInteger)
-    #: Encryptions under one version (L4 seals, DEK wraps) before it is replaced (0: no cap).
+    #: Encryptions under one version (L4 seals, DEK wraps) before it is replaced (0: the
+    #: built-in cap, :data:`kcm.core.rotation_policy.BUILTIN_MAX_USES`).
     max_uses: Mapped[int | None] = mapped_column(BigInteger)
     #: Seconds a replaced version stays Active before it is Deactivated (decrypt-only).
     overlap: Mapped[int | None] = mapped_column(BigInteger)

@@ -30,8 +30,8 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", help="rotate when the current version is this old "
                         "(90s, 15m, 12h, 30d, 2w; 0: never by age)")
     parser.add_argument("--max-uses", help="rotate after this many encryptions "
-                        "(L4s sealed, DEKs wrapped) under one version (0: no cap; at most "
-                        "2**32, the AES-GCM bound; 2**31 recommended)")
+                        "(L4s sealed, DEKs wrapped) under one version (at most 2**32, the "
+                        "AES-GCM bound; 0 or set nowhere: the built-in cap, 2**31)")
     parser.add_argument("--overlap", help="how long a replaced version stays Active before "
                         "it is Deactivated (decrypt-only); default 60s (durations: at most "
                         "100 years)")
@@ -168,19 +168,21 @@ def _policy_record(session: Session, tenant: str, service: str) -> dict[str, Any
 
 
 def _policy_text(record: dict[str, Any]) -> str:
-    from kcm.core.rotation_policy import format_duration
+    from kcm.core.rotation_policy import BUILTIN, format_duration
 
     effective = record["effective"]
 
     def origin(name: str) -> str:
         source = effective[f"{name}_from"]
+        if source == BUILTIN:
+            return " (the built-in cap)"
         return f" (from the {source} policy)" if source else " (not set)"
 
     return "\n".join([
         f"rotation policy of {record['scope']}"
         + ("" if record["set_here"] else ": nothing set here, all inherited"),
         f"  interval {format_duration(effective['interval'])}{origin('interval')}",
-        f"  max uses {effective['max_uses'] or 'no cap'}{origin('max_uses')}",
+        f"  max uses {effective['max_uses']}{origin('max_uses')}",
         f"  overlap {format_duration(effective['overlap'], never='0s')}"
         f"{origin('overlap') if effective['overlap_from'] else ' (the default)'}",
         f"  new managed keys' Rotate Interval "

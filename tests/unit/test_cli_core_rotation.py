@@ -103,3 +103,24 @@ def test_policy_durations_caps_and_managed_interval_are_bounded(deployment: Path
     assert json.loads(out)["set_here"] == {
         "interval": None, "max_uses": 2**32, "overlap": 3153600000,
         "managed_interval": 3600, "tenant_key_interval": None}
+
+
+def test_show_names_the_built_in_cap_when_no_policy_sets_one(deployment: Path,  # noqa: F811
+                                                              capsys) -> None:
+    """No policy, or a cap of 0: the effective cap is the built-in 2**31, named
+    ``built-in``; a cap set explicitly names its scope again."""
+    c = ("-c", str(deployment))
+    status, out, _ = kcm(capsys, "core", "service", "show", "demo", "app", "--json", *c)
+    effective = json.loads(out)["policy"]["effective"]
+    assert (effective["max_uses"], effective["max_uses_from"]) == (2**31, "built-in")
+    status, out, _ = kcm(capsys, "core", "service", "show", "demo", "app", *c)
+    assert "  max uses 2147483648 (the built-in cap)\n" in out
+    status, out, _ = kcm(capsys, "core", "tenant", "policy", "demo", "--max-uses", "1000",
+                         *c)
+    assert "  max uses 1000 (from the tenant demo policy)\n" in out
+    status, out, _ = kcm(capsys, "core", "service", "policy", "demo", "app", "--max-uses",
+                         "0", "--json", *c)
+    shown = json.loads(out)
+    assert shown["set_here"]["max_uses"] == 0
+    assert (shown["effective"]["max_uses"], shown["effective"]["max_uses_from"]) == (
+        2**31, "built-in")

@@ -6,6 +6,8 @@ every 0.2 s) and two real `twistd kcm-gateway` processes, policies set with `kcm
   Deactivated at the end of the overlap, until that version is destroyed.
 * The rotation is an audit record naming the policy; `kcm core service show` lists the
   versions; `kcm audit verify` passes afterwards.
+* With no policy at all, a version whose count reaches the built-in cap (2**31) is
+  replaced, audited as the built-in cap's.
 
 Every request here is KMIP 2.1.
 """
@@ -219,3 +221,43 @@ def test_a_managed_key_with_kmip_2_1_rotate_attributes_rotates_by_itself(deploym
         assert values[Tag.ROTATE_GENERATION] == 1 and values[Tag.ROTATE_DATE] > 0
     [record, *_] = [r for r in audit_rows(core) if r["operation"] == "AutoRotate"]
     assert record["detail"]["policy"] == f"Rotate Interval of {old}"
+
+
+def test_without_any_policy_a_version_at_the_built_in_cap_is_replaced(tmp_path: Path) -> None:
+    """A real kcm-core with no rotation policy at all: the current version of demo/app
+    has 2**31 - 1 encryptions counted (written to its database before it starts: 2**31
+    real ones would take days); one more L4 sealed at the core reaches the built-in cap,
+    and the next sweep replaces the version, audited as the built-in cap's."""
+    import sqlite3
+
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.state_sweep_interval = 0.2
+    core.write_config()
+    shown = service_show(core)
+    assert (shown["policy"]["effective"]["max_uses"],
+            shown["policy"]["effective"]["max_uses_from"]) == (2**31, "built-in")
+    [v1] = [v["unique_identifier"] for v in shown["versions"] if v["current"]]
+    with sqlite3.connect(tmp_path / "core" / "kcm.db") as db:
+        assert db.execute("SELECT count(*) FROM rotation_policies").fetchone() == (0,)
+        db.execute("INSERT INTO l3_usage (uid, uses, reported_at) VALUES (?, ?, 0)",
+                   (v1, 2**31 - 1))
+    core.start()
+    sealed: list[str] = []
+    try:
+        with core.client("app") as app:
+            time.sleep(0.5)  # (sweeps judge the keys marked when made: not due)
+            assert not [r for r in audit_rows(core) if r["operation"] == "AutoRotate"]
+            wait_until(lambda: sealed.append(sealed_under(app)) or sealed[-1] != v1,
+                       "a new version after the cap", timeout=5)
+    finally:
+        core.stop()
+    under_v1 = sealed.count(v1)
+    assert under_v1 >= 1 and sealed[0] == v1
+    [rotation] = [r for r in audit_rows(core) if r["operation"] == "AutoRotate"]
+    assert {k: rotation["detail"][k] for k in ("policy", "trigger", "max_uses")} == {
+        "policy": "built-in", "trigger": "max_uses", "max_uses": 2**31}
+    # (the L4s sealed before the sweep came are counted: the cap and a little more)
+    assert rotation["detail"]["uses"] == 2**31 - 1 + under_v1
+    versions = {v["unique_identifier"]: v for v in service_show(core)["versions"]}
+    assert versions[v1]["current"] is False and versions[v1]["uses"] == 2**31 - 1 + under_v1
+    assert versions[v1]["deactivation_date"] is not None  # (after the default overlap)

@@ -153,6 +153,27 @@ def test_sqlite_writes_wait_for_the_processs_write_lock_first(tmp_path, monkeypa
         store.stopService()
 
 
+def test_a_lock_wait_observer_that_raises_leaves_the_processs_write_lock_free(
+        tmp_path) -> None:
+    """The lock was taken, then the observer told: one that raised left it held, and every
+    later write of the process waited for ever (found by the cross-feature review)."""
+    url = f"sqlite:///{tmp_path / 'kcm.db'}"
+    upgrade(url)
+    store = Store(url)
+
+    def broken(lock: str, seconds: float) -> None:
+        raise RuntimeError("observer failed")
+
+    store.on_lock_wait = broken
+    try:
+        with pytest.raises(RuntimeError, match="observer failed"):
+            store.run_sync(lambda session: None)
+        assert store._sqlite_writer.acquire(timeout=1)
+        store._sqlite_writer.release()
+    finally:
+        store.stopService()
+
+
 def test_each_commit_of_audit_records_moves_the_head(measured) -> None:
     store, metrics = measured
     head = ("kcm_core_audit_head", ())

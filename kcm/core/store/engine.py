@@ -957,7 +957,11 @@ class Store(Service):
             return
         asked = time.perf_counter()
         self._sqlite_writer.acquire()
-        waited("process", time.perf_counter() - asked)
+        try:
+            waited("process", time.perf_counter() - asked)
+        except BaseException:
+            self._sqlite_writer.release()  # (the caller releases only once this returned)
+            raise
 
     def _transaction_of(self, make_session: Callable[[], Session],
                         fn: Callable[[Session], T], write: bool) -> T:

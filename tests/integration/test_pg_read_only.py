@@ -18,7 +18,7 @@ from kcm.core.metrics import database_state
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
-from kcm.core.store.unavailable import READ_ONLY, store_unavailable
+from kcm.core.store.unavailable import READ_ONLY, WriteInReadTransaction, store_unavailable
 from kcm.link.events import EventKind
 from kcm.testing.postgres import fresh_database
 
@@ -69,6 +69,31 @@ def test_a_read_only_database_is_unavailable_and_writes_resume_when_it_is_not(
 
         _admin(maintenance, database, "ALTER DATABASE {db} RESET default_transaction_read_only")
         store._write_sync(_add_event)
+        assert database_state(url)["database"] == "ok"
+    finally:
+        store._give_back_writer_connection()
+        store.engine.dispose()
+
+
+def test_a_write_in_a_read_transaction_of_the_store_is_a_bug_not_a_read_only_database(
+        pg_database: tuple[str, str]) -> None:
+    # The store's reads run SET TRANSACTION READ ONLY: a read path that wrote was refused
+    # 25006 there too, and was told as a read-only database (no traceback, not audited,
+    # counted as the store's unavailability, "try again") on a database that took writes.
+    url, _ = pg_database
+    store = Store(url, threads=2)
+    store.audit_key = derive_audit_key(bytes(32))
+    write = "CREATE TEMPORARY TABLE written (a integer)"
+    try:
+        for read in (lambda: store.run_sync(lambda s: s.execute(sqlalchemy.text(write)),
+                                            write=False),
+                     lambda: store.read_plain_sync(
+                         lambda c: c.execute(sqlalchemy.text(write)))):
+            with pytest.raises(WriteInReadTransaction) as refused:
+                read()
+            assert store_unavailable(refused.value) is None
+            assert isinstance(refused.value.__cause__, sqlalchemy.exc.DBAPIError)
+        store._write_sync(_add_event)  # the database takes writes
         assert database_state(url)["database"] == "ok"
     finally:
         store._give_back_writer_connection()

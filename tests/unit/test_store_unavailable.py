@@ -132,3 +132,19 @@ def test_a_write_refused_by_a_read_only_session_is_unavailable() -> None:
         "cannot execute UPDATE in a read-only transaction"))
     assert read_only(refused) and store_unavailable(refused) == READ_ONLY
     assert not read_only(InternalError("UPDATE", {}, Exception("other")))
+
+
+def test_a_write_refused_in_a_read_transaction_of_the_store_is_a_bug() -> None:
+    from sqlalchemy.exc import InternalError
+
+    from kcm.core.store.unavailable import WriteInReadTransaction, read_transaction_refused
+
+    class ReadOnlySqlTransaction(Exception):
+        sqlstate = "25006"
+
+    refused = InternalError("INSERT", {}, ReadOnlySqlTransaction(
+        "cannot execute INSERT in a read-only transaction"))
+    bug = read_transaction_refused(refused)
+    assert isinstance(bug, WriteInReadTransaction) and store_unavailable(bug) is None
+    other = InternalError("SELECT", {}, Exception("other"))
+    assert read_transaction_refused(other) is other

@@ -69,7 +69,7 @@ from kcm.core.store.repository import (
     lock_writers_on,
 )
 from kcm.core.store.savepoints import StoreSession
-from kcm.core.store.unavailable import StoreStopped, read_only
+from kcm.core.store.unavailable import StoreStopped, read_only, read_transaction_refused
 from kcm.core.store.writer_thread import WriterThread
 
 T = TypeVar("T")
@@ -633,11 +633,17 @@ class Store(Service):
         returned have been handed to the reactor."""
         with self._engine_lock:
             engine = self._engine_or_open()
-        with (engine.connect().execution_options(**{WRITE_OPTION: False}) as connection,
-              connection.begin()):
-            if engine.dialect.name == "postgresql":  # (SQLite: query_only, on begin)
-                execute_plain(connection, "SET TRANSACTION READ ONLY")
-            result = fn(connection)
+        try:
+            with (engine.connect().execution_options(**{WRITE_OPTION: False}) as connection,
+                  connection.begin()):
+                if engine.dialect.name == "postgresql":  # (SQLite: query_only, on begin)
+                    execute_plain(connection, "SET TRANSACTION READ ONLY")
+                result = fn(connection)
+        except Exception as e:
+            refused = read_transaction_refused(e)  # (a read path that wrote: a bug)
+            if refused is e:
+                raise
+            raise refused from e
         self._handovers.wait()
         return result
 
@@ -964,6 +970,18 @@ class Store(Service):
             raise
 
     def _transaction_of(self, make_session: Callable[[], Session],
+                        fn: Callable[[Session], T], write: bool) -> T:
+        if write:
+            return self._transaction_in(make_session, fn, write)
+        try:
+            return self._transaction_in(make_session, fn, write)
+        except Exception as e:
+            refused = read_transaction_refused(e)  # (a read path that wrote: a bug)
+            if refused is e:
+                raise
+            raise refused from e
+
+    def _transaction_in(self, make_session: Callable[[], Session],
                         fn: Callable[[Session], T], write: bool) -> T:
         with make_session() as session:
             with session.begin():

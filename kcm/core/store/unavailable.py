@@ -29,6 +29,22 @@ class StoreStopped(RuntimeError):
     record)."""
 
 
+class WriteInReadTransaction(RuntimeError):
+    """A write refused (SQLSTATE 25006) inside a read-only transaction that the store
+    opened itself (``SET TRANSACTION READ ONLY``): a read path that wrote, a bug, whatever
+    the database's own state; not the store's unavailability. The refusal is its cause."""
+
+
+def read_transaction_refused(error: BaseException) -> BaseException:
+    """``error`` as raised by a transaction the store opened read-only: PostgreSQL's
+    refusal of a write there is a :class:`WriteInReadTransaction` (raise it ``from``
+    ``error``), any other error itself."""
+    if read_only(error):
+        return WriteInReadTransaction(
+            "a write in a read-only transaction of the store (a read path wrote)")
+    return error
+
+
 def store_unavailable(error: BaseException) -> str | None:
     """A short ASCII reason when ``error`` says the database could not be used (a SQLite
     file locked or full, a PostgreSQL server gone or read-only, the store stopped:

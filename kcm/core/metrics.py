@@ -421,15 +421,35 @@ def _begin_refused(connection: sqlite3.Connection) -> str | None:
     return None
 
 
+def _hosts(url: str) -> int:
+    """How many hosts libpq tries in turn for ``url`` (``?host=a&host=b``, or ``host=a,b``;
+    1 for any other), each within the check's connect timeout."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        hosts = make_url(url).query.get("host", ())
+    except Exception:  # noqa: BLE001 - the check itself says what is wrong with it
+        return 1
+    if isinstance(hosts, str):
+        hosts = (hosts,)
+    return max(1, sum(len(host.split(",")) for host in hosts))
+
+
 class DatabaseReadiness:
     """kcm-core's readiness check (see the module docstring): ``check()`` is
-    :func:`database_state` run by ``run_in_thread`` (default: the reactor's thread pool)."""
+    :func:`database_state` run by ``run_in_thread`` (default: the reactor's thread pool).
+    It has ``timeout`` for each host the URL names: libpq tries them in turn, each within
+    ``timeout``, so a first host that does not answer at all (a former primary powered off
+    after a failover) took the whole of one host's time and every check answered 503, on
+    every core, while their connections to the next host served."""
 
     def __init__(self, url: str, reactor: Any, *, timeout: float = 2.0,
                  run_in_thread: RunInThread | None = None,
                  check: Callable[[str, float], dict[str, Any]] = database_state) -> None:
         self.url = url
         self.timeout = timeout
+        #: The time a check has to answer: ``timeout`` for each host of ``url``.
+        self.budget = timeout * _hosts(url)
         self._reactor = reactor
         self._run = run_in_thread or in_reactor_threads(reactor)
         self._check = check
@@ -443,7 +463,7 @@ class DatabaseReadiness:
             return d  # answered with the check already running
         if self._thread_busy:  # an earlier check timed out and has not come back
             self._answer(Readiness(False, {"database": "unreachable: an earlier check has "
-                                                       f"not returned in {self.timeout:g} s"}))
+                                                       f"not returned in {self.budget:g} s"}))
             return d
         self._thread_busy = True
         running = self._run(self._check, self.url, self.timeout)
@@ -454,8 +474,8 @@ class DatabaseReadiness:
 
         running.addBoth(returned)
         answer: Deferred[dict[str, Any]] = Deferred()
-        timer = self._reactor.callLater(self.timeout, lambda: answer.called or answer.callback(
-            {"database": f"unreachable: no answer in {self.timeout:g} s"}))
+        timer = self._reactor.callLater(self.budget, lambda: answer.called or answer.callback(
+            {"database": f"unreachable: no answer in {self.budget:g} s"}))
 
         def forward(result: dict[str, Any] | Failure) -> None:
             if timer.active():

@@ -164,6 +164,26 @@ def test_readiness_follows_the_check_and_shares_one_running_check() -> None:
     assert not third[0].ready and third[0].details["database"].startswith("unreachable")
 
 
+def test_a_check_has_its_timeout_for_each_host_of_the_url() -> None:
+    # libpq tries the hosts in turn, each within the check's connect timeout: a first host
+    # that did not answer at all (a former primary, powered off) took all of the 2 s, and
+    # every check answered 503 while the core's connections to the second one served.
+    clock, threads = Clock(), Threads()
+    url = ("postgresql+psycopg://kcm@/kcm?host=10.0.0.1:5432&host=10.0.0.2:5432"
+           "&target_session_attrs=read-write")
+    ready = DatabaseReadiness(url, clock, timeout=2.0, run_in_thread=threads)
+    first = answers(ready())
+    clock.advance(3.0)
+    assert not first
+    threads.calls[0].callback({"database": "ok", "revision": "0005"})
+    assert first == [Readiness(True, {"database": "ok", "revision": "0005"})]
+    assert DatabaseReadiness("postgresql://kcm@/kcm?host=a,b,c", clock).budget == 6.0
+    assert DatabaseReadiness("postgresql://kcm@db:5432/kcm", clock).budget == 2.0
+    second = answers(ready())
+    clock.advance(4.0)
+    assert second == [Readiness(False, {"database": "unreachable: no answer in 4 s"})]
+
+
 def test_a_check_that_fails_answers_not_ready() -> None:
     clock = Clock()
     ready = DatabaseReadiness("sqlite:///x.db", clock,

@@ -11,7 +11,7 @@ is silently gone. A pooler in session mode keeps one server session per client a
 fine.
 
 :func:`unpinned` finds it out with two connections of its own (no pooler answers SQL
-about its mode): ``A`` reads its server session's pid; ``B`` opens a transaction (which
+about its mode), in rounds: ``A`` reads its server session's pid; ``B`` opens a transaction (which
 pins ``B`` to a server session until it ends) and reads its pid; ``A`` reads its pid again.
 Connected straight or through a session pooler, ``A`` keeps its session and ``B`` has
 another. Through a transaction pooler, ``B`` is lent ``A``'s idle session (PgBouncer lends
@@ -36,8 +36,8 @@ from kcm.core.store.pg_session import is_postgresql, own_connection
 
 log = Logger()
 
-#: Rounds of the check: a pooler that lent ``A`` its own session again by chance, and gave
-#: ``B`` another, is caught in a later round.
+#: Rounds of the check, on the same two connections: a pooler that lent ``A`` its own
+#: session again by chance, and gave ``B`` another, is caught in a later round.
 ROUNDS = 3
 
 _PID = "SELECT pg_backend_pid()"
@@ -52,29 +52,32 @@ REFUSAL = ("the database connections are not sessions of their own (a pooler in 
 
 def unpinned(connect: Callable[[], Any], rounds: int = ROUNDS) -> str | None:
     """Why connections that ``connect()`` opens (psycopg ones, in autocommit) are not pinned
-    to one server session each; None if they are."""
-    for _ in range(rounds):
-        first = connect()
+    to one server session each; None if they are. Two connections serve every round (a
+    pooler in transaction mode assigns ``A``'s statements afresh each time): each new one
+    costs a start its connect, 10 s for a host that does not answer."""
+    first = connect()
+    try:
+        second = connect()
         try:
-            second = connect()
-            try:
+            second.autocommit = False
+            for _ in range(rounds):
                 mine = _pid(first)
-                second.autocommit = False
                 try:
                     other = _pid(second)  # (its transaction holds its session)
                     again = _pid(first)
                 finally:
                     second.rollback()
-            finally:
-                with contextlib.suppress(Exception):
-                    second.close()
+                if other == mine or again != mine:
+                    return (f"{REFUSAL}; server session {mine} served two connections"
+                            if other == mine else
+                            f"{REFUSAL}; one connection moved from server session {mine} "
+                            f"to {again}")
         finally:
             with contextlib.suppress(Exception):
-                first.close()
-        if other == mine or again != mine:
-            return (f"{REFUSAL}; server session {mine} served two connections"
-                    if other == mine else
-                    f"{REFUSAL}; one connection moved from server session {mine} to {again}")
+                second.close()
+    finally:
+        with contextlib.suppress(Exception):
+            first.close()
     return None
 
 

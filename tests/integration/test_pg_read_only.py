@@ -98,3 +98,34 @@ def test_a_write_in_a_read_transaction_of_the_store_is_a_bug_not_a_read_only_dat
     finally:
         store._give_back_writer_connection()
         store.engine.dispose()
+
+
+def test_read_only_sessions_of_the_pool_are_dropped_by_a_worker_write_they_refuse(
+        pg_database: tuple[str, str]) -> None:
+    # default_transaction_read_only set for the database, its sessions left running: the
+    # writer thread's kept session writes on, while the pool's new ones are read-only. The
+    # writes of other threads (a gateway's fetch of service keys, an audit checkpoint)
+    # failed on them, and went on failing after the database took writes again, until the
+    # pool recycled them (30 minutes): only the writer thread's refusals dropped them.
+    url, maintenance = pg_database
+    database = sqlalchemy.engine.make_url(url).database
+    store = Store(url, threads=2)
+    store.audit_key = derive_audit_key(bytes(32))
+    try:
+        store._write_sync(_add_event)
+        _admin(maintenance, database,
+               "ALTER DATABASE {db} SET default_transaction_read_only = on")
+        readers = [store.engine.connect() for _ in range(3)]  # (new sessions: read-only)
+        for reader in readers:
+            reader.close()
+        store._write_sync(_add_event)  # (the writer's session is from before)
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as refused:
+            store.run_sync(_add_event)
+        assert store_unavailable(refused.value) == READ_ONLY
+
+        _admin(maintenance, database, "ALTER DATABASE {db} RESET default_transaction_read_only")
+        for _ in range(3):
+            store.run_sync(_add_event)
+    finally:
+        store._give_back_writer_connection()
+        store.engine.dispose()

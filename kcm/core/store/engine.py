@@ -971,15 +971,30 @@ class Store(Service):
 
     def _transaction_of(self, make_session: Callable[[], Session],
                         fn: Callable[[Session], T], write: bool) -> T:
-        if write:
-            return self._transaction_in(make_session, fn, write)
         try:
             return self._transaction_in(make_session, fn, write)
         except Exception as e:
+            if write:
+                if read_only(e):
+                    self._drop_pooled_sessions()
+                raise
             refused = read_transaction_refused(e)  # (a read path that wrote: a bug)
             if refused is e:
                 raise
             raise refused from e
+
+    def _drop_pooled_sessions(self) -> None:
+        """A write of a worker thread refused by a read-only session (one opened while
+        ``default_transaction_read_only`` was set for the database or role): the pool's
+        idle sessions, this one among them, are closed, as the writer thread's refusals do
+        (:meth:`_drop_read_only_sessions`); else the pool lent them on, and writes other
+        than the writer thread's (a gateway's fetch of service keys, an audit checkpoint)
+        failed until they were recycled, 30 minutes after the database took writes
+        again."""
+        with self._engine_lock:
+            engine = self._engine
+        if engine is not None:
+            engine.dispose()  # (connections lent now are left to their holders)
 
     def _transaction_in(self, make_session: Callable[[], Session],
                         fn: Callable[[Session], T], write: bool) -> T:

@@ -62,11 +62,10 @@ def test_a_gateway_refuses_a_peer_with_a_gateway_certificate_as_its_core(
     address = f"127.0.0.1:{core.link_port}"
     try:
         gateway.start()
-        # Every line asserted below: the refusal, the failed link and Twisted's retry are
-        # logged one after another, not at once (a loaded machine showed the gap).
+        # Every line asserted below: the refusal and the failed link are logged one after
+        # another, not at once (a loaded machine showed the gap).
         wait_until(lambda: all(line in gateway.log.read_text() for line in (
-                       "refusing the link", f"cannot link to core tcp:{address}",
-                       f"to connect core tcp:{address} in"))
+                       "refusing the link", f"cannot link to core tcp:{address}"))
                    and impostor_log.read_text().count("received") >= 2,
                    "the gateway to refuse the fake core twice", timeout=20)
         log = gateway.log.read_text()
@@ -77,8 +76,10 @@ def test_a_gateway_refuses_a_peer_with_a_gateway_certificate_as_its_core(
             "(spiffe://kcm.test/gateway/gw1); a core's carries none") in log
     assert f"cannot link to core tcp:{address}: {address} is not a core" in log
     assert "linked to core" not in log
-    # Twisted's retry lines name the core, not an object's address.
-    assert f"to connect core tcp:{address} in" in log
+    # Twisted's line at each retry is not written at log_level info (kcm.logging's
+    # QUIET_NAMESPACES; at debug it names the core, not an object's address:
+    # tests/unit/test_gateway_core_endpoints.py).
+    assert "Scheduling retry" not in log and "to connect core" not in log
     assert "CoreFailoverEndpoint object at" not in log
     # The handshakes completed (the impostor holds a certificate of the CA) and the gateway
     # sent nothing on them: not its HELLO, nor anything after.

@@ -7,6 +7,7 @@ the first write after the database is writable again succeeds."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 
@@ -44,6 +45,19 @@ def _admin(maintenance: str, database: str, *statements: str) -> None:
         engine.dispose()
 
 
+@contextlib.contextmanager
+def _store(url: str) -> Iterator[Store]:
+    """A store on ``url`` (not started: its writer connection given back, its engine
+    disposed at the end)."""
+    store = Store(url, threads=2)
+    store.audit_key = derive_audit_key(bytes(32))
+    try:
+        yield store
+    finally:
+        store._give_back_writer_connection()
+        store.engine.dispose()
+
+
 def _add_event(session) -> None:
     repository.append_outbox(session, EventKind.POLICY, None, b"")
 
@@ -52,9 +66,7 @@ def test_a_read_only_database_is_unavailable_and_writes_resume_when_it_is_not(
         pg_database: tuple[str, str]) -> None:
     url, maintenance = pg_database
     database = sqlalchemy.engine.make_url(url).database
-    store = Store(url, threads=2)
-    store.audit_key = derive_audit_key(bytes(32))
-    try:
+    with _store(url) as store:
         store._write_sync(_add_event)
         _admin(maintenance, database,
                "ALTER DATABASE {db} SET default_transaction_read_only = on",
@@ -70,9 +82,6 @@ def test_a_read_only_database_is_unavailable_and_writes_resume_when_it_is_not(
         _admin(maintenance, database, "ALTER DATABASE {db} RESET default_transaction_read_only")
         store._write_sync(_add_event)
         assert database_state(url)["database"] == "ok"
-    finally:
-        store._give_back_writer_connection()
-        store.engine.dispose()
 
 
 def test_a_write_in_a_read_transaction_of_the_store_is_a_bug_not_a_read_only_database(
@@ -81,10 +90,8 @@ def test_a_write_in_a_read_transaction_of_the_store_is_a_bug_not_a_read_only_dat
     # 25006 there too, and was told as a read-only database (no traceback, not audited,
     # counted as the store's unavailability, "try again") on a database that took writes.
     url, _ = pg_database
-    store = Store(url, threads=2)
-    store.audit_key = derive_audit_key(bytes(32))
     write = "CREATE TEMPORARY TABLE written (a integer)"
-    try:
+    with _store(url) as store:
         for read in (lambda: store.run_sync(lambda s: s.execute(sqlalchemy.text(write)),
                                             write=False),
                      lambda: store.read_plain_sync(
@@ -95,9 +102,6 @@ def test_a_write_in_a_read_transaction_of_the_store_is_a_bug_not_a_read_only_dat
             assert isinstance(refused.value.__cause__, sqlalchemy.exc.DBAPIError)
         store._write_sync(_add_event)  # the database takes writes
         assert database_state(url)["database"] == "ok"
-    finally:
-        store._give_back_writer_connection()
-        store.engine.dispose()
 
 
 def test_read_only_sessions_of_the_pool_are_dropped_by_a_worker_write_they_refuse(
@@ -109,9 +113,7 @@ def test_read_only_sessions_of_the_pool_are_dropped_by_a_worker_write_they_refus
     # pool recycled them (30 minutes): only the writer thread's refusals dropped them.
     url, maintenance = pg_database
     database = sqlalchemy.engine.make_url(url).database
-    store = Store(url, threads=2)
-    store.audit_key = derive_audit_key(bytes(32))
-    try:
+    with _store(url) as store:
         store._write_sync(_add_event)
         _admin(maintenance, database,
                "ALTER DATABASE {db} SET default_transaction_read_only = on")
@@ -126,6 +128,3 @@ def test_read_only_sessions_of_the_pool_are_dropped_by_a_worker_write_they_refus
         _admin(maintenance, database, "ALTER DATABASE {db} RESET default_transaction_read_only")
         for _ in range(3):
             store.run_sync(_add_event)
-    finally:
-        store._give_back_writer_connection()
-        store.engine.dispose()

@@ -23,6 +23,7 @@ from kcm.kmip.enums import (
     NameType,
     ObjectType,
     Operation,
+    QueryFunction,
     ResultReason,
     ResultStatus,
     RevocationReasonCode,
@@ -199,12 +200,37 @@ def _revoke_item(*children: Item) -> Item:
     return structure(Tag.REQUEST_MESSAGE, header.to_item(V21), batch)
 
 
+#: A Query payload asking for the operations (Query Function is required).
+_QUERY_OPERATIONS = structure(Tag.REQUEST_PAYLOAD, Item(Tag.QUERY_FUNCTION, ItemType.ENUMERATION,
+                                                        QueryFunction.QUERY_OPERATIONS))
+
+
 def test_missing_required_field_is_invalid_message_naming_it():
     item = _revoke_item(Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, "k"))
     with pytest.raises(KmipError) as caught:
         decode_request(item)
     assert caught.value.reason == ResultReason.INVALID_MESSAGE
     assert "Revocation Reason" in caught.value.message
+
+
+@pytest.mark.parametrize("version", [(1, 0), V14, (2, 0), V21])
+def test_a_query_without_a_query_function_is_invalid_message(version):
+    """Query Function is required in every version (KMIP 1.4 §4.25, 2.1 §6.1.37): a Query
+    that asks for nothing was answered Success with an empty payload, which a client reads
+    as a server that supports no operation and no object type."""
+    header = RequestHeader(protocol_version=ProtocolVersion.of(version), batch_count=1)
+    batch = structure(Tag.BATCH_ITEM, Item(Tag.OPERATION, ItemType.ENUMERATION, Operation.QUERY),
+                      structure(Tag.REQUEST_PAYLOAD))
+    with pytest.raises(KmipError) as caught:
+        decode_request(structure(Tag.REQUEST_MESSAGE, header.to_item(version), batch))
+    assert caught.value.reason == ResultReason.INVALID_MESSAGE
+    assert caught.value.message == ("Request Payload is missing the required field "
+                                    "Query Function")
+    asked = structure(Tag.BATCH_ITEM, Item(Tag.OPERATION, ItemType.ENUMERATION, Operation.QUERY),
+                      _QUERY_OPERATIONS)
+    message = decode_request(structure(Tag.REQUEST_MESSAGE, header.to_item(version), asked))
+    assert message.batch_items[0].request_payload.query_functions == [
+        QueryFunction.QUERY_OPERATIONS]
 
 
 def test_wrong_type_and_unexpected_field_are_invalid_field():
@@ -225,7 +251,7 @@ def test_wrong_type_and_unexpected_field_are_invalid_field():
 def test_a_batch_count_that_is_not_the_number_of_items_is_invalid_message(count):
     header = RequestHeader(protocol_version=ProtocolVersion.of(V21), batch_count=count)
     batch = structure(Tag.BATCH_ITEM, Item(Tag.OPERATION, ItemType.ENUMERATION, Operation.QUERY),
-                      structure(Tag.REQUEST_PAYLOAD))
+                      _QUERY_OPERATIONS)
     with pytest.raises(KmipError) as caught:
         decode_request(structure(Tag.REQUEST_MESSAGE, header.to_item(V21), batch))
     assert caught.value.reason == ResultReason.INVALID_MESSAGE
@@ -258,7 +284,7 @@ def _query_request(version, *header_fields: Item) -> Item:
     header = structure(Tag.REQUEST_HEADER, ProtocolVersion.of(version).to_item(),
                        *header_fields, Item(Tag.BATCH_COUNT, ItemType.INTEGER, 1))
     batch = structure(Tag.BATCH_ITEM, Item(Tag.OPERATION, ItemType.ENUMERATION, Operation.QUERY),
-                      structure(Tag.REQUEST_PAYLOAD))
+                      _QUERY_OPERATIONS)
     return structure(Tag.REQUEST_MESSAGE, header, batch)
 
 
@@ -315,8 +341,7 @@ def test_a_critical_message_extension_is_found_a_non_critical_one_is_not():
                          Item(Tag.VENDOR_IDENTIFICATION, ItemType.TEXT_STRING, "acme"),
                          Item(Tag.CRITICALITY_INDICATOR, item_type, critical),
                          structure(Tag.VENDOR_EXTENSION))
-    item = RequestBatchItem(operation=Operation.QUERY,
-                            request_payload=structure(Tag.REQUEST_PAYLOAD))
+    item = RequestBatchItem(operation=Operation.QUERY, request_payload=_QUERY_OPERATIONS)
     assert item.critical_extension is None
     item.message_extensions = [extension(False)]
     assert item.critical_extension is None

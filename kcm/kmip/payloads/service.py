@@ -46,10 +46,11 @@ class LocateResponse(Struct):
 
 @kmip_struct(_REQ)
 class QueryRequest(Struct):
-    """Query: which kinds of server information are wanted."""
+    """Query: which kinds of server information are wanted; at least one (KMIP 1.4 §4.25,
+    2.1 §6.1.37: Query Function is required)."""
 
     query_functions: list[QueryFunction | int] = fld(Tag.QUERY_FUNCTION, QueryFunction,
-                                                     repeated=True)
+                                                     required=True, repeated=True)
 
 
 @kmip_struct(_RESP)

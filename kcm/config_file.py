@@ -103,9 +103,9 @@ def tls_file_problem(tls: TlsFiles, section: str) -> str | None:
                 "mode 0600)")
     except (ValueError, UnsupportedAlgorithm):
         return f"{section}.tls.key: {tls.key} holds no PEM private key KCM can use"
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if (key.public_key().public_bytes(*spki)
-            != certificates["cert"][0].public_key().public_bytes(*spki)):
+    from kcm.tls_checks import key_matches
+
+    if not key_matches(certificates["cert"][0], key):
         return (f"{section}.tls.key: {tls.key} is not the key of the certificate in "
                 f"{tls.cert}")
     return None

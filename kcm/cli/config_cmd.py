@@ -432,28 +432,14 @@ def _chain(chain: Sequence[x509.Certificate], authorities: Sequence[x509.Certifi
     """Whether OpenSSL (what every peer's TLS runs) verifies ``chain`` up to a CA of
     ``authorities``: a warning if not (peers may trust another bundle). Without its time
     checks when the certificate is out of its dates, which are reported apart."""
-    from OpenSSL import crypto
+    from kcm.tls_checks import chain_problem, validity_problem
 
-    store = crypto.X509Store()
-    for authority in authorities:
-        store.add_cert(crypto.X509.from_cryptography(authority))
-    if not chain[0].not_valid_before_utc <= now < chain[0].not_valid_after_utc:
-        store.set_flags(_NO_CHECK_TIME)
-    else:
-        store.set_time(now)
-    context = crypto.X509StoreContext(
-        store, crypto.X509.from_cryptography(chain[0]),
-        [crypto.X509.from_cryptography(cert) for cert in chain[1:]])
-    try:
-        context.verify_certificate()
-    except crypto.X509StoreContextError as e:
+    problem = chain_problem(chain, authorities,
+                            None if validity_problem(chain[0], now) else now)
+    if problem is not None:
         return Finding(WARNING, f"{section}.tls.cert: not verified against {section}.tls.ca "
-                                f"{ca_path}: {e}")
+                                f"{ca_path}: {problem}")
     return Finding(OK, f"{section}.tls.cert: chains to {section}.tls.ca {ca_path}")
-
-
-#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME, which pyOpenSSL's X509StoreFlags does not name.
-_NO_CHECK_TIME = 0x200000
 
 
 def _usages(cert: x509.Certificate, section: str, client_use: bool) -> Finding:

@@ -169,7 +169,7 @@ class ProcessService(MultiService):
 
 #: The services whose start builds a TLS context from the configured files.
 _TLS_READERS = frozenset({"kcm-kmip-listener", "kcm-link-listener", "kcm-gateway-identity",
-                          "kcm-tls-files", "kcm-link"})
+                          "kcm-tls-files", "kcm-link", "kcm-tls-refresh"})
 
 
 def start_failure_reason(process: Any, service: str, error: BaseException) -> str:

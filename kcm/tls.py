@@ -37,11 +37,15 @@ instead of bound; or ``handoff:N``, the connections another process accepted and
 the Unix socket pair inherited as descriptor N (kcm-gateway's workers: :mod:`kcm.handoff`)
 (:func:`plain_server_endpoint`).
 
-Whoever builds TLS options may ask when the certificates they were built with expire
-(``dates``: :class:`CertificateDates`, given the very certificates read), each time they
-are built: at a listener's start and whenever a CRL refresh builds them again
-(:mod:`kcm.tls_crl`), at the link's start (the metrics' certificate expiry gauges:
-:mod:`kcm.tls_metrics`).
+The files are read once into a :class:`TlsMaterial` (:func:`read_tls_material`), from
+which options are built (:func:`server_tls_from`, :func:`client_tls_from`): a running
+process reads them again when they change and builds its options again from what it
+checked (:mod:`kcm.tls_refresh`); :class:`RenewableServerTLS` and
+:class:`RenewableClientTLS` hold a listener's and a link's options so they can be swapped,
+for the next connections. Whoever builds TLS options may ask when the certificates they
+were built with expire (``dates``: :class:`CertificateDates`, given the very certificates
+read), each time they are built: at start, and whenever renewed files or new CRLs are
+taken (the metrics' certificate expiry gauges: :mod:`kcm.tls_metrics`).
 
 Services are assembled before anything is read (STYLE.md): :class:`TLSListener` is the one way
 a KCM process listens — an endpoint string, a function that builds the TLS options, and a
@@ -63,6 +67,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL, crypto
@@ -105,12 +110,16 @@ __all__ = [
     "LISTEN_BACKLOG",
     "CertificateDates",
     "DatesSeen",
+    "RenewableClientTLS",
+    "RenewableServerTLS",
     "TLS12_CIPHERS",
     "KeyFileModeProblem",
     "TLSClientEndpoint",
     "TLSListener",
+    "TlsMaterial",
     "certificate_dates",
     "check_key_file_mode",
+    "client_tls_from",
     "client_tls_options",
     "key_file_mode_problem",
     "listener_tls_options",
@@ -119,6 +128,8 @@ __all__ = [
     "peer_certificate",
     "peer_principal",
     "plain_server_endpoint",
+    "read_tls_material",
+    "server_tls_from",
     "server_tls_options",
     "tls_client_endpoint",
     "tls_server_endpoint",
@@ -135,7 +146,10 @@ log = Logger()
 
 def load_certificates(path: str | Path) -> list[x509.Certificate]:
     """Every certificate in the PEM file at ``path``, in file order; at least one."""
-    certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    try:
+        certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except ValueError:
+        raise ValueError(f"{path} holds no PEM certificate") from None
     if not certs:  # pragma: no cover - cryptography already refuses a file without any
         raise ValueError(f"{path}: no PEM certificate")
     return certs
@@ -187,7 +201,12 @@ def _load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey | rsa.RSAP
     with open(path, "rb") as f:
         check_key_file_mode(path, os.fstat(f.fileno()).st_mode)
         pem = f.read()
-    key = serialization.load_pem_private_key(pem, password=None)
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        raise ValueError(f"{path} is encrypted (KCM needs the key unencrypted)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"{path} holds no PEM private key KCM can use") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ValueError(f"{path}: TLS keys must be ECDSA or RSA")
     return key
@@ -234,29 +253,46 @@ def certificate_dates(own: list[x509.Certificate],
 DatesSeen = Callable[[CertificateDates], object]
 
 
-def _trust_root(ca_path: str | Path,
-                certificates: list[x509.Certificate] | None = None) -> Any:
-    """The trust root of the CA bundle at ``ca_path`` (``certificates``: as already read)."""
-    if certificates is None:
-        certificates = load_certificates(ca_path)
-    if not any(is_ca_certificate(c) for c in certificates):
+class TlsMaterial(NamedTuple):
+    """A process's TLS files as read (:func:`read_tls_material`): its certificate file
+    (``chain``: its certificate, then the intermediates sent with it), its private ``key``
+    and the CA bundle (``authorities``), of which at least one may be a CA's."""
+
+    chain: list[x509.Certificate]
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    authorities: list[x509.Certificate]
+
+
+def read_tls_material(cert_path: str | Path, key_path: str | Path,
+                      ca_path: str | Path) -> TlsMaterial:
+    """Read the certificate file, the key file (its mode checked:
+    :func:`check_key_file_mode`) and the CA bundle; ValueError (or OSError) naming the file
+    when one cannot be read or used. Whether the key is the certificate's is checked by
+    whoever uses them (OpenSSL, as options are built; :mod:`kcm.tls_renewal`)."""
+    chain = load_certificates(cert_path)
+    key = _load_private_key(key_path)
+    authorities = load_certificates(ca_path)
+    if not any(is_ca_certificate(c) for c in authorities):
         # (a leaf given for the CA: every peer would be refused at its handshake)
         raise ValueError(f"{ca_path} holds no CA certificate (Basic Constraints cA TRUE, "
                          f"or keyCertSign)")
+    return TlsMaterial(chain, key, authorities)
+
+
+def _trust_root(authorities: list[x509.Certificate]) -> Any:
     # Twisted's trust roots still hold pyOpenSSL certificates (X509Store takes nothing else).
     return trustRootFromCertificates(
-        [Certificate(crypto.X509.from_cryptography(c)) for c in certificates]
+        [Certificate(crypto.X509.from_cryptography(c)) for c in authorities]
     )
 
 
-def _identity_options(cert_path: str | Path, key_path: str | Path) -> dict[str, Any]:
+def _identity_options(material: TlsMaterial) -> dict[str, Any]:
     # pyOpenSSL takes cryptography objects for the local certificate and key (and warns about
     # its own X509/PKey there), and Twisted passes them through untouched.
-    chain = load_certificates(cert_path)
     return {
-        "privateKey": _load_private_key(key_path),
-        "certificate": chain[0],
-        "extraCertChain": chain[1:],
+        "privateKey": material.key,
+        "certificate": material.chain[0],
+        "extraCertChain": material.chain[1:],
     }
 
 
@@ -285,12 +321,7 @@ def server_tls_options(
     cert_path: str | Path,
     key_path: str | Path,
     ca_path: str | Path,
-    *,
-    min_version: Any = TLSVersion.TLSv1_2,
-    max_version: Any = TLSVersion.TLSv1_3,
-    ciphers: str = TLS12_CIPHERS,
-    crls: RevocationLists | None = None,
-    dates: DatesSeen | None = None,
+    **options: Any,
 ) -> IOpenSSLServerConnectionCreator:
     """Server-side TLS that requires a client certificate issued by a CA in ``ca_path``.
 
@@ -298,18 +329,30 @@ def server_tls_options(
     sent too; ``key_path`` its unencrypted private key; ``ca_path`` the CA bundle client
     certificates are verified against. The files are read and the TLS context is built now, so
     a missing file or a key that does not match its certificate fails here, not on the first
-    connection. ``min_version``/``max_version`` narrow the range within TLS 1.2..1.3;
-    ``ciphers`` is the OpenSSL cipher string for TLS 1.2 (one that names no suite is a
-    ValueError). ``crls``: client certificates are checked against them
-    (:mod:`kcm.tls_crl`), now and as they are read again. ``dates``, if given, is told
-    when the certificates read expire, once the options are built.
+    connection. ``options``: those of :func:`server_tls_from`.
     """
+    return server_tls_from(read_tls_material(cert_path, key_path, ca_path), **options)
+
+
+def server_tls_from(
+    material: TlsMaterial,
+    *,
+    min_version: Any = TLSVersion.TLSv1_2,
+    max_version: Any = TLSVersion.TLSv1_3,
+    ciphers: str = TLS12_CIPHERS,
+    crls: RevocationLists | None = None,
+    dates: DatesSeen | None = None,
+) -> IOpenSSLServerConnectionCreator:
+    """:func:`server_tls_options` of files already read (a key that is not the
+    certificate's is an ``SSL.Error``). ``min_version``/``max_version`` narrow the range
+    within TLS 1.2..1.3; ``ciphers`` is the OpenSSL cipher string for TLS 1.2 (one that
+    names no suite is a ValueError). ``crls``: client certificates are checked against them
+    (:mod:`kcm.tls_crl`), now and as they are read again. ``dates``, if given, is told
+    when the certificates read expire, once the options are built."""
     _check_versions(min_version, max_version)
-    authorities = load_certificates(ca_path)
-    identity = _identity_options(cert_path, key_path)
     options = CertificateOptions(
-        trustRoot=_trust_root(ca_path, authorities),
-        **identity,
+        trustRoot=_trust_root(material.authorities),
+        **_identity_options(material),
         **_common_options(min_version, max_version, ciphers),
     )
     # CertificateOptions builds one context and reuses it for every connection, so an option
@@ -319,8 +362,7 @@ def server_tls_options(
     if crls is not None:
         crls.attach(context.get_cert_store())
     if dates is not None:
-        dates(certificate_dates([identity["certificate"], *identity["extraCertChain"]],
-                                authorities))
+        dates(certificate_dates(material.chain, material.authorities))
     return options
 
 
@@ -328,7 +370,8 @@ def server_tls_options(
 class RenewableServerTLS:
     """Server TLS options that can be replaced while a listener runs (:meth:`use`): each
     new connection takes the newest, connections open keep theirs (e.g. options of
-    :func:`listener_tls_options` built again with new CRLs: kcm.tls_crl). ``watch`` (a
+    :func:`listener_tls_options` built again with renewed files or new CRLs:
+    :mod:`kcm.tls_refresh`). ``watch`` (a
     :class:`kcm.tls_crl.RevocationWatch`), if given, is each connection's ``peer_watch``
     (:class:`kcm.eager_tls.EagerTLSProtocol`): the open ones are checked against new CRLs."""
 
@@ -350,19 +393,34 @@ class RenewableServerTLS:
         return self._options.getContext()
 
 
+@implementer(IOpenSSLClientConnectionCreator)
+class RenewableClientTLS:
+    """Client TLS options that can be replaced while their owner runs (:meth:`use`): each
+    new connection takes the newest (the gateway's link: :mod:`kcm.tls_refresh`)."""
+
+    def __init__(self, options: Any) -> None:
+        self._options = options
+
+    def use(self, options: Any) -> None:
+        """Give new connections ``options`` from now on."""
+        self._options = options
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802 - Twisted's
+        return self._options.clientConnectionForTLS(tlsProtocol)
+
+
 def min_tls_version(policy: TlsPolicy) -> Any:
     """The Twisted ``TLSVersion`` of a policy's ``min_version``."""
     return TLSVersion.TLSv1_3 if policy.min_version == "1.3" else TLSVersion.TLSv1_2
 
 
-def listener_tls_options(cert_path: str | Path, key_path: str | Path, ca_path: str | Path,
-                         policy: TlsPolicy, crls: RevocationLists | None = None, *,
+def listener_tls_options(material: TlsMaterial, policy: TlsPolicy,
+                         crls: RevocationLists | None = None, *,
                          dates: DatesSeen | None = None) -> IOpenSSLServerConnectionCreator:
-    """:func:`server_tls_options` with the versions and TLS 1.2 suites of ``policy``,
+    """:func:`server_tls_from` with the versions and TLS 1.2 suites of ``policy``,
     ``crls`` and ``dates``."""
-    return server_tls_options(cert_path, key_path, ca_path,
-                              min_version=min_tls_version(policy),
-                              ciphers=policy.tls12_ciphers, crls=crls, dates=dates)
+    return server_tls_from(material, min_version=min_tls_version(policy),
+                           ciphers=policy.tls12_ciphers, crls=crls, dates=dates)
 
 
 def client_tls_options(
@@ -370,32 +428,40 @@ def client_tls_options(
     key_path: str | Path,
     ca_path: str | Path,
     hostname: str,
-    *,
-    min_version: Any = TLSVersion.TLSv1_2,
-    max_version: Any = TLSVersion.TLSv1_3,
-    dates: DatesSeen | None = None,
+    **options: Any,
 ) -> IOpenSSLClientConnectionCreator:
     """Client-side TLS for the gateway→core link.
 
     Verifies that the server's chain leads to a CA in ``ca_path`` and that its certificate
     names ``hostname`` (a DNS name, or an IP address matched against IP SANs), and presents
     the certificate in ``cert_path`` (optionally followed by intermediates) with its key.
-    ``dates``, if given, is told when the certificates read expire, once built.
+    ``options``: those of :func:`client_tls_from`.
     """
+    return client_tls_from(read_tls_material(cert_path, key_path, ca_path), hostname,
+                           **options)
+
+
+def client_tls_from(
+    material: TlsMaterial,
+    hostname: str,
+    *,
+    min_version: Any = TLSVersion.TLSv1_2,
+    max_version: Any = TLSVersion.TLSv1_3,
+    dates: DatesSeen | None = None,
+) -> IOpenSSLClientConnectionCreator:
+    """:func:`client_tls_options` of files already read. ``dates``, if given, is told when
+    the certificates read expire, once built."""
     _check_versions(min_version, max_version)
-    authorities = load_certificates(ca_path)
-    identity = _identity_options(cert_path, key_path)
     options = optionsForClientTLS(
         hostname,
-        trustRoot=_trust_root(ca_path, authorities),
+        trustRoot=_trust_root(material.authorities),
         extraCertificateOptions={
-            **identity,
+            **_identity_options(material),
             **_common_options(min_version, max_version),
         },
     )
     if dates is not None:
-        dates(certificate_dates([identity["certificate"], *identity["extraCertChain"]],
-                                authorities))
+        dates(certificate_dates(material.chain, material.authorities))
     return options
 
 

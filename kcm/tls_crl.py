@@ -19,9 +19,9 @@ the handshake (``certificate revoked``), as an expired one does.
   issued. So every CA of the chain needs a CRL (a root's lists the intermediates it
   revoked), and an intermediate CA whose CRL is given must be in ``tls.ca`` (its CRL is
   checked against it).
-* :class:`CrlRefresher` re-reads the file when it changed (its size, modification time or
-  inode), every :data:`REFRESH_INTERVAL` seconds while the service runs, and the
-  listeners' TLS contexts are built again with the new CRLs alone
+* :class:`kcm.tls_refresh.TlsRefresher` re-reads the file when it changed (its size,
+  modification time or inode), every :data:`REFRESH_INTERVAL` seconds while the service
+  runs, and the listeners' TLS contexts are built again with the new CRLs alone
   (:class:`kcm.tls.RenewableServerTLS`), both in a thread: the reactor only swaps them in.
   They apply to the next handshakes, no restart, and no CRL read before is kept. A file
   that cannot be read or holds a CRL that fails the checks above is logged once and the
@@ -36,8 +36,9 @@ the handshake (``certificate revoked``), as an expired one does.
   is counted as a connection refused, ``revoked`` (:mod:`kcm.connection_refusals`).
 * For the metrics: the CRLs in force say when the first of them expires
   (:attr:`RevocationLists.next_update`) and when they were read
-  (:attr:`RevocationLists.loaded_at`); :attr:`CrlRefresher.load_failures` counts the
-  looks at the file that found one it could not take (every refresh while it stays so).
+  (:attr:`RevocationLists.loaded_at`); :attr:`kcm.tls_refresh.TlsRefresher.load_failures`
+  counts the looks at the file that found one it could not take (every refresh while it
+  stays so).
 
 Pure apart from the file it reads and the stores it is given; time comes from ``now``.
 """
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,18 +54,13 @@ from typing import Any
 
 from cryptography import x509
 from OpenSSL import crypto
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from kcm.connection_refusals import ConnectionRefusals
-from kcm.reactor_threads import RunInThread, in_reactor_threads
+from kcm.file_stamp import FileStamp, file_stamp
 
-__all__ = ["REFRESH_INTERVAL", "CertificateKey", "CrlReading", "CrlRefresher",
-           "RevocationLists", "RevocationWatch", "chain_keys", "load_crls", "revoked_keys"]
+__all__ = ["REFRESH_INTERVAL", "CertificateKey", "CrlReading", "RevocationLists",
+           "RevocationWatch", "chain_keys", "load_crls", "revoked_keys"]
 
 log = Logger()
 
@@ -155,7 +150,7 @@ class CrlReading:
     its ``stamp`` and its checked ``crls`` (and the certificates they list: ``revoked``,
     None: not computed yet), or None and the ``refusal`` (why not)."""
 
-    stamp: tuple[int, int, int] | None
+    stamp: FileStamp | None
     crls: list[x509.CertificateRevocationList] | None
     refusal: str | None = None
     revoked: frozenset[CertificateKey] | None = None
@@ -174,7 +169,7 @@ class RevocationLists:
         self._now = now
         self._stamp = self._file_stamp()
         #: Why the file as it is now could not be taken (logged once), or None.
-        self._refused: tuple[tuple[int, int, int] | None, str | None] | None = None
+        self._refused: tuple[FileStamp | None, str | None] | None = None
         self.crls: list[x509.CertificateRevocationList] = load_crls(self.path, self.ca_path)
         #: When the CRLs in force were read (unix seconds, from ``now``).
         self.loaded_at = self._now().timestamp()
@@ -221,9 +216,9 @@ class RevocationLists:
 
     def take(self, reading: CrlReading) -> bool:
         """Use what :meth:`read_changed` read from now on; whether the CRLs changed (the
-        contexts are then to be built again: :class:`CrlRefresher`). A file that could not
-        be taken is logged once, the CRLs read before kept, and read again at the next
-        refresh (a mode fixed with chmod changes no stamp)."""
+        contexts are then to be built again: :class:`kcm.tls_refresh.TlsRefresher`). A
+        file that could not be taken is logged once, the CRLs read before kept, and read
+        again at the next refresh (a mode fixed with chmod changes no stamp)."""
         if reading.crls is None:
             if self._refused != (reading.stamp, reading.refusal):
                 self._refused = (reading.stamp, reading.refusal)
@@ -250,135 +245,19 @@ class RevocationLists:
                      "{path}", issuer=crl.issuer.rfc4514_string(),
                      when=next_update.isoformat(), path=self.path)
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-class CrlRefresher(Service):
-    """Reads ``tls.crl`` when it starts (:attr:`lists`; a wrong file stops the start) and
-    again every ``interval`` seconds while it runs; when the CRLs changed, every listener's
-    TLS options made by :meth:`options` are built again with them.
-
-    A refresh reads and checks the file and builds the new options by ``run_in_thread``
-    (default: the reactor's thread pool), since a CRL of 100,000 entries takes the better
-    part of a second; only taking the CRLs and swapping the options in is done on the
-    reactor, all at once. A refresh still running at the next tick makes that tick skip.
-    Start it before those listeners."""
-
-    def __init__(self, path: str, ca_path: str, clock: IReactorTime, *,
-                 interval: float = REFRESH_INTERVAL,
-                 run_in_thread: RunInThread | None = None,
-                 refusals: ConnectionRefusals | None = None) -> None:
-        """``refusals``: where open connections cut for a new CRL are counted (the
-        process's; None: a count of its own)."""
-        self.path = path
-        self.ca_path = ca_path
-        self.clock = clock
-        self.interval = interval
-        self.lists: RevocationLists | None = None
-        self.refusals = refusals if refusals is not None else ConnectionRefusals()
-        #: Looks at the file that found one that could not be taken, or failed.
-        self.load_failures = 0
-        self._run = run_in_thread or in_reactor_threads(clock)
-        #: Each listener's options, and how they are built from lists.
-        self._renewed: list[tuple[Any, Callable[[RevocationLists], Any]]] = []
-        self._loop: LoopingCall | None = None
-        self._refreshing: Deferred[None] | None = None
-
-    def options(self, build: Callable[[RevocationLists], Any], *,
-                name: str = "TLS") -> Callable[[], Any]:
-        """For a listener (:class:`kcm.tls.TLSListener`'s ``tls_options``): its TLS options
-        ``build(lists)`` makes, built again whenever the CRLs change (in a thread: ``build``
-        must only read files and the lists it is given); its open connections are checked
-        against each new CRL (:class:`RevocationWatch`; ``name``: the listener's, for the
-        log: ``KMIP``, ``gateway link``)."""
-        from kcm.tls import RenewableServerTLS
-
-        def made() -> Any:
-            assert self.lists is not None, "the CRL refresher starts first"
-            renewable = RenewableServerTLS(build(self.lists),
-                                           watch=RevocationWatch(name, self.refusals))
-            self._renewed.append((renewable, build))
-            return renewable
-
-        return made
-
-    def startService(self) -> None:
-        self.lists = RevocationLists(self.path, self.ca_path)
-        self._loop = LoopingCall(self.refresh)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
-        super().startService()
-
-    def refresh(self) -> Deferred[None] | None:
-        """One look at the file, unless the last one is still running (None then); never
-        fails (the loop goes on whatever happens)."""
-        lists = self.lists
-        if lists is None or self._refreshing is not None:
-            return None
-        renewed = list(self._renewed)
-        try:
-            running = self._run(_read_and_build, lists, renewed)
-        except Exception:  # noqa: BLE001 - no thread to run it in: tried again next tick
-            self.load_failures += 1
-            log.failure("tls.crl: the refresh failed; it is tried again")
-            return None
-        self._refreshing = running.addCallback(self._swap, lists)
-
-        def failed(failure: Failure) -> None:
-            self.load_failures += 1
-            log.failure("tls.crl: the refresh failed; it is tried again", failure)
-
-        self._refreshing.addErrback(failed)
-
-        def done(_: object) -> None:
-            self._refreshing = None
-
-        return self._refreshing.addBoth(done)
-
-    def _swap(self, read: tuple[CrlReading | None, list[tuple[Any, Any]]],
-              lists: RevocationLists) -> None:
-        """On the reactor: take the CRLs read, and put each listener's new options in (one
-        that could not be built is logged and keeps those in force); then cut every open
-        connection whose peer's chain the CRLs list (:meth:`RevocationWatch.cut_revoked`:
-        the CRLs are in force whichever options were built)."""
-        reading, built = read
-        if reading is not None and reading.crls is None:
-            self.load_failures += 1
-        if reading is None or not lists.take(reading):
-            return
-        for renewable, options in built:
-            if isinstance(options, Failure):
-                log.failure("tls.crl: a listener's TLS options could not be built again; "
-                            "those in force stay", options)
-            else:
-                renewable.use(options)
-        assert reading.crls is not None  # (taken)
-        revoked = reading.revoked if reading.revoked is not None \
-            else revoked_keys(reading.crls)
-        for renewable, _ in self._renewed:
-            if renewable.watch is not None:
-                renewable.watch.cut_revoked(revoked)
-
-    def stopService(self) -> Any:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        return super().stopService()
+    def _file_stamp(self) -> FileStamp | None:
+        return file_stamp(self.path)
 
 
 class RevocationWatch:
-    """The open connections of one listener whose TLS options a :class:`CrlRefresher`
-    renews, each with the :data:`CertificateKey` of its peer's chain (:func:`chain_keys`),
-    read once as its handshake completes: :class:`kcm.tls.RenewableServerTLS` makes it
-    each connection's ``peer_watch`` (:class:`kcm.eager_tls.EagerTLSProtocol`), which tells
-    it of the handshake and of the end. :meth:`cut_revoked` cuts those the CRLs just taken
-    list, on the reactor: a set lookup per certificate of each connection (a thousand
-    connections: about a millisecond)."""
+    """The open connections of one listener whose TLS options a
+    :class:`kcm.tls_refresh.TlsRefresher` renews, each with the :data:`CertificateKey` of
+    its peer's chain (:func:`chain_keys`), read once as its handshake completes:
+    :class:`kcm.tls.RenewableServerTLS` makes it each connection's ``peer_watch``
+    (:class:`kcm.eager_tls.EagerTLSProtocol`), which tells it of the handshake and of the
+    end. :meth:`cut_revoked` cuts those the CRLs just taken list, on the reactor: a set
+    lookup per certificate of each connection (a thousand connections: about a
+    millisecond)."""
 
     def __init__(self, name: str, refusals: ConnectionRefusals | None = None) -> None:
         self.name = name
@@ -472,21 +351,3 @@ def _peer_host(protocol: Any) -> str:
     except Exception:  # noqa: BLE001 - only for the log line
         return "?"
     return str(getattr(peer, "host", peer))
-
-
-def _read_and_build(lists: RevocationLists,
-                    renewed: list[tuple[Any, Callable[[RevocationLists], Any]]]
-                    ) -> tuple[CrlReading | None, list[tuple[Any, Any]]]:
-    """In a thread: the file read again if it changed and, when it could be taken, each
-    listener's options built with its CRLs (or the Failure of the build)."""
-    reading = lists.read_changed()
-    if reading is None or reading.crls is None:
-        return reading, []
-    candidate = lists.with_crls(reading.crls)
-    built: list[tuple[Any, Any]] = []
-    for renewable, build in renewed:
-        try:
-            built.append((renewable, build(candidate)))
-        except Exception:  # noqa: BLE001 - logged on the reactor; the options in force stay
-            built.append((renewable, Failure()))
-    return reading, built

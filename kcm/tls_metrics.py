@@ -1,19 +1,20 @@
 """The TLS side of a KCM process's metrics, the same on both planes (docs/operations.md,
-"Metrics and health"): when its certificates expire, how fresh its CRLs are, and the
-connections it refused.
+"Metrics and health"): when its certificates expire, how fresh its CRLs are, its TLS
+files taken again while it runs, and the connections it refused.
 
 What it promises:
 
 * :class:`CertificateExpiry` holds, per listener or link (``kmip``, ``link``), the dates of
   the certificates its TLS options were last built with (:class:`kcm.tls.CertificateDates`,
   given by the code that read them: :mod:`kcm.tls`): at start, and whenever they are built
-  again (a CRL refresh builds a listener's again, reading the files as they are then). A
-  start whose files do not load records nothing; a rebuild that fails keeps the dates of
-  the options still in force.
+  again (:mod:`kcm.tls_refresh`: renewed files taken, or new CRLs). A start whose files do
+  not load records nothing; renewed files refused, or a rebuild that fails, keep the dates
+  of the options still in force.
 * :func:`tls_collectors` are the families, named with the plane's prefix (``kcm_core``,
   ``kcm_gateway``), read when scraped: the expiry gauges, the refused connections by
-  reason (every reason, from 0), and with a CRL configured its earliest Next Update, when
-  it was last read and the looks at it that failed.
+  reason (every reason, from 0), the renewed TLS files taken and refused, and with a CRL
+  configured its earliest Next Update, when it was last read and the looks at it that
+  failed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kcm.metrics import CallbackCounter, CallbackGauge
 if TYPE_CHECKING:
     from kcm.connection_refusals import ConnectionRefusals
     from kcm.tls import CertificateDates
-    from kcm.tls_crl import CrlRefresher
+    from kcm.tls_refresh import TlsRefresher
 
 __all__ = ["CertificateExpiry", "tls_collectors"]
 
@@ -55,9 +56,9 @@ class CertificateExpiry:
 
 
 def tls_collectors(prefix: str, *, expiry: CertificateExpiry, refusals: ConnectionRefusals,
-                   crls: CrlRefresher | None) -> list[Any]:
-    """The TLS families of a plane named ``prefix`` (module docstring); CRL ones only with
-    ``crls``."""
+                   refresher: TlsRefresher) -> list[Any]:
+    """The TLS families of a plane named ``prefix`` (module docstring); CRL ones only when
+    ``refresher`` has a CRL file."""
     collectors: list[Any] = [
         CallbackGauge(
             f"{prefix}_tls_certificate_expiry_timestamp_seconds",
@@ -73,17 +74,27 @@ def tls_collectors(prefix: str, *, expiry: CertificateExpiry, refusals: Connecti
             "Connections refused or cut before being served, by reason: limit, timeout, "
             "handshake, revoked, identity, unreadable, too_large.", ("reason",),
             lambda: [((reason,), count) for reason, count in refusals]),
+        CallbackCounter(
+            f"{prefix}_tls_reloads",
+            "Renewed TLS files (tls.cert, tls.key, tls.ca) taken while running.", (),
+            lambda: [((), refresher.reloads)]),
+        CallbackCounter(
+            f"{prefix}_tls_reloads_refused",
+            "Looks at changed TLS files that could not be taken (a key not the "
+            "certificate's, a certificate out of its dates or not chaining to tls.ca, a "
+            "file that cannot be read): those in force stay.", (),
+            lambda: [((), refresher.reloads_refused)]),
     ]
-    if crls is None:
+    if refresher.crl_path is None:
         return collectors
 
     def next_update() -> list[tuple[tuple[()], float]]:
-        lists = crls.lists
+        lists = refresher.lists
         when = None if lists is None else lists.next_update
         return [] if when is None else [((), when)]
 
     def loaded() -> list[tuple[tuple[()], float]]:
-        lists = crls.lists
+        lists = refresher.lists
         return [] if lists is None else [((), lists.loaded_at)]
 
     collectors += [
@@ -97,6 +108,6 @@ def tls_collectors(prefix: str, *, expiry: CertificateExpiry, refusals: Connecti
         CallbackCounter(
             f"{prefix}_crl_load_failures",
             "Looks at tls.crl that found a file that could not be taken (the CRLs read "
-            "before stay in force), or failed.", (), lambda: [((), crls.load_failures)]),
+            "before stay in force), or failed.", (), lambda: [((), refresher.load_failures)]),
     ]
     return collectors

@@ -340,7 +340,12 @@ def _tls(tls: TlsFiles, section: str, now: dt.datetime,
     """The TLS files load as the service's listener loads them at start, the key file's
     mode, the certificate's dates, chain, usages and identity (``identity(cert)``)."""
     from kcm.config_file import tls_file_problem
-    from kcm.tls import key_file_mode_problem, listener_tls_options, load_certificates
+    from kcm.tls import (
+        key_file_mode_problem,
+        listener_tls_options,
+        load_certificates,
+        read_tls_material,
+    )
 
     refused = False
     try:
@@ -358,7 +363,7 @@ def _tls(tls: TlsFiles, section: str, now: dt.datetime,
         failure = tls_file_problem(tls, section)
     else:
         try:
-            listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy)
+            listener_tls_options(read_tls_material(tls.cert, tls.key, tls.ca), tls.policy)
             failure = None
         except Exception as e:  # the start's own diagnosis (kcm.process) names the file
             failure = tls_file_problem(tls, section) or f"{section}.tls: {e}"

@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from kcm.core.event_fanout import EventFanout
     from kcm.core.link_server import LinkServerFactory
     from kcm.core.state_sweeper import StateSweeper
-    from kcm.tls_crl import CrlRefresher
+    from kcm.tls_refresh import TlsRefresher
 
 __all__ = ["GROUP_SIZE_BUCKETS", "CoreMetrics", "DatabaseReadiness", "database_state"]
 
@@ -290,11 +290,12 @@ class CoreMetrics:
             ("gateway",), counts))
 
     def watch_tls(self, *, expiry: CertificateExpiry, refusals: ConnectionRefusals,
-                  crls: CrlRefresher | None) -> None:
-        """Report the listeners' certificate expiry, the connections refused and, with
-        ``tls.crl``, the CRLs' freshness when scraped (:mod:`kcm.tls_metrics`)."""
+                  refresher: TlsRefresher) -> None:
+        """Report the listeners' certificate expiry, the connections refused, the TLS
+        files taken again and, with ``tls.crl``, the CRLs' freshness when scraped
+        (:mod:`kcm.tls_metrics`)."""
         for collector in tls_collectors("kcm_core", expiry=expiry, refusals=refusals,
-                                        crls=crls):
+                                        refresher=refresher):
             self.registry.register(collector)
 
 

@@ -44,14 +44,16 @@ from kcm.link.frames import frame_size_limit
 from kcm.reactor_dispatch import call_before_poll
 from kcm.tls import (
     TLSListener,
+    TlsMaterial,
     listener_tls_options,
     min_tls_version,
     peer_principal,
-    server_tls_options,
+    server_tls_from,
 )
-from kcm.tls_crl import CrlRefresher, RevocationLists
+from kcm.tls_crl import RevocationLists
 from kcm.tls_metrics import CertificateExpiry
 from kcm.tls_policy import TLS_POLICY_OPTIONS
+from kcm.tls_refresh import TlsRefresher
 
 
 class Options(ServiceOptions):
@@ -158,26 +160,25 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     tls = config.tls
     # KMIP clients get the configured versions and suites; the gateways' link keeps the
     # default suites (both ends are KCM) with the configured minimum version.
-    # Client certificates checked against tls.crl, read as the listeners start and again
-    # as the file changes (the refresher starts before them).
+    # The TLS files, and client certificates checked against tls.crl, read as the
+    # listeners start and again as the files change (the refresher starts before them).
     # Connections refused, by reason, wherever they are (guard, protocols, CRL watches);
     # the certificates' dates as each listener's options are built (kcm.tls_metrics).
     refusals = ConnectionRefusals()
     certificate_expiry = CertificateExpiry()
-    crls = (CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh,
-                         refusals=refusals) if tls.crl else None)
+    refresher = TlsRefresher(tls.cert, tls.key, tls.ca, reactor, crl=tls.crl,
+                             interval=tls.crl_refresh, refusals=refusals)
 
-    def kmip_options(lists: RevocationLists | None = None) -> Any:
-        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy, lists,
+    def kmip_options(material: TlsMaterial, lists: RevocationLists | None) -> Any:
+        return listener_tls_options(material, tls.policy, lists,
                                     dates=certificate_expiry.seen("kmip"))
 
-    def link_options(lists: RevocationLists | None = None) -> Any:
-        return server_tls_options(tls.cert, tls.key, tls.ca,
-                                  min_version=min_tls_version(tls.policy), crls=lists,
-                                  dates=certificate_expiry.seen("link"))
+    def link_options(material: TlsMaterial, lists: RevocationLists | None) -> Any:
+        return server_tls_from(material, min_version=min_tls_version(tls.policy), crls=lists,
+                               dates=certificate_expiry.seen("link"))
 
-    kmip_tls_options = crls.options(kmip_options, name="KMIP") if crls else kmip_options
-    link_tls_options = crls.options(link_options, name="gateway link") if crls else link_options
+    kmip_tls_options = refresher.options(kmip_options, name="KMIP")
+    link_tls_options = refresher.options(link_options, name="gateway link")
 
     kmip_factory = KmipServerFactory(
         handler, config.limits,
@@ -205,8 +206,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     checkpoints.setServiceParent(core)
     metrics.audit_checkpoints(checkpoints)
     policy.setServiceParent(core)
-    if crls is not None:
-        crls.setServiceParent(core)
+    refresher.setServiceParent(core)
     TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
                 name="kcm-kmip-listener", guard=guard).setServiceParent(core)
     sweeper = StateSweeper(store, reactor, wall_clock=time.time,
@@ -259,7 +259,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     metrics.sweeper(sweeper)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     metrics.queues(handler.queue_waiting)
-    metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, crls=crls)
+    metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, refresher=refresher)
     core.metrics = metrics
     core.kmip_factory = kmip_factory
     if config.metrics_listen:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from kcm.connection_refusals import ConnectionRefusals
     from kcm.gateway.l3_cache import L3Cache
     from kcm.gateway.link_client import LinkClient
-    from kcm.tls_crl import CrlRefresher
+    from kcm.tls_refresh import TlsRefresher
 
 __all__ = ["GatewayMetrics"]
 
@@ -176,12 +176,12 @@ class GatewayMetrics:
             "memory), miss (the token opened).", ("result",), dek_lookups))
 
     def watch_tls(self, *, expiry: CertificateExpiry, refusals: ConnectionRefusals,
-                  crls: CrlRefresher | None) -> None:
+                  refresher: TlsRefresher) -> None:
         """Report the listener's and the link's certificate expiry, the connections
-        refused and, with ``tls.crl``, the CRLs' freshness when scraped
-        (:mod:`kcm.tls_metrics`)."""
+        refused, the TLS files taken again and, with ``tls.crl``, the CRLs' freshness
+        when scraped (:mod:`kcm.tls_metrics`)."""
         for collector in tls_collectors("kcm_gateway", expiry=expiry, refusals=refusals,
-                                        crls=crls):
+                                        refresher=refresher):
             self.registry.register(collector)
 
     def watch_busy_poll(self, wait: Callable[[], SpinningWait | None]) -> None:

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography import x509
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -37,7 +38,7 @@ from kcm.process import ProcessService
 from kcm.reactor_threads import RunInThread, in_reactor_threads
 from kcm.tls import TLSClientEndpoint, load_certificates
 
-__all__ = ["GatewayIdentity", "GatewayService"]
+__all__ = ["GatewayIdentity", "GatewayService", "gateway_name_of", "renamed_gateway"]
 
 log = Logger()
 
@@ -230,9 +231,27 @@ def _parse_policy(document: str) -> SubjectMap:
 
 def gateway_name_of(cert_path: str, trust_domain: str) -> str:
     """The name the gateway gives itself on the link: its certificate's gateway name."""
-    principal = principal_from_certificate(load_certificates(cert_path)[0],
-                                           trust_domain=trust_domain)
-    if principal is None or principal.role is not Role.GATEWAY or principal.name is None:
+    name = _gateway_name(load_certificates(cert_path)[0], trust_domain)
+    if name is None:
         raise ValueError(f"{cert_path} does not name a gateway "
                          f"(spiffe://{trust_domain}/gateway/NAME)")
+    return name
+
+
+def renamed_gateway(certificate: x509.Certificate, trust_domain: str,
+                    name: str | None) -> str | None:
+    """Why a renewed ``certificate`` may not be taken by the gateway named ``name`` while
+    it runs (:mod:`kcm.tls_renewal`), or None: it must name the same gateway (the name the
+    link announced, and the identity the core knows it by)."""
+    renewed = _gateway_name(certificate, trust_domain)
+    if renewed == name:
+        return None
+    named = f"gateway {renewed}" if renewed is not None else "no gateway"
+    return f"it names {named}, not gateway {name} (a new name takes a restart)"
+
+
+def _gateway_name(certificate: x509.Certificate, trust_domain: str) -> str | None:
+    principal = principal_from_certificate(certificate, trust_domain=trust_domain)
+    if principal is None or principal.role is not Role.GATEWAY:
+        return None
     return principal.name

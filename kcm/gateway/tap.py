@@ -12,11 +12,13 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.internet import reactor as default_reactor
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python import usage
 
 from kcm import monotonic_reactor
@@ -34,7 +36,12 @@ from kcm.gateway.link_client import LinkClient
 from kcm.gateway.local_batch import LocalRunner, gateway_engines
 from kcm.gateway.metrics import GatewayMetrics
 from kcm.gateway.placement import usable_cpus, worker_cpus, workers_by_cpu
-from kcm.gateway.service import GatewayIdentity, GatewayService, gateway_name_of
+from kcm.gateway.service import (
+    GatewayIdentity,
+    GatewayService,
+    gateway_name_of,
+    renamed_gateway,
+)
 from kcm.gateway.supervisor import (
     WORKER_LISTEN_FD,
     GatewaySupervisor,
@@ -52,17 +59,19 @@ from kcm.l4.opened_keys import OpenedKeys
 from kcm.link.frames import frame_size_limit
 from kcm.reactor_dispatch import call_before_poll, spinning_wait
 from kcm.tls import (
-    DatesSeen,
     TLSClientEndpoint,
     TLSListener,
-    client_tls_options,
+    TlsMaterial,
+    client_tls_from,
     listener_tls_options,
     min_tls_version,
     peer_principal,
+    read_tls_material,
 )
-from kcm.tls_crl import CrlRefresher, RevocationLists
+from kcm.tls_crl import RevocationLists
 from kcm.tls_metrics import CertificateExpiry
 from kcm.tls_policy import TLS_POLICY_OPTIONS
+from kcm.tls_refresh import TlsRefresher
 
 
 class Options(ServiceOptions):
@@ -198,7 +207,20 @@ def makeService(options: Options,
     # certificates' dates as the listener's and the link's options are built.
     refusals = ConnectionRefusals()
     certificate_expiry = CertificateExpiry()
-    link_endpoint = core_link_endpoint(reactor, config, dates=certificate_expiry.seen("link"))
+    # The TLS files (the listener's and the link's), and client certificates checked
+    # against tls.crl, read as it starts and again as the files change; a
+    # renewed certificate must still name this gateway (its name on the link).
+    tls_files = TlsRefresher(tls.cert, tls.key, tls.ca, reactor, crl=tls.crl,
+                             interval=tls.crl_refresh, refusals=refusals,
+                             check=lambda cert: renamed_gateway(cert, trust_domain,
+                                                                link.gateway_name))
+
+    def link_options(material: TlsMaterial, lists: RevocationLists | None) -> Any:
+        return client_tls_from(material, config.core_server_name,
+                               min_version=min_tls_version(tls.policy),
+                               dates=certificate_expiry.seen("link"))
+
+    link_endpoint = core_link_endpoint(reactor, config, tls_files.client(link_options))
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
     opened_keys = (OpenedKeys(clock=reactor.seconds, max_entries=config.dek_cache_size,
@@ -249,22 +271,17 @@ def makeService(options: Options,
     SighupIgnored(reactor, None if worker is not None else
                   "kcm-gateway: SIGHUP ignored: one gateway process (workers = 1) reloads "
                   "nothing; restart it to apply changes").setServiceParent(gateway)
+    tls_files.setServiceParent(gateway)  # (before the identity loads the link's options)
     GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
     link.setServiceParent(gateway)
-    # Client certificates checked against tls.crl, read as the listener starts and again
-    # as the file changes (the refresher starts before it).
-    crls = (CrlRefresher(tls.crl, tls.ca, reactor, interval=tls.crl_refresh,
-                         refusals=refusals) if tls.crl else None)
-    if crls is not None:
-        crls.setServiceParent(gateway)
-    metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, crls=crls)
+    metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, refresher=tls_files)
 
-    def kmip_options(lists: RevocationLists | None = None) -> Any:
-        return listener_tls_options(tls.cert, tls.key, tls.ca, tls.policy, lists,
+    def kmip_options(material: TlsMaterial, lists: RevocationLists | None) -> Any:
+        return listener_tls_options(material, tls.policy, lists,
                                     dates=certificate_expiry.seen("kmip"))
 
-    kmip_tls_options = crls.options(kmip_options, name="KMIP") if crls else kmip_options
-    TLSListener(reactor, config.listen, kmip_tls_options, kmip_factory,
+    TLSListener(reactor, config.listen, tls_files.options(kmip_options, name="KMIP"),
+                kmip_factory,
                 name="kcm-kmip-listener", guard=guard,
                 # A worker tells its supervisor once it can serve: linked, or holding keys.
                 ready=lambda: metrics.readiness().ready).setServiceParent(gateway)
@@ -290,13 +307,17 @@ def makeService(options: Options,
     return gateway
 
 
-def core_link_endpoint(reactor: Any, config: GatewayConfig, *,
-                       dates: DatesSeen | None = None) -> CoreFailoverEndpoint:
-    """The endpoint of the gateway's link to its cores (its TLS files read by ``load``,
-    ``dates`` told when the certificates read expire)."""
+def core_link_endpoint(reactor: Any, config: GatewayConfig,
+                       core_tls: Callable[[], IOpenSSLClientConnectionCreator] | None = None
+                       ) -> CoreFailoverEndpoint:
+    """The endpoint of the gateway's link to its cores, its TLS options made by
+    ``core_tls`` when ``load`` is called (None: from the TLS files as they are then)."""
     tls = config.tls
-    core_tls = partial(client_tls_options, tls.cert, tls.key, tls.ca, config.core_server_name,
-                       min_version=min_tls_version(tls.policy), dates=dates)
+    if core_tls is None:
+        def core_tls() -> IOpenSSLClientConnectionCreator:
+            return client_tls_from(read_tls_material(tls.cert, tls.key, tls.ca),
+                                   config.core_server_name,
+                                   min_version=min_tls_version(tls.policy))
     return CoreFailoverEndpoint(
         [TLSClientEndpoint(reactor, with_connect_timeout(core), core_tls)
          for core in config.core], config.core, order=config.core_order)
@@ -323,7 +344,7 @@ def make_supervisor(options: Options, workers: int,
     StartCheck(partial(check_worker_identity, reactor, config),
                name="kcm-gateway-identity").setServiceParent(supervisor)
     StartCheck(lambda: listener_tls_options(
-        tls.cert, tls.key, tls.ca, tls.policy,
+        read_tls_material(tls.cert, tls.key, tls.ca), tls.policy,
         RevocationLists(tls.crl, tls.ca) if tls.crl else None),
         name="kcm-tls-files").setServiceParent(supervisor)
     listener = SharedListener(reactor, config.listen, near=workers_by_cpu(pinned))

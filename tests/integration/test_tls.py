@@ -43,6 +43,7 @@ from kcm.tls import (
     client_tls_options,
     listener_tls_options,
     peer_principal,
+    read_tls_material,
     server_tls_options,
     tls_client_endpoint,
     tls_server_endpoint,
@@ -550,8 +551,8 @@ def _listen_with(pki: PkiPaths, policy: TlsPolicy, cert: CertKeyPaths | None = N
     log = ServerLog()
     factory = protocol.Factory.forProtocol(lambda: WhoAmI(log, None))
     cert = cert or pki.core
-    endpoint = tls_server_endpoint(reactor, "tcp:0:interface=127.0.0.1",
-                                   listener_tls_options(cert.cert, cert.key, pki.ca.cert, policy))
+    options = listener_tls_options(read_tls_material(cert.cert, cert.key, pki.ca.cert), policy)
+    endpoint = tls_server_endpoint(reactor, "tcp:0:interface=127.0.0.1", options)
     return endpoint.listen(factory).addCallback(lambda port: (port, log))
 
 
@@ -640,5 +641,5 @@ def test_min_version_13_refuses_tls12_and_ciphers_replace_the_list(pki: PkiPaths
 
 def test_a_cipher_string_naming_no_suite_fails_at_construction(pki: PkiPaths) -> None:
     with pytest.raises(ValueError, match="names no suite"):
-        listener_tls_options(pki.core.cert, pki.core.key, pki.ca.cert,
+        listener_tls_options(read_tls_material(pki.core.cert, pki.core.key, pki.ca.cert),
                              TlsPolicy(ciphers="NO-SUCH-SUITE"))

@@ -29,8 +29,8 @@ from tests.unit.test_audit import write_legacy_chain
 from tests.vectors import REPO_ROOT
 
 TREE = ["kcm-store", "kcm-database-sessions", "kcm-object-cache-expiry", "kcm-l1",
-        "kcm-audit-checkpoints", "kcm-policy", "kcm-kmip-listener", "kcm-event-fanout",
-        "kcm-outbox-listener", "kcm-link-listener", "kcm-state-sweeper"]
+        "kcm-audit-checkpoints", "kcm-policy", "kcm-tls-refresh", "kcm-kmip-listener",
+        "kcm-event-fanout", "kcm-outbox-listener", "kcm-link-listener", "kcm-state-sweeper"]
 
 
 def parse(*argv: str) -> tap.Options:

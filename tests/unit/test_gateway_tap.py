@@ -78,8 +78,8 @@ def test_make_service_only_assembles(tmp_path: Path, monkeypatch) -> None:
     assert service.config.listen == "tcp:0"
     assert [child.name for child in service] == [
         # None: the refresher
-        "kcm-sighup", "kcm-gateway-identity", "kcm-link", "kcm-kmip-listener", None,
-        "kcm-dek-cache-expiry", "kcm-usage-report"]
+        "kcm-sighup", "kcm-tls-refresh", "kcm-gateway-identity", "kcm-link",
+        "kcm-kmip-listener", None, "kcm-dek-cache-expiry", "kcm-usage-report"]
     assert service.link is not None and service.cache is not None
     assert service.handler is not None
     assert not service.running and not any(child.running for child in service)

@@ -26,8 +26,9 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from kcm.config_file import TlsFiles
 from kcm.eager_tls import EagerTLSFactory
 from kcm.pki import PkiPaths, init_pki, issue_crl, load_ca, new_ca
-from kcm.tls import server_tls_options
-from kcm.tls_crl import CrlRefresher, RevocationWatch, chain_keys, load_crls, revoked_keys
+from kcm.tls import server_tls_from, server_tls_options
+from kcm.tls_crl import RevocationWatch, chain_keys, load_crls, revoked_keys
+from kcm.tls_refresh import TlsRefresher
 from tests.thread_fakes import HeldThreads, run_inline
 
 
@@ -98,6 +99,12 @@ def _handshake(options, pair, ca: Path) -> bool:
     return done
 
 
+def _refresher(pki: PkiPaths, crl: str, ca: str, clock, **options) -> TlsRefresher:
+    """The refresher of the core's certificate and key, the CA bundle ``ca`` and the CRL
+    file ``crl``."""
+    return TlsRefresher(str(pki.core.cert), str(pki.core.key), ca, clock, crl=crl, **options)
+
+
 def _write(path: Path, crl) -> None:
     path.write_bytes(crl.public_bytes(Encoding.PEM))
     stamp = path.stat()
@@ -115,12 +122,12 @@ def test_a_refresh_builds_the_listeners_options_again_with_the_new_crls_alone(
     path = tmp_path / "crl.pem"
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     _write(path, issue_crl(ca, [_certificate(pki.app)], now=now))
-    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1,
+    refresher = _refresher(pki, str(path), str(pki.ca.cert), Clock(), interval=1,
                              run_in_thread=run_inline)
     refresher.startService()
     try:
-        options = refresher.options(lambda lists: server_tls_options(
-            pki.core.cert, pki.core.key, pki.ca.cert, crls=lists))()
+        options = refresher.options(lambda material, lists: server_tls_from(
+            material, crls=lists))()
         assert not _handshake(options, pki.app, pki.ca.cert)
         assert _handshake(options, pki.other_app, pki.ca.cert)
         _write(path, issue_crl(ca, [_certificate(pki.other_app)], now=now))  # same time
@@ -151,12 +158,12 @@ def test_a_refresh_that_fails_in_any_way_keeps_the_loop_going(pki, tmp_path) -> 
     bundle = tmp_path / "ca.pem"
     bundle.write_bytes(pki.ca.cert.read_bytes())
     clock = Clock()
-    refresher = CrlRefresher(str(path), str(bundle), clock, interval=1,
+    refresher = _refresher(pki, str(path), str(bundle), clock, interval=1,
                              run_in_thread=run_inline)
     refresher.startService()
     try:
-        options = refresher.options(lambda lists: server_tls_options(
-            pki.core.cert, pki.core.key, pki.ca.cert, crls=lists))()
+        options = refresher.options(lambda material, lists: server_tls_from(
+            material, crls=lists))()
         aside = tmp_path / "aside.pem"
         bundle.rename(aside)
         _write(path, issue_crl(ca, [_certificate(pki.app)]))
@@ -179,18 +186,18 @@ def test_a_refresh_reads_and_builds_in_a_thread_and_swaps_on_the_reactor(
     path = tmp_path / "crl.pem"
     _write(path, issue_crl(ca, [_certificate(pki.app)]))
     clock, threads = Clock(), HeldThreads()
-    refresher = CrlRefresher(str(path), str(pki.ca.cert), clock, interval=1,
+    refresher = _refresher(pki, str(path), str(pki.ca.cert), clock, interval=1,
                              run_in_thread=threads)
     refresher.startService()
     builds: list[str] = []
     broken = False
 
     def build(name: str):
-        def options(lists):
+        def options(material, lists):
             builds.append(name)
             if broken and name == "link":
                 raise OSError("the key file is gone")
-            return server_tls_options(pki.core.cert, pki.core.key, pki.ca.cert, crls=lists)
+            return server_tls_from(material, crls=lists)
         return options
 
     try:
@@ -392,21 +399,21 @@ def test_a_revoked_intermediate_ca_cuts_what_it_issued(pki, warnings) -> None:
 
 
 def test_a_refresh_cuts_the_open_connections_its_crls_list(pki, tmp_path) -> None:
-    """CrlRefresher: the listeners' options carry a watch (each connection's peer_watch);
+    """TlsRefresher: the listeners' options carry a watch (each connection's peer_watch);
     a refresh that takes new CRLs cuts what they list, even for a listener whose options
     could not be built again (the CRLs are in force); an unchanged file cuts nothing."""
     ca = load_ca(pki.ca)
     path = tmp_path / "crl.pem"
     _write(path, issue_crl(ca, []))
-    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1,
+    refresher = _refresher(pki, str(path), str(pki.ca.cert), Clock(), interval=1,
                              run_in_thread=run_inline)
     refresher.startService()
     broken = False
 
-    def build(lists):
+    def build(material, lists):
         if broken:
             raise OSError("the key file is gone")
-        return server_tls_options(pki.core.cert, pki.core.key, pki.ca.cert, crls=lists)
+        return server_tls_from(material, crls=lists)
 
     try:
         options = refresher.options(build, name="KMIP")()
@@ -443,11 +450,11 @@ def test_connections_cut_are_counted_as_refused_revoked(pki, tmp_path) -> None:
     assert dict(refusals)["revoked"] == 2
     path = tmp_path / "crl.pem"
     _write(path, issue_crl(load_ca(pki.ca), []))
-    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), refusals=refusals)
+    refresher = _refresher(pki, str(path), str(pki.ca.cert), Clock(), refusals=refusals)
     refresher.startService()
     try:
-        options = refresher.options(lambda lists: server_tls_options(
-            pki.core.cert, pki.core.key, pki.ca.cert, crls=lists))()
+        options = refresher.options(lambda material, lists: server_tls_from(
+            material, crls=lists))()
         assert options.watch.refusals is refusals
     finally:
         refresher.stopService()
@@ -462,7 +469,7 @@ def test_the_crls_freshness_and_failed_loads_are_kept_for_the_metrics(pki, tmp_p
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     soon, later = issue_crl(ca, [], now=now, days=2), issue_crl(ca, [], now=now, days=9)
     path.write_bytes(later.public_bytes(Encoding.PEM) + soon.public_bytes(Encoding.PEM))
-    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1,
+    refresher = _refresher(pki, str(path), str(pki.ca.cert), Clock(), interval=1,
                              run_in_thread=run_inline)
     refresher.startService()
     try:
@@ -503,7 +510,7 @@ def test_a_refresh_that_fails_outright_is_counted_as_a_failed_load(pki, tmp_path
             return fail(RuntimeError("the thread's work failed"))
         return run_inline(fn, *args, **kwargs)
 
-    refresher = CrlRefresher(str(path), str(pki.ca.cert), Clock(), interval=1,
+    refresher = _refresher(pki, str(path), str(pki.ca.cert), Clock(), interval=1,
                              run_in_thread=run)
     refresher.startService()
     try:

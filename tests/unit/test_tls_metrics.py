@@ -26,8 +26,8 @@ from kcm.pki import (
     write_certificate,
 )
 from kcm.tls import CertificateDates, client_tls_options, server_tls_options
-from kcm.tls_crl import CrlRefresher
 from kcm.tls_metrics import CertificateExpiry, tls_collectors
+from kcm.tls_refresh import TlsRefresher
 from tests.thread_fakes import run_inline
 from tests.unit.test_metrics import samples
 
@@ -89,9 +89,11 @@ def test_the_families_are_read_when_scraped(pki, tmp_path) -> None:
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     path.write_bytes(issue_crl(load_ca(pki.ca), [], now=now, days=3).public_bytes(
         Encoding.PEM))
-    crls = CrlRefresher(str(path), str(pki.ca.cert), Clock(), run_in_thread=run_inline)
+    crls = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(pki.ca.cert), Clock(),
+                        crl=str(path), run_in_thread=run_inline)
     registry = CollectorRegistry(auto_describe=False)
-    for collector in tls_collectors("kcm_test", expiry=expiry, refusals=refusals, crls=crls):
+    for collector in tls_collectors("kcm_test", expiry=expiry, refusals=refusals,
+                                    refresher=crls):
         registry.register(collector)
     got = samples(registry)
     # Nothing built, no CRL read yet: no dates; every reason, from 0.
@@ -128,8 +130,9 @@ def test_the_families_are_read_when_scraped(pki, tmp_path) -> None:
 
 def test_without_a_crl_there_are_no_crl_families() -> None:
     registry = CollectorRegistry(auto_describe=False)
+    refresher = TlsRefresher("cert.pem", "key.pem", "ca.pem", Clock())
     for collector in tls_collectors("kcm_test", expiry=CertificateExpiry(),
-                                    refusals=ConnectionRefusals(), crls=None):
+                                    refusals=ConnectionRefusals(), refresher=refresher):
         registry.register(collector)
     assert not [name for name, _ in samples(registry) if "_crl_" in name]
 
@@ -148,8 +151,10 @@ def test_the_core_reports_each_listener_s_certificates_as_they_are_built(pki) ->
     core = tap.makeService(options, Clock())
     expiry = "kcm_core_tls_certificate_expiry_timestamp_seconds"
     assert not [key for key in samples(core.metrics.registry) if key[0] == expiry]
+    core.getServiceNamed("kcm-tls-refresh").startService()  # (it starts before them)
     for name in ("kcm-kmip-listener", "kcm-link-listener"):
         core.getServiceNamed(name)._tls_options()  # (what the listener's start does)
+    core.getServiceNamed("kcm-tls-refresh").stopService()
     got = samples(core.metrics.registry)
     assert {dict(labels)["listener"]: value for (name, labels), value in got.items()
             if name == expiry} == dict.fromkeys(("kmip", "link"), _not_after(pki.core.cert))
@@ -169,8 +174,10 @@ def test_the_gateway_reports_its_listener_s_and_its_link_s_certificates(pki) -> 
     options.parseOptions(["--listen", "tcp:0", "--core", "tcp:127.0.0.1:1",
                           *_tls_args(pki, pki.gateway)])
     gateway = tap.makeService(options, Clock())
+    gateway.getServiceNamed("kcm-tls-refresh").startService()  # (it starts before them)
     gateway.getServiceNamed("kcm-kmip-listener")._tls_options()
     gateway.getServiceNamed("kcm-gateway-identity").endpoint.load()
+    gateway.getServiceNamed("kcm-tls-refresh").stopService()
     got = samples(gateway.metrics.registry)
     assert {dict(labels)["listener"]: value for (name, labels), value in got.items()
             if name == "kcm_gateway_tls_certificate_expiry_timestamp_seconds"} == \

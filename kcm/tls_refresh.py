@@ -1,0 +1,231 @@
+"""A running process's TLS files looked at again and taken without a restart: its
+certificate, key and CA bundle (:mod:`kcm.tls_renewal` decides what may be taken) and, with
+``tls.crl``, its CRLs (:mod:`kcm.tls_crl`). :class:`TlsRefresher` is the one service that
+looks (every ``tls.crl_refresh`` seconds), builds every listener's and link's TLS options
+again and swaps them in.
+
+* A look reads what changed and, when something can be taken, builds each set of options
+  from the files in force (those just taken, or those taken before) and the CRLs in force,
+  all in a thread (``run_in_thread``: a CRL of 100,000 entries takes the better part of a
+  second); only taking them and swapping the options in is done on the reactor, all at
+  once. A look still running at the next tick makes that tick skip.
+* Options are built from the very files that were checked (read once), never from the
+  files as they are when built: a CRL taken while a renewal is half written, or refused,
+  is built with the certificate and key in force.
+* Server options (:meth:`TlsRefresher.options`: a :class:`kcm.tls.RenewableServerTLS`)
+  give each new handshake the newest; connections already open keep theirs. With CRLs,
+  each listener's open connections are watched (:class:`kcm.tls_crl.RevocationWatch`) and
+  those the new CRLs list are cut. Client options (:meth:`TlsRefresher.client`: a
+  :class:`kcm.tls.RenewableClientTLS`, the gateway's link) are used by the next connection.
+* Counted for the metrics (:mod:`kcm.tls_metrics`): :attr:`TlsRefresher.reloads` (renewed
+  files taken), :attr:`TlsRefresher.reloads_refused` (looks that found changed files that
+  could not be taken, every look while they stay so) and :attr:`TlsRefresher.load_failures`
+  (looks at ``tls.crl`` that found a file that could not be taken, or looks that failed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kcm.connection_refusals import ConnectionRefusals
+from kcm.reactor_threads import RunInThread, in_reactor_threads
+from kcm.tls import RenewableClientTLS, RenewableServerTLS, TlsMaterial
+from kcm.tls_crl import (
+    REFRESH_INTERVAL,
+    CrlReading,
+    RevocationLists,
+    RevocationWatch,
+    revoked_keys,
+)
+from kcm.tls_renewal import CertificateCheck, TlsIdentityFiles, TlsReading
+
+__all__ = ["Build", "TlsRefresher"]
+
+log = Logger()
+
+#: How one listener's or link's TLS options are built: from the files in force and the CRLs
+#: in force (None without ``tls.crl``). Run in a thread: it must only use what it is given.
+Build = Callable[[TlsMaterial, RevocationLists | None], Any]
+
+#: Each renewed options' holder (``use``) and how they are built.
+_Renewed = list[tuple[Any, Build]]
+#: What a look found and built: the files' reading, the CRL's, and each holder's options
+#: (or the Failure of their build).
+_Look = tuple[TlsReading | None, CrlReading | None, list[tuple[Any, Any]]]
+
+
+class TlsRefresher(Service):
+    """Reads ``cert``, ``key``, ``ca`` and ``crl`` (if given) when it starts (a file that
+    cannot be read stops the start) and again as the module says, every ``interval``
+    seconds while it runs. Start it before the listeners and links it renews.
+
+    ``refusals``: where open connections cut for a new CRL are counted (the process's;
+    None: a count of its own). ``now``: the wall clock certificates are checked against.
+    ``check``: a further check of a renewed certificate (:data:`CertificateCheck`)."""
+
+    name = "kcm-tls-refresh"
+
+    def __init__(self, cert: str, key: str, ca: str, clock: IReactorTime, *,
+                 crl: str | None = None, interval: float = REFRESH_INTERVAL,
+                 run_in_thread: RunInThread | None = None,
+                 refusals: ConnectionRefusals | None = None,
+                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                 check: CertificateCheck | None = None) -> None:
+        self.files = TlsIdentityFiles(cert, key, ca, now=now, check=check)
+        self.crl_path = crl
+        self.clock = clock
+        self.interval = interval
+        self._now = now
+        #: The CRLs in force (with ``crl``, once started).
+        self.lists: RevocationLists | None = None
+        self.refusals = refusals if refusals is not None else ConnectionRefusals()
+        #: Renewed files taken; looks that found changed files that could not be taken.
+        self.reloads = 0
+        self.reloads_refused = 0
+        #: Looks at the CRL file that found one that could not be taken, or looks that failed.
+        self.load_failures = 0
+        self._run = run_in_thread or in_reactor_threads(clock)
+        self._renewed: _Renewed = []
+        self._loop: LoopingCall | None = None
+        self._refreshing: Deferred[None] | None = None
+
+    def options(self, build: Build, *, name: str = "TLS") -> Callable[[], RenewableServerTLS]:
+        """For a listener (:class:`kcm.tls.TLSListener`'s ``tls_options``): its server TLS
+        options ``build`` makes, built again whenever the files or the CRLs change; with
+        CRLs its open connections are checked against each new one
+        (:class:`kcm.tls_crl.RevocationWatch`; ``name``: the listener's, for the log:
+        ``KMIP``, ``gateway link``)."""
+
+        def made() -> RenewableServerTLS:
+            material = self._in_force()
+            watch = (RevocationWatch(name, self.refusals) if self.crl_path is not None
+                     else None)
+            renewable = RenewableServerTLS(build(material, self.lists), watch=watch)
+            self._renewed.append((renewable, build))
+            return renewable
+
+        return made
+
+    def client(self, build: Build) -> Callable[[], RenewableClientTLS]:
+        """For a client endpoint (:class:`kcm.tls.TLSClientEndpoint`'s ``tls_options``):
+        the client TLS options ``build`` makes, built once however many endpoints load them
+        (the gateway's link to each of its cores), and again whenever the files change."""
+        made_once: list[RenewableClientTLS] = []
+
+        def made() -> RenewableClientTLS:
+            if not made_once:
+                renewable = RenewableClientTLS(build(self._in_force(), self.lists))
+                self._renewed.append((renewable, build))
+                made_once.append(renewable)
+            return made_once[0]
+
+        return made
+
+    def _in_force(self) -> TlsMaterial:
+        material = self.files.material
+        assert material is not None, "the TLS refresher starts first"
+        return material
+
+    def startService(self) -> None:
+        self.files.read()
+        if self.crl_path is not None:
+            self.lists = RevocationLists(self.crl_path, self.files.paths[2], now=self._now)
+        self._loop = LoopingCall(self.refresh)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+        super().startService()
+
+    def refresh(self) -> Deferred[None] | None:
+        """One look at the files, unless the last one is still running (None then); never
+        fails (the loop goes on whatever happens)."""
+        if self.files.material is None or self._refreshing is not None:
+            return None
+        try:
+            running = self._run(_look, self.files, self.lists, list(self._renewed))
+        except Exception:  # noqa: BLE001 - no thread to run it in: tried again next tick
+            self.load_failures += 1
+            log.failure("tls: the look at the TLS files failed; it is tried again")
+            return None
+        self._refreshing = running.addCallback(self._swap)
+
+        def failed(failure: Failure) -> None:
+            self.load_failures += 1
+            log.failure("tls: the look at the TLS files failed; it is tried again", failure)
+
+        self._refreshing.addErrback(failed)
+
+        def done(_: object) -> None:
+            self._refreshing = None
+
+        return self._refreshing.addBoth(done)
+
+    def _swap(self, look: _Look) -> None:
+        """On the reactor: take what the look read, put each listener's and link's new
+        options in (one that could not be built is logged and keeps those in force); then
+        with new CRLs cut every open connection whose peer's chain they list
+        (:meth:`RevocationWatch.cut_revoked`: the CRLs are in force whichever options were
+        built)."""
+        identity, crl, built = look
+        renewed = identity is not None and self.files.take(identity)
+        if identity is not None:
+            if renewed:
+                self.reloads += 1
+            else:
+                self.reloads_refused += 1
+        if crl is not None and crl.crls is None:
+            self.load_failures += 1
+        crls_taken = crl is not None and self.lists is not None and self.lists.take(crl)
+        if not (renewed or crls_taken):
+            return
+        for renewable, options in built:
+            if isinstance(options, Failure):
+                log.failure("tls: TLS options could not be built again; those in force "
+                            "stay", options)
+            else:
+                renewable.use(options)
+        if not crls_taken:
+            return
+        assert crl is not None and crl.crls is not None  # (taken)
+        revoked = crl.revoked if crl.revoked is not None else revoked_keys(crl.crls)
+        for renewable, _ in self._renewed:
+            watch = getattr(renewable, "watch", None)
+            if watch is not None:
+                watch.cut_revoked(revoked)
+
+    def stopService(self) -> Any:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return super().stopService()
+
+
+def _look(files: TlsIdentityFiles, lists: RevocationLists | None,
+          renewed: _Renewed) -> _Look:
+    """In a thread: the files read again if they changed, the CRL file too, and, when
+    either can be taken, each holder's options built from what is then in force."""
+    identity = files.read_changed()
+    crl = lists.read_changed() if lists is not None else None
+    material = identity.material if identity is not None else None
+    new_crls = crl.crls if crl is not None else None
+    if material is None and new_crls is None:
+        return identity, crl, []
+    in_force = material if material is not None else files.material
+    assert in_force is not None  # (started)
+    candidate = lists.with_crls(new_crls) if lists is not None and new_crls is not None \
+        else lists
+    built: list[tuple[Any, Any]] = []
+    for renewable, build in renewed:
+        try:
+            built.append((renewable, build(in_force, candidate)))
+        except Exception:  # noqa: BLE001 - logged on the reactor; the options in force stay
+            built.append((renewable, Failure()))
+    return identity, crl, built

@@ -1,0 +1,363 @@
+"""Renewed TLS files taken without a restart (kcm.tls_refresh, kcm.tls_renewal): a look
+that finds the certificate, key or CA bundle changed reads them in a thread, checks them
+(the key is the certificate's, the certificate valid now and chaining to the CA), and swaps
+new options into every listener and link; a pair that does not match yet is retried at the
+next look (one warning), a bad file is refused (one error), and what is in force stays.
+The handshakes of real processes are tested end to end
+(tests/integration/test_tls_renewal_process.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from kcm.connection_refusals import ConnectionRefusals
+from kcm.gateway.service import renamed_gateway
+from kcm.pki import (
+    CertKeyPaths,
+    PkiPaths,
+    certificate_pem,
+    init_pki,
+    issue_certificate,
+    issue_crl,
+    load_ca,
+    new_ca,
+    private_key_pem,
+    write_certificate,
+)
+from kcm.tls import client_tls_from, server_tls_from
+from kcm.tls_metrics import CertificateExpiry, tls_collectors
+from kcm.tls_refresh import TlsRefresher
+from tests.thread_fakes import HeldThreads, run_inline
+from tests.unit.test_metrics import samples
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> PkiPaths:
+    return init_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def logged() -> list[tuple[LogLevel, str]]:
+    seen: list[tuple[LogLevel, str]] = []
+
+    def observe(event: dict) -> None:
+        if str(event.get("log_namespace", "")).startswith("kcm.tls"):
+            seen.append((event["log_level"], formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def _renew(pki: PkiPaths, *, now: dt.datetime | None = None, ca=None,
+           **options) -> x509.Certificate:
+    """A new certificate and key for the core, written over its files (key first, then
+    certificate, each renamed into place: as :func:`kcm.pki.write_certificate` does)."""
+    issued = _issue(pki, now=now, ca=ca, **options)
+    write_certificate(pki.core, issued.cert, issued.key)
+    return issued.cert
+
+
+def _issue(pki: PkiPaths, *, now: dt.datetime | None = None, ca=None, **options):
+    now = now or dt.datetime.now(dt.UTC)
+    return issue_certificate(ca or load_ca(pki.ca), "kcm-core", now=now,
+                             dns_names=["localhost"], server=True, client=False, **options)
+
+
+def _serial(pki_or_path) -> int:
+    path = pki_or_path.core.cert if isinstance(pki_or_path, PkiPaths) else pki_or_path
+    return x509.load_pem_x509_certificate(Path(path).read_bytes()).serial_number
+
+
+def _presented(options, pair: CertKeyPaths, ca: Path) -> int | None:
+    """The serial number of the certificate a server of ``options`` presents to a client
+    of ``pair`` trusting ``ca`` (None: the handshake failed), over a socket pair."""
+    a, b = socket.socketpair()
+    server = SSL.Connection(options.getContext(), a)
+    server.set_accept_state()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # (a refusal shows in the handshake)
+    context.load_verify_locations(str(ca))
+    context.load_cert_chain(str(pair.cert), str(pair.key))
+    seen: list[int] = []
+
+    def client() -> None:
+        try:
+            with context.wrap_socket(b) as tls:
+                der = tls.getpeercert(binary_form=True)
+                seen.append(x509.load_der_x509_certificate(der).serial_number)
+                tls.sendall(b"ping")
+                tls.recv(4)
+        except (OSError, ssl.SSLError):
+            pass
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        server.do_handshake()
+        server.recv(4)
+        server.sendall(b"pong")
+        done = True
+    except SSL.Error:
+        done = False
+    finally:
+        a.close()
+        thread.join(5)
+        b.close()
+    return seen[0] if done and seen else None
+
+
+def _refresher(pki: PkiPaths, clock=None, **options) -> TlsRefresher:
+    options.setdefault("run_in_thread", run_inline)
+    return TlsRefresher(str(pki.core.cert), str(pki.core.key), str(pki.ca.cert),
+                        clock or Clock(), interval=1, **options)
+
+
+def _kmip(material, lists):
+    return server_tls_from(material, crls=lists)
+
+
+def test_a_renewed_certificate_is_presented_by_the_next_handshakes(pki, logged) -> None:
+    """Unchanged files: nothing is built. Renewed ones: the next handshake presents the
+    new certificate, and the look is counted and logged (its serial)."""
+    refresher = _refresher(pki)
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        first = options._options
+        before = _serial(pki)
+        assert _presented(options, pki.app, pki.ca.cert) == before
+        refresher.refresh()
+        assert options._options is first and refresher.reloads == 0
+        renewed = _renew(pki)
+        refresher.refresh()
+        assert options._options is not first
+        assert _presented(options, pki.app, pki.ca.cert) == renewed.serial_number != before
+        assert (refresher.reloads, refresher.reloads_refused) == (1, 0)
+        refresher.refresh()  # (taken: not again)
+        assert refresher.reloads == 1
+        assert any(level is LogLevel.info and f"serial {renewed.serial_number:x}" in line
+                   for level, line in logged)
+    finally:
+        refresher.stopService()
+
+
+def test_a_key_that_is_not_the_certificate_s_yet_is_retried_at_the_next_look(
+        pki, logged) -> None:
+    """A renewal written as two files, seen between the two: not taken, not an error, one
+    warning however many looks it lasts; taken once the certificate follows."""
+    refresher = _refresher(pki)
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        before = _serial(pki)
+        issued = _issue(pki)
+        pki.core.key.write_bytes(private_key_pem(issued.key))  # the key first
+        refresher.refresh()
+        refresher.refresh()
+        assert _presented(options, pki.app, pki.ca.cert) == before
+        assert (refresher.reloads, refresher.reloads_refused) == (0, 2)
+        warned = [line for level, line in logged if level is LogLevel.warn]
+        assert len(warned) == 1 and "is not the key of the certificate" in warned[0]
+        assert not [line for level, line in logged if level >= LogLevel.error]
+        pki.core.cert.write_bytes(certificate_pem(issued.cert))  # then the certificate
+        refresher.refresh()
+        assert _presented(options, pki.app, pki.ca.cert) == issued.cert.serial_number
+        assert refresher.reloads == 1
+    finally:
+        refresher.stopService()
+
+
+def test_files_that_cannot_be_taken_are_refused_and_the_ones_in_force_stay(
+        pki, logged) -> None:
+    """A file that does not parse, a certificate expired or not yet valid (at the injected
+    time), one that does not chain to the CA bundle, a key others may read: each refused
+    with one error per set of files, read again every look, the certificate in force
+    presented meanwhile."""
+    now = dt.datetime.now(dt.UTC)
+    clock_now = [now]
+    refresher = _refresher(pki, now=lambda: clock_now[0])
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        before = _serial(pki)
+        stranger = new_ca("Another CA", now=now)
+        cases = [
+            ("holds no PEM certificate", lambda: pki.core.cert.write_bytes(b"-----BEGIN CERT")),
+            ("expired", lambda: _renew(pki, now=now - dt.timedelta(days=3), days=1)),
+            ("not valid before", lambda: _renew(pki, not_before=now + dt.timedelta(days=1))),
+            ("does not chain to a CA", lambda: _renew(pki, ca=stranger)),
+            ("must not be readable by others", lambda: (_renew(pki), pki.core.key.chmod(0o644))),
+        ]
+        for refused, (reason, write) in enumerate(cases, start=1):
+            logged.clear()
+            write()
+            refresher.refresh()
+            refresher.refresh()  # read again, refused again, not logged again
+            assert _presented(options, pki.app, pki.ca.cert) == before, reason
+            errors = [line for level, line in logged if level is LogLevel.error]
+            assert len(errors) == 1, (reason, errors)
+            assert "cannot be taken" in errors[0] and reason in errors[0], errors[0]
+            assert refresher.reloads_refused == 2 * refused
+        pki.core.key.chmod(0o600)  # (a mode fixed changes no stamp: read again anyway)
+        refresher.refresh()
+        assert _presented(options, pki.app, pki.ca.cert) == _serial(pki) != before
+        assert refresher.reloads == 1
+    finally:
+        refresher.stopService()
+
+
+def test_a_new_ca_bundle_applies_to_the_next_handshakes(pki, tmp_path) -> None:
+    """A client of a new CA is refused until the bundle holds it too; then taken at the
+    next handshake, and the old CA's clients still are."""
+    refresher = _refresher(pki)
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        new = new_ca("New CA", now=dt.datetime.now(dt.UTC))
+        client = issue_certificate(new, "app", now=dt.datetime.now(dt.UTC),
+                                   uris=["spiffe://kcm.test/tenant/demo/service/app"])
+        pair = CertKeyPaths(tmp_path / "new-app.pem", tmp_path / "new-app.key")
+        write_certificate(pair, client.cert, client.key)
+        assert _presented(options, pair, pki.ca.cert) is None
+        bundle = pki.ca.cert.read_bytes() + certificate_pem(new.cert)
+        staged = tmp_path / "ca.new"
+        staged.write_bytes(bundle)
+        staged.replace(pki.ca.cert)
+        refresher.refresh()
+        assert _presented(options, pair, pki.ca.cert) == _serial(pki)
+        assert _presented(options, pki.app, pki.ca.cert) == _serial(pki)
+        assert refresher.reloads == 1
+    finally:
+        refresher.stopService()
+
+
+def test_the_files_are_read_in_a_thread_and_swapped_on_the_reactor(pki) -> None:
+    """The look (even an unchanged one) runs in the thread runner; the listeners' and the
+    link's options are swapped only when it returns; a tick while it runs is skipped."""
+    clock, threads = Clock(), HeldThreads()
+    refresher = _refresher(pki, clock, run_in_thread=threads)
+    refresher.startService()
+    try:
+        kmip = refresher.options(_kmip)()
+        link = refresher.client(lambda material, lists: client_tls_from(material,
+                                                                         "localhost"))
+        assert link() is link()  # one set of options, however many cores it links to
+        held = (kmip._options, link()._options)
+        clock.advance(1)
+        assert len(threads.calls) == 1
+        threads.finish()
+        assert (kmip._options, link()._options) == held
+        _renew(pki)
+        clock.advance(1)
+        clock.advance(1)  # still running: skipped
+        assert len(threads.calls) == 1 and (kmip._options, link()._options) == held
+        threads.finish()
+        assert kmip._options is not held[0] and link()._options is not held[1]
+    finally:
+        refresher.stopService()
+
+
+def test_new_crls_while_a_renewal_is_half_written_keep_the_certificate_in_force(
+        pki, tmp_path) -> None:
+    """Options are built from the files checked, not as they are when built: new CRLs
+    taken while the key does not match yet are built with the certificate and key in
+    force; the renewal is taken at the next look once complete."""
+    ca = load_ca(pki.ca)
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM))
+    refresher = _refresher(pki, crl=str(crl), refusals=ConnectionRefusals())
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        before = _serial(pki)
+        issued = _issue(pki)
+        pki.core.key.write_bytes(private_key_pem(issued.key))
+        revoked = x509.load_pem_x509_certificate(pki.app.cert.read_bytes())
+        staged = tmp_path / "crl.new"
+        staged.write_bytes(issue_crl(ca, [revoked]).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        refresher.refresh()
+        assert _presented(options, pki.app, pki.ca.cert) is None  # the CRL is in force
+        assert _presented(options, pki.other_app, pki.ca.cert) == before
+        pki.core.cert.write_bytes(certificate_pem(issued.cert))
+        refresher.refresh()
+        assert _presented(options, pki.other_app, pki.ca.cert) == issued.cert.serial_number
+        assert _presented(options, pki.app, pki.ca.cert) is None  # (and still)
+    finally:
+        refresher.stopService()
+
+
+def test_the_metrics_show_the_new_certificate_and_count_the_reloads(pki) -> None:
+    expiry = CertificateExpiry()
+    refresher = _refresher(pki)
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in tls_collectors("kcm_test", expiry=expiry, refusals=ConnectionRefusals(),
+                                    refresher=refresher):
+        registry.register(collector)
+    refresher.startService()
+    try:
+        refresher.options(lambda material, lists: server_tls_from(
+            material, crls=lists, dates=expiry.seen("kmip")))()
+        gauge = ("kcm_test_tls_certificate_expiry_timestamp_seconds", (("listener", "kmip"),))
+        first = samples(registry)[gauge]
+        renewed = _renew(pki, days=400)
+        refresher.refresh()
+        pki.core.key.write_bytes(private_key_pem(_issue(pki).key))
+        refresher.refresh()
+        got = samples(registry)
+        assert got[gauge] == renewed.not_valid_after_utc.timestamp() != first
+        assert got[("kcm_test_tls_reloads_total", ())] == 1
+        assert got[("kcm_test_tls_reloads_refused_total", ())] == 1
+        assert not [name for name, _ in got if "_crl_" in name]  # (no tls.crl)
+    finally:
+        refresher.stopService()
+
+
+def test_a_gateway_s_renewed_certificate_must_name_the_same_gateway(pki) -> None:
+    now = dt.datetime.now(dt.UTC)
+    ca = load_ca(pki.ca)
+    same = issue_certificate(ca, "gw", now=now, uris=["spiffe://kcm.test/gateway/gw1"])
+    other = issue_certificate(ca, "gw", now=now, uris=["spiffe://kcm.test/gateway/gw2"])
+    app = issue_certificate(ca, "app", now=now,
+                            uris=["spiffe://kcm.test/tenant/demo/service/app"])
+    assert renamed_gateway(same.cert, "kcm.test", "gw1") is None
+    assert "names gateway gw2, not gateway gw1" in renamed_gateway(other.cert, "kcm.test",
+                                                                   "gw1")
+    assert "names no gateway" in renamed_gateway(app.cert, "kcm.test", "gw1")
+    # Through the refresher: refused, the certificate in force stays.
+    refresher = TlsRefresher(str(pki.gateway.cert), str(pki.gateway.key), str(pki.ca.cert),
+                             Clock(), run_in_thread=run_inline,
+                             check=lambda cert: renamed_gateway(cert, "kcm.test", "gw1"))
+    refresher.startService()
+    try:
+        write_certificate(pki.gateway, other.cert, other.key)
+        refresher.refresh()
+        assert refresher.reloads_refused == 1 and refresher.reloads == 0
+        write_certificate(pki.gateway, same.cert, same.key)
+        refresher.refresh()
+        assert refresher.reloads == 1
+    finally:
+        refresher.stopService()
+
+
+def test_a_start_reads_the_files_and_fails_on_one_it_cannot_read(pki) -> None:
+    os.unlink(pki.core.key)
+    refresher = _refresher(pki)
+    with pytest.raises(FileNotFoundError, match="core.key"):
+        refresher.startService()
+    assert not refresher.running

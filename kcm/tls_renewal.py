@@ -11,6 +11,9 @@ swaps).
   certificate is valid now (the injected ``now``) and OpenSSL verifies it, with the
   intermediates after it, up to a CA of the bundle read with them; and when ``check``
   (if given) finds nothing wrong with the certificate (a gateway's must still name it).
+  The chain is checked only for a process whose certificate at start chained to its own
+  ``tls.ca``: a server certificate from a CA that is not among those it takes client
+  certificates from starts (nothing checks that at start), and so is renewed the same way.
 * A key that is not the certificate's is what a renewal written as two files looks like
   between the two: it is not taken, not an error, and looked at again next time; one
   warning while it stays so. Anything else wrong (a file that cannot be read or parsed, a
@@ -73,6 +76,8 @@ class TlsIdentityFiles:
         self.material: TlsMaterial | None = None
         #: What was last refused and logged (so it is logged once), or None.
         self._refused: tuple[Stamps | None, str] | None = None
+        #: Whether a renewed certificate must chain to the CA file (see the module).
+        self._chain_checked = True
 
     def read(self) -> TlsMaterial:
         """Read the files now (a service's start): ValueError or OSError if one cannot be
@@ -80,6 +85,8 @@ class TlsIdentityFiles:
         stamps = self._file_stamps()
         self.material = read_tls_material(*self.paths)
         self._stamps = stamps
+        self._chain_checked = chain_problem(self.material.chain, self.material.authorities,
+                                            self._now()) is None
         return self.material
 
     def read_changed(self) -> TlsReading | None:
@@ -105,7 +112,8 @@ class TlsIdentityFiles:
         problem = validity_problem(certificate, now)
         if problem is not None:
             return f"the certificate is {problem}"
-        problem = chain_problem(material.chain, material.authorities, now)
+        problem = (chain_problem(material.chain, material.authorities, now)
+                   if self._chain_checked else None)
         if problem is not None:
             return f"the certificate does not chain to a CA of {self.paths[2]}: {problem}"
         return self._check(certificate) if self._check is not None else None

@@ -221,6 +221,27 @@ def test_files_that_cannot_be_taken_are_refused_and_the_ones_in_force_stay(
         refresher.stopService()
 
 
+def test_a_certificate_of_a_ca_outside_tls_ca_at_start_is_renewed_the_same_way(
+        pki, logged) -> None:
+    """A server certificate from a CA that is not in ``tls.ca`` (the CA of the clients)
+    starts, since nothing checks that at start: its renewal by the same CA is taken too,
+    not refused for not chaining to ``tls.ca``."""
+    now = dt.datetime.now(dt.UTC)
+    other = new_ca("Server CA", now=now)
+    _renew(pki, ca=other)
+    refresher = _refresher(pki)
+    refresher.startService()
+    try:
+        before = _serial(pki)
+        _renew(pki, ca=other)
+        refresher.refresh()
+        assert _serial(pki) != before
+        assert refresher.reloads == 1 and refresher.reloads_refused == 0
+        assert not [line for level, line in logged if level is LogLevel.error]
+    finally:
+        refresher.stopService()
+
+
 def test_a_new_ca_bundle_applies_to_the_next_handshakes(pki, tmp_path) -> None:
     """A client of a new CA is refused until the bundle holds it too; then taken at the
     next handshake, and the old CA's clients still are."""

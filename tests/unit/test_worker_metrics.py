@@ -257,14 +257,18 @@ async def test_the_supervisor_counts_its_handoffs_by_worker_and_by_how() -> None
 async def test_connections_no_worker_took_join_the_workers_refusals() -> None:
     """The supervisor's own count (no_worker) is a sample of the workers' family, one HELP
     and TYPE for all."""
+    from twisted.internet.task import Clock
+
     from kcm.connection_refusals import ConnectionRefusals
     from kcm.tls_metrics import CertificateExpiry, tls_collectors
+    from kcm.tls_refresh import TlsRefresher
 
     refusals = ConnectionRefusals()
     refusals.refused("handshake")
     registry = CollectorRegistry()
     for collector in tls_collectors("kcm_gateway", expiry=CertificateExpiry(),
-                                    refusals=refusals, crls=None):
+                                    refusals=refusals,
+                                    refresher=TlsRefresher("c.pem", "k.pem", "ca.pem", Clock())):
         registry.register(collector)
     async with Supervisor([1]) as supervisor:
         await supervisor.serve(1, metrics_site(registry, lambda: Readiness(True, {})))

@@ -12,6 +12,10 @@ Evicted keys are zeroized as far as Python allows: the material kept here is a
 ``bytearray`` overwritten with zeros, and the references to the AES-GCM object are dropped;
 copies inside OpenSSL's context and the immutable ``bytes`` the KMIP decoder produced are
 beyond reach (freed, not wiped). The clock is injected (``time.monotonic`` by default).
+
+A cache is not thread-safe: :class:`~kcm.client.sealer.Envelope` holds its lock around
+every call. The sealing key is never zeroized while it is the sealing key (it is unset
+first), and a key in the map is never zeroized while it is in the map.
 """
 
 from __future__ import annotations
@@ -121,6 +125,20 @@ class DataKeyCache:
             self.drop(token)
             return None
         self._keys.move_to_end(token)
+        return key
+
+    def reserve(self, size: int) -> DataKey | None:
+        """The sealing key with one more record of ``size`` bytes counted against it, or
+        None when there is none or that record would pass one of its bounds (the caller
+        makes a new key). The record is counted before it is sealed: a caller that fails
+        to seal it leaves the key counted one record too many, never too few."""
+        key = self.sealing
+        limits = self.limits
+        if (key is None or key.aead is None or key.messages >= limits.max_messages
+                or key.bytes + size > limits.max_bytes or self.clock() >= key.expires):
+            return None
+        key.messages += 1
+        key.bytes += size
         return key
 
     def usable_for_sealing(self, key: DataKey | None, size: int) -> bool:

@@ -55,9 +55,10 @@ class DeferredEnvelope:
         # Every error a failed Deferred, on the cached path too (it raised there).
         try:
             check_record(plaintext, aad)
-            key = self.cache.sealing
-            if self.cache.usable_for_sealing(key, len(plaintext)):
-                return succeed(seal_record(key, self.random(NONCE_SIZE), plaintext, aad))
+            key = self.cache.reserve(len(plaintext))
+            if key is not None:
+                return succeed(seal_record(key.aead, key.prefix, self.random(NONCE_SIZE),
+                                           plaintext, aad))
         except Exception:
             return _failed(Failure())
         if len(plaintext) > self.cache.limits.max_bytes:
@@ -123,7 +124,8 @@ class DeferredEnvelope:
             header = record_header(blob)
         except Exception:
             return _failed(Failure())
-        return self.key_for(header.token).addCallback(open_record, header, blob, aad)
+        return self.key_for(header.token).addCallback(
+            lambda key: open_record(key.aead, header, blob, aad))
 
     def close(self) -> None:
         """Zeroize every cached key."""

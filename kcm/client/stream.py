@@ -31,8 +31,8 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kcm.client.data_key_cache import DataKey
 from kcm.client.envelope import (
     ALGORITHM_AES_256_GCM_STREAM,
     TAG_SIZE,
@@ -62,9 +62,9 @@ class StreamSealer:
                  random: Callable[[int], bytes] = os.urandom) -> None:
         if not 0 < chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk size {chunk_size} is not in 1..{MAX_CHUNK_SIZE}")
-        self._key: DataKey = envelope.new_data_key(ALGORITHM_AES_256_GCM_STREAM)
-        # Our own reference: the cache may evict (and zeroize) the key mid-stream.
-        self._aead = self._key.aead
+        # Our own reference to the AES-GCM object: the cache may evict (and zeroize) the
+        # key mid-stream.
+        self._key, self._aead = envelope.new_key_and_aead(ALGORITHM_AES_256_GCM_STREAM)
         self._prefix = random(7)
         self.header = self._key.prefix + _CHUNK_SIZE.pack(chunk_size) + self._prefix
         self._aad = self.header + aad
@@ -114,7 +114,7 @@ class StreamOpener:
         self._envelope = envelope
         self._aad_tail = aad
         self._buffer = bytearray()
-        self._key: DataKey | None = None
+        self._aead: AESGCM | None = None
         self._done = False
         self._index = 0
 
@@ -130,8 +130,8 @@ class StreamOpener:
             raise EnvelopeError(f"stream chunk size {self._chunk_size} is out of range")
         self._prefix = header.fields[4:]
         self._aad = bytes(self._buffer[:header.body]) + self._aad_tail
-        self._key = self._envelope.key_for(header.token)
-        self._aead = self._key.aead  # kept even if the cache evicts the key mid-stream
+        # Kept even if the cache evicts the key mid-stream.
+        self._aead = self._envelope.aead_for(header.token)
         del self._buffer[:header.body]
         return True
 
@@ -151,7 +151,7 @@ class StreamOpener:
                 raise EnvelopeError("data after the last chunk of the stream")
             return b""
         self._buffer += data
-        if self._key is None and not self._start():
+        if self._aead is None and not self._start():
             return b""
         out = []
         whole = self._chunk_size + TAG_SIZE
@@ -164,7 +164,7 @@ class StreamOpener:
     def finish(self) -> bytes:
         if self._done:
             return b""
-        if self._key is None and not self._start():
+        if self._aead is None and not self._start():
             raise EnvelopeError("the stream ends inside its header")
         if len(self._buffer) < TAG_SIZE:
             raise EnvelopeError("the stream is truncated: its last chunk is missing")

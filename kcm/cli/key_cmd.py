@@ -126,7 +126,7 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ca", default=os.environ.get("KCM_CA"), metavar="PEM",
                        help="the CA that issued the server's certificate (default: $KCM_CA)")
     group.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                       help="for the connection and the answer (default: 30)")
+                       help="for the whole request, failover included (default: 30)")
     group.add_argument("--client-config", default=os.environ.get("KCM_CLIENT_CONFIG"),
                        metavar="FILE",
                        help="a TOML file whose [client] table gives server, cert, key, ca and "

@@ -10,7 +10,7 @@ The ``[client]`` table (the same file ``kcm key --client-config`` reads)::
     cert = "app.pem"                   # relative paths: from the file's directory
     key = "app.key"
     ca = "ca.pem"
-    timeout = 30                       # seconds, per request
+    timeout = 30                       # seconds: a blocking call, failover included
     version = "1.4"                    # KMIP 1.0 .. 2.1
     pool_size = 2                      # Twisted client: connections per endpoint list
 

@@ -16,11 +16,19 @@ is tried first from then on, and the request is sent again once, on a fresh conn
 when the caller says it is repeatable (reads, Encrypt, Decrypt, ...:
 :data:`kcm.client.pool.IDEMPOTENT`); otherwise the error goes to the caller, who knows
 whether a second Create is wanted.
+
+``timeout`` bounds a whole :meth:`FailoverConnection.send`: every connection attempt along
+the list, sending, the answer, and the resend, all by one deadline; what is left when it
+passes fails with :class:`KmipClientError`. Each connection attempt (TCP and the TLS
+handshake) is also bounded by ``connect_timeout`` (default: 10 s, or the endpoint's share of
+``timeout`` if less, ``timeout`` divided by the number of endpoints), so that an endpoint
+that takes TCP connections and never answers leaves time for the next ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +36,12 @@ from kcm.client.errors import KmipClientError
 from kcm.client.wire import positive_timeout
 from kcm.conformance.client import DEFAULT_TIMEOUT, KmipClient
 
-__all__ = ["Endpoint", "FailoverConnection", "TlsFiles", "parse_endpoint"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "Endpoint", "FailoverConnection", "TlsFiles",
+           "parse_endpoint"]
+
+#: Seconds one connection attempt (TCP, then the TLS handshake) may take, unless less is
+#: left of the call (or of ``timeout``).
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +91,23 @@ def parse_endpoint(text: str | Endpoint, default_port: int = 5696) -> Endpoint:
 
 class FailoverConnection:
     """A blocking, persistent mutual-TLS connection to the first of ``endpoints`` that
-    answers (see the module's docstring). ``send(bytes) -> bytes``; not thread-safe."""
+    answers (see the module's docstring). ``send(bytes) -> bytes``; not thread-safe.
+    ``clock`` (seconds, monotonic) is what deadlines are measured on."""
 
     def __init__(self, endpoints: Sequence[Endpoint | str], tls: TlsFiles, *,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, connect_timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not endpoints:
             raise ValueError("no endpoint to connect to")
-        timeout = positive_timeout(timeout)
+        self.timeout = positive_timeout(timeout)
         self.endpoints = [parse_endpoint(e) for e in endpoints]
+        self.connect_timeout = min(self.timeout / len(self.endpoints), DEFAULT_CONNECT_TIMEOUT) \
+            if connect_timeout is None else positive_timeout(connect_timeout, "connect_timeout")
+        self.clock = clock
         try:
             self._clients = [KmipClient(e.host, e.port, cert=tls.cert, key=tls.key, ca=tls.ca,
-                                        timeout=timeout, check_hostname=True)
+                                        timeout=self.timeout, check_hostname=True,
+                                        clock=clock)
                              for e in self.endpoints]
         except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
             raise KmipClientError(
@@ -101,13 +120,24 @@ class FailoverConnection:
         """The endpoint in use (or to be tried first)."""
         return self.endpoints[self._current]
 
-    def _connect(self) -> KmipClient:
+    def deadline(self) -> float:
+        """When a call that starts now must end (on ``clock``)."""
+        return self.clock() + self.timeout
+
+    def _late(self, errors: list[str]) -> KmipClientError:
+        return KmipClientError(f"no answer within {self.timeout:g} s (the call's timeout)"
+                               + (": " + "; ".join(errors) if errors else ""))
+
+    def _connect(self, deadline: float) -> KmipClient:
         errors = []
         for step in range(len(self._clients)):
+            now = self.clock()
+            if now >= deadline:
+                raise self._late(errors)
             index = (self._current + step) % len(self._clients)
             client = self._clients[index]
             try:
-                client.connect()
+                client.connect(min(deadline, now + self.connect_timeout))
             except KmipClientError as e:
                 errors.append(str(e))
                 continue
@@ -118,21 +148,27 @@ class FailoverConnection:
             raise KmipClientError(errors[0])
         raise KmipClientError("no endpoint answered: " + "; ".join(errors))
 
-    def send(self, request: bytes, *, repeatable: bool = False) -> bytes:
-        """Send one request message; its response message. ``repeatable``: the request may
-        run twice harmlessly, so it is sent again once if its connection breaks under it."""
+    def send(self, request: bytes, *, repeatable: bool = False,
+             deadline: float | None = None) -> bytes:
+        """Send one request message; its response message, by ``deadline`` (default:
+        ``timeout`` from now). ``repeatable``: the request may run twice harmlessly, so it
+        is sent again once if its connection breaks under it, time allowing."""
+        if deadline is None:
+            deadline = self.deadline()
         if self._open and self._clients[self._current].closed_by_peer():
             self._open = False
-        client = self._connect()
+        client = self._connect(deadline)
         try:
-            return client.send(request)
-        except KmipClientError:
+            return client.send(request, deadline)
+        except KmipClientError as e:
             self._give_up()
             if not repeatable:
                 raise
-        client = self._connect()
+            if self.clock() >= deadline:
+                raise self._late([str(e)]) from e
+        client = self._connect(deadline)
         try:
-            return client.send(request)
+            return client.send(request, deadline)
         except KmipClientError:
             self._give_up()
             raise

@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from kcm.client.endpoints import Endpoint, TlsFiles, parse_endpoint
+from kcm.client.endpoints import DEFAULT_CONNECT_TIMEOUT, Endpoint, TlsFiles, parse_endpoint
 from kcm.client.errors import KmipClientError
 from kcm.client.operations import Operations
 from kcm.client.protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, KmipClientProtocol
@@ -39,9 +39,6 @@ from kcm.kmip.enums import Operation
 from kcm.kmip.messages import RequestBatchItem, ResponseMessage
 
 __all__ = ["IDEMPOTENT", "KmipClient", "tls_endpoint_factory"]
-
-#: Seconds a connection (TCP, then the TLS handshake) may take, unless ``timeout`` is less.
-DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 def tls_endpoint_factory(reactor: Any, tls: TlsFiles, endpoints: Sequence[Endpoint], *,

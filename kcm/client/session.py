@@ -75,16 +75,23 @@ class Session(Operations):
     @classmethod
     def connect(cls, host: str | Sequence[Endpoint | str], port: int | None = None, *,
                 cert: str, key: str, ca: str, timeout: float = DEFAULT_TIMEOUT,
-                version: tuple[int, int] = DEFAULT_VERSION) -> Session:
+                version: tuple[int, int] = DEFAULT_VERSION,
+                connect_timeout: float | None = None) -> Session:
         """A session over mutual TLS to ``host:port`` (``host`` alone may say
         ``HOST:PORT``, as the configuration and ``--server`` do), or to the first of a list
-        of endpoints that answers (connected on the first request)."""
+        of endpoints that answers (connected on the first request).
+
+        ``timeout`` bounds each call as a whole: waiting for another thread's request on
+        the connection, every connection attempt along the list, the request, its answer and
+        its resend on failover. ``connect_timeout`` bounds each connection attempt (TCP and
+        the TLS handshake; default 10 s, or ``timeout`` divided by the number of endpoints
+        if less)."""
         if isinstance(host, str):
             endpoints = [parse_endpoint(host) if port is None else Endpoint(host, port)]
         else:
             endpoints = list(host)
-        return cls(FailoverConnection(endpoints, TlsFiles(cert, key, ca), timeout=timeout),
-                   version)
+        return cls(FailoverConnection(endpoints, TlsFiles(cert, key, ca), timeout=timeout,
+                                      connect_timeout=connect_timeout), version)
 
     def close(self) -> None:
         """Close the connection once the request another thread has in progress is answered
@@ -111,10 +118,21 @@ class Session(Operations):
         batch_item_id = os.urandom(8)
         wire = encode_items(self.version, [RequestBatchItem(
             operation=operation, unique_batch_item_id=batch_item_id, request_payload=payload)])
-        with self._lock_of_this_process():
+        deadline = None
+        lock = self._lock_of_this_process()
+        if isinstance(self.transport, FailoverConnection):
+            # The call's deadline starts now: the wait for the connection counts.
+            deadline = self.transport.deadline()
+            if not lock.acquire(timeout=self.transport.timeout):
+                raise KmipClientError(f"no answer within {self.transport.timeout:g} s (the "
+                                      "call's timeout): other threads' requests held the "
+                                      "connection")
+        else:
+            lock.acquire()
+        try:
             self._holder = (os.getpid(), threading.get_ident())
             try:
-                answer = self._send(wire, operation)
+                answer = self._send(wire, operation, deadline)
             finally:
                 self._holder = None
             response = parse_response(answer)
@@ -130,6 +148,8 @@ class Session(Operations):
                 self.transport.close()
                 raise KmipClientError("the server answered another request (its Unique Batch "
                                       "Item ID is not this request's)")
+        finally:
+            lock.release()
         return result_of(operation, item)
 
     def _lock_of_this_process(self) -> threading.Lock:
@@ -142,9 +162,10 @@ class Session(Operations):
                     self._lock_pid = os.getpid()
         return self._lock
 
-    def _send(self, wire: bytes, operation: Operation) -> bytes:
+    def _send(self, wire: bytes, operation: Operation, deadline: float | None) -> bytes:
         if isinstance(self.transport, FailoverConnection):
-            return self.transport.send(wire, repeatable=operation in IDEMPOTENT)
+            return self.transport.send(wire, repeatable=operation in IDEMPOTENT,
+                                       deadline=deadline)
         return self.transport.send(wire)
 
     def _run(self, operation: Operation, payload: Any, shape: Callable[[Any], Any]) -> Any:

@@ -6,7 +6,10 @@ certificate, the server's certificate is verified against ``ca``. A response is 
 own 8-byte TTLV header (tag, type, length), so exactly ``8 + length`` bytes are read.
 
 ``timeout`` bounds each connection attempt (TCP and the TLS handshake) and each request as
-a whole: sending it and reading all of its answer, however slowly the server sends it.
+a whole: sending it and reading all of its answer, however slowly the server sends it. A
+caller with a deadline of its own (a call that may try several servers) passes it to
+:meth:`KmipClient.connect` and :meth:`KmipClient.send`, which then end by the earlier of
+the two.
 
 A connection belongs to the process that opened it. After ``os.fork`` the child finds the
 inherited one on its next use, closes its copy of the socket without writing a byte on it
@@ -76,19 +79,26 @@ class KmipClient:
         #: The process that opened ``_socket`` (after a fork, the parent).
         self._pid = 0
 
-    def connect(self) -> None:
-        """Open the TLS connection (done by :meth:`send` when needed)."""
+    def connect(self, deadline: float | None = None) -> None:
+        """Open the TLS connection (done by :meth:`send` when needed), within ``timeout``
+        and by ``deadline`` (on ``clock``) if one is given."""
         self._forget_if_inherited()
         if self._socket is not None:
             return
+        deadline = self._deadline(deadline)
         try:
-            raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            raw = socket.create_connection((self.host, self.port),
+                                           timeout=self._left(deadline, "connect"))
         except OSError as e:
             raise KmipClientError(f"cannot connect to {self.host}:{self.port}: {e}") from e
         try:
+            # The socket's timeout bounds the whole handshake (not each of its reads).
+            raw.settimeout(self._left(deadline, "connect"))
             self._socket = self._context.wrap_socket(raw, server_hostname=self.server_hostname)
-        except (OSError, ssl.SSLError) as e:
+        except OSError as e:  # ssl.SSLError and KmipClientError are OSErrors too
             raw.close()
+            if isinstance(e, KmipClientError):
+                raise
             raise KmipClientError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
         self._socket.settimeout(self.timeout)
         self._pid = os.getpid()
@@ -132,15 +142,16 @@ class KmipClient:
         self.close()
         return True
 
-    def send(self, request: bytes) -> bytes:
+    def send(self, request: bytes, deadline: float | None = None) -> bytes:
         """Send one encoded request message; return the one response message, whole.
 
         Raises :class:`KmipClientError` on any failure, including an answer not whole within
-        ``timeout`` of the call; the connection is closed then, and a later call reconnects.
+        ``timeout`` of the call (or by ``deadline``, on ``clock``, if that is earlier); the
+        connection is closed then, and a later call reconnects.
         """
-        self.connect()
+        deadline = self._deadline(deadline)
+        self.connect(deadline)
         assert self._socket is not None
-        deadline = self._clock() + self.timeout
         try:
             self._send_all(request, deadline)
             header = self._read(8, deadline)
@@ -162,6 +173,18 @@ class KmipClient:
             # not been read, so this connection's next answer may be this one's.
             self.close()
             raise
+
+    def _deadline(self, deadline: float | None) -> float:
+        """The earlier of ``deadline`` and ``timeout`` from now."""
+        own = self._clock() + self.timeout
+        return own if deadline is None else min(own, deadline)
+
+    def _left(self, deadline: float, what: str) -> float:
+        """Seconds until ``deadline``; :class:`KmipClientError` once it has passed."""
+        left = deadline - self._clock()
+        if left <= 0:
+            raise KmipClientError(f"no time left to {what} to {self.host}:{self.port}")
+        return left
 
     def _limit_to(self, deadline: float) -> None:
         """Set the seconds until ``deadline`` as the socket's timeout for its next call

@@ -20,7 +20,7 @@ class FakeServerConnection:
         self.down = False
         self.connected = False
 
-    def connect(self) -> None:
+    def connect(self, deadline: float | None = None) -> None:
         if self.down:
             raise KmipClientError(f"cannot connect to {self.name}")
         self.connected = True
@@ -31,7 +31,7 @@ class FakeServerConnection:
             return True
         return False
 
-    def send(self, request: bytes) -> bytes:
+    def send(self, request: bytes, deadline: float | None = None) -> bytes:
         self.connect()
         self.sent.append(request)
         if self.break_next:
@@ -107,3 +107,25 @@ def test_connect_takes_host_and_port_in_one_string_too(monkeypatch, host, port, 
     monkeypatch.setattr("kcm.client.endpoints.KmipClient", lambda *a, **k: None)
     session = Session.connect(host, port, cert="c", key="k", ca="ca")
     assert session.transport.endpoints == [endpoint]
+
+
+def test_a_repeatable_request_is_not_sent_again_once_the_calls_deadline_passed(
+        monkeypatch) -> None:
+    servers = [FakeServerConnection("a"), FakeServerConnection("b")]
+    made = iter(servers)
+    monkeypatch.setattr("kcm.client.endpoints.KmipClient", lambda *a, **k: next(made))
+    now = [0.0]
+    failover = FailoverConnection(["a:1", "b:1"], TlsFiles("c", "k", "ca"), timeout=5.0,
+                                  clock=lambda: now[0])
+    a, b = servers
+    a.break_next = True
+    real_send = a.send
+
+    def slow_send(request: bytes, deadline: float | None = None) -> bytes:
+        now[0] += 5.0  # the whole timeout went by before the connection broke
+        return real_send(request, deadline)
+
+    a.send = slow_send
+    with pytest.raises(KmipClientError, match="no answer within 5 s .the call's timeout."):
+        failover.send(b"get", repeatable=True)
+    assert b.sent == [] and failover.endpoint == Endpoint("b", 1)

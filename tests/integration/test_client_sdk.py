@@ -9,7 +9,9 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -281,6 +283,40 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_one_envelope_shared_by_16_threads_at_the_gateway(planes) -> None:
+    """16 threads seal and open on one Envelope over one Session: every record opens, a
+    second envelope opens them too, and each data key sealed exactly max_messages records
+    (one Create per 250, the last key the rest)."""
+    core, gateway = planes
+    threads, per_thread, per_key = 16, 200, 250
+    with session(core, gateway.port) as s:
+        envelope = Envelope(s, CacheLimits(max_messages=per_key))
+        sealed: list[list[bytes]] = [[] for _ in range(threads)]
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                for i in range(per_thread):
+                    sealed[n].append(envelope.seal(b"%d/%d" % (n, i), b"t%d" % n))
+                    assert envelope.open(sealed[n][i // 2], b"t%d" % n) == b"%d/%d" % (n, i // 2)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert errors == []
+        counts = sorted(Counter(parse_header(b).token for mine in sealed for b in mine).values())
+        total = threads * per_thread
+        assert counts == [total % per_key] + [per_key] * (total // per_key)
+        assert envelope.stats == {"create": len(counts), "get": len(counts)}
+        reader = Envelope(session(core, gateway.port))
+        assert all(reader.open(b, b"t%d" % n) == b"%d/%d" % (n, i)
+                   for n, mine in enumerate(sealed) for i, b in enumerate(mine))
 
 
 def test_envelope_round_trip_and_tampering_at_the_gateway(planes) -> None:

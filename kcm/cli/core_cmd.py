@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     init = actions.add_parser("init", help="create the L1 key file and the database schema")
     config_option(init)
+    init.add_argument("--restored", action="store_true",
+                      help="the database is a restored copy: raise its restore generation "
+                           "(once per restore, kcm-core stopped)")
     init.set_defaults(run=_run_init, prog="kcm core init")
 
     tenant = actions.add_parser("tenant", help="tenants")
@@ -329,6 +332,7 @@ def _recorded_l1_check(url: str) -> str | None:
 def _run_init(args: argparse.Namespace) -> int:
     from kcm.core import audit
     from kcm.core.l1 import L1_CHECK_META, L1Error, l1_refusal, open_configured_l1
+    from kcm.core.lineage import Lineage, ensure_lineage, mark_restored
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
     from kcm.core.store.migrate import (
@@ -345,6 +349,9 @@ def _run_init(args: argparse.Namespace) -> int:
     before = current_revision(config.database)
     if before is None and tables_without_revision(config.database):
         raise CommandError(str(SchemaUnknown()))  # (before an L1 is looked for, or made)
+    if args.restored and before is None:
+        raise CommandError("--restored: the database is empty; put the restored copy "
+                           "where 'database' points first")
     # A database that records an L1 has one already: a key missing here is copied from
     # the deployment, never made anew (a new key would only be refused below, left behind
     # as a file or a token object); a wrong one is refused before anything is migrated.
@@ -368,18 +375,19 @@ def _run_init(args: argparse.Namespace) -> int:
     store.audit_key = l1.audit_key()
     check = l1.check_value()
 
-    def record(session: Session) -> audit.AuditRow | None:
+    def record(session: Session) -> tuple[audit.AuditRow | None, Lineage]:
         known = repository.get_meta(session, L1_CHECK_META)
         refusal = None if known is None else l1_refusal(known, l1)
         if refusal is not None:
             raise CommandError(refusal)
         repository.set_meta(session, L1_CHECK_META, check)
+        lineage = mark_restored(session) if args.restored else ensure_lineage(session)
         try:
-            return audit.key_chain(session, by="kcm core init")
+            return audit.key_chain(session, by="kcm core init"), lineage
         except audit.AuditChainError as e:
             raise CommandError(str(e)) from None
 
-    anchor = store.run_sync(record)
+    anchor, lineage = store.run_sync(record)
     print(f"{l1.description} ({'created' if created else 'existing'})")
     schema = ("schema up to date" if before == after else f"schema created at {after}"
               if before is None else f"schema upgraded from {before} to {after}")
@@ -387,6 +395,7 @@ def _run_init(args: argparse.Namespace) -> int:
     if anchor is not None:
         print(f"audit chain keyed: record {anchor.seq} anchors the {anchor.seq - 1} records "
               "written before")
+    print(f"{lineage}" + (" (raised: a restored copy)" if args.restored else ""))
     return 0
 
 

@@ -38,6 +38,7 @@ from kcm.core.event_fanout import EventFanout
 from kcm.core.gateway_scopes import GatewayScopes
 from kcm.core.keyring import Keyring
 from kcm.core.l1 import L1_CHECK_META, l1_refusal, open_l1
+from kcm.core.lineage import Lineage, ensure_lineage, read_lineage
 from kcm.core.link_server import LinkServerFactory
 from kcm.core.metrics import CoreMetrics
 from kcm.core.request_handler import CoreRequestHandler
@@ -77,6 +78,9 @@ class MasterKey(Service):
         self.l1_key_file = l1_key_file
         self.l1_pkcs11 = l1_pkcs11
         self.l1_key_env = l1_key_env
+        #: The database's deployment id and restore generation (:mod:`kcm.core.lineage`),
+        #: read when it starts.
+        self.lineage: Lineage | None = None
 
     def startService(self) -> None:
         l1, _ = open_l1(self.l1_key_file, self.l1_pkcs11, l1_key_env=self.l1_key_env)
@@ -96,6 +100,11 @@ class MasterKey(Service):
         if anchor is not None:
             log.info("audit chain keyed: records 1..{unkeyed} were written before it was, "
                      "record {seq} anchors them", unkeyed=anchor.seq - 1, seq=anchor.seq)
+        # (Written only when missing: a core may start on a database that takes no writes.)
+        self.lineage = (self.store.run_sync(read_lineage, write=False)
+                        or self.store.run_sync(ensure_lineage))
+        log.info("database: {lineage}", lineage=str(self.lineage),
+                 deployment=self.lineage.deployment, generation=self.lineage.generation)
         super().startService()
 
 

@@ -69,8 +69,9 @@ def test_a_gateway_relinked_after_a_restore_follows_the_restored_database(
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
         shutil.copy2(backup, db)
-        core.kcm("core", "init")
+        core.kcm("core", "init", "--restored")
         core.start()
+        assert "restore generation 1" in core.log.read_text()  # (the copy tells)
         # In the restored database, v1 is revoked as compromised, and its outbox reaches
         # the number the gateway remembers.
         with core.client("admin") as c:

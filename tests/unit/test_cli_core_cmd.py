@@ -192,3 +192,28 @@ def test_kcm_core_config_names_the_configuration(deployment: Path, monkeypatch,
     status, out, _ = kcm(capsys, "core", "tenant", "list")
     assert status == 0
     assert out.startswith("demo  created ")
+
+
+def test_init_names_the_deployment_and_init_restored_raises_its_generation(
+        deployment: Path, capsys) -> None:
+    from kcm.core.lineage import read_lineage
+
+    status, out, _ = kcm(capsys, "core", "init", "-c", str(deployment))
+    assert status == 0
+    lineage = in_database(deployment, read_lineage)
+    assert f"deployment {lineage.deployment}, restore generation 0\n" in out
+    status, out, _ = kcm(capsys, "core", "init", "--restored", "-c", str(deployment))
+    assert status == 0
+    assert (f"deployment {lineage.deployment}, restore generation 1 (raised: a restored "
+            "copy)\n") in out
+    status, out, _ = kcm(capsys, "core", "init", "-c", str(deployment))
+    assert "restore generation 1\n" in out
+
+
+def test_init_restored_refuses_an_empty_database(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "new"
+    root.mkdir(mode=0o700)
+    config = write_config(root, "core.toml", root / "l1.key")
+    status, _, err = kcm(capsys, "core", "init", "--restored", "-c", str(config))
+    assert status != 0 and "the database is empty" in err
+    assert not (root / "l1.key").exists()

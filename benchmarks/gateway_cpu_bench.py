@@ -117,7 +117,8 @@ class _Core:
         self.protocol.makeConnection(self.transport)
         self.protocol.dataReceived(encode_frame(Frame(
             FrameType.WELCOME, link_version=LINK_VERSION, peer_name="core", sequence=0,
-            heartbeat_interval=1)))
+            heartbeat_interval=1)) + encode_frame(Frame(
+            FrameType.ORIGIN, deployment="0f" * 16, restore_generation=0)))
         self.transport.clear()
         self._framer = LinkFramer(DEFAULT_MAX_FRAME_SIZE)
 

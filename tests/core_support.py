@@ -18,6 +18,7 @@ import pytest
 from kcm.core.context import Caller
 from kcm.core.hierarchy import provision_service, provision_tenant
 from kcm.core.keyring import Keyring
+from kcm.core.lineage import Lineage
 from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
@@ -25,6 +26,8 @@ from kcm.identity import Principal, Role
 from kcm.testing.processes import CoreProcess, deploy
 
 TRUST_DOMAIN = "kcm.test"
+#: The database the link listeners of unit tests name in ORIGIN (link version 7).
+LINEAGE = Lineage("0f" * 16, 0)
 
 
 def service_principal(tenant: str = "demo", service: str = "app") -> Principal:

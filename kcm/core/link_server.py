@@ -5,7 +5,9 @@ Only a peer whose verified certificate names a GATEWAY principal is served; anyo
 closed right after the handshake (counted as refused for its ``identity``:
 :mod:`kcm.connection_refusals`). On a link:
 
-* HELLO → WELCOME (carrying the core's policy document), then the outbox events after the
+* HELLO → WELCOME (carrying the core's policy document), then, once the gateway's first
+  frame after WELCOME is read (a gateway of link version 4 or later sends VERSION at once;
+  an older one its first PING, REQUEST or FETCH_SERVICE_KEY), the outbox events after the
   gateway's sequence (from the oldest kept, when those were deleted: ``outbox_retention``,
   logged; the gateway resynchronises), then new ones live; a scoped gateway is sent its
   view of both (:mod:`kcm.core.gateway_views`: another tenant's events redacted, only the
@@ -28,7 +30,10 @@ closed right after the handshake (counted as refused for its ``identity``:
   :class:`kcm.core.usage_intake.UsageIntake`, which drops a scoped gateway's counts of
   another tenant's L3s); not answered;
 * VERSION (link version 4) → the gateway's own link version, which says whether it takes
-  DRAIN; a gateway of link version 6 is answered VIEW, the digest of its scope.
+  DRAIN; a gateway of link version 7 is answered ORIGIN, the database's deployment id and
+  restore generation (:mod:`kcm.core.lineage`), ahead of any event, so that a gateway that
+  followed a newer copy of the database refuses this core before it applies anything of
+  it; one of version 6 or later VIEW, the digest of its scope.
 
 A stopping core (:meth:`LinkServerFactory.drain`) sends DRAIN to every gateway that takes
 it: the gateway sends no new request on that link and closes it once its requests are
@@ -74,6 +79,7 @@ from kcm.core.event_fanout import EncodedEvent, EventFanout
 from kcm.core.gateway_scopes import GatewayScope, GatewayScopes
 from kcm.core.gateway_views import GatewayViews, view_digest
 from kcm.core.keyring import Keyring
+from kcm.core.lineage import Lineage
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch, share_of
 from kcm.core.service_keys import fetch_service_keys, without_tombstones
 from kcm.core.store.engine import Store
@@ -91,6 +97,7 @@ from kcm.link.frames import (
     DRAIN_VERSION,
     HELLO_VERSION,
     LINK_VERSION,
+    ORIGIN_VERSION,
     TOMBSTONES_VERSION,
     VIEW_VERSION,
     Frame,
@@ -265,6 +272,12 @@ class LinkServerProtocol(LinkProtocol):
         self.sent_seq = -1  # the newest event written or queued for this gateway
         self.live = False
         self._hello = False
+        #: From WELCOME until the gateway's first frame after it: no event is sent (the
+        #: answer to a VERSION, ORIGIN, goes ahead of them). ``_first_frame_due``: that
+        #: frame is not read yet.
+        self._stream_held = False
+        self._first_frame_due = False
+        self.pinging = False  # (from WELCOME on: a PONG read then answers a later PING)
         self._peer_name: str | None = None
         self._replaying = False
         #: The event a resuming gateway asked to resume after, until its first replay is
@@ -438,7 +451,11 @@ class LinkServerProtocol(LinkProtocol):
                       error=str(e), gateway=self.gateway.id)
             welcome.policy = None
             self.send(welcome)
-        self._catch_up()
+        # The events wait for the gateway's next frame: from a gateway of link version 7,
+        # VERSION, answered ORIGIN, which must reach it first (a gateway sends nothing but
+        # HELLO, and PONGs to PINGs, before WELCOME, and the core PINGs from WELCOME on).
+        self.pinging = True
+        self._stream_held = self._first_frame_due = True
 
     @property
     def delivered_seq(self) -> int:
@@ -452,7 +469,7 @@ class LinkServerProtocol(LinkProtocol):
 
     # Events ---------------------------------------------------------------------------------
     def _catch_up(self) -> None:
-        if self._replaying or self.live or self.closing or self._paused:
+        if self._replaying or self.live or self.closing or self._paused or self._stream_held:
             return
         self._replaying = True
         fanout = self.factory.fanout
@@ -614,7 +631,14 @@ class LinkServerProtocol(LinkProtocol):
     def frame_received(self, wire: bytes) -> None:
         """A REQUEST is read straight from its bytes (:func:`kcm.link.relay.split_request`),
         its KMIP message handed on as it came, its caller fields read once per connection
-        of the gateway's; any other frame is decoded."""
+        of the gateway's; any other frame is decoded. The first frame after WELCOME starts
+        the event stream, once it is read."""
+        if self._first_frame_due:
+            self._first_frame_due = False
+            self.frame_received(wire)
+            self._stream_held = False
+            self._catch_up()
+            return
         split = split_request(wire)
         if split is None:
             super().frame_received(wire)
@@ -920,6 +944,13 @@ class LinkServerProtocol(LinkProtocol):
             return
         self._version_seen = True
         self.gateway_version = max(HELLO_VERSION, frame.link_version or HELLO_VERSION)
+        if self.gateway_version >= ORIGIN_VERSION:
+            lineage = self.factory.lineage()
+            if lineage is None:
+                self.go_away("this core has not read its database yet: link to another")
+                return
+            self.send(Frame(FrameType.ORIGIN, deployment=lineage.deployment,
+                            restore_generation=lineage.generation))
         if self.gateway_version >= VIEW_VERSION:
             self.send(Frame(FrameType.VIEW, view=view_digest(self.scope)))
         if self.factory.draining:  # it crossed the DRAIN this link was not sent yet
@@ -979,11 +1010,15 @@ class LinkServerFactory(Factory):
                  trust_domain: str, subject_map: SubjectMap | None, clock: IReactorTime,
                  settings: LinkSettings | None = None, server_name: str = "kcm-core",
                  wall_clock: Callable[[], float] | None = None,
-                 refusals: ConnectionRefusals | None = None) -> None:
+                 refusals: ConnectionRefusals | None = None,
+                 lineage: Callable[[], Lineage | None] | None = None) -> None:
         """``clock``: the reactor the links' heartbeats, held answers and drains are timed
         on; ``wall_clock``: the time of a service key fetch (a date; ``clock.seconds`` when
         not given); ``refusals``: where links refused for their peer's identity are counted
-        (the process's, :mod:`kcm.connection_refusals`; None: a count of its own)."""
+        (the process's, :mod:`kcm.connection_refusals`; None: a count of its own);
+        ``lineage``: the database's deployment id and restore generation, sent in ORIGIN
+        (kcm-core's, read as it starts; None, or a lineage not read yet: a gateway of link
+        version 7 is answered GOAWAY)."""
         self.refusals = refusals if refusals is not None else ConnectionRefusals()
         self.handler = handler
         self.store = store
@@ -995,6 +1030,7 @@ class LinkServerFactory(Factory):
         self.wall_clock = wall_clock if wall_clock is not None else clock.seconds
         self.settings = settings or LinkSettings()
         self.server_name = server_name
+        self.lineage: Callable[[], Lineage | None] = lineage or (lambda: None)
         #: Asserted callers resolved, by (gateway's role path, identity, subject).
         self._principals: dict[tuple[str, str, str | None], Principal | None] = {}
         #: Whom each gateway may assert (the policy file's [gateways]; empty: every gateway

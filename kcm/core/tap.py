@@ -199,8 +199,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     expiry.clock = reactor
     expiry.setName("kcm-object-cache-expiry")
     expiry.setServiceParent(core)
-    MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11,
-              config.l1_key_env).setServiceParent(core)
+    master_key = MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11,
+                           config.l1_key_env)
+    master_key.setServiceParent(core)
     checkpoints = AuditCheckpoints(store, keyring, reactor,
                                    interval=config.audit_checkpoint_interval)
     checkpoints.setServiceParent(core)
@@ -236,7 +237,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
             trust_domain=trust_domain, subject_map=None, clock=reactor, wall_clock=time.time,
             settings=LinkSettings(
                 max_frame_size=frame_size_limit(config.limits.max_message_size),
-                write_timeout=config.limits.write_timeout), refusals=refusals)
+                write_timeout=config.limits.write_timeout), refusals=refusals,
+            lineage=lambda: master_key.lineage)  # (read as it starts, before the listener)
         policy.on_change.append(link_factory.set_subject_map)
         policy.on_scopes.append(link_factory.set_gateway_scopes)
         fanout.on_stale.append(link_factory.events_stale)

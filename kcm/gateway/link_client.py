@@ -25,7 +25,14 @@
   (the scope changed) calls ``on_resync``, since the keys held were fetched, and kept
   current by events, under the other scope;
 * :meth:`LinkClient.report_usage` — how many encryptions were made under each L3 version
-  (USAGE_REPORT, to a core whose WELCOME names link version 3 or later; no answer).
+  (USAGE_REPORT, to a core whose WELCOME names link version 3 or later; no answer);
+* which database the core serves (link version 7): after a WELCOME of version 7 or later
+  the link waits for ORIGIN, the core's deployment id and restore generation, before it
+  counts as made, and :attr:`LinkClient.followed` (:mod:`kcm.gateway.core_origin`) judges
+  it: a core on an older copy of the database, or of another deployment, is refused (GOAWAY
+  naming why; logged once per core until a link to it is made, counted), a failed attempt
+  of that core; a later generation (a restored copy) is followed from then on, and the
+  keys held are dropped (``on_resync``). A core of version 6 or earlier is linked as before.
 
 A link is made when the core's WELCOME comes, within ``welcome_timeout`` (2 s) of the TCP
 connection; one lost or given up before it (a core that refuses the link, or a hung one whose
@@ -87,6 +94,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint
+from kcm.gateway.core_origin import FollowedOrigin, Origin
 from kcm.identity import Principal, core_certificate_refusal
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
@@ -101,6 +109,7 @@ from kcm.link.frames import (
     LINK_VERSION,
     MAX_STREAM_ID,
     MAX_USAGE_ENTRIES,
+    ORIGIN_VERSION,
     USAGE_VERSION,
     Frame,
     FrameTooLarge,
@@ -197,6 +206,11 @@ class LinkClientProtocol(LinkProtocol):
         self._welcome_deadline: IDelayedCall | None = None
         #: Why the link ends before WELCOME, when this end knows (for the log).
         self.refused: str | None = None
+        #: The WELCOME of a core of link version 7 or later, until its ORIGIN comes (the
+        #: link is made then, if the gateway follows that core's database).
+        self._welcome: Frame | None = None
+        #: No PING before WELCOME: VERSION is the first frame the core reads after it.
+        self.pinging = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -234,25 +248,59 @@ class LinkClientProtocol(LinkProtocol):
         self.close(abort=True)
 
     def frame_WELCOME(self, frame: Frame) -> None:
-        if self.welcomed:
+        if self.welcomed or self._welcome is not None:
             self.go_away("a second WELCOME")
             return
-        self.welcomed = True
-        self.welcomed_at = self.clock.seconds()
-        self._cancel_welcome_deadline()
         self.core_version = frame.link_version or HELLO_VERSION
+        self.pinging = True
         if self.core_version >= DRAIN_VERSION:  # so that the core may send DRAIN
             self.send(Frame(FrameType.VERSION, link_version=LINK_VERSION))
         if frame.heartbeat_interval and frame.heartbeat_interval != self.heartbeat_interval:
             self.start_heartbeat(frame.heartbeat_interval)
-        self.client._welcomed(self, frame)
+        if self.core_version >= ORIGIN_VERSION:
+            # Made once ORIGIN says which database the core serves (within the deadline).
+            self._welcome = frame
+            return
+        self._made(frame, None)
+
+    def frame_ORIGIN(self, frame: Frame) -> None:
+        """The core's database (link version 7): the link is made if this gateway follows
+        it; if not, it is closed, a failed attempt of this core."""
+        welcome, self._welcome = self._welcome, None
+        if welcome is None:
+            self.go_away("a second ORIGIN" if self.welcomed else "ORIGIN before WELCOME")
+            return
+        origin = Origin(frame.deployment or "", frame.restore_generation or 0)
+        refusal = self.client._origin_refused(self, origin)
+        if refusal is not None:
+            self.refused = refusal
+            self.go_away(refusal)
+            return
+        self._made(welcome, origin)
+
+    def _made(self, welcome: Frame, origin: Origin | None) -> None:
+        """The link is made: welcomed (and, from a core of version 7, its ORIGIN taken)."""
+        self.welcomed = True
+        self.welcomed_at = self.clock.seconds()
+        self._cancel_welcome_deadline()
+        self.client._welcomed(self, welcome, origin)
+
+    def _before_made(self, frame: Frame) -> bool:
+        """Whether ``frame`` came before the link was made, which ends it (a protocol error:
+        the core sends nothing else before WELCOME, and before ORIGIN when it sends one)."""
+        if self.welcomed:
+            return False
+        awaited = "ORIGIN" if self._welcome is not None else "WELCOME"
+        self.go_away(f"{frame.type.name} before {awaited}")
+        return True
 
     def _no_welcome(self) -> None:
         """No WELCOME in time: the link is given up (a failed attempt of this core)."""
         self._welcome_deadline = None
-        self.refused = f"no WELCOME within {self.client.welcome_timeout:g}s"
-        log.warn("core at {peer} sent no WELCOME within {timeout:g}s (hung?): link given up",
-                 peer=self.peer, timeout=self.client.welcome_timeout)
+        awaited = "ORIGIN" if self._welcome is not None else "WELCOME"
+        self.refused = f"no {awaited} within {self.client.welcome_timeout:g}s"
+        log.warn("core at {peer} sent no {awaited} within {timeout:g}s (hung?): link given up",
+                 peer=self.peer, awaited=awaited, timeout=self.client.welcome_timeout)
         if self.closing:  # a close waiting on a handshake that does not finish
             self.transport.abortConnection()
         else:
@@ -271,8 +319,7 @@ class LinkClientProtocol(LinkProtocol):
     def frame_DRAIN(self, frame: Frame) -> None:
         """The core is stopping: new calls wait for the next link; this one closes once
         its streams are answered."""
-        if not self.welcomed:
-            self.go_away("DRAIN before WELCOME")
+        if self._before_made(frame):
             return
         if self.draining:
             return
@@ -323,12 +370,12 @@ class LinkClientProtocol(LinkProtocol):
             stream.deferred.callback(frame.service_keys)
 
     def frame_EVENT(self, frame: Frame) -> None:
-        self.client._event(self, frame)
+        if not self._before_made(frame):
+            self.client._event(self, frame)
 
     def frame_VIEW(self, frame: Frame) -> None:
         """The digest of what the core sends this gateway (its scope; link version 6)."""
-        if not self.welcomed:
-            self.go_away("VIEW before WELCOME")
+        if self._before_made(frame):
             return
         self.client._viewed(frame.view or b"")
 
@@ -534,6 +581,9 @@ class LinkClient(MultiService):
         self.links_made = 0
         #: Links the core drained (sent DRAIN on: it was stopping).
         self.links_drained = 0
+        #: The database this gateway follows (link version 7, ORIGIN), in memory, and the
+        #: links refused for serving another.
+        self.followed = FollowedOrigin()
         self._backoff = backoffPolicy(initialDelay=0.1, maxDelay=max_retry_delay, factor=2.0,
                                       jitter=lambda: 0.1 * random_fraction())
         factory = Factory.forProtocol(lambda: LinkClientProtocol(self))
@@ -757,7 +807,33 @@ class LinkClient(MultiService):
             return fail(RequestTooLarge(f"the request does not fit in a link frame: {e}"))
 
     # From the protocol ----------------------------------------------------------------------
-    def _welcomed(self, protocol: LinkClientProtocol, frame: Frame) -> None:
+    def _origin_refused(self, protocol: LinkClientProtocol, origin: Origin) -> str | None:
+        """Why the link to a core whose ORIGIN is ``origin`` is refused (GOAWAY's reason;
+        logged once per core until a link to it is made); None when it may be made."""
+        refusal = self.followed.judge(origin)
+        if refusal is None:
+            return None
+        if self.followed.first_refusal(protocol.peer):
+            log.warn("refusing the link to core at {peer}: {reason} ({origin}; this gateway "
+                     "follows {followed}); is a core still running on the old database?",
+                     peer=protocol.peer, reason=refusal.message, origin=str(origin),
+                     followed=str(self.followed.origin))
+        return refusal.message
+
+    def _welcomed(self, protocol: LinkClientProtocol, frame: Frame,
+                  origin: Origin | None = None) -> None:
+        """The link ``protocol`` is made: ``frame`` its WELCOME, ``origin`` the database its
+        core named in ORIGIN (None: a core of link version 6 or earlier)."""
+        restored_from = None
+        if origin is not None:
+            if self.followed.origin is None:
+                log.info("following the core's database: {origin}", origin=str(origin))
+            restored_from = self.followed.follow(origin)
+            self.followed.linked(protocol.peer)
+        if restored_from is not None:
+            log.warn("the core's database is a restored copy ({origin}, after generation "
+                     "{before}): resynchronising", origin=str(origin),
+                     before=restored_from.generation)
         head = frame.sequence if frame.sequence is not None else 0
         # A link that resumes may find the events it asks for deleted (outbox_retention):
         # its first event tells (_event). One that starts from the head has none missing.
@@ -773,6 +849,10 @@ class LinkClient(MultiService):
                      head=head, ours=self.last_sequence)
             self.last_sequence = head
             self._restored()
+        elif restored_from is not None and self.on_resync is not None:
+            # The keys held go; the event stream is checked as on any link (the event sent
+            # again under our last number tells whether the copy has what we applied).
+            self.on_resync()
         log.info("linked to core {core} at {peer}; events after {seq}", core=frame.peer_name,
                  peer=protocol.peer, seq=self.last_sequence)
         if frame.policy is not None and self.on_policy is not None:

@@ -131,6 +131,12 @@ class GatewayMetrics:
                                   "Links the core drained because it was stopping (DRAIN): "
                                   "their calls answered, new ones sent on the next link.", (),
                                   lambda: [((), link.links_drained)]))
+        register(CallbackCounter(
+            "kcm_gateway_link_lineage_refusals",
+            "Links to a core refused because it serves another database than the one this "
+            "gateway follows (ORIGIN, link version 7), by reason: older_copy (a lower restore "
+            "generation), another_deployment.", ("reason",),
+            lambda: [((reason,), count) for reason, count in link.followed.refusals.items()]))
         register(CallbackGauge("kcm_gateway_open_connections",
                                "Client connections open on the KMIP listener.", (),
                                lambda: [((), guard.connections)]))

@@ -17,11 +17,12 @@ from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 
 #: The link version this end speaks: 2 is version 1 with CANCEL, 3 adds USAGE_REPORT, 4 adds
 #: VERSION and DRAIN, 5 the tombstones of a ServiceKey, 6 the ``redacted`` event kind and the
-#: VIEW frame. A core names its version in WELCOME, and a gateway sends a frame only to a core
-#: whose version has it; a gateway names its own in VERSION (to a core of version 4 or later),
-#: and a core sends DRAIN only to a gateway that named 4 or later, a ServiceKey's tombstones
-#: only to one that named 5 or later, and VIEW only to one that named 6 or later.
-LINK_VERSION = 6
+#: VIEW frame, 7 the ORIGIN frame. A core names its version in WELCOME, and a gateway sends a
+#: frame only to a core whose version has it; a gateway names its own in VERSION (to a core
+#: of version 4 or later), and a core sends DRAIN only to a gateway that named 4 or later, a
+#: ServiceKey's tombstones only to one that named 5 or later, VIEW only to one that named 6
+#: or later, and ORIGIN only to one that named 7 or later.
+LINK_VERSION = 7
 #: The version a gateway's HELLO names: the first, which every core takes (a version-1 core
 #: refuses any other with GOAWAY), so a gateway links to a core of any release and learns
 #: the core's own version from WELCOME.
@@ -36,6 +37,10 @@ DRAIN_VERSION = 4
 TOMBSTONES_VERSION = 5
 #: The first link version with the ``redacted`` event kind and the VIEW frame.
 VIEW_VERSION = 6
+#: The first link version with the ORIGIN frame (the core's database: its deployment id and
+#: restore generation), which a gateway of that version waits for before it counts itself
+#: welcomed.
+ORIGIN_VERSION = 7
 #: Usage entries one USAGE_REPORT carries at most (a longer report is sent as several).
 MAX_USAGE_ENTRIES = 1000
 #: TokenIds one SERVICE_KEYS carries at most, over all its ServiceKeys (40 bytes each: well
@@ -93,6 +98,8 @@ class Tag(enum.IntEnum):
     USAGE_COUNT = 0x54B016
     TOMBSTONE_COUNT = 0x54B017
     VIEW_DIGEST = 0x54B018
+    DEPLOYMENT = 0x54B019
+    RESTORE_GENERATION = 0x54B01A
     KEY_MATERIAL = 0x420043
     RESULT_REASON = 0x42007E
     STATE = 0x42008D
@@ -117,6 +124,7 @@ class FrameType(enum.IntEnum):
     VERSION = 13  # link version 4
     DRAIN = 14  # link version 4
     VIEW = 15  # link version 6
+    ORIGIN = 16  # link version 7
 
 
 class FrameError(ValueError):
@@ -168,6 +176,9 @@ class Frame:
     usage: list[tuple[str, int]] = field(default_factory=list)
     #: A VIEW's digest of what the core sends this gateway (its scope).
     view: bytes | None = None
+    #: An ORIGIN's deployment id and restore generation (the core's database).
+    deployment: str | None = None
+    restore_generation: int | None = None
 
 
 # (attribute, tag, type) of every scalar field of a LinkFrame, in wire order.
@@ -188,6 +199,8 @@ _FIELDS: tuple[tuple[str, int, ItemType], ...] = (
     ("result_reason", Tag.RESULT_REASON, ItemType.ENUMERATION),
     ("message", Tag.KMIP_MESSAGE, ItemType.BYTE_STRING),
     ("view", Tag.VIEW_DIGEST, ItemType.BYTE_STRING),
+    ("deployment", Tag.DEPLOYMENT, ItemType.TEXT_STRING),
+    ("restore_generation", Tag.RESTORE_GENERATION, ItemType.INTEGER),
 )
 _FIELD_BY_TAG = {tag: (name, item_type) for name, tag, item_type in _FIELDS}
 
@@ -208,6 +221,7 @@ REQUIRED: dict[FrameType, tuple[str, ...]] = {
     FrameType.VERSION: ("link_version",),
     FrameType.DRAIN: (),
     FrameType.VIEW: ("view",),
+    FrameType.ORIGIN: ("deployment", "restore_generation"),
 }
 
 #: EventPayload fields: name -> (tag, type).

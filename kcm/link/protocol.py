@@ -69,6 +69,11 @@ class LinkProtocol(Protocol):
         self._last_received = 0.0
         self.closing = False
         self.peer = "?"
+        #: Whether this end sends its PINGs yet. Both ends send none before WELCOME (the
+        #: gateway's answer to WELCOME, VERSION, is then the first frame the core reads
+        #: after it: the core holds its event stream until then, kcm.core.link_server);
+        #: silence is still judged, and the gateway gives up a link not welcomed in time.
+        self.pinging = True
 
     # Connection life ----------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -205,7 +210,8 @@ class LinkProtocol(Protocol):
             self.went_silent = True
             self.close(abort=True)
             return
-        self.send(Frame(FrameType.PING, stream_id=next(self._ping_ids) & 0x7FFFFFFF or 1))
+        if self.pinging:
+            self.send(Frame(FrameType.PING, stream_id=next(self._ping_ids) & 0x7FFFFFFF or 1))
         self.heartbeat_tick()
 
     def heartbeat_tick(self) -> None:

@@ -18,9 +18,9 @@ from kcm.kmip_protocol import (
     KmipServerFactory,
     KmipServerProtocol,
 )
-from kcm.link.frames import LINK_VERSION, Frame, FrameType, encode_frame
+from kcm.link.frames import Frame, FrameType, encode_frame
 from tests.core_support import service_principal
-from tests.gateway_support import locate, request
+from tests.gateway_support import core_welcome, locate, request
 
 APP = service_principal()
 
@@ -45,9 +45,7 @@ class Gateway:
                                max_in_flight=max_in_flight)
         self.core_end = LinkClientProtocol(self.link)
         self.core_end.makeConnection(StringTransport())
-        self.core_end.dataReceived(encode_frame(Frame(
-            FrameType.WELCOME, link_version=LINK_VERSION, peer_name="core", sequence=0,
-            heartbeat_interval=1)))
+        self.core_end.dataReceived(core_welcome())
         assert self.link.connected
         self.factory = KmipServerFactory(ForwardingHandler(self.link),
                                          ConnectionLimits(max_pending=max_pending),

@@ -16,7 +16,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, capturedLogs, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint
@@ -31,6 +31,7 @@ from kcm.link.frames import (
     encode_frame,
 )
 from kcm.pki import issue_certificate, new_ca
+from tests.core_support import LINEAGE
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -70,10 +71,15 @@ class CoreTransport(StringTransport):
 class FakeCore:
     """A client endpoint to one fake core; ``mode`` is live, hung, refusing or down."""
 
-    def __init__(self, name: str, clock: Clock, mode: str = "live") -> None:
+    def __init__(self, name: str, clock: Clock, mode: str = "live", generation: int = 0
+                 ) -> None:
         self.name = name
         self.clock = clock
         self.mode = mode
+        #: The restore generation of its database (ORIGIN).
+        self.generation = generation
+        #: The reasons of the GOAWAYs gateways sent it.
+        self.goaways: list[str | None] = []
         #: When each connection attempt was made (the clock's seconds).
         self.attempts: list[float] = []
         self.links: list[CoreTransport] = []
@@ -91,12 +97,16 @@ class FakeCore:
     def received(self, transport: CoreTransport, frame: Frame) -> None:
         if self.mode == "hung":
             return
+        if frame.type is FrameType.GOAWAY:
+            self.goaways.append(frame.error)
         if frame.type is FrameType.HELLO:
             if self.mode == "refusing":
                 transport.deliver(Frame(FrameType.GOAWAY, error="this core is stopping"))
                 return
             transport.deliver(Frame(FrameType.WELCOME, link_version=LINK_VERSION,
                                     peer_name=self.name, sequence=0, heartbeat_interval=1))
+            transport.deliver(Frame(FrameType.ORIGIN, deployment=LINEAGE.deployment,
+                                    restore_generation=self.generation))
         elif frame.type is FrameType.PING:
             transport.deliver(Frame(FrameType.PONG, stream_id=frame.stream_id))
 
@@ -189,6 +199,36 @@ def test_cores_that_refuse_before_welcome_are_tried_in_turn_with_backoff() -> No
     run(clock, 3)
     assert linked_to(client, b) and endpoint.current_name == "b"
     assert client._refusals == 0
+    client.stopService()
+
+
+def test_a_core_on_an_older_copy_of_the_database_is_refused_and_the_next_core_tried(
+        ) -> None:
+    """A gateway that a core on a restored copy welcomed (restore generation 1) refuses the
+    core still running on the original (generation 0) when its own core stops: each such
+    link ends at ORIGIN (GOAWAY naming why), a failed attempt of that core, so the gateway
+    goes on to the next core, logs the refusal once, and links again to the copy's core
+    when it is back; it is never linked to the original's."""
+    clock = Clock()
+    original = FakeCore("original", clock, "down", generation=0)
+    restored = FakeCore("restored", clock, generation=1)
+    client, endpoint = gateway(original, restored)
+    run(clock, 1.5)
+    assert linked_to(client, restored) and client.followed.origin.generation == 1
+    original.mode, restored.mode = "live", "down"  # (the copy's core stops)
+    with capturedLogs() as logged:
+        restored.links[-1]._lose(ConnectionDone())
+        run(clock, 10)
+    assert client._protocol is None and len(original.goaways) >= 3  # (retried, backing off)
+    assert set(original.goaways) == {"older copy of the database (generation 0 < 1)"}
+    assert client.followed.refusals == {"older_copy": len(original.goaways),
+                                        "another_deployment": 0}
+    refused = [e for e in logged if "refusing the link" in e.get("log_format", "")]
+    assert len(refused) == 1 and "(generation 0 < 1)" in formatEvent(refused[0])
+    restored.mode = "live"
+    run(clock, 2)
+    assert linked_to(client, restored) and endpoint.current_name == "restored"
+    assert not any(t.protocol.welcomed for t in original.links)
     client.stopService()
 
 

@@ -69,7 +69,13 @@ from kcm.link.frames import (
     encode_frame,
 )
 from kcm.ttlv import Item, ItemType, decode, encode
-from tests.core_support import TRUST_DOMAIN, CoreHarness, admin_principal, service_principal
+from tests.core_support import (
+    LINEAGE,
+    TRUST_DOMAIN,
+    CoreHarness,
+    admin_principal,
+    service_principal,
+)
 from tests.unit.test_link_cancel import core_factory, frames_in
 from tests.unit.test_link_drain import linked as link_of_version
 
@@ -109,7 +115,8 @@ class Linked:
         factory = LinkServerFactory(
             handler=core.handler, store=core.store, keyring=core.keyring,
             fanout=_NoEvents(self.clock), resolve_peer=lambda transport: GATEWAY,
-            trust_domain=TRUST_DOMAIN, subject_map=None, clock=self.clock)
+            trust_domain=TRUST_DOMAIN, subject_map=None, clock=self.clock,
+            lineage=lambda: LINEAGE)
         # The same transaction the core runs on a store thread, run here: iosim has no reactor.
         factory.fetch_keys = lambda caller, tenant, service, uid, now: succeed(  # type: ignore
             core.store.run_sync(lambda session: fetch_service_keys(

@@ -25,9 +25,9 @@ from kcm.kmip_protocol import (
     KmipServerFactory,
 )
 from kcm.l4.service_key import ServiceKey
-from kcm.link.frames import LINK_VERSION, Frame, FrameType, encode_frame
+from kcm.link.frames import Frame, FrameType, encode_frame
 from tests.core_support import service_principal
-from tests.gateway_support import locate, request
+from tests.gateway_support import core_welcome, locate, request
 
 APP = service_principal()
 BILLING = service_principal("demo", "billing")
@@ -405,9 +405,7 @@ def linked(**kwargs) -> tuple[LinkClient, LinkClientProtocol]:
     link = LinkClient(None, clock=clock, **kwargs)  # type: ignore[arg-type]
     core_end = LinkClientProtocol(link)
     core_end.makeConnection(StringTransport())
-    core_end.dataReceived(encode_frame(Frame(
-        FrameType.WELCOME, link_version=LINK_VERSION, peer_name="core", sequence=0,
-        heartbeat_interval=1)))
+    core_end.dataReceived(core_welcome())
     assert link.connected
     return link, core_end
 

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from kcm.connection_guard import ConnectionGuard
 from kcm.gateway import tap
 from kcm.gateway.config import load_config
+from kcm.gateway.core_origin import Origin
 from kcm.gateway.fast_path import FastPath
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache, Need, ServiceKeyMissing
@@ -339,6 +340,18 @@ def test_link_state_in_flight_reconnects_and_connections_are_read_when_scraped(
     assert got[("kcm_gateway_open_connections", ())] == 4
     link.connected = False
     assert gateway.scraped()[("kcm_gateway_link_up", ())] == 0
+
+
+def test_links_refused_for_their_cores_database_are_counted_by_reason(
+        gateway: Gateway) -> None:
+    followed = gateway.link.followed
+    followed.follow(Origin("d1", 2))
+    for origin in (Origin("d1", 1), Origin("d1", 0), Origin("d2", 5), Origin("d1", 3)):
+        followed.judge(origin)
+    got = gateway.scraped()
+    assert got[("kcm_gateway_link_lineage_refusals_total", (("reason", "older_copy"),))] == 2
+    assert got[("kcm_gateway_link_lineage_refusals_total",
+               (("reason", "another_deployment"),))] == 1
 
 
 # Readiness ------------------------------------------------------------------------------------

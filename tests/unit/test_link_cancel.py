@@ -31,10 +31,12 @@ from kcm.link.frames import (
     decode_frame,
     encode_frame,
 )
+from tests.core_support import LINEAGE
 from tests.gateway_support import (
     L3,
     L3_UID,
     FakeLink,
+    core_welcome,
     create_l4,
     create_managed,
     encrypt,
@@ -108,7 +110,8 @@ def core_factory() -> tuple[LinkServerFactory, RecordingHandler, Clock]:
     handler = RecordingHandler(clock)
     factory = LinkServerFactory(handler=handler, store=None, keyring=None, fanout=NoEvents(),
                                 resolve_peer=lambda transport: GATEWAY, trust_domain=TD,
-                                subject_map=SubjectMap({}), clock=clock)
+                                subject_map=SubjectMap({}), clock=clock,
+                                lineage=lambda: LINEAGE)
     return factory, handler, clock
 
 
@@ -212,9 +215,7 @@ def gateway_end(core_version: int) -> tuple[LinkClient, LinkClientProtocol, Stri
     protocol.makeConnection(transport)
     [hello] = frames_in(transport)
     assert (hello.type, hello.link_version) == (FrameType.HELLO, HELLO_VERSION)
-    protocol.dataReceived(encode_frame(Frame(FrameType.WELCOME, link_version=core_version,
-                                             peer_name="core", sequence=0,
-                                             heartbeat_interval=1)))
+    protocol.dataReceived(core_welcome(core_version))
     return client, protocol, transport
 
 
@@ -360,9 +361,7 @@ def welcome(client: LinkClient, core_version: int = CANCEL_VERSION
     protocol = LinkClientProtocol(client)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    protocol.dataReceived(encode_frame(Frame(FrameType.WELCOME, link_version=core_version,
-                                             peer_name="core", sequence=0,
-                                             heartbeat_interval=1)))
+    protocol.dataReceived(core_welcome(core_version))
     return protocol, transport
 
 

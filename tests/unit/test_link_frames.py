@@ -65,6 +65,7 @@ FRAMES = [
     Frame(FrameType.GOAWAY, error="bye"),
     Frame(FrameType.GOAWAY),
     Frame(FrameType.CANCEL, stream_id=7),
+    Frame(FrameType.ORIGIN, deployment="0f" * 16, restore_generation=2),
 ]
 
 
@@ -133,6 +134,8 @@ MALFORMED = {
     "cancel of stream 0": _wire(_type(11), Item(Tag.STREAM_ID, ItemType.INTEGER, 0)),
     "hello without sequence": _wire(_type(1), Item(Tag.LINK_VERSION, ItemType.INTEGER, 1),
                                     Item(Tag.PEER_NAME, ItemType.TEXT_STRING, "gw")),
+    "origin without generation": _wire(_type(16), Item(Tag.DEPLOYMENT, ItemType.TEXT_STRING,
+                                                       "0f" * 16)),
     "event without payload": _wire(_type(7), Item(Tag.EVENT_SEQUENCE, ItemType.LONG_INTEGER, 1),
                                    Item(Tag.EVENT_KIND, ItemType.TEXT_STRING, "policy")),
     "bad payload field": _wire(_type(7), Item(Tag.EVENT_SEQUENCE, ItemType.LONG_INTEGER, 1),
@@ -250,6 +253,9 @@ _SCALAR_FRAMES = st.builds(
     result_reason=st.none() | st.integers(0, 2**32 - 1),
     heartbeat_interval=st.none() | st.integers(0, 2**32 - 1),
     policy=st.none() | _TEXT,
+    view=st.none() | st.binary(max_size=16),
+    deployment=st.none() | _TEXT,
+    restore_generation=st.none() | st.integers(-(2**31), 2**31 - 1),
 )
 
 

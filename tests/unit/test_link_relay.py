@@ -22,7 +22,6 @@ from kcm.kmip.enums import ResultReason
 from kcm.kmip_protocol import ConnectionInfo
 from kcm.link.framer import LinkFramer
 from kcm.link.frames import (
-    LINK_VERSION,
     Frame,
     FrameError,
     FrameType,
@@ -41,7 +40,7 @@ from kcm.link.relay import (
     split_request,
 )
 from kcm.ttlv import Item, ItemType, encode
-from tests.gateway_support import APP, create_managed, request, response
+from tests.gateway_support import APP, core_welcome, create_managed, request, response
 from tests.unit.test_link_cancel import (
     GATEWAY,
     TD,
@@ -175,9 +174,7 @@ def gateway_end() -> tuple[LinkClient, LinkClientProtocol, StringTransport]:
     protocol = LinkClientProtocol(client)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    protocol.dataReceived(encode_frame(Frame(FrameType.WELCOME, link_version=LINK_VERSION,
-                                             peer_name="core", sequence=0,
-                                             heartbeat_interval=1)))
+    protocol.dataReceived(core_welcome())
     transport.clear()
     return client, protocol, transport
 

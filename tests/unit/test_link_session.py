@@ -39,6 +39,7 @@ from kcm.link.frames import (
     encode_frame,
     encode_payload,
 )
+from tests.core_support import LINEAGE
 from tests.thread_fakes import run_inline
 
 TD = "kcm.test"
@@ -124,7 +125,8 @@ class World:
             subject_map=SubjectMap.from_mapping(
                 {"CN=legacy-client,O=KCM Dev": "tenant/demo/service/legacy"}),
             clock=self.clock, settings=LinkSettings(max_queued_events=5,
-                                                    max_frame_size=self.core_frame_size))
+                                                    max_frame_size=self.core_frame_size),
+            lineage=lambda: LINEAGE)
         self.factory.fetch_keys = self._fetch  # type: ignore[method-assign]
         self.client = LinkClient(None, clock=self.clock, max_in_flight=4, request_timeout=10,
                                  on_event=lambda *event: self.events.append(event),

@@ -26,7 +26,7 @@ class UnixKmipClient(KmipClient):
         super().__init__("localhost", 0, **kwargs)
         self.path = path
 
-    def connect(self) -> None:
+    def connect(self, deadline: float | None = None) -> None:
         if self._socket is not None:
             return
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -109,7 +109,8 @@ class GroupCommitter:
                  write_lean: Callable[[Callable[[Any], Any]], Deferred[Any]] | None = None,
                  reactor: IReactorTime | None = None,
                  timer: Callable[[], float] | None = None,
-                 on_group: Callable[[int, float, bool], None] | None = None) -> None:
+                 on_group: Callable[[int, float, bool], None] | None = None,
+                 check: Callable[[Any], None] | None = None) -> None:
         """``start(run)`` calls ``run`` (which starts a group) once the reactor's current
         turn is over; None starts each group at once. ``write_lean`` is ``write`` for
         work that needs no session (:meth:`kcm.core.store.engine.Store.write_lean`);
@@ -119,7 +120,11 @@ class GroupCommitter:
         (:meth:`submit`, on ``timer``, ``reactor.seconds`` when not given); None: they wait
         however long. ``on_group(jobs, seconds, committed)`` is told of each group that took
         jobs once it is answered (the reactor thread): how many, the seconds from its first
-        taking a job to its commit's answer (on ``clock``), and whether it committed."""
+        taking a job to its commit's answer (on ``clock``), and whether it committed.
+        ``check(session)`` is called after each job, failed or not: if it raises, the
+        group stops there and fails whole (kcm-core's: the database ended the transaction
+        under the job, :mod:`kcm.core.store.transaction_lost`; a job after it would commit
+        on its own, and the jobs before it are gone)."""
         if max_jobs < 1 or max_seconds <= 0:
             raise ValueError("need max_jobs >= 1 and max_seconds > 0")
         self._write = write
@@ -143,6 +148,7 @@ class GroupCommitter:
         self.jobs = 0
         self._expiry = None if reactor is None else QueueExpiry(reactor, self._expire, timer)
         self._on_group = on_group
+        self._check = check
 
     @property
     def waiting(self) -> int:
@@ -296,6 +302,8 @@ class GroupCommitter:
             finally:
                 ran_to = clock()
                 self._ran(ran_to - job_started, used)
+            if self._check is not None:
+                self._check(session)
 
     def _answered(self, group: _Group, committed: bool) -> None:
         if self._on_group is not None and group.jobs and group.started is not None:

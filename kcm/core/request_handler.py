@@ -87,6 +87,7 @@ from kcm.core.refusal_records import RefusalRecords
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
+from kcm.core.store.transaction_lost import check_transaction
 from kcm.core.store.unavailable import (
     StoreStopped,
     log_failure,
@@ -249,7 +250,7 @@ class CoreRequestHandler:
         self._committer = committer or GroupCommitter(
             store.write, max_jobs=self._limits.max_group_commit, start=group_start,
             write_lean=store.write_lean, reactor=reactor, timer=self._timer,
-            on_group=self._metrics.group_answered)
+            on_group=self._metrics.group_answered, check=check_transaction)
         #: The watches of the requests in flight, by connection id (reactor thread only).
         self._in_flight: dict[int, set[RequestWatch]] = {}
         self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)

@@ -69,6 +69,7 @@ from kcm.core.store.repository import (
     lock_writers_on,
 )
 from kcm.core.store.savepoints import StoreSession
+from kcm.core.store.transaction_lost import check_transaction
 from kcm.core.store.unavailable import StoreStopped, read_only, read_transaction_refused
 from kcm.core.store.writer_thread import WriterThread
 
@@ -747,6 +748,7 @@ class Store(Service):
                 result = fn(transaction)
                 transaction.run_before_commit()
                 drain_connection(kept)
+                check_transaction(transaction)  # (a commit of nothing would "succeed")
             if later is None:
                 transaction.run_after_commit()
             else:
@@ -1021,6 +1023,8 @@ class Store(Service):
                         session.execute(text("SET TRANSACTION READ ONLY"))
                 result = fn(session)
                 drain_pending(session)
+                if write:
+                    check_transaction(session)  # (a commit of nothing would "succeed")
             # Committed: what a reader put back since this transaction forgot its objects
             # was read before the commit (a Destroy's key in the clear, say).
             for tenant, uid in info.get(WRITTEN_INFO) or ():

@@ -27,7 +27,8 @@ the error never ran). A transaction drains what is pending before it commits
 round trip to save.
 
 **A savepoint opened when first needed (SQLite).** A savepoint is there to undo writes. On
-SQLite a statement that fails leaves its transaction as it was, so a savepoint whose
+SQLite a statement that fails leaves its transaction as it was (unless SQLite ends the
+transaction: :mod:`kcm.core.store.transaction_lost`), so a savepoint whose
 ``SAVEPOINT`` has not been sent yet costs nothing to have: reads run before it see what
 they would see after it. :func:`defer_savepoint` registers such a savepoint on a
 connection. Before the first statement that may write (any but a ``SELECT`` of a

@@ -37,6 +37,7 @@ from kcm.core.store.raw_statements import (
     execute_plain,
     forget_deferred,
 )
+from kcm.core.store.transaction_lost import transaction_lost, transaction_lost_error
 
 __all__ = ["RawSavepoint", "StoreSession", "on_rollback"]
 
@@ -105,6 +106,10 @@ class RawSavepoint:
         outer = self._outer
         if outer is not None:
             outer._send(connection)  # (sent already, unless deferred too)
+        if transaction_lost(connection):
+            # SQLite ended the transaction (kcm.core.store.transaction_lost): a SAVEPOINT
+            # now would begin one of its own, committed at its RELEASE.
+            raise transaction_lost_error()
         # The outermost is sent, not waited for (PostgreSQL): it goes with the first
         # statement that waits, at the latest its RELEASE (kcm.core.store.raw_statements).
         # One inside another waits, so that an error of what the outer one sent is

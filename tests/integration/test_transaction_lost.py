@@ -1,0 +1,135 @@
+"""A group commit whose database ran out of space in the middle of the transaction.
+
+SQLite writes the pages a large transaction changed to its WAL before the commit (a cache
+spill, past 2 MB); on a full disk that write fails, and SQLite rolls the whole transaction
+back by itself. The group went on: it answered Success to the requests before the one
+that failed (their work gone), and committed what ran after, in autocommit mode, one
+statement at a time (the failure record of the request that failed, chained to audit
+records that were rolled back). Now the group fails whole, and nothing of it is written
+(kcm.core.store.transaction_lost)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from sqlalchemy import text
+from twisted.internet.defer import DeferredList
+
+from kcm.core.audit import savepoint
+from kcm.core.group_commit import GroupCommitter
+from kcm.core.store.engine import Store
+from kcm.core.store.transaction_lost import TRANSACTION_LOST, check_transaction
+from tests.core_support import _migrated_schema
+from tests.small_disk import needs_mount, small_disk
+
+
+def _insert(session, key: str, value: str = "x") -> None:
+    session.execute(text("INSERT INTO meta (key, value) VALUES (:key, :value)"),
+                    {"key": key, "value": value})
+
+
+def _small(session, key: str) -> str:
+    _insert(session, key)
+    return key
+
+
+def _spills(session, record: bool = True) -> str:
+    """6 MB of rows (SQLite spills them to the WAL before the commit): the 3 MB disk is
+    full on the way. The error is caught and, with ``record``, a failure record written,
+    as kcm-core's request handler does."""
+    try:
+        for number in range(60):
+            _insert(session, f"large-{number}", "y" * 100_000)
+    except Exception:
+        if record:
+            with savepoint(session):
+                _insert(session, "failure-record")
+        return "answered as failed"
+    return "all written"
+
+
+@needs_mount
+@pytest_twisted.ensureDeferred
+async def test_a_group_whose_transaction_sqlite_ended_fails_whole(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        shutil.copy2(_migrated_schema(), disk / "kcm.db")
+        store = Store(f"sqlite:///{disk / 'kcm.db'}")
+        store.startService()
+        try:
+            committer = GroupCommitter(store.write, check=check_transaction)
+            held = threading.Event()
+            store.write(lambda session: held.wait(10))  # so the three join one group
+            jobs = [committer.submit("tenant", _small, "before"),
+                    committer.submit("tenant", _spills),
+                    committer.submit("tenant", _small, "after")]
+            held.set()
+            outcomes = await DeferredList(jobs, consumeErrors=True)
+            written = await store.run(lambda session: {row[0] for row in session.execute(
+                text("SELECT key FROM meta WHERE key IN "
+                     "('before', 'after', 'failure-record')"))})
+        finally:
+            store.stopService()
+    (before, _), (spilled, failure), (after, _) = outcomes
+    # The request before the one that failed was rolled back with it: answered so.
+    assert not before and "before" not in written
+    assert not spilled and TRANSACTION_LOST in str(failure.value)
+    assert "failure-record" not in written  # (no statement ran outside the transaction)
+    assert after == ("after" in written)  # (its own group, next: the disk had room again)
+
+
+@needs_mount
+@pytest.mark.parametrize("record", [True, False], ids=["writes-on", "returns"])
+@pytest_twisted.ensureDeferred
+async def test_a_write_whose_transaction_sqlite_ended_fails(tmp_path: Path,
+                                                            record: bool) -> None:
+    """One write transaction (no group) whose work catches the error: writing on, its
+    savepoint refuses to begin a transaction of its own; returning, its commit (of
+    nothing) fails. Nothing is written, and the write is not taken for a success."""
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        shutil.copy2(_migrated_schema(), disk / "kcm.db")
+        store = Store(f"sqlite:///{disk / 'kcm.db'}")
+        store.startService()
+        try:
+            def work(session) -> str:
+                _insert(session, "before")
+                return _spills(session, record)
+
+            outcome = await DeferredList([store.write(work)], consumeErrors=True)
+            written = await store.run(lambda session: {row[0] for row in session.execute(
+                text("SELECT key FROM meta WHERE key IN ('before', 'failure-record')"))})
+        finally:
+            store.stopService()
+    [(ok, failure)] = outcome
+    assert not ok and TRANSACTION_LOST in str(failure.value)
+    assert written == set()
+
+
+@needs_mount
+@pytest_twisted.ensureDeferred
+async def test_no_job_runs_after_the_transaction_ended(tmp_path: Path) -> None:
+    """The job after the one that filled the disk, in the same group, writing without a
+    savepoint (as a request's lone audit record is): it would have been committed on its
+    own while its group failed. It runs in a group of its own instead, and is answered
+    as what happened to it."""
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        shutil.copy2(_migrated_schema(), disk / "kcm.db")
+        store = Store(f"sqlite:///{disk / 'kcm.db'}")
+        store.startService()
+        try:
+            committer = GroupCommitter(store.write, check=check_transaction)
+            held = threading.Event()
+            store.write(lambda session: held.wait(10))
+            jobs = [committer.submit("large", _spills),
+                    committer.submit("other", _small, "after", own_savepoint=True)]
+            held.set()
+            (spilled, _), (after, _) = await DeferredList(jobs, consumeErrors=True)
+            written = await store.run(lambda session: {row[0] for row in session.execute(
+                text("SELECT key FROM meta WHERE key IN ('after', 'failure-record')"))})
+        finally:
+            store.stopService()
+    assert not spilled and "failure-record" not in written
+    assert after == ("after" in written)

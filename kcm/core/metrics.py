@@ -314,7 +314,8 @@ class _CallbackCounter:
 def database_state(url: str, timeout: float = 2.0, *,
                    write_lock: threading.Lock | None = None) -> dict[str, Any]:
     """Whether the database at ``url`` answers now, on a fresh connection, is at the
-    newest migration and (SQLite) would let a write take its write lock:
+    newest migration and (SQLite) would let a write take its write lock and has room for
+    it (:func:`kcm.core.store.disk_space.disk_full`):
     ``{"database": "ok", "revision": R}``, else ``{"database": why}``. Blocking: run it on
     a thread. A missing SQLite file is not created.
 
@@ -364,6 +365,7 @@ def _revision(url: str, timeout: float,
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
 
+    from kcm.core.store.disk_space import disk_full
     from kcm.core.store.unavailable import READ_ONLY
 
     parsed = make_url(url)
@@ -375,10 +377,13 @@ def _revision(url: str, timeout: float,
                                      isolation_level=None)
         try:
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-            return None if row is None else str(row[0]), _write_lock_refused(
-                connection, write_lock, timeout / 2)
+            refused = _write_lock_refused(connection, write_lock, timeout / 2)
         finally:
             connection.close()
+        # The write lock is had on a full disk too (BEGIN IMMEDIATE writes nothing), but
+        # every commit then fails: "database or disk is full".
+        return None if row is None else str(row[0]), refused or disk_full(
+            str(parsed.database or ""))
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     engine = create_engine(parsed, poolclass=NullPool,

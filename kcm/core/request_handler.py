@@ -72,6 +72,7 @@ from kcm.core.context import (
     RequestWork,
     prepared_key_pairs,
 )
+from kcm.core.disk_full_line import DiskFullLine
 from kcm.core.fair_scheduler import FairScheduler
 from kcm.core.group_commit import GroupCommitter
 from kcm.core.keyring import Keyring
@@ -255,6 +256,7 @@ class CoreRequestHandler:
         self._in_flight: dict[int, set[RequestWatch]] = {}
         self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)
         self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED, logger=log)
+        self._disk_full_line = DiskFullLine(reactor, store.url)
 
     @property
     def limits(self) -> CoreLimits:
@@ -561,6 +563,7 @@ class CoreRequestHandler:
             log.error("request of {caller} failed [correlation id {cid}]: the key store is "
                       "unavailable ({why}); not audited", caller=caller.principal.id,
                       cid=correlation_id, why=unavailable)
+            self._disk_full_line.failed()
             return succeed(answer.wire)
         log.failure("request failed [correlation id {cid}]", failure, cid=correlation_id)
 

@@ -306,3 +306,17 @@ def test_database_state_waits_for_this_cores_writers_at_most_half_its_timeout(
         state = database_state(url, timeout=0.4, write_lock=own_writers)
         assert 0.2 <= time.monotonic() - started < 0.4
     assert state["database"] == "not writable: database is locked"
+
+
+def test_database_state_of_a_database_on_a_full_disk_is_not_writable(
+        core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk takes BEGIN IMMEDIATE (it writes nothing), and fails every commit."""
+    from kcm.core.store import disk_space
+
+    directory = str(Path(core.store.url.removeprefix("sqlite:///")).parent)
+    monkeypatch.setattr(disk_space, "free_bytes", lambda path: 4096 if path == directory
+                        else 1 << 30)
+    assert database_state(core.store.url)["database"] == (
+        f"not writable: the disk is full ({directory}: 4096 bytes free)")
+    monkeypatch.setattr(disk_space, "free_bytes", lambda path: disk_space.DISK_FULL_BELOW)
+    assert database_state(core.store.url)["database"] == "ok"

@@ -37,6 +37,8 @@ class HeldStore:
     """A store whose worker and group commits never run: the test plays them with what was
     handed over (these requests, not KMIP, take the write path: a group commit)."""
 
+    url = "sqlite://"  # (no file)
+
     def __init__(self) -> None:
         self.calls: list[tuple[Any, tuple[Any, ...], Deferred[bytes]]] = []
 
@@ -148,6 +150,8 @@ class StuckStore:
     """A store whose writer and workers took their first work and never come back (a
     silent database): a group takes its jobs (they run, here against no session, and
     fail) and never commits; a worker's call never returns."""
+
+    url = "sqlite://"  # (no file)
 
     def __init__(self) -> None:
         self.written: list[Any] = []

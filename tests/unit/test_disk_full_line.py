@@ -1,0 +1,52 @@
+"""The one line that says the disk of kcm-core's database is full, and where
+(kcm.core.disk_full_line)."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from kcm.core import disk_full_line
+from kcm.core.disk_full_line import INTERVAL, DiskFullLine
+from kcm.core.store import disk_space
+
+
+@pytest.fixture
+def lines():
+    events: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == disk_full_line.__name__:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+def test_one_line_names_the_full_disk_however_many_requests_fail(
+        lines, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    free = {"bytes": 0}
+    monkeypatch.setattr(disk_space, "free_bytes", lambda directory: free["bytes"])
+    clock = Clock()
+    line = DiskFullLine(clock, f"sqlite:///{tmp_path / 'kcm.db'}")
+    for _ in range(500):
+        line.failed()
+    [first] = lines
+    assert first["why"] == f"the disk is full ({tmp_path}: 0 bytes free)"
+    assert str(tmp_path) in first["log_format"].format(**first)
+    clock.advance(INTERVAL)
+    assert [event["count"] for event in lines] == [1, 499]
+    free["bytes"] = disk_space.DISK_FULL_BELOW  # space freed: a failure for another reason
+    clock.advance(INTERVAL)
+    line.failed()
+    assert len(lines) == 2
+
+
+def test_nothing_for_a_database_that_is_not_a_file(lines) -> None:
+    line = DiskFullLine(Clock(), "postgresql+psycopg://kcm@db/kcm")
+    line.failed()
+    assert lines == []

@@ -44,6 +44,8 @@ up for a millisecond or more, which was most of kcm-core's p99 (docs/benchmarks.
 Lines still queued are written when the process exits normally (``atexit``) or when
 :meth:`flush` is called; a killed process loses the audit lines of its last moments (never
 an audit record: the database holds those, and ``kcm audit tail`` reads them there).
+Lines a full disk has no room for are lost, not waited for, and never raise: the first
+line written again says how many were lost (:mod:`kcm.log_sink`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ from twisted.logger import (
     formatEvent,
 )
 from zope.interface import implementer
+
+from kcm.log_sink import LogSink
 
 __all__ = ["AUDIT_NAMESPACES", "FIELD_LIMIT", "LOG_FORMATS", "LOG_LEVELS", "QUIET_NAMESPACES",
            "TEXT_LIMIT",
@@ -302,12 +306,27 @@ def _utc_time(when: float | None) -> str | None:
 _SECOND: tuple[tuple[int, ...], str] = ((), "")
 
 
+def _lost_lines_note(render: Callable[[LogEvent], str | None]
+                     ) -> Callable[[int, str], str | None]:
+    """The line, rendered as ``render`` renders the others, that says ``lost`` lines could
+    not be written (:class:`kcm.log_sink.LogSink`)."""
+    def note(lost: int, why: str) -> str | None:
+        return render({"log_namespace": __name__, "log_level": LogLevel.warn,
+                       "log_format": _LOST_LINES, "log_time": time.time(), "lost": lost,
+                       "why": why})
+    return note
+
+
+#: What the first line written after lines were lost says.
+_LOST_LINES = "{lost} log line(s) before this one could not be written ({why}): they are lost"
+
+
 @implementer(ILogObserver)
 class _LineWriter:
     """Writes each event as the line ``render`` makes of it (None: nothing), whole."""
 
     def __init__(self, out: IO[str], render: Callable[[LogEvent], str | None]) -> None:
-        self._out = out
+        self._sink = LogSink(out, _lost_lines_note(render))
         self._render = render
         self._lock = threading.Lock()
         #: The thread writing now (None: none), and the lines a signal handler logged on
@@ -325,10 +344,9 @@ class _LineWriter:
         with self._lock:
             self._writer = threading.get_ident()
             try:
-                self._out.write(line)
+                self._sink.write(line)
                 while self._deferred:
-                    self._out.write(self._deferred.pop(0))
-                self._out.flush()
+                    self._sink.write(self._deferred.pop(0))
             finally:
                 self._writer = None
 
@@ -349,7 +367,7 @@ class BackgroundLineWriter:
                 or max_pauses < 1):
             raise ValueError("need max_pending >= 1, batch >= 1, linger >= 0, "
                              "slice_lines >= 1, pause >= 0 and max_pauses >= 1")
-        self._out = out
+        self._sink = LogSink(out, _lost_lines_note(render))
         self._render = render
         self._queued = queued
         self._max_pending = max_pending
@@ -492,11 +510,7 @@ class BackgroundLineWriter:
             if line:
                 lines.append(line)
         if lines:
-            try:
-                self._out.write("".join(lines))
-                self._out.flush()
-            except (OSError, ValueError):
-                pass  # nowhere left to report it: the log itself is what failed
+            self._sink.write("".join(lines))  # (a full disk costs lines: kcm.log_sink)
 
 
 def log_observer(out: IO[str], *, log_format: str = "json", level: str = "info",

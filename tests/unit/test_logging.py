@@ -364,11 +364,12 @@ def test_a_batch_is_paused_a_bounded_number_of_times() -> None:
     from kcm.logging import BackgroundLineWriter
 
     pauses: list[float] = []
-    writer = BackgroundLineWriter(io.StringIO(), lambda event: f"{event['n']}\n",
+    out = io.StringIO()
+    writer = BackgroundLineWriter(out, lambda event: f"{event['n']}\n",
                                   slice_lines=1, max_pauses=3, sleep=pauses.append)
     writer._write([{"n": n} for n in range(100)], paced=True)
     assert len(pauses) == 3  # after lines 25, 50 and 75
-    assert writer._out.getvalue().splitlines() == [str(n) for n in range(100)]
+    assert out.getvalue().splitlines() == [str(n) for n in range(100)]
 
 
 def test_lines_written_at_once_are_never_paused() -> None:

@@ -39,6 +39,7 @@ class HeldCommitter:
     the handler's store: refusals never reach it.)"""
 
     defer = None
+    url = "sqlite://"  # (no file)
 
     def __init__(self) -> None:
         self.jobs: list[tuple[Any, Any, tuple[Any, ...], Any, Deferred[Any]]] = []
@@ -52,6 +53,7 @@ class HeldCommitter:
 
 class FailingCommitter:
     defer = None
+    url = "sqlite://"  # (no file)
 
     def __init__(self, error: Exception) -> None:
         self.error = error

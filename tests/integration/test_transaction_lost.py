@@ -19,12 +19,20 @@ import pytest_twisted
 from sqlalchemy import text
 from twisted.internet.defer import DeferredList
 
-from kcm.core.audit import savepoint
+from kcm.core.audit import savepoint, verify_chain
+from kcm.core.context import Caller
 from kcm.core.group_commit import GroupCommitter
+from kcm.core.hierarchy import provision_service, provision_tenant
+from kcm.core.keyring import Keyring
+from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store.engine import Store
 from kcm.core.store.transaction_lost import TRANSACTION_LOST, check_transaction
-from tests.core_support import _migrated_schema
-from tests.small_disk import needs_mount, small_disk
+from kcm.kmip.enums import ResultStatus
+from kcm.testing.requests import activate, create_managed, request, response
+from tests.core_support import _migrated_schema, service_principal
+from tests.small_disk import fill, needs_mount, small_disk
+
+NOW = 1_000_000
 
 
 def _insert(session, key: str, value: str = "x") -> None:
@@ -133,3 +141,75 @@ async def test_no_job_runs_after_the_transaction_ended(tmp_path: Path) -> None:
             store.stopService()
     assert not spilled and "failure-record" not in written
     assert after == ("after" in written)
+
+
+
+def _dirty_then_full(disk: Path):
+    """A job that leaves the group's page cache full of changed pages (a small cache, rows
+    past it, past the WAL the file had: SQLite spilled them while there was room) and the
+    disk full: the next page any statement needs, a read's too, is a spill that fails."""
+    def work(session) -> None:
+        session.execute(text("PRAGMA cache_size=20"))
+        for number in range(400):
+            _insert(session, f"dirty-{number}", "z" * 3000)
+        fill(disk)
+    return work
+
+
+def _audit_records(store: Store) -> int:
+    return store.run_sync(lambda session: session.execute(
+        text("SELECT count(*) FROM audit_log")).scalar(), write=False)
+
+
+@needs_mount
+@pytest_twisted.ensureDeferred
+async def test_a_read_that_ends_the_transaction_leaves_no_record_behind(
+        tmp_path: Path) -> None:
+    """A request whose first statement, a read (no savepoint sent yet), met the spill that
+    failed: SQLite rolled the group's transaction back. The request was answered as failed
+    and its audit record written without a savepoint: committed on its own, after records
+    rolled back, and the audit chain no longer verified. Now the statement is refused, and
+    nothing of the group is written."""
+    with small_disk(tmp_path / "disk", "8m") as disk:
+        shutil.copy2(_migrated_schema(), disk / "kcm.db")
+        # (no object cache: the request reads its object from the database)
+        store = Store(f"sqlite:///{disk / 'kcm.db'}", object_cache_size=0)
+        store.startService()
+        try:
+            keyring = Keyring(bytes(32))
+            store.audit_key = keyring.audit_key
+
+            def bootstrap(session) -> None:
+                provision_tenant(session, keyring, "demo", now=NOW)
+                provision_service(session, keyring, "demo", "app", now=NOW)
+
+            store.run_sync(bootstrap)
+            # (a group as long as it takes: the first job's rows are many)
+            committer = GroupCommitter(store.write, max_seconds=60, alone_seconds=60,
+                                       write_lean=store.write_lean, check=check_transaction)
+            handler = CoreRequestHandler(store, keyring, clock=lambda: float(NOW),
+                                         committer=committer)
+            caller = Caller(service_principal(), "127.0.0.1:40000")
+            made = await handler.handle_as(request(create_managed(), version=(2, 1)), caller)
+            [created] = response(made).batch_items
+            records = _audit_records(store)
+
+            held = threading.Event()
+            store.write(lambda session: held.wait(10))  # so both join one group
+            jobs = [handler.write_in_turn(("sweeper", ""), _dirty_then_full(disk)),
+                    handler.handle_as(request(activate(
+                        created.response_payload.unique_identifier), version=(2, 1)), caller)]
+            held.set()
+            [(dirtied, why), (_, answer)] = await DeferredList(jobs, consumeErrors=True)
+            (disk / "filler").unlink()
+            written = _audit_records(store)
+            verified = store.run_sync(verify_chain, write=False)
+        finally:
+            (disk / "filler").unlink(missing_ok=True)
+            store.stopService()
+    assert not dirtied and TRANSACTION_LOST in str(why.value)  # (failed with its group)
+    [activated] = response(answer).batch_items
+    assert activated.result_status == ResultStatus.OPERATION_FAILED
+    assert activated.result_message.startswith("the key store is unavailable")
+    assert written == records  # (the Activate is in the log only)
+    assert verified.ok, verified

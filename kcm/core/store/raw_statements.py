@@ -37,11 +37,19 @@ SQLAlchemy's) its ``SAVEPOINT`` is sent. A request that only reads, and writes n
 its audit record, then sends no ``SAVEPOINT`` and no ``RELEASE``
 (:class:`kcm.core.store.savepoints.RawSavepoint`). PostgreSQL is not offered this: a
 statement that fails there spoils the whole transaction unless a savepoint was open.
+
+**Never a statement outside the transaction (SQLite).** SQLite ends a transaction by itself
+when some statements fail, a read's as well as a write's (a full disk met while it spills
+changed pages to its WAL: :mod:`kcm.core.store.transaction_lost`). A statement that may
+write, run after such an error was caught, would commit on its own. Every such statement
+(and every statement of SQLAlchemy's) on a SQLite connection whose transaction SQLAlchemy
+holds and SQLite ended is refused with :func:`transaction_lost_error` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +59,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["TRANSACTION_CONNECTION", "RawStatement", "connection_of", "defer_savepoint",
-           "defers_savepoints", "discard_pending", "drain_connection", "drain_pending",
-           "execute_plain", "forget_deferred", "pipelined"]
+__all__ = ["TRANSACTION_CONNECTION", "TRANSACTION_LOST", "RawStatement", "connection_of",
+           "defer_savepoint", "defers_savepoints", "discard_pending", "drain_connection",
+           "drain_pending", "execute_plain", "forget_deferred", "pipelined",
+           "transaction_lost_error"]
 
 #: A pooled DB-API connection's ``info``: the psycopg pipeline open on it, holding
 #: statements sent and not yet waited for.
@@ -165,12 +174,30 @@ def execute_plain(connection: Any, sql: str, *, wait: bool = True,
     return _run(connection, sql, (), wait, writes)
 
 
+#: The reason the error gives (short ASCII, in the log's "the key store is unavailable").
+TRANSACTION_LOST = "SQLite rolled the transaction back after a statement failed"
+
+
+def transaction_lost_error() -> exc.OperationalError:
+    """The error work in a transaction SQLite ended fails with."""
+    return exc.OperationalError(None, None, sqlite3.OperationalError(TRANSACTION_LOST))
+
+
+def _refuse_outside_transaction(connection: Any, dbapi: Any) -> None:
+    """Raise :func:`transaction_lost_error` if ``connection`` (a SQLAlchemy Connection) is
+    in a transaction that SQLite, its database, ended (see the module's note)."""
+    if (isinstance(dbapi, sqlite3.Connection) and not dbapi.in_transaction
+            and connection.in_transaction()):
+        raise transaction_lost_error()
+
+
 def _run(connection: Any, sql: str, values: Any, wait: bool = True,
          writes: bool = True) -> Any:
     fairy = connection.connection
     dbapi = fairy.dbapi_connection
     info = fairy.info
     if writes:
+        _refuse_outside_transaction(connection, dbapi)
         deferred = info.pop(_DEFERRED, None)
         if deferred is not None:
             deferred(connection)
@@ -209,7 +236,9 @@ def defers_savepoints(engine: Engine) -> Engine:
         record.info[_DEFERS] = True
 
     def send_before(connection: Any, *_: Any) -> None:
-        deferred = connection.connection.info.pop(_DEFERRED, None)
+        fairy = connection.connection
+        _refuse_outside_transaction(connection, fairy.dbapi_connection)
+        deferred = fairy.info.pop(_DEFERRED, None)
         if deferred is not None:
             deferred(connection)
 

@@ -11,8 +11,10 @@ filled the disk so answered Success to the two before it, whose work was gone, a
 committed the failure record of the third on its own, chained to audit records that were
 rolled back (a gap in the chain).
 
-So the store checks, where work goes on after a failure: before each ``SAVEPOINT`` it
-sends, after each job of a group commit, and before each write transaction's commit.
+So the store checks, where work goes on after a failure: before each statement that may
+write (:mod:`kcm.core.store.raw_statements`: a request whose read met the full disk, its
+error caught, then wrote its audit record on its own), before each ``SAVEPOINT`` it sends,
+after each job of a group commit, and before each write transaction's commit.
 :func:`check_transaction` raises :func:`transaction_lost_error` (the key store is
 unavailable: :mod:`kcm.core.store.unavailable`) when the transaction is gone. PostgreSQL
 never ends a transaction by itself this way (a failed statement spoils it until a
@@ -24,17 +26,17 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from kcm.core.store.lean import LeanTransaction
-from kcm.core.store.raw_statements import TRANSACTION_CONNECTION
+from kcm.core.store.raw_statements import (
+    TRANSACTION_CONNECTION,
+    TRANSACTION_LOST,
+    transaction_lost_error,
+)
 
 __all__ = ["TRANSACTION_LOST", "check_transaction", "transaction_lost",
            "transaction_lost_error"]
-
-#: The reason the error gives (short ASCII, in the log's "the key store is unavailable").
-TRANSACTION_LOST = "SQLite rolled the transaction back after a statement failed"
 
 
 def transaction_lost(connection: Any) -> bool:
@@ -62,7 +64,3 @@ def check_transaction(holder: Session | LeanTransaction) -> None:
     if transaction_lost(connection):
         raise transaction_lost_error()
 
-
-def transaction_lost_error() -> OperationalError:
-    """The error work in a transaction SQLite ended fails with."""
-    return OperationalError(None, None, sqlite3.OperationalError(TRANSACTION_LOST))

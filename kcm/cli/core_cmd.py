@@ -332,7 +332,7 @@ def _recorded_l1_check(url: str) -> str | None:
 def _run_init(args: argparse.Namespace) -> int:
     from kcm.core import audit
     from kcm.core.l1 import L1_CHECK_META, L1Error, l1_refusal, open_configured_l1
-    from kcm.core.lineage import Lineage, ensure_lineage, mark_restored
+    from kcm.core.lineage import Lineage, ensure_lineage, mark_restored, read_lineage
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
     from kcm.core.store.migrate import (
@@ -375,12 +375,18 @@ def _run_init(args: argparse.Namespace) -> int:
     store.audit_key = l1.audit_key()
     check = l1.check_value()
 
+    #: Per try of the transaction (the last one's counts): whether the restored copy had no
+    #: deployment id yet.
+    unnamed: list[bool] = []
+
     def record(session: Session) -> tuple[audit.AuditRow | None, Lineage]:
         known = repository.get_meta(session, L1_CHECK_META)
         refusal = None if known is None else l1_refusal(known, l1)
         if refusal is not None:
             raise CommandError(refusal)
         repository.set_meta(session, L1_CHECK_META, check)
+        if args.restored:  # (a copy backed up before deployment ids gets a new one)
+            unnamed.append(read_lineage(session) is None)
         lineage = mark_restored(session) if args.restored else ensure_lineage(session)
         try:
             return audit.key_chain(session, by="kcm core init"), lineage
@@ -396,6 +402,10 @@ def _run_init(args: argparse.Namespace) -> int:
         print(f"audit chain keyed: record {anchor.seq} anchors the {anchor.seq - 1} records "
               "written before")
     print(f"{lineage}" + (" (raised: a restored copy)" if args.restored else ""))
+    if unnamed and unnamed[-1]:
+        print("note: the copy had no deployment id (backed up before this release): it has "
+              "a new one, which a gateway that followed the original takes for another "
+              "deployment: restart every gateway")
     return 0
 
 

@@ -217,3 +217,22 @@ def test_init_restored_refuses_an_empty_database(tmp_path: Path, capsys) -> None
     status, _, err = kcm(capsys, "core", "init", "--restored", "-c", str(config))
     assert status != 0 and "the database is empty" in err
     assert not (root / "l1.key").exists()
+
+
+def test_init_restored_of_a_copy_without_a_deployment_id_says_to_restart_the_gateways(
+        deployment: Path, capsys) -> None:
+    """A backup taken before this release (the one "Upgrades" takes first) has no deployment
+    id: restored, it is given a new one, which a gateway that followed the original (upgraded
+    since) refuses as another deployment until it restarts."""
+    from kcm.core.lineage import DEPLOYMENT_META, GENERATION_META
+
+    in_database(deployment, lambda s: s.execute(delete(Meta).where(
+        Meta.key.in_((DEPLOYMENT_META, GENERATION_META)))))
+    status, out, _ = kcm(capsys, "core", "init", "--restored", "-c", str(deployment))
+    assert status == 0
+    assert "restore generation 1 (raised: a restored copy)\n" in out
+    assert ("note: the copy had no deployment id (backed up before this release): it has a "
+            "new one, which a gateway that followed the original takes for another "
+            "deployment: restart every gateway\n") in out
+    status, out, _ = kcm(capsys, "core", "init", "--restored", "-c", str(deployment))
+    assert status == 0 and "restore generation 2" in out and "note:" not in out

@@ -46,11 +46,12 @@ class Origin:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """Why a core's ORIGIN is refused: ``reason`` (one of :data:`REASONS`) and the GOAWAY's
-    short ASCII ``message``."""
+    """Why a core's ORIGIN is refused: ``reason`` (one of :data:`REASONS`), the GOAWAY's
+    short ASCII ``message`` and, for the log, what an operator should look for (``hint``)."""
 
     reason: str
     message: str
+    hint: str
 
 
 class FollowedOrigin:
@@ -72,10 +73,16 @@ class FollowedOrigin:
                              and origin.generation >= known.generation):
             return None
         if origin.deployment != known.deployment:
-            refusal = Refusal(ANOTHER_DEPLOYMENT, "another deployment")
+            # (A copy restored from a backup taken before deployment ids were written,
+            # link version 7, is given a new id: gateways that ran through are to restart.)
+            refusal = Refusal(ANOTHER_DEPLOYMENT, "another deployment",
+                              "is this core of another database, or was its database "
+                              "restored from a backup older than its deployment id (then "
+                              "restart this gateway)?")
         else:
             refusal = Refusal(OLDER_COPY, f"older copy of the database (generation "
-                                          f"{origin.generation} < {known.generation})")
+                                          f"{origin.generation} < {known.generation})",
+                              "is a core still running on the old database?")
         self.refusals[refusal.reason] += 1
         return refusal
 

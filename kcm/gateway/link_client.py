@@ -815,9 +815,9 @@ class LinkClient(MultiService):
             return None
         if self.followed.first_refusal(protocol.peer):
             log.warn("refusing the link to core at {peer}: {reason} ({origin}; this gateway "
-                     "follows {followed}); is a core still running on the old database?",
-                     peer=protocol.peer, reason=refusal.message, origin=str(origin),
-                     followed=str(self.followed.origin))
+                     "follows {followed}); {hint}", peer=protocol.peer,
+                     reason=refusal.message, origin=str(origin),
+                     followed=str(self.followed.origin), hint=refusal.hint)
         return refusal.message
 
     def _welcomed(self, protocol: LinkClientProtocol, frame: Frame,

@@ -187,6 +187,7 @@ def test_a_lower_generation_is_refused_a_failed_attempt_logged_once_per_core() -
     assert gateway.client.followed.refusals["older_copy"] == 3
     lines = [formatEvent(e) for e in logged if "refusing the link" in e.get("log_format", "")]
     assert len(lines) == 1 and "restore generation 1" in lines[0], lines
+    assert lines[0].endswith("; is a core still running on the old database?"), lines
     assert "follows deployment 0f0f" in lines[0] and lines[0].isascii()
     gateway.linked(2)  # a link to that core made: a refusal of it is logged again
     assert gateway.client.connected and gateway.client.followed.origin.generation == 2
@@ -195,8 +196,15 @@ def test_a_lower_generation_is_refused_a_failed_attempt_logged_once_per_core() -
 def test_another_deployment_is_refused() -> None:
     gateway = Gateway()
     gateway.lose(gateway.linked(0)[0])
-    protocol, transport = gateway.linked(7, OTHER)
+    with capturedLogs() as logged:
+        protocol, transport = gateway.linked(7, OTHER)
     assert frames_in(transport)[-1].error == "another deployment"
+    # (not "a core still running on the old database": a backup from before deployment
+    # ids, restored, is given a new one, and a gateway that ran through must restart)
+    [line] = [formatEvent(e) for e in logged if "refusing the link" in e.get("log_format", "")]
+    assert line.endswith("; is this core of another database, or was its database restored "
+                         "from a backup older than its deployment id (then restart this "
+                         "gateway)?"), line
     assert not gateway.client.connected
     assert gateway.client.followed.refusals == {"older_copy": 0, "another_deployment": 1}
     assert gateway.client.followed.origin == Origin(LINEAGE.deployment, 0)

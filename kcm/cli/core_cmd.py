@@ -385,7 +385,7 @@ def _run_init(args: argparse.Namespace) -> int:
         if refusal is not None:
             raise CommandError(refusal)
         repository.set_meta(session, L1_CHECK_META, check)
-        if args.restored:  # (a copy backed up before deployment ids gets a new one)
+        if args.restored:  # (a copy backed up before deployment ids gets one now)
             unnamed.append(read_lineage(session) is None)
         lineage = mark_restored(session) if args.restored else ensure_lineage(session)
         try:
@@ -403,9 +403,10 @@ def _run_init(args: argparse.Namespace) -> int:
               "written before")
     print(f"{lineage}" + (" (raised: a restored copy)" if args.restored else ""))
     if unnamed and unnamed[-1]:
-        print("note: the copy had no deployment id (backed up before this release): it has "
-              "a new one, which a gateway that followed the original takes for another "
-              "deployment: restart every gateway")
+        print("note: the copy had no deployment id (backed up before this release): it is "
+              "given the one its L1 key gives, the original's unless the L1 key was rotated "
+              "after the backup; a gateway that then refuses its cores as another deployment "
+              "needs a restart")
     return 0
 
 

@@ -4,9 +4,14 @@ A restored copy of a database holds everything the original held, its audit chai
 event numbers included, so nothing in it tells the two apart once both run. Two rows of the
 ``meta`` table do (docs/operations.md, "Backup and restore"):
 
-* ``deployment.id``: 32 random hex digits, written once, by the first ``kcm core init`` or
+* ``deployment.id``: 32 hex digits, written once, by the first ``kcm core init`` or
   kcm-core start that finds none (a database made before this release gets one then); it
-  never changes, and every copy of the database has the same;
+  never changes, and every copy of the database has the same. It is derived from the L1
+  key's check value in force when it is written (``meta`` row ``l1.kcv``; random for a
+  database that has none yet), so that a copy backed up before its database had an id
+  (before this release) is given the same id as the original when it is restored, unless
+  the L1 key was rotated in between; and two databases share one only if they share an L1
+  key;
 * ``restore.generation``: how many times this database was restored from a copy (absent:
   0). ``kcm core init --restored``, a step of the restore procedure, raises it by one, so a
   restored copy has a higher generation than the original it was copied from.
@@ -16,6 +21,7 @@ No migration: ``meta`` is a key/value table every schema has.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -24,11 +30,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from kcm.core.store.repository import set_meta
+from kcm.core.l1 import L1_CHECK_META
+from kcm.core.store.repository import get_meta, set_meta
 from kcm.core.store.schema import Meta
 
-__all__ = ["DEPLOYMENT_META", "GENERATION_META", "Lineage", "ensure_lineage", "mark_restored",
-           "read_lineage"]
+__all__ = ["DEPLOYMENT_META", "GENERATION_META", "Lineage", "deployment_id", "ensure_lineage",
+           "mark_restored", "read_lineage"]
 
 DEPLOYMENT_META = "deployment.id"
 GENERATION_META = "restore.generation"
@@ -58,11 +65,21 @@ def ensure_lineage(session: Session) -> Lineage:
     """The database's lineage, its deployment id written first if it has none (in a write
     transaction: of two cores starting together on one database, one id is kept)."""
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(Meta).values(key=DEPLOYMENT_META, value=secrets.token_hex(16))
+    session.execute(insert(Meta).values(key=DEPLOYMENT_META,
+                                        value=deployment_id(get_meta(session, L1_CHECK_META)))
                     .on_conflict_do_nothing(index_elements=["key"]))
     lineage = read_lineage(session)
     assert lineage is not None  # (just written, or there already)
     return lineage
+
+
+def deployment_id(l1_check_value: str | None) -> str:
+    """The deployment id of a database whose L1 key has ``l1_check_value`` (random when it
+    has none yet): 32 hex digits."""
+    if l1_check_value is None:
+        return secrets.token_hex(16)
+    digest = hashlib.sha256(b"kcm deployment id\0" + l1_check_value.encode("ascii"))
+    return digest.hexdigest()[:32]
 
 
 def mark_restored(session: Session) -> Lineage:

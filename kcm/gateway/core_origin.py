@@ -73,8 +73,8 @@ class FollowedOrigin:
                              and origin.generation >= known.generation):
             return None
         if origin.deployment != known.deployment:
-            # (A copy restored from a backup taken before deployment ids were written,
-            # link version 7, is given a new id: gateways that ran through are to restart.)
+            # (A copy restored from a backup taken before deployment ids were written is
+            # given the id its L1 key gives, the original's unless L1 was rotated since.)
             refusal = Refusal(ANOTHER_DEPLOYMENT, "another deployment",
                               "is this core of another database, or was its database "
                               "restored from a backup older than its deployment id (then "

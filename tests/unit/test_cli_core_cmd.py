@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -219,20 +220,25 @@ def test_init_restored_refuses_an_empty_database(tmp_path: Path, capsys) -> None
     assert not (root / "l1.key").exists()
 
 
-def test_init_restored_of_a_copy_without_a_deployment_id_says_to_restart_the_gateways(
+def test_init_restored_of_a_copy_without_a_deployment_id_gives_it_the_originals(
         deployment: Path, capsys) -> None:
     """A backup taken before this release (the one "Upgrades" takes first) has no deployment
-    id: restored, it is given a new one, which a gateway that followed the original (upgraded
-    since) refuses as another deployment until it restarts."""
+    id: restored, it is given the one its L1 key gives, which is the original's (upgraded
+    since), so a gateway that followed the original takes the copy for its restore."""
     from kcm.core.lineage import DEPLOYMENT_META, GENERATION_META
 
+    status, out, _ = kcm(capsys, "core", "init", "-c", str(deployment))
+    original = re.search(r"deployment ([0-9a-f]{32}), restore generation 0\n", out)
+    assert status == 0 and original is not None
     in_database(deployment, lambda s: s.execute(delete(Meta).where(
         Meta.key.in_((DEPLOYMENT_META, GENERATION_META)))))
     status, out, _ = kcm(capsys, "core", "init", "--restored", "-c", str(deployment))
     assert status == 0
-    assert "restore generation 1 (raised: a restored copy)\n" in out
-    assert ("note: the copy had no deployment id (backed up before this release): it has a "
-            "new one, which a gateway that followed the original takes for another "
-            "deployment: restart every gateway\n") in out
+    assert (f"deployment {original[1]}, restore generation 1 (raised: a restored copy)\n"
+            in out)
+    assert ("note: the copy had no deployment id (backed up before this release): it is "
+            "given the one its L1 key gives, the original's unless the L1 key was rotated "
+            "after the backup; a gateway that then refuses its cores as another deployment "
+            "needs a restart\n") in out
     status, out, _ = kcm(capsys, "core", "init", "--restored", "-c", str(deployment))
     assert status == 0 and "restore generation 2" in out and "note:" not in out

@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from kcm.core.l1 import L1_CHECK_META
 from kcm.core.lineage import (
     GENERATION_META,
     Lineage,
+    deployment_id,
     ensure_lineage,
     mark_restored,
     read_lineage,
@@ -62,3 +64,21 @@ def test_a_generation_that_is_not_a_number_counts_as_none(tmp_path: Path) -> Non
         assert str(store.run_sync(mark_restored)).endswith("restore generation 1")
     finally:
         store.stopService()
+
+
+def test_the_deployment_id_is_the_l1_keys_so_a_copy_without_one_gets_the_originals(
+        tmp_path: Path) -> None:
+    """Two databases of one L1 key (an original and a copy backed up before it had an id)
+    are given one deployment id; another L1 key's database another; a database with no L1
+    check value yet a random one."""
+    stores = [_store(tmp_path, f"{name}.db") for name in ("original", "copy", "other", "new")]
+    try:
+        for store, kcv in zip(stores, ("abc123", "abc123", "def456"), strict=False):
+            store.run_sync(lambda s, kcv=kcv: set_meta(s, L1_CHECK_META, kcv))
+        ids = [store.run_sync(ensure_lineage).deployment for store in stores]
+        assert ids[0] == ids[1] == deployment_id("abc123")
+        assert len({ids[0], ids[2], ids[3]}) == 3
+        assert deployment_id(None) != deployment_id(None)
+    finally:
+        for store in stores:
+            store.stopService()

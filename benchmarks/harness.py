@@ -33,6 +33,7 @@ from kcm.kmip.enums import Operation, ResultStatus
 from kcm.kmip.tags import Tag
 from kcm.pki import PkiPaths
 from kcm.testing.requests import get_attributes, request, response
+from kcm.testing.unix_client import UnixKmipClient
 
 #: Seconds client processes wait for each other at the start (and end) of a timed part.
 START_TIMEOUT = 30.0
@@ -117,8 +118,13 @@ class Server:
     #: Count the CPU time of the process's live children too (a kcm-gateway supervisor's
     #: workers).
     with_children: bool = False
+    #: The Unix stream socket the server listens on instead of ``port`` (None: TCP).
+    path: str | None = None
 
     def client(self) -> KmipClient:
+        if self.path is not None:
+            return UnixKmipClient(self.path, cert=self.pki.app.cert, key=self.pki.app.key,
+                                  ca=self.pki.ca.cert)
         return KmipClient("127.0.0.1", self.port, cert=self.pki.app.cert, key=self.pki.app.key,
                           ca=self.pki.ca.cert)
 

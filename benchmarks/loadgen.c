@@ -29,6 +29,9 @@
  *   loadgen HOST PORT CERT KEY CA REQUEST_FILE CONNECTIONS REQUESTS WARMUP OUT_FILE
  *           [--echo] [--event-threads T]
  *
+ * HOST is an IPv4 address, or the path of a Unix stream socket (beginning with '/': PORT is
+ * then ignored).
+ *
  * It prints "ready" once every connection is warm and waits for a line on its standard input
  * before the timed part, then prints "done" and waits for another before closing: so the
  * caller can read the server's CPU over the timed part alone.
@@ -58,6 +61,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -275,16 +279,40 @@ static int exchange_checked(struct worker *w, SSL *ssl, unsigned char *answer) {
     return 1;
 }
 
-static SSL *connect_tls(void) {
+/* A connected socket to HOST:PORT, or to the Unix stream socket HOST names when it begins
+ * with '/' (PORT is then ignored); -1 on failure. */
+static int connect_socket(void) {
+    if (host[0] == '/') {
+        struct sockaddr_un address = {.sun_family = AF_UNIX};
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (strlen(host) >= sizeof address.sun_path || fd < 0)
+            return -1;
+        strcpy(address.sun_path, host);
+        if (connect(fd, (struct sockaddr *)&address, sizeof address) < 0) {
+            close(fd);
+            return -1;
+        }
+        return fd;
+    }
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     int one = 1;
     if (fd < 0 || inet_pton(AF_INET, host, &address.sin_addr) != 1 ||
         connect(fd, (struct sockaddr *)&address, sizeof address) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static SSL *connect_tls(void) {
+    int fd = connect_socket();
+    if (fd < 0) {
         perror("connect");
         return NULL;
     }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     SSL *ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
     if (SSL_connect(ssl) != 1) {

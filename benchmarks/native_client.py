@@ -79,7 +79,8 @@ def native_load(name: str, server: Server, wire: bytes, *, connections: int,
         request_file, out_file = Path(scratch) / "request", Path(scratch) / "out"
         request_file.write_bytes(wire)
         pki = server.pki
-        command = [str(binary), "127.0.0.1", str(server.port), str(pki.app.cert),
+        host = server.path if server.path is not None else "127.0.0.1"
+        command = [str(binary), host, str(server.port), str(pki.app.cert),
                    str(pki.app.key), str(pki.ca.cert), str(request_file), str(connections),
                    str(requests), str(warmup), str(out_file)] + (["--echo"] if echo else []) + (
                    ["--event-threads", str(event_threads)] if event_threads > 0 else [])

@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
+import time
 from pathlib import Path
 
 # Run as a script: the repository root, for this tree's kcm and the benchmarks' harness.
@@ -76,6 +78,11 @@ def main() -> int:
                         help="both gateways' busy_poll_us, and the echo's (default 0)")
     parser.add_argument("--also-unpinned", action="store_true",
                         help="also a workers = 2 gateway with pin_workers = never")
+    parser.add_argument("--unix", action="store_true",
+                        help="the gateways listen on a Unix socket (TLS over it, as over TCP), "
+                             "the C load generator connects there: clients that cost less "
+                             "CPU a request than over TCP loopback (no echo, no Python "
+                             "clients; informational, the target is judged over TCP)")
     args = parse_args(parser, requests=(3000, 200), rounds=(3, 1))
     with work_directory("kcm-workers-bench-", args.keep) as work:
         return measure(args, work)
@@ -95,19 +102,32 @@ def measure(args: argparse.Namespace, work: Path) -> int:
             gateways[key] = GatewayProcess(work / f"gateway-{key}", core, workers=workers,
                                            settings={"busy_poll_us": args.busy_poll_us,
                                                      "pin_workers": pin_workers})
-            gateways[key].start()
+            if args.unix:
+                _listen_on_unix(gateways[key], _socket_path(work, key))
+                gateways[key].spawn()
+            else:
+                gateways[key].start()
             gateways[key].wait_linked()
+            if args.unix:
+                _wait_for_socket(_socket_path(work, key))
         if args.busy_poll_us:
             os.environ["KCM_BENCH_BUSY_POLL_US"] = str(args.busy_poll_us)  # (the echo script)
             print(f"# busy_poll_us = {args.busy_poll_us}: the gateways and the echo poll that "
                   f"long before they sleep")
-        echo_process, echo_port = start_echo(core.pki, work)
         servers = {
             _name(key): Server(_name(key), process.port, core.pki, process.process.pid,
-                               with_children=key != 1)
+                               with_children=key != 1,
+                               path=_socket_path(work, key) if args.unix else None)
             for key, process in gateways.items() if process.process is not None}
-        echo = Server("echo", echo_port, core.pki, echo_process.pid)
-        watched = [*servers.values(), echo]
+        echo: Server | None = None
+        if not args.unix:
+            echo_process, echo_port = start_echo(core.pki, work)
+            echo = Server("echo", echo_port, core.pki, echo_process.pid)
+        else:
+            args.python_clients = False
+            print("# --unix: the gateways listen on Unix sockets; no echo, no Python clients "
+                  "(informational: issue 9's target is judged over TCP)")
+        watched = [*servers.values(), *([echo] if echo else [])]
 
         one = servers["workers = 1"]
         token = payload_of(Operation.CREATE, send(one, CREATE_L4)).unique_identifier
@@ -123,7 +143,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         print(f"# {LATENCY_METHOD}")
         print(f"# {CPU_SOURCE}")
 
-        targets = [*servers.values(), echo]
+        targets = [*servers.values(), *([echo] if echo else [])]
         native: dict[str, list[Outcome]] = {server.name: [] for server in targets}
         python: dict[str, list[Outcome]] = {server.name: [] for server in targets}
         for round_number in range(args.rounds):
@@ -149,7 +169,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
                 continue
             merged = {name: merge(outcomes) for name, outcomes in results.items()}
             failed += sum(len(outcome.failures) for outcome in merged.values())
-            report(label, merged, watched)
+            report(label, merged, watched, unix=args.unix)
         print("# gateway CPU over the whole run, workers = 2 by process: " + ", ".join(
             f"worker {index} {Server('', 0, core.pki, pid).cpu_seconds():.1f} s"
             for index, pid in sorted(gateways[2].worker_pids().items())))
@@ -168,11 +188,32 @@ def measure(args: argparse.Namespace, work: Path) -> int:
 UNPINNED = -2
 
 
+def _socket_path(work: Path, key: int) -> str:
+    return str(work / f"gateway{key}.sock")
+
+
+def _wait_for_socket(path: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no gateway listens on {path}")
+        time.sleep(0.02)
+
+
+def _listen_on_unix(gateway: GatewayProcess, path: str) -> None:
+    """Write ``gateway``'s configuration with its KMIP listener on the Unix socket
+    ``path`` (mode 0600) instead of TCP."""
+    gateway.write_config()
+    gateway.config.write_text(re.sub(r"^listen = .*$", f'listen = "unix:{path}:mode=600"',
+                                     gateway.config.read_text(), flags=re.M))
+
+
 def _name(key: int) -> str:
     return "2, unpinned" if key == UNPINNED else f"workers = {key}"
 
 
-def report(label: str, merged: dict[str, Outcome], watched: list[Server]) -> None:
+def report(label: str, merged: dict[str, Outcome], watched: list[Server], *,
+           unix: bool = False) -> None:
     one, two = merged["workers = 1"], merged["workers = 2"]
     print()
     print(f"{label}: {one.clients} clients")
@@ -188,8 +229,12 @@ def report(label: str, merged: dict[str, Outcome], watched: list[Server]) -> Non
     print(f"(other load: cores busy with anything but these servers and clients; above "
           f"{OTHER_LOAD_LIMIT} a row was disturbed and a target judged from it is UNDECIDED)")
     ratio = two.throughput / one.throughput if one.throughput else 0.0
-    print(f"workers = 2 / workers = 1: {ratio:.2f}x (target {WORKERS_TARGET}x: "
-          f"{verdict(ratio >= WORKERS_TARGET, one, two)})")
+    if unix:
+        print(f"workers = 2 / workers = 1 over Unix sockets: {ratio:.2f}x (informational: "
+              f"issue 9's {WORKERS_TARGET}x is judged over TCP)")
+    else:
+        print(f"workers = 2 / workers = 1: {ratio:.2f}x (target {WORKERS_TARGET}x: "
+              f"{verdict(ratio >= WORKERS_TARGET, one, two)})")
     unpinned = merged.get(_name(UNPINNED))
     if unpinned is not None and one.throughput:
         print(f"workers = 2 with pin_workers = never / workers = 1: "

@@ -9,32 +9,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import stat
 from pathlib import Path
 
-from kcm.conformance.client import KmipClient
 from kcm.testing.processes import GatewayProcess
+from kcm.testing.unix_client import UnixKmipClient
 from tests.e2e_support import deploy, succeeded_v21, wait_until
 from tests.gateway_support import locate
-
-
-class UnixKmipClient(KmipClient):
-    """kcm's blocking KMIP client over a Unix stream socket."""
-
-    def __init__(self, path: str, **kwargs) -> None:
-        super().__init__("localhost", 0, **kwargs)
-        self.path = path
-
-    def connect(self, deadline: float | None = None) -> None:
-        if self._socket is not None:
-            return
-        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        raw.settimeout(self.timeout)
-        raw.connect(self.path)
-        self._socket = self._context.wrap_socket(raw, server_hostname="localhost")
-        self._socket.settimeout(self.timeout)
-        self._pid = os.getpid()
 
 
 def _served(gateway: GatewayProcess, path: str) -> bool:

@@ -82,3 +82,13 @@ def test_the_deployment_id_is_the_l1_keys_so_a_copy_without_one_gets_the_origina
     finally:
         for store in stores:
             store.stopService()
+
+
+def test_a_negative_generation_counts_as_none(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        store.run_sync(ensure_lineage)
+        store.run_sync(lambda s: set_meta(s, GENERATION_META, "-3"))
+        assert store.run_sync(read_lineage).generation == 0
+    finally:
+        store.stopService()

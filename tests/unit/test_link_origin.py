@@ -246,3 +246,71 @@ def test_an_origin_is_judged_by_the_deployment_and_the_highest_generation_follow
     assert followed.judge(Origin("d", 4)).reason == "older_copy"
     assert followed.judge(Origin("e", 9)).message == "another deployment"
     assert str(Origin("d\x00\xe9", 1)) == "deployment d??, restore generation 1"
+
+
+# Found by a mutation review: what the tests above left unchecked --------------------------
+
+def test_the_core_sends_the_generation_it_read() -> None:
+    """ORIGIN carries the database's own generation (a restored copy's is above 0)."""
+    protocol, transport, _ = core_link(lineage=Lineage(LINEAGE.deployment, 3))
+    frames_in(transport)
+    protocol.dataReceived(encode_frame(Frame(FrameType.VERSION, link_version=7)))
+    [sent] = [f for f in frames_in(transport) if f.type is FrameType.ORIGIN]
+    assert (sent.deployment, sent.restore_generation) == (LINEAGE.deployment, 3)
+
+
+def test_a_refusal_is_logged_again_once_a_link_to_that_core_was_made() -> None:
+    gateway = Gateway()
+    gateway.lose(gateway.linked(2)[0])
+
+    def refusals_logged() -> int:
+        with capturedLogs() as logged:
+            protocol, _ = gateway.linked(1)
+            gateway.lose(protocol)
+        return sum("refusing the link" in e.get("log_format", "") for e in logged)
+
+    assert refusals_logged() == 1
+    assert refusals_logged() == 0  # (once per core)
+    gateway.lose(gateway.linked(2)[0])  # a link to it made in between
+    assert refusals_logged() == 1
+
+
+def test_the_cores_whose_refusal_was_logged_are_remembered_at_most_64() -> None:
+    followed = FollowedOrigin()
+    assert all(followed.first_refusal(f"core{n}") for n in range(64))
+    assert not followed.first_refusal("core0")
+    assert followed.first_refusal("core64")  # (the set full: emptied first)
+    assert len(followed._logged) == 1
+
+
+def test_a_log_line_shows_40_characters_of_a_deployment_at_most() -> None:
+    assert str(Origin("x" * 100, 2)) == f"deployment {'x' * 40}, restore generation 2"
+
+
+def test_a_second_welcome_while_origin_is_awaited_ends_the_link() -> None:
+    gateway = Gateway()
+    protocol, transport = gateway.link()
+    protocol.dataReceived(welcome() + welcome())
+    assert frames_in(transport)[-1].error == "a second WELCOME"
+    assert protocol.closing and not gateway.client.connected
+
+
+def test_an_origin_out_of_turn_ends_the_link() -> None:
+    gateway = Gateway()
+    protocol, transport = gateway.link()
+    protocol.dataReceived(origin(0))
+    assert frames_in(transport)[-1].error == "ORIGIN before WELCOME"
+    assert protocol.closing and gateway.client.followed.origin is None
+    protocol, transport = gateway.linked(0)
+    protocol.dataReceived(origin(1))  # another database, on a link made
+    assert frames_in(transport)[-1].error == "a second ORIGIN"
+    assert protocol.closing and gateway.client.followed.origin.generation == 0
+
+
+def test_a_view_before_origin_ends_the_link_unapplied() -> None:
+    gateway = Gateway()
+    protocol, transport = gateway.link()
+    protocol.dataReceived(welcome())
+    protocol.dataReceived(encode_frame(Frame(FrameType.VIEW, view=b"\x01" * 32)))
+    assert frames_in(transport)[-1].error == "VIEW before ORIGIN"
+    assert protocol.closing and not gateway.client.connected and gateway.client.view is None

@@ -359,3 +359,16 @@ def test_a_stream_survives_its_key_being_evicted_from_the_cache(gateway) -> None
     envelope.open(Envelope(gateway).seal(b"another key"))  # evicts (zeroizes) the stream's
     sealed += sealer.update(b"y" * 5) + sealer.finish()
     assert opened(gateway, sealed) == b"x" * 25 + b"y" * 5
+
+
+def test_a_sealing_key_evicted_while_it_sealed_is_zeroized_once_retired(gateway) -> None:
+    """(Found unchecked by a mutation review.) A sealing key the cache evicted is kept
+    while it seals, and zeroized when it reaches its bound."""
+    envelope = Envelope(gateway, CacheLimits(max_messages=1, max_entries=1))
+    other = Envelope(gateway).seal(b"other")
+    envelope.seal(b"one")
+    first = envelope.cache.sealing
+    envelope.open(other)  # evicts the sealing key from the map: it still seals
+    assert not first.zeroized
+    envelope.seal(b"two")  # at its bound: retired, and cached no more
+    assert first.zeroized and envelope.cache.sealing is not first

@@ -18,6 +18,7 @@ import pytest
 from kcm.client.data_key_cache import CacheLimits
 from kcm.client.envelope import parse_header
 from kcm.client.sealer import Envelope
+from kcm.client.single_flight import SingleFlight
 from tests.unit.test_client_envelope import Clock, FakeGateway
 
 THREADS = 16
@@ -155,5 +156,123 @@ def test_a_forked_child_seals_even_if_a_thread_of_the_parent_held_the_lock() -> 
             os._exit(0 if ok else 1)
     finally:
         envelope._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+# Found by a mutation review: what the tests above left unchecked --------------------------
+
+def test_threads_switched_between_a_key_s_check_and_its_count_keep_to_its_bound() -> None:
+    """A clock that gives the CPU away as a key's bounds are checked (just before the
+    record is counted): still no key seals more than ``max_messages`` records."""
+    def yielding_clock() -> float:
+        time.sleep(0.0001)
+        return time.monotonic()
+
+    per_key = 50
+    envelope = Envelope(FakeGateway(), CacheLimits(max_messages=per_key),
+                        clock=yielding_clock)
+    sealed: list[bytes] = []
+    run_threads(lambda n: sealed.extend(envelope.seal(b"r") for _ in range(100)), 8)
+    per_token = collections.Counter(parse_header(blob).token for blob in sealed)
+    assert len(sealed) == 800 and set(per_token.values()) == {per_key}
+
+
+def test_a_thread_that_comes_to_renew_a_key_another_just_renewed_creates_none() -> None:
+    """(As a thread that found the key due, and reached the Create once another thread's
+    had made the next key: it seals with that one.)"""
+    gateway = FakeGateway()
+    envelope = Envelope(gateway)
+    envelope.seal(b"first")
+    envelope._reserve_on_a_new_key(len(b"second"))
+    assert gateway.calls == ["create", "get"] and envelope.cache.sealing.messages == 2
+
+
+def test_single_flight_gives_the_threads_that_waited_the_one_run_s_result() -> None:
+    flights = SingleFlight()
+    started, release = threading.Event(), threading.Event()
+    runs: list[str] = []
+
+    def leader() -> str:
+        runs.append("leader")
+        started.set()
+        release.wait(10)
+        return "answer"
+
+    got: list[object] = []
+    first = threading.Thread(target=lambda: got.append(flights.run("k", leader)))
+    first.start()
+    started.wait(10)
+    waiters = [threading.Thread(target=lambda: got.append(
+        flights.run("k", lambda: runs.append("waiter") or "other"))) for _ in range(3)]
+    for thread in waiters:
+        thread.start()
+    done = flights._runs["k"].done
+    deadline = time.monotonic() + 10
+    while len(done._cond._waiters) < 3 and time.monotonic() < deadline:  # (all waiting)
+        time.sleep(0.001)
+    release.set()
+    for thread in [first, *waiters]:
+        thread.join(10)
+    assert got == ["answer"] * 4 and runs == ["leader"]
+
+
+def test_openers_that_waited_for_a_get_interrupted_in_its_thread_ask_again() -> None:
+    """A Get that ends in a BaseException (KeyboardInterrupt) stays in its thread; the
+    threads that waited for it open the record all the same."""
+    gateway = SlowGateway(delay=0.01)
+    blob = Envelope(gateway).seal(b"record")
+    opener = Envelope(gateway)
+    real_get = gateway.get
+    interrupted: list[int] = []
+
+    def get(token: str):
+        if not interrupted:
+            interrupted.append(1)
+            time.sleep(0.1)
+            raise KeyboardInterrupt
+        return real_get(token)
+
+    gateway.get = get
+    opened: list[bytes] = []
+    stopped: list[int] = []
+
+    def open_(n: int) -> None:
+        try:
+            opened.append(opener.open(blob))
+        except KeyboardInterrupt:
+            stopped.append(n)
+
+    run_threads(open_, 4)
+    assert len(stopped) == 1 and opened == [b"record"] * 3
+
+
+def test_a_forked_child_seals_even_if_a_thread_of_the_parent_was_making_a_key() -> None:
+    """The child forgets the parent's Create in flight: no thread of the child would end
+    it, and the child's seal would wait for it for ever."""
+    gateway = FakeGateway()
+    in_create, release = threading.Event(), threading.Event()
+    real_create = gateway.create_l4
+
+    def create() -> str:
+        if not in_create.is_set():
+            in_create.set()
+            release.wait(10)
+        return real_create()
+
+    gateway.create_l4 = create
+    envelope = Envelope(gateway)
+    sealing = threading.Thread(target=envelope.seal, args=(b"parent",))
+    sealing.start()
+    in_create.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 if it sealed, killed by the alarm if it hung
+            signal.alarm(5)
+            ok = envelope.open(envelope.seal(b"child")) == b"child"
+            os._exit(0 if ok else 1)
+    finally:
+        release.set()
+        sealing.join(10)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

@@ -382,3 +382,79 @@ def test_a_start_reads_the_files_and_fails_on_one_it_cannot_read(pki) -> None:
     with pytest.raises(FileNotFoundError, match="core.key"):
         refresher.startService()
     assert not refresher.running
+
+
+# Found by a mutation review: what the tests above left unchecked --------------------------
+
+def test_a_link_s_client_options_are_built_once_however_many_cores_load_them(pki) -> None:
+    refresher = _refresher(pki)
+    refresher.startService()
+    try:
+        builds: list[object] = []
+
+        def build(material, lists):
+            builds.append(material)
+            return client_tls_from(material, "localhost")
+
+        link = refresher.client(build)
+        for _ in range(5):
+            link()
+        assert len(builds) == 1 and len(refresher._renewed) == 1
+        _renew(pki)
+        refresher.refresh()
+        assert len(builds) == 2  # (built again once, for the renewed files)
+    finally:
+        refresher.stopService()
+
+
+def test_files_renewed_while_they_are_read_are_read_again_at_the_next_look(
+        pki, monkeypatch) -> None:
+    """The stamps are taken before the files are read: a renewal written in between is a
+    change the next look sees, never one taken for read already."""
+    from kcm import tls_renewal
+
+    refresher = _refresher(pki)
+    real_read = tls_renewal.read_tls_material
+    renewed: list[x509.Certificate] = []
+
+    def read_then_renewed(*paths):
+        material = real_read(*paths)
+        if len(renewed) < 2:
+            renewed.append(_renew(pki))  # (written just after this read)
+        return material
+
+    monkeypatch.setattr(tls_renewal, "read_tls_material", read_then_renewed)
+    refresher.startService()  # (reads, then the first renewal is written)
+    try:
+        options = refresher.options(_kmip)()
+        assert refresher.files.material.chain[0] != renewed[0]
+        refresher.refresh()  # (takes the first, then the second is written)
+        assert _presented(options, pki.app, pki.ca.cert) == renewed[0].serial_number
+        refresher.refresh()
+        assert _presented(options, pki.app, pki.ca.cert) == renewed[1].serial_number
+    finally:
+        refresher.stopService()
+
+
+def test_each_renewal_seen_half_written_warns_once(pki, logged) -> None:
+    """One warning while a renewal stays half written, whatever is rewritten meanwhile;
+    the next renewal seen so warns again."""
+    refresher = _refresher(pki)
+    refresher.startService()
+    try:
+        def warnings() -> int:
+            return sum(level is LogLevel.warn and "is not the key" in line
+                       for level, line in logged)
+
+        for renewal in (1, 2):
+            issued = _issue(pki)
+            pki.core.key.write_bytes(private_key_pem(_issue(pki).key))
+            refresher.refresh()
+            pki.core.key.write_bytes(private_key_pem(issued.key))  # (another key, again)
+            refresher.refresh()
+            assert warnings() == renewal
+            pki.core.cert.write_bytes(certificate_pem(issued.cert))
+            refresher.refresh()
+            assert refresher.reloads == renewal
+    finally:
+        refresher.stopService()

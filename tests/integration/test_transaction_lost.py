@@ -213,3 +213,27 @@ async def test_a_read_that_ends_the_transaction_leaves_no_record_behind(
     assert activated.result_message.startswith("the key store is unavailable")
     assert written == records  # (the Activate is in the log only)
     assert verified.ok, verified
+
+
+@needs_mount
+@pytest_twisted.ensureDeferred
+async def test_a_lean_write_whose_transaction_sqlite_ended_fails(tmp_path: Path) -> None:
+    """(Found unchecked by a mutation review.) A lean transaction's commit of nothing
+    fails too: the write is not taken for a success."""
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        shutil.copy2(_migrated_schema(), disk / "kcm.db")
+        store = Store(f"sqlite:///{disk / 'kcm.db'}")
+        store.startService()
+        try:
+            def work(transaction) -> str:
+                _insert(transaction.connection, "before")
+                return _spills(transaction.connection, record=False)
+
+            [(ok, failure)] = await DeferredList([store.write_lean(work)], consumeErrors=True)
+            written = await store.run(lambda session: {row[0] for row in session.execute(
+                text("SELECT key FROM meta WHERE key = 'before'"))})
+        finally:
+            store.stopService()
+    assert not ok and TRANSACTION_LOST in str(failure.value)
+    assert written == set()
+

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -46,7 +48,30 @@ def test_one_line_names_the_full_disk_however_many_requests_fail(
     assert len(lines) == 2
 
 
-def test_nothing_for_a_database_that_is_not_a_file(lines) -> None:
+def test_nothing_for_a_database_that_is_not_a_file(
+        lines, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (Every disk full: a line here would be about the disk of a file named "kcm".)
+    monkeypatch.setattr(disk_space, "free_bytes", lambda directory: 0)
     line = DiskFullLine(Clock(), "postgresql+psycopg://kcm@db/kcm")
     line.failed()
     assert lines == []
+
+
+def test_the_free_space_is_what_this_process_may_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root may write the blocks reserved for it, others not; in fragments (f_frsize)."""
+    status = SimpleNamespace(f_bfree=100, f_bavail=80, f_frsize=4096, f_bsize=65536)
+    monkeypatch.setattr(disk_space.os, "statvfs", lambda directory: status)
+    monkeypatch.setattr(disk_space.os, "geteuid", lambda: 0)
+    assert disk_space.free_bytes("/x") == 100 * 4096
+    monkeypatch.setattr(disk_space.os, "geteuid", lambda: 1000)
+    assert disk_space.free_bytes("/x") == 80 * 4096
+
+
+def test_a_disk_whose_free_space_cannot_be_read_is_not_called_full(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    def refused(directory: str) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(disk_space, "free_bytes", refused)
+    assert disk_space.disk_full(str(tmp_path / "kcm.db")) is None

@@ -4,6 +4,7 @@ says so once it can, with no line cut into the next."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 from pathlib import Path
@@ -78,3 +79,68 @@ def test_a_json_log_on_a_full_disk_keeps_whole_lines(tmp_path: Path) -> None:
     assert note["level"] == "warn"
     assert note["text"].startswith(f"{note['lost']} log line(s) before this one could not")
     assert "No space left on device" in note["why"]
+
+
+# Found by a mutation review: what the tests above left unchecked --------------------------
+
+def _note(lost: int, why: str) -> str:
+    return f"LOST {lost} ({why})\n"
+
+
+def test_a_note_that_got_out_alone_is_not_counted_again(tmp_path: Path) -> None:
+    """The disk full from a write's first byte (nothing cut), then room for the note
+    alone: the next note counts only the line lost after it."""
+    disk = Disk()
+    path = tmp_path / "kcm.log"
+    note = _note(1, f"{path}: No space left on device")
+    with open(path, "a", encoding="utf-8") as out:
+        sink = LogSink(out, _note, write=disk.write)
+        sink.write("one\n")
+        disk.room = 0
+        sink.write("two\n")
+        disk.room = len(note)
+        sink.write("three\n")  # the note fits, "three" does not
+        disk.room = None
+        sink.write("four\n")
+    assert path.read_text() == "one\n" + note + note + "four\n"
+
+
+def test_lines_after_a_recovered_cut_follow_one_another(tmp_path: Path) -> None:
+    disk = Disk()
+    path = tmp_path / "kcm.log"
+    with open(path, "a", encoding="utf-8") as out:
+        sink = LogSink(out, lambda lost, why: f"LOST {lost}\n", write=disk.write)
+        disk.room = 2
+        sink.write("one\n")  # "on" fits
+        disk.room = None
+        sink.write("two\n")
+        sink.write("three\n")
+    assert path.read_text() == "on\nLOST 1\ntwo\nthree\n"
+
+
+def test_what_else_wrote_to_the_stream_goes_first(tmp_path: Path) -> None:
+    path = tmp_path / "kcm.log"
+    with open(path, "a", encoding="utf-8") as out:
+        sink = LogSink(out, _note)
+        out.write("buffered\n")  # (held in the stream's buffer)
+        sink.write("line\n")
+    assert path.read_text() == "buffered\nline\n"
+
+
+def test_a_stream_without_a_file_counts_the_lines_it_could_not_take() -> None:
+    class FullStream(io.StringIO):
+        full = False
+
+        def write(self, text: str) -> int:
+            if self.full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(text)
+
+    out = FullStream()
+    sink = LogSink(out, lambda lost, why: f"LOST {lost} ({why})\n")
+    out.full = True
+    sink.write("one\ntwo\n")
+    assert sink.lost == 2
+    out.full = False
+    sink.write("three\n")
+    assert out.getvalue() == "LOST 2 (the log: No space left on device)\nthree\n"

@@ -86,11 +86,7 @@ class KmipClient:
         if self._socket is not None:
             return
         deadline = self._deadline(deadline)
-        try:
-            raw = socket.create_connection((self.host, self.port),
-                                           timeout=self._left(deadline, "connect"))
-        except OSError as e:
-            raise KmipClientError(f"cannot connect to {self.host}:{self.port}: {e}") from e
+        raw = self._tcp_connect(deadline)
         try:
             # The socket's timeout bounds the whole handshake (not each of its reads).
             raw.settimeout(self._left(deadline, "connect"))
@@ -102,6 +98,30 @@ class KmipClient:
             raise KmipClientError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
         self._socket.settimeout(self.timeout)
         self._pid = os.getpid()
+
+    def _tcp_connect(self, deadline: float) -> socket.socket:
+        """A TCP connection to the first of the host's addresses that takes one, all of
+        them tried by ``deadline`` (``socket.create_connection`` would give each address
+        the whole time left: a name of three addresses that drop packets, three times)."""
+        try:
+            addresses = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
+        except OSError as e:
+            raise KmipClientError(f"cannot connect to {self.host}:{self.port}: {e}") from e
+        error: OSError | None = None
+        for family, kind, proto, _, address in addresses:
+            raw = socket.socket(family, kind, proto)
+            try:
+                raw.settimeout(self._left(deadline, "connect"))
+                raw.connect(address)
+                return raw
+            except KmipClientError:
+                raw.close()
+                raise
+            except OSError as e:
+                raw.close()
+                error = e
+        raise KmipClientError(f"cannot connect to {self.host}:{self.port}: "
+                              f"{error or 'the name has no address'}") from error
 
     def _forget_if_inherited(self) -> None:
         """Drop a connection this process inherited through ``fork``: its file descriptor

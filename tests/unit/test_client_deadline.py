@@ -150,3 +150,41 @@ def test_waiting_for_another_threads_request_counts_against_the_timeout(
     assert len(took) == 2 and max(took) < 1.0 + SLACK  # the second waited 1 s, then 1 s
     client.close()
     server.close()
+
+
+class FullBacklog:
+    """A TCP listener whose accept queue is full: a further connection's SYN goes
+    unanswered, so ``connect`` hangs (a host that drops packets)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.queued = socket.create_connection(("127.0.0.1", self.port))
+
+    def close(self) -> None:
+        self.queued.close()
+        self.listener.close()
+
+
+def test_a_name_of_several_addresses_that_drop_connections_costs_one_timeout(
+        pki: PkiPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name that resolves to several addresses (dual-stack, round-robin DNS), none
+    answering TCP: the attempts share what is left of the call, as the endpoints do."""
+    dropping = FullBacklog()
+    real = socket.getaddrinfo
+
+    def three_addresses(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        if host == "several.test":
+            return real("127.0.0.1", *args, **kwargs)[:1] * 3
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", three_addresses)
+    client = Session.connect(f"several.test:{dropping.port}", cert=str(pki.app.cert),
+                             key=str(pki.app.key), ca=str(pki.ca.cert), timeout=1.0)
+    result, took = timed(client.discover_versions)
+    assert isinstance(result, KmipClientError), result
+    assert took < 1.0 + SLACK  # it took 3 s: the call's time for each address
+    client.close()
+    dropping.close()

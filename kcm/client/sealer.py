@@ -297,7 +297,9 @@ class Envelope:
             self.cache.clear()
 
     def after_fork(self) -> None:
-        """In a forked child (called by ``os.register_at_fork``): new locks, and no Create
-        or Get of the parent's threads to wait for."""
+        """In a forked child (called by ``os.register_at_fork``): new locks, no Create or
+        Get of the parent's threads to wait for, and no sealing with the parent's key
+        (each process would seal its bounds under it: the child makes its own)."""
         self._lock = threading.Lock()
         self._flights.after_fork()
+        self.cache.retire_sealing()

@@ -276,3 +276,30 @@ def test_a_forked_child_seals_even_if_a_thread_of_the_parent_was_making_a_key() 
         sealing.join(10)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_child_seals_under_a_key_of_its_own() -> None:
+    """The parent's sealing key would seal its max_messages bound once in each process
+    (the counts are each process's own): the child makes its own key, and opens the
+    parent's records still."""
+    gateway = FakeGateway()
+    envelope = Envelope(gateway, CacheLimits(max_messages=10))
+    sealed = envelope.seal(b"parent")
+    parent_token = parse_header(sealed).token
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: writes the token it sealed under
+        try:
+            signal.alarm(5)
+            blob = envelope.seal(b"child")
+            ok = envelope.open(sealed) == b"parent" and envelope.open(blob) == b"child"
+            os.write(write, parse_header(blob).token.encode() if ok else b"-")
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child_token = pipe.read().decode()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_token not in ("", "-", parent_token)
+    assert parse_header(envelope.seal(b"again")).token == parent_token

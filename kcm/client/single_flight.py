@@ -40,26 +40,25 @@ class SingleFlight:
         self._runs: dict[Hashable, _Run] = {}
 
     def run(self, key: Hashable, function: Callable[[], Any]) -> Any:
-        with self._lock:
-            run = self._runs.get(key)
-            leader = run is None
-            if run is None:
-                run = self._runs[key] = _Run()
-        if not leader:
-            run.done.wait()
-            if run.error is not None:
-                raise run.error
-            return run.result
-        try:
-            run.result = function()
-            return run.result
+        mine = _Run()
+        try:  # (from before the run is registered: an interrupt anywhere after forgets it)
+            with self._lock:
+                run = self._runs.setdefault(key, mine)
+            if run is not mine:
+                run.done.wait()
+                if run.error is not None:
+                    raise run.error
+                return run.result
+            mine.result = function()
+            return mine.result
         except Exception as e:
-            run.error = e
+            mine.error = e  # (a waiter's: nobody waits on its own unregistered run)
             raise
         finally:
             with self._lock:
-                del self._runs[key]
-            run.done.set()
+                if self._runs.get(key) is mine:
+                    del self._runs[key]
+            mine.done.set()
 
     def after_fork(self) -> None:
         """In a child process: forget the runs of the parent's threads (none runs here)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import socket
 import ssl
 import threading
@@ -456,5 +457,43 @@ def test_each_renewal_seen_half_written_warns_once(pki, logged) -> None:
             pki.core.cert.write_bytes(certificate_pem(issued.cert))
             refresher.refresh()
             assert refresher.reloads == renewal
+
+
+def test_a_kubernetes_secret_volume_s_data_link_switch_is_taken(pki, tmp_path) -> None:
+    """A Secret volume: tls.crt, tls.key and ca.crt are links through ``..data``, itself
+    a link switched at once to a new directory (renamed over), the old directory then
+    removed. Each switch is a renewal taken; none half seen."""
+    root = tmp_path / "secret"
+    root.mkdir()
+    ca_pem = pki.ca.cert.read_bytes()
+
+    def publish(name: str) -> x509.Certificate:
+        issued = _issue(pki)
+        (root / name).mkdir()
+        write_certificate(CertKeyPaths(root / name / "tls.crt", root / name / "tls.key"),
+                          issued.cert, issued.key)
+        (root / name / "ca.crt").write_bytes(ca_pem)
+        os.symlink(name, root / "..data_tmp")
+        os.replace(root / "..data_tmp", root / "..data")
+        for old in root.glob("..2026_*"):
+            if old.name != name:
+                shutil.rmtree(old)
+        return issued.cert
+
+    first = publish("..2026_a")
+    for file in ("tls.crt", "tls.key", "ca.crt"):
+        os.symlink(f"..data/{file}", root / file)
+    refresher = TlsRefresher(str(root / "tls.crt"), str(root / "tls.key"),
+                             str(root / "ca.crt"), Clock(), interval=1,
+                             run_in_thread=run_inline)
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        assert _presented(options, pki.app, pki.ca.cert) == first.serial_number
+        for name in ("..2026_b", "..2026_c"):
+            renewed = publish(name)
+            refresher.refresh()
+            assert _presented(options, pki.app, pki.ca.cert) == renewed.serial_number
+        assert (refresher.reloads, refresher.reloads_refused) == (2, 0)
     finally:
         refresher.stopService()

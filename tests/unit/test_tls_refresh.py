@@ -457,6 +457,8 @@ def test_each_renewal_seen_half_written_warns_once(pki, logged) -> None:
             pki.core.cert.write_bytes(certificate_pem(issued.cert))
             refresher.refresh()
             assert refresher.reloads == renewal
+    finally:
+        refresher.stopService()
 
 
 def test_a_kubernetes_secret_volume_s_data_link_switch_is_taken(pki, tmp_path) -> None:

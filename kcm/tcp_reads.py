@@ -1,4 +1,4 @@
-"""TCP transports whose reads do not depend on their ``bufferSize``.
+"""TCP and Unix stream transports whose reads do not depend on their ``bufferSize``.
 
 Twisted's TCP transport uses ``bufferSize`` twice: as the size of every ``recv`` and as
 the amount of unsent output above which it pauses its producer. kcm's KMIP listeners set
@@ -13,6 +13,14 @@ per process (measured on two gateway workers of one run, ``strace -c``).
 :func:`read_into_shared_buffer` gives a connected transport a read that takes at most
 :data:`READ_SIZE` bytes into one buffer the reactor's thread shares between all such
 transports, and copies out only what arrived. Flow control keeps its ``bufferSize``.
+
+A Unix stream connection of Twisted's (``unix.Server``, a ``tcp.Connection`` too: a
+``unix:`` KMIP listener, kcm-gateway's workers on their shared socket) reads with
+``recvmsg`` of ``bufferSize`` bytes, for the descriptors a peer may send along: the same
+4 MiB allocation, the same ``mmap``/``mremap``/``munmap`` on every request (measured: a
+worker on a shared Unix socket cost twice a TCP one's CPU per request). It gets the same
+read, unless its protocol takes descriptors (``IFileDescriptorReceiver``): a plain read
+has the kernel discard any descriptor sent, as Twisted closed them for such a protocol.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from __future__ import annotations
 from errno import EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import main, tcp
+from twisted.internet import main, tcp, unix
+from twisted.internet.interfaces import IFileDescriptorReceiver
 
 __all__ = ["READ_SIZE", "read_into_shared_buffer"]
 
@@ -33,6 +42,8 @@ _BUFFER = bytearray(READ_SIZE)
 _VIEW = memoryview(_BUFFER)
 
 _CLASSES: dict[type, type] = {}
+#: The reads replaced: a TCP connection's, and a Unix stream connection's (recvmsg).
+_REPLACED = (tcp.Connection.doRead, unix._SendmsgMixin.doRead)
 
 
 def _read_into_buffer(self: Any) -> Any:
@@ -56,12 +67,16 @@ def _reading_class(base: type) -> type:
 
 
 def read_into_shared_buffer(transport: object) -> bool:
-    """Make ``transport`` (a connected Twisted TCP transport) read at most
+    """Make ``transport`` (a connected Twisted TCP or Unix stream transport) read at most
     :data:`READ_SIZE` bytes at a time into the shared buffer, whatever its
     ``bufferSize``. Returns whether it does. Any other transport is left as it is
-    (False): a UNIX socket's reads, for one, also carry file descriptors."""
+    (False), and so is a Unix one whose protocol receives file descriptors."""
     base = type(transport)
-    if not isinstance(transport, tcp.Connection) or base.doRead is not tcp.Connection.doRead:
-        return base in _CLASSES.values()
+    if base in _CLASSES.values():
+        return True
+    if not isinstance(transport, tcp.Connection) or base.doRead not in _REPLACED:
+        return False
+    if IFileDescriptorReceiver.providedBy(getattr(transport, "protocol", None)):
+        return False
     transport.__class__ = _reading_class(base)
     return True

@@ -1,6 +1,6 @@
-"""kcm-gateway's supervisor on a TCP listener: it accepts every connection itself and hands
-each one to the worker pinned to the CPU it arrives on or the worker holding the fewest
-(:class:`kcm.gateway.balance.LeastConnections`), over that worker's channel
+"""kcm-gateway's supervisor on a TCP or Unix listener: it accepts every connection itself
+and hands each one to the worker pinned to the CPU it arrives on (TCP) or the worker holding
+the fewest (:class:`kcm.gateway.balance.LeastConnections`), over that worker's channel
 (:mod:`kcm.handoff`), then closes its own copy.
 
 A handful of long-lived connections (databases and storage arrays keep a few) is what

@@ -2,20 +2,21 @@
 supervisor and the gateways are its worker processes.
 
 * :class:`SharedListener` binds the KMIP address once, in the supervisor: a port in use
-  stops the supervisor when it starts. On a TCP listener (``tcp:``, ``tcp6:``, or an
-  ``fd:`` socket that is TCP) the supervisor accepts every connection itself and hands it
-  to the worker pinned to the CPU it arrives on, if any (:mod:`kcm.gateway.placement`), or
-  the worker with the fewest open connections (:mod:`kcm.gateway.acceptor`), over a
+  stops the supervisor when it starts. On a TCP or Unix stream listener (``tcp:``,
+  ``tcp6:``, ``unix:``, or an ``fd:`` socket of those) the supervisor accepts every
+  connection itself and hands it to the worker pinned to the CPU it arrives on, if any
+  (:mod:`kcm.gateway.placement`; TCP only), or the worker with the fewest open connections
+  (:mod:`kcm.gateway.acceptor`), over a
   Unix socket pair of that worker's (a new one each time it is started) that the worker
   inherits as descriptor :data:`WORKER_LISTEN_FD` and listens on as ``handoff:3``
   (:mod:`kcm.handoff`); the worker reports its open connections and whether it can serve
-  back over it, every 0.2 s (:data:`kcm.handoff.REPORT_INTERVAL`). Any other
-  listener (``unix:``) is listened on once and never accepted on in the supervisor; each
-  worker inherits that socket as descriptor :data:`WORKER_LISTEN_FD` and adopts it
-  (``fd:3``, see :func:`kcm.tls.plain_server_endpoint`), and each new connection goes to
-  whichever worker accepts it first. Everything else in a worker is one kcm-gateway as with
-  ``workers = 1``: its TLS listener and connection guard, its link to the core, its L3
-  cache and the full event stream.
+  back over it, every 0.2 s (:data:`kcm.handoff.REPORT_INTERVAL`). A listener of any
+  other kind (an endpoint plugin's) is listened on once and never accepted on in the
+  supervisor; each worker inherits that socket as descriptor :data:`WORKER_LISTEN_FD` and
+  adopts it (``fd:3``, see :func:`kcm.tls.plain_server_endpoint`), and each new
+  connection goes to whichever worker accepts it first. Everything else in a worker is one
+  kcm-gateway as with ``workers = 1``: its TLS listener and connection guard, its link to
+  the core, its L3 cache and the full event stream.
 * :class:`WorkerPool` starts the workers (``reactor.spawnProcess`` of ``twistd -n
   kcm-gateway --worker I``), restarts one that exits after a back-off that grows while it
   keeps failing (:data:`RESTART_BACKOFF`: 0.2 s doubling up to 30 s, back to 0.2 s once a
@@ -50,7 +51,7 @@ from typing import Any
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import error
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
@@ -128,9 +129,9 @@ class StartCheck(Service):
 
 class SharedListener(Service):
     """Binds the listener ``description`` when it starts and serves the workers from it
-    (see the module docstring): a TCP listener through an :class:`Acceptor` that hands
-    connections to the workers' channels (:attr:`acceptor`), any other as the listening
-    socket the workers inherit; closes it when it stops.
+    (see the module docstring): a TCP or Unix listener through an :class:`Acceptor` that
+    hands connections to the workers' channels (:attr:`acceptor`), any other as the
+    listening socket the workers inherit; closes it when it stops.
 
     The worker pool asks, for each worker it starts, for the descriptor to give it
     (:meth:`worker_starting`), says when the spawn is done (:meth:`worker_spawned`) and when
@@ -146,12 +147,12 @@ class SharedListener(Service):
         self.description = description
         self.near = dict(near or {})
         self.port: IListeningPort | None = None
-        #: Set while running on a TCP listener.
+        #: Set while running on a TCP or Unix listener.
         self.acceptor: Acceptor | None = None
         #: The workers' ends of their channels, until they are spawned.
         self._worker_ends: dict[int, socket.socket] = {}
         #: Called with a worker's index once it says on its channel that it is ready (TCP
-        #: listeners only: :attr:`tells_when_up`).
+        #: and Unix listeners only: :attr:`tells_when_up`).
         self.on_worker_up: Callable[[int], object] | None = None
 
     @property
@@ -220,7 +221,8 @@ class SharedListener(Service):
         # has accepted yet: the reactor has not run since the bind).
         port.stopReading()  # type: ignore[attr-defined]
         address = port.getHost()
-        if isinstance(address, (IPv4Address, IPv6Address)):
+        # Unix ones too: shared, connections fell unevenly and workers said nothing.
+        if isinstance(address, (IPv4Address, IPv6Address, UNIXAddress)):
             self.acceptor = Acceptor(self.reactor, port.socket,  # type: ignore[attr-defined]
                                      worker_up=self._worker_up, near=self.near)
             # Timed on the reactor, so that silent (hung) workers are ranked out; no

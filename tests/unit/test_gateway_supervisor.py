@@ -17,6 +17,7 @@ from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from kcm.gateway import supervisor
 from kcm.gateway.supervisor import (
     RESTART_BACKOFF,
     WORKER_LISTEN_FD,
@@ -351,7 +352,44 @@ def test_workers_zero_counts_the_cpus_this_process_may_use() -> None:
     assert worker_count(0) == len(os.sched_getaffinity(0))
 
 
-def test_a_listener_that_is_not_tcp_is_shared_and_never_accepted_on(tmp_path) -> None:
+def test_a_unix_listener_is_accepted_on_by_the_supervisor_and_balanced(tmp_path) -> None:
+    # Shared by the workers, a Unix socket's connections went to whichever woke first
+    # (unevenly), and the workers said nothing: no readiness, no hung watch.
+    path = str(tmp_path / "kmip.sock")
+    listener = SharedListener(reactor, f"unix:{path}:mode=600")
+    listener.startService()
+    clients: list[socket.socket] = []
+    try:
+        acceptor = listener.acceptor
+        assert acceptor is not None and listener.worker_listen == f"handoff:{WORKER_LISTEN_FD}"
+        assert listener.tells_when_up and listener.port not in reactor.getReaders()
+        ends = {}
+        for index in (1, 2):
+            ends[index] = socket.socket(fileno=os.dup(listener.worker_starting(index)))
+            listener.worker_spawned(index)
+            ends[index].send(READY)
+            acceptor.channels[index].doRead()
+        assert acceptor in reactor.getReaders()
+        for _ in range(8):
+            clients.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            clients[-1].connect(path)
+        acceptor.doRead()
+        got = {index: _received(end) for index, end in ends.items()}
+        assert [len(got[1]), len(got[2])] == [4, 4]
+        assert all(c.family == socket.AF_UNIX for c in got[1] + got[2])
+        for sock in [*got[1], *got[2], *ends.values()]:
+            sock.close()
+    finally:
+        for client in clients:
+            client.close()
+        listener.stopService()
+    assert listener.acceptor is None
+
+
+def test_a_listener_of_another_kind_is_shared_and_never_accepted_on(tmp_path,
+                                                                    monkeypatch) -> None:
+    # (its address neither IP nor Unix: an endpoint plugin's)
+    monkeypatch.setattr(supervisor, "UNIXAddress", type("OtherAddress", (), {}))
     listener = SharedListener(reactor, f"unix:{tmp_path / 'kmip.sock'}")
     listener.startService()
     try:
@@ -365,6 +403,18 @@ def test_a_listener_that_is_not_tcp_is_shared_and_never_accepted_on(tmp_path) ->
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
     finally:
         listener.stopService()
+
+
+def _received(worker_end: socket.socket) -> list[socket.socket]:
+    """The connections waiting on a worker's end of its channel."""
+    worker_end.setblocking(False)
+    got = []
+    while True:
+        try:
+            _, fds, _, _ = socket.recv_fds(worker_end, 1, 1)
+        except BlockingIOError:
+            return got
+        got += [socket.socket(fileno=fd) for fd in fds]
 
 
 def test_a_port_in_use_fails_the_shared_listeners_start() -> None:

@@ -15,12 +15,13 @@ per process (measured on two gateway workers of one run, ``strace -c``).
 transports, and copies out only what arrived. Flow control keeps its ``bufferSize``.
 
 A Unix stream connection of Twisted's (``unix.Server``, a ``tcp.Connection`` too: a
-``unix:`` KMIP listener, kcm-gateway's workers on their shared socket) reads with
+``unix:`` or ``fd:`` Unix KMIP listener's, handed to a worker or not) reads with
 ``recvmsg`` of ``bufferSize`` bytes, for the descriptors a peer may send along: the same
-4 MiB allocation, the same ``mmap``/``mremap``/``munmap`` on every request (measured: a
-worker on a shared Unix socket cost twice a TCP one's CPU per request). It gets the same
-read, unless its protocol takes descriptors (``IFileDescriptorReceiver``): a plain read
-has the kernel discard any descriptor sent, as Twisted closed them for such a protocol.
+4 MiB allocation, the same ``mmap``/``mremap``/``munmap`` on every request (measured:
+kcm-gateway's workers on a Unix socket spent twice their CPU per request over TCP). It
+gets the same read, unless its protocol takes descriptors (``IFileDescriptorReceiver``):
+a plain read has the kernel discard any descriptor sent, as Twisted closed them for such
+a protocol.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """kcm.tcp_reads over real loopback and Unix sockets: a transport whose ``bufferSize`` is
 large reads at most READ_SIZE bytes at a time, loses and reorders nothing (two connections
 sharing the buffer), sees the peer's close, and keeps ``bufferSize`` for flow control; so
-does a connection on a Unix socket, bound here or adopted as ``fd:N`` (kcm-gateway's
-workers on their shared socket), unless its protocol takes descriptors."""
+does a connection on a Unix socket, bound here or adopted as ``fd:N`` (a socket systemd
+or kcm-gateway's supervisor bound), unless its protocol takes descriptors."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from kcm.tls import server_tls_from, server_tls_options
 from kcm.tls_crl import RevocationWatch, chain_keys, load_crls, revoked_keys
 from kcm.tls_refresh import TlsRefresher
 from tests.thread_fakes import HeldThreads, run_inline
+from tests.tls_handshake import presented
 
 
 @pytest.fixture(scope="module")
@@ -64,39 +65,8 @@ def test_a_crl_file_is_read_in_pem_or_der_and_checked_against_the_cas(pki, tmp_p
 
 
 def _handshake(options, pair, ca: Path) -> bool:
-    """Whether a client of ``pair`` (TLS 1.2, so a refusal shows in the handshake) completes
-    a handshake with a server of ``options``' context, over a socket pair."""
-    a, b = socket.socketpair()
-    server = SSL.Connection(options.getContext(), a)
-    server.set_accept_state()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.maximum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(str(ca))
-    context.load_cert_chain(str(pair.cert), str(pair.key))
-
-    def client() -> None:
-        try:
-            with context.wrap_socket(b) as tls:
-                tls.sendall(b"ping")
-                tls.recv(4)
-        except (OSError, ssl.SSLError):
-            pass
-
-    thread = threading.Thread(target=client)
-    thread.start()
-    try:
-        server.do_handshake()
-        server.recv(4)
-        server.sendall(b"pong")
-        done = True
-    except SSL.Error:
-        done = False
-    finally:
-        a.close()
-        thread.join(5)
-        b.close()
-    return done
+    """Whether a client of ``pair`` completes a handshake with a server of ``options``."""
+    return presented(options, pair, ca) is not None
 
 
 def _refresher(pki: PkiPaths, crl: str, ca: str, clock, **options) -> TlsRefresher:

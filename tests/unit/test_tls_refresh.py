@@ -11,15 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import socket
-import ssl
-import threading
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -42,6 +38,7 @@ from kcm.tls import client_tls_from, server_tls_from
 from kcm.tls_metrics import CertificateExpiry, tls_collectors
 from kcm.tls_refresh import TlsRefresher
 from tests.thread_fakes import HeldThreads, run_inline
+from tests.tls_handshake import presented
 from tests.unit.test_metrics import samples
 
 
@@ -83,43 +80,6 @@ def _serial(pki_or_path) -> int:
     return x509.load_pem_x509_certificate(Path(path).read_bytes()).serial_number
 
 
-def _presented(options, pair: CertKeyPaths, ca: Path) -> int | None:
-    """The serial number of the certificate a server of ``options`` presents to a client
-    of ``pair`` trusting ``ca`` (None: the handshake failed), over a socket pair."""
-    a, b = socket.socketpair()
-    server = SSL.Connection(options.getContext(), a)
-    server.set_accept_state()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.maximum_version = ssl.TLSVersion.TLSv1_2  # (a refusal shows in the handshake)
-    context.load_verify_locations(str(ca))
-    context.load_cert_chain(str(pair.cert), str(pair.key))
-    seen: list[int] = []
-
-    def client() -> None:
-        try:
-            with context.wrap_socket(b) as tls:
-                der = tls.getpeercert(binary_form=True)
-                seen.append(x509.load_der_x509_certificate(der).serial_number)
-                tls.sendall(b"ping")
-                tls.recv(4)
-        except (OSError, ssl.SSLError):
-            pass
-
-    thread = threading.Thread(target=client)
-    thread.start()
-    try:
-        server.do_handshake()
-        server.recv(4)
-        server.sendall(b"pong")
-        done = True
-    except SSL.Error:
-        done = False
-    finally:
-        a.close()
-        thread.join(5)
-        b.close()
-    return seen[0] if done and seen else None
 
 
 def _refresher(pki: PkiPaths, clock=None, **options) -> TlsRefresher:
@@ -141,13 +101,13 @@ def test_a_renewed_certificate_is_presented_by_the_next_handshakes(pki, logged) 
         options = refresher.options(_kmip)()
         first = options._options
         before = _serial(pki)
-        assert _presented(options, pki.app, pki.ca.cert) == before
+        assert presented(options, pki.app, pki.ca.cert) == before
         refresher.refresh()
         assert options._options is first and refresher.reloads == 0
         renewed = _renew(pki)
         refresher.refresh()
         assert options._options is not first
-        assert _presented(options, pki.app, pki.ca.cert) == renewed.serial_number != before
+        assert presented(options, pki.app, pki.ca.cert) == renewed.serial_number != before
         assert (refresher.reloads, refresher.reloads_refused) == (1, 0)
         refresher.refresh()  # (taken: not again)
         assert refresher.reloads == 1
@@ -170,14 +130,14 @@ def test_a_key_that_is_not_the_certificate_s_yet_is_retried_at_the_next_look(
         pki.core.key.write_bytes(private_key_pem(issued.key))  # the key first
         refresher.refresh()
         refresher.refresh()
-        assert _presented(options, pki.app, pki.ca.cert) == before
+        assert presented(options, pki.app, pki.ca.cert) == before
         assert (refresher.reloads, refresher.reloads_refused) == (0, 2)
         warned = [line for level, line in logged if level is LogLevel.warn]
         assert len(warned) == 1 and "is not the key of the certificate" in warned[0]
         assert not [line for level, line in logged if level >= LogLevel.error]
         pki.core.cert.write_bytes(certificate_pem(issued.cert))  # then the certificate
         refresher.refresh()
-        assert _presented(options, pki.app, pki.ca.cert) == issued.cert.serial_number
+        assert presented(options, pki.app, pki.ca.cert) == issued.cert.serial_number
         assert refresher.reloads == 1
     finally:
         refresher.stopService()
@@ -209,14 +169,14 @@ def test_files_that_cannot_be_taken_are_refused_and_the_ones_in_force_stay(
             write()
             refresher.refresh()
             refresher.refresh()  # read again, refused again, not logged again
-            assert _presented(options, pki.app, pki.ca.cert) == before, reason
+            assert presented(options, pki.app, pki.ca.cert) == before, reason
             errors = [line for level, line in logged if level is LogLevel.error]
             assert len(errors) == 1, (reason, errors)
             assert "cannot be taken" in errors[0] and reason in errors[0], errors[0]
             assert refresher.reloads_refused == 2 * refused
         pki.core.key.chmod(0o600)  # (a mode fixed changes no stamp: read again anyway)
         refresher.refresh()
-        assert _presented(options, pki.app, pki.ca.cert) == _serial(pki) != before
+        assert presented(options, pki.app, pki.ca.cert) == _serial(pki) != before
         assert refresher.reloads == 1
     finally:
         refresher.stopService()
@@ -255,14 +215,14 @@ def test_a_new_ca_bundle_applies_to_the_next_handshakes(pki, tmp_path) -> None:
                                    uris=["spiffe://kcm.test/tenant/demo/service/app"])
         pair = CertKeyPaths(tmp_path / "new-app.pem", tmp_path / "new-app.key")
         write_certificate(pair, client.cert, client.key)
-        assert _presented(options, pair, pki.ca.cert) is None
+        assert presented(options, pair, pki.ca.cert) is None
         bundle = pki.ca.cert.read_bytes() + certificate_pem(new.cert)
         staged = tmp_path / "ca.new"
         staged.write_bytes(bundle)
         staged.replace(pki.ca.cert)
         refresher.refresh()
-        assert _presented(options, pair, pki.ca.cert) == _serial(pki)
-        assert _presented(options, pki.app, pki.ca.cert) == _serial(pki)
+        assert presented(options, pair, pki.ca.cert) == _serial(pki)
+        assert presented(options, pki.app, pki.ca.cert) == _serial(pki)
         assert refresher.reloads == 1
     finally:
         refresher.stopService()
@@ -314,12 +274,12 @@ def test_new_crls_while_a_renewal_is_half_written_keep_the_certificate_in_force(
         staged.write_bytes(issue_crl(ca, [revoked]).public_bytes(Encoding.PEM))
         staged.replace(crl)
         refresher.refresh()
-        assert _presented(options, pki.app, pki.ca.cert) is None  # the CRL is in force
-        assert _presented(options, pki.other_app, pki.ca.cert) == before
+        assert presented(options, pki.app, pki.ca.cert) is None  # the CRL is in force
+        assert presented(options, pki.other_app, pki.ca.cert) == before
         pki.core.cert.write_bytes(certificate_pem(issued.cert))
         refresher.refresh()
-        assert _presented(options, pki.other_app, pki.ca.cert) == issued.cert.serial_number
-        assert _presented(options, pki.app, pki.ca.cert) is None  # (and still)
+        assert presented(options, pki.other_app, pki.ca.cert) == issued.cert.serial_number
+        assert presented(options, pki.app, pki.ca.cert) is None  # (and still)
     finally:
         refresher.stopService()
 
@@ -430,9 +390,9 @@ def test_files_renewed_while_they_are_read_are_read_again_at_the_next_look(
         options = refresher.options(_kmip)()
         assert refresher.files.material.chain[0] != renewed[0]
         refresher.refresh()  # (takes the first, then the second is written)
-        assert _presented(options, pki.app, pki.ca.cert) == renewed[0].serial_number
+        assert presented(options, pki.app, pki.ca.cert) == renewed[0].serial_number
         refresher.refresh()
-        assert _presented(options, pki.app, pki.ca.cert) == renewed[1].serial_number
+        assert presented(options, pki.app, pki.ca.cert) == renewed[1].serial_number
     finally:
         refresher.stopService()
 
@@ -491,11 +451,11 @@ def test_a_kubernetes_secret_volume_s_data_link_switch_is_taken(pki, tmp_path) -
     refresher.startService()
     try:
         options = refresher.options(_kmip)()
-        assert _presented(options, pki.app, pki.ca.cert) == first.serial_number
+        assert presented(options, pki.app, pki.ca.cert) == first.serial_number
         for name in ("..2026_b", "..2026_c"):
             renewed = publish(name)
             refresher.refresh()
-            assert _presented(options, pki.app, pki.ca.cert) == renewed.serial_number
+            assert presented(options, pki.app, pki.ca.cert) == renewed.serial_number
         assert (refresher.reloads, refresher.reloads_refused) == (2, 0)
     finally:
         refresher.stopService()

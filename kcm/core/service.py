@@ -100,7 +100,7 @@ class MasterKey(Service):
         if anchor is not None:
             log.info("audit chain keyed: records 1..{unkeyed} were written before it was, "
                      "record {seq} anchors them", unkeyed=anchor.seq - 1, seq=anchor.seq)
-        # (Written only when missing: a core may start on a database that takes no writes.)
+        # (Read first, written only when missing: a start writes nothing more here.)
         self.lineage = (self.store.run_sync(read_lineage, write=False)
                         or self.store.run_sync(ensure_lineage))
         log.info("database: {lineage}", lineage=str(self.lineage),

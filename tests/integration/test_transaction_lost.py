@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -60,13 +61,19 @@ def _spills(session, record: bool = True) -> str:
     return "all written"
 
 
+def _store_on(disk: Path, **options: Any) -> Store:
+    """A started store whose SQLite database (the migrated schema) is on ``disk``."""
+    shutil.copy2(_migrated_schema(), disk / "kcm.db")
+    store = Store(f"sqlite:///{disk / 'kcm.db'}", **options)
+    store.startService()
+    return store
+
+
 @needs_mount
 @pytest_twisted.ensureDeferred
 async def test_a_group_whose_transaction_sqlite_ended_fails_whole(tmp_path: Path) -> None:
     with small_disk(tmp_path / "disk", "3m") as disk:
-        shutil.copy2(_migrated_schema(), disk / "kcm.db")
-        store = Store(f"sqlite:///{disk / 'kcm.db'}")
-        store.startService()
+        store = _store_on(disk)
         try:
             committer = GroupCommitter(store.write, check=check_transaction)
             held = threading.Event()
@@ -98,9 +105,7 @@ async def test_a_write_whose_transaction_sqlite_ended_fails(tmp_path: Path,
     savepoint refuses to begin a transaction of its own; returning, its commit (of
     nothing) fails. Nothing is written, and the write is not taken for a success."""
     with small_disk(tmp_path / "disk", "3m") as disk:
-        shutil.copy2(_migrated_schema(), disk / "kcm.db")
-        store = Store(f"sqlite:///{disk / 'kcm.db'}")
-        store.startService()
+        store = _store_on(disk)
         try:
             def work(session) -> str:
                 _insert(session, "before")
@@ -124,9 +129,7 @@ async def test_no_job_runs_after_the_transaction_ended(tmp_path: Path) -> None:
     own while its group failed. It runs in a group of its own instead, and is answered
     as what happened to it."""
     with small_disk(tmp_path / "disk", "3m") as disk:
-        shutil.copy2(_migrated_schema(), disk / "kcm.db")
-        store = Store(f"sqlite:///{disk / 'kcm.db'}")
-        store.startService()
+        store = _store_on(disk)
         try:
             committer = GroupCommitter(store.write, check=check_transaction)
             held = threading.Event()
@@ -171,10 +174,8 @@ async def test_a_read_that_ends_the_transaction_leaves_no_record_behind(
     rolled back, and the audit chain no longer verified. Now the statement is refused, and
     nothing of the group is written."""
     with small_disk(tmp_path / "disk", "8m") as disk:
-        shutil.copy2(_migrated_schema(), disk / "kcm.db")
         # (no object cache: the request reads its object from the database)
-        store = Store(f"sqlite:///{disk / 'kcm.db'}", object_cache_size=0)
-        store.startService()
+        store = _store_on(disk, object_cache_size=0)
         try:
             keyring = Keyring(bytes(32))
             store.audit_key = keyring.audit_key
@@ -221,9 +222,7 @@ async def test_a_lean_write_whose_transaction_sqlite_ended_fails(tmp_path: Path)
     """(Found unchecked by a mutation review.) A lean transaction's commit of nothing
     fails too: the write is not taken for a success."""
     with small_disk(tmp_path / "disk", "3m") as disk:
-        shutil.copy2(_migrated_schema(), disk / "kcm.db")
-        store = Store(f"sqlite:///{disk / 'kcm.db'}")
-        store.startService()
+        store = _store_on(disk)
         try:
             def work(transaction) -> str:
                 _insert(transaction.connection, "before")

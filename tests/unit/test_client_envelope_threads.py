@@ -141,6 +141,17 @@ def test_a_failed_create_fails_the_threads_that_waited_for_it_and_the_next_seal_
     assert envelope.open(envelope.seal(b"later")) == b"later"
 
 
+def _fork_and_seal(envelope: Envelope) -> int:
+    """Fork; the child seals and opens a record with ``envelope`` and exits 0 if it could,
+    killed by an alarm after 5 s if it hung. The child's pid, in the parent."""
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(5)
+        ok = envelope.open(envelope.seal(b"child")) == b"child"
+        os._exit(0 if ok else 1)
+    return pid
+
+
 def test_a_forked_child_seals_even_if_a_thread_of_the_parent_held_the_lock() -> None:
     """The child has new locks: the thread that held the parent's is not in the child, and
     the child's seal would wait for it for ever."""
@@ -149,11 +160,7 @@ def test_a_forked_child_seals_even_if_a_thread_of_the_parent_held_the_lock() -> 
     envelope.seal(b"warm")
     envelope._lock.acquire()  # as another thread of the parent in the middle of a seal
     try:
-        pid = os.fork()
-        if pid == 0:  # the child: exit 0 if it sealed, killed by the alarm if it hung
-            signal.alarm(5)
-            ok = envelope.open(envelope.seal(b"child")) == b"child"
-            os._exit(0 if ok else 1)
+        pid = _fork_and_seal(envelope)
     finally:
         envelope._lock.release()
     _, status = os.waitpid(pid, 0)
@@ -266,11 +273,7 @@ def test_a_forked_child_seals_even_if_a_thread_of_the_parent_was_making_a_key() 
     sealing.start()
     in_create.wait(10)
     try:
-        pid = os.fork()
-        if pid == 0:  # the child: exit 0 if it sealed, killed by the alarm if it hung
-            signal.alarm(5)
-            ok = envelope.open(envelope.seal(b"child")) == b"child"
-            os._exit(0 if ok else 1)
+        pid = _fork_and_seal(envelope)
     finally:
         release.set()
         sealing.join(10)

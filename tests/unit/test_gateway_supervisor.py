@@ -28,6 +28,7 @@ from kcm.gateway.supervisor import (
 )
 from kcm.handoff import READY
 from kcm.tls import plain_server_endpoint
+from tests.unit.test_gateway_acceptor import received
 
 
 @dataclass
@@ -374,7 +375,7 @@ def test_a_unix_listener_is_accepted_on_by_the_supervisor_and_balanced(tmp_path)
             clients.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
             clients[-1].connect(path)
         acceptor.doRead()
-        got = {index: _received(end) for index, end in ends.items()}
+        got = {index: received(end) for index, end in ends.items()}
         assert [len(got[1]), len(got[2])] == [4, 4]
         assert all(c.family == socket.AF_UNIX for c in got[1] + got[2])
         for sock in [*got[1], *got[2], *ends.values()]:
@@ -403,18 +404,6 @@ def test_a_listener_of_another_kind_is_shared_and_never_accepted_on(tmp_path,
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
     finally:
         listener.stopService()
-
-
-def _received(worker_end: socket.socket) -> list[socket.socket]:
-    """The connections waiting on a worker's end of its channel."""
-    worker_end.setblocking(False)
-    got = []
-    while True:
-        try:
-            _, fds, _, _ = socket.recv_fds(worker_end, 1, 1)
-        except BlockingIOError:
-            return got
-        got += [socket.socket(fileno=fd) for fd in fds]
 
 
 def test_a_port_in_use_fails_the_shared_listeners_start() -> None:

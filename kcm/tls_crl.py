@@ -8,7 +8,9 @@ during the TLS handshake (OpenSSL's ``X509_V_FLAG_CRL_CHECK``): a revoked certif
 the handshake (``certificate revoked``), as an expired one does.
 
 * Every CRL must be signed by a CA of ``tls.ca``; a file that holds another is refused at
-  start (the service does not start) and kept out at a refresh.
+  start (the service does not start) and kept out at a refresh, and so is a renewed
+  ``tls.ca`` that no longer holds the CA of a CRL in force (:func:`unsigned_crl`, the same
+  message: what a restart would refuse is not taken while the service runs).
 * A certificate whose issuer has no CRL in the file is refused too (OpenSSL cannot tell
   whether it is revoked): give a CRL for every CA that issues client certificates.
 * A CRL past its Next Update refuses every certificate of its issuer (OpenSSL's ``CRL has
@@ -47,7 +49,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,7 @@ from kcm.connection_refusals import ConnectionRefusals
 from kcm.file_stamp import FileStamp, file_stamp
 
 __all__ = ["REFRESH_INTERVAL", "CertificateKey", "CrlReading", "RevocationLists",
-           "RevocationWatch", "chain_keys", "load_crls", "revoked_keys"]
+           "RevocationWatch", "chain_keys", "load_crls", "revoked_keys", "unsigned_crl"]
 
 log = Logger()
 
@@ -89,13 +91,25 @@ def load_crls(path: str | Path, ca_path: str | Path) -> list[x509.CertificateRev
     except OSError as e:
         raise ValueError(f"cannot read the CRL file {path}: {e.strerror}") from None
     crls = _parse(data, path)
-    authorities = load_certificates(ca_path)
+    problem = unsigned_crl(crls, load_certificates(ca_path), path, ca_path)
+    if problem is not None:
+        raise ValueError(problem)
+    return crls
+
+
+def unsigned_crl(crls: Iterable[x509.CertificateRevocationList],
+                 authorities: Sequence[x509.Certificate], path: str | Path,
+                 ca_path: str | Path) -> str | None:
+    """Why ``crls`` (of the file at ``path``) may not be used with ``authorities`` (the CA
+    bundle at ``ca_path``): one of them no CA of it signed; None when each was. The one
+    rule of a start (:func:`load_crls`) and of a renewed CA bundle
+    (:mod:`kcm.tls_refresh`)."""
     for crl in crls:
         issuers = [ca for ca in authorities if ca.subject == crl.issuer]
         if not any(_signed_by(crl, ca) for ca in issuers):
-            raise ValueError(f"the CRL file {path} holds a CRL of {crl.issuer.rfc4514_string()}, "
-                             f"which no CA of {ca_path} signed")
-    return crls
+            return (f"the CRL file {path} holds a CRL of {crl.issuer.rfc4514_string()}, "
+                    f"which no CA of {ca_path} signed")
+    return None
 
 
 def _parse(data: bytes, path: str | Path) -> list[x509.CertificateRevocationList]:

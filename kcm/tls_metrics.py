@@ -82,7 +82,8 @@ def tls_collectors(prefix: str, *, expiry: CertificateExpiry, refusals: Connecti
             f"{prefix}_tls_reloads_refused",
             "Looks at changed TLS files that could not be taken (a key not the "
             "certificate's, a certificate out of its dates or not chaining to tls.ca, a "
-            "file that cannot be read): those in force stay.", (),
+            "tls.ca without the CA of a CRL in force, a file that cannot be read, TLS "
+            "options that could not be built): those in force stay.", (),
             lambda: [((), refresher.reloads_refused)]),
     ]
     if refresher.crl_path is None:
@@ -108,6 +109,7 @@ def tls_collectors(prefix: str, *, expiry: CertificateExpiry, refusals: Connecti
         CallbackCounter(
             f"{prefix}_crl_load_failures",
             "Looks at tls.crl that found a file that could not be taken (the CRLs read "
-            "before stay in force), or failed.", (), lambda: [((), refresher.load_failures)]),
+            "before stay in force), or whose TLS options could not be built, or failed.",
+            (), lambda: [((), refresher.load_failures)]),
     ]
     return collectors

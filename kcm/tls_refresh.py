@@ -17,10 +17,18 @@ again and swaps them in.
   each listener's open connections are watched (:class:`kcm.tls_crl.RevocationWatch`) and
   those the new CRLs list are cut. Client options (:meth:`TlsRefresher.client`: a
   :class:`kcm.tls.RenewableClientTLS`, the gateway's link) are used by the next connection.
+* All or none: when the options of one listener or link cannot be built from what a look
+  read (OpenSSL refuses them), none takes new options and nothing read is taken (the
+  files and CRLs in force stay for all, and the CRLs cut no connection); one error, and
+  the files are read again at every look. A renewed ``tls.ca`` that no longer holds the
+  CA of a CRL in force is refused with the message a start gives
+  (:func:`kcm.tls_crl.unsigned_crl`).
+* A SIGHUP makes a look at once (:meth:`TlsRefresher.look_now`), besides the ticks.
 * Counted for the metrics (:mod:`kcm.tls_metrics`): :attr:`TlsRefresher.reloads` (renewed
   files taken), :attr:`TlsRefresher.reloads_refused` (looks that found changed files that
-  could not be taken, every look while they stay so) and :attr:`TlsRefresher.load_failures`
-  (looks at ``tls.crl`` that found a file that could not be taken, or looks that failed).
+  could not be taken, or whose options could not be built, every look while they stay so)
+  and :attr:`TlsRefresher.load_failures` (looks at ``tls.crl`` that found a file that could
+  not be taken, or whose options could not be built, or looks that failed).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from kcm.tls_crl import (
     RevocationLists,
     RevocationWatch,
     revoked_keys,
+    unsigned_crl,
 )
 from kcm.tls_renewal import CertificateCheck, TlsIdentityFiles, TlsReading
 
@@ -66,7 +75,8 @@ _Look = tuple[TlsReading | None, CrlReading | None, list[tuple[Any, Any]]]
 class TlsRefresher(Service):
     """Reads ``cert``, ``key``, ``ca`` and ``crl`` (if given) when it starts (a file that
     cannot be read stops the start) and again as the module says, every ``interval``
-    seconds while it runs. Start it before the listeners and links it renews.
+    seconds while it runs, and at once when asked (:meth:`look_now`: SIGHUP). Start it
+    before the listeners and links it renews.
 
     ``refusals``: where open connections cut for a new CRL are counted (the process's;
     None: a count of its own). ``now``: the wall clock certificates are checked against.
@@ -97,6 +107,12 @@ class TlsRefresher(Service):
         self._renewed: _Renewed = []
         self._loop: LoopingCall | None = None
         self._refreshing: Deferred[None] | None = None
+        #: A look asked for (SIGHUP) while one ran: another once it ends.
+        self._again = False
+        #: A look was asked for (SIGHUP): its outcome is logged even when nothing changed.
+        self._asked = False
+        #: The stamps of the files whose options could not be built (logged once).
+        self._unbuilt: tuple[object, object] | None = None
 
     def options(self, build: Build, *, name: str = "TLS") -> Callable[[], RenewableServerTLS]:
         """For a listener (:class:`kcm.tls.TLSListener`'s ``tls_options``): its server TLS
@@ -144,6 +160,19 @@ class TlsRefresher(Service):
         self._loop.start(self.interval, now=False)
         super().startService()
 
+    def look_now(self) -> None:
+        """A look now, not at the next tick (SIGHUP: files just written are taken at once),
+        with the same checks and log lines, and one line when nothing changed; one running
+        already is followed by another (it may have read the files before they were
+        written). Nothing before the start."""
+        if self.files.material is None:
+            return
+        self._asked = True
+        if self._refreshing is not None:
+            self._again = True
+            return
+        self.refresh()
+
     def refresh(self) -> Deferred[None] | None:
         """One look at the files, unless the last one is still running (None then); never
         fails (the loop goes on whatever happens)."""
@@ -165,16 +194,29 @@ class TlsRefresher(Service):
 
         def done(_: object) -> None:
             self._refreshing = None
+            if self._again:
+                self._again = False
+                self.refresh()
 
         return self._refreshing.addBoth(done)
 
     def _swap(self, look: _Look) -> None:
-        """On the reactor: take what the look read, put each listener's and link's new
-        options in (one that could not be built is logged and keeps those in force); then
-        with new CRLs cut every open connection whose peer's chain they list
-        (:meth:`RevocationWatch.cut_revoked`: the CRLs are in force whichever options were
-        built)."""
+        """On the reactor: take what the look read and put each listener's and link's new
+        options in, all or none: if one could not be built, nothing read is taken
+        (:meth:`_not_built`); then with new CRLs cut every open connection whose peer's
+        chain they list (:meth:`RevocationWatch.cut_revoked`)."""
         identity, crl, built = look
+        if self._asked:
+            self._asked = False
+            if identity is None and crl is None:
+                log.info("tls: SIGHUP: {cert}, {key} and {ca} are unchanged",
+                         cert=self.files.paths[0], key=self.files.paths[1],
+                         ca=self.files.paths[2])
+        failure = next((options for _, options in built if isinstance(options, Failure)),
+                       None)
+        if failure is not None:
+            self._not_built(identity, crl, failure)
+            return
         renewed = identity is not None and self.files.take(identity)
         if identity is not None:
             if renewed:
@@ -186,12 +228,9 @@ class TlsRefresher(Service):
         crls_taken = crl is not None and self.lists is not None and self.lists.take(crl)
         if not (renewed or crls_taken):
             return
+        self._unbuilt = None
         for renewable, options in built:
-            if isinstance(options, Failure):
-                log.failure("tls: TLS options could not be built again; those in force "
-                            "stay", options)
-            else:
-                renewable.use(options)
+            renewable.use(options)
         if not crls_taken:
             return
         assert crl is not None and crl.crls is not None  # (taken)
@@ -200,6 +239,30 @@ class TlsRefresher(Service):
             watch = getattr(renewable, "watch", None)
             if watch is not None:
                 watch.cut_revoked(revoked)
+
+    def _not_built(self, identity: TlsReading | None, crl: CrlReading | None,
+                   failure: Failure) -> None:
+        """The options of a listener or link could not be built from what a look read:
+        none takes them (all keep those in force, so that no listener checks peers
+        against other CAs or CRLs than the rest), nothing read is taken, and it is counted
+        as refused (renewed files) and as a failed load (a new CRL file), logged once while
+        the files stay so and read again at every look."""
+        if identity is not None:
+            self.reloads_refused += 1
+            if identity.material is None:
+                self.files.take(identity)  # (refused anyway: logged as such)
+        if crl is not None:
+            self.load_failures += 1
+            if crl.crls is None and self.lists is not None:
+                self.lists.take(crl)
+        seen = (identity.stamps if identity is not None else None,
+                crl.stamp if crl is not None else None)
+        if self._unbuilt != seen:
+            self._unbuilt = seen
+            log.failure("tls: the TLS options of a listener or link could not be built from "
+                        "the files read again ({error}); no listener or link takes them, "
+                        "those in force stay, and the files are read again at every look",
+                        failure, error=failure.getErrorMessage())
 
     def stopService(self) -> Any:
         if self._loop is not None and self._loop.running:
@@ -214,6 +277,14 @@ def _look(files: TlsIdentityFiles, lists: RevocationLists | None,
     either can be taken, each holder's options built from what is then in force."""
     identity = files.read_changed()
     crl = lists.read_changed() if lists is not None else None
+    if identity is not None and identity.material is not None and lists is not None:
+        # The CRLs in force after this look must each be signed by a CA of the renewed
+        # bundle, as at a start: one that is not would stop the next start.
+        crls = crl.crls if crl is not None and crl.crls is not None else lists.crls
+        problem = unsigned_crl(crls, identity.material.authorities, lists.path,
+                               files.paths[2])
+        if problem is not None:
+            identity = TlsReading(identity.stamps, None, problem)
     material = identity.material if identity is not None else None
     new_crls = crl.crls if crl is not None else None
     if material is None and new_crls is None:

@@ -459,3 +459,129 @@ def test_a_kubernetes_secret_volume_s_data_link_switch_is_taken(pki, tmp_path) -
         assert (refresher.reloads, refresher.reloads_refused) == (2, 0)
     finally:
         refresher.stopService()
+
+
+# The closing note of the renewal's sitting: SIGHUP, all or none, one CRL rule --------------
+
+def test_a_listener_whose_options_cannot_be_built_leaves_every_listener_as_it_was(
+        pki, tmp_path, logged) -> None:
+    """Renewed files and new CRLs that pass the checks, but one listener's options cannot
+    be built from them: no listener takes new options and nothing read is taken (counted
+    as refused, one error however many looks), the files are read again at every look
+    and taken by all once they can be built."""
+    ca = load_ca(pki.ca)
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM))
+    refresher = _refresher(pki, crl=str(crl))
+    refresher.startService()
+    broken = [False]
+
+    def link(material, lists):
+        if broken[0]:
+            raise ValueError("no cipher matches the new key")
+        return server_tls_from(material, crls=lists)
+
+    try:
+        kmip_options, link_options = refresher.options(_kmip)(), refresher.options(link)()
+        before = _serial(pki)
+        broken[0] = True
+        renewed = _renew(pki)
+        staged = tmp_path / "crl.new"
+        staged.write_bytes(issue_crl(ca, [x509.load_pem_x509_certificate(
+            pki.app.cert.read_bytes())]).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        logged.clear()
+        refresher.refresh()
+        refresher.refresh()
+        for options in (kmip_options, link_options):
+            assert presented(options, pki.other_app, pki.ca.cert) == before
+            assert presented(options, pki.app, pki.ca.cert) == before  # (not revoked)
+        assert (refresher.reloads, refresher.reloads_refused) == (0, 2)
+        assert refresher.load_failures == 2
+        errors = [line for level, line in logged if level >= LogLevel.error]
+        assert len(errors) == 1 and "could not be built" in errors[0], errors
+        assert "no cipher matches the new key" in errors[0]
+        assert not [line for _, line in logged if "read again: certificate serial" in line]
+        broken[0] = False
+        refresher.refresh()
+        for options in (kmip_options, link_options):
+            assert presented(options, pki.other_app, pki.ca.cert) == renewed.serial_number
+            assert presented(options, pki.app, pki.ca.cert) is None  # (revoked now)
+        assert (refresher.reloads, refresher.reloads_refused) == (1, 2)
+    finally:
+        refresher.stopService()
+
+
+def test_a_ca_bundle_without_the_ca_of_a_crl_in_force_is_refused_as_at_a_start(
+        pki, tmp_path, logged) -> None:
+    """One rule at a start and at a reload: every CRL in force is signed by a CA of
+    tls.ca. A renewed bundle that drops the CA of a CRL in force is refused with the
+    message a start with those files gives (the bundle in force stays); once the CRL file
+    drops that CRL too, both are taken."""
+    from kcm.tls_crl import RevocationLists
+
+    now = dt.datetime.now(dt.UTC)
+    ca, other = load_ca(pki.ca), new_ca("Other CA", now=now)
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(other.cert))
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM)
+                    + issue_crl(other, []).public_bytes(Encoding.PEM))
+    refresher = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(bundle), Clock(),
+                             interval=1, run_in_thread=run_inline, crl=str(crl))
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        staged = tmp_path / "ca.new"
+        staged.write_bytes(pki.ca.cert.read_bytes())  # the other CA dropped
+        staged.replace(bundle)
+        with pytest.raises(ValueError) as at_start:  # what a start would say
+            RevocationLists(crl, bundle)
+        logged.clear()
+        refresher.refresh()
+        refresher.refresh()
+        assert (refresher.reloads, refresher.reloads_refused) == (0, 2)
+        assert len(refresher.files.material.authorities) == 2  # (in force)
+        errors = [line for level, line in logged if level >= LogLevel.error]
+        assert len(errors) == 1 and str(at_start.value) in errors[0], errors
+        assert "which no CA of" in errors[0]
+        staged = tmp_path / "crl.new"
+        staged.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        refresher.refresh()
+        assert refresher.reloads == 1 and len(refresher.files.material.authorities) == 1
+        assert len(refresher.lists.crls) == 1
+        assert presented(options, pki.app, pki.ca.cert) == _serial(pki)
+        RevocationLists(crl, bundle)  # (and a start takes them)
+    finally:
+        refresher.stopService()
+
+
+def test_a_look_now_takes_renewed_files_at_once_and_says_when_nothing_changed(
+        pki, logged) -> None:
+    """What SIGHUP does: a look without waiting for the tick, with the same checks and
+    lines; one line when the files are unchanged; one asked for while a look runs is
+    made again after it (that look may have read the files before they were written);
+    before the start, nothing."""
+    clock, threads = Clock(), HeldThreads()
+    refresher = _refresher(pki, clock, run_in_thread=threads)
+    refresher.look_now()  # (not started: nothing to look at yet)
+    assert threads.calls == []
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        refresher.look_now()
+        threads.finish()
+        assert any("tls: SIGHUP:" in line and "unchanged" in line for _, line in logged)
+        refresher.look_now()  # a look under way ...
+        renewed = _renew(pki)  # ... the files written meanwhile ...
+        refresher.look_now()  # ... and SIGHUP again: another look after it
+        assert len(threads.calls) == 1
+        threads.finish()
+        assert len(threads.calls) == 1
+        threads.finish()
+        assert presented(options, pki.app, pki.ca.cert) == renewed.serial_number
+        assert refresher.reloads == 1 and threads.calls == []
+        assert clock.seconds() == 0  # (no tick)
+    finally:
+        refresher.stopService()

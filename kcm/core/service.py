@@ -116,7 +116,9 @@ class PolicyFile(Service):
     reload; each function in :attr:`on_change` is called with it at start and on every
     change; :attr:`gateway_scopes` the gateways' scopes (the file's ``[gateways]``,
     :mod:`kcm.core.gateway_scopes`), each function in :attr:`on_scopes` called with them at
-    start and whenever they change (they stay in the core: gateways are not sent them).
+    start and whenever they change (they stay in the core: gateways are not sent them);
+    each function in :attr:`on_sighup` is called on the reactor at each SIGHUP, after the
+    reload is begun (the TLS files' look, :meth:`kcm.tls_refresh.TlsRefresher.look_now`).
     A reload that changed the map writes a ``policy`` event through ``store`` so
     every gateway applies it in order, and, in the same transaction, audit records of what
     changed (:func:`access_policy_records`): a mapping gives a certificate subject a
@@ -137,6 +139,7 @@ class PolicyFile(Service):
         self.on_change: list[Callable[[SubjectMap | None], None]] = []
         self.gateway_scopes = GatewayScopes({})
         self.on_scopes: list[Callable[[GatewayScopes], None]] = []
+        self.on_sighup: list[Callable[[], object]] = []
         self._run = run_in_thread or in_reactor_threads(reactor)
         self._reads = DeferredLock()  # reloads read the file one after another
         self._writes = DeferredLock()  # policy events commit in reload order
@@ -177,12 +180,21 @@ class PolicyFile(Service):
             change(scopes)
 
     def _install_sighup(self) -> None:
-        """SIGHUP reloads the policy file. The handler only schedules :meth:`reload` on the
-        reactor (``callFromThread`` is safe from a signal handler); signals can only be
-        handled in the main thread, so elsewhere (tests) nothing is installed."""
+        """SIGHUP reloads the policy file, then calls :attr:`on_sighup`. The handler only
+        schedules :meth:`sighup` on the reactor (``callFromThread`` is safe from a signal
+        handler); signals can only be handled in the main thread, so elsewhere (tests)
+        nothing is installed."""
         if threading.current_thread() is threading.main_thread():
             self._previous_sighup = signal.signal(
-                signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload))
+                signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.sighup))
+
+    def sighup(self) -> Deferred[None]:
+        """What SIGHUP does: :meth:`reload`, then each of :attr:`on_sighup`; what
+        :meth:`reload` gives."""
+        reloading = self.reload()
+        for also in self.on_sighup:
+            also()
+        return reloading
 
     def reload(self) -> Deferred[None]:
         """Re-read the policy file; if it changed, use it at once (new direct connections,

@@ -168,6 +168,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     certificate_expiry = CertificateExpiry()
     refresher = TlsRefresher(tls.cert, tls.key, tls.ca, reactor, crl=tls.crl,
                              interval=tls.crl_refresh, refusals=refusals)
+    policy.on_sighup.append(refresher.look_now)  # SIGHUP: the TLS files looked at too
 
     def kmip_options(material: TlsMaterial, lists: RevocationLists | None) -> Any:
         return listener_tls_options(material, tls.policy, lists,

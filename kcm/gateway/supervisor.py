@@ -757,16 +757,20 @@ class SupervisorLifeline(Service):
 class SighupIgnored(Service):
     """SIGHUP does not end this process: in a worker (``note`` None) it is ignored, since
     ``systemctl kill -s HUP`` and a terminal's hang-up reach every process of the unit or
-    group, and a reload is the supervisor's alone; in one gateway process (workers = 1),
-    which has nothing to reload, ``note`` is logged as a warning instead. Stopping leaves
-    it so: a SIGHUP while the process drains must not end it either (the process exits
-    soon after)."""
+    group, and a reload is the supervisor's alone (its rolling restart: each new worker
+    reads the files as it starts); in one gateway process (workers = 1) ``note`` is logged
+    instead, and ``reload`` called (its TLS files' look,
+    :meth:`kcm.tls_refresh.TlsRefresher.look_now`; without one the note is a warning).
+    Stopping leaves it so: a SIGHUP while the process drains must not end it either (the
+    process exits soon after)."""
 
     name = "kcm-sighup"
 
-    def __init__(self, reactor: Any, note: str | None = None) -> None:
+    def __init__(self, reactor: Any, note: str | None = None,
+                 reload: Callable[[], object] | None = None) -> None:
         self.reactor = reactor
         self.note = note
+        self.reload = reload
 
     def startService(self) -> None:
         handler: Any = signal.SIG_IGN
@@ -777,7 +781,11 @@ class SighupIgnored(Service):
         super().startService()
 
     def _noted(self) -> None:
-        log.warn("{note}", note=self.note)
+        if self.reload is None:
+            log.warn("{note}", note=self.note)
+            return
+        log.info("{note}", note=self.note)
+        self.reload()
 
 
 class GatewaySupervisor(ProcessService):

@@ -268,9 +268,11 @@ def makeService(options: Options,
     gateway.metrics = metrics
 
     # First, so that a SIGHUP does not end the process as the rest starts.
+    # One gateway process (workers = 1): SIGHUP makes the TLS files' look at once.
     SighupIgnored(reactor, None if worker is not None else
-                  "kcm-gateway: SIGHUP ignored: one gateway process (workers = 1) reloads "
-                  "nothing; restart it to apply changes").setServiceParent(gateway)
+                  "kcm-gateway: SIGHUP: one gateway process (workers = 1) looks at its TLS "
+                  "files now; other changes take a restart",
+                  reload=tls_files.look_now).setServiceParent(gateway)
     tls_files.setServiceParent(gateway)  # (before the identity loads the link's options)
     GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
     link.setServiceParent(gateway)

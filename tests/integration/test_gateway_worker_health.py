@@ -289,7 +289,8 @@ def test_one_gateway_process_logs_a_sighup_and_serves_on(tmp_path: Path) -> None
     with running(core, gateway):
         assert gateway.process is not None
         gateway.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: "SIGHUP ignored" in gateway.log.read_text(), "the SIGHUP logged")
+        wait_until(lambda: "looks at its TLS files now" in gateway.log.read_text(),
+                   "the SIGHUP logged")
         assert gateway.process.poll() is None
         with gateway.client() as client:
             succeeded_v21(client, locate())

@@ -121,3 +121,25 @@ def test_the_core_reads_its_policy_file_and_its_audit_records_in_a_thread(
         assert policy.subject_map is seen[1]
     finally:
         policy.stopService()
+
+
+def test_a_sighup_reloads_the_policy_file_then_makes_the_tls_look(tmp_path: Path) -> None:
+    """kcm-core's SIGHUP: the policy reload as before, then each of ``on_sighup`` (the TLS
+    files' look, wired by kcm.core.tap), whether or not a policy file is configured."""
+    path = tmp_path / "policy.toml"
+    path.write_text("[subjects]\n")
+    threads = HeldThreads()
+    for configured in (str(path), None):
+        policy = PolicyFile(configured, FakeStore(), Clock(),  # type: ignore[arg-type]
+                            run_in_thread=threads)
+        looks: list[int] = []
+        policy.on_sighup.append(lambda looks=looks: looks.append(len(threads.calls)))
+        policy.startService()
+        try:
+            policy.sighup()
+            # (the file's read begun first, in the thread; without one, nothing to read)
+            assert looks == [1 if configured else 0]
+            if configured:
+                threads.finish()
+        finally:
+            policy.stopService()

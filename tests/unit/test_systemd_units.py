@@ -83,13 +83,13 @@ def test_core_state_directory_and_reload() -> None:
     assert service["StateDirectory"] == "kcm"
     assert service["StateDirectoryMode"] == "0700"  # kcm core init refuses an open directory
     assert "/var/lib/kcm" in service["ReadWritePaths"].split()
-    # kcm-core reloads its policy file on SIGHUP.
+    # kcm-core reloads its policy file and looks at its TLS files on SIGHUP.
     assert "-HUP" in service["ExecReload"] and "$MAINPID" in service["ExecReload"]
 
 
 def test_gateway_reload_signals_the_main_process_only() -> None:
     # With workers, SIGHUP to the supervisor alone restarts the workers one at a time; a
-    # single gateway process logs it and goes on (kcm.gateway.supervisor.SighupIgnored).
+    # single gateway process looks at its TLS files (kcm.gateway.supervisor.SighupIgnored).
     service = read_unit(UNITS["kcm-gateway"])["Service"]
     assert "-HUP" in service["ExecReload"] and "$MAINPID" in service["ExecReload"]
     assert service["KillMode"] == "mixed"  # the supervisor stops its workers itself

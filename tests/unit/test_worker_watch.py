@@ -363,5 +363,15 @@ def test_a_worker_ignores_sighup_and_one_gateway_process_logs_it(caplog_events) 
         os.kill(os.getpid(), signal.SIGHUP)
         single.stopService()
         assert "kcm-gateway: SIGHUP ignored: nothing to reload" in caplog_events
+
+        # One gateway process with its TLS files' look: the note, then the look.
+        looks: list[str] = []
+        single = SighupIgnored(clock, "kcm-gateway: SIGHUP: looking at the TLS files",
+                               reload=lambda: looks.append("look"))
+        single.startService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        single.stopService()
+        assert looks == ["look"]
+        assert "kcm-gateway: SIGHUP: looking at the TLS files" in caplog_events
     finally:
         signal.signal(signal.SIGHUP, previous)

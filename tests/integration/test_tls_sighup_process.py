@@ -1,0 +1,93 @@
+"""SIGHUP makes the TLS files' look at once, end to end: with ``tls.crl_refresh`` an hour, a
+kcm-core and a single kcm-gateway process (workers = 1) whose certificate and key are
+renewed present the new certificate at a new TLS handshake within a second of a SIGHUP;
+with workers, the supervisor's rolling restart does it (each new worker reads the files as
+it starts)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from cryptography import x509
+
+from kcm.pki import write_certificate
+from kcm.testing.processes import GatewayProcess, deploy
+from tests.e2e_support import wait_until
+from tests.integration.test_tls_renewal_process import _presented, _renewed, _serial
+
+#: A tick far away: only the SIGHUP can make the look within the test.
+HOUR = {"crl_refresh": 3600}
+
+
+def _seen_within(port: int, pki, serial: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _presented(port, pki, pki.app) == serial:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_sighup_takes_renewed_certificates_at_once(tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    pki = core.pki
+    core.tls_settings = dict(HOUR)
+    core.write_config()
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(),
+                             tls_settings=dict(HOUR))
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        old_core = _serial(pki.core.cert)
+        cert, key = _renewed(pki, pki.core)
+        write_certificate(pki.core, cert, key)
+        time.sleep(0.5)
+        assert _presented(core.port, pki, pki.app) == old_core  # (no tick meanwhile)
+        core.process.send_signal(signal.SIGHUP)
+        assert _seen_within(core.port, pki, cert.serial_number, 1.0)
+        assert _presented(core.link_port, pki, pki.gateway) == cert.serial_number
+        log = core.log.read_text()
+        assert f"certificate serial {cert.serial_number:x}" in log
+        # The policy reload as before.
+        wait_until(lambda: "policy reload: " in core.log.read_text()
+                   and "is unchanged" in core.log.read_text(), "the policy reload")
+        core.process.send_signal(signal.SIGHUP)  # unchanged: one line says so
+        wait_until(lambda: "tls: SIGHUP:" in core.log.read_text()
+                   and "are unchanged" in core.log.read_text(), "the unchanged look")
+
+        old_gateway = x509.load_pem_x509_certificate(pki.gateway.cert.read_bytes())
+        cert, key = _renewed(pki, pki.gateway)
+        write_certificate(pki.gateway, cert, key)
+        assert _presented(gateway.port, pki, pki.app) == old_gateway.serial_number
+        gateway.process.send_signal(signal.SIGHUP)
+        assert _seen_within(gateway.port, pki, cert.serial_number, 1.0)
+        assert gateway.process.poll() is None
+        assert "looks at its TLS files now" in gateway.log.read_text()
+    finally:
+        gateway.stop()
+        core.stop()
+
+
+def test_a_sighup_to_a_gateway_with_workers_restarts_them_on_the_renewed_files(
+        tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    pki = core.pki
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(), workers=2,
+                             tls_settings=dict(HOUR))
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        cert, key = _renewed(pki, pki.gateway)
+        write_certificate(pki.gateway, cert, key)
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "every kcm-gateway worker was restarted" in gateway.log.read_text(),
+                   "the rolling restart to finish", timeout=60.0)
+        assert {_presented(gateway.port, pki, pki.app) for _ in range(6)} == \
+            {cert.serial_number}
+    finally:
+        gateway.stop()
+        core.stop()

@@ -3,7 +3,8 @@
 Each request refused because the store is unavailable has its own line (it is the only
 record of it: its audit record would meet the same store), and those lines say "database or
 disk is full" without saying which disk. This one names the database's directory and the
-bytes free there (:func:`kcm.core.store.disk_space.disk_full`), at most once every
+bytes free there (:class:`kcm.core.store.disk_space.DiskSpace`, whose reading it shares
+with the readiness check: :attr:`DiskFullLine.disk`), at most once every
 :data:`INTERVAL` seconds however many requests fail, with how many did
 (:class:`kcm.throttled_line.ThrottledLine`). It is written only while the disk counts as
 full: a store unavailable for another reason (a lock another process holds) is not
@@ -12,11 +13,10 @@ reported so.
 
 from __future__ import annotations
 
-from sqlalchemy.engine import make_url
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
-from kcm.core.store.disk_space import disk_full
+from kcm.core.store.disk_space import DiskSpace
 from kcm.throttled_line import ThrottledLine
 
 __all__ = ["INTERVAL", "DiskFullLine"]
@@ -37,15 +37,16 @@ class DiskFullLine:
     database."""
 
     def __init__(self, reactor: IReactorTime, database_url: str) -> None:
-        url = make_url(database_url)
-        self._file = (url.database or None) if url.get_backend_name() == "sqlite" else None
+        #: The database's disk (None: not a SQLite file), read at most once a second.
+        self.disk = DiskSpace.of(database_url, clock=reactor.seconds)
         self._line = ThrottledLine(reactor, _MESSAGE, interval=INTERVAL,
                                    level=LogLevel.error, logger=log)
 
     def failed(self) -> None:
-        """A request failed, the store unavailable: is its disk full? (One ``statvfs``.)"""
-        if self._file is None:
+        """A request failed, the store unavailable: is its disk full? (One ``statvfs`` a
+        second at most.)"""
+        if self.disk is None:
             return
-        why = disk_full(self._file)
+        why = self.disk.full()
         if why is not None:
             self._line.note(why=why)

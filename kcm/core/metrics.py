@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from kcm.core.event_fanout import EventFanout
     from kcm.core.link_server import LinkServerFactory
     from kcm.core.state_sweeper import StateSweeper
+    from kcm.core.store.disk_space import DiskSpace
     from kcm.tls_refresh import TlsRefresher
 
 __all__ = ["GROUP_SIZE_BUCKETS", "CoreMetrics", "DatabaseReadiness", "database_state"]
@@ -312,10 +313,12 @@ class _CallbackCounter:
 
 
 def database_state(url: str, timeout: float = 2.0, *,
-                   write_lock: threading.Lock | None = None) -> dict[str, Any]:
+                   write_lock: threading.Lock | None = None,
+                   disk: DiskSpace | None = None) -> dict[str, Any]:
     """Whether the database at ``url`` answers now, on a fresh connection, is at the
     newest migration and (SQLite) would let a write take its write lock and has room for
-    it (:func:`kcm.core.store.disk_space.disk_full`):
+    it (``disk``, the process's :class:`kcm.core.store.disk_space.DiskSpace` of it, with
+    its hysteresis; None: :func:`kcm.core.store.disk_space.disk_full` read now):
     ``{"database": "ok", "revision": R}``, else ``{"database": why}``. Blocking: run it on
     a thread. A missing SQLite file is not created.
 
@@ -334,7 +337,7 @@ def database_state(url: str, timeout: float = 2.0, *,
     ``default_transaction_read_only`` set for the database or role) is not writable."""
     head = _head_revision()
     try:
-        revision, not_writable = _revision(url, timeout, write_lock)
+        revision, not_writable = _revision(url, timeout, write_lock, disk)
     except Exception as e:  # noqa: BLE001 - any failure to read is "not reachable"
         return {"database": f"unreachable: {_first_line(e)}"}
     if revision != head:
@@ -357,8 +360,8 @@ def _head_revision() -> str:
     return HEAD_REVISION
 
 
-def _revision(url: str, timeout: float,
-              write_lock: threading.Lock | None = None) -> tuple[str | None, str | None]:
+def _revision(url: str, timeout: float, write_lock: threading.Lock | None = None,
+              disk: DiskSpace | None = None) -> tuple[str | None, str | None]:
     """The revision the database is at, and why a write could not begin now (SQLite: its
     write lock not had; PostgreSQL: a new session is read-only; None: it could)."""
     from sqlalchemy import create_engine, text
@@ -382,8 +385,8 @@ def _revision(url: str, timeout: float,
             connection.close()
         # The write lock is had on a full disk too (BEGIN IMMEDIATE writes nothing), but
         # every commit then fails: "database or disk is full".
-        return None if row is None else str(row[0]), refused or disk_full(
-            str(parsed.database or ""))
+        return None if row is None else str(row[0]), refused or (
+            disk.full() if disk is not None else disk_full(str(parsed.database or "")))
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     engine = create_engine(parsed, poolclass=NullPool,

@@ -86,6 +86,7 @@ from kcm.core.operations.register import prepare_register
 from kcm.core.queue_expiry import LATE_GRACE_S, RequestExpired
 from kcm.core.refusal_records import RefusalRecords
 from kcm.core.server_info import ServerInfo
+from kcm.core.store.disk_space import DiskSpace
 from kcm.core.store.engine import Store
 from kcm.core.store.lean import LeanTransaction
 from kcm.core.store.transaction_lost import check_transaction
@@ -257,6 +258,12 @@ class CoreRequestHandler:
         self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)
         self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED, logger=log)
         self._disk_full_line = DiskFullLine(reactor, store.url)
+
+    @property
+    def disk_space(self) -> DiskSpace | None:
+        """The disk of the SQLite database (None: another database), as its log line
+        reads it: the readiness check shares it (:func:`kcm.core.metrics.database_state`)."""
+        return self._disk_full_line.disk
 
     @property
     def limits(self) -> CoreLimits:

@@ -270,8 +270,10 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         from kcm.metrics_http import metrics_listener, metrics_site
 
         # (the check's write probe waits its turn behind this core's own writes)
+        # (and shares the disk's reading with the log line: one hysteresis, one statvfs a
+        # second at most)
         readiness = DatabaseReadiness(config.database, reactor, check=partial(
-            database_state, write_lock=store.writers_lock))
+            database_state, write_lock=store.writers_lock, disk=handler.disk_space))
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(metrics.registry, readiness,
                                       stopping=lambda: core.stopping)).setServiceParent(core)

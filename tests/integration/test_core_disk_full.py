@@ -1,12 +1,13 @@
 """kcm-core's database volume full, on real processes: writes are refused with a clear
 KMIP answer (and so are reads: each writes its audit record first), the gateway goes on
-serving L4 work from its cached keys, /readyz says 503 and why, one line names the full
-disk; once space is freed, everything works again without a restart, and the audit chain
-verifies."""
+serving L4 work from its cached keys, /readyz says 503 and why (and stays so until 2 MiB
+are free, not just above the 1 MiB line), one line names the full disk; once space is
+freed, everything works again without a restart, and the audit chain verifies."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from kcm.kmip.enums import ResultStatus
@@ -53,6 +54,15 @@ def test_a_full_database_disk_refuses_writes_and_recovers_by_itself(tmp_path: Pa
                 assert log.count(f"kcm-core cannot write its database: the disk is full "
                                  f"({disk}: 0 bytes free)") == 1  # (not one per request)
 
+                # Hysteresis: 1.5 MiB freed is above the line, not enough to be ready
+                # again (2 MiB), however often it is asked (each reading lasts a second).
+                with open(filler, "r+b") as f:
+                    f.truncate(filler.stat().st_size - (3 << 19))
+                for _ in range(3):
+                    time.sleep(0.6)
+                    status, body = scrape(core.metrics_port, "/readyz")
+                    assert status == 503, body
+                    assert "the disk is full" in json.loads(body)["database"]
                 filler.unlink()
                 wait_until(lambda: scrape(core.metrics_port, "/readyz")[0] == 200,
                            "readiness after space was freed")

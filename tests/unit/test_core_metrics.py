@@ -320,3 +320,28 @@ def test_database_state_of_a_database_on_a_full_disk_is_not_writable(
         f"not writable: the disk is full ({directory}: 4096 bytes free)")
     monkeypatch.setattr(disk_space, "free_bytes", lambda path: disk_space.DISK_FULL_BELOW)
     assert database_state(core.store.url)["database"] == "ok"
+
+
+def test_readiness_shares_the_log_line_s_disk_and_its_hysteresis(
+        core: CoreHarness) -> None:
+    """kcm-core's readiness asks the request handler's DiskSpace (kcm.core.tap): once
+    the disk counts as full, /readyz stays 503 until 2 MiB are free, not at 1 MiB and a
+    byte."""
+    from kcm.core.store import disk_space
+
+    free = {"bytes": 4096}
+    now = [0.0]
+    disk = disk_space.DiskSpace.of(core.store.url, clock=lambda: now[0],
+                                   free=lambda path: free["bytes"])
+    assert disk is not None
+
+    def state(value: int) -> str:
+        free["bytes"] = value
+        now[0] += disk_space.READ_EVERY
+        return database_state(core.store.url, disk=disk)["database"]
+
+    assert state(4096).startswith("not writable: the disk is full")
+    assert state(disk_space.DISK_FULL_BELOW + 1).startswith("not writable: the disk is full")
+    assert state(disk_space.DISK_FREE_AGAIN) == "ok"
+    assert state(disk_space.DISK_FULL_BELOW + 1) == "ok"
+    assert core.handler.disk_space is not None  # (what kcm.core.tap gives the check)

@@ -42,7 +42,7 @@ def test_one_line_names_the_full_disk_however_many_requests_fail(
     assert str(tmp_path) in first["log_format"].format(**first)
     clock.advance(INTERVAL)
     assert [event["count"] for event in lines] == [1, 499]
-    free["bytes"] = disk_space.DISK_FULL_BELOW  # space freed: a failure for another reason
+    free["bytes"] = disk_space.DISK_FREE_AGAIN  # space freed: a failure for another reason
     clock.advance(INTERVAL)
     line.failed()
     assert len(lines) == 2
@@ -75,3 +75,64 @@ def test_a_disk_whose_free_space_cannot_be_read_is_not_called_full(
 
     monkeypatch.setattr(disk_space, "free_bytes", refused)
     assert disk_space.disk_full(str(tmp_path / "kcm.db")) is None
+
+
+def test_the_disk_counts_as_full_below_1_mib_and_free_again_from_2_mib() -> None:
+    """Hysteresis: at the line, a few bytes coming and going do not flap the answer (nor
+    /readyz, which asks the same object); values injected."""
+    free = {"bytes": 5 << 20}
+    now = [0.0]
+    disk = disk_space.DiskSpace("/data/kcm.db", clock=lambda: now[0], every=1.0,
+                                free=lambda directory: free["bytes"])
+    seen = []
+    for value in (5 << 20, (1 << 20) + 1, (1 << 20) - 1, (1 << 20) + 1, (2 << 20) - 1,
+                  2 << 20, (1 << 20) + 1, (1 << 20) - 1):
+        free["bytes"] = value
+        now[0] += 1.0
+        seen.append(disk.full() is not None)
+    assert seen == [False, False, True, True, True, False, False, True]
+    assert disk.full() == "the disk is full (/data: 1048575 bytes free)"
+
+
+def test_the_free_space_is_read_once_a_second_at_most() -> None:
+    """Each request the store fails asks, on the reactor: statvfs (some 15 us on a local
+    disk, more on a network one) is not run for each, the reading is used for a second."""
+    reads: list[str] = []
+    now = [100.0]
+
+    def free(directory: str) -> int:
+        reads.append(directory)
+        return 0
+
+    disk = disk_space.DiskSpace("/data/kcm.db", clock=lambda: now[0], free=free)
+    for _ in range(1000):
+        assert disk.full() is not None
+    assert reads == ["/data"]
+    now[0] += disk_space.READ_EVERY
+    disk.full()
+    assert len(reads) == 2
+
+
+def test_a_free_space_that_cannot_be_read_keeps_what_was_decided() -> None:
+    answers: list[object] = [0, OSError("gone"), 10 << 20, OSError("gone")]
+    now = [0.0]
+
+    def free(directory: str) -> int:
+        answer = answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    disk = disk_space.DiskSpace("/data/kcm.db", clock=lambda: now[0], free=free)
+    states = []
+    for _ in range(4):
+        states.append(disk.full() is not None)
+        now[0] += 1.0
+    assert states == [True, True, False, False]
+
+
+def test_only_a_sqlite_file_has_a_disk_space() -> None:
+    assert disk_space.DiskSpace.of("postgresql+psycopg://kcm@db/kcm") is None
+    assert disk_space.DiskSpace.of("sqlite://") is None
+    disk = disk_space.DiskSpace.of("sqlite:////var/lib/kcm/kcm.db")
+    assert disk is not None and disk.directory == "/var/lib/kcm"

@@ -37,6 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kcm.identity import parse_principal_path, validate_trust_domain
 
 __all__ = [
+    "DEFAULT_HOSTS",
     "CertificateAuthority",
     "CertKeyPaths",
     "IssuedCertificate",
@@ -56,6 +57,10 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 #: The organization every development certificate names.
 DEV_ORGANIZATION = "KCM Dev"
 DEFAULT_DAYS = 825
+#: The names the core's and the gateway's certificates carry unless told otherwise: the
+#: loopback host of either address family, so that a client may connect to [::1] as to
+#: 127.0.0.1 and check the name.
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 CA_DAYS = 3650
 # Certificates start a little in the past so a peer whose clock is slightly behind accepts them.
 _BACKDATE = dt.timedelta(minutes=5)
@@ -321,7 +326,7 @@ def init_pki(
     trust_domain: str = "kcm.test",
     tenant: str = "demo",
     service: str = "app",
-    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+    hosts: Sequence[str] = DEFAULT_HOSTS,
     days: int = DEFAULT_DAYS,
     force: bool = False,
     now: dt.datetime | None = None,

@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument(
         "--host", dest="hosts", action="append", metavar="HOST",
         help="DNS name or IP address for the core and gateway certificates (repeatable; "
-        "default: localhost and 127.0.0.1)",
+        "default: localhost, 127.0.0.1 and ::1)",
     )
     init.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
                       help="validity of the leaf certificates in days")
@@ -77,7 +77,7 @@ def _run_init(args: argparse.Namespace) -> int:
             trust_domain=args.trust_domain,
             tenant=args.tenant,
             service=args.service,
-            hosts=tuple(args.hosts) if args.hosts else ("localhost", "127.0.0.1"),
+            hosts=tuple(args.hosts) if args.hosts else pki.DEFAULT_HOSTS,
             days=args.days,
             force=args.force,
         )

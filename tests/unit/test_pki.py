@@ -84,9 +84,10 @@ def test_core_is_a_server_with_host_names(pki: PkiPaths) -> None:
     assert _uris(cert) == []
     verifier = PolicyBuilder().store(_store(pki)).build_server_verifier(x509.DNSName("localhost"))
     verifier.verify(cert, [])
-    verifier = PolicyBuilder().store(_store(pki)).build_server_verifier(
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    verifier.verify(cert, [])
+    for address in ("127.0.0.1", "::1"):  # (a client may connect to either loopback)
+        verifier = PolicyBuilder().store(_store(pki)).build_server_verifier(
+            x509.IPAddress(ipaddress.ip_address(address)))
+        verifier.verify(cert, [])
     with pytest.raises(VerificationError):
         PolicyBuilder().store(_store(pki)).build_client_verifier().verify(cert, [])
 
@@ -97,6 +98,8 @@ def test_gateway_is_server_and_client(pki: PkiPaths) -> None:
     assert _uris(cert) == ["spiffe://kcm.test/gateway/gw1"]
     PolicyBuilder().store(_store(pki)).build_server_verifier(x509.DNSName("localhost")).verify(
         cert, [])
+    PolicyBuilder().store(_store(pki)).build_server_verifier(
+        x509.IPAddress(ipaddress.ip_address("::1"))).verify(cert, [])
     PolicyBuilder().store(_store(pki)).build_client_verifier().verify(cert, [])
 
 

@@ -76,7 +76,6 @@ from twisted.internet import fdesc, tcp, unix
 from twisted.internet.defer import CancelledError, Deferred, execute, fail, maybeDeferred
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
-    clientFromString,
     serverFromString,
 )
 from twisted.internet.interfaces import (
@@ -103,6 +102,7 @@ from kcm.connection_guard import ConnectionGuard
 from kcm.eager_tls import EagerTLSClientEndpoint, EagerTLSFactory
 from kcm.handoff import HandoffServerEndpoint, parse_handoff
 from kcm.identity import Principal, SubjectMap, principal_from_certificate
+from kcm.tcp_client import plain_client_endpoint
 from kcm.tls_crl import RevocationLists, RevocationWatch
 from kcm.tls_policy import DEFAULT_TLS12_CIPHERS, TlsPolicy
 
@@ -669,7 +669,7 @@ def tls_client_endpoint(
 ) -> IStreamClientEndpoint:
     """A TLS client endpoint over the plain endpoint ``description`` (``tcp:HOST:PORT``)."""
     _refuse_tls_description(description)
-    return EagerTLSClientEndpoint(options, clientFromString(reactor, description))
+    return EagerTLSClientEndpoint(options, plain_client_endpoint(reactor, description))
 
 
 class TLSListener(Service):

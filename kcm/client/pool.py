@@ -49,9 +49,8 @@ def tls_endpoint_factory(reactor: Any, tls: TlsFiles, endpoints: Sequence[Endpoi
     once its TLS handshake is done, the TCP connection and the handshake each within
     ``connect_timeout``. Reads the files now: a wrong file fails here
     (:class:`KmipClientError`), not at the first request."""
-    from twisted.internet.endpoints import TCP4ClientEndpoint
-
     from kcm.eager_tls import EagerTLSClientEndpoint
+    from kcm.tcp_client import tcp_client_endpoint
     from kcm.tls import client_tls_options
 
     try:
@@ -62,8 +61,10 @@ def tls_endpoint_factory(reactor: Any, tls: TlsFiles, endpoints: Sequence[Endpoi
 
     def endpoint_for(endpoint: Endpoint) -> IStreamClientEndpoint:
         # (What the endpoint string "tcp:HOST:PORT" makes, with a timeout that may be a
-        # fraction of a second: the string's parser takes whole seconds only.)
-        tcp = TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=connect_timeout)
+        # fraction of a second: the string's parser takes whole seconds only. A host name
+        # is resolved to IPv6 addresses as well as IPv4 ones.)
+        tcp = tcp_client_endpoint(reactor, endpoint.host, endpoint.port,
+                                  timeout=connect_timeout)
         return EagerTLSClientEndpoint(options[endpoint.host], tcp,
                                       handshake_timeout=connect_timeout, clock=reactor)
 

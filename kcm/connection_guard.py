@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 
 from kcm.connection_refusals import ConnectionRefusals
 from kcm.eager_tls import EagerTLSFactory, EagerTLSProtocol
+from kcm.peer_address import peer_host
 from kcm.tcp_reads import read_into_shared_buffer
 
 __all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "DescriptorBudget",
@@ -289,8 +290,7 @@ class _Summary:
 
 
 def _host(transport: Any) -> str:
-    peer = transport.getPeer()
-    return str(getattr(peer, "host", peer))
+    return peer_host(transport.getPeer())
 
 
 #: The most characters of a failed handshake's reason that are logged.

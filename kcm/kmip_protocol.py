@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kcm.connection_refusals import ConnectionRefusals
+from kcm.peer_address import peer_label
 from kcm.throttled_line import ThrottledLine
 from kcm.tls import peer_certificate
 from kcm.ttlv.errors import MessageTooLarge, TtlvError
@@ -338,7 +339,7 @@ class KmipServerProtocol(Protocol):
     def handshakeCompleted(self) -> None:
         principal = self._resolve_principal(self.transport)
         peer = self.transport.getPeer()
-        address = self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        address = self._peer = peer_label(peer)
         if principal is None:
             # The client's first request is answered Permission Denied, then the connection
             # closes: the client learns why, not only that it was cut off. Nothing is handed

@@ -60,6 +60,7 @@ from twisted.logger import Logger
 
 from kcm.connection_refusals import ConnectionRefusals
 from kcm.file_stamp import FileStamp, file_stamp
+from kcm.peer_address import peer_host
 
 __all__ = ["REFRESH_INTERVAL", "CertificateKey", "CrlReading", "RevocationLists",
            "RevocationWatch", "chain_keys", "load_crls", "revoked_keys", "unsigned_crl"]
@@ -364,4 +365,4 @@ def _peer_host(protocol: Any) -> str:
         peer = protocol.transport.getPeer()
     except Exception:  # noqa: BLE001 - only for the log line
         return "?"
-    return str(getattr(peer, "host", peer))
+    return peer_host(peer)

@@ -39,6 +39,7 @@ from kcm.link.frames import (
     encode_frame,
     peek_frame_head,
 )
+from kcm.peer_address import peer_label
 from kcm.ttlv.errors import TtlvError
 
 log = Logger()
@@ -77,8 +78,7 @@ class LinkProtocol(Protocol):
 
     # Connection life ----------------------------------------------------------------------
     def connectionMade(self) -> None:
-        address = self.transport.getPeer()
-        self.peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
+        self.peer = peer_label(self.transport.getPeer())
         self._last_received = self.clock.seconds()
         self.start_heartbeat(self.heartbeat_interval)
 

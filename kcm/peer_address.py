@@ -1,0 +1,40 @@
+"""How a connection's peer is named in logs, audit records and per-address limits.
+
+An IPv6 address is written in brackets before its port (``[2001:db8::7]:40112``, RFC 3986),
+so that the port cannot be read as the address's last group; an IPv4 client that reached a
+dual-stack IPv6 listener (``tcp6:5696``, which takes IPv4 connections too) is named by its
+IPv4 address, not the mapped form ``::ffff:192.0.2.7``, as it would be on an IPv4 listener
+(its connections count towards the same per-address limit under one name).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+__all__ = ["peer_host", "peer_label"]
+
+
+def peer_host(address: Any) -> str:
+    """The host of a Twisted address (``transport.getPeer()``): an IP address, an IPv4-mapped
+    IPv6 address as the IPv4 one; the address itself for one without a host (Unix)."""
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return str(address)
+    if host[:7].lower() == "::ffff:":
+        try:
+            mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        except ValueError:
+            mapped = None
+        if mapped is not None:
+            return str(mapped)
+    return host
+
+
+def peer_label(address: Any) -> str:
+    """``HOST:PORT`` of a Twisted address, ``[V6]:PORT`` for IPv6 (see the module)."""
+    host = peer_host(address)
+    port = getattr(address, "port", "")
+    if ":" in host and isinstance(getattr(address, "host", None), str):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"

@@ -1,0 +1,30 @@
+"""How a peer is named (kcm.peer_address): IPv6 in brackets before the port, IPv4-mapped
+addresses as IPv4."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+from kcm.peer_address import peer_host, peer_label
+
+
+@pytest.mark.parametrize(("address", "host", "label"), [
+    (IPv4Address("TCP", "192.0.2.7", 40112), "192.0.2.7", "192.0.2.7:40112"),
+    (IPv6Address("TCP", "::1", 40112), "::1", "[::1]:40112"),
+    (IPv6Address("TCP", "2001:db8::1", 443), "2001:db8::1", "[2001:db8::1]:443"),
+    # (a dual-stack listener's IPv4 client: named as on an IPv4 listener)
+    (IPv6Address("TCP", "::ffff:192.0.2.7", 40112), "192.0.2.7", "192.0.2.7:40112"),
+    (IPv6Address("TCP", "::FFFF:C000:0207", 1), "192.0.2.7", "192.0.2.7:1"),
+    (IPv6Address("TCP", "::ffff:0:1:2", 1), "::ffff:0:1:2", "[::ffff:0:1:2]:1"),
+])
+def test_ip_peers(address: object, host: str, label: str) -> None:
+    assert peer_host(address) == host
+    assert peer_label(address) == label
+
+
+def test_a_peer_without_a_host_is_named_as_before() -> None:
+    address = UNIXAddress(None)
+    assert peer_host(address) == str(address)
+    assert peer_label(address) == f"{address}:"
+    assert peer_label("?") == "?:"

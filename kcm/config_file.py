@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields, replace
@@ -260,12 +261,20 @@ def check_endpoint(setting: str, value: Any, kinds: Collection[str], *,
         endpoint = (clientFromString if client else serverFromString)(_NO_REACTOR, value)
     except (ValueError, TypeError, KeyError) as e:
         why = "its port is not a number" if "invalid literal for int()" in str(e) else str(e)
+        if _UNESCAPED_IPV6.search(value):
+            why = _IPV6_HINT
         raise ConfigError(f"{setting} {value!r} is not a valid endpoint: {why}") from None
     port = getattr(endpoint, "_port", None)
     if isinstance(port, int) and not (1 if client else 0) <= port <= 65535:
         raise ConfigError(f"{setting} {value!r}: the port must be from 1 to 65535")
     return value
 
+
+#: An IPv6 address written as elsewhere (``::1``, ``[::1]``), which an endpoint string takes
+#: only with its colons escaped.
+_UNESCAPED_IPV6 = re.compile(r"\[|(?<!\\)::")
+_IPV6_HINT = ("an IPv6 address needs its colons escaped, no brackets: "
+              "tcp6:5696:interface=\\:\\:1 (a listener), tcp:\\:\\:1:5697 (a core)")
 
 #: Stands for the reactor while an endpoint string is only parsed (no endpoint is used).
 _NO_REACTOR = object()

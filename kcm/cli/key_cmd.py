@@ -163,7 +163,10 @@ def parse_server(text: str | None) -> tuple[str, int]:
     if not text:
         raise CommandError("no server: give --server HOST:PORT or set KCM_SERVER")
     host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host or "[" in host or "]" in host:  # ::1:5696, [::1: an IPv6 address bare
+        raise CommandError(f"--server {text!r} is not HOST:PORT (IPv6: [ADDRESS]:PORT)")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise CommandError(f"--server {text!r} is not HOST:PORT")
     return host, int(port)

@@ -20,7 +20,7 @@ def test_server(text: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize("text", ["", None, "host", ":5696", "host:", "host:0", "host:70000",
-                                  "host:x"])
+                                  "host:x", "::1", "::1:5696", "[::1]", "[::1:5696"])
 def test_bad_server(text: str | None) -> None:
     with pytest.raises(CommandError):
         parse_server(text)

@@ -255,6 +255,12 @@ def test_core_values_checked_at_load(tmp_path: Path, setting: str, error: str) -
     ("log_level = 5", "gateway: log_level must be a string"),
     ("listen = \"tcp:25698\"\nmetrics_listen = \"tcp:25698:interface=127.0.0.1\"",
      "gateway.metrics_listen listens on port 25698"),
+    # (IPv6 written as in a URL or bare: Python's TypeError, or nothing about the colons)
+    ("core = \"tcp:[::1]:5697\"", r"gateway.core 'tcp:\[::1\]:5697' is not a valid "
+     r"endpoint: an IPv6 address needs its colons escaped, no brackets: .*tcp:\\:\\:1:5697"),
+    ("core = \"tcp:::1:5697\"", "gateway.core .* needs its colons escaped"),
+    ("listen = \"tcp6:5698:interface=::1\"", "gateway.listen .* needs its colons escaped"),
+    ("listen = \"tcp6:[::1]:5698\"", "gateway.listen .* needs its colons escaped"),
 ])
 def test_gateway_values_checked_at_load(tmp_path: Path, setting: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
@@ -269,6 +275,9 @@ def test_endpoint_kinds_the_product_uses_still_load(tmp_path: Path) -> None:
     gateway = _gateway(tmp_path, "[gateway]\nlisten = \"fd:3\"\n"
                        "core = [\"tcp:10.0.0.1:5697\", \"tcp:10.0.0.2:5697\"]\n")
     assert gateway.core == ("tcp:10.0.0.1:5697", "tcp:10.0.0.2:5697")
+    gateway = _gateway(tmp_path, "[gateway]\nlisten = 'tcp6:5698:interface=\\:\\:1'\n"
+                       "core = ['tcp:\\:\\:1:5697', 'tcp:host=fd00\\:\\:7:port=5697']\n")
+    assert gateway.core == ("tcp:\\:\\:1:5697", "tcp:host=fd00\\:\\:7:port=5697")
     for name in ("localhost", "kcm-core.example", "10.0.0.1", "fd00::1", "bücher.example"):
         assert _gateway(tmp_path, f"[gateway]\ncore_server_name = \"{name}\"\n"
                         ).core_server_name == name

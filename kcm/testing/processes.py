@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 __all__ = [
     "PYKMIP_SERVER",
     "START_TIMEOUT",
+    "connect_endpoint",
     "CoreProcess",
     "GatewayProcess",
     "deploy",
     "free_port",
+    "listen_endpoint",
     "process_env",
     "start_pykmip",
     "start_python_server",
@@ -119,8 +121,8 @@ def process_env() -> dict[str, str]:
 
 
 def wait_listening(process: subprocess.Popen, ports: Sequence[int], name: str, log: Path,
-                   timeout: float = START_TIMEOUT) -> None:
-    """Return once every one of ``ports`` on 127.0.0.1 accepts a connection; RuntimeError with
+                   timeout: float = START_TIMEOUT, host: str = "127.0.0.1") -> None:
+    """Return once every one of ``ports`` on ``host`` accepts a connection; RuntimeError with
     the tail of ``log`` when ``process`` exits first or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     waiting = list(ports)  # (each port connected to once: a gateway counts its handoffs)
@@ -130,12 +132,29 @@ def wait_listening(process: subprocess.Popen, ports: Sequence[int], name: str, l
                                + _tail(log))
         try:
             while waiting:
-                socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.2).close()
+                socket.create_connection((host, waiting[0]), timeout=0.2).close()
                 waiting.pop(0)
             return
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{name} did not start listening:\n" + _tail(log))
+
+
+def listen_endpoint(port: int, host: str = "127.0.0.1") -> str:
+    """The listener endpoint string of ``port`` on the loopback address ``host`` (an IPv6
+    one: ``tcp6:``, its colons escaped)."""
+    if ":" in host:
+        return f"tcp6:{port}:interface={_escaped(host)}"
+    return f"tcp:{port}:interface={host}"
+
+
+def connect_endpoint(port: int, host: str = "127.0.0.1") -> str:
+    """The client endpoint string of ``port`` on ``host`` (a gateway's ``core``)."""
+    return f"tcp:{_escaped(host)}:{port}"
+
+
+def _escaped(host: str) -> str:
+    return host.replace(":", "\\:")
 
 
 def _tail(log: Path) -> str:
@@ -214,12 +233,14 @@ class CoreProcess:
     l1_key_env: str | None = None
     #: The process's soft limit on open files (``ulimit -n``; None: inherited).
     nofile: int | None = None
-    #: The ``metrics_listen`` port on 127.0.0.1 (None: no metrics listener).
+    #: The ``metrics_listen`` port on ``host`` (None: no metrics listener).
     metrics_port: int | None = None
     #: Seconds between state sweeps (None: kcm-core's default).
     state_sweep_interval: float | None = None
     #: More ``[core.tls]`` settings, written as TOML values (e.g. ``{"crl": "..."}``).
     tls_settings: dict[str, int | float | str] = field(default_factory=dict)
+    #: The loopback address every listener binds (``::1``: IPv6).
+    host: str = "127.0.0.1"
 
     @property
     def pki(self) -> PkiPaths:
@@ -236,8 +257,8 @@ class CoreProcess:
     def write_config(self) -> None:
         self.config.write_text(
             "[core]\n"
-            f'listen = "tcp:{self.port}:interface=127.0.0.1"\n'
-            f'link_listen = "tcp:{self.link_port}:interface=127.0.0.1"\n'
+            f"listen = {json.dumps(listen_endpoint(self.port, self.host))}\n"
+            f"link_listen = {json.dumps(listen_endpoint(self.link_port, self.host))}\n"
             'trust_domain = "kcm.test"\n'
             f'database = "{self.database}"\n'
             f'l1_key_file = "{self.root / "l1.key"}"\n'
@@ -246,7 +267,7 @@ class CoreProcess:
             + f'policy_file = "{self.root / "policy.toml"}"\n'
             + (f"audit_checkpoint_interval = {self.audit_checkpoint_interval}\n"
                if self.audit_checkpoint_interval is not None else "")
-            + _metrics_listen(self.metrics_port)
+            + _metrics_listen(self.metrics_port, self.host)
             + (f"state_sweep_interval = {self.state_sweep_interval}\n"
                if self.state_sweep_interval is not None else "")
             + "[core.tls]\n"
@@ -280,7 +301,7 @@ class CoreProcess:
         """Wait until the process :meth:`spawn` started accepts connections (KMIP and link)."""
         assert self.process is not None, "spawn() first"
         wait_listening(self.process, [self.port, self.link_port, *_ports(self.metrics_port)],
-                       "kcm-core", self.log)
+                       "kcm-core", self.log, host=self.host)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop_process(self.process, sig)
@@ -291,7 +312,7 @@ class CoreProcess:
         from kcm.conformance.client import KmipClient
 
         pair = getattr(self.pki, who)
-        return KmipClient("127.0.0.1", self.port, cert=pair.cert, key=pair.key,
+        return KmipClient(self.host, self.port, cert=pair.cert, key=pair.key,
                           ca=self.pki.ca.cert)
 
     def replica(self, root: Path) -> CoreProcess:
@@ -323,21 +344,25 @@ def _max_message_size(size: int | None) -> str:
     return f"max_message_size = {size}\n" if size is not None else ""
 
 
-def _metrics_listen(port: int | None) -> str:
-    return f'metrics_listen = "tcp:{port}:interface=127.0.0.1"\n' if port is not None else ""
+def _metrics_listen(port: int | None, host: str = "127.0.0.1") -> str:
+    if port is None:
+        return ""
+    return f"metrics_listen = {json.dumps(listen_endpoint(port, host))}\n"
 
 
 def _ports(port: int | None) -> list[int]:
     return [] if port is None else [port]
 
 
-def scrape(port: int, path: str = "/metrics", timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET ``path`` from the metrics listener on 127.0.0.1:``port``: (status, body)."""
+def scrape(port: int, path: str = "/metrics", timeout: float = 5.0,
+           host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """GET ``path`` from the metrics listener on ``host``:``port``: (status, body)."""
     import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}",
+        where = f"[{host}]" if ":" in host else host
+        with urllib.request.urlopen(f"http://{where}:{port}{path}",
                                     timeout=timeout) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as e:
@@ -541,7 +566,7 @@ class GatewayProcess:
     #: The ``workers`` setting (1: one process; otherwise a supervisor and its workers, all
     #: logging to :attr:`log`).
     workers: int = 1
-    #: The ``metrics_listen`` port on 127.0.0.1 (None: no metrics listener).
+    #: The ``metrics_listen`` port on ``host`` (None: no metrics listener).
     metrics_port: int | None = None
     #: Cores on the same database to fail over between, in the order tried (``core_order =
     #: "listed"``); None: :attr:`core` alone.
@@ -550,6 +575,10 @@ class GatewayProcess:
     settings: dict[str, int | float | str] = field(default_factory=dict)
     #: More ``[gateway.tls]`` settings, written as TOML values (e.g. ``{"crl": "..."}``).
     tls_settings: dict[str, int | float | str] = field(default_factory=dict)
+    #: The loopback address the listeners bind (``::1``: IPv6).
+    host: str = "127.0.0.1"
+    #: The name the cores' certificates must carry.
+    core_server_name: str = "localhost"
 
     @property
     def pki(self) -> PkiPaths:
@@ -557,8 +586,9 @@ class GatewayProcess:
 
     def _core_setting(self) -> str:
         if self.cores is None:
-            return f'core = "tcp:127.0.0.1:{self.core.link_port}"\n'
-        listed = ", ".join(f'"tcp:127.0.0.1:{core.link_port}"' for core in self.cores)
+            return f"core = {json.dumps(connect_endpoint(self.core.link_port, self.core.host))}\n"
+        listed = ", ".join(json.dumps(connect_endpoint(core.link_port, core.host))
+                           for core in self.cores)
         return f'core = [{listed}]\ncore_order = "listed"\n'
 
     @property
@@ -574,15 +604,15 @@ class GatewayProcess:
         prewarm = ", ".join(f'"{entry}"' for entry in self.prewarm)
         self.config.write_text(
             "[gateway]\n"
-            f'listen = "tcp:{self.port}:interface=127.0.0.1"\n'
+            f"listen = {json.dumps(listen_endpoint(self.port, self.host))}\n"
             + self._core_setting()
-            + 'core_server_name = "localhost"\n'
+            + f"core_server_name = {json.dumps(self.core_server_name)}\n"
             'trust_domain = "kcm.test"\n'
             f"l3_ttl = {self.l3_ttl}\nmax_stale = {self.max_stale}\n"
             f"prewarm = [{prewarm}]\n"
             + (f"workers = {self.workers}\n" if self.workers != 1 else "")
             + "".join(f"{name} = {json.dumps(value)}\n" for name, value in self.settings.items())
-            + _metrics_listen(self.metrics_port)
+            + _metrics_listen(self.metrics_port, self.host)
             + "[gateway.tls]\n"
             f'cert = "{self.pki.gateway.cert}"\nkey = "{self.pki.gateway.key}"\n'
             f'ca = "{self.pki.ca.cert}"\n'
@@ -608,7 +638,7 @@ class GatewayProcess:
         """Wait until the process :meth:`spawn` started accepts connections."""
         assert self.process is not None, "spawn() first"
         wait_listening(self.process, [self.port, *_ports(self.metrics_port)], "kcm-gateway",
-                       self.log)
+                       self.log, host=self.host)
 
     def links(self) -> int:
         """How many times the gateway has linked to a core so far (from its log)."""

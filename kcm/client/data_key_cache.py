@@ -5,7 +5,8 @@ reuses it), its precomputed header prefix and what it has sealed so far. A key s
 ``max_messages`` records and ``max_bytes`` bytes and lives at most ``max_age`` seconds
 (:class:`CacheLimits`; the defaults and why are in docs/sdk.md, "The cache"): past any bound
 the sealer creates a fresh L4, and a key used only to open is fetched again (Get) at the
-gateway, which is how a revocation reaches the application within ``max_age``. At most
+gateway, which is how a revocation reaches the application within ``max_age``. A key's age
+counts from the answer to its Get (when the gateway last vouched for it). At most
 ``max_entries`` keys are kept for opening, the least recently used evicted first.
 
 Evicted keys are zeroized as far as Python allows: the material kept here is a
@@ -106,6 +107,21 @@ class DataKeyCache:
         self.put(key)
         return key
 
+    def new_sealing_key(self, token: str, material: bytes, prefix: bytes,
+                        size: int) -> DataKey:
+        """A key fetched now to seal: added for opening, made the sealing key (the one
+        before retired), with the record of ``size`` bytes that asked for it counted
+        against it at once. That record is sealed at age 0, within every bound, so each
+        key made for sealing takes at least the record it was made for, however short
+        ``max_age`` is: a seal never loops creating keys that aged before it used them.
+        ``size`` is at most ``max_bytes`` (the caller checked)."""
+        key = self.new_key(token, material, prefix)
+        self.retire_sealing()
+        self.sealing = key
+        key.messages = 1
+        key.bytes = size
+        return key
+
     def put(self, key: DataKey) -> None:
         old = self._keys.pop(key.token, None)
         if old is not None and old is not key:
@@ -140,13 +156,6 @@ class DataKeyCache:
         key.messages += 1
         key.bytes += size
         return key
-
-    def usable_for_sealing(self, key: DataKey | None, size: int) -> bool:
-        """Whether ``key`` may seal ``size`` more bytes now."""
-        limits = self.limits
-        return (key is not None and key.aead is not None
-                and key.messages < limits.max_messages
-                and key.bytes + size <= limits.max_bytes and self.clock() < key.expires)
 
     def drop(self, token: str) -> None:
         """Forget ``token`` (a key the gateway refused, or expired); zeroize it."""

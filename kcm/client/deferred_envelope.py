@@ -65,10 +65,21 @@ class DeferredEnvelope:
             return _failed(Failure(ValueError(
                 f"{len(plaintext)} bytes exceed what one key may seal "
                 f"({self.cache.limits.max_bytes}); use kcm.client.stream")))
-        return self._new_sealing_key().addCallback(lambda _: self.seal(plaintext, aad))
+        return self._new_sealing_key(len(plaintext)).addCallback(
+            self._seal_on, plaintext, aad)
 
-    def _new_sealing_key(self) -> Deferred[DataKey]:
-        waiter: Deferred[DataKey] = Deferred()
+    def _seal_on(self, key: DataKey | None, plaintext: bytes, aad: bytes) -> Any:
+        """Seal on ``key``, made for this record and counted already; None: the key was
+        another seal's, so this one reserves anew (a new key when it is already due)."""
+        if key is None:
+            return self.seal(plaintext, aad)
+        return seal_record(key.aead, key.prefix, self.random(NONCE_SIZE), plaintext, aad)
+
+    def _new_sealing_key(self, size: int) -> Deferred[DataKey | None]:
+        """A new sealing key: the seal that asks first gets it with its record of ``size``
+        bytes counted on it (so every Create serves at least one seal, however short
+        ``max_age``); those that ask while it is made get None once it is."""
+        waiter: Deferred[DataKey | None] = Deferred()
         if self._creating is not None:
             self._creating.append(waiter)
             return waiter
@@ -76,22 +87,27 @@ class DeferredEnvelope:
         self.cache.retire_sealing()
         self.stats["create"] += 1
         d = self.client.create_l4()
-        d.addCallback(self._fetch)
+        d.addCallback(self._fetch, size)
         d.addBoth(self._created)
         return waiter
 
     def _created(self, result: DataKey | Failure) -> None:
         waiters, self._creating = self._creating or [], None
-        if not isinstance(result, Failure):
-            self.cache.sealing = result
-        _fire(waiters, result)
+        if isinstance(result, Failure):
+            _fire(waiters, result)
+            return
+        first, *others = waiters
+        first.callback(result)
+        _fire(others, None)
 
     def key_for(self, token: str) -> Deferred[DataKey]:
         """The cached key of ``token``, or fetched (revalidated) at the gateway."""
         key = self.cache.for_opening(token)
         return succeed(key) if key is not None else self._fetch(token)
 
-    def _fetch(self, token: str) -> Deferred[DataKey]:
+    def _fetch(self, token: str, seal: int | None = None) -> Deferred[DataKey]:
+        """``token``'s key, fetched (one Get for every caller meanwhile) and cached; with
+        ``seal``, a new key made the sealing key with a record of ``seal`` bytes counted."""
         try:
             data_key_token(token)  # before any Get: only an L4 proves who sealed
         except EnvelopeError:
@@ -104,14 +120,17 @@ class DeferredEnvelope:
         self._fetching[token] = [waiter]
         self.stats["get"] += 1
         d = self.client.get(token)
-        d.addCallbacks(self._fetched, self._refused, callbackArgs=(token,),
+        d.addCallbacks(self._fetched, self._refused, callbackArgs=(token, seal),
                        errbackArgs=(token,))
         d.addBoth(lambda result: _fire(self._fetching.pop(token, []), result))
         return waiter
 
-    def _fetched(self, answer: Any, token: str) -> DataKey:
-        return self.cache.new_key(token, material_of(answer, token),
-                                  header_prefix(token, ALGORITHM_AES_256_GCM))
+    def _fetched(self, answer: Any, token: str, seal: int | None) -> DataKey:
+        material = material_of(answer, token)
+        prefix = header_prefix(token, ALGORITHM_AES_256_GCM)
+        if seal is None:
+            return self.cache.new_key(token, material, prefix)
+        return self.cache.new_sealing_key(token, material, prefix, seal)
 
     def _refused(self, failure: Failure, token: str) -> Failure:
         if failure.check(KmipOperationFailed) and refuses_key(failure.value):

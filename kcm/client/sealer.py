@@ -200,18 +200,29 @@ class Envelope:
             raise ValueError(f"{size} bytes exceed what one key may seal "
                              f"({self.cache.limits.max_bytes}); use kcm.client.stream")
         while True:
-            self._flights.run("seal", lambda: self._renew_sealing_key(size))
+            # The thread that runs the renewal gets its record counted on the key it made
+            # (``mine``): every Create serves at least one seal, and a key that ages before
+            # another thread reserves on it costs that thread one more turn, not a loop.
+            mine: list[tuple[AESGCM, bytes]] = []
+            self._flights.run("seal", lambda mine=mine: self._renew_sealing_key(size, mine))
+            if mine:
+                return mine[0]
             with self._lock:
                 key = self.cache.reserve(size)
                 if key is not None:
                     return key.aead, key.prefix
 
-    def _renew_sealing_key(self, size: int) -> None:
+    def _renew_sealing_key(self, size: int, mine: list[tuple[AESGCM, bytes]]) -> None:
+        """Reserve ``size`` bytes on the sealing key, made now if need be; appended to
+        ``mine``."""
         with self._lock:
-            if self.cache.usable_for_sealing(self.cache.sealing, size):
-                return  # another thread's Create made it while this one came
+            key = self.cache.reserve(size)
+            if key is not None:  # another thread's Create made it while this one came
+                mine.append((key.aead, key.prefix))
+                return
             self.stats["create"] += 1
-        self._fetch(self.client.create_l4(), ALGORITHM_AES_256_GCM, sealing=True)
+        key, aead = self._fetch(self.client.create_l4(), ALGORITHM_AES_256_GCM, seal=size)
+        mine.append((aead, key.prefix))
 
     def new_data_key(self, algorithm: int) -> DataKey:
         """A fresh L4 (Create at the gateway, then Get), cached for opening."""
@@ -225,9 +236,10 @@ class Envelope:
         return self._fetch(self.client.create_l4(), algorithm)
 
     def _fetch(self, token: str, algorithm: int, *,
-               sealing: bool = False) -> tuple[DataKey, AESGCM]:
+               seal: int | None = None) -> tuple[DataKey, AESGCM]:
         """Get ``token``'s material at the gateway and cache it (an L4's only); with
-        ``sealing``, it seals from now on."""
+        ``seal``, it seals from now on, a record of ``seal`` bytes counted on it already
+        (:meth:`DataKeyCache.new_sealing_key`)."""
         data_key_token(token)
         with self._lock:
             self.stats["get"] += 1
@@ -242,10 +254,10 @@ class Envelope:
         material = material_of(answer, token)
         prefix = header_prefix(token, algorithm)
         with self._lock:
-            key = self.cache.new_key(token, material, prefix)
-            if sealing:
-                self.cache.retire_sealing()
-                self.cache.sealing = key
+            if seal is None:
+                key = self.cache.new_key(token, material, prefix)
+            else:
+                key = self.cache.new_sealing_key(token, material, prefix, seal)
             aead = key.aead
         assert aead is not None  # cached just now, under the lock
         return key, aead

@@ -37,11 +37,23 @@ from kcm.client.wire import positive_timeout
 from kcm.conformance.client import DEFAULT_TIMEOUT, KmipClient
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "Endpoint", "FailoverConnection", "TlsFiles",
-           "parse_endpoint"]
+           "connect_timeout_for", "parse_endpoint"]
 
 #: Seconds one connection attempt (TCP, then the TLS handshake) may take, unless less is
 #: left of the call (or of ``timeout``).
 DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def connect_timeout_for(timeout: float, endpoints: int,
+                        connect_timeout: float | None = None) -> float:
+    """The seconds each connection attempt may take: ``connect_timeout`` if given (a
+    positive number, else ValueError), by default 10 s, or the endpoint's share of
+    ``timeout`` (``timeout`` / ``endpoints``) if less, so that endpoints that take TCP
+    connections and never answer leave the next ones time within one call. The same for
+    the blocking and the Twisted client."""
+    if connect_timeout is not None:
+        return positive_timeout(connect_timeout, "connect_timeout")
+    return min(positive_timeout(timeout) / max(endpoints, 1), DEFAULT_CONNECT_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +113,8 @@ class FailoverConnection:
             raise ValueError("no endpoint to connect to")
         self.timeout = positive_timeout(timeout)
         self.endpoints = [parse_endpoint(e) for e in endpoints]
-        self.connect_timeout = min(self.timeout / len(self.endpoints), DEFAULT_CONNECT_TIMEOUT) \
-            if connect_timeout is None else positive_timeout(connect_timeout, "connect_timeout")
+        self.connect_timeout = connect_timeout_for(self.timeout, len(self.endpoints),
+                                                   connect_timeout)
         self.clock = clock
         try:
             self._clients = [KmipClient(e.host, e.port, cert=tls.cert, key=tls.key, ca=tls.ca,

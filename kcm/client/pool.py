@@ -11,6 +11,13 @@ becomes the preferred one. Over TLS (:meth:`KmipClient.tls`) an endpoint has acc
 once the TLS handshake has completed, within ``connect_timeout``: a server that takes TCP
 connections but does not answer (stopped, hung) or fails the handshake is a refusal.
 
+``timeout`` bounds each call as a whole, as the blocking client's does: the wait for a
+connection (every attempt along the list), the request in the connection's queue, its
+answer, and its resend on failover share one deadline, and when it passes the call fails
+with :class:`KmipClientError` ("no answer within 30 s (the call's timeout)"). A connection
+attempt goes on after the call that asked for it has failed (within ``connect_timeout``),
+for the calls that come next.
+
 A connection that fails a request without answering it (it broke, or the answer did not come
 within ``timeout``) gives up its endpoint: the next one in the list becomes the preferred
 one, and the connections still open to the old one take no new requests and are closed once
@@ -30,7 +37,13 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from kcm.client.endpoints import DEFAULT_CONNECT_TIMEOUT, Endpoint, TlsFiles, parse_endpoint
+from kcm.client.endpoints import (
+    DEFAULT_CONNECT_TIMEOUT,
+    Endpoint,
+    TlsFiles,
+    connect_timeout_for,
+    parse_endpoint,
+)
 from kcm.client.errors import KmipClientError
 from kcm.client.operations import Operations
 from kcm.client.protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, KmipClientProtocol
@@ -96,6 +109,7 @@ class KmipClient(Operations):
         self.version = version
         self.max_in_flight = max_in_flight
         self.timeout = timeout
+        self._late_message = f"no answer within {timeout:g} s (the call's timeout)"
         self._connect_to = connect_to
         self._preferred = 0
         self._connections: list[KmipClientProtocol] = []
@@ -106,17 +120,20 @@ class KmipClient(Operations):
         self._closed = False
         #: Until when no further connection is tried while one is open (one just failed).
         self._more_after = float("-inf")
+        #: What the endpoints tried by the opening in progress did (for a call that ends
+        #: while it goes on).
+        self._open_errors: list[str] = []
 
     @classmethod
     def tls(cls, reactor: Any, endpoints: Sequence[Endpoint | str], *, cert: str, key: str,
             ca: str, connect_timeout: float | None = None, **options: Any) -> KmipClient:
         """A client over mutual TLS with the client's ``cert`` and ``key`` and the ``ca``;
         each connection (TCP, then the TLS handshake) within ``connect_timeout`` (default:
-        10 s, or ``timeout`` if less)."""
+        10 s, or ``timeout`` divided by the number of endpoints if less, as the blocking
+        client's: :func:`~kcm.client.endpoints.connect_timeout_for`)."""
         parsed = [parse_endpoint(e) for e in endpoints]
-        if connect_timeout is None:
-            timeout = options.get("timeout", DEFAULT_TIMEOUT)
-            connect_timeout = min(DEFAULT_CONNECT_TIMEOUT, timeout or DEFAULT_CONNECT_TIMEOUT)
+        connect_timeout = connect_timeout_for(options.get("timeout", DEFAULT_TIMEOUT),
+                                              len(parsed), connect_timeout)
         return cls(reactor, parsed, tls_endpoint_factory(reactor, TlsFiles(cert, key, ca), parsed,
                                                          connect_timeout=connect_timeout),
                    **options)
@@ -133,17 +150,31 @@ class KmipClient(Operations):
 
     # Requests -----------------------------------------------------------------------------------
 
-    def send(self, items: Sequence[RequestBatchItem]) -> Deferred[ResponseMessage]:
-        """Send one request message of ``items`` (a batch); its whole response."""
+    def send(self, items: Sequence[RequestBatchItem], *, deadline: float | None = None
+             ) -> Deferred[ResponseMessage]:
+        """Send one request message of ``items`` (a batch); its whole response, by
+        ``deadline`` (on the reactor's ``seconds()``; default: ``timeout`` from now)."""
         if self._closed:
             return _fail(KmipClientError(_CLOSED))
+        if deadline is None:
+            deadline = self.reactor.seconds() + self.timeout
+        left = deadline - self.reactor.seconds()
+        if left <= 0:
+            return _fail(self._late())
         d = self._connection()
-        d.addCallback(self._send_on, items)
+        if not d.called:  # waiting for a connection being made
+            d.addTimeout(left, self.reactor,
+                         onTimeoutCancel=lambda _, __: Failure(self._late(self._open_errors)))
+        d.addCallback(self._send_on, items, deadline)
         return d
 
-    def _send_on(self, connection: KmipClientProtocol, items: Sequence[RequestBatchItem]
-                 ) -> Deferred[ResponseMessage]:
-        d = connection.send(self.version, items)
+    def _late(self, errors: Sequence[str] = ()) -> KmipClientError:
+        return KmipClientError(self._late_message
+                               + (": " + "; ".join(errors) if errors else ""))
+
+    def _send_on(self, connection: KmipClientProtocol, items: Sequence[RequestBatchItem],
+                 deadline: float) -> Deferred[ResponseMessage]:
+        d = connection.send(self.version, items, deadline=deadline, late=self._late_message)
         d.addErrback(self._unanswered, connection)
         return d
 
@@ -160,21 +191,26 @@ class KmipClient(Operations):
         """Send ``operation`` with ``payload``; a Deferred firing with the response payload of
         a successful answer (failing with :class:`KmipOperationFailed` or
         :class:`KmipClientError`)."""
-        d = self._call_once(operation, payload)
+        deadline = self.reactor.seconds() + self.timeout
+        d = self._call_once(operation, payload, deadline)
         if operation in IDEMPOTENT:
-            d.addErrback(self._again, operation, payload)
+            d.addErrback(self._again, operation, payload, deadline)
         return d
 
-    def _call_once(self, operation: Operation, payload: Any) -> Deferred[Any]:
-        d = self.send([RequestBatchItem(operation=operation, request_payload=payload)])
+    def _call_once(self, operation: Operation, payload: Any, deadline: float
+                   ) -> Deferred[Any]:
+        d = self.send([RequestBatchItem(operation=operation, request_payload=payload)],
+                      deadline=deadline)
         d.addCallback(_one_result, operation)
         return d
 
-    def _again(self, failure: Failure, operation: Operation, payload: Any) -> Any:
+    def _again(self, failure: Failure, operation: Operation, payload: Any,
+               deadline: float) -> Any:
+        """Send an idempotent request once more, time allowing (within the same call)."""
         failure.trap(KmipClientError)
-        if self._closed:
+        if self._closed or self.reactor.seconds() >= deadline:
             return failure
-        return self._call_once(operation, payload)
+        return self._call_once(operation, payload, deadline)
 
     def _run(self, operation: Operation, payload: Any, shape: Callable[[Any], Any]) -> Any:
         return self.call(operation, payload).addCallback(shape)
@@ -189,14 +225,21 @@ class KmipClient(Operations):
             if (best.outstanding == 0 or len(here) >= self.size or self._opening
                     or self.reactor.seconds() < self._more_after):
                 return succeed(best)
-        waiter: Deferred[KmipClientProtocol] = Deferred()
+        # (Cancelled when its call's deadline passes: it leaves the waiters, and the
+        # opening goes on for the others and the calls to come.)
+        waiter: Deferred[KmipClientProtocol] = Deferred(self._forget_waiter)
         self._waiters.append(waiter)
         if not self._opening:
             self._opening = True
+            self._open_errors = []
             # (maybeDeferred: an exception raised before the first connect must reach the
             # waiters too, and end this opening, or every later request would wait for it.)
-            maybeDeferred(self._open, 0, []).addBoth(self._opened)
+            maybeDeferred(self._open, 0, self._open_errors).addBoth(self._opened)
         return waiter
+
+    def _forget_waiter(self, waiter: Deferred[KmipClientProtocol]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def _forget_unusable(self) -> None:
         """Drop the connections that closed, and close those to an endpoint given up once

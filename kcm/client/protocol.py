@@ -9,11 +9,14 @@ batch item, so a server may answer messages in any order, and a message's batch 
 put back in request order by their IDs. An answer that carries no known ID goes to the
 oldest unanswered request (KMIP over TLS answers in order unless IDs say otherwise).
 
-Each request has a deadline (``timeout``, on the injected ``clock``); a request not answered
-in time fails with :class:`KmipClientError` and the connection is closed, since a later
-answer could no longer be trusted to be matched. A connection that closes fails every
-unanswered and queued request with :class:`KmipClientError`. No I/O beyond the transport;
-tests drive it over a ``StringTransport`` and a ``task.Clock``.
+Each request has a deadline (``timeout`` after it is written, or the ``deadline`` its
+caller gives, counted from when it is asked for: :class:`~kcm.client.pool.KmipClient`
+gives its call's, on the injected ``clock``). A request still queued at its deadline fails
+alone; one written and not answered fails with :class:`KmipClientError` and the
+connection is closed, since a later answer could no longer be trusted to be matched (the
+other requests on it fail too: the pool sends the idempotent ones again). A connection
+that closes fails every unanswered and queued request with :class:`KmipClientError`. No
+I/O beyond the transport; tests drive it over a ``StringTransport`` and a ``task.Clock``.
 """
 
 from __future__ import annotations
@@ -50,13 +53,15 @@ _ID = struct.Struct(">Q")
 
 
 class _Request:
-    __slots__ = ("ids", "wire", "answer", "timer")
+    __slots__ = ("ids", "wire", "answer", "timer", "late")
 
-    def __init__(self, ids: list[bytes], wire: bytes) -> None:
+    def __init__(self, ids: list[bytes], wire: bytes, late: str) -> None:
         self.ids = ids
-        self.wire = wire
+        self.wire = wire  # b"" once written
         self.answer: Deferred[ResponseMessage] = Deferred()
         self.timer: IDelayedCall | None = None
+        #: What the request fails with when its deadline passes.
+        self.late = late
 
 
 class KmipClientProtocol(Protocol):
@@ -97,10 +102,13 @@ class KmipClientProtocol(Protocol):
 
     # Sending ------------------------------------------------------------------------------------
 
-    def send(self, version: tuple[int, int], items: Sequence[RequestBatchItem]
+    def send(self, version: tuple[int, int], items: Sequence[RequestBatchItem], *,
+             deadline: float | None = None, late: str | None = None
              ) -> Deferred[ResponseMessage]:
         """Send a request message of ``items`` in protocol ``version`` (each item gets its
-        Unique Batch Item ID here); its answer, batch items in request order."""
+        Unique Batch Item ID here); its answer, batch items in request order. ``deadline``
+        (on the clock's ``seconds()``): when it fails, queued or written, with ``late``;
+        else ``timeout`` after it is written."""
         if self._closed_because is not None:
             return _failed(KmipClientError(self._closed_because))
         ids = []
@@ -108,7 +116,11 @@ class KmipClientProtocol(Protocol):
             self._next_id += 1
             item.unique_batch_item_id = _ID.pack(self._next_id)
             ids.append(item.unique_batch_item_id)
-        request = _Request(ids, encode_items(version, items))
+        request = _Request(ids, encode_items(version, items),
+                           late or f"no answer within {self.timeout:g} s")
+        if deadline is not None:
+            request.timer = self._clock.callLater(
+                max(0.0, deadline - self._clock.seconds()), self._timed_out, request)
         if len(self._in_flight) < self.max_in_flight and not self._queued:
             self._write(request)
         else:
@@ -119,14 +131,23 @@ class KmipClientProtocol(Protocol):
         self._in_flight[request.ids[0]] = request
         if len(self._in_flight) > self.most_in_flight:
             self.most_in_flight = len(self._in_flight)
-        if self.timeout:
+        if self.timeout and request.timer is None:
             request.timer = self._clock.callLater(self.timeout, self._timed_out, request)
         self.transport.write(request.wire)
         request.wire = b""
 
     def _timed_out(self, request: _Request) -> None:
         request.timer = None
-        self._close(f"no answer within {self.timeout:g} s", abort=True)
+        if request.wire:  # still queued: nothing was sent, the connection is fine
+            self._queued.remove(request)
+            request.answer.errback(KmipClientError(request.late))
+            return
+        # Written and unanswered: its answer may still come, and would be taken for a
+        # later request's if it carried no ID. The others on the connection fail too.
+        self._in_flight.pop(request.ids[0], None)
+        request.answer.errback(KmipClientError(request.late))
+        self._close("the connection was closed: a request on it had no answer in time",
+                    abort=True)
 
     # Receiving -----------------------------------------------------------------------------------
 

@@ -262,7 +262,9 @@ def test_a_slow_answer_within_the_deadline_is_read_whole(pki: PkiPaths) -> None:
 
 # The pool gives up an endpoint whose connection failed a request --------------------------------
 
-def test_a_timed_out_connection_moves_the_retry_and_what_follows_to_the_next_endpoint() -> None:
+def test_a_timed_out_connection_moves_what_follows_to_the_next_endpoint() -> None:
+    """(Since the call's timeout bounds it whole, a request that times out is not sent
+    again: its call's time is up. What follows goes to the next endpoint.)"""
     endpoints = {"a:1": FakeEndpoint(), "b:2": FakeEndpoint()}
     clock = task.Clock()
     client = KmipClient(clock, list(endpoints), lambda e: endpoints[str(e)], size=2,
@@ -271,14 +273,27 @@ def test_a_timed_out_connection_moves_the_retry_and_what_follows_to_the_next_end
     a1, a2 = endpoints["a:1"].protocols  # busy pool: two connections to a
     respond(a2, RngRetrieveResponse(data=b"a2a2"))  # a2 answers, a1 hangs
     assert got == [b"a2a2"]
-    clock.advance(5.0)  # a1's request times out: sent again, to b
-    assert str(client.endpoint) == "b:2" and len(endpoints["b:2"].protocols) == 1
-    respond(endpoints["b:2"].protocols[0], RngRetrieveResponse(data=b"bbbb"))
-    assert got == [b"bbbb", b"a2a2"]
+    clock.advance(5.0)  # a1's request times out, and with it its call
+    assert str(client.endpoint) == "b:2" and not endpoints["b:2"].protocols
+    assert "no answer within 5 s (the call's timeout)" in str(got[0].value)
     later = results([client.rng_retrieve(4)])  # not on a2, which is closed once idle
     assert not a2.usable and not a1.usable
     respond(endpoints["b:2"].protocols[0], RngRetrieveResponse(data=b"more"))
     assert later == [b"more"] and len(endpoints["a:1"].protocols) == 2
+
+
+def test_a_broken_connection_moves_the_retry_to_the_next_endpoint_within_the_call() -> None:
+    endpoints = {"a:1": FakeEndpoint(), "b:2": FakeEndpoint()}
+    clock = task.Clock()
+    client = KmipClient(clock, list(endpoints), lambda e: endpoints[str(e)], size=1,
+                        timeout=5.0)
+    got = results([client.rng_retrieve(4)])
+    clock.advance(2.0)
+    endpoints["a:1"].protocols[0].connectionLost(Failure(ConnectionError("reset")))
+    (b,) = endpoints["b:2"].protocols  # sent again, to b, with 3 s left
+    assert str(client.endpoint) == "b:2" and b.outstanding == 1
+    respond(b, RngRetrieveResponse(data=b"bbbb"))
+    assert got == [b"bbbb"]
 
 
 def test_a_create_whose_connection_timed_out_is_not_sent_again_but_the_next_one_moves_on(

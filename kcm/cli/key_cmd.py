@@ -5,8 +5,11 @@
 * Every one takes ``--server HOST:PORT`` and the client's ``--cert``, ``--key`` and ``--ca``
   (PEM files), or ``$KCM_SERVER``, ``$KCM_CERT``, ``$KCM_KEY``, ``$KCM_CA``, or a client
   configuration file (``--client-config FILE`` or ``$KCM_CLIENT_CONFIG``: a ``[client]`` table
-  of ``server``, ``cert``, ``key``, ``ca``, ``timeout``; its relative paths are taken from its
-  own directory), in that order; ``--json`` prints the answer as one JSON object.
+  of ``server``, ``cert``, ``key``, ``ca``, ``timeout``, ``connect_timeout``; its relative
+  paths are taken from its own directory), in that order; ``--json`` prints the answer as
+  one JSON object. ``--timeout`` bounds the whole request, failover included (30 s);
+  ``--connect-timeout`` each connection attempt within it (10 s, or the timeout divided by
+  the number of servers if less).
 * ``create``, ``register`` and ``l4 create`` print the new Unique Identifier alone.
 * ``encrypt`` and ``decrypt`` read the data from ``--data-hex``, ``--in FILE`` or stdin and
   write raw bytes to stdout (or ``--out FILE``; ``--hex``: hex and a newline); the IV and the
@@ -114,7 +117,8 @@ def _action(actions: argparse._SubParsersAction, name: str, help_text: str,
 
 
 def connection_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--server``, ``--cert``, ``--key``, ``--ca``, ``--timeout`` and ``--json``."""
+    """Add ``--server``, ``--cert``, ``--key``, ``--ca``, ``--timeout``,
+    ``--connect-timeout``, ``--client-config`` and ``--json``."""
     group = parser.add_argument_group("connection")
     group.add_argument("--server", default=os.environ.get("KCM_SERVER"), metavar="HOST:PORT",
                        help="the KMIP server, or several separated by commas: the first that "
@@ -127,10 +131,14 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
                        help="the CA that issued the server's certificate (default: $KCM_CA)")
     group.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                        help="for the whole request, failover included (default: 30)")
+    group.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
+                       help="for each connection attempt, within --timeout (default: 10, or "
+                            "the timeout divided by the number of servers if less)")
     group.add_argument("--client-config", default=os.environ.get("KCM_CLIENT_CONFIG"),
                        metavar="FILE",
-                       help="a TOML file whose [client] table gives server, cert, key, ca and "
-                            "timeout where neither an option nor the environment does "
+                       help="a TOML file whose [client] table gives server, cert, key, ca, "
+                            "timeout and connect_timeout where neither an option nor the "
+                            "environment does "
                             "(default: $KCM_CLIENT_CONFIG)")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
 
@@ -271,7 +279,7 @@ def _print_json(value: Any) -> None:
 # Running ----------------------------------------------------------------------------------
 
 #: The settings of a client configuration file's ``[client]`` table.
-CLIENT_SETTINGS = ("server", "cert", "key", "ca", "timeout")
+CLIENT_SETTINGS = ("server", "cert", "key", "ca", "timeout", "connect_timeout")
 #: The longest ``--timeout`` (seconds): a day; more is a mistake, not a wait.
 MAX_TIMEOUT = 86400.0
 #: Settings of the same table that only the SDK reads (kcm.client.config); ignored here.
@@ -308,17 +316,28 @@ def _settings(args: argparse.Namespace) -> None:
     for name in CLIENT_SETTINGS:
         if getattr(args, name) is None and name in found:
             setattr(args, name, found[name])
-    try:
-        args.timeout = 30.0 if args.timeout is None else float(args.timeout)
-    except (TypeError, ValueError):
-        raise CommandError(f"timeout {args.timeout!r} is not a number of seconds") from None
-    if not 0 < args.timeout <= MAX_TIMEOUT:
-        raise CommandError(f"timeout {args.timeout!r} must be more than 0 and at most "
-                           f"{MAX_TIMEOUT:g} seconds")
+    args.timeout = _seconds("timeout", 30.0 if args.timeout is None else args.timeout)
+    if args.connect_timeout is not None:
+        args.connect_timeout = _seconds("connect timeout", args.connect_timeout)
+        if args.connect_timeout > args.timeout:
+            raise CommandError(f"connect timeout {args.connect_timeout:g} is more than the "
+                               f"timeout {args.timeout:g}: each attempt is part of a request")
     if isinstance(args.server, int | float):
         args.server = str(args.server)
     elif isinstance(args.server, list):  # a list of servers in the client file: failover
         args.server = ",".join(str(s) for s in args.server)
+
+
+def _seconds(name: str, value: Any) -> float:
+    """``value`` as seconds, more than 0 and at most MAX_TIMEOUT; CommandError otherwise."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise CommandError(f"{name} {value!r} is not a number of seconds") from None
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise CommandError(f"{name} {value!r} must be more than 0 and at most "
+                           f"{MAX_TIMEOUT:g} seconds")
+    return seconds
 
 
 def _session(args: argparse.Namespace) -> Session:
@@ -339,7 +358,8 @@ def _session(args: argparse.Namespace) -> Session:
         from kcm.client.endpoints import Endpoint
 
         return Session.connect([Endpoint(host, port) for host, port in servers],
-                               cert=args.cert, key=args.key, ca=args.ca, timeout=args.timeout)
+                               cert=args.cert, key=args.key, ca=args.ca, timeout=args.timeout,
+                               connect_timeout=args.connect_timeout)
     except KmipClientError as e:
         raise CommandError(str(e)) from e
 

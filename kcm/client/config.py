@@ -10,7 +10,9 @@ The ``[client]`` table (the same file ``kcm key --client-config`` reads)::
     cert = "app.pem"                   # relative paths: from the file's directory
     key = "app.key"
     ca = "ca.pem"
-    timeout = 30                       # seconds: a blocking call, failover included
+    timeout = 30                       # seconds: a whole call, failover included
+    connect_timeout = 10               # seconds: each connection attempt (TCP and TLS);
+                                       # default 10, or timeout / endpoints if less
     version = "1.4"                    # KMIP 1.0 .. 2.1
     pool_size = 2                      # Twisted client: connections per endpoint list
 
@@ -33,8 +35,8 @@ from kcm.client.wire import DEFAULT_VERSION, SUPPORTED_VERSIONS, positive_timeou
 __all__ = ["SETTINGS", "ClientConfig", "load_client_config"]
 
 #: The settings a ``[client]`` table may hold.
-SETTINGS = ("server", "gateway", "core", "cert", "key", "ca", "timeout", "version",
-            "pool_size")
+SETTINGS = ("server", "gateway", "core", "cert", "key", "ca", "timeout", "connect_timeout",
+            "version", "pool_size")
 
 
 def _endpoints(value: Any, name: str) -> list[Endpoint]:
@@ -63,6 +65,18 @@ def _version(value: Any) -> tuple[int, int]:
     return version
 
 
+def _connect_timeout(value: Any, timeout: float) -> float | None:
+    """``client.connect_timeout``: None when not set; else a positive number of seconds
+    no longer than ``client.timeout`` (an attempt is part of a call)."""
+    if value is None:
+        return None
+    seconds = positive_timeout(value, "client.connect_timeout")
+    if seconds > timeout:
+        raise ValueError(f"client.connect_timeout {value!r} is more than client.timeout "
+                         f"{timeout:g}: each attempt is part of a call")
+    return seconds
+
+
 @dataclass
 class ClientConfig:
     """Endpoints, TLS files and options of a client; see the module's docstring."""
@@ -73,6 +87,9 @@ class ClientConfig:
     gateway: list[Endpoint] = field(default_factory=list)
     core: list[Endpoint] = field(default_factory=list)
     timeout: float = 30.0
+    #: Seconds each connection attempt may take (None: 10, or ``timeout`` divided by the
+    #: number of endpoints if less).
+    connect_timeout: float | None = None
     version: tuple[int, int] = DEFAULT_VERSION
     pool_size: int = 2
 
@@ -92,8 +109,10 @@ class ClientConfig:
             raise ValueError("no client.server (nor client.gateway or client.core)")
         files = {n: os.path.join(str(base), os.path.expanduser(str(table[n])))
                  for n in ("cert", "key", "ca")}
-        return cls(gateway=gateway or core, core=core, timeout=positive_timeout(
-                       table.get("timeout", 30.0), "client.timeout"),
+        timeout = positive_timeout(table.get("timeout", 30.0), "client.timeout")
+        connect_timeout = _connect_timeout(table.get("connect_timeout"), timeout)
+        return cls(gateway=gateway or core, core=core, timeout=timeout,
+                   connect_timeout=connect_timeout,
                    version=_version(table.get("version", "1.4")),
                    pool_size=int(table.get("pool_size", 2)), **files)
 
@@ -107,7 +126,8 @@ class ClientConfig:
 
         def to(endpoints: Sequence[Endpoint]) -> Session:
             return Session.connect(endpoints, cert=self.cert, key=self.key, ca=self.ca,
-                                   timeout=self.timeout, version=self.version)
+                                   timeout=self.timeout, version=self.version,
+                                   connect_timeout=self.connect_timeout)
 
         if self.gateway == self.core:
             return to(self.gateway)
@@ -121,7 +141,7 @@ class ClientConfig:
         def to(endpoints: Sequence[Endpoint]) -> KmipClient:
             return KmipClient.tls(reactor, endpoints, cert=self.cert, key=self.key,
                                   ca=self.ca, size=self.pool_size, version=self.version,
-                                  timeout=self.timeout)
+                                  timeout=self.timeout, connect_timeout=self.connect_timeout)
 
         if self.gateway == self.core:
             return to(self.gateway)

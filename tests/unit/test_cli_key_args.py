@@ -82,6 +82,12 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: lis
     *((["key", "query", "--server", "h:1", "--timeout", timeout],
        f"kcm key query: error: timeout {float(timeout)!r} must be more than 0 and at most "
        "86400 seconds\n") for timeout in ("-1", "0", "nan", "inf", "1e9")),
+    *((["key", "query", "--server", "h:1", "--connect-timeout", seconds],
+       f"kcm key query: error: connect timeout {float(seconds)!r} must be more than 0 and at "
+       "most 86400 seconds\n") for seconds in ("-1", "0", "nan", "inf", "1e9")),
+    (["key", "query", "--server", "h:1", "--timeout", "5", "--connect-timeout", "6"],
+     "kcm key query: error: connect timeout 6 is more than the timeout 5: each attempt is "
+     "part of a request\n"),
 ])
 def test_usage_errors_are_one_line_exit_2(monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str],
@@ -125,6 +131,18 @@ def test_a_client_configuration_file_fills_in_what_is_not_given(
     _settings(args)
     assert (args.server, args.cert, args.key, args.ca, args.timeout) == (
         "cli:1", str(path.parent / "app.pem"), "/abs/app.key", "env-ca.pem", 5.0)
+    path.write_text('[client]\ntimeout = 5\nconnect_timeout = 2.5\n')
+    args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
+    _settings(args)
+    assert (args.timeout, args.connect_timeout) == (5.0, 2.5)
+    args = build_parser().parse_args(["key", "query", "--client-config", str(path),
+                                      "--connect-timeout", "1"])
+    _settings(args)
+    assert args.connect_timeout == 1.0  # the option before the file
+    path.write_text('[client]\nconnect_timeout = "soon"\n')
+    args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
+    with pytest.raises(CommandError, match="connect timeout 'soon' is not a number"):
+        _settings(args)
     path.write_text('[client]\nport = 1\n')
     args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
     with pytest.raises(CommandError, match="unknown setting client.port"):

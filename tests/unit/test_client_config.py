@@ -59,6 +59,14 @@ def test_one_server_serves_both(tmp_path: Path) -> None:
      "client.timeout must be a positive number of seconds, not 0"),
     ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "timeout": "30"},
      "client.timeout must be a positive number of seconds, not '30'"),
+    ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "connect_timeout": 0},
+     "client.connect_timeout must be a positive number of seconds, not 0"),
+    ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "connect_timeout": "10"},
+     "client.connect_timeout must be a positive number of seconds, not '10'"),
+    ({"server": "h:1", "cert": "c", "key": "k", "ca": "a", "timeout": 5,
+      "connect_timeout": 6},
+     "client.connect_timeout 6 is more than client.timeout 5: each attempt is part of a "
+     "call"),
 ])
 def test_bad_tables_say_what_is_wrong(table, error) -> None:
     with pytest.raises(ValueError, match=error):
@@ -75,6 +83,43 @@ def test_the_configuration_builds_sessions_and_a_split_horizon(tmp_path: Path) -
     assert isinstance(routed, SplitHorizon)
     assert routed.gateway.transport.endpoint.port == 1
     assert routed.control.transport.endpoint.port == 2
+
+
+def test_connect_timeout_from_the_table_reaches_both_clients(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.task import Clock
+
+    import kcm.client.pool as pool
+
+    pki = init_pki(tmp_path / "pki")
+    files = {"cert": str(pki.app.cert), "key": str(pki.app.key), "ca": str(pki.ca.cert)}
+    table = {"server": "127.0.0.1:1,127.0.0.1:2", "timeout": 8, **files}
+    assert ClientConfig.from_table(table).connect_timeout is None
+    assert ClientConfig.from_table(table).session().transport.connect_timeout == 4.0
+    config = ClientConfig.from_table({**table, "connect_timeout": 1.5})
+    assert config.connect_timeout == 1.5
+    assert config.session().transport.connect_timeout == 1.5
+    seen: list[float] = []
+    real = pool.tls_endpoint_factory
+
+    def factory(*args, connect_timeout: float):
+        seen.append(connect_timeout)
+        return real(*args, connect_timeout=connect_timeout)
+
+    monkeypatch.setattr(pool, "tls_endpoint_factory", factory)
+    config.twisted(Clock())
+    assert seen == [1.5]
+
+
+def test_kcm_key_passes_connect_timeout_to_the_session(tmp_path: Path) -> None:
+    from kcm.cli.key_cmd import _session
+
+    pki = init_pki(tmp_path / "pki")
+    argv = ["key", "query", "--server", "127.0.0.1:1,127.0.0.1:2", "--cert", str(pki.app.cert),
+            "--key", str(pki.app.key), "--ca", str(pki.ca.cert), "--timeout", "6"]
+    assert _session(build_parser().parse_args(argv)).transport.connect_timeout == 3.0
+    session = _session(build_parser().parse_args([*argv, "--connect-timeout", "0.5"]))
+    assert session.transport.connect_timeout == 0.5
 
 
 def test_seal_and_open_take_the_connection_options_of_kcm_key() -> None:

@@ -174,6 +174,8 @@ class KmipClient(Operations):
 
     def _send_on(self, connection: KmipClientProtocol, items: Sequence[RequestBatchItem],
                  deadline: float) -> Deferred[ResponseMessage]:
+        if self.reactor.seconds() >= deadline:  # (a connection made just then: kept)
+            return _fail(self._late())
         d = connection.send(self.version, items, deadline=deadline, late=self._late_message)
         d.addErrback(self._unanswered, connection)
         return d

@@ -112,6 +112,21 @@ def test_a_call_that_timed_out_waiting_leaves_the_connection_to_the_next() -> No
     assert second == [b"wxyz"] and slow.attempts == 1
 
 
+def test_a_connection_made_at_the_call_s_deadline_is_not_spent_on_it() -> None:
+    """(The request was written with no time left, timed out at once, and closed the
+    connection just made, for the calls to come too.)"""
+    clock = task.Clock()
+    slow = TimedEndpoint(clock, after=3.0)
+    client = client_of(clock, {"slow:1": slow}, timeout=3.0, size=1)
+    got = results([client.rng_retrieve(4)])
+    clock.advance(3.0)
+    assert "(the call's timeout)" in str(got[0].value)
+    (protocol,) = slow.protocols
+    clock.advance(0)
+    assert protocol.usable and protocol.outstanding == 0
+    assert str(client.endpoint) == "slow:1"
+
+
 def test_a_request_queued_past_its_deadline_fails_alone() -> None:
     """A request still in the connection's queue (behind max_in_flight) at its deadline
     was never sent: it fails, and the connection and what is in flight go on."""

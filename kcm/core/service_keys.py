@@ -61,19 +61,18 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
     audits every outcome (a refusal of who asks with ``denied`` in its detail).
     """
     correlation_id = new_correlation_id()
-    if uid is not None:
-        # The caller's own tenant names the record: a refused attempt on another tenant's
-        # key is that caller's doing.
-        tenant = caller.principal.tenant or tenant
+    # The caller's own tenant names the record, whether the key was asked by uid or by its
+    # service's name: a refused attempt on another tenant's key is that caller's doing.
+    audited = caller.principal.tenant or tenant
     try:
         keys = (_current(session, keyring, caller, tenant, service, now) if uid is None
                 else [_one(session, keyring, caller, uid, now)])
     except KmipError as e:
         detail = {"denied": e.why} if isinstance(e, ServiceKeyUseDenied) else None
-        _audit(session, caller, tenant, [uid] if uid else [], correlation_id, now, e.reason,
+        _audit(session, caller, audited, [uid] if uid else [], correlation_id, now, e.reason,
                detail)
         return e
-    _audit(session, caller, tenant, [k.uid for k in keys], correlation_id, now, None)
+    _audit(session, caller, audited, [k.uid for k in keys], correlation_id, now, None)
     return _with_tombstones(session, keys)
 
 

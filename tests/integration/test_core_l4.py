@@ -378,6 +378,54 @@ def test_another_tenants_token_or_l3_is_missing_another_services_denied(
     assert get_key(core, uid, principal=admin_principal()) == get_key(core, uid)
 
 
+
+def test_a_gateways_fetch_of_another_tenants_key_is_audited_as_refused(core: CoreHarness) -> None:
+    """FETCH_SERVICE_KEY for a caller of another tenant (by the key's identifier or by its
+    service's name): answered as a missing key, and audited in the caller's tenant with
+    the gateway named and why (``denied``)."""
+    import time
+
+    from kcm.core.context import Caller
+    from kcm.core.service_keys import AUDIT_OPERATION, fetch_service_keys
+    from kcm.identity import Principal, Role
+    from kcm.kmip.errors import KmipError
+    from kcm.l4.authorize import no_service_key
+
+    l3 = current_l3(core)  # demo/app's
+    gateway = Principal(Role.GATEWAY, "kcm.test", name="gw1", uri="spiffe://kcm.test/gateway/gw1")
+    caller = Caller(service_principal("other", "app"), "10.0.0.1:1", gateway=gateway)
+    for uid, answer in ((l3.uid, object_not_found(l3.uid)),
+                        (None, no_service_key("demo", "app"))):
+        refused = core.store.run_sync(lambda s, uid=uid: fetch_service_keys(
+            s, core.keyring, caller, "demo", "app", uid, now=int(time.time())))
+        assert isinstance(refused, KmipError)
+        assert (refused.reason, refused.message) == (answer.reason, answer.message)
+    # An application whose service is not provisioned, asking for its own service's key.
+    ghost = Caller(service_principal("demo", "ghost"), "10.0.0.1:1", gateway=gateway)
+    refused = core.store.run_sync(lambda s: fetch_service_keys(
+        s, core.keyring, ghost, "demo", "ghost", None, now=int(time.time())))
+    assert refused.message == no_service_key("demo", "ghost").message
+    rows = core.store.run_sync(lambda s: s.scalars(select(AuditLog).where(
+        AuditLog.operation == AUDIT_OPERATION).order_by(AuditLog.seq)).all())
+    assert [(r.tenant, r.gateway, json.loads(r.detail)) for r in rows] == [
+        ("other", gateway.id, {"denied": "another tenant's key"})] * 2 + [
+        ("demo", gateway.id, {"denied": "service demo/ghost is not provisioned"})]
+
+
+def test_a_service_that_is_not_provisioned_creates_no_l4(core: CoreHarness) -> None:
+    """Naming no key, only its own service (x-kcm-level = L4): answered as a service with no
+    service key, and audited as a refusal of who asks."""
+    from kcm.l4.authorize import no_service_key
+
+    answer = one(core, Operation.CREATE, CreateRequest(
+        object_type=ObjectType.SYMMETRIC_KEY, attributes=[vendor("kcm-level", "L4")]),
+        principal=service_principal("demo", "ghost"))
+    assert failed(answer, ResultReason.OBJECT_NOT_FOUND) == no_service_key("demo",
+                                                                            "ghost").message
+    last = core.store.run_sync(lambda s: s.scalars(select(AuditLog).order_by(
+        AuditLog.seq.desc()).limit(1)).one())
+    assert json.loads(last.detail) == {"denied": "service demo/ghost is not provisioned"}
+
 def test_malformed_and_forged_tokens_name_nothing(core: CoreHarness) -> None:
     uid = create_l4(core)
     forged = uid[:-4] + ("AAAA" if not uid.endswith("AAAA") else "BBBB")

@@ -20,12 +20,13 @@ from kcm.core.attribute_answers import ANSWER_MAX_BYTES, ANSWERS_KEPT, REFERENCE
 from kcm.core.audit import verify_chain
 from kcm.core.context import Caller
 from kcm.core.store.schema import AuditLog
+from kcm.kernel.missing import object_not_found
 from kcm.kmip.attributes import Attribute, AttributeReference, Name
 from kcm.kmip.enums import NameType, ObjectType, Operation, ResultReason, ResultStatus, State
 from kcm.kmip.payloads import AddAttributeRequest, CreateRequest, GetAttributesRequest
 from kcm.kmip.tags import Tag
 from kcm.testing import requests as kmip
-from tests.core_support import CoreHarness, service_principal
+from tests.core_support import CoreHarness, admin_principal, service_principal
 
 NOW = int(time.time())
 VERSIONS = [(1, 2), (1, 4), (2, 0), (2, 1)]
@@ -181,6 +182,42 @@ def test_another_tenant_or_a_service_kept_out_gets_what_executing_gets(lean: Lea
     lean.send(wire, service_principal("other", "app"))
     assert lean.ways == ["executed"]
 
+
+
+def test_a_service_that_is_not_provisioned_gets_what_executing_gets(lean: Lean) -> None:
+    """An object of no service, kept for the applications of its tenant: one whose service
+    is not provisioned holds nothing, and is not answered from what is kept."""
+    made = kmip.response(lean.core.handler.respond(kmip.request(kmip.item(
+        Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                        attributes=kmip.aes256([])))),
+        lean.core.caller(admin_principal()), lean.now))
+    uid = made.batch_items[0].response_payload.unique_identifier
+    wire = ask(uid, Tag.STATE)
+    lean.send(wire), lean.send(wire)  # kept for demo/app (an object of no service)
+    assert lean.ways == ["executed", "kept"]
+    lean.ways.clear()
+    ghost = kmip.response(lean.send(wire, service_principal("demo", "ghost"))).batch_items[0]
+    assert lean.ways == ["executed"]
+    assert (ghost.result_reason, ghost.result_message) == (
+        ResultReason.ITEM_NOT_FOUND, object_not_found(uid).message)
+
+
+def test_another_service_the_store_knows_gets_what_executing_gets(lean: Lean) -> None:
+    """A service the store already knows is provisioned (it made an object) asking for
+    another service's kept object: refused as executing refuses it, not answered."""
+    uid = created(lean)  # demo/app's
+    wire = ask(uid, Tag.STATE)
+    lean.send(wire), lean.send(wire)  # kept for demo/app
+    billing = service_principal("demo", "billing")
+    made = kmip.response(lean.core.handler.respond(kmip.request(kmip.item(
+        Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                        attributes=kmip.aes256([])))),
+        lean.core.caller(billing), lean.now))
+    assert made.batch_items[0].result_status == ResultStatus.SUCCESS
+    lean.ways.clear()
+    refused = kmip.response(lean.send(wire, billing)).batch_items[0]
+    assert refused.result_reason == ResultReason.PERMISSION_DENIED
+    assert "belongs to service 'app'" in refused.result_message
 
 def test_what_is_kept_is_bounded(lean: Lean) -> None:
     uid = created(lean)

@@ -22,6 +22,7 @@ from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, ObjectAttributeKey
+from kcm.identity import Principal, Role
 from kcm.kernel.missing import object_not_found
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, AttributeReference, Link, Name
 from kcm.kmip.enums import (
@@ -76,7 +77,7 @@ from kcm.kmip.payloads import (
 )
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType, decode, encode
-from tests.core_support import CoreHarness, admin_principal, service_principal
+from tests.core_support import TRUST_DOMAIN, CoreHarness, admin_principal, service_principal
 
 V14 = (1, 4)
 V21 = (2, 1)
@@ -437,6 +438,26 @@ def test_hierarchy_key_material_never_leaves_through_get(core: CoreHarness) -> N
                        ResultReason.PERMISSION_DENIED, version=version, principal=principal)
 
 
+def test_hierarchy_keys_protect_nothing_for_a_client(core: CoreHarness) -> None:
+    """The tenant key (L2) is no client's: it encrypts, decrypts, MACs and wraps nothing,
+    for an application or its administrator."""
+    from kcm.kmip.payloads import CheckRequest, DecryptRequest, EncryptRequest
+    from kcm.kmip.payloads.mac_hash_rng import MacRequest
+
+    l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo")).uid
+    mine = register(core)
+    for principal in (service_principal(), admin_principal()):
+        for operation, payload in (
+                (Operation.ENCRYPT, EncryptRequest(unique_identifier=l2, data=b"x" * 16)),
+                (Operation.DECRYPT, DecryptRequest(unique_identifier=l2, data=b"x" * 32)),
+                (Operation.MAC, MacRequest(unique_identifier=l2, data=b"x" * 16)),
+                (Operation.CHECK, CheckRequest(unique_identifier=l2)),
+                (Operation.GET, GetRequest(unique_identifier=mine,
+                                           key_wrapping_specification=_wrap_spec(l2)))):
+            message = failed(core, operation, payload, ResultReason.PERMISSION_DENIED,
+                             principal=principal)
+            assert message == "tenant keys are not for client use", (operation, message)
+
 def test_get_clears_fresh(core: CoreHarness) -> None:
     uid = register(core, attributes=[Attribute.of(Tag.FRESH, True)])
     assert attributes_of(core, uid, Tag.FRESH) == {Tag.FRESH: [True]}
@@ -760,6 +781,16 @@ def test_locate_is_tenant_scoped_and_hides_hierarchy_from_applications(core: Cor
     assert len(locate(core, l3_name, principal=admin_principal()).unique_identifiers) == 1
     everything = locate(core, principal=service_principal()).unique_identifiers
     assert len(everything) == 1  # the application's own ordinary object only
+    # Another tenant's application of the same service name finds none of them, by no
+    # criterion at all, by one the store judges, or counted (Located Items).
+    stranger = service_principal("other")
+    assert locate(core, principal=stranger).unique_identifiers == []
+    by_type = Attribute.of(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY)
+    assert locate(core, by_type, principal=stranger).unique_identifiers == []
+    counted = locate(core, by_type, offset_items=0, version=V14, principal=stranger)
+    assert (counted.unique_identifiers, counted.located_items) == ([], 0)
+    theirs = locate(core, principal=admin_principal("other")).unique_identifiers
+    assert len(theirs) == 2 and everything[0] not in theirs  # its own L2 and L3 only
 
 
 # -- Re-key -----------------------------------------------------------------------------
@@ -886,7 +917,28 @@ def test_re_key_refusals(core: CoreHarness) -> None:
            ResultReason.OBJECT_NOT_FOUND, principal=service_principal("other"))
 
 
+def test_only_a_tenant_administrator_changes_a_hierarchy_keys_state(core: CoreHarness) -> None:
+    """An application reaches its tenant's key and its own service's key (it reads their
+    attributes), but may not revoke, destroy or activate them: that would crypto-erase its
+    whole tenant, or its service's every L4."""
+    l3 = core.store.run_sync(lambda s: repository.find_l3(s, "demo", "app"))[0].uid
+    l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo")).uid
+    for uid in (l3, l2):
+        for operation, payload in (
+                (Operation.REVOKE, RevokeRequest(unique_identifier=uid, revocation_reason=(
+                    RevocationReason(code=RevocationReasonCode.KEY_COMPROMISE)))),
+                (Operation.DESTROY, DestroyRequest(unique_identifier=uid)),
+                (Operation.ACTIVATE, ActivateRequest(unique_identifier=uid))):
+            message = failed(core, operation, payload, ResultReason.PERMISSION_DENIED)
+            assert message == "only a tenant administrator may change a tenant or service key"
+        assert row(core, uid).state == State.ACTIVE
+
 def test_re_key_of_a_service_key_makes_the_next_version(core: CoreHarness) -> None:
+    # Another tenant's service of the same name, at its third version: numbered apart.
+    for _ in range(2):
+        theirs = core.store.run_sync(lambda s: repository.find_l3(s, "other", "app"))[0].uid
+        ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=theirs),
+           principal=admin_principal("other"))
     l3 = core.store.run_sync(lambda s: repository.find_l3(s, "demo", "app"))[0].uid
     failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=l3),
            ResultReason.PERMISSION_DENIED)
@@ -1085,6 +1137,20 @@ def test_application_objects_tenant_shares_every_object(core: CoreHarness) -> No
     ok(shared, Operation.DESTROY, DestroyRequest(unique_identifier=mine), principal=BILLING)
 
 
+def test_sharing_objects_shares_no_service_key(core: CoreHarness) -> None:
+    """Under ``application_objects = "tenant"`` an application uses every object of its
+    tenant, but another service's key (L3) stays that service's: it wraps nothing for it."""
+    shared = with_access(core, ApplicationObjects.TENANT)
+    theirs = register(core)  # demo/app's
+    l3s = core.store.run_sync(lambda session: [
+        r.uid for r in repository.find_l3(session, "demo", "app")], write=False)
+    for uid in l3s:
+        message = failed(shared, Operation.GET, GetRequest(
+            unique_identifier=theirs, key_wrapping_specification=_wrap_spec(uid)),
+            ResultReason.PERMISSION_DENIED, principal=BILLING)
+        assert message == "an application may use only its own service's keys, not 'app''s"
+    ok(shared, Operation.GET, GetRequest(unique_identifier=theirs), principal=BILLING)
+
 @pytest.mark.parametrize("application_objects", list(ApplicationObjects))
 def test_a_service_that_is_not_provisioned_holds_nothing(core: CoreHarness,
                                                          application_objects) -> None:
@@ -1105,6 +1171,26 @@ def test_a_service_that_is_not_provisioned_holds_nothing(core: CoreHarness,
     assert message == "service demo/ghost is not provisioned (it has no service key)"
     ok(core, Operation.GET, GetRequest(unique_identifier=mine))  # untouched
 
+
+
+def test_operators_and_gateways_hold_no_objects(core: CoreHarness) -> None:
+    """A principal of no tenant sent straight to the core (an operator's or a gateway's
+    certificate on the KMIP port) is refused every object, its own tenant's or none."""
+    mine = register(core)
+    for role, name in ((Role.OPERATOR, "ops"), (Role.GATEWAY, "gw1")):
+        who = Principal(role, TRUST_DOMAIN, name=name,
+                        uri=f"spiffe://{TRUST_DOMAIN}/{role.value}/{name}")
+        for operation, payload in (
+                (Operation.GET, GetRequest(unique_identifier=mine)),
+                (Operation.DESTROY, DestroyRequest(unique_identifier=mine)),
+                (Operation.LOCATE, LocateRequest()),
+                (Operation.REGISTER, RegisterRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                                     attributes=[], object=aes_key()))):
+            message = failed(core, operation, payload, ResultReason.PERMISSION_DENIED,
+                             principal=who)
+            assert message == (f"{role.value} principals hold no objects; "
+                               "connect with a tenant identity")
+    ok(core, Operation.GET, GetRequest(unique_identifier=mine))  # untouched
 
 def _vector_value(vectors: Path, case: str, element: str, attribute: str | None = None
                   ) -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from twisted.internet.defer import fail
+from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 
 from kcm.gateway.l3_cache import L3Cache, Need, ServiceKeyMissing
@@ -175,6 +175,22 @@ def test_a_held_version_is_a_miss_for_whoever_may_not_use_it(clock, link) -> Non
     assert refused.value.why == "another tenant's key"
     assert cache.key_source(APP).service_key(V1.uid) == V1  # the owner is unaffected
 
+
+
+def test_a_version_served_for_another_caller_is_refused_here_by_the_same_rule(
+        clock) -> None:
+    """A fetch made on a stranger's behalf that brought the version anyway (a core that
+    serves whoever asks): the gateway refuses it by the rule the core applies, as the
+    missing key it is to that caller, never with the key."""
+    cache = L3Cache(lambda caller, tenant, service, uid=None: succeed([V1]),
+                    connected=lambda: True, clock=clock.seconds)
+    known = fetched(cache, [Need(uid=V1.uid)], STRANGER)
+    assert known == {Need(uid=V1.uid): None} and cache.holds(V1.uid)
+    with pytest.raises(ServiceKeyUseDenied) as refused:
+        cache.key_source(STRANGER, fetched=known).service_key(V1.uid)
+    unknown = object_not_found(V1.uid)
+    assert (refused.value.reason, refused.value.message) == (unknown.reason, unknown.message)
+    assert refused.value.why == "another tenant's key"
 
 def test_why_a_fetch_failed_is_the_asking_requests_alone(clock) -> None:
     """Two requests fetching the same version: each sees its own answer, never the other's

@@ -38,6 +38,9 @@ def test_a_scope_allows_its_tenants_applications_and_admins_only_if_it_says_so()
     assert not gw1.allows(_p("tenant/other/service/app"))
     assert not gw1.allows(_p("tenant/demo/admin/alice"))  # admins default to false
     assert not gw1.allows(_p("operator/ops"))  # a scoped gateway never asserts an operator
+    # No tenant named (a fetch that names none) is no tenant's, whatever the scope.
+    assert not gw1.allows_tenant(None)
+    assert not GatewayScope(None, admins=True).allows_tenant(None)
     assert gw2 is not None and gw2.tenants is None
     assert gw2.allows(_p("tenant/other/admin/alice")) and gw2.allows(_p("tenant/x/service/y"))
     assert not gw2.allows(_p("operator/ops")) and not gw2.allows(_p("gateway/gw3"))

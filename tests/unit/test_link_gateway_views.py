@@ -24,7 +24,7 @@ from kcm.core.keyring import Keyring
 from kcm.core.link_server import SCOPE_CHANGED, LinkServerFactory
 from kcm.core.store.repository import OutboxRecord
 from kcm.gateway.l3_cache import L3Cache
-from kcm.identity import SubjectMap
+from kcm.identity import SubjectMap, parse_spiffe_id
 from kcm.link.events import EventKind
 from kcm.link.frames import (
     TOMBSTONES_VERSION,
@@ -232,6 +232,43 @@ def test_a_policy_event_under_a_number_already_sent_is_sent_its_own_document() -
     assert json.loads(sent(POLICY)) == {"CN=db,O=Demo": "tenant/demo/service/db"}
     assert json.loads(sent({"CN=db2,O=Demo": "tenant/demo/service/db2"})) == {
         "CN=db2,O=Demo": "tenant/demo/service/db2"}
+
+
+def test_one_policy_event_is_sent_each_scope_its_own_document() -> None:
+    """The frames a policy event is made into are kept per scope: a gateway of one scope is
+    never sent the frame made for another's (the same event, the same number)."""
+    views = GatewayViews()
+    event = encode_event(OutboxRecord(5, 0, None, EventKind.POLICY.value,
+                                      encode_payload({"policy": DOCUMENT})))
+    other_only = GatewayScope(frozenset({"other"}))
+    for _ in range(2):  # made, then taken from what the views keep
+        sent = {scope: json.loads(decode_frame(views.event(event, scope)).payload["policy"])
+                for scope in (DEMO_ONLY, other_only, DEMO_WITH_ADMINS)}
+        assert sent == {
+            DEMO_ONLY: {"CN=db,O=Demo": "tenant/demo/service/db"},
+            other_only: {"CN=db,O=Other": "tenant/other/service/db"},
+            DEMO_WITH_ADMINS: {"CN=db,O=Demo": "tenant/demo/service/db",
+                               "CN=alice,O=Demo": "tenant/demo/admin/alice"}}
+        assert {scope: json.loads(views.document(DOCUMENT, scope))
+                for scope in (DEMO_ONLY, other_only, DEMO_WITH_ADMINS)} == sent
+
+
+def test_whom_a_gateway_may_assert_is_decided_for_that_gateway() -> None:
+    """What the core resolved for one gateway's assertion is never another's answer: the
+    same caller asserted by a gateway scoped elsewhere is refused, asked first or second."""
+    td = "kcm.test"
+    gw1, gw2, gw3 = (parse_spiffe_id(f"spiffe://{td}/gateway/{name}", trust_domain=td)
+                     for name in ("gw1", "gw2", "gw3"))
+    demo_app = f"spiffe://{td}/tenant/demo/service/db"
+    for first, second in ((gw1, gw2), (gw2, gw1), (gw3, gw2)):
+        factory, _, _ = core_factory()
+        factory.set_gateway_scopes(GatewayScopes({
+            "gateway/gw1": DEMO_ONLY, "gateway/gw2": GatewayScope(frozenset({"other"}))}))
+        for _ in range(2):  # resolved, then as the core kept it
+            answers = {gw.path: factory.asserted_principal(demo_app, None, gw)
+                       for gw in (first, second)}
+            mine = first if first is not gw2 else second  # gw1 (demo) or gw3 (unscoped)
+            assert answers["gateway/gw2"] is None and answers[mine.path] is not None
 
 
 def test_a_reload_that_changes_a_gateways_scope_closes_its_link_only() -> None:

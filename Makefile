@@ -9,15 +9,19 @@ STAMP  := $(VENV)/.installed
 # virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install test bytecode lint bench bench-locate bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
+.PHONY: install constraints test bytecode lint bench bench-locate bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml kcm/kernel/_plain_scan.c kcm/_tls_calls.c \
-		kcm/ttlv/_item_count.c
-	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+## Every package at the version constraints.txt pins, build dependencies (setuptools, wheel)
+## too: what PyPI publishes later changes nothing until constraints.txt changes. pip first
+## (--build-constraint needs pip 25.3), also in a .venv made before.
+$(STAMP): $(BIN)/python constraints.txt setup.cfg setup.py pyproject.toml kcm/kernel/_plain_scan.c \
+		kcm/_tls_calls.c kcm/ttlv/_item_count.c
+	$(BIN)/pip install --quiet -c constraints.txt pip
+	$(BIN)/pip install --quiet -c constraints.txt --build-constraint constraints.txt \
+		-e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 ## Byte-compiled modules of the checkout, written whatever PYTHONDONTWRITEBYTECODE says: the
@@ -45,6 +49,27 @@ test: $(STAMP) bytecode
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -n 3 --dist worksteal -m "not serial"
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -p no:cacheprovider --benchmark-disable -m serial
 	$(BIN)/ruff check .
+
+## constraints.txt again from the newest releases on PyPI (a fresh virtualenv with pip,
+## setuptools, wheel and '.[test]', then pip freeze), and requirements-deploy.txt, the
+## runtime packages at those versions with their hashes (pip-compile, in that virtualenv
+## after the freeze), for production installs (docs/deploy.md). Then `make test`, and
+## commit both files.
+CONSTRAINTS_VENV := build/constraints-venv
+constraints:
+	rm -rf $(CONSTRAINTS_VENV)
+	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
+	$(CONSTRAINTS_VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
+	$(CONSTRAINTS_VENV)/bin/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	{ sed -n '/^#/p' constraints.txt; \
+	  $(CONSTRAINTS_VENV)/bin/pip freeze --all --exclude-editable --exclude kcm; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	$(CONSTRAINTS_VENV)/bin/pip install --quiet -c constraints.txt pip-tools
+	rm -f requirements-deploy.txt
+	$(CONSTRAINTS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--build-deps-for wheel --no-emit-index-url --no-emit-find-links \
+		-c constraints.txt -o requirements-deploy.txt setup.cfg
+	rm -rf $(CONSTRAINTS_VENV)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

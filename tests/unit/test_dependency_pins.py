@@ -1,11 +1,12 @@
-"""Each floor of setup.cfg raised for an API is at least the release that has it (each
-probed here, in the installed release: in a virtualenv of the floors, a probe fails where
-its floor is too low)."""
+"""setup.cfg's floors, constraints.txt and requirements-deploy.txt agree, and each floor
+raised for an API is at least the release that has it (each probed here, in the installed
+release: in a virtualenv of the floors, a probe fails where its floor is too low)."""
 
 from __future__ import annotations
 
 import configparser
 import inspect
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,9 +32,49 @@ def declared() -> tuple[list[Requirement], list[Requirement]]:
             parse(cfg["options.extras_require"]["test"]))
 
 
+def pins(path: Path) -> dict[str, Version]:
+    found: dict[str, Version] = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", line)
+        if m:
+            name = canonicalize_name(m[1])
+            assert name not in found, f"{path.name} pins {name} twice"
+            found[name] = Version(m[2])
+    return found
+
+
 def floor(requirement: Requirement) -> Version:
     [spec] = [s for s in requirement.specifier if s.operator in (">=", "==")]
     return Version(spec.version)
+
+
+def test_constraints_pin_every_declared_package_within_its_range() -> None:
+    runtime, test = declared()
+    pinned = pins(REPO / "constraints.txt")
+    for requirement in runtime + test:
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"constraints.txt does not pin {name}"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), requirement
+    for build in ("pip", "setuptools", "wheel"):
+        assert build in pinned, f"constraints.txt does not pin {build}"
+    text = (REPO / "constraints.txt").read_text()
+    assert "kcm==" not in text and "file:" not in text and " @ " not in text
+
+
+def test_the_deploy_lock_is_the_runtime_part_of_the_constraints_with_hashes() -> None:
+    runtime, _ = declared()
+    pinned = pins(REPO / "constraints.txt")
+    locked = pins(REPO / "requirements-deploy.txt")
+    for requirement in runtime:
+        assert canonicalize_name(requirement.name) in locked, requirement
+    assert {"setuptools", "wheel"} <= locked.keys()  # to build kcm without build isolation
+    assert "pytest" not in locked and "ruff" not in locked
+    for name, version in locked.items():
+        assert pinned.get(name) == version, f"{name}: {version} locked, {pinned.get(name)} pinned"
+    entries = re.split(r"\n(?=[A-Za-z])", (REPO / "requirements-deploy.txt").read_text())
+    for entry in entries:
+        if "==" in entry.split("\n")[0]:
+            assert "--hash=sha256:" in entry, entry.split("\n")[0]
 
 
 #: The floors raised for an API (setup.cfg says why); each is probed below.

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+#: The checkout's editable install, every package (build dependencies too) as pinned.
+INSTALL = "pip install --quiet -c constraints.txt --build-constraint constraints.txt"
 
 
 def planned(venv: Path) -> str:
@@ -26,10 +28,17 @@ def test_make_installs_a_checkout_into_its_existing_virtualenv(tmp_path: Path) -
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").touch()
     plan = planned(venv)
-    assert "pip install --quiet -e" in plan, plan
+    assert INSTALL in plan, plan
     assert "compileall" in plan
 
 
 def test_make_on_a_fresh_checkout_makes_the_virtualenv_and_installs(tmp_path: Path) -> None:
     plan = planned(tmp_path / "venv")
-    assert "-m venv" in plan and "pip install --quiet -e" in plan, plan
+    assert "-m venv" in plan and INSTALL in plan, plan
+
+
+def test_make_installs_what_constraints_txt_pins_and_pip_first(tmp_path: Path) -> None:
+    # Not the newest releases on PyPI on the day: a release could break main with no commit.
+    plan = planned(tmp_path / "venv")
+    assert plan.index("pip install --quiet -c constraints.txt pip\n") < plan.index(INSTALL)
+    assert "--upgrade" not in plan, plan

@@ -55,7 +55,7 @@ from zope.interface import implementer
 from kcm.connection_refusals import ConnectionRefusals
 from kcm.peer_address import peer_label
 from kcm.throttled_line import ThrottledLine
-from kcm.tls import peer_certificate
+from kcm.tls import openssl_subject, peer_certificate
 from kcm.ttlv.errors import MessageTooLarge, TtlvError
 from kcm.ttlv.framer import Framer
 
@@ -231,8 +231,7 @@ def describe_peer_certificate(transport: Any) -> str:
         return describe_certificate(peer_certificate(transport))
     except ValueError:
         x509_cert = transport.getPeerCertificate()
-        subject = "".join(f"/{name.decode(errors='replace')}={value.decode(errors='replace')}"
-                          for name, value in x509_cert.get_subject().get_components())
+        subject = openssl_subject(x509_cert)
         return (f"unreadable certificate, subject {_ascii(subject) or '(empty)'}, serial "
                 f"{x509_cert.get_serial_number():x}")
 

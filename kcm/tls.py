@@ -481,6 +481,18 @@ def peer_certificate(transport: Any) -> x509.Certificate | None:
     return cert.to_cryptography()
 
 
+def openssl_subject(cert: crypto.X509) -> str:
+    """The subject of ``cert`` as OpenSSL prints it (``CN=app, O=demo``; "" when it has
+    none), for a certificate ``cryptography`` cannot load. (pyOpenSSL deprecates
+    ``X509.get_subject`` and its ``X509Name``.)"""
+    text = crypto.dump_certificate(crypto.FILETYPE_TEXT, cert).decode("ascii", "replace")
+    for line in text.splitlines():
+        field, _, value = line.strip().partition(":")
+        if field == "Subject":
+            return value.strip()
+    return ""
+
+
 def peer_principal(
     transport: Any, trust_domain: str, subject_map: SubjectMap | None = None
 ) -> Principal | None:

@@ -604,3 +604,54 @@ def test_refused_connections_are_counted_by_reason() -> None:
     assert {reason: counts[reason] for reason in ("identity", "too_large", "unreadable")} == {
         "identity": 1, "too_large": 1, "unreadable": 1}
     assert sum(counts.values()) == 3
+
+
+# A certificate OpenSSL verified that cryptography cannot load --------------------------------
+
+def _openssl_certificate(name):
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from OpenSSL import crypto
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(0xABC).not_valid_before(now)
+            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    return crypto.X509.from_cryptography(cert)
+
+
+def test_an_unreadable_peer_certificate_is_described_without_pyopenssls_deprecated_names(
+        monkeypatch) -> None:
+    import warnings
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    import kcm.kmip_protocol
+    from kcm.kmip_protocol import describe_peer_certificate
+
+    def unreadable(transport):
+        raise ValueError("cryptography cannot load it")
+
+    monkeypatch.setattr(kcm.kmip_protocol, "peer_certificate", unreadable)
+
+    class Transport:
+        def __init__(self, cert):
+            self.cert = cert
+
+        def getPeerCertificate(self):  # noqa: N802 - Twisted's
+            return self.cert
+
+    named = _openssl_certificate(x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, "app"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "d\u00e9mo")]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # X509.get_subject, X509Name
+        described = describe_peer_certificate(Transport(named))
+        empty = describe_peer_certificate(Transport(_openssl_certificate(x509.Name([]))))
+    assert described == r"unreadable certificate, subject CN=app, O=d\xC3\xA9mo, serial abc"
+    assert empty == "unreadable certificate, subject (empty), serial abc"

@@ -15,8 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 __all__ = ["plain_client_endpoint", "tcp_client_endpoint"]
 
@@ -28,7 +32,9 @@ def tcp_client_endpoint(reactor: Any, host: str, port: int, *, timeout: float = 
     if isIPAddress(host) or isIPv6Address(host):
         return TCP4ClientEndpoint(reactor, host, port, timeout=timeout,
                                   bindAddress=bind_address)
-    return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+    return _WithinTimeout(reactor, HostnameEndpoint(reactor, host, port, timeout=timeout,
+                                                    bindAddress=bind_address),
+                          timeout, f"{host}:{port}")
 
 
 def plain_client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
@@ -39,3 +45,29 @@ def plain_client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoi
         return endpoint
     return tcp_client_endpoint(reactor, endpoint._host, endpoint._port,
                                timeout=endpoint._timeout, bind_address=endpoint._bindAddress)
+
+
+@implementer(IStreamClientEndpoint)
+class _WithinTimeout:
+    """``endpoint`` (to ``name``), each connection attempt cancelled after ``timeout``
+    seconds whatever it waits for (the name's resolution too), failing with Twisted's
+    connect TimeoutError."""
+
+    def __init__(self, reactor: Any, endpoint: IStreamClientEndpoint, timeout: float,
+                 name: str) -> None:
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._name = name
+
+    def __repr__(self) -> str:
+        return repr(self._endpoint)
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:  # noqa: N803
+        why = f"{self._name} not reached within {self._timeout:g} s"
+
+        def late(_: object, __: float) -> Failure:
+            return Failure(ConnectTimeout(string=why))
+
+        return self._endpoint.connect(protocolFactory).addTimeout(
+            self._timeout, self._reactor, onTimeoutCancel=late)

@@ -113,6 +113,23 @@ def test_the_free_space_is_read_once_a_second_at_most() -> None:
     assert len(reads) == 2
 
 
+
+def test_a_clock_set_back_does_not_keep_the_reading() -> None:
+    """kcm-core gives the reactor's clock (the wall clock): set back an hour, the disk was
+    read again only an hour later, /readyz held at 503 after space was freed (or at 200
+    once the disk filled)."""
+    free = {"bytes": 0}
+    now = [10_000.0]
+    disk = disk_space.DiskSpace("/data/kcm.db", clock=lambda: now[0],
+                                free=lambda directory: free["bytes"])
+    assert disk.full() is not None
+    free["bytes"] = 10 << 20
+    now[0] -= 3600.0
+    assert disk.full() is None
+    free["bytes"] = 0
+    now[0] += 0.5  # (from the new reading: still once a second at most)
+    assert disk.full() is None
+
 def test_a_free_space_that_cannot_be_read_keeps_what_was_decided() -> None:
     answers: list[object] = [0, OSError("gone"), 10 << 20, OSError("gone")]
     now = [0.0]

@@ -62,8 +62,9 @@ class DiskSpace:
     """Whether the disk of the SQLite database ``database_file`` counts as full
     (:meth:`full`), with the hysteresis of the module: full below ``full_below`` bytes
     free, then not full again from ``free_again``; the free space (``free``: this
-    module's :func:`free_bytes`) read at most once every ``every`` seconds of ``clock``.
-    Safe from any thread (the readiness check's and the reactor)."""
+    module's :func:`free_bytes`) read at most once every ``every`` seconds of ``clock``
+    (and again whenever ``clock`` went back). Safe from any thread (the readiness
+    check's and the reactor)."""
 
     def __init__(self, database_file: str, *, clock: Callable[[], float] = time.monotonic,
                  every: float = READ_EVERY, full_below: int = DISK_FULL_BELOW,
@@ -93,7 +94,10 @@ class DiskSpace:
         or its free space cannot be read (what was last decided stays then)."""
         with self._lock:
             now = self._clock()
-            if self._read_at is not None and now - self._read_at < self._every:
+            # (A clock set back is no reason to keep a reading: kcm-core's is the
+            # reactor's, the wall clock, and it would have held /readyz as it was for as
+            # long as the clock went back.)
+            if self._read_at is not None and 0 <= now - self._read_at < self._every:
                 return self._why
             self._read_at = now
             try:

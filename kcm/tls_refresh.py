@@ -167,10 +167,12 @@ class TlsRefresher(Service):
         written). Nothing before the start."""
         if self.files.material is None:
             return
-        self._asked = True
         if self._refreshing is not None:
+            # (That look's outcome is not this SIGHUP's: it may have read the files before
+            # they were written, and would have said they were unchanged.)
             self._again = True
             return
+        self._asked = True
         self.refresh()
 
     def refresh(self) -> Deferred[None] | None:
@@ -196,6 +198,7 @@ class TlsRefresher(Service):
             self._refreshing = None
             if self._again:
                 self._again = False
+                self._asked = True
                 self.refresh()
 
         return self._refreshing.addBoth(done)

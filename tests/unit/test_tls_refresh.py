@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import CollectorRegistry
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
@@ -583,5 +584,43 @@ def test_a_look_now_takes_renewed_files_at_once_and_says_when_nothing_changed(
         assert presented(options, pki.app, pki.ca.cert) == renewed.serial_number
         assert refresher.reloads == 1 and threads.calls == []
         assert clock.seconds() == 0  # (no tick)
+    finally:
+        refresher.stopService()
+
+
+class _ReadNowAnsweredLater:
+    """Runs each call at once (the look reads the files now) and holds its result until
+    :meth:`answer`: a look that read the files before they were written."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[object, Deferred]] = []
+
+    def __call__(self, fn, *args, **kwargs) -> Deferred:
+        d: Deferred = Deferred()
+        self.held.append((fn(*args, **kwargs), d))
+        return d
+
+    def answer(self) -> None:
+        result, d = self.held.pop(0)
+        d.callback(result)
+
+
+def test_a_sighup_during_a_tick_s_look_is_answered_by_the_look_after_it(pki, logged) -> None:
+    """The tick's look read the files before they were written: its outcome is not the
+    SIGHUP's, which does not say they were unchanged; the look after it takes them."""
+    clock, threads = Clock(), _ReadNowAnsweredLater()
+    refresher = _refresher(pki, clock, run_in_thread=threads)
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        clock.advance(1)  # the tick's look reads the files, unchanged
+        renewed = _renew(pki)
+        refresher.look_now()
+        threads.answer()  # the tick's look: nothing changed
+        threads.answer()  # the SIGHUP's
+        assert threads.held == []
+        assert presented(options, pki.app, pki.ca.cert) == renewed.serial_number
+        assert refresher.reloads == 1
+        assert not any("unchanged" in line for _, line in logged)
     finally:
         refresher.stopService()

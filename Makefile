@@ -54,21 +54,25 @@ test: $(STAMP) bytecode
 ## setuptools, wheel and '.[test]', then pip freeze), and requirements-deploy.txt, the
 ## runtime packages at those versions with their hashes (pip-compile, in that virtualenv
 ## after the freeze), for production installs (docs/deploy.md). Then `make test`, and
-## commit both files.
+## commit both files. If a step fails, both files are put back as they were (else `make`
+## would install pins no test ran, and production would have no lock).
 CONSTRAINTS_VENV := build/constraints-venv
 constraints:
-	rm -rf $(CONSTRAINTS_VENV)
+	rm -rf $(CONSTRAINTS_VENV) constraints.txt.new
 	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
 	$(CONSTRAINTS_VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
 	$(CONSTRAINTS_VENV)/bin/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	{ sed -n '/^#/p' constraints.txt; \
 	  $(CONSTRAINTS_VENV)/bin/pip freeze --all --exclude-editable --exclude kcm; } > constraints.txt.new
-	mv constraints.txt.new constraints.txt
-	$(CONSTRAINTS_VENV)/bin/pip install --quiet -c constraints.txt pip-tools
-	rm -f requirements-deploy.txt
+	cp constraints.txt requirements-deploy.txt $(CONSTRAINTS_VENV)/
+	mv constraints.txt.new constraints.txt && rm -f requirements-deploy.txt && \
+	$(CONSTRAINTS_VENV)/bin/pip install --quiet -c constraints.txt pip-tools && \
 	$(CONSTRAINTS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 		--build-deps-for wheel --no-emit-index-url --no-emit-find-links \
-		-c constraints.txt -o requirements-deploy.txt setup.cfg
+		-c constraints.txt -o requirements-deploy.txt setup.cfg || \
+	{ cp $(CONSTRAINTS_VENV)/constraints.txt $(CONSTRAINTS_VENV)/requirements-deploy.txt . && \
+	  echo "make constraints failed: constraints.txt and requirements-deploy.txt put back" >&2; \
+	  exit 1; }
 	rm -rf $(CONSTRAINTS_VENV)
 
 lint: $(STAMP)

@@ -42,3 +42,35 @@ def test_make_installs_what_constraints_txt_pins_and_pip_first(tmp_path: Path) -
     plan = planned(tmp_path / "venv")
     assert plan.index("pip install --quiet -c constraints.txt pip\n") < plan.index(INSTALL)
     assert "--upgrade" not in plan, plan
+
+
+_FAKE_PYTHON = """#!/bin/sh
+# `python -m venv DIR`: a virtualenv whose pip freezes one package and whose pip-compile
+# fails (PyPI unreachable halfway, a conflict), as `make constraints` may meet.
+[ "$1 $2" = "-m venv" ] || exit 2
+mkdir -p "$3/bin"
+printf '#!/bin/sh\\n[ "$1" = freeze ] && echo "newer==9.9"\\nexit 0\\n' > "$3/bin/pip"
+printf '#!/bin/sh\\nexit 1\\n' > "$3/bin/pip-compile"
+chmod +x "$3/bin/pip" "$3/bin/pip-compile"
+"""
+
+
+def test_make_constraints_that_fails_halfway_leaves_both_files_as_they_were(
+        tmp_path: Path) -> None:
+    """Else constraints.txt held pins no test had run and requirements-deploy.txt was gone:
+    `make` would install those pins, and production had no lock."""
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    checkout = tmp_path / "kcm"
+    checkout.mkdir()
+    for name in ("Makefile", "constraints.txt", "requirements-deploy.txt"):
+        shutil.copy(REPO / name, checkout / name)
+    python = tmp_path / "python"
+    python.write_text(_FAKE_PYTHON)
+    python.chmod(0o755)
+    ran = subprocess.run(["make", "constraints", f"PYTHON={python}"], cwd=checkout,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode != 0, ran.stdout + ran.stderr
+    for name in ("constraints.txt", "requirements-deploy.txt"):
+        assert (checkout / name).read_text() == (REPO / name).read_text(), name
+    assert not (checkout / "constraints.txt.new").exists()

@@ -366,7 +366,9 @@ class _GuardedTLSFactory(EagerTLSFactory):
 
     def buildProtocol(self, addr: Any) -> TLSMemoryBIOProtocol | None:
         # None makes the listening port close the socket at once, before any TLS work.
-        if not self.guard.admit(str(getattr(addr, "host", addr))):
+        # (Counted under the name opened() counts it by: an IPv4 client of a dual-stack
+        # listener, ::ffff:192.0.2.7, by its IPv4 address.)
+        if not self.guard.admit(peer_host(addr)):
             return None
         return super().buildProtocol(addr)
 

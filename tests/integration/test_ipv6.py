@@ -101,6 +101,32 @@ def test_connections_from_one_ipv6_address_are_capped(core: CoreProcess) -> None
             sock.close()
 
 
+def test_ipv4_clients_of_a_dual_stack_listener_are_capped_by_their_address(
+        tmp_path: Path) -> None:
+    """A tcp6 listener that takes IPv4 connections (here bound to ::ffff:127.0.0.1, as a
+    dual-stack ``tcp6:PORT`` takes them on every address) counts a client reaching it at
+    127.0.0.1 towards limits.max_connections_per_address under 127.0.0.1 (the cap was
+    checked under the mapped name ::ffff:127.0.0.1 and never refused)."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}",
+                  max_connections_per_address=2)
+    core.host = "::ffff:127.0.0.1"
+    core.write_config()
+    core.start()
+    try:
+        held = [socket.create_connection(("127.0.0.1", core.port), timeout=5)
+                for _ in range(2)]
+        try:
+            with socket.create_connection(("127.0.0.1", core.port), timeout=5) as over:
+                assert over.recv(1) == b""  # closed at accept
+            wait_until(lambda: "last from 127.0.0.1" in core.log.read_text(),
+                       "the refusal line", timeout=5)
+        finally:
+            for sock in held:
+                sock.close()
+    finally:
+        core.stop()
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_gateway_on_ipv6_links_to_a_core_on_ipv6(core: CoreProcess, workers: int,
                                                     tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ does not flood — over StringTransport and a Clock, with real TLS options."""
 from __future__ import annotations
 
 import pytest
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -40,7 +40,7 @@ def guarded(tls_options, **limits):
 
 def accept(factory, host="10.0.0.1", port=40000):
     """What a listening port does: build, then connect (None: the socket is closed)."""
-    address = IPv4Address("TCP", host, port)
+    address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
     protocol = factory.buildProtocol(address)
     if protocol is None:
         return None, None
@@ -80,6 +80,20 @@ def test_connections_over_the_per_address_cap_are_closed(tls_options) -> None:
         True, True, False, False]
     assert accept(factory, host="10.0.0.2")[0] is not None  # another client is not held up
     assert dict(guard.by_address) == {"10.0.0.1": 2, "10.0.0.2": 1}
+
+
+def test_an_ipv4_client_of_a_dual_stack_listener_is_capped_by_its_ipv4_address(
+        tls_options) -> None:
+    """A tcp6 listener that takes IPv4 too sees ::ffff:10.0.0.1: counted and capped as
+    10.0.0.1, as on an IPv4 listener (the cap was checked under the mapped name and the
+    count kept under the IPv4 one, so it never refused)."""
+    guard, factory, _ = guarded(tls_options, max_connections_per_address=2)
+    assert [accept(factory, host="::ffff:10.0.0.1", port=40000 + i)[0] is not None
+            for i in range(3)] == [True, True, False]
+    assert accept(factory, host="10.0.0.1")[0] is None  # the same client, one cap
+    assert dict(guard.by_address) == {"10.0.0.1": 2}
+    assert accept(factory, host="::1")[0] is not None
+    assert dict(guard.by_address) == {"10.0.0.1": 2, "::1": 1}
 
 
 def test_a_connection_without_a_handshake_is_aborted_at_the_deadline(tls_options) -> None:

@@ -28,3 +28,21 @@ def test_a_peer_without_a_host_is_named_as_before() -> None:
     assert peer_host(address) == str(address)
     assert peer_label(address) == f"{address}:"
     assert peer_label("?") == "?:"
+
+
+def test_an_address_without_a_host_string_is_named_by_itself_brackets_or_not() -> None:
+    """Only an IP host is bracketed: an address of another kind is named as it prints,
+    colons and all; a host that is not a string is not taken for one."""
+    unix = UNIXAddress(b"/run/kcm:core.sock")
+    assert peer_host(unix) == str(unix)
+    assert peer_label(unix) == f"{unix}:"
+
+    class OddAddress:
+        host = b"::ffff:192.0.2.7"
+        port = 1
+
+        def __str__(self) -> str:
+            return "odd"
+
+    assert peer_host(OddAddress()) == "odd"
+    assert peer_label(OddAddress()) == "odd:1"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import fail
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -27,7 +27,7 @@ from kcm.config_file import TlsFiles
 from kcm.eager_tls import EagerTLSFactory
 from kcm.pki import PkiPaths, init_pki, issue_crl, load_ca, new_ca
 from kcm.tls import server_tls_from, server_tls_options
-from kcm.tls_crl import RevocationWatch, chain_keys, load_crls, revoked_keys
+from kcm.tls_crl import RevocationWatch, chain_keys, load_crls, revoked_keys, unsigned_crl
 from kcm.tls_refresh import TlsRefresher
 from tests.thread_fakes import HeldThreads, run_inline
 from tests.tls_handshake import presented
@@ -62,6 +62,21 @@ def test_a_crl_file_is_read_in_pem_or_der_and_checked_against_the_cas(pki, tmp_p
         load_crls(tmp_path / "junk.pem", pki.ca.cert)
     with pytest.raises(ValueError, match="cannot read the CRL file"):
         load_crls(tmp_path / "missing.pem", pki.ca.cert)
+
+
+def test_a_crl_of_a_ca_s_name_signed_by_another_key_is_refused(pki, tmp_path) -> None:
+    """A CA made again under the same name with a new key (a re-keyed CA) did not sign the
+    CRLs of the old one: the name alone is not enough, at a start and for a renewed
+    tls.ca (unsigned_crl)."""
+    old = load_ca(pki.ca)
+    again = new_ca("KCM Dev CA (kcm.test)", now=dt.datetime.now(dt.UTC))
+    assert again.cert.subject == old.cert.subject
+    crl = issue_crl(again, [])
+    (tmp_path / "crl.pem").write_bytes(crl.public_bytes(Encoding.PEM))
+    with pytest.raises(ValueError, match="which no CA of .* signed"):
+        load_crls(tmp_path / "crl.pem", pki.ca.cert)
+    assert unsigned_crl([crl], [old.cert], "crl.pem", "ca.pem") is not None
+    assert unsigned_crl([crl], [old.cert, again.cert], "crl.pem", "ca.pem") is None
 
 
 def _handshake(options, pair, ca: Path) -> bool:
@@ -242,14 +257,16 @@ class _Link:
 class _Connection:
     """What a :class:`RevocationWatch` uses of a server-side TLS protocol."""
 
-    def __init__(self, pki: PkiPaths, who: str, chain: list, wrapped: object = None) -> None:
+    def __init__(self, pki: PkiPaths, who: str, chain: list, wrapped: object = None,
+                 peer: object = None) -> None:
         from OpenSSL import crypto
 
         pair = getattr(pki, who)
         self.connected = True
         self._aborted = False
         self.wrappedProtocol = wrapped if wrapped is not None else object()
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4433))
+        self.transport = StringTransport(
+            peerAddress=peer or IPv4Address("TCP", "192.0.2.7", 4433))
         self._peer = crypto.load_certificate(crypto.FILETYPE_PEM, pair.cert.read_bytes())
         self._tlsConnection = self
         self._chain = chain
@@ -340,6 +357,10 @@ def test_open_connections_of_a_revoked_certificate_are_cut_one_line_each(
                         f"demo/service/app from 192.0.2.7: its certificate (serial {serial}) "
                         "is revoked"), lines
     assert "spiffe://kcm.test/gateway/gw1" in lines[1]
+    mapped = _Connection(pki, "app", _chain(pki, "app"),  # (on a dual-stack listener)
+                         peer=IPv6Address("TCP", "::ffff:192.0.2.8", 4433))
+    watch.handshake_done(mapped)
+    assert mapped._aborted and " from 192.0.2.8: " in warnings[-1], warnings[-1]
     assert watch.cut_revoked(revoked) == 0  # (cut once)
     late = _Connection(pki, "app", _chain(pki, "app"))
     watch.handshake_done(late)  # a context built with the CRLs of before

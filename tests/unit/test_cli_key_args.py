@@ -20,7 +20,8 @@ def test_server(text: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize("text", ["", None, "host", ":5696", "host:", "host:0", "host:70000",
-                                  "host:x", "::1", "::1:5696", "[::1]", "[::1:5696"])
+                                  "host:x", "::1", "::1:5696", "[::1]", "[::1:5696",
+                                  "[kcm.test:5696", "kcm.test]:5696"])
 def test_bad_server(text: str | None) -> None:
     with pytest.raises(CommandError):
         parse_server(text)
@@ -139,6 +140,10 @@ def test_a_client_configuration_file_fills_in_what_is_not_given(
                                       "--connect-timeout", "1"])
     _settings(args)
     assert args.connect_timeout == 1.0  # the option before the file
+    args = build_parser().parse_args(["key", "query", "--client-config", str(path),
+                                      "--connect-timeout", "5"])
+    _settings(args)
+    assert args.connect_timeout == 5.0  # as long as the timeout: one attempt may take it all
     path.write_text('[client]\nconnect_timeout = "soon"\n')
     args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
     with pytest.raises(CommandError, match="connect timeout 'soon' is not a number"):

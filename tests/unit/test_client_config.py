@@ -99,6 +99,7 @@ def test_connect_timeout_from_the_table_reaches_both_clients(
     config = ClientConfig.from_table({**table, "connect_timeout": 1.5})
     assert config.connect_timeout == 1.5
     assert config.session().transport.connect_timeout == 1.5
+    assert ClientConfig.from_table({**table, "connect_timeout": 8}).connect_timeout == 8.0
     seen: list[float] = []
     real = pool.tls_endpoint_factory
 

@@ -261,6 +261,8 @@ def test_core_values_checked_at_load(tmp_path: Path, setting: str, error: str) -
     ("core = \"tcp:::1:5697\"", "gateway.core .* needs its colons escaped"),
     ("listen = \"tcp6:5698:interface=::1\"", "gateway.listen .* needs its colons escaped"),
     ("listen = \"tcp6:[::1]:5698\"", "gateway.listen .* needs its colons escaped"),
+    # (brackets around an address written in full, without "::")
+    ("core = \"tcp:[fd00:0:0:0:0:0:0:7]:5697\"", "gateway.core .* needs its colons escaped"),
 ])
 def test_gateway_values_checked_at_load(tmp_path: Path, setting: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):

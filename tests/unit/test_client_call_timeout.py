@@ -151,6 +151,53 @@ def test_a_written_request_past_its_deadline_closes_the_connection() -> None:
     assert server.transport.disconnecting
 
 
+def test_a_send_with_no_time_left_fails_at_once_and_opens_no_connection() -> None:
+    clock = task.Clock()
+    clock.advance(10.0)
+    endpoint = TimedEndpoint(clock)
+    client = client_of(clock, {"a:1": endpoint}, timeout=3.0)
+    for deadline in (10.0, 9.0):
+        got = results([client.send([get("a")], deadline=deadline)])
+        assert "no answer within 3 s (the call's timeout)" in str(got[0].value)
+    assert endpoint.attempts == 0 and clock.getDelayedCalls() == []
+
+
+def test_a_late_call_names_what_its_own_opening_met_alone() -> None:
+    """The endpoints a call's opening tried are named when it ends late; those an earlier
+    opening tried are not."""
+    clock = task.Clock()
+    endpoints = {"a:1": TimedEndpoint(clock, after=1.0, fails=True),
+                 "b:2": TimedEndpoint(clock, after=1.0)}
+    client = client_of(clock, endpoints, timeout=5.0)
+    first = results([client.rng_retrieve(4)])
+    clock.advance(1.0)
+    clock.advance(1.0)  # a refused, b connected
+    respond(endpoints["b:2"].protocols[0], RngRetrieveResponse(data=b"abcd"))
+    assert first == [b"abcd"]
+    endpoints["b:2"].protocols[0].connectionLost(Failure(ConnectionError("reset")))
+    endpoints["b:2"].after = 10.0  # b is slow to connect now
+    second = results([client.rng_retrieve(4)])
+    clock.advance(5.0)
+    assert str(second[0].value) == "no answer within 5 s (the call's timeout)"
+
+
+class NoPastClock(task.Clock):
+    """Refuses a negative delay, as the reactor's callLater does."""
+
+    def callLater(self, delay: float, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        assert delay >= 0, f"{delay} is not greater than or equal to 0 seconds"
+        return super().callLater(delay, *args, **kwargs)
+
+
+def test_a_request_sent_past_its_deadline_fails_at_once_on_the_reactor() -> None:
+    clock = NoPastClock()
+    clock.advance(5.0)
+    protocol, server = connected(clock)
+    got = results([protocol.send((1, 4), [get("a")], deadline=4.0, late="too late")])
+    clock.advance(0)
+    assert str(got[0].value) == "too late"
+
+
 @pytest.mark.parametrize(("timeout", "count", "given", "expected"), [
     (3.0, 3, None, 1.0),      # the endpoint's share of the call
     (60.0, 2, None, 10.0),    # at most 10 s

@@ -608,7 +608,7 @@ def test_refused_connections_are_counted_by_reason() -> None:
 
 # A certificate OpenSSL verified that cryptography cannot load --------------------------------
 
-def _openssl_certificate(name):
+def _openssl_certificate(name, issuer=None):
     from datetime import UTC, datetime, timedelta
 
     from cryptography import x509
@@ -618,7 +618,7 @@ def _openssl_certificate(name):
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name)
             .public_key(key.public_key()).serial_number(0xABC).not_valid_before(now)
             .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
     return crypto.X509.from_cryptography(cert)
@@ -655,3 +655,7 @@ def test_an_unreadable_peer_certificate_is_described_without_pyopenssls_deprecat
         empty = describe_peer_certificate(Transport(_openssl_certificate(x509.Name([]))))
     assert described == r"unreadable certificate, subject CN=app, O=d\xC3\xA9mo, serial abc"
     assert empty == "unreadable certificate, subject (empty), serial abc"
+    issued = _openssl_certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "app")]),
+                                  x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")]))
+    assert describe_peer_certificate(Transport(issued)) == (  # the subject, not the issuer
+        "unreadable certificate, subject CN=app, serial abc")

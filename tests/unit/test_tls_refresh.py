@@ -624,3 +624,82 @@ def test_a_sighup_during_a_tick_s_look_is_answered_by_the_look_after_it(pki, log
         assert not any("unchanged" in line for _, line in logged)
     finally:
         refresher.stopService()
+
+
+def test_the_unchanged_line_is_for_a_look_asked_for_and_finding_nothing_new(
+        pki, tmp_path, logged) -> None:
+    """The SIGHUP line is written by the look a SIGHUP asked for alone: not by a tick after
+    a SIGHUP before the start, nor by the ticks after it; and not when the CRL file
+    changed (its own line says so)."""
+    ca = load_ca(pki.ca)
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM))
+    clock = Clock()
+    refresher = _refresher(pki, clock, crl=str(crl))
+
+    def sighup_lines() -> int:
+        return sum("tls: SIGHUP:" in line for _, line in logged)
+
+    refresher.look_now()  # (before the start: nothing, and nothing owed)
+    refresher.startService()
+    try:
+        clock.advance(1)
+        assert sighup_lines() == 0
+        refresher.look_now()
+        assert sighup_lines() == 1
+        clock.advance(1)
+        clock.advance(1)
+        assert sighup_lines() == 1  # (the ticks after it: no line)
+        staged = tmp_path / "crl.new"
+        staged.write_bytes(issue_crl(ca, [x509.load_pem_x509_certificate(
+            pki.app.cert.read_bytes())]).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        refresher.look_now()
+        assert any("tls.crl:" in line and "read again" in line for _, line in logged)
+        assert sighup_lines() == 1
+    finally:
+        refresher.stopService()
+
+
+def test_files_refused_beside_options_that_cannot_be_built_are_logged_as_refused(
+        pki, tmp_path, logged) -> None:
+    """A look that reads a renewal it refuses and a new CRL file, or a renewal and a CRL
+    file it refuses, whose options cannot be built: the refusal is logged too (once),
+    besides the options' error."""
+    ca = load_ca(pki.ca)
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM))
+    refresher = _refresher(pki, crl=str(crl))
+    refresher.startService()
+
+    broken = [False]
+
+    def link(material, lists):
+        if broken[0]:
+            raise ValueError("no cipher matches")
+        return server_tls_from(material, crls=lists)
+
+    try:
+        refresher.options(_kmip)(), refresher.options(link)()
+        broken[0] = True
+        stranger = new_ca("Stranger CA", now=dt.datetime.now(dt.UTC))
+        _renew(pki, ca=stranger)  # (not of tls.ca: refused)
+        staged = tmp_path / "crl.new"
+        staged.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        logged.clear()
+        refresher.refresh()
+        refresher.refresh()
+        errors = [line for level, line in logged if level >= LogLevel.error]
+        assert len([e for e in errors if "renewed TLS files cannot be taken" in e]) == 1, errors
+        assert len([e for e in errors if "could not be built" in e]) == 1, errors
+        _renew(pki)  # a renewal that can be taken, and a CRL file that cannot
+        crl.write_bytes(b"not a CRL")
+        logged.clear()
+        refresher.refresh()
+        refresher.refresh()
+        errors = [line for level, line in logged if level >= LogLevel.error]
+        assert len([e for e in errors if e.startswith("tls.crl: ")]) == 1, errors
+        assert len([e for e in errors if "could not be built" in e]) == 1, errors
+    finally:
+        refresher.stopService()

@@ -412,6 +412,36 @@ def test_a_gateways_fetch_of_another_tenants_key_is_audited_as_refused(core: Cor
         ("demo", gateway.id, {"denied": "service demo/ghost is not provisioned"})]
 
 
+def test_a_gateways_fetch_is_audited_in_the_callers_tenant_whatever_it_names(
+        core: CoreHarness) -> None:
+    """A fetch by the key's identifier, served, is audited in the caller's tenant even when
+    the gateway named another (the tenant named is ignored then); an operator's, who has no
+    tenant, in the tenant the gateway named."""
+    import time
+
+    from kcm.core.context import Caller
+    from kcm.core.service_keys import AUDIT_OPERATION, fetch_service_keys
+    from kcm.identity import Principal, Role
+    from kcm.kmip.errors import KmipError
+
+    l3 = current_l3(core)  # demo/app's
+    gateway = Principal(Role.GATEWAY, "kcm.test", name="gw1", uri="spiffe://kcm.test/gateway/gw1")
+    caller = Caller(service_principal("demo", "app"), "10.0.0.1:1", gateway=gateway)
+    served = core.store.run_sync(lambda s: fetch_service_keys(
+        s, core.keyring, caller, "other", "app", l3.uid, now=int(time.time())))
+    assert not isinstance(served, KmipError) and [k.uid for k in served] == [l3.uid]
+    operator = Caller(Principal(Role.OPERATOR, "kcm.test", name="ops",
+                                uri="spiffe://kcm.test/operator/ops"), "10.0.0.1:1",
+                      gateway=gateway)
+    refused = core.store.run_sync(lambda s: fetch_service_keys(
+        s, core.keyring, operator, "demo", "app", None, now=int(time.time())))
+    assert isinstance(refused, KmipError)
+    rows = core.store.run_sync(lambda s: s.scalars(select(AuditLog).where(
+        AuditLog.operation == AUDIT_OPERATION).order_by(AuditLog.seq)).all())
+    assert [(r.tenant, r.principal, r.result_reason is None) for r in rows[-2:]] == [
+        ("demo", caller.principal.id, True), ("demo", operator.principal.id, False)]
+
+
 def test_a_service_that_is_not_provisioned_creates_no_l4(core: CoreHarness) -> None:
     """Naming no key, only its own service (x-kcm-level = L4): answered as a service with no
     service key, and audited as a refusal of who asks."""

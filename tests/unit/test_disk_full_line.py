@@ -153,3 +153,36 @@ def test_only_a_sqlite_file_has_a_disk_space() -> None:
     assert disk_space.DiskSpace.of("sqlite://") is None
     disk = disk_space.DiskSpace.of("sqlite:////var/lib/kcm/kcm.db")
     assert disk is not None and disk.directory == "/var/lib/kcm"
+
+
+def test_the_readiness_thread_and_the_reactor_share_one_reading() -> None:
+    """Two threads asking at once (the readiness check's and the reactor): one reads the
+    free space, the other waits for it and uses it (the hysteresis is decided once)."""
+    import threading
+
+    reads: list[str] = []
+    second_came = threading.Event()
+
+    def free(directory: str) -> int:
+        reads.append(directory)
+        second_came.wait(0.5)  # (the other thread asks meanwhile)
+        return 0
+
+    disk = disk_space.DiskSpace("/data/kcm.db", clock=lambda: 0.0, free=free)
+    answers: list[str | None] = []
+
+    def ask() -> None:
+        answers.append(disk.full())
+
+    first = threading.Thread(target=ask)
+    first.start()
+    while not reads:
+        threading.Event().wait(0.001)
+    second = threading.Thread(target=ask)
+    second.start()
+    second.join(0.1)  # it waits for the reading under way
+    second_came.set()
+    first.join(5)
+    second.join(5)
+    assert reads == ["/data"]
+    assert len(answers) == 2 and None not in answers

@@ -255,6 +255,11 @@ def check_endpoint(setting: str, value: Any, kinds: Collection[str], *,
         if not rest.strip().isdigit():
             raise ConfigError(f"{setting} {value!r}: {kind}: takes a descriptor number")
         return value
+    if kind in ("tcp", "tcp6") and len(_positional(rest)) > (2 if client else 1):
+        # Twisted reads an IPv6 address written with bare colons as a host or an interface
+        # of its first group and drops the rest (tcp:host=fd00:0:0:0:0:0:0:7:port=5697
+        # names host fd00), or fails with its own words.
+        raise ConfigError(f"{setting} {value!r} is not a valid endpoint: {_IPV6_HINT}")
     from twisted.internet.endpoints import clientFromString, serverFromString
 
     try:
@@ -275,6 +280,13 @@ def check_endpoint(setting: str, value: Any, kinds: Collection[str], *,
 _UNESCAPED_IPV6 = re.compile(r"\[|(?<!\\)::")
 _IPV6_HINT = ("an IPv6 address needs its colons escaped, no brackets: "
               "tcp6:5696:interface=\\:\\:1 (a listener), tcp:\\:\\:1:5697 (a core)")
+
+def _positional(rest: str) -> list[str]:
+    """The fields of an endpoint string after its kind that are not ``name=value``, split
+    at its unescaped colons (a client's host and port, a listener's port)."""
+    fields = re.split(r"(?<!\\):", rest)
+    return [f for f in fields if "=" not in f]
+
 
 #: Stands for the reactor while an endpoint string is only parsed (no endpoint is used).
 _NO_REACTOR = object()

@@ -263,6 +263,13 @@ def test_core_values_checked_at_load(tmp_path: Path, setting: str, error: str) -
     ("listen = \"tcp6:[::1]:5698\"", "gateway.listen .* needs its colons escaped"),
     # (brackets around an address written in full, without "::")
     ("core = \"tcp:[fd00:0:0:0:0:0:0:7]:5697\"", "gateway.core .* needs its colons escaped"),
+    # (an address written in full with bare colons: Twisted read host fd00 and dropped the
+    # rest, or failed in its own words)
+    ("core = \"tcp:host=fd00:0:0:0:0:0:0:7:port=5697\"",
+     "gateway.core .* needs its colons escaped"),
+    ("core = \"tcp:fd00:0:0:0:0:0:0:7:5697\"", "gateway.core .* needs its colons escaped"),
+    ("listen = \"tcp:5698:interface=fd00:0:0:0:0:0:0:7\"",
+     "gateway.listen .* needs its colons escaped"),
 ])
 def test_gateway_values_checked_at_load(tmp_path: Path, setting: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 import pytest
+from twisted.internet.address import IPv6Address
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution
+from zope.interface import implementer
 
-__all__ = ["require_ipv6_loopback"]
+__all__ = ["IPv6OnlyNames", "require_ipv6_loopback"]
 
 
 def require_ipv6_loopback() -> None:
@@ -25,3 +29,28 @@ def require_ipv6_loopback() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"IPv6 tests cannot run in CI: {reason}", pytrace=False)
         pytest.skip(f"IPv6 tests skipped: {reason}")
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class IPv6OnlyNames:
+    """A name resolver (``reactor.installNameResolver``) for which ``core.test`` is ::1
+    alone, an AAAA record, whatever families are asked for (as DNS answers a name without
+    A records); other names resolve to nothing."""
+
+    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0,  # noqa: N802,N803
+                        addressTypes: Any = None, transportSemantics: str = "TCP") -> Any:  # noqa: N803
+        resolution = _Resolution(hostName)
+        receiver.resolutionBegan(resolution)
+        if hostName == "core.test" and (addressTypes is None or IPv6Address in addressTypes):
+            receiver.addressResolved(IPv6Address("TCP", "::1", portNumber))
+        receiver.resolutionComplete()
+        return resolution

@@ -5,8 +5,6 @@ black holes alone fails at ``timeout``, not at ``timeout`` per address."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -15,6 +13,7 @@ import pytest_twisted
 
 from kcm.client import KmipClientError
 from kcm.testing.processes import CoreProcess, deploy
+from tests.hung_listener import HungListener
 
 #: Allowed beyond a call's timeout: a loaded machine.
 SLACK = 0.5
@@ -31,32 +30,9 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProcess]:
         core.stop()
 
 
-class BlackHole:
-    """Accepts TCP connections and never sends a byte (no TLS handshake)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                return
-            self.held.append(raw)
-
-    def close(self) -> None:
-        self.listener.close()
-        for raw in self.held:
-            raw.close()
-
-
 @pytest.fixture
-def black_holes() -> Iterator[list[BlackHole]]:
-    holes = [BlackHole() for _ in range(3)]
+def black_holes() -> Iterator[list[HungListener]]:
+    holes = [HungListener() for _ in range(3)]
     yield holes
     for hole in holes:
         hole.close()
@@ -74,7 +50,7 @@ def client(core: CoreProcess, ports: list[int], timeout: float):
 
 @pytest_twisted.ensureDeferred
 async def test_a_black_hole_then_the_core_answers_within_the_timeout(
-        core: CoreProcess, black_holes: list[BlackHole]) -> None:
+        core: CoreProcess, black_holes: list[HungListener]) -> None:
     pool = client(core, [black_holes[0].port, core.port], timeout=2.0)
     try:
         started = time.monotonic()
@@ -91,7 +67,7 @@ async def test_a_black_hole_then_the_core_answers_within_the_timeout(
 
 @pytest_twisted.ensureDeferred
 async def test_a_call_to_black_holes_alone_fails_at_its_timeout(
-        core: CoreProcess, black_holes: list[BlackHole]) -> None:
+        core: CoreProcess, black_holes: list[HungListener]) -> None:
     pool = client(core, [hole.port for hole in black_holes], timeout=1.5)
     try:
         started = time.monotonic()

@@ -21,8 +21,6 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.address import IPv6Address
 from twisted.internet.endpoints import TCP6ServerEndpoint
-from twisted.internet.interfaces import IHostnameResolver, IHostResolution
-from zope.interface import implementer
 
 from kcm.cli import main
 from kcm.client.endpoints import Endpoint, TlsFiles
@@ -33,7 +31,7 @@ from kcm.testing.processes import CoreProcess, GatewayProcess, deploy, free_port
 from kcm.testing.requests import create_managed
 from kcm.tls import TLSClientEndpoint, client_tls_options, server_tls_options
 from tests.e2e_support import succeeded_v21, wait_until
-from tests.ipv6 import require_ipv6_loopback
+from tests.ipv6 import IPv6OnlyNames, require_ipv6_loopback
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -156,33 +154,9 @@ def test_a_gateway_on_ipv6_links_to_a_core_on_ipv6(core: CoreProcess, workers: i
 
 # A host name with IPv6 addresses only (in this process, its resolver faked) ---------------
 
-@implementer(IHostResolution)
-class _Resolution:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def cancel(self) -> None:
-        pass
-
-
-@implementer(IHostnameResolver)
-class _IPv6OnlyNames:
-    """Resolves ``core.test`` to ::1 (an AAAA record) and nothing else, whatever families
-    are asked for (as DNS would for a name without A records)."""
-
-    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,
-                        transportSemantics="TCP"):
-        resolution = _Resolution(hostName)
-        receiver.resolutionBegan(resolution)
-        if hostName == "core.test" and (addressTypes is None or IPv6Address in addressTypes):
-            receiver.addressResolved(IPv6Address("TCP", "::1", portNumber))
-        receiver.resolutionComplete()
-        return resolution
-
-
 @pytest.fixture
 def ipv6_only_name() -> Iterator[None]:
-    previous = reactor.installNameResolver(_IPv6OnlyNames())
+    previous = reactor.installNameResolver(IPv6OnlyNames())
     try:
         yield
     finally:

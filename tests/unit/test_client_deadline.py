@@ -17,6 +17,7 @@ import pytest
 
 from kcm.client import KmipClientError, Session
 from kcm.pki import PkiPaths, init_pki
+from tests.hung_listener import HungListener
 from tests.unit.test_client_answers_in_step import Server, versions_of
 
 #: Allowed beyond a call's timeout: thread switches, a loaded machine.
@@ -26,29 +27,6 @@ SLACK = 0.4
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
     return init_pki(Path(tmp_path_factory.mktemp("pki")))
-
-
-class HungListener:
-    """Accepts TCP connections and never sends a byte (no TLS handshake)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                return
-            self.held.append(raw)
-
-    def close(self) -> None:
-        self.listener.close()
-        for raw in self.held:
-            raw.close()
 
 
 @pytest.fixture

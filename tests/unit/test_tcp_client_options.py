@@ -8,44 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.address import IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IHostnameResolver, IHostResolution
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
-from zope.interface import implementer
 
 from kcm.client.endpoints import Endpoint, TlsFiles
 from kcm.client.pool import tls_endpoint_factory
 from kcm.pki import init_pki
 from kcm.tcp_client import plain_client_endpoint
-
-
-@implementer(IHostResolution)
-class _Resolution:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def cancel(self) -> None:
-        pass
-
-
-@implementer(IHostnameResolver)
-class _IPv6Only:
-    """``core.test`` is ::1 alone (an AAAA record)."""
-
-    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0,  # noqa: N802,N803
-                        addressTypes: Any = None, transportSemantics: str = "TCP") -> Any:  # noqa: N803
-        resolution = _Resolution(hostName)
-        receiver.resolutionBegan(resolution)
-        receiver.addressResolved(IPv6Address("TCP", "::1", portNumber))
-        receiver.resolutionComplete()
-        return resolution
+from tests.ipv6 import IPv6OnlyNames
 
 
 def _reactor() -> MemoryReactorClock:
     reactor = MemoryReactorClock()
-    reactor.installNameResolver(_IPv6Only())
+    reactor.installNameResolver(IPv6OnlyNames())
     return reactor
 
 

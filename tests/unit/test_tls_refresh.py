@@ -464,12 +464,9 @@ def test_a_kubernetes_secret_volume_s_data_link_switch_is_taken(pki, tmp_path) -
 
 # The closing note of the renewal's sitting: SIGHUP, all or none, one CRL rule --------------
 
-def test_a_listener_whose_options_cannot_be_built_leaves_every_listener_as_it_was(
-        pki, tmp_path, logged) -> None:
-    """Renewed files and new CRLs that pass the checks, but one listener's options cannot
-    be built from them: no listener takes new options and nothing read is taken (counted
-    as refused, one error however many looks), the files are read again at every look
-    and taken by all once they can be built."""
+def _with_a_link_that_breaks(pki, tmp_path):
+    """A started refresher with a CRL file, and a link whose options cannot be built once
+    ``broken[0]`` is set: (CA, CRL file, refresher, broken, the link's options maker)."""
     ca = load_ca(pki.ca)
     crl = tmp_path / "crl.pem"
     crl.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM))
@@ -482,6 +479,16 @@ def test_a_listener_whose_options_cannot_be_built_leaves_every_listener_as_it_wa
             raise ValueError("no cipher matches the new key")
         return server_tls_from(material, crls=lists)
 
+    return ca, crl, refresher, broken, link
+
+
+def test_a_listener_whose_options_cannot_be_built_leaves_every_listener_as_it_was(
+        pki, tmp_path, logged) -> None:
+    """Renewed files and new CRLs that pass the checks, but one listener's options cannot
+    be built from them: no listener takes new options and nothing read is taken (counted
+    as refused, one error however many looks), the files are read again at every look
+    and taken by all once they can be built."""
+    ca, crl, refresher, broken, link = _with_a_link_that_breaks(pki, tmp_path)
     try:
         kmip_options, link_options = refresher.options(_kmip)(), refresher.options(link)()
         before = _serial(pki)
@@ -666,19 +673,7 @@ def test_files_refused_beside_options_that_cannot_be_built_are_logged_as_refused
     """A look that reads a renewal it refuses and a new CRL file, or a renewal and a CRL
     file it refuses, whose options cannot be built: the refusal is logged too (once),
     besides the options' error."""
-    ca = load_ca(pki.ca)
-    crl = tmp_path / "crl.pem"
-    crl.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM))
-    refresher = _refresher(pki, crl=str(crl))
-    refresher.startService()
-
-    broken = [False]
-
-    def link(material, lists):
-        if broken[0]:
-            raise ValueError("no cipher matches")
-        return server_tls_from(material, crls=lists)
-
+    ca, crl, refresher, broken, link = _with_a_link_that_breaks(pki, tmp_path)
     try:
         refresher.options(_kmip)(), refresher.options(link)()
         broken[0] = True

@@ -14,13 +14,9 @@ from typing import Any, TypeVar
 
 from twisted.python import usage
 
+from kcm.config_values import ConfigError
 from kcm.logging import check_log_format, parse_level
 from kcm.tls_policy import TlsPolicy
-
-
-class ConfigError(ValueError):
-    """The configuration is missing something or has a wrong value."""
-
 
 #: The tables a KCM configuration file may have: a file may hold more than one service's.
 SECTIONS = ("core", "gateway", "client")
@@ -219,18 +215,6 @@ def seconds(setting: str, value: Any, *, most: float | None = None) -> float:
         bound = f", at most {most:g}" if most is not None else ""
         raise ConfigError(f"{setting} must be a positive number of seconds{bound}")
     return float(value)
-
-
-def whole_number(setting: str, value: Any, *, least: int = 0,
-                 most: int | None = None) -> int:
-    """A whole-number setting (a TOML integer, or the command line's digits: 2.7 and "4"
-    in TOML are refused, not converted), from ``least`` to ``most``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{setting} must be a whole number")
-    if value < least or (most is not None and value > most):
-        bound = f"from {least} to {most}" if most is not None else f"of at least {least}"
-        raise ConfigError(f"{setting} must be a whole number {bound}")
-    return value
 
 
 def check_endpoint(setting: str, value: Any, kinds: Collection[str], *,

@@ -31,6 +31,7 @@ from typing import Any
 
 from kcm.client.endpoints import Endpoint, parse_endpoint
 from kcm.client.wire import DEFAULT_VERSION, SUPPORTED_VERSIONS, positive_timeout
+from kcm.config_values import whole_number
 
 __all__ = ["SETTINGS", "ClientConfig", "load_client_config"]
 
@@ -114,7 +115,8 @@ class ClientConfig:
         return cls(gateway=gateway or core, core=core, timeout=timeout,
                    connect_timeout=connect_timeout,
                    version=_version(table.get("version", "1.4")),
-                   pool_size=int(table.get("pool_size", 2)), **files)
+                   pool_size=whole_number("client.pool_size", table.get("pool_size", 2),
+                                          least=1), **files)
 
     # Clients ------------------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ from kcm.config_file import (
     check_endpoint,
     load_section,
     seconds,
-    whole_number,
 )
+from kcm.config_values import whole_number
 from kcm.core.policy import AccessPolicy, ApplicationObjects
 from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL
 from kcm.core.store.object_cache import DEFAULT_MAX_BYTES

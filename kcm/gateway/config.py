@@ -18,8 +18,8 @@ from kcm.config_file import (
     check_endpoint,
     load_section,
     seconds,
-    whole_number,
 )
+from kcm.config_values import whole_number
 from kcm.drain import DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT
 from kcm.gateway.core_endpoints import ORDERS
 from kcm.gateway.placement import PIN_MODES

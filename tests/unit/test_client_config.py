@@ -73,6 +73,29 @@ def test_bad_tables_say_what_is_wrong(table, error) -> None:
         ClientConfig.from_table(table)
 
 
+@pytest.mark.parametrize(("value", "error"), [
+    ("x", "client.pool_size must be a whole number"),
+    ("4", "client.pool_size must be a whole number"),
+    (2.7, "client.pool_size must be a whole number"),
+    (True, "client.pool_size must be a whole number"),
+    (0, "client.pool_size must be a whole number of at least 1"),
+])
+def test_a_pool_size_that_is_not_a_whole_number_is_named(tmp_path: Path, value,
+                                                         error) -> None:
+    """client.pool_size is refused in the words the services' whole numbers are (not
+    Python's int() message, nor 2.7 taken as 2, nor 0 refused only by the Twisted
+    client)."""
+    import json
+
+    path = tmp_path / "client.toml"
+    path.write_text(f'[client]\nserver = "h:1"\ncert = "c"\nkey = "k"\nca = "a"\n'
+                    f"pool_size = {json.dumps(value)}\n")
+    with pytest.raises(ValueError) as raised:
+        load_client_config(path)
+    assert str(raised.value) == f"{path}: {error}"
+    assert str(raised.value).isascii()
+
+
 def test_the_configuration_builds_sessions_and_a_split_horizon(tmp_path: Path) -> None:
     pki = init_pki(tmp_path / "pki")
     files = {"cert": str(pki.app.cert), "key": str(pki.app.key), "ca": str(pki.ca.cert)}

@@ -67,10 +67,13 @@ class TlsFiles:
         return TlsPolicy(str(self.min_version), self.profile, self.ciphers)
 
 
-def tls_file_problem(tls: TlsFiles, section: str) -> str | None:
+def tls_file_problem(tls: TlsFiles, section: str, *, prefix: str | None = None) -> str | None:
     """What is wrong with the PEM files of ``tls``, naming the setting and the file (the
     first problem found), or None if they load and the key is its certificate's. Called
-    after a TLS context could not be built, whose own error names no file."""
+    after a TLS context could not be built, whose own error names no file. The settings
+    are ``SECTION.tls.cert`` ... unless ``prefix`` names them otherwise (``client``:
+    ``client.cert``)."""
+    prefix = prefix or f"{section}.tls"
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -81,29 +84,29 @@ def tls_file_problem(tls: TlsFiles, section: str) -> str | None:
         try:
             contents[name] = Path(path).read_bytes()
         except OSError as e:
-            return f"{section}.tls.{name}: cannot read {path}: {e.strerror}"
+            return f"{prefix}.{name}: cannot read {path}: {e.strerror}"
     certificates: dict[str, list[Any]] = {}
     for name in ("cert", "ca"):
         try:
             certificates[name] = x509.load_pem_x509_certificates(contents[name])
         except ValueError:
-            return f"{section}.tls.{name}: {getattr(tls, name)} holds no PEM certificate"
+            return f"{prefix}.{name}: {getattr(tls, name)} holds no PEM certificate"
     from kcm.tls import is_ca_certificate
 
     if not any(is_ca_certificate(c) for c in certificates["ca"]):
-        return (f"{section}.tls.ca: {tls.ca} holds no CA certificate (Basic Constraints cA "
+        return (f"{prefix}.ca: {tls.ca} holds no CA certificate (Basic Constraints cA "
                 f"TRUE, or keyCertSign): no peer's certificate could chain to it")
     try:
         key = serialization.load_pem_private_key(contents["key"], password=None)
     except TypeError:
-        return (f"{section}.tls.key: {tls.key} is encrypted (KCM needs the key unencrypted, "
+        return (f"{prefix}.key: {tls.key} is encrypted (KCM needs the key unencrypted, "
                 "mode 0600)")
     except (ValueError, UnsupportedAlgorithm):
-        return f"{section}.tls.key: {tls.key} holds no PEM private key KCM can use"
+        return f"{prefix}.key: {tls.key} holds no PEM private key KCM can use"
     from kcm.tls_checks import key_matches
 
     if not key_matches(certificates["cert"][0], key):
-        return (f"{section}.tls.key: {tls.key} is not the key of the certificate in "
+        return (f"{prefix}.key: {tls.key} is not the key of the certificate in "
                 f"{tls.cert}")
     return None
 

@@ -1,8 +1,9 @@
-"""``kcm config``: check a kcm-core or kcm-gateway configuration before it is used.
+"""``kcm config``: check a kcm-core, kcm-gateway or client configuration before it is used.
 
 * ``kcm config check -c FILE [--open-token]``: a preflight to run before starting or
   upgrading the service whose table the file has (``[core]``: kcm-core, ``[gateway]``:
-  kcm-gateway; a file with both is checked for both). It finds what would stop the start, or
+  kcm-gateway; ``[client]``: the SDK and ``kcm key``, ``seal``, ``open``; a file with
+  several is checked for each). It finds what would stop the start, or
   what this release refuses, without starting anything and without writing anything: the
   configuration loads and validates; the TLS files load and the key is the certificate's;
   the key file's mode; the certificate's dates, its chain to the configured CA, its
@@ -13,7 +14,10 @@
   ``--open-token``, read-only), the database (it
   exists, is reachable, its schema revision against this release's) and the L1 check value
   the database recorded; for kcm-gateway, the cores, workers and pinning; and the
-  connection caps against the open-file limit (``ulimit -n``) of this shell.
+  connection caps against the open-file limit (``ulimit -n``) of this shell. A ``[client]``
+  table is loaded as the SDK loads it (:func:`kcm.client.config.load_client_config`), its
+  TLS files as the SDK's clients load them (nothing is connected to), with the key file's
+  mode, the certificate's dates, chain and clientAuth use.
 
 It prints one line per check, ``ok: ...``, ``warning: ...`` or ``error: ...``, never a
 secret (the database URL is shown without its password, no PIN, no key), and exits 0 when
@@ -50,8 +54,8 @@ OK, WARNING, ERROR = "ok", "warning", "error"
 #: A certificate that expires within this many days is warned about.
 EXPIRY_WARNING_DAYS = 30
 
-#: The services a configuration file's tables name, in the order they are checked.
-_SERVICES = ("core", "gateway")
+#: The tables a configuration file may have, in the order they are checked.
+_SERVICES = ("core", "gateway", "client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +76,12 @@ class Finding:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``config`` and its actions to the ``kcm`` parser."""
     actions = add_command(subparsers, "config",
-                          "check a kcm-core or kcm-gateway configuration", __doc__)
+                          "check a kcm-core, kcm-gateway or client configuration", __doc__)
     check = actions.add_parser(
         "check", help="find what would stop the service's start, writing nothing")
     check.add_argument("-c", "--config", required=True, metavar="FILE",
-                       help="the configuration file (its [core] or [gateway] table)")
+                       help="the configuration file (its [core], [gateway] or [client] "
+                            "table)")
     check.add_argument("--open-token", action="store_true",
                        help="with l1_pkcs11: open the token read-only, as kcm-core does, "
                             "and check its L1 against the database (without: not opened)")
@@ -108,14 +113,16 @@ def check_config(path: str, *, open_token: bool = False,
         return
     services = [name for name in _SERVICES if name in document]
     if not services:
-        yield Finding(ERROR, f"{path} has no [core] or [gateway] table: it is not a kcm-core "
-                             "or kcm-gateway configuration")
+        yield Finding(ERROR, f"{path} has no [core], [gateway] or [client] table: it is not a "
+                             "kcm-core, kcm-gateway or client configuration")
         return
     for service in services:
         if service == "core":
             yield from _core(path, now, open_token)
-        else:
+        elif service == "gateway":
             yield from _gateway(path, now)
+        else:
+            yield from _client(path, now)
 
 
 # kcm-core -------------------------------------------------------------------------------
@@ -138,7 +145,7 @@ def _core(path: str, now: dt.datetime, open_token: bool) -> Iterator[Finding]:
         return Finding(OK, "core.tls.cert: a core's certificate (no URI SAN, not a CA), as "
                            "gateways require")
 
-    yield from _tls(config.tls, "core", now, identity, client_use=False)
+    yield from _tls(config.tls, "core", now, identity, usages=("serverAuth",))
     if config.policy_file:
         yield _policy_file(config.policy_file)
     yield from _log_file("core", config.log_file)
@@ -310,7 +317,7 @@ def _gateway(path: str, now: dt.datetime) -> Iterator[Finding]:
                            f"(spiffe://{config.trust_domain}/gateway/{name}), as the core's "
                            "link requires")
 
-    yield from _tls(config.tls, "gateway", now, identity, client_use=True)
+    yield from _tls(config.tls, "gateway", now, identity, usages=("serverAuth", "clientAuth"))
     yield from _log_file("gateway", config.log_file)
     yield _descriptors("gateway", [("max_connections", config.limits.max_connections)],
                        per_worker=workers > 1)
@@ -333,20 +340,61 @@ def _workers(config: GatewayConfig) -> Generator[Finding, None, int]:
     return workers
 
 
+# A client ------------------------------------------------------------------------------
+def _client(path: str, now: dt.datetime) -> Iterator[Finding]:
+    """The ``[client]`` table as the SDK loads it, and its TLS files as its clients load
+    them (nothing is connected to)."""
+    from kcm.client.config import load_client_config
+    from kcm.config_file import TlsFiles
+
+    try:
+        config = load_client_config(path)
+    except OSError as e:
+        yield Finding(ERROR, f"cannot read {path}: {e.strerror}")
+        return
+    except ValueError as e:
+        yield Finding(ERROR, str(e))
+        return
+    yield Finding(OK, f"{path}: [client] loads and validates (the SDK; kcm key, seal, open)")
+
+    def names(endpoints: Sequence[object]) -> str:
+        return ", ".join(str(endpoint) for endpoint in endpoints)
+
+    if config.gateway == config.core:
+        yield Finding(OK, f"client: calls go to {names(config.gateway)} (in order, "
+                          f"timeout {config.timeout:g} s)")
+    else:
+        yield Finding(OK, f"client: L4 calls go to {names(config.gateway)}, the others to "
+                          f"{names(config.core)} (timeout {config.timeout:g} s)")
+
+    def load(tls: TlsFiles) -> object:
+        # Both clients' own loads: the blocking one's (Python's ssl) and the Twisted one's.
+        from kcm.client.endpoints import FailoverConnection
+        from kcm.client.endpoints import TlsFiles as ClientFiles
+        from kcm.client.pool import tls_endpoint_factory
+
+        files = ClientFiles(tls.cert, tls.key, tls.ca)
+        endpoints = list(dict.fromkeys(config.gateway + config.core))
+        FailoverConnection(endpoints, files)  # (connects at its first call only)
+        return tls_endpoint_factory(None, files, endpoints)
+
+    yield from _tls(TlsFiles(config.cert, config.key, config.ca), "client", now, None,
+                    usages=("clientAuth",), prefix="client", load=load)
+
+
 # Both -----------------------------------------------------------------------------------
 def _tls(tls: TlsFiles, section: str, now: dt.datetime,
-         identity: Callable[[x509.Certificate], Finding], *,
-         client_use: bool) -> Iterator[Finding]:
-    """The TLS files load as the service's listener loads them at start, the key file's
-    mode, the certificate's dates, chain, usages and identity (``identity(cert)``)."""
+         identity: Callable[[x509.Certificate], Finding] | None, *,
+         usages: Sequence[str], prefix: str | None = None,
+         load: Callable[[TlsFiles], object] | None = None) -> Iterator[Finding]:
+    """The TLS files load as ``load`` loads them (default: as the service's listener does
+    at start), the key file's mode, the certificate's dates, chain, ``usages`` and identity
+    (``identity(cert)``, if given). ``prefix``: the files' settings' (default
+    ``SECTION.tls``)."""
     from kcm.config_file import tls_file_problem
-    from kcm.tls import (
-        key_file_mode_problem,
-        listener_tls_options,
-        load_certificates,
-        read_tls_material,
-    )
+    from kcm.tls import key_file_mode_problem, load_certificates
 
+    prefix = prefix or f"{section}.tls"
     refused = False
     try:
         mode = os.stat(tls.key).st_mode
@@ -355,40 +403,48 @@ def _tls(tls: TlsFiles, section: str, now: dt.datetime,
     if mode is not None:
         problem = key_file_mode_problem(tls.key, mode)
         if problem is None:
-            yield Finding(OK, f"{section}.tls.key: mode {stat.S_IMODE(mode):04o}")
+            yield Finding(OK, f"{prefix}.key: mode {stat.S_IMODE(mode):04o}")
         else:
             refused = problem.refused
-            yield Finding(ERROR if refused else WARNING, f"{section}.tls.key: {problem.message}")
+            yield Finding(ERROR if refused else WARNING, f"{prefix}.key: {problem.message}")
     if refused:  # the load would only repeat it: check the files without it
-        failure = tls_file_problem(tls, section)
+        failure = tls_file_problem(tls, section, prefix=prefix)
     else:
         try:
-            listener_tls_options(read_tls_material(tls.cert, tls.key, tls.ca), tls.policy)
+            (load or _listener_tls)(tls)
             failure = None
         except Exception as e:  # the start's own diagnosis (kcm.process) names the file
-            failure = tls_file_problem(tls, section) or f"{section}.tls: {e}"
+            failure = tls_file_problem(tls, section, prefix=prefix) or f"{prefix}: {e}"
     if failure is not None:
         yield Finding(ERROR, failure)
         return
-    yield Finding(OK, f"{section}.tls: {tls.cert}, {tls.key} and {tls.ca} load; the key is "
+    yield Finding(OK, f"{prefix}: {tls.cert}, {tls.key} and {tls.ca} load; the key is "
                       "the certificate's")
     chain = load_certificates(tls.cert)
-    yield _dates(chain[0], section, now)
-    yield _chain(chain, load_certificates(tls.ca), section, tls.ca, now)
-    yield _usages(chain[0], section, client_use)
-    yield identity(chain[0])
+    yield _dates(chain[0], prefix, now)
+    yield _chain(chain, load_certificates(tls.ca), prefix, tls.ca, now)
+    yield _usages(chain[0], prefix, usages)
+    if identity is not None:
+        yield identity(chain[0])
     if tls.crl:
-        yield _crl(tls, section, now)
+        yield _crl(tls, prefix, now)
 
 
-def _crl(tls: TlsFiles, section: str, now: dt.datetime) -> Finding:
+def _listener_tls(tls: TlsFiles) -> object:
+    """The TLS options of a service's listener, as it builds them at start."""
+    from kcm.tls import listener_tls_options, read_tls_material
+
+    return listener_tls_options(read_tls_material(tls.cert, tls.key, tls.ca), tls.policy)
+
+
+def _crl(tls: TlsFiles, prefix: str, now: dt.datetime) -> Finding:
     """The CRL file loads and each CRL is a CA's of the bundle, and none has expired."""
     from kcm.tls_crl import load_crls
 
     try:
         crls = load_crls(tls.crl or "", tls.ca)
     except ValueError as e:
-        return Finding(ERROR, f"{section}.tls.crl: {e}")
+        return Finding(ERROR, f"{prefix}.crl: {e}")
     newest: dict[object, x509.CertificateRevocationList] = {}  # each CA's newest is used
     for crl in crls:
         key = (crl.issuer, _authority_key(crl))
@@ -397,11 +453,11 @@ def _crl(tls: TlsFiles, section: str, now: dt.datetime) -> Finding:
     expired = [crl for crl in newest.values()
                if crl.next_update_utc is not None and crl.next_update_utc <= now]
     if expired:
-        return Finding(ERROR, f"{section}.tls.crl: the CRL of "
+        return Finding(ERROR, f"{prefix}.crl: the CRL of "
                               f"{expired[0].issuer.rfc4514_string()} expired "
                               f"{_day(expired[0].next_update_utc)}: every certificate of "
                               "that CA is refused until a newer one is in the file")
-    return Finding(OK, f"{section}.tls.crl: {len(crls)} CRL(s) of the CAs of {tls.ca}, "
+    return Finding(OK, f"{prefix}.crl: {len(crls)} CRL(s) of the CAs of {tls.ca}, "
                        f"{sum(len(list(crl)) for crl in crls)} certificate(s) revoked")
 
 
@@ -415,17 +471,17 @@ def _authority_key(crl: x509.CertificateRevocationList) -> bytes | None:
         return None
 
 
-def _dates(cert: x509.Certificate, section: str, now: dt.datetime) -> Finding:
+def _dates(cert: x509.Certificate, prefix: str, now: dt.datetime) -> Finding:
     before, after = cert.not_valid_before_utc, cert.not_valid_after_utc
     if now < before:
-        return Finding(ERROR, f"{section}.tls.cert: not valid before {_day(before)}")
+        return Finding(ERROR, f"{prefix}.cert: not valid before {_day(before)}")
     if now >= after:
-        return Finding(ERROR, f"{section}.tls.cert: expired {_day(after)}")
+        return Finding(ERROR, f"{prefix}.cert: expired {_day(after)}")
     days = (after - now).days
     if after - now < dt.timedelta(days=EXPIRY_WARNING_DAYS):
-        return Finding(WARNING, f"{section}.tls.cert: expires {_day(after)}, in {days} days: "
+        return Finding(WARNING, f"{prefix}.cert: expires {_day(after)}, in {days} days: "
                                 "renew it (docs/operations.md, \"Certificates\")")
-    return Finding(OK, f"{section}.tls.cert: valid until {_day(after)} ({days} days)")
+    return Finding(OK, f"{prefix}.cert: valid until {_day(after)} ({days} days)")
 
 
 def _day(moment: dt.datetime) -> str:
@@ -433,7 +489,7 @@ def _day(moment: dt.datetime) -> str:
 
 
 def _chain(chain: Sequence[x509.Certificate], authorities: Sequence[x509.Certificate],
-           section: str, ca_path: str, now: dt.datetime) -> Finding:
+           prefix: str, ca_path: str, now: dt.datetime) -> Finding:
     """Whether OpenSSL (what every peer's TLS runs) verifies ``chain`` up to a CA of
     ``authorities``: a warning if not (peers may trust another bundle). Without its time
     checks when the certificate is out of its dates, which are reported apart."""
@@ -442,32 +498,32 @@ def _chain(chain: Sequence[x509.Certificate], authorities: Sequence[x509.Certifi
     problem = chain_problem(chain, authorities,
                             None if validity_problem(chain[0], now) else now)
     if problem is not None:
-        return Finding(WARNING, f"{section}.tls.cert: not verified against {section}.tls.ca "
+        return Finding(WARNING, f"{prefix}.cert: not verified against {prefix}.ca "
                                 f"{ca_path}: {problem}")
-    return Finding(OK, f"{section}.tls.cert: chains to {section}.tls.ca {ca_path}")
+    return Finding(OK, f"{prefix}.cert: chains to {prefix}.ca {ca_path}")
 
 
-def _usages(cert: x509.Certificate, section: str, client_use: bool) -> Finding:
-    """The extended key usages peers' TLS checks: serverAuth for both services' listeners
-    (and a gateway's check of its core), clientAuth for a gateway's link (the core's TLS
-    refuses a client certificate not for client use)."""
+def _usages(cert: x509.Certificate, prefix: str, needed: Sequence[str]) -> Finding:
+    """The extended key usages peers' TLS checks (``needed``, of serverAuth and clientAuth):
+    serverAuth for both services' listeners (and a gateway's check of its core), clientAuth
+    for a gateway's link and a client (a server's TLS refuses a client certificate not for
+    client use)."""
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    needed = [("serverAuth", ExtendedKeyUsageOID.SERVER_AUTH)]
-    if client_use:
-        needed.append(("clientAuth", ExtendedKeyUsageOID.CLIENT_AUTH))
+    oids = {"serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
+            "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH}
     try:
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         usages = None  # any use
-    names = " and ".join(name for name, _ in needed)
+    names = " and ".join(needed)
     if usages is not None and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
-        missing = [name for name, oid in needed if oid not in usages]
+        missing = [name for name in needed if oids[name] not in usages]
         if missing:
-            return Finding(ERROR, f"{section}.tls.cert: its extendedKeyUsage lacks "
+            return Finding(ERROR, f"{prefix}.cert: its extendedKeyUsage lacks "
                                   f"{' and '.join(missing)}: peers' TLS refuses it")
-    return Finding(OK, f"{section}.tls.cert: fit for {names}")
+    return Finding(OK, f"{prefix}.cert: fit for {names}")
 
 
 def _policy_file(path: str) -> Finding:

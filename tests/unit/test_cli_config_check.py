@@ -115,6 +115,70 @@ def test_a_good_gateway_configuration_passes(tmp_path: Path, pki: PkiPaths, caps
     found(lines, "ok", "gateway: limits.max_connections (100)")
 
 
+def client_config(root: Path, pki: PkiPaths, *, cert: Path | None = None,
+                  key: Path | None = None, ca: Path | None = None, extra: str = "") -> Path:
+    """A [client] table whose files are named relative to the file's directory, as the SDK
+    takes them."""
+    config = root / "client.toml"
+    config.write_text(
+        '[client]\nserver = ["127.0.0.1:5698", "[::1]:5698"]\n'
+        f'cert = "{os.path.relpath(cert or pki.app.cert, root)}"\n'
+        f'key = "{os.path.relpath(key or pki.app.key, root)}"\n'
+        f'ca = "{os.path.relpath(ca or pki.ca.cert, root)}"\n{extra}')
+    return config
+
+
+def test_a_file_of_a_client_table_only_is_checked(tmp_path: Path, pki: PkiPaths, capsys,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A [client] table is loaded as the SDK loads it (relative files from the file's
+    directory, not the working one) and its TLS files as its clients load them."""
+    monkeypatch.chdir(pki.ca.cert.parent)  # (the relative names would not be found here)
+    status, lines = check(capsys, client_config(tmp_path, pki))
+    assert status == 0, lines
+    assert [line for line in lines if not line.startswith("ok: ")] == []
+    found(lines, "ok", "[client] loads and validates")
+    found(lines, "ok", "client: calls go to 127.0.0.1:5698, [::1]:5698")
+    found(lines, "ok", "client.key: mode 0600")
+    found(lines, "ok", f"client: {pki.app.cert}, {pki.app.key} and {pki.ca.cert} load")
+    found(lines, "ok", "client.cert: valid until")
+    found(lines, "ok", "client.cert: chains to client.ca")
+    found(lines, "ok", "client.cert: fit for clientAuth")
+
+
+def test_a_client_tables_tls_files_are_checked(tmp_path: Path, pki: PkiPaths,
+                                               capsys) -> None:
+    status, lines = check(capsys, client_config(tmp_path, pki, key=tmp_path / "none.key"))
+    assert status == 1
+    found(lines, "error", f"client.key: cannot read {tmp_path / 'none.key'}")
+    status, lines = check(capsys, client_config(tmp_path, pki, key=pki.core.key))
+    assert status == 1
+    found(lines, "error", "client.key:", "is not the key of the certificate in")
+    status, lines = check(capsys, client_config(tmp_path, pki, ca=pki.app.cert))
+    assert status == 1
+    found(lines, "error", "client.ca:", "holds no CA certificate")
+    # The core's certificate is for serverAuth only: servers refuse it from a client.
+    status, lines = check(capsys, client_config(tmp_path, pki, cert=pki.core.cert,
+                                                key=pki.core.key))
+    assert status == 1
+    found(lines, "error", "client.cert: its extendedKeyUsage lacks clientAuth")
+    pki.app.key.chmod(0o644)
+    status, lines = check(capsys, client_config(tmp_path, pki))
+    assert status == 1
+    found(lines, "error", "client.key: TLS key file", "must not be readable by others")
+
+
+def test_a_client_table_beside_a_service_is_checked_too(tmp_path: Path, pki: PkiPaths,
+                                                       capsys) -> None:
+    config = gateway_config(tmp_path, pki)
+    client = client_config(tmp_path, pki, extra="pool_size = 0\n")
+    config.write_text(config.read_text() + client.read_text())
+    status, lines = check(capsys, config)
+    assert status == 1
+    found(lines, "ok", "[gateway] loads")
+    assert lines[-1] == (f"error: {config}: client.pool_size must be a whole number of at "
+                         "least 1"), lines
+
+
 def test_a_gateway_certificate_naming_no_gateway_is_an_error(tmp_path: Path, pki: PkiPaths,
                                                             capsys) -> None:
     config = gateway_config(tmp_path, pki, cert=pki.app.cert, key=pki.app.key)
@@ -297,7 +361,12 @@ def test_a_missing_database_file_is_an_error_and_is_not_created(core: Path, caps
     ("[core]\nlisten = \"tcp:5696\"\nbogus = 1\n", "unknown setting core.bogus"),
     ("[core\n", "core.toml: "),
     ("[core]\n[cor]\n", "unknown table 'cor'"),
-    ("[client]\n", "has no [core] or [gateway] table"),
+    ("[client]\n", "core.toml: no client.cert"),
+    ("[clinet]\n", "has no [core], [gateway] or [client] table"),
+    ("[client]\nserver = \"h:1\"\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\npool_size = \"x\"\n",
+     "core.toml: client.pool_size must be a whole number"),
+    ("[client]\nserver = \"h:x\"\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\n",
+     "core.toml: 'h:x': the port is not a number"),
     ("[gateway]\ncore = \"ssl:127.0.0.1:5697\"\n", "KCM adds the TLS itself"),
 ])
 def test_a_malformed_configuration_is_one_error_line(tmp_path: Path, capsys, content: str,

@@ -9,7 +9,9 @@ gateways a KMIP client's. A guard wraps its listeners' TLS layer
 
 * **caps**: at most ``max_connections`` connections at once on its listeners (a reserved
   guard: its own cap, kcm-core's ``max_link_connections``), and at most
-  ``max_connections_per_address`` from one client IP address on them. A connection over
+  ``max_connections_per_address`` from one client IP address on them (an IPv6 client: from
+  its network of ``ipv6_address_prefix`` bits, its address by default;
+  :func:`kcm.peer_address.address_group`). A connection over
   either cap is closed as soon as it is accepted, before any TLS work (its socket is closed
   by the listening port, so it costs one ``accept``); keep ``max_connections`` and the
   reserved caps together below ``ulimit -n`` minus the descriptors the process needs for
@@ -51,7 +53,7 @@ from twisted.python.failure import Failure
 
 from kcm.connection_refusals import ConnectionRefusals
 from kcm.eager_tls import EagerTLSFactory, EagerTLSProtocol
-from kcm.peer_address import peer_host
+from kcm.peer_address import address_group, peer_host
 from kcm.tcp_reads import read_into_shared_buffer
 
 __all__ = ["DESCRIPTORS_KEPT", "LOG_INTERVAL", "ConnectionGuard", "DescriptorBudget",
@@ -112,6 +114,7 @@ class GuardLimits(Protocol):
     handshake_timeout: float
     max_connections: int
     max_connections_per_address: int
+    ipv6_address_prefix: int
     max_unsent_output: int
 
 
@@ -138,8 +141,11 @@ class ConnectionGuard:
         #: Guards reserved from this one (:meth:`reserve`), whose caps are their own.
         self.reserved: list[ConnectionGuard] = []
         self._reserved_from: ConnectionGuard | None = None
+        #: Open connections by client address (an IPv6 client's network, with
+        #: ``ipv6_address_prefix`` below 128: :meth:`group`).
         self.by_address: Counter[str] = Counter()
-        #: Each open connection's client address and handshake deadline.
+        #: Each open connection's client address (as :attr:`by_address` counts it) and
+        #: handshake deadline.
         self._open: dict[TLSMemoryBIOProtocol, tuple[str, IDelayedCall]] = {}
         self._summaries: dict[str, _Summary] = {}
         self._descriptors_checked = False
@@ -178,6 +184,11 @@ class ConnectionGuard:
                      kept=DESCRIPTORS_KEPT, soft=budget.soft)
 
     # Admission --------------------------------------------------------------------------
+    def group(self, host: str) -> str:
+        """What ``max_connections_per_address`` counts ``host`` under: an IPv6 address by its
+        network of ``ipv6_address_prefix`` bits (``2001:db8:1:2::/64``), else the address."""
+        return address_group(host, self.limits.ipv6_address_prefix)
+
     def admit(self, host: str) -> bool:
         """Whether a new connection from ``host`` may be accepted now (logged and counted
         if not)."""
@@ -187,9 +198,10 @@ class ConnectionGuard:
                        f"limits.{self.setting} ({{limit}}) in the last {{interval}}s; last "
                        "from {host}", self.max_connections)
             return False
-        if self.by_address[host] >= self.limits.max_connections_per_address:
+        group = self.group(host)
+        if self.by_address[group] >= self.limits.max_connections_per_address:
             self.refusals.refused("limit")
-            self._note("max_connections_per_address", host, "refused {count} connection(s) "
+            self._note("max_connections_per_address", group, "refused {count} connection(s) "
                        "over limits.max_connections_per_address ({limit}) in the last "
                        "{interval}s; last from {host}", self.limits.max_connections_per_address)
             return False
@@ -200,24 +212,25 @@ class ConnectionGuard:
             return
         transport = protocol.transport
         host = _host(transport)
+        group = self.group(host)
         self._count(1)
-        self.by_address[host] += 1
+        self.by_address[group] += 1
         if bound_output and hasattr(transport, "bufferSize"):
             # bufferSize is also Twisted's read size: reads keep theirs (kcm.tcp_reads).
             read_into_shared_buffer(transport)
             transport.bufferSize = self.limits.max_unsent_output
-        self._open[protocol] = (host, self.clock.callLater(
+        self._open[protocol] = (group, self.clock.callLater(
             self.limits.handshake_timeout, self._handshake_expired, protocol, host))
 
     def closed(self, protocol: TLSMemoryBIOProtocol) -> None:
         opened = self._open.pop(protocol, None)
         if opened is None:
             return
-        host, deadline = opened
+        group, deadline = opened
         self._count(-1)
-        self.by_address[host] -= 1
-        if self.by_address[host] <= 0:
-            del self.by_address[host]
+        self.by_address[group] -= 1
+        if self.by_address[group] <= 0:
+            del self.by_address[group]
         if deadline.active():
             deadline.cancel()
 

@@ -87,6 +87,10 @@ class ConnectionLimits:
     max_connections: int = 900
     #: Connections from one client IP address at once, on each listener.
     max_connections_per_address: int = 100
+    #: The prefix length by which ``max_connections_per_address`` counts an IPv6 client: 128
+    #: each address, 64 each /64 (a host may have every address of one); 32 to 128. IPv4
+    #: clients (of a dual-stack listener too) are counted by their address.
+    ipv6_address_prefix: int = 128
     #: Bytes of answers written but not yet sent to a client (the transport's buffer) above
     #: which that connection's further requests wait (and are not read).
     max_unsent_output: int = 4 << 20
@@ -104,6 +108,9 @@ class ConnectionLimits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")
+        prefix = self.ipv6_address_prefix
+        if isinstance(prefix, bool) or not isinstance(prefix, int) or not 32 <= prefix <= 128:
+            raise ValueError("limits.ipv6_address_prefix must be a whole number from 32 to 128")
         # Written so that NaN (which passes a "<= 0" test) fails it, as infinity (a connection
         # held forever) does; a wait longer than these bounds holds a connection slot that long.
         for name, most in (("idle_timeout", 86400), ("message_timeout", 3600),

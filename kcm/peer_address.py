@@ -5,6 +5,10 @@ so that the port cannot be read as the address's last group; an IPv4 client that
 dual-stack IPv6 listener (``tcp6:5696``, which takes IPv4 connections too) is named by its
 IPv4 address, not the mapped form ``::ffff:192.0.2.7``, as it would be on an IPv4 listener
 (its connections count towards the same per-address limit under one name).
+
+The per-address limit may count IPv6 clients by a network instead (:func:`address_group`,
+``limits.ipv6_address_prefix``): a host given a /64 has 2^64 addresses to open connections
+from.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-__all__ = ["peer_host", "peer_label"]
+__all__ = ["address_group", "peer_host", "peer_label"]
 
 
 def peer_host(address: Any) -> str:
@@ -38,3 +42,16 @@ def peer_label(address: Any) -> str:
     if ":" in host and isinstance(getattr(address, "host", None), str):
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+def address_group(host: str, ipv6_prefix: int = 128) -> str:
+    """The name a per-address limit counts ``host`` (a :func:`peer_host`) under: an IPv6
+    address by its network of ``ipv6_prefix`` bits (``2001:db8:1:2::/64``; 128: the
+    address itself); an IPv4 address (an IPv4-mapped one is one already), and anything
+    that is not an IPv6 address, as it is."""
+    if ipv6_prefix >= 128 or ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Network((host, ipv6_prefix), strict=False))
+    except ValueError:
+        return host

@@ -125,6 +125,40 @@ def test_ipv4_clients_of_a_dual_stack_listener_are_capped_by_their_address(
         core.stop()
 
 
+def test_ipv6_clients_are_capped_by_their_network_with_an_address_prefix(
+        tmp_path: Path) -> None:
+    """limits.ipv6_address_prefix: kcm config check accepts 64 and refuses 16, kcm-core
+    starts with 64 and counts ::1 towards limits.max_connections_per_address under its
+    /64, which the refusal line names (the grouping of several addresses of one /64:
+    tests/unit/test_connection_guard.py; one host here has one address)."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}",
+                  max_connections_per_address=2, ipv6_address_prefix=16)
+    core.host = "::1"
+    core.write_config()
+    refused = core.kcm("config", "check", check=False)
+    assert refused.returncode == 1
+    assert ("error: core.limits.ipv6_address_prefix must be a whole number from 32 to 128"
+            in refused.stdout.splitlines()), refused.stdout
+    core.limits["ipv6_address_prefix"] = 64
+    core.write_config()
+    checked = core.kcm("config", "check", check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    core.start()
+    try:
+        held = [socket.create_connection(("::1", core.port), timeout=5) for _ in range(2)]
+        try:
+            with socket.create_connection(("::1", core.port), timeout=5) as over:
+                assert over.recv(1) == b""  # closed at accept
+            wait_until(lambda: "over limits.max_connections_per_address (2) in the last 10s; "
+                               "last from ::/64" in core.log.read_text(),
+                       "the refusal line", timeout=5)
+        finally:
+            for sock in held:
+                sock.close()
+    finally:
+        core.stop()
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_gateway_on_ipv6_links_to_a_core_on_ipv6(core: CoreProcess, workers: int,
                                                     tmp_path: Path) -> None:

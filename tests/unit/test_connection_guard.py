@@ -96,6 +96,48 @@ def test_an_ipv4_client_of_a_dual_stack_listener_is_capped_by_its_ipv4_address(
     assert dict(guard.by_address) == {"10.0.0.1": 2, "::1": 1}
 
 
+def test_ipv6_clients_are_capped_by_their_address_by_default(tls_options) -> None:
+    """limits.ipv6_address_prefix 128 (the default): each IPv6 address is a client of its
+    own, so one host with a /64 is not held by the per-address cap."""
+    guard, factory, _ = guarded(tls_options, max_connections_per_address=2)
+    assert all(accept(factory, host=f"2001:db8:1:2::{i:x}")[0] is not None
+               for i in range(1, 7))
+    assert len(guard.by_address) == 6
+
+
+def test_ipv6_clients_are_capped_by_their_network_with_a_prefix(tls_options,
+                                                                warnings) -> None:
+    """limits.ipv6_address_prefix 64: every address of one /64 counts towards one cap (and is
+    refused before any TLS work), another /64 and IPv4 clients (of a dual-stack listener
+    too) are counted apart; a connection that closes frees its network's slot; the refusal
+    line names the network."""
+    guard, factory, _ = guarded(tls_options, max_connections_per_address=2,
+                                ipv6_address_prefix=64)
+    first, _ = accept(factory, host="2001:db8:1:2::1")
+    assert first is not None
+    assert accept(factory, host="2001:db8:1:2:ffff:ffff:ffff:ffff")[0] is not None
+    assert accept(factory, host="2001:db8:1:2::3")[0] is None  # the same /64: over the cap
+    assert accept(factory, host="2001:db8:1:3::1")[0] is not None  # the next /64
+    assert [accept(factory, host="::ffff:10.0.0.1", port=40000 + i)[0] is not None
+            for i in range(3)] == [True, True, False]  # IPv4: by its address, as before
+    assert accept(factory, host="10.0.0.2")[0] is not None
+    assert dict(guard.by_address) == {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1,
+                                      "10.0.0.1": 2, "10.0.0.2": 1}
+    refusals = [event for event in warnings if "refused" in event["log_format"]]
+    assert refusals[0]["host"] == "2001:db8:1:2::/64"
+    first.connectionLost(None)
+    assert guard.by_address["2001:db8:1:2::/64"] == 1
+    assert accept(factory, host="2001:db8:1:2::4")[0] is not None
+
+
+def test_a_link_guard_groups_ipv6_clients_by_the_same_prefix(tls_options) -> None:
+    guard, _, _ = guarded(tls_options, max_connections_per_address=1,
+                          ipv6_address_prefix=48)
+    link = guard.reserve("max_link_connections", 8)
+    assert link.group("2001:db8:1:2::1") == "2001:db8:1::/48"
+    assert link.group("10.0.0.1") == "10.0.0.1"
+
+
 def test_a_connection_without_a_handshake_is_aborted_at_the_deadline(tls_options) -> None:
     guard, factory, clock = guarded(tls_options, handshake_timeout=10)
     protocol, transport = accept(factory)

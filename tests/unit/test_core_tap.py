@@ -385,6 +385,20 @@ def test_the_link_listener_has_a_connection_cap_of_its_own_from_core_limits(
     assert parse("--max-link-connections", "8")["core_config"].limits.max_link_connections == 8
 
 
+def test_the_ipv6_address_prefix_reaches_both_listeners_guards(tmp_path: Path) -> None:
+    path = tmp_path / "core.toml"
+    path.write_text("[core.limits]\nipv6_address_prefix = 64\n")
+    core = tap.makeService(parse("-c", str(path)), reactor=Clock())
+    for name in ("kcm-kmip-listener", "kcm-link-listener"):
+        assert core.getServiceNamed(name).guard.group("2001:db8:1:2::7") == \
+            "2001:db8:1:2::/64"
+    options = parse("-c", str(path), "--ipv6-address-prefix", "48")
+    assert options["core_config"].limits.ipv6_address_prefix == 48
+    with pytest.raises(usage.UsageError,
+                       match="core.limits.ipv6_address_prefix must be a whole number"):
+        parse("--ipv6-address-prefix", "31")
+
+
 @pytest.mark.parametrize(("setting", "error"), [
     ("handshake_timeout = 0", "core.limits.handshake_timeout must be a positive number"),
     ("max_connections = 0", "core.limits.max_connections must be a whole number"),
@@ -392,6 +406,8 @@ def test_the_link_listener_has_a_connection_cap_of_its_own_from_core_limits(
     ("max_unsent_output = -1", "core.limits.max_unsent_output must be a whole number"),
     ("write_timeout = \"never\"", "core.limits.write_timeout must be a positive number"),
     ("max_link_connections = 0", "core.limits.max_link_connections must be a whole number"),
+    ("ipv6_address_prefix = 16", "core.limits.ipv6_address_prefix must be a whole number "
+                                 "from 32 to 128"),
 ])
 def test_wrong_connection_limits_are_usage_errors(tmp_path: Path, setting: str,
                                                   error: str) -> None:

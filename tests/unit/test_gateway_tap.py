@@ -158,6 +158,25 @@ def test_the_kmip_listener_is_guarded_by_gateway_limits(tmp_path: Path) -> None:
         parse("-c", str(path))
 
 
+def test_the_ipv6_address_prefix_reaches_the_guard_and_the_workers(tmp_path: Path) -> None:
+    """limits.ipv6_address_prefix, from the file or --ipv6-address-prefix, is the KMIP
+    listener guard's grouping, and a supervisor's workers are started with it."""
+    assert parse()["gateway_config"].limits.ipv6_address_prefix == 128
+    path = tmp_path / "gw.toml"
+    path.write_text("[gateway.limits]\nipv6_address_prefix = 56\n")
+    guard = tap.makeService(parse("-c", str(path)), reactor=Clock()).getServiceNamed(
+        "kcm-kmip-listener").guard
+    assert guard.group("2001:db8:1:2::7") == "2001:db8:1::/56"
+    options = parse("-c", str(path), "--workers", "2", "--ipv6-address-prefix", "64")
+    assert options["gateway_config"].limits.ipv6_address_prefix == 64
+    command = tap.worker_command(options, 1)
+    assert command[command.index("--ipv6-address-prefix") + 1] == "64"
+    for argv in (["--ipv6-address-prefix", "129"], ["--ipv6-address-prefix", "x"]):
+        with pytest.raises(usage.UsageError,
+                           match="gateway.limits.ipv6_address_prefix must be a whole number"):
+            parse(*argv)
+
+
 def test_the_handler_refuses_batches_by_the_gateway_limit(tmp_path: Path) -> None:
     assert parse().get("gateway_config").limits.max_batch_items == 64  # the core's default
     path = tmp_path / "gw.toml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -387,6 +388,16 @@ def test_the_new_limits_are_checked() -> None:
     limits = ConnectionLimits()
     assert (limits.handshake_timeout, limits.max_connections, limits.max_connections_per_address,
             limits.max_unsent_output, limits.write_timeout) == (10.0, 900, 100, 4 << 20, 30.0)
+
+
+@pytest.mark.parametrize("value", [31, 129, 0, 64.0, True, "64"])
+def test_the_ipv6_address_prefix_is_a_whole_number_from_32_to_128(value) -> None:
+    with pytest.raises(ValueError, match="^limits.ipv6_address_prefix must be a whole number "
+                                         "from 32 to 128$"):
+        ConnectionLimits(ipv6_address_prefix=value)
+    assert ConnectionLimits().ipv6_address_prefix == 128  # each IPv6 address, as before
+    assert ConnectionLimits(ipv6_address_prefix=32).ipv6_address_prefix == 32
+    assert ConnectionLimits(ipv6_address_prefix=64).ipv6_address_prefix == 64
 
 
 def test_unread_answers_are_the_write_timeouts_not_the_idle_timeouts() -> None:

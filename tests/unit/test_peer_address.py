@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-from kcm.peer_address import peer_host, peer_label
+from kcm.peer_address import address_group, peer_host, peer_label
 
 
 @pytest.mark.parametrize(("address", "host", "label"), [
@@ -46,3 +46,28 @@ def test_an_address_without_a_host_string_is_named_by_itself_brackets_or_not() -
 
     assert peer_host(OddAddress()) == "odd"
     assert peer_label(OddAddress()) == "odd:1"
+
+
+@pytest.mark.parametrize(("host", "prefix", "group"), [
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::7", 64, "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::7", 64, "2001:db8:1:3::/64"),
+    ("2001:db8:1:2::7", 56, "2001:db8:1::/56"),
+    ("2001:db8:1:2ff::7", 56, "2001:db8:1:200::/56"),
+    ("2001:db8:1:2::7", 32, "2001:db8::/32"),
+    ("2001:db8:1:2::7", 128, "2001:db8:1:2::7"),  # (the default: the address itself)
+    ("::1", 64, "::/64"),
+    ("fe80::1%eth0", 64, "fe80::/64"),
+    # IPv4, and an IPv4 client of a dual-stack listener (peer_host named it by its IPv4
+    # address), are counted by the address whatever the IPv6 prefix.
+    ("192.0.2.7", 64, "192.0.2.7"),
+    ("192.0.2.7", 32, "192.0.2.7"),
+    ("not an address", 64, "not an address"),
+])
+def test_address_groups(host: str, prefix: int, group: str) -> None:
+    assert address_group(host, prefix) == group
+
+
+def test_a_mapped_ipv4_peer_is_grouped_by_its_ipv4_address() -> None:
+    host = peer_host(IPv6Address("TCP", "::ffff:192.0.2.7", 1))
+    assert address_group(host, 64) == "192.0.2.7"

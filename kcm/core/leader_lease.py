@@ -15,7 +15,8 @@ kernel answers TCP keepalives for it. So the holder proves it is alive at every
 whose holder's session has sent nothing for ``silence_s`` ends that session
 (``pg_terminate_backend``) and takes the lease at its next ask.
 
-On SQLite there is one core per database file, which always holds the lease.
+On SQLite there is one core per database file (:mod:`kcm.core.sqlite_owner`), which always
+holds the lease.
 
 Blocking: call :meth:`hold` and :meth:`release` on a worker thread, one at a time.
 """

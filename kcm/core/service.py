@@ -4,6 +4,8 @@ I/O before it starts.
 In start order (:class:`CoreService` starts its children in the order they were added, all or
 none):
 
+* on SQLite, :class:`kcm.core.sqlite_owner.SqliteOwner`: the lock that keeps a second core off
+  the file;
 * the store (:class:`kcm.core.store.engine.Store`): upgrades the schema, opens the database;
 * :class:`MasterKey`: opens L1 (key file or PKCS#11 token), checks it against the database,
   gives it to the

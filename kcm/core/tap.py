@@ -33,6 +33,7 @@ from kcm.core.request_handler import SWEEPER_SHARE, CoreRequestHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.session_pinning import SessionPinning
+from kcm.core.sqlite_owner import SqliteOwner
 from kcm.core.state_sweeper import StateSweeper
 from kcm.core.store.engine import SILENCE_GRACE_S, Store
 from kcm.core.stream_parts import purge_spent
@@ -191,6 +192,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     link_guard = (guard.reserve("max_link_connections", config.limits.max_link_connections)
                   if config.link_listen else None)
 
+    # Before the store opens the file: one kcm-core per SQLite file.
+    SqliteOwner(config.database).setServiceParent(core)
     store.setServiceParent(core)
     # Before anything holds a lease or LISTENs: refused through a transaction pooler.
     SessionPinning(store).setServiceParent(core)

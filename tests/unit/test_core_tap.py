@@ -28,8 +28,8 @@ from kcm.tls_policy import TlsPolicy
 from tests.unit.test_audit import write_legacy_chain
 from tests.vectors import REPO_ROOT
 
-TREE = ["kcm-store", "kcm-database-sessions", "kcm-object-cache-expiry", "kcm-l1",
-        "kcm-audit-checkpoints", "kcm-policy", "kcm-tls-refresh", "kcm-kmip-listener",
+TREE = ["kcm-sqlite-owner", "kcm-store", "kcm-database-sessions", "kcm-object-cache-expiry",
+        "kcm-l1", "kcm-audit-checkpoints", "kcm-policy", "kcm-tls-refresh", "kcm-kmip-listener",
         "kcm-event-fanout", "kcm-outbox-listener", "kcm-link-listener", "kcm-state-sweeper"]
 
 

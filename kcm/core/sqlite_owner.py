@@ -1,0 +1,119 @@
+"""One kcm-core per SQLite file: an OS lock on a file beside the database, held while the
+core runs.
+
+Several cores share a database on PostgreSQL only (docs/deploy.md): there the sweeper's
+lease, the outbox NOTIFY and the writers' lock are the database's. On SQLite each core takes
+the sweeper's lease as its own (:mod:`kcm.core.leader_lease`) and learns of another
+process's commits only by polling; a second kcm-core on the same file (a manual run beside
+the systemd unit, a Deployment of two replicas on one volume) was served all the same.
+:class:`SqliteOwner` starts before the store: it takes an exclusive ``flock`` on
+``<database>.kcm-core.lock`` (the database's real path: two spellings of one file share
+the lock) and keeps it until the core stops; the kernel drops it when the process dies, so
+a killed core leaves nothing to clean up. A core that finds it taken does not start, and
+says which process holds it.
+
+Only kcm-core takes the lock: the ``kcm`` commands that open the database while the core
+runs (``kcm core tenant add``, ``kcm audit verify``, ...) keep working. A lock file made by
+root is given to the database file's owner, so that a later start as that user can open it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+
+from sqlalchemy.engine import make_url
+from twisted.application.service import Service
+
+from kcm.core.service import StartupError
+
+#: What the lock file's name adds to the database file's.
+LOCK_SUFFIX = ".kcm-core.lock"
+
+
+def sqlite_database_file(url: str) -> str | None:
+    """The real path of the SQLite file ``url`` names; None for another database (or no
+    file: ``:memory:``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return os.path.realpath(parsed.database)
+
+
+def lock_path(database_file: str) -> str:
+    """The lock file of the SQLite file at ``database_file`` (a real path)."""
+    return database_file + LOCK_SUFFIX
+
+
+def refusal(database_file: str, holder: str) -> str:
+    """Why a second core does not start on ``database_file``; ``holder``: the process id the
+    lock file names (empty: unknown)."""
+    who = f"kcm-core (pid {holder})" if holder else "kcm-core"
+    return (f"another {who} serves {database_file}: stop it first; one kcm-core per "
+            f"SQLite file (several cores need PostgreSQL, docs/deploy.md)")
+
+
+class SqliteOwner(Service):
+    """Holds the lock of the SQLite file ``url`` names from start to stop; does nothing on
+    another database. Its start raises :class:`StartupError` when another process holds the
+    lock."""
+
+    name = "kcm-sqlite-owner"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._fd: int | None = None
+
+    def startService(self) -> None:
+        database = sqlite_database_file(self.url)
+        if database is not None:
+            self._fd = take(database)
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._fd is not None:
+            os.close(self._fd)  # (the lock goes with it; the file stays, for the next)
+            self._fd = None
+
+
+def take(database_file: str) -> int:
+    """The open lock file of ``database_file``, its lock taken (this process's id written
+    in it); :class:`StartupError` if another process holds it."""
+    path = lock_path(database_file)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise StartupError(refusal(database_file, _holder(fd))) from None
+        _give_to_database_owner(fd, database_file)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _holder(fd: int) -> str:
+    """The process id the lock file names, if it names one."""
+    with contextlib.suppress(OSError):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return text
+    return ""
+
+
+def _give_to_database_owner(fd: int, database_file: str) -> None:
+    """As root, the lock file to the database file's owner (as SQLite does its ``-wal`` and
+    ``-shm`` files): a core run once as root does not keep the service's user out."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):  # no database yet: the store makes it, root's
+        owner = os.stat(database_file)
+        os.fchown(fd, owner.st_uid, owner.st_gid)

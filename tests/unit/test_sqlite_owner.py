@@ -1,0 +1,66 @@
+"""One kcm-core per SQLite file (kcm.core.sqlite_owner): the lock beside the database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kcm.core.service import StartupError
+from kcm.core.sqlite_owner import SqliteOwner, lock_path, sqlite_database_file, take
+
+
+def test_a_second_owner_of_one_file_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'kcm.db'}"
+    first = SqliteOwner(url)
+    first.startService()
+    try:
+        with pytest.raises(StartupError) as refused:
+            SqliteOwner(url).startService()
+        assert str(refused.value) == (
+            f"another kcm-core (pid {os.getpid()}) serves {tmp_path / 'kcm.db'}: stop it "
+            "first; one kcm-core per SQLite file (several cores need PostgreSQL, "
+            "docs/deploy.md)")
+        assert str(refused.value).isascii()
+    finally:
+        first.stopService()
+    second = SqliteOwner(url)  # released at stop
+    second.startService()
+    second.stopService()
+    assert oct(os.stat(lock_path(str(tmp_path / "kcm.db"))).st_mode & 0o777) == "0o600"
+
+
+def test_two_spellings_of_one_file_share_the_lock(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "data")
+    fd = take(str(tmp_path / "data" / "kcm.db"))
+    try:
+        with pytest.raises(StartupError):
+            SqliteOwner(f"sqlite:///{tmp_path / 'alias' / 'kcm.db'}").startService()
+        with pytest.raises(StartupError):
+            SqliteOwner(f"sqlite:///{tmp_path / 'data' / '.' / 'kcm.db'}").startService()
+        other = SqliteOwner(f"sqlite:///{tmp_path / 'data' / 'other.db'}")  # its own
+        other.startService()
+        other.stopService()
+    finally:
+        os.close(fd)
+
+
+def test_other_databases_take_no_lock(tmp_path: Path) -> None:
+    assert sqlite_database_file("postgresql+psycopg://kcm@db/kcm") is None
+    assert sqlite_database_file("sqlite://") is None
+    owner = SqliteOwner("postgresql+psycopg://kcm@db/kcm")
+    owner.startService()
+    owner.stopService()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root only")
+def test_a_lock_file_made_by_root_is_the_database_owners(tmp_path: Path) -> None:
+    database = tmp_path / "kcm.db"
+    database.touch()
+    os.chown(database, 65534, 65534)
+    os.close(take(str(database)))
+    status = os.stat(lock_path(str(database)))
+    assert (status.st_uid, status.st_gid) == (65534, 65534)

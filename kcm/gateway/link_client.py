@@ -106,6 +106,7 @@ from kcm.link.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     DRAIN_VERSION,
     HELLO_VERSION,
+    KMIP_ANSWERED,
     LINK_VERSION,
     MAX_STREAM_ID,
     MAX_USAGE_ENTRIES,
@@ -229,6 +230,14 @@ class LinkClientProtocol(LinkProtocol):
         self.send(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
                         peer_name=self.client.gateway_name,
                         sequence=self.client._resume_after()))
+
+    def go_away(self, reason: str) -> None:
+        if not self.welcomed and self.refused is None:
+            self.refused = reason  # (the core endpoint's warning says why)
+        if reason == KMIP_ANSWERED:  # a KMIP server: a GOAWAY is one more invalid request
+            self.close()
+            return
+        super().go_away(reason)
 
     def handshakeCompleted(self) -> None:
         """TLS verified the peer's chain and host name: it must also be a core, not another

@@ -127,6 +127,13 @@ class FrameType(enum.IntEnum):
     ORIGIN = 16  # link version 7
 
 
+#: KMIP's Response Message tag: what a KMIP server answers a link's HELLO with.
+KMIP_RESPONSE_MESSAGE = 0x42007B
+#: Why a link ends whose peer answered in KMIP (a gateway's ``core`` naming a KMIP port).
+KMIP_ANSWERED = ("it answered in KMIP: that is a KMIP port, not a core's link port; set the "
+                 "gateway's core to the core's link_listen port (5697 by default)")
+
+
 class FrameError(ValueError):
     """Bytes that are not a valid link frame, or a frame that cannot be encoded."""
 
@@ -411,6 +418,8 @@ def decode_frame_tree(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) ->
     except TtlvError as e:
         raise FrameError(f"malformed frame: {e}") from None
     if item.tag != Tag.LINK_FRAME or item.type is not ItemType.STRUCTURE:
+        if item.tag == KMIP_RESPONSE_MESSAGE:
+            raise FrameError(KMIP_ANSWERED)
         raise FrameError(f"not a LinkFrame: tag 0x{item.tag:06X}")
     return _frame_from(item)
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
 
-from tests.e2e_support import CoreProcess, deploy, refusals, send_v21
+from kcm.testing.processes import GatewayProcess
+from tests.e2e_support import (
+    CoreProcess,
+    deploy,
+    refusals,
+    send_v21,
+    wait_until,
+)
 from tests.gateway_support import create_managed
 
 
@@ -42,3 +50,40 @@ def test_a_second_core_on_one_sqlite_file_does_not_start_and_the_first_serves_on
         for core in (first, second, third):
             if core is not None:
                 core.stop()
+
+
+def test_a_gateway_pointed_at_a_cores_kmip_port_says_so_and_the_core_serves_on(
+        core_process: CoreProcess, tmp_path: Path) -> None:
+    """The gateway's core names the core's KMIP port (5696), not its link port: the core
+    answers the HELLO in KMIP. The gateway's warning says which port to give; it sends no
+    GOAWAY there (one more invalid request, audited), and the core serves on."""
+    core = core_process
+    kmip_port = dataclasses.replace(core, link_port=core.port)
+    gateway = GatewayProcess(tmp_path / "gateway", core, cores=[kmip_port])
+    try:
+        gateway.start()
+        wait_until(lambda: "cannot link to core" in gateway.log.read_text(), "the warning")
+        assert (f"cannot link to core tcp:127.0.0.1:{core.port}: it answered in KMIP: that is "
+                "a KMIP port, not a core's link port; set the gateway's core to the core's "
+                "link_listen port (5697 by default)") in gateway.log.read_text()
+        with core.client("app") as client:
+            assert refusals(send_v21(client, create_managed())) == [None]
+    finally:
+        gateway.stop()
+    # One invalid request a connection (the HELLO), not two (a GOAWAY after it).
+    sources = [row["source"] for row in audit_rows_with_source(core)
+               if row["result_reason"] == "INVALID_MESSAGE"]
+    assert sources and len(sources) == len(set(sources))
+
+
+def audit_rows_with_source(core: CoreProcess) -> list[dict]:
+    """Every audit record's reason and source, read from the core's database."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(core.database)
+    try:
+        with engine.connect() as connection:
+            return [dict(row) for row in connection.execute(sqlalchemy.text(
+                "SELECT result_reason, source FROM audit_log ORDER BY seq")).mappings()]
+    finally:
+        engine.dispose()

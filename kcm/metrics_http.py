@@ -37,7 +37,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IDelayedCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.pages import notFound
@@ -45,6 +45,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from kcm.metrics import STOPPING, Exposition, Readiness, ReadinessCheck
+from kcm.throttled_line import ThrottledLine
 
 __all__ = ["MAX_CONNECTIONS", "MAX_HEAD", "REQUEST_TIMEOUT", "metrics_listener",
            "metrics_site"]
@@ -137,6 +138,12 @@ MAX_CONNECTIONS = 64
 REQUEST_TIMEOUT = 10.0
 #: Bytes of a request's line and headers at most (and of any one line).
 MAX_HEAD = 8192
+#: The first byte of a TLS record of the handshake (a client's hello).
+TLS_HANDSHAKE = b"\x16"
+#: The warning of TLS clients at the metrics listener (plain HTTP).
+_TLS_CLIENT = ("metrics listener: a TLS client from {peer} (a KMIP client given the metrics "
+               "port?): this port is plain HTTP; give KMIP clients the KMIP port; {count} "
+               "such connection(s) in the last {interval} s")
 #: The methods answered; any other is refused before the request is read further.
 _METHODS = (b"GET", b"HEAD")
 
@@ -150,6 +157,8 @@ class _BoundedChannel(HTTPChannel):
     maxHeaders = 64
     #: Set once the request was refused or answered: nothing more is read.
     _refused = False
+    #: Whether any byte came yet (the first tells a TLS client).
+    _read_any = False
     _deadline: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -164,8 +173,17 @@ class _BoundedChannel(HTTPChannel):
 
     # Reading: nothing once refused ------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
-        if not self._refused:
-            super().dataReceived(data)
+        if self._refused:
+            return
+        if not self._read_any and data[:1] == TLS_HANDSHAKE:
+            # A TLS client (a KMIP client given this port): it would wait for the
+            # request's deadline on a hello that never ends a line; said and closed now.
+            self._refused = True
+            self.factory.tls_clients.note(peer=_peer(self.transport))
+            self.transport.abortConnection()
+            return
+        self._read_any = True
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         if not self._refused:
@@ -259,6 +277,13 @@ class _BoundedChannel(HTTPChannel):
         self.transport.abortConnection()
 
 
+def _peer(transport: Any) -> str:
+    """The peer's address, ``host:port`` (a unix socket's: its name or ``unix``)."""
+    peer = transport.getPeer()
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else str(getattr(peer, "name", "") or "unix")
+
+
 class _UnnamedRequest(Request):
     """A request answered without a ``Server`` header (Twisted's names its version, on a
     listener anyone who reaches it may ask)."""
@@ -285,6 +310,9 @@ class _QuietSite(Site):
         #: Connections open now.
         self.open_connections = 0
         self._full_logged = False
+        #: The warning of TLS clients, once in 10 s at most.
+        self.tls_clients = ThrottledLine(self.reactor, _TLS_CLIENT, logger=log,
+                                         level=LogLevel.warn)
 
     def buildProtocol(self, addr: IAddress) -> Any:
         if self.open_connections >= self.max_connections:

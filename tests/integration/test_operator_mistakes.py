@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 from pathlib import Path
 
+import pytest
+
 from kcm.testing.processes import GatewayProcess
+from kcm.testing.requests import request
 from tests.e2e_support import (
     CoreProcess,
     deploy,
@@ -87,3 +91,25 @@ def audit_rows_with_source(core: CoreProcess) -> list[dict]:
                 "SELECT result_reason, source FROM audit_log ORDER BY seq")).mappings()]
     finally:
         engine.dispose()
+
+
+def test_a_kmip_client_at_the_metrics_port_is_closed_at_once_and_logged(
+        core_process_with_metrics: CoreProcess) -> None:
+    """A KMIP client given the metrics port (plain HTTP) fails at once, not after the
+    request's 10 s deadline; the core says what it was; the listener serves on."""
+    from kcm.conformance.client import KmipClient, KmipClientError
+    from kcm.testing.processes import scrape
+
+    core = core_process_with_metrics
+    assert core.metrics_port is not None
+    started = time.monotonic()
+    with pytest.raises(KmipClientError), KmipClient(
+            "127.0.0.1", core.metrics_port, cert=core.pki.app.cert, key=core.pki.app.key,
+            ca=core.pki.ca.cert) as client:
+        client.send(request(create_managed(), version=(2, 1)))
+    assert time.monotonic() - started < 3
+    wait_until(lambda: "metrics listener: a TLS client" in core.log.read_text(), "the line")
+    assert ("metrics listener: a TLS client from 127.0.0.1:" in core.log.read_text())
+    assert "(a KMIP client given the metrics port?): this port is plain HTTP; give KMIP " \
+           "clients the KMIP port; 1 such connection(s) in the last 10 s" in core.log.read_text()
+    assert scrape(core.metrics_port, "/healthz")[0] == 200

@@ -10,7 +10,8 @@ the systemd unit, a Deployment of two replicas on one volume) was served all the
 ``<database>.kcm-core.lock`` (the database's real path: two spellings of one file share
 the lock) and keeps it until the core stops; the kernel drops it when the process dies, so
 a killed core leaves nothing to clean up. A core that finds it taken does not start, and
-says which process holds it.
+says which process holds it. A database file its group or others may read is warned about
+(it holds wrapped keys and the audit log; a new one is made 0600).
 
 Only kcm-core takes the lock: the ``kcm`` commands that open the database while the core
 runs (``kcm core tenant add``, ``kcm audit verify``, ...) keep working. A lock file made by
@@ -23,11 +24,15 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 
 from sqlalchemy.engine import make_url
 from twisted.application.service import Service
+from twisted.logger import Logger
 
 from kcm.core.service import StartupError
+
+log = Logger()
 
 #: What the lock file's name adds to the database file's.
 LOCK_SUFFIX = ".kcm-core.lock"
@@ -70,6 +75,11 @@ class SqliteOwner(Service):
         database = sqlite_database_file(self.url)
         if database is not None:
             self._fd = take(database)
+            shared = shared_mode(database)
+            if shared is not None:
+                log.warn("the database file {path} has mode {mode:04o}: other users may read "
+                         "its wrapped keys and audit log; chmod 600 it (docs/operations.md, "
+                         '"Storage")', path=database, mode=shared)
         super().startService()
 
     def stopService(self) -> None:
@@ -98,6 +108,16 @@ def take(database_file: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def shared_mode(database_file: str) -> int | None:
+    """The permission bits of ``database_file`` if its group or others may use it (None:
+    the owner's alone, or no file yet: the store makes it 0600)."""
+    try:
+        mode = stat.S_IMODE(os.stat(database_file).st_mode)
+    except FileNotFoundError:
+        return None
+    return mode if mode & 0o077 else None
 
 
 def _holder(fd: int) -> str:

@@ -6,9 +6,16 @@ import os
 from pathlib import Path
 
 import pytest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from kcm.core.service import StartupError
-from kcm.core.sqlite_owner import SqliteOwner, lock_path, sqlite_database_file, take
+from kcm.core.sqlite_owner import (
+    SqliteOwner,
+    lock_path,
+    shared_mode,
+    sqlite_database_file,
+    take,
+)
 
 
 def test_a_second_owner_of_one_file_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
@@ -64,3 +71,25 @@ def test_a_lock_file_made_by_root_is_the_database_owners(tmp_path: Path) -> None
     os.close(take(str(database)))
     status = os.stat(lock_path(str(database)))
     assert (status.st_uid, status.st_gid) == (65534, 65534)
+
+
+def test_a_database_others_may_read_is_warned_about(tmp_path: Path) -> None:
+    database = tmp_path / "kcm.db"
+    assert shared_mode(str(database)) is None  # not made yet
+    database.touch(mode=0o600)
+    os.chmod(database, 0o600)
+    assert shared_mode(str(database)) is None
+    os.chmod(database, 0o644)
+    assert shared_mode(str(database)) == 0o644
+    lines: list[dict] = []
+    globalLogPublisher.addObserver(lines.append)
+    owner = SqliteOwner(f"sqlite:///{database}")
+    try:
+        owner.startService()
+        owner.stopService()
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    [warning] = [formatEvent(e) for e in lines if e.get("log_level") == LogLevel.warn]
+    assert warning == (f"the database file {database} has mode 0644: other users may read its "
+                       "wrapped keys and audit log; chmod 600 it (docs/operations.md, "
+                       '"Storage")')

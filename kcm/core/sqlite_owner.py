@@ -73,7 +73,9 @@ class SqliteOwner(Service):
 
     def startService(self) -> None:
         database = sqlite_database_file(self.url)
-        if database is not None:
+        # (A database in a directory that does not exist: the store's start says so, in
+        # its words; nothing can serve it to lock out.)
+        if database is not None and os.path.isdir(os.path.dirname(database)):
             self._fd = take(database)
             shared = shared_mode(database)
             if shared is not None:

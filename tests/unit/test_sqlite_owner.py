@@ -93,3 +93,14 @@ def test_a_database_others_may_read_is_warned_about(tmp_path: Path) -> None:
     assert warning == (f"the database file {database} has mode 0644: other users may read its "
                        "wrapped keys and audit log; chmod 600 it (docs/operations.md, "
                        '"Storage")')
+
+
+def test_a_database_in_a_missing_directory_is_left_to_the_store(tmp_path: Path) -> None:
+    """No lock file is made in a directory that does not exist: the store's start refuses
+    such a database in its own words (kcm-store: ...), as before the lock."""
+    owner = SqliteOwner(f"sqlite:///{tmp_path}/none/kcm.db")
+    owner.startService()
+    try:
+        assert not (tmp_path / "none").exists()
+    finally:
+        owner.stopService()

@@ -30,10 +30,12 @@ def answered_through_a_stop(server: CoreProcess | GatewayProcess, moment: str) -
     ``answering``) or just before (``before``); the keys created."""
     got: list[bytes] = []
     assert server.process is not None
+    # (Encoded before the SIGTERM: the stopping server closes a connection idle 0.5 s, and
+    # the batch must be sent well within that even on a loaded machine.)
+    batch = request(*[create_managed()] * BATCH)
     with server.client() as client:
         client.connect()
-        sending = threading.Thread(
-            target=lambda: got.append(client.send(request(*[create_managed()] * BATCH))))
+        sending = threading.Thread(target=lambda: got.append(client.send(batch)))
         if moment == "before":
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.05)  # the stop has begun

@@ -375,8 +375,11 @@ def _client(path: str, now: dt.datetime) -> Iterator[Finding]:
 
         files = ClientFiles(tls.cert, tls.key, tls.ca)
         endpoints = list(dict.fromkeys(config.gateway + config.core))
+        # The Twisted one first: it refuses an encrypted key, for which Python's ssl would
+        # ask for a pass phrase on the terminal (a check that waits for a prompt).
+        factory = tls_endpoint_factory(None, files, endpoints)
         FailoverConnection(endpoints, files)  # (connects at its first call only)
-        return tls_endpoint_factory(None, files, endpoints)
+        return factory
 
     yield from _tls(TlsFiles(config.cert, config.key, config.ca), "client", now, None,
                     usages=("clientAuth",), prefix="client", load=load)

@@ -242,11 +242,17 @@ def check_endpoint(setting: str, value: Any, kinds: Collection[str], *,
         if not rest.strip().isdigit():
             raise ConfigError(f"{setting} {value!r}: {kind}: takes a descriptor number")
         return value
-    if kind in ("tcp", "tcp6") and len(_positional(rest)) > (2 if client else 1):
+    positional = len(_positional(rest)) if kind in ("tcp", "tcp6") else 0
+    if positional > (2 if client else 3) or (positional and _UNESCAPED_IPV6.search(rest)):
         # Twisted reads an IPv6 address written with bare colons as a host or an interface
         # of its first group and drops the rest (tcp:host=fd00:0:0:0:0:0:0:7:port=5697
-        # names host fd00), or fails with its own words.
+        # names host fd00; tcp:host=fd00::7:port=5697 host "" port 7), or fails with its
+        # own words.
         raise ConfigError(f"{setting} {value!r} is not a valid endpoint: {_IPV6_HINT}")
+    if not client and positional > (2 if kind == "tcp" else 1):
+        # tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG: the listener adds a backlog by name
+        # (kcm.tls.with_backlog), which Twisted would refuse as given twice.
+        raise ConfigError(f"{setting} {value!r}: give the backlog by name (backlog=N)")
     from twisted.internet.endpoints import clientFromString, serverFromString
 
     try:

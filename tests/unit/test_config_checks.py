@@ -270,6 +270,8 @@ def test_core_values_checked_at_load(tmp_path: Path, setting: str, error: str) -
     ("core = \"tcp:fd00:0:0:0:0:0:0:7:5697\"", "gateway.core .* needs its colons escaped"),
     ("listen = \"tcp:5698:interface=fd00:0:0:0:0:0:0:7\"",
      "gateway.listen .* needs its colons escaped"),
+    # (with "::": Twisted read host "" and port 7, and nothing failed)
+    ("core = \"tcp:host=fd00::7:port=5697\"", "gateway.core .* needs its colons escaped"),
 ])
 def test_gateway_values_checked_at_load(tmp_path: Path, setting: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
@@ -287,6 +289,13 @@ def test_endpoint_kinds_the_product_uses_still_load(tmp_path: Path) -> None:
     gateway = _gateway(tmp_path, "[gateway]\nlisten = 'tcp6:5698:interface=\\:\\:1'\n"
                        "core = ['tcp:\\:\\:1:5697', 'tcp:host=fd00\\:\\:7:port=5697']\n")
     assert gateway.core == ("tcp:\\:\\:1:5697", "tcp:host=fd00\\:\\:7:port=5697")
+    # A tcp listener's interface may follow its port without its name (Twisted's
+    # tcp:PORT:INTERFACE), as before the IPv6 hint; a backlog, only by name.
+    assert _gateway(tmp_path, "[gateway]\nlisten = \"tcp:5698:127.0.0.1\"\n"
+                    ).listen == "tcp:5698:127.0.0.1"
+    for listen in ("tcp:5696:127.0.0.1:1024", "tcp6:5696:1024"):  # (it would fail at start)
+        with pytest.raises(ConfigError, match="give the backlog by name"):
+            _core(tmp_path, f"[core]\nlisten = \"{listen}\"\n")
     for name in ("localhost", "kcm-core.example", "10.0.0.1", "fd00::1", "bücher.example"):
         assert _gateway(tmp_path, f"[gateway]\ncore_server_name = \"{name}\"\n"
                         ).core_server_name == name

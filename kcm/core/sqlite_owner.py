@@ -95,8 +95,15 @@ def take(database_file: str) -> int:
     """The open lock file of ``database_file``, its lock taken (this process's id written
     in it); :class:`StartupError` if another process holds it."""
     path = lock_path(database_file)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                 0o600)
     try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+            # (A hard link to another file, made by whoever may write in the directory:
+            # truncated, and given to the database's owner, by a core run as root.)
+            raise StartupError(f"{path} is not a plain file of its own (a link, a pipe?): "
+                               "remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

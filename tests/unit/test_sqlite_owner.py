@@ -104,3 +104,27 @@ def test_a_database_in_a_missing_directory_is_left_to_the_store(tmp_path: Path) 
         assert not (tmp_path / "none").exists()
     finally:
         owner.stopService()
+
+
+def test_a_lock_file_that_is_a_link_or_a_pipe_is_refused_untouched(tmp_path: Path) -> None:
+    """Whoever may write in the database's directory could make the lock file's name a hard
+    link to another file (or a symbolic one, or a pipe): a core run as root would truncate
+    that file and give it to the database's owner. It is refused, the file left as it was."""
+    database = str(tmp_path / "kcm.db")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.link(victim, lock_path(database))
+    with pytest.raises(StartupError, match="is not a plain file of its own"):
+        take(database)
+    assert victim.read_text() == "precious\n"
+    os.unlink(lock_path(database))
+    os.symlink(victim, lock_path(database))
+    with pytest.raises(OSError):  # (O_NOFOLLOW: ELOOP)
+        take(database)
+    assert victim.read_text() == "precious\n"
+    os.unlink(lock_path(database))
+    os.mkfifo(lock_path(database))
+    with pytest.raises(StartupError, match="is not a plain file of its own"):
+        take(database)
+    os.unlink(lock_path(database))
+    os.close(take(database))  # a plain file: taken

@@ -45,6 +45,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from kcm.metrics import STOPPING, Exposition, Readiness, ReadinessCheck
+from kcm.peer_address import peer_label
 from kcm.throttled_line import ThrottledLine
 
 __all__ = ["MAX_CONNECTIONS", "MAX_HEAD", "REQUEST_TIMEOUT", "metrics_listener",
@@ -278,10 +279,12 @@ class _BoundedChannel(HTTPChannel):
 
 
 def _peer(transport: Any) -> str:
-    """The peer's address, ``host:port`` (a unix socket's: its name or ``unix``)."""
+    """The peer's address, ``host:port`` (``[v6]:port``, :func:`kcm.peer_address.peer_label`;
+    a unix socket's: its name or ``unix``)."""
     peer = transport.getPeer()
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return f"{host}:{port}" if host is not None else str(getattr(peer, "name", "") or "unix")
+    if getattr(peer, "host", None) is not None:
+        return peer_label(peer)
+    return str(getattr(peer, "name", "") or "unix")
 
 
 class _UnnamedRequest(Request):

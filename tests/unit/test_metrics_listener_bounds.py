@@ -12,9 +12,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client import Counter as PromCounter
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 
 from kcm.gateway.worker_metrics import WorkerMetrics, merged_exposition
 from kcm.metrics import Readiness
@@ -207,3 +208,28 @@ def test_a_supervisor_family_of_another_type_than_the_workers_is_left_out() -> N
                 if f.name == "kcm_gateway_requests"]
     assert family.type == "counter"
     assert {s.labels["worker"] for s in family.samples} == {"1"}
+
+
+def test_a_tls_client_is_closed_at_its_first_byte_and_an_http_one_is_not() -> None:
+    """A TLS hello (0x16) as the first byte: closed at once and logged, an IPv6 peer in
+    brackets; a plain request sent one byte at a time, or with 0x16 later, is answered."""
+    clock = Clock()
+    made = site(clock)
+    lines: list[dict] = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        channel = made.buildProtocol(ADDRESS)
+        transport = StringTransport(peerAddress=IPv6Address("TCP", "2001:db8::7", 40001))
+        channel.makeConnection(transport)
+        channel.dataReceived(b"\x16\x03\x01\x00\xc8")
+        assert transport.disconnecting and transport.value() == b""
+        close(channel, transport)
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    [line] = [formatEvent(e) for e in lines if "TLS client" in e.get("log_format", "")]
+    assert line.startswith("metrics listener: a TLS client from [2001:db8::7]:40001 ("), line
+    channel, transport = connect(made)
+    for byte in b"GET /readyz HTTP/1.1\r\nX-A: \x16\r\nHost: x\r\n\r\n":
+        channel.dataReceived(bytes([byte]))
+    assert transport.value().startswith(b"HTTP/1.1 200 OK")
+    close(channel, transport)

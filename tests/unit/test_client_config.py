@@ -96,6 +96,12 @@ def test_a_pool_size_that_is_not_a_whole_number_is_named(tmp_path: Path, value,
     assert str(raised.value).isascii()
 
 
+def test_a_pool_size_is_two_by_default_and_a_whole_number_is_taken() -> None:
+    table = {"server": "h:1", "cert": "c", "key": "k", "ca": "a"}
+    assert ClientConfig.from_table(table).pool_size == 2
+    assert ClientConfig.from_table({**table, "pool_size": 1}).pool_size == 1
+
+
 def test_the_configuration_builds_sessions_and_a_split_horizon(tmp_path: Path) -> None:
     pki = init_pki(tmp_path / "pki")
     files = {"cert": str(pki.app.cert), "key": str(pki.app.key), "ca": str(pki.ca.cert)}

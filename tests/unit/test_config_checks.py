@@ -270,6 +270,8 @@ def test_core_values_checked_at_load(tmp_path: Path, setting: str, error: str) -
     ("core = \"tcp:fd00:0:0:0:0:0:0:7:5697\"", "gateway.core .* needs its colons escaped"),
     ("listen = \"tcp:5698:interface=fd00:0:0:0:0:0:0:7\"",
      "gateway.listen .* needs its colons escaped"),
+    ("listen = \"tcp6:5698:interface=fd00:0:0:0:0:0:0:7\"",
+     "gateway.listen .* needs its colons escaped"),
     # (with "::": Twisted read host "" and port 7, and nothing failed)
     ("core = \"tcp:host=fd00::7:port=5697\"", "gateway.core .* needs its colons escaped"),
 ])

@@ -128,3 +128,80 @@ def test_a_lock_file_that_is_a_link_or_a_pipe_is_refused_untouched(tmp_path: Pat
         take(database)
     os.unlink(lock_path(database))
     os.close(take(database))  # a plain file: taken
+
+
+def test_a_database_file_that_is_a_symbolic_link_is_locked_at_its_target(
+        tmp_path: Path) -> None:
+    """Two spellings of one file by a link to the file itself (not its directory): one lock,
+    beside the real file."""
+    (tmp_path / "data").mkdir()
+    real = tmp_path / "data" / "kcm.db"
+    real.touch(mode=0o600)
+    (tmp_path / "link.db").symlink_to(real)
+    assert sqlite_database_file(f"sqlite:///{tmp_path / 'link.db'}") == str(real)
+    fd = take(str(real))
+    try:
+        with pytest.raises(StartupError):
+            SqliteOwner(f"sqlite:///{tmp_path / 'link.db'}").startService()
+    finally:
+        os.close(fd)
+    assert not os.path.lexists(tmp_path / ("link.db" + ".kcm-core.lock"))
+
+
+def test_an_in_memory_database_takes_no_lock(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_database_file("sqlite:///:memory:") is None
+    owner = SqliteOwner("sqlite:///:memory:")
+    owner.startService()
+    owner.stopService()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_file_left_by_a_dead_core_is_taken_and_names_this_process(
+        tmp_path: Path) -> None:
+    """The file stays after a core dies (the kernel dropped its lock): the next core takes
+    it and writes its own process id over the old one, whatever their lengths."""
+    database = str(tmp_path / "kcm.db")
+    Path(lock_path(database)).write_text("4194304999\n")
+    os.chmod(lock_path(database), 0o600)
+    owner = SqliteOwner(f"sqlite:///{database}")
+    owner.startService()
+    try:
+        assert Path(lock_path(database)).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(StartupError, match=rf"\(pid {os.getpid()}\) serves"):
+            take(database)
+    finally:
+        owner.stopService()
+    owner.stopService()  # (twice: nothing more to close)
+    owner.startService()  # a restart in the same process takes it again
+    try:
+        with pytest.raises(StartupError):
+            take(database)
+    finally:
+        owner.stopService()
+
+
+def test_a_refused_start_keeps_no_descriptor_and_names_no_unreadable_holder(
+        tmp_path: Path) -> None:
+    database = str(tmp_path / "kcm.db")
+    fd = take(database)
+    try:
+        os.pwrite(fd, b"not a pid\n", 0)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with pytest.raises(StartupError) as refused:
+                take(database)
+            assert str(refused.value).startswith(f"another kcm-core serves {database}: ")
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o600, 0o400])
+def test_a_database_its_group_or_others_may_use_is_warned_about(tmp_path: Path,
+                                                                mode: int) -> None:
+    database = tmp_path / "kcm.db"
+    database.touch()
+    os.chmod(database, mode)
+    assert shared_mode(str(database)) == (mode if mode & 0o077 else None)

@@ -295,6 +295,9 @@ def test_endpoint_kinds_the_product_uses_still_load(tmp_path: Path) -> None:
     # tcp:PORT:INTERFACE), as before the IPv6 hint; a backlog, only by name.
     assert _gateway(tmp_path, "[gateway]\nlisten = \"tcp:5698:127.0.0.1\"\n"
                     ).listen == "tcp:5698:127.0.0.1"
+    # (The IPv6 hint is a tcp endpoint's: a unix socket's name may hold "[".)
+    assert _gateway(tmp_path, "[gateway]\nmetrics_listen = \"unix:/run/kcm[1].sock\"\n"
+                    ).metrics_listen == "unix:/run/kcm[1].sock"
     for listen in ("tcp:5696:127.0.0.1:1024", "tcp6:5696:1024"):  # (it would fail at start)
         with pytest.raises(ConfigError, match="give the backlog by name"):
             _core(tmp_path, f"[core]\nlisten = \"{listen}\"\n")

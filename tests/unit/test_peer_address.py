@@ -63,6 +63,7 @@ def test_an_address_without_a_host_string_is_named_by_itself_brackets_or_not() -
     ("192.0.2.7", 64, "192.0.2.7"),
     ("192.0.2.7", 32, "192.0.2.7"),
     ("not an address", 64, "not an address"),
+    ("UNIXAddress('/run/a:b')", 64, "UNIXAddress('/run/a:b')"),  # (a colon, not IPv6)
 ])
 def test_address_groups(host: str, prefix: int, group: str) -> None:
     assert address_group(host, prefix) == group

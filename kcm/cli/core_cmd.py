@@ -311,27 +311,10 @@ def shown_url(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def _recorded_l1_check(url: str) -> str | None:
-    """The L1 check value ``kcm core init`` recorded in the database at ``url`` (at some
-    revision), or None."""
-    from sqlalchemy import text
-
-    from kcm.core.l1 import L1_CHECK_META
-    from kcm.core.store.engine import WRITE_OPTION, open_engine
-
-    engine = open_engine(url, pool_size=1, max_overflow=0)
-    try:
-        # A read: on SQLite, don't take the write lock (as current_revision).
-        with engine.connect().execution_options(**{WRITE_OPTION: False}) as connection:
-            return connection.execute(text("SELECT value FROM meta WHERE key = :key"),
-                                      {"key": L1_CHECK_META}).scalar()
-    finally:
-        engine.dispose()
-
-
 def _run_init(args: argparse.Namespace) -> int:
     from kcm.core import audit
     from kcm.core.l1 import L1_CHECK_META, L1Error, l1_refusal, open_configured_l1
+    from kcm.core.l1_before_migration import recorded_l1_check
     from kcm.core.lineage import Lineage, ensure_lineage, mark_restored, read_lineage
     from kcm.core.store import repository
     from kcm.core.store.engine import Store
@@ -355,7 +338,7 @@ def _run_init(args: argparse.Namespace) -> int:
     # A database that records an L1 has one already: a key missing here is copied from
     # the deployment, never made anew (a new key would only be refused below, left behind
     # as a file or a token object); a wrong one is refused before anything is migrated.
-    recorded = None if before is None else _recorded_l1_check(config.database)
+    recorded = None if before is None else recorded_l1_check(config.database)
     try:
         l1, created = open_configured_l1(config, create=recorded is None)
     except L1Error as e:

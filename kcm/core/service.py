@@ -39,7 +39,7 @@ from kcm.core.config import CoreConfig
 from kcm.core.event_fanout import EventFanout
 from kcm.core.gateway_scopes import GatewayScopes
 from kcm.core.keyring import Keyring
-from kcm.core.l1 import L1_CHECK_META, l1_refusal, open_l1
+from kcm.core.l1 import L1_CHECK_META, L1Key, l1_refusal, open_l1
 from kcm.core.lineage import Lineage, ensure_lineage, read_lineage
 from kcm.core.link_server import LinkServerFactory
 from kcm.core.metrics import CoreMetrics
@@ -69,7 +69,8 @@ class MasterKey(Service):
     keyring; gives the audit
     key derived from it to the store, and anchors audit records written before the chain was
     keyed (:func:`kcm.core.audit.key_chain`). Starts after the store (it reads the check
-    value through it)."""
+    value through it); before it, :class:`~kcm.core.l1_before_migration.L1BeforeMigration`
+    checks the key (:meth:`open`) against a database whose schema the store would upgrade."""
 
     name = "kcm-l1"
 
@@ -83,9 +84,19 @@ class MasterKey(Service):
         #: The database's deployment id and restore generation (:mod:`kcm.core.lineage`),
         #: read when it starts.
         self.lineage: Lineage | None = None
+        self._l1: L1Key | None = None
+
+    def open(self) -> L1Key:
+        """The configured L1, opened at the first call (by
+        :class:`~kcm.core.l1_before_migration.L1BeforeMigration` before the store starts, when
+        it checks the key first) and kept for the next."""
+        if self._l1 is None:
+            self._l1, _ = open_l1(self.l1_key_file, self.l1_pkcs11,
+                                  l1_key_env=self.l1_key_env)
+        return self._l1
 
     def startService(self) -> None:
-        l1, _ = open_l1(self.l1_key_file, self.l1_pkcs11, l1_key_env=self.l1_key_env)
+        l1 = self.open()
         # Before the reactor runs, so blocking here holds nothing up.
         expected = self.store.run_sync(lambda s: repository.get_meta(s, L1_CHECK_META),
                                        write=False)

@@ -24,6 +24,7 @@ from kcm.core.destroyed_retention import drop_tombstones, purge_destroyed
 from kcm.core.event_fanout import STALE_AFTER, EventFanout
 from kcm.core.events import TenantRemovals
 from kcm.core.keyring import Keyring
+from kcm.core.l1_before_migration import L1BeforeMigration
 from kcm.core.link_server import LinkServerFactory, LinkSettings
 from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.metrics import CoreMetrics, DatabaseReadiness, database_state
@@ -192,8 +193,12 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     link_guard = (guard.reserve("max_link_connections", config.limits.max_link_connections)
                   if config.link_listen else None)
 
+    master_key = MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11,
+                           config.l1_key_env)
     # Before the store opens the file: one kcm-core per SQLite file.
     SqliteOwner(config.database).setServiceParent(core)
+    # Before the store upgrades an older schema: the L1 key is the database's.
+    L1BeforeMigration(master_key, config.database).setServiceParent(core)
     store.setServiceParent(core)
     # Before anything holds a lease or LISTENs: refused through a transaction pooler.
     SessionPinning(store).setServiceParent(core)
@@ -203,8 +208,6 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     expiry.clock = reactor
     expiry.setName("kcm-object-cache-expiry")
     expiry.setServiceParent(core)
-    master_key = MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11,
-                           config.l1_key_env)
     master_key.setServiceParent(core)
     checkpoints = AuditCheckpoints(store, keyring, reactor,
                                    interval=config.audit_checkpoint_interval)

@@ -113,3 +113,41 @@ def test_a_kmip_client_at_the_metrics_port_is_closed_at_once_and_logged(
     assert "(a KMIP client given the metrics port?): this port is plain HTTP; give KMIP " \
            "clients the KMIP port; 1 such connection(s) in the last 10 s" in core.log.read_text()
     assert scrape(core.metrics_port, "/healthz")[0] == 200
+
+
+def test_another_l1_key_stops_the_start_before_an_older_schema_is_upgraded(
+        tmp_path: Path) -> None:
+    """A new release pointed at another deployment's L1 key file (or the right key and
+    another database): the database at an older revision was upgraded, then the start was
+    refused. The start is refused before any migration: the file's revision and bytes are
+    as they were; with the right key the same start upgrades it and serves."""
+    import base64
+
+    from kcm.core.store.migrate import current_revision, head_revision
+    from tests.migration_support import downgrade
+
+    database = f"sqlite:///{tmp_path / 'core' / 'kcm.db'}"
+    core = deploy(tmp_path / "core", database)
+    downgrade(database, "0008")
+    key = tmp_path / "core" / "l1.key"
+    kept = key.read_bytes()
+    key.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    files = sorted((tmp_path / "core").glob("kcm.db*"))
+    before = {path.name: path.read_bytes() for path in files}
+    try:
+        core.spawn()
+        assert core.process is not None
+        assert core.process.wait(timeout=30) == 1
+        core.process = None
+        assert current_revision(database) == "0008"
+        assert {path.name: path.read_bytes() for path in files} == before
+        assert ("kcm-core did not start: kcm-l1-before-migration: the L1 key file "
+                f"{key} is not the L1 key of this database (its schema, at revision 0008, "
+                "was not upgraded)") in core.log.read_text()
+        key.write_bytes(kept)
+        core.start()
+        with core.client("app") as client:
+            assert refusals(send_v21(client, create_managed())) == [None]
+    finally:
+        core.stop()
+    assert current_revision(database) == head_revision()

@@ -77,7 +77,9 @@ class TlsFiles:
 
 
 def parse_endpoint(text: str | Endpoint, default_port: int = 5696) -> Endpoint:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``HOST`` (port ``default_port``) as an Endpoint."""
+    """``HOST:PORT``, ``[V6]:PORT`` or ``HOST`` (port ``default_port``) as an Endpoint. An
+    IPv6 address is written in brackets: bare (``::1:5696``) it was taken whole as the host,
+    with the default port."""
     if isinstance(text, Endpoint):
         return text
     text = text.strip()
@@ -86,16 +88,17 @@ def parse_endpoint(text: str | Endpoint, default_port: int = 5696) -> Endpoint:
         if not closed or (rest and not rest.startswith(":")):
             raise ValueError(f"{text!r} is not [V6]:PORT")
         port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
+    elif text.count(":") > 1 or "]" in text:
+        raise ValueError(f"{text!r} is not HOST:PORT (IPv6: [ADDRESS]:PORT)")
     else:
-        host, port = text, ""
+        host, _, port = text.partition(":")
+        if _ and not port:
+            raise ValueError(f"{text!r}: no port after the colon")
     if not host:
         raise ValueError(f"{text!r} names no host")
-    try:
-        number = int(port) if port else default_port
-    except ValueError:
-        raise ValueError(f"{text!r}: the port is not a number") from None
+    if port and not (port.isascii() and port.isdigit()):  # (int() takes "+1", "5_696")
+        raise ValueError(f"{text!r}: the port is not a number")
+    number = int(port) if port else default_port
     if not 0 < number < 65536:
         raise ValueError(f"{text!r}: port {number} is out of range")
     return Endpoint(host, number)

@@ -29,8 +29,8 @@ from kcm.kmip.messages import (
 from kcm.kmip.payloads import PAYLOADS
 from kcm.ttlv import TtlvError, decode, encode
 
-__all__ = ["DEFAULT_VERSION", "IDEMPOTENT", "SUPPORTED_VERSIONS", "encode_items", "parse_response",
-           "result_of"]
+__all__ = ["DEFAULT_VERSION", "IDEMPOTENT", "MAX_TIMEOUT", "SUPPORTED_VERSIONS", "encode_items",
+           "parse_response", "result_of"]
 
 #: The protocol version of requests unless the caller chooses (what PyKMIP speaks too).
 DEFAULT_VERSION = (1, 4)
@@ -38,13 +38,21 @@ DEFAULT_VERSION = (1, 4)
 SUPPORTED_VERSIONS = ((1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1))
 
 
+#: The longest timeout a client takes (seconds): a day; more is a mistake, not a wait (and
+#: from about 3e10 s the blocking client's first call failed with OverflowError).
+MAX_TIMEOUT = 86400.0
+
+
 def positive_timeout(timeout: float, name: str = "timeout") -> float:
-    """``timeout`` if it is a positive number of seconds, else ValueError: the blocking
-    client failed its first request with a misleading error on 0, while the Twisted one
-    took 0 for no deadline at all."""
+    """``timeout`` if it is a positive number of seconds (a number, not text), at most
+    :data:`MAX_TIMEOUT`, else ValueError: the blocking client failed its first request with
+    a misleading error on 0, while the Twisted one took 0 for no deadline at all."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
             or not timeout > 0 or timeout == float("inf"):
         raise ValueError(f"{name} must be a positive number of seconds, not {timeout!r}")
+    if timeout > MAX_TIMEOUT:
+        raise ValueError(f"{name} must be at most {MAX_TIMEOUT:g} seconds (a day), not "
+                         f"{timeout!r}")
     return float(timeout)
 
 

@@ -4,12 +4,13 @@
   query`` send one KMIP request each; ``kcm l4 create`` creates an L4 (a DEK) at kcm-gateway.
 * Every one takes ``--server HOST:PORT`` and the client's ``--cert``, ``--key`` and ``--ca``
   (PEM files), or ``$KCM_SERVER``, ``$KCM_CERT``, ``$KCM_KEY``, ``$KCM_CA``, or a client
-  configuration file (``--client-config FILE`` or ``$KCM_CLIENT_CONFIG``: a ``[client]`` table
-  of ``server``, ``cert``, ``key``, ``ca``, ``timeout``, ``connect_timeout``; its relative
-  paths are taken from its own directory), in that order; ``--json`` prints the answer as
-  one JSON object. ``--timeout`` bounds the whole request, failover included (30 s);
+  configuration file (``--client-config FILE`` or ``$KCM_CLIENT_CONFIG``: the SDK's
+  ``[client]`` table, read and checked by the SDK's loader, :mod:`kcm.client.config`, with
+  its ``gateway``, ``core`` and ``version`` too; its relative paths are taken from its own
+  directory), in that order; ``--json`` prints the answer as one JSON object. ``--timeout``
+  bounds the whole request, failover included (30 s; at most 86400);
   ``--connect-timeout`` each connection attempt within it (10 s, or the timeout divided by
-  the number of servers if less).
+  the number of servers if less). A server without a port is at 5696 (KMIP's).
 * ``create``, ``register`` and ``l4 create`` print the new Unique Identifier alone.
 * ``encrypt`` and ``decrypt`` read the data from ``--data-hex``, ``--in FILE`` or stdin and
   write raw bytes to stdout (or ``--out FILE``; ``--hex``: hex and a newline); the IV and the
@@ -34,6 +35,8 @@ from kcm.cli import CommandError, add_command
 
 if TYPE_CHECKING:
     from kcm.client import Session
+    from kcm.client.config import ClientConfig
+    from kcm.client.operations import Operations
     from kcm.kmip.attributes import CryptographicParameters
     from kcm.kmip.enums import CryptographicAlgorithm
 
@@ -136,9 +139,8 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
                             "the timeout divided by the number of servers if less)")
     group.add_argument("--client-config", default=os.environ.get("KCM_CLIENT_CONFIG"),
                        metavar="FILE",
-                       help="a TOML file whose [client] table gives server, cert, key, ca, "
-                            "timeout and connect_timeout where neither an option nor the "
-                            "environment does "
+                       help="a TOML file whose [client] table (the SDK's) gives what neither "
+                            "an option nor the environment does "
                             "(default: $KCM_CLIENT_CONFIG)")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
 
@@ -165,20 +167,6 @@ def _crypt_options(parser: argparse.ArgumentParser) -> None:
 
 
 # Parsing values --------------------------------------------------------------------------
-
-def parse_server(text: str | None) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:5696`` for IPv6) as (host, port); CommandError when wrong."""
-    if not text:
-        raise CommandError("no server: give --server HOST:PORT or set KCM_SERVER")
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host or "[" in host or "]" in host:  # ::1:5696, [::1: an IPv6 address bare
-        raise CommandError(f"--server {text!r} is not HOST:PORT (IPv6: [ADDRESS]:PORT)")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CommandError(f"--server {text!r} is not HOST:PORT")
-    return host, int(port)
-
 
 def parse_enum(enum: type, text: str, what: str) -> Any:
     """``text`` as a member of ``enum``: its name in any case, spaces or dashes for
@@ -278,93 +266,68 @@ def _print_json(value: Any) -> None:
 
 # Running ----------------------------------------------------------------------------------
 
-#: The settings of a client configuration file's ``[client]`` table.
-CLIENT_SETTINGS = ("server", "cert", "key", "ca", "timeout", "connect_timeout")
-#: The longest ``--timeout`` (seconds): a day; more is a mistake, not a wait.
-MAX_TIMEOUT = 86400.0
-#: Settings of the same table that only the SDK reads (kcm.client.config); ignored here.
-SDK_SETTINGS = ("gateway", "core", "version", "pool_size")
+#: The options (and environment variables) that give a ``[client]`` setting, over the
+#: client file's.
+OPTION_SETTINGS = ("server", "cert", "key", "ca", "timeout", "connect_timeout")
 
 
-def client_config(path: str) -> dict[str, Any]:
-    """The ``[client]`` table of the TOML file at ``path``; relative ``cert``, ``key`` and
-    ``ca`` paths are taken from the file's directory. CommandError when it is wrong."""
-    import tomllib
+def client_settings(args: argparse.Namespace) -> ClientConfig:
+    """The client's settings: the options (or the environment) over the client file's
+    ``[client]`` table, checked by the SDK's one loader
+    (:meth:`kcm.client.config.ClientConfig.from_table`, as ``kcm config check`` checks the
+    file); a ``--server`` sends every call there (the file's ``gateway`` and ``core`` too).
+    CommandError when something is missing or wrong."""
+    from kcm.client.config import ClientConfig, read_client_table
 
-    try:
-        with open(path, "rb") as f:
-            table = tomllib.load(f).get("client", {})
-    except OSError as e:
-        raise CommandError(f"cannot read {path}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise CommandError(f"{path}: {e}") from e
-    if not isinstance(table, dict):
-        raise CommandError(f"{path}: client must be a table")
-    unknown = sorted(set(table) - set(CLIENT_SETTINGS) - set(SDK_SETTINGS))
-    if unknown:
-        raise CommandError(f"{path}: unknown setting client.{unknown[0]}")
-    for name in ("cert", "key", "ca"):
-        if name in table:
-            table[name] = os.path.join(os.path.dirname(os.path.abspath(path)),
-                                       os.path.expanduser(str(table[name])))
-    return table
-
-
-def _settings(args: argparse.Namespace) -> None:
-    """Fill in what neither an option nor the environment gave from the client file."""
-    found = client_config(args.client_config) if args.client_config else {}
-    for name in CLIENT_SETTINGS:
-        if getattr(args, name) is None and name in found:
-            setattr(args, name, found[name])
-    args.timeout = _seconds("timeout", 30.0 if args.timeout is None else args.timeout)
-    if args.connect_timeout is not None:
-        args.connect_timeout = _seconds("connect timeout", args.connect_timeout)
-        if args.connect_timeout > args.timeout:
-            raise CommandError(f"connect timeout {args.connect_timeout:g} is more than the "
-                               f"timeout {args.timeout:g}: each attempt is part of a request")
-    if isinstance(args.server, int | float):
-        args.server = str(args.server)
-    elif isinstance(args.server, list):  # a list of servers in the client file: failover
-        args.server = ",".join(str(s) for s in args.server)
-
-
-def _seconds(name: str, value: Any) -> float:
-    """``value`` as seconds, more than 0 and at most MAX_TIMEOUT; CommandError otherwise."""
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise CommandError(f"{name} {value!r} is not a number of seconds") from None
-    if not 0 < seconds <= MAX_TIMEOUT:
-        raise CommandError(f"{name} {value!r} must be more than 0 and at most "
-                           f"{MAX_TIMEOUT:g} seconds")
-    return seconds
-
-
-def _session(args: argparse.Namespace) -> Session:
-    from kcm.client import KmipClientError, Session
-
-    _settings(args)
-    servers = [parse_server(s.strip()) for s in str(args.server or "").split(",") if s.strip()]
-    if not servers:
-        parse_server(None)
-    missing = [name for name in ("cert", "key", "ca") if not getattr(args, name)]
+    path = args.client_config
+    table: dict[str, Any] = {}
+    if path:
+        try:
+            table = read_client_table(path)
+        except OSError as e:
+            raise CommandError(f"cannot read {path}: {e.strerror}") from e
+        except ValueError as e:
+            raise CommandError(str(e)) from e
+    given = {n: getattr(args, n) for n in OPTION_SETTINGS if getattr(args, n) is not None}
+    if "server" in given:
+        table = {n: value for n, value in table.items() if n not in ("gateway", "core")}
+    for n in ("cert", "key", "ca"):
+        if given.get(n):  # from the working directory, not the file's
+            given[n] = os.path.abspath(given[n])
+    merged = {**table, **given}
+    if all(merged.get(n) is None for n in ("server", "gateway", "core")):
+        raise CommandError("no server: give --server HOST:PORT or set KCM_SERVER")
+    missing = [n for n in ("cert", "key", "ca") if not merged.get(n)]
     if missing:
         raise CommandError("no " + ", ".join(f"--{n}" for n in missing) + " (or "
                            + ", ".join(f"KCM_{n.upper()}" for n in missing) + ")")
-    for name in ("cert", "key", "ca"):
-        if not os.path.isfile(getattr(args, name)):
-            raise CommandError(f"--{name} {getattr(args, name)}: no such file")
+    names = {n: "--" + n.replace("_", "-") for n in given}
     try:
-        from kcm.client.endpoints import Endpoint
+        config = ClientConfig.from_table(
+            merged, os.path.dirname(os.path.abspath(path)) if path else ".", names=names)
+    except ValueError as e:  # (one naming the file's setting says which file)
+        raise CommandError(f"{path}: {e}" if path and "client." in str(e) else str(e)
+                           ) from None
+    for n in ("cert", "key", "ca"):
+        if not os.path.isfile(getattr(config, n)):
+            raise CommandError(f"{names.get(n, f'client.{n}')} {getattr(config, n)}: "
+                               "no such file")
+    return config
 
-        return Session.connect([Endpoint(host, port) for host, port in servers],
-                               cert=args.cert, key=args.key, ca=args.ca, timeout=args.timeout,
-                               connect_timeout=args.connect_timeout)
+
+def _session(args: argparse.Namespace) -> Operations:
+    """The client of :func:`client_settings`: a Session, or a SplitHorizon when the client
+    file's ``gateway`` and ``core`` differ."""
+    from kcm.client import KmipClientError
+
+    config = client_settings(args)
+    try:
+        return config.session()
     except KmipClientError as e:
         raise CommandError(str(e)) from e
 
 
-def _kmip(args: argparse.Namespace, operation: Callable[[Session], int]) -> int:
+def _kmip(args: argparse.Namespace, operation: Callable[[Any], int]) -> int:
     """Run ``operation(session)``: a failure answer is exit status 1 with its reason and
     message on one stderr line; a connection error is a CommandError (exit status 2)."""
     from kcm.client import KmipClientError, KmipOperationFailed

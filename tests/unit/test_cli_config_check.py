@@ -410,7 +410,7 @@ def test_a_missing_database_file_is_an_error_and_is_not_created(core: Path, caps
     ("[client]\nserver = \"h:1\"\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\npool_size = \"x\"\n",
      "core.toml: client.pool_size must be a whole number"),
     ("[client]\nserver = \"h:x\"\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\n",
-     "core.toml: 'h:x': the port is not a number"),
+     "core.toml: client.server: 'h:x': the port is not a number"),
     ("[gateway]\ncore = \"ssl:127.0.0.1:5697\"\n", "KCM adds the TLS itself"),
 ])
 def test_a_malformed_configuration_is_one_error_line(tmp_path: Path, capsys, content: str,

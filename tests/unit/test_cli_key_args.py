@@ -5,26 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kcm.cli import CommandError, build_parser, main
-from kcm.cli.key_cmd import attribute_tag, parse_enum, parse_server
+from kcm.cli.key_cmd import attribute_tag, parse_enum
 from kcm.kmip.enums import BlockCipherMode, RevocationReasonCode
 from kcm.kmip.tags import Tag
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("127.0.0.1:5696", ("127.0.0.1", 5696)),
-    ("kms.example:1", ("kms.example", 1)),
-    ("[::1]:5698", ("::1", 5698)),
-])
-def test_server(text: str, expected: tuple[str, int]) -> None:
-    assert parse_server(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", None, "host", ":5696", "host:", "host:0", "host:70000",
-                                  "host:x", "::1", "::1:5696", "[::1]", "[::1:5696",
-                                  "[kcm.test:5696", "kcm.test]:5696"])
-def test_bad_server(text: str | None) -> None:
-    with pytest.raises(CommandError):
-        parse_server(text)
 
 
 def test_enumerations_in_any_spelling() -> None:
@@ -80,20 +63,27 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: lis
       "--ca", "c"], "kcm key get: error: --cert /nonexistent: no such file\n"),
     (["key", "encrypt", "u", "--data-hex", "zz", "--server", "h:1"],
      None),
-    *((["key", "query", "--server", "h:1", "--timeout", timeout],
-       f"kcm key query: error: timeout {float(timeout)!r} must be more than 0 and at most "
-       "86400 seconds\n") for timeout in ("-1", "0", "nan", "inf", "1e9")),
-    *((["key", "query", "--server", "h:1", "--connect-timeout", seconds],
-       f"kcm key query: error: connect timeout {float(seconds)!r} must be more than 0 and at "
-       "most 86400 seconds\n") for seconds in ("-1", "0", "nan", "inf", "1e9")),
-    (["key", "query", "--server", "h:1", "--timeout", "5", "--connect-timeout", "6"],
-     "kcm key query: error: connect timeout 6 is more than the timeout 5: each attempt is "
-     "part of a request\n"),
+    *((["key", "query", "--server", "h:1", "--cert", "/", "--key", "/", "--ca", "/",
+        "--timeout", timeout],
+       f"kcm key query: error: --timeout must be a positive number of seconds, not "
+       f"{float(timeout)!r}\n") for timeout in ("-1", "0", "nan", "inf")),
+    *((["key", "query", "--server", "h:1", "--cert", "/", "--key", "/", "--ca", "/",
+        "--connect-timeout", seconds],
+       f"kcm key query: error: --connect-timeout must be a positive number of seconds, not "
+       f"{float(seconds)!r}\n") for seconds in ("-1", "0", "nan", "inf")),
+    (["key", "query", "--server", "h:1", "--cert", "/", "--key", "/", "--ca", "/",
+      "--timeout", "1e9"],
+     "kcm key query: error: --timeout must be at most 86400 seconds (a day), not "
+     "1000000000.0\n"),
+    (["key", "query", "--server", "h:1", "--cert", "/", "--key", "/", "--ca", "/",
+      "--timeout", "5", "--connect-timeout", "6"],
+     "kcm key query: error: --connect-timeout 6.0 is more than --timeout 5: each attempt is "
+     "part of a call\n"),
 ])
 def test_usage_errors_are_one_line_exit_2(monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str],
                                           argv: list[str], message: str | None) -> None:
-    for name in ("SERVER", "CERT", "KEY", "CA"):
+    for name in ("SERVER", "CERT", "KEY", "CA", "CLIENT_CONFIG"):
         monkeypatch.delenv(f"KCM_{name}", raising=False)
     assert main(argv) == 2
     captured = capsys.readouterr()
@@ -118,41 +108,49 @@ def test_an_unforeseen_failure_is_one_line(monkeypatch: pytest.MonkeyPatch,
 
 def test_a_client_configuration_file_fills_in_what_is_not_given(
         tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kcm.cli.key_cmd import _settings
+    from kcm.cli.key_cmd import client_settings
+    from kcm.client.endpoints import Endpoint
 
     for name in ("SERVER", "CERT", "KEY", "CA", "CLIENT_CONFIG"):
         monkeypatch.delenv(f"KCM_{name}", raising=False)
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "etc" / "client.toml"
     path.parent.mkdir()
-    path.write_text('[client]\nserver = "kms:5698"\ncert = "app.pem"\nkey = "/abs/app.key"\n'
-                    'ca = "../ca.pem"\ntimeout = 5\n')
-    monkeypatch.setenv("KCM_CA", "env-ca.pem")
-    args = build_parser().parse_args(["key", "query", "--client-config", str(path),
-                                      "--server", "cli:1"])
-    _settings(args)
-    assert (args.server, args.cert, args.key, args.ca, args.timeout) == (
-        "cli:1", str(path.parent / "app.pem"), "/abs/app.key", "env-ca.pem", 5.0)
-    path.write_text('[client]\ntimeout = 5\nconnect_timeout = 2.5\n')
-    args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
-    _settings(args)
-    assert (args.timeout, args.connect_timeout) == (5.0, 2.5)
-    args = build_parser().parse_args(["key", "query", "--client-config", str(path),
-                                      "--connect-timeout", "1"])
-    _settings(args)
-    assert args.connect_timeout == 1.0  # the option before the file
-    args = build_parser().parse_args(["key", "query", "--client-config", str(path),
-                                      "--connect-timeout", "5"])
-    _settings(args)
-    assert args.connect_timeout == 5.0  # as long as the timeout: one attempt may take it all
-    path.write_text('[client]\nconnect_timeout = "soon"\n')
-    args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
-    with pytest.raises(CommandError, match="connect timeout 'soon' is not a number"):
-        _settings(args)
-    path.write_text('[client]\nport = 1\n')
-    args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
-    with pytest.raises(CommandError, match="unknown setting client.port"):
-        _settings(args)
+    for name in ("etc/app.pem", "app.key", "ca.pem", "env-ca.pem"):
+        (tmp_path / name).write_text("")
+    path.write_text(f'[client]\nserver = "kms:5698"\ncert = "app.pem"\n'
+                    f'key = "{tmp_path / "app.key"}"\nca = "../ca.pem"\ntimeout = 5\n'
+                    'gateway = "gw:5698"\ncore = "core:5696"\nversion = "2.1"\n')
 
+    def settings(*argv: str):
+        return client_settings(build_parser().parse_args(
+            ["key", "query", "--client-config", str(path), *argv]))
+
+    config = settings()  # the file's gateway, core and version are the SDK's
+    assert (config.gateway, config.core, config.version) == (
+        [Endpoint("gw", 5698)], [Endpoint("core", 5696)], (2, 1))
+    assert (config.cert, config.key, config.ca) == (
+        str(path.parent / "app.pem"), str(tmp_path / "app.key"),
+        str(path.parent / "../ca.pem"))
+    monkeypatch.setenv("KCM_CA", "env-ca.pem")  # from the working directory
+    config = settings("--server", "cli:1")  # every call there
+    assert config.gateway == config.core == [Endpoint("cli", 1)]
+    assert (config.ca, config.timeout) == (str(tmp_path / "env-ca.pem"), 5.0)
+    path.write_text(path.read_text() + "connect_timeout = 2.5\n")
+    assert settings().connect_timeout == 2.5
+    assert settings("--connect-timeout", "1").connect_timeout == 1.0  # the option first
+    assert settings("--connect-timeout", "5").connect_timeout == 5.0  # an attempt: all of it
+    with pytest.raises(CommandError, match=(
+            f"^{path}: --connect-timeout 6.0 is more than client.timeout 5: each attempt")):
+        settings("--connect-timeout", "6")  # (the message names each value's source)
+    path.write_text('[client]\nconnect_timeout = "soon"\nserver = "h:1"\ncert = "/"\n'
+                    'key = "/"\nca = "/"\n')
+    with pytest.raises(CommandError, match=f"^{path}: client.connect_timeout must be a "
+                                           "positive number of seconds, not 'soon'"):
+        settings()
+    path.write_text('[client]\nport = 1\n')
+    with pytest.raises(CommandError, match="unknown setting client.port"):
+        settings("--server", "h:1", "--cert", "/", "--key", "/", "--ca", "/")
 
 
 class _Answers:

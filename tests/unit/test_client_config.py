@@ -200,3 +200,66 @@ def test_a_request_that_cannot_be_encoded_says_so() -> None:
     with pytest.raises(ValueError, match="the request cannot be encoded: "):
         encode_items((1, 4), [RequestBatchItem(operation=Operation.GET, request_payload=
                                                GetRequest(unique_identifier=b"l4.x"))])
+
+
+@pytest.fixture(scope="module")
+def module_pki(tmp_path_factory: pytest.TempPathFactory):
+    return init_pki(tmp_path_factory.mktemp("pki"))
+
+
+#: Where ``kcm key`` (its own reader of the file until this release) and the SDK (which
+#: ``kcm config check`` uses) differed; each now one rule, the same for the three: a
+#: setting (None: left out) and the error, or, for a table taken, the endpoints it gives.
+DIFFERENCES = [
+    ({"timeout": '"30"'}, "client.timeout must be a positive number of seconds, not '30'"),
+    ({"timeout": "true"}, "client.timeout must be a positive number of seconds, not True"),
+    ({"timeout": "100000"}, "client.timeout must be at most 86400 seconds (a day), not 100000"),
+    ({"connect_timeout": '"5"'},
+     "client.connect_timeout must be a positive number of seconds, not '5'"),
+    ({"server": '"::1:5698"'}, "client.server: '::1:5698' is not HOST:PORT (IPv6: [ADDRESS]:PORT)"),
+    ({"server": '"h:5_698"'}, "client.server: 'h:5_698': the port is not a number"),
+    ({"server": '"h:"'}, "client.server: 'h:': no port after the colon"),
+    ({"version": '"9.9"'}, "client.version: KMIP 9.9 is not one the client speaks"),
+    ({"pool_size": "0"}, "client.pool_size must be a whole number of at least 1"),
+    ({"cert": "5"}, "client.cert must be a file name, not 5"),
+    ({"server": '"kms.test"'}, ([Endpoint("kms.test", 5696)], [Endpoint("kms.test", 5696)])),
+    ({"server": None, "gateway": '"127.0.0.1:5698"', "core": '"127.0.0.1:5696"'},
+     ([Endpoint("127.0.0.1", 5698)], [Endpoint("127.0.0.1", 5696)])),
+]
+
+
+@pytest.mark.parametrize(("settings", "expected"), DIFFERENCES)
+def test_kcm_key_the_sdk_and_config_check_take_a_client_table_alike(
+        tmp_path: Path, module_pki, monkeypatch: pytest.MonkeyPatch, capsys,
+        settings, expected) -> None:
+    """``kcm key`` read ``[client]`` with its own rules: it took ``timeout = "30"`` and
+    ``true``, refused timeouts over a day (the SDK took 1e12 s and failed its first call
+    with OverflowError), refused a server without a port, ignored ``gateway``, ``core``,
+    ``version`` and ``pool_size``; the SDK took ``::1:5698`` for a host and ``5_698`` for a
+    port. Now the SDK's loader is the one rule of all three."""
+    from kcm.cli import CommandError, main
+    from kcm.cli.key_cmd import client_settings
+
+    for name in ("SERVER", "CERT", "KEY", "CA", "CLIENT_CONFIG"):
+        monkeypatch.delenv(f"KCM_{name}", raising=False)
+    table = {"server": '"127.0.0.1:5698"', "cert": f'"{module_pki.app.cert}"',
+             "key": f'"{module_pki.app.key}"', "ca": f'"{module_pki.ca.cert}"', **settings}
+    path = tmp_path / "client.toml"
+    path.write_text("[client]\n" + "".join(f"{name} = {value}\n"
+                                           for name, value in table.items()
+                                           if value is not None))
+    args = build_parser().parse_args(["key", "query", "--client-config", str(path)])
+    status = main(["config", "check", "-c", str(path)])
+    lines = capsys.readouterr().out.splitlines()
+    if isinstance(expected, str):
+        with pytest.raises(ValueError) as sdk:
+            load_client_config(path)
+        with pytest.raises(CommandError) as key:
+            client_settings(args)
+        assert str(sdk.value) == str(key.value) == f"{path}: {expected}"
+        assert status == 1 and f"error: {path}: {expected}" in lines
+        return
+    sdk_config, key_config = load_client_config(path), client_settings(args)
+    assert (sdk_config.gateway, sdk_config.core) == expected
+    assert (key_config.gateway, key_config.core) == expected
+    assert status == 0, lines

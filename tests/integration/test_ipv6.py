@@ -88,15 +88,7 @@ def test_the_cores_listeners_on_ipv6(core: CoreProcess,
 
 def test_connections_from_one_ipv6_address_are_capped(core: CoreProcess) -> None:
     """limits.max_connections_per_address counts an IPv6 client by its address."""
-    held = [socket.create_connection(("::1", core.port), timeout=5) for _ in range(3)]
-    try:
-        with socket.create_connection(("::1", core.port), timeout=5) as over:
-            assert over.recv(1) == b""  # closed at accept
-        wait_until(lambda: "last from ::1" in core.log.read_text(), "the refusal line",
-                   timeout=5)
-    finally:
-        for sock in held:
-            sock.close()
+    _over_the_cap(core, "::1", "last from ::1", cap=3)
 
 
 def test_ipv4_clients_of_a_dual_stack_listener_are_capped_by_their_address(
@@ -111,18 +103,22 @@ def test_ipv4_clients_of_a_dual_stack_listener_are_capped_by_their_address(
     core.write_config()
     core.start()
     try:
-        held = [socket.create_connection(("127.0.0.1", core.port), timeout=5)
-                for _ in range(2)]
-        try:
-            with socket.create_connection(("127.0.0.1", core.port), timeout=5) as over:
-                assert over.recv(1) == b""  # closed at accept
-            wait_until(lambda: "last from 127.0.0.1" in core.log.read_text(),
-                       "the refusal line", timeout=5)
-        finally:
-            for sock in held:
-                sock.close()
+        _over_the_cap(core, "127.0.0.1", "last from 127.0.0.1")
     finally:
         core.stop()
+
+
+def _over_the_cap(core: CoreProcess, host: str, line: str, *, cap: int = 2) -> None:
+    """With ``cap`` connections from ``host`` held, one more is closed at accept (the cap
+    per address or network), and the refusal line holds ``line``."""
+    held = [socket.create_connection((host, core.port), timeout=5) for _ in range(cap)]
+    try:
+        with socket.create_connection((host, core.port), timeout=5) as over:
+            assert over.recv(1) == b""  # closed at accept
+        wait_until(lambda: line in core.log.read_text(), "the refusal line", timeout=5)
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_ipv6_clients_are_capped_by_their_network_with_an_address_prefix(
@@ -145,16 +141,8 @@ def test_ipv6_clients_are_capped_by_their_network_with_an_address_prefix(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     core.start()
     try:
-        held = [socket.create_connection(("::1", core.port), timeout=5) for _ in range(2)]
-        try:
-            with socket.create_connection(("::1", core.port), timeout=5) as over:
-                assert over.recv(1) == b""  # closed at accept
-            wait_until(lambda: "over limits.max_connections_per_address (2) in the last 10s; "
-                               "last from ::/64" in core.log.read_text(),
-                       "the refusal line", timeout=5)
-        finally:
-            for sock in held:
-                sock.close()
+        _over_the_cap(core, "::1", "over limits.max_connections_per_address (2) in the last "
+                       "10s; last from ::/64")
     finally:
         core.stop()
 

@@ -200,3 +200,29 @@ def test_the_tables_name_every_setting_of_kcm_core() -> None:
                      if name not in named)
     missing += sorted(name for name in _fields(CoreLimits) if name not in named)
     assert missing == []
+
+
+def _twistd_options() -> set[str]:
+    from twisted.scripts.twistd import ServerOptions
+
+    from kcm.core.tap import Options as CoreOptions
+    from kcm.gateway.tap import Options as GatewayOptions
+
+    options = {f"--{option[0]}" for cls in (CoreOptions, GatewayOptions)
+               for option in cls.optParameters}
+    server = ServerOptions()
+    return options | {"--help"} | {f"--{long}" for long, *_ in (*server.optParameters,
+                                                             *server.optFlags)}
+
+
+def test_every_command_line_override_the_settings_docs_name_exists() -> None:
+    # The settings' own pages: README's "Configuration" and "kcm-gateway" sections and
+    # operations.md's two tables, where a setting's override is given beside it.
+    readme = README.read_text(encoding="utf-8")
+    readme = readme[readme.index("\nConfiguration\n====="):readme.index("\nThe ``kcm`` command")]
+    text = OPERATIONS.read_text(encoding="utf-8")
+    tables = text[text.index("| setting | default | meaning |"):text.index("### IPv6")] + text[
+        text.index("| bound | setting (`[core.limits]`)"):text.index("**Before any batch item")]
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", readme + tables))
+    assert len(named) > 20
+    assert sorted(named - _twistd_options()) == []

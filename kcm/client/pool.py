@@ -19,9 +19,10 @@ attempt goes on after the call that asked for it has failed (within ``connect_ti
 for the calls that come next.
 
 A connection that fails a request without answering it (it broke, or the answer did not come
-within ``timeout``) gives up its endpoint: the next one in the list becomes the preferred
-one, and the connections still open to the old one take no new requests and are closed once
-idle. The request is then sent once more, on a connection to the new preferred endpoint,
+within ``timeout``; not a request whose deadline passed while it still waited in the
+connection's queue, never sent) gives up its endpoint: the next one in the list becomes the
+preferred one, and the connections still open to the old one take no new requests and are
+closed once idle. The request is then sent once more, on a connection to the new preferred endpoint,
 when its operation is idempotent (reads, Encrypt, Decrypt, Query…; :data:`IDEMPOTENT`);
 others fail to the caller, who knows whether to retry. The reactor is passed in; nothing
 happens at construction.
@@ -46,7 +47,12 @@ from kcm.client.endpoints import (
 )
 from kcm.client.errors import KmipClientError
 from kcm.client.operations import Operations
-from kcm.client.protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, KmipClientProtocol
+from kcm.client.protocol import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_TIMEOUT,
+    KmipClientProtocol,
+    NotSent,
+)
 from kcm.client.wire import DEFAULT_VERSION, IDEMPOTENT, positive_timeout, result_of
 from kcm.kmip.enums import Operation
 from kcm.kmip.messages import RequestBatchItem, ResponseMessage
@@ -183,9 +189,12 @@ class KmipClient(Operations):
     def _unanswered(self, failure: Failure, connection: KmipClientProtocol) -> Failure:
         """A request its connection failed without an answer (it broke or timed out): that
         connection's endpoint gives way to the next (once, however many requests it
-        fails), before the caller's retry asks for a connection."""
+        fails), before the caller's retry asks for a connection. A request that timed out
+        still queued behind ``max_in_flight`` (:class:`NotSent`) was never sent: it
+        says nothing of the endpoint, which is kept."""
         index = self._endpoint_of.get(connection)
-        if (failure.check(KmipClientError) and not self._closed and index == self._preferred):
+        if (failure.check(KmipClientError) and not failure.check(NotSent)
+                and not self._closed and index == self._preferred):
             self._preferred = (index + 1) % len(self.endpoints)
         return failure
 

@@ -12,7 +12,7 @@ oldest unanswered request (KMIP over TLS answers in order unless IDs say otherwi
 Each request has a deadline (``timeout`` after it is written, or the ``deadline`` its
 caller gives, counted from when it is asked for: :class:`~kcm.client.pool.KmipClient`
 gives its call's, on the injected ``clock``). A request still queued at its deadline fails
-alone; one written and not answered fails with :class:`KmipClientError` and the
+alone (:class:`NotSent`); one written and not answered fails with :class:`KmipClientError` and the
 connection is closed, since a later answer could no longer be trusted to be matched (the
 other requests on it fail too: the pool sends the idempotent ones again). A connection
 that closes fails every unanswered and queued request with :class:`KmipClientError`. No
@@ -37,7 +37,7 @@ from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem, ResponseMessa
 from kcm.ttlv import TtlvError
 from kcm.ttlv.framer import Framer
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_TIMEOUT", "KmipClientProtocol"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_TIMEOUT", "KmipClientProtocol", "NotSent"]
 
 #: Unanswered request messages on one connection before more wait in the client's queue.
 DEFAULT_MAX_IN_FLIGHT = 1024
@@ -50,6 +50,11 @@ DEFAULT_MAX_RESPONSE = 16 * 1024 * 1024
 CLOSE_GRACE = 2.0
 
 _ID = struct.Struct(">Q")
+
+
+class NotSent(KmipClientError):
+    """A request that reached its deadline still queued behind ``max_in_flight``: it was
+    never written, so it says nothing of the server (the pool keeps the endpoint)."""
 
 
 class _Request:
@@ -140,7 +145,7 @@ class KmipClientProtocol(Protocol):
         request.timer = None
         if request.wire:  # still queued: nothing was sent, the connection is fine
             self._queued.remove(request)
-            request.answer.errback(KmipClientError(request.late))
+            request.answer.errback(NotSent(request.late))
             return
         # Written and unanswered: its answer may still come, and would be taken for a
         # later request's if it carried no ID. The others on the connection fail too.

@@ -140,6 +140,27 @@ def test_a_request_queued_past_its_deadline_fails_alone() -> None:
     assert len(server.requests()) == 1  # b was never written
 
 
+def test_a_request_that_timed_out_queued_keeps_the_endpoint() -> None:
+    """Behind ``max_in_flight``, a call whose deadline passed before it was sent said
+    nothing of the server, which answers what it was sent: the pool kept sending there.
+    (It gave the endpoint up as if it had not answered.)"""
+    clock = task.Clock()
+    endpoints = {"a:1": TimedEndpoint(clock), "b:2": TimedEndpoint(clock)}
+    client = client_of(clock, endpoints, timeout=10.0, size=1, max_in_flight=1)
+    first = results([client.rng_retrieve(4)])
+    clock.advance(0)
+    (protocol,) = endpoints["a:1"].protocols
+    queued = results([client.send([get("x")], deadline=clock.seconds() + 1.0)])
+    clock.advance(1.0)
+    assert queued[0].check(KmipClientError) and protocol.usable
+    respond(protocol, RngRetrieveResponse(data=b"abcd"))
+    assert first == [b"abcd"]
+    assert str(client.endpoint) == "a:1" and endpoints["b:2"].attempts == 0
+    second = results([client.rng_retrieve(4)])
+    respond(protocol, RngRetrieveResponse(data=b"efgh"))
+    assert second == [b"efgh"]
+
+
 def test_a_written_request_past_its_deadline_closes_the_connection() -> None:
     clock = task.Clock()
     protocol, server = connected(clock)

@@ -375,8 +375,8 @@ def _client(path: str, now: dt.datetime) -> Iterator[Finding]:
 
         files = ClientFiles(tls.cert, tls.key, tls.ca)
         endpoints = list(dict.fromkeys(config.gateway + config.core))
-        # The Twisted one first: it refuses an encrypted key, for which Python's ssl would
-        # ask for a pass phrase on the terminal (a check that waits for a prompt).
+        # (Both refuse an encrypted key in the same words; neither asks for its pass
+        # phrase.)
         factory = tls_endpoint_factory(None, files, endpoints)
         FailoverConnection(endpoints, files)  # (connects at its first call only)
         return factory

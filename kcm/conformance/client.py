@@ -47,6 +47,11 @@ class KmipClientError(ConnectionError):
     """The connection failed, closed early, timed out or carried something not TTLV."""
 
 
+def _encrypted(key: str | Path) -> bytes:
+    """What OpenSSL asks of an encrypted ``key``: refused, never a prompt."""
+    raise ValueError(f"{key} is encrypted (KCM needs the key unencrypted)")
+
+
 class KmipClient:
     """One TLS connection to a KMIP server; :meth:`send` is one request and its response.
 
@@ -72,7 +77,10 @@ class KmipClient:
         context.check_hostname = check_hostname
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cafile=str(ca))
-        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        # (A password callback: without one, OpenSSL asks for an encrypted key's pass
+        # phrase on the terminal, and a library must never prompt.)
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key),
+                                password=lambda: _encrypted(key))
         self._context = context
         self._clock = clock
         self._socket: ssl.SSLSocket | None = None

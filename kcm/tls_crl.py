@@ -63,7 +63,8 @@ from kcm.file_stamp import FileStamp, file_stamp
 from kcm.peer_address import peer_host
 
 __all__ = ["REFRESH_INTERVAL", "CertificateKey", "CrlReading", "RevocationLists",
-           "RevocationWatch", "chain_keys", "load_crls", "revoked_keys", "unsigned_crl"]
+           "RevocationWatch", "chain_keys", "load_crls", "read_crls", "revoked_keys",
+           "unsigned_crl"]
 
 log = Logger()
 
@@ -87,15 +88,21 @@ def load_crls(path: str | Path, ca_path: str | Path) -> list[x509.CertificateRev
     at ``ca_path``; ValueError (a message naming the file) otherwise."""
     from kcm.tls import load_certificates
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read the CRL file {path}: {e.strerror}") from None
-    crls = _parse(data, path)
+    crls = read_crls(path)
     problem = unsigned_crl(crls, load_certificates(ca_path), path, ca_path)
     if problem is not None:
         raise ValueError(problem)
     return crls
+
+
+def read_crls(path: str | Path) -> list[x509.CertificateRevocationList]:
+    """The CRLs in the file at ``path``, not checked against any CA; ValueError (a message
+    naming the file) if it cannot be read or parsed."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read the CRL file {path}: {e.strerror}") from None
+    return _parse(data, path)
 
 
 def unsigned_crl(crls: Iterable[x509.CertificateRevocationList],
@@ -208,15 +215,17 @@ class RevocationLists:
             store.add_crl(crl)
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
 
-    def read_changed(self) -> CrlReading | None:
+    def read_changed(self, *, checked: bool = True) -> CrlReading | None:
         """The file read again if it changed since it was last taken (:meth:`take`), or
         None. Safe in a thread while the reactor uses these CRLs: it changes nothing; a
-        file that cannot be read or checked is a reading with the reason, not an error."""
+        file that cannot be read or checked is a reading with the reason, not an error.
+        ``checked=False``: parsed only, not checked against the CA bundle on disk (the
+        caller checks it against the bundle that will be in force: :mod:`kcm.tls_refresh`)."""
         stamp = self._file_stamp()
         if stamp == self._stamp:
             return None
         try:
-            crls = load_crls(self.path, self.ca_path)
+            crls = load_crls(self.path, self.ca_path) if checked else read_crls(self.path)
             return CrlReading(stamp, crls, revoked=revoked_keys(crls))
         except Exception as e:  # noqa: BLE001 - whatever it is, the CRLs in force stay
             return CrlReading(stamp, None,

@@ -22,7 +22,9 @@ again and swaps them in.
   files and CRLs in force stay for all, and the CRLs cut no connection); one error, and
   the files are read again at every look. A renewed ``tls.ca`` that no longer holds the
   CA of a CRL in force is refused with the message a start gives
-  (:func:`kcm.tls_crl.unsigned_crl`).
+  (:func:`kcm.tls_crl.unsigned_crl`); a new CRL file is checked against the bundle in
+  force after the look (the renewed one if taken, else the one in force: not the file on
+  disk, which a refused renewal changed), and refused if one of its CRLs is of no CA of it.
 * A SIGHUP makes a look at once (:meth:`TlsRefresher.look_now`), besides the ticks.
 * Counted for the metrics (:mod:`kcm.tls_metrics`): :attr:`TlsRefresher.reloads` (renewed
   files taken), :attr:`TlsRefresher.reloads_refused` (looks that found changed files that
@@ -279,7 +281,7 @@ def _look(files: TlsIdentityFiles, lists: RevocationLists | None,
     """In a thread: the files read again if they changed, the CRL file too, and, when
     either can be taken, each holder's options built from what is then in force."""
     identity = files.read_changed()
-    crl = lists.read_changed() if lists is not None else None
+    crl = lists.read_changed(checked=False) if lists is not None else None
     if identity is not None and identity.material is not None and lists is not None:
         # The CRLs in force after this look must each be signed by a CA of the renewed
         # bundle, as at a start: one that is not would stop the next start.
@@ -288,6 +290,19 @@ def _look(files: TlsIdentityFiles, lists: RevocationLists | None,
                                files.paths[2])
         if problem is not None:
             identity = TlsReading(identity.stamps, None, problem)
+    if crl is not None and crl.crls is not None and lists is not None:
+        # New CRLs are checked against the bundle in force after this look: the renewed
+        # one if it is taken, else the one in force (not the file on disk, which a
+        # refused renewal changed: a CRL of its new CA alone, beside the old bundle,
+        # left every client of the old CA without a CRL of its CA, refused).
+        renewal = identity.material if identity is not None else None
+        bundle = renewal if renewal is not None else files.material
+        assert bundle is not None  # (started)
+        where = files.paths[2] if renewal is not None or identity is None else \
+            f"{files.paths[2]} in force (its renewal not taken)"
+        problem = unsigned_crl(crl.crls, bundle.authorities, lists.path, where)
+        if problem is not None:
+            crl = CrlReading(crl.stamp, None, problem)
     material = identity.material if identity is not None else None
     new_crls = crl.crls if crl is not None else None
     if material is None and new_crls is None:

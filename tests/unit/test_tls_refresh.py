@@ -565,6 +565,47 @@ def test_a_ca_bundle_without_the_ca_of_a_crl_in_force_is_refused_as_at_a_start(
         refresher.stopService()
 
 
+def test_a_crl_is_checked_against_the_ca_bundle_in_force_not_the_one_on_disk(
+        pki, tmp_path, logged) -> None:
+    """A CA rotation whose renewed files are refused (the key not the certificate's yet):
+    a new CRL file holding only the new CA's CRL was checked against the bundle on disk
+    (the new one), and taken beside the bundle in force (the old one), under which every
+    client of the old CA then found no CRL of its CA and was refused. It is refused until
+    the renewal is taken; then both are."""
+    now = dt.datetime.now(dt.UTC)
+    old, new = load_ca(pki.ca), new_ca("New CA", now=now)
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(pki.ca.cert.read_bytes())
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(old, []).public_bytes(Encoding.PEM))
+    refresher = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(bundle), Clock(),
+                             interval=1, run_in_thread=run_inline, crl=str(crl),
+                             refusals=ConnectionRefusals())
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        before = _serial(pki)
+        issued = _issue(pki, ca=new)
+        pki.core.key.write_bytes(private_key_pem(issued.key))  # (the certificate not yet)
+        bundle.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(new.cert))
+        staged = tmp_path / "crl.new"
+        staged.write_bytes(issue_crl(new, []).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        logged.clear()
+        refresher.refresh()
+        assert len(refresher.files.material.authorities) == 1  # (the old bundle in force)
+        assert presented(options, pki.app, pki.ca.cert) == before
+        assert [c.issuer for c in refresher.lists.crls] == [old.cert.subject]
+        errors = [line for level, line in logged if level >= LogLevel.error]
+        assert any("which no CA of" in line and "in force" in line for line in errors), errors
+        pki.core.cert.write_bytes(certificate_pem(issued.cert))
+        refresher.refresh()
+        assert len(refresher.files.material.authorities) == 2
+        assert [c.issuer for c in refresher.lists.crls] == [new.cert.subject]
+    finally:
+        refresher.stopService()
+
+
 def test_a_look_now_takes_renewed_files_at_once_and_says_when_nothing_changed(
         pki, logged) -> None:
     """What SIGHUP does: a look without waiting for the tick, with the same checks and

@@ -15,8 +15,12 @@ about its mode), in rounds: ``A`` reads its server session's pid; ``B`` opens a 
 pins ``B`` to a server session until it ends) and reads its pid; ``A`` reads its pid again.
 Connected straight or through a session pooler, ``A`` keeps its session and ``B`` has
 another. Through a transaction pooler, ``B`` is lent ``A``'s idle session (PgBouncer lends
-the session freed last) or ``A`` is lent another one: either pid tells. :class:`SessionPinning`
-runs it as kcm-core starts (PostgreSQL only) and stops the start with the reason.
+the session freed last) or ``A`` is lent another one: either pid tells. A pooler in statement
+mode refuses ``B``'s transaction (PgBouncer: "transaction blocks not allowed in statement
+pooling mode", SQLSTATE 08P01), and refuses the engine's first connection too, whose
+dialect set-up is a transaction: that is the same refusal. :class:`SessionPinning` runs it
+as kcm-core starts (PostgreSQL only), before anything else talks to the database, and
+stops the start with the reason.
 
 Blocking: call before the reactor runs, or on a worker thread.
 """
@@ -27,12 +31,13 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from twisted.application.service import Service
 from twisted.logger import Logger
 
 from kcm.core.service import StartupError
 from kcm.core.store.engine import Store
-from kcm.core.store.pg_session import is_postgresql, own_connection
+from kcm.core.store.pg_session import own_connection
 
 log = Logger()
 
@@ -85,9 +90,21 @@ def _pid(connection: Any) -> int:
     return int(connection.execute(_PID).fetchone()[0])
 
 
+def protocol_violation(error: BaseException) -> str | None:
+    """The message of a server's protocol violation (SQLSTATE 08P01: what PgBouncer in
+    statement mode answers a transaction), ``error`` or the driver's error it wraps; None
+    for another error."""
+    cause = getattr(error, "orig", None) or error
+    if getattr(cause, "sqlstate", None) != "08P01":
+        return None
+    return str(cause).splitlines()[0] if str(cause) else "protocol violation"
+
+
 class SessionPinning(Service):
     """Refuses kcm-core's start (:class:`StartupError`) when ``store``'s PostgreSQL
-    connections are not sessions of their own (:func:`unpinned`). Starts after the store."""
+    connections are not sessions of their own (:func:`unpinned`), or when a pooler in
+    statement mode refuses their transactions. Starts before the store (the engine is
+    made, and connects, here first)."""
 
     name = "kcm-database-sessions"
 
@@ -95,9 +112,15 @@ class SessionPinning(Service):
         self.store = store
 
     def startService(self) -> None:
-        engine = self.store.engine
-        if is_postgresql(engine):
-            reason = unpinned(lambda: own_connection(engine))
+        if make_url(self.store.url).get_backend_name() == "postgresql":
+            engine = self.store.engine
+            try:
+                reason = unpinned(lambda: own_connection(engine))
+            except Exception as e:
+                violation = protocol_violation(e)
+                if violation is None:
+                    raise
+                reason = f"{REFUSAL}; the server refused a transaction: {violation}"
             if reason is not None:
                 raise StartupError(reason)
         super().startService()

@@ -197,11 +197,12 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                            config.l1_key_env)
     # Before the store opens the file: one kcm-core per SQLite file.
     SqliteOwner(config.database).setServiceParent(core)
+    # Before anything else talks to the database (anything holds a lease or LISTENs):
+    # refused through a transaction or statement pooler, in words that say so.
+    SessionPinning(store).setServiceParent(core)
     # Before the store upgrades an older schema: the L1 key is the database's.
     L1BeforeMigration(master_key, config.database).setServiceParent(core)
     store.setServiceParent(core)
-    # Before anything holds a lease or LISTENs: refused through a transaction pooler.
-    SessionPinning(store).setServiceParent(core)
     # Keys in the clear leave the object cache and the keyring at their ttl, asked for
     # again or not (a key another core destroyed is never asked for here again).
     expiry = TimerService(store.objects.ttl / 10, partial(_expire_clear_keys, store, keyring))

@@ -53,3 +53,23 @@ def test_a_core_behind_a_transaction_pooler_refuses_to_start(
                        "the core to take the sweeper's lease")
         finally:
             core.stop()
+
+
+def test_a_core_behind_a_statement_pooler_refuses_to_start_saying_why(
+        own_cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    """docs/operations.md says a pooler in statement mode is refused as one in transaction
+    mode is: it was, by the L1 check's first transaction, in PgBouncer's words
+    (``kcm-l1-before-migration: (psycopg.errors.ProtocolViolation) transaction blocks not
+    allowed in statement pooling mode``). The sessions' check comes first now, and says
+    what to do."""
+    core = deploy(tmp_path / "core", own_cluster.url)
+    with pgbouncer(own_cluster, "statement") as pooled:
+        core.database = pooled
+        core.write_config()
+        with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
+            core.start()
+        log = core.log.read_text()
+        assert ("kcm-core did not start: kcm-database-sessions: the database connections are "
+                "not sessions of their own") in log, log
+        assert ("the server refused a transaction: transaction blocks not allowed in "
+                "statement pooling mode") in log, log

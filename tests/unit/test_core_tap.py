@@ -28,7 +28,7 @@ from kcm.tls_policy import TlsPolicy
 from tests.unit.test_audit import write_legacy_chain
 from tests.vectors import REPO_ROOT
 
-TREE = ["kcm-sqlite-owner", "kcm-l1-before-migration", "kcm-store", "kcm-database-sessions",
+TREE = ["kcm-sqlite-owner", "kcm-database-sessions", "kcm-l1-before-migration", "kcm-store",
         "kcm-object-cache-expiry", "kcm-l1", "kcm-audit-checkpoints", "kcm-policy",
         "kcm-tls-refresh", "kcm-kmip-listener",
         "kcm-event-fanout", "kcm-outbox-listener", "kcm-link-listener", "kcm-state-sweeper"]

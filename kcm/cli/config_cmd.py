@@ -253,6 +253,9 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
         yield Finding(ERROR, f"core.database: {shown} cannot be reached or read: {reason}")
         return
     yield Finding(OK, f"core.database: {shown} is reachable")
+    read_only = _read_only(url)
+    if read_only is not None:
+        yield Finding(ERROR, f"core.database: {read_only}")
     head = head_revision()
     if current is None:
         if tables_without_revision(url):
@@ -286,6 +289,25 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
         yield Finding(ERROR, f"core.{setting}: {refusal}")
     else:
         yield Finding(OK, f"core.{setting}: its check value is the database's")
+
+
+def _read_only(url: str) -> str | None:
+    """Why kcm-core would not start on the PostgreSQL database at ``url``: its new sessions
+    are read-only (:func:`kcm.core.session_pinning.read_only_refusal`); None otherwise, or
+    on SQLite."""
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).get_backend_name() != "postgresql":
+        return None
+    from kcm.core.session_pinning import read_only_refusal
+    from kcm.core.store.engine import open_engine
+    from kcm.core.store.pg_session import own_connection
+
+    engine = open_engine(url)
+    try:
+        return read_only_refusal(own_connection(engine))
+    finally:
+        engine.dispose()
 
 
 # kcm-gateway ----------------------------------------------------------------------------

@@ -20,7 +20,9 @@ mode refuses ``B``'s transaction (PgBouncer: "transaction blocks not allowed in 
 pooling mode", SQLSTATE 08P01), and refuses the engine's first connection too, whose
 dialect set-up is a transaction: that is the same refusal. :class:`SessionPinning` runs it
 as kcm-core starts (PostgreSQL only), before anything else talks to the database, and
-stops the start with the reason.
+stops the start with the reason. It refuses a database whose new sessions are read-only
+too (:func:`read_only_refusal`), before the first write of the start fails in the driver's
+words.
 
 Blocking: call before the reactor runs, or on a worker thread.
 """
@@ -38,6 +40,7 @@ from twisted.logger import Logger
 from kcm.core.service import StartupError
 from kcm.core.store.engine import Store
 from kcm.core.store.pg_session import own_connection
+from kcm.core.store.unavailable import READ_ONLY
 
 log = Logger()
 
@@ -53,6 +56,12 @@ REFUSAL = ("the database connections are not sessions of their own (a pooler in 
            "lease and the outbox LISTEN need one server session per connection; connect "
            "kcm-core to PostgreSQL directly or through a pooler in session mode "
            "(docs/deploy.md)")
+
+
+#: Why kcm-core does not start on a database whose new sessions are read-only.
+READ_ONLY_REFUSAL = (f"{READ_ONLY}: kcm-core writes as it starts; point core.database at the "
+                     "primary (several hosts: add target_session_attrs=read-write), or turn "
+                     "default_transaction_read_only off for its database and role")
 
 
 def unpinned(connect: Callable[[], Any], rounds: int = ROUNDS) -> str | None:
@@ -121,6 +130,21 @@ class SessionPinning(Service):
                 if violation is None:
                     raise
                 reason = f"{REFUSAL}; the server refused a transaction: {violation}"
+            if reason is None:
+                reason = read_only_refusal(own_connection(engine))
             if reason is not None:
                 raise StartupError(reason)
         super().startService()
+
+
+def read_only_refusal(connection: Any) -> str | None:
+    """Why kcm-core does not start on the database of ``connection`` (a psycopg one, in
+    autocommit; closed here): its new sessions are read-only (a standby, or
+    ``default_transaction_read_only`` set for the database or role), and a start writes
+    (the L1 check value, the audit chain's anchor, the lineage); None when they are not."""
+    try:
+        setting = connection.execute("SHOW transaction_read_only").fetchone()[0]
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
+    return READ_ONLY_REFUSAL if setting == "on" else None

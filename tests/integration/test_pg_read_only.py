@@ -10,18 +10,22 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy
 
 from kcm.core.keys import derive_audit_key
 from kcm.core.metrics import database_state
+from kcm.core.session_pinning import READ_ONLY_REFUSAL
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
 from kcm.core.store.unavailable import READ_ONLY, WriteInReadTransaction, store_unavailable
 from kcm.link.events import EventKind
-from kcm.testing.postgres import fresh_database
+from kcm.testing.postgres import Cluster, fresh_database
+from kcm.testing.processes import deploy
+from tests.pg import own_cluster  # noqa: F401  (fixture)
 
 _databases = itertools.count()
 
@@ -128,3 +132,26 @@ def test_read_only_sessions_of_the_pool_are_dropped_by_a_worker_write_they_refus
         _admin(maintenance, database, "ALTER DATABASE {db} RESET default_transaction_read_only")
         for _ in range(3):
             store.run_sync(_add_event)
+
+
+def test_a_core_does_not_start_on_a_read_only_database_and_says_why(
+        own_cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    """A start writes (the L1 check value, the audit chain's anchor): on a database whose
+    sessions are read-only it failed at kcm-l1 in the driver's words (``cannot execute
+    DELETE in a read-only transaction``), and ``kcm config check`` said nothing. Both now
+    name the setting; once it is off, the core starts."""
+    core = deploy(tmp_path / "core", own_cluster.url)
+    maintenance = own_cluster.url.rsplit("/", 1)[0] + "/postgres"
+    _admin(maintenance, "kcm", "ALTER DATABASE {db} SET default_transaction_read_only = on")
+    checked = core.kcm("config", "check", check=False)
+    assert checked.returncode == 1, checked.stdout
+    assert f"error: core.database: {READ_ONLY_REFUSAL}" in checked.stdout, checked.stdout
+    with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
+        core.start()
+    assert (f"kcm-core did not start: kcm-database-sessions: {READ_ONLY_REFUSAL}"
+            in core.log.read_text())
+    assert READ_ONLY_REFUSAL.startswith(READ_ONLY)
+    _admin(maintenance, "kcm", "ALTER DATABASE {db} RESET default_transaction_read_only")
+    assert core.kcm("config", "check", check=False).returncode == 0
+    core.start()
+    core.stop()

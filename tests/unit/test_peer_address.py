@@ -57,7 +57,12 @@ def test_an_address_without_a_host_string_is_named_by_itself_brackets_or_not() -
     ("2001:db8:1:2::7", 32, "2001:db8::/32"),
     ("2001:db8:1:2::7", 128, "2001:db8:1:2::7"),  # (the default: the address itself)
     ("::1", 64, "::/64"),
-    ("fe80::1%eth0", 64, "fe80::/64"),
+    # Link-local: each address by itself, with its zone (the interface: two links, two
+    # hosts); its /64 is the whole link. (Both were fe80::/64.)
+    ("fe80::1%eth0", 64, "fe80::1%eth0"),
+    ("fe80::1%eth1", 64, "fe80::1%eth1"),
+    ("fe80::2%eth0", 32, "fe80::2%eth0"),
+    ("fe80::1", 64, "fe80::1"),
     # IPv4, and an IPv4 client of a dual-stack listener (peer_host named it by its IPv4
     # address), are counted by the address whatever the IPv6 prefix.
     ("192.0.2.7", 64, "192.0.2.7"),

@@ -28,9 +28,11 @@ import stat
 
 from sqlalchemy.engine import make_url
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from kcm.core.service import StartupError
+from kcm.core.store.engine import Store
 
 log = Logger()
 
@@ -63,12 +65,15 @@ def refusal(database_file: str, holder: str) -> str:
 class SqliteOwner(Service):
     """Holds the lock of the SQLite file ``url`` names from start to stop; does nothing on
     another database. Its start raises :class:`StartupError` when another process holds the
-    lock."""
+    lock. ``store`` (kcm-core's, stopped before this): the lock is let go once its threads
+    have ended (:meth:`Store.threads_ended`), not as its stop returns, which leaves a read
+    that outlives :data:`~kcm.core.store.engine.READER_STOP_S` to its thread."""
 
     name = "kcm-sqlite-owner"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, store: Store | None = None) -> None:
         self.url = url
+        self.store = store
         self._fd: int | None = None
 
     def startService(self) -> None:
@@ -84,8 +89,14 @@ class SqliteOwner(Service):
                          '"Storage")', path=database, mode=shared)
         super().startService()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        if self._fd is None or self.store is None:
+            self._release()
+            return None
+        return self.store.threads_ended().addCallback(lambda _: self._release())
+
+    def _release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # (the lock goes with it; the file stays, for the next)
             self._fd = None

@@ -205,3 +205,39 @@ def test_a_database_its_group_or_others_may_use_is_warned_about(tmp_path: Path,
     database.touch()
     os.chmod(database, mode)
     assert shared_mode(str(database)) == (mode if mode & 0o077 else None)
+
+
+def test_the_lock_is_held_until_a_read_the_store_left_behind_has_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's stop leaves a read that outlives READER_STOP_S to its thread; the lock
+    was let go as the store's stop returned, while that thread still used the file, and
+    a second core could open it meanwhile. It is let go once the thread has ended."""
+    import threading
+
+    from twisted.application.service import MultiService
+
+    from kcm.core.store import engine
+    from kcm.core.store.engine import Store
+    from tests.unit.test_writer_thread import Reactor
+
+    monkeypatch.setattr(engine, "READER_STOP_S", 0.05)
+    database = tmp_path / "kcm.db"
+    url = f"sqlite:///{database}"
+    reactor = Reactor()
+    store = Store(url, reactor=reactor, migrate=True, threads=1)
+    core = MultiService()
+    SqliteOwner(url, store).setServiceParent(core)
+    store.setServiceParent(core)
+    core.startService()
+    reading, release = threading.Event(), threading.Event()
+    store.read_plain(lambda connection: (reading.set(), release.wait(30)))
+    assert reading.wait(5)
+    stopped = core.stopService()  # (the store first: it leaves the read to its thread)
+    assert not stopped.called
+    with pytest.raises(StartupError):
+        take(str(database))  # (still this core's)
+    release.set()
+    for _ in range(2):  # the read's outcome, then the thread's end
+        reactor.run_one()
+    assert stopped.called
+    os.close(take(str(database)))  # (let go)

@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -451,6 +451,9 @@ class Store(Service):
         #: The one thread of :meth:`read_plain` (the event fan-out's reads of the outbox),
         #: apart from the workers so that no queue of requests there delays an event.
         self._reader: WriterThread | None = None
+        #: The reader and writer threads stops ended or left a call to
+        #: (:meth:`threads_ended`).
+        self._stopped_threads: list[WriterThread] = []
         #: Answers of :meth:`run_answer` committed and not yet handed to the reactor.
         self._handovers = _Handovers()
         #: The connection the writer thread keeps between its transactions, and when
@@ -576,11 +579,13 @@ class Store(Service):
         if self._reader is not None:
             # Reads only (the event fan-out's): one still waiting for a server that does
             # not answer (a new connection's connect_timeout, 10 s by default) is left
-            # behind rather than hold the stop.
+            # behind rather than hold the stop (:meth:`threads_ended` fires once it ends).
             self._reader.stop(timeout=READER_STOP_S)
+            self._stopped_threads.append(self._reader)
             self._reader = None
         if self._writer is not None:
             self._writer.stop()
+            self._stopped_threads.append(self._writer)
             self._writer = None
         self._give_back_writer_connection()
         if self._threadpool is not None:
@@ -593,6 +598,16 @@ class Store(Service):
         if self._silence_watch is not None:
             self._silence_watch.stop()
             self._silence_watch = None
+
+    def threads_ended(self) -> Deferred[None]:
+        """Fires (on the reactor thread) once the reader and writer threads a stop ended,
+        or left a call to, have ended: at once unless a read outlived
+        :data:`READER_STOP_S` (what :class:`kcm.core.sqlite_owner.SqliteOwner` waits for
+        before it lets another core open the file)."""
+        ending = [thread.ended() for thread in self._stopped_threads]
+        if not ending:
+            return succeed(None)
+        return DeferredList(ending, consumeErrors=True).addCallback(lambda _: None)
 
     def run(self, fn: Callable[[Session], T], *, write: bool = True) -> Deferred[T]:
         """Call ``fn(session)`` on a worker thread inside exactly one transaction.

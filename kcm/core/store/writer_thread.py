@@ -16,7 +16,7 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,6 +40,10 @@ class WriterThread:
         self._stopping = False
         #: What the running call left to do once its outcome is handed over (this thread).
         self._afterwards: list[Callable[[], object]] = []
+        #: Who waits for the thread's end (:meth:`ended`), and whether it has ended.
+        self._ended_lock = threading.Lock()
+        self._ended_waiters: list[Deferred[None]] = []
+        self._has_ended = False
 
     def start(self) -> None:
         self._thread.start()
@@ -72,7 +76,27 @@ class WriterThread:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def ended(self) -> Deferred[None]:
+        """Fires (on the reactor thread) once the thread has ended: at once if it has, or
+        never started; else when the call a timed-out :meth:`stop` left to it returns."""
+        with self._ended_lock:
+            if self._has_ended or not self._thread.is_alive():
+                return succeed(None)
+            waiter: Deferred[None] = Deferred()
+            self._ended_waiters.append(waiter)
+            return waiter
+
     def _run(self) -> None:
+        try:
+            self._run_calls()
+        finally:
+            with self._ended_lock:
+                self._has_ended = True
+                waiters, self._ended_waiters = self._ended_waiters, []
+            for waiter in waiters:
+                self._reactor.callFromThread(waiter.callback, None)
+
+    def _run_calls(self) -> None:
         calls, reactor = self._calls, self._reactor
         while True:
             call = calls.get()

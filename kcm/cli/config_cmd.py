@@ -253,7 +253,12 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
         yield Finding(ERROR, f"core.database: {shown} cannot be reached or read: {reason}")
         return
     yield Finding(OK, f"core.database: {shown} is reachable")
-    read_only = _read_only(url)
+    try:
+        read_only = _read_only(url)
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e)
+        yield Finding(ERROR, f"core.database: {shown} cannot be reached or read: {reason}")
+        return
     if read_only is not None:
         yield Finding(ERROR, f"core.database: {read_only}")
     head = head_revision()

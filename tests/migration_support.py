@@ -65,25 +65,40 @@ def downgrade(url: str, revision: str) -> None:
         engine.dispose()
 
 
-#: The columns of ``managed_objects`` that revisions after 0006 add (and their SQL types):
-#: this release's code writes and reads them, so a database it fills at an older revision
-#: must have them while it does (:func:`later_columns`).
-LATER_COLUMNS = {"cryptographic_usage_mask": "BIGINT"}
+#: The columns that revisions after 0006 add, by table (and their SQL types): this
+#: release's code writes and reads them, so a database it fills at an older revision must
+#: have them while it does (:func:`later_columns`).
+LATER_COLUMNS = {"managed_objects": {"cryptographic_usage_mask": "BIGINT"},
+                 "tenants": {"stored": "BIGINT NOT NULL DEFAULT 0", "max_objects": "BIGINT"}}
 
 
 @contextmanager
 def later_columns(url: str) -> Iterator[None]:
-    """:data:`LATER_COLUMNS` added to ``managed_objects`` of the database at ``url`` (at an
-    older revision) for the while, so that this release's code may fill or read it as the
-    release of that revision would; dropped afterwards, before a migration under test runs
-    (they are NULL meanwhile: nothing of them remains)."""
-    _alter(url, [f"ALTER TABLE managed_objects ADD COLUMN {name} {kind}"
-                 for name, kind in LATER_COLUMNS.items()])
+    """:data:`LATER_COLUMNS` added to the database at ``url`` (at an older revision) for
+    the while, so that this release's code may fill or read it as the release of that
+    revision would; dropped afterwards, before a migration under test runs (what they
+    held meanwhile does not remain)."""
+    _alter(url, [f"ALTER TABLE {table} ADD COLUMN {name} {kind}"
+                 for table, columns in LATER_COLUMNS.items()
+                 for name, kind in columns.items()])
     try:
         yield
     finally:
-        _alter(url, [f"ALTER TABLE managed_objects DROP COLUMN {name}"
-                     for name in LATER_COLUMNS])
+        _alter(url, [f"ALTER TABLE {table} DROP COLUMN {name}"
+                     for table, columns in LATER_COLUMNS.items() for name in columns])
+
+
+def tenants_as_now(url: str) -> None:
+    """The columns 0014 adds to ``tenants`` (:data:`LATER_COLUMNS`), added to the database
+    at ``url`` (at 0007 to 0013, whose migrations leave ``tenants`` alone) for the rest of
+    the test: this release's code counts each tenant's rows there."""
+    _alter(url, [f"ALTER TABLE tenants ADD COLUMN {name} {kind}"
+                 for name, kind in LATER_COLUMNS["tenants"].items()])
+
+
+def tenants_as_before(url: str) -> None:
+    """:func:`tenants_as_now` undone: ``tenants`` as 0013 left it."""
+    _alter(url, [f"ALTER TABLE tenants DROP COLUMN {name}" for name in LATER_COLUMNS["tenants"]])
 
 
 def _alter(url: str, statements: list[str]) -> None:

@@ -219,6 +219,7 @@ def remove_some(session: Session, tenant: str, bound: int, limit: int = REMOVAL_
     deleted, objects deleted, finished)."""
     from sqlalchemy import delete, exists, select
 
+    from kcm.core.store import quota
     from kcm.core.store.schema import L4Tombstone, ManagedObject, Meta, Tenant
 
     objects, tombstones = ManagedObject.__table__, L4Tombstone.__table__
@@ -231,11 +232,13 @@ def remove_some(session: Session, tenant: str, bound: int, limit: int = REMOVAL_
                            _left_by_removal(removed_key, tenant, bound)))
         .limit(limit)))).rowcount or 0
     if gone >= limit:
+        quota.release(session, {tenant: gone})
         return gone, 0, False
     batch = objects.alias("batch")
     deleted = session.execute(delete(objects).where(objects.c.uid.in_(
         select(batch.c.uid).where(_left_by_removal(batch, tenant, bound)).limit(limit)))
     ).rowcount or 0
+    quota.release(session, {tenant: gone + deleted})
     if deleted >= limit:
         return gone, deleted, False
     session.execute(delete(Tenant.__table__).where(
@@ -301,7 +304,7 @@ def _begin_removal(session: Session, args: argparse.Namespace) -> _Removal:
 
     from kcm.core import events
     from kcm.core.audit import AuditEvent, append_audit
-    from kcm.core.store import repository
+    from kcm.core.store import quota, repository
     from kcm.core.store.schema import (
         LEVEL_SERVICE_KEY,
         LEVEL_TENANT_KEY,
@@ -362,8 +365,8 @@ def _begin_removal(session: Session, args: argparse.Namespace) -> _Removal:
         ObjectGroup.__table__.c.uid.in_(key_uids)))
     session.execute(delete(ObjectAttributeKey.__table__).where(
         ObjectAttributeKey.__table__.c.uid.in_(key_uids)))
-    session.execute(delete(objects).where(objects.c.tenant == tenant,
-                                          objects.c.level == LEVEL_TENANT_KEY))
+    quota.release(session, {tenant: session.execute(delete(objects).where(
+        objects.c.tenant == tenant, objects.c.level == LEVEL_TENANT_KEY)).rowcount or 0})
     session.info[repository.MATERIAL_ERASED_INFO] = True  # its L2s' and L3s' material
     # No L3 any more (every lookup of one asks for the level); its L4 tombstones still
     # name it, so it goes with the destroyed objects, after them. Its revision goes up, so

@@ -23,6 +23,7 @@ from kcm.config_values import whole_number
 from kcm.core.policy import AccessPolicy, ApplicationObjects
 from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL
 from kcm.core.store.object_cache import DEFAULT_MAX_BYTES
+from kcm.core.store.quota import DEFAULT_MAX_OBJECTS
 from kcm.drain import DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT
 from kcm.identity import validate_trust_domain
 from kcm.kmip_protocol import ConnectionLimits
@@ -69,6 +70,11 @@ class CoreLimits(ConnectionLimits):
     #: gateway's slot, nor gateways a client's. One link per gateway worker (two for a few
     #: seconds while one reconnects); the process holds up to both caps added.
     max_link_connections: int = 64
+    #: Rows one tenant may store (kcm.core.store.quota): its managed objects, destroyed ones
+    #: until purged, and L4 tombstones; a Create, Register, Derive, L4 Revoke... past it is
+    #: refused (Server Limit Exceeded). ``kcm core tenant limit`` sets a tenant's own; 0:
+    #: no bound.
+    max_objects_per_tenant: int = DEFAULT_MAX_OBJECTS
 
     def __post_init__(self) -> None:
         # Named, not super(): a slots dataclass is a new class, which super() cannot find.
@@ -78,6 +84,10 @@ class CoreLimits(ConnectionLimits):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")
+        most = self.max_objects_per_tenant
+        if isinstance(most, bool) or not isinstance(most, int) or most < 0:
+            raise ValueError("limits.max_objects_per_tenant must be a whole number of at "
+                             "least 0 (0: no bound)")
         minimum = self.min_rotate_interval
         if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
             raise ValueError("limits.min_rotate_interval must be a whole number of seconds "

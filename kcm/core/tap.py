@@ -144,6 +144,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                   object_cache_bytes=config.object_cache_bytes,
                   silence_limit=config.limits.request_deadline + SILENCE_GRACE_S,
                   clock=reactor.seconds)
+    store.max_objects_per_tenant = config.limits.max_objects_per_tenant
     metrics = CoreMetrics(process=True)
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     store.on_audit_head, store.on_lock_wait = metrics.audit_head_moved, metrics.lock_waited

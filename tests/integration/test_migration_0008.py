@@ -30,6 +30,7 @@ from tests.migration_support import (
     keyed_store,
     managed_rows,
     provision_both_tenants,
+    tenants_as_now,
 )
 
 
@@ -73,6 +74,7 @@ def _tables(url: str) -> set[str]:
 
 def test_0007_to_0008_keys_each_objects_links_and_vendor_attributes(db_url: str) -> None:
     upgrade(db_url, "0007")
+    tenants_as_now(db_url)  # (this release's code fills it)
     assert "object_attribute_keys" not in _tables(db_url)
     store, keyring = keyed_store(db_url)
     now = int(time.time())

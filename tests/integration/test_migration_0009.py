@@ -26,6 +26,7 @@ from tests.migration_support import (
     empty_database,
     keyed_store,
     provision_both_tenants,
+    tenants_as_now,
 )
 
 SUBJECT, ISSUER = b"\x30\x01subject", b"\x30\x01issuer"
@@ -58,6 +59,7 @@ def _stored(store) -> dict[str, tuple[list[Attribute], int]]:
 
 def test_0008_to_0009_gives_x509_names_their_structures(db_url: str) -> None:
     upgrade(db_url, "0008")
+    tenants_as_now(db_url)  # (this release's code fills it)
     store, keyring = keyed_store(db_url)
     now = int(time.time())
     try:

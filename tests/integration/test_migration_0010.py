@@ -22,7 +22,13 @@ from kcm.kmip.attributes import VENDOR_TAG, Attribute, Link
 from kcm.kmip.enums import LinkType
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
-from tests.migration_support import DATABASES, empty_database, keyed_store, provision_both_tenants
+from tests.migration_support import (
+    DATABASES,
+    empty_database,
+    keyed_store,
+    provision_both_tenants,
+    tenants_as_now,
+)
 
 
 def _mask(value: int) -> Attribute:
@@ -70,6 +76,7 @@ def _derived(store) -> dict[str, tuple[int | None, set, list[Attribute], int]]:
 
 def test_0009_to_0010_derives_again_what_older_cores_left_out(db_url: str) -> None:
     upgrade(db_url, "0009")
+    tenants_as_now(db_url)  # (this release's code fills it)
     store, keyring = keyed_store(db_url)
     now = int(time.time())
     try:

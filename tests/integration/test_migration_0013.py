@@ -28,6 +28,7 @@ from tests.migration_support import (
     managed_indexes,
     managed_rows,
     provision_both_tenants,
+    tenants_as_now,
 )
 
 INDEX = "ix_managed_objects_level_rotate_due"
@@ -46,6 +47,7 @@ def _due(store: Store) -> dict[str, int | None]:
 
 def test_0012_to_0013_marks_the_tenant_and_service_keys_to_be_judged(db_url: str) -> None:
     upgrade(db_url, "0012")
+    tenants_as_now(db_url)  # (this release's code fills it)
     assert INDEX not in managed_indexes(db_url)
     store, keyring = keyed_store(db_url)
     now = int(time.time())

@@ -51,6 +51,7 @@ from kcm.core.store.object_cache import (
     WRITTEN_INFO,
     ObjectCache,
 )
+from kcm.core.store.quota import MAX_OBJECTS_INFO
 from kcm.core.store.raw_statements import (
     TRANSACTION_CONNECTION,
     defers_savepoints,
@@ -473,6 +474,9 @@ class Store(Service):
         #: from its L1; every session gets it in ``info[AUDIT_KEY_INFO]``. None until the
         #: holder of L1 sets it: until then audit records cannot be written or verified.
         self.audit_key: bytes | None = None
+        #: The core's ``[core.limits] max_objects_per_tenant`` (kcm.core.store.quota): the
+        #: bound of a tenant without one of its own; 0 (a store of a ``kcm`` command): none.
+        self.max_objects_per_tenant = 0
         #: Called on the worker thread with (write, seconds) after each transaction, and
         #: with the number of audit records each commit wrote (kcm.core.metrics); None:
         #: not measured.
@@ -1031,6 +1035,7 @@ class Store(Service):
                 info[WRITE_INFO] = write
                 info[SCHEMA_REVISION_INFO] = self.schema_revision
                 if write:
+                    info[MAX_OBJECTS_INFO] = self.max_objects_per_tenant
                     self._lock_database_writers(session)
                 else:
                     info[TRANSACTION_CONNECTION] = session.connection()

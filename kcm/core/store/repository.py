@@ -8,7 +8,7 @@ an object of another tenant is indistinguishable from a missing one.
 from __future__ import annotations
 
 import time
-from collections import namedtuple
+from collections import Counter, namedtuple
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +37,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.util import identity_key
 from twisted.logger import Logger
 
+from kcm.core.store import quota
 from kcm.core.store.known import WRITE_INFO, known_facts, learn
 from kcm.core.store.object_cache import note_written
 from kcm.core.store.raw_statements import RawStatement, connection_of, execute_plain
@@ -63,6 +64,7 @@ from kcm.core.store.schema import (
     SpentStreamPart,
     Tenant,
 )
+from kcm.kmip.errors import KmipError
 from kcm.link.events import EventKind
 
 _log = Logger()
@@ -315,7 +317,7 @@ def ensure_tenant(session: Session, name: str, *, clock: Clock = time.time) -> N
     """Make sure tenant ``name`` exists (created now if it did not)."""
     stmt = (
         _dialect_insert(session)(Tenant)
-        .values(name=name, created_at=int(clock()))
+        .values(name=name, created_at=int(clock()), stored=0)
         .on_conflict_do_nothing(index_elements=["name"])
     )
     session.execute(stmt)
@@ -390,6 +392,7 @@ def insert_object(
         next_seq = _read_write_head(session)[0]
     if level is None and service is not None:
         _check_trusted_service(session, tenant, service)
+    quota.charge(session, tenant, refuse=level is None)  # (hierarchy keys: counted only)
     info[_NEXT_CREATED_SEQ] = next_seq + 1
     values: dict[str, Any] = {
         "uid": uid, "created_seq": next_seq, "tenant": tenant, "object_type": object_type,
@@ -1084,14 +1087,26 @@ def add_tombstone(
     reason: str,
     clock: Clock = time.time,
 ) -> bool:
-    """Record that L4 token ``token_id`` is revoked/destroyed; False if it already was."""
+    """Record that L4 token ``token_id`` is revoked/destroyed; False if it already was.
+    A new tombstone counts against its tenant's bound (:func:`kcm.core.store.quota.charge`:
+    Server Limit Exceeded at the bound, unless the token already has one)."""
+    lock_writers(session)
+    try:
+        quota.charge(session, tenant)
+    except KmipError:
+        if is_tombstoned(session, token_id):
+            return False
+        raise
     stmt = (
         _dialect_insert(session)(L4Tombstone)
         .values(token_id=token_id, tenant=tenant, l3_uid=l3_uid, at=int(clock()), reason=reason)
         .on_conflict_do_nothing(index_elements=["token_id"])
         .returning(L4Tombstone.token_id)
     )
-    return session.execute(stmt).first() is not None
+    if session.execute(stmt).first() is not None:
+        return True
+    quota.release(session, {tenant: 1})  # (it had one: not a new row)
+    return False
 
 
 def is_tombstoned(session: Session, token_id: str) -> bool:
@@ -1117,9 +1132,15 @@ def drop_tombstones_of_destroyed(session: Session, limit: int) -> int:
     destroyed = select(ManagedObject.uid).where(
         ManagedObject.level == LEVEL_SERVICE_KEY,
         ManagedObject.state.in_((STATE_DESTROYED, STATE_DESTROYED_COMPROMISED)))
-    batch = select(L4Tombstone.token_id).where(L4Tombstone.l3_uid.in_(destroyed)).limit(limit)
-    result = session.execute(delete(L4Tombstone).where(L4Tombstone.token_id.in_(batch)),
-                             execution_options={"synchronize_session": False})
+    rows = session.execute(select(L4Tombstone.token_id, L4Tombstone.tenant).where(
+        L4Tombstone.l3_uid.in_(destroyed)).limit(limit)).all()
+    if not rows:
+        return 0
+    lock_writers(session)
+    result = session.execute(delete(L4Tombstone).where(
+        L4Tombstone.token_id.in_([row.token_id for row in rows])),
+        execution_options={"synchronize_session": False})
+    quota.release(session, Counter(row.tenant for row in rows))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -1187,6 +1208,7 @@ def purge_destroyed(session: Session, destroyed_before: int, limit: int) -> list
         session.execute(delete(table).where(column.in_(uids)), execution_options=quiet)
     for obj in due:
         note_written(session.info, obj.tenant, obj.uid)
+    quota.release(session, Counter(obj.tenant for obj in due))
     return due
 
 

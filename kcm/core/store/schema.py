@@ -86,6 +86,12 @@ class Tenant(Base):
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    #: The rows the tenant holds that count against its bound (:mod:`kcm.core.store.quota`,
+    #: migration 0014): its managed objects, destroyed ones until purged, and L4 tombstones.
+    stored: Mapped[int] = mapped_column(BigInteger)
+    #: The tenant's own bound on ``stored`` (``kcm core tenant limit``); NULL: the core's
+    #: ``max_objects_per_tenant``; 0: none.
+    max_objects: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ManagedObject(Base):

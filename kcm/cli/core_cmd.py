@@ -13,6 +13,8 @@
   deactivated; kcm-core re-wraps the tenant's keys and objects under the new one.
 * ``kcm core tenant list|show TENANT [--json]``, ``kcm core service list [TENANT] [--json]``:
   the tenants, a tenant's keys and objects, the service keys (every version); read only.
+* ``kcm core tenant limit TENANT [--max-objects N|default]``: set or show a tenant's bound
+  on what it stores (objects and L4 tombstones; kcm.core.store.quota).
 * ``kcm core tenant remove TENANT --yes``: remove a tenant whose objects are all destroyed,
   with its key hierarchy (gateways are told; every L4 of its services stops working).
 * ``kcm core policy``, ``kcm core tenant policy TENANT``, ``kcm core service policy TENANT
@@ -96,6 +98,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     config_option(remove_tenant)
     remove_tenant.set_defaults(run=_inventory("run_tenant_remove"),
                                prog="kcm core tenant remove")
+
+    limit_tenant = tenant_actions.add_parser(
+        "limit", help="set or show a tenant's bound on the objects it stores")
+    limit_tenant.add_argument("tenant")
+    limit_tenant.add_argument(
+        "--max-objects", metavar="N",
+        help="objects and L4 tombstones the tenant may store (0: no bound; default: the "
+             "core's [core.limits] max_objects_per_tenant)")
+    _read_options(limit_tenant)
+    limit_tenant.set_defaults(run=_inventory("run_tenant_limit"), prog="kcm core tenant limit")
 
     rotate_tenant = tenant_actions.add_parser(
         "rotate", help="a new tenant key (L2); kcm-core re-wraps the tenant's keys under it")

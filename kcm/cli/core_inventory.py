@@ -15,10 +15,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kcm.cli import CommandError
-from kcm.cli.core_cmd import _with_keyring, open_store, run_in_store
+from kcm.cli.core_cmd import _with_keyring, core_config, open_store, run_in_store
 from kcm.core.store.schema import STATE_DESTROYED, STATE_DESTROYED_COMPROMISED
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def _print_lines(args: argparse.Namespace, records: list[dict[str, Any]],
         print(json.dumps(record, sort_keys=True) if args.json else text(record))
 
 
-def _tenants(session: Session) -> list[dict[str, Any]]:
+def _tenants(session: Session, default: int) -> list[dict[str, Any]]:
     from sqlalchemy import func, select
 
     from kcm.core.store.schema import LEVEL_SERVICE_KEY, ManagedObject, Tenant
@@ -59,15 +60,33 @@ def _tenants(session: Session) -> list[dict[str, Any]]:
     unfinished = _unfinished_removals(session)
     return [{"tenant": tenant.name, "created": iso(tenant.created_at),
              "services": services.get(tenant.name, 0), "objects": objects.get(tenant.name, 0),
-             "removal_unfinished": tenant.name in unfinished}
+             **_stored(tenant, default), "removal_unfinished": tenant.name in unfinished}
             for tenant in session.scalars(select(Tenant).order_by(Tenant.name))]
 
 
+def _stored(tenant: Any, default: int) -> dict[str, Any]:
+    """What a tenant stores against its bound (kcm.core.store.quota): ``stored``, the
+    ``bound`` (0: none) and whether it is the tenant's own (else the configuration's
+    ``max_objects_per_tenant``, ``default``)."""
+    own = tenant.max_objects
+    return {"stored": tenant.stored, "bound": default if own is None else own,
+            "own_bound": own is not None}
+
+
+def _bound_text(record: dict[str, Any]) -> str:
+    bound = "none" if not record["bound"] else f"{record['bound']:,}"
+    return f"stored {record['stored']:,} of {bound}" + (
+        " (its own)" if record["own_bound"] else "")
+
+
 def run_tenant_list(args: argparse.Namespace) -> int:
-    records = run_in_store(open_store(args), _tenants, write=False)
+    config = core_config(args)
+    default = config.limits.max_objects_per_tenant
+    records = run_in_store(open_store(args, config), partial(_tenants, default=default),
+                           write=False)
     _print_lines(args, records, lambda r: (
         f"{r['tenant']}  created {r['created']}  services {r['services']}  "
-        f"objects {r['objects']}" + (
+        f"objects {r['objects']}  {_bound_text(r)}" + (
             f"  removal unfinished (kcm core tenant remove {r['tenant']} --yes finishes it)"
             if r["removal_unfinished"] else "")))
     return 0
@@ -130,6 +149,7 @@ def run_tenant_show(args: argparse.Namespace) -> int:
         tombstones = session.scalar(select(func.count()).select_from(L4Tombstone)
                                     .where(L4Tombstone.tenant == args.tenant))
         return {"tenant": tenant.name, "created": iso(tenant.created_at),
+                **_stored(tenant, default),
                 "tenant_keys": [{"unique_identifier": key.uid, "state": _state(key.state),
                                  "created": iso(key.initial_date),
                                  "wraps": wraps.get(key.uid, 0)} for key in tenant_keys],
@@ -138,11 +158,14 @@ def run_tenant_show(args: argparse.Namespace) -> int:
                 "l4_tombstones": tombstones,
                 "removal_unfinished": bool(_unfinished_removals(session, args.tenant))}
 
-    shown = run_in_store(open_store(args), read, write=False)
+    config = core_config(args)
+    default = config.limits.max_objects_per_tenant
+    shown = run_in_store(open_store(args, config), read, write=False)
     if args.json:
         print(json.dumps(shown, sort_keys=True))
         return 0
-    print(f"tenant {shown['tenant']}, created {shown['created']}")
+    print(f"tenant {shown['tenant']}, created {shown['created']}, {_bound_text(shown)} "
+          "(objects and L4 tombstones)")
     for key in shown["tenant_keys"]:
         print(f"  tenant key (L2) {key['unique_identifier']}  {key['state']}  "
               f"created {key['created']}  wraps {key['wraps']}")
@@ -416,3 +439,54 @@ def _delete_in_batches(args: argparse.Namespace, tenant: str, bound: int) -> tup
         raise
     finally:
         store.stopService()
+
+
+#: The audit record's operation of ``kcm core tenant limit`` when it changes a bound.
+LIMIT_OPERATION = "SetTenantLimit"
+
+
+def _max_objects(text: str) -> int | None:
+    """``--max-objects``: a whole number of at least 0 (0: no bound), or ``default``."""
+    if text == "default":
+        return None
+    digits = text.replace("_", "").replace(",", "")
+    if not digits.isdigit() or len(digits) > 18:
+        raise CommandError("--max-objects must be a whole number of at least 0 (0: no "
+                           "bound) or default (the core's max_objects_per_tenant)")
+    return int(digits)
+
+
+def run_tenant_limit(args: argparse.Namespace) -> int:
+    """Set (``--max-objects``) or show a tenant's bound on what it stores."""
+    from sqlalchemy import update
+
+    from kcm.core.audit import AuditEvent, append_audit
+    from kcm.core.store.repository import lock_writers
+    from kcm.core.store.schema import Tenant
+
+    config = core_config(args)
+    default = config.limits.max_objects_per_tenant
+    if args.max_objects is not None:
+        bound = _max_objects(args.max_objects)
+
+        def change(session: Session, _keyring: object) -> None:
+            _require_tenant(session, args.tenant)
+            lock_writers(session)
+            session.execute(update(Tenant).where(Tenant.name == args.tenant)
+                            .values(max_objects=bound))
+            append_audit(session, AuditEvent(
+                principal=getattr(args, "prog", "kcm core tenant limit"),
+                operation=LIMIT_OPERATION, result_status="SUCCESS",
+                correlation_id=f"cli-{int(time.time() * 1e6)}", source="cli",
+                tenant=args.tenant, detail={"max_objects": bound}))
+
+        _with_keyring(args, change)
+    shown = run_in_store(open_store(args, config), lambda session: {
+        "tenant": args.tenant, **_stored(_require_tenant(session, args.tenant), default)},
+        write=False)
+    if args.json:
+        print(json.dumps(shown, sort_keys=True))
+    else:
+        print(f"tenant {shown['tenant']}: {_bound_text(shown)}" + (
+            "" if shown["own_bound"] else " (the core's max_objects_per_tenant)"))
+    return 0

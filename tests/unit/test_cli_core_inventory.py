@@ -69,6 +69,41 @@ def test_service_list_and_tenant_show(deployment: Path, capsys) -> None:
         2, "", "kcm core tenant show: error: no tenant 'nobody'\n")
 
 
+def test_tenant_limit_and_what_list_and_show_say_of_it(deployment: Path, capsys) -> None:
+    """A tenant's count of what it stores against its bound: the core's
+    ``max_objects_per_tenant`` until ``kcm core tenant limit`` gives it its own; audited."""
+    config = str(deployment)
+    status, out, _ = kcm(capsys, "core", "tenant", "list", "-c", config, "--json")
+    assert [(r["tenant"], r["stored"], r["bound"], r["own_bound"]) for r in json_lines(out)] \
+        == [("demo", 3, 1_000_000, False), ("other", 2, 1_000_000, False)]
+    assert kcm(capsys, "core", "tenant", "limit", "demo", "-c", config) == (
+        0, "tenant demo: stored 3 of 1,000,000 (the core's max_objects_per_tenant)\n", "")
+    assert kcm(capsys, "core", "tenant", "limit", "demo", "--max-objects", "5000", "-c",
+               config) == (0, "tenant demo: stored 3 of 5,000 (its own)\n", "")
+    status, out, _ = kcm(capsys, "core", "tenant", "show", "demo", "-c", config)
+    assert out.startswith("tenant demo, created ") and (
+        ", stored 3 of 5,000 (its own) (objects and L4 tombstones)\n") in out
+    assert json.loads(kcm(capsys, "core", "tenant", "show", "demo", "-c", config, "--json")[1])[
+        "bound"] == 5000
+    assert kcm(capsys, "core", "tenant", "limit", "other", "--max-objects", "0", "-c",
+               config)[1] == "tenant other: stored 2 of none (its own)\n"
+    deployment.write_text(deployment.read_text() + "\n[core.limits]\nmax_objects_per_tenant = 7\n")
+    assert kcm(capsys, "core", "tenant", "limit", "demo", "--max-objects", "default", "-c",
+               config)[1] == "tenant demo: stored 3 of 7 (the core's max_objects_per_tenant)\n"
+    status, _, err = kcm(capsys, "core", "tenant", "limit", "demo", "--max-objects", "-1",
+                         "-c", config)
+    assert status == 2 and "--max-objects must be a whole number of at least 0" in err
+    assert kcm(capsys, "core", "tenant", "limit", "nobody", "--max-objects", "1", "-c",
+               config)[2] == "kcm core tenant limit: error: no tenant 'nobody'\n"
+    status, out, _ = kcm(capsys, "audit", "tail", "-n", "3", "-c", config)
+    assert [(r["operation"], r["tenant"], json.loads(r["detail"]) if isinstance(
+        r["detail"], str) else r["detail"]) for r in json_lines(out)] == [
+        ("SetTenantLimit", "demo", {"max_objects": 5000}),
+        ("SetTenantLimit", "other", {"max_objects": 0}),
+        ("SetTenantLimit", "demo", {"max_objects": None})]
+    assert kcm(capsys, "audit", "verify", "-c", config)[0] == 0
+
+
 def test_tenant_remove(deployment: Path, capsys) -> None:
     status, _, err = kcm(capsys, "core", "tenant", "remove", "other", "-c", str(deployment))
     assert status == 2 and "run again with --yes" in err

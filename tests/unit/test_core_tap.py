@@ -158,6 +158,24 @@ def test_request_limits_come_from_core_limits_and_reach_the_handler(tmp_path: Pa
             limits.idle_timeout) == (8, 50, 2.5, 30.0)
 
 
+def test_max_objects_per_tenant_reaches_the_store_and_is_checked(tmp_path: Path) -> None:
+    """A finite bound by default (a fresh install is protected); 0 is none; the store puts
+    it in each write transaction (kcm.core.store.quota)."""
+    from kcm.core.config import CoreLimits
+
+    assert CoreLimits().max_objects_per_tenant == 1_000_000
+    assert tap.makeService(parse(), reactor=Clock()).store.max_objects_per_tenant == 1_000_000
+    path = tmp_path / "core.toml"
+    path.write_text("[core.limits]\nmax_objects_per_tenant = 0\n")
+    assert tap.makeService(parse("-c", str(path)),
+                           reactor=Clock()).store.max_objects_per_tenant == 0
+    assert parse("--max-objects-per-tenant", "5")["core_config"].limits \
+        .max_objects_per_tenant == 5
+    for wrong in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="max_objects_per_tenant must be a whole number"):
+            CoreLimits(max_objects_per_tenant=wrong)
+
+
 def test_l1_in_a_token_comes_from_l1_pkcs11_in_the_file_or_on_the_command_line(
         tmp_path: Path) -> None:
     uri = "pkcs11:token=kcm;object=kcm-l1?module-path=/m.so&pin-source=file:/p"

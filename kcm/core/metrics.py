@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from kcm.core.link_server import LinkServerFactory
     from kcm.core.state_sweeper import StateSweeper
     from kcm.core.store.disk_space import DiskSpace
+    from kcm.core.tenant_stored import StoredByTenant
     from kcm.tls_refresh import TlsRefresher
 
 __all__ = ["GROUP_SIZE_BUCKETS", "CoreMetrics", "DatabaseReadiness", "database_state"]
@@ -188,6 +189,16 @@ class CoreMetrics:
             "kcm_core_queued_requests", "Requests (and audit records) waiting for a store "
             "worker (workers) or for the writer's next group commit (writer).", ("queue",),
             lambda: [((queue,), count) for queue, count in waiting()]))
+
+    def tenants_stored(self, counts: StoredByTenant) -> None:
+        """Report what each tenant stores and its bound (as last read) when scraped."""
+        self.registry.register(CallbackGauge(
+            "kcm_core_tenant_stored_objects", "Objects (destroyed ones until purged) and L4 "
+            "tombstones each tenant stores, as read at most 30 s ago.", ("tenant",),
+            counts.stored))
+        self.registry.register(CallbackGauge(
+            "kcm_core_tenant_max_objects", "Each tenant's bound on what it stores (its own "
+            "or max_objects_per_tenant; 0: none).", ("tenant",), counts.bounds))
 
     def transaction(self, write: bool, seconds: float) -> None:
         """The store's ``on_transaction`` (a worker thread)."""

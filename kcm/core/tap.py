@@ -40,6 +40,8 @@ from kcm.core.store.engine import SILENCE_GRACE_S, Store
 from kcm.core.stream_parts import purge_spent
 from kcm.core.sweep_steps import SweepStep
 from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_keys_due
+from kcm.core.tenant_stored import INTERVAL as STORED_INTERVAL
+from kcm.core.tenant_stored import StoredByTenant
 from kcm.core.usage_intake import UsageIntake
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
@@ -271,6 +273,14 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     metrics.queues(handler.queue_waiting)
     metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, refresher=refresher)
+    if config.metrics_listen:
+        # What each tenant stores against its bound: read every 30 s, off the writer.
+        stored = StoredByTenant(store, config.limits.max_objects_per_tenant)
+        metrics.tenants_stored(stored)
+        reads = TimerService(STORED_INTERVAL, stored.refresh)
+        reads.clock = reactor
+        reads.setName("kcm-tenant-stored")
+        reads.setServiceParent(core)
     core.metrics = metrics
     core.kmip_factory = kmip_factory
     if config.metrics_listen:

@@ -1,6 +1,7 @@
 """What a real `twistd kcm-core` reports of its writer and background work, scraped over
 HTTP: group commits (time, size), waits for the writers' lock, the audit head and the
-newest checkpoint, the state sweeper's lease, last sweep and failures; and its ``/readyz``
+newest checkpoint, the state sweeper's lease, last sweep and failures, what each tenant
+stores against its bound; and its ``/readyz``
 while another process holds the SQLite file's write lock (503, "not writable"), as every
 write then fails, and 200 again once it lets go."""
 
@@ -71,6 +72,10 @@ def test_the_core_reports_its_group_commits_lock_waits_audit_head_and_sweeper(
     assert core.started_at <= after[LAST_SWEEP] <= time.time()  # type: ignore[attr-defined]
     assert after[SWEEPS_FAILED] == 0
     wait_until(lambda: metrics(port)[LAST_SWEEP] > after[LAST_SWEEP], "the next sweep")
+    # What each tenant stores against its bound, as read at the start (every 30 s).
+    for tenant in ("demo", "other"):  # (a tenant key and a service key each)
+        assert after[("kcm_core_tenant_stored_objects", (("tenant", tenant),))] == 2
+        assert after[("kcm_core_tenant_max_objects", (("tenant", tenant),))] == 1_000_000
 
 
 def test_readiness_while_another_process_holds_the_sqlite_write_lock(

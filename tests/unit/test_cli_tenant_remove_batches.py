@@ -55,6 +55,9 @@ def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
             f"{TOMBSTONES}) INSERT INTO l4_tombstones (token_id, tenant, l3_uid, at, reason) "
             f"SELECT 'token-' || i, 'other', ?, 0, 'revoked' FROM g", (l3,))
         db.execute("INSERT INTO l3_usage (uid, uses, reported_at) VALUES (?, 7, 0)", (l3,))
+        # What the core's inserts would have counted (kcm.core.store.quota).
+        db.execute("UPDATE tenants SET stored = stored + ? WHERE name = 'other'",
+                   (OBJECTS + TOMBSTONES,))
         db.commit()
     return config
 
@@ -265,3 +268,6 @@ def test_finishing_an_interrupted_removal_keeps_the_tenant_added_again_since(
     assert kcm(capsys, "core", "tenant", "remove", "other", "--yes", *config)[0] == 0
     assert keys_and_removals() == before
     assert "removal unfinished" not in kcm(capsys, "core", "tenant", "list", *config)[1]
+    # Its count went down with each batch: the tenant added again holds its two new keys.
+    with closing(database(deployment)) as db:
+        assert db.execute("SELECT stored FROM tenants WHERE name = 'other'").fetchone() == (2,)

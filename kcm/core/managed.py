@@ -425,7 +425,8 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
         attributes=_encoded_attributes(*_bounded_by(attributes, inherits)), material=material,
         material_format=None, wrapped_by=wrapped_by, level=level, service=service,
         key_version=key_version, names=_names(obj), groups=_groups(obj),
-        keys=attribute_keys.keys_of(attributes), attach=returning, **columns)
+        keys=attribute_keys.keys_of(attributes), attach=returning,
+        bounded=True, **columns)  # (a request's: a tenant or service key's Re-key too)
     ctx.touched(uid)
     return None if row is None else StoredObject(row, attributes)
 

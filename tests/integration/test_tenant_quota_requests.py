@@ -7,6 +7,8 @@ refused too; another tenant is served."""
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import select
 
 from kcm.core.store.schema import AuditLog, Tenant
@@ -86,3 +88,26 @@ def test_an_l4_revoke_is_refused_at_the_bound(core: CoreHarness) -> None:
     core.store.max_objects_per_tenant = bound + 1
     ok(call(core, (Operation.REVOKE, revoke_request(token)))[0])
     assert _stored(core) == bound + 1
+
+
+def test_a_re_key_of_a_service_key_by_request_is_refused_but_provisioning_is_not(
+        core: CoreHarness) -> None:
+    """A tenant administrator's Re-key of its service key stores a new version: refused at
+    the bound like any object a request makes. The operator's ``kcm core service rotate``
+    and automatic rotation (kcm.core.hierarchy) are not: the key is counted all the same."""
+    from kcm.core.hierarchy import provision_service
+    from kcm.core.store import repository
+    from kcm.kmip.payloads import ReKeyRequest
+    from tests.core_support import admin_principal
+
+    l3 = core.store.run_sync(lambda s: repository.find_l3(s, "demo", "app")[0].uid)
+    bound = _bound_at(core, 0)
+    [rekeyed] = call(core, (Operation.RE_KEY, ReKeyRequest(unique_identifier=l3)),
+                     principal=admin_principal())
+    _over(rekeyed, bound)
+    core.store.run_sync(lambda s: provision_service(s, core.keyring, "demo", "app",
+                                                    now=int(time.time())))
+    assert _stored(core) == bound + 1
+    core.store.max_objects_per_tenant = bound + 2
+    ok(call(core, (Operation.RE_KEY, ReKeyRequest(unique_identifier=l3)),
+            principal=admin_principal())[0])

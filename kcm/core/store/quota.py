@@ -11,7 +11,8 @@ A new ordinary object or L4 tombstone is refused with Server Limit Exceeded once
 count has reached the tenant's bound: ``tenants.max_objects`` when set (``kcm core tenant
 limit``), else the core's ``[core.limits] max_objects_per_tenant`` (the store puts it in
 each write transaction's ``info``, :data:`MAX_OBJECTS_INFO`); 0 is no bound. Tenant and
-service keys are counted but never refused: provisioning and rotation must not fail.
+service keys are counted, and refused only when a request makes them (a Re-key):
+provisioning and automatic rotation must not fail.
 
 Exact, on one core or several: the count is read (once per transaction and tenant, then
 kept in memory) under the writers' lock, which every write transaction of every core

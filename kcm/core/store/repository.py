@@ -364,6 +364,7 @@ def insert_object(
     groups: Iterable[str] = (),
     keys: Iterable[tuple[str, str]] = (),
     attach: bool = True,
+    bounded: bool | None = None,
     **dates: int | None,
 ) -> ManagedObject | None:
     """Insert a new managed object (its tenant must exist) and return it, flushed; with
@@ -376,6 +377,10 @@ def insert_object(
     Name Type) pairs; ``keys`` the (kind, key) pairs of its Links and vendor attributes
     (:func:`kcm.core.attribute_keys.keys_of`).
     A duplicate ``uid`` or L3 (tenant, service, version) raises ``IntegrityError``.
+
+    The row counts against its tenant's bound (:mod:`kcm.core.store.quota`); ``bounded``
+    (by default: an ordinary object, not a tenant or service key) refuses it at the bound
+    with Server Limit Exceeded.
     """
     unknown = set(dates) - DATE_COLUMNS - {"rotate_due"}
     if unknown:
@@ -392,7 +397,7 @@ def insert_object(
         next_seq = _read_write_head(session)[0]
     if level is None and service is not None:
         _check_trusted_service(session, tenant, service)
-    quota.charge(session, tenant, refuse=level is None)  # (hierarchy keys: counted only)
+    quota.charge(session, tenant, refuse=level is None if bounded is None else bounded)
     info[_NEXT_CREATED_SEQ] = next_seq + 1
     values: dict[str, Any] = {
         "uid": uid, "created_seq": next_seq, "tenant": tenant, "object_type": object_type,

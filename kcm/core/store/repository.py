@@ -1137,11 +1137,11 @@ def drop_tombstones_of_destroyed(session: Session, limit: int) -> int:
     destroyed = select(ManagedObject.uid).where(
         ManagedObject.level == LEVEL_SERVICE_KEY,
         ManagedObject.state.in_((STATE_DESTROYED, STATE_DESTROYED_COMPROMISED)))
+    lock_writers(session)  # (first: the rows read are the rows deleted and released)
     rows = session.execute(select(L4Tombstone.token_id, L4Tombstone.tenant).where(
         L4Tombstone.l3_uid.in_(destroyed)).limit(limit)).all()
     if not rows:
         return 0
-    lock_writers(session)
     result = session.execute(delete(L4Tombstone).where(
         L4Tombstone.token_id.in_([row.token_id for row in rows])),
         execution_options={"synchronize_session": False})

@@ -21,7 +21,10 @@ closed right after the handshake (counted as refused for its ``identity``:
   a direct client's does when it disconnects, and is not answered; every request in flight
   on a link that closes stops the same way;
 * FETCH_SERVICE_KEY → :func:`kcm.core.service_keys.fetch_service_keys`, answered with
-  SERVICE_KEYS (its asserted caller, and the tenant it names, checked as a REQUEST's); at
+  SERVICE_KEYS (its asserted caller, and the tenant it names, checked as a REQUEST's); one
+  carrying the digest of what the gateway holds (link version 8) is judged first in a read
+  (:func:`kcm.core.service_keys.unchanged_since`) and answered "unchanged", unaudited, when
+  the answer would be exactly that, fetched as any other otherwise; at
   most ``max_fetches_per_tenant`` fetches for one tenant's callers run at once (on every
   link together), the others wait their turn in order, at most ``max_waiting_fetches`` of
   them per link; one more is refused at once (General Failure, the core busy), so that one
@@ -81,7 +84,7 @@ from kcm.core.gateway_views import GatewayViews, view_digest
 from kcm.core.keyring import Keyring
 from kcm.core.lineage import Lineage
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch, share_of
-from kcm.core.service_keys import fetch_service_keys, without_tombstones
+from kcm.core.service_keys import fetch_service_keys, unchanged_since, without_tombstones
 from kcm.core.store.engine import Store
 from kcm.core.usage_intake import UsageScope
 from kcm.drain import until
@@ -98,6 +101,7 @@ from kcm.link.frames import (
     HELLO_VERSION,
     LINK_VERSION,
     ORIGIN_VERSION,
+    REFRESH_VERSION,
     TOMBSTONES_VERSION,
     VIEW_VERSION,
     Frame,
@@ -106,6 +110,7 @@ from kcm.link.frames import (
     decode_frame,
     encode_frame,
 )
+from kcm.link.keys_digest import Unchanged
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, MAX_LINK_FETCHES, LinkProtocol
 from kcm.link.relay import read_caller, response_frame, split_request
 from kcm.throttled_line import ThrottledLine
@@ -851,8 +856,12 @@ class LinkServerProtocol(LinkProtocol):
                 and fetches.running(tenant) >= fetches.per_tenant):
             self._fetch_refused_busy(stream_id)
             return
+        # A digest of what the gateway holds (link version 8) is taken only from a gateway
+        # that named 8 or later: only such a one is answered "unchanged".
+        held = frame.keys_digest if self.gateway_version >= REFRESH_VERSION else None
         fetches.run(tenant, self, lambda: self._fetch(stream_id, caller, frame.tenant,
-                                                       frame.service, frame.unique_identifier))
+                                                       frame.service, frame.unique_identifier,
+                                                       held))
 
     def _refuse_fetch(self, stream_id: int, claimed: str) -> None:
         """Refuse a fetch whose asserted caller (or tenant) the core does not accept from
@@ -865,10 +874,13 @@ class LinkServerProtocol(LinkProtocol):
         self._keys_refused(stream_id, KmipError(ResultReason.PERMISSION_DENIED, _NOT_ACCEPTED))
 
     def _fetch(self, stream_id: int, caller: Caller, tenant: str, service: str,
-               uid: str | None) -> Deferred:
-        """Run one FETCH_SERVICE_KEY (its turn came) and answer it; fires once answered."""
-        d = self.factory.fetch_keys(caller, tenant, service, uid,
-                                    int(self.factory.wall_clock()))
+               uid: str | None, held: bytes | None = None) -> Deferred:
+        """Run one FETCH_SERVICE_KEY (its turn came) and answer it; fires once answered.
+        ``held``: the digest of what the gateway holds (a conditional fetch, link version
+        8), answered "unchanged" when the answer would be exactly that."""
+        now = int(self.factory.wall_clock())
+        d = (self.factory.fetch_keys(caller, tenant, service, uid, now) if held is None
+             else self.factory.refresh_keys(caller, tenant, service, uid, held, now))
         if self.gateway_version < TOMBSTONES_VERSION:  # (it named its version before this)
             d.addCallback(without_tombstones)
         # (The answer is sent in the same reactor call the store hands it over in:
@@ -885,9 +897,14 @@ class LinkServerProtocol(LinkProtocol):
                      limit=self.factory.settings.max_waiting_fetches)
         self._keys_refused(stream_id, KmipError(ResultReason.GENERAL_FAILURE, FETCHES_BUSY))
 
-    def _keys_answered(self, stream_id: int, answer: list[ServiceKey] | KmipError) -> None:
+    def _keys_answered(self, stream_id: int,
+                       answer: list[ServiceKey] | KmipError | Unchanged) -> None:
         if isinstance(answer, KmipError):
             self._keys_refused(stream_id, answer)
+            return
+        if isinstance(answer, Unchanged):
+            self._send_keys(encode_frame(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id,
+                                               keys_digest=answer.digest)))
             return
         wire = encode_frame(Frame(FrameType.SERVICE_KEYS, stream_id=stream_id,
                                   service_keys=answer))
@@ -1049,6 +1066,9 @@ class LinkServerFactory(Factory):
         self.on_usage: Callable[[dict[str, int], UsageScope | None], None] | None = None
         #: Set by :meth:`drain`: no new link is welcomed.
         self.draining = False
+        #: Conditional fetches (link version 8) by outcome: ``unchanged`` (answered from a
+        #: read, not audited), ``changed`` (fetched in full); for the metrics.
+        self.refreshes: dict[str, int] = {"unchanged": 0, "changed": 0}
         #: The links' service key fetches, in turns by tenant.
         self.fetches = FetchTurns(self.settings.max_fetches_per_tenant)
         #: The warning of a caller a gateway asserted that the core does not accept: one
@@ -1153,6 +1173,25 @@ class LinkServerFactory(Factory):
         revocation, then the key as it was before."""
         return self.store.run_answer(lambda session: fetch_service_keys(
             session, self.keyring, caller, tenant, service, uid, now=now))
+
+    def refresh_keys(self, caller: Caller, tenant: str, service: str, uid: str | None,
+                     held: bytes, now: int) -> Deferred[list[ServiceKey] | KmipError | Unchanged]:
+        """A conditional FETCH_SERVICE_KEY's answer (link version 8): :class:`Unchanged`
+        when the answer would be exactly what ``held`` digests, judged in a read
+        transaction, with no audit record (it delivers no key material); otherwise, a
+        refusal included, :meth:`fetch_keys`'s (a write, audited, as every fetch). Counted
+        in :attr:`refreshes` by outcome."""
+        d: Deferred = self.store.run(lambda session: unchanged_since(
+            session, self.keyring, caller, tenant, service, uid, held, now=now), write=False)
+
+        def judged(unchanged: bool) -> Deferred | Unchanged:
+            if unchanged:
+                self.refreshes["unchanged"] += 1
+                return Unchanged(held)
+            self.refreshes["changed"] += 1
+            return self.fetch_keys(caller, tenant, service, uid, now)
+
+        return d.addCallback(judged)
 
     def asserted_principal(self, identity: str | None, subject: str | None,
                            gateway: Principal) -> Principal | None:

@@ -300,6 +300,12 @@ class CoreMetrics:
         register(CallbackGauge(
             "kcm_core_gateway_links", "Links up, by gateway (one per gateway worker).",
             ("gateway",), counts))
+        register(_CallbackCounter(
+            "kcm_core_service_key_refreshes", "Gateways' conditional refreshes of service "
+            "keys they hold (link version 8), by outcome: unchanged (answered from a read, "
+            "no audit record), changed (fetched in full, audited).",
+            lambda: [((outcome,), count) for outcome, count in links.refreshes.items()],
+            ("outcome",)))
 
     def watch_tls(self, *, expiry: CertificateExpiry, refusals: ConnectionRefusals,
                   refresher: TlsRefresher) -> None:
@@ -312,15 +318,24 @@ class CoreMetrics:
 
 
 class _CallbackCounter:
-    """A counter without labels read when scraped (``read()``: its value)."""
+    """A counter read when scraped: without ``labels``, ``read()`` is its value; with them,
+    ``read()`` gives (label values, value) pairs."""
 
-    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+    def __init__(self, name: str, documentation: str, read: Callable[[], Any],
+                 labels: tuple[str, ...] = ()) -> None:
         self.name = name
         self.documentation = documentation
         self._read = read
+        self._labels = labels
 
     def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(self.name, self.documentation, value=float(self._read()))
+        if not self._labels:
+            yield CounterMetricFamily(self.name, self.documentation, value=float(self._read()))
+            return
+        family = CounterMetricFamily(self.name, self.documentation, labels=self._labels)
+        for values, value in self._read():
+            family.add_metric(list(values), float(value))
+        yield family
 
 
 def database_state(url: str, timeout: float = 2.0, *,

@@ -3,7 +3,9 @@
 The one place the core lets L3 material leave it (ARCHITECTURE §1): only to an authenticated
 gateway over the link, on behalf of a caller allowed to use the service
 (:func:`kcm.l4.authorize.check_service_key_use`). Every fetch, served or refused, leaves an
-audit record naming the caller and the gateway. Blocking: runs on a store worker thread.
+audit record naming the caller and the gateway, save a gateway's refresh of what it holds
+that finds nothing changed (link version 8, :func:`unchanged_since`): it hands over no key
+material, and is answered from a read. Blocking: runs on a store worker thread.
 
 Refusals carry the KMIP 2.x reasons and the messages the core's own L4 engine would give
 for the same key (:class:`kcm.core.l4_keys.StoreKeySource`), so that the gateway, which hands
@@ -32,6 +34,7 @@ from kcm.kmip.errors import KmipError
 from kcm.l4.authorize import ServiceKeyUseDenied, check_service_key_use, no_service_key
 from kcm.l4.service_key import DESTROYED_STATES, WITHOUT_MATERIAL_STATES, ServiceKey
 from kcm.link.frames import MAX_SENT_TOMBSTONES
+from kcm.link.keys_digest import keys_digest
 
 AUDIT_OPERATION = "FetchServiceKey"
 
@@ -64,16 +67,38 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
     # The caller's own tenant names the record, whether the key was asked by uid or by its
     # service's name: a refused attempt on another tenant's key is that caller's doing.
     audited = caller.principal.tenant or tenant
+    answer = service_keys_answer(session, keyring, caller, tenant, service, uid, now=now)
+    if isinstance(answer, KmipError):
+        detail = {"denied": answer.why} if isinstance(answer, ServiceKeyUseDenied) else None
+        _audit(session, caller, audited, [uid] if uid else [], correlation_id, now,
+               answer.reason, detail)
+        return answer
+    _audit(session, caller, audited, [k.uid for k in answer], correlation_id, now, None)
+    return answer
+
+
+def service_keys_answer(session: Session, keyring: Keyring, caller: Caller, tenant: str,
+                        service: str, uid: str | None, *,
+                        now: int) -> list[ServiceKey] | KmipError:
+    """What :func:`fetch_service_keys` answers, read only: no audit record (the caller
+    audits). Who asks is decided first, exactly as there."""
     try:
         keys = (_current(session, keyring, caller, tenant, service, now) if uid is None
                 else [_one(session, keyring, caller, uid, now)])
     except KmipError as e:
-        detail = {"denied": e.why} if isinstance(e, ServiceKeyUseDenied) else None
-        _audit(session, caller, audited, [uid] if uid else [], correlation_id, now, e.reason,
-               detail)
         return e
-    _audit(session, caller, audited, [k.uid for k in keys], correlation_id, now, None)
     return _with_tombstones(session, keys)
+
+
+def unchanged_since(session: Session, keyring: Keyring, caller: Caller, tenant: str,
+                    service: str, uid: str | None, held: bytes, *, now: int) -> bool:
+    """Whether the answer :func:`fetch_service_keys` would give (to a gateway of link version
+    5 or later) is exactly what ``held`` digests (:func:`kcm.link.keys_digest.keys_digest`):
+    a refresh that delivers nothing, answered "unchanged" from a read transaction, with no
+    audit record (it hands over no key material). False for anything else, a refusal
+    included, which the caller then fetches in full (a write, audited as ever)."""
+    answer = service_keys_answer(session, keyring, caller, tenant, service, uid, now=now)
+    return not isinstance(answer, KmipError) and keys_digest(answer) == held
 
 
 def without_tombstones(answer: list[ServiceKey] | KmipError) -> list[ServiceKey] | KmipError:

@@ -91,6 +91,18 @@ requests (docs/operations.md, "Limits and hostile clients"):
 * An overflowed L3 sends a request to the core only when its caller may use it
   (:meth:`L3Cache.names_overflowed`); another tenant's is answered as a missing one.
 
+Conditional fetches (link version 8; with ``conditional``, as kcm-gateway runs it): a
+fetch of something held (a refresh, mostly) says what is held, as the digest of the answer
+that would leave it exactly so (:meth:`L3Cache._held_answer`: each version as held, its
+state as the events left it, with the tombstones held of it, or none for an overflowed
+one; a service's versions as its last answer listed them). The core answers
+:class:`~kcm.link.keys_digest.Unchanged` when its answer would be exactly that, and the
+cache then takes, as that answer, what it holds, if it still holds exactly that (an event
+may have changed it meanwhile: the whole answer is then fetched at once). Nothing held, or
+a version of the service's last answer no longer held, sends a plain fetch. A core of an
+earlier version gets plain fetches (:meth:`kcm.gateway.link_client.LinkClient.
+fetch_service_keys`).
+
 Fetches sent that failed are counted by why (:attr:`L3Cache.fetch_failures`, by
 :data:`FETCH_FAILURES`: ``refused`` the core's answer, ``link_down``, ``timeout``, ``busy``
 the link's bound or the tenant's queue full, ``error`` anything else); a "not found"
@@ -128,6 +140,7 @@ from kcm.l4.authorize import (
 from kcm.l4.opened_keys import OpenedKeys
 from kcm.l4.service_key import DESTROYED_STATES, WITHOUT_MATERIAL_STATES, ServiceKey
 from kcm.link.events import EventKind
+from kcm.link.keys_digest import Unchanged, keys_digest
 from kcm.metrics import Tally
 
 __all__ = ["FETCH_FAILURES", "CachedKeySource", "L3Cache", "Need", "ServiceKeyMissing"]
@@ -215,6 +228,9 @@ class _ServiceState:
     caller: Principal  # on whose behalf background refreshes ask the core
     used_at: float  # when a request last read its current version (or it was fetched)
     refreshing: bool = False
+    #: The versions the core's last answer for the service carried, in its order (what a
+    #: conditional fetch says is held: :meth:`L3Cache._held_answer`).
+    answered: tuple[str, ...] = ()
 
 
 class _Fetch:
@@ -355,8 +371,15 @@ class L3Cache:
                  max_dropped: int = MAX_DROPPED,
                  call_later: CallLater | None = None,
                  random: Callable[[], float] = random_module.random,
-                 refresh_batch: int = REFRESH_BATCH) -> None:
+                 refresh_batch: int = REFRESH_BATCH,
+                 conditional: bool = False) -> None:
         self._fetch = fetch
+        #: Whether a fetch of something held says what is held (``fetch(..., held=digest)``,
+        #: link version 8), so that the core may answer :class:`Unchanged` (module
+        #: docstring, "Conditional fetches").
+        self.conditional = conditional
+        #: Fetches the core answered "unchanged", for the metrics.
+        self.refreshes_unchanged = Tally()
         #: Fetches of one tenant's callers in flight at once (module docstring).
         self.max_fetches_per_tenant = max_fetches_per_tenant
         #: Fetches of one tenant's callers that may wait their turn (module docstring).
@@ -607,13 +630,19 @@ class L3Cache:
         self._running[fetch.tenant] += 1
         self._running_total += 1
         fetch.rotations = self._rotations
-        try:
-            d = self._fetch(caller, need.tenant, need.service, need.uid)
-        except Exception:  # a fetch that fails synchronously is still just a failed fetch
-            d = Deferred()
-            d.errback(Failure())
+        held = self._held_answer(need) if self.conditional else None
+        d = self._send_fetch(caller, need, None if held is None else keys_digest(held))
 
-        def fetched(keys: list[ServiceKey]) -> None:
+        def fetched(keys: list[ServiceKey] | Unchanged) -> None:
+            if isinstance(keys, Unchanged):
+                now_held = self._held_answer(need)
+                if now_held is None or keys_digest(now_held) != keys.digest:
+                    # An event changed what is held since the fetch was sent: what the core
+                    # confirmed is not what is held now, so ask for the whole answer.
+                    self._send_fetch(caller, need, None).addCallbacks(fetched, failed)
+                    return
+                self.refreshes_unchanged.value += 1
+                keys = now_held  # the answer that was not sent: exactly what is held
             try:
                 self.store(keys, caller, current_of=None if need.uid else
                            (need.tenant, need.service))
@@ -638,6 +667,44 @@ class L3Cache:
             self._finished(fetch, error)
 
         d.addCallbacks(fetched, failed)
+
+    def _send_fetch(self, caller: Principal, need: Need, held: bytes | None) -> Deferred:
+        """``fetch`` ``need`` for ``caller``, saying it holds what ``held`` digests (None: a
+        plain fetch); a fetch that fails synchronously is still just a failed fetch."""
+        try:
+            if held is None:
+                return self._fetch(caller, need.tenant, need.service, need.uid)
+            return self._fetch(caller, need.tenant, need.service, need.uid,  # type: ignore[call-arg]
+                               held=held)
+        except Exception:
+            d: Deferred = Deferred()
+            d.errback(Failure())
+            return d
+
+    def _held_answer(self, need: Need) -> list[ServiceKey] | None:
+        """The SERVICE_KEYS answer for ``need`` that would leave what is held exactly as it
+        is, or None when that cannot be told (nothing held, a version of the service's
+        last answer no longer held): each version as held (its state as the events left
+        it), with the tombstones held of it, or none (absent) for an overflowed one."""
+        if need.uid is not None:
+            held = self._keys.get(need.uid)
+            return None if held is None else [self._as_sent(held.key)]
+        state = self._services.get((need.tenant, need.service))
+        if state is None or not state.answered:
+            return None
+        answer = []
+        for uid in state.answered:
+            held = self._keys.get(uid)
+            if held is None:
+                return None
+            answer.append(self._as_sent(held.key))
+        return answer
+
+    def _as_sent(self, key: ServiceKey) -> ServiceKey:
+        """Held version ``key`` as a SERVICE_KEYS would carry it to leave it so."""
+        uid = key.uid
+        return replace(key, tombstones=None if uid in self.overflowed
+                       else frozenset(self._tombstones_of.get(uid, ())))
 
     def _finished(self, fetch: _Fetch, error: KmipError | None) -> None:
         """``fetch`` answered (``error``: why it failed): its tenant's next fetch starts,
@@ -735,6 +802,7 @@ class L3Cache:
             else:
                 state.confirmed_at, state.caller = now, caller
             self._set_current(current_of, state, current)
+            state.answered = tuple(key.uid for key in keys)
             self._services_due.schedule(current_of, refresh_at)
 
     def _next_refresh(self, confirmed_at: float) -> float:

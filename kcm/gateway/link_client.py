@@ -9,6 +9,8 @@
   its Deferred when the client leaves, and the core stops the request (a CANCEL frame, to a
   core whose WELCOME names link version 2 or later);
 * :meth:`LinkClient.fetch_service_keys` — a service's L3 versions, on behalf of a caller;
+  given the digest of what the gateway holds, a core of link version 8 answers
+  :class:`~kcm.link.keys_digest.Unchanged` when that is what it would send;
 * ``on_event(seq, kind, tenant, payload)`` — the core's event stream, applied in sequence
   order, resumed after :attr:`LinkClient.last_sequence` on every reconnect: from the event
   before it, so that the last event applied is sent again and compared with what was
@@ -111,12 +113,14 @@ from kcm.link.frames import (
     MAX_STREAM_ID,
     MAX_USAGE_ENTRIES,
     ORIGIN_VERSION,
+    REFRESH_VERSION,
     USAGE_VERSION,
     Frame,
     FrameTooLarge,
     FrameType,
     Payload,
 )
+from kcm.link.keys_digest import Unchanged
 from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, MAX_LINK_FETCHES, LinkProtocol
 from kcm.link.relay import caller_fields, read_response, request_frame
 from kcm.tls import client_tls_options, peer_certificate, tls_client_endpoint
@@ -375,6 +379,8 @@ class LinkClientProtocol(LinkProtocol):
             owner = (frame.tenant, frame.service or "") if frame.tenant is not None else None
             stream.deferred.errback(ServiceKeyRefused(reason, frame.error or "refused",
                                                       owner=owner))
+        elif frame.keys_digest is not None:  # what the fetch said it holds is current
+            stream.deferred.callback(Unchanged(frame.keys_digest))
         else:
             stream.deferred.callback(frame.service_keys)
 
@@ -432,6 +438,23 @@ class LinkClientProtocol(LinkProtocol):
         frame.stream_id = stream_id
         self.send(frame)
         return self._awaiting(stream_id, answer_type)
+
+    def fetch(self, frame: Frame, held: bytes | None) -> Deferred:
+        """Send FETCH_SERVICE_KEY ``frame`` as :meth:`call`, with the KeysDigest ``held`` to
+        a core of link version 8 or later; an "unchanged" answer that does not echo what
+        was sent (or to a fetch that sent none) fails the call."""
+        if held is not None and self.core_version >= REFRESH_VERSION:
+            frame.keys_digest = held
+        else:
+            held = None
+
+        def unchanged_checked(answer: object) -> object:
+            if isinstance(answer, Unchanged) and answer.digest != held:
+                raise LinkError("the core answered 'unchanged' to a fetch it was not asked "
+                                "so")
+            return answer
+
+        return self.call(frame, FrameType.SERVICE_KEYS).addCallback(unchanged_checked)
 
     def relay(self, caller: bytes, message: bytes) -> Deferred[bytes]:
         """Send KMIP ``message`` in a REQUEST frame on a fresh stream, for the caller whose
@@ -721,17 +744,22 @@ class LinkClient(MultiService):
         return self._send(LinkClientProtocol.relay, fields, wire)
 
     def fetch_service_keys(self, caller: Principal, tenant: str, service: str,
-                           uid: str | None = None) -> Deferred[list[ServiceKey]]:
+                           uid: str | None = None, *, held: bytes | None = None
+                           ) -> Deferred[list[ServiceKey] | Unchanged]:
         """The Active versions of ``tenant``/``service``'s L3, newest first, or the one
         version ``uid`` of whichever tenant and service (``tenant`` and ``service`` are then
         ignored by the core and may be empty), as ``caller`` may use them. Fails with
         :class:`ServiceKeyRefused` (a KmipError with the core's KMIP 2.x reason) or a
-        :class:`LinkError`."""
-        return self._send(LinkClientProtocol.call, Frame(
+        :class:`LinkError`.
+
+        ``held``: the digest of the answer that would leave what is held unchanged
+        (:func:`kcm.link.keys_digest.keys_digest`), sent to a core of link version 8 or
+        later, which then answers :class:`Unchanged` (with that digest) when its answer
+        would be exactly that; a core of an earlier version is sent a plain fetch."""
+        return self._send(LinkClientProtocol.fetch, Frame(
             FrameType.FETCH_SERVICE_KEY, caller_identity=caller.spiffe_id,
             caller_subject=caller.subject if caller.uri is None else None,
-            tenant=tenant, service=service, unique_identifier=uid), FrameType.SERVICE_KEYS,
-            fetch=True)
+            tenant=tenant, service=service, unique_identifier=uid), held, fetch=True)
 
     def report_usage(self, counts: Mapping[str, int]) -> bool:
         """Send ``counts`` (L3 uid -> encryptions since the last report) to the core in

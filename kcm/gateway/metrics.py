@@ -162,6 +162,10 @@ class GatewayMetrics:
                                   "Services (their current service key) forgotten because no "
                                   "request used them for l3_idle: no longer refreshed.", (),
                                   lambda: [((), cache.idle_forgotten.value)]))
+        register(CallbackCounter("kcm_gateway_l3_refreshes_unchanged",
+                                  "Service key fetches the core answered unchanged (link "
+                                  "version 8): what was held was confirmed, no key sent.", (),
+                                  lambda: [((), cache.refreshes_unchanged.value)]))
         register(CallbackGauge("kcm_gateway_opened_deks",
                                "Opened L4 DEKs held in memory (at most dek_cache_size).", (),
                                lambda: [((), len(cache.opened_keys or ()))]))

@@ -232,7 +232,7 @@ def makeService(options: Options,
                     idle=config.l3_idle,
                     max_tombstones=config.max_tombstones, opened_keys=opened_keys,
                     call_later=reactor.callLater, random=random.random,
-                    max_fetches=max(1, link.max_fetches // 2))
+                    max_fetches=max(1, link.max_fetches // 2), conditional=True)
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy

@@ -17,12 +17,13 @@ from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 
 #: The link version this end speaks: 2 is version 1 with CANCEL, 3 adds USAGE_REPORT, 4 adds
 #: VERSION and DRAIN, 5 the tombstones of a ServiceKey, 6 the ``redacted`` event kind and the
-#: VIEW frame, 7 the ORIGIN frame. A core names its version in WELCOME, and a gateway sends a
-#: frame only to a core whose version has it; a gateway names its own in VERSION (to a core
-#: of version 4 or later), and a core sends DRAIN only to a gateway that named 4 or later, a
-#: ServiceKey's tombstones only to one that named 5 or later, VIEW only to one that named 6
-#: or later, and ORIGIN only to one that named 7 or later.
-LINK_VERSION = 7
+#: VIEW frame, 7 the ORIGIN frame, 8 the KeysDigest of a conditional fetch. A core names its
+#: version in WELCOME, and a gateway sends a frame (or field) only to a core whose version
+#: has it; a gateway names its own in VERSION (to a core of version 4 or later), and a core
+#: sends DRAIN only to a gateway that named 4 or later, a ServiceKey's tombstones only to
+#: one that named 5 or later, VIEW only to one that named 6 or later, ORIGIN only to one
+#: that named 7 or later, and an "unchanged" SERVICE_KEYS only to one that named 8 or later.
+LINK_VERSION = 8
 #: The version a gateway's HELLO names: the first, which every core takes (a version-1 core
 #: refuses any other with GOAWAY), so a gateway links to a core of any release and learns
 #: the core's own version from WELCOME.
@@ -41,6 +42,10 @@ VIEW_VERSION = 6
 #: restore generation), which a gateway of that version waits for before it counts itself
 #: welcomed.
 ORIGIN_VERSION = 7
+#: The first link version with conditional fetches: a FETCH_SERVICE_KEY carrying the
+#: KeysDigest of what the gateway holds, answered by a SERVICE_KEYS of that digest alone
+#: when the full answer would carry exactly that (:mod:`kcm.link.keys_digest`).
+REFRESH_VERSION = 8
 #: Usage entries one USAGE_REPORT carries at most (a longer report is sent as several).
 MAX_USAGE_ENTRIES = 1000
 #: TokenIds one SERVICE_KEYS carries at most, over all its ServiceKeys (40 bytes each: well
@@ -100,6 +105,7 @@ class Tag(enum.IntEnum):
     VIEW_DIGEST = 0x54B018
     DEPLOYMENT = 0x54B019
     RESTORE_GENERATION = 0x54B01A
+    KEYS_DIGEST = 0x54B01B
     KEY_MATERIAL = 0x420043
     RESULT_REASON = 0x42007E
     STATE = 0x42008D
@@ -186,6 +192,9 @@ class Frame:
     #: An ORIGIN's deployment id and restore generation (the core's database).
     deployment: str | None = None
     restore_generation: int | None = None
+    #: A FETCH_SERVICE_KEY's digest of what the gateway holds of what it asks for, or a
+    #: SERVICE_KEYS's that says it is unchanged (link version 8; :mod:`kcm.link.keys_digest`).
+    keys_digest: bytes | None = None
 
 
 # (attribute, tag, type) of every scalar field of a LinkFrame, in wire order.
@@ -208,6 +217,7 @@ _FIELDS: tuple[tuple[str, int, ItemType], ...] = (
     ("view", Tag.VIEW_DIGEST, ItemType.BYTE_STRING),
     ("deployment", Tag.DEPLOYMENT, ItemType.TEXT_STRING),
     ("restore_generation", Tag.RESTORE_GENERATION, ItemType.INTEGER),
+    ("keys_digest", Tag.KEYS_DIGEST, ItemType.BYTE_STRING),
 )
 _FIELD_BY_TAG = {tag: (name, item_type) for name, tag, item_type in _FIELDS}
 
@@ -335,7 +345,7 @@ def frame_item(frame: Frame) -> Item:
         value = getattr(frame, name)
         if value is not None:
             children.append(Item(tag, item_type, value))
-    children.extend(_service_key_item(key) for key in frame.service_keys)
+    children.extend(service_key_item(key) for key in frame.service_keys)
     children.extend(Item(Tag.USAGE, ItemType.STRUCTURE, [
         Item(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING, uid),
         Item(Tag.USAGE_COUNT, ItemType.LONG_INTEGER, count)]) for uid, count in frame.usage)
@@ -363,7 +373,8 @@ def encode_payload(payload: Payload) -> bytes:
         raise FrameError(f"cannot encode event payload: {e.reason}") from None
 
 
-def _service_key_item(key: ServiceKey) -> Item:
+def service_key_item(key: ServiceKey) -> Item:
+    """One ServiceKey Structure, as SERVICE_KEYS carries it."""
     fields = [Item(tag, item_type, getattr(key, name)) for name, tag, item_type in _KEY_FIELDS]
     if key.tombstones is not None:  # all of them, after how many (link version 5)
         fields.append(Item(Tag.TOMBSTONE_COUNT, ItemType.INTEGER, len(key.tombstones)))
@@ -495,6 +506,8 @@ def _decode_scalar_frame(data: bytes) -> Frame | None:
         value = getattr(frame, name)
         if value is None or value == [] or (name == "stream_id" and value == 0):
             return None
+    if frame.keys_digest is not None and _digest_misplaced(frame) is not None:
+        return None
     return frame
 
 
@@ -536,9 +549,31 @@ def _frame_from(item: Item) -> Frame:
             raise FrameError(f"{frame.type.name} without {name}")
     if frame.usage and frame.type is not FrameType.USAGE_REPORT:
         raise FrameError(f"Usage in a {frame.type.name} frame")
+    if frame.keys_digest is not None:
+        misplaced = _digest_misplaced(frame)
+        if misplaced is not None:
+            raise FrameError(misplaced)
     if len(frame.usage) > MAX_USAGE_ENTRIES:
         raise FrameError(f"a USAGE_REPORT of more than {MAX_USAGE_ENTRIES} entries")
     return frame
+
+
+#: The size of a KeysDigest (:mod:`kcm.link.keys_digest`: SHA-256).
+KEYS_DIGEST_SIZE = 32
+
+
+def _digest_misplaced(frame: Frame) -> str | None:
+    """Why a frame's KeysDigest breaks the rules (None: it does not): only in a
+    FETCH_SERVICE_KEY or a SERVICE_KEYS, of :data:`KEYS_DIGEST_SIZE` bytes, and in a
+    SERVICE_KEYS alone (no ServiceKey, no refusal: it says "unchanged")."""
+    if frame.type not in (FrameType.FETCH_SERVICE_KEY, FrameType.SERVICE_KEYS):
+        return f"KeysDigest in a {frame.type.name} frame"
+    if len(frame.keys_digest or b"") != KEYS_DIGEST_SIZE:
+        return f"a KeysDigest of {len(frame.keys_digest or b'')} bytes"
+    if frame.type is FrameType.SERVICE_KEYS and (
+            frame.service_keys or frame.error is not None or frame.result_reason is not None):
+        return "a SERVICE_KEYS with a KeysDigest carries nothing else"
+    return None
 
 
 def _usage_from(item: Item) -> tuple[str, int]:

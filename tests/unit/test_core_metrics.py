@@ -98,7 +98,8 @@ def test_connections_outbox_head_and_lag_per_gateway_are_read_when_scraped() -> 
 
     links = SimpleNamespace(links=[link("spiffe://kcm.test/gateway/a", 40),
                                    link("spiffe://kcm.test/gateway/b", 31),
-                                   link("spiffe://kcm.test/gateway/b", 38)])
+                                   link("spiffe://kcm.test/gateway/b", 38)],
+                            refreshes={"unchanged": 7, "changed": 2})
     metrics.watch(guard=guard, fanout=fanout, links=links)
     got = samples(metrics.registry)
     assert got[("kcm_core_open_connections", ())] == 3
@@ -107,6 +108,9 @@ def test_connections_outbox_head_and_lag_per_gateway_are_read_when_scraped() -> 
     assert got[(lag, (("gateway", "spiffe://kcm.test/gateway/a"),))] == 0
     assert got[(lag, (("gateway", "spiffe://kcm.test/gateway/b"),))] == 9  # its worst link
     assert got[("kcm_core_gateway_links", (("gateway", "spiffe://kcm.test/gateway/b"),))] == 2
+    refreshes = "kcm_core_service_key_refreshes_total"
+    assert got[(refreshes, (("outcome", "unchanged"),))] == 7
+    assert got[(refreshes, (("outcome", "changed"),))] == 2
     links.links.clear()
     assert not [key for key in samples(metrics.registry) if key[0] == lag]
 

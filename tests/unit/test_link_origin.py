@@ -15,7 +15,7 @@ from kcm.core.link_server import LinkServerFactory, LinkServerProtocol
 from kcm.gateway.core_origin import FollowedOrigin, Origin
 from kcm.gateway.link_client import WELCOME_TIMEOUT, LinkClient, LinkClientProtocol
 from kcm.identity import SubjectMap
-from kcm.link.frames import VIEW_VERSION, Frame, FrameType, encode_frame
+from kcm.link.frames import LINK_VERSION, VIEW_VERSION, Frame, FrameType, encode_frame
 from tests.core_support import LINEAGE
 from tests.gateway_support import core_welcome, origin
 from tests.unit.test_link_cancel import frames_in
@@ -146,7 +146,8 @@ def test_a_link_to_a_core_of_version_7_is_made_once_its_origin_comes() -> None:
     gateway.clock.advance(1.5)  # no PING before WELCOME: VERSION is the first frame after it
     assert [f.type for f in frames_in(transport)] == [FrameType.HELLO]
     protocol.dataReceived(welcome())
-    assert [(f.type, f.link_version) for f in frames_in(transport)] == [(FrameType.VERSION, 7)]
+    assert [(f.type, f.link_version) for f in frames_in(transport)] == [
+        (FrameType.VERSION, LINK_VERSION)]
     assert not gateway.client.connected
     with capturedLogs() as logged:
         protocol.dataReceived(origin(0))

@@ -97,8 +97,10 @@ that would leave it exactly so (:meth:`L3Cache._held_answer`: each version as he
 state as the events left it, with the tombstones held of it, or none for an overflowed
 one; a service's versions as its last answer listed them). The core answers
 :class:`~kcm.link.keys_digest.Unchanged` when its answer would be exactly that, and the
-cache then takes, as that answer, what it holds, if it still holds exactly that (an event
-may have changed it meanwhile: the whole answer is then fetched at once). Nothing held, or
+cache then takes, as that answer, what it holds, if it still holds exactly that and no
+event said meanwhile that the service has a version to fetch (an "unchanged" is not
+ordered with the events: one read before a revocation or a new version may come after its
+event); otherwise the whole answer is fetched at once. Nothing held, or
 a version of the service's last answer no longer held, sends a plain fetch. A core of an
 earlier version gets plain fetches (:meth:`kcm.gateway.link_client.LinkClient.
 fetch_service_keys`).
@@ -231,6 +233,9 @@ class _ServiceState:
     #: The versions the core's last answer for the service carried, in its order (what a
     #: conditional fetch says is held: :meth:`L3Cache._held_answer`).
     answered: tuple[str, ...] = ()
+    #: Events that had the service fetched again (a new version, another one Active): an
+    #: "unchanged" to a fetch sent before one is not taken (it may have been read before).
+    rotations: int = 0
 
 
 class _Fetch:
@@ -631,14 +636,18 @@ class L3Cache:
         self._running_total += 1
         fetch.rotations = self._rotations
         held = self._held_answer(need) if self.conditional else None
+        rotations = self._rotations_of(need)
         d = self._send_fetch(caller, need, None if held is None else keys_digest(held))
 
         def fetched(keys: list[ServiceKey] | Unchanged) -> None:
             if isinstance(keys, Unchanged):
                 now_held = self._held_answer(need)
-                if now_held is None or keys_digest(now_held) != keys.digest:
-                    # An event changed what is held since the fetch was sent: what the core
-                    # confirmed is not what is held now, so ask for the whole answer.
+                if now_held is None or keys_digest(now_held) != keys.digest \
+                        or self._rotations_of(need) != rotations:
+                    # An event changed what is held since the fetch was sent, or said the
+                    # service has a version to fetch (the "unchanged" is not ordered with
+                    # the events: it may have been read before that one's change), so ask
+                    # for the whole answer.
                     self._send_fetch(caller, need, None).addCallbacks(fetched, failed)
                     return
                 self.refreshes_unchanged.value += 1
@@ -680,6 +689,13 @@ class L3Cache:
             d: Deferred = Deferred()
             d.errback(Failure())
             return d
+
+    def _rotations_of(self, need: Need) -> int:
+        """How many events had ``need``'s service fetched again (0: a version by uid)."""
+        if need.uid is not None:
+            return 0
+        state = self._services.get((need.tenant, need.service))
+        return state.rotations if state is not None else 0
 
     def _held_answer(self, need: Need) -> list[ServiceKey] | None:
         """The SERVICE_KEYS answer for ``need`` that would leave what is held exactly as it
@@ -1002,6 +1018,7 @@ class L3Cache:
             return  # never used here: fetched on first use
         # The old version stays current (it is still Active) until the new one arrives.
         state.refreshing = True
+        state.rotations += 1
 
         def done(_: object) -> None:
             state.refreshing = False

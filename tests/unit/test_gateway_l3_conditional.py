@@ -163,3 +163,20 @@ def test_a_request_that_misses_what_is_held_past_max_stale_is_confirmed_too(core
     cache.ensure([Need("demo", "app")], APP)
     assert core.sent[-1] == (None, keys_digest(core.keys))
     assert not cache.lacks(Need("demo", "app"), APP)
+
+
+def test_a_rotation_while_the_fetch_is_out_fetches_the_whole_answer(core, clock) -> None:
+    """The event of a new version has the service fetched; a refresh already out takes that
+    fetch's place, and its "unchanged" may have been read before the version was made."""
+    cache = cache_of(core, clock)
+    core.hold = []
+    refresh(cache, clock)
+    [answer] = core.hold
+    core.keys = [replace(V2, tombstones=frozenset()), replace(V1, tombstones=frozenset())]
+    cache.apply_event(1, EventKind.L3_ROTATED.value, "demo",
+                      {"unique_identifier": V2.uid, "service": "app", "key_version": 2})
+    core.hold = None
+    answer.callback(None)  # "unchanged": read before the rotation
+    assert core.sent[-1] == (None, None)
+    assert cache.current("demo", "app") == V2
+    assert cache.refreshes_unchanged.value == 0

@@ -150,8 +150,10 @@ __all__ = ["FETCH_FAILURES", "CachedKeySource", "L3Cache", "Need", "ServiceKeyMi
 log = Logger()
 
 #: ``fetch(caller, tenant, service, uid)``: the core's SERVICE_KEYS answer (current first).
-#: With a uid, tenant and service are empty: the core finds the version by uid alone.
-Fetch = Callable[[Principal, str, str, "str | None"], Deferred]
+#: With a uid, tenant and service are empty: the core finds the version by uid alone. With
+#: conditional fetches, also ``fetch(..., held=digest)``, which may answer
+#: :class:`~kcm.link.keys_digest.Unchanged`.
+Fetch = Callable[..., Deferred]
 
 #: What one request fetched: each need, and why its fetch failed (None: it succeeded).
 FetchErrors = Mapping["Need", "KmipError | None"]
@@ -683,8 +685,7 @@ class L3Cache:
         try:
             if held is None:
                 return self._fetch(caller, need.tenant, need.service, need.uid)
-            return self._fetch(caller, need.tenant, need.service, need.uid,  # type: ignore[call-arg]
-                               held=held)
+            return self._fetch(caller, need.tenant, need.service, need.uid, held=held)
         except Exception:
             d: Deferred = Deferred()
             d.errback(Failure())

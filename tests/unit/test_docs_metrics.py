@@ -22,7 +22,7 @@ _MAKERS = {
     "Gauge": ("gauge", 2, "labelnames"), "ReactorCounter": ("counter", 2, "labelnames"),
     "ReactorHistogram": ("histogram", 2, "labelnames"),
     "CallbackGauge": ("gauge", 2, "labelnames"), "CallbackCounter": ("counter", 2, "labelnames"),
-    "_CallbackCounter": ("counter", None, None),
+    "_CallbackCounter": ("counter", 3, "labels"),
     "CounterMetricFamily": ("counter", None, "labels"),
     "GaugeMetricFamily": ("gauge", None, "labels"),
     "HistogramMetricFamily": ("histogram", None, "labels"),

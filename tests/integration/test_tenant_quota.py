@@ -101,6 +101,18 @@ def test_objects_and_tombstones_count_up_to_the_bound_then_are_refused(store: St
     assert _stored(store) == _counted(store) == {"t1": 6, "t2": 1}
 
 
+def test_a_token_tombstoned_again_below_the_bound_is_not_counted_again(store: Store) -> None:
+    """A Revoke then a Destroy of one L4 (or two cores racing to revoke it) stores one
+    tombstone: the second is counted, then given back, in its own transaction or in the
+    same one."""
+    _object(store, "l3", level=LEVEL_SERVICE_KEY, version=1)
+    assert store.run_sync(lambda s: _tombstone(s, "tok0", "l3")) is True
+    assert store.run_sync(lambda s: _tombstone(s, "tok0", "l3")) is False
+    assert store.run_sync(lambda s: (_tombstone(s, "tok1", "l3"),
+                                     _tombstone(s, "tok1", "l3"))) == (True, False)
+    assert _stored(store) == _counted(store) == {"t1": 3, "t2": 0}
+
+
 def test_a_savepoint_rolled_back_takes_its_count_along(store: Store) -> None:
     """In one transaction (a group commit): a request that inserted and then failed
     leaves no count behind, so the next request of the group finds the room it freed."""

@@ -13,8 +13,9 @@
   deactivated; kcm-core re-wraps the tenant's keys and objects under the new one.
 * ``kcm core tenant list|show TENANT [--json]``, ``kcm core service list [TENANT] [--json]``:
   the tenants, a tenant's keys and objects, the service keys (every version); read only.
-* ``kcm core tenant limit TENANT [--max-objects N|default]``: set or show a tenant's bound
-  on what it stores (objects and L4 tombstones; kcm.core.store.quota).
+* ``kcm core tenant limit TENANT [--max-objects N|default] [--recount]``: set or show a
+  tenant's bound on what it stores (objects and L4 tombstones; kcm.core.store.quota);
+  ``--recount`` counts the rows again and corrects the kept count.
 * ``kcm core tenant remove TENANT --yes``: remove a tenant whose objects are all destroyed,
   with its key hierarchy (gateways are told; every L4 of its services stops working).
 * ``kcm core policy``, ``kcm core tenant policy TENANT``, ``kcm core service policy TENANT
@@ -106,6 +107,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-objects", metavar="N",
         help="objects and L4 tombstones the tenant may store (0: no bound; default: the "
              "core's [core.limits] max_objects_per_tenant)")
+    limit_tenant.add_argument(
+        "--recount", action="store_true",
+        help="count the tenant's objects and L4 tombstones again and correct its kept "
+             "count if it differs (audited RecountTenant)")
     _read_options(limit_tenant)
     limit_tenant.set_defaults(run=_inventory("run_tenant_limit"), prog="kcm core tenant limit")
 

@@ -443,6 +443,9 @@ def _delete_in_batches(args: argparse.Namespace, tenant: str, bound: int) -> tup
 
 #: The audit record's operation of ``kcm core tenant limit`` when it changes a bound.
 LIMIT_OPERATION = "SetTenantLimit"
+#: The audit record's operation of ``kcm core tenant limit --recount`` when the count it
+#: kept was not the tenant's rows (``detail``: ``was``, ``now``).
+RECOUNT_OPERATION = "RecountTenant"
 
 
 def _max_objects(text: str) -> int | None:
@@ -461,11 +464,30 @@ def run_tenant_limit(args: argparse.Namespace) -> int:
     from sqlalchemy import update
 
     from kcm.core.audit import AuditEvent, append_audit
+    from kcm.core.store import quota
     from kcm.core.store.repository import lock_writers
     from kcm.core.store.schema import Tenant
 
     config = core_config(args)
     default = config.limits.max_objects_per_tenant
+    if getattr(args, "recount", False):
+        def recount(session: Session, _keyring: object) -> tuple[int, int]:
+            _require_tenant(session, args.tenant)
+            lock_writers(session)  # (no insert or delete between the count and the update)
+            was, now = quota.recount(session, args.tenant)
+            if was != now:
+                append_audit(session, AuditEvent(
+                    principal=getattr(args, "prog", "kcm core tenant limit"),
+                    operation=RECOUNT_OPERATION, result_status="SUCCESS",
+                    correlation_id=f"cli-{int(time.time() * 1e6)}", source="cli",
+                    tenant=args.tenant, detail={"was": was, "now": now}))
+            return was, now
+
+        recounted = _with_keyring(args, recount)
+        if not args.json:
+            was, now = recounted
+            print(f"tenant {args.tenant}: count right ({now:,})" if was == now else
+                  f"tenant {args.tenant}: count corrected from {was:,} to {now:,}")
     if args.max_objects is not None:
         bound = _max_objects(args.max_objects)
 
@@ -485,6 +507,8 @@ def run_tenant_limit(args: argparse.Namespace) -> int:
         "tenant": args.tenant, **_stored(_require_tenant(session, args.tenant), default)},
         write=False)
     if args.json:
+        if getattr(args, "recount", False):
+            shown["recounted_from"] = recounted[0]
         print(json.dumps(shown, sort_keys=True))
     else:
         print(f"tenant {shown['tenant']}: {_bound_text(shown)}" + (

@@ -104,6 +104,35 @@ def test_tenant_limit_and_what_list_and_show_say_of_it(deployment: Path, capsys)
     assert kcm(capsys, "audit", "verify", "-c", config)[0] == 0
 
 
+def test_tenant_limit_recount_repairs_a_count_that_drifted(deployment: Path, capsys) -> None:
+    """A kept count that is not the tenant's rows (too high: refused for rows it does not
+    have; too low: the bound is not one) is counted again, set right and audited; a right
+    one is left alone, unaudited."""
+    import sqlite3
+
+    config = str(deployment)
+    database = deployment.parent / "kcm.db"
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE tenants SET stored = 40 WHERE name = 'demo'")
+    assert kcm(capsys, "core", "tenant", "limit", "demo", "--recount", "-c", config) == (
+        0, "tenant demo: count corrected from 40 to 3\n"
+           "tenant demo: stored 3 of 1,000,000 (the core's max_objects_per_tenant)\n", "")
+    assert kcm(capsys, "core", "tenant", "limit", "demo", "--recount", "-c", config)[1] \
+        .startswith("tenant demo: count right (3)\n")
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE tenants SET stored = 0 WHERE name = 'other'")
+    status, out, _ = kcm(capsys, "core", "tenant", "limit", "other", "--recount", "--json",
+                         "-c", config)
+    assert json.loads(out) == {"tenant": "other", "stored": 2, "bound": 1_000_000,
+                               "own_bound": False, "recounted_from": 0}
+    status, out, _ = kcm(capsys, "audit", "tail", "-n", "2", "-c", config)
+    assert [(r["operation"], r["tenant"], json.loads(r["detail"]) if isinstance(
+        r["detail"], str) else r["detail"]) for r in json_lines(out)] == [
+        ("RecountTenant", "demo", {"was": 40, "now": 3}),
+        ("RecountTenant", "other", {"was": 0, "now": 2})]
+    assert kcm(capsys, "audit", "verify", "-c", config)[0] == 0
+
+
 def test_tenant_remove(deployment: Path, capsys) -> None:
     status, _, err = kcm(capsys, "core", "tenant", "remove", "other", "-c", str(deployment))
     assert status == 2 and "run again with --yes" in err

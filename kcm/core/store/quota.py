@@ -25,16 +25,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import bindparam, event, select, update
+from sqlalchemy import bindparam, event, func, select, update
 from sqlalchemy.orm import Session
 
 from kcm.core.store.raw_statements import RawStatement
 from kcm.core.store.savepoints import on_rollback
-from kcm.core.store.schema import Tenant
+from kcm.core.store.schema import L4Tombstone, ManagedObject, Tenant
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
-__all__ = ["DEFAULT_MAX_OBJECTS", "MAX_OBJECTS_INFO", "bound_of", "charge", "release"]
+__all__ = ["DEFAULT_MAX_OBJECTS", "MAX_OBJECTS_INFO", "bound_of", "charge", "recount",
+           "release"]
 
 #: ``[core.limits] max_objects_per_tenant``'s default: high, but finite.
 DEFAULT_MAX_OBJECTS = 1_000_000
@@ -86,6 +87,24 @@ def release(session: Session, counts: Mapping[str, int]) -> None:
             _RAISE.execute(session, {"tenant": tenant, "by": -count})
             if held is not None:
                 held.pop(tenant, None)
+
+
+def recount(session: Session, tenant: str) -> tuple[int, int]:
+    """Count ``tenant``'s rows (managed objects and L4 tombstones) and set its kept count
+    to it, in this write transaction, which must hold the writers' lock (so that no insert
+    or delete of another transaction falls between the count and the update); (the count
+    kept before, the count now). What repairs a count that drifted from the rows (``kcm
+    core tenant limit --recount``)."""
+    counted = sum(session.scalar(select(func.count()).select_from(table).where(
+        table.tenant == tenant)) or 0 for table in (ManagedObject, L4Tombstone))
+    was = session.scalar(select(_tenants.c.stored).where(_tenants.c.name == tenant))
+    if was != counted:
+        session.execute(update(_tenants).where(_tenants.c.name == tenant)
+                        .values(stored=counted))
+    held = session.info.get(_HELD)
+    if held is not None:
+        held.pop(tenant, None)
+    return int(was or 0), counted
 
 
 def _forget(session: Session, *_: Any) -> None:

@@ -111,3 +111,27 @@ def test_a_re_key_of_a_service_key_by_request_is_refused_but_provisioning_is_not
     core.store.max_objects_per_tenant = bound + 2
     ok(call(core, (Operation.RE_KEY, ReKeyRequest(unique_identifier=l3)),
             principal=admin_principal())[0])
+
+
+def test_at_the_bound_what_stores_nothing_is_served(core: CoreHarness) -> None:
+    """docs/operations.md: a tenant at its bound still reads, revokes and destroys its
+    objects, and may revoke its service key as compromised (what stops every L4 under it
+    when a token cannot be tombstoned)."""
+    from kcm.core.store import repository
+    from kcm.kmip.payloads import DestroyRequest, GetRequest
+    from kcm.testing.requests import create_l4
+    from tests.core_support import admin_principal
+
+    made = ok(call(core, CREATE)[0]).unique_identifier
+    [l4] = call(core, (Operation.CREATE, create_l4().request_payload))
+    bound = _bound_at(core, 0)
+    got, revoked, destroyed, token = call(
+        core, (Operation.GET, GetRequest(unique_identifier=made)),
+        (Operation.REVOKE, revoke_request(made)),
+        (Operation.DESTROY, DestroyRequest(unique_identifier=made)),
+        (Operation.CREATE, create_l4().request_payload), continuation=CONTINUE)
+    ok(got), ok(revoked), ok(destroyed), ok(token)
+    _over(call(core, (Operation.REVOKE, revoke_request(ok(l4).unique_identifier)))[0], bound)
+    l3 = core.store.run_sync(lambda s: repository.find_l3(s, "demo", "app")[0].uid)
+    ok(call(core, (Operation.REVOKE, revoke_request(l3)), principal=admin_principal())[0])
+    assert _stored(core) == bound

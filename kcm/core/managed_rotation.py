@@ -35,6 +35,7 @@ from kcm.core.keyring import Keyring
 from kcm.core.keys import L1Error
 from kcm.core.operations.rekey import re_key
 from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL, ServerInfo
+from kcm.core.store.quota import AtBound
 from kcm.core.store.schema import STATE_ACTIVE, STATE_PRE_ACTIVE, ManagedObject
 from kcm.identity import Principal, Role
 from kcm.kernel.correlation import new_correlation_id
@@ -44,7 +45,7 @@ from kcm.kmip.messages import IdPlaceholder
 from kcm.kmip.payloads import ReKeyRequest
 from kcm.kmip.tags import Tag
 
-__all__ = ["ManagedRotation", "rotate_managed_due"]
+__all__ = ["AT_BOUND_RETRY_S", "ManagedRotation", "rotate_managed_due"]
 
 #: Managed keys rotated in one sweep at most (the rest wait for the next sweep).
 DEFAULT_LIMIT = 100
@@ -97,12 +98,18 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
             # one (a stored value no rotation can read): one key never stops the others.
             message = e.message if isinstance(e, KmipError) else (
                 f"internal error ({type(e).__name__})")
-            row.rotate_due = None
+            # But a tenant at its bound of stored objects is the operator's to end (a
+            # higher bound, a purge): tried again later, not at every sweep.
+            row.rotate_due = seconds + AT_BOUND_RETRY_S if isinstance(e, AtBound) else None
             session.flush()
             _audit(ctx, row.uid, None, {"error": message})
             done.append(ManagedRotation(row.tenant, row.uid, None, message))
     return done
 
+
+#: Seconds after which a key not rotated because its tenant was at its bound of stored
+#: objects (:class:`kcm.core.store.quota.AtBound`) is tried again.
+AT_BOUND_RETRY_S = 3600
 
 #: How many of the keys due longest one sweep reads at most, in limits (:func:`_due_in_turn`).
 WINDOW_LIMITS = 16

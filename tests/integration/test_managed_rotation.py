@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from kcm.core.managed_rotation import rotate_managed_due
-from kcm.core.store.schema import AuditLog
+from kcm.core.store.schema import AuditLog, Tenant
 from kcm.kmip.attributes import Attribute, Link
 from kcm.kmip.enums import LinkType, Operation, ResultReason, State
 from kcm.kmip.payloads import (
@@ -168,6 +168,29 @@ def test_a_key_that_cannot_be_rotated_does_not_stop_the_others(
     assert second.uid == fine and second.replacement and second.error is None
     assert row(core, broken).rotate_due is None
     assert sweep(core, int(time.time()) + 60) == []
+
+
+def test_a_key_not_rotated_at_its_tenant_s_bound_is_tried_again_an_hour_later(
+        core: CoreHarness) -> None:
+    """A tenant at its bound of stored objects (kcm.core.store.quota) is a state the
+    operator ends (a higher bound, a purge), not the key's fault: the key is tried again
+    an hour later, not dropped from rotation for good, and not at every sweep either."""
+    from kcm.core.managed_rotation import AT_BOUND_RETRY_S
+
+    uid = register(core, attributes=[PAST, *automatic(3600)])
+    stored = core.store.run_sync(lambda s: s.scalar(select(Tenant.stored).where(
+        Tenant.name == "demo")), write=False)
+    core.store.max_objects_per_tenant = stored
+    now = int(time.time())
+    [refused] = sweep(core, now)
+    assert (refused.uid, refused.replacement) == (uid, None)
+    assert refused.error == f"tenant demo is at its bound of {stored} stored objects " \
+        "(max_objects_per_tenant)"
+    assert row(core, uid).rotate_due == now + AT_BOUND_RETRY_S
+    assert sweep(core, now + AT_BOUND_RETRY_S - 1) == []
+    core.store.max_objects_per_tenant = stored + 1
+    [done] = sweep(core, now + AT_BOUND_RETRY_S)
+    assert done.uid == uid and done.replacement and done.error is None
 
 
 def test_a_key_not_rotated_for_want_of_l1_stays_due(core: CoreHarness, monkeypatch) -> None:

@@ -34,8 +34,8 @@ from kcm.core.store.schema import L4Tombstone, ManagedObject, Tenant
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
-__all__ = ["DEFAULT_MAX_OBJECTS", "MAX_OBJECTS_INFO", "bound_of", "charge", "recount",
-           "release"]
+__all__ = ["DEFAULT_MAX_OBJECTS", "MAX_OBJECTS_INFO", "AtBound", "bound_of", "charge",
+           "recount", "release"]
 
 #: ``[core.limits] max_objects_per_tenant``'s default: high, but finite.
 DEFAULT_MAX_OBJECTS = 1_000_000
@@ -49,6 +49,11 @@ _READ = RawStatement(select(_tenants.c.stored, _tenants.c.max_objects).where(
     _tenants.c.name == bindparam("tenant")), ["tenant"])
 _RAISE = RawStatement(update(_tenants).where(_tenants.c.name == bindparam("tenant"))
                       .values(stored=_tenants.c.stored + bindparam("by")), ["tenant", "by"])
+
+
+class AtBound(KmipError):
+    """Server Limit Exceeded: the tenant is at its bound (a state the operator ends, by a
+    higher bound or a purge; kcm.core.managed_rotation tries a key again later)."""
 
 
 def bound_of(own: int | None, info: Mapping[str, Any]) -> int:
@@ -72,9 +77,9 @@ def charge(session: Session, tenant: str, *, refuse: bool = True) -> None:
     if refuse:
         bound = bound_of(kept[1], info)
         if bound and kept[0] >= bound:
-            raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
-                            f"tenant {tenant} is at its bound of {bound} stored objects "
-                            "(max_objects_per_tenant)")
+            raise AtBound(ResultReason.SERVER_LIMIT_EXCEEDED,
+                          f"tenant {tenant} is at its bound of {bound} stored objects "
+                          "(max_objects_per_tenant)")
     _RAISE.send(session, {"tenant": tenant, "by": 1})
     kept[0] += 1
 

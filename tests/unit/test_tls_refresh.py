@@ -606,6 +606,39 @@ def test_a_crl_is_checked_against_the_ca_bundle_in_force_not_the_one_on_disk(
         refresher.stopService()
 
 
+def test_a_crl_of_the_ca_in_force_is_taken_while_a_renewal_on_disk_is_refused(
+        pki, tmp_path, logged) -> None:
+    """The other way round: the bundle on disk holds only a new CA (its renewal refused,
+    the key not the certificate's yet) and a new CRL file the old CA's CRL, which revokes
+    a client: the bundle in force is the old one, so that CRL is taken (checked against
+    the file on disk it was refused, and the client stayed unrevoked)."""
+    now = dt.datetime.now(dt.UTC)
+    old, new = load_ca(pki.ca), new_ca("New CA", now=now)
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(pki.ca.cert.read_bytes())
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(old, []).public_bytes(Encoding.PEM))
+    refresher = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(bundle), Clock(),
+                             interval=1, run_in_thread=run_inline, crl=str(crl),
+                             refusals=ConnectionRefusals())
+    refresher.startService()
+    try:
+        issued = _issue(pki, ca=new)
+        pki.core.key.write_bytes(private_key_pem(issued.key))  # (the certificate not yet)
+        bundle.write_bytes(certificate_pem(new.cert))
+        revoked = x509.load_pem_x509_certificate(pki.app.cert.read_bytes())
+        staged = tmp_path / "crl.new"
+        staged.write_bytes(issue_crl(old, [revoked]).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        refresher.refresh()
+        assert len(refresher.files.material.authorities) == 1  # (the old bundle in force)
+        [taken] = refresher.lists.crls
+        assert taken.issuer == old.cert.subject
+        assert [entry.serial_number for entry in taken] == [revoked.serial_number]
+    finally:
+        refresher.stopService()
+
+
 def test_a_look_now_takes_renewed_files_at_once_and_says_when_nothing_changed(
         pki, logged) -> None:
     """What SIGHUP does: a look without waiting for the tick, with the same checks and

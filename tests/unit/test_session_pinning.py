@@ -66,3 +66,42 @@ def test_a_connection_moved_to_another_server_session_is_refused() -> None:
     # Pinned by chance twice, then the pooler lends the first connection another session.
     connect, _ = connections([10, 10, 11, 11, 12, 30], [20, 21, 22])
     assert unpinned(connect) == f"{REFUSAL}; one connection moved from server session 12 to 30"
+
+
+class _ServerError(Exception):
+    """A psycopg error as the driver raises it: its SQLSTATE in ``sqlstate``."""
+
+    def __init__(self, message: str, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def test_only_a_protocol_violation_is_taken_for_a_statement_pooler(monkeypatch) -> None:
+    """A pooler in statement mode refuses the check's transaction (SQLSTATE 08P01): the
+    start is refused in words that say so. Any other error (the server down, a password
+    refused) is raised as it is, not called a pooler."""
+    import pytest
+
+    from kcm.core import session_pinning
+    from kcm.core.service import StartupError
+
+    class Store:
+        url = "postgresql+psycopg://kcm@db.invalid/kcm"
+        engine = object()
+
+    def failing(error: Exception) -> None:
+        def connect(_engine: object) -> None:
+            raise error
+        monkeypatch.setattr(session_pinning, "own_connection", connect)
+
+    failing(_ServerError("transaction blocks not allowed in statement pooling mode\nmore",
+                         "08P01"))
+    with pytest.raises(StartupError) as caught:
+        session_pinning.SessionPinning(Store()).startService()
+    assert str(caught.value) == (f"{REFUSAL}; the server refused a transaction: "
+                                 "transaction blocks not allowed in statement pooling mode")
+    down = _ServerError("connection refused", "08006")
+    failing(down)
+    with pytest.raises(_ServerError) as raised:
+        session_pinning.SessionPinning(Store()).startService()
+    assert raised.value is down

@@ -193,6 +193,25 @@ def test_a_key_not_rotated_at_its_tenant_s_bound_is_tried_again_an_hour_later(
     assert done.uid == uid and done.replacement and done.error is None
 
 
+def test_another_server_limit_leaves_the_key_out_of_rotation(core: CoreHarness,
+                                                             monkeypatch) -> None:
+    """Only the tenant's bound is waited out: another limit (an object's attributes) is
+    the key's own, and retrying it would fail alike."""
+    from kcm.core import managed_rotation
+    from kcm.kmip.errors import KmipError
+
+    uid = register(core, attributes=[PAST, *automatic(3600)])
+
+    def re_key(ctx, request):
+        raise KmipError(ResultReason.SERVER_LIMIT_EXCEEDED,
+                        "an object keeps at most 1088 attributes")
+
+    monkeypatch.setattr(managed_rotation, "re_key", re_key)
+    [refused] = sweep(core, int(time.time()))
+    assert refused.error == "an object keeps at most 1088 attributes"
+    assert row(core, uid).rotate_due is None
+
+
 def test_a_key_not_rotated_for_want_of_l1_stays_due(core: CoreHarness, monkeypatch) -> None:
     """L1 that cannot be used now (its token's session lost) is not the key's fault: the
     sweep's step fails, to be retried, and the key is still due."""

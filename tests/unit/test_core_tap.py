@@ -63,6 +63,13 @@ def test_audit_checkpoint_interval(tmp_path: Path) -> None:
             parse("--audit-checkpoint-interval", wrong)
 
 
+def test_the_sqlite_lock_waits_for_the_store_it_is_given() -> None:
+    """The SQLite file's lock is let go once the store's threads have ended
+    (kcm.core.sqlite_owner): only if the core's owner is given the core's store."""
+    core = tap.makeService(parse(), reactor=Clock())
+    assert core.getServiceNamed("kcm-sqlite-owner").store is core.getServiceNamed("kcm-store")
+
+
 def test_object_cache_size(tmp_path: Path) -> None:
     assert CoreConfig().object_cache_size == 10_000
     config_file = tmp_path / "core.toml"

@@ -132,3 +132,11 @@ def test_a_stop_with_a_timeout_leaves_a_call_that_does_not_end_behind() -> None:
     release.set()
     thread._thread.join(5)  # noqa: SLF001
     assert not thread._thread.is_alive()  # noqa: SLF001
+
+
+def test_a_thread_never_started_has_ended() -> None:
+    """What waits for its end (kcm.core.sqlite_owner, through the store) is not held by
+    a thread that never ran."""
+    fired: list[None] = []
+    WriterThread(Reactor(), "never-started").ended().addCallback(fired.append)  # type: ignore[arg-type]
+    assert fired == [None]

@@ -21,7 +21,7 @@ Each rotation is an ``AutoRotate`` audit record naming the attribute policy that
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -35,7 +35,7 @@ from kcm.core.keyring import Keyring
 from kcm.core.keys import L1Error
 from kcm.core.operations.rekey import re_key
 from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL, ServerInfo
-from kcm.core.store.quota import AtBound
+from kcm.core.store.quota import AtBound, at_bound
 from kcm.core.store.schema import STATE_ACTIVE, STATE_PRE_ACTIVE, ManagedObject
 from kcm.identity import Principal, Role
 from kcm.kernel.correlation import new_correlation_id
@@ -80,7 +80,9 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
     Interval is below ``min_rotate_interval`` (stored before the minimum was enforced, or
     raised since) is not rotated: its replacement would be refused."""
     seconds = int(now)
-    due = _due_in_turn(session, seconds, limit)
+    # A tenant at its bound of stored objects cannot take a replacement: its keys stay
+    # due, untried, until it has room (a higher bound, a purge), and take no turn.
+    due = _due_in_turn(session, seconds, limit, skip=at_bound(session))
     server_info = ServerInfo(min_rotate_interval=min_rotate_interval)
     done = []
     for row in due:
@@ -98,8 +100,8 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
             # one (a stored value no rotation can read): one key never stops the others.
             message = e.message if isinstance(e, KmipError) else (
                 f"internal error ({type(e).__name__})")
-            # But a tenant at its bound of stored objects is the operator's to end (a
-            # higher bound, a purge): tried again later, not at every sweep.
+            # But a tenant that reached its bound in this sweep (room for fewer keys than
+            # were due) is the operator's to end: tried again later.
             row.rotate_due = seconds + AT_BOUND_RETRY_S if isinstance(e, AtBound) else None
             session.flush()
             _audit(ctx, row.uid, None, {"error": message})
@@ -115,7 +117,8 @@ AT_BOUND_RETRY_S = 3600
 WINDOW_LIMITS = 16
 
 
-def _due_in_turn(session: Session, now: int, limit: int) -> list[ManagedObject]:
+def _due_in_turn(session: Session, now: int, limit: int, *,
+                 skip: Collection[str] = ()) -> list[ManagedObject]:
     """At most ``limit`` keys due at ``now``, the tenants taking turns: every tenant's
     oldest due key first (oldest first), then every tenant's second, and so on. A tenant
     with many keys due thus takes no more than another with as many, and only what the
@@ -125,13 +128,18 @@ def _due_in_turn(session: Session, now: int, limit: int) -> list[ManagedObject]:
     the index on ``rotate_due``, and the turns are taken among them: reading and sorting
     every key due (a window function over them all) held the writer 0.45 s every sweep
     with 256,000 keys due. While more are due than that, a tenant whose keys all came
-    due later than those waits for them to be rotated (100 a sweep by default)."""
+    due later than those waits for them to be rotated (100 a sweep by default).
+
+    The keys of the tenants in ``skip`` (those at their bound of stored objects) are
+    passed over, wherever they are in that order."""
+    query = select(ManagedObject.uid, ManagedObject.tenant, ManagedObject.rotate_due).where(
+        ManagedObject.rotate_due <= now, ManagedObject.level.is_(None),
+        ManagedObject.object_type == int(ObjectType.SYMMETRIC_KEY),
+        ManagedObject.state.in_((STATE_ACTIVE, STATE_PRE_ACTIVE)))
+    if skip:
+        query = query.where(ManagedObject.tenant.not_in(list(skip)))
     window = list(session.execute(
-        select(ManagedObject.uid, ManagedObject.tenant, ManagedObject.rotate_due).where(
-            ManagedObject.rotate_due <= now, ManagedObject.level.is_(None),
-            ManagedObject.object_type == int(ObjectType.SYMMETRIC_KEY),
-            ManagedObject.state.in_((STATE_ACTIVE, STATE_PRE_ACTIVE)),
-        ).order_by(ManagedObject.rotate_due).limit(WINDOW_LIMITS * limit)))
+        query.order_by(ManagedObject.rotate_due).limit(WINDOW_LIMITS * limit)))
     by_tenant: dict[str, list[tuple[int, str]]] = {}
     for uid, tenant, rotate_due in window:
         by_tenant.setdefault(tenant, []).append((rotate_due, uid))

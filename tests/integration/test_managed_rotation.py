@@ -170,27 +170,56 @@ def test_a_key_that_cannot_be_rotated_does_not_stop_the_others(
     assert sweep(core, int(time.time()) + 60) == []
 
 
-def test_a_key_not_rotated_at_its_tenant_s_bound_is_tried_again_an_hour_later(
+def _stored(core: CoreHarness, tenant: str = "demo") -> int:
+    return core.store.run_sync(lambda s: s.scalar(select(Tenant.stored).where(
+        Tenant.name == tenant)), write=False)
+
+
+def test_the_keys_of_a_tenant_at_its_bound_wait_for_room_and_take_no_turn(
         core: CoreHarness) -> None:
     """A tenant at its bound of stored objects (kcm.core.store.quota) is a state the
-    operator ends (a higher bound, a purge), not the key's fault: the key is tried again
-    an hour later, not dropped from rotation for good, and not at every sweep either."""
+    operator ends (a higher bound, a purge), not its keys' fault: they stay due, untried
+    (no failure, no audit record), without holding back another tenant's keys, and rotate
+    at the first sweep once there is room. (They were tried, refused and left out of
+    rotation for good.)"""
+    from tests.core_support import service_principal
+
+    waiting = register(core, attributes=[PAST, *automatic(3600)])
+    other = register(core, attributes=[PAST, *automatic(3600)],
+                     principal=service_principal("other", "app"))
+    due = row(core, waiting).rotate_due
+    bound = core.store.max_objects_per_tenant = _stored(core)
+    [rotated] = core.store.run_sync(lambda s: rotate_managed_due(
+        s, core.keyring, time.time(), limit=1))
+    assert (rotated.uid, rotated.error) == (other, None)
+    assert row(core, waiting).rotate_due == due
+    assert sweep(core, int(time.time())) == []
+    core.store.max_objects_per_tenant = bound + 1
+    [done] = sweep(core, int(time.time()))
+    assert done.uid == waiting and done.replacement and done.error is None
+
+
+def test_a_key_refused_at_the_bound_in_its_sweep_is_tried_again_an_hour_later(
+        core: CoreHarness) -> None:
+    """Room for fewer replacements than keys due: the key past the bound is refused in
+    the sweep (audited), and tried again an hour later, not left out of rotation."""
     from kcm.core.managed_rotation import AT_BOUND_RETRY_S
 
-    uid = register(core, attributes=[PAST, *automatic(3600)])
-    stored = core.store.run_sync(lambda s: s.scalar(select(Tenant.stored).where(
-        Tenant.name == "demo")), write=False)
-    core.store.max_objects_per_tenant = stored
+    keys = {register(core, attributes=[PAST, *automatic(3600)]) for _ in range(2)}
+    core.store.max_objects_per_tenant = _stored(core) + 1
     now = int(time.time())
-    [refused] = sweep(core, now)
-    assert (refused.uid, refused.replacement) == (uid, None)
-    assert refused.error == f"tenant demo is at its bound of {stored} stored objects " \
-        "(max_objects_per_tenant)"
-    assert row(core, uid).rotate_due == now + AT_BOUND_RETRY_S
+    done, refused = sweep(core, now)  # (the two equally due: either first)
+    assert {done.uid, refused.uid} == keys and done.error is None
+    assert refused.replacement is None
+    second = refused.uid
+    assert refused.error == f"tenant demo is at its bound of {_stored(core)} stored " \
+        "objects (max_objects_per_tenant)"
+    assert row(core, second).rotate_due == now + AT_BOUND_RETRY_S
+    core.store.max_objects_per_tenant += 2
     assert sweep(core, now + AT_BOUND_RETRY_S - 1) == []
-    core.store.max_objects_per_tenant = stored + 1
-    [done] = sweep(core, now + AT_BOUND_RETRY_S)
-    assert done.uid == uid and done.replacement and done.error is None
+    # (done's replacement, of a Rotate Interval of an hour, is due then too)
+    again = {r.uid: r for r in sweep(core, now + AT_BOUND_RETRY_S)}
+    assert again[second].replacement and again[second].error is None
 
 
 def test_another_server_limit_leaves_the_key_out_of_rotation(core: CoreHarness,

@@ -34,8 +34,8 @@ from kcm.core.store.schema import L4Tombstone, ManagedObject, Tenant
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
-__all__ = ["DEFAULT_MAX_OBJECTS", "MAX_OBJECTS_INFO", "AtBound", "bound_of", "charge",
-           "recount", "release"]
+__all__ = ["DEFAULT_MAX_OBJECTS", "MAX_OBJECTS_INFO", "AtBound", "at_bound", "bound_of",
+           "charge", "recount", "release"]
 
 #: ``[core.limits] max_objects_per_tenant``'s default: high, but finite.
 DEFAULT_MAX_OBJECTS = 1_000_000
@@ -60,6 +60,14 @@ def bound_of(own: int | None, info: Mapping[str, Any]) -> int:
     """A tenant's bound: its own (``tenants.max_objects``) if set, else the core's; 0:
     none."""
     return own if own is not None else int(info.get(MAX_OBJECTS_INFO) or 0)
+
+
+def at_bound(session: Session) -> list[str]:
+    """The tenants at their bound, in this write transaction (one read of ``tenants``, a
+    row a tenant: the operator's number): none of them may store one more object now."""
+    t = _tenants.c
+    bound = func.coalesce(t.max_objects, int(session.info.get(MAX_OBJECTS_INFO) or 0))
+    return list(session.scalars(select(t.name).where(bound > 0, t.stored >= bound)))
 
 
 def charge(session: Session, tenant: str, *, refuse: bool = True) -> None:

@@ -92,13 +92,35 @@ def test_objects_and_tombstones_count_up_to_the_bound_then_are_refused(store: St
     message = _refused(store, lambda s: _insert(s, "over"))
     assert message == "tenant t1 is at its bound of 5 stored objects (max_objects_per_tenant)"
     assert message.isascii()
-    _refused(store, lambda s: _tombstone(s, "tok1", "l3"))
     # A token already tombstoned is answered again (Revoke then Destroy), not refused.
     assert store.run_sync(lambda s: _tombstone(s, "tok0", "l3")) is False
     # A service key (rotation, provisioning) is counted, never refused.
     _object(store, "l3-v2", level=LEVEL_SERVICE_KEY, version=2)
     _object(store, "elsewhere", tenant="t2")  # another tenant's bound is its own
     assert _stored(store) == _counted(store) == {"t1": 6, "t2": 1}
+
+
+def test_tombstones_are_refused_only_past_the_revocation_headroom(store: Store) -> None:
+    """A tenant at its bound can still revoke L4 tokens (a compromised one above all):
+    their tombstones are refused only a headroom past the bound (a tenth of it, at least
+    1,000), so a tenant's revocations, too, have an end."""
+    from kcm.core.store.quota import REVOCATION_HEADROOM_MIN, revocation_headroom
+
+    assert REVOCATION_HEADROOM_MIN == 1000
+    assert revocation_headroom(5) == 1000
+    assert revocation_headroom(1_000_000) == 100_000
+    _object(store, "l3", level=LEVEL_SERVICE_KEY, version=1)
+    for n in range(4):
+        _object(store, f"o{n}")
+    _refused(store, lambda s: _insert(s, "over"))  # at the bound
+    store.run_sync(lambda s: [_tombstone(s, f"tok{n}", "l3") for n in range(1000)])
+    assert _stored(store) == _counted(store) == {"t1": 1005, "t2": 0}
+    message = _refused(store, lambda s: _tombstone(s, "tok-over", "l3"))
+    assert message == ("tenant t1 is at its bound of 5 stored objects "
+                       "(max_objects_per_tenant) and 1000 more for L4 revocations")
+    assert message.isascii()
+    assert store.run_sync(lambda s: _tombstone(s, "tok7", "l3")) is False  # already one
+    assert _stored(store) == _counted(store) == {"t1": 1005, "t2": 0}
 
 
 def test_a_token_tombstoned_again_below_the_bound_is_not_counted_again(store: Store) -> None:

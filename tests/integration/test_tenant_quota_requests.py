@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from kcm.core.store.schema import AuditLog, Tenant
 from kcm.kmip.enums import BatchErrorContinuationOption, ObjectType, Operation, ResultReason
@@ -77,17 +77,26 @@ def test_a_key_pair_with_one_row_left_fails_whole_and_leaves_it(core: CoreHarnes
     assert _stored(core) == bound
 
 
-def test_an_l4_revoke_is_refused_at_the_bound(core: CoreHarness) -> None:
+def test_an_l4_revoke_is_served_at_the_bound_and_refused_past_its_headroom(
+        core: CoreHarness) -> None:
+    from kcm.core.store.quota import revocation_headroom
     from kcm.testing.requests import create_l4
 
-    [made] = call(core, (Operation.CREATE, create_l4().request_payload))
-    token = ok(made).unique_identifier
-    assert token.startswith("l4.")
+    tokens = [ok(made).unique_identifier for made in call(
+        core, *[(Operation.CREATE, create_l4().request_payload)] * 2)]
+    assert all(token.startswith("l4.") for token in tokens)
     bound = _bound_at(core, 0)  # an L4 itself stores nothing: Create answers
-    _over(call(core, (Operation.REVOKE, revoke_request(token)))[0], bound)
-    core.store.max_objects_per_tenant = bound + 1
-    ok(call(core, (Operation.REVOKE, revoke_request(token)))[0])
+    ok(call(core, (Operation.REVOKE, revoke_request(tokens[0])))[0])
     assert _stored(core) == bound + 1
+    # Past the headroom (the count set there by hand: a thousand revocations otherwise).
+    extra = revocation_headroom(bound)
+    core.store.run_sync(lambda s: s.execute(update(Tenant).where(Tenant.name == "demo")
+                                            .values(stored=bound + extra)))
+    [refused] = call(core, (Operation.REVOKE, revoke_request(tokens[1])))
+    failed(refused, ResultReason.SERVER_LIMIT_EXCEEDED)
+    assert refused.result_message == (MESSAGE.format(bound)
+                                      + f" and {extra} more for L4 revocations")
+    ok(call(core, (Operation.REVOKE, revoke_request(tokens[0])))[0])  # already revoked
 
 
 def test_a_re_key_of_a_service_key_by_request_is_refused_but_provisioning_is_not(
@@ -115,8 +124,8 @@ def test_a_re_key_of_a_service_key_by_request_is_refused_but_provisioning_is_not
 
 def test_at_the_bound_what_stores_nothing_is_served(core: CoreHarness) -> None:
     """docs/operations.md: a tenant at its bound still reads, revokes and destroys its
-    objects, and may revoke its service key as compromised (what stops every L4 under it
-    when a token cannot be tombstoned)."""
+    objects, revokes its L4 tokens (within the revocation headroom), and may revoke its
+    service key as compromised (what stops every L4 under it)."""
     from kcm.core.store import repository
     from kcm.kmip.payloads import DestroyRequest, GetRequest
     from kcm.testing.requests import create_l4
@@ -131,7 +140,8 @@ def test_at_the_bound_what_stores_nothing_is_served(core: CoreHarness) -> None:
         (Operation.DESTROY, DestroyRequest(unique_identifier=made)),
         (Operation.CREATE, create_l4().request_payload), continuation=CONTINUE)
     ok(got), ok(revoked), ok(destroyed), ok(token)
-    _over(call(core, (Operation.REVOKE, revoke_request(ok(l4).unique_identifier)))[0], bound)
+    ok(call(core, (Operation.REVOKE, revoke_request(ok(l4).unique_identifier)))[0])
+    assert _stored(core) == bound + 1  # (its tombstone)
     l3 = core.store.run_sync(lambda s: repository.find_l3(s, "demo", "app")[0].uid)
     ok(call(core, (Operation.REVOKE, revoke_request(l3)), principal=admin_principal())[0])
-    assert _stored(core) == bound
+    assert _stored(core) == bound + 1

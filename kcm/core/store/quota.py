@@ -12,7 +12,9 @@ count has reached the tenant's bound: ``tenants.max_objects`` when set (``kcm co
 limit``), else the core's ``[core.limits] max_objects_per_tenant`` (the store puts it in
 each write transaction's ``info``, :data:`MAX_OBJECTS_INFO`); 0 is no bound. Tenant and
 service keys are counted, and refused only when a request makes them (a Re-key):
-provisioning and automatic rotation must not fail.
+provisioning and automatic rotation must not fail. An L4 tombstone (a Revoke or Destroy of
+an L4 token) is refused only a :func:`revocation_headroom` past the bound, so that a tenant
+at its bound can still revoke a compromised token.
 
 Exact, on one core or several: the count is read (once per transaction and tenant, then
 kept in memory) under the writers' lock, which every write transaction of every core
@@ -34,11 +36,13 @@ from kcm.core.store.schema import L4Tombstone, ManagedObject, Tenant
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 
-__all__ = ["DEFAULT_MAX_OBJECTS", "MAX_OBJECTS_INFO", "AtBound", "at_bound", "bound_of",
-           "charge", "recount", "release"]
+__all__ = ["DEFAULT_MAX_OBJECTS", "MAX_OBJECTS_INFO", "REVOCATION_HEADROOM_MIN", "AtBound",
+           "at_bound", "bound_of", "charge", "recount", "release"]
 
 #: ``[core.limits] max_objects_per_tenant``'s default: high, but finite.
 DEFAULT_MAX_OBJECTS = 1_000_000
+#: L4 tombstones a tenant at its bound may still store, at least (:func:`revocation_headroom`).
+REVOCATION_HEADROOM_MIN = 1000
 #: ``Session.info``: the core's ``max_objects_per_tenant`` (absent or 0: no bound).
 MAX_OBJECTS_INFO = "kcm.store.max_objects"
 #: ``Session.info``: tenant -> [stored, own bound or None], read in this transaction.
@@ -70,10 +74,18 @@ def at_bound(session: Session) -> list[str]:
     return list(session.scalars(select(t.name).where(bound > 0, t.stored >= bound)))
 
 
-def charge(session: Session, tenant: str, *, refuse: bool = True) -> None:
+def revocation_headroom(bound: int) -> int:
+    """How far past its ``bound`` a tenant may still store L4 tombstones: a tenant at its
+    bound can still revoke compromised L4 tokens (a tenth of the bound, at least 1,000)."""
+    return max(REVOCATION_HEADROOM_MIN, bound // 10)
+
+
+def charge(session: Session, tenant: str, *, refuse: bool = True,
+           revocation: bool = False) -> None:
     """One more row of ``tenant``'s is being inserted in this (write) transaction, which
     holds the writers' lock: count it; with ``refuse``, first raise Server Limit Exceeded
-    if the tenant is at its bound (nothing is counted then)."""
+    if the tenant is at its bound (nothing is counted then). A ``revocation`` (an L4
+    tombstone) is refused only past the bound's :func:`revocation_headroom`."""
     info = session.info
     held = info.get(_HELD)
     if held is None:
@@ -85,9 +97,16 @@ def charge(session: Session, tenant: str, *, refuse: bool = True) -> None:
     if refuse:
         bound = bound_of(kept[1], info)
         if bound and kept[0] >= bound:
-            raise AtBound(ResultReason.SERVER_LIMIT_EXCEEDED,
-                          f"tenant {tenant} is at its bound of {bound} stored objects "
-                          "(max_objects_per_tenant)")
+            setting = "max_objects_per_tenant" if kept[1] is None else "kcm core tenant limit"
+            if not revocation:
+                raise AtBound(ResultReason.SERVER_LIMIT_EXCEEDED,
+                              f"tenant {tenant} is at its bound of {bound} stored objects "
+                              f"({setting})")
+            extra = revocation_headroom(bound)
+            if kept[0] >= bound + extra:
+                raise AtBound(ResultReason.SERVER_LIMIT_EXCEEDED,
+                              f"tenant {tenant} is at its bound of {bound} stored objects "
+                              f"({setting}) and {extra} more for L4 revocations")
     _RAISE.send(session, {"tenant": tenant, "by": 1})
     kept[0] += 1
 

@@ -1094,10 +1094,10 @@ def add_tombstone(
 ) -> bool:
     """Record that L4 token ``token_id`` is revoked/destroyed; False if it already was.
     A new tombstone counts against its tenant's bound (:func:`kcm.core.store.quota.charge`:
-    Server Limit Exceeded at the bound, unless the token already has one)."""
+    Server Limit Exceeded a headroom past the bound, unless the token already has one)."""
     lock_writers(session)
     try:
-        quota.charge(session, tenant)
+        quota.charge(session, tenant, revocation=True)
     except KmipError:
         if is_tombstoned(session, token_id):
             return False

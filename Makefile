@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # virtualenv installed before that still needs the checkout on PYTHONPATH: keep it here.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install constraints test bytecode lint bench bench-locate bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk run clean
+.PHONY: install constraints test bytecode lint bench bench-locate bench-core bench-core-pg bench-gateway bench-workers bench-fairness bench-cluster bench-sdk bench-soak run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -122,6 +122,14 @@ bench-cluster: $(STAMP)
 ## docs/benchmarks.md.
 bench-sdk: $(STAMP)
 	$(BIN)/python benchmarks/sdk_bench.py
+
+## A long run of kcm-core (SQLite) and kcm-gateway (workers = 2) under a mixed load, with
+## SIGHUPs, TLS file rewrites, service key rotations and worker kills, sampling what the
+## processes and the database hold (28 minutes; MINUTES=N for another length);
+## docs/benchmarks.md.
+MINUTES ?= 28
+bench-soak: $(STAMP)
+	$(BIN)/python benchmarks/soak_bench.py --minutes $(MINUTES)
 
 ## kcm-core (KMIP 127.0.0.1:5696, gateway link 127.0.0.1:5697) and kcm-gateway (KMIP
 ## 127.0.0.1:5698), with a development PKI (var/pki), an embedded SQLite store

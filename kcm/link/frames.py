@@ -565,13 +565,15 @@ KEYS_DIGEST_SIZE = 32
 def _digest_misplaced(frame: Frame) -> str | None:
     """Why a frame's KeysDigest breaks the rules (None: it does not): only in a
     FETCH_SERVICE_KEY or a SERVICE_KEYS, of :data:`KEYS_DIGEST_SIZE` bytes, and in a
-    SERVICE_KEYS alone (no ServiceKey, no refusal: it says "unchanged")."""
+    SERVICE_KEYS alone (no ServiceKey, no refusal, no Tenant or Service: it says
+    "unchanged")."""
     if frame.type not in (FrameType.FETCH_SERVICE_KEY, FrameType.SERVICE_KEYS):
         return f"KeysDigest in a {frame.type.name} frame"
     if len(frame.keys_digest or b"") != KEYS_DIGEST_SIZE:
         return f"a KeysDigest of {len(frame.keys_digest or b'')} bytes"
     if frame.type is FrameType.SERVICE_KEYS and (
-            frame.service_keys or frame.error is not None or frame.result_reason is not None):
+            frame.service_keys or frame.error is not None or frame.result_reason is not None
+            or frame.tenant is not None or frame.service is not None):
         return "a SERVICE_KEYS with a KeysDigest carries nothing else"
     return None
 

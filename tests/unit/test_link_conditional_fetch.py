@@ -104,6 +104,13 @@ def test_the_gateway_says_what_it_holds_only_to_a_core_of_version_8(core_version
                                                  stream_id=fetch.stream_id,
                                                  service_keys=[KEY])))
         assert got == [[KEY]]
+        # Sent no digest, it takes no "unchanged", even one of the digest it holds.
+        client.fetch_service_keys(APP, "demo", "app", held=HELD).addBoth(got.append)
+        [fetch] = frames_in(transport)
+        protocol.dataReceived(encode_frame(Frame(FrameType.SERVICE_KEYS,
+                                                 stream_id=fetch.stream_id,
+                                                 keys_digest=HELD)))
+        assert isinstance(got[-1].value, LinkError)
     else:
         assert fetch.keys_digest == HELD
         protocol.dataReceived(encode_frame(Frame(FrameType.SERVICE_KEYS,
@@ -264,6 +271,15 @@ def test_a_caller_no_longer_allowed_is_refused_and_audited(core: CoreHarness) ->
      "carries nothing else"),
     (Frame(FrameType.SERVICE_KEYS, stream_id=1, keys_digest=HELD, error="no",
            result_reason=1), "carries nothing else"),
+    (Frame(FrameType.SERVICE_KEYS, stream_id=1, keys_digest=HELD, error="no"),
+     "carries nothing else"),
+    (Frame(FrameType.SERVICE_KEYS, stream_id=1, keys_digest=HELD, result_reason=1),
+     "carries nothing else"),
+    # "Unchanged" is the KeysDigest alone: not a refusal's Tenant and Service beside it.
+    (Frame(FrameType.SERVICE_KEYS, stream_id=1, keys_digest=HELD, tenant="demo"),
+     "carries nothing else"),
+    (Frame(FrameType.SERVICE_KEYS, stream_id=1, keys_digest=HELD, service="app"),
+     "carries nothing else"),
 ])
 def test_a_keys_digest_out_of_place_is_a_broken_frame(frame: Frame, why: str) -> None:
     with pytest.raises(FrameError, match=why):

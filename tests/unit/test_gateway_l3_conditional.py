@@ -180,3 +180,32 @@ def test_a_rotation_while_the_fetch_is_out_fetches_the_whole_answer(core, clock)
     assert core.sent[-1] == (None, None)
     assert cache.current("demo", "app") == V2
     assert cache.refreshes_unchanged.value == 0
+
+
+def test_a_version_dropped_while_the_fetch_is_out_fetches_the_whole_answer(core,
+                                                                           clock) -> None:
+    """What is held no longer has the answer's version: nothing to take as the answer."""
+    cache = cache_of(core, clock)
+    core.hold = []
+    refresh(cache, clock)
+    [answer] = core.hold
+    core.keys = [replace(V2, tombstones=frozenset())]
+    cache.apply_event(1, EventKind.L3_STATE.value, "demo",
+                      {"unique_identifier": V1.uid, "service": "app",
+                       "state": int(State.COMPROMISED)})
+    core.hold = None
+    answer.callback(None)  # "unchanged": read before the compromise
+    assert core.sent[-1] == (None, None)
+    assert cache.fetches_running == 0
+    assert cache.current("demo", "app") == V2 and not cache.holds(V1.uid)
+    assert cache.refreshes_unchanged.value == 0
+
+
+def test_a_version_held_is_refreshed_by_uid_as_held(core, clock) -> None:
+    cache = cache_of(core, clock)
+    done: list = []
+    cache.ensure([Need(uid=V1.uid)], APP).addCallback(done.append)
+    assert done == [{}]
+    assert core.sent[-1] == (V1.uid, keys_digest([replace(V1, tombstones=frozenset())]))
+    assert cache.refreshes_unchanged.value == 1
+    assert cache.by_uid(V1.uid, APP) == V1

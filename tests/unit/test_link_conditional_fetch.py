@@ -136,11 +136,15 @@ class _SyncStore:
 
     def __init__(self, core: CoreHarness) -> None:
         self.core = core
+        #: How each transaction ran: ("run", write) or ("run_answer", True).
+        self.calls: list[tuple[str, bool]] = []
 
     def run(self, fn, *, write: bool = True):
+        self.calls.append(("run", write))
         return succeed(self.core.store.run_sync(fn, write=write))
 
     def run_answer(self, fn):
+        self.calls.append(("run_answer", True))
         return succeed(self.core.store.run_sync(fn))
 
 
@@ -152,8 +156,9 @@ class Linked:
         self.core = core
         self.clock = Clock()
         self.clock.advance(time.time())
+        self.store = _SyncStore(core)
         self.factory = LinkServerFactory(
-            handler=core.handler, store=_SyncStore(core),  # type: ignore[arg-type]
+            handler=core.handler, store=self.store,  # type: ignore[arg-type]
             keyring=core.keyring, fanout=_NoEvents(self.clock),
             resolve_peer=lambda transport: GATEWAY, trust_domain=TRUST_DOMAIN,
             subject_map=None, clock=self.clock, lineage=lambda: LINEAGE)
@@ -213,6 +218,24 @@ def test_an_unchanged_refresh_writes_no_audit_record_and_a_change_is_fetched(
     linked.refresh()  # and then it is unchanged again
     assert linked.factory.refreshes == {"unchanged": 4, "changed": 1}
     assert len(linked.audited()) == 2
+
+
+def test_an_unchanged_refresh_is_a_read_and_a_change_is_fetched_ordered_with_the_events(
+        core: CoreHarness) -> None:
+    """The judgement takes no writers' lock (a read transaction); a change is fetched as
+    every fetch is, handed over before any event committed after it (Store.run_answer)."""
+    linked = Linked(core)
+    linked.cache.prewarm("demo", "app", APP)
+    linked.pump.flush()
+    assert linked.store.calls == [("run_answer", True)]
+    linked.refresh()
+    assert linked.store.calls[1:] == [("run", False)]
+    key = linked.cache.current("demo", "app")
+    core.store.run_sync(lambda session: repository.add_tombstone(
+        session, token_id="ab" * 16, tenant="demo", l3_uid=key.uid, reason="revoked"))
+    linked.refresh()
+    assert linked.store.calls[2:] == [("run", False), ("run_answer", True)]
+    assert linked.cache.is_tombstoned("ab" * 16)
 
 
 def test_a_gateway_whose_tenant_was_taken_out_of_its_scope_is_refused_at_its_refresh(

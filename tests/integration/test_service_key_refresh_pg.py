@@ -1,0 +1,72 @@
+"""Conditional fetches (link version 8) over a PostgreSQL store: the core's judgement runs in
+a real read-only transaction there (SET TRANSACTION READ ONLY: a rule that wrote would
+fail), an unchanged refresh writes no FetchServiceKey record, and a change no event told
+the gateway of is fetched in full, audited. The gateway's L3 cache is linked to the core's
+link server in memory (tests/unit/test_link_conditional_fetch.py)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kcm.core.hierarchy import provision_service, provision_tenant
+from kcm.core.keyring import Keyring
+from kcm.core.request_handler import CoreRequestHandler
+from kcm.core.store import repository
+from kcm.core.store.engine import Store
+from kcm.core.store.migrate import upgrade
+from kcm.testing.postgres import fresh_database
+from tests.core_support import CoreHarness, service_principal
+from tests.unit.test_link_conditional_fetch import Linked
+
+_databases = itertools.count()
+APP = service_principal()
+
+
+@pytest.fixture
+def pg_core(postgres_url: str) -> Iterator[CoreHarness]:
+    """The ``core`` fixture's harness (demo/app provisioned) on a fresh PostgreSQL database."""
+    url = fresh_database(postgres_url, f"kcm_refresh_{os.getpid()}_{next(_databases)}")
+    upgrade(url)
+    store = Store(url)
+    store.startService()
+    keyring = Keyring(os.urandom(32))
+    store.audit_key = keyring.audit_key
+    now = int(time.time())
+
+    def bootstrap(session):
+        provision_tenant(session, keyring, "demo", now=now)
+        provision_service(session, keyring, "demo", "app", now=now)
+
+    store.run_sync(bootstrap)
+    try:
+        yield CoreHarness(store, keyring, CoreRequestHandler(store, keyring, clock=time.time))
+    finally:
+        store.stopService()
+        store.engine.dispose()
+
+
+def test_an_unchanged_refresh_is_a_read_and_a_change_is_fetched_audited(
+        pg_core: CoreHarness) -> None:
+    linked = Linked(pg_core)
+    linked.cache.prewarm("demo", "app", APP)
+    linked.pump.flush()
+    key = linked.cache.current("demo", "app")
+    linked.refresh()
+    linked.refresh()
+    assert linked.factory.refreshes == {"unchanged": 2, "changed": 0}
+    assert linked.store.calls[1:] == [("run", False), ("run", False)]
+    assert len(linked.audited()) == 1
+    pg_core.store.run_sync(lambda session: repository.add_tombstone(
+        session, token_id="ab" * 16, tenant="demo", l3_uid=key.uid, reason="revoked"))
+    linked.refresh()
+    assert linked.cache.is_tombstoned("ab" * 16)
+    assert linked.factory.refreshes == {"unchanged": 2, "changed": 1}
+    assert [row.result_status for row in linked.audited()] == ["SUCCESS", "SUCCESS"]
+    linked.refresh()
+    assert linked.factory.refreshes == {"unchanged": 3, "changed": 1}
+    assert linked.cache.current("demo", "app") == key

@@ -95,7 +95,8 @@ Conditional fetches (link version 8; with ``conditional``, as kcm-gateway runs i
 fetch of something held (a refresh, mostly) says what is held, as the digest of the answer
 that would leave it exactly so (:meth:`L3Cache._held_answer`: each version as held, its
 state as the events left it, with the tombstones held of it, or none for an overflowed
-one; a service's versions as its last answer listed them). The core answers
+one and for one whose do not fit in the answer, by the core's rule; a service's versions
+as its last answer listed them). The core answers
 :class:`~kcm.link.keys_digest.Unchanged` when its answer would be exactly that, and the
 cache then takes, as that answer, what it holds, if it still holds exactly that and no
 event said meanwhile that the service has a version to fetch (an "unchanged" is not
@@ -142,6 +143,7 @@ from kcm.l4.authorize import (
 from kcm.l4.opened_keys import OpenedKeys
 from kcm.l4.service_key import DESTROYED_STATES, WITHOUT_MATERIAL_STATES, ServiceKey
 from kcm.link.events import EventKind
+from kcm.link.frames import MAX_SENT_TOMBSTONES
 from kcm.link.keys_digest import Unchanged, keys_digest
 from kcm.metrics import Tally
 
@@ -705,23 +707,37 @@ class L3Cache:
         it), with the tombstones held of it, or none (absent) for an overflowed one."""
         if need.uid is not None:
             held = self._keys.get(need.uid)
-            return None if held is None else [self._as_sent(held.key)]
+            return None if held is None else self._as_sent([held.key])
         state = self._services.get((need.tenant, need.service))
         if state is None or not state.answered:
             return None
-        answer = []
+        keys = []
         for uid in state.answered:
             held = self._keys.get(uid)
             if held is None:
                 return None
-            answer.append(self._as_sent(held.key))
-        return answer
+            keys.append(held.key)
+        return self._as_sent(keys)
 
-    def _as_sent(self, key: ServiceKey) -> ServiceKey:
-        """Held version ``key`` as a SERVICE_KEYS would carry it to leave it so."""
-        uid = key.uid
-        return replace(key, tombstones=None if uid in self.overflowed
-                       else frozenset(self._tombstones_of.get(uid, ())))
+    def _as_sent(self, keys: list[ServiceKey]) -> list[ServiceKey]:
+        """Held versions ``keys``, in order, as a SERVICE_KEYS would carry them to leave them
+        so: each with the tombstones held of it, or none (absent) for an overflowed one and
+        for one whose do not fit in what is left of the answer's
+        :data:`~kcm.link.frames.MAX_SENT_TOMBSTONES` (the core's rule, newest first: a
+        version held before its tombstones outgrew an answer is sent without them, and
+        keeps those held, with the events'; :meth:`_learn_tombstones`)."""
+        room = MAX_SENT_TOMBSTONES
+        answer = []
+        for key in keys:
+            tombstones: frozenset[str] | None = None
+            if key.uid not in self.overflowed:
+                tombstones = frozenset(self._tombstones_of.get(key.uid, ()))
+                if len(tombstones) > room:
+                    tombstones = None
+                else:
+                    room -= len(tombstones)
+            answer.append(replace(key, tombstones=tombstones))
+        return answer
 
     def _finished(self, fetch: _Fetch, error: KmipError | None) -> None:
         """``fetch`` answered (``error``: why it failed): its tenant's next fetch starts,

@@ -16,6 +16,7 @@ from kcm.gateway.l3_cache import L3Cache, Need
 from kcm.kmip.enums import State
 from kcm.l4.service_key import ServiceKey
 from kcm.link.events import EventKind
+from kcm.link.frames import MAX_SENT_TOMBSTONES
 from kcm.link.keys_digest import Unchanged, keys_digest
 from tests.core_support import service_principal
 
@@ -209,3 +210,48 @@ def test_a_version_held_is_refreshed_by_uid_as_held(core, clock) -> None:
     assert core.sent[-1] == (V1.uid, keys_digest([replace(V1, tombstones=frozenset())]))
     assert cache.refreshes_unchanged.value == 1
     assert cache.by_uid(V1.uid, APP) == V1
+
+
+def _revoked(cache: L3Cache, uid: str, count: int, first: int = 0) -> frozenset[str]:
+    """``count`` l4.tombstone events under ``uid``; their TokenIds."""
+    tokens = [f"{n:032x}" for n in range(first, first + count)]
+    for n, token in enumerate(tokens):
+        cache.apply_event(first + n + 1, EventKind.L4_TOMBSTONE.value, "demo",
+                          {"token_id": token, "unique_identifier": uid})
+    return frozenset(tokens)
+
+
+def test_a_held_version_past_the_tombstones_an_answer_carries_is_said_without_them(
+        core, clock) -> None:
+    """A version held before its tombstones outgrew an answer's MAX_SENT_TOMBSTONES: the
+    core now sends it without them (the gateway keeps those it holds, and the events add
+    the rest), so that is what the refresh says it holds, or no refresh of it would ever
+    be unchanged again."""
+    cache = cache_of(core, clock)
+    _revoked(cache, V1.uid, MAX_SENT_TOMBSTONES + 1)
+    assert cache.overflowed == set()
+    core.keys = [replace(V1, tombstones=None)]  # what the core sends now
+    refresh(cache, clock)
+    assert core.sent[-1] == (None, keys_digest(core.keys))
+    assert cache.refreshes_unchanged.value == 1
+    assert cache.overflowed == set() and cache.is_tombstoned(f"{0:032x}")
+    cache.ensure([Need(uid=V1.uid)], APP)  # (by uid: the whole room for the one version)
+    assert core.sent[-1] == (V1.uid, keys_digest(core.keys))
+
+
+def test_the_tombstones_of_an_answer_share_its_room_newest_version_first(core,
+                                                                        clock) -> None:
+    cache = cache_of(core, clock)
+    core.keys = [replace(V2, tombstones=frozenset()), replace(V1, tombstones=frozenset())]
+    refresh(cache, clock)
+    newer = _revoked(cache, V2.uid, 600)
+    older = _revoked(cache, V1.uid, 500, first=600)
+    core.keys = [replace(V2, tombstones=newer), replace(V1, tombstones=None)]
+    refresh(cache, clock)
+    assert core.sent[-1] == (None, keys_digest(core.keys))
+    assert cache.refreshes_unchanged.value == 1
+    # By uid, the older version's fit.
+    core.keys = [replace(V2, tombstones=newer), replace(V1, tombstones=older)]
+    cache.ensure([Need(uid=V1.uid)], APP)
+    assert core.sent[-1] == (V1.uid, keys_digest([core.keys[1]]))
+    assert cache.refreshes_unchanged.value == 2

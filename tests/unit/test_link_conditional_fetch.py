@@ -23,8 +23,10 @@ from kcm.gateway.l3_cache import L3Cache
 from kcm.gateway.link_client import LinkClient, LinkClientProtocol, LinkError
 from kcm.kmip.enums import ResultReason, State
 from kcm.l4.service_key import ServiceKey
+from kcm.link.events import EventKind
 from kcm.link.frames import (
     LINK_VERSION,
+    MAX_SENT_TOMBSTONES,
     ORIGIN_VERSION,
     REFRESH_VERSION,
     Frame,
@@ -236,6 +238,31 @@ def test_an_unchanged_refresh_is_a_read_and_a_change_is_fetched_ordered_with_the
     linked.refresh()
     assert linked.store.calls[2:] == [("run", False), ("run_answer", True)]
     assert linked.cache.is_tombstoned("ab" * 16)
+
+
+def test_a_version_held_as_its_tombstones_outgrow_an_answer_is_still_unchanged(
+        core: CoreHarness) -> None:
+    """Past MAX_SENT_TOMBSTONES the core sends the version without them; the gateway, which
+    holds it and learnt each from its event, says so too (the core's rule, its own words)."""
+    linked = Linked(core)
+    linked.cache.prewarm("demo", "app", APP)
+    linked.pump.flush()
+    key = linked.cache.current("demo", "app")
+    tokens = [f"{n:032x}" for n in range(MAX_SENT_TOMBSTONES + 1)]
+
+    def revoke(session) -> None:
+        for token in tokens:
+            repository.add_tombstone(session, token_id=token, tenant="demo",
+                                     l3_uid=key.uid, reason="revoked")
+
+    core.store.run_sync(revoke)
+    for seq, token in enumerate(tokens, start=1):  # (the events of the revocations)
+        linked.cache.apply_event(seq, EventKind.L4_TOMBSTONE.value, "demo",
+                                 {"token_id": token, "unique_identifier": key.uid})
+    linked.refresh()
+    assert linked.factory.refreshes == {"unchanged": 1, "changed": 0}
+    assert linked.cache.overflowed == set() and linked.cache.is_tombstoned(tokens[-1])
+    assert len(linked.audited()) == 1
 
 
 def test_a_gateway_whose_tenant_was_taken_out_of_its_scope_is_refused_at_its_refresh(

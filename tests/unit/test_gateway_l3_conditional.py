@@ -255,3 +255,12 @@ def test_the_tombstones_of_an_answer_share_its_room_newest_version_first(core,
     cache.ensure([Need(uid=V1.uid)], APP)
     assert core.sent[-1] == (V1.uid, keys_digest([core.keys[1]]))
     assert cache.refreshes_unchanged.value == 2
+
+
+def test_as_many_tombstones_as_an_answer_carries_are_said(core, clock) -> None:
+    cache = cache_of(core, clock)
+    tokens = _revoked(cache, V1.uid, MAX_SENT_TOMBSTONES)
+    core.keys = [replace(V1, tombstones=tokens)]
+    refresh(cache, clock)
+    assert core.sent[-1] == (None, keys_digest(core.keys))
+    assert cache.refreshes_unchanged.value == 1

@@ -86,6 +86,7 @@ from kcm.core.lineage import Lineage
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch, share_of
 from kcm.core.service_keys import fetch_service_keys, unchanged_since, without_tombstones
 from kcm.core.store.engine import Store
+from kcm.core.tombstone_pages import TombstonePage, audit_refused_page, tombstone_page
 from kcm.core.usage_intake import UsageScope
 from kcm.drain import until
 from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
@@ -101,6 +102,7 @@ from kcm.link.frames import (
     HELLO_VERSION,
     LINK_VERSION,
     ORIGIN_VERSION,
+    PAGES_VERSION,
     REFRESH_VERSION,
     TOMBSTONES_VERSION,
     VIEW_VERSION,
@@ -111,7 +113,12 @@ from kcm.link.frames import (
     encode_frame,
 )
 from kcm.link.keys_digest import Unchanged
-from kcm.link.protocol import DEFAULT_HEARTBEAT_INTERVAL, MAX_LINK_FETCHES, LinkProtocol
+from kcm.link.protocol import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    MAX_LINK_FETCHES,
+    MAX_LINK_PAGES,
+    LinkProtocol,
+)
 from kcm.link.relay import read_caller, response_frame, split_request
 from kcm.throttled_line import ThrottledLine
 
@@ -197,6 +204,8 @@ EVENTS_WENT_BACK = ("this core's event log went back (its database was restored)
 
 #: What a FETCH_SERVICE_KEY beyond ``max_waiting_fetches`` is answered (General Failure).
 FETCHES_BUSY = "the core is busy: too many service key fetches wait on this link; try again"
+#: What a FETCH_TOMBSTONES beyond :data:`MAX_LINK_PAGES` in flight is answered.
+PAGES_BUSY = "the core is busy: too many tombstone pages in flight on this link"
 
 
 class FetchTurns:
@@ -328,6 +337,8 @@ class LinkServerProtocol(LinkProtocol):
         #: FETCH_SERVICE_KEYs of this link waiting their turn (:class:`FetchTurns`).
         self.fetches_waiting = 0
         self._fetches_refused = 0
+        #: FETCH_TOMBSTONES of this link being answered (or waiting their turn).
+        self.pages_in_flight = 0
 
     @property
     def requests_in_flight(self) -> int:
@@ -880,13 +891,71 @@ class LinkServerProtocol(LinkProtocol):
         8), answered "unchanged" when the answer would be exactly that."""
         now = int(self.factory.wall_clock())
         d = (self.factory.fetch_keys(caller, tenant, service, uid, now) if held is None
-             else self.factory.refresh_keys(caller, tenant, service, uid, held, now))
+             else self.factory.refresh_keys(caller, tenant, service, uid, held, now,
+                                            uncapped=self.gateway_version >= PAGES_VERSION))
         if self.gateway_version < TOMBSTONES_VERSION:  # (it named its version before this)
             d.addCallback(without_tombstones)
         # (The answer is sent in the same reactor call the store hands it over in:
         # Store.run_answer's ordering against the events holds up to the transport.)
         return d.addCallbacks(lambda answer: self._keys_answered(stream_id, answer),
                               lambda failure: self._keys_failed(stream_id, failure))
+
+    # FETCH_TOMBSTONES (link version 9) -----------------------------------------------------
+    def frame_FETCH_TOMBSTONES(self, frame: Frame) -> None:
+        """A page of a version's tombstones, for a gateway that took the version without
+        them: its caller and the version authorized exactly as a fetch of that version by
+        uid; a refusal answered (and audited) as that fetch's would be."""
+        if not self._require_hello(frame):
+            return
+        if self.gateway_version < PAGES_VERSION:
+            self.go_away(f"FETCH_TOMBSTONES from a gateway of link version "
+                         f"{self.gateway_version}")
+            return
+        stream_id, uid = frame.stream_id, frame.unique_identifier or ""
+        factory = self.factory
+        principal = factory.asserted_principal(frame.caller_identity, frame.caller_subject,
+                                               self.gateway)
+        if principal is None:
+            claimed = _asserted(frame.caller_identity or "", frame.caller_subject)
+            factory.unacceptable_callers.note(gateway=self.gateway.id, caller=claimed)
+            refusal_answer(factory.handler, Refusal(
+                ResultReason.PERMISSION_DENIED, _NOT_ACCEPTED, self.peer, None, claimed,
+                gateway=self.gateway))
+            self._page_refused(stream_id, KmipError(ResultReason.PERMISSION_DENIED,
+                                                    _NOT_ACCEPTED))
+            return
+        if self.pages_in_flight >= MAX_LINK_PAGES:
+            self._page_refused(stream_id, KmipError(ResultReason.GENERAL_FAILURE, PAGES_BUSY))
+            return
+        caller = Caller(principal, self.peer, gateway=self.gateway)
+        tenant = principal.tenant if principal.tenant is not None else principal.id
+        self.pages_in_flight += 1
+
+        def over(result: object) -> object:
+            self.pages_in_flight -= 1
+            return result
+
+        factory.fetches.run(tenant, self, lambda: factory.fetch_page(
+            caller, uid, frame.after, int(factory.wall_clock())).addCallbacks(
+                lambda page: self._page_answered(stream_id, page),
+                lambda failure: self._page_failed(stream_id, failure)).addBoth(over))
+
+    def _page_answered(self, stream_id: int, page: TombstonePage | KmipError) -> None:
+        if isinstance(page, KmipError):
+            self._page_refused(stream_id, page)
+            return
+        self._send_keys(encode_frame(Frame(FrameType.TOMBSTONES, stream_id=stream_id,
+                                           token_ids=page.token_ids, more=page.more)))
+
+    def _page_refused(self, stream_id: int, error: KmipError) -> None:
+        self._send_keys(encode_frame(Frame(FrameType.TOMBSTONES, stream_id=stream_id,
+                                           error=error.message,
+                                           result_reason=int(error.reason))))
+
+    def _page_failed(self, stream_id: int, failure: Failure) -> None:
+        log.failure("tombstone page for {peer} failed", failure, peer=self.peer)
+        self._page_refused(stream_id, KmipError(ResultReason.GENERAL_FAILURE,
+                                                "internal error; see the core's log"))
 
     def _fetch_refused_busy(self, stream_id: int) -> None:
         self._fetches_refused += 1
@@ -1174,15 +1243,33 @@ class LinkServerFactory(Factory):
         return self.store.run_answer(lambda session: fetch_service_keys(
             session, self.keyring, caller, tenant, service, uid, now=now))
 
+    def fetch_page(self, caller: Caller, uid: str, after: str | None,
+                   now: int) -> Deferred[TombstonePage | KmipError]:
+        """FETCH_TOMBSTONES's answer (link version 9): a page read in its own transaction,
+        handed over as a fetch's is (:meth:`fetch_keys`: before the events committed after
+        it); a refusal is audited in a write of its own."""
+        d: Deferred = self.store.run_answer(lambda session: tombstone_page(
+            session, self.keyring, caller, uid, after, now=now))
+
+        def audited(page: TombstonePage | KmipError) -> object:
+            if not isinstance(page, KmipError):
+                return page
+            return self.store.run(lambda session: audit_refused_page(
+                session, caller, uid, page, now=now)).addCallback(lambda _: page)
+
+        return d.addCallback(audited)
+
     def refresh_keys(self, caller: Caller, tenant: str, service: str, uid: str | None,
-                     held: bytes, now: int) -> Deferred[list[ServiceKey] | KmipError | Unchanged]:
+                     held: bytes, now: int, *,
+                     uncapped: bool = False) -> Deferred[list[ServiceKey] | KmipError | Unchanged]:
         """A conditional FETCH_SERVICE_KEY's answer (link version 8): :class:`Unchanged`
         when the answer would be exactly what ``held`` digests, judged in a read
         transaction, with no audit record (it delivers no key material); otherwise, a
         refusal included, :meth:`fetch_keys`'s (a write, audited, as every fetch). Counted
         in :attr:`refreshes` by outcome."""
         d: Deferred = self.store.run(lambda session: unchanged_since(
-            session, self.keyring, caller, tenant, service, uid, held, now=now), write=False)
+            session, self.keyring, caller, tenant, service, uid, held, now=now,
+            uncapped=uncapped), write=False)
 
         def judged(unchanged: bool) -> Deferred | Unchanged:
             if unchanged:

@@ -47,7 +47,9 @@ What it promises:
 Tombstones come with each version fetched (those made before this process followed the
 core's events: :meth:`L3Cache.store` takes them before the version is used) and then from
 ``l4.tombstone`` events; a version that came without them (a core older than link version 5,
-or too many to send) is overflowed at once (below).
+or too many to send) is overflowed at once (below), and, from a core of link version 9, has
+them paged in meanwhile (:mod:`kcm.gateway.tombstone_pages`): once all are in, it is held
+whole and served here again (:meth:`L3Cache.whole`).
 
 Tombstones are bounded. They are held by the L3 they belong to, and go with it when it is
 destroyed (the engine answers Object Destroyed for every token under a destroyed L3, at the
@@ -445,6 +447,9 @@ class L3Cache:
         self.max_tombstones = max_tombstones
         #: L3s whose tombstones were given up at the bound: their L4 requests go to the core.
         self.overflowed: set[str] = set()
+        #: The versions whose tombstones are paged in (link version 9), when the gateway
+        #: asks for them: :class:`kcm.gateway.tombstone_pages.TombstonePages` sets it.
+        self.pages: Any = None
         self._refreshing_uids: set[str] = set()
         self.last_event_sequence = -1
         #: Reads by requests (:meth:`current`, :meth:`by_uid`), for the metrics: fresh,
@@ -811,7 +816,7 @@ class L3Cache:
         current: str | None = None
         for key in keys:
             if key.state not in DESTROYED_STATES:
-                self._learn_tombstones(key)
+                self._learn_tombstones(key, caller)
                 if key.tombstones:
                     key = replace(key, tombstones=frozenset())  # held once: by L3 below
             if State(key.state) in WITHOUT_MATERIAL_STATES:
@@ -1066,7 +1071,7 @@ class L3Cache:
                     return True
         return False
 
-    def _learn_tombstones(self, key: ServiceKey) -> None:
+    def _learn_tombstones(self, key: ServiceKey, caller: Principal) -> None:
         """Take the tombstones ``key`` came with from the core, before it is used: those made
         before this gateway followed the core's events (a restart) are known only so. A
         version that came without them all is left to the core, as an overflowed one,
@@ -1079,9 +1084,15 @@ class L3Cache:
         uid = key.uid
         if uid in self.overflowed or uid in self._keys:
             return
+        held = self._tombstones_of.get(uid, set())
         self._forget_tombstones(uid)
         self.overflowed.add(uid)
         self._forget_opened(uid)
+        if self.pages is not None and self.pages.start(uid, caller, held):
+            log.info("the core sent service key {uid} without its L4 tombstones (too many "
+                     "to send): its L4 requests go to the core while they come in pages",
+                     uid=uid)
+            return
         log.warn("the core sent service key {uid} without its L4 tombstones (a core older "
                  "than link version 5, or too many to send): its L4 requests go to the core",
                  uid=uid)
@@ -1089,7 +1100,11 @@ class L3Cache:
     def _add_tombstone(self, token_id: str, l3_uid: str) -> None:
         if self.opened_keys is not None:
             self.opened_keys.forget_token(token_id)
-        if l3_uid in self.overflowed or token_id in self._tombstones:
+        if l3_uid in self.overflowed:
+            if self.pages is not None:
+                self.pages.note(token_id, l3_uid)  # (a version being paged keeps it)
+            return
+        if token_id in self._tombstones:
             return
         self._tombstones[token_id] = l3_uid
         self._tombstones_of.setdefault(l3_uid, set()).add(token_id)
@@ -1107,6 +1122,18 @@ class L3Cache:
                   "and destroy this version, or raise max_tombstones)",
                   limit=self.max_tombstones, count=len(tokens), uid=l3_uid)
 
+    def whole(self, uid: str, token_ids: set[str], pages: int) -> None:
+        """Version ``uid``'s tombstones all came in (``pages`` pages, and the events since):
+        held from now on, and its L4 requests served here again (link version 9,
+        :mod:`kcm.gateway.tombstone_pages`)."""
+        if uid not in self.overflowed:
+            return
+        self.overflowed.discard(uid)
+        for token_id in token_ids:
+            self._add_tombstone(token_id, uid)
+        log.info("service key {uid}: its {count} L4 tombstones came in {pages} pages; its L4 "
+                 "requests are served here again", uid=uid, count=len(token_ids), pages=pages)
+
     def _forget_tombstones(self, l3_uid: str) -> None:
         for token_id in self._tombstones_of.pop(l3_uid, ()):
             del self._tombstones[token_id]
@@ -1117,6 +1144,8 @@ class L3Cache:
             # Every token under it now answers Object Destroyed: its tombstones say nothing.
             self._forget_tombstones(uid)
             self.overflowed.discard(uid)
+            if self.pages is not None:
+                self.pages.forget(uid)
         if new_state in WITHOUT_MATERIAL_STATES:
             held = self._keys.get(uid)
             version = held.key.version if held is not None else 0
@@ -1172,6 +1201,8 @@ class L3Cache:
             self._versions_due.forget(uid)
             self._forget_tombstones(uid)
             self.overflowed.discard(uid)
+            if self.pages is not None:
+                self.pages.forget(uid)
             self._forget_opened(uid)
         for service in [service for service in self._services if service[0] == tenant]:
             self._set_current(service, self._services.pop(service), None)

@@ -77,6 +77,7 @@ import contextlib
 import hashlib
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -113,6 +114,7 @@ from kcm.link.frames import (
     MAX_STREAM_ID,
     MAX_USAGE_ENTRIES,
     ORIGIN_VERSION,
+    PAGES_VERSION,
     REFRESH_VERSION,
     USAGE_VERSION,
     Frame,
@@ -178,6 +180,18 @@ class ServiceKeyRefused(KmipError):
                  owner: tuple[str, str] | None = None) -> None:
         super().__init__(reason, message)
         self.owner = owner
+
+
+#: The answers of fetches (counted apart from forwarded requests; they pause nobody).
+_FETCH_ANSWERS = (FrameType.SERVICE_KEYS, FrameType.TOMBSTONES)
+
+
+@dataclass(frozen=True, slots=True)
+class TombstonePage:
+    """One TOMBSTONES page: TokenIds in increasing order, and whether more follow."""
+
+    token_ids: list[str]
+    more: bool
 
 
 class _Stream:
@@ -347,7 +361,7 @@ class LinkClientProtocol(LinkProtocol):
     def _stream_closed(self, stream: _Stream) -> None:
         """``stream`` was answered, failed or given up: counted, and a draining link whose
         last stream it was is closed."""
-        self.client._stream_done(fetch=stream.answer_type is FrameType.SERVICE_KEYS)
+        self.client._stream_done(fetch=stream.answer_type in _FETCH_ANSWERS)
         if self.draining and not self.streams:
             self._close_if_drained()
 
@@ -384,6 +398,28 @@ class LinkClientProtocol(LinkProtocol):
         else:
             stream.deferred.callback(frame.service_keys)
 
+    def frame_TOMBSTONES(self, frame: Frame) -> None:
+        """A page of a version's tombstones (link version 9), or the core's refusal."""
+        stream = self._answered(frame.type, frame.stream_id)
+        if stream is None:
+            return
+        if frame.error is not None:
+            try:
+                reason = ResultReason(frame.result_reason)
+            except ValueError:
+                reason = ResultReason.GENERAL_FAILURE
+            stream.deferred.errback(ServiceKeyRefused(reason, frame.error))
+        else:
+            stream.deferred.callback(TombstonePage(frame.token_ids, bool(frame.more)))
+
+    def page(self, frame: Frame) -> Deferred:
+        """Send FETCH_TOMBSTONES ``frame`` as :meth:`call`, to a core of link version 9 or
+        later (another fails the call: it would end the link)."""
+        if self.core_version < PAGES_VERSION:
+            return fail(LinkError(f"the core (link version {self.core_version}) sends no "
+                                  "tombstone pages"))
+        return self.call(frame, FrameType.TOMBSTONES)
+
     def frame_EVENT(self, frame: Frame) -> None:
         if not self._before_made(frame):
             self.client._event(self, frame)
@@ -396,7 +432,7 @@ class LinkClientProtocol(LinkProtocol):
 
     def frame_oversized(self, frame: OversizedFrame) -> None:
         """An answer too large to take fails its call; the link goes on."""
-        if frame.frame_type not in (FrameType.RESPONSE, FrameType.SERVICE_KEYS) \
+        if frame.frame_type not in (FrameType.RESPONSE, *_FETCH_ANSWERS) \
                 or not frame.stream_id:
             super().frame_oversized(frame)
             return
@@ -417,7 +453,7 @@ class LinkClientProtocol(LinkProtocol):
         if stream is None:  # timed out already: the late answer has nobody to go to
             return None
         # (what _stream_closed does, inline: every answer)
-        self.client._stream_done(fetch=stream.answer_type is FrameType.SERVICE_KEYS)
+        self.client._stream_done(fetch=stream.answer_type in _FETCH_ANSWERS)
         if self.draining and not self.streams:
             self._close_if_drained()
         if stream.answer_type is not frame_type:
@@ -503,8 +539,7 @@ class LinkClientProtocol(LinkProtocol):
     def link_lost(self, reason: Failure) -> None:
         self._cancel_welcome_deadline()
         streams, self.streams = self.streams, {}
-        fetches = sum(stream.answer_type is FrameType.SERVICE_KEYS
-                      for stream in streams.values())
+        fetches = sum(stream.answer_type in _FETCH_ANSWERS for stream in streams.values())
         self.client._lost(self, reason, len(streams) - fetches, fetches)
         for stream in streams.values():
             stream.deferred.errback(LinkLost("the link to the core was lost before the answer"))
@@ -760,6 +795,23 @@ class LinkClient(MultiService):
             FrameType.FETCH_SERVICE_KEY, caller_identity=caller.spiffe_id,
             caller_subject=caller.subject if caller.uri is None else None,
             tenant=tenant, service=service, unique_identifier=uid), held, fetch=True)
+
+    @property
+    def pages_taken(self) -> bool:
+        """Whether the core linked now sends tombstone pages (link version 9)."""
+        protocol = self._protocol
+        return protocol is not None and protocol.core_version >= PAGES_VERSION
+
+    def fetch_tombstones(self, caller: Principal, uid: str,
+                         after: str | None) -> Deferred[TombstonePage]:
+        """The page of version ``uid``'s tombstones after TokenId ``after`` (None: the
+        first), as ``caller`` may use the version (link version 9). Fails with
+        :class:`ServiceKeyRefused` (the core's refusal, as of a fetch of ``uid``) or a
+        :class:`LinkError` (a core that sends no pages among them)."""
+        return self._send(LinkClientProtocol.page, Frame(
+            FrameType.FETCH_TOMBSTONES, caller_identity=caller.spiffe_id,
+            caller_subject=caller.subject if caller.uri is None else None,
+            unique_identifier=uid, after=after), fetch=True)
 
     def report_usage(self, counts: Mapping[str, int]) -> bool:
         """Send ``counts`` (L3 uid -> encryptions since the last report) to the core in

@@ -152,8 +152,14 @@ class GatewayMetrics:
                                (), lambda: [((), cache.tombstone_count)]))
         register(CallbackGauge("kcm_gateway_l3_tombstones_overflowed",
                                "Service keys whose L4 requests go to the core because their "
-                               "tombstones passed max_tombstones.", (),
+                               "tombstones passed max_tombstones, or did not all come with "
+                               "the key (those being paged in among them).", (),
                                lambda: [((), len(cache.overflowed))]))
+        register(CallbackGauge("kcm_gateway_l3_tombstones_paging",
+                               "Service keys whose L4 tombstones are being paged in from the "
+                               "core (link version 9); their L4 requests go to the core "
+                               "meanwhile.", (),
+                               lambda: [((), cache.pages.pending if cache.pages else 0)]))
         register(CallbackGauge("kcm_gateway_l3_cache_keys",
                                "Service key versions held in memory (one no request used for "
                                "l3_idle is forgotten once past max_stale).", (),

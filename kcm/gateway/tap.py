@@ -52,6 +52,7 @@ from kcm.gateway.supervisor import (
     WorkerPool,
     worker_count,
 )
+from kcm.gateway.tombstone_pages import TombstonePages
 from kcm.gateway.usage_report import UsageCounter, UsageReporter
 from kcm.gateway.worker_metrics import WorkerMetrics
 from kcm.kmip_protocol import ConnectionLimits, KmipServerFactory
@@ -233,6 +234,9 @@ def makeService(options: Options,
                     max_tombstones=config.max_tombstones, opened_keys=opened_keys,
                     call_later=reactor.callLater, random=random.random,
                     max_fetches=max(1, link.max_fetches // 2), conditional=True)
+    # A version sent without its tombstones (too many) has them paged in (link version 9).
+    TombstonePages(cache, link.fetch_tombstones, connected=lambda: link.connected,
+                   taken=lambda: link.pages_taken, call_later=reactor.callLater)
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy

@@ -22,8 +22,9 @@ from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 #: has it; a gateway names its own in VERSION (to a core of version 4 or later), and a core
 #: sends DRAIN only to a gateway that named 4 or later, a ServiceKey's tombstones only to
 #: one that named 5 or later, VIEW only to one that named 6 or later, ORIGIN only to one
-#: that named 7 or later, and an "unchanged" SERVICE_KEYS only to one that named 8 or later.
-LINK_VERSION = 8
+#: that named 7 or later, and an "unchanged" SERVICE_KEYS only to one that named 8 or later;
+#: 9 the FETCH_TOMBSTONES and TOMBSTONES frames (a version's tombstones in pages).
+LINK_VERSION = 9
 #: The version a gateway's HELLO names: the first, which every core takes (a version-1 core
 #: refuses any other with GOAWAY), so a gateway links to a core of any release and learns
 #: the core's own version from WELCOME.
@@ -46,6 +47,10 @@ ORIGIN_VERSION = 7
 #: KeysDigest of what the gateway holds, answered by a SERVICE_KEYS of that digest alone
 #: when the full answer would carry exactly that (:mod:`kcm.link.keys_digest`).
 REFRESH_VERSION = 8
+#: The first link version with paged tombstones: FETCH_TOMBSTONES, answered TOMBSTONES (a
+#: version sent without its tombstones is then asked for them, a page at a time), and the
+#: digest of a conditional fetch over every tombstone of each version, uncapped.
+PAGES_VERSION = 9
 #: Usage entries one USAGE_REPORT carries at most (a longer report is sent as several).
 MAX_USAGE_ENTRIES = 1000
 #: TokenIds one SERVICE_KEYS carries at most, over all its ServiceKeys (40 bytes each: well
@@ -106,6 +111,7 @@ class Tag(enum.IntEnum):
     DEPLOYMENT = 0x54B019
     RESTORE_GENERATION = 0x54B01A
     KEYS_DIGEST = 0x54B01B
+    MORE_TOMBSTONES = 0x54B01C
     KEY_MATERIAL = 0x420043
     RESULT_REASON = 0x42007E
     STATE = 0x42008D
@@ -131,6 +137,8 @@ class FrameType(enum.IntEnum):
     DRAIN = 14  # link version 4
     VIEW = 15  # link version 6
     ORIGIN = 16  # link version 7
+    FETCH_TOMBSTONES = 17  # link version 9
+    TOMBSTONES = 18  # link version 9
 
 
 #: KMIP's Response Message tag: what a KMIP server answers a link's HELLO with.
@@ -195,6 +203,13 @@ class Frame:
     #: A FETCH_SERVICE_KEY's digest of what the gateway holds of what it asks for, or a
     #: SERVICE_KEYS's that says it is unchanged (link version 8; :mod:`kcm.link.keys_digest`).
     keys_digest: bytes | None = None
+    #: A FETCH_TOMBSTONES's cursor: the last TokenId of the page before (None: the first
+    #: page; link version 9). Sent as a TokenId.
+    after: str | None = None
+    #: A TOMBSTONES's TokenIds, in increasing order (at most MAX_SENT_TOMBSTONES).
+    token_ids: list[str] = field(default_factory=list)
+    #: A TOMBSTONES's MoreTombstones: whether pages follow this one (None: absent, false).
+    more: bool | None = None
 
 
 # (attribute, tag, type) of every scalar field of a LinkFrame, in wire order.
@@ -239,6 +254,8 @@ REQUIRED: dict[FrameType, tuple[str, ...]] = {
     FrameType.DRAIN: (),
     FrameType.VIEW: ("view",),
     FrameType.ORIGIN: ("deployment", "restore_generation"),
+    FrameType.FETCH_TOMBSTONES: ("stream_id", "caller_identity", "unique_identifier"),
+    FrameType.TOMBSTONES: ("stream_id",),
 }
 
 #: EventPayload fields: name -> (tag, type).
@@ -268,7 +285,8 @@ _KEY_FIELD_BY_TAG = {tag: (name, item_type) for name, tag, item_type in _KEY_FIE
 
 def encode_frame(frame: Frame) -> bytes:
     """The TTLV bytes of ``frame``; FrameError if a field has a value of the wrong kind."""
-    if not frame.service_keys and frame.payload is None and not frame.usage:
+    if not frame.service_keys and frame.payload is None and not frame.usage \
+            and not frame.token_ids and frame.after is None and frame.more is None:
         wire = _encode_scalar_frame(frame)
         if wire is not None:
             return wire
@@ -351,6 +369,12 @@ def frame_item(frame: Frame) -> Item:
         Item(Tag.USAGE_COUNT, ItemType.LONG_INTEGER, count)]) for uid, count in frame.usage)
     if frame.payload is not None:
         children.append(payload_item(frame.payload))
+    if frame.after is not None:
+        children.append(Item(Tag.TOKEN_ID, ItemType.TEXT_STRING, frame.after))
+    children.extend(Item(Tag.TOKEN_ID, ItemType.TEXT_STRING, token_id)
+                    for token_id in frame.token_ids)
+    if frame.more is not None:
+        children.append(Item(Tag.MORE_TOMBSTONES, ItemType.BOOLEAN, frame.more))
     return Item(Tag.LINK_FRAME, ItemType.STRUCTURE, children)
 
 
@@ -508,6 +532,8 @@ def _decode_scalar_frame(data: bytes) -> Frame | None:
             return None
     if frame.keys_digest is not None and _digest_misplaced(frame) is not None:
         return None
+    if frame.type is FrameType.TOMBSTONES and _page_misplaced(frame) is not None:
+        return None
     return frame
 
 
@@ -529,6 +555,9 @@ def _frame_from(item: Item) -> Frame:
         if tag == Tag.USAGE:
             frame.usage.append(_usage_from(child))
             continue
+        if tag == Tag.TOKEN_ID and frame.type is FrameType.TOMBSTONES:
+            frame.token_ids.append(str(_checked(child, ItemType.TEXT_STRING)))
+            continue
         if tag in seen:
             raise FrameError(f"field 0x{tag:06X} appears twice")
         seen.add(tag)
@@ -538,6 +567,10 @@ def _frame_from(item: Item) -> Frame:
                 raise FrameError(f"StreamId {frame.stream_id} out of range")
         elif tag == Tag.EVENT_PAYLOAD:
             frame.payload = decode_payload_item(child)
+        elif tag == Tag.TOKEN_ID and frame.type is FrameType.FETCH_TOMBSTONES:
+            frame.after = str(_checked(child, ItemType.TEXT_STRING))
+        elif tag == Tag.MORE_TOMBSTONES and frame.type is FrameType.TOMBSTONES:
+            frame.more = bool(_checked(child, ItemType.BOOLEAN))
         else:
             spec = _FIELD_BY_TAG.get(tag)
             if spec is None:
@@ -555,7 +588,28 @@ def _frame_from(item: Item) -> Frame:
             raise FrameError(misplaced)
     if len(frame.usage) > MAX_USAGE_ENTRIES:
         raise FrameError(f"a USAGE_REPORT of more than {MAX_USAGE_ENTRIES} entries")
+    if frame.type is FrameType.TOMBSTONES:
+        misplaced = _page_misplaced(frame)
+        if misplaced is not None:
+            raise FrameError(misplaced)
     return frame
+
+
+def _page_misplaced(frame: Frame) -> str | None:
+    """Why a TOMBSTONES breaks the rules (None: it does not): at most
+    :data:`MAX_SENT_TOMBSTONES` TokenIds, each greater than the one before, and either a page
+    (TokenIds, MoreTombstones) or a refusal (ErrorMessage and ResultReason), never both."""
+    if len(frame.token_ids) > MAX_SENT_TOMBSTONES:
+        return f"a TOMBSTONES of more than {MAX_SENT_TOMBSTONES} TokenIds"
+    if any(a >= b for a, b in zip(frame.token_ids, frame.token_ids[1:], strict=False)):
+        return "a TOMBSTONES's TokenIds are not in increasing order"
+    refused = frame.error is not None or frame.result_reason is not None
+    if refused and (frame.token_ids or frame.more is not None
+                    or frame.error is None or frame.result_reason is None):
+        return "a refused TOMBSTONES carries ErrorMessage and ResultReason, and nothing else"
+    if frame.tenant is not None or frame.service is not None or frame.keys_digest is not None:
+        return "a TOMBSTONES carries TokenIds and MoreTombstones, or a refusal"
+    return None
 
 
 #: The size of a KeysDigest (:mod:`kcm.link.keys_digest`: SHA-256).

@@ -49,6 +49,9 @@ MISSED_HEARTBEATS = 3
 #: FETCH_SERVICE_KEYs one link may have waiting at the core (kcm-core refuses one more at
 #: once); a gateway never has more in flight on a link, whatever its ``max_in_flight``.
 MAX_LINK_FETCHES = 1024
+#: FETCH_TOMBSTONES a gateway has in flight on one link at most (one per version at a time;
+#: link version 9); the core refuses one beyond (General Failure, busy).
+MAX_LINK_PAGES = 4
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
 
 

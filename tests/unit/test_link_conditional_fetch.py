@@ -28,6 +28,7 @@ from kcm.link.frames import (
     LINK_VERSION,
     MAX_SENT_TOMBSTONES,
     ORIGIN_VERSION,
+    PAGES_VERSION,
     REFRESH_VERSION,
     Frame,
     FrameError,
@@ -51,7 +52,7 @@ TTL = 60.0
 
 
 def test_link_version_8_is_the_conditional_fetch() -> None:
-    assert LINK_VERSION == REFRESH_VERSION == 8
+    assert REFRESH_VERSION == 8 and LINK_VERSION >= REFRESH_VERSION
 
 
 # The core's end ---------------------------------------------------------------------------
@@ -63,7 +64,7 @@ def fetch_frame(held: bytes | None) -> bytes:
                               keys_digest=held))
 
 
-@pytest.mark.parametrize("version", [REFRESH_VERSION, ORIGIN_VERSION, None])
+@pytest.mark.parametrize("version", [PAGES_VERSION, REFRESH_VERSION, ORIGIN_VERSION, None])
 def test_the_core_answers_unchanged_only_to_a_gateway_that_named_8(version) -> None:
     factory, _, _ = core_factory()
     asked: list[str] = []
@@ -72,8 +73,9 @@ def test_the_core_answers_unchanged_only_to_a_gateway_that_named_8(version) -> N
         asked.append("fetch")
         return succeed([KEY])
 
-    def refresh_keys(caller, tenant, service, uid, held, now):
-        asked.append("refresh")
+    def refresh_keys(caller, tenant, service, uid, held, now, *, uncapped=False):
+        # (a gateway of version 9 digests every tombstone of each version: uncapped)
+        asked.append("refresh uncapped" if uncapped else "refresh")
         return succeed(Unchanged(held))
 
     factory.fetch_keys = fetch_keys  # type: ignore[method-assign]
@@ -81,8 +83,8 @@ def test_the_core_answers_unchanged_only_to_a_gateway_that_named_8(version) -> N
     protocol, transport = link_of_version(factory, version)
     protocol.dataReceived(fetch_frame(HELD))
     [answer] = frames_in(transport)
-    if version == REFRESH_VERSION:
-        assert asked == ["refresh"]
+    if version in (REFRESH_VERSION, PAGES_VERSION):
+        assert asked == ["refresh uncapped" if version == PAGES_VERSION else "refresh"]
         assert (answer.keys_digest, answer.service_keys) == (HELD, [])
     else:  # (a digest it could not have meant: a plain fetch, answered as ever)
         assert asked == ["fetch"]

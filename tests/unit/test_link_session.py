@@ -745,9 +745,9 @@ def test_an_unknown_link_version_is_refused(world: World) -> None:
     transport = iosim.FakeTransport(server, True)
     server.makeConnection(transport)
     server.handshakeCompleted()
-    server.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=9, peer_name="x",
+    server.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=10, peer_name="x",
                                            sequence=-1)))
-    assert b"link version 9" in b"".join(transport.stream)
+    assert b"link version 10" in b"".join(transport.stream)
     assert server.closing
 
 

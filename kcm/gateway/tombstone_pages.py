@@ -1,0 +1,205 @@
+"""A version's L4 tombstones asked for in pages (link version 9; docs/link-protocol.md §2,
+"Tombstones in pages").
+
+A version the core sent without its tombstones (more than one SERVICE_KEYS carries) is
+overflowed at once (:class:`kcm.gateway.l3_cache.L3Cache`: its L4 requests go to the core);
+:class:`TombstonePages` then asks the core for its tombstones, a page at a time
+(FETCH_TOMBSTONES: the TokenIds after the last one received), as the caller whose fetch
+brought the version. The ``l4.tombstone`` events of the version that come meanwhile are
+kept with the pages (:meth:`TombstonePages.note`). Once the last page is in, the version's
+tombstones are every one the core had when the first page was read (tombstones are deleted
+only with their version) and every one made since the link's WELCOME (the events): the
+cache holds them, and the version is served here again (:meth:`L3Cache.whole`).
+
+What it bounds: one page in flight per version, at most ``at_once`` in all (the rest wait
+their turn, in order); the tombstones held and those paged together within the cache's
+``max_tombstones`` (past it, the version stays overflowed and is paged no more, as at the
+bound today). A refusal (the caller may no longer use the version, or it is gone) and a core
+that sends no pages leave the version overflowed. A failed page (the link lost, a timeout)
+starts the version over from its first page, ``retry`` seconds later, on the link then up.
+A version destroyed (or its tenant removed) meanwhile is forgotten (:meth:`forget`); its
+page, if one comes, is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kcm.gateway.link_client import TombstonePage
+from kcm.identity import Principal
+from kcm.kmip.errors import KmipError
+from kcm.link.protocol import MAX_LINK_PAGES
+
+__all__ = ["RETRY_DELAY", "TombstonePages"]
+
+log = Logger()
+
+#: Seconds after a failed page (the link lost, a timeout) before the version starts over.
+RETRY_DELAY = 1.0
+
+#: ``fetch_page(caller, uid, after)``: the core's page (:class:`TombstonePage`).
+FetchPage = Callable[[Principal, str, "str | None"], Deferred]
+
+
+class PagedCache(Protocol):
+    """What :class:`TombstonePages` needs of the L3 cache."""
+
+    max_tombstones: int
+    pages: Any
+
+    @property
+    def tombstone_count(self) -> int: ...
+
+    def whole(self, uid: str, token_ids: set[str], pages: int) -> None: ...
+
+
+@dataclass(eq=False)
+class _Paging:
+    uid: str
+    caller: Principal
+    tokens: set[str] = field(default_factory=set)
+    after: str | None = None
+    pages: int = 0
+
+
+class TombstonePages:
+    """The versions whose tombstones are being paged in (module docstring)."""
+
+    def __init__(self, cache: PagedCache, fetch_page: FetchPage, *,
+                 connected: Callable[[], bool], taken: Callable[[], bool],
+                 call_later: Callable[[float, Callable[[], None]], object],
+                 at_once: int = MAX_LINK_PAGES, retry: float = RETRY_DELAY) -> None:
+        self._cache = cache
+        self._fetch_page = fetch_page
+        self._connected = connected
+        self._taken = taken
+        self._call_later = call_later
+        self.at_once = at_once
+        self.retry = retry
+        self._paging: dict[str, _Paging] = {}
+        self._queue: deque[_Paging] = deque()
+        self._running = 0
+        #: Tombstones held here, of every version being paged.
+        self._held = 0
+        cache.pages = self
+
+    @property
+    def pending(self) -> int:
+        """Versions being paged (or waiting their turn)."""
+        return len(self._paging)
+
+    @property
+    def running(self) -> int:
+        """Pages asked for and not answered yet."""
+        return self._running
+
+    def start(self, uid: str, caller: Principal, held: set[str]) -> bool:
+        """Page version ``uid`` in for ``caller`` (its tombstones held so far: ``held``);
+        False when the core sends no pages (it stays overflowed)."""
+        if uid in self._paging:
+            return True
+        if not self._taken():
+            return False
+        paging = self._paging[uid] = _Paging(uid, caller)
+        for token_id in held:
+            self._add(paging, token_id)
+        if uid in self._paging:
+            self._queue.append(paging)
+            self._pump()
+        return True
+
+    def note(self, token_id: str, uid: str) -> None:
+        """An ``l4.tombstone`` event of version ``uid``: kept with its pages."""
+        paging = self._paging.get(uid)
+        if paging is not None:
+            self._add(paging, token_id)
+
+    def forget(self, uid: str) -> None:
+        """Stop paging version ``uid`` (destroyed, its tenant removed)."""
+        paging = self._paging.pop(uid, None)
+        if paging is not None:
+            self._held -= len(paging.tokens)
+
+    def _add(self, paging: _Paging, token_id: str) -> None:
+        if token_id in paging.tokens:
+            return
+        paging.tokens.add(token_id)
+        self._held += 1
+        cache = self._cache
+        if cache.tombstone_count + self._held > cache.max_tombstones:
+            self.forget(paging.uid)
+            log.error("over {limit} L4 tombstones: service key {uid} is left to the core, "
+                      "which answers its L4 requests (rotate the service and destroy this "
+                      "version, or raise max_tombstones)", limit=cache.max_tombstones,
+                      uid=paging.uid)
+
+    def _pump(self) -> None:
+        while self._queue and self._running < self.at_once:
+            paging = self._queue.popleft()
+            if self._paging.get(paging.uid) is paging:
+                self._ask(paging)
+
+    def _ask(self, paging: _Paging) -> None:
+        self._running += 1
+        try:
+            d = self._fetch_page(paging.caller, paging.uid, paging.after)
+        except Exception:
+            d = Deferred()
+            d.errback(Failure())
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(paging,),
+                       errbackArgs=(paging,))
+
+    def _answered(self, page: TombstonePage, paging: _Paging) -> None:
+        self._running -= 1
+        try:
+            if self._paging.get(paging.uid) is not paging:
+                return  # forgotten meanwhile: the page says nothing now
+            paging.pages += 1
+            for token_id in page.token_ids:
+                self._add(paging, token_id)
+                if self._paging.get(paging.uid) is not paging:
+                    return  # (the bound gave it up)
+            if page.token_ids:
+                paging.after = page.token_ids[-1]
+            if page.more:
+                self._queue.append(paging)
+                return
+            del self._paging[paging.uid]
+            self._held -= len(paging.tokens)
+            self._cache.whole(paging.uid, paging.tokens, paging.pages)
+        finally:
+            self._pump()
+
+    def _failed(self, failure: Failure, paging: _Paging) -> None:
+        self._running -= 1
+        try:
+            if self._paging.get(paging.uid) is not paging:
+                return
+            if isinstance(failure.value, KmipError):  # the core's refusal
+                self.forget(paging.uid)
+                log.warn("the core refused the L4 tombstones of service key {uid}: {why}; "
+                         "its L4 requests go to the core", uid=paging.uid,
+                         why=failure.value.message)
+                return
+            paging.after = None  # the next link starts over
+            self._call_later(self.retry, lambda: self._again(paging))
+        finally:
+            self._pump()
+
+    def _again(self, paging: _Paging) -> None:
+        if self._paging.get(paging.uid) is not paging:
+            return
+        if self._connected() and not self._taken():
+            self.forget(paging.uid)
+            log.warn("the core sends no tombstone pages (a core older than link version 9): "
+                     "the L4 requests of service key {uid} go to the core", uid=paging.uid)
+            return
+        self._queue.append(paging)
+        self._pump()

@@ -1,0 +1,177 @@
+"""The gateway's paging of a version's tombstones (link version 9): a version sent without
+them is overflowed (its L4 requests go to the core) while its pages come; once the last is
+in, it is held whole and served here. Events during paging, a link lost, a version
+destroyed, and max_tombstones reached mid-paging."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from kcm.gateway.l3_cache import L3Cache, Need
+from kcm.gateway.link_client import LinkLost, ServiceKeyRefused, TombstonePage
+from kcm.gateway.tombstone_pages import RETRY_DELAY, TombstonePages
+from kcm.kmip.enums import ResultReason, State
+from kcm.l4.service_key import ServiceKey
+from tests.core_support import service_principal
+
+APP = service_principal()
+UIDS = [f"l3-00000000-0000-4000-8000-00000000000{n}" for n in range(1, 7)]
+
+
+def key(uid: str, tombstones: frozenset[str] | None = None) -> ServiceKey:
+    return ServiceKey(uid, "demo", "app", 1, State.ACTIVE, b"1" * 32, tombstones=tombstones)
+
+
+def tokens(n: int, start: int = 0) -> list[str]:
+    return [f"{i:032x}" for i in range(start, start + n)]
+
+
+class Core:
+    """The core's pages, answered when the test says (``answer``)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str | None, Deferred]] = []
+        self.taken = True
+
+    def fetch_page(self, caller, uid: str, after: str | None) -> Deferred:
+        d: Deferred = Deferred()
+        self.asked.append((uid, after, d))
+        return d
+
+    def answer(self, token_ids: list[str], more: bool, index: int = 0) -> None:
+        _, _, d = self.asked.pop(index)
+        d.callback(TombstonePage(token_ids, more))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def core() -> Core:
+    return Core()
+
+
+def paged_cache(core: Core, clock: Clock, **settings) -> tuple[L3Cache, TombstonePages]:
+    cache = L3Cache(lambda *a, **k: succeed([]), connected=lambda: True, clock=clock.seconds,
+                    **settings)
+    pages = TombstonePages(cache, core.fetch_page, connected=lambda: True,
+                           taken=lambda: core.taken, call_later=clock.callLater)
+    return cache, pages
+
+
+def sent_without_tombstones(cache: L3Cache, uid: str = UIDS[0]) -> None:
+    cache.store([key(uid)], APP)
+
+
+def test_a_version_sent_without_its_tombstones_is_paged_in_then_served_here(core,
+                                                                           clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    assert cache.overflowed == {UIDS[0]}  # forwarded while the pages come
+    assert cache.names_overflowed([Need(uid=UIDS[0])], APP)
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], None)]
+    core.answer(tokens(1000), True)
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], tokens(1000)[-1])]
+    assert cache.overflowed == {UIDS[0]} and cache.tombstone_count == 0
+    core.answer(tokens(1, 1000), False)
+    assert not cache.overflowed and not cache.names_overflowed([Need(uid=UIDS[0])], APP)
+    assert cache.tombstone_count == 1001 and pages.pending == 0 and not core.asked
+    assert all(cache.is_tombstoned(t) for t in tokens(1001))
+    # Held whole: a refresh that comes without them again leaves it whole.
+    cache.store([key(UIDS[0])], APP)
+    assert not cache.overflowed and not core.asked
+
+
+def test_events_during_paging_are_kept_with_the_pages(core, clock) -> None:
+    cache, _ = paged_cache(core, clock)
+    cache.apply_event(1, "l4.tombstone", "demo", {"token_id": "ee" * 16,
+                                                  "unique_identifier": UIDS[0]})
+    sent_without_tombstones(cache)  # (one held from before: kept for the pages too)
+    cache.apply_event(2, "l4.tombstone", "demo", {"token_id": "ff" * 16,
+                                                  "unique_identifier": UIDS[0]})
+    assert not cache.is_tombstoned("ff" * 16)  # not held yet: the core answers meanwhile
+    core.answer(tokens(2), False)
+    assert not cache.overflowed
+    assert all(cache.is_tombstoned(t) for t in [*tokens(2), "ee" * 16, "ff" * 16])
+
+
+def test_a_link_lost_mid_paging_starts_over_on_the_next_link(core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    core.answer(tokens(1000), True)
+    _, after, d = core.asked.pop()
+    assert after == tokens(1000)[-1]
+    d.errback(LinkLost("the link to the core was lost before the answer"))
+    assert cache.overflowed == {UIDS[0]} and not core.asked
+    clock.advance(RETRY_DELAY)
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], None)]
+    core.answer(tokens(1000), True)
+    core.answer(tokens(5, 1000), False)
+    assert not cache.overflowed and cache.tombstone_count == 1005
+
+
+def test_a_version_destroyed_mid_paging_is_forgotten_and_its_late_page_dropped(core,
+                                                                              clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    cache.apply_event(1, "l3.state", "demo", {"unique_identifier": UIDS[0], "service": "app",
+                                              "state": int(State.DESTROYED)})
+    assert pages.pending == 0 and not cache.overflowed
+    core.answer(tokens(3), False)
+    assert cache.tombstone_count == 0 and not cache.overflowed and not core.asked
+
+
+def test_max_tombstones_reached_mid_paging_leaves_the_version_to_the_core(core,
+                                                                         clock) -> None:
+    cache, pages = paged_cache(core, clock, max_tombstones=1500)
+    sent_without_tombstones(cache)
+    core.answer(tokens(1000), True)
+    core.answer(tokens(1000, 1000), True)
+    assert pages.pending == 0 and not core.asked  # no more pages
+    assert cache.overflowed == {UIDS[0]} and cache.tombstone_count == 0
+    # Fetched again without them: still overflowed, not paged again.
+    cache.store([key(UIDS[0])], APP)
+    assert not core.asked and cache.overflowed == {UIDS[0]}
+
+
+def test_a_refused_page_leaves_the_version_to_the_core(core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    _, _, d = core.asked.pop()
+    d.errback(ServiceKeyRefused(ResultReason.PERMISSION_DENIED, "no"))
+    clock.advance(RETRY_DELAY)
+    assert pages.pending == 0 and not core.asked and cache.overflowed == {UIDS[0]}
+
+
+def test_a_core_without_pages_leaves_the_version_overflowed(core, clock) -> None:
+    core.taken = False  # a core of link version 8
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    assert cache.overflowed == {UIDS[0]} and pages.pending == 0 and not core.asked
+
+
+def test_a_relink_to_a_core_without_pages_gives_up_paging(core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    _, _, d = core.asked.pop()
+    core.taken = False
+    d.errback(LinkLost("lost"))
+    clock.advance(RETRY_DELAY)
+    assert pages.pending == 0 and not core.asked and cache.overflowed == {UIDS[0]}
+
+
+def test_one_page_per_version_and_a_few_at_once(core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    for uid in UIDS:
+        sent_without_tombstones(cache, uid)
+    assert [uid for uid, _, _ in core.asked] == UIDS[:pages.at_once]
+    core.answer(tokens(1000), True)  # UIDS[0] goes to the back of the line
+    assert [uid for uid, _, _ in core.asked] == [*UIDS[1:pages.at_once], UIDS[pages.at_once]]
+    while core.asked:
+        assert len({uid for uid, _, _ in core.asked}) == len(core.asked) <= pages.at_once
+        core.answer([], False)
+    assert not cache.overflowed and pages.pending == 0

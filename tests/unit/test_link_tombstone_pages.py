@@ -1,0 +1,233 @@
+"""Paged tombstones over the link (link version 9), both ends over a real store: the core
+reads each page in TokenId order after the cursor, authorized as a fetch of the version by
+uid (a refusal answered and audited as that fetch's); a gateway paging a version of more
+than MAX_SENT_TOMBSTONES holds it whole, and its refreshes are then "unchanged" (the digest
+over every tombstone, uncapped). Mixed releases: a gateway of version 8 is never sent more
+than before, and a gateway that named 8 sending FETCH_TOMBSTONES ends its link."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from twisted.internet.task import Clock
+
+from kcm.core.context import Caller
+from kcm.core.service_keys import service_keys_answer, unchanged_since
+from kcm.core.store import repository
+from kcm.core.store.schema import STATE_DESTROYED, ManagedObject
+from kcm.core.tombstone_pages import TombstonePage, tombstone_page
+from kcm.gateway.link_client import LinkError
+from kcm.gateway.tombstone_pages import TombstonePages
+from kcm.identity import Principal
+from kcm.kmip.enums import ResultReason
+from kcm.kmip.errors import KmipError
+from kcm.link.frames import MAX_SENT_TOMBSTONES, REFRESH_VERSION, Frame, FrameType, encode_frame
+from kcm.link.keys_digest import keys_digest
+from tests.core_support import CoreHarness, admin_principal, service_principal
+from tests.unit.test_link_cancel import core_factory, frames_in
+from tests.unit.test_link_conditional_fetch import Linked
+from tests.unit.test_link_drain import gateway_link, welcomed
+from tests.unit.test_link_drain import linked as link_of_version
+
+APP = service_principal()
+COUNT = 2 * MAX_SENT_TOMBSTONES + 500
+
+
+def uid_of(core: CoreHarness) -> str:
+    keys = core.store.run_sync(lambda session: service_keys_answer(
+        session, core.keyring, Caller(APP, "gw"), "demo", "app", None,
+        now=int(time.time())), write=False)
+    return keys[0].uid
+
+
+def revoke(core: CoreHarness, uid: str, count: int = COUNT, start: int = 0) -> list[str]:
+    token_ids = [f"{(n * 7919) % 10**6:032x}" for n in range(start, start + count)]
+
+    def add(session) -> None:
+        for token_id in token_ids:
+            repository.add_tombstone(session, token_id=token_id, tenant="demo", l3_uid=uid,
+                                     reason="revoked")
+
+    core.store.run_sync(add)
+    return token_ids
+
+
+def page(core: CoreHarness, uid: str, after: str | None,
+         principal: Principal = APP) -> TombstonePage | KmipError:
+    return core.store.run_sync(lambda session: tombstone_page(
+        session, core.keyring, Caller(principal, "gw"), uid, after, now=int(time.time())),
+        write=False)
+
+
+def fetched(core: CoreHarness, uid: str, principal: Principal) -> KmipError:
+    answer = core.store.run_sync(lambda session: service_keys_answer(
+        session, core.keyring, Caller(principal, "gw"), "", "", uid,
+        now=int(time.time())), write=False)
+    assert isinstance(answer, KmipError)
+    return answer
+
+
+# The core's page reads ------------------------------------------------------------------------
+
+
+def test_pages_come_in_token_id_order_after_the_cursor(core: CoreHarness) -> None:
+    uid = uid_of(core)
+    token_ids = sorted(revoke(core, uid))
+    got, after, pages = [], None, 0
+    while True:
+        answer = page(core, uid, after)
+        assert isinstance(answer, TombstonePage)
+        assert len(answer.token_ids) <= MAX_SENT_TOMBSTONES
+        got += answer.token_ids
+        pages += 1
+        if not answer.more:
+            break
+        after = answer.token_ids[-1]
+    assert got == token_ids and pages == 3
+    # A tombstone made below the cursor after that page is not in the next one (the
+    # gateway has it from its event), one above is.
+    first = page(core, uid, None)
+    low, high = "0" * 32, "f" * 32
+    for token_id in (low, high):
+        core.store.run_sync(lambda session, t=token_id: repository.add_tombstone(
+            session, token_id=t, tenant="demo", l3_uid=uid, reason="revoked"))
+    second = page(core, uid, first.token_ids[-1])
+    assert low not in second.token_ids
+    assert page(core, uid, token_ids[-1]) == TombstonePage([high], False)
+
+
+def test_exactly_a_page_ends_with_an_empty_last_page(core: CoreHarness) -> None:
+    uid = uid_of(core)
+    token_ids = sorted(revoke(core, uid, MAX_SENT_TOMBSTONES))
+    assert page(core, uid, None) == TombstonePage(token_ids, False)
+
+
+@pytest.mark.parametrize("principal", [
+    service_principal("other", "app"),  # another tenant's
+    admin_principal("other", "mallory"),
+    service_principal("demo", "ghost"),  # its service not provisioned
+    service_principal("demo", "billing"),  # another service of the tenant: Permission Denied
+], ids=["other tenant", "other admin", "unprovisioned", "other service"])
+def test_a_page_is_authorized_as_the_fetch_of_the_version(core: CoreHarness,
+                                                          principal: Principal) -> None:
+    uid = uid_of(core)
+    revoke(core, uid, 3)
+    refused = page(core, uid, None, principal)
+    assert isinstance(refused, KmipError)
+    expected = fetched(core, uid, principal)
+    assert (refused.reason, refused.message) == (expected.reason, expected.message)
+    assert isinstance(page(core, uid, None, admin_principal()), TombstonePage)
+
+
+def test_an_unknown_uid_is_answered_as_its_fetch(core: CoreHarness) -> None:
+    uid = "l3-00000000-0000-4000-8000-0000000000ff"
+    refused = page(core, uid, None)
+    expected = fetched(core, uid, APP)
+    assert isinstance(refused, KmipError) and refused.reason == ResultReason.OBJECT_NOT_FOUND
+    assert refused.message == expected.message
+
+
+def test_a_destroyed_version_has_an_empty_last_page(core: CoreHarness) -> None:
+    uid = uid_of(core)
+    revoke(core, uid, 3)
+    core.store.run_sync(lambda session: session.get(ManagedObject, uid).__setattr__(
+        "state", STATE_DESTROYED))
+    assert page(core, uid, None) == TombstonePage([], False)
+
+
+# The refresh digest ----------------------------------------------------------------------------
+
+
+def test_a_version_held_whole_past_the_cap_is_unchanged_to_a_gateway_of_version_9(
+        core: CoreHarness) -> None:
+    uid = uid_of(core)
+    revoke(core, uid, MAX_SENT_TOMBSTONES + 1)
+
+    def answer(uncapped: bool):
+        return core.store.run_sync(lambda session: service_keys_answer(
+            session, core.keyring, Caller(APP, "gw"), "demo", "app", None,
+            now=int(time.time()), uncapped=uncapped), write=False)
+
+    def unchanged(held: bytes, uncapped: bool, by_uid: bool = False) -> bool:
+        return core.store.run_sync(lambda session: unchanged_since(
+            session, core.keyring, Caller(APP, "gw"), "demo", "app", uid if by_uid else None,
+            held, now=int(time.time()), uncapped=uncapped), write=False)
+
+    [capped], [whole] = answer(False), answer(True)
+    assert capped.tombstones is None and len(whole.tombstones) == MAX_SENT_TOMBSTONES + 1
+    assert unchanged(keys_digest([whole]), uncapped=True)
+    assert unchanged(keys_digest([whole]), uncapped=True, by_uid=True)
+    assert not unchanged(keys_digest([whole]), uncapped=False)  # (version 8's rule)
+    assert not unchanged(keys_digest([capped]), uncapped=True)  # overflowed: fetched
+    revoke(core, uid, 1, start=COUNT)
+    assert not unchanged(keys_digest([whole]), uncapped=True)
+
+
+# Both ends ------------------------------------------------------------------------------------
+
+
+def paged(core: CoreHarness) -> Linked:
+    linked = Linked(core)
+    TombstonePages(linked.cache, linked.link.fetch_tombstones,
+                   connected=lambda: linked.link.connected,
+                   taken=lambda: linked.link.pages_taken, call_later=linked.clock.callLater)
+    return linked
+
+
+def test_a_gateway_pages_a_version_in_holds_it_whole_and_refreshes_it_unchanged(
+        core: CoreHarness) -> None:
+    uid = uid_of(core)
+    token_ids = revoke(core, uid)
+    linked = paged(core)
+    audited = len(linked.audited())
+    linked.cache.prewarm("demo", "app", APP)
+    linked.pump.flush()
+    assert not linked.cache.overflowed and linked.cache.pages.pending == 0
+    assert linked.cache.tombstone_count == COUNT
+    assert all(linked.cache.is_tombstoned(t) for t in token_ids)
+    assert len(linked.audited()) == audited + 1  # the fetch; the pages are not audited
+    for _ in range(2):
+        linked.refresh()
+    assert linked.factory.refreshes == {"unchanged": 2, "changed": 0}
+    assert len(linked.audited()) == audited + 1
+
+
+def test_a_page_refused_is_audited_and_leaves_the_version_to_the_core(
+        core: CoreHarness) -> None:
+    uid = uid_of(core)
+    revoke(core, uid)
+    linked = paged(core)
+    got: list = []
+    linked.link.fetch_tombstones(service_principal("demo", "billing"), uid, None) \
+        .addBoth(got.append)
+    linked.pump.flush()
+    assert got[0].value.reason == ResultReason.PERMISSION_DENIED
+    [row] = [row for row in linked.audited() if row.result_status == "OPERATION_FAILED"]
+    assert row.result_reason == "PERMISSION_DENIED" and row.gateway is not None
+    assert row.principal == service_principal("demo", "billing").spiffe_id
+
+
+# Mixed releases -------------------------------------------------------------------------------
+
+
+def test_a_gateway_that_named_8_asking_for_a_page_ends_its_link() -> None:
+    factory, _, _ = core_factory()
+    protocol, transport = link_of_version(factory, REFRESH_VERSION)
+    protocol.dataReceived(encode_frame(Frame(
+        FrameType.FETCH_TOMBSTONES, stream_id=1, caller_identity=APP.spiffe_id,
+        unique_identifier="l3-x")))
+    [goaway] = frames_in(transport)
+    assert goaway.type is FrameType.GOAWAY and "link version 8" in goaway.error
+    assert protocol.closing
+
+
+def test_a_gateway_of_version_9_sends_a_core_of_version_8_no_page() -> None:
+    client = gateway_link(Clock())
+    _, transport = welcomed(client, REFRESH_VERSION)
+    frames_in(transport)
+    assert not client.pages_taken
+    got: list = []
+    client.fetch_tombstones(APP, "l3-x", None).addBoth(got.append)
+    assert isinstance(got[0].value, LinkError) and frames_in(transport) == []
+    client.stopService()

@@ -86,7 +86,12 @@ from kcm.core.lineage import Lineage
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch, share_of
 from kcm.core.service_keys import fetch_service_keys, unchanged_since, without_tombstones
 from kcm.core.store.engine import Store
-from kcm.core.tombstone_pages import TombstonePage, audit_refused_page, tombstone_page
+from kcm.core.tombstone_pages import (
+    TombstonePage,
+    VersionDestroyed,
+    audit_refused_page,
+    tombstone_page,
+)
 from kcm.core.usage_intake import UsageScope
 from kcm.drain import until
 from kcm.identity import Principal, Role, SubjectMap, parse_spiffe_id
@@ -1245,14 +1250,15 @@ class LinkServerFactory(Factory):
 
     def fetch_page(self, caller: Caller, uid: str, after: str | None,
                    now: int) -> Deferred[TombstonePage | KmipError]:
-        """FETCH_TOMBSTONES's answer (link version 9): a page read in its own transaction,
-        handed over as a fetch's is (:meth:`fetch_keys`: before the events committed after
-        it); a refusal is audited in a write of its own."""
-        d: Deferred = self.store.run_answer(lambda session: tombstone_page(
-            session, self.keyring, caller, uid, after, now=now))
+        """FETCH_TOMBSTONES's answer (link version 9): a page read in a read transaction
+        of its own (tombstones are only added, and deleted only with their version, which
+        a page of answers as a refusal: the order of a page and the events does not
+        matter); a refusal of who asks, or of an unknown uid, is audited in a write."""
+        d: Deferred = self.store.run(lambda session: tombstone_page(
+            session, self.keyring, caller, uid, after, now=now), write=False)
 
         def audited(page: TombstonePage | KmipError) -> object:
-            if not isinstance(page, KmipError):
+            if not isinstance(page, KmipError) or isinstance(page, VersionDestroyed):
                 return page
             return self.store.run(lambda session: audit_refused_page(
                 session, caller, uid, page, now=now)).addCallback(lambda _: page)

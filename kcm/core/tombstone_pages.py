@@ -24,11 +24,24 @@ from kcm.core.l4_keys import l3_for, service_key_of
 from kcm.core.service_keys import AUDIT_OPERATION
 from kcm.core.store.schema import L4Tombstone
 from kcm.kernel.correlation import new_correlation_id
+from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.service_key import DESTROYED_STATES
 from kcm.link.frames import MAX_SENT_TOMBSTONES
+
+
+class VersionDestroyed(KmipError):
+    """The version is destroyed: it has no tombstones to send (every token under it is
+    Object Destroyed). A refusal, so that a gateway that reads it before the version's
+    ``l3.state`` event leaves the version to the core rather than serve it whole with
+    tombstones the state sweeper may have deleted meanwhile; not audited (nobody is
+    refused anything)."""
+
+    def __init__(self, uid: str) -> None:
+        super().__init__(ResultReason.OBJECT_DESTROYED,
+                         f"service key {identifier_label(uid)} is destroyed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +57,16 @@ def tombstone_page(session: Session, keyring: Keyring, caller: Caller, uid: str,
                    size: int = MAX_SENT_TOMBSTONES) -> TombstonePage | KmipError:
     """The tombstones of version ``uid`` after ``after`` (None: from the first), at most
     ``size`` of them, in TokenId order; a refusal (returned, not raised) when ``caller`` may
-    not use the version or there is none, as a fetch of it by uid answers. A destroyed
-    version has none to send (every token under it is Object Destroyed): an empty last
-    page. Read only: no audit record (:func:`audit_refused_page` records a refusal)."""
+    not use the version or there is none, as a fetch of it by uid answers, and
+    :class:`VersionDestroyed` for a destroyed one. Read only: no audit record
+    (:func:`audit_refused_page` records a refusal)."""
     try:
         row = l3_for(session, caller.principal, uid)
     except KmipError as e:
         return e
     if service_key_of(session, keyring, row, now, with_material=False).state \
             in DESTROYED_STATES:
-        return TombstonePage([], False)
+        return VersionDestroyed(uid)
     query = select(L4Tombstone.token_id).where(L4Tombstone.l3_uid == uid)
     if after is not None:
         query = query.where(L4Tombstone.token_id > after)

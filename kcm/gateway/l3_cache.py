@@ -1220,6 +1220,8 @@ class L3Cache:
         self._not_found.clear()
         if self.opened_keys is not None:
             self.opened_keys.clear()
+        if self.pages is not None:
+            self.pages.start_over()  # (what was missed may be below the cursors)
 
     def _forget_opened(self, l3_uid: str) -> None:
         if self.opened_keys is not None:

@@ -18,7 +18,8 @@ bound today). A refusal (the caller may no longer use the version, or it is gone
 that sends no pages leave the version overflowed. A failed page (the link lost, a timeout)
 starts the version over from its first page, ``retry`` seconds later, on the link then up.
 A version destroyed (or its tenant removed) meanwhile is forgotten (:meth:`forget`); its
-page, if one comes, is dropped.
+page, if one comes, is dropped. A resync of the cache (events missed) starts every version
+over (:meth:`start_over`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class _Paging:
     tokens: set[str] = field(default_factory=set)
     after: str | None = None
     pages: int = 0
+    #: Whether a page of it is in flight, and whether to start over once it is in.
+    in_flight: bool = False
+    over: bool = False
 
 
 class TombstonePages:
@@ -127,6 +131,16 @@ class TombstonePages:
         if paging is not None:
             self._held -= len(paging.tokens)
 
+    def start_over(self) -> None:
+        """Page every version being paged again from its first page (the cache
+        resynchronised: events may have been missed, tombstones below the cursors among
+        them); one whose page is in flight, once that page is in."""
+        for paging in self._paging.values():
+            if paging.in_flight:
+                paging.over = True  # (once its page in flight is in: one at a time)
+            else:
+                paging.after = None
+
     def _add(self, paging: _Paging, token_id: str) -> None:
         if token_id in paging.tokens:
             return
@@ -148,6 +162,7 @@ class TombstonePages:
 
     def _ask(self, paging: _Paging) -> None:
         self._running += 1
+        paging.in_flight = True
         try:
             d = self._fetch_page(paging.caller, paging.uid, paging.after)
         except Exception:
@@ -158,6 +173,7 @@ class TombstonePages:
 
     def _answered(self, page: TombstonePage, paging: _Paging) -> None:
         self._running -= 1
+        paging.in_flight = False
         try:
             if self._paging.get(paging.uid) is not paging:
                 return  # forgotten meanwhile: the page says nothing now
@@ -168,6 +184,10 @@ class TombstonePages:
                     return  # (the bound gave it up)
             if page.token_ids:
                 paging.after = page.token_ids[-1]
+            if paging.over:  # (its tombstones are tombstones all the same: kept)
+                paging.over, paging.after = False, None
+                self._queue.append(paging)
+                return
             if page.more:
                 self._queue.append(paging)
                 return
@@ -179,6 +199,7 @@ class TombstonePages:
 
     def _failed(self, failure: Failure, paging: _Paging) -> None:
         self._running -= 1
+        paging.in_flight, paging.over = False, False
         try:
             if self._paging.get(paging.uid) is not paging:
                 return

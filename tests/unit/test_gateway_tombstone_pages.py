@@ -175,3 +175,25 @@ def test_one_page_per_version_and_a_few_at_once(core, clock) -> None:
         assert len({uid for uid, _, _ in core.asked}) == len(core.asked) <= pages.at_once
         core.answer([], False)
     assert not cache.overflowed and pages.pending == 0
+
+
+def test_a_resync_mid_paging_starts_the_version_over(core, clock) -> None:
+    """Events missed (a restored database, pruned events) may be below the cursor."""
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    core.answer(tokens(1000), True)
+    cache.resync()
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], tokens(1000)[-1])]
+    core.answer(tokens(1, 1000), False)  # the page in flight: the last, but it starts over
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], None)]
+    assert cache.overflowed == {UIDS[0]} and pages.pending == 1
+    core.answer([*tokens(2), "f" * 32], False)
+    assert not cache.overflowed and cache.tombstone_count == 1002
+    assert cache.is_tombstoned("f" * 32)
+    # Not in flight at the resync: from the first page at once.
+    sent_without_tombstones(cache, UIDS[1])
+    _, _, d = core.asked.pop()
+    d.errback(LinkLost("lost"))
+    cache.resync()
+    clock.advance(RETRY_DELAY)
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[1], None)]

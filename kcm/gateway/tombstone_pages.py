@@ -15,8 +15,9 @@ What it bounds: one page in flight per version, at most ``at_once`` in all (the 
 their turn, in order); the tombstones held and those paged together within the cache's
 ``max_tombstones`` (past it, the version stays overflowed and is paged no more, as at the
 bound today). A refusal (the caller may no longer use the version, or it is gone) and a core
-that sends no pages leave the version overflowed. A failed page (the link lost, a timeout)
-starts the version over from its first page, ``retry`` seconds later, on the link then up.
+that sends no pages leave the version overflowed. A failed page (the link lost, a timeout,
+the core busy: a General Failure) starts the version over from its first page, ``retry``
+seconds later, on the link then up.
 A version destroyed (or its tenant removed) meanwhile is forgotten (:meth:`forget`); its
 page, if one comes, is dropped. A resync of the cache (events missed) starts every version
 over (:meth:`start_over`).
@@ -35,6 +36,7 @@ from twisted.python.failure import Failure
 
 from kcm.gateway.link_client import TombstonePage
 from kcm.identity import Principal
+from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.link.protocol import MAX_LINK_PAGES
 
@@ -203,7 +205,10 @@ class TombstonePages:
         try:
             if self._paging.get(paging.uid) is not paging:
                 return
-            if isinstance(failure.value, KmipError):  # the core's refusal
+            if isinstance(failure.value, KmipError) \
+                    and failure.value.reason != ResultReason.GENERAL_FAILURE:
+                # The core's refusal (a General Failure, the core busy or failing, is
+                # tried again as a lost link is).
                 self.forget(paging.uid)
                 log.warn("the core refused the L4 tombstones of service key {uid}: {why}; "
                          "its L4 requests go to the core", uid=paging.uid,

@@ -197,3 +197,14 @@ def test_a_resync_mid_paging_starts_the_version_over(core, clock) -> None:
     cache.resync()
     clock.advance(RETRY_DELAY)
     assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[1], None)]
+
+
+def test_a_busy_core_is_asked_again_from_the_first_page(core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    core.answer(tokens(1000), True)
+    _, _, d = core.asked.pop()
+    d.errback(ServiceKeyRefused(ResultReason.GENERAL_FAILURE, "the core is busy"))
+    clock.advance(RETRY_DELAY)
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], None)]
+    assert pages.pending == 1 and cache.overflowed == {UIDS[0]}

@@ -896,8 +896,7 @@ class LinkServerProtocol(LinkProtocol):
         8), answered "unchanged" when the answer would be exactly that."""
         now = int(self.factory.wall_clock())
         d = (self.factory.fetch_keys(caller, tenant, service, uid, now) if held is None
-             else self.factory.refresh_keys(caller, tenant, service, uid, held, now,
-                                            uncapped=self.gateway_version >= PAGES_VERSION))
+             else self.factory.refresh_keys(caller, tenant, service, uid, held, now))
         if self.gateway_version < TOMBSTONES_VERSION:  # (it named its version before this)
             d.addCallback(without_tombstones)
         # (The answer is sent in the same reactor call the store hands it over in:
@@ -1266,16 +1265,14 @@ class LinkServerFactory(Factory):
         return d.addCallback(audited)
 
     def refresh_keys(self, caller: Caller, tenant: str, service: str, uid: str | None,
-                     held: bytes, now: int, *,
-                     uncapped: bool = False) -> Deferred[list[ServiceKey] | KmipError | Unchanged]:
+                     held: bytes, now: int) -> Deferred[list[ServiceKey] | KmipError | Unchanged]:
         """A conditional FETCH_SERVICE_KEY's answer (link version 8): :class:`Unchanged`
         when the answer would be exactly what ``held`` digests, judged in a read
         transaction, with no audit record (it delivers no key material); otherwise, a
         refusal included, :meth:`fetch_keys`'s (a write, audited, as every fetch). Counted
         in :attr:`refreshes` by outcome."""
         d: Deferred = self.store.run(lambda session: unchanged_since(
-            session, self.keyring, caller, tenant, service, uid, held, now=now,
-            uncapped=uncapped), write=False)
+            session, self.keyring, caller, tenant, service, uid, held, now=now), write=False)
 
         def judged(unchanged: bool) -> Deferred | Unchanged:
             if unchanged:

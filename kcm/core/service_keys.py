@@ -78,31 +78,29 @@ def fetch_service_keys(session: Session, keyring: Keyring, caller: Caller, tenan
 
 
 def service_keys_answer(session: Session, keyring: Keyring, caller: Caller, tenant: str,
-                        service: str, uid: str | None, *, now: int,
-                        uncapped: bool = False) -> list[ServiceKey] | KmipError:
+                        service: str, uid: str | None, *,
+                        now: int) -> list[ServiceKey] | KmipError:
     """What :func:`fetch_service_keys` answers, read only: no audit record (the caller
-    audits). Who asks is decided first, exactly as there. ``uncapped``: every version with
-    all its tombstones, however many (what a gateway of link version 9 digests)."""
+    audits). Who asks is decided first, exactly as there."""
     try:
         keys = (_current(session, keyring, caller, tenant, service, now) if uid is None
                 else [_one(session, keyring, caller, uid, now)])
     except KmipError as e:
         return e
-    return _with_tombstones(session, keys, None if uncapped else MAX_SENT_TOMBSTONES)
+    return _with_tombstones(session, keys)
 
 
 def unchanged_since(session: Session, keyring: Keyring, caller: Caller, tenant: str,
-                    service: str, uid: str | None, held: bytes, *, now: int,
-                    uncapped: bool = False) -> bool:
+                    service: str, uid: str | None, held: bytes, *, now: int) -> bool:
     """Whether the answer :func:`fetch_service_keys` would give (to a gateway of link version
     5 or later) is exactly what ``held`` digests (:func:`kcm.link.keys_digest.keys_digest`):
     a refresh that delivers nothing, answered "unchanged" from a read transaction, with no
     audit record (it hands over no key material). False for anything else, a refusal
-    included, which the caller then fetches in full (a write, audited as ever).
-    ``uncapped`` (a gateway of link version 9, which pages what does not fit): the answer
-    taken with every tombstone of each version, as such a gateway holds a version whole."""
-    answer = service_keys_answer(session, keyring, caller, tenant, service, uid, now=now,
-                                 uncapped=uncapped)
+    included, which the caller then fetches in full (a write, audited as ever). The answer
+    is the one sent, within :data:`MAX_SENT_TOMBSTONES` (a version whose tombstones do not
+    fit is taken without them, as the gateway digests it: those come as events and, at link
+    version 9, in pages), so the judgement reads at most that many tombstones."""
+    answer = service_keys_answer(session, keyring, caller, tenant, service, uid, now=now)
     return not isinstance(answer, KmipError) and keys_digest(answer) == held
 
 
@@ -114,10 +112,9 @@ def without_tombstones(answer: list[ServiceKey] | KmipError) -> list[ServiceKey]
     return [replace(key, tombstones=None) for key in answer]
 
 
-def _with_tombstones(session: Session, keys: list[ServiceKey],
-                     room: int | None = MAX_SENT_TOMBSTONES) -> list[ServiceKey]:
-    """``keys`` with their tombstones (see :func:`fetch_service_keys`); ``room`` None: all
-    of each version's."""
+def _with_tombstones(session: Session, keys: list[ServiceKey]) -> list[ServiceKey]:
+    """``keys`` with their tombstones (see :func:`fetch_service_keys`)."""
+    room = MAX_SENT_TOMBSTONES
     answered = []
     for key in keys:
         if key.state in DESTROYED_STATES:
@@ -125,11 +122,9 @@ def _with_tombstones(session: Session, keys: list[ServiceKey],
             continue
         # No ORDER BY: any room + 1 of them tell whether they all fit, and an ordering
         # would read every one of a version's tombstones first (the frame sorts them).
-        query = select(L4Tombstone.token_id).where(L4Tombstone.l3_uid == key.uid)
-        token_ids = session.scalars(query if room is None else query.limit(room + 1)).all()
-        if room is None:
-            answered.append(replace(key, tombstones=frozenset(token_ids)))
-            continue
+        token_ids = session.scalars(
+            select(L4Tombstone.token_id).where(L4Tombstone.l3_uid == key.uid)
+            .limit(room + 1)).all()
         if len(token_ids) > room:
             answered.append(replace(key, tombstones=None))
             continue

@@ -48,8 +48,7 @@ ORIGIN_VERSION = 7
 #: when the full answer would carry exactly that (:mod:`kcm.link.keys_digest`).
 REFRESH_VERSION = 8
 #: The first link version with paged tombstones: FETCH_TOMBSTONES, answered TOMBSTONES (a
-#: version sent without its tombstones is then asked for them, a page at a time), and the
-#: digest of a conditional fetch over every tombstone of each version, uncapped.
+#: version sent without its tombstones is then asked for them, a page at a time).
 PAGES_VERSION = 9
 #: Usage entries one USAGE_REPORT carries at most (a longer report is sent as several).
 MAX_USAGE_ENTRIES = 1000

@@ -73,9 +73,8 @@ def test_the_core_answers_unchanged_only_to_a_gateway_that_named_8(version) -> N
         asked.append("fetch")
         return succeed([KEY])
 
-    def refresh_keys(caller, tenant, service, uid, held, now, *, uncapped=False):
-        # (a gateway of version 9 digests every tombstone of each version: uncapped)
-        asked.append("refresh uncapped" if uncapped else "refresh")
+    def refresh_keys(caller, tenant, service, uid, held, now):
+        asked.append("refresh")
         return succeed(Unchanged(held))
 
     factory.fetch_keys = fetch_keys  # type: ignore[method-assign]
@@ -84,7 +83,7 @@ def test_the_core_answers_unchanged_only_to_a_gateway_that_named_8(version) -> N
     protocol.dataReceived(fetch_frame(HELD))
     [answer] = frames_in(transport)
     if version in (REFRESH_VERSION, PAGES_VERSION):
-        assert asked == ["refresh uncapped" if version == PAGES_VERSION else "refresh"]
+        assert asked == ["refresh"]
         assert (answer.keys_digest, answer.service_keys) == (HELD, [])
     else:  # (a digest it could not have meant: a plain fetch, answered as ever)
         assert asked == ["fetch"]

@@ -1,4 +1,5 @@
-"""Migration 0014 (each tenant's count of what it stores, and its own bound) on a database
+"""Migration 0014 (each tenant's count of what it stores, and its own bound; a version's
+tombstones indexed in TokenId order) on a database
 of 0013 with tenants, objects and L4 tombstones in it, SQLite and PostgreSQL: the upgrade
 keeps every row and fills ``tenants.stored`` with each tenant's objects and tombstones
 (a tenant with none: 0), ``max_objects`` NULL; the count then goes on from there; the
@@ -45,6 +46,30 @@ def _tenant_columns(url: str) -> set[str]:
 def _stored(store: Store) -> dict[str, tuple[int, int | None]]:
     return store.run_sync(lambda s: {name: (stored, own) for name, stored, own in s.execute(
         select(Tenant.name, Tenant.stored, Tenant.max_objects)).all()}, write=False)
+
+
+def _tombstone_indexes(url: str) -> dict[str, list[str]]:
+    engine = open_engine(url)
+    try:
+        return {index["name"]: index["column_names"]
+                for index in inspect(engine).get_indexes("l4_tombstones")}
+    finally:
+        engine.dispose()
+
+
+def test_0014_indexes_a_version_s_tombstones_in_token_order_and_back(db_url: str) -> None:
+    """A gateway pages a version's tombstones in TokenId order (link version 9): 0014's
+    index on (l3_uid, token_id) takes the place of 0013's on l3_uid, and back."""
+    upgrade(db_url, "0013")
+    assert _tombstone_indexes(db_url) == {"ix_l4_tombstones_l3_uid": ["l3_uid"],
+                                          "ix_l4_tombstones_tenant": ["tenant"]}
+    upgrade(db_url, "0014")
+    assert _tombstone_indexes(db_url) == {
+        "ix_l4_tombstones_l3_uid_token_id": ["l3_uid", "token_id"],
+        "ix_l4_tombstones_tenant": ["tenant"]}
+    downgrade(db_url, "0013")
+    assert _tombstone_indexes(db_url) == {"ix_l4_tombstones_l3_uid": ["l3_uid"],
+                                          "ix_l4_tombstones_tenant": ["tenant"]}
 
 
 def test_0013_to_0014_counts_each_tenant_s_objects_and_tombstones(db_url: str) -> None:

@@ -245,10 +245,13 @@ class L4Tombstone(Base):
     """A revoked or destroyed L4 token: gateways refuse it from then on."""
 
     __tablename__ = "l4_tombstones"
+    # A version's tombstones in TokenId order, as a gateway pages them in (link version 9;
+    # migration 0014, in place of an index on l3_uid alone, which it serves).
+    __table_args__ = (Index(None, "l3_uid", "token_id"),)
 
     token_id: Mapped[str] = mapped_column(Text, primary_key=True)
     tenant: Mapped[str] = mapped_column(Text, ForeignKey("tenants.name"), index=True)
-    l3_uid: Mapped[str] = mapped_column(Text, ForeignKey("managed_objects.uid"), index=True)
+    l3_uid: Mapped[str] = mapped_column(Text, ForeignKey("managed_objects.uid"))
     at: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(Text)
 

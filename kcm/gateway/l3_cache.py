@@ -1094,8 +1094,8 @@ class L3Cache:
                      uid=uid)
             return
         log.warn("the core sent service key {uid} without its L4 tombstones (a core older "
-                 "than link version 5, or too many to send): its L4 requests go to the core",
-                 uid=uid)
+                 "than link version 5, or too many to send): its L4 requests go to the core "
+                 "until a core of link version 9 pages them in", uid=uid)
 
     def _add_tombstone(self, token_id: str, l3_uid: str) -> None:
         if self.opened_keys is not None:

@@ -608,6 +608,8 @@ class LinkClient(MultiService):
         #: Called with the core's policy document (kcm.identity.SubjectMap.document) from
         #: each WELCOME that carries one and each ``policy`` event.
         self.on_policy = on_policy
+        #: Called (no arguments) each time a link is up, after its WELCOME is taken.
+        self.on_linked: Callable[[], None] | None = None
         #: The last event applied; the core resumes right after it (see
         #: :meth:`_resume_after`).
         self.last_sequence = last_sequence
@@ -957,6 +959,11 @@ class LinkClient(MultiService):
             linked()
         self._hold_until = float("-inf")  # a link lost from now on fails calls at once
         self.links_made += 1
+        if self.on_linked is not None:
+            try:
+                self.on_linked()
+            except Exception:
+                log.failure("on_linked failed")
         waiters, self._waiters = self._waiters, {}
         for d in waiters:
             d.callback(None)

@@ -235,8 +235,10 @@ def makeService(options: Options,
                     call_later=reactor.callLater, random=random.random,
                     max_fetches=max(1, link.max_fetches // 2), conditional=True)
     # A version sent without its tombstones (too many) has them paged in (link version 9).
-    TombstonePages(cache, link.fetch_tombstones, connected=lambda: link.connected,
-                   taken=lambda: link.pages_taken, call_later=reactor.callLater)
+    # (and, once linked to a core that pages them, one a core of an earlier release sent so)
+    pages = TombstonePages(cache, link.fetch_tombstones, connected=lambda: link.connected,
+                           taken=lambda: link.pages_taken, call_later=reactor.callLater)
+    link.on_linked = pages.linked
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy

@@ -14,10 +14,12 @@ cache holds them, and the version is served here again (:meth:`L3Cache.whole`).
 What it bounds: one page in flight per version, at most ``at_once`` in all (the rest wait
 their turn, in order); the tombstones held and those paged together within the cache's
 ``max_tombstones`` (past it, the version stays overflowed and is paged no more, as at the
-bound today). A refusal (the caller may no longer use the version, or it is gone) and a core
-that sends no pages leave the version overflowed. A failed page (the link lost, a timeout,
-the core busy: a General Failure) starts the version over from its first page, ``retry``
-seconds later, on the link then up.
+bound today). A refusal (the caller may no longer use the version, or it is gone) leaves the
+version overflowed. So does a core that sends no pages (an earlier release), until the link
+is made again to one that does (:meth:`TombstonePages.linked`: a gateway that linked to a
+core of an earlier release first, in a rolling upgrade, pages them in then). A failed page
+(the link lost, a timeout, the core busy: a General Failure) starts the version over from
+its first page, ``retry`` seconds later, on the link then up.
 A version destroyed (or its tenant removed) meanwhile is forgotten (:meth:`forget`); its
 page, if one comes, is dropped. A resync of the cache (events missed) starts every version
 over (:meth:`start_over`).
@@ -56,6 +58,7 @@ class PagedCache(Protocol):
 
     max_tombstones: int
     pages: Any
+    overflowed: set[str]
 
     @property
     def tombstone_count(self) -> int: ...
@@ -94,6 +97,9 @@ class TombstonePages:
         self._running = 0
         #: Tombstones held here, of every version being paged.
         self._held = 0
+        #: Versions a core that sends no pages left overflowed, each with the caller to page
+        #: it for once a core sends them (:meth:`linked`).
+        self._unpaged: dict[str, Principal] = {}
         cache.pages = self
 
     @property
@@ -112,7 +118,9 @@ class TombstonePages:
         if uid in self._paging:
             return True
         if not self._taken():
+            self._unpaged[uid] = caller
             return False
+        self._unpaged.pop(uid, None)
         paging = self._paging[uid] = _Paging(uid, caller)
         for token_id in held:
             self._add(paging, token_id)
@@ -120,6 +128,18 @@ class TombstonePages:
             self._queue.append(paging)
             self._pump()
         return True
+
+    def linked(self) -> None:
+        """A link is up: if its core sends pages, page in each version a core that sends
+        none left overflowed (a core of an earlier release, before a rolling upgrade
+        reached it)."""
+        if not self._unpaged or not self._taken():
+            return
+        unpaged, self._unpaged = self._unpaged, {}
+        for uid, caller in unpaged.items():
+            if uid in self._cache.overflowed and self.start(uid, caller, set()):
+                log.info("the core sends tombstone pages: the L4 tombstones of service key "
+                         "{uid} are paged in", uid=uid)
 
     def note(self, token_id: str, uid: str) -> None:
         """An ``l4.tombstone`` event of version ``uid``: kept with its pages."""
@@ -129,6 +149,7 @@ class TombstonePages:
 
     def forget(self, uid: str) -> None:
         """Stop paging version ``uid`` (destroyed, its tenant removed)."""
+        self._unpaged.pop(uid, None)
         paging = self._paging.pop(uid, None)
         if paging is not None:
             self._held -= len(paging.tokens)
@@ -224,6 +245,7 @@ class TombstonePages:
             return
         if self._connected() and not self._taken():
             self.forget(paging.uid)
+            self._unpaged[paging.uid] = paging.caller  # (paged once a core sends pages)
             log.warn("the core sends no tombstone pages (a core older than link version 9): "
                      "the L4 requests of service key {uid} go to the core", uid=paging.uid)
             return

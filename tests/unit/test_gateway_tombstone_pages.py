@@ -164,6 +164,52 @@ def test_a_relink_to_a_core_without_pages_gives_up_paging(core, clock) -> None:
     assert pages.pending == 0 and not core.asked and cache.overflowed == {UIDS[0]}
 
 
+def test_a_version_a_core_without_pages_sent_is_paged_in_once_linked_to_one_that_pages(
+        core, clock) -> None:
+    # A rolling upgrade, gateway first: its fetch answered by a core of link version 7 left
+    # the version overflowed; a refresh from a core of version 9 says "unchanged" (the
+    # version's tombstones are past an answer's room on both ends), so only the link tells.
+    core.taken = False
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    pages.linked()  # (a link to a core that still sends no pages: nothing)
+    assert not core.asked and cache.overflowed == {UIDS[0]}
+    core.taken = True
+    pages.linked()
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], None)]
+    core.answer(tokens(3), more=False)
+    assert cache.overflowed == set() and pages.pending == 0
+    pages.linked()  # (once paged in, never again)
+    assert not core.asked
+
+
+def test_a_version_given_up_on_a_relink_to_a_core_without_pages_is_paged_on_the_next(
+        core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    _, _, d = core.asked.pop()
+    core.taken = False
+    d.errback(LinkLost("lost"))
+    clock.advance(RETRY_DELAY)
+    assert pages.pending == 0 and cache.overflowed == {UIDS[0]}
+    core.taken = True
+    pages.linked()
+    core.answer(tokens(2), more=False)
+    assert cache.overflowed == set()
+
+
+def test_a_version_forgotten_is_not_paged_once_linked_to_a_core_that_pages(core,
+                                                                          clock) -> None:
+    core.taken = False
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    pages.forget(UIDS[0])
+    cache.overflowed.discard(UIDS[0])  # (as a destroyed version's is)
+    core.taken = True
+    pages.linked()
+    assert not core.asked and pages.pending == 0
+
+
 def test_one_page_per_version_and_a_few_at_once(core, clock) -> None:
     cache, pages = paged_cache(core, clock)
     for uid in UIDS:

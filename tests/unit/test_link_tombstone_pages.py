@@ -237,3 +237,15 @@ def test_a_gateway_of_version_9_sends_a_core_of_version_8_no_page() -> None:
     client.fetch_tombstones(APP, "l3-x", None).addBoth(got.append)
     assert isinstance(got[0].value, LinkError) and frames_in(transport) == []
     client.stopService()
+
+
+def test_each_link_up_calls_on_linked_once_its_cores_version_is_known() -> None:
+    # (how a gateway that linked to a core of an earlier release first pages in what that
+    # core sent without its tombstones, once it links to one of version 9)
+    client = gateway_link(Clock())
+    taken: list[bool] = []
+    client.on_linked = lambda: taken.append(client.pages_taken)
+    welcomed(client, REFRESH_VERSION)
+    welcomed(client)
+    assert taken == [False, True]
+    client.stopService()

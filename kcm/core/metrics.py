@@ -367,6 +367,12 @@ def database_state(url: str, timeout: float = 2.0, *,
     except Exception as e:  # noqa: BLE001 - any failure to read is "not reachable"
         return {"database": f"unreachable: {_first_line(e)}"}
     if revision != head:
+        if revision is not None and not _known_revision(revision):
+            # (a later release upgraded it: neither kcm core init nor a restart of this one
+            # helps)
+            return {"database": f"newer than this kcm-core: at {revision}, the code writes "
+                                f"{head} (restart it on the release that upgraded the "
+                                f"database)", "revision": revision}
         return {"database": f"not migrated: at {revision or 'no revision'}, the code needs "
                             f"{head} (run kcm core init or restart kcm-core)",
                 "revision": revision}
@@ -377,6 +383,12 @@ def database_state(url: str, timeout: float = 2.0, *,
 
 def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _known_revision(revision: str) -> bool:
+    from kcm.core.store.migrate import is_known_revision
+
+    return is_known_revision(revision)
 
 
 def _head_revision() -> str:

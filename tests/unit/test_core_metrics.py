@@ -17,7 +17,7 @@ from kcm.core import tap
 from kcm.core.config import load_config
 from kcm.core.metrics import CoreMetrics, DatabaseReadiness, database_state
 from kcm.core.request_handler import CoreRequestHandler
-from kcm.core.store.migrate import upgrade
+from kcm.core.store.migrate import HEAD_REVISION, upgrade
 from kcm.metrics import Readiness
 from tests.core_support import CoreHarness
 from tests.gateway_support import create_managed, get, locate, request, response
@@ -136,6 +136,22 @@ def test_database_state_of_an_unmigrated_database_says_so(tmp_path: Path) -> Non
     sqlite3.connect(path).execute("CREATE TABLE alembic_version (version_num TEXT)")
     state = database_state(f"sqlite:///{path}")
     assert state["database"].startswith("not migrated: at no revision")
+
+
+def test_database_state_of_a_database_a_later_release_upgraded_says_to_restart_on_it(
+        tmp_path: Path) -> None:
+    # (a core of this release left running in the next release's upgrade: its kcm core
+    # init and its restart would both refuse the database)
+    path = tmp_path / "newer.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE alembic_version (version_num TEXT)")
+    connection.execute("INSERT INTO alembic_version VALUES ('9999')")
+    connection.commit()
+    connection.close()
+    state = database_state(f"sqlite:///{path}")
+    assert state == {"database": f"newer than this kcm-core: at 9999, the code writes "
+                                 f"{HEAD_REVISION} (restart it on the release that upgraded "
+                                 f"the database)", "revision": "9999"}
 
 
 class Threads:

@@ -171,41 +171,14 @@ def test_an_encrypted_client_key_is_an_error_without_a_pass_phrase_prompt(
         tmp_path: Path, pki: PkiPaths) -> None:
     """At a terminal too: Python's ssl (the blocking client's load) would ask for the key's
     pass phrase on it and the check would wait for an answer; the key is refused first."""
-    import contextlib
-    import pty
-    import select
-    import signal
     import sys
-    import time
 
-    from cryptography.hazmat.primitives import serialization
+    from tests.on_terminal import encrypted_copy, run_on_terminal
 
-    key = serialization.load_pem_private_key(pki.app.key.read_bytes(), password=None)
-    encrypted = tmp_path / "encrypted.key"
-    encrypted.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"secret")))
-    encrypted.chmod(0o600)
+    encrypted = encrypted_copy(pki.app.key, tmp_path / "encrypted.key")
     config = client_config(tmp_path, pki, key=encrypted)
-    pid, terminal = pty.fork()  # (the child's controlling terminal: where a prompt goes)
-    if pid == 0:  # pragma: no cover (the child)
-        os.execv(sys.executable, [sys.executable, "-m", "kcm", "config", "check",
-                                  "-c", str(config)])
-    output, status, deadline = b"", None, time.monotonic() + 20
-    try:
-        while status is None and time.monotonic() < deadline:
-            if select.select([terminal], [], [], 0.2)[0]:
-                with contextlib.suppress(OSError):  # (the child is gone)
-                    output += os.read(terminal, 4096)
-            done, code = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = os.waitstatus_to_exitcode(code)
-    finally:
-        if status is None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(terminal)
-    text = output.decode(errors="replace")
+    status, text = run_on_terminal([sys.executable, "-m", "kcm", "config", "check",
+                                    "-c", str(config)])
     assert "pass phrase" not in text, text
     assert status == 1, text
     assert f"error: client.key: {encrypted} is encrypted" in text, text

@@ -360,44 +360,18 @@ def test_the_blocking_client_refuses_an_encrypted_key_without_a_prompt(
     phrase there and the process waited for an answer (without one, the error was
     "[Errno 22] Invalid argument"). The key is refused, in the words of the Twisted
     client and ``kcm config check``."""
-    import contextlib
-    import pty
-    import select
-    import signal
     import sys
 
-    from cryptography.hazmat.primitives import serialization
+    from tests.on_terminal import encrypted_copy, run_on_terminal
 
-    key = serialization.load_pem_private_key(pki.app.key.read_bytes(), password=None)
-    encrypted = tmp_path / "encrypted.key"
-    encrypted.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"secret")))
-    encrypted.chmod(0o600)
+    encrypted = encrypted_copy(pki.app.key, tmp_path / "encrypted.key")
     script = ("from kcm.client.endpoints import FailoverConnection, TlsFiles\n"
               "try:\n"
               f"    FailoverConnection(['127.0.0.1:1'], TlsFiles({str(pki.app.cert)!r}, "
               f"{str(encrypted)!r}, {str(pki.ca.cert)!r}))\n"
               "except Exception as e:\n"
               "    print('refused:', e)\n")
-    pid, terminal = pty.fork()  # (the child's controlling terminal: where a prompt goes)
-    if pid == 0:  # pragma: no cover (the child)
-        os.execv(sys.executable, [sys.executable, "-c", script])
-    output, status, deadline = b"", None, time.monotonic() + 20
-    try:
-        while status is None and time.monotonic() < deadline:
-            if select.select([terminal], [], [], 0.2)[0]:
-                with contextlib.suppress(OSError):  # (the child is gone)
-                    output += os.read(terminal, 4096)
-            done, code = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = os.waitstatus_to_exitcode(code)
-    finally:
-        if status is None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(terminal)
-    text = output.decode(errors="replace")
+    status, text = run_on_terminal([sys.executable, "-c", script])
     assert "pass phrase" not in text, text
     assert status == 0, text
     assert (f"refused: cannot load the client's certificate, key or CA: {encrypted} is "

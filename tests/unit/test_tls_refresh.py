@@ -565,15 +565,10 @@ def test_a_ca_bundle_without_the_ca_of_a_crl_in_force_is_refused_as_at_a_start(
         refresher.stopService()
 
 
-def test_a_crl_is_checked_against_the_ca_bundle_in_force_not_the_one_on_disk(
-        pki, tmp_path, logged) -> None:
-    """A CA rotation whose renewed files are refused (the key not the certificate's yet):
-    a new CRL file holding only the new CA's CRL was checked against the bundle on disk
-    (the new one), and taken beside the bundle in force (the old one), under which every
-    client of the old CA then found no CRL of its CA and was refused. It is refused until
-    the renewal is taken; then both are."""
-    now = dt.datetime.now(dt.UTC)
-    old, new = load_ca(pki.ca), new_ca("New CA", now=now)
+def _old_ca_in_force(pki, tmp_path):
+    """The test PKI's CA in force (a bundle of it, and its empty CRL) in a started
+    refresher, and a new CA to rotate to: (old, new, bundle, crl, refresher)."""
+    old, new = load_ca(pki.ca), new_ca("New CA", now=dt.datetime.now(dt.UTC))
     bundle = tmp_path / "ca.pem"
     bundle.write_bytes(pki.ca.cert.read_bytes())
     crl = tmp_path / "crl.pem"
@@ -582,6 +577,17 @@ def test_a_crl_is_checked_against_the_ca_bundle_in_force_not_the_one_on_disk(
                              interval=1, run_in_thread=run_inline, crl=str(crl),
                              refusals=ConnectionRefusals())
     refresher.startService()
+    return old, new, bundle, crl, refresher
+
+
+def test_a_crl_is_checked_against_the_ca_bundle_in_force_not_the_one_on_disk(
+        pki, tmp_path, logged) -> None:
+    """A CA rotation whose renewed files are refused (the key not the certificate's yet):
+    a new CRL file holding only the new CA's CRL was checked against the bundle on disk
+    (the new one), and taken beside the bundle in force (the old one), under which every
+    client of the old CA then found no CRL of its CA and was refused. It is refused until
+    the renewal is taken; then both are."""
+    old, new, bundle, crl, refresher = _old_ca_in_force(pki, tmp_path)
     try:
         options = refresher.options(_kmip)()
         before = _serial(pki)
@@ -612,16 +618,7 @@ def test_a_crl_of_the_ca_in_force_is_taken_while_a_renewal_on_disk_is_refused(
     the key not the certificate's yet) and a new CRL file the old CA's CRL, which revokes
     a client: the bundle in force is the old one, so that CRL is taken (checked against
     the file on disk it was refused, and the client stayed unrevoked)."""
-    now = dt.datetime.now(dt.UTC)
-    old, new = load_ca(pki.ca), new_ca("New CA", now=now)
-    bundle = tmp_path / "ca.pem"
-    bundle.write_bytes(pki.ca.cert.read_bytes())
-    crl = tmp_path / "crl.pem"
-    crl.write_bytes(issue_crl(old, []).public_bytes(Encoding.PEM))
-    refresher = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(bundle), Clock(),
-                             interval=1, run_in_thread=run_inline, crl=str(crl),
-                             refusals=ConnectionRefusals())
-    refresher.startService()
+    old, new, bundle, crl, refresher = _old_ca_in_force(pki, tmp_path)
     try:
         issued = _issue(pki, ca=new)
         pki.core.key.write_bytes(private_key_pem(issued.key))  # (the certificate not yet)

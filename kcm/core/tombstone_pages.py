@@ -22,7 +22,12 @@ from kcm.core.context import Caller
 from kcm.core.keyring import Keyring
 from kcm.core.l4_keys import l3_for, service_key_of
 from kcm.core.service_keys import AUDIT_OPERATION
-from kcm.core.store.schema import L4Tombstone
+from kcm.core.store.schema import (
+    STATE_DESTROYED,
+    STATE_DESTROYED_COMPROMISED,
+    L4Tombstone,
+    ManagedObject,
+)
 from kcm.kernel.correlation import new_correlation_id
 from kcm.kernel.missing import identifier_label
 from kcm.kmip.enums import ResultReason
@@ -42,6 +47,10 @@ class VersionDestroyed(KmipError):
     def __init__(self, uid: str) -> None:
         super().__init__(ResultReason.OBJECT_DESTROYED,
                          f"service key {identifier_label(uid)} is destroyed")
+
+
+#: ``managed_objects.state`` of a destroyed version.
+STORED_DESTROYED = (STATE_DESTROYED, STATE_DESTROYED_COMPROMISED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,13 @@ def tombstone_page(session: Session, keyring: Keyring, caller: Caller, uid: str,
     if after is not None:
         query = query.where(L4Tombstone.token_id > after)
     token_ids = list(session.scalars(query.order_by(L4Tombstone.token_id).limit(size + 1)))
+    # Its state read again after its tombstones: on PostgreSQL (READ COMMITTED) each
+    # statement sees what committed before it, and a destroy, then the state sweeper's
+    # delete of its tombstones, may have committed since the look above. The destroy came
+    # first: a page missing a swept tombstone sees it here.
+    if session.scalar(select(ManagedObject.state).where(ManagedObject.uid == uid)) \
+            in STORED_DESTROYED:
+        return VersionDestroyed(uid)
     return TombstonePage(token_ids[:size], len(token_ids) > size)
 
 

@@ -254,3 +254,103 @@ def test_a_busy_core_is_asked_again_from_the_first_page(core, clock) -> None:
     clock.advance(RETRY_DELAY)
     assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], None)]
     assert pages.pending == 1 and cache.overflowed == {UIDS[0]}
+
+
+def test_a_resync_starts_over_a_version_waiting_its_turn_with_a_cursor(core, clock) -> None:
+    """Not in flight but queued (at_once versions ahead of it), with a cursor: what was
+    missed may be below that cursor, so its next page is its first."""
+    cache, pages = paged_cache(core, clock)
+    for uid in UIDS[:pages.at_once + 1]:
+        sent_without_tombstones(cache, uid)
+    core.answer(tokens(1000), True)  # UIDS[0] waits behind UIDS[at_once], its cursor set
+    assert UIDS[0] not in [uid for uid, _, _ in core.asked]
+    cache.resync()
+    while UIDS[0] not in [uid for uid, _, _ in core.asked]:
+        core.answer([], False, index=0)
+    assert [after for uid, after, _ in core.asked if uid == UIDS[0]] == [None]
+
+
+def test_a_token_both_in_an_event_and_a_page_counts_once_against_the_bound(core,
+                                                                           clock) -> None:
+    """Exactly max_tombstones distinct ones are held whole, an event's token also paged
+    counted once."""
+    cache, pages = paged_cache(core, clock, max_tombstones=1001)
+    sent_without_tombstones(cache)
+    cache.apply_event(1, "l4.tombstone", "demo", {"token_id": tokens(1)[0],
+                                                  "unique_identifier": UIDS[0]})
+    core.answer(tokens(1000), True)
+    core.answer(tokens(1, 1000), False)
+    assert not cache.overflowed and cache.tombstone_count == 1001 and pages.pending == 0
+
+
+def test_what_a_version_paged_held_is_given_back_when_it_ends(core, clock) -> None:
+    """Forgotten (destroyed, its late page dropped), given up at the bound, or whole: what
+    its pages held no longer counts against max_tombstones for the next version."""
+    cache, pages = paged_cache(core, clock, max_tombstones=1500)
+    sent_without_tombstones(cache, UIDS[0])
+    core.answer(tokens(1000), True)
+    cache.apply_event(1, "l3.state", "demo", {"unique_identifier": UIDS[0], "service": "app",
+                                              "state": int(State.DESTROYED)})
+    core.answer(tokens(5, 1000), False)  # its late page: dropped
+    sent_without_tombstones(cache, UIDS[1])  # given up at the bound mid-page
+    core.answer(tokens(1000, 2000), True)
+    core.answer(tokens(600, 3000), True)
+    assert UIDS[1] in cache.overflowed and pages.pending == 0 and not core.asked
+    sent_without_tombstones(cache, UIDS[2])  # whole
+    core.answer(tokens(1000, 4000), True)
+    core.answer(tokens(400, 5000), False)
+    assert UIDS[2] not in cache.overflowed and cache.tombstone_count == 1400
+    cache.apply_event(2, "l3.state", "demo", {"unique_identifier": UIDS[2], "service": "app",
+                                              "state": int(State.DESTROYED)})
+    sent_without_tombstones(cache, UIDS[3])
+    core.answer(tokens(1000, 6000), True)
+    core.answer(tokens(500, 7000), False)
+    assert UIDS[3] not in cache.overflowed and cache.tombstone_count == 1500
+
+
+def test_a_retry_while_no_link_is_up_waits_for_the_next(clock) -> None:
+    """Not linked at the retry (no core to ask whether it sends pages): the version waits
+    its turn, it is not given up."""
+    core, up = Core(), [True]
+    cache = L3Cache(lambda *a, **k: succeed([]), connected=lambda: True, clock=clock.seconds)
+    pages = TombstonePages(cache, core.fetch_page, connected=lambda: up[0],
+                           taken=lambda: up[0], call_later=clock.callLater)
+    sent_without_tombstones(cache)
+    _, _, d = core.asked.pop()
+    up[0] = False
+    d.errback(LinkLost("lost"))
+    clock.advance(RETRY_DELAY)
+    assert pages.pending == 1 and [(uid, after) for uid, after, _ in core.asked] == [
+        (UIDS[0], None)]
+
+
+def test_a_failed_page_after_a_resync_starts_over_once(core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    core.answer(tokens(1000), True)
+    cache.resync()  # (its page in flight)
+    _, _, d = core.asked.pop()
+    d.errback(LinkLost("lost"))
+    clock.advance(RETRY_DELAY)
+    core.answer(tokens(3), False)  # the first page again, and the last
+    assert not cache.overflowed and pages.pending == 0 and not core.asked
+
+
+def test_a_tenant_removed_mid_paging_is_paged_no_more(core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    core.answer(tokens(1000), True)
+    cache.apply_event(1, "tenant.removed", "demo", {})
+    assert pages.pending == 0 and not cache.overflowed
+    core.answer(tokens(3, 1000), False)
+    assert not core.asked and cache.tombstone_count == 0
+
+
+def test_held_tombstones_move_to_the_pages_while_paging(core, clock) -> None:
+    cache, pages = paged_cache(core, clock, max_tombstones=1001)
+    cache.apply_event(1, "l4.tombstone", "demo", {"token_id": "ee" * 16,
+                                                  "unique_identifier": UIDS[0]})
+    sent_without_tombstones(cache)
+    assert cache.tombstone_count == 0 and pages.pending == 1
+    core.answer(tokens(1000), False)
+    assert cache.tombstone_count == 1001 and not cache.overflowed

@@ -8,24 +8,35 @@ than before, and a gateway that named 8 sending FETCH_TOMBSTONES ends its link."
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from kcm.core.context import Caller
+from kcm.core.link_server import PAGES_BUSY
 from kcm.core.service_keys import service_keys_answer, unchanged_since
 from kcm.core.store import repository
 from kcm.core.store.schema import STATE_DESTROYED, ManagedObject
 from kcm.core.tombstone_pages import TombstonePage, VersionDestroyed, tombstone_page
 from kcm.gateway.link_client import LinkError
 from kcm.gateway.tombstone_pages import TombstonePages
-from kcm.identity import Principal
+from kcm.identity import Principal, Role
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
-from kcm.link.frames import MAX_SENT_TOMBSTONES, REFRESH_VERSION, Frame, FrameType, encode_frame
+from kcm.link.frames import (
+    MAX_SENT_TOMBSTONES,
+    PAGES_VERSION,
+    REFRESH_VERSION,
+    Frame,
+    FrameType,
+    encode_frame,
+)
 from kcm.link.keys_digest import keys_digest
+from kcm.link.protocol import MAX_LINK_PAGES
 from tests.core_support import CoreHarness, admin_principal, service_principal
 from tests.unit.test_link_cancel import core_factory, frames_in
 from tests.unit.test_link_conditional_fetch import Linked
@@ -249,3 +260,67 @@ def test_each_link_up_calls_on_linked_once_its_cores_version_is_known() -> None:
     welcomed(client)
     assert taken == [False, True]
     client.stopService()
+
+
+# The core's bounds on pages in flight ---------------------------------------------------------
+
+
+def test_a_link_has_at_most_max_link_pages_in_flight_at_the_core() -> None:
+    """A fifth page in flight on a link is refused busy (General Failure); one answered
+    makes room again, refused or not."""
+    from tests.unit.test_link_cancel import APP as LINK_APP
+
+    factory, _, _ = core_factory()
+    asked: list[Deferred] = []
+    factory.fetch_page = lambda caller, uid, after, now: asked.append(Deferred()) or asked[-1]
+    protocol, transport = link_of_version(factory, PAGES_VERSION)
+
+    def ask(stream_id: int) -> None:
+        protocol.dataReceived(encode_frame(Frame(
+            FrameType.FETCH_TOMBSTONES, stream_id=stream_id,
+            caller_identity=LINK_APP.spiffe_id, unique_identifier="l3-x")))
+
+    for stream_id in range(1, MAX_LINK_PAGES + 2):
+        ask(stream_id)
+    [busy] = frames_in(transport)
+    assert busy.type is FrameType.TOMBSTONES and busy.stream_id == MAX_LINK_PAGES + 1
+    assert busy.result_reason == ResultReason.GENERAL_FAILURE and busy.error == PAGES_BUSY
+    for n in range(2 * MAX_LINK_PAGES):  # each answered makes room for one more
+        d = asked.pop(0)
+        d.callback(TombstonePage([], False) if n % 2 else
+                   KmipError(ResultReason.OBJECT_NOT_FOUND, "no"))
+        ask(100 + n)
+        assert all(frame.error != PAGES_BUSY for frame in frames_in(transport))
+
+
+def test_a_refused_page_is_audited_as_the_refused_fetch_and_a_destroyed_one_not_at_all(
+        core: CoreHarness) -> None:
+    """Another service's caller: the fetch's refusal record (its tenant, why it was denied)
+    marked ``tombstones``; a caller the core does not accept: the link's refusal record;
+    a destroyed version's page refuses nobody: no record."""
+    uid = uid_of(core)
+    revoke(core, uid, 3)
+    linked = paged(core)
+    got: list = []
+    linked.link.fetch_tombstones(service_principal("demo", "billing"), uid, None) \
+        .addBoth(got.append)
+    linked.pump.flush()
+    [row] = [row for row in linked.audited() if row.result_status == "OPERATION_FAILED"]
+    detail = json.loads(row.detail or "{}")
+    assert row.tenant == "demo" and detail["tombstones"] is True and detail["denied"]
+    refused, refuse = [], core.handler.refuse
+    core.handler.refuse = lambda refusal: refused.append(refusal) or refuse(refusal)
+    stranger = Principal(Role.SERVICE, "elsewhere.test", tenant="demo", service="app",
+                         uri="spiffe://elsewhere.test/tenant/demo/service/app")
+    linked.link.fetch_tombstones(stranger, uid, None).addBoth(got.append)
+    linked.pump.flush()
+    assert got[-1].value.reason == ResultReason.PERMISSION_DENIED
+    [refusal] = refused  # (recorded by the handler, as a refused REQUEST's caller is)
+    assert refusal.reason == ResultReason.PERMISSION_DENIED and refusal.gateway is not None
+    core.store.run_sync(lambda session: session.get(ManagedObject, uid).__setattr__(
+        "state", STATE_DESTROYED))
+    linked.link.fetch_tombstones(APP, uid, None).addBoth(got.append)
+    linked.pump.flush()
+    assert got[-1].value.reason == ResultReason.OBJECT_DESTROYED
+    assert [row.result_reason for row in linked.audited()
+            if row.result_status == "OPERATION_FAILED"] == ["PERMISSION_DENIED"]

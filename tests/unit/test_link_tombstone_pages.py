@@ -23,6 +23,7 @@ from kcm.core.store import repository
 from kcm.core.store.schema import STATE_DESTROYED, ManagedObject
 from kcm.core.tombstone_pages import TombstonePage, VersionDestroyed, tombstone_page
 from kcm.gateway.link_client import LinkError
+from kcm.gateway.link_client import TombstonePage as GatewayPage
 from kcm.gateway.tombstone_pages import TombstonePages
 from kcm.identity import Principal, Role
 from kcm.kmip.enums import ResultReason
@@ -324,3 +325,23 @@ def test_a_refused_page_is_audited_as_the_refused_fetch_and_a_destroyed_one_not_
     assert got[-1].value.reason == ResultReason.OBJECT_DESTROYED
     assert [row.result_reason for row in linked.audited()
             if row.result_status == "OPERATION_FAILED"] == ["PERMISSION_DENIED"]
+
+
+def test_a_gateway_takes_a_page_without_more_as_the_last_and_an_odd_reason_as_busy() -> None:
+    """MoreTombstones absent: false (the last page). A refusal of a reason this gateway does
+    not know is a General Failure (tried again), not a refusal that gives the version up."""
+    client = gateway_link(Clock())
+    protocol, transport = welcomed(client, PAGES_VERSION)
+    frames_in(transport)
+    got: list = []
+    client.fetch_tombstones(APP, "l3-x", None).addBoth(got.append)
+    [asked] = frames_in(transport)
+    protocol.dataReceived(encode_frame(Frame(FrameType.TOMBSTONES, stream_id=asked.stream_id,
+                                             token_ids=["a" * 32])))
+    assert got == [GatewayPage(["a" * 32], False)]
+    client.fetch_tombstones(APP, "l3-x", None).addBoth(got.append)
+    [asked] = frames_in(transport)
+    protocol.dataReceived(encode_frame(Frame(FrameType.TOMBSTONES, stream_id=asked.stream_id,
+                                             error="new", result_reason=0x7FF0)))
+    assert got[-1].value.reason == ResultReason.GENERAL_FAILURE
+    client.stopService()

@@ -83,9 +83,10 @@ def tombstone_page(session: Session, keyring: Keyring, caller: Caller, uid: str,
     # Its state read again after its tombstones: on PostgreSQL (READ COMMITTED) each
     # statement sees what committed before it, and a destroy, then the state sweeper's
     # delete of its tombstones, may have committed since the look above. The destroy came
-    # first: a page missing a swept tombstone sees it here.
-    if session.scalar(select(ManagedObject.state).where(ManagedObject.uid == uid)) \
-            in STORED_DESTROYED:
+    # first: a page missing a swept tombstone sees it here (or the row gone: its tenant
+    # removed, which deletes its tombstones with it).
+    state = session.scalar(select(ManagedObject.state).where(ManagedObject.uid == uid))
+    if state is None or state in STORED_DESTROYED:
         return VersionDestroyed(uid)
     return TombstonePage(token_ids[:size], len(token_ids) > size)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from sqlalchemy import create_engine, delete, event, update
 
 from kcm.core.context import Caller
@@ -22,8 +23,9 @@ from tests.unit.test_link_tombstone_pages import revoke, uid_of
 APP = service_principal()
 
 
+@pytest.mark.parametrize("removed", [False, True], ids=["destroyed", "tenant removed"])
 def test_a_version_destroyed_and_swept_during_a_page_read_is_answered_destroyed(
-        pg_core: CoreHarness) -> None:  # noqa: F811
+        pg_core: CoreHarness, removed: bool) -> None:  # noqa: F811
     core = pg_core
     uid = uid_of(core)
     revoke(core, uid, 5)
@@ -38,6 +40,8 @@ def test_a_version_destroyed_and_swept_during_a_page_read_is_answered_destroyed(
             other.execute(update(ManagedObject).where(ManagedObject.uid == uid)
                           .values(state=STATE_DESTROYED))
             other.execute(delete(L4Tombstone).where(L4Tombstone.l3_uid == uid))
+            if removed:  # (its tenant's removal deletes the version's row too)
+                other.execute(delete(ManagedObject).where(ManagedObject.uid == uid))
         swept.append(True)
 
     def before(conn, cursor, statement, parameters, context, executemany) -> None:

@@ -64,8 +64,10 @@ def test_a_version_destroyed_and_swept_during_a_page_read_is_answered_destroyed(
 
 def test_a_page_on_postgresql_is_in_token_id_order_after_the_cursor(
         pg_core: CoreHarness) -> None:  # noqa: F811
-    """The frame's order is the code point order of the TokenIds (lowercase hex): the
-    database's collation orders them alike."""
+    """The frame's order is the code point order of the TokenIds, which the page's ORDER BY
+    and cursor follow in the database's collation: alike for lowercase hex, the only
+    TokenIds there are (the test cluster's collation is C; an ICU en-US database orders
+    them alike too, where it would not order mixed case or punctuation so)."""
     core = pg_core
     uid = uid_of(core)
     token_ids = sorted(revoke(core, uid, 1500))

@@ -447,6 +447,10 @@ class L3Cache:
         self.max_tombstones = max_tombstones
         #: L3s whose tombstones were given up at the bound: their L4 requests go to the core.
         self.overflowed: set[str] = set()
+        #: Versions (of those in ``_tombstones_of``) whose every tombstone is held (taken from
+        #: an answer or pages, the events applied since): still so when their key is
+        #: forgotten idle, until a resync.
+        self._whole: set[str] = set()
         #: The versions whose tombstones are paged in (link version 9), when the gateway
         #: asks for them: :class:`kcm.gateway.tombstone_pages.TombstonePages` sets it.
         self.pages: Any = None
@@ -1077,13 +1081,14 @@ class L3Cache:
         version that came without them all is left to the core, as an overflowed one,
         unless it is held: it came with them all before, and the events since added the
         rest (a refresh may come without them when a newer version took the frame's room)."""
+        uid = key.uid
         if key.tombstones is not None:
             for token_id in key.tombstones:
-                self._add_tombstone(token_id, key.uid)
+                self._add_tombstone(token_id, uid)
+            self._held_whole(uid)
             return
-        uid = key.uid
-        if uid in self.overflowed or uid in self._keys:
-            return
+        if uid in self.overflowed or uid in self._keys or uid in self._whole:
+            return  # (whole: its key forgotten idle, its tombstones kept, the events too)
         held = self._tombstones_of.get(uid, set())
         self._forget_tombstones(uid)
         self.overflowed.add(uid)
@@ -1131,10 +1136,19 @@ class L3Cache:
         self.overflowed.discard(uid)
         for token_id in token_ids:
             self._add_tombstone(token_id, uid)
+        self._held_whole(uid)
         log.info("service key {uid}: its {count} L4 tombstones came in {pages} pages; its L4 "
                  "requests are served here again", uid=uid, count=len(token_ids), pages=pages)
 
+    def _held_whole(self, uid: str) -> None:
+        """Every tombstone of version ``uid`` is held now: so it stays, its key forgotten
+        idle or not, until they are forgotten or a resync. Only one that has any (a
+        fetch of another carries them all again): at most one uid a version held of."""
+        if uid not in self.overflowed and uid in self._tombstones_of:
+            self._whole.add(uid)
+
     def _forget_tombstones(self, l3_uid: str) -> None:
+        self._whole.discard(l3_uid)
         for token_id in self._tombstones_of.pop(l3_uid, ()):
             del self._tombstones[token_id]
 
@@ -1218,6 +1232,7 @@ class L3Cache:
         self._versions_due.clear()
         self._dropped.clear()
         self._not_found.clear()
+        self._whole.clear()  # (events missed: a version not held is taken whole no more)
         if self.opened_keys is not None:
             self.opened_keys.clear()
         if self.pages is not None:

@@ -354,3 +354,63 @@ def test_held_tombstones_move_to_the_pages_while_paging(core, clock) -> None:
     assert cache.tombstone_count == 0 and pages.pending == 1
     core.answer(tokens(1000), False)
     assert cache.tombstone_count == 1001 and not cache.overflowed
+
+
+def forget_idle(cache: L3Cache, clock: Clock) -> None:
+    for _ in range(40):
+        clock.advance(100)
+        cache.refresh_due()
+    assert cache.size == 0
+
+
+def test_a_version_held_whole_then_idle_is_not_paged_again_when_fetched_again(core,
+                                                                              clock) -> None:
+    """Its tombstones stay when its key is forgotten idle, and the events go on adding to
+    them: fetched again without them, it is served here at once, not overflowed and paged
+    in from its first page again (200 pages for 200,000). After a resync (events may have
+    been missed) it is paged again."""
+    cache, pages = paged_cache(core, clock, idle=10.0)
+    sent_without_tombstones(cache)
+    core.answer(tokens(1000), True)
+    core.answer(tokens(5, 1000), False)
+    forget_idle(cache, clock)
+    cache.apply_event(1, "l4.tombstone", "demo", {"token_id": "ee" * 16,
+                                                  "unique_identifier": UIDS[0]})
+    sent_without_tombstones(cache)
+    assert not cache.overflowed and not core.asked and pages.pending == 0
+    assert cache.tombstone_count == 1006 and cache.is_tombstoned("ee" * 16)
+    cache.resync()
+    sent_without_tombstones(cache)
+    assert cache.overflowed == {UIDS[0]} and [(uid, after) for uid, after, _ in core.asked] \
+        == [(UIDS[0], None)]
+
+
+def test_a_version_whose_answer_carried_its_tombstones_is_whole_until_given_up(
+        core, clock) -> None:
+    """Taken with its tombstones, then grown past an answer's room by events and forgotten
+    idle: whole here still. Given up at max_tombstones, it is no longer."""
+    cache, pages = paged_cache(core, clock, idle=10.0, max_tombstones=2000)
+    cache.store([key(UIDS[0], frozenset(tokens(10)))], APP)
+    for n, token_id in enumerate(tokens(1000, 10)):
+        cache.apply_event(n + 1, "l4.tombstone", "demo", {"token_id": token_id,
+                                                          "unique_identifier": UIDS[0]})
+    forget_idle(cache, clock)
+    sent_without_tombstones(cache)
+    assert not cache.overflowed and not core.asked and cache.tombstone_count == 1010
+    for n, token_id in enumerate(tokens(991, 2000)):
+        cache.apply_event(2000 + n, "l4.tombstone", "demo", {"token_id": token_id,
+                                                             "unique_identifier": UIDS[0]})
+    assert cache.overflowed == {UIDS[0]}  # past max_tombstones: given up
+    forget_idle(cache, clock)
+    sent_without_tombstones(cache)
+    assert cache.overflowed == {UIDS[0]} and not core.asked
+
+
+def test_a_version_without_tombstones_is_not_kept_whole(core, clock) -> None:
+    """(Nothing to keep: a fetch carries them all again; the uids kept are bounded by the
+    tombstones held.)"""
+    cache, _ = paged_cache(core, clock, idle=10.0)
+    cache.store([key(UIDS[0], frozenset())], APP)
+    forget_idle(cache, clock)
+    sent_without_tombstones(cache)
+    assert cache.overflowed == {UIDS[0]} and core.asked

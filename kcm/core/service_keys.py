@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from kcm.core import policy
@@ -99,9 +99,21 @@ def unchanged_since(session: Session, keyring: Keyring, caller: Caller, tenant: 
     included, which the caller then fetches in full (a write, audited as ever). The answer
     is the one sent, within :data:`MAX_SENT_TOMBSTONES` (a version whose tombstones do not
     fit is taken without them, as the gateway digests it: those come as events and, at link
-    version 9, in pages), so the judgement reads at most that many tombstones."""
+    version 9, in pages), so the judgement reads at most that many tombstones.
+
+    Never on a PostgreSQL standby (``pg_is_in_recovery()``: a core pointed at one, or a
+    demoted primary that no longer replicates): what it reads may be behind the primary,
+    so the refresh goes to the full fetch, whose write fails there, and the gateway stops
+    using the key at ``max_stale`` as it did before conditional fetches."""
+    if session.get_bind().dialect.name == "postgresql" and session.execute(
+            _IN_RECOVERY).scalar():
+        return False
     answer = service_keys_answer(session, keyring, caller, tenant, service, uid, now=now)
     return not isinstance(answer, KmipError) and keys_digest(answer) == held
+
+
+#: Whether a PostgreSQL server is a standby (it replays a primary's log).
+_IN_RECOVERY = text("SELECT pg_is_in_recovery()")
 
 
 def without_tombstones(answer: list[ServiceKey] | KmipError) -> list[ServiceKey] | KmipError:

@@ -70,3 +70,25 @@ def test_an_unchanged_refresh_is_a_read_and_a_change_is_fetched_audited(
     linked.refresh()
     assert linked.factory.refreshes == {"unchanged": 3, "changed": 1}
     assert linked.cache.current("demo", "app") == key
+
+
+def test_a_standby_never_answers_unchanged(pg_core: CoreHarness, monkeypatch) -> None:
+    """A core on a PostgreSQL standby (a demoted primary that no longer replicates, or one
+    reached after a failover without ``target_session_attrs``) may read what the primary
+    has since changed: its refreshes are fetched in full (a write, which a standby refuses,
+    so the gateway stops using the key at ``max_stale``, as before conditional fetches).
+    The standby is stood for by the judgement's own question answered true: this server
+    is the primary, as the first refresh shows."""
+    from sqlalchemy import text
+
+    from kcm.core import service_keys
+
+    linked = Linked(pg_core)
+    linked.cache.prewarm("demo", "app", APP)
+    linked.pump.flush()
+    linked.refresh()
+    assert linked.factory.refreshes == {"unchanged": 1, "changed": 0}
+    monkeypatch.setattr(service_keys, "_IN_RECOVERY", text("SELECT true"))
+    linked.refresh()
+    assert linked.factory.refreshes == {"unchanged": 1, "changed": 1}
+    assert [row.result_status for row in linked.audited()] == ["SUCCESS", "SUCCESS"]

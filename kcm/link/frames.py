@@ -596,10 +596,14 @@ def _frame_from(item: Item) -> Frame:
 
 def _page_misplaced(frame: Frame) -> str | None:
     """Why a TOMBSTONES breaks the rules (None: it does not): at most
-    :data:`MAX_SENT_TOMBSTONES` TokenIds, each greater than the one before, and either a page
-    (TokenIds, MoreTombstones) or a refusal (ErrorMessage and ResultReason), never both."""
+    :data:`MAX_SENT_TOMBSTONES` TokenIds, each greater than the one before, at least one
+    when MoreTombstones is true (the next page is asked after the last: one without would be
+    asked again and again), and either a page (TokenIds, MoreTombstones) or a refusal
+    (ErrorMessage and ResultReason), never both."""
     if len(frame.token_ids) > MAX_SENT_TOMBSTONES:
         return f"a TOMBSTONES of more than {MAX_SENT_TOMBSTONES} TokenIds"
+    if frame.more and not frame.token_ids:
+        return "a TOMBSTONES with MoreTombstones true carries TokenIds"
     if any(a >= b for a, b in zip(frame.token_ids, frame.token_ids[1:], strict=False)):
         return "a TOMBSTONES's TokenIds are not in increasing order"
     refused = frame.error is not None or frame.result_reason is not None

@@ -82,6 +82,7 @@ _REASON = Item(Tag.RESULT_REASON, ItemType.ENUMERATION, 1)
     _wire(FrameType.TOMBSTONES, _token("a" * 32), _token("a" * 32)),  # twice
     _wire(FrameType.TOMBSTONES, *[_token(f"{n:032x}") for n in range(MAX_SENT_TOMBSTONES + 1)]),
     _wire(FrameType.TOMBSTONES, _MORE, _MORE),  # MoreTombstones twice
+    _wire(FrameType.TOMBSTONES, _MORE),  # more follow, yet no cursor to ask them after
     _wire(FrameType.TOMBSTONES, Item(Tag.MORE_TOMBSTONES, ItemType.INTEGER, 1)),
     _wire(FrameType.TOMBSTONES, _token("a" * 32), _ERROR, _REASON),  # a page and a refusal
     _wire(FrameType.TOMBSTONES, _ERROR),  # a refusal without its reason
@@ -95,7 +96,8 @@ _REASON = Item(Tag.RESULT_REASON, ItemType.ENUMERATION, 1)
     _wire(FrameType.SERVICE_KEYS, _MORE),
     encode(Item(Tag.LINK_FRAME, ItemType.STRUCTURE, [  # no stream
         Item(Tag.FRAME_TYPE, ItemType.ENUMERATION, int(FrameType.TOMBSTONES))])),
-], ids=["order", "twice", "too many", "more twice", "more not boolean", "page and refusal",
+], ids=["order", "twice", "too many", "more twice", "more without tokens",
+        "more not boolean", "page and refusal",
         "half a refusal", "refusal naming a tenant", "no uid", "no caller", "two cursors",
         "more in a fetch", "token elsewhere", "more elsewhere", "no stream"])
 def test_page_frames_outside_the_rules_are_refused(wire: bytes) -> None:

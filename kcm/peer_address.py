@@ -47,19 +47,19 @@ def peer_label(address: Any) -> str:
 def address_group(host: str, ipv6_prefix: int = 128) -> str:
     """The name a per-address limit counts ``host`` (a :func:`peer_host`) under: an IPv6
     address by its network of ``ipv6_prefix`` bits (``2001:db8:1:2::/64``; 128: the
-    address itself); an IPv4 address (an IPv4-mapped one is one already), a link-local
-    IPv6 address, and anything that is not an IPv6 address, as it is.
+    address itself); an IPv4 address (an IPv4-mapped one is one already), and anything
+    that is not an IPv6 address, as it is.
 
-    A link-local address (``fe80::/10``) is named with its zone, the interface it came
-    in on (``fe80::1%eth0``), and counted by itself whatever the prefix: its /64 is every
-    host of that link, not one host's allocation, and ``fe80::1%eth0`` and
-    ``fe80::1%eth1`` are two hosts (the network, ``fe80::/64``, named neither)."""
+    An address with a zone (a link-local one, ``fe80::1%eth0``: the interface it came in
+    on) is counted by its network within that zone (``fe80::/64%eth0``): ``fe80::1%eth0``
+    and ``fe80::1%eth1`` are on two links, and a host may take any number of addresses of
+    its own link (as of its global /64 under SLAAC), so one host's neighbours share its
+    count rather than it escape the cap."""
     if ipv6_prefix >= 128 or ":" not in host:
         return host
     try:
         address = ipaddress.IPv6Address(host)
-        if address.is_link_local:
-            return host
-        return str(ipaddress.IPv6Network((host, ipv6_prefix), strict=False))
+        network = ipaddress.IPv6Network((int(address), ipv6_prefix), strict=False)
     except ValueError:
         return host
+    return f"{network}%{address.scope_id}" if address.scope_id else str(network)

@@ -130,6 +130,20 @@ def test_ipv6_clients_are_capped_by_their_network_with_a_prefix(tls_options,
     assert accept(factory, host="2001:db8:1:2::4")[0] is not None
 
 
+def test_link_local_clients_are_capped_by_their_link_with_a_prefix(tls_options) -> None:
+    """limits.ipv6_address_prefix 64: a host on the server's link can take any number of
+    link-local addresses (fe80::/64 is the whole link, as its global /64 is under SLAAC),
+    so they count towards one cap per link (zone): counted by address, one neighbour took
+    every slot of max_connections from fe80::1, fe80::2... while the prefix was set to stop
+    just that. Another interface is another link, counted apart."""
+    guard, factory, _ = guarded(tls_options, max_connections_per_address=2,
+                                ipv6_address_prefix=64)
+    assert [accept(factory, host=f"fe80::{i:x}%eth0", port=40000 + i)[0] is not None
+            for i in range(1, 6)] == [True, True, False, False, False]
+    assert accept(factory, host="fe80::1%eth1")[0] is not None  # another link
+    assert dict(guard.by_address) == {"fe80::/64%eth0": 2, "fe80::/64%eth1": 1}
+
+
 def test_a_link_guard_groups_ipv6_clients_by_the_same_prefix(tls_options) -> None:
     guard, _, _ = guarded(tls_options, max_connections_per_address=1,
                           ipv6_address_prefix=48)

@@ -57,12 +57,13 @@ def test_an_address_without_a_host_string_is_named_by_itself_brackets_or_not() -
     ("2001:db8:1:2::7", 32, "2001:db8::/32"),
     ("2001:db8:1:2::7", 128, "2001:db8:1:2::7"),  # (the default: the address itself)
     ("::1", 64, "::/64"),
-    # Link-local: each address by itself, with its zone (the interface: two links, two
-    # hosts); its /64 is the whole link. (Both were fe80::/64.)
-    ("fe80::1%eth0", 64, "fe80::1%eth0"),
-    ("fe80::1%eth1", 64, "fe80::1%eth1"),
-    ("fe80::2%eth0", 32, "fe80::2%eth0"),
-    ("fe80::1", 64, "fe80::1"),
+    # Link-local: by its network within its zone (the interface: two links, two groups;
+    # one host may take any number of addresses of its link). (Both were fe80::/64.)
+    ("fe80::1%eth0", 64, "fe80::/64%eth0"),
+    ("fe80::1%eth1", 64, "fe80::/64%eth1"),
+    ("fe80::2%eth0", 32, "fe80::/32%eth0"),
+    ("fe80::1", 64, "fe80::/64"),
+    ("fe80::1%eth0", 128, "fe80::1%eth0"),  # (the default: the address itself)
     # IPv4, and an IPv4 client of a dual-stack listener (peer_host named it by its IPv4
     # address), are counted by the address whatever the IPv6 prefix.
     ("192.0.2.7", 64, "192.0.2.7"),

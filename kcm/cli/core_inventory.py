@@ -453,7 +453,7 @@ def _max_objects(text: str) -> int | None:
     if text == "default":
         return None
     digits = text.replace("_", "").replace(",", "")
-    if not digits.isdigit() or len(digits) > 18:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
         raise CommandError("--max-objects must be a whole number of at least 0 (0: no "
                            "bound) or default (the core's max_objects_per_tenant)")
     return int(digits)

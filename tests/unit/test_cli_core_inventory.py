@@ -90,7 +90,8 @@ def test_tenant_limit_and_what_list_and_show_say_of_it(deployment: Path, capsys)
     deployment.write_text(deployment.read_text() + "\n[core.limits]\nmax_objects_per_tenant = 7\n")
     assert kcm(capsys, "core", "tenant", "limit", "demo", "--max-objects", "default", "-c",
                config)[1] == "tenant demo: stored 3 of 7 (the core's max_objects_per_tenant)\n"
-    for wrong in ("-1", "1" + "0" * 18):  # (a BIGINT column: 19 digits may not fit)
+    # (a BIGINT column: 19 digits may not fit; "²" is a digit to str.isdigit, not to int)
+    for wrong in ("-1", "1" + "0" * 18, "\u00b2", "1\u00b2"):
         status, _, err = kcm(capsys, "core", "tenant", "limit", "demo", "--max-objects",
                              wrong, "-c", config)
         assert status == 2 and "--max-objects must be a whole number of at least 0" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import shutil
@@ -97,6 +98,25 @@ def core(tmp_path: Path) -> Iterator[CoreHarness]:
             provision_tenant(session, keyring, tenant, now=now)
         for tenant, service in (("demo", "app"), ("demo", "billing"), ("other", "app")):
             provision_service(session, keyring, tenant, service, now=now)
+
+    store.run_sync(bootstrap)
+    try:
+        yield CoreHarness(store, keyring, CoreRequestHandler(store, keyring, clock=time.time))
+    finally:
+        store.stopService()
+
+
+@contextlib.contextmanager
+def demo_app_harness(store: Store) -> Iterator[CoreHarness]:
+    """``store`` (started, migrated) with tenant demo and its service app provisioned under
+    a new keyring, and a request handler; the store stopped at the end."""
+    keyring = Keyring(os.urandom(32))
+    store.audit_key = keyring.audit_key
+    now = int(time.time())
+
+    def bootstrap(session) -> None:
+        provision_tenant(session, keyring, "demo", now=now)
+        provision_service(session, keyring, "demo", "app", now=now)
 
     store.run_sync(bootstrap)
     try:

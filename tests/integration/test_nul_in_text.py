@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kcm.core.hierarchy import provision_service, provision_tenant
-from kcm.core.keyring import Keyring
-from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store.engine import Store
 from kcm.kmip.attributes import VENDOR_TAG, Attribute, Name
 from kcm.kmip.enums import NameType, ObjectType, Operation, ResultReason, ResultStatus
@@ -29,7 +25,7 @@ from kcm.kmip.tags import Tag
 from kcm.testing.postgres import fresh_database
 from kcm.testing.requests import aes256
 from kcm.ttlv import Item, ItemType
-from tests.core_support import CoreHarness
+from tests.core_support import CoreHarness, demo_app_harness
 from tests.integration.test_core_objects import V21, one
 from tests.pg import postgres_url  # noqa: F401  (fixture)
 
@@ -63,19 +59,8 @@ def harness(request, tmp_path: Path) -> Iterator[CoreHarness]:
                              f"kcm_nul_{os.getpid()}_{next(_NUMBERS)}")
     store = Store(url, migrate=True)
     store.startService()
-    keyring = Keyring(os.urandom(32))
-    store.audit_key = keyring.audit_key
-    now = int(time.time())
-
-    def bootstrap(session) -> None:
-        provision_tenant(session, keyring, "demo", now=now)
-        provision_service(session, keyring, "demo", "app", now=now)
-
-    store.run_sync(bootstrap)
-    try:
-        yield CoreHarness(store, keyring, CoreRequestHandler(store, keyring, clock=time.time))
-    finally:
-        store.stopService()
+    with demo_app_harness(store) as harness:
+        yield harness
 
 
 def test_text_with_nul_is_stored_and_found(harness: CoreHarness) -> None:

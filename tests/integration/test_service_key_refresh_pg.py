@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from kcm.core.hierarchy import provision_service, provision_tenant
-from kcm.core.keyring import Keyring
-from kcm.core.request_handler import CoreRequestHandler
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.migrate import upgrade
 from kcm.testing.postgres import fresh_database
-from tests.core_support import CoreHarness, service_principal
+from tests.core_support import CoreHarness, demo_app_harness, service_principal
 from tests.unit.test_link_conditional_fetch import Linked
 
 _databases = itertools.count()
@@ -34,19 +30,10 @@ def pg_core(postgres_url: str) -> Iterator[CoreHarness]:
     upgrade(url)
     store = Store(url)
     store.startService()
-    keyring = Keyring(os.urandom(32))
-    store.audit_key = keyring.audit_key
-    now = int(time.time())
-
-    def bootstrap(session):
-        provision_tenant(session, keyring, "demo", now=now)
-        provision_service(session, keyring, "demo", "app", now=now)
-
-    store.run_sync(bootstrap)
     try:
-        yield CoreHarness(store, keyring, CoreRequestHandler(store, keyring, clock=time.time))
+        with demo_app_harness(store) as harness:
+            yield harness
     finally:
-        store.stopService()
         store.engine.dispose()
 
 

@@ -88,8 +88,13 @@ def test_an_unchanged_refresh_writes_no_audit_record_and_a_change_is_picked_up(
                 engine.dispose()
             wait_until(lambda: "demo" in fetch_tenants(core, after), "the change fetched",
                        timeout=5)
-            [refused] = send_v21(client, get(token))
-            assert refused.result_reason is ResultReason.OBJECT_NOT_FOUND
+            # (The core's audit record is committed before its answer reaches the
+            # gateway: the token is refused once the gateway has taken that answer.)
+            def refused() -> bool:
+                [answer] = send_v21(client, get(token))
+                return answer.result_reason is ResultReason.OBJECT_NOT_FOUND
+
+            wait_until(refused, "the token refused at the gateway", timeout=2, interval=0.05)
     finally:
         gateway.stop()
 

@@ -106,10 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except Exception as e:  # a bug, or a failure no command foresaw: still one line
-        print(f"{_prog(args)}: error: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
+        print(f"{_prog(args)}: error: {_described(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         os.umask(umask)  # main() also runs inside other programs (tests)
+
+
+def _described(error: Exception) -> str:
+    """``error`` as one line: its type and message, or the message alone where it says all
+    (a SQLite database file of several names, refused wherever it is opened)."""
+    from kcm.core.store.sqlite_links import SqliteFileLinked
+
+    if isinstance(error, SqliteFileLinked):
+        return _one_line(str(error))
+    return f"{type(error).__name__}: {_one_line(str(error))}"
 
 
 def _prog(args: argparse.Namespace) -> str:

@@ -245,9 +245,12 @@ def core_config(args: argparse.Namespace) -> CoreConfig:
 def existing_database(config: CoreConfig) -> str:
     """The database URL of ``config``, once it is known to exist: a SQLite file that is not
     there is a CommandError naming where it was looked for (only ``kcm core init`` creates a
-    database; a command asked to read one never does)."""
+    database; a command asked to read one never does), and so is one of several names
+    (:mod:`kcm.core.store.sqlite_links`)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
+
+    from kcm.core.store.sqlite_links import linked_refusal
 
     try:
         url = make_url(config.database)
@@ -265,6 +268,9 @@ def existing_database(config: CoreConfig) -> str:
                     f"; a relative path in the configuration is taken from the working "
                     f"directory, {os.getcwd()}")
             raise CommandError(f"no database at {where}{rule} (kcm core init creates one)")
+        linked = linked_refusal(path)  # (kcm core backup opens it without an engine)
+        if linked is not None:
+            raise CommandError(linked)
     return config.database
 
 

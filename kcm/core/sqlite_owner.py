@@ -11,7 +11,9 @@ the systemd unit, a Deployment of two replicas on one volume) was served all the
 the lock) and keeps it until the core stops; the kernel drops it when the process dies, so
 a killed core leaves nothing to clean up. A core that finds it taken does not start, and
 says which process holds it. A database file its group or others may read is warned about
-(it holds wrapped keys and the audit log; a new one is made 0600).
+(it holds wrapped keys and the audit log; a new one is made 0600). A database file of more
+than one name (a hard link: another path, so another lock file) does not start
+(:mod:`kcm.core.store.sqlite_links`).
 
 Only kcm-core takes the lock: the ``kcm`` commands that open the database while the core
 runs (``kcm core tenant add``, ``kcm audit verify``, ...) keep working. A lock file made by
@@ -33,6 +35,7 @@ from twisted.logger import Logger
 
 from kcm.core.service import StartupError
 from kcm.core.store.engine import Store
+from kcm.core.store.sqlite_links import linked_refusal
 
 log = Logger()
 
@@ -81,6 +84,9 @@ class SqliteOwner(Service):
         # (A database in a directory that does not exist: the store's start says so, in
         # its words; nothing can serve it to lock out.)
         if database is not None and os.path.isdir(os.path.dirname(database)):
+            linked = linked_refusal(database)  # (its other name has another lock file)
+            if linked is not None:
+                raise StartupError(linked)
             self._fd = take(database)
             shared = shared_mode(database)
             if shared is not None:

@@ -56,6 +56,52 @@ def test_a_second_core_on_one_sqlite_file_does_not_start_and_the_first_serves_on
                 core.stop()
 
 
+def test_a_sqlite_file_of_two_names_is_served_by_no_core_and_opened_by_no_command(
+        tmp_path: Path) -> None:
+    """A hard link to the database is another path: a second core on it took another lock
+    file and served the same database, each name with its own WAL (which corrupts it), and
+    a `kcm` command or a backup on it read the database without the first name's WAL. Now
+    no core starts on either name and every command that opens it refuses, saying what to
+    do; once the other name is gone, the core starts."""
+    first = deploy(tmp_path / "core1", f"sqlite:///{tmp_path / 'core1' / 'kcm.db'}")
+    (tmp_path / "other").mkdir(mode=0o700)
+    os.link(tmp_path / "core1" / "kcm.db", tmp_path / "other" / "kcm.db")
+    second = first.replica(tmp_path / "core2")
+    second.database = f"sqlite:///{tmp_path / 'other' / 'kcm.db'}"
+    second.write_config()
+    real = os.path.realpath(tmp_path / "other" / "kcm.db")  # (the name the commands use)
+    try:
+        for core in (first, second):
+            core.spawn()
+            assert core.process is not None
+            assert core.process.wait(timeout=30) == 1
+            name = core.database.removeprefix("sqlite:///")
+            assert (f"kcm-core did not start: kcm-sqlite-owner: the SQLite database file "
+                    f"{os.path.realpath(name)} has 2 names (hard links)") in core.log.read_text()
+            core.process = None
+        for prog, command in (("kcm core tenant list", ("core", "tenant", "list")),
+                              ("kcm audit verify", ("audit", "verify")),
+                              ("kcm core backup", ("core", "backup", str(tmp_path / "copy.db"))),
+                              ("kcm core init", ("core", "init", "--restored"))):
+            done = second.kcm(*command, check=False)
+            assert done.returncode == 2, (command, done.stderr)
+            assert done.stderr == (
+                f"{prog}: error: the "
+                f"SQLite database file {real} has 2 names (hard links): SQLite keeps a WAL "
+                "per name, and two corrupt the database; remove the other names (find / "
+                "-xdev -samefile FILE) or replace the file by a copy of it, with kcm-core "
+                "stopped\n"), done.stderr
+        assert not (tmp_path / "copy.db").exists()
+        assert not (tmp_path / "other" / "kcm.db-wal").exists()
+        os.unlink(tmp_path / "other" / "kcm.db")
+        first.start()
+        with first.client("app") as client:
+            assert refusals(send_v21(client, create_managed())) == [None]
+    finally:
+        for core in (first, second):
+            core.stop()
+
+
 def test_a_gateway_pointed_at_a_cores_kmip_port_says_so_and_the_core_serves_on(
         core_process: CoreProcess, tmp_path: Path) -> None:
     """The gateway's core names the core's KMIP port (5696), not its link port: the core

@@ -241,3 +241,23 @@ def test_the_lock_is_held_until_a_read_the_store_left_behind_has_ended(
         reactor.run_one()
     assert stopped.called
     os.close(take(str(database)))  # (let go)
+
+
+def test_a_database_file_of_several_names_is_refused_before_its_lock_is_taken(
+        tmp_path: Path) -> None:
+    """A hard link is another path, so another lock file (and another WAL): a core on each
+    name served the one database. Neither name starts; one name alone does again."""
+    from kcm.core.store.sqlite_links import linked_refusal
+
+    database = tmp_path / "kcm.db"
+    database.write_bytes(b"")
+    os.link(database, tmp_path / "other.db")
+    for name in (database, tmp_path / "other.db"):
+        with pytest.raises(StartupError) as refused:
+            SqliteOwner(f"sqlite:///{name}").startService()
+        assert str(refused.value) == linked_refusal(str(name))
+        assert not os.path.exists(lock_path(str(name)))
+    os.unlink(tmp_path / "other.db")
+    owner = SqliteOwner(f"sqlite:///{database}")
+    owner.startService()
+    owner.stopService()

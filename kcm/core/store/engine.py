@@ -70,6 +70,7 @@ from kcm.core.store.repository import (
     lock_writers_on,
 )
 from kcm.core.store.savepoints import StoreSession
+from kcm.core.store.sqlite_links import refuse_linked
 from kcm.core.store.transaction_lost import check_transaction
 from kcm.core.store.unavailable import StoreStopped, read_only, read_transaction_refused
 from kcm.core.store.writer_thread import WriterThread
@@ -140,9 +141,10 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
                 idle_in_transaction: float | None = None) -> Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``).
 
-    Opens no connection. A statement's error never shows its parameters
-    (``hide_parameters``): they are wrapped key material and attributes, and the error's
-    text goes to the log with its traceback. SQLite connections get WAL,
+    Opens no connection. A SQLite file of more than one name (hard links) is refused
+    (:class:`kcm.core.store.sqlite_links.SqliteFileLinked`). A statement's error never
+    shows its parameters (``hide_parameters``): they are wrapped key material and
+    attributes, and the error's text goes to the log with its traceback. SQLite connections get WAL,
     ``synchronous=FULL``, foreign keys and a busy timeout, and their transactions are begun
     by us (see the module docstring); a PostgreSQL engine gets a checked, recycled
     connection pool of ``pool_size`` + ``max_overflow`` connections, each with
@@ -156,6 +158,7 @@ def open_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
         if parsed.database in (None, "", ":memory:"):
             # Each pooled connection would see its own empty in-memory database.
             raise ValueError("the store needs a SQLite database file, not :memory:")
+        refuse_linked(parsed.database)  # (a second name has a WAL of its own)
         engine = create_engine(
             parsed,
             hide_parameters=True,

@@ -340,6 +340,7 @@ class _CallbackCounter:
 
 def database_state(url: str, timeout: float = 2.0, *,
                    write_lock: threading.Lock | None = None,
+                   own_writer: Callable[[], bool] | None = None,
                    disk: DiskSpace | None = None) -> dict[str, Any]:
     """Whether the database at ``url`` answers now, on a fresh connection, is at the
     newest migration and (SQLite) would let a write take its write lock and has room for
@@ -356,14 +357,19 @@ def database_state(url: str, timeout: float = 2.0, *,
     (:attr:`kcm.core.store.engine.Store.writers_lock`): the check takes it first, within
     that same half, so that it waits its turn behind the core's own writes (woken as one
     ends) rather than poll the file's lock on SQLite's back-off (1, 2, 5 ... 100 ms apart),
-    which missed the moments between a busy core's group commits. PostgreSQL is not
+    which missed the moments between a busy core's group commits. ``own_writer`` tells
+    whether the core's own write transaction holds the file's write lock now
+    (:meth:`kcm.core.store.engine.Store.holds_file_write_lock`): then the file is writable,
+    by the core, however long that transaction runs (a core busy writing is not taken out
+    of a load balancer); a transaction of the core still waiting for the lock (another
+    process holds it) is not writable. PostgreSQL is not
     asked: its writers' lock is held by another core's commit in the ordinary course, and
     a write waits for it (a core whose writes fail is not ready by its database's
     answer); but a PostgreSQL session that is read-only (a standby, or
     ``default_transaction_read_only`` set for the database or role) is not writable."""
     head = _head_revision()
     try:
-        revision, not_writable = _revision(url, timeout, write_lock, disk)
+        revision, not_writable = _revision(url, timeout, write_lock, disk, own_writer)
     except Exception as e:  # noqa: BLE001 - any failure to read is "not reachable"
         return {"database": f"unreachable: {_first_line(e)}"}
     if revision != head:
@@ -399,7 +405,8 @@ def _head_revision() -> str:
 
 
 def _revision(url: str, timeout: float, write_lock: threading.Lock | None = None,
-              disk: DiskSpace | None = None) -> tuple[str | None, str | None]:
+              disk: DiskSpace | None = None, own_writer: Callable[[], bool] | None = None
+              ) -> tuple[str | None, str | None]:
     """The revision the database is at, and why a write could not begin now (SQLite: its
     write lock not had; PostgreSQL: a new session is read-only; None: it could)."""
     from sqlalchemy import create_engine, text
@@ -418,7 +425,7 @@ def _revision(url: str, timeout: float, write_lock: threading.Lock | None = None
                                      isolation_level=None)
         try:
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-            refused = _write_lock_refused(connection, write_lock, timeout / 2)
+            refused = _write_lock_refused(connection, write_lock, timeout / 2, own_writer)
         finally:
             connection.close()
         # The write lock is had on a full disk too (BEGIN IMMEDIATE writes nothing), but
@@ -442,15 +449,19 @@ def _revision(url: str, timeout: float, write_lock: threading.Lock | None = None
 
 
 def _write_lock_refused(connection: sqlite3.Connection, write_lock: threading.Lock | None,
-                        wait: float) -> str | None:
+                        wait: float, own_writer: Callable[[], bool] | None = None
+                        ) -> str | None:
     """Why a write transaction could not begin on ``connection`` (SQLite, autocommit)
     within ``wait`` seconds, ``write_lock`` (the core's writers') held first; None: it
-    began, and was rolled back."""
+    began, and was rolled back, or (``own_writer()``) the core's own write holds the
+    file's lock."""
     if write_lock is None:
         return _begin_refused(connection)
     deadline = time.monotonic() + wait
     if not write_lock.acquire(timeout=wait):
-        return _LOCKED  # (the core's own write waits for the file that long, or holds it)
+        if own_writer is not None and own_writer():
+            return None  # (the core's own long write holds the file's lock: writable)
+        return _LOCKED  # (the core's own write waits that long for the file's lock)
     try:
         left = max(deadline - time.monotonic(), 0.0)
         connection.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")

@@ -291,7 +291,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         # (and shares the disk's reading with the log line: one hysteresis, one statvfs a
         # second at most)
         readiness = DatabaseReadiness(config.database, reactor, check=partial(
-            database_state, write_lock=store.writers_lock, disk=handler.disk_space))
+            database_state, write_lock=store.writers_lock,
+            own_writer=store.holds_file_write_lock, disk=handler.disk_space))
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(metrics.registry, readiness,
                                       stopping=lambda: core.stopping)).setServiceParent(core)

@@ -328,6 +328,58 @@ def test_database_state_waits_for_this_cores_writers_at_most_half_its_timeout(
     assert state["database"] == "not writable: database is locked"
 
 
+def test_database_state_is_writable_while_this_cores_own_long_write_holds_the_lock(
+        tmp_path: Path) -> None:
+    """A write transaction of the core itself that holds the file's write lock past the
+    check's wait (a long batch) leaves the file writable, by the core: the check does not
+    read it as another process's lock, and a load balancer keeps the busy core. A write of
+    the core that waits for the lock another process holds is not writable."""
+    import threading
+
+    from kcm.core.store.engine import Store
+
+    path = tmp_path / "kcm.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    head = database_state(url)["revision"]
+    store = Store(url, threads=1)
+    began, end = threading.Event(), threading.Event()
+
+    def long_write(session: object) -> None:
+        began.set()
+        end.wait(5)
+
+    def check() -> dict:
+        return database_state(url, timeout=0.4, write_lock=store.writers_lock,
+                              own_writer=store.holds_file_write_lock)
+
+    writer = threading.Thread(target=store.run_sync, args=(long_write,))
+    writer.start()
+    try:
+        assert began.wait(5)
+        assert store.holds_file_write_lock()
+        assert check() == {"database": "ok", "revision": head}
+    finally:
+        end.set()
+        writer.join()
+    assert not store.holds_file_write_lock()
+    shell = sqlite3.connect(path, isolation_level=None)
+    shell.execute("BEGIN EXCLUSIVE")  # another process's lock: the core's write waits
+    began.clear()
+    writer = threading.Thread(target=store.run_sync, args=(long_write,))  # (begins later)
+    writer.start()
+    try:
+        time.sleep(0.1)
+        assert not began.is_set() and not store.holds_file_write_lock()
+        assert check() == {"database": "not writable: database is locked", "revision": head}
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+        end.set()
+        writer.join()
+        store.stopService()
+
+
 def test_database_state_of_a_database_on_a_full_disk_is_not_writable(
         core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk takes BEGIN IMMEDIATE (it writes nothing), and fails every commit."""

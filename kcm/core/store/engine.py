@@ -467,6 +467,9 @@ class Store(Service):
         self._writer_connection_used = 0.0
         self._engine_lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
+        #: Whether the write transaction holding :attr:`writers_lock` has begun, and so
+        #: holds the SQLite file's write lock (set and cleared by that transaction's thread).
+        self._file_lock_held = False
         #: Facts of the committed data the hot path reads from memory (tenants' services).
         self.known = KnownFacts()
         #: Objects as last read, so that an operation on a known one reads two numbers
@@ -515,6 +518,13 @@ class Store(Service):
         takes the file's write lock in this process (the readiness check) holds it first,
         so as to wait its turn behind those writes."""
         return self._sqlite_writer
+
+    def holds_file_write_lock(self) -> bool:
+        """Whether a write transaction of this process holds the SQLite file's write lock
+        now (its ``BEGIN IMMEDIATE`` returned; it has not ended): the file is writable, by
+        this process. False on PostgreSQL. The readiness check asks it when the transaction
+        keeps :attr:`writers_lock` longer than it waits (kcm.core.metrics)."""
+        return self._file_lock_held
 
     @property
     def engine(self) -> Engine:
@@ -764,6 +774,7 @@ class Store(Service):
             asked = time.perf_counter()
             with kept.begin():  # (SQLite: BEGIN IMMEDIATE, the file's write lock)
                 lock_writers_on(kept, self.schema_revision)
+                self._file_lock_held = kept.dialect.name == "sqlite"
                 if waited is not None:
                     waited, held = None, waited
                     held("database", time.perf_counter() - asked)
@@ -874,7 +885,7 @@ class Store(Service):
                     raise file_replaced_error()
                 return self._in_kept_connection(engine, run, check=False)
             finally:
-                self._sqlite_writer.release()
+                self._release_process_writers()
         return self._in_kept_connection(engine, run, check=True)
 
     def _in_kept_connection(self, engine: Engine, run: Callable[[Connection], T], *,
@@ -951,7 +962,7 @@ class Store(Service):
             try:
                 return self._transaction(make_session, fn, write)
             finally:
-                self._sqlite_writer.release()
+                self._release_process_writers()
         return self._transaction(make_session, fn, write)
 
     def _transaction(self, make_session: Callable[[], Session], fn: Callable[[Session], T],
@@ -972,8 +983,9 @@ class Store(Service):
         waited = self.on_lock_wait
         asked = time.perf_counter() if waited is not None else 0.0
         try:
-            session.info[TRANSACTION_CONNECTION] = session.connection()
+            connection = session.info[TRANSACTION_CONNECTION] = session.connection()
             lock_writers(session)
+            self._file_lock_held = connection.dialect.name == "sqlite"
         finally:
             if waited is not None:
                 waited("database", time.perf_counter() - asked)
@@ -992,6 +1004,12 @@ class Store(Service):
         except BaseException:
             self._sqlite_writer.release()  # (the caller releases only once this returned)
             raise
+
+    def _release_process_writers(self) -> None:
+        """Let go of this process's SQLite write lock, its transaction over (committed or
+        rolled back: the file's lock is let go too)."""
+        self._file_lock_held = False
+        self._sqlite_writer.release()
 
     def _transaction_of(self, make_session: Callable[[], Session],
                         fn: Callable[[Session], T], write: bool) -> T:

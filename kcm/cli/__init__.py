@@ -5,6 +5,8 @@ adds its subcommand and sets ``run`` (``run(args) -> int``) as the parser defaul
 A subcommand reports a bad input by raising :class:`CommandError`; :func:`main`
 turns it into one line on stderr and exit status 2. Any other exception is a failure no
 command foresaw: one line too (its type and message), exit status 2, never a traceback.
+Either is exit status 75 instead (``EX_TEMPFAIL``) when it, or its cause, says the database
+or the KMIP server is unavailable now (:mod:`kcm.cli.exit_status`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from kcm.cli.exit_status import EXIT_BAD_INPUT, EXIT_TRY_AGAIN, exit_status
+
 #: Subcommand modules, imported when the parser is built. Add new ones here.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "kcm.cli.ttlv_cmd", "kcm.cli.pki_cmd", "kcm.cli.conformance_cmd", "kcm.cli.core_cmd",
@@ -23,8 +27,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "kcm.cli.config_cmd",
 )
 
-#: The exit status for bad input (the same as argparse's for bad usage).
-EXIT_BAD_INPUT = 2
+__all__ = ["EXIT_BAD_INPUT", "EXIT_TRY_AGAIN", "CommandError", "add_command", "build_parser",
+           "main", "run"]
 
 
 class CommandError(Exception):
@@ -95,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.run(args)
     except CommandError as e:
         print(f"{_prog(args)}: error: {_one_line(str(e))}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exit_status(e)
     except KeyboardInterrupt:
         print(f"{_prog(args)}: interrupted", file=sys.stderr)
         return 130
@@ -107,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as e:  # a bug, or a failure no command foresaw: still one line
         print(f"{_prog(args)}: error: {_described(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exit_status(e)
     finally:
         os.umask(umask)  # main() also runs inside other programs (tests)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from kcm.client.errors import KmipClientError
 from kcm.client.wire import positive_timeout
-from kcm.conformance.client import DEFAULT_TIMEOUT, KmipClient
+from kcm.conformance.client import DEFAULT_TIMEOUT, KmipClient, temporary
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "Endpoint", "FailoverConnection", "TlsFiles",
            "connect_timeout_for", "parse_endpoint"]
@@ -140,11 +140,15 @@ class FailoverConnection:
         return self.clock() + self.timeout
 
     def _late(self, errors: list[str]) -> KmipClientError:
-        return KmipClientError(f"no answer within {self.timeout:g} s (the call's timeout)"
-                               + (": " + "; ".join(errors) if errors else ""))
+        return temporary(KmipClientError(
+            f"no answer within {self.timeout:g} s (the call's timeout)"
+            + (": " + "; ".join(errors) if errors else "")))
 
     def _connect(self, deadline: float) -> KmipClient:
         errors = []
+        # (temporary if every endpoint's failure was: one that refused the client for good
+        # refuses it again)
+        passing = True
         for step in range(len(self._clients)):
             now = self.clock()
             if now >= deadline:
@@ -155,13 +159,14 @@ class FailoverConnection:
                 client.connect(min(deadline, now + self.connect_timeout))
             except KmipClientError as e:
                 errors.append(str(e))
+                passing = passing and e.temporary
                 continue
             self._current = index
             self._open = True
             return client
-        if len(errors) == 1:
-            raise KmipClientError(errors[0])
-        raise KmipClientError("no endpoint answered: " + "; ".join(errors))
+        failed = KmipClientError(errors[0] if len(errors) == 1 else
+                                 "no endpoint answered: " + "; ".join(errors))
+        raise temporary(failed) if passing else failed
 
     def send(self, request: bytes, *, repeatable: bool = False,
              deadline: float | None = None) -> bytes:

@@ -35,7 +35,7 @@ from kcm.client.wire import (
     parse_response,
     result_of,
 )
-from kcm.conformance.client import DEFAULT_TIMEOUT
+from kcm.conformance.client import DEFAULT_TIMEOUT, temporary
 from kcm.kmip.enums import Operation
 from kcm.kmip.messages import RequestBatchItem
 
@@ -124,9 +124,9 @@ class Session(Operations):
             # The call's deadline starts now: the wait for the connection counts.
             deadline = self.transport.deadline()
             if not lock.acquire(timeout=self.transport.timeout):
-                raise KmipClientError(f"no answer within {self.transport.timeout:g} s (the "
-                                      "call's timeout): other threads' requests held the "
-                                      "connection")
+                raise temporary(KmipClientError(
+                    f"no answer within {self.transport.timeout:g} s (the call's timeout): "
+                    "other threads' requests held the connection"))
         else:
             lock.acquire()
         try:

@@ -44,7 +44,25 @@ _SEND_CHUNK = 1 << 16
 
 
 class KmipClientError(ConnectionError):
-    """The connection failed, closed early, timed out or carried something not TTLV."""
+    """The connection failed, closed early, timed out or carried something not TTLV.
+    ``temporary``: the server could not be reached or did not answer in time (refused,
+    reset, unreachable, a timeout), so the same call may succeed later; not so for a TLS
+    handshake the server or the client refused, or an answer that is not KMIP."""
+
+    temporary = False
+
+
+def temporary(error: KmipClientError) -> KmipClientError:
+    """``error``, marked :attr:`KmipClientError.temporary`."""
+    error.temporary = True
+    return error
+
+
+def _handshake_temporary(error: OSError) -> bool:
+    """Whether a TLS handshake that failed with ``error`` may succeed later: the connection
+    broke or timed out under it; not a certificate or protocol refused by either side."""
+    return isinstance(error, (TimeoutError, ConnectionError, ssl.SSLEOFError,
+                              ssl.SSLZeroReturnError)) or not isinstance(error, ssl.SSLError)
 
 
 def _encrypted(key: str | Path) -> bytes:
@@ -103,7 +121,8 @@ class KmipClient:
             raw.close()
             if isinstance(e, KmipClientError):
                 raise
-            raise KmipClientError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
+            failed = KmipClientError(f"TLS handshake with {self.host}:{self.port} failed: {e}")
+            raise (temporary(failed) if _handshake_temporary(e) else failed) from e
         self._socket.settimeout(self.timeout)
         self._pid = os.getpid()
 
@@ -116,7 +135,7 @@ class KmipClient:
         except OSError as e:
             raise KmipClientError(f"cannot connect to {self.host}:{self.port}: {e}") from e
         error: OSError | None = None
-        for family, kind, proto, _, address in addresses:
+        for family, kind, proto, _, address in addresses:  # (a refusal: try again later)
             raw = socket.socket(family, kind, proto)
             try:
                 raw.settimeout(self._left(deadline, "connect"))
@@ -128,8 +147,9 @@ class KmipClient:
             except OSError as e:
                 raw.close()
                 error = e
-        raise KmipClientError(f"cannot connect to {self.host}:{self.port}: "
-                              f"{error or 'the name has no address'}") from error
+        failed = KmipClientError(f"cannot connect to {self.host}:{self.port}: "
+                                 f"{error or 'the name has no address'}")
+        raise (failed if error is None else temporary(failed)) from error
 
     def _forget_if_inherited(self) -> None:
         """Drop a connection this process inherited through ``fork``: its file descriptor
@@ -191,10 +211,13 @@ class KmipClient:
             return header + self._read(length, deadline)
         except TimeoutError:
             self.close()
-            raise KmipClientError(self._no_answer()) from None
+            raise temporary(KmipClientError(self._no_answer())) from None
         except (OSError, ssl.SSLError) as e:
             self.close()
-            raise KmipClientError(f"connection to {self.host}:{self.port} failed: {e}") from e
+            failed = KmipClientError(f"connection to {self.host}:{self.port} failed: {e}")
+            if isinstance(e, KmipClientError) and not e.temporary:  # (not KMIP: for good)
+                raise failed from e
+            raise temporary(failed) from e
         except BaseException:
             # Anything else (KmipClientError, or an exception a signal handler, a timer or
             # Ctrl-C raised in the middle): the request may have gone out and its answer
@@ -211,7 +234,8 @@ class KmipClient:
         """Seconds until ``deadline``; :class:`KmipClientError` once it has passed."""
         left = deadline - self._clock()
         if left <= 0:
-            raise KmipClientError(f"no time left to {what} to {self.host}:{self.port}")
+            raise temporary(KmipClientError(
+                f"no time left to {what} to {self.host}:{self.port}"))
         return left
 
     def _limit_to(self, deadline: float) -> None:
@@ -220,7 +244,7 @@ class KmipClient:
         it has passed."""
         left = deadline - self._clock()
         if left <= 0:
-            raise KmipClientError(self._no_answer())
+            raise temporary(KmipClientError(self._no_answer()))
         assert self._socket is not None
         self._socket.settimeout(left)
 
@@ -241,9 +265,8 @@ class KmipClient:
             self._limit_to(deadline)
             chunk = self._socket.recv(count - len(chunks))
             if not chunk:
-                raise KmipClientError(
-                    f"server closed the connection after {len(chunks)} of {count} bytes"
-                )
+                raise temporary(KmipClientError(
+                    f"server closed the connection after {len(chunks)} of {count} bytes"))
             chunks += chunk
         return bytes(chunks)
 

@@ -1,0 +1,86 @@
+"""The ``kcm`` command's exit status for an error (:func:`kcm.cli.main` asks here): 75,
+sysexits.h's ``EX_TEMPFAIL``, when what failed is unavailable now and the same command may
+succeed later; 2 for anything else (bad input, a refusal, a bug). A script can then retry
+the first and stop at the second.
+
+Unavailable: the database cannot be reached or is locked or busy (a PostgreSQL server down,
+starting, shutting down, out of connections, read-only after a failover, a connection broken
+or timed out; a SQLite file another process holds locked), or a KMIP server cannot be
+reached or did not answer in time (:attr:`kcm.conformance.client.KmipClientError.temporary`).
+The error or any of its causes (``raise ... from``) decides: the commands turn a database's
+error into their one-line message with it as the cause.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+#: Bad input, a refusal, any failure not known to pass (argparse's status for bad usage).
+EXIT_BAD_INPUT = 2
+#: The database or server is unavailable now; try again (sysexits.h ``EX_TEMPFAIL``).
+EXIT_TRY_AGAIN = 75
+
+#: SQLite's primary result codes of a file another connection holds: SQLITE_BUSY,
+#: SQLITE_LOCKED.
+_SQLITE_BUSY = (5, 6)
+#: PostgreSQL's SQLSTATE classes and codes of a server that may take the command later:
+#: connection exception, insufficient resources, transaction rollback (serialization,
+#: deadlock); admin or crash shutdown, cannot connect now, lock not available, statement
+#: timeout, read-only transaction (a standby after a failover).
+_PG_CLASSES = ("08", "53", "40")
+_PG_CODES = ("57P01", "57P02", "57P03", "55P03", "57014", "25006")
+#: A connection refused for good, whose error has no SQLSTATE (libpq's text).
+_PG_REFUSED = ("authentication failed", "does not exist", "no pg_hba.conf entry",
+               "permission denied")
+
+
+def exit_status(error: BaseException) -> int:
+    """:data:`EXIT_TRY_AGAIN` if ``error`` (or a cause of it) says the database or the
+    server is unavailable now, else :data:`EXIT_BAD_INPUT`."""
+    return EXIT_TRY_AGAIN if any(_passing(e) for e in _chain(error)) else EXIT_BAD_INPUT
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, its causes (``__cause__``, else ``__context__``) and a database error's
+    driver error (SQLAlchemy's ``orig``)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        for cause in (e.__cause__ or e.__context__, getattr(e, "orig", None)):
+            if isinstance(cause, BaseException):
+                todo.append(cause)
+
+
+def _passing(error: BaseException) -> bool:
+    from kcm.conformance.client import KmipClientError
+
+    if isinstance(error, KmipClientError):
+        return error.temporary
+    if isinstance(error, sqlite3.OperationalError):
+        code = getattr(error, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF in _SQLITE_BUSY) or (
+            code is None and "database is locked" in str(error))
+    if getattr(error, "connection_invalidated", False):  # (SQLAlchemy: the connection broke)
+        return True
+    if type(error).__module__.startswith("psycopg") and isinstance(error, Exception):
+        return _pg_passing(error)
+    return False
+
+
+def _pg_passing(error: Exception) -> bool:
+    import psycopg
+
+    if not isinstance(error, psycopg.Error):
+        return False
+    state = error.sqlstate
+    if state is not None:
+        return state[:2] in _PG_CLASSES or state in _PG_CODES
+    # (no SQLSTATE: libpq's own, a connection that failed or broke)
+    return isinstance(error, psycopg.OperationalError) and not any(
+        refused in str(error) for refused in _PG_REFUSED)

@@ -1,0 +1,67 @@
+"""The `kcm` command's exit status (real processes): 75 (EX_TEMPFAIL) when the database or
+the KMIP server is unavailable now, so that a script may try again; 2 for everything else
+("no such tenant"), 1 for a KMIP failure answer."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from kcm.testing.postgres import Cluster
+from kcm.testing.processes import BIN, CoreProcess, deploy, process_env
+from tests.pg import own_cluster  # noqa: F401  (fixture)
+
+
+def kcm_key(core: CoreProcess, *args: str) -> subprocess.CompletedProcess:
+    """`kcm key ARGS` against ``core``'s KMIP port with the PKI's application."""
+    pki = core.pki
+    return subprocess.run(
+        [str(BIN / "kcm"), "key", *args, "--server", f"127.0.0.1:{core.port}",
+         "--cert", str(pki.app.cert), "--key", str(pki.app.key), "--ca", str(pki.ca.cert),
+         "--timeout", "5"], env=process_env(), capture_output=True, text=True, timeout=60)
+
+
+def test_a_sqlite_file_another_process_locks_is_75_and_a_missing_tenant_2(
+        tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    shell = sqlite3.connect(tmp_path / "core" / "kcm.db", isolation_level=None)
+    shell.execute("BEGIN EXCLUSIVE")
+    try:
+        locked = core.kcm("core", "tenant", "add", "third", check=False)
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+    assert locked.returncode == 75, locked.stderr
+    assert locked.stderr.startswith("kcm core tenant add: error: ")
+    assert "database is locked" in locked.stderr
+    missing = core.kcm("core", "tenant", "show", "nosuch", check=False)
+    assert missing.returncode == 2, missing.stderr
+    assert core.kcm("core", "tenant", "add", "third").returncode == 0
+
+
+def test_a_stopped_core_is_75_to_the_kmip_client_commands_and_a_failure_answer_1(
+        tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    stopped = kcm_key(core, "create")
+    assert stopped.returncode == 75, stopped.stderr
+    assert stopped.stderr.startswith(f"kcm key create: error: cannot connect to "
+                                     f"127.0.0.1:{core.port}: ")
+    core.start()
+    try:
+        answered = kcm_key(core, "get", "no-such-object")
+        assert answered.returncode == 1, answered.stderr
+        assert kcm_key(core, "create").returncode == 0
+    finally:
+        core.stop()
+
+
+def test_a_stopped_postgresql_is_75(own_cluster: Cluster,  # noqa: F811
+                                    tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", own_cluster.url)
+    assert core.kcm("core", "tenant", "list").returncode == 0
+    own_cluster.stop()
+    down = core.kcm("core", "tenant", "list", check=False)
+    assert down.returncode == 75, down.stderr
+    assert down.stderr.startswith("kcm core tenant list: error: ")
+    assert "connection failed" in down.stderr

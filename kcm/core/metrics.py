@@ -340,7 +340,8 @@ class _CallbackCounter:
 
 def database_state(url: str, timeout: float = 2.0, *,
                    write_lock: threading.Lock | None = None,
-                   own_writer: Callable[[], bool] | None = None,
+                   own_writer: Callable[[], float | None] | None = None,
+                   own_write_limit: float = 10.0,
                    disk: DiskSpace | None = None) -> dict[str, Any]:
     """Whether the database at ``url`` answers now, on a fresh connection, is at the
     newest migration and (SQLite) would let a write take its write lock and has room for
@@ -358,18 +359,21 @@ def database_state(url: str, timeout: float = 2.0, *,
     that same half, so that it waits its turn behind the core's own writes (woken as one
     ends) rather than poll the file's lock on SQLite's back-off (1, 2, 5 ... 100 ms apart),
     which missed the moments between a busy core's group commits. ``own_writer`` tells
-    whether the core's own write transaction holds the file's write lock now
-    (:meth:`kcm.core.store.engine.Store.holds_file_write_lock`): then the file is writable,
-    by the core, however long that transaction runs (a core busy writing is not taken out
-    of a load balancer); a transaction of the core still waiting for the lock (another
-    process holds it) is not writable. PostgreSQL is not
+    how long the core's own write transaction has held the file's write lock
+    (:meth:`kcm.core.store.engine.Store.file_write_lock_held_for`; None: it does not hold
+    it): held for less than ``own_write_limit`` seconds (the requests' deadline), the file
+    is writable, by the core (a core busy writing is not taken out of a load balancer);
+    held longer (a write stuck in the disk: every request waiting behind it fails), or a
+    transaction of the core still waiting for the lock (another process holds it), is not
+    writable. PostgreSQL is not
     asked: its writers' lock is held by another core's commit in the ordinary course, and
     a write waits for it (a core whose writes fail is not ready by its database's
     answer); but a PostgreSQL session that is read-only (a standby, or
     ``default_transaction_read_only`` set for the database or role) is not writable."""
     head = _head_revision()
     try:
-        revision, not_writable = _revision(url, timeout, write_lock, disk, own_writer)
+        revision, not_writable = _revision(url, timeout, write_lock, disk,
+                                           own_writer, own_write_limit)
     except Exception as e:  # noqa: BLE001 - any failure to read is "not reachable"
         return {"database": f"unreachable: {_first_line(e)}"}
     if revision != head:
@@ -405,8 +409,9 @@ def _head_revision() -> str:
 
 
 def _revision(url: str, timeout: float, write_lock: threading.Lock | None = None,
-              disk: DiskSpace | None = None, own_writer: Callable[[], bool] | None = None
-              ) -> tuple[str | None, str | None]:
+              disk: DiskSpace | None = None,
+              own_writer: Callable[[], float | None] | None = None,
+              own_write_limit: float = 10.0) -> tuple[str | None, str | None]:
     """The revision the database is at, and why a write could not begin now (SQLite: its
     write lock not had; PostgreSQL: a new session is read-only; None: it could)."""
     from sqlalchemy import create_engine, text
@@ -425,7 +430,8 @@ def _revision(url: str, timeout: float, write_lock: threading.Lock | None = None
                                      isolation_level=None)
         try:
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-            refused = _write_lock_refused(connection, write_lock, timeout / 2, own_writer)
+            refused = _write_lock_refused(connection, write_lock, timeout / 2, own_writer,
+                                          own_write_limit)
         finally:
             connection.close()
         # The write lock is had on a full disk too (BEGIN IMMEDIATE writes nothing), but
@@ -449,18 +455,23 @@ def _revision(url: str, timeout: float, write_lock: threading.Lock | None = None
 
 
 def _write_lock_refused(connection: sqlite3.Connection, write_lock: threading.Lock | None,
-                        wait: float, own_writer: Callable[[], bool] | None = None
-                        ) -> str | None:
+                        wait: float,
+                        own_writer: Callable[[], float | None] | None = None,
+                        own_write_limit: float = 10.0) -> str | None:
     """Why a write transaction could not begin on ``connection`` (SQLite, autocommit)
     within ``wait`` seconds, ``write_lock`` (the core's writers') held first; None: it
-    began, and was rolled back, or (``own_writer()``) the core's own write holds the
-    file's lock."""
+    began, and was rolled back, or (``own_writer()``) the core's own write has held the
+    file's lock for less than ``own_write_limit`` seconds."""
     if write_lock is None:
         return _begin_refused(connection)
     deadline = time.monotonic() + wait
     if not write_lock.acquire(timeout=wait):
-        if own_writer is not None and own_writer():
+        held = None if own_writer is None else own_writer()
+        if held is not None and held < own_write_limit:
             return None  # (the core's own long write holds the file's lock: writable)
+        if held is not None:
+            return (f"{_LOCKED}: this core's own write has held it for {held:.1f} s "
+                    f"(more than the request deadline, {own_write_limit:g} s)")
         return _LOCKED  # (the core's own write waits that long for the file's lock)
     try:
         left = max(deadline - time.monotonic(), 0.0)

@@ -292,7 +292,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         # second at most)
         readiness = DatabaseReadiness(config.database, reactor, check=partial(
             database_state, write_lock=store.writers_lock,
-            own_writer=store.holds_file_write_lock, disk=handler.disk_space))
+            own_writer=store.file_write_lock_held_for,
+            own_write_limit=config.limits.request_deadline, disk=handler.disk_space))
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(metrics.registry, readiness,
                                       stopping=lambda: core.stopping)).setServiceParent(core)

@@ -4,6 +4,7 @@ another process is not ready); the metrics_listen setting."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -332,8 +333,9 @@ def test_database_state_is_writable_while_this_cores_own_long_write_holds_the_lo
         tmp_path: Path) -> None:
     """A write transaction of the core itself that holds the file's write lock past the
     check's wait (a long batch) leaves the file writable, by the core: the check does not
-    read it as another process's lock, and a load balancer keeps the busy core. A write of
-    the core that waits for the lock another process holds is not writable."""
+    read it as another process's lock, and a load balancer keeps the busy core; held past
+    the request deadline (a write stuck in the disk), it is not writable. A write of the
+    core that waits for the lock another process holds is not writable."""
     import threading
 
     from kcm.core.store.engine import Store
@@ -349,20 +351,26 @@ def test_database_state_is_writable_while_this_cores_own_long_write_holds_the_lo
         began.set()
         end.wait(5)
 
-    def check() -> dict:
+    def check(limit: float = 10.0) -> dict:
         return database_state(url, timeout=0.4, write_lock=store.writers_lock,
-                              own_writer=store.holds_file_write_lock)
+                              own_writer=store.file_write_lock_held_for,
+                              own_write_limit=limit)
 
     writer = threading.Thread(target=store.run_sync, args=(long_write,))
     writer.start()
     try:
         assert began.wait(5)
-        assert store.holds_file_write_lock()
+        assert store.file_write_lock_held_for() is not None
         assert check() == {"database": "ok", "revision": head}
+        stuck = check(limit=0.2)
+        assert stuck["revision"] == head
+        assert re.fullmatch(r"not writable: database is locked: this core's own write has "
+                            r"held it for \d+\.\d s \(more than the request deadline, "
+                            r"0\.2 s\)", stuck["database"])
     finally:
         end.set()
         writer.join()
-    assert not store.holds_file_write_lock()
+    assert store.file_write_lock_held_for() is None
     shell = sqlite3.connect(path, isolation_level=None)
     shell.execute("BEGIN EXCLUSIVE")  # another process's lock: the core's write waits
     began.clear()
@@ -370,7 +378,7 @@ def test_database_state_is_writable_while_this_cores_own_long_write_holds_the_lo
     writer.start()
     try:
         time.sleep(0.1)
-        assert not began.is_set() and not store.holds_file_write_lock()
+        assert not began.is_set() and store.file_write_lock_held_for() is None
         assert check() == {"database": "not writable: database is locked", "revision": head}
     finally:
         shell.execute("ROLLBACK")

@@ -467,9 +467,10 @@ class Store(Service):
         self._writer_connection_used = 0.0
         self._engine_lock = threading.Lock()
         self._sqlite_writer = threading.Lock()
-        #: Whether the write transaction holding :attr:`writers_lock` has begun, and so
-        #: holds the SQLite file's write lock (set and cleared by that transaction's thread).
-        self._file_lock_held = False
+        #: Since when (``time.monotonic``) the write transaction holding
+        #: :attr:`writers_lock` has held the SQLite file's write lock (its BEGIN returned);
+        #: None: none does (set and cleared by that transaction's thread).
+        self._file_lock_since: float | None = None
         #: Facts of the committed data the hot path reads from memory (tenants' services).
         self.known = KnownFacts()
         #: Objects as last read, so that an operation on a known one reads two numbers
@@ -519,12 +520,13 @@ class Store(Service):
         so as to wait its turn behind those writes."""
         return self._sqlite_writer
 
-    def holds_file_write_lock(self) -> bool:
-        """Whether a write transaction of this process holds the SQLite file's write lock
-        now (its ``BEGIN IMMEDIATE`` returned; it has not ended): the file is writable, by
-        this process. False on PostgreSQL. The readiness check asks it when the transaction
+    def file_write_lock_held_for(self) -> float | None:
+        """How long a write transaction of this process has held the SQLite file's write
+        lock (its ``BEGIN IMMEDIATE`` returned; it has not ended), seconds; None: none
+        holds it (always on PostgreSQL). The readiness check asks it when the transaction
         keeps :attr:`writers_lock` longer than it waits (kcm.core.metrics)."""
-        return self._file_lock_held
+        since = self._file_lock_since
+        return None if since is None else max(time.monotonic() - since, 0.0)
 
     @property
     def engine(self) -> Engine:
@@ -774,7 +776,8 @@ class Store(Service):
             asked = time.perf_counter()
             with kept.begin():  # (SQLite: BEGIN IMMEDIATE, the file's write lock)
                 lock_writers_on(kept, self.schema_revision)
-                self._file_lock_held = kept.dialect.name == "sqlite"
+                if kept.dialect.name == "sqlite":
+                    self._file_lock_since = time.monotonic()
                 if waited is not None:
                     waited, held = None, waited
                     held("database", time.perf_counter() - asked)
@@ -985,7 +988,8 @@ class Store(Service):
         try:
             connection = session.info[TRANSACTION_CONNECTION] = session.connection()
             lock_writers(session)
-            self._file_lock_held = connection.dialect.name == "sqlite"
+            if connection.dialect.name == "sqlite":
+                self._file_lock_since = time.monotonic()
         finally:
             if waited is not None:
                 waited("database", time.perf_counter() - asked)
@@ -1008,7 +1012,7 @@ class Store(Service):
     def _release_process_writers(self) -> None:
         """Let go of this process's SQLite write lock, its transaction over (committed or
         rolled back: the file's lock is let go too)."""
-        self._file_lock_held = False
+        self._file_lock_since = None
         self._sqlite_writer.release()
 
     def _transaction_of(self, make_session: Callable[[], Session],

@@ -69,7 +69,10 @@ def downgrade(url: str, revision: str) -> None:
 #: release's code writes and reads them, so a database it fills at an older revision must
 #: have them while it does (:func:`later_columns`).
 LATER_COLUMNS = {"managed_objects": {"cryptographic_usage_mask": "BIGINT"},
-                 "tenants": {"stored": "BIGINT NOT NULL DEFAULT 0", "max_objects": "BIGINT"}}
+                 "tenants": {"stored": "BIGINT NOT NULL DEFAULT 0", "max_objects": "BIGINT",
+                             "requests_per_second": "FLOAT", "request_burst": "BIGINT"}}
+#: The columns 0015 adds to ``tenants`` (among :data:`LATER_COLUMNS`).
+TENANT_COLUMNS_0015 = ("requests_per_second", "request_burst")
 
 
 @contextmanager
@@ -88,17 +91,20 @@ def later_columns(url: str) -> Iterator[None]:
                      for table, columns in LATER_COLUMNS.items() for name in columns])
 
 
-def tenants_as_now(url: str) -> None:
-    """The columns 0014 adds to ``tenants`` (:data:`LATER_COLUMNS`), added to the database
-    at ``url`` (at 0007 to 0013, whose migrations leave ``tenants`` alone) for the rest of
-    the test: this release's code counts each tenant's rows there."""
+def tenants_as_now(url: str, since: str = "0014") -> None:
+    """The columns 0014 and 0015 add to ``tenants`` (:data:`LATER_COLUMNS`; ``since``
+    "0015": only 0015's), added to the database at ``url`` (at 0007 to 0013, whose
+    migrations leave ``tenants`` alone; or at 0014) for the rest of the test: this
+    release's code counts each tenant's rows there and reads its request rate."""
     _alter(url, [f"ALTER TABLE tenants ADD COLUMN {name} {kind}"
-                 for name, kind in LATER_COLUMNS["tenants"].items()])
+                 for name, kind in LATER_COLUMNS["tenants"].items()
+                 if since == "0014" or name in TENANT_COLUMNS_0015])
 
 
-def tenants_as_before(url: str) -> None:
-    """:func:`tenants_as_now` undone: ``tenants`` as 0013 left it."""
-    _alter(url, [f"ALTER TABLE tenants DROP COLUMN {name}" for name in LATER_COLUMNS["tenants"]])
+def tenants_as_before(url: str, since: str = "0014") -> None:
+    """:func:`tenants_as_now` undone: ``tenants`` as 0013 (or 0014) left it."""
+    _alter(url, [f"ALTER TABLE tenants DROP COLUMN {name}" for name in LATER_COLUMNS["tenants"]
+                 if since == "0014" or name in TENANT_COLUMNS_0015])
 
 
 def _alter(url: str, statements: list[str]) -> None:

@@ -38,6 +38,9 @@ SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile"})
 #: The longest ``limits.request_deadline``, seconds: a request running longer holds a
 #: database worker that long.
 MAX_REQUEST_DEADLINE = 3600
+#: The most ``limits.requests_per_second_per_tenant`` and ``request_burst_per_tenant`` (and
+#: a tenant's own): more is no limit at all.
+MAX_REQUEST_RATE = 1_000_000_000
 #: The most ``database_threads``: each holds a database connection.
 MAX_DATABASE_THREADS = 256
 
@@ -75,6 +78,14 @@ class CoreLimits(ConnectionLimits):
     #: refused (Server Limit Exceeded). ``kcm core tenant limit`` sets a tenant's own; 0:
     #: no bound.
     max_objects_per_tenant: int = DEFAULT_MAX_OBJECTS
+    #: Batch items a second one tenant's requests may make, sustained (kcm.core.request_rates:
+    #: a token bucket per tenant, on each core); a request over it is refused whole, unrun
+    #: and unaudited (Server Limit Exceeded). ``kcm core tenant limit`` sets a tenant's own;
+    #: 0: no limit.
+    requests_per_second_per_tenant: float = 0
+    #: Batch items one tenant may send at once above that rate (the bucket's size); 0: one
+    #: second of its rate.
+    request_burst_per_tenant: int = 0
 
     def __post_init__(self) -> None:
         # Named, not super(): a slots dataclass is a new class, which super() cannot find.
@@ -88,6 +99,16 @@ class CoreLimits(ConnectionLimits):
         if isinstance(most, bool) or not isinstance(most, int) or most < 0:
             raise ValueError("limits.max_objects_per_tenant must be a whole number of at "
                              "least 0 (0: no bound)")
+        rate = self.requests_per_second_per_tenant
+        if (isinstance(rate, bool) or not isinstance(rate, int | float)
+                or not math.isfinite(rate) or not 0 <= rate <= MAX_REQUEST_RATE):
+            raise ValueError("limits.requests_per_second_per_tenant must be a number of at "
+                             f"least 0 (0: no limit), at most {MAX_REQUEST_RATE}")
+        burst = self.request_burst_per_tenant
+        if (isinstance(burst, bool) or not isinstance(burst, int)
+                or not 0 <= burst <= MAX_REQUEST_RATE):
+            raise ValueError("limits.request_burst_per_tenant must be a whole number of at "
+                             f"least 0 (0: one second of the rate), at most {MAX_REQUEST_RATE}")
         minimum = self.min_rotate_interval
         if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
             raise ValueError("limits.min_rotate_interval must be a whole number of seconds "

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from kcm.core.audit_checkpoints import AuditCheckpoints
     from kcm.core.event_fanout import EventFanout
     from kcm.core.link_server import LinkServerFactory
+    from kcm.core.request_rates import TenantRates
     from kcm.core.state_sweeper import StateSweeper
     from kcm.core.store.disk_space import DiskSpace
     from kcm.core.tenant_stored import StoredByTenant
@@ -199,6 +200,13 @@ class CoreMetrics:
         self.registry.register(CallbackGauge(
             "kcm_core_tenant_max_objects", "Each tenant's bound on what it stores (its own "
             "or max_objects_per_tenant; 0: none).", ("tenant",), counts.bounds))
+
+    def tenant_rates(self, rates: TenantRates) -> None:
+        """Report the requests each tenant's rate refused when scraped."""
+        self.registry.register(_CallbackCounter(
+            "kcm_core_tenant_requests_throttled", "Requests refused whole, unrun and "
+            "unaudited, over their tenant's request rate on this core, by tenant.",
+            rates.counts, ("tenant",)))
 
     def transaction(self, write: bool, seconds: float) -> None:
         """The store's ``on_transaction`` (a worker thread)."""

@@ -85,6 +85,7 @@ from kcm.core.operations.derive import prepare_pbkdf2
 from kcm.core.operations.register import prepare_register
 from kcm.core.queue_expiry import LATE_GRACE_S, RequestExpired
 from kcm.core.refusal_records import RefusalRecords
+from kcm.core.request_rates import TenantRates
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.disk_space import DiskSpace
 from kcm.core.store.engine import Store
@@ -222,14 +223,16 @@ class CoreRequestHandler:
                  committer: GroupCommitter | None = None,
                  metrics: CoreMetrics | None = None,
                  group_start: Callable[[Callable[[], None]], object] | None = None,
-                 reactor: IReactorTime | None = None) -> None:
+                 reactor: IReactorTime | None = None,
+                 rates: TenantRates | None = None) -> None:
         """``clock``: the wall clock, whose time is a request's (its dates, its answer's
         time stamp); ``timer``: the monotonic clock its deadline runs on (kcm-core's
         reactor; ``clock`` when not given). ``group_start``: when its group commits start
         (:class:`GroupCommitter`'s ``start``; kcm-core's is the end of the reactor's
         turn). ``reactor``: the intervals and timers of the refusals it coalesces
         (:class:`RefusalRecords`) and of the requests' deadlines in its queues (Twisted's
-        reactor when not given)."""
+        reactor when not given). ``rates``: the tenants' request rates, counted as each
+        request arrives (None: none)."""
         self._store = store
         self._metrics = metrics or CoreMetrics()
         self._keyring = keyring
@@ -258,6 +261,7 @@ class CoreRequestHandler:
         self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)
         self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED, logger=log)
         self._disk_full_line = DiskFullLine(reactor, store.url)
+        self._rates = rates
 
     @property
     def disk_space(self) -> DiskSpace | None:
@@ -334,6 +338,8 @@ class CoreRequestHandler:
         :meth:`RefusalRecords.flush`) committed; never fails (a failure is logged)."""
         written = self._refusal_records.flush()
         self._unaudited_line.flush()
+        if self._rates is not None:
+            self._rates.flush()
         return DeferredList(written, consumeErrors=True).addCallback(lambda _: None)
 
     def _record_refusals(self, refusal: Refusal,
@@ -383,6 +389,15 @@ class CoreRequestHandler:
         # Read once for every choice below, and no further than one over the limit: a
         # request of more items is refused in a group commit at the cost of its header.
         found = operation_values(wire, most)
+        tenant = caller.principal.tenant
+        if tenant is not None and self._rates is not None:
+            # Counted before the request waits for anything (kcm.core.request_rates).
+            refused = self._rates.admit(tenant, max(len(found), 1))
+            if refused is not None:
+                self._metrics.item(None)
+                return succeed(failure_response(
+                    _answer_version(wire), ResultReason.SERVER_LIMIT_EXCEEDED, refused,
+                    now)).addBoth(timed)
         over = len(found) > most
         if not over and _beside_writer(wire, found):
             answering = self._scheduler.submit(

@@ -31,6 +31,7 @@ from kcm.core.metrics import CoreMetrics, DatabaseReadiness, database_state
 from kcm.core.outbox_listener import OutboxListener
 from kcm.core.outbox_retention import prune_outbox
 from kcm.core.request_handler import SWEEPER_SHARE, CoreRequestHandler
+from kcm.core.request_rates import RateReads, TenantRates
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.session_pinning import SessionPinning
@@ -151,6 +152,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     store.on_audit_head, store.on_lock_wait = metrics.audit_head_moved, metrics.lock_waited
     keyring = Keyring(clock=reactor.seconds, kept_ttl=store.objects.ttl)
+    rates = TenantRates(reactor, config.limits.requests_per_second_per_tenant,
+                        config.limits.request_burst_per_tenant)
+    metrics.tenant_rates(rates)
     handler = CoreRequestHandler(store, keyring, clock=time.time, timer=reactor.seconds,
                                  server_info=ServerInfo(
                                      access=config.access,
@@ -158,7 +162,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                                  limits=config.limits, workers=config.database_threads,
                                  metrics=metrics,
                                  group_start=partial(call_before_poll, reactor),
-                                 reactor=reactor)
+                                 reactor=reactor, rates=rates)
     policy = PolicyFile(config.policy_file, store, reactor)
     core = CoreService(config, reactor=reactor, store=store, keyring=keyring, handler=handler,
                        policy=policy)
@@ -213,6 +217,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     expiry.setName("kcm-object-cache-expiry")
     expiry.setServiceParent(core)
     master_key.setServiceParent(core)
+    # The tenants' own request rates: read as the core starts (before its listeners) and
+    # every few seconds, so that kcm core tenant limit reaches every running core.
+    RateReads(rates, store, reactor).setServiceParent(core)
     checkpoints = AuditCheckpoints(store, keyring, reactor,
                                    interval=config.audit_checkpoint_interval)
     checkpoints.setServiceParent(core)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -92,6 +93,13 @@ class Tenant(Base):
     #: The tenant's own bound on ``stored`` (``kcm core tenant limit``); NULL: the core's
     #: ``max_objects_per_tenant``; 0: none.
     max_objects: Mapped[int | None] = mapped_column(BigInteger)
+    #: The tenant's own request rate, batch items a second (:mod:`kcm.core.request_rates`,
+    #: migration 0015; ``kcm core tenant limit``); NULL: the core's
+    #: ``requests_per_second_per_tenant``; 0: none.
+    requests_per_second: Mapped[float | None] = mapped_column(Float)
+    #: The tenant's own burst, batch items; NULL: the core's ``request_burst_per_tenant``;
+    #: 0: one second of its rate.
+    request_burst: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ManagedObject(Base):

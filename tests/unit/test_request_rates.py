@@ -1,0 +1,180 @@
+"""The tenants' token buckets (kcm.core.request_rates), on a task.Clock."""
+
+from __future__ import annotations
+
+from twisted.internet import task
+from twisted.internet.defer import succeed
+
+from kcm.core.request_rates import LOG_INTERVAL, TenantRates, throttled_message
+
+
+def _rates(rate: float = 2, burst: int = 4) -> tuple[task.Clock, TenantRates]:
+    clock = task.Clock()
+    return clock, TenantRates(clock, rate, burst)
+
+
+def test_off_by_default_admits_everything() -> None:
+    _, rates = _rates(0, 0)
+    assert all(rates.admit("acme", 50) is None for _ in range(1000))
+    assert rates.counts() == []
+
+
+def test_a_burst_then_the_sustained_rate() -> None:
+    clock, rates = _rates(2, 4)
+    assert [rates.admit("acme", 1) for _ in range(4)] == [None] * 4
+    refused = rates.admit("acme", 1)
+    assert refused == "the tenant's request rate of 2 items/s was exceeded; retry in 0.5 s"
+    clock.advance(0.5)  # one item back
+    assert rates.admit("acme", 1) is None
+    assert rates.admit("acme", 1) is not None
+    clock.advance(10)  # full again, no more than the burst
+    assert [rates.admit("acme", 1) for _ in range(5)] == [None] * 4 + [refused]
+    assert rates.counts() == [(("acme",), 3)]
+
+
+def test_counted_per_batch_item_and_a_refusal_takes_nothing() -> None:
+    clock, rates = _rates(2, 4)
+    assert rates.admit("acme", 3) is None
+    assert rates.admit("acme", 2) is not None  # one left: the request of two refused whole
+    assert rates.admit("acme", 1) is None  # ... and the one left still there
+
+
+def test_one_tenant_over_its_rate_leaves_the_others_alone() -> None:
+    _, rates = _rates(1, 1)
+    assert rates.admit("greedy", 1) is None
+    assert all(rates.admit("greedy", 1) is not None for _ in range(100))
+    assert rates.admit("other", 1) is None
+    assert rates.counts() == [(("greedy",), 100)]
+
+
+def test_a_request_larger_than_the_burst_passes_on_a_full_bucket_and_leaves_a_debt() -> None:
+    clock, rates = _rates(2, 4)
+    assert rates.admit("acme", 10) is None
+    assert rates.admit("acme", 1) == ("the tenant's request rate of 2 items/s was exceeded; "
+                                      "retry in 3.5 s")
+    clock.advance(3.5)
+    assert rates.admit("acme", 1) is None
+
+
+def test_a_burst_of_0_is_one_second_of_the_rate_at_least_one_item() -> None:
+    _, rates = _rates(3, 0)
+    assert [rates.admit("acme", 1) for _ in range(4)][-1] is not None
+    assert rates.limit("acme") == (3.0, 3.0)
+    _, slow = _rates(0.5, 0)
+    assert slow.limit("acme") == (0.5, 1.0)
+    assert slow.admit("acme", 1) is None
+    assert slow.admit("acme", 1) == ("the tenant's request rate of 0.5 items/s was exceeded; "
+                                     "retry in 2 s")
+
+
+def test_a_tenant_s_own_rate_and_burst_in_place_of_the_core_s() -> None:
+    clock, rates = _rates(0, 0)
+    rates.take([("acme", 1.0, 2), ("free", None, None), ("burst", None, 3)])
+    assert rates.limit("acme") == (1.0, 2.0)
+    assert rates.limit("free") == (0.0, 1.0)
+    assert rates.admit("acme", 2) is None
+    assert rates.admit("acme", 1) is not None
+    assert all(rates.admit("free", 5) is None for _ in range(100))
+    # Its own rate 0 lifts the core's.
+    _, limited = _rates(1, 1)
+    limited.take([("acme", 0.0, None), ("other", None, None)])
+    assert all(limited.admit("acme", 5) is None for _ in range(100))
+    assert limited.admit("other", 1) is None and limited.admit("other", 1) is not None
+    # Set back to the core's (NULL) at the next read.
+    limited.take([("acme", None, None), ("other", None, None)])
+    assert limited.admit("acme", 1) is None and limited.admit("acme", 1) is not None
+
+
+def test_read_takes_the_rows_and_keeps_the_last_on_failure() -> None:
+    _, rates = _rates(0, 0)
+    rows = [("acme", 1.0, 1)]
+    runs: list[bool] = []
+
+    def run(fn, write):  # (the store's run, its result given)
+        runs.append(write)
+        return succeed(rows)
+
+    rates.read(run)
+    assert runs == [False] and rates.limit("acme") == (1.0, 1.0)
+
+    def broken(fn, write):
+        from twisted.internet.defer import fail
+        return fail(RuntimeError("database gone"))
+
+    rates.read(broken)
+    assert rates.limit("acme") == (1.0, 1.0)
+
+
+def test_buckets_full_again_and_of_tenants_gone_are_dropped() -> None:
+    clock, rates = _rates(1, 2)
+    tenants = [(f"t{n}", None, None) for n in range(50)]
+    for name, _, _ in tenants:
+        rates.admit(name, 1)
+    rates.admit("gone", 3)
+    rates.admit("gone", 3)
+    assert len(rates._buckets) == 51 and rates.counts()[0] == (("gone",), 1)
+    clock.advance(1.0)
+    assert rates.admit("t0", 5) is None  # in debt: kept until it has paid it
+    clock.advance(1.0)
+    rates.take(tenants)  # "gone" no longer exists; the others full again but t0
+    assert set(rates._buckets) == {"t0"}
+    assert rates.counts() == []
+    clock.advance(10)
+    rates.take(tenants)
+    assert rates._buckets == {}
+
+
+def test_one_log_line_per_tenant_an_interval(capsys) -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock, rates = _rates(1, 1)
+        for _ in range(1000):
+            rates.admit("acme", 1)
+            rates.admit("other", 1)
+        lines = [e for e in events if e.get("log_namespace") == "kcm.core.request_rates"]
+        assert [(e["tenant"], e["count"]) for e in lines] == [("acme", 1), ("other", 1)]
+        clock.advance(LOG_INTERVAL)
+        lines = [e for e in events if e.get("log_namespace") == "kcm.core.request_rates"]
+        assert sorted((e["tenant"], e["count"]) for e in lines[2:]) == [
+            ("acme", 998), ("other", 998)]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
+def test_the_message_is_short_ascii_and_never_says_retry_in_0() -> None:
+    message = throttled_message(1e9, 1e-12)
+    assert message.isascii() and len(message) < 100
+    assert message.endswith("retry in 0.1 s")
+
+
+def test_rate_reads_read_before_the_core_serves_then_every_interval() -> None:
+    from kcm.core.request_rates import READ_INTERVAL, RateReads
+
+    clock, rates = _rates(0, 0)
+    rows = [("acme", 1.0, 1)]
+
+    class Store:
+        reads = 0
+
+        def run_sync(self, fn, write):
+            assert write is False
+            Store.reads += 1
+            return list(rows)
+
+        def run(self, fn, write):
+            return succeed(self.run_sync(fn, write=write))
+
+    reads = RateReads(rates, Store(), clock)
+    reads.startService()
+    assert Store.reads == 1 and rates.limit("acme") == (1.0, 1.0)  # (at once, not later)
+    rows[0] = ("acme", 5.0, 10)
+    clock.advance(READ_INTERVAL - 0.1)
+    assert rates.limit("acme") == (1.0, 1.0)
+    clock.advance(0.1)
+    assert Store.reads == 2 and rates.limit("acme") == (5.0, 10.0)
+    reads.stopService()
+    clock.advance(READ_INTERVAL * 3)
+    assert Store.reads == 2

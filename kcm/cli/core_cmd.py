@@ -101,12 +101,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                prog="kcm core tenant remove")
 
     limit_tenant = tenant_actions.add_parser(
-        "limit", help="set or show a tenant's bound on the objects it stores")
+        "limit", help="set or show a tenant's bound on the objects it stores and its request "
+        "rate")
     limit_tenant.add_argument("tenant")
     limit_tenant.add_argument(
         "--max-objects", metavar="N",
         help="objects and L4 tombstones the tenant may store (0: no bound; default: the "
              "core's [core.limits] max_objects_per_tenant)")
+    limit_tenant.add_argument(
+        "--requests-per-second", metavar="N",
+        help="batch items a second the tenant's requests may make on each core, sustained "
+             "(0: no limit; default: the core's [core.limits] "
+             "requests_per_second_per_tenant)")
+    limit_tenant.add_argument(
+        "--request-burst", metavar="N",
+        help="batch items the tenant may send at once above its rate (0: one second of "
+             "its rate; default: the core's [core.limits] request_burst_per_tenant)")
     limit_tenant.add_argument(
         "--recount", action="store_true",
         help="count the tenant's objects and L4 tombstones again and correct its kept "

@@ -47,7 +47,7 @@ def _print_lines(args: argparse.Namespace, records: list[dict[str, Any]],
         print(json.dumps(record, sort_keys=True) if args.json else text(record))
 
 
-def _tenants(session: Session, default: int) -> list[dict[str, Any]]:
+def _tenants(session: Session, default: int, limits: Any) -> list[dict[str, Any]]:
     from sqlalchemy import func, select
 
     from kcm.core.store.schema import LEVEL_SERVICE_KEY, ManagedObject, Tenant
@@ -60,7 +60,8 @@ def _tenants(session: Session, default: int) -> list[dict[str, Any]]:
     unfinished = _unfinished_removals(session)
     return [{"tenant": tenant.name, "created": iso(tenant.created_at),
              "services": services.get(tenant.name, 0), "objects": objects.get(tenant.name, 0),
-             **_stored(tenant, default), "removal_unfinished": tenant.name in unfinished}
+             **_stored(tenant, default), **_rate(tenant, limits),
+             "removal_unfinished": tenant.name in unfinished}
             for tenant in session.scalars(select(Tenant).order_by(Tenant.name))]
 
 
@@ -73,20 +74,44 @@ def _stored(tenant: Any, default: int) -> dict[str, Any]:
             "own_bound": own is not None}
 
 
+def _rate(tenant: Any, limits: Any) -> dict[str, Any]:
+    """A tenant's request rate (kcm.core.request_rates): ``requests_per_second`` (0: none)
+    and ``request_burst`` (batch items), and whether each is its own (else the
+    configuration's ``requests_per_second_per_tenant``, ``request_burst_per_tenant``)."""
+    from kcm.core.request_rates import burst_of
+
+    rate = (limits.requests_per_second_per_tenant if tenant.requests_per_second is None
+            else tenant.requests_per_second)
+    burst = (limits.request_burst_per_tenant if tenant.request_burst is None
+             else tenant.request_burst)
+    return {"requests_per_second": rate, "own_rate": tenant.requests_per_second is not None,
+            "request_burst": int(burst_of(rate, burst)) if rate else 0,
+            "own_burst": tenant.request_burst is not None}
+
+
 def _bound_text(record: dict[str, Any]) -> str:
     bound = "none" if not record["bound"] else f"{record['bound']:,}"
     return f"stored {record['stored']:,} of {bound}" + (
         " (its own)" if record["own_bound"] else "")
 
 
+def _rate_text(record: dict[str, Any]) -> str:
+    if not record["requests_per_second"]:
+        return "request rate none" + (" (its own)" if record["own_rate"] else "")
+    return (f"request rate {record['requests_per_second']:g}/s"
+            + (" (its own)" if record["own_rate"] else "")
+            + f" burst {record['request_burst']:,}"
+            + (" (its own)" if record["own_burst"] else ""))
+
+
 def run_tenant_list(args: argparse.Namespace) -> int:
     config = core_config(args)
     default = config.limits.max_objects_per_tenant
-    records = run_in_store(open_store(args, config), partial(_tenants, default=default),
-                           write=False)
+    records = run_in_store(open_store(args, config), partial(
+        _tenants, default=default, limits=config.limits), write=False)
     _print_lines(args, records, lambda r: (
         f"{r['tenant']}  created {r['created']}  services {r['services']}  "
-        f"objects {r['objects']}  {_bound_text(r)}" + (
+        f"objects {r['objects']}  {_bound_text(r)}  {_rate_text(r)}" + (
             f"  removal unfinished (kcm core tenant remove {r['tenant']} --yes finishes it)"
             if r["removal_unfinished"] else "")))
     return 0
@@ -149,7 +174,7 @@ def run_tenant_show(args: argparse.Namespace) -> int:
         tombstones = session.scalar(select(func.count()).select_from(L4Tombstone)
                                     .where(L4Tombstone.tenant == args.tenant))
         return {"tenant": tenant.name, "created": iso(tenant.created_at),
-                **_stored(tenant, default),
+                **_stored(tenant, default), **_rate(tenant, config.limits),
                 "tenant_keys": [{"unique_identifier": key.uid, "state": _state(key.state),
                                  "created": iso(key.initial_date),
                                  "wraps": wraps.get(key.uid, 0)} for key in tenant_keys],
@@ -166,6 +191,7 @@ def run_tenant_show(args: argparse.Namespace) -> int:
         return 0
     print(f"tenant {shown['tenant']}, created {shown['created']}, {_bound_text(shown)} "
           "(objects and L4 tombstones)")
+    print(f"  {_rate_text(shown)} (batch items)")
     for key in shown["tenant_keys"]:
         print(f"  tenant key (L2) {key['unique_identifier']}  {key['state']}  "
               f"created {key['created']}  wraps {key['wraps']}")
@@ -459,11 +485,44 @@ def _max_objects(text: str) -> int | None:
     return int(digits)
 
 
+def _requests_per_second(text: str) -> float | None:
+    """``--requests-per-second``: a number of at least 0 (0: none; ASCII digits, one
+    decimal point), or ``default``."""
+    from kcm.core.config import MAX_REQUEST_RATE
+
+    if text == "default":
+        return None
+    digits = text.replace("_", "")
+    whole, _, part = digits.partition(".")
+    if (not (digits.isascii() and (whole + part).isdigit()) or len(digits) > 18
+            or float(digits) > MAX_REQUEST_RATE):
+        raise CommandError("--requests-per-second must be a number of at least 0 (0: no "
+                           "limit) or default (the core's requests_per_second_per_tenant)")
+    return float(digits)
+
+
+def _request_burst(text: str) -> int | None:
+    """``--request-burst``: a whole number of at least 0 (0: one second of the rate), or
+    ``default``."""
+    from kcm.core.config import MAX_REQUEST_RATE
+
+    if text == "default":
+        return None
+    digits = text.replace("_", "").replace(",", "")
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > MAX_REQUEST_RATE:
+        raise CommandError("--request-burst must be a whole number of at least 0 (0: one "
+                           "second of the rate) or default (the core's "
+                           "request_burst_per_tenant)")
+    return int(digits)
+
+
 def run_tenant_limit(args: argparse.Namespace) -> int:
-    """Set (``--max-objects``) or show a tenant's bound on what it stores."""
+    """Set (``--max-objects``, ``--requests-per-second``, ``--request-burst``) or show a
+    tenant's bound on what it stores and its request rate."""
     from sqlalchemy import update
 
     from kcm.core.audit import AuditEvent, append_audit
+    from kcm.core.request_rates import READ_INTERVAL as RATES_INTERVAL
     from kcm.core.store import quota
     from kcm.core.store.repository import lock_writers
     from kcm.core.store.schema import Tenant
@@ -488,24 +547,33 @@ def run_tenant_limit(args: argparse.Namespace) -> int:
             was, now = recounted
             print(f"tenant {args.tenant}: count right ({now:,})" if was == now else
                   f"tenant {args.tenant}: count corrected from {was:,} to {now:,}")
+    changes: dict[str, Any] = {}
     if args.max_objects is not None:
-        bound = _max_objects(args.max_objects)
-
+        changes["max_objects"] = _max_objects(args.max_objects)
+    if getattr(args, "requests_per_second", None) is not None:
+        changes["requests_per_second"] = _requests_per_second(args.requests_per_second)
+    if getattr(args, "request_burst", None) is not None:
+        changes["request_burst"] = _request_burst(args.request_burst)
+    if changes:
         def change(session: Session, _keyring: object) -> None:
             _require_tenant(session, args.tenant)
             lock_writers(session)
             session.execute(update(Tenant).where(Tenant.name == args.tenant)
-                            .values(max_objects=bound))
+                            .values(**changes))
             append_audit(session, AuditEvent(
                 principal=getattr(args, "prog", "kcm core tenant limit"),
                 operation=LIMIT_OPERATION, result_status="SUCCESS",
                 correlation_id=f"cli-{int(time.time() * 1e6)}", source="cli",
-                tenant=args.tenant, detail={"max_objects": bound}))
+                tenant=args.tenant, detail=changes))
 
         _with_keyring(args, change)
-    shown = run_in_store(open_store(args, config), lambda session: {
-        "tenant": args.tenant, **_stored(_require_tenant(session, args.tenant), default)},
-        write=False)
+
+    def read(session: Session) -> dict[str, Any]:
+        tenant = _require_tenant(session, args.tenant)
+        return {"tenant": args.tenant, **_stored(tenant, default),
+                **_rate(tenant, config.limits)}
+
+    shown = run_in_store(open_store(args, config), read, write=False)
     if args.json:
         if getattr(args, "recount", False):
             shown["recounted_from"] = recounted[0]
@@ -513,4 +581,6 @@ def run_tenant_limit(args: argparse.Namespace) -> int:
     else:
         print(f"tenant {shown['tenant']}: {_bound_text(shown)}" + (
             "" if shown["own_bound"] else " (the core's max_objects_per_tenant)"))
+        print(f"tenant {shown['tenant']}: {_rate_text(shown)} (batch items, on each core; "
+              f"a running core takes a change within {RATES_INTERVAL:g} s)")
     return 0

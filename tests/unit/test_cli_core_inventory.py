@@ -77,19 +77,24 @@ def test_tenant_limit_and_what_list_and_show_say_of_it(deployment: Path, capsys)
     assert [(r["tenant"], r["stored"], r["bound"], r["own_bound"]) for r in json_lines(out)] \
         == [("demo", 3, 1_000_000, False), ("other", 2, 1_000_000, False)]
     assert kcm(capsys, "core", "tenant", "limit", "demo", "-c", config) == (
-        0, "tenant demo: stored 3 of 1,000,000 (the core's max_objects_per_tenant)\n", "")
+        0, "tenant demo: stored 3 of 1,000,000 (the core's max_objects_per_tenant)\n"
+        "tenant demo: request rate none (batch items, on each core; a running core takes a "
+        "change within 5 s)\n", "")
     assert kcm(capsys, "core", "tenant", "limit", "demo", "--max-objects", "5000", "-c",
-               config) == (0, "tenant demo: stored 3 of 5,000 (its own)\n", "")
+               config) == (0, "tenant demo: stored 3 of 5,000 (its own)\n"
+                           "tenant demo: request rate none (batch items, on each core; a "
+                           "running core takes a change within 5 s)\n", "")
     status, out, _ = kcm(capsys, "core", "tenant", "show", "demo", "-c", config)
     assert out.startswith("tenant demo, created ") and (
         ", stored 3 of 5,000 (its own) (objects and L4 tombstones)\n") in out
     assert json.loads(kcm(capsys, "core", "tenant", "show", "demo", "-c", config, "--json")[1])[
         "bound"] == 5000
     assert kcm(capsys, "core", "tenant", "limit", "other", "--max-objects", "0", "-c",
-               config)[1] == "tenant other: stored 2 of none (its own)\n"
+               config)[1].startswith("tenant other: stored 2 of none (its own)\n")
     deployment.write_text(deployment.read_text() + "\n[core.limits]\nmax_objects_per_tenant = 7\n")
     assert kcm(capsys, "core", "tenant", "limit", "demo", "--max-objects", "default", "-c",
-               config)[1] == "tenant demo: stored 3 of 7 (the core's max_objects_per_tenant)\n"
+               config)[1].startswith(
+        "tenant demo: stored 3 of 7 (the core's max_objects_per_tenant)\n")
     # (a BIGINT column: 19 digits may not fit; "²" is a digit to str.isdigit, not to int)
     for wrong in ("-1", "1" + "0" * 18, "\u00b2", "1\u00b2"):
         status, _, err = kcm(capsys, "core", "tenant", "limit", "demo", "--max-objects",
@@ -118,7 +123,9 @@ def test_tenant_limit_recount_repairs_a_count_that_drifted(deployment: Path, cap
         db.execute("UPDATE tenants SET stored = 40 WHERE name = 'demo'")
     assert kcm(capsys, "core", "tenant", "limit", "demo", "--recount", "-c", config) == (
         0, "tenant demo: count corrected from 40 to 3\n"
-           "tenant demo: stored 3 of 1,000,000 (the core's max_objects_per_tenant)\n", "")
+           "tenant demo: stored 3 of 1,000,000 (the core's max_objects_per_tenant)\n"
+           "tenant demo: request rate none (batch items, on each core; a running core takes "
+           "a change within 5 s)\n", "")
     assert kcm(capsys, "core", "tenant", "limit", "demo", "--recount", "-c", config)[1] \
         .startswith("tenant demo: count right (3)\n")
     with sqlite3.connect(database) as db:
@@ -126,7 +133,9 @@ def test_tenant_limit_recount_repairs_a_count_that_drifted(deployment: Path, cap
     status, out, _ = kcm(capsys, "core", "tenant", "limit", "other", "--recount", "--json",
                          "-c", config)
     assert json.loads(out) == {"tenant": "other", "stored": 2, "bound": 1_000_000,
-                               "own_bound": False, "recounted_from": 0}
+                               "own_bound": False, "recounted_from": 0,
+                               "requests_per_second": 0, "own_rate": False,
+                               "request_burst": 0, "own_burst": False}
     status, out, _ = kcm(capsys, "audit", "tail", "-n", "2", "-c", config)
     assert [(r["operation"], r["tenant"], json.loads(r["detail"]) if isinstance(
         r["detail"], str) else r["detail"]) for r in json_lines(out)] == [
@@ -453,3 +462,50 @@ def test_the_kcm_program_runs_out_of_core_dumps(deployment: Path, monkeypatch) -
         [core_line] = [line for line in limits.splitlines()
                        if line.startswith("Max core file size")]
         assert core_line.split()[4:6] == ["0", "0"], (program, core_line)
+
+
+def test_tenant_limit_requests_per_second_and_what_list_and_show_say_of_it(
+        deployment: Path, capsys) -> None:
+    """A tenant's request rate: the core's ``requests_per_second_per_tenant`` (0: none)
+    until ``kcm core tenant limit --requests-per-second`` gives it its own; audited as
+    ``--max-objects`` is."""
+    config = str(deployment)
+    status, out, _ = kcm(capsys, "core", "tenant", "list", "-c", config, "--json")
+    assert [(r["tenant"], r["requests_per_second"], r["own_rate"]) for r in json_lines(out)] \
+        == [("demo", 0, False), ("other", 0, False)]
+    status, out, _ = kcm(capsys, "core", "tenant", "limit", "demo", "--requests-per-second",
+                         "2.5", "--request-burst", "10", "-c", config)
+    assert out.splitlines()[1] == (
+        "tenant demo: request rate 2.5/s (its own) burst 10 (its own) (batch items, on each "
+        "core; a running core takes a change within 5 s)")
+    status, out, _ = kcm(capsys, "core", "tenant", "list", "-c", config)
+    assert "  request rate 2.5/s (its own) burst 10 (its own)" in out.splitlines()[0]
+    assert out.splitlines()[1].endswith("  request rate none")
+    status, out, _ = kcm(capsys, "core", "tenant", "show", "demo", "-c", config)
+    assert "\n  request rate 2.5/s (its own) burst 10 (its own) (batch items)\n" in out
+    deployment.write_text(deployment.read_text() + "\n[core.limits]\n"
+                          "requests_per_second_per_tenant = 100\n")
+    shown = json.loads(kcm(capsys, "core", "tenant", "show", "other", "-c", config,
+                           "--json")[1])
+    assert (shown["requests_per_second"], shown["own_rate"], shown["request_burst"],
+            shown["own_burst"]) == (100, False, 100, False)
+    assert kcm(capsys, "core", "tenant", "limit", "other", "--requests-per-second", "0",
+               "-c", config)[1].splitlines()[1].startswith(
+        "tenant other: request rate none (its own) (batch items")
+    status, out, _ = kcm(capsys, "core", "tenant", "limit", "demo", "--requests-per-second",
+                         "default", "--request-burst", "default", "-c", config, "--json")
+    assert (json.loads(out)["requests_per_second"], json.loads(out)["own_rate"]) == (100, False)
+    for option, wrong in (("--requests-per-second", "-1"), ("--requests-per-second", "1e3"),
+                          ("--requests-per-second", "\u00b2"), ("--requests-per-second", "."),
+                          ("--requests-per-second", "1" + "0" * 10),
+                          ("--request-burst", "1.5"), ("--request-burst", "-1")):
+        status, _, err = kcm(capsys, "core", "tenant", "limit", "demo", option, wrong, "-c",
+                             config)
+        assert status == 2 and f"{option} must be a" in err, (option, wrong)
+    status, out, _ = kcm(capsys, "audit", "tail", "-n", "3", "-c", config)
+    assert [(r["operation"], r["tenant"], json.loads(r["detail"]) if isinstance(
+        r["detail"], str) else r["detail"]) for r in json_lines(out)] == [
+        ("SetTenantLimit", "demo", {"requests_per_second": 2.5, "request_burst": 10}),
+        ("SetTenantLimit", "other", {"requests_per_second": 0.0}),
+        ("SetTenantLimit", "demo", {"requests_per_second": None, "request_burst": None})]
+    assert kcm(capsys, "audit", "verify", "-c", config)[0] == 0

@@ -82,7 +82,7 @@ class CoreLimits(ConnectionLimits):
     #: a token bucket per tenant, on each core); a request over it is refused whole, unrun
     #: and unaudited (Server Limit Exceeded). ``kcm core tenant limit`` sets a tenant's own;
     #: 0: no limit.
-    requests_per_second_per_tenant: float = 0
+    requests_per_second_per_tenant: float = 0.0
     #: Batch items one tenant may send at once above that rate (the bucket's size); 0: one
     #: second of its rate.
     request_burst_per_tenant: int = 0

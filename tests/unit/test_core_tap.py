@@ -29,7 +29,8 @@ from tests.unit.test_audit import write_legacy_chain
 from tests.vectors import REPO_ROOT
 
 TREE = ["kcm-sqlite-owner", "kcm-database-sessions", "kcm-l1-before-migration", "kcm-store",
-        "kcm-object-cache-expiry", "kcm-l1", "kcm-audit-checkpoints", "kcm-policy",
+        "kcm-object-cache-expiry", "kcm-l1", "kcm-tenant-rates", "kcm-audit-checkpoints",
+        "kcm-policy",
         "kcm-tls-refresh", "kcm-kmip-listener",
         "kcm-event-fanout", "kcm-outbox-listener", "kcm-link-listener", "kcm-state-sweeper"]
 
@@ -181,6 +182,31 @@ def test_max_objects_per_tenant_reaches_the_store_and_is_checked(tmp_path: Path)
     for wrong in (-1, True, 2.5):
         with pytest.raises(ValueError, match="max_objects_per_tenant must be a whole number"):
             CoreLimits(max_objects_per_tenant=wrong)
+
+
+def test_the_tenants_request_rate_reaches_the_handler_and_is_checked(tmp_path: Path) -> None:
+    """Off by default (a one-tenant deployment is never throttled by surprise); the file's
+    or the command line's rate and burst reach the handler's buckets."""
+    from kcm.core.config import CoreLimits
+
+    assert (CoreLimits().requests_per_second_per_tenant,
+            CoreLimits().request_burst_per_tenant) == (0, 0)
+    rates = tap.makeService(parse(), reactor=Clock()).handler._rates
+    assert rates.limit("demo") == (0.0, 1.0) and rates.admit("demo", 10**6) is None
+    path = tmp_path / "core.toml"
+    path.write_text("[core.limits]\nrequests_per_second_per_tenant = 10\n"
+                    "request_burst_per_tenant = 25\n")
+    rates = tap.makeService(parse("-c", str(path)), reactor=Clock()).handler._rates
+    assert rates.limit("demo") == (10.0, 25.0)
+    limits = parse("--requests-per-second-per-tenant", "2.5",
+                   "--request-burst-per-tenant", "0")["core_config"].limits
+    assert (limits.requests_per_second_per_tenant, limits.request_burst_per_tenant) == (2.5, 0)
+    for wrong in (-1, True, float("nan"), float("inf"), "10"):
+        with pytest.raises(ValueError, match="requests_per_second_per_tenant must be a number"):
+            CoreLimits(requests_per_second_per_tenant=wrong)
+    for wrong in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="request_burst_per_tenant must be a whole number"):
+            CoreLimits(request_burst_per_tenant=wrong)
 
 
 def test_l1_in_a_token_comes_from_l1_pkcs11_in_the_file_or_on_the_command_line(

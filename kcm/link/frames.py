@@ -257,6 +257,17 @@ REQUIRED: dict[FrameType, tuple[str, ...]] = {
     FrameType.TOMBSTONES: ("stream_id",),
 }
 
+#: The fields a frame of these types may carry besides FrameType and StreamId (its row of
+#: the table, docs/link-protocol.md §2); any other is refused, as an unknown one is. A
+#: field a later link version adds to them is sent only to a peer that named that version
+#: (as KeysDigest is, version 8), so strictness never breaks an older peer.
+ALLOWED: dict[FrameType, frozenset[str]] = {
+    FrameType.FETCH_SERVICE_KEY: frozenset({"caller_identity", "caller_subject", "tenant",
+                                            "service", "unique_identifier", "keys_digest"}),
+    FrameType.FETCH_TOMBSTONES: frozenset({"caller_identity", "caller_subject",
+                                           "unique_identifier", "after"}),
+}
+
 #: EventPayload fields: name -> (tag, type).
 PAYLOAD_FIELDS: dict[str, tuple[int, ItemType]] = {
     "unique_identifier": (Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING),
@@ -533,6 +544,8 @@ def _decode_scalar_frame(data: bytes) -> Frame | None:
         return None
     if frame.type is FrameType.TOMBSTONES and _page_misplaced(frame) is not None:
         return None
+    if frame.type in ALLOWED and _fetch_misplaced(frame) is not None:
+        return None
     return frame
 
 
@@ -591,7 +604,42 @@ def _frame_from(item: Item) -> Frame:
         misplaced = _page_misplaced(frame)
         if misplaced is not None:
             raise FrameError(misplaced)
+    if frame.type in ALLOWED:
+        misplaced = _fetch_misplaced(frame)
+        if misplaced is not None:
+            raise FrameError(misplaced)
     return frame
+
+
+#: Every field of a :class:`Frame` but its type and stream, with the value it has when
+#: absent.
+_ABSENT: tuple[tuple[str, object], ...] = (
+    *((name, None) for name, _, _ in _FIELDS),
+    ("service_keys", []), ("payload", None), ("usage", []), ("after", None),
+    ("token_ids", []), ("more", None))
+#: The fields each type of :data:`ALLOWED` may not carry.
+_NOT_ALLOWED: dict[FrameType, tuple[tuple[str, object], ...]] = {
+    frame_type: tuple(entry for entry in _ABSENT if entry[0] not in allowed)
+    for frame_type, allowed in ALLOWED.items()}
+#: A TokenId: 32 lowercase hex digits (docs/link-protocol.md §3).
+_TOKEN_ID_LENGTH = 32
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def _fetch_misplaced(frame: Frame) -> str | None:
+    """Why a FETCH_SERVICE_KEY or FETCH_TOMBSTONES breaks the rules (None: it does not): a
+    field outside its row of the table; in a FETCH_TOMBSTONES, a cursor that is not a TokenId
+    (the last one of the page before, as the core sent it). (An identifier or a service is
+    answered by the core, as a missing one where none has it: docs/link-protocol.md §2.)"""
+    for name, absent in _NOT_ALLOWED[frame.type]:
+        if getattr(frame, name) != absent:
+            return f"a {frame.type.name} carries no {name}"
+    if frame.type is FrameType.FETCH_TOMBSTONES:
+        after = frame.after
+        if after is not None and (len(after) != _TOKEN_ID_LENGTH
+                                  or not _HEX_DIGITS.issuperset(after)):
+            return "a FETCH_TOMBSTONES's cursor is not a TokenId (32 lowercase hex digits)"
+    return None
 
 
 def _page_misplaced(frame: Frame) -> str | None:

@@ -105,3 +105,66 @@ def test_page_frames_outside_the_rules_are_refused(wire: bytes) -> None:
         decode_frame(wire)
     with pytest.raises(FrameError):
         decode_frame_tree(wire)
+
+
+def _text(tag: Tag, value: str) -> Item:
+    return Item(tag, ItemType.TEXT_STRING, value)
+
+
+_TENANT = _text(Tag.TENANT, "demo")
+_SERVICE = _text(Tag.SERVICE, "app")
+_FETCH = (_CALLER, _TENANT, _SERVICE)
+
+# Fields outside a fetch's row of the table (each the wire's order, so that the scalar
+# reader meets them too), and a FETCH_TOMBSTONES's cursor that is no TokenId: refused when
+# the frame is read, with a short ASCII reason (the link's GOAWAY).
+_UNRELATED = {
+    "tombstones policy": _wire(FrameType.FETCH_TOMBSTONES, _text(Tag.POLICY, "{}"), _CALLER,
+                               _UID),
+    "tombstones tenant": _wire(FrameType.FETCH_TOMBSTONES, _CALLER, _TENANT, _UID),
+    "tombstones source": _wire(FrameType.FETCH_TOMBSTONES, _CALLER,
+                               _text(Tag.CALLER_SOURCE, "1.2.3.4:5"), _UID),
+    "tombstones message": _wire(FrameType.FETCH_TOMBSTONES, _CALLER, _UID,
+                                Item(Tag.KMIP_MESSAGE, ItemType.BYTE_STRING, b"x")),
+    "tombstones digest": _wire(FrameType.FETCH_TOMBSTONES, _CALLER, _UID,
+                               Item(Tag.KEYS_DIGEST, ItemType.BYTE_STRING, bytes(32))),
+    "tombstones error": _wire(FrameType.FETCH_TOMBSTONES, _CALLER, _UID, _ERROR),
+    "fetch sequence": _wire(FrameType.FETCH_SERVICE_KEY,
+                            Item(Tag.EVENT_SEQUENCE, ItemType.LONG_INTEGER, 1), *_FETCH),
+    "fetch source": _wire(FrameType.FETCH_SERVICE_KEY, _CALLER,
+                          _text(Tag.CALLER_SOURCE, "1.2.3.4:5"), _TENANT, _SERVICE),
+    "fetch kind": _wire(FrameType.FETCH_SERVICE_KEY, *_FETCH, _text(Tag.EVENT_KIND, "x")),
+    "fetch reason": _wire(FrameType.FETCH_SERVICE_KEY, *_FETCH, _REASON),
+    "fetch view": _wire(FrameType.FETCH_SERVICE_KEY, *_FETCH,
+                        Item(Tag.VIEW_DIGEST, ItemType.BYTE_STRING, bytes(16))),
+    "fetch token": _wire(FrameType.FETCH_SERVICE_KEY, *_FETCH, _token("a" * 32)),
+    "cursor nul": _wire(FrameType.FETCH_TOMBSTONES, _CALLER, _UID, _token("a" * 31 + "\0")),
+    "cursor short": _wire(FrameType.FETCH_TOMBSTONES, _CALLER, _UID, _token("a" * 31)),
+    "cursor upper": _wire(FrameType.FETCH_TOMBSTONES, _CALLER, _UID, _token("A" * 32)),
+    "cursor text": _wire(FrameType.FETCH_TOMBSTONES, _CALLER, _UID, _token("\u00e9" * 32)),
+}
+
+
+@pytest.mark.parametrize("wire", _UNRELATED.values(), ids=_UNRELATED.keys())
+def test_a_fetch_with_an_unrelated_or_malformed_field_is_refused(wire: bytes) -> None:
+    for decode in (decode_frame, decode_frame_tree):
+        with pytest.raises(FrameError) as refused:
+            decode(wire)
+        reason = str(refused.value)
+        assert reason.isascii() and reason.isprintable() and len(reason) <= 100, reason
+
+
+@pytest.mark.parametrize("frame", [
+    Frame(FrameType.FETCH_SERVICE_KEY, stream_id=3, caller_identity=CALLER,
+          caller_subject="CN=legacy", tenant="demo", service="app"),
+    Frame(FrameType.FETCH_SERVICE_KEY, stream_id=3, caller_identity=CALLER, tenant="",
+          service="", unique_identifier=UID, keys_digest=bytes(32)),
+    # (A client's words: the core answers them, Object Not Found, not the frame.)
+    Frame(FrameType.FETCH_SERVICE_KEY, stream_id=3, caller_identity=CALLER, tenant="",
+          service="", unique_identifier="l3-\0"),
+    Frame(FrameType.FETCH_SERVICE_KEY, stream_id=3, caller_identity=CALLER, tenant="demo",
+          service="a\0b"),
+], ids=["service", "uid and digest", "uid with a NUL", "service with a NUL"])
+def test_a_fetch_of_its_own_fields_is_read(frame: Frame) -> None:
+    wire = encode_frame(frame)
+    assert decode_frame(wire) == frame == decode_frame_tree(wire)

@@ -149,6 +149,9 @@ def _current(session: Session, keyring: Keyring, caller: Caller, tenant: str, se
              now: int) -> list[ServiceKey]:
     check_service_key_use(caller.principal, tenant, service,
                           known=policy.is_provisioned(session, caller.principal))
+    if "\x00" in tenant or "\x00" in service:
+        # No service has one; PostgreSQL's text could not even be asked for it.
+        raise no_service_key(tenant, service)
     # Only the versions that may be Active are read, and only the Active ones unwrapped:
     # the older versions a service keeps (deactivated, decrypt-only) cost nothing here.
     active = [(bare, row) for row in repository.find_l3_activatable(session, tenant, service)

@@ -1271,6 +1271,11 @@ class L3Cache:
         """Whether version ``uid`` is held."""
         return uid in self._keys
 
+    def fetched_by(self, uid: str) -> Principal | None:
+        """On whose behalf version ``uid`` was last fetched (None: it is not held)."""
+        held = self._keys.get(uid)
+        return held.caller if held is not None else None
+
     def known(self, uid: str) -> ServiceKey | None:
         """Version ``uid`` as held or dropped (whoever asks), or None."""
         held = self._keys.get(uid)

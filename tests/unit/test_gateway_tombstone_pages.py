@@ -11,10 +11,10 @@ from twisted.internet.task import Clock
 
 from kcm.gateway.l3_cache import L3Cache, Need
 from kcm.gateway.link_client import LinkLost, ServiceKeyRefused, TombstonePage
-from kcm.gateway.tombstone_pages import RETRY_DELAY, TombstonePages
+from kcm.gateway.tombstone_pages import MAX_RETRY_DELAY, RETRY_DELAY, TombstonePages
 from kcm.kmip.enums import ResultReason, State
 from kcm.l4.service_key import ServiceKey
-from tests.core_support import service_principal
+from tests.core_support import admin_principal, service_principal
 
 APP = service_principal()
 UIDS = [f"l3-00000000-0000-4000-8000-00000000000{n}" for n in range(1, 7)]
@@ -138,13 +138,58 @@ def test_max_tombstones_reached_mid_paging_leaves_the_version_to_the_core(core,
     assert not core.asked and cache.overflowed == {UIDS[0]}
 
 
-def test_a_refused_page_leaves_the_version_to_the_core(core, clock) -> None:
+def test_a_page_refused_once_is_asked_again_and_the_version_served_here(core,
+                                                                      clock) -> None:
+    """(It was left to the core until the gateway restarted.)"""
     cache, pages = paged_cache(core, clock)
     sent_without_tombstones(cache)
+    core.answer(tokens(1000), True)
+    _, _, d = core.asked.pop()
+    d.errback(ServiceKeyRefused(ResultReason.PERMISSION_DENIED, "no"))
+    assert cache.overflowed == {UIDS[0]} and pages.pending == 1 and not core.asked
+    clock.advance(RETRY_DELAY)
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], None)]  # over
+    core.answer(tokens(1000), True)
+    core.answer(tokens(2, 1000), False)
+    assert not cache.overflowed and pages.pending == 0 and cache.tombstone_count == 1002
+    assert not cache.names_overflowed([Need(uid=UIDS[0])], APP)  # served here
+
+
+def test_pages_refused_or_failed_in_a_row_back_off_up_to_a_bound(core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    sent_without_tombstones(cache)
+    waits = []
+    for n in range(10):
+        _, _, d = core.asked.pop()
+        d.errback(ServiceKeyRefused(ResultReason.OBJECT_NOT_FOUND, "no") if n % 2
+                  else LinkLost("lost"))
+        waited = 0.0
+        while not core.asked and waited < 2 * MAX_RETRY_DELAY:
+            clock.advance(0.5)
+            waited += 0.5
+        waits.append(waited)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, MAX_RETRY_DELAY, MAX_RETRY_DELAY,
+                     MAX_RETRY_DELAY, MAX_RETRY_DELAY]
+    core.answer(tokens(5), True)  # a page in: the back-off starts over
+    _, _, d = core.asked.pop()
+    d.errback(LinkLost("lost"))
+    clock.advance(RETRY_DELAY)
+    assert [(uid, after) for uid, after, _ in core.asked] == [(UIDS[0], None)]
+
+
+def test_a_refused_version_is_asked_again_for_its_latest_caller(clock) -> None:
+    callers = []
+    core = Core()
+    cache, pages = paged_cache(core, clock)
+    pages._fetch_page = lambda caller, uid, after: (callers.append(caller),
+                                                    core.fetch_page(caller, uid, after))[1]
+    sent_without_tombstones(cache)
+    admin = admin_principal()
+    cache.store([key(UIDS[0])], admin)  # fetched again, by an administrator
     _, _, d = core.asked.pop()
     d.errback(ServiceKeyRefused(ResultReason.PERMISSION_DENIED, "no"))
     clock.advance(RETRY_DELAY)
-    assert pages.pending == 0 and not core.asked and cache.overflowed == {UIDS[0]}
+    assert callers == [APP, admin]
 
 
 def test_a_core_without_pages_leaves_the_version_overflowed(core, clock) -> None:
@@ -414,3 +459,34 @@ def test_a_version_without_tombstones_is_not_kept_whole(core, clock) -> None:
     forget_idle(cache, clock)
     sent_without_tombstones(cache)
     assert cache.overflowed == {UIDS[0]} and core.asked
+
+
+def test_the_page_places_are_shared_between_tenants_in_turn(core, clock) -> None:
+    """One tenant's versions with many tombstones hold every place; another tenant's first
+    version takes the next one free, not the place after all theirs (FIFO: it waited for
+    every version queued ahead of it, each of which went to the back of the line again
+    after each page, 200 pages for 200,000 tombstones)."""
+    cache, pages = paged_cache(core, clock)
+    other = service_principal("acme", "billing")
+    for uid in UIDS[:pages.at_once + 2]:
+        sent_without_tombstones(cache, uid)
+    acme = "l3-00000000-0000-4000-8000-0000000000aa"
+    cache.store([ServiceKey(acme, "acme", "billing", 1, State.ACTIVE, b"2" * 32,
+                            tombstones=None)], other)
+    assert [uid for uid, _, _ in core.asked] == UIDS[:pages.at_once]  # demo's, all places
+    core.answer(tokens(1000), True)  # demo's first page in: acme's turn
+    assert [uid for uid, _, _ in core.asked] == [*UIDS[1:pages.at_once], acme]
+    core.answer(tokens(1000), True, index=len(core.asked) - 1)  # acme's: more follow
+    assert [uid for uid, _, _ in core.asked][-1] == acme  # (its 1 in flight vs demo's 3)
+    core.answer(tokens(3), False, index=0)  # demo's: then demo's waiting one
+    assert [uid for uid, _, _ in core.asked][-1] == UIDS[pages.at_once]
+    while core.asked:
+        core.answer([], False, index=0)
+    assert not cache.overflowed and pages.pending == 0
+
+
+def test_a_tenant_alone_takes_every_place(core, clock) -> None:
+    cache, pages = paged_cache(core, clock)
+    for uid in UIDS:
+        sent_without_tombstones(cache, uid)
+    assert len(core.asked) == pages.at_once

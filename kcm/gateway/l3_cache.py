@@ -96,8 +96,9 @@ requests (docs/operations.md, "Limits and hostile clients"):
 Conditional fetches (link version 8; with ``conditional``, as kcm-gateway runs it): a
 fetch of something held (a refresh, mostly) says what is held, as the digest of the answer
 that would leave it exactly so (:meth:`L3Cache._held_answer`: each version as held, its
-state as the events left it, with the tombstones held of it, or none for an overflowed
-one and for one whose do not fit in the answer, by the core's rule; a service's versions
+state as the events left it, with the tombstones held of it (of an overflowed one, those
+the core's answers carry of it, when known: :meth:`L3Cache._note_sent`), or none for one
+whose do not fit in the answer, by the core's rule; a service's versions
 as its last answer listed them). The core answers
 :class:`~kcm.link.keys_digest.Unchanged` when its answer would be exactly that, and the
 cache then takes, as that answer, what it holds, if it still holds exactly that and no
@@ -122,7 +123,7 @@ from __future__ import annotations
 
 import random as random_module
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -174,6 +175,9 @@ MAX_FETCHES = 512
 MAX_WAITING_PER_TENANT = 1024
 #: What a fetch beyond them fails with (General Failure).
 FETCHES_BUSY = "too many service key fetches wait for this tenant; try again"
+#: TokenIds kept of overflowed versions, over all of them, for their refreshes' digests
+#: (:meth:`L3Cache._note_sent`: at most an answer's room each): 20 answers' worth, about 3 MB.
+MAX_OVERFLOWED_SENT = 20 * MAX_SENT_TOMBSTONES
 #: Seconds the core's "no such L3" for a uid is remembered per tenant.
 NOT_FOUND_TTL = 5.0
 #: (tenant, uid) pairs whose "not found" is remembered at most.
@@ -451,6 +455,14 @@ class L3Cache:
         #: an answer or pages, the events applied since): still so when their key is
         #: forgotten idle, until a resync.
         self._whole: set[str] = set()
+        #: Of overflowed versions, the tombstones the core's answers carry of them (the
+        #: last answer's, or those held when given up at ``max_tombstones``, and the events
+        #: since), while at most an answer's room: what a refresh's digest says of such a
+        #: version, so that one refreshed unchanged can be answered "unchanged" (the core's
+        #: answer carries them while they fit). Not used to serve anything; at most
+        #: :data:`MAX_OVERFLOWED_SENT` TokenIds over all versions.
+        self._sent_of: dict[str, set[str]] = {}
+        self._sent_count = 0
         #: The versions whose tombstones are paged in (link version 9), when the gateway
         #: asks for them: :class:`kcm.gateway.tombstone_pages.TombstonePages` sets it.
         self.pages: Any = None
@@ -713,7 +725,7 @@ class L3Cache:
         """The SERVICE_KEYS answer for ``need`` that would leave what is held exactly as it
         is, or None when that cannot be told (nothing held, a version of the service's
         last answer no longer held): each version as held (its state as the events left
-        it), with the tombstones held of it, or none (absent) for an overflowed one."""
+        it), with the tombstones held of it (:meth:`_as_sent`)."""
         if need.uid is not None:
             held = self._keys.get(need.uid)
             return None if held is None else self._as_sent([held.key])
@@ -730,8 +742,9 @@ class L3Cache:
 
     def _as_sent(self, keys: list[ServiceKey]) -> list[ServiceKey]:
         """Held versions ``keys``, in order, as a SERVICE_KEYS would carry them to leave them
-        so: each with the tombstones held of it, or none (absent) for an overflowed one and
-        for one whose do not fit in what is left of the answer's
+        so: each with the tombstones held of it (of an overflowed one, those the core's
+        answers carry of it, when known; none when not: :meth:`_note_sent`), or none
+        (absent) for one whose do not fit in what is left of the answer's
         :data:`~kcm.link.frames.MAX_SENT_TOMBSTONES` (the core's rule, newest first: a
         version held before its tombstones outgrew an answer is sent without them, and
         keeps those held, with the events'; :meth:`_learn_tombstones`)."""
@@ -741,8 +754,10 @@ class L3Cache:
             # (Counted before any is copied: a version may hold up to max_tombstones, whose
             # digest, 1,000,000 of them, took 3 s of the reactor's time.)
             held = self._tombstones_of.get(key.uid, ())
+            if key.uid in self.overflowed:  # (what the core's answer carries of it)
+                held = self._sent_of.get(key.uid)  # type: ignore[assignment]
             tombstones: frozenset[str] | None = None
-            if key.uid not in self.overflowed and len(held) <= room:
+            if held is not None and len(held) <= room:
                 tombstones = frozenset(held)
                 room -= len(held)
             answer.append(replace(key, tombstones=tombstones))
@@ -1086,6 +1101,8 @@ class L3Cache:
             for token_id in key.tombstones:
                 self._add_tombstone(token_id, uid)
             self._held_whole(uid)
+            if uid in self.overflowed:
+                self._note_sent(uid, key.tombstones)
             return
         if uid in self.overflowed or uid in self._keys or uid in self._whole:
             return  # (whole: its key forgotten idle, its tombstones kept, the events too)
@@ -1108,6 +1125,13 @@ class L3Cache:
         if l3_uid in self.overflowed:
             if self.pages is not None:
                 self.pages.note(token_id, l3_uid)  # (a version being paged keeps it)
+            sent = self._sent_of.get(l3_uid)
+            if sent is not None and token_id not in sent:
+                if len(sent) < MAX_SENT_TOMBSTONES and self._sent_count < MAX_OVERFLOWED_SENT:
+                    sent.add(token_id)
+                    self._sent_count += 1
+                else:  # (past an answer's room: the core's answers carry none of it)
+                    self._forget_sent(l3_uid)
             return
         if token_id in self._tombstones:
             return
@@ -1121,11 +1145,27 @@ class L3Cache:
         l3_uid, tokens = max(self._tombstones_of.items(), key=lambda entry: len(entry[1]))
         self._forget_tombstones(l3_uid)
         self.overflowed.add(l3_uid)
+        self._note_sent(l3_uid, tokens)
         self._forget_opened(l3_uid)
         log.error("over {limit} L4 tombstones: the {count} of service key {uid} are left to "
                   "the core, which answers its L4 requests from now on (rotate the service "
                   "and destroy this version, or raise max_tombstones)",
                   limit=self.max_tombstones, count=len(tokens), uid=l3_uid)
+
+    def _note_sent(self, uid: str, token_ids: Collection[str]) -> None:
+        """Overflowed version ``uid``'s tombstones are ``token_ids`` (an answer carried them,
+        or they were held when it was given up): kept for its refreshes' digests when they
+        fit in an answer (and in :data:`MAX_OVERFLOWED_SENT`)."""
+        self._forget_sent(uid)
+        if len(token_ids) <= MAX_SENT_TOMBSTONES \
+                and self._sent_count + len(token_ids) <= MAX_OVERFLOWED_SENT:
+            self._sent_of[uid] = set(token_ids)
+            self._sent_count += len(token_ids)
+
+    def _forget_sent(self, uid: str) -> None:
+        sent = self._sent_of.pop(uid, None)
+        if sent is not None:
+            self._sent_count -= len(sent)
 
     def whole(self, uid: str, token_ids: set[str], pages: int) -> None:
         """Version ``uid``'s tombstones all came in (``pages`` pages, and the events since):
@@ -1134,6 +1174,7 @@ class L3Cache:
         if uid not in self.overflowed:
             return
         self.overflowed.discard(uid)
+        self._forget_sent(uid)
         for token_id in token_ids:
             self._add_tombstone(token_id, uid)
         self._held_whole(uid)
@@ -1158,6 +1199,7 @@ class L3Cache:
             # Every token under it now answers Object Destroyed: its tombstones say nothing.
             self._forget_tombstones(uid)
             self.overflowed.discard(uid)
+            self._forget_sent(uid)
             if self.pages is not None:
                 self.pages.forget(uid)
         if new_state in WITHOUT_MATERIAL_STATES:
@@ -1215,6 +1257,7 @@ class L3Cache:
             self._versions_due.forget(uid)
             self._forget_tombstones(uid)
             self.overflowed.discard(uid)
+            self._forget_sent(uid)
             if self.pages is not None:
                 self.pages.forget(uid)
             self._forget_opened(uid)
@@ -1233,6 +1276,8 @@ class L3Cache:
         self._dropped.clear()
         self._not_found.clear()
         self._whole.clear()  # (events missed: a version not held is taken whole no more)
+        self._sent_of.clear()  # (and what answers carry of an overflowed one is not known)
+        self._sent_count = 0
         if self.opened_keys is not None:
             self.opened_keys.clear()
         if self.pages is not None:

@@ -121,14 +121,51 @@ def test_what_is_held_is_said_as_the_events_left_it(core, clock) -> None:
     assert cache.refreshes_unchanged.value == 1  # the core's answer differs: fetched whole
 
 
-def test_an_overflowed_version_is_said_to_have_no_tombstones(core, clock) -> None:
+def _tombstone(cache: L3Cache, sequence: int, token_id: str) -> None:
+    cache.apply_event(sequence, EventKind.L4_TOMBSTONE.value, "demo",
+                      {"token_id": token_id, "unique_identifier": V1.uid})
+
+
+def test_a_version_given_up_at_max_tombstones_refreshes_unchanged(core, clock) -> None:
+    """Given up at the gateway's own bound, a version whose tombstones fit in an answer is
+    said with them, as the core's answer carries them (it was said to have none, which the
+    core's answer never was: a full, audited fetch at every refresh)."""
     cache = cache_of(core, clock)
     cache.max_tombstones = 0
-    cache.apply_event(1, EventKind.L4_TOMBSTONE.value, "demo",
-                      {"token_id": "ab" * 16, "unique_identifier": V1.uid})
+    _tombstone(cache, 1, "ab" * 16)
     assert cache.overflowed == {V1.uid}
+    core.keys = [replace(V1, tombstones=frozenset({"ab" * 16}))]
     refresh(cache, clock)
-    assert core.sent[-1][1] == keys_digest([replace(V1, tombstones=None)])
+    assert core.sent[-1][1] == keys_digest(core.keys)
+    assert cache.refreshes_unchanged.value == 1
+    _tombstone(cache, 2, "cd" * 16)  # (the events keep what is said current)
+    core.keys = [replace(V1, tombstones=frozenset({"ab" * 16, "cd" * 16}))]
+    refresh(cache, clock)
+    assert cache.refreshes_unchanged.value == 2
+    assert cache.overflowed == {V1.uid} and cache.tombstone_count == 0  # still the core's
+    assert cache.current("demo", "app") == V1
+
+
+def test_an_overflowed_version_learns_what_the_answer_carries_of_it(core, clock) -> None:
+    """Not known (a resync): a full answer, then "unchanged"; one whose tombstones pass
+    an answer's room is said without them, as the core's answer carries it."""
+    cache = cache_of(core, clock)
+    cache.max_tombstones = 0
+    _tombstone(cache, 1, "ab" * 16)
+    cache.resync()
+    cache.prewarm("demo", "app", APP)
+    core.keys = [replace(V1, tombstones=frozenset({"ab" * 16}))]
+    refresh(cache, clock)
+    assert cache.refreshes_unchanged.value == 0  # (a full answer: it had nothing to say)
+    refresh(cache, clock)
+    assert cache.refreshes_unchanged.value == 1
+    many = [f"{n:032x}" for n in range(MAX_SENT_TOMBSTONES)]
+    for n, token_id in enumerate(many):
+        _tombstone(cache, n + 2, token_id)
+    core.keys = [replace(V1, tombstones=None)]  # past the answer's room: none
+    refresh(cache, clock)
+    assert core.sent[-1][1] == keys_digest(core.keys)
+    assert cache.refreshes_unchanged.value == 2
 
 
 def test_an_event_while_the_fetch_is_out_fetches_the_whole_answer(core, clock) -> None:

@@ -177,3 +177,50 @@ def test_the_tenant_administrator_may_refresh_as_the_application_does(core: Core
     service_digest, uid_digest, uid = held
     assert unchanged(core, service_digest, principal=admin_principal())
     assert unchanged(core, uid_digest, uid, admin_principal())
+
+
+def test_a_version_a_gateway_gave_up_at_its_max_tombstones_is_judged_alike_at_both_ends(
+        core: CoreHarness, held) -> None:
+    """The gateway's digest of a version it overflowed at its own ``max_tombstones`` (its
+    tombstones not held, its L4 requests the core's) against the core's rule: "unchanged"
+    while nothing changed, a new tombstone (an event the gateway applied) too once both
+    have it, a change the gateway missed not."""
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from kcm.gateway.l3_cache import L3Cache
+    from kcm.link.keys_digest import Unchanged
+
+    _, _, uid = held
+
+    def revoke(token_id: str) -> None:
+        change(core, lambda session: repository.add_tombstone(
+            session, token_id=token_id, tenant="demo", l3_uid=uid, reason="revoked"))
+
+    def fetch(caller, tenant, service, uid=None, *, held=None):
+        if held is not None and unchanged(core, held, uid):
+            return succeed(Unchanged(held))
+        return succeed(answer(core, uid))
+
+    for n in range(3):
+        revoke(f"{n:032x}")
+    clock = Clock()
+    cache = L3Cache(fetch, connected=lambda: True, clock=clock.seconds, ttl=60.0,
+                    random=lambda: 0.0, conditional=True, max_tombstones=2)
+    cache.prewarm("demo", "app", APP)
+    assert cache.overflowed == {uid}  # (3 tombstones: over its bound of 2)
+
+    def refreshed() -> int:
+        clock.advance(61)
+        cache.refresh_due()
+        return cache.refreshes_unchanged.value
+
+    assert refreshed() == 1
+    revoke("ab" * 16)
+    cache.apply_event(1, "l4.tombstone", "demo", {"token_id": "ab" * 16,
+                                                  "unique_identifier": uid})
+    assert refreshed() == 2
+    revoke("cd" * 16)  # (no event: a change the gateway missed)
+    assert refreshed() == 2
+    assert refreshed() == 3  # (the full answer told it)
+    assert cache.overflowed == {uid}

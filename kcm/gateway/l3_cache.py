@@ -753,9 +753,9 @@ class L3Cache:
         for key in keys:
             # (Counted before any is copied: a version may hold up to max_tombstones, whose
             # digest, 1,000,000 of them, took 3 s of the reactor's time.)
-            held = self._tombstones_of.get(key.uid, ())
-            if key.uid in self.overflowed:  # (what the core's answer carries of it)
-                held = self._sent_of.get(key.uid)  # type: ignore[assignment]
+            held: Collection[str] | None = (
+                self._sent_of.get(key.uid) if key.uid in self.overflowed  # (the core's)
+                else self._tombstones_of.get(key.uid, ()))
             tombstones: frozenset[str] | None = None
             if held is not None and len(held) <= room:
                 tombstones = frozenset(held)

@@ -215,7 +215,11 @@ class KmipClient:
         except (OSError, ssl.SSLError) as e:
             self.close()
             failed = KmipClientError(f"connection to {self.host}:{self.port} failed: {e}")
-            if isinstance(e, KmipClientError) and not e.temporary:  # (not KMIP: for good)
+            # For good: an answer not KMIP, or a TLS alert (TLS 1.3 sends the server's
+            # refusal of the client's certificate, revoked or of another CA, after the
+            # handshake, at the first read).
+            if not (e.temporary if isinstance(e, KmipClientError) else
+                    _handshake_temporary(e)):
                 raise failed from e
             raise temporary(failed) from e
         except BaseException:

@@ -10,15 +10,17 @@ from pathlib import Path
 
 from kcm.testing.postgres import Cluster
 from kcm.testing.processes import BIN, CoreProcess, deploy, process_env
+from tests.integration.test_tls_crl_process import _revoke as revoke
 from tests.pg import own_cluster  # noqa: F401  (fixture)
 
 
-def kcm_key(core: CoreProcess, *args: str) -> subprocess.CompletedProcess:
-    """`kcm key ARGS` against ``core``'s KMIP port with the PKI's application."""
+def kcm_key(core: CoreProcess, *args: str, who: str = "app") -> subprocess.CompletedProcess:
+    """`kcm key ARGS` against ``core``'s KMIP port with the PKI's application (``who``)."""
     pki = core.pki
+    pair = getattr(pki, who)
     return subprocess.run(
         [str(BIN / "kcm"), "key", *args, "--server", f"127.0.0.1:{core.port}",
-         "--cert", str(pki.app.cert), "--key", str(pki.app.key), "--ca", str(pki.ca.cert),
+         "--cert", str(pair.cert), "--key", str(pair.key), "--ca", str(pki.ca.cert),
          "--timeout", "5"], env=process_env(), capture_output=True, text=True, timeout=60)
 
 
@@ -52,6 +54,24 @@ def test_a_stopped_core_is_75_to_the_kmip_client_commands_and_a_failure_answer_1
         answered = kcm_key(core, "get", "no-such-object")
         assert answered.returncode == 1, answered.stderr
         assert kcm_key(core, "create").returncode == 0
+    finally:
+        core.stop()
+
+
+def test_a_revoked_client_certificate_is_2_not_75(tmp_path: Path) -> None:
+    # TLS 1.3: the core's refusal of the certificate (an alert) reaches the client at its
+    # first read, after its handshake succeeded; trying again never helps.
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    crl = tmp_path / "core" / "crl.pem"
+    revoke(core.pki, crl, "app")
+    core.tls_settings = {"crl": str(crl)}
+    core.write_config()
+    core.start()
+    try:
+        refused = kcm_key(core, "create")
+        assert refused.returncode == 2, refused.stderr
+        assert "certificate revoked" in refused.stderr
+        assert kcm_key(core, "create", who="other_app").returncode == 0
     finally:
         core.stop()
 

@@ -30,7 +30,23 @@ _SQLITE_BUSY = (5, 6)
 #: timeout, read-only transaction (a standby after a failover).
 _PG_CLASSES = ("08", "53", "40")
 _PG_CODES = ("57P01", "57P02", "57P03", "55P03", "57014", "25006")
-#: A connection refused for good, whose error has no SQLSTATE (libpq's text).
+#: What libpq or psycopg says, with no SQLSTATE, of a server that may take the command
+#: later: it refused or dropped the connection or did not answer in time (down, restarting,
+#: unreachable), was starting, stopping or recovering, or had no connection left. Anything
+#: else is for good: a role that may not log in, a password not given, TLS required by one
+#: side and not had, a certificate not verified (a script retried those for ever).
+_PG_UNAVAILABLE = ("connection refused", "is the server running", "timeout expired",
+                   "timed out", "no route to host", "network is unreachable",
+                   "host is unreachable", "server closed the connection",
+                   "could not receive data", "could not send data", "connection reset",
+                   "broken pipe", "temporarily unavailable", "starting up", "shutting down",
+                   "recovery mode", "accepting connections", "too many clients",
+                   "too many connections", "connection slots are reserved",
+                   "temporary failure in name resolution", "ssl syscall error",
+                   "eof detected", "consuming input failed", "connection is lost",
+                   "connection is closed", "connection is bad", "terminating connection")
+#: A connection refused for good, whose error has no SQLSTATE (libpq's text), whatever
+#: else it says.
 _PG_REFUSED = ("authentication failed", "does not exist", "no pg_hba.conf entry",
                "permission denied")
 
@@ -82,5 +98,7 @@ def _pg_passing(error: Exception) -> bool:
     if state is not None:
         return state[:2] in _PG_CLASSES or state in _PG_CODES
     # (no SQLSTATE: libpq's own, a connection that failed or broke)
-    return isinstance(error, psycopg.OperationalError) and not any(
-        refused in str(error) for refused in _PG_REFUSED)
+    text = str(error).lower()
+    return (isinstance(error, psycopg.OperationalError)
+            and any(passing in text for passing in _PG_UNAVAILABLE)
+            and not any(refused in text for refused in _PG_REFUSED))

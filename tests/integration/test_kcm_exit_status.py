@@ -85,3 +85,23 @@ def test_a_stopped_postgresql_is_75(own_cluster: Cluster,  # noqa: F811
     assert down.returncode == 75, down.stderr
     assert down.stderr.startswith("kcm core tenant list: error: ")
     assert "connection failed" in down.stderr
+
+
+def test_a_postgresql_role_that_may_not_log_in_is_2(own_cluster: Cluster,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    # libpq's refusal has no SQLSTATE; trying again never helps (it was 75).
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(own_cluster.url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text("CREATE ROLE locked PASSWORD 'x' NOLOGIN"))
+    finally:
+        admin.dispose()
+    url = sqlalchemy.engine.make_url(own_cluster.url).set(username="locked", password="x")
+    core = CoreProcess(tmp_path / "core", url.render_as_string(hide_password=False))
+    core.root.mkdir(mode=0o700, parents=True)
+    core.write_config()
+    refused = core.kcm("core", "tenant", "list", check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "not permitted to log in" in refused.stderr

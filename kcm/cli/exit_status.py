@@ -58,8 +58,8 @@ def exit_status(error: BaseException) -> int:
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
-    """``error``, its causes (``__cause__``, else ``__context__``) and a database error's
-    driver error (SQLAlchemy's ``orig``)."""
+    """``error``, its causes (``__cause__``, else ``__context__`` unless suppressed) and a
+    database error's driver error (SQLAlchemy's ``orig``)."""
     seen: set[int] = set()
     todo: list[BaseException] = [error]
     while todo:
@@ -68,7 +68,9 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(e))
         yield e
-        for cause in (e.__cause__ or e.__context__, getattr(e, "orig", None)):
+        # (``raise ... from None`` hides the context on purpose: it does not decide)
+        context = None if e.__suppress_context__ else e.__context__
+        for cause in (e.__cause__ or context, getattr(e, "orig", None)):
             if isinstance(cause, BaseException):
                 todo.append(cause)
 

@@ -78,3 +78,64 @@ def test_postgresql_refusing_for_good_is_2_and_only_a_server_unavailable_now_75(
                            '"/run/postgresql/.s.PGSQL.5432" failed: No such file or '
                            'directory\n\tIs the server running locally and accepting '
                            'connections on that socket?')) == 75
+
+
+def _sqlite(code: int) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError("database is busy")
+    error.sqlite_errorcode = code
+    return error
+
+
+def test_sqlite_busy_or_locked_extended_codes_too_are_75() -> None:
+    for code in (5, 6, 261, 517, 773, 262):  # BUSY, LOCKED, BUSY_RECOVERY, _SNAPSHOT ...
+        assert exit_status(caused(CommandError("x"), _sqlite(code))) == 75, code
+    assert exit_status(caused(CommandError("x"), _sqlite(14))) == 2  # CANTOPEN
+
+
+def test_postgresql_sqlstates_of_a_server_that_may_take_the_command_later_are_75() -> None:
+    for state in ("08006", "53300", "40001", "40P01", "57P01", "57P02", "57P03", "55P03",
+                  "57014", "25006"):
+        error = psycopg.errors.lookup(state)("x")
+        assert exit_status(caused(CommandError("x"), error)) == 75, state
+    for state in ("42P01", "23505", "28P01", "3D000", "25P02", "0A000"):
+        error = psycopg.errors.lookup(state)("x")
+        assert exit_status(caused(CommandError("x"), error)) == 2, state
+
+
+def test_a_unix_socket_postgresql_may_not_be_reached_through_is_2() -> None:
+    # (libpq adds "Is the server running ..." to this one too)
+    assert exit_status(_pg('connection failed: connection to server on socket '
+                           '"/run/postgresql/.s.PGSQL.5432" failed: Permission denied\n\tIs '
+                           'the server running locally and accepting connections on that '
+                           'socket?')) == 2
+
+
+def test_a_connection_sqlalchemy_found_broken_is_75() -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    broken = DBAPIError("SELECT 1", {}, RuntimeError("gone"), connection_invalidated=True)
+    assert exit_status(broken) == 75
+    assert exit_status(DBAPIError("SELECT 1", {}, RuntimeError("gone"))) == 2
+
+
+def test_an_error_raised_while_handling_one_unavailable_now_is_75_unless_from_none() -> None:
+    def handled(suppress: bool) -> BaseException:
+        try:
+            try:
+                raise sqlite3.OperationalError("database is locked")
+            except sqlite3.OperationalError:
+                if suppress:
+                    raise CommandError("bad input") from None
+                raise CommandError("database x: database is locked")  # noqa: B904
+        except CommandError as e:
+            return e
+        raise AssertionError
+
+    assert exit_status(handled(False)) == 75
+    assert exit_status(handled(True)) == 2  # (what it said it hid on purpose)
+
+
+def test_a_cycle_of_causes_ends() -> None:
+    a, b = CommandError("a"), CommandError("b")
+    a.__cause__, b.__cause__ = b, a
+    assert exit_status(a) == 2

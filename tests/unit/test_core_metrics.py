@@ -388,6 +388,66 @@ def test_database_state_is_writable_while_this_cores_own_long_write_holds_the_lo
         store.stopService()
 
 
+def test_the_own_write_lock_is_timed_for_a_lean_group_too_and_cleared_after_it_fails(
+        tmp_path: Path) -> None:
+    """(review39's mutation round) The writer thread's lean groups hold the file's lock as
+    its ORM ones do: timed from their BEGIN, the time cleared when they end, failed too."""
+    import threading
+
+    from kcm.core.store.engine import Store
+
+    url = f"sqlite:///{tmp_path / 'kcm.db'}"
+    upgrade(url)
+    store = Store(url, threads=1)
+    began, end, seen = threading.Event(), threading.Event(), []
+
+    def long_lean(transaction: object) -> None:
+        began.set()
+        end.wait(5)
+        seen.append(store.file_write_lock_held_for())
+        raise RuntimeError("the group failed")
+
+    def write() -> None:
+        with pytest.raises(RuntimeError):
+            store._write_lean_sync(long_lean)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert began.wait(5)
+        time.sleep(0.05)
+        held = store.file_write_lock_held_for()
+        assert held is not None and 0.04 <= held < 5
+    finally:
+        end.set()
+        writer.join()
+        store.stopService()
+    assert seen[0] is not None and store.file_write_lock_held_for() is None
+
+
+def test_the_readiness_check_is_given_the_own_write_and_the_request_deadline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checks: list = []
+
+    class Recorded(DatabaseReadiness):
+        def __init__(self, url: str, reactor: object, **kw: object) -> None:
+            checks.append(kw["check"])
+            super().__init__(url, reactor, **kw)
+
+    monkeypatch.setattr(tap, "DatabaseReadiness", Recorded)
+    path = tmp_path / "core.toml"
+    path.write_text('[core]\nmetrics_listen = "tcp:0:interface=127.0.0.1"\n'
+                    "[core.limits]\nrequest_deadline = 2.5\n")
+    options = tap.Options()
+    options.parseOptions(["-c", str(path)])
+    core = tap.makeService(options, Clock())
+    (check,) = checks
+    store = core.getServiceNamed("kcm-store")
+    assert check.keywords["own_writer"] == store.file_write_lock_held_for
+    assert check.keywords["own_write_limit"] == 2.5
+    assert check.keywords["write_lock"] is store.writers_lock
+
+
 def test_database_state_of_a_database_on_a_full_disk_is_not_writable(
         core: CoreHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk takes BEGIN IMMEDIATE (it writes nothing), and fails every commit."""

@@ -178,3 +178,86 @@ def test_rate_reads_read_before_the_core_serves_then_every_interval() -> None:
     reads.stopService()
     clock.advance(READ_INTERVAL * 3)
     assert Store.reads == 2
+
+
+# The mutation round's (review39): each test fails on a mutant the others let through.
+def test_retry_in_is_rounded_up_never_sooner_than_the_bucket_pays() -> None:
+    assert throttled_message(1, 0.34).endswith("retry in 0.4 s")  # (0.3 s would be refused)
+    _, rates = _rates(3, 1)
+    rates.admit("acme", 1)
+    assert rates.admit("acme", 1).endswith("retry in 0.4 s")  # 1/3 s
+
+
+def test_a_refusal_keeps_what_the_bucket_filled_up_with_meanwhile() -> None:
+    clock, rates = _rates(1, 1)
+    assert rates.admit("acme", 1) is None
+    clock.advance(0.5)
+    assert rates.admit("acme", 1) is not None  # half an item: refused, the half kept
+    clock.advance(0.5)
+    assert rates.admit("acme", 1) is None
+
+
+def test_a_clock_that_goes_back_takes_nothing_from_the_bucket() -> None:
+    now = [100.0]
+    rates = TenantRates(task.Clock(), 1, 2, clock=lambda: now[0])
+    assert rates.admit("acme", 2) is None
+    now[0] = 99.0
+    assert rates.admit("acme", 1) is not None  # (the second back takes nothing)
+    now[0] = 100.0
+    assert rates.admit("acme", 1) is None
+
+
+def test_retry_in_for_a_request_larger_than_the_burst_is_when_the_bucket_is_full() -> None:
+    _, rates = _rates(2, 4)
+    assert rates.admit("acme", 10) is None  # 4 - 10: 6 in debt
+    assert rates.admit("acme", 10).endswith("retry in 5 s")  # (6 + 4) / 2, not (6 + 10) / 2
+
+
+def test_a_tenant_s_own_rate_without_its_own_burst_has_the_core_s_burst() -> None:
+    _, rates = _rates(2, 10)
+    rates.take([("acme", 1.0, None)])
+    assert rates.limit("acme") == (1.0, 10.0)
+
+
+def test_the_bucket_of_a_tenant_whose_rate_is_lifted_is_dropped_debt_and_all() -> None:
+    clock, rates = _rates(1, 1)
+    rates.admit("acme", 5)  # 4 in debt
+    rates.take([("acme", 0.0, None)])
+    assert rates._buckets == {}
+    rates.take([("acme", None, None)])  # the core's rate again: the debt is forgotten
+    assert rates.admit("acme", 1) is None
+
+
+def test_a_bucket_exactly_full_again_is_dropped() -> None:
+    clock, rates = _rates(1, 2)
+    rates.admit("acme", 1)
+    clock.advance(1.0)
+    rates.take([("acme", None, None)])
+    assert rates._buckets == {}
+
+
+def test_the_log_lines_of_a_tenant_gone_are_written_and_dropped_and_flush_writes_the_rest(
+        ) -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock, rates = _rates(1, 1)
+        for _ in range(5):
+            rates.admit("gone", 1)
+            rates.admit("acme", 1)
+        rates.take([("acme", None, None)])
+        assert set(rates._lines) == {"acme"}
+        lines = [(e["tenant"], e["count"]) for e in events
+                 if e.get("log_namespace") == "kcm.core.request_rates"]
+        assert sorted(lines) == [("acme", 1), ("gone", 1), ("gone", 3)]
+        clock.advance(59)  # (a minute: not sooner)
+        assert len([e for e in events
+                    if e.get("log_namespace") == "kcm.core.request_rates"]) == 3
+        rates.flush()  # (the core stops: what is counted is written)
+        lines = [(e["tenant"], e["count"]) for e in events
+                 if e.get("log_namespace") == "kcm.core.request_rates"]
+        assert lines[-1] == ("acme", 3)
+    finally:
+        globalLogPublisher.removeObserver(events.append)

@@ -35,3 +35,15 @@ def test_a_file_of_two_names_is_refused_by_every_engine_saying_what_to_do(
     for name in ("kcm.db", "copy.db"):
         with pytest.raises(SqliteFileLinked):
             open_engine(f"sqlite:///{tmp_path / name}")
+
+
+def test_a_symbolic_link_to_a_name_of_a_linked_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "kcm.db").write_bytes(b"")
+    os.link(tmp_path / "kcm.db", tmp_path / "copy.db")
+    os.symlink(tmp_path / "copy.db", tmp_path / "alias.db")  # (the file's, not the link's)
+    assert "has 2 names" in linked_refusal(str(tmp_path / "alias.db"))
+
+
+def test_a_path_that_cannot_be_looked_at_is_left_to_sqlite_to_say(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    assert linked_refusal(str(tmp_path / "file" / "kcm.db")) is None  # (not a directory)

@@ -84,6 +84,10 @@ class TenantRates:
         #: tenant -> requests refused (the metrics' counter).
         self.throttled: dict[str, int] = {}
         self._lines: dict[str, ThrottledLine] = {}
+        #: A read that fails (a database down: every READ_INTERVAL) says so once a minute.
+        self._unread = ThrottledLine(
+            reactor, "tenants' request rates not read ({count} in {interval} s), the last "
+            "read kept: {why}", interval=LOG_INTERVAL, level=LogLevel.warn, logger=_log)
         #: Whether any tenant is limited (else :meth:`admit` returns at once).
         self._any = self._rate > 0
 
@@ -131,16 +135,18 @@ class TenantRates:
         """Write the log lines counted and not yet written (the core stops)."""
         for line in self._lines.values():
             line.flush()
+        self._unread.flush()
 
     # The tenants' own rates ------------------------------------------------------------
     def read(self, run: Callable[..., Any]) -> Any:
         """Read the tenants' own rates again: ``run(fn, write=False)`` runs ``fn(session)``
-        off the reactor (the store's ``run``) and gives a Deferred. A failure is logged and
-        the rates last read kept."""
+        off the reactor (the store's ``run``) and gives a Deferred, which never fails (else
+        the reads every interval stopped): a failure, the read's or the rows', is logged (once
+        a minute at most) and the rates last read kept."""
         def failed(failure: Any) -> None:
-            _log.warn("tenants' request rates not read: {why}", why=failure.getErrorMessage())
+            self._unread.note(why=failure.getErrorMessage())
 
-        return run(_read_own, write=False).addCallbacks(self.take, failed)
+        return run(_read_own, write=False).addCallback(self.take).addErrback(failed)
 
     def take(self, rows: list[tuple[str, float | None, int | None]]) -> None:
         """The tenants (name, own rate or None, own burst or None) as read: their limits

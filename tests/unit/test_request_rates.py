@@ -261,3 +261,44 @@ def test_the_log_lines_of_a_tenant_gone_are_written_and_dropped_and_flush_writes
         assert lines[-1] == ("acme", 3)
     finally:
         globalLogPublisher.removeObserver(events.append)
+
+
+def test_reads_that_fail_say_so_once_a_minute_and_rows_that_fail_stop_no_read() -> None:
+    from twisted.internet.defer import fail
+    from twisted.logger import globalLogPublisher
+
+    from kcm.core.request_rates import READ_INTERVAL, RateReads
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    clock, rates = _rates(0, 0)
+    rows: list = [("acme", 1.0, 1)]
+
+    class Store:
+        down = False
+
+        def run_sync(self, fn, write):
+            return list(rows)
+
+        def run(self, fn, write):
+            return fail(RuntimeError("database gone")) if Store.down else succeed(list(rows))
+
+    reads = RateReads(rates, Store(), clock)
+    try:
+        reads.startService()
+        Store.down = True
+        for _ in range(20):  # (a database down for 100 s)
+            clock.advance(READ_INTERVAL)
+        lines = [e for e in events if e.get("log_namespace") == "kcm.core.request_rates"]
+        assert len(lines) == 2 and lines[0]["count"] == 1  # (not 20 lines)
+        assert "database gone" in lines[0]["why"]
+        assert rates.limit("acme") == (1.0, 1.0)
+        Store.down = False
+        rows[:] = [("acme", "not a number", None)]  # (a row written by hand, say)
+        clock.advance(READ_INTERVAL)
+        rows[:] = [("acme", 5.0, 10)]
+        clock.advance(READ_INTERVAL)
+        assert rates.limit("acme") == (5.0, 10.0)  # (the reads went on)
+    finally:
+        reads.stopService()
+        globalLogPublisher.removeObserver(events.append)

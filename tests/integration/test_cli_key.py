@@ -217,11 +217,12 @@ def test_a_failure_answer_is_exit_1_with_one_line(at_gateway) -> None:
     assert err.startswith("kcm key activate: ITEM_NOT_FOUND: ") and err.count("\n") == 1
 
 
-def test_no_server_is_exit_2_with_one_line(planes, capsysbinary) -> None:
+def test_no_server_is_exit_75_with_one_line(planes, capsysbinary) -> None:
+    """Nothing listening: unavailable now, EX_TEMPFAIL (a script may try again)."""
     core, _ = planes
     server = client_args(core, free_port())
     status, out, err = kcm(capsysbinary, server, "key", "query")
-    assert (status, out) == (2, b"")
+    assert (status, out) == (75, b"")
     assert err.startswith("kcm key query: error: cannot connect to 127.0.0.1:")
     assert err.count("\n") == 1
 

@@ -252,7 +252,7 @@ def test_a_scoped_gateway_fetching_another_tenants_key_by_id_learns_nothing_of_i
             tap.tls.sendall(encode_frame(Frame(
                 FrameType.FETCH_SERVICE_KEY, stream_id=stream,
                 caller_identity=f"{TD}/tenant/demo/service/app",
-                caller_source="127.0.0.1:1", tenant="", service="", unique_identifier=uid)))
+                tenant="", service="", unique_identifier=uid)))
 
         def answers() -> dict[int, Frame]:
             return {f.stream_id: f for f in list(tap.frames)

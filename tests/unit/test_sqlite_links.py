@@ -28,9 +28,9 @@ def test_a_file_of_two_names_is_refused_by_every_engine_saying_what_to_do(
     real = os.path.realpath(tmp_path / "kcm.db")
     refusal = linked_refusal(str(tmp_path / "kcm.db"))
     assert refusal == (
-        f"the SQLite database file {real} has 2 names (hard links): SQLite keeps a WAL per "
-        "name, and two corrupt the database; remove the other names (find / -xdev "
-        "-samefile FILE) or replace the file by a copy of it, with kcm-core stopped")
+        "the SQLite database file has 2 names (hard links), and SQLite keeps a WAL per "
+        "name, which corrupts it: with kcm-core stopped, remove the other names (find "
+        f"-samefile) or replace it by a copy: {real}")
     assert refusal.isascii()
     for name in ("kcm.db", "copy.db"):
         with pytest.raises(SqliteFileLinked):

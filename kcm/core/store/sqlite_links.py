@@ -32,10 +32,10 @@ def linked_refusal(path: str) -> str | None:
     if links <= 1:
         return None
     real = os.path.realpath(path)
-    return (f"the SQLite database file {real} has {links} names (hard links): SQLite "
-            "keeps a WAL per name, and two corrupt the database; remove the other names "
-            "(find / -xdev -samefile FILE) or replace the file by a copy of it, with "
-            "kcm-core stopped")
+    # (the advice first and the path last: a long path is what the CLI's one line cuts)
+    return (f"the SQLite database file has {links} names (hard links), and SQLite keeps a "
+            "WAL per name, which corrupts it: with kcm-core stopped, remove the other names "
+            f"(find -samefile) or replace it by a copy: {real}")
 
 
 def refuse_linked(path: str) -> None:

@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from kcm.core.auto_rotation import rotate_due  # noqa: E402
 from kcm.core.context import Caller  # noqa: E402
 from kcm.core.hierarchy import provision_service, provision_tenant  # noqa: E402
-from kcm.core.keyring import Keyring  # noqa: E402
+from kcm.core.keyring import Binding, Keyring  # noqa: E402
 from kcm.core.managed_rotation import rotate_managed_due  # noqa: E402
 from kcm.core.outbox_retention import prune_outbox  # noqa: E402
 from kcm.core.request_handler import CoreRequestHandler  # noqa: E402
@@ -386,8 +386,8 @@ def _own_material(session, *, keyring: Keyring, tenant: str, count: int) -> None
     rows = {row.uid: row for order in (ManagedObject.uid, ManagedObject.created_seq)
             for row in session.scalars(objects.order_by(order).limit(count)).all()}
     for row in rows.values():
-        row.material, row.wrapped_by = keyring.wrap_for_tenant(session, tenant, row.uid,
-                                                               plaintext)
+        row.material, row.wrapped_by = keyring.wrap_for_tenant(
+            session, tenant, row.uid, plaintext, binding=Binding.of(row))
     session.flush()
 
 

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.context import Caller, OperationContext, RequestWork
-from kcm.core.keyring import Keyring
+from kcm.core.keyring import MISMATCH_MESSAGE, Keyring, WrappingMismatch
 from kcm.core.keys import L1Error
 from kcm.core.operations import HANDLERS, OperationHandler
 from kcm.core.server_info import ServerInfo
@@ -85,6 +85,14 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
                       cid=correlation_id, why=store_unavailable(e))
             raise KmipError(ResultReason.GENERAL_FAILURE,
                             store_unavailable_message(correlation_id)) from e
+        except WrappingMismatch as e:
+            # A row changed in the database (the keyring logged it and counted it): the
+            # store is not to be trusted; the client is told no more than that.
+            log.error("operation {operation} failed [correlation id {cid}]: {error}",
+                      operation=operation_name(item.operation), cid=correlation_id,
+                      error=str(e))
+            raise KmipError(ResultReason.GENERAL_FAILURE,
+                            f"{MISMATCH_MESSAGE} (correlation id {correlation_id})") from e
 
     run = run_batch(request.batch_items, run_item, version=version,
                     continuation=request.header.effective_error_continuation,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from kcm.core import events
 from kcm.core.attribute_blob import encode_attributes
 from kcm.core.attribute_rules import HIERARCHY_USAGE_MASK
-from kcm.core.keyring import Keyring
+from kcm.core.keyring import Binding, Keyring
 from kcm.core.managed import encode_material
 from kcm.core.operations.create import server_attributes
 from kcm.core.store import repository
@@ -74,7 +74,9 @@ def provision_service(session: Session, keyring: Keyring, tenant: str, service: 
     name = service_key_name(tenant, service)
     attributes = _key_attributes(uid, name, now)
     material = _material(keyring.random_bytes(32))
-    blob, wrapped_by = keyring.wrap_for_tenant(session, tenant, uid, material)
+    blob, wrapped_by = keyring.wrap_for_tenant(
+        session, tenant, uid, material, binding=Binding(
+            tenant, uid, int(ObjectType.SYMMETRIC_KEY), LEVEL_SERVICE_KEY, service, version))
     repository.insert_object(
         session, uid=uid, tenant=tenant, object_type=ObjectType.SYMMETRIC_KEY,
         state=State.ACTIVE, attributes=encode_attributes(attributes), material=blob,

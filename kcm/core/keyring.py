@@ -6,6 +6,15 @@ audit key, derived from L1 once when L1 is given (:meth:`kcm.core.l1.L1Key.audit
 
 L1 is a :class:`kcm.core.l1.L1Key`: a key file's bytes (:mod:`kcm.core.l1_file`) or a key in
 a PKCS#11 token (:mod:`kcm.core.l1_pkcs11`); the keyring only asks it to wrap and unwrap.
+
+Every wrap writes version 2 (:func:`kcm.core.keys.object_aad_v2`): the blob is bound to the
+row's tenant, uid, object type, level, service and key version (:class:`Binding`), and an
+unwrap builds them from the row as read. A row whose columns were changed in the database
+(an L3 made to look like an ordinary object, another service's key moved to an
+application's) then fails: :class:`WrappingMismatch`, General Failure, logged at error
+level and counted (:attr:`Keyring.mismatches`). A version 1 blob (tenant and uid only) is
+opened while ``accept_v1`` (``[core] accept_v1_wrapping``) and re-wrapped as version 2 by
+:meth:`Keyring.rewrap` (:mod:`kcm.core.wrap_upgrade`); refused like a tampered row without.
 """
 
 from __future__ import annotations
@@ -16,9 +25,11 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from twisted.logger import Logger
 
 from kcm.core import keys
 from kcm.core.l1 import L1Key
@@ -27,8 +38,10 @@ from kcm.core.os_random import mix_into_os_pool
 from kcm.core.store import repository
 from kcm.core.store.savepoints import on_rollback
 from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1, ManagedObject
-from kcm.kmip.enums import ResultReason
+from kcm.kmip.enums import ObjectType, ResultReason
 from kcm.kmip.errors import KmipError
+
+log = Logger()
 
 #: Seconds a tenant's current L2 is trusted without asking the store again.
 CURRENT_L2_TTL = 5.0
@@ -44,6 +57,52 @@ DESTROYED_REMEMBERED = 1024
 #: ``Session.info``: the (keyring, tenant) pairs whose current L2 the transaction looked up,
 #: forgotten again if any of its work rolls back (see :meth:`Keyring._current_tenant_key`).
 CURRENT_L2_READ_INFO = "kcm.keyring.current_l2_read"
+#: The Result Message of a row that does not match its wrapping (to the client, who is not
+#: told more; the log names the object).
+MISMATCH_MESSAGE = "the stored object failed its integrity check"
+
+
+class Binding(NamedTuple):
+    """What a version 2 blob is bound to: the columns of its row that decide who may read
+    it, besides its tenant and uid. Part of the keyring's cache key of an unwrapped
+    material, so a row changed after it was unwrapped is never answered from the cache."""
+
+    tenant: str
+    uid: str
+    object_type: int
+    level: int | None
+    service: str | None
+    key_version: int | None
+
+    @classmethod
+    def of(cls, row: Any) -> Binding:
+        """The binding of a stored row (an ORM object or the store's columns), as read."""
+        return cls(row.tenant, row.uid, int(row.object_type), row.level, row.service,
+                   row.key_version)
+
+    def aad(self) -> bytes:
+        return keys.object_aad_v2(self.tenant, self.uid, object_type=self.object_type,
+                                  level=self.level, service=self.service,
+                                  key_version=self.key_version)
+
+
+def tenant_key_binding(tenant: str, uid: str) -> Binding:
+    """The binding of an L2 (a Symmetric Key of its tenant, of no service or version)."""
+    return Binding(tenant, uid, int(ObjectType.SYMMETRIC_KEY), LEVEL_TENANT_KEY, None, None)
+
+
+class WrappingMismatch(KmipError):
+    """A stored object's row does not match its wrapping (its columns were changed in the
+    database, its blob was replaced, or it is a version 1 blob and they are refused): the
+    store is not to be trusted. General Failure; :attr:`tenant` and :attr:`uid` name it."""
+
+    def __init__(self, tenant: str, uid: str, why: str) -> None:
+        super().__init__(ResultReason.GENERAL_FAILURE, MISMATCH_MESSAGE)
+        self.tenant, self.uid, self.why = tenant, uid, why
+
+    def __str__(self) -> str:
+        return (f"object {self.uid!r} of tenant {self.tenant!r}: its row does not match its "
+                f"wrapping ({self.why})")
 
 
 class Keyring:
@@ -61,8 +120,13 @@ class Keyring:
                  seed_random: Callable[[bytes], int] = mix_into_os_pool,
                  clock: Callable[[], float] = time.monotonic,
                  current_l2_ttl: float = CURRENT_L2_TTL,
-                 kept_ttl: float = KEPT_CLEAR_TTL) -> None:
+                 kept_ttl: float = KEPT_CLEAR_TTL, accept_v1: bool = True) -> None:
         self._l1: L1Key | None = None
+        #: Whether a version 1 blob (bound to tenant and uid only) is opened.
+        self.accept_v1 = accept_v1
+        #: Rows refused because they did not match their wrapping, since the start.
+        self.mismatches = 0
+        self._mismatch_lock = threading.Lock()
         self._audit_key: bytes | None = None
         if l1 is not None:
             self.load(l1)
@@ -84,12 +148,13 @@ class Keyring:
         # The store's count of tenant removals _current_l2 was looked up under (None: not
         # compared yet): see _current_tenant_key.
         self._removals: int | None = None
-        # (tenant, uid, wrapped material) -> (plaintext, when unwrapped), least recently
-        # used first. Keyed by the stored ciphertext itself, an entry can never answer for
-        # other material: a change of the row's material (or its removal) is a miss,
-        # whoever committed it.
-        self._unwrapped: OrderedDict[tuple[str, str, bytes], tuple[bytes, float]] = \
-            OrderedDict()
+        # (tenant, uid, wrapped material, binding) -> (plaintext, when unwrapped), least
+        # recently used first. Keyed by the stored ciphertext itself, an entry can never
+        # answer for other material: a change of the row's material (or its removal) is a
+        # miss, whoever committed it; and by the row's binding, a change of its level,
+        # service, key version or object type is a miss too (and then fails to unwrap).
+        self._unwrapped: OrderedDict[tuple[str, str, bytes, Binding],
+                                     tuple[bytes, float]] = OrderedDict()
         # Cache keys of materials destroyed here (the most recent): never cached again.
         self._destroyed: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
         self._unwrapped_lock = threading.Lock()
@@ -132,16 +197,18 @@ class Keyring:
 
     # Wrapping -------------------------------------------------------------
     def wrap_for_tenant(
-        self, session: Session, tenant: str, uid: str, plaintext: bytes
+        self, session: Session, tenant: str, uid: str, plaintext: bytes, *, binding: Binding
     ) -> tuple[bytes, str]:
         """Wrap ``plaintext`` for object ``uid`` under ``tenant``'s current L2.
 
         Returns (blob, uid of the L2). A tenant without an active L2 is not provisioned.
+        ``binding``: the object's (its tenant and uid must be these); the blob opens only
+        for a row with these columns.
         """
+        if (binding.tenant, binding.uid) != (tenant, uid):
+            raise ValueError("the binding is another object's")
         l2_uid, kek = self._current_tenant_key(session, tenant)
-        blob = keys.wrap(
-            kek, plaintext, aad=keys.object_aad(tenant, uid), random_bytes=self._random_bytes
-        )
+        blob = keys.wrap(kek, plaintext, aad=binding.aad(), random_bytes=self._random_bytes)
         return blob, l2_uid
 
     def _current_tenant_key(self, session: Session, tenant: str) -> tuple[str, bytes]:
@@ -220,7 +287,8 @@ class Keyring:
             # (destroyed, perhaps by another core: what this keyring kept of it goes now)
             self.forget_material(row.tenant, row.uid)
             raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the object has no key value")
-        cache_key = (row.tenant, row.uid, bytes(row.material))
+        binding = Binding.of(row)
+        cache_key = (row.tenant, row.uid, bytes(row.material), binding)
         now = self._clock()
         with self._unwrapped_lock:
             kept = self._unwrapped.get(cache_key)
@@ -231,7 +299,7 @@ class Keyring:
                 del self._unwrapped[cache_key]
         plaintext = self._unwrap(session, row)
         with self._unwrapped_lock:
-            if cache_key not in self._destroyed:
+            if cache_key[:3] not in self._destroyed:
                 self._unwrapped[cache_key] = (plaintext, now)
                 if len(self._unwrapped) > UNWRAPPED_CACHE_SIZE:
                     self._unwrapped.popitem(last=False)
@@ -277,19 +345,72 @@ class Keyring:
                 while len(destroyed) > DESTROYED_REMEMBERED:
                     destroyed.popitem(last=False)
 
+    def _aad(self, row: Any, binding: Binding | None = None) -> bytes:
+        """The associated data of ``row``'s blob, by its version, from the row as read."""
+        version = keys.blob_version(row.material)
+        if version == keys.WRAP_VERSION:
+            return (binding or Binding.of(row)).aad()
+        if version == keys.WRAP_VERSION_V1:
+            if not self.accept_v1:
+                raise self._mismatch(row, "a version 1 blob, and accept_v1_wrapping is false")
+            return keys.object_aad(row.tenant, row.uid)
+        raise self._mismatch(row, f"unknown blob version {version}")
+
+    def _mismatch(self, row: Any, why: str) -> WrappingMismatch:
+        """Log and count a row that does not match its wrapping; the error to raise."""
+        with self._mismatch_lock:
+            self.mismatches += 1
+        error = WrappingMismatch(row.tenant, row.uid, why)
+        log.error("object {uid} of tenant {tenant} refused: its row does not match its "
+                  "wrapping ({why}); the database was changed outside kcm-core",
+                  uid=row.uid, tenant=row.tenant, why=why)
+        return error
+
+    def _open(self, row: Any, open_blob: Callable[[bytes], bytes],
+              binding: Binding | None = None) -> bytes:
+        """``open_blob(aad)`` for ``row``'s blob, a failure to authenticate being a
+        mismatch (the key is the right one: the row names it, and it opened its blob)."""
+        aad = self._aad(row, binding)
+        try:
+            return open_blob(aad)
+        except keys.UnwrapError as e:
+            raise self._mismatch(row, "it fails authentication") from e
+
     def _unwrap(self, session: Session, row: ManagedObject) -> bytes:
         assert row.material is not None
-        aad = keys.object_aad(row.tenant, row.uid)
+        material = bytes(row.material)
         if row.wrapped_by == WRAPPED_BY_L1:
-            return self._master().unwrap(row.material, aad=aad)
+            if row.level != LEVEL_TENANT_KEY:
+                raise self._mismatch(row, "wrapped by L1 but not a tenant key")
+            master = self._master()
+            return self._open(row, lambda aad: master.unwrap(material, aad=aad))
         known = self._l2_by_uid.get(row.wrapped_by)
-        if known is not None and self._clock() - self._l2_read_at.get(
-                row.wrapped_by, 0.0) < self._kept_ttl:
-            return keys.unwrap(known, row.material, aad=aad)
-        l2 = repository.get_object(session, row.tenant, row.wrapped_by)
-        if l2 is None or l2.level != LEVEL_TENANT_KEY:
-            raise KmipError(ResultReason.GENERAL_FAILURE, "the key wrapping this object is missing")
-        return keys.unwrap(self._l2_key(l2), row.material, aad=aad)
+        if known is None or self._clock() - self._l2_read_at.get(
+                row.wrapped_by, 0.0) >= self._kept_ttl:
+            l2 = repository.get_object(session, row.tenant, row.wrapped_by)
+            if l2 is None or l2.level != LEVEL_TENANT_KEY:
+                raise KmipError(ResultReason.GENERAL_FAILURE,
+                                "the key wrapping this object is missing")
+            known = self._l2_key(l2)
+        kek = known
+        return self._open(row, lambda aad: keys.unwrap(kek, material, aad=aad))
+
+    def rewrap(self, session: Session, row: Any) -> bytes:
+        """``row``'s material wrapped again as version 2, under the key that wraps it now
+        (its ``wrapped_by`` stays), bound to its columns as read: the upgrade of a version
+        1 blob (:mod:`kcm.core.wrap_upgrade`). Raises :class:`WrappingMismatch` (logged
+        and counted) if the blob does not open, or is version 1 and those are refused."""
+        plaintext = self._unwrap(session, row)
+        binding = Binding.of(row)
+        if row.wrapped_by == WRAPPED_BY_L1:
+            return self._master().wrap(plaintext, aad=binding.aad(),
+                                       random_bytes=self._random_bytes)
+        kek = self._l2_by_uid.get(row.wrapped_by)
+        if kek is None:  # (read by the unwrap just now, unless expired meanwhile)
+            l2 = repository.get_object(session, row.tenant, row.wrapped_by)
+            assert l2 is not None
+            kek = self._l2_key(l2)
+        return keys.wrap(kek, plaintext, aad=binding.aad(), random_bytes=self._random_bytes)
 
     def _l2_key(self, l2: ManagedObject) -> bytes:
         if l2.material is None:
@@ -299,7 +420,8 @@ class Keyring:
         key = self._l2_by_uid.get(l2.uid)
         now = self._clock()
         if key is None or now - self._l2_read_at.get(l2.uid, 0.0) >= self._kept_ttl:
-            key = self._master().unwrap(l2.material, aad=keys.object_aad(l2.tenant, l2.uid))
+            material, master = bytes(l2.material), self._master()
+            key = self._open(l2, lambda aad: master.unwrap(material, aad=aad))
             with self._l2_lock:
                 self._l2_by_uid[l2.uid] = key
                 self._l2_read_at[l2.uid] = now
@@ -307,8 +429,8 @@ class Keyring:
         return key
 
     def wrap_tenant_key(self, tenant: str, uid: str, key: bytes) -> bytes:
-        """Wrap a new L2 under L1."""
-        return self._master().wrap(key, aad=keys.object_aad(tenant, uid),
+        """Wrap a new L2 under L1 (bound to :func:`tenant_key_binding`)."""
+        return self._master().wrap(key, aad=tenant_key_binding(tenant, uid).aad(),
                                    random_bytes=self._random_bytes)
 
 

@@ -1,13 +1,16 @@
 """The L1 master key file and the key-wrapping format of the key hierarchy.
 
-Wrapped blob, version 1::
+Wrapped blob::
 
-    0x01 || nonce (12 bytes, random) || AES-256-GCM ciphertext || tag (16 bytes)
+    version (1 byte) || nonce (12 bytes, random) || AES-256-GCM ciphertext || tag (16 bytes)
 
 The version byte is authenticated together with the caller's associated data, which for a
-stored object is :func:`object_aad` (its tenant and uid): a blob copied onto another object,
-or into another tenant, fails to unwrap. L2s are wrapped under L1; L3s and ordinary managed
-objects under their tenant's L2.
+stored object depends on the version: version 2 (written since this release),
+:func:`object_aad_v2`, binds its tenant, uid, object type, level, service and key version
+(what decides who may read it); version 1, :func:`object_aad`, its tenant and uid only. A
+blob copied onto another object, or into another tenant, fails to unwrap; so does a version
+2 blob whose row was given another level, service, key version or object type. L2s are
+wrapped under L1; L3s and ordinary managed objects under their tenant's L2.
 
 Keys derived from L1 (never stored; recomputed from the key file when needed):
 
@@ -23,6 +26,7 @@ import hashlib
 import hmac
 import os
 import stat
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,8 +38,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
-WRAP_VERSION = 1
-_HEADER = bytes([WRAP_VERSION])
+#: The version every wrap writes (:func:`object_aad_v2`).
+WRAP_VERSION = 2
+#: The previous version (:func:`object_aad`): still opened, see ``accept_v1_wrapping``.
+WRAP_VERSION_V1 = 1
+#: The versions :func:`unwrap` opens (the caller builds the matching associated data).
+WRAP_VERSIONS = frozenset({WRAP_VERSION_V1, WRAP_VERSION})
 #: The HKDF label of the audit key: no other key is derived from L1 with it.
 AUDIT_KEY_LABEL = b"kcm audit chain key v1"
 
@@ -141,7 +149,7 @@ def derive_audit_key(l1: bytes) -> bytes:
 
 
 def object_aad(tenant: str, uid: str) -> bytes:
-    """The associated data binding a wrapped blob to one stored object.
+    """The associated data of a version 1 blob, binding it to one stored object.
 
     Length-prefixed, so no (tenant, uid) pair can collide with another.
     """
@@ -156,6 +164,40 @@ def object_aad(tenant: str, uid: str) -> bytes:
     )
 
 
+def object_aad_v2(tenant: str, uid: str, *, object_type: int, level: int | None,
+                  service: str | None, key_version: int | None) -> bytes:
+    """The associated data of a version 2 blob: the stored object's tenant and uid, and the
+    columns that decide who may read it (its object type, level, service and key version).
+
+    Every field length-prefixed or of fixed size, and each column that may be NULL marked
+    present or absent, so no two rows' data are alike (a NULL service is not any name).
+    """
+    tenant_bytes, uid_bytes = tenant.encode("utf-8"), uid.encode("utf-8")
+    parts = [_V2_LABEL, _LENGTH.pack(len(tenant_bytes)), tenant_bytes,
+             _LENGTH.pack(len(uid_bytes)), uid_bytes, _NUMBER.pack(object_type),
+             _ABSENT if level is None else _PRESENT_NUMBER.pack(1, level)]
+    if service is None:
+        parts.append(_ABSENT)
+    else:
+        service_bytes = service.encode("utf-8")
+        parts += (_PRESENT_LENGTH.pack(1, len(service_bytes)), service_bytes)
+    parts.append(_ABSENT if key_version is None else _PRESENT_NUMBER.pack(1, key_version))
+    return b"".join(parts)
+
+
+_V2_LABEL = b"kcm-object-v2\x00"
+_ABSENT = b"\x00"
+_LENGTH = struct.Struct(">I")
+_NUMBER = struct.Struct(">q")
+_PRESENT_NUMBER = struct.Struct(">Bq")
+_PRESENT_LENGTH = struct.Struct(">BI")
+
+
+def blob_version(blob: bytes) -> int | None:
+    """The version byte of a wrapped blob (None: empty)."""
+    return blob[0] if blob else None
+
+
 def _aead(kek: bytes) -> AESGCM:
     if len(kek) != KEY_BYTES:
         raise ValueError(f"a wrapping key must be {KEY_BYTES} bytes (AES-256)")
@@ -163,22 +205,29 @@ def _aead(kek: bytes) -> AESGCM:
 
 
 def wrap(
-    kek: bytes, plaintext: bytes, *, aad: bytes, random_bytes: RandomBytes = os.urandom
+    kek: bytes, plaintext: bytes, *, aad: bytes, random_bytes: RandomBytes = os.urandom,
+    version: int = WRAP_VERSION,
 ) -> bytes:
-    """Encrypt ``plaintext`` under the 32-byte ``kek`` with AES-256-GCM; see module doc."""
+    """Encrypt ``plaintext`` under the 32-byte ``kek`` with AES-256-GCM; see module doc.
+    ``aad`` must be the associated data of ``version`` (the current one but in tests)."""
+    if version not in WRAP_VERSIONS:
+        raise ValueError(f"unknown wrapped blob version {version}")
     nonce = random_bytes(NONCE_BYTES)
     if len(nonce) != NONCE_BYTES:
         raise ValueError("random source returned the wrong number of bytes")
-    return _HEADER + nonce + _aead(kek).encrypt(nonce, plaintext, _HEADER + aad)
+    header = bytes([version])
+    return header + nonce + _aead(kek).encrypt(nonce, plaintext, header + aad)
 
 
 def unwrap(kek: bytes, blob: bytes, *, aad: bytes) -> bytes:
     """The plaintext of ``blob``; raises UnwrapError unless it was wrapped by :func:`wrap`
-    under ``kek`` with exactly ``aad`` and is unaltered."""
+    under ``kek`` with exactly ``aad`` and is unaltered. ``aad`` must be the associated data
+    of the blob's version (:func:`blob_version`): the version byte is authenticated too, so
+    a blob given another version fails."""
     aead = _aead(kek)
     if len(blob) < 1 + NONCE_BYTES + TAG_BYTES:
         raise UnwrapError("wrapped blob is too short")
-    if blob[0] != WRAP_VERSION:
+    if blob[0] not in WRAP_VERSIONS:
         raise UnwrapError(f"unknown wrapped blob version {blob[0]}")
     nonce = blob[1 : 1 + NONCE_BYTES]
     try:

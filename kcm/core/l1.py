@@ -36,12 +36,14 @@ class L1Key(Protocol):
         """The 32-byte key that MACs the audit chain, derived from L1 (the same every
         time)."""
 
-    def wrap(self, plaintext: bytes, *, aad: bytes, random_bytes: RandomBytes) -> bytes:
-        """``plaintext`` wrapped under L1, bound to ``aad`` (a :func:`keys.wrap` blob)."""
+    def wrap(self, plaintext: bytes, *, aad: bytes, random_bytes: RandomBytes,
+             version: int = ...) -> bytes:
+        """``plaintext`` wrapped under L1, bound to ``aad`` (a :func:`keys.wrap` blob of
+        ``version``, by default the current one; ``aad`` must be that version's)."""
 
     def unwrap(self, blob: bytes, *, aad: bytes) -> bytes:
         """The plaintext of ``blob``; :class:`kcm.core.keys.UnwrapError` unless L1 wrapped it
-        with exactly ``aad``."""
+        with exactly ``aad`` (that of the blob's version)."""
 
 
 def open_l1(l1_key_file: str, l1_pkcs11: str | None, *, create: bool = False,

@@ -28,8 +28,10 @@ class FileL1:
         return keys.derive_audit_key(self._key)
 
     def wrap(self, plaintext: bytes, *, aad: bytes,
-             random_bytes: keys.RandomBytes = os.urandom) -> bytes:
-        return keys.wrap(self._key, plaintext, aad=aad, random_bytes=random_bytes)
+             random_bytes: keys.RandomBytes = os.urandom,
+             version: int = keys.WRAP_VERSION) -> bytes:
+        return keys.wrap(self._key, plaintext, aad=aad, random_bytes=random_bytes,
+                         version=version)
 
     def unwrap(self, blob: bytes, *, aad: bytes) -> bytes:
         return keys.unwrap(self._key, blob, aad=aad)

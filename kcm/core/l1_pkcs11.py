@@ -4,7 +4,7 @@ L1 is a token object: an AES-256 secret key, sensitive and not extractable, whic
 leaves the token. This process asks the token to
 
 * wrap and unwrap (C_Encrypt/C_Decrypt, CKM_AES_GCM): the blobs have the format of
-  :mod:`kcm.core.keys` (version 1, random 12-byte nonce chosen here, AAD = version byte +
+  :mod:`kcm.core.keys` (version 2, random 12-byte nonce chosen here, AAD = version byte +
   the object's AAD); the unwrapped L2s then live in process memory, as with a key file;
 * compute the check value: AES-CMAC (CKM_AES_CMAC, C_Sign) of ``kcm key check value v1``,
   truncated to 8 bytes;
@@ -234,11 +234,14 @@ class Pkcs11L1:
         return b"".join(blocks)[:keys.KEY_BYTES]
 
     def wrap(self, plaintext: bytes, *, aad: bytes,
-             random_bytes: keys.RandomBytes = os.urandom) -> bytes:
+             random_bytes: keys.RandomBytes = os.urandom,
+             version: int = keys.WRAP_VERSION) -> bytes:
         nonce = random_bytes(keys.NONCE_BYTES)
         if len(nonce) != keys.NONCE_BYTES:
             raise ValueError("random source returned the wrong number of bytes")
-        header = bytes([keys.WRAP_VERSION])
+        if version not in keys.WRAP_VERSIONS:
+            raise ValueError(f"unknown wrapped blob version {version}")
+        header = bytes([version])
         params = GCMParams(nonce, header + aad, keys.TAG_BYTES * 8)
         try:
             # (A retry in a new session seals the same plaintext under the same nonce and
@@ -252,7 +255,7 @@ class Pkcs11L1:
     def unwrap(self, blob: bytes, *, aad: bytes) -> bytes:
         if len(blob) < 1 + keys.NONCE_BYTES + keys.TAG_BYTES:
             raise keys.UnwrapError("wrapped blob is too short")
-        if blob[0] != keys.WRAP_VERSION:
+        if blob[0] not in keys.WRAP_VERSIONS:
             raise keys.UnwrapError(f"unknown wrapped blob version {blob[0]}")
         nonce = blob[1:1 + keys.NONCE_BYTES]
         params = GCMParams(nonce, blob[:1] + aad, keys.TAG_BYTES * 8)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from kcm.core import attribute_keys, events, policy
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.context import OperationContext
+from kcm.core.keyring import Binding
 from kcm.core.store import repository
 from kcm.core.store.object_cache import (
     CACHE_EPOCH_INFO,
@@ -417,7 +418,8 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
     material = wrapped_by = None
     if managed_object is not None:
         material, wrapped_by = ctx.keyring.wrap_for_tenant(
-            ctx.session, tenant, uid, encode_material(managed_object))
+            ctx.session, tenant, uid, encode_material(managed_object), binding=Binding(
+                tenant, uid, int(object_type), level, service, key_version))
     obj = StoredObject(_NewRow(uid, tenant, level), attributes)
     columns = _columns(obj)
     row = repository.insert_object(

@@ -36,7 +36,7 @@ from kcm.core import managed, rotation_schedule
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.hierarchy import provision_tenant
-from kcm.core.keyring import Keyring
+from kcm.core.keyring import Binding, Keyring
 from kcm.core.rotation_policy import effective, made_or_activated, policies
 from kcm.core.store import repository
 from kcm.core.store.schema import (
@@ -211,7 +211,8 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         moved = []
         for row in rows[:batch]:
             plaintext = keyring.unwrap(session, row)
-            blob, l2 = keyring.wrap_for_tenant(session, row.tenant, row.uid, plaintext)
+            blob, l2 = keyring.wrap_for_tenant(session, row.tenant, row.uid, plaintext,
+                                               binding=Binding.of(row))
             # (one UPDATE straight to the driver: the ORM's flush of each row took most of
             # a batch's 35 ms on the writer)
             repository.update_columns(session, row, material=blob, wrapped_by=l2)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from kcm.core.keyring import Keyring
-from kcm.core.store.schema import WRAPPED_BY_L1
+from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1
 from kcm.crypto import rsa_keys
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
@@ -540,7 +540,8 @@ def test_destroyed_material_is_not_cached_again() -> None:
     material (its transaction's view), but the keyring does not keep it."""
     keyring = Keyring(os.urandom(32))
     blob = keyring.wrap_tenant_key("demo", "uid-1", b"clear material")
-    row = SimpleNamespace(tenant="demo", uid="uid-1", material=blob, wrapped_by=WRAPPED_BY_L1)
+    row = SimpleNamespace(tenant="demo", uid="uid-1", material=blob, wrapped_by=WRAPPED_BY_L1,
+                          object_type=2, level=LEVEL_TENANT_KEY, service=None, key_version=None)
     assert keyring.unwrap(None, row) == b"clear material"  # type: ignore[arg-type]
     assert len(keyring._unwrapped) == 1
     keyring.forget_material("demo", "uid-1", blob)
@@ -548,7 +549,8 @@ def test_destroyed_material_is_not_cached_again() -> None:
     assert keyring.unwrap(None, row) == b"clear material"  # type: ignore[arg-type]
     assert not keyring._unwrapped
     # Forgetting without the material (a compromise) drops it, and caches it again later.
-    other = SimpleNamespace(tenant="demo", uid="uid-2", wrapped_by=WRAPPED_BY_L1,
+    other = SimpleNamespace(tenant="demo", uid="uid-2", wrapped_by=WRAPPED_BY_L1, object_type=2,
+                            level=LEVEL_TENANT_KEY, service=None, key_version=None,
                             material=keyring.wrap_tenant_key("demo", "uid-2", b"other"))
     keyring.unwrap(None, other)  # type: ignore[arg-type]
     keyring.forget_material("demo", "uid-2")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kcm.core.keyring import Keyring
+from kcm.core.keyring import Binding, Keyring
 from kcm.core.keys import derive_audit_key
 from kcm.core.store import repository
 from kcm.kmip.errors import KmipError
@@ -26,7 +26,8 @@ def test_current_l2_is_cached_for_its_ttl(core: CoreHarness,
     monkeypatch.setattr(repository, "find_l2", counting)
 
     def wrap(uid: str) -> tuple[bytes, str]:
-        return core.store.run_sync(lambda s: keyring.wrap_for_tenant(s, "demo", uid, b"k"))
+        return core.store.run_sync(lambda s: keyring.wrap_for_tenant(
+            s, "demo", uid, b"k", binding=Binding("demo", uid, 2, None, None, None)))
 
     first = wrap("a")
     second = wrap("b")
@@ -64,8 +65,10 @@ def test_clear_keys_are_kept_no_longer_than_their_ttl(core: CoreHarness) -> None
     now = [100.0]
     keyring = Keyring(core.keyring._l1, clock=lambda: now[0], kept_ttl=300.0)
     blob, l2_uid = core.store.run_sync(
-        lambda s: keyring.wrap_for_tenant(s, "demo", "object", b"clear key"))
-    row = ManagedObject(tenant="demo", uid="object", material=blob, wrapped_by=l2_uid)
+        lambda s: keyring.wrap_for_tenant(s, "demo", "object", b"clear key",
+                                          binding=Binding("demo", "object", 2, None, None, None)))
+    row = ManagedObject(tenant="demo", uid="object", material=blob, wrapped_by=l2_uid,
+                        object_type=2)
 
     def unwrap() -> bytes:
         return core.store.run_sync(lambda s: keyring.unwrap(s, row))

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.cmac import CMAC
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from kcm.core import keys
-from kcm.core.keyring import Keyring
+from kcm.core.keyring import Keyring, tenant_key_binding
 from kcm.core.l1 import L1Error, open_l1
 from kcm.core.l1_pkcs11 import Pkcs11L1, open_token_key
 from tests.softhsm import MODULE, SoftHsm
@@ -55,7 +55,12 @@ def test_a_blob_fails_under_other_aad_or_tampered_or_another_token_key(
     with pytest.raises(keys.UnwrapError, match="failed authentication"):
         other.unwrap(blob, aad=AAD)
     with pytest.raises(keys.UnwrapError, match="version"):
-        l1.unwrap(b"\x02" + blob[1:], aad=AAD)
+        l1.unwrap(b"\x03" + blob[1:], aad=AAD)
+    with pytest.raises(keys.UnwrapError, match="failed authentication"):
+        l1.unwrap(b"\x01" + blob[1:], aad=AAD)  # (the version byte is authenticated)
+    # A version 1 blob (the previous release's L2s) still opens.
+    old = l1.wrap(b"older", aad=AAD, version=1)
+    assert old[0] == 1 and l1.unwrap(old, aad=AAD) == b"older"
     # The token still works after a failed operation.
     assert l1.unwrap(blob, aad=AAD) == b"secret"
     assert other.check_value() != l1.check_value()
@@ -93,7 +98,8 @@ def test_the_keyring_wraps_l2s_through_the_token(softhsm: SoftHsm) -> None:
     l1, _ = open_l1("unused-key-file", softhsm.uri(), create=True)
     keyring = Keyring(l1)
     blob = keyring.wrap_tenant_key("demo", "l2-uid", b"t" * 32)
-    assert l1.unwrap(blob, aad=AAD) == b"t" * 32
+    assert blob[0] == keys.WRAP_VERSION
+    assert l1.unwrap(blob, aad=tenant_key_binding("demo", "l2-uid").aad()) == b"t" * 32
     assert keyring.audit_key == l1.audit_key()
 
 

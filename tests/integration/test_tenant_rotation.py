@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from kcm.core.keyring import CURRENT_L2_TTL, Keyring
+from kcm.core.keyring import CURRENT_L2_TTL, Binding, Keyring
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, AuditLog, ManagedObject
 from kcm.core.tenant_rotation import (
@@ -163,14 +163,16 @@ def test_a_core_drops_a_tenant_key_another_core_destroyed(core: CoreHarness) -> 
     register(core, attributes=[PAST])
     now = [0.0]
     other = Keyring(core.keyring._l1, clock=lambda: now[0])
-    old_l2 = core.store.run_sync(lambda s: other.wrap_for_tenant(s, "demo", "x", b"k"))[1]
+    old_l2 = core.store.run_sync(lambda s: other.wrap_for_tenant(
+        s, "demo", "x", b"k", binding=Binding("demo", "x", 2, None, None, None)))[1]
     old, new = _retire_l2(core, int(time.time()) - 100)
     assert old == old_l2 and old in other._l2_by_uid
     _rewrap_all(core)
     ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=old),
        principal=admin_principal())
     now[0] += CURRENT_L2_TTL
-    assert core.store.run_sync(lambda s: other.wrap_for_tenant(s, "demo", "y", b"k"))[1] == new
+    assert core.store.run_sync(lambda s: other.wrap_for_tenant(
+        s, "demo", "y", b"k", binding=Binding("demo", "y", 2, None, None, None)))[1] == new
     with pytest.raises(KmipError, match="the tenant key was destroyed"):
         core.store.run_sync(lambda s: other._l2_key(repository.get_object(s, "demo", old)))
     assert old not in other._l2_by_uid
@@ -191,11 +193,11 @@ def test_a_rewrap_batch_that_fails_midway_leaves_nothing_stale_in_its_groups_ses
                                                     by="test", reason="the test"))
     real, calls = core.keyring.wrap_for_tenant, []
 
-    def failing_third(session, tenant, uid, plaintext):
+    def failing_third(session, tenant, uid, plaintext, *, binding):
         calls.append(uid)
         if len(calls) == 3:
             raise RuntimeError("the third fails")
-        return real(session, tenant, uid, plaintext)
+        return real(session, tenant, uid, plaintext, binding=binding)
 
     def group(session):
         core.keyring.wrap_for_tenant = failing_third

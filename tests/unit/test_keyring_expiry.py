@@ -37,7 +37,8 @@ def test_an_l2_unwrapped_again_while_it_expires_is_still_expired_later() -> None
     now = [1000.0]
     ring = Keyring(bytes(32), clock=lambda: now[0], kept_ttl=300.0)
     ring._l2_by_uid = _Hooked()
-    l2 = SimpleNamespace(tenant="t", uid="l2", level=2,
+    l2 = SimpleNamespace(tenant="t", uid="l2", level=2, object_type=2, service=None,
+                         key_version=None,
                          material=ring.wrap_tenant_key("t", "l2", b"K" * 32))
     assert ring._l2_key(l2) == b"K" * 32
     now[0] += 301  # expired, for the reactor's expire and a store thread's next use alike

@@ -18,6 +18,7 @@ from kcm.core.keys import (
     key_check_value,
     load_l1,
     object_aad,
+    object_aad_v2,
     parse_l1,
     unwrap,
     wrap,
@@ -125,7 +126,7 @@ def test_audit_key_is_hkdf_of_l1_with_its_own_label() -> None:
 def test_wrap_format_and_round_trip() -> None:
     aad = object_aad("t1", "uid-1")
     blob = wrap(KEK, b"secret material", aad=aad, random_bytes=_counting_random)
-    assert blob[0] == 1
+    assert blob[0] == 2
     assert blob[1:13] == bytes(range(1, 13))
     assert len(blob) == 1 + 12 + len(b"secret material") + 16
     assert unwrap(KEK, blob, aad=aad) == b"secret material"
@@ -166,11 +167,64 @@ def test_short_or_unknown_version_blobs_are_refused() -> None:
     with pytest.raises(UnwrapError, match="short"):
         unwrap(KEK, blob[:-1], aad=aad)
     with pytest.raises(UnwrapError, match="version"):
-        unwrap(KEK, b"\x02" + blob[1:], aad=aad)
+        unwrap(KEK, b"\x03" + blob[1:], aad=aad)
+    with pytest.raises(ValueError, match="version"):
+        wrap(KEK, b"", aad=aad, version=3)
 
 
 def test_object_aad_is_unambiguous() -> None:
     assert object_aad("ab", "c") != object_aad("a", "bc")
+
+
+def _v2(tenant: str = "t1", uid: str = "uid-1", object_type: int = 2,
+        level: int | None = None, service: str | None = None,
+        key_version: int | None = None) -> bytes:
+    return object_aad_v2(tenant, uid, object_type=object_type, level=level, service=service,
+                         key_version=key_version)
+
+
+def test_v2_aad_binds_what_decides_who_may_read_the_object() -> None:
+    """Version 2: the level, service, key version and object type are bound besides the
+    tenant and uid; a blob whose row says otherwise fails."""
+    l3 = _v2(level=3, service="billing", key_version=1)
+    blob = wrap(KEK, b"k" * 32, aad=l3)
+    assert blob[0] == 2 and unwrap(KEK, blob, aad=l3) == b"k" * 32
+    for changed in (_v2(level=None, service="billing", key_version=1),  # not an L3 any more
+                    _v2(level=3, service="payroll", key_version=1),  # another service's
+                    _v2(level=3, service=None, key_version=1),
+                    _v2(level=3, service="billing", key_version=2),
+                    _v2(level=3, service="billing", key_version=None),
+                    _v2(object_type=3, level=3, service="billing", key_version=1),
+                    _v2(tenant="t2", level=3, service="billing", key_version=1),
+                    _v2(uid="uid-2", level=3, service="billing", key_version=1),
+                    object_aad("t1", "uid-1")):  # (the version 1 data)
+        with pytest.raises(UnwrapError):
+            unwrap(KEK, blob, aad=changed)
+
+
+def test_v2_aad_is_unambiguous() -> None:
+    """Length-prefixed and presence-marked: a NULL service is not any name (not even the
+    empty one), nor 0 a NULL level or version, and no field runs into the next."""
+    different = [_v2(), _v2(service=""), _v2(service="\x00"), _v2(level=0), _v2(key_version=0),
+                 _v2(level=None, key_version=1), _v2(level=1, key_version=None),
+                 _v2(tenant="t1u", uid="id-1"), _v2(service="a", key_version=1),
+                 _v2(object_type=2 + (1 << 32)), object_aad("t1", "uid-1")]
+    assert len(set(different)) == len(different)
+    assert object_aad_v2("ab", "c", object_type=2, level=None, service=None,
+                         key_version=None) != _v2(tenant="a", uid="bc")
+
+
+def test_a_v1_blob_still_opens_with_its_own_data_and_not_as_v2() -> None:
+    """A blob written by the previous release (version 1, tenant and uid only) opens with
+    the version 1 data; its version byte is authenticated, so it cannot pass for version 2
+    (nor a version 2 blob for version 1)."""
+    v1 = wrap(KEK, b"old", aad=object_aad("t1", "uid-1"), version=1)
+    assert v1[0] == 1 and unwrap(KEK, v1, aad=object_aad("t1", "uid-1")) == b"old"
+    with pytest.raises(UnwrapError):
+        unwrap(KEK, b"\x02" + v1[1:], aad=object_aad("t1", "uid-1"))
+    v2 = wrap(KEK, b"new", aad=object_aad("t1", "uid-1"))
+    with pytest.raises(UnwrapError):
+        unwrap(KEK, b"\x01" + v2[1:], aad=object_aad("t1", "uid-1"))
 
 
 def test_kek_must_be_aes_256() -> None:
@@ -199,3 +253,17 @@ def test_an_l1_in_the_environment_is_read_as_a_key_file_is_and_never_made() -> N
         with _pytest.raises(_keys.L1Error, match=reason) as refused:
             open_key_env("L1", create=create, environ=environ)
         assert "L1 (core.l1_key_env)" in str(refused.value)
+
+
+def test_v2_aad_encoding_is_fixed() -> None:
+    """The stored format: label, tenant and uid length-prefixed (4 bytes), the object type
+    (8 bytes, signed), then level, service and key version each marked absent (0x00) or
+    present (0x01 and the value). A change here makes every stored blob unreadable."""
+    assert object_aad_v2("t", "u", object_type=2, level=3, service="s", key_version=1) == (
+        b"kcm-object-v2\x00" + b"\x00\x00\x00\x01t" + b"\x00\x00\x00\x01u"
+        + (2).to_bytes(8, "big") + b"\x01" + (3).to_bytes(8, "big")
+        + b"\x01\x00\x00\x00\x01s" + b"\x01" + (1).to_bytes(8, "big"))
+    assert object_aad_v2("t", "u", object_type=2, level=None, service=None,
+                         key_version=None) == (
+        b"kcm-object-v2\x00\x00\x00\x00\x01t\x00\x00\x00\x01u" + (2).to_bytes(8, "big")
+        + b"\x00\x00\x00")

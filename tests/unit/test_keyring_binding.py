@@ -1,0 +1,112 @@
+"""The keyring binds what it wraps to the row's level, service, key version and object type
+(wrap format version 2), checks it from the row as read on every unwrap, cached or not, and
+opens a version 1 blob only while ``accept_v1`` (kcm.core.keyring)."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from kcm.core import keys
+from kcm.core.keyring import Binding, Keyring, WrappingMismatch
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_BY_L1
+from kcm.kmip.enums import ResultReason
+
+L2_UID = "l2-uid"
+L2_KEY = bytes(range(32))
+
+
+def _ring(**kwargs: object) -> Keyring:
+    ring = Keyring(os.urandom(32), clock=lambda: 0.0, **kwargs)  # type: ignore[arg-type]
+    ring._l2_by_uid[L2_UID] = L2_KEY  # (as if read from its row: no store needed)
+    ring._l2_read_at[L2_UID] = 0.0
+    return ring
+
+
+def _l3_row(ring: Keyring, material: bytes = b"service key") -> SimpleNamespace:
+    binding = Binding("demo", "l3-1", 2, LEVEL_SERVICE_KEY, "billing", 1)
+    blob = keys.wrap(L2_KEY, material, aad=binding.aad())
+    return SimpleNamespace(tenant="demo", uid="l3-1", object_type=2, level=LEVEL_SERVICE_KEY,
+                           service="billing", key_version=1, material=blob,
+                           wrapped_by=L2_UID)
+
+
+def test_a_row_changed_after_its_wrap_is_refused_and_counted() -> None:
+    ring = _ring()
+    for change in ({"level": None}, {"service": "payroll"}, {"service": None},
+                   {"key_version": 2}, {"object_type": 7}):
+        row = _l3_row(ring)
+        assert ring.unwrap(None, row) == b"service key"  # type: ignore[arg-type]
+        before = ring.mismatches
+        for column, value in change.items():
+            setattr(row, column, value)
+        # Unwrapped and cached before the change: the cache does not answer for it.
+        with pytest.raises(WrappingMismatch) as caught:
+            ring.unwrap(None, row)  # type: ignore[arg-type]
+        assert caught.value.reason == ResultReason.GENERAL_FAILURE
+        assert caught.value.message == "the stored object failed its integrity check"
+        assert "its row does not match its wrapping" in str(caught.value)
+        assert "'l3-1'" in str(caught.value) and "'demo'" in str(caught.value)
+        assert ring.mismatches == before + 1
+
+
+def test_the_cache_is_keyed_by_the_binding() -> None:
+    ring = _ring()
+    row = _l3_row(ring)
+    ring.unwrap(None, row)  # type: ignore[arg-type]
+    ((tenant, uid, material, binding),) = ring._unwrapped
+    assert binding == Binding.of(row) and material == row.material
+
+
+def test_an_l1_wrapped_row_must_be_a_tenant_key() -> None:
+    ring = _ring()
+    row = SimpleNamespace(tenant="demo", uid="l2-b", object_type=2, level=LEVEL_TENANT_KEY,
+                          service=None, key_version=None, wrapped_by=WRAPPED_BY_L1,
+                          material=ring.wrap_tenant_key("demo", "l2-b", b"K" * 32))
+    assert ring.unwrap(None, row) == b"K" * 32  # type: ignore[arg-type]
+    row.level, row.service = None, "billing"  # an L2 made to look like an application's key
+    with pytest.raises(WrappingMismatch):
+        ring.unwrap(None, row)  # type: ignore[arg-type]
+
+
+def _v1_row(ring: Keyring) -> SimpleNamespace:
+    blob = keys.wrap(L2_KEY, b"old key", aad=keys.object_aad("demo", "obj-1"), version=1)
+    return SimpleNamespace(tenant="demo", uid="obj-1", object_type=2, level=None,
+                           service="billing", key_version=None, material=blob,
+                           wrapped_by=L2_UID)
+
+
+def test_a_v1_blob_opens_while_accepted_and_is_rewrapped_as_v2() -> None:
+    ring = _ring()
+    row = _v1_row(ring)
+    assert ring.unwrap(None, row) == b"old key"  # type: ignore[arg-type]
+    blob = ring.rewrap(None, row)  # type: ignore[arg-type]
+    assert blob[0] == keys.WRAP_VERSION
+    row.material = blob
+    assert ring.unwrap(None, row) == b"old key"  # type: ignore[arg-type]
+    row.service = "payroll"
+    with pytest.raises(WrappingMismatch):
+        ring.unwrap(None, row)  # type: ignore[arg-type]
+
+
+def test_a_v1_blob_is_refused_when_not_accepted() -> None:
+    ring = _ring(accept_v1=False)
+    row = _v1_row(ring)
+    with pytest.raises(WrappingMismatch, match="version 1"):
+        ring.unwrap(None, row)  # type: ignore[arg-type]
+    with pytest.raises(WrappingMismatch):
+        ring.rewrap(None, row)  # type: ignore[arg-type]
+    assert ring.mismatches == 2 and not ring._unwrapped
+
+
+def test_every_wrap_writes_v2_bound_to_its_binding() -> None:
+    ring = _ring()
+    blob = ring.wrap_tenant_key("demo", "l2-c", b"K" * 32)
+    assert blob[0] == 2
+    binding = Binding("demo", "l2-c", 2, LEVEL_TENANT_KEY, None, None)
+    assert ring._master().unwrap(blob, aad=binding.aad()) == b"K" * 32
+    with pytest.raises(ValueError, match="another object"):
+        ring.wrap_for_tenant(None, "demo", "x", b"k",  # type: ignore[arg-type]
+                             binding=Binding("demo", "y", 2, None, None, None))

@@ -455,7 +455,7 @@ def _with_keyring(args: argparse.Namespace, fn: Callable[[Session, Keyring], T])
         l1 = open_configured_l1(config)[0]
     except (OSError, L1Error) as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
-    keyring = Keyring(l1)
+    keyring = Keyring(l1, accept_v1=config.accept_v1_wrapping)
     store.audit_key = keyring.audit_key
     _import_write_modules()
 

@@ -70,11 +70,13 @@ if TYPE_CHECKING:
     from kcm.connection_refusals import ConnectionRefusals
     from kcm.core.audit_checkpoints import AuditCheckpoints
     from kcm.core.event_fanout import EventFanout
+    from kcm.core.keyring import Keyring
     from kcm.core.link_server import LinkServerFactory
     from kcm.core.request_rates import TenantRates
     from kcm.core.state_sweeper import StateSweeper
     from kcm.core.store.disk_space import DiskSpace
     from kcm.core.tenant_stored import StoredByTenant
+    from kcm.core.wrap_upgrade import WrapUpgrade
     from kcm.tls_refresh import TlsRefresher
 
 __all__ = ["GROUP_SIZE_BUCKETS", "CoreMetrics", "DatabaseReadiness", "database_state"]
@@ -200,6 +202,19 @@ class CoreMetrics:
         self.registry.register(CallbackGauge(
             "kcm_core_tenant_max_objects", "Each tenant's bound on what it stores (its own "
             "or max_objects_per_tenant; 0: none).", ("tenant",), counts.bounds))
+
+    def wrapping(self, keyring: Keyring, upgrade: WrapUpgrade) -> None:
+        """Report the rows refused as not matching their wrapping, and the version 1 blobs
+        left, when scraped."""
+        self.registry.register(_CallbackCounter(
+            "kcm_core_wrapping_mismatches", "Stored objects refused because their row does "
+            "not match their wrapping (changed in the database; a version 1 blob while "
+            "accept_v1_wrapping is false).", lambda: keyring.mismatches))
+        self.registry.register(CallbackGauge(
+            "kcm_core_v1_wrapped_objects", "Objects whose material is still wrapped in the "
+            "version 1 format, as last counted (every 5 minutes, and when the state "
+            "sweeper's walk ends).", (),
+            lambda: [] if upgrade.left is None else [((), float(upgrade.left))]))
 
     def tenant_rates(self, rates: TenantRates) -> None:
         """Report the requests each tenant's rate refused when scraped."""

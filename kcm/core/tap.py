@@ -44,6 +44,8 @@ from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_keys_due
 from kcm.core.tenant_stored import INTERVAL as STORED_INTERVAL
 from kcm.core.tenant_stored import StoredByTenant
 from kcm.core.usage_intake import UsageIntake
+from kcm.core.wrap_upgrade import COUNT_INTERVAL as WRAP_COUNT_INTERVAL
+from kcm.core.wrap_upgrade import WrapUpgrade, upgrade_step
 from kcm.kmip_protocol import KmipServerFactory
 from kcm.link.frames import frame_size_limit
 from kcm.reactor_dispatch import call_before_poll
@@ -108,6 +110,9 @@ class Options(ServiceOptions):
          "Managed objects kept decoded in memory (default 10000; 0: none)."],
         ["object-cache-bytes", None, None,
          "Bytes those objects may take in memory at most (default 128 MiB)."],
+        ["accept-v1-wrapping", None, None,
+         "Whether key material wrapped in the version 1 format is still opened: true "
+         "(default) or false."],
         *limit_options(CoreLimits()),
     ]
 
@@ -151,7 +156,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     metrics = CoreMetrics(process=True)
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     store.on_audit_head, store.on_lock_wait = metrics.audit_head_moved, metrics.lock_waited
-    keyring = Keyring(clock=reactor.seconds, kept_ttl=store.objects.ttl)
+    keyring = Keyring(clock=reactor.seconds, kept_ttl=store.objects.ttl,
+                      accept_v1=config.accept_v1_wrapping)
+    upgrade = WrapUpgrade(keyring)
     rates = TenantRates(reactor, config.limits.requests_per_second_per_tenant,
                         config.limits.request_burst_per_tenant)
     metrics.tenant_rates(rates)
@@ -236,6 +243,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                     min_rotate_interval=config.limits.min_rotate_interval),
         _sweep_step(rotate_tenant_keys_due, keyring=keyring),
         _sweep_step(rewrap_step, keyring=keyring),
+        _sweep_step(upgrade_step, upgrade=upgrade),
         _sweep_step(purge_spent),
         _sweep_step(prune_outbox, retention=config.outbox_retention),
         # The tombstones of a destroyed L3 before the L3 itself (which they name).
@@ -279,6 +287,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     metrics.sweeper(sweeper)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     metrics.queues(handler.queue_waiting)
+    metrics.wrapping(keyring, upgrade)
     metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, refresher=refresher)
     if config.metrics_listen:
         # What each tenant stores against its bound: read every 30 s, off the writer.
@@ -288,6 +297,11 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         reads.clock = reactor
         reads.setName("kcm-tenant-stored")
         reads.setServiceParent(core)
+        # The version 1 blobs left, for the gauge: counted at start and every 5 minutes.
+        counts = TimerService(WRAP_COUNT_INTERVAL, upgrade.refresh, store)
+        counts.clock = reactor
+        counts.setName("kcm-v1-wrapped-count")
+        counts.setServiceParent(core)
     core.metrics = metrics
     core.kmip_factory = kmip_factory
     if config.metrics_listen:

@@ -32,6 +32,7 @@ from kcm.core.store import repository
 from kcm.core.stream_parts import purge_spent
 from kcm.core.sweep_steps import run_steps
 from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_key, rotate_tenant_keys_due
+from kcm.core.wrap_upgrade import WrapUpgrade, upgrade_step
 from tests.core_support import CoreHarness
 from tests.integration.test_core_objects import register
 from tests.integration.test_state_sweeper import _schedule_deactivation
@@ -53,6 +54,7 @@ def _steps(core: CoreHarness) -> list:
             bound(rotate_managed_due, keyring=core.keyring, trust_domain="kcm.test"),
             bound(rotate_tenant_keys_due, keyring=core.keyring),
             bound(rewrap_step, keyring=core.keyring),
+            bound(upgrade_step, upgrade=WrapUpgrade(core.keyring)),
             bound(purge_spent),
             bound(prune_outbox, retention=3600),
             bound(drop_tombstones),
@@ -62,8 +64,9 @@ def _steps(core: CoreHarness) -> list:
 def test_the_steps_here_are_those_kcm_core_sweeps_with() -> None:
     listed = re.findall(r"_sweep_step\((\w+)", inspect.getsource(tap.makeService))
     assert listed == [fn.__name__ for fn in (rotate_due, rotate_managed_due,
-                                             rotate_tenant_keys_due, rewrap_step, purge_spent,
-                                             prune_outbox, drop_tombstones, purge_destroyed)]
+                                             rotate_tenant_keys_due, rewrap_step, upgrade_step,
+                                             purge_spent, prune_outbox, drop_tombstones,
+                                             purge_destroyed)]
 
 
 @contextmanager

@@ -570,3 +570,22 @@ def test_the_state_sweeper_writes_in_its_own_share_of_the_writer() -> None:
     assert sweeper._write.func == core.handler.write_in_turn
     assert sweeper._write.args == (SWEEPER_SHARE,)
     assert SWEEPER_SHARE[0] not in {"tenant", "principal"}  # never a caller's (share_of)
+
+
+def test_accept_v1_wrapping_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    """On by default (this release); false from the file or ``--accept-v1-wrapping``, and
+    given to the keyring; anything but a boolean is refused."""
+    assert parse()["core_config"].accept_v1_wrapping is True
+    config_file = tmp_path / "core.toml"
+    config_file.write_text("[core]\naccept_v1_wrapping = false\n")
+    assert parse("-c", str(config_file))["core_config"].accept_v1_wrapping is False
+    assert parse("-c", str(config_file), "--accept-v1-wrapping", "true"
+                 )["core_config"].accept_v1_wrapping is True
+    core = tap.makeService(parse("--accept-v1-wrapping", "false"), reactor=Clock())
+    assert core.keyring.accept_v1 is False
+    for wrong in ('"no"', "1"):
+        config_file.write_text(f"[core]\naccept_v1_wrapping = {wrong}\n")
+        with pytest.raises(usage.UsageError, match="accept_v1_wrapping must be true or false"):
+            parse("-c", str(config_file))
+    with pytest.raises(usage.UsageError, match="accept_v1_wrapping must be true or false"):
+        parse("--accept-v1-wrapping", "maybe")

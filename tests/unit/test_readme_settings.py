@@ -154,6 +154,8 @@ def _documented_value(cell: str) -> object:
 def _same(documented: object, value: object) -> bool:
     if isinstance(value, tuple):
         value = ",".join(value)
+    if isinstance(value, bool):  # (written as the TOML literal, `true` or `false`)
+        value = str(value).lower()
     if isinstance(documented, float) and isinstance(value, int | float):
         return math.isclose(documented, value)
     return documented == value

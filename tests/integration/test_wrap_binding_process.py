@@ -1,0 +1,208 @@
+"""A real kcm-core whose database is changed behind its back (sqlite3 on its file): a row
+whose level or service was changed is not unwrapped, from the store or from a cache, and
+is answered General Failure; a database of version 1 blobs (the previous release's) is
+served, re-wrapped as version 2 by the state sweeper, and refused with
+``accept_v1_wrapping = false`` (kcm.core.keyring, kcm.core.wrap_upgrade)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+from kcm.core import keys
+from kcm.core.keyring import Binding
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, WRAPPED_BY_L1
+from kcm.kmip.enums import ResultReason, ResultStatus
+from kcm.testing.processes import CoreProcess, GatewayProcess, free_port, scrape
+from kcm.testing.requests import activate, create_l4, create_managed, encrypt, get
+from tests.e2e_support import decrypt_sealed, deploy, send_v21, succeeded_v21, wait_until
+
+
+def _db(core: CoreProcess) -> sqlite3.Connection:
+    return sqlite3.connect(core.database.removeprefix("sqlite:///"), timeout=30)
+
+
+def _metric(core: CoreProcess, name: str) -> float | None:
+    assert core.metrics_port is not None
+    found = re.search(rf"^{name} (\S+)$", scrape(core.metrics_port)[1].decode(), re.M)
+    return None if found is None else float(found.group(1))
+
+
+def _refused(answer) -> None:  # noqa: ANN001
+    assert answer.result_status == ResultStatus.OPERATION_FAILED
+    assert answer.result_reason == ResultReason.GENERAL_FAILURE, answer.result_message
+    assert re.fullmatch(r"the stored object failed its integrity check \(correlation id "
+                        r"[0-9a-f-]+\)", answer.result_message), answer.result_message
+
+
+def _with_metrics(tmp_path: Path, **settings: object) -> CoreProcess:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.metrics_port = free_port()
+    core.state_sweep_interval = 0.5
+    core.write_config()
+    _set(core, **settings)
+    return core
+
+
+def _set(core: CoreProcess, **settings: object) -> None:
+    """``[core]`` settings added to the configuration written."""
+    lines = "".join(f"{name} = {str(value).lower()}\n" for name, value in settings.items())
+    core.config.write_text(core.config.read_text().replace("[core]\n", "[core]\n" + lines, 1))
+
+
+def _active_key(client) -> str:  # noqa: ANN001
+    uid = succeeded_v21(client, create_managed())[0].unique_identifier
+    succeeded_v21(client, activate(uid))
+    return uid
+
+
+def test_a_row_changed_in_the_database_is_refused_even_after_use(tmp_path: Path) -> None:
+    core = _with_metrics(tmp_path)
+    core.kcm("core", "service", "add", "demo", "legacy")
+    core.start()
+    try:
+        app, legacy = core.client("app"), core.client("legacy")
+        # Another service's key, used (unwrapped, cached) before it is moved to the app's.
+        theirs = _active_key(legacy)
+        succeeded_v21(legacy, get(theirs), encrypt(theirs))
+        assert send_v21(app, get(theirs))[0].result_reason == ResultReason.PERMISSION_DENIED
+        # The app's own service key (L3), used to make an L4 (unwrapped, cached).
+        succeeded_v21(app, create_l4())
+        with _db(core) as db:
+            (l3,) = db.execute("SELECT uid FROM managed_objects WHERE tenant = 'demo' AND "
+                               "level = ? AND service = 'app'", (LEVEL_SERVICE_KEY,)).fetchone()
+            db.execute("UPDATE managed_objects SET service = 'app' WHERE uid = ?", (theirs,))
+            db.execute("UPDATE managed_objects SET level = NULL, key_version = NULL "
+                       "WHERE uid = ?", (l3,))
+        # The revision as it was: the object cache's entries (the rows as they were, and
+        # the keys unwrapped under them) are all that is used; nothing is served.
+        for answer in send_v21(app, get(theirs), encrypt(theirs), get(l3), encrypt(l3)):
+            assert answer.result_status == ResultStatus.OPERATION_FAILED
+        # The revision raised too, as kcm-core would: the rows are read as changed.
+        with _db(core) as db:
+            db.execute("UPDATE managed_objects SET revision = revision + 1 WHERE uid IN (?, ?)",
+                       (theirs, l3))
+        for answer in send_v21(app, get(theirs), encrypt(theirs), get(l3)):
+            _refused(answer)
+        # (an Encrypt naming an L3 is the L4 engine's, which finds service keys by level)
+        assert send_v21(app, encrypt(l3))[0].result_reason == ResultReason.OBJECT_NOT_FOUND
+        log = core.log.read_text()
+        for uid in (theirs, l3):
+            assert re.search(rf"object {uid} of tenant demo refused: its row does not match "
+                             "its wrapping", log), log[-3000:]
+        refused = len(re.findall(r"refused: its row does not match its wrapping", log))
+        assert refused >= 3 and _metric(core, "kcm_core_wrapping_mismatches_total") == refused
+        # The rows put back as they were are served again.
+        with _db(core) as db:
+            db.execute("UPDATE managed_objects SET service = 'legacy', revision = revision + 1 "
+                       "WHERE uid = ?", (theirs,))
+            db.execute("UPDATE managed_objects SET level = ?, key_version = 1, "
+                       "revision = revision + 1 WHERE uid = ?", (LEVEL_SERVICE_KEY, l3))
+        succeeded_v21(legacy, get(theirs), encrypt(theirs))
+    finally:
+        core.stop()
+
+
+def test_a_service_key_moved_to_another_service_is_not_sent_to_a_gateway(
+        tmp_path: Path) -> None:
+    """Another service's L3 moved to the app's service, as its newest version: the gateway's
+    fetch of the app's service keys (FetchServiceKey) is refused, not served that key."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.kcm("core", "service", "add", "demo", "legacy")
+    with _db(core) as db:
+        (theirs,) = db.execute("SELECT uid FROM managed_objects WHERE tenant = 'demo' AND "
+                               "level = ? AND service = 'legacy'",
+                               (LEVEL_SERVICE_KEY,)).fetchone()
+        db.execute("UPDATE managed_objects SET service = 'app', key_version = 2, "
+                   "revision = revision + 1 WHERE uid = ?", (theirs,))
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=())
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        with gateway.client("app") as app:
+            [answer] = send_v21(app, create_l4())
+        assert answer.result_status == ResultStatus.OPERATION_FAILED, answer
+        assert re.search(rf"object {theirs} of tenant demo refused: its row does not match "
+                         "its wrapping", core.log.read_text())
+    finally:
+        gateway.stop()
+        core.stop()
+
+
+def _to_v1(core: CoreProcess) -> int:
+    """Every blob of the database wrapped again in the version 1 format, as the previous
+    release wrote them (bound to tenant and uid only); how many."""
+    l1 = keys.load_l1(core.root / "l1.key")
+    with _db(core) as db:
+        rows = db.execute("SELECT uid, tenant, object_type, level, service, key_version, "
+                          "wrapped_by, material FROM managed_objects "
+                          "WHERE material IS NOT NULL").fetchall()
+        clear, l2_keys = {}, {}
+        for row in sorted(rows, key=lambda r: r[6] != WRAPPED_BY_L1):  # the L2s first
+            uid, tenant, wrapped_by, blob = row[0], row[1], row[6], row[7]
+            assert blob[0] == keys.WRAP_VERSION
+            kek = l1 if wrapped_by == WRAPPED_BY_L1 else l2_keys[wrapped_by]
+            clear[uid] = keys.unwrap(kek, blob, aad=Binding(tenant, uid, *row[2:6]).aad())
+            if wrapped_by == WRAPPED_BY_L1:
+                l2_keys[uid] = clear[uid]
+            kek_of = kek
+            db.execute("UPDATE managed_objects SET material = ? WHERE uid = ?", (
+                keys.wrap(kek_of, clear[uid], aad=keys.object_aad(tenant, uid), version=1), uid))
+    return len(rows)
+
+
+def _versions(core: CoreProcess) -> dict[int, int]:
+    with _db(core) as db:
+        return dict(db.execute("SELECT substr(material, 1, 1), count(*) FROM managed_objects "
+                               "WHERE material IS NOT NULL GROUP BY 1").fetchall())
+
+
+def test_a_v1_database_is_refused_without_accept_v1_then_served_and_rewrapped(
+        tmp_path: Path) -> None:
+    core = _with_metrics(tmp_path)
+    core.start()
+    try:
+        app = core.client("app")
+        uid = _active_key(app)
+        sealed = succeeded_v21(app, encrypt(uid, b"before"))[0]
+        key = succeeded_v21(app, get(uid))[0].object.key_block.key_value.key_material
+    finally:
+        core.stop()
+    total = _to_v1(core)
+    assert _versions(core) == {b"\x01": total}
+    # accept_v1_wrapping = false: refused like a tampered row, and left as it is.
+    _set(core, accept_v1_wrapping=False)
+    core.start()
+    try:
+        for answer in send_v21(core.client("app"), get(uid), encrypt(uid)):
+            _refused(answer)
+        wait_until(lambda: _metric(core, "kcm_core_v1_wrapped_objects") == total,
+                   "the v1 blobs counted")
+        assert "accept_v1_wrapping is false" in core.log.read_text()
+        time.sleep(1.5)  # (sweeps)
+        assert _versions(core) == {b"\x01": total}
+    finally:
+        core.stop()
+    # The default (true): served at once, and re-wrapped in the background.
+    core.write_config()
+    core.start()
+    try:
+        app = core.client("app")
+        assert succeeded_v21(app, get(uid))[0].object.key_block.key_value.key_material == key
+        wait_until(lambda: _versions(core) == {b"\x02": total}, "every blob re-wrapped",
+                   timeout=30)
+        wait_until(lambda: _metric(core, "kcm_core_v1_wrapped_objects") == 0,
+                   "the gauge at 0", timeout=30)
+        assert succeeded_v21(app, get(uid))[0].object.key_block.key_value.key_material == key
+        succeeded_v21(app, decrypt_sealed(uid, sealed), encrypt(uid, b"after"), create_l4())
+        # Re-wrapped as version 2: a change of its service (to none, which the app may
+        # read) is now refused.
+        with _db(core) as db:
+            db.execute("UPDATE managed_objects SET service = NULL, revision = revision + 1 "
+                       "WHERE uid = ?", (uid,))
+        _refused(send_v21(app, get(uid))[0])
+    finally:
+        core.stop()

@@ -31,10 +31,11 @@ from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
 from kcm.core import keys
-from kcm.core.keyring import Keyring, WrappingMismatch
+from kcm.core.keyring import Keyring
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
 from kcm.core.store.schema import ManagedObject
+from kcm.kmip.errors import KmipError
 
 __all__ = ["BATCH", "COUNT_INTERVAL", "PAUSE", "WINDOW", "Upgraded", "WrapUpgrade",
            "upgrade_step"]
@@ -108,16 +109,23 @@ class WrapUpgrade:
             rows = rows[:self._batch]
         count = refused = 0
         for row in rows:
-            if not self._keyring.accept_v1 or repository.in_session(session, row.uid):
-                refused += not self._keyring.accept_v1
+            if not self._keyring.accept_v1:
+                refused += 1  # (left as it is: refused when read)
+                continue
+            if repository.in_session(session, row.uid):
                 continue  # (a row a request of the group holds: the next walk's)
             try:
                 blob = self._keyring.rewrap(session, row)
-            except WrappingMismatch:
-                refused += 1  # (logged and counted by the keyring)
+            except KmipError:
+                # A row that does not match its wrapping (WrappingMismatch: logged and
+                # counted by the keyring), or whose tenant key is gone (a tenant being
+                # removed): left as it is, the walk goes on.
+                refused += 1
                 continue
             repository.update_columns(session, row, material=blob)
             count += 1
+        # (Where the walk is moves on now; should the sweep's transaction not commit, what
+        # this window re-wrapped is the next walk's, and the count corrects the gauge.)
         newest = session.scalar(select(func.max(ManagedObject.created_seq))) or 0
         left = self._left_in_walk + refused
         if end < newest:

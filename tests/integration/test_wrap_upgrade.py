@@ -101,3 +101,25 @@ def test_v1_blobs_are_left_alone_and_refused_when_not_accepted(core: CoreHarness
     assert outcome == [Upgraded(0, total, False)]
     assert upgrade.left == total and _versions(core) == [1] * total
     assert refusing.mismatches == 0  # (not even tried)
+
+
+def test_a_v1_blob_that_does_not_open_is_left_and_the_walk_goes_on(core: CoreHarness) -> None:
+    """A version 1 row that does not open (changed in the database) is refused, logged and
+    counted by the keyring, left as it is, and counted in what is left; so is one whose
+    tenant key is gone (a tenant being removed); the others are re-wrapped all the same."""
+    uid, orphan = register(core), register(core)
+    total = _to_v1(core)
+    core.store.run_sync(lambda s: s.execute(update(ManagedObject).where(
+        ManagedObject.uid == orphan).values(wrapped_by="gone")))
+
+    def tamper(session) -> None:  # noqa: ANN001
+        blob = session.scalar(select(ManagedObject.material).where(ManagedObject.uid == uid))
+        session.execute(update(ManagedObject).where(ManagedObject.uid == uid).values(
+            material=blob[:-1] + bytes([blob[-1] ^ 1])))
+
+    core.store.run_sync(tamper)
+    upgrade = WrapUpgrade(core.keyring, window=100_000)
+    outcome = core.store.run_sync(lambda s: upgrade.step(s, time.time()))
+    assert outcome == [Upgraded(total - 2, 2, False)]
+    assert upgrade.left == 2 and core.keyring.mismatches == 1
+    assert _versions(core) == [1, 1] + [2] * (total - 2)

@@ -277,6 +277,8 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
     else:
         yield Finding(ERROR, f"core.database: {SchemaTooNew(current, head)}")
         return
+    if not config.accept_v1_wrapping:
+        yield from _v1_refused(url)
     if l1 is None:
         return
     store = Store(url, threads=1)
@@ -294,6 +296,32 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
         yield Finding(ERROR, f"core.{setting}: {refusal}")
     else:
         yield Finding(OK, f"core.{setting}: its check value is the database's")
+
+
+def _v1_refused(url: str) -> Iterator[Finding]:
+    """With ``accept_v1_wrapping`` false: a warning if the database holds version 1 blobs
+    (a restored copy backed up before the thirty-ninth sitting), which kcm-core refuses."""
+    from kcm.cli.core_cmd import run_in_store
+    from kcm.core.store.engine import Store
+    from kcm.core.wrap_upgrade import v1_blobs
+
+    store = Store(url, threads=1)
+    try:
+        count = run_in_store(store, v1_blobs, write=False)
+    except CommandError as e:
+        yield Finding(ERROR, f"core.database: {e}")
+        return
+    finally:
+        store.stopService()
+    if count:
+        yield Finding(WARNING, f"core.accept_v1_wrapping: false, and {v1_refusal(count)}")
+
+
+def v1_refusal(count: int) -> str:
+    """What ``count`` version 1 blobs mean with ``accept_v1_wrapping`` false."""
+    return (f"the database holds {count:,} objects wrapped in the version 1 format (a copy "
+            "backed up before the thirty-ninth sitting?): kcm-core refuses them; set it "
+            "true until kcm_core_v1_wrapped_objects reads 0")
 
 
 def _read_only(url: str) -> str | None:

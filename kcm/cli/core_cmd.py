@@ -418,6 +418,13 @@ def _run_init(args: argparse.Namespace) -> int:
         print(f"audit chain keyed: record {anchor.seq} anchors the {anchor.seq - 1} records "
               "written before")
     print(f"{lineage}" + (" (raised: a restored copy)" if args.restored else ""))
+    if not config.accept_v1_wrapping:
+        from kcm.cli.config_cmd import v1_refusal
+        from kcm.core.wrap_upgrade import v1_blobs
+
+        count = store.run_sync(v1_blobs, write=False)
+        if count:
+            print(f"warning: accept_v1_wrapping is false, and {v1_refusal(count)}")
     if unnamed and unnamed[-1]:
         print("note: the copy had no deployment id (backed up before this release): it is "
               "given the one its L1 key gives, the original's unless the L1 key was rotated "

@@ -38,7 +38,7 @@ from kcm.core.store.schema import ManagedObject
 from kcm.kmip.errors import KmipError
 
 __all__ = ["BATCH", "COUNT_INTERVAL", "PAUSE", "WINDOW", "Upgraded", "WrapUpgrade",
-           "upgrade_step"]
+           "upgrade_step", "v1_blobs"]
 
 #: Objects whose ``created_seq`` one sweep looks at, at most.
 WINDOW = 20_000
@@ -55,6 +55,13 @@ _V1 = bytes([keys.WRAP_VERSION_V1])
 
 def _is_v1() -> Any:
     return func.substr(ManagedObject.material, 1, 1) == _V1
+
+
+def v1_blobs(session: Session) -> int:
+    """How many objects' key material is wrapped in the version 1 format (a read of every
+    object's first byte of material)."""
+    return session.scalar(select(func.count()).select_from(ManagedObject).where(
+        ManagedObject.material.is_not(None), _is_v1())) or 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +145,7 @@ class WrapUpgrade:
         return [Upgraded(count, refused, more)] if count or refused else []
 
     def _count(self, session: Session) -> int:
-        return session.scalar(select(func.count()).select_from(ManagedObject).where(
-            ManagedObject.material.is_not(None), _is_v1())) or 0
+        return v1_blobs(session)
 
     def refresh(self, store: Store) -> Any:
         """Count the version 1 blobs left again (a Deferred; a failure is logged, the last

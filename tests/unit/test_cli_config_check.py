@@ -445,3 +445,34 @@ def _read(paths):
 
     return (x509.load_pem_x509_certificate(paths.cert.read_bytes()),
             serialization.load_pem_private_key(paths.key.read_bytes(), password=None))
+
+
+def _as_v1(config: Path) -> int:
+    """Every blob's format byte made version 1's (a copy backed up before the thirty-ninth
+    sitting, as the count sees it); how many."""
+    store = Store(f"sqlite:///{config.parent / 'kcm.db'}", threads=1)
+    try:
+        return store.run_sync(lambda s: s.execute(text(
+            "UPDATE managed_objects SET material = CAST(X'01' || substr(material, 2) AS BLOB) "
+            "WHERE material IS NOT NULL")).rowcount)
+    finally:
+        store.stopService()
+
+
+def test_v1_blobs_with_accept_v1_wrapping_false_are_warned_about_by_check_and_init(
+        core: Path, capsys) -> None:
+    assert main(["core", "tenant", "add", "demo", "-c", str(core)]) == 0
+    capsys.readouterr()
+    count = _as_v1(core)
+    assert count >= 1
+    status, lines = check(capsys, core)  # (true, the default: re-wrapped by the sweeper)
+    assert status == 0 and not [line for line in lines if "core.accept_v1" in line], lines
+    core.write_text(core.read_text().replace("[core]\n", "[core]\naccept_v1_wrapping = false\n"))
+    status, lines = check(capsys, core)
+    assert status == 0
+    found(lines, "warning", f"core.accept_v1_wrapping: false, and the database holds {count} "
+                            "objects wrapped in the version 1 format", "set it true until "
+                            "kcm_core_v1_wrapped_objects reads 0")
+    assert main(["core", "init", "--restored", "-c", str(core)]) == 0
+    assert f"warning: accept_v1_wrapping is false, and the database holds {count} objects" \
+        in capsys.readouterr().out

@@ -54,6 +54,15 @@ def managed_indexes(url: str) -> dict[str, list[str]]:
         engine.dispose()
 
 
+def tenant_columns(url: str) -> set[str]:
+    """The names of the ``tenants`` table's columns as the database has them."""
+    engine = open_engine(url)
+    try:
+        return {column["name"] for column in inspect(engine).get_columns("tenants")}
+    finally:
+        engine.dispose()
+
+
 def downgrade(url: str, revision: str) -> None:
     """Alembic's downgrade of the database at ``url`` to ``revision``."""
     engine = open_engine(url)

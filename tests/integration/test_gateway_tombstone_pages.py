@@ -214,16 +214,6 @@ def test_a_restarted_gateway_pages_in_1001_tombstones_and_serves_their_version_a
         assert metric(gateway, "kcm_gateway_l3_tombstones_overflowed") == b"0.0"
         assert float(metric(gateway, "kcm_gateway_l4_tombstones")) == REVOKED
 
-        before = last_seq(core_process)
-        with gateway.client("app") as app:
-            for _ in range(4):
-                succeeded_v21(app, *[encrypt(live, b"a customer record")] * BATCH)
-            assert refusals(send_v21(app, encrypt(revoked[0]), get(revoked[-1]),
-                                     encrypt(revoked[REVOKED // 2]))) == [
-                ResultReason.OBJECT_NOT_FOUND] * 3
-        # Served at the gateway: no record of them at the core (a forwarded L4 request
-        # is audited there, one record each).
-        operations = [row["operation"] for row in audit_rows(core_process, before)]
-        assert not {"ENCRYPT", "GET"} & set(operations), operations
+        served_here(core_process, gateway, revoked, live)
     finally:
         gateway.stop()

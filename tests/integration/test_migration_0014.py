@@ -25,6 +25,7 @@ from tests.migration_support import (
     keyed_store,
     managed_rows,
     provision_both_tenants,
+    tenant_columns,
     tenants_as_before,
     tenants_as_now,
 )
@@ -33,14 +34,6 @@ from tests.migration_support import (
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from empty_database(request, tmp_path)
-
-
-def _tenant_columns(url: str) -> set[str]:
-    engine = open_engine(url)
-    try:
-        return {column["name"] for column in inspect(engine).get_columns("tenants")}
-    finally:
-        engine.dispose()
 
 
 def _stored(store: Store) -> dict[str, tuple[int, int | None]]:
@@ -95,7 +88,7 @@ def test_0013_to_0014_counts_each_tenant_s_objects_and_tombstones(db_url: str) -
     finally:
         store.stopService()
     tenants_as_before(db_url)
-    assert "stored" not in _tenant_columns(db_url)
+    assert "stored" not in tenant_columns(db_url)
 
     upgrade(db_url, "0014")
     assert current_revision(db_url) == "0014"
@@ -115,7 +108,7 @@ def test_0013_to_0014_counts_each_tenant_s_objects_and_tombstones(db_url: str) -
 
     downgrade(db_url, "0013")
     assert current_revision(db_url) == "0013"
-    assert {"stored", "max_objects"}.isdisjoint(_tenant_columns(db_url))
+    assert {"stored", "max_objects"}.isdisjoint(tenant_columns(db_url))
     engine = open_engine(db_url)
     try:
         with engine.connect() as connection:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select, update
+from sqlalchemy import select, update
 
 from kcm.core.request_rates import _read_own
 from kcm.core.store.engine import open_engine
@@ -22,6 +22,7 @@ from tests.migration_support import (
     keyed_store,
     managed_rows,
     provision_both_tenants,
+    tenant_columns,
     tenants_as_before,
     tenants_as_now,
 )
@@ -30,14 +31,6 @@ from tests.migration_support import (
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from empty_database(request, tmp_path)
-
-
-def _tenant_columns(url: str) -> set[str]:
-    engine = open_engine(url)
-    try:
-        return {column["name"] for column in inspect(engine).get_columns("tenants")}
-    finally:
-        engine.dispose()
 
 
 def test_0014_to_0015_gives_each_tenant_the_core_s_rate_and_back(db_url: str) -> None:
@@ -53,11 +46,11 @@ def test_0014_to_0015_gives_each_tenant_the_core_s_rate_and_back(db_url: str) ->
     finally:
         store.stopService()
     tenants_as_before(db_url, since="0015")
-    assert "requests_per_second" not in _tenant_columns(db_url)
+    assert "requests_per_second" not in tenant_columns(db_url)
 
     upgrade(db_url, "0015")
     assert current_revision(db_url) == "0015"
-    assert {"requests_per_second", "request_burst"} <= _tenant_columns(db_url)
+    assert {"requests_per_second", "request_burst"} <= tenant_columns(db_url)
     store, _ = keyed_store(db_url)
     try:
         assert managed_rows(store) == before
@@ -72,7 +65,7 @@ def test_0014_to_0015_gives_each_tenant_the_core_s_rate_and_back(db_url: str) ->
 
     downgrade(db_url, "0014")
     assert current_revision(db_url) == "0014"
-    assert {"requests_per_second", "request_burst"}.isdisjoint(_tenant_columns(db_url))
+    assert {"requests_per_second", "request_burst"}.isdisjoint(tenant_columns(db_url))
     engine = open_engine(db_url)
     try:
         with engine.connect() as connection:

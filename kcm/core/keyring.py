@@ -37,9 +37,15 @@ from kcm.core.l1_file import FileL1
 from kcm.core.os_random import mix_into_os_pool
 from kcm.core.store import repository
 from kcm.core.store.savepoints import on_rollback
-from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1, ManagedObject
+from kcm.core.store.schema import (
+    LEVEL_SERVICE_KEY,
+    LEVEL_TENANT_KEY,
+    WRAPPED_BY_L1,
+    ManagedObject,
+)
 from kcm.kmip.enums import ObjectType, ResultReason
 from kcm.kmip.errors import KmipError
+from kcm.l4.identifiers import L3_PREFIX
 
 log = Logger()
 
@@ -89,6 +95,35 @@ class Binding(NamedTuple):
 def tenant_key_binding(tenant: str, uid: str) -> Binding:
     """The binding of an L2 (a Symmetric Key of its tenant, of no service or version)."""
     return Binding(tenant, uid, int(ObjectType.SYMMETRIC_KEY), LEVEL_TENANT_KEY, None, None)
+
+
+def v1_row_refused(row: Any) -> str | None:
+    """Why ``row``, whose blob is version 1 (bound to its tenant and uid only), is not a row
+    kcm-core writes (None: it may be). Its level, service, key version and object type are
+    not authenticated, but they must agree with its uid (an L3's is ``l3-...``, no other
+    object's is) and with what wraps it (L1 wraps the tenant keys and nothing else): a
+    service key made to look like an application's object is refused when read, and never
+    re-wrapped as version 2 bound to what the database writer wrote."""
+    is_l3_uid = row.uid.startswith(L3_PREFIX)
+    if row.level == LEVEL_SERVICE_KEY:
+        if not is_l3_uid:
+            return "is a service key without a service key's identifier"
+        if row.service is None or row.key_version is None:
+            return "is a service key without a service or version"
+    elif is_l3_uid:
+        return "has a service key's identifier but is not one"
+    elif row.level == LEVEL_TENANT_KEY:
+        if row.wrapped_by != WRAPPED_BY_L1:
+            return "is a tenant key not wrapped by L1"
+        if row.service is not None or row.key_version is not None:
+            return "is a tenant key with a service or version"
+    elif row.level is not None:
+        return f"has an unknown level {row.level}"
+    elif row.key_version is not None:
+        return "is an ordinary object with a key version"
+    if row.level is not None and int(row.object_type) != int(ObjectType.SYMMETRIC_KEY):
+        return "is a tenant or service key that is not a symmetric key"
+    return None
 
 
 class WrappingMismatch(KmipError):
@@ -353,6 +388,9 @@ class Keyring:
         if version == keys.WRAP_VERSION_V1:
             if not self.accept_v1:
                 raise self._mismatch(row, "a version 1 blob, and accept_v1_wrapping is false")
+            why = v1_row_refused(row)
+            if why is not None:
+                raise self._mismatch(row, f"a version 1 blob whose row {why}")
             return keys.object_aad(row.tenant, row.uid)
         raise self._mismatch(row, f"unknown blob version {version}")
 

@@ -206,3 +206,38 @@ def test_a_v1_database_is_refused_without_accept_v1_then_served_and_rewrapped(
         _refused(send_v21(app, get(uid))[0])
     finally:
         core.stop()
+
+
+def test_a_v1_service_key_made_an_applications_object_is_not_laundered(
+        tmp_path: Path) -> None:
+    """A database of the previous release (version 1 blobs: tenant and uid only) whose
+    writer made the app's service key (L3) look like an ordinary object of the app's,
+    before this release's sweeper re-wrapped it: the app is not served it, the sweeper
+    does not re-wrap it as version 2 bound to those columns (which would open for ever,
+    with ``accept_v1_wrapping = false`` too), and it stays refused once false is set."""
+    core = _with_metrics(tmp_path)
+    with _db(core) as db:
+        (l3,) = db.execute("SELECT uid FROM managed_objects WHERE tenant = 'demo' AND "
+                           "level = ? AND service = 'app'", (LEVEL_SERVICE_KEY,)).fetchone()
+    core.kcm("core", "service", "rotate", "demo", "app")  # (the app stays provisioned)
+    total = _to_v1(core)
+    with _db(core) as db:
+        db.execute("UPDATE managed_objects SET level = NULL, key_version = NULL, "
+                   "revision = revision + 1 WHERE uid = ?", (l3,))
+    core.start()
+    try:
+        _refused(send_v21(core.client("app"), get(l3))[0])
+        wait_until(lambda: _versions(core) == {b"\x01": 1, b"\x02": total - 1},
+                   "the others re-wrapped", timeout=30)
+        wait_until(lambda: _metric(core, "kcm_core_v1_wrapped_objects") == 1,
+                   "the tampered row left", timeout=30)
+        assert re.search(rf"object {l3} of tenant demo refused: .*a version 1 blob whose "
+                         "row has a service key's identifier", core.log.read_text())
+    finally:
+        core.stop()
+    _set(core, accept_v1_wrapping=False)
+    core.start()
+    try:
+        _refused(send_v21(core.client("app"), get(l3))[0])
+    finally:
+        core.stop()

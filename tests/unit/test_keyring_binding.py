@@ -110,3 +110,62 @@ def test_every_wrap_writes_v2_bound_to_its_binding() -> None:
     with pytest.raises(ValueError, match="another object"):
         ring.wrap_for_tenant(None, "demo", "x", b"k",  # type: ignore[arg-type]
                              binding=Binding("demo", "y", 2, None, None, None))
+
+
+def _v1_l3_row() -> SimpleNamespace:
+    """A service key as the previous release wrote it (version 1: tenant and uid only)."""
+    blob = keys.wrap(L2_KEY, b"service key", aad=keys.object_aad("demo", "l3-1"), version=1)
+    return SimpleNamespace(tenant="demo", uid="l3-1", object_type=2, level=LEVEL_SERVICE_KEY,
+                           service="billing", key_version=1, material=blob,
+                           wrapped_by=L2_UID)
+
+
+@pytest.mark.parametrize("change", [
+    {"level": None, "key_version": None},  # a service key made an application's object
+    {"level": None, "key_version": None, "service": None},  # ... of no service
+    {"level": None},
+    {"key_version": None}, {"service": None}, {"object_type": 7}, {"level": 4},
+    {"level": LEVEL_TENANT_KEY, "service": None, "key_version": None},
+])
+def test_a_v1_row_no_release_writes_is_refused_not_laundered(change: dict) -> None:
+    """A version 1 blob binds tenant and uid only: a row whose columns are those of no row
+    kcm-core writes (a service key's uid without its level, service and version; a level
+    unknown; a tenant key not wrapped by L1) is refused when read and never re-wrapped as
+    version 2 bound to what the database writer wrote."""
+    ring = _ring()
+    row = _v1_l3_row()
+    assert ring.unwrap(None, row) == b"service key"  # type: ignore[arg-type]
+    for column, value in change.items():
+        setattr(row, column, value)
+    with pytest.raises(WrappingMismatch, match="version 1"):
+        ring.unwrap(None, row)  # type: ignore[arg-type]
+    with pytest.raises(WrappingMismatch, match="version 1"):
+        ring.rewrap(None, row)  # type: ignore[arg-type]
+    assert ring.mismatches == 2
+
+
+def test_an_ordinary_v1_row_given_a_service_key_uid_shape_is_refused() -> None:
+    ring = _ring()
+    row = _v1_row(ring)
+    row.level, row.key_version = LEVEL_SERVICE_KEY, 1  # an application's key made an L3
+    with pytest.raises(WrappingMismatch, match="version 1"):
+        ring.unwrap(None, row)  # type: ignore[arg-type]
+    row = _v1_row(ring)
+    row.key_version = 3  # (an ordinary object has no key version)
+    with pytest.raises(WrappingMismatch, match="version 1"):
+        ring.rewrap(None, row)  # type: ignore[arg-type]
+
+
+def test_legitimate_v1_rows_of_every_level_open_and_rewrap() -> None:
+    ring = _ring()
+    l2 = SimpleNamespace(tenant="demo", uid="l2-b", object_type=2, level=LEVEL_TENANT_KEY,
+                         service=None, key_version=None, wrapped_by=WRAPPED_BY_L1,
+                         material=ring._master().wrap(
+                             b"K" * 32, aad=keys.object_aad("demo", "l2-b"),
+                             random_bytes=os.urandom, version=1))
+    for row in (l2, _v1_l3_row(), _v1_row(ring)):
+        plain = ring.unwrap(None, row)  # type: ignore[arg-type]
+        row.material = ring.rewrap(None, row)  # type: ignore[arg-type]
+        assert row.material[0] == 2
+        assert ring.unwrap(None, row) == plain  # type: ignore[arg-type]
+    assert ring.mismatches == 0

@@ -242,7 +242,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         _sweep_step(rotate_managed_due, keyring=keyring, trust_domain=trust_domain,
                     min_rotate_interval=config.limits.min_rotate_interval),
         _sweep_step(rotate_tenant_keys_due, keyring=keyring),
-        _sweep_step(rewrap_step, keyring=keyring),
+        _sweep_step(rewrap_step, keyring=keyring, refused=set()),
         _sweep_step(upgrade_step, upgrade=upgrade),
         _sweep_step(purge_spent),
         _sweep_step(prune_outbox, retention=config.outbox_retention),

@@ -36,7 +36,7 @@ from kcm.core import managed, rotation_schedule
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.hierarchy import provision_tenant
-from kcm.core.keyring import Binding, Keyring
+from kcm.core.keyring import Binding, Keyring, WrappingMismatch
 from kcm.core.rotation_policy import effective, made_or_activated, policies
 from kcm.core.store import repository
 from kcm.core.store.schema import (
@@ -76,11 +76,16 @@ class Rewrapped:
     new: str
     count: int
     more: bool
+    #: Rows left under ``old``: they do not match their wrapping (the keyring logged them).
+    refused: int = 0
 
     def __str__(self) -> str:
-        rest = "; more to move" if self.more else "; none left under it"
+        rest = ("; more to move" if self.more else "; the rest refused, left under it"
+                if self.refused else "; none left under it")
+        refused = (f" ({self.refused} refused: not matching their wrapping)"
+                   if self.refused else "")
         return (f"re-wrapped {self.count} objects of {self.tenant} from tenant key {self.old} "
-                f"to {self.new}{rest}")
+                f"to {self.new}{refused}{rest}")
 
 
 @dataclass(slots=True)
@@ -173,9 +178,15 @@ def rotate_tenant_keys_due(session: Session, keyring: Keyring, now: float) -> li
 
 
 def rewrap_step(session: Session, keyring: Keyring, now: float, *,
-                batch: int = REWRAP_BATCH) -> list[Rewrapped]:
+                batch: int = REWRAP_BATCH, refused: set[str] | None = None) -> list[Rewrapped]:
     """Move one batch of objects from a retired L2 to its tenant's current one (the first
     retired L2 that still wraps something and whose tenant has a current L2).
+
+    A row that does not match its wrapping (:class:`WrappingMismatch`: changed in the
+    database, or a version 1 blob refused; logged and counted by the keyring) is left
+    under the retired L2, which is then kept, and its uid added to ``refused`` (the
+    sweeper's, for the life of the process), which no later batch reads again: one such
+    row no longer fails the step at every sweep, nor stops the rest of its tenant's move.
 
     Only the retired L2s that still wrap something are read, found by the database (one
     probe of the index on ``wrapped_by`` each): a retired L2 keeps its material until it
@@ -198,8 +209,11 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         # which a sweep shares with the requests of its group commit (a step rolled back
         # midway left rows there with what it undid). A row a request of the group holds is
         # left to the next batch.
+        query = wrapped_by(old.uid)
+        if refused:
+            query = query.where(ManagedObject.uid.not_in(refused))
         rows = [repository.ObjectColumns(*row) for row in session.execute(
-            wrapped_by(old.uid).limit(batch + 1))]
+            query.limit(batch + 1))]
         rows = [row for row in rows if row.tenant == old.tenant  # (all are: the L2's tenant)
                 and not repository.in_session(session, row.uid)]
         if not rows:
@@ -208,16 +222,25 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         if current is None:
             continue  # nothing to move it to (a tenant whose every L2 was revoked)
         keyring.forget_current(old.tenant)
-        moved = []
+        moved, left = [], 0
         for row in rows[:batch]:
-            plaintext = keyring.unwrap(session, row)
+            try:
+                plaintext = keyring.unwrap(session, row)
+            except WrappingMismatch:
+                if refused is not None:
+                    refused.add(row.uid)
+                left += 1
+                continue
             blob, l2 = keyring.wrap_for_tenant(session, row.tenant, row.uid, plaintext,
                                                binding=Binding.of(row))
             # (one UPDATE straight to the driver: the ORM's flush of each row took most of
             # a batch's 35 ms on the writer)
             repository.update_columns(session, row, material=blob, wrapped_by=l2)
             moved.append(row.uid)
-        done = Rewrapped(old.tenant, old.uid, current.uid, len(moved), len(rows) > batch)
+        done = Rewrapped(old.tenant, old.uid, current.uid, len(moved), len(rows) > batch,
+                         left)
+        if not moved:
+            return [done]
         append_audit(session, AuditEvent(
             principal="kcm-core/rotation", operation=AUDIT_OPERATION, result_status="SUCCESS",
             correlation_id=new_correlation_id(), source="state-sweeper", tenant=old.tenant,

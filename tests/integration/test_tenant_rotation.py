@@ -258,3 +258,33 @@ def test_a_sweep_step_rolled_back_takes_its_audit_records_along(core: CoreHarnes
     stored = core.store.run_sync(lambda s: list(s.scalars(select(AuditLog.operation).where(
         AuditLog.operation.in_(("SweepRecord", "FailedStepRecord"))))))
     assert stored == ["SweepRecord"]
+
+
+def test_a_row_that_does_not_match_its_wrapping_is_left_and_the_rewrap_goes_on(
+        core: CoreHarness) -> None:
+    """A row changed in the database (its service, under wrap format version 2) among the
+    objects a retired tenant key wraps: refused once (logged, counted), left under the
+    retired key (kept), and the others moved; the step does not fail at every sweep."""
+    from sqlalchemy import update
+
+    objects = [register(core, attributes=[PAST]) for _ in range(5)]
+    core.store.run_sync(lambda s: s.execute(update(ManagedObject).where(
+        ManagedObject.uid == objects[0]).values(service="elsewhere",
+                                                revision=ManagedObject.revision + 1)))
+    old_l2 = core.store.run_sync(lambda s: repository.find_l2(s, "demo").uid)
+    new_l2, _ = _rotate(core)
+    refused: set[str] = set()
+    batches = []
+    for _ in range(10):
+        done = core.store.run_sync(lambda s: rewrap_step(s, core.keyring, 2_000_000_001,
+                                                         batch=3, refused=refused))
+        if not done:
+            break
+        batches += done
+    assert refused == {objects[0]} and core.keyring.mismatches == 1
+    assert sum(b.count for b in batches) == 4 + 2 and sum(b.refused for b in batches) == 1
+    counts = core.store.run_sync(lambda s: wrapped_counts(s, "demo"))
+    assert counts[old_l2] == 1 and counts[new_l2] == 4 + 2  # (and the two L3s)
+    for uid in objects[1:]:
+        ok(core, Operation.GET, GetRequest(unique_identifier=uid))
+    assert "1 refused" in str(next(b for b in batches if b.refused))

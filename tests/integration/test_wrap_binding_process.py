@@ -241,3 +241,28 @@ def test_a_v1_service_key_made_an_applications_object_is_not_laundered(
         _refused(send_v21(core.client("app"), get(l3))[0])
     finally:
         core.stop()
+
+
+def test_a_changed_row_does_not_stop_a_tenant_key_rotations_rewrap(tmp_path: Path) -> None:
+    """A row changed in the database among those a rotated tenant key wraps: the running
+    core's sweeper moves the others, leaves that one (refused once), and does not fail its
+    re-wrap step at every sweep."""
+    core = _with_metrics(tmp_path)
+    core.start()
+    try:
+        app = core.client("app")
+        uids = [_active_key(app) for _ in range(3)]
+        with _db(core) as db:
+            db.execute("UPDATE managed_objects SET service = NULL, revision = revision + 1 "
+                       "WHERE uid = ?", (uids[0],))
+        core.kcm("core", "tenant", "rotate", "demo")
+        wait_until(lambda: "1 refused" in core.log.read_text(), "the re-wrap done",
+                   timeout=30)
+        time.sleep(1.5)  # (sweeps)
+        log = core.log.read_text()
+        assert "step rewrap_step failed" not in log, log[-3000:]
+        assert len(re.findall(rf"object {uids[0]} of tenant demo refused", log)) == 1
+        for uid in uids[1:]:
+            succeeded_v21(app, get(uid), encrypt(uid))
+    finally:
+        core.stop()

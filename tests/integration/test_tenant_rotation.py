@@ -275,9 +275,9 @@ def test_a_row_that_does_not_match_its_wrapping_is_left_and_the_rewrap_goes_on(
     new_l2, _ = _rotate(core)
     refused: set[str] = set()
     batches = []
-    for _ in range(10):
+    for _ in range(20):  # (batches of one: one of them the refused row alone)
         done = core.store.run_sync(lambda s: rewrap_step(s, core.keyring, 2_000_000_001,
-                                                         batch=3, refused=refused))
+                                                         batch=1, refused=refused))
         if not done:
             break
         batches += done
@@ -288,3 +288,7 @@ def test_a_row_that_does_not_match_its_wrapping_is_left_and_the_rewrap_goes_on(
     for uid in objects[1:]:
         ok(core, Operation.GET, GetRequest(unique_identifier=uid))
     assert "1 refused" in str(next(b for b in batches if b.refused))
+    # An audit record for each batch that moved something, none for one that did not.
+    counts = core.store.run_sync(lambda s: [json.loads(r.detail)["count"] for r in s.scalars(
+        select(AuditLog).where(AuditLog.operation == "RewrapObjects"))])
+    assert sum(counts) == 4 + 2 and 0 not in counts

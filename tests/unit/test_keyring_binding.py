@@ -169,3 +169,56 @@ def test_legitimate_v1_rows_of_every_level_open_and_rewrap() -> None:
         assert row.material[0] == 2
         assert ring.unwrap(None, row) == plain  # type: ignore[arg-type]
     assert ring.mismatches == 0
+
+
+def _v1_l2_row(ring: Keyring, **columns: object) -> SimpleNamespace:
+    row = SimpleNamespace(tenant="demo", uid="l2-b", object_type=2, level=LEVEL_TENANT_KEY,
+                          service=None, key_version=None, wrapped_by=WRAPPED_BY_L1,
+                          material=ring._master().wrap(
+                              b"K" * 32, aad=keys.object_aad("demo", "l2-b"),
+                              random_bytes=os.urandom, version=1))
+    for column, value in columns.items():
+        setattr(row, column, value)
+    return row
+
+
+@pytest.mark.parametrize(("columns", "why"), [
+    # A tenant key made to look like an application's object, or given a service.
+    ({"level": None, "service": "app"}, "wrapped by L1 but not a tenant key"),
+    ({"service": "app"}, "a tenant key with a service or version"),
+    ({"key_version": 1}, "a tenant key with a service or version"),
+])
+def test_a_v1_tenant_key_row_changed_is_refused(columns: dict, why: str) -> None:
+    ring = _ring()
+    row = _v1_l2_row(ring, **columns)
+    with pytest.raises(WrappingMismatch, match=why):
+        ring.unwrap(None, row)  # type: ignore[arg-type]
+    assert ring.mismatches == 1
+
+
+@pytest.mark.parametrize(("columns", "why"), [
+    ({"level": LEVEL_TENANT_KEY}, "a tenant key not wrapped by L1"),  # made the tenant's key
+    ({"level": 4}, "an unknown level 4"),
+    ({"level": 0}, "an unknown level 0"),
+])
+def test_an_ordinary_v1_row_given_another_level_is_refused(columns: dict, why: str) -> None:
+    ring = _ring()
+    row = _v1_row(ring)
+    row.service = None
+    for column, value in columns.items():
+        setattr(row, column, value)
+    with pytest.raises(WrappingMismatch, match=why):
+        ring.unwrap(None, row)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("material", [b"", b"\x03" + bytes(40), b"\x00" + bytes(40)])
+def test_a_blob_of_no_known_version_is_a_mismatch(material: bytes) -> None:
+    """Empty (not NULL) material, or a version byte no release writes: refused, logged and
+    counted like a changed row, whether version 1 is accepted or not."""
+    for accept_v1 in (True, False):
+        ring = _ring(accept_v1=accept_v1)
+        row = _v1_row(ring)
+        row.material = material
+        with pytest.raises(WrappingMismatch, match="unknown blob version"):
+            ring.unwrap(None, row)  # type: ignore[arg-type]
+        assert ring.mismatches == 1

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from kcm.core import events
 from kcm.core.attribute_blob import encode_attributes
 from kcm.core.attribute_rules import HIERARCHY_USAGE_MASK
-from kcm.core.keyring import Binding, Keyring
+from kcm.core.keyring import Binding, Keyring, flags_of
 from kcm.core.managed import encode_material
 from kcm.core.operations.create import server_attributes
 from kcm.core.store import repository
@@ -58,7 +58,8 @@ def provision_tenant(session: Session, keyring: Keyring, tenant: str, *, now: in
     repository.insert_object(
         session, uid=uid, tenant=tenant, object_type=ObjectType.SYMMETRIC_KEY,
         state=State.ACTIVE, attributes=encode_attributes(attributes),
-        material=keyring.wrap_tenant_key(tenant, uid, key), wrapped_by=WRAPPED_BY_L1,
+        material=keyring.wrap_tenant_key(tenant, uid, key, flags_of(attributes)),
+        wrapped_by=WRAPPED_BY_L1,
         level=LEVEL_TENANT_KEY, cryptographic_algorithm=CryptographicAlgorithm.AES,
         cryptographic_length=256, cryptographic_usage_mask=_KEY_USAGE,
         names=[(tenant_key_name(tenant), NameType.UNINTERPRETED_TEXT_STRING)],
@@ -76,7 +77,8 @@ def provision_service(session: Session, keyring: Keyring, tenant: str, service: 
     material = _material(keyring.random_bytes(32))
     blob, wrapped_by = keyring.wrap_for_tenant(
         session, tenant, uid, material, binding=Binding(
-            tenant, uid, int(ObjectType.SYMMETRIC_KEY), LEVEL_SERVICE_KEY, service, version))
+            tenant, uid, int(ObjectType.SYMMETRIC_KEY), LEVEL_SERVICE_KEY, service, version,
+            *flags_of(attributes)))
     repository.insert_object(
         session, uid=uid, tenant=tenant, object_type=ObjectType.SYMMETRIC_KEY,
         state=State.ACTIVE, attributes=encode_attributes(attributes), material=blob,

@@ -8,10 +8,11 @@ L1 is a :class:`kcm.core.l1.L1Key`: a key file's bytes (:mod:`kcm.core.l1_file`)
 a PKCS#11 token (:mod:`kcm.core.l1_pkcs11`); the keyring only asks it to wrap and unwrap.
 
 Every wrap writes version 2 (:func:`kcm.core.keys.object_aad_v2`): the blob is bound to the
-row's tenant, uid, object type, level, service and key version (:class:`Binding`), and an
-unwrap builds them from the row as read. A row whose columns were changed in the database
-(an L3 made to look like an ordinary object, another service's key moved to an
-application's) then fails: :class:`WrappingMismatch`, General Failure, logged at error
+row's tenant, uid, object type, level, service and key version, and to the object's
+effective Extractable and Sensitive (:class:`Binding`, :class:`Flags`), and an unwrap builds
+them from the row as read. A row whose columns or flags were changed in the database (an
+L3 made to look like an ordinary object, another service's key moved to an application's,
+a key made Extractable) then fails: :class:`WrappingMismatch`, General Failure, logged at error
 level and counted (:attr:`Keyring.mismatches`). A version 1 blob (tenant and uid only) is
 opened while ``accept_v1`` (``[core] accept_v1_wrapping``) and re-wrapped as version 2 by
 :meth:`Keyring.rewrap` (:mod:`kcm.core.wrap_upgrade`); refused like a tampered row without.
@@ -19,12 +20,13 @@ opened while ``accept_v1`` (``[core] accept_v1_wrapping``) and re-wrapped as ver
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from sqlalchemy import event
@@ -32,6 +34,7 @@ from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
 from kcm.core import keys
+from kcm.core.attribute_blob import decode_attributes
 from kcm.core.l1 import L1Key
 from kcm.core.l1_file import FileL1
 from kcm.core.os_random import mix_into_os_pool
@@ -43,8 +46,10 @@ from kcm.core.store.schema import (
     WRAPPED_BY_L1,
     ManagedObject,
 )
+from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import ObjectType, ResultReason
 from kcm.kmip.errors import KmipError
+from kcm.kmip.tags import Tag
 from kcm.l4.identifiers import L3_PREFIX
 
 log = Logger()
@@ -68,10 +73,66 @@ CURRENT_L2_READ_INFO = "kcm.keyring.current_l2_read"
 MISMATCH_MESSAGE = "the stored object failed its integrity check"
 
 
+class Flags(NamedTuple):
+    """An object's effective Extractable and Sensitive: whether its material may leave the
+    server (Get, Derive Key), and whether in the clear. Absent, each is the server's
+    default (:data:`kcm.core.server_info.DEFAULT_ATTRIBUTES`), as Get reads them."""
+
+    extractable: bool
+    sensitive: bool
+
+
+#: The flags of an object with neither attribute.
+DEFAULT_FLAGS = Flags(True, False)
+
+
+def flags_of(attributes: Iterable[Attribute]) -> Flags:
+    """The effective flags of an object with ``attributes`` (the first of each tag, as
+    :meth:`kcm.core.managed.StoredObject.value` reads it): Extractable unless False,
+    Sensitive only if True."""
+    extractable = sensitive = None
+    for attribute in attributes:
+        tag = attribute.tag
+        if tag == _EXTRACTABLE:
+            if extractable is None:
+                extractable = attribute.typed is not False
+        elif tag == _SENSITIVE and sensitive is None:
+            sensitive = attribute.typed is True
+    return Flags(True if extractable is None else extractable, bool(sensitive))
+
+
+def row_flags(row: Any) -> Flags:
+    """The effective flags of a stored row, from its attribute blob as read (decoded, but
+    for a small blob read lately: a tenant or service key's, read again at each use; a
+    caller that has the decoded attributes gives :func:`flags_of` them instead)."""
+    blob = row.attributes
+    if not blob:
+        return DEFAULT_FLAGS
+    blob = bytes(blob)
+    if len(blob) <= FLAGS_MEMO_BLOB_BYTES:
+        return _blob_flags(blob)
+    return flags_of(decode_attributes(blob))
+
+
+#: Attribute blobs this small have their flags remembered, by content (at most
+#: :data:`FLAGS_MEMO_SIZE` of them).
+FLAGS_MEMO_BLOB_BYTES = 4096
+FLAGS_MEMO_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=FLAGS_MEMO_SIZE)
+def _blob_flags(blob: bytes) -> Flags:
+    return flags_of(decode_attributes(blob))
+
+
+_EXTRACTABLE, _SENSITIVE = int(Tag.EXTRACTABLE), int(Tag.SENSITIVE)
+
+
 class Binding(NamedTuple):
     """What a version 2 blob is bound to: the columns of its row that decide who may read
-    it, besides its tenant and uid. Part of the keyring's cache key of an unwrapped
-    material, so a row changed after it was unwrapped is never answered from the cache."""
+    it, besides its tenant and uid, and its effective :class:`Flags`. Part of the keyring's
+    cache key of an unwrapped material, so a row changed after it was unwrapped is never
+    answered from the cache."""
 
     tenant: str
     uid: str
@@ -79,22 +140,33 @@ class Binding(NamedTuple):
     level: int | None
     service: str | None
     key_version: int | None
+    extractable: bool
+    sensitive: bool
 
     @classmethod
-    def of(cls, row: Any) -> Binding:
-        """The binding of a stored row (an ORM object or the store's columns), as read."""
+    def of(cls, row: Any, flags: Flags | None = None) -> Binding:
+        """The binding of a stored row (an ORM object or the store's columns), as read;
+        ``flags``: its attributes' (:func:`flags_of`), else read from its attribute blob."""
+        if flags is None:
+            flags = row_flags(row)
         return cls(row.tenant, row.uid, int(row.object_type), row.level, row.service,
-                   row.key_version)
+                   row.key_version, flags[0], flags[1])
+
+    @property
+    def flags(self) -> Flags:
+        return Flags(self.extractable, self.sensitive)
 
     def aad(self) -> bytes:
         return keys.object_aad_v2(self.tenant, self.uid, object_type=self.object_type,
                                   level=self.level, service=self.service,
-                                  key_version=self.key_version)
+                                  key_version=self.key_version,
+                                  extractable=self.extractable, sensitive=self.sensitive)
 
 
-def tenant_key_binding(tenant: str, uid: str) -> Binding:
+def tenant_key_binding(tenant: str, uid: str, flags: Flags) -> Binding:
     """The binding of an L2 (a Symmetric Key of its tenant, of no service or version)."""
-    return Binding(tenant, uid, int(ObjectType.SYMMETRIC_KEY), LEVEL_TENANT_KEY, None, None)
+    return Binding(tenant, uid, int(ObjectType.SYMMETRIC_KEY), LEVEL_TENANT_KEY, None, None,
+                   flags[0], flags[1])
 
 
 def v1_row_refused(row: Any) -> str | None:
@@ -316,13 +388,16 @@ class Keyring:
         if cached is not None and cached[0] == uid:
             self._current_l2.pop(tenant, None)
 
-    def unwrap(self, session: Session, row: ManagedObject) -> bytes:
-        """The plaintext material of a stored object (which must still have material)."""
+    def unwrap(self, session: Session, row: ManagedObject, flags: Flags | None = None
+               ) -> bytes:
+        """The plaintext material of a stored object (which must still have material).
+        ``flags``: the object's as read (:func:`flags_of` its decoded attributes); without,
+        its attribute blob is decoded for them."""
         if row.material is None:
             # (destroyed, perhaps by another core: what this keyring kept of it goes now)
             self.forget_material(row.tenant, row.uid)
             raise KmipError(ResultReason.KEY_VALUE_NOT_PRESENT, "the object has no key value")
-        binding = Binding.of(row)
+        binding = Binding.of(row, flags or self.row_flags(row))
         cache_key = (row.tenant, row.uid, bytes(row.material), binding)
         now = self._clock()
         with self._unwrapped_lock:
@@ -332,7 +407,7 @@ class Keyring:
                     self._unwrapped.move_to_end(cache_key)
                     return kept[0]
                 del self._unwrapped[cache_key]
-        plaintext = self._unwrap(session, row)
+        plaintext = self._unwrap(session, row, binding)
         with self._unwrapped_lock:
             if cache_key[:3] not in self._destroyed:
                 self._unwrapped[cache_key] = (plaintext, now)
@@ -384,7 +459,7 @@ class Keyring:
         """The associated data of ``row``'s blob, by its version, from the row as read."""
         version = keys.blob_version(row.material)
         if version == keys.WRAP_VERSION:
-            return (binding or Binding.of(row)).aad()
+            return (binding or Binding.of(row, self.row_flags(row))).aad()
         if version == keys.WRAP_VERSION_V1:
             if not self.accept_v1:
                 raise self._mismatch(row, "a version 1 blob, and accept_v1_wrapping is false")
@@ -393,6 +468,15 @@ class Keyring:
                 raise self._mismatch(row, f"a version 1 blob whose row {why}")
             return keys.object_aad(row.tenant, row.uid)
         raise self._mismatch(row, f"unknown blob version {version}")
+
+    def row_flags(self, row: Any) -> Flags:
+        """:func:`row_flags`; an attribute blob that does not decode is a row that does not
+        match its wrapping (:class:`WrappingMismatch`, logged and counted), not an error
+        that would fail a sweeper's step at every sweep."""
+        try:
+            return row_flags(row)
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+            raise self._mismatch(row, "its attributes do not decode") from e
 
     def _mismatch(self, row: Any, why: str) -> WrappingMismatch:
         """Log and count a row that does not match its wrapping; the error to raise."""
@@ -414,14 +498,15 @@ class Keyring:
         except keys.UnwrapError as e:
             raise self._mismatch(row, "it fails authentication") from e
 
-    def _unwrap(self, session: Session, row: ManagedObject) -> bytes:
+    def _unwrap(self, session: Session, row: ManagedObject,
+                binding: Binding | None = None) -> bytes:
         assert row.material is not None
         material = bytes(row.material)
         if row.wrapped_by == WRAPPED_BY_L1:
             if row.level != LEVEL_TENANT_KEY:
                 raise self._mismatch(row, "wrapped by L1 but not a tenant key")
             master = self._master()
-            return self._open(row, lambda aad: master.unwrap(material, aad=aad))
+            return self._open(row, lambda aad: master.unwrap(material, aad=aad), binding)
         known = self._l2_by_uid.get(row.wrapped_by)
         if known is None or self._clock() - self._l2_read_at.get(
                 row.wrapped_by, 0.0) >= self._kept_ttl:
@@ -431,15 +516,21 @@ class Keyring:
                                 "the key wrapping this object is missing")
             known = self._l2_key(l2)
         kek = known
-        return self._open(row, lambda aad: keys.unwrap(kek, material, aad=aad))
+        return self._open(row, lambda aad: keys.unwrap(kek, material, aad=aad), binding)
 
-    def rewrap(self, session: Session, row: Any) -> bytes:
+    def rewrap(self, session: Session, row: Any, flags: Flags | None = None,
+               new_flags: Flags | None = None) -> bytes:
         """``row``'s material wrapped again as version 2, under the key that wraps it now
-        (its ``wrapped_by`` stays), bound to its columns as read: the upgrade of a version
-        1 blob (:mod:`kcm.core.wrap_upgrade`). Raises :class:`WrappingMismatch` (logged
-        and counted) if the blob does not open, or is version 1 and those are refused."""
-        plaintext = self._unwrap(session, row)
-        binding = Binding.of(row)
+        (its ``wrapped_by`` stays), bound to its columns as read and to ``new_flags``
+        (``flags`` if None): the upgrade of a version 1 blob (:mod:`kcm.core.wrap_upgrade`),
+        or a change of the object's Extractable or Sensitive (:func:`kcm.core.managed.save`).
+        ``flags``: the row's as read (:func:`flags_of`; else its attribute blob is decoded).
+        Raises :class:`WrappingMismatch` (logged and counted) if the blob does not open
+        (bound to ``flags``), or is version 1 and those are refused."""
+        binding = Binding.of(row, flags or self.row_flags(row))
+        plaintext = self._unwrap(session, row, binding)
+        if new_flags is not None:
+            binding = binding._replace(extractable=new_flags[0], sensitive=new_flags[1])
         if row.wrapped_by == WRAPPED_BY_L1:
             return self._master().wrap(plaintext, aad=binding.aad(),
                                        random_bytes=self._random_bytes)
@@ -466,9 +557,10 @@ class Keyring:
                 self._l2_uids_of.setdefault(l2.tenant, set()).add(l2.uid)
         return key
 
-    def wrap_tenant_key(self, tenant: str, uid: str, key: bytes) -> bytes:
-        """Wrap a new L2 under L1 (bound to :func:`tenant_key_binding`)."""
-        return self._master().wrap(key, aad=tenant_key_binding(tenant, uid).aad(),
+    def wrap_tenant_key(self, tenant: str, uid: str, key: bytes, flags: Flags) -> bytes:
+        """Wrap a new L2 under L1 (bound to :func:`tenant_key_binding`); ``flags``: its
+        attributes' (:func:`flags_of`)."""
+        return self._master().wrap(key, aad=tenant_key_binding(tenant, uid, flags).aad(),
                                    random_bytes=self._random_bytes)
 
 

@@ -7,9 +7,11 @@ Wrapped blob::
 The version byte is authenticated together with the caller's associated data, which for a
 stored object depends on the version: version 2 (written since this release),
 :func:`object_aad_v2`, binds its tenant, uid, object type, level, service and key version
-(what decides who may read it); version 1, :func:`object_aad`, its tenant and uid only. A
-blob copied onto another object, or into another tenant, fails to unwrap; so does a version
-2 blob whose row was given another level, service, key version or object type. L2s are
+(what decides who may read it) and its effective Extractable and Sensitive (whether its
+material may leave the server, and in the clear); version 1, :func:`object_aad`, its
+tenant and uid only. A blob copied onto another object, or into another tenant, fails to
+unwrap; so does a version 2 blob whose row was given another level, service, key version
+or object type, or whose attributes were given another Extractable or Sensitive. L2s are
 wrapped under L1; L3s and ordinary managed objects under their tenant's L2.
 
 Keys derived from L1 (never stored; recomputed from the key file when needed):
@@ -165,12 +167,17 @@ def object_aad(tenant: str, uid: str) -> bytes:
 
 
 def object_aad_v2(tenant: str, uid: str, *, object_type: int, level: int | None,
-                  service: str | None, key_version: int | None) -> bytes:
-    """The associated data of a version 2 blob: the stored object's tenant and uid, and the
-    columns that decide who may read it (its object type, level, service and key version).
+                  service: str | None, key_version: int | None, extractable: bool,
+                  sensitive: bool) -> bytes:
+    """The associated data of a version 2 blob: the stored object's tenant and uid, the
+    columns that decide who may read it (its object type, level, service and key version),
+    and its effective Extractable and Sensitive (an absent attribute is the server's
+    default: Extractable True, Sensitive False), which decide whether its material leaves
+    the server, and in the clear.
 
     Every field length-prefixed or of fixed size, and each column that may be NULL marked
-    present or absent, so no two rows' data are alike (a NULL service is not any name).
+    present or absent, so no two rows' data are alike (a NULL service is not any name); the
+    two flags end it, one byte each (0 or 1).
     """
     tenant_bytes, uid_bytes = tenant.encode("utf-8"), uid.encode("utf-8")
     parts = [_V2_LABEL, _LENGTH.pack(len(tenant_bytes)), tenant_bytes,
@@ -182,6 +189,7 @@ def object_aad_v2(tenant: str, uid: str, *, object_type: int, level: int | None,
         service_bytes = service.encode("utf-8")
         parts += (_PRESENT_LENGTH.pack(1, len(service_bytes)), service_bytes)
     parts.append(_ABSENT if key_version is None else _PRESENT_NUMBER.pack(1, key_version))
+    parts.append(_FLAGS[bool(extractable), bool(sensitive)])
     return b"".join(parts)
 
 
@@ -191,6 +199,7 @@ _LENGTH = struct.Struct(">I")
 _NUMBER = struct.Struct(">q")
 _PRESENT_NUMBER = struct.Struct(">Bq")
 _PRESENT_LENGTH = struct.Struct(">BI")
+_FLAGS = {(e, s): bytes([e, s]) for e in (False, True) for s in (False, True)}
 
 
 def blob_version(blob: bytes) -> int | None:

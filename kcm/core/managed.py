@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from kcm.core import attribute_keys, events, policy
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.context import OperationContext
-from kcm.core.keyring import Binding
+from kcm.core.keyring import Binding, Flags, flags_of
 from kcm.core.store import repository
 from kcm.core.store.object_cache import (
     CACHE_EPOCH_INFO,
@@ -417,9 +417,10 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
     attributes = _usage_limits_as_stored(attributes)
     material = wrapped_by = None
     if managed_object is not None:
+        flags = flags_of(attributes)  # (as stored: the transaction does not change them)
         material, wrapped_by = ctx.keyring.wrap_for_tenant(
             ctx.session, tenant, uid, encode_material(managed_object), binding=Binding(
-                tenant, uid, int(object_type), level, service, key_version))
+                tenant, uid, int(object_type), level, service, key_version, *flags))
     obj = StoredObject(_NewRow(uid, tenant, level), attributes)
     columns = _columns(obj)
     row = repository.insert_object(
@@ -467,6 +468,7 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     columns = _columns(obj)
     encoded = _encoded_attributes(obj.attributes, obj._stored, len(obj.row.attributes or b""))
     _charge(ctx, len(obj.attributes), len(encoded))
+    _rebind(ctx, obj, columns)
     _update(ctx, obj, attributes=encoded, **columns)
     # The Locate copies of Names, Object Groups, Links and vendor attributes are rewritten
     # only when they changed (a state change leaves them alone): one UPDATE in all for most
@@ -485,6 +487,18 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     obj._stored = tuple(obj.attributes)
     if obj.level == LEVEL_SERVICE_KEY and columns["state"] != stored_state:
         events.l3_state(ctx, obj.tenant, obj.uid, obj.row.service, columns["state"])
+
+
+def _rebind(ctx: OperationContext, obj: StoredObject, columns: dict[str, Any]) -> None:
+    """The material of an object whose Extractable or Sensitive this change sets, clears or
+    changes, wrapped again bound to its flags as they will be stored (opened bound to
+    them as read): added to ``columns``. (Saving is where every change passes: Add, Modify,
+    Set, Delete Attribute, Adjust, ...)"""
+    if obj.row.material is None:
+        return  # (destroyed: nothing bound)
+    stored, new = flags_of(obj._stored), flags_of(obj.attributes)
+    if stored != new:
+        columns["material"] = ctx.keyring.rewrap(ctx.session, obj.row, stored, new)
 
 
 def _settle_history(obj: StoredObject) -> None:
@@ -506,7 +520,13 @@ def _update(ctx: OperationContext, obj: StoredObject, **changes: Any) -> None:
 
 def material(ctx: OperationContext, obj: StoredObject) -> Struct | Item:
     """The object's KMIP structure in the clear (a model object or a raw Item)."""
-    return decode_material(ctx.keyring.unwrap(ctx.session, obj.row))
+    return decode_material(ctx.keyring.unwrap(ctx.session, obj.row, stored_flags(obj)))
+
+
+def stored_flags(obj: StoredObject) -> Flags:
+    """The object's Extractable and Sensitive as stored (its row's, which bind its
+    material), from its decoded attributes: no decoding again."""
+    return flags_of(obj._stored)
 
 
 def decode_material(blob: bytes) -> Struct | Item:

@@ -225,14 +225,15 @@ def rewrap_step(session: Session, keyring: Keyring, now: float, *,
         moved, left = [], 0
         for row in rows[:batch]:
             try:
-                plaintext = keyring.unwrap(session, row)
+                flags = keyring.row_flags(row)  # (decoded once: the unwrap's and the wrap's)
+                plaintext = keyring.unwrap(session, row, flags)
             except WrappingMismatch:
                 if refused is not None:
                     refused.add(row.uid)
                 left += 1
                 continue
             blob, l2 = keyring.wrap_for_tenant(session, row.tenant, row.uid, plaintext,
-                                               binding=Binding.of(row))
+                                               binding=Binding.of(row, flags))
             # (one UPDATE straight to the driver: the ORM's flush of each row took most of
             # a batch's 35 ms on the writer)
             repository.update_columns(session, row, material=blob, wrapped_by=l2)

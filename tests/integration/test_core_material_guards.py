@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from kcm.core.keyring import Keyring
+from kcm.core.keyring import DEFAULT_FLAGS, Keyring
 from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1
 from kcm.crypto import rsa_keys
 from kcm.kmip.attributes import Attribute, CryptographicParameters
@@ -539,8 +539,9 @@ def test_destroyed_material_is_not_cached_again() -> None:
     """A request that read the row before the Destroy and unwraps after it gets the
     material (its transaction's view), but the keyring does not keep it."""
     keyring = Keyring(os.urandom(32))
-    blob = keyring.wrap_tenant_key("demo", "uid-1", b"clear material")
-    row = SimpleNamespace(tenant="demo", uid="uid-1", material=blob, wrapped_by=WRAPPED_BY_L1,
+    blob = keyring.wrap_tenant_key("demo", "uid-1", b"clear material", DEFAULT_FLAGS)
+    row = SimpleNamespace(attributes=None, tenant="demo", uid="uid-1", material=blob,
+                          wrapped_by=WRAPPED_BY_L1,
                           object_type=2, level=LEVEL_TENANT_KEY, service=None, key_version=None)
     assert keyring.unwrap(None, row) == b"clear material"  # type: ignore[arg-type]
     assert len(keyring._unwrapped) == 1
@@ -549,9 +550,11 @@ def test_destroyed_material_is_not_cached_again() -> None:
     assert keyring.unwrap(None, row) == b"clear material"  # type: ignore[arg-type]
     assert not keyring._unwrapped
     # Forgetting without the material (a compromise) drops it, and caches it again later.
-    other = SimpleNamespace(tenant="demo", uid="uid-2", wrapped_by=WRAPPED_BY_L1, object_type=2,
+    other = SimpleNamespace(attributes=None, tenant="demo", uid="uid-2", wrapped_by=WRAPPED_BY_L1,
+                            object_type=2,
                             level=LEVEL_TENANT_KEY, service=None, key_version=None,
-                            material=keyring.wrap_tenant_key("demo", "uid-2", b"other"))
+                            material=keyring.wrap_tenant_key("demo", "uid-2", b"other",
+                                                             DEFAULT_FLAGS))
     keyring.unwrap(None, other)  # type: ignore[arg-type]
     keyring.forget_material("demo", "uid-2")
     assert not keyring._unwrapped

@@ -27,7 +27,7 @@ def test_current_l2_is_cached_for_its_ttl(core: CoreHarness,
 
     def wrap(uid: str) -> tuple[bytes, str]:
         return core.store.run_sync(lambda s: keyring.wrap_for_tenant(
-            s, "demo", uid, b"k", binding=Binding("demo", uid, 2, None, None, None)))
+            s, "demo", uid, b"k", binding=Binding("demo", uid, 2, None, None, None, True, False)))
 
     first = wrap("a")
     second = wrap("b")
@@ -66,7 +66,8 @@ def test_clear_keys_are_kept_no_longer_than_their_ttl(core: CoreHarness) -> None
     keyring = Keyring(core.keyring._l1, clock=lambda: now[0], kept_ttl=300.0)
     blob, l2_uid = core.store.run_sync(
         lambda s: keyring.wrap_for_tenant(s, "demo", "object", b"clear key",
-                                          binding=Binding("demo", "object", 2, None, None, None)))
+                                          binding=Binding("demo", "object", 2, None, None, None,
+                                                          True, False)))
     row = ManagedObject(tenant="demo", uid="object", material=blob, wrapped_by=l2_uid,
                         object_type=2)
 

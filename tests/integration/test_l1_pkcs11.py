@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.cmac import CMAC
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from kcm.core import keys
-from kcm.core.keyring import Keyring, tenant_key_binding
+from kcm.core.keyring import DEFAULT_FLAGS, Keyring, tenant_key_binding
 from kcm.core.l1 import L1Error, open_l1
 from kcm.core.l1_pkcs11 import Pkcs11L1, open_token_key
 from tests.softhsm import MODULE, SoftHsm
@@ -97,9 +97,10 @@ def test_token_results_match_the_documented_algorithms(softhsm: SoftHsm) -> None
 def test_the_keyring_wraps_l2s_through_the_token(softhsm: SoftHsm) -> None:
     l1, _ = open_l1("unused-key-file", softhsm.uri(), create=True)
     keyring = Keyring(l1)
-    blob = keyring.wrap_tenant_key("demo", "l2-uid", b"t" * 32)
+    blob = keyring.wrap_tenant_key("demo", "l2-uid", b"t" * 32, DEFAULT_FLAGS)
     assert blob[0] == keys.WRAP_VERSION
-    assert l1.unwrap(blob, aad=tenant_key_binding("demo", "l2-uid").aad()) == b"t" * 32
+    assert l1.unwrap(blob, aad=tenant_key_binding("demo", "l2-uid",
+                                                  DEFAULT_FLAGS).aad()) == b"t" * 32
     assert keyring.audit_key == l1.audit_key()
 
 

@@ -164,7 +164,7 @@ def test_a_core_drops_a_tenant_key_another_core_destroyed(core: CoreHarness) -> 
     now = [0.0]
     other = Keyring(core.keyring._l1, clock=lambda: now[0])
     old_l2 = core.store.run_sync(lambda s: other.wrap_for_tenant(
-        s, "demo", "x", b"k", binding=Binding("demo", "x", 2, None, None, None)))[1]
+        s, "demo", "x", b"k", binding=Binding("demo", "x", 2, None, None, None, True, False)))[1]
     old, new = _retire_l2(core, int(time.time()) - 100)
     assert old == old_l2 and old in other._l2_by_uid
     _rewrap_all(core)
@@ -172,7 +172,8 @@ def test_a_core_drops_a_tenant_key_another_core_destroyed(core: CoreHarness) -> 
        principal=admin_principal())
     now[0] += CURRENT_L2_TTL
     assert core.store.run_sync(lambda s: other.wrap_for_tenant(
-        s, "demo", "y", b"k", binding=Binding("demo", "y", 2, None, None, None)))[1] == new
+        s, "demo", "y", b"k", binding=Binding("demo", "y", 2, None, None, None, True,
+                                              False)))[1] == new
     with pytest.raises(KmipError, match="the tenant key was destroyed"):
         core.store.run_sync(lambda s: other._l2_key(repository.get_object(s, "demo", old)))
     assert old not in other._l2_by_uid

@@ -10,9 +10,10 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from kcm.core import keys
-from kcm.core.keyring import Binding
+from kcm.core.keyring import Binding, row_flags
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, WRAPPED_BY_L1
 from kcm.kmip.enums import ResultReason, ResultStatus
 from kcm.testing.processes import CoreProcess, GatewayProcess, free_port, scrape
@@ -138,14 +139,15 @@ def _to_v1(core: CoreProcess) -> int:
     l1 = keys.load_l1(core.root / "l1.key")
     with _db(core) as db:
         rows = db.execute("SELECT uid, tenant, object_type, level, service, key_version, "
-                          "wrapped_by, material FROM managed_objects "
+                          "wrapped_by, material, attributes FROM managed_objects "
                           "WHERE material IS NOT NULL").fetchall()
         clear, l2_keys = {}, {}
         for row in sorted(rows, key=lambda r: r[6] != WRAPPED_BY_L1):  # the L2s first
             uid, tenant, wrapped_by, blob = row[0], row[1], row[6], row[7]
             assert blob[0] == keys.WRAP_VERSION
             kek = l1 if wrapped_by == WRAPPED_BY_L1 else l2_keys[wrapped_by]
-            clear[uid] = keys.unwrap(kek, blob, aad=Binding(tenant, uid, *row[2:6]).aad())
+            clear[uid] = keys.unwrap(kek, blob, aad=Binding(
+                tenant, uid, *row[2:6], *row_flags(SimpleNamespace(attributes=row[8]))).aad())
             if wrapped_by == WRAPPED_BY_L1:
                 l2_keys[uid] = clear[uid]
             kek_of = kek

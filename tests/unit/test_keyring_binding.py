@@ -1,6 +1,7 @@
-"""The keyring binds what it wraps to the row's level, service, key version and object type
-(wrap format version 2), checks it from the row as read on every unwrap, cached or not, and
-opens a version 1 blob only while ``accept_v1`` (kcm.core.keyring)."""
+"""The keyring binds what it wraps to the row's level, service, key version and object type,
+and to the object's effective Extractable and Sensitive (wrap format version 2), checks it
+from the row as read on every unwrap, cached or not, and opens a version 1 blob only while
+``accept_v1`` (kcm.core.keyring)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,21 @@ from types import SimpleNamespace
 
 import pytest
 
-from kcm.core import keys
-from kcm.core.keyring import Binding, Keyring, WrappingMismatch
+from kcm.core import keys, server_info
+from kcm.core.attribute_blob import decode_attributes, encode_attributes
+from kcm.core.keyring import (
+    DEFAULT_FLAGS,
+    Binding,
+    Flags,
+    Keyring,
+    WrappingMismatch,
+    flags_of,
+    row_flags,
+)
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_BY_L1
+from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import ResultReason
+from kcm.kmip.tags import Tag
 
 L2_UID = "l2-uid"
 L2_KEY = bytes(range(32))
@@ -26,9 +38,10 @@ def _ring(**kwargs: object) -> Keyring:
 
 
 def _l3_row(ring: Keyring, material: bytes = b"service key") -> SimpleNamespace:
-    binding = Binding("demo", "l3-1", 2, LEVEL_SERVICE_KEY, "billing", 1)
+    binding = Binding("demo", "l3-1", 2, LEVEL_SERVICE_KEY, "billing", 1, True, False)
     blob = keys.wrap(L2_KEY, material, aad=binding.aad())
-    return SimpleNamespace(tenant="demo", uid="l3-1", object_type=2, level=LEVEL_SERVICE_KEY,
+    return SimpleNamespace(attributes=None, tenant="demo", uid="l3-1", object_type=2,
+                           level=LEVEL_SERVICE_KEY,
                            service="billing", key_version=1, material=blob,
                            wrapped_by=L2_UID)
 
@@ -62,9 +75,10 @@ def test_the_cache_is_keyed_by_the_binding() -> None:
 
 def test_an_l1_wrapped_row_must_be_a_tenant_key() -> None:
     ring = _ring()
-    row = SimpleNamespace(tenant="demo", uid="l2-b", object_type=2, level=LEVEL_TENANT_KEY,
+    row = SimpleNamespace(attributes=None, tenant="demo", uid="l2-b", object_type=2,
+                          level=LEVEL_TENANT_KEY,
                           service=None, key_version=None, wrapped_by=WRAPPED_BY_L1,
-                          material=ring.wrap_tenant_key("demo", "l2-b", b"K" * 32))
+                          material=ring.wrap_tenant_key("demo", "l2-b", b"K" * 32, DEFAULT_FLAGS))
     assert ring.unwrap(None, row) == b"K" * 32  # type: ignore[arg-type]
     row.level, row.service = None, "billing"  # an L2 made to look like an application's key
     with pytest.raises(WrappingMismatch):
@@ -73,7 +87,7 @@ def test_an_l1_wrapped_row_must_be_a_tenant_key() -> None:
 
 def _v1_row(ring: Keyring) -> SimpleNamespace:
     blob = keys.wrap(L2_KEY, b"old key", aad=keys.object_aad("demo", "obj-1"), version=1)
-    return SimpleNamespace(tenant="demo", uid="obj-1", object_type=2, level=None,
+    return SimpleNamespace(attributes=None, tenant="demo", uid="obj-1", object_type=2, level=None,
                            service="billing", key_version=None, material=blob,
                            wrapped_by=L2_UID)
 
@@ -103,19 +117,20 @@ def test_a_v1_blob_is_refused_when_not_accepted() -> None:
 
 def test_every_wrap_writes_v2_bound_to_its_binding() -> None:
     ring = _ring()
-    blob = ring.wrap_tenant_key("demo", "l2-c", b"K" * 32)
+    blob = ring.wrap_tenant_key("demo", "l2-c", b"K" * 32, DEFAULT_FLAGS)
     assert blob[0] == 2
-    binding = Binding("demo", "l2-c", 2, LEVEL_TENANT_KEY, None, None)
+    binding = Binding("demo", "l2-c", 2, LEVEL_TENANT_KEY, None, None, True, False)
     assert ring._master().unwrap(blob, aad=binding.aad()) == b"K" * 32
     with pytest.raises(ValueError, match="another object"):
         ring.wrap_for_tenant(None, "demo", "x", b"k",  # type: ignore[arg-type]
-                             binding=Binding("demo", "y", 2, None, None, None))
+                             binding=Binding("demo", "y", 2, None, None, None, True, False))
 
 
 def _v1_l3_row() -> SimpleNamespace:
     """A service key as the previous release wrote it (version 1: tenant and uid only)."""
     blob = keys.wrap(L2_KEY, b"service key", aad=keys.object_aad("demo", "l3-1"), version=1)
-    return SimpleNamespace(tenant="demo", uid="l3-1", object_type=2, level=LEVEL_SERVICE_KEY,
+    return SimpleNamespace(attributes=None, tenant="demo", uid="l3-1", object_type=2,
+                           level=LEVEL_SERVICE_KEY,
                            service="billing", key_version=1, material=blob,
                            wrapped_by=L2_UID)
 
@@ -158,7 +173,8 @@ def test_an_ordinary_v1_row_given_a_service_key_uid_shape_is_refused() -> None:
 
 def test_legitimate_v1_rows_of_every_level_open_and_rewrap() -> None:
     ring = _ring()
-    l2 = SimpleNamespace(tenant="demo", uid="l2-b", object_type=2, level=LEVEL_TENANT_KEY,
+    l2 = SimpleNamespace(attributes=None, tenant="demo", uid="l2-b", object_type=2,
+                         level=LEVEL_TENANT_KEY,
                          service=None, key_version=None, wrapped_by=WRAPPED_BY_L1,
                          material=ring._master().wrap(
                              b"K" * 32, aad=keys.object_aad("demo", "l2-b"),
@@ -172,7 +188,8 @@ def test_legitimate_v1_rows_of_every_level_open_and_rewrap() -> None:
 
 
 def _v1_l2_row(ring: Keyring, **columns: object) -> SimpleNamespace:
-    row = SimpleNamespace(tenant="demo", uid="l2-b", object_type=2, level=LEVEL_TENANT_KEY,
+    row = SimpleNamespace(attributes=None, tenant="demo", uid="l2-b", object_type=2,
+                          level=LEVEL_TENANT_KEY,
                           service=None, key_version=None, wrapped_by=WRAPPED_BY_L1,
                           material=ring._master().wrap(
                               b"K" * 32, aad=keys.object_aad("demo", "l2-b"),
@@ -222,3 +239,90 @@ def test_a_blob_of_no_known_version_is_a_mismatch(material: bytes) -> None:
         with pytest.raises(WrappingMismatch, match="unknown blob version"):
             ring.unwrap(None, row)  # type: ignore[arg-type]
         assert ring.mismatches == 1
+
+
+def _flagged_row(ring: Keyring, *flags: Attribute) -> SimpleNamespace:
+    """An application's key whose stored attributes carry ``flags``, wrapped as kcm-core
+    wraps it (bound to their effective values)."""
+    attributes = [Attribute.of(Tag.CRYPTOGRAPHIC_LENGTH, 256), *flags]
+    binding = Binding("demo", "obj-f", 2, None, "app", None, *flags_of(attributes))
+    return SimpleNamespace(attributes=encode_attributes(attributes), tenant="demo",
+                           uid="obj-f", object_type=2, level=None, service="app",
+                           key_version=None, wrapped_by=L2_UID,
+                           material=keys.wrap(L2_KEY, b"the key", aad=binding.aad()))
+
+
+def test_the_effective_flags_are_read_as_get_reads_them() -> None:
+    """Absent: the server's defaults (Extractable True, Sensitive False); the first of
+    each counts (StoredObject.value)."""
+    assert DEFAULT_FLAGS == Flags(True, False) == flags_of([])
+    assert server_info.DEFAULT_ATTRIBUTES[Tag.EXTRACTABLE][1] is DEFAULT_FLAGS.extractable
+    assert server_info.DEFAULT_ATTRIBUTES[Tag.SENSITIVE][1] is DEFAULT_FLAGS.sensitive
+    ext, sens = Tag.EXTRACTABLE, Tag.SENSITIVE
+    assert flags_of([Attribute.of(ext, False)]) == Flags(False, False)
+    assert flags_of([Attribute.of(sens, True)]) == Flags(True, True)
+    assert flags_of([Attribute.of(sens, True), Attribute.of(ext, False),
+                     Attribute.of(sens, False), Attribute.of(ext, True)]) == Flags(False, True)
+    assert row_flags(SimpleNamespace(attributes=None)) == DEFAULT_FLAGS
+    assert row_flags(SimpleNamespace(attributes=encode_attributes(
+        [Attribute.of(ext, False), Attribute.of(sens, True)]))) == Flags(False, True)
+
+
+@pytest.mark.parametrize(("stored", "edited"), [
+    (Attribute.of(Tag.EXTRACTABLE, False), Attribute.of(Tag.EXTRACTABLE, True)),
+    (Attribute.of(Tag.SENSITIVE, True), Attribute.of(Tag.SENSITIVE, False)),
+    (Attribute.of(Tag.EXTRACTABLE, False), None),  # (removed: the default, True)
+    (Attribute.of(Tag.SENSITIVE, True), None),
+])
+def test_a_flag_changed_in_the_attribute_blob_is_refused_even_after_use(
+        stored: Attribute, edited: Attribute | None) -> None:
+    ring = _ring()
+    row = _flagged_row(ring, stored)
+    assert ring.unwrap(None, row) == b"the key"  # type: ignore[arg-type]
+    assert ring.unwrap(None, row, row_flags(row)) == b"the key"  # type: ignore[arg-type]
+    attributes = [a for a in decode_attributes(row.attributes) if a.tag != stored.tag]
+    row.attributes = encode_attributes(attributes + ([edited] if edited else []))
+    with pytest.raises(WrappingMismatch, match="fails authentication"):
+        ring.unwrap(None, row)  # type: ignore[arg-type]
+    with pytest.raises(WrappingMismatch):
+        ring.unwrap(None, row, row_flags(row))  # type: ignore[arg-type]
+    with pytest.raises(WrappingMismatch):
+        ring.rewrap(None, row)  # type: ignore[arg-type]
+    assert ring.mismatches == 3
+
+
+def test_rewrap_with_new_flags_opens_under_the_old_and_binds_the_new() -> None:
+    ring = _ring()
+    row = _flagged_row(ring, Attribute.of(Tag.SENSITIVE, True))
+    old = Flags(True, True)
+    with pytest.raises(WrappingMismatch):  # (opened bound to the flags as read only)
+        ring.rewrap(None, row, DEFAULT_FLAGS, old)  # type: ignore[arg-type]
+    row.material = ring.rewrap(None, row, old, DEFAULT_FLAGS)  # type: ignore[arg-type]
+    assert row.material[0] == keys.WRAP_VERSION
+    assert ring.unwrap(None, row, DEFAULT_FLAGS) == b"the key"  # type: ignore[arg-type]
+    with pytest.raises(WrappingMismatch):
+        ring.unwrap(None, row, old)  # type: ignore[arg-type]
+
+
+def test_a_v1_blob_is_rewrapped_bound_to_the_flags_its_row_says() -> None:
+    ring = _ring()
+    row = _v1_row(ring)
+    row.attributes = encode_attributes([Attribute.of(Tag.EXTRACTABLE, False)])
+    row.material = ring.rewrap(None, row)  # type: ignore[arg-type]
+    assert ring.unwrap(None, row, Flags(False, False)) == b"old key"  # type: ignore[arg-type]
+    with pytest.raises(WrappingMismatch):
+        ring.unwrap(None, row, DEFAULT_FLAGS)  # type: ignore[arg-type]
+
+
+def test_an_attribute_blob_that_does_not_decode_is_a_mismatch() -> None:
+    """Not an error that would fail the re-wrap walk's step at every sweep."""
+    ring = _ring()
+    row = _flagged_row(ring, Attribute.of(Tag.SENSITIVE, True))
+    row.attributes = row.attributes[:-3]
+    with pytest.raises(WrappingMismatch, match="its attributes do not decode"):
+        ring.unwrap(None, row)  # type: ignore[arg-type]
+    v1 = _v1_row(ring)
+    v1.attributes = b"\x42\x00"
+    with pytest.raises(WrappingMismatch, match="its attributes do not decode"):
+        ring.rewrap(None, v1)  # type: ignore[arg-type]
+    assert ring.mismatches == 2

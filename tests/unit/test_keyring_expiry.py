@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-from kcm.core.keyring import Keyring
+from kcm.core.keyring import DEFAULT_FLAGS, Keyring
 
 
 class _Hooked(dict):
@@ -37,9 +37,10 @@ def test_an_l2_unwrapped_again_while_it_expires_is_still_expired_later() -> None
     now = [1000.0]
     ring = Keyring(bytes(32), clock=lambda: now[0], kept_ttl=300.0)
     ring._l2_by_uid = _Hooked()
-    l2 = SimpleNamespace(tenant="t", uid="l2", level=2, object_type=2, service=None,
+    l2 = SimpleNamespace(attributes=None, tenant="t", uid="l2", level=2, object_type=2,
+                         service=None,
                          key_version=None,
-                         material=ring.wrap_tenant_key("t", "l2", b"K" * 32))
+                         material=ring.wrap_tenant_key("t", "l2", b"K" * 32, DEFAULT_FLAGS))
     assert ring._l2_key(l2) == b"K" * 32
     now[0] += 301  # expired, for the reactor's expire and a store thread's next use alike
     _Hooked.hook = lambda: ring._l2_key(l2)

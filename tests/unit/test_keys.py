@@ -178,9 +178,11 @@ def test_object_aad_is_unambiguous() -> None:
 
 def _v2(tenant: str = "t1", uid: str = "uid-1", object_type: int = 2,
         level: int | None = None, service: str | None = None,
-        key_version: int | None = None) -> bytes:
+        key_version: int | None = None, extractable: bool = True,
+        sensitive: bool = False) -> bytes:
     return object_aad_v2(tenant, uid, object_type=object_type, level=level, service=service,
-                         key_version=key_version)
+                         key_version=key_version, extractable=extractable,
+                         sensitive=sensitive)
 
 
 def test_v2_aad_binds_what_decides_who_may_read_the_object() -> None:
@@ -197,6 +199,8 @@ def test_v2_aad_binds_what_decides_who_may_read_the_object() -> None:
                     _v2(object_type=3, level=3, service="billing", key_version=1),
                     _v2(tenant="t2", level=3, service="billing", key_version=1),
                     _v2(uid="uid-2", level=3, service="billing", key_version=1),
+                    _v2(level=3, service="billing", key_version=1, extractable=False),
+                    _v2(level=3, service="billing", key_version=1, sensitive=True),
                     object_aad("t1", "uid-1")):  # (the version 1 data)
         with pytest.raises(UnwrapError):
             unwrap(KEK, blob, aad=changed)
@@ -208,10 +212,13 @@ def test_v2_aad_is_unambiguous() -> None:
     different = [_v2(), _v2(service=""), _v2(service="\x00"), _v2(level=0), _v2(key_version=0),
                  _v2(level=None, key_version=1), _v2(level=1, key_version=None),
                  _v2(tenant="t1u", uid="id-1"), _v2(service="a", key_version=1),
-                 _v2(object_type=2 + (1 << 32)), object_aad("t1", "uid-1")]
+                 _v2(object_type=2 + (1 << 32)), object_aad("t1", "uid-1"),
+                 _v2(extractable=False), _v2(sensitive=True),
+                 _v2(extractable=False, sensitive=True)]
     assert len(set(different)) == len(different)
     assert object_aad_v2("ab", "c", object_type=2, level=None, service=None,
-                         key_version=None) != _v2(tenant="a", uid="bc")
+                         key_version=None, extractable=True,
+                         sensitive=False) != _v2(tenant="a", uid="bc")
 
 
 def test_a_v1_blob_still_opens_with_its_own_data_and_not_as_v2() -> None:
@@ -258,12 +265,27 @@ def test_an_l1_in_the_environment_is_read_as_a_key_file_is_and_never_made() -> N
 def test_v2_aad_encoding_is_fixed() -> None:
     """The stored format: label, tenant and uid length-prefixed (4 bytes), the object type
     (8 bytes, signed), then level, service and key version each marked absent (0x00) or
-    present (0x01 and the value). A change here makes every stored blob unreadable."""
-    assert object_aad_v2("t", "u", object_type=2, level=3, service="s", key_version=1) == (
+    present (0x01 and the value), then the effective Extractable and Sensitive, one byte
+    each (0x00 or 0x01). A change here makes every stored blob unreadable."""
+    assert object_aad_v2("t", "u", object_type=2, level=3, service="s", key_version=1,
+                         extractable=True, sensitive=False) == (
         b"kcm-object-v2\x00" + b"\x00\x00\x00\x01t" + b"\x00\x00\x00\x01u"
         + (2).to_bytes(8, "big") + b"\x01" + (3).to_bytes(8, "big")
-        + b"\x01\x00\x00\x00\x01s" + b"\x01" + (1).to_bytes(8, "big"))
+        + b"\x01\x00\x00\x00\x01s" + b"\x01" + (1).to_bytes(8, "big") + b"\x01\x00")
     assert object_aad_v2("t", "u", object_type=2, level=None, service=None,
-                         key_version=None) == (
+                         key_version=None, extractable=False, sensitive=True) == (
         b"kcm-object-v2\x00\x00\x00\x00\x01t\x00\x00\x00\x01u" + (2).to_bytes(8, "big")
-        + b"\x00\x00\x00")
+        + b"\x00\x00\x00" + b"\x00\x01")
+
+
+def test_v2_aad_binds_extractable_and_sensitive() -> None:
+    """A blob wrapped for a key that is not Extractable, or Sensitive, does not open for a
+    row whose attributes say otherwise (a database writer's way to have it served)."""
+    for extractable, sensitive in ((False, False), (True, True), (False, True), (True, False)):
+        aad = _v2(extractable=extractable, sensitive=sensitive)
+        blob = wrap(KEK, b"k", aad=aad)
+        assert unwrap(KEK, blob, aad=aad) == b"k"
+        for other in ((not extractable, sensitive), (extractable, not sensitive),
+                      (not extractable, not sensitive)):
+            with pytest.raises(UnwrapError):
+                unwrap(KEK, blob, aad=_v2(extractable=other[0], sensitive=other[1]))

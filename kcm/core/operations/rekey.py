@@ -11,6 +11,7 @@ from kcm.core.attribute_rules import (
     rule_for,
 )
 from kcm.core.context import OperationContext
+from kcm.core.keyring import flags_of
 from kcm.core.operations._objects_common import (
     DESTROYED,
     attribute_identity,
@@ -247,7 +248,8 @@ def _insert_replacement(ctx: OperationContext, old: managed.StoredObject, uid: s
         assert new is not None
         repository.update_object(ctx.session, new.stored_row(ctx.session),
                                  wrapped_by=WRAPPED_BY_L1,
-                                 material=ctx.keyring.wrap_tenant_key(tenant, uid, key))
+                                 material=ctx.keyring.wrap_tenant_key(tenant, uid, key,
+                                                                     flags_of(attributes)))
         ctx.keyring.forget_current(tenant)
         return
     if old.level == LEVEL_SERVICE_KEY:

@@ -5,15 +5,19 @@ format version 2, kcm.core.keyring.Flags; kcm.core.managed.save re-wraps on a ch
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from sqlalchemy import select
 
 from kcm.core.keyring import Flags, WrappingMismatch, row_flags
+from kcm.core.state_sweeper import sweep_due_states
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, ManagedObject
+from kcm.core.tenant_rotation import rewrap_step, rotate_tenant_key
 from kcm.kmip.attributes import Attribute, CryptographicParameters
 from kcm.kmip.enums import (
+    AdjustmentType,
     BlockCipherMode,
     CryptographicAlgorithm,
     DerivationMethod,
@@ -21,22 +25,40 @@ from kcm.kmip.enums import (
     Operation,
     PaddingMethod,
     ResultReason,
+    RevocationReasonCode,
 )
 from kcm.kmip.payloads import (
+    ActivateRequest,
     AddAttributeRequest,
+    DeleteAttributeRequest,
     DerivationParameters,
     DeriveKeyRequest,
+    DestroyRequest,
     EncryptRequest,
+    GetAttributesRequest,
     GetRequest,
+    LocateRequest,
     ModifyAttributeRequest,
     ReKeyRequest,
+    RevocationReason,
+    RevokeRequest,
     SetAttributeRequest,
 )
 from kcm.kmip.tags import Tag
-from tests.core_support import CoreHarness
+from tests.core_support import CoreHarness, admin_principal
 from tests.integration.test_core_asymmetric import key_pair_request
-from tests.integration.test_core_attributes import create_key
-from tests.integration.test_core_objects import PAST, V14, V21, aes_key, failed, ok, register
+from tests.integration.test_core_attributes import adjust, create_key, ref
+from tests.integration.test_core_objects import (
+    PAST,
+    V14,
+    V21,
+    aes_key,
+    failed,
+    name,
+    ok,
+    register,
+    send,
+)
 
 SENSITIVE, UNEXTRACTABLE = Attribute.of(Tag.SENSITIVE, True), Attribute.of(Tag.EXTRACTABLE, False)
 CBC = CryptographicParameters(block_cipher_mode=BlockCipherMode.CBC,
@@ -158,3 +180,78 @@ def test_add_attribute_of_a_flag_is_refused_it_is_always_stored(core: CoreHarnes
         unique_identifier=uid, attribute=SENSITIVE), ResultReason.ATTRIBUTE_SINGLE_VALUED)
     _bound(core, uid, Flags(True, False))
     _encrypts(core, uid)
+
+
+def test_every_operation_on_a_sensitive_unextractable_key_leaves_every_row_bound(
+        core: CoreHarness) -> None:
+    """A review's walk: the operations that change a key without changing its flags (and a
+    batch that changes both), the state sweeper, a tenant key rotation and its re-wrap, a
+    Re-key and a Destroy; every stored row opens bound to its stored flags after each."""
+    uid = create_key(core, SENSITIVE, UNEXTRACTABLE)  # (pre-active)
+    later = create_key(core, SENSITIVE, UNEXTRACTABLE, PAST)
+    both = Flags(False, True)
+    ok(core, Operation.ACTIVATE, ActivateRequest(unique_identifier=uid))
+    ok(core, Operation.ADD_ATTRIBUTE, AddAttributeRequest(unique_identifier=uid,
+                                                           attribute=name("k1")))
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.COMMENT, "c")))
+    ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.COMMENT, "d")))
+    ok(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, current_attribute=name("k1")))
+    failed(core, Operation.DELETE_ATTRIBUTE, DeleteAttributeRequest(
+        unique_identifier=uid, current_attribute=SENSITIVE), ResultReason.ATTRIBUTE_READ_ONLY)
+    ok(core, Operation.GET_ATTRIBUTES, GetAttributesRequest(unique_identifier=uid))
+    ok(core, Operation.LOCATE, LocateRequest())
+    _encrypts(core, uid)
+    _bound(core, uid, both)
+    negated = create_key(core, SENSITIVE, PAST)  # (Adjust Attribute negates a Boolean)
+    ok(core, Operation.ADJUST_ATTRIBUTE, adjust(negated, ref(Tag.SENSITIVE),
+                                                AdjustmentType.NEGATE))
+    _bound(core, negated, Flags(True, False))
+    assert _key(core, negated)
+    # The state sweeper: a service key's Deactivation Date that passes, the key made
+    # Sensitive by its administrator.
+    admin = admin_principal()
+    l3 = core.store.run_sync(lambda s: s.scalars(select(ManagedObject.uid).where(
+        ManagedObject.level == LEVEL_SERVICE_KEY, ManagedObject.tenant == "demo")).first())
+    for attribute in (SENSITIVE, Attribute.of(Tag.DEACTIVATION_DATE, int(time.time()) + 1)):
+        ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+            unique_identifier=l3, attribute=attribute), principal=admin)
+    assert core.store.run_sync(lambda s: sweep_due_states(s, int(time.time()) + 10)) == [l3]
+    _bound(core, l3, Flags(True, True))
+    # A tenant key rotation and its re-wrap.
+    new_l2, _ = core.store.run_sync(lambda s: rotate_tenant_key(
+        s, core.keyring, "demo", now=int(time.time()), by="test", reason="test"))
+    for _ in range(10):
+        if not core.store.run_sync(lambda s: rewrap_step(s, core.keyring, time.time())):
+            break
+    assert core.store.run_sync(lambda s: repository.get_object(s, "demo", uid).wrapped_by) \
+        == new_l2  # (moved, not left as refused)
+    # A tenant key Re-keyed by its administrator (wrapped under L1 bound to its flags).
+    ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=new_l2), principal=admin)
+    _bound(core, uid, both)
+    _every_row_bound(core)
+    # One request changing both flags, between uses of the key.
+    answer = send(core, (Operation.ENCRYPT, EncryptRequest(
+        unique_identifier=uid, data=b"x" * 16, cryptographic_parameters=CBC)),
+        (Operation.SET_ATTRIBUTE, SetAttributeRequest(
+            unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True))),
+        (Operation.ENCRYPT, EncryptRequest(
+            unique_identifier=uid, data=b"x" * 16, cryptographic_parameters=CBC)),
+        (Operation.SET_ATTRIBUTE, SetAttributeRequest(
+            unique_identifier=uid, attribute=Attribute.of(Tag.SENSITIVE, False))),
+        (Operation.GET, GetRequest(unique_identifier=uid)))
+    assert [i.result_status for i in answer.batch_items] == [0] * 5, [
+        i.result_message for i in answer.batch_items]
+    _bound(core, uid, Flags(True, False))
+    new = ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=later)).unique_identifier
+    _bound(core, new, both)
+    ok(core, Operation.REVOKE, RevokeRequest(
+        unique_identifier=later, revocation_reason=RevocationReason(
+            code=RevocationReasonCode.CESSATION_OF_OPERATION)))
+    ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=later))
+    # A destroyed key's flags change with nothing to wrap again.
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=later, attribute=Attribute.of(Tag.SENSITIVE, False)))
+    _every_row_bound(core)

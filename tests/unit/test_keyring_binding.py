@@ -25,6 +25,7 @@ from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_B
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.tags import Tag
+from kcm.ttlv import Item, ItemType
 
 L2_UID = "l2-uid"
 L2_KEY = bytes(range(32))
@@ -273,6 +274,12 @@ def test_the_effective_flags_are_read_as_get_reads_them() -> None:
     (Attribute.of(Tag.SENSITIVE, True), Attribute.of(Tag.SENSITIVE, False)),
     (Attribute.of(Tag.EXTRACTABLE, False), None),  # (removed: the default, True)
     (Attribute.of(Tag.SENSITIVE, True), None),
+    # Another type: Get reads an Extractable that is not the Boolean False as extractable,
+    # a Sensitive that is not the Boolean True as not sensitive; so do the flags.
+    (Attribute.of(Tag.EXTRACTABLE, False), Attribute(Tag.EXTRACTABLE, Item(
+        Tag.EXTRACTABLE, ItemType.INTEGER, 0))),
+    (Attribute.of(Tag.SENSITIVE, True), Attribute(Tag.SENSITIVE, Item(
+        Tag.SENSITIVE, ItemType.INTEGER, 1))),
 ])
 def test_a_flag_changed_in_the_attribute_blob_is_refused_even_after_use(
         stored: Attribute, edited: Attribute | None) -> None:

@@ -21,6 +21,7 @@ opened while ``accept_v1`` (``[core] accept_v1_wrapping``) and re-wrapped as ver
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import time
@@ -102,20 +103,22 @@ def flags_of(attributes: Iterable[Attribute]) -> Flags:
 
 
 def row_flags(row: Any) -> Flags:
-    """The effective flags of a stored row, from its attribute blob as read (decoded, but
-    for a small blob read lately: a tenant or service key's, read again at each use; a
-    caller that has the decoded attributes gives :func:`flags_of` them instead)."""
+    """The effective flags of a stored row, from its attribute blob as read (decoded once
+    per content lately read: a tenant or service key's blob is read again at each use,
+    an L4 request's or a gateway's fetch; a caller that has the decoded attributes gives
+    :func:`flags_of` them instead)."""
     blob = row.attributes
     if not blob:
         return DEFAULT_FLAGS
     blob = bytes(blob)
     if len(blob) <= FLAGS_MEMO_BLOB_BYTES:
         return _blob_flags(blob)
-    return flags_of(decode_attributes(blob))
+    return _large_blob_flags(blob)
 
 
-#: Attribute blobs this small have their flags remembered, by content (at most
-#: :data:`FLAGS_MEMO_SIZE` of them).
+#: Attribute blobs this small have their flags remembered by content itself, larger ones
+#: by its SHA-256 (an administrator's service key of many attributes, up to 1 MiB, would
+#: otherwise be decoded at every L4 request); at most :data:`FLAGS_MEMO_SIZE` of each.
 FLAGS_MEMO_BLOB_BYTES = 4096
 FLAGS_MEMO_SIZE = 1024
 
@@ -123,6 +126,25 @@ FLAGS_MEMO_SIZE = 1024
 @functools.lru_cache(maxsize=FLAGS_MEMO_SIZE)
 def _blob_flags(blob: bytes) -> Flags:
     return flags_of(decode_attributes(blob))
+
+
+_large_flags: OrderedDict[bytes, Flags] = OrderedDict()
+_large_flags_lock = threading.Lock()
+
+
+def _large_blob_flags(blob: bytes) -> Flags:
+    digest = hashlib.sha256(blob).digest()
+    with _large_flags_lock:
+        flags = _large_flags.get(digest)
+        if flags is not None:
+            _large_flags.move_to_end(digest)
+            return flags
+    flags = flags_of(decode_attributes(blob))
+    with _large_flags_lock:
+        _large_flags[digest] = flags
+        while len(_large_flags) > FLAGS_MEMO_SIZE:
+            _large_flags.popitem(last=False)
+    return flags
 
 
 _EXTRACTABLE, _SENSITIVE = int(Tag.EXTRACTABLE), int(Tag.SENSITIVE)

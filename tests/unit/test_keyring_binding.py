@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kcm.core import keys, server_info
+from kcm.core import keyring, keys, server_info
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.keyring import (
     DEFAULT_FLAGS,
@@ -22,8 +22,8 @@ from kcm.core.keyring import (
     row_flags,
 )
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY, WRAPPED_BY_L1
-from kcm.kmip.attributes import Attribute
-from kcm.kmip.enums import ResultReason
+from kcm.kmip.attributes import Attribute, Name
+from kcm.kmip.enums import NameType, ResultReason
 from kcm.kmip.tags import Tag
 from kcm.ttlv import Item, ItemType
 
@@ -333,3 +333,24 @@ def test_an_attribute_blob_that_does_not_decode_is_a_mismatch() -> None:
     with pytest.raises(WrappingMismatch, match="its attributes do not decode"):
         ring.rewrap(None, v1)  # type: ignore[arg-type]
     assert ring.mismatches == 2
+
+
+def test_a_large_attribute_blob_is_decoded_once_per_content(monkeypatch) -> None:  # noqa: ANN001
+    """A service key's blob is read at every L4 request: one over the small memo's bound
+    (an administrator's many Names) is not decoded again while its content is the same,
+    and a change of it, of the same length, is read anew."""
+    decoded = []
+    monkeypatch.setattr(keyring, "decode_attributes",
+                        lambda blob: decoded.append(len(blob)) or decode_attributes(blob))
+    names = [Attribute.of(Tag.NAME, Name(value=f"n{i:03}" + "x" * 60,
+                                         type=NameType.UNINTERPRETED_TEXT_STRING))
+             for i in range(80)]
+    row = SimpleNamespace(attributes=encode_attributes([Attribute.of(Tag.EXTRACTABLE, False),
+                                                        *names]))
+    assert len(row.attributes) > keyring.FLAGS_MEMO_BLOB_BYTES
+    for _ in range(3):
+        assert row_flags(row) == Flags(False, False)
+    assert len(decoded) == 1
+    row.attributes = encode_attributes([Attribute.of(Tag.EXTRACTABLE, True), *names])
+    assert row_flags(row) == Flags(True, False)
+    assert len(decoded) == 2

@@ -157,6 +157,20 @@ def check_lifecycle_change(principal: Principal, level: int | None) -> None:
                         "only a tenant administrator may change a tenant or service key")
 
 
+def check_protection_change(principal: Principal, *, was_extractable: bool,
+                            was_sensitive: bool, extractable: bool, sensitive: bool) -> None:
+    """May ``principal`` change a key's effective Extractable and Sensitive from ``was_*``
+    to these? Anyone who may change the object may protect it more (Extractable to False,
+    Sensitive to True); only a tenant administrator may protect it less,
+    so that an application credential cannot get out a key it was given unextractable or
+    sensitive (its material would then leave by Get)."""
+    loosened = (extractable and not was_extractable) or (was_sensitive and not sensitive)
+    if loosened and principal.role is not Role.ADMIN:
+        raise KmipError(ResultReason.PERMISSION_DENIED,
+                        "only a tenant administrator may make a key extractable or not "
+                        "sensitive")
+
+
 def locate_levels(principal: Principal) -> Collection[int | None] | None:
     """The hierarchy levels Locate may return to ``principal`` (None: every level).
 

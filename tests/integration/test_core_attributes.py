@@ -71,6 +71,10 @@ def call(core: CoreHarness, *items: tuple[Operation, object], version=V21,
     return answer.batch_items
 
 
+#: A tenant administrator of demo (who may make a key less protected).
+ADMIN = admin_principal()
+
+
 def ok(core: CoreHarness, op: Operation, payload: object, version=V21, principal=None):
     (item,) = call(core, (op, payload), version=version, principal=principal)
     assert item.result_status == ResultStatus.SUCCESS, (item.result_reason, item.result_message)
@@ -813,10 +817,10 @@ def _guarded_key(core: CoreHarness, version=V21) -> str:
 def test_set_attribute_clears_always_sensitive_and_never_extractable_for_good(core) -> None:
     uid = _guarded_key(core)
     ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
-        unique_identifier=uid, attribute=Attribute.of(Tag.SENSITIVE, False)))
+        unique_identifier=uid, attribute=Attribute.of(Tag.SENSITIVE, False)), principal=ADMIN)
     assert _history(core, uid) == {Tag.ALWAYS_SENSITIVE: [False], Tag.NEVER_EXTRACTABLE: [True]}
     ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
-        unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True)))
+        unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True)), principal=ADMIN)
     assert _history(core, uid) == {Tag.ALWAYS_SENSITIVE: [False], Tag.NEVER_EXTRACTABLE: [False]}
     # One way: going back does not rewrite the history.
     ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
@@ -830,17 +834,48 @@ def test_modify_attribute_1x_clears_always_sensitive_and_never_extractable(core)
     uid = _guarded_key(core, V14)
     for tag, value in ((Tag.SENSITIVE, False), (Tag.EXTRACTABLE, True)):
         ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
-            unique_identifier=uid, attribute=Attribute.of(tag, value)), version=V14)
+            unique_identifier=uid, attribute=Attribute.of(tag, value)), version=V14,
+           principal=ADMIN)
     assert _history(core, uid, V14) == {Tag.ALWAYS_SENSITIVE: [False],
                                         Tag.NEVER_EXTRACTABLE: [False]}
 
 
 def test_modify_and_adjust_2x_clear_always_sensitive_and_never_extractable(core) -> None:
     uid = _guarded_key(core)
-    ok(core, Operation.ADJUST_ATTRIBUTE, adjust(uid, ref(Tag.SENSITIVE), AdjustmentType.NEGATE))
+    ok(core, Operation.ADJUST_ATTRIBUTE, adjust(uid, ref(Tag.SENSITIVE), AdjustmentType.NEGATE),
+       principal=ADMIN)
     ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
-        unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True)))
+        unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True)), principal=ADMIN)
     assert _history(core, uid) == {Tag.ALWAYS_SENSITIVE: [False], Tag.NEVER_EXTRACTABLE: [False]}
+
+
+def test_only_a_tenant_administrator_may_make_a_key_extractable_or_not_sensitive(
+        core) -> None:
+    """An application may protect a key more, never less: a key given it unextractable or
+    sensitive stays so whatever it sends, by Set, Modify or Adjust Attribute; its
+    administrator may make it extractable or not sensitive."""
+    uid = _guarded_key(core)
+    for op, payload in (
+            (Operation.SET_ATTRIBUTE, SetAttributeRequest(
+                unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True))),
+            (Operation.SET_ATTRIBUTE, SetAttributeRequest(
+                unique_identifier=uid, attribute=Attribute.of(Tag.SENSITIVE, False))),
+            (Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+                unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True))),
+            (Operation.ADJUST_ATTRIBUTE, adjust(uid, ref(Tag.SENSITIVE), AdjustmentType.NEGATE)),
+    ):
+        item = refused(core, op, payload)
+        assert item.result_reason == ResultReason.PERMISSION_DENIED, op
+        assert item.result_message == ("only a tenant administrator may make a key "
+                                       "extractable or not sensitive")
+    assert _history(core, uid) == {Tag.ALWAYS_SENSITIVE: [True], Tag.NEVER_EXTRACTABLE: [True]}
+    loose = create_key(core)
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(  # (more protection: anyone)
+        unique_identifier=loose, attribute=Attribute.of(Tag.SENSITIVE, True)))
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=loose, attribute=Attribute.of(Tag.EXTRACTABLE, False)))
+    ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
+        unique_identifier=uid, attribute=Attribute.of(Tag.EXTRACTABLE, True)), principal=ADMIN)
 
 
 # -- only the version's attributes ----------------------------------------------------------

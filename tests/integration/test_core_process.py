@@ -238,9 +238,10 @@ def test_attribute_history_allow_list_and_partial_locate_through_the_process(
             object_type=ObjectType.SYMMETRIC_KEY, attributes=aes256([
                 Attribute.of(Tag.SENSITIVE, True), Attribute.of(Tag.EXTRACTABLE, False)]))))
         uid = created.unique_identifier
-        succeeded_v21(client, *[item(Operation.SET_ATTRIBUTE, SetAttributeRequest(
-            unique_identifier=uid, attribute=attribute)) for attribute in (
-                Attribute.of(Tag.SENSITIVE, False), Attribute.of(Tag.EXTRACTABLE, True))])
+        with core_process.client("admin") as admin:  # (an application may not loosen them)
+            succeeded_v21(admin, *[item(Operation.SET_ATTRIBUTE, SetAttributeRequest(
+                unique_identifier=uid, attribute=attribute)) for attribute in (
+                    Attribute.of(Tag.SENSITIVE, False), Attribute.of(Tag.EXTRACTABLE, True))])
         (read,) = succeeded_v21(client, item(Operation.GET_ATTRIBUTES, GetAttributesRequest(
             unique_identifier=uid, attribute_references=[AttributeReference(t)
                                                          for t in history])))

@@ -148,13 +148,14 @@ def test_a_change_of_the_flags_rewraps_and_the_key_stays_usable(
     failed(core, Operation.GET, GetRequest(unique_identifier=uid), ResultReason.NOT_EXTRACTABLE)
 
     def to(attribute: Attribute) -> None:
+        # (its administrator: an application may not make a key less protected)
         if change == "set":
             ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
-                unique_identifier=uid, attribute=attribute))
+                unique_identifier=uid, attribute=attribute), principal=admin_principal())
         else:
             ok(core, Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
                 unique_identifier=uid, attribute=attribute),
-                version=V14 if change == "modify-1.4" else V21)
+                version=V14 if change == "modify-1.4" else V21, principal=admin_principal())
 
     to(Attribute.of(Tag.EXTRACTABLE, True))
     _bound(core, uid, Flags(True, True))
@@ -207,7 +208,8 @@ def test_every_operation_on_a_sensitive_unextractable_key_leaves_every_row_bound
     _bound(core, uid, both)
     negated = create_key(core, SENSITIVE, PAST)  # (Adjust Attribute negates a Boolean)
     ok(core, Operation.ADJUST_ATTRIBUTE, adjust(negated, ref(Tag.SENSITIVE),
-                                                AdjustmentType.NEGATE))
+                                                AdjustmentType.NEGATE),
+       principal=admin_principal())
     _bound(core, negated, Flags(True, False))
     assert _key(core, negated)
     # The state sweeper: a service key's Deactivation Date that passes, the key made
@@ -232,7 +234,8 @@ def test_every_operation_on_a_sensitive_unextractable_key_leaves_every_row_bound
     ok(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=new_l2), principal=admin)
     _bound(core, uid, both)
     _every_row_bound(core)
-    # One request changing both flags, between uses of the key.
+    # One request changing both flags, between uses of the key (its administrator's: an
+    # application may not make a key less protected).
     answer = send(core, (Operation.ENCRYPT, EncryptRequest(
         unique_identifier=uid, data=b"x" * 16, cryptographic_parameters=CBC)),
         (Operation.SET_ATTRIBUTE, SetAttributeRequest(
@@ -241,7 +244,7 @@ def test_every_operation_on_a_sensitive_unextractable_key_leaves_every_row_bound
             unique_identifier=uid, data=b"x" * 16, cryptographic_parameters=CBC)),
         (Operation.SET_ATTRIBUTE, SetAttributeRequest(
             unique_identifier=uid, attribute=Attribute.of(Tag.SENSITIVE, False))),
-        (Operation.GET, GetRequest(unique_identifier=uid)))
+        (Operation.GET, GetRequest(unique_identifier=uid)), principal=admin)
     assert [i.result_status for i in answer.batch_items] == [0] * 5, [
         i.result_message for i in answer.batch_items]
     _bound(core, uid, Flags(True, False))
@@ -253,5 +256,6 @@ def test_every_operation_on_a_sensitive_unextractable_key_leaves_every_row_bound
     ok(core, Operation.DESTROY, DestroyRequest(unique_identifier=later))
     # A destroyed key's flags change with nothing to wrap again.
     ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
-        unique_identifier=later, attribute=Attribute.of(Tag.SENSITIVE, False)))
+        unique_identifier=later, attribute=Attribute.of(Tag.SENSITIVE, False)),
+       principal=admin)
     _every_row_bound(core)

@@ -65,7 +65,8 @@ def test_a_change_of_the_flags_keeps_the_key_usable(tmp_path: Path) -> None:
         hidden = _create(app, SENSITIVE)
         sealed = succeeded_v21(app, encrypt(hidden, b"hidden"))[0]
         assert _reason(app, get(hidden)) == ResultReason.SENSITIVE
-        succeeded_v21(app, item(Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        admin = core.client("admin")  # (an application may not make a key less protected)
+        succeeded_v21(admin, item(Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
             unique_identifier=hidden, attribute=Attribute.of(Tag.SENSITIVE, False))))
         material = succeeded_v21(app, get(hidden))[0].object.key_block.key_value.key_material
         succeeded_v21(app, encrypt(hidden), decrypt_sealed(hidden, sealed))
@@ -73,9 +74,13 @@ def test_a_change_of_the_flags_keeps_the_key_usable(tmp_path: Path) -> None:
             unique_identifier=hidden, attribute=Attribute.of(Tag.SENSITIVE, True))))
         assert _reason(app, get(hidden)) == ResultReason.SENSITIVE
         succeeded_v21(app, encrypt(hidden), decrypt_sealed(hidden, sealed))
-        # Extractable False -> True by Modify (KMIP lets a client modify it; Never
-        # Extractable then says so): the registered key is returned as it was given.
-        succeeded_v21(app, item(Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+        # Extractable False -> True by Modify (KMIP lets a client modify it, KCM its tenant
+        # administrator only; Never Extractable then says so): the registered key is
+        # returned as it was given.
+        assert _reason(app, item(Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
+            unique_identifier=locked, attribute=Attribute.of(Tag.EXTRACTABLE, True)))) \
+            == ResultReason.PERMISSION_DENIED
+        succeeded_v21(admin, item(Operation.MODIFY_ATTRIBUTE, ModifyAttributeRequest(
             unique_identifier=locked, attribute=Attribute.of(Tag.EXTRACTABLE, True))))
         assert succeeded_v21(app, get(locked))[0].object.key_block.key_value.key_material \
             == key

@@ -36,6 +36,7 @@ from kcm.core.attribute_rules import (
     rule_for,
 )
 from kcm.core.context import OperationContext
+from kcm.core.keyring import flags_of
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.kernel import lifecycle
 from kcm.kmip import registry
@@ -341,6 +342,11 @@ def _save(ctx: OperationContext, obj: managed.StoredObject, label: str) -> None:
     for attribute in obj.attributes:
         if attribute.index == 0:
             attribute.index = None
+    was, now = managed.stored_flags(obj), flags_of(obj.attributes)
+    if was != now:
+        policy.check_protection_change(
+            ctx.principal, was_extractable=was.extractable, was_sensitive=was.sensitive,
+            extractable=now.extractable, sensitive=now.sensitive)
     managed.save(ctx, obj)
     ctx.audit_detail["attribute"] = label
 

@@ -12,13 +12,11 @@ on SQLite and on PostgreSQL (whose text holds no NUL), on a raw link of link ver
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from kcm.kmip.enums import ResultReason
 from kcm.link.frames import LINK_VERSION, Frame, FrameType
-from tests.e2e_support import CoreProcess, deploy
+from tests.e2e_support import CoreProcess
 from tests.integration.test_gateway_scope_link import TD, RawLink
 from tests.pg import postgres_url  # noqa: F401  (fixture)
 
@@ -28,16 +26,9 @@ UID = "l3-00000000-0000-4000-8000-000000000001"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def core(request, tmp_path: Path) -> CoreProcess:
-    if request.param == "sqlite":
-        core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-        core.start()
-        try:
-            yield core
-        finally:
-            core.stop()
-    else:
-        yield request.getfixturevalue("core_process_pg")
+def core(request) -> CoreProcess:
+    yield request.getfixturevalue(
+        "core_process" if request.param == "sqlite" else "core_process_pg")
 
 
 class Version9Link(RawLink):

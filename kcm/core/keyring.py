@@ -20,7 +20,6 @@ opened while ``accept_v1`` (``[core] accept_v1_wrapping``) and re-wrapped as ver
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import threading
@@ -102,6 +101,17 @@ def flags_of(attributes: Iterable[Attribute]) -> Flags:
     return Flags(True if extractable is None else extractable, bool(sensitive))
 
 
+#: Attribute blobs whose flags are remembered, at most :data:`FLAGS_MEMO_SIZE`: by the blob
+#: itself up to :data:`FLAGS_MEMO_BLOB_BYTES`, by its SHA-256 above (an administrator's
+#: service key of many attributes, up to 1 MiB, would otherwise be decoded at every L4
+#: request, or kept whole in the memo).
+FLAGS_MEMO_BLOB_BYTES = 4096
+FLAGS_MEMO_SIZE = 1024
+
+_flags_memo: OrderedDict[bytes | tuple[str, bytes], Flags] = OrderedDict()
+_flags_memo_lock = threading.Lock()
+
+
 def row_flags(row: Any) -> Flags:
     """The effective flags of a stored row, from its attribute blob as read (decoded once
     per content lately read: a tenant or service key's blob is read again at each use,
@@ -111,39 +121,18 @@ def row_flags(row: Any) -> Flags:
     if not blob:
         return DEFAULT_FLAGS
     blob = bytes(blob)
-    if len(blob) <= FLAGS_MEMO_BLOB_BYTES:
-        return _blob_flags(blob)
-    return _large_blob_flags(blob)
-
-
-#: Attribute blobs this small have their flags remembered by content itself, larger ones
-#: by its SHA-256 (an administrator's service key of many attributes, up to 1 MiB, would
-#: otherwise be decoded at every L4 request); at most :data:`FLAGS_MEMO_SIZE` of each.
-FLAGS_MEMO_BLOB_BYTES = 4096
-FLAGS_MEMO_SIZE = 1024
-
-
-@functools.lru_cache(maxsize=FLAGS_MEMO_SIZE)
-def _blob_flags(blob: bytes) -> Flags:
-    return flags_of(decode_attributes(blob))
-
-
-_large_flags: OrderedDict[bytes, Flags] = OrderedDict()
-_large_flags_lock = threading.Lock()
-
-
-def _large_blob_flags(blob: bytes) -> Flags:
-    digest = hashlib.sha256(blob).digest()
-    with _large_flags_lock:
-        flags = _large_flags.get(digest)
+    key: bytes | tuple[str, bytes] = blob if len(blob) <= FLAGS_MEMO_BLOB_BYTES \
+        else ("sha256", hashlib.sha256(blob).digest())
+    with _flags_memo_lock:
+        flags = _flags_memo.get(key)
         if flags is not None:
-            _large_flags.move_to_end(digest)
+            _flags_memo.move_to_end(key)
             return flags
     flags = flags_of(decode_attributes(blob))
-    with _large_flags_lock:
-        _large_flags[digest] = flags
-        while len(_large_flags) > FLAGS_MEMO_SIZE:
-            _large_flags.popitem(last=False)
+    with _flags_memo_lock:
+        _flags_memo[key] = flags
+        while len(_flags_memo) > FLAGS_MEMO_SIZE:
+            _flags_memo.popitem(last=False)
     return flags
 
 

@@ -23,6 +23,7 @@ import datetime as dt
 import functools
 import ipaddress
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kcm.identity import parse_principal_path, validate_trust_domain
+from kcm.identity import Role, parse_principal_path, validate_trust_domain
 
 __all__ = [
     "DEFAULT_HOSTS",
@@ -45,6 +46,7 @@ __all__ = [
     "PkiPaths",
     "init_pki",
     "issue_certificate",
+    "issue_identity",
     "load_ca",
     "new_ca",
     "write_certificate",
@@ -379,6 +381,52 @@ def init_pki(
     for pair, issued in leaves.items():
         write_certificate(pair, issued.cert, issued.key)
     return paths
+
+
+def issue_identity(
+    directory: Path,
+    name: str,
+    identity: str,
+    *,
+    trust_domain: str = "kcm.test",
+    days: int = DEFAULT_DAYS,
+    force: bool = False,
+    now: dt.datetime | None = None,
+) -> CertKeyPaths:
+    """Issue one more client certificate from the CA :func:`init_pki` wrote in ``directory``.
+
+    ``identity`` is a role path (``tenant/T/service/S``, ``tenant/T/admin/NAME`` or
+    ``operator/NAME``), put in the certificate as ``spiffe://TD/IDENTITY``; the files are
+    ``NAME.pem`` and ``NAME.key``. Raises ``ValueError`` for a bad name or identity (a
+    gateway's certificate serves too: :func:`init_pki` makes one), ``FileNotFoundError``
+    without a CA, ``FileExistsError`` if either file exists, unless ``force``.
+    """
+    validate_trust_domain(trust_domain)
+    if not _FILE_NAME.fullmatch(name) or name == "ca":
+        raise ValueError(f"invalid certificate name {name!r}: letters, digits, '-', '_' "
+                         "and not 'ca'")
+    principal = parse_principal_path(identity, trust_domain=trust_domain, uri=identity)
+    if principal is None or principal.role is Role.GATEWAY:
+        raise ValueError(f"invalid identity {identity!r}: tenant/T/service/S, "
+                         "tenant/T/admin/NAME or operator/NAME")
+    directory = Path(directory)
+    ca_paths = PkiPaths.for_directory(directory).ca
+    if not (ca_paths.cert.exists() and ca_paths.key.exists()):
+        raise FileNotFoundError(f"{directory} has no CA ({ca_paths.cert.name}, "
+                                f"{ca_paths.key.name})")
+    pair = CertKeyPaths(directory / f"{name}.pem", directory / f"{name}.key")
+    if not force:
+        for path in (pair.cert, pair.key):
+            if path.exists():
+                raise FileExistsError(f"{path} already exists")
+    now = now if now is not None else dt.datetime.now(dt.UTC)
+    issued = issue_certificate(load_ca(ca_paths), name, now=now, days=days,
+                               uris=[f"spiffe://{trust_domain}/{identity}"])
+    write_certificate(pair, issued.cert, issued.key)
+    return pair
+
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def _split_hosts(hosts: Sequence[str]) -> tuple[list[str], list[str]]:

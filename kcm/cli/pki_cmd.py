@@ -3,6 +3,9 @@
 * ``kcm pki init DIR [--trust-domain TD] [--tenant T] [--service S] [--host H ...] [--days N]
   [--force]``: write a CA and the core, gateway, operator, tenant admin, application, second
   tenant application and subject-only certificates into ``DIR`` (see :mod:`kcm.pki`).
+* ``kcm pki issue DIR NAME IDENTITY [--trust-domain TD] [--days N] [--force]``: one more
+  client certificate from DIR's CA, ``NAME.pem`` and ``NAME.key``, for ``IDENTITY``
+  (``tenant/T/service/S``, ``tenant/T/admin/NAME``, ``operator/NAME``).
 """
 
 from __future__ import annotations
@@ -58,6 +61,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="validity of the leaf certificates in days")
     init.add_argument("--force", action="store_true", help="replace an existing PKI in DIR")
     init.set_defaults(run=_run_init, prog="kcm pki init")
+    issue = actions.add_parser(
+        "issue", help="issue one more client certificate from DIR's CA",
+        description="Issue a client certificate from the CA in DIR (made by kcm pki init) "
+        "for IDENTITY, written as DIR/NAME.pem and DIR/NAME.key (mode 0600). Not for "
+        "production.",
+    )
+    issue.add_argument("directory", metavar="DIR", type=Path, help="the PKI (ca.pem, ca.key)")
+    issue.add_argument("name", metavar="NAME", help="the files' name: NAME.pem, NAME.key")
+    issue.add_argument("identity", metavar="IDENTITY",
+                       help="tenant/T/service/S, tenant/T/admin/NAME or operator/NAME")
+    issue.add_argument("--trust-domain", default="kcm.test", help="SPIFFE trust domain")
+    issue.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
+                       help="validity in days")
+    issue.add_argument("--force", action="store_true", help="replace NAME.pem and NAME.key")
+    issue.set_defaults(run=_run_issue, prog="kcm pki issue")
 
 
 def _run_init(args: argparse.Namespace) -> int:
@@ -88,4 +106,21 @@ def _run_init(args: argparse.Namespace) -> int:
     print(f"development PKI written to {paths.directory}")
     for pair in paths.all():
         print(f"  {pair.cert.name:16} {pair.key.name}")
+    return 0
+
+
+def _run_issue(args: argparse.Namespace) -> int:
+    if not 1 <= args.days <= MAX_DAYS:
+        raise CommandError(f"--days must be from 1 to {MAX_DAYS}")
+    try:
+        pair = pki.issue_identity(args.directory, args.name, args.identity,
+                                  trust_domain=args.trust_domain, days=args.days,
+                                  force=args.force)
+    except FileExistsError as e:
+        raise CommandError(f"{e}; pass --force to replace it") from e
+    except FileNotFoundError as e:
+        raise CommandError(f"{e}: run kcm pki init {args.directory} first") from e
+    except ValueError as e:
+        raise CommandError(str(e)) from e
+    print(f"{pair.cert} and {pair.key}: spiffe://{args.trust_domain}/{args.identity}")
     return 0

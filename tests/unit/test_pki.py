@@ -20,6 +20,7 @@ from kcm.pki import (
     PkiPaths,
     init_pki,
     issue_certificate,
+    issue_identity,
     load_ca,
     new_ca,
 )
@@ -219,3 +220,53 @@ def test_cli_pki_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert main(["pki", "init", str(tmp_path / "q"), "--trust-domain", "Bad"]) == 2
     finally:
         kcm.cli.SUBCOMMAND_MODULES = modules
+
+
+def test_issue_identity_from_the_directorys_ca(tmp_path: Path) -> None:
+    paths = init_pki(tmp_path / "p")
+    pair = issue_identity(tmp_path / "p", "billing", "tenant/acme/service/billing", days=30)
+    assert (pair.cert.name, pair.key.name) == ("billing.pem", "billing.key")
+    assert stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+    cert = _load(pair)
+    assert _ekus(cert) == {CLIENT}
+    assert _uris(cert) == ["spiffe://kcm.test/tenant/acme/service/billing"]
+    PolicyBuilder().store(_store(paths)).build_client_verifier().verify(cert, [])
+    principal = principal_from_certificate(cert, trust_domain=TD)
+    assert principal is not None and principal.role is Role.SERVICE
+    assert principal.tenant == "acme"
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert dt.timedelta(days=30) <= lifetime <= dt.timedelta(days=30, minutes=5)
+    admin = issue_identity(tmp_path / "p", "bob", "tenant/acme/admin/bob",
+                           trust_domain="kcm.test")
+    assert _uris(_load(admin)) == ["spiffe://kcm.test/tenant/acme/admin/bob"]
+
+
+def test_issue_identity_refusals(tmp_path: Path) -> None:
+    init_pki(tmp_path / "p")
+    ca_before = (tmp_path / "p" / "ca.pem").read_bytes()
+    for name, identity in [("ca", "operator/x"), ("a/b", "operator/x"), ("", "operator/x"),
+                           ("x", "gateway/gw2"), ("x", "tenant/acme"), ("x", "nobody/x")]:
+        with pytest.raises(ValueError):
+            issue_identity(tmp_path / "p", name, identity)
+    assert (tmp_path / "p" / "ca.pem").read_bytes() == ca_before
+    with pytest.raises(FileNotFoundError):
+        issue_identity(tmp_path / "none", "x", "operator/x")
+    issue_identity(tmp_path / "p", "x", "operator/x")
+    with pytest.raises(FileExistsError):
+        issue_identity(tmp_path / "p", "x", "operator/y")
+    assert _uris(_load(issue_identity(tmp_path / "p", "x", "operator/y", force=True))) == [
+        "spiffe://kcm.test/operator/y"]
+
+
+def test_cli_pki_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    init_pki(tmp_path / "p")
+    assert main(["pki", "issue", str(tmp_path / "p"), "billing",
+                 "tenant/acme/service/billing"]) == 0
+    assert "spiffe://kcm.test/tenant/acme/service/billing" in capsys.readouterr().out
+    assert main(["pki", "issue", str(tmp_path / "p"), "billing",
+                 "tenant/acme/service/billing"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["pki", "issue", str(tmp_path / "q"), "x", "operator/x"]) == 2
+    assert "kcm pki init" in capsys.readouterr().err
+    assert main(["pki", "issue", str(tmp_path / "p"), "x", "gateway/g"]) == 2
+    assert main(["pki", "issue", str(tmp_path / "p"), "x", "operator/x", "--days", "0"]) == 2

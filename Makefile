@@ -139,6 +139,8 @@ bench-soak: $(STAMP)
 ## to this terminal (text; RUN_ARGS=--log-format=json for JSON lines). Ctrl-C, or SIGTERM to
 ## make or to the launcher, stops both; so does either service exiting.
 ## Other ports: make run RUN_ARGS="--kmip-port 15696 --link-port 15697 --gateway-port 15698"
+## Metrics and health checks (kcm-core's on 9696, kcm-gateway's on 9697):
+## make run RUN_ARGS=--metrics-port=9696
 run: $(STAMP) bytecode
 	@exec $(BIN)/kcm dev run $(RUN_ARGS)
 

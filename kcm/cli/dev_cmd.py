@@ -40,14 +40,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = add_command(subparsers, "dev", "run KCM on this machine for development", __doc__)
     run = actions.add_parser("run", help="kcm-core and kcm-gateway together (make run)",
                              description=__doc__.split("\n\n")[1])
-    run.add_argument("--core-config", default="etc/kcm-core.toml", metavar="FILE")
-    run.add_argument("--gateway-config", default="etc/kcm-gateway.toml", metavar="FILE")
+    run.add_argument("--core-config", default="etc/kcm-core.toml", metavar="FILE",
+                     help="kcm-core's configuration (default: etc/kcm-core.toml)")
+    run.add_argument("--gateway-config", default="etc/kcm-gateway.toml", metavar="FILE",
+                     help="kcm-gateway's configuration (default: etc/kcm-gateway.toml)")
     run.add_argument("--kmip-port", type=int, default=5696, help="kcm-core's KMIP port "
                      "(default: 5696)")
     run.add_argument("--link-port", type=int, default=5697, help="kcm-core's gateway link "
                      "port (default: 5697)")
     run.add_argument("--gateway-port", type=int, default=5698, help="kcm-gateway's KMIP port "
                      "(default: 5698)")
+    run.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                     help="serve /metrics, /healthz and /readyz over HTTP: kcm-core's on "
+                     "127.0.0.1:PORT, kcm-gateway's on PORT+1 (default: 0, none)")
     run.add_argument("--log-format", choices=("text", "json"), default="text",
                      help="both services' log format (default: text)")
     run.add_argument("--tenant", default="demo", help="the tenant to provision (demo)")
@@ -253,9 +258,21 @@ def banner(args: argparse.Namespace, var: Path) -> str:
         f"  {kcm} key create --name my-first-key",
         "A managed key (stored by the core), with PyKMIP:",
         f"  {pykmip}",
+        *_metrics_lines(args),
         f"kcm-core's log: {(var / 'kcm-core.log').resolve()}. Ctrl-C stops both.",
         "",
     ])
+
+
+def _metrics_lines(args: argparse.Namespace) -> list[str]:
+    port = args.metrics_port
+    if not port:
+        return ["Metrics and health checks: kcm dev run --metrics-port 9696 "
+                "(make run RUN_ARGS=--metrics-port=9696)."]
+    return ["Metrics and health checks (HTTP; kcm-gateway's on the next port):",
+            f"  curl -s http://127.0.0.1:{port}/metrics; "
+            f"curl -s http://127.0.0.1:{port}/readyz; "
+            f"curl -s http://127.0.0.1:{port + 1}/readyz"]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -281,6 +298,15 @@ def _run(args: argparse.Namespace) -> int:
          "--core", f"tcp:127.0.0.1:{args.link_port}", "--log-format", args.log_format,
          "--log-file", "-", "--prewarm", f"{args.tenant}/{args.service}"],
         [(args.gateway_port, "kcm-gateway KMIP")], var / "kcm-gateway.pid", None)
+    if args.metrics_port:
+        taken = {args.kmip_port, args.link_port, args.gateway_port}
+        if not 1 <= args.metrics_port < 65535 or {args.metrics_port,
+                                                    args.metrics_port + 1} & taken:
+            raise CommandError("--metrics-port PORT takes PORT and PORT+1, from 1 to 65535, "
+                               "apart from the KMIP and link ports")
+        for service, port in ((core, args.metrics_port), (gateway, args.metrics_port + 1)):
+            service.command += ["--metrics-listen", listen.format(port)]
+            service.ports.append((port, f"{service.name} metrics"))
     services = [core, gateway]
     problems = refusals(services)
     if problems:

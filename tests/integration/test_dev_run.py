@@ -29,6 +29,7 @@ class Launcher:
     process: subprocess.Popen | None = None
     core_config: Path = REPO_ROOT / "etc" / "kcm-core.toml"
     env: dict[str, str] | None = None
+    extra: tuple[str, ...] = ()
 
     @property
     def output(self) -> Path:
@@ -40,7 +41,7 @@ class Launcher:
                 "--core-config", str(self.core_config),
                 "--gateway-config", str(REPO_ROOT / "etc" / "kcm-gateway.toml"),
                 "--kmip-port", str(kmip), "--link-port", str(link),
-                "--gateway-port", str(gateway)]
+                "--gateway-port", str(gateway), *self.extra]
 
     def start(self) -> None:
         with open(self.output, "ab") as out:
@@ -149,6 +150,56 @@ def test_it_serves_and_a_second_instance_is_refused_without_harm(
     assert not (var / "kcm-core.pid").exists() and not (var / "kcm-gateway.pid").exists()
     assert "kcm dev run: SIGINT: stopping kcm-gateway and kcm-core" in launcher.text()
     assert "Traceback" not in launcher.text()
+
+
+def _two_free_ports() -> int:
+    """A port that is free, and the next one too."""
+    from kcm.cli.dev_cmd import port_taken
+
+    while True:
+        port = free_port()
+        if port < 65535 and not port_taken(port + 1):
+            return port
+
+
+def test_metrics_port_serves_both_services_metrics_and_health(tmp_path: Path) -> None:
+    """`make run` served no metrics: seeing /metrics and /readyz took copies of both
+    configuration files with `metrics_listen` set. `--metrics-port PORT` serves kcm-core's on
+    PORT and kcm-gateway's on PORT+1, and the banner says how to read them."""
+    import json
+    import urllib.request
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    port = _two_free_ports()
+    running = Launcher(root, [free_port(), free_port(), free_port()],
+                       extra=("--metrics-port", str(port)))
+    try:
+        running.start()
+        assert f"curl -s http://127.0.0.1:{port}/metrics" in running.text()
+
+        def get(port: int, path: str) -> tuple[int, str]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+
+        status, body = get(port, "/readyz")
+        assert status == 200 and json.loads(body)["ready"] is True
+        assert "kcm_core_" in get(port, "/metrics")[1]
+        deadline = time.monotonic() + 30
+        while (answer := get(port + 1, "/healthz"))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert answer[0] == 200
+        assert "kcm_gateway_" in get(port + 1, "/metrics")[1]
+    finally:
+        stop_process(running.process, signal.SIGINT)
+        for name in ("kcm-core", "kcm-gateway"):
+            pid_file = root / "var" / f"{name}.pid"
+            if pid_file.exists():
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    bad = Launcher(tmp_path, running.ports, extra=("--metrics-port", str(running.ports[0])))
+    done = subprocess.run(bad.command(), cwd=tmp_path, env=process_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "--metrics-port" in done.stderr
 
 
 def test_ports_in_use_by_something_else_are_named(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ class PolicyFile(Service):
         if not len(self.gateway_scopes):
             log.warn("no gateway is scoped: every gateway may assert any tenant's callers; "
                      "scope each in the policy file's [gateways] (docs/operations.md, "
-                     '"Identities and certificates")')
+                     '"Gateway scopes")')
         self._pushed = self._audited = (self.subject_map or SubjectMap({})).document()
         self._install_sighup()
         super().startService()

@@ -146,7 +146,11 @@ def test_a_core_whose_policy_scopes_no_gateway_warns_as_it_starts(
     finally:
         globalLogPublisher.removeObserver(observer)
         policy.stopService()
-    assert any("no gateway is scoped" in line for line in lines)
+    warning = next(line for line in lines if "no gateway is scoped" in line)
+    # It names the section that says how to scope one, a heading of the guide.
+    assert warning.endswith('(docs/operations.md, "Gateway scopes")')
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    assert "\n### Gateway scopes\n" in guide
 
 
 def test_kcm_config_check_checks_the_gateway_scopes_too(tmp_path: Path) -> None:

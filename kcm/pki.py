@@ -49,6 +49,7 @@ __all__ = [
     "issue_identity",
     "load_ca",
     "new_ca",
+    "pki_trust_domain",
     "write_certificate",
 ]
 
@@ -388,7 +389,7 @@ def issue_identity(
     name: str,
     identity: str,
     *,
-    trust_domain: str = "kcm.test",
+    trust_domain: str | None = None,
     days: int = DEFAULT_DAYS,
     force: bool = False,
     now: dt.datetime | None = None,
@@ -400,7 +401,11 @@ def issue_identity(
     ``NAME.pem`` and ``NAME.key``. Raises ``ValueError`` for a bad name or identity (a
     gateway's certificate serves too: :func:`init_pki` makes one), ``FileNotFoundError``
     without a CA, ``FileExistsError`` if either file exists, unless ``force``.
+    ``trust_domain``: by default the one of the directory's gateway certificate (as
+    :func:`init_pki` made it), else ``kcm.test``.
     """
+    if trust_domain is None:
+        trust_domain = pki_trust_domain(directory) or "kcm.test"
     validate_trust_domain(trust_domain)
     if not _FILE_NAME.fullmatch(name) or name == "ca":
         raise ValueError(f"invalid certificate name {name!r}: letters, digits, '-', '_' "
@@ -424,6 +429,23 @@ def issue_identity(
                                uris=[f"spiffe://{trust_domain}/{identity}"])
     write_certificate(pair, issued.cert, issued.key)
     return pair
+
+
+def pki_trust_domain(directory: Path) -> str | None:
+    """The trust domain of the SPIFFE ID in ``directory``'s gateway certificate, or None
+    (no such file, or no SPIFFE ID in it)."""
+    try:
+        cert = x509.load_pem_x509_certificate(
+            PkiPaths.for_directory(Path(directory)).gateway.cert.read_bytes())
+        uris = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.UniformResourceIdentifier)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    for uri in uris:
+        if uri.startswith("spiffe://"):
+            return uri[len("spiffe://"):].split("/", 1)[0] or None
+    return None
 
 
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

@@ -71,7 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     issue.add_argument("name", metavar="NAME", help="the files' name: NAME.pem, NAME.key")
     issue.add_argument("identity", metavar="IDENTITY",
                        help="tenant/T/service/S, tenant/T/admin/NAME or operator/NAME")
-    issue.add_argument("--trust-domain", default="kcm.test", help="SPIFFE trust domain")
+    issue.add_argument("--trust-domain", default=None,
+                       help="SPIFFE trust domain (default: that of DIR's gateway.pem, "
+                       "else kcm.test)")
     issue.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
                        help="validity in days")
     issue.add_argument("--force", action="store_true", help="replace NAME.pem and NAME.key")
@@ -122,5 +124,6 @@ def _run_issue(args: argparse.Namespace) -> int:
         raise CommandError(f"{e}: run kcm pki init {args.directory} first") from e
     except ValueError as e:
         raise CommandError(str(e)) from e
-    print(f"{pair.cert} and {pair.key}: spiffe://{args.trust_domain}/{args.identity}")
+    trust_domain = args.trust_domain or pki.pki_trust_domain(args.directory) or "kcm.test"
+    print(f"{pair.cert} and {pair.key}: spiffe://{trust_domain}/{args.identity}")
     return 0

@@ -258,6 +258,14 @@ def test_issue_identity_refusals(tmp_path: Path) -> None:
         "spiffe://kcm.test/operator/y"]
 
 
+def test_issue_identity_takes_the_pkis_trust_domain(tmp_path: Path) -> None:
+    init_pki(tmp_path / "p", trust_domain="corp.example")
+    pair = issue_identity(tmp_path / "p", "billing", "tenant/acme/service/billing")
+    assert _uris(_load(pair)) == ["spiffe://corp.example/tenant/acme/service/billing"]
+    other = issue_identity(tmp_path / "p", "ops2", "operator/ops2", trust_domain="kcm.test")
+    assert _uris(_load(other)) == ["spiffe://kcm.test/operator/ops2"]
+
+
 def test_cli_pki_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     init_pki(tmp_path / "p")
     assert main(["pki", "issue", str(tmp_path / "p"), "billing",

@@ -217,11 +217,16 @@ class CoreMetrics:
             lambda: [] if upgrade.left is None else [((), float(upgrade.left))]))
 
     def tenant_rates(self, rates: TenantRates) -> None:
-        """Report the requests each tenant's rate refused when scraped."""
+        """Report the requests each tenant's rate refused, and the live cores sharing the
+        rates, when scraped."""
         self.registry.register(_CallbackCounter(
             "kcm_core_tenant_requests_throttled", "Requests refused whole, unrun and "
             "unaudited, over their tenant's request rate on this core, by tenant.",
             rates.counts, ("tenant",)))
+        self.registry.register(CallbackGauge(
+            "kcm_core_live_cores", "Cores serving the database as this core last counted "
+            "them (itself included; 1 on SQLite): each allows a tenant this share of its "
+            "request rate.", (), lambda: [((), float(rates.cores))]))
 
     def transaction(self, write: bool, seconds: float) -> None:
         """The store's ``on_transaction`` (a worker thread)."""

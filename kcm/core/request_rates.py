@@ -14,8 +14,15 @@ when the bucket is full, which it leaves in debt: the sustained rate holds all t
 
 The tenants' own rates are read from the database at start and every
 :data:`READ_INTERVAL` seconds (:meth:`TenantRates.read`, a read-only transaction off the
-reactor): a request never reads them. Each core counts on its own, so N cores behind one
-database let a tenant make N times its rate.
+reactor): a request never reads them.
+
+Several cores on one database share each tenant's rate: :class:`kcm.core.core_presence.
+CorePresence` counts the live cores every few seconds and gives the count N to
+:meth:`TenantRates.set_cores`; each core then allows a tenant its rate / N and a bucket of
+its burst / N (at least one item), so the cores together allow it its rate (and a burst of
+at most max(burst, N)), however its requests are spread between them. The share is even:
+a tenant whose requests all reach one of N cores gets rate / N there (see
+docs/operations.md, "Request rate per tenant").
 
 Memory: a bucket that has filled up again is the same as none, and is dropped at the next
 read, as are the buckets, counts and log lines of tenants that no longer exist; what is
@@ -90,6 +97,22 @@ class TenantRates:
             "read kept: {why}", interval=LOG_INTERVAL, level=LogLevel.warn, logger=_log)
         #: Whether any tenant is limited (else :meth:`admit` returns at once).
         self._any = self._rate > 0
+        #: The live cores sharing each tenant's rate (:meth:`set_cores`; 1: this one alone).
+        self.cores = 1
+
+    def set_cores(self, cores: int) -> None:
+        """``cores`` cores (this one among them) serve the database: each allows a tenant
+        1/``cores`` of its rate and burst from now on (a fuller bucket is cut down to it)."""
+        self.cores = max(int(cores), 1)
+
+    def share(self, tenant: str) -> tuple[float, float]:
+        """``tenant``'s (rate, bucket size) on this core: its :meth:`limit` divided by the
+        live cores, the bucket at least one item; rate 0: none."""
+        rate, size = self._own.get(tenant, self._default)
+        cores = self.cores
+        if cores > 1 and rate:
+            return rate / cores, max(size / cores, 1.0)
+        return rate, size
 
     def limit(self, tenant: str) -> tuple[float, float]:
         """``tenant``'s (rate, bucket size); rate 0: none."""
@@ -100,9 +123,12 @@ class TenantRates:
         (nothing taken), the refusal's message."""
         if not self._any:
             return None
-        rate, size = self._own.get(tenant, self._default)
-        if not rate:
+        whole, size = self._own.get(tenant, self._default)
+        if not whole:
             return None
+        rate, cores = whole, self.cores
+        if cores > 1:
+            rate, size = whole / cores, max(size / cores, 1.0)
         now = self._clock()
         bucket = self._buckets.get(tenant)
         if bucket is None:
@@ -115,8 +141,8 @@ class TenantRates:
         if held >= need:
             bucket[0] = held - items
             return None
-        self._refused(tenant, rate)
-        return throttled_message(rate, (need - held) / rate)
+        self._refused(tenant, whole)
+        return throttled_message(whole, (need - held) / rate)
 
     def _refused(self, tenant: str, rate: float) -> None:
         self.throttled[tenant] = self.throttled.get(tenant, 0) + 1
@@ -163,7 +189,7 @@ class TenantRates:
         names = {row[0] for row in rows}
         now = self._clock()
         for tenant, bucket in list(self._buckets.items()):
-            rate, size = self.limit(tenant)
+            rate, size = self.share(tenant)
             if (tenant not in names or not rate
                     or bucket[0] + max(now - bucket[1], 0.0) * rate >= size):
                 del self._buckets[tenant]

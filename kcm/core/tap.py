@@ -20,6 +20,7 @@ from kcm.connection_refusals import ConnectionRefusals
 from kcm.core.audit_checkpoints import AuditCheckpoints
 from kcm.core.auto_rotation import rotate_due
 from kcm.core.config import CoreLimits, command_line_secret, load_config
+from kcm.core.core_presence import CorePresence
 from kcm.core.destroyed_retention import drop_tombstones, purge_destroyed
 from kcm.core.event_fanout import STALE_AFTER, EventFanout
 from kcm.core.events import TenantRemovals
@@ -227,6 +228,9 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     # The tenants' own request rates: read as the core starts (before its listeners) and
     # every few seconds, so that kcm core tenant limit reaches every running core.
     RateReads(rates, store, reactor).setServiceParent(core)
+    # The cores on the database (PostgreSQL), counted as this one starts and every 5 s:
+    # they share each tenant's rate.
+    CorePresence(store, reactor, rates.set_cores).setServiceParent(core)
     checkpoints = AuditCheckpoints(store, keyring, reactor,
                                    interval=config.audit_checkpoint_interval)
     checkpoints.setServiceParent(core)

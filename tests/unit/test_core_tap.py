@@ -29,7 +29,8 @@ from tests.unit.test_audit import write_legacy_chain
 from tests.vectors import REPO_ROOT
 
 TREE = ["kcm-sqlite-owner", "kcm-database-sessions", "kcm-l1-before-migration", "kcm-store",
-        "kcm-object-cache-expiry", "kcm-l1", "kcm-tenant-rates", "kcm-audit-checkpoints",
+        "kcm-object-cache-expiry", "kcm-l1", "kcm-tenant-rates", "kcm-core-presence",
+        "kcm-audit-checkpoints",
         "kcm-policy",
         "kcm-tls-refresh", "kcm-kmip-listener",
         "kcm-event-fanout", "kcm-outbox-listener", "kcm-link-listener", "kcm-state-sweeper"]

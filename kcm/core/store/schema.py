@@ -8,6 +8,7 @@ Time is stored as integers, never as ``DateTime``:
 - KMIP date attributes (Initial Date, Activation Date, ...) and ``tenants.created_at`` /
   ``l4_tombstones.at`` are epoch **seconds**, the resolution of a KMIP Date-Time.
 - ``audit_log.at`` and ``outbox.at`` are epoch **microseconds**.
+- ``core_presence.last_seen`` is epoch **milliseconds**.
 
 Every sequence number (``managed_objects.created_seq``, ``audit_log.seq``, ``outbox.seq``) is
 assigned by the repository as ``max + 1`` while writers are serialized (see
@@ -356,3 +357,16 @@ class SpentStreamPart(Base):
     stream_id: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
     part: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class CorePresenceRow(Base):
+    """A core serving the database, as it last announced itself (:mod:`kcm.core.core_presence`,
+    migration 0016): every few seconds, so that each core knows how many share each tenant's
+    request rate. Deleted as the core stops, or once long unseen."""
+
+    __tablename__ = "core_presence"
+
+    #: The core's id: host, process id, a random part.
+    core: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: When it last announced itself, by the database's clock: epoch milliseconds.
+    last_seen: Mapped[int] = mapped_column(BigInteger)

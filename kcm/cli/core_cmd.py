@@ -110,8 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "core's [core.limits] max_objects_per_tenant)")
     limit_tenant.add_argument(
         "--requests-per-second", metavar="N",
-        help="batch items a second the tenant's requests may make on each core, sustained "
-             "(0: no limit; default: the core's [core.limits] "
+        help="batch items a second the tenant's requests may make, sustained, shared by "
+             "the cores (0: no limit; default: the core's [core.limits] "
              "requests_per_second_per_tenant)")
     limit_tenant.add_argument(
         "--request-burst", metavar="N",

@@ -581,6 +581,6 @@ def run_tenant_limit(args: argparse.Namespace) -> int:
     else:
         print(f"tenant {shown['tenant']}: {_bound_text(shown)}" + (
             "" if shown["own_bound"] else " (the core's max_objects_per_tenant)"))
-        print(f"tenant {shown['tenant']}: {_rate_text(shown)} (batch items, on each core; "
-              f"a running core takes a change within {RATES_INTERVAL:g} s)")
+        print(f"tenant {shown['tenant']}: {_rate_text(shown)} (batch items, shared by the "
+              f"cores; a running core takes a change within {RATES_INTERVAL:g} s)")
     return 0

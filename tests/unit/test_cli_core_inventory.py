@@ -78,12 +78,12 @@ def test_tenant_limit_and_what_list_and_show_say_of_it(deployment: Path, capsys)
         == [("demo", 3, 1_000_000, False), ("other", 2, 1_000_000, False)]
     assert kcm(capsys, "core", "tenant", "limit", "demo", "-c", config) == (
         0, "tenant demo: stored 3 of 1,000,000 (the core's max_objects_per_tenant)\n"
-        "tenant demo: request rate none (batch items, on each core; a running core takes a "
-        "change within 5 s)\n", "")
+        "tenant demo: request rate none (batch items, shared by the cores; a running core "
+        "takes a change within 5 s)\n", "")
     assert kcm(capsys, "core", "tenant", "limit", "demo", "--max-objects", "5000", "-c",
                config) == (0, "tenant demo: stored 3 of 5,000 (its own)\n"
-                           "tenant demo: request rate none (batch items, on each core; a "
-                           "running core takes a change within 5 s)\n", "")
+                           "tenant demo: request rate none (batch items, shared by the "
+                           "cores; a running core takes a change within 5 s)\n", "")
     status, out, _ = kcm(capsys, "core", "tenant", "show", "demo", "-c", config)
     assert out.startswith("tenant demo, created ") and (
         ", stored 3 of 5,000 (its own) (objects and L4 tombstones)\n") in out
@@ -124,8 +124,8 @@ def test_tenant_limit_recount_repairs_a_count_that_drifted(deployment: Path, cap
     assert kcm(capsys, "core", "tenant", "limit", "demo", "--recount", "-c", config) == (
         0, "tenant demo: count corrected from 40 to 3\n"
            "tenant demo: stored 3 of 1,000,000 (the core's max_objects_per_tenant)\n"
-           "tenant demo: request rate none (batch items, on each core; a running core takes "
-           "a change within 5 s)\n", "")
+           "tenant demo: request rate none (batch items, shared by the cores; a running "
+           "core takes a change within 5 s)\n", "")
     assert kcm(capsys, "core", "tenant", "limit", "demo", "--recount", "-c", config)[1] \
         .startswith("tenant demo: count right (3)\n")
     with sqlite3.connect(database) as db:
@@ -476,8 +476,8 @@ def test_tenant_limit_requests_per_second_and_what_list_and_show_say_of_it(
     status, out, _ = kcm(capsys, "core", "tenant", "limit", "demo", "--requests-per-second",
                          "2.5", "--request-burst", "10", "-c", config)
     assert out.splitlines()[1] == (
-        "tenant demo: request rate 2.5/s (its own) burst 10 (its own) (batch items, on each "
-        "core; a running core takes a change within 5 s)")
+        "tenant demo: request rate 2.5/s (its own) burst 10 (its own) (batch items, shared by "
+        "the cores; a running core takes a change within 5 s)")
     status, out, _ = kcm(capsys, "core", "tenant", "list", "-c", config)
     assert "  request rate 2.5/s (its own) burst 10 (its own)" in out.splitlines()[0]
     assert out.splitlines()[1].endswith("  request rate none")

@@ -23,7 +23,8 @@ import sys
 from typing import Any
 
 from kcm.cli import CommandError
-from kcm.cli.key_cmd import EXIT_KMIP_FAILURE, _kmip, connection_options, parse_hex
+from kcm.cli.exit_status import EXIT_KMIP_FAILURE
+from kcm.cli.key_cmd import _kmip, connection_options, parse_hex
 
 __all__ = ["register"]
 

@@ -6,13 +6,24 @@ the first and stop at the second.
 Unavailable: the database cannot be reached or is locked or busy (a PostgreSQL server down,
 starting, shutting down, out of connections, read-only after a failover, a connection broken
 or timed out; a SQLite file another process holds locked), or a KMIP server cannot be
-reached or did not answer in time (:attr:`kcm.conformance.client.KmipClientError.temporary`).
-The error or any of its causes (``raise ... from``) decides: the commands turn a database's
-error into their one-line message with it as the cause.
+reached or did not answer in time (:attr:`kcm.conformance.client.KmipClientError.temporary`),
+or a host name could not be looked up because the resolver is down (``EAI_AGAIN``, not
+``EAI_NONAME``: a name that does not exist stays 2). The error or any of its causes
+(``raise ... from``) decides: the commands turn a database's error into their one-line
+message with it as the cause.
+
+A KMIP failure answer is 1 (:func:`answer_status`), or 75 when the server says the same
+request may pass later: the core's per-tenant request rate (``...; retry in S s``,
+:func:`kcm.core.request_rates.throttled_message`) and the servers' ``...; try again`` (the
+key store unavailable, a request deadline exceeded, a gateway busy or without its core). A
+tenant at its bound on stored objects (``max_objects_per_tenant``) stays 1: it passes only
+once objects are destroyed or the bound is raised, which no retry does.
 """
 
 from __future__ import annotations
 
+import re
+import socket
 import sqlite3
 from collections.abc import Iterator
 
@@ -20,6 +31,13 @@ from collections.abc import Iterator
 EXIT_BAD_INPUT = 2
 #: The database or server is unavailable now; try again (sysexits.h ``EX_TEMPFAIL``).
 EXIT_TRY_AGAIN = 75
+#: The server answered with a failure (not one it says passes: :func:`answer_status`).
+EXIT_KMIP_FAILURE = 1
+
+#: A failure answer's message that asks for the same request later: the core's request
+#: rate's ``...; retry in 0.4 s``, the servers' ``...; try again`` (and ``try again later``,
+#: ``try again (correlation id ...)``).
+_ANSWER_PASSING = re.compile(r"; (?:retry in [0-9.]+ s|try again)\b")
 
 #: SQLite's primary result codes of a file another connection holds: SQLITE_BUSY,
 #: SQLITE_LOCKED.
@@ -57,6 +75,13 @@ def exit_status(error: BaseException) -> int:
     return EXIT_TRY_AGAIN if any(_passing(e) for e in _chain(error)) else EXIT_BAD_INPUT
 
 
+def answer_status(message: str) -> int:
+    """The exit status of a KMIP failure answer whose Result Message is ``message``:
+    :data:`EXIT_TRY_AGAIN` if it asks for the same request later, else
+    :data:`EXIT_KMIP_FAILURE`."""
+    return EXIT_TRY_AGAIN if _ANSWER_PASSING.search(message) else EXIT_KMIP_FAILURE
+
+
 def _chain(error: BaseException) -> Iterator[BaseException]:
     """``error``, its causes (``__cause__``, else ``__context__`` unless suppressed) and a
     database error's driver error (SQLAlchemy's ``orig``)."""
@@ -80,6 +105,8 @@ def _passing(error: BaseException) -> bool:
 
     if isinstance(error, KmipClientError):
         return error.temporary
+    if isinstance(error, socket.gaierror):  # (the resolver down, not a name unknown)
+        return error.errno == socket.EAI_AGAIN
     if isinstance(error, sqlite3.OperationalError):
         code = getattr(error, "sqlite_errorcode", None)
         return (code is not None and code & 0xFF in _SQLITE_BUSY) or (

@@ -19,7 +19,9 @@
   ``--tag-hex``.
 
 Exit status: 0 success; 1 the server answered with a failure (its Result Reason and Result
-Message on one stderr line); 2 bad usage or no connection.
+Message on one stderr line), 75 if that failure says to try again (a tenant over its request
+rate, the key store unavailable: :func:`kcm.cli.exit_status.answer_status`) or the server
+could not be reached; 2 bad usage or no connection for good.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kcm.cli import CommandError, add_command
+from kcm.cli.exit_status import answer_status
 
 if TYPE_CHECKING:
     from kcm.client import Session
@@ -40,8 +43,6 @@ if TYPE_CHECKING:
     from kcm.kmip.attributes import CryptographicParameters
     from kcm.kmip.enums import CryptographicAlgorithm
 
-#: The exit status of a KMIP failure answer.
-EXIT_KMIP_FAILURE = 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -328,8 +329,9 @@ def _session(args: argparse.Namespace) -> Operations:
 
 
 def _kmip(args: argparse.Namespace, operation: Callable[[Any], int]) -> int:
-    """Run ``operation(session)``: a failure answer is exit status 1 with its reason and
-    message on one stderr line; a connection error is a CommandError (exit status 2)."""
+    """Run ``operation(session)``: a failure answer is exit status 1 (75 if it says to try
+    again) with its reason and message on one stderr line; a connection error is a
+    CommandError (exit status 2, or 75 if temporary)."""
     from kcm.client import KmipClientError, KmipOperationFailed
     from kcm.kmip.enums import ResultReason
     from kcm.kmip.labels import enum_label
@@ -344,7 +346,7 @@ def _kmip(args: argparse.Namespace, operation: Callable[[Any], int]) -> int:
                          "result_message": e.message})
         message = " ".join(e.message.split())
         print(f"{args.prog}: {reason}: {message}", file=sys.stderr)
-        return EXIT_KMIP_FAILURE
+        return answer_status(message)
     except KmipClientError as e:
         raise CommandError(str(e)) from e
     finally:

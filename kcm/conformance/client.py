@@ -46,8 +46,9 @@ _SEND_CHUNK = 1 << 16
 class KmipClientError(ConnectionError):
     """The connection failed, closed early, timed out or carried something not TTLV.
     ``temporary``: the server could not be reached or did not answer in time (refused,
-    reset, unreachable, a timeout), so the same call may succeed later; not so for a TLS
-    handshake the server or the client refused, or an answer that is not KMIP."""
+    reset, unreachable, a timeout, a resolver down), so the same call may succeed later; not
+    so for a name that does not exist, a TLS handshake the server or the client refused, or
+    an answer that is not KMIP."""
 
     temporary = False
 
@@ -63,6 +64,13 @@ def _handshake_temporary(error: OSError) -> bool:
     broke or timed out under it; not a certificate or protocol refused by either side."""
     return isinstance(error, (TimeoutError, ConnectionError, ssl.SSLEOFError,
                               ssl.SSLZeroReturnError)) or not isinstance(error, ssl.SSLError)
+
+
+def _lookup_temporary(error: OSError) -> bool:
+    """Whether a host name lookup that failed with ``error`` may succeed later: the resolver
+    did not answer (``EAI_AGAIN``, "Temporary failure in name resolution"); not a name that
+    does not exist (``EAI_NONAME``)."""
+    return isinstance(error, socket.gaierror) and error.errno == socket.EAI_AGAIN
 
 
 def _encrypted(key: str | Path) -> bytes:
@@ -133,7 +141,9 @@ class KmipClient:
         try:
             addresses = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
         except OSError as e:
-            raise KmipClientError(f"cannot connect to {self.host}:{self.port}: {e}") from e
+            failed = KmipClientError(f"cannot connect to {self.host}:{self.port}: {e}")
+            # (a resolver down may answer later; a name that does not exist will not)
+            raise (temporary(failed) if _lookup_temporary(e) else failed) from e
         error: OSError | None = None
         for family, kind, proto, _, address in addresses:  # (a refusal: try again later)
             raw = socket.socket(family, kind, proto)

@@ -1,6 +1,7 @@
 """The `kcm` command's exit status (real processes): 75 (EX_TEMPFAIL) when the database or
 the KMIP server is unavailable now, so that a script may try again; 2 for everything else
-("no such tenant"), 1 for a KMIP failure answer."""
+("no such tenant"), 1 for a KMIP failure answer, 75 for one that says to try again (a tenant
+over its request rate) but 1 for a tenant at its bound on stored objects."""
 
 from __future__ import annotations
 
@@ -54,6 +55,30 @@ def test_a_stopped_core_is_75_to_the_kmip_client_commands_and_a_failure_answer_1
         answered = kcm_key(core, "get", "no-such-object")
         assert answered.returncode == 1, answered.stderr
         assert kcm_key(core, "create").returncode == 0
+    finally:
+        core.stop()
+
+
+def test_a_tenant_over_its_request_rate_is_75_and_one_at_its_object_bound_1(
+        tmp_path: Path) -> None:
+    # demo: one item, then one every 20 s; other: no rate, a bound of one stored object.
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}",
+                  requests_per_second_per_tenant=0.05, request_burst_per_tenant=1)
+    core.kcm("core", "tenant", "limit", "other", "--requests-per-second", "0",
+             "--max-objects", "1")
+    core.start()
+    try:
+        assert kcm_key(core, "create").returncode == 0
+        throttled = kcm_key(core, "create")
+        assert throttled.returncode == 75, throttled.stderr
+        # (kcm key speaks KMIP 1.4 by default: Feature Not Supported, 1.x's reason for it)
+        assert throttled.stderr.startswith("kcm key create: FEATURE_NOT_SUPPORTED: the "
+                                           "tenant's request rate of 0.05 items/s was "
+                                           "exceeded; retry in "), throttled.stderr
+        # (other's service key is its one stored object already)
+        bound = kcm_key(core, "create", who="other_app")
+        assert bound.returncode == 1, bound.stderr
+        assert "at its bound of 1 stored objects" in bound.stderr
     finally:
         core.stop()
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import ssl
 
 import psycopg
+import pytest
 from sqlalchemy.exc import OperationalError
 
 from kcm.cli import CommandError
@@ -139,3 +141,73 @@ def test_a_cycle_of_causes_ends() -> None:
     a, b = CommandError("a"), CommandError("b")
     a.__cause__, b.__cause__ = b, a
     assert exit_status(a) == 2
+
+
+def _resolver(errno: int, text: str):
+    def getaddrinfo(*args, **kwargs):
+        raise socket.gaierror(errno, text)
+    return getaddrinfo
+
+
+_DOWN = (socket.EAI_AGAIN, "Temporary failure in name resolution")
+_UNKNOWN = (socket.EAI_NONAME, "Name or service not known")
+
+
+def test_a_kmip_server_name_the_resolver_cannot_look_up_now_is_75_one_unknown_2(
+        tmp_path, monkeypatch) -> None:
+    # What `kcm key` raises (kcm.client's failover connection, one server or two), from
+    # the gaierror getaddrinfo raises: a resolver down may answer later, an unknown name not.
+    from kcm.client.endpoints import FailoverConnection, TlsFiles
+    from kcm.pki import init_pki
+
+    pki = init_pki(tmp_path / "pki")
+    tls = TlsFiles(pki.app.cert, pki.app.key, pki.ca.cert)
+    for (errno, text), status in ((_DOWN, 75), (_UNKNOWN, 2)):
+        monkeypatch.setattr(socket, "getaddrinfo", _resolver(errno, text))
+        for servers in (["kmip.example:5696"], ["kmip.example:5696", "kmip2.example:5696"]):
+            with pytest.raises(KmipClientError) as raised:
+                FailoverConnection(servers, tls, timeout=5).send(b"")
+            assert text in str(raised.value)
+            assert exit_status(caused(CommandError(str(raised.value)), raised.value)) == \
+                status, (text, servers)
+
+
+def test_a_postgresql_host_name_the_resolver_cannot_look_up_now_is_75_one_unknown_2(
+        monkeypatch) -> None:
+    # psycopg looks the name up itself (getaddrinfo) and says so in its OperationalError.
+    import sqlalchemy
+
+    for (errno, text), status in ((_DOWN, 75), (_UNKNOWN, 2)):
+        monkeypatch.setattr(socket, "getaddrinfo", _resolver(errno, text))
+        engine = sqlalchemy.create_engine("postgresql+psycopg://kcm@db.example/kcm")
+        try:
+            with pytest.raises(OperationalError) as raised, engine.connect():
+                pass
+        finally:
+            engine.dispose()
+        assert text in str(raised.value)
+        assert exit_status(caused(CommandError("database x: ..."), raised.value)) == status
+
+
+def test_a_gaierror_itself_is_75_only_for_a_resolver_down() -> None:
+    assert exit_status(socket.gaierror(*_DOWN)) == 75
+    assert exit_status(socket.gaierror(*_UNKNOWN)) == 2
+    assert exit_status(socket.gaierror(socket.EAI_FAIL, "Non-recoverable failure")) == 2
+
+
+def test_a_failure_answer_is_1_or_75_if_the_server_says_it_passes() -> None:
+    from kcm.cli.exit_status import answer_status
+    from kcm.core.request_handler import expired_message
+    from kcm.core.request_rates import throttled_message
+    from kcm.core.store.unavailable import store_unavailable_message
+    from kcm.gateway.l3_cache import FETCHES_BUSY
+
+    for passing in (throttled_message(1, 0.42), throttled_message(0.5, 7),
+                    store_unavailable_message("c1"), expired_message(5, False, "c2"),
+                    FETCHES_BUSY, "the tenant key was retired less than 60 s ago; try again "
+                    "later"):
+        assert answer_status(passing) == 75, passing
+    for failing in ("tenant demo is at its bound of 10 stored objects "
+                    "(max_objects_per_tenant)", "object x is not found",
+                    "the batch has 3 items; the most is 2", "", "to retry in 5 s"):
+        assert answer_status(failing) == 1, failing

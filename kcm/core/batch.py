@@ -25,6 +25,7 @@ from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.context import Caller, OperationContext, RequestWork
 from kcm.core.keyring import MISMATCH_MESSAGE, Keyring, WrappingMismatch
 from kcm.core.keys import L1Error
+from kcm.core.mismatch_line import in_request
 from kcm.core.operations import HANDLERS, OperationHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.unavailable import store_unavailable, store_unavailable_message
@@ -76,7 +77,8 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
             raise KmipError(ResultReason.OPERATION_NOT_SUPPORTED,
                             f"operation {operation_name(item.operation)} is not supported")
         try:
-            return handler(ctx, item.request_payload)
+            with in_request(operation_name(item.operation), correlation_id):
+                return handler(ctx, item.request_payload)
         except L1Error as e:
             # L1 that cannot be used now (its token's session lost and not opened again) is
             # the operator's to fix: answered like a store outage, in one log line.
@@ -86,11 +88,8 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
             raise KmipError(ResultReason.GENERAL_FAILURE,
                             store_unavailable_message(correlation_id)) from e
         except WrappingMismatch as e:
-            # A row changed in the database (the keyring logged it and counted it): the
-            # store is not to be trusted; the client is told no more than that.
-            log.error("operation {operation} failed [correlation id {cid}]: {error}",
-                      operation=operation_name(item.operation), cid=correlation_id,
-                      error=str(e))
+            # A row changed in the database (the keyring logged it, as this request's, and
+            # counted it): the store is not to be trusted; the client is told no more.
             raise KmipError(ResultReason.GENERAL_FAILURE,
                             f"{MISMATCH_MESSAGE} (correlation id {correlation_id})") from e
 

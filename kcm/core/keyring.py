@@ -13,7 +13,8 @@ effective Extractable and Sensitive (:class:`Binding`, :class:`Flags`), and an u
 them from the row as read. A row whose columns or flags were changed in the database (an
 L3 made to look like an ordinary object, another service's key moved to an application's,
 a key made Extractable) then fails: :class:`WrappingMismatch`, General Failure, logged at error
-level and counted (:attr:`Keyring.mismatches`). A version 1 blob (tenant and uid only) is
+level in one line (:mod:`kcm.core.mismatch_line`: the request's, one object's at most once a
+minute) and counted (:attr:`Keyring.mismatches`). A version 1 blob (tenant and uid only) is
 opened while ``accept_v1`` (``[core] accept_v1_wrapping``) and re-wrapped as version 2 by
 :meth:`Keyring.rewrap` (:mod:`kcm.core.wrap_upgrade`); refused like a tampered row without.
 """
@@ -31,12 +32,12 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
-from twisted.logger import Logger
 
 from kcm.core import keys
 from kcm.core.attribute_blob import decode_attributes
 from kcm.core.l1 import L1Key
 from kcm.core.l1_file import FileL1
+from kcm.core.mismatch_line import MismatchLines
 from kcm.core.os_random import mix_into_os_pool
 from kcm.core.store import repository
 from kcm.core.store.savepoints import on_rollback
@@ -51,8 +52,6 @@ from kcm.kmip.enums import ObjectType, ResultReason
 from kcm.kmip.errors import KmipError
 from kcm.kmip.tags import Tag
 from kcm.l4.identifiers import L3_PREFIX
-
-log = Logger()
 
 #: Seconds a tenant's current L2 is trusted without asking the store again.
 CURRENT_L2_TTL = 5.0
@@ -251,6 +250,8 @@ class Keyring:
         self._random_bytes = random_bytes
         self._seed_random = seed_random
         self._clock = clock
+        #: The one log line of each mismatch (one object's at most once a minute).
+        self._mismatch_lines = MismatchLines(clock)
         self._current_l2_ttl = current_l2_ttl
         self._kept_ttl = kept_ttl
         self._l2_by_uid: dict[str, bytes] = {}
@@ -493,11 +494,8 @@ class Keyring:
         """Log and count a row that does not match its wrapping; the error to raise."""
         with self._mismatch_lock:
             self.mismatches += 1
-        error = WrappingMismatch(row.tenant, row.uid, why)
-        log.error("object {uid} of tenant {tenant} refused: its row does not match its "
-                  "wrapping ({why}); the database was changed outside kcm-core",
-                  uid=row.uid, tenant=row.tenant, why=why)
-        return error
+        self._mismatch_lines.note(row.tenant, row.uid, why)
+        return WrappingMismatch(row.tenant, row.uid, why)
 
     def _open(self, row: Any, open_blob: Callable[[bytes], bytes],
               binding: Binding | None = None) -> bytes:

@@ -397,7 +397,14 @@ def database_state(url: str, timeout: float = 2.0, *,
     asked: its writers' lock is held by another core's commit in the ordinary course, and
     a write waits for it (a core whose writes fail is not ready by its database's
     answer); but a PostgreSQL session that is read-only (a standby, or
-    ``default_transaction_read_only`` set for the database or role) is not writable."""
+    ``default_transaction_read_only`` set for the database or role) is not writable.
+
+    A SQLite file of more than one name (a hard link made while the core runs:
+    :mod:`kcm.core.store.sqlite_links`) is ``{"database": "refused: ..."}``, why and what to
+    do."""
+    linked = _sqlite_linked(url)
+    if linked is not None:
+        return {"database": f"refused: {linked}"}
     head = _head_revision()
     try:
         revision, not_writable = _revision(url, timeout, write_lock, disk,
@@ -417,6 +424,21 @@ def database_state(url: str, timeout: float = 2.0, *,
     if not_writable is not None:
         return {"database": f"not writable: {not_writable}", "revision": revision}
     return {"database": "ok", "revision": revision}
+
+
+def _sqlite_linked(url: str) -> str | None:
+    """Why the SQLite file ``url`` names may not be used (a second name), or None."""
+    from sqlalchemy.engine import make_url
+
+    from kcm.core.store.sqlite_links import linked_refusal
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - the check itself says what is wrong with it
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return linked_refusal(str(parsed.database))
 
 
 def _first_line(error: BaseException) -> str:

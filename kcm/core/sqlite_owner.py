@@ -13,7 +13,14 @@ a killed core leaves nothing to clean up. A core that finds it taken does not st
 says which process holds it. A database file its group or others may read is warned about
 (it holds wrapped keys and the audit log; a new one is made 0600). A database file of more
 than one name (a hard link: another path, so another lock file) does not start
-(:mod:`kcm.core.store.sqlite_links`).
+(:mod:`kcm.core.store.sqlite_links`); a second name given to it while the core runs is
+noticed within :data:`LINK_CHECK_INTERVAL` seconds (:attr:`SqliteOwner.linked`): one error
+line, and ``/readyz`` answers 503 saying why (:func:`kcm.core.metrics.database_state`
+looks too) until the name is gone. The core goes on serving, writes included: its own
+writes go through its own name, WAL and lock, and every other kcm-core, ``kcm`` command and
+backup refuses the file while it has two names; what the second name endangers is a
+process that opens the database by it (an ``sqlite3`` shell), which stopping this core's
+writes would not prevent, while it would make a stray ``ln`` an outage.
 
 Only kcm-core takes the lock: the ``kcm`` commands that open the database while the core
 runs (``kcm core tenant add``, ``kcm audit verify``, ...) keep working. A lock file made by
@@ -31,6 +38,8 @@ import stat
 from sqlalchemy.engine import make_url
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from kcm.core.service import StartupError
@@ -41,6 +50,9 @@ log = Logger()
 
 #: What the lock file's name adds to the database file's.
 LOCK_SUFFIX = ".kcm-core.lock"
+#: Seconds between two looks (one ``stat``) at the database file's names while the core
+#: runs.
+LINK_CHECK_INTERVAL = 5.0
 
 
 def sqlite_database_file(url: str) -> str | None:
@@ -70,14 +82,22 @@ class SqliteOwner(Service):
     another database. Its start raises :class:`StartupError` when another process holds the
     lock. ``store`` (kcm-core's, stopped before this): the lock is let go once its threads
     have ended (:meth:`Store.threads_ended`), not as its stop returns, which leaves a read
-    that outlives :data:`~kcm.core.store.engine.READER_STOP_S` to its thread."""
+    that outlives :data:`~kcm.core.store.engine.READER_STOP_S` to its thread. With
+    ``clock`` (the reactor), the file's names are looked at every :data:`LINK_CHECK_INTERVAL`
+    seconds while it runs (:attr:`linked`)."""
 
     name = "kcm-sqlite-owner"
 
-    def __init__(self, url: str, store: Store | None = None) -> None:
+    def __init__(self, url: str, store: Store | None = None, *,
+                 clock: IReactorTime | None = None) -> None:
         self.url = url
         self.store = store
         self._fd: int | None = None
+        self._clock = clock
+        self._watch: LoopingCall | None = None
+        #: Why the file may not be used, found while the core runs (a second name); None:
+        #: it has one.
+        self.linked: str | None = None
 
     def startService(self) -> None:
         database = sqlite_database_file(self.url)
@@ -93,9 +113,28 @@ class SqliteOwner(Service):
                 log.warn("the database file {path} has mode {mode:04o}: other users may read "
                          "its wrapped keys and audit log; chmod 600 it (docs/operations.md, "
                          '"Storage")', path=database, mode=shared)
+            if self._clock is not None:
+                self._watch = LoopingCall(self.check_links, database)
+                self._watch.clock = self._clock
+                self._watch.start(LINK_CHECK_INTERVAL, now=False)
         super().startService()
 
+    def check_links(self, database: str) -> None:
+        """Look at ``database``'s names: a second one is logged once (and the name's
+        removal once), and kept in :attr:`linked`."""
+        linked = linked_refusal(database)
+        if (linked is None) != (self.linked is None):
+            if linked is not None:
+                log.error("a second name was given to the database file while kcm-core "
+                          "runs; /readyz answers 503 until it is gone: {why}", why=linked)
+            else:
+                log.info("the database file {path} has one name again", path=database)
+        self.linked = linked
+
     def stopService(self) -> Deferred[None] | None:
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
+        self._watch = None
         super().stopService()
         if self._fd is None or self.store is None:
             self._release()

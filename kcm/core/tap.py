@@ -211,7 +211,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     master_key = MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11,
                            config.l1_key_env)
     # Before the store opens the file: one kcm-core per SQLite file.
-    SqliteOwner(config.database, store).setServiceParent(core)
+    SqliteOwner(config.database, store, clock=reactor).setServiceParent(core)
     # Before anything else talks to the database (anything holds a lease or LISTENs):
     # refused through a transaction or statement pooler, in words that say so.
     SessionPinning(store).setServiceParent(core)

@@ -106,6 +106,49 @@ def test_a_sqlite_file_of_two_names_is_served_by_no_core_and_opened_by_no_comman
             core.stop()
 
 
+def test_a_second_name_given_to_a_served_sqlite_file_makes_it_not_ready_with_one_line(
+        tmp_path: Path) -> None:
+    """A hard link made while the core runs (the start's refusal does not see it): within
+    the owner's interval (5 s) one error line says so and /readyz answers 503 saying why,
+    however often it is probed; the core serves on (its writes use its own name); the name
+    removed, /readyz is 200 again."""
+    import json
+
+    from kcm.testing.processes import free_port, scrape
+
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.metrics_port = free_port()
+    core.write_config()
+    (tmp_path / "other").mkdir(mode=0o700)
+    other = tmp_path / "other" / "kcm.db"
+    core.start()
+    try:
+        assert scrape(core.metrics_port, "/readyz")[0] == 200
+        os.link(tmp_path / "core" / "kcm.db", other)
+        status, body = scrape(core.metrics_port, "/readyz")
+        assert status == 503, body
+        assert json.loads(body)["database"].startswith(
+            "refused: the SQLite database file has 2 names (hard links)"), body
+
+        def lines() -> list[str]:
+            return [line for line in core.log.read_text().splitlines()
+                    if "a second name was given to the database file" in line]
+        wait_until(lambda: lines(), "the line", timeout=8, interval=0.2)
+        with core.client("app") as client:
+            assert refusals(send_v21(client, create_managed())) == [None]
+        for _ in range(5):
+            assert scrape(core.metrics_port, "/readyz")[0] == 503
+        time.sleep(5.5)  # (another look by the owner: no second line)
+        assert len(lines()) == 1, lines()
+        assert "/readyz answers 503 until it is gone" in lines()[0]
+        os.unlink(other)
+        assert scrape(core.metrics_port, "/readyz")[0] == 200
+        wait_until(lambda: "has one name again" in core.log.read_text(), "the name gone",
+                   timeout=8, interval=0.2)
+    finally:
+        core.stop()
+
+
 def test_a_gateway_pointed_at_a_cores_kmip_port_says_so_and_the_core_serves_on(
         core_process: CoreProcess, tmp_path: Path) -> None:
     """The gateway's core names the core's KMIP port (5696), not its link port: the core

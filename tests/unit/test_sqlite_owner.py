@@ -261,3 +261,47 @@ def test_a_database_file_of_several_names_is_refused_before_its_lock_is_taken(
     owner = SqliteOwner(f"sqlite:///{database}")
     owner.startService()
     owner.stopService()
+
+
+def test_a_second_name_given_while_it_runs_is_noticed_within_the_interval_once(
+        tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from kcm.core.metrics import database_state
+    from kcm.core.sqlite_owner import LINK_CHECK_INTERVAL
+
+    database = tmp_path / "kcm.db"
+    database.touch(mode=0o600)
+    clock = Clock()
+    lines: list[dict] = []
+    globalLogPublisher.addObserver(lines.append)
+    owner = SqliteOwner(f"sqlite:///{database}", clock=clock)
+    try:
+        owner.startService()
+        os.link(database, tmp_path / "other.db")
+        assert owner.linked is None
+        clock.advance(LINK_CHECK_INTERVAL)
+        assert owner.linked is not None and "has 2 names" in owner.linked
+        for _ in range(5):  # (looked at again and again: one line)
+            clock.advance(LINK_CHECK_INTERVAL)
+        # /readyz's check looks itself, at once.
+        state = database_state(f"sqlite:///{database}")
+        assert state == {"database": f"refused: {owner.linked}"}
+        os.unlink(tmp_path / "other.db")
+        clock.advance(LINK_CHECK_INTERVAL)
+        assert owner.linked is None
+        owner.stopService()
+        assert not clock.getDelayedCalls()
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    said = [formatEvent(e) for e in lines if e.get("log_namespace") == "kcm.core.sqlite_owner"]
+    assert said == [
+        "a second name was given to the database file while kcm-core runs; /readyz answers "
+        f"503 until it is gone: {owner_refusal(database)}",
+        f"the database file {database} has one name again"]
+
+
+def owner_refusal(database: Path) -> str:
+    return ("the SQLite database file has 2 names (hard links), and SQLite keeps a WAL per "
+            "name, which corrupts it: with kcm-core stopped, remove the other names (find "
+            f"-samefile) or replace it by a copy: {os.path.realpath(database)}")

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from kcm.kmip.enums import CryptographicAlgorithm
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``key`` and ``l4`` and their actions to the ``kcm`` parser."""
     actions = add_command(subparsers, "key", "key operations over KMIP (a client)", __doc__)

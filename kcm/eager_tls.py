@@ -216,9 +216,11 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
         why = "the connection closed"
         if isinstance(reason, Failure) and not reason.check(ConnectionClosed):
             why = reason.getErrorMessage()  # (the TLS alert or the verification error)
+        refused = isinstance(reason, Failure) and reason.check(Error) is not None
         for waiter in waiters or ():
             if not waiter.called:
-                waiter.errback(HandshakeFailed(f"TLS handshake failed: {why}"))
+                waiter.errback(HandshakeFailed(f"TLS handshake failed: {why}",
+                                               temporary=not refused))
 
     def connectionLost(self, reason: Any) -> None:
         self._into_bio = self._out_bio = self._ssl = None  # the Connection goes: the stock loops
@@ -476,7 +478,13 @@ class EagerTLSProtocol(TLSMemoryBIOProtocol):
 
 
 class HandshakeFailed(ConnectionError):
-    """The TLS handshake did not complete: the connection failed or closed first."""
+    """The TLS handshake did not complete: the connection failed or closed first.
+    ``temporary``: it broke or took too long, and may succeed later; not so when either side
+    refused it (a certificate not verified, no common protocol: an OpenSSL error)."""
+
+    def __init__(self, message: str, *, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 class EagerTLSFactory(TLSMemoryBIOFactory):

@@ -54,6 +54,7 @@ from kcm.client.protocol import (
     NotSent,
 )
 from kcm.client.wire import DEFAULT_VERSION, IDEMPOTENT, positive_timeout, result_of
+from kcm.conformance.client import temporary
 from kcm.kmip.enums import Operation
 from kcm.kmip.messages import RequestBatchItem, ResponseMessage
 
@@ -175,8 +176,8 @@ class KmipClient(Operations):
         return d
 
     def _late(self, errors: Sequence[str] = ()) -> KmipClientError:
-        return KmipClientError(self._late_message
-                               + (": " + "; ".join(errors) if errors else ""))
+        return temporary(KmipClientError(self._late_message
+                                         + (": " + "; ".join(errors) if errors else "")))
 
     def _send_on(self, connection: KmipClientProtocol, items: Sequence[RequestBatchItem],
                  deadline: float) -> Deferred[ResponseMessage]:
@@ -287,7 +288,8 @@ class KmipClient(Operations):
             else:
                 waiter.callback(result)
 
-    def _open(self, step: int, errors: list[str]) -> Deferred[KmipClientProtocol]:
+    def _open(self, step: int, errors: list[str], passing: bool = True
+              ) -> Deferred[KmipClientProtocol]:
         index = (self._preferred + step) % len(self.endpoints)
         endpoint = self.endpoints[index]
         factory = Factory.forProtocol(lambda: KmipClientProtocol(
@@ -306,9 +308,12 @@ class KmipClient(Operations):
             if self._closed:
                 raise KmipClientError(_CLOSED)
             errors.append(f"{endpoint}: {failure.getErrorMessage()}")
+            # (temporary if every endpoint's failure was, as for the blocking client)
+            still_passing = passing and _may_pass(failure)
             if step + 1 < len(self.endpoints):
-                return self._open(step + 1, errors)
-            raise KmipClientError("no endpoint answered: " + "; ".join(errors))
+                return self._open(step + 1, errors, still_passing)
+            failed = KmipClientError("no endpoint answered: " + "; ".join(errors))
+            raise temporary(failed) if still_passing else failed
 
         return d.addCallbacks(connected, refused)
 
@@ -330,6 +335,24 @@ class KmipClient(Operations):
 _CLOSED = "the client is closed"
 #: Seconds without trying a further connection after one failed while another was open.
 MORE_CONNECTIONS_BACKOFF = 5.0
+
+
+def _may_pass(failure: Failure) -> bool:
+    """Whether a connection attempt that failed with ``failure`` may succeed later
+    (:attr:`KmipClientError.temporary`, as the blocking client says): refused, reset,
+    unreachable, timed out, or a TLS handshake that broke or took too long; not a host
+    name with no address, nor a handshake either side refused."""
+    from twisted.internet.error import ConnectError, DNSLookupError
+    from twisted.internet.error import TimeoutError as ConnectTimeout
+
+    from kcm.eager_tls import HandshakeFailed
+
+    error = failure.value
+    if isinstance(error, HandshakeFailed):
+        return error.temporary
+    if isinstance(error, (DNSLookupError, KmipClientError)):
+        return isinstance(error, KmipClientError) and error.temporary
+    return isinstance(error, (ConnectError, ConnectTimeout, ConnectionError, TimeoutError))
 
 
 def _closed_once_lost(connection: KmipClientProtocol) -> Deferred[Any]:

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from OpenSSL.SSL import Error as SslError
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -33,6 +34,7 @@ from twisted.python.failure import Failure
 
 from kcm.client.errors import KmipClientError
 from kcm.client.wire import encode_items, parse_response
+from kcm.conformance.client import temporary
 from kcm.kmip.messages import RequestBatchItem, ResponseBatchItem, ResponseMessage
 from kcm.ttlv import TtlvError
 from kcm.ttlv.framer import Framer
@@ -55,6 +57,8 @@ _ID = struct.Struct(">Q")
 class NotSent(KmipClientError):
     """A request that reached its deadline still queued behind ``max_in_flight``: it was
     never written, so it says nothing of the server (the pool keeps the endpoint)."""
+
+    temporary = True
 
 
 class _Request:
@@ -87,6 +91,10 @@ class KmipClientProtocol(Protocol):
         self._in_flight: dict[bytes, _Request] = {}
         self._queued: deque[_Request] = deque()
         self._closed_because: str | None = None
+        #: Whether what closed the connection may pass (it broke, or an answer was late):
+        #: the requests it fails are then :attr:`KmipClientError.temporary`; not so for
+        #: an answer that is not KMIP or not asked, or the client's own close.
+        self._closed_temporary = False
         #: The most requests this connection has had sent and unanswered at once.
         self.most_in_flight = 0
         self.lost: Deferred[None] = Deferred()
@@ -115,7 +123,7 @@ class KmipClientProtocol(Protocol):
         (on the clock's ``seconds()``): when it fails, queued or written, with ``late``;
         else ``timeout`` after it is written."""
         if self._closed_because is not None:
-            return _failed(KmipClientError(self._closed_because))
+            return _failed(self._error(self._closed_because))
         ids = []
         for item in items:
             self._next_id += 1
@@ -150,9 +158,9 @@ class KmipClientProtocol(Protocol):
         # Written and unanswered: its answer may still come, and would be taken for a
         # later request's if it carried no ID. The others on the connection fail too.
         self._in_flight.pop(request.ids[0], None)
-        request.answer.errback(KmipClientError(request.late))
+        request.answer.errback(temporary(KmipClientError(request.late)))
         self._close("the connection was closed: a request on it had no answer in time",
-                    abort=True)
+                    abort=True, passing=True)
 
     # Receiving -----------------------------------------------------------------------------------
 
@@ -199,6 +207,10 @@ class KmipClientProtocol(Protocol):
         why = "the connection closed"
         if reason is not None and reason.value is not None and str(reason.value):
             why = f"the connection closed: {reason.value}"
+        if self._closed_because is None:
+            # The server closed it, or it broke: may pass; not a TLS alert (the server
+            # refused the client's certificate after the handshake, at the first read).
+            self._closed_temporary = not (reason is not None and reason.check(SslError))
         self._fail_all(self._closed_because or why)
         self.transport = None
         if self._grace is not None:
@@ -219,11 +231,13 @@ class KmipClientProtocol(Protocol):
         that no longer answers would keep the socket open); unanswered requests fail."""
         self._close("the client closed the connection", abort=True)
 
-    def _close(self, why: str, *, abort: bool = False) -> None:
+    def _close(self, why: str, *, abort: bool = False, passing: bool = False) -> None:
         """Fail what is unanswered and close; ``abort``: at once, without waiting for the
-        server's TLS close (a server that does not answer would keep the socket open)."""
+        server's TLS close (a server that does not answer would keep the socket open);
+        ``passing``: the failures are temporary (a late answer, not a bad one)."""
         if self._closed_because is None:
             self._closed_because = why
+            self._closed_temporary = passing
         self._fail_all(why)
         if self.transport is not None:
             if abort:
@@ -247,7 +261,11 @@ class KmipClientProtocol(Protocol):
         for request in waiting:
             if request.timer is not None and request.timer.active():
                 request.timer.cancel()
-            request.answer.errback(KmipClientError(why))
+            request.answer.errback(self._error(why))
+
+    def _error(self, why: str) -> KmipClientError:
+        error = KmipClientError(why)
+        return temporary(error) if self._closed_temporary else error
 
 
 def _in_request_order(ids: list[bytes], items: list[ResponseBatchItem]

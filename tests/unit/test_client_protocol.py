@@ -218,13 +218,14 @@ def test_an_answer_nobody_asked_for_closes_the_connection() -> None:
 class FakeEndpoint:
     """Connects a protocol to a StringTransport, or refuses."""
 
-    def __init__(self, refuse: bool = False) -> None:
-        self.refuse = refuse
+    def __init__(self, refuse: bool = False, error: Exception | None = None) -> None:
+        self.refuse = refuse or error is not None
+        self.error = error
         self.protocols: list[KmipClientProtocol] = []
 
     def connect(self, factory):
         if self.refuse:
-            return defer.fail(ConnectionRefusedError("refused"))
+            return defer.fail(self.error or ConnectionRefusedError("refused"))
         protocol = factory.buildProtocol(None)
         protocol.makeConnection(StringTransport())
         self.protocols.append(protocol)
@@ -340,3 +341,54 @@ def test_a_further_connection_refused_never_sends_to_an_endpoint_given_up() -> N
     [failed] = got
     assert isinstance(failed, Failure) and "no endpoint answered" in str(failed.value)
     assert a2.outstanding == 1  # its own request only: the retry was not sent to a
+
+
+# KmipClientError.temporary: whether the same call may succeed later (docs/sdk.md, "Errors")
+
+def test_the_twisted_clients_errors_say_whether_they_may_pass_as_the_blocking_ones_do() -> None:
+    """The blocking client marked a refused connection or a late answer ``temporary`` and
+    the Twisted client never did: a service retrying on it never retried with Deferreds."""
+    from OpenSSL.SSL import Error as SslError
+    from twisted.internet.error import DNSLookupError
+
+    from kcm.eager_tls import HandshakeFailed
+
+    def error_of(endpoints: dict[str, FakeEndpoint], **options) -> KmipClientError:
+        (got,) = results([pool(endpoints, **options).rng_retrieve(4)])
+        assert isinstance(got, Failure) and got.check(KmipClientError)
+        return got.value
+
+    # Connecting: temporary only if every endpoint's failure may pass.
+    assert error_of({"a:1": FakeEndpoint(refuse=True)}).temporary
+    assert error_of({"a:1": FakeEndpoint(error=HandshakeFailed("no TLS handshake")),
+                     "b:2": FakeEndpoint(refuse=True)}).temporary
+    assert not error_of({"a:1": FakeEndpoint(
+        error=HandshakeFailed("certificate verify failed", temporary=False))}).temporary
+    assert not error_of({"a:1": FakeEndpoint(refuse=True),
+                         "b:2": FakeEndpoint(error=DNSLookupError("b"))}).temporary
+
+    # A request: late, or its connection broke, may pass; a bad answer or a TLS alert not.
+    clock = task.Clock()
+    protocol, _ = connected(clock, timeout=5.0)
+    got = results([protocol.send((1, 4), [get("slow")]), protocol.send((1, 4), [get("b")])])
+    clock.advance(5.0)
+    assert [g.value.temporary for g in got] == [True, True]
+    for reason, passing in ((ConnectionError("reset"), True), (SslError("unknown ca"), False)):
+        protocol, _ = connected()
+        got = results([protocol.send((1, 4), [get("a")])])
+        protocol.connectionLost(Failure(reason))
+        got += results([protocol.send((1, 4), [get("after")])])
+        assert [g.value.temporary for g in got] == [passing, passing]
+    protocol, _ = connected()
+    got = results([protocol.send((1, 4), [get("a")])])
+    protocol.dataReceived(b"not TTLV at all, this")
+    assert got[0].check(KmipClientError) and not got[0].value.temporary
+
+    # The call's timeout while the connection is being made.
+    endpoint = FakeEndpoint()
+    endpoint.connect = lambda factory: defer.Deferred()  # never connects
+    clock = task.Clock()
+    client = KmipClient(clock, ["a:1"], lambda e: endpoint, timeout=2.0)
+    got = results([client.rng_retrieve(4)])
+    clock.advance(2.0)
+    assert got[0].check(KmipClientError) and got[0].value.temporary

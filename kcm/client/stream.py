@@ -52,6 +52,15 @@ _CHUNK_SIZE = struct.Struct(">I")
 _NONCE_TAIL = struct.Struct(">IB")
 
 
+def _blocking(envelope: object) -> None:
+    """TypeError unless ``envelope`` is a blocking :class:`Envelope`: a stream asks for its
+    key in its constructor or at its header, which a DeferredEnvelope cannot answer."""
+    if not callable(getattr(envelope, "new_key_and_aead", None)):
+        raise TypeError(f"streams need a blocking Envelope (over a Session), not "
+                        f"{type(envelope).__name__}; in a Twisted program, run them in a "
+                        "thread (threads.deferToThread)")
+
+
 class StreamSealer:
     """Seal a stream incrementally: :attr:`header`, then :meth:`update` with the plaintext
     as it comes (each call returns the chunks it completes), then :meth:`finish` (the last
@@ -62,6 +71,7 @@ class StreamSealer:
                  random: Callable[[int], bytes] = os.urandom) -> None:
         if not 0 < chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk size {chunk_size} is not in 1..{MAX_CHUNK_SIZE}")
+        _blocking(envelope)
         # Our own reference to the AES-GCM object: the cache may evict (and zeroize) the
         # key mid-stream.
         self._key, self._aead = envelope.new_key_and_aead(ALGORITHM_AES_256_GCM_STREAM)
@@ -111,6 +121,7 @@ class StreamOpener:
     :class:`EnvelopeError` unless the last chunk arrived whole and authentic."""
 
     def __init__(self, envelope: Envelope, aad: bytes = b"") -> None:
+        _blocking(envelope)
         self._envelope = envelope
         self._aad_tail = aad
         self._buffer = bytearray()

@@ -372,3 +372,16 @@ def test_a_sealing_key_evicted_while_it_sealed_is_zeroized_once_retired(gateway)
     assert not first.zeroized
     envelope.seal(b"two")  # at its bound: retired, and cached no more
     assert first.zeroized and envelope.cache.sealing is not first
+
+
+def test_a_stream_over_a_deferred_envelope_is_refused_saying_what_to_do(gateway) -> None:
+    """docs/sdk.md offered streams and a DeferredEnvelope "that does the same", and a
+    Twisted program that handed one to seal_stream got AttributeError 'new_key_and_aead'
+    (or, opening, a Deferred where an AES-GCM object was due)."""
+    envelope = DeferredEnvelope(DeferredGateway(gateway))
+    for start in (lambda: seal_stream(envelope, io.BytesIO(b"x"), io.BytesIO()),
+                  lambda: open_stream(envelope, io.BytesIO(b"KCM"), io.BytesIO()),
+                  lambda: StreamSealer(envelope), lambda: StreamOpener(envelope)):
+        with pytest.raises(TypeError, match="blocking Envelope.*deferToThread"):
+            start()
+    assert gateway.calls == []

@@ -13,7 +13,8 @@ commas, fail over in order).
 
 Exit status: 0 success; 1 the envelope cannot be opened (not authentic, malformed, or its
 data key refused by the gateway, with the server's Result Reason) or the server refused a
-request; 2 bad usage or no connection.
+request; 75 the gateway could not be reached or did not answer in time (try again); 2
+anything else (bad usage, a TLS handshake refused).
 """
 
 from __future__ import annotations

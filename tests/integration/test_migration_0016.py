@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from kcm.core.core_presence import announce, database_now, leave
 from kcm.core.store.engine import open_engine
@@ -79,3 +79,28 @@ def test_0015_to_0016_adds_the_presence_table_and_back(db_url: str) -> None:
         assert managed_rows(store) == before
     finally:
         store.stopService()
+
+
+def test_a_presence_table_left_at_0015_by_a_restore_does_not_stop_the_upgrade(
+        db_url: str) -> None:
+    """Going back: a dump of 0015 restored with ``pg_restore --clean`` over a database of
+    0016 drops and restores what the dump holds and leaves ``core_presence`` (with the last
+    announcements in it). Upgrading again must not fail with "already exists"."""
+    upgrade(db_url, "0016")
+    engine = open_engine(db_url)
+    try:
+        with engine.connect() as connection, connection.begin():
+            announce(connection, "gone", time.time())
+            connection.execute(text("UPDATE alembic_version SET version_num = '0015'"))
+    finally:
+        engine.dispose()
+    assert current_revision(db_url) == "0015" and "core_presence" in _tables(db_url)
+
+    upgrade(db_url, "0016")
+    assert current_revision(db_url) == "0016"
+    engine = open_engine(db_url)
+    try:
+        with engine.connect() as connection, connection.begin():
+            assert announce(connection, "a", time.time()) == 1
+    finally:
+        engine.dispose()

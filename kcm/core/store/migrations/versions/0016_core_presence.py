@@ -2,6 +2,9 @@
 that the cores share each tenant's request rate.
 
 A new table, empty until a core of this release announces itself: no row is rewritten.
+A ``core_presence`` already there at 0015 is dropped first: ``pg_restore --clean`` of a
+dump taken at 0015 (going back to the previous release) leaves it, as it drops only what
+the dump holds, and its rows are only the cores' last announcements.
 
 Revision ID: 0016
 Revises: 0015
@@ -22,6 +25,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.execute("DROP TABLE IF EXISTS core_presence")
     op.create_table(
         "core_presence",
         sa.Column("core", sa.Text(), nullable=False),

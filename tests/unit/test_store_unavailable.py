@@ -24,6 +24,19 @@ def test_the_reason_is_short_ascii() -> None:
     assert why is not None and why.isascii() and len(why) <= 120
 
 
+def test_a_schema_moved_under_the_core_says_what_to_do_whole() -> None:
+    from kcm.core.store.repository import _check_revision
+
+    try:
+        _check_revision("0016", "0015")
+    except OperationalError as error:
+        assert store_unavailable(error) == (
+            "the database's schema is at revision 0016, this kcm-core writes 0015: "
+            "restart it on the release that upgraded the database")
+    else:
+        raise AssertionError("not refused")
+
+
 def test_other_errors_are_not_the_stores_unavailability() -> None:
     assert store_unavailable(ValueError("bug")) is None
     assert store_unavailable(IntegrityError("INSERT", {}, Exception("unique"))) is None

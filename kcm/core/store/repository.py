@@ -64,6 +64,7 @@ from kcm.core.store.schema import (
     SpentStreamPart,
     Tenant,
 )
+from kcm.core.store.unavailable import SchemaMoved
 from kcm.kmip.errors import KmipError
 from kcm.link.events import EventKind
 
@@ -105,10 +106,6 @@ def lock_writers(session: Session) -> None:
 #: A session's ``info``: the schema revision its writes need (kcm-core's: the one its code
 #: was written for; :func:`lock_writers_on`). None or absent: not checked.
 SCHEMA_REVISION_INFO = "kcm.schema.revision"
-
-
-class SchemaMoved(Exception):
-    """The database's schema is not the one this process writes (upgraded under it)."""
 
 
 def _check_revision(stored: object, revision: str) -> None:

@@ -23,6 +23,11 @@ _READ_ONLY_SQLSTATE = "25006"
 READ_ONLY = "the database is read-only (a standby, or default_transaction_read_only)"
 
 
+class SchemaMoved(Exception):
+    """The database's schema is not the one this process writes (upgraded under it). Its
+    reason says what to do, and is not cut to :data:`_MAX_WHY`."""
+
+
 class StoreStopped(RuntimeError):
     """The store was asked for work before it started or after it stopped (at a stop, what
     was queued behind a store that did not answer: a state sweep, a request's audit
@@ -53,8 +58,9 @@ def store_unavailable(error: BaseException) -> str | None:
     error."""
     if isinstance(error, StoreStopped):
         return "the store is not running"
-    if isinstance(error, L1Error):
-        why = str(error).encode("ascii", "replace").decode("ascii")[:_MAX_L1_WHY]
+    if isinstance(error, L1Error) or isinstance(getattr(error, "orig", None), SchemaMoved):
+        why = str(getattr(error, "orig", None) or error)
+        why = why.encode("ascii", "replace").decode("ascii")[:_MAX_L1_WHY]
         return why or type(error).__name__
     if read_only(error):
         return READ_ONLY

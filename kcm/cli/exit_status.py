@@ -17,7 +17,10 @@ request may pass later: the core's per-tenant request rate (``...; retry in S s`
 :func:`kcm.core.request_rates.throttled_message`) and the servers' ``...; try again`` (the
 key store unavailable, a request deadline exceeded, a gateway busy or without its core). A
 tenant at its bound on stored objects (``max_objects_per_tenant``) stays 1: it passes only
-once objects are destroyed or the bound is raised, which no retry does.
+once objects are destroyed or the bound is raised, which no retry does. The form must end
+the message and come with one of those answers' reasons: a failure that echoes what the
+client gave (Object Not Found ``no object x; try again``) stays 1, or a script would
+retry it for ever.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ EXIT_KMIP_FAILURE = 1
 #: A failure answer's message that asks for the same request later: the core's request
 #: rate's ``...; retry in 0.4 s``, the servers' ``...; try again`` (and ``try again later``,
 #: ``try again (correlation id ...)``).
-_ANSWER_PASSING = re.compile(r"; (?:retry in [0-9.]+ s|try again)\b")
+_ANSWER_PASSING = re.compile(
+    r"; (?:retry in [0-9.]+ s|try again(?: later| \(correlation id [0-9A-Za-z-]+\))?)\Z")
+#: The Result Reasons of those answers: Server Limit Exceeded (the rate; Feature Not
+#: Supported in KMIP 1.x), General Failure (the key store, a deadline, a gateway busy) and
+#: Wrong Key Lifecycle State (a tenant key retired a moment ago).
+_PASSING_REASONS = ("SERVER_LIMIT_EXCEEDED", "FEATURE_NOT_SUPPORTED", "GENERAL_FAILURE",
+                    "WRONG_KEY_LIFECYCLE_STATE")
 
 #: SQLite's primary result codes of a file another connection holds: SQLITE_BUSY,
 #: SQLITE_LOCKED.
@@ -75,10 +84,15 @@ def exit_status(error: BaseException) -> int:
     return EXIT_TRY_AGAIN if any(_passing(e) for e in _chain(error)) else EXIT_BAD_INPUT
 
 
-def answer_status(message: str) -> int:
-    """The exit status of a KMIP failure answer whose Result Message is ``message``:
-    :data:`EXIT_TRY_AGAIN` if it asks for the same request later, else
-    :data:`EXIT_KMIP_FAILURE`."""
+def answer_status(message: str, reason: int | None = None) -> int:
+    """The exit status of a KMIP failure answer whose Result Message is ``message`` and
+    Result Reason ``reason`` (None: not known): :data:`EXIT_TRY_AGAIN` if it asks for the
+    same request later, else :data:`EXIT_KMIP_FAILURE`."""
+    from kcm.kmip.enums import ResultReason
+
+    if reason is not None and int(reason) not in {
+            int(ResultReason[name]) for name in _PASSING_REASONS}:
+        return EXIT_KMIP_FAILURE
     return EXIT_TRY_AGAIN if _ANSWER_PASSING.search(message) else EXIT_KMIP_FAILURE
 
 

@@ -345,7 +345,7 @@ def _kmip(args: argparse.Namespace, operation: Callable[[Any], int]) -> int:
                          "result_message": e.message})
         message = " ".join(e.message.split())
         print(f"{args.prog}: {reason}: {message}", file=sys.stderr)
-        return answer_status(message)
+        return answer_status(message, e.reason)
     except KmipClientError as e:
         raise CommandError(str(e)) from e
     finally:

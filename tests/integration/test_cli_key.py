@@ -217,6 +217,14 @@ def test_a_failure_answer_is_exit_1_with_one_line(at_gateway) -> None:
     assert err.startswith("kcm key activate: ITEM_NOT_FOUND: ") and err.count("\n") == 1
 
 
+def test_a_failure_echoing_try_again_in_the_client_s_words_is_exit_1(at_core) -> None:
+    """An identifier the client gave, echoed in the answer, does not make it 75: the
+    answer is Object Not Found, which no retry passes."""
+    status, out, err = at_core("key", "get", "x; try again")
+    assert (status, out) == (1, b""), err
+    assert "no object x; try again" in err
+
+
 def test_no_server_is_exit_75_with_one_line(planes, capsysbinary) -> None:
     """Nothing listening: unavailable now, EX_TEMPFAIL (a script may try again)."""
     core, _ = planes

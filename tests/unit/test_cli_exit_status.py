@@ -211,3 +211,37 @@ def test_a_failure_answer_is_1_or_75_if_the_server_says_it_passes() -> None:
                     "(max_objects_per_tenant)", "object x is not found",
                     "the batch has 3 items; the most is 2", "", "to retry in 5 s"):
         assert answer_status(failing) == 1, failing
+
+
+def test_a_failure_answer_echoing_the_client_s_words_is_not_75() -> None:
+    """An identifier or a name the client gave, echoed in a failure that no retry passes
+    (Object Not Found ``no object x; try again``, an unknown attribute name), is 1: a script
+    would otherwise retry it for ever. Only the servers' passing forms, at the message's
+    end and of their reasons, are 75."""
+    from kcm.cli.exit_status import answer_status
+    from kcm.core.request_handler import expired_message
+    from kcm.core.request_rates import throttled_message
+    from kcm.core.store.unavailable import store_unavailable_message
+    from kcm.gateway.l3_cache import FETCHES_BUSY
+    from kcm.kernel.missing import object_not_found
+    from kcm.kmip.enums import ResultReason
+
+    for uid in ("x; try again", "x; retry in 1 s", "a; try again; b"):
+        refused = object_not_found(uid)
+        assert answer_status(refused.message, refused.reason) == 1, refused.message
+    assert answer_status("unknown attribute name 'x; try again'",
+                         ResultReason.INVALID_FIELD) == 1
+    assert answer_status("object 'x; try again later' was destroyed; its key material "
+                         "is gone", ResultReason.GENERAL_FAILURE) == 1
+    assert answer_status("no object x; try again", ResultReason.GENERAL_FAILURE) == 75
+    for reason, passing in (
+            (ResultReason.SERVER_LIMIT_EXCEEDED, throttled_message(10, 0.3)),
+            (ResultReason.FEATURE_NOT_SUPPORTED, throttled_message(10, 0.3)),  # (1.x)
+            (ResultReason.GENERAL_FAILURE, store_unavailable_message("c1")),
+            (ResultReason.GENERAL_FAILURE, expired_message(5, True, "c2")),
+            (ResultReason.GENERAL_FAILURE, FETCHES_BUSY),
+            (ResultReason.WRONG_KEY_LIFECYCLE_STATE,
+             "the tenant key was retired less than 60 s ago; try again later")):
+        assert answer_status(passing, reason) == 75, passing
+        assert answer_status(passing, int(reason)) == 75, passing
+    assert answer_status(throttled_message(10, 0.3), ResultReason.OBJECT_NOT_FOUND) == 1

@@ -14,8 +14,9 @@ announcement (within :data:`ANNOUNCE_INTERVAL`); one killed, frozen or cut off, 
 row is :data:`LIVE_S` old (within ``LIVE_S + ANNOUNCE_INTERVAL``). A core that starts
 counts itself and those already there before it listens; they count it within an interval.
 Rows older than :data:`PRUNE_S` (cores gone long ago) are deleted by whichever core
-announces. An announcement that fails (the database out of reach) keeps the last count,
-with a warning at most once a minute.
+announces, and so are rows as far ahead of its clock (the database's clock set back); a row
+is counted only within :data:`LIVE_S` of it either way. An announcement that fails (the
+database out of reach) keeps the last count, with a warning at most once a minute.
 
 On SQLite there is one core per database file (:mod:`kcm.core.sqlite_owner`): nothing is
 announced and the count is 1.
@@ -70,17 +71,21 @@ def database_now(connection: Connection) -> float:
 
 def announce(connection: Connection, core: str, now: float, *, live_s: float = LIVE_S,
              prune_s: float = PRUNE_S) -> int:
-    """Record ``core`` seen at ``now``, delete the rows of cores unseen for ``prune_s``, and
-    return how many cores were seen within ``live_s`` (``core`` among them: at least 1)."""
+    """Record ``core`` seen at ``now``, delete the rows of cores unseen for ``prune_s`` (or
+    as far ahead of ``now``), and return how many cores were seen within ``live_s`` of
+    ``now``, before or after (``core`` among them: at least 1)."""
     insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     seen = round(now * 1000)
     connection.execute(insert(CorePresenceRow).values(core=core, last_seen=seen)
                        .on_conflict_do_update(index_elements=["core"],
                                               set_={"last_seen": seen}))
+    # (a row ahead of the clock: written before the database's clock was set back, or on
+    # a server whose clock was ahead; counted, it would stay live until the clock caught up)
+    prune, live_ms = round(prune_s * 1000), round(live_s * 1000)
     connection.execute(delete(CorePresenceRow).where(
-        CorePresenceRow.last_seen < seen - round(prune_s * 1000)))
+        (CorePresenceRow.last_seen < seen - prune) | (CorePresenceRow.last_seen > seen + prune)))
     live = connection.execute(select(func.count()).select_from(CorePresenceRow).where(
-        CorePresenceRow.last_seen >= seen - round(live_s * 1000))).scalar_one()
+        CorePresenceRow.last_seen.between(seen - live_ms, seen + live_ms))).scalar_one()
     return max(int(live), 1)
 
 

@@ -224,3 +224,18 @@ def test_nothing_is_announced_on_sqlite() -> None:
     clock.advance(ANNOUNCE_INTERVAL * 5)
     presence.stopService()
     assert rates.cores == 1 and left == []
+
+
+def test_a_row_from_the_future_is_neither_counted_nor_kept(connection) -> None:
+    """A row ahead of the database's clock (written before that clock was set back, or
+    before a failover to a server whose clock is behind, by a core since killed; or by hand)
+    would be counted live, and kept, until the clock caught up: hours of each tenant's
+    rate divided by one core too many. Counted only within LIVE_S either side; deleted once
+    PRUNE_S ahead."""
+    announce(connection, "ahead", 1000.0 + 3600)
+    announce(connection, "near", 1000.0 + LIVE_S)  # (another core's clock-read race: counted)
+    assert announce(connection, "a", 1000.0) == 2
+    assert set(_rows(connection)) == {"a", "near"}
+    announce(connection, "soon", 1000.0 + LIVE_S + 1)
+    assert announce(connection, "a", 1000.0) == 2
+    assert set(_rows(connection)) == {"a", "near", "soon"}

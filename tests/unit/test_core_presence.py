@@ -239,3 +239,100 @@ def test_a_row_from_the_future_is_neither_counted_nor_kept(connection) -> None:
     announce(connection, "soon", 1000.0 + LIVE_S + 1)
     assert announce(connection, "a", 1000.0) == 2
     assert set(_rows(connection)) == {"a", "near", "soon"}
+
+
+# Mutation round (review40) -----------------------------------------------------------------
+def test_the_intervals_are_those_the_guide_states() -> None:
+    from pathlib import Path
+
+    guide = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    assert (ANNOUNCE_INTERVAL, LIVE_S, PRUNE_S) == (5.0, 15.0, 600.0)
+    assert "announces itself every 5 s" in guide
+    assert "seen in the last 15 s" in " ".join(guide.split())
+    assert "unseen for 10 minutes are deleted" in " ".join(guide.split())
+
+
+def test_a_row_exactly_prune_s_old_is_kept_one_more_is_deleted(connection) -> None:
+    announce(connection, "b", 1000.0)
+    announce(connection, "a", 1000.0 + PRUNE_S)
+    assert set(_rows(connection)) == {"a", "b"}
+    announce(connection, "a", 1000.0 + PRUNE_S + 0.001)
+    assert set(_rows(connection)) == {"a"}
+
+
+def test_a_change_of_the_count_is_one_info_line_and_no_change_none() -> None:
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    answers = [1, 1, 2, 2, 2, 1]
+    clock, rates, presence, _ = _presence(_Store(), answers)
+    try:
+        presence.startService()
+        for _ in range(5):
+            clock.advance(ANNOUNCE_INTERVAL)
+    finally:
+        presence.stopService()
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e["cores"] for e in events if e.get("log_namespace") == "kcm.core.core_presence"
+             and "serve the database" in e["log_format"]]
+    assert lines == [2, 1]
+
+
+def test_a_core_whose_announcement_passes_again_leaves_as_it_stops() -> None:
+    answers: list = [2, RuntimeError("down"), 2]
+    clock, rates, presence, left = _presence(_Store(), answers)
+    presence.startService()
+    clock.advance(ANNOUNCE_INTERVAL)  # (failed)
+    clock.advance(ANNOUNCE_INTERVAL)  # (passed again)
+    presence.stopService()
+    assert left == ["me"]
+
+
+def test_failures_not_yet_written_are_written_at_the_stop() -> None:
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    answers: list = [2, RuntimeError("down")]
+    clock, rates, presence, _ = _presence(_Store(), answers)
+    try:
+        presence.startService()
+        for _ in range(3):
+            clock.advance(ANNOUNCE_INTERVAL)
+        presence.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e["count"] for e in events if e.get("log_namespace") == "kcm.core.core_presence"
+             and "not counted" in e["log_format"]]
+    assert sum(lines) == 3, lines
+
+
+def test_a_core_id_is_bounded_whatever_the_host_name(monkeypatch) -> None:
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "h" * 300)
+    assert len(core_id()) <= 100 + 1 + 10 + 1 + 8
+
+
+def test_the_refusal_s_log_line_says_the_tenant_s_rate_not_this_core_s_share() -> None:
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        rates = TenantRates(task.Clock(), 10, 2)
+        rates.set_cores(2)
+        while rates.admit("acme", 1) is None:
+            pass
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["rate"] for e in events if "over its rate" in e.get("log_format", "")] == ["10"]
+
+
+def test_a_bucket_is_dropped_only_once_full_by_this_core_s_share() -> None:
+    """A core's bucket of one item (2 items/s shared by 4 cores: 0.5/s), empty, one second
+    later holds half an item: kept, not taken for full by the tenant's whole rate (else the
+    next request would find a full bucket again)."""
+    clock = task.Clock()
+    rates = TenantRates(clock, 2, 2)
+    rates.set_cores(4)
+    assert rates.admit("acme", 1) is None
+    clock.advance(1.0)
+    rates.take([("acme", None, None)])
+    assert "acme" in rates._buckets
+    assert rates.admit("acme", 1) is not None

@@ -79,3 +79,15 @@ def test_the_request_is_the_thread_s_own() -> None:
     finally:
         globalLogPublisher.removeObserver(observer)
     assert seen and seen[0].startswith("object x of tenant demo refused")
+
+
+def test_an_object_logged_again_is_the_last_forgotten(lines) -> None:
+    now = [0.0]
+    mismatch = MismatchLines(lambda: now[0], kept=2)
+    mismatch.note("demo", "a", "why")
+    mismatch.note("demo", "b", "why")
+    now[0] = 61.0
+    mismatch.note("demo", "a", "why")  # (its line again: now the most recently logged)
+    mismatch.note("demo", "c", "why")  # (b forgotten, not a)
+    mismatch.note("demo", "a", "why")  # (within the minute of its last line: held)
+    assert [line.split()[1] for line in lines] == ["a", "b", "a", "c"]

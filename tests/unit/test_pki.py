@@ -278,3 +278,40 @@ def test_cli_pki_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "kcm pki init" in capsys.readouterr().err
     assert main(["pki", "issue", str(tmp_path / "p"), "x", "gateway/g"]) == 2
     assert main(["pki", "issue", str(tmp_path / "p"), "x", "operator/x", "--days", "0"]) == 2
+
+
+def test_issue_identity_names_and_files_it_will_not_touch(tmp_path: Path) -> None:
+    """Mutation round (review40): the name's characters; a lone NAME.key (an unrelated key)
+    is not replaced without --force; a CA without its key is no CA."""
+    init_pki(tmp_path / "p")
+    for name in ("a.b", "-rf", "_x", ".x", "x" * 65, "a b"):
+        with pytest.raises(ValueError):
+            issue_identity(tmp_path / "p", name, "operator/x")
+    assert issue_identity(tmp_path / "p", "x" * 64, "operator/x").cert.exists()
+    (tmp_path / "p" / "lone.key").write_bytes(b"someone's key")
+    with pytest.raises(FileExistsError):
+        issue_identity(tmp_path / "p", "lone", "operator/x")
+    assert (tmp_path / "p" / "lone.key").read_bytes() == b"someone's key"
+    assert not (tmp_path / "p" / "lone.pem").exists()
+    (tmp_path / "p" / "ca.key").unlink()
+    with pytest.raises(FileNotFoundError, match="has no CA"):
+        issue_identity(tmp_path / "p", "y", "operator/y")
+
+
+def test_the_pki_s_trust_domain_is_its_gateway_s_spiffe_id_s(tmp_path: Path) -> None:
+    from kcm.pki import pki_trust_domain, write_certificate
+
+    paths = init_pki(tmp_path / "p", trust_domain="corp.example")
+    ca = load_ca(paths.ca)
+    now = dt.datetime.now(dt.UTC)
+
+    def gateway(*uris: str) -> str | None:
+        issued = issue_certificate(ca, "gw", now=now, uris=uris)
+        write_certificate(paths.gateway, issued.cert, issued.key)
+        return pki_trust_domain(tmp_path / "p")
+
+    assert gateway("https://example.com/x", "spiffe://other.example/gateway/gw1") == \
+        "other.example"
+    assert gateway("https://example.com/x") is None
+    assert gateway("spiffe:///gateway/gw1") is None
+    assert pki_trust_domain(tmp_path / "none") is None

@@ -305,3 +305,20 @@ def owner_refusal(database: Path) -> str:
     return ("the SQLite database file has 2 names (hard links), and SQLite keeps a WAL per "
             "name, which corrupts it: with kcm-core stopped, remove the other names (find "
             f"-samefile) or replace it by a copy: {os.path.realpath(database)}")
+
+
+def test_the_interval_is_the_guide_s_and_a_postgresql_url_is_no_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/readyz's look at the file's names is for SQLite alone: a PostgreSQL database named
+    like a file of several names in the current directory is not refused."""
+    from kcm.core import metrics
+    from kcm.core.sqlite_owner import LINK_CHECK_INTERVAL
+
+    guide = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    assert LINK_CHECK_INTERVAL == 5.0 and "A link made while the core runs is\nnoticed " \
+        "within 5 s" in guide
+    (tmp_path / "kcm").touch()
+    os.link(tmp_path / "kcm", tmp_path / "kcm2")
+    monkeypatch.chdir(tmp_path)
+    assert metrics._sqlite_linked("sqlite:///kcm") is not None
+    assert metrics._sqlite_linked("postgresql+psycopg://u@localhost/kcm") is None

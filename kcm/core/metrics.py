@@ -370,7 +370,8 @@ def database_state(url: str, timeout: float = 2.0, *,
                    write_lock: threading.Lock | None = None,
                    own_writer: Callable[[], float | None] | None = None,
                    own_write_limit: float = 10.0,
-                   disk: DiskSpace | None = None) -> dict[str, Any]:
+                   disk: DiskSpace | None = None,
+                   file_refusal: Callable[[], str | None] | None = None) -> dict[str, Any]:
     """Whether the database at ``url`` answers now, on a fresh connection, is at the
     newest migration and (SQLite) would let a write take its write lock and has room for
     it (``disk``, the process's :class:`kcm.core.store.disk_space.DiskSpace` of it, with
@@ -401,8 +402,10 @@ def database_state(url: str, timeout: float = 2.0, *,
 
     A SQLite file of more than one name (a hard link made while the core runs:
     :mod:`kcm.core.store.sqlite_links`) is ``{"database": "refused: ..."}``, why and what to
-    do."""
-    linked = _sqlite_linked(url)
+    do; so is, with ``file_refusal`` (the core's
+    :meth:`kcm.core.sqlite_owner.SqliteOwner.refusal`, which then decides both), a file
+    moved, replaced or removed while the core runs."""
+    linked = _sqlite_linked(url) if file_refusal is None else file_refusal()
     if linked is not None:
         return {"database": f"refused: {linked}"}
     head = _head_revision()

@@ -15,8 +15,13 @@ says which process holds it. A database file its group or others may read is war
 than one name (a hard link: another path, so another lock file) does not start
 (:mod:`kcm.core.store.sqlite_links`); a second name given to it while the core runs is
 noticed within :data:`LINK_CHECK_INTERVAL` seconds (:attr:`SqliteOwner.linked`): one error
-line, and ``/readyz`` answers 503 saying why (:func:`kcm.core.metrics.database_state`
-looks too) until the name is gone. The core goes on serving, writes included: its own
+line, and ``/readyz`` answers 503 saying why (:meth:`SqliteOwner.refusal`, which
+:func:`kcm.core.metrics.database_state` asks at each probe) until the name is gone. So is a
+file moved, replaced or removed while the core runs (its path no longer names the file the
+core opened, by device and inode: a restore made without stopping the core, an ``rm``): the
+core's writes go on to the file it opened, which nobody will find at that path again, and
+each new connection of its store would open the other. The core goes on serving, writes
+included: its own
 writes go through its own name, WAL and lock, and every other kcm-core, ``kcm`` command and
 backup refuses the file while it has two names; what the second name endangers is a
 process that opens the database by it (an ``sqlite3`` shell), which stopping this core's
@@ -95,9 +100,12 @@ class SqliteOwner(Service):
         self._fd: int | None = None
         self._clock = clock
         self._watch: LoopingCall | None = None
-        #: Why the file may not be used, found while the core runs (a second name); None:
-        #: it has one.
+        #: Why the file may not be used, found while the core runs (a second name, or the
+        #: path no longer names the file opened); None: neither.
         self.linked: str | None = None
+        #: The database file's (device, inode) as the core opened it (None: not known yet).
+        self._opened: tuple[int, int] | None = None
+        self._database: str | None = None
 
     def startService(self) -> None:
         database = sqlite_database_file(self.url)
@@ -108,6 +116,8 @@ class SqliteOwner(Service):
             if linked is not None:
                 raise StartupError(linked)
             self._fd = take(database)
+            self._database = database
+            self._opened = file_identity(database)
             shared = shared_mode(database)
             if shared is not None:
                 log.warn("the database file {path} has mode {mode:04o}: other users may read "
@@ -119,14 +129,43 @@ class SqliteOwner(Service):
                 self._watch.start(LINK_CHECK_INTERVAL, now=False)
         super().startService()
 
-    def check_links(self, database: str) -> None:
-        """Look at ``database``'s names: a second one is logged once (and the name's
-        removal once), and kept in :attr:`linked`."""
+    def refusal(self) -> str | None:
+        """Why the database file may not be used now, looked at now (a second name, or its
+        path no longer naming the file the core opened); None: neither, or no SQLite file."""
+        database = self._database
+        if database is None:
+            return None
         linked = linked_refusal(database)
-        if (linked is None) != (self.linked is None):
-            if linked is not None:
+        if linked is not None:
+            return linked
+        now = file_identity(database)
+        if self._opened is None:  # (the store made the file after the lock was taken)
+            self._opened = now
+            return None
+        if now == self._opened:
+            return None
+        # (the advice first and the path last, as for a second name)
+        return (f"{_REPLACED} while kcm-core runs: its writes go to the file it opened, not "
+                "to this path; stop kcm-core and put the database back before it starts "
+                f"again: {database}")
+
+    def check_links(self, database: str) -> None:
+        """Look at ``database``'s names (and that its path still names the file opened): a
+        refusal is logged once (and its end once), and kept in :attr:`linked`."""
+        if self._database is None:
+            self._database = database
+        linked = self.refusal()
+        was, now = _kind(self.linked), _kind(linked)
+        if now != was:
+            if now == "replaced":
+                log.error("the database file is not the one kcm-core opened; /readyz answers "
+                          "503 until it is back: {why}", why=linked)
+            elif now == "linked":
                 log.error("a second name was given to the database file while kcm-core "
                           "runs; /readyz answers 503 until it is gone: {why}", why=linked)
+            elif was == "replaced":
+                log.info("the database file {path} is the one kcm-core opened again",
+                         path=database)
             else:
                 log.info("the database file {path} has one name again", path=database)
         self.linked = linked
@@ -145,6 +184,26 @@ class SqliteOwner(Service):
         if self._fd is not None:
             os.close(self._fd)  # (the lock goes with it; the file stays, for the next)
             self._fd = None
+
+
+#: How a refusal of a file that is no longer the one opened begins.
+_REPLACED = "the SQLite database file was moved, replaced or removed"
+
+
+def _kind(refusal: str | None) -> str | None:
+    """"replaced", "linked", or None (no refusal)."""
+    if refusal is None:
+        return None
+    return "replaced" if refusal.startswith(_REPLACED) else "linked"
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """``path``'s (device, inode), or None if it does not exist (or cannot be looked at)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def take(database_file: str) -> int:

@@ -211,7 +211,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     master_key = MasterKey(keyring, store, config.l1_key_file, config.l1_pkcs11,
                            config.l1_key_env)
     # Before the store opens the file: one kcm-core per SQLite file.
-    SqliteOwner(config.database, store, clock=reactor).setServiceParent(core)
+    owner = SqliteOwner(config.database, store, clock=reactor)
+    owner.setServiceParent(core)
     # Before anything else talks to the database (anything holds a lease or LISTENs):
     # refused through a transaction or statement pooler, in words that say so.
     SessionPinning(store).setServiceParent(core)
@@ -318,7 +319,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         readiness = DatabaseReadiness(config.database, reactor, check=partial(
             database_state, write_lock=store.writers_lock,
             own_writer=store.file_write_lock_held_for,
-            own_write_limit=config.limits.request_deadline, disk=handler.disk_space))
+            own_write_limit=config.limits.request_deadline, disk=handler.disk_space,
+            file_refusal=owner.refusal))
         metrics_listener(reactor, config.metrics_listen,
                          metrics_site(metrics.registry, readiness,
                                       stopping=lambda: core.stopping)).setServiceParent(core)

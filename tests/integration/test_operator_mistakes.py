@@ -149,6 +149,46 @@ def test_a_second_name_given_to_a_served_sqlite_file_makes_it_not_ready_with_one
         core.stop()
 
 
+def test_a_served_sqlite_file_moved_away_makes_it_not_ready_with_one_line(
+        tmp_path: Path) -> None:
+    """The database file moved away while the core runs (a restore made without stopping
+    it would put another file at its path): within the owner's interval one error line
+    says so and /readyz answers 503 saying why; the file put back, /readyz is 200 again
+    and the log says so."""
+    import json
+
+    from kcm.testing.processes import free_port, scrape
+
+    database = tmp_path / "core" / "kcm.db"
+    core = deploy(tmp_path / "core", f"sqlite:///{database}")
+    core.metrics_port = free_port()
+    core.write_config()
+    core.start()
+    try:
+        assert scrape(core.metrics_port, "/readyz")[0] == 200
+        os.rename(database, tmp_path / "core" / "moved.db")
+        status, body = scrape(core.metrics_port, "/readyz")
+        assert status == 503, body
+        assert json.loads(body)["database"].startswith(
+            "refused: the SQLite database file was moved, replaced or removed while "
+            "kcm-core runs"), body
+
+        def lines() -> list[str]:
+            return [line for line in core.log.read_text().splitlines()
+                    if "is not the one kcm-core opened" in line]
+        wait_until(lambda: lines(), "the line", timeout=8, interval=0.2)
+        time.sleep(5.5)  # (another look by the owner: no second line)
+        assert len(lines()) == 1, lines()
+        os.rename(tmp_path / "core" / "moved.db", database)
+        assert scrape(core.metrics_port, "/readyz")[0] == 200
+        wait_until(lambda: "is the one kcm-core opened again" in core.log.read_text(),
+                   "the file back", timeout=8, interval=0.2)
+        with core.client("app") as client:
+            assert refusals(send_v21(client, create_managed())) == [None]
+    finally:
+        core.stop()
+
+
 def test_a_gateway_pointed_at_a_cores_kmip_port_says_so_and_the_core_serves_on(
         core_process: CoreProcess, tmp_path: Path) -> None:
     """The gateway's core names the core's KMIP port (5696), not its link port: the core

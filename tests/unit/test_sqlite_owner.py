@@ -322,3 +322,68 @@ def test_the_interval_is_the_guide_s_and_a_postgresql_url_is_no_file(
     monkeypatch.chdir(tmp_path)
     assert metrics._sqlite_linked("sqlite:///kcm") is not None
     assert metrics._sqlite_linked("postgresql+psycopg://u@localhost/kcm") is None
+
+
+def test_a_file_moved_or_replaced_while_it_runs_is_noticed_once_and_its_return_too(
+        tmp_path: Path) -> None:
+    """The path no longer names the file the core opened (by device and inode): a
+    refusal, one error line, /readyz's check says so; back in place, one info line."""
+    from twisted.internet.task import Clock
+
+    from kcm.core.metrics import database_state
+    from kcm.core.sqlite_owner import LINK_CHECK_INTERVAL
+
+    database = tmp_path / "kcm.db"
+    database.touch(mode=0o600)
+    clock = Clock()
+    lines: list[dict] = []
+    globalLogPublisher.addObserver(lines.append)
+    owner = SqliteOwner(f"sqlite:///{database}", clock=clock)
+    try:
+        owner.startService()
+        assert owner.refusal() is None
+        os.rename(database, tmp_path / "moved.db")
+        copy = tmp_path / "copy.db"
+        copy.touch(mode=0o600)
+        os.rename(copy, database)  # (another file at its path: a restore, say)
+        clock.advance(LINK_CHECK_INTERVAL)
+        assert owner.linked is not None and owner.linked.startswith(
+            "the SQLite database file was moved, replaced or removed while kcm-core runs")
+        assert owner.linked.endswith(f": {database}")
+        for _ in range(3):
+            clock.advance(LINK_CHECK_INTERVAL)
+        state = database_state(f"sqlite:///{database}", file_refusal=owner.refusal)
+        assert state == {"database": f"refused: {owner.linked}"}
+        os.unlink(database)  # (gone altogether: still refused, no second line)
+        clock.advance(LINK_CHECK_INTERVAL)
+        assert owner.linked is not None
+        os.rename(tmp_path / "moved.db", database)
+        clock.advance(LINK_CHECK_INTERVAL)
+        assert owner.linked is None and owner.refusal() is None
+        owner.stopService()
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    said = [formatEvent(e) for e in lines if e.get("log_namespace") == "kcm.core.sqlite_owner"]
+    assert said == [
+        "the database file is not the one kcm-core opened; /readyz answers 503 until it is "
+        "back: the SQLite database file was moved, replaced or removed while kcm-core runs: "
+        "its writes go to the file it opened, not to this path; stop kcm-core and put the "
+        f"database back before it starts again: {database}",
+        f"the database file {database} is the one kcm-core opened again"]
+
+
+def test_a_file_the_store_makes_after_the_lock_is_the_one_opened(tmp_path: Path) -> None:
+    """A first start: no file when the lock is taken; the file the store then makes is
+    the one opened, not a replacement."""
+    database = tmp_path / "kcm.db"
+    owner = SqliteOwner(f"sqlite:///{database}")
+    owner.startService()
+    try:
+        database.touch(mode=0o600)
+        assert owner.refusal() is None
+        os.rename(database, tmp_path / "moved.db")
+        (tmp_path / "new.db").touch(mode=0o600)
+        os.rename(tmp_path / "new.db", database)
+        assert owner.refusal() is not None
+    finally:
+        owner.stopService()

@@ -254,13 +254,13 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
         return
     yield Finding(OK, f"core.database: {shown} is reachable")
     try:
-        read_only = _read_only(url)
+        refused = _sessions_refusal(url)
     except SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e)
         yield Finding(ERROR, f"core.database: {shown} cannot be reached or read: {reason}")
         return
-    if read_only is not None:
-        yield Finding(ERROR, f"core.database: {read_only}")
+    if refused is not None:
+        yield Finding(ERROR, f"core.database: {refused}")
     head = head_revision()
     if current is None:
         if tables_without_revision(url):
@@ -324,21 +324,20 @@ def v1_refusal(count: int) -> str:
             "true until kcm_core_v1_wrapped_objects reads 0")
 
 
-def _read_only(url: str) -> str | None:
-    """Why kcm-core would not start on the PostgreSQL database at ``url``: its new sessions
-    are read-only (:func:`kcm.core.session_pinning.read_only_refusal`); None otherwise, or
-    on SQLite."""
+def _sessions_refusal(url: str) -> str | None:
+    """Why kcm-core would not start on the PostgreSQL database at ``url``
+    (:func:`kcm.core.session_pinning.sessions_refusal`: a pooler in transaction or
+    statement mode, read-only sessions); None otherwise, or on SQLite."""
     from sqlalchemy.engine import make_url
 
     if make_url(url).get_backend_name() != "postgresql":
         return None
-    from kcm.core.session_pinning import read_only_refusal
+    from kcm.core.session_pinning import sessions_refusal
     from kcm.core.store.engine import open_engine
-    from kcm.core.store.pg_session import own_connection
 
     engine = open_engine(url)
     try:
-        return read_only_refusal(own_connection(engine))
+        return sessions_refusal(engine)
     finally:
         engine.dispose()
 

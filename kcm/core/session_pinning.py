@@ -122,19 +122,27 @@ class SessionPinning(Service):
 
     def startService(self) -> None:
         if make_url(self.store.url).get_backend_name() == "postgresql":
-            engine = self.store.engine
-            try:
-                reason = unpinned(lambda: own_connection(engine))
-            except Exception as e:
-                violation = protocol_violation(e)
-                if violation is None:
-                    raise
-                reason = f"{REFUSAL}; the server refused a transaction: {violation}"
-            if reason is None:
-                reason = read_only_refusal(own_connection(engine))
+            reason = sessions_refusal(self.store.engine)
             if reason is not None:
                 raise StartupError(reason)
         super().startService()
+
+
+def sessions_refusal(engine: Any) -> str | None:
+    """Why kcm-core does not start on the PostgreSQL database of ``engine``: its connections
+    are not sessions of their own (:func:`unpinned`), a pooler in statement mode refuses
+    their transactions, or its new sessions are read-only (:func:`read_only_refusal`); None
+    when none of these. ``kcm config check`` reports the same."""
+    try:
+        reason = unpinned(lambda: own_connection(engine))
+    except Exception as e:
+        violation = protocol_violation(e)
+        if violation is None:
+            raise
+        reason = f"{REFUSAL}; the server refused a transaction: {violation}"
+    if reason is None:
+        reason = read_only_refusal(own_connection(engine))
+    return reason
 
 
 def read_only_refusal(connection: Any) -> str | None:

@@ -39,6 +39,11 @@ def test_a_core_behind_a_transaction_pooler_refuses_to_start(
             engine.dispose()
         core.database = pooled
         core.write_config()
+        # kcm config check said every line ok here, then the start was refused.
+        checked = core.kcm("config", "check", check=False)
+        assert checked.returncode == 1, checked.stdout
+        assert ("error: core.database: the database connections are not sessions of their "
+                "own") in checked.stdout, checked.stdout
         with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
             core.start()
         assert ("kcm-core did not start: kcm-database-sessions: the database connections are "
@@ -47,6 +52,7 @@ def test_a_core_behind_a_transaction_pooler_refuses_to_start(
     with pgbouncer(own_cluster, "session") as pooled:
         core.database = pooled
         core.write_config()
+        assert core.kcm("config", "check", check=False).returncode == 0
         core.start()
         try:
             wait_until(lambda: "holds the state sweeper lease" in core.log.read_text(),
@@ -66,6 +72,9 @@ def test_a_core_behind_a_statement_pooler_refuses_to_start_saying_why(
     with pgbouncer(own_cluster, "statement") as pooled:
         core.database = pooled
         core.write_config()
+        checked = core.kcm("config", "check", check=False)
+        assert checked.returncode == 1, checked.stdout
+        assert "error: core.database: " in checked.stdout, checked.stdout
         with pytest.raises(RuntimeError, match="kcm-core exited \\(1\\)"):
             core.start()
         log = core.log.read_text()

@@ -393,14 +393,17 @@ def issue_identity(
     days: int = DEFAULT_DAYS,
     force: bool = False,
     now: dt.datetime | None = None,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
 ) -> CertKeyPaths:
-    """Issue one more client certificate from the CA :func:`init_pki` wrote in ``directory``.
+    """Issue one more certificate from the CA :func:`init_pki` wrote in ``directory``.
 
-    ``identity`` is a role path (``tenant/T/service/S``, ``tenant/T/admin/NAME`` or
-    ``operator/NAME``), put in the certificate as ``spiffe://TD/IDENTITY``; the files are
-    ``NAME.pem`` and ``NAME.key``. Raises ``ValueError`` for a bad name or identity (a
-    gateway's certificate serves too: :func:`init_pki` makes one), ``FileNotFoundError``
-    without a CA, ``FileExistsError`` if either file exists, unless ``force``.
+    ``identity`` is a role path (``tenant/T/service/S``, ``tenant/T/admin/NAME``,
+    ``operator/NAME`` or ``gateway/NAME``), put in the certificate as
+    ``spiffe://TD/IDENTITY``; the files are ``NAME.pem`` and ``NAME.key``. A gateway's
+    certificate serves too, as :func:`init_pki`'s ``gw1`` does: serverAuth and clientAuth,
+    and ``hosts`` (DNS names and IP addresses) beside its URI; the others are clients'.
+    Raises ``ValueError`` for a bad name or identity, ``FileNotFoundError`` without a CA,
+    ``FileExistsError`` if either file exists, unless ``force``.
     ``trust_domain``: by default the one of the directory's gateway certificate (as
     :func:`init_pki` made it), else ``kcm.test``.
     """
@@ -411,9 +414,10 @@ def issue_identity(
         raise ValueError(f"invalid certificate name {name!r}: letters, digits, '-', '_' "
                          "and not 'ca'")
     principal = parse_principal_path(identity, trust_domain=trust_domain, uri=identity)
-    if principal is None or principal.role is Role.GATEWAY:
+    if principal is None:
         raise ValueError(f"invalid identity {identity!r}: tenant/T/service/S, "
-                         "tenant/T/admin/NAME or operator/NAME")
+                         "tenant/T/admin/NAME, operator/NAME or gateway/NAME")
+    gateway = principal.role is Role.GATEWAY
     directory = Path(directory)
     ca_paths = PkiPaths.for_directory(directory).ca
     if not (ca_paths.cert.exists() and ca_paths.key.exists()):
@@ -425,8 +429,10 @@ def issue_identity(
             if path.exists():
                 raise FileExistsError(f"{path} already exists")
     now = now if now is not None else dt.datetime.now(dt.UTC)
+    dns_names, ips = _split_hosts(hosts) if gateway else ([], [])
     issued = issue_certificate(load_ca(ca_paths), name, now=now, days=days,
-                               uris=[f"spiffe://{trust_domain}/{identity}"])
+                               uris=[f"spiffe://{trust_domain}/{identity}"],
+                               dns_names=dns_names, ip_addresses=ips, server=gateway)
     write_certificate(pair, issued.cert, issued.key)
     return pair
 

@@ -4,8 +4,9 @@
   [--force]``: write a CA and the core, gateway, operator, tenant admin, application, second
   tenant application and subject-only certificates into ``DIR`` (see :mod:`kcm.pki`).
 * ``kcm pki issue DIR NAME IDENTITY [--trust-domain TD] [--days N] [--force]``: one more
-  client certificate from DIR's CA, ``NAME.pem`` and ``NAME.key``, for ``IDENTITY``
-  (``tenant/T/service/S``, ``tenant/T/admin/NAME``, ``operator/NAME``).
+  certificate from DIR's CA, ``NAME.pem`` and ``NAME.key``, for ``IDENTITY``
+  (``tenant/T/service/S``, ``tenant/T/admin/NAME``, ``operator/NAME``, or
+  ``gateway/NAME`` with its ``--host`` names).
 """
 
 from __future__ import annotations
@@ -62,15 +63,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--force", action="store_true", help="replace an existing PKI in DIR")
     init.set_defaults(run=_run_init, prog="kcm pki init")
     issue = actions.add_parser(
-        "issue", help="issue one more client certificate from DIR's CA",
-        description="Issue a client certificate from the CA in DIR (made by kcm pki init) "
-        "for IDENTITY, written as DIR/NAME.pem and DIR/NAME.key (mode 0600). Not for "
-        "production.",
+        "issue", help="issue one more certificate from DIR's CA",
+        description="Issue a certificate from the CA in DIR (made by kcm pki init) "
+        "for IDENTITY, written as DIR/NAME.pem and DIR/NAME.key (mode 0600): a client's, or "
+        "a gateway's (gateway/NAME: server and client, naming its --host names too). Not "
+        "for production.",
     )
     issue.add_argument("directory", metavar="DIR", type=Path, help="the PKI (ca.pem, ca.key)")
     issue.add_argument("name", metavar="NAME", help="the files' name: NAME.pem, NAME.key")
     issue.add_argument("identity", metavar="IDENTITY",
-                       help="tenant/T/service/S, tenant/T/admin/NAME or operator/NAME")
+                       help="tenant/T/service/S, tenant/T/admin/NAME, operator/NAME or "
+                       "gateway/NAME")
+    issue.add_argument(
+        "--host", dest="hosts", action="append", metavar="HOST",
+        help="gateway/NAME only: DNS name or IP address its clients connect to (repeatable; "
+        "default: localhost, 127.0.0.1 and ::1)",
+    )
     issue.add_argument("--trust-domain", default=None,
                        help="SPIFFE trust domain (default: that of DIR's gateway.pem, "
                        "else kcm.test)")
@@ -114,10 +122,17 @@ def _run_init(args: argparse.Namespace) -> int:
 def _run_issue(args: argparse.Namespace) -> int:
     if not 1 <= args.days <= MAX_DAYS:
         raise CommandError(f"--days must be from 1 to {MAX_DAYS}")
+    if args.hosts and not args.identity.startswith("gateway/"):
+        raise CommandError("--host is for a gateway's certificate (gateway/NAME) only")
+    for host in args.hosts or ():
+        problem = host_problem(host)
+        if problem is not None:
+            raise CommandError(problem)
     try:
         pair = pki.issue_identity(args.directory, args.name, args.identity,
                                   trust_domain=args.trust_domain, days=args.days,
-                                  force=args.force)
+                                  force=args.force,
+                                  hosts=tuple(args.hosts) if args.hosts else pki.DEFAULT_HOSTS)
     except FileExistsError as e:
         raise CommandError(f"{e}; pass --force to replace it") from e
     except FileNotFoundError as e:

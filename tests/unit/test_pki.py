@@ -245,7 +245,7 @@ def test_issue_identity_refusals(tmp_path: Path) -> None:
     init_pki(tmp_path / "p")
     ca_before = (tmp_path / "p" / "ca.pem").read_bytes()
     for name, identity in [("ca", "operator/x"), ("a/b", "operator/x"), ("", "operator/x"),
-                           ("x", "gateway/gw2"), ("x", "tenant/acme"), ("x", "nobody/x")]:
+                           ("x", "gateway/a/b"), ("x", "tenant/acme"), ("x", "nobody/x")]:
         with pytest.raises(ValueError):
             issue_identity(tmp_path / "p", name, identity)
     assert (tmp_path / "p" / "ca.pem").read_bytes() == ca_before
@@ -276,7 +276,14 @@ def test_cli_pki_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "--force" in capsys.readouterr().err
     assert main(["pki", "issue", str(tmp_path / "q"), "x", "operator/x"]) == 2
     assert "kcm pki init" in capsys.readouterr().err
-    assert main(["pki", "issue", str(tmp_path / "p"), "x", "gateway/g"]) == 2
+    assert main(["pki", "issue", str(tmp_path / "p"), "x", "operator/x", "--host", "h"]) == 2
+    assert "gateway/NAME" in capsys.readouterr().err
+    assert main(["pki", "issue", str(tmp_path / "p"), "g", "gateway/g", "--host", "a b"]) == 2
+    assert main(["pki", "issue", str(tmp_path / "p"), "g", "gateway/g",
+                 "--host", "gw2.example", "--host", "10.0.0.2"]) == 0
+    assert _dns_and_ips(_load(CertKeyPaths(tmp_path / "p" / "g.pem",
+                                           tmp_path / "p" / "g.key"))) == [
+        "gw2.example", "10.0.0.2"]
     assert main(["pki", "issue", str(tmp_path / "p"), "x", "operator/x", "--days", "0"]) == 2
 
 
@@ -315,3 +322,34 @@ def test_the_pki_s_trust_domain_is_its_gateway_s_spiffe_id_s(tmp_path: Path) -> 
     assert gateway("https://example.com/x") is None
     assert gateway("spiffe:///gateway/gw1") is None
     assert pki_trust_domain(tmp_path / "none") is None
+
+
+def _dns_and_ips(cert: x509.Certificate) -> list[str]:
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return ([str(n) for n in names.get_values_for_type(x509.DNSName)]
+            + [str(n) for n in names.get_values_for_type(x509.IPAddress)])
+
+
+def test_issue_a_second_gateways_certificate(tmp_path: Path) -> None:
+    """docs/operations.md: give each gateway a certificate and a name of its own. ``kcm pki
+    issue`` refused ``gateway/NAME``, so a second gateway of the development PKI took
+    openssl and a guess at what a gateway's certificate needs: like gw1's, server and
+    client, naming the hosts, passing the gateway's identity and the core's link."""
+    paths = init_pki(tmp_path / "p")
+    pair = issue_identity(tmp_path / "p", "gw2", "gateway/gw2")
+    cert = _load(pair)
+    assert _ekus(cert) == {SERVER, CLIENT}
+    assert _uris(cert) == ["spiffe://kcm.test/gateway/gw2"]
+    assert _dns_and_ips(cert) == ["localhost", "127.0.0.1", "::1"]
+    PolicyBuilder().store(_store(paths)).build_server_verifier(x509.DNSName("localhost")).verify(
+        cert, [])
+    PolicyBuilder().store(_store(paths)).build_client_verifier().verify(cert, [])
+    principal = principal_from_certificate(cert, trust_domain=TD)
+    assert principal is not None and principal.role is Role.GATEWAY
+    assert core_certificate_refusal(cert) is not None
+    from kcm.gateway.service import gateway_name_of
+    assert gateway_name_of(str(pair.cert), TD) == "gw2"
+    hosted = issue_identity(tmp_path / "p", "gw3", "gateway/gw3", hosts=("gw3.example",))
+    assert _dns_and_ips(_load(hosted)) == ["gw3.example"]
+    client = _load(issue_identity(tmp_path / "p", "o", "operator/o"))
+    assert _ekus(client) == {CLIENT} and _dns_and_ips(client) == []

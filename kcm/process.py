@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -152,9 +153,16 @@ class ProcessService(MultiService):
                 started.append(child)
         except BaseException as error:
             failed = child.name or type(child).__name__
+            reason = start_failure_reason(self, failed, error)
             log.critical("{process} did not start: {service}: {error}",
-                         process=self.process_name, service=failed,
-                         error=start_failure_reason(self, failed, error))
+                         process=self.process_name, service=failed, error=reason)
+            if self._log_file is None and self.log_path not in ("", "-"):
+                # The log is a file: without this, the terminal (or a unit's journal) shows
+                # the status alone. (twistd has made sys.stderr a log writer by now.)
+                line = (f"{self.process_name} did not start: {failed}: {reason} (log: "
+                        f"{self.log_path})\n")
+                with contextlib.suppress(OSError):
+                    os.write(2, line.encode("utf-8", "replace"))
             log.failure("{process}: the failed start of {service}", level=LogLevel.debug,
                         process=self.process_name, service=failed)
             _quiet_start_failure(error)

@@ -87,3 +87,23 @@ def test_a_listener_that_cannot_listen_is_one_line_naming_it(tmp_path: Path) -> 
     _assert_one_line_refusal(_twistd("kcm-core", core.config, core.root),
                              f"kcm-core did not start: kcm-kmip-listener: {missing}.lock: "
                              "No such file or directory")
+
+
+def test_a_failed_start_says_why_on_standard_error_when_the_log_is_a_file(
+        tmp_path: Path) -> None:
+    """With ``log_file`` set, a refused start printed nothing at all where it was run
+    (by hand, or in a unit's journal): status 1, the reason in the file alone."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.write_config()
+    text = core.config.read_text()
+    log = tmp_path / "core.log"
+    core.config.write_text(text.replace(f'key = "{core.pki.core.key}"',
+                                        f'key = "{core.pki.app.key}"').replace(
+        "[core.tls]", f'log_file = "{log}"\n[core.tls]'))
+    run = _twistd("kcm-core", core.config, core.root)
+    reason = (f"kcm-core did not start: kcm-kmip-listener: core.tls.key: {core.pki.app.key} is "
+              f"not the key of the certificate in {core.pki.core.cert}")
+    assert run.returncode == 1
+    assert reason in log.read_text()
+    assert f"{reason} (log: {log})" in run.stderr, run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr

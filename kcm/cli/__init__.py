@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -123,7 +124,27 @@ def _described(error: Exception) -> str:
 
     if isinstance(error, SqliteFileLinked):
         return _one_line(str(error))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    cause = getattr(error, "orig", None)
+    if isinstance(error, SQLAlchemyError) and cause is not None:
+        # The driver's words, without SQLAlchemy's wrapping and its web link.
+        return _one_line(f"database: {database_error(str(cause))}")
     return f"{type(error).__name__}: {_one_line(str(error))}"
+
+
+_MISSING_DATABASE = re.compile(r'database "([^"]+)" does not exist')
+
+
+def database_error(text: str) -> str:
+    """A database driver's message ``text``, and what to do when it says the PostgreSQL
+    database of the URL is not there (``kcm core init`` makes a schema, not a database)."""
+    missing = _MISSING_DATABASE.search(text)
+    if missing is None:
+        return text
+    return (f"{text}: kcm core init creates the schema, not the database: create it first "
+            f"(CREATE DATABASE {missing.group(1)} OWNER the URL's role; docs/operations.md, "
+            f"\"Storage\")")
 
 
 def _prog(args: argparse.Namespace) -> str:

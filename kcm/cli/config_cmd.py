@@ -37,7 +37,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kcm.cli import CommandError, add_command
+from kcm.cli import CommandError, add_command, database_error
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -249,14 +249,14 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
     try:
         current = current_revision(url)
     except SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", None) or e)
+        reason = database_error(str(getattr(e, "orig", None) or e))
         yield Finding(ERROR, f"core.database: {shown} cannot be reached or read: {reason}")
         return
     yield Finding(OK, f"core.database: {shown} is reachable")
     try:
         refused = _sessions_refusal(url)
     except SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", None) or e)
+        reason = database_error(str(getattr(e, "orig", None) or e))
         yield Finding(ERROR, f"core.database: {shown} cannot be reached or read: {reason}")
         return
     if refused is not None:

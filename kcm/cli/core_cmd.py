@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from kcm.cli import CommandError, add_command
+from kcm.cli import CommandError, add_command, database_error
 from kcm.cli.output_file import partial_file, publish, refuse_existing
 
 if TYPE_CHECKING:
@@ -322,6 +322,8 @@ def run_in_store(store: Store, fn: Callable[[Session], T], *, write: bool = True
         return store.run_sync(fn, write=write)
     except (OperationalError, ProgrammingError) as e:
         text = str(e.orig) if e.orig is not None else str(e)
+        if database_error(text) != text:  # the database itself is missing, not its schema
+            raise CommandError(f"database {shown_url(store.url)}: {database_error(text)}") from e
         if "no such table" in text or "does not exist" in text:
             raise CommandError(f"the database {shown_url(store.url)} has no kcm-core schema "
                                f"(kcm core init creates it): {text}") from e

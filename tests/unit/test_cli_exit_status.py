@@ -245,3 +245,33 @@ def test_a_failure_answer_echoing_the_client_s_words_is_not_75() -> None:
         assert answer_status(passing, reason) == 75, passing
         assert answer_status(passing, int(reason)) == 75, passing
     assert answer_status(throttled_message(10, 0.3), ResultReason.OBJECT_NOT_FOUND) == 1
+
+
+def test_a_missing_postgresql_database_says_what_to_do(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``kcm core init`` on a PostgreSQL URL whose database was never created printed
+    SQLAlchemy's wrapping (``OperationalError: (psycopg.OperationalError) ... (Background on
+    this error at: https://sqlalche.me/...)``), and the other commands called the missing
+    database a missing schema, which ``kcm core init`` creates: it does not create the
+    database."""
+    from kcm.cli import core_cmd, database_error, main
+    from kcm.core.store.engine import Store
+
+    text = ('connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+            'FATAL:  database "kcm" does not exist')
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise OperationalError("SELECT 1", {}, psycopg.OperationalError(text))
+
+    assert "CREATE DATABASE kcm OWNER" in database_error(text)
+    assert database_error("FATAL:  password authentication failed") == (
+        "FATAL:  password authentication failed")
+    monkeypatch.setattr(core_cmd, "existing_database", fails)
+    assert main(["core", "tenant", "list", "-c", "etc/kcm-core.toml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kcm core tenant list: error: database: connection failed"), err
+    assert "sqlalche.me" not in err and "kcm core init creates the schema, not the " \
+        "database: create it first (CREATE DATABASE kcm OWNER" in err, err
+    monkeypatch.setattr(Store, "run_sync", fails)
+    with pytest.raises(core_cmd.CommandError, match="not the database: create it first"):
+        core_cmd.run_in_store(Store("postgresql+psycopg://kcm@db/kcm"), lambda s: None)

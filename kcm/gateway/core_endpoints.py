@@ -143,6 +143,13 @@ class CoreFailoverEndpoint:
         self._failed(failed, reason, self.current)
         return in_a_row < len(self.endpoints)
 
+    def drained(self) -> None:
+        """The core linked to sent DRAIN (it is stopping): the next :meth:`connect` starts
+        at the next core, rather than trying the stopping one first (its refusal was
+        logged as a warning at every rolling restart). With one core, nothing changes."""
+        if len(self.endpoints) > 1:
+            self.current = (self.current + 1) % len(self.endpoints)
+
     def linked(self) -> None:
         """A link to the current core is made (the core welcomed it): the failures before it
         are over (one line says so, if any was logged)."""

@@ -977,6 +977,9 @@ class LinkClient(MultiService):
         self._protocol = None
         self._hold_until = self.clock.seconds() + self.drain_wait
         self._relink_now = True
+        drained = getattr(self._endpoint, "drained", None)
+        if drained is not None:  # a list of cores: the next link goes to the next one
+            drained()
         log.info("the core at {peer} is stopping ({reason}): {streams} calls in flight are "
                  "answered on its link; new calls wait up to {wait:g}s for the next link",
                  peer=protocol.peer, reason=reason or "DRAIN", streams=len(protocol.streams),

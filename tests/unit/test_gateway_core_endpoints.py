@@ -209,3 +209,35 @@ def test_twisteds_retry_lines_name_the_cores() -> None:
         "core tcp:core1:5697"
     two = CoreFailoverEndpoint(_endpoints(True, True), ["tcp:a:1", "tcp:b:1"], order="listed")
     assert repr(two) == "cores tcp:a:1, tcp:b:1 (next tcp:a:1)"
+
+
+def test_after_a_drain_the_next_link_goes_to_the_next_core_with_no_warning() -> None:
+    """A core that stops sends DRAIN; the gateway tried that core first again, and logged
+    ``cannot link to core ...: Connection refused; trying ...`` at every rolling restart."""
+    from kcm.link.frames import Frame, FrameType, encode_frame
+    from tests.unit.test_link_drain import gateway_link, welcomed
+
+    cores = _endpoints(False, True, True)
+    endpoint = CoreFailoverEndpoint(cores, ["a", "b", "c"], order="listed")
+    lines: list[str] = []
+    observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        endpoint.drained()
+        assert endpoint.current_name == "b"
+        assert isinstance(connect(endpoint)[0], Protocol)
+        assert [c.attempts for c in cores] == [0, 1, 0]
+        assert not [line for line in lines if "cannot link" in line], lines
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    single = CoreFailoverEndpoint(_endpoints(True), ["a"])
+    single.drained()
+    assert single.current_name == "a"
+
+    client = gateway_link(Clock())
+    moved: list[None] = []
+    client._endpoint.drained = lambda: moved.append(None)  # type: ignore[attr-defined]
+    old, _ = welcomed(client)
+    old.dataReceived(encode_frame(Frame(FrameType.DRAIN, error="the core is stopping")))
+    assert moved == [None]
+    client.stopService()

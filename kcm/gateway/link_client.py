@@ -989,7 +989,10 @@ class LinkClient(MultiService):
               fetches: int = 0) -> None:
         if self._protocol is protocol:
             self._protocol = None
-            log.warn("link to the core lost: {reason}", reason=reason.getErrorMessage())
+            if self._stopped:  # this gateway (or worker) stops, and closed it itself
+                log.info("link to the core closed: this gateway stops")
+            else:
+                log.warn("link to the core lost: {reason}", reason=reason.getErrorMessage())
             lived = self.clock.seconds() - protocol.welcomed_at
             self._relink_now = lived >= RELINK_AFTER
             if protocol.went_silent:  # a hung core: not worth another attempt first

@@ -292,3 +292,25 @@ def test_a_call_lost_with_its_link_after_it_was_sent_may_have_run() -> None:
     client.forward(b"late", APP, "h:1").addErrback(stopping.append)
     assert _unreachable_message(stopping[0]) == ("the gateway is stopping; send the request "
                                                  "again")
+
+
+def test_a_gateway_that_stops_does_not_warn_of_the_link_it_closed() -> None:
+    """Each SIGTERM of a gateway, and each worker a SIGHUP restarts, logged the link it
+    closed itself as a warning, ``link to the core lost: Connection was closed cleanly``."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client = gateway_link(Clock())
+        lost, _ = welcomed(client)
+        lost.connectionLost(Failure(ConnectionDone()))  # running: the core went away
+        stopping, _ = welcomed(client)
+        client.stopService()
+        stopping.connectionLost(Failure(ConnectionDone()))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [(e["log_level"].name, formatEvent(e)) for e in events
+            if "link to the core" in formatEvent(e)]
+    assert said == [("warn", "link to the core lost: Connection was closed cleanly."),
+                    ("info", "link to the core closed: this gateway stops")], said

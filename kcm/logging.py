@@ -69,6 +69,7 @@ from twisted.logger import (
     LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     eventAsText,
     formatEvent,
 )
@@ -527,7 +528,64 @@ def log_observer(out: IO[str], *, log_format: str = "json", level: str = "info",
         render = _with_fields(render, dict(fields), json_lines=log_format == "json")
     writer = BackgroundLineWriter(out, render, linger=linger) if background \
         else _LineWriter(out, render)
-    return FilteringLogObserver(writer, [level_filter(parse_level(level))])
+    return _LevelFilteringObserver(writer, level_filter(parse_level(level)))
+
+
+class _LevelFilteringObserver(FilteringLogObserver):
+    """Twisted's :class:`FilteringLogObserver` of one predicate, called directly (its
+    general loop over predicates cost more than the predicate itself, for every event)."""
+
+    def __init__(self, observer: ILogObserver, predicate: LogLevelFilterPredicate) -> None:
+        super().__init__(observer, [predicate])
+        self._predicate = predicate
+
+    def __call__(self, event: LogEvent) -> None:
+        result = self._predicate(event)
+        if result is PredicateResult.no:
+            self._negativeObserver(event)
+            return
+        if result is not PredicateResult.yes and result is not PredicateResult.maybe:
+            raise TypeError(f"Invalid predicate result: {result!r}")
+        if "log_trace" in event:
+            event["log_trace"].append((self, self._observer))
+        self._observer(event)
+
+
+#: Each level's rank, lowest first (what LogLevel's comparisons compare).
+_LEVEL_RANKS = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
+#: The namespaces whose levels one :class:`_LevelFilter` keeps (a namespace is a logger's
+#: module or class: a bounded set; past this the memo starts again).
+_FLOORS_KEPT = 1024
+
+
+class _LevelFilter(LogLevelFilterPredicate):
+    """Twisted's :class:`LogLevelFilterPredicate`, the level of each namespace seen kept
+    (Twisted's looks it up afresh for each event, splitting its name), as a rank."""
+
+    def __init__(self, defaultLogLevel: LogLevel = LogLevel.info) -> None:  # noqa: N803
+        self._floors: dict[str, int] = {}
+        super().__init__(defaultLogLevel)
+
+    def setLogLevelForNamespace(self, namespace: str, level: LogLevel) -> None:  # noqa: N802
+        super().setLogLevelForNamespace(namespace, level)
+        self._floors.clear()
+
+    def clearLogLevels(self) -> None:  # noqa: N802
+        super().clearLogLevels()
+        self._floors.clear()
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        rank = _LEVEL_RANKS.get(event.get("log_level"))  # type: ignore[arg-type]
+        namespace = event.get("log_namespace", "")
+        if rank is None or not namespace or not isinstance(namespace, str):
+            return super().__call__(event)  # (no level, or not one of LogLevel's: Twisted's)
+        floors = self._floors
+        floor = floors.get(namespace)
+        if floor is None:
+            if len(floors) >= _FLOORS_KEPT:
+                floors.clear()
+            floor = floors[namespace] = _LEVEL_RANKS[self.logLevelForNamespace(namespace)]
+        return PredicateResult.no if rank < floor else PredicateResult.maybe
 
 
 #: The namespaces (with those below them) whose info events are written whatever the
@@ -548,7 +606,7 @@ def level_filter(level: LogLevel) -> LogLevelFilterPredicate:
     """The filter of a ``log_level``: events below ``level`` are dropped, except those of
     :data:`AUDIT_NAMESPACES`, kept from info up; and, above debug, those of
     :data:`QUIET_NAMESPACES` below warn."""
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    predicate = _LevelFilter(defaultLogLevel=level)
     if level > LogLevel.info:
         for namespace in AUDIT_NAMESPACES:
             predicate.setLogLevelForNamespace(namespace, LogLevel.info)

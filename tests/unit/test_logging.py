@@ -513,3 +513,86 @@ def test_a_signal_handler_that_logs_inside_a_write_neither_deadlocks_nor_loses_l
     if background:
         assert writer.flush()
     assert sorted(stream.getvalue().splitlines()) == ["first", "signal"]
+
+
+def test_the_level_filter_judges_every_event_as_twisteds_does() -> None:
+    """The filter keeps each namespace's level (kcm.logging._LevelFilter): its verdicts are
+    Twisted's LogLevelFilterPredicate's, for every level and log_level, namespaces below a
+    set one, a level set or cleared after events were judged, and events without a level,
+    a namespace, or with a level that is not LogLevel's."""
+    from twisted.logger import LogLevelFilterPredicate, PredicateResult
+
+    from kcm.logging import level_filter
+
+    namespaces = ["kcm.audit", "kcm.audit.checkpoints", "kcm", "kcm.core.store",
+                  "twisted.application._client_service", "twisted.application", "x", ""]
+    odd = [{}, {"log_level": LogLevel.info}, {"log_namespace": "kcm"},
+           {"log_level": "info", "log_namespace": "kcm"}]
+    for setting in LogLevel.iterconstants():
+        ours = level_filter(setting)
+        theirs = LogLevelFilterPredicate(defaultLogLevel=setting)
+        theirs._logLevelsByNamespace.update(ours._logLevelsByNamespace)
+        for change in (None, ("kcm.core", LogLevel.error), ("kcm.audit", LogLevel.debug),
+                       "clear"):
+            if change == "clear":
+                ours.clearLogLevels()
+                theirs.clearLogLevels()
+            elif change is not None:
+                ours.setLogLevelForNamespace(*change)
+                theirs.setLogLevelForNamespace(*change)
+            for namespace in namespaces:
+                for level in LogLevel.iterconstants():
+                    event = {"log_level": level, "log_namespace": namespace}
+                    assert ours(event) is theirs(event), (setting, change, namespace, level)
+            for event in odd:
+                try:
+                    expected: object = theirs(dict(event))
+                except Exception as e:
+                    expected = type(e)
+                try:
+                    got: object = ours(dict(event))
+                except Exception as e:
+                    got = type(e)
+                assert got == expected, (setting, event)
+    assert PredicateResult.maybe is ours({"log_level": LogLevel.critical,
+                                          "log_namespace": "kcm"})
+
+
+def test_the_level_filter_reads_a_namespace_level_once() -> None:
+    """Twisted's filter split each event's namespace and looked its parts up afresh, for
+    every event every process logs (an audit record's line among them)."""
+    from kcm.logging import level_filter
+
+    predicate = level_filter(LogLevel.warn)
+    looked_up: list[str] = []
+    original = predicate.logLevelForNamespace
+
+    def counted(namespace: str) -> LogLevel:
+        looked_up.append(namespace)
+        return original(namespace)
+
+    predicate.logLevelForNamespace = counted  # type: ignore[method-assign]
+    for _ in range(3):
+        predicate({"log_level": LogLevel.info, "log_namespace": "kcm.audit"})
+        predicate({"log_level": LogLevel.info, "log_namespace": "kcm.core.store"})
+    assert looked_up == ["kcm.audit", "kcm.core.store"]
+
+
+def test_the_observer_calls_its_filter_once_per_event_and_keeps_traces() -> None:
+    """log_observer's observer asks its one filter directly (not through Twisted's loop over
+    predicates), drops what it refuses, and still notes itself in a traced event."""
+    from twisted.logger import PredicateResult
+
+    seen: list[dict] = []
+    observer = log_observer(io.StringIO(), level="warning")
+    observer._observer = seen.append  # (the writer behind the filter)
+    kept = {"log_level": LogLevel.warn, "log_namespace": "kcm", "log_trace": []}
+    observer({"log_level": LogLevel.info, "log_namespace": "kcm"})
+    observer(kept)
+    assert seen == [kept] and kept["log_trace"] == [(observer, seen.append)]
+    observer._predicate = lambda event: "neither"
+    with pytest.raises(TypeError):
+        observer({"log_level": LogLevel.warn, "log_namespace": "kcm"})
+    observer._predicate = lambda event: PredicateResult.yes
+    observer({"log_level": LogLevel.debug, "log_namespace": "kcm"})
+    assert len(seen) == 2

@@ -18,6 +18,11 @@ for events: the end of the reactor's turn, after every event of the turn has bee
 dispatched and every timed call due has run. kcm-core starts its group commits there
 (:mod:`kcm.core.group_commit`), so that the requests read in the turn join the group.
 
+Its waker (the pipe another thread writes a byte to, for each ``callFromThread``: every
+answer of kcm-core's writer thread) writes that byte as Twisted's does, without reaching
+``os.write`` through ``twisted.python.util``, a deprecation proxy whose attribute lookup cost
+more than the write's own Python (:func:`_wake_directly`).
+
 With a busy-poll window (kcm-gateway's ``busy_poll_us``), the poll waits for events the
 way :class:`kcm.busy_poll.SpinningWait` does: after a turn that had events it asks the
 kernel again without sleeping, for up to that long, before it sleeps.
@@ -26,10 +31,12 @@ kernel again without sleeping, for up to that long, before it sleeps.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from types import MethodType
 from typing import Any
 
+from twisted.internet._signals import _UnixWaker
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python import log
 
@@ -54,7 +61,34 @@ def install(reactor: Any, *, busy_poll: float = 0.0) -> bool:
     poll = MethodType(_poll, reactor)
     reactor.doPoll = poll
     reactor.doIteration = poll  # what the reactor's main loop calls
+    _wake_directly(reactor.waker)
     return True
+
+
+def _wake_directly(waker: object) -> None:
+    """Give Twisted's pipe ``waker`` (any other is left as it is) a ``wakeUp`` that does what
+    its own does (one byte written to the pipe, again if a signal interrupts it; a full pipe
+    is already awake) with ``os.write`` called directly."""
+    if type(waker) is not _UnixWaker:
+        return
+    write, eagain = os.write, errno.EAGAIN
+
+    def wake_up() -> None:
+        fd = waker.o
+        if fd is None:
+            return
+        while True:
+            try:
+                write(fd, b"x")
+                return
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno != eagain:
+                    raise
+                return
+
+    waker.wakeUp = wake_up  # type: ignore[attr-defined]
 
 
 def spinning_wait(reactor: Any) -> SpinningWait | None:

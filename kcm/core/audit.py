@@ -113,7 +113,7 @@ UNKEYED_META_KEY = "audit.unkeyed"
 BASE_META_KEY = "audit.base"
 
 _PENDING_KEY = "kcm.audit.pending"
-#: The chain's newest (seq, digest) as this transaction last wrote it.
+#: The chain's newest (seq, digest, mac) as this transaction last wrote it.
 _TAIL_KEY = "kcm.audit.tail"
 #: The audit key of a transaction that appended records: its head marker is written once,
 #: just before it commits (:func:`write_head`), not once per record.
@@ -138,6 +138,12 @@ _NEWEST_AND_HEAD = RawStatement(
 #: from then on it is the chain's only writer, and its own head lags its records until it
 #: commits, so the tail it reads again (after a savepoint rolled back) is not held to it.
 _HEAD_CHECKED = "kcm.audit.head_checked"
+
+#: (audit key, seq, digest, MAC, head marker) of the newest record and the head marker this
+#: process wrote, or last found genuine: the checks of a transaction's first append
+#: (:func:`_refuse_bad_tail`) are functions of these alone, and pass for them. Each group
+#: commit reads what the one before it wrote; their two MACs are not computed again.
+_passed: tuple[bytes, int, bytes, bytes, str] | None = None
 
 #: Where committed audit records are emitted (a namespace of their own, so an observer can
 #: pick them out).
@@ -504,9 +510,8 @@ def append_audit(
         tail, head = _newest_and_head(connection_of(session), with_head=not checked)
         if tail is not None and tail[2] is None and not _anchoring:
             _refuse_unkeyed(tail, due=anchor_due(session, tail[0], bytes(tail[1])))
-        _refuse_foreign_tail(tail, key)
-        if not (checked or _anchoring):  # key_chain held the unkeyed head to the tail
-            _refuse_cut_tail(tail, head, key)
+        # (key_chain held the unkeyed head to the tail)
+        _refuse_bad_tail(tail, head, key, with_head=not (checked or _anchoring))
         info[_HEAD_CHECKED] = True
     values, row = _chained(record, tail, key, clock)
     # Straight to the driver, not the ORM's unit of work: this runs for every request.
@@ -514,7 +519,7 @@ def append_audit(
     session.info[_HEAD_DUE] = key
     # Valid while this transaction holds the writers' lock; any rollback (a savepoint's
     # included) forgets it, since the rows it described may be gone.
-    session.info[_TAIL_KEY] = (row.seq, row.digest)
+    session.info[_TAIL_KEY] = (row.seq, row.digest, row.mac)
     _log_after_commit(session, row, record)
     return row
 
@@ -538,9 +543,7 @@ def append_records(transaction: LeanTransaction, records: Sequence[AuditEvent], 
         tail, head = _newest_and_head(connection, with_head=not checked)
         if tail is not None and tail[2] is None:
             _refuse_unkeyed(tail, due=False)
-        _refuse_foreign_tail(tail, key)
-        if not checked:
-            _refuse_cut_tail(tail, head, key)
+        _refuse_bad_tail(tail, head, key, with_head=not checked)
         info[_HEAD_CHECKED] = True
     pending = info.get(_PENDING_KEY)
     if pending is None:
@@ -551,7 +554,7 @@ def append_records(transaction: LeanTransaction, records: Sequence[AuditEvent], 
     for record in records:
         values, row = _chained(record, tail, key, clock)
         _INSERT_RECORD.run_on(connection, values, wait=False)
-        tail = (row.seq, row.digest)
+        tail = (row.seq, row.digest, row.mac)
         info[_TAIL_KEY] = tail
         pending.append((row, record))
         rows.append(row)
@@ -640,6 +643,25 @@ def _refuse_unkeyed(tail: Any, *, due: bool) -> None:
                               "chain was keyed: start kcm-core or run `kcm core init` first")
     raise AuditChainError(f"the newest audit record ({tail[0]}) has no MAC and is not due "
                           "for anchoring (MACs removed?); run `kcm audit verify`")
+
+
+def _refuse_bad_tail(tail: Any, head: str | None, key: bytes, *, with_head: bool) -> None:
+    """:func:`_refuse_foreign_tail` of ``tail``, and with ``with_head``
+    :func:`_refuse_cut_tail` of it and ``head``; neither is computed again for the very
+    values that last passed them, or that this process wrote (:data:`_passed`)."""
+    global _passed
+    keyed = tail is not None and tail[2] is not None
+    if keyed:
+        passed = _passed
+        if (passed is not None and passed[1] == tail[0] and passed[3] == tail[2]
+                and passed[2] == tail[1] and passed[0] == key
+                and (not with_head or passed[4] == head)):
+            return
+    _refuse_foreign_tail(tail, key)
+    if with_head:
+        _refuse_cut_tail(tail, head, key)
+        if keyed and head is not None:
+            _passed = (key, tail[0], bytes(tail[1]), bytes(tail[2]), head)
 
 
 def _refuse_foreign_tail(tail: Any, key: bytes) -> None:
@@ -791,17 +813,22 @@ def write_head(session: Session) -> None:
         return
     tail = session.info.get(_TAIL_KEY)
     if tail is None:  # a savepoint rolled back since: the stored tail is the truth
-        tail = _NEWEST.execute(session).fetchone()
-        if tail is None:
+        newest = _NEWEST.execute(session).fetchone()
+        if newest is None:
             return
+        tail = (newest[0], newest[1])  # (its MAC, as read, is not known to be genuine)
     _store_head(connection_of(session), key, tail)
 
 
 def _store_head(connection: Any, key: bytes, tail: Any) -> None:
-    """Write the head marker naming ``tail`` ((seq, digest)) on ``connection``."""
-    head = head_marker(key, tail[0], bytes(tail[1]))
+    """Write the head marker naming ``tail`` ((seq, digest, mac)) on ``connection``."""
+    global _passed
+    digest = bytes(tail[1])
+    head = head_marker(key, tail[0], digest)
     if _UPDATE_HEAD.run_on(connection, {"value": head}).rowcount == 0:
         _INSERT_HEAD.run_on(connection, {"value": head})  # the chain's first record
+    if len(tail) > 2 and tail[2] is not None:
+        _passed = (key, tail[0], digest, bytes(tail[2]), head)
 
 
 def _write_lean_head(transaction: LeanTransaction) -> None:

@@ -696,3 +696,43 @@ def test_a_malformed_checkpoint_line_names_its_line() -> None:
              '{"namespace": "kcm.audit.checkpoint", "checkpoint": "1:zz:zz"}']
     with pytest.raises(ValueError, match="line 3"):
         checkpoints_in_log(lines)
+
+
+def test_a_transaction_after_this_processs_own_does_not_check_its_tail_again(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The newest record and head marker a transaction reads are, in a process that wrote
+    them, the ones it wrote: their checks (its MAC under this key, the head's MAC and
+    position) are functions of those values and pass, so they are not computed again. Any
+    other value is checked: a head rewritten, a tail whose MAC was altered, a key changed."""
+    from kcm.core import audit
+    from kcm.core.audit import append_records
+
+    _append(store, 2)
+    macs: list[bytes] = []
+    real_mac = audit._mac
+    monkeypatch.setattr(audit, "_mac", lambda key, label, message: (
+        macs.append(label), real_mac(key, label, message))[1])
+    store.run_sync(lambda s: append_audit(s, _event()))
+    store._write_lean_sync(lambda t: append_records(t, [_event(), _event()]))
+    # Each transaction: the records' MACs and its head's, nothing checked again.
+    assert len(macs) == 5 and macs.count(audit._HEAD_LABEL) == 2
+
+    def rewrite_head(session) -> None:  # a genuine head, written some other way
+        rows = session.execute(select(AuditLog.seq, AuditLog.digest)
+                               .order_by(AuditLog.seq.desc()).limit(1)).one()
+        set_meta(session, HEAD_META_KEY, audit.head_marker(AUDIT_KEY, rows[0], rows[1]) + " ")
+
+    store.run_sync(rewrite_head)
+    macs.clear()
+    store.run_sync(lambda s: append_audit(s, _event()))
+    assert len(macs) == 4  # its tail's MAC and the head's checked, then its own two
+
+    def alter_tail_mac(session) -> None:
+        newest = session.scalar(select(AuditLog.seq).order_by(AuditLog.seq.desc()).limit(1))
+        session.execute(update(AuditLog).where(AuditLog.seq == newest).values(mac=b"\0" * 32))
+
+    store.run_sync(alter_tail_mac)
+    for append in (lambda: store.run_sync(lambda s: append_audit(s, _event())),
+                   lambda: store._write_lean_sync(lambda t: append_records(t, [_event()]))):
+        with pytest.raises(AuditChainError, match=r"newest audit record \(6\) fails its MAC"):
+            append()

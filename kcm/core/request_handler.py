@@ -106,6 +106,7 @@ from kcm.kernel.plain_messages import (
     NOT_PLAIN,
     READABLE_VERSIONS,
     answer_item,
+    read_create_payload,
     read_discover_versions,
     read_get_attributes,
     read_request,
@@ -1009,8 +1010,8 @@ PlainReader = Callable[..., tuple[Version, int | None, list[tuple[int, Any, Any]
 def _read_plain(wire: bytes, *, max_items: int | None = None
                 ) -> tuple[Version, int | None, list[tuple[int, Any, Any]]]:
     """:func:`read_request` in every version kcm-core reads plainly, no more than
-    ``max_items`` items."""
-    return read_request(wire, versions=READABLE_VERSIONS, max_items=max_items)
+    ``max_items`` items, Creates included (:func:`read_create_payload`)."""
+    return read_request(wire, read_create_payload, READABLE_VERSIONS, max_items=max_items)
 
 
 def _plain_request(wire: bytes, limits: CoreLimits,

@@ -2,7 +2,8 @@
 
 Most requests a KMIP server answers in volume are one shape: a Request Message in KMIP 1.4,
 2.0 or 2.1 whose batch items are Encrypt, Decrypt or Get with the Unique Identifier given
-and nothing unusual (and, for the gateway, the Create of an L4). :func:`read_request` reads
+and nothing unusual (and a Create: for the gateway an L4's, for kcm-core any, its payload
+read by the model, :func:`read_create_payload`). :func:`read_request` reads
 such a request's header fields and typed payloads from the bytes, without the message
 tree; :func:`response_item` writes a successful answer's batch item into a fixed layout.
 The gateway's fast path (:mod:`kcm.gateway.fast_path`) answers its L4 requests with them,
@@ -37,6 +38,7 @@ from kcm.kmip.enums import CryptographicAlgorithm, KeyFormatType, ObjectType, Op
 from kcm.kmip.fields import EXTENSION_VALUES
 from kcm.kmip.objects import KeyValue, SymmetricKey
 from kcm.kmip.payloads import (
+    CreateRequest,
     CreateResponse,
     DecryptRequest,
     DecryptResponse,
@@ -55,7 +57,8 @@ from kcm.ttlv import Item, ItemType, decode_item, encode
 
 __all__ = ["NOT_PLAIN", "PLAIN_OPERATIONS", "PLAIN_VERSIONS", "READABLE_VERSIONS",
            "CreateReader", "NotPlain", "answer_item", "attributes_payload",
-           "integer_at", "item_head", "read_discover_versions", "read_get_attributes",
+           "integer_at", "item_head", "read_create_payload", "read_discover_versions",
+           "read_get_attributes",
            "read_request",
            "read_request_python", "response_item", "structure_at"]
 
@@ -299,6 +302,25 @@ def _read_header(wire: bytes, versions: frozenset[tuple[int, int]],
     if pos != header_end or (max_items is not None and batch_count > max_items):
         raise NOT_PLAIN
     return pos, version, maximum_response_size, batch_count
+
+
+#: The deepest nesting :func:`read_create_payload` decodes (a deeper payload takes the general
+#: codec: a Name, a Link or Cryptographic Parameters as an attribute are four levels).
+CREATE_PAYLOAD_DEPTH = 8
+
+
+def read_create_payload(wire: bytes, payload_at: int, pos: int, end: int,
+                        version: tuple[int, int]) -> CreateRequest:
+    """A :data:`CreateReader` of any Create: its payload (the Structure at ``payload_at``,
+    ending at ``end``) decoded alone and read by the model, as the general codec reads a
+    Create's payload in ``version`` (what it refuses, a TTLV or KMIP error, or nesting
+    deeper than :data:`CREATE_PAYLOAD_DEPTH`, is not plain: the general codec reads the
+    request then). kcm-core reads its Creates with it: the message around the payload is
+    not decoded into a tree."""
+    payload, after = decode_item(wire, payload_at, max_depth=CREATE_PAYLOAD_DEPTH)
+    if after != end:
+        raise NOT_PLAIN
+    return CreateRequest.from_item(payload, version)
 
 
 def read_discover_versions(wire: bytes,

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from kcm.core.config import CoreLimits
 from kcm.core.request_handler import _encoded, _plain_request
 from kcm.kernel.plain_messages import (
+    READABLE_VERSIONS,
+    read_create_payload,
     read_discover_versions,
     read_get_attributes,
     read_request,
@@ -457,6 +459,8 @@ def test_a_create_is_read_plainly_unless_nested_deeper_than_the_reader_reads() -
         wire = request(create, version=version)
         assert _plain_request(wire, LIMITS) == decode_request(decode(wire))
         assert _plain_request(wire, LIMITS, read_get_attributes) is None  # (not its reader)
+        assert read_request_python(wire, read_create_payload, READABLE_VERSIONS) == \
+            read_request(wire, read_create_payload, READABLE_VERSIONS)  # (both walks)
     nested: Item = Item(VENDOR_TAG, ItemType.INTEGER, 1)
     for _ in range(8):
         nested = Item(VENDOR_TAG, ItemType.STRUCTURE, [nested])

@@ -44,6 +44,7 @@ __all__ = [
     "IssuedCertificate",
     "KeyAlgorithm",
     "PkiPaths",
+    "certificate_spiffe_id",
     "init_pki",
     "issue_certificate",
     "issue_identity",
@@ -440,18 +441,23 @@ def issue_identity(
 def pki_trust_domain(directory: Path) -> str | None:
     """The trust domain of the SPIFFE ID in ``directory``'s gateway certificate, or None
     (no such file, or no SPIFFE ID in it)."""
+    spiffe_id = certificate_spiffe_id(PkiPaths.for_directory(Path(directory)).gateway.cert)
+    if spiffe_id is None:
+        return None
+    return spiffe_id.removeprefix("spiffe://").split("/", 1)[0] or None
+
+
+def certificate_spiffe_id(path: Path) -> str | None:
+    """The first SPIFFE ID (``spiffe://...`` URI SAN) of the PEM certificate at ``path``, or
+    None (no such file, not a certificate, or no SPIFFE ID in it)."""
     try:
-        cert = x509.load_pem_x509_certificate(
-            PkiPaths.for_directory(Path(directory)).gateway.cert.read_bytes())
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
         uris = cert.extensions.get_extension_for_class(
             x509.SubjectAlternativeName).value.get_values_for_type(
                 x509.UniformResourceIdentifier)
     except (OSError, ValueError, x509.ExtensionNotFound):
         return None
-    for uri in uris:
-        if uri.startswith("spiffe://"):
-            return uri[len("spiffe://"):].split("/", 1)[0] or None
-    return None
+    return next((uri for uri in uris if uri.startswith("spiffe://")), None)
 
 
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

@@ -362,19 +362,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _application_of(certificate: Path) -> str | None:
     """The path of the SPIFFE ID in ``certificate`` (``/tenant/T/service/S``), or None."""
-    from cryptography import x509
+    from kcm.pki import certificate_spiffe_id
 
-    try:
-        cert = x509.load_pem_x509_certificate(certificate.read_bytes())
-        uris = cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value.get_values_for_type(
-                x509.UniformResourceIdentifier)
-    except (OSError, ValueError, x509.ExtensionNotFound):
+    spiffe_id = certificate_spiffe_id(certificate)
+    if spiffe_id is None:
         return None
-    for uri in uris:
-        if uri.startswith("spiffe://"):
-            return "/" + uri.removeprefix("spiffe://").partition("/")[2]
-    return None
+    return "/" + spiffe_id.removeprefix("spiffe://").partition("/")[2]
 
 
 def _private(var: Path) -> None:

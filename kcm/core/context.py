@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import hashes
 from sqlalchemy.orm import Session
 
+from kcm.core.store.known import LEAN_READ_INFO
 from kcm.crypto.derivation import MAX_PBKDF2_ITERATIONS, pbkdf2
 from kcm.identity import Principal
 from kcm.kernel.batch import BatchStopped, RunElsewhere
@@ -278,6 +279,19 @@ class Caller:
     principal: Principal
     source: str
     gateway: Principal | None = None
+
+
+class WritesHere(RunElsewhere):  # noqa: N818 - a request for the caller, not a failure
+    """An item run in a lean group's read (:func:`about_to_write`) would write:
+    the request is answered by a session group instead, with nothing of this run kept."""
+
+
+def about_to_write(session: Session) -> None:
+    """Called before an operation writes anything in ``session``: raises
+    :class:`WritesHere` in a lean group's read (:meth:`kcm.core.store.engine.Store.read_in`),
+    where it must not write."""
+    if session.info.get(LEAN_READ_INFO):
+        raise WritesHere("this item writes: it runs in a session group")
 
 
 @dataclass(slots=True)

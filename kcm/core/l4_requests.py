@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kcm.core import events
-from kcm.core.context import OperationContext
+from kcm.core.context import OperationContext, about_to_write
 from kcm.core.l4_keys import StoreKeySource
 from kcm.core.store import repository
 from kcm.core.usage import add_uses
@@ -150,6 +150,7 @@ def _audited(ctx: OperationContext, call: Callable[..., Any], argument: Any, *,
 def _engine(ctx: OperationContext) -> L4Engine:
     # The core's own L4 work counts towards a rotation policy's usage cap, as a gateway's
     # reports do (kcm.core.usage), in the request's transaction.
+    about_to_write(ctx.session)
     return L4Engine(StoreKeySource(ctx), ctx.random_bytes,  # type: ignore[arg-type]
                     lambda uid: add_uses(ctx.session, {uid: 1}, now=ctx.now))
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from kcm.core import attribute_keys, events, policy
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
-from kcm.core.context import OperationContext
+from kcm.core.context import OperationContext, about_to_write
 from kcm.core.keyring import Binding, Flags, flags_of
 from kcm.core.store import repository
 from kcm.core.store.object_cache import (
@@ -405,6 +405,7 @@ def insert(ctx: OperationContext, *, uid: str, object_type: int, attributes: lis
     ``inherits``: the object whose attributes the new one copies (Re-key's replacement):
     its attributes count against the byte bounds as stored, not as new, so a key at the
     bound can be replaced (what the new one adds is judged as a change would be)."""
+    about_to_write(ctx.session)
     if tenant is None:
         try:
             tenant = policy.tenant_of(ctx.principal)
@@ -458,6 +459,7 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     A service key (L3) whose state changes emits ``l3.state`` for the gateways, whatever
     changed it (an operation, or a date that has passed).
     """
+    about_to_write(ctx.session)
     interval = obj.value(Tag.ROTATE_INTERVAL)
     if interval != _rotate_interval(obj._stored):
         check_rotate_interval(ctx, interval)

@@ -70,6 +70,7 @@ from kcm.core.context import (
     KeyPairs,
     OperationContext,
     RequestWork,
+    WritesHere,
     prepared_key_pairs,
 )
 from kcm.core.disk_full_line import DiskFullLine
@@ -663,14 +664,16 @@ class CoreRequestHandler:
         try:
             request = self._decode(
                 wire, read=read_discover_versions if storeless
-                else read_get_attributes if transaction is not None else _read_plain)
+                else read_get_attributes if transaction is not None
+                and _GET_ENCRYPT_VALUES.isdisjoint(operation_values(wire)) else _read_plain)
         except _Refused as refused:
             return self._refused_answer(caller, refused, correlation_id, now)
         except Exception:
             log.failure("request failed [correlation id {cid}]", cid=correlation_id)
             return self._failed_answer(caller, _answer_version(wire), correlation_id, now)
         # (An item that could not be read may have no Operation: the general way then.)
-        if not all(item.operation in (STORELESS if storeless else READ_ONLY)
+        if not all(item.operation in (STORELESS if storeless else LEAN if transaction
+                                      is not None else READ_ONLY)
                    for item in request.batch_items):
             return None
         version = request.header.version
@@ -699,6 +702,8 @@ class CoreRequestHandler:
                 encoded = _encoded(items, version)
             return _Answer(self._response(request, now, correlation_id, items, encoded), events,
                            version, correlation_id)
+        except WritesHere:
+            return None  # (nothing of this run kept: it runs in a session group)
         except Exception:
             log.failure("request failed [correlation id {cid}]", cid=correlation_id)
             return self._failed_answer(caller, version, correlation_id, now, request)
@@ -1233,17 +1238,25 @@ class _NothingToUndo:
 #: What :meth:`CoreRequestHandler._read_lean` answers for a request that writes.
 _WRITES = object()
 
-#: The Operation values of the read-only operations a lean group runs (no Locate: a batch
-#: with one runs beside the writer).
-_LEAN_READ_VALUES = frozenset(int(op).to_bytes(4, "big")
-                              for op in READ_ONLY - {Operation.LOCATE})
+#: The operations a lean group runs: the read-only ones but Locate (a batch with one runs
+#: beside the writer), and Get and Encrypt, which mostly write nothing: one that would
+#: write (a Fresh key's first Get, a use counted against Usage Limits, a state moved by a
+#: date, a stream's part spent, an L4's or L3's use) stops before it does
+#: (:class:`~kcm.core.context.WritesHere`) and runs in a session group instead.
+LEAN: frozenset[int] = frozenset(READ_ONLY - {Operation.LOCATE}) | {
+    Operation.GET, Operation.ENCRYPT}
+#: Their Operation values, as the peek reads them.
+_LEAN_VALUES = frozenset(int(op).to_bytes(4, "big") for op in LEAN)
+#: Get's and Encrypt's: a request with one is read by the default plain reader.
+_GET_ENCRYPT_VALUES = frozenset(int(op).to_bytes(4, "big")
+                                for op in (Operation.GET, Operation.ENCRYPT))
 
 
 def _reads_only(wire: bytes, found: list[bytes] | None = None) -> bool:
-    """Whether every Operation item found in ``wire`` (:func:`_only_operations`) is a
-    read-only operation other than Locate: such a request may run in a lean group (a
-    look-alike in a byte string can only make it False, or cost it a hop)."""
-    return _only_operations(wire, _LEAN_READ_VALUES, found=found)
+    """Whether every Operation item found in ``wire`` (:func:`_only_operations`) is one of
+    :data:`LEAN`: such a request may run in a lean group (a look-alike in a byte string
+    can only make it False, or cost it a hop)."""
+    return _only_operations(wire, _LEAN_VALUES, found=found)
 
 
 def _only_operations(wire: bytes, values: frozenset[bytes], most: int | None = None, *,

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.orm import Session
 
 from kcm.core import managed
-from kcm.core.context import OperationContext
+from kcm.core.context import OperationContext, about_to_write
 from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_TENANT_KEY, WRAPPED_BY_L1
 from kcm.crypto.sealed_state import CLOCK_MARGIN, StreamPart, open_state, seal_state
@@ -78,6 +78,7 @@ def open_once(ctx: OperationContext, secret: bytes, purpose: bytes, uid: str, va
     """The part ``value`` names and the state it carries, the part taken in this request's
     transaction; Invalid Correlation Value when the value does not open (forged, another
     key's or kind's, expired) or was used already."""
+    about_to_write(ctx.session)  # (the part is spent in this transaction)
     part, state = open_state(secret, purpose, uid, value, unpack, now=ctx.now)
     purged = repository.get_meta(ctx.session, PURGED_META_KEY)
     if (purged is not None and part.expires < int(purged)) or not \

@@ -42,7 +42,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from kcm.core.store.known import KNOWN_FACTS_INFO, LEARNT_INFO, WRITE_INFO, KnownFacts
+from kcm.core.store.known import (
+    KNOWN_FACTS_INFO,
+    LEAN_READ_INFO,
+    LEARNT_INFO,
+    WRITE_INFO,
+    KnownFacts,
+)
 from kcm.core.store.lean import LeanTransaction
 from kcm.core.store.object_cache import (
     CACHE_EPOCH_INFO,
@@ -801,7 +807,8 @@ class Store(Service):
         the session joins the transaction and leaves it as it was when it closes (it
         neither commits nor rolls it back). A lean group writes nothing but audit records,
         so what the session reads is committed: it gets what a read-only transaction's
-        session gets. ``fn`` must not write."""
+        session gets. ``fn`` must not write: an operation that would raises
+        :class:`kcm.core.context.WritesHere` first (:data:`LEAN_READ_INFO`)."""
         with StoreSession(bind=transaction.connection, expire_on_commit=False,
                           autoflush=False, join_transaction_mode="rollback_only") as session:
             info = session.info
@@ -809,6 +816,7 @@ class Store(Service):
             if self.objects.size:
                 info[OBJECT_CACHE_INFO] = self.objects
             info[WRITE_INFO] = False
+            info[LEAN_READ_INFO] = True
             info[TRANSACTION_CONNECTION] = transaction.connection
             info[CACHE_EPOCH_INFO] = self.objects.epoch
             return fn(session)

@@ -14,6 +14,10 @@ from sqlalchemy.orm import Session
 
 #: Whether a session's transaction may write (``Session.info``; set by the store).
 WRITE_INFO = "kcm.store.write"
+#: Set (True) in a session that reads in a lean group's transaction
+#: (:meth:`kcm.core.store.engine.Store.read_in`): work that would write there must not, and
+#: says so (:meth:`kcm.core.context.OperationContext.writes`) before anything is written.
+LEAN_READ_INFO = "kcm.store.lean_read"
 #: Where a session of a :class:`Store` finds the store's :class:`KnownFacts`.
 KNOWN_FACTS_INFO = "kcm.store.known"
 #: Facts a write transaction learnt, for its store's :class:`KnownFacts` once it commits.

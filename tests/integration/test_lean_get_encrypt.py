@@ -1,0 +1,131 @@
+"""Get and Encrypt in lean groups (kcm.core.request_handler.LEAN): one that writes nothing
+but its audit record runs in a lean group; one that would write (a Fresh key's first Get,
+a use counted against Usage Limits, a state an Activation Date moved) stops before it
+writes and runs in a session group. Either way the answer and the audit records are those
+of a session group, byte for byte: the same requests, against the same objects made
+twice, are answered and audited alike by both paths."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest_twisted
+from sqlalchemy import select
+
+from kcm.core import request_handler
+from kcm.core.audit import verify_chain
+from kcm.core.store.schema import AuditLog
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import ObjectType, Operation, ResultStatus
+from kcm.kmip.payloads import CreateRequest
+from kcm.kmip.tags import Tag
+from kcm.testing import requests as kmip
+from kcm.ttlv import Item, ItemType
+from tests.core_support import CoreHarness, service_principal
+
+NOW = 1_800_000_000
+
+
+def _usage_limits(total: int) -> Attribute:
+    return Attribute(Tag.USAGE_LIMITS, Item(Tag.USAGE_LIMITS, ItemType.STRUCTURE, [
+        Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, total),
+        Item(Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, total),
+        Item(Tag.USAGE_LIMITS_UNIT, ItemType.ENUMERATION, 2)]))  # Object
+
+
+def _create(extra: list[Attribute]):
+    return kmip.item(Operation.CREATE, CreateRequest(object_type=ObjectType.SYMMETRIC_KEY,
+                                                     attributes=kmip.aes256(extra)))
+
+
+def _records(core: CoreHarness, after: int) -> list[tuple]:
+    return core.store.run_sync(lambda s: [
+        (r.principal, r.operation, r.result_status, r.result_reason, r.object_ids, r.detail)
+        for r in s.scalars(select(AuditLog).where(AuditLog.seq > after)
+                           .order_by(AuditLog.seq))], write=False)
+
+
+def _last_seq(core: CoreHarness) -> int:
+    return core.store.run_sync(lambda s: s.scalar(
+        select(AuditLog.seq).order_by(AuditLog.seq.desc()).limit(1)) or 0, write=False)
+
+
+async def _run(core: CoreHarness, monkeypatch, prefix: str, lean: bool
+               ) -> tuple[list[bytes], list[tuple], list[str]]:
+    """Make the objects (named ``prefix``-...), then send the requests; the answers, the
+    audit records of the requests, and the kinds of group commits that answered them."""
+    keyring = core.keyring
+    monkeypatch.setattr(keyring, "_random_bytes", lambda n: b"\x07" * n)
+    names = (f"{prefix}-{n:034d}" for n in itertools.count())
+    monkeypatch.setattr(keyring, "new_uid", lambda: next(names))
+    monkeypatch.setattr(request_handler, "new_correlation_id", lambda: "c" * 32)
+    ksi, kinds = core.store, []
+    write, write_lean = ksi.write, ksi.write_lean
+    monkeypatch.setattr(ksi, "write", lambda fn: (kinds.append("session"), write(fn))[1])
+    monkeypatch.setattr(ksi, "write_lean", lambda fn: (kinds.append("lean"), write_lean(fn))[1])
+    handler = request_handler.CoreRequestHandler(ksi, keyring, clock=lambda: NOW)
+
+    async def send(*items, principal=None) -> bytes:
+        return await handler.handle_as(kmip.request(*items), core.caller(principal))
+
+    def uid(answer: bytes) -> str:
+        return kmip.response(answer).batch_items[0].response_payload.unique_identifier
+
+    active = uid(await send(_create([])))
+    fresh = uid(await send(_create([])))
+    limited = uid(await send(_create([_usage_limits(2)])))
+    pre_active = uid(await send(_create([])))
+    dated = uid(await send(_create([Attribute.of(Tag.ACTIVATION_DATE, NOW - 10,
+                                                 ItemType.DATE_TIME)])))
+    sensitive = uid(await send(_create([Attribute.of(Tag.SENSITIVE, True)])))
+    for key in (active, fresh, limited, sensitive):
+        await send(kmip.activate(key))
+    await send(kmip.get(active))  # no longer Fresh
+    if not lean:
+        monkeypatch.setattr(request_handler, "_reads_only", lambda _wire, _found=None: False)
+    after = _last_seq(core)
+    kinds.clear()
+    answers = []
+    for items, principal in [
+            ((kmip.get(active),), None),
+            ((kmip.get(fresh),), None),  # its first Get: Fresh cleared
+            ((kmip.get(fresh),), None),
+            ((kmip.encrypt(active),), None),
+            ((kmip.encrypt(limited),), None),  # counted
+            ((kmip.encrypt(limited), kmip.encrypt(limited)), None),  # the second refused
+            ((kmip.encrypt(pre_active),), None),  # wrong state
+            ((kmip.get(dated),), None),  # Active now, by its date: the state saved
+            ((kmip.get(sensitive),), None),  # Sensitive
+            ((kmip.get("missing"),), None),
+            ((kmip.encrypt(active),), service_principal("other", "app")),  # another tenant
+            ((kmip.get_attributes(active, Tag.STATE), kmip.get(active),
+              kmip.encrypt(active), kmip.get("missing")), None),
+            ((kmip.get_attributes(active, Tag.STATE), kmip.encrypt(limited)), None)]:
+        answers.append(await send(*items, principal=principal))
+    for answer in answers[:4]:
+        assert kmip.response(answer).batch_items[0].result_status == ResultStatus.SUCCESS
+    assert core.store.run_sync(verify_chain).ok
+    return answers, _records(core, after), kinds
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_and_encrypt_are_answered_and_audited_alike_by_both_paths(
+        core: CoreHarness, monkeypatch) -> None:
+    with monkeypatch.context() as m:
+        old = await _run(core, m, "a", lean=False)
+    with monkeypatch.context() as m:
+        new = await _run(core, m, "b", lean=True)
+
+    def as_a(value):
+        return value.replace(b"b-000", b"a-000") if isinstance(value, bytes) else \
+            eval(repr(value).replace("b-000", "a-000"))  # noqa: S307 - test data only
+
+    assert [as_a(a) for a in new[0]] == old[0]
+    assert as_a(new[1]) == old[1]
+    assert old[2] == ["session"] * 13
+    # writes nothing: lean; writes (Fresh, Usage Limits, a date's state): lean, then a session
+    # writes nothing: a lean group; would write (Fresh, Usage Limits, a date's state): a
+    # lean group that stops before writing, then a session group
+    assert new[2] == ["lean", "lean", "session", "lean", "lean", "lean", "session", "lean",
+                      "session", "lean", "lean", "session", "lean", "lean", "lean", "lean",
+                      "lean"]

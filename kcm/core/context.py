@@ -283,15 +283,21 @@ class Caller:
 
 class WritesHere(RunElsewhere):  # noqa: N818 - a request for the caller, not a failure
     """An item run in a lean group's read (:func:`about_to_write`) would write:
-    the request is answered by a session group instead, with nothing of this run kept."""
+    the request is answered by a session group instead, with nothing of this run kept.
+    :attr:`counting`: the key whose use it would count against its Usage Limits (each use
+    of that key writes), or None."""
+
+    def __init__(self, message: str, counting: str | None = None) -> None:
+        super().__init__(message)
+        self.counting = counting
 
 
-def about_to_write(session: Session) -> None:
+def about_to_write(session: Session, counting: str | None = None) -> None:
     """Called before an operation writes anything in ``session``: raises
     :class:`WritesHere` in a lean group's read (:meth:`kcm.core.store.engine.Store.read_in`),
-    where it must not write."""
+    where it must not write. ``counting``: the key it counts a use of (Usage Limits)."""
     if session.info.get(LEAN_READ_INFO):
-        raise WritesHere("this item writes: it runs in a session group")
+        raise WritesHere("this item writes: it runs in a session group", counting)
 
 
 @dataclass(slots=True)

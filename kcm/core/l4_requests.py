@@ -69,6 +69,7 @@ def get(ctx: OperationContext, request: GetRequest) -> GetResponse | None:
     uid = _resolved(ctx, request.unique_identifier)
     if not is_l4(uid):
         return None
+    about_to_write(ctx.session, counting=uid)  # (each use is counted: _engine)
     _note_token(ctx, uid)
     return _audited(ctx, _engine(ctx).get, _with_uid(request, uid), requested=uid)
 
@@ -89,6 +90,7 @@ def _with_service_key(ctx: OperationContext, request: Any, operation: Callable[.
     uid = _resolved(ctx, request.unique_identifier)
     if not (is_l4(uid) or is_l3(uid)):
         return None
+    about_to_write(ctx.session, counting=uid)  # (each use is counted: _engine)
     _note_token(ctx, uid)
     return _audited(ctx, lambda principal, version, payload: operation(
         _engine(ctx), principal, version, payload), _with_uid(request, uid), requested=uid)

@@ -263,6 +263,10 @@ class CoreRequestHandler:
         self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)
         self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED, logger=log)
         self._disk_full_line = DiskFullLine(reactor, store.url)
+        #: Keys found counting uses against Usage Limits in a lean group (each use writes):
+        #: a request naming one takes a session group at once (:func:`_names_any`). Added
+        #: to by the writer thread only, at most :data:`COUNTING_KEYS` (the oldest go).
+        self._counting: dict[str, None] = {}
         self._rates = rates
 
     @property
@@ -428,7 +432,8 @@ class CoreRequestHandler:
                 caller, now, should_stop)
         else:
             answering = self._write(key, wire, caller, now, should_stop,
-                                    lean=_reads_only(wire, found))
+                                    lean=_reads_only(wire, found) and not (
+                                        self._counting and _names_any(wire, self._counting)))
         return answering.addBoth(timed)
 
     def _write(self, key: tuple[str, str], wire: bytes, caller: Caller, now: int,
@@ -702,7 +707,12 @@ class CoreRequestHandler:
                 encoded = _encoded(items, version)
             return _Answer(self._response(request, now, correlation_id, items, encoded), events,
                            version, correlation_id)
-        except WritesHere:
+        except WritesHere as e:
+            if e.counting is not None:
+                counting = self._counting
+                counting[e.counting] = None
+                if len(counting) > COUNTING_KEYS:
+                    del counting[next(iter(counting))]
             return None  # (nothing of this run kept: it runs in a session group)
         except Exception:
             log.failure("request failed [correlation id {cid}]", cid=correlation_id)
@@ -1272,6 +1282,26 @@ def _only_operations(wire: bytes, values: frozenset[bytes], most: int | None = N
 
 
 _GET_ATTRIBUTES = int(Operation.GET_ATTRIBUTES)
+
+#: The most keys :attr:`CoreRequestHandler._counting` remembers.
+COUNTING_KEYS = 1024
+#: A Unique Identifier item's tag and type (Text String), as encoded.
+_UID_HEAD = bytes.fromhex("42009407")
+
+
+def _names_any(wire: bytes, uids: Mapping[str, object]) -> bool:
+    """Whether a Unique Identifier found in ``wire`` (every real one is: a look-alike in a
+    byte string can only make it True, which costs a session group) is one of ``uids``."""
+    start = wire.find(_UID_HEAD)
+    while start >= 0:
+        length = int.from_bytes(wire[start + 4:start + 8], "big")
+        try:
+            if wire[start + 8:start + 8 + length].decode() in uids:
+                return True
+        except UnicodeDecodeError:
+            pass
+        start = wire.find(_UID_HEAD, start + 1)
+    return False
 
 #: Requests longer than this that run in a group commit are decoded first on a store
 #: worker, in their tenant's turn (:meth:`CoreRequestHandler._predecode`): a 1 MiB request

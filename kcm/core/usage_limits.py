@@ -29,7 +29,7 @@ Keys a gateway uses (L3, L4) are counted by usage reports and rotation policies 
 from __future__ import annotations
 
 from kcm.core import managed
-from kcm.core.context import OperationContext
+from kcm.core.context import OperationContext, about_to_write
 from kcm.kmip.enums import ResultReason, UsageLimitsUnit
 from kcm.kmip.errors import KmipError
 from kcm.kmip.tags import Tag
@@ -111,6 +111,7 @@ def consume_usage(ctx: OperationContext, obj: managed.StoredObject, amount_bytes
         raise KmipError(ResultReason.PERMISSION_DENIED,
                         f"the key's usage limit is used up ({left} left, {amount} needed)")
     if amount:
+        about_to_write(ctx.session, counting=obj.uid)
         _write_count(ctx, obj, left - amount)
 
 

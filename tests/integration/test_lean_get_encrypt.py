@@ -78,6 +78,7 @@ async def _run(core: CoreHarness, monkeypatch, prefix: str, lean: bool
     dated = uid(await send(_create([Attribute.of(Tag.ACTIVATION_DATE, NOW - 10,
                                                  ItemType.DATE_TIME)])))
     sensitive = uid(await send(_create([Attribute.of(Tag.SENSITIVE, True)])))
+    l4 = uid(await send(kmip.create_l4()))  # each use counted for its L3's rotation policy
     for key in (active, fresh, limited, sensitive):
         await send(kmip.activate(key))
     await send(kmip.get(active))  # no longer Fresh
@@ -100,7 +101,9 @@ async def _run(core: CoreHarness, monkeypatch, prefix: str, lean: bool
             ((kmip.encrypt(active),), service_principal("other", "app")),  # another tenant
             ((kmip.get_attributes(active, Tag.STATE), kmip.get(active),
               kmip.encrypt(active), kmip.get("missing")), None),
-            ((kmip.get_attributes(active, Tag.STATE), kmip.encrypt(limited)), None)]:
+            ((kmip.get_attributes(active, Tag.STATE), kmip.encrypt(limited)), None),
+            ((kmip.encrypt(l4),), None),
+            ((kmip.encrypt(l4),), None)]:
         answers.append(await send(*items, principal=principal))
     for answer in answers[:4]:
         assert kmip.response(answer).batch_items[0].result_status == ResultStatus.SUCCESS
@@ -122,10 +125,22 @@ async def test_get_and_encrypt_are_answered_and_audited_alike_by_both_paths(
 
     assert [as_a(a) for a in new[0]] == old[0]
     assert as_a(new[1]) == old[1]
-    assert old[2] == ["session"] * 13
-    # writes nothing: lean; writes (Fresh, Usage Limits, a date's state): lean, then a session
+    assert old[2] == ["session"] * 15
     # writes nothing: a lean group; would write (Fresh, Usage Limits, a date's state): a
-    # lean group that stops before writing, then a session group
-    assert new[2] == ["lean", "lean", "session", "lean", "lean", "lean", "session", "lean",
+    # lean group that stops before writing, then a session group; a key found counting
+    # uses (Usage Limits, an L4's) is remembered, and a request naming it takes a session
+    # group at once
+    assert new[2] == ["lean", "lean", "session", "lean", "lean", "lean", "session",
                       "session", "lean", "lean", "session", "lean", "lean", "lean", "lean",
-                      "lean"]
+                      "session", "lean", "session", "session"]
+
+
+def test_a_key_counting_uses_is_found_by_its_unique_identifier() -> None:
+    uid = "0f" * 18
+    named = kmip.request(kmip.get_attributes("other", Tag.STATE), kmip.encrypt(uid))
+    assert request_handler._names_any(named, {uid: None})
+    assert not request_handler._names_any(named, {"0e" * 18: None})
+    assert not request_handler._names_any(kmip.request(kmip.query()), {uid: None})
+    # a byte string that looks like one: True at worst (a session group)
+    lookalike = kmip.request(kmip.encrypt("other", data=bytes.fromhex("42009407ffffffff")))
+    assert not request_handler._names_any(lookalike, {uid: None})

@@ -432,8 +432,9 @@ class CoreRequestHandler:
                 caller, now, should_stop)
         else:
             answering = self._write(key, wire, caller, now, should_stop,
-                                    lean=_reads_only(wire, found) and not (
-                                        self._counting and _names_any(wire, self._counting)))
+                                    lean=_reads_only(wire, found) and _CORRELATION_HEAD not in wire
+                                    and not (self._counting
+                                             and _names_any(wire, self._counting)))
         return answering.addBoth(timed)
 
     def _write(self, key: tuple[str, str], wire: bytes, caller: Caller, now: int,
@@ -1287,6 +1288,9 @@ _GET_ATTRIBUTES = int(Operation.GET_ATTRIBUTES)
 COUNTING_KEYS = 1024
 #: A Unique Identifier item's tag and type (Text String), as encoded.
 _UID_HEAD = bytes.fromhex("42009407")
+#: A Correlation Value's (Byte String): a stream's later part, which spends it (a write),
+#: takes a session group at once (a look-alike only costs a session group).
+_CORRELATION_HEAD = bytes.fromhex("4200d608")
 
 
 def _names_any(wire: bytes, uids: Mapping[str, object]) -> bool:

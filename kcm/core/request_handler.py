@@ -78,6 +78,7 @@ from kcm.core.fair_scheduler import FairScheduler
 from kcm.core.group_commit import GroupCommitter
 from kcm.core.keyring import Keyring
 from kcm.core.keys import L1Error
+from kcm.core.managed import from_cache, state_now
 from kcm.core.metrics import CoreMetrics
 from kcm.core.operations import READ_ONLY, STORELESS
 from kcm.core.operations.asymmetric_ops import checked_key_pair_request, prepare_sign
@@ -148,6 +149,7 @@ from kcm.kmip.payloads import (
     RegisterRequest,
     SignRequest,
 )
+from kcm.kmip.tags import Tag
 from kcm.kmip.versions import Version
 from kcm.kmip_protocol import ConnectionInfo, Refusal
 from kcm.logging import printable
@@ -264,7 +266,7 @@ class CoreRequestHandler:
         self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED, logger=log)
         self._disk_full_line = DiskFullLine(reactor, store.url)
         #: Keys found counting uses against Usage Limits in a lean group (each use writes):
-        #: a request naming one takes a session group at once (:func:`_names_any`). Added
+        #: a request naming one takes a session group at once (:meth:`_writes_nothing`). Added
         #: to by the writer thread only, at most :data:`COUNTING_KEYS` (the oldest go).
         self._counting: dict[str, None] = {}
         self._rates = rates
@@ -432,10 +434,47 @@ class CoreRequestHandler:
                 caller, now, should_stop)
         else:
             answering = self._write(key, wire, caller, now, should_stop,
-                                    lean=_reads_only(wire, found) and _CORRELATION_HEAD not in wire
-                                    and not (self._counting
-                                             and _names_any(wire, self._counting)))
+                                    lean=_reads_only(wire, found) and (
+                                        _GET_ENCRYPT_VALUES.isdisjoint(found)
+                                        or self._writes_nothing(wire, tenant, now,
+                                                                _GET_VALUE in found)))
         return answering.addBoth(timed)
+
+    def _writes_nothing(self, wire: bytes, tenant: str | None, now: int,
+                        gets: bool = True) -> bool:
+        """(reactor) Whether a request with a Get or an Encrypt may run in a lean group, by
+        what the object cache says of the objects it names (a hint: one that writes after
+        all stops before it does, :meth:`_read_lean`): every Unique Identifier in it
+        (:data:`_UID_HEAD`) names an object of ``tenant``'s in the cache, not Fresh if the
+        request ``gets`` (a key's first Get clears that), with no Usage Limits (each use is
+        counted) and no state a date has moved at ``now``, and not remembered counting uses
+        (an L4, an L3); and it has no Correlation Value (a stream's later part spends it)."""
+        if tenant is None or _CORRELATION_HEAD in wire:
+            return False
+        cache, counting = self._store.objects, self._counting
+        start = wire.find(_UID_HEAD)
+        if start < 0:
+            return False
+        while start >= 0:
+            length = int.from_bytes(wire[start + 4:start + 8], "big")
+            try:
+                uid = wire[start + 8:start + 8 + length].decode()
+            except UnicodeDecodeError:
+                return False
+            entry = cache.peek(tenant, uid)
+            if entry is None or uid in counting:
+                return False
+            obj = from_cache(entry)
+            if obj is None:
+                return False
+            fresh, limited = obj.memo("lean facts", lambda o=obj: (
+                o.value(Tag.FRESH) is True, o.first(Tag.USAGE_LIMITS) is not None))
+            if limited or (fresh and gets):
+                return False
+            if state_now(obj, now) != obj.state:
+                return False
+            start = wire.find(_UID_HEAD, start + 8 + length)
+        return True
 
     def _write(self, key: tuple[str, str], wire: bytes, caller: Caller, now: int,
                should_stop: Callable[[], str | None], *, lean: bool = False,
@@ -1258,6 +1297,7 @@ LEAN: frozenset[int] = frozenset(READ_ONLY - {Operation.LOCATE}) | {
     Operation.GET, Operation.ENCRYPT}
 #: Their Operation values, as the peek reads them.
 _LEAN_VALUES = frozenset(int(op).to_bytes(4, "big") for op in LEAN)
+_GET_VALUE = int(Operation.GET).to_bytes(4, "big")
 #: Get's and Encrypt's: a request with one is read by the default plain reader.
 _GET_ENCRYPT_VALUES = frozenset(int(op).to_bytes(4, "big")
                                 for op in (Operation.GET, Operation.ENCRYPT))
@@ -1286,26 +1326,12 @@ _GET_ATTRIBUTES = int(Operation.GET_ATTRIBUTES)
 
 #: The most keys :attr:`CoreRequestHandler._counting` remembers.
 COUNTING_KEYS = 1024
-#: A Unique Identifier item's tag and type (Text String), as encoded.
+#: A Unique Identifier item's tag and type (Text String), as encoded (a look-alike in a
+#: byte string only costs a session group).
 _UID_HEAD = bytes.fromhex("42009407")
 #: A Correlation Value's (Byte String): a stream's later part, which spends it (a write),
 #: takes a session group at once (a look-alike only costs a session group).
 _CORRELATION_HEAD = bytes.fromhex("4200d608")
-
-
-def _names_any(wire: bytes, uids: Mapping[str, object]) -> bool:
-    """Whether a Unique Identifier found in ``wire`` (every real one is: a look-alike in a
-    byte string can only make it True, which costs a session group) is one of ``uids``."""
-    start = wire.find(_UID_HEAD)
-    while start >= 0:
-        length = int.from_bytes(wire[start + 4:start + 8], "big")
-        try:
-            if wire[start + 8:start + 8 + length].decode() in uids:
-                return True
-        except UnicodeDecodeError:
-            pass
-        start = wire.find(_UID_HEAD, start + 1)
-    return False
 
 #: Requests longer than this that run in a group commit are decoded first on a store
 #: worker, in their tenant's turn (:meth:`CoreRequestHandler._predecode`): a 1 MiB request

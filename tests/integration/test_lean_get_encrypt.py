@@ -50,10 +50,12 @@ def _last_seq(core: CoreHarness) -> int:
         select(AuditLog.seq).order_by(AuditLog.seq.desc()).limit(1)) or 0, write=False)
 
 
-async def _run(core: CoreHarness, monkeypatch, prefix: str, lean: bool
+async def _run(core: CoreHarness, monkeypatch, prefix: str, lean: bool | None
                ) -> tuple[list[bytes], list[tuple], list[str]]:
     """Make the objects (named ``prefix``-...), then send the requests; the answers, the
-    audit records of the requests, and the kinds of group commits that answered them."""
+    audit records of the requests, and the kinds of group commits that answered them.
+    ``lean``: False, as before (session groups only); True, as the handler chooses; None,
+    every Get and Encrypt in a lean group first (as if the object cache had said so)."""
     keyring = core.keyring
     monkeypatch.setattr(keyring, "_random_bytes", lambda n: b"\x07" * n)
     names = (f"{prefix}-{n:034d}" for n in itertools.count())
@@ -84,7 +86,11 @@ async def _run(core: CoreHarness, monkeypatch, prefix: str, lean: bool
     for key in (active, fresh, limited, sensitive):
         await send(kmip.activate(key))
     await send(kmip.get(active))  # no longer Fresh
-    if not lean:
+    for key in (active, fresh, limited, pre_active, dated, sensitive):
+        await send(kmip.get_attributes(key, Tag.STATE))  # read into the object cache
+    if lean is None:
+        monkeypatch.setattr(handler, "_writes_nothing", lambda *_: True)
+    if lean is False:
         monkeypatch.setattr(request_handler, "_reads_only", lambda _wire, _found=None: False)
     after = _last_seq(core)
     kinds.clear()
@@ -129,29 +135,33 @@ async def test_get_and_encrypt_are_answered_and_audited_alike_by_both_paths(
         old = await _run(core, m, "a", lean=False)
     with monkeypatch.context() as m:
         new = await _run(core, m, "b", lean=True)
+    with monkeypatch.context() as m:
+        forced = await _run(core, m, "c", lean=None)
 
-    def as_a(value):
-        return value.replace(b"b-000", b"a-000") if isinstance(value, bytes) else \
-            eval(repr(value).replace("b-000", "a-000"))  # noqa: S307 - test data only
+    def as_a(value, prefix):
+        return value.replace(prefix + b"-000", b"a-000") if isinstance(value, bytes) else \
+            eval(repr(value).replace(prefix.decode() + "-000", "a-000"))  # noqa: S307
 
-    assert [as_a(a) for a in new[0]] == old[0]
-    assert as_a(new[1]) == old[1]
+    for run, prefix in ((new, b"b"), (forced, b"c")):
+        assert [as_a(a, prefix) for a in run[0]] == old[0]
+        assert as_a(run[1], prefix) == old[1]
     assert old[2] == ["session"] * 17
     # writes nothing: a lean group; would write (Fresh, Usage Limits, a date's state): a
     # lean group that stops before writing, then a session group; a key found counting
     # uses (Usage Limits, an L4's) is remembered, and a request naming it takes a session
     # group at once
-    assert new[2] == ["lean", "lean", "session", "lean", "lean", "lean", "session",
-                      "session", "lean", "lean", "session", "lean", "lean", "lean", "lean",
-                      "session", "lean", "session", "session", "lean", "session"]
-
-
-def test_a_key_counting_uses_is_found_by_its_unique_identifier() -> None:
-    uid = "0f" * 18
-    named = kmip.request(kmip.get_attributes("other", Tag.STATE), kmip.encrypt(uid))
-    assert request_handler._names_any(named, {uid: None})
-    assert not request_handler._names_any(named, {"0e" * 18: None})
-    assert not request_handler._names_any(kmip.request(kmip.query()), {uid: None})
-    # a byte string that looks like one: True at worst (a session group)
-    lookalike = kmip.request(kmip.encrypt("other", data=bytes.fromhex("42009407ffffffff")))
-    assert not request_handler._names_any(lookalike, {uid: None})
+    # as the handler chooses: a lean group when the object cache says the request writes
+    # nothing (a key not Fresh for a Get, with no Usage Limits, no state a date moved, no
+    # stream's later part); anything else, or an object not in the cache (one a write
+    # has just changed, a missing one, another tenant's), a session group at once
+    assert new[2] == ["lean", "session", "session", "lean", "session", "session", "lean",
+                      "session", "session", "session", "session", "session", "session",
+                      "session", "session", "lean", "session"]
+    # all tried lean first: one that would write (Fresh, Usage Limits, a date's state, an
+    # L4's use, a stream's part spent) stops before it writes and takes a session group; a
+    # key found counting uses is remembered, and a request naming it takes a session group
+    # at once
+    assert forced[2] == ["lean", "lean", "session", "lean", "lean", "lean", "session", "lean",
+                         "session", "lean", "lean", "session", "lean", "session", "lean",
+                         "lean", "lean", "lean", "lean", "session", "lean", "session", "lean",
+                         "lean", "session"]

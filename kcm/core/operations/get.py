@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from kcm.core import l4_requests, managed, policy, usage_limits
-from kcm.core.context import OperationContext
+from kcm.core.context import OperationContext, about_to_write
 from kcm.core.operations._objects_common import AES_KEY_BITS, DESTROYED, WRAP_MODES
 from kcm.core.store.schema import LEVEL_SERVICE_KEY
 from kcm.crypto.key_wrap import aes_unwrap as _aes_unwrap
@@ -66,6 +66,10 @@ def get(ctx: OperationContext, request: GetRequest) -> GetResponse:
         return l4_answer
     uid = ctx.id_placeholder.resolve(request.unique_identifier)
     obj = managed.load(ctx, uid)
+    if obj.value(Tag.FRESH) is True:
+        # Its first Get clears it (below): in a lean group's read, stop before the work
+        # (a session group answers it; see kcm.core.context.about_to_write).
+        about_to_write(ctx.session)
     policy.check_material_export(ctx.principal, obj.level)
     if obj.state in DESTROYED or obj.row.material is None:
         if obj.state in DESTROYED:

@@ -135,6 +135,11 @@ class ObjectCache:
         """Whether there is an entry of (tenant, uid), current or not."""
         return (tenant, uid) in self._entries
 
+    def peek(self, tenant: str, uid: str) -> CachedObject | None:
+        """The entry of (tenant, uid), current or not, left as it is (any thread: a hint,
+        never the object as a transaction reads it)."""
+        return self._entries.get((tenant, uid))
+
     def get(self, tenant: str, uid: str, stamp: Stamp) -> CachedObject | None:
         """The entry of (tenant, uid) if it has ``stamp`` and is not too old; a stale or
         old entry is dropped."""

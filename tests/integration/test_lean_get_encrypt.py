@@ -8,22 +8,38 @@ twice, are answered and audited alike by both paths."""
 from __future__ import annotations
 
 import itertools
+import os
+from collections.abc import Iterator
 
+import pytest
 import pytest_twisted
 from sqlalchemy import delete, select
 
 from kcm.core import request_handler
 from kcm.core.audit import verify_chain
+from kcm.core.store.engine import Store
 from kcm.core.store.schema import AuditLog, SpentStreamPart
 from kcm.kmip.attributes import Attribute
 from kcm.kmip.enums import ObjectType, Operation, ResultStatus
 from kcm.kmip.payloads import CreateRequest, EncryptRequest
 from kcm.kmip.tags import Tag
 from kcm.testing import requests as kmip
+from kcm.testing.postgres import fresh_database
 from kcm.ttlv import Item, ItemType
-from tests.core_support import CoreHarness, service_principal
+from tests.core_support import CoreHarness, demo_app_harness, service_principal
+from tests.pg import postgres_url  # noqa: F401  (fixture)
 
 NOW = 1_800_000_000
+_NUMBERS = itertools.count()
+
+
+@pytest.fixture
+def pg_core(postgres_url: str) -> Iterator[CoreHarness]:  # noqa: F811
+    store = Store(fresh_database(postgres_url, f"kcm_lean_{os.getpid()}_{next(_NUMBERS)}"),
+                  migrate=True)
+    store.startService()
+    with demo_app_harness(store) as harness:
+        yield harness
 
 
 def _usage_limits(total: int) -> Attribute:
@@ -131,6 +147,16 @@ async def _run(core: CoreHarness, monkeypatch, prefix: str, lean: bool | None
 @pytest_twisted.ensureDeferred
 async def test_get_and_encrypt_are_answered_and_audited_alike_by_both_paths(
         core: CoreHarness, monkeypatch) -> None:
+    await _alike(core, monkeypatch)
+
+
+@pytest_twisted.ensureDeferred
+async def test_alike_on_postgresql(pg_core: CoreHarness, monkeypatch) -> None:
+    """(another tenant's object: tenant other is not provisioned here, refused alike)"""
+    await _alike(pg_core, monkeypatch)
+
+
+async def _alike(core: CoreHarness, monkeypatch) -> None:
     with monkeypatch.context() as m:
         old = await _run(core, m, "a", lean=False)
     with monkeypatch.context() as m:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 WRITE_INFO = "kcm.store.write"
 #: Set (True) in a session that reads in a lean group's transaction
 #: (:meth:`kcm.core.store.engine.Store.read_in`): work that would write there must not, and
-#: says so (:meth:`kcm.core.context.OperationContext.writes`) before anything is written.
+#: says so (:func:`kcm.core.context.about_to_write`) before anything is written.
 LEAN_READ_INFO = "kcm.store.lean_read"
 #: Where a session of a :class:`Store` finds the store's :class:`KnownFacts`.
 KNOWN_FACTS_INFO = "kcm.store.known"

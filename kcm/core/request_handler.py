@@ -730,9 +730,9 @@ class CoreRequestHandler:
                                       savepoint=_NothingToUndo)
             elif transaction is not None:
                 items = self._store.read_in(
-                    transaction, lambda session: self._execute(
+                    transaction, lambda session: _wrote_nothing(session, self._execute(
                         session, request, caller, now, correlation_id, should_stop,
-                        events.append, savepoint=_NothingToUndo))
+                        events.append, savepoint=_NothingToUndo)))
                 if all(item.operation == Operation.GET_ATTRIBUTES
                        for item in request.batch_items):
                     self._remember(transaction, caller, request, items, now)
@@ -1283,6 +1283,15 @@ class _NothingToUndo:
 
     def rollback(self) -> None:
         pass
+
+
+def _wrote_nothing(session: Session, items: list[ResponseBatchItem]) -> list[ResponseBatchItem]:
+    """``items``, run in a lean group's read in ``session``, if they left no change there; a
+    change left (a write the operation made without :func:`~kcm.core.context.about_to_write`
+    first) would be lost as the session closes, so the request runs in a session group."""
+    if session.new or session.dirty or session.deleted:
+        raise WritesHere("a change was left in a lean read: it runs in a session group")
+    return items
 
 
 #: What :meth:`CoreRequestHandler._read_lean` answers for a request that writes.

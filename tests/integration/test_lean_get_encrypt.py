@@ -191,3 +191,31 @@ async def _alike(core: CoreHarness, monkeypatch) -> None:
                          "session", "lean", "lean", "session", "lean", "session", "lean",
                          "lean", "lean", "lean", "lean", "session", "lean", "session", "lean",
                          "lean", "session"]
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_left_in_a_lean_read_s_session_sends_the_request_to_a_session_group(
+        core: CoreHarness) -> None:
+    """An ORM change a write path made without ``about_to_write`` first (an object added,
+    changed or deleted in the lean read's session) would be dropped as the session closes:
+    the request runs in a session group instead (a statement's write runs in the lean
+    group's transaction and commits with it)."""
+    from kcm.core.context import WritesHere
+    from kcm.core.store.schema import Tenant
+
+    def run(change) -> object:
+        def fn(session):
+            change(session)
+            return request_handler._wrote_nothing(session, ["items"])
+        return core.store.write_lean(lambda transaction: core.store.read_in(transaction, fn))
+
+    assert await run(lambda session: None) == ["items"]
+    with pytest.raises(WritesHere):
+        await run(lambda session: session.add(Tenant(name="t-left")))
+
+    def changed(session) -> None:
+        tenant = session.scalars(select(Tenant).limit(1)).one()
+        tenant.name = tenant.name + "-x"
+    with pytest.raises(WritesHere):
+        await run(changed)

@@ -184,6 +184,7 @@ class ServiceKeyRefused(KmipError):
 
 #: The answers of fetches (counted apart from forwarded requests; they pause nobody).
 _FETCH_ANSWERS = (FrameType.SERVICE_KEYS, FrameType.TOMBSTONES)
+_RESPONSE = FrameType.RESPONSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,9 +373,20 @@ class LinkClientProtocol(LinkProtocol):
         if relayed is None:
             super().frame_received(wire)
             return
-        stream = self._answered(FrameType.RESPONSE, relayed[0])
+        stream_id, message = relayed
+        streams = self.streams
+        stream = streams.get(stream_id)
+        if stream is not None and stream.answer_type is _RESPONSE:
+            # (what _answered does, inline: a forwarded request's answer, its usual case)
+            del streams[stream_id]
+            self.client._stream_done()
+            if self.draining and not streams:
+                self._close_if_drained()
+            stream.deferred.callback(message)
+            return
+        stream = self._answered(FrameType.RESPONSE, stream_id)
         if stream is not None:
-            stream.deferred.callback(relayed[1])
+            stream.deferred.callback(message)
 
     def frame_RESPONSE(self, frame: Frame) -> None:
         stream = self._answered(frame.type, frame.stream_id)
@@ -778,7 +790,18 @@ class LinkClient(MultiService):
             if len(self._caller_fields) >= _MAX_CALLERS:  # bounded: one entry a connection
                 self._caller_fields.clear()
             self._caller_fields[caller, source] = fields
-        return self._send(LinkClientProtocol.relay, fields, wire)
+        protocol = self._protocol
+        if (protocol is None or protocol.closing or self._stopped
+                or self._in_flight >= 2 * self.max_in_flight):
+            # No link (a call may wait for one), or refused: as any call.
+            return self._send(LinkClientProtocol.relay, fields, wire)
+        # The usual case, :meth:`_send_now` inline (each forward's path to the core).
+        self._stream_started()
+        try:
+            return protocol.relay(fields, wire)
+        except FrameTooLarge as e:
+            self._stream_done()
+            return fail(_too_large(e))
 
     def fetch_service_keys(self, caller: Principal, tenant: str, service: str,
                            uid: str | None = None, *, held: bytes | None = None
@@ -895,7 +918,7 @@ class LinkClient(MultiService):
             return send(protocol, *args)
         except FrameTooLarge as e:
             self._stream_done(fetch=fetch)
-            return fail(RequestTooLarge(f"the request does not fit in a link frame: {e}"))
+            return fail(_too_large(e))
 
     # From the protocol ----------------------------------------------------------------------
     def _origin_refused(self, protocol: LinkClientProtocol, origin: Origin) -> str | None:
@@ -1111,6 +1134,11 @@ class LinkClient(MultiService):
         self.last_sequence = seq
         self._last_digest = _event_digest(frame)
         self._last_redacted = frame.kind == EventKind.REDACTED
+
+
+def _too_large(error: FrameTooLarge) -> RequestTooLarge:
+    """A call refused unsent: its frame is over the link's maximum."""
+    return RequestTooLarge(f"the request does not fit in a link frame: {error}")
 
 
 def _event_digest(frame: Frame) -> bytes:

@@ -938,6 +938,19 @@ def test_a_request_too_large_for_the_core_is_answered_invalid_message_on_its_str
     assert calls[1] == b"ok" and world.client.connected and world.client.in_flight == 0
 
 
+def test_a_forward_on_a_link_closing_fails_at_once_unsent() -> None:
+    """A link this end is closing (a GOAWAY sent, the connection not yet gone) takes no
+    forwarded request: the call fails with LinkDown at once, none is left in flight."""
+    world = World()
+    world.connect()
+    world.client._protocol.close()  # (the transport has not said it is gone yet)
+    refused = results([world.client.forward(b"r", APP, "h:1")])
+    assert refused[0].check(LinkDown)
+    assert world.client.in_flight == 0
+    world.flush()
+    assert world.handler.calls == []
+
+
 def test_a_request_too_large_for_the_gateways_own_frames_fails_at_once_unsent() -> None:
     world = World(gateway_frame_size=4096)
     world.connect()

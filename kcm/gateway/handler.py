@@ -170,8 +170,10 @@ class GatewayRequestHandler:
         self._forwarding: dict[int, set[Deferred[Any]]] = {}
         #: Runs a call once the answers at hand are written (None: at once).
         self._later = later
-        #: Relayed answers and their durations, counted by the next :meth:`_count_relayed`.
-        self._uncounted: list[tuple[bytes, float]] = []
+        #: Relayed answers, their durations and their calls, forgotten and counted by the
+        #: next :meth:`_count_relayed`.
+        self._uncounted: list[tuple[bytes, float, int, set[Deferred[Any]] | None,
+                                    Deferred[bytes]]] = []
         #: Refused uses of service keys: one line at once per tenant and reason, the rest
         #: counted (a refused item must cost what a missing key's does).
         self._denied_uses = denied_uses or DeniedUses(clock)
@@ -291,22 +293,26 @@ class GatewayRequestHandler:
 
     def _relayed(self, answer: bytes, connection_id: int, calls: set[Deferred[bytes]] | None,
                  call: Deferred[bytes], started: float) -> bytes:
-        if calls is not None:
-            self._answered_call(connection_id, calls, call)
         elapsed = self._timer() - started
         if self._later is None:
+            if calls is not None:
+                self._answered_call(connection_id, calls, call)
             self._count_relayed_one(answer, elapsed)
             return answer
+        # The answer is written first; the call is forgotten when it is counted (cancelling
+        # a call answered meanwhile does nothing).
         uncounted = self._uncounted
         if not uncounted:
             self._later(self._count_relayed)
-        uncounted.append((answer, elapsed))
+        uncounted.append((answer, elapsed, connection_id, calls, call))
         return answer
 
     def _count_relayed(self) -> None:
-        """Time and count the relayed answers written since the last call."""
+        """Forget, time and count the relayed answers written since the last call."""
         uncounted, self._uncounted = self._uncounted, []
-        for answer, elapsed in uncounted:
+        for answer, elapsed, connection_id, calls, call in uncounted:
+            if calls is not None:
+                self._answered_call(connection_id, calls, call)
             self._count_relayed_one(answer, elapsed)
 
     def _count_relayed_one(self, answer: bytes, elapsed: float) -> None:

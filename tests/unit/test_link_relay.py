@@ -242,14 +242,17 @@ class HeldLink:
         raise AssertionError("no key is needed to forward")
 
 
-def relaying_handler(link: object) -> tuple[GatewayRequestHandler, GatewayMetrics]:
+def relaying_handler(link: object, later: list | None = None
+                     ) -> tuple[GatewayRequestHandler, GatewayMetrics]:
+    """``later``: where the handler's calls for the end of the turn go (None: none)."""
     clock = Clock()
     cache = L3Cache(link.fetch_service_keys, connected=lambda: True,  # type: ignore[attr-defined]
                     clock=clock.seconds)
     metrics = GatewayMetrics()
     return GatewayRequestHandler(runner=LocalRunner(new_correlation_id=new_correlation_id),
                                  cache=cache, link=link, clock=clock.seconds,  # type: ignore[arg-type]
-                                 metrics=metrics), metrics
+                                 metrics=metrics,
+                                 later=later.append if later is not None else None), metrics
 
 
 def forwarded_count(metrics: GatewayMetrics) -> float:
@@ -267,6 +270,41 @@ def test_a_relayed_answer_is_the_cores_bytes_counted_once_and_forgotten() -> Non
     link.calls[0].callback(core_answer)
     assert answer.result is core_answer and handler._forwarding == {}
     assert sum(metrics.forwarded_duration.counts) == 1
+
+
+def test_a_relayed_answer_is_written_first_and_its_call_forgotten_when_counted() -> None:
+    """With ``later`` (kcm-gateway: the end of the reactor's turn), the answered call is
+    forgotten with the count, after the write: a client that leaves in between has only its
+    unanswered calls cancelled, and nothing is kept once the turn's answers are counted."""
+    link, later = HeldLink(), []
+    handler, metrics = relaying_handler(link, later)
+    connection = ConnectionInfo(7, APP, "h:7")
+    first = handler.handle_request(request(create_managed()), connection)
+    second = handler.handle_request(request(create_managed()), connection)
+    core_answer = response_frame(1, b"x")
+    link.calls[0].callback(core_answer)
+    assert first.result is core_answer and len(later) == 1
+    assert sum(metrics.forwarded_duration.counts) == 0  # not yet counted
+    handler.connection_lost(connection)  # the client leaves before the turn ends
+    assert first.result is core_answer  # answered: nothing to cancel
+    assert [item.result_reason for item in response(second.result).batch_items] == [
+        ResultReason.GENERAL_FAILURE]  # the unanswered one is cancelled and answered so
+    later.pop()()
+    assert handler._forwarding == {} and later == []
+    assert sum(metrics.forwarded_duration.counts) == 2
+
+
+def test_the_answered_calls_of_a_connection_are_forgotten_by_the_count() -> None:
+    link, later = HeldLink(), []
+    handler, _ = relaying_handler(link, later)
+    connection = ConnectionInfo(7, APP, "h:7")
+    handler.handle_request(request(create_managed()), connection)
+    third = ConnectionInfo(8, APP, "h:8")
+    handler.handle_request(request(create_managed()), third)
+    link.calls[0].callback(response_frame(1, b"x"))
+    link.calls[1].callback(response_frame(2, b"y"))
+    later.pop()()
+    assert handler._forwarding == {}
 
 
 def test_a_link_failure_is_answered_in_the_requests_words_and_forgotten() -> None:

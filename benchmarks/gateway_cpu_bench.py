@@ -18,7 +18,10 @@ link's frames in and out are counted, not its TLS), at three depths:
 It reports CPU microseconds per request (``time.process_time`` over ``--requests``
 requests, the best of ``--rounds`` runs: CPU time barely moves when other processes load
 the machine, wall-clock time does). With ``--profile OP:DEPTH`` it prints a cProfile of
-that case instead.
+that case instead. With ``--legs`` it times a forwarded Get Attributes at the protocol depth
+in three parts instead: the request's leg (the client's bytes in, to the REQUEST frame
+written on the link), the answer's leg (the RESPONSE frame in, to the answer written to the
+client) and the count kcm-gateway runs at the end of the reactor's turn (``later``).
 
     .venv/bin/python benchmarks/gateway_cpu_bench.py [--requests N] [--rounds N]
 """
@@ -70,6 +73,7 @@ from kcm.link.frames import (  # noqa: E402
     decode_frame,
     encode_frame,
 )
+from kcm.link.relay import response_frame, split_request  # noqa: E402
 from kcm.pki import init_pki  # noqa: E402
 from kcm.testing.requests import (  # noqa: E402
     create_l4,
@@ -281,6 +285,53 @@ def tls_case(handler: GatewayRequestHandler, wire: bytes, clock: Clock,
     return run
 
 
+def legs(count: int, rounds: int) -> tuple[float, float, float]:
+    """CPU µs of a forwarded Get Attributes' request leg, answer leg and count (best of
+    ``rounds`` of ``count``), the count put off as kcm-gateway puts it off."""
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    handler, core = gateway(clock)
+    wire = requests(handler)["forward"]
+    turn_end: list[Callable[[], object]] = []
+    handler._later = turn_end.append
+    protocol = KmipServerFactory(handler, ConnectionLimits(), lambda transport: APP,
+                                 clock).buildProtocol(None)
+    client = StringTransport()
+    protocol.makeConnection(client)
+    protocol.handshakeCompleted()
+    link, feed, answer_in = core.transport, protocol.dataReceived, core.protocol.dataReceived
+    clock_ = time.process_time
+
+    def run() -> tuple[float, float, float]:
+        started = clock_()
+        feed(wire)
+        sent = clock_()
+        split = split_request(link.value())
+        link.clear()
+        assert split is not None, "no REQUEST written"
+        frame = response_frame(split[0], FORWARD_ANSWER)
+        answering = clock_()
+        answer_in(frame)
+        answered = clock_()
+        assert client.value(), "no answer"
+        client.clear()
+        for call in turn_end:
+            call()
+        turn_end.clear()
+        return sent - started, answered - answering, clock_() - answered
+
+    for _ in range(min(count, 500)):
+        run()
+    best = [float("inf")] * 3
+    for _ in range(rounds):
+        spent = [0.0] * 3
+        for _ in range(count):
+            for index, value in enumerate(run()):
+                spent[index] += value
+        best = [min(best[i], spent[i] / count * 1e6) for i in range(3)]
+    return best[0], best[1], best[2]
+
+
 def measure(run: Callable[[], float], count: int, rounds: int, timed_inside: bool) -> float:
     """Best of ``rounds`` of ``count`` runs: CPU microseconds per run."""
     for _ in range(min(count, 500)):
@@ -308,7 +359,15 @@ def main() -> None:
                         help="the gateway's dek_cache_size (0: no opened DEKs kept)")
     parser.add_argument("--profile", metavar="OP:DEPTH",
                         help="print a cProfile of one case instead (e.g. encrypt:tls)")
+    parser.add_argument("--legs", action="store_true",
+                        help="time a forward's request leg, answer leg and count instead")
     args = parser.parse_args()
+    if args.legs:
+        request_leg, answer_leg, count = legs(args.requests, args.rounds)
+        print(f"forwarded Get Attributes, gateway CPU µs, in process, best of {args.rounds} x "
+              f"{args.requests}: request leg {request_leg:.2f}, answer leg {answer_leg:.2f}, "
+              f"count after the turn {count:.2f}")
+        return
     clock = Clock()
     clock.advance(1_700_000_000)
     handler, core = gateway(clock, args.dek_cache_size)

@@ -13,7 +13,14 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from kcm.metrics import CallbackGauge, ReactorCounter, ReactorHistogram, Readiness
+from kcm.kmip.enums import Operation
+from kcm.metrics import (
+    CallbackGauge,
+    ReactorCounter,
+    ReactorHistogram,
+    Readiness,
+    operation_label,
+)
 from kcm.metrics_http import metrics_listener, metrics_site
 
 
@@ -233,3 +240,13 @@ def test_both_planes_label_a_result_status_kmip_does_not_define_alike() -> None:
                        in samples(gateway.registry).items()  # (the fast path's, bound at 0)
                        if name == "kcm_gateway_requests_total" and value}
     assert core_results == gateway_results == {"unknown"}
+
+
+def test_the_operation_label_is_the_operations_name_or_unknown() -> None:
+    """Every Operation KMIP defines is labelled by its name; a value it does not define, or
+    none, is ``unknown`` (a client picks the value: the label's values stay bounded)."""
+    for operation in Operation:
+        assert operation_label(int(operation)) == operation.name
+    assert operation_label(Operation.GET_ATTRIBUTES) == "GET_ATTRIBUTES"
+    for value in (None, 0, 0x7FFFFFFF, 0x80000001, 0xFFFFFFFF, max(Operation) + 1):
+        assert operation_label(value) == "unknown"

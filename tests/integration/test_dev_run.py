@@ -172,7 +172,12 @@ def test_metrics_port_serves_both_services_metrics_and_health(tmp_path: Path) ->
     root = tmp_path / "checkout"
     root.mkdir()
     port = _two_free_ports()
-    running = Launcher(root, [free_port(), free_port(), free_port()],
+    others: list[int] = []
+    while len(others) < 3:  # (free ports, none of them PORT or PORT+1, all distinct)
+        candidate = free_port()
+        if candidate not in (port, port + 1, *others):
+            others.append(candidate)
+    running = Launcher(root, others,
                        extra=("--metrics-port", str(port)))
     try:
         running.start()

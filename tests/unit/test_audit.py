@@ -736,3 +736,29 @@ def test_a_transaction_after_this_processs_own_does_not_check_its_tail_again(
                    lambda: store._write_lean_sync(lambda t: append_records(t, [_event()]))):
         with pytest.raises(AuditChainError, match=r"newest audit record \(6\) fails its MAC"):
             append()
+
+
+def test_a_tail_checked_again_unless_its_seq_digest_mac_head_and_key_are_those_passed(
+        store: Store) -> None:
+    """The checks a transaction's first append skips for the values this process wrote
+    are skipped for exactly those: a tail whose digest or seq alone was changed (its MAC
+    kept), or read under another key, is checked, and refused, as before."""
+    from kcm.core import audit
+
+    _append(store, 2)
+    tail = store.run_sync(lambda s: tuple(s.execute(
+        select(AuditLog.seq, AuditLog.digest, AuditLog.mac)
+        .order_by(AuditLog.seq.desc()).limit(1)).one()))
+    head = store.run_sync(lambda s: get_meta(s, HEAD_META_KEY))
+    seq, digest, mac = tail[0], bytes(tail[1]), bytes(tail[2])
+    assert audit._passed == (AUDIT_KEY, seq, digest, mac, head)
+    audit._refuse_bad_tail((seq, digest, mac), head, AUDIT_KEY, with_head=True)
+    other_digest = bytes([digest[0] ^ 1]) + digest[1:]
+    for bad, with_head in (((seq, other_digest, mac), False), ((seq, other_digest, mac), True),
+                           ((seq + 1, digest, mac), True)):
+        with pytest.raises(AuditChainError):
+            audit._refuse_bad_tail(bad, head, AUDIT_KEY, with_head=with_head)
+        audit._passed = (AUDIT_KEY, seq, digest, mac, head)
+    other_key = derive_audit_key(bytes(range(1, 33)))
+    with pytest.raises(AuditChainError, match="fails its MAC"):
+        audit._refuse_bad_tail((seq, digest, mac), head, other_key, with_head=False)

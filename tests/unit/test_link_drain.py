@@ -314,3 +314,19 @@ def test_a_gateway_that_stops_does_not_warn_of_the_link_it_closed() -> None:
             if "link to the core" in formatEvent(e)]
     assert said == [("warn", "link to the core lost: Connection was closed cleanly."),
                     ("info", "link to the core closed: this gateway stops")], said
+
+
+def test_a_stopping_gateway_forwards_nothing_on_a_link_still_up() -> None:
+    """A forward goes straight to the link's protocol when one is up, but not once the
+    gateway stops, before its link is closed: refused as stopping, as any call then."""
+    from kcm.gateway.handler import _unreachable_message
+
+    client = gateway_link(Clock())
+    link, _ = welcomed(client)
+    client.stopService()
+    in_flight = client._in_flight
+    refused: list = []
+    client.forward(b"late", APP, "h:1").addErrback(refused.append)
+    [stopping] = refused
+    assert _unreachable_message(stopping) == "the gateway is stopping; send the request again"
+    assert client._in_flight == in_flight and not link.streams

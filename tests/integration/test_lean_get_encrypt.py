@@ -219,3 +219,8 @@ async def test_a_change_left_in_a_lean_read_s_session_sends_the_request_to_a_ses
         tenant.name = tenant.name + "-x"
     with pytest.raises(WritesHere):
         await run(changed)
+
+    def deleted(session) -> None:  # (a row deleted in the session, not flushed)
+        session.delete(session.scalars(select(Tenant).limit(1)).one())
+    with pytest.raises(WritesHere):
+        await run(deleted)

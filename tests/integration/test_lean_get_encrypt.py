@@ -224,3 +224,45 @@ async def test_a_change_left_in_a_lean_read_s_session_sends_the_request_to_a_ses
         session.delete(session.scalars(select(Tenant).limit(1)).one())
     with pytest.raises(WritesHere):
         await run(deleted)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_encrypt_whose_key_a_date_activated_saves_its_state_in_a_session_group(
+        core: CoreHarness, monkeypatch) -> None:
+    """An Encrypt (no Fresh to stop it) of a key its Activation Date has made Active saves
+    that state, in one statement a lean read's session would not see: it stops before it
+    (kcm.core.managed.save's about_to_write) and runs in a session group, whether the
+    object cache's hint sent it lean or, by the state the date moved, did not."""
+    from kcm.core.store.schema import ManagedObject
+
+    ksi, kinds = core.store, []
+    write, write_lean = ksi.write, ksi.write_lean
+    monkeypatch.setattr(ksi, "write", lambda fn: (kinds.append("session"), write(fn))[1])
+    monkeypatch.setattr(ksi, "write_lean", lambda fn: (kinds.append("lean"), write_lean(fn))[1])
+    clock = [NOW]
+    handler = request_handler.CoreRequestHandler(ksi, core.keyring, clock=lambda: clock[0])
+
+    async def send(*items) -> bytes:
+        return await handler.handle_as(kmip.request(*items), core.caller(None))
+
+    async def dated_key() -> str:
+        clock[0] = NOW
+        answer = kmip.response(await send(_create([Attribute.of(
+            Tag.ACTIVATION_DATE, NOW + 10, ItemType.DATE_TIME)])))
+        uid = answer.batch_items[0].response_payload.unique_identifier
+        await send(kmip.get_attributes(uid, Tag.STATE))  # read into the object cache
+        assert ksi.run_sync(lambda s: s.get(ManagedObject, uid).state, write=False) == 1
+        clock[0] = NOW + 20  # its Activation Date passed: Active
+        return uid
+
+    for forced, expected in ((False, ["session"]), (True, ["lean", "session"])):
+        key = await dated_key()
+        with monkeypatch.context() as m:
+            if forced:
+                m.setattr(handler, "_writes_nothing", lambda *_: True)
+            kinds.clear()
+            answer = kmip.response(await send(kmip.encrypt(key)))
+        assert answer.batch_items[0].result_status == ResultStatus.SUCCESS
+        assert kinds == expected, (forced, kinds)
+        assert ksi.run_sync(lambda s, k=key: s.get(ManagedObject, k).state,
+                            write=False) == 2  # Active, saved

@@ -578,6 +578,24 @@ def test_the_level_filter_reads_a_namespace_level_once() -> None:
     assert looked_up == ["kcm.audit", "kcm.core.store"]
 
 
+def test_the_level_filter_keeps_a_bounded_number_of_namespaces(monkeypatch) -> None:
+    """A namespace is a logger's module or class, but an event's is whatever its emitter
+    set: the levels kept are bounded, and judged alike once the memo starts again."""
+    from twisted.logger import PredicateResult
+
+    from kcm import logging as kcm_logging
+    from kcm.logging import level_filter
+
+    monkeypatch.setattr(kcm_logging, "_FLOORS_KEPT", 4)
+    predicate = level_filter(LogLevel.warn)
+    for n in range(10):
+        assert predicate({"log_level": LogLevel.info, "log_namespace": f"x.{n}"}) \
+            is PredicateResult.no
+        assert len(predicate._floors) <= 4
+    assert predicate({"log_level": LogLevel.info, "log_namespace": "kcm.audit"}) \
+        is PredicateResult.maybe
+
+
 def test_the_observer_calls_its_filter_once_per_event_and_keeps_traces() -> None:
     """log_observer's observer asks its one filter directly (not through Twisted's loop over
     predicates), drops what it refuses, and still notes itself in a traced event."""

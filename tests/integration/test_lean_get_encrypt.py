@@ -266,3 +266,27 @@ async def test_an_encrypt_whose_key_a_date_activated_saves_its_state_in_a_sessio
         assert kinds == expected, (forced, kinds)
         assert ksi.run_sync(lambda s, k=key: s.get(ManagedObject, k).state,
                             write=False) == 2  # Active, saved
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_keys_found_counting_uses_are_remembered_boundedly(
+        core: CoreHarness, monkeypatch) -> None:
+    """A key whose use a lean read found counted (Usage Limits) is remembered, so that a
+    request naming it takes a session group at once; at most COUNTING_KEYS of them, the
+    oldest forgotten first."""
+    monkeypatch.setattr(request_handler, "COUNTING_KEYS", 2)
+    handler = request_handler.CoreRequestHandler(core.store, core.keyring, clock=lambda: NOW)
+
+    async def send(*items) -> bytes:
+        return await handler.handle_as(kmip.request(*items), core.caller(None))
+
+    keys = []
+    for _ in range(3):
+        answer = kmip.response(await send(_create([_usage_limits(5)])))
+        keys.append(answer.batch_items[0].response_payload.unique_identifier)
+        await send(kmip.activate(keys[-1]))
+    monkeypatch.setattr(handler, "_writes_nothing", lambda *_: True)
+    for key in keys:
+        answer = kmip.response(await send(kmip.encrypt(key)))
+        assert answer.batch_items[0].result_status == ResultStatus.SUCCESS
+    assert list(handler._counting) == keys[1:]

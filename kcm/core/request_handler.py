@@ -127,7 +127,14 @@ from kcm.kernel.responses import (
     withheld,
 )
 from kcm.kernel.versions import answer_version, is_supported, version_of
-from kcm.kmip.enums import DerivationMethod, ObjectType, Operation, ResultReason, ResultStatus
+from kcm.kmip.enums import (
+    BatchErrorContinuationOption,
+    DerivationMethod,
+    ObjectType,
+    Operation,
+    ResultReason,
+    ResultStatus,
+)
 from kcm.kmip.errors import KmipError
 from kcm.kmip.labels import enum_label
 from kcm.kmip.messages import (
@@ -436,8 +443,8 @@ class CoreRequestHandler:
             answering = self._write(key, wire, caller, now, should_stop,
                                     lean=_reads_only(wire, found) and (
                                         _GET_ENCRYPT_VALUES.isdisjoint(found)
-                                        or self._writes_nothing(wire, tenant, now,
-                                                                _GET_VALUE in found)))
+                                        or (_CONTINUE not in wire and self._writes_nothing(
+                                            wire, tenant, now, _GET_VALUE in found))))
         return answering.addBoth(timed)
 
     def _writes_nothing(self, wire: bytes, tenant: str | None, now: int,
@@ -1338,6 +1345,12 @@ COUNTING_KEYS = 1024
 #: A Unique Identifier item's tag and type (Text String), as encoded (a look-alike in a
 #: byte string only costs a session group).
 _UID_HEAD = bytes.fromhex("42009407")
+#: A Batch Error Continuation Option of Continue, as encoded: a Get or an Encrypt in such a
+#: batch takes a session group at once (a lean run stopped by a later item would have run
+#: the items that failed before it twice: a wrapping mismatch counted twice). A look-alike
+#: in a byte string only costs a session group.
+_CONTINUE = bytes.fromhex("42000e0500000004") + int(
+    BatchErrorContinuationOption.CONTINUE).to_bytes(4, "big")
 #: A Correlation Value's (Byte String): a stream's later part, which spends it (a write),
 #: takes a session group at once (a look-alike only costs a session group).
 _CORRELATION_HEAD = bytes.fromhex("4200d608")

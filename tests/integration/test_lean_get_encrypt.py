@@ -290,3 +290,43 @@ async def test_the_keys_found_counting_uses_are_remembered_boundedly(
         answer = kmip.response(await send(kmip.encrypt(key)))
         assert answer.batch_items[0].result_status == ResultStatus.SUCCESS
     assert list(handler._counting) == keys[1:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_that_continues_past_a_failed_item_is_not_run_twice(
+        core: CoreHarness, monkeypatch) -> None:
+    """A request whose lean run stops (an item would write) runs again in a session group:
+    an item that failed before it (the batch continuing past it) would fail twice, its
+    wrapping mismatch counted twice. Such a request takes a session group at once."""
+    from kcm.kmip.enums import BatchErrorContinuationOption
+
+    handler = request_handler.CoreRequestHandler(core.store, core.keyring, clock=lambda: NOW)
+
+    async def send(*items, continuation=None) -> bytes:
+        return await handler.handle_as(kmip.request(*items, continuation=continuation),
+                                       core.caller(None))
+
+    def uid(answer: bytes) -> str:
+        return kmip.response(answer).batch_items[0].response_payload.unique_identifier
+
+    changed, fresh = uid(await send(_create([]))), uid(await send(_create([])))
+    for key in (changed, fresh):
+        await send(kmip.activate(key))
+    await send(kmip.get(changed))  # (no longer Fresh: its Get would write nothing)
+    ring = core.keyring
+    unwrap = ring.unwrap
+
+    def mismatched(session, row, flags=None):  # (as a row changed in the database is)
+        if row.uid == changed:
+            raise ring._mismatch(row, "changed")
+        return unwrap(session, row, flags)
+
+    monkeypatch.setattr(ring, "unwrap", mismatched)
+    monkeypatch.setattr(handler, "_writes_nothing", lambda *_: True)  # (a hint gone wrong)
+    before = ring.mismatches
+    answer = kmip.response(await send(
+        kmip.get(changed), kmip.get(fresh),
+        continuation=int(BatchErrorContinuationOption.CONTINUE)))
+    assert [item.result_status for item in answer.batch_items] == [
+        ResultStatus.OPERATION_FAILED, ResultStatus.SUCCESS]
+    assert ring.mismatches == before + 1

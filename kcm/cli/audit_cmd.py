@@ -79,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="verify a file of kcm audit export instead of the database: each "
                              "record's digest and MAC, and the links between consecutive "
                              "records")
+    verify.add_argument("--complete", action="store_true",
+                        help="with --export: the file must hold every record from its first "
+                             "to its last (an archive, an unfiltered export); one missing "
+                             "fails")
     verify.add_argument("--json", action="store_true",
                         help="print the outcome as one JSON object (ok, records_checked, "
                              "first_bad_seq, reason, ...); the same exit status")
@@ -151,10 +155,12 @@ def _run_verify(args: argparse.Namespace) -> int:
             raise CommandError(f"{path} holds no audit checkpoint")
         checkpoints.extend(found)
 
+    if args.complete and args.export is None:
+        raise CommandError("--complete applies to --export FILE only")
     config = core_config(args)
     if args.export is not None:
         return _verify_export(args.export, _audit_key_of(config), checkpoints,
-                              as_json=args.json)
+                              as_json=args.json, complete=args.complete)
     store = _keyed_store(args, config)
     # Page by page, each a short read transaction: a snapshot held for the whole walk
     # (hours, for a year's chain) would keep SQLite's WAL from being checkpointed and
@@ -237,12 +243,12 @@ def _audit_key_of(config: Any) -> bytes:
 
 
 def _verify_export(path: str, audit_key: bytes, checkpoints: list, *,
-                   as_json: bool = False) -> int:
+                   as_json: bool = False, complete: bool = False) -> int:
     from kcm.core.audit_export import verify_export
 
     try:
         with open(path, encoding="utf-8", errors="replace") as export:
-            result = verify_export(export, audit_key, checkpoints)
+            result = verify_export(export, audit_key, checkpoints, complete=complete)
     except OSError as e:
         raise CommandError(f"cannot read {path}: {e.strerror}") from e
     if as_json:

@@ -19,7 +19,9 @@ database: each JSON line of ``kcm audit export`` carries the record's ``prev_dig
   its ``at_us`` (which the digest covers).
 
 What it cannot say: that no record was left out before the first, after the last, or (in a
-filtered export) between runs; `kcm audit verify` on the database says that.
+filtered export) between runs; `kcm audit verify` on the database says that. An archive
+file or an unfiltered export has no such runs: checked ``complete``, a record missing
+between two of its records fails it.
 """
 
 from __future__ import annotations
@@ -127,8 +129,11 @@ class _Bad(Exception):
 
 
 def verify_export(source: Iterable[str], audit_key: bytes,
-                  checkpoints: Iterable[Checkpoint] = ()) -> ExportResult:
-    """Check the JSON lines of an export (``source``) under ``audit_key``; see the module."""
+                  checkpoints: Iterable[Checkpoint] = (), *,
+                  complete: bool = False) -> ExportResult:
+    """Check the JSON lines of an export (``source``) under ``audit_key``; see the module.
+    ``complete``: the export must be one run (an archive file, an unfiltered export): a
+    record missing between two of its records fails it."""
     expected: dict[int, list[Checkpoint]] = {}
     for checkpoint in checkpoints:
         if not checkpoint.genuine(audit_key):
@@ -142,6 +147,8 @@ def verify_export(source: Iterable[str], audit_key: bytes,
     for number, line in _lines(source):
         try:
             last = _check(line, last, audit_key, expected, count)
+            if complete and count["between"]:
+                raise _Bad(_missing(last[0], count["between"]))
         except _Bad as e:
             return ExportResult(False, count["records"], count["runs"], count["between"],
                                 count["unkeyed"], count["matched"], number, str(e))
@@ -214,6 +221,14 @@ def _check(line: str, last: tuple[int, bytes] | None, audit_key: bytes,
         count["first"] = seq
     count["records"] += 1
     return seq, digest  # type: ignore[return-value]
+
+
+def _missing(seq: int, between: int) -> str:
+    """Why a complete export fails: records missing before record ``seq``."""
+    first = seq - between
+    gap = f"record {first} is" if between == 1 else f"records {first}..{seq - 1} are"
+    return (f"{gap} missing (next is {seq}): a complete export (--complete) holds every "
+            "record from its first to its last")
 
 
 _UNANCHORED = ("records without a MAC are not followed by the record that keyed the chain "

@@ -346,6 +346,27 @@ def test_an_export_verifies_on_its_own(deployment: Deployment,
                                 "not in the export\n")
 
 
+def test_a_complete_export_with_a_record_removed_fails(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    # An archive file with a line deleted verified (exit status 0, "2 runs"): nothing told
+    # it from a filtered export. --complete says the file must be one run.
+    deployment.append(5)
+    lines = _export(deployment, capsys)
+    assert _verify_export(deployment, capsys, lines, "--complete")[0] == 0
+    status, out = _verify_export(deployment, capsys, [*lines[:1], *lines[3:]], "--complete")
+    assert (status, out) == (1, "audit export NOT verified: line 2: records 2..3 are missing "
+                                "(next is 4): a complete export (--complete) holds every "
+                                "record from its first to its last\n")
+    status, out = _verify_export(deployment, capsys, [*lines[:2], *lines[3:]],
+                                 "--complete", "--json")
+    outcome = json.loads(out)
+    assert (status, outcome["ok"], outcome["line"]) == (1, False, 3)
+    assert outcome["reason"].startswith("record 3 is missing (next is 4)")
+    # Without it, the same file is a filtered export's two runs.
+    assert _verify_export(deployment, capsys, [*lines[:2], *lines[3:]])[0] == 0
+    assert deployment.kcm(capsys, "audit", "verify", "--complete")[0] == 2
+
+
 def _edited(line: str, **changes: object) -> str:
     record = json.loads(line)
     record.update(changes)

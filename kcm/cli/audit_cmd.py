@@ -132,6 +132,10 @@ def _filters(parser: argparse.ArgumentParser) -> None:
                                             "or '-' between words or not)")
     parser.add_argument("--gateway", help="only the records of requests this gateway "
                                           "forwarded or made (its SPIFFE ID)")
+    parser.add_argument("--object", metavar="UID",
+                        help="only the records that name this object (its Unique "
+                             "Identifier), in object_ids or in detail (a refused "
+                             "request's requested)")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -376,6 +380,11 @@ def _query(args: argparse.Namespace) -> tuple[Select[Any], type[AuditLog]]:
             func.replace(func.upper(AuditLog.operation), "_", "") == operation, anchor))
     if args.gateway is not None:
         query = query.where(or_(AuditLog.gateway == args.gateway, anchor))
+    if args.object is not None:
+        # object_ids and detail are stored as JSON: the identifier as a whole JSON string.
+        named = json.dumps(args.object)
+        query = query.where(or_(AuditLog.object_ids.contains(named, autoescape=True),
+                                AuditLog.detail.contains(named, autoescape=True), anchor))
     return query, AuditLog
 
 

@@ -346,6 +346,28 @@ def test_an_export_verifies_on_its_own(deployment: Deployment,
                                 "not in the export\n")
 
 
+def test_export_and_tail_by_object_name_its_records_refusals_too(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    # "Who did what to key K" had no filter: a grep, which a refusal naming K only in
+    # detail.requested, or a uid inside another, could throw off.
+    events = [AuditEvent("a", "Create", "SUCCESS", "c1", object_ids=("k-1",)),
+              AuditEvent("a", "Create", "SUCCESS", "c2", object_ids=("k-10",)),
+              AuditEvent("b", "Get", "OPERATION_FAILED", "c3", result_reason="ITEM_NOT_FOUND",
+                         detail={"requested": "k-1"}),
+              AuditEvent("a", "Destroy", "SUCCESS", "c4", object_ids=("k-1", "k_2"))]
+    deployment.run(lambda s: [append_audit(s, event) for event in events])
+    status, out = deployment.kcm(capsys, "audit", "export", "--object", "k-1")
+    assert status == 0
+    assert [json.loads(line)["correlation_id"] for line in out.splitlines()] == [
+        "c1", "c3", "c4"]
+    status, out = deployment.kcm(capsys, "audit", "tail", "--object", "k-1", "-n", "1")
+    assert [json.loads(line)["correlation_id"] for line in out.splitlines()] == ["c4"]
+    assert deployment.kcm(capsys, "audit", "export", "--object", "k%")[1] == ""
+    assert deployment.kcm(capsys, "audit", "export", "--object", "k-2")[1] == ""
+    lines = _export(deployment, capsys, "--object", "k-1")
+    assert _verify_export(deployment, capsys, lines)[0] == 0
+
+
 def test_a_complete_export_with_a_record_removed_fails(
         deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
     # An archive file with a line deleted verified (exit status 0, "2 runs"): nothing told

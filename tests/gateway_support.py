@@ -69,6 +69,8 @@ class FakeLink:
         self.fetches: list[tuple[Principal, str, str, str | None]] = []
         self.connected = True
         self.relinking = False
+        #: The core's last VIEW (None: none, a core before link version 6).
+        self.view: bytes | None = None
         self.down = False
         self.answer = answer or (lambda wire: wire)
         self.keys: dict[tuple[str, str] | str, list] = {}

@@ -37,6 +37,7 @@ from kcm.identity import Principal, parse_principal_path
 from kcm.kmip.errors import KmipError
 from kcm.link.events import EventKind
 from kcm.link.frames import Frame, FrameType, encode_frame
+from kcm.link.views import UNSCOPED, scope_digest
 
 __all__ = ["GatewayViews", "event_digest", "redacted_event", "scoped_document",
            "view_digest"]
@@ -106,13 +107,10 @@ def _subjects_by_tenant(document: str) -> dict[str, _Subjects]:
 
 def view_digest(scope: GatewayScope | None) -> bytes:
     """16 bytes that differ between two scopes (and from no scope): what a gateway compares
-    across its links (VIEW). The tenants' names are not sent, only their digest."""
+    across its links (VIEW; :mod:`kcm.link.views`)."""
     if scope is None:
-        text = "unscoped"
-    else:
-        tenants = "*" if scope.tenants is None else ",".join(sorted(scope.tenants))
-        text = f"tenants={tenants};admins={int(scope.admins)}"
-    return hashlib.sha256(text.encode()).digest()[:16]
+        return UNSCOPED
+    return scope_digest(scope.tenants, scope.admins)
 
 
 class GatewayViews:

@@ -16,7 +16,9 @@ What it promises:
   :mod:`kcm.tls_metrics`) is read when scraped from counters the parts keep themselves.
 * :meth:`GatewayMetrics.readiness`: ready while the gateway can serve L4 operations, that
   is while it is linked to the core, or, unlinked, while a service key it holds is still
-  within ``max_stale`` of its last confirmation; the body says whether it is linked.
+  within ``max_stale`` of its last confirmation; the body says whether it is linked. Not
+  ready (503) while the core's last VIEW says its scope is of no tenant
+  (:data:`kcm.link.views.SERVES_NOBODY`): it can serve nobody.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from kcm.busy_poll import SPIN_ENDS, SpinningWait
 from kcm.gateway.fast_path import FAST_OPERATIONS
 from kcm.kmip.enums import ResultStatus
+from kcm.link.views import SERVES_NOBODY
 from kcm.metrics import (
     CallbackCounter,
     CallbackGauge,
@@ -228,6 +231,10 @@ class GatewayMetrics:
         link, cache = self._link, self._cache
         if link is None or cache is None:
             return Readiness(False, {"linked": False, "reason": "not started"})
+        if link.view in SERVES_NOBODY:  # the core's scope of it: no tenant (last link)
+            return Readiness(False, {"linked": link.connected,
+                                     "reason": "the core's gateway scope lets this gateway "
+                                               "serve no tenant"})
         if link.connected:
             return Readiness(True, {"linked": True})
         if link.relinking:  # calls wait a few milliseconds for the next link: served

@@ -26,6 +26,7 @@ import sqlalchemy
 from kcm.core.store.schema import AuditLog, L3Usage
 from kcm.kmip.enums import ResultReason, ResultStatus
 from kcm.link.frames import Frame, FrameType, decode_frame, encode_frame
+from kcm.testing.processes import GatewayProcess, free_port, scrape
 from kcm.testing.requests import create_managed, query, request, response
 from tests.e2e_support import CoreProcess, deploy, wait_until
 
@@ -182,3 +183,33 @@ def test_a_scoped_gateway_acts_only_for_its_tenants_and_sighup_narrows_a_running
     finally:
         engine.dispose()
         core.stop()
+
+
+def test_a_gateway_scoped_to_no_tenant_answers_readyz_503(tmp_path: Path) -> None:
+    """A real kcm-gateway whose core's scope of it is of no tenant (``tenants = []``): its
+    /readyz says so (503) while linked, and 200 again once a SIGHUP gives it a tenant."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.start()
+    gateway = GatewayProcess(tmp_path / "gateway", core, metrics_port=free_port())
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        port = gateway.metrics_port
+        assert _ready(port) == (200, {"ready": True, "linked": True})
+        _reload(core, '[gateways."gateway/gw1"]\ntenants = []\nadmins = true\n', 1)
+        wait_until(lambda: _ready(port)[0] == 503, "the gateway to relink under no tenant")
+        status, body = _ready(port)
+        assert body == {"ready": False, "linked": True,
+                        "reason": "the core's gateway scope lets this gateway serve "
+                                  "no tenant"}, body
+        _reload(core, '[gateways."gateway/gw1"]\ntenants = ["demo"]\n', 1)
+        wait_until(lambda: _ready(port) == (200, {"ready": True, "linked": True}),
+                   "the gateway to relink under tenant demo")
+    finally:
+        gateway.stop()
+        core.stop()
+
+
+def _ready(port: int) -> tuple[int, dict[str, Any]]:
+    status, body = scrape(port, "/readyz")
+    return status, json.loads(body)

@@ -21,6 +21,7 @@ from kcm.kmip.errors import KmipError
 from kcm.kmip.payloads.crypto import DecryptRequest
 from kcm.kmip_protocol import ConnectionLimits
 from kcm.l4.opened_keys import OpenedKeys
+from kcm.link.views import UNSCOPED, scope_digest
 from kcm.ttlv.peek import peek_response
 from tests.core_support import CoreHarness
 from tests.gateway_support import (
@@ -484,3 +485,15 @@ def test_busy_poll_spins_are_read_when_scraped_and_only_with_busy_poll() -> None
             600e-6, abs=30e-6)
     finally:
         reactor._poller.close()
+
+
+def test_not_ready_while_the_core_scopes_it_to_no_tenant(gateway: Gateway) -> None:
+    for admins in (False, True):
+        gateway.link.view = scope_digest((), admins)
+        readiness = gateway.metrics.readiness()
+        assert not readiness.ready and readiness.details["linked"] is True
+        assert "serve no tenant" in readiness.details["reason"]
+    gateway.link.view = scope_digest(["demo"], False)
+    assert gateway.metrics.readiness().details == {"linked": True}
+    gateway.link.view = UNSCOPED
+    assert gateway.metrics.readiness().ready

@@ -69,6 +69,10 @@ def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierRes
     elif before == State.ACTIVE:
         obj.set(Tag.DEACTIVATION_DATE, ctx.now)
     managed.save(ctx, obj)
+    if obj.level == LEVEL_TENANT_KEY:
+        # Not the tenant's current key any more: wrap nothing else under it here (another
+        # core looks the current one up again within CURRENT_L2_TTL).
+        ctx.keyring.forget_current(obj.tenant)
     ctx.audit_detail["revocation_reason"] = enum_label(RevocationReasonCode, reason.code)
     return _answer(obj)
 

@@ -267,6 +267,8 @@ class Keyring:
         # The store's count of tenant removals _current_l2 was looked up under (None: not
         # compared yet): see _current_tenant_key.
         self._removals: int | None = None
+        # The same of the count of tenant key revocations: see _current_tenant_key.
+        self._revocations: int | None = None
         # (tenant, uid, wrapped material, binding) -> (plaintext, when unwrapped), least
         # recently used first. Keyed by the stored ciphertext itself, an entry can never
         # answer for other material: a change of the row's material (or its removal) is a
@@ -340,7 +342,11 @@ class Keyring:
         a write transaction first compares the store's count of tenant removals (read
         once per transaction under the writers' lock, with the number a Create reads
         anyway: :func:`kcm.core.store.repository.tenant_removals`) with the count the
-        cache was filled under; a change forgets every tenant's current L2 and L2 key."""
+        cache was filled under; a change forgets every tenant's current L2 and L2 key. So too
+        with the count of tenant key revocations (read in the same statement:
+        :func:`kcm.core.store.repository.tenant_key_revocations`): a change forgets every
+        tenant's current L2, so that no core wraps under an L2 revoked at another (a Key
+        Compromise) once the Revoke has committed."""
         removals = repository.tenant_removals(session)
         if removals != self._removals and removals is not None:
             self._current_l2.clear()
@@ -349,6 +355,12 @@ class Keyring:
                 self._l2_read_at.clear()
                 self._l2_uids_of.clear()
             self._removals = removals
+        # A tenant key revoked since (Key Compromise, perhaps at another core): no current
+        # L2 looked up before is trusted to be Active still.
+        revocations = repository.tenant_key_revocations(session)
+        if revocations != self._revocations and revocations is not None:
+            self._current_l2.clear()
+            self._revocations = revocations
         cached = self._current_l2.get(tenant)
         now = self._clock()
         if cached is not None and now - cached[1] < self._current_l2_ttl:

@@ -424,30 +424,37 @@ _NEXT_CREATED_SEQ = "kcm.store.next_created_seq"
 
 #: ``meta``: how many tenants ``kcm core tenant remove`` has removed (absent: none).
 TENANT_REMOVALS_META_KEY = "tenants.removed"
+#: ``meta``: how many Revokes of a tenant key (L2) were ever committed (absent: none).
+TENANT_KEY_REVOCATIONS_META_KEY = "tenant_keys.revoked"
 #: :func:`transaction_memo` keys: the count of removals this transaction read; whether it
 #: found it changed (its store's KnownFacts were forgotten then); the services
 #: :func:`service_exists` took for provisioned from the KnownFacts before that read.
 _TENANT_REMOVALS_MEMO = "kcm.store.tenant_removals"
+_TENANT_KEY_REVOCATIONS_MEMO = "kcm.store.tenant_key_revocations"
 _FACTS_FORGOTTEN_MEMO = "kcm.store.facts_forgotten"
 _TRUSTED_SERVICES_MEMO = "kcm.store.trusted_services"
 #: What a write transaction reads once, in one statement: the newest ``created_seq`` (the
-#: next insert numbers from it) and the count of tenant removals. Folded together, the
-#: count costs a Create nothing: the number was read once per transaction before it.
+#: next insert numbers from it), the count of tenant removals and that of tenant key
+#: revocations. Folded together, the counts cost a Create nothing: the number was read once
+#: per transaction before them.
 _WRITE_HEAD = RawStatement(select(
     select(func.max(ManagedObject.created_seq)).scalar_subquery(),
-    select(Meta.value).where(Meta.key == TENANT_REMOVALS_META_KEY).scalar_subquery()))
+    select(Meta.value).where(Meta.key == TENANT_REMOVALS_META_KEY).scalar_subquery(),
+    select(Meta.value).where(Meta.key == TENANT_KEY_REVOCATIONS_META_KEY).scalar_subquery()))
 
 
-def _read_write_head(session: Session) -> tuple[int, int]:
-    """(the ``created_seq`` of the next object, the count of tenant removals), read now,
-    in a write transaction holding the writers' lock; both kept for the transaction. The
-    store's KnownFacts are checked against the count (:meth:`KnownFacts.hold_under`)."""
-    newest, removals = _WRITE_HEAD.execute(session).fetchone()
-    head = ((newest or 0) + 1, int(removals or 0))
+def _read_write_head(session: Session) -> tuple[int, int, int]:
+    """(the ``created_seq`` of the next object, the count of tenant removals, the count of
+    tenant key revocations), read now, in a write transaction holding the writers' lock;
+    all kept for the transaction. The store's KnownFacts are checked against the count of
+    removals (:meth:`KnownFacts.hold_under`)."""
+    newest, removals, revocations = _WRITE_HEAD.execute(session).fetchone()
+    head = ((newest or 0) + 1, int(removals or 0), int(revocations or 0))
     info = session.info
     info.setdefault(_NEXT_CREATED_SEQ, head[0])
     memo = info.setdefault(_TRANSACTION_MEMO, {})
     memo[_TENANT_REMOVALS_MEMO] = head[1]
+    memo[_TENANT_KEY_REVOCATIONS_MEMO] = head[2]
     facts = known_facts(session)
     if facts is not None and facts.removals != head[1]:
         facts.hold_under(head[1])
@@ -482,6 +489,33 @@ def count_tenant_removal(session: Session) -> None:
     set_meta(session, TENANT_REMOVALS_META_KEY,
              str(int(get_meta(session, TENANT_REMOVALS_META_KEY) or 0) + 1))
     forget_memo(session, _TENANT_REMOVALS_MEMO)
+
+
+def tenant_key_revocations(session: Session) -> int | None:
+    """How many Revokes of a tenant key (L2) were ever committed
+    (:func:`count_tenant_key_revocation`), read once per write transaction under the
+    writers' lock, with :func:`tenant_removals`: a change since a core looked up a tenant's
+    current L2 means that L2 may be revoked (by whichever core), so it is looked up again
+    before it wraps anything (:meth:`kcm.core.keyring.Keyring.wrap`). None in a read-only
+    transaction."""
+    if not session.info.get(WRITE_INFO, True):
+        return None
+    memo = session.info.get(_TRANSACTION_MEMO)
+    if memo is not None:
+        revocations = memo.get(_TENANT_KEY_REVOCATIONS_MEMO)
+        if revocations is not None:
+            return revocations
+    lock_writers(session)
+    return _read_write_head(session)[2]
+
+
+def count_tenant_key_revocation(session: Session) -> None:
+    """A tenant key (L2) is revoked in this (write) transaction: count it, so that every
+    core's next write transaction looks up each tenant's current L2 again."""
+    lock_writers(session)
+    set_meta(session, TENANT_KEY_REVOCATIONS_META_KEY,
+             str(int(get_meta(session, TENANT_KEY_REVOCATIONS_META_KEY) or 0) + 1))
+    forget_memo(session, _TENANT_KEY_REVOCATIONS_MEMO)
 
 
 def _check_trusted_service(session: Session, tenant: str, service: str) -> None:

@@ -1,0 +1,69 @@
+"""A tenant key (L2) revoked at one kcm-core stops wrapping at every core at once: two real
+kcm-cores on one PostgreSQL database; the tenant's L2 is revoked (Key Compromise) at the
+first, and a Create at the second right after is refused, although the second looked the
+L2 up as current less than CURRENT_L2_TTL before (each write transaction reads the count
+of tenant key revocations with the number a Create reads anyway)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import sqlalchemy
+
+from kcm.core.keyring import CURRENT_L2_TTL
+from kcm.core.store.schema import LEVEL_TENANT_KEY, STATE_ACTIVE
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode
+from kcm.kmip.payloads import RevocationReason, RevokeRequest
+from kcm.testing.postgres import fresh_database
+from kcm.testing.processes import deploy
+from kcm.testing.requests import create_managed, item, request, response
+
+V21 = (2, 1)
+_databases = itertools.count()
+
+
+def _one(client, batch_item):
+    [answer] = response(client.send(request(batch_item, version=V21))).batch_items
+    return answer
+
+
+def test_a_create_at_another_core_right_after_a_key_compromise_is_not_wrapped_under_it(
+        tmp_path: Path, postgres_url: str) -> None:
+    url = fresh_database(postgres_url, f"kcm_l2_compromise_{next(_databases)}")
+    first = deploy(tmp_path / "core1", url)
+    cores = [first, first.replica(tmp_path / "core2")]
+    engine = sqlalchemy.create_engine(url)
+    try:
+        for core in cores:
+            core.start()
+        with engine.connect() as connection:
+            l2 = connection.execute(sqlalchemy.text(
+                "SELECT uid FROM managed_objects WHERE tenant = 'demo' AND level = :level "
+                "AND state = :active"), {"level": LEVEL_TENANT_KEY,
+                                         "active": STATE_ACTIVE}).scalar_one()
+        with cores[1].client("app") as app, cores[0].client("admin") as admin:
+            # The second core looks the L2 up as current (and would keep it for 5 s).
+            assert _one(app, create_managed()).result_status == ResultStatus.SUCCESS
+            looked_up = time.monotonic()
+            revoked = _one(admin, item(Operation.REVOKE, RevokeRequest(
+                unique_identifier=l2, revocation_reason=RevocationReason(
+                    code=RevocationReasonCode.KEY_COMPROMISE))))
+            assert revoked.result_status == ResultStatus.SUCCESS, revoked.result_message
+
+            answer = _one(app, create_managed())
+            elapsed = time.monotonic() - looked_up
+
+        assert elapsed < CURRENT_L2_TTL / 5  # well within the look-up's lifetime
+        assert answer.result_reason == ResultReason.PERMISSION_DENIED, answer.result_message
+        assert "no active tenant key" in answer.result_message
+        with engine.connect() as connection:
+            wrapped_after = connection.execute(sqlalchemy.text(
+                "SELECT count(*) FROM managed_objects WHERE tenant = 'demo' AND level IS NULL"
+            )).scalar_one()
+        assert wrapped_after == 1  # the Create before the Revoke only
+    finally:
+        engine.dispose()
+        for core in cores:
+            core.stop()

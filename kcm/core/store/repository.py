@@ -471,24 +471,13 @@ def tenant_removals(session: Session) -> int | None:
 
     In the transaction of a Create it is read with the number the object needs anyway
     (:data:`_WRITE_HEAD`): one statement, as before."""
-    if not session.info.get(WRITE_INFO, True):
-        return None
-    memo = session.info.get(_TRANSACTION_MEMO)
-    if memo is not None:
-        removals = memo.get(_TENANT_REMOVALS_MEMO)
-        if removals is not None:
-            return removals
-    lock_writers(session)
-    return _read_write_head(session)[1]
+    return _head_count(session, _TENANT_REMOVALS_MEMO, 1)
 
 
 def count_tenant_removal(session: Session) -> None:
     """A tenant is removed in this (write) transaction: count it, so that every core's
     next write transaction forgets what it remembers of tenants (:func:`tenant_removals`)."""
-    lock_writers(session)
-    set_meta(session, TENANT_REMOVALS_META_KEY,
-             str(int(get_meta(session, TENANT_REMOVALS_META_KEY) or 0) + 1))
-    forget_memo(session, _TENANT_REMOVALS_MEMO)
+    _add_to_count(session, TENANT_REMOVALS_META_KEY, _TENANT_REMOVALS_MEMO)
 
 
 def tenant_key_revocations(session: Session) -> int | None:
@@ -498,24 +487,36 @@ def tenant_key_revocations(session: Session) -> int | None:
     current L2 means that L2 may be revoked (by whichever core), so it is looked up again
     before it wraps anything (:meth:`kcm.core.keyring.Keyring.wrap`). None in a read-only
     transaction."""
-    if not session.info.get(WRITE_INFO, True):
-        return None
-    memo = session.info.get(_TRANSACTION_MEMO)
-    if memo is not None:
-        revocations = memo.get(_TENANT_KEY_REVOCATIONS_MEMO)
-        if revocations is not None:
-            return revocations
-    lock_writers(session)
-    return _read_write_head(session)[2]
+    return _head_count(session, _TENANT_KEY_REVOCATIONS_MEMO, 2)
 
 
 def count_tenant_key_revocation(session: Session) -> None:
     """A tenant key (L2) is revoked in this (write) transaction: count it, so that every
     core's next write transaction looks up each tenant's current L2 again."""
+    _add_to_count(session, TENANT_KEY_REVOCATIONS_META_KEY, _TENANT_KEY_REVOCATIONS_MEMO)
+
+
+def _head_count(session: Session, memo_key: str, index: int) -> int | None:
+    """Count ``index`` of :func:`_read_write_head` (kept in the transaction's memo under
+    ``memo_key``), read under the writers' lock once per write transaction; None in a
+    read-only one."""
+    if not session.info.get(WRITE_INFO, True):
+        return None
+    memo = session.info.get(_TRANSACTION_MEMO)
+    if memo is not None:
+        count = memo.get(memo_key)
+        if count is not None:
+            return count
     lock_writers(session)
-    set_meta(session, TENANT_KEY_REVOCATIONS_META_KEY,
-             str(int(get_meta(session, TENANT_KEY_REVOCATIONS_META_KEY) or 0) + 1))
-    forget_memo(session, _TENANT_KEY_REVOCATIONS_MEMO)
+    return _read_write_head(session)[index]
+
+
+def _add_to_count(session: Session, meta_key: str, memo_key: str) -> None:
+    """One more in ``meta`` count ``meta_key``, in this write transaction, under the
+    writers' lock; the transaction's memo of it (``memo_key``) forgotten."""
+    lock_writers(session)
+    set_meta(session, meta_key, str(int(get_meta(session, meta_key) or 0) + 1))
+    forget_memo(session, memo_key)
 
 
 def _check_trusted_service(session: Session, tenant: str, service: str) -> None:

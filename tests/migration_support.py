@@ -54,6 +54,16 @@ def managed_indexes(url: str) -> dict[str, list[str]]:
         engine.dispose()
 
 
+def table_names(url: str) -> set[str]:
+    """The names of the database's tables."""
+    engine = open_engine(url)
+    try:
+        with engine.connect() as connection:
+            return set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+
+
 def tenant_columns(url: str) -> set[str]:
     """The names of the ``tenants`` table's columns as the database has them."""
     engine = open_engine(url)

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import select
 
 from kcm.core.attribute_blob import encode_attributes
 from kcm.core.attribute_keys import keys_of
 from kcm.core.store import repository
-from kcm.core.store.engine import Store, open_engine
+from kcm.core.store.engine import Store
 from kcm.core.store.migrate import current_revision, upgrade
 from kcm.core.store.schema import STATE_ACTIVE, ObjectAttributeKey
 from kcm.kmip.attributes import Attribute, Link
@@ -30,6 +30,7 @@ from tests.migration_support import (
     keyed_store,
     managed_rows,
     provision_both_tenants,
+    table_names,
     tenants_as_now,
 )
 
@@ -63,19 +64,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from empty_database(request, tmp_path)
 
 
-def _tables(url: str) -> set[str]:
-    engine = open_engine(url)
-    try:
-        with engine.connect() as connection:
-            return set(inspect(connection).get_table_names())
-    finally:
-        engine.dispose()
-
-
 def test_0007_to_0008_keys_each_objects_links_and_vendor_attributes(db_url: str) -> None:
     upgrade(db_url, "0007")
     tenants_as_now(db_url)  # (this release's code fills it)
-    assert "object_attribute_keys" not in _tables(db_url)
+    assert "object_attribute_keys" not in table_names(db_url)
     store, keyring = keyed_store(db_url)
     now = int(time.time())
     try:
@@ -109,7 +101,7 @@ def test_0007_to_0008_keys_each_objects_links_and_vendor_attributes(db_url: str)
 
         downgrade(db_url, "0007")
         assert current_revision(db_url) == "0007"
-        assert "object_attribute_keys" not in _tables(db_url)
+        assert "object_attribute_keys" not in table_names(db_url)
         store = Store(db_url)
         assert managed_rows(store) == before
     finally:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import text
 
 from kcm.core.core_presence import announce, database_now, leave
 from kcm.core.store.engine import open_engine
@@ -22,21 +22,13 @@ from tests.migration_support import (
     keyed_store,
     managed_rows,
     provision_both_tenants,
+    table_names,
 )
 
 
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from empty_database(request, tmp_path)
-
-
-def _tables(url: str) -> set[str]:
-    engine = open_engine(url)
-    try:
-        with engine.connect() as connection:
-            return set(inspect(connection).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def test_0015_to_0016_adds_the_presence_table_and_back(db_url: str) -> None:
@@ -48,11 +40,11 @@ def test_0015_to_0016_adds_the_presence_table_and_back(db_url: str) -> None:
         before = managed_rows(store)
     finally:
         store.stopService()
-    assert "core_presence" not in _tables(db_url)
+    assert "core_presence" not in table_names(db_url)
 
     upgrade(db_url, "0016")
     assert current_revision(db_url) == "0016"
-    assert "core_presence" in _tables(db_url)
+    assert "core_presence" in table_names(db_url)
     store, _ = keyed_store(db_url)
     try:
         assert managed_rows(store) == before
@@ -73,7 +65,7 @@ def test_0015_to_0016_adds_the_presence_table_and_back(db_url: str) -> None:
 
     downgrade(db_url, "0015")
     assert current_revision(db_url) == "0015"
-    assert "core_presence" not in _tables(db_url)
+    assert "core_presence" not in table_names(db_url)
     store, _ = keyed_store(db_url)
     try:
         assert managed_rows(store) == before
@@ -94,7 +86,7 @@ def test_a_presence_table_left_at_0015_by_a_restore_does_not_stop_the_upgrade(
             connection.execute(text("UPDATE alembic_version SET version_num = '0015'"))
     finally:
         engine.dispose()
-    assert current_revision(db_url) == "0015" and "core_presence" in _tables(db_url)
+    assert current_revision(db_url) == "0015" and "core_presence" in table_names(db_url)
 
     upgrade(db_url, "0016")
     assert current_revision(db_url) == "0016"

@@ -343,10 +343,10 @@ class Keyring:
         once per transaction under the writers' lock, with the number a Create reads
         anyway: :func:`kcm.core.store.repository.tenant_removals`) with the count the
         cache was filled under; a change forgets every tenant's current L2 and L2 key. So too
-        with the count of tenant key revocations (read in the same statement:
-        :func:`kcm.core.store.repository.tenant_key_revocations`): a change forgets every
-        tenant's current L2, so that no core wraps under an L2 revoked at another (a Key
-        Compromise) once the Revoke has committed."""
+        with the count of tenant keys that stopped being Active (read in the same statement:
+        :func:`kcm.core.store.repository.tenant_key_retirements`): a change forgets every
+        tenant's current L2, so that no core wraps under an L2 revoked (a Key Compromise),
+        rotated or deactivated by date at another once that change has committed."""
         removals = repository.tenant_removals(session)
         if removals != self._removals and removals is not None:
             self._current_l2.clear()
@@ -355,9 +355,9 @@ class Keyring:
                 self._l2_read_at.clear()
                 self._l2_uids_of.clear()
             self._removals = removals
-        # A tenant key revoked since (Key Compromise, perhaps at another core): no current
-        # L2 looked up before is trusted to be Active still.
-        revocations = repository.tenant_key_revocations(session)
+        # A tenant key retired since (revoked, rotated or deactivated, perhaps at another
+        # core): no current L2 looked up before is trusted to be Active still.
+        revocations = repository.tenant_key_retirements(session)
         if revocations != self._revocations and revocations is not None:
             self._current_l2.clear()
             self._revocations = revocations

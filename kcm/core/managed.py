@@ -27,7 +27,7 @@ from kcm.core.store.object_cache import (
     ObjectCache,
     written_in,
 )
-from kcm.core.store.schema import LEVEL_SERVICE_KEY
+from kcm.core.store.schema import LEVEL_SERVICE_KEY, LEVEL_TENANT_KEY
 from kcm.core.store.schema import ManagedObject as Row
 from kcm.kernel import lifecycle
 from kcm.kernel.missing import object_not_found
@@ -472,6 +472,12 @@ def save(ctx: OperationContext, obj: StoredObject, *, changed: bool = True) -> N
     _charge(ctx, len(obj.attributes), len(encoded))
     _rebind(ctx, obj, columns)
     _update(ctx, obj, attributes=encoded, **columns)
+    if (obj.level == LEVEL_TENANT_KEY and stored_state == State.ACTIVE
+            and columns["state"] != stored_state):
+        # No longer the tenant's current key (a Revoke, a rotation, its Deactivation Date):
+        # no core wraps under it once this commits (each write transaction compares the
+        # count it reads with the one its current L2s were looked up under).
+        repository.count_tenant_key_retirement(ctx.session)
     # The Locate copies of Names, Object Groups, Links and vendor attributes are rewritten
     # only when they changed (a state change leaves them alone): one UPDATE in all for most
     # saves.

@@ -58,9 +58,11 @@ __all__ = ["DESTROY_GRACE", "REWRAP_BATCH", "Rewrapped", "check_destroy", "rewra
 
 #: Objects re-wrapped in one transaction at most.
 REWRAP_BATCH = 200
-#: Seconds after an L2 stopped being Active before it may be destroyed: every core has
-#: looked its tenant's current L2 up again by then (each trusts what it found for
-#: :data:`kcm.core.keyring.CURRENT_L2_TTL`, 5 s), so none wraps anything new under it.
+#: Seconds after an L2 stopped being Active before it may be destroyed. A core of this
+#: release wraps nothing under it once that change has committed (it is counted:
+#: :func:`kcm.core.store.repository.tenant_key_retirements`); a margin for a core of an
+#: earlier release on the same database, which trusted what it found for
+#: :data:`kcm.core.keyring.CURRENT_L2_TTL` (5 s).
 DESTROY_GRACE = 30
 AUDIT_OPERATION = "RewrapObjects"
 ROTATE_OPERATION = "RotateTenantKey"

@@ -1,8 +1,9 @@
-"""A tenant key (L2) revoked at one kcm-core stops wrapping at every core at once: two real
+"""A tenant key (L2) that stops being Active stops wrapping at every core at once: two real
 kcm-cores on one PostgreSQL database; the tenant's L2 is revoked (Key Compromise) at the
 first, and a Create at the second right after is refused, although the second looked the
 L2 up as current less than CURRENT_L2_TTL before (each write transaction reads the count
-of tenant key revocations with the number a Create reads anyway)."""
+of tenant keys retired with the number a Create reads anyway). So too after a rotation:
+the Create is wrapped under the new L2."""
 
 from __future__ import annotations
 
@@ -63,6 +64,46 @@ def test_a_create_at_another_core_right_after_a_key_compromise_is_not_wrapped_un
                 "SELECT count(*) FROM managed_objects WHERE tenant = 'demo' AND level IS NULL"
             )).scalar_one()
         assert wrapped_after == 1  # the Create before the Revoke only
+    finally:
+        engine.dispose()
+        for core in cores:
+            core.stop()
+
+
+def test_a_create_at_another_core_right_after_a_rotation_is_wrapped_under_the_new_key(
+        tmp_path: Path, postgres_url: str) -> None:
+    url = fresh_database(postgres_url, f"kcm_l2_rotation_{next(_databases)}")
+    first = deploy(tmp_path / "core1", url)
+    cores = [first, first.replica(tmp_path / "core2")]
+    engine = sqlalchemy.create_engine(url)
+
+    def active_l2() -> str:
+        with engine.connect() as connection:
+            return connection.execute(sqlalchemy.text(
+                "SELECT uid FROM managed_objects WHERE tenant = 'demo' AND level = :level "
+                "AND state = :active"), {"level": LEVEL_TENANT_KEY,
+                                         "active": STATE_ACTIVE}).scalar_one()
+
+    try:
+        for core in cores:
+            core.start()
+        old = active_l2()
+        with cores[1].client("app") as app:
+            # The second core looks the L2 up as current (and would keep it for 5 s).
+            assert _one(app, create_managed()).result_status == ResultStatus.SUCCESS
+            looked_up = time.monotonic()
+            first.kcm("core", "tenant", "rotate", "demo")  # (the command, not a core)
+            answer = _one(app, create_managed())
+            elapsed = time.monotonic() - looked_up
+        assert answer.result_status == ResultStatus.SUCCESS, answer.result_message
+        assert elapsed < CURRENT_L2_TTL, elapsed  # within the look-up's lifetime
+        new = active_l2()
+        assert new != old
+        with engine.connect() as connection:
+            wrapped_by = connection.execute(sqlalchemy.text(
+                "SELECT wrapped_by FROM managed_objects WHERE uid = :uid"),
+                {"uid": answer.response_payload.unique_identifier}).scalar_one()
+        assert wrapped_by == new
     finally:
         engine.dispose()
         for core in cores:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from kcm.core import l4_requests, managed, policy
 from kcm.core.context import OperationContext
-from kcm.core.store import repository
 from kcm.core.store.schema import LEVEL_TENANT_KEY
 from kcm.kernel import lifecycle
 from kcm.kmip.enums import RevocationReasonCode, State
@@ -71,10 +70,9 @@ def revoke(ctx: OperationContext, request: RevokeRequest) -> UniqueIdentifierRes
         obj.set(Tag.DEACTIVATION_DATE, ctx.now)
     managed.save(ctx, obj)
     if obj.level == LEVEL_TENANT_KEY:
-        # Not the tenant's current key any more: wrap nothing else under it here, nor at
-        # another core once this commits (each write transaction compares the count).
+        # Not the tenant's current key any more: wrap nothing else under it here (nor at
+        # another core once this commits: managed.save counted it).
         ctx.keyring.forget_current(obj.tenant)
-        repository.count_tenant_key_revocation(ctx.session)
     ctx.audit_detail["revocation_reason"] = enum_label(RevocationReasonCode, reason.code)
     return _answer(obj)
 

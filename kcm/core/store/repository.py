@@ -424,7 +424,9 @@ _NEXT_CREATED_SEQ = "kcm.store.next_created_seq"
 
 #: ``meta``: how many tenants ``kcm core tenant remove`` has removed (absent: none).
 TENANT_REMOVALS_META_KEY = "tenants.removed"
-#: ``meta``: how many Revokes of a tenant key (L2) were ever committed (absent: none).
+#: ``meta``: how many times a tenant key (L2) stopped being Active, by whatever cause (a
+#: Revoke, a rotation, its Deactivation Date; before the forty-first sitting: Revokes
+#: alone, whence the name), ever committed (absent: none).
 TENANT_KEY_REVOCATIONS_META_KEY = "tenant_keys.revoked"
 #: :func:`transaction_memo` keys: the count of removals this transaction read; whether it
 #: found it changed (its store's KnownFacts were forgotten then); the services
@@ -435,7 +437,7 @@ _FACTS_FORGOTTEN_MEMO = "kcm.store.facts_forgotten"
 _TRUSTED_SERVICES_MEMO = "kcm.store.trusted_services"
 #: What a write transaction reads once, in one statement: the newest ``created_seq`` (the
 #: next insert numbers from it), the count of tenant removals and that of tenant key
-#: revocations. Folded together, the counts cost a Create nothing: the number was read once
+#: retirements. Folded together, the counts cost a Create nothing: the number was read once
 #: per transaction before them.
 _WRITE_HEAD = RawStatement(select(
     select(func.max(ManagedObject.created_seq)).scalar_subquery(),
@@ -480,19 +482,19 @@ def count_tenant_removal(session: Session) -> None:
     _add_to_count(session, TENANT_REMOVALS_META_KEY, _TENANT_REMOVALS_MEMO)
 
 
-def tenant_key_revocations(session: Session) -> int | None:
-    """How many Revokes of a tenant key (L2) were ever committed
-    (:func:`count_tenant_key_revocation`), read once per write transaction under the
-    writers' lock, with :func:`tenant_removals`: a change since a core looked up a tenant's
-    current L2 means that L2 may be revoked (by whichever core), so it is looked up again
-    before it wraps anything (:meth:`kcm.core.keyring.Keyring.wrap`). None in a read-only
-    transaction."""
+def tenant_key_retirements(session: Session) -> int | None:
+    """How many times a tenant key (L2) stopped being Active (:func:`count_tenant_key_retirement`),
+    read once per write transaction under the writers' lock, with :func:`tenant_removals`:
+    a change since a core looked up a tenant's current L2 means that L2 may no longer be
+    Active (revoked, rotated or deactivated by date, at whichever core), so it is looked up
+    again before it wraps anything (:meth:`kcm.core.keyring.Keyring.wrap_for_tenant`). None
+    in a read-only transaction."""
     return _head_count(session, _TENANT_KEY_REVOCATIONS_MEMO, 2)
 
 
-def count_tenant_key_revocation(session: Session) -> None:
-    """A tenant key (L2) is revoked in this (write) transaction: count it, so that every
-    core's next write transaction looks up each tenant's current L2 again."""
+def count_tenant_key_retirement(session: Session) -> None:
+    """A tenant key (L2) stops being Active in this (write) transaction: count it, so that
+    every core's next write transaction looks up each tenant's current L2 again."""
     _add_to_count(session, TENANT_KEY_REVOCATIONS_META_KEY, _TENANT_KEY_REVOCATIONS_MEMO)
 
 

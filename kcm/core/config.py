@@ -80,7 +80,8 @@ class CoreLimits(ConnectionLimits):
     max_objects_per_tenant: int = DEFAULT_MAX_OBJECTS
     #: Batch items a second one tenant's requests may make, sustained (kcm.core.request_rates:
     #: a token bucket per tenant, shared by the live cores, kcm.core.core_presence); a
-    #: request over it is refused whole, unrun and unaudited (Server Limit Exceeded). ``kcm
+    #: request over it is refused whole and unrun (Server Limit Exceeded), audited coalesced
+    #: (kcm.core.throttle_records: one record per tenant a minute). ``kcm
     #: core tenant limit`` sets a tenant's own; 0: no limit.
     requests_per_second_per_tenant: float = 0.0
     #: Batch items one tenant may send at once above that rate (the bucket's size); 0: one

@@ -220,8 +220,9 @@ class CoreMetrics:
         """Report the requests each tenant's rate refused, and the live cores sharing the
         rates, when scraped."""
         self.registry.register(_CallbackCounter(
-            "kcm_core_tenant_requests_throttled", "Requests refused whole, unrun and "
-            "unaudited, over their tenant's request rate on this core, by tenant.",
+            "kcm_core_tenant_requests_throttled", "Requests refused whole and unrun "
+            "(audited coalesced: ThrottleTenant), over their tenant's request rate on this "
+            "core, by tenant.",
             rates.counts, ("tenant",)))
         self.registry.register(CallbackGauge(
             "kcm_core_live_cores", "Cores serving the database as this core last counted "

@@ -10,7 +10,9 @@ too many batch items; also those the protocol refuses before this handler reads 
 :meth:`CoreRequestHandler.refuse`, where those of a sender the core accepts no identity of
 are coalesced, one record per sender per interval with their count:
 :mod:`kcm.core.refusal_records`), and one for a request that failed with an unexpected
-error (General Failure, logged with its traceback and correlation id).
+error (General Failure, logged with its traceback and correlation id). Requests refused
+over their tenant's request rate are the exception: counted as they are refused, one record
+per tenant per minute at most stands for them (:mod:`kcm.core.throttle_records`).
 
 The work of one request is bounded (``[core.limits]``, :class:`kcm.core.config.CoreLimits`):
 its header is judged before any batch item is decoded (protocol version, number of items),
@@ -99,6 +101,7 @@ from kcm.core.store.unavailable import (
     store_unavailable,
     store_unavailable_message,
 )
+from kcm.core.throttle_records import THROTTLE_OPERATION, ThrottleRecords
 from kcm.crypto.rsa_keys import generate_key_pair
 from kcm.kernel.batch import RunElsewhere, Savepoint
 from kcm.kernel.batch_limit import over_batch_limit
@@ -271,6 +274,9 @@ class CoreRequestHandler:
         self._in_flight: dict[int, set[RequestWatch]] = {}
         self._refusal_records = RefusalRecords(reactor, clock, self._record_refusals)
         self._unaudited_line = ThrottledLine(reactor, _NOT_AUDITED, logger=log)
+        #: The tenants' refusals over their rate, one record per tenant per interval.
+        self._throttle_records = ThrottleRecords(reactor, clock, self._record_throttled)
+        self._unaudited_throttle = ThrottledLine(reactor, _THROTTLE_NOT_AUDITED, logger=log)
         self._disk_full_line = DiskFullLine(reactor, store.url)
         #: Keys found counting uses against Usage Limits in a lean group (each use writes):
         #: a request naming one takes a session group at once (:meth:`_writes_nothing`). Added
@@ -350,12 +356,29 @@ class CoreRequestHandler:
 
     def flush_refusals(self) -> Deferred[None]:
         """The records of the refusals counted and not yet recorded (kcm-core stops:
-        :meth:`RefusalRecords.flush`) committed; never fails (a failure is logged)."""
-        written = self._refusal_records.flush()
+        :meth:`RefusalRecords.flush`, :meth:`ThrottleRecords.flush`) committed; never fails
+        (a failure is logged, its line written once they are done)."""
+        written = self._refusal_records.flush() + self._throttle_records.flush()
         self._unaudited_line.flush()
         if self._rates is not None:
             self._rates.flush()
-        return DeferredList(written, consumeErrors=True).addCallback(lambda _: None)
+
+        def done(_: object) -> None:
+            self._unaudited_line.flush()
+            self._unaudited_throttle.flush()
+
+        return DeferredList(written, consumeErrors=True).addCallback(done)
+
+    def _record_throttled(self, tenant: str, facts: Mapping[str, JsonValue]
+                          ) -> Deferred[None]:
+        """The audit record of ``tenant``'s requests refused over its rate
+        (:class:`ThrottleRecords`) committed, in a group commit of its own share; a failure
+        logged (at most once per interval) and not retried."""
+        event = throttle_event(tenant, new_correlation_id(), facts)
+        return self._committer.submit(THROTTLE_SHARE, _append_all, [event],
+                                      lean=append_records).addCallbacks(
+            lambda _: None, _unaudited_throttle,
+            errbackArgs=(event, self._unaudited_throttle))
 
     def _record_refusals(self, refusal: Refusal,
                          coalesced: Mapping[str, JsonValue] | None = None) -> Deferred[None]:
@@ -407,9 +430,15 @@ class CoreRequestHandler:
         tenant = caller.principal.tenant
         if tenant is not None and self._rates is not None:
             # Counted before the request waits for anything (kcm.core.request_rates).
-            refused = self._rates.admit(tenant, max(len(found), 1))
+            items = max(len(found), 1)
+            refused = self._rates.admit(tenant, items)
             if refused is not None:
                 self._metrics.item(None)
+                rate, burst = self._rates.limit(tenant)
+                self._throttle_records.note(
+                    tenant, items, rate=rate, burst=burst, cores=self._rates.cores,
+                    principal=caller.principal.id, source=caller.source,
+                    gateway=None if caller.gateway is None else caller.gateway.id)
                 return succeed(failure_response(
                     _answer_version(wire), ResultReason.SERVER_LIMIT_EXCEEDED, refused,
                     now)).addBoth(timed)
@@ -1198,6 +1227,44 @@ def _unaudited_refusal(failure: Failure, event: AuditEvent, line: ThrottledLine)
     else:
         log.failure("the audit record of refused request {cid} could not be written",
                     failure, cid=event.correlation_id)
+
+
+#: The group commit's share key of the records of tenants' refusals over their rate.
+THROTTLE_SHARE = ("request-rate", "")
+#: Who those records name: the core's request rates.
+THROTTLE_PRINCIPAL = "kcm-core/request-rate"
+
+#: The line of those records not written because the key store is unavailable.
+_THROTTLE_NOT_AUDITED = ("record of tenant {tenant}'s {refused} request(s) refused over its "
+                         "rate [correlation id {cid}] not audited: the key store is "
+                         "unavailable ({why}); {count} such record(s) not written in the "
+                         "last {interval} s")
+
+
+def throttle_event(tenant: str, correlation_id: str,
+                   facts: Mapping[str, JsonValue]) -> AuditEvent:
+    """The audit record of ``tenant``'s requests refused over its request rate in one
+    interval (:data:`THROTTLE_OPERATION`; ``facts``: its ``detail``, see
+    :mod:`kcm.core.throttle_records`)."""
+    return AuditEvent(
+        principal=THROTTLE_PRINCIPAL, tenant=tenant, source="request-rate",
+        operation=THROTTLE_OPERATION, result_status=ResultStatus.OPERATION_FAILED.name,
+        result_reason=enum_label(ResultReason, ResultReason.SERVER_LIMIT_EXCEEDED),
+        correlation_id=correlation_id, detail=dict(facts))
+
+
+def _unaudited_throttle(failure: Failure, event: AuditEvent, line: ThrottledLine) -> None:
+    """After the record ``event`` of a tenant's refusals failed to commit: a store that is
+    unavailable noted on ``line``, the traceback of anything else; never retried."""
+    unavailable = store_unavailable(failure.value)
+    if unavailable is not None:
+        refused = (event.detail or {}).get("count")
+        line.note(tenant=event.tenant, refused=refused, cid=event.correlation_id,
+                  why=unavailable)
+    else:
+        log.failure("the audit record {cid} of tenant {tenant}'s refusals over its rate "
+                    "could not be written", failure, cid=event.correlation_id,
+                    tenant=event.tenant)
 
 
 def _general_failure(caller: Caller, version: Version, correlation_id: str, now: int,

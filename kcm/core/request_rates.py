@@ -8,9 +8,11 @@ rate 0 meaning none. :class:`TenantRates` is asked as a request arrives, on the 
 thread, before it waits for a worker or touches the database
 (:meth:`kcm.core.request_handler.CoreRequestHandler._answer`, direct and forwarded
 requests alike); a request of n batch items takes n. One the bucket cannot pay is refused
-whole, unrun and unaudited (Server Limit Exceeded; the metrics count it, a log line a
-tenant at most once an interval says so). A request of more items than the burst passes
-when the bucket is full, which it leaves in debt: the sustained rate holds all the same.
+whole and unrun (Server Limit Exceeded; the metrics count it, a log line a tenant at most
+once an interval says so, and one audit record a tenant at most once a minute counts it:
+:mod:`kcm.core.throttle_records`, which the request handler keeps). A request of more
+items than the burst passes when the bucket is full, which it leaves in debt: the
+sustained rate holds all the same.
 
 The tenants' own rates are read from the database at start and every
 :data:`READ_INTERVAL` seconds (:meth:`TenantRates.read`, a read-only transaction off the

@@ -2,11 +2,14 @@
 (twistd, real PKI, real KMIP clients): tenant demo over its rate is refused whole (Server
 Limit Exceeded; Feature Not Supported in 1.x) while tenant other is served at the same
 time; a request forwarded by a gateway counts as its caller's tenant; a refusal leaves no
-audit record, but a metric and one log line; ``kcm core tenant limit
---requests-per-second`` reaches the running core within its read interval."""
+audit record of its own, but a metric and one log line, and one ``ThrottleTenant`` record
+per tenant a minute counts them (written when the core stops, the chain intact); ``kcm
+core tenant limit --requests-per-second`` reaches the running core within its read
+interval."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -87,3 +90,39 @@ def test_a_tenant_over_its_rate_is_refused_and_the_others_go_on(tmp_path: Path) 
     finally:
         gateway.stop()
         core.stop()
+
+
+def test_a_tenant_s_refusals_leave_one_audit_record_written_as_the_core_stops(
+        tmp_path: Path) -> None:
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}",
+                  requests_per_second_per_tenant=0.01, request_burst_per_tenant=2)
+    core.start()
+    try:
+        with core.client("app") as demo:
+            assert [_one(demo).result_status for _ in range(2)] == [ResultStatus.SUCCESS] * 2
+            before = audit_rows(core)[-1]["seq"]
+            for _ in range(10):
+                answer = _one(demo)
+                assert answer.result_reason == ResultReason.SERVER_LIMIT_EXCEEDED
+            for _ in range(2):  # two batch items each
+                two = request(query(), query(), version=(2, 1))
+                [answer] = response(demo.send(two)).batch_items  # refused whole
+                assert answer.result_reason == ResultReason.SERVER_LIMIT_EXCEEDED
+            # Nothing written as they were refused: the record waits for the minute's end.
+            assert audit_rows(core, before) == []
+    finally:
+        core.stop()  # cleanly: the counts not yet written are recorded as it stops
+    exported = core.kcm("audit", "export", "--tenant", "demo", "--operation",
+                        "ThrottleTenant").stdout.splitlines()
+    [record] = [json.loads(line) for line in exported]
+    assert (record["principal"], record["tenant"], record["result_status"],
+            record["result_reason"]) == ("kcm-core/request-rate", "demo",
+                                         "OPERATION_FAILED", "SERVER_LIMIT_EXCEEDED")
+    detail = record["detail"]
+    assert (detail["count"], detail["items"], detail["rate"], detail["burst"],
+            detail["cores"]) == (12, 14, 0.01, 2.0, 1)
+    assert list(detail["principals"].values()) == [12]
+    assert sum(detail["sources"].values()) == 12
+    assert detail["first"] <= detail["last"]
+    verified = core.kcm("audit", "verify", "--json")
+    assert json.loads(verified.stdout)["ok"] is True

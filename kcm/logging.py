@@ -598,8 +598,10 @@ AUDIT_NAMESPACES = ("kcm.audit",)
 #: Twisted's namespaces whose info events say nothing KCM does not say better, and say it
 #: once an attempt: ClientService's "Scheduling retry N to connect ..." (a gateway's link to
 #: an unreachable core tries again every second or so; the gateway writes its own line at
-#: most every 30 s). Their warnings and errors are kept.
-QUIET_NAMESPACES = ("twisted.application._client_service",)
+#: most every 30 s); a TCP port's "EMFILE encountered; releasing reserved file descriptor"
+#: and "Could not accept new connection (EMFILE)", one or three a connection refused
+#: (kcm.accept_pause writes one line every 30 s at most). Their warnings and errors are kept.
+QUIET_NAMESPACES = ("twisted.application._client_service", "twisted.internet.tcp")
 
 
 def level_filter(level: LogLevel) -> LogLevelFilterPredicate:

@@ -44,6 +44,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from kcm.accept_pause import PausedWhenExhausted
 from kcm.metrics import STOPPING, Exposition, Readiness, ReadinessCheck
 from kcm.peer_address import peer_label
 from kcm.throttled_line import ThrottledLine
@@ -381,7 +382,9 @@ def metrics_listener(reactor: Any, description: str, site: Site, *,
     started, and a port it cannot take stops the process's start). ``stop_after``: what
     it waits for once stopped before it stops listening (so its /readyz says 503 until
     then)."""
-    service = _ListenAtStart(serverFromString(reactor, private_unix(description)), site)
+    endpoint = PausedWhenExhausted(serverFromString(reactor, private_unix(description)),
+                                   reactor, description)
+    service = _ListenAtStart(endpoint, site)
     service.stop_after = stop_after
     service._raiseSynchronously = True  # a port in use fails startService, as TLSListener's
     service.setName("kcm-metrics-listener")

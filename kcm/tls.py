@@ -98,6 +98,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.accept_pause import PausedWhenExhausted
 from kcm.connection_guard import ConnectionGuard
 from kcm.eager_tls import EagerTLSClientEndpoint, EagerTLSFactory
 from kcm.handoff import HandoffServerEndpoint, parse_handoff
@@ -572,7 +573,8 @@ def plain_server_endpoint(reactor: Any, description: str, *,
         return HandoffServerEndpoint(reactor, handoff, ready)
     kind, _, rest = description.partition(":")
     if kind.strip().lower() != "fd":
-        return serverFromString(reactor, with_backlog(description))
+        return PausedWhenExhausted(serverFromString(reactor, with_backlog(description)),
+                                   reactor, description)
     if not rest.strip().isdigit():
         raise ValueError(f"{description!r}: fd: takes a descriptor number (fd:3)")
     fileno = int(rest)
@@ -580,8 +582,10 @@ def plain_server_endpoint(reactor: Any, description: str, *,
     with socket.socket(fileno=os.dup(fileno)) as inherited:
         family = inherited.family
     if family == socket.AF_UNIX:
-        return _OneAcceptPerTurn(_InheritedUnixEndpoint(reactor, fileno))
-    return _OneAcceptPerTurn(AdoptedStreamServerEndpoint(reactor, fileno, family))
+        inner: IStreamServerEndpoint = _InheritedUnixEndpoint(reactor, fileno)
+    else:
+        inner = AdoptedStreamServerEndpoint(reactor, fileno, family)
+    return PausedWhenExhausted(_OneAcceptPerTurn(inner), reactor, description)
 
 
 class _InheritedUnixPort(unix.Port):

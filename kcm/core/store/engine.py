@@ -307,6 +307,11 @@ def _sqlite_on_connect(dbapi_connection: Any, record: Any, path: str) -> None:
         # does not).
         cursor.execute("PRAGMA secure_delete=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        # A savepoint's statement journal (each batch item has one) and any sort's scratch
+        # space in memory, not in a temporary file opened for it: a process out of file
+        # descriptors (ulimit -n) goes on serving its connected clients, where each write
+        # failed "unable to open database file".
+        cursor.execute("PRAGMA temp_store=MEMORY")
     finally:
         cursor.close()
 

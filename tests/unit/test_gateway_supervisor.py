@@ -449,7 +449,7 @@ def test_an_inherited_socket_is_adopted_with_its_family() -> None:
     with socket.socket(socket.AF_INET6) as sock:
         sock.bind(("::1", 0))
         sock.listen()
-        endpoint = plain_server_endpoint(reactor, f"fd:{sock.fileno()}").inner
+        endpoint = plain_server_endpoint(reactor, f"fd:{sock.fileno()}").inner.inner
         assert (endpoint.fileno, endpoint.addressFamily) == (sock.fileno(), socket.AF_INET6)
     for bad in ("fd:", "fd:three", "ssl:5696"):
         with pytest.raises(ValueError):

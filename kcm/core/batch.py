@@ -29,7 +29,7 @@ from kcm.core.mismatch_line import in_request
 from kcm.core.operations import HANDLERS, OperationHandler
 from kcm.core.server_info import ServerInfo
 from kcm.core.store.unavailable import store_unavailable, store_unavailable_message
-from kcm.kernel.batch import BatchStopped, Savepoint, run_batch
+from kcm.kernel.batch import BatchStopped, RequestAbandoned, Savepoint, run_batch
 from kcm.kernel.responses import operation_name
 from kcm.kmip.enums import ResultReason, ResultStatus
 from kcm.kmip.errors import KmipError
@@ -92,6 +92,15 @@ def execute(session: Session, request: RequestMessage, caller: Caller, *, now: i
             # counted it): the store is not to be trusted; the client is told no more.
             raise KmipError(ResultReason.GENERAL_FAILURE,
                             f"{MISMATCH_MESSAGE} (correlation id {correlation_id})") from e
+        except KmipError:
+            raise
+        except Exception as e:
+            # The store failed under the item (a full disk, a lost session): its transaction
+            # may be gone, and the request is answered whole, the store named, not the item
+            # "internal error" with a traceback.
+            if store_unavailable(e) is None:
+                raise
+            raise RequestAbandoned from e
 
     run = run_batch(request.batch_items, run_item, version=version,
                     continuation=request.header.effective_error_continuation,

@@ -790,9 +790,15 @@ class CoreRequestHandler:
                 if len(counting) > COUNTING_KEYS:
                     del counting[next(iter(counting))]
             return None  # (nothing of this run kept: it runs in a session group)
-        except Exception:
-            log.failure("request failed [correlation id {cid}]", cid=correlation_id)
-            return self._failed_answer(caller, version, correlation_id, now, request)
+        except Exception as e:
+            unavailable = store_unavailable(e)
+            if unavailable is None:
+                log.failure("request failed [correlation id {cid}]", cid=correlation_id)
+            else:
+                log.error("request failed [correlation id {cid}]: the key store is "
+                          "unavailable ({why})", cid=correlation_id, why=unavailable)
+            return self._failed_answer(caller, version, correlation_id, now, request,
+                                       unavailable=unavailable is not None)
 
     def _predecode(self, wire: bytes) -> RequestMessage | Exception:
         """A store worker (the tenant's turn): ``wire`` decoded, or why it cannot be (the

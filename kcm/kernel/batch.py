@@ -43,7 +43,10 @@ executor, and returns one Response Batch Item per item that ran:
   shared writer thread meeting an RSA private-key operation, which its tenant's worker
   computes beforehand): it raises :class:`RunElsewhere`, and :func:`run_batch` rolls back
   that item and everything the batch did, answers nothing, and lets it propagate: the
-  caller runs the whole request again once it has done what the exception asks.
+  caller runs the whole request again once it has done what the exception asks;
+* an executor whose store fails under an item (unavailable, not a bug) raises
+  :class:`RequestAbandoned` from that error: the batch is rolled back as far as the store
+  lets it, and the error propagates for the caller to answer the whole request.
 
 The savepoint hook is how a transactional executor makes an item atomic: ``savepoint()`` is
 called once around the batch (unless it has one item: that item's savepoint is then all Undo
@@ -54,6 +57,7 @@ trips). Executors without effects to undo pass :data:`NO_SAVEPOINTS`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -74,7 +78,7 @@ from kcm.kmip.versions import Version
 from kcm.ttlv import Item, ItemType
 
 __all__ = ["CRITICAL_EXTENSION", "NO_SAVEPOINTS", "BatchRun", "BatchStopped", "ItemExecutor",
-           "Savepoint", "StopHook", "run_batch"]
+           "RequestAbandoned", "RunElsewhere", "Savepoint", "StopHook", "run_batch"]
 
 _CONTINUE = BatchErrorContinuationOption.CONTINUE
 _UNDO = BatchErrorContinuationOption.UNDO
@@ -129,6 +133,13 @@ class BatchStopped(KmipError):
 class RunElsewhere(Exception):  # noqa: N818 - a request for the caller, not a failure
     """Raised by an executor: this request must not run here as it is; nothing it did is
     kept, and no answer is made (see the module docstring). Never an answer's reason."""
+
+
+class RequestAbandoned(Exception):  # noqa: N818 - a request for the caller, not a failure
+    """Raised by an executor, ``from`` its cause: what the request runs on is gone (kcm-core's
+    store unavailable mid-item: a full disk, a lost session), so no item of it can be
+    answered on its own. :func:`run_batch` rolls back what it can and raises the cause: the
+    caller answers the whole request."""
 
 
 class ItemExecutor(Protocol):
@@ -206,6 +217,12 @@ def run_batch(items: Sequence[RequestBatchItem], execute: ItemExecutor, *, versi
             step.rollback()
             everything.rollback()
             raise
+        except RequestAbandoned as e:
+            # (the store may refuse the rollbacks too: the cause is what the caller needs)
+            with contextlib.suppress(Exception):
+                step.rollback()
+                everything.rollback()
+            raise (e.__cause__ or e) from None
         except KmipError as e:
             step.rollback()
             fail_with(response, version, e)

@@ -238,3 +238,39 @@ def test_a_request_that_ran_to_its_deadline_waits_a_grace_for_its_records() -> N
                                           "records were written; try again (correlation id ")
     assert handler._metrics.registry.get_sample_value(
         "kcm_core_requests_expired_total", {"ran": "true"}) == 1
+
+
+class FailingReads(HeldStore):
+    """A store whose read transaction fails as a full or gone database does."""
+
+    def run_sync(self, fn: Any, write: bool = True) -> Any:
+        import sqlite3
+
+        from sqlalchemy.exc import OperationalError
+
+        raise OperationalError("SELECT", {}, sqlite3.OperationalError(
+            "unable to open database file"))
+
+
+def test_a_read_that_met_an_unavailable_store_is_told_so_in_one_line() -> None:
+    """A read-only request whose transaction meets the store unavailable (an item's own
+    statement, abandoned whole: kcm.kernel.batch.RequestAbandoned) is answered that the
+    store is unavailable, logged in one line, not an internal error with a traceback."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from kcm.core.context import Caller
+    from kcm.testing.requests import locate, request, response
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        handler = handler_with(FailingReads(), Clock())
+        answer = handler._read(request(locate()), Caller(PRINCIPAL, "a:1"), 0, None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert answer is not None
+    [item] = response(answer.wire).batch_items
+    assert item.result_message.startswith("the key store is unavailable; try again")
+    [line] = [e for e in events if e.get("log_namespace") == "kcm.core.request_handler"]
+    assert line["log_level"] == LogLevel.error and "log_failure" not in line
+    assert line["why"] == "unable to open database file"

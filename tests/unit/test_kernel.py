@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from kcm.kernel.batch import CRITICAL_EXTENSION, BatchStopped, run_batch
+from kcm.kernel.batch import CRITICAL_EXTENSION, BatchStopped, RequestAbandoned, run_batch
 from kcm.kernel.responses import (
     encode_items,
     failure_response,
@@ -120,6 +120,41 @@ def test_stop_ends_at_the_first_failure_and_rolls_back_only_that_item() -> None:
     assert statuses(run) == [ResultStatus.SUCCESS, ResultStatus.OPERATION_FAILED]
     assert run.items[1].result_reason == R.ITEM_NOT_FOUND  # 1.4's word for it
     assert savepoints.log == ["commit 1", "rollback 2", "commit 0"]
+
+
+class StoreGone(Exception):
+    pass
+
+
+def test_an_abandoned_item_raises_its_cause_for_the_whole_request() -> None:
+    """A store failing under an item (kcm-core: a full disk) is not that item's General
+    Failure: the cause propagates, whatever the continuation, after what can be rolled
+    back is (even when the store refuses the rollbacks too)."""
+
+    def abandoning(item: RequestBatchItem, placeholder) -> UniqueIdentifierResponse:
+        if item.request_payload.unique_identifier == "gone":
+            raise RequestAbandoned from StoreGone("no space left on device")
+        return UniqueIdentifierResponse(unique_identifier="a")
+
+    savepoints = Savepoints()
+    with pytest.raises(StoreGone, match="no space"):
+        run_batch([activate("a"), activate("gone"), activate("c")], abandoning,
+                  version=(1, 4), continuation=CONTINUE, correlation_id="c1",
+                  savepoint=savepoints)
+    assert savepoints.log == ["commit 1", "rollback 2", "rollback 0"]
+
+    def refused(*_: object) -> None:
+        raise StoreGone("the session is gone too")
+
+    class Broken(Savepoints):
+        def __call__(self):
+            point = super().__call__()
+            point.rollback = refused
+            return point
+
+    with pytest.raises(StoreGone, match="no space"):
+        run_batch([activate("gone")], abandoning, version=(1, 4), continuation=STOP,
+                  correlation_id="c1", savepoint=Broken())
 
 
 def test_continue_runs_everything_and_the_placeholder_carries_the_last_id() -> None:

@@ -29,6 +29,8 @@ side of it.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -48,6 +50,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kcm.accept_pause import EXHAUSTED, LOG_INTERVAL
+from kcm.throttled_line import ThrottledLine
+
 __all__ = ["HANDOFF_BYTE", "HANDOFF_PREFIX", "NOT_READY", "READY", "REPORT", "REPORT_INTERVAL",
            "HandoffServerEndpoint", "channel_pair", "handoff_description", "pack_report",
            "parse_handoff", "read_open"]
@@ -63,6 +68,10 @@ REPORT = struct.Struct("!II")
 NOT_READY = 1 << 31
 #: A worker's message: it listens and can serve (sent again after a time it could not).
 READY = b"ready"
+#: The line of connections handed to a worker that has no descriptor for them.
+_UNSERVED = ("kcm-gateway worker cannot take the connections handed to it: {error}; "
+             "{count} closed unserved in {interval} s (raise ulimit -n or lower "
+             "limits.max_connections)")
 #: Seconds between a worker's reports (sent whether or not its counts changed).
 REPORT_INTERVAL = 0.2
 #: What a handed connection's message carries besides its descriptor.
@@ -140,6 +149,7 @@ class HandoffPort:
         self._told_ready = False
         #: Connections received in all.
         self.received = 0
+        self._exhausted = ThrottledLine(reactor, _UNSERVED, interval=LOG_INTERVAL, logger=log)
         self._reporter = LoopingCall(self.report)
         self._reporter.clock = reactor
         self._listening = False
@@ -184,6 +194,8 @@ class HandoffPort:
                 return CONNECTION_DONE
             if not data and not fds:
                 return CONNECTION_DONE
+            if _flags & socket.MSG_CTRUNC:  # no room for it here: the kernel closed it
+                self._unserved(errno.EMFILE)
             for fd in fds:
                 self.received += 1
                 self._adopt(fd)
@@ -197,7 +209,15 @@ class HandoffPort:
                 self.reactor.adoptStreamConnection(connection.fileno(), connection.family,
                                                    self.factory)
         except OSError as e:  # reset by the client before it arrived here
+            if e.errno in EXHAUSTED:
+                self._unserved(e.errno)
+                return
             log.debug("a handed connection could not be adopted: {error}", error=e)
+
+    def _unserved(self, error: int) -> None:
+        """A connection handed here was closed unserved for want of descriptors (or
+        memory): said once every :data:`~kcm.accept_pause.LOG_INTERVAL` at most."""
+        self._exhausted.note(error=os.strerror(error))
 
     def connectionLost(self, reason: Failure) -> None:
         if self._listening:

@@ -278,6 +278,7 @@ class CoreRequestHandler:
         self._throttle_records = ThrottleRecords(reactor, clock, self._record_throttled)
         self._unaudited_throttle = ThrottledLine(reactor, _THROTTLE_NOT_AUDITED, logger=log)
         self._disk_full_line = DiskFullLine(reactor, store.url)
+        self._reactor = reactor
         #: Keys found counting uses against Usage Limits in a lean group (each use writes):
         #: a request naming one takes a session group at once (:meth:`_writes_nothing`). Added
         #: to by the writer thread only, at most :data:`COUNTING_KEYS` (the oldest go).
@@ -662,13 +663,7 @@ class CoreRequestHandler:
         answer = self._failed_answer(caller, version, correlation_id, now,
                                      unavailable=unavailable is not None)
         if unavailable is not None:
-            self._metrics.unavailable(
-                "stopped" if isinstance(failure.value, StoreStopped)
-                else "l1" if isinstance(failure.value, L1Error) else "database")
-            log.error("request of {caller} failed [correlation id {cid}]: the key store is "
-                      "unavailable ({why}); not audited", caller=caller.principal.id,
-                      cid=correlation_id, why=unavailable)
-            self._disk_full_line.failed()
+            self._unaudited(caller, correlation_id, failure.value, unavailable)
             return succeed(answer.wire)
         log.failure("request failed [correlation id {cid}]", failure, cid=correlation_id)
 
@@ -679,6 +674,22 @@ class CoreRequestHandler:
         self._committer.submit(key, _append_all, answer.events,
                                lean=append_records).addErrback(unaudited)
         return succeed(answer.wire)
+
+    def _unaudited(self, caller: Caller, correlation_id: str, error: BaseException,
+                   why: str, *, writer: bool = False) -> None:
+        """A request answered that the store is unavailable (``why``): one line, counted,
+        and the disk looked at (by the reactor: ``writer``, called from the writer
+        thread)."""
+        self._metrics.unavailable(
+            "stopped" if isinstance(error, StoreStopped)
+            else "l1" if isinstance(error, L1Error) else "database")
+        log.error("request of {caller} failed [correlation id {cid}]: the key store is "
+                  "unavailable ({why}); not audited", caller=caller.principal.id,
+                  cid=correlation_id, why=why)
+        if writer:
+            self._reactor.callFromThread(self._disk_full_line.failed)
+        else:
+            self._disk_full_line.failed()
 
     def _expires(self, should_stop: Callable[[], str | None] | None) -> float | None:
         """When a request whose ``should_stop`` hook this is, about to wait in a queue,
@@ -970,11 +981,14 @@ class CoreRequestHandler:
                 unavailable = store_unavailable(e)
                 if unavailable is None:
                     log.failure("request failed [correlation id {cid}]", cid=correlation_id)
-                else:
-                    log.error("request failed [correlation id {cid}]: the key store is "
-                              "unavailable ({why})", cid=correlation_id, why=unavailable)
                 answer = self._failed_answer(caller, request.header.version, correlation_id,
                                           now, request, unavailable=unavailable is not None)
+                if unavailable is not None:
+                    # Recorded as a group that could not commit is (:meth:`_not_durable`):
+                    # one line naming the caller, counted, not audited (its record would
+                    # meet the same store; tried, it failed and the group logged it again).
+                    self._unaudited(caller, correlation_id, e, unavailable, writer=True)
+                    return answer.wire
         with savepoint(session):
             _append_all(session, answer.events)
         return answer.wire

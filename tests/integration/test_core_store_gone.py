@@ -41,10 +41,12 @@ def test_a_request_the_store_fails_under_is_answered_so_in_one_line(
                                            core.caller(), int(time.time())))
     [item] = answer.batch_items
     assert item.result_reason == ResultReason.GENERAL_FAILURE
-    failed = [e for e in logged if str(e.get("log_format", "")).startswith("request failed")]
+    failed = [e for e in logged if str(e.get("log_format", "")).startswith("request ")
+              and "failed [correlation id" in str(e.get("log_format"))]
     assert len(failed) == 1
     if one_line:
         assert item.result_message.startswith("the key store is unavailable; try again")
         assert "log_failure" not in failed[0] and failed[0]["why"] == "database is locked"
+        assert failed[0]["log_format"].endswith("; not audited")  # (recorded by it only)
     else:
         assert "log_failure" in failed[0]

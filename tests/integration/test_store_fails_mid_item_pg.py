@@ -56,5 +56,9 @@ def test_a_statement_failing_for_space_mid_item_fails_the_request_as_unavailable
         assert activated.result_status == ResultStatus.SUCCESS
     log = core.log.read_text()
     assert '"critical"' not in log and "internal error" not in log
-    assert "the key store is unavailable (could not extend file" in log
+    # One line each, naming the caller; not audited (its record would meet the store).
+    lines = [line for line in log.splitlines() if "the key store is unavailable" in line]
+    assert len(lines) == 3, lines
+    assert all("service/app failed [correlation id " in line and "not audited" in line
+               and "(could not extend file" in line for line in lines), lines
     assert core.kcm("audit", "verify").returncode == 0

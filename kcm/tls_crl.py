@@ -12,7 +12,10 @@ the handshake (``certificate revoked``), as an expired one does.
   ``tls.ca`` that no longer holds the CA of a CRL in force (:func:`unsigned_crl`, the same
   message: what a restart would refuse is not taken while the service runs).
 * A certificate whose issuer has no CRL in the file is refused too (OpenSSL cannot tell
-  whether it is revoked): give a CRL for every CA that issues client certificates.
+  whether it is revoked): give a CRL for every CA that issues client certificates. Each CA
+  of ``tls.ca`` that no CRL in force is of (:func:`cas_without_crl`) is warned about once,
+  at the start and as the bundle or the CRLs change (:mod:`kcm.tls_refresh`): a new CA
+  added to the bundle without its CRL is the usual cause.
 * A CRL past its Next Update refuses every certificate of its issuer (OpenSSL's ``CRL has
   expired``): publish new CRLs before then. A CRL that expires within a day is warned about
   when it is read.
@@ -63,8 +66,8 @@ from kcm.file_stamp import FileStamp, file_stamp
 from kcm.peer_address import peer_host
 
 __all__ = ["REFRESH_INTERVAL", "CertificateKey", "CrlReading", "RevocationLists",
-           "RevocationWatch", "chain_keys", "load_crls", "read_crls", "revoked_keys",
-           "unsigned_crl"]
+           "RevocationWatch", "cas_without_crl", "chain_keys", "load_crls", "read_crls",
+           "revoked_keys", "unsigned_crl"]
 
 log = Logger()
 
@@ -118,6 +121,33 @@ def unsigned_crl(crls: Iterable[x509.CertificateRevocationList],
             return (f"the CRL file {path} holds a CRL of {crl.issuer.rfc4514_string()}, "
                     f"which no CA of {ca_path} signed")
     return None
+
+
+def cas_without_crl(crls: Iterable[x509.CertificateRevocationList],
+                    authorities: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The CA certificates of ``authorities`` (a CA bundle) that no CRL of ``crls`` is of:
+    OpenSSL refuses every client certificate they issued ("unable to get certificate
+    CRL"), as it cannot tell whether it is revoked. A CRL is a CA's when it names the CA
+    as its issuer and, when both say, its Authority Key Identifier is the CA's Subject Key
+    Identifier (two CAs of one name); no signature is checked (:func:`unsigned_crl` does),
+    so it is cheap enough for the reactor."""
+    from kcm.tls import is_ca_certificate
+
+    crls = list(crls)
+    return [ca for ca in authorities if is_ca_certificate(ca)
+            and not any(_names_ca(crl, ca) for crl in crls)]
+
+
+def _names_ca(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    if crl.issuer != ca.subject:
+        return False
+    try:
+        authority = crl.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier).value.key_identifier
+        subject = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except (x509.ExtensionNotFound, ValueError):
+        return True
+    return authority is None or authority == subject
 
 
 def _parse(data: bytes, path: str | Path) -> list[x509.CertificateRevocationList]:

@@ -39,6 +39,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -54,6 +55,7 @@ from kcm.tls_crl import (
     CrlReading,
     RevocationLists,
     RevocationWatch,
+    cas_without_crl,
     revoked_keys,
     unsigned_crl,
 )
@@ -115,6 +117,8 @@ class TlsRefresher(Service):
         self._asked = False
         #: The stamps of the files whose options could not be built (logged once).
         self._unbuilt: tuple[object, object] | None = None
+        #: The CAs in force (their DER) warned about for having no CRL in force.
+        self._without_crl: frozenset[bytes] = frozenset()
 
     def options(self, build: Build, *, name: str = "TLS") -> Callable[[], RenewableServerTLS]:
         """For a listener (:class:`kcm.tls.TLSListener`'s ``tls_options``): its server TLS
@@ -157,6 +161,7 @@ class TlsRefresher(Service):
         self.files.read()
         if self.crl_path is not None:
             self.lists = RevocationLists(self.crl_path, self.files.paths[2], now=self._now)
+            self._warn_cas_without_crl()
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
@@ -236,6 +241,7 @@ class TlsRefresher(Service):
         self._unbuilt = None
         for renewable, options in built:
             renewable.use(options)
+        self._warn_cas_without_crl()
         if not crls_taken:
             return
         assert crl is not None and crl.crls is not None  # (taken)
@@ -244,6 +250,24 @@ class TlsRefresher(Service):
             watch = getattr(renewable, "watch", None)
             if watch is not None:
                 watch.cut_revoked(revoked)
+
+    def _warn_cas_without_crl(self) -> None:
+        """One warning for each CA of the bundle in force that no CRL in force is of, as
+        it becomes so (at the start, a new CA added to ``tls.ca`` without its CRL, a CRL
+        left out of ``tls.crl``): every client certificate it issued is refused."""
+        material = self.files.material
+        if self.lists is None or material is None:
+            return
+        missing = cas_without_crl(self.lists.crls, material.authorities)
+        seen = frozenset(ca.public_bytes(Encoding.DER) for ca in missing)
+        for ca in missing:
+            if ca.public_bytes(Encoding.DER) not in self._without_crl:
+                log.warn("tls.crl: {path} holds no CRL of {ca}, a CA of {bundle}: every "
+                         "client certificate it issued is refused (certificate verify "
+                         "failed: unable to get certificate CRL); add its CRL (an empty one "
+                         "if it revoked none)", path=self.lists.path,
+                         ca=ca.subject.rfc4514_string(), bundle=self.files.paths[2])
+        self._without_crl = seen
 
     def _not_built(self, identity: TlsReading | None, crl: CrlReading | None,
                    failure: Failure) -> None:

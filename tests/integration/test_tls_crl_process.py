@@ -162,3 +162,70 @@ def test_open_connections_of_a_certificate_a_new_crl_lists_are_cut(tmp_path: Pat
             client.close()
         gateway.stop()
         core.stop()
+
+
+def test_a_new_ca_without_its_crl_is_warned_about_and_served_once_its_crl_is_added(
+        tmp_path: Path) -> None:
+    """The first step of "A new CA" with tls.crl: the new CA put in tls.ca beside the old
+    one, its CRL not yet in tls.crl. kcm-core and kcm-gateway each warn once, naming it,
+    and refuse its clients ("unable to get certificate CRL"); once its CRL is added, they
+    serve them, the old CA's clients all along."""
+    import datetime as dt
+
+    from kcm.pki import CertKeyPaths, certificate_pem, issue_certificate, new_ca, write_certificate
+
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    pki = core.pki
+    crl = tmp_path / "core" / "crl.pem"
+    _revoke(pki, crl)
+    settings = {"crl": str(crl), "crl_refresh": 0.2}
+    core.tls_settings = dict(settings)
+    core.write_config()
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(),
+                             tls_settings=dict(settings))
+    old = load_ca(pki.ca)
+    new = new_ca("KCM New CA", now=dt.datetime.now(dt.UTC))
+    issued = issue_certificate(new, "app", now=dt.datetime.now(dt.UTC),
+                               uris=["spiffe://kcm.test/tenant/demo/service/app"])
+    newcomer = CertKeyPaths(tmp_path / "new-app.pem", tmp_path / "new-app.key")
+    write_certificate(newcomer, issued.cert, issued.key)
+
+    def served(port: int) -> bool:
+        try:
+            with KmipClient("127.0.0.1", port, cert=newcomer.cert, key=newcomer.key,
+                            ca=pki.ca.cert, timeout=5) as client:
+                return bool(client.send(request(query())))
+        except (KmipClientError, ssl.SSLError, ConnectionError):
+            return False
+
+    def warned(log: Path) -> int:
+        return log.read_text().count("holds no CRL of CN=KCM New CA")
+
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        staged = pki.ca.cert.with_suffix(".new")
+        staged.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(new.cert))
+        staged.replace(pki.ca.cert)
+        for process in (core, gateway):
+            wait_until(lambda process=process: warned(process.log) == 1,
+                       "the warning about the new CA without a CRL")
+        for port in (core.port, gateway.port):
+            assert not served(port)
+            assert _served(port, pki, "app")
+        wait_until(lambda: any("TLS handshake(s) failed" in line
+                               and "unable to get certificate CRL" in line
+                               for line in core.log.read_text().splitlines()),
+                   "the refused handshake logged with its reason")
+        staged = crl.with_suffix(".new")
+        staged.write_bytes(issue_crl(old, []).public_bytes(Encoding.PEM)
+                           + issue_crl(new, []).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        wait_until(lambda: served(core.port) and served(gateway.port),
+                   "the new CA's clients served")
+        assert _served(core.port, pki, "app") and _served(gateway.port, pki, "app")
+        assert warned(core.log) == 1 and warned(gateway.log) == 1
+    finally:
+        gateway.stop()
+        core.stop()

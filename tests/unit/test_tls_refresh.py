@@ -769,3 +769,57 @@ def test_files_refused_beside_options_that_cannot_be_built_are_logged_as_refused
         assert len([e for e in errors if "could not be built" in e]) == 1, errors
     finally:
         refresher.stopService()
+
+
+def test_a_ca_of_the_bundle_without_a_crl_in_force_is_warned_about_once(
+        pki, tmp_path, logged) -> None:
+    """A new CA added to tls.ca beside a tls.crl without its CRL (the rotation to a new CA
+    as "A new CA" describes it): OpenSSL refuses every client certificate it issues
+    ("unable to get certificate CRL"), a gateway's next link too. The look that takes the
+    bundle says so, once, naming the CA; so does a start; once its CRL is in the file
+    nothing more is said, and a CRL left out again is warned about again."""
+    now = dt.datetime.now(dt.UTC)
+    ca, new = load_ca(pki.ca), new_ca("KCM Dev CA", now=now)  # a renewed CA of one name
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(pki.ca.cert.read_bytes())
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM))
+    refresher = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(bundle), Clock(),
+                             interval=1, run_in_thread=run_inline, crl=str(crl))
+    refresher.startService()
+    try:
+        refresher.options(_kmip)()
+        assert not [line for _, line in logged if "holds no CRL of" in line]
+        staged = tmp_path / "ca.new"
+        staged.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(new.cert))
+        staged.replace(bundle)
+        refresher.refresh()
+        assert refresher.reloads == 1
+        warned = [(level, line) for level, line in logged if "holds no CRL of" in line]
+        assert len(warned) == 1 and warned[0][0] == LogLevel.warn, warned
+        assert "CN=KCM Dev CA" in warned[0][1] and str(bundle) in warned[0][1]
+        assert "unable to get certificate CRL" in warned[0][1]
+        os.utime(bundle, (1, 1))  # (read again, unchanged in substance: no second line)
+        refresher.refresh()
+        assert len([line for _, line in logged if "holds no CRL of" in line]) == 1
+        staged = tmp_path / "crl.new"
+        staged.write_bytes(issue_crl(ca, []).public_bytes(Encoding.PEM)
+                           + issue_crl(new, []).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        refresher.refresh()
+        assert len(refresher.lists.crls) == 2
+        assert len([line for _, line in logged if "holds no CRL of" in line]) == 1
+        staged = tmp_path / "crl.new"
+        staged.write_bytes(issue_crl(new, []).public_bytes(Encoding.PEM))
+        staged.replace(crl)
+        refresher.refresh()
+        warned = [line for _, line in logged if "holds no CRL of" in line]
+        assert len(warned) == 2 and "CN=KCM Dev CA" in warned[1]
+    finally:
+        refresher.stopService()
+    logged.clear()
+    again = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(bundle), Clock(),
+                         interval=1, run_in_thread=run_inline, crl=str(crl))
+    again.startService()  # a start with the old CA's CRL missing says so too
+    again.stopService()
+    assert len([line for _, line in logged if "holds no CRL of" in line]) == 1

@@ -229,3 +229,66 @@ def test_a_new_ca_without_its_crl_is_warned_about_and_served_once_its_crl_is_add
     finally:
         gateway.stop()
         core.stop()
+
+
+def test_removing_the_old_ca_refuses_its_next_handshakes_not_its_open_connections(
+        tmp_path: Path) -> None:
+    """The last step of "A new CA" (docs/operations.md), as documented: once the old CA
+    and its CRL are out of kcm-core's tls.ca and tls.crl, a new connection with a
+    certificate of the old CA is refused, one made before keeps being answered (no CRL can
+    cut it any more), and a restart of the core cuts it."""
+    import datetime as dt
+
+    from kcm.pki import certificate_pem, issue_certificate, new_ca, write_certificate
+
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    pki = core.pki
+    crl = tmp_path / "core" / "crl.pem"
+    _revoke(pki, crl)
+    core.tls_settings = {"crl": str(crl), "crl_refresh": 0.2}
+    core.write_config()
+    old, new = load_ca(pki.ca), new_ca("KCM New CA", now=dt.datetime.now(dt.UTC))
+    both = tmp_path / "both.pem"  # the clients' trust store, both CAs from the start
+    both.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(new.cert))
+
+    def replace(path: Path, data: bytes) -> None:
+        staged = path.with_suffix(".new")
+        staged.write_bytes(data)
+        staged.replace(path)
+
+    def answers(client: KmipClient) -> bool:
+        try:
+            return bool(client.send(request(query())))
+        except (KmipClientError, ssl.SSLError, ConnectionError):
+            return False
+
+    def new_connection_served() -> bool:
+        with KmipClient("127.0.0.1", core.port, cert=pki.app.cert, key=pki.app.key,
+                        ca=both, timeout=5) as client:
+            return answers(client)
+
+    core.start()
+    try:
+        held = KmipClient("127.0.0.1", core.port, cert=pki.app.cert, key=pki.app.key,
+                          ca=both, timeout=5)
+        assert answers(held)
+        replace(pki.ca.cert, both.read_bytes())
+        replace(crl, issue_crl(old, []).public_bytes(Encoding.PEM)
+                + issue_crl(new, []).public_bytes(Encoding.PEM))
+        renewed = issue_certificate(new, "kcm-core", now=dt.datetime.now(dt.UTC),
+                                    dns_names=["localhost"], ip_addresses=["127.0.0.1"],
+                                    server=True, client=False)
+        write_certificate(pki.core, renewed.cert, renewed.key)
+        wait_until(lambda: "certificate serial "
+                   f"{renewed.cert.serial_number:x}" in core.log.read_text(),
+                   "the core's certificate of the new CA taken")
+        replace(crl, issue_crl(new, []).public_bytes(Encoding.PEM))
+        replace(pki.ca.cert, certificate_pem(new.cert))
+        wait_until(lambda: not new_connection_served(), "the old CA's handshakes refused")
+        assert answers(held) and answers(held)  # made before: answered still
+        core.stop()
+        core.start()
+        assert not answers(held)
+        held.close()
+    finally:
+        core.stop()

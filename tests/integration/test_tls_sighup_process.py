@@ -91,3 +91,44 @@ def test_a_sighup_to_a_gateway_with_workers_restarts_them_on_the_renewed_files(
     finally:
         gateway.stop()
         core.stop()
+
+
+def test_a_sighup_to_a_gateway_with_workers_closes_its_open_client_connections(
+        tmp_path: Path) -> None:
+    """What docs/operations.md ("Certificates") says of a renewal hook's SIGHUP to a
+    gateway with workers: its rolling restart closes every client connection (each worker
+    drains as it stops), so a client's connection held through it is answered no more and
+    the client reconnects, to the renewed certificate; the look by the tick keeps them
+    (test_tls_renewal_process.py)."""
+    from kcm.conformance.client import KmipClientError
+    from kcm.testing.requests import query, request
+
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    pki = core.pki
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(), workers=2,
+                             tls_settings=dict(HOUR))
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        held = [gateway.client("app") for _ in range(4)]  # two on each worker
+
+        def answers(client) -> bool:
+            try:
+                return bool(client.send(request(query())))
+            except (KmipClientError, OSError):
+                return False
+
+        assert all(answers(client) for client in held)
+        cert, key = _renewed(pki, pki.gateway)
+        write_certificate(pki.gateway, cert, key)
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "every kcm-gateway worker was restarted" in gateway.log.read_text(),
+                   "the rolling restart to finish", timeout=60.0)
+        assert not any(answers(client) for client in held)
+        for client in held:
+            client.close()
+        assert _presented(gateway.port, pki, pki.app) == cert.serial_number
+    finally:
+        gateway.stop()
+        core.stop()

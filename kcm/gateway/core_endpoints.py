@@ -19,6 +19,10 @@ Why a gateway cannot link is logged as a warning naming the core and the error (
 refused, certificate verify failed, not a core's certificate, ...): the first failure at once,
 then at most one line every :data:`FAILURE_LOG_INTERVAL` seconds while the failures last (with
 their number), and one line when a link is made again (:meth:`CoreFailoverEndpoint.linked`).
+An error not logged yet while they last is logged at once, whatever the interval (a core
+restarted refuses the connection, then its TLS handshake refuses the gateway's certificate:
+the line must not say "connection refused" for half a minute more); at most
+:data:`FAILURE_REASONS_LOGGED` of them so, then the interval again.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ ORDERS = ("spread", "listed")
 CONNECT_TIMEOUT = 3
 #: Seconds between two warnings while the gateway's attempts to link keep failing.
 FAILURE_LOG_INTERVAL = 30.0
+#: The most errors of one spell of failures logged at once for being new.
+FAILURE_REASONS_LOGGED = 8
 
 
 def with_connect_timeout(description: str, seconds: int = CONNECT_TIMEOUT) -> str:
@@ -80,6 +86,8 @@ class CoreFailoverEndpoint:
         self._failing_since = 0.0
         #: When a failure was last logged (None: none of these failures yet).
         self._logged_at: float | None = None
+        #: The errors logged since the failures began.
+        self._errors_logged: set[str] = set()
 
     def __repr__(self) -> str:
         # (ClientService logs "Scheduling retry N to connect <this> in S seconds.")
@@ -159,6 +167,7 @@ class CoreFailoverEndpoint:
                      seconds=self._now() - self._failing_since)
         self.failures = 0
         self._logged_at = None
+        self._errors_logged.clear()
 
     def _now(self) -> float:
         return self.clock.seconds() if self.clock is not None else time.monotonic()
@@ -174,10 +183,13 @@ class CoreFailoverEndpoint:
         # A move to another core is always said (at most one line a core of the list a
         # round, and the rounds back off); the failures of one core, at most one line every
         # FAILURE_LOG_INTERVAL.
-        if (not moving and self._logged_at is not None
+        new_error = (error not in self._errors_logged
+                     and len(self._errors_logged) < FAILURE_REASONS_LOGGED)
+        if (not moving and not new_error and self._logged_at is not None
                 and now - self._logged_at < FAILURE_LOG_INTERVAL):
             return
         self._logged_at = now
+        self._errors_logged.add(error)
         then = "" if following is None else f"; trying {self.names[following]}"
         if self.failures == 1:
             log.warn("cannot link to core {core}: {error}{then}", core=self.names[index],

@@ -155,15 +155,25 @@ def test_a_single_core_that_cannot_be_reached_is_warned_about_rate_limited(logge
     assert logged[0][1] == ("cannot link to core tcp:core1:5697: Connection was refused by "
                             "other side: down.")
     assert logged[1][1].endswith("(31 failed attempts in 30s)")
-    # A core reached but not linked (TLS refused, no WELCOME) counts the same.
+    # A core reached but not linked (TLS refused, no WELCOME) counts the same; an error
+    # not logged yet in this spell is logged at once (not "connection refused" for 30 s
+    # more), then at most one line every FAILURE_LOG_INTERVAL again.
     endpoint.attempt_failed("certificate verify failed")
-    clock.advance(30)
+    assert len(logged) == 5
+    assert logged[-1][1] == ("cannot link to core tcp:core1:5697: certificate verify failed "
+                             "(101 failed attempts in 100s)")
+    clock.advance(29)
     endpoint.attempt_failed("certificate verify failed")
+    connect(endpoint)  # (an error logged before in this spell: not logged at once)
+    assert len(logged) == 5
+    clock.advance(1)
+    endpoint.attempt_failed("certificate verify failed")
+    assert len(logged) == 6
     assert logged[-1][1].startswith("cannot link to core tcp:core1:5697: certificate verify "
-                                    "failed (102 failed attempts in 130s)")
+                                    "failed (104 failed attempts in 130s)")
     del logged[:]
     endpoint.linked()
-    assert logged == [("info", "core tcp:core1:5697 reached again after 102 failed attempt(s) "
+    assert logged == [("info", "core tcp:core1:5697 reached again after 104 failed attempt(s) "
                                "in 130s")]
     # The next outage is warned about at once again.
     connect(endpoint)
@@ -241,3 +251,19 @@ def test_after_a_drain_the_next_link_goes_to_the_next_core_with_no_warning() -> 
     old.dataReceived(encode_frame(Frame(FrameType.DRAIN, error="the core is stopping")))
     assert moved == [None]
     client.stopService()
+
+
+def test_new_errors_logged_at_once_are_bounded_then_rate_limited(logged) -> None:
+    """An error that changes with every attempt (a number in it) is not a line an attempt:
+    at most FAILURE_REASONS_LOGGED new ones at once in a spell, then the interval."""
+    from kcm.gateway.core_endpoints import FAILURE_REASONS_LOGGED
+
+    clock = Clock()
+    endpoint = CoreFailoverEndpoint([FakeEndpoint(False)], ["tcp:core1:5697"], clock=clock)
+    for attempt in range(50):
+        endpoint.attempt_failed(f"handshake failed at byte {attempt}")
+        clock.advance(0.1)
+    assert len(logged) == FAILURE_REASONS_LOGGED
+    clock.advance(30)
+    endpoint.attempt_failed("handshake failed at byte 99")
+    assert len(logged) == FAILURE_REASONS_LOGGED + 1

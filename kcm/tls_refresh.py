@@ -16,7 +16,12 @@ again and swaps them in.
   give each new handshake the newest; connections already open keep theirs. With CRLs,
   each listener's open connections are watched (:class:`kcm.tls_crl.RevocationWatch`) and
   those the new CRLs list are cut. Client options (:meth:`TlsRefresher.client`: a
-  :class:`kcm.tls.RenewableClientTLS`, the gateway's link) are used by the next connection.
+  :class:`kcm.tls.RenewableClientTLS`, the gateway's link) are used by the next connection;
+  once another certificate is taken, :attr:`TlsRefresher.on_certificate_renewed` is
+  called (a gateway makes its link again with it:
+  :meth:`kcm.gateway.link_client.LinkClient.relink`).
+* With CRLs, each CA of the bundle in force that no CRL in force is of is warned about
+  once, at the start and as either changes: its client certificates are all refused.
 * All or none: when the options of one listener or link cannot be built from what a look
   read (OpenSSL refuses them), none takes new options and nothing read is taken (the
   files and CRLs in force stay for all, and the CRLs cut no connection); one error, and
@@ -119,6 +124,9 @@ class TlsRefresher(Service):
         self._unbuilt: tuple[object, object] | None = None
         #: The CAs in force (their DER) warned about for having no CRL in force.
         self._without_crl: frozenset[bytes] = frozenset()
+        #: Called on the reactor, once every listener and link uses them, when renewed
+        #: files with another certificate are taken (a gateway makes its link again).
+        self.on_certificate_renewed: list[Callable[[], object]] = []
 
     def options(self, build: Build, *, name: str = "TLS") -> Callable[[], RenewableServerTLS]:
         """For a listener (:class:`kcm.tls.TLSListener`'s ``tls_options``): its server TLS
@@ -227,6 +235,7 @@ class TlsRefresher(Service):
         if failure is not None:
             self._not_built(identity, crl, failure)
             return
+        before = self.files.material
         renewed = identity is not None and self.files.take(identity)
         if identity is not None:
             if renewed:
@@ -242,6 +251,11 @@ class TlsRefresher(Service):
         for renewable, options in built:
             renewable.use(options)
         self._warn_cas_without_crl()
+        after = self.files.material
+        if (renewed and before is not None and after is not None
+                and before.chain[0] != after.chain[0]):
+            for renewed_certificate in list(self.on_certificate_renewed):
+                renewed_certificate()
         if not crls_taken:
             return
         assert crl is not None and crl.crls is not None  # (taken)

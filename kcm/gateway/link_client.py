@@ -51,7 +51,9 @@ with :class:`LinkDown`, with two exceptions, both bounded (``first_link_wait`` a
 calls made after the core sent DRAIN (it is stopping; link version 4) wait for the next link.
 A draining link takes no new call; its calls in flight are answered on it, and it is closed
 once they all are, which makes the link reconnect at once (to the next core, when the
-draining one no longer takes links).
+draining one no longer takes links). The gateway drains its link so itself when its
+certificate is renewed (:meth:`LinkClient.relink`, from :mod:`kcm.tls_refresh`): the next
+link presents the new certificate, and no call is lost.
 
 In-flight streams are bounded: at ``max_in_flight`` forwarded requests the registered
 producers (the gateway's client connections) are paused until half have been answered, and
@@ -664,6 +666,8 @@ class LinkClient(MultiService):
         self.links_made = 0
         #: Links the core drained (sent DRAIN on: it was stopping).
         self.links_drained = 0
+        #: Links made again because this gateway's certificate was renewed (:meth:`relink`).
+        self.links_renewed = 0
         #: The database this gateway follows (link version 7, ORIGIN), in memory, and the
         #: links refused for serving another.
         self.followed = FollowedOrigin()
@@ -999,9 +1003,7 @@ class LinkClient(MultiService):
         self.links_drained += 1
         if self._protocol is not protocol:
             return
-        self._protocol = None
-        self._hold_until = self.clock.seconds() + self.drain_wait
-        self._relink_now = True
+        self._hold(protocol)
         drained = getattr(self._endpoint, "drained", None)
         if drained is not None:  # a list of cores: the next link goes to the next one
             drained()
@@ -1009,6 +1011,33 @@ class LinkClient(MultiService):
                  "answered on its link; new calls wait up to {wait:g}s for the next link",
                  peer=protocol.peer, reason=reason or "DRAIN", streams=len(protocol.streams),
                  wait=self.drain_wait)
+
+    def _hold(self, protocol: LinkClientProtocol) -> None:
+        """``protocol`` takes no new call: they wait for the next link (up to
+        ``drain_wait`` seconds), made at once when it closes."""
+        self._protocol = None
+        self._hold_until = self.clock.seconds() + self.drain_wait
+        self._relink_now = True
+
+    def relink(self, reason: str) -> bool:
+        """Make the link again, to the same core, as when the core drains it (its calls in
+        flight answered on it, new calls waiting up to ``drain_wait`` seconds for the
+        next): this gateway's certificate was renewed, and the link made with the old one
+        is to present the new one (it would keep the old one until it was next made, and
+        revoking the old one would cut the link with its calls). Whether a link was up to
+        be made again."""
+        protocol = self._protocol
+        if protocol is None or protocol.closing or self._stopped:
+            return False
+        protocol.draining = True
+        self._hold(protocol)
+        self.links_renewed += 1
+        log.info("making the link to the core at {peer} again ({reason}): {streams} calls "
+                 "in flight are answered on it; new calls wait up to {wait:g}s for the "
+                 "next link", peer=protocol.peer, reason=reason,
+                 streams=len(protocol.streams), wait=self.drain_wait)
+        protocol._close_if_drained()
+        return True
 
     def _lost(self, protocol: LinkClientProtocol, reason: Failure, streams: int,
               fetches: int = 0) -> None:

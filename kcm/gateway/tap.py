@@ -224,6 +224,10 @@ def makeService(options: Options,
     link_endpoint = core_link_endpoint(reactor, config, tls_files.client(link_options))
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
+    # A renewed certificate moves the link to it at once (as a DRAIN does: no call lost),
+    # not at its next reconnection: the old certificate can then be revoked with no cut.
+    tls_files.on_certificate_renewed.append(
+        lambda: link.relink("this gateway's certificate was renewed"))
     opened_keys = (OpenedKeys(clock=reactor.seconds, max_entries=config.dek_cache_size,
                               ttl=config.dek_cache_ttl) if config.dek_cache_size else None)
     # (the core counts as reachable while calls wait for the next link after a DRAIN)

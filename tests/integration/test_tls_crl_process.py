@@ -292,3 +292,80 @@ def test_removing_the_old_ca_refuses_its_next_handshakes_not_its_open_connection
         held.close()
     finally:
         core.stop()
+
+
+def test_a_gateway_s_renewed_certificate_moves_its_link_and_revoking_the_old_one_cuts_none(
+        tmp_path: Path) -> None:
+    """A gateway's link identity rotated under load: its renewed certificate is taken and
+    the link made again at once with it (calls in flight answered on the old link, new
+    ones waiting for the next), so the old certificate, then revoked in tls.crl, cuts no
+    link at the core; a client forwarding requests through the gateway all the while
+    sees none fail. (Before, the link kept the old certificate until its next reconnection:
+    the revocation cut it, with the forwarded requests in flight.)"""
+    import datetime as dt
+    import threading
+    import time
+
+    from kcm.pki import issue_certificate, write_certificate
+    from kcm.testing.requests import create_managed, get, response
+
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    pki = core.pki
+    crl = tmp_path / "core" / "crl.pem"
+    _revoke(pki, crl)
+    settings = {"crl": str(crl), "crl_refresh": 0.2}
+    core.tls_settings = dict(settings)
+    core.write_config()
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(),
+                             tls_settings=dict(settings))
+    done = threading.Event()
+    served: list[str] = []
+    failed: list[str] = []
+
+    def forwarding() -> None:  # managed objects: every request goes over the link
+        with gateway.client("app") as client:
+            while not done.is_set():
+                try:
+                    [made] = response(client.send(request(create_managed()))).batch_items
+                    uid = made.response_payload.unique_identifier
+                    [got] = response(client.send(request(get(uid)))).batch_items
+                    assert got.response_payload.unique_identifier == uid
+                    served.append(uid)
+                except Exception as e:  # noqa: BLE001 - what a client would see
+                    failed.append(repr(e))
+                    return
+
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        load = threading.Thread(target=forwarding)
+        load.start()
+        try:
+            wait_until(lambda: len(served) >= 5, "the client served before")
+            old = x509.load_pem_x509_certificate(pki.gateway.cert.read_bytes())
+            renewed = issue_certificate(
+                load_ca(pki.ca), "kcm-gateway gw1", now=dt.datetime.now(dt.UTC),
+                uris=["spiffe://kcm.test/gateway/gw1"], dns_names=["localhost"],
+                ip_addresses=["127.0.0.1"], server=True, client=True)
+            write_certificate(pki.gateway, renewed.cert, renewed.key)
+            wait_until(lambda: gateway.links() == 2, "the link made again")
+            assert "making the link to the core at" in gateway.log.read_text()
+            data = issue_crl(load_ca(pki.ca), [old]).public_bytes(Encoding.PEM)
+            staged = crl.with_suffix(".new")
+            staged.write_bytes(data)
+            staged.replace(crl)
+            wait_until(lambda: "1 revoked certificate(s) listed" in core.log.read_text(),
+                       "the CRL taken by the core")
+            count = len(served)
+            wait_until(lambda: len(served) >= count + 5, "the client served after")
+            time.sleep(0.5)
+        finally:
+            done.set()
+            load.join(timeout=30)
+        assert failed == [], failed
+        assert "closed the gateway link connection" not in core.log.read_text()
+        assert gateway.links() == 2
+    finally:
+        gateway.stop()
+        core.stop()

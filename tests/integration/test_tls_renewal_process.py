@@ -1,7 +1,7 @@
 """Renewed certificates taken without a restart, end to end: a kcm-core and a kcm-gateway
 (two workers) whose certificate and key files are replaced while they run present the new
 certificate at their next TLS handshakes (the core's KMIP and link listeners, the
-gateway's KMIP listener, and the gateway's next link, as a client), the connections
+gateway's KMIP listener, and the gateway's link, made again at once), the connections
 already open keep being answered, and a renewal seen half written (the new key beside
 the old certificate) is not taken until the certificate follows."""
 
@@ -127,10 +127,11 @@ def test_renewed_certificates_are_presented_without_a_restart(tmp_path: Path) ->
         assert _presented(core.link_port, pki, pki.gateway) == cert.serial_number
         assert all(_answers(client) for client in clients)  # the open connections
 
-        # The gateway's renewal (each worker takes it), then its link: the old gateway
-        # certificate revoked cuts the links still open with it, and the links made again
-        # present the new one (the core would refuse the old one at the handshake).
+        # The gateway's renewal (each worker takes it), and its links: each worker makes
+        # its link again with the new certificate at once, so the old gateway certificate,
+        # then revoked, cuts no link (the core would refuse it at the handshake).
         old_gateway = x509.load_pem_x509_certificate(pki.gateway.cert.read_bytes())
+        links = gateway.links()
         cert, key = _renewed(pki, pki.gateway)
         write_certificate(pki.gateway, cert, key)
         wait_until(lambda: gateway.log.read_text().count(
@@ -138,11 +139,13 @@ def test_renewed_certificates_are_presented_without_a_restart(tmp_path: Path) ->
                    "both workers took the renewed certificate", timeout=10)
         assert {_presented(gateway.port, pki, pki.app) for _ in range(6)} == \
             {cert.serial_number}
-        links = gateway.links()
+        gateway.wait_linked(more_than=links + 1, timeout=15)  # both links made again
         _write_crl(pki, crl, [old_gateway])
-        wait_until(lambda: "closed the gateway link connection" in core.log.read_text(),
-                   "the links of the old certificate cut", timeout=10)
-        gateway.wait_linked(more_than=links + 1, timeout=15)
+        wait_until(lambda: "1 revoked certificate(s) listed" in core.log.read_text(),
+                   "the CRL taken", timeout=10)
+        time.sleep(5 * REFRESH)
+        assert "closed the gateway link connection" not in core.log.read_text()
+        assert gateway.links() == links + 2
         assert _presented(gateway.port, pki, pki.app) == cert.serial_number
         assert all(_answers(client) for client in clients)
     finally:

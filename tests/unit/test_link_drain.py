@@ -330,3 +330,34 @@ def test_a_stopping_gateway_forwards_nothing_on_a_link_still_up() -> None:
     [stopping] = refused
     assert _unreachable_message(stopping) == "the gateway is stopping; send the request again"
     assert client._in_flight == in_flight and not link.streams
+
+
+def test_a_renewed_certificate_s_relink_finishes_calls_on_the_old_link_and_holds_new_ones(
+        ) -> None:
+    """The gateway's certificate was renewed (kcm.tls_refresh): the link is made again,
+    as a DRAIN makes it, by the gateway itself: its calls in flight are answered on the old
+    link, new ones wait for the next (made at once, with the new certificate); none
+    fails."""
+    clock = Clock()
+    client = gateway_link(clock)
+    assert not client.relink("renewed")  # no link: nothing to make again
+    old, old_wire = welcomed(client)
+    in_flight = client.forward(b"before", APP, "h:1")
+    [sent] = [f for f in frames_in(old_wire) if f.type is FrameType.REQUEST]
+    assert client.relink("this gateway's certificate was renewed")
+    assert client.links_renewed == 1 and client.links_drained == 0
+    assert not client.connected and client.relinking
+    assert not client.relink("again")  # (one at a time)
+    held = client.forward(b"after", APP, "h:1")
+    assert frames_in(old_wire) == [] and not old_wire.disconnecting
+    answer(old, sent.stream_id, b"first answer")
+    assert in_flight.result == b"first answer"
+    [goaway] = frames_in(old_wire)
+    assert goaway.type is FrameType.GOAWAY and old_wire.disconnecting
+    old.connectionLost(Failure(ConnectionDone()))
+    assert client.retry_delay(1) <= RELINK_JITTER  # the next link is made at once
+    new, new_wire = welcomed(client)
+    [moved] = [f for f in frames_in(new_wire) if f.type is FrameType.REQUEST]
+    answer(new, moved.stream_id, b"second answer")
+    assert held.result == b"second answer" and client.connected
+    client.stopService()

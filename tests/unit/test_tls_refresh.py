@@ -823,3 +823,27 @@ def test_a_ca_of_the_bundle_without_a_crl_in_force_is_warned_about_once(
     again.startService()  # a start with the old CA's CRL missing says so too
     again.stopService()
     assert len([line for _, line in logged if "holds no CRL of" in line]) == 1
+
+
+def test_a_renewed_certificate_is_announced_once_every_listener_uses_it(pki) -> None:
+    """``on_certificate_renewed`` (a gateway makes its link again) is called once renewed
+    files with another certificate are taken, after the options are swapped in; not for a
+    renewed CA bundle alone, nor for files refused."""
+    refresher = _refresher(pki)
+    refresher.startService()
+    try:
+        options = refresher.options(_kmip)()
+        seen: list[int] = []
+        refresher.on_certificate_renewed.append(
+            lambda: seen.append(presented(options, pki.app, pki.ca.cert)))
+        cert = _renew(pki)
+        refresher.refresh()
+        assert seen == [cert.serial_number]
+        os.utime(pki.ca.cert, (1, 1))  # the bundle read again, the certificate the same
+        refresher.refresh()
+        assert refresher.reloads == 2 and seen == [cert.serial_number]
+        _renew(pki, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))  # not yet valid
+        refresher.refresh()
+        assert refresher.reloads_refused == 1 and seen == [cert.serial_number]
+    finally:
+        refresher.stopService()

@@ -514,6 +514,15 @@ def _crl(tls: TlsFiles, prefix: str, now: dt.datetime) -> Finding:
                               f"{expired[0].issuer.rfc4514_string()} expired "
                               f"{_day(expired[0].next_update_utc)}: every certificate of "
                               "that CA is refused until a newer one is in the file")
+    from kcm.tls import load_certificates
+    from kcm.tls_crl import cas_without_crl
+
+    missing = cas_without_crl(crls, load_certificates(tls.ca))
+    if missing:
+        return Finding(WARNING, f"{prefix}.crl: {tls.crl} holds no CRL of "
+                                f"{missing[0].subject.rfc4514_string()}, a CA of {tls.ca}: "
+                                "every client certificate it issued is refused; add its CRL "
+                                "(an empty one if it revoked none)")
     return Finding(OK, f"{prefix}.crl: {len(crls)} CRL(s) of the CAs of {tls.ca}, "
                        f"{sum(len(list(crl)) for crl in crls)} certificate(s) revoked")
 

@@ -476,3 +476,29 @@ def test_v1_blobs_with_accept_v1_wrapping_false_are_warned_about_by_check_and_in
     assert main(["core", "init", "--restored", "-c", str(core)]) == 0
     assert f"warning: accept_v1_wrapping is false, and the database holds {count} objects" \
         in capsys.readouterr().out
+
+
+def test_a_ca_of_the_bundle_without_a_crl_is_warned_about(core: Path, pki: PkiPaths,
+                                                          capsys) -> None:
+    """A new CA added to tls.ca, its CRL not yet in tls.crl: kcm-core would start, and
+    refuse every client certificate of it ("unable to get certificate CRL")."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from kcm.pki import certificate_pem, issue_crl, new_ca
+
+    new = new_ca("KCM New CA", now=NOW)
+    crl = core.parent / "crl.pem"
+    crl.write_bytes(issue_crl(load_ca(pki.ca), []).public_bytes(Encoding.PEM))
+    config = core.read_text().replace("[core.tls]\n", f'[core.tls]\ncrl = "{crl}"\n')
+    core.write_text(config)
+    status, lines = check(capsys, core)
+    assert status == 0
+    found(lines, "ok", "core.tls.crl: 1 CRL(s) of the CAs of")
+    pki.ca.cert.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(new.cert))
+    status, lines = check(capsys, core)
+    assert status == 0
+    found(lines, "warning", "core.tls.crl:", "holds no CRL of CN=KCM New CA",
+          "every client certificate it issued is refused")
+    crl.write_bytes(crl.read_bytes() + issue_crl(new, []).public_bytes(Encoding.PEM))
+    status, lines = check(capsys, core)
+    found(lines, "ok", "core.tls.crl: 2 CRL(s) of the CAs of")

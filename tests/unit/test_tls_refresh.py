@@ -779,7 +779,7 @@ def test_a_ca_of_the_bundle_without_a_crl_in_force_is_warned_about_once(
     bundle says so, once, naming the CA; so does a start; once its CRL is in the file
     nothing more is said, and a CRL left out again is warned about again."""
     now = dt.datetime.now(dt.UTC)
-    ca, new = load_ca(pki.ca), new_ca("KCM Dev CA", now=now)  # a renewed CA of one name
+    ca, new = load_ca(pki.ca), new_ca("KCM Dev CA (kcm.test)", now=now)  # renewed: one name
     bundle = tmp_path / "ca.pem"
     bundle.write_bytes(pki.ca.cert.read_bytes())
     crl = tmp_path / "crl.pem"

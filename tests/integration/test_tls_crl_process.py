@@ -369,3 +369,46 @@ def test_a_gateway_s_renewed_certificate_moves_its_link_and_revoking_the_old_one
     finally:
         gateway.stop()
         core.stop()
+
+
+def test_a_client_served_by_a_gateway_is_cut_by_the_gateway_s_crl_not_the_core_s(
+        tmp_path: Path) -> None:
+    """What docs/operations.md says of revocation across the planes: each service has its
+    own tls.crl, and a client connected through a gateway is checked by that gateway
+    alone. Its certificate revoked in the core's file only, the client keeps being served
+    through the gateway (a request forwarded to the core too); revoked in the gateway's
+    file as well, its connection there is cut and its next one refused."""
+    from kcm.testing.requests import create_managed, response
+
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    pki = core.pki
+    core_crl, gateway_crl = tmp_path / "core" / "crl.pem", tmp_path / "gateway-crl.pem"
+    _revoke(pki, core_crl)
+    _revoke(pki, gateway_crl)
+    core.tls_settings = {"crl": str(core_crl), "crl_refresh": 0.2}
+    core.write_config()
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(),
+                             tls_settings={"crl": str(gateway_crl), "crl_refresh": 0.2})
+
+    def forwarded(client: KmipClient) -> bool:
+        try:
+            [made] = response(client.send(request(create_managed()))).batch_items
+            return made.response_payload is not None
+        except (KmipClientError, ssl.SSLError, ConnectionError):
+            return False
+
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        with gateway.client("app") as held:
+            assert forwarded(held)
+            _revoke(pki, core_crl, "app")
+            wait_until(lambda: not _served(core.port, pki, "app"), "the core's CRL taken")
+            assert forwarded(held) and _served(gateway.port, pki, "app")
+            _revoke(pki, gateway_crl, "app")
+            wait_until(lambda: not forwarded(held), "the gateway's CRL taken")
+            assert not _served(gateway.port, pki, "app")
+    finally:
+        gateway.stop()
+        core.stop()

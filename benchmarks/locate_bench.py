@@ -102,7 +102,9 @@ def build(root: Path, objects: int) -> CoreProcess:
     try:
         columns = [row[1] for row in connection.execute("PRAGMA table_info(managed_objects)")]
         base = connection.execute("SELECT max(created_seq) FROM managed_objects").fetchone()[0]
-        made = {"uid": "'copy-' || n", "created_seq": f"{base} + n"}
+        # (copies without a row MAC, as an earlier release wrote rows: the original's
+        # MAC is not theirs)
+        made = {"uid": "'copy-' || n", "created_seq": f"{base} + n", "row_mac": "NULL"}
         selected = ", ".join(made.get(column, column) for column in columns)
         connection.execute(
             f"INSERT INTO managed_objects ({', '.join(columns)}) "

@@ -91,6 +91,7 @@ def core(tmp_path: Path) -> Iterator[CoreHarness]:
     store.startService()
     keyring = Keyring(os.urandom(32))
     store.audit_key = keyring.audit_key  # what MasterKey does when kcm-core starts
+    store.row_seal = keyring.row_seal
     now = int(time.time())
 
     def bootstrap(session):
@@ -112,6 +113,7 @@ def demo_app_harness(store: Store) -> Iterator[CoreHarness]:
     a new keyring, and a request handler; the store stopped at the end."""
     keyring = Keyring(os.urandom(32))
     store.audit_key = keyring.audit_key
+    store.row_seal = keyring.row_seal
     now = int(time.time())
 
     def bootstrap(session) -> None:

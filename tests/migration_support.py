@@ -136,9 +136,25 @@ def _alter(url: str, statements: list[str]) -> None:
         engine.dispose()
 
 
+def _with_row_mac(url: str) -> None:
+    """``managed_objects.row_mac`` (migration 0017) added to a database at an older revision,
+    if it has the table and not the column: this release's code writes and reads it. (0017
+    leaves a column already there as it is.)"""
+    engine = open_engine(url)
+    try:
+        tables = inspect(engine).get_table_names()
+        if "managed_objects" not in tables or "row_mac" in {
+                column["name"] for column in inspect(engine).get_columns("managed_objects")}:
+            return
+    finally:
+        engine.dispose()
+    _alter(url, ["ALTER TABLE managed_objects ADD COLUMN row_mac BYTEA"])
+
+
 def keyed_store(url: str) -> tuple[Store, Keyring]:
     """A :class:`Store` on ``url`` with the audit key of a new random L1, and that L1's
     keyring (to fill the database with)."""
+    _with_row_mac(url)
     store = Store(url)
     keyring = Keyring(os.urandom(32))
     store.audit_key = keyring.audit_key

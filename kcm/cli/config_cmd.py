@@ -279,6 +279,8 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
         return
     if not config.accept_v1_wrapping:
         yield from _v1_refused(url)
+    if not config.accept_rows_without_mac and current == head:
+        yield from _unsealed_refused(url)
     if l1 is None:
         return
     store = Store(url, threads=1)
@@ -315,6 +317,33 @@ def _v1_refused(url: str) -> Iterator[Finding]:
         store.stopService()
     if count:
         yield Finding(WARNING, f"core.accept_v1_wrapping: false, and {v1_refusal(count)}")
+
+
+def _unsealed_refused(url: str) -> Iterator[Finding]:
+    """With ``accept_rows_without_mac`` false: a warning if the database holds rows without
+    a row MAC (written by an earlier release), which kcm-core refuses."""
+    from kcm.cli.core_cmd import run_in_store
+    from kcm.core.row_mac_upgrade import rows_without_mac
+    from kcm.core.store.engine import Store
+
+    store = Store(url, threads=1)
+    try:
+        count = run_in_store(store, rows_without_mac, write=False)
+    except CommandError as e:
+        yield Finding(ERROR, f"core.database: {e}")
+        return
+    finally:
+        store.stopService()
+    if count:
+        yield Finding(WARNING, f"core.accept_rows_without_mac: false, and "
+                               f"{unsealed_refusal(count)}")
+
+
+def unsealed_refusal(count: int) -> str:
+    """What ``count`` rows without a row MAC mean with ``accept_rows_without_mac`` false."""
+    return (f"the database holds {count:,} objects without a row MAC (written by an earlier "
+            "release): kcm-core refuses them; set it true until "
+            "kcm_core_objects_without_row_mac reads 0")
 
 
 def v1_refusal(count: int) -> str:

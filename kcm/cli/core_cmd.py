@@ -360,6 +360,7 @@ def _run_init(args: argparse.Namespace) -> int:
         tables_without_revision,
         upgrade,
     )
+    from kcm.core.store.row_seal import RowSeal, row_key
 
     config = core_config(args)
     for directory in _data_directories(config):
@@ -391,6 +392,7 @@ def _run_init(args: argparse.Namespace) -> int:
     after = current_revision(config.database)
     store = closed_at_end(args, Store(config.database))
     store.audit_key = l1.audit_key()
+    store.row_seal = RowSeal(row_key(store.audit_key))
     check = l1.check_value()
 
     #: Per try of the transaction (the last one's counts): whether the restored copy had no
@@ -427,6 +429,13 @@ def _run_init(args: argparse.Namespace) -> int:
         count = store.run_sync(v1_blobs, write=False)
         if count:
             print(f"warning: accept_v1_wrapping is false, and {v1_refusal(count)}")
+    if not config.accept_rows_without_mac:
+        from kcm.cli.config_cmd import unsealed_refusal
+        from kcm.core.row_mac_upgrade import rows_without_mac
+
+        count = store.run_sync(rows_without_mac, write=False)
+        if count:
+            print(f"warning: accept_rows_without_mac is false, and {unsealed_refusal(count)}")
     if unnamed and unnamed[-1]:
         print("note: the copy had no deployment id (backed up before this release): it is "
               "given the one its L1 key gives, the original's unless the L1 key was rotated "
@@ -464,8 +473,10 @@ def _with_keyring(args: argparse.Namespace, fn: Callable[[Session, Keyring], T])
         l1 = open_configured_l1(config)[0]
     except (OSError, L1Error) as e:
         raise CommandError(f"cannot load the L1 key: {e}") from e
-    keyring = Keyring(l1, accept_v1=config.accept_v1_wrapping)
+    keyring = Keyring(l1, accept_v1=config.accept_v1_wrapping,
+                      accept_unsealed=config.accept_rows_without_mac)
     store.audit_key = keyring.audit_key
+    store.row_seal = keyring.row_seal
     _import_write_modules()
 
     def checked(session: Session) -> T:

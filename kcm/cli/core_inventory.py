@@ -305,6 +305,24 @@ def _between_batches(seconds: float) -> None:
         time.sleep(seconds)
 
 
+def _seal_again(session: Session, uids: list[str]) -> None:
+    """The rows ``uids``, changed by a bulk UPDATE of this transaction, given their row
+    MAC again (:mod:`kcm.core.store.row_seal`; the command holds L1, so the session its
+    seal). A handful: a tenant's service keys."""
+    from sqlalchemy import select, update
+
+    from kcm.core.store.row_seal import seal_of
+    from kcm.core.store.schema import ManagedObject
+
+    seal = seal_of(session.info)
+    if seal is None or not uids:
+        return
+    objects = ManagedObject.__table__
+    for row in session.execute(select(*objects.columns).where(objects.c.uid.in_(uids))):
+        session.execute(update(objects).where(objects.c.uid == row.uid).values(
+            row_mac=seal.mac(row)))
+
+
 def run_tenant_remove(args: argparse.Namespace) -> int:
     """Remove a tenant whose own objects are all destroyed: its key hierarchy (L2, every L3),
     its destroyed objects and its L4 tombstones go, every gateway is told its service keys
@@ -425,7 +443,8 @@ def _begin_removal(session: Session, args: argparse.Namespace) -> _Removal:
         state=case((objects.c.state.in_(_DESTROYED_STATES), objects.c.state),
                    else_=int(State.DESTROYED)),
         destroy_date=func.coalesce(objects.c.destroy_date, now),
-        revision=objects.c.revision + 1))
+        row_mac=None, revision=objects.c.revision + 1))
+    _seal_again(session, [uid for uid, level, _ in keys if level == LEVEL_SERVICE_KEY])
     session.execute(delete(RotationPolicy.__table__).where(
         RotationPolicy.__table__.c.tenant == tenant))
     append_audit(session, AuditEvent(

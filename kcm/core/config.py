@@ -179,6 +179,10 @@ class CoreConfig:
     #: not to its level, service, key version and object type) is still opened (and
     #: re-wrapped as version 2 by the state sweeper); false: refused like a tampered row.
     accept_v1_wrapping: bool = True
+    #: Whether a managed object's row without a row MAC (written by an earlier release, and
+    #: MACed by the state sweeper meanwhile) is taken as it is; false: refused like a
+    #: tampered row (a database writer can null a MAC), and no longer MACed by the sweeper.
+    accept_rows_without_mac: bool = True
 
     @property
     def access(self) -> AccessPolicy:
@@ -192,7 +196,7 @@ _TOP_LEVEL = {"listen", "link_listen", "trust_domain", "database", "l1_key_file"
               "audit_checkpoint_interval", "application_objects", "metrics_listen",
               "state_sweep_interval", "object_cache_size", "object_cache_bytes",
               "outbox_retention", "destroyed_retention", "drain_timeout",
-              "accept_v1_wrapping"}
+              "accept_v1_wrapping", "accept_rows_without_mac"}
 
 
 #: An environment variable's name, as POSIX shells take them.
@@ -233,8 +237,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if config.application_objects not in allowed:
         raise ConfigError(f"core.application_objects must be one of {', '.join(allowed)}, "
                           f"not {config.application_objects!r}")
-    if not isinstance(config.accept_v1_wrapping, bool):
-        raise ConfigError("core.accept_v1_wrapping must be true or false")
+    for name in ("accept_v1_wrapping", "accept_rows_without_mac"):
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigError(f"core.{name} must be true or false")
     if not 0 < config.drain_timeout <= MAX_DRAIN_TIMEOUT:
         raise ConfigError("core.drain_timeout must be more than 0 and at most "
                           f"{MAX_DRAIN_TIMEOUT:g} (seconds)")
@@ -254,11 +259,12 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
         out["database_threads"] = whole_number("core.database_threads",
                                                out["database_threads"], least=1,
                                                most=MAX_DATABASE_THREADS)
-    if isinstance(out.get("accept_v1_wrapping"), str):  # (the command line's)
-        choice = {"true": True, "false": False}.get(out["accept_v1_wrapping"].lower())
-        if choice is None:
-            raise ConfigError("core.accept_v1_wrapping must be true or false")
-        out["accept_v1_wrapping"] = choice
+    for name in ("accept_v1_wrapping", "accept_rows_without_mac"):
+        if isinstance(out.get(name), str):  # (the command line's)
+            choice = {"true": True, "false": False}.get(out[name].lower())
+            if choice is None:
+                raise ConfigError(f"core.{name} must be true or false")
+            out[name] = choice
     for name in ("audit_checkpoint_interval", "state_sweep_interval", "outbox_retention",
                  "drain_timeout"):
         if name in out:

@@ -17,6 +17,12 @@ level in one line (:mod:`kcm.core.mismatch_line`: the request's, one object's at
 minute) and counted (:attr:`Keyring.mismatches`). A version 1 blob (tenant and uid only) is
 opened while ``accept_v1`` (``[core] accept_v1_wrapping``) and re-wrapped as version 2 by
 :meth:`Keyring.rewrap` (:mod:`kcm.core.wrap_upgrade`); refused like a tampered row without.
+
+The rest of each row is authenticated by its row MAC (:mod:`kcm.core.store.row_seal`): the
+keyring makes the :class:`~kcm.core.store.row_seal.RowSeal` when it is given L1, with
+:meth:`Keyring._mismatch` as its refusal, and :meth:`Keyring.check_row` refuses a row read
+to be used whose MAC does not match (or that has none, unless ``accept_unsealed``):
+before any unwrap, and where :mod:`kcm.core.managed` and :mod:`kcm.core.l4_keys` read rows.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from kcm.core.l1_file import FileL1
 from kcm.core.mismatch_line import MismatchLines
 from kcm.core.os_random import mix_into_os_pool
 from kcm.core.store import repository
+from kcm.core.store.row_seal import RowSeal, row_key
 from kcm.core.store.savepoints import on_rollback
 from kcm.core.store.schema import (
     LEVEL_SERVICE_KEY,
@@ -237,10 +244,15 @@ class Keyring:
                  seed_random: Callable[[bytes], int] = mix_into_os_pool,
                  clock: Callable[[], float] = time.monotonic,
                  current_l2_ttl: float = CURRENT_L2_TTL,
-                 kept_ttl: float = KEPT_CLEAR_TTL, accept_v1: bool = True) -> None:
+                 kept_ttl: float = KEPT_CLEAR_TTL, accept_v1: bool = True,
+                 accept_unsealed: bool = True) -> None:
         self._l1: L1Key | None = None
         #: Whether a version 1 blob (bound to tenant and uid only) is opened.
         self.accept_v1 = accept_v1
+        #: Whether a row without a row MAC is taken as it is (``accept_rows_without_mac``).
+        self._accept_unsealed = accept_unsealed
+        #: MACs and checks the rows (:mod:`kcm.core.store.row_seal`), once L1 is given.
+        self.row_seal: RowSeal | None = None
         #: Rows refused because they did not match their wrapping, since the start.
         self.mismatches = 0
         self._mismatch_lock = threading.Lock()
@@ -285,7 +297,28 @@ class Keyring:
         if isinstance(l1, bytes):
             l1 = FileL1(l1)
         self._audit_key = l1.audit_key()
+        self.row_seal = RowSeal(row_key(self._audit_key), accept_unsealed=self._accept_unsealed,
+                                refuse=self._mismatch)
         self._l1 = l1
+
+    @property
+    def accept_unsealed(self) -> bool:
+        """Whether a row without a row MAC is taken as it is."""
+        return self._accept_unsealed
+
+    @accept_unsealed.setter
+    def accept_unsealed(self, accept: bool) -> None:
+        self._accept_unsealed = accept
+        if self.row_seal is not None:
+            self.row_seal.accept_unsealed = accept
+
+    def check_row(self, row: Any) -> None:
+        """Refuse ``row`` (:class:`WrappingMismatch`, logged and counted) if it does not
+        match its row MAC, or has none and those are refused: a row read to be used, once
+        per row read (a cached object is checked when it was read)."""
+        seal = self.row_seal
+        if seal is not None:
+            seal.check(row)
 
     @property
     def loaded(self) -> bool:
@@ -374,6 +407,7 @@ class Keyring:
                 ResultReason.PERMISSION_DENIED,
                 f"tenant {tenant!r} is not provisioned (no active tenant key)",
             )
+        self.check_row(l2)  # (a retired L2 made Active again in the database wraps nothing)
         key = self._l2_key(l2)
         self._current_l2[tenant] = (l2.uid, now)
         # The row read may be this very transaction's (a Re-key of the L2 earlier in it):
@@ -522,6 +556,7 @@ class Keyring:
     def _unwrap(self, session: Session, row: ManagedObject,
                 binding: Binding | None = None) -> bytes:
         assert row.material is not None
+        self.check_row(row)
         material = bytes(row.material)
         if row.wrapped_by == WRAPPED_BY_L1:
             if row.level != LEVEL_TENANT_KEY:
@@ -570,6 +605,7 @@ class Keyring:
         key = self._l2_by_uid.get(l2.uid)
         now = self._clock()
         if key is None or now - self._l2_read_at.get(l2.uid, 0.0) >= self._kept_ttl:
+            self.check_row(l2)
             material, master = bytes(l2.material), self._master()
             key = self._open(l2, lambda aad: master.unwrap(material, aad=aad))
             with self._l2_lock:

@@ -91,6 +91,7 @@ def service_key_of(session: Session, keyring: Keyring, row: ManagedObject, now: 
                    with_material: bool = True) -> ServiceKey:
     """The stored L3 ``row`` as a :class:`ServiceKey`, in the state it is in at ``now``;
     a destroyed one (or any, without ``with_material``) has no key bytes."""
+    keyring.check_row(row)  # (its state and dates are the row's: checked at each use)
     key = b""
     if row.material is not None and with_material:
         stored = material_of(session, keyring, row)

@@ -259,7 +259,7 @@ def _usable(ctx: OperationContext, uid: str, for_update: bool) -> StoredObject:
         # No object has one (identifiers are the server's); PostgreSQL's text could not
         # even be asked for it.
         raise object_not_found(uid)
-    obj = _read(ctx.session, tenant, uid, for_update)
+    obj = _read(ctx.session, tenant, uid, for_update, ctx.keyring.check_row)
     if obj is None:
         if _held_elsewhere(ctx.session, uid):
             raise policy.hidden_object(uid, policy.ANOTHER_TENANTS_OBJECT)
@@ -293,19 +293,30 @@ def from_cache(cached: CachedObject) -> StoredObject | None:
                                                         attributes)
 
 
-def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredObject | None:
+def _read(session: Session, tenant: str, uid: str, for_update: bool,
+          check: Callable[[Any], None] = lambda row: None) -> StoredObject | None:
     """``tenant``'s object ``uid`` as this transaction sees it, or None. Its decoded
     attributes come from the store's object cache when the row has not changed since
-    (:mod:`kcm.core.store.object_cache`), so that a known object costs a two-number read."""
+    (:mod:`kcm.core.store.object_cache`), so that a known object costs a two-number read.
+    ``check(row)`` refuses a row that does not match its row MAC
+    (:meth:`kcm.core.keyring.Keyring.check_row`): each row read, before it is used or
+    cached (an entry served again was checked when it was filled)."""
     info = session.info
     cache: ObjectCache | None = info.get(OBJECT_CACHE_INFO)
     if cache is None or repository.in_session(session, uid):
+        held = repository.in_session(session, uid)
         row = repository.get_object(session, tenant, uid, for_update=for_update)
-        return None if row is None else StoredObject(row, decode_attributes(row.attributes))
+        if row is None:
+            return None
+        if not held:  # (else this transaction read, or wrote, it already)
+            check(row)
+        return StoredObject(row, decode_attributes(row.attributes))
     if written_in(info, tenant, uid):  # not cached: its stamp names uncommitted content
         columns = repository.object_columns(session, tenant, uid, for_update=for_update)
-        return None if columns is None else StoredObject(
-            columns, None, None, tuple(decode_attributes(columns.attributes)))
+        if columns is None:
+            return None
+        check(columns)
+        return StoredObject(columns, None, None, tuple(decode_attributes(columns.attributes)))
     cached = None
     if cache.holds(tenant, uid):  # else its stamp would be read for nothing
         stamp = repository.object_stamp(session, tenant, uid, for_update=for_update)
@@ -316,6 +327,7 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool) -> StoredOb
         columns = repository.object_columns(session, tenant, uid, for_update=for_update)
         if columns is None:
             return None
+        check(columns)
         cached = cache.put(tenant, uid, (columns.revision, columns.created_seq), columns,
                            info.get(CACHE_EPOCH_INFO))
         cached.views[_ATTRIBUTES] = tuple(decode_attributes(columns.attributes))

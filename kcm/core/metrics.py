@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from kcm.core.keyring import Keyring
     from kcm.core.link_server import LinkServerFactory
     from kcm.core.request_rates import TenantRates
+    from kcm.core.row_mac_upgrade import RowMacUpgrade
     from kcm.core.state_sweeper import StateSweeper
     from kcm.core.store.disk_space import DiskSpace
     from kcm.core.tenant_stored import StoredByTenant
@@ -203,13 +204,21 @@ class CoreMetrics:
             "kcm_core_tenant_max_objects", "Each tenant's bound on what it stores (its own "
             "or max_objects_per_tenant; 0: none).", ("tenant",), counts.bounds))
 
-    def wrapping(self, keyring: Keyring, upgrade: WrapUpgrade) -> None:
-        """Report the rows refused as not matching their wrapping, and the version 1 blobs
-        left, when scraped."""
+    def wrapping(self, keyring: Keyring, upgrade: WrapUpgrade,
+                 row_macs: RowMacUpgrade | None = None) -> None:
+        """Report the rows refused as not matching their wrapping or their row MAC, the
+        version 1 blobs left and the rows without a row MAC left, when scraped."""
         self.registry.register(_CallbackCounter(
             "kcm_core_wrapping_mismatches", "Stored objects refused because their row does "
-            "not match their wrapping (changed in the database; a version 1 blob while "
-            "accept_v1_wrapping is false).", lambda: keyring.mismatches))
+            "not match their wrapping or its row MAC (changed in the database; a version 1 "
+            "blob while accept_v1_wrapping is false; a row without a MAC while "
+            "accept_rows_without_mac is false).", lambda: keyring.mismatches))
+        if row_macs is not None:
+            self.registry.register(CallbackGauge(
+                "kcm_core_objects_without_row_mac", "Objects whose row has no row MAC yet "
+                "(written by an earlier release), as last counted (every 5 minutes, and "
+                "when the state sweeper's walk ends).", (),
+                lambda: [] if row_macs.left is None else [((), float(row_macs.left))]))
         self.registry.register(CallbackGauge(
             "kcm_core_v1_wrapped_objects", "Objects whose material is still wrapped in the "
             "version 1 format, as last counted (every 5 minutes, and when the state "

@@ -105,6 +105,7 @@ class MasterKey(Service):
             raise StartupError(refusal)
         self.keyring.load(l1)
         self.store.audit_key = self.keyring.audit_key
+        self.store.row_seal = self.keyring.row_seal
         log.info("L1: the {l1}", l1=l1.description)
         try:
             anchor = self.store.run_sync(lambda s: audit.key_chain(s, by="kcm-core"))

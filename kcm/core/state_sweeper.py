@@ -46,6 +46,7 @@ from kcm.core.attribute_blob import decode_attributes
 from kcm.core.audit import AuditEvent, append_audit
 from kcm.core.leader_lease import SWEEPER_LEASE_KEY, AdvisoryLease
 from kcm.core.store.engine import Store
+from kcm.core.store.row_seal import seal_of
 from kcm.core.store.schema import (
     LEVEL_SERVICE_KEY,
     LEVEL_TENANT_KEY,
@@ -107,7 +108,12 @@ def sweep_due_states(session: Session, now: int, *, limit: int = SWEEP_BATCH) ->
     due = session.scalars(select(ManagedObject).where(ManagedObject.uid.in_(uids))
                           .order_by(ManagedObject.uid)).all()
     moved = []
+    seal = seal_of(session.info)
     for row in due:
+        why = None if seal is None else seal.why_refused(row)
+        if why is not None:
+            seal.refuse(row, why)  # (logged and counted: the keyring's refusal)
+            continue  # (a row changed in the database is neither moved nor MACed)
         obj = managed.StoredObject(row, decode_attributes(row.attributes))
         before = obj.state
         state = lifecycle.state_at(before, lifecycle.LifecycleDates(

@@ -33,6 +33,8 @@ from kcm.core.outbox_listener import OutboxListener
 from kcm.core.outbox_retention import prune_outbox
 from kcm.core.request_handler import SWEEPER_SHARE, CoreRequestHandler
 from kcm.core.request_rates import RateReads, TenantRates
+from kcm.core.row_mac_upgrade import COUNT_INTERVAL as ROW_MAC_COUNT_INTERVAL
+from kcm.core.row_mac_upgrade import RowMacUpgrade, seal_step
 from kcm.core.server_info import ServerInfo
 from kcm.core.service import CoreService, MasterKey, PolicyFile
 from kcm.core.session_pinning import SessionPinning
@@ -114,6 +116,9 @@ class Options(ServiceOptions):
         ["accept-v1-wrapping", None, None,
          "Whether key material wrapped in the version 1 format is still opened: true "
          "(default) or false."],
+        ["accept-rows-without-mac", None, None,
+         "Whether an object's row without a row MAC is still used: true (default) or "
+         "false."],
         *limit_options(CoreLimits()),
     ]
 
@@ -158,8 +163,10 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     store.on_transaction, store.on_audit_written = metrics.transaction, metrics.audit_written
     store.on_audit_head, store.on_lock_wait = metrics.audit_head_moved, metrics.lock_waited
     keyring = Keyring(clock=reactor.seconds, kept_ttl=store.objects.ttl,
-                      accept_v1=config.accept_v1_wrapping)
+                      accept_v1=config.accept_v1_wrapping,
+                      accept_unsealed=config.accept_rows_without_mac)
     upgrade = WrapUpgrade(keyring)
+    row_macs = RowMacUpgrade(keyring)
     rates = TenantRates(reactor, config.limits.requests_per_second_per_tenant,
                         config.limits.request_burst_per_tenant)
     metrics.tenant_rates(rates)
@@ -249,6 +256,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         _sweep_step(rotate_tenant_keys_due, keyring=keyring),
         _sweep_step(rewrap_step, keyring=keyring, refused=set()),
         _sweep_step(upgrade_step, upgrade=upgrade),
+        _sweep_step(seal_step, upgrade=row_macs),
         _sweep_step(purge_spent),
         _sweep_step(prune_outbox, retention=config.outbox_retention),
         # The tombstones of a destroyed L3 before the L3 itself (which they name).
@@ -292,7 +300,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     metrics.sweeper(sweeper)
     metrics.watch(guard=guard, fanout=fanout, links=link_factory)
     metrics.queues(handler.queue_waiting)
-    metrics.wrapping(keyring, upgrade)
+    metrics.wrapping(keyring, upgrade, row_macs)
     metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, refresher=refresher)
     if config.metrics_listen:
         # What each tenant stores against its bound: read every 30 s, off the writer.
@@ -307,6 +315,11 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
         counts.clock = reactor
         counts.setName("kcm-v1-wrapped-count")
         counts.setServiceParent(core)
+        # The rows without a row MAC left, the same way.
+        mac_counts = TimerService(ROW_MAC_COUNT_INTERVAL, row_macs.refresh, store)
+        mac_counts.clock = reactor
+        mac_counts.setName("kcm-rows-without-mac-count")
+        mac_counts.setServiceParent(core)
     core.metrics = metrics
     core.kmip_factory = kmip_factory
     if config.metrics_listen:

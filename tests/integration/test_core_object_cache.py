@@ -76,7 +76,7 @@ def second_core(core: CoreHarness, tmp_path: Path) -> Iterator[CoreHarness]:
     store = Store(core.store.url)
     store.startService()
     keyring = Keyring(core.keyring._master())  # the same L1, as a second core
-    store.audit_key = keyring.audit_key
+    store.audit_key, store.row_seal = keyring.audit_key, keyring.row_seal
     try:
         yield CoreHarness(store, keyring, CoreRequestHandler(store, keyring, clock=time.time))
     finally:

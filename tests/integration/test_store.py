@@ -130,7 +130,7 @@ def test_migrations_match_metadata(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
     upgrade(db_url)  # idempotent at every start
-    assert current_revision(db_url) == head_revision() == HEAD_REVISION == "0016"
+    assert current_revision(db_url) == head_revision() == HEAD_REVISION == "0017"
     engine = open_engine(db_url)
     try:
         with engine.connect() as connection:

@@ -27,6 +27,7 @@ from kcm.core.destroyed_retention import drop_tombstones, purge_destroyed
 from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.outbox_retention import prune_outbox
 from kcm.core.rotation_policy import PolicySettings, set_policy
+from kcm.core.row_mac_upgrade import RowMacUpgrade, seal_step
 from kcm.core.state_sweeper import sweep_due_states
 from kcm.core.store import repository
 from kcm.core.stream_parts import purge_spent
@@ -55,6 +56,7 @@ def _steps(core: CoreHarness) -> list:
             bound(rotate_tenant_keys_due, keyring=core.keyring),
             bound(rewrap_step, keyring=core.keyring),
             bound(upgrade_step, upgrade=WrapUpgrade(core.keyring)),
+            bound(seal_step, upgrade=RowMacUpgrade(core.keyring)),
             bound(purge_spent),
             bound(prune_outbox, retention=3600),
             bound(drop_tombstones),
@@ -65,8 +67,8 @@ def test_the_steps_here_are_those_kcm_core_sweeps_with() -> None:
     listed = re.findall(r"_sweep_step\((\w+)", inspect.getsource(tap.makeService))
     assert listed == [fn.__name__ for fn in (rotate_due, rotate_managed_due,
                                              rotate_tenant_keys_due, rewrap_step, upgrade_step,
-                                             purge_spent, prune_outbox, drop_tombstones,
-                                             purge_destroyed)]
+                                             seal_step, purge_spent, prune_outbox,
+                                             drop_tombstones, purge_destroyed)]
 
 
 @contextmanager

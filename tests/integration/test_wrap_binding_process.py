@@ -162,8 +162,9 @@ def test_a_service_key_moved_to_another_service_is_not_sent_to_a_gateway(
 
 
 def _to_v1(core: CoreProcess) -> int:
-    """Every blob of the database wrapped again in the version 1 format, as the previous
-    release wrote them (bound to tenant and uid only); how many."""
+    """Every blob of the database wrapped again in the version 1 format, as the release
+    before the previous wrote them (bound to tenant and uid only), and every row without a
+    row MAC, as that release wrote them too; how many."""
     l1 = keys.load_l1(core.root / "l1.key")
     with _db(core) as db:
         rows = db.execute("SELECT uid, tenant, object_type, level, service, key_version, "
@@ -181,6 +182,7 @@ def _to_v1(core: CoreProcess) -> int:
             kek_of = kek
             db.execute("UPDATE managed_objects SET material = ? WHERE uid = ?", (
                 keys.wrap(kek_of, clear[uid], aad=keys.object_aad(tenant, uid), version=1), uid))
+        db.execute("UPDATE managed_objects SET row_mac = NULL")
     return len(rows)
 
 

@@ -124,7 +124,7 @@ def test_a_flag_changed_in_the_database_is_refused_even_after_use(tmp_path: Path
         log = core.log.read_text()
         for uid in (locked, hidden):
             assert re.search(rf"object {uid} of tenant demo refused: its row does not match "
-                             r"its wrapping \(it fails authentication\)", log), log[-3000:]
+                             r"its wrapping \(its row MAC does not match\)", log), log[-3000:]
         assert _metric(core, "kcm_core_wrapping_mismatches_total") == 4
         # Put back as they were: served again.
         _edit_flag(core, locked, Tag.EXTRACTABLE, False)

@@ -28,7 +28,8 @@ def core(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CoreHarness
 
 
 def _to_v1(core: CoreHarness) -> int:
-    """Every blob wrapped again as the previous release wrote it; how many."""
+    """Every blob wrapped again as the release before the last wrote it, its row without
+    a row MAC as that release wrote it; how many."""
     ring = core.keyring
 
     def rewrite(session) -> int:  # noqa: ANN001
@@ -43,7 +44,7 @@ def _to_v1(core: CoreHarness) -> int:
             else:
                 blob = keys.wrap(ring._l2_by_uid[row.wrapped_by], plain, aad=aad, version=1)
             session.execute(update(ManagedObject).where(ManagedObject.uid == row.uid).values(
-                material=blob, revision=ManagedObject.revision + 1))
+                material=blob, row_mac=None, revision=ManagedObject.revision + 1))
         return len(rows)
 
     return core.store.run_sync(rewrite)

@@ -502,3 +502,30 @@ def test_a_ca_of_the_bundle_without_a_crl_is_warned_about(core: Path, pki: PkiPa
     crl.write_bytes(crl.read_bytes() + issue_crl(new, []).public_bytes(Encoding.PEM))
     status, lines = check(capsys, core)
     found(lines, "ok", "core.tls.crl: 2 CRL(s) of the CAs of")
+
+
+def test_rows_without_a_mac_with_accept_rows_without_mac_false_are_warned_about(
+        core: Path, capsys) -> None:
+    assert main(["core", "tenant", "add", "demo", "-c", str(core)]) == 0
+    capsys.readouterr()
+    store = Store(f"sqlite:///{core.parent / 'kcm.db'}", threads=1)
+    try:
+        assert store.run_sync(lambda s: s.execute(text(
+            "SELECT count(*) FROM managed_objects WHERE row_mac IS NULL")).scalar()) == 0
+        count = store.run_sync(lambda s: s.execute(text(
+            "UPDATE managed_objects SET row_mac = NULL")).rowcount)
+    finally:
+        store.stopService()
+    assert count >= 1
+    status, lines = check(capsys, core)  # (true, the default: MACed by the sweeper)
+    assert status == 0 and not [line for line in lines if "without_mac" in line], lines
+    core.write_text(core.read_text().replace("[core]\n",
+                                             "[core]\naccept_rows_without_mac = false\n"))
+    status, lines = check(capsys, core)
+    assert status == 0
+    found(lines, "warning", f"core.accept_rows_without_mac: false, and the database holds "
+                            f"{count} objects without a row MAC", "set it true until "
+                            "kcm_core_objects_without_row_mac reads 0")
+    assert main(["core", "init", "--restored", "-c", str(core)]) == 0
+    assert f"warning: accept_rows_without_mac is false, and the database holds {count} " \
+        in capsys.readouterr().out

@@ -158,7 +158,8 @@ def test_a_version_stored_pre_active_whose_activation_date_passed_is_current(
         session.execute(update(ManagedObject).where(
             ManagedObject.tenant == "demo", ManagedObject.service == "app",
             ManagedObject.level == LEVEL_SERVICE_KEY, ManagedObject.key_version == newest + 1)
-            .values(state=STATE_PRE_ACTIVE, activation_date=now - 60))
+            .values(state=STATE_PRE_ACTIVE, activation_date=now - 60,
+                    row_mac=None))  # (as an earlier release stored it: no row MAC)
 
     core.store.run_sync(scheduled)
     keys = core.store.run_sync(lambda session: fetch_service_keys(

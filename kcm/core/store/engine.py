@@ -75,6 +75,7 @@ from kcm.core.store.repository import (
     lock_writers,
     lock_writers_on,
 )
+from kcm.core.store.row_seal import ROW_SEAL_INFO, RowSeal
 from kcm.core.store.savepoints import StoreSession
 from kcm.core.store.sqlite_links import refuse_linked
 from kcm.core.store.transaction_lost import check_transaction
@@ -492,6 +493,10 @@ class Store(Service):
         #: from its L1; every session gets it in ``info[AUDIT_KEY_INFO]``. None until the
         #: holder of L1 sets it: until then audit records cannot be written or verified.
         self.audit_key: bytes | None = None
+        #: What MACs and checks each managed object's row (:mod:`kcm.core.store.row_seal`),
+        #: made from L1 by its holder (the keyring's); every session gets it in
+        #: ``info[ROW_SEAL_INFO]``. None: rows are written without a MAC.
+        self.row_seal: RowSeal | None = None
         #: The core's ``[core.limits] max_objects_per_tenant`` (kcm.core.store.quota): the
         #: bound of a tenant without one of its own; 0 (a store of a ``kcm`` command): none.
         self.max_objects_per_tenant = 0
@@ -779,6 +784,8 @@ class Store(Service):
             info: dict[str, Any] = {}
             if self.audit_key is not None:
                 info[AUDIT_KEY_INFO] = self.audit_key
+            if self.row_seal is not None:
+                info[ROW_SEAL_INFO] = self.row_seal
             if self.on_audit_written is not None:
                 info[AUDIT_WRITTEN_INFO] = self.on_audit_written
             if self.on_audit_head is not None:
@@ -1062,6 +1069,8 @@ class Store(Service):
                 info = session.info
                 if self.audit_key is not None:
                     info[AUDIT_KEY_INFO] = self.audit_key
+                if self.row_seal is not None:
+                    info[ROW_SEAL_INFO] = self.row_seal
                 if self.on_audit_written is not None:
                     info[AUDIT_WRITTEN_INFO] = self.on_audit_written
                 if self.on_audit_head is not None:

@@ -31,8 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, make_transient_to_detached
-from sqlalchemy.orm.attributes import flag_modified, set_committed_value
+from sqlalchemy.orm import Session, make_transient_to_detached, object_session
+from sqlalchemy.orm.attributes import NO_VALUE, flag_modified, set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.util import identity_key
 from twisted.logger import Logger
@@ -41,6 +41,7 @@ from kcm.core.store import quota
 from kcm.core.store.known import WRITE_INFO, known_facts, learn
 from kcm.core.store.object_cache import note_written
 from kcm.core.store.raw_statements import RawStatement, connection_of, execute_plain
+from kcm.core.store.row_seal import SEALED, seal_of
 from kcm.core.store.savepoints import on_rollback
 from kcm.core.store.schema import (
     DATE_COLUMNS,
@@ -408,6 +409,8 @@ def insert_object(
     }
     if level is not None:
         values["rotate_due"] = LOOK_AGAIN  # (its policy judged at the next sweep)
+    seal = seal_of(info)
+    values["row_mac"] = None if seal is None else seal.mac_of_mapping(values)
     _INSERT_OBJECT.send(session, values)
     note_written(info, tenant, uid)  # (a rollback may free its uid and created_seq)
     _insert_locate_copies(connection, uid, tenant, names, groups, keys)
@@ -639,8 +642,10 @@ def update_object(session: Session, obj: ManagedObject, **changes: object) -> Ma
     note_written(session.info, obj.tenant, obj.uid)  # stale now; its key may be going
     for column, value in changes.items():
         setattr(obj, column, value)
-    # Bump the revision even when only ``changes`` equal the current values.
-    flag_modified(obj, "attributes")
+    # Bump the revision even when only ``changes`` equal the current values. (By a column
+    # the row MAC leaves out: flagged, a column's value as read is forgotten, and the
+    # check of the row as read needs every other one's: _seal_updated.)
+    flag_modified(obj, "rotate_due")
     session.flush()
     return obj
 
@@ -664,6 +669,15 @@ def update_columns(session: Session, row: ObjectColumns | ManagedObject,
         return update_object(session, row, **changes)
     changes = _looked_at_again(row.level, changes)
     note_written(session.info, row.tenant, row.uid)  # stale now; its key may be going
+    seal = seal_of(session.info)
+    if seal is None:
+        changes["row_mac"] = None  # (a store given no L1 leaves no MAC that is not the row's)
+    else:
+        # The row as read first (a change must not MAC what a database writer put there),
+        # then its MAC as it will be.
+        seal.check(row)
+        changes["row_mac"] = seal.mac_of(tuple(
+            changes[name] if name in changes else getattr(row, name) for name in SEALED))
     columns = tuple(sorted(changes))
     statement = _UPDATES.get(columns)
     if statement is None:
@@ -682,9 +696,38 @@ def update_columns(session: Session, row: ObjectColumns | ManagedObject,
     return row
 
 
+@event.listens_for(ManagedObject, "before_insert")
+def _seal_inserted(_mapper: Any, _connection: Any, target: ManagedObject) -> None:
+    """A row the ORM inserts gets its MAC (:mod:`kcm.core.store.row_seal`)."""
+    session = object_session(target)
+    seal = None if session is None else seal_of(session.info)
+    target.row_mac = None if seal is None else seal.mac(target)
+
+
+@event.listens_for(ManagedObject, "before_update")
+def _seal_updated(_mapper: Any, _connection: Any, target: ManagedObject) -> None:
+    """A row the ORM updates (:func:`update_object`, a flush of any change): the row as
+    read is checked first (a change must not MAC what a database writer put there), then
+    its new MAC goes into the same UPDATE. Here, where every ORM write passes, so no writer
+    can forget it; :func:`insert_object` and :func:`update_columns` do the same for theirs."""
+    session = object_session(target)
+    seal = None if session is None else seal_of(session.info)
+    if seal is None:
+        target.row_mac = None
+        return
+    committed = inspect(target).committed_state
+    stored = committed.get("row_mac", target.row_mac)
+    before = tuple(committed.get(name, getattr(target, name)) for name in SEALED)
+    if NO_VALUE not in before:  # (else not read whole: nothing to check it against)
+        why = seal.why_values_refused(stored, before)
+        if why is not None:
+            raise seal.refuse(target, why)
+    target.row_mac = seal.mac(target)
+
+
 def _check_changes(changes: Mapping[str, object]) -> None:
     for column in changes:
-        if column in ("uid", "tenant", "created_seq", "revision"):
+        if column in ("uid", "tenant", "created_seq", "revision", "row_mac"):
             raise TypeError(f"{column} cannot be changed")
         if column not in _OBJECT_COLUMN_SET:
             raise TypeError(f"unknown column {column!r}")

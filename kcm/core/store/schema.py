@@ -187,6 +187,9 @@ class ManagedObject(Base):
     #: next judges its rotation policy (:mod:`kcm.core.rotation_schedule`, migration 0013):
     #: :data:`LOOK_AGAIN` once it is written; NULL: not until it is written again.
     rotate_due: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    #: The row's MAC (:mod:`kcm.core.store.row_seal`, migration 0017): every write of the
+    #: row writes it; NULL in a row of an earlier release until the state sweeper MACs it.
+    row_mac: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __mapper_args__ = {"version_id_col": revision}
 

@@ -1,0 +1,118 @@
+"""The row MAC in the store (kcm.core.store.row_seal, kcm.core.row_mac_upgrade), SQLite and
+PostgreSQL: every write checks the row as read before it MACs the new one, through the
+Core statements and through the ORM alike; the state sweeper's walk gives the rows of
+earlier releases their MAC in bounded batches, once, and none while they are refused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text, update
+
+from kcm.core.keyring import WrappingMismatch
+from kcm.core.row_mac_upgrade import RowMacUpgrade, Sealed, rows_without_mac
+from kcm.core.store import repository
+from kcm.core.store.schema import ManagedObject
+from tests.core_support import CoreHarness, demo_app_harness, own_store
+from tests.integration.test_core_objects import register
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def core(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CoreHarness]:
+    with demo_app_harness(own_store(request, tmp_path, "row_seal")) as harness:
+        yield harness
+
+
+def _tamper(core: CoreHarness, uid: str) -> None:
+    """``uid`` made Active in the database, its MAC as it was."""
+    core.store.run_sync(lambda s: s.execute(text(
+        "UPDATE managed_objects SET state = 2, revision = revision + 1 WHERE uid = :uid"),
+        {"uid": uid}))
+
+
+def _macs(core: CoreHarness) -> dict[str, bytes | None]:
+    return dict(core.store.run_sync(lambda s: s.execute(
+        select(ManagedObject.uid, ManagedObject.row_mac)).all()))
+
+
+def test_every_row_written_has_its_mac(core: CoreHarness) -> None:
+    uid = register(core)
+    macs = _macs(core)
+    assert macs and None not in macs.values()
+    stored = core.store.run_sync(lambda s: repository.object_columns(s, "demo", uid))
+    assert core.keyring.row_seal is not None
+    assert core.keyring.row_seal.why_refused(stored) is None
+
+
+def test_a_write_over_a_changed_row_is_refused_not_macd(core: CoreHarness) -> None:
+    first, second = register(core), register(core)
+    _tamper(core, first)
+    _tamper(core, second)
+    before = core.keyring.mismatches
+
+    def with_core_statement(session) -> None:  # noqa: ANN001
+        columns = repository.object_columns(session, "demo", first)
+        repository.update_columns(session, columns, last_change_date=1)
+
+    def through_the_orm(session) -> None:  # noqa: ANN001
+        row = session.scalars(select(ManagedObject).where(ManagedObject.uid == second)).one()
+        repository.update_object(session, row, last_change_date=1)
+
+    for write in (with_core_statement, through_the_orm):
+        with pytest.raises(WrappingMismatch, match="row MAC does not match"):
+            core.store.run_sync(write)
+    assert core.keyring.mismatches == before + 2
+    # Nothing was written: each still refused.
+    for uid in (first, second):
+        stored = core.store.run_sync(lambda s, uid=uid: repository.object_columns(
+            s, "demo", uid))
+        assert stored.last_change_date != 1
+        assert core.keyring.row_seal.why_refused(stored) is not None
+
+
+def test_the_walk_macs_the_rows_of_an_earlier_release_in_bounded_batches_once(
+        core: CoreHarness) -> None:
+    for _ in range(6):
+        register(core)
+    total = core.store.run_sync(lambda s: s.execute(
+        update(ManagedObject).values(row_mac=None)).rowcount)
+    assert total >= 8 and core.store.run_sync(rows_without_mac) == total
+    upgrade = RowMacUpgrade(core.keyring, window=4, batch=2, pause=60.0)
+    now, done, steps = time.time(), [], 0
+    while True:
+        outcome = core.store.run_sync(lambda s: upgrade.step(s, now))
+        steps += 1
+        done += outcome
+        assert all(isinstance(o, Sealed) and o.count <= 2 for o in outcome)
+        if upgrade._cursor is None:
+            break
+        assert steps < 100
+    assert sum(o.count for o in done) == total and upgrade.left == 0
+    assert core.store.run_sync(rows_without_mac) == 0
+    seal = core.keyring.row_seal
+    rows = core.store.run_sync(lambda s: [repository.ObjectColumns(*r) for r in s.execute(
+        select(*ManagedObject.__table__.columns))])
+    assert all(seal.why_refused(r) is None for r in rows)
+    # Once: the next walk (after its pause) finds nothing to do.
+    assert core.store.run_sync(lambda s: upgrade.step(s, now + 61)) == []
+    assert core.store.run_sync(lambda s: s.scalar(select(func.count()).select_from(
+        ManagedObject))) == total
+
+
+def test_no_row_is_macd_while_rows_without_one_are_refused(core: CoreHarness) -> None:
+    uid = register(core)
+    core.store.run_sync(lambda s: s.execute(update(ManagedObject).where(
+        ManagedObject.uid == uid).values(row_mac=None)))
+    core.keyring.accept_unsealed = False
+    try:
+        upgrade = RowMacUpgrade(core.keyring, window=100, batch=10)
+        assert core.store.run_sync(lambda s: upgrade.step(s, time.time())) == []
+        assert core.store.run_sync(rows_without_mac) == 1
+        with pytest.raises(WrappingMismatch, match="accept_rows_without_mac is false"):
+            core.store.run_sync(lambda s: repository.update_columns(
+                s, repository.object_columns(s, "demo", uid), last_change_date=1))
+    finally:
+        core.keyring.accept_unsealed = True

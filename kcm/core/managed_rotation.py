@@ -157,9 +157,13 @@ def _due_in_turn(session: Session, now: int, limit: int, *,
 def _rotate(ctx: OperationContext, uid: str) -> ManagedRotation | None:
     """Rotate ``uid``, due by its stored row; None when, loaded, it no longer rotates: its
     Deactivation Date passed since it was last written (the row's state is as it was then),
-    so it is Deactivated now and never rotated (its state and its rotation, none, stored)."""
+    so it is Deactivated now and never rotated (its state and its rotation, none, stored);
+    or when its attributes (which the row MAC covers) say it is not due yet."""
     old = managed.load(ctx, uid)
-    if managed.rotate_due(old) is None:
+    due = managed.rotate_due(old)
+    if due is None or due > ctx.now:
+        # (not due by its attributes: the stored ``rotate_due``, which the row MAC leaves
+        # out, was changed in the database; saved, it is what they say again)
         managed.save(ctx, old, changed=False)
         return None
     generation = int(old.value(Tag.ROTATE_GENERATION) or 0)

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from kcm.core.managed_rotation import rotate_managed_due
 from kcm.core.store.schema import AuditLog, Tenant
@@ -493,3 +493,16 @@ def test_a_key_of_a_rotation_line_is_re_keyed_once(core: CoreHarness) -> None:
     assert rotation.uid == first
     failed(core, Operation.RE_KEY, ReKeyRequest(unique_identifier=first),
            ResultReason.WRONG_KEY_LIFECYCLE_STATE)  # the sweeper re-keyed it meanwhile
+
+
+def test_a_rotate_due_moved_in_the_database_rotates_nothing_early(core: CoreHarness) -> None:
+    """``rotate_due`` is a schedule the row MAC leaves out: a key whose stored one was
+    made due is judged by its attributes, not rotated, and given its own back."""
+    uid = register(core, attributes=[PAST, *automatic(100 * 365 * 86400)])
+    due = row(core, uid).rotate_due
+    assert due is not None and due > time.time()
+    core.store.run_sync(lambda s: s.execute(text(
+        "UPDATE managed_objects SET rotate_due = 0 WHERE uid = :uid"), {"uid": uid}))
+    assert sweep(core, time.time()) == []
+    assert row(core, uid).rotate_due == due
+    assert attributes_of(core, uid, Tag.ROTATE_LATEST).get(Tag.ROTATE_LATEST) != [False]

@@ -362,9 +362,24 @@ def server_tls_from(
     context.set_options(SSL.OP_NO_RENEGOTIATION)
     if crls is not None:
         crls.attach(context.get_cert_store())
+        if crls.lenient and crls.in_force:
+            # Only the core's CRLs, not this service's: a CA they hold none of is not
+            # checked (as with no CRL at all), rather than every client of it refused.
+            context.set_verify(context.get_verify_mode(), _no_crl_is_fine)
     if dates is not None:
         dates(certificate_dates(material.chain, material.authorities))
     return options
+
+
+#: OpenSSL's X509_V_ERR_UNABLE_TO_GET_CRL: no CRL in force of a certificate's issuer.
+_UNABLE_TO_GET_CRL = 3
+
+
+def _no_crl_is_fine(connection: Any, certificate: Any, error: int, depth: int,
+                    ok: int) -> bool:
+    """A verify callback that takes a certificate whose issuer has no CRL in force (and
+    leaves every other verdict as OpenSSL gave it)."""
+    return bool(ok) or error == _UNABLE_TO_GET_CRL
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -39,6 +39,11 @@ the handshake (``certificate revoked``), as an expired one does.
   peer's identity and the revoked certificate's serial number. A connection whose
   handshake ends after the swap with the CRLs of before is checked as it ends. Each cut
   is counted as a connection refused, ``revoked`` (:mod:`kcm.connection_refusals`).
+* A gateway also holds the CRLs its core pushed over the link (link version 10:
+  :func:`pushed_crls` checks them as a file's are, :attr:`RevocationLists.pushed` holds them,
+  in memory only): of each CA the newest CRL of its own and the core's is in force
+  (:func:`merged_crls`), and the connections newly listed are cut as above. Without
+  ``tls.crl`` it checks only the CAs the core sent a CRL of (:attr:`RevocationLists.lenient`).
 * For the metrics: the CRLs in force say when the first of them expires
   (:attr:`RevocationLists.next_update`) and when they were read
   (:attr:`RevocationLists.loaded_at`); :attr:`kcm.tls_refresh.TlsRefresher.load_failures`
@@ -58,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 from twisted.logger import Logger
 
@@ -65,9 +71,10 @@ from kcm.connection_refusals import ConnectionRefusals
 from kcm.file_stamp import FileStamp, file_stamp
 from kcm.peer_address import peer_host
 
-__all__ = ["REFRESH_INTERVAL", "CertificateKey", "CrlReading", "RevocationLists",
-           "RevocationWatch", "cas_without_crl", "chain_keys", "load_crls", "read_crls",
-           "revoked_keys", "unsigned_crl"]
+__all__ = ["REFRESH_INTERVAL", "CertificateKey", "CrlReading", "PushedCrls",
+           "RevocationLists", "RevocationWatch", "cas_without_crl", "chain_keys",
+           "load_crls", "merged_crls", "pushed_crls", "read_crls", "revoked_keys",
+           "unsigned_crl"]
 
 log = Logger()
 
@@ -82,6 +89,7 @@ CertificateKey = tuple[bytes, int]
 #: The most characters of a peer's identity a log line shows (as the throttled lines).
 _SHOWN_ID = 100
 
+_DER = Encoding.DER
 _PEM_BEGIN = b"-----BEGIN X509 CRL-----"
 _PEM_END = b"-----END X509 CRL-----"
 
@@ -208,40 +216,143 @@ class CrlReading:
     revoked: frozenset[CertificateKey] | None = None
 
 
+def _issuer_key(crl: x509.CertificateRevocationList) -> tuple[bytes, bytes | None]:
+    """Whose CRL ``crl`` is: its issuer's name (DER) and Authority Key Identifier (two CAs
+    of one name told apart), as :func:`_names_ca` matches a CA."""
+    try:
+        authority = crl.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier).value.key_identifier
+    except (x509.ExtensionNotFound, ValueError):
+        authority = None
+    return crl.issuer.public_bytes(), authority
+
+
+def _age(crl: x509.CertificateRevocationList) -> tuple[int, dt.datetime]:
+    """How new ``crl`` is: its CRL Number (-1 without one), then its This Update."""
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (x509.ExtensionNotFound, ValueError):
+        number = -1
+    return number, crl.last_update_utc
+
+
+def merged_crls(own: Sequence[x509.CertificateRevocationList],
+                pushed: Sequence[x509.CertificateRevocationList]
+                ) -> list[x509.CertificateRevocationList]:
+    """The CRLs in force of a gateway: its own (``tls.crl``) and those its core pushed, of
+    each CA the newest (CRL Number, then This Update; its own when as new), as OpenSSL
+    would take the newest of one issuer anyway."""
+    newest: dict[tuple[bytes, bytes | None], x509.CertificateRevocationList] = {}
+    for crl in [*own, *pushed]:
+        key = _issuer_key(crl)
+        held = newest.get(key)
+        if held is None or _age(crl) > _age(held):
+            newest[key] = crl
+    return list(newest.values())
+
+
+@dataclass(frozen=True)
+class PushedCrls:
+    """What a gateway makes of the CRLs its core pushed (:func:`pushed_crls`): the ``crls``
+    to hold, the DER they came as (``ders``), and why each one left out was (``refused``)."""
+
+    crls: list[x509.CertificateRevocationList]
+    ders: frozenset[bytes]
+    refused: tuple[str, ...] = ()
+
+
+def pushed_crls(ders: Sequence[bytes], authorities: Sequence[x509.Certificate],
+                held: Sequence[x509.CertificateRevocationList], ca_path: str, *,
+                now: dt.datetime) -> PushedCrls:
+    """The CRLs a core pushed (``ders``), each checked as a CRL of ``tls.crl`` is: one that
+    cannot be read, that no CA of ``authorities`` (this gateway's ``tls.ca``) signed or
+    that is past its Next Update is left out (and why is said). Of a CA whose CRL ``held``
+    (those pushed before) has a newer one, that one stays: a core with an older file never
+    takes a revocation back."""
+    crls: list[x509.CertificateRevocationList] = []
+    taken: set[bytes] = set()
+    refused: list[str] = []
+    older = {_issuer_key(crl): crl for crl in held}
+    for der in ders:
+        try:
+            crl = x509.load_der_x509_crl(der)
+        except ValueError:
+            refused.append("a CRL that cannot be read")
+            continue
+        problem = unsigned_crl([crl], authorities, "pushed by the core", ca_path)
+        if problem is None and crl.next_update_utc is not None and crl.next_update_utc <= now:
+            problem = f"the CRL of {crl.issuer.rfc4514_string()} is past its Next Update"
+        if problem is not None:
+            refused.append(problem)
+            continue
+        before = older.get(_issuer_key(crl))
+        if before is not None and _age(before) > _age(crl):
+            crl = before
+        crls.append(crl)
+        taken.add(crl.public_bytes(_DER))
+    return PushedCrls(merged_crls([], crls), frozenset(taken), tuple(refused))
+
+
 class RevocationLists:
     """The CRLs of the file at ``path`` (checked against the CAs at ``ca_path``), for each
     TLS context built from now on (:meth:`attach`), as the file is when last read well
     (:meth:`refresh`). Reading the file at construction raises ValueError when it is wrong,
-    so a service configured with a bad file does not start."""
+    so a service configured with a bad file does not start.
 
-    def __init__(self, path: str | Path, ca_path: str | Path, *,
+    A gateway's also holds the CRLs its core pushed (:attr:`pushed`, link version 10):
+    the contexts check the newest of each CA's (:func:`merged_crls`). ``path`` None: a
+    gateway without ``tls.crl``, which checks the pushed CRLs alone, and only for the CAs
+    they are of (:attr:`lenient`: a certificate of a CA without one is taken, as without
+    CRLs)."""
+
+    def __init__(self, path: str | Path | None, ca_path: str | Path, *,
                  now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
-        self.path = str(path)
+        self.path = str(path) if path is not None else None
         self.ca_path = str(ca_path)
         self._now = now
         self._stamp = self._file_stamp()
         #: Why the file as it is now could not be taken (logged once), or None.
         self._refused: tuple[FileStamp | None, str | None] | None = None
-        self.crls: list[x509.CertificateRevocationList] = load_crls(self.path, self.ca_path)
+        self.crls: list[x509.CertificateRevocationList] = (
+            load_crls(self.path, self.ca_path) if self.path is not None else [])
+        #: The CRLs the core pushed, in force beside :attr:`crls` (memory only).
+        self.pushed: list[x509.CertificateRevocationList] = []
         #: When the CRLs in force were read (unix seconds, from ``now``).
         self.loaded_at = self._now().timestamp()
         for crl in self.crls:
             self._warn_if_expiring(crl)
 
     @property
+    def lenient(self) -> bool:
+        """Whether a certificate of a CA without a CRL in force is taken (no ``tls.crl``)."""
+        return self.path is None
+
+    @property
+    def in_force(self) -> list[x509.CertificateRevocationList]:
+        """The CRLs the contexts check: :attr:`crls`, or with pushed ones the newest of
+        each CA (:func:`merged_crls`)."""
+        return merged_crls(self.crls, self.pushed) if self.pushed else self.crls
+
+    @property
     def next_update(self) -> float | None:
         """The earliest Next Update of the CRLs in force (unix seconds): from then on the
         certificates of that CRL's CA are refused until a newer one is read; None when
         none says."""
-        dates = [crl.next_update_utc for crl in self.crls if crl.next_update_utc is not None]
+        dates = [crl.next_update_utc for crl in self.in_force
+                 if crl.next_update_utc is not None]
         return min(dates).timestamp() if dates else None
 
     def attach(self, store: Any) -> None:
         """Check client certificates against these CRLs in ``store`` (an
         ``OpenSSL.crypto.X509Store``, a new TLS context's): every certificate of the
         chain but the trust anchor, each against its issuer's CRL (OpenSSL's
-        ``CRL_CHECK_ALL``: a revoked intermediate CA refuses what it issued)."""
-        for crl in self.crls:
+        ``CRL_CHECK_ALL``: a revoked intermediate CA refuses what it issued). Lenient
+        lists with none in force check nothing (a gateway without ``tls.crl`` that was
+        pushed none)."""
+        crls = self.in_force
+        if self.lenient and not crls:
+            return
+        for crl in crls:
             store.add_crl(crl)
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
 
@@ -251,6 +362,8 @@ class RevocationLists:
         file that cannot be read or checked is a reading with the reason, not an error.
         ``checked=False``: parsed only, not checked against the CA bundle on disk (the
         caller checks it against the bundle that will be in force: :mod:`kcm.tls_refresh`)."""
+        if self.path is None:
+            return None
         stamp = self._file_stamp()
         if stamp == self._stamp:
             return None
@@ -266,6 +379,12 @@ class RevocationLists:
         (this object is left as it is)."""
         candidate = copy.copy(self)
         candidate.crls = crls
+        return candidate
+
+    def with_pushed(self, pushed: list[x509.CertificateRevocationList]) -> RevocationLists:
+        """These lists holding ``pushed`` as the core's CRLs instead (as :meth:`with_crls`)."""
+        candidate = copy.copy(self)
+        candidate.pushed = pushed
         return candidate
 
     def take(self, reading: CrlReading) -> bool:
@@ -300,7 +419,7 @@ class RevocationLists:
                      when=next_update.isoformat(), path=self.path)
 
     def _file_stamp(self) -> FileStamp | None:
-        return file_stamp(self.path)
+        return file_stamp(self.path) if self.path is not None else None
 
 
 class RevocationWatch:

@@ -86,13 +86,31 @@ def tls_collectors(prefix: str, *, expiry: CertificateExpiry, refusals: Connecti
             "options that could not be built): those in force stay.", (),
             lambda: [((), refresher.reloads_refused)]),
     ]
-    if refresher.crl_path is None:
-        return collectors
-
     def next_update() -> list[tuple[tuple[()], float]]:
         lists = refresher.lists
         when = None if lists is None else lists.next_update
         return [] if when is None else [((), when)]
+
+    if refresher.takes_pushed:
+        collectors += [
+            CallbackGauge(
+                "kcm_gateway_crl_pushed",  # (only a gateway takes pushed CRLs)
+                "The CRLs the core pushed (link version 10) held, checked beside tls.crl "
+                "(of each CA the newest of both).", (),
+                lambda: [((), len(refresher.lists.pushed) if refresher.lists else 0)]),
+            CallbackGauge(
+                "kcm_gateway_crl_pushed_timestamp_seconds",
+                "When the CRLs the core pushed were last taken (unix seconds).", (),
+                lambda: ([] if refresher.pushed_at is None
+                         else [((), refresher.pushed_at)])),
+        ]
+    if refresher.crl_path is None:
+        if refresher.takes_pushed:
+            collectors.append(CallbackGauge(
+                f"{prefix}_crl_next_update_timestamp_seconds",
+                "The earliest Next Update of the CRLs in force (unix seconds): past it, that "
+                "CA's certificates are refused.", (), next_update))
+        return collectors
 
     def loaded() -> list[tuple[tuple[()], float]]:
         lists = refresher.lists

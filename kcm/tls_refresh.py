@@ -57,10 +57,13 @@ from kcm.reactor_threads import RunInThread, in_reactor_threads
 from kcm.tls import RenewableClientTLS, RenewableServerTLS, TlsMaterial
 from kcm.tls_crl import (
     REFRESH_INTERVAL,
+    CertificateKey,
     CrlReading,
+    PushedCrls,
     RevocationLists,
     RevocationWatch,
     cas_without_crl,
+    pushed_crls,
     revoked_keys,
     unsigned_crl,
 )
@@ -76,9 +79,11 @@ Build = Callable[[TlsMaterial, RevocationLists | None], Any]
 
 #: Each renewed options' holder (``use``) and how they are built.
 _Renewed = list[tuple[Any, Build]]
-#: What a look found and built: the files' reading, the CRL's, and each holder's options
-#: (or the Failure of their build).
-_Look = tuple[TlsReading | None, CrlReading | None, list[tuple[Any, Any]]]
+#: What a look found and built: the files' reading, the CRL's, the core's CRLs checked (a
+#: gateway's, None: none pushed since the last look, or unchanged), each holder's options
+#: (or the Failure of their build), and what the CRLs then in force list (None: unchanged).
+_Look = tuple[TlsReading | None, CrlReading | None, PushedCrls | None, list[tuple[Any, Any]],
+              frozenset[CertificateKey] | None]
 
 
 class TlsRefresher(Service):
@@ -98,9 +103,16 @@ class TlsRefresher(Service):
                  run_in_thread: RunInThread | None = None,
                  refusals: ConnectionRefusals | None = None,
                  now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-                 check: CertificateCheck | None = None) -> None:
+                 check: CertificateCheck | None = None, pushed: bool = False) -> None:
         self.files = TlsIdentityFiles(cert, key, ca, now=now, check=check)
         self.crl_path = crl
+        #: Whether CRLs a core pushes are taken (a gateway: :meth:`take_pushed`).
+        self.takes_pushed = pushed
+        #: The core's CRLs last pushed, not looked at yet (None: none).
+        self._pushed_ders: list[bytes] | None = None
+        #: The DER of the core's CRLs in force, and when they were taken (unix seconds).
+        self.pushed_in_force: frozenset[bytes] = frozenset()
+        self.pushed_at: float | None = None
         self.clock = clock
         self.interval = interval
         self._now = now
@@ -127,6 +139,9 @@ class TlsRefresher(Service):
         #: Called on the reactor, once every listener and link uses them, when renewed
         #: files with another certificate are taken (a gateway makes its link again).
         self.on_certificate_renewed: list[Callable[[], object]] = []
+        #: Called on the reactor with the CRLs of ``crl`` in force: as it starts, then each
+        #: time a changed file is taken (a core sends them to its gateways).
+        self.on_crls_taken: list[Callable[[list[Any]], object]] = []
 
     def options(self, build: Build, *, name: str = "TLS") -> Callable[[], RenewableServerTLS]:
         """For a listener (:class:`kcm.tls.TLSListener`'s ``tls_options``): its server TLS
@@ -137,8 +152,8 @@ class TlsRefresher(Service):
 
         def made() -> RenewableServerTLS:
             material = self._in_force()
-            watch = (RevocationWatch(name, self.refusals) if self.crl_path is not None
-                     else None)
+            watch = (RevocationWatch(name, self.refusals)
+                     if self.crl_path is not None or self.takes_pushed else None)
             renewable = RenewableServerTLS(build(material, self.lists), watch=watch)
             self._renewed.append((renewable, build))
             return renewable
@@ -167,13 +182,24 @@ class TlsRefresher(Service):
 
     def startService(self) -> None:
         self.files.read()
-        if self.crl_path is not None:
+        if self.crl_path is not None or self.takes_pushed:
             self.lists = RevocationLists(self.crl_path, self.files.paths[2], now=self._now)
             self._warn_cas_without_crl()
+            self._tell_crls()
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
         super().startService()
+
+    def take_pushed(self, ders: list[bytes]) -> None:
+        """The CRLs a core pushed (a CRLS frame, each DER): checked against ``tls.ca`` and
+        put in force beside this process's own, as a look does (in a thread, then swapped
+        in with the open connections they list cut); the newest push is looked at once the
+        look running ends."""
+        if not self.takes_pushed:
+            return
+        self._pushed_ders = list(ders)
+        self.refresh()
 
     def look_now(self) -> None:
         """A look now, not at the next tick (SIGHUP: files just written are taken at once),
@@ -195,8 +221,10 @@ class TlsRefresher(Service):
         fails (the loop goes on whatever happens)."""
         if self.files.material is None or self._refreshing is not None:
             return None
+        pushed, self._pushed_ders = self._pushed_ders, None
         try:
-            running = self._run(_look, self.files, self.lists, list(self._renewed))
+            running = self._run(_look, self.files, self.lists, list(self._renewed), pushed,
+                                self.pushed_in_force, self._now())
         except Exception:  # noqa: BLE001 - no thread to run it in: tried again next tick
             self.load_failures += 1
             log.failure("tls: the look at the TLS files failed; it is tried again")
@@ -215,6 +243,8 @@ class TlsRefresher(Service):
                 self._again = False
                 self._asked = True
                 self.refresh()
+            elif self._pushed_ders is not None:
+                self.refresh()
 
         return self._refreshing.addBoth(done)
 
@@ -223,7 +253,7 @@ class TlsRefresher(Service):
         options in, all or none: if one could not be built, nothing read is taken
         (:meth:`_not_built`); then with new CRLs cut every open connection whose peer's
         chain they list (:meth:`RevocationWatch.cut_revoked`)."""
-        identity, crl, built = look
+        identity, crl, pushed, built, revoked = look
         if self._asked:
             self._asked = False
             if identity is None and crl is None:
@@ -234,6 +264,9 @@ class TlsRefresher(Service):
                        None)
         if failure is not None:
             self._not_built(identity, crl, failure)
+            if pushed is not None:
+                log.error("tls.crl: the CRLs the core pushed could not be put in force; "
+                          "those in force stay")
             return
         before = self.files.material
         renewed = identity is not None and self.files.take(identity)
@@ -245,6 +278,10 @@ class TlsRefresher(Service):
         if crl is not None and crl.crls is None:
             self.load_failures += 1
         crls_taken = crl is not None and self.lists is not None and self.lists.take(crl)
+        file_taken = crls_taken
+        if pushed is not None and self.lists is not None:
+            self._take_pushed(pushed)
+            crls_taken = True
         if not (renewed or crls_taken):
             return
         self._unbuilt = None
@@ -258,21 +295,46 @@ class TlsRefresher(Service):
                 renewed_certificate()
         if not crls_taken:
             return
-        assert crl is not None and crl.crls is not None  # (taken)
-        revoked = crl.revoked if crl.revoked is not None else revoked_keys(crl.crls)
+        if file_taken:
+            self._tell_crls()
+        if revoked is None:  # (not expected: computed with the options)
+            assert self.lists is not None
+            revoked = revoked_keys(self.lists.in_force)
         for renewable, _ in self._renewed:
             watch = getattr(renewable, "watch", None)
             if watch is not None:
                 watch.cut_revoked(revoked)
+
+    def _tell_crls(self) -> None:
+        if self.lists is None or self.crl_path is None:
+            return
+        for told in list(self.on_crls_taken):
+            try:
+                told(list(self.lists.crls))
+            except Exception:  # noqa: BLE001 - the CRLs are in force here all the same
+                log.failure("tls.crl: passing the CRLs on failed")
+
+    def _take_pushed(self, pushed: PushedCrls) -> None:
+        """On the reactor: the core's CRLs ``pushed`` in force from now on; one line."""
+        assert self.lists is not None
+        self.lists.pushed = pushed.crls
+        self.pushed_in_force = pushed.ders
+        self.pushed_at = self._now().timestamp()
+        for refusal in pushed.refused:
+            log.warn("tls.crl: a CRL the core pushed is left out: {why}", why=refusal)
+        log.info("tls.crl: the core's CRLs taken: {count} CRL(s), {revoked} revoked "
+                 "certificate(s) listed; {total} CRL(s) in force", count=len(pushed.crls),
+                 revoked=sum(len(crl) for crl in pushed.crls),
+                 total=len(self.lists.in_force))
 
     def _warn_cas_without_crl(self) -> None:
         """One warning for each CA of the bundle in force that no CRL in force is of, as
         it becomes so (at the start, a new CA added to ``tls.ca`` without its CRL, a CRL
         left out of ``tls.crl``): every client certificate it issued is refused."""
         material = self.files.material
-        if self.lists is None or material is None:
+        if self.lists is None or material is None or self.lists.lenient:
             return
-        missing = cas_without_crl(self.lists.crls, material.authorities)
+        missing = cas_without_crl(self.lists.in_force, material.authorities)
         seen = frozenset(ca.public_bytes(Encoding.DER) for ca in missing)
         for ca in missing:
             if ca.public_bytes(Encoding.DER) not in self._without_crl:
@@ -315,9 +377,12 @@ class TlsRefresher(Service):
 
 
 def _look(files: TlsIdentityFiles, lists: RevocationLists | None,
-          renewed: _Renewed) -> _Look:
-    """In a thread: the files read again if they changed, the CRL file too, and, when
-    either can be taken, each holder's options built from what is then in force."""
+          renewed: _Renewed, pushed_ders: list[bytes] | None = None,
+          pushed_in_force: frozenset[bytes] = frozenset(),
+          now: dt.datetime | None = None) -> _Look:
+    """In a thread: the files read again if they changed, the CRL file too, the CRLs a core
+    pushed checked, and, when any can be taken, each holder's options built from what is
+    then in force."""
     identity = files.read_changed()
     crl = lists.read_changed(checked=False) if lists is not None else None
     if identity is not None and identity.material is not None and lists is not None:
@@ -343,16 +408,30 @@ def _look(files: TlsIdentityFiles, lists: RevocationLists | None,
             crl = CrlReading(crl.stamp, None, problem)
     material = identity.material if identity is not None else None
     new_crls = crl.crls if crl is not None else None
-    if material is None and new_crls is None:
-        return identity, crl, []
+    pushed: PushedCrls | None = None
+    if pushed_ders is not None and lists is not None:
+        bundle = material if material is not None else files.material
+        assert bundle is not None  # (started)
+        pushed = pushed_crls(pushed_ders, bundle.authorities, lists.pushed, files.paths[2],
+                             now=now if now is not None else dt.datetime.now(dt.UTC))
+        if pushed.ders == pushed_in_force and not pushed.refused:
+            pushed = None  # (the same CRLs again: a new link)
+    if material is None and new_crls is None and pushed is None:
+        return identity, crl, None, [], None
     in_force = material if material is not None else files.material
     assert in_force is not None  # (started)
     candidate = lists.with_crls(new_crls) if lists is not None and new_crls is not None \
         else lists
+    if candidate is not None and pushed is not None:
+        candidate = candidate.with_pushed(pushed.crls)
+    revoked = None
+    if candidate is not None and (new_crls is not None or pushed is not None):
+        revoked = (crl.revoked if crl is not None and crl.revoked is not None
+                   and not candidate.pushed else revoked_keys(candidate.in_force))
     built: list[tuple[Any, Any]] = []
     for renewable, build in renewed:
         try:
             built.append((renewable, build(in_force, candidate)))
         except Exception:  # noqa: BLE001 - logged on the reactor; the options in force stay
             built.append((renewable, Failure()))
-    return identity, crl, built
+    return identity, crl, pushed, built, revoked

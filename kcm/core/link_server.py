@@ -36,7 +36,10 @@ closed right after the handshake (counted as refused for its ``identity``:
   DRAIN; a gateway of link version 7 is answered ORIGIN, the database's deployment id and
   restore generation (:mod:`kcm.core.lineage`), ahead of any event, so that a gateway that
   followed a newer copy of the database refuses this core before it applies anything of
-  it; one of version 6 or later VIEW, the digest of its scope.
+  it; one of version 6 or later VIEW, the digest of its scope; one of version 10 or later
+  CRLS, the CRLs of this core's ``tls.crl`` (:meth:`LinkServerFactory.set_crls`: encoded
+  once, and sent again to every such link when they change), which the gateway checks its
+  own clients against too.
 
 A stopping core (:meth:`LinkServerFactory.drain`) sends DRAIN to every gateway that takes
 it: the gateway sends no new request on that link and closes it once its requests are
@@ -63,11 +66,12 @@ core checks asserted subjects against anyway.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
@@ -102,10 +106,12 @@ from kcm.l4.authorize import ServiceKeyUseDenied
 from kcm.l4.service_key import ServiceKey
 from kcm.link.framer import OversizedFrame
 from kcm.link.frames import (
+    CRLS_VERSION,
     DEFAULT_MAX_FRAME_SIZE,
     DRAIN_VERSION,
     HELLO_VERSION,
     LINK_VERSION,
+    MAX_CRLS_FRAME_SIZE,
     ORIGIN_VERSION,
     PAGES_VERSION,
     REFRESH_VERSION,
@@ -1043,8 +1049,17 @@ class LinkServerProtocol(LinkProtocol):
                             restore_generation=lineage.generation))
         if self.gateway_version >= VIEW_VERSION:
             self.send(Frame(FrameType.VIEW, view=view_digest(self.scope)))
+        self.send_crls()
         if self.factory.draining:  # it crossed the DRAIN this link was not sent yet
             self.drain()
+
+    def send_crls(self) -> None:
+        """The core's CRLs (CRLS, encoded once: :meth:`LinkServerFactory.set_crls`), to a
+        gateway that named link version 10 or later; nothing without them. (Over this
+        end's frame limit: CRLS has its own, :data:`MAX_CRLS_FRAME_SIZE`.)"""
+        wire = self.factory.crls_wire
+        if wire is not None and self.gateway_version >= CRLS_VERSION and not self.closing:
+            self.transport.write(wire)
 
     def drain(self) -> None:
         """Ask the gateway to send no new request here (DRAIN), if it takes DRAIN."""
@@ -1132,6 +1147,8 @@ class LinkServerFactory(Factory):
             (lambda: keyring.audit_key) if keyring is not None else None)
         #: Raised by every new policy: what a link read under an older one is read anew.
         self.policy_generation = 0
+        #: The CRLS frame of the core's CRLs, encoded once (None: none to send).
+        self.crls_wire: bytes | None = None
         #: The links that said HELLO and are still up (for the metrics).
         self.links: set[LinkServerProtocol] = set()
         #: Called with each USAGE_REPORT's counts (L3 uid -> encryptions) and the scope they
@@ -1162,6 +1179,24 @@ class LinkServerFactory(Factory):
         self.policy_document = (subject_map or SubjectMap({})).document()
         self._principals.clear()
         self.policy_generation += 1
+
+    def set_crls(self, crls: Sequence[x509.CertificateRevocationList]) -> None:
+        """Send ``crls`` (those in force at the client listener, each signed by a CA of
+        ``tls.ca``) to every gateway that takes them (link version 10), now and on each
+        link from now on, encoded once. A set whose frame is over
+        :data:`MAX_CRLS_FRAME_SIZE` is not sent (logged): the gateways keep what they hold."""
+        wire = encode_frame(Frame(FrameType.CRLS, crls=[crl.public_bytes(Encoding.DER)
+                                                        for crl in crls]))
+        if len(wire) > MAX_CRLS_FRAME_SIZE:
+            log.error("tls.crl: the CRLs ({size} bytes) are too large to send to the gateways "
+                      "(at most {limit}): each gateway checks only its own tls.crl and the "
+                      "CRLs it was sent before", size=len(wire), limit=MAX_CRLS_FRAME_SIZE)
+            self.crls_wire = None
+            return
+        self.crls_wire = wire
+        for link in list(self.links):
+            if link._version_seen:
+                link.send_crls()
 
     def set_gateway_scopes(self, scopes: GatewayScopes) -> None:
         """Use ``scopes`` from now on: the next frame of every link is checked against

@@ -279,6 +279,8 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
                 write_timeout=config.limits.write_timeout), refusals=refusals,
             lineage=lambda: master_key.lineage)  # (read as it starts, before the listener)
         policy.on_change.append(link_factory.set_subject_map)
+        # The CRLs of tls.crl reach every gateway (link version 10), as they change.
+        refresher.on_crls_taken.append(link_factory.set_crls)
         policy.on_scopes.append(link_factory.set_gateway_scopes)
         fanout.on_stale.append(link_factory.events_stale)
         fanout.on_went_back.append(link_factory.events_went_back)

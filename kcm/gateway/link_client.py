@@ -108,11 +108,13 @@ from kcm.link.events import EventKind
 from kcm.link.framer import OversizedFrame
 from kcm.link.frames import (
     CANCEL_VERSION,
+    CRLS_VERSION,
     DEFAULT_MAX_FRAME_SIZE,
     DRAIN_VERSION,
     HELLO_VERSION,
     KMIP_ANSWERED,
     LINK_VERSION,
+    MAX_CRLS_FRAME_SIZE,
     MAX_STREAM_ID,
     MAX_USAGE_ENTRIES,
     ORIGIN_VERSION,
@@ -209,6 +211,9 @@ class _Stream:
 @implementer(IHandshakeListener)
 class LinkClientProtocol(LinkProtocol):
     """One connection to the core; its streams die with it."""
+
+    #: The core's CRLs come in one frame larger than the others may be (link version 10).
+    big_frame = (FrameType.CRLS, MAX_CRLS_FRAME_SIZE)
 
     def __init__(self, client: LinkClient) -> None:
         super().__init__(client.clock, heartbeat_interval=client.heartbeat_interval,
@@ -440,6 +445,16 @@ class LinkClientProtocol(LinkProtocol):
         if not self._before_made(frame):
             self.client._event(self, frame)
 
+    def frame_CRLS(self, frame: Frame) -> None:
+        """The CRLs of the core's ``tls.crl`` (link version 10), for the client listener."""
+        if self._before_made(frame):
+            return
+        if self.client.on_crls is not None:
+            try:
+                self.client.on_crls(list(frame.crls))
+            except Exception:  # noqa: BLE001 - the link goes on; its own CRLs stay
+                log.failure("taking the core's CRLs failed")
+
     def frame_VIEW(self, frame: Frame) -> None:
         """The digest of what the core sends this gateway (its scope; link version 6)."""
         if self._before_made(frame):
@@ -626,6 +641,10 @@ class LinkClient(MultiService):
         self.on_policy = on_policy
         #: Called (no arguments) each time a link is up, after its WELCOME is taken.
         self.on_linked: Callable[[], None] | None = None
+        #: Called with the CRLs (each DER) of each CRLS frame (link version 10).
+        self.on_crls: Callable[[list[bytes]], None] | None = None
+        #: Whether a core that sends no CRLs (before link version 10) was logged.
+        self._no_crls_logged = False
         #: The last event applied; the core resumes right after it (see
         #: :meth:`_resume_after`).
         self.last_sequence = last_sequence
@@ -975,6 +994,12 @@ class LinkClient(MultiService):
             self.on_resync()
         log.info("linked to core {core} at {peer}; events after {seq}", core=frame.peer_name,
                  peer=protocol.peer, seq=self.last_sequence)
+        if (protocol.core_version < CRLS_VERSION and self.on_crls is not None
+                and not self._no_crls_logged):
+            self._no_crls_logged = True
+            log.info("core {core} (link version {version}) sends no CRLs: only this "
+                     "gateway's own tls.crl is in force, and the core's CRLs sent before",
+                     core=frame.peer_name, version=protocol.core_version)
         if frame.policy is not None and self.on_policy is not None:
             try:
                 self.on_policy(frame.policy)

@@ -212,7 +212,7 @@ def makeService(options: Options,
     # against tls.crl, read as it starts and again as the files change; a
     # renewed certificate must still name this gateway (its name on the link).
     tls_files = TlsRefresher(tls.cert, tls.key, tls.ca, reactor, crl=tls.crl,
-                             interval=tls.crl_refresh, refusals=refusals,
+                             interval=tls.crl_refresh, refusals=refusals, pushed=True,
                              check=lambda cert: renamed_gateway(cert, trust_domain,
                                                                 link.gateway_name))
 
@@ -246,6 +246,8 @@ def makeService(options: Options,
     link.on_event = cache.apply_event
     link.on_resync = cache.resync
     link.on_policy = gateway.apply_policy
+    # The core's CRLs (link version 10) checked beside this gateway's own tls.crl.
+    link.on_crls = tls_files.take_pushed
     usage_counter = UsageCounter()
     engines = gateway_engines(usage_counter.used, opened_keys)
     runner = LocalRunner(new_correlation_id=new_correlation_id, engine_factory=engines)

@@ -39,10 +39,13 @@ class OversizedFrame:
 class LinkFramer:
     """Buffer received bytes; hand out whole frames, and oversized ones as skipped."""
 
-    __slots__ = ("max_size", "_buffer", "_discard", "error")
+    __slots__ = ("max_size", "big", "_buffer", "_discard", "error")
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, big: tuple[FrameType, int] | None = None) -> None:
         self.max_size = max_size
+        #: A frame type taken up to a larger size than ``max_size`` (a gateway's CRLS), and
+        #: that size; None: none.
+        self.big = big
         self._buffer = bytearray()
         self._discard = 0  # bytes of a skipped frame yet to arrive, to be dropped
         #: Why the stream ended (a header that cannot be a frame's), or None.
@@ -103,6 +106,13 @@ class LinkFramer:
             if len(buffer) < head:
                 break  # wait for the bytes that say whose frame it is
             frame_type, stream_id = peek_frame_head(bytes(buffer[:head]))
+            big = self.big
+            if big is not None and frame_type is big[0] and total <= big[1]:
+                if len(buffer) < total:
+                    break
+                frames.append(bytes(buffer[:total]))
+                del buffer[:total]
+                continue
             frames.append(OversizedFrame(total, frame_type, stream_id))
             dropped = min(total, len(buffer))
             del buffer[:dropped]

@@ -23,8 +23,9 @@ from kcm.ttlv import Item, ItemType, TtlvError, decode, decode_item, encode
 #: sends DRAIN only to a gateway that named 4 or later, a ServiceKey's tombstones only to
 #: one that named 5 or later, VIEW only to one that named 6 or later, ORIGIN only to one
 #: that named 7 or later, and an "unchanged" SERVICE_KEYS only to one that named 8 or later;
-#: 9 the FETCH_TOMBSTONES and TOMBSTONES frames (a version's tombstones in pages).
-LINK_VERSION = 9
+#: 9 the FETCH_TOMBSTONES and TOMBSTONES frames (a version's tombstones in pages), 10 the
+#: CRLS frame (the core's CRLs, sent only to a gateway that named 10 or later).
+LINK_VERSION = 10
 #: The version a gateway's HELLO names: the first, which every core takes (a version-1 core
 #: refuses any other with GOAWAY), so a gateway links to a core of any release and learns
 #: the core's own version from WELCOME.
@@ -50,6 +51,12 @@ REFRESH_VERSION = 8
 #: The first link version with paged tombstones: FETCH_TOMBSTONES, answered TOMBSTONES (a
 #: version sent without its tombstones is then asked for them, a page at a time).
 PAGES_VERSION = 9
+#: The first link version with the CRLS frame: the CRLs of the core's ``tls.crl``, which a
+#: gateway checks its clients' certificates against besides its own.
+CRLS_VERSION = 10
+#: The largest CRLS frame: a core sends none larger (it logs why), and a gateway takes one
+#: up to this size whatever its ``limits.max_message_size`` (its other frames' limit).
+MAX_CRLS_FRAME_SIZE = 8 << 20
 #: Usage entries one USAGE_REPORT carries at most (a longer report is sent as several).
 MAX_USAGE_ENTRIES = 1000
 #: TokenIds one SERVICE_KEYS carries at most, over all its ServiceKeys (40 bytes each: well
@@ -111,6 +118,7 @@ class Tag(enum.IntEnum):
     RESTORE_GENERATION = 0x54B01A
     KEYS_DIGEST = 0x54B01B
     MORE_TOMBSTONES = 0x54B01C
+    CRL = 0x54B01D
     KEY_MATERIAL = 0x420043
     RESULT_REASON = 0x42007E
     STATE = 0x42008D
@@ -138,6 +146,7 @@ class FrameType(enum.IntEnum):
     ORIGIN = 16  # link version 7
     FETCH_TOMBSTONES = 17  # link version 9
     TOMBSTONES = 18  # link version 9
+    CRLS = 19  # link version 10
 
 
 #: KMIP's Response Message tag: what a KMIP server answers a link's HELLO with.
@@ -209,6 +218,8 @@ class Frame:
     token_ids: list[str] = field(default_factory=list)
     #: A TOMBSTONES's MoreTombstones: whether pages follow this one (None: absent, false).
     more: bool | None = None
+    #: A CRLS's CRLs, each DER (link version 10).
+    crls: list[bytes] = field(default_factory=list)
 
 
 # (attribute, tag, type) of every scalar field of a LinkFrame, in wire order.
@@ -255,6 +266,7 @@ REQUIRED: dict[FrameType, tuple[str, ...]] = {
     FrameType.ORIGIN: ("deployment", "restore_generation"),
     FrameType.FETCH_TOMBSTONES: ("stream_id", "caller_identity", "unique_identifier"),
     FrameType.TOMBSTONES: ("stream_id",),
+    FrameType.CRLS: (),
 }
 
 #: The fields a frame of these types may carry besides FrameType and StreamId (its row of
@@ -266,6 +278,7 @@ ALLOWED: dict[FrameType, frozenset[str]] = {
                                             "service", "unique_identifier", "keys_digest"}),
     FrameType.FETCH_TOMBSTONES: frozenset({"caller_identity", "caller_subject",
                                            "unique_identifier", "after"}),
+    FrameType.CRLS: frozenset({"crls"}),
 }
 
 #: EventPayload fields: name -> (tag, type).
@@ -296,7 +309,8 @@ _KEY_FIELD_BY_TAG = {tag: (name, item_type) for name, tag, item_type in _KEY_FIE
 def encode_frame(frame: Frame) -> bytes:
     """The TTLV bytes of ``frame``; FrameError if a field has a value of the wrong kind."""
     if not frame.service_keys and frame.payload is None and not frame.usage \
-            and not frame.token_ids and frame.after is None and frame.more is None:
+            and not frame.token_ids and frame.after is None and frame.more is None \
+            and not frame.crls:
         wire = _encode_scalar_frame(frame)
         if wire is not None:
             return wire
@@ -385,6 +399,7 @@ def frame_item(frame: Frame) -> Item:
                     for token_id in frame.token_ids)
     if frame.more is not None:
         children.append(Item(Tag.MORE_TOMBSTONES, ItemType.BOOLEAN, frame.more))
+    children.extend(Item(Tag.CRL, ItemType.BYTE_STRING, crl) for crl in frame.crls)
     return Item(Tag.LINK_FRAME, ItemType.STRUCTURE, children)
 
 
@@ -570,6 +585,9 @@ def _frame_from(item: Item) -> Frame:
         if tag == Tag.TOKEN_ID and frame.type is FrameType.TOMBSTONES:
             frame.token_ids.append(str(_checked(child, ItemType.TEXT_STRING)))
             continue
+        if tag == Tag.CRL and frame.type is FrameType.CRLS:
+            frame.crls.append(bytes(_checked(child, ItemType.BYTE_STRING)))  # type: ignore[arg-type]
+            continue
         if tag in seen:
             raise FrameError(f"field 0x{tag:06X} appears twice")
         seen.add(tag)
@@ -616,7 +634,7 @@ def _frame_from(item: Item) -> Frame:
 _ABSENT: tuple[tuple[str, object], ...] = (
     *((name, None) for name, _, _ in _FIELDS),
     ("service_keys", []), ("payload", None), ("usage", []), ("after", None),
-    ("token_ids", []), ("more", None))
+    ("token_ids", []), ("more", None), ("crls", []))
 #: The fields each type of :data:`ALLOWED` may not carry.
 _NOT_ALLOWED: dict[FrameType, tuple[tuple[str, object], ...]] = {
     frame_type: tuple(entry for entry in _ABSENT if entry[0] not in allowed)

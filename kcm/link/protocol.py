@@ -58,6 +58,10 @@ DEFAULT_HEARTBEAT_INTERVAL = 1.0
 class LinkProtocol(Protocol):
     """The machinery of one link connection; subclasses add ``frame_<TYPE>`` handlers."""
 
+    #: A frame type this end takes larger than ``max_frame_size``, and up to what size
+    #: (:class:`~kcm.link.framer.LinkFramer`'s ``big``: a gateway's CRLS); None: none.
+    big_frame: tuple[FrameType, int] | None = None
+
     def __init__(self, clock: IReactorTime, *, heartbeat_interval: float =
                  DEFAULT_HEARTBEAT_INTERVAL, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.clock = clock
@@ -67,7 +71,7 @@ class LinkProtocol(Protocol):
         self.max_frame_size = max_frame_size
         #: Whether this end stopped reading the connection (silence then proves nothing).
         self.reading_paused = False
-        self._framer = LinkFramer(max_frame_size)
+        self._framer = LinkFramer(max_frame_size, self.big_frame)
         self._heartbeat: LoopingCall | None = None
         self._ping_ids = itertools.count(1)
         self._last_received = 0.0
@@ -129,7 +133,8 @@ class LinkProtocol(Protocol):
         its ``frame_<TYPE>`` method (a malformed one ends the link). An end may read the
         frames it relays straight from ``wire`` first, and leave the rest to this."""
         try:
-            frame = decode_frame(wire, max_size=self.max_frame_size)
+            # (only the framer's big frame type is handed out larger than the limit)
+            frame = decode_frame(wire, max_size=max(self.max_frame_size, len(wire)))
         except FrameError as e:
             self.go_away(str(e))
             return

@@ -371,44 +371,71 @@ def test_a_gateway_s_renewed_certificate_moves_its_link_and_revoking_the_old_one
         core.stop()
 
 
-def test_a_client_served_by_a_gateway_is_cut_by_the_gateway_s_crl_not_the_core_s(
+def test_a_client_revoked_in_the_core_s_crl_only_is_cut_and_refused_at_the_gateway(
         tmp_path: Path) -> None:
-    """What docs/operations.md says of revocation across the planes: each service has its
-    own tls.crl, and a client connected through a gateway is checked by that gateway
-    alone. Its certificate revoked in the core's file only, the client keeps being served
-    through the gateway (a request forwarded to the core too); revoked in the gateway's
-    file as well, its connection there is cut and its next one refused."""
-    from kcm.testing.requests import create_managed, response
+    """The core pushes its CRLs to its gateways (link version 10, docs/operations.md,
+    "Revocation"): a client certificate revoked in the core's tls.crl alone is refused at
+    the handshake of a gateway that has no tls.crl of its own, in each of its two workers,
+    and its connections open there are cut within tls.crl_refresh and a margin: the L4
+    Encrypts the gateway answers and the requests it forwards both stop. The other
+    clients are served on."""
+    from kcm.testing.requests import create_l4, create_managed, encrypt, response
 
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
     pki = core.pki
-    core_crl, gateway_crl = tmp_path / "core" / "crl.pem", tmp_path / "gateway-crl.pem"
+    core_crl = tmp_path / "core" / "crl.pem"
     _revoke(pki, core_crl)
-    _revoke(pki, gateway_crl)
-    core.tls_settings = {"crl": str(core_crl), "crl_refresh": 0.2}
+    refresh = 0.2
+    core.tls_settings = {"crl": str(core_crl), "crl_refresh": refresh}
     core.write_config()
-    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(),
-                             tls_settings={"crl": str(gateway_crl), "crl_refresh": 0.2})
+    gateway = GatewayProcess(tmp_path / "gateway", core, workers=2)
 
-    def forwarded(client: KmipClient) -> bool:
+    def answered(client: KmipClient, item) -> str | None:
         try:
-            [made] = response(client.send(request(create_managed()))).batch_items
-            return made.response_payload is not None
-        except (KmipClientError, ssl.SSLError, ConnectionError):
-            return False
+            [made] = response(client.send(request(item))).batch_items
+        except (KmipClientError, ssl.SSLError, OSError):
+            return None
+        payload = made.response_payload
+        return getattr(payload, "unique_identifier", None) or (
+            "done" if payload is not None else None)
+
+    def l4_encrypts(client: KmipClient) -> bool:
+        uid = answered(client, create_l4())
+        return uid is not None and answered(client, encrypt(uid)) is not None
+
+    def forwards(client: KmipClient) -> bool:
+        return answered(client, create_managed()) is not None
 
     core.start()
+    held: list[KmipClient] = []
     try:
         gateway.start()
         gateway.wait_linked()
-        with gateway.client("app") as held:
-            assert forwarded(held)
-            _revoke(pki, core_crl, "app")
-            wait_until(lambda: not _served(core.port, pki, "app"), "the core's CRL taken")
-            assert forwarded(held) and _served(gateway.port, pki, "app")
-            _revoke(pki, gateway_crl, "app")
-            wait_until(lambda: not forwarded(held), "the gateway's CRL taken")
+        wait_until(lambda: gateway.log.read_text().count("the core's CRLs taken") >= 2,
+                   "each worker took the core's CRLs", timeout=10)
+        for _ in range(4):  # (on both workers: each new connection to the least busy)
+            client = gateway.client("app")
+            client.__enter__()
+            held.append(client)
+            assert l4_encrypts(client) and forwards(client)
+        other = gateway.client("other_app")
+        other.__enter__()
+        held.append(other)
+        assert l4_encrypts(other)
+        _revoke(pki, core_crl, "app")
+        for client in held[:4]:
+            took = wait_until(lambda client=client: not l4_encrypts(client),
+                              "the open connection cut", timeout=refresh + 5)
+            assert took < refresh + 5
+            assert not forwards(client)
+        for _ in range(4):
             assert not _served(gateway.port, pki, "app")
+        assert _served(gateway.port, pki, "other_app") and l4_encrypts(other)
+        log = gateway.log.read_text()
+        assert log.count("tls.crl: closed the KMIP connection of") == 4, log
+        assert "revoked certificate(s) listed" in log
     finally:
+        for client in held:
+            client.close()
         gateway.stop()
         core.stop()

@@ -34,6 +34,7 @@ from kcm.kmip.errors import KmipError
 from kcm.l4.service_key import ServiceKey
 from kcm.link.frames import (
     DEFAULT_MAX_FRAME_SIZE,
+    LINK_VERSION,
     Frame,
     FrameType,
     encode_frame,
@@ -745,9 +746,9 @@ def test_an_unknown_link_version_is_refused(world: World) -> None:
     transport = iosim.FakeTransport(server, True)
     server.makeConnection(transport)
     server.handshakeCompleted()
-    server.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=10, peer_name="x",
-                                           sequence=-1)))
-    assert b"link version 10" in b"".join(transport.stream)
+    server.dataReceived(encode_frame(Frame(FrameType.HELLO, link_version=LINK_VERSION + 1,
+                                           peer_name="x", sequence=-1)))
+    assert f"link version {LINK_VERSION + 1}".encode() in b"".join(transport.stream)
     assert server.closing
 
 

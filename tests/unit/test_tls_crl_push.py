@@ -269,3 +269,31 @@ def test_without_tls_crl_a_ca_the_core_pushed_no_crl_of_is_not_checked(pki, tmp_
 
 def test_link_version_10_is_the_crls_frame() -> None:
     assert LINK_VERSION == CRLS_VERSION == 10 and FrameType.CRLS == 19
+
+
+def test_the_gateway_metrics_count_the_pushed_crls(pki) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from kcm.connection_refusals import ConnectionRefusals
+    from kcm.tls_metrics import CertificateExpiry, tls_collectors
+    from tests.unit.test_metrics import samples
+
+    refresher = _gateway_refresher(pki)
+    registry = CollectorRegistry(auto_describe=False)
+    try:
+        for collector in tls_collectors("kcm_gateway", expiry=CertificateExpiry(),
+                                        refusals=ConnectionRefusals(), refresher=refresher):
+            registry.register(collector)
+        got = samples(registry)
+        assert got[("kcm_gateway_crl_pushed", ())] == 0
+        assert ("kcm_gateway_crl_next_update_timestamp_seconds", ()) not in got
+        crl = issue_crl(load_ca(pki.ca), [], now=NOW, days=3)
+        refresher.take_pushed([_der(crl)])
+        got = samples(registry)
+        assert got[("kcm_gateway_crl_pushed", ())] == 1
+        assert got[("kcm_gateway_crl_next_update_timestamp_seconds", ())] == (
+            NOW + dt.timedelta(days=3)).timestamp()
+        assert ("kcm_gateway_crl_pushed_timestamp_seconds", ()) in got
+        assert ("kcm_gateway_crl_load_failures_total", ()) not in got  # (no tls.crl)
+    finally:
+        refresher.stopService()

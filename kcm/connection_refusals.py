@@ -8,7 +8,8 @@ What it promises:
   more series (a reason not listed is a bug, KeyError).
 * One :class:`ConnectionRefusals` per process, shared by the parts that refuse: the
   connection guard (``limit``, ``timeout``, ``handshake``, ``revoked``), the KMIP and link
-  protocols (``identity``, ``unreadable``, ``too_large``), each listener's CRL watch
+  protocols (``identity``, ``unreadable``, ``too_large``; the KMIP factory ``limit`` too, over
+  ``max_connections_per_tenant``), each listener's CRL watch
   (``revoked``: an open connection cut by a new CRL). Counted on the reactor thread, read
   when scraped; a connection is counted once, by the first reason that ends it.
 """
@@ -20,7 +21,8 @@ from collections.abc import Iterator
 __all__ = ["REASONS", "ConnectionRefusals"]
 
 #: Why a connection was refused or cut:
-#: ``limit``: over ``max_connections`` or ``max_connections_per_address`` (closed at accept);
+#: ``limit``: over ``max_connections`` or ``max_connections_per_address`` (closed at accept),
+#: or ``max_connections_per_tenant`` (cut when the TLS handshake names the tenant);
 #: ``timeout``: no TLS handshake within ``handshake_timeout``;
 #: ``handshake``: the TLS handshake failed (a client certificate not verified, none, or a
 #: client that did not take ours);

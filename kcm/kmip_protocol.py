@@ -19,7 +19,9 @@ connection is handled either; if it does not drain within ``write_timeout`` the 
 is aborted, which frees what it held.
 
 What happens before a connection has a principal (the handshake deadline, the caps on
-connections) is :mod:`kcm.connection_guard`'s, around the TLS layer.
+connections) is :mod:`kcm.connection_guard`'s, around the TLS layer. The one cap that needs
+the principal, ``max_connections_per_tenant``, is the factory's: a connection over it is cut
+as soon as the handshake names its tenant (counted ``limit``, logged once an interval).
 
 A request the protocol refuses whole itself (a message larger than ``max_message_size``, the
 first request of a client whose certificate names nobody this server serves) is answered by
@@ -87,6 +89,10 @@ class ConnectionLimits:
     max_connections: int = 900
     #: Connections from one client IP address at once, on each listener.
     max_connections_per_address: int = 100
+    #: Connections of one tenant's principals at once on the KMIP listener, counted from
+    #: the TLS handshake that names them: one tenant cannot take every slot of
+    #: ``max_connections`` (half of its default), whatever addresses it connects from.
+    max_connections_per_tenant: int = 450
     #: The prefix length by which ``max_connections_per_address`` counts an IPv6 client: 128
     #: each address, 64 each /64 (a host may have every address of one); 32 to 128. IPv4
     #: clients (of a dual-stack listener too) are counted by their address.
@@ -104,7 +110,8 @@ class ConnectionLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "max_pending", "max_connections",
-                     "max_connections_per_address", "max_unsent_output", "max_batch_items"):
+                     "max_connections_per_address", "max_connections_per_tenant",
+                     "max_unsent_output", "max_batch_items"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")
@@ -363,6 +370,14 @@ class KmipServerProtocol(Protocol):
                 log.warn(_REFUSED_IDENTITY, peer=address, certificate=self._claimed, count=1,
                          interval="0")
             self._refused_identity = True
+            return
+        factory = getattr(self, "factory", None)
+        if isinstance(factory, KmipServerFactory) and not factory.admit_tenant(self, principal,
+                                                                               address):
+            # Cut at once, as a connection over max_connections is at accept: a refused
+            # connection kept open until its first request would hold a slot it was
+            # refused, and a tenant reconnecting in a loop would hold them all again.
+            self._close(abort=True)
             return
         self.connection = ConnectionInfo(next(_connection_ids), principal, address)
 
@@ -714,6 +729,9 @@ class _OutputFull:
 
 _REFUSED_IDENTITY = ("refused connection from {peer}: no acceptable identity ({certificate}); "
                      "{count} such connection(s) in the last {interval} s")
+_REFUSED_TENANT = ("refused {count} connection(s) of tenant {tenant} over "
+                   "limits.max_connections_per_tenant ({limit}) in the last {interval} s; "
+                   "last from {peer}")
 
 
 class KmipServerFactory(Factory):
@@ -735,9 +753,15 @@ class KmipServerFactory(Factory):
         #: The warning of a connection whose certificate names no acceptable identity.
         self.refused_identities = ThrottledLine(clock, _REFUSED_IDENTITY, logger=log,
                                                 level=LogLevel.warn)
+        #: The warning of a connection refused over ``max_connections_per_tenant``.
+        self.refused_tenants = ThrottledLine(clock, _REFUSED_TENANT, logger=log,
+                                             level=LogLevel.warn)
         #: The connections open now (made and not yet lost: bounded by the listener's
         #: connection caps).
         self.connections: set[KmipServerProtocol] = set()
+        #: The identified connections of each tenant open now (its principals': none for a
+        #: principal of no tenant), at most ``max_connections_per_tenant`` each.
+        self._tenant_connections: dict[str, set[KmipServerProtocol]] = {}
         #: While draining: the grace, and who waits for the last connection to close.
         self._drain_grace: float | None = None
         self._drained: list[Deferred[None]] = []
@@ -745,6 +769,7 @@ class KmipServerFactory(Factory):
     def stopFactory(self) -> None:
         # The listener stops: no more refusals; the last counted ones are written.
         self.refused_identities.flush()
+        self.refused_tenants.flush()
 
     def buildProtocol(self, addr: object) -> KmipServerProtocol:
         protocol = KmipServerProtocol(self.handler, self.limits, self.resolve_principal,
@@ -758,8 +783,33 @@ class KmipServerFactory(Factory):
         self.connections.add(protocol)
         return self._drain_grace
 
+    def admit_tenant(self, protocol: KmipServerProtocol, principal: Principal,
+                     peer: str) -> bool:
+        """Whether ``protocol``, identified as ``principal``, may be served: False (counted
+        and logged as refused) when its tenant already holds ``max_connections_per_tenant``
+        connections; otherwise it is counted until lost."""
+        tenant = principal.tenant
+        if tenant is None:
+            return True
+        held = self._tenant_connections.setdefault(tenant, set())
+        limit = self.limits.max_connections_per_tenant
+        if len(held) >= limit:
+            self.refusals.refused("limit")
+            self.refused_tenants.note(tenant=tenant, limit=limit, peer=peer)
+            return False
+        held.add(protocol)
+        return True
+
     def connection_gone(self, protocol: KmipServerProtocol) -> None:
         self.connections.discard(protocol)
+        connection = protocol.connection
+        tenant = connection.principal.tenant if connection is not None else None
+        if tenant is not None:
+            held = self._tenant_connections.get(tenant)
+            if held is not None:
+                held.discard(protocol)
+                if not held:
+                    del self._tenant_connections[tenant]
         if not self.connections and self._drained:
             drained, self._drained = self._drained, []
             for d in drained:

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from kcm.identity import Principal, Role
 from kcm.kmip_protocol import (
     IDENTITY_REFUSED,
     RESULT_REASON_GENERAL_FAILURE,
@@ -21,7 +22,9 @@ from kcm.kmip_protocol import (
 from kcm.ttlv import Item, ItemType, encode
 from kcm.ttlv.types import structure
 
-PRINCIPAL = object()
+#: A principal of no tenant (not counted against ``max_connections_per_tenant``).
+PRINCIPAL = Principal(Role.OPERATOR, "kcm.test", name="ops",
+                      uri="spiffe://kcm.test/operator/ops")
 
 
 def message(n: int) -> bytes:
@@ -670,3 +673,63 @@ def test_an_unreadable_peer_certificate_is_described_without_pyopenssls_deprecat
                                   x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")]))
     assert describe_peer_certificate(Transport(issued)) == (  # the subject, not the issuer
         "unreadable certificate, subject CN=app, serial abc")
+
+
+def tenant_app(tenant: str, service: str = "app") -> Principal:
+    return Principal(Role.SERVICE, "kcm.test", tenant=tenant, service=service,
+                     uri=f"spiffe://kcm.test/tenant/{tenant}/service/{service}")
+
+
+def test_one_tenant_cannot_take_every_connection() -> None:
+    """A tenant's principals hold at most max_connections_per_tenant connections at once,
+    whatever their addresses: one more is cut as soon as TLS names it (counted ``limit``,
+    logged once an interval), another tenant's and a principal of no tenant are served,
+    and a slot its tenant gives back is taken again."""
+    from twisted.logger import globalLogPublisher
+
+    from kcm.connection_refusals import ConnectionRefusals
+
+    clock = Clock()
+    refusals = ConnectionRefusals()
+    who: list[Principal] = []
+    factory = KmipServerFactory(EchoHandler(), ConnectionLimits(max_connections_per_tenant=2),
+                                lambda t: who[-1], clock, refusals=refusals)
+
+    def opened(principal: Principal) -> tuple:
+        who.append(principal)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.handshakeCompleted()
+        return protocol, transport
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        demo = [opened(tenant_app("demo", service)) for service in ("app", "batch")]
+        third, third_transport = opened(tenant_app("demo"))
+        other, other_transport = opened(tenant_app("other"))
+        operator, _ = opened(PRINCIPAL)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert third.connection is None and third_transport.disconnected
+    assert dict(refusals)["limit"] == 1
+    third.connectionLost(Failure(ConnectionDone()))
+    lines = [e for e in events if "max_connections_per_tenant" in e.get("log_format", "")]
+    assert [(e["tenant"], e["limit"], e["count"]) for e in lines] == [("demo", 2, 1)]
+    other.dataReceived(message(1))
+    assert other_transport.value() == message(1)
+    assert operator.connection is not None
+    assert all(p.connection is not None and not t.disconnected for p, t in demo)
+    # One of demo's connections goes: its slot is demo's again.
+    demo[0][0].connectionLost(Failure(ConnectionDone()))
+    again, again_transport = opened(tenant_app("demo"))
+    assert again.connection is not None and not again_transport.disconnected
+    assert dict(refusals)["limit"] == 1
+
+
+def test_the_tenant_cap_is_a_whole_number_of_at_least_one() -> None:
+    assert ConnectionLimits().max_connections_per_tenant == 450
+    for wrong in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_connections_per_tenant"):
+            ConnectionLimits(max_connections_per_tenant=wrong)

@@ -20,7 +20,7 @@ from kcm.core.service import (
     SET_ACCESS_POLICY_OPERATION,
     access_policy_records,
 )
-from kcm.identity import SubjectMap
+from kcm.identity import Principal, Role, SubjectMap
 from kcm.kmip_protocol import (
     IDENTITY_REFUSED,
     RESULT_REASON_INVALID_MESSAGE,
@@ -35,7 +35,9 @@ from kcm.ttlv import Item, ItemType, encode
 from kcm.ttlv.types import structure
 from tests.unit.test_link_session import LEGACY, FakeHandler, World, results
 
-PRINCIPAL = object()
+#: A principal of no tenant (not counted against ``max_connections_per_tenant``).
+PRINCIPAL = Principal(Role.OPERATOR, "kcm.test", name="ops",
+                      uri="spiffe://kcm.test/operator/ops")
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 

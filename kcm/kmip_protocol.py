@@ -191,6 +191,20 @@ class Upstream(TypingProtocol):
     def remove_producer(self, producer: IPushProducer) -> None: ...
 
 
+class WorkShare(TypingProtocol):
+    """Each tenant's share of the reactor's time (the gateway's
+    :class:`kcm.gateway.tenant_turns.TenantTurns`): a connection whose tenant has had its
+    time in this turn parks until its next (:meth:`KmipServerProtocol.next_turn`)."""
+
+    #: The reactor time each tenant has taken since its count last started again (the
+    #: protocol adds each request's), and how much it may take before it waits.
+    clock: Callable[[], float]
+    spent: dict[str | None, float]
+    turn_time: float
+
+    def park(self, tenant: str | None, connection: KmipServerProtocol) -> None: ...
+
+
 PrincipalResolver = Callable[[ITransport], "Principal | None"]
 
 #: Why a connection stops reading: its own unanswered requests, its unsent answers, or its
@@ -198,6 +212,8 @@ PrincipalResolver = Callable[[ITransport], "Principal | None"]
 PAUSED_BY_PENDING = "pending"
 PAUSED_BY_OUTPUT = "output"
 PAUSED_BY_UPSTREAM = "upstream"
+#: ... or its tenant's share of the reactor, had in this turn (:class:`WorkShare`).
+PAUSED_BY_SHARE = "share"
 
 RESULT_REASON_INVALID_MESSAGE = 0x04
 RESULT_REASON_PERMISSION_DENIED = 0x0C
@@ -291,8 +307,9 @@ class KmipServerProtocol(Protocol):
 
     def __init__(self, handler: RequestHandler, limits: ConnectionLimits,
                  resolve_principal: PrincipalResolver, clock: IReactorTime,
-                 upstream: Upstream | None = None) -> None:
+                 upstream: Upstream | None = None, share: WorkShare | None = None) -> None:
         self._handler = handler
+        self._share = share
         self._limits = limits
         self._resolve_principal = resolve_principal
         self._clock = clock
@@ -501,8 +518,18 @@ class KmipServerProtocol(Protocol):
 
     # Processing, strictly in order ----------------------------------------
     def _process(self) -> None:
+        share = self._share
         while (self._pending and not self._busy and not self._closing
                and PAUSED_BY_OUTPUT not in self._paused_by):
+            if share is not None:
+                tenant = self.connection.principal.tenant
+                used = share.spent.get(tenant, 0.0)
+                if used >= share.turn_time:
+                    # Its tenant has had its time: the rest waits for its next turn.
+                    self.pause(PAUSED_BY_SHARE)
+                    share.park(tenant, self)
+                    break
+                started = share.clock()
             wire = self._pending.popleft()
             try:
                 result = self._handler.handle_request(wire, self.connection)
@@ -512,8 +539,12 @@ class KmipServerProtocol(Protocol):
             if isinstance(result, Deferred):
                 self._busy = True
                 result.addCallbacks(self._answered, self._bug_async)
+                if share is not None:
+                    share.spent[tenant] = used + share.clock() - started
                 break
             self.transport.write(result)
+            if share is not None:
+                share.spent[tenant] = used + share.clock() - started
         if (self._unreadable is not None and not self._pending and not self._busy
                 and not self._closing and PAUSED_BY_OUTPUT not in self._paused_by):
             self._end_of_stream(self._unreadable)
@@ -525,6 +556,14 @@ class KmipServerProtocol(Protocol):
                 and not self._framer.buffered and not self._closing
                 and self._unreadable is None and not self._refusing):
             self._close(abort=False)  # (its answers are sent first)
+
+    def next_turn(self) -> None:
+        """Its tenant's next turn of the reactor (parked by :meth:`_process`): read and
+        answer again."""
+        if self._closing:
+            return
+        self.resume(PAUSED_BY_SHARE)
+        self._process()
 
     def _end_of_stream(self, error: TtlvError) -> None:
         """Every request read before the unusable header ``error`` is answered: refuse a
@@ -741,10 +780,13 @@ class KmipServerFactory(Factory):
     def __init__(self, handler: RequestHandler, limits: ConnectionLimits,
                  resolve_principal: PrincipalResolver, clock: IReactorTime,
                  upstream: Upstream | None = None,
-                 refusals: ConnectionRefusals | None = None) -> None:
+                 refusals: ConnectionRefusals | None = None,
+                 share: WorkShare | None = None) -> None:
         """``refusals``: where refused connections are counted (the process's, shared with
-        its connection guard; None: a count of this factory's own)."""
+        its connection guard; None: a count of this factory's own); ``share``: each
+        tenant's share of the reactor (the gateway's; None: none)."""
         self.handler = handler
+        self.share = share
         self.limits = limits
         self.resolve_principal = resolve_principal
         self.clock = clock
@@ -773,7 +815,7 @@ class KmipServerFactory(Factory):
 
     def buildProtocol(self, addr: object) -> KmipServerProtocol:
         protocol = KmipServerProtocol(self.handler, self.limits, self.resolve_principal,
-                                      self.clock, self.upstream)
+                                      self.clock, self.upstream, self.share)
         protocol.factory = self
         return protocol
 

@@ -23,6 +23,7 @@ from kcm.config_values import whole_number
 from kcm.drain import DRAIN_TIMEOUT, MAX_DRAIN_TIMEOUT
 from kcm.gateway.core_endpoints import ORDERS
 from kcm.gateway.placement import PIN_MODES
+from kcm.gateway.tenant_turns import TURN_TIME
 from kcm.identity import validate_trust_domain
 from kcm.kmip_protocol import ConnectionLimits
 
@@ -34,6 +35,8 @@ MAX_WORKERS = 1024
 #: 2 s already gets no new connections (kcm.gateway.balance.SILENT_AFTER).
 HUNG_WORKER_TIMEOUT = 10.0
 MIN_HUNG_WORKER_TIMEOUT = 3.0
+#: The most ``tenant_turn_time`` (seconds): another tenant's request may wait that long.
+MAX_TENANT_TURN_TIME = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,9 @@ class GatewayConfig:
     #: long as the longest request the core answers (its ``limits.request_deadline``) for no
     #: stop to cut one. A supervisor kills a worker 5 s after that past its SIGTERM.
     drain_timeout: float = DRAIN_TIMEOUT
+    #: Seconds of the reactor one tenant's requests may take in one turn before its further
+    #: requests wait for the next turn, behind other tenants' (kcm.gateway.tenant_turns).
+    tenant_turn_time: float = TURN_TIME
 
     def prewarm_services(self) -> list[tuple[str, str]]:
         """The prewarm list as (tenant, service) pairs."""
@@ -127,7 +133,7 @@ _TOP_LEVEL = {"listen", "trust_domain", "core", "core_order", "core_server_name"
               "max_stale", "l3_idle", "max_tombstones", "dek_cache_size", "dek_cache_ttl",
               "prewarm", "max_in_flight", "log_level", "log_format", "log_file", "workers",
               "metrics_listen", "usage_report_interval", "busy_poll_us", "pin_workers",
-              "hung_worker_timeout", "drain_timeout"}
+              "hung_worker_timeout", "drain_timeout", "tenant_turn_time"}
 _GONE = {"policy_file": "gateway.policy_file is no longer read: the gateway uses the policy "
                         "the core pushes (set policy_file in the core's configuration)"}
 
@@ -189,6 +195,9 @@ def load_config(path: str | Path | None,
     if not 0 < config.drain_timeout <= MAX_DRAIN_TIMEOUT:
         raise ConfigError("gateway.drain_timeout must be more than 0 and at most "
                           f"{MAX_DRAIN_TIMEOUT:g} (seconds)")
+    if not 0 < config.tenant_turn_time <= MAX_TENANT_TURN_TIME:
+        raise ConfigError("gateway.tenant_turn_time must be more than 0 and at most "
+                          f"{MAX_TENANT_TURN_TIME:g} (seconds)")
     return config
 
 
@@ -196,7 +205,7 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line overrides arrive as strings; the file gives TOML types."""
     out = dict(values)
     for key in ("l3_ttl", "max_stale", "usage_report_interval", "dek_cache_ttl",
-                "hung_worker_timeout", "drain_timeout"):
+                "hung_worker_timeout", "drain_timeout", "tenant_turn_time"):
         if key in out:
             out[key] = seconds(f"gateway.{key}", out[key])
     if "l3_idle" in out:

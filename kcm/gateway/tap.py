@@ -52,6 +52,7 @@ from kcm.gateway.supervisor import (
     WorkerPool,
     worker_count,
 )
+from kcm.gateway.tenant_turns import TenantTurns
 from kcm.gateway.tombstone_pages import TombstonePages
 from kcm.gateway.usage_report import UsageCounter, UsageReporter
 from kcm.gateway.worker_metrics import WorkerMetrics
@@ -120,6 +121,8 @@ class Options(ServiceOptions):
                                     "CPU), always, or never."],
         ["hung-worker-timeout", None, None, "Seconds a silent worker is given before it is "
                                             "restarted (default 10, at least 3)."],
+        ["tenant-turn-time", None, None, "Seconds of the reactor one tenant's requests may "
+                                         "take in one turn (default 0.002)."],
         ["drain-timeout", None, None, "Seconds a stopping gateway (or worker) waits for the "
                                       "requests in flight (default 5)."],
         ["worker", None, None, "Set by the supervisor: run as its worker INDEX (on the "
@@ -268,7 +271,9 @@ def makeService(options: Options,
     kmip_factory = KmipServerFactory(
         handler, config.limits,
         lambda transport: peer_principal(transport, trust_domain, gateway.subject_map),
-        reactor, upstream=link, refusals=refusals)
+        reactor, upstream=link, refusals=refusals,
+        share=TenantTurns(config.tenant_turn_time, partial(call_before_poll, reactor),
+                          partial(reactor.callLater, 0, _nothing)))
     refresher = TimerService(cache.refresh_period, cache.refresh_due)
     refresher.clock = reactor
     guard = ConnectionGuard(config.limits, reactor, refusals=refusals)
@@ -389,3 +394,7 @@ def make_supervisor(options: Options, workers: int,
                          stop_after=pool.when_stopped).setServiceParent(supervisor)
     pool.setServiceParent(supervisor)
     return supervisor
+
+
+def _nothing() -> None:
+    """A timed call that only makes the reactor's poll not wait (kcm.gateway.tenant_turns)."""

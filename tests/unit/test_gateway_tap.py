@@ -566,3 +566,21 @@ def test_a_long_prewarm_list_is_fetched_a_few_at_a_time_and_whole() -> None:
     link.connected = False  # the link lost: the rest is left to the requests
     clock.advance(0)
     assert len(tried) == PREWARM_AT_ONCE and clock.getDelayedCalls() == []
+
+
+# tenant_turn_time -------------------------------------------------------------------------------
+def test_the_tenant_turn_time_is_read_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    assert parse()["gateway_config"].tenant_turn_time == 0.002
+    path.write_text("[gateway]\ntenant_turn_time = 0.01\n")
+    assert parse("-c", str(path))["gateway_config"].tenant_turn_time == 0.01
+    assert parse("--tenant-turn-time", "0.5")["gateway_config"].tenant_turn_time == 0.5
+
+
+@pytest.mark.parametrize("text", ["tenant_turn_time = 0", "tenant_turn_time = 1.5",
+                                  'tenant_turn_time = "soon"'])
+def test_bad_tenant_turn_times_are_usage_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(f"[gateway]\n{text}\n")
+    with pytest.raises(usage.UsageError, match="gateway.tenant_turn_time"):
+        parse("-c", str(path))

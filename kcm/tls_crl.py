@@ -451,6 +451,10 @@ class RevocationWatch:
             return
         try:
             keys = chain_keys(protocol._tlsConnection)
+        except ValueError:
+            # A certificate OpenSSL verified and cryptography will not read (a DER quirk):
+            # the identity check refuses the connection (kcm.identity), nothing to keep.
+            return
         except Exception:  # noqa: BLE001 - (not expected) the TLS check was done anyway
             log.failure("tls.crl: the certificate chain of a connection could not be read; "
                         "it is not checked against later CRLs")

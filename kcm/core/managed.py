@@ -304,12 +304,15 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool,
     info = session.info
     cache: ObjectCache | None = info.get(OBJECT_CACHE_INFO)
     if cache is None or repository.in_session(session, uid):
-        held = repository.in_session(session, uid)
         row = repository.get_object(session, tenant, uid, for_update=for_update)
         if row is None:
             return None
-        if not held:  # (else this transaction read, or wrote, it already)
-            check(row)
+        # Checked even when the session held it already: not every step that loads rows
+        # checks each (the state sweeper's, in a group commit's session shared with the
+        # requests after it, loads whatever the columns it selects by name), and a row
+        # expired by a savepoint's rollback is read again from the database. (The query
+        # flushed this transaction's changes first: their MAC is the row's.)
+        check(row)
         return StoredObject(row, decode_attributes(row.attributes))
     if written_in(info, tenant, uid):  # not cached: its stamp names uncommitted content
         columns = repository.object_columns(session, tenant, uid, for_update=for_update)

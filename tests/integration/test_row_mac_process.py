@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.managed import date_attribute
 from kcm.core.store.migrate import current_revision
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode
+from kcm.kmip.attributes import Attribute
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode, State
 from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
 from kcm.kmip.tags import Tag
 from kcm.testing.processes import CoreProcess, free_port, scrape
@@ -167,6 +169,55 @@ def test_a_service_key_changed_in_the_database_is_not_used_nor_moved(
             log[-3000:]  # (one line a minute; the sweeps' refusals counted)
         assert _metric(core, "kcm_core_wrapping_mismatches_total") >= 2
         assert "failed and was rolled back" not in log and "state sweep failed" not in log
+    finally:
+        core.stop()
+
+
+def test_a_revoked_key_made_due_in_the_database_stays_refused_under_load(
+        tmp_path: Path) -> None:
+    """A revoked key made Active again in the database, with a ``rotate_due`` passed (a
+    column the MAC leaves out): every sweep's managed rotation reads it by its columns and
+    is refused, and the requests of the group commit it shares its session with read it
+    too. Encrypts with it from four clients while the sweeps run (every 50 ms) are all
+    refused: before, hundreds in a few seconds succeeded (the row the sweep left in the
+    session was used unchecked, the key's material still unwrapped in memory)."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core.state_sweep_interval = 0.05
+    core.write_config()
+    core.start()
+    try:
+        app = core.client("app")
+        uid = _active_key(app)
+        succeeded_v21(app, encrypt(uid))
+        succeeded_v21(app, _revoke(uid, RevocationReasonCode.CESSATION_OF_OPERATION))
+        with _db(core) as db:
+            (blob,) = db.execute("SELECT attributes FROM managed_objects WHERE uid = ?",
+                                 (uid,)).fetchone()
+            active = encode_attributes([
+                *(a for a in decode_attributes(blob)
+                  if a.tag not in (Tag.STATE, Tag.DEACTIVATION_DATE)),
+                Attribute.of(Tag.STATE, State.ACTIVE)])
+            db.execute(f"UPDATE managed_objects SET state = {STATE_ACTIVE}, "
+                       "deactivation_date = NULL, rotate_due = 0, attributes = ? "
+                       "WHERE uid = ?", (active, uid))
+        served: list[str] = []
+        until = time.monotonic() + 5
+
+        def encrypting() -> None:
+            client = core.client("app")
+            while time.monotonic() < until and not served:
+                for answer in send_v21(client, encrypt(uid)):
+                    if answer.result_status == ResultStatus.SUCCESS:
+                        served.append(uid)
+                    else:
+                        _refused(answer)
+
+        clients = [threading.Thread(target=encrypting) for _ in range(4)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        assert not served, "an Encrypt with the revoked key succeeded"
     finally:
         core.stop()
 

@@ -116,3 +116,57 @@ def test_no_row_is_macd_while_rows_without_one_are_refused(core: CoreHarness) ->
                 s, repository.object_columns(s, "demo", uid), last_change_date=1))
     finally:
         core.keyring.accept_unsealed = True
+
+
+def test_a_row_a_sweep_left_in_the_groups_session_is_checked_when_a_request_reads_it(
+        core: CoreHarness) -> None:
+    """A group commit's requests share its session with the state sweeper's job: a row the
+    sweep read by its columns and refused (here the managed rotation's, picked by the
+    ``rotate_due`` the MAC leaves out) is still in the session, expired by the rollback of
+    the sweep's savepoint. A request after it that reads the object is refused too, not
+    served the row as the database writer left it (a revoked key made Active again,
+    whose material this core still holds unwrapped: an Encrypt with it succeeded)."""
+    from kcm.core.attribute_blob import decode_attributes, encode_attributes
+    from kcm.core.audit import savepoint
+    from kcm.core.managed_rotation import rotate_managed_due
+    from kcm.kmip.attributes import Attribute
+    from kcm.kmip.enums import Operation, ResultStatus, RevocationReasonCode, State
+    from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
+    from kcm.kmip.tags import Tag
+    from kcm.testing.requests import activate, create_managed, encrypt, item, request, response
+    from tests.e2e_support import send_v21, succeeded_v21
+
+    app = core.client()
+    uid = succeeded_v21(app, create_managed())[0].unique_identifier
+    succeeded_v21(app, activate(uid), encrypt(uid))  # (unwrapped: kept in the clear)
+    succeeded_v21(app, item(Operation.REVOKE, RevokeRequest(
+        unique_identifier=uid, revocation_reason=RevocationReason(
+            code=RevocationReasonCode.CESSATION_OF_OPERATION))))
+
+    def tamper(session) -> None:  # noqa: ANN001
+        blob = session.scalar(select(ManagedObject.attributes).where(ManagedObject.uid == uid))
+        attributes = [a for a in decode_attributes(blob)
+                      if a.tag not in (Tag.STATE, Tag.DEACTIVATION_DATE)]
+        session.execute(text(
+            "UPDATE managed_objects SET state = 2, deactivation_date = NULL, rotate_due = 0, "
+            "attributes = :blob WHERE uid = :uid"), {"uid": uid, "blob": encode_attributes(
+                [*attributes, Attribute.of(Tag.STATE, State.ACTIVE)])})
+
+    core.store.run_sync(tamper)
+    [alone] = send_v21(app, encrypt(uid))
+    assert alone.result_status == ResultStatus.OPERATION_FAILED
+    now = int(time.time())
+
+    def group(session) -> bytes:  # noqa: ANN001
+        """Two jobs of one group, each in its savepoint: the sweep's, then the request's."""
+        with pytest.raises(WrappingMismatch), savepoint(session):
+            rotate_managed_due(session, core.keyring, now)
+        with savepoint(session):
+            return core.handler._respond_in(session, request(encrypt(uid), version=(2, 1)),
+                                            core.caller(), now, None)
+
+    before = core.keyring.mismatches
+    [answer] = response(core.store.run_sync(group)).batch_items
+    assert answer.result_status == ResultStatus.OPERATION_FAILED, answer
+    assert answer.result_message.startswith("the stored object failed its integrity check")
+    assert core.keyring.mismatches >= before + 2

@@ -31,7 +31,7 @@ from kcm.core import managed
 from kcm.core.audit import AuditEvent, append_audit, savepoint
 from kcm.core.auto_rotation import AUDIT_OPERATION, ROTATOR
 from kcm.core.context import Caller, OperationContext
-from kcm.core.keyring import Keyring
+from kcm.core.keyring import Keyring, WrappingMismatch
 from kcm.core.keys import L1Error
 from kcm.core.operations.rekey import re_key
 from kcm.core.server_info import DEFAULT_MIN_ROTATE_INTERVAL, ServerInfo
@@ -94,6 +94,13 @@ def rotate_managed_due(session: Session, keyring: Keyring, now: float, *,
                     done.append(rotated)
         except (DBAPIError, L1Error):
             raise  # the database's or L1's trouble, not this key's: the step is retried
+        except WrappingMismatch as e:
+            # Changed in the database (logged and counted): nothing of it is written, not
+            # even its ``rotate_due`` (which would fail the step, and every other key's
+            # rotation in it, at every sweep). Picked again next sweep, refused again.
+            _audit(ctx, row.uid, None, {"error": e.message})
+            done.append(ManagedRotation(row.tenant, row.uid, None, e.message))
+            continue
         except Exception as e:
             # Never again by itself until a client changes it: the error is in the log and
             # the audit record, and the key no longer looks due. Any error, not only a KMIP

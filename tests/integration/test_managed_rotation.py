@@ -170,6 +170,28 @@ def test_a_key_that_cannot_be_rotated_does_not_stop_the_others(
     assert sweep(core, int(time.time()) + 60) == []
 
 
+def test_a_key_changed_in_the_database_is_refused_and_does_not_stop_the_others(
+        core: CoreHarness) -> None:
+    """A key whose row was changed in the database (its usage mask; the row MAC refuses
+    it) is reported and left as it is, refused again at each sweep: nothing of it is
+    written, and the other keys of the sweep rotate (writing its ``rotate_due`` was
+    refused too, and failed the whole step at every sweep)."""
+    changed = register(core, attributes=[PAST, *automatic(3600)])
+    fine = register(core, attributes=[PAST, *automatic(7200)])
+    core.store.run_sync(lambda s: s.execute(text(
+        "UPDATE managed_objects SET cryptographic_usage_mask = 0xFFFF WHERE uid = :uid"),
+        {"uid": changed}))
+    before = core.keyring.mismatches
+    first, second = sweep(core, int(time.time()))
+    assert (first.uid, first.replacement) == (changed, None)
+    assert first.error and "integrity check" in first.error
+    assert second.uid == fine and second.replacement and second.error is None
+    assert row(core, changed).rotate_due == 946_684_800 + 3600
+    assert core.keyring.mismatches > before
+    [again] = sweep(core, int(time.time()) + 60)
+    assert (again.uid, again.replacement) == (changed, None)
+
+
 def _stored(core: CoreHarness, tenant: str = "demo") -> int:
     return core.store.run_sync(lambda s: s.scalar(select(Tenant.stored).where(
         Tenant.name == tenant)), write=False)

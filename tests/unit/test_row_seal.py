@@ -84,6 +84,26 @@ def test_the_encoding_tells_null_empty_and_neighbours_apart() -> None:
     assert len(encodings) == 4
 
 
+@pytest.mark.parametrize(("column", "value"), [
+    ("deactivation_date", 1_765_000_000.5), ("activation_date", 1_765_000_000.0),
+    ("cryptographic_usage_mask", "1_2"), ("cryptographic_usage_mask", "12"),
+    ("state", True), ("level", 2**64), ("uid", b"u-1"), ("material", 61),
+    ("attributes", "x")])
+def test_a_value_of_another_type_than_its_columns_is_refused(column: str,
+                                                             value: object) -> None:
+    """SQLite keeps what a database writer puts in a column, whatever its type: a value
+    that would encode as the stored one does (a date with a fraction, a usage mask as a
+    text Python reads as the number) is refused, not taken for it."""
+    seal = RowSeal(row_key(AUDIT_KEY))
+    row = _sealed(seal, state=1, level=None, activation_date=1_765_000_000,
+                  deactivation_date=1_765_000_000, cryptographic_usage_mask=12)
+    assert seal.why_refused(row) is None
+    why = seal.why_refused(row._replace(**{column: value}))
+    assert why is not None and why.startswith("its columns do not encode"), why
+    with pytest.raises(RowRefused, match="do not encode"):
+        seal.check(row._replace(**{column: value}))
+
+
 @pytest.mark.parametrize("column", SEALED)
 def test_a_change_of_any_sealed_column_is_refused(column: str) -> None:
     seal = RowSeal(row_key(AUDIT_KEY))

@@ -15,6 +15,8 @@ so nothing has to be MACed again then).
 The encoding (:func:`encode`) is a label naming its version, then each of
 :data:`SEALED`, in that order: ``0x00`` if NULL; else ``0x01`` then the value, an integer
 as 8 bytes signed big-endian, a text (UTF-8) or bytes as a 4-byte length and the bytes.
+A value of another type than its column's (a float, a text in an integer column,
+as SQLite keeps what is written; beyond 64 bits) has no encoding: such a row is refused.
 What is left out, :data:`UNSEALED`, decides nothing about what an object may be used for
 or who may read it: ``created_seq`` (the order objects were made), ``revision`` (the
 optimistic concurrency counter), ``rotate_due`` (when the sweeper next looks at a key:
@@ -80,9 +82,18 @@ def encode(values: tuple[Any, ...]) -> bytes:
         if value is None:
             append(_ABSENT)
         elif kind == "i":
-            append(_INT.pack(1, int(value)))
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"an integer column holds a {type(value).__name__}")
+            append(_INT.pack(1, value))  # (struct.error beyond 64 bits)
         else:
-            data = value.encode("utf-8") if kind == "t" else bytes(value)
+            if kind == "t":
+                if not isinstance(value, str):
+                    raise TypeError(f"a text column holds a {type(value).__name__}")
+                data = value.encode("utf-8")
+            elif isinstance(value, bytes | bytearray | memoryview):
+                data = bytes(value)
+            else:
+                raise TypeError(f"a binary column holds a {type(value).__name__}")
             append(_LENGTH.pack(1, len(data)))
             append(data)
     return b"".join(parts)
@@ -150,7 +161,12 @@ class RowSeal:
         if stored is None:
             return None if self.accept_unsealed else \
                 "it has no row MAC, and accept_rows_without_mac is false"
-        expected = self.mac_of(values)
+        try:
+            expected = self.mac_of(values)
+        except (TypeError, ValueError, struct.error, UnicodeError) as e:
+            # (a value of another type than its column's, as SQLite keeps one written so:
+            # 1000.5 in a date, "1_2" in a usage mask; encoded as another value's would be)
+            return f"its columns do not encode ({e})"
         if hmac.compare_digest(bytes(stored), expected):
             return None
         return "its row MAC does not match"

@@ -331,8 +331,8 @@ def _read(session: Session, tenant: str, uid: str, for_update: bool,
         if columns is None:
             return None
         check(columns)
-        cached = cache.put(tenant, uid, (columns.revision, columns.created_seq), columns,
-                           info.get(CACHE_EPOCH_INFO))
+        stamp = repository.stamp_of(columns.revision, columns.created_seq, columns.row_mac)
+        cached = cache.put(tenant, uid, stamp, columns, info.get(CACHE_EPOCH_INFO))
         cached.views[_ATTRIBUTES] = tuple(decode_attributes(columns.attributes))
     # (copied when an operation asks for them: it may renumber them in place)
     return from_cache(cached)

@@ -172,3 +172,40 @@ def test_a_row_the_groups_session_holds_is_checked_when_a_request_reads_it(
     assert answer.result_status == ResultStatus.OPERATION_FAILED, answer
     assert answer.result_message.startswith("the stored object failed its integrity check")
     assert core.keyring.mismatches == before + 1
+
+
+def test_a_revision_put_back_does_not_serve_another_cores_cached_object(
+        core: CoreHarness) -> None:
+    """Two cores on one database: a key one has cached, revoked at the other, then only its
+    revision put back in the database (a column the row MAC leaves out). The first core's
+    object cache is stamped with the row MAC too: it reads the row again, and the key is
+    Deactivated there as well (an Encrypt with it succeeded from the cache)."""
+    from kcm.core.request_handler import CoreRequestHandler
+    from kcm.core.store.engine import Store
+    from kcm.kmip.enums import Operation, ResultStatus, RevocationReasonCode
+    from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
+    from kcm.testing.requests import activate, create_managed, encrypt, item
+    from tests.core_support import InProcessClient
+    from tests.e2e_support import send_v21, succeeded_v21
+
+    other = Store(core.store.url, threads=2)
+    other.audit_key, other.row_seal = core.store.audit_key, core.keyring.row_seal
+    other.startService()
+    try:
+        here = core.client()
+        there = InProcessClient(CoreHarness(other, core.keyring, CoreRequestHandler(
+            other, core.keyring, clock=time.time)), core.caller())
+        uid = succeeded_v21(here, create_managed())[0].unique_identifier
+        succeeded_v21(here, activate(uid))
+        succeeded_v21(there, encrypt(uid))  # (cached there)
+        succeeded_v21(here, item(Operation.REVOKE, RevokeRequest(
+            unique_identifier=uid, revocation_reason=RevocationReason(
+                code=RevocationReasonCode.CESSATION_OF_OPERATION))))
+        core.store.run_sync(lambda s: s.execute(text(
+            "UPDATE managed_objects SET revision = revision - 1 WHERE uid = :uid"),
+            {"uid": uid}))
+        [answer] = send_v21(there, encrypt(uid))
+        assert answer.result_status == ResultStatus.OPERATION_FAILED
+        assert "DEACTIVATED" in answer.result_message
+    finally:
+        other.stopService()

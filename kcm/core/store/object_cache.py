@@ -1,8 +1,8 @@
 """Managed objects as last read, kept in memory so that an operation on a known object
-reads two numbers from the database instead of the whole row.
+reads its stamp from the database (two numbers and the row MAC) instead of the whole row.
 
 An entry is keyed by (tenant, uid) and stamped with the row's (``revision``,
-``created_seq``). Every change of a row raises its ``revision``
+``created_seq``, ``row_mac``). Every change of a row raises its ``revision``
 (:func:`kcm.core.store.repository.update_columns`, or the ORM's version counter in
 :func:`~kcm.core.store.repository.update_object`), and ``created_seq``
 tells a row apart from any other that ever had the same uid; so a stamp names exactly
@@ -23,6 +23,13 @@ memory) and in the memory they may take in all (``max_bytes``, weighed by
 :func:`weight`: one tenant's objects of a thousand attributes each must not make the
 cache a few gigabytes); an object weighing more than ``max_bytes`` / 64 is not kept.
 Thread-safe.
+
+The row MAC (:mod:`kcm.core.store.row_seal`) is in the stamp for a database writer: it
+changes with every column it covers, so an earlier ``revision`` put back in the database
+(a column it leaves out) no longer makes a core serve the content its entry holds, as
+it did while the two numbers were the stamp (a key revoked at another core, served as
+Active here until the entry expired). Putting back the earlier MAC too is a rollback of
+the row (docs/operations.md, "Still open").
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import Any
 #: Where a session of a :class:`kcm.core.store.engine.Store` finds its store's cache.
 OBJECT_CACHE_INFO = "kcm.store.objects"
 
-Stamp = tuple[int, int]  # (revision, created_seq)
+Stamp = tuple[Any, ...]  # (revision, created_seq, row_mac)
 
 #: Where a write transaction's session notes the (tenant, uid) of the rows it changed or
 #: inserted (:func:`note_written`).

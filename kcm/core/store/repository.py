@@ -583,19 +583,24 @@ def in_session(session: Session, uid: str) -> bool:
 
 
 def object_stamp(session: Session, tenant: str, uid: str, *, for_update: bool = False
-                 ) -> tuple[int, int] | None:
-    """The (revision, created_seq) of ``tenant``'s object ``uid``, or None: what names one
-    content of one row (:mod:`kcm.core.store.object_cache`). ``for_update`` locks the row
-    as :func:`get_object` does."""
+                 ) -> tuple[Any, ...] | None:
+    """The (revision, created_seq, row_mac) of ``tenant``'s object ``uid``, or None: what
+    names one content of one row (:mod:`kcm.core.store.object_cache`). ``for_update``
+    locks the row as :func:`get_object` does."""
     row = (_STAMP_FOR_UPDATE if for_update else _STAMP).execute(
         session, {"uid": uid, "tenant": tenant}).fetchone()
-    return None if row is None else (row[0], row[1])
+    return None if row is None else stamp_of(row[0], row[1], row[2])
 
 
-def stamp_on(connection: Any, tenant: str, uid: str) -> tuple[int, int] | None:
+def stamp_on(connection: Any, tenant: str, uid: str) -> tuple[Any, ...] | None:
     """:func:`object_stamp` on ``connection`` (a lean transaction's, no session)."""
     row = _STAMP.run_on(connection, {"uid": uid, "tenant": tenant}).fetchone()
-    return None if row is None else (row[0], row[1])
+    return None if row is None else stamp_of(row[0], row[1], row[2])
+
+
+def stamp_of(revision: int, created_seq: int, row_mac: Any) -> tuple[Any, ...]:
+    """The stamp of a row whose ``revision``, ``created_seq`` and ``row_mac`` these are."""
+    return (revision, created_seq, None if row_mac is None else bytes(row_mac))
 
 
 def object_columns(session: Session, tenant: str, uid: str, *, for_update: bool = False
@@ -625,7 +630,8 @@ _SELECT_OBJECT = select(*ManagedObject.__table__.columns).where(
     ManagedObject.__table__.c.tenant == bindparam("tenant"))
 _GET_OBJECT = RawStatement(_SELECT_OBJECT, ["uid", "tenant"])
 _GET_OBJECT_FOR_UPDATE = RawStatement(_SELECT_OBJECT.with_for_update(), ["uid", "tenant"])
-_SELECT_STAMP = select(ManagedObject.revision, ManagedObject.created_seq).where(
+_SELECT_STAMP = select(ManagedObject.revision, ManagedObject.created_seq,
+                       ManagedObject.row_mac).where(
     ManagedObject.uid == bindparam("uid"), ManagedObject.tenant == bindparam("tenant"))
 _STAMP = RawStatement(_SELECT_STAMP, ["uid", "tenant"])
 _STAMP_FOR_UPDATE = RawStatement(_SELECT_STAMP.with_for_update(), ["uid", "tenant"])

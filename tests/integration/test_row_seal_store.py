@@ -209,3 +209,27 @@ def test_a_revision_put_back_does_not_serve_another_cores_cached_object(
         assert "DEACTIVATED" in answer.result_message
     finally:
         other.stopService()
+
+
+def test_a_column_set_on_an_expired_row_is_checked_against_the_row_as_stored(
+        core: CoreHarness) -> None:
+    """A row expired in the session (as a savepoint's rollback leaves it), then a column
+    set without reading it: the ORM holds no value of that column as read. The flush checks
+    the row as the database holds it, so it does not MAC what a database writer put in its
+    other columns (it did: the check was skipped)."""
+    uid = register(core)
+    before = core.keyring.mismatches
+
+    def write(session) -> None:  # noqa: ANN001
+        row = session.scalars(select(ManagedObject).where(ManagedObject.uid == uid)).one()
+        session.expire(row)
+        session.execute(text("UPDATE managed_objects SET cryptographic_usage_mask = 65535 "
+                             "WHERE uid = :uid"), {"uid": uid})
+        row.last_change_date = 1
+        session.flush()
+
+    with pytest.raises(WrappingMismatch, match="row MAC does not match"):
+        core.store.run_sync(write)
+    assert core.keyring.mismatches == before + 1
+    stored = core.store.run_sync(lambda s: repository.object_columns(s, "demo", uid))
+    assert stored.last_change_date != 1

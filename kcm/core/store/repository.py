@@ -629,6 +629,8 @@ _SELECT_OBJECT = select(*ManagedObject.__table__.columns).where(
     ManagedObject.__table__.c.uid == bindparam("uid"),
     ManagedObject.__table__.c.tenant == bindparam("tenant"))
 _GET_OBJECT = RawStatement(_SELECT_OBJECT, ["uid", "tenant"])
+_SELECT_OBJECT_BY_UID = select(*ManagedObject.__table__.columns).where(
+    ManagedObject.__table__.c.uid == bindparam("uid"))
 _GET_OBJECT_FOR_UPDATE = RawStatement(_SELECT_OBJECT.with_for_update(), ["uid", "tenant"])
 _SELECT_STAMP = select(ManagedObject.revision, ManagedObject.created_seq,
                        ManagedObject.row_mac).where(
@@ -724,7 +726,15 @@ def _seal_updated(_mapper: Any, _connection: Any, target: ManagedObject) -> None
     committed = inspect(target).committed_state
     stored = committed.get("row_mac", target.row_mac)
     before = tuple(committed.get(name, getattr(target, name)) for name in SEALED)
-    if NO_VALUE not in before:  # (else not read whole: nothing to check it against)
+    if NO_VALUE in before or stored is NO_VALUE:
+        # Not read whole (a column set after the row was expired, by a savepoint's
+        # rollback): the row as the database holds it is what this update overwrites.
+        row = _connection.execute(_SELECT_OBJECT_BY_UID, {"uid": target.uid}).fetchone()
+        if row is not None:
+            as_stored = ObjectColumns(*row)
+            stored, before = as_stored.row_mac, tuple(getattr(as_stored, name)
+                                                      for name in SEALED)
+    if NO_VALUE not in before and stored is not NO_VALUE:
         why = seal.why_values_refused(stored, before)
         if why is not None:
             raise seal.refuse(target, why)

@@ -29,13 +29,23 @@ from typing import Any
 from twisted.logger import Logger
 
 from kcm.core.store.engine import Store
+from kcm.core.store.migrate import HEAD_REVISION
 from kcm.core.store.pg_session import is_postgresql, own_connection
 
 log = Logger()
 
-#: The advisory lock key of the state sweeper (the writers' and migrations' locks are
-#: 0x4B434D0001 and 0x4B434D0002).
-SWEEPER_LEASE_KEY = 0x4B434D0003
+
+def sweeper_lease_key(revision: str = HEAD_REVISION) -> int:
+    """The advisory lock key of the state sweeper of cores at schema revision ``revision``
+    (the writers' and migrations' locks are 0x4B434D0001 and 0x4B434D0002): one of its own
+    per revision. The releases up to schema 0015 used 0x4B434D0003 whatever their revision:
+    a core of such a release left running on a database upgraded under it writes nothing
+    (its sweeps fail), but it kept the lease, and no core of the new release swept."""
+    return (0x4B434D03 << 32) | int(revision)
+
+
+#: The state sweeper's lease key of this release's cores.
+SWEEPER_LEASE_KEY = sweeper_lease_key()
 
 
 class AdvisoryLease:

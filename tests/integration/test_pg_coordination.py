@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy
 
 from kcm.core.keys import derive_audit_key
-from kcm.core.leader_lease import AdvisoryLease
+from kcm.core.leader_lease import SWEEPER_LEASE_KEY, AdvisoryLease
 from kcm.core.outbox_listener import OutboxListener
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
@@ -62,6 +62,24 @@ def test_one_core_holds_the_lease_and_the_next_takes_over(pg_database: str) -> N
         b.release()
         first.engine.dispose()
         second.engine.dispose()
+
+
+def test_a_core_of_an_earlier_schema_holding_its_sweeper_lease_does_not_stop_ours(
+        pg_database: str) -> None:
+    """A core of the thirty-ninth sitting (schema 0015) left running on a database upgraded
+    under it writes nothing, but held the one sweeper lease: no core of this release swept
+    (its rows got no row MAC) until it stopped. Each schema revision has its own lease."""
+    store = _store(pg_database)
+    lease = AdvisoryLease(store, SWEEPER_LEASE_KEY, "state sweeper")
+    try:
+        with store.engine.connect() as old_core:  # the old release's key, held
+            assert old_core.execute(sqlalchemy.text(
+                "SELECT pg_try_advisory_lock(x'4B434D0003'::bigint)")).scalar()
+            assert lease.hold()
+            old_core.execute(sqlalchemy.text("SELECT pg_advisory_unlock_all()"))
+    finally:
+        lease.release()
+        store.engine.dispose()
 
 
 def test_a_lease_closed_at_a_stop_is_never_taken_again(pg_database: str) -> None:

@@ -19,12 +19,14 @@ when read, since MACing it would authenticate whatever a database writer put the
 
 :meth:`RowMacUpgrade.refresh`, every :data:`COUNT_INTERVAL` seconds on a store worker,
 counts the rows left, for the gauge ``kcm_core_objects_without_row_mac``; a walk that
-reaches the end sets it too.
+reaches the end sets it too. The walk and the count are :mod:`kcm.core.upgrade_walk`'s.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
@@ -33,8 +35,8 @@ from twisted.logger import Logger
 
 from kcm.core.keyring import Keyring
 from kcm.core.store import repository
-from kcm.core.store.engine import Store
 from kcm.core.store.schema import ManagedObject
+from kcm.core.upgrade_walk import UpgradeWalk
 
 __all__ = ["BATCH", "COUNT_INTERVAL", "PAUSE", "WINDOW", "RowMacUpgrade", "Sealed",
            "rows_without_mac", "seal_step"]
@@ -70,43 +72,26 @@ class Sealed:
             " (more to do)" if self.more else "")
 
 
-class RowMacUpgrade:
+class RowMacUpgrade(UpgradeWalk[Sealed]):
     """The walk (:meth:`step`) and the count of rows without a MAC (:attr:`left`, None until
     first read)."""
 
     def __init__(self, keyring: Keyring, *, window: int = WINDOW, batch: int = BATCH,
                  pause: float = PAUSE) -> None:
+        super().__init__(
+            window=window, batch=batch, pause=pause, log=_log,
+            uncounted="rows without a row MAC not counted for the metrics: {why}")
         self._keyring = keyring
-        self._window, self._batch, self._pause = window, batch, pause
-        #: The ``created_seq`` the walk has looked at up to; None: none since the start.
-        self._cursor: int | None = None
-        #: When the walk may start again.
-        self._next_walk = float("-inf")
-        #: Rows this walk left (held by a request of the group, or not MACed at all).
-        self._left_in_walk = 0
-        #: Rows without a MAC, as last counted (None: not yet).
-        self.left: int | None = None
-        #: Walks ended (a count read meanwhile is older than the walk's own count).
-        self._walks = 0
 
-    def step(self, session: Session, now: float) -> list[Sealed]:
-        """One window of the walk (a step of the state sweeper)."""
-        if not self._keyring.accept_unsealed or self._keyring.row_seal is None:
-            return []  # (refused when read instead: see the module's doc)
-        if self._cursor is None:
-            if now < self._next_walk:
-                return []
-            self._cursor, self._left_in_walk = -1, 0
-        start = self._cursor
-        end = start + self._window
-        rows = [repository.ObjectColumns(*row) for row in session.execute(
-            select(*ManagedObject.__table__.columns).where(
-                ManagedObject.created_seq > start, ManagedObject.created_seq <= end,
-                ManagedObject.row_mac.is_(None))
-            .order_by(ManagedObject.created_seq).limit(self._batch + 1))]
-        if len(rows) > self._batch:
-            end = rows[self._batch - 1].created_seq
-            rows = rows[:self._batch]
+    def _enabled(self) -> bool:
+        # (refused when read instead: see the module's doc)
+        return self._keyring.accept_unsealed and self._keyring.row_seal is not None
+
+    def _where(self) -> tuple[Any, ...]:
+        return (ManagedObject.row_mac.is_(None),)
+
+    def _act(self, session: Session, rows: list[repository.ObjectColumns]
+             ) -> tuple[int, Callable[[bool], Sealed] | None]:
         count = left = 0
         for row in rows:
             if repository.in_session(session, row.uid):
@@ -114,32 +99,10 @@ class RowMacUpgrade:
                 continue
             repository.update_columns(session, row)  # (MACed as it is)
             count += 1
-        newest = session.scalar(select(func.max(ManagedObject.created_seq))) or 0
-        left += self._left_in_walk
-        if end < newest:
-            self._cursor, self._left_in_walk = end, left
-        else:
-            self._cursor, self._next_walk, self.left = None, now + self._pause, left
-            self._walks += 1
-        more = self._cursor is not None and len(rows) == self._batch
-        return [Sealed(count, more)] if count else []
+        return left, partial(Sealed, count) if count else None
 
-    def refresh(self, store: Store) -> Any:
-        """Count the rows without a MAC again (a Deferred; a failure is logged, the last
-        count kept)."""
-        def failed(failure: Any) -> None:
-            _log.warn("rows without a row MAC not counted for the metrics: {why}",
-                      why=failure.getErrorMessage())
-
-        walks = self._walks
-
-        def keep(count: int) -> None:
-            if walks == self._walks:  # (else a walk ended meanwhile: its count is newer)
-                self.left = count
-
-        done = store.run(rows_without_mac, write=False)
-        done.addCallbacks(keep, failed)
-        return done
+    def _count(self, session: Session) -> int:
+        return rows_without_mac(session)
 
 
 def seal_step(session: Session, now: float, *, upgrade: RowMacUpgrade) -> list[Sealed]:

@@ -18,12 +18,15 @@ read): re-wrapping it would bind whatever its row says now.
 
 :meth:`WrapUpgrade.refresh`, every :data:`COUNT_INTERVAL` seconds on a store worker, counts
 the version 1 blobs left (a read of every object's first byte of material), for the gauge
-``kcm_core_v1_wrapped_objects``; a walk that reaches the end sets it too.
+``kcm_core_v1_wrapped_objects``; a walk that reaches the end sets it too. The walk and the
+count are :mod:`kcm.core.upgrade_walk`'s.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
@@ -33,8 +36,8 @@ from twisted.logger import Logger
 from kcm.core import keys
 from kcm.core.keyring import Keyring
 from kcm.core.store import repository
-from kcm.core.store.engine import Store
 from kcm.core.store.schema import ManagedObject
+from kcm.core.upgrade_walk import UpgradeWalk
 from kcm.kmip.errors import KmipError
 
 __all__ = ["BATCH", "COUNT_INTERVAL", "PAUSE", "WINDOW", "Upgraded", "WrapUpgrade",
@@ -79,41 +82,22 @@ class Upgraded:
                 + (" (more to do)" if self.more else ""))
 
 
-class WrapUpgrade:
+class WrapUpgrade(UpgradeWalk[Upgraded]):
     """The walk (:meth:`step`) and the count of version 1 blobs left (:attr:`left`, None
     until first read)."""
 
     def __init__(self, keyring: Keyring, *, window: int = WINDOW, batch: int = BATCH,
                  pause: float = PAUSE) -> None:
+        super().__init__(window=window, batch=batch, pause=pause, log=_log,
+                         uncounted="version 1 blobs not counted for the metrics: {why}")
         self._keyring = keyring
-        self._window, self._batch, self._pause = window, batch, pause
-        #: The ``created_seq`` the walk has looked at up to; None: none since the start.
-        self._cursor: int | None = None
-        #: When the walk may start again (the time of the sweep that ended the last).
-        self._next_walk = float("-inf")
-        #: Version 1 blobs this walk left (refused, or ``accept_v1`` false).
-        self._left_in_walk = 0
-        #: Version 1 blobs left, as last counted (None: not yet).
-        self.left: int | None = None
-        #: Walks ended (a count read meanwhile is older than the walk's own count).
-        self._walks = 0
 
-    def step(self, session: Session, now: float) -> list[Upgraded]:
-        """One window of the walk (a step of the state sweeper)."""
-        if self._cursor is None:
-            if now < self._next_walk:
-                return []
-            self._cursor, self._left_in_walk = -1, 0
-        start = self._cursor
-        end = start + self._window
-        rows = [repository.ObjectColumns(*row) for row in session.execute(
-            select(*ManagedObject.__table__.columns).where(
-                ManagedObject.created_seq > start, ManagedObject.created_seq <= end,
-                ManagedObject.material.is_not(None), _is_v1())
-            .order_by(ManagedObject.created_seq).limit(self._batch + 1))]
-        if len(rows) > self._batch:
-            end = rows[self._batch - 1].created_seq
-            rows = rows[:self._batch]
+    def _where(self) -> tuple[Any, ...]:
+        return (ManagedObject.material.is_not(None), _is_v1())
+
+    def _act(self, session: Session, rows: list[repository.ObjectColumns]
+             ) -> tuple[int, Callable[[bool], Upgraded] | None]:
+        # (the rows left: those refused, or all while ``accept_v1`` is false)
         count = refused = 0
         for row in rows:
             if not self._keyring.accept_v1:
@@ -131,38 +115,10 @@ class WrapUpgrade:
                 continue
             repository.update_columns(session, row, material=blob)
             count += 1
-        # (Where the walk is moves on now; should the sweep's transaction not commit, what
-        # this window re-wrapped is the next walk's, and the count corrects the gauge.)
-        newest = session.scalar(select(func.max(ManagedObject.created_seq))) or 0
-        left = self._left_in_walk + refused
-        if end < newest:
-            self._cursor, self._left_in_walk = end, left
-        else:
-            self._cursor, self._next_walk, self.left = None, now + self._pause, left
-            self._walks += 1
-        # (the next window at once after a full batch; else at the next sweep)
-        more = self._cursor is not None and len(rows) == self._batch
-        return [Upgraded(count, refused, more)] if count or refused else []
+        return refused, partial(Upgraded, count, refused) if count or refused else None
 
     def _count(self, session: Session) -> int:
         return v1_blobs(session)
-
-    def refresh(self, store: Store) -> Any:
-        """Count the version 1 blobs left again (a Deferred; a failure is logged, the last
-        count kept)."""
-        def failed(failure: Any) -> None:
-            _log.warn("version 1 blobs not counted for the metrics: {why}",
-                      why=failure.getErrorMessage())
-
-        walks = self._walks
-
-        def keep(count: int) -> None:
-            if walks == self._walks:  # (else a walk ended meanwhile: its count is newer)
-                self.left = count
-
-        done = store.run(self._count, write=False)
-        done.addCallbacks(keep, failed)
-        return done
 
 
 def upgrade_step(session: Session, now: float, *, upgrade: WrapUpgrade) -> list[Upgraded]:

@@ -41,6 +41,7 @@ from kcm.cli import CommandError, add_command, database_error
 
 if TYPE_CHECKING:
     from cryptography import x509
+    from sqlalchemy.orm import Session
 
     from kcm.config_file import TlsFiles
     from kcm.core.config import CoreConfig
@@ -303,40 +304,36 @@ def _database(config: CoreConfig, l1: L1Key | None) -> Iterator[Finding]:
 def _v1_refused(url: str) -> Iterator[Finding]:
     """With ``accept_v1_wrapping`` false: a warning if the database holds version 1 blobs
     (a restored copy backed up before the thirty-ninth sitting), which kcm-core refuses."""
-    from kcm.cli.core_cmd import run_in_store
-    from kcm.core.store.engine import Store
     from kcm.core.wrap_upgrade import v1_blobs
 
-    store = Store(url, threads=1)
-    try:
-        count = run_in_store(store, v1_blobs, write=False)
-    except CommandError as e:
-        yield Finding(ERROR, f"core.database: {e}")
-        return
-    finally:
-        store.stopService()
-    if count:
-        yield Finding(WARNING, f"core.accept_v1_wrapping: false, and {v1_refusal(count)}")
+    yield from _refused(url, v1_blobs, "accept_v1_wrapping", v1_refusal)
 
 
 def _unsealed_refused(url: str) -> Iterator[Finding]:
     """With ``accept_rows_without_mac`` false: a warning if the database holds rows without
     a row MAC (written by an earlier release), which kcm-core refuses."""
-    from kcm.cli.core_cmd import run_in_store
     from kcm.core.row_mac_upgrade import rows_without_mac
+
+    yield from _refused(url, rows_without_mac, "accept_rows_without_mac", unsealed_refusal)
+
+
+def _refused(url: str, count_rows: Callable[[Session], int], setting: str,
+             refusal: Callable[[int], str]) -> Iterator[Finding]:
+    """A warning if ``count_rows`` finds rows in the database at ``url`` that kcm-core
+    refuses while ``setting`` is false (``refusal``: what that count means)."""
+    from kcm.cli.core_cmd import run_in_store
     from kcm.core.store.engine import Store
 
     store = Store(url, threads=1)
     try:
-        count = run_in_store(store, rows_without_mac, write=False)
+        count = run_in_store(store, count_rows, write=False)
     except CommandError as e:
         yield Finding(ERROR, f"core.database: {e}")
         return
     finally:
         store.stopService()
     if count:
-        yield Finding(WARNING, f"core.accept_rows_without_mac: false, and "
-                               f"{unsealed_refusal(count)}")
+        yield Finding(WARNING, f"core.{setting}: false, and {refusal(count)}")
 
 
 def unsealed_refusal(count: int) -> str:

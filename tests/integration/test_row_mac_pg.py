@@ -6,20 +6,16 @@ Keyring.check_row on each look-up of a tenant's current L2)."""
 
 from __future__ import annotations
 
-import itertools
 import re
 from pathlib import Path
 
 import sqlalchemy
 
-from kcm.core.store.schema import LEVEL_TENANT_KEY, STATE_ACTIVE
+from kcm.core.store.schema import STATE_ACTIVE
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode
 from kcm.kmip.payloads import RevocationReason, RevokeRequest
-from kcm.testing.postgres import fresh_database
-from kcm.testing.processes import deploy
 from kcm.testing.requests import activate, create_managed, encrypt, get, item, request, response
-
-_databases = itertools.count()
+from tests.pg_cores_support import active_l2, two_cores
 
 
 def _one(client, batch_item):  # noqa: ANN001, ANN202
@@ -28,18 +24,8 @@ def _one(client, batch_item):  # noqa: ANN001, ANN202
 
 def test_a_compromised_tenant_key_made_active_in_the_database_wraps_nothing(
         tmp_path: Path, postgres_url: str) -> None:
-    url = fresh_database(postgres_url, f"kcm_row_mac_{next(_databases)}")
-    first = deploy(tmp_path / "core1", url)
-    cores = [first, first.replica(tmp_path / "core2")]
-    engine = sqlalchemy.create_engine(url)
-    try:
-        for core in cores:
-            core.start()
-        with engine.connect() as connection:
-            l2 = connection.execute(sqlalchemy.text(
-                "SELECT uid FROM managed_objects WHERE tenant = 'demo' AND level = :level "
-                "AND state = :active"), {"level": LEVEL_TENANT_KEY,
-                                         "active": STATE_ACTIVE}).scalar_one()
+    with two_cores(tmp_path, postgres_url, "kcm_row_mac") as (cores, engine):
+        l2 = active_l2(engine)
         with cores[0].client("app") as app1, cores[1].client("app") as app2, \
                 cores[0].client("admin") as admin:
             made = _one(app1, create_managed())
@@ -74,7 +60,3 @@ def test_a_compromised_tenant_key_made_active_in_the_database_wraps_nothing(
             assert re.search(rf"object {l2} of tenant demo refused: its row does not match "
                              r"its wrapping \(its row MAC does not match\)",
                              core.log.read_text())
-    finally:
-        engine.dispose()
-        for core in cores:
-            core.stop()

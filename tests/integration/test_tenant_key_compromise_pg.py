@@ -7,22 +7,18 @@ the Create is wrapped under the new L2."""
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 
 import sqlalchemy
 
 from kcm.core.keyring import CURRENT_L2_TTL
-from kcm.core.store.schema import LEVEL_TENANT_KEY, STATE_ACTIVE
 from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode
 from kcm.kmip.payloads import RevocationReason, RevokeRequest
-from kcm.testing.postgres import fresh_database
-from kcm.testing.processes import deploy
 from kcm.testing.requests import create_managed, item, request, response
+from tests.pg_cores_support import active_l2, two_cores
 
 V21 = (2, 1)
-_databases = itertools.count()
 
 
 def _one(client, batch_item):
@@ -32,18 +28,8 @@ def _one(client, batch_item):
 
 def test_a_create_at_another_core_right_after_a_key_compromise_is_not_wrapped_under_it(
         tmp_path: Path, postgres_url: str) -> None:
-    url = fresh_database(postgres_url, f"kcm_l2_compromise_{next(_databases)}")
-    first = deploy(tmp_path / "core1", url)
-    cores = [first, first.replica(tmp_path / "core2")]
-    engine = sqlalchemy.create_engine(url)
-    try:
-        for core in cores:
-            core.start()
-        with engine.connect() as connection:
-            l2 = connection.execute(sqlalchemy.text(
-                "SELECT uid FROM managed_objects WHERE tenant = 'demo' AND level = :level "
-                "AND state = :active"), {"level": LEVEL_TENANT_KEY,
-                                         "active": STATE_ACTIVE}).scalar_one()
+    with two_cores(tmp_path, postgres_url, "kcm_l2_compromise") as (cores, engine):
+        l2 = active_l2(engine)
         with cores[1].client("app") as app, cores[0].client("admin") as admin:
             # The second core looks the L2 up as current (and would keep it for 5 s).
             assert _one(app, create_managed()).result_status == ResultStatus.SUCCESS
@@ -64,47 +50,25 @@ def test_a_create_at_another_core_right_after_a_key_compromise_is_not_wrapped_un
                 "SELECT count(*) FROM managed_objects WHERE tenant = 'demo' AND level IS NULL"
             )).scalar_one()
         assert wrapped_after == 1  # the Create before the Revoke only
-    finally:
-        engine.dispose()
-        for core in cores:
-            core.stop()
 
 
 def test_a_create_at_another_core_right_after_a_rotation_is_wrapped_under_the_new_key(
         tmp_path: Path, postgres_url: str) -> None:
-    url = fresh_database(postgres_url, f"kcm_l2_rotation_{next(_databases)}")
-    first = deploy(tmp_path / "core1", url)
-    cores = [first, first.replica(tmp_path / "core2")]
-    engine = sqlalchemy.create_engine(url)
-
-    def active_l2() -> str:
-        with engine.connect() as connection:
-            return connection.execute(sqlalchemy.text(
-                "SELECT uid FROM managed_objects WHERE tenant = 'demo' AND level = :level "
-                "AND state = :active"), {"level": LEVEL_TENANT_KEY,
-                                         "active": STATE_ACTIVE}).scalar_one()
-
-    try:
-        for core in cores:
-            core.start()
-        old = active_l2()
+    with two_cores(tmp_path, postgres_url, "kcm_l2_rotation") as (cores, engine):
+        old = active_l2(engine)
         with cores[1].client("app") as app:
             # The second core looks the L2 up as current (and would keep it for 5 s).
             assert _one(app, create_managed()).result_status == ResultStatus.SUCCESS
             looked_up = time.monotonic()
-            first.kcm("core", "tenant", "rotate", "demo")  # (the command, not a core)
+            cores[0].kcm("core", "tenant", "rotate", "demo")  # (the command, not a core)
             answer = _one(app, create_managed())
             elapsed = time.monotonic() - looked_up
         assert answer.result_status == ResultStatus.SUCCESS, answer.result_message
         assert elapsed < CURRENT_L2_TTL, elapsed  # within the look-up's lifetime
-        new = active_l2()
+        new = active_l2(engine)
         assert new != old
         with engine.connect() as connection:
             wrapped_by = connection.execute(sqlalchemy.text(
                 "SELECT wrapped_by FROM managed_objects WHERE uid = :uid"),
                 {"uid": answer.response_payload.unique_identifier}).scalar_one()
         assert wrapped_by == new
-    finally:
-        engine.dispose()
-        for core in cores:
-            core.stop()

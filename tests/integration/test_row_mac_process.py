@@ -7,7 +7,6 @@ release (no MACs) keeps serving and ends with every row MACed by the state sweep
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -16,10 +15,10 @@ from kcm.core.attribute_blob import decode_attributes, encode_attributes
 from kcm.core.managed import date_attribute
 from kcm.core.store.migrate import current_revision
 from kcm.kmip.attributes import Attribute
-from kcm.kmip.enums import Operation, ResultReason, ResultStatus, RevocationReasonCode, State
+from kcm.kmip.enums import Operation, ResultStatus, RevocationReasonCode, State
 from kcm.kmip.payloads.lifecycle import RevocationReason, RevokeRequest
 from kcm.kmip.tags import Tag
-from kcm.testing.processes import CoreProcess, free_port, scrape
+from kcm.testing.processes import CoreProcess
 from kcm.testing.requests import (
     activate,
     create_l4,
@@ -31,40 +30,14 @@ from kcm.testing.requests import (
 )
 from tests.e2e_support import decrypt_sealed, deploy, send_v21, succeeded_v21, wait_until
 from tests.migration_support import downgrade
+from tests.tamper_support import core_db as _db
+from tests.tamper_support import core_with_metrics as _with_metrics
+from tests.tamper_support import metric as _metric
+from tests.tamper_support import refused_integrity as _refused
+from tests.tamper_support import set_core as _set
 
 STATE_ACTIVE, STATE_DEACTIVATED, STATE_COMPROMISED = 2, 3, 4
 USAGE_ENCRYPT = 0x4
-
-
-def _db(core: CoreProcess) -> sqlite3.Connection:
-    return sqlite3.connect(core.database.removeprefix("sqlite:///"), timeout=30)
-
-
-def _metric(core: CoreProcess, name: str) -> float | None:
-    assert core.metrics_port is not None
-    found = re.search(rf"^{name} (\S+)$", scrape(core.metrics_port)[1].decode(), re.M)
-    return None if found is None else float(found.group(1))
-
-
-def _refused(answer) -> None:  # noqa: ANN001
-    assert answer.result_status == ResultStatus.OPERATION_FAILED
-    assert answer.result_reason == ResultReason.GENERAL_FAILURE, answer.result_message
-    assert re.fullmatch(r"the stored object failed its integrity check \(correlation id "
-                        r"[0-9a-f-]+\)", answer.result_message), answer.result_message
-
-
-def _with_metrics(tmp_path: Path) -> CoreProcess:
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    core.metrics_port = free_port()
-    core.state_sweep_interval = 0.5
-    core.write_config()
-    return core
-
-
-def _set(core: CoreProcess, **settings: object) -> None:
-    """``[core]`` settings added to the configuration written."""
-    lines = "".join(f"{name} = {str(value).lower()}\n" for name, value in settings.items())
-    core.config.write_text(core.config.read_text().replace("[core]\n", "[core]\n" + lines, 1))
 
 
 def _active_key(client) -> str:  # noqa: ANN001

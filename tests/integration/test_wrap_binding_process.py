@@ -7,7 +7,6 @@ served, re-wrapped as version 2 by the state sweeper, and refused with
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,41 +15,14 @@ from kcm.core import keys
 from kcm.core.keyring import Binding, row_flags
 from kcm.core.store.schema import LEVEL_SERVICE_KEY, WRAPPED_BY_L1
 from kcm.kmip.enums import ResultReason, ResultStatus
-from kcm.testing.processes import CoreProcess, GatewayProcess, free_port, scrape
+from kcm.testing.processes import CoreProcess, GatewayProcess
 from kcm.testing.requests import activate, create_l4, create_managed, encrypt, get
 from tests.e2e_support import decrypt_sealed, deploy, send_v21, succeeded_v21, wait_until
-
-
-def _db(core: CoreProcess) -> sqlite3.Connection:
-    return sqlite3.connect(core.database.removeprefix("sqlite:///"), timeout=30)
-
-
-def _metric(core: CoreProcess, name: str) -> float | None:
-    assert core.metrics_port is not None
-    found = re.search(rf"^{name} (\S+)$", scrape(core.metrics_port)[1].decode(), re.M)
-    return None if found is None else float(found.group(1))
-
-
-def _refused(answer) -> None:  # noqa: ANN001
-    assert answer.result_status == ResultStatus.OPERATION_FAILED
-    assert answer.result_reason == ResultReason.GENERAL_FAILURE, answer.result_message
-    assert re.fullmatch(r"the stored object failed its integrity check \(correlation id "
-                        r"[0-9a-f-]+\)", answer.result_message), answer.result_message
-
-
-def _with_metrics(tmp_path: Path, **settings: object) -> CoreProcess:
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    core.metrics_port = free_port()
-    core.state_sweep_interval = 0.5
-    core.write_config()
-    _set(core, **settings)
-    return core
-
-
-def _set(core: CoreProcess, **settings: object) -> None:
-    """``[core]`` settings added to the configuration written."""
-    lines = "".join(f"{name} = {str(value).lower()}\n" for name, value in settings.items())
-    core.config.write_text(core.config.read_text().replace("[core]\n", "[core]\n" + lines, 1))
+from tests.tamper_support import core_db as _db
+from tests.tamper_support import core_with_metrics as _with_metrics
+from tests.tamper_support import metric as _metric
+from tests.tamper_support import refused_integrity as _refused
+from tests.tamper_support import set_core as _set
 
 
 def _active_key(client) -> str:  # noqa: ANN001

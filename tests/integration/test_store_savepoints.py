@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from kcm.core.store import repository as repo
 from kcm.core.store.engine import Store, open_engine
-from kcm.core.store.raw_statements import drain_pending
+from kcm.core.store.raw_statements import RawStatement, drain_pending
 from kcm.core.store.savepoints import RawSavepoint, StoreSession
 from kcm.core.store.schema import STATE_ACTIVE, STATE_PRE_ACTIVE, ManagedObject, ObjectName
 from tests.integration.test_store import _new_key, db_url, store  # noqa: F401 (fixtures)
@@ -317,3 +317,48 @@ def test_a_raw_statement_in_an_orm_savepoint_is_undone_with_it(store: Store) -> 
 
     assert store.run_sync(work) == ["kept"]
     assert store.run_sync(_uids, write=False) == ["kept"]
+
+
+
+@pytest.mark.parametrize("met", ["waited", "drained", "discarded"])
+def test_a_statement_prepared_behind_a_failed_one_runs_again(
+        store: Store, met: str) -> None:  # noqa: F811
+    """psycopg prepares a statement the sixth time it runs; sent in a pipeline behind a
+    statement that fails, its Parse is skipped, and psycopg still took it as prepared:
+    run again in the same transaction, after its savepoint rolled back, it failed with
+    'prepared statement "_pg3_N" does not exist' (a full disk met by a group commit).
+    The failure is met by the statement that waits, by a drain, or dropped by a rollback."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("pipelines and prepared statements are PostgreSQL's")
+    probe = RawStatement(text("SELECT 42"))
+    # Fails once the probe is surely sent behind it (a constraint violation may come back
+    # before the probe is sent, and be raised as the probe is).
+    slow_failure = RawStatement(text("SELECT pg_sleep(0.2)::text::int"))
+
+    def work(session: Session) -> tuple[int, list[str]]:
+        _new_key(session, "k1")
+        warm = RawSavepoint(session)  # psycopg forgets all it prepared on a new ROLLBACK
+        warm.rollback()
+        for _ in range(5):  # its next run prepares it
+            probe.execute(session)
+        failing = RawSavepoint(session)
+        slow_failure.send(session)
+        # The probe's Parse goes behind the failed statement: skipped.
+        if met == "waited":
+            with pytest.raises(DataError):
+                probe.execute(session)
+        else:
+            probe.send(session)
+            if met == "drained":
+                with pytest.raises(DataError):
+                    drain_pending(session)
+        failing.rollback()
+        after = RawSavepoint(session)
+        value = probe.execute(session).fetchone()[0]
+        for _ in range(6):  # prepared again, as the first time
+            probe.execute(session)
+        after.commit()
+        prepared = session.scalars(text("SELECT statement FROM pg_prepared_statements"))
+        return value, [s for s in prepared if "42" in s]
+
+    assert store.run_sync(work) == (42, ["SELECT 42"])

@@ -26,6 +26,17 @@ the error never ran). A transaction drains what is pending before it commits
 (:func:`pipelined` installs the hooks). On SQLite, sending is executing: there is no
 round trip to save.
 
+**Prepared statements after a failed pipeline (PostgreSQL).** psycopg prepares a
+statement the sixth time it runs, and counts it as prepared as soon as its ``Parse`` is
+sent. Sent in a pipeline behind a statement that fails, that ``Parse`` is skipped by the
+server, yet psycopg (3.3.9) still counts the statement as prepared: its next run, in the same
+transaction once a savepoint rolled the failure back, failed with ``prepared statement
+"_pg3_N" does not exist``. So whenever what a pipeline sent fails, psycopg forgets the
+statements it prepared on that connection (:func:`_forget_prepared`: a ``DEALLOCATE ALL``
+goes with its next statement, as psycopg does itself after a ``ROLLBACK``); they are
+prepared again after as many runs as the first time. A failed pipeline is rare (a request
+that fails in the database), so that costs little, and prepared statements stay on.
+
 **A savepoint opened when first needed (SQLite).** A savepoint is there to undo writes. On
 SQLite a statement that fails leaves its transaction as it was (unless SQLite ends the
 transaction: :mod:`kcm.core.store.transaction_lost`), so a savepoint whose
@@ -48,7 +59,6 @@ holds and SQLite ended is refused with :func:`transaction_lost_error` instead.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -218,11 +228,15 @@ def _run(connection: Any, sql: str, values: Any, wait: bool = True,
             del info[_PIPELINE]
             pipeline.__exit__(None, None, None)
     except connection.dialect.loaded_dbapi.Error as e:
-        _discard(info)
+        _discard(info, dbapi)
+        if pipeline is not None:
+            _forget_prepared(dbapi)
         raise exc.DBAPIError.instance(sql, values, e, connection.dialect.loaded_dbapi.Error,
                                       hide_parameters=True, dialect=connection.dialect) from e
     except BaseException:
-        _discard(info)
+        _discard(info, dbapi)
+        if pipeline is not None:
+            _forget_prepared(dbapi)
         raise
     return cursor
 
@@ -268,29 +282,48 @@ def forget_deferred(connection: Any) -> None:
 def discard_pending(connection: Any) -> None:
     """Forget what was sent on ``connection`` (a SQLAlchemy Connection) and not waited for,
     and any error it met: for a rollback, which undoes it anyway."""
-    _discard(connection.connection.info)
+    fairy = connection.connection
+    _discard(fairy.info, fairy.dbapi_connection)
 
 
 def _drain(connection: Any) -> None:
     """Wait for what was sent on ``connection`` (a SQLAlchemy Connection); raises its
     error, as SQLAlchemy's exception."""
-    pipeline = connection.connection.info.pop(_PIPELINE, None)
+    fairy = connection.connection
+    pipeline = fairy.info.pop(_PIPELINE, None)
     if pipeline is None:
         return
     error = connection.dialect.loaded_dbapi.Error
     try:
         pipeline.__exit__(None, None, None)
     except error as e:
+        _forget_prepared(fairy.dbapi_connection)
         raise exc.DBAPIError.instance("(statements sent before this one)", (), e, error,
                                       dialect=connection.dialect) from e
+    except BaseException:
+        _forget_prepared(fairy.dbapi_connection)
+        raise
 
 
-def _discard(info: dict[Any, Any]) -> None:
+def _discard(info: dict[Any, Any], dbapi: Any) -> None:
     pipeline = info.pop(_PIPELINE, None)
     if pipeline is not None:
         # Leaving pipeline mode always happens; the error of what was sent is dropped.
-        with contextlib.suppress(Exception):
+        try:
             pipeline.__exit__(None, None, None)
+        except Exception:
+            _forget_prepared(dbapi)
+
+
+def _forget_prepared(dbapi: Any) -> None:
+    """Have psycopg forget the statements it prepared on ``dbapi``, a connection whose
+    pipeline failed (see the module's note): ``DEALLOCATE ALL`` is sent after its next
+    statement that succeeds. Only psycopg's private API does it (``_prepared.clear()``,
+    what psycopg runs after a ``ROLLBACK``); without it, nothing is done, and
+    tests/integration/test_store_savepoints.py fails."""
+    clear = getattr(getattr(dbapi, "_prepared", None), "clear", None)
+    if callable(clear):
+        clear()
 
 
 def pipelined(engine: Engine) -> Engine:
@@ -311,17 +344,19 @@ def pipelined(engine: Engine) -> Engine:
         # that invalidated it, which was then logged as a bug, not as the store's
         # unavailability. Its pool record is reset, and so discarded, as it is returned.
         if not connection.invalidated:
-            _discard(connection.connection.info)
+            fairy = connection.connection
+            _discard(fairy.info, fairy.dbapi_connection)
 
-    def discard_on_reset(_dbapi_connection: Any, record: Any, _state: Any) -> None:
-        _discard(record.info)
+    def discard_on_reset(dbapi_connection: Any, record: Any, _state: Any) -> None:
+        _discard(record.info, dbapi_connection)
 
     event.listen(engine, "connect", allow)
     event.listen(engine, "before_cursor_execute", drain_before)
     event.listen(engine, "commit", drain_before)
     event.listen(engine, "rollback", discard_before)
     event.listen(engine.pool, "reset", discard_on_reset)
-    event.listen(engine.pool, "checkin", lambda _c, record: _discard(record.info))
+    event.listen(engine.pool, "checkin",
+                 lambda dbapi_connection, record: _discard(record.info, dbapi_connection))
     return engine
 
 

@@ -320,6 +320,7 @@ def test_a_raw_statement_in_an_orm_savepoint_is_undone_with_it(store: Store) -> 
 
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # (psycopg's pipelines)
 @pytest.mark.parametrize("met", ["waited", "drained", "discarded"])
 def test_a_statement_prepared_behind_a_failed_one_runs_again(
         store: Store, met: str) -> None:  # noqa: F811
@@ -328,8 +329,6 @@ def test_a_statement_prepared_behind_a_failed_one_runs_again(
     run again in the same transaction, after its savepoint rolled back, it failed with
     'prepared statement "_pg3_N" does not exist' (a full disk met by a group commit).
     The failure is met by the statement that waits, by a drain, or dropped by a rollback."""
-    if store.engine.dialect.name != "postgresql":
-        pytest.skip("pipelines and prepared statements are PostgreSQL's")
     probe = RawStatement(text("SELECT 42"))
     # Fails once the probe is surely sent behind it (a constraint violation may come back
     # before the probe is sent, and be raised as the probe is).

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kcm.conformance.client import KmipClient, KmipClientError
 from kcm.pki import PkiPaths, issue_crl, load_ca
-from kcm.testing.processes import GatewayProcess, deploy
+from kcm.testing.processes import CoreProcess, GatewayProcess, deploy
 from kcm.testing.requests import query, request
 from tests.e2e_support import wait_until
 
@@ -38,6 +38,20 @@ def _revoke(pki: PkiPaths, path: Path, *whom: str) -> None:
     staged = path.with_suffix(".new")
     staged.write_bytes(data)
     staged.replace(path)  # (as an operator's tooling would: never half a file)
+
+
+def _planes_with_a_crl(tmp_path: Path) -> tuple[CoreProcess, GatewayProcess, Path]:
+    """A kcm-core and a kcm-gateway (not started) whose ``tls.crl`` is one CRL of the PKI's
+    CA listing nothing, looked at every 0.2 s; and that CRL's path."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    crl = tmp_path / "core" / "crl.pem"
+    _revoke(core.pki, crl)
+    settings = {"crl": str(crl), "crl_refresh": 0.2}
+    core.tls_settings = dict(settings)
+    core.write_config()
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(),
+                             tls_settings=dict(settings))
+    return core, gateway, crl
 
 
 def test_a_revoked_client_certificate_is_refused_and_a_new_crl_taken_live(
@@ -174,15 +188,8 @@ def test_a_new_ca_without_its_crl_is_warned_about_and_served_once_its_crl_is_add
 
     from kcm.pki import CertKeyPaths, certificate_pem, issue_certificate, new_ca, write_certificate
 
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core, gateway, crl = _planes_with_a_crl(tmp_path)
     pki = core.pki
-    crl = tmp_path / "core" / "crl.pem"
-    _revoke(pki, crl)
-    settings = {"crl": str(crl), "crl_refresh": 0.2}
-    core.tls_settings = dict(settings)
-    core.write_config()
-    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(),
-                             tls_settings=dict(settings))
     old = load_ca(pki.ca)
     new = new_ca("KCM New CA", now=dt.datetime.now(dt.UTC))
     issued = issue_certificate(new, "app", now=dt.datetime.now(dt.UTC),
@@ -309,15 +316,8 @@ def test_a_gateway_s_renewed_certificate_moves_its_link_and_revoking_the_old_one
     from kcm.pki import issue_certificate, write_certificate
     from kcm.testing.requests import create_managed, get, response
 
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    core, gateway, crl = _planes_with_a_crl(tmp_path)
     pki = core.pki
-    crl = tmp_path / "core" / "crl.pem"
-    _revoke(pki, crl)
-    settings = {"crl": str(crl), "crl_refresh": 0.2}
-    core.tls_settings = dict(settings)
-    core.write_config()
-    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(),
-                             tls_settings=dict(settings))
     done = threading.Event()
     served: list[str] = []
     failed: list[str] = []

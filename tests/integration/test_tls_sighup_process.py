@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography import x509
 
 from kcm.pki import write_certificate
-from kcm.testing.processes import GatewayProcess, deploy
+from kcm.testing.processes import CoreProcess, GatewayProcess, deploy
 from tests.e2e_support import wait_until
 from tests.integration.test_tls_renewal_process import _presented, _renewed, _serial
 
@@ -71,16 +73,27 @@ def test_a_sighup_takes_renewed_certificates_at_once(tmp_path: Path) -> None:
         core.stop()
 
 
-def test_a_sighup_to_a_gateway_with_workers_restarts_them_on_the_renewed_files(
-        tmp_path: Path) -> None:
+@contextmanager
+def _linked_with_workers(tmp_path: Path) -> Iterator[tuple[CoreProcess, GatewayProcess]]:
+    """A started kcm-core and a kcm-gateway of two workers linked to it (its certificates
+    looked at every hour, so only a SIGHUP renews them); both stopped on the way out."""
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    pki = core.pki
     gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(), workers=2,
                              tls_settings=dict(HOUR))
     core.start()
     try:
         gateway.start()
         gateway.wait_linked()
+        yield core, gateway
+    finally:
+        gateway.stop()
+        core.stop()
+
+
+def test_a_sighup_to_a_gateway_with_workers_restarts_them_on_the_renewed_files(
+        tmp_path: Path) -> None:
+    with _linked_with_workers(tmp_path) as (core, gateway):
+        pki = core.pki
         cert, key = _renewed(pki, pki.gateway)
         write_certificate(pki.gateway, cert, key)
         gateway.process.send_signal(signal.SIGHUP)
@@ -88,9 +101,6 @@ def test_a_sighup_to_a_gateway_with_workers_restarts_them_on_the_renewed_files(
                    "the rolling restart to finish", timeout=60.0)
         assert {_presented(gateway.port, pki, pki.app) for _ in range(6)} == \
             {cert.serial_number}
-    finally:
-        gateway.stop()
-        core.stop()
 
 
 def test_a_sighup_to_a_gateway_with_workers_closes_its_open_client_connections(
@@ -103,14 +113,8 @@ def test_a_sighup_to_a_gateway_with_workers_closes_its_open_client_connections(
     from kcm.conformance.client import KmipClientError
     from kcm.testing.requests import query, request
 
-    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
-    pki = core.pki
-    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(), workers=2,
-                             tls_settings=dict(HOUR))
-    core.start()
-    try:
-        gateway.start()
-        gateway.wait_linked()
+    with _linked_with_workers(tmp_path) as (core, gateway):
+        pki = core.pki
         held = [gateway.client("app") for _ in range(4)]  # two on each worker
 
         def answers(client) -> bool:
@@ -129,6 +133,3 @@ def test_a_sighup_to_a_gateway_with_workers_closes_its_open_client_connections(
         for client in held:
             client.close()
         assert _presented(gateway.port, pki, pki.app) == cert.serial_number
-    finally:
-        gateway.stop()
-        core.stop()

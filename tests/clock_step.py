@@ -2,8 +2,9 @@
 
 A process started inside :func:`wall_clock_shim` has ``tests/clock_shim`` first on its
 PYTHONPATH: its ``sitecustomize`` makes SIGUSR2 (:func:`step_wall_clock`) move the process's
-``time.time`` forward by :data:`STEP` seconds, as an NTP step or a resumed virtual machine
-would, and leaves ``time.monotonic`` alone. Processes started outside it are untouched."""
+``time.time`` forward by :data:`STEP` seconds (two minutes), as an NTP step or a resumed
+virtual machine would, and leaves ``time.monotonic`` alone. Processes started outside it are
+untouched."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ __all__ = ["SHIM", "STEP", "step_wall_clock", "wall_clock_shim"]
 #: The directory of the shim's sitecustomize.py.
 SHIM = Path(__file__).parent / "clock_shim"
 #: Seconds each SIGUSR2 moves a shimmed process's wall clock by.
-STEP = 5.0
+STEP = 120.0
 
 
 @contextmanager

@@ -288,6 +288,12 @@ class CoreProcess:
                               env=process_env(), capture_output=True, text=True, check=check,
                               timeout=60)
 
+    def kcm_here(self, *args: str) -> None:
+        """Run ``kcm args`` with this deployment's configuration in this process (the
+        executable's code, without an interpreter's start: for a test that must act within
+        a time); RuntimeError with what it printed if it fails."""
+        _kcm_here(self, *args)
+
     def start(self) -> None:
         """Start `twistd -n kcm-core` and wait until it accepts connections (KMIP and link)."""
         self.spawn()

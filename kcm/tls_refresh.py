@@ -18,7 +18,7 @@ again and swaps them in.
   those the new CRLs list are cut. Client options (:meth:`TlsRefresher.client`: a
   :class:`kcm.tls.RenewableClientTLS`, the gateway's link) are used by the next connection;
   once another certificate is taken, :attr:`TlsRefresher.on_certificate_renewed` is
-  called (a gateway makes its link again with it:
+  called (a gateway makes its link again with it, make-before-break:
   :meth:`kcm.gateway.link_client.LinkClient.relink`).
 * With CRLs, each CA of the bundle in force that no CRL in force is of is warned about
   once, at the start and as either changes: its client certificates are all refused.

@@ -51,9 +51,17 @@ with :class:`LinkDown`, with two exceptions, both bounded (``first_link_wait`` a
 calls made after the core sent DRAIN (it is stopping; link version 4) wait for the next link.
 A draining link takes no new call; its calls in flight are answered on it, and it is closed
 once they all are, which makes the link reconnect at once (to the next core, when the
-draining one no longer takes links). The gateway drains its link so itself when its
-certificate is renewed (:meth:`LinkClient.relink`, from :mod:`kcm.tls_refresh`): the next
-link presents the new certificate, and no call is lost.
+draining one no longer takes links).
+
+When the gateway's certificate is renewed (:meth:`LinkClient.relink`, from
+:mod:`kcm.tls_refresh`) the link is made again make-before-break: a second connection
+presents the new certificate while the link in use carries every call; once the core
+welcomes it, it takes the new calls and the old link drains as above (no call waits, none
+is lost). One the core refuses leaves the link in use as it is (logged once, counted,
+tried again on a back-off up to ``renew_retry_delay``, and at once at the next renewal).
+Events are applied from the last link welcomed alone: the new link resumes after the
+last event applied when its HELLO went, so what the old link applied meanwhile is
+replayed on it and skipped, and nothing is missed.
 
 In-flight streams are bounded: at ``max_in_flight`` forwarded requests the registered
 producers (the gateway's client connections) are paused until half have been answered, and
@@ -199,6 +207,17 @@ class TombstonePage:
     more: bool
 
 
+class _Connector:
+    """One ClientService keeping a connection to the core up, and what it is to the link:
+    the link's own, a renewal's candidate (:meth:`LinkClient.relink`), or retired (its
+    last link finishes its calls and closes, and the service stops)."""
+
+    __slots__ = ("service",)
+
+    def __init__(self) -> None:
+        self.service: ClientService | None = None
+
+
 class _Stream:
     __slots__ = ("deferred", "answer_type", "deadline")
 
@@ -215,10 +234,17 @@ class LinkClientProtocol(LinkProtocol):
     #: The core's CRLs come in one frame larger than the others may be (link version 10).
     big_frame = (FrameType.CRLS, MAX_CRLS_FRAME_SIZE)
 
-    def __init__(self, client: LinkClient) -> None:
+    def __init__(self, client: LinkClient, connector: _Connector | None = None) -> None:
         super().__init__(client.clock, heartbeat_interval=client.heartbeat_interval,
                          max_frame_size=client.max_frame_size)
         self.client = client
+        #: The connector that made this connection (the link's, a renewal's candidate, or
+        #: one retired: see :meth:`LinkClient.relink`); None for one made by hand (tests).
+        self.connector = connector
+        #: The last event applied when HELLO was sent, and whether HELLO asked for it again
+        #: to compare it (None: no HELLO sent yet).
+        self.hello_last: int | None = None
+        self.hello_checking = False
         self.streams: dict[int, _Stream] = {}
         self.welcomed = False
         #: The link version the core named in WELCOME (which frames it takes).
@@ -255,7 +281,7 @@ class LinkClientProtocol(LinkProtocol):
                                                       self._no_welcome)
         self.send(Frame(FrameType.HELLO, link_version=HELLO_VERSION,
                         peer_name=self.client.gateway_name,
-                        sequence=self.client._resume_after()))
+                        sequence=self.client._resume_after(self)))
 
     def go_away(self, reason: str) -> None:
         if not self.welcomed and self.refused is None:
@@ -587,6 +613,11 @@ RELINK_AFTER = 1.0
 #: The most a link made again at once waits (seconds, at random): gateways that lost the
 #: same core do not all reach the next one in the same instant.
 RELINK_JITTER = 0.025
+#: The most seconds between two attempts of a link with a renewed certificate the core
+#: refused (:meth:`LinkClient.relink`): the link in use goes on meanwhile.
+RENEW_RETRY_DELAY = 60.0
+#: A retired connector's retry delay: never reached, it is stopped once its link closes.
+RETIRED_DELAY = 3600.0
 #: Seconds from the TCP connection to the core's WELCOME (TLS handshake, HELLO, WELCOME)
 #: after which the link is given up and the next core tried: a live core takes
 #: milliseconds; a hung one completes the TCP connection and nothing more.
@@ -610,7 +641,8 @@ class LinkClient(MultiService):
                  random_fraction: Callable[[], float] = random.random,
                  first_link_wait: float = FIRST_LINK_WAIT,
                  drain_wait: float = DRAIN_WAIT,
-                 welcome_timeout: float = WELCOME_TIMEOUT) -> None:
+                 welcome_timeout: float = WELCOME_TIMEOUT,
+                 renew_retry_delay: float = RENEW_RETRY_DELAY) -> None:
         super().__init__()
         self.clock = clock
         #: Seconds a connection may take to be welcomed before it is given up.
@@ -657,6 +689,8 @@ class LinkClient(MultiService):
         #: The digest of this gateway's view at the core, from the last VIEW (None: no
         #: core of link version 6 has sent one yet).
         self.view: bytes | None = None
+        #: The link whose events are applied (the last welcomed; see :meth:`_event`).
+        self._events_from: LinkClientProtocol | None = None
         #: The link whose first event is still to come, when it resumed (see :meth:`_event`).
         self._first_event_of: LinkClientProtocol | None = None
         self.max_in_flight = max_in_flight
@@ -692,8 +726,18 @@ class LinkClient(MultiService):
         self.followed = FollowedOrigin()
         self._backoff = backoffPolicy(initialDelay=0.1, maxDelay=max_retry_delay, factor=2.0,
                                       jitter=lambda: 0.1 * random_fraction())
-        factory = Factory.forProtocol(lambda: LinkClientProtocol(self))
-        factory.noisy = False  # no "Starting/Stopping factory" lines at every attempt
+        #: A renewed certificate's link tried again after a refusal: 1 s doubling to
+        #: ``renew_retry_delay`` (and at once at the next certificate change).
+        self.renew_retry_delay = renew_retry_delay
+        self._renew_backoff = backoffPolicy(initialDelay=1.0, maxDelay=renew_retry_delay,
+                                            factor=2.0, jitter=lambda: 0.1 * random_fraction())
+        #: A renewal's link not yet welcomed (see :meth:`relink`), and how many of its
+        #: attempts the core refused since the certificate changed.
+        self._candidate: _Connector | None = None
+        self._renew_refusals = 0
+        self._renew_refusal_logged = False
+        #: Links made with a renewed certificate that the core refused (before WELCOME).
+        self.links_renew_refused = 0
         # ClientService's prepareConnection cannot be used to wait for WELCOME: a connection
         # lost while it waits trips its state machine (NoTransition). So it counts a TCP/TLS
         # connection as success; a link lost before WELCOME is counted here instead (_lost):
@@ -702,9 +746,30 @@ class LinkClient(MultiService):
         # that hangs, is retried with backoff too.
         if isinstance(endpoint, CoreFailoverEndpoint) and endpoint.clock is None:
             endpoint.clock = clock  # (its failure warnings are timed by this clock)
-        self._connector = ClientService(endpoint, factory, clock=clock,
-                                        retryPolicy=self.retry_delay)
-        self._connector.setServiceParent(self)
+        self._connector = self._new_connector()
+        assert self._connector.service is not None
+        self._connector.service.setServiceParent(self)
+
+    def _new_connector(self) -> _Connector:
+        """A ClientService to the core (to the endpoint's current core first), whose
+        connections know it (:attr:`LinkClientProtocol.connector`)."""
+        connector = _Connector()
+        factory = Factory.forProtocol(lambda: LinkClientProtocol(self, connector))
+        factory.noisy = False  # no "Starting/Stopping factory" lines at every attempt
+        connector.service = ClientService(
+            self._endpoint, factory, clock=self.clock,
+            retryPolicy=lambda failed: self._connector_delay(connector, failed))
+        return connector
+
+    def _connector_delay(self, connector: _Connector, failed_attempts: int) -> float:
+        """The retry delay of ``connector``: the link's (:meth:`retry_delay`), a renewal's
+        candidate's (its refusals' back-off), or a retired one's (never: it is stopped
+        once its last link is closed)."""
+        if connector is self._connector:
+            return self.retry_delay(failed_attempts)
+        if connector is self._candidate:
+            return self._renew_backoff(failed_attempts + self._renew_refusals)
+        return RETIRED_DELAY
 
     @classmethod
     def over_tls(cls, reactor: Any, core: str, *, cert: str, key: str, ca: str,
@@ -962,7 +1027,19 @@ class LinkClient(MultiService):
     def _welcomed(self, protocol: LinkClientProtocol, frame: Frame,
                   origin: Origin | None = None) -> None:
         """The link ``protocol`` is made: ``frame`` its WELCOME, ``origin`` the database its
-        core named in ORIGIN (None: a core of link version 6 or earlier)."""
+        core named in ORIGIN (None: a core of link version 6 or earlier). A renewal's
+        candidate takes over from the link in use (:meth:`_take_over`)."""
+        retiring = None
+        if protocol.connector is not None and protocol.connector is self._candidate:
+            retiring = self._take_over(protocol)
+        if protocol.hello_last is not None:
+            # Whether its first event is the last applied, sent again to be compared: only
+            # if no other link applied one since its HELLO (a renewal's candidate, or the
+            # link after a DRAIN, is made while the old link still applies events; those
+            # it replays are then skipped as applied).
+            self._checking = (protocol.hello_checking
+                              and protocol.hello_last == self.last_sequence)
+        self._events_from = protocol
         restored_from = None
         if origin is not None:
             if self.followed.origin is None:
@@ -1021,6 +1098,8 @@ class LinkClient(MultiService):
         waiters, self._waiters = self._waiters, {}
         for d in waiters:
             d.callback(None)
+        if retiring is not None:
+            retiring._close_if_drained()
 
     def _draining(self, protocol: LinkClientProtocol, reason: str | None) -> None:
         """The core of ``protocol`` sent DRAIN: new calls wait for the next link (up to
@@ -1028,6 +1107,7 @@ class LinkClient(MultiService):
         self.links_drained += 1
         if self._protocol is not protocol:
             return
+        self._drop_candidate()  # (the next link presents the newest certificate anyway)
         self._hold(protocol)
         drained = getattr(self._endpoint, "drained", None)
         if drained is not None:  # a list of cores: the next link goes to the next one
@@ -1045,37 +1125,98 @@ class LinkClient(MultiService):
         self._relink_now = True
 
     def relink(self, reason: str) -> bool:
-        """Make the link again, to the same core, as when the core drains it (its calls in
-        flight answered on it, new calls waiting up to ``drain_wait`` seconds for the
-        next): this gateway's certificate was renewed, and the link made with the old one
-        is to present the new one (it would keep the old one until it was next made, and
-        revoking the old one would cut the link with its calls). Whether a link was up to
-        be made again."""
+        """Make the link again with this gateway's renewed certificate, make-before-break:
+        a second link is opened (to the core linked to) while the one in use goes on; once
+        the core welcomes it, new calls go on it and the old link, taking no new call,
+        closes once its calls in flight are answered (or time out: ``request_timeout``).
+        If the core refuses it (before WELCOME: the certificate's CA or a CRL of the core),
+        the link in use stays; the refusal is logged once and counted
+        (:attr:`links_renew_refused`), and the new link tried again on a back-off (1 s
+        doubling to ``renew_retry_delay``), or at once when this is called again (the
+        next renewal). ``reason``: for the log. Whether a link was up to be made again."""
         protocol = self._protocol
         if protocol is None or protocol.closing or self._stopped:
             return False
-        protocol.draining = True
-        self._hold(protocol)
-        self.links_renewed += 1
-        log.info("making the link to the core at {peer} again ({reason}): {streams} calls "
-                 "in flight are answered on it; new calls wait up to {wait:g}s for the "
-                 "next link", peer=protocol.peer, reason=reason,
-                 streams=len(protocol.streams), wait=self.drain_wait)
-        protocol._close_if_drained()
+        self._drop_candidate()
+        self._renew_refusals = 0
+        self._renew_refusal_logged = False
+        candidate = self._candidate = self._new_connector()
+        log.info("opening a new link to the core at {peer} ({reason}); the link in use "
+                 "carries the calls until the core welcomes the new one", peer=protocol.peer,
+                 reason=reason)
+        assert candidate.service is not None
+        candidate.service.setServiceParent(self)
         return True
+
+    def _take_over(self, protocol: LinkClientProtocol) -> LinkClientProtocol | None:
+        """The core welcomed ``protocol``, a renewal's candidate: its connector is the
+        link's from now on; the link in use takes no new call and is returned, to be
+        closed once its calls are answered (its connector is retired, stopped once that
+        link is closed)."""
+        old, self._candidate = self._protocol, None
+        self._connector = protocol.connector  # type: ignore[assignment]
+        self.links_renewed += 1
+        if old is None or old.closing:
+            return None
+        old.draining = True
+        log.info("the link with the renewed certificate is up: new calls go on it; {streams} "
+                 "calls in flight are answered on the previous link, which then closes",
+                 streams=len(old.streams))
+        return old
+
+    def _drop_candidate(self) -> None:
+        """A renewal's link not yet welcomed is given up (its connection closed)."""
+        candidate, self._candidate = self._candidate, None
+        if candidate is not None and candidate.service is not None:
+            candidate.service.disownServiceParent()
+
+    def _renewal_refused(self, protocol: LinkClientProtocol, reason: Failure) -> None:
+        """A renewal's link was lost before WELCOME: the core refused it, or did not
+        answer. The link in use stays; logged once per renewal, counted, and tried again
+        on the renewal's back-off."""
+        self.links_renew_refused += 1
+        self._renew_refusals += 1
+        why = protocol.refused or reason.getErrorMessage()
+        if self._renew_refusal_logged:
+            log.debug("the core refused the link with the renewed certificate again: {why}",
+                      why=why)
+            return
+        self._renew_refusal_logged = True
+        log.warn("the core at {peer} refused a link with this gateway's renewed certificate "
+                 "({why}); the link made with the previous certificate stays in use. Fix: "
+                 "the new certificate must chain to a CA of the core's tls.ca (its CRL in "
+                 "the core's tls.crl) and be listed by no CRL; retried every {most:g}s at "
+                 "most", peer=protocol.peer, why=why, most=self.renew_retry_delay)
+
+    def _retire(self, connector: _Connector) -> None:
+        """Stop ``connector``, retired, once its last link is closed."""
+        if connector.service is not None and connector.service.parent is not None:
+            connector.service.disownServiceParent()
 
     def _lost(self, protocol: LinkClientProtocol, reason: Failure, streams: int,
               fetches: int = 0) -> None:
+        connector = protocol.connector
         if self._protocol is protocol:
             self._protocol = None
             if self._stopped:  # this gateway (or worker) stops, and closed it itself
                 log.info("link to the core closed: this gateway stops")
             else:
                 log.warn("link to the core lost: {reason}", reason=reason.getErrorMessage())
+                # (the next link, made by the link's connector, presents the newest
+                # certificate: a renewal's link pending is given up)
+                self._drop_candidate()
             lived = self.clock.seconds() - protocol.welcomed_at
             self._relink_now = lived >= RELINK_AFTER
             if protocol.went_silent:  # a hung core: not worth another attempt first
                 self._attempt_failed("its heartbeats stopped")
+        elif connector is not None and connector is not self._connector:
+            # A renewal's candidate, or the link it took over from (or one given up).
+            if connector is self._candidate and not protocol.welcomed:
+                if not self._stopped:
+                    self._renewal_refused(protocol, reason)
+            elif protocol.draining:
+                log.info("the link made with the previous certificate is closed")
+                self.clock.callLater(0, self._retire, connector)
         elif protocol.draining:
             log.info("the drained link to {peer} is closed", peer=protocol.peer)
         elif not protocol.welcomed:
@@ -1106,12 +1247,18 @@ class LinkClient(MultiService):
             return False
         return bool(attempt_failed(reason, self._refusals))
 
-    def _resume_after(self) -> int:
-        """The EventSequence of a HELLO: the one before the last event applied, when that
-        event's digest is known (so that the core sends it again, to be compared), else
-        the last applied (−1: none, start from the head)."""
-        self._checking = self._last_digest is not None and self.last_sequence > 0
-        return self.last_sequence - 1 if self._checking else self.last_sequence
+    def _resume_after(self, protocol: LinkClientProtocol | None = None) -> int:
+        """The EventSequence of ``protocol``'s HELLO: the one before the last event applied,
+        when that event's digest is known (so that the core sends it again, to be
+        compared), else the last applied (−1: none, start from the head). What it asked is
+        kept on ``protocol``, for when it is welcomed (another link may apply events
+        meanwhile)."""
+        checking = self._last_digest is not None and self.last_sequence > 0
+        if protocol is None:
+            self._checking = checking
+        else:
+            protocol.hello_last, protocol.hello_checking = self.last_sequence, checking
+        return self.last_sequence - 1 if checking else self.last_sequence
 
     def _viewed(self, view: bytes) -> None:
         """The core's VIEW: the digest of this gateway's scope. One that differs from the
@@ -1134,6 +1281,11 @@ class LinkClient(MultiService):
             self.on_resync()
 
     def _event(self, protocol: LinkClientProtocol, frame: Frame) -> None:
+        if protocol is not self._events_from:
+            # Events come from the last link welcomed alone: one that took over from
+            # another resumed from what was applied, so the older link's events (it is
+            # closing) are all sent on the new one too, in order.
+            return
         seq = frame.sequence
         if self._first_event_of is protocol:
             # The first event of a resumed link: the core sends from the oldest it keeps,

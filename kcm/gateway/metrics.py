@@ -135,6 +135,13 @@ class GatewayMetrics:
                                   "their calls answered, new ones sent on the next link.", (),
                                   lambda: [((), link.links_drained)]))
         register(CallbackCounter(
+            "kcm_gateway_link_renewals",
+            "Links made again with this gateway's renewed certificate, by result: linked "
+            "(the core welcomed it and it took over), refused (the core refused it before "
+            "WELCOME; the link in use stays, and it is tried again).", ("result",),
+            lambda: [(("linked",), link.links_renewed),
+                     (("refused",), link.links_renew_refused)]))
+        register(CallbackCounter(
             "kcm_gateway_link_lineage_refusals",
             "Links to a core refused because it serves another database than the one this "
             "gateway follows (ORIGIN, link version 7), by reason: older_copy (a lower restore "

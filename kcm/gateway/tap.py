@@ -227,8 +227,9 @@ def makeService(options: Options,
     link_endpoint = core_link_endpoint(reactor, config, tls_files.client(link_options))
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
                       max_frame_size=frame_size_limit(config.limits.max_message_size))
-    # A renewed certificate moves the link to it at once (as a DRAIN does: no call lost),
-    # not at its next reconnection: the old certificate can then be revoked with no cut.
+    # A renewed certificate moves the link to it at once, make-before-break (a second link
+    # first; the old one drains once the core welcomes it, and stays if the core refuses
+    # it), not at its next reconnection: the old certificate can then be revoked with no cut.
     tls_files.on_certificate_renewed.append(
         lambda: link.relink("this gateway's certificate was renewed"))
     opened_keys = (OpenedKeys(clock=reactor.seconds, max_entries=config.dek_cache_size,

@@ -304,8 +304,9 @@ def test_removing_the_old_ca_refuses_its_next_handshakes_not_its_open_connection
 def test_a_gateway_s_renewed_certificate_moves_its_link_and_revoking_the_old_one_cuts_none(
         tmp_path: Path) -> None:
     """A gateway's link identity rotated under load: its renewed certificate is taken and
-    the link made again at once with it (calls in flight answered on the old link, new
-    ones waiting for the next), so the old certificate, then revoked in tls.crl, cuts no
+    the link made again at once with it, make-before-break (a second link first, which takes
+    the new calls once welcomed; calls in flight answered on the old link), so the old
+    certificate, then revoked in tls.crl, cuts no
     link at the core; a client forwarding requests through the gateway all the while
     sees none fail. (Before, the link kept the old certificate until its next reconnection:
     the revocation cut it, with the forwarded requests in flight.)"""
@@ -350,7 +351,8 @@ def test_a_gateway_s_renewed_certificate_moves_its_link_and_revoking_the_old_one
                 ip_addresses=["127.0.0.1"], server=True, client=True)
             write_certificate(pki.gateway, renewed.cert, renewed.key)
             wait_until(lambda: gateway.links() == 2, "the link made again")
-            assert "making the link to the core at" in gateway.log.read_text()
+            wait_until(lambda: "the link with the renewed certificate is up"
+                       in gateway.log.read_text(), "the new link taking over")
             data = issue_crl(load_ca(pki.ca), [old]).public_bytes(Encoding.PEM)
             staged = crl.with_suffix(".new")
             staged.write_bytes(data)

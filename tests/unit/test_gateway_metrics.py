@@ -60,6 +60,7 @@ class Gateway:
             runner=LocalRunner(new_correlation_id=new_correlation_id), cache=self.cache,
             link=link, clock=self.clock.seconds, fast_path=fast_path, metrics=self.metrics)
         link.links_made, link.in_flight, link.links_drained = 1, 0, 0
+        link.links_renewed = link.links_renew_refused = 0
         self.guard = ConnectionGuard(ConnectionLimits(), self.clock)
         self.metrics.watch(link=link, cache=self.cache, guard=self.guard,
                            clock=self.clock.seconds)
@@ -339,6 +340,11 @@ def test_link_state_in_flight_reconnects_and_connections_are_read_when_scraped(
     assert got[("kcm_gateway_link_in_flight", ())] == 7
     assert got[("kcm_gateway_link_reconnects_total", ())] == 2
     assert got[("kcm_gateway_open_connections", ())] == 4
+    assert got[("kcm_gateway_link_renewals_total", (("result", "linked"),))] == 0
+    link.links_renewed, link.links_renew_refused = 1, 3
+    got = gateway.scraped()
+    assert got[("kcm_gateway_link_renewals_total", (("result", "linked"),))] == 1
+    assert got[("kcm_gateway_link_renewals_total", (("result", "refused"),))] == 3
     link.connected = False
     assert gateway.scraped()[("kcm_gateway_link_up", ())] == 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from kcm.core.link_server import LinkServerFactory, LinkServerProtocol
@@ -28,6 +29,7 @@ from kcm.link.frames import (
     FrameType,
     encode_frame,
 )
+from tests.gateway_support import core_welcome
 from tests.unit.test_link_cancel import (
     APP,
     NeverConnects,
@@ -332,32 +334,102 @@ def test_a_stopping_gateway_forwards_nothing_on_a_link_still_up() -> None:
     assert client._in_flight == in_flight and not link.streams
 
 
-def test_a_renewed_certificate_s_relink_finishes_calls_on_the_old_link_and_holds_new_ones(
-        ) -> None:
-    """The gateway's certificate was renewed (kcm.tls_refresh): the link is made again,
-    as a DRAIN makes it, by the gateway itself: its calls in flight are answered on the old
-    link, new ones wait for the next (made at once, with the new certificate); none
-    fails."""
+def candidate_of(client: LinkClient) -> tuple[LinkClientProtocol, StringTransport]:
+    """The connection a renewal's candidate connector makes (HELLO sent, not welcomed)."""
+    assert client._candidate is not None
+    protocol = LinkClientProtocol(client, client._candidate)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_a_renewed_certificate_s_link_is_made_before_the_old_one_is_broken() -> None:
+    """The gateway's certificate was renewed (kcm.tls_refresh): a second link is opened
+    while the first carries every call; once the core welcomes it, new calls go on it,
+    the call in flight is answered on the old link, which then closes; none fails, none
+    waits."""
     clock = Clock()
     client = gateway_link(clock)
     assert not client.relink("renewed")  # no link: nothing to make again
     old, old_wire = welcomed(client)
+    old.connector = client._connector  # (the link's ClientService made it)
     in_flight = client.forward(b"before", APP, "h:1")
     [sent] = [f for f in frames_in(old_wire) if f.type is FrameType.REQUEST]
     assert client.relink("this gateway's certificate was renewed")
-    assert client.links_renewed == 1 and client.links_drained == 0
-    assert not client.connected and client.relinking
-    assert not client.relink("again")  # (one at a time)
-    held = client.forward(b"after", APP, "h:1")
-    assert frames_in(old_wire) == [] and not old_wire.disconnecting
+    assert client.connected and not client.relinking and client.links_renewed == 0
+    new, new_wire = candidate_of(client)
+    assert [f.type for f in frames_in(new_wire)] == [FrameType.HELLO]
+    # Until the core welcomes the new link, calls go on the old one.
+    meanwhile = client.forward(b"meanwhile", APP, "h:1")
+    [kept] = [f for f in frames_in(old_wire) if f.type is FrameType.REQUEST]
+    new.dataReceived(core_welcome(LINK_VERSION))
+    assert client.links_renewed == 1 and client.connected and client._protocol is new
+    assert old.draining and not old_wire.disconnecting  # two calls still in flight on it
+    after = client.forward(b"after", APP, "h:1")
+    [moved] = [f for f in frames_in(new_wire) if f.type is FrameType.REQUEST]
+    assert moved.message == b"after" and frames_in(old_wire) == []
     answer(old, sent.stream_id, b"first answer")
-    assert in_flight.result == b"first answer"
+    assert not old_wire.disconnecting
+    answer(old, kept.stream_id, b"kept answer")
+    assert (in_flight.result, meanwhile.result) == (b"first answer", b"kept answer")
     [goaway] = frames_in(old_wire)
     assert goaway.type is FrameType.GOAWAY and old_wire.disconnecting
+    retired = old.connector
+    assert retired is not client._connector and retired.service.parent is client
     old.connectionLost(Failure(ConnectionDone()))
-    assert client.retry_delay(1) <= RELINK_JITTER  # the next link is made at once
-    new, new_wire = welcomed(client)
-    [moved] = [f for f in frames_in(new_wire) if f.type is FrameType.REQUEST]
+    assert client.connected and client._protocol is new
+    clock.advance(0)
+    assert retired.service.parent is None and not retired.service.running  # stopped
     answer(new, moved.stream_id, b"second answer")
-    assert held.result == b"second answer" and client.connected
+    assert after.result == b"second answer" and client.in_flight == 0
+    client.stopService()
+
+
+def test_a_renewed_certificate_the_core_refuses_leaves_the_link_in_use() -> None:
+    """The core refuses the link with the new certificate (before WELCOME): the old link
+    goes on carrying every call, the refusal is said once and counted at each attempt,
+    and the new link is tried again on a back-off (at once at the next renewal)."""
+    clock = Clock()
+    client = gateway_link(clock)
+    old, old_wire = welcomed(client)
+    assert client.relink("renewed")
+    with capturedLogs() as logs:
+        for _ in range(3):
+            new, _ = candidate_of(client)
+            new.connectionLost(Failure(ConnectionDone("tlsv1 alert unknown ca")))
+    said = [formatEvent(e) for e in logs if e.get("log_level") is LogLevel.warn]
+    assert len(said) == 1 and "refused a link with this gateway's renewed" in said[0]
+    assert "tlsv1 alert unknown ca" in said[0] and "stays in use" in said[0]
+    assert said[0].isascii()
+    assert client.links_renew_refused == 3 and client.links_renewed == 0
+    assert client._protocol is old and client.connected and client._refusals == 0
+    assert 8.0 <= client._connector_delay(client._candidate, 0) <= 8.2  # 1 s doubling
+    done = client.forward(b"still", APP, "h:1")
+    [sent] = [f for f in frames_in(old_wire) if f.type is FrameType.REQUEST]
+    answer(old, sent.stream_id, b"answered")
+    assert done.result == b"answered" and not old_wire.disconnecting
+    # The next renewal tries at once, and is said again if refused.
+    first = client._candidate
+    assert client.relink("renewed again")
+    assert client._candidate is not first and first.service.parent is None
+    assert 1.0 <= client._connector_delay(client._candidate, 0) <= 1.2
+    with capturedLogs() as logs:
+        new, _ = candidate_of(client)
+        new.connectionLost(Failure(ConnectionDone()))
+    assert sum(e.get("log_level") is LogLevel.warn for e in logs) == 1
+    client.stopService()
+
+
+def test_a_renewal_s_pending_link_is_given_up_when_the_link_in_use_is_lost() -> None:
+    """The old link lost while the new one is not welcomed: the link's own reconnection
+    (with the newest certificate) takes over, and the candidate is closed."""
+    clock = Clock()
+    client = gateway_link(clock)
+    old, _ = welcomed(client)
+    assert client.relink("renewed")
+    candidate = client._candidate
+    new, new_wire = candidate_of(client)
+    old.connectionLost(Failure(ConnectionDone()))
+    assert client._candidate is None and candidate.service.parent is None
+    assert client.links_renew_refused == 0 and not client.connected
     client.stopService()

@@ -1289,3 +1289,49 @@ def test_a_cancelled_request_counts_in_flight_until_it_has_ended(world: World) -
     world.handler.calls[0][2].callback(b"late")  # the first ends (answered, dropped)
     world.flush()
     assert reading == [False, True] and not world.server.reading_paused
+
+
+def _candidate_link(world: World) -> tuple[LinkClientProtocol, iosim.IOPump]:
+    """A renewal's second link (LinkClient.relink) to the same core: HELLO written, not
+    yet read by the core."""
+    server = world.factory.buildProtocol(None)
+    gateway_end = LinkClientProtocol(world.client, world.client._candidate)
+    pump = iosim.connect(server, iosim.FakeTransport(server, True),
+                         gateway_end, iosim.FakeTransport(gateway_end, False),
+                         greet=False, clock=world.clock)
+    server.handshakeCompleted()
+    return gateway_end, pump
+
+
+@pytest.mark.parametrize("applied_meanwhile", [0, 2])
+def test_a_renewal_s_second_link_applies_each_event_once_in_order(
+        world: World, applied_meanwhile: int) -> None:
+    """Make-before-break: while the renewal's link is made, the old one goes on applying
+    events (``applied_meanwhile`` of them between the new link's HELLO and its WELCOME);
+    once the new link takes over, the core's events reach the gateway on both until the old
+    one closes. Every event is applied once, in order, without a resynchronisation, and
+    the new link's replay of the last applied event is compared only when nothing was
+    applied since its HELLO."""
+    resyncs: list[bool] = []
+    world.client.on_resync = lambda: resyncs.append(True)
+    old = world.connect()
+    world.fanout.commit(3)
+    world.fanout.poll()
+    world.flush()
+    assert world.client.relink("renewed")
+    new, new_pump = _candidate_link(world)  # HELLO asks after 2 (3 sent again, compared)
+    if applied_meanwhile:
+        world.fanout.commit(applied_meanwhile)
+        world.fanout.poll()
+        world.flush()  # (the old link's pump)
+    assert [e[0] for e in world.events] == list(range(1, 4 + applied_meanwhile))
+    new_pump.flush()
+    assert world.client._protocol is new and old.draining
+    world.fanout.commit(2)
+    world.fanout.poll()
+    new_pump.flush()
+    world.flush()
+    last = 5 + applied_meanwhile
+    assert [e[0] for e in world.events] == list(range(1, last + 1))
+    assert resyncs == [] and world.client.last_sequence == last
+    assert world.client.links_renewed == 1

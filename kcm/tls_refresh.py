@@ -30,6 +30,13 @@ again and swaps them in.
   (:func:`kcm.tls_crl.unsigned_crl`); a new CRL file is checked against the bundle in
   force after the look (the renewed one if taken, else the one in force: not the file on
   disk, which a refused renewal changed), and refused if one of its CRLs is of no CA of it.
+* The CRLs a core pushed (a gateway: :meth:`TlsRefresher.take_pushed`) are checked
+  against the bundle in force as they come, and the last set pushed is kept: a look that
+  takes a renewed bundle checks it again against that one, in the same swap (a CA added
+  puts its CRL, left out before, in force from the first handshake the CA is trusted at;
+  a CA removed takes its CRL out), and a set whose options could not be built is tried
+  again at every look until it is in force (said once), not only when the core sends
+  another set.
 * A SIGHUP makes a look at once (:meth:`TlsRefresher.look_now`), besides the ticks.
 * Counted for the metrics (:mod:`kcm.tls_metrics`): :attr:`TlsRefresher.reloads` (renewed
   files taken), :attr:`TlsRefresher.reloads_refused` (looks that found changed files that
@@ -110,6 +117,11 @@ class TlsRefresher(Service):
         self.takes_pushed = pushed
         #: The core's CRLs last pushed, not looked at yet (None: none).
         self._pushed_ders: list[bytes] | None = None
+        #: The core's CRLs last pushed (each DER; None: none yet), kept to be checked again
+        #: against a renewed ``tls.ca``, and whether they could not be put in force (they
+        #: are then tried again at the next look).
+        self._pushed_last: list[bytes] | None = None
+        self._pushed_unapplied = False
         #: The DER of the core's CRLs in force, and when they were taken (unix seconds).
         self.pushed_in_force: frozenset[bytes] = frozenset()
         self.pushed_at: float | None = None
@@ -199,6 +211,7 @@ class TlsRefresher(Service):
         if not self.takes_pushed:
             return
         self._pushed_ders = list(ders)
+        self._pushed_last = list(ders)
         self.refresh()
 
     def look_now(self) -> None:
@@ -222,17 +235,21 @@ class TlsRefresher(Service):
         if self.files.material is None or self._refreshing is not None:
             return None
         pushed, self._pushed_ders = self._pushed_ders, None
+        if pushed is None and self._pushed_unapplied:
+            pushed = self._pushed_last  # (a push that could not be put in force: again)
         try:
             running = self._run(_look, self.files, self.lists, list(self._renewed), pushed,
-                                self.pushed_in_force, self._now())
+                                self.pushed_in_force, self._now(), self._pushed_last)
         except Exception:  # noqa: BLE001 - no thread to run it in: tried again next tick
             self.load_failures += 1
+            self._pushed_unapplied = self._pushed_unapplied or pushed is not None
             log.failure("tls: the look at the TLS files failed; it is tried again")
             return None
         self._refreshing = running.addCallback(self._swap)
 
         def failed(failure: Failure) -> None:
             self.load_failures += 1
+            self._pushed_unapplied = self._pushed_unapplied or pushed is not None
             log.failure("tls: the look at the TLS files failed; it is tried again", failure)
 
         self._refreshing.addErrback(failed)
@@ -265,9 +282,12 @@ class TlsRefresher(Service):
         if failure is not None:
             self._not_built(identity, crl, failure)
             if pushed is not None:
-                log.error("tls.crl: the CRLs the core pushed could not be put in force; "
-                          "those in force stay")
+                if not self._pushed_unapplied:
+                    log.error("tls.crl: the CRLs the core pushed could not be put in force; "
+                              "those in force stay, and they are tried again at every look")
+                self._pushed_unapplied = True
             return
+        self._pushed_unapplied = False  # (what was handed over is in force, or the same)
         before = self.files.material
         renewed = identity is not None and self.files.take(identity)
         if identity is not None:
@@ -379,11 +399,16 @@ class TlsRefresher(Service):
 def _look(files: TlsIdentityFiles, lists: RevocationLists | None,
           renewed: _Renewed, pushed_ders: list[bytes] | None = None,
           pushed_in_force: frozenset[bytes] = frozenset(),
-          now: dt.datetime | None = None) -> _Look:
+          now: dt.datetime | None = None, pushed_last: list[bytes] | None = None) -> _Look:
     """In a thread: the files read again if they changed, the CRL file too, the CRLs a core
-    pushed checked, and, when any can be taken, each holder's options built from what is
-    then in force."""
+    pushed checked (those just pushed, or, with a renewed ``tls.ca`` to take, the last
+    pushed, ``pushed_last``, against it), and, when any can be taken, each holder's options
+    built from what is then in force."""
     identity = files.read_changed()
+    if pushed_ders is None and identity is not None and identity.material is not None:
+        # The core's CRLs were checked against the bundle in force when they came: a
+        # renewed one may add the CA of one left out, or remove the CA of one taken.
+        pushed_ders = pushed_last
     crl = lists.read_changed(checked=False) if lists is not None else None
     if identity is not None and identity.material is not None and lists is not None:
         # The CRLs in force after this look must each be signed by a CA of the renewed

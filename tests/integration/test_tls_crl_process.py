@@ -441,3 +441,71 @@ def test_a_client_revoked_in_the_core_s_crl_only_is_cut_and_refused_at_the_gatew
             client.close()
         gateway.stop()
         core.stop()
+
+
+def test_a_ca_added_to_a_gateway_s_tls_ca_puts_the_core_s_crl_of_it_in_force(
+        tmp_path: Path) -> None:
+    """The core pushed a CRL of a CA the gateway did not trust yet (left out). Once the
+    operator adds that CA to the gateway's tls.ca, the gateway checks the core's CRLs
+    again against it: the CA's client the core revoked is refused from the first
+    handshake the new bundle allows (the core sends its CRLs again only when they
+    change: before, that client was served, the gateway holding no CRL of its CA), and
+    the CA's other clients are served."""
+    import datetime as dt
+
+    from kcm.pki import CertKeyPaths, certificate_pem, issue_certificate, new_ca, write_certificate
+
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    pki = core.pki
+    now = dt.datetime.now(dt.UTC)
+    second = new_ca("KCM Second CA", now=now)
+    clients = {}
+    for name in ("revoked", "kept"):
+        issued = issue_certificate(second, name, now=now,
+                                   uris=["spiffe://kcm.test/tenant/demo/service/app"])
+        clients[name] = CertKeyPaths(tmp_path / f"{name}.pem", tmp_path / f"{name}.key")
+        write_certificate(clients[name], issued.cert, issued.key)
+        if name == "revoked":
+            revoked = issued.cert
+    core_ca = tmp_path / "core" / "ca-bundle.pem"
+    core_ca.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(second.cert))
+    core_crl = tmp_path / "core" / "crl.pem"
+    core_crl.write_bytes(issue_crl(load_ca(pki.ca), []).public_bytes(Encoding.PEM)
+                         + issue_crl(second, [revoked]).public_bytes(Encoding.PEM))
+    core.tls_settings = {"crl": str(core_crl)}
+    core.write_config()
+    core.config.write_text(core.config.read_text().replace(
+        f'ca = "{pki.ca.cert}"', f'ca = "{core_ca}"'))
+    gateway_ca = tmp_path / "gateway-ca.pem"
+    gateway_ca.write_bytes(pki.ca.cert.read_bytes())
+    gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=(),
+                             tls_settings={"crl_refresh": 0.2})
+    gateway.write_config()
+    gateway.config.write_text(gateway.config.read_text().replace(
+        f'ca = "{pki.ca.cert}"', f'ca = "{gateway_ca}"'))
+
+    def served(who: str) -> bool:
+        pair = clients[who]
+        try:
+            with KmipClient("127.0.0.1", gateway.port, cert=pair.cert, key=pair.key,
+                            ca=pki.ca.cert, timeout=5) as client:
+                return bool(client.send(request(query())))
+        except (KmipClientError, ssl.SSLError, ConnectionError):
+            return False
+
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        wait_until(lambda: "a CRL the core pushed is left out" in gateway.log.read_text(),
+                   "the second CA's CRL left out", timeout=10)
+        assert not served("kept") and not served("revoked")  # (a CA it does not trust)
+        staged = gateway_ca.with_suffix(".new")
+        staged.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(second.cert))
+        staged.replace(gateway_ca)
+        wait_until(lambda: served("kept"), "the second CA's client served", timeout=10)
+        assert not served("revoked")
+        assert _served(gateway.port, pki, "app")
+    finally:
+        gateway.stop()
+        core.stop()

@@ -297,3 +297,80 @@ def test_the_gateway_metrics_count_the_pushed_crls(pki) -> None:
         assert ("kcm_gateway_crl_load_failures_total", ()) not in got  # (no tls.crl)
     finally:
         refresher.stopService()
+
+
+def test_a_renewed_tls_ca_checks_the_last_pushed_crls_again(pki, tmp_path) -> None:
+    """The core pushed a CRL of a CA this gateway's tls.ca did not hold yet (left out);
+    once tls.ca holds that CA, the CRL is put in force without a new push (the core sends
+    its CRLs again only when they change). And a CA taken out of tls.ca takes its pushed
+    CRL out of force with it."""
+    from kcm.pki import CertKeyPaths, certificate_pem, issue_certificate, write_certificate
+
+    second = new_ca("Second CA", now=NOW)
+    issued = issue_certificate(second, "second-app", now=NOW)
+    client = CertKeyPaths(tmp_path / "second.pem", tmp_path / "second.key")
+    write_certificate(client, issued.cert, issued.key)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(pki.ca.cert.read_bytes())
+    both = tmp_path / "both.pem"  # (the client's trust: either CA)
+    both.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(second.cert))
+    refresher = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(bundle), Clock(),
+                             interval=1, run_in_thread=run_inline, pushed=True)
+    refresher.startService()
+    try:
+        options = refresher.options(lambda material, lists: server_tls_from(
+            material, crls=lists))()
+        with capturedLogs() as logged:
+            refresher.take_pushed([_der(issue_crl(second, [issued.cert], now=NOW))])
+        assert any("left out" in formatEvent(e) for e in logged)  # no CA of tls.ca signed it
+        assert refresher.lists.pushed == []
+        bundle.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(second.cert))
+        refresher.refresh()  # (the look every tls.crl_refresh seconds, or SIGHUP)
+        assert len(refresher.lists.pushed) == 1
+        assert presented(options, client, both) is None  # revoked by the core's CRL
+        assert presented(options, pki.app, both) is not None
+        bundle.write_bytes(pki.ca.cert.read_bytes())  # the second CA taken out again
+        with capturedLogs() as logged:
+            refresher.refresh()
+        assert refresher.lists.pushed == [] and refresher.pushed_in_force == frozenset()
+        assert any("left out" in formatEvent(e) for e in logged)
+    finally:
+        refresher.stopService()
+
+
+def test_pushed_crls_that_could_not_be_put_in_force_are_tried_again_at_the_next_look(
+        pki) -> None:
+    """A push whose options could not be built (OpenSSL refused them) is not lost until the
+    core sends another set: the next look (every tls.crl_refresh seconds) tries it again,
+    and it is said once while it fails."""
+    clock = Clock()
+    refresher = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(pki.ca.cert), clock,
+                             interval=1, run_in_thread=run_inline, pushed=True)
+    refresher.startService()
+    broken = [True]
+
+    def build(material, lists):
+        if broken[0] and lists is not None and lists.pushed:
+            raise ValueError("refused by OpenSSL")
+        return server_tls_from(material, crls=lists)
+
+    try:
+        options = refresher.options(build)()
+        with capturedLogs() as logged:
+            refresher.take_pushed([_der(issue_crl(load_ca(pki.ca), [_cert(pki.app)],
+                                                  now=NOW))])
+            clock.advance(1)  # still failing: said once
+        said = [formatEvent(e) for e in logged]
+        assert sum("the CRLs the core pushed could not be put in force" in line
+                   for line in said) == 1
+        assert refresher.lists.pushed == []
+        assert presented(options, pki.app, pki.ca.cert) is not None
+        broken[0] = False
+        clock.advance(1)  # the next look
+        assert len(refresher.lists.pushed) == 1
+        assert presented(options, pki.app, pki.ca.cert) is None
+        with capturedLogs() as logged:
+            clock.advance(1)  # in force: not taken again
+        assert not any("CRLs taken" in formatEvent(e) for e in logged)
+    finally:
+        refresher.stopService()

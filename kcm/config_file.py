@@ -316,13 +316,15 @@ def check_distinct_ports(settings: Collection[tuple[str, str]]) -> None:
 
 
 def _limit_value(section: str, name: str, value: Any, default: Any) -> Any:
-    """A command-line limit (a string) as its default's type, int or float."""
+    """A command-line limit (a string) as its default's type, int or float (int for a
+    limit unset by default: ``max_connections_per_tenant``)."""
     if not isinstance(value, str):
         return value
     try:
-        return type(default)(value)
+        return (int if default is None else type(default))(value)
     except ValueError:
-        kind = "a whole number" if isinstance(default, int) else "a number of seconds"
+        whole = default is None or isinstance(default, int)
+        kind = "a whole number" if whole else "a number of seconds"
         raise ConfigError(f"{section}.limits.{name} must be {kind}, not {value!r}") from None
 
 
@@ -331,8 +333,14 @@ def limit_options(limits: Any) -> list[list[Any]]:
     (``--max-message-size``), overriding ``limits.NAME`` of the configuration file (the
     overrides :func:`load_section` takes by the field's name)."""
     return [[f.name.replace("_", "-"), None, None,
-             f"limits.{f.name} (default {getattr(limits, f.name)!r}); see docs/operations.md, "
-             "Limits and hostile clients."] for f in fields(limits)]
+             f"limits.{f.name} (default {_default_text(getattr(limits, f.name))}); see "
+             "docs/operations.md, Limits and hostile clients."] for f in fields(limits)]
+
+
+def _default_text(value: Any) -> str:
+    """A limit's default as ``--help`` says it (None: the one of max_connections_per_tenant,
+    derived from max_connections)."""
+    return "half of max-connections" if value is None else repr(value)
 
 
 def _read(path: str | Path | None, section: str) -> dict[str, Any]:

@@ -91,8 +91,10 @@ class ConnectionLimits:
     max_connections_per_address: int = 100
     #: Connections of one tenant's principals at once on the KMIP listener, counted from
     #: the TLS handshake that names them: one tenant cannot take every slot of
-    #: ``max_connections`` (half of its default), whatever addresses it connects from.
-    max_connections_per_tenant: int = 450
+    #: ``max_connections``, whatever addresses it connects from. None (unset): half of
+    #: ``max_connections`` (450 of the default 900), following it when it is lowered;
+    #: a number set is the bound as it is (:attr:`tenant_connections`).
+    max_connections_per_tenant: int | None = None
     #: The prefix length by which ``max_connections_per_address`` counts an IPv6 client: 128
     #: each address, 64 each /64 (a host may have every address of one); 32 to 128. IPv4
     #: clients (of a dual-stack listener too) are counted by their address.
@@ -113,6 +115,8 @@ class ConnectionLimits:
                      "max_connections_per_address", "max_connections_per_tenant",
                      "max_unsent_output", "max_batch_items"):
             value = getattr(self, name)
+            if value is None and name == "max_connections_per_tenant":
+                continue  # (unset: half of max_connections)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a whole number of at least 1")
         prefix = self.ipv6_address_prefix
@@ -127,6 +131,16 @@ class ConnectionLimits:
                     or not 0 < value <= most):
                 raise ValueError(f"limits.{name} must be a positive number of seconds, at "
                                  f"most {most}")
+
+    @property
+    def tenant_connections(self) -> int:
+        """The bound of one tenant's connections in force: ``max_connections_per_tenant``
+        if set, else half of ``max_connections`` (at least 1). A setting above
+        ``max_connections`` bounds nothing more than ``max_connections`` does (``kcm
+        config check`` warns)."""
+        if self.max_connections_per_tenant is not None:
+            return self.max_connections_per_tenant
+        return max(1, self.max_connections // 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -808,6 +822,15 @@ class KmipServerFactory(Factory):
         self._drain_grace: float | None = None
         self._drained: list[Deferred[None]] = []
 
+    def startFactory(self) -> None:
+        limits = self.limits
+        if limits.tenant_connections > limits.max_connections:
+            log.warn("limits.max_connections_per_tenant ({per_tenant}) exceeds "
+                     "limits.max_connections ({most}) and bounds nothing: one tenant may "
+                     "take every connection; lower it, or leave it unset (half of "
+                     "max_connections)", per_tenant=limits.tenant_connections,
+                     most=limits.max_connections)
+
     def stopFactory(self) -> None:
         # The listener stops: no more refusals; the last counted ones are written.
         self.refused_identities.flush()
@@ -834,7 +857,7 @@ class KmipServerFactory(Factory):
         if tenant is None:
             return True
         held = self._tenant_connections.setdefault(tenant, set())
-        limit = self.limits.max_connections_per_tenant
+        limit = self.limits.tenant_connections
         if len(held) >= limit:
             self.refusals.refused("limit")
             self.refused_tenants.note(tenant=tenant, limit=limit, peer=peer)

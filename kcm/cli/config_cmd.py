@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from kcm.core.config import CoreConfig
     from kcm.core.l1 import L1Key
     from kcm.gateway.config import GatewayConfig
+    from kcm.kmip_protocol import ConnectionLimits
 
 __all__ = ["EXPIRY_WARNING_DAYS", "Finding", "check_config", "register"]
 
@@ -162,6 +163,7 @@ def _core(path: str, now: dt.datetime, open_token: bool) -> Iterator[Finding]:
     if config.link_listen:  # (the link listener's guard is reserved from the KMIP one's)
         caps.append(("max_link_connections", config.limits.max_link_connections))
     yield _descriptors("core", caps)
+    yield _tenant_connections("core", config.limits)
 
 
 def _data_directories(config: CoreConfig) -> Iterator[Finding]:
@@ -401,6 +403,7 @@ def _gateway(path: str, now: dt.datetime) -> Iterator[Finding]:
     yield from _log_file("gateway", config.log_file)
     yield _descriptors("gateway", [("max_connections", config.limits.max_connections)],
                        per_worker=workers > 1)
+    yield _tenant_connections("gateway", config.limits)
 
 
 def _workers(config: GatewayConfig) -> Generator[Finding, None, int]:
@@ -659,6 +662,22 @@ def _log_file(section: str, path: str) -> Iterator[Finding]:
     else:
         yield Finding(ERROR, f"{section}.log_file: {path} cannot be created: {directory} is "
                              "not a directory this user may write")
+
+
+def _tenant_connections(section: str, limits: ConnectionLimits) -> Finding:
+    """The bound of one tenant's connections in force, and a warning when the setting
+    exceeds ``max_connections`` (it then bounds nothing: one tenant may take every slot)."""
+    bound, most = limits.tenant_connections, limits.max_connections
+    prefix = f"{section}.limits.max_connections_per_tenant"
+    if limits.max_connections_per_tenant is None:
+        return Finding(OK, f"{prefix}: {bound}, half of max_connections ({most})")
+    if bound > most:
+        return Finding(WARNING, f"{prefix}: {bound} exceeds max_connections ({most}) and "
+                                "bounds nothing: one tenant may take every connection. "
+                                f"Lower it (at most {most // 2} for one tenant never to "
+                                "refuse another's), or leave it unset (half of "
+                                "max_connections)")
+    return Finding(OK, f"{prefix}: {bound} of max_connections ({most})")
 
 
 def _descriptors(section: str, caps: list[tuple[str, int]], *,

@@ -23,12 +23,15 @@ PER_TENANT = 3
 MAX_CONNECTIONS = 2 * PER_TENANT
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+@pytest.fixture(params=["set", "unset"])
+def gateway(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
+    """A gateway whose tenant cap is PER_TENANT: set, or unset (half of max_connections:
+    before, a fixed 450 that a max_connections of 6 made void)."""
     core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
     gateway = GatewayProcess(tmp_path / "gateway", core, metrics_port=free_port())
-    gateway.limits.update(max_connections=MAX_CONNECTIONS,
-                          max_connections_per_tenant=PER_TENANT)
+    gateway.limits.update(max_connections=MAX_CONNECTIONS)
+    if request.param == "set":
+        gateway.limits.update(max_connections_per_tenant=PER_TENANT)
     with running(core, gateway):
         yield gateway
 

@@ -529,3 +529,21 @@ def test_rows_without_a_mac_with_accept_rows_without_mac_false_are_warned_about(
     assert main(["core", "init", "--restored", "-c", str(core)]) == 0
     assert f"warning: accept_rows_without_mac is false, and the database holds {count} " \
         in capsys.readouterr().out
+
+
+def test_a_tenant_cap_above_max_connections_is_warned_about(tmp_path: Path, pki: PkiPaths,
+                                                            capsys) -> None:
+    """max_connections_per_tenant unset follows max_connections (half of it); set above
+    max_connections it bounds nothing, which config check says."""
+    config = gateway_config(tmp_path, pki)
+    status, lines = check(capsys, config)
+    found(lines, "ok", "gateway.limits.max_connections_per_tenant: 50, half of "
+                       "max_connections (100)")
+    config.write_text(config.read_text() + "max_connections_per_tenant = 450\n")
+    status, lines = check(capsys, config)
+    assert status == 0
+    found(lines, "warning", "gateway.limits.max_connections_per_tenant: 450 exceeds "
+                            "max_connections (100) and bounds nothing")
+    config.write_text(config.read_text().replace("= 450", "= 80"))
+    status, lines = check(capsys, config)
+    found(lines, "ok", "gateway.limits.max_connections_per_tenant: 80 of max_connections")

@@ -729,7 +729,46 @@ def test_one_tenant_cannot_take_every_connection() -> None:
 
 
 def test_the_tenant_cap_is_a_whole_number_of_at_least_one() -> None:
-    assert ConnectionLimits().max_connections_per_tenant == 450
+    assert ConnectionLimits().tenant_connections == 450
     for wrong in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_connections_per_tenant"):
             ConnectionLimits(max_connections_per_tenant=wrong)
+
+
+def test_an_unset_tenant_cap_is_half_of_max_connections_and_a_set_one_is_kept() -> None:
+    """max_connections lowered, max_connections_per_tenant unset: one tenant may hold half
+    of the connections, not a fixed 450 that a max_connections below it made void (one
+    tenant could then take every slot). A number set is the bound as set, whatever
+    max_connections (a deployment of one tenant may raise it to max_connections)."""
+    assert ConnectionLimits().max_connections_per_tenant is None
+    assert ConnectionLimits(max_connections=100).tenant_connections == 50
+    assert ConnectionLimits(max_connections=1).tenant_connections == 1
+    assert ConnectionLimits(max_connections=100,
+                            max_connections_per_tenant=100).tenant_connections == 100
+    assert ConnectionLimits(max_connections=100,
+                            max_connections_per_tenant=20).tenant_connections == 20
+    factory = KmipServerFactory(EchoHandler(), ConnectionLimits(max_connections=4),
+                                lambda t: tenant_app("demo"), Clock())
+    opened = []
+    for _ in range(3):
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.handshakeCompleted()
+        opened.append(protocol.connection is not None)
+    assert opened == [True, True, False]
+
+
+def test_a_tenant_cap_above_max_connections_is_warned_about_as_the_listener_starts() -> None:
+    from twisted.logger import capturedLogs, formatEvent
+
+    for limits, warned in ((ConnectionLimits(max_connections=100,
+                                             max_connections_per_tenant=450), True),
+                           (ConnectionLimits(max_connections=100), False),
+                           (ConnectionLimits(max_connections=100,
+                                             max_connections_per_tenant=100), False)):
+        factory = KmipServerFactory(EchoHandler(), limits, lambda t: PRINCIPAL, Clock())
+        with capturedLogs() as logged:
+            factory.doStart()
+        said = [formatEvent(e) for e in logged if "bounds nothing" in formatEvent(e)]
+        assert len(said) == warned, said
+        factory.doStop()

@@ -421,6 +421,11 @@ class RenewableClientTLS:
         """Give new connections ``options`` from now on."""
         self._options = options
 
+    @property
+    def current(self) -> Any:
+        """The options new connections take now."""
+        return self._options
+
     def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802 - Twisted's
         return self._options.clientConnectionForTLS(tlsProtocol)
 

@@ -187,6 +187,10 @@ class TlsRefresher(Service):
 
         return made
 
+    def certificate(self) -> Any:
+        """The certificate in force (an ``x509.Certificate``; once started)."""
+        return self._in_force().chain[0]
+
     def _in_force(self) -> TlsMaterial:
         material = self.files.material
         assert material is not None, "the TLS refresher starts first"

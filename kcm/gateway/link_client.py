@@ -58,7 +58,9 @@ When the gateway's certificate is renewed (:meth:`LinkClient.relink`, from
 presents the new certificate while the link in use carries every call; once the core
 welcomes it, it takes the new calls and the old link drains as above (no call waits, none
 is lost). One the core refuses leaves the link in use as it is (logged once, counted,
-tried again on a back-off up to ``renew_retry_delay``, and at once at the next renewal).
+tried again on a back-off up to ``renew_retry_delay``, and at once at the next renewal);
+with ``certificates`` (:mod:`kcm.gateway.link_certificates`) a link lost meanwhile is made
+again with the certificate the core took last, the new one tried beside it.
 Events are applied from the last link welcomed alone: the new link resumes after the
 last event applied when its HELLO went, so what the old link applied meanwhile is
 replayed on it and skipped, and nothing is missed.
@@ -108,6 +110,7 @@ from zope.interface import implementer
 
 from kcm.gateway.core_endpoints import CoreFailoverEndpoint
 from kcm.gateway.core_origin import FollowedOrigin, Origin
+from kcm.gateway.link_certificates import LinkCertificates
 from kcm.identity import Principal, core_certificate_refusal
 from kcm.kmip.enums import ResultReason
 from kcm.kmip.errors import KmipError
@@ -216,6 +219,29 @@ class _Connector:
 
     def __init__(self) -> None:
         self.service: ClientService | None = None
+
+
+class _ConnectorEndpoint:
+    """The endpoint a connector connects through: a renewal's candidate through the link's
+    renewal endpoint (the newest certificate; to the core the link is linked to), any
+    other through the link's own."""
+
+    def __init__(self, client: LinkClient, connector: _Connector) -> None:
+        self._client = client
+        self._connector = connector
+
+    def __repr__(self) -> str:  # (ClientService's "Scheduling retry ... to connect <this>")
+        return repr(self._client._endpoint)
+
+    def connect(self, protocolFactory: Any) -> Deferred:  # noqa: N803 - Twisted's
+        client = self._client
+        renewal = client._renewal_endpoint
+        if renewal is None or self._connector is not client._candidate:
+            return client._endpoint.connect(protocolFactory)
+        main = client._endpoint
+        if isinstance(renewal, CoreFailoverEndpoint) and isinstance(main, CoreFailoverEndpoint):
+            renewal.current = main.current
+        return renewal.connect(protocolFactory)
 
 
 class _Stream:
@@ -642,12 +668,21 @@ class LinkClient(MultiService):
                  first_link_wait: float = FIRST_LINK_WAIT,
                  drain_wait: float = DRAIN_WAIT,
                  welcome_timeout: float = WELCOME_TIMEOUT,
-                 renew_retry_delay: float = RENEW_RETRY_DELAY) -> None:
+                 renew_retry_delay: float = RENEW_RETRY_DELAY,
+                 renewal_endpoint: IStreamClientEndpoint | None = None,
+                 certificates: LinkCertificates | None = None) -> None:
+        """``renewal_endpoint``: the endpoint of a renewal's link, presenting the newest
+        certificate, when ``endpoint`` presents the one the core accepted
+        (``certificates``: :mod:`kcm.gateway.link_certificates`); None: ``endpoint``
+        presents the newest, and a renewal's link goes through it too."""
         super().__init__()
         self.clock = clock
         #: Seconds a connection may take to be welcomed before it is given up.
         self.welcome_timeout = welcome_timeout
         self._endpoint = endpoint
+        self._renewal_endpoint = renewal_endpoint
+        #: The certificates the links present (None: the newest, always).
+        self.certificates = certificates
         #: Seconds after the service starts during which a call waits for the first link,
         #: and after a DRAIN during which it waits for the next (see :meth:`_send`).
         self.first_link_wait = first_link_wait
@@ -744,8 +779,9 @@ class LinkClient(MultiService):
         # it moves the core endpoint on to the next core, and the retry delay adds these
         # refusals, so a core that keeps closing the link before WELCOME, or a single core
         # that hangs, is retried with backoff too.
-        if isinstance(endpoint, CoreFailoverEndpoint) and endpoint.clock is None:
-            endpoint.clock = clock  # (its failure warnings are timed by this clock)
+        for each in (endpoint, renewal_endpoint):
+            if isinstance(each, CoreFailoverEndpoint) and each.clock is None:
+                each.clock = clock  # (its failure warnings are timed by this clock)
         self._connector = self._new_connector()
         assert self._connector.service is not None
         self._connector.service.setServiceParent(self)
@@ -757,7 +793,7 @@ class LinkClient(MultiService):
         factory = Factory.forProtocol(lambda: LinkClientProtocol(self, connector))
         factory.noisy = False  # no "Starting/Stopping factory" lines at every attempt
         connector.service = ClientService(
-            self._endpoint, factory, clock=self.clock,
+            _ConnectorEndpoint(self, connector), factory, clock=self.clock,
             retryPolicy=lambda failed: self._connector_delay(connector, failed))
         return connector
 
@@ -1100,6 +1136,11 @@ class LinkClient(MultiService):
             d.callback(None)
         if retiring is not None:
             retiring._close_if_drained()
+        elif (self._candidate is None and self.certificates is not None
+              and self.certificates.pending):
+            # Linked with the accepted certificate (after a DRAIN or a loss gave the
+            # renewal's link up, or a restart of the core): the newest is tried again.
+            self._start_candidate()
 
     def _draining(self, protocol: LinkClientProtocol, reason: str | None) -> None:
         """The core of ``protocol`` sent DRAIN: new calls wait for the next link (up to
@@ -1133,20 +1174,29 @@ class LinkClient(MultiService):
         the link in use stays; the refusal is logged once and counted
         (:attr:`links_renew_refused`), and the new link tried again on a back-off (1 s
         doubling to ``renew_retry_delay``), or at once when this is called again (the
-        next renewal). ``reason``: for the log. Whether a link was up to be made again."""
+        next renewal). With :attr:`certificates`, the link's own connections present the
+        certificate the core accepted until then (a link lost meanwhile is made again with
+        it), and a renewal's link is opened only while the newest is another. ``reason``:
+        for the log. Whether a link was up to be made again."""
         protocol = self._protocol
         if protocol is None or protocol.closing or self._stopped:
             return False
         self._drop_candidate()
+        if self.certificates is not None and not self.certificates.pending:
+            return True  # (the certificate the core accepted: nothing to present anew)
         self._renew_refusals = 0
         self._renew_refusal_logged = False
-        candidate = self._candidate = self._new_connector()
         log.info("opening a new link to the core at {peer} ({reason}); the link in use "
                  "carries the calls until the core welcomes the new one", peer=protocol.peer,
                  reason=reason)
+        self._start_candidate()
+        return True
+
+    def _start_candidate(self) -> None:
+        """A renewal's link, tried now (and again on its back-off until welcomed)."""
+        candidate = self._candidate = self._new_connector()
         assert candidate.service is not None
         candidate.service.setServiceParent(self)
-        return True
 
     def _take_over(self, protocol: LinkClientProtocol) -> LinkClientProtocol | None:
         """The core welcomed ``protocol``, a renewal's candidate: its connector is the
@@ -1156,6 +1206,8 @@ class LinkClient(MultiService):
         old, self._candidate = self._protocol, None
         self._connector = protocol.connector  # type: ignore[assignment]
         self.links_renewed += 1
+        if self.certificates is not None:
+            self.certificates.accept()  # (the link's next connections present it too)
         if old is None or old.closing:
             return None
         old.draining = True
@@ -1202,9 +1254,13 @@ class LinkClient(MultiService):
                 log.info("link to the core closed: this gateway stops")
             else:
                 log.warn("link to the core lost: {reason}", reason=reason.getErrorMessage())
-                # (the next link, made by the link's connector, presents the newest
-                # certificate: a renewal's link pending is given up)
-                self._drop_candidate()
+                # A renewal's link pending: without certificates, the next link presents the
+                # newest certificate, and it is given up; with them, the next link presents
+                # the accepted one, and the renewal's is tried again at once beside it.
+                if self._candidate is not None:
+                    self._drop_candidate()
+                    if self.certificates is not None and self.certificates.pending:
+                        self._start_candidate()
             lived = self.clock.seconds() - protocol.welcomed_at
             self._relink_now = lived >= RELINK_AFTER
             if protocol.went_silent:  # a hung core: not worth another attempt first

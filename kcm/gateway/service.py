@@ -51,15 +51,22 @@ class GatewayIdentity(Service):
     name = "kcm-gateway-identity"
 
     def __init__(self, cert_path: str, trust_domain: str, link: LinkClient,
-                 endpoint: TLSClientEndpoint | CoreFailoverEndpoint) -> None:
+                 endpoint: TLSClientEndpoint | CoreFailoverEndpoint,
+                 renewal_endpoint: TLSClientEndpoint | CoreFailoverEndpoint | None = None
+                 ) -> None:
+        """``renewal_endpoint``: the link's endpoint presenting a renewed certificate
+        (:mod:`kcm.gateway.link_certificates`), loaded as ``endpoint`` is."""
         self.cert_path = cert_path
         self.trust_domain = trust_domain
         self.link = link
         self.endpoint = endpoint
+        self.renewal_endpoint = renewal_endpoint
 
     def startService(self) -> None:
         self.link.gateway_name = gateway_name_of(self.cert_path, self.trust_domain)
         self.endpoint.load()
+        if self.renewal_endpoint is not None:
+            self.renewal_endpoint.load()
         super().startService()
 
 

@@ -32,6 +32,7 @@ from kcm.gateway.denied_uses import DeniedUses
 from kcm.gateway.fast_path import FastPath
 from kcm.gateway.handler import GatewayRequestHandler, new_correlation_id
 from kcm.gateway.l3_cache import L3Cache
+from kcm.gateway.link_certificates import LinkCertificates
 from kcm.gateway.link_client import LinkClient
 from kcm.gateway.local_batch import LocalRunner, gateway_engines
 from kcm.gateway.metrics import GatewayMetrics
@@ -224,9 +225,15 @@ def makeService(options: Options,
                                min_version=min_tls_version(tls.policy),
                                dates=certificate_expiry.seen("link"))
 
-    link_endpoint = core_link_endpoint(reactor, config, tls_files.client(link_options))
+    # The link's connections present the certificate the core last took; a renewed one is
+    # presented by a second link (make-before-break) until the core welcomes it.
+    newest_link_options = tls_files.client(link_options)
+    certificates = LinkCertificates(newest_link_options, tls_files.certificate)
+    link_endpoint = core_link_endpoint(reactor, config, certificates.accepted)
+    renewal_endpoint = core_link_endpoint(reactor, config, certificates.newest)
     link = LinkClient(link_endpoint, clock=reactor, max_in_flight=config.max_in_flight,
-                      max_frame_size=frame_size_limit(config.limits.max_message_size))
+                      max_frame_size=frame_size_limit(config.limits.max_message_size),
+                      renewal_endpoint=renewal_endpoint, certificates=certificates)
     # A renewed certificate moves the link to it at once, make-before-break (a second link
     # first; the old one drains once the core welcomes it, and stays if the core refuses
     # it), not at its next reconnection: the old certificate can then be revoked with no cut.
@@ -292,7 +299,8 @@ def makeService(options: Options,
                   "files now; other changes take a restart",
                   reload=tls_files.look_now).setServiceParent(gateway)
     tls_files.setServiceParent(gateway)  # (before the identity loads the link's options)
-    GatewayIdentity(tls.cert, trust_domain, link, link_endpoint).setServiceParent(gateway)
+    GatewayIdentity(tls.cert, trust_domain, link, link_endpoint,
+                    renewal_endpoint).setServiceParent(gateway)
     link.setServiceParent(gateway)
     metrics.watch_tls(expiry=certificate_expiry, refusals=refusals, refresher=tls_files)
 

@@ -6,8 +6,9 @@ kcm-core and kcm-gateway processes, certificates of the development PKI):
   sees no failure across the switch;
 * a renewal the core refuses (its CRL lists the new certificate): forwarded requests go
   on over the link made with the old one, the gateway says so once and counts it
-  (``kcm_gateway_link_renewals_total{result="refused"}``); the next renewal, one the core
-  takes, moves the link."""
+  (``kcm_gateway_link_renewals_total{result="refused"}``); the core restarted meanwhile,
+  the link is made again with the old certificate (not the refused one); the next
+  renewal, one the core takes, moves the link."""
 
 from __future__ import annotations
 
@@ -123,6 +124,21 @@ def test_a_renewal_the_core_refuses_leaves_the_old_link_serving(tmp_path: Path) 
             assert metrics(port)[("kcm_gateway_link_renewals_total",
                                   (("result", "linked"),))] == 0
             assert metrics(port)[("kcm_gateway_link_up", ())] == 1
+            # The core restarted meanwhile: the link is made again with the certificate
+            # the core took (the renewed one, which it refuses, is tried beside it).
+            links = gateway.links()
+            core.stop()
+            core.start()
+            gateway.wait_linked(more_than=links, timeout=20)
+
+            def forwarded() -> bool:
+                answers = send_v21(client, get_attributes(created.unique_identifier))
+                return answers[0].result_status == ResultStatus.SUCCESS
+
+            wait_until(forwarded, "forwarded requests served after the core's restart",
+                       timeout=10)
+            assert metrics(port)[("kcm_gateway_link_renewals_total",
+                                  (("result", "linked"),))] == 0
             # The next renewal, of a certificate the core takes, moves the link at once.
             cert, key = _renewed(core.pki, core.pki.gateway)
             write_certificate(core.pki.gateway, cert, key)

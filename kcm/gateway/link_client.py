@@ -1065,8 +1065,15 @@ class LinkClient(MultiService):
         """The link ``protocol`` is made: ``frame`` its WELCOME, ``origin`` the database its
         core named in ORIGIN (None: a core of link version 6 or earlier). A renewal's
         candidate takes over from the link in use (:meth:`_take_over`)."""
+        connector = protocol.connector
+        if (connector is not None and connector is not self._connector
+                and connector is not self._candidate):
+            # A connection of a connector given up or retired that completed as it was
+            # stopped: the link has another.
+            protocol.go_away("superseded by another link")
+            return
         retiring = None
-        if protocol.connector is not None and protocol.connector is self._candidate:
+        if connector is not None and connector is self._candidate:
             retiring = self._take_over(protocol)
         if protocol.hello_last is not None:
             # Whether its first event is the last applied, sent again to be compared: only
@@ -1204,11 +1211,14 @@ class LinkClient(MultiService):
         closed once its calls are answered (its connector is retired, stopped once that
         link is closed)."""
         old, self._candidate = self._protocol, None
-        self._connector = protocol.connector  # type: ignore[assignment]
+        previous, self._connector = self._connector, protocol.connector  # type: ignore[assignment]
         self.links_renewed += 1
         if self.certificates is not None:
             self.certificates.accept()  # (the link's next connections present it too)
         if old is None or old.closing:
+            # (no link of the previous connector to finish: it is stopped now, before it
+            # makes another; one closing is lost soon, and nothing more)
+            self._retire(previous)
             return None
         old.draining = True
         log.info("the link with the renewed certificate is up: new calls go on it; {streams} "
@@ -1270,8 +1280,9 @@ class LinkClient(MultiService):
             if connector is self._candidate and not protocol.welcomed:
                 if not self._stopped:
                     self._renewal_refused(protocol, reason)
-            elif protocol.draining:
-                log.info("the link made with the previous certificate is closed")
+            elif connector is not self._candidate:
+                if protocol.draining:
+                    log.info("the link made with the previous certificate is closed")
                 self.clock.callLater(0, self._retire, connector)
         elif protocol.draining:
             log.info("the drained link to {peer} is closed", peer=protocol.peer)

@@ -433,3 +433,38 @@ def test_a_renewal_s_pending_link_is_given_up_when_the_link_in_use_is_lost() -> 
     assert client._candidate is None and candidate.service.parent is None
     assert client.links_renew_refused == 0 and not client.connected
     client.stopService()
+
+
+def test_a_renewal_s_link_made_while_the_old_one_is_down_retires_the_old_connector() -> None:
+    """The old link was lost (its connector trying again) when the renewal's link is
+    welcomed: the old connector is stopped at once, and a connection of it completing
+    anyway is closed, never taken for the link."""
+    from kcm.gateway.link_certificates import LinkCertificates
+    from kcm.tls import RenewableClientTLS
+
+    clock = Clock()
+    newest = RenewableClientTLS(object())
+    certificate = ["old"]
+    certificates = LinkCertificates(lambda: newest, lambda: certificate[0])
+    certificates.accepted()
+    client = LinkClient(NeverConnects(), clock=clock, max_in_flight=4, first_link_wait=0.0,
+                        renewal_endpoint=NeverConnects(), certificates=certificates)
+    client.startService()
+    old, _ = welcomed(client)
+    old.connector = client._connector
+    certificate[0] = "new"
+    assert client.relink("renewed")
+    old.connectionLost(Failure(ConnectionDone()))  # (the renewal's link tried again)
+    previous = client._connector
+    new, _ = candidate_of(client)
+    new.dataReceived(core_welcome(LINK_VERSION))
+    assert client._protocol is new and client._connector is not previous
+    assert previous.service.parent is None and not previous.service.running
+    late = LinkClientProtocol(client, previous)
+    late_wire = StringTransport()
+    late.makeConnection(late_wire)
+    late.dataReceived(core_welcome(LINK_VERSION))
+    assert client._protocol is new and late_wire.disconnecting
+    assert [f.error for f in frames_in(late_wire) if f.type is FrameType.GOAWAY] == [
+        "superseded by another link"]
+    client.stopService()

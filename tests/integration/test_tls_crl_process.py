@@ -434,7 +434,12 @@ def test_a_client_revoked_in_the_core_s_crl_only_is_cut_and_refused_at_the_gatew
             assert not _served(gateway.port, pki, "app")
         assert _served(gateway.port, pki, "other_app") and l4_encrypts(other)
         log = gateway.log.read_text()
-        assert log.count("tls.crl: closed the KMIP connection of") == 4, log
+        # At least the 4 held: a client cut by one worker reconnects at its next request
+        # (KmipClient does), and may reach the other worker before that one took the CRL
+        # (each takes it from its own link, some ms apart), which cuts it too.
+        cut = [line for line in log.splitlines()
+               if "tls.crl: closed the KMIP connection of" in line]
+        assert len(cut) >= 4 and all("service/app from" in line for line in cut), log
         assert "revoked certificate(s) listed" in log
     finally:
         for client in held:

@@ -588,17 +588,28 @@ class KmipServerProtocol(Protocol):
         factory = getattr(self, "factory", None)
         refusals = factory.refusals if isinstance(factory, KmipServerFactory) else None
         if isinstance(error, MessageTooLarge):
-            log.info("refusing a request from {peer}: too large ({reason})",
-                     peer=self.connection.peer, reason=error.reason)
+            self._closed_line("too_large", peer=self.connection.peer, reason=error.reason)
             if refusals is not None:
                 refusals.refused("too_large")
             self._refuse(RESULT_REASON_INVALID_MESSAGE, f"request too large: {error.reason}")
             return
         if refusals is not None:
             refusals.refused("unreadable")
-        log.info("closing {peer}: unreadable message header ({reason})",
-                 peer=self.connection.peer, reason=error.reason)
+        self._closed_line("unreadable", peer=self.connection.peer, reason=error.reason)
         self._close(abort=not self._read_any)
+
+    def _closed_line(self, kind: str, **fields: object) -> None:
+        """Log why this connection is closed or refused (``kind``, one of
+        :data:`CLOSED_LINES`): through the factory's line of that kind, at most one an
+        interval (a client can reconnect and repeat it as often as it likes); without a
+        factory, at once."""
+        factory = getattr(self, "factory", None)
+        line = factory.closed_lines.get(kind) if isinstance(factory, KmipServerFactory) \
+            else None
+        if line is None:
+            line = ThrottledLine(self._clock, CLOSED_LINES[kind], logger=log,
+                                 level=LogLevel.info)
+        line.note(**fields)
 
     def _answered(self, response: bytes) -> None:
         self._busy = False
@@ -641,9 +652,8 @@ class KmipServerProtocol(Protocol):
 
     def _not_reading(self) -> None:
         peer = self.connection.peer if self.connection is not None else "?"
-        log.info("closing {peer}: its answers were not read within {t}s "
-                 "(more than {size} bytes unsent)", peer=peer, t=self._limits.write_timeout,
-                 size=self._limits.max_unsent_output)
+        self._closed_line("not_reading", peer=peer, t=self._limits.write_timeout,
+                          size=self._limits.max_unsent_output)
         self._close(abort=True)
 
     # Closing --------------------------------------------------------------
@@ -689,8 +699,8 @@ class KmipServerProtocol(Protocol):
 
     def _slow_message(self) -> None:
         if self.connection is not None:
-            log.info("closing {peer}: message not completed within {t}s",
-                     peer=self.connection.peer, t=self._limits.message_timeout)
+            self._closed_line("slow_message", peer=self.connection.peer,
+                              t=self._limits.message_timeout)
         self._close(abort=True)
 
     def _close(self, *, abort: bool) -> None:
@@ -785,6 +795,20 @@ _REFUSED_IDENTITY = ("refused connection from {peer}: no acceptable identity ({c
 _REFUSED_TENANT = ("refused {count} connection(s) of tenant {tenant} over "
                    "limits.max_connections_per_tenant ({limit}) in the last {interval} s; "
                    "last from {peer}")
+#: The info lines of connections closed (or requests refused) for what their client sent or
+#: did not read, by kind: each written at most once an interval with how many it stands for
+#: (one line a connection let a client that reconnects in a loop write hundreds a second).
+CLOSED_LINES = {
+    "too_large": ("refusing a request from {peer}: too large ({reason}); {count} such "
+                  "request(s) in the last {interval} s"),
+    "unreadable": ("closing {peer}: unreadable message header ({reason}); {count} such "
+                   "connection(s) in the last {interval} s"),
+    "slow_message": ("closing {peer}: message not completed within {t}s; {count} such "
+                     "connection(s) in the last {interval} s"),
+    "not_reading": ("closing {peer}: its answers were not read within {t}s (more than "
+                    "{size} bytes unsent); {count} such connection(s) in the last "
+                    "{interval} s"),
+}
 
 
 class KmipServerFactory(Factory):
@@ -812,6 +836,11 @@ class KmipServerFactory(Factory):
         #: The warning of a connection refused over ``max_connections_per_tenant``.
         self.refused_tenants = ThrottledLine(clock, _REFUSED_TENANT, logger=log,
                                              level=LogLevel.warn)
+        #: The info lines of connections closed for what their clients sent or did not
+        #: read (:data:`CLOSED_LINES`), each at most once an interval.
+        self.closed_lines = {kind: ThrottledLine(clock, message, logger=log,
+                                                 level=LogLevel.info)
+                             for kind, message in CLOSED_LINES.items()}
         #: The connections open now (made and not yet lost: bounded by the listener's
         #: connection caps).
         self.connections: set[KmipServerProtocol] = set()
@@ -835,6 +864,8 @@ class KmipServerFactory(Factory):
         # The listener stops: no more refusals; the last counted ones are written.
         self.refused_identities.flush()
         self.refused_tenants.flush()
+        for line in self.closed_lines.values():
+            line.flush()
 
     def buildProtocol(self, addr: object) -> KmipServerProtocol:
         protocol = KmipServerProtocol(self.handler, self.limits, self.resolve_principal,

@@ -772,3 +772,64 @@ def test_a_tenant_cap_above_max_connections_is_warned_about_as_the_listener_star
         said = [formatEvent(e) for e in logged if "bounds nothing" in formatEvent(e)]
         assert len(said) == warned, said
         factory.doStop()
+
+
+@pytest.mark.parametrize("kind", ["unreadable", "too_large", "slow_message", "not_reading"])
+def test_connections_closed_for_what_their_clients_send_are_logged_at_most_once_an_interval(
+        kind: str) -> None:
+    """A client with an accepted certificate may reconnect in a loop and send an unreadable
+    header, a message over ``max_message_size``, a message it never finishes, or requests
+    whose answers it never reads: each close was one info line a connection (a walk with
+    four client threads wrote 180 lines a second at kcm-core, 140 at kcm-gateway). Now the
+    first at once, then one line an interval with how many it stands for and the last
+    peer."""
+    from twisted.logger import globalLogPublisher
+
+    import kcm.kmip_protocol
+    from kcm.connection_guard import LOG_INTERVAL
+    from kcm.kmip_protocol import CLOSED_LINES
+
+    clock = Clock()
+    limits = ConnectionLimits(message_timeout=3, write_timeout=5)
+    factory = KmipServerFactory(EchoHandler(), limits, lambda t: PRINCIPAL, clock)
+
+    def closed(connections: int) -> None:
+        """``connections`` clients at once, each closed for ``kind``."""
+        transports = []
+        for _ in range(connections):
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            protocol.handshakeCompleted()
+            if kind == "unreadable":
+                protocol.dataReceived(UNREADABLE_HEADER)
+            elif kind == "too_large":
+                protocol.dataReceived(OVERSIZED_HEADER)
+            elif kind == "slow_message":
+                protocol.dataReceived(message(1)[:4])
+            else:
+                protocol.dataReceived(message(1))
+                transport.producer.pauseProducing()
+            transports.append(transport)
+        clock.advance(5.1)  # past the message and write timeouts
+        assert all(t.disconnecting or t.disconnected for t in transports)
+
+    def counts(connections: int, then) -> list[tuple[int, str]]:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            closed(connections)
+            then()
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        return [(e["count"], e["peer"]) for e in events
+                if e.get("log_namespace") == kcm.kmip_protocol.__name__
+                and e.get("log_format") == CLOSED_LINES[kind]]
+
+    lines = counts(50, lambda: clock.advance(LOG_INTERVAL))
+    assert [count for count, _ in lines] == [1, 49]
+    assert all(peer.startswith("192.168.1.1:") for _, peer in lines)
+    # The listener stopping writes what is counted within the interval.
+    assert [count for count, _ in counts(3, factory.stopFactory)] == [3]
+    for message_format in CLOSED_LINES.values():
+        assert message_format.isascii() and "{count}" in message_format

@@ -346,6 +346,37 @@ def test_check(client: ProxyKmipClient) -> None:
         enums.CryptographicUsageMask.ENCRYPT]) == uid
 
 
+@pytest.mark.xfail(strict=True, raises=KnownPyKmipBug, reason=(
+    "PyKMIP's bug (docs/conformance.md): KMIPProxy.check reads the Usage Limits Count of the "
+    "answer's payload outside its own `if payload:` guard, so a Check that fails (Operation "
+    "Failed, no payload, as the OASIS BL-M-2-21 case answers it) raises AttributeError"))
+def test_check_that_fails(client: ProxyKmipClient, deployment) -> None:
+    """A Check the key's usage mask does not allow fails in the version's words (read with
+    KCM's own decoder: 2.x Incompatible Cryptographic Usage Mask, 1.x Permission Denied),
+    with no payload; PyKMIP's check then raises AttributeError instead of its
+    KmipOperationFailure."""
+    from kcm.kmip.enums import CryptographicUsageMask, ResultReason, ResultStatus
+    from kcm.kmip.payloads import CheckRequest
+    from kcm.testing.requests import item, request, response
+
+    version = version_of(client)
+    uid = aes(client)
+    major, minor = (int(part) for part in str(version.value).split("."))
+    plane = "core" if client.proxy.port == deployment["core"].port else "gateway"
+    check = item(Operation.CHECK, CheckRequest(
+        unique_identifier=uid, cryptographic_usage_mask=int(CryptographicUsageMask.SIGN)))
+    with deployment[plane].client("app") as kcm_client:
+        answer = response(kcm_client.send(request(check, version=(major, minor))))
+        answer = answer.batch_items[0]
+    assert (answer.result_status, answer.result_reason, answer.response_payload) == (
+        ResultStatus.OPERATION_FAILED,
+        ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK if at_least(version, V20)
+        else ResultReason.PERMISSION_DENIED, None)
+    with known_pykmip_bug(AttributeError,
+                          "'NoneType' object has no attribute 'usage_limits_count'"):
+        client.check(uid, cryptographic_usage_mask=[enums.CryptographicUsageMask.SIGN])
+
+
 def test_rekey(client: ProxyKmipClient) -> None:
     uid = aes(client)
     client.activate(uid)

@@ -201,6 +201,7 @@ def read_request(wire: bytes, create: CreateReader | None = None,
         return read_request_python(wire, create, versions, max_items=max_items)
     version, maximum_response_size, scanned = _scan(
         wire, _SCAN_FIELDS, versions, _CREATE, NOT_PLAIN, -1 if max_items is None else max_items)
+    _check_maximum_response_size(maximum_response_size)
     items = []
     for operation, batch_id, values in scanned:
         if operation == _CREATE:
@@ -216,6 +217,14 @@ def read_request(wire: bytes, create: CreateReader | None = None,
             values["cryptographic_parameters"] = _parameters(wire, *parameters)
         items.append((operation, batch_id, _REQUESTS[operation](**values)))
     return version, maximum_response_size, items
+
+
+def _check_maximum_response_size(size: int | None) -> None:
+    """A negative Maximum Response Size is not plain: the general decoder refuses the
+    request whole (Invalid Field, :func:`kcm.kmip.messages.check_request_header`); read
+    as a bound, it answered every success Response Too Large."""
+    if size is not None and size < 0:
+        raise NOT_PLAIN
 
 
 def _check_key_format(values: dict[str, Any]) -> None:
@@ -235,6 +244,7 @@ def read_request_python(wire: bytes, create: CreateReader | None = None,
     size = len(wire)
     pos, version, maximum_response_size, batch_count = _read_header(wire, versions,
                                                                     max_items)
+    _check_maximum_response_size(maximum_response_size)
     items = []
     while pos < size:
         if len(items) >= batch_count:

@@ -350,8 +350,15 @@ def check_request_header(header: RequestHeader) -> None:
       an Enumeration in 2.x: KMIP 1.4 §6.7, 2.1 §9) or of an undefined value: Invalid Field;
     * Asynchronous Indicator Mandatory (2.x): Feature Not Supported. The server answers
       every request synchronously (its Capability Information says Asynchronous
-      Capability False), so it cannot honour a client that requires otherwise.
+      Capability False), so it cannot honour a client that requires otherwise;
+    * a negative Maximum Response Size: Invalid Field (no answer has a negative size; read
+      as a bound, it answered every success Response Too Large, as if the answer had
+      been too long).
     """
+    size = header.maximum_response_size
+    if size is not None and size < 0:
+        raise KmipError(ResultReason.INVALID_FIELD,
+                        f"Maximum Response Size {size} is negative")
     option = header.batch_error_continuation_option
     if option is not None and option not in _CONTINUATION_OPTIONS:
         raise KmipError(ResultReason.INVALID_FIELD,

@@ -151,3 +151,41 @@ def test_a_negative_max_items_is_refused() -> None:
 def test_only_bytes_are_scanned() -> None:
     wire = request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier="k", data=b"x")))
     assert read_request(bytearray(wire)) == read_request(wire)  # (the Python reader's)
+
+
+@pytest.mark.parametrize("reader", [read_request, read_request_python])
+def test_a_negative_maximum_response_size_is_not_plain(reader) -> None:
+    """The general decoder refuses it whole (Invalid Field): read as a bound, a plain
+    request's successes were answered Response Too Large instead. Zero and positive sizes
+    stay plain."""
+    def wire(size: int) -> bytes:
+        return request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier="t",
+                                                              data=b"x")),
+                       version=(2, 1), maximum_response_size=size)
+
+    for size in (-1, -(2**31)):
+        with pytest.raises(type(NOT_PLAIN)):
+            reader(wire(size), None, PLAIN_VERSIONS)
+        NOT_PLAIN.__traceback__ = None
+    for size in (0, 1 << 20):
+        version, maximum, _ = reader(wire(size), None, PLAIN_VERSIONS)
+        assert (version, maximum) == ((2, 1), size)
+
+
+def test_a_negative_maximum_response_size_is_refused_whole_by_the_decoder() -> None:
+    from kcm.kmip.enums import ResultReason
+    from kcm.kmip.errors import KmipError
+    from kcm.kmip.messages import decode_request
+    from kcm.ttlv import decode
+
+    for version in ((1, 0), (1, 4), (2, 1)):
+        def wire(size: int, version: tuple[int, int] = version) -> bytes:
+            return request(item(Operation.ENCRYPT, EncryptRequest(unique_identifier="t",
+                                                                  data=b"x")),
+                           version=version, maximum_response_size=size)
+
+        with pytest.raises(KmipError) as refused:
+            decode_request(decode(wire(-5)))
+        assert (refused.value.reason, refused.value.message) == (
+            ResultReason.INVALID_FIELD, "Maximum Response Size -5 is negative")
+        assert decode_request(decode(wire(0))).header.maximum_response_size == 0

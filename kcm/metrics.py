@@ -15,7 +15,9 @@ What it promises:
 * :class:`CallbackGauge` reads a value when scraped (link state, open connections, outbox
   lag): nothing is kept up to date between scrapes; :class:`CallbackCounter` reads a
   counter its part keeps itself (the L3 cache's hits, connections refused).
-* :class:`Readiness` is what a readiness check says (``/readyz``).
+* :class:`Readiness` is what a readiness check says (``/readyz``); :func:`unready_while`
+  makes a check not ready while something else stops the process serving (its own
+  certificate expired).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from kcm.kmip.enums import Operation, ResultStatus
 from kcm.tally import Tally
 
 __all__ = ["LATENCY_BUCKETS", "CallbackCounter", "CallbackGauge", "Readiness", "ReactorCounter",
-           "ReactorHistogram", "operation_label", "result_label"]
+           "ReactorHistogram", "operation_label", "result_label", "unready_while"]
 
 
 
@@ -187,6 +189,25 @@ class Readiness:
 
     def body(self) -> bytes:
         return json.dumps({"ready": self.ready, **self.details}, sort_keys=True).encode()
+
+
+def unready_while(check: ReadinessCheck, why: Callable[[], str | None], key: str
+                  ) -> ReadinessCheck:
+    """``check``, but not ready while ``why()`` gives a reason (read after ``check``
+    answers), which its answer then carries under ``key`` beside what ``check`` said."""
+    def with_why(readiness: Readiness) -> Readiness:
+        reason = why()
+        if reason is None:
+            return readiness
+        return Readiness(False, {**readiness.details, key: reason})
+
+    def checked() -> Readiness | Deferred[Readiness]:
+        answer = check()
+        if isinstance(answer, Deferred):
+            return answer.addCallback(with_why)
+        return with_why(answer)
+
+    return checked
 
 
 #: What ``/readyz`` answers while the process stops.

@@ -15,10 +15,14 @@ What it promises:
   reason (every reason, from 0), the renewed TLS files taken and refused, and with a CRL
   configured its earliest Next Update, when it was last read and the looks at it that
   failed.
+* :meth:`CertificateExpiry.expired`: the reason a readiness check gives while the
+  certificate a listener's TLS options were built with is past its notAfter (no client
+  verifies it: every new connection fails its handshake), else None.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +57,22 @@ class CertificateExpiry:
 
     def authorities(self) -> list[tuple[tuple[str], float]]:
         return [((listener,), dates.ca) for listener, dates in sorted(self.dates.items())]
+
+    def expired(self, now: float | None = None) -> str | None:
+        """Why this process cannot serve for its own certificate: the certificate (or an
+        intermediate sent with it) of a listener or link past its notAfter at ``now``
+        (unix seconds; default the wall clock), as a short ASCII reason; None while every
+        one is in its dates (or none was built yet)."""
+        now = time.time() if now is None else now
+        late = sorted((dates.certificate, listener) for listener, dates in self.dates.items()
+                      if dates.certificate <= now)
+        if not late:
+            return None
+        when, _ = late[0]
+        listeners = ", ".join(sorted({listener for _, listener in late}))
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+        return (f"the TLS certificate in force ({listeners}) expired at {at}: no client can "
+                "connect; renew tls.cert")
 
 
 def tls_collectors(prefix: str, *, expiry: CertificateExpiry, refusals: ConnectionRefusals,

@@ -326,6 +326,7 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
     core.kmip_factory = kmip_factory
     if config.metrics_listen:
         # (Twisted's web imported only for a metrics listener: 35 ms of every start)
+        from kcm.metrics import unready_while
         from kcm.metrics_http import metrics_listener, metrics_site
 
         # (the check's write probe waits its turn behind this core's own writes)
@@ -336,8 +337,11 @@ def makeService(options: Options, reactor: Any = default_reactor) -> CoreService
             own_writer=store.file_write_lock_held_for,
             own_write_limit=config.limits.request_deadline, disk=handler.disk_space,
             file_refusal=owner.refusal))
+        # (a core whose own certificate expired serves no new client, whatever its
+        # database says)
+        ready = unready_while(readiness, certificate_expiry.expired, "tls")
         metrics_listener(reactor, config.metrics_listen,
-                         metrics_site(metrics.registry, readiness,
+                         metrics_site(metrics.registry, ready,
                                       stopping=lambda: core.stopping)).setServiceParent(core)
     return core
 

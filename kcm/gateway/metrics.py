@@ -18,7 +18,9 @@ What it promises:
   is while it is linked to the core, or, unlinked, while a service key it holds is still
   within ``max_stale`` of its last confirmation; the body says whether it is linked. Not
   ready (503) while the core's last VIEW says its scope is of no tenant
-  (:data:`kcm.link.views.SERVES_NOBODY`): it can serve nobody.
+  (:data:`kcm.link.views.SERVES_NOBODY`): it can serve nobody. Nor while its own
+  certificate in force is past its notAfter (:meth:`kcm.tls_metrics.CertificateExpiry.
+  expired`): no client completes a handshake with it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ class GatewayMetrics:
         self._link: LinkClient | None = None
         self._cache: L3Cache | None = None
         self._clock: Callable[[], float] = time.monotonic  # (the L3 cache's, by watch)
+        #: The dates of the certificates in force (:meth:`watch_tls`; None: not yet).
+        self._expiry: CertificateExpiry | None = None
 
     # The general path ---------------------------------------------------------------------
     def answered(self, answer: bytes, local: Sequence[bool] | bool) -> None:
@@ -206,6 +210,7 @@ class GatewayMetrics:
         """Report the listener's and the link's certificate expiry, the connections
         refused, the TLS files taken again and, with ``tls.crl``, the CRLs' freshness
         when scraped (:mod:`kcm.tls_metrics`)."""
+        self._expiry = expiry
         for collector in tls_collectors("kcm_gateway", expiry=expiry, refusals=refusals,
                                         refresher=refresher):
             self.registry.register(collector)
@@ -238,6 +243,9 @@ class GatewayMetrics:
         link, cache = self._link, self._cache
         if link is None or cache is None:
             return Readiness(False, {"linked": False, "reason": "not started"})
+        expired = None if self._expiry is None else self._expiry.expired()
+        if expired is not None:  # no client (nor the core) takes its certificate
+            return Readiness(False, {"linked": link.connected, "reason": expired})
         if link.view in SERVES_NOBODY:  # the core's scope of it: no tenant (last link)
             return Readiness(False, {"linked": link.connected,
                                      "reason": "the core's gateway scope lets this gateway "

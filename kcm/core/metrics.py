@@ -22,7 +22,9 @@ What it promises:
 * Open connections, the outbox head and each gateway's lag behind it are read when
   scraped, as are the TLS families (:mod:`kcm.tls_metrics`: certificate expiry,
   connections refused by reason, CRL freshness).
-* No ``_created`` series: the metrics documented are all there is.
+* No ``_created`` series: the metrics documented are all there is. The counters an alert
+  watches for any increase (the store unavailable, requests expired) have every label
+  value from 0.
 * :class:`DatabaseReadiness`: ready when the database answers, is at the newest
   migration and (SQLite) would let a write take its write lock now (a ``BEGIN IMMEDIATE``
   rolled back at once, waiting at most half of ``timeout``, its turn taken behind the
@@ -80,13 +82,17 @@ if TYPE_CHECKING:
     from kcm.core.wrap_upgrade import WrapUpgrade
     from kcm.tls_refresh import TlsRefresher
 
-__all__ = ["GROUP_SIZE_BUCKETS", "CoreMetrics", "DatabaseReadiness", "database_state"]
+__all__ = ["GROUP_SIZE_BUCKETS", "UNAVAILABLE_KINDS", "CoreMetrics", "DatabaseReadiness",
+           "database_state"]
 
 #: Buckets of a group commit's size (jobs): one job (a lone request) up to the largest
 #: ``limits.max_group_commit`` is likely to be (64 by default).
 GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 _FAILED = int(ResultStatus.OPERATION_FAILED)
+
+#: The ``kind`` label of ``kcm_core_store_unavailable_total``: what was unavailable.
+UNAVAILABLE_KINDS = ("database", "l1", "stopped")
 
 #: What SQLite says of a write lock it could not take in time.
 _LOCKED = "database is locked"
@@ -161,6 +167,12 @@ class CoreMetrics:
         self._group_committed = self.group_duration.labels("committed")
         self._group_failed = self.group_duration.labels("failed")
         self._group_size = self.group_jobs.labels()
+        # Every kind from 0: an alert on any increase sees the first (a series born at 1
+        # has no increase for Prometheus, and the first outage of a process went unseen).
+        for kind in UNAVAILABLE_KINDS:
+            self.store_unavailable.labels(kind)
+        for ran in ("false", "true"):
+            self.expired.labels(ran)
 
     def answered(self, items: Iterable[ResponseBatchItem]) -> None:
         """Count a request's answered items (any thread)."""

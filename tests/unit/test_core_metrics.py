@@ -80,6 +80,16 @@ def test_only_the_documented_series_are_exported(measured) -> None:
     assert not [name for name in names if name.endswith("_created")]
 
 
+def test_the_counters_alerted_on_any_increase_start_at_zero() -> None:
+    """``increase()`` of a series that first appears at 1 is nothing: the first time the
+    store is unavailable (or a request expires) in a process's life must be a rise from 0."""
+    got = samples(CoreMetrics().registry)
+    for kind in ("database", "l1", "stopped"):
+        assert got[("kcm_core_store_unavailable_total", (("kind", kind),))] == 0
+    for ran in ("false", "true"):
+        assert got[("kcm_core_requests_expired_total", (("ran", ran),))] == 0
+
+
 def test_read_only_batches_time_a_read_transaction(measured) -> None:
     core, metrics, handler = measured
     handler.respond(request(locate()), core.caller(), int(time.time()))

@@ -30,6 +30,7 @@ from kcm.core.audit import (
 )
 from kcm.core.keyring import Keyring
 from kcm.core.store.engine import Store
+from kcm.core.store.unavailable import store_unavailable
 
 #: Seconds between checkpoints: at most this much of the tail can be cut off unseen.
 DEFAULT_INTERVAL = 300.0
@@ -39,7 +40,8 @@ class AuditCheckpoints(TimerService):
     """Logs a checkpoint of the audit chain's head when it starts and every ``interval``
     seconds of ``clock``. Starts after the L1 key is loaded (it needs the audit key); each
     checkpoint is one read transaction, off the reactor. A head that is not genuine is
-    logged as an error instead, and the next tick tries again."""
+    logged as an error instead, as is a store that is unavailable (one line naming the
+    cause, no traceback), and the next tick tries again."""
 
     name = "kcm-audit-checkpoints"
 
@@ -75,5 +77,10 @@ def _not_made(failure: Failure) -> None:
     if failure.check(AuditChainError):
         checkpoint_log.error("no audit checkpoint: {reason}; run `kcm audit verify`",
                              reason=str(failure.value))
+        return
+    unavailable = store_unavailable(failure.value)
+    if unavailable is not None:  # (the operator's to fix; it recurs each interval until)
+        checkpoint_log.error("no audit checkpoint: the key store is unavailable ({why})",
+                             why=unavailable)
     else:
         checkpoint_log.failure("no audit checkpoint: reading the audit head failed", failure)

@@ -62,6 +62,9 @@ class AdvisoryLease:
         self._connection: Any = None
         #: Given up for good (the core stops): never asked for again.
         self._closed = False
+        #: Whether the last :meth:`hold` could not ask (the database failed it), rather
+        #: than finding the lease another's.
+        self.ask_failed = False
 
     @property
     def held(self) -> bool:
@@ -69,7 +72,9 @@ class AdvisoryLease:
         return self._connection is not None
 
     def hold(self) -> bool:
-        """Whether this process holds the lease now (taking it if it is free)."""
+        """Whether this process holds the lease now (taking it if it is free); when not,
+        :attr:`ask_failed` says whether the database failed the ask."""
+        self.ask_failed = False
         if not is_postgresql(self._store.engine):
             return not self._closed
         if self._closed:
@@ -89,6 +94,7 @@ class AdvisoryLease:
         except Exception as e:
             log.warn("cannot ask for the {what} lease ({error})", what=self.what,
                      error=_first_line(e))
+            self.ask_failed = True
             return False
         try:
             taken = connection.execute("SELECT pg_try_advisory_lock(%s)",
@@ -97,6 +103,7 @@ class AdvisoryLease:
             connection.close()
             log.warn("cannot ask for the {what} lease ({error})", what=self.what,
                      error=_first_line(e))
+            self.ask_failed = True
             return False
         if not taken:
             if self.silence_s is not None:

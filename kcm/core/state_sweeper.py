@@ -22,7 +22,8 @@ network partition may cause does no harm.
 What an operator alerts on (kcm.core.metrics reads it when scraped): whether this core
 held the lease at its last ask (:attr:`StateSweeper.lease_held`), when its last sweep
 committed (:attr:`StateSweeper.last_sweep`, ``wall_clock`` seconds) and how many sweeps
-failed (:attr:`StateSweeper.failed`: the ask or the sweep's transaction raised; a step
+failed (:attr:`StateSweeper.failed`: the database failed the ask for the lease, or the
+sweep's transaction raised; a step
 that failed alone does not fail its sweep).
 """
 
@@ -207,6 +208,8 @@ class StateSweeper(Service):
     def _sweep_if_held(self, held: bool) -> list[str] | Deferred[list[str]]:
         self.lease_held = held and self.running
         if not held:
+            if getattr(self.lease, "ask_failed", False):  # (logged by the lease)
+                self.failed += 1
             return []
         at, steps, batch = self._wall_clock(), self._steps, self._batch
         return self._write(lambda session: sweep_once(session, steps, at, batch=batch)

@@ -9,6 +9,12 @@ process that adds events, the store's ``on_outbox_written``) and every ``poll_in
 any case, encodes each new event's EVENT frame once and hands it to every live subscriber. A
 link that has just connected first catches up through :meth:`EventFanout.replay`, then goes
 live; see :class:`kcm.core.link_server.LinkServerProtocol`.
+
+A read that fails because the store is unavailable (PostgreSQL stopped, a SQLite file
+locked) is logged at most once every :data:`UNAVAILABLE_LOG_INTERVAL` seconds for each of
+the two reads (the poll, the head's check), with how many failed meanwhile: they are tried
+several times a second, and made some three lines a second for as long as an outage
+lasted. Any other error is logged each time, with its traceback.
 """
 
 from __future__ import annotations
@@ -21,17 +27,22 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kcm.core.store import repository
 from kcm.core.store.engine import Store
-from kcm.core.store.unavailable import log_failure
+from kcm.core.store.unavailable import store_unavailable
 from kcm.link.events import EventKind
 from kcm.link.frames import Frame, FrameError, FrameType, decode_payload, encode_frame
+from kcm.throttled_line import ThrottledLine
 
 log = Logger()
 
 #: Seconds without a successful read of the outbox after which the fan-out is stale.
 STALE_AFTER = 5.0
+
+#: Seconds between two lines saying that a read of the outbox failed for want of the store.
+UNAVAILABLE_LOG_INTERVAL = 30.0
 
 class EncodedEvent(NamedTuple):
     """An event ready to send: its sequence number and its encoded EVENT frame, with what a
@@ -95,6 +106,19 @@ class EventFanout(Service):
         self._loop: LoopingCall | None = None
         self._waking = False
         self._wake_again = False
+        #: The lines of reads failed for want of the store, by read (module docstring).
+        self._unavailable = {what: ThrottledLine(
+            clock, what + " failed: the key store is unavailable ({why}) ({count} in "
+            "{interval} s)", interval=UNAVAILABLE_LOG_INTERVAL, logger=log)
+            for what in ("polling the outbox", "reading the outbox's head")}
+
+    def _read_failed(self, failure: Failure, what: str) -> None:
+        """Log that the read ``what`` failed (module docstring); never fails."""
+        why = store_unavailable(failure.value)
+        if why is None:
+            log.failure("{what} failed", failure, what=what)
+        else:
+            self._unavailable[what].note(why=why)
 
     def startService(self) -> None:
         if self.head is None:
@@ -119,6 +143,8 @@ class EventFanout(Service):
         for loop in (self._loop, self._watch, self._head_check):
             if loop is not None and loop.running:
                 loop.stop()
+        for line in self._unavailable.values():
+            line.flush()
 
     def check_fresh(self) -> None:
         """Become stale when no read has succeeded for ``stale_after`` seconds."""
@@ -152,7 +178,7 @@ class EventFanout(Service):
 
         d = maybeDeferred(self.read_head)
         d.addCallback(compare)
-        d.addErrback(lambda failure: log_failure(log, failure, "reading the outbox's head"))
+        d.addErrback(self._read_failed, "reading the outbox's head")
         return d
 
     def subscribe(self, subscriber: EventSubscriber) -> None:
@@ -191,7 +217,7 @@ class EventFanout(Service):
         committed = self.committed()  # before the read: it finds all of these
         d = self.read(self.head)
         d.addCallback(self._publish_and_continue, committed)
-        d.addErrback(lambda failure: log_failure(log, failure, "polling the outbox"))
+        d.addErrback(self._read_failed, "polling the outbox")
         return d
 
     def _publish_and_continue(self, records: list[repository.OutboxRecord],

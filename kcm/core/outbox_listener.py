@@ -7,6 +7,9 @@ listening on that channel, in a thread, and calls ``wake`` on the reactor for wh
 (at most one call waiting at a time, however many commits arrive meanwhile). When the
 connection breaks it reconnects after ``retry_delay`` and wakes once more, for what was
 committed while it was not listening; the fan-out's own poll bounds the delay meanwhile.
+Its failures are logged as a warning at the first, then at most once every
+:data:`FAILURE_LOG_INTERVAL` seconds (with how many failed meanwhile) unless the error
+changes: it retries every second while the database is down.
 
 On SQLite (one core per database file) it does nothing: the poll is the only reader.
 """
@@ -14,6 +17,7 @@ On SQLite (one core per database file) it does nothing: the poll is the only rea
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +29,9 @@ from kcm.core.store.pg_session import is_postgresql, own_connection
 from kcm.core.store.repository import OUTBOX_CHANNEL
 
 log = Logger()
+
+#: Seconds between two lines of the same failure to listen (module docstring).
+FAILURE_LOG_INTERVAL = 30.0
 
 
 class OutboxListener(Service):
@@ -68,13 +75,26 @@ class OutboxListener(Service):
 
     # On the listening thread ---------------------------------------------------------------
     def _listen_forever(self) -> None:
+        logged: tuple[str, float] | None = None  # (the error logged last, when)
+        failures = 0  # since that line
         while not self._stopping.is_set():
             try:
                 self._listen_once()
             except Exception as e:
-                log.warn("listening for outbox commits failed ({error}); retrying in "
-                         "{delay}s, polling meanwhile", error=str(e).splitlines()[0] if str(e)
-                         else type(e).__name__, delay=self.retry_delay)
+                if self.listening:  # it listened since: a new failure, said at once
+                    logged, failures = None, 0
+                error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                failures += 1
+                now = time.monotonic()
+                if (logged is None or logged[0] != error
+                        or now - logged[1] >= FAILURE_LOG_INTERVAL):
+                    log.warn("listening for outbox commits failed ({error}); retrying every "
+                             "{delay}s, polling meanwhile ({count} failed attempt(s) since "
+                             "the last line)", error=error, delay=self.retry_delay,
+                             count=failures)
+                    logged, failures = (error, now), 0
+            else:
+                logged, failures = None, 0
             finally:
                 self.listening = False
             self._stopping.wait(self.retry_delay)

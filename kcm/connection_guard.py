@@ -320,11 +320,18 @@ def handshake_failure_kind(connection: Any) -> str:
     return "handshake"
 
 
+#: The alerts a client sends when it does not take the server's certificate (OpenSSL's
+#: reason strings, ``sslv3 alert ...``, ``tlsv1 alert ...``, ``tls alert ...``).
+_CERTIFICATE_ALERTS = ("bad certificate", "unsupported certificate", "certificate revoked",
+                       "certificate expired", "certificate unknown", "unknown ca")
+
+
 def handshake_failure_reason(connection: Any, failure: Failure) -> str:
     """Why the TLS handshake of ``connection`` (a pyOpenSSL ``Connection``) failed with
     ``failure`` (an ``SSL.Error``), in short ASCII: OpenSSL's verify reason when it did not
     verify the peer's certificate (``certificate verify failed: certificate has expired``),
-    else OpenSSL's errors (``tlsv1 alert unknown ca``: the peer did not take ours)."""
+    else OpenSSL's errors; an alert of the client's about this server's certificate says
+    so (``the client refused this server's certificate (tlsv1 alert unknown ca)``)."""
     verify_error = ""
     ssl = getattr(connection, "_ssl", None)
     if _VERIFY_RESULT is not None and ssl is not None:
@@ -342,6 +349,10 @@ def handshake_failure_reason(connection: Any, failure: Failure) -> str:
     if verify_error:
         said = (f"{said}: {verify_error}" if "verify failed" in said
                 else f"certificate verify failed: {verify_error}")
+    elif "alert" in said and any(alert in said for alert in _CERTIFICATE_ALERTS):
+        # The client's alert, about this server's certificate: "tls alert certificate
+        # expired" alone read as if the client's had expired.
+        said = f"the client refused this server's certificate ({said})"
     text = "".join(c if " " <= c <= "~" else "?" for c in said)
     return text[:_REASON_LENGTH]
 

@@ -1,13 +1,16 @@
 """A kcm-core and a kcm-gateway (two workers) whose own certificates expire while they run:
 no client completes a handshake with them any more, so their ``/readyz`` answers 503 and
 says why (before, the core's said ready as long as its database answered, and a load
-balancer kept sending it clients that all failed); once renewed files are taken, ready
-again, with no restart."""
+balancer kept sending it clients that all failed), and a client's refusal of its
+certificate is logged as that (it read ``tls alert certificate expired``, as if the
+client's had expired); once renewed files are taken, ready again, with no restart."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
+import ssl
 
 from cryptography import x509
 
@@ -36,6 +39,21 @@ def _reissue(pki: PkiPaths, pair: CertKeyPaths, not_after: dt.datetime | None) -
         client=x509.ExtendedKeyUsageOID.CLIENT_AUTH in usages,
         **({} if not_after is None else {"not_after": not_after}))
     write_certificate(pair, issued.cert, issued.key)
+
+
+def _handshakes(port: int, pki: PkiPaths) -> bool:
+    """Whether a client of the PKI (``app``) completes a TLS handshake at ``port`` (and
+    its first read after it, where TLS 1.3 says the server's refusal)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(str(pki.ca.cert))
+    context.load_cert_chain(str(pki.app.cert), str(pki.app.key))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
 
 
 def _readyz(port: int) -> tuple[int, dict]:
@@ -68,6 +86,11 @@ def test_an_expired_own_certificate_makes_core_and_gateway_unready(tmp_path) -> 
         assert body["database"] == "ok"  # (the database is not what is wrong)
         assert "expired at" in body["tls"] and "renew tls.cert" in body["tls"]
         assert body["tls"].isascii()
+        # A client's handshake: it refuses the core's certificate, and the core's log
+        # says it was its own certificate that was refused.
+        assert not _handshakes(core.port, pki)
+        wait_until(lambda: "the client refused this server's certificate (" in
+                   core.log.read_text(), "the refusal logged", timeout=15)
         wait_until(lambda: _readyz(gateway.metrics_port)[0] == 503,
                    "the gateway unready once its certificate expired", timeout=10)
         workers = _readyz(gateway.metrics_port)[1]["workers"]

@@ -402,7 +402,11 @@ class LinkClientProtocol(LinkProtocol):
 
     def frame_GOAWAY(self, frame: Frame) -> None:
         if not self.welcomed:
+            # A refused attempt: the core endpoint's line says it (at once, then at most
+            # once every 30 s with a count), not a line of its own every attempt.
             self.refused = f"GOAWAY: {frame.error or 'no reason given'}"
+            self.close()
+            return
         super().frame_GOAWAY(frame)
 
     def frame_DRAIN(self, frame: Frame) -> None:

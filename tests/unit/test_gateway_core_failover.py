@@ -202,6 +202,24 @@ def test_cores_that_refuse_before_welcome_are_tried_in_turn_with_backoff() -> No
     client.stopService()
 
 
+def test_a_core_refusing_every_link_is_said_once_an_interval_not_once_an_attempt() -> None:
+    """A core that cannot read its database answers each HELLO with GOAWAY: every second
+    or so the gateway tries again, and each refusal was an info line ("link peer ... went
+    away") beside the endpoint's warning, which says it at most once every 30 s."""
+    clock = Clock()
+    core = FakeCore("a", clock, "refusing")
+    with capturedLogs() as logged:
+        client, _ = gateway(core)
+        run(clock, 60)
+    client.stopService()
+    assert len(core.attempts) >= 10
+    lines = [formatEvent(event) for event in logged]
+    assert not [line for line in lines if "went away" in line], lines[:3]
+    refusals = [line for line in lines if "cannot link to core a: GOAWAY: this core is "
+                "stopping" in line]
+    assert 2 <= len(refusals) <= 3, lines
+
+
 def test_a_core_on_an_older_copy_of_the_database_is_refused_and_the_next_core_tried(
         ) -> None:
     """A gateway that a core on a restored copy welcomed (restore generation 1) refuses the

@@ -421,7 +421,11 @@ class LinkServerProtocol(LinkProtocol):
             self.go_away("this core is stopping: link to another")
             return
         if self.factory.fanout.stale:
-            self.go_away(STALE_EVENTS)
+            # Each of its gateways' workers tries again every second or so for as long as
+            # the database is out of reach: one line an interval, not one an attempt.
+            self.factory.stale_refusals.note(peer=self.peer)
+            self.send(Frame(FrameType.GOAWAY, error=STALE_EVENTS))
+            self.close()
             return
         # A gateway names the oldest version (HELLO_VERSION) so that cores of every release
         # take it; WELCOME tells it this core's, and so which frames it may send.
@@ -1101,6 +1105,11 @@ _REFUSED_LINK = ("refused link from {peer}: {who} is not a gateway; {count} such
                  "refused in the last {interval} s")
 #: How much of a refused peer's identity a log line shows.
 _SHOWN_ID = 100
+#: Seconds between two lines of links refused while this core cannot read its event log.
+STALE_REFUSALS_LOG_INTERVAL = 30.0
+_STALE_REFUSALS = ("refused {count} gateway link(s) in the last {interval} s, the last from "
+                   "{peer}: " + STALE_EVENTS)
+
 _UNACCEPTABLE_CALLER = ("gateway {gateway} asserted an unacceptable caller ({caller}); "
                         "{count} such request(s) refused in the last {interval} s")
 
@@ -1166,6 +1175,10 @@ class LinkServerFactory(Factory):
         #: audit records are coalesced too, :class:`~kcm.core.refusal_records.RefusalRecords`).
         self.unacceptable_callers = ThrottledLine(clock, _UNACCEPTABLE_CALLER, logger=log,
                                                   level=LogLevel.warn)
+        #: The line of links refused at HELLO while the fan-out is stale (STALE_EVENTS).
+        self.stale_refusals = ThrottledLine(clock, _STALE_REFUSALS, logger=log,
+                                            interval=STALE_REFUSALS_LOG_INTERVAL,
+                                            level=LogLevel.warn)
         #: The warning of a link refused after its handshake (no gateway's certificate).
         self.refused_links = ThrottledLine(clock, _REFUSED_LINK, logger=log,
                                            level=LogLevel.warn)

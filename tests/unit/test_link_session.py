@@ -467,6 +467,30 @@ def test_a_core_that_cannot_read_its_event_log_sends_its_gateways_to_another(
     world.fanout.stopService()
 
 
+def test_links_refused_while_the_event_log_cannot_be_read_are_one_line_an_interval(
+        world: World) -> None:
+    """Every worker of every gateway tries again every second or so while the database
+    is out of reach: the core logged "closing link ...: this core cannot read its event
+    log" at each attempt. Now one line at the first, then one with the count every 30 s."""
+    from twisted.logger import capturedLogs, formatEvent
+
+    from kcm.core.link_server import STALE_EVENTS, STALE_REFUSALS_LOG_INTERVAL
+
+    world.fanout.stale = True
+    with capturedLogs() as events:
+        for _ in range(40):
+            refused = world.connect()
+            assert refused.refused == f"GOAWAY: {STALE_EVENTS}"
+            world.clock.advance(1.0)
+            world.flush()
+    lines = [formatEvent(event) for event in events
+             if "cannot read its event log" in formatEvent(event)]
+    assert STALE_REFUSALS_LOG_INTERVAL == 30.0
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("refused 1 gateway link(s) in the last 30 s")
+    assert lines[1].startswith("refused 29 gateway link(s) in the last 30 s")
+
+
 def test_a_reconnecting_gateway_gets_what_it_missed_in_order(world: World) -> None:
     world.fanout.batch_size = 2  # the catch-up takes several reads
     world.connect()

@@ -172,7 +172,9 @@ class TenantRates:
         the reads every interval stopped): a failure, the read's or the rows', is logged (once
         a minute at most) and the rates last read kept."""
         def failed(failure: Any) -> None:
-            self._unread.note(why=failure.getErrorMessage())
+            # (its first line: SQLAlchemy adds libpq's hint and a web address after it)
+            why = failure.getErrorMessage().strip()
+            self._unread.note(why=(why.splitlines() or [""])[0][:200])
 
         return run(_read_own, write=False).addCallback(self.take).addErrback(failed)
 

@@ -41,8 +41,9 @@ class StoredByTenant:
     def refresh(self) -> Any:
         """Read the counts again (a Deferred; a failure is logged, the last counts kept)."""
         def failed(failure: Any) -> None:
+            why = failure.getErrorMessage().strip()  # (its first line, as below)
             _log.warn("tenants' stored counts not read for the metrics: {why}",
-                      why=failure.getErrorMessage())
+                      why=(why.splitlines() or [""])[0][:200])
 
         done = self._store.run(self._read, write=False)
         done.addCallbacks(self._keep, failed)

@@ -105,6 +105,23 @@ def test_read_takes_the_rows_and_keeps_the_last_on_failure() -> None:
     assert rates.limit("acme") == (1.0, 1.0)
 
 
+def test_a_failed_read_is_said_in_its_error_s_first_line() -> None:
+    """SQLAlchemy's message of a refused connection runs on over lines (libpq's hint, a
+    web address): the warning took it whole, newlines and all."""
+    from twisted.internet.defer import fail
+    from twisted.logger import capturedLogs, formatEvent
+
+    _, rates = _rates(1, 1)
+    error = RuntimeError('connection failed: connection to server at "127.0.0.1", port 5432 '
+                         "failed: Connection refused\n\tIs the server running on that "
+                         "host?\n(Background on this error at: https://sqlalche.me/e/21/x)")
+    with capturedLogs() as events:
+        rates.read(lambda fn, write: fail(error))
+    [line] = [formatEvent(event) for event in events]
+    assert line.endswith("the last read kept: connection failed: connection to server at "
+                         '"127.0.0.1", port 5432 failed: Connection refused'), line
+
+
 def test_buckets_full_again_and_of_tenants_gone_are_dropped() -> None:
     clock, rates = _rates(1, 2)
     tenants = [(f"t{n}", None, None) for n in range(50)]
@@ -302,3 +319,23 @@ def test_reads_that_fail_say_so_once_a_minute_and_rows_that_fail_stop_no_read() 
     finally:
         reads.stopService()
         globalLogPublisher.removeObserver(events.append)
+
+
+def test_the_stored_counts_failed_read_is_said_in_its_error_s_first_line() -> None:
+    """kcm.core.tenant_stored's warning (every 30 s while the database is down) took the
+    message whole too."""
+    from types import SimpleNamespace
+
+    from twisted.internet.defer import fail
+    from twisted.logger import capturedLogs, formatEvent
+
+    from kcm.core.tenant_stored import StoredByTenant
+
+    error = RuntimeError("connection failed: Connection refused\n\tIs the server running "
+                         "on that host?\n(Background on this error at: https://sqlalche.me)")
+    store = SimpleNamespace(run=lambda fn, write: fail(error))
+    with capturedLogs() as events:
+        StoredByTenant(store, 0).refresh()  # type: ignore[arg-type]
+    [line] = [formatEvent(event) for event in events]
+    assert line == ("tenants' stored counts not read for the metrics: connection failed: "
+                    "Connection refused")

@@ -755,12 +755,15 @@ def _unreachable_message(failure: Failure) -> str:
     if isinstance(error, LinkLost):  # (sent: it may have run, as at a timeout)
         return ("the link to the core was lost before its answer; the operation may or may "
                 "not have happened")
-    if isinstance(error, GatewayStopping):  # (never sent)
-        return "the gateway is stopping; send the request again"
-    if isinstance(error, LinkDown):  # (never sent)
-        return "the core is unreachable; only L4 operations are served until it is back"
+    # (never sent: the same request may pass later. Each ends "; try again", the form by
+    # which a client, the `kcm` command's exit status 75 among them, knows it may retry.)
+    if isinstance(error, GatewayStopping):
+        return "the gateway is stopping; try again"
+    if isinstance(error, LinkDown):
+        return ("the core is unreachable (only L4 operations are served until it is back); "
+                "try again")
     if isinstance(error, LinkBusy):
-        return "the gateway has too many requests in flight to the core; retry"
+        return "the gateway has too many requests in flight to the core; try again"
     if isinstance(error, LinkTimeout):
         return "the core did not answer in time; the operation may or may not have happened"
     log.failure("forwarding to the core failed", failure)

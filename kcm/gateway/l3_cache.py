@@ -1444,7 +1444,7 @@ def _as_kmip_error(failure: Failure, need: Need) -> KmipError:
     if isinstance(failure.value, LinkError):
         return KmipError(ResultReason.GENERAL_FAILURE,
                          f"{what} is not cached at the gateway and the core is unreachable "
-                         f"({failure.getErrorMessage()})")
+                         f"({failure.getErrorMessage()}); try again")
     log.failure("fetching {what} failed", failure, what=what)
     return KmipError(ResultReason.GENERAL_FAILURE, f"fetching {what} from the core failed")
 

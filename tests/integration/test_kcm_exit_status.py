@@ -10,17 +10,19 @@ import subprocess
 from pathlib import Path
 
 from kcm.testing.postgres import Cluster
-from kcm.testing.processes import BIN, CoreProcess, deploy, process_env
+from kcm.testing.processes import BIN, CoreProcess, GatewayProcess, deploy, process_env
 from tests.integration.test_tls_crl_process import _revoke as revoke
 from tests.pg import own_cluster  # noqa: F401  (fixture)
 
 
-def kcm_key(core: CoreProcess, *args: str, who: str = "app") -> subprocess.CompletedProcess:
-    """`kcm key ARGS` against ``core``'s KMIP port with the PKI's application (``who``)."""
+def kcm_key(core: CoreProcess, *args: str, who: str = "app",
+            port: int | None = None) -> subprocess.CompletedProcess:
+    """`kcm key ARGS` against ``core``'s KMIP port (or ``port``: a gateway's) with the
+    PKI's application (``who``)."""
     pki = core.pki
     pair = getattr(pki, who)
     return subprocess.run(
-        [str(BIN / "kcm"), "key", *args, "--server", f"127.0.0.1:{core.port}",
+        [str(BIN / "kcm"), "key", *args, "--server", f"127.0.0.1:{port or core.port}",
          "--cert", str(pair.cert), "--key", str(pair.key), "--ca", str(pki.ca.cert),
          "--timeout", "5"], env=process_env(), capture_output=True, text=True, timeout=60)
 
@@ -56,6 +58,29 @@ def test_a_stopped_core_is_75_to_the_kmip_client_commands_and_a_failure_answer_1
         assert answered.returncode == 1, answered.stderr
         assert kcm_key(core, "create").returncode == 0
     finally:
+        core.stop()
+
+
+def test_a_gateway_without_its_core_is_75_to_what_it_must_forward(tmp_path: Path) -> None:
+    """A gateway whose core is down answers what it must forward General Failure, never
+    sent: the documented "...; try again" (it said "the core is unreachable; only L4
+    operations are served until it is back", and the command exited 1, so a script that
+    retries on 75 gave up)."""
+    core = deploy(tmp_path / "core", f"sqlite:///{tmp_path / 'core' / 'kcm.db'}")
+    gateway = GatewayProcess(tmp_path / "gateway", core)
+    core.start()
+    try:
+        gateway.start()
+        gateway.wait_linked()
+        assert kcm_key(core, "create", port=gateway.port).returncode == 0
+        core.stop()
+        forwarded = kcm_key(core, "create", port=gateway.port)
+        assert forwarded.returncode == 75, forwarded.stderr
+        assert forwarded.stderr.startswith("kcm key create: GENERAL_FAILURE: the core is "
+                                           "unreachable"), forwarded.stderr
+        assert forwarded.stderr.rstrip().endswith("; try again")
+    finally:
+        gateway.stop()
         core.stop()
 
 

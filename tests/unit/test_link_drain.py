@@ -292,8 +292,7 @@ def test_a_call_lost_with_its_link_after_it_was_sent_may_have_run() -> None:
     client.stopService()
     stopping: list = []  # and a gateway that stops does not blame the core
     client.forward(b"late", APP, "h:1").addErrback(stopping.append)
-    assert _unreachable_message(stopping[0]) == ("the gateway is stopping; send the request "
-                                                 "again")
+    assert _unreachable_message(stopping[0]) == "the gateway is stopping; try again"
 
 
 def test_a_gateway_that_stops_does_not_warn_of_the_link_it_closed() -> None:
@@ -330,7 +329,7 @@ def test_a_stopping_gateway_forwards_nothing_on_a_link_still_up() -> None:
     refused: list = []
     client.forward(b"late", APP, "h:1").addErrback(refused.append)
     [stopping] = refused
-    assert _unreachable_message(stopping) == "the gateway is stopping; send the request again"
+    assert _unreachable_message(stopping) == "the gateway is stopping; try again"
     assert client._in_flight == in_flight and not link.streams
 
 

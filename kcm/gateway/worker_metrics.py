@@ -41,7 +41,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    maybeDeferred,
+)
 from twisted.internet.endpoints import UNIXClientEndpoint, quoteStringArgument
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
@@ -351,13 +357,27 @@ class WorkerMetrics(Service):
             if line is None:
                 line = self._unanswered[index] = ThrottledLine(
                     self.reactor, _UNANSWERED, level=LogLevel.info, logger=log)
-            line.note(index=index, path=path,
-                      why=failure.getErrorMessage() or type(failure.value).__name__)
+            line.note(index=index, path=path, why=_why(failure))
             return None
 
         asked.addCallback(body)
         asked.addTimeout(ANSWER_TIMEOUT, self.reactor)
         return asked.addErrback(failed)
+
+
+def _why(failure: Failure) -> str:
+    """Why a worker did not answer, in short ASCII: its time passed (a hung worker; its
+    request, cancelled, failed with Twisted's list of failures, which the line quoted as
+    ``[<twisted.python.failure.Failure ...CancelledError: >]``), or the first cause."""
+    reasons = getattr(failure.value, "reasons", None)  # (ResponseNeverReceived, ...Failed)
+    causes = [reason for reason in reasons if isinstance(reason, Failure)] if isinstance(
+        reasons, list) else []
+    if failure.check(TimeoutError, CancelledError) or any(
+            cause.check(TimeoutError, CancelledError) for cause in causes):
+        return f"no answer within {ANSWER_TIMEOUT:g} s"
+    first = causes[0] if causes else failure
+    why = first.getErrorMessage() or type(first.value).__name__
+    return "".join(c if " " <= c <= "~" else "?" for c in why.splitlines()[0])[:200]
 
 
 _UNANSWERED = ("kcm-gateway worker {index} did not answer {path}: {why} ({count} time(s) in "

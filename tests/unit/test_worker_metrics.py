@@ -176,13 +176,20 @@ async def test_a_worker_that_does_not_answer_is_logged_once_an_interval() -> Non
 
 @pytest_twisted.ensureDeferred
 async def test_a_worker_that_never_answers_is_given_up_on(monkeypatch) -> None:
+    from twisted.logger import capturedLogs, formatEvent
+
     from kcm.gateway import worker_metrics as module
 
     monkeypatch.setattr(module, "ANSWER_TIMEOUT", 0.2)
     async with Supervisor([1]) as supervisor:
         await supervisor.serve(1, Factory.forProtocol(_Silent))
-        values = samples(await supervisor.metrics.exposition())
+        with capturedLogs() as events:
+            values = samples(await supervisor.metrics.exposition())
         assert values["kcm_gateway_worker_up", (("worker", "1"),)] == 0
+        # (the line said "[<twisted.python.failure.Failure ...CancelledError: >]")
+        assert [formatEvent(event) for event in events] == [
+            "kcm-gateway worker 1 did not answer /metrics: no answer within 0.2 s (1 time(s) "
+            "in the last 10 s)"]
 
 
 @pytest_twisted.ensureDeferred

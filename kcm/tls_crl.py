@@ -412,11 +412,18 @@ class RevocationLists:
 
     def _warn_if_expiring(self, crl: x509.CertificateRevocationList) -> None:
         next_update = crl.next_update_utc
-        if next_update is not None and next_update - self._now() < EXPIRY_WARNING:
-            log.warn("tls.crl: the CRL of {issuer} expires at {when} (Next Update): after "
-                     "that every certificate it covers is refused until a newer CRL is in "
-                     "{path}", issuer=crl.issuer.rfc4514_string(),
-                     when=next_update.isoformat(), path=self.path)
+        if next_update is None or next_update - self._now() >= EXPIRY_WARNING:
+            return
+        if next_update <= self._now():  # (it said "expires at" a date past, "after that")
+            log.error("tls.crl: the CRL of {issuer} expired at {when} (Next Update): every "
+                      "certificate it covers is refused until a newer CRL is in {path}",
+                      issuer=crl.issuer.rfc4514_string(), when=next_update.isoformat(),
+                      path=self.path)
+            return
+        log.warn("tls.crl: the CRL of {issuer} expires at {when} (Next Update): after "
+                 "that every certificate it covers is refused until a newer CRL is in "
+                 "{path}", issuer=crl.issuer.rfc4514_string(),
+                 when=next_update.isoformat(), path=self.path)
 
     def _file_stamp(self) -> FileStamp | None:
         return file_stamp(self.path) if self.path is not None else None

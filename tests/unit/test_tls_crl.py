@@ -510,3 +510,27 @@ def test_a_refresh_that_fails_outright_is_counted_as_a_failed_load(pki, tmp_path
         assert outcomes == [] and refresher.load_failures == 3
     finally:
         refresher.stopService()
+
+
+def test_a_crl_past_its_next_update_is_said_expired_not_expiring(pki, tmp_path) -> None:
+    """A CRL taken after its Next Update was warned of as one that "expires at" that date,
+    "after that" refusing every certificate it covers: it is an error, in the past tense."""
+    from twisted.logger import capturedLogs
+
+    from kcm.tls_crl import RevocationLists
+
+    ca = load_ca(pki.ca)
+    now = dt.datetime.now(dt.UTC)
+    path = tmp_path / "crl.pem"
+    _write(path, issue_crl(ca, [], now=now - dt.timedelta(days=8), days=7))
+    with capturedLogs() as events:
+        RevocationLists(path, pki.ca.cert)
+    lines = [(event["log_level"], formatEvent(event)) for event in events
+             if "Next Update" in formatEvent(event)]
+    assert len(lines) == 1 and lines[0][0] == LogLevel.error, lines
+    assert " expired at " in lines[0][1] and "after that" not in lines[0][1]
+    _write(path, issue_crl(ca, [], now=now - dt.timedelta(hours=156), days=7))  # 12 h left
+    with capturedLogs() as events:
+        RevocationLists(path, pki.ca.cert)
+    [line] = [formatEvent(event) for event in events if "Next Update" in formatEvent(event)]
+    assert " expires at " in line

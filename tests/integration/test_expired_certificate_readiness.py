@@ -19,8 +19,8 @@ from kcm.testing.processes import GatewayProcess, deploy, free_port, scrape
 from tests.e2e_support import wait_until
 
 REFRESH = 0.2
-#: Seconds the short certificates are valid after the processes are started.
-LIFETIME = 12.0
+#: Seconds the short certificates are valid once written.
+LIFETIME = 8.0
 
 
 def _reissue(pki: PkiPaths, pair: CertKeyPaths, not_after: dt.datetime | None) -> None:
@@ -70,15 +70,21 @@ def test_an_expired_own_certificate_makes_core_and_gateway_unready(tmp_path) -> 
     gateway = GatewayProcess(tmp_path / "gateway", core, prewarm=("demo/app",), workers=2,
                              metrics_port=free_port(),
                              tls_settings={"crl_refresh": REFRESH})
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LIFETIME)
-    _reissue(pki, pki.core, expires)
-    _reissue(pki, pki.gateway, expires)
     core.start()
     try:
         gateway.start()
         gateway.wait_linked()
         assert _readyz(core.metrics_port)[0] == 200
         wait_until(lambda: _readyz(gateway.metrics_port)[0] == 200, "the gateway ready")
+        # Renewed to certificates that expire soon (taken while still in their dates,
+        # within crl_refresh), whatever the starts took.
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LIFETIME)
+        _reissue(pki, pki.core, expires)
+        _reissue(pki, pki.gateway, expires)
+        wait_until(lambda: core.log.read_text().count("certificate serial") >= 1
+                   and gateway.log.read_text().count("certificate serial") >= 2,
+                   "the short certificates taken", timeout=LIFETIME / 2)
+        assert _readyz(core.metrics_port)[0] == 200
 
         wait_until(lambda: _readyz(core.metrics_port)[0] == 503,
                    "the core unready once its certificate expired", timeout=LIFETIME + 10)

@@ -245,12 +245,9 @@ def test_without_tls_crl_a_ca_the_core_pushed_no_crl_of_is_not_checked(pki, tmp_
     """With its own tls.crl a gateway refuses the clients of a CA without a CRL (as
     OpenSSL must); without it, the core's CRLs check their CAs' clients only: the others
     are taken as before the push, not all refused."""
-    from kcm.pki import CertKeyPaths, certificate_pem, issue_certificate, write_certificate
+    from kcm.pki import certificate_pem
 
-    second = new_ca("Second CA", now=NOW)
-    issued = issue_certificate(second, "second-app", now=NOW)
-    client = CertKeyPaths(tmp_path / "second.pem", tmp_path / "second.key")
-    write_certificate(client, issued.cert, issued.key)
+    second, issued, client = _second_ca_client(tmp_path)
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(pki.ca.cert.read_bytes() + certificate_pem(second.cert))
     refresher = TlsRefresher(str(pki.core.cert), str(pki.core.key), str(bundle), Clock(),
@@ -265,6 +262,17 @@ def test_without_tls_crl_a_ca_the_core_pushed_no_crl_of_is_not_checked(pki, tmp_
         assert presented(options, client, bundle) is not None
     finally:
         refresher.stopService()
+
+
+def _second_ca_client(tmp_path):
+    """A second CA, a client certificate it issued, and that client's files."""
+    from kcm.pki import CertKeyPaths, issue_certificate, write_certificate
+
+    second = new_ca("Second CA", now=NOW)
+    issued = issue_certificate(second, "second-app", now=NOW)
+    client = CertKeyPaths(tmp_path / "second.pem", tmp_path / "second.key")
+    write_certificate(client, issued.cert, issued.key)
+    return second, issued, client
 
 
 def test_link_version_10_is_the_crls_frame() -> None:
@@ -304,12 +312,9 @@ def test_a_renewed_tls_ca_checks_the_last_pushed_crls_again(pki, tmp_path) -> No
     once tls.ca holds that CA, the CRL is put in force without a new push (the core sends
     its CRLs again only when they change). And a CA taken out of tls.ca takes its pushed
     CRL out of force with it."""
-    from kcm.pki import CertKeyPaths, certificate_pem, issue_certificate, write_certificate
+    from kcm.pki import certificate_pem
 
-    second = new_ca("Second CA", now=NOW)
-    issued = issue_certificate(second, "second-app", now=NOW)
-    client = CertKeyPaths(tmp_path / "second.pem", tmp_path / "second.key")
-    write_certificate(client, issued.cert, issued.key)
+    second, issued, client = _second_ca_client(tmp_path)
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(pki.ca.cert.read_bytes())
     both = tmp_path / "both.pem"  # (the client's trust: either CA)

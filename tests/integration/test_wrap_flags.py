@@ -217,7 +217,7 @@ def test_every_operation_on_a_sensitive_unextractable_key_leaves_every_row_bound
     admin = admin_principal()
     l3 = core.store.run_sync(lambda s: s.scalars(select(ManagedObject.uid).where(
         ManagedObject.level == LEVEL_SERVICE_KEY, ManagedObject.tenant == "demo")).first())
-    for attribute in (SENSITIVE, Attribute.of(Tag.DEACTIVATION_DATE, int(time.time()) + 1)):
+    for attribute in (SENSITIVE, Attribute.of(Tag.DEACTIVATION_DATE, int(time.time()) + 5)):
         ok(core, Operation.SET_ATTRIBUTE, SetAttributeRequest(
             unique_identifier=l3, attribute=attribute), principal=admin)
     assert core.store.run_sync(lambda s: sweep_due_states(s, int(time.time()) + 10)) == [l3]

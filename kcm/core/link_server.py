@@ -90,6 +90,7 @@ from kcm.core.lineage import Lineage
 from kcm.core.request_handler import CoreRequestHandler, RequestWatch, share_of
 from kcm.core.service_keys import fetch_service_keys, unchanged_since, without_tombstones
 from kcm.core.store.engine import Store
+from kcm.core.store.unavailable import store_unavailable
 from kcm.core.tombstone_pages import (
     TombstonePage,
     VersionDestroyed,
@@ -530,7 +531,14 @@ class LinkServerProtocol(LinkProtocol):
 
     def _replay_failed(self, failure: Failure) -> None:
         self._replaying = False
-        log.failure("replaying events for {peer} failed", failure, peer=self.peer)
+        # The database gone or read-only (a failover) recurs for each gateway relinking
+        # until it is back: one line of why, not a critical traceback each time.
+        unavailable = store_unavailable(failure.value)
+        if unavailable is None:
+            log.failure("replaying events for {peer} failed", failure, peer=self.peer)
+        else:
+            log.error("replaying events for {peer} failed: the key store is unavailable "
+                      "({why})", peer=self.peer, why=unavailable)
         self.go_away("the core could not read its event log; reconnect")
 
     def deliver(self, events: list[EncodedEvent]) -> None:

@@ -467,7 +467,9 @@ def _sqlite_linked(url: str) -> str | None:
 
 
 def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    from kcm.core.store.unavailable import first_line
+
+    return first_line(error)
 
 
 def _known_revision(revision: str) -> bool:

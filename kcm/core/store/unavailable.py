@@ -6,6 +6,8 @@ cannot be used (its PKCS#11 token's session lost and not opened again:
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -67,9 +69,29 @@ def store_unavailable(error: BaseException) -> str | None:
     if not isinstance(error, (OperationalError, InterfaceError)) and not (
             isinstance(error, DBAPIError) and error.connection_invalidated):
         return None
-    why = str(getattr(error, "orig", None) or error).splitlines()[0] if str(error) else ""
+    why = first_line(getattr(error, "orig", None) or error) if str(error) else ""
     why = why.encode("ascii", "replace").decode("ascii")[:_MAX_WHY]
     return why or type(error).__name__
+
+
+_EVERY_HOST_FAILED = "Multiple connection attempts failed"
+_HOST_FAILED = re.compile(r"^- host: '([^']*)', port: '([^']*)'.* failed: (.*)$")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name if it has none); for libpq's
+    failure of a URL of several hosts (``host=a&host=b``), whose first line names only the
+    last host tried, each host and why it failed: ``no host took the session: a:5432
+    Connection refused; b:5432 session is read-only``."""
+    text = str(error)
+    if not text:
+        return type(error).__name__
+    lines = text.splitlines()
+    if any(line.startswith(_EVERY_HOST_FAILED) for line in lines):
+        hosts = [f"{m[1]}:{m[2]} {m[3]}" for m in map(_HOST_FAILED.match, lines) if m]
+        if hosts:
+            return "no host took the session: " + "; ".join(hosts)
+    return lines[0]
 
 
 def read_only(error: BaseException) -> bool:

@@ -4,7 +4,8 @@ URL with ``target_session_attrs=read-write``. The primary's postmaster is killed
 and the standby promoted: while only the standby answers, writes fail "try again" and
 ``/readyz`` says the database is read-only; after the promotion both cores write again
 without a restart, every write acknowledged before (and during) the kill is on the new
-primary, ``kcm audit verify`` passes there, and one core holds the sweeper's lease."""
+primary, ``kcm audit verify`` passes there, one core holds the sweeper's lease, and a
+gateway of two workers listing both cores applies an event committed after the failover."""
 
 from __future__ import annotations
 
@@ -21,8 +22,19 @@ import sqlalchemy
 from kmip.core import enums
 from kmip.pie.exceptions import KmipOperationFailure
 
+from kcm.kmip.enums import Operation, ResultReason, ResultStatus
+from kcm.kmip.payloads.lifecycle import DestroyRequest
 from kcm.testing.postgres import Cluster
-from kcm.testing.processes import CoreProcess, deploy, free_port, scrape, start_together
+from kcm.testing.processes import (
+    CoreProcess,
+    GatewayProcess,
+    deploy,
+    free_port,
+    scrape,
+    start_together,
+)
+from tests.e2e_support import wait_until
+from tests.gateway_support import create_l4, get, item, request, response
 from tests.pg import own_cluster  # noqa: F401  (fixture)
 
 
@@ -65,6 +77,11 @@ def _standby(primary: Cluster) -> Iterator[Cluster]:
         standby.remove()
 
 
+def status(client, wire: bytes) -> tuple[int, int | None]:
+    [answer] = response(client.send(wire)).batch_items
+    return answer.result_status, answer.result_reason
+
+
 def _ready(core: CoreProcess) -> tuple[int, str]:
     status, body = scrape(core.metrics_port, "/readyz")
     return status, body.decode()
@@ -93,8 +110,13 @@ def test_cores_write_again_after_a_failover_and_keep_every_acknowledged_write(
         two = one.replica(tmp_path / "two")
         two.metrics_port = free_port()
         two.write_config()
-        start_together([one, two])
+        gateway = GatewayProcess(tmp_path / "gateway", one, workers=2, cores=[one, two])
+        start_together([one, two, gateway])
         try:
+            gateway.wait_linked()
+            with gateway.client("app") as app:
+                [created] = response(app.send(request(create_l4()))).batch_items
+                token = created.response_payload.unique_identifier
             acked = [_create(core) for core in (one, two) for _ in range(5)]
             assert None not in acked
 
@@ -109,8 +131,8 @@ def test_cores_write_again_after_a_failover_and_keep_every_acknowledged_write(
             else:
                 pytest.fail("writes went on after the primary's kill")
             for core in (one, two):
-                status, body = _ready(core)
-                assert status == 503, body
+                readiness, body = _ready(core)
+                assert readiness == 503, body
                 assert "session is read-only" in body, body
 
             standby.run("pg_ctl", "-D", str(standby.data), "-w", "promote")
@@ -121,6 +143,18 @@ def test_cores_write_again_after_a_failover_and_keep_every_acknowledged_write(
                     time.sleep(0.2)
                 acked.append(uid)
                 assert _ready(core)[0] == 200
+
+            # An event committed after the failover reaches the gateway's workers (each
+            # connection goes to one of them: several are tried).
+            with one.client("app") as direct:
+                assert status(direct, request(item(Operation.DESTROY, DestroyRequest(
+                    unique_identifier=token)))) == (ResultStatus.SUCCESS, None)
+            for _ in range(6):
+                with gateway.client("app") as app:
+                    wait_until(lambda app=app: status(app, request(get(token), version=(2, 1)))
+                               == (ResultStatus.OPERATION_FAILED, ResultReason.OBJECT_NOT_FOUND),
+                               "the gateway to refuse the token destroyed after the failover",
+                               timeout=10)
 
             engine = sqlalchemy.create_engine(
                 f"postgresql+psycopg://kcm:{primary.password}@127.0.0.1:{standby.port}/kcm")
@@ -144,5 +178,6 @@ def test_cores_write_again_after_a_failover_and_keep_every_acknowledged_write(
             verified = one.kcm("audit", "verify")
             assert "audit log intact" in verified.stdout
         finally:
+            gateway.stop()
             one.stop()
             two.stop()
